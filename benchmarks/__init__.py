@@ -1,0 +1,1 @@
+"""Placeholder so the package directory is importable; see README."""

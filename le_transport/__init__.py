@@ -1,0 +1,47 @@
+"""le_transport: keeps connections to LivePerson LiveEngage APIs alive and correct under failure.
+
+The engine sends requests through a stack of small composable policies (classification, the
+guide's 5/10/15 s retry schedule, exponential outer recovery, keepalive, reconnect, fault
+injection) applied as aiohttp client middlewares, on injected time.
+"""
+
+from .clock import Clock, RealClock, timeout_after
+from .engine import Engine, InvalidRequest, Response
+from .errors import *  # noqa: F403
+from .errors import __all__ as _errors_all
+from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
+from .middleware import RetryMiddleware
+from .policies import (
+    GUIDE_5XX_PAUSES,
+    BackoffPolicy,
+    Classifier,
+    Outcome,
+    OutcomeKind,
+    RetryPolicy,
+)
+from .providers import DomainProvider, StaticDomains
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GUIDE_5XX_PAUSES",
+    "BackoffPolicy",
+    "Classifier",
+    "Clock",
+    "DomainProvider",
+    "Engine",
+    "EventHooks",
+    "GiveUpEvent",
+    "InvalidRequest",
+    "Outcome",
+    "OutcomeKind",
+    "RealClock",
+    "Response",
+    "RetryEvent",
+    "RetryMiddleware",
+    "RetryPolicy",
+    "StateEvent",
+    "StaticDomains",
+    "timeout_after",
+    *_errors_all,
+]

@@ -1,0 +1,205 @@
+"""The one place that knows what a secret looks like, and how to hide it.
+
+Every URL, header set, body excerpt and log line the library emits goes through these functions.
+Redaction is by name (headers, query parameters, JSON keys that look like credentials), by place
+(the UMS socket puts the bearer in its path; auth endpoints' bodies are credentials), and by
+value (:class:`Secret` wraps a credential so its repr never shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from yarl import URL
+
+__all__ = [
+    "REDACTED",
+    "Secret",
+    "body_excerpt",
+    "is_auth_path",
+    "is_secret_name",
+    "redact_headers",
+    "redact_json",
+    "redact_text",
+    "redact_url",
+]
+
+REDACTED = "***"
+
+#: Headers whose values are credentials.
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-csrf-token",
+        "x-api-key",
+    }
+)
+
+# Names (query parameters, JSON keys, form fields) that hold credentials. Matched as
+# substrings of the lower-cased name with separators removed.
+_SECRET_NAME_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "bearer",
+    "csrf",
+    "jwt",
+    "authcode",
+    "apikey",
+    "appkey",
+    "signature",
+    "sessionid",
+    "session_id",
+    "wsuk",
+    "assertion",
+    "auth",
+    "key",
+)
+
+# Path segments after which the next segment is a credential (the UMS brand socket puts the
+# bearer in the path: /ws_api/account/{id}/messaging/brand/{bearer}).
+_SECRET_PATH_AFTER = frozenset({"brand"})
+
+# Auth endpoints: their request and response bodies are credentials as a whole.
+_AUTH_PATH = re.compile(
+    r"/(login|refresh|logout|signup|authenticate|token|app/token|oauth[^/]*)(/|$|\?)",
+    re.IGNORECASE,
+)
+
+# Credential-looking fragments in free text: "Bearer x", "jwt x", OAuth params, key=value.
+_TEXT_PATTERNS = (
+    re.compile(r"(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}"),
+    re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
+    re.compile(
+        r"(?i)\b([a-z_]*(?:password|secret|token|bearer|csrf|jwt|session_id|sessionid|apikey|"
+        r"appkey|authcode|wsuk)[a-z_]*)(\"?\s*[:=]\s*\"?)([^\"&,\s}]+)"
+    ),
+    # A JWT anywhere: three base64url segments, the first starting like a JSON header.
+    re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter, key or field called ``name`` holds a credential."""
+    key = name.lower().replace("-", "").replace(".", "")
+    return any(part in key for part in _SECRET_NAME_PARTS)
+
+
+def is_auth_path(path: str) -> bool:
+    """Whether ``path`` is an auth endpoint whose bodies are credentials."""
+    return bool(_AUTH_PATH.search(path))
+
+
+def redact_url(url: URL | str) -> str:
+    """The URL with userinfo dropped, secret query values and in-path bearers replaced."""
+    try:
+        u = url if isinstance(url, URL) else URL(url)
+    except (ValueError, TypeError):
+        return "<unparseable url>"
+    if u.user is not None or u.password is not None:
+        u = u.with_user(None)
+    segments = u.raw_path.split("/")
+    for i in range(1, len(segments)):
+        if segments[i - 1] in _SECRET_PATH_AFTER and segments[i]:
+            segments[i] = REDACTED
+    path = "/".join(segments)
+    query = "&".join(f"{k}={REDACTED if is_secret_name(k) else v}" for k, v in u.query.items())
+    origin = f"{u.scheme}://{u.raw_authority}" if u.is_absolute() else ""
+    return f"{origin}{path}" + (f"?{query}" if query else "")
+
+
+def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A plain dict of the headers with credential values replaced."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {k: (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in items}
+
+
+def redact_json(value: Any) -> Any:
+    """A copy of a JSON value with every credential-named key's value replaced."""
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and is_secret_name(k) else redact_json(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_json(v) for v in value]
+    return value
+
+
+def redact_text(text: str) -> str:
+    """Free text with credential-looking fragments replaced."""
+    for pattern in _TEXT_PATTERNS:
+        if pattern.groups >= 3:
+            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        elif pattern.groups == 1:
+            text = pattern.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+        else:
+            text = pattern.sub(REDACTED, text)
+    return text
+
+
+def body_excerpt(body: bytes, *, path: str = "", limit: int = 300) -> str:
+    """A short, scrubbed excerpt of a response body, for error messages and logs.
+
+    Bodies of auth endpoints are never shown; JSON bodies have credential keys replaced; any
+    other text is scrubbed of credential-looking fragments.
+    """
+    if not body:
+        return ""
+    if path and is_auth_path(path):
+        return f"<{len(body)} bytes of an auth endpoint's body, not shown>"
+    head = body[: limit * 4]
+    text = head.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        scrubbed = redact_text(text)
+    else:
+        scrubbed = json.dumps(redact_json(parsed), separators=(",", ":"))
+    if len(scrubbed) > limit or len(body) > len(head):
+        return scrubbed[:limit] + "…"
+    return scrubbed
+
+
+class Secret:
+    """A credential that never shows itself in a repr, str, log or exception.
+
+    ``reveal()`` returns the value; use it only where the value is put on the wire.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise TypeError(f"a secret must be a str, got {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")

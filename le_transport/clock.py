@@ -1,0 +1,109 @@
+"""Injected time: the :class:`Clock` protocol, the real clock, and clock-driven timeouts.
+
+Nothing in le_transport reads time or sleeps except through a :class:`Clock`, so that tests can
+run the guide's 5/10/15 s schedule on :class:`le_transport.testing.VirtualClock` in
+microseconds. :func:`timeout_after` is ``asyncio.timeout`` driven by any clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Clock", "RealClock", "timeout_after"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """A source of monotonic time and of sleeping. Seconds, as floats."""
+
+    def now(self) -> float:
+        """The current time, in seconds, on a monotonic scale."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` have passed on this clock."""
+        ...
+
+
+class RealClock:
+    """The event loop's own time: ``time.monotonic`` and ``asyncio.sleep``."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        """Seconds on the monotonic clock."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the running loop."""
+        await asyncio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "RealClock()"
+
+
+class _ClockTimeout:
+    """Cancel the current task if the block runs longer than ``seconds`` on ``clock``.
+
+    A watchdog task sleeps on the clock and then cancels the owner; the cancellation is turned
+    into :class:`TimeoutError` on exit. Unlike a loop that only checks a deadline between
+    attempts, this interrupts the attempt in flight.
+    """
+
+    __slots__ = ("_clock", "_expired", "_seconds", "_task", "_watchdog")
+
+    def __init__(self, clock: Clock, seconds: float | None) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._task: asyncio.Task[object] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._expired = False
+
+    @property
+    def expired(self) -> bool:
+        """Whether the timeout fired."""
+        return self._expired
+
+    async def __aenter__(self) -> _ClockTimeout:
+        if self._seconds is None:
+            return self
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - only outside a task
+            raise RuntimeError("timeout_after must be used inside a task")
+        self._task = task
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch(self._seconds))
+        return self
+
+    async def _watch(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        watchdog = self._watchdog
+        if watchdog is not None and not watchdog.done():
+            watchdog.cancel()
+        if self._expired and exc_type is asyncio.CancelledError:
+            if sys.version_info >= (3, 11) and self._task is not None:
+                self._task.uncancel()
+            raise TimeoutError(f"timed out after {self._seconds} s")
+        return False
+
+
+def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:
+    """``async with timeout_after(clock, 5):`` raises :class:`TimeoutError` after 5 s of clock time.
+
+    ``None`` means no timeout. The body is cancelled when the time is up, not merely checked
+    afterwards.
+    """
+    return _ClockTimeout(clock, seconds)

@@ -1,0 +1,422 @@
+"""The front door: an :class:`Engine` owns an aiohttp session with the policy stack on it.
+
+``engine.request(method, service, path)`` resolves the service's host through the domain
+provider, runs the call through the middleware stack (outer middlewares, retry, wire
+middlewares such as fault injection) and returns a buffered :class:`Response`. Another SDK that
+owns its session can take the same stack from :meth:`Engine.middlewares` instead.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import logging
+import random
+import ssl as _ssl
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+import aiohttp
+import attrs
+from aiohttp import ClientMiddlewareType
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._redact import body_excerpt, redact_url
+from .clock import Clock, RealClock
+from .errors import (
+    AttemptRecord,
+    ConfigurationError,
+    RequestError,
+    ResponseDecodeError,
+    TransportError,
+)
+from .events import EventHooks
+from .middleware.context import CallContext, call_context
+from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
+from .policies.retry import RetryPolicy
+from .providers.domains import DomainProvider, StaticDomains
+
+__all__ = ["Engine", "InvalidRequest", "Response"]
+
+_log = logging.getLogger("le_transport.engine")
+
+T = TypeVar("T")
+
+_NO_JSON: Any = object()
+
+
+class InvalidRequest(RequestError, ValueError):
+    """The call itself is malformed (a path that is not a path, a bad method). Fix the call."""
+
+
+@attrs.frozen
+class Response:
+    """A complete answer: status, headers and the whole body, already read.
+
+    ``url`` is redacted; ``attempts`` has every attempt the call took.
+    """
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    method: str
+    url: str
+    service: str
+    attempts: tuple[AttemptRecord, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is below 400."""
+        return self.status < 400
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The body as text; :class:`ResponseDecodeError` if it is not valid ``encoding``."""
+        try:
+            return self.body.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise self._decode_error(f"body is not valid {encoding}: {exc.reason}") from None
+
+    @overload
+    def json(self) -> Any: ...
+    @overload
+    def json(self, expect: type[T]) -> T: ...
+    def json(self, expect: type[Any] | None = None) -> Any:
+        """The body parsed as JSON, optionally checked to be of type ``expect``.
+
+        Raises :class:`ResponseDecodeError` for an empty body, malformed JSON, or a value of the
+        wrong type (``expect=dict`` for an object, ``list`` for an array).
+        """
+        if not self.body.strip():
+            raise self._decode_error("expected a JSON body, got an empty body")
+        try:
+            value = _json.loads(self.text())
+        except ValueError as exc:
+            raise self._decode_error(f"body is not valid JSON ({exc.__class__.__name__})") from None
+        if expect is not None and not isinstance(value, expect):
+            raise self._decode_error(
+                f"expected a JSON {_json_kind(expect)}, got a JSON {_json_kind(type(value))}"
+            )
+        return value
+
+    def _decode_error(self, message: str) -> ResponseDecodeError:
+        excerpt = body_excerpt(self.body, path=URL(self.url).path, limit=120)
+        return ResponseDecodeError(
+            f"{message}; status {self.status}, body starts {excerpt!r}",
+            service=self.service,
+            method=self.method,
+            url=self.url,
+            attempts=self.attempts,
+        )
+
+
+def _json_kind(tp: type[Any]) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        int: "number",
+        float: "number",
+        bool: "boolean",
+        type(None): "null",
+    }.get(tp, tp.__name__)
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """``("example.com", 8080)`` from ``"example.com:8080"``; IPv6 literals in brackets."""
+    if host.startswith("["):
+        inside, _, rest = host[1:].partition("]")
+        return inside, int(rest[1:]) if rest.startswith(":") else None
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name, int(port)
+    return host, None
+
+
+class Engine:
+    """Sends requests to LiveEngage services through the policy stack.
+
+    - ``domains``: a :class:`DomainProvider`, or a ``{service: host}`` mapping (static).
+    - ``scheme``: ``"https"`` (default) or ``"http"`` for loopback servers.
+    - ``retry``: the default :class:`RetryPolicy` (the guide's 5/10/15 s).
+    - ``clock``: the injected :class:`Clock` for every pause and timeout.
+    - ``hooks``: :class:`EventHooks` for retries and give-ups.
+    - ``rng``: random source for jitter (seed it to reproduce a run).
+    - ``outer_middlewares``: run around the retry middleware (once per logical call).
+    - ``wire_middlewares``: run inside it, once per attempt (fault injection goes here).
+    - ``max_body_bytes``: larger responses raise :class:`~le_transport.errors.BodyTooLarge`.
+    - ``session``: an existing ``aiohttp.ClientSession`` to use as is (the caller then owns
+      its middlewares; take ours from :meth:`middlewares`). Otherwise the engine makes one.
+    - ``tls``: an ``ssl.SSLContext`` for a private CA or client certificates; default: the
+      system's trust store, verification on.
+    - ``insecure_tls``: turn certificate verification off. Only for local servers with a
+      self-signed certificate; logged loudly at every start. There is no other way to turn
+      verification off.
+    - ``connection_limit``: the connector's pool size (0: unlimited).
+    """
+
+    def __init__(
+        self,
+        domains: DomainProvider | Mapping[str, str],
+        *,
+        scheme: str = "https",
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        hooks: EventHooks | None = None,
+        rng: random.Random | None = None,
+        outer_middlewares: Sequence[ClientMiddlewareType] = (),
+        wire_middlewares: Sequence[ClientMiddlewareType] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        session: aiohttp.ClientSession | None = None,
+        tls: _ssl.SSLContext | None = None,
+        insecure_tls: bool = False,
+        connection_limit: int = 100,
+    ) -> None:
+        if scheme not in ("https", "http"):
+            raise ConfigurationError(f"Engine.scheme must be 'https' or 'http', got {scheme!r}")
+        if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+            raise ConfigurationError(
+                f"Engine.max_body_bytes must be a positive int, got {max_body_bytes!r}"
+            )
+        self._domains: DomainProvider = (
+            StaticDomains(domains) if isinstance(domains, Mapping) else domains
+        )
+        self._scheme = scheme
+        self._retry = retry or RetryPolicy()
+        self._clock = clock or RealClock()
+        self._hooks = hooks or EventHooks()
+        self._rng = rng or random.Random()
+        if tls is not None and not isinstance(tls, _ssl.SSLContext):
+            raise ConfigurationError(
+                f"Engine.tls must be an ssl.SSLContext or None, got {type(tls).__name__}; "
+                "to turn verification off for a local server, pass insecure_tls=True"
+            )
+        if insecure_tls is not False and insecure_tls is not True:
+            raise ConfigurationError(f"Engine.insecure_tls must be a bool, got {insecure_tls!r}")
+        self._tls = tls
+        self._insecure_tls = insecure_tls
+        self._connection_limit = connection_limit
+        self._retry_mw = RetryMiddleware(
+            policy=self._retry,
+            clock=self._clock,
+            hooks=self._hooks,
+            rng=self._rng,
+            max_body_bytes=max_body_bytes,
+        )
+        self._middlewares: tuple[ClientMiddlewareType, ...] = (
+            *outer_middlewares,
+            self._retry_mw,
+            *wire_middlewares,
+        )
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        """The injected clock."""
+        return self._clock
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The default request retry policy."""
+        return self._retry
+
+    @property
+    def hooks(self) -> EventHooks:
+        """The event hooks."""
+        return self._hooks
+
+    @property
+    def domains(self) -> DomainProvider:
+        """The domain provider."""
+        return self._domains
+
+    @property
+    def scheme(self) -> str:
+        """``https`` or ``http``."""
+        return self._scheme
+
+    @property
+    def middlewares(self) -> tuple[ClientMiddlewareType, ...]:
+        """The middleware stack, outermost first, for ``ClientSession(middlewares=...)``."""
+        return self._middlewares
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session (created on :meth:`start`)."""
+        if self._session is None:
+            raise TransportError("the engine is not started: use 'async with Engine(...)'")
+        return self._session
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the session, if the engine owns one. Idempotent."""
+        if self._closed:
+            raise TransportError("the engine is closed; make a new one")
+        if self._session is None:
+            ssl_arg: _ssl.SSLContext | bool = True if self._tls is None else self._tls
+            if self._insecure_tls:
+                _log.warning(
+                    "TLS CERTIFICATE VERIFICATION IS OFF (insecure_tls=True): any server can "
+                    "impersonate LiveEngage. Use this only with a local simulator."
+                )
+                ssl_arg = False
+            connector = aiohttp.TCPConnector(limit=self._connection_limit, ssl=ssl_arg)
+            # No total timeout: aiohttp's total spans every attempt made inside a middleware,
+            # so retry pauses would eat it. The retry middleware enforces the per-attempt
+            # timeout and the call deadline itself, on the injected clock.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                middlewares=self._middlewares,
+                timeout=aiohttp.ClientTimeout(total=None),
+                raise_for_status=False,
+            )
+
+    async def close(self) -> None:
+        """Close the session (if the engine made it). Idempotent."""
+        self._closed = True
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def url_for(self, service: str, path: str, *, scheme: str | None = None) -> URL:
+        """The absolute URL of ``path`` on the host serving ``service``."""
+        if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
+            raise InvalidRequest(
+                f"path must be an absolute path starting with a single '/', got {path!r:.80}",
+                service=service,
+            )
+        if any(ord(c) < 0x21 or c in "?#\x7f" for c in path):
+            raise InvalidRequest(
+                "path must not contain whitespace, control characters, '?' or '#' "
+                "(pass query parameters as params=)",
+                service=service,
+            )
+        host, port = split_host(await self._domains.resolve(service))
+        return URL.build(scheme=scheme or self._scheme, host=host, port=port, path=path)
+
+    async def request(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        json: Any = _NO_JSON,
+        data: bytes | str | Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        deadline: float | None = None,
+        attempt_timeout: float | None = None,
+        allow_redirects: bool = True,
+    ) -> Response:
+        """Send ``method path`` to ``service`` through the stack; return the whole answer.
+
+        - ``idempotent``: whether repeating the request is safe. Default: by method (GET, PUT,
+          DELETE... yes; POST, PATCH no). A POST is still retried after a connect failure (it
+          never left) and a 429 (the server did not process it).
+        - ``retry``, ``deadline``, ``attempt_timeout``: override the engine's policy for this
+          call (``deadline`` covers every attempt and pause; the attempt in flight is
+          cancelled when it passes).
+
+        Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried),
+        :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent,
+        :class:`~le_transport.errors.DeadlineExceeded`, and the other
+        :class:`~le_transport.errors.RequestError` subclasses for what they name.
+        """
+        if not isinstance(method, str) or not method.isalpha():
+            raise InvalidRequest(f"method must be an HTTP method name, got {method!r:.40}")
+        if json is not _NO_JSON and data is not None:
+            raise InvalidRequest("pass either json= or data=, not both")
+        session = self.session
+        if self._closed:
+            raise TransportError("the engine is closed")
+        url = await self.url_for(service, path)
+        policy = retry or self._retry
+        if deadline is not None or attempt_timeout is not None:
+            policy = attrs.evolve(
+                policy,
+                deadline=deadline if deadline is not None else policy.deadline,
+                attempt_timeout=(
+                    attempt_timeout if attempt_timeout is not None else policy.attempt_timeout
+                ),
+            )
+        ctx = CallContext(service=service, idempotent=idempotent, retry=policy)
+        method = method.upper()
+        kwargs: dict[str, Any] = {}
+        if json is not _NO_JSON:
+            kwargs["json"] = json
+        try:
+            with call_context(ctx):
+                async with session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    allow_redirects=allow_redirects,
+                    **kwargs,
+                ) as resp:
+                    body = await resp.read()
+                    return Response(
+                        status=resp.status,
+                        headers=resp.headers,
+                        body=body,
+                        method=method,
+                        url=redact_url(resp.url),
+                        service=service,
+                        attempts=tuple(ctx.attempts),
+                    )
+        except TransportError:
+            raise
+        except (aiohttp.ClientError, OSError) as exc:
+            # Raised outside the retry middleware (before the chain ran, or while reading a
+            # body that the middleware did not buffer).
+            raise RequestError(
+                f"{type(exc).__name__}: the request could not be made",
+                service=service,
+                method=method,
+                url=redact_url(url),
+                attempts=ctx.attempts,
+            ) from exc
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"invalid request: {type(exc).__name__}",
+                service=service,
+                method=method,
+                url=redact_url(url),
+            ) from exc
+
+    async def request_json(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        expect: type[Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """:meth:`request`, then the body as JSON (checked to be of type ``expect`` if given)."""
+        resp = await self.request(method, service, path, **kwargs)
+        return resp.json(expect) if expect is not None else resp.json()
+
+    def __repr__(self) -> str:
+        return f"Engine(domains={self._domains!r}, scheme={self._scheme!r}, retry={self._retry!r})"

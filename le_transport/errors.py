@@ -1,0 +1,381 @@
+"""The one exception hierarchy of le_transport.
+
+Every error the library raises on purpose is a :class:`TransportError`. Each class says what
+happened and what the caller can do about it, and carries the facts (status, service, method,
+attempts, elapsed time) as attributes. No message or attribute ever holds a secret: URLs are
+redacted before they are stored, and response bodies are cut to a short, scrubbed excerpt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .policies.classify import Outcome
+
+__all__ = [
+    "AttemptRecord",
+    "AttemptTimeout",
+    "AuthenticationError",
+    "BlockedError",
+    "BodyTooLarge",
+    "CircuitOpen",
+    "ClientStatusError",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "DeadlineExceeded",
+    "DomainResolutionError",
+    "HTTPStatusError",
+    "HostileHostError",
+    "InvalidRetryAfter",
+    "LoginRejected",
+    "RecoveryFailed",
+    "RequestError",
+    "ResponseDecodeError",
+    "RetriesExhausted",
+    "RetryBudgetExhausted",
+    "ServerStatusError",
+    "SocketClosed",
+    "SocketError",
+    "SocketQueueFull",
+    "SocketRequestError",
+    "SocketRequestTimeout",
+    "TransportError",
+    "UnknownServiceError",
+]
+
+
+class TransportError(Exception):
+    """Root of every error le_transport raises on purpose.
+
+    Catch this to handle any failure of the transport; catch a subclass to react to one cause.
+    """
+
+
+class ConfigurationError(TransportError, ValueError):
+    """A policy, provider or engine was built with an invalid value.
+
+    Raised once, at construction, naming the field and the value. Fix the configuration.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP requests
+# --------------------------------------------------------------------------------------------
+
+
+class AttemptRecord:
+    """What one attempt of a call ended with, and the pause taken after it (if any)."""
+
+    __slots__ = ("attempt", "outcome", "pause", "started_at")
+
+    def __init__(
+        self, attempt: int, outcome: Outcome, pause: float | None, started_at: float
+    ) -> None:
+        self.attempt = attempt
+        self.outcome = outcome
+        self.pause = pause
+        self.started_at = started_at
+
+    def __repr__(self) -> str:
+        return (
+            f"AttemptRecord(attempt={self.attempt}, outcome={self.outcome!r}, "
+            f"pause={self.pause!r}, started_at={self.started_at!r})"
+        )
+
+
+class RequestError(TransportError):
+    """A request to a LiveEngage service failed.
+
+    Attributes: ``service`` (the service name, or the host for foreign sessions), ``method``,
+    ``url`` (redacted: no query secrets, no credentials in the path) and ``attempts`` (one
+    :class:`AttemptRecord` per attempt made, in order).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.service = service
+        self.method = method
+        self.url = url
+        self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (self.method, self.url) if p)
+        return f"{self.message} [{where}]" if where else self.message
+
+
+class HTTPStatusError(RequestError):
+    """The service answered with a status that is not a success.
+
+    ``status`` is the HTTP status; ``body_excerpt`` the first few hundred characters of the
+    body, scrubbed of anything that looks like a credential.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body_excerpt: str = "",
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class ClientStatusError(HTTPStatusError):
+    """A 4xx answer: the request itself is wrong, so it was not retried.
+
+    Fix the request (path, body, credentials, permissions); retrying it unchanged cannot help.
+    """
+
+
+class BlockedError(ClientStatusError):
+    """451: LiveEngage has blacklisted the account or user. Never retried; contact LivePerson."""
+
+
+class ServerStatusError(HTTPStatusError):
+    """A 5xx (or 429) answer that was final: not retryable for this request, or retries ran out.
+
+    Usually wrapped in :class:`RetriesExhausted`; raised bare when the request was not safe to
+    retry (a non-idempotent POST). Mark the request ``idempotent=True`` if repeating it is safe.
+    """
+
+
+class ConnectionFailed(RequestError):
+    """The connection failed: refused, reset, closed mid-body, or DNS/TLS failure.
+
+    ``never_sent`` is true when the failure proves the request never reached the server (a
+    connect failure), which is what makes retrying a POST safe.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        never_sent: bool = False,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.never_sent = never_sent
+
+
+class AttemptTimeout(RequestError):
+    """One attempt took longer than the per-attempt timeout and was cancelled."""
+
+
+class DeadlineExceeded(RequestError):
+    """The call's overall deadline passed; the attempt in flight was cancelled.
+
+    ``elapsed`` is the time spent, by the engine's clock. Retry later or raise the deadline.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        elapsed: float,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.elapsed = elapsed
+
+
+class RetriesExhausted(RequestError):
+    """Every retry of the request schedule failed.
+
+    ``last`` is the error of the final attempt (also the ``__cause__``); ``attempts`` has every
+    attempt's outcome and pause. The outer recovery loop (re-login, reconnect) may take over.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        last: RequestError,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.last = last
+
+    @property
+    def status(self) -> int | None:
+        """The status of the last attempt, if it got an answer."""
+        return self.last.status if isinstance(self.last, HTTPStatusError) else None
+
+
+class ResponseDecodeError(RequestError):
+    """The body was not what was expected: malformed JSON, wrong type, or wrong encoding."""
+
+
+class BodyTooLarge(RequestError):
+    """The response body passed the configured size limit and was not read further."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.limit = limit
+
+
+class InvalidRetryAfter(TransportError, ValueError):
+    """A ``Retry-After`` header that is neither delta-seconds nor an HTTP-date.
+
+    The retry middleware ignores such a header (and logs it), falling back to its schedule.
+    """
+
+
+class RetryBudgetExhausted(RequestError):
+    """The service's retry budget is spent: the call failed at once instead of retrying.
+
+    ``last`` is the outcome that would have been retried.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        last: RequestError,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.last = last
+
+
+class CircuitOpen(RequestError):
+    """The circuit breaker for this service is open: nothing was sent.
+
+    ``retry_at`` is the clock time at which a probe will be let through.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_at: float,
+        service: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        self.retry_at = retry_at
+
+
+# --------------------------------------------------------------------------------------------
+# Providers: domains and auth
+# --------------------------------------------------------------------------------------------
+
+
+class DomainResolutionError(TransportError):
+    """The Domain API (CSDS) could not be reached or answered nonsense, and no cached map
+    exists for the account. ``account`` names the account."""
+
+    def __init__(self, message: str, *, account: str | None = None) -> None:
+        super().__init__(message)
+        self.account = account
+
+
+class UnknownServiceError(DomainResolutionError):
+    """The account has no such service. ``known`` lists the services it has (names are case
+    sensitive)."""
+
+    def __init__(
+        self, message: str, *, service: str, known: Sequence[str] = (), account: str | None = None
+    ) -> None:
+        super().__init__(message, account=account)
+        self.service = service
+        self.known = tuple(known)
+
+
+class HostileHostError(DomainResolutionError):
+    """A host from the Domain API is not a bare hostname (scheme, path, userinfo, whitespace or
+    control characters). It is refused and no credential is sent to it."""
+
+
+class AuthenticationError(TransportError):
+    """Authentication failed: bad credentials, a second 401 after a fresh login, or a token
+    that could not be obtained. Check the credentials; retrying unchanged will not help."""
+
+
+class LoginRejected(AuthenticationError):
+    """The Login Service refused the credentials with a 4xx. ``status`` is the answer's status."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RecoveryFailed(TransportError):
+    """The outer recovery loop (re-resolve domains, re-login) ran out of attempts or time.
+
+    ``last`` is the error of the last recovery attempt.
+    """
+
+    def __init__(self, message: str, *, last: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+# --------------------------------------------------------------------------------------------
+# WebSockets
+# --------------------------------------------------------------------------------------------
+
+
+class SocketError(TransportError):
+    """A resilient WebSocket failed."""
+
+
+class SocketClosed(SocketError):
+    """The socket is closed (by the caller, or for good after repeated auth failures), or it
+    dropped while a request was in flight. Requests that failed this way can be retried."""
+
+
+class SocketQueueFull(SocketError):
+    """The socket is down and its outgoing queue is full: the message was refused, not lost."""
+
+
+class SocketRequestTimeout(SocketError):
+    """No ``resp`` frame matched the request id within the timeout."""
+
+
+class SocketRequestError(SocketError):
+    """The server answered a socket request with an error ``code`` (4xx/5xx)."""
+
+    def __init__(self, message: str, *, code: int, body: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.body = body

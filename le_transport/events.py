@@ -1,0 +1,86 @@
+"""Event hooks: callbacks a caller registers to count and trace what the transport does.
+
+Hooks are plain callables in a frozen :class:`EventHooks` value. A hook that raises is logged
+and ignored: instrumentation must never break the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from .policies.classify import Outcome
+
+__all__ = ["EventHooks", "GiveUpEvent", "RetryEvent", "StateEvent", "emit"]
+
+_log = logging.getLogger("le_transport.events")
+
+
+@attrs.frozen
+class RetryEvent:
+    """An attempt failed and another will follow after ``pause`` seconds."""
+
+    service: str
+    method: str
+    url: str
+    attempt: int
+    outcome: Outcome
+    pause: float
+    elapsed: float
+
+
+@attrs.frozen
+class GiveUpEvent:
+    """A call failed for good: ``reason`` says why (not retryable, schedule spent, deadline)."""
+
+    service: str
+    method: str
+    url: str
+    attempts: int
+    outcome: Outcome | None
+    reason: str
+    elapsed: float
+
+
+@attrs.frozen
+class StateEvent:
+    """A state change of a session or socket: ``name`` (e.g. ``relogin_scheduled``,
+    ``reconnecting``), the subject (service or socket), and details (no secrets)."""
+
+    name: str
+    subject: str
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _callables(value: Sequence[Callable[[Any], object]]) -> tuple[Callable[[Any], object], ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class EventHooks:
+    """Callbacks for the engine's events; each field is a tuple of callables."""
+
+    on_retry: tuple[Callable[[RetryEvent], object], ...] = attrs.field(
+        default=(), converter=_callables
+    )
+    on_giveup: tuple[Callable[[GiveUpEvent], object], ...] = attrs.field(
+        default=(), converter=_callables
+    )
+    on_state: tuple[Callable[[StateEvent], object], ...] = attrs.field(
+        default=(), converter=_callables
+    )
+
+
+E = TypeVar("E")
+
+
+def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
+    """Call each hook with ``event``; a hook that raises is logged, not propagated."""
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            _log.exception("event hook %r raised; ignored", hook)

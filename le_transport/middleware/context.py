@@ -1,0 +1,54 @@
+"""Per-call options and state, passed from the engine to the middlewares.
+
+aiohttp gives a middleware only the request; what the caller said about the call (its service
+name, whether it is idempotent, a policy override) travels in a context variable that the
+engine sets around ``session.request``. A middleware on a foreign session finds none and uses
+its defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import attrs
+
+from ..errors import AttemptRecord
+from ..policies.retry import RetryPolicy
+
+__all__ = ["CallContext", "call_context", "current_call"]
+
+
+@attrs.define(eq=False)
+class CallContext:
+    """What one logical call is: options set by the caller, and attempts recorded as it runs."""
+
+    service: str | None = None
+    idempotent: bool | None = None
+    retry: RetryPolicy | None = None
+    #: Filled by the retry middleware: one record per attempt of the logical call.
+    attempts: list[AttemptRecord] = attrs.field(factory=list)
+    #: Set once the retry loop for this call has run, so that a re-run of the chain by aiohttp
+    #: (redirect hops, its own stale-connection replay) is counted against the same call.
+    started_at: float | None = None
+
+
+_CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "le_transport_call", default=None
+)
+
+
+def current_call() -> CallContext | None:
+    """The context of the call in progress, if an engine started one."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def call_context(ctx: CallContext) -> Iterator[CallContext]:
+    """Make ``ctx`` the current call for the duration of the block."""
+    token = _CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CURRENT.reset(token)

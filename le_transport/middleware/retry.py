@@ -1,0 +1,446 @@
+"""The retry middleware: the request schedule, timeouts, fault logging and typed errors.
+
+One logical call runs here as a loop of attempts. For each attempt the middleware calls the
+next handler under a per-attempt timeout (on the injected clock), reads the body inside the
+attempt (so a reset mid-body is an attempt's failure, not the caller's surprise, and the
+connection goes back to the pool before any pause), turns what happened into a pure
+:class:`~le_transport.policies.Outcome`, asks the :class:`~le_transport.policies.RetryPolicy`
+what to do, and acts: return, pause on the clock, or raise a typed error.
+
+How it answers aiohttp's middleware contract (see docs/architecture.md):
+
+- ``ClientTimeout.total`` spans every attempt made here: the engine's session sets no total and
+  this middleware enforces the per-attempt timeout and the call's deadline itself, through the
+  clock, cancelling the attempt in flight.
+- aiohttp re-runs the whole chain once after a ``ServerDisconnectedError``/``ClientOSError`` on
+  an idempotent request. No such exception ever leaves this middleware (it ends with a
+  :class:`~le_transport.errors.TransportError`), so aiohttp never replays behind our back and the
+  attempt count is exact.
+- WebSocket upgrades pass straight through: the socket's reconnect policy owns their retries.
+- Redirect hops each run the chain again; each hop is its own attempt loop on the same call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypedDict
+
+import aiohttp
+import attrs
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
+
+from .._redact import body_excerpt, redact_text, redact_url
+from ..clock import Clock, RealClock, timeout_after
+from ..errors import (
+    AttemptRecord,
+    AttemptTimeout,
+    BlockedError,
+    BodyTooLarge,
+    ClientStatusError,
+    ConnectionFailed,
+    DeadlineExceeded,
+    HTTPStatusError,
+    InvalidRetryAfter,
+    RequestError,
+    RetriesExhausted,
+    ServerStatusError,
+)
+from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
+from ..policies.classify import IDEMPOTENT_METHODS, Outcome, OutcomeKind
+from ..policies.retry import Action, RetryPolicy
+from ..policies.retry_after import parse_retry_after
+from .context import CallContext, current_call
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "RetryMiddleware", "is_websocket_upgrade"]
+
+_log = logging.getLogger("le_transport.retry")
+
+#: Responses larger than this are refused (LiveEngage REST answers are kilobytes).
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def is_websocket_upgrade(request: ClientRequest) -> bool:
+    """Whether ``request`` is a WebSocket handshake."""
+    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
+    """The outcome of a transport exception, and whether it proves the request never left."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return Outcome.failure(OutcomeKind.TLS_REJECTED, name), True
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return Outcome.failure(OutcomeKind.CONNECT_FAILED, name), True
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return Outcome.failure(OutcomeKind.TIMEOUT, name), False
+    return Outcome.failure(OutcomeKind.CONNECTION_LOST, name), False
+
+
+@attrs.frozen(eq=False)
+class RetryMiddleware:
+    """Retries a request on ``policy``, enforcing timeouts and raising typed errors.
+
+    Put it on any ``aiohttp.ClientSession(middlewares=[RetryMiddleware(...)])``; the engine
+    builds one for you. Parameters:
+
+    - ``policy``: the default :class:`RetryPolicy` (a call may override it).
+    - ``clock``: where pauses and timeouts are measured (``RealClock`` by default).
+    - ``hooks``: ``on_retry`` and ``on_giveup`` callbacks.
+    - ``rng``: the random source for jitter (seed it for reproducible runs).
+    - ``raise_for_status``: raise :class:`ClientStatusError` and friends for final non-2xx
+      answers (default). With False, a final answer is returned as is, unretried.
+    - ``buffer_body``: read the body inside the attempt (default), so body failures are
+      retried and the connection is released before any pause; ``resp.read()``/``json()``
+      then return the buffered bytes.
+    - ``max_body_bytes``: bodies larger than this raise :class:`BodyTooLarge`.
+    - ``wall_clock``: epoch seconds, only to read a ``Retry-After`` HTTP-date when the answer
+      has no ``Date`` header.
+
+    Hashable by identity, as aiohttp's chain cache needs.
+    """
+
+    policy: RetryPolicy = attrs.field(factory=RetryPolicy)
+    clock: Clock = attrs.field(factory=RealClock)
+    hooks: EventHooks = attrs.field(factory=EventHooks)
+    rng: random.Random = attrs.field(factory=random.Random)
+    raise_for_status: bool = True
+    buffer_body: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    wall_clock: Callable[[], float] = time.time
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if is_websocket_upgrade(request):
+            return await handler(request)
+        ctx = current_call() or CallContext()
+        policy = ctx.retry or self.policy
+        method = request.method.upper()
+        idempotent = ctx.idempotent if ctx.idempotent is not None else method in IDEMPOTENT_METHODS
+        call = _Call(
+            mw=self,
+            ctx=ctx,
+            policy=policy,
+            request=request,
+            handler=handler,
+            service=ctx.service or (request.url.host or "?"),
+            method=method,
+            url=redact_url(request.url),
+            idempotent=idempotent,
+        )
+        if ctx.started_at is None:
+            ctx.started_at = self.clock.now()
+        remaining = None
+        if policy.deadline is not None:
+            remaining = max(0.0, policy.deadline - (self.clock.now() - ctx.started_at))
+        try:
+            async with timeout_after(self.clock, remaining) as deadline:
+                return await call.run()
+        except TimeoutError:
+            if not deadline.expired:
+                raise
+            elapsed = self.clock.now() - ctx.started_at
+            err = DeadlineExceeded(
+                f"the call's {policy.deadline:g} s deadline passed after "
+                f"{len(ctx.attempts)} attempt(s); the attempt in flight was cancelled",
+                elapsed=elapsed,
+                service=call.service,
+                method=method,
+                url=call.url,
+                attempts=ctx.attempts,
+            )
+            call.log_final(err, None, f"deadline of {policy.deadline:g} s passed")
+            raise err from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Where(TypedDict):
+    service: str
+    method: str
+    url: str
+
+
+@attrs.define(eq=False)
+class _Call:
+    """One logical call's attempt loop (one per middleware invocation)."""
+
+    mw: RetryMiddleware
+    ctx: CallContext
+    policy: RetryPolicy
+    request: ClientRequest
+    handler: ClientHandlerType
+    service: str
+    method: str
+    url: str
+    idempotent: bool
+
+    def _extra(self, **fields: object) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "method": self.method,
+            "path": self.request.url.path,
+            **fields,
+        }
+
+    def _where(self) -> _Where:
+        return {"service": self.service, "method": self.method, "url": self.url}
+
+    def _elapsed(self) -> float:
+        started = self.ctx.started_at
+        return 0.0 if started is None else self.mw.clock.now() - started
+
+    async def run(self) -> ClientResponse:
+        clock = self.mw.clock
+        attempt = 0
+        while True:
+            attempt += 1
+            started = clock.now()
+            resp, outcome, error = await self._attempt(attempt)
+            decision = self.policy.decide(
+                attempt,
+                outcome,
+                idempotent=self.idempotent,
+                elapsed=clock.now() - (self.ctx.started_at or started),
+                rand=self.mw.rng.random(),
+            )
+            pause = decision.pause if decision.action is Action.RETRY else None
+            self.ctx.attempts.append(AttemptRecord(attempt, outcome, pause, started))
+            if decision.action is Action.SUCCEED:
+                assert resp is not None
+                return resp
+            if resp is not None and (decision.action is Action.RETRY or self.mw.raise_for_status):
+                # Release before pausing: a retried response must not hold a pooled connection.
+                error = await self._status_error(resp, outcome)
+                resp.release()
+            if decision.action is Action.RETRY:
+                self._log_retry(attempt, outcome, decision.pause)
+                await clock.sleep(decision.pause)
+                continue
+            if resp is not None and not self.mw.raise_for_status:
+                self._log_final_status(outcome, decision.reason)
+                return resp
+            assert error is not None
+            if decision.action is Action.GIVE_UP:
+                exhausted = RetriesExhausted(
+                    f"gave up after {attempt} attempt(s): {decision.reason}; "
+                    f"last outcome {outcome.describe()}",
+                    last=error,
+                    service=self.service,
+                    method=self.method,
+                    url=self.url,
+                    attempts=self.ctx.attempts,
+                )
+                self.log_final(exhausted, outcome, decision.reason)
+                raise exhausted from error
+            error.attempts = tuple(self.ctx.attempts)
+            self.log_final(error, outcome, decision.reason)
+            raise error
+
+    async def _attempt(
+        self, attempt: int
+    ) -> tuple[ClientResponse | None, Outcome, RequestError | None]:
+        """Make one attempt: (response, outcome, None) or (None, outcome, error)."""
+        where = self._where()
+        try:
+            async with timeout_after(self.mw.clock, self.policy.attempt_timeout) as limit:
+                resp = await self.handler(self.request)
+                if self.mw.buffer_body:
+                    await self._buffer(resp)
+        except TimeoutError as exc:
+            if not limit.expired:
+                outcome, _ = _failure_outcome(exc)
+                return (
+                    None,
+                    outcome,
+                    ConnectionFailed(f"attempt {attempt} failed: {type(exc).__name__}", **where),
+                )
+            outcome = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
+            return (
+                None,
+                outcome,
+                AttemptTimeout(
+                    f"attempt {attempt} took longer than {self.policy.attempt_timeout:g} s "
+                    "and was cancelled",
+                    **where,
+                ),
+            )
+        except BodyTooLarge:
+            raise
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            outcome, never_sent = _failure_outcome(exc)
+            detail = f"{type(exc).__name__}: {_safe_message(exc)}"
+            return (
+                None,
+                outcome,
+                ConnectionFailed(
+                    f"attempt {attempt} failed: {detail}", never_sent=never_sent, **where
+                ),
+            )
+        except aiohttp.ClientError as exc:
+            # Not a transport fault (an invalid URL, too many redirects): the caller's to fix.
+            raise RequestError(f"{type(exc).__name__}: {_safe_message(exc)}", **where) from exc
+        return resp, Outcome.response(resp.status, self._retry_after(resp)), None
+
+    async def _buffer(self, resp: ClientResponse) -> None:
+        limit = self.mw.max_body_bytes
+        length = resp.content_length
+        if length is not None and length > limit:
+            resp.close()
+            raise self._too_large(limit, f"Content-Length {length}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                resp.close()
+                raise self._too_large(limit, f"more than {limit} bytes read")
+            chunks.append(chunk)
+        # Reading to EOF has already returned the connection to the pool (aiohttp's own
+        # end-of-payload hook). read()/text()/json() serve _body once set: the same field its
+        # own read() fills. Calling release() here would make a later read() fail.
+        resp._body = b"".join(chunks)
+
+    def _too_large(self, limit: int, detail: str) -> BodyTooLarge:
+        err = BodyTooLarge(
+            f"response body exceeds the {limit}-byte limit ({detail}); not read further",
+            limit=limit,
+            service=self.service,
+            method=self.method,
+            url=self.url,
+        )
+        _log.error("%s %s: %s", self.method, self.url, err.message, extra=self._extra(limit=limit))
+        return err
+
+    def _retry_after(self, resp: ClientResponse) -> float | None:
+        value = resp.headers.get(hdrs.RETRY_AFTER)
+        if value is None:
+            return None
+        now_epoch = self.mw.wall_clock()
+        date = resp.headers.get(hdrs.DATE)
+        if date is not None:
+            with contextlib.suppress(InvalidRetryAfter):
+                now_epoch = parse_retry_after_date(date)
+        try:
+            return parse_retry_after(value, now_epoch=now_epoch)
+        except InvalidRetryAfter as exc:
+            _log.warning(
+                "%s %s: ignoring invalid Retry-After (%s); following the schedule",
+                self.method,
+                self.url,
+                exc,
+                extra=self._extra(status=resp.status),
+            )
+            return None
+
+    async def _status_error(self, resp: ClientResponse, outcome: Outcome) -> HTTPStatusError:
+        body = resp._body if resp._body is not None else b""
+        excerpt = body_excerpt(body, path=self.request.url.path)
+        status = resp.status
+        where = self._where()
+        reason = resp.reason or ""
+        if status == 451:
+            return BlockedError(
+                "451: LiveEngage has blacklisted this account or user; not retried",
+                status=status,
+                body_excerpt=excerpt,
+                **where,
+            )
+        if 400 <= status < 500 and status != 429:
+            return ClientStatusError(
+                f"{status} {reason}: the request was refused as invalid; not retried "
+                "(a 4xx is the caller's to fix)",
+                status=status,
+                body_excerpt=excerpt,
+                **where,
+            )
+        return ServerStatusError(
+            f"{status} {reason}".strip(), status=status, body_excerpt=excerpt, **where
+        )
+
+    def _log_retry(self, attempt: int, outcome: Outcome, pause: float) -> None:
+        elapsed = self._elapsed()
+        _log.warning(
+            "%s %s: attempt %d/%d failed with %s; retrying in %.3g s",
+            self.method,
+            self.url,
+            attempt,
+            self.policy.max_attempts,
+            outcome.describe(),
+            pause,
+            extra=self._extra(
+                attempt=attempt,
+                status=outcome.status,
+                error=outcome.error,
+                pause=pause,
+                elapsed=elapsed,
+            ),
+        )
+        emit(
+            self.mw.hooks.on_retry,
+            RetryEvent(
+                service=self.service,
+                method=self.method,
+                url=self.url,
+                attempt=attempt,
+                outcome=outcome,
+                pause=pause,
+                elapsed=elapsed,
+            ),
+        )
+
+    def _log_final_status(self, outcome: Outcome, reason: str) -> None:
+        _log.warning(
+            "%s %s: %s",
+            self.method,
+            self.url,
+            reason,
+            extra=self._extra(attempt=len(self.ctx.attempts), status=outcome.status),
+        )
+
+    def log_final(self, err: RequestError, outcome: Outcome | None, reason: str) -> None:
+        elapsed = self._elapsed()
+        attempts = len(self.ctx.attempts)
+        level = logging.WARNING if isinstance(err, ClientStatusError) else logging.ERROR
+        _log.log(
+            level,
+            "%s %s: failed after %d attempt(s) in %.3g s: %s",
+            self.method,
+            self.url,
+            attempts,
+            elapsed,
+            reason,
+            extra=self._extra(
+                attempt=attempts,
+                status=outcome.status if outcome else None,
+                error=outcome.error if outcome else type(err).__name__,
+                elapsed=elapsed,
+            ),
+        )
+        emit(
+            self.mw.hooks.on_giveup,
+            GiveUpEvent(
+                service=self.service,
+                method=self.method,
+                url=self.url,
+                attempts=attempts,
+                outcome=outcome,
+                reason=reason,
+                elapsed=elapsed,
+            ),
+        )
+
+
+def parse_retry_after_date(value: str) -> float:
+    """Epoch seconds of an HTTP-date (the ``Date`` header), or :class:`InvalidRetryAfter`."""
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise InvalidRetryAfter(f"not an HTTP-date: {value[:64]!r}") from exc
+
+
+def _safe_message(exc: BaseException) -> str:
+    """An exception's message with any URL in it redacted (aiohttp puts URLs in messages)."""
+    return redact_text(str(exc))[:300]

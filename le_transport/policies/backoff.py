@@ -1,0 +1,148 @@
+"""The outer recovery schedule: exponential backoff for re-login and reconnect.
+
+After the request schedule gives up, the guide asks for an outer retry (re-login, re-open the
+socket) "at a longer interval than the previous one ... or exponential backoff", never so short
+that it keeps an overloaded service down. :class:`BackoffPolicy` is that schedule as a pure
+value: :meth:`BackoffPolicy.delay` maps an attempt number and a random draw to a pause, and
+:meth:`BackoffPolicy.next_delay` adds the attempt and deadline limits.
+
+The formula is one line (``first * factor ** (n - 1)``, capped, then jittered), so we write it
+here rather than take the ``backoff`` package's generators: they are stateful iterators with no
+floor and no deadline, and the package is unmaintained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._validate import fraction, non_negative, optional_positive, positive
+from .retry import GUIDE_5XX_PAUSES
+
+__all__ = [
+    "RECONNECT_CAP",
+    "RECONNECT_FIRST_DELAY",
+    "RELOGIN_CAP",
+    "RELOGIN_FIRST_DELAY",
+    "BackoffPolicy",
+]
+
+#: LivePerson's retry page: re-login "every 2 minutes, or exponential 2, 4, 8 ... minutes".
+RELOGIN_FIRST_DELAY = 120.0
+#: Where the re-login backoff stops growing: 16 minutes.
+RELOGIN_CAP = 960.0
+#: LivePerson's "wait a short period, then reconnect": about a second.
+RECONNECT_FIRST_DELAY = 1.0
+#: LivePerson's "every 2 minutes" is the longest a dropped socket waits between tries.
+RECONNECT_CAP = 120.0
+
+
+def _max_attempts(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"BackoffPolicy.max_attempts must be None or >= 1, got {value!r}")
+
+
+@attrs.frozen
+class BackoffPolicy:
+    """Exponential backoff: ``first``, ``first * factor``, ... up to ``cap``, jittered.
+
+    - Un-jittered delays (:meth:`base_delay`) strictly grow until they reach ``cap``.
+    - ``jitter`` spreads each delay uniformly within ``±jitter`` of its value, so a fleet
+      dropped at once does not come back at the same instant (default ±20%).
+    - ``floor``: no delay, jittered or not, is ever shorter. For re-login it is the request
+      schedule's last pause (15 s): the guide's rule that each outer retry is longer than the
+      one before it.
+    - ``max_attempts`` (None: unlimited) and ``deadline`` (seconds since the first failure;
+      None: none) end the loop: :meth:`next_delay` then returns None.
+    """
+
+    first: float = attrs.field(default=RELOGIN_FIRST_DELAY, validator=positive)
+    factor: float = attrs.field(default=2.0)
+    cap: float = attrs.field(default=RELOGIN_CAP, validator=positive)
+    jitter: float = attrs.field(default=0.2, validator=fraction)
+    floor: float = attrs.field(default=GUIDE_5XX_PAUSES[-1], validator=non_negative)
+    max_attempts: int | None = attrs.field(default=None, validator=_max_attempts)
+    deadline: float | None = attrs.field(default=None, validator=optional_positive)
+
+    @factor.validator
+    def _check_factor(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+            raise ConfigurationError(
+                f"BackoffPolicy.factor must be > 1 so that delays grow, got {value!r}"
+            )
+
+    def __attrs_post_init__(self) -> None:
+        if self.cap < self.first:
+            raise ConfigurationError(
+                f"BackoffPolicy.cap ({self.cap!r}) must be >= first ({self.first!r})"
+            )
+
+    @classmethod
+    def relogin(cls, **overrides: object) -> BackoffPolicy:
+        """LivePerson's re-login schedule: 2, 4, 8, 16 min (capped), ±20%, never under 15 s."""
+        return cls(**overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def reconnect(cls, **overrides: object) -> BackoffPolicy:
+        """The socket reconnect schedule: about 1 s first, doubling, capped at 2 min, ±20%."""
+        params: dict[str, object] = {
+            "first": RECONNECT_FIRST_DELAY,
+            "cap": RECONNECT_CAP,
+            "floor": 0.0,
+        }
+        params.update(overrides)
+        return cls(**params)  # type: ignore[arg-type]
+
+    def scaled(self, factor: float) -> BackoffPolicy:
+        """The same policy with every duration multiplied by ``factor`` (for demos and tests)."""
+        if not factor > 0:
+            raise ConfigurationError(f"scale factor must be > 0, got {factor!r}")
+        return attrs.evolve(
+            self,
+            first=self.first * factor,
+            cap=self.cap * factor,
+            floor=self.floor * factor,
+            deadline=None if self.deadline is None else self.deadline * factor,
+        )
+
+    def base_delay(self, attempt: int) -> float:
+        """The un-jittered delay before outer attempt ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError(f"attempt is 1-based, got {attempt}")
+        # Compare exponents rather than computing factor ** n, which overflows for large n.
+        delay = self.first
+        for _ in range(attempt - 1):
+            delay *= self.factor
+            if delay >= self.cap:
+                return max(self.cap, self.floor)
+        return max(min(delay, self.cap), self.floor)
+
+    def bounds(self, attempt: int) -> tuple[float, float]:
+        """The lowest and highest delay :meth:`delay` can return for ``attempt``."""
+        base = self.base_delay(attempt)
+        return (
+            max(base * (1.0 - self.jitter), self.floor),
+            max(base * (1.0 + self.jitter), self.floor),
+        )
+
+    def delay(self, attempt: int, rand: float = 0.5) -> float:
+        """The jittered delay before outer attempt ``attempt``; ``rand`` is uniform in [0, 1)."""
+        base = self.base_delay(attempt)
+        return max(base * (1.0 + self.jitter * (2.0 * rand - 1.0)), self.floor)
+
+    def next_delay(self, attempt: int, elapsed: float, rand: float = 0.5) -> float | None:
+        """The delay before outer attempt ``attempt``, or None when the loop must stop.
+
+        It stops when ``attempt`` passes ``max_attempts`` or when the delay would end past
+        ``deadline`` (``elapsed`` is the time since the first failure).
+        """
+        if self.max_attempts is not None and attempt > self.max_attempts:
+            return None
+        delay = self.delay(attempt, rand)
+        if self.deadline is not None and elapsed + delay > self.deadline:
+            return None
+        return delay

@@ -1,0 +1,125 @@
+"""Classification: what an outcome of one attempt means, as a pure decision.
+
+The I/O layer turns a response or an exception into an :class:`Outcome` (a plain value); a
+:class:`Classifier` answers whether it is a success, worth retrying, or final. LivePerson's guide:
+4xx is the caller's bug (never retried), 5xx is retried. Its retry page adds two exceptions:
+429 is retried (never sooner than a floor), 451 ("blacklisted") is final.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "Classifier",
+    "Outcome",
+    "OutcomeKind",
+    "Verdict",
+]
+
+#: Methods that RFC 9110 defines as idempotent: repeating them has the effect of doing them once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class OutcomeKind(enum.Enum):
+    """What kind of thing one attempt ended with."""
+
+    #: An answer with a status (any status, success or not).
+    RESPONSE = "response"
+    #: The connection could not be made (refused, DNS, TLS): the request never left.
+    CONNECT_FAILED = "connect_failed"
+    #: The connection broke after the request may have been sent (reset, server disconnected,
+    #: body cut short).
+    CONNECTION_LOST = "connection_lost"
+    #: The attempt ran past its per-attempt timeout and was cancelled.
+    TIMEOUT = "timeout"
+    #: TLS verification failed: the peer is not who it claims to be. Retrying cannot fix that.
+    TLS_REJECTED = "tls_rejected"
+
+
+class Verdict(enum.Enum):
+    """The classifier's answer."""
+
+    SUCCESS = "success"
+    RETRY = "retry"
+    FAIL = "fail"
+
+
+@attrs.frozen
+class Outcome:
+    """The facts of one attempt: a status, or a transport failure (by exception type name).
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent a valid one.
+    """
+
+    kind: OutcomeKind
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def response(cls, status: int, retry_after: float | None = None) -> Outcome:
+        """An answer with ``status``."""
+        return cls(OutcomeKind.RESPONSE, status=status, retry_after=retry_after)
+
+    @classmethod
+    def failure(cls, kind: OutcomeKind, error: str) -> Outcome:
+        """A transport failure of ``kind``; ``error`` names the exception type."""
+        if kind is OutcomeKind.RESPONSE:
+            raise ValueError("a failure cannot be of kind RESPONSE")
+        return cls(kind, error=error)
+
+    def describe(self) -> str:
+        """A short human form: ``503`` or ``connection_lost (ServerDisconnectedError)``."""
+        if self.kind is OutcomeKind.RESPONSE:
+            return str(self.status)
+        return f"{self.kind.value} ({self.error})" if self.error else self.kind.value
+
+
+def _status_set(value: frozenset[int]) -> frozenset[int]:
+    return frozenset(value)
+
+
+@attrs.frozen
+class Classifier:
+    """Decides whether an outcome is a success, retryable, or final; replaceable as a policy.
+
+    Defaults follow the guide and LivePerson's retry page: 2xx/3xx succeed; 5xx, 429 and every
+    transport failure are retryable; 451 and every other 4xx are final. ``retry_statuses`` adds
+    statuses to retry (e.g. 409 for an API known to answer it transiently); ``final_statuses``
+    removes some (e.g. 501 Not Implemented, which no retry can fix).
+
+    Idempotency (``retryable_for``): a request that is not idempotent (POST, PATCH, unless the
+    caller marks it so) is retried only when the failure proves it was not processed: a connect
+    failure (it never left) or a 429 (the server refused to process it). A 5xx, a reset or a
+    timeout may come after the server acted, so repeating a POST could apply it twice.
+    """
+
+    retry_statuses: frozenset[int] = attrs.field(default=frozenset({429}), converter=_status_set)
+    final_statuses: frozenset[int] = attrs.field(default=frozenset({451}), converter=_status_set)
+
+    def classify(self, outcome: Outcome) -> Verdict:
+        """Success, retry, or fail, regardless of the method."""
+        if outcome.kind is OutcomeKind.TLS_REJECTED:
+            return Verdict.FAIL
+        if outcome.kind is not OutcomeKind.RESPONSE:
+            return Verdict.RETRY
+        status = outcome.status if outcome.status is not None else 0
+        if status in self.final_statuses:
+            return Verdict.FAIL
+        if status in self.retry_statuses or 500 <= status <= 599:
+            return Verdict.RETRY
+        if status < 400:
+            return Verdict.SUCCESS
+        return Verdict.FAIL
+
+    def retryable_for(self, outcome: Outcome, *, idempotent: bool) -> bool:
+        """Whether a retryable outcome may be retried for a request of this idempotency."""
+        if self.classify(outcome) is not Verdict.RETRY:
+            return False
+        if idempotent:
+            return True
+        return outcome.kind is OutcomeKind.CONNECT_FAILED or outcome.status == 429

@@ -1,0 +1,172 @@
+"""The request retry schedule: which attempt to retry and how long to pause first.
+
+Default is exactly LivePerson's guide (Step 3): a 5xx is retried 3 times, pausing 5, 10 and 15 s.
+:class:`RetryPolicy` is a frozen value; :meth:`RetryPolicy.decide` takes the facts of the attempt
+that just ended (and a random draw, for optional jitter) and returns a :class:`Decision`. It does
+no I/O and reads no clock: the middleware acts on its answer.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._validate import fraction, non_negative, optional_positive
+from .classify import Classifier, Outcome, Verdict
+
+__all__ = [
+    "GUIDE_5XX_PAUSES",
+    "LOGIN_RATE_LIMIT_FLOOR",
+    "RATE_LIMIT_FLOOR",
+    "Action",
+    "Decision",
+    "RetryPolicy",
+]
+
+#: The guide's Step 3: "Retry 3 times with 5, 10, 15-second pause between retries".
+GUIDE_5XX_PAUSES: tuple[float, ...] = (5.0, 10.0, 15.0)
+#: LivePerson's retry page: after a 429, "wait at least 1 s before retrying".
+RATE_LIMIT_FLOOR = 1.0
+#: The Login Service's 429: "too many logins; retry after 5 s".
+LOGIN_RATE_LIMIT_FLOOR = 5.0
+#: The longest pause a ``Retry-After`` header may ask for by default.
+DEFAULT_RETRY_AFTER_CEILING = 60.0
+#: Default per-attempt timeout. LiveEngage REST calls answer in well under a second when healthy.
+DEFAULT_ATTEMPT_TIMEOUT = 30.0
+
+
+class Action(enum.Enum):
+    """What to do after an attempt."""
+
+    #: The outcome is a success: return it.
+    SUCCEED = "succeed"
+    #: Pause, then make another attempt.
+    RETRY = "retry"
+    #: Retryable, but the schedule (or the deadline) is spent: give up.
+    GIVE_UP = "give_up"
+    #: Not retryable (4xx, 451, an unsafe repeat): fail at once.
+    FAIL = "fail"
+
+
+@attrs.frozen
+class Decision:
+    """A :class:`RetryPolicy`'s answer: an action, the pause before the next attempt, and why."""
+
+    action: Action
+    pause: float = 0.0
+    reason: str = ""
+
+
+def _pauses(value: object) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigurationError(f"RetryPolicy.pauses must be a sequence of seconds, got {value!r}")
+    items = tuple(value)
+    for p in items:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p < float("inf")):
+            raise ConfigurationError(
+                f"RetryPolicy.pauses must hold finite numbers >= 0, got {p!r} in {items!r}"
+            )
+    return tuple(float(p) for p in items)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """The request retry schedule.
+
+    - ``pauses``: the pause before each retry; its length is the number of retries. Default
+      ``(5, 10, 15)``; ``RetryPolicy(pauses=(0.05, 0.1, 0.15))`` is the same schedule scaled.
+    - ``jitter``: a fraction; each pause is drawn uniformly within ``±jitter`` of its value.
+      Off (0) by default, so the schedule is exactly the guide's.
+    - ``rate_limit_floor``: a 429 is never retried sooner than this (1 s; 5 s for login).
+    - ``retry_after_ceiling``: a ``Retry-After`` longer than the scheduled pause lengthens it,
+      up to this ceiling; it never shortens a pause.
+    - ``attempt_timeout``: each attempt is cancelled after this many seconds (None: no limit).
+    - ``deadline``: the whole call, pauses included, is cancelled after this many seconds.
+    - ``classifier``: what is retryable (see :class:`Classifier`).
+    """
+
+    pauses: tuple[float, ...] = attrs.field(default=GUIDE_5XX_PAUSES, converter=_pauses)
+    jitter: float = attrs.field(default=0.0, validator=fraction)
+    rate_limit_floor: float = attrs.field(default=RATE_LIMIT_FLOOR, validator=non_negative)
+    retry_after_ceiling: float = attrs.field(
+        default=DEFAULT_RETRY_AFTER_CEILING, validator=non_negative
+    )
+    attempt_timeout: float | None = attrs.field(
+        default=DEFAULT_ATTEMPT_TIMEOUT, validator=optional_positive
+    )
+    deadline: float | None = attrs.field(default=None, validator=optional_positive)
+    classifier: Classifier = attrs.field(factory=Classifier)
+
+    @property
+    def max_attempts(self) -> int:
+        """The first attempt plus one per pause."""
+        return len(self.pauses) + 1
+
+    @property
+    def last_pause(self) -> float:
+        """The longest scheduled pause; the outer schedule never pauses less than this."""
+        return max(self.pauses, default=0.0)
+
+    def scaled(self, factor: float) -> RetryPolicy:
+        """The same policy with every duration multiplied by ``factor`` (for demos and tests)."""
+        if not factor > 0:
+            raise ConfigurationError(f"scale factor must be > 0, got {factor!r}")
+        return attrs.evolve(
+            self,
+            pauses=tuple(p * factor for p in self.pauses),
+            rate_limit_floor=self.rate_limit_floor * factor,
+            retry_after_ceiling=self.retry_after_ceiling * factor,
+            attempt_timeout=None if self.attempt_timeout is None else self.attempt_timeout * factor,
+            deadline=None if self.deadline is None else self.deadline * factor,
+        )
+
+    def pause_for(self, attempt: int, outcome: Outcome, rand: float = 0.5) -> float:
+        """The pause after failed attempt number ``attempt`` (1-based), before the next one.
+
+        ``rand`` is a uniform draw in [0, 1) used only when ``jitter`` is on.
+        """
+        pause = self.pauses[attempt - 1]
+        if self.jitter:
+            pause *= 1.0 + self.jitter * (2.0 * rand - 1.0)
+        if outcome.status == 429:
+            pause = max(pause, self.rate_limit_floor)
+        if outcome.retry_after is not None:
+            pause = max(pause, min(outcome.retry_after, self.retry_after_ceiling))
+        return pause
+
+    def decide(
+        self,
+        attempt: int,
+        outcome: Outcome,
+        *,
+        idempotent: bool,
+        elapsed: float = 0.0,
+        rand: float = 0.5,
+    ) -> Decision:
+        """What to do after attempt number ``attempt`` (1-based) ended with ``outcome``.
+
+        ``elapsed`` is the time since the call started; a pause that would end past
+        ``deadline`` gives up now instead of sleeping for nothing.
+        """
+        verdict = self.classifier.classify(outcome)
+        if verdict is Verdict.SUCCESS:
+            return Decision(Action.SUCCEED, reason="success")
+        if verdict is Verdict.FAIL:
+            return Decision(Action.FAIL, reason=f"{outcome.describe()} is not retryable")
+        if not self.classifier.retryable_for(outcome, idempotent=idempotent):
+            return Decision(
+                Action.FAIL,
+                reason=f"{outcome.describe()} on a request that is not idempotent",
+            )
+        if attempt >= self.max_attempts:
+            return Decision(Action.GIVE_UP, reason=f"retries exhausted after {attempt} attempts")
+        pause = self.pause_for(attempt, outcome, rand)
+        if self.deadline is not None and elapsed + pause >= self.deadline:
+            return Decision(
+                Action.GIVE_UP,
+                pause=pause,
+                reason=f"a {pause:g} s pause would pass the {self.deadline:g} s deadline",
+            )
+        return Decision(Action.RETRY, pause=pause, reason=f"{outcome.describe()} is retryable")

@@ -1,0 +1,93 @@
+"""Domain providers: given a LiveEngage service name, the host that serves it.
+
+Every LiveEngage API's host comes from the Domain API (CSDS) per account and service name. The
+:class:`DomainProvider` protocol is what the engine asks; :class:`StaticDomains` answers from a
+fixed mapping (custom endpoints, local servers, tests).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from ..errors import HostileHostError, UnknownServiceError
+
+__all__ = ["DomainProvider", "StaticDomains", "validate_host"]
+
+# A bare hostname (RFC 1123 labels) or an IPv4 address, optionally with a port; or a bracketed
+# IPv6 literal with an optional port. Nothing else: no scheme, path, userinfo, whitespace.
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOST = re.compile(
+    rf"^(?:(?:{_LABEL})(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?$"
+)
+
+
+def validate_host(host: object, *, service: str = "?", account: str | None = None) -> str:
+    """``host`` if it is a bare hostname with an optional port; else :class:`HostileHostError`.
+
+    The value is never echoed whole in the error (it may be an attacker's payload): only its
+    length and a short, printable prefix.
+    """
+    if not isinstance(host, str) or not host or len(host) > 260:
+        raise HostileHostError(
+            f"refusing the host for service {service!r}: not a non-empty string of at most 260 "
+            f"characters (got {type(host).__name__})",
+            account=account,
+        )
+    m = _HOST.match(host)
+    if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
+        shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in host[:40])
+        raise HostileHostError(
+            f"refusing the host {shown!r} for service {service!r}: a host must be a bare "
+            "hostname with an optional port (no scheme, path, userinfo, whitespace or control "
+            "characters); no credential is sent to it",
+            account=account,
+        )
+    return host.rstrip(".") if not host.endswith("]") else host
+
+
+@runtime_checkable
+class DomainProvider(Protocol):
+    """Resolves a service name to its host (``name`` or ``name:port``)."""
+
+    async def resolve(self, service: str) -> str:
+        """The host for ``service``; :class:`UnknownServiceError` if there is none."""
+        ...
+
+    async def invalidate(self) -> None:
+        """Forget cached answers, so that the next :meth:`resolve` asks again (outer recovery)."""
+        ...
+
+
+class StaticDomains:
+    """A fixed ``{service: host}`` mapping, validated once at construction."""
+
+    __slots__ = ("_hosts",)
+
+    def __init__(self, hosts: Mapping[str, str]) -> None:
+        self._hosts = {svc: validate_host(h, service=svc) for svc, h in hosts.items()}
+
+    async def resolve(self, service: str) -> str:
+        """The configured host for ``service``."""
+        try:
+            return self._hosts[service]
+        except KeyError:
+            known = sorted(self._hosts)
+            raise UnknownServiceError(
+                f"unknown service {service!r}; known services: {', '.join(known) or 'none'} "
+                "(names are case sensitive)",
+                service=service,
+                known=known,
+            ) from None
+
+    async def invalidate(self) -> None:
+        """Nothing to forget."""
+
+    @property
+    def hosts(self) -> Mapping[str, str]:
+        """The mapping."""
+        return dict(self._hosts)
+
+    def __repr__(self) -> str:
+        return f"StaticDomains({self._hosts!r})"

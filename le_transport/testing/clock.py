@@ -1,0 +1,137 @@
+"""A virtual clock that jumps to the next deadline whenever every task is waiting.
+
+Modelled on trio's ``MockClock`` with ``autojump_threshold=0``: tests of the guide's 5/10/15 s
+schedule through the real middleware stack and a real loopback server take milliseconds of
+wall time, with no hand-advancing of time. Every sleep is recorded in :attr:`VirtualClock.sleeps`.
+
+"Every task is waiting" is read off the event loop: when, for ``idle_rounds`` consecutive loop
+iterations, no callback other than the clock's own is ready to run (so no task is runnable and
+no I/O event arrived), time jumps to the earliest pending sleep. Loopback I/O with a server in
+the same loop completes within an iteration, so a test may talk to a real aiohttp server without
+time jumping under it. Work in threads or other processes is invisible to the loop: for such
+tests set ``autojump_threshold`` (real seconds of idleness required before a jump), or advance
+time by hand with :meth:`VirtualClock.advance` and ``autojump=False``.
+
+Requires the standard asyncio event loop (it inspects the loop's ready queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Any
+
+__all__ = ["VirtualClock"]
+
+
+class VirtualClock:
+    """A :class:`~le_transport.clock.Clock` whose time moves only when everything waits.
+
+    - ``start``: the initial reading of :meth:`now`.
+    - ``autojump``: jump to the next deadline automatically (default); else use :meth:`advance`.
+    - ``idle_rounds``: loop iterations with nothing else ready before a jump.
+    - ``autojump_threshold``: additionally, real seconds the loop must stay idle (default 0).
+    """
+
+    def __init__(
+        self,
+        start: float = 0.0,
+        *,
+        autojump: bool = True,
+        idle_rounds: int = 3,
+        autojump_threshold: float = 0.0,
+    ) -> None:
+        self._now = float(start)
+        self._autojump = autojump
+        self._idle_rounds = max(1, idle_rounds)
+        self._threshold = autojump_threshold
+        self._seq = itertools.count()
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._driver: asyncio.Task[None] | None = None
+        #: Every sleep requested, in seconds, in order.
+        self.sleeps: list[float] = []
+        #: (time at which the sleep started, its length), in order.
+        self.history: list[tuple[float, float]] = []
+
+    def now(self) -> float:
+        """The virtual time."""
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the virtual time has moved on by ``seconds``."""
+        seconds = max(0.0, float(seconds))
+        self.sleeps.append(seconds)
+        self.history.append((self._now, seconds))
+        loop = asyncio.get_running_loop()
+        if seconds == 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
+        if self._autojump and (self._driver is None or self._driver.done()):
+            self._driver = loop.create_task(self._drive(), name="le_transport.VirtualClock")
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        """Move time on by ``seconds`` and wake every sleep that is due."""
+        if seconds < 0:
+            raise ValueError("time cannot go backwards")
+        self._jump_to(self._now + seconds)
+
+    @property
+    def pending(self) -> int:
+        """How many sleeps are waiting."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    def _jump_to(self, when: float) -> None:
+        self._now = max(self._now, when)
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _next_deadline(self) -> float | None:
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)  # cancelled sleeps
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def _drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = 0
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(0)
+            if self._next_deadline() is None:
+                return
+            if _loop_idle(loop):
+                idle += 1
+                if idle_since is None:
+                    idle_since = time.monotonic()
+            else:
+                idle, idle_since = 0, None
+                continue
+            if idle < self._idle_rounds:
+                continue
+            if (
+                self._threshold
+                and idle_since is not None
+                and time.monotonic() - idle_since < self._threshold
+            ):
+                await asyncio.sleep(min(self._threshold / 4, 0.01))
+                continue
+            deadline = self._next_deadline()
+            if deadline is not None:
+                self._jump_to(deadline)
+            idle, idle_since = 0, None
+
+    def __repr__(self) -> str:
+        return f"VirtualClock(now={self._now!r}, pending={self.pending})"
+
+
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:
+    ready: Any = getattr(loop, "_ready", None)
+    if ready is None:  # pragma: no cover - not the standard loop
+        raise RuntimeError("VirtualClock autojump needs the standard asyncio event loop")
+    return len(ready) == 0

@@ -1,0 +1,66 @@
+"""Shared fixtures: the virtual clock, a loopback server factory, and the leak check."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from le_transport.testing import VirtualClock
+
+ServerFactory = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    """A fresh virtual clock."""
+    return VirtualClock()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[ServerFactory]:
+    """Start aiohttp apps on free loopback ports; returns ``host:port``. Cleaned up after."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every async test gets the leak check."""
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            item.fixturenames.append("no_leaked_tasks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves a task of its own running when it ends."""
+    before = set(asyncio.all_tasks())
+    yield
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gc.collect()
+    leaked = [
+        t
+        for t in asyncio.all_tasks()
+        if t not in before and t is not asyncio.current_task() and not t.done()
+    ]
+    for t in leaked:
+        t.cancel()
+    assert not leaked, f"leaked tasks: {leaked!r}"
