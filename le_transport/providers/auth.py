@@ -1,0 +1,98 @@
+"""The auth provider protocol: who the caller is, as credentials put on each request or socket.
+
+An :class:`AuthProvider` hands out :class:`Credentials` (headers for a request, and the bearer or
+JWT for sockets that carry it elsewhere) and is told when the server rejected them. Credentials
+carry a ``generation``: a provider re-authenticates only when the rejected credentials are the
+current ones, so a hundred concurrent 401s cause one login, not a hundred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import attrs
+from yarl import URL
+
+from .._redact import Secret, redact_headers
+
+__all__ = ["AuthProvider", "Credentials", "StaticBearer"]
+
+
+def _frozen_headers(value: Mapping[str, str]) -> Mapping[str, str]:
+    return dict(value)
+
+
+@attrs.frozen(repr=False)
+class Credentials:
+    """What to put on a request: ``headers``; and for sockets, the ``bearer`` (or consumer JWT).
+
+    ``generation`` identifies the login that produced them. The repr never shows a secret.
+    """
+
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_headers)
+    bearer: Secret | None = None
+    generation: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(headers={redact_headers(self.headers)!r}, "
+            f"bearer={self.bearer!r}, generation={self.generation})"
+        )
+
+
+@runtime_checkable
+class AuthProvider(Protocol):
+    """Puts credentials on requests and reacts when the server rejects them."""
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        """Credentials for ``method url`` (the final URL, query included: OAuth1 signs it).
+
+        May log in first; concurrent callers share one login (single flight).
+        """
+        ...
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        """The server rejected ``rejected`` (a 401, a close code 4401): drop them if they are
+        still current, so that the next :meth:`credentials` re-authenticates once."""
+        ...
+
+    async def close(self) -> None:
+        """End the session (logout) and stop any keepalive. Idempotent."""
+        ...
+
+
+class StaticBearer:
+    """A caller-managed bearer token: ``Authorization: Bearer <token>``.
+
+    It cannot re-authenticate: after :meth:`invalidate`, :meth:`credentials` still returns the
+    same token (the caller is expected to replace it with :meth:`update`).
+    """
+
+    __slots__ = ("_generation", "_token")
+
+    def __init__(self, token: str | Secret) -> None:
+        self._token = Secret(token) if isinstance(token, str) else token
+        self._generation = 0
+
+    def update(self, token: str | Secret) -> None:
+        """Replace the token (e.g. after the caller refreshed it elsewhere)."""
+        self._token = Secret(token) if isinstance(token, str) else token
+        self._generation += 1
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        """``Authorization: Bearer <token>``."""
+        return Credentials(
+            headers={"Authorization": f"Bearer {self._token.reveal()}"},
+            bearer=self._token,
+            generation=self._generation,
+        )
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        """Nothing to do: the caller owns the token."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    def __repr__(self) -> str:
+        return f"StaticBearer({self._token!r})"
