@@ -23,6 +23,7 @@ __all__ = [
     "is_secret_name",
     "redact_headers",
     "redact_json",
+    "redact_path",
     "redact_text",
     "redact_url",
 ]
@@ -73,16 +74,24 @@ _AUTH_PATH = re.compile(
     re.IGNORECASE,
 )
 
-# Credential-looking fragments in free text: "Bearer x", "jwt x", OAuth params, key=value.
-_TEXT_PATTERNS = (
-    re.compile(r"(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}"),
-    re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
-    re.compile(
-        r"(?i)\b([a-z_]*(?:password|secret|token|bearer|csrf|jwt|session_id|sessionid|apikey|"
-        r"appkey|authcode|wsuk)[a-z_]*)(\"?\s*[:=]\s*\"?)([^\"&,\s}]+)"
+# Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
+# OAuth params, key=value, the UMS path's bearer, and a JWT anywhere.
+_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), rf"\1 {REDACTED}"),
+    (
+        re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
+        rf'\1="{REDACTED}"',
     ),
-    # A JWT anywhere: three base64url segments, the first starting like a JSON header.
-    re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
+    (
+        re.compile(
+            r"(?i)\b([a-z_]*(?:password|secret|token|bearer|csrf|jwt|session_id|sessionid|"
+            r"apikey|appkey|authcode|wsuk)[a-z_]*)(\"?\s*[:=]\s*\"?)([^\"&,\s}]+)"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    (re.compile(r"(/brand/)[^/?#\s\"']+"), rf"\1{REDACTED}"),
+    # Three base64url segments, the first starting like a JSON header.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
 )
 
 
@@ -97,6 +106,15 @@ def is_auth_path(path: str) -> bool:
     return bool(_AUTH_PATH.search(path))
 
 
+def redact_path(path: str) -> str:
+    """The path with in-path credentials (the bearer after ``/brand/``) replaced."""
+    segments = path.split("/")
+    for i in range(1, len(segments)):
+        if segments[i - 1] in _SECRET_PATH_AFTER and segments[i]:
+            segments[i] = REDACTED
+    return "/".join(segments)
+
+
 def redact_url(url: URL | str) -> str:
     """The URL with userinfo dropped, secret query values and in-path bearers replaced."""
     try:
@@ -105,11 +123,7 @@ def redact_url(url: URL | str) -> str:
         return "<unparseable url>"
     if u.user is not None or u.password is not None:
         u = u.with_user(None)
-    segments = u.raw_path.split("/")
-    for i in range(1, len(segments)):
-        if segments[i - 1] in _SECRET_PATH_AFTER and segments[i]:
-            segments[i] = REDACTED
-    path = "/".join(segments)
+    path = redact_path(u.raw_path)
     query = "&".join(f"{k}={REDACTED if is_secret_name(k) else v}" for k, v in u.query.items())
     origin = f"{u.scheme}://{u.raw_authority}" if u.is_absolute() else ""
     return f"{origin}{path}" + (f"?{query}" if query else "")
@@ -135,13 +149,8 @@ def redact_json(value: Any) -> Any:
 
 def redact_text(text: str) -> str:
     """Free text with credential-looking fragments replaced."""
-    for pattern in _TEXT_PATTERNS:
-        if pattern.groups >= 3:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-        elif pattern.groups == 1:
-            text = pattern.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-        else:
-            text = pattern.sub(REDACTED, text)
+    for pattern, replacement in _TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
     return text
 
 

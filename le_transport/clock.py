@@ -52,9 +52,13 @@ class _ClockTimeout:
     A watchdog task sleeps on the clock and then cancels the owner; the cancellation is turned
     into :class:`TimeoutError` on exit. Unlike a loop that only checks a deadline between
     attempts, this interrupts the attempt in flight.
+
+    Cancellations are counted as ``asyncio.timeout`` counts them: when two nested timeouts
+    expire at the same instant, only the outer one turns into :class:`TimeoutError`, and a
+    cancellation from outside (the caller cancelling the task) is never swallowed.
     """
 
-    __slots__ = ("_clock", "_expired", "_seconds", "_task", "_watchdog")
+    __slots__ = ("_cancelling", "_clock", "_expired", "_seconds", "_task", "_watchdog")
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
         self._clock = clock
@@ -62,6 +66,7 @@ class _ClockTimeout:
         self._task: asyncio.Task[object] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._expired = False
+        self._cancelling = 0
 
     @property
     def expired(self) -> bool:
@@ -75,7 +80,11 @@ class _ClockTimeout:
         if task is None:  # pragma: no cover - only outside a task
             raise RuntimeError("timeout_after must be used inside a task")
         self._task = task
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch(self._seconds))
+        if sys.version_info >= (3, 11):
+            self._cancelling = task.cancelling()
+        self._watchdog = asyncio.get_running_loop().create_task(
+            self._watch(self._seconds), name="le_transport.timeout_after"
+        )
         return self
 
     async def _watch(self, seconds: float) -> None:
@@ -93,9 +102,12 @@ class _ClockTimeout:
         watchdog = self._watchdog
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()
-        if self._expired and exc_type is asyncio.CancelledError:
-            if sys.version_info >= (3, 11) and self._task is not None:
-                self._task.uncancel()
+        if not self._expired or self._task is None:
+            return False
+        if sys.version_info >= (3, 11):
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError(f"timed out after {self._seconds} s")
+        elif exc_type is asyncio.CancelledError:  # pragma: no cover - Python 3.10
             raise TimeoutError(f"timed out after {self._seconds} s")
         return False
 

@@ -70,6 +70,14 @@ class Response:
         """Whether the status is below 400."""
         return self.status < 400
 
+    def __repr__(self) -> str:
+        # Headers may carry Set-Cookie and bodies tokens: show neither, only their shape.
+        return (
+            f"Response(status={self.status}, method={self.method!r}, url={self.url!r}, "
+            f"service={self.service!r}, body=<{len(self.body)} bytes>, "
+            f"attempts={len(self.attempts)})"
+        )
+
     def text(self, encoding: str = "utf-8") -> str:
         """The body as text; :class:`ResponseDecodeError` if it is not valid ``encoding``."""
         try:

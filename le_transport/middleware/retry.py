@@ -23,6 +23,7 @@ How it answers aiohttp's middleware contract (see docs/architecture.md):
 from __future__ import annotations
 
 import contextlib
+import datetime
 import email.utils
 import logging
 import random
@@ -34,7 +35,7 @@ import aiohttp
 import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 
-from .._redact import body_excerpt, redact_text, redact_url
+from .._redact import body_excerpt, redact_path, redact_text, redact_url
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import (
     AttemptRecord,
@@ -181,7 +182,7 @@ class _Call:
         return {
             "service": self.service,
             "method": self.method,
-            "path": self.request.url.path,
+            "path": redact_path(self.request.url.path),
             **fields,
         }
 
@@ -203,7 +204,7 @@ class _Call:
                 attempt,
                 outcome,
                 idempotent=self.idempotent,
-                elapsed=clock.now() - (self.ctx.started_at or started),
+                elapsed=self._elapsed(),
                 rand=self.mw.rng.random(),
             )
             pause = decision.pause if decision.action is Action.RETRY else None
@@ -248,14 +249,25 @@ class _Call:
             async with timeout_after(self.mw.clock, self.policy.attempt_timeout) as limit:
                 resp = await self.handler(self.request)
                 if self.mw.buffer_body:
-                    await self._buffer(resp)
+                    try:
+                        await self._buffer(resp)
+                    except BaseException:
+                        # A body cut short, a timeout or a cancellation mid-body: the
+                        # connection is in an unknown state, so drop it rather than pool it.
+                        resp.close()
+                        raise
         except TimeoutError as exc:
             if not limit.expired:
-                outcome, _ = _failure_outcome(exc)
+                # aiohttp's own timeouts (connect, socket read) are TimeoutError subclasses.
+                outcome, never_sent = _failure_outcome(exc)
                 return (
                     None,
                     outcome,
-                    ConnectionFailed(f"attempt {attempt} failed: {type(exc).__name__}", **where),
+                    ConnectionFailed(
+                        f"attempt {attempt} failed: {type(exc).__name__}",
+                        never_sent=never_sent,
+                        **where,
+                    ),
                 )
             outcome = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
             return (
@@ -316,7 +328,8 @@ class _Call:
 
     def _retry_after(self, resp: ClientResponse) -> float | None:
         value = resp.headers.get(hdrs.RETRY_AFTER)
-        if value is None:
+        if value is None or resp.status < 400:
+            # On a success or a redirect the header asks nothing of the retry loop.
             return None
         now_epoch = self.mw.wall_clock()
         date = resp.headers.get(hdrs.DATE)
@@ -434,11 +447,18 @@ class _Call:
 
 
 def parse_retry_after_date(value: str) -> float:
-    """Epoch seconds of an HTTP-date (the ``Date`` header), or :class:`InvalidRetryAfter`."""
+    """Epoch seconds of an HTTP-date (the ``Date`` header), or :class:`InvalidRetryAfter`.
+
+    An HTTP-date is always GMT (RFC 9110 §5.6.7); a date without a zone (or ``-0000``) is read
+    as UTC, never as the machine's local time.
+    """
     try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
+        when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError) as exc:
         raise InvalidRetryAfter(f"not an HTTP-date: {value[:64]!r}") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def _safe_message(exc: BaseException) -> str:

@@ -80,6 +80,11 @@ class BackoffPolicy:
             raise ConfigurationError(
                 f"BackoffPolicy.cap ({self.cap!r}) must be >= first ({self.first!r})"
             )
+        if self.floor > self.cap:
+            # Otherwise the floor would silently push every delay past the cap.
+            raise ConfigurationError(
+                f"BackoffPolicy.floor ({self.floor!r}) must be <= cap ({self.cap!r})"
+            )
 
     @classmethod
     def relogin(cls, **overrides: object) -> BackoffPolicy:
@@ -132,6 +137,7 @@ class BackoffPolicy:
     def delay(self, attempt: int, rand: float = 0.5) -> float:
         """The jittered delay before outer attempt ``attempt``; ``rand`` is uniform in [0, 1)."""
         base = self.base_delay(attempt)
+        rand = min(max(rand, 0.0), 1.0)  # a draw outside [0, 1] must not escape the bounds
         return max(base * (1.0 + self.jitter * (2.0 * rand - 1.0)), self.floor)
 
     def next_delay(self, attempt: int, elapsed: float, rand: float = 0.5) -> float | None:

@@ -9,6 +9,7 @@ The I/O layer turns a response or an exception into an :class:`Outcome` (a plain
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 import attrs
 
@@ -79,7 +80,7 @@ class Outcome:
         return f"{self.kind.value} ({self.error})" if self.error else self.kind.value
 
 
-def _status_set(value: frozenset[int]) -> frozenset[int]:
+def _status_set(value: Iterable[int]) -> frozenset[int]:
     return frozenset(value)
 
 

@@ -127,8 +127,13 @@ class RetryPolicy:
 
         ``rand`` is a uniform draw in [0, 1) used only when ``jitter`` is on.
         """
+        if not 1 <= attempt <= len(self.pauses):
+            raise ValueError(
+                f"attempt {attempt} has no pause after it: the schedule has {len(self.pauses)}"
+            )
         pause = self.pauses[attempt - 1]
         if self.jitter:
+            rand = min(max(rand, 0.0), 1.0)  # a draw outside [0, 1] must not escape the bounds
             pause *= 1.0 + self.jitter * (2.0 * rand - 1.0)
         if outcome.status == 429:
             pause = max(pause, self.rate_limit_floor)

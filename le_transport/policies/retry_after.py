@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 
@@ -41,5 +42,7 @@ def parse_retry_after(value: str, *, now_epoch: float) -> float:
             f"Retry-After must be seconds or an HTTP-date, got {value[:64]!r}"
         ) from exc
     if when.tzinfo is None:
-        raise InvalidRetryAfter(f"Retry-After HTTP-date must be in GMT, got {value[:64]!r}")
+        # Every HTTP-date is GMT (RFC 9110 §5.6.7), including the obsolete RFC 850 and asctime
+        # forms, which carry no zone; never read one as the machine's local time.
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - now_epoch)
