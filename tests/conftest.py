@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp import web
 
 from le_transport.testing import VirtualClock
+from tests import known_secrets
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
@@ -38,6 +40,35 @@ async def serve() -> AsyncIterator[ServerFactory]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+def secret_values() -> set[str]:
+    """Credentials learnt at run time (a bearer the simulator issued): add them here and the
+    secret check fails the test if any log record shows them."""
+    return set()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(secret_values: set[str]) -> Iterator[None]:
+    """Fail a test if any log record (any logger, any level) shows a known test credential.
+
+    A handler on the root logger at DEBUG sees every record for the duration of the test;
+    see ``tests/known_secrets.py`` for the credentials and what is scanned.
+    """
+    secret_values.update(known_secrets.ALL, known_secrets.simulator_defaults())
+    handler = known_secrets.SecretLeakHandler(secret_values)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    handler.rescan()
+    assert not handler.leaks, "a credential reached a log record:\n" + "\n".join(handler.leaks)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
