@@ -29,6 +29,7 @@ __all__ = [
     "HTTPStatusError",
     "HostileHostError",
     "InvalidRetryAfter",
+    "InvalidSocketTransition",
     "LoginRejected",
     "RecoveryFailed",
     "RequestError",
@@ -36,9 +37,11 @@ __all__ = [
     "RetriesExhausted",
     "RetryBudgetExhausted",
     "ServerStatusError",
+    "SocketAuthFailed",
     "SocketClosed",
     "SocketError",
     "SocketQueueFull",
+    "SocketRejected",
     "SocketRequestError",
     "SocketRequestTimeout",
     "TransportError",
@@ -379,3 +382,30 @@ class SocketRequestError(SocketError):
         super().__init__(message)
         self.code = code
         self.body = body
+
+
+class SocketAuthFailed(SocketClosed, AuthenticationError):
+    """The socket stopped for good: re-authenticating did not get it accepted again (repeated
+    4401/4407/1011 closes or 401 upgrades), or fresh credentials could not be obtained
+    (``__cause__`` says why). Check the credentials; then open a new socket."""
+
+
+class SocketRejected(SocketClosed):
+    """The socket stopped for good: the server refused the upgrade with ``status`` (a 403, a
+    404) that reconnecting unchanged cannot fix. Check the path, account and permissions."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidSocketTransition(SocketError):
+    """A socket's lifecycle was asked to make a transition its state machine forbids.
+
+    A bug in the socket layer, never the caller's: please report it with the log.
+    """
+
+    def __init__(self, message: str, *, current: str, target: str) -> None:
+        super().__init__(message)
+        self.current = current
+        self.target = target

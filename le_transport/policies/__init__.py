@@ -13,6 +13,26 @@ from .backoff import (
     BackoffPolicy,
 )
 from .classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
+from .close_codes import (
+    REAUTH_CLOSE_CODES,
+    CloseAction,
+    ClosePolicy,
+    CloseVerdict,
+    Disconnect,
+    DisconnectKind,
+)
+from .keepalive import (
+    CHAT_AGENT_API_REFRESH,
+    GUIDE_KEEPALIVES,
+    MESSAGING_AGENT_SDK_GETCLOCK,
+    MESSAGING_WINDOW_API_GETCLOCK,
+    SERVER_CHAT_API_CHAT_INFO,
+    Keepalive,
+    KeepaliveDecision,
+    KeepaliveStep,
+    KeepaliveTransport,
+)
+from .pacing import Reservation, TokenBucket
 from .retry import (
     GUIDE_5XX_PAUSES,
     LOGIN_RATE_LIMIT_FLOOR,
@@ -24,21 +44,38 @@ from .retry import (
 from .retry_after import parse_retry_after
 
 __all__ = [
+    "CHAT_AGENT_API_REFRESH",
     "GUIDE_5XX_PAUSES",
+    "GUIDE_KEEPALIVES",
     "IDEMPOTENT_METHODS",
     "LOGIN_RATE_LIMIT_FLOOR",
+    "MESSAGING_AGENT_SDK_GETCLOCK",
+    "MESSAGING_WINDOW_API_GETCLOCK",
     "RATE_LIMIT_FLOOR",
+    "REAUTH_CLOSE_CODES",
     "RECONNECT_CAP",
     "RECONNECT_FIRST_DELAY",
     "RELOGIN_CAP",
     "RELOGIN_FIRST_DELAY",
+    "SERVER_CHAT_API_CHAT_INFO",
     "Action",
     "BackoffPolicy",
     "Classifier",
+    "CloseAction",
+    "ClosePolicy",
+    "CloseVerdict",
     "Decision",
+    "Disconnect",
+    "DisconnectKind",
+    "Keepalive",
+    "KeepaliveDecision",
+    "KeepaliveStep",
+    "KeepaliveTransport",
     "Outcome",
     "OutcomeKind",
+    "Reservation",
     "RetryPolicy",
+    "TokenBucket",
     "Verdict",
     "parse_retry_after",
 ]

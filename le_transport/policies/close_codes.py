@@ -1,0 +1,229 @@
+"""Close-code classification: what a dropped WebSocket means, as a pure decision.
+
+The socket layer turns whatever ended a connection (a close frame, an abrupt drop, a refused
+upgrade, a keepalive that got no answer, the caller's own ``close()``) into a
+:class:`Disconnect` value; :meth:`ClosePolicy.classify` answers what to do next: stop, reconnect,
+re-authenticate first, or fail for good. LiveEngage's UMS socket closes with 4401 (token missing
+or expired) and 4407 (identity needs extending) when the caller must re-authenticate; LivePerson's
+own SDK treats 1011 the same, and an HTTP 401 on the upgrade means the same thing. Revocation is
+also known to arrive as a plain 1006, so a run of *fast* 1006 drops escalates to
+re-authentication too.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._validate import positive
+
+__all__ = [
+    "ABNORMAL_CLOSURE",
+    "FAST_DROP_RUN",
+    "FAST_DROP_WITHIN",
+    "NORMAL_CLOSURE",
+    "REAUTH_CLOSE_CODES",
+    "REAUTH_HANDSHAKE_STATUSES",
+    "RETRY_HANDSHAKE_STATUSES",
+    "CloseAction",
+    "ClosePolicy",
+    "CloseVerdict",
+    "Disconnect",
+    "DisconnectKind",
+]
+
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+ABNORMAL_CLOSURE = 1006
+#: UMS: 4401 token missing/expired, 4407 identity needs extending; LivePerson's SDK adds 1011.
+REAUTH_CLOSE_CODES = frozenset({4401, 4407, 1011})
+#: An upgrade refused with 401: the bearer (or JWT) is no longer good.
+REAUTH_HANDSHAKE_STATUSES = frozenset({401})
+#: Upgrade statuses that are worth another try as they are (rate limit, timeout, server side).
+RETRY_HANDSHAKE_STATUSES = frozenset({408, 425, 429})
+#: A 1006 that ends a connection younger than this counts towards a "fast drop" run.
+FAST_DROP_WITHIN = 10.0
+#: This many fast 1006 drops in a row are treated as a revoked token: re-authenticate.
+FAST_DROP_RUN = 3
+
+
+class DisconnectKind(enum.Enum):
+    """How a connection (or an attempt at one) ended."""
+
+    #: The caller called ``close()``: the socket must stay closed.
+    BY_CALLER = "by_caller"
+    #: The server sent a close frame with ``code``.
+    CLOSE_FRAME = "close_frame"
+    #: The connection dropped without a close frame (1006): reset, EOF, protocol error.
+    ABNORMAL = "abnormal"
+    #: The keepalive got no answer in time: the peer is dead or the path half-open.
+    DEAD_PEER = "dead_peer"
+    #: The TCP/TLS connection or the upgrade did not complete (refused, DNS, timeout).
+    CONNECT_FAILED = "connect_failed"
+    #: The server answered the upgrade with an HTTP ``status`` instead of 101.
+    HANDSHAKE_REJECTED = "handshake_rejected"
+
+
+@attrs.frozen
+class Disconnect:
+    """The facts of one ended connection or failed connect.
+
+    ``code`` is the close code (close frames; 1006 for abnormal drops), ``status`` the HTTP
+    status of a refused upgrade, ``lifetime`` how long the connection had been open (None when
+    it never opened), ``error`` a short description (an exception's type name; never a secret).
+    """
+
+    kind: DisconnectKind
+    code: int | None = None
+    status: int | None = None
+    lifetime: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def by_caller(cls) -> Disconnect:
+        """The caller closed the socket."""
+        return cls(DisconnectKind.BY_CALLER, code=NORMAL_CLOSURE)
+
+    @classmethod
+    def close_frame(cls, code: int, lifetime: float | None = None) -> Disconnect:
+        """The server closed with ``code`` (1006 is an abnormal drop: no frame was sent)."""
+        if code == ABNORMAL_CLOSURE:
+            return cls(DisconnectKind.ABNORMAL, code=code, lifetime=lifetime)
+        return cls(DisconnectKind.CLOSE_FRAME, code=code, lifetime=lifetime)
+
+    @classmethod
+    def abnormal(cls, lifetime: float | None = None, error: str | None = None) -> Disconnect:
+        """The connection dropped without a close frame."""
+        return cls(DisconnectKind.ABNORMAL, code=ABNORMAL_CLOSURE, lifetime=lifetime, error=error)
+
+    @classmethod
+    def dead_peer(cls, lifetime: float | None = None) -> Disconnect:
+        """The keepalive went unanswered."""
+        return cls(
+            DisconnectKind.DEAD_PEER,
+            code=ABNORMAL_CLOSURE,
+            lifetime=lifetime,
+            error="keepalive unanswered",
+        )
+
+    @classmethod
+    def connect_failed(cls, error: str | None = None) -> Disconnect:
+        """The connection or upgrade could not be made."""
+        return cls(DisconnectKind.CONNECT_FAILED, error=error)
+
+    @classmethod
+    def handshake_rejected(cls, status: int) -> Disconnect:
+        """The upgrade was answered with HTTP ``status``."""
+        return cls(DisconnectKind.HANDSHAKE_REJECTED, status=status)
+
+    def describe(self) -> str:
+        """A short human description, for logs and events."""
+        if self.kind is DisconnectKind.HANDSHAKE_REJECTED:
+            return f"upgrade refused with HTTP {self.status}"
+        if self.kind is DisconnectKind.CLOSE_FRAME:
+            return f"closed by the server with code {self.code}"
+        if self.kind is DisconnectKind.ABNORMAL:
+            return f"dropped abnormally (1006{', ' + self.error if self.error else ''})"
+        if self.kind is DisconnectKind.DEAD_PEER:
+            return "peer dead: keepalive unanswered"
+        if self.kind is DisconnectKind.CONNECT_FAILED:
+            return f"connect failed{' (' + self.error + ')' if self.error else ''}"
+        return "closed by the caller"
+
+
+class CloseAction(enum.Enum):
+    """What to do after a disconnect."""
+
+    #: Stay closed (the caller asked for it).
+    STOP = "stop"
+    #: Wait (backoff, pacing), then reconnect with the same credentials.
+    RECONNECT = "reconnect"
+    #: Invalidate the credentials, get fresh ones, then reconnect.
+    REAUTHENTICATE = "reauthenticate"
+    #: Stop for good with an error: reconnecting unchanged cannot help (a 403, a 404).
+    FAIL = "fail"
+
+
+@attrs.frozen
+class CloseVerdict:
+    """The policy's answer: an ``action``, why, and the updated run of fast 1006 drops."""
+
+    action: CloseAction
+    reason: str
+    fast_drops: int = 0
+
+
+def _codes(value: Iterable[int]) -> frozenset[int]:
+    return frozenset(value)
+
+
+def _run_length(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"ClosePolicy.{attribute.name} must be an int >= 1, got {value!r}")
+
+
+@attrs.frozen
+class ClosePolicy:
+    """Classifies disconnects; the defaults are LiveEngage's.
+
+    - ``reauth_codes``: close codes that mean "re-authenticate first" (4401, 4407, 1011).
+    - ``reauth_statuses``: upgrade statuses that mean the same (401).
+    - ``fast_drop_within`` / ``fast_drop_run``: ``fast_drop_run`` abnormal drops in a row, each
+      of a connection younger than ``fast_drop_within`` seconds, mean re-authenticate.
+    - ``reconnect_on_server_close``: whether a server's own 1000/1001 close is reconnected (it
+      is by default: LiveEngage closes idle sockets with a normal code, and the caller did not
+      ask for the socket to go away).
+    """
+
+    reauth_codes: frozenset[int] = attrs.field(default=REAUTH_CLOSE_CODES, converter=_codes)
+    reauth_statuses: frozenset[int] = attrs.field(
+        default=REAUTH_HANDSHAKE_STATUSES, converter=_codes
+    )
+    fast_drop_within: float = attrs.field(default=FAST_DROP_WITHIN, validator=positive)
+    fast_drop_run: int = attrs.field(default=FAST_DROP_RUN, validator=_run_length)
+    reconnect_on_server_close: bool = True
+
+    def classify(self, disconnect: Disconnect, fast_drops: int = 0) -> CloseVerdict:
+        """What to do after ``disconnect``, given the current run of fast 1006 drops.
+
+        The returned ``fast_drops`` is the new run length: it grows on a fast abnormal drop,
+        and goes back to 0 on anything else (and when the run escalates).
+        """
+        kind = disconnect.kind
+        if kind is DisconnectKind.BY_CALLER:
+            return CloseVerdict(CloseAction.STOP, "closed by the caller")
+        if kind is DisconnectKind.HANDSHAKE_REJECTED:
+            status = disconnect.status or 0
+            if status in self.reauth_statuses:
+                return CloseVerdict(CloseAction.REAUTHENTICATE, f"upgrade refused with {status}")
+            if 400 <= status < 500 and status not in RETRY_HANDSHAKE_STATUSES:
+                return CloseVerdict(
+                    CloseAction.FAIL,
+                    f"upgrade refused with {status}: check the path and the credentials",
+                )
+            return CloseVerdict(CloseAction.RECONNECT, f"upgrade refused with {status}")
+        if kind is DisconnectKind.CLOSE_FRAME:
+            code = disconnect.code
+            if code in self.reauth_codes:
+                return CloseVerdict(CloseAction.REAUTHENTICATE, f"close code {code}")
+            if code in (NORMAL_CLOSURE, GOING_AWAY) and not self.reconnect_on_server_close:
+                return CloseVerdict(CloseAction.STOP, f"server closed normally ({code})")
+            return CloseVerdict(CloseAction.RECONNECT, f"close code {code}")
+        if kind is DisconnectKind.ABNORMAL:
+            lifetime = disconnect.lifetime
+            if lifetime is not None and lifetime < self.fast_drop_within:
+                run = fast_drops + 1
+                if run >= self.fast_drop_run:
+                    return CloseVerdict(
+                        CloseAction.REAUTHENTICATE,
+                        f"{run} fast 1006 drops in a row (a revoked token looks like this)",
+                    )
+                return CloseVerdict(CloseAction.RECONNECT, "abnormal drop (1006)", run)
+            return CloseVerdict(CloseAction.RECONNECT, "abnormal drop (1006)")
+        if kind is DisconnectKind.DEAD_PEER:
+            return CloseVerdict(CloseAction.RECONNECT, "keepalive unanswered")
+        # A connect that failed keeps the fast-drop run: it says nothing about the token.
+        return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)

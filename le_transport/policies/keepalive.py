@@ -1,0 +1,189 @@
+"""Keepalive: when to probe an idle connection, and when its silence means the peer is dead.
+
+LiveEngage closes a messaging socket that stays idle for about 60 s, and a half-open TCP path
+looks exactly like a quiet one; LivePerson's own SDKs sent pings but never checked the answers.
+A :class:`Keepalive` is the guide's per-product keepalive as a pure value: which action, at what
+interval, with what timeout. :meth:`Keepalive.decide` takes the facts (now, the last sign of
+life, when the outstanding probe was sent) and answers wait, probe, or dead — so that a peer
+that falls silent is detected within two intervals (one idle interval, then at most one timeout
+no longer than the interval).
+
+The per-product table (LivePerson's retry and keepalive page) ships as named values:
+:data:`CHAT_AGENT_API_REFRESH`, :data:`MESSAGING_AGENT_SDK_GETCLOCK`,
+:data:`MESSAGING_WINDOW_API_GETCLOCK` and :data:`SERVER_CHAT_API_CHAT_INFO`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._validate import positive
+
+__all__ = [
+    "CHAT_AGENT_API_REFRESH",
+    "GUIDE_KEEPALIVES",
+    "MESSAGING_AGENT_SDK_GETCLOCK",
+    "MESSAGING_WINDOW_API_GETCLOCK",
+    "SERVER_CHAT_API_CHAT_INFO",
+    "Keepalive",
+    "KeepaliveDecision",
+    "KeepaliveStep",
+    "KeepaliveTransport",
+]
+
+
+class KeepaliveTransport(enum.Enum):
+    """Where the keepalive action goes."""
+
+    #: A ``kind: req`` frame on the socket itself (``GetClock``).
+    SOCKET = "socket"
+    #: A REST call through the engine (Login Service refresh, Server Chat API chat info).
+    HTTP = "http"
+
+
+class KeepaliveStep(enum.Enum):
+    """What the keepalive runner should do now."""
+
+    #: Nothing yet: check again at ``KeepaliveDecision.at``.
+    WAIT = "wait"
+    #: Send the keepalive action now.
+    PROBE = "probe"
+    #: The probe went unanswered past its timeout: the peer is dead.
+    DEAD = "dead"
+
+
+@attrs.frozen
+class KeepaliveDecision:
+    """The answer of :meth:`Keepalive.decide`: a step, the time it refers to, and why."""
+
+    step: KeepaliveStep
+    at: float
+    reason: str
+
+
+def _params(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    return tuple((str(k), str(v)) for k, v in value)  # type: ignore[attr-defined]
+
+
+@attrs.frozen
+class Keepalive:
+    """Run ``action`` every ``interval`` seconds of idleness; ``timeout`` bounds its answer.
+
+    - ``product``: which LiveEngage product the value is for (documentation and logs).
+    - ``action``: the socket request type (``.GetClock``) or, for HTTP, a short name.
+    - ``interval``: seconds. With ``only_when_idle`` (sockets), the action is due only when
+      nothing arrived for a whole interval: traffic is proof of life enough.
+    - ``timeout``: seconds to wait for the answer; no longer than ``interval``, so that a silent
+      peer is declared dead within two intervals of its last frame.
+    - ``transport``: :class:`KeepaliveTransport`; for HTTP, ``method``, ``path`` (a template
+      with ``{account}``-style fields filled in by the caller) and ``params`` (query).
+    """
+
+    product: str
+    action: str
+    interval: float = attrs.field(validator=positive)
+    timeout: float = attrs.field(validator=positive)
+    transport: KeepaliveTransport = KeepaliveTransport.SOCKET
+    only_when_idle: bool = True
+    method: str | None = None
+    path: str | None = None
+    params: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_params)
+
+    def __attrs_post_init__(self) -> None:
+        if self.timeout > self.interval:
+            raise ConfigurationError(
+                f"Keepalive.timeout ({self.timeout!r}) must be <= interval ({self.interval!r}): "
+                "a silent peer must be detected within two intervals"
+            )
+        if self.transport is KeepaliveTransport.HTTP and not (self.method and self.path):
+            raise ConfigurationError(
+                f"Keepalive {self.product!r}: an HTTP keepalive needs a method and a path"
+            )
+
+    def with_action(self, action: str) -> Keepalive:
+        """The same keepalive with another request type (``GetClock`` vs ``.GetClock``)."""
+        return attrs.evolve(self, action=action)
+
+    def scaled(self, factor: float) -> Keepalive:
+        """The same keepalive with interval and timeout multiplied by ``factor``."""
+        if not factor > 0:
+            raise ConfigurationError(f"scale factor must be > 0, got {factor!r}")
+        return attrs.evolve(self, interval=self.interval * factor, timeout=self.timeout * factor)
+
+    def decide(
+        self, now: float, *, last_activity: float, probe_sent_at: float | None = None
+    ) -> KeepaliveDecision:
+        """Wait, probe, or declare the peer dead.
+
+        ``last_activity`` is the time of the last sign of life (a frame received; for a
+        keepalive that is not idle-driven, the last time the action ran). ``probe_sent_at``
+        is when the outstanding probe was sent, if one is; any activity since then answers it.
+        """
+        if probe_sent_at is not None and last_activity < probe_sent_at:
+            deadline = probe_sent_at + self.timeout
+            if now >= deadline:
+                return KeepaliveDecision(
+                    KeepaliveStep.DEAD,
+                    deadline,
+                    f"{self.action} unanswered for {self.timeout:g} s",
+                )
+            return KeepaliveDecision(KeepaliveStep.WAIT, deadline, "waiting for the answer")
+        due = last_activity + self.interval
+        if now >= due:
+            idle = "idle" if self.only_when_idle else "due"
+            return KeepaliveDecision(
+                KeepaliveStep.PROBE, now, f"{idle} for {now - last_activity:g} s"
+            )
+        return KeepaliveDecision(KeepaliveStep.WAIT, due, "not idle long enough")
+
+
+#: Chat Agent API: the Login Service ``refresh`` every 5 minutes (guide; docs say 3-5 min).
+CHAT_AGENT_API_REFRESH = Keepalive(
+    product="Chat Agent API",
+    action="refresh",
+    interval=300.0,
+    timeout=30.0,
+    transport=KeepaliveTransport.HTTP,
+    only_when_idle=False,
+    method="POST",
+    path="/api/account/{account}/refresh",
+    params={"v": "1.3"},
+)
+#: Messaging Agent SDK (UMS brand socket): ``.GetClock`` every 30 s.
+MESSAGING_AGENT_SDK_GETCLOCK = Keepalive(
+    product="Messaging Agent SDK", action=".GetClock", interval=30.0, timeout=10.0
+)
+#: Messaging Window API (consumer socket): ``GetClock`` every 30 s (documented with and
+#: without the leading dot; use :meth:`Keepalive.with_action` for the other form).
+MESSAGING_WINDOW_API_GETCLOCK = Keepalive(
+    product="Messaging Window API", action="GetClock", interval=30.0, timeout=10.0
+)
+#: Server Chat API: "Retrieve Chat Information" every 30 s keeps the chat alive (a REST call).
+SERVER_CHAT_API_CHAT_INFO = Keepalive(
+    product="Server Chat API",
+    action="retrieve chat information",
+    interval=30.0,
+    timeout=10.0,
+    transport=KeepaliveTransport.HTTP,
+    only_when_idle=False,
+    method="GET",
+    path="/api/account/{account}/chat/{chat_id}/info",
+    params={"v": "1", "NC": "true"},
+)
+
+#: The guide's keepalive table, by product.
+GUIDE_KEEPALIVES: Mapping[str, Keepalive] = {
+    k.product: k
+    for k in (
+        CHAT_AGENT_API_REFRESH,
+        MESSAGING_AGENT_SDK_GETCLOCK,
+        MESSAGING_WINDOW_API_GETCLOCK,
+        SERVER_CHAT_API_CHAT_INFO,
+    )
+}
