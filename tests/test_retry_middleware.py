@@ -1,0 +1,764 @@
+"""The retry middleware end to end: a real aiohttp server on loopback, pauses on virtual time.
+
+Every test here sends real HTTP through the engine's real middleware stack; the server is a
+small aiohttp app (or, for faults aiohttp's server will not commit, a raw asyncio server).
+Time is a :class:`VirtualClock`, so the guide's 5/10/15 s schedule costs no wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport import (
+    BlockedError,
+    BodyTooLarge,
+    ClientStatusError,
+    ConnectionFailed,
+    DeadlineExceeded,
+    Engine,
+    EventHooks,
+    GiveUpEvent,
+    OutcomeKind,
+    ResponseDecodeError,
+    RetriesExhausted,
+    RetryEvent,
+    RetryPolicy,
+    ServerStatusError,
+)
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+RETRY_LOGGER = "le_transport.retry"
+FAST = RetryPolicy(pauses=(0.05, 0.1, 0.15))
+
+
+# -- servers ------------------------------------------------------------------------------
+
+
+class Script:
+    """An aiohttp app that answers each request to ``path`` with the next scripted reply.
+
+    A reply is a status, or a callable making the response. ``hits`` counts requests.
+    """
+
+    def __init__(self, *replies: int | Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        self.replies = list(replies)
+        self.hits = 0
+        self.bodies: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        self.bodies.append(await request.read())
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if callable(reply):
+            return await reply(request)
+        return web.json_response({"status": reply, "hit": self.hits}, status=reply)
+
+    def app(self, path: str = "/x") -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", path, self.handle)
+        return app
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: RawHandler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A raw asyncio server on loopback, for faults an aiohttp app will not commit.
+
+    Yields ``host:port`` and a list that gets one entry per request received.
+    """
+    hits: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                hits.append(len(hits) + 1)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length:
+                    await reader.readexactly(length)
+                await handler(reader, writer)
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", hits
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def reset_before_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.transport.abort()
+
+
+async def close_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    writer.write(b'{"partial": ')
+    await writer.drain()
+    writer.close()
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def acquired(engine: Engine) -> int:
+    """Connections the engine's pool has handed out and not had back."""
+    connector = engine.session.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    return len(connector._acquired)
+
+
+def records(
+    caplog: pytest.LogCaptureFixture, logger: str = RETRY_LOGGER
+) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger]
+
+
+# -- the guide's schedule -----------------------------------------------------------------
+
+
+async def test_503_503_200_pauses_5_then_10_seconds_and_returns_the_answer(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(503, 503, 200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.status == 200
+    assert resp.json(dict) == {"status": 200, "hit": 3}
+    assert [a.outcome.status for a in resp.attempts] == [503, 503, 200]
+    assert [a.pause for a in resp.attempts] == [5.0, 10.0, None]
+    assert [a.started_at for a in resp.attempts] == [0.0, 5.0, 15.0]
+    assert script.hits == 3
+    assert clock.now() == 15.0
+
+
+async def test_5xx_retried_three_times_after_5_10_15_seconds_then_retries_exhausted(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(503)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+    err = info.value
+    assert script.hits == 4
+    assert clock.now() == 30.0
+    assert err.status == 503
+    assert [a.pause for a in err.attempts] == [5.0, 10.0, 15.0, None]
+    assert isinstance(err.last, ServerStatusError)
+    assert err.__cause__ is err.last
+
+
+async def test_scaled_schedule_pauses_005_01_015(serve: ServerFactory, clock: VirtualClock) -> None:
+    host = await serve(Script(500, 502, 504, 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert [a.pause for a in resp.attempts] == [0.05, 0.1, 0.15, None]
+    assert clock.now() == pytest.approx(0.3)
+
+
+async def test_connection_pool_of_one_survives_four_attempts_and_releases_before_each_pause(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    held_during_pause: list[int] = []
+    host = await serve(Script(503, 503, 503, 200).app())
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        connection_limit=1,
+        hooks=EventHooks(on_retry=[lambda e: held_during_pause.append(acquired(engine))]),
+    )
+    async with engine:
+        first = await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+        again = await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+    assert first.status == 200
+    assert again.status == 200
+    assert held_during_pause == [0, 0, 0]
+
+
+# -- 4xx, 451, 429 ------------------------------------------------------------------------
+
+
+async def test_4xx_is_not_retried_and_raises_client_status_error_with_the_facts(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def not_found(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "no such user", "access_token": "tok-XYZ-123"}, status=404
+        )
+
+    script = Script(not_found)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request(
+                "GET", "svc", "/x", params={"access_token": "tok-XYZ-123", "v": "2"}
+            )
+    err = info.value
+    assert script.hits == 1
+    assert clock.now() == 0.0
+    assert err.status == 404
+    assert err.method == "GET"
+    assert err.url == f"http://{host}/x?access_token=***&v=2"
+    assert "no such user" in err.body_excerpt
+    assert "tok-XYZ-123" not in err.body_excerpt
+    assert "tok-XYZ-123" not in str(err)
+    assert len(err.attempts) == 1
+    assert err.attempts[0].pause is None
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+async def test_every_4xx_but_429_is_one_attempt(
+    status: int, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(status)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("PUT", "svc", "/x", json={"a": 1})
+    assert info.value.status == status
+    assert script.hits == 1
+
+
+async def test_451_is_final_and_raises_blocked_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(451)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(BlockedError) as info:
+            await engine.request("GET", "svc", "/x")
+    assert info.value.status == 451
+    assert script.hits == 1
+
+
+async def test_429_is_retried_no_sooner_than_one_second(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(Script(429, 429, 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert [a.pause for a in resp.attempts] == [1.0, 1.0, None]
+    assert clock.now() == 2.0
+
+
+async def test_429_on_login_waits_at_least_five_seconds_with_a_per_call_policy(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(429, 200)
+    host = await serve(script.app())
+    login = RetryPolicy(pauses=(0.05, 0.1, 0.15), rate_limit_floor=5.0)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        resp = await engine.request("POST", "svc", "/x", json={"u": "me"}, retry=login)
+    assert [a.pause for a in resp.attempts] == [5.0, None]
+    assert script.hits == 2  # a 429 POST is retried: the server did not process it
+    assert clock.now() == 5.0
+
+
+# -- Retry-After --------------------------------------------------------------------------
+
+
+def _reply_with(
+    status: int, headers: dict[str, str]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def reply(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers=headers)
+
+    return reply
+
+
+async def test_retry_after_seconds_lengthens_the_pause(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(Script(_reply_with(503, {"Retry-After": "7"}), 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.attempts[0].outcome.retry_after == 7.0
+    assert resp.attempts[0].pause == 7.0
+    assert clock.now() == 7.0
+
+
+async def test_retry_after_shorter_than_the_schedule_does_not_shorten_it(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(Script(_reply_with(503, {"Retry-After": "1"}), 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.attempts[0].pause == 5.0
+
+
+async def test_retry_after_http_date_is_read_against_the_servers_date(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    served_at = 1_700_000_000.0
+    headers = {
+        "Date": email.utils.formatdate(served_at, usegmt=True),
+        "Retry-After": email.utils.formatdate(served_at + 20, usegmt=True),
+    }
+    host = await serve(Script(_reply_with(503, headers), 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.attempts[0].pause == 20.0
+
+
+async def test_retry_after_http_date_without_a_valid_date_uses_the_wall_clock(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    from le_transport import RetryMiddleware
+
+    wall = 1_700_000_000.0
+    headers = {"Date": "not a date", "Retry-After": email.utils.formatdate(wall + 12, usegmt=True)}
+    host = await serve(Script(_reply_with(503, headers), 200).app())
+    mw = RetryMiddleware(policy=RetryPolicy(), clock=clock, wall_clock=lambda: wall)
+    async with (
+        aiohttp.ClientSession(middlewares=[mw], timeout=aiohttp.ClientTimeout(total=None)) as s,
+        s.get(f"http://{host}/x") as resp,
+    ):
+        assert resp.status == 200
+    assert clock.now() == 12.0
+
+
+async def test_retry_after_is_capped_by_the_ceiling(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(Script(_reply_with(503, {"Retry-After": "3600"}), 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+        assert resp.attempts[0].pause == 60.0
+        custom = RetryPolicy(retry_after_ceiling=30)
+        resp = await engine.request("GET", "svc", "/x", retry=custom)
+    assert resp.status == 200
+
+
+async def test_invalid_retry_after_is_ignored_with_a_logged_warning(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    host = await serve(Script(_reply_with(503, {"Retry-After": "soon, maybe"}), 200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.attempts[0].pause == 5.0
+    assert resp.attempts[0].outcome.retry_after is None
+    [warning] = [r for r in records(caplog) if "Retry-After" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "soon, maybe" in warning.getMessage()
+    assert warning.status == 503  # type: ignore[attr-defined]
+    assert warning.service == "svc"  # type: ignore[attr-defined]
+
+
+# -- transport failures and idempotency ---------------------------------------------------
+
+
+async def test_reset_before_headers_is_retried_for_get(clock: VirtualClock) -> None:
+    async with (
+        raw_server(reset_before_headers) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+    assert len(hits) == 4
+    assert isinstance(info.value.last, ConnectionFailed)
+    assert info.value.last.never_sent is False
+    assert {a.outcome.kind for a in info.value.attempts} == {OutcomeKind.CONNECTION_LOST}
+
+
+async def test_reset_before_headers_is_not_retried_for_post(clock: VirtualClock) -> None:
+    async with (
+        raw_server(reset_before_headers) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(ConnectionFailed) as info:
+            await engine.request("POST", "svc", "/x", json={"create": 1})
+    assert len(hits) == 1
+    assert info.value.never_sent is False
+    assert len(info.value.attempts) == 1
+
+
+async def test_reset_is_retried_for_a_post_marked_idempotent(clock: VirtualClock) -> None:
+    async with (
+        raw_server(reset_before_headers) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(RetriesExhausted):
+            await engine.request("POST", "svc", "/x", json={"q": 1}, idempotent=True)
+    assert len(hits) == 4
+
+
+async def test_connection_closed_mid_body_is_retried_for_get(clock: VirtualClock) -> None:
+    async with (
+        raw_server(close_mid_body) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+    assert len(hits) == 4
+    assert isinstance(info.value.last, ConnectionFailed)
+    assert info.value.attempts[0].outcome.error == "ClientPayloadError"
+
+
+async def test_connection_closed_mid_body_is_not_retried_for_post(clock: VirtualClock) -> None:
+    async with (
+        raw_server(close_mid_body) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(ConnectionFailed):
+            await engine.request("POST", "svc", "/x", data=b"payload")
+    assert len(hits) == 1
+
+
+async def test_connection_refused_is_retried_even_for_post_because_it_never_left(
+    clock: VirtualClock,
+) -> None:
+    host = f"127.0.0.1:{free_port()}"
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("POST", "svc", "/x", json={"create": 1})
+    last = info.value.last
+    assert isinstance(last, ConnectionFailed)
+    assert last.never_sent is True
+    assert [a.outcome.kind for a in info.value.attempts] == [OutcomeKind.CONNECT_FAILED] * 4
+    assert [a.pause for a in info.value.attempts] == [5.0, 10.0, 15.0, None]
+
+
+# -- timeouts -----------------------------------------------------------------------------
+
+
+class Hang:
+    """A handler that never answers until released (at the end of the test)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.entered = 0
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.entered += 1
+        self.arrived.set()
+        await self.release.wait()
+        return web.Response(status=200)
+
+
+@contextlib.asynccontextmanager
+async def released(hang: Hang) -> AsyncIterator[Hang]:
+    try:
+        yield hang
+    finally:
+        hang.release.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+async def test_per_attempt_timeout_cancels_a_hanging_call_and_retries(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    hang = Hang()
+    script = Script(hang, 200)
+    host = await serve(script.app())
+    async with released(hang), Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x", attempt_timeout=2.0)
+        assert acquired(engine) == 0
+    assert resp.status == 200
+    assert resp.attempts[0].outcome.kind is OutcomeKind.TIMEOUT
+    assert [a.pause for a in resp.attempts] == [5.0, None]
+    assert clock.now() == 7.0
+    assert hang.entered == 1
+
+
+async def test_deadline_cancels_the_attempt_in_flight(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    hang = Hang()
+    script = Script(503, hang)
+    host = await serve(script.app())
+    async with released(hang), Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(DeadlineExceeded) as info:
+            await engine.request("GET", "svc", "/x", deadline=8.0, attempt_timeout=None)
+        assert acquired(engine) == 0
+    err = info.value
+    assert err.elapsed == 8.0
+    assert clock.now() == 8.0
+    assert hang.entered == 1
+    assert [a.outcome.status for a in err.attempts] == [503]
+    assert "8 s deadline" in str(err)
+    final = records(caplog)[-1]
+    assert final.levelno == logging.ERROR
+    assert final.elapsed == 8.0  # type: ignore[attr-defined]
+    assert final.error == "DeadlineExceeded"  # type: ignore[attr-defined]
+
+
+async def test_deadline_and_attempt_timeout_expiring_together_raise_deadline_exceeded(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    hang = Hang()
+    host = await serve(Script(hang).app())
+    async with released(hang), Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(DeadlineExceeded) as info:
+            await engine.request("GET", "svc", "/x", deadline=3.0, attempt_timeout=3.0)
+    assert info.value.elapsed == 3.0
+    assert asyncio.current_task() is not None
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_deadline_gives_up_before_a_pause_that_would_pass_it(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(503)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted, match="deadline"):
+            await engine.request("GET", "svc", "/x", deadline=12.0)
+    assert script.hits == 2  # 0 s and 5 s; a 10 s pause would end at 15 s
+    assert clock.now() == 5.0
+
+
+async def test_caller_cancelling_the_call_is_not_turned_into_a_timeout(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    hang = Hang()
+    host = await serve(Script(hang).app())
+    async with released(hang), Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        call = asyncio.ensure_future(engine.request("GET", "svc", "/x", deadline=100.0))
+        await hang.arrived.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert acquired(engine) == 0
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+
+async def test_huge_body_with_content_length_raises_body_too_large(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 5000)
+
+    host = await serve(Script(huge).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, max_body_bytes=1024) as engine:
+        with pytest.raises(BodyTooLarge) as info:
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+    assert info.value.limit == 1024
+    assert "Content-Length 5000" in str(info.value)
+
+
+async def test_huge_chunked_body_raises_body_too_large(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(10):
+                await resp.write(b"y" * 512)
+            await resp.write_eof()
+        return resp
+
+    host = await serve(Script(chunked).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, max_body_bytes=1024) as engine:
+        with pytest.raises(BodyTooLarge, match="more than 1024 bytes"):
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+
+
+async def test_non_json_body_raises_response_decode_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+    host = await serve(Script(html).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ResponseDecodeError, match="not valid JSON") as info:
+            await engine.request_json("GET", "svc", "/x")
+    assert "maintenance" in str(info.value)
+
+
+async def test_wrong_json_type_raises_response_decode_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(Script(200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ResponseDecodeError, match="expected a JSON array, got a JSON object"):
+            await engine.request_json("GET", "svc", "/x", expect=list)
+
+
+async def test_empty_and_undecodable_bodies_raise_response_decode_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def latin(request: web.Request) -> web.Response:
+        return web.Response(body=b"\xff\xfe{}")
+
+    host = await serve(Script(empty, latin).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ResponseDecodeError, match="empty body"):
+            await engine.request_json("GET", "svc", "/x")
+        with pytest.raises(ResponseDecodeError, match="utf-8"):
+            await engine.request_json("GET", "svc", "/x")
+
+
+# -- hooks and logs -----------------------------------------------------------------------
+
+
+async def test_hooks_receive_retry_and_giveup_events(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    retries: list[RetryEvent] = []
+    giveups: list[GiveUpEvent] = []
+    hooks = EventHooks(on_retry=[retries.append], on_giveup=[giveups.append])
+    host = await serve(Script(503).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, hooks=hooks) as engine:
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "svc", "/x", params={"token": "tok-ABC-987"})
+    assert [(e.attempt, e.pause, e.elapsed) for e in retries] == [
+        (1, 5.0, 0.0),
+        (2, 10.0, 5.0),
+        (3, 15.0, 15.0),
+    ]
+    assert {e.service for e in retries} == {"svc"}
+    assert all("tok-ABC-987" not in e.url for e in retries)
+    [giveup] = giveups
+    assert giveup.attempts == 4
+    assert giveup.outcome is not None
+    assert giveup.outcome.status == 503
+    assert giveup.elapsed == 30.0
+    assert "exhausted" in giveup.reason
+
+
+async def test_a_raising_hook_is_logged_and_ignored(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    hooks = EventHooks(on_retry=[broken], on_giveup=[broken])
+    host = await serve(Script(503, 404).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, hooks=hooks) as engine:
+        with pytest.raises(ClientStatusError):
+            await engine.request("GET", "svc", "/x")
+    hook_errors = records(caplog, "le_transport.events")
+    assert len(hook_errors) == 2
+    assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in hook_errors)
+
+
+async def test_every_failed_attempt_pause_and_giveup_is_logged_with_structured_fields(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    host = await serve(Script(503).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "svc", "/x")
+    logged = records(caplog)
+    assert len(logged) == 4
+    *retries, final = logged
+    for n, (record, pause, elapsed) in enumerate(
+        zip(retries, (5.0, 10.0, 15.0), (0.0, 5.0, 15.0), strict=True), start=1
+    ):
+        assert record.levelno == logging.WARNING
+        assert record.service == "svc"  # type: ignore[attr-defined]
+        assert record.method == "GET"  # type: ignore[attr-defined]
+        assert record.path == "/x"  # type: ignore[attr-defined]
+        assert record.attempt == n  # type: ignore[attr-defined]
+        assert record.status == 503  # type: ignore[attr-defined]
+        assert record.pause == pause  # type: ignore[attr-defined]
+        assert record.elapsed == elapsed  # type: ignore[attr-defined]
+        assert f"attempt {n}/4 failed with 503" in record.getMessage()
+    assert final.levelno == logging.ERROR
+    assert final.attempt == 4  # type: ignore[attr-defined]
+    assert final.status == 503  # type: ignore[attr-defined]
+    assert final.elapsed == 30.0  # type: ignore[attr-defined]
+    assert "failed after 4 attempt(s)" in final.getMessage()
+
+
+async def test_transport_failures_are_logged_with_the_error_type(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    async with (
+        raw_server(reset_before_headers) as (host, _hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(ConnectionFailed):
+            await engine.request("POST", "svc", "/x")
+    [final] = records(caplog)
+    assert final.error in ("ServerDisconnectedError", "ClientOSError")  # type: ignore[attr-defined]
+    assert final.status is None  # type: ignore[attr-defined]
+    assert final.attempt == 1  # type: ignore[attr-defined]
+    assert "not idempotent" in final.getMessage()
+
+
+async def test_a_4xx_is_logged_once_as_a_warning(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    host = await serve(Script(404).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ClientStatusError):
+            await engine.request("DELETE", "svc", "/x")
+    [record] = records(caplog)
+    assert record.levelno == logging.WARNING
+    assert record.status == 404  # type: ignore[attr-defined]
+    assert record.method == "DELETE"  # type: ignore[attr-defined]
+
+
+# -- on a foreign session -----------------------------------------------------------------
+
+
+async def test_on_a_foreign_session_without_raise_for_status_the_final_answer_is_returned(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    from le_transport import RetryMiddleware
+
+    script = Script(503)
+    host = await serve(script.app())
+    mw = RetryMiddleware(policy=FAST, clock=clock, raise_for_status=False)
+    async with (
+        aiohttp.ClientSession(middlewares=[mw], timeout=aiohttp.ClientTimeout(total=None)) as s,
+        s.get(f"http://{host}/x") as resp,
+    ):
+        assert resp.status == 503
+        assert (await resp.json())["hit"] == 4
+    assert script.hits == 4
