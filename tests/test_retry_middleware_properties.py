@@ -1,0 +1,144 @@
+"""Properties of the real stack: hypothesis-generated status sequences from a loopback server.
+
+Each example starts a fresh event loop, a loopback aiohttp server scripted with the generated
+statuses, and an :class:`Engine` on a :class:`VirtualClock`, then checks the attempts the server
+saw, the virtual time spent and the error raised against the guide's rules, stated here as a
+small independent model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import attrs
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from le_transport import (
+    BlockedError,
+    ClientStatusError,
+    Engine,
+    RetriesExhausted,
+    RetryPolicy,
+    ServerStatusError,
+    TransportError,
+)
+from le_transport.testing import VirtualClock
+
+STATUSES = [200, 201, 400, 401, 404, 429, 451, 500, 502, 503, 504]
+GUIDE = (5.0, 10.0, 15.0)
+
+sequences = st.lists(st.sampled_from(STATUSES), min_size=1, max_size=6)
+methods = st.sampled_from(["GET", "PUT", "POST"])
+RUNS = settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@attrs.frozen
+class Expected:
+    """What the guide says a call makes of a status sequence."""
+
+    attempts: int
+    pauses: tuple[float, ...]
+    error: type[BaseException] | None
+
+
+def guide(statuses: list[int], method: str, pauses: tuple[float, ...] = GUIDE) -> Expected:
+    """The rules, written out independently of the policy code."""
+    taken: list[float] = []
+    for n in range(1, len(pauses) + 2):
+        status = statuses[n - 1] if n <= len(statuses) else 200
+        if status < 400:
+            return Expected(n, tuple(taken), None)
+        if status == 451:
+            return Expected(n, tuple(taken), BlockedError)
+        if 400 <= status < 500 and status != 429:
+            return Expected(n, tuple(taken), ClientStatusError)
+        if method == "POST" and status != 429:
+            return Expected(n, tuple(taken), ServerStatusError)
+        if n == len(pauses) + 1:
+            return Expected(n, tuple(taken), RetriesExhausted)
+        pause = pauses[n - 1]
+        taken.append(max(pause, 1.0) if status == 429 else pause)
+    raise AssertionError("unreachable")
+
+
+@attrs.define
+class Observed:
+    hits: int
+    elapsed: float
+    error: BaseException | None
+    pauses: tuple[float | None, ...]
+
+
+async def run_call(statuses: list[int], method: str, policy: RetryPolicy) -> Observed:
+    script = list(statuses)
+    hits = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        status = script.pop(0) if script else 200
+        return web.json_response({"hit": hits}, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/x", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host = f"127.0.0.1:{runner.addresses[0][1]}"
+    clock = VirtualClock()
+    error: BaseException | None = None
+    pauses: tuple[float | None, ...] = ()
+    try:
+        async with Engine({"svc": host}, scheme="http", clock=clock, retry=policy) as engine:
+            try:
+                resp = await engine.request(method, "svc", "/x", json={"n": 1})
+                pauses = tuple(a.pause for a in resp.attempts)
+                assert resp.json(dict)["hit"] == hits
+            except TransportError as exc:
+                error = exc
+    finally:
+        await runner.cleanup()
+    return Observed(hits=hits, elapsed=clock.now(), error=error, pauses=pauses)
+
+
+@RUNS
+@given(sequences, methods)
+def test_the_real_stack_makes_exactly_the_attempts_and_pauses_the_guide_prescribes(
+    statuses: list[int], method: str
+) -> None:
+    """Invariant: for any status sequence, the server sees exactly the guide's attempts (at
+    most 4; one for a 4xx; the success stops at once), the virtual time spent is the sum of a
+    prefix of (5, 10, 15), and the error raised is the guide's."""
+    expected = guide(statuses, method)
+    observed = asyncio.run(run_call(statuses, method, RetryPolicy()))
+    assert observed.hits == expected.attempts <= 4
+    assert observed.elapsed == sum(expected.pauses)
+    if expected.error is None:
+        assert observed.error is None
+        assert observed.pauses == (*expected.pauses, None)
+    else:
+        assert type(observed.error) is expected.error
+        assert isinstance(observed.error, TransportError)
+        recorded = getattr(observed.error, "attempts", ())
+        assert tuple(a.pause for a in recorded) == (*expected.pauses, None)
+
+
+@RUNS
+@given(
+    sequences.filter(lambda s: 429 not in s),
+    st.lists(st.floats(0, 3600), max_size=5).map(tuple),
+)
+def test_the_real_stack_follows_configured_pauses_of_any_length(
+    statuses: list[int], pauses: tuple[float, ...]
+) -> None:
+    """Invariant: with ``RetryPolicy(pauses=p)``, attempts are at most ``len(p) + 1`` and the
+    virtual time spent is the sum of a prefix of ``p``."""
+    expected = guide(statuses, "GET", pauses)
+    observed = asyncio.run(run_call(statuses, "GET", RetryPolicy(pauses=pauses)))
+    assert observed.hits == expected.attempts <= len(pauses) + 1
+    assert observed.elapsed == sum(expected.pauses)
