@@ -12,6 +12,24 @@ from .backoff import (
     RELOGIN_FIRST_DELAY,
     BackoffPolicy,
 )
+from .breaker import (
+    BREAKER_BREAK,
+    BREAKER_FAILURE_RATIO,
+    BREAKER_MAX_BREAK,
+    BREAKER_MINIMUM_THROUGHPUT,
+    BREAKER_SAMPLING_WINDOW,
+    Admission,
+    BreakerState,
+    BreakerStatus,
+    CircuitBreaker,
+)
+from .budget import (
+    BUDGET_MIN_RETRIES_PER_SECOND,
+    BUDGET_RATIO,
+    BUDGET_WINDOW,
+    BudgetState,
+    RetryBudget,
+)
 from .classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
 from .close_codes import (
     REAUTH_CLOSE_CODES,
@@ -44,6 +62,14 @@ from .retry import (
 from .retry_after import parse_retry_after
 
 __all__ = [
+    "BREAKER_BREAK",
+    "BREAKER_FAILURE_RATIO",
+    "BREAKER_MAX_BREAK",
+    "BREAKER_MINIMUM_THROUGHPUT",
+    "BREAKER_SAMPLING_WINDOW",
+    "BUDGET_MIN_RETRIES_PER_SECOND",
+    "BUDGET_RATIO",
+    "BUDGET_WINDOW",
     "CHAT_AGENT_API_REFRESH",
     "GUIDE_5XX_PAUSES",
     "GUIDE_KEEPALIVES",
@@ -59,7 +85,12 @@ __all__ = [
     "RELOGIN_FIRST_DELAY",
     "SERVER_CHAT_API_CHAT_INFO",
     "Action",
+    "Admission",
     "BackoffPolicy",
+    "BreakerState",
+    "BreakerStatus",
+    "BudgetState",
+    "CircuitBreaker",
     "Classifier",
     "CloseAction",
     "ClosePolicy",
@@ -74,6 +105,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Reservation",
+    "RetryBudget",
     "RetryPolicy",
     "TokenBucket",
     "Verdict",

@@ -1,0 +1,276 @@
+"""The circuit breaker: stop sending to a failing service for a while, as a pure state machine.
+
+Per service and host: **closed** lets every attempt through and counts failures over a sliding
+``sampling_window``; when at least ``minimum_throughput`` attempts were seen and the share of
+failures reaches ``failure_ratio``, it **opens**. Open refuses every attempt until the break
+ends (the caller gets ``CircuitOpen`` with the time to try again). Then it is **half-open**:
+exactly one probe goes through; a success closes the breaker, a failure opens it again for a
+longer break, on a :class:`~le_transport.policies.BackoffPolicy`.
+
+Only 5xx, 429 and transport failures count as failures (:meth:`CircuitBreaker.counts_as_failure`);
+any other answer, 4xx included, proves the service is up and counts as a success.
+
+:class:`CircuitBreaker` is the configuration; :class:`BreakerStatus` the state, replaced and never
+mutated. Time and the random draw for the break's jitter come in as arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._validate import positive
+from .backoff import BackoffPolicy
+from .classify import Outcome, OutcomeKind
+
+__all__ = [
+    "BREAKER_BREAK",
+    "BREAKER_FAILURE_RATIO",
+    "BREAKER_MAX_BREAK",
+    "BREAKER_MINIMUM_THROUGHPUT",
+    "BREAKER_SAMPLING_WINDOW",
+    "Admission",
+    "BreakerState",
+    "BreakerStatus",
+    "CircuitBreaker",
+]
+
+#: Polly opens at 10% failures; LiveEngage answers the odd 5xx when healthy and the guide
+#: retries those, so a breaker that trips at 10% would cut calls that the schedule fixes.
+#: Half of the attempts failing is an outage, not noise.
+BREAKER_FAILURE_RATIO = 0.5
+#: Polly wants 100 calls per window; one bot process calls a LiveEngage service a few times a
+#: second at most, and often less. 20 attempts is enough to tell an outage from bad luck (the
+#: chance of 10 failures in 20 at a 10% background rate is below 1e-5) without waiting for
+#: calls a quiet process never makes.
+BREAKER_MINIMUM_THROUGHPUT = 20
+#: Polly's 30 s: the span of the guide's whole 5/10/15 s schedule.
+BREAKER_SAMPLING_WINDOW = 30.0
+#: The first break: the guide's first pause (5 s), like Polly's default.
+BREAKER_BREAK = 5.0
+#: Re-opens double the break up to the guide's outer "every 2 minutes".
+BREAKER_MAX_BREAK = 120.0
+#: A probe that never reports (its process died, its task was dropped) frees the half-open
+#: slot after this long: the default per-attempt timeout.
+BREAKER_PROBE_LEASE = 30.0
+
+
+class BreakerState(enum.Enum):
+    """Where the breaker is."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@attrs.frozen
+class Admission:
+    """The breaker's answer to "may this attempt go?": ``allowed``, whether it is the
+    half-open ``probe``, ``retry_at`` (when refused: the time to try again), and the new status."""
+
+    allowed: bool
+    status: BreakerStatus
+    probe: bool = False
+    retry_at: float | None = None
+
+
+@attrs.frozen
+class BreakerStatus:
+    """The breaker's state.
+
+    - ``state``: closed, open or half-open (read it through :meth:`CircuitBreaker.state_at`,
+      since an open breaker whose break has ended is half-open).
+    - ``slot``, ``successes``, ``failures``: per time slot counts of the sampling window
+      (index 0 is slot ``slot``, the newest).
+    - ``open_until``: when the current break ends.
+    - ``opens``: how many times it opened since it last closed (the break grows with it).
+    - ``probe_until``: while a half-open probe is out, when its lease ends (None: no probe).
+    """
+
+    state: BreakerState = BreakerState.CLOSED
+    slot: int = 0
+    successes: tuple[int, ...] = ()
+    failures: tuple[int, ...] = ()
+    open_until: float = 0.0
+    opens: int = 0
+    probe_until: float | None = None
+
+
+def _min_throughput(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"CircuitBreaker.minimum_throughput must be an int >= 1, got {value!r}"
+        )
+
+
+def _ratio(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= 1
+        or not math.isfinite(value)
+    ):
+        raise ConfigurationError(f"CircuitBreaker.failure_ratio must be in (0, 1], got {value!r}")
+
+
+def _slots(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ConfigurationError(f"CircuitBreaker.slots must be an int in [1, 1000], got {value!r}")
+
+
+def _default_breaks() -> BackoffPolicy:
+    return BackoffPolicy(
+        first=BREAKER_BREAK, factor=2.0, cap=BREAKER_MAX_BREAK, jitter=0.2, floor=0.0
+    )
+
+
+@attrs.frozen
+class CircuitBreaker:
+    """A circuit breaker's configuration and transitions (see the module's description).
+
+    - ``failure_ratio`` (0.5), ``minimum_throughput`` (20 attempts) and ``sampling_window``
+      (30 s, in ``slots`` buckets): when it opens.
+    - ``breaks``: the break after the n-th consecutive opening, ``breaks.delay(n, rand)``:
+      5 s, 10 s, 20 s ... up to 2 min, ±20% so that a fleet's probes do not arrive together.
+    - ``probe_lease`` (30 s): a probe that never reports frees the half-open slot after this.
+    """
+
+    failure_ratio: float = attrs.field(default=BREAKER_FAILURE_RATIO, validator=_ratio)
+    minimum_throughput: int = attrs.field(
+        default=BREAKER_MINIMUM_THROUGHPUT, validator=_min_throughput
+    )
+    sampling_window: float = attrs.field(default=BREAKER_SAMPLING_WINDOW, validator=positive)
+    slots: int = attrs.field(default=10, validator=_slots)
+    breaks: BackoffPolicy = attrs.field(factory=_default_breaks)
+    probe_lease: float = attrs.field(default=BREAKER_PROBE_LEASE, validator=positive)
+
+    @staticmethod
+    def counts_as_failure(outcome: Outcome) -> bool:
+        """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport
+        failure. Any other answer, 4xx included, shows the service is up."""
+        if outcome.kind is not OutcomeKind.RESPONSE:
+            return True
+        status = outcome.status or 0
+        return status == 429 or 500 <= status <= 599
+
+    def scaled(self, factor: float) -> CircuitBreaker:
+        """The same breaker with every duration multiplied by ``factor`` (tests, demos)."""
+        return attrs.evolve(
+            self,
+            sampling_window=self.sampling_window * factor,
+            breaks=self.breaks.scaled(factor),
+            probe_lease=self.probe_lease * factor,
+        )
+
+    def closed(self) -> BreakerStatus:
+        """A closed breaker that has seen nothing."""
+        return BreakerStatus(
+            BreakerState.CLOSED, 0, (0,) * self.slots, (0,) * self.slots, 0.0, 0, None
+        )
+
+    def _slot_of(self, now: float) -> int:
+        return math.floor(now / (self.sampling_window / self.slots))
+
+    def _aged(self, status: BreakerStatus, now: float) -> BreakerStatus:
+        if len(status.successes) != self.slots:
+            status = attrs.evolve(status, successes=(0,) * self.slots, failures=(0,) * self.slots)
+        slot = self._slot_of(now)
+        shift = slot - status.slot
+        if shift <= 0:
+            return status
+        if shift >= self.slots:
+            return attrs.evolve(
+                status, slot=slot, successes=(0,) * self.slots, failures=(0,) * self.slots
+            )
+        pad = (0,) * shift
+        keep = self.slots - shift
+        return attrs.evolve(
+            status,
+            slot=slot,
+            successes=pad + status.successes[:keep],
+            failures=pad + status.failures[:keep],
+        )
+
+    def state_at(self, status: BreakerStatus, now: float) -> BreakerState:
+        """The state at ``now``: an open breaker whose break has ended is half-open."""
+        if status.state is BreakerState.OPEN and now >= status.open_until:
+            return BreakerState.HALF_OPEN
+        return status.state
+
+    def retry_at(self, status: BreakerStatus, now: float) -> float | None:
+        """When an attempt refused at ``now`` may try again; None if one would go now."""
+        state = self.state_at(status, now)
+        if state is BreakerState.OPEN:
+            return status.open_until
+        if (
+            state is BreakerState.HALF_OPEN
+            and status.probe_until is not None
+            and now < status.probe_until
+        ):
+            return status.probe_until
+        return None
+
+    def admit(self, status: BreakerStatus, now: float) -> Admission:
+        """May an attempt go at ``now``? Closed: yes. Open: no, until ``open_until``.
+        Half-open: the first asker becomes the probe; the others are refused while it is out."""
+        state = self.state_at(status, now)
+        if state is BreakerState.CLOSED:
+            return Admission(True, status)
+        if state is BreakerState.OPEN:
+            return Admission(False, status, retry_at=status.open_until)
+        if status.probe_until is not None and now < status.probe_until:
+            return Admission(False, status, retry_at=status.probe_until)
+        probing = attrs.evolve(
+            status, state=BreakerState.HALF_OPEN, probe_until=now + self.probe_lease
+        )
+        return Admission(True, probing, probe=True)
+
+    def record(
+        self, status: BreakerStatus, now: float, *, failed: bool, rand: float = 0.5
+    ) -> BreakerStatus:
+        """``status`` after an admitted attempt ended at ``now`` as a failure or a success.
+
+        In half-open (the probe's answer): a success closes, a failure opens again for the next,
+        longer break. Closed: the outcome is counted and the breaker opens if the window's
+        failure ratio reaches the threshold at the minimum throughput. Open (an attempt admitted
+        before the break began): a failure is already accounted for, a success is ignored.
+        """
+        state = self.state_at(status, now)
+        if state is BreakerState.HALF_OPEN:
+            if failed:
+                return self._open(status, now, rand)
+            return self.closed()
+        if state is BreakerState.OPEN:
+            return status
+        aged = self._aged(status, now)
+        if not failed:
+            return attrs.evolve(aged, successes=(aged.successes[0] + 1, *aged.successes[1:]))
+        aged = attrs.evolve(aged, failures=(aged.failures[0] + 1, *aged.failures[1:]))
+        failures = sum(aged.failures)
+        total = failures + sum(aged.successes)
+        if total >= self.minimum_throughput and failures >= self.failure_ratio * total:
+            return self._open(aged, now, rand)
+        return aged
+
+    def release(self, status: BreakerStatus, now: float) -> BreakerStatus:
+        """The probe ended without a verdict (cancelled): free the half-open slot."""
+        if status.probe_until is None:
+            return status
+        return attrs.evolve(status, probe_until=None)
+
+    def _open(self, status: BreakerStatus, now: float, rand: float) -> BreakerStatus:
+        opens = status.opens + 1
+        pause = self.breaks.delay(opens, rand)
+        return BreakerStatus(
+            BreakerState.OPEN,
+            self._slot_of(now),
+            (0,) * self.slots,
+            (0,) * self.slots,
+            now + pause,
+            opens,
+            None,
+        )

@@ -1,0 +1,153 @@
+"""The retry budget: retries allowed only as a share of first attempts, as a pure value.
+
+LivePerson's guide warns that retries keep an overloaded service down ("this vicious cycle
+reduces its ability to recover"): per call, the 5/10/15 s schedule can send 4x the load to a
+service that already fails. A budget caps the retries of a whole service instead of one call:
+over a sliding ``window``, retries may not pass ``ratio`` x first attempts, plus a floor of
+``min_retries_per_second`` x ``window`` so that a quiet client can still retry. This is the
+design of Finagle's ``RetryBudget`` (20% of requests + 10 retries/s over 10 s) and of gRPC's
+retry throttling.
+
+:class:`RetryBudget` is the configuration; :class:`BudgetState` the counters, replaced and
+never mutated. The window is kept as ``slots`` time buckets (a ring of counts), so memory is
+constant at any rate and the same arithmetic runs in a Redis Lua script for a fleet.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._validate import fraction, non_negative, positive
+
+__all__ = [
+    "BUDGET_MIN_RETRIES_PER_SECOND",
+    "BUDGET_RATIO",
+    "BUDGET_WINDOW",
+    "BudgetState",
+    "RetryBudget",
+]
+
+#: Finagle's share: retries may add at most 20% to the first attempts.
+BUDGET_RATIO = 0.2
+#: The window spans the guide's whole schedule (5 + 10 + 15 s), so a failing call's three
+#: retries fall inside the window that counted its first attempt.
+BUDGET_WINDOW = 30.0
+#: Finagle's floor is 10 retries/s, sized for RPC services at thousands of calls per second. A
+#: LiveEngage bot makes a few calls per second; 0.1/s (3 per 30 s window) is one failing call's
+#: whole 5/10/15 s schedule at a time, which is what "a quiet client can still retry" needs,
+#: and adds little to the share under a fleet-wide outage.
+BUDGET_MIN_RETRIES_PER_SECOND = 0.1
+
+
+def _slots(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ConfigurationError(f"RetryBudget.slots must be an int in [1, 1000], got {value!r}")
+
+
+@attrs.frozen
+class BudgetState:
+    """The budget's counters: per time slot, first attempts and retries.
+
+    ``slot`` is the index (``floor(now / slot_length)``) of the newest slot; ``requests[i]`` and
+    ``retries[i]`` count slot ``slot - i``. A fresh state counts nothing.
+    """
+
+    slot: int = 0
+    requests: tuple[int, ...] = ()
+    retries: tuple[int, ...] = ()
+
+    @property
+    def total_requests(self) -> int:
+        """First attempts counted in the window."""
+        return sum(self.requests)
+
+    @property
+    def total_retries(self) -> int:
+        """Retries counted in the window."""
+        return sum(self.retries)
+
+
+@attrs.frozen
+class RetryBudget:
+    """A service's retry budget: ``ratio`` x first attempts + ``min_retries_per_second`` x
+    ``window`` retries per sliding ``window`` seconds.
+
+    - ``ratio`` (default 0.2): the share of first attempts that may be retried.
+    - ``min_retries_per_second`` (default 0.1): the floor, so a quiet client can retry.
+    - ``window`` (default 30 s): how long a first attempt keeps paying for retries.
+    - ``slots`` (default 10): the window's resolution; events age out one slot at a time.
+
+    :meth:`record_request` counts a first attempt; :meth:`try_retry` takes one retry if the
+    budget allows it. Both take the time and return a new :class:`BudgetState`.
+    """
+
+    ratio: float = attrs.field(default=BUDGET_RATIO, validator=fraction)
+    min_retries_per_second: float = attrs.field(
+        default=BUDGET_MIN_RETRIES_PER_SECOND, validator=non_negative
+    )
+    window: float = attrs.field(default=BUDGET_WINDOW, validator=positive)
+    slots: int = attrs.field(default=10, validator=_slots)
+
+    @property
+    def slot_length(self) -> float:
+        """Seconds per slot."""
+        return self.window / self.slots
+
+    @property
+    def floor(self) -> float:
+        """Retries allowed per window with no first attempt at all."""
+        return self.min_retries_per_second * self.window
+
+    def slot_of(self, now: float) -> int:
+        """The index of the slot holding time ``now``."""
+        return math.floor(now / self.slot_length)
+
+    def empty(self) -> BudgetState:
+        """A state that counts nothing."""
+        return BudgetState(0, (0,) * self.slots, (0,) * self.slots)
+
+    def _at(self, state: BudgetState, now: float) -> BudgetState:
+        """``state`` aged to ``now``: slots that left the window are dropped."""
+        if len(state.requests) != self.slots:
+            state = self.empty()
+        slot = self.slot_of(now)
+        shift = slot - state.slot
+        if shift <= 0:
+            # A reading from the past (another clock, a stale caller) counts in the newest slot.
+            return state
+        if shift >= self.slots:
+            return BudgetState(slot, (0,) * self.slots, (0,) * self.slots)
+        pad = (0,) * shift
+        return BudgetState(
+            slot,
+            pad + state.requests[: self.slots - shift],
+            pad + state.retries[: self.slots - shift],
+        )
+
+    def allowance(self, requests: int) -> float:
+        """Retries allowed in a window that counted ``requests`` first attempts."""
+        return self.ratio * requests + self.floor
+
+    def available(self, state: BudgetState, now: float) -> float:
+        """How many more retries the budget allows at ``now`` (may be fractional)."""
+        aged = self._at(state, now)
+        return max(0.0, self.allowance(aged.total_requests) - aged.total_retries)
+
+    def record_request(self, state: BudgetState, now: float, count: int = 1) -> BudgetState:
+        """``state`` after ``count`` first attempts at ``now``."""
+        aged = self._at(state, now)
+        return attrs.evolve(aged, requests=(aged.requests[0] + count, *aged.requests[1:]))
+
+    def try_retry(self, state: BudgetState, now: float) -> tuple[bool, BudgetState]:
+        """Take one retry at ``now`` if the budget allows it: (allowed, the new state).
+
+        A refused retry changes nothing: it is not counted against the budget.
+        """
+        aged = self._at(state, now)
+        if aged.total_retries + 1 > self.allowance(aged.total_requests):
+            return False, aged
+        return True, attrs.evolve(aged, retries=(aged.retries[0] + 1, *aged.retries[1:]))
