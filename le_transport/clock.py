@@ -58,13 +58,14 @@ class _ClockTimeout:
     cancellation from outside (the caller cancelling the task) is never swallowed.
     """
 
-    __slots__ = ("_cancelling", "_clock", "_expired", "_seconds", "_task", "_watchdog")
+    __slots__ = ("_cancelling", "_clock", "_expired", "_seconds", "_task", "_timer", "_watchdog")
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
         self._clock = clock
         self._seconds = seconds
         self._task: asyncio.Task[object] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._expired = False
         self._cancelling = 0
 
@@ -82,13 +83,22 @@ class _ClockTimeout:
         self._task = task
         if sys.version_info >= (3, 11):
             self._cancelling = task.cancelling()
-        self._watchdog = asyncio.get_running_loop().create_task(
-            self._watch(self._seconds), name="le_transport.timeout_after"
-        )
+        if type(self._clock) is RealClock:
+            # The loop's own timer is the real clock's sleep without the task around it: every
+            # request arms one or two of these, and a watchdog task per timeout cost more than
+            # the rest of the retry middleware (benchmarks/README.md).
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, self._seconds), self._fire)
+        else:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch(self._seconds), name="le_transport.timeout_after"
+            )
         return self
 
     async def _watch(self, seconds: float) -> None:
         await self._clock.sleep(seconds)
+        self._fire()
+
+    def _fire(self) -> None:
         self._expired = True
         if self._task is not None:
             self._task.cancel()
@@ -99,6 +109,8 @@ class _ClockTimeout:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
         watchdog = self._watchdog
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()

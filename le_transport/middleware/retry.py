@@ -129,7 +129,6 @@ class RetryMiddleware:
             handler=handler,
             service=ctx.service or (request.url.host or "?"),
             method=method,
-            url=redact_url(request.url),
             idempotent=idempotent,
         )
         if ctx.started_at is None:
@@ -175,8 +174,17 @@ class _Call:
     handler: ClientHandlerType
     service: str
     method: str
-    url: str
     idempotent: bool
+    _url: str | None = attrs.field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        """The request's URL, redacted: only a log line or an error needs it."""
+        # Computed on first use: redacting every URL cost a successful call more than the
+        # rest of its bookkeeping (benchmarks/README.md).
+        if self._url is None:
+            self._url = redact_url(self.request.url)
+        return self._url
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {
@@ -244,7 +252,6 @@ class _Call:
         self, attempt: int
     ) -> tuple[ClientResponse | None, Outcome, RequestError | None]:
         """Make one attempt: (response, outcome, None) or (None, outcome, error)."""
-        where = self._where()
         try:
             async with timeout_after(self.mw.clock, self.policy.attempt_timeout) as limit:
                 resp = await self.handler(self.request)
@@ -266,7 +273,7 @@ class _Call:
                     ConnectionFailed(
                         f"attempt {attempt} failed: {type(exc).__name__}",
                         never_sent=never_sent,
-                        **where,
+                        **self._where(),
                     ),
                 )
             outcome = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
@@ -276,7 +283,7 @@ class _Call:
                 AttemptTimeout(
                     f"attempt {attempt} took longer than {self.policy.attempt_timeout:g} s "
                     "and was cancelled",
-                    **where,
+                    **self._where(),
                 ),
             )
         except BodyTooLarge:
@@ -288,12 +295,14 @@ class _Call:
                 None,
                 outcome,
                 ConnectionFailed(
-                    f"attempt {attempt} failed: {detail}", never_sent=never_sent, **where
+                    f"attempt {attempt} failed: {detail}", never_sent=never_sent, **self._where()
                 ),
             )
         except aiohttp.ClientError as exc:
             # Not a transport fault (an invalid URL, too many redirects): the caller's to fix.
-            raise RequestError(f"{type(exc).__name__}: {_safe_message(exc)}", **where) from exc
+            raise RequestError(
+                f"{type(exc).__name__}: {_safe_message(exc)}", **self._where()
+            ) from exc
         return resp, Outcome.response(resp.status, self._retry_after(resp)), None
 
     async def _buffer(self, resp: ClientResponse) -> None:
