@@ -171,7 +171,8 @@ def body_excerpt(body: bytes, *, path: str = "", limit: int = 300) -> str:
     except ValueError:
         scrubbed = redact_text(text)
     else:
-        scrubbed = json.dumps(redact_json(parsed), separators=(",", ":"))
+        # Keys name most credentials; values can still carry one ("Bearer x", a JWT).
+        scrubbed = redact_text(json.dumps(redact_json(parsed), separators=(",", ":")))
     if len(scrubbed) > limit or len(body) > len(head):
         return scrubbed[:limit] + "…"
     return scrubbed
@@ -185,7 +186,7 @@ class Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str | Secret) -> None:
         if isinstance(value, Secret):
             value = value.reveal()
         if not isinstance(value, str):

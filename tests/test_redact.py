@@ -1,0 +1,262 @@
+"""Redaction: no secret reaches a log record, an exception's str/repr, or a Response's repr.
+
+Unit tests of :mod:`le_transport._redact`, then end-to-end calls that put credentials in every
+place LiveEngage puts them (Authorization and Cookie headers, token-like query parameters, the
+UMS socket's ``/brand/<bearer>`` path, auth endpoints' bodies, JWTs in text) and scan every
+record, its args and its ``extra`` fields, and every error, for the values.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from le_transport import Engine, EventHooks, RetryPolicy, TransportError
+from le_transport._redact import (
+    REDACTED,
+    Secret,
+    body_excerpt,
+    is_auth_path,
+    is_secret_name,
+    redact_headers,
+    redact_json,
+    redact_path,
+    redact_text,
+    redact_url,
+)
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+BEARER = "brr-7f3a9c21d4e8b6f0"
+TOKEN = "tok-19e2c8a7f6d5b4a3"
+COOKIE = "sess-5c4b3a2918273645"
+PASSWORD = "pw-hunter2-0a1b2c3d"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNlY3JldA"
+SECRETS = (BEARER, TOKEN, COOKIE, PASSWORD, JWT)
+FAST = RetryPolicy(pauses=(0.05, 0.1, 0.15))
+
+
+# -- unit ---------------------------------------------------------------------------------
+
+
+def test_secret_repr_and_str_hide_the_value() -> None:
+    secret = Secret(PASSWORD)
+    assert PASSWORD not in repr(secret)
+    assert PASSWORD not in str(secret)
+    assert PASSWORD not in f"{secret}"
+    assert PASSWORD not in repr([secret, {"p": secret}])
+    assert secret.reveal() == PASSWORD
+    assert Secret(secret) == secret
+
+
+def test_secret_refuses_pickling_and_non_strings() -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="pickled"):
+        pickle.dumps(Secret(PASSWORD))
+    with pytest.raises(TypeError, match="must be a str"):
+        Secret(123)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "name", ["Authorization", "authorization", "Cookie", "Set-Cookie", "X-CSRF-Token"]
+)
+def test_credential_headers_are_redacted(name: str) -> None:
+    assert redact_headers({name: TOKEN, "Accept": "application/json"}) == {
+        name: REDACTED,
+        "Accept": "application/json",
+    }
+    assert redact_headers([(name, TOKEN)]) == {name: REDACTED}
+
+
+@pytest.mark.parametrize(
+    "param",
+    ["access_token", "token", "password", "client_secret", "csrf", "jwt", "sessionId", "appKey"],
+)
+def test_token_like_query_params_are_redacted(param: str) -> None:
+    url = redact_url(f"https://va.liveperson.net/api/x?{param}={TOKEN}&v=2")
+    assert TOKEN not in url
+    assert url == f"https://va.liveperson.net/api/x?{param}={REDACTED}&v=2"
+
+
+def test_userinfo_and_brand_bearer_are_removed_from_urls() -> None:
+    url = redact_url(
+        f"wss://me:{PASSWORD}@va.v.liveperson.net/ws_api/account/1/messaging/brand/{BEARER}?v=3"
+    )
+    assert PASSWORD not in url
+    assert BEARER not in url
+    assert url.endswith(f"/messaging/brand/{REDACTED}?v=3")
+    assert redact_path(f"/brand/{BEARER}/x") == f"/brand/{REDACTED}/x"
+    assert redact_url("http://[::1") == "<unparseable url>"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/account/1/login",
+        "/api/account/1/refresh",
+        "/sentinel/api/account/1/app/token",
+        "/oauth2/token",
+    ],
+)
+def test_auth_endpoint_bodies_are_never_shown(path: str) -> None:
+    assert is_auth_path(path)
+    excerpt = body_excerpt(b'{"bearer": "%s", "csrf": "x"}' % BEARER.encode(), path=path)
+    assert BEARER not in excerpt
+    assert "auth endpoint" in excerpt
+
+
+def test_json_bodies_have_credential_keys_replaced() -> None:
+    body = b'{"error": "bad", "nested": {"access_token": "%s"}, "list": [{"password": "%s"}]}' % (
+        TOKEN.encode(),
+        PASSWORD.encode(),
+    )
+    excerpt = body_excerpt(body, path="/api/x")
+    assert "bad" in excerpt
+    assert TOKEN not in excerpt
+    assert PASSWORD not in excerpt
+    assert redact_json({"apiKey": 1, "ok": [2]}) == {"apiKey": REDACTED, "ok": [2]}
+
+
+def test_free_text_is_scrubbed_of_bearers_jwts_and_key_values() -> None:
+    text = (
+        f"Authorization: Bearer {BEARER}; token={TOKEN}; got {JWT} and "
+        f'password: "{PASSWORD}" at /brand/{BEARER}'
+    )
+    scrubbed = redact_text(text)
+    for secret in SECRETS:
+        assert secret not in scrubbed
+    assert "Authorization: Bearer ***" in scrubbed
+
+
+def test_long_bodies_are_cut() -> None:
+    excerpt = body_excerpt(b"x" * 10_000, limit=50)
+    assert len(excerpt) == 51
+    assert excerpt.endswith("…")
+
+
+@given(st.sampled_from(SECRETS), st.text(max_size=40), st.text(max_size=40))
+def test_a_jwt_or_bearer_in_any_text_is_scrubbed(secret: str, before: str, after: str) -> None:
+    """Invariant: ``Bearer <x>`` and any JWT never survive redact_text, whatever surrounds
+    them."""
+    scrubbed = redact_text(f"{before} Bearer {secret} {after} {JWT}.")
+    assert f"Bearer {secret}" not in scrubbed
+    assert JWT not in scrubbed
+
+
+def test_secret_names_are_matched_loosely() -> None:
+    assert is_secret_name("X-Auth-Token")
+    assert is_secret_name("oauth_signature")
+    assert not is_secret_name("v")
+    assert not is_secret_name("skill")
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+def leaks_in_records(records: list[logging.LogRecord]) -> list[str]:
+    """Every place a known secret shows up in the records: message, args, extra, traceback."""
+    found: list[str] = []
+    for record in records:
+        places: dict[str, Any] = dict(vars(record))
+        places["message"] = record.getMessage()
+        if record.exc_info:
+            places["exc_text"] = "".join(traceback.format_exception(*record.exc_info))
+        for key, value in places.items():
+            text = repr(value) + str(value)
+            found.extend(f"{record.name}.{key}: {s}" for s in SECRETS if s in text)
+    return found
+
+
+def leaks_in_error(err: BaseException) -> list[str]:
+    """Secrets in the error's traceback, str, repr and attributes, its ``last`` and causes."""
+    text = "".join(traceback.format_exception(err))
+    seen: set[int] = set()
+    todo: list[BaseException] = [err]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        text += repr(e) + str(e) + repr(vars(e))
+        text += "".join(repr(a) for a in getattr(e, "attempts", ()))
+        todo.extend(x for x in (getattr(e, "last", None), e.__cause__, e.__context__) if x)
+    return [s for s in SECRETS if s in text]
+
+
+async def test_credentials_in_every_place_reach_no_log_error_or_repr(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    events: list[Any] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": f"session {JWT} expired", "jwt": JWT, "detail": f"Bearer {BEARER}"},
+            status=503,
+            headers={"Set-Cookie": f"session={COOKIE}"},
+        )
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"bearer": BEARER, "csrf": TOKEN}, status=401)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"bearer": BEARER}, headers={"Set-Cookie": f"s={COOKIE}"})
+
+    app = web.Application()
+    app.router.add_get("/ws_api/account/1/messaging/brand/{bearer}", flaky)
+    app.router.add_post("/api/account/1/login", login)
+    app.router.add_get("/ok", ok)
+    host = await serve(app)
+    hooks = EventHooks(on_retry=[events.append], on_giveup=[events.append])
+    errors: list[BaseException] = []
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST, hooks=hooks) as engine:
+        headers = {"Authorization": f"Bearer {BEARER}", "Cookie": f"session={COOKIE}"}
+        with pytest.raises(TransportError) as first:
+            await engine.request(
+                "GET",
+                "svc",
+                f"/ws_api/account/1/messaging/brand/{BEARER}",
+                params={"access_token": TOKEN, "v": "3"},
+                headers=headers,
+            )
+        errors.append(first.value)
+        with pytest.raises(TransportError) as second:
+            await engine.request(
+                "POST", "svc", "/api/account/1/login", json={"username": "a", "password": PASSWORD}
+            )
+        errors.append(second.value)
+        resp = await engine.request("GET", "svc", "/ok", headers=headers)
+        assert BEARER in resp.body.decode()  # the caller gets the real body...
+        assert BEARER not in repr(resp)  # ...but its repr does not show it
+        assert COOKIE not in repr(resp)
+    assert len(caplog.records) >= 4
+    assert leaks_in_records(caplog.records) == []
+    assert caplog.text
+    for secret in SECRETS:
+        assert secret not in caplog.text
+    for err in errors:
+        assert leaks_in_error(err) == []
+    assert events
+    for event in events:
+        assert not [s for s in SECRETS if s in repr(event)]
+
+
+async def test_an_aiohttp_error_message_with_a_url_is_redacted(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.test_retry_middleware import free_port
+
+    caplog.set_level(logging.DEBUG)
+    host = f"127.0.0.1:{free_port()}"
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        with pytest.raises(TransportError) as info:
+            await engine.request("GET", "svc", f"/brand/{BEARER}", params={"token": TOKEN})
+    assert leaks_in_error(info.value) == []
+    assert leaks_in_records(caplog.records) == []
