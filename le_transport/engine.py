@@ -32,10 +32,15 @@ from .errors import (
     TransportError,
 )
 from .events import EventHooks
+from .middleware.auth import AuthMiddleware
 from .middleware.context import CallContext, call_context
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
+from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
+from .providers._http import ProviderHttp
+from .providers.auth import AuthProvider, Credentials
 from .providers.domains import DomainProvider, StaticDomains
+from .recovery import Recovery
 
 __all__ = ["Engine", "InvalidRequest", "Response"]
 
@@ -161,6 +166,12 @@ class Engine:
       self-signed certificate; logged loudly at every start. There is no other way to turn
       verification off.
     - ``connection_limit``: the connector's pool size (0: unlimited).
+    - ``auth``: an :class:`~le_transport.providers.AuthProvider` (login, OAuth1, OAuth2, bearer,
+      consumer JWT). Its credentials go on each request to the host the domain provider named
+      for the call's service, and nowhere else; a 401 re-authenticates once and replays once.
+      The engine attaches its providers on start and closes them (logout) on close.
+    - ``recovery``: the outer loop's :class:`BackoffPolicy` (default
+      :meth:`BackoffPolicy.relogin`), used by calls made with ``recover=True``.
     """
 
     def __init__(
@@ -179,6 +190,8 @@ class Engine:
         tls: _ssl.SSLContext | None = None,
         insecure_tls: bool = False,
         connection_limit: int = 100,
+        auth: AuthProvider | None = None,
+        recovery: BackoffPolicy | None = None,
     ) -> None:
         if scheme not in ("https", "http"):
             raise ConfigurationError(f"Engine.scheme must be 'https' or 'http', got {scheme!r}")
@@ -211,8 +224,28 @@ class Engine:
             rng=self._rng,
             max_body_bytes=max_body_bytes,
         )
+        if auth is not None and not isinstance(auth, AuthProvider):
+            raise ConfigurationError(
+                f"Engine.auth must be an AuthProvider or None, got {type(auth).__name__}"
+            )
+        self._auth = auth
+        # Auth sits outside the retry middleware: once per logical call (and per redirect hop,
+        # where it checks the host again), so a 401 replay gets the whole schedule again.
+        self._auth_mw: tuple[ClientMiddlewareType, ...] = (
+            (AuthMiddleware(auth=auth, domains=self._domains),) if auth is not None else ()
+        )
+        self._recovery = Recovery(
+            domains=self._domains,
+            auth=auth,
+            clock=self._clock,
+            policy=recovery,
+            request_policy=self._retry,
+            rng=self._rng,
+            hooks=self._hooks,
+        )
         self._middlewares: tuple[ClientMiddlewareType, ...] = (
             *outer_middlewares,
+            *self._auth_mw,
             self._retry_mw,
             *wire_middlewares,
         )
@@ -253,6 +286,27 @@ class Engine:
         return self._middlewares
 
     @property
+    def auth(self) -> AuthProvider | None:
+        """The auth provider, if any."""
+        return self._auth
+
+    @property
+    def recovery(self) -> Recovery:
+        """The outer recovery loop (re-resolve, re-login) shared by this engine's calls."""
+        return self._recovery
+
+    async def login(self) -> Credentials:
+        """Log in now (or reuse the current session) and return the credentials.
+
+        Sockets take the bearer or consumer JWT from the result. Raises
+        :class:`~le_transport.errors.ConfigurationError` if the engine has no auth provider.
+        """
+        if self._auth is None:
+            raise ConfigurationError("Engine.login: the engine has no auth provider (auth=...)")
+        self.session  # noqa: B018 - raises if the engine is not started
+        return await self._auth.credentials("GET", URL("/"))
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session (created on :meth:`start`)."""
         if self._session is None:
@@ -282,11 +336,37 @@ class Engine:
                 middlewares=self._middlewares,
                 timeout=aiohttp.ClientTimeout(total=None),
                 raise_for_status=False,
+                # The Login Service's Session_id cookie is held by the auth provider and sent
+                # only on its own refresh and logout; a jar could hand it to other hosts.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
+        self._attach_providers()
+
+    def _attach_providers(self) -> None:
+        http = ProviderHttp(
+            session=lambda: self.session,
+            retry_middleware=self._retry_mw,
+            clock=self._clock,
+            hooks=self._hooks,
+            rng=self._rng,
+            scheme=self._scheme,
+        )
+        for provider in (self._domains, self._auth):
+            attach = getattr(provider, "attach", None)
+            if callable(attach):
+                attach(http)
 
     async def close(self) -> None:
-        """Close the session (if the engine made it). Idempotent."""
+        """Close the providers (logout, keepalive) and the session (if the engine made it).
+        Idempotent."""
+        already = self._closed
         self._closed = True
+        if not already and self._session is not None:
+            if self._auth is not None:
+                await self._auth.close()
+            close_domains = getattr(self._domains, "close", None)
+            if callable(close_domains):
+                await close_domains()
         if self._owns_session and self._session is not None and not self._session.closed:
             await self._session.close()
 
@@ -335,6 +415,7 @@ class Engine:
         deadline: float | None = None,
         attempt_timeout: float | None = None,
         allow_redirects: bool = True,
+        recover: bool = False,
     ) -> Response:
         """Send ``method path`` to ``service`` through the stack; return the whole answer.
 
@@ -344,6 +425,11 @@ class Engine:
         - ``retry``, ``deadline``, ``attempt_timeout``: override the engine's policy for this
           call (``deadline`` covers every attempt and pause; the attempt in flight is
           cancelled when it passes).
+        - ``recover``: when the call still fails after the request schedule (or login fails
+          with a 5xx or a transport error), wait through the outer recovery loop (re-resolve
+          domains, re-login on the engine's :class:`BackoffPolicy`) and try again, instead of
+          failing fast. Bad credentials and other 4xx fail at once either way;
+          :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
 
         Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried),
         :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent,
@@ -354,6 +440,23 @@ class Engine:
             raise InvalidRequest(f"method must be an HTTP method name, got {method!r:.40}")
         if json is not _NO_JSON and data is not None:
             raise InvalidRequest("pass either json= or data=, not both")
+        if recover:
+            return await self._recovery.run(
+                lambda: self.request(
+                    method,
+                    service,
+                    path,
+                    params=params,
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    idempotent=idempotent,
+                    retry=retry,
+                    deadline=deadline,
+                    attempt_timeout=attempt_timeout,
+                    allow_redirects=allow_redirects,
+                )
+            )
         session = self.session
         if self._closed:
             raise TransportError("the engine is closed")

@@ -1,0 +1,63 @@
+"""Single flight: concurrent callers share one execution of a login, refresh or fetch.
+
+A hundred requests that find no token at once must cause one login, not a hundred; and when
+that login fails, all hundred get its error instead of each trying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["SingleFlight"]
+
+T = TypeVar("T")
+
+
+def _consume(task: asyncio.Task[object]) -> None:
+    # Every caller may have been cancelled before the result arrived: retrieve the exception
+    # so that asyncio does not report it as never retrieved.
+    if not task.cancelled():
+        task.exception()
+
+
+class SingleFlight(Generic[T]):
+    """Runs at most one ``fn()`` at a time; callers arriving meanwhile await the same result.
+
+    The shared run is shielded: a caller that is cancelled stops waiting, the run goes on for
+    the others. :meth:`cancel` stops it (on close).
+    """
+
+    __slots__ = ("_name", "_task")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._task: asyncio.Task[T] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress."""
+        return self._task is not None and not self._task.done()
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """The result of the run in progress, or of a new run of ``fn`` if there is none."""
+        task = self._task
+        if task is None or task.done():
+            task = asyncio.ensure_future(fn())
+            task.set_name(self._name)
+            task.add_done_callback(_consume)
+            self._task = task
+        return await asyncio.shield(task)
+
+    async def cancel(self) -> None:
+        """Cancel the run in progress, if any, and wait for it to end."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def __repr__(self) -> str:
+        return f"SingleFlight({self._name!r}, running={self.running})"

@@ -1,0 +1,206 @@
+"""The providers' own HTTP path: the engine's retry schedule, without the auth middleware.
+
+A provider's calls (the Domain API fetch, login, refresh, logout, token requests) must follow the
+engine's request schedule, but must never pass through the auth middleware: that would make a
+login call ask for credentials, i.e. log in, i.e. re-enter itself (aiohttp trap 6). So every
+provider call goes through :class:`ProviderHttp`, which sends on the engine's session with
+``middlewares=(retry_middleware,)``: the schedule, timeouts, logging and typed errors apply, the
+auth middleware and any outer middleware do not.
+
+Provider calls never follow redirects: a login body is a credential, and a redirect must not
+carry it to another host. A 3xx is an answer like any other, and the provider treats it as an
+error.
+
+The engine builds one :class:`ProviderHttp` and hands it to each provider's ``attach``; a
+provider used on its own can be given one built from any session and
+:class:`~le_transport.middleware.RetryMiddleware`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable, Mapping
+from http.cookies import SimpleCookie
+from typing import Any
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from .._redact import Secret, redact_url
+from ..clock import Clock
+from ..errors import ConfigurationError, RequestError, TransportError
+from ..events import EventHooks, StateEvent, emit
+from ..middleware.context import CallContext, call_context
+from ..middleware.retry import RetryMiddleware
+from ..policies.retry import RetryPolicy
+
+__all__ = [
+    "ProviderHttp",
+    "ProviderResponse",
+    "emit_state",
+    "provider_url",
+    "require_attached",
+    "require_secret",
+    "split_host",
+    "validate_account",
+]
+
+
+@attrs.frozen(repr=False)
+class ProviderResponse:
+    """A provider call's answer: status, body, and the cookies it set (values are secrets)."""
+
+    status: int
+    body: bytes
+    cookies: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        return f"ProviderResponse(status={self.status}, {len(self.body)} bytes)"
+
+
+@attrs.frozen(eq=False)
+class ProviderHttp:
+    """Sends a provider's requests on the engine's session through the retry middleware only.
+
+    - ``session``: returns the aiohttp session to send on (the engine's, once started).
+    - ``retry_middleware``: the engine's :class:`RetryMiddleware` (its policy is the default).
+    - ``clock``, ``hooks``, ``rng``: the engine's, for TTLs, keepalive and events.
+    - ``scheme``: the engine's scheme (``https``, or ``http`` for loopback servers).
+    """
+
+    session: Callable[[], aiohttp.ClientSession]
+    retry_middleware: RetryMiddleware
+    clock: Clock
+    hooks: EventHooks = attrs.field(factory=EventHooks)
+    rng: random.Random = attrs.field(factory=random.Random)
+    scheme: str = "https"
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The engine's default request policy."""
+        return self.retry_middleware.policy
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        service: str,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        idempotent: bool | None = None,
+    ) -> ProviderResponse:
+        """Send one provider call on ``retry`` (default: the engine's policy); return the answer.
+
+        Raises the retry middleware's typed errors: :class:`~le_transport.errors.ClientStatusError`
+        for a 4xx, :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent, ...
+        """
+        ctx = CallContext(service=service, idempotent=idempotent, retry=retry)
+        session = self.session()
+        try:
+            with call_context(ctx):
+                async with session.request(
+                    method,
+                    url,
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    allow_redirects=False,
+                    middlewares=(self.retry_middleware,),
+                ) as resp:
+                    body = await resp.read()
+                    return ProviderResponse(
+                        status=resp.status, body=body, cookies=_cookies(resp.cookies)
+                    )
+        except TransportError:
+            raise
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RequestError(
+                f"{type(exc).__name__}: the request could not be made",
+                service=service,
+                method=method,
+                url=redact_url(url),
+                attempts=ctx.attempts,
+            ) from exc
+
+
+def _cookies(jar: SimpleCookie) -> dict[str, str]:
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def emit_state(hooks: EventHooks, log: logging.Logger, level: int, event: StateEvent) -> None:
+    """Log a state transition (details are never secrets) and hand it to ``on_state`` hooks."""
+    log.log(
+        level,
+        "%s: %s %s",
+        event.subject,
+        event.name.replace("_", " "),
+        " ".join(f"{k}={v}" for k, v in event.details.items()),
+        extra={"event": event.name, "subject": event.subject, "details": event.details},
+    )
+    emit(hooks.on_state, event)
+
+
+def require_attached(http: ProviderHttp | None, owner: object) -> ProviderHttp:
+    """``http``, or a :class:`ConfigurationError` saying the provider is not attached."""
+    if http is None:
+        raise ConfigurationError(
+            f"{type(owner).__name__} is not attached to an engine: pass it to "
+            "Engine(..., auth=...) / Engine(domains=...) and start the engine, or call "
+            "attach(ProviderHttp(...)) yourself"
+        )
+    return http
+
+
+_ACCOUNT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def validate_account(account: object, *, owner: str) -> str:
+    """``account`` if it is a plausible LiveEngage account id; else :class:`ConfigurationError`.
+
+    It goes into URL paths, so anything that could change the path is refused.
+    """
+    if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
+        shown = repr(account)[:40]
+        raise ConfigurationError(
+            f"{owner}.account must be a LiveEngage account id (letters, digits, '.', '_', '-'), "
+            f"got {shown}"
+        )
+    return account
+
+
+def require_secret(value: object, *, owner: str, field: str) -> Secret:
+    """``value`` as a :class:`Secret`; a :class:`ConfigurationError` (never echoing it) if empty."""
+    if isinstance(value, Secret):
+        secret = value
+    elif isinstance(value, str):
+        secret = Secret(value)
+    else:
+        raise ConfigurationError(
+            f"{owner}.{field} must be a non-empty str or Secret, got {type(value).__name__}"
+        )
+    if not secret:
+        raise ConfigurationError(f"{owner}.{field} must not be empty")
+    return secret
+
+
+def provider_url(scheme: str, host: str, path: str, query: Mapping[str, str] | None = None) -> URL:
+    """``scheme://host/path?query`` from a validated ``host`` (``name`` or ``name:port``)."""
+    name, port = split_host(host)
+    return URL.build(scheme=scheme, host=name, port=port, path=path, query=query or {})
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """``("example.com", 8080)`` from ``"example.com:8080"``; IPv6 literals in brackets."""
+    if host.startswith("["):
+        inside, _, rest = host[1:].partition("]")
+        return inside, int(rest[1:]) if rest.startswith(":") else None
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name, int(port)
+    return host, None

@@ -1,0 +1,101 @@
+"""The consumer JWT for the Messaging Window API, from the ``idp`` service.
+
+A consumer (the customer side of a conversation) gets its token from the account's ``idp``
+host: ``POST /api/account/{id}/signup`` for an unauthenticated consumer, or
+``POST /api/account/{id}/authenticate`` with ``{"authCode": ...}`` (from the brand's identity
+provider) for an authenticated one; both answer ``{"jwt": "<token>"}``. The consumer socket
+sends it as ``Authorization: jwt <token>`` (or in its ``InitConnection`` frame: the socket layer
+takes it from ``Credentials.bearer``). A new token is fetched ``margin`` seconds before the
+JWT's ``exp``, and after the server rejects the current one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from .._redact import Secret
+from ..errors import ConfigurationError
+from ._http import ProviderHttp, ProviderResponse, provider_url, validate_account
+from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider
+from .domains import DomainProvider
+from .login import login_policy
+
+__all__ = ["IDP", "ConsumerJwt"]
+
+#: The Domain API service that issues consumer tokens.
+IDP = "idp"
+
+AuthCode = str | Secret | Callable[[], Awaitable[str]]
+
+
+class ConsumerJwt(TokenProvider):
+    """An :class:`~le_transport.providers.AuthProvider` for the Messaging Window API's consumer.
+
+    - ``auth_code``: None for ``signup`` (unauthenticated consumer); a code, or an async
+      callable returning a fresh one (codes are usually single use), for ``authenticate``.
+    - ``domains``: where the ``idp`` host comes from.
+    - ``margin``: fetch a new token this many seconds before the JWT's ``exp`` (60).
+    """
+
+    _kind = "consumer_jwt"
+    _scheme = "jwt"
+
+    def __init__(
+        self,
+        account: str,
+        *,
+        domains: DomainProvider,
+        auth_code: AuthCode | None = None,
+        service: str = IDP,
+        margin: float = DEFAULT_TOKEN_MARGIN,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._account = validate_account(account, owner="ConsumerJwt")
+        if auth_code is not None and not (
+            isinstance(auth_code, (str, Secret)) or callable(auth_code)
+        ):
+            raise ConfigurationError(
+                "ConsumerJwt.auth_code must be None, a str or Secret, or an async callable, "
+                f"got {type(auth_code).__name__}"
+            )
+        if isinstance(auth_code, str):
+            auth_code = Secret(auth_code)
+        self._auth_code = auth_code
+        self._domains = domains
+        self._service = service
+        super().__init__(margin=margin, wall_clock=wall_clock)
+
+    @property
+    def subject(self) -> str:
+        """How events and logs name this provider."""
+        return f"consumer_jwt[{self._account}]"
+
+    async def _code(self) -> str | None:
+        code = self._auth_code
+        if code is None:
+            return None
+        if isinstance(code, Secret):
+            return code.reveal()
+        value = await code()
+        return value.reveal() if isinstance(value, Secret) else value
+
+    async def _request_token(self, http: ProviderHttp) -> tuple[ProviderResponse, str]:
+        host = await self._domains.resolve(self._service)
+        code = await self._code()
+        action = "signup" if code is None else "authenticate"
+        url = provider_url(http.scheme, host, f"/api/account/{self._account}/{action}")
+        resp = await http.request(
+            "POST",
+            url,
+            service=self._service,
+            json={} if code is None else {"authCode": code},
+            retry=login_policy(http.policy),
+            # A signup repeated after a lost answer only makes another anonymous consumer.
+            idempotent=code is None,
+        )
+        return resp, "jwt"
+
+    def __repr__(self) -> str:
+        mode = "signup" if self._auth_code is None else "authenticate"
+        return f"ConsumerJwt(account={self._account!r}, mode={mode!r})"

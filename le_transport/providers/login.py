@@ -1,0 +1,573 @@
+"""Login Service auth: user login, application (API key) login and client-credentials login.
+
+The guide's Steps 4 and 5: log in through the Login Service (on the account's ``agentVep``
+host) to get a bearer token and a CSRF value, then put ``Authorization: Bearer <token>`` on each
+call. One class does the session's whole life, the three login forms differ only in the body:
+
+- :class:`UserLogin` (username, password);
+- :class:`AppLogin` (username and the API key's four values);
+- :class:`ClientCredentialsLogin` (the OAuth2 client-credentials form that replaced OAuth1 bot
+  login: ``appKey`` = client id, ``secret`` = client secret, ``"dummy"`` access-token fields).
+
+Login answers follow their own rules: a 429 ("too many logins") waits at least 5 s
+(``LOGIN_RATE_LIMIT_FLOOR``); a 451 (blacklisted) raises :class:`~le_transport.errors.BlockedError`
+and any other 4xx :class:`~le_transport.errors.LoginRejected` at once, never retried; a 5xx or a
+transport failure follows the request schedule, and when that gives up the outer recovery loop
+(:mod:`le_transport.recovery`) takes over. A login answer that carries the account's domain map
+(``csdsCollectionResponse``) warms the domain cache.
+
+**Keepalive**: after a login a background task refreshes the session (``Session_id`` cookie and
+``csrf``) every ``refresh_interval`` seconds (the guide's 5 min for the Chat Agent API), never
+later than half the session's TTL, on the injected clock. A refresh answered with 401 falls back
+to a fresh login and nothing else: no socket is torn down, the new bearer is simply what the
+next request or connect gets. Logins and refreshes are single flight: a hundred concurrent
+callers without a token cause one login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from typing import Any
+
+import attrs
+from yarl import URL
+
+from .._redact import Secret
+from ..errors import (
+    AuthenticationError,
+    BlockedError,
+    ClientStatusError,
+    ConfigurationError,
+    LoginRejected,
+    RequestError,
+)
+from ..events import StateEvent
+from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
+from ._flight import SingleFlight
+from ._http import (
+    ProviderHttp,
+    emit_state,
+    provider_url,
+    require_attached,
+    require_secret,
+    validate_account,
+)
+from .auth import Credentials
+from .domains import DomainProvider
+
+__all__ = [
+    "AGENT_VEP",
+    "DEFAULT_REFRESH_INTERVAL",
+    "LOGIN_SERVICE_VERSION",
+    "AppLogin",
+    "ClientCredentialsLogin",
+    "LoginServiceAuth",
+    "LoginSession",
+    "UserLogin",
+    "login_policy",
+]
+
+_log = logging.getLogger("le_transport.auth")
+
+#: The Domain API service that hosts the Login Service (and the Chat Agent API).
+AGENT_VEP = "agentVep"
+#: The Login Service API version in LivePerson's docs.
+LOGIN_SERVICE_VERSION = "1.3"
+#: The guide's Step 3: the Chat Agent API's keepalive is a ``refresh`` "every 5 minutes".
+DEFAULT_REFRESH_INTERVAL = 300.0
+#: The access-token fields of the client-credentials login body (LivePerson's documented form).
+CLIENT_CREDENTIALS_DUMMY = "dummy"
+
+
+def login_policy(base: RetryPolicy) -> RetryPolicy:
+    """``base`` with the Login Service's rule: a 429 is never retried sooner than 5 s."""
+    return attrs.evolve(base, rate_limit_floor=max(base.rate_limit_floor, LOGIN_RATE_LIMIT_FLOOR))
+
+
+@attrs.frozen(repr=False)
+class LoginSession:
+    """One successful login: the bearer, CSRF value and ``Session_id`` cookie (all secrets),
+    the session TTL in seconds (if the answer gave one), the user id, and its generation."""
+
+    bearer: Secret
+    csrf: Secret | None
+    session_id: Secret | None
+    ttl: float | None
+    user_id: str | None
+    generation: int
+    logged_in_at: float
+
+    def __repr__(self) -> str:
+        return (
+            f"LoginSession(generation={self.generation}, user_id={self.user_id!r}, "
+            f"ttl={self.ttl!r}, bearer={self.bearer!r})"
+        )
+
+
+def _ttl_seconds(value: object) -> float | None:
+    """``sessionTTl`` (milliseconds, as a string or a number) in seconds, if it is one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        ms = float(value) if isinstance(value, (int, float, str)) else math.nan
+    except ValueError:
+        return None
+    return ms / 1000.0 if math.isfinite(ms) and ms > 0 else None
+
+
+class LoginServiceAuth:
+    """An :class:`~le_transport.providers.AuthProvider` backed by the Login Service.
+
+    Use a subclass (:class:`UserLogin`, :class:`AppLogin`, :class:`ClientCredentialsLogin`).
+    Common parameters:
+
+    - ``domains``: where the ``agentVep`` host comes from (a :class:`CsdsDomains` is warmed by
+      the login answer).
+    - ``service``: the Domain API service of the Login Service (``agentVep``).
+    - ``refresh_interval``: seconds between keepalive refreshes (300); ``keepalive=False``
+      turns the background refresh off.
+    - ``retry``: the login's request policy; default: the engine's, with 429 floored at 5 s.
+    - ``logout_on_close``: log out when closed (default).
+    """
+
+    _kind = "login"
+
+    def __init__(
+        self,
+        account: str,
+        *,
+        domains: DomainProvider,
+        service: str = AGENT_VEP,
+        version: str = LOGIN_SERVICE_VERSION,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        keepalive: bool = True,
+        retry: RetryPolicy | None = None,
+        logout_on_close: bool = True,
+    ) -> None:
+        owner = type(self).__name__
+        self._account = validate_account(account, owner=owner)
+        if not isinstance(domains, DomainProvider):
+            raise ConfigurationError(
+                f"{owner}.domains must be a DomainProvider, got {type(domains).__name__}"
+            )
+        if (
+            isinstance(refresh_interval, bool)
+            or not isinstance(refresh_interval, (int, float))
+            or not 0 < refresh_interval < math.inf
+        ):
+            raise ConfigurationError(
+                f"{owner}.refresh_interval must be a finite number of seconds > 0, "
+                f"got {refresh_interval!r}"
+            )
+        self._domains = domains
+        self._service = service
+        self._version = version
+        self._refresh_interval = float(refresh_interval)
+        self._keepalive_on = keepalive
+        self._retry = retry
+        self._logout_on_close = logout_on_close
+        self._http: ProviderHttp | None = None
+        self._session: LoginSession | None = None
+        self._generation = 0
+        self._flight: SingleFlight[LoginSession] = SingleFlight(
+            f"le_transport.login[{self._account}]"
+        )
+        self._keepalive: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Successful logins, refreshes, and logins attempted (each one answer or give-up).
+        self.logins = 0
+        self.refreshes = 0
+        self.login_attempts = 0
+
+    # -- what the subclasses say ------------------------------------------------------------
+
+    def _body(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def attach(self, http: ProviderHttp) -> None:
+        """Use the engine's HTTP path (called by the engine on start)."""
+        self._http = http
+
+    @property
+    def account(self) -> str:
+        """The account id."""
+        return self._account
+
+    @property
+    def session(self) -> LoginSession | None:
+        """The current login session, if logged in."""
+        return self._session
+
+    @property
+    def subject(self) -> str:
+        """How events and logs name this session."""
+        return f"{self._kind}[{self._account}]"
+
+    def refresh_interval_for(self, session: LoginSession | None) -> float:
+        """The keepalive interval: ``refresh_interval``, never more than half the session TTL."""
+        if session is not None and session.ttl is not None:
+            return min(self._refresh_interval, session.ttl / 2.0)
+        return self._refresh_interval
+
+    # -- AuthProvider -----------------------------------------------------------------------
+
+    async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
+        """``Authorization: Bearer <token>``, logging in first if there is no session."""
+        session = self._session
+        if session is None:
+            session = await self.login()
+        return self._credentials(session)
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        """Drop the session if ``rejected`` came from it: the next call logs in (once)."""
+        session = self._session
+        if session is not None and session.generation == rejected.generation:
+            self._session = None
+            _log.info(
+                "%s: credentials of generation %d rejected; the next call logs in again",
+                self.subject,
+                rejected.generation,
+                extra={"subject": self.subject, "generation": rejected.generation},
+            )
+
+    async def close(self) -> None:
+        """Stop the keepalive, log out (if logged in and ``logout_on_close``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._keepalive = self._keepalive, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._flight.cancel()
+        session, self._session = self._session, None
+        if session is not None and self._logout_on_close and self._http is not None:
+            await self._logout(self._http, session)
+
+    # -- login, refresh, logout -------------------------------------------------------------
+
+    async def login(self) -> LoginSession:
+        """Log in now, or join the login in progress (single flight)."""
+        if self._closed:
+            raise AuthenticationError(f"{self.subject}: the auth provider is closed")
+        return await self._flight.run(self._login)
+
+    async def relogin(self) -> Credentials:
+        """A fresh login, whatever the current session (the outer recovery loop's step)."""
+        self._session = None
+        return self._credentials(await self.login())
+
+    async def refresh(self) -> bool:
+        """Refresh the session now (the keepalive's step); a 401 falls back to a fresh login.
+
+        Returns whether the session was refreshed (False: there was none, or a new login
+        replaced it). Raises what the fallback login raises; a transient refresh failure is
+        raised as is (the keepalive logs it and tries again later).
+        """
+        http = require_attached(self._http, self)
+        session = self._session
+        if session is None:
+            return False
+        try:
+            await self._post_session(http, session, "refresh", self._policy(http))
+        except ClientStatusError as exc:
+            emit_state(
+                http.hooks,
+                _log,
+                logging.WARNING,
+                StateEvent(
+                    "refresh_failed",
+                    self.subject,
+                    {"status": exc.status, "next": "login", "generation": session.generation},
+                ),
+            )
+            if self._session is session:
+                # No socket or request is torn down: the new bearer is simply what the next
+                # request or connect gets.
+                await self.login()
+            return False
+        self.refreshes += 1
+        emit_state(
+            http.hooks,
+            _log,
+            logging.INFO,
+            StateEvent("refreshed", self.subject, {"generation": session.generation}),
+        )
+        return True
+
+    def _policy(self, http: ProviderHttp) -> RetryPolicy:
+        return login_policy(self._retry or http.policy)
+
+    def _url(self, http: ProviderHttp, host: str, action: str) -> URL:
+        return provider_url(
+            http.scheme, host, f"/api/account/{self._account}/{action}", {"v": self._version}
+        )
+
+    async def _login(self) -> LoginSession:
+        http = require_attached(self._http, self)
+        host = await self._domains.resolve(self._service)
+        self.login_attempts += 1
+        try:
+            resp = await http.request(
+                "POST",
+                self._url(http, host, "login"),
+                service=self._service,
+                json=self._body(),
+                retry=self._policy(http),
+                # Logging in twice is harmless: a 5xx is retried on the schedule like a GET.
+                idempotent=True,
+            )
+        except BlockedError as exc:
+            self._login_failed(http, exc, exc.status)
+            raise BlockedError(
+                f"{self.subject}: the Login Service answered 451: the account or user is "
+                "blacklisted; not retried, contact LivePerson",
+                status=451,
+                service=exc.service,
+                method=exc.method,
+                url=exc.url,
+                attempts=exc.attempts,
+            ) from None
+        except ClientStatusError as exc:
+            self._login_failed(http, exc, exc.status)
+            raise LoginRejected(
+                f"{self.subject}: the Login Service refused the credentials with {exc.status}; "
+                "check them (a rejected login is never retried)",
+                status=exc.status,
+            ) from None
+        except RequestError as exc:
+            self._login_failed(http, exc, None)
+            raise
+        if resp.status != 200:
+            err = AuthenticationError(
+                f"{self.subject}: the Login Service answered {resp.status} instead of 200"
+            )
+            self._login_failed(http, err, resp.status)
+            raise err
+        session = self._parse(http, resp.body, resp.cookies.get("Session_id"))
+        self._session = session
+        self.logins += 1
+        emit_state(
+            http.hooks,
+            _log,
+            logging.INFO,
+            StateEvent(
+                "logged_in",
+                self.subject,
+                {"generation": session.generation, "user_id": session.user_id},
+            ),
+        )
+        self._start_keepalive(http)
+        return session
+
+    def _parse(self, http: ProviderHttp, body: bytes, session_id: str | None) -> LoginSession:
+        try:
+            payload: Any = json.loads(body)
+        except ValueError:
+            payload = None
+        bearer = payload.get("bearer") if isinstance(payload, dict) else None
+        if not isinstance(bearer, str) or not bearer:
+            err = AuthenticationError(
+                f"{self.subject}: the Login Service answered 200 without a bearer token"
+            )
+            self._login_failed(http, err, 200)
+            raise err
+        assert isinstance(payload, dict)
+        csrf = payload.get("csrf")
+        config = payload.get("config")
+        user_id = config.get("userId") if isinstance(config, dict) else None
+        collection = payload.get("csdsCollectionResponse")
+        warm = getattr(self._domains, "warm", None)
+        if collection is not None and callable(warm):
+            warm(collection)
+        self._generation += 1
+        return LoginSession(
+            bearer=Secret(bearer),
+            csrf=Secret(csrf) if isinstance(csrf, str) and csrf else None,
+            session_id=Secret(session_id) if session_id else None,
+            ttl=_ttl_seconds(payload.get("sessionTTl")),
+            user_id=str(user_id) if isinstance(user_id, (str, int)) else None,
+            generation=self._generation,
+            logged_in_at=http.clock.now(),
+        )
+
+    def _login_failed(self, http: ProviderHttp, exc: Exception, status: int | None) -> None:
+        emit_state(
+            http.hooks,
+            _log,
+            logging.WARNING if status is None or status >= 500 else logging.ERROR,
+            StateEvent(
+                "login_failed", self.subject, {"error": type(exc).__name__, "status": status}
+            ),
+        )
+
+    async def _post_session(
+        self, http: ProviderHttp, session: LoginSession, action: str, policy: RetryPolicy
+    ) -> None:
+        host = await self._domains.resolve(self._service)
+        headers = {}
+        if session.session_id is not None:
+            headers["Cookie"] = f"Session_id={session.session_id.reveal()}"
+        body = {"csrf": session.csrf.reveal()} if session.csrf is not None else {}
+        await http.request(
+            "POST",
+            self._url(http, host, action),
+            service=self._service,
+            json=body,
+            headers=headers,
+            retry=policy,
+            idempotent=True,
+        )
+
+    async def _logout(self, http: ProviderHttp, session: LoginSession) -> None:
+        # One attempt: closing must not sit through the 5/10/15 s schedule.
+        policy = attrs.evolve(self._policy(http), pauses=())
+        try:
+            await self._post_session(http, session, "logout", policy)
+        except Exception as exc:  # the session expires on its own; closing must go on
+            _log.warning(
+                "%s: logout failed (%s); the session will expire on its own",
+                self.subject,
+                type(exc).__name__,
+                extra={"subject": self.subject, "error": type(exc).__name__},
+            )
+            return
+        emit_state(
+            http.hooks,
+            _log,
+            logging.INFO,
+            StateEvent("logged_out", self.subject, {"generation": session.generation}),
+        )
+
+    # -- keepalive --------------------------------------------------------------------------
+
+    def _start_keepalive(self, http: ProviderHttp) -> None:
+        if not self._keepalive_on or self._closed:
+            return
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.get_running_loop().create_task(
+                self._keepalive_loop(http), name=f"le_transport.keepalive[{self._account}]"
+            )
+
+    async def _keepalive_loop(self, http: ProviderHttp) -> None:
+        while True:
+            await http.clock.sleep(self.refresh_interval_for(self._session))
+            if self._session is None:
+                continue
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The keepalive never dies: the next tick (or the next request's login) tries
+                # again, and the outer recovery loop handles a lasting outage.
+                emit_state(
+                    http.hooks,
+                    _log,
+                    logging.WARNING,
+                    StateEvent(
+                        "refresh_failed",
+                        self.subject,
+                        {"error": type(exc).__name__, "next": "retry on the next tick"},
+                    ),
+                )
+
+    def _credentials(self, session: LoginSession) -> Credentials:
+        return Credentials(
+            headers={"Authorization": f"Bearer {session.bearer.reveal()}"},
+            bearer=session.bearer,
+            generation=session.generation,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(account={self._account!r}, service={self._service!r}, "
+            f"logged_in={self._session is not None})"
+        )
+
+
+class UserLogin(LoginServiceAuth):
+    """User login: a LiveEngage username and password (the guide's Step 4, "User Login")."""
+
+    _kind = "user_login"
+
+    def __init__(self, account: str, username: str, password: str | Secret, **options: Any) -> None:
+        super().__init__(account, **options)
+        if not isinstance(username, str) or not username:
+            raise ConfigurationError("UserLogin.username must be a non-empty str")
+        self._username = username
+        self._password = require_secret(password, owner="UserLogin", field="password")
+
+    def _body(self) -> dict[str, str]:
+        return {"username": self._username, "password": self._password.reveal()}
+
+
+class AppLogin(LoginServiceAuth):
+    """Application login with an API key (the guide's Step 4, "Application Login", and Step 7):
+    the bot user's username and the key's app key, secret, access token, access token secret."""
+
+    _kind = "app_login"
+
+    def __init__(
+        self,
+        account: str,
+        username: str,
+        app_key: str | Secret,
+        secret: str | Secret,
+        access_token: str | Secret,
+        access_token_secret: str | Secret,
+        **options: Any,
+    ) -> None:
+        super().__init__(account, **options)
+        owner = type(self).__name__
+        if not isinstance(username, str) or not username:
+            raise ConfigurationError(f"{owner}.username must be a non-empty str")
+        self._username = username
+        self._app_key = require_secret(app_key, owner=owner, field="app_key")
+        self._secret = require_secret(secret, owner=owner, field="secret")
+        self._access_token = require_secret(access_token, owner=owner, field="access_token")
+        self._access_token_secret = require_secret(
+            access_token_secret, owner=owner, field="access_token_secret"
+        )
+
+    def _body(self) -> dict[str, str]:
+        return {
+            "username": self._username,
+            "appKey": self._app_key.reveal(),
+            "secret": self._secret.reveal(),
+            "accessToken": self._access_token.reveal(),
+            "accessTokenSecret": self._access_token_secret.reveal(),
+        }
+
+
+class ClientCredentialsLogin(AppLogin):
+    """The Login Service's OAuth2 client-credentials form (it replaced OAuth1 bot login, which
+    is end-of-life since 2026-04-30): ``appKey`` = client id, ``secret`` = client secret, and
+    ``"dummy"`` for both access-token fields."""
+
+    _kind = "client_credentials_login"
+
+    def __init__(
+        self,
+        account: str,
+        username: str,
+        client_id: str | Secret,
+        client_secret: str | Secret,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            account,
+            username,
+            client_id,
+            client_secret,
+            CLIENT_CREDENTIALS_DUMMY,
+            CLIENT_CREDENTIALS_DUMMY,
+            **options,
+        )

@@ -1,0 +1,99 @@
+"""OAuth2 client credentials through Sentinel (service ``sentinel``).
+
+``POST {sentinel}/sentinel/api/account/{id}/app/token?v=1.0`` with the form ``client_id``,
+``client_secret``, ``grant_type=client_credentials`` answers ``{"access_token": "<JWT>",
+"token_type": "Bearer", "expires_in"?}``. The token is sent as ``Authorization: Bearer <JWT>``
+and fetched anew ``margin`` seconds before the JWT's ``exp`` (read without verifying it; the
+answer's ``expires_in`` when the token carries no ``exp``).
+
+The Login Service's own client-credentials form (which yields a Login Service session, with its
+keepalive) is :class:`~le_transport.providers.login.ClientCredentialsLogin`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .._redact import Secret
+from ._http import (
+    ProviderHttp,
+    ProviderResponse,
+    provider_url,
+    require_secret,
+    validate_account,
+)
+from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider
+from .domains import DomainProvider
+from .login import login_policy
+
+__all__ = ["SENTINEL", "SentinelClientCredentials"]
+
+#: The Domain API service of LivePerson's OAuth2 token endpoint.
+SENTINEL = "sentinel"
+
+
+class SentinelClientCredentials(TokenProvider):
+    """An :class:`~le_transport.providers.AuthProvider`: OAuth2 client credentials via Sentinel.
+
+    - ``account``, ``client_id``, ``client_secret``: the app installation's credentials.
+    - ``domains``: where the ``sentinel`` host comes from.
+    - ``margin``: fetch a new token this many seconds before expiry (60).
+    - ``wall_clock``: epoch seconds, to read the JWT's ``exp`` against.
+    """
+
+    _kind = "sentinel"
+
+    def __init__(
+        self,
+        account: str,
+        client_id: str | Secret,
+        client_secret: str | Secret,
+        *,
+        domains: DomainProvider,
+        service: str = SENTINEL,
+        version: str = "1.0",
+        margin: float = DEFAULT_TOKEN_MARGIN,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._account = validate_account(account, owner="SentinelClientCredentials")
+        self._client_id = require_secret(
+            client_id, owner="SentinelClientCredentials", field="client_id"
+        )
+        self._client_secret = require_secret(
+            client_secret, owner="SentinelClientCredentials", field="client_secret"
+        )
+        self._domains = domains
+        self._service = service
+        self._version = version
+        super().__init__(margin=margin, wall_clock=wall_clock)
+
+    @property
+    def subject(self) -> str:
+        """How events and logs name this provider."""
+        return f"sentinel[{self._account}]"
+
+    async def _request_token(self, http: ProviderHttp) -> tuple[ProviderResponse, str]:
+        host = await self._domains.resolve(self._service)
+        url = provider_url(
+            http.scheme,
+            host,
+            f"/sentinel/api/account/{self._account}/app/token",
+            {"v": self._version},
+        )
+        resp = await http.request(
+            "POST",
+            url,
+            service=self._service,
+            data={
+                "client_id": self._client_id.reveal(),
+                "client_secret": self._client_secret.reveal(),
+                "grant_type": "client_credentials",
+            },
+            retry=login_policy(http.policy),
+            idempotent=True,
+        )
+        return resp, "access_token"
+
+    def __repr__(self) -> str:
+        return f"SentinelClientCredentials(account={self._account!r}, client_id=***)"

@@ -1,0 +1,298 @@
+"""The outer recovery loop: after the request schedule gives up, re-resolve and re-login, slowly.
+
+The guide's Step 3: "to make sure your application recovers from more than 3 consecutive failed
+requests, you must introduce another retry for login ... at a longer interval than the previous
+one ... or exponential backoff", never so short that it keeps an overloaded service down.
+
+:class:`Recovery` is that loop, for one session (one engine). ``await recovery.run(call)`` runs
+``call``; when it fails in a way the outer loop can help with (:func:`is_recoverable`: the
+request schedule was spent, the connection failed, the Domain API or the Login Service is
+down), it waits the :class:`~le_transport.policies.BackoffPolicy`'s next pause on the injected
+clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until it succeeds, the
+policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), or the
+caller is cancelled. Bad credentials (a 4xx from login), a blacklisted account and every other
+4xx are never looped on: they are raised at once.
+
+The loop is shared by every call of the session: a hundred calls failing together wait for one
+recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
+policy's jitter cannot make one shorter than the last), and the first is never shorter than the
+request schedule's last pause. Every transition is logged (``le_transport.recovery``) and
+emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with the pause), ``relogin_failed``,
+``recovered``, ``gave_up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .clock import Clock
+from .errors import (
+    AttemptTimeout,
+    CircuitOpen,
+    ConnectionFailed,
+    DomainResolutionError,
+    HostileHostError,
+    RecoveryFailed,
+    RetriesExhausted,
+    RetryBudgetExhausted,
+    ServerStatusError,
+    UnknownServiceError,
+)
+from .events import EventHooks, StateEvent
+from .policies.backoff import BackoffPolicy
+from .policies.retry import RetryPolicy
+from .providers._http import emit_state
+from .providers.auth import AuthProvider
+from .providers.domains import DomainProvider
+
+__all__ = ["Recovery", "is_recoverable"]
+
+_log = logging.getLogger("le_transport.recovery")
+
+T = TypeVar("T")
+
+_RECOVERABLE = (
+    RetriesExhausted,
+    ConnectionFailed,
+    AttemptTimeout,
+    ServerStatusError,
+    RetryBudgetExhausted,
+    CircuitOpen,
+)
+
+
+def is_recoverable(exc: BaseException) -> bool:
+    """Whether the outer loop can help: a transient failure that outlived the request schedule.
+
+    Yes: :class:`RetriesExhausted`, :class:`ConnectionFailed`, :class:`AttemptTimeout`, a final
+    :class:`ServerStatusError` (5xx, 429), a spent retry budget or an open circuit, and a
+    :class:`DomainResolutionError` (the Domain API is down). No: every 4xx (bad credentials,
+    a blacklisted account, a second 401), an unknown service, a hostile host, a call's own
+    deadline (the caller's budget is spent), and anything that is not a transport error.
+    """
+    if isinstance(exc, (UnknownServiceError, HostileHostError)):
+        return False
+    return isinstance(exc, (*_RECOVERABLE, DomainResolutionError))
+
+
+class Recovery:
+    """The outer loop of one session; see the module docstring.
+
+    - ``policy``: the :class:`BackoffPolicy` (default: :meth:`BackoffPolicy.relogin`, 2, 4, 8 …
+      min, ±20%, never under 15 s).
+    - ``request_policy``: the request schedule; no recovery pause is shorter than its last.
+    - ``domains``, ``auth``: re-resolved and re-logged-in on each round (``auth`` may be None).
+    - ``clock``, ``rng``, ``hooks``: the engine's.
+    """
+
+    def __init__(
+        self,
+        *,
+        domains: DomainProvider,
+        auth: AuthProvider | None,
+        clock: Clock,
+        policy: BackoffPolicy | None = None,
+        request_policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        hooks: EventHooks | None = None,
+        subject: str = "session",
+    ) -> None:
+        self._policy = policy or BackoffPolicy.relogin()
+        self._request_policy = request_policy or RetryPolicy()
+        self._domains = domains
+        self._auth = auth
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._hooks = hooks or EventHooks()
+        self._subject = subject
+        self._lock = asyncio.Lock()
+        # Each finished recovery round bumps the epoch; a call that failed before the bump
+        # retries instead of starting a round of its own.
+        self._epoch = 0
+        self._final: BaseException | None = None
+        self._attempt = 0
+        self._first_failure: float | None = None
+        self._last_pause = 0.0
+        #: Every pause taken, in order, across episodes.
+        self.pauses: list[float] = []
+        #: Re-logins made by the loop.
+        self.relogins = 0
+
+    @property
+    def policy(self) -> BackoffPolicy:
+        """The outer backoff policy."""
+        return self._policy
+
+    @property
+    def recovering(self) -> bool:
+        """Whether an episode (a failure not yet followed by a success) is in progress."""
+        return self._attempt > 0
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, recovering and calling again while it fails recoverably.
+
+        Raises what ``call`` raises when it is not recoverable, and
+        :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
+        """
+        went_through_recovery = False
+        while True:
+            seen = self._epoch
+            try:
+                result = await call()
+            except Exception as exc:
+                if not is_recoverable(exc):
+                    raise
+                went_through_recovery = True
+                await self._recover(exc, seen)
+                continue
+            if went_through_recovery:
+                self._recovered()
+            return result
+
+    async def _recover(self, exc: Exception, seen: int) -> None:
+        async with self._lock:
+            if self._epoch != seen:
+                # A round finished while this call was failing: retry with its result.
+                if self._final is not None:
+                    raise self._final
+                return
+            try:
+                await self._round(exc)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as final:
+                self._final = final
+                self._epoch += 1
+                raise
+            self._final = None
+            self._epoch += 1
+
+    async def _round(self, exc: Exception) -> None:
+        """Pause, then re-resolve and re-login, until one re-login succeeds (or give up)."""
+        last: Exception = exc
+        now = self._clock.now()
+        if self._first_failure is None:
+            self._first_failure = now
+        while True:
+            elapsed = self._clock.now() - self._first_failure
+            pause = self._next_pause(self._attempt + 1, elapsed)
+            if pause is None:
+                self._give_up(last, elapsed)
+            assert pause is not None
+            self._attempt += 1
+            emit_state(
+                self._hooks,
+                _log,
+                logging.WARNING,
+                StateEvent(
+                    "relogin_scheduled",
+                    self._subject,
+                    {"attempt": self._attempt, "pause": round(pause, 3), "error": _name(last)},
+                ),
+            )
+            self.pauses.append(pause)
+            self._last_pause = pause
+            await self._clock.sleep(pause)
+            try:
+                await self._relogin()
+            except Exception as err:
+                if not is_recoverable(err):
+                    self._reset()
+                    emit_state(
+                        self._hooks,
+                        _log,
+                        logging.ERROR,
+                        StateEvent(
+                            "gave_up",
+                            self._subject,
+                            {"reason": "not recoverable", "error": _name(err)},
+                        ),
+                    )
+                    raise
+                last = err
+                emit_state(
+                    self._hooks,
+                    _log,
+                    logging.WARNING,
+                    StateEvent(
+                        "relogin_failed",
+                        self._subject,
+                        {"attempt": self._attempt, "error": _name(err)},
+                    ),
+                )
+                continue
+            return
+
+    def _next_pause(self, attempt: int, elapsed: float) -> float | None:
+        pause = self._policy.next_delay(attempt, elapsed, self._rng.random())
+        if pause is None:
+            return None
+        # Jitter must not make a pause shorter than the one before it, and no outer pause is
+        # shorter than the request schedule's last (the guide: "a longer interval than the
+        # previous one").
+        pause = max(pause, self._last_pause, self._request_policy.last_pause)
+        deadline = self._policy.deadline
+        if deadline is not None and elapsed + pause > deadline:
+            return None
+        return pause
+
+    async def _relogin(self) -> None:
+        await self._domains.invalidate()
+        refresh = getattr(self._domains, "refresh", None)
+        if callable(refresh):
+            await refresh()
+        relogin = getattr(self._auth, "relogin", None)
+        if callable(relogin):
+            self.relogins += 1
+            await relogin()
+
+    def _give_up(self, last: Exception, elapsed: float) -> None:
+        attempts = self._attempt
+        self._reset()
+        emit_state(
+            self._hooks,
+            _log,
+            logging.ERROR,
+            StateEvent(
+                "gave_up",
+                self._subject,
+                {"attempts": attempts, "elapsed": round(elapsed, 3), "error": _name(last)},
+            ),
+        )
+        raise RecoveryFailed(
+            f"{self._subject}: gave up recovering after {attempts} re-login attempt(s) in "
+            f"{elapsed:.0f} s (the outer backoff policy's attempts or deadline ran out); "
+            f"last error: {last}",
+            last=last,
+        ) from last
+
+    def _recovered(self) -> None:
+        if self._attempt == 0:
+            return
+        attempts = self._attempt
+        elapsed = self._clock.now() - (self._first_failure or self._clock.now())
+        self._reset()
+        emit_state(
+            self._hooks,
+            _log,
+            logging.INFO,
+            StateEvent(
+                "recovered", self._subject, {"attempts": attempts, "elapsed": round(elapsed, 3)}
+            ),
+        )
+
+    def _reset(self) -> None:
+        self._attempt = 0
+        self._first_failure = None
+        self._last_pause = 0.0
+
+    def __repr__(self) -> str:
+        return f"Recovery(policy={self._policy!r}, attempt={self._attempt})"
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
