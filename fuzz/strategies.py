@@ -1,0 +1,199 @@
+"""Hypothesis strategies for hostile input: secrets, hosts, dates, JSON and near-JSON.
+
+Shared by the fuzz targets. Each strategy mixes plain noise with inputs that are almost valid,
+because parsers break at the edges of what they accept, not in the middle of random bytes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import string
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import strategies as st
+
+__all__ = [
+    "HOSTILE_HOST_CHARS",
+    "SECRET_KEYS",
+    "hostile_host",
+    "http_dates",
+    "json_values",
+    "near_json_bytes",
+    "retry_after_values",
+    "secret_values",
+    "valid_hosts",
+]
+
+#: Characters that a token, a password or a bearer is made of in practice.
+_SECRET_ALPHABET = string.ascii_letters + string.digits + "-._~"
+
+#: JSON keys and parameter names that hold credentials, as LiveEngage and OAuth spell them.
+SECRET_KEYS = (
+    "password",
+    "Password",
+    "PASSWORD",
+    "secret",
+    "appSecret",
+    "client_secret",
+    "accessToken",
+    "access_token",
+    "accessTokenSecret",
+    "refresh_token",
+    "bearer",
+    "csrf",
+    "jwt",
+    "authCode",
+    "apiKey",
+    "session_id",
+    "wsuk",
+    "token",
+)
+
+
+def secret_values() -> st.SearchStrategy[str]:
+    """A credential: distinctive, so that finding it in output is never a coincidence."""
+    return st.text(alphabet=_SECRET_ALPHABET, min_size=6, max_size=40).map(lambda s: f"S3CR3T{s}")
+
+
+def _label() -> st.SearchStrategy[str]:
+    return st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?\Z")
+
+
+def valid_hosts() -> st.SearchStrategy[str]:
+    """Bare hostnames, IPv4 and bracketed IPv6 literals, each with an optional port."""
+    name = st.lists(_label(), min_size=1, max_size=4).map(".".join)
+    ipv4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
+    ipv6 = st.sampled_from(["[::1]", "[fe80::1]", "[2001:db8::8a2e:370:7334]"])
+    port = st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}"))
+    return st.tuples(st.one_of(name, ipv4, ipv6), port).map("".join)
+
+
+#: Characters none of which may ever appear in an accepted host.
+HOSTILE_HOST_CHARS = " \t\n\r\x0b\x0c\x00\x01\x1b\x7f\u00a0\u2028\u3000@/\\?#%;,\"'<>`|{}^"
+
+
+def hostile_host() -> st.SearchStrategy[str]:
+    """A valid host made hostile: a scheme, userinfo, path, query, control character,
+    whitespace, '@' or a bad port; or simply too long. Every one must be refused."""
+    base = valid_hosts()
+    prefixed = st.tuples(
+        st.sampled_from(
+            ["http://", "https://", "//", "user@", "user:pw@", "@", "wss://", "javascript://"]
+        ),
+        base,
+    ).map("".join)
+    suffixed = st.tuples(
+        base,
+        st.sampled_from(
+            [
+                "/",
+                "/path",
+                "?q=1",
+                "#frag",
+                "\\",
+                "@evil.example",
+                ":",
+                ":0",
+                ":65536",
+                ":99999",
+                ":123456",
+                " ",
+                "\t",
+                "\n",
+                "\r\nX-Injected: 1",
+                "\x00",
+                "%2f",
+                ":80:80",
+            ]
+        ),
+    ).map("".join)
+
+    @st.composite
+    def inserted(draw: st.DrawFn) -> str:
+        host = draw(base)
+        at = draw(st.integers(0, len(host)))
+        bad = draw(st.text(alphabet=HOSTILE_HOST_CHARS, min_size=1, max_size=3))
+        return host[:at] + bad + host[at:]
+
+    too_long = st.integers(261, 2000).map(lambda n: ("a" * 60 + ".") * (n // 61 + 1))
+    return st.one_of(prefixed, suffixed, inserted(), too_long)
+
+
+def http_dates() -> st.SearchStrategy[str]:
+    """HTTP-dates (IMF-fixdate and the obsolete forms email.utils reads), some in other zones."""
+    when = st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [timezone.utc, timezone(timedelta(hours=5)), timezone(timedelta(hours=-11))]
+        ),
+    )
+    return st.one_of(
+        when.map(lambda d: email.utils.format_datetime(d)),
+        when.map(lambda d: email.utils.format_datetime(d.astimezone(timezone.utc), usegmt=True)),
+        when.map(lambda d: d.strftime("%A, %d-%b-%y %H:%M:%S GMT")),
+        when.map(lambda d: d.strftime("%a %b %d %H:%M:%S %Y")),
+    )
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, base: st.SearchStrategy[str]) -> str:
+    text = draw(base)
+    if not text:
+        return text
+    i = draw(st.integers(0, len(text) - 1))
+    return text[:i] + draw(st.characters()) + text[i + 1 :]
+
+
+def retry_after_values() -> st.SearchStrategy[str]:
+    """``Retry-After`` values: seconds, fractions, huge numbers, dates, and garbage."""
+    return st.one_of(
+        st.integers(0, 10**80).map(str),
+        st.integers(-(10**6), -1).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["", " ", "inf", "-inf", "nan", "1e999", "0x10", "1_000", "+5", "٣"]),
+        http_dates(),
+        _mutated(http_dates()),
+        st.tuples(st.sampled_from(["", " ", "\t"]), http_dates(), st.sampled_from(["", " "])).map(
+            "".join
+        ),
+        st.text(max_size=80),
+        st.text(min_size=60, max_size=5000),
+    )
+
+
+def json_values() -> st.SearchStrategy[Any]:
+    """JSON values with credential keys scattered through them."""
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
+    )
+    keys = st.one_of(st.sampled_from(SECRET_KEYS), st.text(max_size=10))
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+
+
+def near_json_bytes() -> st.SearchStrategy[bytes]:
+    """Bodies a server might send: JSON, truncated JSON, deep nesting, bad UTF-8, noise."""
+    valid = json_values().map(lambda v: json.dumps(v).encode())
+    truncated = st.tuples(valid, st.floats(0, 1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
+    deep = st.tuples(st.sampled_from(["[", '{"a":']), st.integers(1, 50_000)).map(
+        lambda t: (t[0] * t[1]).encode()
+    )
+    bad_utf8 = st.tuples(valid, st.binary(min_size=1, max_size=4)).map(
+        lambda t: t[0][:1] + b"\xff\xfe" + t[1] + t[0][1:]
+    )
+    return st.one_of(
+        valid,
+        truncated,
+        deep,
+        bad_utf8,
+        st.binary(max_size=2000),
+        st.sampled_from([b"", b" ", b"null", b"NaN", b"1e99999", b"\xef\xbb\xbf{}", b"[]"]),
+    )
