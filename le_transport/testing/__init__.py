@@ -4,5 +4,6 @@ The library never imports this package; tests and users' test suites do.
 """
 
 from .clock import VirtualClock
+from .simulator import Simulator, SimulatorConfig
 
-__all__ = ["VirtualClock"]
+__all__ = ["Simulator", "SimulatorConfig", "VirtualClock"]

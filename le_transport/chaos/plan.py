@@ -1,0 +1,633 @@
+"""The fault vocabulary: one seeded, serialisable description of what should go wrong, and when.
+
+A :class:`FaultPlan` is a seed and a list of :class:`FaultRule`. Each rule says which traffic it
+applies to (:class:`Match`), what one decision is about (its ``unit``: an HTTP request, a
+WebSocket session, or one WebSocket message), when it fires (a count window
+:class:`Schedule`, or an explicit ``sequence``), with which probability ``p``, and what fault it
+injects. The simulator's scripting and the client-side :class:`~le_transport.chaos.FaultInjector`
+both consume it, so a plan written for one works with the other; ``to_dict``/``from_dict`` give
+its JSON form.
+
+Decisions are reproducible: the draw for a rule's n-th matching unit comes from a stream derived
+from ``(seed, rule.id, n)`` alone, so concurrency cannot reorder outcomes and adding a rule never
+shifts another rule's draws. A :class:`FaultRun` applies a plan and keeps the decision log.
+
+Units are explicit in every name: ``delay_ms``, ``after_messages``, ``keep_bytes``; a
+``retry_after`` is seconds (a number) or an HTTP-date (a string), as RFC 9110 allows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from .._redact import redact_url
+from ..errors import ConfigurationError
+
+__all__ = [
+    "HTTP_FAULTS",
+    "UNITS",
+    "WS_FAULTS",
+    "Delay",
+    "EmptyResponse",
+    "Fault",
+    "FaultDecision",
+    "FaultPlan",
+    "FaultRule",
+    "FaultRun",
+    "Hang",
+    "Injection",
+    "MalformedBody",
+    "Match",
+    "Reset",
+    "Schedule",
+    "Status",
+    "TruncatedBody",
+    "WsClose",
+    "WsDrop",
+    "WsRejectHandshake",
+    "WsSilence",
+    "fault_from_dict",
+]
+
+Unit = Literal["request", "ws_session", "ws_message"]
+#: What one decision is about: an HTTP request (also a WebSocket upgrade seen as a request),
+#: a WebSocket session (decided at its handshake), or one message received on a socket.
+UNITS: tuple[str, ...] = ("request", "ws_session", "ws_message")
+
+
+def _non_negative_int(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{name} must be an int >= 0, got {value!r}"
+            )
+
+    return check
+
+
+def _non_negative_number(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 <= value < float("inf")
+        ):
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{name} must be a finite number >= 0, got {value!r}"
+            )
+
+    return check
+
+
+# -- fault kinds ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Status:
+    """Answer with ``code`` instead of the real response (nothing reaches the real handler).
+
+    ``retry_after`` (seconds, or an HTTP-date string) becomes a ``Retry-After`` header; ``body``
+    is sent as is (a short JSON error by default). On a WebSocket message unit it becomes a
+    ``resp`` frame with this ``code``.
+    """
+
+    kind: ClassVar[str] = "status"
+    code: int = attrs.field()
+    retry_after: float | str | None = None
+    body: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+
+    @code.validator
+    def _check_code(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+            raise ConfigurationError(f"Status.code must be an int in 100..599, got {value!r}")
+
+    def response_headers(self) -> dict[str, str]:
+        """The headers to send, ``Retry-After`` included."""
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            ra = self.retry_after
+            headers["Retry-After"] = ra if isinstance(ra, str) else f"{ra:g}"
+        return headers
+
+    def response_body(self) -> bytes:
+        """The body to send."""
+        if self.body is not None:
+            return self.body.encode()
+        return b'{"error": {"message": "injected fault", "status": %d}}' % self.code
+
+
+@attrs.frozen
+class Delay:
+    """Wait ``delay_ms`` (plus up to ``jitter_ms``, drawn from the rule's stream), then proceed."""
+
+    kind: ClassVar[str] = "delay"
+    delay_ms: float = attrs.field(validator=_non_negative_number("delay_ms"))
+    jitter_ms: float = attrs.field(default=0.0, validator=_non_negative_number("jitter_ms"))
+
+
+@attrs.frozen
+class Reset:
+    """Reset the connection before any answer (the client sees a disconnect)."""
+
+    kind: ClassVar[str] = "reset"
+
+
+@attrs.frozen
+class Hang:
+    """Send nothing: for ``duration_ms`` then close, or (None) until the client gives up."""
+
+    kind: ClassVar[str] = "hang"
+    duration_ms: float | None = attrs.field(default=None)
+
+    @duration_ms.validator
+    def _check(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None:
+            _non_negative_number("duration_ms")(self, attribute, value)
+
+
+@attrs.frozen
+class TruncatedBody:
+    """Announce the whole body's length, send only ``keep_bytes`` of it, then close."""
+
+    kind: ClassVar[str] = "truncated_body"
+    keep_bytes: int = attrs.field(default=0, validator=_non_negative_int("keep_bytes"))
+
+
+@attrs.frozen
+class MalformedBody:
+    """Answer ``code`` with a JSON content type and a body that is not valid JSON."""
+
+    kind: ClassVar[str] = "malformed_body"
+    code: int = 200
+    body: str = '{"baseURIs": [{"service": '
+
+
+@attrs.frozen
+class EmptyResponse:
+    """Close the connection before the status line."""
+
+    kind: ClassVar[str] = "empty_response"
+
+
+@attrs.frozen
+class WsRejectHandshake:
+    """Refuse the WebSocket upgrade with an HTTP ``status`` (LiveEngage: 401, 502, 503)."""
+
+    kind: ClassVar[str] = "ws_reject_handshake"
+    status: int = 503
+    body: str = ""
+
+
+@attrs.frozen
+class WsClose:
+    """Close the socket with ``code`` (4401, 4407, 1011, 1001, ...) after ``after_messages``
+    messages from the client (0: as soon as it opens)."""
+
+    kind: ClassVar[str] = "ws_close"
+    code: int = attrs.field(default=1011)
+    reason: str = ""
+    after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
+
+    @code.validator
+    def _check_code(self, attribute: attrs.Attribute[int], value: int) -> None:
+        # 1005 and 1006 are reserved: they may never be sent on the wire (RFC 6455 §7.4.1).
+        if isinstance(value, bool) or not isinstance(value, int) or value in (1005, 1006):
+            raise ConfigurationError(f"WsClose.code must be a sendable close code, got {value!r}")
+        if not (1000 <= value <= 1014 or 3000 <= value <= 4999):
+            raise ConfigurationError(f"WsClose.code must be a valid close code, got {value!r}")
+
+
+@attrs.frozen
+class WsDrop:
+    """Drop the connection abruptly (no close frame; the client sees 1006) after
+    ``after_messages`` messages from the client."""
+
+    kind: ClassVar[str] = "ws_drop"
+    after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
+
+
+@attrs.frozen
+class WsSilence:
+    """Stop answering after ``after_messages`` messages: no ``resp`` frames, no pongs, but the
+    connection stays open (a half-open socket)."""
+
+    kind: ClassVar[str] = "ws_silence"
+    after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
+
+
+Fault = (
+    Status
+    | Delay
+    | Reset
+    | Hang
+    | TruncatedBody
+    | MalformedBody
+    | EmptyResponse
+    | WsRejectHandshake
+    | WsClose
+    | WsDrop
+    | WsSilence
+)
+
+_KINDS: dict[str, type[Any]] = {
+    cls.kind: cls
+    for cls in (
+        Status,
+        Delay,
+        Reset,
+        Hang,
+        TruncatedBody,
+        MalformedBody,
+        EmptyResponse,
+        WsRejectHandshake,
+        WsClose,
+        WsDrop,
+        WsSilence,
+    )
+}
+#: Kinds that apply to an HTTP request (and to a WebSocket upgrade seen as one).
+HTTP_FAULTS = frozenset(
+    {"status", "delay", "reset", "hang", "truncated_body", "malformed_body", "empty_response"}
+)
+#: Kinds that apply to a WebSocket session.
+WS_FAULTS = frozenset({"ws_reject_handshake", "ws_close", "ws_drop", "ws_silence", "delay"})
+
+
+def fault_to_dict(fault: Fault) -> dict[str, Any]:
+    """The JSON form of a fault: ``{"kind": ..., <params>}``."""
+    out: dict[str, Any] = {"kind": fault.kind}
+    for field in attrs.fields(type(fault)):
+        value = getattr(fault, field.name)
+        out[field.name] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def fault_from_dict(data: Mapping[str, Any] | int | None) -> Fault | None:
+    """A fault from its JSON form. An int is shorthand: below 300 means pass (None), else
+    :class:`Status` with that code. None means pass."""
+    if data is None:
+        return None
+    if isinstance(data, bool):
+        raise ConfigurationError(f"a fault must be a mapping, a status code or null, not {data!r}")
+    if isinstance(data, int):
+        return None if data < 300 else Status(data)
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"a fault must be a mapping with a 'kind', got {data!r:.80}")
+    params = dict(data)
+    kind = params.pop("kind", None)
+    cls = _KINDS.get(str(kind))
+    if cls is None:
+        raise ConfigurationError(
+            f"unknown fault kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}"
+        )
+    names = {f.name for f in attrs.fields(cls)}
+    unknown = set(params) - names
+    if unknown:
+        raise ConfigurationError(
+            f"fault kind {kind!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}"
+        )
+    try:
+        fault: Fault = cls(**params)
+    except TypeError as exc:
+        raise ConfigurationError(f"fault kind {kind!r}: {exc}") from None
+    return fault
+
+
+def _as_fault(value: Fault | Mapping[str, Any] | int | None) -> Fault | None:
+    if value is None or isinstance(value, (int, Mapping)):
+        return fault_from_dict(value)
+    if type(value) in _KINDS.values():
+        return value
+    raise ConfigurationError(f"not a fault: {value!r:.80}")
+
+
+# -- rules ---------------------------------------------------------------------------------------
+
+
+def _upper_or_none(value: str | None) -> str | None:
+    return None if value in (None, "*") else str(value).upper()
+
+
+@attrs.frozen
+class Match:
+    """Which traffic a rule applies to. Every given field must match; None matches anything.
+
+    - ``method``: ``GET``, ``POST``... (WebSocket upgrades are ``GET``).
+    - ``path``: a glob (``fnmatch``; ``*`` also crosses ``/``) on the URL path, without the
+      query. For a ``ws_message`` unit it is matched against the message ``type`` instead.
+    - ``service``: the LiveEngage service name (``agentVep``, ``accountConfigReadOnly``...),
+      when the caller knows it.
+    """
+
+    method: str | None = attrs.field(default=None, converter=_upper_or_none)
+    path: str = "*"
+    service: str | None = None
+
+    def matches(self, method: str, path: str, service: str | None = None) -> bool:
+        """Whether a unit with these facts is matched."""
+        if self.method is not None and method.upper() != self.method:
+            return False
+        if self.service is not None and service != self.service:
+            return False
+        return fnmatch.fnmatchcase(path, self.path)
+
+
+@attrs.frozen
+class Schedule:
+    """A window over a rule's matching units (0-based count): skip the first ``skip_first``,
+    then fault the next ``fail_next`` (None: every one after), then pass."""
+
+    skip_first: int = attrs.field(default=0, validator=_non_negative_int("skip_first"))
+    fail_next: int | None = attrs.field(default=None)
+
+    @fail_next.validator
+    def _check(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None:
+            _non_negative_int("fail_next")(self, attribute, value)
+
+    def covers(self, index: int) -> bool:
+        """Whether the unit with this 0-based index is inside the window."""
+        if index < self.skip_first:
+            return False
+        return self.fail_next is None or index < self.skip_first + self.fail_next
+
+
+def _probability(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"FaultRule.p must be a number in [0, 1], got {value!r}")
+
+
+def _unit(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in UNITS:
+        raise ConfigurationError(f"FaultRule.unit must be one of {UNITS}, got {value!r}")
+
+
+def _sequence(
+    value: Iterable[Fault | Mapping[str, Any] | int | None] | None,
+) -> tuple[Fault | None, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)):
+        raise ConfigurationError(f"FaultRule.sequence must be a list, got {value!r:.80}")
+    return tuple(_as_fault(v) for v in value)
+
+
+@attrs.frozen
+class FaultRule:
+    """One rule: what it matches, what a decision is about, when it fires, and what it does.
+
+    Either ``fault`` with a ``schedule`` (default: every matching unit), or ``sequence``: one
+    entry per matching unit in order (a fault, or None to pass), passing after its end. The
+    probability ``p`` (default 1.0: a scripted fault fires) is drawn last, per unit, from the
+    rule's own stream.
+    """
+
+    id: str = attrs.field()
+    fault: Fault | None = attrs.field(default=None, converter=_as_fault)
+    match: Match = attrs.field(factory=Match)
+    unit: str = attrs.field(default="request", validator=_unit)
+    schedule: Schedule = attrs.field(factory=Schedule)
+    sequence: tuple[Fault | None, ...] | None = attrs.field(default=None, converter=_sequence)
+    p: float = attrs.field(default=1.0, validator=_probability)
+
+    @id.validator
+    def _check_id(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"FaultRule.id must be a non-empty string, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if (self.fault is None) == (self.sequence is None):
+            raise ConfigurationError(
+                f"rule {self.id!r}: give exactly one of 'fault' (with a schedule) or 'sequence'"
+            )
+
+    def scheduled(self, index: int) -> Fault | None:
+        """The fault the schedule or sequence names for the ``index``-th matching unit."""
+        if self.sequence is not None:
+            return self.sequence[index] if index < len(self.sequence) else None
+        return self.fault if self.schedule.covers(index) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "match": {
+                "method": self.match.method,
+                "path": self.match.path,
+                "service": self.match.service,
+            },
+            "unit": self.unit,
+            "p": self.p,
+        }
+        if self.sequence is not None:
+            out["sequence"] = [None if f is None else fault_to_dict(f) for f in self.sequence]
+        else:
+            assert self.fault is not None
+            out["fault"] = fault_to_dict(self.fault)
+            out["schedule"] = {
+                "skip_first": self.schedule.skip_first,
+                "fail_next": self.schedule.fail_next,
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
+        """A rule from its JSON form (as :meth:`to_dict` writes it)."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"a fault rule must be a mapping, got {data!r:.80}")
+        known = {"id", "match", "unit", "p", "fault", "schedule", "sequence"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigurationError(f"fault rule has unknown field(s) {sorted(unknown)}")
+        match = data.get("match") or {}
+        schedule = data.get("schedule") or {}
+        try:
+            return cls(
+                id=data.get("id", ""),
+                fault=data.get("fault"),
+                match=Match(**match),
+                unit=data.get("unit", "request"),
+                schedule=Schedule(**schedule),
+                sequence=data.get("sequence"),
+                p=data.get("p", 1.0),
+            )
+        except TypeError as exc:
+            raise ConfigurationError(f"fault rule {data.get('id')!r}: {exc}") from None
+
+
+def _rules(value: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
+    rules = tuple(value)
+    seen: set[str] = set()
+    for rule in rules:
+        if not isinstance(rule, FaultRule):
+            raise ConfigurationError(f"FaultPlan.rules must hold FaultRule values, got {rule!r}")
+        if rule.id in seen:
+            raise ConfigurationError(f"FaultPlan has two rules with the id {rule.id!r}")
+        seen.add(rule.id)
+    return rules
+
+
+@attrs.frozen
+class FaultPlan:
+    """A seed and an ordered list of rules: the whole description of a chaos run."""
+
+    seed: int = 0
+    rules: tuple[FaultRule, ...] = attrs.field(default=(), converter=_rules)
+
+    def with_rule(self, rule: FaultRule) -> FaultPlan:
+        """This plan with ``rule`` appended."""
+        return attrs.evolve(self, rules=(*self.rules, rule))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``{"seed": ..., "rules": [...]}``."""
+        return {"seed": self.seed, "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultPlan:
+        """A plan from its JSON form."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"a fault plan must be a mapping, got {data!r:.80}")
+        seed = data.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigurationError(f"FaultPlan.seed must be an int, got {seed!r}")
+        rules = data.get("rules", [])
+        if not isinstance(rules, Sequence) or isinstance(rules, (str, bytes)):
+            raise ConfigurationError("FaultPlan.rules must be a list")
+        return cls(seed=seed, rules=tuple(FaultRule.from_dict(r) for r in rules))
+
+
+def draw(seed: int, rule_id: str, index: int, stream: str = "p") -> float:
+    """A uniform number in [0, 1) that depends only on its arguments.
+
+    The rule's stream for its ``index``-th matching unit: no shared generator, so the order in
+    which units arrive, or another rule, cannot change it.
+    """
+    digest = hashlib.sha256(f"{seed}\x00{rule_id}\x00{index}\x00{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+# -- applying a plan -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Injection:
+    """A fault to inject now: which rule, for which of its matching units, and what."""
+
+    rule_id: str
+    index: int
+    fault: Fault
+    #: For :class:`Delay`: the delay to apply, jitter drawn, in seconds.
+    delay_s: float = 0.0
+
+
+@attrs.frozen
+class FaultDecision:
+    """One entry of the decision log: a rule's verdict on one of its matching units.
+
+    ``outcome`` is ``inject``, ``pass`` (outside the window, or a sequence's pass), ``skipped``
+    (the draw was above ``p``) or ``shadowed`` (an earlier rule injected on the same unit).
+    """
+
+    rule_id: str
+    unit: str
+    index: int
+    outcome: str
+    kind: str | None
+    method: str
+    path: str
+    at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return attrs.asdict(self)
+
+
+class FaultRun:
+    """A plan being applied: per-rule counters of matching units, and the decision log.
+
+    ``decide`` is called once per unit (request, session or message) and returns the
+    :class:`Injection` to apply, or None. Only rules for that unit are consulted; the first rule
+    whose schedule and draw say "inject" wins, and every matching rule's counter advances.
+    """
+
+    def __init__(self, plan: FaultPlan) -> None:
+        self.plan = plan
+        self._counts: dict[str, int] = {}
+        #: Every decision, in order.
+        self.log: list[FaultDecision] = []
+
+    def decide(
+        self,
+        unit: str,
+        *,
+        method: str,
+        path: str,
+        service: str | None = None,
+        at: float | None = None,
+        kinds: frozenset[str] | None = None,
+    ) -> Injection | None:
+        """Decide for one unit. ``kinds`` limits the fault kinds this caller can apply; a rule
+        whose fault is of another kind does not match. ``at`` is the clock time, logged."""
+        chosen: Injection | None = None
+        for rule in self.plan.rules:
+            if rule.unit != unit or not rule.match.matches(method, path, service):
+                continue
+            if kinds is not None and not _kinds_of(rule) <= kinds:
+                continue
+            index = self._counts.get(rule.id, 0)
+            self._counts[rule.id] = index + 1
+            fault = rule.scheduled(index)
+            if fault is None:
+                outcome = "pass"
+            elif rule.p < 1.0 and draw(self.plan.seed, rule.id, index) >= rule.p:
+                outcome = "skipped"
+            elif chosen is not None:
+                outcome = "shadowed"
+            else:
+                outcome = "inject"
+                delay = 0.0
+                if isinstance(fault, Delay):
+                    jitter = fault.jitter_ms * draw(self.plan.seed, rule.id, index, "jitter")
+                    delay = (fault.delay_ms + jitter) / 1000.0
+                chosen = Injection(rule.id, index, fault, delay)
+            self.log.append(
+                FaultDecision(
+                    rule.id,
+                    unit,
+                    index,
+                    outcome,
+                    None if fault is None else fault.kind,
+                    method.upper(),
+                    redact_url(path) if unit != "ws_message" else path,
+                    at,
+                )
+            )
+        return chosen
+
+    def injected(self) -> list[FaultDecision]:
+        """The decisions that injected a fault."""
+        return [d for d in self.log if d.outcome == "inject"]
+
+    def count(self, rule_id: str) -> int:
+        """How many units rule ``rule_id`` has matched so far."""
+        return self._counts.get(rule_id, 0)
+
+    def reset(self, plan: FaultPlan | None = None) -> None:
+        """Start over (with ``plan``, if given): counters and log cleared."""
+        if plan is not None:
+            self.plan = plan
+        self._counts.clear()
+        self.log.clear()
+
+
+def _kinds_of(rule: FaultRule) -> frozenset[str]:
+    if rule.sequence is not None:
+        return frozenset(f.kind for f in rule.sequence if f is not None)
+    assert rule.fault is not None
+    return frozenset({rule.fault.kind})

@@ -1,0 +1,815 @@
+"""The LiveEngage simulator: a real aiohttp server on loopback that speaks LiveEngage's protocol.
+
+``async with Simulator() as sim:`` starts it on a free port of 127.0.0.1. It serves:
+
+- the Domain API (``/api/account/{id}/service/baseURI.json``, the one-service form, and the
+  ``/csdr/`` prefix), pointing every service at the address the client reached it by (the
+  ``Host`` header) or at ``config.public_address``;
+- the Login Service (user and application login, refresh, logout; tokens expire after
+  ``config.session_ttl`` on the simulator's clock);
+- Sentinel OAuth2 ``app/token`` (client credentials → JWT) and the idp (consumer JWTs);
+- REST resources that check their credentials (``Bearer``, OAuth 1.0 signatures verified per
+  RFC 5849, or ``LivePerson appKey=``): the Users API, the Chat Agent ``agentSession``, Server
+  Chat "chat info", an Engagement History search;
+- the UMS agent socket and the consumer socket (see :mod:`.sockets`).
+
+Faults are scripted with the shared vocabulary of :mod:`le_transport.chaos`:
+``sim.faults.script("GET", "/api/*/users", [503, 503, 200])`` or ``sim.faults.add(rule)``.
+Every request is recorded in ``sim.requests`` (method, redacted path and headers, the clock
+time, the service, the fault applied). No secret is logged: aiohttp's access log is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as _ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import attrs
+from aiohttp import hdrs, web
+from yarl import URL
+
+from ..._redact import redact_headers, redact_url
+from ...chaos.plan import (
+    HTTP_FAULTS,
+    WS_FAULTS,
+    Delay,
+    EmptyResponse,
+    Fault,
+    FaultPlan,
+    FaultRule,
+    FaultRun,
+    Hang,
+    MalformedBody,
+    Match,
+    Reset,
+    Status,
+    TruncatedBody,
+    WsRejectHandshake,
+)
+from ...clock import Clock, RealClock, timeout_after
+from . import oauth1
+from .auth import LoginSession, TokenStore
+from .config import SERVICES, Account, SimulatorConfig
+from .sockets import SocketHub
+
+__all__ = ["RecordedRequest", "SimFaults", "Simulator"]
+
+_log = logging.getLogger("le_transport.simulator")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_SIM_KEY: web.AppKey[Simulator] = web.AppKey("le_sim", object)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request the simulator received. ``path`` and ``headers`` are redacted."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    at: float
+    service: str | None
+    fault: str | None = None
+    rule_id: str | None = None
+
+
+class SimFaults:
+    """The simulator's fault script: a :class:`FaultPlan` being applied, and its decision log."""
+
+    def __init__(self, plan: FaultPlan | None = None) -> None:
+        self.run = FaultRun(plan or FaultPlan())
+        self._auto = 0
+
+    @property
+    def plan(self) -> FaultPlan:
+        """The plan in force."""
+        return self.run.plan
+
+    @property
+    def log(self) -> list[Any]:
+        """The decision log (:class:`~le_transport.chaos.FaultDecision` entries)."""
+        return self.run.log
+
+    def load(self, plan: FaultPlan) -> None:
+        """Replace the plan (counters and log start over)."""
+        self.run.reset(plan)
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        """Add a rule to the plan (its counter starts at 0)."""
+        self.run.plan = self.run.plan.with_rule(rule)
+        return rule
+
+    def script(
+        self,
+        method: str | None,
+        path: str,
+        outcomes: Sequence[int | Fault | None],
+        *,
+        service: str | None = None,
+        unit: str = "request",
+        id: str | None = None,
+    ) -> FaultRule:
+        """Script the answers to the next matching requests, in order, then pass.
+
+        ``outcomes``: a status code (below 300: let the request through), a fault, or None
+        (pass). ``script("GET", "/api/*/users", [503, 503, 200])`` fails twice, then serves.
+        """
+        self._auto += 1
+        rule = FaultRule(
+            id=id or f"script-{self._auto}",
+            match=Match(method=method, path=path, service=service),
+            unit=unit,
+            sequence=list(outcomes),
+        )
+        return self.add(rule)
+
+    def clear(self) -> None:
+        """Remove every rule (the log is kept)."""
+        self.run.plan = FaultPlan(seed=self.run.plan.seed)
+
+    def injected(self) -> list[Any]:
+        """The decisions that injected a fault."""
+        return self.run.injected()
+
+
+class Simulator:
+    """A LiveEngage stand-in on a real loopback aiohttp server.
+
+    - ``config``: accounts, credentials, token lifetimes (:class:`SimulatorConfig`).
+    - ``clock``: token expiry, idle sockets, ``GetClock`` and injected delays run on it
+      (pass the test's ``VirtualClock``).
+    - ``host``/``port``: where to listen (default 127.0.0.1 and a free port).
+    - ``ssl``: an ``ssl.SSLContext`` with the server certificate: serves https/wss.
+    - ``plan``: a :class:`FaultPlan` to apply from the start.
+    - ``epoch``: Unix time at clock 0 (default: now), for ``GetClock`` and JWT ``exp``.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl: _ssl.SSLContext | None = None,
+        plan: FaultPlan | None = None,
+        epoch: float | None = None,
+    ) -> None:
+        self.config = config or SimulatorConfig()
+        self.clock: Clock = clock or RealClock()
+        self._bind_host = host
+        self._port = port
+        self._ssl = ssl
+        self.faults = SimFaults(plan)
+        epoch = time.time() - self.clock.now() if epoch is None else epoch
+        self.tokens = TokenStore(self.clock, epoch)
+        self.sockets = SocketHub(self)
+        #: Every request received, in order.
+        self.requests: list[RecordedRequest] = []
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+        self.starts = 0
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (known once started)."""
+        if not self._port:
+            raise RuntimeError("the simulator is not started")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:port``: what a domain provider should answer for every service."""
+        return f"{self._bind_host}:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with TLS, else ``http``."""
+        return "https" if self._ssl is not None else "http"
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:41234``."""
+        return f"{self.scheme}://{self.host}"
+
+    @property
+    def ws_scheme(self) -> str:
+        """``wss`` with TLS, else ``ws``."""
+        return "wss" if self._ssl is not None else "ws"
+
+    @property
+    def domains(self) -> dict[str, str]:
+        """``{service: host}`` for every service, for ``Engine(sim.domains)``."""
+        return dict.fromkeys(SERVICES, self.host)
+
+    @property
+    def account(self) -> Account:
+        """The first (default) account."""
+        return self.config.accounts[0]
+
+    def brand_socket_url(self, bearer: str, account: str | None = None) -> str:
+        """The UMS agent socket URL (it holds the bearer: never log it unredacted)."""
+        acc = account or self.account.id
+        return f"{self.ws_scheme}://{self.host}/ws_api/account/{acc}/messaging/brand/{bearer}?v=2.1"
+
+    def consumer_socket_url(self, account: str | None = None) -> str:
+        """The consumer socket URL."""
+        acc = account or self.account.id
+        return f"{self.ws_scheme}://{self.host}/ws_api/account/{acc}/messaging/consumer?v=3"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening (on the same port as before, after a :meth:`stop`)."""
+        if self._runner is not None:
+            return
+        self._closing = asyncio.Event()
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, self._bind_host, self._port, ssl_context=self._ssl, reuse_address=True
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+        self.starts += 1
+        _log.info("simulator listening on %s", self.url, extra={"port": self._port})
+
+    async def stop(self) -> None:
+        """Stop listening: open sockets are dropped, hanging requests end. The port, sessions
+        and fault counters are kept, so :meth:`start` resumes where it was."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._closing.set()
+        await self.sockets.drop_all()
+        await runner.cleanup()
+        _log.info("simulator stopped", extra={"port": self._port})
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay down for ``down_for`` seconds of the clock, start on the same port."""
+        await self.stop()
+        if down_for > 0:
+            await self.clock.sleep(down_for)
+        await self.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether it is listening."""
+        return self._runner is not None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- test controls ---------------------------------------------------------------------
+
+    async def expire_tokens(self, *, close_sockets: bool = True) -> None:
+        """Every bearer and JWT expires now; open sockets are closed with 4401 (LiveEngage's
+        "token expired"), unless ``close_sockets`` is False."""
+        self.tokens.expire_all()
+        if close_sockets:
+            await self.sockets.close_all(4401, "token expired")
+
+    def count(self, method: str | None = None, path: str = "*") -> int:
+        """How many recorded requests match ``method`` and the glob ``path`` (redacted form)."""
+        m = Match(method=method, path=path)
+        return sum(1 for r in self.requests if m.matches(r.method, r.path))
+
+    # -- the app ---------------------------------------------------------------------------
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._fault_middleware])
+        app[_SIM_KEY] = self
+        r = app.router
+        for prefix in ("/api", "/csdr"):
+            r.add_get(
+                prefix + "/account/{account}/service/baseURI.json",
+                self._csds_all,
+                name=f"csds.all{prefix.replace('/', '.')}",
+            )
+            r.add_get(
+                prefix + "/account/{account}/service/{service}/baseURI.json",
+                self._csds_one,
+                name=f"csds.one{prefix.replace('/', '.')}",
+            )
+        r.add_post("/api/account/{account}/login", self._login, name="agentVep.login")
+        r.add_post("/api/account/{account}/refresh", self._refresh, name="agentVep.refresh")
+        r.add_post("/api/account/{account}/logout", self._logout, name="agentVep.logout")
+        r.add_post(
+            "/api/account/{account}/agentSession", self._agent_session, name="agentVep.session"
+        )
+        r.add_post(
+            "/sentinel/api/account/{account}/app/token", self._app_token, name="sentinel.token"
+        )
+        r.add_post("/api/account/{account}/signup", self._signup, name="idp.signup")
+        r.add_post("/api/account/{account}/authenticate", self._authenticate, name="idp.auth")
+        r.add_get(
+            "/api/account/{account}/configuration/le-users/users",
+            self._users,
+            name="accountConfigReadOnly.users",
+        )
+        r.add_get(
+            "/api/account/{account}/configuration/le-users/users/{user}",
+            self._user,
+            name="accountConfigReadOnly.user",
+        )
+        r.add_get(
+            "/api/account/{account}/chat/{chat}/info", self._chat_info, name="agentVep.chatinfo"
+        )
+        r.add_post(
+            "/interaction_history/api/account/{account}/interactions/search",
+            self._interactions,
+            name="engHistDomain.search",
+        )
+        r.add_get(
+            "/ws_api/account/{account}/messaging/brand/{bearer}",
+            self._brand_socket,
+            name="facadeMsg.brand",
+        )
+        r.add_get(
+            "/ws_api/account/{account}/messaging/consumer",
+            self._consumer_socket,
+            name="asyncMessagingEnt.consumer",
+        )
+        return app
+
+    # -- recording and faults --------------------------------------------------------------
+
+    @web.middleware
+    async def _fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        name = route.name or ""
+        service = name.split(".", 1)[0] if name and not name.startswith("csds.") else None
+        path = redact_url(request.rel_url.with_query(None))
+        injection = self.faults.run.decide(
+            "request",
+            method=request.method,
+            path=request.path,
+            service=service,
+            at=self.clock.now(),
+            kinds=HTTP_FAULTS,
+        )
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=path,
+                query={k: v for k, v in URL(redact_url(request.rel_url)).query.items()},
+                headers=redact_headers(request.headers.items()),
+                at=self.clock.now(),
+                service=service,
+                fault=None if injection is None else injection.fault.kind,
+                rule_id=None if injection is None else injection.rule_id,
+            )
+        )
+        if injection is None:
+            return await handler(request)
+        fault = injection.fault
+        _log.info(
+            "injecting %s on %s %s (rule %s, unit %d)",
+            fault.kind,
+            request.method,
+            path,
+            injection.rule_id,
+            injection.index,
+            extra={"rule": injection.rule_id, "fault": fault.kind},
+        )
+        if isinstance(fault, Status):
+            return web.Response(
+                status=fault.code,
+                body=fault.response_body(),
+                headers=fault.response_headers(),
+                content_type=None if "Content-Type" in fault.headers else "application/json",
+            )
+        if isinstance(fault, Delay):
+            await self.clock.sleep(injection.delay_s)
+            return await handler(request)
+        if isinstance(fault, MalformedBody):
+            return web.Response(status=fault.code, text=fault.body, content_type="application/json")
+        transport = request.transport
+        if isinstance(fault, Reset):
+            if transport is not None:
+                transport.abort()
+            return web.Response(status=500)
+        if isinstance(fault, EmptyResponse):
+            if transport is not None:
+                transport.close()
+            return web.Response(status=500)
+        if isinstance(fault, Hang):
+            await self._hang(fault)
+            if transport is not None:
+                transport.close()
+            return web.Response(status=500)
+        if isinstance(fault, TruncatedBody):
+            real = await handler(request)
+            body = real.body if isinstance(real, web.Response) else b""
+            data = body if isinstance(body, bytes) else b""
+            resp = web.StreamResponse(status=real.status, headers=real.headers)
+            resp.content_length = max(len(data), fault.keep_bytes + 1)
+            await resp.prepare(request)
+            await resp.write(data[: fault.keep_bytes])
+            if transport is not None:
+                transport.close()
+            return resp
+        raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    async def _hang(self, fault: Hang) -> None:
+        seconds = None if fault.duration_ms is None else fault.duration_ms / 1000.0
+        with contextlib.suppress(TimeoutError):
+            async with timeout_after(self.clock, seconds):
+                await self._closing.wait()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _public_host(self, request: web.Request) -> str:
+        return self.config.public_address or request.host or self.host
+
+    def _account(self, request: web.Request) -> Account | None:
+        return self.config.account(request.match_info["account"])
+
+    def _base_uris(self, request: web.Request, account: str) -> list[dict[str, str]]:
+        host = self._public_host(request)
+        return [{"service": s, "account": account, "baseURI": host} for s in SERVICES]
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any] | None:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _authorize(self, request: web.Request, account: str, body: bytes = b"") -> str | None:
+        """Who the request is from (``user``/``app``/``sentinel``), or None if unauthorised."""
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer" and value:
+            if self.tokens.valid_session(value, account) is not None:
+                return "user"
+            if self.tokens.valid_jwt(value, account, "sentinel") is not None:
+                return "sentinel"
+            return None
+        if scheme == "oauth":
+            return "app" if self._verify_oauth1(request, account, header, body) else None
+        if scheme == "liveperson":
+            key = value.partition("=")[2] if value.lower().startswith("appkey=") else ""
+            acc = self.config.account(account)
+            if acc is not None and any(k.key == key for k in acc.app_keys):
+                return "app"
+        return None
+
+    def _verify_oauth1(self, request: web.Request, account: str, header: str, body: bytes) -> bool:
+        acc = self.config.account(account)
+        if acc is None:
+            return False
+        try:
+            params = oauth1.parse_oauth_header(header)
+        except oauth1.OAuth1Error:
+            return False
+        if params.get("oauth_signature_method") != "HMAC-SHA1":
+            return False
+        key = next(
+            (
+                k
+                for k in acc.app_keys
+                if k.key == params.get("oauth_consumer_key")
+                and k.access_token == params.get("oauth_token")
+            ),
+            None,
+        )
+        if key is None:
+            return False
+        window = self.config.oauth1_timestamp_window
+        if window is not None:
+            try:
+                stamp = float(params.get("oauth_timestamp", ""))
+            except ValueError:
+                return False
+            if abs(stamp - self.tokens.epoch_now()) > window:
+                return False
+        extra: list[tuple[str, str]] = list(request.rel_url.query.items())
+        ctype = request.headers.get(hdrs.CONTENT_TYPE, "")
+        if ctype.startswith("application/x-www-form-urlencoded") and body:
+            from urllib.parse import parse_qsl
+
+            extra.extend(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        scheme = self.config.public_scheme or self.scheme
+        url = URL.build(scheme=scheme, authority=self._public_host(request), path=request.path)
+        if not oauth1.verify(
+            method=request.method,
+            url=url,
+            oauth=params,
+            extra_params=extra,
+            consumer_secret=key.secret,
+            token_secret=key.access_token_secret,
+        ):
+            return False
+        nonce = (key.key, params.get("oauth_timestamp", ""), params.get("oauth_nonce", ""))
+        if nonce in self.tokens.nonces:
+            return False  # a replayed signature
+        self.tokens.nonces.add(nonce)
+        return True
+
+    @staticmethod
+    def _unauthorized(message: str = "Unauthorized") -> web.Response:
+        return web.json_response({"error": {"message": message, "internalCode": 1}}, status=401)
+
+    # -- Domain API ------------------------------------------------------------------------
+
+    async def _csds_all(self, request: web.Request) -> web.Response:
+        account = request.match_info["account"]
+        if self._account(request) is None:
+            return web.json_response({"error": f"account {account[:20]} not found"}, status=400)
+        return web.json_response({"baseURIs": self._base_uris(request, account)})
+
+    async def _csds_one(self, request: web.Request) -> web.Response:
+        account = request.match_info["account"]
+        service = request.match_info["service"]
+        if self._account(request) is None:
+            return web.json_response({"error": f"account {account[:20]} not found"}, status=400)
+        if service not in SERVICES:
+            return web.json_response({"error": "service not found"}, status=400)
+        return web.json_response(
+            {"service": service, "account": account, "baseURI": self._public_host(request)}
+        )
+
+    # -- Login Service ---------------------------------------------------------------------
+
+    async def _login(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        body = await self._json_body(request)
+        if body is None:
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        username = body.get("username")
+        if acc is None or not isinstance(username, str):
+            return web.json_response({"error": "username and credentials required"}, status=400)
+        kind: str | None = None
+        if "password" in body:
+            if acc.users.get(username) == body.get("password"):
+                kind = "user"
+        elif "appKey" in body:
+            app_key, secret = body.get("appKey"), body.get("secret")
+            token, token_secret = body.get("accessToken"), body.get("accessTokenSecret")
+            if any(
+                k.key == app_key
+                and k.secret == secret
+                and k.access_token == token
+                and k.access_token_secret == token_secret
+                for k in acc.app_keys
+            ):
+                kind = "app"
+            elif acc.clients.get(str(app_key)) == secret and secret is not None:
+                kind = "oauth2"
+        else:
+            return web.json_response({"error": "password or appKey required"}, status=400)
+        if kind is None:
+            return web.json_response(
+                {"error": {"message": "Authentication failed", "internalCode": 3}}, status=401
+            )
+        session = self.tokens.login(acc.id, username, self.config.session_ttl, kind)
+        ttl_ms = int(self.config.session_ttl * 1000)
+        now_ms = int(self.tokens.epoch_now() * 1000)
+        resp = web.json_response(
+            {
+                "csrf": session.csrf,
+                "wsuk": session.wsuk,
+                "bearer": session.bearer,
+                "sessionTTl": str(ttl_ms),
+                "config": {
+                    "userId": session.user_id,
+                    "loginName": username,
+                    "accountId": acc.id,
+                    "serverCurrentTime": now_ms,
+                    "isLPA": False,
+                },
+                "accountData": {"agentGroupsData": {"items": []}},
+                "csdsCollectionResponse": {"baseURIs": self._base_uris(request, acc.id)},
+            }
+        )
+        resp.set_cookie("Session_id", session.session_id, httponly=True, path="/")
+        return resp
+
+    def _session_from_cookie(self, request: web.Request) -> LoginSession | None:
+        session_id = request.cookies.get("Session_id")
+        if not session_id:
+            return None
+        session = self.tokens.session_by_cookie(session_id)
+        if session is None or session.account != request.match_info["account"]:
+            return None
+        return session
+
+    @staticmethod
+    def _csrf_invalid() -> web.Response:
+        return web.json_response(
+            {
+                "error": {
+                    "message": "CSRF token invalid! Please re-login.",
+                    "internalCode": 10,
+                    "time": 0,
+                }
+            },
+            status=401,
+        )
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        session = self._session_from_cookie(request)
+        if session is None:
+            return self._unauthorized("session expired or unknown")
+        if body is None or body.get("csrf") != session.csrf:
+            return self._csrf_invalid()
+        self.tokens.refresh(session, self.config.session_ttl)
+        return web.Response(status=200)
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        session = self._session_from_cookie(request)
+        if session is None:
+            return self._unauthorized("session expired or unknown")
+        if body is None or body.get("csrf") != session.csrf:
+            return self._csrf_invalid()
+        self.tokens.logout(session)
+        return web.Response(status=200)
+
+    # -- OAuth2 and consumer tokens --------------------------------------------------------
+
+    async def _app_token(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if acc is None or not isinstance(client_id, str) or acc.clients.get(client_id) != secret:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        token = self.tokens.issue_jwt(acc.id, client_id, self.config.jwt_ttl, "sentinel")
+        return web.json_response(
+            {
+                "access_token": token.value,
+                "token_type": "Bearer",
+                "expires_in": int(self.config.jwt_ttl),
+            }
+        )
+
+    async def _signup(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        if acc is None:
+            return web.json_response({"error": "account not found"}, status=400)
+        token = self.tokens.issue_jwt(acc.id, "consumer", self.config.jwt_ttl, "consumer")
+        return web.json_response({"jwt": token.value})
+
+    async def _authenticate(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        body = await self._json_body(request)
+        code = None if body is None else body.get("authCode")
+        if acc is None or not isinstance(code, str) or not code:
+            return web.json_response({"error": "authCode required"}, status=401)
+        token = self.tokens.issue_jwt(
+            acc.id, f"consumer:{code[:8]}", self.config.jwt_ttl, "consumer"
+        )
+        return web.json_response({"jwt": token.value})
+
+    # -- REST resources --------------------------------------------------------------------
+
+    def _users_list(self, acc: Account) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": str(i),
+                "deleted": False,
+                "loginName": name,
+                "nickname": name.title(),
+                "fullName": f"Simulated {name.title()}",
+                "email": f"{name}@example.invalid",
+                "isEnabled": True,
+                "skillIds": [],
+                "profileIds": [],
+            }
+            for i, name in enumerate(sorted(acc.users), start=1)
+        ]
+
+    async def _users(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        if acc is None or self._authorize(request, acc.id) is None:
+            return self._unauthorized()
+        return web.json_response(self._users_list(acc))
+
+    async def _user(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        if acc is None or self._authorize(request, acc.id) is None:
+            return self._unauthorized()
+        for user in self._users_list(acc):
+            if user["id"] == request.match_info["user"]:
+                return web.json_response(user)
+        return web.json_response({"error": "user not found"}, status=404)
+
+    async def _agent_session(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        if acc is None or self._authorize(request, acc.id) is None:
+            return self._unauthorized()
+        link = f"{self.scheme}://{self._public_host(request)}/api/account/{acc.id}/agentSession/1"
+        return web.json_response(
+            {"agentSessionLocation": {"link": {"@href": link, "@rel": "location"}}},
+            status=201,
+            headers={"Location": link},
+        )
+
+    async def _chat_info(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        if acc is None or self._authorize(request, acc.id) is None:
+            return self._unauthorized()
+        return web.json_response(
+            {
+                "info": {
+                    "chatId": request.match_info["chat"],
+                    "state": "chatting",
+                    "lastUpdate": int(self.tokens.epoch_now() * 1000),
+                }
+            }
+        )
+
+    async def _interactions(self, request: web.Request) -> web.Response:
+        acc = self._account(request)
+        body = await request.read()
+        if acc is None or self._authorize(request, acc.id, body) is None:
+            return self._unauthorized()
+        return web.json_response(
+            {"_metadata": {"count": 0, "self": {"rel": "self"}}, "interactionHistoryRecords": []}
+        )
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def _ws_session_fault(self, request: web.Request) -> Any:
+        injection = self.faults.run.decide(
+            "ws_session",
+            method=request.method,
+            path=request.path,
+            at=self.clock.now(),
+            kinds=WS_FAULTS,
+        )
+        return injection
+
+    async def _open_socket(
+        self, request: web.Request, *, kind: str, account: str, authenticated: bool
+    ) -> web.StreamResponse:
+        injection = self._ws_session_fault(request)
+        fault = None if injection is None else injection.fault
+        if isinstance(fault, WsRejectHandshake):
+            self.sockets.rejected.append(fault.status)
+            return web.Response(status=fault.status, text=fault.body)
+        if isinstance(fault, Delay):
+            assert injection is not None
+            await self.clock.sleep(injection.delay_s)
+            fault = None
+        return await self.sockets.serve(
+            request,
+            kind=kind,
+            account=account,
+            authenticated=authenticated,
+            session_fault=fault,
+        )
+
+    async def _brand_socket(self, request: web.Request) -> web.StreamResponse:
+        acc = self._account(request)
+        bearer = request.match_info["bearer"]
+        if acc is None or self.tokens.valid_session(bearer, acc.id) is None:
+            self.sockets.rejected.append(401)
+            return self._unauthorized("invalid or expired bearer")
+        return await self._open_socket(request, kind="brand", account=acc.id, authenticated=True)
+
+    async def _consumer_socket(self, request: web.Request) -> web.StreamResponse:
+        acc = self._account(request)
+        if acc is None:
+            return web.json_response({"error": "account not found"}, status=400)
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        authenticated = False
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "jwt" or self.tokens.valid_jwt(value.strip(), acc.id) is None:
+                self.sockets.rejected.append(401)
+                return self._unauthorized("invalid or expired consumer JWT")
+            authenticated = True
+        return await self._open_socket(
+            request, kind="consumer", account=acc.id, authenticated=authenticated
+        )

@@ -1,0 +1,450 @@
+"""The simulator's messaging sockets: the UMS agent socket and the consumer socket.
+
+Each accepted socket is a :class:`SimSocket`; :class:`SocketHub` (``sim.sockets``) holds them
+all and is what a test talks to:
+
+- ``await sim.sockets.wait_open(n)``: until ``n`` sockets are open.
+- ``sim.sockets.open``: the open ones; ``sim.sockets.all``: every socket ever accepted.
+- ``await sim.sockets.notify(type, body)``: push a ``notification`` frame to every open socket.
+- ``sim.sockets.published``: every message the server received (``PublishEvent``), with the
+  client's request id, so a test can prove nothing was lost.
+- ``sim.sockets.on(type, handler)``: answer a request type your own way.
+- On one socket: ``await s.close(4401)``, ``s.drop()`` (abrupt, no close frame: the client sees
+  1006), ``s.silence()`` (no more answers and no pongs), ``s.subscriptions``, ``s.received``.
+
+Frames follow LiveEngage: a ``{"kind": "req", "id", "type", "body"}`` is answered with
+``{"kind": "resp", "reqId", "code", "body", "type": "<type>$Response"}``; ``.GetClock`` and
+``GetClock`` answer ``{"currentTime": <epoch ms>}`` from the simulator's clock. Faults from the
+plan apply per session (unit ``ws_session``, decided at the handshake) and per message (unit
+``ws_message``, matched on the frame's ``type``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from aiohttp import WSMsgType, web
+
+from ...chaos.plan import Delay, Hang, Status, WsClose, WsDrop, WsSilence
+
+if TYPE_CHECKING:
+    from .server import Simulator
+
+__all__ = ["PublishedMessage", "SimSocket", "SocketHub"]
+
+_log = logging.getLogger("le_transport.simulator")
+
+#: A custom request handler: ``(socket, frame) -> (code, body)``.
+RequestHandler = Callable[["SimSocket", dict[str, Any]], Awaitable[tuple[int, Any]]]
+
+GET_CLOCK_TYPES = frozenset({".GetClock", "GetClock"})
+SUBSCRIBE_TYPES = frozenset(
+    {
+        ".ams.aam.SubscribeExConversations",
+        ".ams.routing.SubscribeRoutingTasks",
+        ".ams.ms.SubscribeMessagingEvents",
+        ".ams.aam.SubscribeAgentsState",
+        "cqm.SubscribeExConversations",
+    }
+)
+PUBLISH_TYPES = frozenset({".ams.ms.PublishEvent", "ms.PublishEvent"})
+# Requests the simulator accepts with a plain 200 (state changes it does not model).
+ACCEPTED_TYPES = frozenset(
+    {
+        ".ams.aam.UnsubscribeExConversations",
+        ".ams.routing.UpdateRoutingTaskRingState",
+        ".ams.cm.UpdateConversationField",
+        ".ams.cm.AgentRequestConversation",
+        ".ams.routing.SetAgentState",
+        ".ams.AgentRequestConversation",
+        "cm.ConsumerRequestConversation",
+        "cm.UpdateConversationField",
+    }
+)
+
+
+@attrs.frozen
+class PublishedMessage:
+    """A message a client published: which socket, its request id, and what it said."""
+
+    socket_id: int
+    req_id: str
+    dialog_id: str | None
+    text: Any
+    sequence: int
+    at: float
+
+
+@attrs.define(eq=False, repr=False)
+class SimSocket:
+    """One accepted messaging socket, server side."""
+
+    id: int
+    kind: str
+    account: str
+    ws: web.WebSocketResponse
+    hub: SocketHub
+    opened_at: float
+    authenticated: bool = True
+    #: Every frame received from the client, parsed (invalid JSON is kept as ``{"raw": ...}``).
+    received: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Every subscription request frame, in order.
+    subscriptions: list[dict[str, Any]] = attrs.field(factory=list)
+    last_activity: float = 0.0
+    silent: bool = False
+    closed: bool = False
+    #: How the socket ended: ``("close", code)``, ``("drop", None)``, ``("client", code)``.
+    ended: tuple[str, int | None] | None = None
+    session_fault: WsClose | WsDrop | WsSilence | None = None
+    transport: asyncio.Transport | None = None
+    #: Frames to send right after the current ``resp`` (the echo of a published message).
+    after_resp: list[dict[str, Any]] = attrs.field(factory=list)
+
+    def __repr__(self) -> str:
+        return f"SimSocket(id={self.id}, kind={self.kind!r}, account={self.account!r})"
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame (unless the socket is closed or silent)."""
+        if self.closed or self.silent or self.ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_str(json.dumps(frame))
+
+    async def notify(self, type: str, body: Any) -> None:
+        """Push a ``notification`` frame."""
+        await self.send({"kind": "notification", "type": type, "body": body})
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` (a close frame is sent: 4401, 4407, 1011, 1001...)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.ended = ("close", code)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close(code=code, message=reason.encode())
+
+    def drop(self) -> None:
+        """Drop the connection without a close frame: the client sees an abnormal closure."""
+        if self.closed:
+            return
+        self.closed = True
+        self.ended = ("drop", None)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def silence(self) -> None:
+        """Stop answering anything (requests and pings); the connection stays open."""
+        self.silent = True
+
+    @property
+    def subscription_types(self) -> list[str]:
+        """The ``type`` of each subscription request, in order."""
+        return [str(s.get("type")) for s in self.subscriptions]
+
+
+class SocketHub:
+    """Every messaging socket of one simulator, and the controls tests use on them."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self._sim = sim
+        self._ids = itertools.count(1)
+        self._sequence = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._handlers: dict[str, RequestHandler] = {}
+        #: Every socket ever accepted, in order.
+        self.all: list[SimSocket] = []
+        #: Every message published by a client.
+        self.published: list[PublishedMessage] = []
+        #: Handshakes refused (status code per refusal).
+        self.rejected: list[int] = []
+
+    @property
+    def open(self) -> list[SimSocket]:
+        """Sockets that are open now."""
+        return [s for s in self.all if not s.closed]
+
+    def on(self, type: str, handler: RequestHandler) -> None:
+        """Answer requests of ``type`` with ``handler(socket, frame) -> (code, body)``."""
+        self._handlers[type] = handler
+
+    async def notify(self, type: str, body: Any, *, kind: str | None = None) -> int:
+        """Push a notification to every open socket (of ``kind``: ``brand``/``consumer``).
+        Returns how many sockets it was sent to."""
+        targets = [s for s in self.open if kind is None or s.kind == kind]
+        for s in targets:
+            await s.notify(type, body)
+        return len(targets)
+
+    async def wait_open(self, count: int = 1) -> list[SimSocket]:
+        """Wait until at least ``count`` sockets are open; returns the open sockets."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.open) >= count)
+        return self.open
+
+    async def wait_accepted(self, count: int) -> list[SimSocket]:
+        """Wait until ``count`` sockets have been accepted in all (reconnects included)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.all) >= count)
+        return self.all
+
+    def published_ids(self) -> list[str]:
+        """The request ids of every published message, in arrival order."""
+        return [m.req_id for m in self.published]
+
+    async def drop_all(self) -> None:
+        """Drop every open socket (as a server crash would)."""
+        for s in self.open:
+            s.drop()
+        await self._signal()
+
+    async def close_all(self, code: int = 1001, reason: str = "") -> None:
+        """Close every open socket with ``code``."""
+        for s in self.open:
+            await s.close(code, reason)
+        await self._signal()
+
+    async def _signal(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        request: web.Request,
+        *,
+        kind: str,
+        account: str,
+        authenticated: bool,
+        session_fault: Any,
+    ) -> web.StreamResponse:
+        """Run one accepted socket until it ends."""
+        sim = self._sim
+        # autoping off: pongs are sent by hand, so a silenced socket can stop answering pings.
+        ws = web.WebSocketResponse(autoping=False, heartbeat=None)
+        await ws.prepare(request)
+        sock = SimSocket(
+            id=next(self._ids),
+            kind=kind,
+            account=account,
+            ws=ws,
+            hub=self,
+            opened_at=sim.clock.now(),
+            authenticated=authenticated,
+            last_activity=sim.clock.now(),
+            session_fault=session_fault,
+            transport=request.transport,
+        )
+        self.all.append(sock)
+        await self._signal()
+        _log.info(
+            "socket %d (%s) opened on account %s",
+            sock.id,
+            kind,
+            account,
+            extra={"socket": sock.id, "account": account},
+        )
+        idle = asyncio.get_running_loop().create_task(self._idle_watch(sock))
+        try:
+            if not await self._apply_session_fault(sock, messages=0):
+                await self._receive_loop(sock)
+        finally:
+            idle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await idle
+            if not sock.closed:
+                sock.closed = True
+                sock.ended = ("client", ws.close_code)
+            await self._signal()
+            _log.info(
+                "socket %d ended: %s",
+                sock.id,
+                sock.ended,
+                extra={"socket": sock.id, "account": account},
+            )
+        return ws
+
+    async def _idle_watch(self, sock: SimSocket) -> None:
+        clock = self._sim.clock
+        timeout = self._sim.config.idle_timeout
+        while not sock.closed:
+            remaining = sock.last_activity + timeout - clock.now()
+            if remaining <= 0:
+                _log.info("socket %d idle for %g s: closing", sock.id, timeout)
+                await sock.close(self._sim.config.idle_close_code, "idle timeout")
+                await self._signal()
+                return
+            await clock.sleep(remaining)
+
+    async def _apply_session_fault(self, sock: SimSocket, *, messages: int) -> bool:
+        """Apply the session's fault if its moment has come; True if the socket is done."""
+        fault = sock.session_fault
+        if fault is None or messages < fault.after_messages:
+            return False
+        sock.session_fault = None
+        if isinstance(fault, WsClose):
+            await sock.close(fault.code, fault.reason)
+            return True
+        if isinstance(fault, WsDrop):
+            sock.drop()
+            return True
+        sock.silence()
+        return False
+
+    async def _receive_loop(self, sock: SimSocket) -> None:
+        ws = sock.ws
+        count = 0
+        while not sock.closed:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            if msg.type is WSMsgType.ERROR:
+                return
+            if msg.type is WSMsgType.PING:
+                if not sock.silent:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
+                continue
+            if msg.type is WSMsgType.PONG:
+                continue
+            sock.last_activity = self._sim.clock.now()
+            data = msg.data if msg.type is WSMsgType.TEXT else msg.data.decode("utf-8", "replace")
+            try:
+                frame = json.loads(data)
+            except ValueError:
+                frame = {"raw": data[:200]}
+            if not isinstance(frame, dict):
+                frame = {"raw": data[:200]}
+            sock.received.append(frame)
+            count += 1
+            if await self._apply_session_fault(sock, messages=count):
+                return
+            if sock.silent:
+                continue
+            if frame.get("kind") == "req":
+                await self._answer(sock, frame)
+
+    async def _answer(self, sock: SimSocket, frame: dict[str, Any]) -> None:
+        sim = self._sim
+        type_ = str(frame.get("type", ""))
+        req_id = frame.get("id")
+        injection = sim.faults.run.decide(
+            "ws_message",
+            method="WS",
+            path=type_,
+            at=sim.clock.now(),
+            kinds=frozenset({"status", "delay", "hang", "ws_close", "ws_drop", "ws_silence"}),
+        )
+        if injection is not None:
+            fault = injection.fault
+            if isinstance(fault, Status):
+                await self._resp(sock, req_id, type_, fault.code, {"msg": "injected fault"})
+                return
+            if isinstance(fault, Hang):
+                return
+            if isinstance(fault, WsClose):
+                await sock.close(fault.code, fault.reason)
+                return
+            if isinstance(fault, WsDrop):
+                sock.drop()
+                return
+            if isinstance(fault, WsSilence):
+                sock.silence()
+                return
+            if isinstance(fault, Delay):
+                await sim.clock.sleep(injection.delay_s)
+        code, body = await self._handle(sock, frame, type_)
+        await self._resp(sock, req_id, type_, code, body)
+        pending, sock.after_resp = sock.after_resp, []
+        for extra in pending:
+            await sock.send(extra)
+
+    async def _resp(self, sock: SimSocket, req_id: Any, type_: str, code: int, body: Any) -> None:
+        await sock.send(
+            {
+                "kind": "resp",
+                "reqId": req_id,
+                "code": code,
+                "body": body,
+                "type": f"{type_}$Response",
+            }
+        )
+
+    async def _handle(self, sock: SimSocket, frame: dict[str, Any], type_: str) -> tuple[int, Any]:
+        sim = self._sim
+        handler = self._handlers.get(type_)
+        if handler is not None:
+            return await handler(sock, frame)
+        if type_ == "InitConnection":
+            return self._init_connection(sock, frame)
+        if not sock.authenticated:
+            await sock.close(4401, "authenticate first (InitConnection)")
+            return 401, {"msg": "unauthenticated"}
+        if type_ in GET_CLOCK_TYPES:
+            return 200, {"currentTime": int(sim.tokens.epoch_now() * 1000)}
+        if type_ in SUBSCRIBE_TYPES:
+            sock.subscriptions.append(frame)
+            return 200, {"subscriptionId": f"sub-{sock.id}-{len(sock.subscriptions)}"}
+        if type_ in PUBLISH_TYPES:
+            return await self._publish(sock, frame)
+        if type_ in ACCEPTED_TYPES:
+            return 200, {}
+        return 400, {"msg": f"unknown request type {type_[:80]!r}"}
+
+    def _init_connection(self, sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
+        headers = frame.get("headers")
+        jwt = None
+        if isinstance(headers, list):
+            for h in headers:
+                if isinstance(h, dict) and h.get("type") == ".ams.headers.ConsumerAuthentication":
+                    jwt = h.get("jwt")
+        if isinstance(jwt, str) and self._sim.tokens.valid_jwt(jwt, sock.account, "consumer"):
+            sock.authenticated = True
+            return 200, {}
+        if sock.authenticated:
+            return 200, {}
+        return 401, {"msg": "invalid or expired consumer JWT"}
+
+    async def _publish(self, sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
+        body = frame.get("body") if isinstance(frame.get("body"), dict) else {}
+        assert isinstance(body, dict)
+        event = body.get("event") if isinstance(body.get("event"), dict) else {}
+        assert isinstance(event, dict)
+        dialog = body.get("dialogId")
+        sequence = next(self._sequence)
+        self.published.append(
+            PublishedMessage(
+                socket_id=sock.id,
+                req_id=str(frame.get("id")),
+                dialog_id=str(dialog) if dialog is not None else None,
+                text=event.get("message"),
+                sequence=sequence,
+                at=self._sim.clock.now(),
+            )
+        )
+        if self._sim.config.echo_published:
+            sock.after_resp.append(
+                {
+                    "kind": "notification",
+                    "type": ".ams.ms.MessagingEventNotification",
+                    "body": {
+                        "dialogId": dialog,
+                        "changes": [
+                            {
+                                "sequence": sequence,
+                                "originatorId": f"{sock.account}.{sock.kind}",
+                                "serverTimestamp": int(self._sim.tokens.epoch_now() * 1000),
+                                "event": event,
+                            }
+                        ],
+                    },
+                }
+            )
+        return 200, {"sequence": sequence}

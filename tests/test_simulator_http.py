@@ -1,0 +1,472 @@
+"""The simulator's HTTP side: Domain API, Login, tokens, OAuth 1.0, REST, scripted faults."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from le_transport import Engine, RetryPolicy
+from le_transport.chaos import (
+    EmptyResponse,
+    FaultRule,
+    Hang,
+    MalformedBody,
+    Match,
+    Reset,
+    Schedule,
+    Status,
+    TruncatedBody,
+)
+from le_transport.errors import (
+    AttemptTimeout,
+    ClientStatusError,
+    ConnectionFailed,
+    RetriesExhausted,
+)
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_APP_KEY,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Simulator,
+    SimulatorConfig,
+    oauth1,
+)
+
+ACC = DEFAULT_ACCOUNT
+USERS = f"/api/account/{ACC}/configuration/le-users/users"
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with Simulator(clock=clock) as s:
+        yield s
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # No keep-alive: the leak check runs before fixtures are torn down, and a pooled
+    # connection keeps a server-side handler task alive.
+    # unsafe=True: aiohttp's default cookie jar ignores cookies from IP addresses such as
+    # 127.0.0.1, and the Login Service's refresh needs the Session_id cookie.
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+    ) as session:
+        yield session
+
+
+async def _login(http: aiohttp.ClientSession, sim: Simulator) -> dict[str, object]:
+    async with http.post(
+        f"{sim.url}/api/account/{ACC}/login",
+        params={"v": "1.3"},
+        json={"username": DEFAULT_USER, "password": DEFAULT_PASSWORD},
+    ) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+        assert isinstance(body, dict)
+        return body
+
+
+async def test_domain_api_points_every_service_at_the_address_the_client_used(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    for prefix in ("/api", "/csdr"):
+        async with http.get(
+            f"{sim.url}{prefix}/account/{ACC}/service/baseURI.json", params={"version": "1.0"}
+        ) as resp:
+            body = await resp.json()
+        services = {u["service"]: u["baseURI"] for u in body["baseURIs"]}
+        assert services["agentVep"] == sim.host
+        assert services["facadeMsg"] == sim.host
+        assert all(u["account"] == ACC for u in body["baseURIs"])
+    async with http.get(
+        f"{sim.url}/api/account/{ACC}/service/idp/baseURI.json", params={"version": "1.0"}
+    ) as resp:
+        assert await resp.json() == {"service": "idp", "account": ACC, "baseURI": sim.host}
+
+
+async def test_domain_api_hands_out_the_configured_public_address(clock: VirtualClock) -> None:
+    config = SimulatorConfig(public_address="le.example.test:8443")
+    async with (
+        Simulator(config, clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+        http.get(f"{sim.url}/api/account/{ACC}/service/baseURI.json") as resp,
+    ):
+        body = await resp.json()
+    assert {u["baseURI"] for u in body["baseURIs"]} == {"le.example.test:8443"}
+
+
+async def test_domain_api_answers_400_for_an_unknown_account(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{sim.url}/api/account/999/service/baseURI.json") as resp:
+        assert resp.status == 400
+
+
+async def test_user_login_answers_bearer_csrf_wsuk_ttl_user_and_session_cookie(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    body = await _login(http, sim)
+    for key in ("bearer", "csrf", "wsuk", "sessionTTl", "config", "csdsCollectionResponse"):
+        assert key in body
+    assert body["sessionTTl"] == str(8 * 3600 * 1000)
+    assert isinstance(body["config"], dict)
+    assert body["config"]["userId"]
+    assert http.cookie_jar.filter_cookies(URL(sim.url))["Session_id"].value
+    assert sim.tokens.logins == 1
+
+
+async def test_login_with_a_wrong_password_is_401(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{sim.url}/api/account/{ACC}/login",
+        json={"username": DEFAULT_USER, "password": "wrong"},
+    ) as resp:
+        assert resp.status == 401
+
+
+async def test_application_login_accepts_the_api_key_and_the_oauth2_client_form(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    k = DEFAULT_APP_KEY
+    for body in (
+        {
+            "username": "bot",
+            "appKey": k.key,
+            "secret": k.secret,
+            "accessToken": k.access_token,
+            "accessTokenSecret": k.access_token_secret,
+        },
+        {
+            "username": "bot",
+            "appKey": DEFAULT_CLIENT_ID,
+            "secret": DEFAULT_CLIENT_SECRET,
+            "accessToken": "dummy",
+            "accessTokenSecret": "dummy",
+        },
+    ):
+        async with http.post(f"{sim.url}/api/account/{ACC}/login", json=body) as resp:
+            assert resp.status == 200
+            assert "bearer" in await resp.json()
+
+
+async def test_refresh_with_cookie_and_csrf_extends_the_session_and_bad_csrf_is_401(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    body = await _login(http, sim)
+    await clock.sleep(8 * 3600 - 10)
+    async with http.post(
+        f"{sim.url}/api/account/{ACC}/refresh", json={"csrf": body["csrf"]}
+    ) as resp:
+        assert resp.status == 200
+    await clock.sleep(100)  # past the original TTL: the refresh extended it
+    headers = {"Authorization": f"Bearer {body['bearer']}"}
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 200
+    async with http.post(f"{sim.url}/api/account/{ACC}/refresh", json={"csrf": "nope"}) as resp:
+        assert resp.status == 401
+        err = await resp.json()
+    assert err["error"]["internalCode"] == 10
+    assert err["error"]["message"].startswith("CSRF token invalid!")
+
+
+async def test_bearer_expires_after_the_session_ttl_and_logout_revokes_it(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    body = await _login(http, sim)
+    headers = {"Authorization": f"Bearer {body['bearer']}"}
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 200
+        users = await resp.json()
+    assert users[0]["loginName"] == DEFAULT_USER
+    await clock.sleep(8 * 3600)
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 401
+    body = await _login(http, sim)
+    async with http.post(f"{sim.url}/api/account/{ACC}/logout", json={"csrf": body["csrf"]}) as r:
+        assert r.status == 200
+    headers = {"Authorization": f"Bearer {body['bearer']}"}
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 401
+
+
+async def test_rest_resources_refuse_a_missing_token(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    for method, path in (
+        ("GET", USERS),
+        ("POST", f"/api/account/{ACC}/agentSession"),
+        ("GET", f"/api/account/{ACC}/chat/abc/info"),
+    ):
+        async with http.request(method, f"{sim.url}{path}") as resp:
+            assert resp.status == 401, path
+
+
+async def test_agent_session_is_201_and_chat_info_accepts_the_app_key(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    body = await _login(http, sim)
+    async with http.post(
+        f"{sim.url}/api/account/{ACC}/agentSession",
+        params={"v": "1", "NC": "true"},
+        json={"loginData": ""},
+        headers={"Authorization": f"Bearer {body['bearer']}"},
+    ) as resp:
+        assert resp.status == 201
+    async with http.get(
+        f"{sim.url}/api/account/{ACC}/chat/abc/info",
+        headers={"Authorization": f"LivePerson appKey={DEFAULT_APP_KEY.key}"},
+    ) as resp:
+        assert (await resp.json())["info"]["chatId"] == "abc"
+
+
+async def test_sentinel_issues_a_jwt_with_exp_that_the_users_api_accepts(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    form = {
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": DEFAULT_CLIENT_SECRET,
+        "grant_type": "client_credentials",
+    }
+    async with http.post(f"{sim.url}/sentinel/api/account/{ACC}/app/token", data=form) as resp:
+        token = await resp.json()
+    assert token["token_type"] == "Bearer"
+    assert token["expires_in"] == 3600
+
+    payload = token["access_token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["exp"] - claims["iat"] == 3600
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 200
+    await clock.sleep(3600)
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 401
+    async with http.post(
+        f"{sim.url}/sentinel/api/account/{ACC}/app/token", data={**form, "client_secret": "x"}
+    ) as resp:
+        assert resp.status == 401
+
+
+async def test_idp_signup_and_authenticate_answer_a_jwt(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{sim.url}/api/account/{ACC}/signup") as resp:
+        assert (await resp.json())["jwt"].count(".") == 2
+    async with http.post(
+        f"{sim.url}/api/account/{ACC}/authenticate", json={"authCode": "code-1"}
+    ) as resp:
+        assert "jwt" in await resp.json()
+    async with http.post(f"{sim.url}/api/account/{ACC}/authenticate", json={}) as resp:
+        assert resp.status == 401
+
+
+# -- OAuth 1.0 ------------------------------------------------------------------------------
+
+
+def test_oauth1_signature_matches_the_rfc_5849_example() -> None:
+    """RFC 5849 §1.2: the photos example, signed with HMAC-SHA1."""
+    params = {
+        "oauth_consumer_key": "dpf43f3p2l4k3l03",
+        "oauth_token": "nnch734d00sl2jdk",
+        "oauth_signature_method": "HMAC-SHA1",
+        "oauth_timestamp": "1191242096",
+        "oauth_nonce": "kllo9940pd9333jh",
+        "oauth_version": "1.0",
+    }
+    base = oauth1.signature_base_string(
+        "GET",
+        URL("http://photos.example.net/photos"),
+        [*params.items(), ("file", "vacation.jpg"), ("size", "original")],
+    )
+    assert base == (
+        "GET&http%3A%2F%2Fphotos.example.net%2Fphotos&file%3Dvacation.jpg%26"
+        "oauth_consumer_key%3Ddpf43f3p2l4k3l03%26oauth_nonce%3Dkllo9940pd9333jh%26"
+        "oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp%3D1191242096%26"
+        "oauth_token%3Dnnch734d00sl2jdk%26oauth_version%3D1.0%26size%3Doriginal"
+    )
+    assert oauth1.sign(base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00") == (
+        "tR3+Ty81lMeYAr/Fid0kMTYa/WM="
+    )
+
+
+def _oauth_header(method: str, url: URL, nonce: str, *, tamper: bool = False) -> str:
+    k = DEFAULT_APP_KEY
+    params = {
+        "oauth_consumer_key": k.key,
+        "oauth_token": k.access_token,
+        "oauth_signature_method": "HMAC-SHA1",
+        "oauth_timestamp": "1700000000",
+        "oauth_nonce": nonce,
+        "oauth_version": "1.0",
+    }
+    base = oauth1.signature_base_string(
+        method, url.with_query(None), [*params.items(), *url.query.items()]
+    )
+    signature = oauth1.sign(base, k.secret, k.access_token_secret)
+    if tamper:
+        signature = ("B" if signature[0] == "A" else "A") + signature[1:]
+    params["oauth_signature"] = signature
+    return "OAuth " + ", ".join(f'{k}="{oauth1.percent_encode(v)}"' for k, v in params.items())
+
+
+async def test_oauth1_signed_request_is_verified_and_a_bad_or_replayed_one_is_401(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    url = URL(f"{sim.url}{USERS}").with_query({"v": "4.0", "select": "id,loginName"})
+    good = _oauth_header("GET", url, "nonce-1")
+    async with http.get(url, headers={"Authorization": good}) as resp:
+        assert resp.status == 200
+    async with http.get(url, headers={"Authorization": good}) as resp:
+        assert resp.status == 401  # replayed nonce
+    bad = _oauth_header("GET", url, "nonce-2", tamper=True)
+    async with http.get(url, headers={"Authorization": bad}) as resp:
+        assert resp.status == 401
+    other = _oauth_header("GET", url.with_query({"v": "5.0"}), "nonce-3")
+    async with http.get(url, headers={"Authorization": other}) as resp:
+        assert resp.status == 401  # signed for another query
+
+
+# -- scripted faults ------------------------------------------------------------------------
+
+
+async def test_scripted_503_503_200_is_retried_after_5_then_10_seconds(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("GET", "*/le-users/users", [503, 503, 200])
+    sim.tokens.login(ACC, DEFAULT_USER, 3600, "user")
+    bearer = next(iter(sim.tokens.sessions))
+    async with Engine(sim.domains, scheme="http", clock=clock) as engine:
+        users = await engine.request_json(
+            "GET",
+            "accountConfigReadOnly",
+            USERS,
+            headers={"Authorization": f"Bearer {bearer}"},
+            expect=list,
+        )
+    assert users
+    assert sim.count("GET", "*/users") == 3
+    assert [r.fault for r in sim.requests] == ["status", "status", None]
+    assert [r.at for r in sim.requests] == [0.0, 5.0, 15.0]
+    assert all(r.headers.get("Authorization") == "***" for r in sim.requests)
+
+
+async def test_a_404_from_the_simulator_is_not_retried(sim: Simulator, clock: VirtualClock) -> None:
+    sim.faults.add(FaultRule("nf", Status(404), match=Match("GET", "*/users/*")))
+    async with Engine(sim.domains, scheme="http", clock=clock) as engine:
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("GET", "accountConfigReadOnly", USERS + "/1")
+    assert info.value.status == 404
+    assert sim.count("GET") == 1
+
+
+async def test_retry_after_from_a_scripted_429_lengthens_the_pause(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule(
+            "rl",
+            Status(429, retry_after=12),
+            match=Match("GET", "*/users"),
+            schedule=Schedule(fail_next=1),
+        )
+    )
+    async with Engine(sim.domains, scheme="http", clock=clock) as engine:
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+    assert info.value.status == 401  # no token: the point is the pause before it
+    assert [r.at for r in sim.requests] == [0.0, 12.0]
+
+
+@pytest.mark.parametrize(
+    "fault", [Reset(), EmptyResponse(), TruncatedBody(keep_bytes=5)], ids=lambda f: f.kind
+)
+async def test_connection_faults_are_seen_as_connection_failures_and_retried(
+    sim: Simulator, clock: VirtualClock, fault: Reset | EmptyResponse | TruncatedBody
+) -> None:
+    sim.faults.add(FaultRule("f", fault, match=Match("GET", "*/users")))
+    policy = RetryPolicy(pauses=(1.0, 2.0))
+    async with Engine(sim.domains, scheme="http", clock=clock, retry=policy) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+    assert isinstance(info.value.last, ConnectionFailed)
+    assert len(info.value.attempts) == 3
+    assert sim.count("GET", "*/users") == 3
+
+
+async def test_a_hang_is_cut_by_the_attempt_timeout_on_the_clock(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(FaultRule("h", Hang(), match=Match("GET", "*/users")))
+    policy = RetryPolicy(pauses=(), attempt_timeout=30)
+    async with Engine(sim.domains, scheme="http", clock=clock, retry=policy) as engine:
+        with pytest.raises((AttemptTimeout, RetriesExhausted)):
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+    assert clock.now() == pytest.approx(30.0)
+    await sim.stop()  # ends the server's hanging handler before the leak check
+
+
+async def test_malformed_json_is_served_with_a_json_content_type(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.faults.add(FaultRule("m", MalformedBody(), match=Match("GET", "*/baseURI.json")))
+    async with http.get(f"{sim.url}/api/account/{ACC}/service/baseURI.json") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        with pytest.raises(json.JSONDecodeError):
+            await resp.json()
+
+
+async def test_login_429_and_451_are_scriptable(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.faults.script("POST", "*/login", [429, 451])
+    statuses = []
+    for _ in range(3):
+        async with http.post(
+            f"{sim.url}/api/account/{ACC}/login",
+            json={"username": DEFAULT_USER, "password": DEFAULT_PASSWORD},
+        ) as resp:
+            statuses.append(resp.status)
+    assert statuses == [429, 451, 200]
+
+
+async def test_no_secret_reaches_a_log_record(
+    sim: Simulator, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = await _login(http, sim)
+    url = URL(f"{sim.url}{USERS}").with_query({"access_token": str(body["bearer"])})
+    async with http.get(url, headers={"Authorization": f"Bearer {body['bearer']}"}) as resp:
+        assert resp.status == 200
+    text = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    for secret in (body["bearer"], body["csrf"], DEFAULT_PASSWORD):
+        assert str(secret) not in text
+    assert str(body["bearer"]) not in repr(sim.requests)
+
+
+async def test_restart_keeps_the_port_and_the_sessions(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    body = await _login(http, sim)
+    port = sim.port
+    await sim.stop()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with http.get(f"{sim.url}{USERS}"):
+            pass
+    await sim.start()
+    assert sim.port == port
+    headers = {"Authorization": f"Bearer {body['bearer']}"}
+    async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
+        assert resp.status == 200
