@@ -1,0 +1,274 @@
+"""VirtualClock and timeout_after: virtual time that moves only when every task waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport import Clock, RealClock, timeout_after
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+
+def timeout_tasks() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name() == "le_transport.timeout_after" and not t.done()
+    ]
+
+
+# -- autojump -----------------------------------------------------------------------------
+
+
+async def test_time_jumps_to_the_next_deadline_when_everything_waits(clock: VirtualClock) -> None:
+    await clock.sleep(5)
+    assert clock.now() == 5.0
+    await asyncio.gather(clock.sleep(10), clock.sleep(3))
+    assert clock.now() == 15.0
+
+
+async def test_time_does_not_jump_while_another_task_is_runnable(clock: VirtualClock) -> None:
+    seen: list[float] = []
+
+    async def busy() -> None:
+        for _ in range(200):
+            seen.append(clock.now())
+            await asyncio.sleep(0)
+
+    sleeper = asyncio.ensure_future(clock.sleep(10))
+    await busy()
+    assert set(seen) == {0.0}
+    assert not sleeper.done()
+    await sleeper
+    assert clock.now() == 10.0
+
+
+async def test_every_sleep_is_recorded_with_when_it_started(clock: VirtualClock) -> None:
+    await clock.sleep(5)
+    await clock.sleep(0)
+    await clock.sleep(-3)
+    await clock.sleep(2.5)
+    assert clock.sleeps == [5.0, 0.0, 0.0, 2.5]
+    assert clock.history == [(0.0, 5.0), (5.0, 0.0), (5.0, 0.0), (5.0, 2.5)]
+    assert clock.now() == 7.5
+
+
+async def test_a_cancelled_sleep_does_not_stall_or_move_time(clock: VirtualClock) -> None:
+    long = asyncio.ensure_future(clock.sleep(100))
+    short = asyncio.ensure_future(clock.sleep(1))
+    await asyncio.sleep(0)
+    long.cancel()
+    short.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+    with pytest.raises(asyncio.CancelledError):
+        await short
+    await clock.sleep(5)
+    assert clock.now() == 5.0
+    assert clock.pending == 0
+
+
+async def test_many_sleepers_wake_in_deadline_order(clock: VirtualClock) -> None:
+    woke: list[float] = []
+
+    async def sleeper(seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(clock.now())
+
+    await asyncio.gather(*(sleeper(s) for s in (7, 1, 4, 4, 2)))
+    assert woke == [1.0, 2.0, 4.0, 4.0, 7.0]
+
+
+async def test_a_real_idle_threshold_still_jumps() -> None:
+    clock = VirtualClock(autojump_threshold=0.001)
+    await clock.sleep(60)
+    assert clock.now() == 60.0
+
+
+async def test_virtual_clock_is_a_clock() -> None:
+    clock = VirtualClock(start=100.0)
+    assert isinstance(clock, Clock)
+    assert isinstance(RealClock(), Clock)
+    assert clock.now() == 100.0
+    assert repr(clock) == "VirtualClock(now=100.0, pending=0)"
+
+
+# -- manual mode --------------------------------------------------------------------------
+
+
+async def test_advance_moves_time_by_hand_when_autojump_is_off() -> None:
+    clock = VirtualClock(autojump=False)
+    sleeper = asyncio.ensure_future(clock.sleep(10))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not sleeper.done()
+    assert clock.pending == 1
+    clock.advance(4)
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    clock.advance(6)
+    await sleeper
+    assert clock.now() == 10.0
+    assert clock.pending == 0
+
+
+def test_time_cannot_go_backwards() -> None:
+    with pytest.raises(ValueError, match="backwards"):
+        VirtualClock().advance(-1)
+
+
+# -- with a loopback server ---------------------------------------------------------------
+
+
+async def test_loopback_io_completes_without_time_jumping_under_it(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    host = await serve(app)
+    pending = asyncio.ensure_future(clock.sleep(1))
+    async with aiohttp.ClientSession() as session:
+        for n in range(20):
+            async with session.post(f"http://{host}/echo", data=b"x" * n * 100) as resp:
+                assert len(await resp.read()) == n * 100
+    assert clock.now() == 0.0
+    await pending
+    assert clock.now() == 1.0
+
+
+# -- timeout_after ------------------------------------------------------------------------
+
+
+async def test_timeout_after_cancels_the_body_in_flight_and_raises_timeout_error(
+    clock: VirtualClock,
+) -> None:
+    reached_end = False
+    limit = timeout_after(clock, 5)
+
+    async def body() -> None:
+        nonlocal reached_end
+        async with limit:
+            await clock.sleep(100)
+            reached_end = True
+
+    with pytest.raises(TimeoutError, match="5"):
+        await body()
+    assert limit.expired
+    assert not reached_end
+    assert clock.now() == 5.0
+    assert timeout_tasks() == []
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+
+
+async def test_timeout_after_a_body_that_finishes_in_time_leaves_no_task(
+    clock: VirtualClock,
+) -> None:
+    async with timeout_after(clock, 5) as limit:
+        await clock.sleep(1)
+    assert not limit.expired
+    await asyncio.sleep(0)
+    assert timeout_tasks() == []
+    await clock.sleep(10)
+    assert clock.now() == 11.0
+
+
+async def test_timeout_after_none_never_fires(clock: VirtualClock) -> None:
+    async with timeout_after(clock, None) as limit:
+        await clock.sleep(1000)
+    assert not limit.expired
+
+
+async def test_timeout_after_stops_a_hanging_server_call(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/hang", hang)
+    host = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(TimeoutError):
+                async with timeout_after(clock, 30):
+                    await session.get(f"http://{host}/hang")
+    finally:
+        release.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert clock.now() == 30.0
+
+
+async def test_an_outside_cancel_is_not_turned_into_a_timeout(clock: VirtualClock) -> None:
+    started = asyncio.Event()
+
+    async def guarded() -> None:
+        async with timeout_after(clock, 50):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(guarded())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert clock.now() == 0.0
+    assert timeout_tasks() == []
+
+
+async def test_nested_timeouts_expiring_together_raise_once_from_the_outer(
+    clock: VirtualClock,
+) -> None:
+    outer_fired = inner_fired = False
+    try:
+        async with timeout_after(clock, 3) as outer:
+            try:
+                async with timeout_after(clock, 3) as inner:
+                    await clock.sleep(10)
+            except TimeoutError:
+                inner_fired = True
+    except TimeoutError:
+        outer_fired = True
+    assert outer.expired
+    assert inner.expired
+    assert outer_fired
+    assert not inner_fired
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+
+
+async def test_the_inner_of_nested_timeouts_fires_alone_when_it_is_shorter(
+    clock: VirtualClock,
+) -> None:
+    async with timeout_after(clock, 10) as outer:
+        with pytest.raises(TimeoutError):
+            async with timeout_after(clock, 2):
+                await clock.sleep(5)
+        await clock.sleep(1)
+    assert not outer.expired
+    assert clock.now() == 3.0
+
+
+async def test_real_clock_sleeps_and_reads_monotonic_time() -> None:
+    clock = RealClock()
+    before = clock.now()
+    await clock.sleep(0)
+    await clock.sleep(-1)
+    assert clock.now() >= before
+    assert repr(clock) == "RealClock()"
+    with pytest.raises(TimeoutError):
+        async with timeout_after(clock, 0):
+            await asyncio.Event().wait()
