@@ -277,6 +277,8 @@ class SocketHub:
         while not sock.closed:
             remaining = sock.last_activity + timeout - clock.now()
             if remaining <= 0:
+                if sock.silent:
+                    return  # a half-open socket closes nothing
                 _log.info("socket %d idle for %g s: closing", sock.id, timeout)
                 await sock.close(self._sim.config.idle_close_code, "idle timeout")
                 await self._signal()

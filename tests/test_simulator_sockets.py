@@ -1,0 +1,266 @@
+"""The simulator's messaging sockets: frames, subscriptions, notifications, idle close, faults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from le_transport.chaos import (
+    FaultRule,
+    Match,
+    Status,
+    WsClose,
+    WsDrop,
+    WsRejectHandshake,
+    WsSilence,
+)
+from le_transport.clock import timeout_after
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
+
+ACC = DEFAULT_ACCOUNT
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with Simulator(clock=clock) as s:
+        yield s
+
+
+def _bearer(sim: Simulator) -> str:
+    return sim.tokens.login(ACC, DEFAULT_USER, 3600, "user").bearer
+
+
+async def _req(ws: aiohttp.ClientWebSocketResponse, id: str, type: str, body: Any = None) -> None:
+    await ws.send_str(json.dumps({"kind": "req", "id": id, "type": type, "body": body or {}}))
+
+
+async def _frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive()
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    frame = json.loads(msg.data)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def test_get_clock_is_answered_with_the_simulators_time_in_epoch_ms(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await clock.sleep(10)
+        for type_ in (".GetClock", "GetClock"):
+            await _req(ws, "r1", type_)
+            frame = await _frame(ws)
+            assert frame["kind"] == "resp"
+            assert frame["reqId"] == "r1"
+            assert frame["code"] == 200
+            assert frame["type"] == f"{type_}$Response"
+            assert frame["body"]["currentTime"] == int(sim.tokens.epoch_now() * 1000)
+
+
+async def test_subscriptions_are_recorded_per_connection(sim: Simulator) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await _req(ws, "s1", ".ams.aam.SubscribeExConversations", {"convState": ["OPEN"]})
+        await _req(ws, "s2", ".ams.routing.SubscribeRoutingTasks")
+        assert (await _frame(ws))["code"] == 200
+        assert (await _frame(ws))["code"] == 200
+        (sock,) = sim.sockets.open
+        assert sock.subscription_types == [
+            ".ams.aam.SubscribeExConversations",
+            ".ams.routing.SubscribeRoutingTasks",
+        ]
+
+
+async def test_an_invalid_bearer_is_refused_with_401_on_the_upgrade(sim: Simulator) -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(sim.brand_socket_url("not-a-bearer"))
+    assert info.value.status == 401
+    assert sim.sockets.rejected == [401]
+    assert "not-a-bearer" not in repr(sim.requests)
+
+
+async def test_notifications_reach_every_open_socket(sim: Simulator) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as a,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as b,
+    ):
+        await sim.sockets.wait_open(2)
+        sent = await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"changes": []})
+        assert sent == 2
+        for ws in (a, b):
+            frame = await _frame(ws)
+            assert frame == {
+                "kind": "notification",
+                "type": ".ams.routing.RoutingTaskNotification",
+                "body": {"changes": []},
+            }
+
+
+async def test_published_messages_are_acknowledged_recorded_and_echoed(sim: Simulator) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        for i in range(3):
+            await _req(
+                ws,
+                f"m{i}",
+                ".ams.ms.PublishEvent",
+                {"dialogId": "d1", "event": {"type": "ContentEvent", "message": f"hi {i}"}},
+            )
+            resp = await _frame(ws)
+            assert resp["reqId"] == f"m{i}"
+            assert resp["code"] == 200
+            echo = await _frame(ws)
+            assert echo["type"] == ".ams.ms.MessagingEventNotification"
+            assert echo["body"]["changes"][0]["event"]["message"] == f"hi {i}"
+    assert sim.sockets.published_ids() == ["m0", "m1", "m2"]
+
+
+async def test_consumer_socket_accepts_a_jwt_header_or_an_init_connection_frame(
+    sim: Simulator,
+) -> None:
+    jwt = sim.tokens.issue_jwt(ACC, "consumer", 3600, "consumer").value
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(
+            sim.consumer_socket_url(), headers={"Authorization": f"jwt {jwt}"}
+        ) as ws:
+            await _req(ws, "1", "GetClock")
+            assert (await _frame(ws))["code"] == 200
+        async with http.ws_connect(sim.consumer_socket_url()) as ws:
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "kind": "req",
+                        "id": "0",
+                        "type": "InitConnection",
+                        "headers": [
+                            {"type": ".ams.headers.ClientProperties"},
+                            {"type": ".ams.headers.ConsumerAuthentication", "jwt": jwt},
+                        ],
+                    }
+                )
+            )
+            assert (await _frame(ws))["code"] == 200
+            await _req(ws, "1", "GetClock")
+            assert (await _frame(ws))["code"] == 200
+        async with http.ws_connect(sim.consumer_socket_url()) as ws:
+            await _req(ws, "1", "GetClock")
+            await ws.receive()
+            assert ws.close_code == 4401
+
+
+async def test_an_idle_socket_is_closed_after_60_seconds(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await clock.sleep(30)
+        await _req(ws, "k", ".GetClock")
+        await _frame(ws)
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert clock.now() == pytest.approx(90.0)
+
+
+async def test_ws_drop_after_two_messages_ends_without_a_close_frame(sim: Simulator) -> None:
+    sim.faults.add(FaultRule("drop", WsDrop(after_messages=2), unit="ws_session"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await _req(ws, "1", ".GetClock")
+        assert (await _frame(ws))["code"] == 200
+        await _req(ws, "2", ".GetClock")
+        msg = await ws.receive()
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert ws.close_code == 1006
+    assert sim.sockets.all[0].ended == ("drop", None)
+
+
+@pytest.mark.parametrize("code", [4401, 4407, 1011, 1001])
+async def test_ws_close_sends_the_scripted_close_code(sim: Simulator, code: int) -> None:
+    sim.faults.add(FaultRule("close", WsClose(code), unit="ws_session"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == code
+
+
+async def test_a_silent_socket_answers_neither_requests_nor_pings(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(FaultRule("quiet", WsSilence(after_messages=1), unit="ws_session"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim)), autoping=False) as ws,
+    ):
+        await _req(ws, "1", ".GetClock")
+        await ws.ping(b"are you there")
+        with pytest.raises(TimeoutError):
+            async with timeout_after(clock, 120):
+                await ws.receive()
+        assert sim.sockets.all[0].silent
+        sim.sockets.all[0].drop()
+
+
+async def test_handshake_rejection_and_a_429_resp_are_scriptable(sim: Simulator) -> None:
+    sim.faults.script("GET", "/ws_api/*", [WsRejectHandshake(503)], unit="ws_session")
+    sim.faults.add(FaultRule("rl", Status(429), match=Match(path=".GetClock"), unit="ws_message"))
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(sim.brand_socket_url(_bearer(sim)))
+        assert info.value.status == 503
+        async with http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws:
+            await _req(ws, "1", ".GetClock")
+            assert (await _frame(ws))["code"] == 429
+
+
+async def test_expired_tokens_close_open_sockets_with_4401_and_refuse_new_ones(
+    sim: Simulator,
+) -> None:
+    bearer = _bearer(sim)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(sim.brand_socket_url(bearer)) as ws:
+            await sim.sockets.wait_open(1)
+            await sim.expire_tokens()
+            await ws.receive()
+            assert ws.close_code == 4401
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(sim.brand_socket_url(bearer))
+
+
+async def test_a_restart_drops_sockets_and_comes_back_on_the_same_port(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    bearer = _bearer(sim)
+    port = sim.port
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(sim.brand_socket_url(bearer)) as ws:
+            await sim.sockets.wait_open(1)
+            await sim.restart(down_for=5)
+            msg = await ws.receive()
+            assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert sim.port == port
+        assert clock.now() == pytest.approx(5.0)
+        async with http.ws_connect(sim.brand_socket_url(bearer)) as ws:
+            await _req(ws, "1", ".GetClock")
+            assert (await _frame(ws))["code"] == 200
+    assert len(sim.sockets.all) == 2
