@@ -141,7 +141,10 @@ class CsdsDomains:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._account = validate_account(account, owner="CsdsDomains")
-        self._csds_host = validate_host(csds_host, service="csds", account=self._account)
+        try:
+            self._csds_host = validate_host(csds_host, service="csds", account=self._account)
+        except HostileHostError as exc:
+            raise ConfigurationError(f"CsdsDomains.csds_host: {exc}") from None
         if not isinstance(path_prefix, str) or not _PREFIX.fullmatch(path_prefix):
             raise ConfigurationError(
                 f"CsdsDomains.path_prefix must be a path like '/api' or '/csdr', "
@@ -162,7 +165,7 @@ class CsdsDomains:
         self._flight: SingleFlight[dict[str, Entry]] = SingleFlight(
             f"le_transport.csds[{self._account}]"
         )
-        #: How many times the Domain API was asked (each attempt of the schedule counts once).
+        #: How many fetches were made (one fetch may take several attempts of the schedule).
         self.fetches = 0
 
     # -- wiring -----------------------------------------------------------------------------

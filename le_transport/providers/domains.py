@@ -35,7 +35,8 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
             f"characters (got {type(host).__name__})",
             account=account,
         )
-    m = _HOST.match(host)
+    # fullmatch: '$' alone would let a trailing newline through.
+    m = _HOST.fullmatch(host)
     if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
         shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in host[:40])
         raise HostileHostError(

@@ -1,0 +1,272 @@
+"""Login Service auth against the simulator: every login form, keepalive refresh, logout, the
+login's own answer rules (429 ≥ 5 s, 451, other 4xx at once, 5xx on the schedule), and single
+flight under a hundred concurrent callers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from le_transport import RetryPolicy
+from le_transport.chaos import Reset, Status
+from le_transport.errors import (
+    BlockedError,
+    LoginRejected,
+    RetriesExhausted,
+)
+from le_transport.events import StateEvent
+from le_transport.providers import AppLogin, ClientCredentialsLogin, UserLogin
+from le_transport.providers.login import LoginServiceAuth
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.known_secrets import (
+    ACCESS_TOKEN,
+    ACCESS_TOKEN_SECRET,
+    APP_SECRET,
+    CLIENT_SECRET,
+    PASSWORD,
+)
+from tests.test_providers import (
+    ACCOUNT,
+    APP_KEY,
+    CLIENT_ID,
+    USER,
+    csds_for,
+    learn_session_secrets,
+    sim,
+    sim_engine,
+)
+
+__all__ = ["sim"]
+
+LOGIN = f"/api/account/{ACCOUNT}/login"
+REFRESH = f"/api/account/{ACCOUNT}/refresh"
+LOGOUT = f"/api/account/{ACCOUNT}/logout"
+USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
+
+
+def user_login(sim: Simulator, password: str = PASSWORD, **options: Any) -> UserLogin:
+    return UserLogin(ACCOUNT, USER, password, domains=csds_for(sim), **options)
+
+
+LOGINS: dict[str, Callable[[Simulator], LoginServiceAuth]] = {
+    "user": lambda sim: UserLogin(ACCOUNT, USER, PASSWORD, domains=csds_for(sim)),
+    "app": lambda sim: AppLogin(
+        ACCOUNT, USER, APP_KEY, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET,
+        domains=csds_for(sim),
+    ),
+    "client_credentials": lambda sim: ClientCredentialsLogin(
+        ACCOUNT, USER, CLIENT_ID, CLIENT_SECRET, domains=csds_for(sim)
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("user", "user"), ("app", "app"),
+                                                ("client_credentials", "oauth2")])  # fmt: skip
+async def test_every_login_form_yields_a_bearer_the_users_api_accepts_and_logs_out_on_close(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], kind: str, expected: str
+) -> None:
+    events: list[StateEvent] = []
+    auth: LoginServiceAuth = LOGINS[kind](sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        users = await engine.request_json("GET", "accountConfigReadOnly", USERS, expect=list)
+        learn_session_secrets(auth, secret_values)
+        assert users[0]["loginName"] == USER
+        session = auth.session
+        assert session is not None
+        assert session.csrf is not None
+        assert session.session_id
+        assert session.ttl == sim.config.session_ttl
+        live = sim.tokens.live_sessions()
+        assert [s.kind for s in live] == [expected]
+    assert sim.count("POST", LOGIN) == 1
+    assert sim.count("POST", LOGOUT) == 1
+    assert sim.tokens.live_sessions() == []
+    assert [e.name for e in events] == ["logged_in", "logged_out"]
+
+
+async def test_keepalive_refreshes_every_five_minutes_with_cookie_and_csrf(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    events: list[StateEvent] = []
+    auth = user_login(sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        start = clock.now()
+        await clock.sleep(3 * 300 + 1)
+        assert sim.tokens.refreshes == 3
+        refreshed = [r.at - start for r in sim.requests if r.path == REFRESH]
+        assert refreshed == [300.0, 600.0, 900.0]
+        assert auth.refreshes == 3
+    assert [e.name for e in events] == ["logged_in", "refreshed", "refreshed", "refreshed",
+                                        "logged_out"]  # fmt: skip
+
+
+async def test_keepalive_interval_is_configurable_and_bounded_by_the_session_ttl(
+    clock: VirtualClock,
+) -> None:
+    from tests.test_providers import make_sim
+
+    async with make_sim(clock, session_ttl=100.0) as sim:
+        auth = user_login(sim, refresh_interval=300)
+        async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+            await engine.login()
+            await clock.sleep(151)
+            # Half of the 100 s session TTL, not 300 s: the session never lapses.
+            assert sim.tokens.refreshes == 3
+            resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+            assert resp.status == 200
+            assert sim.count("POST", LOGIN) == 1
+
+
+async def test_a_refresh_401_falls_back_to_one_fresh_login_and_the_next_call_uses_it(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    events: list[StateEvent] = []
+    auth = user_login(sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        first = await engine.login()
+        learn_session_secrets(auth, secret_values)
+        sim.tokens.revoke()  # the server forgets the session: refresh answers 401
+        await clock.sleep(301)
+        learn_session_secrets(auth, secret_values)
+        assert sim.count("POST", REFRESH) == 1
+        assert sim.count("POST", LOGIN) == 2
+        second = await engine.login()
+        assert second.generation == first.generation + 1
+        assert second.bearer != first.bearer
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        assert sim.count("POST", LOGIN) == 2
+    names = [e.name for e in events]
+    assert names[:3] == ["logged_in", "refresh_failed", "logged_in"]
+    failed = events[1]
+    assert failed.details["status"] == 401
+    assert failed.details["next"] == "login"
+
+
+async def test_a_refresh_that_fails_transiently_is_retried_on_the_next_tick(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    events: list[StateEvent] = []
+    auth = user_login(sim, retry=RetryPolicy(pauses=()))
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await engine.login()
+        sim.faults.script("POST", REFRESH, [503])
+        await clock.sleep(601)
+        assert sim.count("POST", REFRESH) == 2
+        assert sim.tokens.refreshes == 1
+        assert sim.count("POST", LOGIN) == 1
+    assert [e.name for e in events][:3] == ["logged_in", "refresh_failed", "refreshed"]
+
+
+async def test_a_hundred_concurrent_calls_without_a_token_cause_one_login(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        results = await asyncio.gather(
+            *(engine.request("GET", "accountConfigReadOnly", USERS) for _ in range(100))
+        )
+        assert {r.status for r in results} == {200}
+        assert sim.count("POST", LOGIN) == 1
+        assert auth.logins == 1
+
+
+async def test_bad_credentials_fail_fast_with_one_login_request_and_a_clear_error(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    events: list[StateEvent] = []
+    auth = user_login(sim, password=PASSWORD + "-wrong", keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        results = await asyncio.gather(
+            *(engine.request("GET", "accountConfigReadOnly", USERS) for _ in range(20)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, LoginRejected) and r.status == 401 for r in results)
+        with pytest.raises(LoginRejected, match="refused the credentials with 401"):
+            await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+    assert sim.count("POST", LOGIN) == 2  # one shared by the twenty, one for the last call
+    assert clock.now() == 0  # nothing waited
+    assert sim.count("POST", LOGOUT) == 0
+    assert {e.name for e in events} == {"login_failed"}
+
+
+async def test_a_login_429_waits_at_least_five_seconds_then_logs_in(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [429])
+    auth = user_login(sim, keepalive=False, retry=RetryPolicy(pauses=(0.5, 1.0, 1.5)))
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+    logins = [r.at for r in sim.requests if r.path == LOGIN]
+    assert len(logins) == 2
+    assert logins[1] - logins[0] >= 5.0
+
+
+async def test_a_login_451_is_a_blocked_error_and_never_retried(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [451, 451])
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        with pytest.raises(BlockedError, match="blacklisted"):
+            await engine.login()
+        with pytest.raises(BlockedError):
+            await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+    assert sim.count("POST", LOGIN) == 2
+    assert clock.now() == 0
+
+
+async def test_a_login_5xx_follows_the_request_schedule(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [503, Reset(), 500])
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+    logins = [r.at for r in sim.requests if r.path == LOGIN]
+    assert [b - a for a, b in itertools.pairwise(logins)] == [5.0, 10.0, 15.0]
+
+
+async def test_a_login_that_outlives_the_schedule_raises_retries_exhausted(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [503] * 4)
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        with pytest.raises(RetriesExhausted):
+            await engine.login()
+    assert auth.logins == 0
+
+
+async def test_the_login_service_client_credentials_body_uses_dummy_access_token_fields(
+    sim: Simulator,
+) -> None:
+    auth = ClientCredentialsLogin(ACCOUNT, USER, CLIENT_ID, CLIENT_SECRET, domains=csds_for(sim))
+    assert auth._body() == {
+        "username": USER,
+        "appKey": CLIENT_ID,
+        "secret": CLIENT_SECRET,
+        "accessToken": "dummy",
+        "accessTokenSecret": "dummy",
+    }
+
+
+async def test_close_without_a_login_sends_nothing_and_a_failed_logout_does_not_raise(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    auth = user_login(sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        pass
+    assert sim.count("POST") == 0
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        sim.faults.script("POST", LOGOUT, [Status(503)])
+    assert sim.count("POST", LOGOUT) == 1  # one attempt: closing does not sit through 5/10/15
