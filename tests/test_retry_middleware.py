@@ -514,8 +514,13 @@ async def test_deadline_cancels_the_attempt_in_flight(
     assert err.elapsed == 8.0
     assert clock.now() == 8.0
     assert hang.entered == 1
-    assert [a.outcome.status for a in err.attempts] == [503]
+    assert [(a.attempt, a.outcome.status, a.pause, a.started_at) for a in err.attempts] == [
+        (1, 503, 5.0, 0.0),
+        (2, None, None, 5.0),
+    ]
+    assert err.attempts[1].outcome.kind is OutcomeKind.TIMEOUT
     assert "8 s deadline" in str(err)
+    assert "attempt 2 was cancelled in flight" in str(err)
     final = records(caplog)[-1]
     assert final.levelno == logging.ERROR
     assert final.elapsed == 8.0  # type: ignore[attr-defined]
@@ -577,10 +582,11 @@ async def test_huge_body_with_content_length_raises_body_too_large(
         assert acquired(engine) == 0
     assert info.value.limit == 1024
     assert "Content-Length 5000" in str(info.value)
+    assert [(a.outcome.status, a.pause) for a in info.value.attempts] == [(200, None)]
 
 
-async def test_huge_chunked_body_raises_body_too_large(
-    serve: ServerFactory, clock: VirtualClock
+async def test_huge_chunked_body_raises_body_too_large_logged_once_and_not_retried(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def chunked(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -592,11 +598,26 @@ async def test_huge_chunked_body_raises_body_too_large(
             await resp.write_eof()
         return resp
 
-    host = await serve(Script(chunked).app())
-    async with Engine({"svc": host}, scheme="http", clock=clock, max_body_bytes=1024) as engine:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
+    script = Script(chunked)
+    host = await serve(script.app())
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        max_body_bytes=1024,
+        hooks=EventHooks(on_giveup=[giveups.append]),
+    ) as engine:
         with pytest.raises(BodyTooLarge, match="more than 1024 bytes"):
             await engine.request("GET", "svc", "/x")
         assert acquired(engine) == 0
+    assert script.hits == 1
+    [final] = records(caplog)
+    assert final.levelno == logging.ERROR
+    assert final.error == "BodyTooLarge"  # type: ignore[attr-defined]
+    assert final.status == 200  # type: ignore[attr-defined]
+    assert [g.reason for g in giveups] == ["the response body is too large"]
 
 
 async def test_non_json_body_raises_response_decode_error(

@@ -143,16 +143,24 @@ class RetryMiddleware:
             if not deadline.expired:
                 raise
             elapsed = self.clock.now() - ctx.started_at
+            cut = "during a pause"
+            cancelled: Outcome | None = None
+            if call.in_flight is not None:
+                # The cancelled attempt is an attempt too: the caller sees every one made.
+                attempt, started = call.in_flight
+                cancelled = Outcome.failure(OutcomeKind.TIMEOUT, "DeadlineExceeded")
+                ctx.attempts.append(AttemptRecord(attempt, cancelled, None, started))
+                cut = f"attempt {attempt} was cancelled in flight"
             err = DeadlineExceeded(
                 f"the call's {policy.deadline:g} s deadline passed after "
-                f"{len(ctx.attempts)} attempt(s); the attempt in flight was cancelled",
+                f"{len(ctx.attempts)} attempt(s); {cut}",
                 elapsed=elapsed,
                 service=call.service,
                 method=method,
                 url=call.url,
                 attempts=ctx.attempts,
             )
-            call.log_final(err, None, f"deadline of {policy.deadline:g} s passed")
+            call.log_final(err, cancelled, f"deadline of {policy.deadline:g} s passed")
             raise err from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -176,6 +184,10 @@ class _Call:
     method: str
     idempotent: bool
     _url: str | None = attrs.field(default=None, init=False)
+    #: (attempt number, start time) of the attempt under way, if one is.
+    in_flight: tuple[int, float] | None = attrs.field(default=None, init=False)
+    #: The status of the latest answer, once its headers arrived.
+    last_status: int | None = attrs.field(default=None, init=False)
 
     @property
     def url(self) -> str:
@@ -207,7 +219,20 @@ class _Call:
         while True:
             attempt += 1
             started = clock.now()
-            resp, outcome, error = await self._attempt(attempt)
+            self.in_flight = (attempt, started)
+            try:
+                resp, outcome, error = await self._attempt(attempt)
+            except BodyTooLarge as too_large:
+                # Not retried: the same answer would be as large again.
+                status = self.last_status if self.last_status is not None else 0
+                outcome = Outcome.response(status)
+                self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
+                too_large.attempts = tuple(self.ctx.attempts)
+                self.in_flight = None
+                self.log_final(too_large, outcome, "the response body is too large")
+                raise
+            # Left set when the attempt is cancelled: the deadline handler records it.
+            self.in_flight = None
             decision = self.policy.decide(
                 attempt,
                 outcome,
@@ -255,6 +280,7 @@ class _Call:
         try:
             async with timeout_after(self.mw.clock, self.policy.attempt_timeout) as limit:
                 resp = await self.handler(self.request)
+                self.last_status = resp.status
                 if self.mw.buffer_body:
                     try:
                         await self._buffer(resp)
@@ -325,15 +351,13 @@ class _Call:
         resp._body = b"".join(chunks)
 
     def _too_large(self, limit: int, detail: str) -> BodyTooLarge:
-        err = BodyTooLarge(
+        return BodyTooLarge(
             f"response body exceeds the {limit}-byte limit ({detail}); not read further",
             limit=limit,
             service=self.service,
             method=self.method,
             url=self.url,
         )
-        _log.error("%s %s: %s", self.method, self.url, err.message, extra=self._extra(limit=limit))
-        return err
 
     def _retry_after(self, resp: ClientResponse) -> float | None:
         value = resp.headers.get(hdrs.RETRY_AFTER)
@@ -437,7 +461,7 @@ class _Call:
             extra=self._extra(
                 attempt=attempts,
                 status=outcome.status if outcome else None,
-                error=outcome.error if outcome else type(err).__name__,
+                error=outcome.error if outcome and outcome.error else type(err).__name__,
                 elapsed=elapsed,
             ),
         )
