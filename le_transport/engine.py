@@ -36,11 +36,23 @@ from .middleware.auth import AuthMiddleware
 from .middleware.context import CallContext, call_context
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
 from .policies.backoff import BackoffPolicy
+from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
 from .providers._http import ProviderHttp
 from .providers.auth import AuthProvider, Credentials
 from .providers.domains import DomainProvider, StaticDomains
 from .recovery import Recovery
+from .sockets import (
+    AuthPlacement,
+    EngineDialer,
+    KeepaliveTask,
+    ReconnectPacer,
+    RecoveryEscalation,
+    ReloginEscalation,
+    ResilientSocket,
+    SocketOptions,
+)
+from .sockets.socket import FrameHandler, OnConnect
 
 __all__ = ["Engine", "InvalidRequest", "Response"]
 
@@ -172,6 +184,8 @@ class Engine:
       The engine attaches its providers on start and closes them (logout) on close.
     - ``recovery``: the outer loop's :class:`BackoffPolicy` (default
       :meth:`BackoffPolicy.relogin`), used by calls made with ``recover=True``.
+    - ``pacer``: the :class:`~le_transport.sockets.ReconnectPacer` every socket's reconnect
+      passes (default: one per engine; share one between engines to pace a whole process).
     """
 
     def __init__(
@@ -192,6 +206,7 @@ class Engine:
         connection_limit: int = 100,
         auth: AuthProvider | None = None,
         recovery: BackoffPolicy | None = None,
+        pacer: ReconnectPacer | None = None,
     ) -> None:
         if scheme not in ("https", "http"):
             raise ConfigurationError(f"Engine.scheme must be 'https' or 'http', got {scheme!r}")
@@ -252,6 +267,9 @@ class Engine:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        self._pacer = pacer or ReconnectPacer(self._clock)
+        self._sockets: set[ResilientSocket] = set()
+        self._keepalives: set[KeepaliveTask] = set()
 
     # -- properties -------------------------------------------------------------------------
 
@@ -361,6 +379,11 @@ class Engine:
         Idempotent."""
         already = self._closed
         self._closed = True
+        # Sockets and keepalives first: they use the session and the credentials.
+        for ws in list(self._sockets):
+            await ws.close()
+        for task in list(self._keepalives):
+            await task.close()
         if not already and self._session is not None:
             if self._auth is not None:
                 await self._auth.close()
@@ -528,6 +551,109 @@ class Engine:
         """:meth:`request`, then the body as JSON (checked to be of type ``expect`` if given)."""
         resp = await self.request(method, service, path, **kwargs)
         return resp.json(expect) if expect is not None else resp.json()
+
+    # -- sockets ----------------------------------------------------------------------------
+
+    async def websocket(
+        self,
+        service: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        auth: AuthProvider | None = None,
+        auth_placement: AuthPlacement | None = None,
+        headers: Mapping[str, str] | None = None,
+        options: SocketOptions | None = None,
+        on_connect: Sequence[OnConnect] = (),
+        on_frame: FrameHandler | None = None,
+        escalate: ReloginEscalation | None = None,
+        client_properties: Mapping[str, Any] | None = None,
+    ) -> ResilientSocket:
+        """Open a :class:`~le_transport.sockets.ResilientSocket` to ``path`` on ``service``.
+
+        The host comes from the domain provider on every connect; credentials from ``auth``
+        (default: the engine's), placed where the protocol puts them (``auth_placement``;
+        default: in the path where it has ``{bearer}``, as the UMS brand socket does, else in
+        the upgrade's headers, as ``Authorization: jwt`` for the consumer socket;
+        :attr:`~le_transport.sockets.AuthPlacement.FIRST_FRAME` sends ``InitConnection``).
+        ``on_connect`` callbacks run after every (re)connect, before queued messages go out;
+        ``on_frame`` receives unsolicited frames (else ``async for frame in ws``). After
+        ``options.escalate_after`` failed reconnects in a row the socket escalates to
+        ``escalate`` (default: this engine's re-login loop). The socket connects in the
+        background: ``await ws.wait_open()`` to wait for it. Closing the engine closes it.
+        """
+        self.session  # noqa: B018 - raises if the engine is not started
+        if self._closed:
+            raise TransportError("the engine is closed")
+        opts = options or SocketOptions()
+        dialer = EngineDialer(
+            self,
+            service,
+            path,
+            params=params,
+            auth=auth if auth is not None else self._auth,
+            placement=auth_placement,
+            headers=headers,
+            connect_timeout=opts.connect_timeout,
+            client_properties=client_properties,
+        )
+        ws = ResilientSocket(
+            dialer,
+            options=opts,
+            clock=self._clock,
+            hooks=self._hooks,
+            rng=random.Random(self._rng.random()),
+            pacer=self._pacer,
+            on_connect=on_connect,
+            on_frame=on_frame,
+            escalate=escalate or RecoveryEscalation(self._recovery, opts.close_policy),
+            on_closed=self._sockets.discard,
+        )
+        self._sockets.add(ws)
+        return ws.start()
+
+    def keepalive(
+        self,
+        policy: Keepalive,
+        service: str,
+        *,
+        fields: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> KeepaliveTask:
+        """Start an HTTP keepalive (:data:`~le_transport.policies.SERVER_CHAT_API_CHAT_INFO`,
+        :data:`~le_transport.policies.CHAT_AGENT_API_REFRESH`): ``policy.method`` on
+        ``policy.path`` (its ``{account}``-style fields filled from ``fields``) every
+        ``policy.interval`` seconds, through the engine's whole stack. Closing the engine stops
+        it; so does ``await task.close()``.
+        """
+        if policy.method is None or policy.path is None:
+            raise ConfigurationError(
+                f"Engine.keepalive needs an HTTP Keepalive, got the socket keepalive {policy!r}"
+            )
+        if self._closed:
+            raise TransportError("the engine is closed")
+        method = policy.method
+        try:
+            path = policy.path.format(**(fields or {}))
+        except (KeyError, IndexError) as exc:
+            raise ConfigurationError(
+                f"Engine.keepalive: the path {policy.path!r} needs the field {exc}"
+            ) from None
+        params = dict(policy.params)
+
+        async def action() -> None:
+            await self.request(method, service, path, params=params, headers=headers)
+
+        task = KeepaliveTask(
+            policy,
+            action,
+            clock=self._clock,
+            hooks=self._hooks,
+            name=f"{service} {policy.action}",
+            on_close=self._keepalives.discard,
+        )
+        self._keepalives.add(task)
+        return task.start()
 
     def __repr__(self) -> str:
         return f"Engine(domains={self._domains!r}, scheme={self._scheme!r}, retry={self._retry!r})"

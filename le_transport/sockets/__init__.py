@@ -1,0 +1,65 @@
+"""The resilient WebSocket: lifecycle owner, request/response, outgoing queue, keepalive.
+
+:class:`ResilientSocket` is what :meth:`le_transport.Engine.websocket` returns. Its decisions
+come from the pure policies (:class:`~le_transport.policies.ClosePolicy`,
+:class:`~le_transport.policies.BackoffPolicy`, :class:`~le_transport.policies.Keepalive`,
+:class:`~le_transport.policies.TokenBucket`); this package only acts on them.
+"""
+
+from .correlation import PendingRequests
+from .dial import (
+    BEARER_FIELD,
+    CONSUMER_SOCKET_QUERY,
+    UMS_BRAND_SOCKET_QUERY,
+    AuthPlacement,
+    Connection,
+    Dialer,
+    DialFailed,
+    EngineDialer,
+    consumer_path,
+    init_connection_frame,
+    ums_brand_path,
+)
+from .escalation import RecoveryEscalation
+from .keepalive import KeepaliveTask, watch_socket
+from .lifecycle import Lifecycle, SocketState
+from .options import HEALTHY_AFTER, SocketOptions
+from .outbox import Outbox, Outgoing
+from .pacing import ReconnectPacer
+from .socket import (
+    EscalationRequest,
+    FrameHandler,
+    OnConnect,
+    ReloginEscalation,
+    ResilientSocket,
+)
+
+__all__ = [
+    "BEARER_FIELD",
+    "CONSUMER_SOCKET_QUERY",
+    "HEALTHY_AFTER",
+    "UMS_BRAND_SOCKET_QUERY",
+    "AuthPlacement",
+    "Connection",
+    "DialFailed",
+    "Dialer",
+    "EngineDialer",
+    "EscalationRequest",
+    "FrameHandler",
+    "KeepaliveTask",
+    "Lifecycle",
+    "OnConnect",
+    "Outbox",
+    "Outgoing",
+    "PendingRequests",
+    "ReconnectPacer",
+    "RecoveryEscalation",
+    "ReloginEscalation",
+    "ResilientSocket",
+    "SocketOptions",
+    "SocketState",
+    "consumer_path",
+    "init_connection_frame",
+    "ums_brand_path",
+    "watch_socket",
+]

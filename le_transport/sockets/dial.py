@@ -1,0 +1,356 @@
+"""Opening one WebSocket connection: URL, credentials where the protocol puts them, upgrade.
+
+A :class:`Dialer` makes one connection per call and reports a failure as a
+:class:`DialFailed` carrying the pure :class:`~le_transport.policies.Disconnect` facts, so that
+the socket's owner decides what to do with it. :class:`EngineDialer` dials through an engine:
+its domain provider (the host), its auth provider (the bearer or JWT) and its aiohttp session.
+The bearer goes where LiveEngage puts it: in the UMS brand path, in an
+``Authorization: jwt <token>`` header, or in the consumer socket's ``InitConnection`` first frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from .._redact import Secret, redact_url
+from ..clock import Clock, timeout_after
+from ..errors import AuthenticationError, SocketError, TransportError
+from ..policies.close_codes import Disconnect
+from ..providers.auth import AuthProvider, Credentials
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+__all__ = [
+    "BEARER_FIELD",
+    "CONSUMER_SOCKET_QUERY",
+    "UMS_BRAND_SOCKET_QUERY",
+    "AuthPlacement",
+    "Connection",
+    "DialFailed",
+    "Dialer",
+    "EngineDialer",
+    "consumer_path",
+    "init_connection_frame",
+    "ums_brand_path",
+]
+
+_log = logging.getLogger("le_transport.sockets")
+
+#: The placeholder replaced by the bearer in a path, on each connect.
+BEARER_FIELD = "{bearer}"
+#: The UMS agent socket's query (the docs show v=2; LivePerson's SDKs use 2.1).
+UMS_BRAND_SOCKET_QUERY: Mapping[str, str] = {"v": "2.1"}
+#: The consumer socket's query.
+CONSUMER_SOCKET_QUERY: Mapping[str, str] = {"v": "3"}
+
+
+def ums_brand_path(account: str) -> str:
+    """The UMS agent socket's path for ``account``, with the bearer's place marked."""
+    return f"/ws_api/account/{quote(str(account), safe='')}/messaging/brand/{BEARER_FIELD}"
+
+
+def consumer_path(account: str) -> str:
+    """The Messaging Window API consumer socket's path for ``account``."""
+    return f"/ws_api/account/{quote(str(account), safe='')}/messaging/consumer"
+
+
+#: What the consumer socket's ``InitConnection`` says about the client, unless told otherwise.
+DEFAULT_CLIENT_PROPERTIES: Mapping[str, Any] = {
+    "type": ".ams.headers.ClientProperties",
+    "deviceFamily": "DESKTOP",
+    "os": "OTHER",
+}
+
+
+class AuthPlacement(enum.Enum):
+    """Where a socket carries its credentials."""
+
+    #: In the path, where the path has ``{bearer}`` (the UMS brand socket).
+    PATH = "path"
+    #: In the upgrade's headers, as the auth provider gives them (``Authorization: jwt <token>``).
+    HEADER = "header"
+    #: In an ``InitConnection`` frame sent first (the consumer socket where headers are
+    #: impossible); the connect completes when its ``resp`` arrives.
+    FIRST_FRAME = "first_frame"
+    #: No credentials.
+    NONE = "none"
+
+
+def init_connection_frame(
+    jwt: Secret, client_properties: Mapping[str, Any] = DEFAULT_CLIENT_PROPERTIES
+) -> dict[str, Any]:
+    """The consumer socket's first frame, authenticating with ``jwt``."""
+    return {
+        "kind": "req",
+        "id": "0",
+        "type": "InitConnection",
+        "headers": [
+            dict(client_properties),
+            {"type": ".ams.headers.ConsumerAuthentication", "jwt": jwt.reveal()},
+        ],
+    }
+
+
+class DialFailed(SocketError):
+    """One connect failed: ``disconnect`` has the facts, ``credentials`` what was used."""
+
+    def __init__(
+        self, message: str, *, disconnect: Disconnect, credentials: Credentials | None = None
+    ) -> None:
+        super().__init__(message)
+        self.disconnect = disconnect
+        self.credentials = credentials
+
+
+class Connection:
+    """One open WebSocket: the aiohttp socket, the credentials it was opened with, and frames
+    that arrived during the connect (before the owner started reading)."""
+
+    __slots__ = ("credentials", "early_frames", "ws")
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        credentials: Credentials | None,
+        early_frames: list[str] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.credentials = credentials
+        self.early_frames = early_frames or []
+
+    async def send_text(self, text: str) -> None:
+        """Write one text frame."""
+        await self.ws.send_str(text)
+
+    async def close(self, clock: Clock, timeout: float, *, code: int = 1000) -> None:
+        """Close: the close handshake if the peer answers within ``timeout``, else cut it."""
+        if self.ws.closed:
+            return
+        try:
+            async with timeout_after(clock, timeout):
+                await self.ws.close(code=code)
+        except TimeoutError:
+            # aiohttp cuts the connection itself when its close is cancelled.
+            _log.debug("close handshake unanswered after %s s; connection cut", timeout)
+        except (aiohttp.ClientError, OSError):
+            pass
+
+
+class Dialer(Protocol):
+    """Makes one connection per :meth:`dial`; the owner of a socket calls it."""
+
+    @property
+    def name(self) -> str:
+        """What this socket is, for logs and events (no secret: the URL is redacted)."""
+        ...
+
+    async def dial(self) -> Connection:
+        """Open a connection, or raise :class:`DialFailed` (or ``AuthenticationError`` when
+        credentials cannot be had at all)."""
+        ...
+
+    async def reauthenticate(self, rejected: Credentials | None) -> None:
+        """The server rejected ``rejected``: make the next :meth:`dial` use fresh ones."""
+        ...
+
+    async def refresh(self) -> None:
+        """Forget cached domains and credentials (the default escalation)."""
+        ...
+
+
+class EngineDialer:
+    """Dials ``service``/``path`` through an engine's domains, auth and session."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        service: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        auth: AuthProvider | None = None,
+        placement: AuthPlacement | None = None,
+        headers: Mapping[str, str] | None = None,
+        client_properties: Mapping[str, Any] | None = None,
+        connect_timeout: float = 30.0,
+        max_msg_size: int = 16 * 1024 * 1024,
+    ) -> None:
+        if placement is None:
+            if BEARER_FIELD in path:
+                placement = AuthPlacement.PATH
+            else:
+                placement = AuthPlacement.HEADER if auth is not None else AuthPlacement.NONE
+        if placement is not AuthPlacement.NONE and auth is None:
+            raise TransportError(
+                f"a socket with credentials in its {placement.value} needs an auth provider: "
+                "pass auth= to engine.websocket() or to the Engine"
+            )
+        if placement is AuthPlacement.PATH and BEARER_FIELD not in path:
+            raise TransportError(
+                f"AuthPlacement.PATH needs '{BEARER_FIELD}' in the path, where the bearer goes"
+            )
+        self._engine = engine
+        self._service = service
+        self._path = path
+        self._params = dict(params or {})
+        self._auth = auth
+        self._placement = placement
+        self._headers = dict(headers or {})
+        self._client_properties = client_properties or DEFAULT_CLIENT_PROPERTIES
+        self._connect_timeout = connect_timeout
+        self._max_msg_size = max_msg_size
+        self._last: Credentials | None = None
+        shown = redact_url(URL.build(path=path.replace(BEARER_FIELD, "bearer")))
+        self._name = f"{service}{shown}"
+
+    @property
+    def name(self) -> str:
+        """``service/path`` with the bearer's place shown, never its value."""
+        return self._name
+
+    @property
+    def placement(self) -> AuthPlacement:
+        """Where the credentials go."""
+        return self._placement
+
+    async def dial(self) -> Connection:
+        """Resolve, get credentials, upgrade, and authenticate with the first frame if asked."""
+        clock = self._engine.clock
+        try:
+            async with timeout_after(clock, self._connect_timeout):
+                conn = await self._dial()
+        except TimeoutError:
+            raise DialFailed(
+                f"connect took longer than {self._connect_timeout} s",
+                disconnect=Disconnect.connect_failed("timeout"),
+                credentials=self._last,
+            ) from None
+        return conn
+
+    async def _dial(self) -> Connection:
+        engine = self._engine
+        ws_scheme = "wss" if engine.scheme == "https" else "ws"
+        template_path = self._path.replace(BEARER_FIELD, "bearer")
+        try:
+            base = await engine.url_for(self._service, template_path, scheme=ws_scheme)
+        except AuthenticationError:
+            raise
+        except TransportError as exc:
+            raise DialFailed(
+                f"could not resolve {self._service!r}: {type(exc).__name__}",
+                disconnect=Disconnect.connect_failed(type(exc).__name__),
+            ) from exc
+        creds: Credentials | None = None
+        if self._auth is not None and self._placement is not AuthPlacement.NONE:
+            # AuthenticationError (bad credentials, a login refused) propagates: the owner
+            # stops on it instead of looping.
+            creds = await self._auth.credentials("GET", base)
+            self._last = creds
+        url = base.with_query(self._params) if self._params else base
+        headers = dict(self._headers)
+        if self._placement is AuthPlacement.PATH:
+            bearer = _need_bearer(creds)
+            url = url.with_path(
+                self._path.replace(BEARER_FIELD, quote(bearer.reveal(), safe="")), encoded=True
+            ).with_query(self._params)
+        elif self._placement is AuthPlacement.HEADER and creds is not None:
+            headers.update(creds.headers)
+        session = engine.session
+        try:
+            ws = await session.ws_connect(
+                url,
+                headers=headers,
+                heartbeat=None,  # dead peers are found by the keepalive, on the injected clock
+                autoping=True,
+                autoclose=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=None),
+                max_msg_size=self._max_msg_size,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise DialFailed(
+                f"upgrade of {redact_url(url)} refused with HTTP {exc.status}",
+                disconnect=Disconnect.handshake_rejected(exc.status),
+                credentials=creds,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DialFailed(
+                f"could not connect to {redact_url(url)}: {type(exc).__name__}",
+                disconnect=Disconnect.connect_failed(type(exc).__name__),
+                credentials=creds,
+            ) from None
+        conn = Connection(ws, creds)
+        if self._placement is AuthPlacement.FIRST_FRAME:
+            try:
+                await self._init_connection(conn, _need_bearer(creds))
+            except BaseException:
+                await conn.close(engine.clock, 0.1)
+                raise
+        return conn
+
+    async def _init_connection(self, conn: Connection, jwt: Secret) -> None:
+        frame = init_connection_frame(jwt, self._client_properties)
+        try:
+            await conn.send_text(json.dumps(frame))
+            while True:
+                msg = await conn.ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    code = conn.ws.close_code or 1006
+                    raise DialFailed(
+                        f"the socket closed ({code}) before InitConnection was answered",
+                        disconnect=Disconnect.close_frame(code, lifetime=0.0),
+                        credentials=conn.credentials,
+                    )
+                try:
+                    answer = json.loads(msg.data)
+                except ValueError:
+                    answer = None
+                if (
+                    isinstance(answer, dict)
+                    and answer.get("kind") == "resp"
+                    and answer.get("reqId") == "0"
+                ):
+                    break
+                conn.early_frames.append(msg.data)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DialFailed(
+                f"InitConnection failed: {type(exc).__name__}",
+                disconnect=Disconnect.abnormal(lifetime=0.0, error=type(exc).__name__),
+                credentials=conn.credentials,
+            ) from None
+        status = answer.get("code")
+        if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
+            disconnect = Disconnect.handshake_rejected(status)
+            raise DialFailed(
+                f"InitConnection refused with code {status}",
+                disconnect=disconnect,
+                credentials=conn.credentials,
+            )
+
+    async def reauthenticate(self, rejected: Credentials | None) -> None:
+        """Tell the auth provider the credentials were rejected (once per rejection)."""
+        rejected = rejected or self._last
+        if self._auth is not None and rejected is not None:
+            await self._auth.invalidate(rejected)
+
+    async def refresh(self) -> None:
+        """Forget cached domains and credentials, so the next dial starts from scratch."""
+        await self._engine.domains.invalidate()
+        await self.reauthenticate(None)
+
+
+def _need_bearer(creds: Credentials | None) -> Secret:
+    if creds is None or creds.bearer is None or not creds.bearer:
+        raise AuthenticationError(
+            "the auth provider gave no bearer/JWT, and this socket carries one in its path or "
+            "first frame"
+        )
+    return creds.bearer

@@ -1,0 +1,73 @@
+"""What a resilient socket is configured with: one frozen value, validated at construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+from ..policies._validate import positive
+from ..policies.backoff import BackoffPolicy
+from ..policies.close_codes import ClosePolicy
+from ..policies.keepalive import Keepalive, KeepaliveTransport
+
+__all__ = ["HEALTHY_AFTER", "SocketOptions"]
+
+#: A connection that stayed open this long counts as healthy: the backoff starts over.
+HEALTHY_AFTER = 30.0
+
+
+def _count(minimum: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(
+                f"SocketOptions.{attribute.name} must be an int >= {minimum}, got {value!r}"
+            )
+
+    return check
+
+
+def _keepalive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Keepalive) or value.transport is not KeepaliveTransport.SOCKET:
+        raise ConfigurationError(
+            "SocketOptions.keepalive must be None or a socket Keepalive (e.g. "
+            f"MESSAGING_AGENT_SDK_GETCLOCK), got {value!r}; run HTTP keepalives with "
+            "engine.keepalive()"
+        )
+
+
+@attrs.frozen
+class SocketOptions:
+    """How a resilient socket behaves; the defaults are LiveEngage's.
+
+    - ``backoff``: pauses between reconnects (about 1 s, doubling, capped at 2 min, ±20%).
+      When its ``max_attempts`` or ``deadline`` runs out, the socket stops with
+      :class:`~le_transport.errors.SocketClosed`.
+    - ``close_policy``: what each close code and upgrade status means.
+    - ``keepalive``: the socket keepalive (None: none). Also the dead-peer detector.
+    - ``healthy_after``: seconds a connection must stay open before the backoff, the
+      fast-drop run and the auth-failure count start over.
+    - ``escalate_after``: after this many consecutive failed reconnects, escalate to the
+      re-login loop (0: never).
+    - ``max_auth_failures``: re-authentications in a row that may fail before the socket stops
+      with :class:`~le_transport.errors.SocketAuthFailed`.
+    - ``max_queued``: messages held while the socket is down; past it, sends are refused with
+      :class:`~le_transport.errors.SocketQueueFull` (0: refuse every send while down).
+    - ``connect_timeout``: one connect (resolve, credentials, upgrade, first-frame auth).
+    - ``close_timeout``: how long a close handshake may take before the connection is cut.
+    - ``request_timeout``: the default timeout of :meth:`ResilientSocket.request`.
+    """
+
+    backoff: BackoffPolicy = attrs.field(factory=BackoffPolicy.reconnect)
+    close_policy: ClosePolicy = attrs.field(factory=ClosePolicy)
+    keepalive: Keepalive | None = attrs.field(default=None, validator=_keepalive)
+    healthy_after: float = attrs.field(default=HEALTHY_AFTER, validator=positive)
+    escalate_after: int = attrs.field(default=5, validator=_count(0))
+    max_auth_failures: int = attrs.field(default=3, validator=_count(1))
+    max_queued: int = attrs.field(default=1000, validator=_count(0))
+    connect_timeout: float = attrs.field(default=30.0, validator=positive)
+    close_timeout: float = attrs.field(default=5.0, validator=positive)
+    request_timeout: float = attrs.field(default=30.0, validator=positive)

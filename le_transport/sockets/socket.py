@@ -1,0 +1,777 @@
+"""The resilient WebSocket: one owner task drives each socket's whole life.
+
+:class:`ResilientSocket` connects through a :class:`~le_transport.sockets.dial.Dialer`, and when
+the connection ends asks the pure :class:`~le_transport.policies.ClosePolicy` what it means:
+reconnect, re-authenticate first, stop, or fail for good. Between connects it waits out the
+:class:`~le_transport.policies.BackoffPolicy` (reset only after a connection stayed healthy) and
+the process's :class:`~le_transport.sockets.pacing.ReconnectPacer`. Everything that happens to a
+socket happens in its owner task, in this order, so there is never more than one connect in
+flight and a superseded connection cannot act:
+
+1. ``CONNECTING``: dial (resolve the host, get credentials, upgrade, first-frame auth).
+2. ``OPEN``: start the reader; run the ``on_connect`` callbacks (their sends go straight out);
+   flush the queue in order; from then on sends go straight out; start the keepalive watcher.
+3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure), fail the
+   requests in flight on it with :class:`~le_transport.errors.SocketClosed`, close it, and go
+   to ``RECONNECTING``.
+4. ``CLOSING`` → ``CLOSED`` on :meth:`ResilientSocket.close` or a final failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+import aiohttp
+import attrs
+
+from ..clock import Clock, RealClock, timeout_after
+from ..errors import (
+    AuthenticationError,
+    SocketAuthFailed,
+    SocketClosed,
+    SocketError,
+    SocketRejected,
+    SocketRequestError,
+    SocketRequestTimeout,
+    TransportError,
+)
+from ..events import EventHooks, StateEvent, emit
+from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
+from .correlation import PendingRequests
+from .dial import Connection, Dialer, DialFailed
+from .keepalive import watch_socket
+from .lifecycle import Lifecycle, SocketState
+from .options import SocketOptions
+from .outbox import Outbox, Outgoing
+from .pacing import ReconnectPacer
+
+__all__ = [
+    "EscalationRequest",
+    "FrameHandler",
+    "OnConnect",
+    "ReloginEscalation",
+    "ResilientSocket",
+]
+
+_log = logging.getLogger("le_transport.sockets")
+
+#: Called after every (re)connect, before queued messages go out: re-subscribe here.
+OnConnect = Callable[["ResilientSocket"], Awaitable[object]]
+#: Receives every unsolicited frame (parsed JSON, or the text when it is not JSON).
+FrameHandler = Callable[[Any], "Awaitable[object] | object"]
+
+_WARNING_STATES = frozenset({"lost", "connect_failed", "escalating", "reauthenticating"})
+
+# Set inside the on_connect callbacks' task: (socket id, epoch). Their sends bypass the queue,
+# which must wait until they are done.
+_ON_CONNECT: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "le_transport_on_connect", default=None
+)
+
+
+@attrs.frozen
+class EscalationRequest:
+    """What a socket tells the re-login loop when it escalates: which socket, how many
+    reconnects in a row failed, and how the last one ended."""
+
+    subject: str
+    failures: int
+    last: Disconnect
+
+
+class ReloginEscalation(Protocol):
+    """The outer re-login loop, as a socket sees it.
+
+    Called after ``escalate_after`` consecutive failed reconnects with the facts and
+    ``connect``, one connect attempt. Return a connection made with ``connect`` (the socket
+    serves it at once), or None to go on with the socket's own schedule; raise to make the
+    socket stop: it closes with :class:`~le_transport.errors.SocketClosed` whose
+    ``__cause__`` is what was raised.
+    """
+
+    async def __call__(
+        self, request: EscalationRequest, connect: Callable[[], Awaitable[Connection]]
+    ) -> Connection | None:
+        """Recover the session (re-resolve domains, re-login) for ``request.subject``."""
+        ...
+
+
+class ResilientSocket:
+    """A WebSocket that reconnects by itself, correlates requests, and loses nothing.
+
+    Use :meth:`send` and :meth:`request` at any time: while the socket is down, messages wait in
+    a bounded queue (or are refused with :class:`~le_transport.errors.SocketQueueFull`) and go
+    out in order after the ``on_connect`` callbacks. Receive unsolicited frames with
+    ``async for frame in ws`` or an ``on_frame`` handler; follow the connection with
+    :meth:`states` or ``on_state`` hooks. :meth:`close` (or leaving ``async with``) closes it for
+    good. Made by :meth:`le_transport.Engine.websocket`.
+    """
+
+    def __init__(
+        self,
+        dialer: Dialer,
+        *,
+        options: SocketOptions | None = None,
+        clock: Clock | None = None,
+        hooks: EventHooks | None = None,
+        rng: random.Random | None = None,
+        pacer: ReconnectPacer | None = None,
+        on_connect: Sequence[OnConnect] = (),
+        on_frame: FrameHandler | None = None,
+        on_state: Sequence[Callable[[StateEvent], object]] = (),
+        escalate: ReloginEscalation | None = None,
+        on_closed: Callable[[ResilientSocket], object] | None = None,
+    ) -> None:
+        self._dialer = dialer
+        self._options = options or SocketOptions()
+        self._clock = clock or RealClock()
+        self._hooks = hooks or EventHooks()
+        self._rng = rng or random.Random()
+        self._pacer = pacer or ReconnectPacer(self._clock)
+        self._on_connect = list(on_connect)
+        self._on_frame = on_frame
+        self._on_state = list(on_state)
+        self._escalate = escalate
+        self._on_closed = on_closed
+        self._name = dialer.name
+        self._life = Lifecycle()
+        self._pending = PendingRequests()
+        self._outbox = Outbox(self._options.max_queued)
+        self._inbox: deque[Any] = deque()
+        self._inbox_wakeup = asyncio.Event()
+        self._subscribers: set[asyncio.Queue[StateEvent | None]] = set()
+        self._conn: Connection | None = None
+        self._lost: asyncio.Future[Disconnect] | None = None
+        self._ready_epoch: int | None = None
+        self._open_event = asyncio.Event()
+        self._closed_event = asyncio.Event()
+        self._owner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._error: SocketError | None = None
+        self._last_activity = 0.0
+        self._unsent: list[str] = []
+        #: Connections opened so far (the first one included).
+        self.connects = 0
+        #: Reconnect attempts made after a loss or a failed connect.
+        self.reconnects = 0
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """What this socket is (service and redacted path)."""
+        return self._name
+
+    @property
+    def state(self) -> SocketState:
+        """The lifecycle state."""
+        return self._life.state
+
+    @property
+    def epoch(self) -> int:
+        """The number of the current (or last) connection."""
+        return self._life.epoch
+
+    @property
+    def is_open(self) -> bool:
+        """Whether sends go straight out now (connected, ``on_connect`` done, queue flushed)."""
+        return self._ready_epoch is not None
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the socket to be open."""
+        return len(self._outbox)
+
+    @property
+    def error(self) -> SocketError | None:
+        """Why the socket stopped, when it stopped on a failure."""
+        return self._error
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is closed for good."""
+        return self._life.state is SocketState.CLOSED
+
+    @property
+    def options(self) -> SocketOptions:
+        """The socket's options."""
+        return self._options
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> ResilientSocket:
+        """Start the owner task (connects in the background). Idempotent."""
+        if self._owner is None and not self._closing:
+            self._owner = asyncio.get_running_loop().create_task(
+                self._drive(), name=f"le_transport socket {self._name}"
+            )
+        return self
+
+    async def wait_open(self, timeout: float | None = None) -> None:
+        """Wait until the socket is open (``on_connect`` done, queue flushed).
+
+        Raises the socket's final error if it stops first (:class:`SocketClosed` and
+        subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock.
+        """
+        async with timeout_after(self._clock, timeout):
+            while not self._open_event.is_set():
+                self._raise_if_closed()
+                waiters = [
+                    asyncio.ensure_future(self._open_event.wait()),
+                    asyncio.ensure_future(self._closed_event.wait()),
+                ]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+                    await asyncio.gather(*waiters, return_exceptions=True)
+        self._raise_if_closed()
+
+    async def close(self) -> list[str]:
+        """Close for good: no reconnect. Idempotent.
+
+        Requests still waiting fail with :class:`SocketClosed`. Returns the messages that were
+        still queued (never sent) — they are also logged — so that nothing goes silently.
+        """
+        self._closing = True
+        owner = self._owner
+        if owner is None:
+            if self._life.state is SocketState.NEW:
+                self._life.to(SocketState.CLOSING)
+                await self._finish()
+            return list(self._unsent)
+        lost = self._lost
+        if lost is not None and not lost.done():
+            lost.set_result(Disconnect.by_caller())
+        elif not owner.done() and self._life.state is not SocketState.OPEN:
+            owner.cancel()
+        await asyncio.wait({owner})
+        return list(self._unsent)
+
+    async def __aenter__(self) -> ResilientSocket:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(self, frame: Any) -> bool:
+        """Send ``frame`` (a JSON value, or a ``str`` sent as is).
+
+        Returns True when it went out now, False when it was queued to go out after the next
+        connect. Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full
+        and :class:`SocketClosed` when the socket is closed.
+        """
+        text = frame if isinstance(frame, str) else json.dumps(frame)
+        return await self._send_text(text, None)
+
+    async def request(
+        self,
+        type: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        headers: Sequence[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``{"kind": "req", "id": <fresh>, "type": type, "body": body}``; return the
+        matching ``resp`` frame.
+
+        Raises :class:`SocketRequestTimeout` when no answer came within ``timeout`` seconds
+        (default: the options' ``request_timeout``; the time spent queued counts),
+        :class:`SocketClosed` when the connection it went out on was lost (it may or may not
+        have been processed: retry if that is safe) or the socket closed, and
+        :class:`SocketRequestError` when the answer's ``code`` is 400 or more (a 429 asks for
+        at least a second's pause before retrying).
+        """
+        limit = self._options.request_timeout if timeout is None else timeout
+        request_id, fut = self._pending.open()
+        frame: dict[str, Any] = {"kind": "req", "id": request_id, "type": type}
+        frame["body"] = {} if body is None else body
+        if headers:
+            frame["headers"] = list(headers)
+        answered = False
+        try:
+            async with timeout_after(self._clock, limit):
+                await self._send_text(json.dumps(frame), request_id)
+                answer = await fut
+            answered = True
+        except TimeoutError:
+            raise SocketRequestTimeout(
+                f"no answer to {type!r} (id {request_id}) within {limit:g} s"
+            ) from None
+        finally:
+            if not answered:
+                self._pending.discard(request_id)
+                self._outbox.withdraw(request_id)
+        code = answer.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
+            raise SocketRequestError(
+                f"{type!r} (id {request_id}) answered with code {code}",
+                code=code,
+                body=answer.get("body"),
+            )
+        return answer
+
+    async def _send_text(self, text: str, request_id: str | None) -> bool:
+        self._raise_if_closed()
+        conn = self._conn
+        direct = _ON_CONNECT.get()
+        if (
+            direct is not None
+            and direct[0] == id(self)
+            and conn is not None
+            and self._life.is_current(direct[1])
+        ):
+            # An on_connect callback: straight out, ahead of the queue, on this connection only.
+            if request_id is not None:
+                self._pending.sent(request_id, direct[1])
+            try:
+                await conn.send_text(text)
+            except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                self._connection_broke(direct[1], exc)
+                raise SocketClosed("the connection was lost during on_connect") from None
+            return True
+        epoch = self._ready_epoch
+        if epoch is not None and conn is not None and not self._outbox:
+            if request_id is not None:
+                self._pending.sent(request_id, epoch)
+            try:
+                await conn.send_text(text)
+            except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                # aiohttp refuses to write to a closing transport before writing anything:
+                # the message never left, so it waits for the next connection, first in line.
+                if request_id is not None:
+                    self._pending.sent(request_id, None)
+                self._outbox.put_back(Outgoing(text, request_id))
+                self._connection_broke(epoch, exc)
+                return False
+            return True
+        self._outbox.put(Outgoing(text, request_id))
+        return False
+
+    def _connection_broke(self, epoch: int, exc: BaseException) -> None:
+        lost = self._lost
+        if lost is not None and not lost.done() and self._life.is_current(epoch):
+            lost.set_result(Disconnect.abnormal(error=type(exc).__name__))
+
+    def _raise_if_closed(self) -> None:
+        if self._error is not None and (self._closing or self.closed):
+            raise SocketClosed(f"the socket {self._name} stopped: {self._error}") from self._error
+        if self._closing or self.closed:
+            raise SocketClosed(f"the socket {self._name} is closed")
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        """The next unsolicited frame; ends when the socket is closed (raises its final error
+        if it stopped on one)."""
+        while not self._inbox:
+            if self._closed_event.is_set():
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._inbox_wakeup.clear()
+            await self._inbox_wakeup.wait()
+        return self._inbox.popleft()
+
+    def states(self) -> AsyncIterator[StateEvent]:
+        """An async iterator of this socket's state events from now on; ends after ``closed``."""
+        queue: asyncio.Queue[StateEvent | None] = asyncio.Queue()
+        if self.closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
+        return self._state_stream(queue)
+
+    async def _state_stream(
+        self, queue: asyncio.Queue[StateEvent | None]
+    ) -> AsyncIterator[StateEvent]:
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+    def add_on_state(self, callback: Callable[[StateEvent], object]) -> None:
+        """Call ``callback`` with every state event of this socket."""
+        self._on_state.append(callback)
+
+    def add_on_connect(self, callback: OnConnect) -> None:
+        """Run ``callback(ws)`` after every connect from the next one on."""
+        self._on_connect.append(callback)
+
+    # -- the owner --------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        opts = self._options
+        failures = 0
+        fast_drops = 0
+        auth_failures = 0
+        first_failure_at: float | None = None
+        try:
+            handed: Connection | None = None
+            while not self._closing:
+                self._life.to(SocketState.CONNECTING)
+                self._emit("connecting", attempt=failures + 1)
+                conn: Connection | None = None
+                try:
+                    conn, handed = handed or await self._dialer.dial(), None
+                except DialFailed as exc:
+                    disconnect, rejected = exc.disconnect, exc.credentials
+                    self._life.to(SocketState.RECONNECTING)
+                    self._emit("connect_failed", reason=disconnect.describe())
+                except AuthenticationError as exc:
+                    raise SocketAuthFailed(
+                        f"{self._name}: no credentials for the socket: {exc}"
+                    ) from exc
+                if conn is not None:
+                    rejected = conn.credentials
+                    disconnect = await self._serve(conn)
+                if disconnect.kind is DisconnectKind.BY_CALLER or self._closing:
+                    return
+                if disconnect.lifetime is not None and disconnect.lifetime >= opts.healthy_after:
+                    failures = fast_drops = auth_failures = 0
+                    first_failure_at = None
+                verdict = opts.close_policy.classify(disconnect, fast_drops)
+                fast_drops = verdict.fast_drops
+                if verdict.action is CloseAction.FAIL:
+                    raise SocketRejected(
+                        f"{self._name}: {verdict.reason}", status=disconnect.status or 0
+                    )
+                if verdict.action is CloseAction.STOP:
+                    self._emit("server_closed", reason=verdict.reason)
+                    return
+                if verdict.action is CloseAction.REAUTHENTICATE:
+                    auth_failures += 1
+                    if auth_failures > opts.max_auth_failures:
+                        raise SocketAuthFailed(
+                            f"{self._name}: still rejected after {opts.max_auth_failures} "
+                            f"re-authentications ({verdict.reason})"
+                        )
+                    self._emit("reauthenticating", reason=verdict.reason)
+                    try:
+                        await self._dialer.reauthenticate(rejected)
+                    except AuthenticationError as exc:
+                        raise SocketAuthFailed(
+                            f"{self._name}: re-authentication failed: {exc}"
+                        ) from exc
+                    except TransportError as exc:
+                        _log.warning(
+                            "%s: invalidating credentials failed: %s",
+                            self._name,
+                            type(exc).__name__,
+                            extra={"socket": self._name, "error": type(exc).__name__},
+                        )
+                failures += 1
+                now = self._clock.now()
+                if first_failure_at is None:
+                    first_failure_at = now
+                if opts.escalate_after and failures % opts.escalate_after == 0:
+                    handed = await self._escalate_to_relogin(failures, disconnect)
+                    if handed is not None:
+                        self.reconnects += 1
+                        continue
+                elapsed = now - first_failure_at
+                delay = opts.backoff.next_delay(failures, elapsed, self._rng.random())
+                if delay is None:
+                    raise SocketClosed(
+                        f"{self._name}: gave up after {failures} failed reconnects "
+                        f"(last: {disconnect.describe()})"
+                    )
+                self._emit(
+                    "reconnecting",
+                    in_seconds=round(delay, 3),
+                    attempt=failures,
+                    reason=verdict.reason,
+                )
+                await self._clock.sleep(delay)
+                paced = await self._pacer.acquire()
+                if paced > 0:
+                    self._emit("paced", waited=round(paced, 3))
+                self.reconnects += 1
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        except SocketError as exc:
+            self._error = exc
+            _log.error(
+                "%s: stopped: %s",
+                self._name,
+                exc,
+                extra={"socket": self._name, "error": type(exc).__name__},
+            )
+        finally:
+            await self._finish()
+
+    async def _escalate_to_relogin(self, failures: int, last: Disconnect) -> Connection | None:
+        self._emit("escalating", failures=failures, reason=last.describe())
+        try:
+            if self._escalate is not None:
+                return await self._escalate(
+                    EscalationRequest(self._name, failures, last), self._dialer.dial
+                )
+            await self._dialer.refresh()
+            return None
+        except asyncio.CancelledError:
+            raise
+        except AuthenticationError as exc:
+            raise SocketAuthFailed(f"{self._name}: re-login failed: {exc}") from exc
+        except Exception as exc:
+            raise SocketClosed(
+                f"{self._name}: the re-login loop gave up after {failures} failed reconnects: "
+                f"{type(exc).__name__}"
+            ) from exc
+
+    async def _serve(self, conn: Connection) -> Disconnect:
+        """Run one connection until it ends; the facts of how it ended."""
+        loop = asyncio.get_running_loop()
+        epoch = self._life.to(SocketState.OPEN)
+        self.connects += 1
+        opened_at = self._clock.now()
+        self._last_activity = opened_at
+        lost: asyncio.Future[Disconnect] = loop.create_future()
+        self._lost, self._conn = lost, conn
+        reader = loop.create_task(self._read(conn, epoch, lost), name=f"{self._name} reader")
+        helpers: list[asyncio.Task[Any]] = [reader]
+        self._emit("open", epoch=epoch)
+        try:
+            if self._on_connect:
+                callbacks = loop.create_task(self._run_on_connect(epoch))
+                helpers.append(callbacks)
+                first: set[asyncio.Future[Any]] = {callbacks, lost}
+                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                if callbacks.done() and not callbacks.cancelled():
+                    exc = callbacks.exception()
+                    if exc is not None and not lost.done():
+                        _log.warning(
+                            "%s: on_connect failed (%s); reconnecting",
+                            self._name,
+                            type(exc).__name__,
+                            extra={"socket": self._name, "error": type(exc).__name__},
+                        )
+                        lost.set_result(
+                            Disconnect.abnormal(error=f"on_connect: {type(exc).__name__}")
+                        )
+            if not lost.done():
+                await self._flush(conn, epoch)
+            if not lost.done():
+                self._ready_epoch = epoch
+                self._open_event.set()
+                self._emit("ready", epoch=epoch)
+                keepalive = self._options.keepalive
+                if keepalive is not None:
+                    ka = keepalive
+                    watcher = loop.create_task(
+                        watch_socket(
+                            ka,
+                            clock=self._clock,
+                            probe=lambda: self.request(ka.action, {}, timeout=ka.timeout),
+                            last_activity=lambda: self._last_activity,
+                            name=self._name,
+                        )
+                    )
+                    helpers.append(watcher)
+                    either: set[asyncio.Future[Any]] = {watcher, lost}
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    if watcher.done() and not lost.done():
+                        lost.set_result(Disconnect.dead_peer())
+            disconnect = await lost
+        finally:
+            self._ready_epoch = None
+            self._open_event.clear()
+            self._lost = None
+            self._conn = None
+            if not self._closing:
+                self._life.to(SocketState.RECONNECTING)
+            for task in helpers[1:]:
+                task.cancel()
+            closed_by_caller = lost.done() and lost.result().kind is DisconnectKind.BY_CALLER
+            # A caller's close gets the full handshake; a lost peer is not waited for long.
+            grace = self._options.close_timeout
+            await conn.close(self._clock, grace if closed_by_caller else min(1.0, grace))
+            reader.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            failed = self._pending.fail_epoch(
+                epoch,
+                SocketClosed(
+                    f"the connection of {self._name} was lost with the request in flight; it "
+                    "may or may not have been processed: retry if that is safe"
+                ),
+            )
+            if failed:
+                _log.info(
+                    "%s: %d requests in flight failed with the connection",
+                    self._name,
+                    failed,
+                    extra={"socket": self._name, "failed": failed},
+                )
+        lifetime = self._clock.now() - opened_at
+        disconnect = attrs.evolve(disconnect, lifetime=lifetime)
+        if disconnect.kind is not DisconnectKind.BY_CALLER:
+            self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
+        return disconnect
+
+    async def _run_on_connect(self, epoch: int) -> None:
+        _ON_CONNECT.set((id(self), epoch))
+        for callback in list(self._on_connect):
+            await callback(self)
+
+    async def _flush(self, conn: Connection, epoch: int) -> None:
+        sent = 0
+        while True:
+            item = self._outbox.take()
+            if item is None:
+                break
+            if item.request_id is not None:
+                self._pending.sent(item.request_id, epoch)
+            try:
+                await conn.send_text(item.text)
+            except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                if item.request_id is not None:
+                    self._pending.sent(item.request_id, None)
+                self._outbox.put_back(item)
+                self._connection_broke(epoch, exc)
+                break
+            sent += 1
+        if sent:
+            _log.debug(
+                "%s: sent %d queued messages",
+                self._name,
+                sent,
+                extra={"socket": self._name, "sent": sent},
+            )
+
+    async def _read(self, conn: Connection, epoch: int, lost: asyncio.Future[Disconnect]) -> None:
+        for text in conn.early_frames:
+            await self._dispatch(text, epoch)
+        error: str | None = None
+        close_code: int | None = None
+        try:
+            while True:
+                msg = await conn.ws.receive()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._last_activity = self._clock.now()
+                    await self._dispatch(msg.data, epoch)
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    self._last_activity = self._clock.now()
+                    await self._deliver(msg.data, epoch)
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    close_code = int(msg.data)
+                    break
+                else:
+                    if msg.type is aiohttp.WSMsgType.ERROR:
+                        error = type(msg.data).__name__
+                    break
+        except (aiohttp.ClientError, OSError) as exc:
+            error = type(exc).__name__
+        if not lost.done():
+            # A close frame is the only way to learn a code; aiohttp reports a bare EOF as
+            # 1000, but without a close frame it is an abnormal drop (1006).
+            if close_code is not None:
+                lost.set_result(Disconnect.close_frame(close_code))
+            else:
+                lost.set_result(Disconnect.abnormal(error=error))
+
+    async def _dispatch(self, text: str, epoch: int) -> None:
+        try:
+            frame: Any = json.loads(text)
+        except ValueError:
+            frame = text
+        if isinstance(frame, dict) and frame.get("kind") == "resp" and self._pending.resolve(frame):
+            return
+        await self._deliver(frame, epoch)
+
+    async def _deliver(self, frame: Any, epoch: int) -> None:
+        if not self._life.is_current(epoch):
+            _log.debug("%s: frame from superseded connection %d ignored", self._name, epoch)
+            return
+        handler = self._on_frame
+        if handler is None:
+            self._inbox.append(frame)
+            self._inbox_wakeup.set()
+            return
+        try:
+            result = handler(frame)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            _log.exception("%s: on_frame handler raised; ignored", self._name)
+
+    async def _finish(self) -> None:
+        if self._life.state is not SocketState.CLOSING:
+            self._life.to(SocketState.CLOSING)
+        error = self._error
+        reason = (
+            SocketClosed(f"the socket {self._name} stopped: {error}")
+            if error is not None
+            else SocketClosed(f"the socket {self._name} was closed")
+        )
+        if error is not None:
+            reason.__cause__ = error
+        self._pending.fail_all(reason)
+        unsent = self._outbox.clear()
+        self._unsent = [item.text for item in unsent]
+        if unsent:
+            _log.warning(
+                "%s: closed with %d queued messages never sent (returned by close())",
+                self._name,
+                len(unsent),
+                extra={"socket": self._name, "unsent": len(unsent)},
+            )
+        self._life.to(SocketState.CLOSED)
+        self._closing = True
+        self._closed_event.set()
+        self._inbox_wakeup.set()
+        details: dict[str, Any] = {}
+        if error is not None:
+            details["error"] = type(error).__name__
+            details["reason"] = str(error)
+        self._emit("closed", **details)
+        for queue in list(self._subscribers):
+            queue.put_nowait(None)
+        self._subscribers.clear()
+        if self._on_closed is not None:
+            on_closed, self._on_closed = self._on_closed, None
+            on_closed(self)
+
+    def _emit(self, name: str, **details: Any) -> None:
+        event = StateEvent(name, self._name, details)
+        level = logging.WARNING if name in _WARNING_STATES else logging.INFO
+        _log.log(
+            level,
+            "%s: %s %s",
+            self._name,
+            name,
+            " ".join(f"{k}={v}" for k, v in details.items()),
+            extra={"socket": self._name, "state": name, **details},
+        )
+        emit(self._hooks.on_state, event)
+        emit(self._on_state, event)
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    def __repr__(self) -> str:
+        state = self._life.state.value
+        return f"ResilientSocket({self._name!r}, {state}, epoch={self._life.epoch})"

@@ -1,0 +1,130 @@
+"""Fixtures and helpers for the socket tests: the simulator, engines on it, and a check that
+no connection is left open after a test (the conftest leak check covers tasks).
+
+Holds no tests of its own; the socket test modules import its fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from le_transport import Engine, EventHooks, StateEvent
+from le_transport.providers import StaticDomains, UserLogin
+from le_transport.sockets import ResilientSocket, SocketOptions, ums_brand_path
+from le_transport.sockets.dial import UMS_BRAND_SOCKET_QUERY
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+
+
+def _open_transports() -> list[asyncio.Transport]:
+    loop = asyncio.get_running_loop()
+    return [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, asyncio.Transport)
+        and not obj.is_closing()
+        and getattr(obj, "_loop", None) is loop
+    ]
+
+
+@pytest.fixture
+async def no_open_connections() -> AsyncIterator[None]:
+    """Fail a test that leaves a WebSocket, a client session or a TCP connection open.
+
+    Runs last (it is requested first): by then the test's engines and simulators are closed,
+    so every transport of the loop must be closed too.
+    """
+    yield
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gc.collect()
+    websockets = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientWebSocketResponse)]
+    open_ws = [ws for ws in websockets if not ws.closed]
+    sessions = [
+        o for o in gc.get_objects() if isinstance(o, aiohttp.ClientSession) and not o.closed
+    ]
+    transports = _open_transports()
+    for t in transports:
+        t.abort()
+    assert not open_ws, f"WebSockets left open: {open_ws!r}"
+    assert not sessions, f"client sessions left open: {sessions!r}"
+    assert not transports, f"connections left open: {transports!r}"
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    """The LiveEngage simulator on the test's virtual clock."""
+    async with Simulator(clock=clock) as simulator:
+        yield simulator
+
+
+class StateLog:
+    """Collects state events, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[StateEvent] = []
+
+    def __call__(self, event: StateEvent) -> None:
+        self.events.append(event)
+
+    def names(self, subject_prefix: str = "") -> list[str]:
+        """The event names, in order."""
+        return [e.name for e in self.events if e.subject.startswith(subject_prefix)]
+
+    def of(self, name: str) -> list[StateEvent]:
+        """The events called ``name``."""
+        return [e for e in self.events if e.name == name]
+
+
+@pytest.fixture
+def states() -> StateLog:
+    """A state-event collector to pass as ``EventHooks(on_state=[states])``."""
+    return StateLog()
+
+
+def agent_engine(sim: Simulator, clock: VirtualClock, states: StateLog, **kwargs: Any) -> Engine:
+    """An engine on the simulator, logged in as the default agent."""
+    domains = StaticDomains(sim.domains)
+    auth = UserLogin(
+        sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+    )
+    return Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        auth=auth,
+        hooks=EventHooks(on_state=[states]),
+        **kwargs,
+    )
+
+
+async def brand_socket(
+    engine: Engine, sim: Simulator, options: SocketOptions | None = None, **kwargs: Any
+) -> ResilientSocket:
+    """The UMS agent socket of the simulator's default account."""
+    return await engine.websocket(
+        "facadeMsg",
+        ums_brand_path(sim.account.id),
+        params=UMS_BRAND_SOCKET_QUERY,
+        options=options,
+        **kwargs,
+    )
+
+
+def publish(text: str) -> dict[str, Any]:
+    """The body of a ``.ams.ms.PublishEvent`` for a text message."""
+    return {
+        "dialogId": "dialog-1",
+        "event": {"type": "ContentEvent", "contentType": "text/plain", "message": text},
+    }
+
+
+def as_list(values: Iterator[Any]) -> list[Any]:
+    """A list (keeps mypy quiet about generator expressions in asserts)."""
+    return list(values)
