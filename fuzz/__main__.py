@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         )
         return 0
+    # The library logs every fault it meets; thousands of them would drown the report.
+    logging.getLogger().addHandler(logging.NullHandler())
     targets = all_targets()
     if args.list:
         for t in targets.values():
