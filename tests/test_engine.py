@@ -1,0 +1,197 @@
+"""The engine as a front door: call validation, per-call overrides, Response, and its stack on a
+foreign session. Real loopback servers, virtual time."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport import (
+    BackoffPolicy,
+    Classifier,
+    ConfigurationError,
+    Engine,
+    InvalidRequest,
+    Outcome,
+    RetriesExhausted,
+    RetryMiddleware,
+    RetryPolicy,
+    TransportError,
+)
+from le_transport.policies import Action
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+from tests.test_retry_middleware import Script
+
+FAST = RetryPolicy(pauses=(0.05, 0.1, 0.15))
+
+
+async def test_request_json_returns_the_parsed_body_checked_for_type(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def users(request: web.Request) -> web.Response:
+        return web.json_response([{"id": 1, "v": request.query["v"]}])
+
+    app = web.Application()
+    app.router.add_get("/api/account/123/configuration/le-users/users", users)
+    host = await serve(app)
+    async with Engine({"accountConfigReadOnly": host}, scheme="http", clock=clock) as engine:
+        result = await engine.request_json(
+            "GET",
+            "accountConfigReadOnly",
+            "/api/account/123/configuration/le-users/users",
+            params={"v": "6.0"},
+            expect=list,
+        )
+    assert result == [{"id": 1, "v": "6.0"}]
+
+
+async def test_post_json_body_reaches_the_server_on_every_attempt(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(503, 503, 200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        resp = await engine.request("POST", "svc", "/x", json={"a": 1}, idempotent=True)
+    assert resp.status == 200
+    assert [json.loads(b) for b in script.bodies] == [{"a": 1}] * 3
+
+
+async def test_per_call_retry_deadline_and_attempt_timeout_override_the_engine_policy(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(503)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "svc", "/x", retry=RetryPolicy(pauses=(1.0,)))
+        assert script.hits == 2
+        assert clock.now() == 1.0
+        with pytest.raises(ConfigurationError, match="deadline"):
+            await engine.request("GET", "svc", "/x", deadline=-1)
+    assert engine.retry == RetryPolicy()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "match"),
+    [
+        ("GET", "x", "absolute path"),
+        ("GET", "//evil.example/x", "absolute path"),
+        ("GET", "/x?token=1", "query parameters"),
+        ("GET", "/x y", "whitespace"),
+        ("G E T", "/x", "method"),
+        ("", "/x", "method"),
+    ],
+)
+async def test_malformed_calls_raise_invalid_request_before_anything_is_sent(
+    method: str, path: str, match: str, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=match):
+            await engine.request(method, "svc", path)
+    assert script.hits == 0
+
+
+async def test_json_and_data_together_are_refused(clock: VirtualClock) -> None:
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="json= or data="):
+            await engine.request("POST", "svc", "/x", json={}, data=b"x")
+
+
+async def test_an_engine_that_is_not_started_or_closed_says_so(clock: VirtualClock) -> None:
+    engine = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock)
+    with pytest.raises(TransportError, match="not started"):
+        await engine.request("GET", "svc", "/x")
+    async with engine:
+        pass
+    with pytest.raises(TransportError, match="closed"):
+        await engine.start()
+
+
+def test_engine_configuration_is_checked_at_construction() -> None:
+    with pytest.raises(ConfigurationError, match="scheme"):
+        Engine({"svc": "h"}, scheme="ftp")
+    with pytest.raises(ConfigurationError, match="max_body_bytes"):
+        Engine({"svc": "h"}, max_body_bytes=0)
+
+
+async def test_the_engines_stack_works_on_a_foreign_session(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(503, 200)
+    host = await serve(script.app())
+    engine = Engine({"svc": host}, scheme="http", clock=clock)
+    async with (
+        aiohttp.ClientSession(
+            middlewares=engine.middlewares, timeout=aiohttp.ClientTimeout(total=None)
+        ) as session,
+        session.get(f"http://{host}/x") as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["hit"] == 2
+    assert clock.now() == 5.0
+    assert any(isinstance(mw, RetryMiddleware) for mw in engine.middlewares)
+
+
+async def test_a_response_is_complete_and_its_repr_is_safe(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True}, headers={"Set-Cookie": "s=cookie-VALUE-42"})
+
+    host = await serve(Script(answer).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.ok
+    assert resp.text() == '{"ok": true}'
+    assert resp.json(dict) == {"ok": True}
+    assert resp.service == "svc"
+    assert resp.method == "GET"
+    assert "cookie-VALUE-42" not in repr(resp)
+    assert repr(resp).startswith("Response(status=200, method='GET'")
+
+
+async def test_the_demo_shapes_hold_503_twice_then_ok_and_404_once(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the README promises a user reads: two retry warnings, then a 404 warning."""
+    caplog.set_level(logging.INFO, logger="le_transport")
+    flaky = Script(503, 503, 200)
+    missing = Script(404)
+    app = web.Application()
+    app.router.add_get("/flaky", flaky.handle)
+    app.router.add_get("/missing", missing.handle)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        assert (await engine.request("GET", "svc", "/flaky")).status == 200
+        with pytest.raises(TransportError):
+            await engine.request("GET", "svc", "/missing")
+    messages = [r.getMessage() for r in caplog.records if r.name == "le_transport.retry"]
+    assert len(messages) == 3
+    assert "attempt 1/4 failed with 503; retrying in 0.05 s" in messages[0]
+    assert "attempt 2/4 failed with 503; retrying in 0.1 s" in messages[1]
+    assert "404 is not retryable" in messages[2]
+
+
+def test_readme_policy_examples_hold() -> None:
+    assert RetryPolicy().pauses == (5.0, 10.0, 15.0)
+    assert RetryPolicy(pauses=(0.05, 0.1, 0.15)).max_attempts == 4
+    policy = RetryPolicy(jitter=0.1, retry_after_ceiling=30, attempt_timeout=10, deadline=60)
+    assert policy.deadline == 60
+    custom = RetryPolicy(
+        classifier=Classifier(retry_statuses={429, 409}, final_statuses={451, 501})
+    )
+    assert custom.decide(1, Outcome.response(409), idempotent=True).action is Action.RETRY
+    relogin = BackoffPolicy.relogin()
+    assert [relogin.base_delay(n) / 60 for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 16, 16]
+    assert relogin.bounds(1) == pytest.approx((96.0, 144.0))
+    assert min(relogin.delay(n, 0.0) for n in range(1, 10)) >= 15.0
+    reconnect = BackoffPolicy.reconnect(max_attempts=10)
+    assert reconnect.base_delay(1) == 1.0
+    assert reconnect.base_delay(20) == 120.0
