@@ -5,6 +5,7 @@
 The library never imports this package.
 """
 
+from .injector import FaultInjector
 from .plan import (
     HTTP_FAULTS,
     UNITS,
@@ -41,6 +42,7 @@ __all__ = [
     "EmptyResponse",
     "Fault",
     "FaultDecision",
+    "FaultInjector",
     "FaultPlan",
     "FaultRule",
     "FaultRun",

@@ -84,6 +84,10 @@ def _non_negative_number(name: str) -> Any:
     return check
 
 
+def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
+    return {str(k): str(v) for k, v in value.items()}
+
+
 # -- fault kinds ---------------------------------------------------------------------------------
 
 
@@ -100,7 +104,7 @@ class Status:
     code: int = attrs.field()
     retry_after: float | str | None = None
     body: str | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_str_map, hash=False)
 
     @code.validator
     def _check_code(self, attribute: attrs.Attribute[int], value: int) -> None:

@@ -1,0 +1,289 @@
+"""The client-side fault injector: an aiohttp client middleware that applies a :class:`FaultPlan`.
+
+Put it among the engine's wire middlewares (``Engine(wire_middlewares=[injector])``), so that it
+runs once per attempt, inside the retry loop, exactly where a real network fault would strike.
+For each request it asks the plan (unit ``request``) and, when a rule fires:
+
+- ``status``: answers with that status (and ``Retry-After``, body) **without sending** the
+  request: the server never saw it;
+- ``delay``: waits on the injected clock, then sends;
+- ``reset`` / ``empty_response``: raises :class:`aiohttp.ServerDisconnectedError` without
+  sending, as a connection dropped by the peer looks;
+- ``hang``: waits on the clock for ``duration_ms`` and then fails as a reset, or (no duration)
+  until the caller's attempt timeout cancels it;
+- ``truncated_body``: sends, then hands back the real answer cut after ``keep_bytes`` with the
+  payload error aiohttp raises for a short body;
+- ``malformed_body``: sends, then hands back ``code`` with a body that is not valid JSON.
+
+WebSocket upgrades pass through the middleware too: a ``ws_reject_handshake`` rule (unit
+``ws_session``) answers the upgrade with its status. Faults on an open socket (``ws_close``,
+``ws_drop``, ``ws_silence``; unit ``ws_session`` or ``ws_message``) are for the socket layer to
+apply: it asks :meth:`FaultInjector.socket_opened` when a socket opens and
+:meth:`FaultInjector.message_received` for each message, and acts on the answer.
+
+Same seed and plan, same faults: each rule draws from its own stream keyed by the n-th unit it
+matched. :meth:`FaultInjector.report` says what was injected. With no rules, a call costs one
+attribute check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import attrs
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.client_reqrep import ClientResponse as _ClientResponse
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ..clock import Clock, RealClock
+from ..middleware.context import current_call
+from ..middleware.retry import is_websocket_upgrade
+from .plan import (
+    HTTP_FAULTS,
+    Delay,
+    EmptyResponse,
+    FaultDecision,
+    FaultPlan,
+    FaultRule,
+    FaultRun,
+    Hang,
+    Injection,
+    MalformedBody,
+    Reset,
+    Status,
+    TruncatedBody,
+    WsRejectHandshake,
+)
+
+__all__ = ["FaultInjector"]
+
+_SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
+_MESSAGE_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay", "status", "hang"})
+
+
+@attrs.frozen(eq=False)
+class FaultInjector:
+    """Injects the faults of ``plan`` into requests, on ``clock``.
+
+    ``FaultInjector(FaultPlan(seed=7, rules=[...]), clock=clock)``, or
+    ``FaultInjector.seeded(7, rule, ..., clock=clock)``. Hashable by identity, as aiohttp's
+    middleware chain cache needs; its plan can grow with :meth:`add`.
+    """
+
+    plan: FaultPlan = attrs.field(factory=FaultPlan)
+    clock: Clock = attrs.field(factory=RealClock)
+    _run: FaultRun = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_run", FaultRun(self.plan))
+
+    @classmethod
+    def seeded(cls, seed: int, *rules: FaultRule, clock: Clock | None = None) -> FaultInjector:
+        """An injector for ``FaultPlan(seed, rules)``."""
+        return cls(FaultPlan(seed=seed, rules=rules), clock=clock or RealClock())
+
+    # -- the plan --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is configured."""
+        return bool(self._run.plan.rules)
+
+    @property
+    def current_plan(self) -> FaultPlan:
+        """The plan in force (``plan`` plus rules added since)."""
+        return self._run.plan
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        """Add a rule (its counter starts at 0)."""
+        self._run.plan = self._run.plan.with_rule(rule)
+        return rule
+
+    def extend(self, rules: Iterable[FaultRule]) -> None:
+        """Add several rules."""
+        for rule in rules:
+            self.add(rule)
+
+    def clear(self) -> None:
+        """Remove every rule; the log is kept."""
+        self._run.plan = FaultPlan(seed=self._run.plan.seed)
+
+    @property
+    def log(self) -> list[FaultDecision]:
+        """Every decision made, in order."""
+        return self._run.log
+
+    def report(self) -> list[dict[str, Any]]:
+        """What was injected, in order: one dict per fault (rule id, unit index, kind,
+        method, redacted path, clock time). Two runs with the same seed give the same report."""
+        return [d.to_dict() for d in self._run.injected()]
+
+    # -- the middleware --------------------------------------------------------------------
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if not self._run.plan.rules:
+            return await handler(request)
+        ctx = current_call()
+        service = ctx.service if ctx is not None else None
+        path = request.url.path
+        if is_websocket_upgrade(request):
+            injection = self._run.decide(
+                "ws_session",
+                method=request.method,
+                path=path,
+                service=service,
+                at=self.clock.now(),
+                kinds=frozenset({"ws_reject_handshake"}),
+            )
+            if injection is not None and isinstance(injection.fault, WsRejectHandshake):
+                fault = injection.fault
+                return _synthetic(request, fault.status, {}, fault.body.encode())
+            return await handler(request)
+        injection = self._run.decide(
+            "request",
+            method=request.method,
+            path=path,
+            service=service,
+            at=self.clock.now(),
+            kinds=HTTP_FAULTS,
+        )
+        if injection is None:
+            return await handler(request)
+        return await self._apply(injection, request, handler)
+
+    async def _apply(
+        self, injection: Injection, request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        fault = injection.fault
+        if isinstance(fault, Status):
+            return _synthetic(
+                request, fault.code, fault.response_headers(), fault.response_body(), json=True
+            )
+        if isinstance(fault, Delay):
+            await self.clock.sleep(injection.delay_s)
+            return await handler(request)
+        if isinstance(fault, (Reset, EmptyResponse)):
+            raise aiohttp.ServerDisconnectedError()
+        if isinstance(fault, Hang):
+            if fault.duration_ms is None:
+                # Forever: only the caller's attempt timeout or deadline ends it.
+                await asyncio.get_running_loop().create_future()
+            else:
+                await self.clock.sleep(fault.duration_ms / 1000.0)
+            raise aiohttp.ServerDisconnectedError()
+        if isinstance(fault, TruncatedBody):
+            real = await handler(request)
+            body = await real.read()
+            real.release()
+            cut = body[: fault.keep_bytes]
+            headers = dict(real.headers)
+            headers["Content-Length"] = str(max(len(body), len(cut) + 1))
+            return _synthetic(
+                request,
+                real.status,
+                headers,
+                cut,
+                error=aiohttp.ClientPayloadError(
+                    "Response payload is not completed (injected truncation)"
+                ),
+            )
+        if isinstance(fault, MalformedBody):
+            real = await handler(request)
+            await real.read()
+            real.release()
+            return _synthetic(request, fault.code, {}, fault.body.encode(), json=True)
+        raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    # -- the hook for the socket layer -----------------------------------------------------
+
+    def socket_opened(self, path: str, *, service: str | None = None) -> Injection | None:
+        """Ask the plan about a socket that just opened (unit ``ws_session``).
+
+        The answer's fault is ``WsClose``/``WsDrop``/``WsSilence`` (apply it after
+        ``fault.after_messages`` received messages) or ``Delay``; None means no fault.
+        """
+        if not self._run.plan.rules:
+            return None
+        return self._run.decide(
+            "ws_session",
+            method="GET",
+            path=path,
+            service=service,
+            at=self.clock.now(),
+            kinds=_SOCKET_KINDS,
+        )
+
+    def message_received(self, type: str) -> Injection | None:
+        """Ask the plan about one received message, matched on its ``type`` (unit
+        ``ws_message``): drop, close, silence, delay, or a ``status`` to treat it as."""
+        if not self._run.plan.rules:
+            return None
+        return self._run.decide(
+            "ws_message", method="WS", path=type, at=self.clock.now(), kinds=_MESSAGE_KINDS
+        )
+
+
+class _NoWriter:
+    """Stands in for the stream writer of a request that was never sent."""
+
+    output_size = 0
+
+
+def _synthetic(
+    request: ClientRequest,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    json: bool = False,
+    error: BaseException | None = None,
+) -> ClientResponse:
+    """A complete :class:`aiohttp.ClientResponse` built locally, as if the server had sent it."""
+    loop = asyncio.get_running_loop()
+    resp = _ClientResponse(
+        request.method,
+        request.url,
+        writer=None,
+        continue100=None,
+        timer=None,  # type: ignore[arg-type]
+        request_info=request.request_info,
+        traces=[],
+        loop=loop,
+        session=request.session,
+        stream_writer=_NoWriter(),  # type: ignore[arg-type]
+    )
+    hdrs = CIMultiDict(headers)
+    if json and "Content-Type" not in hdrs:
+        hdrs["Content-Type"] = "application/json"
+    hdrs.setdefault("Content-Length", str(len(body)))
+    resp.status = status
+    resp.reason = _REASONS.get(status, "Injected")
+    resp._headers = CIMultiDictProxy(hdrs)
+    resp._raw_headers = tuple((k.encode(), v.encode()) for k, v in hdrs.items())
+    content = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    if body:
+        content.feed_data(body)
+    if error is not None:
+        content.set_exception(error)
+    else:
+        content.feed_eof()
+    resp.content = content
+    return resp
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    451: "Unavailable For Legal Reasons",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}

@@ -1,0 +1,200 @@
+"""The client-side FaultInjector: what it injects through the engine, and that it reproduces."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from le_transport import Engine, RetryPolicy
+from le_transport.chaos import (
+    Delay,
+    FaultInjector,
+    FaultRule,
+    Hang,
+    MalformedBody,
+    Match,
+    Reset,
+    Schedule,
+    Status,
+    TruncatedBody,
+    WsDrop,
+    WsRejectHandshake,
+)
+from le_transport.errors import (
+    AttemptTimeout,
+    ClientStatusError,
+    ConnectionFailed,
+    ResponseDecodeError,
+    RetriesExhausted,
+)
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
+
+CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with Simulator(clock=clock) as s:
+        yield s
+
+
+def _engine(sim: Simulator, clock: VirtualClock, injector: FaultInjector, **kw: Any) -> Engine:
+    return Engine(sim.domains, scheme="http", clock=clock, wire_middlewares=[injector], **kw)
+
+
+async def test_an_injected_status_is_answered_without_sending_the_request(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1, FaultRule("s", Status(503), schedule=Schedule(fail_next=2)), clock=clock
+    )
+    async with _engine(sim, clock, injector) as engine:
+        body = await engine.request_json("GET", "agentVep", CSDS, expect=dict)
+    assert "baseURIs" in body
+    assert sim.count("GET") == 1  # the two 503s never reached the server
+    assert sim.requests[0].at == 15.0  # after the guide's 5 and 10 s pauses
+    assert [r["kind"] for r in injector.report()] == ["status", "status"]
+
+
+async def test_an_injected_4xx_is_not_retried_and_retry_after_is_honoured(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1,
+        FaultRule(
+            "rl", Status(429, retry_after=20), match=Match(path="*/a"), schedule=Schedule(0, 1)
+        ),
+        FaultRule("nf", Status(404), match=Match(path="*/baseURI.json")),
+        clock=clock,
+    )
+    async with _engine(sim, clock, injector) as engine:
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("GET", "agentVep", CSDS)
+        assert info.value.status == 404
+        assert len(info.value.attempts) == 1
+        with pytest.raises(ClientStatusError):
+            await engine.request("GET", "agentVep", "/api/a")
+    assert clock.now() == 20.0  # the 429's Retry-After, not the schedule's 5 s
+
+
+async def test_latency_is_spent_on_the_injected_clock(sim: Simulator, clock: VirtualClock) -> None:
+    injector = FaultInjector.seeded(1, FaultRule("d", Delay(1500)), clock=clock)
+    async with _engine(sim, clock, injector) as engine:
+        await engine.request("GET", "agentVep", CSDS)
+    assert clock.now() == pytest.approx(1.5)
+    assert sim.requests[0].at == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("fault", [Reset(), TruncatedBody(keep_bytes=4)], ids=lambda f: f.kind)
+async def test_resets_and_truncations_are_connection_failures(
+    sim: Simulator, clock: VirtualClock, fault: Reset | TruncatedBody
+) -> None:
+    injector = FaultInjector.seeded(1, FaultRule("f", fault), clock=clock)
+    policy = RetryPolicy(pauses=(1.0,))
+    async with _engine(sim, clock, injector, retry=policy) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "agentVep", CSDS)
+    assert isinstance(info.value.last, ConnectionFailed)
+    assert len(injector.report()) == 2
+
+
+async def test_a_hang_ends_when_the_attempt_timeout_cancels_it(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(1, FaultRule("h", Hang(), schedule=Schedule(0, 1)), clock=clock)
+    policy = RetryPolicy(pauses=(2.0,), attempt_timeout=10)
+    async with _engine(sim, clock, injector, retry=policy) as engine:
+        resp = await engine.request("GET", "agentVep", CSDS)
+    assert resp.status == 200
+    assert clock.now() == pytest.approx(12.0)
+    assert resp.attempts[0].outcome.kind.value == "timeout"
+
+
+async def test_a_hang_without_retries_raises_attempt_timeout(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(1, FaultRule("h", Hang()), clock=clock)
+    async with _engine(sim, clock, injector, retry=RetryPolicy(pauses=(), attempt_timeout=3)) as e:
+        with pytest.raises((AttemptTimeout, RetriesExhausted)):
+            await e.request("GET", "agentVep", CSDS)
+
+
+async def test_a_malformed_body_reaches_the_caller_as_a_decode_error(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(1, FaultRule("m", MalformedBody()), clock=clock)
+    async with _engine(sim, clock, injector) as engine:
+        with pytest.raises(ResponseDecodeError):
+            await engine.request_json("GET", "agentVep", CSDS)
+    assert sim.count("GET") == 1  # sent; the answer was corrupted on the way back
+
+
+async def test_same_seed_same_faults_different_seed_different_faults(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    async def run(seed: int) -> list[dict[str, Any]]:
+        injector = FaultInjector.seeded(
+            seed, FaultRule("coin", Status(503), p=0.5), clock=VirtualClock()
+        )
+        policy = RetryPolicy(pauses=(0.0,) * 5)
+        async with _engine(sim, clock, injector, retry=policy) as engine:
+            for _ in range(12):
+                with contextlib.suppress(RetriesExhausted):
+                    await engine.request("GET", "agentVep", CSDS)
+        return [{k: v for k, v in r.items() if k != "at"} for r in injector.report()]
+
+    first, again, other = await run(7), await run(7), await run(8)
+    assert first == again
+    assert first != other
+    assert first
+
+
+async def test_with_no_rules_requests_pass_straight_through(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector(clock=clock)
+    assert not injector.active
+    async with _engine(sim, clock, injector) as engine:
+        await engine.request("GET", "agentVep", CSDS)
+    assert injector.log == []
+    assert hash(injector) == hash(injector)
+
+
+async def test_a_websocket_handshake_can_be_rejected_through_the_session(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+    injector = FaultInjector.seeded(
+        1,
+        FaultRule("rej", WsRejectHandshake(502), unit="ws_session", schedule=Schedule(fail_next=1)),
+        clock=clock,
+    )
+    async with _engine(sim, clock, injector) as engine:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await engine.session.ws_connect(sim.brand_socket_url(bearer))
+        assert info.value.status == 502
+        async with engine.session.ws_connect(sim.brand_socket_url(bearer)) as ws:
+            await ws.send_json({"kind": "req", "id": "1", "type": ".GetClock", "body": {}})
+            assert (await ws.receive_json())["code"] == 200
+    assert sim.sockets.rejected == []  # refused on the client side; the server saw one socket
+    assert len(sim.sockets.all) == 1
+
+
+def test_the_socket_hook_answers_session_and_message_faults() -> None:
+    injector = FaultInjector.seeded(
+        3,
+        FaultRule("drop", WsDrop(after_messages=5), unit="ws_session"),
+        FaultRule("rl", Status(429), unit="ws_message", match=Match(path=".GetClock")),
+    )
+    opened = injector.socket_opened("/ws_api/account/1/messaging/brand/x")
+    assert opened is not None
+    assert opened.fault == WsDrop(after_messages=5)
+    assert injector.message_received(".ams.aam.SubscribeExConversations") is None
+    message = injector.message_received(".GetClock")
+    assert message is not None
+    assert message.fault == Status(429)

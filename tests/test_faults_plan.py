@@ -1,0 +1,182 @@
+"""The fault vocabulary: schedules, sequences, seeded draws, JSON round trip, validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from le_transport.chaos import (
+    Delay,
+    Fault,
+    FaultPlan,
+    FaultRule,
+    FaultRun,
+    Hang,
+    MalformedBody,
+    Match,
+    Reset,
+    Schedule,
+    Status,
+    TruncatedBody,
+    WsClose,
+    WsDrop,
+    WsRejectHandshake,
+    WsSilence,
+    fault_from_dict,
+)
+from le_transport.errors import ConfigurationError
+
+ALL_KINDS: list[Fault] = [
+    Status(503, retry_after=5, body='{"e":1}', headers={"X-Test": "1"}),
+    Status(429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"),
+    Delay(250, jitter_ms=50),
+    Reset(),
+    Hang(),
+    Hang(duration_ms=1000),
+    TruncatedBody(keep_bytes=10),
+    MalformedBody(),
+    WsRejectHandshake(502, "bad gateway"),
+    WsClose(4401, "token expired", after_messages=3),
+    WsDrop(after_messages=2),
+    WsSilence(after_messages=1),
+]
+
+
+def _outcomes(run: FaultRun, n: int, path: str = "/api/x") -> list[str | None]:
+    out: list[str | None] = []
+    for _ in range(n):
+        injection = run.decide("request", method="GET", path=path)
+        out.append(None if injection is None else injection.fault.kind)
+    return out
+
+
+def test_skip_first_and_fail_next_make_a_window_over_matching_requests() -> None:
+    rule = FaultRule("w", Status(503), schedule=Schedule(skip_first=1, fail_next=2))
+    run = FaultRun(FaultPlan(rules=[rule]))
+    assert _outcomes(run, 5) == [None, "status", "status", None, None]
+
+
+def test_a_sequence_names_each_matching_request_then_passes() -> None:
+    rule = FaultRule("s", sequence=[503, 503, 200, Reset()])
+    run = FaultRun(FaultPlan(rules=[rule]))
+    assert _outcomes(run, 6) == ["status", "status", None, "reset", None, None]
+
+
+def test_match_filters_by_method_path_glob_and_service() -> None:
+    m = Match(method="get", path="/api/account/*/users", service="accountConfigReadOnly")
+    assert m.matches("GET", "/api/account/1/users", "accountConfigReadOnly")
+    assert not m.matches("POST", "/api/account/1/users", "accountConfigReadOnly")
+    assert not m.matches("GET", "/api/account/1/skills", "accountConfigReadOnly")
+    assert not m.matches("GET", "/api/account/1/users", "agentVep")
+    assert Match().matches("DELETE", "/anything/at/all")
+
+
+def test_only_rules_of_the_asked_unit_and_kinds_are_consulted() -> None:
+    plan = FaultPlan(
+        rules=[
+            FaultRule("ws", WsDrop(), unit="ws_session"),
+            FaultRule("http", Reset()),
+        ]
+    )
+    run = FaultRun(plan)
+    injection = run.decide("request", method="GET", path="/x", kinds=frozenset({"status"}))
+    assert injection is None
+    injection = run.decide("ws_session", method="GET", path="/ws_api/x")
+    assert injection is not None
+    assert injection.rule_id == "ws"
+
+
+def test_the_decision_log_records_every_matching_rule_and_redacts_bearers() -> None:
+    plan = FaultPlan(
+        rules=[FaultRule("a", Status(503)), FaultRule("b", Reset(), schedule=Schedule(1))]
+    )
+    run = FaultRun(plan)
+    run.decide("request", method="GET", path="/ws_api/account/1/messaging/brand/SECRETBEARER")
+    assert [(d.rule_id, d.outcome) for d in run.log] == [("a", "inject"), ("b", "pass")]
+    assert "SECRETBEARER" not in json.dumps([d.to_dict() for d in run.log])
+
+
+@given(seed=st.integers(0, 2**32), p=st.floats(0.05, 0.95))
+def test_same_seed_gives_the_same_decisions(seed: int, p: float) -> None:
+    """Invariant: a plan's decisions are a function of the plan alone."""
+    plan = FaultPlan(seed=seed, rules=[FaultRule("r", Status(503), p=p)])
+    assert _outcomes(FaultRun(plan), 50) == _outcomes(FaultRun(plan), 50)
+
+
+def test_different_seeds_give_different_decisions() -> None:
+    def outcomes(seed: int) -> list[str | None]:
+        plan = FaultPlan(seed=seed, rules=[FaultRule("r", Status(503), p=0.5)])
+        return _outcomes(FaultRun(plan), 64)
+
+    assert outcomes(1) != outcomes(2)
+    assert 10 < outcomes(1).count("status") < 54
+
+
+@given(seed=st.integers(0, 2**32))
+def test_adding_a_rule_never_shifts_another_rules_draws(seed: int) -> None:
+    """Invariant: a rule's draws depend on (seed, rule id, its own unit count) only."""
+    mine = FaultRule("mine", Status(503), match=Match(path="/a"), p=0.5)
+    other = FaultRule("other", Reset(), match=Match(path="/*"), p=0.5)
+    alone = FaultRun(FaultPlan(seed=seed, rules=[mine]))
+    together = FaultRun(FaultPlan(seed=seed, rules=[other, mine]))
+    for path in ("/a", "/b") * 10:
+        alone.decide("request", method="GET", path=path)
+        together.decide("request", method="GET", path=path)
+
+    def verdicts(run: FaultRun) -> list[tuple[int, bool]]:
+        return [(d.index, d.outcome != "skipped") for d in run.log if d.rule_id == "mine"]
+
+    assert verdicts(alone) == verdicts(together)
+
+
+def test_a_plan_survives_a_json_round_trip() -> None:
+    plan = FaultPlan(
+        seed=42,
+        rules=[
+            *(
+                FaultRule(f"r{i}", fault, match=Match("GET", "/api/*", "agentVep"), p=0.25)
+                for i, fault in enumerate(ALL_KINDS)
+            ),
+            FaultRule("seq", sequence=[Status(503), None, Reset()], unit="request"),
+            FaultRule("win", WsClose(4407), unit="ws_session", schedule=Schedule(2, 3)),
+        ],
+    )
+    text = json.dumps(plan.to_dict())
+    assert FaultPlan.from_dict(json.loads(text)) == plan
+
+
+def test_status_shorthand_in_json_means_a_status_or_a_pass() -> None:
+    assert fault_from_dict(503) == Status(503)
+    assert fault_from_dict(200) is None
+    assert fault_from_dict(None) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kind": "explode"}, "unknown fault kind"),
+        ({"kind": "status", "code": 99}, "Status.code"),
+        ({"kind": "status", "code": 503, "colour": "red"}, "no parameter"),
+        ({"kind": "ws_close", "code": 1006}, "sendable"),
+        ({"kind": "delay", "delay_ms": -1}, "delay_ms"),
+    ],
+)
+def test_invalid_faults_are_refused_with_a_clear_message(data: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        fault_from_dict(data)  # type: ignore[arg-type]
+
+
+def test_invalid_rules_and_plans_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        FaultRule("x")
+    with pytest.raises(ConfigurationError, match="p must be"):
+        FaultRule("x", Reset(), p=1.5)
+    with pytest.raises(ConfigurationError, match="unit"):
+        FaultRule("x", Reset(), unit="packet")
+    with pytest.raises(ConfigurationError, match="two rules"):
+        FaultPlan(rules=[FaultRule("x", Reset()), FaultRule("x", Reset())])
+    with pytest.raises(ConfigurationError, match="unknown field"):
+        FaultRule.from_dict({"id": "x", "fault": 503, "when": "now"})
