@@ -44,6 +44,7 @@ __all__ = [
     "SocketRejected",
     "SocketRequestError",
     "SocketRequestTimeout",
+    "StateStoreError",
     "TransportError",
     "UnknownServiceError",
 ]
@@ -296,6 +297,15 @@ class CircuitOpen(RequestError):
     ) -> None:
         super().__init__(message, service=service, method=method, url=url, attempts=attempts)
         self.retry_at = retry_at
+
+
+class StateStoreError(TransportError):
+    """The shared state store (Redis) failed, refused or was too slow for one operation.
+
+    Raised by :class:`le_transport.state.RedisStore`; the engine never lets it reach a call:
+    :class:`le_transport.state.FallbackStore` turns it into a switch to local state. The message
+    never holds the store's password.
+    """
 
 
 # --------------------------------------------------------------------------------------------

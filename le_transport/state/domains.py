@@ -1,0 +1,63 @@
+"""The account's domain map (service -> host), shared by a fleet so it is resolved once.
+
+Every process needs the Domain API's map, on every start and every reconnect; through a store the
+fleet asks once per TTL. A map read back is validated host by host: a store that was written by
+someone else cannot redirect credentials to a host that is not a bare hostname.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from ..errors import ConfigurationError, HostileHostError
+from ..providers.domains import validate_host
+from .store import StateStore, state_key
+
+__all__ = ["SharedDomainMap"]
+
+_log = logging.getLogger("le_transport.state")
+
+
+class SharedDomainMap:
+    """The domain map of ``account`` in ``store``, kept ``ttl`` seconds."""
+
+    def __init__(self, store: StateStore, *, account: str, ttl: float = 3600.0) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+            raise ConfigurationError(f"SharedDomainMap.ttl must be > 0, got {ttl!r}")
+        self._store = store
+        self._account = account
+        self._key = state_key(account, "domains")
+        self._ttl = float(ttl)
+
+    async def get(self) -> dict[str, str] | None:
+        """The shared map, or None if there is none (or it does not validate)."""
+        entry = await self._store.get(self._key)
+        if entry is None:
+            return None
+        try:
+            raw = json.loads(entry.value)
+            if not isinstance(raw, dict):
+                raise ValueError("not an object")
+            return {
+                str(svc): validate_host(host, service=str(svc), account=self._account)
+                for svc, host in raw.items()
+            }
+        except (ValueError, HostileHostError) as exc:
+            _log.warning(
+                "ignoring a shared domain map that does not validate: %s",
+                type(exc).__name__,
+                extra={"account": self._account},
+            )
+            return None
+
+    async def put(self, hosts: Mapping[str, str]) -> None:
+        """Share ``hosts`` (validated first) for ``ttl`` seconds."""
+        checked = {
+            svc: validate_host(h, service=svc, account=self._account) for svc, h in hosts.items()
+        }
+        await self._store.set(self._key, json.dumps(checked, sort_keys=True), ttl=self._ttl)
+
+    def __repr__(self) -> str:
+        return f"SharedDomainMap(key={self._key!r})"

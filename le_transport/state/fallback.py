@@ -1,0 +1,181 @@
+"""Shared state that never fails a call: a primary store (Redis) with a local fallback.
+
+Redis down or slow is a fault like any other. :class:`FallbackStore` sends each operation to the
+primary; when one fails (within the primary's own short timeout) it answers from the local
+:class:`~le_transport.state.MemoryStore` instead, logs the switch once, and for ``retry_interval``
+seconds does not even try the primary, so a dead Redis costs a call nothing. After that the next
+operation tries the primary again; the first success logs that sharing resumed.
+
+What going local trades away: while Redis is out, each process has its own session, budget and
+pace again (N processes: N logins, N budgets) - the behaviour without Redis, never worse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ..clock import Clock, RealClock
+from ..errors import StateStoreError
+from ..events import EventHooks, StateEvent, emit
+from ..policies.budget import RetryBudget
+from ..policies.pacing import TokenBucket
+from .memory import MemoryStore
+from .store import Entry, StateStore
+
+__all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
+
+_log = logging.getLogger("le_transport.state")
+
+#: How long a process stays local after the primary failed before it tries the primary again.
+DEFAULT_RETRY_INTERVAL = 1.0
+
+T = TypeVar("T")
+
+
+class FallbackStore:
+    """A :class:`~le_transport.state.StateStore` over ``primary`` that falls back to ``local``.
+
+    - ``primary``: the shared store (e.g. :class:`~le_transport.state.RedisStore`); its
+      failures must be :class:`StateStoreError`.
+    - ``local``: where state lives while the primary is out (a fresh ``MemoryStore``).
+    - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
+    - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
+
+    Writes (``set``) also go to ``local``, so that what this process last shared is still
+    there if the primary goes away.
+    """
+
+    def __init__(
+        self,
+        primary: StateStore,
+        *,
+        local: MemoryStore | None = None,
+        clock: Clock | None = None,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+        hooks: EventHooks | None = None,
+    ) -> None:
+        self._primary = primary
+        self._clock = clock or RealClock()
+        self._local = local or MemoryStore(self._clock)
+        self._retry_interval = retry_interval
+        self._hooks = hooks or EventHooks()
+        self._down = False
+        self._next_try = 0.0
+        #: How many times the store switched to local state, and back.
+        self.fallbacks = 0
+        self.recoveries = 0
+
+    @property
+    def sharing(self) -> bool:
+        """Whether the last operation went through the primary."""
+        return not self._down
+
+    @property
+    def primary(self) -> StateStore:
+        """The shared store."""
+        return self._primary
+
+    @property
+    def local(self) -> MemoryStore:
+        """The fallback store."""
+        return self._local
+
+    async def _call(
+        self, op: str, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._down and self._clock.now() < self._next_try:
+            return await local()
+        try:
+            result = await shared()
+        except StateStoreError as exc:
+            self._next_try = self._clock.now() + self._retry_interval
+            if not self._down:
+                self._down = True
+                self.fallbacks += 1
+                _log.warning(
+                    "shared state unavailable, each process uses its own until it returns: %s",
+                    exc,
+                    extra={"store": repr(self._primary), "operation": op},
+                )
+                emit(
+                    self._hooks.on_state,
+                    StateEvent("state_store_fallback", repr(self._primary), {"operation": op}),
+                )
+            return await local()
+        if self._down:
+            self._down = False
+            self.recoveries += 1
+            _log.warning(
+                "shared state is back; sharing resumed",
+                extra={"store": repr(self._primary), "operation": op},
+            )
+            emit(
+                self._hooks.on_state,
+                StateEvent("state_store_resumed", repr(self._primary), {"operation": op}),
+            )
+        return result
+
+    async def get(self, key: str) -> Entry | None:
+        """From the primary; locally while it is out."""
+        return await self._call("get", lambda: self._primary.get(key), lambda: self._local.get(key))
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        """To the primary (and locally, as a copy for a later outage)."""
+        await self._local.set(key, value, ttl=ttl)
+        await self._call(
+            "set",
+            lambda: self._primary.set(key, value, ttl=ttl),
+            lambda: self._local.set(key, value, ttl=ttl),
+        )
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        """Set-if-absent on the primary; locally while it is out."""
+        return await self._call(
+            "add",
+            lambda: self._primary.add(key, value, ttl=ttl),
+            lambda: self._local.add(key, value, ttl=ttl),
+        )
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        """Delete on the primary and locally."""
+        here = await self._local.delete(key, only_if=only_if)
+        there = await self._call(
+            "delete",
+            lambda: self._primary.delete(key, only_if=only_if),
+            lambda: self._local.delete(key, only_if=only_if),
+        )
+        return here or there
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        """The fleet's budget; this process's own while the primary is out.
+
+        First attempts are also counted locally, so that the local budget is warm (not down
+        to its floor) when it has to take over.
+        """
+        if deposits:
+            await self._local.budget(key, policy, deposits=deposits)
+        return await self._call(
+            "budget",
+            lambda: self._primary.budget(key, policy, deposits=deposits, withdraw=withdraw),
+            lambda: self._local.budget(key, policy, withdraw=withdraw),
+        )
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        """The fleet's bucket; this process's own while the primary is out."""
+        return await self._call(
+            "reserve",
+            lambda: self._primary.reserve(key, bucket),
+            lambda: self._local.reserve(key, bucket),
+        )
+
+    async def close(self) -> None:
+        """Close both stores."""
+        await self._primary.close()
+        await self._local.close()
+
+    def __repr__(self) -> str:
+        return f"FallbackStore({self._primary!r}, sharing={self.sharing})"

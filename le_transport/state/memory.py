@@ -1,0 +1,96 @@
+"""The in-memory state store: the default, for one process, on the injected clock."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..clock import Clock, RealClock
+from ..errors import ConfigurationError
+from ..policies.budget import BudgetState, RetryBudget
+from ..policies.pacing import TokenBucket
+from .store import Entry
+
+__all__ = ["MemoryStore"]
+
+
+def _check_ttl(ttl: float) -> None:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
+        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r}")
+
+
+class MemoryStore:
+    """A :class:`~le_transport.state.StateStore` in this process's memory.
+
+    Values expire on ``clock``; the budget and the token bucket run the pure policies directly.
+    Nothing here can fail or block, which is why it is also what a fleet falls back to.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or RealClock()
+        self._values: dict[str, tuple[str, float]] = {}
+        self._budgets: dict[str, BudgetState] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _live(self, key: str) -> tuple[str, float] | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock.now():
+            del self._values[key]
+            return None
+        return item
+
+    async def get(self, key: str) -> Entry | None:
+        """The value at ``key`` and its remaining TTL, or None."""
+        item = self._live(key)
+        return None if item is None else Entry(item[0], item[1] - self._clock.now())
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        """Store ``value`` for ``ttl`` seconds."""
+        _check_ttl(ttl)
+        self._values[key] = (value, self._clock.now() + ttl)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        """Store ``value`` only if ``key`` holds nothing."""
+        _check_ttl(ttl)
+        if self._live(key) is not None:
+            return False
+        self._values[key] = (value, self._clock.now() + ttl)
+        return True
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        """Remove ``key`` (only while it holds ``only_if``, if given)."""
+        item = self._live(key)
+        if item is None or (only_if is not None and item[0] != only_if):
+            return False
+        del self._values[key]
+        return True
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        """Count first attempts and maybe take a retry, on the pure :class:`RetryBudget`."""
+        now = self._clock.now()
+        state = self._budgets.get(key) or policy.empty()
+        if deposits:
+            state = policy.record_request(state, now, deposits)
+        taken = False
+        if withdraw:
+            taken, state = policy.try_retry(state, now)
+        self._budgets[key] = state
+        return taken
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        """Take a token on the pure :class:`TokenBucket` kept at ``key``."""
+        held = self._buckets.get(key)
+        if held is None or (held.rate, held.burst) != (bucket.rate, bucket.burst):
+            held = attrs.evolve(bucket, tokens=None, updated_at=None)
+        reservation = held.reserve(self._clock.now())
+        self._buckets[key] = reservation.bucket
+        return reservation.wait
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(keys={len(self._values)})"

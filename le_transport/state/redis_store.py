@@ -1,0 +1,291 @@
+"""The Redis state store: a fleet's shared state, on redis-py's asyncio client (optional extra).
+
+Install with ``pip install 'le_transport[redis]'``. Every operation is one round trip and atomic:
+reads with their TTL, compare-and-delete, the retry budget and the token bucket run as Lua
+scripts on the server, with the server's clock (``TIME``), so processes on machines whose clocks
+disagree still share one window and one bucket.
+
+Every failure (refused, reset, timed out after ``op_timeout`` on the clock, a script error) is a
+:class:`~le_transport.errors.StateStoreError`, whose message never holds the password; wrap the
+store in :class:`~le_transport.state.FallbackStore` so that no call ever fails because Redis
+did. Keys are ``{prefix}:{account}:{kind}:...``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .._redact import Secret, redact_text, redact_url
+from ..clock import Clock, RealClock, timeout_after
+from ..errors import ConfigurationError, StateStoreError
+from ..policies.budget import RetryBudget
+from ..policies.pacing import TokenBucket
+from .store import Entry
+
+__all__ = ["DEFAULT_OP_TIMEOUT", "DEFAULT_PREFIX", "RedisStore"]
+
+_log = logging.getLogger("le_transport.state")
+
+#: A loopback or same-zone Redis answers in well under a millisecond; a quarter second is an
+#: outage, and a call waiting on shared state must not wait longer than that to go local.
+DEFAULT_OP_TIMEOUT = 0.25
+#: The default key prefix; set your own to share one Redis between applications.
+DEFAULT_PREFIX = "le_transport"
+
+_GET = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PTTL', KEYS[1])}
+"""
+
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# RetryBudget's arithmetic (see policies/budget.py): counts per time slot in one hash, fields
+# q:<slot> (first attempts) and r:<slot> (retries); slots older than the window are dropped.
+_BUDGET = """
+local ratio, floor = tonumber(ARGV[1]), tonumber(ARGV[2])
+local slot_len, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
+local deposits, withdraw = tonumber(ARGV[5]), tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cur = math.floor(now / slot_len)
+local oldest = cur - slots + 1
+local fields = redis.call('HGETALL', KEYS[1])
+local req, ret = 0, 0
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  local s = tonumber(string.sub(f, 3))
+  if s == nil or s < oldest then
+    redis.call('HDEL', KEYS[1], f)
+  elseif string.sub(f, 1, 1) == 'q' then
+    req = req + tonumber(fields[i + 1])
+  else
+    ret = ret + tonumber(fields[i + 1])
+  end
+end
+local slot = string.format('%d', cur)
+if deposits > 0 then
+  redis.call('HINCRBY', KEYS[1], 'q:' .. slot, deposits)
+  req = req + deposits
+end
+local taken = 0
+if withdraw > 0 and ret + 1 <= ratio * req + floor + 1e-9 then
+  redis.call('HINCRBY', KEYS[1], 'r:' .. slot, 1)
+  taken = 1
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(slot_len * slots * 1000) + 1000)
+return taken
+"""
+
+# TokenBucket.reserve (see policies/pacing.py) on the server's clock.
+_RESERVE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens, updated = tonumber(h[1]), tonumber(h[2])
+local at = now
+local avail = burst
+if tokens ~= nil and updated ~= nil then
+  if updated > now then at = updated end
+  avail = math.min(burst, tokens + math.max(0, at - updated) * rate)
+end
+tokens = avail - 1
+local wait = 0
+if tokens < 0 then wait = -tokens / rate end
+wait = wait + (at - now)
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'updated', string.format('%.6f', at))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate + wait) * 1000) + 1000)
+return string.format('%.6f', wait)
+"""
+
+
+def _ttl_ms(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
+        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r}")
+    return max(1, round(ttl * 1000))
+
+
+class RedisStore:
+    """A :class:`~le_transport.state.StateStore` in Redis, shared by every process using it.
+
+    - ``url``: ``redis://host:port/db`` or ``rediss://`` for TLS. A password in the URL works
+      but is never logged; prefer ``password=``.
+    - ``password``: passed through to Redis ``AUTH`` (a str or a :class:`Secret`).
+    - ``prefix``: every key starts with it (default ``le_transport``).
+    - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed.
+    - ``client_options``: passed through to ``redis.asyncio.Redis.from_url`` (TLS files such
+      as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``; ``username``; pool sizes).
+    - ``client``: an existing ``redis.asyncio.Redis`` to use instead (the caller closes it).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        password: str | Secret | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
+        clock: Clock | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        client: Any = None,
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "RedisStore needs redis-py: pip install 'le_transport[redis]'"
+            ) from None
+        if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix):
+            raise ConfigurationError(f"RedisStore.prefix must be a non-empty word, got {prefix!r}")
+        if not isinstance(op_timeout, (int, float)) or not 0 < op_timeout < float("inf"):
+            raise ConfigurationError(f"RedisStore.op_timeout must be > 0, got {op_timeout!r}")
+        self._url = redact_url(url)
+        self._prefix = prefix
+        self._op_timeout = float(op_timeout)
+        self._clock = clock or RealClock()
+        secret = password.reveal() if isinstance(password, Secret) else password
+        self._hide = [s for s in (secret, _url_password(url)) if s]
+        self._owns_client = client is None
+        if client is None:
+            options: dict[str, Any] = {
+                "decode_responses": True,
+                "socket_connect_timeout": self._op_timeout,
+                "socket_timeout": self._op_timeout,
+                "retry_on_timeout": False,
+                "health_check_interval": 0,
+            }
+            options.update(client_options or {})
+            if secret is not None:
+                options["password"] = secret
+            try:
+                client = aioredis.Redis.from_url(url, **options)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"invalid Redis URL {self._url!r}: {self._scrub(str(exc))}"
+                ) from None
+        self._client = client
+        self._get = client.register_script(_GET)
+        self._delete_if = client.register_script(_DELETE_IF)
+        self._budget = client.register_script(_BUDGET)
+        self._reserve = client.register_script(_RESERVE)
+        self._closed = False
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix."""
+        return self._prefix
+
+    def key(self, key: str) -> str:
+        """The Redis key for a store key."""
+        return f"{self._prefix}:{key}"
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._hide:
+            text = text.replace(secret, "***")
+        return redact_text(text)[:300]
+
+    async def _run(self, op: str, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise StateStoreError(f"redis {op}: the store is closed")
+        try:
+            async with timeout_after(self._clock, self._op_timeout):
+                return await coro_fn(*args, **kwargs)
+        except TimeoutError:
+            raise StateStoreError(
+                f"redis {op} on {self._url} took longer than {self._op_timeout:g} s"
+            ) from None
+        except Exception as exc:
+            # redis-py raises its own errors, OSError and, on a cut connection, others: every
+            # one of them is the store failing, never the caller's fault.
+            raise StateStoreError(
+                f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+            ) from None
+
+    async def get(self, key: str) -> Entry | None:
+        """The value at ``key`` and its remaining TTL, or None."""
+        found = await self._run("get", self._get, keys=[self.key(key)])
+        if not found:
+            return None
+        value, pttl = found
+        return Entry(str(value), max(0.0, int(pttl) / 1000.0))
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        """``SET key value PX ttl``."""
+        await self._run("set", self._client.set, self.key(key), value, px=_ttl_ms(ttl))
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        """``SET key value NX PX ttl``."""
+        ok = await self._run(
+            "add", self._client.set, self.key(key), value, px=_ttl_ms(ttl), nx=True
+        )
+        return bool(ok)
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        """``DEL``, or compare-and-delete when ``only_if`` is given."""
+        if only_if is None:
+            return bool(await self._run("delete", self._client.delete, self.key(key)))
+        done = await self._run("delete", self._delete_if, keys=[self.key(key)], args=[only_if])
+        return bool(done)
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        """The retry budget's deposit and withdrawal, atomically, in one script."""
+        taken = await self._run(
+            "budget",
+            self._budget,
+            keys=[self.key(key)],
+            args=[
+                repr(policy.ratio),
+                repr(policy.floor),
+                repr(policy.slot_length),
+                policy.slots,
+                int(deposits),
+                1 if withdraw else 0,
+            ],
+        )
+        return bool(int(taken))
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        """One token from the shared bucket: seconds to wait."""
+        wait = await self._run(
+            "reserve",
+            self._reserve,
+            keys=[self.key(key)],
+            args=[repr(bucket.rate), repr(bucket.burst)],
+        )
+        return max(0.0, float(wait))
+
+    async def ping(self) -> None:
+        """Raise :class:`StateStoreError` unless Redis answers."""
+        await self._run("ping", self._client.ping)
+
+    async def close(self) -> None:
+        """Close the connection pool (if the store made the client). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            try:
+                await self._client.aclose()
+            except Exception as exc:  # a dead server must not fail a shutdown
+                _log.debug("closing the Redis client failed: %s", type(exc).__name__)
+
+    def __repr__(self) -> str:
+        return f"RedisStore(url={self._url!r}, prefix={self._prefix!r})"
+
+
+def _url_password(url: str) -> str | None:
+    from yarl import URL
+
+    try:
+        return URL(url).password
+    except (ValueError, TypeError):
+        return None

@@ -1,0 +1,209 @@
+"""One login per account and user across a fleet: a session shared through a store.
+
+N bot processes of one brand each logging in means N logins (and the Login Service's 429 "too
+many logins"). :class:`SharedSession` makes the fleet log in once: the first process to find no
+token takes a lock (with a TTL, so a holder that crashes cannot block the others), logs in and
+stores the token; the others wait and read it. Refreshes work the same way, and a token that was
+stored or refreshed less than ``min_interval`` ago is simply taken: one refresh per interval for
+the fleet, not one per process.
+
+The stored value is opaque to the store (the auth provider serialises its session); it is kept
+only with a TTL no longer than its remaining life, minus ``safety_margin``. Whoever can read the
+store can read the token: see the threat model in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import attrs
+
+from ..clock import Clock, RealClock
+from ..errors import ConfigurationError
+from .store import StateStore, state_key
+
+__all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
+
+_log = logging.getLogger("le_transport.state")
+
+#: A session whose answer gave no TTL is shared for this long (the guide's 5 min keepalive):
+#: each refresh stores it again, so an unknown life is never assumed to be longer.
+DEFAULT_UNKNOWN_LIFE = 300.0
+
+
+@attrs.frozen(repr=False)
+class SharedToken:
+    """A session as the fleet shares it: the provider's serialised ``value``, a ``version``
+    (new at every login and refresh), its remaining ``ttl`` and the ``life`` it was stored
+    with (so ``life - ttl`` is its age, on the store's clock)."""
+
+    value: str
+    version: str
+    ttl: float
+    life: float
+
+    @property
+    def age(self) -> float:
+        """Seconds since it was stored (logged in or refreshed)."""
+        return max(0.0, self.life - self.ttl)
+
+    def __repr__(self) -> str:
+        return f"SharedToken(version={self.version!r}, ttl={self.ttl:.3g}, value=<hidden>)"
+
+
+#: What a login or a refresh returns: the serialised session and its life in seconds (None:
+#: the answer did not say).
+Obtained = tuple[str, float | None]
+
+
+class SharedSession:
+    """The session of ``user`` on ``account``, shared through ``store``.
+
+    - ``lock_ttl``: how long a login or refresh may hold the lock (a crashed holder frees it
+      after this); longer than a login takes, including its retries.
+    - ``safety_margin``: the token is stored for its remaining life minus this, never longer.
+    - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        account: str,
+        user: str,
+        clock: Clock | None = None,
+        lock_ttl: float = 30.0,
+        safety_margin: float = 30.0,
+        unknown_life: float = DEFAULT_UNKNOWN_LIFE,
+        poll: float = 0.05,
+        max_poll: float = 0.5,
+    ) -> None:
+        for name, value in (
+            ("lock_ttl", lock_ttl),
+            ("unknown_life", unknown_life),
+            ("poll", poll),
+            ("max_poll", max_poll),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(f"SharedSession.{name} must be > 0, got {value!r}")
+        if not isinstance(user, str) or not user:
+            raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
+        self._store = store
+        self._clock = clock or RealClock()
+        self._key = state_key(account, "session", user)
+        self._lock = state_key(account, "session-lock", user)
+        self._lock_ttl = float(lock_ttl)
+        self._margin = float(safety_margin)
+        self._unknown_life = float(unknown_life)
+        self._poll = float(poll)
+        self._max_poll = float(max_poll)
+        self._owner = uuid.uuid4().hex
+        #: How many logins and refreshes this process made itself (not adopted).
+        self.logins = 0
+        self.refreshes = 0
+
+    async def current(self) -> SharedToken | None:
+        """The fleet's current token, if one is stored."""
+        entry = await self._store.get(self._key)
+        if entry is None:
+            return None
+        try:
+            data = json.loads(entry.value)
+            return SharedToken(
+                str(data["value"]), str(data["version"]), entry.ttl, float(data["life"])
+            )
+        except (ValueError, KeyError, TypeError):
+            # Not ours (or damaged): treat as absent; the next login overwrites it.
+            _log.warning("ignoring an unreadable shared session entry", extra={"key": self._key})
+            return None
+
+    async def login(
+        self, do_login: Callable[[], Awaitable[Obtained]], *, stale: str | None = None
+    ) -> SharedToken:
+        """The fleet's token, logging in only if there is none (or only the ``stale`` version,
+        which the server rejected). Exactly one process of the fleet runs ``do_login``."""
+        return await self._single(do_login=do_login, stale=stale, fresh_within=None)
+
+    async def refresh(
+        self,
+        do_refresh: Callable[[SharedToken], Awaitable[Obtained]],
+        held: SharedToken,
+        *,
+        min_interval: float,
+    ) -> SharedToken:
+        """Refresh the fleet's session, unless it was stored or refreshed less than
+        ``min_interval`` seconds ago: then take the stored one. ``do_refresh`` gets the token to
+        refresh (the newest stored, or ``held`` if none is)."""
+        return await self._single(
+            do_refresh=do_refresh, held=held, stale=None, fresh_within=min_interval
+        )
+
+    def _usable(
+        self, cur: SharedToken | None, stale: str | None, fresh_within: float | None
+    ) -> bool:
+        if cur is None or cur.version == stale:
+            return False
+        return fresh_within is None or cur.age < fresh_within
+
+    async def _single(
+        self,
+        *,
+        stale: str | None,
+        fresh_within: float | None,
+        do_login: Callable[[], Awaitable[Obtained]] | None = None,
+        do_refresh: Callable[[SharedToken], Awaitable[Obtained]] | None = None,
+        held: SharedToken | None = None,
+    ) -> SharedToken:
+        pause = self._poll
+        while True:
+            cur = await self.current()
+            if self._usable(cur, stale, fresh_within):
+                assert cur is not None
+                return cur
+            if await self._store.add(self._lock, self._owner, ttl=self._lock_ttl):
+                try:
+                    # Someone may have finished between our read and our lock.
+                    cur = await self.current()
+                    if self._usable(cur, stale, fresh_within):
+                        assert cur is not None
+                        return cur
+                    if do_refresh is not None:
+                        base = cur or held
+                        assert base is not None
+                        obtained = await do_refresh(base)
+                        self.refreshes += 1
+                    else:
+                        assert do_login is not None
+                        obtained = await do_login()
+                        self.logins += 1
+                    return await self._put(*obtained)
+                finally:
+                    await self._store.delete(self._lock, only_if=self._owner)
+            # Another process holds the lock: wait for its token (or for its lock to expire).
+            await self._clock.sleep(pause)
+            pause = min(pause * 2, self._max_poll)
+
+    async def _put(self, value: str, life: float | None) -> SharedToken:
+        version = uuid.uuid4().hex
+        remaining = self._unknown_life if life is None else float(life)
+        ttl = remaining - self._margin if life is not None else remaining
+        token = SharedToken(value, version, max(ttl, 0.0), max(ttl, 0.0))
+        if ttl <= 0:
+            # Too close to its end to share: this process uses it, nobody else reads it.
+            _log.info("not sharing a session with under %.3g s to live", self._margin)
+            return token
+        payload = json.dumps({"value": value, "version": version, "life": ttl})
+        await self._store.set(self._key, payload, ttl=ttl)
+        return token
+
+    async def forget(self, version: str) -> None:
+        """Drop the stored token if it is still ``version`` (the server rejected it)."""
+        cur = await self.current()
+        if cur is not None and cur.version == version:
+            await self._store.delete(self._key)
+
+    def __repr__(self) -> str:
+        return f"SharedSession(key={self._key!r})"

@@ -1,0 +1,89 @@
+"""The StateStore protocol: the few operations through which processes share state.
+
+A brand runs many bot processes; each would log in, resolve domains and retry on its own. Through
+a store they share the session, the domain map, the retry budget and breaker trips, and the
+reconnect pace. The protocol is small on purpose, so that the in-memory store (the default: one
+process) and the Redis store (a fleet) implement the same thing:
+
+- a key-value space where **every value has a TTL** (a token is never stored for longer than it
+  lives, and a crashed process's lock frees itself): :meth:`StateStore.get`,
+  :meth:`StateStore.set`, :meth:`StateStore.add` (set if absent: a lock),
+  :meth:`StateStore.delete` (optionally only if the value is still ours);
+- two atomic counters that run a pure policy's arithmetic where the state lives:
+  :meth:`StateStore.budget` (:class:`~le_transport.policies.RetryBudget`) and
+  :meth:`StateStore.reserve` (:class:`~le_transport.policies.TokenBucket`).
+
+Keys are made with :func:`state_key`: namespaced per account, each part escaped, so that one
+account's values can never be read or overwritten through another's names.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ..errors import ConfigurationError
+from ..policies.budget import RetryBudget
+from ..policies.pacing import TokenBucket
+
+__all__ = ["Entry", "StateStore", "state_key"]
+
+
+@attrs.frozen
+class Entry:
+    """A value read from a store, and how many seconds it has left to live."""
+
+    value: str
+    ttl: float
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
+
+
+def state_key(account: str, kind: str, *parts: str) -> str:
+    """The key of ``kind`` (``session``, ``domains``, ``budget`` ...) for ``account``.
+
+    Every part is escaped, so ``state_key("1", "session", "a:b")`` can never collide with
+    another account's or another kind's key.
+    """
+    if not isinstance(account, str) or not account:
+        raise ConfigurationError(f"a state key needs a non-empty account, got {account!r}")
+    return ":".join(_escape(p) for p in (account, kind, *parts))
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where shared state lives. Every operation is atomic; times are seconds."""
+
+    async def get(self, key: str) -> Entry | None:
+        """The value at ``key`` and its remaining TTL, or None."""
+        ...
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        """Store ``value`` at ``key`` for ``ttl`` seconds (> 0: nothing is stored forever)."""
+        ...
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        """Store ``value`` only if ``key`` holds nothing; whether it was stored (a lock)."""
+        ...
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        """Remove ``key`` (only while it still holds ``only_if``, if given); whether it did."""
+        ...
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        """Count ``deposits`` first attempts, then, if ``withdraw``, take one retry if the
+        budget allows it. Returns whether the retry was taken (False when not asked)."""
+        ...
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        """Take one token from the bucket (``rate``, ``burst``) at ``key``: seconds to wait."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...

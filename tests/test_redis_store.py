@@ -1,0 +1,164 @@
+"""The Redis store against a real redis-server: atomic operations, Lua scripts, fallback, secrets.
+
+These run on the real clock: Redis lives in another process, which a virtual clock cannot see.
+Nothing here asserts a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from le_transport.clock import RealClock
+from le_transport.errors import StateStoreError
+from le_transport.policies import RetryBudget, TokenBucket
+from le_transport.state import FallbackStore, RedisStore, SharedSession, state_key
+
+from .redis_server import RedisServer, redis_server, require_redis_server
+
+__all__ = ["redis_server"]
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    s = RedisStore(redis_server.url, prefix="test")
+    yield s
+    await s.close()
+
+
+async def test_values_are_stored_under_the_prefix_with_their_ttl(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    await store.set(state_key("1", "domains"), "{}", ttl=30)
+    entry = await store.get(state_key("1", "domains"))
+    assert entry is not None
+    assert entry.value == "{}"
+    assert 0 < entry.ttl <= 30
+    other = RedisStore(redis_server.url, prefix="other")
+    try:
+        assert await other.get(state_key("1", "domains")) is None
+    finally:
+        await other.close()
+
+
+async def test_lock_and_compare_and_delete_are_atomic(store: RedisStore) -> None:
+    results = await asyncio.gather(*(store.add("lock", f"owner{i}", ttl=10) for i in range(20)))
+    assert sum(results) == 1
+    owner = f"owner{results.index(True)}"
+    assert not await store.delete("lock", only_if="someone-else")
+    assert await store.delete("lock", only_if=owner)
+    assert await store.get("lock") is None
+
+
+async def test_shared_budget_allows_the_share_of_the_fleets_first_attempts(
+    store: RedisStore,
+) -> None:
+    policy = RetryBudget(ratio=0.2, min_retries_per_second=0.0, window=60.0)
+    for _ in range(5):
+        await store.budget("svc", policy, deposits=10)
+    taken = await asyncio.gather(*(store.budget("svc", policy, withdraw=True) for _ in range(30)))
+    assert sum(taken) == 10
+
+
+async def test_shared_budget_floor_lets_a_quiet_fleet_retry(store: RedisStore) -> None:
+    policy = RetryBudget(ratio=0.2, min_retries_per_second=0.1, window=30.0)
+    taken = [await store.budget("quiet", policy, withdraw=True) for _ in range(5)]
+    assert taken == [True, True, True, False, False]
+
+
+async def test_shared_bucket_queues_turns_past_the_burst(store: RedisStore) -> None:
+    bucket = TokenBucket(rate=1.0, burst=3.0)
+    waits = [await store.reserve("pace", bucket) for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] > 0
+    assert waits[4] > waits[3]
+
+
+async def test_unreachable_redis_is_a_typed_error_without_the_password() -> None:
+    store = RedisStore("redis://:hunter2-secret@127.0.0.1:1/0", op_timeout=0.5)
+    try:
+        with pytest.raises(StateStoreError) as info:
+            await store.get("k")
+        assert "hunter2-secret" not in str(info.value)
+        assert "hunter2-secret" not in repr(store)
+    finally:
+        await store.close()
+
+
+async def test_password_passes_through_and_never_reaches_a_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    binary = require_redis_server()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(binary, Path(tmp), password="s3cr3t-pass")
+        server.start()
+        try:
+            caplog.set_level(logging.DEBUG)
+            good = RedisStore(server.url, password="s3cr3t-pass")
+            await good.set("k", "v", ttl=5)
+            assert (await good.get("k")) is not None
+            await good.close()
+            bad = FallbackStore(RedisStore(server.url, password="wrong-s3cr3t"))
+            await bad.set("k", "v", ttl=5)
+            assert not bad.sharing
+            await bad.close()
+            in_url = RedisStore(f"redis://:s3cr3t-pass@127.0.0.1:{server.port}/0")
+            assert (await in_url.get("k")) is not None
+            await in_url.close()
+        finally:
+            server.stop()
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.__dict__)
+        assert "s3cr3t" not in text
+
+
+async def test_killed_redis_falls_back_and_restarted_redis_resumes_sharing(
+    redis_server: RedisServer,
+) -> None:
+    store = FallbackStore(RedisStore(redis_server.url), clock=RealClock(), retry_interval=0.05)
+    try:
+        await store.set("k", "v", ttl=60)
+        assert store.sharing
+        redis_server.kill()
+        assert (await store.get("k")) is not None, "the local copy answers"
+        assert await store.add("lock", "me", ttl=5)
+        assert not store.sharing
+        redis_server.start()
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            await store.set("k2", "v2", ttl=60)
+            if store.sharing:
+                break
+        assert store.sharing
+        assert store.fallbacks == 1
+        assert store.recoveries == 1
+        direct = RedisStore(redis_server.url)
+        assert (await direct.get("k2")) is not None
+        await direct.close()
+    finally:
+        await store.close()
+
+
+async def test_sessions_in_two_stores_share_one_login(redis_server: RedisServer) -> None:
+    logins = 0
+
+    async def do_login() -> tuple[str, float | None]:
+        nonlocal logins
+        logins += 1
+        await asyncio.sleep(0.05)
+        return "token", 600.0
+
+    stores = [RedisStore(redis_server.url) for _ in range(5)]
+    try:
+        sessions = [SharedSession(s, account="1", user="bot", poll=0.01) for s in stores]
+        tokens = await asyncio.gather(*(s.login(do_login) for s in sessions))
+        assert logins == 1
+        assert len({t.version for t in tokens}) == 1
+    finally:
+        for s in stores:
+            await s.close()

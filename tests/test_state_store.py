@@ -1,0 +1,277 @@
+"""The in-memory store, the fallback wrapper and the shared-state helpers, on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from le_transport.errors import ConfigurationError, HostileHostError, StateStoreError
+from le_transport.events import EventHooks, StateEvent
+from le_transport.policies import RetryBudget, TokenBucket
+from le_transport.state import (
+    Entry,
+    FallbackStore,
+    FleetPacer,
+    MemoryStore,
+    SharedDomainMap,
+    SharedSession,
+    StateStore,
+    state_key,
+)
+from le_transport.testing import VirtualClock
+
+
+class BrokenStore(MemoryStore):
+    """A primary that fails every operation while ``down`` (as a dead Redis does)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.down = False
+        self.calls = 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise StateStoreError("redis get on redis://127.0.0.1:1/0 failed: ConnectionError")
+
+    async def get(self, key: str) -> Entry | None:
+        self._check()
+        return await super().get(key)
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        self._check()
+        await super().set(key, value, ttl=ttl)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        self._check()
+        return await super().add(key, value, ttl=ttl)
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        self._check()
+        return await super().budget(key, policy, deposits=deposits, withdraw=withdraw)
+
+
+def test_keys_are_namespaced_per_account_and_escaped() -> None:
+    assert state_key("123", "session", "bot") == "123:session:bot"
+    assert state_key("1", "session", "a:b") != state_key("1:session", "a", "b")
+    assert state_key("1", "session", "a:b") == "1:session:a%3Ab"
+    with pytest.raises(ConfigurationError):
+        state_key("", "session")
+
+
+async def test_memory_values_expire_on_the_clock(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    assert isinstance(store, StateStore)
+    await store.set("k", "v", ttl=10)
+    clock.advance(4)
+    entry = await store.get("k")
+    assert entry == Entry("v", 6.0)
+    clock.advance(6)
+    assert await store.get("k") is None
+
+
+async def test_nothing_is_stored_without_a_finite_ttl(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    for ttl in (0, -1, float("inf")):
+        with pytest.raises(ConfigurationError, match="TTL"):
+            await store.set("k", "v", ttl=ttl)
+
+
+async def test_lock_is_taken_once_and_deleted_only_by_its_owner(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    assert await store.add("lock", "me", ttl=5)
+    assert not await store.add("lock", "you", ttl=5)
+    assert not await store.delete("lock", only_if="you")
+    assert await store.delete("lock", only_if="me")
+    assert await store.add("lock", "you", ttl=5)
+    clock.advance(5)
+    assert await store.add("lock", "me", ttl=5), "a crashed holder's lock frees itself"
+
+
+async def test_memory_budget_runs_the_pure_policy(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    policy = RetryBudget(min_retries_per_second=0.0)
+    await store.budget("b", policy, deposits=10)
+    taken = [await store.budget("b", policy, withdraw=True) for _ in range(3)]
+    assert taken == [True, True, False]
+
+
+async def test_memory_bucket_paces_past_the_burst(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    bucket = TokenBucket(rate=2.0, burst=2.0)
+    waits = [await store.reserve("p", bucket) for _ in range(4)]
+    assert waits == [0.0, 0.0, 0.5, 1.0]
+
+
+async def test_fallback_goes_local_logs_once_and_resumes_when_the_primary_returns(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = BrokenStore(clock)
+    events: list[StateEvent] = []
+    store = FallbackStore(
+        primary, clock=clock, retry_interval=1.0, hooks=EventHooks(on_state=[events.append])
+    )
+    await store.set("k", "shared", ttl=60)
+    primary.down = True
+    caplog.set_level(logging.INFO, logger="le_transport.state")
+    for _ in range(5):
+        assert (await store.get("k")) is not None  # the local copy of what was shared
+    assert not store.sharing
+    assert store.fallbacks == 1
+    calls_while_down = primary.calls
+    await store.get("k")
+    assert primary.calls == calls_while_down, "a dead primary is not tried on every call"
+    primary.down = False
+    clock.advance(1.0)
+    await store.get("k")
+    assert store.sharing
+    assert store.recoveries == 1
+    assert [e.name for e in events] == ["state_store_fallback", "state_store_resumed"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "le_transport.state"]
+    assert sum("unavailable" in m for m in messages) == 1
+    assert sum("resumed" in m for m in messages) == 1
+
+
+async def test_fallback_budget_is_warm_with_this_processes_first_attempts(
+    clock: VirtualClock,
+) -> None:
+    primary = BrokenStore(clock)
+    store = FallbackStore(primary, clock=clock)
+    policy = RetryBudget(min_retries_per_second=0.0)
+    await store.budget("b", policy, deposits=10)
+    primary.down = True
+    assert await store.budget("b", policy, withdraw=True)
+    assert await store.budget("b", policy, withdraw=True)
+    assert not await store.budget("b", policy, withdraw=True)
+
+
+async def test_concurrent_logins_through_one_store_log_in_once(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    logins = 0
+
+    async def do_login() -> tuple[str, float | None]:
+        nonlocal logins
+        logins += 1
+        await clock.sleep(2.0)
+        return json.dumps({"bearer": "b"}), 3600.0
+
+    sessions = [
+        SharedSession(store, account="123", user="bot", clock=clock, safety_margin=60)
+        for _ in range(20)
+    ]
+    tokens = await asyncio.gather(*(s.login(do_login) for s in sessions))
+    assert logins == 1
+    assert len({t.version for t in tokens}) == 1
+    entry = await store.get(state_key("123", "session", "bot"))
+    assert entry is not None
+    assert entry.ttl <= 3600.0 - 60, "stored no longer than its remaining life minus the margin"
+
+
+async def test_a_crashed_login_holder_does_not_block_the_fleet(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    await store.add(state_key("123", "session-lock", "bot"), "crashed", ttl=30)
+    session = SharedSession(store, account="123", user="bot", clock=clock, lock_ttl=30)
+
+    async def do_login() -> tuple[str, float | None]:
+        return "token", 600.0
+
+    token = await session.login(do_login)
+    assert session.logins == 1
+    assert clock.now() >= 30.0
+    assert token.value == "token"
+
+
+async def test_rejected_token_is_replaced_by_one_new_login(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    logins = 0
+
+    async def do_login() -> tuple[str, float | None]:
+        nonlocal logins
+        logins += 1
+        return f"token{logins}", 600.0
+
+    a = SharedSession(store, account="1", user="u", clock=clock)
+    b = SharedSession(store, account="1", user="u", clock=clock)
+    first = await a.login(do_login)
+    again = await asyncio.gather(
+        a.login(do_login, stale=first.version), b.login(do_login, stale=first.version)
+    )
+    assert logins == 2
+    assert {t.value for t in again} == {"token2"}
+
+
+async def test_fleet_refreshes_once_per_interval(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    refreshed = 0
+
+    async def do_login() -> tuple[str, float | None]:
+        return "token", 600.0
+
+    async def do_refresh(token: object) -> tuple[str, float | None]:
+        nonlocal refreshed
+        refreshed += 1
+        return "token", 600.0
+
+    sessions = [SharedSession(store, account="1", user="u", clock=clock) for _ in range(10)]
+    held = [await s.login(do_login) for s in sessions]
+    clock.advance(300)
+    await asyncio.gather(
+        *(s.refresh(do_refresh, h, min_interval=60) for s, h in zip(sessions, held, strict=True))
+    )
+    assert refreshed == 1
+    clock.advance(30)
+    late = await sessions[0].refresh(do_refresh, held[0], min_interval=60)
+    assert refreshed == 1, "a refresh less than an interval old is taken, not repeated"
+    assert late.age < 60
+
+
+async def test_token_too_close_to_its_end_is_not_shared(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    session = SharedSession(store, account="1", user="u", clock=clock, safety_margin=30)
+
+    async def do_login() -> tuple[str, float | None]:
+        return "token", 20.0
+
+    token = await session.login(do_login)
+    assert token.value == "token"
+    assert await session.current() is None
+
+
+async def test_shared_session_repr_hides_the_token(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    session = SharedSession(store, account="1", user="u", clock=clock)
+
+    async def do_login() -> tuple[str, float | None]:
+        return "SECRET-BEARER", 600.0
+
+    token = await session.login(do_login)
+    assert "SECRET-BEARER" not in repr(token)
+
+
+async def test_shared_domain_map_refuses_a_poisoned_host(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    shared = SharedDomainMap(store, account="1")
+    await shared.put({"agentVep": "va.agentvep.liveperson.net"})
+    assert await shared.get() == {"agentVep": "va.agentvep.liveperson.net"}
+    with pytest.raises(HostileHostError):
+        await shared.put({"agentVep": "evil.example/path"})
+    await store.set(
+        state_key("1", "domains"), json.dumps({"agentVep": "user@evil.example"}), ttl=60
+    )
+    assert await shared.get() is None
+
+
+async def test_fleet_pacer_spreads_turns_past_the_burst(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    pacers = [
+        FleetPacer(store, account="1", bucket=TokenBucket(rate=10.0, burst=5.0), clock=clock)
+        for _ in range(3)
+    ]
+    waits = [await pacers[i % 3].reserve() for i in range(10)]
+    assert waits[:5] == [0.0] * 5
+    assert waits[5:] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
