@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oauthlib import oauth1 as independent
+from oauthlib import oauth1 as independent  # type: ignore[import-untyped]
 from yarl import URL
 
 from le_transport.errors import AuthenticationError
