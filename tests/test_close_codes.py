@@ -1,0 +1,135 @@
+"""Close-code classification: what each way a socket can end means, as a pure decision."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from le_transport import ConfigurationError
+from le_transport.policies import (
+    REAUTH_CLOSE_CODES,
+    CloseAction,
+    ClosePolicy,
+    Disconnect,
+    DisconnectKind,
+)
+
+POLICY = ClosePolicy()
+
+
+def test_a_close_by_the_caller_stops() -> None:
+    assert POLICY.classify(Disconnect.by_caller()).action is CloseAction.STOP
+
+
+@pytest.mark.parametrize("code", [4401, 4407, 1011])
+def test_4401_4407_and_1011_mean_reauthenticate_first(code: int) -> None:
+    verdict = POLICY.classify(Disconnect.close_frame(code, lifetime=100.0))
+    assert verdict.action is CloseAction.REAUTHENTICATE
+    assert str(code) in verdict.reason
+
+
+def test_http_401_on_the_upgrade_means_reauthenticate_first() -> None:
+    verdict = POLICY.classify(Disconnect.handshake_rejected(401))
+    assert verdict.action is CloseAction.REAUTHENTICATE
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1012, 1013, 1014, 4000, 4999])
+def test_other_close_codes_reconnect(code: int) -> None:
+    assert POLICY.classify(Disconnect.close_frame(code, 100.0)).action is CloseAction.RECONNECT
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_upgrade_refused_with_429_or_5xx_reconnects(status: int) -> None:
+    assert POLICY.classify(Disconnect.handshake_rejected(status)).action is CloseAction.RECONNECT
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 451])
+def test_upgrade_refused_with_another_4xx_fails_for_good(status: int) -> None:
+    verdict = POLICY.classify(Disconnect.handshake_rejected(status))
+    assert verdict.action is CloseAction.FAIL
+
+
+def test_a_normal_server_close_stops_when_configured_so() -> None:
+    policy = ClosePolicy(reconnect_on_server_close=False)
+    assert policy.classify(Disconnect.close_frame(1000, 5.0)).action is CloseAction.STOP
+    assert policy.classify(Disconnect.close_frame(1006, 5.0)).action is CloseAction.RECONNECT
+
+
+def test_a_close_frame_with_1006_is_an_abnormal_drop() -> None:
+    assert Disconnect.close_frame(1006).kind is DisconnectKind.ABNORMAL
+
+
+def test_third_fast_1006_in_a_row_escalates_to_reauthentication() -> None:
+    run = 0
+    actions = []
+    for _ in range(3):
+        verdict = POLICY.classify(Disconnect.abnormal(lifetime=0.5), run)
+        run = verdict.fast_drops
+        actions.append(verdict.action)
+    assert actions == [CloseAction.RECONNECT, CloseAction.RECONNECT, CloseAction.REAUTHENTICATE]
+    assert run == 0
+
+
+def test_a_slow_1006_or_another_close_ends_the_fast_drop_run() -> None:
+    assert POLICY.classify(Disconnect.abnormal(lifetime=600.0), 2).fast_drops == 0
+    assert POLICY.classify(Disconnect.close_frame(1001, 0.1), 2).fast_drops == 0
+    assert POLICY.classify(Disconnect.dead_peer(0.1), 2).fast_drops == 0
+
+
+def test_a_failed_connect_keeps_the_fast_drop_run() -> None:
+    verdict = POLICY.classify(Disconnect.connect_failed("ClientConnectorError"), 2)
+    assert verdict.action is CloseAction.RECONNECT
+    assert verdict.fast_drops == 2
+
+
+def test_a_dead_peer_reconnects() -> None:
+    assert POLICY.classify(Disconnect.dead_peer(40.0)).action is CloseAction.RECONNECT
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"fast_drop_run": 0}, {"fast_drop_run": True}, {"fast_drop_within": -1.0}]
+)
+def test_invalid_policy_is_refused_at_construction(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        ClosePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@given(code=st.integers(1000, 4999), lifetime=st.floats(0, 1e6), run=st.integers(0, 10))
+def test_reauth_codes_always_reauthenticate_and_others_never_do(
+    code: int, lifetime: float, run: int
+) -> None:
+    """A close frame re-authenticates exactly when its code is one of 4401, 4407, 1011 (a 1006
+    frame only through the fast-drop run)."""
+    verdict = POLICY.classify(Disconnect.close_frame(code, lifetime), run)
+    if code in REAUTH_CLOSE_CODES:
+        assert verdict.action is CloseAction.REAUTHENTICATE
+    elif code == 1006:
+        assert verdict.action in (CloseAction.RECONNECT, CloseAction.REAUTHENTICATE)
+    else:
+        assert verdict.action is CloseAction.RECONNECT
+
+
+@given(
+    lifetimes=st.lists(st.floats(0, 100), min_size=1, max_size=30),
+    within=st.floats(0.5, 50),
+    run_length=st.integers(1, 5),
+)
+def test_fast_1006_run_escalates_exactly_every_nth_consecutive_fast_drop(
+    lifetimes: list[float], within: float, run_length: int
+) -> None:
+    """Re-authentication happens exactly when ``fast_drop_run`` fast 1006 drops came in a row
+    (a slow one resets the count)."""
+    policy = ClosePolicy(fast_drop_within=within, fast_drop_run=run_length)
+    run = 0
+    streak = 0
+    for lifetime in lifetimes:
+        verdict = policy.classify(Disconnect.abnormal(lifetime=lifetime), run)
+        run = verdict.fast_drops
+        streak = streak + 1 if lifetime < within else 0
+        if streak == run_length:
+            assert verdict.action is CloseAction.REAUTHENTICATE
+            streak = 0
+        else:
+            assert verdict.action is CloseAction.RECONNECT
+        assert run == streak
