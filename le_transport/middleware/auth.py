@@ -20,6 +20,7 @@ Providers make their own calls (login, refresh, token) on a path without this mi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
@@ -52,6 +53,10 @@ def same_host(host: str, url: URL) -> bool:
     return want == have
 
 
+def _host_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
+
+
 @attrs.frozen(eq=False)
 class AuthMiddleware:
     """Puts ``auth``'s credentials on requests to the hosts ``domains`` names; 401 → one replay.
@@ -67,7 +72,7 @@ class AuthMiddleware:
 
     auth: AuthProvider
     domains: DomainProvider
-    allowed_hosts: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    allowed_hosts: frozenset[str] = attrs.field(default=frozenset(), converter=_host_set)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request) or not await self._allowed(request.url):
