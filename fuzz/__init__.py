@@ -15,7 +15,7 @@ from ._harness import FuzzHang, Target, hang_guard, hypothesis_runner
 __all__ = ["FuzzHang", "Target", "all_targets", "hang_guard", "hypothesis_runner"]
 
 # Modules of targets, each a ``TARGETS`` tuple. Each covers one layer of the library.
-_TARGET_MODULES = ("fuzz.targets_core", "fuzz.targets_providers")
+_TARGET_MODULES = ("fuzz.targets_core", "fuzz.targets_providers", "fuzz.targets_sockets")
 
 
 def all_targets() -> dict[str, Target]:
