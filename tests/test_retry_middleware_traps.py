@@ -6,6 +6,8 @@ each test here shows the trap is real where it can, and that our stack avoids it
 
 from __future__ import annotations
 
+import contextlib
+
 import aiohttp
 import attrs
 import pytest
@@ -189,6 +191,59 @@ async def test_a_middleware_making_its_own_request_with_no_middlewares_does_not_
     assert resp.status == 200
     assert auth.calls == ["/api"]
     assert login.hits == 1
+    assert api.hits == 1
+
+
+@pytest.mark.parametrize(
+    ("placement", "own_context"),
+    [("outer", True), ("wire", True), ("wire", False)],
+    ids=["outer-own-context", "wire-own-context", "wire-no-context"],
+)
+async def test_a_middleware_logging_in_through_the_retry_middleware_is_a_call_of_its_own(
+    placement: str, own_context: bool, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """As the providers do: ``middlewares=(retry,)`` under a context of their own. The login
+    gets its own schedule and records and never pollutes the outer call's; from inside the
+    retry loop (a wire middleware) even a login without a context of its own is its own call."""
+    login = Script(429, 200)  # a 429 POST is retried: the server did not process it
+    api = Script(200)
+    app = web.Application()
+    app.router.add_post("/login", login.handle)
+    app.router.add_get("/api", api.handle)
+    host = await serve(app)
+    holder: list[Engine] = []
+
+    @attrs.frozen(eq=False)
+    class LogsInFirst:
+        async def __call__(
+            self, request: ClientRequest, handler: ClientHandlerType
+        ) -> ClientResponse:
+            engine = holder[0]
+            [retry] = [m for m in engine.middlewares if isinstance(m, RetryMiddleware)]
+            login_ctx = CallContext(service="login")
+            with call_context(login_ctx) if own_context else contextlib.nullcontext():
+                async with engine.session.post(
+                    f"http://{host}/login", json={}, middlewares=(retry,)
+                ) as resp:
+                    assert resp.status == 200
+            if own_context:
+                assert [a.pause for a in login_ctx.attempts] == [5.0, None]
+            return await handler(request)
+
+    mw = LogsInFirst()
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        outer_middlewares=[mw] if placement == "outer" else [],
+        wire_middlewares=[mw] if placement == "wire" else [],
+    )
+    holder.append(engine)
+    async with engine:
+        resp = await engine.request("GET", "svc", "/api", deadline=100.0)
+    assert resp.status == 200
+    assert [(a.outcome.status, a.pause) for a in resp.attempts] == [(200, None)]
+    assert login.hits == 2
     assert api.hits == 1
 
 

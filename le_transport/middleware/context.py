@@ -32,6 +32,9 @@ class CallContext:
     #: Set once the retry loop for this call has run, so that a re-run of the chain by aiohttp
     #: (redirect hops, its own stale-connection replay) is counted against the same call.
     started_at: float | None = None
+    #: True while a retry loop runs this call. A request made from inside that loop (a
+    #: middleware logging in without a context of its own) is another call, not a hop of this.
+    active: bool = False
 
 
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

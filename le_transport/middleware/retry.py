@@ -117,7 +117,10 @@ class RetryMiddleware:
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request):
             return await handler(request)
-        ctx = current_call() or CallContext()
+        ctx = current_call()
+        if ctx is None or ctx.active:
+            # No engine call, or a request made from inside one (re-entrant): its own call.
+            ctx = CallContext()
         policy = ctx.retry or self.policy
         method = request.method.upper()
         idempotent = ctx.idempotent if ctx.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -136,6 +139,7 @@ class RetryMiddleware:
         remaining = None
         if policy.deadline is not None:
             remaining = max(0.0, policy.deadline - (self.clock.now() - ctx.started_at))
+        ctx.active = True
         try:
             async with timeout_after(self.clock, remaining) as deadline:
                 return await call.run()
@@ -162,6 +166,8 @@ class RetryMiddleware:
             )
             call.log_final(err, cancelled, f"deadline of {policy.deadline:g} s passed")
             raise err from None
+        finally:
+            ctx.active = False
         raise AssertionError("unreachable")  # pragma: no cover
 
 
