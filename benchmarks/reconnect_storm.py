@@ -1,0 +1,265 @@
+"""Reconnect storm: a whole fleet of sockets dropped at once, and how it comes back.
+
+The server (its own process) aborts every open socket in one go (a reset, as a restart does)
+and records, on the machine-wide monotonic clock, when each reconnect's handshake reaches it
+and when it completes. From those: the reconnects in the worst 100 ms and the worst 1 s
+windows as shares of the fleet, the time until every socket is back, and, from a run with one
+socket, a lone socket's time to reconnect. Each variant runs in a fresh child process against
+a fresh server.
+
+What the server records is what reached it: when a client reconnects faster than the server
+can answer handshakes, the server's own rate is the ceiling of what can be seen, so the table
+also gives the server's peak handshake rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ._common import raise_fd_limit, server, table
+
+__all__ = ["VARIANTS", "run", "worst_window"]
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"sockets": 10, "timeout": 20.0},
+    "quick": {"sockets": 1000, "timeout": 40.0},
+    "full": {"sockets": 10_000, "timeout": 90.0},
+}
+#: Initial connections in flight at once while the fleet is built (not during the storm).
+OPENING_CONCURRENCY = 200
+
+Fleet = Callable[[str, int], Awaitable[None]]
+
+
+def worst_window(times: Sequence[float], width: float) -> int:
+    """The largest number of ``times`` that fall in any window ``width`` seconds long."""
+    ordered = sorted(times)
+    best = 0
+    lo = 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] >= width:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def websockets_loop(url: str, n: int) -> None:
+    """python-websockets' own reconnect loop: ``async for ws in connect(url)``."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    gate = asyncio.Semaphore(OPENING_CONCURRENCY)
+
+    async def one() -> None:
+        await gate.acquire()
+        first = True
+        async for ws in connect(url, compression=None, open_timeout=60):
+            if first:
+                gate.release()
+                first = False
+            try:
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                continue
+
+    _keep(asyncio.create_task(one()) for _ in range(n))
+
+
+async def ours_defaults(url: str, n: int) -> None:
+    """Our resilient sockets with every default (backoff with jitter, reconnect pacing)."""
+    from . import _ours
+
+    await _ours.storm_fleet(url, n, pacing=True, gate=asyncio.Semaphore(OPENING_CONCURRENCY))
+
+
+async def ours_no_pacing(url: str, n: int) -> None:
+    """Our resilient sockets with the reconnect pacing bucket off (backoff and jitter only)."""
+    from . import _ours
+
+    await _ours.storm_fleet(url, n, pacing=False, gate=asyncio.Semaphore(OPENING_CONCURRENCY))
+
+
+#: Variants in table order.
+VARIANTS: dict[str, Fleet] = {
+    "le_transport (defaults)": ours_defaults,
+    "le_transport (pacing off)": ours_no_pacing,
+    "websockets reconnect loop": websockets_loop,
+}
+
+_TASKS: list[asyncio.Task[None]] = []
+
+
+def _keep(tasks: Any) -> None:
+    _TASKS.extend(tasks)
+
+
+async def _open_count(admin: aiohttp.ClientSession, base: str) -> int:
+    async with admin.get(f"{base}/stats") as resp:
+        return int((await resp.json())["ws_open"])
+
+
+async def _child(variant: str, base: str, n: int, timeout: float) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as admin:
+        t0 = time.perf_counter()
+        await VARIANTS[variant](base.replace("http://", "ws://") + "/ws", n)
+        while await _open_count(admin, base) < n:
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"only {await _open_count(admin, base)} of {n} sockets opened")
+            await asyncio.sleep(0.05)
+        opened_in = time.perf_counter() - t0
+        await asyncio.sleep(0.5)  # let every socket settle into its idle state
+        async with admin.post(f"{base}/drop") as resp:
+            drop_at = float((await resp.json())["drop_at"])
+        deadline = time.monotonic() + timeout
+        storm: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            async with admin.get(f"{base}/storm") as resp:
+                storm = await resp.json()
+            if len(storm["opened"]) >= n:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # count late duplicate attempts too
+        async with admin.get(f"{base}/storm") as resp:
+            storm = await resp.json()
+    arrivals = [t - drop_at for t in storm["arrivals"]]
+    opened = sorted(t - drop_at for t in storm["opened"])
+    return {
+        "variant": variant,
+        "sockets": n,
+        "fleet_opened_seconds": opened_in,
+        "attempts": len(arrivals),
+        "back": min(len(opened), n),
+        "all_back_seconds": opened[n - 1] if len(opened) >= n else None,
+        "first_back_seconds": opened[0] if opened else None,
+        "worst_100ms": worst_window(arrivals, 0.1),
+        "worst_1s": worst_window(arrivals, 1.0),
+        "server_peak_handshakes_per_s": worst_window(storm["opened"], 1.0),
+    }
+
+
+def _spawn(variant: str, port: int, n: int, timeout: float) -> dict[str, Any]:
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.reconnect_storm",
+                "--variant",
+                variant,
+                "--base",
+                f"http://127.0.0.1:{port}",
+                "--sockets",
+                str(n),
+                "--timeout",
+                str(timeout),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=timeout * 3 + 60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "error": "timed out"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"variant": variant, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def available_variants() -> list[str]:
+    """The variants that can run here: ours only once ``Engine.websocket`` exists."""
+    from . import _ours
+
+    return [v for v in VARIANTS if not v.startswith("le_transport") or _ours.available()]
+
+
+def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
+    """Each variant: the fleet storm, then a lone socket; return tables and data."""
+    size = SIZES[size_name]
+    n = sockets or size["sockets"]
+    results: dict[str, Any] = {}
+    variants = available_variants()
+    for variant in variants:
+        with server() as srv:
+            fleet = _spawn(variant, srv.port, n, size["timeout"])
+        with server() as srv:
+            lone = _spawn(variant, srv.port, 1, size["timeout"])
+        results[variant] = {"fleet": fleet, "lone": lone}
+    rows: list[list[object]] = []
+    for variant, r in results.items():
+        fleet, lone = r["fleet"], r["lone"]
+        if "error" in fleet:
+            rows.append([variant, "-", "-", "-", "-", "-", "-", fleet["error"][:60]])
+            continue
+        all_back = fleet["all_back_seconds"]
+        lone_back = lone.get("first_back_seconds")
+        rows.append(
+            [
+                variant,
+                f"{fleet['sockets']:,}",
+                f"{fleet['worst_100ms'] / n:.1%}",
+                f"{fleet['worst_1s'] / n:.1%}",
+                f"{all_back:.2f}" if all_back is not None else f"{fleet['back']:,} back",
+                f"{fleet['attempts'] / n:.2f}",
+                f"{lone_back:.2f}" if lone_back is not None else lone.get("error", "-"),
+                f"{fleet['server_peak_handshakes_per_s']:,}",
+            ]
+        )
+    head = [
+        "client",
+        "sockets",
+        "worst 100 ms",
+        "worst 1 s",
+        "all back s",
+        "attempts/socket",
+        "lone back s",
+        "server peak/s",
+    ]
+    missing = (
+        ""
+        if any(v.startswith("le_transport") for v in variants)
+        else "\n(le_transport: Engine.websocket not available)"
+    )
+    text = (
+        f"Reconnect storm ({n:,} sockets reset at once; shares are of the fleet)\n\n"
+        + table(head, rows)
+        + missing
+    )
+    return {"text": text, "data": {"size": size, "sockets": n, "variants": results}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: build the fleet, drop it, watch it come back, print one JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", required=True, choices=list(VARIANTS))
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--sockets", type=int, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    args = parser.parse_args(argv)
+    raise_fd_limit(args.sockets * 2 + 256)
+
+    async def measure_and_exit() -> None:
+        result = await _child(args.variant, args.base, args.sockets, args.timeout)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+        os._exit(0)  # the fleet would reconnect forever; its sockets die with the process
+
+    asyncio.run(measure_and_exit())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""WebSocket scale: many idle sockets with keepalive in one process, memory and CPU per socket.
+
+Each client kind runs in a fresh child process (``python -m benchmarks.ws_scale --client ...``)
+so that its resident memory is its own: the child imports what it needs, settles, reads its
+RSS, opens every socket, settles again, and reports the difference per socket. Every socket has
+a consumer (a task reading its messages, as an application has), the same unlimited connector
+where the client uses aiohttp, and keepalive on. The server runs in its own process.
+
+Two runs per kind:
+
+- **idle**: keepalive at a production interval (30 s), so no probe falls in the window: the
+  CPU the process burns doing nothing (timers armed, sockets open).
+- **keepalive**: keepalive every second: CPU per probe sent (a ping and its pong, or our
+  keepalive's equivalent), the cost of the keepalive timers themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ._common import cpu_seconds, raise_fd_limit, server, settle_memory, table
+
+__all__ = ["KINDS", "run"]
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"sockets": 20, "idle": 0.2, "window": 0.3, "interval": 0.1},
+    "quick": {"sockets": 1000, "idle": 2.0, "window": 2.0, "interval": 0.5},
+    "full": {"sockets": 10_000, "idle": 5.0, "window": 5.0, "interval": 1.0},
+}
+#: The keepalive interval of the idle run: aiohttp's usual heartbeat, longer than the window.
+PRODUCTION_INTERVAL = 30.0
+#: Handshakes in flight at once while opening the fleet.
+OPENING_CONCURRENCY = 200
+
+Opener = Callable[[str, float], Awaitable[Callable[[], int]]]
+
+
+def _unlimited_session() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+async def _fleet(n: int, connect_one: Callable[[], Awaitable[Any]], consume: Any) -> list[Any]:
+    """Open ``n`` sockets, each with its consumer task; return the sockets once all are open."""
+    gate = asyncio.Semaphore(OPENING_CONCURRENCY)
+    opened: list[Any] = []
+    failed: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def one() -> None:
+        try:
+            async with gate:
+                sock = await connect_one()
+        except Exception as exc:
+            failed.append(exc)
+            if len(opened) + len(failed) == n:
+                done.set()
+            return
+        opened.append(sock)
+        if len(opened) + len(failed) == n:
+            done.set()
+        await consume(sock)
+
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    _fleet.tasks = tasks  # type: ignore[attr-defined]  # kept alive until the process exits
+    await done.wait()
+    if failed:
+        sys.stderr.write(f"{len(failed)} sockets failed to open, e.g. {failed[0]!r}\n")
+    return opened
+
+
+async def open_aiohttp(url: str, n: int, interval: float) -> int:
+    """Raw aiohttp sockets, ``heartbeat=interval`` (aiohttp's own ping/pong keepalive)."""
+    session = _unlimited_session()
+
+    async def consume(ws: Any) -> None:
+        async for _ in ws:
+            pass
+
+    socks = await _fleet(n, lambda: session.ws_connect(url, heartbeat=interval), consume)
+    return len(socks)
+
+
+def _open_websockets(compression: str | None) -> Callable[[str, int, float], Awaitable[int]]:
+    async def opener(url: str, n: int, interval: float) -> int:
+        from websockets.asyncio.client import connect
+
+        async def consume(ws: Any) -> None:
+            try:
+                async for _ in ws:
+                    pass
+            except Exception:
+                return
+
+        async def connect_one() -> Any:
+            return await connect(
+                url,
+                compression=compression,
+                ping_interval=interval,
+                ping_timeout=interval,
+                open_timeout=60,
+            )
+
+        return len(await _fleet(n, connect_one, consume))
+
+    return opener
+
+
+async def open_le_transport(url: str, n: int, interval: float) -> int:
+    """Our resilient sockets, from ``engine.websocket(...)``, keepalive every ``interval``."""
+    from . import _ours
+
+    return await _ours.open_fleet(url, n, interval, _fleet)
+
+
+#: Client kinds in table order; the first is the baseline.
+KINDS: dict[str, Callable[[str, int, float], Awaitable[int]]] = {
+    "raw aiohttp": open_aiohttp,
+    "websockets (no compression)": _open_websockets(None),
+    "websockets (deflate)": _open_websockets("deflate"),
+    "le_transport": open_le_transport,
+}
+
+
+async def _child(kind: str, url: str, n: int, interval: float, window: float) -> dict[str, Any]:
+    opener = KINDS[kind]
+    # Everything the client needs is imported and warmed by one socket before the baseline,
+    # so that the delta is the sockets', not the modules'.
+    await opener(url, 1, interval)
+    base = settle_memory()
+    t0 = time.perf_counter()
+    opened = await opener(url, n, interval)
+    connect_seconds = time.perf_counter() - t0
+    await asyncio.sleep(0.2)
+    rss = settle_memory()
+    cpu0, w0 = cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(window)
+    cpu1, w1 = cpu_seconds(), time.perf_counter()
+    return {
+        "kind": kind,
+        "sockets": opened,
+        "asked": n,
+        "interval": interval,
+        "connect_seconds": connect_seconds,
+        "bytes_per_socket": (rss - base) / max(1, opened),
+        "cpu_share": (cpu1 - cpu0) / (w1 - w0),
+        "window": w1 - w0,
+    }
+
+
+def _spawn(kind: str, port: int, n: int, interval: float, window: float) -> dict[str, Any]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.ws_scale",
+            "--client",
+            kind,
+            "--url",
+            f"ws://127.0.0.1:{port}/ws",
+            "--sockets",
+            str(n),
+            "--interval",
+            str(interval),
+            "--window",
+            str(window),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"kind": kind, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    if proc.stderr.strip():
+        result["stderr"] = proc.stderr.strip()[-500:]
+    return result
+
+
+def available_kinds() -> list[str]:
+    """The kinds that can run here: ours only once ``Engine.websocket`` exists."""
+    from . import _ours
+
+    return [k for k in KINDS if k != "le_transport" or _ours.available()]
+
+
+def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
+    """Run every kind twice (idle, keepalive) against one server; return tables and data."""
+    size = SIZES[size_name]
+    n = sockets or size["sockets"]
+    results: dict[str, Any] = {}
+    kinds = available_kinds()
+    with server() as srv:
+        for kind in kinds:
+            idle = _spawn(kind, srv.port, n, PRODUCTION_INTERVAL, size["idle"])
+            busy = _spawn(kind, srv.port, n, size["interval"], size["window"])
+            entry: dict[str, Any] = {"idle": idle, "keepalive": busy}
+            if "error" not in idle and "error" not in busy:
+                probes = busy["sockets"] * busy["window"] / busy["interval"]
+                extra_cpu = max(0.0, busy["cpu_share"] - idle["cpu_share"]) * busy["window"]
+                entry["us_per_probe"] = extra_cpu / probes * 1e6 if probes else float("nan")
+            results[kind] = entry
+    base = results.get("raw aiohttp", {}).get("idle", {}).get("bytes_per_socket")
+    rows: list[list[object]] = []
+    for kind, entry in results.items():
+        idle, busy = entry["idle"], entry["keepalive"]
+        if "error" in idle or "error" in busy:
+            rows.append([kind, "-", "-", "-", "-", "-", "-", idle.get("error") or busy["error"]])
+            continue
+        per = idle["bytes_per_socket"]
+        rows.append(
+            [
+                kind,
+                f"{idle['sockets']:,}",
+                f"{per / 1024:.1f}",
+                f"{per / base:.2f}x" if base else "-",
+                f"{idle['connect_seconds']:.1f}",
+                f"{idle['cpu_share']:.1%}",
+                f"{busy['cpu_share']:.0%}",
+                f"{entry['us_per_probe']:.0f}",
+            ]
+        )
+    missing = "" if "le_transport" in kinds else "\n(le_transport: Engine.websocket not available)"
+    head = [
+        "client",
+        "sockets",
+        "KiB/socket",
+        "vs raw",
+        "open s",
+        "idle CPU",
+        f"CPU, keepalive {size['interval']:g} s",
+        "CPU us/probe",
+    ]
+    text = (
+        f"WebSocket scale ({n:,} sockets, each with a consumer task; idle keepalive "
+        f"{PRODUCTION_INTERVAL:g} s)\n\n" + table(head, rows) + missing
+    )
+    return {"text": text, "data": {"size": size, "sockets": n, "kinds": results}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: open the fleet, measure, print one JSON line, exit without tidying up."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--client", required=True, choices=list(KINDS))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--sockets", type=int, required=True)
+    parser.add_argument("--interval", type=float, required=True)
+    parser.add_argument("--window", type=float, required=True)
+    args = parser.parse_args(argv)
+    raise_fd_limit(args.sockets * 2 + 256)
+
+    async def measure_and_exit() -> None:
+        result = await _child(args.client, args.url, args.sockets, args.interval, args.window)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+        # Closing thousands of sockets politely measures nothing; the server sees them reset.
+        os._exit(0)
+
+    asyncio.run(measure_and_exit())
+
+
+if __name__ == "__main__":
+    main()

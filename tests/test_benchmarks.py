@@ -1,0 +1,92 @@
+"""The benchmarks still run: each part once, at its smallest size, with no timing asserted.
+
+Speed is measured by ``python -m benchmarks run`` on a quiet machine, never here: these tests
+only prove that every client, every socket kind and every storm variant still does its work
+(calls succeed, retries happen, sockets open, a dropped fleet comes back).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import http_calls, policy_cost, reconnect_storm, ws_scale
+from benchmarks.__main__ import main
+from benchmarks._common import RESULTS_DIR, percentile, spread
+
+
+def test_every_http_client_completes_calls_and_the_retrying_ones_absorb_the_503s() -> None:
+    result = http_calls.run("tiny")
+    happy, faults = result["data"]["happy"], result["data"]["faults"]
+    for concurrency in http_calls.SIZES["tiny"]["concurrency"]:
+        for name in http_calls.CLIENTS:
+            ok = happy[str(concurrency)][name]
+            assert ok["rps"].median > 0, name
+            assert ok["failed_share"] == 0, name
+            assert ok["amplification"] == pytest.approx(1.0), name
+    # Under 10% 503s every retrying client sends more requests than calls; raw aiohttp
+    # sends exactly one per call and so fails some of them.
+    retrying = [name for name in http_calls.CLIENTS if name != "raw aiohttp"]
+    sent = {name: faults["4"][name]["amplification"] for name in http_calls.CLIENTS}
+    assert sent["raw aiohttp"] == pytest.approx(1.0)
+    assert all(sent[name] >= 1.0 for name in retrying)
+    assert "vs raw" in result["text"]
+
+
+def test_every_websocket_kind_opens_its_whole_fleet_and_reports_memory_per_socket() -> None:
+    result = ws_scale.run("tiny")
+    kinds = result["data"]["kinds"]
+    assert set(kinds) == set(ws_scale.available_kinds())
+    for kind, entry in kinds.items():
+        for run in ("idle", "keepalive"):
+            assert "error" not in entry[run], (kind, entry[run])
+            assert entry[run]["sockets"] == ws_scale.SIZES["tiny"]["sockets"], kind
+        assert "us_per_probe" in entry
+
+
+def test_every_storm_variant_brings_the_whole_dropped_fleet_back() -> None:
+    result = reconnect_storm.run("tiny")
+    n = reconnect_storm.SIZES["tiny"]["sockets"]
+    variants = result["data"]["variants"]
+    assert set(variants) == set(reconnect_storm.available_variants())
+    for name, r in variants.items():
+        assert "error" not in r["fleet"], (name, r["fleet"])
+        assert r["fleet"]["back"] == n, name
+        assert r["fleet"]["attempts"] >= n, name
+        assert r["lone"]["back"] == 1, name
+
+
+def test_every_policy_decision_is_timed() -> None:
+    result = policy_cost.run("tiny", raw_call_us=500.0)
+    timed = result["data"]["ns_per_call"]
+    assert set(timed) == set(policy_cost.decisions())
+    assert all(ns > 0 for ns in timed.values())
+
+
+def test_worst_window_counts_the_densest_stretch_of_arrivals() -> None:
+    times = [0.0, 0.01, 0.05, 0.5, 0.55, 0.58, 0.59, 2.0]
+    assert reconnect_storm.worst_window(times, 0.1) == 4
+    assert reconnect_storm.worst_window(times, 1.0) == 7
+    assert reconnect_storm.worst_window([], 1.0) == 0
+
+
+def test_percentile_and_spread_summarise_rounds() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(101)), 99) == 99
+    s = spread([3.0, 1.0, 2.0])
+    assert (s.median, s["min"], s["max"]) == (2.0, 1.0, 3.0)
+    assert s.describe() == "2 (1-3)"
+
+
+def test_the_documented_command_prints_tables_and_writes_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--tiny", "--only", "policy", "--out", "test-run.json"]) == 0
+    printed = capsys.readouterr().out
+    assert "Policy decision cost" in printed
+    written = json.loads((RESULTS_DIR / "test-run.json").read_text())
+    assert written["size"] == "tiny"
+    assert written["machine"]["cores"] >= 1
+    assert "policy" in written["results"]
+    (RESULTS_DIR / "test-run.json").unlink()
