@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ def sim_engine(
     events: list[StateEvent] | None = None,
     retry: RetryPolicy | None = None,
     recovery: BackoffPolicy | None = None,
+    rng: random.Random | None = None,
 ) -> Engine:
     """An engine on ``clock`` against ``sim``, recording state events into ``events``."""
     hooks = EventHooks(on_state=(events.append,) if events is not None else ())
@@ -103,6 +105,7 @@ def sim_engine(
         auth=auth,
         retry=retry,
         recovery=recovery,
+        rng=rng,
     )
 
 

@@ -1,0 +1,361 @@
+"""The outer recovery loop: re-resolve and re-login on the BackoffPolicy after the request
+schedule gives up, per call wait-through or fail-fast, bad credentials never looped; with
+hypothesis properties on virtual time for its pauses and its number of logins."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from le_transport import BackoffPolicy, Engine, RetryPolicy
+from le_transport.chaos import Reset
+from le_transport.errors import (
+    ClientStatusError,
+    DeadlineExceeded,
+    DomainResolutionError,
+    HostileHostError,
+    LoginRejected,
+    RecoveryFailed,
+    RetriesExhausted,
+    ServerStatusError,
+    UnknownServiceError,
+)
+from le_transport.events import EventHooks, StateEvent
+from le_transport.providers import Credentials, StaticDomains, UserLogin
+from le_transport.recovery import Recovery, is_recoverable
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.known_secrets import PASSWORD
+from tests.test_providers import ACCOUNT, USER, csds_for, sim, sim_engine
+
+__all__ = ["sim"]
+
+LOGIN = f"/api/account/{ACCOUNT}/login"
+CSDS = f"/api/account/{ACCOUNT}/service/baseURI.json"
+USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
+GUIDE = RetryPolicy()
+
+
+def exhausted() -> RetriesExhausted:
+    return RetriesExhausted("gave up", last=ServerStatusError("503", status=503))
+
+
+# -- what is recoverable ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "recoverable"),
+    [
+        (exhausted(), True),
+        (ServerStatusError("503", status=503), True),
+        (DomainResolutionError("csds down", account=ACCOUNT), True),
+        (LoginRejected("bad password", status=401), False),
+        (ClientStatusError("404", status=404), False),
+        (UnknownServiceError("no such", service="x"), False),
+        (HostileHostError("evil", account=ACCOUNT), False),
+        (DeadlineExceeded("late", elapsed=3.0), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_transient_failures_that_outlived_the_schedule_are_recoverable(
+    error: BaseException, recoverable: bool
+) -> None:
+    assert is_recoverable(error) is recoverable
+
+
+# -- against the simulator --------------------------------------------------------------------
+
+
+def seeded_engine(
+    sim: Simulator,
+    clock: VirtualClock,
+    events: list[StateEvent],
+    *,
+    recovery: BackoffPolicy | None = None,
+) -> tuple[Engine, UserLogin]:
+    """An engine logging in as the test user, with a seeded random source for the jitter."""
+    auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=csds_for(sim), keepalive=False)
+    engine = sim_engine(
+        sim,
+        clock,
+        domains=auth._domains,
+        auth=auth,
+        events=events,
+        recovery=recovery,
+        rng=random.Random(7),
+    )
+    return engine, auth
+
+
+async def test_a_login_down_past_the_schedule_is_retried_on_the_relogin_backoff(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    events: list[StateEvent] = []
+    sim.faults.script("POST", LOGIN, [503, 503, Reset(), 503])
+    engine, auth = seeded_engine(sim, clock, events)
+    async with engine:
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+        assert resp.status == 200
+        assert auth.logins == 1
+    logins = [r.at for r in sim.requests if r.path == LOGIN]
+    assert len(logins) == 5
+    # The schedule (5, 10, 15 s), then one outer pause: 2 min ± 20%.
+    assert logins[3] - logins[0] == 30.0
+    outer = logins[4] - logins[3]
+    assert 96.0 <= outer <= 144.0
+    names = [e.name for e in events]
+    assert names == ["login_failed", "relogin_scheduled", "logged_in", "recovered", "logged_out"]
+    scheduled = events[1]
+    assert scheduled.details["pause"] == pytest.approx(outer)
+    assert scheduled.details["error"] == "RetriesExhausted"
+
+
+async def test_a_call_that_outlives_the_schedule_re_resolves_and_re_logs_in_then_retries(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    events: list[StateEvent] = []
+    sim.faults.script("GET", USERS, [503] * 4)
+    engine, _ = seeded_engine(sim, clock, events)
+    async with engine:
+        users = await engine.request_json("GET", "accountConfigReadOnly", USERS, recover=True)
+        assert [u["loginName"] for u in users] == [USER]
+    assert sim.count("GET", USERS) == 5
+    assert sim.count("POST", LOGIN) == 2
+    assert sim.count("GET", CSDS) == 2  # re-resolved before the re-login
+    assert engine.recovery.relogins == 1
+    assert [e.name for e in events].count("recovered") == 1
+
+
+async def test_fail_fast_is_the_default_and_raises_the_typed_error_at_once(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("GET", USERS, [503] * 4)
+    engine, _ = seeded_engine(sim, clock, [])
+    async with engine:
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+    assert sim.count("POST", LOGIN) == 1
+    assert clock.now() == 30.0  # the request schedule only
+
+
+async def test_recovery_gives_up_when_the_policy_runs_out(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    events: list[StateEvent] = []
+    sim.faults.script("POST", LOGIN, [503] * 12)
+    engine, _ = seeded_engine(sim, clock, events, recovery=BackoffPolicy.relogin(max_attempts=2))
+    async with engine:
+        with pytest.raises(RecoveryFailed, match="gave up recovering after 2") as info:
+            await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+    assert isinstance(info.value.last, RetriesExhausted)
+    assert sim.count("POST", LOGIN) == 12
+    names = [e.name for e in events if e.name != "login_failed"]
+    assert names == ["relogin_scheduled", "relogin_failed", "relogin_scheduled",
+                     "relogin_failed", "gave_up"]  # fmt: skip
+
+
+async def test_bad_credentials_during_recovery_stop_the_loop_at_once(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    events: list[StateEvent] = []
+    sim.faults.script("GET", USERS, [503] * 4)
+    sim.faults.script("POST", LOGIN, [None, 401])
+    engine, _ = seeded_engine(sim, clock, events)
+    async with engine:
+        with pytest.raises(LoginRejected):
+            await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+    assert sim.count("POST", LOGIN) == 2
+    assert [e.name for e in events][-1] == "gave_up"
+
+
+async def test_the_domain_api_down_during_recovery_serves_the_cached_map(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("GET", USERS, [503] * 4)
+    engine, auth = seeded_engine(sim, clock, [])
+    async with engine:
+        await engine.login()
+        sim.faults.script("GET", CSDS, [503] * 10)
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+        assert resp.status == 200
+    assert auth.logins == 2
+
+
+async def test_a_caller_waiting_through_recovery_can_cancel(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [503] * 8)
+    engine, _ = seeded_engine(sim, clock, [])
+    async with engine:
+        task = asyncio.ensure_future(
+            engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+        )
+        await clock.sleep(60)  # inside the first outer pause
+        assert engine.recovery.recovering
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sim.count("POST", LOGIN) == 4
+
+
+async def test_twenty_failing_calls_share_each_recovery_round(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [None] + [503] * 4)
+    sim.faults.script("GET", USERS, [503] * 80)
+    engine, auth = seeded_engine(sim, clock, [])
+    async with engine:
+        results = await asyncio.gather(
+            *(
+                engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+                for _ in range(20)
+            )
+        )
+        assert {r.status for r in results} == {200}
+    # The first login, one recovery round whose login fails (schedule of 4), one more round.
+    assert engine.recovery.relogins == 2
+    assert auth.logins == 2
+
+
+# -- properties on virtual time ---------------------------------------------------------------
+
+
+class CountingAuth:
+    """An auth provider that counts re-logins and always succeeds."""
+
+    def __init__(self) -> None:
+        self.logins = 0
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials()
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def relogin(self) -> Credentials:
+        self.logins += 1
+        return Credentials(generation=self.logins)
+
+    async def close(self) -> None:
+        return None
+
+
+policies = st.builds(
+    BackoffPolicy,
+    first=st.floats(min_value=1.0, max_value=300.0),
+    factor=st.floats(min_value=1.1, max_value=4.0),
+    cap=st.floats(min_value=300.0, max_value=2000.0),
+    jitter=st.floats(min_value=0.0, max_value=0.5),
+    floor=st.floats(min_value=0.0, max_value=20.0),
+    max_attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=12)),
+    deadline=st.one_of(st.none(), st.floats(min_value=100.0, max_value=20_000.0)),
+)
+schedules = st.lists(st.floats(min_value=0.0, max_value=30.0), min_size=0, max_size=4).map(
+    lambda pauses: RetryPolicy(pauses=tuple(pauses))
+)
+
+
+def run_recovery(
+    policy: BackoffPolicy,
+    request_policy: RetryPolicy,
+    failures: int,
+    callers: int,
+    seed: int,
+) -> tuple[Recovery, CountingAuth, list[object], float]:
+    """Run ``callers`` calls that fail ``failures`` times in all, then succeed, on virtual time."""
+    auth = CountingAuth()
+    clock = VirtualClock()
+    results: list[object] = []
+
+    async def scenario() -> Recovery:
+        recovery = Recovery(
+            domains=StaticDomains({}),
+            auth=auth,
+            clock=clock,
+            policy=policy,
+            request_policy=request_policy,
+            rng=random.Random(seed),
+            hooks=EventHooks(),
+        )
+        left = failures
+
+        async def call() -> str:
+            nonlocal left
+            await clock.sleep(0)
+            if left > 0:
+                left -= 1
+                raise exhausted()
+            return "ok"
+
+        results.extend(
+            await asyncio.gather(
+                *(recovery.run(call) for _ in range(callers)), return_exceptions=True
+            )
+        )
+        return recovery
+
+    recovery = asyncio.run(scenario())
+    return recovery, auth, results, clock.now()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    policy=policies,
+    request_policy=schedules,
+    failures=st.integers(min_value=1, max_value=15),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_recovery_pauses_never_shrink_start_above_the_schedule_and_respect_cap_and_deadline(
+    policy: BackoffPolicy, request_policy: RetryPolicy, failures: int, seed: int
+) -> None:
+    """Property: within an episode, each outer pause is at least the one before it; the first
+    is at least the request schedule's last pause; none exceeds the jittered cap (or the floors);
+    the pauses never run past the policy's deadline; there are at most max_attempts of them."""
+    recovery, auth, results, elapsed = run_recovery(policy, request_policy, failures, 1, seed)
+    pauses = recovery.pauses
+    assert pauses == sorted(pauses)
+    if pauses:
+        assert pauses[0] >= request_policy.last_pause
+    ceiling = max(policy.cap * (1 + policy.jitter), policy.floor, request_policy.last_pause)
+    assert all(p <= ceiling + 1e-9 for p in pauses)
+    if policy.deadline is not None:
+        assert sum(pauses) <= policy.deadline + 1e-6
+    if policy.max_attempts is not None:
+        assert len(pauses) <= policy.max_attempts
+    assert elapsed == pytest.approx(sum(pauses))
+    # Either it recovered after one pause per failure, or it gave up with RecoveryFailed.
+    if results == ["ok"]:
+        assert len(pauses) == failures
+    else:
+        assert len(results) == 1
+        assert isinstance(results[0], RecoveryFailed)
+    assert auth.logins == len(pauses)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    policy=policies,
+    rounds=st.integers(min_value=1, max_value=8),
+    callers=st.integers(min_value=1, max_value=30),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_the_number_of_logins_is_bounded_by_rounds_not_by_callers(
+    policy: BackoffPolicy, rounds: int, callers: int, seed: int
+) -> None:
+    """Property: when any number of calls fail together, each recovery round logs in once:
+    ``callers`` calls that each fail ``rounds`` times cause ``rounds`` logins (never more than
+    the policy's max_attempts), not ``callers * rounds``."""
+    recovery, auth, results, _ = run_recovery(policy, GUIDE, rounds * callers, callers, seed)
+    assert auth.logins == len(recovery.pauses)
+    assert auth.logins <= rounds
+    if policy.max_attempts is not None:
+        assert auth.logins <= policy.max_attempts
+    if results == ["ok"] * callers:
+        assert auth.logins == rounds
+    else:
+        assert all(isinstance(r, RecoveryFailed) for r in results)
