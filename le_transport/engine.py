@@ -34,6 +34,7 @@ from .errors import (
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware
 from .middleware.context import CallContext, call_context
+from .middleware.overload import OverloadGuard
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import Keepalive
@@ -116,7 +117,7 @@ class Response:
             raise self._decode_error("expected a JSON body, got an empty body")
         try:
             value = _json.loads(self.text())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise self._decode_error(f"body is not valid JSON ({exc.__class__.__name__})") from None
         if expect is not None and not isinstance(value, expect):
             raise self._decode_error(
@@ -186,6 +187,10 @@ class Engine:
       :meth:`BackoffPolicy.relogin`), used by calls made with ``recover=True``.
     - ``pacer``: the :class:`~le_transport.sockets.ReconnectPacer` every socket's reconnect
       passes (default: one per engine; share one between engines to pace a whole process).
+    - ``overload``: an :class:`~le_transport.middleware.overload.OverloadGuard`: the retry
+      budget per service and the circuit breaker per service and host, asked by the retry loop
+      before each attempt and each pause (a refusal fails the call at once, no pause taken);
+      give it a Redis store to share them across a fleet. Default: none.
     """
 
     def __init__(
@@ -207,6 +212,7 @@ class Engine:
         auth: AuthProvider | None = None,
         recovery: BackoffPolicy | None = None,
         pacer: ReconnectPacer | None = None,
+        overload: OverloadGuard | None = None,
     ) -> None:
         if scheme not in ("https", "http"):
             raise ConfigurationError(f"Engine.scheme must be 'https' or 'http', got {scheme!r}")
@@ -238,6 +244,7 @@ class Engine:
             hooks=self._hooks,
             rng=self._rng,
             max_body_bytes=max_body_bytes,
+            gate=overload,
         )
         if auth is not None and not isinstance(auth, AuthProvider):
             raise ConfigurationError(

@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import aiohttp
 import attrs
@@ -56,6 +56,9 @@ from ..policies.classify import IDEMPOTENT_METHODS, Outcome, OutcomeKind
 from ..policies.retry import Action, RetryPolicy
 from ..policies.retry_after import parse_retry_after
 from .context import CallContext, current_call
+
+if TYPE_CHECKING:
+    from .overload import RetryGate
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "RetryMiddleware", "is_websocket_upgrade"]
 
@@ -101,6 +104,9 @@ class RetryMiddleware:
     - ``max_body_bytes``: bodies larger than this raise :class:`BodyTooLarge`.
     - ``wall_clock``: epoch seconds, only to read a ``Retry-After`` HTTP-date when the answer
       has no ``Date`` header.
+    - ``gate``: overload protection asked before each attempt and each retry (the breaker and
+      the retry budget, :class:`~le_transport.middleware.overload.OverloadGuard`); a refusal
+      fails the call at once, without pausing.
 
     Hashable by identity, as aiohttp's chain cache needs.
     """
@@ -113,6 +119,7 @@ class RetryMiddleware:
     buffer_body: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     wall_clock: Callable[[], float] = time.time
+    gate: RetryGate | None = None
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request):
@@ -227,7 +234,7 @@ class _Call:
             started = clock.now()
             self.in_flight = (attempt, started)
             try:
-                resp, outcome, error = await self._attempt(attempt)
+                resp, outcome, error = await self._gated_attempt(attempt)
             except BodyTooLarge as too_large:
                 # Not retried: the same answer would be as large again.
                 status = self.last_status if self.last_status is not None else 0
@@ -256,6 +263,8 @@ class _Call:
                 error = await self._status_error(resp, outcome)
                 resp.release()
             if decision.action is Action.RETRY:
+                assert error is not None
+                await self._gate_retry(attempt, outcome, decision.pause, error)
                 self._log_retry(attempt, outcome, decision.pause)
                 await clock.sleep(decision.pause)
                 continue
@@ -411,6 +420,46 @@ class _Call:
         return ServerStatusError(
             f"{status} {reason}".strip(), status=status, body_excerpt=excerpt, **where
         )
+
+    async def _gated_attempt(
+        self, attempt: int
+    ) -> tuple[ClientResponse | None, Outcome, RequestError | None]:
+        """:meth:`_attempt`, admitted by the gate (if any) and reported to it."""
+        gate = self.mw.gate
+        if gate is None:
+            return await self._attempt(attempt)
+        refused = await gate.admit(self, attempt)
+        if refused is not None:
+            # Nothing was sent: not an attempt of the schedule, and no pause before failing.
+            self.in_flight = None
+            refused.attempts = tuple(self.ctx.attempts)
+            self.log_final(refused, None, refused.message)
+            raise refused
+        try:
+            result = await self._attempt(attempt)
+        except BaseException:
+            gate.abandon(self, attempt)
+            raise
+        await gate.settle(self, attempt, result[1])
+        return result
+
+    async def _gate_retry(
+        self, attempt: int, outcome: Outcome, pause: float, last: RequestError
+    ) -> None:
+        """Ask the gate before pausing; a refusal fails the call now (the pause not taken)."""
+        gate = self.mw.gate
+        if gate is None:
+            return
+        refused = await gate.before_retry(self, attempt, outcome, pause, last)
+        if refused is None:
+            return
+        record = self.ctx.attempts[-1]
+        self.ctx.attempts[-1] = AttemptRecord(
+            record.attempt, record.outcome, None, record.started_at
+        )
+        refused.attempts = tuple(self.ctx.attempts)
+        self.log_final(refused, outcome, refused.message)
+        raise refused from last
 
     def _log_retry(self, attempt: int, outcome: Outcome, pause: float) -> None:
         elapsed = self._elapsed()

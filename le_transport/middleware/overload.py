@@ -1,0 +1,394 @@
+"""Overload protection in the retry loop: the retry budget and the circuit breaker, per service.
+
+:class:`OverloadGuard` is the retry middleware's ``gate``: the retry loop asks it before every
+attempt (:meth:`~OverloadGuard.admit`: is the breaker for this service and host open?), tells it
+how every attempt ended (:meth:`~OverloadGuard.settle`), and asks it before every pause
+(:meth:`~OverloadGuard.before_retry`: does the budget allow a retry, and will the breaker let it
+through when the pause ends?).
+
+Why inside the retry loop, and in this order (docs/architecture.md has the picture):
+
+- The breaker is asked **per attempt**, inside the call's deadline and before the per-attempt
+  timeout starts: a refused attempt sends nothing, costs no timeout and is not an attempt of the
+  5/10/15 s schedule; the call fails at once with :class:`~le_transport.errors.CircuitOpen`
+  carrying ``retry_at``. A caller's deadline shorter than the break therefore fails fast, it
+  does not sit out its deadline.
+- Before a pause, a breaker that will still be open when the pause ends refuses the retry now
+  (``CircuitOpen``) instead of burning the pause on an attempt that will be refused.
+- Then the **budget**: a retry it does not allow fails the call at once with
+  :class:`~le_transport.errors.RetryBudgetExhausted` carrying the last error; first attempts
+  are what pay for retries, so they are counted as they are admitted.
+- Every attempt's outcome feeds the breaker; only 5xx, 429 and transport failures (timeouts
+  included) count as failures.
+
+Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
+window for every process) and the breaker's trips: a process that opens its breaker publishes the
+break, the others adopt it at their next sync, and in half-open one probe goes for the whole
+fleet. Redis stays off the happy path: first attempts are counted locally and sent in batches
+every ``flush_interval``, the trip marker is read at most every ``sync_interval``; what that
+trades away is that the fleet sees a process's first attempts (and trips) up to those intervals
+late, which only makes the budget stricter, never looser.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING, Protocol
+
+from ..clock import Clock, RealClock
+from ..errors import CircuitOpen, RequestError, RetryBudgetExhausted
+from ..events import EventHooks, StateEvent, emit
+from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
+from ..policies.budget import RetryBudget
+from ..policies.classify import Outcome
+from ..state.fallback import FallbackStore
+from ..state.memory import MemoryStore
+from ..state.store import StateStore, state_key
+
+if TYPE_CHECKING:
+    from aiohttp import ClientRequest
+
+__all__ = ["DEFAULT_BREAKER", "DEFAULT_BUDGET", "GatedCall", "OverloadGuard", "RetryGate"]
+
+_log = logging.getLogger("le_transport.overload")
+
+#: The defaults, with their reasons in :mod:`le_transport.policies.budget` and ``.breaker``.
+DEFAULT_BUDGET = RetryBudget()
+DEFAULT_BREAKER = CircuitBreaker()
+
+
+class GatedCall(Protocol):
+    """What the retry loop tells a gate about the call in progress."""
+
+    @property
+    def service(self) -> str:
+        """The service name (or the host, on a foreign session)."""
+        ...
+
+    @property
+    def method(self) -> str:
+        """The HTTP method."""
+        ...
+
+    @property
+    def url(self) -> str:
+        """The redacted URL."""
+        ...
+
+    @property
+    def request(self) -> ClientRequest:
+        """The aiohttp request (its URL names the host)."""
+        ...
+
+
+class RetryGate(Protocol):
+    """The retry loop's questions to overload protection (see the module's description)."""
+
+    async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
+        """Before an attempt: None to let it go, or the error that fails the call now."""
+        ...
+
+    async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
+        """An admitted attempt ended with ``outcome``."""
+        ...
+
+    def abandon(self, call: GatedCall, attempt: int) -> None:
+        """An admitted attempt ended without an outcome (cancelled): forget it."""
+        ...
+
+    async def before_retry(
+        self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
+    ) -> RequestError | None:
+        """Before pausing for a retry: None to go on, or the error that fails the call now."""
+        ...
+
+
+def _host_of(call: GatedCall) -> str:
+    url = call.request.url
+    return f"{url.host}:{url.port}" if url.port is not None else str(url.host)
+
+
+class OverloadGuard:
+    """The retry budget per service and the circuit breaker per service and host.
+
+    - ``budget``: a :class:`RetryBudget` (default: 20% + 0.1/s over 30 s; None: no budget).
+    - ``breaker``: a :class:`CircuitBreaker` (default: 50% of 20 attempts over 30 s, breaks
+      of 5 s doubling to 2 min; None: no breaker).
+    - ``store``: where the fleet shares them (a :class:`~le_transport.state.RedisStore`, wrapped
+      in a :class:`~le_transport.state.FallbackStore` if it is not one); None: this process only.
+    - ``account``: the namespace of the shared keys.
+    - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
+      ``circuit_open``, ``circuit_closed`` and ``retry_budget_exhausted``.
+    - ``flush_interval``: seconds between batched sends of first-attempt counts to the store.
+    - ``sync_interval``: seconds between reads of the fleet's breaker trips.
+
+    One guard serves every call of an engine; give it to ``Engine(overload=...)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        budget: RetryBudget | None = DEFAULT_BUDGET,
+        breaker: CircuitBreaker | None = DEFAULT_BREAKER,
+        store: StateStore | None = None,
+        account: str = "local",
+        clock: Clock | None = None,
+        hooks: EventHooks | None = None,
+        rng: random.Random | None = None,
+        flush_interval: float = 1.0,
+        sync_interval: float = 1.0,
+    ) -> None:
+        self._budget = budget
+        self._breaker = breaker
+        self._clock = clock or RealClock()
+        self._hooks = hooks or EventHooks()
+        self._rng = rng or random.Random()
+        self._account = account
+        self._shared = store is not None
+        if store is None:
+            store = MemoryStore(self._clock)
+        elif not isinstance(store, (MemoryStore, FallbackStore)):
+            store = FallbackStore(store, clock=self._clock, hooks=self._hooks)
+        self._store: StateStore = store
+        # A local store costs nothing: count first attempts at once, no batching.
+        self._flush_interval = flush_interval if self._shared else 0.0
+        self._sync_interval = sync_interval
+        self._pending: dict[str, int] = {}
+        self._flushed_at: dict[str, float] = {}
+        self._status: dict[tuple[str, str], BreakerStatus] = {}
+        self._synced_at: dict[tuple[str, str], float] = {}
+        self._probes: set[tuple[int, int]] = set()
+        self._owner = uuid.uuid4().hex
+
+    @property
+    def store(self) -> StateStore:
+        """Where the budget and the breaker trips live."""
+        return self._store
+
+    def breaker_state(self, service: str, host: str) -> BreakerState:
+        """The breaker's state for ``service`` at ``host`` now."""
+        if self._breaker is None:
+            return BreakerState.CLOSED
+        status = self._status.get((service, host))
+        if status is None:
+            return BreakerState.CLOSED
+        return self._breaker.state_at(status, self._clock.now())
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _budget_key(self, service: str) -> str:
+        return state_key(self._account, "budget", service)
+
+    def _trip_key(self, key: tuple[str, str]) -> str:
+        return state_key(self._account, "breaker", *key)
+
+    def _probe_key(self, key: tuple[str, str]) -> str:
+        return state_key(self._account, "breaker-probe", *key)
+
+    # -- RetryGate --------------------------------------------------------------------------
+
+    async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
+        """Refuse the attempt if the breaker is open; count a first attempt for the budget."""
+        if self._breaker is not None:
+            refused = await self._admit(call, attempt)
+            if refused is not None:
+                return refused
+        if self._budget is not None and attempt == 1:
+            await self._deposit(call.service)
+        return None
+
+    async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
+        """Feed the attempt's outcome to the breaker."""
+        if self._breaker is None:
+            return
+        key = (call.service, _host_of(call))
+        probe = (id(call), attempt) in self._probes
+        self._probes.discard((id(call), attempt))
+        before = self._status.get(key) or self._breaker.closed()
+        now = self._clock.now()
+        old_state = self._breaker.state_at(before, now)
+        after = self._breaker.record(
+            before, now, failed=self._breaker.counts_as_failure(outcome), rand=self._rng.random()
+        )
+        self._status[key] = after
+        new_state = self._breaker.state_at(after, now)
+        if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
+            await self._opened(call, key, after, outcome)
+        elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
+            await self._closed(call, key)
+        if probe and self._shared:
+            await self._store.delete(self._probe_key(key), only_if=self._owner)
+
+    def abandon(self, call: GatedCall, attempt: int) -> None:
+        """Free the half-open slot if the cancelled attempt was the probe."""
+        if self._breaker is None or (id(call), attempt) not in self._probes:
+            return
+        self._probes.discard((id(call), attempt))
+        key = (call.service, _host_of(call))
+        status = self._status.get(key)
+        if status is not None:
+            # The shared probe key (if any) frees itself when its lease ends.
+            self._status[key] = self._breaker.release(status, self._clock.now())
+
+    async def before_retry(
+        self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
+    ) -> RequestError | None:
+        """Refuse a retry the breaker would refuse after the pause, or the budget cannot pay."""
+        now = self._clock.now()
+        if self._breaker is not None:
+            key = (call.service, _host_of(call))
+            status = self._status.get(key)
+            if status is not None:
+                retry_at = self._breaker.retry_at(status, now)
+                if (
+                    self._breaker.state_at(status, now) is BreakerState.OPEN
+                    and retry_at is not None
+                    and retry_at > now + pause
+                ):
+                    return self._circuit_open(call, retry_at, now, status.opens)
+        if self._budget is not None and not await self._withdraw(call.service):
+            emit(
+                self._hooks.on_state,
+                StateEvent(
+                    "retry_budget_exhausted",
+                    call.service,
+                    {"attempt": attempt, "outcome": outcome.describe()},
+                ),
+            )
+            return RetryBudgetExhausted(
+                f"the retry budget of {call.service!r} is spent (at most "
+                f"{self._budget.ratio:.0%} of first attempts + {self._budget.floor:g} per "
+                f"{self._budget.window:g} s): not retrying {outcome.describe()} after attempt "
+                f"{attempt}, so as not to add load to a failing service",
+                last=last,
+                service=call.service,
+                method=call.method,
+                url=call.url,
+            )
+        return None
+
+    # -- the budget -------------------------------------------------------------------------
+
+    async def _deposit(self, service: str) -> None:
+        assert self._budget is not None
+        self._pending[service] = self._pending.get(service, 0) + 1
+        now = self._clock.now()
+        if now - self._flushed_at.get(service, -float("inf")) >= self._flush_interval:
+            count, self._pending[service] = self._pending[service], 0
+            self._flushed_at[service] = now
+            await self._store.budget(self._budget_key(service), self._budget, deposits=count)
+
+    async def _withdraw(self, service: str) -> bool:
+        assert self._budget is not None
+        count, self._pending[service] = self._pending.get(service, 0), 0
+        self._flushed_at[service] = self._clock.now()
+        return await self._store.budget(
+            self._budget_key(service), self._budget, deposits=count, withdraw=True
+        )
+
+    # -- the breaker ------------------------------------------------------------------------
+
+    async def _admit(self, call: GatedCall, attempt: int) -> RequestError | None:
+        assert self._breaker is not None
+        key = (call.service, _host_of(call))
+        if self._shared:
+            await self._sync(key)
+        status = self._status.get(key) or self._breaker.closed()
+        now = self._clock.now()
+        admission = self._breaker.admit(status, now)
+        if not admission.allowed:
+            assert admission.retry_at is not None
+            return self._circuit_open(call, admission.retry_at, now, status.opens)
+        if admission.probe and self._shared:
+            lease = self._breaker.probe_lease
+            if not await self._store.add(self._probe_key(key), self._owner, ttl=lease):
+                # Another process of the fleet is probing: wait for its verdict.
+                return self._circuit_open(call, now + self._sync_interval, now, status.opens)
+        self._status[key] = admission.status
+        if admission.probe:
+            self._probes.add((id(call), attempt))
+        return None
+
+    async def _sync(self, key: tuple[str, str]) -> None:
+        """Adopt a break another process of the fleet published (at most every interval)."""
+        assert self._breaker is not None
+        now = self._clock.now()
+        if now - self._synced_at.get(key, -float("inf")) < self._sync_interval:
+            return
+        self._synced_at[key] = now
+        entry = await self._store.get(self._trip_key(key))
+        status = self._status.get(key) or self._breaker.closed()
+        if entry is None or self._breaker.state_at(status, now) is BreakerState.OPEN:
+            return
+        try:
+            opens = int(json.loads(entry.value)["opens"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if status.probe_until is not None and now < status.probe_until:
+            return  # our own probe is out; its verdict decides
+        self._status[key] = BreakerStatus(
+            BreakerState.OPEN,
+            status.slot,
+            status.successes,
+            status.failures,
+            now + entry.ttl,
+            max(opens, status.opens),
+            None,
+        )
+
+    async def _opened(
+        self, call: GatedCall, key: tuple[str, str], status: BreakerStatus, outcome: Outcome
+    ) -> None:
+        now = self._clock.now()
+        brk = status.open_until - now
+        _log.warning(
+            "circuit open for %s at %s after %s: failing calls fast for %.3g s (opening %d)",
+            call.service,
+            key[1],
+            outcome.describe(),
+            brk,
+            status.opens,
+            extra={"service": call.service, "host": key[1], "pause": brk, "opens": status.opens},
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "circuit_open",
+                f"{call.service}@{key[1]}",
+                {"retry_in": brk, "opens": status.opens},
+            ),
+        )
+        if self._shared and brk > 0:
+            await self._store.set(self._trip_key(key), json.dumps({"opens": status.opens}), ttl=brk)
+
+    async def _closed(self, call: GatedCall, key: tuple[str, str]) -> None:
+        _log.info(
+            "circuit closed for %s at %s: the probe succeeded",
+            call.service,
+            key[1],
+            extra={"service": call.service, "host": key[1]},
+        )
+        emit(self._hooks.on_state, StateEvent("circuit_closed", f"{call.service}@{key[1]}"))
+        if self._shared:
+            await self._store.delete(self._trip_key(key))
+
+    def _circuit_open(
+        self, call: GatedCall, retry_at: float, now: float, opens: int
+    ) -> CircuitOpen:
+        return CircuitOpen(
+            f"the circuit breaker for {call.service!r} at {_host_of(call)} is open: nothing "
+            f"was sent; try again in {max(0.0, retry_at - now):.3g} s",
+            retry_at=retry_at,
+            service=call.service,
+            method=call.method,
+            url=call.url,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OverloadGuard(budget={self._budget!r}, breaker={self._breaker!r}, "
+            f"store={self._store!r})"
+        )
