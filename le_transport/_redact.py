@@ -168,11 +168,12 @@ def body_excerpt(body: bytes, *, path: str = "", limit: int = 300) -> str:
     text = head.decode("utf-8", errors="replace")
     try:
         parsed = json.loads(text)
-    except ValueError:
-        scrubbed = redact_text(text)
-    else:
         # Keys name most credentials; values can still carry one ("Bearer x", a JWT).
         scrubbed = redact_text(json.dumps(redact_json(parsed), separators=(",", ":")))
+    except (ValueError, RecursionError):
+        # Not JSON, or nested deeper than the parser (or redact_json) can follow: a hostile
+        # body must still give an excerpt, never an exception.
+        scrubbed = redact_text(text)
     if len(scrubbed) > limit or len(body) > len(head):
         return scrubbed[:limit] + "…"
     return scrubbed

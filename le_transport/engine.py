@@ -538,7 +538,7 @@ class Engine:
                 url=redact_url(url),
                 attempts=ctx.attempts,
             ) from exc
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise InvalidRequest(
                 f"invalid request: {type(exc).__name__}",
                 service=service,

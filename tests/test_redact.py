@@ -135,6 +135,14 @@ def test_free_text_is_scrubbed_of_bearers_jwts_and_key_values() -> None:
     assert "Authorization: Bearer ***" in scrubbed
 
 
+@pytest.mark.parametrize("depth", [10, 900, 5000, 100_000])
+def test_deeply_nested_json_gives_an_excerpt_not_an_exception(depth: int) -> None:
+    body = b"[" * depth + b'{"token": "%s"}' % TOKEN.encode() + b"]" * depth
+    excerpt = body_excerpt(body, path="/api/x", limit=len(body))
+    assert TOKEN not in excerpt
+    assert excerpt.startswith("[[")
+
+
 def test_long_bodies_are_cut() -> None:
     excerpt = body_excerpt(b"x" * 10_000, limit=50)
     assert len(excerpt) == 51

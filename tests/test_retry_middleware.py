@@ -123,6 +123,12 @@ async def close_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     writer.close()
 
 
+async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"this is not HTTP at all\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
 def free_port() -> int:
     """A loopback port with nothing listening on it (connections are refused)."""
     with socket.socket() as s:
@@ -441,6 +447,21 @@ async def test_connection_closed_mid_body_is_not_retried_for_post(clock: Virtual
     assert len(hits) == 1
 
 
+async def test_a_malformed_answer_is_retried_for_get_like_a_lost_connection(
+    clock: VirtualClock,
+) -> None:
+    async with (
+        raw_server(garbage) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine,
+    ):
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+        with pytest.raises(ConnectionFailed, match="malformed answer"):
+            await engine.request("POST", "svc", "/x")
+    assert len(hits) == 5
+    assert info.value.attempts[0].outcome.kind is OutcomeKind.CONNECTION_LOST
+
+
 async def test_connection_refused_is_retried_even_for_post_because_it_never_left(
     clock: VirtualClock,
 ) -> None:
@@ -631,6 +652,18 @@ async def test_non_json_body_raises_response_decode_error(
         with pytest.raises(ResponseDecodeError, match="not valid JSON") as info:
             await engine.request_json("GET", "svc", "/x")
     assert "maintenance" in str(info.value)
+
+
+async def test_absurdly_nested_json_raises_response_decode_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def nested(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000)
+
+    host = await serve(Script(nested).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ResponseDecodeError, match="not valid JSON"):
+            await engine.request_json("GET", "svc", "/x")
 
 
 async def test_wrong_json_type_raises_response_decode_error(

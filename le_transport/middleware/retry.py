@@ -339,6 +339,19 @@ class _Call:
                     f"attempt {attempt} failed: {detail}", never_sent=never_sent, **self._where()
                 ),
             )
+        except aiohttp.ClientResponseError as exc:
+            # Raised inside the chain only when the answer could not be parsed (aiohttp's own
+            # raise_for_status runs after the chain): a broken server or connection, which is
+            # retried like a connection lost after the request may have been processed.
+            outcome = Outcome.failure(OutcomeKind.CONNECTION_LOST, type(exc).__name__)
+            return (
+                None,
+                outcome,
+                ConnectionFailed(
+                    f"attempt {attempt} failed: malformed answer ({_safe_message(exc)})",
+                    **self._where(),
+                ),
+            )
         except aiohttp.ClientError as exc:
             # Not a transport fault (an invalid URL, too many redirects): the caller's to fix.
             raise RequestError(
