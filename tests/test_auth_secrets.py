@@ -11,6 +11,7 @@ from le_transport import BackoffPolicy
 from le_transport.errors import TransportError
 from le_transport.providers import (
     AppLogin,
+    AuthProvider,
     ClientCredentialsLogin,
     ConsumerJwt,
     OAuth1Auth,
@@ -57,7 +58,7 @@ async def test_no_log_exception_or_repr_shows_a_credential_across_every_login_pa
     raised: list[BaseException] = []
     shown: list[str] = []
     domains = csds_for(sim)
-    providers = [
+    providers: list[AuthProvider] = [
         UserLogin(ACCOUNT, USER, PASSWORD, domains=domains),
         AppLogin(ACCOUNT, USER, APP_KEY, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET,
                  domains=domains),
@@ -104,8 +105,8 @@ async def test_no_log_exception_or_repr_shows_a_credential_across_every_login_pa
     assert [type(e).__name__ for e in raised] == ["RecoveryFailed"] * 4 + ["AuthenticationError"]
     everything = [r.getMessage() for r in caplog.records]
     everything += [str(r.__dict__) for r in caplog.records]
-    for exc in raised:
-        everything += exception_messages(exc)
+    for error in raised:
+        everything += exception_messages(error)
     everything += shown
     secrets = {s for s in secret_values if len(s) >= 8}
     leaks = {s[:6] for text in everything for s in find_secrets(text, secrets)}
