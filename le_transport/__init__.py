@@ -19,29 +19,54 @@ from .policies import (
     OutcomeKind,
     RetryPolicy,
 )
-from .providers import DomainProvider, StaticDomains
+from .providers import (
+    AppLogin,
+    AuthProvider,
+    ClientCredentialsLogin,
+    ConsumerJwt,
+    Credentials,
+    CsdsDomains,
+    DomainProvider,
+    OAuth1Auth,
+    SentinelClientCredentials,
+    StaticBearer,
+    StaticDomains,
+    UserLogin,
+)
+from .recovery import Recovery
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GUIDE_5XX_PAUSES",
+    "AppLogin",
+    "AuthProvider",
     "BackoffPolicy",
     "Classifier",
+    "ClientCredentialsLogin",
     "Clock",
+    "ConsumerJwt",
+    "Credentials",
+    "CsdsDomains",
     "DomainProvider",
     "Engine",
     "EventHooks",
     "GiveUpEvent",
     "InvalidRequest",
+    "OAuth1Auth",
     "Outcome",
     "OutcomeKind",
     "RealClock",
+    "Recovery",
     "Response",
     "RetryEvent",
     "RetryMiddleware",
     "RetryPolicy",
+    "SentinelClientCredentials",
     "StateEvent",
+    "StaticBearer",
     "StaticDomains",
+    "UserLogin",
     "timeout_after",
     *_errors_all,
 ]
