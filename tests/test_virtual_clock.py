@@ -116,6 +116,18 @@ async def test_advance_moves_time_by_hand_when_autojump_is_off() -> None:
     assert clock.pending == 0
 
 
+async def test_autojump_on_a_loop_it_cannot_inspect_fails_at_once(clock: VirtualClock) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop._ready  # type: ignore[attr-defined]
+    try:
+        del loop._ready  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError, match="standard asyncio event loop"):
+            await clock.sleep(1)
+    finally:
+        loop._ready = ready  # type: ignore[attr-defined]
+    assert clock.pending == 0
+
+
 def test_time_cannot_go_backwards() -> None:
     with pytest.raises(ValueError, match="backwards"):
         VirtualClock().advance(-1)

@@ -50,7 +50,8 @@ class VirtualClock:
         self._seq = itertools.count()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._driver: asyncio.Task[None] | None = None
-        #: Every sleep requested, in seconds, in order.
+        #: Every sleep requested, in seconds, in order (including the watchdog sleeps of
+        #: ``timeout_after``: read a call's pauses from its attempt records instead).
         self.sleeps: list[float] = []
         #: (time at which the sleep started, its length), in order.
         self.history: list[tuple[float, float]] = []
@@ -68,6 +69,9 @@ class VirtualClock:
         if seconds == 0:
             await asyncio.sleep(0)
             return
+        if self._autojump:
+            # Checked here, not in the driver: a driver that died would leave every sleep hung.
+            _loop_idle(loop)
         fut: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         if self._autojump and (self._driver is None or self._driver.done()):
