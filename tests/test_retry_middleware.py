@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import (
+    AttemptTimeout,
     BlockedError,
     BodyTooLarge,
     ClientStatusError,
@@ -518,6 +519,23 @@ async def test_per_attempt_timeout_cancels_a_hanging_call_and_retries(
     assert [a.pause for a in resp.attempts] == [5.0, None]
     assert clock.now() == 7.0
     assert hang.entered == 1
+
+
+async def test_attempts_that_all_time_out_end_in_retries_exhausted_with_attempt_timeout(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    hang = Hang()
+    host = await serve(Script(hang).app())
+    async with released(hang), Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x", attempt_timeout=1.0)
+        with pytest.raises(AttemptTimeout, match="longer than 1 s"):
+            await engine.request("POST", "svc", "/x", attempt_timeout=1.0)
+        assert acquired(engine) == 0
+    assert isinstance(info.value.last, AttemptTimeout)
+    assert hang.entered == 5
+    assert [a.started_at for a in info.value.attempts] == [0.0, 6.0, 17.0, 33.0]
+    assert clock.now() == 35.0
 
 
 async def test_deadline_cancels_the_attempt_in_flight(
