@@ -1,8 +1,10 @@
 """The ``le-transport`` command: ``demo`` (the main job) and ``simulate`` (a local LiveEngage).
 
-``le-transport demo`` runs an agent-like workload through the engine against the built-in
-simulator while faults are injected, prints a timeline and a summary, and exits 0 only when
-every invariant held.
+- ``le-transport demo``: an agent-like workload through the engine against the built-in
+  simulator while faults are injected; a live timeline, a summary, and exit code 0 only when
+  every invariant held. ``--account`` (or ``LE_ACCOUNT`` and friends) runs it against a real
+  account instead, with client-side faults only.
+- ``le-transport simulate --port N [--tls]``: the simulator in the foreground until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,15 +25,55 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run an agent-like workload under injected faults and show what the library did",
+        description="Runs an agent-like workload through the engine while faults are injected, "
+        "prints a timeline of what the library did and a summary; exits 0 only if every "
+        "invariant held. Without --account it runs against the built-in simulator.",
     )
     demo.add_argument(
         "--time-scale",
         type=float,
-        default=0.01,
-        help="multiply every schedule (5/10/15 s pauses, re-login, reconnect) by this "
-        "(default 0.01: the guide's minutes become a few seconds)",
+        default=None,
+        help="multiply every schedule (5/10/15 s pauses, re-login minutes, keepalives) by this "
+        "(default 0.01: the whole run takes a few seconds)",
     )
     demo.add_argument("--seed", type=int, default=7, help="seed of the fault plan (default 7)")
+    demo.add_argument(
+        "--verbose", action="store_true", help="also show the library's own (redacted) log lines"
+    )
+    real = demo.add_argument_group(
+        "a real account (else the LE_ACCOUNT, LE_USERNAME, LE_PASSWORD, LE_APP_KEY, "
+        "LE_APP_SECRET, LE_ACCESS_TOKEN, LE_ACCESS_TOKEN_SECRET, LE_CSDS_HOST variables)"
+    )
+    real.add_argument("--account", help="LiveEngage account id")
+    real.add_argument("--username", help="agent or bot user name")
+    real.add_argument("--password", help="the user's password (prefer LE_PASSWORD)")
+    real.add_argument("--app-key", help="API key: app key (consumer key)")
+    real.add_argument("--app-secret", help="API key: secret (prefer LE_APP_SECRET)")
+    real.add_argument("--access-token", help="API key: access token")
+    real.add_argument("--access-token-secret", help="API key: access token secret")
+    real.add_argument("--csds-host", help="Domain API host (default api.liveperson.net)")
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run the LiveEngage simulator in the foreground until Ctrl-C",
+        description="Serves the Domain API, Login Service, REST resources and messaging "
+        "sockets on loopback, with the default test account (see the simulator's docs).",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sim.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    sim.add_argument(
+        "--public-address",
+        help="host:port the Domain API hands out (when clients reach it through a proxy)",
+    )
+    sim.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https/wss; with no --cert/--key, a self-signed certificate for 127.0.0.1 "
+        "and localhost is generated with the openssl command",
+    )
+    sim.add_argument("--cert", help="PEM certificate chain for --tls")
+    sim.add_argument("--key", help="PEM private key for --tls")
+    sim.add_argument("--plan", help="a fault plan (JSON file) to apply from the start")
     return parser
 
 
@@ -39,9 +81,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``le-transport`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import DEFAULT_TIME_SCALE, account_from, run_demo
 
-        return run_demo(time_scale=args.time_scale, seed=args.seed)
+        account = account_from(
+            {
+                "account": args.account,
+                "username": args.username,
+                "password": args.password,
+                "app_key": args.app_key,
+                "app_secret": args.app_secret,
+                "access_token": args.access_token,
+                "access_token_secret": args.access_token_secret,
+                "csds_host": args.csds_host,
+            }
+        )
+        scale = args.time_scale
+        if scale is None:
+            scale = DEFAULT_TIME_SCALE if account is None else 1.0
+        if not scale > 0:
+            print("le-transport demo: --time-scale must be > 0", file=sys.stderr)
+            return 2
+        return run_demo(time_scale=scale, seed=args.seed, account=account, verbose=args.verbose)
+    if args.command == "simulate":
+        from .testing.simulator.serve import serve_forever
+
+        code: int = serve_forever(
+            host=args.host,
+            port=args.port,
+            public_address=args.public_address,
+            tls=args.tls,
+            cert=args.cert,
+            key=args.key,
+            plan_path=args.plan,
+        )
+        return code
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

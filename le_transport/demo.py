@@ -1,45 +1,189 @@
 """``le-transport demo``: what the library does under failure, on a timeline, with a verdict.
 
-The demo serves a LiveEngage-like API on loopback, sends an agent's calls through an
-:class:`~le_transport.Engine` while the server fails on purpose, prints each thing the library
-did (retries with their pauses, a 4xx not retried) as it happens, then a summary. Schedules are
-the guide's, multiplied by ``time_scale``. The exit code is 0 only if every invariant held.
+The demo starts the built-in LiveEngage simulator and runs an agent's workload through an
+:class:`~le_transport.Engine` while faults are injected on both sides (the simulator's script
+and the client-side :class:`~le_transport.chaos.FaultInjector`, from one seeded
+:class:`~le_transport.chaos.FaultPlan`):
+
+1. resolve the account's domains through the Domain API (which fails once: retried);
+2. log in (Login Service) and call the Users API (two injected 503s: retried after the guide's
+   5 and 10 s, scaled);
+3. ask for a user that does not exist: a 404, not retried;
+4. open the UMS agent socket with ``.GetClock`` keepalives, subscribe on every connect, publish
+   messages while the server drops the socket (reconnect, re-subscribe, queue) and rate-limits
+   one message (429: paused, resent);
+5. wait for the Login Service refresh (the session keepalive);
+6. a long outage: every token expires, the socket is closed with 4401 and the Login Service
+   answers 503 for two whole request schedules; the outer loop re-logs in on its backoff, the
+   socket comes back, the REST call that waited succeeds.
+
+Each thing the library did is printed as it happens, then a summary table. Every schedule is
+the guide's multiplied by ``time_scale``. The exit code is 0 only if every invariant held
+(retries as scheduled, the 404 sent once, a refresh, a re-login, a reconnect with its
+subscription renewed, nothing lost, keepalives sent, no secret printed).
+
+With an account (``--account`` with a user or an API key, or the ``LE_*`` environment
+variables), the same workload runs against LiveEngage itself, without server-side faults; the
+client-side faults still apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import sys
 import time
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 import attrs
-from aiohttp import web
 
+from .chaos import FaultInjector, FaultRule, Match, Reset, Schedule, Status, WsDrop
+from .clock import Clock, RealClock, timeout_after
 from .engine import Engine
-from .errors import ClientStatusError
-from .events import EventHooks, GiveUpEvent, RetryEvent
+from .errors import ClientStatusError, SocketClosed, SocketRequestError, TransportError
+from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
+from .policies.backoff import BackoffPolicy
+from .policies.keepalive import MESSAGING_AGENT_SDK_GETCLOCK
 from .policies.retry import RetryPolicy
+from .providers import AppLogin, CsdsDomains, UserLogin
+from .providers.auth import AuthProvider
+from .sockets import UMS_BRAND_SOCKET_QUERY, ResilientSocket, SocketOptions, ums_brand_path
 
-__all__ = ["run_demo"]
+__all__ = ["DemoAccount", "run_demo"]
 
-ACCOUNT = "12345678"
+#: Default: the guide's minutes become about a second; the whole run takes a few seconds.
+DEFAULT_TIME_SCALE = 0.01
+#: Keepalives shown on the timeline (the rest are counted).
+KEEPALIVE_LINES = 3
+#: Messages the agent publishes on the socket.
+MESSAGES = 12
+#: Login attempts the outage refuses: two whole request schedules (4 attempts each).
+OUTAGE_LOGIN_FAILURES = 8
+
+USERS_PATH = "/api/account/{account}/configuration/le-users/users"
 
 
-@attrs.define
-class _Timeline:
+@attrs.frozen(repr=False)
+class DemoAccount:
+    """A real LiveEngage account to run against instead of the simulator."""
+
+    account: str
+    username: str
+    password: str | None = None
+    app_key: str | None = None
+    app_secret: str | None = None
+    access_token: str | None = None
+    access_token_secret: str | None = None
+    csds_host: str = "api.liveperson.net"
+
+    def __repr__(self) -> str:
+        return f"DemoAccount(account={self.account!r}, username={self.username!r})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **given: str | None) -> DemoAccount | None:
+        """From ``--account``-style values, falling back to ``LE_*`` environment variables."""
+
+        def pick(name: str) -> str | None:
+            value = given.get(name)
+            return value if value else env.get(f"LE_{name.upper()}") or None
+
+        account = pick("account")
+        if account is None:
+            return None
+        return cls(
+            account=account,
+            username=pick("username") or "",
+            password=pick("password"),
+            app_key=pick("app_key"),
+            app_secret=pick("app_secret"),
+            access_token=pick("access_token"),
+            access_token_secret=pick("access_token_secret"),
+            csds_host=pick("csds_host") or "api.liveperson.net",
+        )
+
+    def auth(self, domains: CsdsDomains, refresh_interval: float) -> AuthProvider:
+        """The Login Service auth for these credentials."""
+        if self.password:
+            return UserLogin(
+                self.account,
+                self.username,
+                self.password,
+                domains=domains,
+                refresh_interval=refresh_interval,
+            )
+        return AppLogin(
+            self.account,
+            self.username,
+            app_key=self.app_key or "",
+            secret=self.app_secret or "",
+            access_token=self.access_token or "",
+            access_token_secret=self.access_token_secret or "",
+            domains=domains,
+            refresh_interval=refresh_interval,
+        )
+
+    def secrets(self) -> list[str]:
+        """Every credential value, to check that none was printed."""
+        return [
+            s
+            for s in (
+                self.password,
+                self.app_secret,
+                self.access_token,
+                self.access_token_secret,
+            )
+            if s
+        ]
+
+
+# -- the timeline --------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Timeline:
+    """Prints what the library did, as it happens, and counts it."""
+
     out: TextIO
     started: float = attrs.field(factory=time.monotonic)
-    retries: int = 0
-    giveups: int = 0
+    lines: list[str] = attrs.field(factory=list)
+    counts: dict[str, int] = attrs.field(factory=dict)
+    _waiters: dict[str, asyncio.Event] = attrs.field(factory=dict)
 
     def say(self, what: str, detail: str = "") -> None:
+        """Print one line of the timeline."""
         at = time.monotonic() - self.started
         line = f"[{at:7.3f}s] {what:<10} {detail}".rstrip()
+        self.lines.append(line)
         print(line, file=self.out, flush=True)
 
+    def count(self, name: str) -> int:
+        """How many times ``name`` happened."""
+        return self.counts.get(name, 0)
+
+    def _bump(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        waiter = self._waiters.get(name)
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_for(self, name: str, clock: Clock, within: float, *, more_than: int = 0) -> bool:
+        """Wait until ``name`` has happened more than ``more_than`` times; False on timeout."""
+        with contextlib.suppress(TimeoutError):
+            async with timeout_after(clock, within):
+                while self.count(name) <= more_than:
+                    waiter = self._waiters.setdefault(name, asyncio.Event())
+                    waiter.clear()
+                    await waiter.wait()
+        return self.count(name) > more_than
+
+    # hooks
+
     def on_retry(self, ev: RetryEvent) -> None:
-        self.retries += 1
+        """Hook: an attempt failed and another follows."""
+        self._bump("retry")
         self.say(
             "retry",
             f"{ev.method} {ev.service}: attempt {ev.attempt} got {ev.outcome.describe()}; "
@@ -47,71 +191,475 @@ class _Timeline:
         )
 
     def on_giveup(self, ev: GiveUpEvent) -> None:
-        self.giveups += 1
-        self.say("give-up", f"{ev.method} {ev.service}: {ev.reason}")
+        """Hook: a call failed for good."""
+        self._bump("giveup")
+        self.say("give-up", f"{ev.method} {ev.service} after {ev.attempts} attempt(s): {ev.reason}")
+
+    def on_state(self, ev: StateEvent) -> None:
+        """Hook: a session or socket changed state."""
+        self._bump(ev.name)
+        label = _STATE_LABELS.get(ev.name)
+        if label is None:
+            return
+        details = " ".join(f"{k}={v}" for k, v in ev.details.items())
+        subject = "agent socket" if "/messaging/brand/" in ev.subject else ev.subject
+        self.say(label, f"{ev.name.replace('_', ' ')} ({subject}) {details}".rstrip())
 
 
-def _app() -> web.Application:
-    calls = {"users": 0}
+_STATE_LABELS = {
+    "logged_in": "login",
+    "login_failed": "login",
+    "refreshed": "refresh",
+    "refresh_failed": "refresh",
+    "logged_out": "logout",
+    "relogin_scheduled": "relogin",
+    "relogin_failed": "relogin",
+    "recovered": "relogin",
+    "gave_up": "relogin",
+    "connecting": "socket",
+    "connect_failed": "socket",
+    "ready": "socket",
+    "lost": "socket",
+    "server_closed": "socket",
+    "reauthenticating": "socket",
+    "escalating": "socket",
+    "closed": "socket",
+    "domains_stale": "domains",
+}
 
-    async def users(request: web.Request) -> web.Response:
-        calls["users"] += 1
-        if calls["users"] <= 2:
-            return web.json_response({"error": "unavailable"}, status=503)
-        return web.json_response([{"id": 1, "loginName": "agent1"}])
 
-    async def missing(request: web.Request) -> web.Response:
-        return web.json_response({"error": "no such skill"}, status=404)
+class _KeepaliveLines(logging.Handler):
+    """Turns the socket layer's keepalive log records into timeline lines."""
 
-    app = web.Application()
-    app.router.add_get(f"/api/account/{ACCOUNT}/configuration/le-users/users", users)
-    app.router.add_get(f"/api/account/{ACCOUNT}/configuration/le-users/skills/999", missing)
-    return app
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__(logging.DEBUG)
+        self._timeline = timeline
 
-
-async def _run(time_scale: float, out: TextIO) -> bool:
-    timeline = _Timeline(out)
-    runner = web.AppRunner(_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host = f"127.0.0.1:{runner.addresses[0][1]}"
-    policy = RetryPolicy().scaled(time_scale)
-    hooks = EventHooks(on_retry=[timeline.on_retry], on_giveup=[timeline.on_giveup])
-    ok = True
-    try:
-        async with Engine(
-            {"accountConfigReadOnly": host}, scheme="http", retry=policy, hooks=hooks
-        ) as engine:
-            timeline.say("start", f"simulator on {host}; schedules x{time_scale:g}")
-            users = await engine.request_json(
-                "GET",
-                "accountConfigReadOnly",
-                f"/api/account/{ACCOUNT}/configuration/le-users/users",
-                expect=list,
-            )
-            timeline.say("ok", f"GET users: {len(users)} user(s) after 503, 503")
-            try:
-                await engine.request(
-                    "GET",
-                    "accountConfigReadOnly",
-                    f"/api/account/{ACCOUNT}/configuration/le-users/skills/999",
+    def emit(self, record: logging.LogRecord) -> None:
+        keepalive = getattr(record, "keepalive", None)
+        if keepalive is None:
+            return
+        if record.levelno == logging.DEBUG:
+            self._timeline._bump("keepalive")
+            sent = self._timeline.count("keepalive")
+            if sent <= KEEPALIVE_LINES:
+                more = (
+                    " (further ones are counted in the summary)" if sent == KEEPALIVE_LINES else ""
                 )
-                ok = False
-                timeline.say("WRONG", "a 404 succeeded")
-            except ClientStatusError as exc:
-                timeline.say("4xx", f"GET skill 999: {exc.status}, not retried")
-                ok = ok and len(exc.attempts) == 1
+                self._timeline.say("keepalive", f"{keepalive} sent on an idle socket{more}")
+        else:
+            self._timeline.say("keepalive", record.getMessage())
+
+
+class _Echo(logging.Handler):
+    """With ``--verbose``: every library log record (already redacted by the library)."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__(logging.INFO)
+        self._timeline = timeline
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._timeline.say("log", f"{record.name}: {record.getMessage()}")
+
+
+# -- the workload --------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Agent:
+    """The agent-like workload: REST calls and a socket, recording what it saw."""
+
+    engine: Engine
+    account: str
+    timeline: Timeline
+    clock: Clock
+    scale: float
+    sent: list[str] = attrs.field(factory=list)
+    acked: list[str] = attrs.field(factory=list)
+    echoes: list[str] = attrs.field(factory=list)
+    checks: list[tuple[str, bool]] = attrs.field(factory=list)
+
+    def check(self, what: str, ok: bool) -> None:
+        self.checks.append((what, ok))
+        if not ok:
+            self.timeline.say("WRONG", what)
+
+    async def users(self) -> list[Any]:
+        path = USERS_PATH.format(account=self.account)
+        users = await self.engine.request_json(
+            "GET", "accountConfigReadOnly", path, params={"v": "4.0"}, expect=list, recover=True
+        )
+        assert isinstance(users, list)
+        return users
+
+    async def missing_user(self) -> int | None:
+        path = USERS_PATH.format(account=self.account) + "/999999"
+        try:
+            await self.engine.request("GET", "accountConfigReadOnly", path, params={"v": "4.0"})
+        except ClientStatusError as exc:
+            self.timeline.say(
+                "4xx",
+                f"GET user 999999: {exc.status} after {len(exc.attempts)} attempt: not retried",
+            )
+            return len(exc.attempts)
+        return None
+
+    async def subscribe(self, ws: ResilientSocket) -> None:
+        answer = await ws.request(".ams.aam.SubscribeExConversations", {"convState": ["OPEN"]})
+        self.timeline._bump("subscribed")
+        self.timeline.say("subscribe", f"SubscribeExConversations -> {answer.get('code')}")
+
+    async def on_frame(self, frame: Any) -> None:
+        if isinstance(frame, dict) and frame.get("type") == ".ams.ms.MessagingEventNotification":
+            for change in frame.get("body", {}).get("changes", []):
+                message = change.get("event", {}).get("message")
+                if isinstance(message, str):
+                    self.echoes.append(message)
+
+    async def publish(self, ws: ResilientSocket, text: str) -> None:
+        """Publish one message; resend after a lost connection or a 429 (at least once)."""
+        body = {
+            "dialogId": "demo-dialog",
+            "event": {"type": "ContentEvent", "contentType": "text/plain", "message": text},
+        }
+        self.sent.append(text)
+        for _ in range(10):
+            try:
+                await ws.request(".ams.ms.PublishEvent", body, timeout=60 * self.scale + 5)
+            except SocketRequestError as exc:
+                pause = max(1.0 * self.scale, 0.01)
+                self.timeline.say(
+                    "rate-limit", f"{text}: resp code {exc.code}; pausing {pause:.3g} s, resending"
+                )
+                await self.clock.sleep(pause)
+                continue
+            except SocketClosed:
+                self.timeline.say("resend", f"{text}: its connection was lost in flight; resending")
+                continue
+            self.acked.append(text)
+            return
+
+
+async def _simulated(
+    time_scale: float, seed: int, timeline: Timeline
+) -> tuple[list[tuple[str, bool]], list[tuple[str, str]], list[str]]:
+    """The workload against the built-in simulator, with server- and client-side faults."""
+    from .testing.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator, SimulatorConfig
+
+    scale = time_scale
+    clock = RealClock()
+    config = SimulatorConfig(idle_timeout=60 * scale)
+    sim = Simulator(config, clock=clock)
+    account = sim.account.id
+    users_glob = "/api/account/*/configuration/le-users/users"
+    # Server side: the Domain API fails once; the first socket drops after a few frames;
+    # one published message is rate-limited.
+    sim.faults.script("GET", "*/service/baseURI.json", [503], id="csds-503-once")
+    sim.faults.add(
+        FaultRule(
+            "socket-drop",
+            WsDrop(after_messages=5),
+            unit="ws_session",
+            schedule=Schedule(fail_next=1),
+        )
+    )
+    sim.faults.add(
+        FaultRule(
+            "publish-429",
+            Status(429),
+            unit="ws_message",
+            match=Match(path=".ams.ms.PublishEvent"),
+            schedule=Schedule(skip_first=7, fail_next=1),
+        )
+    )
+    # Client side: the Users API's first call meets two 503s, a later one a reset.
+    injector = FaultInjector.seeded(
+        seed,
+        FaultRule(
+            "users-503-twice",
+            Status(503),
+            match=Match("GET", users_glob),
+            schedule=Schedule(fail_next=2),
+        ),
+        FaultRule("users-reset", Reset(), match=Match("GET", users_glob), schedule=Schedule(3, 1)),
+        clock=clock,
+    )
+    await sim.start()
+    timeline.say("start", f"simulator on {sim.url}; schedules x{scale:g}; seed {seed}")
+    csds = CsdsDomains(account, csds_host=sim.host, scheme="http", ttl=600 * scale)
+    auth = UserLogin(
+        account, DEFAULT_USER, DEFAULT_PASSWORD, domains=csds, refresh_interval=300 * scale
+    )
+    engine = Engine(
+        csds,
+        scheme="http",
+        clock=clock,
+        auth=auth,
+        retry=RetryPolicy().scaled(scale),
+        recovery=BackoffPolicy.relogin().scaled(scale),
+        hooks=EventHooks(
+            on_retry=[timeline.on_retry],
+            on_giveup=[timeline.on_giveup],
+            on_state=[timeline.on_state],
+        ),
+        wire_middlewares=[injector],
+    )
+    agent = _Agent(engine, account, timeline, clock, scale)
+    try:
+        async with engine:
+            await _workload(agent, sim, scale)
     finally:
-        await runner.cleanup()
-    ok = ok and timeline.retries == 2
+        await sim.stop()
+    published = {m.text for m in sim.sockets.published}
+    brand = [s for s in sim.sockets.all if s.kind == "brand"]
+    served = [s for s in brand if s.received]
+    getclocks = sum(1 for s in brand for f in s.received if f.get("type") == ".GetClock")
+    checks = agent.checks
+    checks += [
+        ("the Domain API's 503 was retried", sim.count("GET", "*/baseURI.json") >= 2),
+        ("the 404 reached the server exactly once", sim.count("GET", "*/users/999999") == 1),
+        (
+            "the simulator saw the refresh and the second login",
+            sim.tokens.refreshes >= 1 and sim.tokens.logins >= 2,
+        ),
+        ("the outer loop scheduled a re-login", timeline.count("relogin_scheduled") >= 1),
+        ("the socket reconnected (after a drop, and after 4401)", len(served) >= 3),
+        (
+            "every connection was subscribed again",
+            all(".ams.aam.SubscribeExConversations" in s.subscription_types for s in served),
+        ),
+        ("nothing lost: the server received every message", published >= set(agent.sent)),
+        ("every message was acknowledged", set(agent.acked) == set(agent.sent)),
+        ("keepalives were sent", getclocks >= 1),
+    ]
+    client_faults = len(injector.report())
+    server_faults = len(sim.faults.injected())
+    summary = [
+        ("requests received by the simulator", str(len(sim.requests))),
+        ("faults injected (server / client)", f"{server_faults} / {client_faults}"),
+        ("retries", str(timeline.count("retry"))),
+        ("give-ups", str(timeline.count("giveup"))),
+        ("logins (first + re-logins)", str(sim.tokens.logins)),
+        ("session refreshes", str(sim.tokens.refreshes)),
+        ("outer re-login rounds", str(timeline.count("relogin_scheduled"))),
+        ("socket connections (reconnects)", f"{len(brand)} ({max(0, len(brand) - 1)})"),
+        ("subscriptions renewed", str(timeline.count("subscribed"))),
+        ("keepalives (.GetClock) received", str(getclocks)),
+        ("messages sent / acknowledged", f"{len(agent.sent)} / {len(set(agent.acked))}"),
+        ("messages received by the server", f"{len(published & set(agent.sent))}"),
+        (
+            "  of which resent (at least once)",
+            str(len(sim.sockets.published) - len(published)),
+        ),
+        ("messages echoed back", str(len(set(agent.echoes)))),
+        ("nothing lost", "yes" if published >= set(agent.sent) else "NO"),
+    ]
+    secrets = [DEFAULT_PASSWORD]
+    for session in sim.tokens.sessions.values():
+        secrets += [session.bearer, session.csrf, session.session_id]
+    return checks, summary, secrets
+
+
+async def _workload(agent: _Agent, sim: Any, scale: float) -> None:
+    timeline, clock, engine = agent.timeline, agent.clock, agent.engine
+    # 1-2. Domains, login, a REST call through two injected 503s.
+    host = await engine.domains.resolve("accountConfigReadOnly")
+    timeline.say("domains", f"accountConfigReadOnly is at {host} (from the Domain API)")
+    await engine.login()
+    retries_before = timeline.count("retry")
+    users = await agent.users()
+    timeline.say("ok", f"GET users: {len(users)} user(s)")
+    agent.check(
+        "the Users API call was retried twice", timeline.count("retry") - retries_before == 2
+    )
+    # 3. A 4xx is the caller's bug: one attempt.
+    attempts = await agent.missing_user()
+    agent.check("the 404 was not retried", attempts == 1)
+    # A reset mid-flight: retried like a 5xx.
+    users = await agent.users()
+    timeline.say("ok", f"GET users again after a connection reset: {len(users)} user(s)")
+    # 4. The socket, with keepalive, subscriptions renewed on every connect.
+    options = SocketOptions(
+        keepalive=MESSAGING_AGENT_SDK_GETCLOCK.scaled(scale),
+        backoff=BackoffPolicy.reconnect().scaled(scale),
+        healthy_after=30 * scale,
+        request_timeout=30 * scale + 5,
+        connect_timeout=30 * scale + 5,
+    )
+    ws = await engine.websocket(
+        "facadeMsg",
+        ums_brand_path(agent.account),
+        params=UMS_BRAND_SOCKET_QUERY,
+        options=options,
+        on_connect=[agent.subscribe],
+        on_frame=agent.on_frame,
+    )
+    try:
+        await ws.wait_open()
+        for i in range(MESSAGES // 2):
+            await agent.publish(ws, f"message {i + 1}")
+            await clock.sleep(5 * scale)
+        timeline.say("publish", f"{len(agent.acked)} message(s) acknowledged so far")
+        # 5. The Login Service keepalive: a refresh every 5 min (scaled).
+        refreshed = await timeline.wait_for("refreshed", clock, 600 * scale + 5)
+        agent.check("a session refresh happened", refreshed)
+        await timeline.wait_for("keepalive", clock, 60 * scale + 5, more_than=2)
+        # 6. A long outage: every token expires and the Login Service answers 503 for two
+        # whole request schedules; the REST call waits through the outer re-login loop.
+        timeline.say(
+            "outage",
+            f"every token expires; the Login Service answers 503 to {OUTAGE_LOGIN_FAILURES} logins",
+        )
+        sim.faults.script("POST", "*/login", [503] * OUTAGE_LOGIN_FAILURES, id="login-outage")
+        logins = timeline.count("logged_in")
+        await sim.expire_tokens(close_sockets=False)
+        users = await agent.users()
+        timeline.say("ok", f"GET users after the outage: {len(users)} user(s)")
+        agent.check("logged in again after the outage", timeline.count("logged_in") > logins)
+        # 7. The server closes the socket with 4401 (token expired): re-authenticate, reconnect,
+        # re-subscribe; messages published meanwhile wait in the queue.
+        ready = timeline.count("ready")
+        timeline.say("server", "closes the agent socket with 4401 (token expired)")
+        await sim.sockets.close_all(4401, "token expired")
+        for i in range(MESSAGES // 2, MESSAGES):
+            await agent.publish(ws, f"message {i + 1}")
+        agent.check(
+            "the socket reconnected after 4401",
+            await timeline.wait_for("ready", clock, 60 * scale + 5, more_than=ready),
+        )
+        timeline.say("publish", f"{len(agent.acked)} message(s) acknowledged in all")
+    finally:
+        await ws.close()
+
+
+async def _real(
+    account: DemoAccount, time_scale: float, seed: int, timeline: Timeline
+) -> tuple[list[tuple[str, bool]], list[tuple[str, str]], list[str]]:
+    """The workload against a real account: client-side faults only."""
+    scale = time_scale
+    clock = RealClock()
+    injector = FaultInjector.seeded(
+        seed,
+        FaultRule(
+            "users-503-twice",
+            Status(503),
+            match=Match("GET", "/api/account/*/configuration/le-users/users"),
+            schedule=Schedule(fail_next=2),
+        ),
+        clock=clock,
+    )
+    csds = CsdsDomains(account.account, csds_host=account.csds_host)
+    engine = Engine(
+        csds,
+        clock=clock,
+        auth=account.auth(csds, refresh_interval=300.0),
+        retry=RetryPolicy().scaled(scale),
+        hooks=EventHooks(
+            on_retry=[timeline.on_retry],
+            on_giveup=[timeline.on_giveup],
+            on_state=[timeline.on_state],
+        ),
+        wire_middlewares=[injector],
+    )
+    timeline.say("start", f"account {account.account} via {account.csds_host}; seed {seed}")
+    agent = _Agent(engine, account.account, timeline, clock, scale)
+    async with engine:
+        host = await csds.resolve("accountConfigReadOnly")
+        timeline.say("domains", f"accountConfigReadOnly is at {host}")
+        await engine.login()
+        users = await agent.users()
+        timeline.say("ok", f"GET users: {len(users)} user(s)")
+        agent.check("the Users API call was retried twice", timeline.count("retry") == 2)
+        agent.check("the 404 was not retried", await agent.missing_user() == 1)
+    summary = [
+        ("retries", str(timeline.count("retry"))),
+        ("give-ups", str(timeline.count("giveup"))),
+        ("faults injected (client)", str(len(injector.report()))),
+    ]
+    return agent.checks, summary, account.secrets()
+
+
+def _print_summary(
+    out: TextIO, summary: list[tuple[str, str]], checks: list[tuple[str, bool]]
+) -> None:
+    width = max(len(k) for k, _ in summary)
     print(file=out)
-    print(f"retries {timeline.retries}  give-ups {timeline.giveups}", file=out)
+    print("summary", file=out)
+    print("-" * (width + 12), file=out)
+    for key, value in summary:
+        print(f"{key:<{width}}  {value:>8}", file=out)
+    print("-" * (width + 12), file=out)
+    print(file=out)
+    print("invariants", file=out)
+    for what, ok in checks:
+        print(f"  [{'ok' if ok else 'FAILED'}] {what}", file=out)
+
+
+async def _main(
+    *,
+    time_scale: float,
+    seed: int,
+    out: TextIO,
+    account: DemoAccount | None,
+    verbose: bool,
+) -> bool:
+    timeline = Timeline(out)
+    lib_log = logging.getLogger("le_transport")
+    handlers: list[logging.Handler] = [_KeepaliveLines(timeline)]
+    if verbose:
+        handlers.append(_Echo(timeline))
+    saved = (lib_log.level, lib_log.propagate)
+    lib_log.setLevel(logging.DEBUG)
+    # The timeline shows what happened; the library's own records go to stderr only with
+    # --verbose, where they appear (redacted) in the timeline instead.
+    lib_log.propagate = False
+    for h in handlers:
+        lib_log.addHandler(h)
+    try:
+        if account is None:
+            checks, summary, secrets = await _simulated(time_scale, seed, timeline)
+        else:
+            checks, summary, secrets = await _real(account, time_scale, seed, timeline)
+    except TransportError as exc:
+        timeline.say("FAILED", f"{type(exc).__name__}: {exc}")
+        return False
+    finally:
+        for h in handlers:
+            lib_log.removeHandler(h)
+        lib_log.setLevel(saved[0])
+        lib_log.propagate = saved[1]
+    printed = "\n".join(timeline.lines)
+    checks.append(("no secret was printed", not any(s and s in printed for s in secrets)))
+    _print_summary(out, summary, checks)
+    ok = all(ok for _, ok in checks)
+    print(file=out)
     print("every invariant held" if ok else "AN INVARIANT FAILED", file=out)
     return ok
 
 
-def run_demo(*, time_scale: float = 0.01, seed: int = 7, out: TextIO | None = None) -> int:
+def run_demo(
+    *,
+    time_scale: float = DEFAULT_TIME_SCALE,
+    seed: int = 7,
+    out: TextIO | None = None,
+    account: DemoAccount | None = None,
+    verbose: bool = False,
+) -> int:
     """Run the demo; return the process exit code (0: every invariant held)."""
-    del seed
-    return 0 if asyncio.run(_run(time_scale, out or sys.stdout)) else 1
+    ok = asyncio.run(
+        _main(
+            time_scale=time_scale,
+            seed=seed,
+            out=out or sys.stdout,
+            account=account,
+            verbose=verbose,
+        )
+    )
+    return 0 if ok else 1
+
+
+def account_from(
+    args: Mapping[str, str | None], env: Mapping[str, str] | None = None
+) -> DemoAccount | None:
+    """The real account named on the command line or in ``LE_*`` variables, if any."""
+    return DemoAccount.from_env(os.environ if env is None else env, **args)

@@ -1,0 +1,69 @@
+"""``le-transport demo`` end to end: a subprocess, its exit code, its timeline and summary.
+
+Real time at a small scale (the demo runs the real clock); nothing here asserts on timing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from le_transport.cli import main
+from le_transport.demo import DemoAccount
+from le_transport.testing.simulator import DEFAULT_PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "le_transport.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_the_demo_shows_the_timeline_and_summary_and_exits_0_when_every_invariant_held() -> None:
+    result = _run("--time-scale", "0.01")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for label in (
+        "retry ",
+        "4xx ",
+        "login ",
+        "refresh ",
+        "relogin ",
+        "socket ",
+        "subscribe ",
+        "keepalive ",
+    ):
+        assert f"] {label}" in out, label
+    assert "summary" in out
+    assert "nothing lost" in out
+    assert "[FAILED]" not in out
+    assert out.rstrip().endswith("every invariant held")
+    assert DEFAULT_PASSWORD not in out + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_time_scale_is_refused_with_exit_code_2() -> None:
+    assert main(["demo", "--time-scale", "0"]) == 2
+
+
+def test_a_real_account_comes_from_flags_or_le_environment_variables() -> None:
+    env = {"LE_ACCOUNT": "123", "LE_USERNAME": "bot", "LE_PASSWORD": "pw-from-env"}
+    account = DemoAccount.from_env(env, account=None, password=None)
+    assert account is not None
+    assert account.account == "123"
+    assert account.password == "pw-from-env"
+    assert "pw-from-env" not in repr(account)
+    flagged = DemoAccount.from_env(env, account="456")
+    assert flagged is not None
+    assert flagged.account == "456"
+    assert DemoAccount.from_env({}) is None
