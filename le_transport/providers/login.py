@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from yarl import URL
@@ -58,6 +58,9 @@ from ._http import (
 )
 from .auth import Credentials
 from .domains import DomainProvider
+
+if TYPE_CHECKING:
+    from ..state.session import SharedSession, SharedToken
 
 __all__ = [
     "AGENT_VEP",
@@ -132,6 +135,10 @@ class LoginServiceAuth:
       turns the background refresh off.
     - ``retry``: the login's request policy; default: the engine's, with 429 floored at 5 s.
     - ``logout_on_close``: log out when closed (default).
+    - ``shared``: a :class:`~le_transport.state.SharedSession` (over a Redis store): the fleet
+      logs in once per account and user and refreshes once per interval; the other processes
+      adopt the stored session. Use ``logout_on_close=False`` with it: one process closing
+      must not end the fleet's session.
     """
 
     _kind = "login"
@@ -147,6 +154,7 @@ class LoginServiceAuth:
         keepalive: bool = True,
         retry: RetryPolicy | None = None,
         logout_on_close: bool = True,
+        shared: SharedSession | None = None,
     ) -> None:
         owner = type(self).__name__
         self._account = validate_account(account, owner=owner)
@@ -178,6 +186,8 @@ class LoginServiceAuth:
         )
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
+        self._shared = shared
+        self._shared_token: SharedToken | None = None
         #: Successful logins, refreshes, and logins attempted (each one answer or give-up).
         self.logins = 0
         self.refreshes = 0
@@ -257,6 +267,8 @@ class LoginServiceAuth:
         """Log in now, or join the login in progress (single flight)."""
         if self._closed:
             raise AuthenticationError(f"{self.subject}: the auth provider is closed")
+        if self._shared is not None:
+            return await self._flight.run(self._shared_login)
         return await self._flight.run(self._login)
 
     async def relogin(self) -> Credentials:
@@ -275,6 +287,8 @@ class LoginServiceAuth:
         session = self._session
         if session is None:
             return False
+        if self._shared is not None and self._shared_token is not None:
+            return await self._shared_refresh(http, session, self._shared_token)
         try:
             await self._post_session(http, session, "refresh", self._policy(http))
         except ClientStatusError as exc:
@@ -292,6 +306,86 @@ class LoginServiceAuth:
                 # No socket or request is torn down: the new bearer is simply what the next
                 # request or connect gets.
                 await self.login()
+            return False
+        self.refreshes += 1
+        emit_state(
+            http.hooks,
+            _log,
+            logging.INFO,
+            StateEvent("refreshed", self.subject, {"generation": session.generation}),
+        )
+        return True
+
+    # -- a session shared by a fleet (state.SharedSession) ----------------------------------
+
+    async def _shared_login(self) -> LoginSession:
+        assert self._shared is not None
+        own: list[LoginSession] = []
+
+        async def fleet_login() -> tuple[str, float | None]:
+            session = await self._login()
+            own.append(session)
+            return _dump_session(session), session.ttl
+
+        # A session we held and lost (a 401, a re-login) is stale: only a newer one will do.
+        stale = self._shared_token.version if self._shared_token is not None else None
+        token = await self._shared.login(fleet_login, stale=stale)
+        self._shared_token = token
+        return own[0] if own else self._adopt(token)
+
+    def _adopt(self, token: SharedToken) -> LoginSession:
+        http = require_attached(self._http, self)
+        current = self._session
+        loaded = _load_session(token.value, self._generation + 1, http.clock.now())
+        if current is not None and current.bearer == loaded.bearer:
+            # A refresh elsewhere: same bearer, so the same generation.
+            loaded = attrs.evolve(loaded, generation=current.generation)
+        else:
+            self._generation += 1
+        self._session = loaded
+        emit_state(
+            http.hooks,
+            _log,
+            logging.INFO,
+            StateEvent("session_adopted", self.subject, {"generation": loaded.generation}),
+        )
+        self._start_keepalive(http)
+        return loaded
+
+    async def _shared_refresh(
+        self, http: ProviderHttp, session: LoginSession, held: SharedToken
+    ) -> bool:
+        assert self._shared is not None
+        done: list[bool] = []
+
+        async def fleet_refresh(newest: SharedToken) -> tuple[str, float | None]:
+            base = session
+            if newest.version != held.version:
+                base = _load_session(newest.value, session.generation, http.clock.now())
+            await self._post_session(http, base, "refresh", self._policy(http))
+            done.append(True)
+            return _dump_session(base), base.ttl
+
+        try:
+            # Refreshed by any process within most of an interval: take that, do not repeat it.
+            token = await self._shared.refresh(
+                fleet_refresh, held, min_interval=0.9 * self.refresh_interval_for(session)
+            )
+        except ClientStatusError as exc:
+            emit_state(
+                http.hooks,
+                _log,
+                logging.WARNING,
+                StateEvent("refresh_failed", self.subject, {"status": exc.status, "next": "login"}),
+            )
+            if self._session is session:
+                self._session = None
+                await self.login()
+            return False
+        if token.version != held.version and not done:
+            self._adopt(token)
+        self._shared_token = token
+        if not done:
             return False
         self.refreshes += 1
         emit_state(
@@ -491,6 +585,41 @@ class LoginServiceAuth:
             f"{type(self).__name__}(account={self._account!r}, service={self._service!r}, "
             f"logged_in={self._session is not None})"
         )
+
+
+def _dump_session(session: LoginSession) -> str:
+    """A session as a fleet stores it (in a store whose readers can read the bearer)."""
+    return json.dumps(
+        {
+            "bearer": session.bearer.reveal(),
+            "csrf": session.csrf.reveal() if session.csrf is not None else None,
+            "session_id": session.session_id.reveal() if session.session_id is not None else None,
+            "ttl": session.ttl,
+            "user_id": session.user_id,
+        }
+    )
+
+
+def _load_session(value: str, generation: int, now: float) -> LoginSession:
+    """A session another process of the fleet stored; AuthenticationError if unreadable."""
+    try:
+        data = json.loads(value)
+        bearer = data["bearer"]
+        if not isinstance(bearer, str) or not bearer:
+            raise ValueError("no bearer")
+        csrf, session_id, ttl = data.get("csrf"), data.get("session_id"), data.get("ttl")
+        user_id = data.get("user_id")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise AuthenticationError("the shared session in the store is unreadable") from None
+    return LoginSession(
+        bearer=Secret(bearer),
+        csrf=Secret(csrf) if isinstance(csrf, str) and csrf else None,
+        session_id=Secret(session_id) if isinstance(session_id, str) and session_id else None,
+        ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else None,
+        user_id=user_id if isinstance(user_id, str) else None,
+        generation=generation,
+        logged_in_at=now,
+    )
 
 
 class UserLogin(LoginServiceAuth):

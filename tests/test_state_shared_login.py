@@ -1,0 +1,94 @@
+"""The Login Service provider sharing one session through a store, against the simulator.
+
+Several engines stand for the processes of a fleet (one shared store between them); the fleet
+test does the same with real processes and a real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+
+from le_transport import Engine
+from le_transport.providers import UserLogin
+from le_transport.state import MemoryStore, SharedSession, state_key
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.known_secrets import PASSWORD
+from tests.test_providers import ACCOUNT, USER, csds_for, make_sim
+
+USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with make_sim(clock) as s:
+        yield s
+
+
+def _fleet_member(sim: Simulator, clock: VirtualClock, store: MemoryStore) -> Engine:
+    domains = csds_for(sim)
+    auth = UserLogin(
+        ACCOUNT,
+        USER,
+        PASSWORD,
+        domains=domains,
+        logout_on_close=False,
+        shared=SharedSession(store, account=ACCOUNT, user=USER, clock=clock),
+    )
+    return Engine(domains, scheme="http", clock=clock, auth=auth)
+
+
+async def test_ten_engines_sharing_a_store_log_in_once_and_refresh_once_per_interval(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    store = MemoryStore(clock)
+    async with AsyncExitStack() as stack:
+        engines = [
+            await stack.enter_async_context(_fleet_member(sim, clock, store)) for _ in range(10)
+        ]
+        answers = await asyncio.gather(
+            *(e.request("GET", "accountConfigReadOnly", USERS) for e in engines)
+        )
+        assert all(a.status == 200 for a in answers)
+        assert sim.tokens.logins == 1
+        await clock.sleep(301.0)
+        assert sim.tokens.refreshes == 1, "one refresh for the fleet, not one per engine"
+        await clock.sleep(300.0)
+        assert sim.tokens.refreshes == 2
+        answers = await asyncio.gather(
+            *(e.request("GET", "accountConfigReadOnly", USERS) for e in engines)
+        )
+        assert all(a.status == 200 for a in answers)
+        assert sim.tokens.logins == 1
+
+
+async def test_a_rejected_shared_session_is_replaced_by_one_login(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    store = MemoryStore(clock)
+    async with AsyncExitStack() as stack:
+        engines = [
+            await stack.enter_async_context(_fleet_member(sim, clock, store)) for _ in range(5)
+        ]
+        await asyncio.gather(*(e.request("GET", "accountConfigReadOnly", USERS) for e in engines))
+        await sim.expire_tokens()
+        answers = await asyncio.gather(
+            *(e.request("GET", "accountConfigReadOnly", USERS) for e in engines)
+        )
+        assert all(a.status == 200 for a in answers)
+        assert sim.tokens.logins == 2
+
+
+async def test_the_shared_session_lives_no_longer_than_the_token(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    store = MemoryStore(clock)
+    async with _fleet_member(sim, clock, store) as engine:
+        await engine.request("GET", "accountConfigReadOnly", USERS)
+        entry = await store.get(state_key(ACCOUNT, "session", USER))
+        assert entry is not None
+        assert entry.ttl <= sim.config.session_ttl
