@@ -62,6 +62,8 @@ _log = logging.getLogger("le_transport.engine")
 T = TypeVar("T")
 
 _NO_JSON: Any = object()
+#: How many checked paths and built URLs an engine keeps (it starts over when full).
+_URL_CACHE_SIZE = 4096
 
 
 class InvalidRequest(RequestError, ValueError):
@@ -274,6 +276,11 @@ class Engine:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        # Checked paths and built URLs (with their redacted form), bounded: a service calls
+        # the same few endpoints all day, and checking, building and redacting them again cost
+        # a successful call more than its policy decisions (benchmarks/README.md).
+        self._checked_paths: set[str] = set()
+        self._urls: dict[tuple[str, str, str], tuple[URL, str]] = {}
         self._pacer = pacer or ReconnectPacer(self._clock)
         self._sockets: set[ResilientSocket] = set()
         self._keepalives: set[KeepaliveTask] = set()
@@ -416,6 +423,25 @@ class Engine:
 
     async def url_for(self, service: str, path: str, *, scheme: str | None = None) -> URL:
         """The absolute URL of ``path`` on the host serving ``service``."""
+        return (await self._url_for(service, path, scheme))[0]
+
+    async def _url_for(self, service: str, path: str, scheme: str | None) -> tuple[URL, str]:
+        """The URL of ``path`` on ``service``'s host, and its redacted form."""
+        if type(path) is not str or path not in self._checked_paths:
+            self._check_path(service, path)
+        resolved = await self._domains.resolve(service)
+        key = (scheme or self._scheme, resolved, path)
+        built = self._urls.get(key)
+        if built is None:
+            host, port = split_host(resolved)
+            url = URL.build(scheme=key[0], host=host, port=port, path=path)
+            built = (url, redact_url(url))
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[key] = built
+        return built
+
+    def _check_path(self, service: str, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
             raise InvalidRequest(
                 f"path must be an absolute path starting with a single '/', got {path!r:.80}",
@@ -427,8 +453,9 @@ class Engine:
                 "(pass query parameters as params=)",
                 service=service,
             )
-        host, port = split_host(await self._domains.resolve(service))
-        return URL.build(scheme=scheme or self._scheme, host=host, port=port, path=path)
+        if len(self._checked_paths) >= _URL_CACHE_SIZE:
+            self._checked_paths.clear()
+        self._checked_paths.add(path)
 
     async def request(
         self,
@@ -490,7 +517,7 @@ class Engine:
         session = self.session
         if self._closed:
             raise TransportError("the engine is closed")
-        url = await self.url_for(service, path)
+        url, redacted = await self._url_for(service, path, None)
         policy = retry or self._retry
         if deadline is not None or attempt_timeout is not None:
             policy = attrs.evolve(
@@ -522,7 +549,7 @@ class Engine:
                         headers=resp.headers,
                         body=body,
                         method=method,
-                        url=redact_url(resp.url),
+                        url=redacted if resp.url == url else redact_url(resp.url),
                         service=service,
                         attempts=tuple(ctx.attempts),
                     )
