@@ -1,0 +1,181 @@
+"""What the hot-path changes the benchmarks led to must keep: the same behaviour, cheaper.
+
+A timeout on the real clock is a loop timer rather than a watchdog task; the engine keeps the
+URLs it has built; a body with a Content-Length is read in one go. Each still does exactly
+what the slower form did. (No test here measures speed: that is benchmarks/.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from le_transport import Engine, RealClock, RetryPolicy, timeout_after
+from le_transport.errors import BodyTooLarge
+
+ServerFactory = Callable[[web.Application], Awaitable[str]]
+
+
+async def test_a_real_clock_timeout_cancels_the_block_in_flight_and_raises_timeout_error() -> None:
+    reached_the_end = False
+
+    async def block() -> None:
+        nonlocal reached_the_end
+        async with timeout_after(RealClock(), 0.01):
+            await asyncio.Event().wait()
+            reached_the_end = True
+
+    with pytest.raises(TimeoutError):
+        await block()
+    assert not reached_the_end
+
+
+async def test_a_real_clock_timeout_that_does_not_fire_is_disarmed_on_exit() -> None:
+    async with timeout_after(RealClock(), 60) as limit:
+        await asyncio.sleep(0)
+    assert not limit.expired
+    assert limit._timer is not None
+    assert limit._timer.cancelled()
+
+
+async def test_nested_real_clock_timeouts_raise_once_and_only_from_the_one_that_expired() -> None:
+    outer = timeout_after(RealClock(), 60)
+    inner = timeout_after(RealClock(), 0.01)
+
+    async def block() -> None:
+        async with outer, inner:
+            await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError):
+        await block()
+    assert inner.expired
+    assert not outer.expired
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+
+
+async def test_a_cancel_from_outside_is_never_turned_into_a_timeout() -> None:
+    async def block() -> None:
+        async with timeout_after(RealClock(), 60):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(block())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+class _MovingDomains:
+    """A domain provider whose host can change between calls, as a CSDS refresh does."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    async def resolve(self, service: str) -> str:
+        return self.host
+
+    async def invalidate(self) -> None:
+        return None
+
+
+async def test_the_engine_reuses_a_built_url_but_follows_a_domain_change_at_once(
+    serve: ServerFactory,
+) -> None:
+    def answering(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def which(request: web.Request) -> web.Response:
+            return web.Response(text=name)
+
+        return which
+
+    hosts = []
+    for name in ("first", "second"):
+        app = web.Application()
+        app.router.add_get("/api/which", answering(name))
+        hosts.append(await serve(app))
+    domains = _MovingDomains(hosts[0])
+    async with Engine(domains, scheme="http") as engine:
+        assert (await engine.request("GET", "svc", "/api/which")).text() == "first"
+        again = await engine.request("GET", "svc", "/api/which")
+        assert again.text() == "first"
+        assert again.url == f"http://{hosts[0]}/api/which"
+        domains.host = hosts[1]
+        moved = await engine.request("GET", "svc", "/api/which")
+        assert moved.text() == "second"
+        assert moved.url == f"http://{hosts[1]}/api/which"
+
+
+async def test_a_path_is_checked_on_every_call_until_it_has_passed_once(
+    serve: ServerFactory,
+) -> None:
+    from le_transport import InvalidRequest
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http") as engine:
+        for _ in range(2):
+            with pytest.raises(InvalidRequest):
+                await engine.request("GET", "svc", "/has space")
+        assert (await engine.request("GET", "svc", "/ok")).text() == "ok"
+
+
+async def test_a_response_with_a_query_or_a_redirect_still_shows_its_own_redacted_url(
+    serve: ServerFactory,
+) -> None:
+    async def hop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/landed")
+
+    async def here(request: web.Request) -> web.Response:
+        return web.Response(text="here")
+
+    app = web.Application()
+    app.router.add_get("/hop", hop)
+    app.router.add_get("/landed", here)
+    app.router.add_get("/q", here)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http") as engine:
+        landed = await engine.request("GET", "svc", "/hop")
+        assert landed.url == f"http://{host}/landed"
+        queried = await engine.request("GET", "svc", "/q", params={"access_token": "s3cr3t-x"})
+        assert "s3cr3t-x" not in queried.url
+        assert queried.url.startswith(f"http://{host}/q?access_token=")
+
+
+async def test_bodies_with_and_without_a_length_are_read_whole_and_the_limit_holds(
+    serve: ServerFactory,
+) -> None:
+    payload = b"x" * 5000
+
+    async def sized(request: web.Request) -> web.Response:
+        return web.Response(body=payload)
+
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(payload), 1000):
+            await resp.write(payload[i : i + 1000])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/sized", sized)
+    app.router.add_get("/streamed", streamed)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", retry=RetryPolicy(pauses=())) as engine:
+        assert (await engine.request("GET", "svc", "/sized")).body == payload
+        assert (await engine.request("GET", "svc", "/streamed")).body == payload
+    async with Engine(
+        {"svc": host}, scheme="http", retry=RetryPolicy(pauses=()), max_body_bytes=4096
+    ) as small:
+        for path in ("/sized", "/streamed"):
+            with pytest.raises(BodyTooLarge):
+                await small.request("GET", "svc", path)
