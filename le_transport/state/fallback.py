@@ -153,16 +153,29 @@ class FallbackStore:
     ) -> bool:
         """The fleet's budget; this process's own while the primary is out.
 
-        First attempts are also counted locally, so that the local budget is warm (not down
-        to its floor) when it has to take over.
+        First attempts and granted retries are also counted locally, so that the local budget
+        is warm (not down to its floor) when it has to take over. While a process is local, its
+        retries are bounded by its own share only: the fleet's bound then holds per process.
         """
         if deposits:
             await self._local.budget(key, policy, deposits=deposits)
-        return await self._call(
+        shared = True
+
+        async def local() -> bool:
+            nonlocal shared
+            shared = False
+            return await self._local.budget(key, policy, withdraw=withdraw)
+
+        taken = await self._call(
             "budget",
             lambda: self._primary.budget(key, policy, deposits=deposits, withdraw=withdraw),
-            lambda: self._local.budget(key, policy, withdraw=withdraw),
+            local,
         )
+        if taken and shared:
+            # The local budget counts every retry of this process, so that while it stands
+            # in for the fleet's it does not grant again what the fleet already granted.
+            self._local.note_retry(key, policy)
+        return taken
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """The fleet's bucket; this process's own while the primary is out."""

@@ -80,6 +80,12 @@ class MemoryStore:
         self._budgets[key] = state
         return taken
 
+    def note_retry(self, key: str, policy: RetryBudget) -> None:
+        """Count a retry granted elsewhere (by the shared store), allowed or not here."""
+        state = self._budgets.get(key) or policy.empty()
+        aged = policy.record_request(state, self._clock.now(), 0)
+        self._budgets[key] = attrs.evolve(aged, retries=(aged.retries[0] + 1, *aged.retries[1:]))
+
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """Take a token on the pure :class:`TokenBucket` kept at ``key``."""
         held = self._buckets.get(key)
