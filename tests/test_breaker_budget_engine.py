@@ -231,3 +231,28 @@ async def test_healthy_service_with_guard_behaves_as_without(
             assert (await engine.request("GET", "svc", "/x")).status == 200
     assert backend.hits == 10
     assert clock.sleeps == []
+
+
+async def test_calls_refused_during_a_break_log_once_at_the_opening_not_once_per_call(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = Backend(503)
+    giveups: list[GiveUpEvent] = []
+    guard = OverloadGuard(budget=None, breaker=_breaker(first=60.0), clock=clock)
+    host = await serve(backend.app())
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        overload=guard,
+        retry=POLICY,
+        hooks=EventHooks(on_giveup=[giveups.append]),
+    ) as engine:
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "svc", "/x")
+        caplog.clear()
+        for _ in range(50):
+            with pytest.raises(CircuitOpen):
+                await engine.request("GET", "svc", "/x")
+    assert [r for r in caplog.records if r.levelno >= 20 and "circuit" in r.getMessage()] == []
+    assert len(giveups) == 51, "every refused call still reaches the on_giveup hook"

@@ -450,9 +450,29 @@ class _Call:
         refused = await gate.admit(self, attempt)
         if refused is not None:
             # Nothing was sent: not an attempt of the schedule, and no pause before failing.
+            # The breaker logged its opening once; a line per refused call would flood the log
+            # for the whole break, so the refusal itself is DEBUG (and the on_giveup hook).
             self.in_flight = None
             refused.attempts = tuple(self.ctx.attempts)
-            self.log_final(refused, None, refused.message)
+            _log.debug(
+                "%s %s: %s",
+                self.method,
+                self.url,
+                refused.message,
+                extra=self._extra(attempt=attempt, error=type(refused).__name__),
+            )
+            emit(
+                self.mw.hooks.on_giveup,
+                GiveUpEvent(
+                    service=self.service,
+                    method=self.method,
+                    url=self.url,
+                    attempts=len(self.ctx.attempts),
+                    outcome=None,
+                    reason=refused.message,
+                    elapsed=self._elapsed(),
+                ),
+            )
             raise refused
         try:
             result = await self._attempt(attempt)
