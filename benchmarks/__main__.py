@@ -80,7 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         "--sockets", type=int, default=None, help="sockets for ws and storm (default: by size)"
     )
     run.add_argument("--out", default=None, help="JSON file name under benchmarks/results/")
+    prof = sub.add_parser("profile", help="profile one HTTP client's calls (pyinstrument)")
+    prof.add_argument("--client", default="le_transport engine", help="a client of the table")
+    prof.add_argument("--concurrency", type=int, default=64)
+    prof.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
+    if args.command == "profile":
+        from .http_calls import profile
+
+        print(profile(args.client, args.concurrency, args.seconds))
+        return 0
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     facts = machine()

@@ -30,7 +30,7 @@ from le_transport import Engine, RetryPolicy
 
 from ._common import ServerProcess, cpu_seconds, percentile, server, spread, table
 
-__all__ = ["CLIENTS", "run"]
+__all__ = ["CLIENTS", "profile", "run"]
 
 #: The guide's 5/10/15 s schedule, scaled a thousandfold so that a run takes seconds.
 PAUSES = (0.005, 0.010, 0.015)
@@ -85,6 +85,28 @@ async def engine(url: URL) -> AsyncIterator[Call]:
     path = url.path
     async with Engine(
         {"bench": f"{url.host}:{url.port}"}, scheme="http", retry=policy, connection_limit=0
+    ) as eng:
+
+        async def call() -> None:
+            await eng.request("GET", "bench", path)
+
+        yield call
+
+
+@contextlib.asynccontextmanager
+async def engine_guarded(url: URL) -> AsyncIterator[Call]:
+    """The same engine with the overload guard on too (retry budget and circuit breaker, in
+    this process's memory): every layer the engine has."""
+    from le_transport.middleware.overload import OverloadGuard
+
+    policy = RetryPolicy(pauses=PAUSES, attempt_timeout=10.0, deadline=30.0)
+    path = url.path
+    async with Engine(
+        {"bench": f"{url.host}:{url.port}"},
+        scheme="http",
+        retry=policy,
+        connection_limit=0,
+        overload=OverloadGuard(),
     ) as eng:
 
         async def call() -> None:
@@ -168,6 +190,7 @@ ClientFactory = Callable[[URL], contextlib.AbstractAsyncContextManager[Call]]
 CLIENTS: dict[str, ClientFactory] = {
     "raw aiohttp": raw_aiohttp,
     "le_transport engine": engine,
+    "le_transport engine + overload guard": engine_guarded,
     "tenacity": tenacity_wrapped,
     "backoff": backoff_wrapped,
     "stamina": stamina_wrapped,
@@ -316,3 +339,36 @@ def run(size_name: str, workloads: tuple[str, ...] = ("http", "faults")) -> dict
         "raw_call_us": raw_call_us,
         "data": {"size": size, "pauses": PAUSES, "happy": happy, "faults": faults},
     }
+
+
+def profile(client: str, concurrency: int, seconds: float) -> str:
+    """A profile of ``client``'s happy-path calls: pyinstrument's tree if it is installed
+    (``pip install pyinstrument``), else cProfile's top functions by own time."""
+    factory = CLIENTS[client]
+
+    async def calls(srv: ServerProcess) -> str:
+        async with factory(URL(srv.url("/ok"))) as call:
+            await _measure(call, concurrency, 0.5)
+            try:
+                from pyinstrument import Profiler
+            except ImportError:
+                import cProfile
+                import io
+                import pstats
+
+                cprof = cProfile.Profile()
+                cprof.enable()
+                await _measure(call, concurrency, seconds)
+                cprof.disable()
+                out = io.StringIO()
+                pstats.Stats(cprof, stream=out).sort_stats("tottime").print_stats(40)
+                return out.getvalue()
+            profiler = Profiler(interval=0.0005, async_mode="disabled")
+            profiler.start()
+            await _measure(call, concurrency, seconds)
+            profiler.stop()
+            text: str = profiler.output_text(unicode=False, color=False)
+            return text
+
+    with server() as srv:
+        return asyncio.run(calls(srv))
