@@ -19,7 +19,7 @@ from le_transport.errors import (
     RetriesExhausted,
 )
 from le_transport.events import StateEvent
-from le_transport.providers import AppLogin, ClientCredentialsLogin, UserLogin
+from le_transport.providers import AppLogin, ClientCredentialsLogin, StaticDomains, UserLogin
 from le_transport.providers.login import LoginServiceAuth
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -270,3 +270,15 @@ async def test_close_without_a_login_sends_nothing_and_a_failed_logout_does_not_
         await engine.login()
         sim.faults.script("POST", LOGOUT, [Status(503)])
     assert sim.count("POST", LOGOUT) == 1  # one attempt: closing does not sit through 5/10/15
+
+
+async def test_a_login_may_resolve_through_its_own_domain_provider(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The engine attaches the login's Domain API provider even when it routes with another."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=StaticDomains(sim.domains), auth=auth) as engine:
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+    assert sim.count("GET", f"/api/account/{ACCOUNT}/service/baseURI.json") == 1
+    assert sim.count("POST", LOGIN) == 1

@@ -201,8 +201,12 @@ class LoginServiceAuth:
     # -- wiring -----------------------------------------------------------------------------
 
     def attach(self, http: ProviderHttp) -> None:
-        """Use the engine's HTTP path (called by the engine on start)."""
+        """Use the engine's HTTP path (called by the engine on start), and attach the domain
+        provider this one resolves its host with, in case the engine does not own it."""
         self._http = http
+        attach_domains = getattr(self._domains, "attach", None)
+        if callable(attach_domains):
+            attach_domains(http)
 
     @property
     def account(self) -> str:
