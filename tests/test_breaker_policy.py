@@ -38,14 +38,22 @@ def test_only_5xx_429_and_transport_failures_count_never_other_4xx() -> None:
     assert not counts(Outcome.response(200))
 
 
-def test_opens_at_half_failures_over_twenty_attempts_and_not_before() -> None:
+def test_opens_at_three_failures_in_four_over_twenty_attempts_and_not_before() -> None:
     breaker = CircuitBreaker()
     status = breaker.closed()
     for i in range(19):
-        status = breaker.record(status, 0.0, failed=i % 2 == 0)
+        status = breaker.record(status, 0.0, failed=i % 4 != 0)
     assert breaker.state_at(status, 0.0) is BreakerState.CLOSED
     status = breaker.record(status, 0.0, failed=True)
     assert breaker.state_at(status, 0.0) is BreakerState.OPEN
+
+
+def test_half_the_attempts_failing_is_the_budgets_not_the_breakers() -> None:
+    breaker = CircuitBreaker()
+    status = breaker.closed()
+    for i in range(100):
+        status = breaker.record(status, 0.0, failed=i % 2 == 0)
+    assert breaker.state_at(status, 0.0) is BreakerState.CLOSED
 
 
 def test_open_breaker_refuses_until_its_break_ends_then_lets_one_probe() -> None:

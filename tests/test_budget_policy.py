@@ -13,11 +13,9 @@ from le_transport.errors import ConfigurationError
 from le_transport.policies import RetryBudget
 
 
-def test_defaults_are_twenty_percent_plus_a_tenth_of_a_retry_per_second_over_thirty_seconds() -> (
-    None
-):
+def test_defaults_are_ten_percent_plus_a_tenth_of_a_retry_per_second_over_thirty_seconds() -> None:
     budget = RetryBudget()
-    assert (budget.ratio, budget.min_retries_per_second, budget.window) == (0.2, 0.1, 30.0)
+    assert (budget.ratio, budget.min_retries_per_second, budget.window) == (0.1, 0.1, 30.0)
     assert budget.floor == pytest.approx(3.0)
 
 
@@ -33,8 +31,8 @@ def test_quiet_client_can_run_one_calls_whole_schedule_on_the_floor() -> None:
     assert not ok
 
 
-def test_busy_client_retries_at_most_a_fifth_of_its_first_attempts_plus_the_floor() -> None:
-    budget = RetryBudget(min_retries_per_second=0.0)
+def test_busy_client_retries_at_most_its_share_of_first_attempts() -> None:
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.0)
     state = budget.record_request(budget.empty(), 1.0, count=100)
     taken = 0
     while True:
@@ -46,14 +44,14 @@ def test_busy_client_retries_at_most_a_fifth_of_its_first_attempts_plus_the_floo
 
 
 def test_first_attempts_stop_paying_for_retries_once_they_leave_the_window() -> None:
-    budget = RetryBudget(min_retries_per_second=0.0, window=10.0, slots=10)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.0, window=10.0, slots=10)
     state = budget.record_request(budget.empty(), 0.0, count=50)
     assert budget.available(state, 9.5) == pytest.approx(10.0)
     assert budget.available(state, 10.0) == 0.0
 
 
 def test_refused_retry_is_not_counted_against_the_budget() -> None:
-    budget = RetryBudget(min_retries_per_second=0.0)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.0)
     state = budget.record_request(budget.empty(), 0.0, count=5)
     ok, state = budget.try_retry(state, 0.0)
     assert ok

@@ -95,7 +95,7 @@ async def test_lock_is_taken_once_and_deleted_only_by_its_owner(clock: VirtualCl
 
 async def test_memory_budget_runs_the_pure_policy(clock: VirtualClock) -> None:
     store = MemoryStore(clock)
-    policy = RetryBudget(min_retries_per_second=0.0)
+    policy = RetryBudget(ratio=0.2, min_retries_per_second=0.0)
     await store.budget("b", policy, deposits=10)
     taken = [await store.budget("b", policy, withdraw=True) for _ in range(3)]
     assert taken == [True, True, False]
@@ -142,7 +142,7 @@ async def test_fallback_budget_is_warm_with_this_processes_first_attempts(
 ) -> None:
     primary = BrokenStore(clock)
     store = FallbackStore(primary, clock=clock)
-    policy = RetryBudget(min_retries_per_second=0.0)
+    policy = RetryBudget(ratio=0.2, min_retries_per_second=0.0)
     await store.budget("b", policy, deposits=10)
     primary.down = True
     assert await store.budget("b", policy, withdraw=True)

@@ -114,8 +114,8 @@ def _host_of(call: GatedCall) -> str:
 class OverloadGuard:
     """The retry budget per service and the circuit breaker per service and host.
 
-    - ``budget``: a :class:`RetryBudget` (default: 20% + 0.1/s over 30 s; None: no budget).
-    - ``breaker``: a :class:`CircuitBreaker` (default: 50% of 20 attempts over 30 s, breaks
+    - ``budget``: a :class:`RetryBudget` (default: 10% + 0.1/s over 30 s; None: no budget).
+    - ``breaker``: a :class:`CircuitBreaker` (default: 75% of 20 attempts over 30 s, breaks
       of 5 s doubling to 2 min; None: no breaker).
     - ``store``: where the fleet shares them (a :class:`~le_transport.state.RedisStore`, wrapped
       in a :class:`~le_transport.state.FallbackStore` if it is not one); None: this process only.

@@ -31,8 +31,11 @@ __all__ = [
     "RetryBudget",
 ]
 
-#: Finagle's share: retries may add at most 20% to the first attempts.
-BUDGET_RATIO = 0.2
+#: Finagle allows 20%; with the floor on top, a full outage would then send more than 1.2x
+#: the calls. The guide's schedule already gives each failing call three retries; the
+#: budget's job is the outage, so we take gRPC's token ratio, 10%: a fleet-wide outage costs
+#: at most 1.1x plus the floor (1.2x in all at one call per second, less above).
+BUDGET_RATIO = 0.1
 #: The window spans the guide's whole schedule (5 + 10 + 15 s), so a failing call's three
 #: retries fall inside the window that counted its first attempt.
 BUDGET_WINDOW = 30.0
@@ -74,9 +77,9 @@ class BudgetState:
 @attrs.frozen
 class RetryBudget:
     """A service's retry budget: ``ratio`` x first attempts + ``min_retries_per_second`` x
-    ``window`` retries per sliding ``window`` seconds.
+    ``window`` retries per sliding ``window`` seconds (defaults: 10% + 3 per 30 s).
 
-    - ``ratio`` (default 0.2): the share of first attempts that may be retried.
+    - ``ratio`` (default 0.1): the share of first attempts that may be retried.
     - ``min_retries_per_second`` (default 0.1): the floor, so a quiet client can retry.
     - ``window`` (default 30 s): how long a first attempt keeps paying for retries.
     - ``slots`` (default 10): the window's resolution; events age out one slot at a time.
