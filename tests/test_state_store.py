@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from le_transport import Engine
 from le_transport.errors import ConfigurationError, HostileHostError, StateStoreError
 from le_transport.events import EventHooks, StateEvent
 from le_transport.policies import RetryBudget, TokenBucket
@@ -272,6 +273,17 @@ async def test_fleet_pacer_spreads_turns_past_the_burst(clock: VirtualClock) -> 
         FleetPacer(store, account="1", bucket=TokenBucket(rate=10.0, burst=5.0), clock=clock)
         for _ in range(3)
     ]
-    waits = [await pacers[i % 3].reserve() for i in range(10)]
+    waits = [await pacers[i % 3].reserve_shared() for i in range(10)]
     assert waits[:5] == [0.0] * 5
     assert waits[5:] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+async def test_fleet_pacer_is_what_the_engines_sockets_wait_on(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    bucket = TokenBucket(rate=1.0, burst=1.0)
+    pacers = [FleetPacer(store, account="1", bucket=bucket, clock=clock) for _ in range(3)]
+    engines = [Engine({"svc": "127.0.0.1:1"}, clock=clock, pacer=p) for p in pacers]
+    waits = await asyncio.gather(*(p.acquire() for p in pacers))
+    assert sorted(waits) == [0.0, 1.0, 2.0], "three processes dropped at once, one bucket"
+    assert clock.now() == pytest.approx(2.0)
+    assert all(e is not None for e in engines)
