@@ -111,7 +111,7 @@ def _simulator_modules(package: object) -> list[object]:
 def _looks_secret_name(name: str) -> bool:
     upper = name.upper()
     return upper.startswith("DEFAULT") and any(
-        part in upper for part in ("PASSWORD", "SECRET", "TOKEN", "BEARER", "CSRF", "JWT")
+        part in upper for part in ("PASSWORD", "SECRET", "TOKEN", "BEARER", "CSRF", "JWT", "KEY")
     )
 
 
