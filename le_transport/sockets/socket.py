@@ -156,7 +156,7 @@ class ResilientSocket:
         self._closed_event = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._closing = False
-        self._error: SocketError | None = None
+        self._error: SocketClosed | None = None
         self._last_activity = 0.0
         self._unsent: list[str] = []
         #: Connections opened so far (the first one included).
@@ -192,7 +192,7 @@ class ResilientSocket:
         return len(self._outbox)
 
     @property
-    def error(self) -> SocketError | None:
+    def error(self) -> SocketClosed | None:
         """Why the socket stopped, when it stopped on a failure."""
         return self._error
 
@@ -372,7 +372,9 @@ class ResilientSocket:
 
     def _raise_if_closed(self) -> None:
         if self._error is not None and (self._closing or self.closed):
-            raise SocketClosed(f"the socket {self._name} stopped: {self._error}") from self._error
+            # The same error is raised to every later caller: without its old traceback, so
+            # that a caller retrying in a loop does not grow it without bound.
+            raise self._error.with_traceback(None)
         if self._closing or self.closed:
             raise SocketClosed(f"the socket {self._name} is closed")
 
@@ -387,7 +389,7 @@ class ResilientSocket:
         while not self._inbox:
             if self._closed_event.is_set():
                 if self._error is not None:
-                    raise self._error
+                    raise self._error.with_traceback(None)
                 raise StopAsyncIteration
             self._inbox_wakeup.clear()
             await self._inbox_wakeup.wait()
@@ -456,6 +458,10 @@ class ResilientSocket:
                     first_failure_at = None
                 verdict = opts.close_policy.classify(disconnect, fast_drops)
                 fast_drops = verdict.fast_drops
+                if conn is not None and verdict.action is CloseAction.RECONNECT:
+                    # The server accepted the credentials and the connection ended for
+                    # another reason: the last re-authentication worked.
+                    auth_failures = 0
                 if verdict.action is CloseAction.FAIL:
                     raise SocketRejected(
                         f"{self._name}: {verdict.reason}", status=disconnect.status or 0
@@ -515,11 +521,14 @@ class ResilientSocket:
             if not self._closing:
                 raise
         except SocketError as exc:
-            self._error = exc
+            if isinstance(exc, SocketClosed):
+                self._error = exc
+            else:
+                self._error = SocketClosed(f"{self._name}: stopped on {type(exc).__name__}")
+                self._error.__cause__ = exc
             _log.error(
-                "%s: stopped: %s",
-                self._name,
-                exc,
+                "socket stopped: %s",
+                self._error,
                 extra={"socket": self._name, "error": type(exc).__name__},
             )
         finally:

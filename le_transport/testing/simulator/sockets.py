@@ -41,8 +41,9 @@ __all__ = ["PublishedMessage", "SimSocket", "SocketHub"]
 
 _log = logging.getLogger("le_transport.simulator")
 
-#: A custom request handler: ``(socket, frame) -> (code, body)``.
-RequestHandler = Callable[["SimSocket", dict[str, Any]], Awaitable[tuple[int, Any]]]
+#: A custom request handler: ``(socket, frame) -> (code, body)``, or None when the handler
+#: answers by itself (later, out of order, or never) with ``socket.send``.
+RequestHandler = Callable[["SimSocket", dict[str, Any]], Awaitable[tuple[int, Any] | None]]
 
 GET_CLOCK_TYPES = frozenset({".GetClock", "GetClock"})
 SUBSCRIBE_TYPES = frozenset(
@@ -171,7 +172,8 @@ class SocketHub:
         return [s for s in self.all if not s.closed]
 
     def on(self, type: str, handler: RequestHandler) -> None:
-        """Answer requests of ``type`` with ``handler(socket, frame) -> (code, body)``."""
+        """Answer requests of ``type`` with ``handler(socket, frame) -> (code, body)``; a
+        handler that returns None answers by itself (``socket.send``) or not at all."""
         self._handlers[type] = handler
 
     async def notify(self, type: str, body: Any, *, kind: str | None = None) -> int:
@@ -362,7 +364,10 @@ class SocketHub:
                 return
             if isinstance(fault, Delay):
                 await sim.clock.sleep(injection.delay_s)
-        code, body = await self._handle(sock, frame, type_)
+        answer = await self._handle(sock, frame, type_)
+        if answer is None:
+            return
+        code, body = answer
         await self._resp(sock, req_id, type_, code, body)
         pending, sock.after_resp = sock.after_resp, []
         for extra in pending:
@@ -379,7 +384,9 @@ class SocketHub:
             }
         )
 
-    async def _handle(self, sock: SimSocket, frame: dict[str, Any], type_: str) -> tuple[int, Any]:
+    async def _handle(
+        self, sock: SimSocket, frame: dict[str, Any], type_: str
+    ) -> tuple[int, Any] | None:
         sim = self._sim
         handler = self._handlers.get(type_)
         if handler is not None:
