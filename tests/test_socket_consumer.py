@@ -1,0 +1,134 @@
+"""The consumer socket (header and InitConnection auth), HTTP keepalives through the engine, and
+reconnect pacing of many sockets dropped at once — against the simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from le_transport import Engine, EventHooks, StateEvent
+from le_transport.policies import SERVER_CHAT_API_CHAT_INFO, TokenBucket
+from le_transport.providers import ConsumerJwt, StaticDomains
+from le_transport.sockets import (
+    CONSUMER_SOCKET_QUERY,
+    AuthPlacement,
+    ReconnectPacer,
+    consumer_path,
+)
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+
+def consumer_engine(sim: Simulator, clock: VirtualClock, states: StateLog) -> Engine:
+    domains = StaticDomains(sim.domains)
+    return Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        auth=ConsumerJwt(sim.account.id, domains=domains),
+        hooks=EventHooks(on_state=[states]),
+    )
+
+
+@pytest.mark.parametrize("placement", [AuthPlacement.HEADER, AuthPlacement.FIRST_FRAME])
+async def test_the_consumer_socket_authenticates_by_header_or_first_frame(
+    sim: Simulator, clock: VirtualClock, states: StateLog, placement: AuthPlacement
+) -> None:
+    async with consumer_engine(sim, clock, states) as engine:
+        ws = await engine.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth_placement=placement,
+        )
+        await ws.wait_open()
+        assert (await ws.request("GetClock"))["code"] == 200
+        (sock,) = sim.sockets.open
+        assert sock.kind == "consumer"
+        assert sock.authenticated
+        first = sock.received[0]["type"]
+    assert first == ("InitConnection" if placement is AuthPlacement.FIRST_FRAME else "GetClock")
+
+
+async def test_a_refused_init_connection_reauthenticates(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    refused = 0
+
+    async def refuse_once(sock: object, frame: dict[str, object]) -> tuple[int, object]:
+        nonlocal refused
+        refused += 1
+        return (401, {"msg": "expired"}) if refused == 1 else (200, {})
+
+    sim.sockets.on("InitConnection", refuse_once)
+    async with consumer_engine(sim, clock, states) as engine:
+        ws = await engine.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth_placement=AuthPlacement.FIRST_FRAME,
+        )
+        await ws.wait_open()
+    assert refused == 2
+    assert "reauthenticating" in states.names("asyncMessagingEnt")
+
+
+async def test_the_server_chat_keepalive_runs_every_30_seconds_through_the_engine(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        await engine.login()
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO,
+            "agentVep",
+            fields={"account": sim.account.id, "chat_id": "chat-1"},
+        )
+        await clock.sleep(95)
+        assert task.running
+    assert not task.running
+    assert task.runs == 3
+    assert task.failures == 0
+    times = [r.at for r in sim.requests if r.path.endswith("/chat/chat-1/info")]
+    assert times == pytest.approx([30.0, 60.0, 90.0])
+
+
+async def test_many_sockets_dropped_at_once_come_back_paced(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    opened: list[float] = []
+
+    def on_state(event: StateEvent) -> None:
+        if event.name == "open":
+            opened.append(clock.now())
+
+    pacer = ReconnectPacer(clock, TokenBucket(rate=4, burst=4))
+    async with agent_engine(sim, clock, states, pacer=pacer) as engine:
+        sockets = [await brand_socket(engine, sim) for _ in range(24)]
+        for ws in sockets:
+            ws.add_on_state(on_state)
+            await ws.wait_open()
+        opened.clear()
+        dropped_at = clock.now()
+        await sim.sockets.drop_all()
+        await sim.sockets.wait_accepted(48)
+        for ws in sockets:
+            await ws.wait_open()
+    assert len(opened) == 24
+    first = min(opened)
+    # Backoff jitter spreads them over 0.8-1.2 s; pacing then lets through 4 at once and 4
+    # per second after: 24 sockets take 5 s more instead of arriving in one burst.
+    assert first >= dropped_at + 0.8
+    for i, at in enumerate(sorted(opened)):
+        assert i + 1 <= 4 + 4 * (at - first) + 1e-6
+    assert max(opened) - first >= 4.5
