@@ -14,7 +14,7 @@ import pytest
 
 from le_transport import Engine
 from le_transport.providers import UserLogin
-from le_transport.state import MemoryStore, SharedSession, state_key
+from le_transport.state import MemoryStore, SharedDomainMap, SharedSession, state_key
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import PASSWORD
@@ -92,3 +92,33 @@ async def test_the_shared_session_lives_no_longer_than_the_token(
         entry = await store.get(state_key(ACCOUNT, "session", USER))
         assert entry is not None
         assert entry.ttl <= sim.config.session_ttl
+
+
+async def test_engines_sharing_a_domain_map_ask_the_domain_api_once(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    store = MemoryStore(clock)
+    providers = [csds_for(sim, shared=SharedDomainMap(store, account=ACCOUNT)) for _ in range(5)]
+    async with AsyncExitStack() as stack:
+        for domains in providers:
+            engine = await stack.enter_async_context(Engine(domains, scheme="http", clock=clock))
+            assert await engine.domains.resolve("agentVep") == sim.host
+        assert sum(p.fetches for p in providers) == 1
+        await providers[0].invalidate()
+        await providers[0].resolve("agentVep")
+        assert sum(p.fetches for p in providers) == 2, "after invalidate the Domain API is asked"
+
+
+async def test_a_redis_store_that_is_down_never_fails_a_login() -> None:
+    from le_transport.clock import RealClock
+    from le_transport.state import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:1/0", op_timeout=0.5)
+    session = SharedSession(store, account="1", user="u", clock=RealClock())
+
+    async def do_login() -> tuple[str, float | None]:
+        return "token", 600.0
+
+    token = await session.login(do_login)
+    assert token.value == "token"
+    await store.close()

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -49,6 +50,9 @@ from ._http import (
     validate_account,
 )
 from .domains import validate_host
+
+if TYPE_CHECKING:
+    from ..state.domains import SharedDomainMap
 
 __all__ = [
     "DEFAULT_CSDS_HOST",
@@ -125,6 +129,9 @@ class CsdsDomains:
     - ``stale_retry``: after a failed refresh, seconds the stale map is served before asking
       again (30).
     - ``retry``: the request policy of the first fetch; default: the engine's.
+    - ``shared``: a :class:`~le_transport.state.SharedDomainMap` (over a Redis store): a
+      fleet asks the Domain API once per its TTL; a map read back is validated again. After
+      :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer.
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
     """
@@ -139,6 +146,7 @@ class CsdsDomains:
         ttl: float = DEFAULT_CSDS_TTL,
         stale_retry: float = DEFAULT_STALE_RETRY,
         retry: RetryPolicy | None = None,
+        shared: SharedDomainMap | None = None,
     ) -> None:
         self._account = validate_account(account, owner="CsdsDomains")
         try:
@@ -167,6 +175,8 @@ class CsdsDomains:
         )
         #: How many fetches were made (one fetch may take several attempts of the schedule).
         self.fetches = 0
+        self._shared = shared
+        self._ask_source = False
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -211,6 +221,7 @@ class CsdsDomains:
         """Mark the map stale: the next :meth:`resolve` fetches it again (and still falls back
         to it if that fails)."""
         self._expires_at = -math.inf
+        self._ask_source = True
 
     async def refresh(self) -> Mapping[str, str]:
         """Fetch the map now (sharing a fetch in progress); return its valid entries."""
@@ -260,8 +271,17 @@ class CsdsDomains:
             # A cached map exists: one attempt, then serve it; never 30 s of schedule in front
             # of a reconnect.
             policy = attrs.evolve(policy, pauses=())
+        if self._shared is not None and not self._ask_source:
+            hosts = await self._shared.get()
+            if hosts:
+                shared_entries: dict[str, Entry] = dict(hosts)
+                self._install(shared_entries, http.clock.now())
+                return shared_entries
         try:
             entries = await self._fetch(http, policy)
+            self._ask_source = False
+            if self._shared is not None:
+                await self._shared.put({s: h for s, h in entries.items() if isinstance(h, str)})
         except (RequestError, DomainResolutionError) as exc:
             if stale is None:
                 raise DomainResolutionError(

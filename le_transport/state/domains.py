@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from ..errors import ConfigurationError, HostileHostError
 from ..providers.domains import validate_host
+from .fallback import FallbackStore
+from .memory import MemoryStore
 from .store import StateStore, state_key
 
 __all__ = ["SharedDomainMap"]
@@ -26,7 +28,10 @@ class SharedDomainMap:
     def __init__(self, store: StateStore, *, account: str, ttl: float = 3600.0) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
             raise ConfigurationError(f"SharedDomainMap.ttl must be > 0, got {ttl!r}")
-        self._store = store
+        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
+        self._store: StateStore = (
+            store if isinstance(store, (MemoryStore, FallbackStore)) else FallbackStore(store)
+        )
         self._account = account
         self._key = state_key(account, "domains")
         self._ttl = float(ttl)

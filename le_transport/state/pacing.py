@@ -12,6 +12,8 @@ from __future__ import annotations
 from ..clock import Clock, RealClock
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
+from .fallback import FallbackStore
+from .memory import MemoryStore
 from .store import StateStore, state_key
 
 __all__ = ["FleetPacer"]
@@ -34,7 +36,12 @@ class FleetPacer(ReconnectPacer):
         name: str = "reconnect",
     ) -> None:
         super().__init__(clock or RealClock(), bucket)
-        self._store = store
+        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
+        self._store: StateStore = (
+            store
+            if isinstance(store, (MemoryStore, FallbackStore))
+            else FallbackStore(store, clock=self._clock)
+        )
         self._key = state_key(account, "pace", name)
 
     async def reserve_shared(self) -> float:

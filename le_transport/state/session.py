@@ -23,6 +23,8 @@ import attrs
 
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
+from .fallback import FallbackStore
+from .memory import MemoryStore
 from .store import StateStore, state_key
 
 __all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
@@ -91,8 +93,13 @@ class SharedSession:
                 raise ConfigurationError(f"SharedSession.{name} must be > 0, got {value!r}")
         if not isinstance(user, str) or not user:
             raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
-        self._store = store
         self._clock = clock or RealClock()
+        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
+        self._store: StateStore = (
+            store
+            if isinstance(store, (MemoryStore, FallbackStore))
+            else FallbackStore(store, clock=self._clock)
+        )
         self._key = state_key(account, "session", user)
         self._lock = state_key(account, "session-lock", user)
         self._lock_ttl = float(lock_ttl)
