@@ -11,12 +11,15 @@ from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
 from .middleware import RetryMiddleware
+from .middleware.overload import OverloadGuard
 from .policies import (
     GUIDE_5XX_PAUSES,
     BackoffPolicy,
+    CircuitBreaker,
     Classifier,
     Outcome,
     OutcomeKind,
+    RetryBudget,
     RetryPolicy,
 )
 from .providers import (
@@ -42,6 +45,7 @@ __all__ = [
     "AppLogin",
     "AuthProvider",
     "BackoffPolicy",
+    "CircuitBreaker",
     "Classifier",
     "ClientCredentialsLogin",
     "Clock",
@@ -56,10 +60,12 @@ __all__ = [
     "OAuth1Auth",
     "Outcome",
     "OutcomeKind",
+    "OverloadGuard",
     "RealClock",
     "Recovery",
     "Response",
     "RetryEvent",
+    "RetryBudget",
     "RetryMiddleware",
     "RetryPolicy",
     "SentinelClientCredentials",
