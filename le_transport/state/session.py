@@ -65,7 +65,9 @@ class SharedSession:
     """The session of ``user`` on ``account``, shared through ``store``.
 
     - ``lock_ttl``: how long a login or refresh may hold the lock (a crashed holder frees it
-      after this); longer than a login takes, including its retries.
+      after this). 60 s covers a login through the guide's whole 5/10/15 s schedule with
+      quick answers; a login slower than that may let a second process log in too (two
+      logins, never a deadlock), and a crashed holder delays the fleet by at most this.
     - ``safety_margin``: the token is stored for its remaining life minus this, never longer.
     - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing).
     """
@@ -77,7 +79,7 @@ class SharedSession:
         account: str,
         user: str,
         clock: Clock | None = None,
-        lock_ttl: float = 30.0,
+        lock_ttl: float = 60.0,
         safety_margin: float = 30.0,
         unknown_life: float = DEFAULT_UNKNOWN_LIFE,
         poll: float = 0.05,
