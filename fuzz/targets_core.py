@@ -156,6 +156,8 @@ def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
                 "{k} = {s}",
                 '"{k}": "{s}"',
                 '"{k}":"{s}"',
+                # A Python dict's repr: what logging a dict with %r shows.
+                "'{k}': '{s}'",
                 'oauth_signature="{s}"',
                 'oauth_token="{s}"',
                 "https://h.example/x?{k}={s}&v=1",
@@ -170,7 +172,8 @@ def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
 
 def check_redact_text(case: tuple[str, str | None]) -> None:
     """redact_text never raises, and hides a credential written as 'Bearer x', 'jwt x',
-    'key=x', 'key: x', '"key": "x"' or an OAuth parameter, whatever surrounds it."""
+    'key=x', 'key: x', '"key": "x"', "'key': 'x'" or an OAuth parameter, whatever surrounds
+    it."""
     text, secret = case
     shown = redact_text(text)
     assert isinstance(shown, str)
@@ -285,6 +288,7 @@ TARGETS: tuple[Target, ...] = (
         "redact_text",
         st.one_of(_text_with_secret(), st.tuples(st.text(max_size=2000), st.none())),
         check_redact_text,
+        examples=(("body {'password': 'S3CR3Tabcdefgh'}", "S3CR3Tabcdefgh"),),
     ),
     Target(
         "body_excerpt",

@@ -139,7 +139,7 @@ _EXCLUDED_PARTS = (
 )
 
 
-_FRAMES = 8
+_FRAMES = 4
 
 
 def _counts(trace: tracemalloc.Traceback) -> bool:
