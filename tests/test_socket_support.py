@@ -58,10 +58,18 @@ async def no_open_connections() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
-    """The LiveEngage simulator on the test's virtual clock."""
+async def sim(clock: VirtualClock, secret_values: set[str]) -> AsyncIterator[Simulator]:
+    """The LiveEngage simulator on the test's virtual clock.
+
+    Every bearer, csrf and JWT it issued is handed to the conftest's secret check, which
+    then fails the test if any log record showed one (the UMS URL carries the bearer).
+    """
     async with Simulator(clock=clock) as simulator:
         yield simulator
+    issued = simulator.tokens
+    for session in issued.sessions.values():
+        secret_values.update((session.bearer, session.csrf, session.session_id))
+    secret_values.update(token.value for token in issued.tokens.values())
 
 
 class StateLog:
