@@ -269,6 +269,34 @@ async def test_redirect_to_another_origin_carries_no_authorization_and_no_cookie
     assert "Authorization" in seen.requests[0][2]
 
 
+async def test_after_a_real_login_a_redirect_elsewhere_carries_no_bearer_and_no_session_cookie(
+    start_server: Start,
+) -> None:
+    """With the Login Service provider: the login answer sets a ``Session_id`` cookie and
+    issues a bearer; a REST call redirected to another origin carries neither."""
+    sink, stolen = await start_server()
+
+    async def service(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/login"):
+            resp = web.json_response({"bearer": BEARER, "csrf": CSRF, "sessionTTl": "28800000"})
+            resp.set_cookie("Session_id", SESSION_ID)
+            return resp
+        return web.Response(status=302, headers={"Location": f"http://{sink}/steal"})
+
+    host, seen = await start_server(service)
+    domains = StaticDomains({"agentVep": host, "svc": host})
+    auth = UserLogin(ACCOUNT, "agent", PASSWORD, domains=domains, keepalive=False)
+    async with Engine(domains, scheme="http", clock=VirtualClock(), auth=auth) as engine:
+        resp = await engine.request("GET", "svc", "/api/x")
+    assert resp.status == 200
+    assert len(stolen.requests) == 1
+    assert "Authorization" not in stolen.requests[0][2]
+    assert "Cookie" not in stolen.requests[0][2]
+    assert stolen.credentials_seen() == []
+    rest = [r for r in seen.requests if r[1] == "/api/x"]
+    assert rest[0][2]["Authorization"] == f"Bearer {BEARER}"
+
+
 async def test_redirect_to_the_same_origin_keeps_the_credentials(start_server: Start) -> None:
     async def hop(request: web.Request) -> web.StreamResponse:
         if request.path == "/api/x":
