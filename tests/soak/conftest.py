@@ -9,10 +9,14 @@ printed at the end of the session.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from tests.soak._report import REPORTS, SoakSize
+
+SHORT_TIMEOUT = 900
+LONG_TIMEOUT = 4 * 3600
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,15 +29,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.fixture
-def soak_size(request: pytest.FixtureRequest) -> SoakSize:
-    """How big the soak runs are: long with ``--soak-long`` or ``LE_SOAK=long``, else short."""
+def _size(config: pytest.Config) -> SoakSize:
     try:
-        flag = bool(request.config.getoption("--soak-long"))
+        flag = bool(config.getoption("--soak-long"))
     except ValueError:  # the option is registered only when this directory is collected first
         flag = False
     long = flag or os.environ.get("LE_SOAK", "").lower() == "long"
     return SoakSize.LONG if long else SoakSize.SHORT
+
+
+@pytest.fixture
+def soak_size(request: pytest.FixtureRequest) -> SoakSize:
+    """How big the soak runs are: long with ``--soak-long`` or ``LE_SOAK=long``, else short."""
+    return _size(request.config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak runs get a hang timeout of their own: the suite's 180 s would cut a long run (tens
+    of minutes on a shared machine) and, on a loaded one, even a short run. Each run bounds
+    its own calls on the virtual clock; this only catches a run that stops moving."""
+    here = Path(__file__).parent
+    limit = LONG_TIMEOUT if _size(config) is SoakSize.LONG else SHORT_TIMEOUT
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.timeout(limit))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

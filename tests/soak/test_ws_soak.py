@@ -52,7 +52,7 @@ ECHO = ".ams.ms.MessagingEventNotification"
 HANG_LIMIT = 3600.0
 RESTART_DOWN_FOR = 2.0
 
-# drop kind -> weight. A restart drops every open socket at once.
+# drop kind -> weight, for drops of one socket.
 DROPS: dict[str, int] = {
     "abrupt (1006)": 6,
     "close 1000": 2,
@@ -61,8 +61,11 @@ DROPS: dict[str, int] = {
     "close 4401": 3,
     "close 4407": 2,
     "silent peer": 2,
-    "server restart": 1,
 }
+RESTART = "server restart"
+# A restart drops every open socket at once; it is drawn so that about this share of all
+# drops come from restarts, whatever the number of sockets.
+RESTART_SHARE = 0.2
 
 
 async def _apply(kind: str, sock: SimSocket) -> None:
@@ -189,6 +192,8 @@ async def test_ws_chaos_soak_every_drop_reconnects_and_no_message_is_lost(
                 dropped = 0
                 names = list(DROPS)
                 weights = [DROPS[k] for k in names]
+                events = 0
+                restart_p = RESTART_SHARE / (n_sockets * (1 - RESTART_SHARE) + RESTART_SHARE)
                 while dropped < target:
                     await clock.sleep(rng.uniform(0.5, 3.0))
                     candidates = [
@@ -198,14 +203,21 @@ async def test_ws_chaos_soak_every_drop_reconnects_and_no_message_is_lost(
                     ]
                     if not candidates:
                         continue
-                    kind = rng.choices(names, weights)[0]
-                    victims = candidates if kind == "server restart" else [rng.choice(candidates)]
+                    events += 1
+                    if events <= len(names) + 1:
+                        # Every kind at least once, whatever the draws: then at random.
+                        kind = [*names, RESTART][events - 1]
+                    elif rng.random() < restart_p:
+                        kind = RESTART
+                    else:
+                        kind = rng.choices(names, weights)[0]
+                    victims = candidates if kind == RESTART else [rng.choice(candidates)]
                     for s, c in victims:
                         hit.add(s.id)
                         applied[c] += 1
                         drops.append((kind, c, opens[c], losses[c]))
                     dropped += len(victims)
-                    if kind == "server restart":
+                    if kind == RESTART:
                         await sim.restart(down_for=RESTART_DOWN_FOR)
                     else:
                         await _apply(kind, victims[0][0])
@@ -279,7 +291,7 @@ async def test_ws_chaos_soak_every_drop_reconnects_and_no_message_is_lost(
         forced[kind] += 1
         seen[kind] += losses[c] > losses_before
         back[kind] += opens[c] > opens_before
-    rows = [[k, str(forced[k]), str(seen[k]), str(back[k])] for k in DROPS]
+    rows = [[k, str(forced[k]), str(seen[k]), str(back[k])] for k in (*DROPS, RESTART)]
     rows.append(
         [
             "**all drops**",
