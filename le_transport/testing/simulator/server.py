@@ -387,7 +387,7 @@ class Simulator:
         if injection is None:
             return await handler(request)
         fault = injection.fault
-        _log.info(
+        _log.debug(
             "injecting %s on %s %s (rule %s, unit %d)",
             fault.kind,
             request.method,
