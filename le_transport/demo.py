@@ -325,7 +325,7 @@ class _Agent:
         self.sent.append(text)
         for _ in range(10):
             try:
-                await ws.request(".ams.ms.PublishEvent", body, timeout=60 * self.scale + 5)
+                await ws.request(".ams.ms.PublishEvent", body, timeout=600 * self.scale + 10)
             except SocketRequestError as exc:
                 pause = max(1.0 * self.scale, 0.01)
                 self.timeline.say(
@@ -334,6 +334,9 @@ class _Agent:
                 await self.clock.sleep(pause)
                 continue
             except SocketClosed:
+                if ws.closed:
+                    self.timeline.say("WRONG", f"{text}: the socket closed for good")
+                    return
                 self.timeline.say("resend", f"{text}: its connection was lost in flight; resending")
                 continue
             self.acked.append(text)
