@@ -180,3 +180,42 @@ def test_invalid_rules_and_plans_are_refused() -> None:
         FaultPlan(rules=[FaultRule("x", Reset()), FaultRule("x", Reset())])
     with pytest.raises(ConfigurationError, match="unknown field"):
         FaultRule.from_dict({"id": "x", "fault": 503, "when": "now"})
+
+
+_faults = st.one_of(
+    st.builds(
+        Status,
+        code=st.integers(100, 599),
+        retry_after=st.one_of(st.none(), st.integers(0, 3600)),
+        body=st.one_of(st.none(), st.text(max_size=20)),
+    ),
+    st.builds(Delay, delay_ms=st.integers(0, 10**6), jitter_ms=st.integers(0, 1000)),
+    st.just(Reset()),
+    st.builds(Hang, duration_ms=st.one_of(st.none(), st.integers(0, 10**6))),
+    st.builds(TruncatedBody, keep_bytes=st.integers(0, 10**6)),
+    st.builds(
+        WsClose, code=st.sampled_from([1000, 1001, 1011, 4401, 4407]), reason=st.text(max_size=10)
+    ),
+    st.builds(WsDrop, after_messages=st.integers(0, 100)),
+    st.builds(WsSilence, after_messages=st.integers(0, 100)),
+)
+
+
+@given(
+    seed=st.integers(0, 2**63),
+    faults=st.lists(_faults, max_size=6),
+    p=st.floats(0, 1),
+    skip=st.integers(0, 10),
+)
+def test_every_plan_survives_a_json_round_trip(
+    seed: int, faults: list[Fault], p: float, skip: int
+) -> None:
+    """Invariant: from_dict(json(to_dict(plan))) == plan, for every plan."""
+    plan = FaultPlan(
+        seed=seed,
+        rules=[
+            FaultRule(f"r{i}", f, p=p, schedule=Schedule(skip_first=skip))
+            for i, f in enumerate(faults)
+        ],
+    )
+    assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan

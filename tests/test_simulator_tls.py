@@ -64,3 +64,12 @@ async def test_simulate_command_serves_until_interrupted(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
+
+
+def test_simulate_refuses_an_unreadable_plan_or_half_a_key_pair(tmp_path: Path) -> None:
+    from le_transport.cli import main
+
+    assert main(["simulate", "--plan", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "bad.json").write_text('{"seed": 1, "rules": [{"id": "x", "fault": "boom"}]}')
+    assert main(["simulate", "--plan", str(tmp_path / "bad.json")]) == 2
+    assert main(["simulate", "--cert", str(tmp_path / "cert.pem")]) == 2
