@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     real = demo.add_argument_group(
         "a real account (else the LE_ACCOUNT, LE_USERNAME, LE_PASSWORD, LE_APP_KEY, "
-        "LE_APP_SECRET, LE_ACCESS_TOKEN, LE_ACCESS_TOKEN_SECRET, LE_CSDS_HOST variables)"
+        "LE_APP_SECRET, LE_ACCESS_TOKEN, LE_ACCESS_TOKEN_SECRET, LE_CSDS_HOST, LE_CSDS_SCHEME "
+        "variables)"
     )
     real.add_argument("--account", help="LiveEngage account id")
     real.add_argument("--username", help="agent or bot user name")

@@ -78,6 +78,8 @@ class DemoAccount:
     access_token: str | None = None
     access_token_secret: str | None = None
     csds_host: str = "api.liveperson.net"
+    #: ``https`` for LiveEngage; ``http`` only for a local server (LE_CSDS_SCHEME).
+    scheme: str = "https"
 
     def __repr__(self) -> str:
         return f"DemoAccount(account={self.account!r}, username={self.username!r})"
@@ -102,6 +104,7 @@ class DemoAccount:
             access_token=pick("access_token"),
             access_token_secret=pick("access_token_secret"),
             csds_host=pick("csds_host") or "api.liveperson.net",
+            scheme=pick("csds_scheme") or "https",
         )
 
     def auth(self, domains: CsdsDomains, refresh_interval: float) -> AuthProvider:
@@ -554,6 +557,7 @@ async def _real(
     csds = CsdsDomains(account.account, csds_host=account.csds_host)
     engine = Engine(
         csds,
+        scheme=account.scheme,
         clock=clock,
         auth=account.auth(csds, refresh_interval=300.0),
         retry=RetryPolicy().scaled(scale),

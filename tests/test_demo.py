@@ -67,3 +67,31 @@ def test_a_real_account_comes_from_flags_or_le_environment_variables() -> None:
     assert flagged is not None
     assert flagged.account == "456"
     assert DemoAccount.from_env({}) is None
+
+
+def test_the_real_account_path_runs_against_any_liveengage_like_server() -> None:
+    """The --account path, pointed at the simulator: client-side faults only, same verdict."""
+    import asyncio
+    import io
+
+    from le_transport.demo import _main
+    from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
+
+    async def scenario() -> tuple[bool, str]:
+        out = io.StringIO()
+        async with Simulator() as sim:
+            account = DemoAccount(
+                account=DEFAULT_ACCOUNT,
+                username=DEFAULT_USER,
+                password=DEFAULT_PASSWORD,
+                csds_host=sim.host,
+                scheme="http",
+            )
+            ok = await _main(time_scale=0.01, seed=3, out=out, account=account, verbose=False)
+            assert sim.count("GET", "*/le-users/users") == 1  # the 503s were client-side
+        return ok, out.getvalue()
+
+    ok, out = asyncio.run(scenario())
+    assert ok, out
+    assert "retry " in out
+    assert DEFAULT_PASSWORD not in out
