@@ -162,3 +162,32 @@ async def test_sessions_in_two_stores_share_one_login(redis_server: RedisServer)
     finally:
         for s in stores:
             await s.close()
+
+
+class _SwallowingClient:
+    """A client whose command finishes even when cancelled, as redis-py's may do to keep its
+    connection in step: it catches the cancellation and returns its answer."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    def register_script(self, script: str) -> object:
+        async def run(keys: list[str], args: list[object] | None = None) -> object:
+            self.started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+            return False
+
+        return run
+
+
+async def test_a_cancellation_redis_py_swallows_still_cancels_the_caller() -> None:
+    client = _SwallowingClient()
+    store = RedisStore(client=client, op_timeout=3600)
+    task = asyncio.ensure_future(store.get("k"))
+    await client.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -13,6 +13,7 @@ did. Keys are ``{prefix}:{account}:{kind}:...``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -194,9 +195,17 @@ class RedisStore:
     async def _run(self, op: str, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
             raise StateStoreError(f"redis {op}: the store is closed")
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             async with timeout_after(self._clock, self._op_timeout):
-                return await coro_fn(*args, **kwargs)
+                result = await coro_fn(*args, **kwargs)
+            if task is not None and task.cancelling() > cancelling:
+                # redis-py can finish a command it was cancelled in (to keep its connection
+                # in step) and return normally: the caller's cancellation (an engine closing,
+                # a deadline) must not be lost with it, or a keepalive never stops.
+                raise asyncio.CancelledError
+            return result
         except TimeoutError:
             raise StateStoreError(
                 f"redis {op} on {self._url} took longer than {self._op_timeout:g} s"
