@@ -7,6 +7,7 @@ Nothing here asserts a duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -174,10 +175,8 @@ class _SwallowingClient:
     def register_script(self, script: str) -> object:
         async def run(keys: list[str], args: list[object] | None = None) -> object:
             self.started.set()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass
             return False
 
         return run
