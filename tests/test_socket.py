@@ -541,3 +541,20 @@ async def test_events_from_a_superseded_connection_are_ignored(
         frame = await ws.__anext__()
     assert frame["type"] == "fresh"
     assert ws.epoch == old_epoch + 1
+
+
+async def test_a_login_service_outage_during_reconnect_is_retried_not_fatal(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        # Two whole login schedules (4 attempts each) fail with 503.
+        sim.faults.script("POST", "/api/account/*/login", [503] * 8)
+        await sim.expire_tokens()
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        assert (await ws.request(".GetClock"))["code"] == 200
+    failed = [e.details["reason"] for e in states.of("connect_failed")]
+    assert failed == ["connect failed (credentials: RetriesExhausted)"] * 2
+    assert ws.error is None

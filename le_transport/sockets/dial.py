@@ -223,20 +223,25 @@ class EngineDialer:
         return self._placement
 
     async def dial(self) -> Connection:
-        """Resolve, get credentials, upgrade, and authenticate with the first frame if asked."""
-        clock = self._engine.clock
+        """Resolve, get credentials, upgrade, and authenticate with the first frame if asked.
+
+        ``connect_timeout`` bounds the upgrade and the first-frame auth; resolving the host and
+        logging in run on their own schedules (a login that retries for 30 s must not be cut
+        short and started over by every reconnect).
+        """
+        url, headers, creds = await self._prepare()
         try:
-            async with timeout_after(clock, self._connect_timeout):
-                conn = await self._dial()
+            async with timeout_after(self._engine.clock, self._connect_timeout):
+                conn = await self._connect(url, headers, creds)
         except TimeoutError:
             raise DialFailed(
                 f"connect took longer than {self._connect_timeout} s",
                 disconnect=Disconnect.connect_failed("timeout"),
-                credentials=self._last,
+                credentials=creds,
             ) from None
         return conn
 
-    async def _dial(self) -> Connection:
+    async def _prepare(self) -> tuple[URL, dict[str, str], Credentials | None]:
         engine = self._engine
         ws_scheme = "wss" if engine.scheme == "https" else "ws"
         template_path = self._path.replace(BEARER_FIELD, "bearer")
@@ -251,9 +256,18 @@ class EngineDialer:
             ) from exc
         creds: Credentials | None = None
         if self._auth is not None and self._placement is not AuthPlacement.NONE:
-            # AuthenticationError (bad credentials, a login refused) propagates: the owner
-            # stops on it instead of looping.
-            creds = await self._auth.credentials("GET", base)
+            try:
+                creds = await self._auth.credentials("GET", base)
+            except AuthenticationError:
+                # Bad credentials, a login refused: the owner stops instead of looping.
+                raise
+            except TransportError as exc:
+                # The Login Service is down (its own schedule is spent): a failed connect
+                # like any other, retried on the reconnect schedule and escalated.
+                raise DialFailed(
+                    f"no credentials for {self._name}: {type(exc).__name__}",
+                    disconnect=Disconnect.connect_failed(f"credentials: {type(exc).__name__}"),
+                ) from exc
             self._last = creds
         url = base.with_query(self._params) if self._params else base
         headers = dict(self._headers)
@@ -264,6 +278,12 @@ class EngineDialer:
             ).with_query(self._params)
         elif self._placement is AuthPlacement.HEADER and creds is not None:
             headers.update(creds.headers)
+        return url, headers, creds
+
+    async def _connect(
+        self, url: URL, headers: dict[str, str], creds: Credentials | None
+    ) -> Connection:
+        engine = self._engine
         session = engine.session
         try:
             ws = await session.ws_connect(

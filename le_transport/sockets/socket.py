@@ -38,7 +38,6 @@ from ..errors import (
     AuthenticationError,
     SocketAuthFailed,
     SocketClosed,
-    SocketError,
     SocketRejected,
     SocketRequestError,
     SocketRequestTimeout,
@@ -520,7 +519,9 @@ class ResilientSocket:
         except asyncio.CancelledError:
             if not self._closing:
                 raise
-        except SocketError as exc:
+        except Exception as exc:
+            # Whatever ends the owner, the socket ends closed with a typed error: never a
+            # task that died with an exception nobody retrieves.
             if isinstance(exc, SocketClosed):
                 self._error = exc
             else:
