@@ -217,3 +217,13 @@ async def test_engine_requests_resolve_through_the_domain_api(
     async with sim_engine(sim, clock, domains=domains, auth=auth) as engine:
         users = await engine.request_json("GET", "accountConfigReadOnly", USERS, expect=list)
     assert [u["loginName"] for u in users] == [USER]
+
+
+async def test_an_absurdly_nested_answer_is_a_domain_error_not_a_recursion_error(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("GET", CSDS_PATH, [Status(200, body="[" * 100_000 + "]" * 100_000)])
+    domains = csds_for(sim)
+    async with sim_engine(sim, clock, domains=domains):
+        with pytest.raises(DomainResolutionError, match="not JSON"):
+            await domains.resolve("agentVep")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from le_transport import RetryPolicy
 from le_transport.chaos import Reset, Status
 from le_transport.errors import (
+    AuthenticationError,
     BlockedError,
     LoginRejected,
     RetriesExhausted,
@@ -282,3 +284,25 @@ async def test_a_login_may_resolve_through_its_own_domain_provider(
         assert resp.status == 200
     assert sim.count("GET", f"/api/account/{ACCOUNT}/service/baseURI.json") == 1
     assert sim.count("POST", LOGIN) == 1
+
+
+async def test_an_absurdly_nested_login_answer_is_an_authentication_error(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.script("POST", LOGIN, [Status(200, body="[" * 100_000 + "]" * 100_000)])
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        with pytest.raises(AuthenticationError, match="without a bearer"):
+            await engine.login()
+
+
+@pytest.mark.parametrize("bearer", ["x\r\nX-Injected: 1", "two words", "tab\there", "é"])
+async def test_a_bearer_a_header_cannot_carry_is_refused(
+    sim: Simulator, clock: VirtualClock, bearer: str
+) -> None:
+    body = json.dumps({"bearer": bearer, "csrf": "c"})
+    sim.faults.script("POST", LOGIN, [Status(200, body=body)])
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        with pytest.raises(AuthenticationError, match="header cannot carry"):
+            await engine.login()

@@ -40,7 +40,9 @@ from ..policies.retry import RetryPolicy
 __all__ = [
     "ProviderHttp",
     "ProviderResponse",
+    "cookie_safe",
     "emit_state",
+    "header_safe",
     "provider_url",
     "require_attached",
     "require_secret",
@@ -204,3 +206,20 @@ def split_host(host: str) -> tuple[str, int | None]:
     if sep and port.isdigit():
         return name, int(port)
     return host, None
+
+
+# What a token may hold to travel in a header: visible ASCII, no whitespace or control
+# character (a server answering "x\r\nX-Injected: 1" must not write our headers).
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+# A cookie value additionally must not end the cookie or open a quoted string.
+_COOKIE_UNSAFE = frozenset(';,"\\')
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent in a header as is (visible ASCII only)."""
+    return bool(_HEADER_SAFE.fullmatch(value))
+
+
+def cookie_safe(value: str) -> bool:
+    """Whether ``value`` can be sent as a cookie value as is."""
+    return header_safe(value) and not (_COOKIE_UNSAFE & set(value))

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..events import StateEvent
 from ._flight import SingleFlight
-from ._http import ProviderHttp, ProviderResponse, emit_state, require_attached
+from ._http import ProviderHttp, ProviderResponse, emit_state, header_safe, require_attached
 from .auth import Credentials
 from .jwt import jwt_expiry
 
@@ -202,11 +202,16 @@ class TokenProvider:
             raise AuthenticationError(f"{self.subject}: answered {resp.status} instead of 200")
         try:
             payload = json.loads(resp.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             payload = None
         value = payload.get(field) if isinstance(payload, dict) else None
         if not isinstance(value, str) or not value:
             raise AuthenticationError(f"{self.subject}: the answer has no {field!r}")
+        if not header_safe(value):
+            raise AuthenticationError(
+                f"{self.subject}: the answer's {field!r} has characters a header cannot carry "
+                "(whitespace or control characters); refused"
+            )
         assert isinstance(payload, dict)
         expires_in = payload.get("expires_in")
         seconds: float | None = None

@@ -326,7 +326,7 @@ class CsdsDomains:
             )
         try:
             payload = json.loads(resp.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise DomainResolutionError(
                 f"the Domain API answer for account {self._account!r} is not JSON",
                 account=self._account,

@@ -50,7 +50,9 @@ from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
 from ._flight import SingleFlight
 from ._http import (
     ProviderHttp,
+    cookie_safe,
     emit_state,
+    header_safe,
     provider_url,
     require_attached,
     require_secret,
@@ -468,7 +470,7 @@ class LoginServiceAuth:
     def _parse(self, http: ProviderHttp, body: bytes, session_id: str | None) -> LoginSession:
         try:
             payload: Any = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             payload = None
         bearer = payload.get("bearer") if isinstance(payload, dict) else None
         if not isinstance(bearer, str) or not bearer:
@@ -477,8 +479,23 @@ class LoginServiceAuth:
             )
             self._login_failed(http, err, 200)
             raise err
+        if not header_safe(bearer):
+            err = AuthenticationError(
+                f"{self.subject}: the Login Service answered a bearer token with characters a "
+                "header cannot carry (whitespace or control characters); refused"
+            )
+            self._login_failed(http, err, 200)
+            raise err
         assert isinstance(payload, dict)
         csrf = payload.get("csrf")
+        if session_id is not None and not cookie_safe(session_id):
+            _log.warning(
+                "%s: ignoring a Session_id cookie that cannot be sent back as is; "
+                "refresh will fall back to a fresh login",
+                self.subject,
+                extra={"subject": self.subject},
+            )
+            session_id = None
         config = payload.get("config")
         user_id = config.get("userId") if isinstance(config, dict) else None
         collection = payload.get("csdsCollectionResponse")
@@ -613,7 +630,7 @@ def _load_session(value: str, generation: int, now: float) -> LoginSession:
             raise ValueError("no bearer")
         csrf, session_id, ttl = data.get("csrf"), data.get("session_id"), data.get("ttl")
         user_id = data.get("user_id")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise AuthenticationError("the shared session in the store is unreadable") from None
     return LoginSession(
         bearer=Secret(bearer),
