@@ -558,3 +558,15 @@ async def test_a_login_service_outage_during_reconnect_is_retried_not_fatal(
     failed = [e.details["reason"] for e in states.of("connect_failed")]
     assert failed == ["connect failed (credentials: RetriesExhausted)"] * 2
     assert ws.error is None
+
+
+async def test_a_frame_nested_too_deep_for_the_parser_does_not_stop_the_reader(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        await sim.sockets.open[0].ws.send_str("[" * 100_000)
+        assert (await ws.request(".GetClock"))["code"] == 200
+        deep = await ws.__anext__()
+    assert deep == "[" * 100_000

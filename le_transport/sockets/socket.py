@@ -707,7 +707,9 @@ class ResilientSocket:
     async def _dispatch(self, text: str, epoch: int) -> None:
         try:
             frame: Any = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # Not JSON, or nested deeper than the parser goes: handed over as text, and the
+            # reader goes on (a hostile frame must not stop it).
             frame = text
         if isinstance(frame, dict) and frame.get("kind") == "resp" and self._pending.resolve(frame):
             return
