@@ -306,3 +306,15 @@ async def test_a_bearer_a_header_cannot_carry_is_refused(
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
         with pytest.raises(AuthenticationError, match="header cannot carry"):
             await engine.login()
+
+
+async def test_a_hundred_concurrent_refreshes_send_one(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        results = await asyncio.gather(*(auth.refresh() for _ in range(100)))
+        assert results == [True] * 100
+    assert sim.count("POST", REFRESH) == 1

@@ -186,6 +186,9 @@ class LoginServiceAuth:
         self._flight: SingleFlight[LoginSession] = SingleFlight(
             f"le_transport.login[{self._account}]"
         )
+        self._refresh_flight: SingleFlight[bool] = SingleFlight(
+            f"le_transport.refresh[{self._account}]"
+        )
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
         self._shared = shared
@@ -262,6 +265,7 @@ class LoginServiceAuth:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._refresh_flight.cancel()
         await self._flight.cancel()
         session, self._session = self._session, None
         if session is not None and self._logout_on_close and self._http is not None:
@@ -287,8 +291,15 @@ class LoginServiceAuth:
 
         Returns whether the session was refreshed (False: there was none, or a new login
         replaced it). Raises what the fallback login raises; a transient refresh failure is
-        raised as is (the keepalive logs it and tries again later).
+        raised as is (the keepalive logs it and tries again later). Concurrent callers share
+        one refresh.
         """
+        require_attached(self._http, self)
+        if self._session is None:
+            return False
+        return await self._refresh_flight.run(self._refresh_once)
+
+    async def _refresh_once(self) -> bool:
         http = require_attached(self._http, self)
         session = self._session
         if session is None:
