@@ -256,7 +256,9 @@ class Engine:
         # Auth sits outside the retry middleware: once per logical call (and per redirect hop,
         # where it checks the host again), so a 401 replay gets the whole schedule again.
         self._auth_mw: tuple[ClientMiddlewareType, ...] = (
-            (AuthMiddleware(auth=auth, domains=self._domains),) if auth is not None else ()
+            (AuthMiddleware(auth=auth, domains=self._domains, scheme=scheme),)
+            if auth is not None
+            else ()
         )
         self._recovery = Recovery(
             domains=self._domains,

@@ -175,6 +175,25 @@ async def test_on_a_foreign_session_credentials_go_only_to_allowed_hosts(
     assert [r.headers.get("Authorization") for r in sim.requests] == ["***", None]
 
 
+async def test_credentials_never_travel_over_a_scheme_other_than_the_engines(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """An https engine redirected down to http on the right host sends no credentials."""
+    issued = sim.tokens.login(ACCOUNT, USER, 3600, "user").bearer
+    secret_values.add(issued)
+    https_only = AuthMiddleware(
+        auth=StaticBearer(issued),
+        domains=StaticDomains(sim.domains),
+        allowed_hosts={sim.host},
+        scheme="https",
+    )
+    retry = RetryMiddleware(clock=clock)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        with pytest.raises(ClientStatusError):
+            await session.get(f"{sim.url}{USERS}", middlewares=(https_only, retry))
+    assert [r.headers.get("Authorization") for r in sim.requests] == [None]
+
+
 @pytest.mark.parametrize(
     ("host", "url", "same"),
     [

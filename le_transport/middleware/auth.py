@@ -66,6 +66,8 @@ class AuthMiddleware:
       call's service with; the request's host must be the one it names.
     - ``allowed_hosts``: further hosts (``name`` or ``name:port``) that may receive
       credentials on calls without an engine call context (a foreign session).
+    - ``scheme``: the scheme credentials may travel over (the engine's); a redirect from
+      ``https`` down to ``http`` on the right host still gets none. None: any.
 
     Hashable by identity, as aiohttp's chain cache needs.
     """
@@ -73,6 +75,7 @@ class AuthMiddleware:
     auth: AuthProvider
     domains: DomainProvider
     allowed_hosts: frozenset[str] = attrs.field(default=frozenset(), converter=_host_set)
+    scheme: str | None = None
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request) or not await self._allowed(request.url):
@@ -104,6 +107,15 @@ class AuthMiddleware:
         raise err
 
     async def _allowed(self, url: URL) -> bool:
+        if self.scheme is not None and url.scheme != self.scheme:
+            _log.warning(
+                "%s: not sending credentials over %s (the engine uses %s)",
+                redact_url(url),
+                url.scheme,
+                self.scheme,
+                extra={"scheme": url.scheme},
+            )
+            return False
         ctx = current_call()
         if ctx is None or ctx.service is None:
             return any(same_host(h, url) for h in self.allowed_hosts)
