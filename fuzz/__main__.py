@@ -51,6 +51,8 @@ def _atheris_child(name: str, argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen targets; print one line per target; 0 if nothing was found."""
     args = _parser().parse_args(argv)
+    # The library logs every fault it meets; thousands of them would drown the report.
+    logging.getLogger().addHandler(logging.NullHandler())
     if args.atheris_child:
         # Crash inputs go to a temporary directory, not into the working tree.
         artifacts = tempfile.mkdtemp(prefix=f"fuzz-{args.atheris_child}-")
@@ -63,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         )
         return 0
-    # The library logs every fault it meets; thousands of them would drown the report.
-    logging.getLogger().addHandler(logging.NullHandler())
     targets = all_targets()
     if args.list:
         for t in targets.values():
