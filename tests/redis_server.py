@@ -41,17 +41,26 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process; :meth:`kill` and :meth:`start` again on the same port."""
 
-    def __init__(self, binary: str, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = _free_port()
         self.password = password
+        #: (certificate, key): serve TLS only, on ``port``.
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0`` (no password in it)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://127.0.0.1:<port>/0`` (``rediss://`` with TLS; no password in it)."""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start the server and wait (at most 20 s) until it accepts connections."""
@@ -72,6 +81,21 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            cert, key = self.tls
+            args[2] = "0"  # no plain-text port
+            args += [
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-ca-cert-file",
+                str(cert),
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
         )
@@ -81,6 +105,8 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if self.tls:
+                        return  # accepting connections; the TLS handshake is the client's
                     s.sendall(b"PING\r\n")
                     if s.recv(64):
                         return

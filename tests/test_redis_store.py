@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -190,3 +191,57 @@ async def test_a_cancellation_redis_py_swallows_still_cancels_the_caller() -> No
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+async def test_tls_options_pass_through_and_verification_stays_on() -> None:
+    binary = require_redis_server()
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _self_signed(Path(tmp))
+        server = RedisServer(binary, Path(tmp), password="tls-s3cr3t", tls=(cert, key))
+        server.start()
+        try:
+            trusted = RedisStore(
+                server.url, password="tls-s3cr3t", client_options={"ssl_ca_certs": str(cert)}
+            )
+            await trusted.set("k", "over tls", ttl=5)
+            entry = await trusted.get("k")
+            assert entry is not None
+            assert entry.value == "over tls"
+            await trusted.close()
+            untrusted = RedisStore(server.url, password="tls-s3cr3t", op_timeout=5.0)
+            with pytest.raises(StateStoreError) as info:
+                await untrusted.get("k")
+            assert "tls-s3cr3t" not in str(info.value)
+            await untrusted.close()
+        finally:
+            server.stop()
