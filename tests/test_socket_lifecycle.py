@@ -177,3 +177,11 @@ async def test_closing_while_reconnecting_cancels_the_wait(clock: VirtualClock) 
     assert ws.state is SocketState.CLOSED
     assert dialer.dials == 1
     assert [e.name async for e in events] == ["closed"]
+
+
+async def test_a_socket_closed_right_after_start_ends_closed(clock: VirtualClock) -> None:
+    dialer = RefusingDialer()
+    ws = ResilientSocket(dialer, clock=clock).start()
+    await ws.close()
+    assert ws.state is SocketState.CLOSED
+    assert dialer.dials == 0

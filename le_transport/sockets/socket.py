@@ -255,6 +255,10 @@ class ResilientSocket:
         elif not owner.done() and self._life.state is not SocketState.OPEN:
             owner.cancel()
         await asyncio.wait({owner})
+        if self._life.state is not SocketState.CLOSED:
+            # The owner was cancelled before it ever ran (closed right after start()): its
+            # cleanup never happened, so it happens here.
+            await self._finish()
         return list(self._unsent)
 
     async def __aenter__(self) -> ResilientSocket:
@@ -674,11 +678,11 @@ class ResilientSocket:
             )
 
     async def _read(self, conn: Connection, epoch: int, lost: asyncio.Future[Disconnect]) -> None:
-        for text in conn.early_frames:
-            await self._dispatch(text, epoch)
         error: str | None = None
         close_code: int | None = None
         try:
+            for text in conn.early_frames:
+                await self._dispatch(text, epoch)
             while True:
                 msg = await conn.ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
@@ -694,8 +698,12 @@ class ResilientSocket:
                     if msg.type is aiohttp.WSMsgType.ERROR:
                         error = type(msg.data).__name__
                     break
-        except (aiohttp.ClientError, OSError) as exc:
+        except Exception as exc:
+            # Whatever stops the reader ends the connection: the owner must always learn
+            # that it is over, or it would wait on a dead connection forever.
             error = type(exc).__name__
+            if not isinstance(exc, (aiohttp.ClientError, OSError)):
+                _log.exception("%s: the reader failed; dropping the connection", self._name)
         if not lost.done():
             # A close frame is the only way to learn a code; aiohttp reports a bare EOF as
             # 1000, but without a close frame it is an abnormal drop (1006).
