@@ -37,12 +37,14 @@ from .providers import (
     UserLogin,
 )
 from .recovery import Recovery
+from .sockets import AuthPlacement, ResilientSocket, SocketOptions, SocketState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GUIDE_5XX_PAUSES",
     "AppLogin",
+    "AuthPlacement",
     "AuthProvider",
     "BackoffPolicy",
     "CircuitBreaker",
@@ -63,12 +65,15 @@ __all__ = [
     "OverloadGuard",
     "RealClock",
     "Recovery",
+    "ResilientSocket",
     "Response",
     "RetryEvent",
     "RetryBudget",
     "RetryMiddleware",
     "RetryPolicy",
     "SentinelClientCredentials",
+    "SocketOptions",
+    "SocketState",
     "StateEvent",
     "StaticBearer",
     "StaticDomains",
