@@ -55,7 +55,7 @@ async def main() -> None:
     hooks = EventHooks(on_state=[on_state])
     store = FallbackStore(
         RedisStore(
-            config["redis_url"], prefix=config["prefix"], op_timeout=config.get("op_timeout", 0.5)
+            config["redis_url"], prefix=config["prefix"], op_timeout=config.get("op_timeout", 5.0)
         ),
         retry_interval=0.2,
         hooks=hooks,

@@ -25,10 +25,14 @@ from .redis_server import RedisServer, redis_server, require_redis_server
 
 __all__ = ["redis_server"]
 
+#: Generous: these tests are about what the store does, not how fast, on a machine that may be
+#: loaded; a 0.25 s timeout there would turn a slow answer into a fallback.
+OP = 5.0
+
 
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    s = RedisStore(redis_server.url, prefix="test")
+    s = RedisStore(redis_server.url, prefix="test", op_timeout=OP)
     yield s
     await s.close()
 
@@ -41,7 +45,7 @@ async def test_values_are_stored_under_the_prefix_with_their_ttl(
     assert entry is not None
     assert entry.value == "{}"
     assert 0 < entry.ttl <= 30
-    other = RedisStore(redis_server.url, prefix="other")
+    other = RedisStore(redis_server.url, prefix="other", op_timeout=OP)
     try:
         assert await other.get(state_key("1", "domains")) is None
     finally:
@@ -101,15 +105,15 @@ async def test_password_passes_through_and_never_reaches_a_log(
         server.start()
         try:
             caplog.set_level(logging.DEBUG)
-            good = RedisStore(server.url, password="s3cr3t-pass")
+            good = RedisStore(server.url, password="s3cr3t-pass", op_timeout=OP)
             await good.set("k", "v", ttl=5)
             assert (await good.get("k")) is not None
             await good.close()
-            bad = FallbackStore(RedisStore(server.url, password="wrong-s3cr3t"))
+            bad = FallbackStore(RedisStore(server.url, password="wrong-s3cr3t", op_timeout=OP))
             await bad.set("k", "v", ttl=5)
             assert not bad.sharing
             await bad.close()
-            in_url = RedisStore(f"redis://:s3cr3t-pass@127.0.0.1:{server.port}/0")
+            in_url = RedisStore(f"redis://:s3cr3t-pass@127.0.0.1:{server.port}/0", op_timeout=OP)
             assert (await in_url.get("k")) is not None
             await in_url.close()
         finally:
@@ -122,7 +126,9 @@ async def test_password_passes_through_and_never_reaches_a_log(
 async def test_killed_redis_falls_back_and_restarted_redis_resumes_sharing(
     redis_server: RedisServer,
 ) -> None:
-    store = FallbackStore(RedisStore(redis_server.url), clock=RealClock(), retry_interval=0.05)
+    store = FallbackStore(
+        RedisStore(redis_server.url, op_timeout=OP), clock=RealClock(), retry_interval=0.05
+    )
     try:
         await store.set("k", "v", ttl=60)
         assert store.sharing
@@ -139,7 +145,7 @@ async def test_killed_redis_falls_back_and_restarted_redis_resumes_sharing(
         assert store.sharing
         assert store.fallbacks == 1
         assert store.recoveries == 1
-        direct = RedisStore(redis_server.url)
+        direct = RedisStore(redis_server.url, op_timeout=OP)
         assert (await direct.get("k2")) is not None
         await direct.close()
     finally:
@@ -155,7 +161,7 @@ async def test_sessions_in_two_stores_share_one_login(redis_server: RedisServer)
         await asyncio.sleep(0.05)
         return "token", 600.0
 
-    stores = [RedisStore(redis_server.url) for _ in range(5)]
+    stores = [RedisStore(redis_server.url, op_timeout=OP) for _ in range(5)]
     try:
         sessions = [SharedSession(s, account="1", user="bot", poll=0.01) for s in stores]
         tokens = await asyncio.gather(*(s.login(do_login) for s in sessions))
@@ -231,14 +237,17 @@ async def test_tls_options_pass_through_and_verification_stays_on() -> None:
         server.start()
         try:
             trusted = RedisStore(
-                server.url, password="tls-s3cr3t", client_options={"ssl_ca_certs": str(cert)}
+                server.url,
+                password="tls-s3cr3t",
+                op_timeout=OP,
+                client_options={"ssl_ca_certs": str(cert)},
             )
             await trusted.set("k", "over tls", ttl=5)
             entry = await trusted.get("k")
             assert entry is not None
             assert entry.value == "over tls"
             await trusted.close()
-            untrusted = RedisStore(server.url, password="tls-s3cr3t", op_timeout=5.0)
+            untrusted = RedisStore(server.url, password="tls-s3cr3t", op_timeout=OP)
             with pytest.raises(StateStoreError) as info:
                 await untrusted.get("k")
             assert "tls-s3cr3t" not in str(info.value)
