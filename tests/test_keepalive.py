@@ -151,3 +151,14 @@ async def test_http_keepalive_runs_every_interval_and_survives_a_failure(
     assert calls == [30.0, 60.0, 90.0]
     assert (task.runs, task.failures) == (3, 1)
     assert not task.running
+
+
+def test_outbound_idle_probes_a_quiet_client_even_while_frames_arrive() -> None:
+    guide = MESSAGING_AGENT_SDK_GETCLOCK
+    quiet_client = guide.decide(40.0, last_activity=39.0, last_sent=10.0)
+    assert quiet_client.step is KeepaliveStep.WAIT  # the guide's rule: frames arrived
+    outbound = Keepalive(
+        product="x", action=".GetClock", interval=30.0, timeout=10.0, outbound_idle=True
+    )
+    assert outbound.decide(40.0, last_activity=39.0, last_sent=10.0).step is KeepaliveStep.PROBE
+    assert outbound.decide(40.0, last_activity=39.0, last_sent=20.0).at == 50.0

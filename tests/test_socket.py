@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import attrs
 import pytest
 
 from le_transport import (
@@ -570,3 +571,20 @@ async def test_a_frame_nested_too_deep_for_the_parser_does_not_stop_the_reader(
         assert (await ws.request(".GetClock"))["code"] == 200
         deep = await ws.__anext__()
     assert deep == "[" * 100_000
+
+
+async def test_outbound_idle_keepalive_keeps_a_receive_only_socket_open_on_the_simulator(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # The simulator closes a socket whose client stays quiet for 60 s, however much it sends.
+    keepalive = attrs.evolve(MESSAGING_AGENT_SDK_GETCLOCK, outbound_idle=True)
+    options = SocketOptions(keepalive=keepalive)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options=options, on_frame=lambda f: None)
+        await ws.wait_open()
+        for _ in range(10):
+            await clock.sleep(20)
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {})
+    assert len(sim.sockets.all) == 1
+    probes = [f.get("type") for f in sim.sockets.all[0].received]
+    assert probes == [".GetClock"] * 6  # every 30 s of client silence in 200 s

@@ -83,6 +83,9 @@ class Keepalive:
       peer is declared dead within two intervals of its last frame.
     - ``transport``: :class:`KeepaliveTransport`; for HTTP, ``method``, ``path`` (a template
       with ``{account}``-style fields filled in by the caller) and ``params`` (query).
+    - ``outbound_idle``: also probe when the client sent nothing for an interval, even while
+      frames arrive (off by default: the guide's rule is "only when nothing arrived"). For a
+      server that closes a socket whose client stays quiet, as the simulator does after 60 s.
     """
 
     product: str
@@ -94,6 +97,7 @@ class Keepalive:
     method: str | None = None
     path: str | None = None
     params: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_params)
+    outbound_idle: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.timeout > self.interval:
@@ -117,13 +121,19 @@ class Keepalive:
         return attrs.evolve(self, interval=self.interval * factor, timeout=self.timeout * factor)
 
     def decide(
-        self, now: float, *, last_activity: float, probe_sent_at: float | None = None
+        self,
+        now: float,
+        *,
+        last_activity: float,
+        probe_sent_at: float | None = None,
+        last_sent: float | None = None,
     ) -> KeepaliveDecision:
         """Wait, probe, or declare the peer dead.
 
         ``last_activity`` is the time of the last sign of life (a frame received; for a
         keepalive that is not idle-driven, the last time the action ran). ``probe_sent_at``
         is when the outstanding probe was sent, if one is; any activity since then answers it.
+        ``last_sent`` (used with ``outbound_idle``) is when the client last sent a frame.
         """
         if probe_sent_at is not None and last_activity < probe_sent_at:
             deadline = probe_sent_at + self.timeout
@@ -134,12 +144,13 @@ class Keepalive:
                     f"{self.action} unanswered for {self.timeout:g} s",
                 )
             return KeepaliveDecision(KeepaliveStep.WAIT, deadline, "waiting for the answer")
-        due = last_activity + self.interval
+        since = last_activity
+        if self.outbound_idle and last_sent is not None:
+            since = min(last_activity, last_sent)
+        due = since + self.interval
         if now >= due:
             idle = "idle" if self.only_when_idle else "due"
-            return KeepaliveDecision(
-                KeepaliveStep.PROBE, now, f"{idle} for {now - last_activity:g} s"
-            )
+            return KeepaliveDecision(KeepaliveStep.PROBE, now, f"{idle} for {now - since:g} s")
         return KeepaliveDecision(KeepaliveStep.WAIT, due, "not idle long enough")
 
 

@@ -30,6 +30,7 @@ async def watch_socket(
     clock: Clock,
     probe: Callable[[], Awaitable[object]],
     last_activity: Callable[[], float],
+    last_sent: Callable[[], float] | None = None,
     name: str = "socket",
 ) -> float:
     """Keep one connection alive until its peer is found dead; returns when the probe sent.
@@ -44,7 +45,10 @@ async def watch_socket(
         while True:
             now = clock.now()
             decision = policy.decide(
-                now, last_activity=last_activity(), probe_sent_at=probe_sent_at
+                now,
+                last_activity=last_activity(),
+                probe_sent_at=probe_sent_at,
+                last_sent=None if last_sent is None else last_sent(),
             )
             if decision.step is KeepaliveStep.DEAD:
                 _log.warning(

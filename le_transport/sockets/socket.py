@@ -157,6 +157,7 @@ class ResilientSocket:
         self._closing = False
         self._error: SocketClosed | None = None
         self._last_activity = 0.0
+        self._last_sent = 0.0
         self._unsent: list[str] = []
         #: Connections opened so far (the first one included).
         self.connects = 0
@@ -345,7 +346,7 @@ class ResilientSocket:
             if request_id is not None:
                 self._pending.sent(request_id, direct[1])
             try:
-                await conn.send_text(text)
+                await self._write(conn, text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
                 self._connection_broke(direct[1], exc)
                 raise SocketClosed("the connection was lost during on_connect") from None
@@ -355,7 +356,7 @@ class ResilientSocket:
             if request_id is not None:
                 self._pending.sent(request_id, epoch)
             try:
-                await conn.send_text(text)
+                await self._write(conn, text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
                 # aiohttp refuses to write to a closing transport before writing anything:
                 # the message never left, so it waits for the next connection, first in line.
@@ -367,6 +368,10 @@ class ResilientSocket:
             return True
         self._outbox.put(Outgoing(text, request_id))
         return False
+
+    async def _write(self, conn: Connection, text: str) -> None:
+        await conn.send_text(text)
+        self._last_sent = self._clock.now()
 
     def _connection_broke(self, epoch: int, exc: BaseException) -> None:
         lost = self._lost
@@ -564,7 +569,7 @@ class ResilientSocket:
         epoch = self._life.to(SocketState.OPEN)
         self.connects += 1
         opened_at = self._clock.now()
-        self._last_activity = opened_at
+        self._last_activity = self._last_sent = opened_at
         lost: asyncio.Future[Disconnect] = loop.create_future()
         self._lost, self._conn = lost, conn
         reader = loop.create_task(self._read(conn, epoch, lost), name=f"{self._name} reader")
@@ -603,6 +608,7 @@ class ResilientSocket:
                             clock=self._clock,
                             probe=lambda: self.request(ka.action, {}, timeout=ka.timeout),
                             last_activity=lambda: self._last_activity,
+                            last_sent=lambda: self._last_sent,
                             name=self._name,
                         )
                     )
@@ -661,7 +667,7 @@ class ResilientSocket:
             if item.request_id is not None:
                 self._pending.sent(item.request_id, epoch)
             try:
-                await conn.send_text(item.text)
+                await self._write(conn, item.text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
                 if item.request_id is not None:
                     self._pending.sent(item.request_id, None)
