@@ -470,3 +470,23 @@ async def test_restart_keeps_the_port_and_the_sessions(
     headers = {"Authorization": f"Bearer {body['bearer']}"}
     async with http.get(f"{sim.url}{USERS}", headers=headers) as resp:
         assert resp.status == 200
+
+
+async def test_the_fault_header_is_ignored_unless_enabled_then_forces_the_named_rule(
+    clock: VirtualClock,
+) -> None:
+    rule = FaultRule("teapot", Status(418), match=Match(path="/nowhere"))
+    headers = {"X-LE-Fault": "teapot"}
+    url_path = f"/api/account/{ACC}/service/baseURI.json"
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        sim.faults.add(rule)
+        async with http.get(sim.url + url_path, headers=headers) as resp:
+            assert resp.status == 200
+    config = SimulatorConfig(fault_header=True)
+    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+        sim.faults.add(rule)
+        async with http.get(sim.url + url_path, headers=headers) as resp:
+            assert resp.status == 418
+        async with http.get(sim.url + url_path, headers={"X-LE-Fault": "no-such-rule"}) as resp:
+            assert resp.status == 200
+        assert [d.outcome for d in sim.faults.log] == ["forced"]

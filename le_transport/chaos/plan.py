@@ -535,7 +535,8 @@ class FaultDecision:
     """One entry of the decision log: a rule's verdict on one of its matching units.
 
     ``outcome`` is ``inject``, ``pass`` (outside the window, or a sequence's pass), ``skipped``
-    (the draw was above ``p``) or ``shadowed`` (an earlier rule injected on the same unit).
+    (the draw was above ``p``), ``shadowed`` (an earlier rule injected on the same unit) or
+    ``forced`` (a per-request override named the rule; ``index`` is then -1).
     """
 
     rule_id: str
@@ -614,9 +615,31 @@ class FaultRun:
             )
         return chosen
 
+    def force(
+        self, rule_id: str, *, unit: str, method: str, path: str, at: float | None = None
+    ) -> Injection | None:
+        """Inject rule ``rule_id``'s fault now, whatever its schedule and ``p`` say (the
+        per-request override a simulator or proxy may allow); None if there is no such rule.
+        Logged as ``forced``; the rule's counter does not move."""
+        rule = next((r for r in self.plan.rules if r.id == rule_id), None)
+        if rule is None:
+            return None
+        fault = rule.fault
+        if fault is None and rule.sequence is not None:
+            fault = next((f for f in rule.sequence if f is not None), None)
+        if fault is None:
+            return None
+        delay = fault.delay_ms / 1000.0 if isinstance(fault, Delay) else 0.0
+        self.log.append(
+            FaultDecision(
+                rule.id, unit, -1, "forced", fault.kind, method.upper(), redact_url(path), at
+            )
+        )
+        return Injection(rule.id, -1, fault, delay)
+
     def injected(self) -> list[FaultDecision]:
-        """The decisions that injected a fault."""
-        return [d for d in self.log if d.outcome == "inject"]
+        """The decisions that injected a fault (forced ones included)."""
+        return [d for d in self.log if d.outcome in ("inject", "forced")]
 
     def count(self, rule_id: str) -> int:
         """How many units rule ``rule_id`` has matched so far."""

@@ -130,6 +130,9 @@ class SimulatorConfig:
     - ``oauth1_timestamp_window``: if set, OAuth 1.0 timestamps further than this many seconds
       from the simulator's time are refused. Off by default: a virtual clock's time need not
       match the client's wall clock.
+    - ``fault_header``: honour ``X-LE-Fault: <rule id>`` on a request: that rule's fault is
+      injected whatever its schedule says (Envoy's header faults). Off by default: any client
+      could then fail the simulator's answers on purpose.
     - ``echo_published``: after a ``PublishEvent`` the server also sends the message back as a
       ``.ams.ms.MessagingEventNotification`` on the same socket, as LiveEngage does for the
       conversation's subscribers.
@@ -144,6 +147,7 @@ class SimulatorConfig:
     public_scheme: str | None = None
     oauth1_timestamp_window: float | None = None
     echo_published: bool = True
+    fault_header: bool = False
 
     def account(self, account_id: str) -> Account | None:
         """The account with this id, if the simulator serves it."""

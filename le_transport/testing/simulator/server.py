@@ -58,9 +58,12 @@ from .auth import LoginSession, TokenStore
 from .config import SERVICES, Account, SimulatorConfig
 from .sockets import SocketHub
 
-__all__ = ["RecordedRequest", "SimFaults", "Simulator"]
+__all__ = ["FAULT_HEADER", "RecordedRequest", "SimFaults", "Simulator"]
 
 _log = logging.getLogger("le_transport.simulator")
+
+#: The per-request override header (off unless ``SimulatorConfig.fault_header``).
+FAULT_HEADER = "X-LE-Fault"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -364,14 +367,26 @@ class Simulator:
         name = route.name or ""
         service = name.split(".", 1)[0] if name and not name.startswith("csds.") else None
         path = redact_url(request.rel_url.with_query(None))
-        injection = self.faults.run.decide(
-            "request",
-            method=request.method,
-            path=request.path,
-            service=service,
-            at=self.clock.now(),
-            kinds=HTTP_FAULTS,
-        )
+        forced = request.headers.get(FAULT_HEADER) if self.config.fault_header else None
+        if forced:
+            injection = self.faults.run.force(
+                forced,
+                unit="request",
+                method=request.method,
+                path=request.path,
+                at=self.clock.now(),
+            )
+            if injection is not None and injection.fault.kind not in HTTP_FAULTS:
+                injection = None
+        else:
+            injection = self.faults.run.decide(
+                "request",
+                method=request.method,
+                path=request.path,
+                service=service,
+                at=self.clock.now(),
+                kinds=HTTP_FAULTS,
+            )
         self.requests.append(
             RecordedRequest(
                 method=request.method,
