@@ -85,7 +85,7 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
             r"(?i)\b([a-z_]*(?:password|secret|token|bearer|csrf|jwt|session_id|sessionid|"
-            r"apikey|appkey|authcode|wsuk)[a-z_]*)(\"?\s*[:=]\s*\"?)([^\"&,\s}]+)"
+            r"apikey|appkey|authcode|wsuk)[a-z_]*)([\"']?\s*[:=]\s*[\"']?)([^\"'&,\s}]+)"
         ),
         rf"\1\2{REDACTED}",
     ),

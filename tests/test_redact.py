@@ -143,6 +143,24 @@ def test_deeply_nested_json_gives_an_excerpt_not_an_exception(depth: int) -> Non
     assert excerpt.startswith("[[")
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "{k}={s}",
+        "{k}: {s}",
+        "{k} = {s}",
+        '"{k}": "{s}"',
+        '"{k}":"{s}"',
+        "'{k}': '{s}'",  # a Python dict's repr, as logging a dict with %r shows it
+        "https://h.example/x?{k}={s}&v=1",
+    ],
+)
+@pytest.mark.parametrize("key", ["password", "access_token", "csrf", "jwt", "client_secret"])
+def test_key_value_credentials_are_scrubbed_in_every_quoting(form: str, key: str) -> None:
+    text = "before " + form.format(k=key, s=PASSWORD) + " after"
+    assert PASSWORD not in redact_text(text)
+
+
 def test_long_bodies_are_cut() -> None:
     excerpt = body_excerpt(b"x" * 10_000, limit=50)
     assert len(excerpt) == 51
