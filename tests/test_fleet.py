@@ -27,6 +27,10 @@ from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]
 
+#: Twenty Python processes start on a machine that may have two cores: above the suite's
+#: 180 s per test, never a timing the test asserts.
+pytestmark = pytest.mark.timeout(600)
+
 FLEET = 20
 ACCOUNT = "99887766"
 USER = "fleet-bot"
