@@ -237,7 +237,10 @@ class Simulator:
         if self._runner is not None:
             return
         self._closing = asyncio.Event()
-        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
+        # handler_cancellation: a hang ends when its client gives up, not at shutdown.
+        runner = web.AppRunner(
+            self._app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(
             runner, self._bind_host, self._port, ssl_context=self._ssl, reuse_address=True
