@@ -13,6 +13,7 @@ import email.utils
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -475,6 +476,31 @@ async def test_connection_refused_is_retried_even_for_post_because_it_never_left
     assert last.never_sent is True
     assert [a.outcome.kind for a in info.value.attempts] == [OutcomeKind.CONNECT_FAILED] * 4
     assert [a.pause for a in info.value.attempts] == [5.0, 10.0, 15.0, None]
+
+
+async def test_a_tls_certificate_rejection_is_final_and_never_retried(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    """The peer is not who it claims to be: retrying cannot fix that, for any method."""
+    from le_transport.testing.simulator.serve import self_signed_certificate, server_tls_context
+
+    cert, key = self_signed_certificate(tmp_path)
+    script = Script(200)
+    runner = web.AppRunner(script.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls_context(cert, key))
+    await site.start()
+    host = f"127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with Engine({"svc": host}, clock=clock) as engine:
+            with pytest.raises(ConnectionFailed) as info:
+                await engine.request("GET", "svc", "/x")
+    finally:
+        await runner.cleanup()
+    assert info.value.never_sent is True
+    assert [a.outcome.kind for a in info.value.attempts] == [OutcomeKind.TLS_REJECTED]
+    assert script.hits == 0
+    assert clock.now() == 0.0
 
 
 # -- timeouts -----------------------------------------------------------------------------
