@@ -28,6 +28,7 @@ from le_transport.chaos import (
     fault_from_dict,
 )
 from le_transport.errors import ConfigurationError
+from le_transport.testing import VirtualClock
 
 ALL_KINDS: list[Fault] = [
     Status(503, retry_after=5, body='{"e":1}', headers={"X-Test": "1"}),
@@ -206,16 +207,68 @@ _faults = st.one_of(
     faults=st.lists(_faults, max_size=6),
     p=st.floats(0, 1),
     skip=st.integers(0, 10),
+    window=st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6))),
 )
 def test_every_plan_survives_a_json_round_trip(
-    seed: int, faults: list[Fault], p: float, skip: int
+    seed: int, faults: list[Fault], p: float, skip: int, window: tuple[int, int] | None
 ) -> None:
     """Invariant: from_dict(json(to_dict(plan))) == plan, for every plan."""
     plan = FaultPlan(
         seed=seed,
         rules=[
-            FaultRule(f"r{i}", f, p=p, schedule=Schedule(skip_first=skip))
+            FaultRule(
+                f"r{i}",
+                f,
+                p=p,
+                schedule=Schedule(
+                    skip_first=skip,
+                    after_ms=None if window is None else window[0],
+                    for_ms=None if window is None else window[1],
+                ),
+            )
             for i, f in enumerate(faults)
         ],
     )
     assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_a_time_window_puts_a_rule_in_force_only_between_after_and_after_plus_for() -> None:
+    rule = FaultRule("outage", Status(503), schedule=Schedule(after_ms=10_000, for_ms=60_000))
+    run = FaultRun(FaultPlan(rules=[rule]), origin=100.0)
+
+    def at(t: float) -> str | None:
+        injection = run.decide("request", method="GET", path="/x", at=t)
+        return None if injection is None else injection.fault.kind
+
+    assert [at(100.0), at(109.9), at(110.0), at(169.9), at(170.0)] == [
+        None,
+        None,
+        "status",
+        "status",
+        None,
+    ]
+
+
+def test_count_and_time_windows_must_both_hold() -> None:
+    rule = FaultRule("r", Reset(), schedule=Schedule(skip_first=1, fail_next=1, after_ms=0))
+    run = FaultRun(FaultPlan(rules=[rule]))
+    kinds = [run.decide("request", method="GET", path="/", at=float(t)) for t in range(3)]
+    assert [k is not None for k in kinds] == [False, True, False]
+
+
+async def test_a_simulated_outage_window_runs_on_the_virtual_clock(clock: VirtualClock) -> None:
+    from le_transport import Engine
+    from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
+
+    plan = FaultPlan(
+        rules=[FaultRule("down", Status(503), schedule=Schedule(after_ms=0, for_ms=12_000))]
+    )
+    async with (
+        Simulator(clock=clock, plan=plan) as sim,
+        Engine(sim.domains, scheme="http", clock=clock) as engine,
+    ):
+        await engine.request(
+            "GET", "agentVep", f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+        )
+    assert [r.fault for r in sim.requests] == ["status", "status", None]
+    assert [r.at for r in sim.requests] == [0.0, 5.0, 15.0]

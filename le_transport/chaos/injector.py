@@ -79,7 +79,8 @@ class FaultInjector:
     _run: FaultRun = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_run", FaultRun(self.plan))
+        # Time windows in the plan count from the injector's creation.
+        object.__setattr__(self, "_run", FaultRun(self.plan, origin=self.clock.now()))
 
     @classmethod
     def seeded(cls, seed: int, *rules: FaultRule, clock: Clock | None = None) -> FaultInjector:

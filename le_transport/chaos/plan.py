@@ -342,13 +342,29 @@ class Match:
         return fnmatch.fnmatchcase(path, self.path)
 
 
+def _optional_ms(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            _non_negative_number(name)(instance, attribute, value)
+
+    return check
+
+
 @attrs.frozen
 class Schedule:
-    """A window over a rule's matching units (0-based count): skip the first ``skip_first``,
-    then fault the next ``fail_next`` (None: every one after), then pass."""
+    """When a rule is in force.
+
+    - A window over its matching units (0-based count): skip the first ``skip_first``, then
+      fault the next ``fail_next`` (None: every one after), then pass.
+    - Optionally a window in time, on the run's clock, measured from the run's origin (when
+      the simulator or injector was made): from ``after_ms`` for ``for_ms`` (None: for ever).
+      Both windows must hold.
+    """
 
     skip_first: int = attrs.field(default=0, validator=_non_negative_int("skip_first"))
     fail_next: int | None = attrs.field(default=None)
+    after_ms: float | None = attrs.field(default=None, validator=_optional_ms("after_ms"))
+    for_ms: float | None = attrs.field(default=None, validator=_optional_ms("for_ms"))
 
     @fail_next.validator
     def _check(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
@@ -356,10 +372,22 @@ class Schedule:
             _non_negative_int("fail_next")(self, attribute, value)
 
     def covers(self, index: int) -> bool:
-        """Whether the unit with this 0-based index is inside the window."""
+        """Whether the unit with this 0-based index is inside the count window."""
         if index < self.skip_first:
             return False
         return self.fail_next is None or index < self.skip_first + self.fail_next
+
+    @property
+    def timed(self) -> bool:
+        """Whether there is a time window."""
+        return self.after_ms is not None or self.for_ms is not None
+
+    def in_time(self, elapsed_ms: float) -> bool:
+        """Whether ``elapsed_ms`` since the run's origin is inside the time window."""
+        start = self.after_ms or 0.0
+        if elapsed_ms < start:
+            return False
+        return self.for_ms is None or elapsed_ms < start + self.for_ms
 
 
 def _probability(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -437,6 +465,8 @@ class FaultRule:
             out["schedule"] = {
                 "skip_first": self.schedule.skip_first,
                 "fail_next": self.schedule.fail_next,
+                "after_ms": self.schedule.after_ms,
+                "for_ms": self.schedule.for_ms,
             }
         return out
 
@@ -561,8 +591,10 @@ class FaultRun:
     whose schedule and draw say "inject" wins, and every matching rule's counter advances.
     """
 
-    def __init__(self, plan: FaultPlan) -> None:
+    def __init__(self, plan: FaultPlan, *, origin: float | None = None) -> None:
         self.plan = plan
+        #: The clock time time windows are measured from (default: the first decision's).
+        self.origin = origin
         self._counts: dict[str, int] = {}
         #: Every decision, in order.
         self.log: list[FaultDecision] = []
@@ -580,6 +612,9 @@ class FaultRun:
         """Decide for one unit. ``kinds`` limits the fault kinds this caller can apply; a rule
         whose fault is of another kind does not match. ``at`` is the clock time, logged."""
         chosen: Injection | None = None
+        if self.origin is None and at is not None:
+            self.origin = at
+        elapsed_ms = 0.0 if at is None or self.origin is None else (at - self.origin) * 1000.0
         for rule in self.plan.rules:
             if rule.unit != unit or not rule.match.matches(method, path, service):
                 continue
@@ -588,6 +623,8 @@ class FaultRun:
             index = self._counts.get(rule.id, 0)
             self._counts[rule.id] = index + 1
             fault = rule.scheduled(index)
+            if fault is not None and rule.schedule.timed and not rule.schedule.in_time(elapsed_ms):
+                fault = None
             if fault is None:
                 outcome = "pass"
             elif rule.p < 1.0 and draw(self.plan.seed, rule.id, index) >= rule.p:
@@ -645,10 +682,12 @@ class FaultRun:
         """How many units rule ``rule_id`` has matched so far."""
         return self._counts.get(rule_id, 0)
 
-    def reset(self, plan: FaultPlan | None = None) -> None:
-        """Start over (with ``plan``, if given): counters and log cleared."""
+    def reset(self, plan: FaultPlan | None = None, *, origin: float | None = None) -> None:
+        """Start over (with ``plan``, if given): counters and log cleared, time windows
+        measured from ``origin`` (default: the next decision's time)."""
         if plan is not None:
             self.plan = plan
+        self.origin = origin
         self._counts.clear()
         self.log.clear()
 

@@ -87,8 +87,8 @@ class RecordedRequest:
 class SimFaults:
     """The simulator's fault script: a :class:`FaultPlan` being applied, and its decision log."""
 
-    def __init__(self, plan: FaultPlan | None = None) -> None:
-        self.run = FaultRun(plan or FaultPlan())
+    def __init__(self, plan: FaultPlan | None = None, *, origin: float | None = None) -> None:
+        self.run = FaultRun(plan or FaultPlan(), origin=origin)
         self._auto = 0
 
     @property
@@ -101,9 +101,10 @@ class SimFaults:
         """The decision log (:class:`~le_transport.chaos.FaultDecision` entries)."""
         return self.run.log
 
-    def load(self, plan: FaultPlan) -> None:
-        """Replace the plan (counters and log start over)."""
-        self.run.reset(plan)
+    def load(self, plan: FaultPlan, *, origin: float | None = None) -> None:
+        """Replace the plan (counters and log start over; time windows count from
+        ``origin``, default the next request's time)."""
+        self.run.reset(plan, origin=origin)
 
     def add(self, rule: FaultRule) -> FaultRule:
         """Add a rule to the plan (its counter starts at 0)."""
@@ -171,7 +172,8 @@ class Simulator:
         self._bind_host = host
         self._port = port
         self._ssl = ssl
-        self.faults = SimFaults(plan)
+        # Time windows in the plan count from the simulator's creation.
+        self.faults = SimFaults(plan, origin=self.clock.now())
         epoch = time.time() - self.clock.now() if epoch is None else epoch
         self.tokens = TokenStore(self.clock, epoch)
         self.sockets = SocketHub(self)
