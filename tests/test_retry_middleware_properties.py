@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from le_transport import (
     BlockedError,
     ClientStatusError,
+    ConnectionFailed,
     Engine,
     RetriesExhausted,
     RetryPolicy,
@@ -27,6 +28,8 @@ from le_transport import (
 from le_transport.testing import VirtualClock
 
 STATUSES = [200, 201, 400, 401, 404, 429, 451, 500, 502, 503, 504]
+#: A connection reset before any answer, in a scripted sequence.
+RESET = -1
 GUIDE = (5.0, 10.0, 15.0)
 
 sequences = st.lists(st.sampled_from(STATUSES), min_size=1, max_size=6)
@@ -50,6 +53,13 @@ def guide(statuses: list[int], method: str, pauses: tuple[float, ...] = GUIDE) -
     taken: list[float] = []
     for n in range(1, len(pauses) + 2):
         status = statuses[n - 1] if n <= len(statuses) else 200
+        if status == RESET:
+            if method == "POST":
+                return Expected(n, tuple(taken), ConnectionFailed)
+            if n == len(pauses) + 1:
+                return Expected(n, tuple(taken), RetriesExhausted)
+            taken.append(pauses[n - 1])
+            continue
         if status < 400:
             return Expected(n, tuple(taken), None)
         if status == 451:
@@ -142,3 +152,47 @@ def test_the_real_stack_follows_configured_pauses_of_any_length(
     observed = asyncio.run(run_call(statuses, "GET", RetryPolicy(pauses=pauses)))
     assert observed.hits == expected.attempts <= len(pauses) + 1
     assert observed.elapsed == sum(expected.pauses)
+
+
+async def run_raw_call(script: list[int], method: str) -> Observed:
+    """Like :func:`run_call`, on a raw server that can also reset the connection."""
+    from tests.test_retry_middleware import raw_server
+
+    replies = list(script)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        status = replies.pop(0) if replies else 200
+        if status == RESET:
+            writer.transport.abort()
+            return
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+        await writer.drain()
+
+    clock = VirtualClock()
+    error: BaseException | None = None
+    async with (
+        raw_server(answer) as (host, hits),
+        Engine({"svc": host}, scheme="http", clock=clock) as engine,
+    ):
+        try:
+            await engine.request(method, "svc", "/x", json={"n": 1})
+        except TransportError as exc:
+            error = exc
+    return Observed(hits=len(hits), elapsed=clock.now(), error=error, pauses=())
+
+
+@RUNS
+@given(st.lists(st.sampled_from([RESET, *STATUSES]), min_size=1, max_size=6), methods)
+def test_resets_and_statuses_mixed_follow_the_guide_on_the_real_stack(
+    script: list[int], method: str
+) -> None:
+    """Invariant: with connection resets mixed into any status sequence, a GET or PUT retries a
+    reset like a 5xx, a POST fails on it at once, and pauses stay a prefix of (5, 10, 15)."""
+    expected = guide(script, method)
+    observed = asyncio.run(run_raw_call(script, method))
+    assert observed.hits == expected.attempts <= 4
+    assert observed.elapsed == sum(expected.pauses)
+    if expected.error is None:
+        assert observed.error is None
+    else:
+        assert type(observed.error) is expected.error
