@@ -34,4 +34,4 @@ def _run_suite(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_another_package_uses_the_fixtures_with_injected_faults(tmp_path: Path) -> None:
     result = _run_suite(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert "5 passed" in result.stdout

@@ -3,13 +3,15 @@
 It only defines fixtures, so it changes nothing until a test asks for one:
 
 - ``le_clock``: a fresh :class:`~le_transport.testing.VirtualClock` (pauses cost no time).
+- ``le_simulator_config``: the simulator's :class:`~le_transport.testing.simulator.SimulatorConfig`
+  (the defaults; override the fixture for other accounts, TTLs or a public address).
 - ``le_simulator``: a running :class:`~le_transport.testing.simulator.Simulator` on
   ``le_clock``, stopped after the test.
 - ``le_fault_seed``: the seed of ``le_fault_injector`` (0; override the fixture to change it).
 - ``le_fault_injector``: a seeded :class:`~le_transport.chaos.FaultInjector` on ``le_clock``,
   with no rules until the test adds some (``le_fault_injector.add(FaultRule(...))``).
 - ``le_engine``: an :class:`~le_transport.Engine` pointed at ``le_simulator``, on ``le_clock``,
-  logged in (on first use) as the simulator's default agent, with ``le_fault_injector`` as its
+  logged in (on first use) as the simulator account's first user, with ``le_fault_injector`` as its
   wire middleware. Build your own ``Engine(le_simulator.domains, ...)`` for another setup.
 
 The async fixtures need pytest-asyncio (strict or auto mode).
@@ -26,7 +28,7 @@ from ..chaos import FaultInjector
 from ..engine import Engine
 from ..providers import StaticDomains, UserLogin
 from .clock import VirtualClock
-from .simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from .simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator, SimulatorConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,10 +51,18 @@ def le_clock() -> VirtualClock:
     return VirtualClock()
 
 
+@pytest.fixture
+def le_simulator_config() -> SimulatorConfig:
+    """The simulator's configuration. Override this fixture to change it."""
+    return SimulatorConfig()
+
+
 @_async_fixture
-async def le_simulator(le_clock: VirtualClock) -> AsyncIterator[Simulator]:
+async def le_simulator(
+    le_clock: VirtualClock, le_simulator_config: SimulatorConfig
+) -> AsyncIterator[Simulator]:
     """A LiveEngage simulator on loopback, on ``le_clock``; stopped after the test."""
-    async with Simulator(clock=le_clock) as sim:
+    async with Simulator(le_simulator_config, clock=le_clock) as sim:
         yield sim
 
 
@@ -75,9 +85,9 @@ async def le_engine(
     """An engine pointed at ``le_simulator``, logging in as its default agent, with
     ``le_fault_injector`` on the wire."""
     domains = StaticDomains(le_simulator.domains)
-    auth = UserLogin(
-        le_simulator.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
-    )
+    account = le_simulator.account
+    user, password = next(iter(account.users.items()), (DEFAULT_USER, DEFAULT_PASSWORD))
+    auth = UserLogin(account.id, user, password, domains=domains, keepalive=False)
     async with Engine(
         domains,
         scheme=le_simulator.scheme,
