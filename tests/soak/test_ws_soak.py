@@ -64,6 +64,8 @@ DROPS: dict[str, int] = {
     "silent peer": 2,
 }
 RESTART = "server restart"
+# Closes that mean "re-authenticate first" (LivePerson's SDK treats 1011 so too).
+AUTH_CLOSES = frozenset({"close 1011", "close 4401", "close 4407"})
 # A restart drops every open socket at once; it is drawn so that about this share of all
 # drops come from restarts, whatever the number of sockets.
 RESTART_SHARE = 0.2
@@ -191,62 +193,81 @@ async def test_ws_chaos_soak_every_drop_reconnects_and_no_message_is_lost(
                             own.uniform(2.0, 10.0) if long_run else own.uniform(0.2, 1.5)
                         )
 
+                dropped = 0
+                held_sockets = 0
+
+                async def chaos() -> None:
+                    nonlocal dropped, held_sockets
+
+                    def client_of(sock: SimSocket) -> int | None:
+                        for frame in sock.subscriptions:
+                            body = frame.get("body")
+                            if isinstance(body, dict) and isinstance(body.get("client"), int):
+                                return int(body["client"])
+                        return None
+
+                    names = list(DROPS)
+                    weights = [DROPS[k] for k in names]
+                    events = 0
+                    restart_p = RESTART_SHARE / (n_sockets * (1 - RESTART_SHARE) + RESTART_SHARE)
+                    while dropped < target:
+                        await clock.sleep(rng.uniform(0.5, 3.0))
+                        candidates = [
+                            (s, c)
+                            for s in sim.sockets.open
+                            if not s.silent and s.id not in hit and (c := client_of(s)) is not None
+                        ]
+                        if not candidates:
+                            continue
+                        if events < len(names) + 1:
+                            # Every kind at least once, whatever the draws: then at random.
+                            kind = [*names, RESTART][events]
+                        elif rng.random() < restart_p:
+                            kind = RESTART
+                        else:
+                            kind = rng.choices(names, weights)[0]
+                        if kind in AUTH_CLOSES:
+                            # The library gives up (SocketAuthFailed) when fresh credentials are
+                            # rejected again and again: revoke only a connection that has been
+                            # healthy, as a server revoking a token would.
+                            now = clock.now()
+                            candidates = [
+                                (s, c)
+                                for s, c in candidates
+                                if now - s.opened_at >= options.healthy_after
+                            ]
+                            if not candidates:
+                                continue
+                        events += 1
+                        victims = candidates if kind == RESTART else [rng.choice(candidates)]
+                        for s, c in victims:
+                            hit.add(s.id)
+                            applied[c] += 1
+                            drops.append((kind, c, opens[c], losses[c]))
+                        dropped += len(victims)
+                        if kind == RESTART:
+                            await sim.restart(down_for=RESTART_DOWN_FOR)
+                        else:
+                            await _apply(kind, victims[0][0])
+                        for name, share in (("second tenth", 0.2), ("last tenth", 0.9)):
+                            if name not in memory.samples and dropped >= target * share:
+                                # Sample when the dust has settled: every socket back and idle.
+                                for ws in sockets:
+                                    await ws.wait_open(timeout=600)
+                                await clock.sleep(1.0)
+                                forget_clock_history(clock)
+                                closed_ids.update(_prune_closed(sim))
+                                memory.sample(name)
+                                held_sockets = socket_fds() - sockets_before
+
                 publishers = [
                     asyncio.ensure_future(publisher(i, ws)) for i, ws in enumerate(sockets)
                 ]
-
-                def client_of(sock: SimSocket) -> int | None:
-                    for frame in sock.subscriptions:
-                        body = frame.get("body")
-                        if isinstance(body, dict) and isinstance(body.get("client"), int):
-                            return int(body["client"])
-                    return None
-
-                dropped = 0
-                names = list(DROPS)
-                weights = [DROPS[k] for k in names]
-                events = 0
-                restart_p = RESTART_SHARE / (n_sockets * (1 - RESTART_SHARE) + RESTART_SHARE)
-                while dropped < target:
-                    await clock.sleep(rng.uniform(0.5, 3.0))
-                    candidates = [
-                        (s, c)
-                        for s in sim.sockets.open
-                        if not s.silent and s.id not in hit and (c := client_of(s)) is not None
-                    ]
-                    if not candidates:
-                        continue
-                    events += 1
-                    if events <= len(names) + 1:
-                        # Every kind at least once, whatever the draws: then at random.
-                        kind = [*names, RESTART][events - 1]
-                    elif rng.random() < restart_p:
-                        kind = RESTART
-                    else:
-                        kind = rng.choices(names, weights)[0]
-                    victims = candidates if kind == RESTART else [rng.choice(candidates)]
-                    for s, c in victims:
-                        hit.add(s.id)
-                        applied[c] += 1
-                        drops.append((kind, c, opens[c], losses[c]))
-                    dropped += len(victims)
-                    if kind == RESTART:
-                        await sim.restart(down_for=RESTART_DOWN_FOR)
-                    else:
-                        await _apply(kind, victims[0][0])
-                    for name, share in (("second tenth", 0.2), ("last tenth", 0.9)):
-                        if name not in memory.samples and dropped >= target * share:
-                            # Sample when the dust has settled: every socket back and idle.
-                            for ws in sockets:
-                                await ws.wait_open(timeout=600)
-                            await clock.sleep(1.0)
-                            forget_clock_history(clock)
-                            closed_ids.update(_prune_closed(sim))
-                            memory.sample(name)
-                            held_sockets = socket_fds() - sockets_before
-
-                stop.set()
-                await asyncio.gather(*publishers)
+                try:
+                    await chaos()
+                finally:
+                    stop.set()
+                    await asyncio.gather(*publishers, return_exceptions=True)
                 for ws in sockets:
                     await ws.wait_open(timeout=600)
                 # The last echoes are on their way: let them arrive.
