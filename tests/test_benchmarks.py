@@ -57,11 +57,15 @@ def test_every_storm_variant_brings_the_whole_dropped_fleet_back() -> None:
         assert r["lone"]["back"] == 1, name
 
 
-def test_every_policy_decision_is_timed() -> None:
+def test_every_policy_decision_and_our_own_per_call_cost_is_timed() -> None:
     result = policy_cost.run("tiny", raw_call_us=500.0)
     timed = result["data"]["ns_per_call"]
     assert set(timed) == set(policy_cost.decisions())
     assert all(ns > 0 for ns in timed.values())
+    # The engine's own cost per call, measured on a stub wire: a number for each path.
+    own = result["data"]["own_us_per_call"]
+    assert len(own) == 3
+    assert all(us == us for us in own.values())  # not NaN: every path ran
 
 
 def test_worst_window_counts_the_densest_stretch_of_arrivals() -> None:
