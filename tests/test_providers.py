@@ -268,6 +268,8 @@ def test_validate_host_accepts_a_bare_hostname_with_an_optional_port(host: str) 
         "evil.example?q=1",
         "evil.example#frag",
         "-leading.dash",
+        "[:::::]",
+        "[1.2.3.4]",
     ],
 )
 def test_validate_host_refuses_anything_but_a_bare_hostname(host: str) -> None:

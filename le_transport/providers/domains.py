@@ -7,6 +7,7 @@ fixed mapping (custom endpoints, local servers, tests).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
@@ -37,7 +38,10 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
         )
     # fullmatch: '$' alone would let a trailing newline through.
     m = _HOST.fullmatch(host)
-    if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
+    if m is None or (
+        (m.group("port") is not None and not 0 < int(m.group("port")) < 65536)
+        or (host.startswith("[") and not _is_ipv6(host[1:].partition("]")[0]))
+    ):
         shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in host[:40])
         raise HostileHostError(
             f"refusing the host {shown!r} for service {service!r}: a host must be a bare "
@@ -46,6 +50,14 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
             account=account,
         )
     return host.rstrip(".") if not host.endswith("]") else host
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @runtime_checkable
