@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -254,3 +255,31 @@ async def test_tls_options_pass_through_and_verification_stays_on() -> None:
             await untrusted.close()
         finally:
             server.stop()
+
+
+async def test_a_redis_that_hangs_is_left_after_the_op_timeout_and_rejoined_when_it_answers(
+    redis_server: RedisServer,
+) -> None:
+    store = FallbackStore(
+        RedisStore(redis_server.url, op_timeout=0.5), clock=RealClock(), retry_interval=0.05
+    )
+    assert redis_server.proc is not None
+    try:
+        await store.set("k", "v", ttl=60)
+        redis_server.proc.send_signal(signal.SIGSTOP)  # alive, accepting, never answering
+        try:
+            entry = await store.get("k")
+            assert entry is not None, "answered from the local copy"
+            assert not store.sharing
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            await store.get("k")
+            if store.sharing:
+                break
+        assert store.sharing
+        assert store.fallbacks >= 1
+        assert store.recoveries == store.fallbacks
+    finally:
+        await store.close()
