@@ -12,6 +12,8 @@ import attrs
 import pytest
 
 from le_transport import (
+    ConfigurationError,
+    Engine,
     SocketAuthFailed,
     SocketClosed,
     SocketQueueFull,
@@ -28,6 +30,7 @@ from le_transport.sockets import (
     ResilientSocket,
     SocketOptions,
     SocketState,
+    ums_brand_path,
 )
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import SimSocket, Simulator, SimulatorConfig
@@ -588,3 +591,11 @@ async def test_outbound_idle_keepalive_keeps_a_receive_only_socket_open_on_the_s
     assert len(sim.sockets.all) == 1
     probes = [f.get("type") for f in sim.sockets.all[0].received]
     assert probes == [".GetClock"] * 6  # every 30 s of client silence in 200 s
+
+
+async def test_a_bearer_in_the_path_without_an_auth_provider_is_a_configuration_error(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    async with Engine(sim.domains, scheme="http", clock=clock) as engine:
+        with pytest.raises(ConfigurationError):
+            await engine.websocket("facadeMsg", ums_brand_path(sim.account.id))

@@ -4,6 +4,7 @@ schedule proved on virtual time against an in-memory dialer (no network)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 
 import pytest
@@ -185,3 +186,14 @@ async def test_a_socket_closed_right_after_start_ends_closed(clock: VirtualClock
     await ws.close()
     assert ws.state is SocketState.CLOSED
     assert dialer.dials == 0
+
+
+async def test_a_state_iterator_dropped_unfinished_stops_collecting(clock: VirtualClock) -> None:
+    ws = ResilientSocket(RefusingDialer(), clock=clock)
+    abandoned = ws.states()
+    del abandoned
+    gc.collect()
+    ws.start()
+    await clock.sleep(5)  # connect failures and reconnect waits emit events meanwhile
+    assert len(ws._subscribers) == 0
+    await ws.close()

@@ -22,7 +22,7 @@ from yarl import URL
 
 from .._redact import Secret, redact_url
 from ..clock import Clock, timeout_after
-from ..errors import AuthenticationError, SocketError, TransportError
+from ..errors import AuthenticationError, ConfigurationError, SocketError, TransportError
 from ..policies.close_codes import Disconnect
 from ..providers.auth import AuthProvider, Credentials
 
@@ -190,12 +190,12 @@ class EngineDialer:
             else:
                 placement = AuthPlacement.HEADER if auth is not None else AuthPlacement.NONE
         if placement is not AuthPlacement.NONE and auth is None:
-            raise TransportError(
+            raise ConfigurationError(
                 f"a socket with credentials in its {placement.value} needs an auth provider: "
                 "pass auth= to engine.websocket() or to the Engine"
             )
         if placement is AuthPlacement.PATH and BEARER_FIELD not in path:
-            raise TransportError(
+            raise ConfigurationError(
                 f"AuthPlacement.PATH needs '{BEARER_FIELD}' in the path, where the bearer goes"
             )
         self._engine = engine

@@ -25,6 +25,7 @@ import inspect
 import json
 import logging
 import random
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -147,7 +148,8 @@ class ResilientSocket:
         self._outbox = Outbox(self._options.max_queued)
         self._inbox: deque[Any] = deque()
         self._inbox_wakeup = asyncio.Event()
-        self._subscribers: set[asyncio.Queue[StateEvent | None]] = set()
+        # Weak: an iterator the caller dropped without finishing must not keep collecting.
+        self._subscribers: weakref.WeakSet[asyncio.Queue[StateEvent | None]] = weakref.WeakSet()
         self._conn: Connection | None = None
         self._lost: asyncio.Future[Disconnect] | None = None
         self._ready_epoch: int | None = None
