@@ -29,7 +29,7 @@ def available() -> bool:
     return callable(getattr(Engine, "websocket", None))
 
 
-async def _engine(url: str, *, pacing: bool = True) -> tuple[Engine, str]:
+async def _engine(url: str, *, pacing: bool = True, hooks: Any = None) -> tuple[Engine, str]:
     u = URL(url)
     kwargs: dict[str, Any] = {}
     if not pacing:
@@ -39,6 +39,8 @@ async def _engine(url: str, *, pacing: bool = True) -> tuple[Engine, str]:
         # A bucket no fleet can empty: every reconnect goes as soon as its backoff says.
         unlimited = TokenBucket(rate=1e9, burst=1e9)
         kwargs["pacer"] = ReconnectPacer(_real_clock(), unlimited)
+    if hooks is not None:
+        kwargs["hooks"] = hooks
     engine = Engine({"bench": f"{u.host}:{u.port}"}, scheme="http", connection_limit=0, **kwargs)
     await engine.start()
     _KEEP.append(engine)
@@ -75,9 +77,23 @@ async def open_fleet(url: str, n: int, interval: float, fleet: Fleet) -> int:
     return len(await fleet(n, connect_one, consume))
 
 
-async def storm_fleet(url: str, n: int, *, pacing: bool, gate: asyncio.Semaphore) -> None:
-    """Open ``n`` of our sockets with default options; they reconnect on their own."""
-    engine, path = await _engine(url, pacing=pacing)
+async def storm_fleet(
+    url: str,
+    n: int,
+    *,
+    pacing: bool,
+    gate: asyncio.Semaphore,
+    on_attempt: Callable[[], None],
+) -> None:
+    """Open ``n`` of our sockets with default options; they reconnect on their own.
+    ``on_attempt`` is called as each connect attempt starts (the socket's ``connecting``)."""
+    from le_transport import EventHooks
+
+    def state(event: Any) -> None:
+        if event.name == "connecting":
+            on_attempt()
+
+    engine, path = await _engine(url, pacing=pacing, hooks=EventHooks(on_state=[state]))
 
     async def one() -> None:
         async with gate:

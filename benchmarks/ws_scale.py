@@ -8,8 +8,9 @@ where the client uses aiohttp, and keepalive on. The server runs in its own proc
 
 Two runs per kind:
 
-- **idle**: keepalive at a production interval (30 s), so no probe falls in the window: the
-  CPU the process burns doing nothing (timers armed, sockets open).
+- **idle**: keepalive armed but an hour away, so that no probe falls in the window however long
+  the fleet took to open: the CPU the process burns holding the fleet (timers armed, sockets
+  open, consumers waiting).
 - **keepalive**: a fleet of at most 2,000 sockets with keepalive at an interval that makes it
   send 1,000 probes a second (every 2 s), measured over one interval: CPU per probe sent (a
   ping and its pong, or our keepalive's request and answer), the cost of the keepalive itself.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,7 +45,10 @@ SIZES: dict[str, dict[str, Any]] = {
 PROBES_PER_SECOND = 1000.0
 #: Sockets in the keepalive run: a probe costs the same in a smaller fleet, which opens faster.
 KEEPALIVE_FLEET = 2000
-#: The keepalive interval of the idle run: aiohttp's usual heartbeat, longer than the window.
+#: The keepalive interval of the idle run: longer than opening the fleet and the window.
+IDLE_INTERVAL = 3600.0
+#: The production keepalive interval (aiohttp's usual heartbeat; LiveEngage's GetClock): the
+#: steady CPU of a fleet at it is derived as idle + fleet / interval x cost per probe.
 PRODUCTION_INTERVAL = 30.0
 #: Handshakes in flight at once while opening the fleet.
 OPENING_CONCURRENCY = 200
@@ -214,7 +219,7 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
     kinds = available_kinds()
     with server() as srv:
         for kind in kinds:
-            idle = _spawn(kind, srv.port, n, PRODUCTION_INTERVAL, size["idle"])
+            idle = _spawn(kind, srv.port, n, IDLE_INTERVAL, size["idle"])
             # One whole interval: in the steady state every socket probes once in it.
             busy = _spawn(kind, srv.port, busy_n, interval, interval)
             entry: dict[str, Any] = {"idle": idle, "keepalive": busy}
@@ -224,13 +229,19 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
                 idle_share = idle["cpu_share"] * busy["sockets"] / max(1, idle["sockets"])
                 extra_cpu = max(0.0, busy["cpu_share"] - idle_share) * busy["window"]
                 entry["us_per_probe"] = extra_cpu / probes * 1e6 if probes else float("nan")
+                entry["steady_cpu_share"] = (
+                    idle["cpu_share"]
+                    + idle["sockets"] / PRODUCTION_INTERVAL * entry["us_per_probe"] / 1e6
+                )
             results[kind] = entry
     base = results.get("raw aiohttp", {}).get("idle", {}).get("bytes_per_socket")
     rows: list[list[object]] = []
     for kind, entry in results.items():
         idle, busy = entry["idle"], entry["keepalive"]
         if "error" in idle or "error" in busy:
-            rows.append([kind, "-", "-", "-", "-", "-", "-", idle.get("error") or busy["error"]])
+            rows.append(
+                [kind, "-", "-", "-", "-", "-", "-", "-", idle.get("error") or busy["error"]]
+            )
             continue
         per = idle["bytes_per_socket"]
         rows.append(
@@ -243,6 +254,7 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
                 f"{idle['cpu_share']:.1%}",
                 f"{busy['cpu_share']:.0%}",
                 f"{entry['us_per_probe']:.0f}",
+                f"{entry['steady_cpu_share']:.1%}",
             ]
         )
     missing = "" if "le_transport" in kinds else "\n(le_transport: Engine.websocket not available)"
@@ -255,10 +267,12 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
         "idle CPU",
         f"CPU, {busy_n:,} sockets, keepalive {interval:g} s",
         "CPU us/probe",
+        f"CPU at {PRODUCTION_INTERVAL:g} s keepalive",
     ]
     text = (
-        f"WebSocket scale ({n:,} sockets, each with a consumer task; idle keepalive "
-        f"{PRODUCTION_INTERVAL:g} s)\n\n" + table(head, rows) + missing
+        f"WebSocket scale ({n:,} sockets, each with a consumer task; CPU is a share of one "
+        f"core; the last column is idle + {n:,} / {PRODUCTION_INTERVAL:g} s x cost per probe)"
+        "\n\n" + table(head, rows) + missing
     )
     data = {
         "size": size,
@@ -280,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, required=True)
     args = parser.parse_args(argv)
     raise_fd_limit(args.sockets * 2 + 256)
+    logging.disable(logging.WARNING)  # the same quiet console for every client kind
 
     async def measure_and_exit() -> None:
         result = await _child(args.client, args.url, args.sockets, args.interval, args.window)
