@@ -8,8 +8,10 @@ microseconds. :func:`timeout_after` is ``asyncio.timeout`` driven by any clock.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
+import weakref
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +48,51 @@ class RealClock:
         return "RealClock()"
 
 
+#: Timeouts on the real clock share one loop timer per slot this many seconds long, so a timeout
+#: fires at most this late. Arming and cancelling a loop timer per timeout (two per request:
+#: attempt timeout and deadline) cost a call more than the rest of the retry middleware on a
+#: busy loop, whose timer heap compares its entries in Python (benchmarks/README.md).
+_SLOT = 0.01
+
+
+class _Wheel:
+    """One event loop's real-clock timeouts, grouped by the slot they expire in."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self) -> None:
+        self._slots: dict[int, set[_ClockTimeout]] = {}
+
+    def arm(self, loop: asyncio.AbstractEventLoop, timeout: _ClockTimeout, delay: float) -> int:
+        slot = math.ceil((loop.time() + delay) / _SLOT)
+        members = self._slots.get(slot)
+        if members is None:
+            members = self._slots[slot] = set()
+            loop.call_at(slot * _SLOT, self._expire, slot)
+        members.add(timeout)
+        return slot
+
+    def disarm(self, timeout: _ClockTimeout, slot: int) -> None:
+        members = self._slots.get(slot)
+        if members is not None:
+            members.discard(timeout)
+
+    def _expire(self, slot: int) -> None:
+        for timeout in self._slots.pop(slot, ()):
+            timeout._fire()
+
+
+# Weak keys, and no wheel refers to its loop: a closed loop and its wheel go together.
+_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
+
+
+def _wheel_of(loop: asyncio.AbstractEventLoop) -> _Wheel:
+    wheel = _WHEELS.get(loop)
+    if wheel is None:
+        wheel = _WHEELS[loop] = _Wheel()
+    return wheel
+
+
 class _ClockTimeout:
     """Cancel the current task if the block runs longer than ``seconds`` on ``clock``.
 
@@ -58,14 +105,24 @@ class _ClockTimeout:
     cancellation from outside (the caller cancelling the task) is never swallowed.
     """
 
-    __slots__ = ("_cancelling", "_clock", "_expired", "_seconds", "_task", "_timer", "_watchdog")
+    __slots__ = (
+        "_cancelling",
+        "_clock",
+        "_expired",
+        "_seconds",
+        "_slot",
+        "_task",
+        "_watchdog",
+        "_wheel",
+    )
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
         self._clock = clock
         self._seconds = seconds
         self._task: asyncio.Task[object] | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._wheel: _Wheel | None = None
+        self._slot = 0
         self._expired = False
         self._cancelling = 0
 
@@ -84,10 +141,11 @@ class _ClockTimeout:
         if sys.version_info >= (3, 11):
             self._cancelling = task.cancelling()
         if type(self._clock) is RealClock:
-            # The loop's own timer is the real clock's sleep without the task around it: every
-            # request arms one or two of these, and a watchdog task per timeout cost more than
-            # the rest of the retry middleware (benchmarks/README.md).
-            self._timer = asyncio.get_running_loop().call_later(max(0.0, self._seconds), self._fire)
+            # The real clock's sleep without a task around it, nor a loop timer of its own: a
+            # watchdog task per timeout cost more than the rest of the retry middleware.
+            loop = asyncio.get_running_loop()
+            self._wheel = _wheel_of(loop)
+            self._slot = self._wheel.arm(loop, self, max(0.0, self._seconds))
         else:
             self._watchdog = asyncio.get_running_loop().create_task(
                 self._watch(self._seconds), name="le_transport.timeout_after"
@@ -109,8 +167,9 @@ class _ClockTimeout:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._wheel is not None:
+            self._wheel.disarm(self, self._slot)
+            self._wheel = None
         watchdog = self._watchdog
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()

@@ -34,11 +34,32 @@ async def test_a_real_clock_timeout_cancels_the_block_in_flight_and_raises_timeo
 
 
 async def test_a_real_clock_timeout_that_does_not_fire_is_disarmed_on_exit() -> None:
+    from le_transport.clock import _wheel_of
+
+    wheel = _wheel_of(asyncio.get_running_loop())
     async with timeout_after(RealClock(), 60) as limit:
+        armed = sum(len(members) for members in wheel._slots.values())
         await asyncio.sleep(0)
+    assert armed >= 1
     assert not limit.expired
-    assert limit._timer is not None
-    assert limit._timer.cancelled()
+    assert all(limit not in members for members in wheel._slots.values())
+
+
+async def test_many_real_clock_timeouts_each_fire_for_their_own_block_only() -> None:
+    """Timeouts sharing a slot of the real clock's wheel: the expired ones raise, the rest
+    finish."""
+    finished: list[int] = []
+
+    async def block(i: int, seconds: float, work: float) -> None:
+        async with timeout_after(RealClock(), seconds):
+            await asyncio.sleep(work)
+            finished.append(i)
+
+    results = await asyncio.gather(
+        *(block(i, 0.02, 10.0 if i % 2 else 0.0) for i in range(20)), return_exceptions=True
+    )
+    assert sorted(finished) == list(range(0, 20, 2))
+    assert all(isinstance(r, TimeoutError) for r in results[1::2])
 
 
 async def test_nested_real_clock_timeouts_raise_once_and_only_from_the_one_that_expired() -> None:
