@@ -196,9 +196,10 @@ class Recovery:
             )
             self.pauses.append(pause)
             self._last_pause = pause
+            generation = self._auth_generation()
             await self._clock.sleep(pause)
             try:
-                await self._relogin()
+                await self._relogin(skip_login=self._auth_generation() != generation)
             except Exception as err:
                 if not is_recoverable(err):
                     self._reset()
@@ -240,11 +241,28 @@ class Recovery:
             return None
         return pause
 
-    async def _relogin(self) -> None:
+    def _auth_generation(self) -> int | None:
+        generation = getattr(self._auth, "generation", None)
+        return generation if isinstance(generation, int) else None
+
+    async def _relogin(self, *, skip_login: bool = False) -> None:
+        """Re-resolve the domains and log in afresh.
+
+        ``skip_login``: a login already succeeded during the pause (a socket re-authenticating
+        after 4401, a 401 replay): its credentials are fresh, so another login would only add
+        load; the call is simply tried again with them.
+        """
         await self._domains.invalidate()
         refresh = getattr(self._domains, "refresh", None)
         if callable(refresh):
             await refresh()
+        if skip_login:
+            _log.info(
+                "%s: a login succeeded during the pause; not logging in again",
+                self._subject,
+                extra={"subject": self._subject},
+            )
+            return
         relogin = getattr(self._auth, "relogin", None)
         if callable(relogin):
             self.relogins += 1

@@ -359,3 +359,68 @@ def test_the_number_of_logins_is_bounded_by_rounds_not_by_callers(
         assert auth.logins == rounds
     else:
         assert all(isinstance(r, RecoveryFailed) for r in results)
+
+
+class GenerationAuth(CountingAuth):
+    """A CountingAuth that, like the login providers, exposes how many logins succeeded."""
+
+    @property
+    def generation(self) -> int:
+        return self.logins
+
+
+async def test_a_login_made_elsewhere_during_the_pause_is_not_repeated_by_the_round() -> None:
+    """A socket re-authenticating after 4401 while the outer loop waits has already logged in:
+    the round retries the call with those credentials instead of logging in once more."""
+    auth = GenerationAuth()
+    clock = VirtualClock()
+    recovery = Recovery(
+        domains=StaticDomains({}),
+        auth=auth,
+        clock=clock,
+        policy=BackoffPolicy.relogin(jitter=0.0),
+        request_policy=GUIDE,
+    )
+    failures = 1
+
+    async def call() -> str:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise exhausted()
+        return "ok"
+
+    async def socket_reauthenticates() -> None:
+        await clock.sleep(30.0)  # during the round's 120 s pause
+        await auth.relogin()
+
+    other = asyncio.create_task(socket_reauthenticates())
+    assert await recovery.run(call) == "ok"
+    await other
+    assert auth.logins == 1
+    assert recovery.relogins == 0
+    assert recovery.pauses == [120.0]
+
+
+async def test_without_a_login_elsewhere_the_round_logs_in_itself() -> None:
+    auth = GenerationAuth()
+    clock = VirtualClock()
+    recovery = Recovery(
+        domains=StaticDomains({}),
+        auth=auth,
+        clock=clock,
+        policy=BackoffPolicy.relogin(jitter=0.0),
+        request_policy=GUIDE,
+    )
+    failures = 1
+
+    async def call() -> str:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise exhausted()
+        return "ok"
+
+    assert await recovery.run(call) == "ok"
+    assert auth.logins == 1
+    assert recovery.relogins == 1

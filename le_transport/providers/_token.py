@@ -92,6 +92,11 @@ class TokenProvider:
         """How events and logs name this provider."""
         return self._kind
 
+    @property
+    def generation(self) -> int:
+        """How many tokens have been obtained so far."""
+        return self._generation
+
     # -- wiring -----------------------------------------------------------------------------
 
     def attach(self, http: ProviderHttp) -> None:

@@ -228,6 +228,11 @@ class LoginServiceAuth:
         """How events and logs name this session."""
         return f"{self._kind}[{self._account}]"
 
+    @property
+    def generation(self) -> int:
+        """How many logins have succeeded (or sessions were adopted) so far."""
+        return self._generation
+
     def refresh_interval_for(self, session: LoginSession | None) -> float:
         """The keepalive interval: ``refresh_interval``, never more than half the session TTL."""
         if session is not None and session.ttl is not None:
