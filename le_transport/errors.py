@@ -9,9 +9,11 @@ redacted before they are stored, and response bodies are cut to a short, scrubbe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .policies.classify import Outcome
 
 __all__ = [
@@ -89,6 +91,19 @@ class AttemptRecord:
         )
 
 
+class _RequestContext(TypedDict, total=False):
+    """The keyword arguments every :class:`RequestError` takes: where the failed call went.
+
+    Subclasses take these as ``**context`` and add only their own field, so the four stay
+    spelled (and defaulted) once, in :class:`RequestError`.
+    """
+
+    service: str | None
+    method: str | None
+    url: str | None
+    attempts: Sequence[AttemptRecord]
+
+
 class RequestError(TransportError):
     """A request to a LiveEngage service failed.
 
@@ -131,12 +146,9 @@ class HTTPStatusError(RequestError):
         *,
         status: int,
         body_excerpt: str = "",
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.status = status
         self.body_excerpt = body_excerpt
 
@@ -172,12 +184,9 @@ class ConnectionFailed(RequestError):
         message: str,
         *,
         never_sent: bool = False,
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.never_sent = never_sent
 
 
@@ -196,12 +205,9 @@ class DeadlineExceeded(RequestError):
         message: str,
         *,
         elapsed: float,
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.elapsed = elapsed
 
 
@@ -217,12 +223,9 @@ class RetriesExhausted(RequestError):
         message: str,
         *,
         last: RequestError,
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.last = last
 
     @property
@@ -243,12 +246,9 @@ class BodyTooLarge(RequestError):
         message: str,
         *,
         limit: int,
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.limit = limit
 
 
@@ -270,12 +270,9 @@ class RetryBudgetExhausted(RequestError):
         message: str,
         *,
         last: RequestError,
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.last = last
 
 
@@ -290,12 +287,9 @@ class CircuitOpen(RequestError):
         message: str,
         *,
         retry_at: float,
-        service: str | None = None,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: Sequence[AttemptRecord] = (),
+        **context: Unpack[_RequestContext],
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url, attempts=attempts)
+        super().__init__(message, **context)
         self.retry_at = retry_at
 
 
