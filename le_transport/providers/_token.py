@@ -19,17 +19,11 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret
-from ..errors import (
-    AuthenticationError,
-    BlockedError,
-    ClientStatusError,
-    ConfigurationError,
-    LoginRejected,
-    RequestError,
-)
+from ..errors import AuthenticationError, ConfigurationError
 from ..events import StateEvent
 from ._flight import SingleFlight
 from ._http import ProviderHttp, ProviderResponse, emit_state, header_safe, require_attached
+from ._refusals import credential_refusals
 from .auth import Credentials
 from .jwt import jwt_expiry
 
@@ -152,27 +146,17 @@ class TokenProvider:
 
     async def _fetch(self) -> Token:
         http = require_attached(self._http, self)
-        try:
+        with credential_refusals(
+            http,
+            self.subject,
+            blocked=f"{self.subject}: answered 451: the account is blacklisted; not retried",
+            refused=lambda status: (
+                f"{self.subject}: the token request was refused with {status}; check the "
+                "credentials (a rejected token request is never retried)"
+            ),
+            keep_attempts=False,
+        ):
             resp, field = await self._request_token(http)
-        except BlockedError as exc:
-            self._failed(http, exc, 451)
-            raise BlockedError(
-                f"{self.subject}: answered 451: the account is blacklisted; not retried",
-                status=451,
-                service=exc.service,
-                method=exc.method,
-                url=exc.url,
-            ) from None
-        except ClientStatusError as exc:
-            self._failed(http, exc, exc.status)
-            raise LoginRejected(
-                f"{self.subject}: the token request was refused with {exc.status}; check the "
-                "credentials (a rejected token request is never retried)",
-                status=exc.status,
-            ) from None
-        except RequestError as exc:
-            self._failed(http, exc, None)
-            raise
         value, expires_in = self._parse(resp, field)
         now = http.clock.now()
         lifetime = expires_in
@@ -228,13 +212,3 @@ class TokenProvider:
             if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
                 seconds = None
         return value, seconds
-
-    def _failed(self, http: ProviderHttp, exc: Exception, status: int | None) -> None:
-        emit_state(
-            http.hooks,
-            _log,
-            logging.WARNING if status is None or status >= 500 else logging.ERROR,
-            StateEvent(
-                "login_failed", self.subject, {"error": type(exc).__name__, "status": status}
-            ),
-        )

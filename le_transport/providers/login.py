@@ -37,14 +37,7 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret
-from ..errors import (
-    AuthenticationError,
-    BlockedError,
-    ClientStatusError,
-    ConfigurationError,
-    LoginRejected,
-    RequestError,
-)
+from ..errors import AuthenticationError, ClientStatusError, ConfigurationError
 from ..events import StateEvent
 from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
 from ._flight import SingleFlight
@@ -58,6 +51,7 @@ from ._http import (
     require_secret,
     validate_account,
 )
+from ._refusals import credential_refusals, report_login_failed
 from .auth import Credentials
 from .domains import DomainProvider
 
@@ -430,7 +424,18 @@ class LoginServiceAuth:
         http = require_attached(self._http, self)
         host = await self._domains.resolve(self._service)
         self.login_attempts += 1
-        try:
+        with credential_refusals(
+            http,
+            self.subject,
+            blocked=(
+                f"{self.subject}: the Login Service answered 451: the account or user is "
+                "blacklisted; not retried, contact LivePerson"
+            ),
+            refused=lambda status: (
+                f"{self.subject}: the Login Service refused the credentials with {status}; "
+                "check them (a rejected login is never retried)"
+            ),
+        ):
             resp = await http.request(
                 "POST",
                 self._url(http, host, "login"),
@@ -440,32 +445,11 @@ class LoginServiceAuth:
                 # Logging in twice is harmless: a 5xx is retried on the schedule like a GET.
                 idempotent=True,
             )
-        except BlockedError as exc:
-            self._login_failed(http, exc, exc.status)
-            raise BlockedError(
-                f"{self.subject}: the Login Service answered 451: the account or user is "
-                "blacklisted; not retried, contact LivePerson",
-                status=451,
-                service=exc.service,
-                method=exc.method,
-                url=exc.url,
-                attempts=exc.attempts,
-            ) from None
-        except ClientStatusError as exc:
-            self._login_failed(http, exc, exc.status)
-            raise LoginRejected(
-                f"{self.subject}: the Login Service refused the credentials with {exc.status}; "
-                "check them (a rejected login is never retried)",
-                status=exc.status,
-            ) from None
-        except RequestError as exc:
-            self._login_failed(http, exc, None)
-            raise
         if resp.status != 200:
             err = AuthenticationError(
                 f"{self.subject}: the Login Service answered {resp.status} instead of 200"
             )
-            self._login_failed(http, err, resp.status)
+            report_login_failed(http, self.subject, err, resp.status)
             raise err
         session = self._parse(http, resp.body, resp.cookies.get("Session_id"))
         self._session = session
@@ -493,14 +477,14 @@ class LoginServiceAuth:
             err = AuthenticationError(
                 f"{self.subject}: the Login Service answered 200 without a bearer token"
             )
-            self._login_failed(http, err, 200)
+            report_login_failed(http, self.subject, err, 200)
             raise err
         if not header_safe(bearer):
             err = AuthenticationError(
                 f"{self.subject}: the Login Service answered a bearer token with characters a "
                 "header cannot carry (whitespace or control characters); refused"
             )
-            self._login_failed(http, err, 200)
+            report_login_failed(http, self.subject, err, 200)
             raise err
         assert isinstance(payload, dict)
         csrf = payload.get("csrf")
@@ -527,16 +511,6 @@ class LoginServiceAuth:
             user_id=str(user_id) if isinstance(user_id, (str, int)) else None,
             generation=self._generation,
             logged_in_at=http.clock.now(),
-        )
-
-    def _login_failed(self, http: ProviderHttp, exc: Exception, status: int | None) -> None:
-        emit_state(
-            http.hooks,
-            _log,
-            logging.WARNING if status is None or status >= 500 else logging.ERROR,
-            StateEvent(
-                "login_failed", self.subject, {"error": type(exc).__name__, "status": status}
-            ),
         )
 
     async def _post_session(

@@ -1,0 +1,69 @@
+"""How a failed credential request (a login, a token fetch) surfaces: one mapping for both.
+
+A 451 becomes :class:`~le_transport.errors.BlockedError` and any other 4xx
+:class:`~le_transport.errors.LoginRejected`, both with the provider's own message and never
+retried; any other :class:`~le_transport.errors.RequestError` (an outage) passes unchanged.
+Each is reported as a ``login_failed`` state event first: ERROR for a refusal, WARNING for an
+outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from ..errors import BlockedError, ClientStatusError, LoginRejected, RequestError
+from ..events import StateEvent
+from ._http import ProviderHttp, emit_state
+
+__all__ = ["credential_refusals", "report_login_failed"]
+
+_log = logging.getLogger("le_transport.auth")
+
+
+def report_login_failed(
+    http: ProviderHttp, subject: str, exc: Exception, status: int | None
+) -> None:
+    """Emit ``login_failed`` for ``exc``; ``status`` is the answer's, or None without one."""
+    emit_state(
+        http.hooks,
+        _log,
+        logging.WARNING if status is None or status >= 500 else logging.ERROR,
+        StateEvent("login_failed", subject, {"error": type(exc).__name__, "status": status}),
+    )
+
+
+@contextlib.contextmanager
+def credential_refusals(
+    http: ProviderHttp,
+    subject: str,
+    *,
+    blocked: str,
+    refused: Callable[[int], str],
+    keep_attempts: bool = True,
+) -> Iterator[None]:
+    """Map the failure of the credential request made inside the block (see the module).
+
+    ``blocked`` is the message for a 451, ``refused(status)`` the one for another 4xx. With
+    ``keep_attempts`` false the :class:`~le_transport.errors.BlockedError` does not carry the
+    attempts of the request.
+    """
+    try:
+        yield
+    except BlockedError as exc:
+        report_login_failed(http, subject, exc, 451)
+        raise BlockedError(
+            blocked,
+            status=451,
+            service=exc.service,
+            method=exc.method,
+            url=exc.url,
+            attempts=exc.attempts if keep_attempts else (),
+        ) from None
+    except ClientStatusError as exc:
+        report_login_failed(http, subject, exc, exc.status)
+        raise LoginRejected(refused(exc.status), status=exc.status) from None
+    except RequestError as exc:
+        report_login_failed(http, subject, exc, None)
+        raise
