@@ -33,7 +33,7 @@ from .errors import (
 )
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware
-from .middleware.context import CallContext, call_context
+from .middleware.context import CallContext, call_context, unsent_request_error
 from .middleware.overload import OverloadGuard
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
 from .policies.backoff import BackoffPolicy
@@ -560,13 +560,7 @@ class Engine:
         except (aiohttp.ClientError, OSError) as exc:
             # Raised outside the retry middleware (before the chain ran, or while reading a
             # body that the middleware did not buffer).
-            raise RequestError(
-                f"{type(exc).__name__}: the request could not be made",
-                service=service,
-                method=method,
-                url=redact_url(url),
-                attempts=ctx.attempts,
-            ) from exc
+            raise unsent_request_error(exc, ctx, method, url) from exc
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise InvalidRequest(
                 f"invalid request: {type(exc).__name__}",

@@ -13,11 +13,13 @@ import contextvars
 from collections.abc import Iterator
 
 import attrs
+from yarl import URL
 
-from ..errors import AttemptRecord
+from .._redact import redact_url
+from ..errors import AttemptRecord, RequestError
 from ..policies.retry import RetryPolicy
 
-__all__ = ["CallContext", "call_context", "current_call"]
+__all__ = ["CallContext", "call_context", "current_call", "unsent_request_error"]
 
 
 @attrs.define(eq=False)
@@ -55,3 +57,21 @@ def call_context(ctx: CallContext) -> Iterator[CallContext]:
         yield ctx
     finally:
         _CURRENT.reset(token)
+
+
+def unsent_request_error(
+    exc: BaseException, ctx: CallContext, method: str, url: URL
+) -> RequestError:
+    """The typed error for an aiohttp or OS failure of a call's ``session.request``.
+
+    For failures the retry middleware did not turn into typed errors itself: raised before the
+    chain ran, or while reading a body it did not buffer. The URL is redacted; the attempts are
+    those recorded so far.
+    """
+    return RequestError(
+        f"{type(exc).__name__}: the request could not be made",
+        service=ctx.service,
+        method=method,
+        url=redact_url(url),
+        attempts=ctx.attempts,
+    )

@@ -29,11 +29,11 @@ import aiohttp
 import attrs
 from yarl import URL
 
-from .._redact import Secret, redact_url
+from .._redact import Secret
 from ..clock import Clock
-from ..errors import ConfigurationError, RequestError, TransportError
+from ..errors import ConfigurationError, TransportError
 from ..events import EventHooks, StateEvent, emit
-from ..middleware.context import CallContext, call_context
+from ..middleware.context import CallContext, call_context, unsent_request_error
 from ..middleware.retry import RetryMiddleware
 from ..policies.retry import RetryPolicy
 
@@ -122,13 +122,7 @@ class ProviderHttp:
         except TransportError:
             raise
         except (aiohttp.ClientError, OSError) as exc:
-            raise RequestError(
-                f"{type(exc).__name__}: the request could not be made",
-                service=service,
-                method=method,
-                url=redact_url(url),
-                attempts=ctx.attempts,
-            ) from exc
+            raise unsent_request_error(exc, ctx, method, url) from exc
 
 
 def _cookies(jar: SimpleCookie) -> dict[str, str]:
