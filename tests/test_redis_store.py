@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from le_transport.errors import StateStoreError
 from le_transport.policies import RetryBudget, TokenBucket
 from le_transport.state import FallbackStore, RedisStore, SharedSession, state_key
 
+from .certs import self_signed_loopback
 from .redis_server import RedisServer, redis_server, require_redis_server
 
 __all__ = ["redis_server"]
@@ -200,40 +200,10 @@ async def test_a_cancellation_redis_py_swallows_still_cancels_the_caller() -> No
         await task
 
 
-def _self_signed(where: Path) -> tuple[Path, Path]:
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
 async def test_tls_options_pass_through_and_verification_stays_on() -> None:
     binary = require_redis_server()
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = _self_signed(Path(tmp))
+        cert, key = self_signed_loopback(Path(tmp))
         server = RedisServer(binary, Path(tmp), password="tls-s3cr3t", tls=(cert, key))
         server.start()
         try:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from le_transport.providers.auth import AuthProvider
 from le_transport.sockets import SocketOptions
 from le_transport.testing import VirtualClock
 from tests import known_secrets
+from tests.certs import self_signed_loopback
 from tests.known_secrets import (
     ACCESS_TOKEN,
     ACCESS_TOKEN_SECRET,
@@ -114,34 +114,7 @@ def _no_secret_in(exc: BaseException) -> None:
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command line."""
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
+    return self_signed_loopback(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
