@@ -25,33 +25,12 @@ from le_transport.events import GiveUpEvent, StateEvent
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, RetryBudget
 from le_transport.testing import VirtualClock
+from tests.backends import Backend
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
 #: The guide's schedule without the per-attempt watchdog, so ``clock.sleeps`` holds the pauses.
 POLICY = RetryPolicy(attempt_timeout=None)
-
-
-class Backend:
-    """A loopback service whose status the test sets; it counts what reaches it."""
-
-    def __init__(self, status: int = 503) -> None:
-        self.status = status
-        self.hits = 0
-        self.gate: asyncio.Event | None = None
-        self.arrived = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        self.arrived.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        return web.Response(status=self.status, text="{}")
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
 
 
 def _breaker(min_calls: int = 4, first: float = 5.0) -> CircuitBreaker:

@@ -18,29 +18,10 @@ from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, CircuitBreaker, RetryBudget
 from le_transport.state import MemoryStore
 from le_transport.testing import VirtualClock
+from tests.backends import Backend
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 POLICY = RetryPolicy(attempt_timeout=None)
-
-
-class Backend:
-    def __init__(self) -> None:
-        self.status = 503
-        self.hits = 0
-        self.gate: asyncio.Event | None = None
-        self.arrived = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        self.arrived.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        return web.Response(status=self.status, text="{}")
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
 
 
 def _breaker() -> CircuitBreaker:
