@@ -184,15 +184,10 @@ class Recovery:
                 self._give_up(last, elapsed)
             assert pause is not None
             self._attempt += 1
-            emit_state(
-                self._hooks,
-                _log,
+            self._state(
                 logging.WARNING,
-                StateEvent(
-                    "relogin_scheduled",
-                    self._subject,
-                    {"attempt": self._attempt, "pause": round(pause, 3), "error": _name(last)},
-                ),
+                "relogin_scheduled",
+                {"attempt": self._attempt, "pause": round(pause, 3), "error": _name(last)},
             )
             self.pauses.append(pause)
             self._last_pause = pause
@@ -203,27 +198,15 @@ class Recovery:
             except Exception as err:
                 if not is_recoverable(err):
                     self._reset()
-                    emit_state(
-                        self._hooks,
-                        _log,
-                        logging.ERROR,
-                        StateEvent(
-                            "gave_up",
-                            self._subject,
-                            {"reason": "not recoverable", "error": _name(err)},
-                        ),
+                    self._state(
+                        logging.ERROR, "gave_up", {"reason": "not recoverable", "error": _name(err)}
                     )
                     raise
                 last = err
-                emit_state(
-                    self._hooks,
-                    _log,
+                self._state(
                     logging.WARNING,
-                    StateEvent(
-                        "relogin_failed",
-                        self._subject,
-                        {"attempt": self._attempt, "error": _name(err)},
-                    ),
+                    "relogin_failed",
+                    {"attempt": self._attempt, "error": _name(err)},
                 )
                 continue
             return
@@ -271,15 +254,10 @@ class Recovery:
     def _give_up(self, last: Exception, elapsed: float) -> None:
         attempts = self._attempt
         self._reset()
-        emit_state(
-            self._hooks,
-            _log,
+        self._state(
             logging.ERROR,
-            StateEvent(
-                "gave_up",
-                self._subject,
-                {"attempts": attempts, "elapsed": round(elapsed, 3), "error": _name(last)},
-            ),
+            "gave_up",
+            {"attempts": attempts, "elapsed": round(elapsed, 3), "error": _name(last)},
         )
         raise RecoveryFailed(
             f"{self._subject}: gave up recovering after {attempts} re-login attempt(s) in "
@@ -294,14 +272,10 @@ class Recovery:
         attempts = self._attempt
         elapsed = self._clock.now() - (self._first_failure or self._clock.now())
         self._reset()
-        emit_state(
-            self._hooks,
-            _log,
-            logging.INFO,
-            StateEvent(
-                "recovered", self._subject, {"attempts": attempts, "elapsed": round(elapsed, 3)}
-            ),
-        )
+        self._state(logging.INFO, "recovered", {"attempts": attempts, "elapsed": round(elapsed, 3)})
+
+    def _state(self, level: int, name: str, details: dict[str, object]) -> None:
+        emit_state(self._hooks, _log, level, StateEvent(name, self._subject, details))
 
     def _reset(self) -> None:
         self._attempt = 0
