@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -369,18 +370,19 @@ class GenerationAuth(CountingAuth):
         return self.logins
 
 
-async def test_a_login_made_elsewhere_during_the_pause_is_not_repeated_by_the_round() -> None:
-    """A socket re-authenticating after 4401 while the outer loop waits has already logged in:
-    the round retries the call with those credentials instead of logging in once more."""
-    auth = GenerationAuth()
-    clock = VirtualClock()
-    recovery = Recovery(
+def _relogin_recovery(auth: CountingAuth, clock: VirtualClock) -> Recovery:
+    """The guide's outer loop without jitter (its first pause is 120 s) over ``auth``."""
+    return Recovery(
         domains=StaticDomains({}),
         auth=auth,
         clock=clock,
         policy=BackoffPolicy.relogin(jitter=0.0),
         request_policy=GUIDE,
     )
+
+
+def _exhausted_once() -> Callable[[], Awaitable[str]]:
+    """A call whose first run exhausts the request schedule and whose next runs answer "ok"."""
     failures = 1
 
     async def call() -> str:
@@ -389,6 +391,17 @@ async def test_a_login_made_elsewhere_during_the_pause_is_not_repeated_by_the_ro
             failures -= 1
             raise exhausted()
         return "ok"
+
+    return call
+
+
+async def test_a_login_made_elsewhere_during_the_pause_is_not_repeated_by_the_round() -> None:
+    """A socket re-authenticating after 4401 while the outer loop waits has already logged in:
+    the round retries the call with those credentials instead of logging in once more."""
+    auth = GenerationAuth()
+    clock = VirtualClock()
+    recovery = _relogin_recovery(auth, clock)
+    call = _exhausted_once()
 
     async def socket_reauthenticates() -> None:
         await clock.sleep(30.0)  # during the round's 120 s pause
@@ -405,21 +418,8 @@ async def test_a_login_made_elsewhere_during_the_pause_is_not_repeated_by_the_ro
 async def test_without_a_login_elsewhere_the_round_logs_in_itself() -> None:
     auth = GenerationAuth()
     clock = VirtualClock()
-    recovery = Recovery(
-        domains=StaticDomains({}),
-        auth=auth,
-        clock=clock,
-        policy=BackoffPolicy.relogin(jitter=0.0),
-        request_policy=GUIDE,
-    )
-    failures = 1
-
-    async def call() -> str:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise exhausted()
-        return "ok"
+    recovery = _relogin_recovery(auth, clock)
+    call = _exhausted_once()
 
     assert await recovery.run(call) == "ok"
     assert auth.logins == 1
