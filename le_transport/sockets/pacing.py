@@ -6,20 +6,31 @@ sockets; pass the same pacer to several engines to pace them together).
 
 from __future__ import annotations
 
+import logging
+
 from ..clock import Clock
 from ..policies.pacing import TokenBucket
 
 __all__ = ["ReconnectPacer"]
 
+_log = logging.getLogger("le_transport.sockets")
+
 
 class ReconnectPacer:
-    """Hands out reconnect slots at the bucket's rate; :meth:`acquire` waits for one."""
+    """Hands out reconnect slots at the bucket's rate; :meth:`acquire` waits for one.
 
-    __slots__ = ("_bucket", "_clock")
+    A socket holds its slot only if it wakes on time for it: one whose sleep ended more than
+    the bucket's ``grace`` late (a busy event loop) takes a new slot, so that the sockets a
+    stalled loop wakes together do not connect together. :attr:`missed` counts those.
+    """
+
+    __slots__ = ("_bucket", "_clock", "missed")
 
     def __init__(self, clock: Clock, bucket: TokenBucket | None = None) -> None:
         self._clock = clock
         self._bucket = bucket or TokenBucket()
+        #: Slots forfeited because their socket woke too late for them.
+        self.missed = 0
 
     @property
     def bucket(self) -> TokenBucket:
@@ -33,11 +44,25 @@ class ReconnectPacer:
         return reservation.wait
 
     async def acquire(self) -> float:
-        """Take a slot and wait for it; returns the wait."""
-        wait = self.reserve()
-        if wait > 0:
-            await self._clock.sleep(wait)
-        return wait
+        """Take a slot and wait for it; returns the time waited. On return, connect at once:
+        the slot is now (or less than the bucket's ``grace`` ago)."""
+        started = now = self._clock.now()
+        while True:
+            reservation = self._bucket.reserve(now)
+            self._bucket = reservation.bucket
+            if reservation.wait <= 0:
+                return now - started
+            slot = now + reservation.wait
+            await self._clock.sleep(reservation.wait)
+            now = self._clock.now()
+            if not self._bucket.missed(slot, now):
+                return now - started
+            self.missed += 1
+            _log.debug(
+                "reconnect slot missed by %.3f s; taking a new one",
+                now - slot,
+                extra={"late": round(now - slot, 3)},
+            )
 
     def __repr__(self) -> str:
         return f"ReconnectPacer(rate={self._bucket.rate}, burst={self._bucket.burst})"
