@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
 
-__all__ = ["KeepaliveTask", "watch_socket"]
+__all__ = ["KeepaliveTask", "keep_alive_until", "watch_socket"]
 
 _log = logging.getLogger("le_transport.sockets")
 
@@ -39,6 +40,61 @@ async def watch_socket(
     ``last_activity``); it runs in its own task so that a slow answer never delays the
     schedule. Cancel the watcher to stop it: the probe in flight is cancelled with it.
     """
+
+    async def sleep(seconds: float) -> bool:
+        await clock.sleep(seconds)
+        return False
+
+    dead_since = await _keep_alive(policy, clock, probe, last_activity, last_sent, name, sleep)
+    assert dead_since is not None
+    return dead_since
+
+
+async def keep_alive_until(
+    policy: Keepalive,
+    until: asyncio.Future[Any],
+    *,
+    clock: Clock,
+    probe: Callable[[], Awaitable[object]],
+    last_activity: Callable[[], float],
+    last_sent: Callable[[], float] | None = None,
+    name: str = "socket",
+) -> float | None:
+    """:func:`watch_socket` in the caller's own task, until ``until`` is done.
+
+    Returns None as soon as ``until`` is done (the connection ended otherwise), or when the
+    peer was found dead, the time the unanswered probe went out. A socket's owner runs this
+    while it waits for its connection to end, so that keepalive costs no task of its own
+    (a fleet of 10,000 sockets holds 10,000 fewer tasks); ``until`` itself is never
+    cancelled.
+    """
+
+    async def wait(seconds: float) -> bool:
+        if until.done():
+            return True
+        try:
+            async with timeout_after(clock, seconds):
+                # Shielded: the timeout cancels the wait, never the connection's outcome.
+                await asyncio.shield(until)
+        except TimeoutError:
+            return False
+        return True
+
+    if until.done():
+        return None
+    return await _keep_alive(policy, clock, probe, last_activity, last_sent, name, wait)
+
+
+async def _keep_alive(
+    policy: Keepalive,
+    clock: Clock,
+    probe: Callable[[], Awaitable[object]],
+    last_activity: Callable[[], float],
+    last_sent: Callable[[], float] | None,
+    name: str,
+    wait: Callable[[float], Awaitable[bool]],
+) -> float | None:
+    # `wait(seconds)` waits on the clock; True means stop (return None).
     probe_sent_at: float | None = None
     probes: set[asyncio.Task[object]] = set()
     try:
@@ -72,7 +128,8 @@ async def watch_socket(
                 probes.add(task)
                 task.add_done_callback(probes.discard)
                 continue
-            await clock.sleep(decision.at - now)
+            if await wait(decision.at - now):
+                return None
             if probe_sent_at is not None and last_activity() >= probe_sent_at:
                 probe_sent_at = None
     finally:

@@ -32,10 +32,11 @@ class Outbox:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._items: deque[Outgoing] = deque()
+        # Made on the first message: most sockets of a large fleet never queue one.
+        self._items: deque[Outgoing] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
 
     @property
     def limit(self) -> int:
@@ -44,6 +45,8 @@ class Outbox:
 
     def put(self, item: Outgoing) -> None:
         """Queue ``item`` last, or raise :class:`SocketQueueFull`."""
+        if self._items is None:
+            self._items = deque()
         if len(self._items) >= self._limit:
             raise SocketQueueFull(
                 f"the socket is down and its queue holds {self._limit} messages already: "
@@ -54,6 +57,8 @@ class Outbox:
 
     def put_back(self, item: Outgoing) -> None:
         """Return ``item`` to the head: it was taken but could not be written."""
+        if self._items is None:
+            self._items = deque()
         self._items.appendleft(item)
 
     def take(self) -> Outgoing | None:
@@ -66,7 +71,7 @@ class Outbox:
 
     def withdraw(self, request_id: str) -> bool:
         """Mark the queued request ``request_id`` as no longer wanted."""
-        for item in self._items:
+        for item in self._items or ():
             if item.request_id == request_id:
                 item.withdrawn = True
                 return True
@@ -74,6 +79,6 @@ class Outbox:
 
     def clear(self) -> list[Outgoing]:
         """Empty the queue; the messages that were still wanted."""
-        items = [i for i in self._items if not i.withdrawn]
-        self._items.clear()
+        items = [i for i in self._items or () if not i.withdrawn]
+        self._items = None
         return items

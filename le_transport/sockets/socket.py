@@ -48,7 +48,7 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from .correlation import PendingRequests
 from .dial import Connection, Dialer, DialFailed
-from .keepalive import watch_socket
+from .keepalive import keep_alive_until
 from .lifecycle import Lifecycle, SocketState
 from .options import SocketOptions
 from .outbox import Outbox, Outgoing
@@ -116,6 +116,41 @@ class ResilientSocket:
     good. Made by :meth:`le_transport.Engine.websocket`.
     """
 
+    # A process holds thousands of these: no instance dict, and whatever only some sockets use
+    # (the inbox, waiters, state subscribers) is made on first use.
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closing",
+        "_conn",
+        "_dialer",
+        "_error",
+        "_escalate",
+        "_hooks",
+        "_inbox",
+        "_last_activity",
+        "_last_sent",
+        "_life",
+        "_lost",
+        "_name",
+        "_on_closed",
+        "_on_connect",
+        "_on_frame",
+        "_on_state",
+        "_options",
+        "_outbox",
+        "_owner",
+        "_pacer",
+        "_pending",
+        "_ready_epoch",
+        "_rng",
+        "_subscribers",
+        "_unsent",
+        "_waiters",
+        "connects",
+        "reconnects",
+    )
+
     def __init__(
         self,
         dialer: Dialer,
@@ -137,30 +172,29 @@ class ResilientSocket:
         self._hooks = hooks or EventHooks()
         self._rng = rng or random.Random()
         self._pacer = pacer or ReconnectPacer(self._clock)
-        self._on_connect = list(on_connect)
+        self._on_connect: tuple[OnConnect, ...] = tuple(on_connect)
         self._on_frame = on_frame
-        self._on_state = list(on_state)
+        self._on_state: tuple[Callable[[StateEvent], object], ...] = tuple(on_state)
         self._escalate = escalate
         self._on_closed = on_closed
         self._name = dialer.name
         self._life = Lifecycle()
         self._pending = PendingRequests()
         self._outbox = Outbox(self._options.max_queued)
-        self._inbox: deque[Any] = deque()
-        self._inbox_wakeup = asyncio.Event()
+        self._inbox: deque[Any] | None = None
+        # Whoever waits for a change (a frame in the inbox, open, closed), woken by _wake.
+        self._waiters: list[asyncio.Future[None]] | None = None
         # Weak: an iterator the caller dropped without finishing must not keep collecting.
-        self._subscribers: weakref.WeakSet[asyncio.Queue[StateEvent | None]] = weakref.WeakSet()
+        self._subscribers: weakref.WeakSet[asyncio.Queue[StateEvent | None]] | None = None
         self._conn: Connection | None = None
         self._lost: asyncio.Future[Disconnect] | None = None
         self._ready_epoch: int | None = None
-        self._open_event = asyncio.Event()
-        self._closed_event = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._closing = False
         self._error: SocketClosed | None = None
         self._last_activity = 0.0
         self._last_sent = 0.0
-        self._unsent: list[str] = []
+        self._unsent: tuple[str, ...] = ()
         #: Connections opened so far (the first one included).
         self.connects = 0
         #: Reconnect attempts made after a loss or a failed connect.
@@ -225,18 +259,9 @@ class ResilientSocket:
         subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock.
         """
         async with timeout_after(self._clock, timeout):
-            while not self._open_event.is_set():
+            while self._ready_epoch is None:
                 self._raise_if_closed()
-                waiters = [
-                    asyncio.ensure_future(self._open_event.wait()),
-                    asyncio.ensure_future(self._closed_event.wait()),
-                ]
-                try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waiters:
-                        w.cancel()
-                    await asyncio.gather(*waiters, return_exceptions=True)
+                await self._changed()
         self._raise_if_closed()
 
     async def close(self) -> list[str]:
@@ -397,13 +422,31 @@ class ResilientSocket:
         """The next unsolicited frame; ends when the socket is closed (raises its final error
         if it stopped on one)."""
         while not self._inbox:
-            if self._closed_event.is_set():
+            if self._life.state is SocketState.CLOSED:
                 if self._error is not None:
                     raise self._error.with_traceback(None)
                 raise StopAsyncIteration
-            self._inbox_wakeup.clear()
-            await self._inbox_wakeup.wait()
+            await self._changed()
         return self._inbox.popleft()
+
+    async def _changed(self) -> None:
+        """Wait until the next change: a frame in the inbox, open, or closed."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters = self._waiters
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     def states(self) -> AsyncIterator[StateEvent]:
         """An async iterator of this socket's state events from now on; ends after ``closed``."""
@@ -411,6 +454,8 @@ class ResilientSocket:
         if self.closed:
             queue.put_nowait(None)
         else:
+            if self._subscribers is None:
+                self._subscribers = weakref.WeakSet()
             self._subscribers.add(queue)
         return self._state_stream(queue)
 
@@ -424,15 +469,16 @@ class ResilientSocket:
                     return
                 yield event
         finally:
-            self._subscribers.discard(queue)
+            if self._subscribers is not None:
+                self._subscribers.discard(queue)
 
     def add_on_state(self, callback: Callable[[StateEvent], object]) -> None:
         """Call ``callback`` with every state event of this socket."""
-        self._on_state.append(callback)
+        self._on_state = (*self._on_state, callback)
 
     def add_on_connect(self, callback: OnConnect) -> None:
         """Run ``callback(ws)`` after every connect from the next one on."""
-        self._on_connect.append(callback)
+        self._on_connect = (*self._on_connect, callback)
 
     # -- the owner --------------------------------------------------------------------------
 
@@ -599,30 +645,27 @@ class ResilientSocket:
                 await self._flush(conn, epoch)
             if not lost.done():
                 self._ready_epoch = epoch
-                self._open_event.set()
+                self._wake()
                 self._emit("ready", epoch=epoch)
                 keepalive = self._options.keepalive
                 if keepalive is not None:
                     ka = keepalive
-                    watcher = loop.create_task(
-                        watch_socket(
-                            ka,
-                            clock=self._clock,
-                            probe=lambda: self.request(ka.action, {}, timeout=ka.timeout),
-                            last_activity=lambda: self._last_activity,
-                            last_sent=lambda: self._last_sent,
-                            name=self._name,
-                        )
+                    # Run by the owner itself while it waits for the connection to end: no
+                    # watcher task per connection.
+                    dead = await keep_alive_until(
+                        ka,
+                        lost,
+                        clock=self._clock,
+                        probe=lambda: self.request(ka.action, {}, timeout=ka.timeout),
+                        last_activity=lambda: self._last_activity,
+                        last_sent=lambda: self._last_sent,
+                        name=self._name,
                     )
-                    helpers.append(watcher)
-                    either: set[asyncio.Future[Any]] = {watcher, lost}
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                    if watcher.done() and not lost.done():
+                    if dead is not None and not lost.done():
                         lost.set_result(Disconnect.dead_peer())
             disconnect = await lost
         finally:
             self._ready_epoch = None
-            self._open_event.clear()
             self._lost = None
             self._conn = None
             if not self._closing:
@@ -657,7 +700,7 @@ class ResilientSocket:
 
     async def _run_on_connect(self, epoch: int) -> None:
         _ON_CONNECT.set((id(self), epoch))
-        for callback in list(self._on_connect):
+        for callback in self._on_connect:
             await callback(self)
 
     async def _flush(self, conn: Connection, epoch: int) -> None:
@@ -737,8 +780,10 @@ class ResilientSocket:
             return
         handler = self._on_frame
         if handler is None:
+            if self._inbox is None:
+                self._inbox = deque()
             self._inbox.append(frame)
-            self._inbox_wakeup.set()
+            self._wake()
             return
         try:
             result = handler(frame)
@@ -760,7 +805,7 @@ class ResilientSocket:
             reason.__cause__ = error
         self._pending.fail_all(reason)
         unsent = self._outbox.clear()
-        self._unsent = [item.text for item in unsent]
+        self._unsent = tuple(item.text for item in unsent)
         if unsent:
             _log.warning(
                 "%s: closed with %d queued messages never sent (returned by close())",
@@ -770,16 +815,16 @@ class ResilientSocket:
             )
         self._life.to(SocketState.CLOSED)
         self._closing = True
-        self._closed_event.set()
-        self._inbox_wakeup.set()
+        self._wake()
         details: dict[str, Any] = {}
         if error is not None:
             details["error"] = type(error).__name__
             details["reason"] = str(error)
         self._emit("closed", **details)
-        for queue in list(self._subscribers):
-            queue.put_nowait(None)
-        self._subscribers.clear()
+        if self._subscribers is not None:
+            for queue in list(self._subscribers):
+                queue.put_nowait(None)
+            self._subscribers.clear()
         if self._on_closed is not None:
             on_closed, self._on_closed = self._on_closed, None
             on_closed(self)
@@ -797,8 +842,9 @@ class ResilientSocket:
         )
         emit(self._hooks.on_state, event)
         emit(self._on_state, event)
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        if self._subscribers is not None:
+            for queue in self._subscribers:
+                queue.put_nowait(event)
 
     def __repr__(self) -> str:
         state = self._life.state.value
