@@ -170,6 +170,22 @@ class Dialer(Protocol):
 class EngineDialer:
     """Dials ``service``/``path`` through an engine's domains, auth and session."""
 
+    # One per socket: no instance dict.
+    __slots__ = (
+        "_auth",
+        "_client_properties",
+        "_connect_timeout",
+        "_engine",
+        "_headers",
+        "_last",
+        "_max_msg_size",
+        "_name",
+        "_params",
+        "_path",
+        "_placement",
+        "_service",
+    )
+
     def __init__(
         self,
         engine: Engine,

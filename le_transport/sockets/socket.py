@@ -261,7 +261,11 @@ class ResilientSocket:
         async with timeout_after(self._clock, timeout):
             while self._ready_epoch is None:
                 self._raise_if_closed()
-                await self._changed()
+                waiter = self._waiter()
+                try:
+                    await waiter
+                finally:
+                    self._forget(waiter)
         self._raise_if_closed()
 
     async def close(self) -> list[str]:
@@ -426,21 +430,27 @@ class ResilientSocket:
                 if self._error is not None:
                     raise self._error.with_traceback(None)
                 raise StopAsyncIteration
-            await self._changed()
+            # Awaited here, not in a helper coroutine: an idle fleet holds one such wait per
+            # socket, and a coroutine frame per wait.
+            waiter = self._waiter()
+            try:
+                await waiter
+            finally:
+                self._forget(waiter)
         return self._inbox.popleft()
 
-    async def _changed(self) -> None:
-        """Wait until the next change: a frame in the inbox, open, or closed."""
+    def _waiter(self) -> asyncio.Future[None]:
+        """A future that the next change (a frame in the inbox, open, closed) resolves."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._waiters is None:
             self._waiters = []
         self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            waiters = self._waiters
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
+        return waiter
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, None
@@ -649,16 +659,15 @@ class ResilientSocket:
                 self._emit("ready", epoch=epoch)
                 keepalive = self._options.keepalive
                 if keepalive is not None:
-                    ka = keepalive
                     # Run by the owner itself while it waits for the connection to end: no
-                    # watcher task per connection.
+                    # watcher task per connection (and bound methods, not closures).
                     dead = await keep_alive_until(
-                        ka,
+                        keepalive,
                         lost,
                         clock=self._clock,
-                        probe=lambda: self.request(ka.action, {}, timeout=ka.timeout),
-                        last_activity=lambda: self._last_activity,
-                        last_sent=lambda: self._last_sent,
+                        probe=self._keepalive_probe,
+                        last_activity=self._get_last_activity,
+                        last_sent=self._get_last_sent,
                         name=self._name,
                     )
                     if dead is not None and not lost.done():
@@ -697,6 +706,17 @@ class ResilientSocket:
         if disconnect.kind is not DisconnectKind.BY_CALLER:
             self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
         return disconnect
+
+    async def _keepalive_probe(self) -> dict[str, Any]:
+        keepalive = self._options.keepalive
+        assert keepalive is not None
+        return await self.request(keepalive.action, {}, timeout=keepalive.timeout)
+
+    def _get_last_activity(self) -> float:
+        return self._last_activity
+
+    def _get_last_sent(self) -> float:
+        return self._last_sent
 
     async def _run_on_connect(self, epoch: int) -> None:
         _ON_CONNECT.set((id(self), epoch))
