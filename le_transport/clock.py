@@ -86,10 +86,20 @@ class _Wheel:
 _WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
 
 
+#: The last loop asked for (held weakly) and its wheel: a process runs one loop nearly always,
+#: and a weak-key lookup per timeout showed in the profile of a call.
+_LAST_WHEEL: tuple[weakref.ref[asyncio.AbstractEventLoop], _Wheel] | None = None
+
+
 def _wheel_of(loop: asyncio.AbstractEventLoop) -> _Wheel:
+    global _LAST_WHEEL
+    last = _LAST_WHEEL
+    if last is not None and last[0]() is loop:
+        return last[1]
     wheel = _WHEELS.get(loop)
     if wheel is None:
         wheel = _WHEELS[loop] = _Wheel()
+    _LAST_WHEEL = (weakref.ref(loop), wheel)
     return wheel
 
 
@@ -134,7 +144,8 @@ class _ClockTimeout:
     async def __aenter__(self) -> _ClockTimeout:
         if self._seconds is None:
             return self
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - only outside a task
             raise RuntimeError("timeout_after must be used inside a task")
         self._task = task
@@ -143,11 +154,10 @@ class _ClockTimeout:
         if type(self._clock) is RealClock:
             # The real clock's sleep without a task around it, nor a loop timer of its own: a
             # watchdog task per timeout cost more than the rest of the retry middleware.
-            loop = asyncio.get_running_loop()
             self._wheel = _wheel_of(loop)
             self._slot = self._wheel.arm(loop, self, max(0.0, self._seconds))
         else:
-            self._watchdog = asyncio.get_running_loop().create_task(
+            self._watchdog = loop.create_task(
                 self._watch(self._seconds), name="le_transport.timeout_after"
             )
         return self

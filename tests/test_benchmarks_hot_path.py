@@ -200,3 +200,54 @@ async def test_bodies_with_and_without_a_length_are_read_whole_and_the_limit_hol
         for path in ("/sized", "/streamed"):
             with pytest.raises(BodyTooLarge):
                 await small.request("GET", "svc", path)
+
+
+def test_each_event_loop_gets_its_own_timeout_wheel_though_the_last_one_is_remembered() -> None:
+    """The remembered (loop, wheel) pair never hands one loop's wheel to another: a timeout
+    armed on a second loop fires there, after the first loop is closed and gone."""
+    from le_transport.clock import _wheel_of
+
+    async def wheel_and_a_timeout_that_fires() -> tuple[int, bool]:
+        wheel = _wheel_of(asyncio.get_running_loop())
+        assert _wheel_of(asyncio.get_running_loop()) is wheel
+        with pytest.raises(TimeoutError):
+            async with timeout_after(RealClock(), 0.01) as limit:
+                await asyncio.Event().wait()
+        return id(wheel), limit.expired
+
+    first_loop = asyncio.new_event_loop()
+    second_loop = asyncio.new_event_loop()
+    try:
+        first = first_loop.run_until_complete(wheel_and_a_timeout_that_fires())
+        second = second_loop.run_until_complete(wheel_and_a_timeout_that_fires())
+        again = first_loop.run_until_complete(wheel_and_a_timeout_that_fires())
+    finally:
+        first_loop.close()
+        second_loop.close()
+    assert first[1]
+    assert second[1]
+    assert again[1]
+    assert first[0] != second[0]
+    assert again[0] == first[0]
+
+
+def test_call_context_is_current_inside_its_block_only_and_restored_after_an_error() -> None:
+    from le_transport.middleware.context import CallContext, call_context, current_call
+
+    outer, inner = CallContext(service="outer"), CallContext(service="inner")
+    assert current_call() is None
+    seen_inside: list[CallContext | None] = []
+
+    def fail_inside(ctx: CallContext) -> None:
+        with call_context(ctx):
+            seen_inside.append(current_call())
+            raise RuntimeError("boom")
+
+    with call_context(outer) as entered:
+        assert entered is outer
+        assert current_call() is outer
+        with pytest.raises(RuntimeError):
+            fail_inside(inner)
+        assert seen_inside == [inner]
+        assert current_call() is outer
+    assert current_call() is None

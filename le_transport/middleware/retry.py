@@ -141,11 +141,12 @@ class RetryMiddleware:
             method=method,
             idempotent=idempotent,
         )
+        now = self.clock.now()
         if ctx.started_at is None:
-            ctx.started_at = self.clock.now()
+            ctx.started_at = now
         remaining = None
         if policy.deadline is not None:
-            remaining = max(0.0, policy.deadline - (self.clock.now() - ctx.started_at))
+            remaining = max(0.0, policy.deadline - (now - ctx.started_at))
         ctx.active = True
         try:
             async with timeout_after(self.clock, remaining) as deadline:
@@ -234,7 +235,10 @@ class _Call:
             started = clock.now()
             self.in_flight = (attempt, started)
             try:
-                resp, outcome, error = await self._gated_attempt(attempt)
+                # Without a gate, straight to the attempt: a coroutine layer less per call.
+                resp, outcome, error = await (
+                    self._attempt(attempt) if self.mw.gate is None else self._gated_attempt(attempt)
+                )
             except BodyTooLarge as too_large:
                 # Not retried: the same answer would be as large again.
                 status = self.last_status if self.last_status is not None else 0
