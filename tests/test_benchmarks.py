@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from benchmarks import http_calls, policy_cost, reconnect_storm, ws_scale
+from benchmarks import http_calls, http_layers, policy_cost, reconnect_storm, ws_scale
 from benchmarks.__main__ import main
 from benchmarks._common import RESULTS_DIR, percentile, spread
 
@@ -31,6 +31,16 @@ def test_every_http_client_completes_calls_and_the_retrying_ones_absorb_the_503s
     sent = {name: faults["4"][name]["amplification"] for name in http_calls.CLIENTS}
     assert sent["raw aiohttp"] == pytest.approx(1.0)
     assert all(sent[name] >= 1.0 for name in retrying)
+    assert "vs raw" in result["text"]
+
+
+def test_every_layer_of_the_happy_path_completes_its_calls_and_reports_cpu_per_call() -> None:
+    result = http_layers.run("tiny")
+    layers = result["data"]["layers"]
+    assert list(layers) == list(http_layers.LAYERS)
+    for name, figures in layers.items():
+        assert len(figures["cpu_us_per_call"]) == http_layers.SIZES["tiny"]["rounds"], name
+        assert figures["best"] > 0, name
     assert "vs raw" in result["text"]
 
 

@@ -398,9 +398,11 @@ class _Call:
         )
 
     def _retry_after(self, resp: ClientResponse) -> float | None:
-        value = resp.headers.get(hdrs.RETRY_AFTER)
-        if value is None or resp.status < 400:
+        if resp.status < 400:
             # On a success or a redirect the header asks nothing of the retry loop.
+            return None
+        value = resp.headers.get(hdrs.RETRY_AFTER)
+        if value is None:
             return None
         now_epoch = self.mw.wall_clock()
         date = resp.headers.get(hdrs.DATE)
