@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -111,12 +112,18 @@ async def keep_alive_until(
             if until is None:
                 await clock.sleep(decision.at - now)
             else:
+                # A fresh future per wait, resolved by `until`: the timeout cancels it, never
+                # `until` (cheaper than asyncio.shield, which an idle fleet holds per socket).
+                tick: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                resolve = functools.partial(_resolve, tick)
+                until.add_done_callback(resolve)
                 try:
                     async with timeout_after(clock, decision.at - now):
-                        # Shielded: the timeout cancels this wait, never the outcome awaited.
-                        await asyncio.shield(until)
+                        await tick
                 except TimeoutError:
                     pass
+                finally:
+                    until.remove_done_callback(resolve)
             if probe_sent_at is not None and last_activity() >= probe_sent_at:
                 probe_sent_at = None
         return None
@@ -127,6 +134,12 @@ async def keep_alive_until(
             for task in list(probes):
                 with contextlib.suppress(BaseException):
                     await task
+
+
+def _resolve(tick: asyncio.Future[None], _: object) -> None:
+    # Called soon after `until` is done: the wait may have timed out meanwhile.
+    if not tick.done():
+        tick.set_result(None)
 
 
 async def _quiet(awaitable: Awaitable[object]) -> object:
