@@ -251,3 +251,43 @@ def test_call_context_is_current_inside_its_block_only_and_restored_after_an_err
         assert seen_inside == [inner]
         assert current_call() is outer
     assert current_call() is None
+
+
+def test_the_guard_keeps_each_services_budget_key_equal_to_the_one_it_would_build() -> None:
+    """The per-service key cache never hands one service another's key, also once it has
+    started over (more services than it keeps)."""
+    from le_transport.middleware.overload import OverloadGuard
+    from le_transport.state.store import state_key
+
+    guard = OverloadGuard(account="acct")
+    services = [f"svc:{i}" for i in range(1500)] + ["svc:0", "a:b", "a%3Ab"]
+    for service in services:
+        assert guard._budget_key(service) == state_key("acct", "budget", service)
+    assert guard._budget_key("a:b") != guard._budget_key("a%3Ab")
+
+
+def test_budget_and_breaker_records_keep_every_other_field() -> None:
+    """Built by their constructors on the hot path: a record changes only its own counter."""
+    from le_transport.policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
+    from le_transport.policies.budget import BudgetState, RetryBudget
+
+    budget = RetryBudget()
+    state = budget.record_request(BudgetState(), now=100.0, count=3)
+    assert state.total_requests == 3
+    _, spent = budget.try_retry(state, now=100.0)
+    after = budget.record_request(spent, now=100.0)
+    assert after.total_requests == 4
+    assert after.retries == spent.retries
+    assert after.slot == spent.slot
+
+    breaker = CircuitBreaker()
+    status = BreakerStatus(state=BreakerState.CLOSED, opens=2, open_until=5.0, probe_until=7.0)
+    ok = breaker.record(status, 100.0, failed=False)
+    assert sum(ok.successes) == 1
+    assert sum(ok.failures) == 0
+    assert (ok.state, ok.opens, ok.open_until, ok.probe_until) == (
+        BreakerState.CLOSED,
+        2,
+        5.0,
+        7.0,
+    )

@@ -155,6 +155,7 @@ class OverloadGuard:
         self._store: StateStore = store
         # A local store costs nothing: count first attempts at once, no batching.
         self._flush_interval = flush_interval if self._shared else 0.0
+        self._budget_keys: dict[str, str] = {}
         self._sync_interval = sync_interval
         self._pending: dict[str, int] = {}
         self._flushed_at: dict[str, float] = {}
@@ -180,7 +181,14 @@ class OverloadGuard:
     # -- keys -------------------------------------------------------------------------------
 
     def _budget_key(self, service: str) -> str:
-        return state_key(self._account, "budget", service)
+        # Kept per service: in this process's memory the budget is asked on every first
+        # attempt, and escaping the same key again showed in the profile of a call.
+        key = self._budget_keys.get(service)
+        if key is None:
+            if len(self._budget_keys) >= 1024:
+                self._budget_keys.clear()
+            key = self._budget_keys[service] = state_key(self._account, "budget", service)
+        return key
 
     def _trip_key(self, key: tuple[str, str]) -> str:
         return state_key(self._account, "breaker", *key)

@@ -250,7 +250,17 @@ class CircuitBreaker:
             return status
         aged = self._aged(status, now)
         if not failed:
-            return attrs.evolve(aged, successes=(aged.successes[0] + 1, *aged.successes[1:]))
+            # The constructor, not attrs.evolve: this runs after every attempt, and evolve's
+            # field introspection cost more than the rest of it (benchmarks/README.md).
+            return BreakerStatus(
+                state=aged.state,
+                slot=aged.slot,
+                successes=(aged.successes[0] + 1, *aged.successes[1:]),
+                failures=aged.failures,
+                open_until=aged.open_until,
+                opens=aged.opens,
+                probe_until=aged.probe_until,
+            )
         aged = attrs.evolve(aged, failures=(aged.failures[0] + 1, *aged.failures[1:]))
         failures = sum(aged.failures)
         total = failures + sum(aged.successes)
