@@ -195,5 +195,6 @@ async def test_a_state_iterator_dropped_unfinished_stops_collecting(clock: Virtu
     gc.collect()
     ws.start()
     await clock.sleep(5)  # connect failures and reconnect waits emit events meanwhile
+    assert ws._subscribers is not None  # made by states() above
     assert len(ws._subscribers) == 0
     await ws.close()
