@@ -20,6 +20,7 @@ from le_transport.policies import (
     KeepaliveTransport,
 )
 from le_transport.sockets import KeepaliveTask, watch_socket
+from le_transport.sockets.keepalive import keep_alive_until
 from le_transport.testing import VirtualClock
 
 RUNS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -162,3 +163,48 @@ def test_outbound_idle_probes_a_quiet_client_even_while_frames_arrive() -> None:
     )
     assert outbound.decide(40.0, last_activity=39.0, last_sent=10.0).step is KeepaliveStep.PROBE
     assert outbound.decide(40.0, last_activity=39.0, last_sent=20.0).at == 50.0
+
+
+async def test_the_owners_keepalive_returns_as_soon_as_the_connection_ends_and_leaves_its_outcome(
+    clock: VirtualClock,
+) -> None:
+    policy = MESSAGING_AGENT_SDK_GETCLOCK
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    probes: list[float] = []
+
+    async def probe() -> None:
+        probes.append(clock.now())
+
+    async def end_later() -> None:
+        await clock.sleep(policy.interval + policy.timeout / 2)
+        ended.set_result("lost")
+
+    ender = asyncio.get_running_loop().create_task(end_later())
+    # The peer answers nothing, but the connection ends before the probe's timeout.
+    result = await keep_alive_until(
+        policy, ended, clock=clock, probe=probe, last_activity=lambda: 0.0
+    )
+    await ender
+    assert result is None
+    assert clock.now() == pytest.approx(policy.interval + policy.timeout / 2)
+    assert probes == [pytest.approx(policy.interval)]
+    # Many timed-out waits on the outcome never cancelled it: it holds what the reader set.
+    assert ended.result() == "lost"
+
+
+async def test_the_owners_keepalive_reports_a_silent_peer_dead_when_its_probe_was_sent(
+    clock: VirtualClock,
+) -> None:
+    policy = MESSAGING_AGENT_SDK_GETCLOCK
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def probe() -> None:
+        return None
+
+    dead_since = await keep_alive_until(
+        policy, never, clock=clock, probe=probe, last_activity=lambda: 0.0
+    )
+    assert dead_since == pytest.approx(policy.interval)
+    assert clock.now() == pytest.approx(policy.interval + policy.timeout)
+    assert not never.done()
+    never.cancel()
