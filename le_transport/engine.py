@@ -53,6 +53,7 @@ from .sockets import (
     ResilientSocket,
     SocketOptions,
 )
+from .sockets.keepalive import KeepaliveScheduler
 from .sockets.socket import FrameHandler, OnConnect
 
 __all__ = ["Engine", "InvalidRequest", "Response"]
@@ -285,6 +286,8 @@ class Engine:
         self._urls: dict[tuple[str, str, str], tuple[URL, str]] = {}
         self._pacer = pacer or ReconnectPacer(self._clock)
         self._sockets: set[ResilientSocket] = set()
+        # One task serves every socket's keepalive: none per socket (benchmarks/README.md).
+        self._socket_keepalives = KeepaliveScheduler(self._clock)
         self._keepalives: set[KeepaliveTask] = set()
 
     # -- properties -------------------------------------------------------------------------
@@ -398,6 +401,7 @@ class Engine:
         # Sockets and keepalives first: they use the session and the credentials.
         for ws in list(self._sockets):
             await ws.close()
+        await self._socket_keepalives.close()
         for task in list(self._keepalives):
             await task.close()
         if not already and self._session is not None:
@@ -640,6 +644,7 @@ class Engine:
             on_frame=on_frame,
             escalate=escalate or RecoveryEscalation(self._recovery, opts.close_policy),
             on_closed=self._sockets.discard,
+            keepalives=self._socket_keepalives,
         )
         self._sockets.add(ws)
         return ws.start()

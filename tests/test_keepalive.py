@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from le_transport import ConfigurationError
+from le_transport.clock import RealClock
 from le_transport.policies import (
     CHAT_AGENT_API_REFRESH,
     GUIDE_KEEPALIVES,
@@ -20,7 +23,7 @@ from le_transport.policies import (
     KeepaliveTransport,
 )
 from le_transport.sockets import KeepaliveTask, watch_socket
-from le_transport.sockets.keepalive import keep_alive_until
+from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.testing import VirtualClock
 
 RUNS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -165,46 +168,169 @@ def test_outbound_idle_probes_a_quiet_client_even_while_frames_arrive() -> None:
     assert outbound.decide(40.0, last_activity=39.0, last_sent=20.0).at == 50.0
 
 
-async def test_the_owners_keepalive_returns_as_soon_as_the_connection_ends_and_leaves_its_outcome(
+class Subject:
+    """A keepalive subject that answers a scripted series of next times, then None."""
+
+    def __init__(self, clock: VirtualClock | RealClock, answers: list[float | None]) -> None:
+        self.clock = clock
+        self.answers = list(answers)
+        self.asked: list[float] = []
+
+    def _keepalive_due(self, now: float) -> float | None:
+        self.asked.append(now)
+        return self.answers.pop(0) if self.answers else None
+
+
+def _scheduler_tasks() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name() == "le_transport socket keepalives" and not t.done()
+    ]
+
+
+async def test_one_scheduler_task_serves_every_socket_and_ends_when_none_is_left(
     clock: VirtualClock,
 ) -> None:
-    policy = MESSAGING_AGENT_SDK_GETCLOCK
-    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    probes: list[float] = []
-
-    async def probe() -> None:
-        probes.append(clock.now())
-
-    async def end_later() -> None:
-        await clock.sleep(policy.interval + policy.timeout / 2)
-        ended.set_result("lost")
-
-    ender = asyncio.get_running_loop().create_task(end_later())
-    # The peer answers nothing, but the connection ends before the probe's timeout.
-    result = await keep_alive_until(
-        policy, ended, clock=clock, probe=probe, last_activity=lambda: 0.0
-    )
-    await ender
-    assert result is None
-    assert clock.now() == pytest.approx(policy.interval + policy.timeout / 2)
-    assert probes == [pytest.approx(policy.interval)]
-    # Many timed-out waits on the outcome never cancelled it: it holds what the reader set.
-    assert ended.result() == "lost"
+    scheduler = KeepaliveScheduler(clock)
+    subjects = [Subject(clock, [10.0 + i, 40.0 + i, None]) for i in range(50)]
+    for i, subject in enumerate(subjects):
+        scheduler.watch(subject, at=5.0 + i)
+    # Fifty sockets watched, one task: an idle socket costs a heap entry, not a task.
+    assert len(_scheduler_tasks()) == 1
+    assert scheduler.watched == 50
+    await clock.sleep(100)
+    for i, subject in enumerate(subjects):
+        assert subject.asked == [5.0 + i, 10.0 + i, 40.0 + i]
+    # Every subject answered None: nothing is left to serve, and the task has ended.
+    assert scheduler.watched == 0
+    assert not scheduler.running
+    await scheduler.close()
 
 
-async def test_the_owners_keepalive_reports_a_silent_peer_dead_when_its_probe_was_sent(
+async def test_an_earlier_deadline_wakes_the_scheduler_from_a_later_one(
     clock: VirtualClock,
 ) -> None:
-    policy = MESSAGING_AGENT_SDK_GETCLOCK
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    scheduler = KeepaliveScheduler(clock)
+    late = Subject(clock, [])
+    early = Subject(clock, [])
+    scheduler.watch(late, at=100.0)
+    await clock.sleep(1)  # the task now sleeps until 100
+    scheduler.watch(early, at=10.0)
+    await clock.sleep(20)
+    assert early.asked == [10.0]
+    assert late.asked == []
+    await clock.sleep(100)
+    assert late.asked == [100.0]
+    await scheduler.close()
 
-    async def probe() -> None:
-        return None
 
-    dead_since = await keep_alive_until(
-        policy, never, clock=clock, probe=probe, last_activity=lambda: 0.0
-    )
-    assert dead_since == pytest.approx(policy.interval)
-    assert clock.now() == pytest.approx(policy.interval + policy.timeout)
-    assert not never.done()
-    never.cancel()
+async def test_an_unwatched_socket_is_never_asked_and_the_last_one_ends_the_task(
+    clock: VirtualClock,
+) -> None:
+    scheduler = KeepaliveScheduler(clock)
+    kept = Subject(clock, [60.0, None])
+    gone = Subject(clock, [60.0])
+    scheduler.watch(kept, at=30.0)
+    ticket = scheduler.watch(gone, at=30.0)
+    scheduler.unwatch(ticket)
+    await clock.sleep(100)
+    assert gone.asked == []
+    assert kept.asked == [30.0, 60.0]
+    assert not scheduler.running
+    last = scheduler.watch(Subject(clock, [120.0]), at=110.0)
+    assert scheduler.running
+    scheduler.unwatch(last)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not scheduler.running
+
+
+async def test_forgotten_sockets_are_not_kept_alive_by_the_heap(clock: VirtualClock) -> None:
+    """Entries of connections that ended are dropped from the heap once they outnumber the
+    live ones, so a closed socket is not held until its old deadline."""
+    scheduler = KeepaliveScheduler(clock)
+    keep = [Subject(clock, [1e6]) for _ in range(10)]
+    for subject in keep:
+        scheduler.watch(subject, at=3600.0)
+    refs = []
+    for _ in range(200):
+        subject = Subject(clock, [1e6])
+        refs.append(weakref.ref(subject))
+        scheduler.unwatch(scheduler.watch(subject, at=3600.0))
+        del subject
+    gc.collect()
+    # At most the last batch below the rebuild threshold is still held.
+    assert sum(ref() is not None for ref in refs) <= 64
+    assert scheduler.watched == 10
+    await scheduler.close()
+    assert not scheduler.running
+
+
+async def test_closing_the_scheduler_stops_its_task_and_forgets_every_socket(
+    clock: VirtualClock,
+) -> None:
+    scheduler = KeepaliveScheduler(clock)
+    subject = Subject(clock, [60.0, 90.0])
+    scheduler.watch(subject, at=30.0)
+    await clock.sleep(45)
+    await scheduler.close()
+    assert not scheduler.running
+    assert scheduler.watched == 0
+    await clock.sleep(100)
+    assert subject.asked == [30.0]
+
+
+async def test_the_scheduler_runs_on_the_real_clock_too() -> None:
+    clock = RealClock()
+    scheduler = KeepaliveScheduler(clock)
+    asked = asyncio.get_running_loop().create_future()
+
+    class Once:
+        def _keepalive_due(self, now: float) -> float | None:
+            asked.set_result(now)
+            return None
+
+    start = clock.now()
+    scheduler.watch(Once(), at=start + 0.02)
+    # Generous: only proves the wait ends on the loop's own time, not how fast.
+    when = await asyncio.wait_for(asked, timeout=30)
+    assert when >= start + 0.02
+    await scheduler.close()
+
+
+@RUNS
+@given(
+    plans=st.lists(
+        st.lists(st.floats(0.5, 120.0, allow_nan=False), min_size=1, max_size=6),
+        min_size=1,
+        max_size=20,
+    ),
+    starts=st.lists(st.floats(0.0, 60.0, allow_nan=False), min_size=20, max_size=20),
+)
+def test_each_socket_is_asked_exactly_at_the_times_it_answered_never_earlier(
+    plans: list[list[float]], starts: list[float]
+) -> None:
+    """Whatever the mix of deadlines, every watched socket is asked at its first deadline
+    and then exactly at each time it answered, in order, and nothing is asked after it
+    answered None; the scheduler's task ends with the last socket."""
+
+    async def scenario() -> None:
+        clock = VirtualClock()
+        scheduler = KeepaliveScheduler(clock)
+        subjects: list[tuple[Subject, list[float]]] = []
+        for plan, start in zip(plans, starts[: len(plans)], strict=True):
+            times = [start]
+            for gap in plan:
+                times.append(times[-1] + gap)
+            subject = Subject(clock, [*times[1:], None])
+            scheduler.watch(subject, at=start)
+            subjects.append((subject, times))
+        await clock.sleep(60 + 6 * 120 + 1)
+        for subject, times in subjects:
+            assert subject.asked == pytest.approx(times)
+        assert scheduler.watched == 0
+        assert not scheduler.running
+        await scheduler.close()
+
+    asyncio.run(scenario())

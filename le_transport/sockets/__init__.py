@@ -21,7 +21,7 @@ from .dial import (
     ums_brand_path,
 )
 from .escalation import RecoveryEscalation
-from .keepalive import KeepaliveTask, watch_socket
+from .keepalive import KeepaliveScheduler, KeepaliveTask, watch_socket
 from .lifecycle import Lifecycle, SocketState
 from .options import HEALTHY_AFTER, SocketOptions
 from .outbox import Outbox, Outgoing
@@ -46,6 +46,7 @@ __all__ = [
     "EngineDialer",
     "EscalationRequest",
     "FrameHandler",
+    "KeepaliveScheduler",
     "KeepaliveTask",
     "Lifecycle",
     "OnConnect",

@@ -3,25 +3,32 @@
 Two kinds of action share one policy: a socket request (``GetClock``), sent only when nothing
 arrived for a whole interval, whose silence past the timeout means the peer is dead; and an
 HTTP call through the engine (Server Chat API "retrieve chat information", Login Service
-``refresh``), run every interval. Both sleep on the injected clock; a keepalive never runs on a
-socket that is down (LivePerson's SDK crashed the process doing that), because the socket's
-owner starts it for each connection and cancels it when the connection ends.
+``refresh``), run every interval. Both run on the injected clock.
+
+Socket keepalives are served by a :class:`KeepaliveScheduler`, one per engine: a heap of
+(deadline, socket) entries and one task sleeping until the earliest. An idle socket costs a heap
+entry, not a task, a coroutine or a timer of its own (a fleet of 10,000 sockets holds one
+keepalive task). A keepalive never runs on a socket that is down (LivePerson's SDK crashed the
+process doing that): a socket is watched from the moment its connection is ready and forgotten
+when the connection ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import heapq
+import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
 
-__all__ = ["KeepaliveTask", "keep_alive_until", "watch_socket"]
+__all__ = ["KeepaliveScheduler", "KeepaliveSubject", "KeepaliveTask", "watch_socket"]
 
 _log = logging.getLogger("le_transport.sockets")
 
@@ -37,47 +44,15 @@ async def watch_socket(
 ) -> float:
     """Keep one connection alive until its peer is found dead; returns when the probe sent.
 
-    ``probe`` sends the keepalive request (its answer, like any frame, moves
+    The single-connection form of what :class:`KeepaliveScheduler` does for a fleet, in the
+    caller's task. ``probe`` sends the keepalive request (its answer, like any frame, moves
     ``last_activity``); it runs in its own task so that a slow answer never delays the
     schedule. Cancel the watcher to stop it: the probe in flight is cancelled with it.
     """
-    dead_since = await keep_alive_until(
-        policy,
-        None,
-        clock=clock,
-        probe=probe,
-        last_activity=last_activity,
-        last_sent=last_sent,
-        name=name,
-    )
-    assert dead_since is not None
-    return dead_since
-
-
-async def keep_alive_until(
-    policy: Keepalive,
-    until: asyncio.Future[Any] | None,
-    *,
-    clock: Clock,
-    probe: Callable[[], Awaitable[object]],
-    last_activity: Callable[[], float],
-    last_sent: Callable[[], float] | None = None,
-    name: str = "socket",
-) -> float | None:
-    """:func:`watch_socket` in the caller's own task, until ``until`` is done.
-
-    Returns None as soon as ``until`` is done (the connection ended otherwise), or when the
-    peer was found dead, the time the unanswered probe went out. A socket's owner runs this
-    while it waits for its connection to end, so that keepalive costs no task of its own
-    (a fleet of 10,000 sockets holds 10,000 fewer tasks, and one coroutine frame per socket
-    instead of a chain of them); ``until`` itself is never cancelled. ``until`` None: until
-    the peer is dead.
-    """
     probe_sent_at: float | None = None
-    # Made on the first probe: an idle fleet mostly never probes between two frames.
-    probes: set[asyncio.Task[object]] | None = None
+    probes: set[asyncio.Task[object]] = set()
     try:
-        while until is None or not until.done():
+        while True:
             now = clock.now()
             decision = policy.decide(
                 now,
@@ -96,50 +71,19 @@ async def keep_alive_until(
                 return probe_sent_at
             if decision.step is KeepaliveStep.PROBE:
                 probe_sent_at = now
-                _log.debug(
-                    "%s: keepalive %s (%s)",
-                    name,
-                    policy.action,
-                    decision.reason,
-                    extra={"socket": name, "keepalive": policy.action},
-                )
                 task: asyncio.Task[object] = asyncio.get_running_loop().create_task(_quiet(probe()))
-                if probes is None:
-                    probes = set()
                 probes.add(task)
                 task.add_done_callback(probes.discard)
                 continue
-            if until is None:
-                await clock.sleep(decision.at - now)
-            else:
-                # A fresh future per wait, resolved by `until`: the timeout cancels it, never
-                # `until` (cheaper than asyncio.shield, which an idle fleet holds per socket).
-                tick: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                resolve = functools.partial(_resolve, tick)
-                until.add_done_callback(resolve)
-                try:
-                    async with timeout_after(clock, decision.at - now):
-                        await tick
-                except TimeoutError:
-                    pass
-                finally:
-                    until.remove_done_callback(resolve)
+            await clock.sleep(decision.at - now)
             if probe_sent_at is not None and last_activity() >= probe_sent_at:
                 probe_sent_at = None
-        return None
     finally:
-        if probes:
-            for task in list(probes):
-                task.cancel()
-            for task in list(probes):
-                with contextlib.suppress(BaseException):
-                    await task
-
-
-def _resolve(tick: asyncio.Future[None], _: object) -> None:
-    # Called soon after `until` is done: the wait may have timed out meanwhile.
-    if not tick.done():
-        tick.set_result(None)
+        for task in list(probes):
+            task.cancel()
+        for task in list(probes):
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def _quiet(awaitable: Awaitable[object]) -> object:
@@ -151,6 +95,160 @@ async def _quiet(awaitable: Awaitable[object]) -> object:
         raise
     except Exception as exc:
         return exc
+
+
+class KeepaliveSubject(Protocol):
+    """What a :class:`KeepaliveScheduler` serves: a socket whose connection is ready."""
+
+    def _keepalive_due(self, now: float) -> float | None:
+        """Run the keepalive decision at ``now`` (probe, or declare the peer dead and end the
+        connection); return when to be asked next, or None to be watched no longer."""
+        ...
+
+
+class KeepaliveScheduler:
+    """Serves every socket keepalive of an engine with one task on the injected clock.
+
+    :meth:`watch` puts a subject on a heap of deadlines and returns its ticket; one task sleeps
+    until the earliest deadline (woken early when an earlier one arrives), asks each due
+    subject ``_keepalive_due``, and puts it back at the time it answers.
+    Sockets do not touch the heap when frames arrive: a socket whose deadline passed while
+    traffic flowed answers a later deadline, so a busy socket costs one heap entry per
+    interval. :meth:`unwatch` forgets a ticket (the connection ended); its entry is skipped
+    when it comes up, and the heap is rebuilt when forgotten entries outnumber live ones.
+
+    The task starts with the first watched subject and ends when none is left; :meth:`close`
+    (the engine's close) stops it at once.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_dropped",
+        "_heap",
+        "_live",
+        "_task",
+        "_tickets",
+        "_wake",
+        "_wake_at",
+        "shared",
+    )
+
+    def __init__(self, clock: Clock, *, shared: bool = True) -> None:
+        self._clock = clock
+        #: Whether sockets share it (an engine's, closed by the engine); a socket made without
+        #: an engine has one of its own and closes it when it closes.
+        self.shared = shared
+        self._heap: list[tuple[float, int, KeepaliveSubject]] = []
+        # Tickets forgotten while their entry is still on the heap.
+        self._dropped: set[int] = set()
+        self._live = 0
+        self._tickets = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        # The task's wait, and the deadline it waits for: an earlier deadline wakes it.
+        self._wake: asyncio.Future[None] | None = None
+        self._wake_at = math.inf
+
+    @property
+    def watched(self) -> int:
+        """How many subjects are watched."""
+        return self._live
+
+    @property
+    def running(self) -> bool:
+        """Whether the scheduler's task is running."""
+        return self._task is not None and not self._task.done()
+
+    def watch(self, subject: KeepaliveSubject, at: float) -> int:
+        """Ask ``subject`` at ``at`` (clock time), and then when it says; returns its ticket."""
+        ticket = next(self._tickets)
+        heapq.heappush(self._heap, (at, ticket, subject))
+        self._live += 1
+        task = self._task
+        if task is None or task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="le_transport socket keepalives"
+            )
+        elif at < self._wake_at:
+            self._poke()
+        return ticket
+
+    def unwatch(self, ticket: int) -> None:
+        """Forget ``ticket``: its subject is asked no more. Call once per ticket, and not for a
+        ticket whose subject answered None (that answer already forgot it)."""
+        self._live -= 1
+        if self._live <= 0:
+            # Nothing left to serve: the task ends now, and forgotten entries go with it.
+            self._live = 0
+            self._heap.clear()
+            self._dropped.clear()
+            self._poke()
+            return
+        self._dropped.add(ticket)
+        if len(self._dropped) > max(64, self._live):
+            dropped = self._dropped
+            self._heap = [entry for entry in self._heap if entry[1] not in dropped]
+            heapq.heapify(self._heap)
+            dropped.clear()
+
+    async def close(self) -> None:
+        """Stop serving: forget every subject and end the task. Idempotent."""
+        self._live = 0
+        self._heap.clear()
+        self._dropped.clear()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = self._clock
+        while self._live > 0:
+            now = clock.now()
+            self._serve_due(now)
+            if not self._heap or self._live <= 0:
+                break
+            at = self._heap[0][0]
+            wake: asyncio.Future[None] = loop.create_future()
+            self._wake, self._wake_at = wake, at
+            try:
+                async with timeout_after(clock, at - now):
+                    await wake
+            except TimeoutError:
+                pass
+            finally:
+                self._wake, self._wake_at = None, math.inf
+        self._heap.clear()
+        self._dropped.clear()
+
+    def _serve_due(self, now: float) -> None:
+        heap = self._heap
+        dropped = self._dropped
+        while heap and heap[0][0] <= now:
+            _, ticket, subject = heapq.heappop(heap)
+            if ticket in dropped:
+                dropped.discard(ticket)
+                continue
+            try:
+                at = subject._keepalive_due(now)
+            except Exception:
+                # One subject's failure must not stop every other socket's keepalive. It is
+                # asked no more, and stays counted until its owner unwatches it.
+                _log.exception("a socket keepalive check failed; that socket is not watched")
+                continue
+            if at is None:
+                self._live -= 1
+                continue
+            # Never due again at the same instant: that would spin without time passing.
+            heapq.heappush(
+                heap, (at if at > now else math.nextafter(now, math.inf), ticket, subject)
+            )
 
 
 class KeepaliveTask:

@@ -77,6 +77,10 @@ class Outbox:
                 return True
         return False
 
+    def texts(self) -> list[str]:
+        """The wire texts still wanted, in order, left in the queue."""
+        return [i.text for i in self._items or () if not i.withdrawn]
+
     def clear(self) -> list[Outgoing]:
         """Empty the queue; the messages that were still wanted."""
         items = [i for i in self._items or () if not i.withdrawn]

@@ -9,17 +9,26 @@ socket happens in its owner task, in this order, so there is never more than one
 flight and a superseded connection cannot act:
 
 1. ``CONNECTING``: dial (resolve the host, get credentials, upgrade, first-frame auth).
-2. ``OPEN``: start the reader; run the ``on_connect`` callbacks (their sends go straight out);
-   flush the queue in order; from then on sends go straight out; start the keepalive watcher.
-3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure), fail the
-   requests in flight on it with :class:`~le_transport.errors.SocketClosed`, close it, and go
-   to ``RECONNECTING``.
+2. ``OPEN``: run the ``on_connect`` callbacks (their sends go straight out) and flush the queue
+   in order, in a short-lived task while the owner reads, or in the owner itself when there
+   are no callbacks; from then on sends go straight out, and the engine's
+   :class:`~le_transport.sockets.keepalive.KeepaliveScheduler` watches the connection.
+   The owner reads the connection itself until it ends.
+3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure, the
+   caller's close), fail the requests in flight on it with
+   :class:`~le_transport.errors.SocketClosed`, close it, and go to ``RECONNECTING``.
 4. ``CLOSING`` → ``CLOSED`` on :meth:`ResilientSocket.close` or a final failure.
+
+aiohttp's ``receive()`` must not be cancelled (it marks the connection abnormally closed), so
+whatever ends a connection from outside the owner (the caller's close, a dead peer, a failed
+write, a failed ``on_connect``) records why, and closes the aiohttp connection in a short-lived
+task: that makes the owner's ``receive()`` return.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import json
@@ -46,9 +55,10 @@ from ..errors import (
 )
 from ..events import EventHooks, StateEvent, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
+from ..policies.keepalive import Keepalive, KeepaliveStep
 from .correlation import PendingRequests
 from .dial import Connection, Dialer, DialFailed
-from .keepalive import keep_alive_until
+from .keepalive import KeepaliveScheduler
 from .lifecycle import Lifecycle, SocketState
 from .options import SocketOptions
 from .outbox import Outbox, Outgoing
@@ -121,17 +131,20 @@ class ResilientSocket:
     __slots__ = (
         "__weakref__",
         "_clock",
+        "_closer",
         "_closing",
         "_conn",
         "_dialer",
+        "_ended",
         "_error",
         "_escalate",
         "_hooks",
         "_inbox",
+        "_keepalive_ticket",
+        "_keepalives",
         "_last_activity",
         "_last_sent",
         "_life",
-        "_lost",
         "_name",
         "_on_closed",
         "_on_connect",
@@ -142,6 +155,8 @@ class ResilientSocket:
         "_owner",
         "_pacer",
         "_pending",
+        "_probe",
+        "_probe_sent_at",
         "_ready_epoch",
         "_rng",
         "_subscribers",
@@ -165,6 +180,7 @@ class ResilientSocket:
         on_state: Sequence[Callable[[StateEvent], object]] = (),
         escalate: ReloginEscalation | None = None,
         on_closed: Callable[[ResilientSocket], object] | None = None,
+        keepalives: KeepaliveScheduler | None = None,
     ) -> None:
         self._dialer = dialer
         self._options = options or SocketOptions()
@@ -187,7 +203,16 @@ class ResilientSocket:
         # Weak: an iterator the caller dropped without finishing must not keep collecting.
         self._subscribers: weakref.WeakSet[asyncio.Queue[StateEvent | None]] | None = None
         self._conn: Connection | None = None
-        self._lost: asyncio.Future[Disconnect] | None = None
+        # How the current connection ended, when something outside the owner's read ended it
+        # (first one wins), and the task closing it so that the owner's read returns.
+        self._ended: Disconnect | None = None
+        self._closer: asyncio.Task[None] | None = None
+        # The keepalive: the engine's scheduler (or one of the socket's own, made on first
+        # use), the ticket of the current connection, and the probe in flight.
+        self._keepalives = keepalives
+        self._keepalive_ticket: int | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._probe_sent_at: float | None = None
         self._ready_epoch: int | None = None
         self._owner: asyncio.Task[None] | None = None
         self._closing = False
@@ -281,10 +306,16 @@ class ResilientSocket:
                 self._life.to(SocketState.CLOSING)
                 await self._finish()
             return list(self._unsent)
-        lost = self._lost
-        if lost is not None and not lost.done():
-            lost.set_result(Disconnect.by_caller())
-        elif not owner.done() and self._life.state is not SocketState.OPEN:
+        if self._conn is not None:
+            # Connected (or cleaning a connection up): the owner is reading, or about to; a
+            # read must end by the connection closing, never by a cancellation.
+            self._end_connection(Disconnect.by_caller(), self._options.close_timeout)
+            if asyncio.current_task() is owner:
+                # Called by an on_frame handler, which the owner runs: it cannot wait for
+                # itself. The socket closes as soon as the handler returns.
+                return self._outbox.texts()
+        elif not owner.done():
+            # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
             owner.cancel()
         await asyncio.wait({owner})
         if self._life.state is not SocketState.CLOSED:
@@ -405,9 +436,26 @@ class ResilientSocket:
         self._last_sent = self._clock.now()
 
     def _connection_broke(self, epoch: int, exc: BaseException) -> None:
-        lost = self._lost
-        if lost is not None and not lost.done() and self._life.is_current(epoch):
-            lost.set_result(Disconnect.abnormal(error=type(exc).__name__))
+        if self._life.is_current(epoch):
+            self._end_connection(
+                Disconnect.abnormal(error=type(exc).__name__), self._lost_peer_grace()
+            )
+
+    def _end_connection(self, disconnect: Disconnect, grace: float) -> None:
+        """End the current connection from outside the owner's read: record why (the first
+        reason wins) and close it within ``grace`` seconds, which makes the read return."""
+        conn = self._conn
+        if conn is None or self._ended is not None:
+            return
+        self._ended = disconnect
+        self._ready_epoch = None
+        self._closer = asyncio.get_running_loop().create_task(
+            conn.close(self._clock, grace), name=f"le_transport socket close {self._name}"
+        )
+
+    def _lost_peer_grace(self) -> float:
+        # A caller's close gets the full handshake; a lost peer is not waited for long.
+        return min(1.0, self._options.close_timeout)
 
     def _raise_if_closed(self) -> None:
         if self._error is not None and (self._closing or self.closed):
@@ -622,71 +670,88 @@ class ResilientSocket:
             ) from exc
 
     async def _serve(self, conn: Connection) -> Disconnect:
-        """Run one connection until it ends; the facts of how it ended."""
-        loop = asyncio.get_running_loop()
+        """Run one connection until it ends; the facts of how it ended.
+
+        The owner reads the connection itself: an idle socket holds no reader task, and what
+        ends the connection from elsewhere closes it (:meth:`_end_connection`), which ends
+        the read.
+        """
         epoch = self._life.to(SocketState.OPEN)
         self.connects += 1
         opened_at = self._clock.now()
         self._last_activity = self._last_sent = opened_at
-        lost: asyncio.Future[Disconnect] = loop.create_future()
-        self._lost, self._conn = lost, conn
-        reader = loop.create_task(self._read(conn, epoch, lost), name=f"{self._name} reader")
-        helpers: list[asyncio.Task[Any]] = [reader]
+        self._conn, self._ended = conn, None
         self._emit("open", epoch=epoch)
+        setup: asyncio.Task[None] | None = None
+        read_end: Disconnect | None = None
         try:
             if self._on_connect:
-                callbacks = loop.create_task(self._run_on_connect(epoch))
-                helpers.append(callbacks)
-                first: set[asyncio.Future[Any]] = {callbacks, lost}
-                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-                if callbacks.done() and not callbacks.cancelled():
-                    exc = callbacks.exception()
-                    if exc is not None and not lost.done():
-                        _log.warning(
-                            "%s: on_connect failed (%s); reconnecting",
-                            self._name,
-                            type(exc).__name__,
-                            extra={"socket": self._name, "error": type(exc).__name__},
-                        )
-                        lost.set_result(
-                            Disconnect.abnormal(error=f"on_connect: {type(exc).__name__}")
-                        )
-            if not lost.done():
+                # The callbacks may wait for answers, which only the owner's read brings in:
+                # they (and the queue after them) run beside it, in a task of their own.
+                setup = asyncio.get_running_loop().create_task(
+                    self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
+                )
+            else:
                 await self._flush(conn, epoch)
-            if not lost.done():
-                self._ready_epoch = epoch
-                self._wake()
-                self._emit("ready", epoch=epoch)
-                keepalive = self._options.keepalive
-                if keepalive is not None:
-                    # Run by the owner itself while it waits for the connection to end: no
-                    # watcher task per connection (and bound methods, not closures).
-                    dead = await keep_alive_until(
-                        keepalive,
-                        lost,
-                        clock=self._clock,
-                        probe=self._keepalive_probe,
-                        last_activity=self._get_last_activity,
-                        last_sent=self._get_last_sent,
-                        name=self._name,
-                    )
-                    if dead is not None and not lost.done():
-                        lost.set_result(Disconnect.dead_peer())
-            disconnect = await lost
+                if self._ended is None:
+                    self._ready(epoch)
+            # The read, here rather than in a coroutine of its own: one frame less per socket.
+            error: str | None = None
+            close_code: int | None = None
+            try:
+                for text in conn.early_frames:
+                    await self._dispatch(text, epoch)
+                ws = conn.ws
+                while True:
+                    msg = await ws.receive()
+                    if msg.type is aiohttp.WSMsgType.TEXT:
+                        self._last_activity = self._clock.now()
+                        await self._dispatch(msg.data, epoch)
+                    elif msg.type is aiohttp.WSMsgType.BINARY:
+                        self._last_activity = self._clock.now()
+                        await self._deliver(msg.data, epoch)
+                    elif msg.type is aiohttp.WSMsgType.CLOSE:
+                        close_code = int(msg.data)
+                        break
+                    else:
+                        # CLOSED, CLOSING (closed from elsewhere) or ERROR: over.
+                        if msg.type is aiohttp.WSMsgType.ERROR:
+                            error = type(msg.data).__name__
+                        break
+            except Exception as exc:
+                # Whatever stops the read ends the connection: the owner must always learn
+                # that it is over, or it would wait on a dead connection forever.
+                error = type(exc).__name__
+                if not isinstance(exc, (aiohttp.ClientError, OSError)):
+                    _log.exception("%s: reading failed; dropping the connection", self._name)
+            # A close frame is the only way to learn a code; aiohttp reports a bare EOF as
+            # 1000, but without a close frame it is an abnormal drop (1006).
+            if close_code is not None:
+                read_end = Disconnect.close_frame(close_code)
+            else:
+                read_end = Disconnect.abnormal(error=error)
         finally:
             self._ready_epoch = None
-            self._lost = None
-            self._conn = None
+            self._stop_keepalive()
+            if self._ended is None:
+                # The read ended first (or the owner was cancelled): later reasons are moot.
+                self._ended = read_end or Disconnect.abnormal()
             if not self._closing:
                 self._life.to(SocketState.RECONNECTING)
-            for task in helpers[1:]:
+            helpers = [task for task in (setup, self._probe) if task is not None]
+            for task in helpers:
                 task.cancel()
-            closed_by_caller = lost.done() and lost.result().kind is DisconnectKind.BY_CALLER
-            # A caller's close gets the full handshake; a lost peer is not waited for long.
-            grace = self._options.close_timeout
-            await conn.close(self._clock, grace if closed_by_caller else min(1.0, grace))
-            reader.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            closer = self._closer
+            if closer is None:
+                await conn.close(self._clock, self._lost_peer_grace())
+            else:
+                # Bounded by its own grace; its failures are its own (already logged).
+                await asyncio.wait({closer})
+                if not closer.cancelled():
+                    closer.exception()
+            if helpers:
+                await asyncio.gather(*helpers, return_exceptions=True)
+            self._probe = None
             failed = self._pending.fail_epoch(
                 epoch,
                 SocketClosed(
@@ -701,27 +766,118 @@ class ResilientSocket:
                     failed,
                     extra={"socket": self._name, "failed": failed},
                 )
+            disconnect = self._ended
+            self._conn = self._closer = self._ended = None
         lifetime = self._clock.now() - opened_at
         disconnect = attrs.evolve(disconnect, lifetime=lifetime)
         if disconnect.kind is not DisconnectKind.BY_CALLER:
             self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
         return disconnect
 
-    async def _keepalive_probe(self) -> dict[str, Any]:
-        keepalive = self._options.keepalive
-        assert keepalive is not None
-        return await self.request(keepalive.action, {}, timeout=keepalive.timeout)
-
-    def _get_last_activity(self) -> float:
-        return self._last_activity
-
-    def _get_last_sent(self) -> float:
-        return self._last_sent
-
-    async def _run_on_connect(self, epoch: int) -> None:
+    async def _set_up(self, conn: Connection, epoch: int) -> None:
+        """The ``on_connect`` callbacks, then the queue, while the owner reads."""
         _ON_CONNECT.set((id(self), epoch))
-        for callback in self._on_connect:
-            await callback(self)
+        try:
+            for callback in self._on_connect:
+                await callback(self)
+        except Exception as exc:
+            if self._ended is None and self._conn is conn:
+                _log.warning(
+                    "%s: on_connect failed (%s); reconnecting",
+                    self._name,
+                    type(exc).__name__,
+                    extra={"socket": self._name, "error": type(exc).__name__},
+                )
+                self._end_connection(
+                    Disconnect.abnormal(error=f"on_connect: {type(exc).__name__}"),
+                    self._lost_peer_grace(),
+                )
+            return
+        if self._ended is None:
+            await self._flush(conn, epoch)
+        if self._ended is None:
+            self._ready(epoch)
+
+    def _ready(self, epoch: int) -> None:
+        """Sends go straight out from now on; the keepalive watches the connection."""
+        self._ready_epoch = epoch
+        self._wake()
+        self._emit("ready", epoch=epoch)
+        policy = self._options.keepalive
+        if policy is None:
+            return
+        scheduler = self._keepalives
+        if scheduler is None:
+            # A socket made without an engine has a scheduler of its own, closed with it.
+            scheduler = self._keepalives = KeepaliveScheduler(self._clock, shared=False)
+        first = policy.decide(
+            self._clock.now(), last_activity=self._last_activity, last_sent=self._last_sent
+        )
+        self._keepalive_ticket = scheduler.watch(self, first.at)
+
+    def _stop_keepalive(self) -> None:
+        ticket, self._keepalive_ticket = self._keepalive_ticket, None
+        if ticket is not None and self._keepalives is not None:
+            self._keepalives.unwatch(ticket)
+        self._probe_sent_at = None
+
+    def _keepalive_due(self, now: float) -> float | None:
+        """The keepalive check, run by the scheduler when this connection's time comes.
+
+        Probes (in a short-lived task) when the connection was idle an interval; when the
+        probe went unanswered past its timeout, ends the connection as a dead peer (the
+        owner reconnects) and asks not to be watched any more.
+        """
+        policy = self._options.keepalive
+        if policy is None or self._keepalive_ticket is None or self._ready_epoch is None:
+            # The connection is ending: its owner has nothing left to unwatch.
+            self._keepalive_ticket = None
+            return None
+        sent = self._probe_sent_at
+        if sent is not None and self._last_activity >= sent:
+            sent = self._probe_sent_at = None
+        decision = policy.decide(
+            now, last_activity=self._last_activity, probe_sent_at=sent, last_sent=self._last_sent
+        )
+        if decision.step is KeepaliveStep.DEAD:
+            _log.warning(
+                "%s: peer dead: %s",
+                self._name,
+                decision.reason,
+                extra={"socket": self._name, "keepalive": policy.action},
+            )
+            self._keepalive_ticket = None
+            self._end_connection(Disconnect.dead_peer(), self._lost_peer_grace())
+            return None
+        if decision.step is KeepaliveStep.PROBE:
+            self._probe_sent_at = now
+            _log.debug(
+                "%s: keepalive %s (%s)",
+                self._name,
+                policy.action,
+                decision.reason,
+                extra={"socket": self._name, "keepalive": policy.action},
+            )
+            previous = self._probe
+            if previous is not None:
+                # Answered long ago by other traffic, and its own timeout not yet seen.
+                previous.cancel()
+            probe = asyncio.get_running_loop().create_task(self._keepalive_probe(policy))
+            probe.add_done_callback(self._probe_done)
+            self._probe = probe
+            # Next: the probe's answer is due within its timeout.
+            return now + policy.timeout
+        return decision.at
+
+    async def _keepalive_probe(self, policy: Keepalive) -> None:
+        # Its own failure is not the keepalive's to report: a timeout shows as silence (and
+        # the peer is declared dead), a loss is seen by the owner's read.
+        with contextlib.suppress(Exception):
+            await self.request(policy.action, {}, timeout=policy.timeout)
+
+    def _probe_done(self, task: asyncio.Task[None]) -> None:
+        if self._probe is task:
+            self._probe = None
 
     async def _flush(self, conn: Connection, epoch: int) -> None:
         sent = 0
@@ -747,41 +903,6 @@ class ResilientSocket:
                 sent,
                 extra={"socket": self._name, "sent": sent},
             )
-
-    async def _read(self, conn: Connection, epoch: int, lost: asyncio.Future[Disconnect]) -> None:
-        error: str | None = None
-        close_code: int | None = None
-        try:
-            for text in conn.early_frames:
-                await self._dispatch(text, epoch)
-            while True:
-                msg = await conn.ws.receive()
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    self._last_activity = self._clock.now()
-                    await self._dispatch(msg.data, epoch)
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    self._last_activity = self._clock.now()
-                    await self._deliver(msg.data, epoch)
-                elif msg.type is aiohttp.WSMsgType.CLOSE:
-                    close_code = int(msg.data)
-                    break
-                else:
-                    if msg.type is aiohttp.WSMsgType.ERROR:
-                        error = type(msg.data).__name__
-                    break
-        except Exception as exc:
-            # Whatever stops the reader ends the connection: the owner must always learn
-            # that it is over, or it would wait on a dead connection forever.
-            error = type(exc).__name__
-            if not isinstance(exc, (aiohttp.ClientError, OSError)):
-                _log.exception("%s: the reader failed; dropping the connection", self._name)
-        if not lost.done():
-            # A close frame is the only way to learn a code; aiohttp reports a bare EOF as
-            # 1000, but without a close frame it is an abnormal drop (1006).
-            if close_code is not None:
-                lost.set_result(Disconnect.close_frame(close_code))
-            else:
-                lost.set_result(Disconnect.abnormal(error=error))
 
     async def _dispatch(self, text: str, epoch: int) -> None:
         try:
@@ -835,6 +956,9 @@ class ResilientSocket:
             )
         self._life.to(SocketState.CLOSED)
         self._closing = True
+        keepalives = self._keepalives
+        if keepalives is not None and not keepalives.shared:
+            await keepalives.close()
         self._wake()
         details: dict[str, Any] = {}
         if error is not None:
