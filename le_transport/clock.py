@@ -142,6 +142,15 @@ class _ClockTimeout:
         return self._expired
 
     async def __aenter__(self) -> _ClockTimeout:
+        return self.start()
+
+    def start(self) -> _ClockTimeout:
+        """Arm the timeout around the code that follows, in the current task.
+
+        ``async with`` calls this; a hot path that cannot afford the two coroutines of an
+        ``async with`` calls :meth:`start` and :meth:`stop` itself (the retry middleware, once
+        per attempt).
+        """
         if self._seconds is None:
             return self
         loop = asyncio.get_running_loop()
@@ -177,6 +186,18 @@ class _ClockTimeout:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        if self.stop(exc_type):
+            raise TimeoutError(f"timed out after {self._seconds} s")
+        return False
+
+    def stop(self, exc_type: type[BaseException] | None = None) -> bool:
+        """Disarm; whether the block's ``exc_type`` is this timeout's cancellation.
+
+        Call it exactly once after :meth:`start`, with the type of the exception the block
+        ended with (None when it ended normally). True means the block was cancelled by this
+        timeout and nothing else: the cancellation has been taken back, and the caller should
+        treat it as a timeout. A cancellation from outside is never claimed.
+        """
         if self._wheel is not None:
             self._wheel.disarm(self, self._slot)
             self._wheel = None
@@ -186,11 +207,8 @@ class _ClockTimeout:
         if not self._expired or self._task is None:
             return False
         if sys.version_info >= (3, 11):
-            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                raise TimeoutError(f"timed out after {self._seconds} s")
-        elif exc_type is asyncio.CancelledError:  # pragma: no cover - Python 3.10
-            raise TimeoutError(f"timed out after {self._seconds} s")
-        return False
+            return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
+        return exc_type is asyncio.CancelledError  # pragma: no cover - Python 3.10
 
 
 def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:

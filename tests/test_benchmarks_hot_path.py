@@ -8,6 +8,7 @@ what the slower form did. (No test here measures speed: that is benchmarks/.)
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -291,3 +292,91 @@ def test_budget_and_breaker_records_keep_every_other_field() -> None:
         5.0,
         7.0,
     )
+
+
+async def test_start_and_stop_claim_only_their_own_timeout_without_an_async_with() -> None:
+    """The hot path's form of ``timeout_after``: ``stop`` says True only for its own expiry."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    expiring = timeout_after(RealClock(), 0.01).start()
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await asyncio.Event().wait()
+    assert expiring.stop(type(cancelled.value)) is True
+    assert task.cancelling() == 0
+
+    in_time = timeout_after(RealClock(), 60).start()
+    await asyncio.sleep(0)
+    assert in_time.stop(None) is False
+    assert not in_time.expired
+
+    async def cancelled_from_outside() -> bool:
+        limit = timeout_after(RealClock(), 60).start()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            return limit.stop(type(exc))
+        return limit.stop(None)  # pragma: no cover - the wait never ends
+
+    other = asyncio.create_task(cancelled_from_outside())
+    await asyncio.sleep(0)
+    other.cancel()
+    assert await other is False
+
+
+async def test_an_attempt_arms_one_timeout_for_whichever_ends_first_of_its_limit_and_the_deadline(
+    serve: ServerFactory,
+) -> None:
+    """One clock timeout per attempt, not one for the attempt and one for the call."""
+    from le_transport.clock import _wheel_of
+
+    wheel = _wheel_of(asyncio.get_running_loop())
+    armed: list[int] = []
+
+    async def count(request: web.Request) -> web.Response:
+        armed.append(sum(len(members) for members in wheel._slots.values()))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/x", count)
+    host = await serve(app)
+    policy = RetryPolicy(attempt_timeout=10.0, deadline=30.0)
+    async with Engine({"svc": host}, scheme="http", retry=policy) as engine:
+        await engine.request("GET", "svc", "/x")
+        await engine.request("GET", "svc", "/x", deadline=5.0)
+    assert armed == [1, 1]
+    assert sum(len(members) for members in wheel._slots.values()) == 0
+
+
+class _CountingRandom(random.Random):
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.draws = 0
+
+    def random(self) -> float:
+        self.draws += 1
+        return super().random()
+
+
+async def test_a_first_attempt_success_draws_no_random_number_and_a_retry_draws_one(
+    serve: ServerFactory,
+) -> None:
+    """A seeded run's jitter depends only on the attempts that failed, not on how many
+    calls succeeded before them."""
+    replies = [200, 503, 200]
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({}, status=replies.pop(0))
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    rng = _CountingRandom()
+    policy = RetryPolicy(pauses=(0.001,))
+    async with Engine({"svc": host}, scheme="http", retry=policy, rng=rng) as engine:
+        first = await engine.request("GET", "svc", "/x")
+        assert rng.draws == 0
+        second = await engine.request("GET", "svc", "/x")
+    assert rng.draws == 1
+    assert [len(first.attempts), len(second.attempts)] == [1, 2]
+    assert [a.pause for a in second.attempts] == [0.001, None]

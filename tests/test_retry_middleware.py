@@ -592,6 +592,78 @@ async def test_deadline_cancels_the_attempt_in_flight(
     assert final.error == "DeadlineExceeded"  # type: ignore[attr-defined]
 
 
+class _SlowRetryGate:
+    """An overload gate whose answer before a retry takes ``delay`` seconds (a slow store)."""
+
+    def __init__(self, clock: VirtualClock, delay: float) -> None:
+        self.clock = clock
+        self.delay = delay
+        self.settled: list[int] = []
+
+    async def admit(self, call: Any, attempt: int) -> None:
+        return None
+
+    async def settle(self, call: Any, attempt: int, outcome: Any) -> None:
+        self.settled.append(attempt)
+
+    def abandon(self, call: Any, attempt: int) -> None:
+        raise AssertionError("no attempt here is abandoned")
+
+    async def before_retry(
+        self, call: Any, attempt: int, outcome: Any, pause: float, last: Any
+    ) -> None:
+        await self.clock.sleep(self.delay)
+
+
+async def test_a_pause_the_deadline_cuts_short_ends_at_the_deadline_with_deadline_exceeded(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The policy never plans a pause past the deadline; when time spent after its decision
+    (a slow gate) brings the deadline inside the pause, the call waits only until the deadline
+    and fails there, as if the pause had been cancelled."""
+    from le_transport import RetryMiddleware
+
+    script = Script(503, 200)
+    host = await serve(script.app())
+    gate = _SlowRetryGate(clock, delay=4.0)
+    policy = RetryPolicy(pauses=(5.0,), deadline=8.0, attempt_timeout=None)
+    mw = RetryMiddleware(policy=policy, clock=clock, gate=gate)
+    async with aiohttp.ClientSession(
+        middlewares=[mw], timeout=aiohttp.ClientTimeout(total=None)
+    ) as session:
+        with pytest.raises(DeadlineExceeded) as info:
+            await session.get(f"http://{host}/x")
+    assert clock.now() == 8.0
+    assert script.hits == 1
+    assert gate.settled == [1]
+    assert "during a pause" in str(info.value)
+    assert [(a.attempt, a.outcome.status) for a in info.value.attempts] == [(1, 503)]
+
+
+async def test_a_replay_that_starts_after_the_deadline_fails_before_it_is_sent(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """An outer middleware's replay (as auth's after a re-login) runs the retry loop again
+    against the same call's deadline: past it, nothing more is sent."""
+    script = Script(200)
+    host = await serve(script.app())
+
+    async def slow_replay(request: Any, handler: Any) -> Any:
+        first = await handler(request)
+        first.release()
+        await clock.sleep(6.0)  # a re-login that took longer than the call may last
+        return await handler(request)
+
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, outer_middlewares=[slow_replay]
+    ) as engine:
+        with pytest.raises(DeadlineExceeded) as info:
+            await engine.request("GET", "svc", "/x", deadline=5.0)
+    assert script.hits == 1
+    assert "before attempt 1" in str(info.value)
+    assert [(a.attempt, a.outcome.status) for a in info.value.attempts] == [(1, 200)]
+
+
 async def test_deadline_and_attempt_timeout_expiring_together_raise_deadline_exceeded(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:

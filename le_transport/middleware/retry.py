@@ -36,7 +36,7 @@ import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 
 from .._redact import body_excerpt, redact_path, redact_text, redact_url
-from ..clock import Clock, RealClock, timeout_after
+from ..clock import Clock, RealClock, _ClockTimeout
 from ..errors import (
     AttemptRecord,
     AttemptTimeout,
@@ -52,10 +52,10 @@ from ..errors import (
     ServerStatusError,
 )
 from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
-from ..policies.classify import IDEMPOTENT_METHODS, Outcome, OutcomeKind
+from ..policies.classify import IDEMPOTENT_METHODS, Outcome, OutcomeKind, Verdict
 from ..policies.retry import Action, RetryPolicy
 from ..policies.retry_after import parse_retry_after
-from .context import CallContext, current_call
+from .context import _CURRENT, CallContext
 
 if TYPE_CHECKING:
     from .overload import RetryGate
@@ -122,61 +122,21 @@ class RetryMiddleware:
     gate: RetryGate | None = None
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        if is_websocket_upgrade(request):
+        upgrade = request.headers.get(hdrs.UPGRADE)
+        if upgrade is not None and upgrade.lower() == "websocket":
             return await handler(request)
-        ctx = current_call()
+        ctx = _CURRENT.get()
         if ctx is None or ctx.active:
             # No engine call, or a request made from inside one (re-entrant): its own call.
             ctx = CallContext()
-        policy = ctx.retry or self.policy
-        method = request.method.upper()
-        idempotent = ctx.idempotent if ctx.idempotent is not None else method in IDEMPOTENT_METHODS
-        call = _Call(
-            mw=self,
-            ctx=ctx,
-            policy=policy,
-            request=request,
-            handler=handler,
-            service=ctx.service or (request.url.host or "?"),
-            method=method,
-            idempotent=idempotent,
-        )
-        now = self.clock.now()
+        call = _Call(self, ctx, ctx.retry or self.policy, request, handler)
         if ctx.started_at is None:
-            ctx.started_at = now
-        remaining = None
-        if policy.deadline is not None:
-            remaining = max(0.0, policy.deadline - (now - ctx.started_at))
+            ctx.started_at = self.clock.now()
         ctx.active = True
         try:
-            async with timeout_after(self.clock, remaining) as deadline:
-                return await call.run()
-        except TimeoutError:
-            if not deadline.expired:
-                raise
-            elapsed = self.clock.now() - ctx.started_at
-            cut = "during a pause"
-            cancelled: Outcome | None = None
-            if call.in_flight is not None:
-                # The cancelled attempt is an attempt too: the caller sees every one made.
-                attempt, started = call.in_flight
-                cancelled = Outcome.failure(OutcomeKind.TIMEOUT, "DeadlineExceeded")
-                ctx.attempts.append(AttemptRecord(attempt, cancelled, None, started))
-                cut = f"attempt {attempt} was cancelled in flight"
-            err = DeadlineExceeded(
-                f"the call's {policy.deadline:g} s deadline passed after "
-                f"{len(ctx.attempts)} attempt(s); {cut}",
-                elapsed=elapsed,
-                service=call.service,
-                method=method,
-                url=call.url,
-                attempts=ctx.attempts,
-            )
-            call.log_final(err, cancelled, f"deadline of {policy.deadline:g} s passed")
-            raise err from None
+            return await call.run()
         finally:
             ctx.active = False
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Where(TypedDict):
@@ -185,23 +145,74 @@ class _Where(TypedDict):
     url: str
 
 
-@attrs.define(eq=False)
-class _Call:
-    """One logical call's attempt loop (one per middleware invocation)."""
+#: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
+#: once per status: a successful call allocates none.
+_ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(100, 400)}
 
-    mw: RetryMiddleware
-    ctx: CallContext
-    policy: RetryPolicy
-    request: ClientRequest
-    handler: ClientHandlerType
-    service: str
-    method: str
-    idempotent: bool
-    _url: str | None = attrs.field(default=None, init=False)
-    #: (attempt number, start time) of the attempt under way, if one is.
-    in_flight: tuple[int, float] | None = attrs.field(default=None, init=False)
-    #: The status of the latest answer, once its headers arrived.
-    last_status: int | None = attrs.field(default=None, init=False)
+
+def _answer(status: int) -> Outcome:
+    outcome = _ANSWERS.get(status)
+    return Outcome.response(status) if outcome is None else outcome
+
+
+class _Call:
+    """One logical call's attempt loop (one per middleware invocation).
+
+    A plain slotted class, and what only a retry, a log line or an error needs (the service,
+    the idempotency, the redacted URL) is worked out when first asked: a call that succeeds at
+    its first attempt pays for none of it (benchmarks/README.md).
+    """
+
+    __slots__ = (
+        "_idempotent",
+        "_service",
+        "_url",
+        "ctx",
+        "handler",
+        "last_status",
+        "mw",
+        "policy",
+        "request",
+    )
+
+    def __init__(
+        self,
+        mw: RetryMiddleware,
+        ctx: CallContext,
+        policy: RetryPolicy,
+        request: ClientRequest,
+        handler: ClientHandlerType,
+    ) -> None:
+        self.mw = mw
+        self.ctx = ctx
+        self.policy = policy
+        self.request = request
+        self.handler = handler
+        #: The status of the latest answer, once its headers arrived.
+        self.last_status: int | None = None
+        self._service: str | None = None
+        self._idempotent: bool | None = None
+        self._url: str | None = None
+
+    @property
+    def method(self) -> str:
+        """The request's method."""
+        return self.request.method.upper()
+
+    @property
+    def service(self) -> str:
+        """The call's service name, or the host when the call came without one."""
+        if self._service is None:
+            self._service = self.ctx.service or (self.request.url.host or "?")
+        return self._service
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether repeating the request is safe: the caller's word, else by method."""
+        if self._idempotent is None:
+            given = self.ctx.idempotent
+            self._idempotent = given if given is not None else self.method in IDEMPOTENT_METHODS
+        return self._idempotent
 
     @property
     def url(self) -> str:
@@ -227,52 +238,117 @@ class _Call:
         started = self.ctx.started_at
         return 0.0 if started is None else self.mw.clock.now() - started
 
+    def _remaining(self, now: float) -> float | None:
+        """Seconds left before the call's deadline at ``now`` (None: no deadline)."""
+        deadline = self.policy.deadline
+        if deadline is None:
+            return None
+        started = self.ctx.started_at
+        return deadline if started is None else deadline - (now - started)
+
     async def run(self) -> ClientResponse:
-        clock = self.mw.clock
+        """Attempt, decide, pause, until the call succeeds or fails with a typed error.
+
+        One clock timeout per attempt, for whichever ends first of the attempt timeout and the
+        call's deadline; pauses never cross the deadline (the policy gives up instead of
+        sleeping past it). So a call arms one timeout, not two, and a successful first attempt
+        makes no decision value (its outcome is classified directly).
+        """
+        mw = self.mw
+        clock = mw.clock
+        policy = self.policy
+        gate = mw.gate
+        fast = type(policy) is RetryPolicy
         attempt = 0
         while True:
             attempt += 1
             started = clock.now()
-            self.in_flight = (attempt, started)
+            if gate is not None:
+                await self._admit(attempt)
+                started = clock.now()
+            limit = policy.attempt_timeout
+            by_deadline = False
+            remaining = self._remaining(started)
+            if remaining is not None:
+                if remaining <= 0:
+                    if gate is not None:
+                        gate.abandon(self, attempt)
+                    raise self._deadline_passed(None, "before attempt " + str(attempt))
+                if limit is None or remaining <= limit:
+                    limit = remaining
+                    by_deadline = True
+            timer = None if limit is None else _ClockTimeout(clock, limit).start()
+            resp: ClientResponse | None = None
+            error: RequestError | None = None
             try:
-                # Without a gate, straight to the attempt: a coroutine layer less per call.
-                resp, outcome, error = await (
-                    self._attempt(attempt) if self.mw.gate is None else self._gated_attempt(attempt)
-                )
-            except BodyTooLarge as too_large:
-                # Not retried: the same answer would be as large again.
-                status = self.last_status if self.last_status is not None else 0
-                outcome = Outcome.response(status)
+                resp = await self.handler(self.request)
+                self.last_status = resp.status
+                if mw.buffer_body:
+                    try:
+                        length = resp.content_length
+                        if length is not None and length <= mw.max_body_bytes:
+                            # The parser stops at Content-Length, within the limit: aiohttp's
+                            # own read() is the cheapest way to the whole body.
+                            await resp.read()
+                        else:
+                            await self._buffer(resp)
+                    except BaseException:
+                        # A body cut short, a timeout or a cancellation mid-body: the
+                        # connection is in an unknown state, so drop it rather than pool it.
+                        resp.close()
+                        raise
+            except BaseException as exc:
+                timed_out = timer is not None and timer.stop(type(exc))
+                if timed_out and by_deadline:
+                    if gate is not None:
+                        gate.abandon(self, attempt)
+                    raise self._deadline_passed(
+                        (attempt, started), f"attempt {attempt} was cancelled in flight"
+                    ) from None
+                if isinstance(exc, BodyTooLarge):
+                    if gate is not None:
+                        gate.abandon(self, attempt)
+                    self._too_large_final(exc, attempt, started)
+                    raise
+                outcome, error = self._failed(attempt, exc, timed_out, gate)
+                resp = None
+            else:
+                if timer is not None:
+                    timer.stop(None)
+                status = resp.status
+                if status < 400:
+                    outcome = _answer(status)
+                else:
+                    outcome = Outcome.response(status, self._retry_after(resp))
+            if gate is not None:
+                await gate.settle(self, attempt, outcome)
+            if fast and resp is not None and policy.classifier.classify(outcome) is Verdict.SUCCESS:
+                # What decide() answers first for a success, without its Decision value.
                 self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
-                too_large.attempts = tuple(self.ctx.attempts)
-                self.in_flight = None
-                self.log_final(too_large, outcome, "the response body is too large")
-                raise
-            # Left set when the attempt is cancelled: the deadline handler records it.
-            self.in_flight = None
-            decision = self.policy.decide(
+                return resp
+            decision = policy.decide(
                 attempt,
                 outcome,
                 idempotent=self.idempotent,
                 elapsed=self._elapsed(),
-                rand=self.mw.rng.random(),
+                rand=mw.rng.random(),
             )
             pause = decision.pause if decision.action is Action.RETRY else None
             self.ctx.attempts.append(AttemptRecord(attempt, outcome, pause, started))
             if decision.action is Action.SUCCEED:
                 assert resp is not None
                 return resp
-            if resp is not None and (decision.action is Action.RETRY or self.mw.raise_for_status):
+            if resp is not None and (decision.action is Action.RETRY or mw.raise_for_status):
                 # Release before pausing: a retried response must not hold a pooled connection.
-                error = await self._status_error(resp, outcome)
+                error = self._status_error(resp)
                 resp.release()
             if decision.action is Action.RETRY:
                 assert error is not None
                 await self._gate_retry(attempt, outcome, decision.pause, error)
                 self._log_retry(attempt, outcome, decision.pause)
-                await clock.sleep(decision.pause)
+                await self._pause(decision.pause)
                 continue
-            if resp is not None and not self.mw.raise_for_status:
+            if resp is not None and not mw.raise_for_status:
                 self._log_final_status(outcome, decision.reason)
                 return resp
             assert error is not None
@@ -292,76 +368,91 @@ class _Call:
             self.log_final(error, outcome, decision.reason)
             raise error
 
-    async def _attempt(
-        self, attempt: int
-    ) -> tuple[ClientResponse | None, Outcome, RequestError | None]:
-        """Make one attempt: (response, outcome, None) or (None, outcome, error)."""
-        try:
-            async with timeout_after(self.mw.clock, self.policy.attempt_timeout) as limit:
-                resp = await self.handler(self.request)
-                self.last_status = resp.status
-                if self.mw.buffer_body:
-                    try:
-                        await self._buffer(resp)
-                    except BaseException:
-                        # A body cut short, a timeout or a cancellation mid-body: the
-                        # connection is in an unknown state, so drop it rather than pool it.
-                        resp.close()
-                        raise
-        except TimeoutError as exc:
-            if not limit.expired:
-                # aiohttp's own timeouts (connect, socket read) are TimeoutError subclasses.
-                outcome, never_sent = _failure_outcome(exc)
-                return (
-                    None,
-                    outcome,
-                    ConnectionFailed(
-                        f"attempt {attempt} failed: {type(exc).__name__}",
-                        never_sent=never_sent,
-                        **self._where(),
-                    ),
-                )
-            outcome = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
-            return (
-                None,
-                outcome,
-                AttemptTimeout(
-                    f"attempt {attempt} took longer than {self.policy.attempt_timeout:g} s "
-                    "and was cancelled",
-                    **self._where(),
-                ),
+    async def _pause(self, pause: float) -> None:
+        """Sleep ``pause`` on the clock; if the deadline comes first, sleep to it and fail."""
+        clock = self.mw.clock
+        remaining = self._remaining(clock.now())
+        if remaining is None or pause < remaining:
+            await clock.sleep(pause)
+            return
+        # The policy gives up rather than pause past the deadline; only time spent since its
+        # decision (the gate asking a shared store) can bring the deadline inside the pause.
+        await clock.sleep(max(0.0, remaining))
+        raise self._deadline_passed(None, "during a pause")
+
+    def _deadline_passed(self, in_flight: tuple[int, float] | None, cut: str) -> DeadlineExceeded:
+        """The call's deadline passed: record the attempt it cut short (if any) and log."""
+        ctx = self.ctx
+        cancelled: Outcome | None = None
+        if in_flight is not None:
+            # The cancelled attempt is an attempt too: the caller sees every one made.
+            attempt, started = in_flight
+            cancelled = Outcome.failure(OutcomeKind.TIMEOUT, "DeadlineExceeded")
+            ctx.attempts.append(AttemptRecord(attempt, cancelled, None, started))
+        deadline = self.policy.deadline
+        err = DeadlineExceeded(
+            f"the call's {deadline:g} s deadline passed after {len(ctx.attempts)} attempt(s); "
+            f"{cut}",
+            elapsed=self._elapsed(),
+            service=self.service,
+            method=self.method,
+            url=self.url,
+            attempts=ctx.attempts,
+        )
+        self.log_final(err, cancelled, f"deadline of {deadline:g} s passed")
+        return err
+
+    def _too_large_final(self, too_large: BodyTooLarge, attempt: int, started: float) -> None:
+        """Record and log an answer too large to read: not retried, the same would come again."""
+        status = self.last_status if self.last_status is not None else 0
+        outcome = Outcome.response(status)
+        self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
+        too_large.attempts = tuple(self.ctx.attempts)
+        self.log_final(too_large, outcome, "the response body is too large")
+
+    def _failed(
+        self, attempt: int, exc: BaseException, timed_out: bool, gate: RetryGate | None
+    ) -> tuple[Outcome, RequestError]:
+        """The outcome and error of an attempt that raised ``exc``; re-raise what is no fault.
+
+        A cancellation from outside (the caller's), an error of the caller's own making and
+        anything unexpected propagate as they are; the gate forgets the attempt first.
+        """
+        if timed_out:
+            return Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"), AttemptTimeout(
+                f"attempt {attempt} took longer than {self.policy.attempt_timeout:g} s "
+                "and was cancelled",
+                **self._where(),
             )
-        except BodyTooLarge:
-            raise
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        if isinstance(
+            exc, TimeoutError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError
+        ):
+            # aiohttp's own timeouts (connect, socket read) are TimeoutError subclasses.
             outcome, never_sent = _failure_outcome(exc)
-            detail = f"{type(exc).__name__}: {_safe_message(exc)}"
-            return (
-                None,
-                outcome,
-                ConnectionFailed(
-                    f"attempt {attempt} failed: {detail}", never_sent=never_sent, **self._where()
-                ),
+            detail = type(exc).__name__
+            if not isinstance(exc, TimeoutError):
+                detail = f"{detail}: {_safe_message(exc)}"
+            return outcome, ConnectionFailed(
+                f"attempt {attempt} failed: {detail}", never_sent=never_sent, **self._where()
             )
-        except aiohttp.ClientResponseError as exc:
+        if isinstance(exc, aiohttp.ClientResponseError):
             # Raised inside the chain only when the answer could not be parsed (aiohttp's own
             # raise_for_status runs after the chain): a broken server or connection, which is
             # retried like a connection lost after the request may have been processed.
-            outcome = Outcome.failure(OutcomeKind.CONNECTION_LOST, type(exc).__name__)
-            return (
-                None,
-                outcome,
+            return Outcome.failure(OutcomeKind.CONNECTION_LOST, type(exc).__name__), (
                 ConnectionFailed(
                     f"attempt {attempt} failed: malformed answer ({_safe_message(exc)})",
                     **self._where(),
-                ),
+                )
             )
-        except aiohttp.ClientError as exc:
+        if gate is not None:
+            gate.abandon(self, attempt)
+        if isinstance(exc, aiohttp.ClientError):
             # Not a transport fault (an invalid URL, too many redirects): the caller's to fix.
             raise RequestError(
                 f"{type(exc).__name__}: {_safe_message(exc)}", **self._where()
             ) from exc
-        return resp, Outcome.response(resp.status, self._retry_after(resp)), None
+        raise exc
 
     async def _buffer(self, resp: ClientResponse) -> None:
         limit = self.mw.max_body_bytes
@@ -421,7 +512,7 @@ class _Call:
             )
             return None
 
-    async def _status_error(self, resp: ClientResponse, outcome: Outcome) -> HTTPStatusError:
+    def _status_error(self, resp: ClientResponse) -> HTTPStatusError:
         body = resp._body if resp._body is not None else b""
         excerpt = body_excerpt(body, path=self.request.url.path)
         status = resp.status
@@ -446,47 +537,37 @@ class _Call:
             f"{status} {reason}".strip(), status=status, body_excerpt=excerpt, **where
         )
 
-    async def _gated_attempt(
-        self, attempt: int
-    ) -> tuple[ClientResponse | None, Outcome, RequestError | None]:
-        """:meth:`_attempt`, admitted by the gate (if any) and reported to it."""
+    async def _admit(self, attempt: int) -> None:
+        """Ask the gate to admit attempt ``attempt``; raise its refusal, logged, if it refuses."""
         gate = self.mw.gate
-        if gate is None:
-            return await self._attempt(attempt)
+        assert gate is not None
         refused = await gate.admit(self, attempt)
-        if refused is not None:
-            # Nothing was sent: not an attempt of the schedule, and no pause before failing.
-            # The breaker logged its opening once; a line per refused call would flood the log
-            # for the whole break, so the refusal itself is DEBUG (and the on_giveup hook).
-            self.in_flight = None
-            refused.attempts = tuple(self.ctx.attempts)
-            _log.debug(
-                "%s %s: %s",
-                self.method,
-                self.url,
-                refused.message,
-                extra=self._extra(attempt=attempt, error=type(refused).__name__),
-            )
-            emit(
-                self.mw.hooks.on_giveup,
-                GiveUpEvent(
-                    service=self.service,
-                    method=self.method,
-                    url=self.url,
-                    attempts=len(self.ctx.attempts),
-                    outcome=None,
-                    reason=refused.message,
-                    elapsed=self._elapsed(),
-                ),
-            )
-            raise refused
-        try:
-            result = await self._attempt(attempt)
-        except BaseException:
-            gate.abandon(self, attempt)
-            raise
-        await gate.settle(self, attempt, result[1])
-        return result
+        if refused is None:
+            return
+        # Nothing was sent: not an attempt of the schedule, and no pause before failing.
+        # The breaker logged its opening once; a line per refused call would flood the log
+        # for the whole break, so the refusal itself is DEBUG (and the on_giveup hook).
+        refused.attempts = tuple(self.ctx.attempts)
+        _log.debug(
+            "%s %s: %s",
+            self.method,
+            self.url,
+            refused.message,
+            extra=self._extra(attempt=attempt, error=type(refused).__name__),
+        )
+        emit(
+            self.mw.hooks.on_giveup,
+            GiveUpEvent(
+                service=self.service,
+                method=self.method,
+                url=self.url,
+                attempts=len(self.ctx.attempts),
+                outcome=None,
+                reason=refused.message,
+                elapsed=self._elapsed(),
+            ),
+        )
+        raise refused
 
     async def _gate_retry(
         self, attempt: int, outcome: Outcome, pause: float, last: RequestError
