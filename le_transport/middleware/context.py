@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextvars
 from types import TracebackType
 
-import attrs
 from yarl import URL
 
 from .._redact import redact_url
@@ -21,21 +20,45 @@ from ..policies.retry import RetryPolicy
 __all__ = ["CallContext", "call_context", "current_call", "unsent_request_error"]
 
 
-@attrs.define(eq=False)
 class CallContext:
-    """What one logical call is: options set by the caller, and attempts recorded as it runs."""
+    """What one logical call is: options set by the caller, and attempts recorded as it runs.
 
-    service: str | None = None
-    idempotent: bool | None = None
-    retry: RetryPolicy | None = None
-    #: Filled by the retry middleware: one record per attempt of the logical call.
-    attempts: list[AttemptRecord] = attrs.field(factory=list)
-    #: Set once the retry loop for this call has run, so that a re-run of the chain by aiohttp
-    #: (redirect hops, its own stale-connection replay) is counted against the same call.
-    started_at: float | None = None
-    #: True while a retry loop runs this call. A request made from inside that loop (a
-    #: middleware logging in without a context of its own) is another call, not a hop of this.
-    active: bool = False
+    - ``service``, ``idempotent``, ``retry``: what the caller said about the call (None: the
+      middleware's defaults).
+    - ``attempts``: filled by the retry middleware, one record per attempt of the call.
+    - ``started_at``: set once the retry loop for this call has run, so that a re-run of the
+      chain by aiohttp (redirect hops, its own stale-connection replay) is counted against
+      the same call and its deadline.
+    - ``active``: True while a retry loop runs this call. A request made from inside that loop
+      (a middleware logging in without a context of its own) is another call, not a hop.
+    """
+
+    # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
+    # factory cost twice as much (benchmarks/README.md).
+    __slots__ = ("active", "attempts", "idempotent", "retry", "service", "started_at")
+
+    def __init__(
+        self,
+        service: str | None = None,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        attempts: list[AttemptRecord] | None = None,
+        started_at: float | None = None,
+        active: bool = False,
+    ) -> None:
+        self.service = service
+        self.idempotent = idempotent
+        self.retry = retry
+        self.attempts: list[AttemptRecord] = [] if attempts is None else attempts
+        self.started_at = started_at
+        self.active = active
+
+    def __repr__(self) -> str:
+        return (
+            f"CallContext(service={self.service!r}, idempotent={self.idempotent!r}, "
+            f"attempts={len(self.attempts)}, started_at={self.started_at!r}, "
+            f"active={self.active!r})"
+        )
 
 
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
