@@ -702,7 +702,9 @@ class ResilientSocket:
                 for text in conn.early_frames:
                     await self._dispatch(text, epoch)
                 ws = conn.ws
-                while True:
+                # Not once the end is decided: a receive() after our close began would run
+                # aiohttp's own close handshake, which waits for the peer without a timeout.
+                while self._ended is None:
                     msg = await ws.receive()
                     if msg.type is aiohttp.WSMsgType.TEXT:
                         self._last_activity = self._clock.now()
