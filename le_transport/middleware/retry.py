@@ -28,7 +28,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypedDict
 
 import aiohttp
@@ -121,22 +121,21 @@ class RetryMiddleware:
     wall_clock: Callable[[], float] = time.time
     gate: RetryGate | None = None
 
-    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    def __call__(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> Awaitable[ClientResponse]:
+        # A plain function returning the loop's coroutine, which aiohttp awaits: no coroutine
+        # layer of its own on every resume of the request (benchmarks/README.md).
         upgrade = request.headers.get(hdrs.UPGRADE)
         if upgrade is not None and upgrade.lower() == "websocket":
-            return await handler(request)
+            return handler(request)
         ctx = _CURRENT.get()
         if ctx is None or ctx.active:
             # No engine call, or a request made from inside one (re-entrant): its own call.
             ctx = CallContext()
-        call = _Call(self, ctx, ctx.retry or self.policy, request, handler)
         if ctx.started_at is None:
             ctx.started_at = self.clock.now()
-        ctx.active = True
-        try:
-            return await call.run()
-        finally:
-            ctx.active = False
+        return _Call(self, ctx, ctx.retry or self.policy, request, handler).run()
 
 
 class _Where(TypedDict):
@@ -260,113 +259,121 @@ class _Call:
         gate = mw.gate
         fast = type(policy) is RetryPolicy
         attempt = 0
-        while True:
-            attempt += 1
-            started = clock.now()
-            if gate is not None:
-                await self._admit(attempt)
+        self.ctx.active = True
+        try:
+            while True:
+                attempt += 1
                 started = clock.now()
-            limit = policy.attempt_timeout
-            by_deadline = False
-            remaining = self._remaining(started)
-            if remaining is not None:
-                if remaining <= 0:
-                    if gate is not None:
-                        gate.abandon(self, attempt)
-                    raise self._deadline_passed(None, "before attempt " + str(attempt))
-                if limit is None or remaining <= limit:
-                    limit = remaining
-                    by_deadline = True
-            timer = None if limit is None else _ClockTimeout(clock, limit).start()
-            resp: ClientResponse | None = None
-            error: RequestError | None = None
-            try:
-                resp = await self.handler(self.request)
-                self.last_status = resp.status
-                if mw.buffer_body:
-                    try:
-                        length = resp.content_length
-                        if length is not None and length <= mw.max_body_bytes:
-                            # The parser stops at Content-Length, within the limit: aiohttp's
-                            # own read() is the cheapest way to the whole body.
-                            await resp.read()
-                        else:
-                            await self._buffer(resp)
-                    except BaseException:
-                        # A body cut short, a timeout or a cancellation mid-body: the
-                        # connection is in an unknown state, so drop it rather than pool it.
-                        resp.close()
+                if gate is not None:
+                    await self._admit(attempt)
+                    started = clock.now()
+                limit = policy.attempt_timeout
+                by_deadline = False
+                remaining = self._remaining(started)
+                if remaining is not None:
+                    if remaining <= 0:
+                        if gate is not None:
+                            gate.abandon(self, attempt)
+                        raise self._deadline_passed(None, "before attempt " + str(attempt))
+                    if limit is None or remaining <= limit:
+                        limit = remaining
+                        by_deadline = True
+                timer = None if limit is None else _ClockTimeout(clock, limit).start()
+                resp: ClientResponse | None = None
+                error: RequestError | None = None
+                try:
+                    resp = await self.handler(self.request)
+                    self.last_status = resp.status
+                    if mw.buffer_body:
+                        try:
+                            length = resp.content_length
+                            if length is not None and length <= mw.max_body_bytes:
+                                # The parser stops at Content-Length, within the limit: aiohttp's
+                                # own read() is the cheapest way to the whole body.
+                                await resp.read()
+                            else:
+                                await self._buffer(resp)
+                        except BaseException:
+                            # A body cut short, a timeout or a cancellation mid-body: the
+                            # connection is in an unknown state, so drop it rather than pool it.
+                            resp.close()
+                            raise
+                except BaseException as exc:
+                    timed_out = timer is not None and timer.stop(type(exc))
+                    if timed_out and by_deadline:
+                        if gate is not None:
+                            gate.abandon(self, attempt)
+                        raise self._deadline_passed(
+                            (attempt, started), f"attempt {attempt} was cancelled in flight"
+                        ) from None
+                    if isinstance(exc, BodyTooLarge):
+                        if gate is not None:
+                            gate.abandon(self, attempt)
+                        self._too_large_final(exc, attempt, started)
                         raise
-            except BaseException as exc:
-                timed_out = timer is not None and timer.stop(type(exc))
-                if timed_out and by_deadline:
-                    if gate is not None:
-                        gate.abandon(self, attempt)
-                    raise self._deadline_passed(
-                        (attempt, started), f"attempt {attempt} was cancelled in flight"
-                    ) from None
-                if isinstance(exc, BodyTooLarge):
-                    if gate is not None:
-                        gate.abandon(self, attempt)
-                    self._too_large_final(exc, attempt, started)
-                    raise
-                outcome, error = self._failed(attempt, exc, timed_out, gate)
-                resp = None
-            else:
-                if timer is not None:
-                    timer.stop(None)
-                status = resp.status
-                if status < 400:
-                    outcome = _answer(status)
+                    outcome, error = self._failed(attempt, exc, timed_out, gate)
+                    resp = None
                 else:
-                    outcome = Outcome.response(status, self._retry_after(resp))
-            if gate is not None:
-                await gate.settle(self, attempt, outcome)
-            if fast and resp is not None and policy.classifier.classify(outcome) is Verdict.SUCCESS:
-                # What decide() answers first for a success, without its Decision value.
-                self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
-                return resp
-            decision = policy.decide(
-                attempt,
-                outcome,
-                idempotent=self.idempotent,
-                elapsed=self._elapsed(),
-                rand=mw.rng.random(),
-            )
-            pause = decision.pause if decision.action is Action.RETRY else None
-            self.ctx.attempts.append(AttemptRecord(attempt, outcome, pause, started))
-            if decision.action is Action.SUCCEED:
-                assert resp is not None
-                return resp
-            if resp is not None and (decision.action is Action.RETRY or mw.raise_for_status):
-                # Release before pausing: a retried response must not hold a pooled connection.
-                error = self._status_error(resp)
-                resp.release()
-            if decision.action is Action.RETRY:
-                assert error is not None
-                await self._gate_retry(attempt, outcome, decision.pause, error)
-                self._log_retry(attempt, outcome, decision.pause)
-                await self._pause(decision.pause)
-                continue
-            if resp is not None and not mw.raise_for_status:
-                self._log_final_status(outcome, decision.reason)
-                return resp
-            assert error is not None
-            if decision.action is Action.GIVE_UP:
-                exhausted = RetriesExhausted(
-                    f"gave up after {attempt} attempt(s): {decision.reason}; "
-                    f"last outcome {outcome.describe()}",
-                    last=error,
-                    service=self.service,
-                    method=self.method,
-                    url=self.url,
-                    attempts=self.ctx.attempts,
+                    if timer is not None:
+                        timer.stop(None)
+                    status = resp.status
+                    if status < 400:
+                        outcome = _answer(status)
+                    else:
+                        outcome = Outcome.response(status, self._retry_after(resp))
+                if gate is not None:
+                    await gate.settle(self, attempt, outcome)
+                if (
+                    fast
+                    and resp is not None
+                    and policy.classifier.classify(outcome) is Verdict.SUCCESS
+                ):
+                    # What decide() answers first for a success, without its Decision value.
+                    self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
+                    return resp
+                decision = policy.decide(
+                    attempt,
+                    outcome,
+                    idempotent=self.idempotent,
+                    elapsed=self._elapsed(),
+                    rand=mw.rng.random(),
                 )
-                self.log_final(exhausted, outcome, decision.reason)
-                raise exhausted from error
-            error.attempts = tuple(self.ctx.attempts)
-            self.log_final(error, outcome, decision.reason)
-            raise error
+                pause = decision.pause if decision.action is Action.RETRY else None
+                self.ctx.attempts.append(AttemptRecord(attempt, outcome, pause, started))
+                if decision.action is Action.SUCCEED:
+                    assert resp is not None
+                    return resp
+                if resp is not None and (decision.action is Action.RETRY or mw.raise_for_status):
+                    # Release before pausing: a retried response must not hold a pooled connection.
+                    error = self._status_error(resp)
+                    resp.release()
+                if decision.action is Action.RETRY:
+                    assert error is not None
+                    await self._gate_retry(attempt, outcome, decision.pause, error)
+                    self._log_retry(attempt, outcome, decision.pause)
+                    await self._pause(decision.pause)
+                    continue
+                if resp is not None and not mw.raise_for_status:
+                    self._log_final_status(outcome, decision.reason)
+                    return resp
+                assert error is not None
+                if decision.action is Action.GIVE_UP:
+                    exhausted = RetriesExhausted(
+                        f"gave up after {attempt} attempt(s): {decision.reason}; "
+                        f"last outcome {outcome.describe()}",
+                        last=error,
+                        service=self.service,
+                        method=self.method,
+                        url=self.url,
+                        attempts=self.ctx.attempts,
+                    )
+                    self.log_final(exhausted, outcome, decision.reason)
+                    raise exhausted from error
+                error.attempts = tuple(self.ctx.attempts)
+                self.log_final(error, outcome, decision.reason)
+                raise error
+        finally:
+            self.ctx.active = False
 
     async def _pause(self, pause: float) -> None:
         """Sleep ``pause`` on the clock; if the deadline comes first, sleep to it and fail."""
