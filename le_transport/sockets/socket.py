@@ -123,7 +123,9 @@ class ResilientSocket:
     out in order after the ``on_connect`` callbacks. Receive unsolicited frames with
     ``async for frame in ws`` or an ``on_frame`` handler; follow the connection with
     :meth:`states` or ``on_state`` hooks. :meth:`close` (or leaving ``async with``) closes it for
-    good. Made by :meth:`le_transport.Engine.websocket`.
+    good. Made by :meth:`le_transport.Engine.websocket`, which passes its
+    :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a socket made without
+    one gets a scheduler of its own).
     """
 
     # A process holds thousands of these: no instance dict, and whatever only some sockets use
@@ -298,6 +300,8 @@ class ResilientSocket:
 
         Requests still waiting fail with :class:`SocketClosed`. Returns the messages that were
         still queued (never sent) — they are also logged — so that nothing goes silently.
+        Called from an ``on_frame`` handler (which the socket's own task runs), it returns at
+        once with the queue as it stands, and the socket closes when the handler returns.
         """
         self._closing = True
         owner = self._owner
