@@ -198,3 +198,26 @@ async def test_a_silent_peer_is_found_dead_on_the_real_clock_too(
     issued = real_sim.tokens
     for session in issued.sessions.values():
         secret_values.update((session.bearer, session.csrf, session.session_id))
+
+
+async def test_the_keepalive_task_ends_with_the_last_socket_while_the_engine_stays_open(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        before = set(asyncio.all_tasks())
+        first = await brand_socket(engine, sim, options=KEEPALIVE)
+        second = await brand_socket(engine, sim, options=KEEPALIVE)
+        await first.wait_open()
+        await second.wait_open()
+        assert _socket_tasks(before).count("le_transport socket keepalives") == 1
+        await first.close()
+        assert _socket_tasks(before).count("le_transport socket keepalives") == 1
+        await second.close()
+        await clock.sleep(1)
+        assert _socket_tasks(before) == []
+        # A socket opened later starts it again.
+        third = await brand_socket(engine, sim, options=KEEPALIVE)
+        await third.wait_open()
+        assert _socket_tasks(before).count("le_transport socket keepalives") == 1
+    # Closing the engine closed the socket and stopped the scheduler (the leak check agrees).
+    assert _socket_tasks(before) == []
