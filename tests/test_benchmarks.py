@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from benchmarks import http_calls, http_layers, policy_cost, reconnect_storm, ws_scale
+from benchmarks import http_calls, http_layers, policy_cost, reconnect_storm, ws_memory, ws_scale
 from benchmarks.__main__ import main
 from benchmarks._common import RESULTS_DIR, percentile, spread
 
@@ -53,6 +53,18 @@ def test_every_websocket_kind_opens_its_whole_fleet_and_reports_memory_per_socke
             assert "error" not in entry[run], (kind, entry[run])
             assert entry[run]["sockets"] == ws_scale.SIZES["tiny"]["sockets"], kind
         assert "us_per_probe" in entry
+
+
+def test_the_memory_profile_traces_both_socket_kinds_and_lists_ours_by_line() -> None:
+    result = ws_memory.run("tiny")
+    kinds = result["data"]["kinds"]
+    assert set(kinds) == set(ws_memory.KINDS)
+    for kind, entry in kinds.items():
+        assert "error" not in entry, (kind, entry)
+        assert entry["sockets"] == ws_memory.SIZES["tiny"], kind
+        assert entry["bytes_per_socket"] > 0, kind
+    assert kinds["le_transport"]["top"], "ours is listed by source line"
+    assert "largest by line" in result["text"]
 
 
 def test_every_storm_variant_brings_the_whole_dropped_fleet_back() -> None:
