@@ -9,6 +9,8 @@ fleet as a whole comes back at ``rate`` per second after ``burst``: give it to
 
 from __future__ import annotations
 
+import logging
+
 from ..clock import Clock, RealClock
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
@@ -17,6 +19,8 @@ from .memory import MemoryStore
 from .store import StateStore, state_key
 
 __all__ = ["FleetPacer"]
+
+_log = logging.getLogger("le_transport.sockets")
 
 
 class FleetPacer(ReconnectPacer):
@@ -49,11 +53,30 @@ class FleetPacer(ReconnectPacer):
         return await self._store.reserve(self._key, self.bucket)
 
     async def acquire(self) -> float:
-        """Take a turn in the fleet's bucket and wait for it on the clock; returns the wait."""
-        wait = await self.reserve_shared()
-        if wait > 0:
+        """Take a turn in the fleet's bucket and wait for it on the clock; returns the time
+        waited. As the per-process pacer does, a process that wakes more than the bucket's
+        ``grace`` after its turn (a busy loop) forfeits it and takes a new one: the turns a
+        stalled loop wakes together would otherwise connect together, past the fleet's bound.
+        """
+        started = self._clock.now()
+        while True:
+            wait = await self.reserve_shared()
+            # The turn is at ``wait`` after the store answered (its clock and ours agree to
+            # within a round trip, which the grace covers).
+            now = self._clock.now()
+            if wait <= 0:
+                return now - started
+            turn = now + wait
             await self._clock.sleep(wait)
-        return wait
+            now = self._clock.now()
+            if not self.bucket.missed(turn, now):
+                return now - started
+            self.missed += 1
+            _log.debug(
+                "fleet reconnect turn missed by %.3f s; taking a new one",
+                now - turn,
+                extra={"late": round(now - turn, 3)},
+            )
 
     def __repr__(self) -> str:
         return f"FleetPacer(key={self._key!r}, rate={self.bucket.rate}, burst={self.bucket.burst})"
