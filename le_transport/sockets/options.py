@@ -28,6 +28,14 @@ def _count(minimum: int) -> Any:
     return check
 
 
+def _inbox_bound(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"SocketOptions.max_inbox must be an int >= 1 (frames), or 0 for an unbounded "
+            f"inbox, got {value!r}"
+        )
+
+
 def _keepalive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
@@ -59,6 +67,17 @@ class SocketOptions:
     - ``connect_timeout``: one connect (resolve, credentials, upgrade, first-frame auth).
     - ``close_timeout``: how long a close handshake may take before the connection is cut.
     - ``request_timeout``: the default timeout of :meth:`ResilientSocket.request`.
+    - ``max_inbox``: unsolicited frames held for a caller that reads with ``async for`` (0:
+      no bound). When a frame arrives and the inbox is full, the socket stops reading the
+      connection until the consumer has taken the inbox down to half the bound: aiohttp then
+      stops reading the TCP socket, so the peer is slowed down, nothing is dropped and memory
+      stays bounded. While paused the keepalive neither probes nor declares the peer dead, and
+      answers to :meth:`ResilientSocket.request` wait behind the unread frames (a request
+      ends with :class:`~le_transport.errors.SocketRequestTimeout` if the consumer never
+      catches up). Sockets with an ``on_frame`` handler never pause. The default, 10,000,
+      is far above any burst a healthy consumer sees (the conversation notifications a UMS
+      subscription replays after a reconnect run to a few thousand frames) and still caps a
+      stuck consumer at tens of megabytes per socket rather than the whole process.
     """
 
     backoff: BackoffPolicy = attrs.field(factory=BackoffPolicy.reconnect)
@@ -71,3 +90,4 @@ class SocketOptions:
     connect_timeout: float = attrs.field(default=30.0, validator=positive)
     close_timeout: float = attrs.field(default=5.0, validator=positive)
     request_timeout: float = attrs.field(default=30.0, validator=positive)
+    max_inbox: int = attrs.field(default=10_000, validator=_inbox_bound)

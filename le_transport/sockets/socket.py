@@ -123,7 +123,9 @@ class ResilientSocket:
     out in order after the ``on_connect`` callbacks. Receive unsolicited frames with
     ``async for frame in ws`` or an ``on_frame`` handler; follow the connection with
     :meth:`states` or ``on_state`` hooks. :meth:`close` (or leaving ``async with``) closes it for
-    good. Made by :meth:`le_transport.Engine.websocket`, which passes its
+    good. Unread frames wait in an inbox bounded by the options' ``max_inbox``: a consumer
+    that falls that far behind makes the socket stop reading, which slows the peer down
+    (:attr:`paused`, :attr:`inbox_size`). Made by :meth:`le_transport.Engine.websocket`, which passes its
     :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a socket made without
     one gets a scheduler of its own).
     """
@@ -160,6 +162,7 @@ class ResilientSocket:
         "_probe",
         "_probe_sent_at",
         "_ready_epoch",
+        "_resume",
         "_rng",
         "_subscribers",
         "_unsent",
@@ -200,6 +203,9 @@ class ResilientSocket:
         self._pending = PendingRequests()
         self._outbox = Outbox(self._options.max_queued)
         self._inbox: deque[Any] | None = None
+        # Set only while the owner has stopped reading because the inbox is full: resolved
+        # when the consumer catches up, or when the connection ends.
+        self._resume: asyncio.Future[None] | None = None
         # Whoever waits for a change (a frame in the inbox, open, closed), woken by _wake.
         self._waiters: list[asyncio.Future[None]] | None = None
         # Weak: an iterator the caller dropped without finishing must not keep collecting.
@@ -253,6 +259,18 @@ class ResilientSocket:
     def queued(self) -> int:
         """Messages waiting for the socket to be open."""
         return len(self._outbox)
+
+    @property
+    def inbox_size(self) -> int:
+        """Unsolicited frames waiting to be taken with ``async for`` (at most the options'
+        ``max_inbox``, and one more once the connection ended during a pause)."""
+        inbox = self._inbox
+        return 0 if inbox is None else len(inbox)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the socket has stopped reading because the inbox is full."""
+        return self._resume is not None
 
     @property
     def error(self) -> SocketClosed | None:
@@ -368,6 +386,11 @@ class ResilientSocket:
         have been processed: retry if that is safe) or the socket closed, and
         :class:`SocketRequestError` when the answer's ``code`` is 400 or more (a 429 asks for
         at least a second's pause before retrying).
+
+        Answers arrive in order behind the unsolicited frames: while the socket is paused
+        because the ``async for`` consumer left ``max_inbox`` frames unread, the answer waits
+        unread too, and the request ends with :class:`SocketRequestTimeout` if the consumer
+        does not catch up within ``timeout``.
         """
         limit = self._options.request_timeout if timeout is None else timeout
         request_id, fut = self._pending.open()
@@ -448,6 +471,7 @@ class ResilientSocket:
     def _end_connection(self, disconnect: Disconnect, grace: float) -> None:
         """End the current connection from outside the owner's read: record why (the first
         reason wins) and close it within ``grace`` seconds, which makes the read return."""
+        self._unpause()
         conn = self._conn
         if conn is None or self._ended is not None:
             return
@@ -489,7 +513,13 @@ class ResilientSocket:
                 await waiter
             finally:
                 self._forget(waiter)
-        return self._inbox.popleft()
+        inbox = self._inbox
+        frame = inbox.popleft()
+        # Resumed at half the bound, not at the first frame taken: a steadily slow consumer
+        # pauses the socket once per half an inbox, not once per frame.
+        if self._resume is not None and len(inbox) <= self._options.max_inbox // 2:
+            self._unpause()
+        return frame
 
     def _waiter(self) -> asyncio.Future[None]:
         """A future that the next change (a frame in the inbox, open, closed) resolves."""
@@ -839,6 +869,11 @@ class ResilientSocket:
             # The connection is ending: its owner has nothing left to unwatch.
             self._keepalive_ticket = None
             return None
+        if self._resume is not None:
+            # Paused for a slow consumer: the peer's frames wait unread, so its silence proves
+            # nothing and a probe's answer would wait behind them. Asked again an interval on;
+            # the idle clock starts over when reading resumes.
+            return now + policy.interval
         sent = self._probe_sent_at
         if sent is not None and self._last_activity >= sent:
             sent = self._probe_sent_at = None
@@ -927,9 +962,14 @@ class ResilientSocket:
             return
         handler = self._on_frame
         if handler is None:
-            if self._inbox is None:
-                self._inbox = deque()
-            self._inbox.append(frame)
+            inbox = self._inbox
+            if inbox is None:
+                inbox = self._inbox = deque()
+            elif self._ended is None and 0 < self._options.max_inbox <= len(inbox):
+                await self._wait_for_room(len(inbox))
+            # The frame in hand joins the inbox even when the pause ended with the
+            # connection: it was received, and the inbox stays readable after a close.
+            inbox.append(frame)
             self._wake()
             return
         try:
@@ -938,6 +978,51 @@ class ResilientSocket:
                 await result
         except Exception:
             _log.exception("%s: on_frame handler raised; ignored", self._name)
+
+    async def _wait_for_room(self, unread: int) -> None:
+        """Stop reading until the consumer has taken the inbox down to half ``max_inbox``,
+        or the connection ends (:meth:`_unpause`).
+
+        Not reading is the backpressure: aiohttp stops reading the TCP socket once its own
+        buffer fills, so the peer is slowed down and nothing is dropped.
+        """
+        resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resume = resume
+        paused_at = self._clock.now()
+        _log.warning(
+            "%s: %d unread frames in the inbox (max_inbox); reading paused until the consumer "
+            "catches up",
+            self._name,
+            unread,
+            extra={"socket": self._name, "inbox": unread, "max_inbox": self._options.max_inbox},
+        )
+        try:
+            await resume
+        finally:
+            self._resume = None
+            # The keepalive's idle clock starts over: the peer's silence while we were not
+            # reading says nothing about it.
+            self._last_activity = self._clock.now()
+        paused = self._last_activity - paused_at
+        if self._ended is None:
+            _log.info(
+                "%s: reading resumed after %.3f s paused",
+                self._name,
+                paused,
+                extra={"socket": self._name, "paused": round(paused, 3), "inbox": self.inbox_size},
+            )
+        else:
+            _log.info(
+                "%s: the connection ended after %.3f s paused for the consumer",
+                self._name,
+                paused,
+                extra={"socket": self._name, "paused": round(paused, 3), "inbox": self.inbox_size},
+            )
+
+    def _unpause(self) -> None:
+        resume = self._resume
+        if resume is not None and not resume.done():
+            resume.set_result(None)
 
     async def _finish(self) -> None:
         if self._life.state is not SocketState.CLOSING:
@@ -951,6 +1036,7 @@ class ResilientSocket:
         if error is not None:
             reason.__cause__ = error
         self._pending.fail_all(reason)
+        self._unpause()
         unsent = self._outbox.clear()
         self._unsent = tuple(item.text for item in unsent)
         if unsent:
