@@ -125,9 +125,9 @@ class ResilientSocket:
     :meth:`states` or ``on_state`` hooks. :meth:`close` (or leaving ``async with``) closes it for
     good. Unread frames wait in an inbox bounded by the options' ``max_inbox``: a consumer
     that falls that far behind makes the socket stop reading, which slows the peer down
-    (:attr:`paused`, :attr:`inbox_size`). Made by :meth:`le_transport.Engine.websocket`, which passes its
-    :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a socket made without
-    one gets a scheduler of its own).
+    (:attr:`paused`, :attr:`inbox_size`). Made by :meth:`le_transport.Engine.websocket`,
+    which passes its :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a
+    socket made without one gets a scheduler of its own).
     """
 
     # A process holds thousands of these: no instance dict, and whatever only some sockets use
