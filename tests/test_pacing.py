@@ -12,6 +12,7 @@ from le_transport import ConfigurationError
 from le_transport.policies import TokenBucket
 from le_transport.sockets import ReconnectPacer
 from le_transport.testing import VirtualClock
+from tests.late_clock import LateClock
 
 
 def test_a_lone_reconnect_goes_at_once() -> None:
@@ -118,22 +119,8 @@ def test_connects_of_late_wakers_in_any_window_never_exceed_burst_plus_rate_time
     assert _most_in_a_window(connects, width) <= burst + rate * (width + grace) + 1e-6
 
 
-class _LateClock:
-    """The virtual clock, except that every sleep ends ``late`` seconds late (a busy loop)."""
-
-    def __init__(self, clock: VirtualClock, late: list[float]) -> None:
-        self._clock = clock
-        self._late = late
-
-    def now(self) -> float:
-        return self._clock.now()
-
-    async def sleep(self, seconds: float) -> None:
-        await self._clock.sleep(seconds + (self._late.pop(0) if self._late else 0.0))
-
-
 async def test_a_socket_waking_past_its_slot_takes_a_new_one(clock: VirtualClock) -> None:
-    pacer = ReconnectPacer(_LateClock(clock, [0.5]), TokenBucket(rate=10, burst=1, grace=0.1))
+    pacer = ReconnectPacer(LateClock(clock, [0.5]), TokenBucket(rate=10, burst=1, grace=0.1))
     assert await pacer.acquire() == 0.0
     # Its slot was at 0.1; it woke at 0.6, too late: forfeit. By 0.6 the bucket has a token
     # again, so the new slot is at once.
@@ -144,7 +131,7 @@ async def test_a_socket_waking_past_its_slot_takes_a_new_one(clock: VirtualClock
 
 
 async def test_a_socket_waking_within_the_grace_keeps_its_slot(clock: VirtualClock) -> None:
-    pacer = ReconnectPacer(_LateClock(clock, [0.09]), TokenBucket(rate=10, burst=1))
+    pacer = ReconnectPacer(LateClock(clock, [0.09]), TokenBucket(rate=10, burst=1))
     assert await pacer.acquire() == 0.0
     assert await pacer.acquire() == pytest.approx(0.19)
     assert pacer.missed == 0

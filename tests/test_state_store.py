@@ -23,6 +23,7 @@ from le_transport.state import (
     state_key,
 )
 from le_transport.testing import VirtualClock
+from tests.late_clock import LateClock
 
 
 class BrokenStore(MemoryStore):
@@ -278,25 +279,11 @@ async def test_fleet_pacer_spreads_turns_past_the_burst(clock: VirtualClock) -> 
     assert waits[5:] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
 
 
-class _LateClock:
-    """The virtual clock, except that each sleep ends ``late`` seconds late (a busy loop)."""
-
-    def __init__(self, clock: VirtualClock, late: list[float]) -> None:
-        self._clock = clock
-        self._late = late
-
-    def now(self) -> float:
-        return self._clock.now()
-
-    async def sleep(self, seconds: float) -> None:
-        await self._clock.sleep(seconds + (self._late.pop(0) if self._late else 0.0))
-
-
 async def test_a_process_waking_past_its_fleet_turn_takes_a_new_one(clock: VirtualClock) -> None:
     """The fleet's bound holds against a stalled loop, as the per-process pacer's does."""
     store = MemoryStore(clock)
     bucket = TokenBucket(rate=10.0, burst=1.0, grace=0.1)
-    late = FleetPacer(store, account="1", bucket=bucket, clock=_LateClock(clock, [0.5]))
+    late = FleetPacer(store, account="1", bucket=bucket, clock=LateClock(clock, [0.5]))
     on_time = FleetPacer(store, account="1", bucket=bucket, clock=clock)
     assert await late.acquire() == 0.0
     # Its turn was at 0.1; it woke at 0.6, too late: forfeit. By 0.6 the shared bucket has a

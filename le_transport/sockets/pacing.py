@@ -43,17 +43,21 @@ class ReconnectPacer:
         self._bucket = reservation.bucket
         return reservation.wait
 
+    async def _reserve_turn(self) -> float:
+        """Take a slot now; the seconds to wait before using it (a fleet asks its store)."""
+        return self.reserve()
+
     async def acquire(self) -> float:
         """Take a slot and wait for it; returns the time waited. On return, connect at once:
         the slot is now (or less than the bucket's ``grace`` ago)."""
-        started = now = self._clock.now()
+        started = self._clock.now()
         while True:
-            reservation = self._bucket.reserve(now)
-            self._bucket = reservation.bucket
-            if reservation.wait <= 0:
+            wait = await self._reserve_turn()
+            now = self._clock.now()
+            if wait <= 0:
                 return now - started
-            slot = now + reservation.wait
-            await self._clock.sleep(reservation.wait)
+            slot = now + wait
+            await self._clock.sleep(wait)
             now = self._clock.now()
             if not self._bucket.missed(slot, now):
                 return now - started

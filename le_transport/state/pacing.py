@@ -9,8 +9,6 @@ fleet as a whole comes back at ``rate`` per second after ``burst``: give it to
 
 from __future__ import annotations
 
-import logging
-
 from ..clock import Clock, RealClock
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
@@ -20,14 +18,14 @@ from .store import StateStore, state_key
 
 __all__ = ["FleetPacer"]
 
-_log = logging.getLogger("le_transport.sockets")
-
 
 class FleetPacer(ReconnectPacer):
     """A :class:`ReconnectPacer` whose bucket ``name`` of ``account`` lives in ``store``.
 
     With a :class:`~le_transport.state.FallbackStore`, a process whose Redis is out paces
-    itself on a local bucket of the same rate and burst.
+    itself on a local bucket of the same rate and burst. :meth:`acquire` is the per-process
+    one, on the fleet's bucket: a process that wakes more than the bucket's ``grace`` after its
+    turn (a stalled loop) forfeits it and takes a new one.
     """
 
     def __init__(
@@ -52,31 +50,11 @@ class FleetPacer(ReconnectPacer):
         """Take a turn in the fleet's bucket: seconds to wait before using it."""
         return await self._store.reserve(self._key, self.bucket)
 
-    async def acquire(self) -> float:
-        """Take a turn in the fleet's bucket and wait for it on the clock; returns the time
-        waited. As the per-process pacer does, a process that wakes more than the bucket's
-        ``grace`` after its turn (a busy loop) forfeits it and takes a new one: the turns a
-        stalled loop wakes together would otherwise connect together, past the fleet's bound.
-        """
-        started = self._clock.now()
-        while True:
-            wait = await self.reserve_shared()
-            # The turn is at ``wait`` after the store answered (its clock and ours agree to
-            # within a round trip, which the grace covers).
-            now = self._clock.now()
-            if wait <= 0:
-                return now - started
-            turn = now + wait
-            await self._clock.sleep(wait)
-            now = self._clock.now()
-            if not self.bucket.missed(turn, now):
-                return now - started
-            self.missed += 1
-            _log.debug(
-                "fleet reconnect turn missed by %.3f s; taking a new one",
-                now - turn,
-                extra={"late": round(now - turn, 3)},
-            )
+    async def _reserve_turn(self) -> float:
+        # The turn is at the returned wait after the store answered: the store's clock and
+        # ours agree to within a round trip, which the bucket's grace covers. A process that
+        # wakes past its turn forfeits it, as in ReconnectPacer.acquire.
+        return await self.reserve_shared()
 
     def __repr__(self) -> str:
         return f"FleetPacer(key={self._key!r}, rate={self.bucket.rate}, burst={self.bucket.burst})"
