@@ -282,6 +282,9 @@ class _Agent:
     acked: list[str] = attrs.field(factory=list)
     echoes: list[str] = attrs.field(factory=list)
     checks: list[tuple[str, bool]] = attrs.field(factory=list)
+    #: Sends repeated by the agent: after a connection lost in flight, after a 429.
+    resent_lost: int = 0
+    resent_429: int = 0
 
     def check(self, what: str, ok: bool) -> None:
         self.checks.append((what, ok))
@@ -332,6 +335,7 @@ class _Agent:
                 await ws.request(".ams.ms.PublishEvent", body, timeout=600 * self.scale + 10)
             except SocketRequestError as exc:
                 pause = max(1.0 * self.scale, 0.01)
+                self.resent_429 += 1
                 self.timeline.say(
                     "rate-limit", f"{text}: resp code {exc.code}; pausing {pause:.3g} s, resending"
                 )
@@ -341,6 +345,7 @@ class _Agent:
                 if ws.closed:
                     self.timeline.say("WRONG", f"{text}: the socket closed for good")
                     return
+                self.resent_lost += 1
                 self.timeline.say("resend", f"{text}: its connection was lost in flight; resending")
                 continue
             self.acked.append(text)
@@ -453,9 +458,13 @@ async def _simulated(
         ("subscriptions renewed", str(timeline.count("subscribed"))),
         ("keepalives (.GetClock) received", str(getclocks)),
         ("messages sent / acknowledged", f"{len(agent.sent)} / {len(set(agent.acked))}"),
+        (
+            "messages resent (lost in flight / 429)",
+            f"{agent.resent_lost} / {agent.resent_429}",
+        ),
         ("messages received by the server", f"{len(published & set(agent.sent))}"),
         (
-            "  of which resent (at least once)",
+            "  of which received more than once",
             str(len(sim.sockets.published) - len(published)),
         ),
         ("messages echoed back", str(len(set(agent.echoes)))),
