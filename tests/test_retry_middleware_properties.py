@@ -196,3 +196,104 @@ def test_resets_and_statuses_mixed_follow_the_guide_on_the_real_stack(
         assert observed.error is None
     else:
         assert type(observed.error) is expected.error
+
+
+# -- the attempt timeout and the deadline, one clock timeout per attempt ---------------------
+
+
+def timed_model(
+    delays: list[float], succeed_at: int | None, timeout: float | None, deadline: float | None
+) -> tuple[int, float, str]:
+    """(attempts begun, virtual time at the end, outcome) by the guide's rules, for a server
+    that answers attempt ``n`` after ``delays[n - 1]`` seconds (503, or 200 at ``succeed_at``).
+
+    An attempt is cut at whichever comes first of ``timeout`` and the deadline; a deadline cut
+    ends the call, an attempt-timeout cut is retried like a 503; a pause that would end at or
+    past the deadline is not taken (the call gives up).
+    """
+    t = 0.0
+    for n in range(1, len(GUIDE) + 2):
+        limit = float("inf") if timeout is None else timeout
+        by_deadline = deadline is not None and deadline - t <= limit
+        if by_deadline:
+            assert deadline is not None
+            limit = deadline - t
+        delay = delays[n - 1] if n <= len(delays) else 0.5
+        if delay > limit:
+            if by_deadline:
+                return n, t + limit, "DeadlineExceeded"
+            t += limit
+        else:
+            t += delay
+            if n == succeed_at:
+                return n, t, "ok"
+        if n == len(GUIDE) + 1:
+            return n, t, "RetriesExhausted"
+        pause = GUIDE[n - 1]
+        if deadline is not None and t + pause >= deadline:
+            return n, t, "RetriesExhausted"
+        t += pause
+    raise AssertionError("unreachable")
+
+
+async def run_timed_call(
+    delays: list[float], succeed_at: int | None, policy: RetryPolicy
+) -> tuple[int, float, str, float | None]:
+    clock = VirtualClock()
+    hits = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        n = hits
+        await clock.sleep(delays[n - 1] if n <= len(delays) else 0.5)
+        return web.json_response({"hit": n}, status=200 if n == succeed_at else 503)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host = f"127.0.0.1:{runner.addresses[0][1]}"
+    outcome = "ok"
+    elapsed: float | None = None
+    try:
+        async with Engine({"svc": host}, scheme="http", clock=clock, retry=policy) as engine:
+            try:
+                await engine.request("GET", "svc", "/x")
+            except TransportError as exc:
+                outcome = type(exc).__name__
+                elapsed = getattr(exc, "elapsed", None)
+            ended = clock.now()
+    finally:
+        await runner.cleanup()
+    return hits, ended, outcome, elapsed
+
+
+# Delays end on a half second, timeouts on a whole one and deadlines on a quarter: an answer and
+# a timeout never fall on the same virtual instant, whose order would be the loop's to choose.
+half_seconds = st.integers(0, 24).map(lambda k: k + 0.5)
+
+
+@RUNS
+@given(
+    st.lists(half_seconds, min_size=1, max_size=4),
+    st.one_of(st.none(), st.integers(1, 4)),
+    st.one_of(st.none(), st.integers(1, 20).map(float)),
+    st.one_of(st.none(), st.integers(1, 60).map(lambda k: k + 0.25)),
+)
+def test_every_attempt_ends_by_its_timeout_and_the_call_by_its_deadline(
+    delays: list[float], succeed_at: int | None, timeout: float | None, deadline: float | None
+) -> None:
+    """Invariant: with one clock timeout per attempt (the nearer of the attempt timeout and the
+    deadline), a call never runs past its deadline, an attempt never past its timeout, and the
+    attempts, the virtual time and the outcome are those of the guide's rules."""
+    policy = RetryPolicy(attempt_timeout=timeout, deadline=deadline)
+    attempts, ended, outcome = timed_model(delays, succeed_at, timeout, deadline)
+    hits, observed_end, observed, elapsed = asyncio.run(run_timed_call(delays, succeed_at, policy))
+    assert (hits, observed_end, observed) == (attempts, ended, outcome)
+    if deadline is not None:
+        assert observed_end <= deadline
+    if observed == "DeadlineExceeded":
+        assert elapsed == deadline
