@@ -13,7 +13,8 @@ flight and a superseded connection cannot act:
    in order, in a short-lived task while the owner reads, or in the owner itself when there
    are no callbacks; from then on sends go straight out, and the engine's
    :class:`~le_transport.sockets.keepalive.KeepaliveScheduler` watches the connection.
-   The owner reads the connection itself until it ends.
+   The owner reads the connection itself until it ends, pausing while the ``async for``
+   consumer leaves ``max_inbox`` frames unread (backpressure on the peer).
 3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure, the
    caller's close), fail the requests in flight on it with
    :class:`~le_transport.errors.SocketClosed`, close it, and go to ``RECONNECTING``.
@@ -500,7 +501,8 @@ class ResilientSocket:
 
     async def __anext__(self) -> Any:
         """The next unsolicited frame; ends when the socket is closed (raises its final error
-        if it stopped on one)."""
+        if it stopped on one). Taking frames resumes a socket paused on a full inbox once
+        half of it is free."""
         while not self._inbox:
             if self._life.state is SocketState.CLOSED:
                 if self._error is not None:
@@ -862,7 +864,8 @@ class ResilientSocket:
 
         Probes (in a short-lived task) when the connection was idle an interval; when the
         probe went unanswered past its timeout, ends the connection as a dead peer (the
-        owner reconnects) and asks not to be watched any more.
+        owner reconnects) and asks not to be watched any more. Does neither while the owner
+        is paused for a slow consumer.
         """
         policy = self._options.keepalive
         if policy is None or self._keepalive_ticket is None or self._ready_epoch is None:
