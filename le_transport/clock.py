@@ -48,6 +48,9 @@ class RealClock:
         return "RealClock()"
 
 
+#: Whether tasks count their cancellations (Python 3.11+), checked once rather than per timeout.
+_COUNTS_CANCELS = sys.version_info >= (3, 11)
+
 #: Timeouts on the real clock share one loop timer per slot this many seconds long, so a timeout
 #: fires at most this late. Arming and cancelling a loop timer per timeout (two per request:
 #: attempt timeout and deadline) cost a call more than the rest of the retry middleware on a
@@ -63,19 +66,18 @@ class _Wheel:
     def __init__(self) -> None:
         self._slots: dict[int, set[_ClockTimeout]] = {}
 
-    def arm(self, loop: asyncio.AbstractEventLoop, timeout: _ClockTimeout, delay: float) -> int:
+    def arm(
+        self, loop: asyncio.AbstractEventLoop, timeout: _ClockTimeout, delay: float
+    ) -> set[_ClockTimeout]:
+        """Add ``timeout`` to its slot; the slot's set, from which disarming discards it (a
+        set already expired is out of the wheel, and discarding from it is harmless)."""
         slot = math.ceil((loop.time() + delay) / _SLOT)
         members = self._slots.get(slot)
         if members is None:
             members = self._slots[slot] = set()
             loop.call_at(slot * _SLOT, self._expire, slot)
         members.add(timeout)
-        return slot
-
-    def disarm(self, timeout: _ClockTimeout, slot: int) -> None:
-        members = self._slots.get(slot)
-        if members is not None:
-            members.discard(timeout)
+        return members
 
     def _expire(self, slot: int) -> None:
         for timeout in self._slots.pop(slot, ()):
@@ -123,7 +125,6 @@ class _ClockTimeout:
         "_slot",
         "_task",
         "_watchdog",
-        "_wheel",
     )
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
@@ -131,8 +132,8 @@ class _ClockTimeout:
         self._seconds = seconds
         self._task: asyncio.Task[object] | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._wheel: _Wheel | None = None
-        self._slot = 0
+        #: The wheel slot's set this timeout is in, while armed on the real clock.
+        self._slot: set[_ClockTimeout] | None = None
         self._expired = False
         self._cancelling = 0
 
@@ -158,13 +159,12 @@ class _ClockTimeout:
         if task is None:  # pragma: no cover - only outside a task
             raise RuntimeError("timeout_after must be used inside a task")
         self._task = task
-        if sys.version_info >= (3, 11):
+        if _COUNTS_CANCELS:
             self._cancelling = task.cancelling()
         if type(self._clock) is RealClock:
             # The real clock's sleep without a task around it, nor a loop timer of its own: a
             # watchdog task per timeout cost more than the rest of the retry middleware.
-            self._wheel = _wheel_of(loop)
-            self._slot = self._wheel.arm(loop, self, max(0.0, self._seconds))
+            self._slot = _wheel_of(loop).arm(loop, self, max(0.0, self._seconds))
         else:
             self._watchdog = loop.create_task(
                 self._watch(self._seconds), name="le_transport.timeout_after"
@@ -198,15 +198,16 @@ class _ClockTimeout:
         timeout and nothing else: the cancellation has been taken back, and the caller should
         treat it as a timeout. A cancellation from outside is never claimed.
         """
-        if self._wheel is not None:
-            self._wheel.disarm(self, self._slot)
-            self._wheel = None
+        slot = self._slot
+        if slot is not None:
+            slot.discard(self)
+            self._slot = None
         watchdog = self._watchdog
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()
         if not self._expired or self._task is None:
             return False
-        if sys.version_info >= (3, 11):
+        if _COUNTS_CANCELS:
             return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
         return exc_type is asyncio.CancelledError  # pragma: no cover - Python 3.10
 
