@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import uuid
 from typing import TYPE_CHECKING, Protocol
@@ -111,6 +112,27 @@ def _host_of(call: GatedCall) -> str:
     return f"{url.host}:{url.port}" if url.port is not None else str(url.host)
 
 
+#: How many (service, host, port) breaker keys a guard keeps before starting over.
+_KEYS_KEPT = 1024
+
+
+class _Successes:
+    """Successes of a closed breaker in one slot of its window, not yet in its status.
+
+    A success in a closed breaker only adds one to the newest slot's count; counting them here
+    and recording them together (:meth:`CircuitBreaker.record_successes`) when the slot
+    changes or before anything else reads the status spares every successful attempt a new
+    :class:`BreakerStatus` and its tuples, with the same status whenever it is read.
+    """
+
+    __slots__ = ("at", "count", "slot")
+
+    def __init__(self, slot: int, at: float) -> None:
+        self.slot = slot
+        self.at = at
+        self.count = 1
+
+
 class OverloadGuard:
     """The retry budget per service and the circuit breaker per service and host.
 
@@ -160,6 +182,11 @@ class OverloadGuard:
         self._pending: dict[str, int] = {}
         self._flushed_at: dict[str, float] = {}
         self._status: dict[tuple[str, str], BreakerStatus] = {}
+        self._successes: dict[tuple[str, str], _Successes] = {}
+        self._keys: dict[tuple[str, str | None, int | None], tuple[str, str]] = {}
+        # A process's own MemoryStore takes first attempts without a coroutine (see _deposit).
+        self._local = store if isinstance(store, MemoryStore) and not self._shared else None
+        self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
         self._synced_at: dict[tuple[str, str], float] = {}
         self._probes: set[tuple[int, int]] = set()
         self._owner = uuid.uuid4().hex
@@ -173,7 +200,7 @@ class OverloadGuard:
         """The breaker's state for ``service`` at ``host`` now."""
         if self._breaker is None:
             return BreakerState.CLOSED
-        status = self._status.get((service, host))
+        status = self._status_of((service, host))
         if status is None:
             return BreakerState.CLOSED
         return self._breaker.state_at(status, self._clock.now())
@@ -190,6 +217,33 @@ class OverloadGuard:
             key = self._budget_keys[service] = state_key(self._account, "budget", service)
         return key
 
+    def _key_of(self, call: GatedCall) -> tuple[str, str]:
+        """The breaker's (service, host) key of ``call``.
+
+        Kept per service, host and port: it is asked twice per attempt, and formatting the
+        host again each time showed in the profile of a call.
+        """
+        url = call.request.url
+        service = call.service
+        found = self._keys.get((service, url.host, url.port))
+        if found is None:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            found = self._keys[(service, url.host, url.port)] = (service, _host_of(call))
+        return found
+
+    def _status_of(self, key: tuple[str, str]) -> BreakerStatus | None:
+        """The breaker's status at ``key``, with the successes counted since it was stored."""
+        held = self._successes.pop(key, None)
+        status = self._status.get(key)
+        if held is not None:
+            assert self._breaker is not None
+            status = self._breaker.record_successes(
+                status or self._breaker.closed(), held.at, held.count
+            )
+            self._status[key] = status
+        return status
+
     def _trip_key(self, key: tuple[str, str]) -> str:
         return state_key(self._account, "breaker", *key)
 
@@ -200,29 +254,57 @@ class OverloadGuard:
 
     async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
         """Refuse the attempt if the breaker is open; count a first attempt for the budget."""
-        if self._breaker is not None:
-            refused = await self._admit(call, attempt)
-            if refused is not None:
-                return refused
+        breaker = self._breaker
+        if breaker is not None:
+            key = self._key_of(call)
+            status = self._status.get(key)
+            if self._shared or status is None or status.state is not BreakerState.CLOSED:
+                refused = await self._admit(call, attempt, key)
+                if refused is not None:
+                    return refused
+            # else: a closed breaker admits, its status unchanged (CircuitBreaker.admit).
         if self._budget is not None and attempt == 1:
-            await self._deposit(call.service)
+            if self._local is not None:
+                self._local.deposit(self._budget_key(call.service), self._budget)
+            else:
+                await self._deposit(call.service)
         return None
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
         """Feed the attempt's outcome to the breaker."""
-        if self._breaker is None:
+        breaker = self._breaker
+        if breaker is None:
             return
-        key = (call.service, _host_of(call))
-        probe = (id(call), attempt) in self._probes
-        self._probes.discard((id(call), attempt))
-        before = self._status.get(key) or self._breaker.closed()
+        key = self._key_of(call)
+        probe = False
+        if self._probes:
+            token = (id(call), attempt)
+            if token in self._probes:
+                self._probes.discard(token)
+                probe = True
+        failed = breaker.counts_as_failure(outcome)
+        if not failed and not probe:
+            status = self._status.get(key)
+            if status is not None and status.state is BreakerState.CLOSED:
+                # A success in a closed breaker: counted now, recorded with its slot's others.
+                now = self._clock.now()
+                slot = math.floor(now / self._slot_length)  # CircuitBreaker.slot_of, inline
+                held = self._successes.get(key)
+                if held is not None and held.slot == slot:
+                    held.count += 1
+                    return
+                self._status_of(key)
+                self._successes[key] = _Successes(slot, now)
+                return
+        before = self._status_of(key) or breaker.closed()
         now = self._clock.now()
-        old_state = self._breaker.state_at(before, now)
-        after = self._breaker.record(
-            before, now, failed=self._breaker.counts_as_failure(outcome), rand=self._rng.random()
+        old_state = breaker.state_at(before, now)
+        # The draw only matters to a failure: only a failure opens the breaker.
+        after = breaker.record(
+            before, now, failed=failed, rand=self._rng.random() if failed else 0.5
         )
         self._status[key] = after
-        new_state = self._breaker.state_at(after, now)
+        new_state = breaker.state_at(after, now)
         if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
             await self._opened(call, key, after, outcome)
         elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
@@ -235,8 +317,8 @@ class OverloadGuard:
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
         self._probes.discard((id(call), attempt))
-        key = (call.service, _host_of(call))
-        status = self._status.get(key)
+        key = self._key_of(call)
+        status = self._status_of(key)
         if status is not None:
             # The shared probe key (if any) frees itself when its lease ends.
             self._status[key] = self._breaker.release(status, self._clock.now())
@@ -247,8 +329,7 @@ class OverloadGuard:
         """Refuse a retry the breaker would refuse after the pause, or the budget cannot pay."""
         now = self._clock.now()
         if self._breaker is not None:
-            key = (call.service, _host_of(call))
-            status = self._status.get(key)
+            status = self._status_of(self._key_of(call))
             if status is not None:
                 retry_at = self._breaker.retry_at(status, now)
                 if (
@@ -299,12 +380,13 @@ class OverloadGuard:
 
     # -- the breaker ------------------------------------------------------------------------
 
-    async def _admit(self, call: GatedCall, attempt: int) -> RequestError | None:
+    async def _admit(
+        self, call: GatedCall, attempt: int, key: tuple[str, str]
+    ) -> RequestError | None:
         assert self._breaker is not None
-        key = (call.service, _host_of(call))
         if self._shared:
             await self._sync(key)
-        status = self._status.get(key) or self._breaker.closed()
+        status = self._status_of(key) or self._breaker.closed()
         now = self._clock.now()
         admission = self._breaker.admit(status, now)
         if not admission.allowed:
@@ -315,6 +397,9 @@ class OverloadGuard:
             if not await self._store.add(self._probe_key(key), self._owner, ttl=lease):
                 # Another process of the fleet is probing: wait for its verdict.
                 return self._circuit_open(call, now + self._sync_interval, now, status.opens)
+            # The status read before that await is what gets replaced, whole: successes
+            # counted meanwhile go with the status they were counted on.
+            self._successes.pop(key, None)
         self._status[key] = admission.status
         if admission.probe:
             self._probes.add((id(call), attempt))
@@ -328,7 +413,7 @@ class OverloadGuard:
             return
         self._synced_at[key] = now
         entry = await self._store.get(self._trip_key(key))
-        status = self._status.get(key) or self._breaker.closed()
+        status = self._status_of(key) or self._breaker.closed()
         if entry is None or self._breaker.state_at(status, now) is BreakerState.OPEN:
             return
         try:

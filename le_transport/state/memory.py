@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from ..clock import Clock, RealClock
@@ -18,6 +20,18 @@ def _check_ttl(ttl: float) -> None:
         raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r}")
 
 
+class _Deposits:
+    """First attempts counted in one slot of a budget's window, not yet in the budget's state."""
+
+    __slots__ = ("at", "count", "policy", "slot")
+
+    def __init__(self, policy: RetryBudget, slot: int, at: float, count: int) -> None:
+        self.policy = policy
+        self.slot = slot
+        self.at = at
+        self.count = count
+
+
 class MemoryStore:
     """A :class:`~le_transport.state.StateStore` in this process's memory.
 
@@ -29,6 +43,7 @@ class MemoryStore:
         self._clock = clock or RealClock()
         self._values: dict[str, tuple[str, float]] = {}
         self._budgets: dict[str, BudgetState] = {}
+        self._deposits: dict[str, _Deposits] = {}
         self._buckets: dict[str, TokenBucket] = {}
 
     def _live(self, key: str) -> tuple[str, float] | None:
@@ -66,10 +81,38 @@ class MemoryStore:
         del self._values[key]
         return True
 
+    def deposit(self, key: str, policy: RetryBudget, count: int = 1) -> None:
+        """Count ``count`` first attempts now on the budget at ``key``, without a coroutine.
+
+        Counts made within one slot of the budget's window are kept as one number and recorded
+        together (:meth:`RetryBudget.record_request` with their count, at the first one's time)
+        when the slot changes or before anything reads or changes the budget at ``key``: the
+        same state as recording each at once, so every withdrawal sees every deposit made
+        before it. It spares the first attempt of every call a new state and two tuples.
+        """
+        now = self._clock.now()
+        # RetryBudget.slot_of's arithmetic, inline: this runs on every first attempt.
+        slot = math.floor(now / (policy.window / policy.slots))
+        held = self._deposits.get(key)
+        if held is not None:
+            if held.slot == slot and held.policy is policy:
+                held.count += count
+                return
+            self._record_deposits(key)
+        self._deposits[key] = _Deposits(policy, slot, now, count)
+
+    def _record_deposits(self, key: str) -> None:
+        held = self._deposits.pop(key, None)
+        if held is None:
+            return
+        state = self._budgets.get(key) or held.policy.empty()
+        self._budgets[key] = held.policy.record_request(state, held.at, held.count)
+
     async def budget(
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """Count first attempts and maybe take a retry, on the pure :class:`RetryBudget`."""
+        self._record_deposits(key)
         now = self._clock.now()
         state = self._budgets.get(key) or policy.empty()
         if deposits:
@@ -82,6 +125,7 @@ class MemoryStore:
 
     def note_retry(self, key: str, policy: RetryBudget) -> None:
         """Count a retry granted elsewhere (by the shared store), allowed or not here."""
+        self._record_deposits(key)
         state = self._budgets.get(key) or policy.empty()
         aged = policy.record_request(state, self._clock.now(), 0)
         self._budgets[key] = attrs.evolve(aged, retries=(aged.retries[0] + 1, *aged.retries[1:]))
