@@ -4,6 +4,7 @@ notifications, drops, close codes, a silent peer, restarts, auth rejection, noth
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from typing import Any
@@ -21,7 +22,7 @@ from le_transport import (
     SocketRequestError,
     SocketRequestTimeout,
 )
-from le_transport.chaos import Hang, WsDrop, WsRejectHandshake
+from le_transport.chaos import Delay, Hang, WsDrop, WsRejectHandshake
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, BackoffPolicy
 from le_transport.providers import UserLogin
 from le_transport.sockets import (
@@ -415,6 +416,30 @@ async def test_request_timeout_is_a_typed_error(
         assert clock.now() - started == pytest.approx(5.0)
         # The late request does not disturb the next one.
         assert (await ws.request(SUBSCRIBE, {}))["code"] == 200
+
+
+async def test_a_late_answer_to_a_timed_out_request_is_dropped_not_handed_to_the_consumer(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer comes after its caller gave up: it is nobody's, and above all not a frame
+    the server sent on its own. A resp the socket never asked for still reaches the consumer."""
+    caplog.set_level(logging.DEBUG, logger="le_transport.sockets")
+    sim.faults.script(None, SUBSCRIBE, [Delay(delay_ms=8000)], unit="ws_message")
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestTimeout):
+            await ws.request(SUBSCRIBE, {}, timeout=5)
+        await clock.sleep(5)  # the answer arrives at 8 s
+        assert any("late answer" in r.getMessage() for r in caplog.records)
+        assert ws.inbox_size == 0
+        foreign = {"kind": "resp", "reqId": "not-ours-1", "code": 200, "body": {}}
+        await sim.sockets.open[0].send(foreign)
+        assert await anext(aiter(ws)) == foreign
+        # Ids the socket has not handed out yet are not taken for late answers either.
+        ahead = {"kind": "resp", "reqId": "99", "code": 200, "body": {}}
+        await sim.sockets.open[0].send(ahead)
+        assert await anext(aiter(ws)) == ahead
 
 
 async def test_a_request_in_flight_when_the_socket_drops_fails_with_socket_closed(

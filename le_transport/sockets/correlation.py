@@ -3,13 +3,14 @@
 Each request gets a fresh id and a future. A ``resp`` frame resolves the future whose id is its
 ``reqId``; when the connection a request went out on is lost, every request of that connection
 fails with :class:`~le_transport.errors.SocketClosed` (the caller may retry), so no request is
-ever left hanging.
+ever left hanging. An answer that comes after its caller gave up (a timeout) is recognised by
+its id, which only this socket hands out, and is not mistaken for a frame the server sent on its
+own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 __all__ = ["PendingRequests"]
@@ -18,13 +19,13 @@ __all__ = ["PendingRequests"]
 class PendingRequests:
     """The requests waiting for an answer, by id, with the connection epoch they went out on."""
 
-    __slots__ = ("_ids", "_pending", "_prefix")
+    __slots__ = ("_issued", "_pending", "_prefix")
 
     def __init__(self, prefix: str = "") -> None:
         self._prefix = prefix
         # Both made on the first request: one per socket, and many sockets of a large fleet
         # send none between keepalives.
-        self._ids: itertools.count[int] | None = None
+        self._issued = 0
         # id -> (future, epoch it was sent on; None while only queued)
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], int | None]] | None = None
 
@@ -33,11 +34,10 @@ class PendingRequests:
 
     def open(self) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         """A fresh request id and the future its answer will resolve."""
-        if self._ids is None:
-            self._ids = itertools.count(1)
         if self._pending is None:
             self._pending = {}
-        request_id = f"{self._prefix}{next(self._ids)}"
+        self._issued += 1
+        request_id = f"{self._prefix}{self._issued}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (fut, None)
         return request_id, fut
@@ -60,6 +60,21 @@ class PendingRequests:
         if not entry[0].done():
             entry[0].set_result(frame)
         return True
+
+    def abandoned(self, frame: dict[str, Any]) -> bool:
+        """Whether ``frame`` answers a request this socket made and no longer waits for (its
+        caller timed out or was cancelled): a late answer, not a frame of the server's own."""
+        request_id = frame.get("reqId")
+        if not isinstance(request_id, str) or not request_id.startswith(self._prefix):
+            return False
+        number = request_id[len(self._prefix) :]
+        # ASCII digits only, and no longer than the count could be: str.isdigit() accepts
+        # other scripts' digits, and int() of a huge string is slow.
+        if not (number.isascii() and number.isdigit()) or len(number) > 19:
+            return False
+        return 0 < int(number) <= self._issued and (
+            self._pending is None or request_id not in self._pending
+        )
 
     def discard(self, request_id: str) -> None:
         """Forget ``request_id`` (its caller gave up)."""

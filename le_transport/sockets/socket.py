@@ -955,8 +955,19 @@ class ResilientSocket:
             # Not JSON, or nested deeper than the parser goes: handed over as text, and the
             # reader goes on (a hostile frame must not stop it).
             frame = text
-        if isinstance(frame, dict) and frame.get("kind") == "resp" and self._pending.resolve(frame):
-            return
+        if isinstance(frame, dict) and frame.get("kind") == "resp":
+            if self._pending.resolve(frame):
+                return
+            if self._pending.abandoned(frame):
+                # Its caller gave up (a timeout): an answer nobody waits for, not a frame the
+                # server sent on its own, so it does not go to the consumer.
+                _log.debug(
+                    "%s: late answer to request %s dropped (its caller gave up)",
+                    self._name,
+                    frame.get("reqId"),
+                    extra={"socket": self._name, "type": str(frame.get("type", ""))[:100]},
+                )
+                return
         await self._deliver(frame, epoch)
 
     async def _deliver(self, frame: Any, epoch: int) -> None:
