@@ -200,7 +200,8 @@ class OverloadGuard:
         """The breaker's state for ``service`` at ``host`` now."""
         if self._breaker is None:
             return BreakerState.CLOSED
-        status = self._status_of((service, host))
+        # The stored status without the successes counted since: they never change the state.
+        status = self._status.get((service, host))
         if status is None:
             return BreakerState.CLOSED
         return self._breaker.state_at(status, self._clock.now())
@@ -329,7 +330,8 @@ class OverloadGuard:
         """Refuse a retry the breaker would refuse after the pause, or the budget cannot pay."""
         now = self._clock.now()
         if self._breaker is not None:
-            status = self._status_of(self._key_of(call))
+            # The state, the break and the openings: nothing the counted successes change.
+            status = self._status.get(self._key_of(call))
             if status is not None:
                 retry_at = self._breaker.retry_at(status, now)
                 if (

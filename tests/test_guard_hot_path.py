@@ -1,0 +1,390 @@
+"""The overload guard's cheap happy path: what it counts per slot decides as the pure policies do.
+
+A success in a closed breaker and a first attempt on a process's own budget are counted in a
+small tally and recorded per slot (``CircuitBreaker.record_successes``,
+``MemoryStore.deposit``); these tests hold that shortcut to the per-call algorithm it replaced,
+written here with the pure policies alone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Coroutine
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from yarl import URL
+
+from le_transport.errors import CircuitOpen, RequestError, RetryBudgetExhausted
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import (
+    BackoffPolicy,
+    BreakerState,
+    BreakerStatus,
+    CircuitBreaker,
+    Outcome,
+    OutcomeKind,
+    RetryBudget,
+)
+from le_transport.policies.budget import BudgetState
+from le_transport.state.memory import MemoryStore
+from le_transport.testing import VirtualClock
+
+if TYPE_CHECKING:
+    from aiohttp import ClientRequest
+
+T = TypeVar("T")
+
+#: Small enough that a few dozen steps open, half-open and close the breaker and spend the budget.
+BREAKER = CircuitBreaker(
+    failure_ratio=0.5,
+    minimum_throughput=3,
+    sampling_window=3.0,
+    slots=3,
+    breaks=BackoffPolicy(first=1.0, factor=2.0, cap=8.0, jitter=0.2, floor=0.0),
+    probe_lease=2.0,
+)
+BUDGET = RetryBudget(ratio=0.5, min_retries_per_second=0.2, window=3.0, slots=3)
+
+OUTCOMES = [
+    Outcome.response(200),
+    Outcome.response(404),
+    Outcome.response(503),
+    Outcome.response(429),
+    Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"),
+]
+SERVICES = ["msgHist", "agentVep"]
+HOSTS = ["127.0.0.1:8080", "127.0.0.2:8443"]
+
+
+def _done(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that must finish without suspending (the in-memory guard never waits)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    coro.close()
+    raise AssertionError("the in-memory guard suspended")
+
+
+class _FixedRandom(random.Random):
+    """The same draw every time: the per-call reference and the guard then see equal breaks."""
+
+    def random(self) -> float:
+        return 0.37
+
+
+class _CountingRandom(random.Random):
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.draws = 0
+
+    def random(self) -> float:
+        self.draws += 1
+        return super().random()
+
+
+class _Call:
+    """A call in progress as the retry loop shows it to its gate."""
+
+    def __init__(self, service: str, host: str) -> None:
+        self.service = service
+        self.method = "GET"
+        self.url = f"http://{host}/x"
+        self.request = cast("ClientRequest", SimpleNamespace(url=URL(self.url)))
+
+
+def _host(call: _Call) -> str:
+    url = call.request.url
+    return f"{url.host}:{url.port}"
+
+
+class _PerCallGuard:
+    """The guard's decisions as it made them before the shortcut: every success and every first
+    attempt recorded at once through the pure policies, a random draw per settled attempt."""
+
+    def __init__(self, clock: VirtualClock, rng: random.Random) -> None:
+        self.clock = clock
+        self.rng = rng
+        self.status: dict[tuple[str, str], BreakerStatus] = {}
+        self.budgets: dict[str, BudgetState] = {}
+        self.probes: set[tuple[int, int]] = set()
+
+    def admit(self, call: _Call, attempt: int) -> tuple[type, float | None] | None:
+        key = (call.service, _host(call))
+        now = self.clock.now()
+        admission = BREAKER.admit(self.status.get(key) or BREAKER.closed(), now)
+        if not admission.allowed:
+            return CircuitOpen, admission.retry_at
+        self.status[key] = admission.status
+        if admission.probe:
+            self.probes.add((id(call), attempt))
+        if attempt == 1:
+            held = self.budgets.get(call.service) or BUDGET.empty()
+            self.budgets[call.service] = BUDGET.record_request(held, now)
+        return None
+
+    def settle(self, call: _Call, attempt: int, outcome: Outcome) -> None:
+        key = (call.service, _host(call))
+        self.probes.discard((id(call), attempt))
+        before = self.status.get(key) or BREAKER.closed()
+        failed = BREAKER.counts_as_failure(outcome)
+        rand = self.rng.random()
+        self.status[key] = BREAKER.record(before, self.clock.now(), failed=failed, rand=rand)
+
+    def abandon(self, call: _Call, attempt: int) -> None:
+        if (id(call), attempt) not in self.probes:
+            return
+        self.probes.discard((id(call), attempt))
+        key = (call.service, _host(call))
+        if key in self.status:
+            self.status[key] = BREAKER.release(self.status[key], self.clock.now())
+
+    def before_retry(self, call: _Call, pause: float) -> tuple[type, float | None] | None:
+        key = (call.service, _host(call))
+        now = self.clock.now()
+        status = self.status.get(key)
+        if status is not None:
+            retry_at = BREAKER.retry_at(status, now)
+            if (
+                BREAKER.state_at(status, now) is BreakerState.OPEN
+                and retry_at is not None
+                and retry_at > now + pause
+            ):
+                return CircuitOpen, retry_at
+        held = self.budgets.get(call.service) or BUDGET.empty()
+        allowed, self.budgets[call.service] = BUDGET.try_retry(held, now)
+        return None if allowed else (RetryBudgetExhausted, None)
+
+    def state(self, service: str, host: str) -> BreakerState:
+        status = self.status.get((service, host))
+        return BreakerState.CLOSED if status is None else BREAKER.state_at(status, self.clock.now())
+
+
+def _answer(refused: RequestError | None) -> tuple[type, float | None] | None:
+    if refused is None:
+        return None
+    return type(refused), refused.retry_at if isinstance(refused, CircuitOpen) else None
+
+
+class GuardAgreesWithThePerCallAlgorithm(RuleBasedStateMachine):
+    """For any interleaving of calls, outcomes, cancellations, retries and time, the guard that
+    counts successes and first attempts per slot refuses exactly the attempts and retries the
+    per-call algorithm refuses, with the same ``retry_at``, and reports the same breaker state
+    and status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = VirtualClock(start=100.0)
+        self.guard = OverloadGuard(
+            budget=BUDGET, breaker=BREAKER, clock=self.clock, rng=_FixedRandom()
+        )
+        self.reference = _PerCallGuard(self.clock, _FixedRandom())
+        self.in_flight: list[tuple[_Call, int]] = []
+        self.retrying: list[tuple[_Call, int]] = []
+
+    def _admit(self, call: _Call, attempt: int) -> None:
+        got = _answer(_done(self.guard.admit(call, attempt)))
+        assert got == self.reference.admit(call, attempt)
+        if got is None:
+            self.in_flight.append((call, attempt))
+
+    @rule(dt=st.sampled_from([0.0, 0.01, 0.4, 0.99, 1.0, 1.7, 3.0, 9.0]))
+    def time_passes(self, dt: float) -> None:
+        self.clock.advance(dt)
+
+    @rule(service=st.sampled_from(SERVICES), host=st.sampled_from(HOSTS))
+    def a_call_starts(self, service: str, host: str) -> None:
+        self._admit(_Call(service, host), 1)
+
+    @rule(pick=st.integers(0, 50), outcome=st.sampled_from(OUTCOMES))
+    def an_attempt_ends(self, pick: int, outcome: Outcome) -> None:
+        if not self.in_flight:
+            return
+        call, attempt = self.in_flight.pop(pick % len(self.in_flight))
+        _done(self.guard.settle(call, attempt, outcome))
+        self.reference.settle(call, attempt, outcome)
+        if BREAKER.counts_as_failure(outcome):
+            self.retrying.append((call, attempt))
+
+    @rule(
+        service=st.sampled_from(SERVICES),
+        host=st.sampled_from(HOSTS),
+        answers=st.lists(st.sampled_from(OUTCOMES[:2]), min_size=1, max_size=8),
+    )
+    def calls_succeed_one_after_another(
+        self, service: str, host: str, answers: list[Outcome]
+    ) -> None:
+        for outcome in answers:
+            call = _Call(service, host)
+            self._admit(call, 1)
+            if self.in_flight and self.in_flight[-1][0] is call:
+                self.in_flight.pop()
+                _done(self.guard.settle(call, 1, outcome))
+                self.reference.settle(call, 1, outcome)
+
+    @rule(pick=st.integers(0, 50))
+    def an_attempt_is_cancelled(self, pick: int) -> None:
+        if not self.in_flight:
+            return
+        call, attempt = self.in_flight.pop(pick % len(self.in_flight))
+        self.guard.abandon(call, attempt)
+        self.reference.abandon(call, attempt)
+
+    @rule(pick=st.integers(0, 50), pause=st.sampled_from([0.5, 1.0, 5.0]))
+    def a_failed_call_retries(self, pick: int, pause: float) -> None:
+        if not self.retrying:
+            return
+        call, attempt = self.retrying.pop(pick % len(self.retrying))
+        last = RequestError("503")
+        got = _answer(
+            _done(self.guard.before_retry(call, attempt, Outcome.response(503), pause, last))
+        )
+        assert got == self.reference.before_retry(call, pause)
+        if got is None:
+            self._admit(call, attempt + 1)
+
+    @rule(service=st.sampled_from(SERVICES), host=st.sampled_from(HOSTS))
+    def the_status_is_read(self, service: str, host: str) -> None:
+        # A rule, not an invariant: successes pile up in the guard's tally between reads.
+        assert self.guard._status_of((service, host)) == self.reference.status.get((service, host))
+
+    @invariant()
+    def the_breakers_are_in_the_same_state(self) -> None:
+        for service in SERVICES:
+            for host in HOSTS:
+                assert self.guard.breaker_state(service, host) is self.reference.state(
+                    service, host
+                )
+
+
+GuardAgreesWithThePerCallAlgorithm.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=60, deadline=None
+)
+test_guard_agrees_with_the_per_call_algorithm = GuardAgreesWithThePerCallAlgorithm.TestCase
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[tuple[float, bool]]:
+    times = draw(st.lists(st.floats(0, 20, allow_nan=False), min_size=0, max_size=40))
+    return [(t, draw(st.booleans())) for t in sorted(times)]
+
+
+@st.composite
+def _history(draw: st.DrawFn) -> tuple[BreakerStatus, float]:
+    status = BREAKER.closed()
+    now = 0.0
+    for step, failed in draw(_records()):
+        now = step
+        status = BREAKER.record(status, now, failed=failed, rand=0.5)
+    return status, now
+
+
+@given(
+    history=_history(),
+    later=st.floats(0, 5, allow_nan=False),
+    offsets=st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=30),
+)
+@settings(max_examples=300, deadline=None)
+def test_record_successes_equals_recording_each_success_of_the_slot_in_turn(
+    history: tuple[BreakerStatus, float], later: float, offsets: list[float]
+) -> None:
+    """For any closed status and any successes at times within one slot, recording them
+    together at the first one's time gives the same status as recording each at its own time;
+    for any other status, the same as recording each at that time (what the guard relies on:
+    it only counts successes on a closed status)."""
+    status, now = history
+    first = now + later
+    slot = BREAKER.slot_of(first)
+    times = [first] + [first + o for o in sorted(offsets)]
+    times = [t for t in times if BREAKER.slot_of(t) == slot]
+    if status.state is not BreakerState.CLOSED:
+        times = [first] * len(times)
+    one_by_one = status
+    for t in times:
+        one_by_one = BREAKER.record(one_by_one, t, failed=False, rand=0.5)
+    assert BREAKER.record_successes(status, first, len(times)) == one_by_one
+
+
+_budget_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.7, 1.0, 2.5, 4.0])),
+        st.tuples(st.just("deposit"), st.integers(1, 3)),
+        st.tuples(st.just("withdraw"), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@given(steps=_budget_steps)
+@settings(max_examples=300, deadline=None)
+def test_batched_deposits_let_every_withdrawal_see_every_deposit_made_before_it(
+    steps: list[tuple[str, float]],
+) -> None:
+    """For any sequence of first attempts, withdrawals and time, a MemoryStore that batches
+    deposits per slot grants exactly the retries the pure budget grants when each first attempt
+    is recorded at once, and ends with the same retries left."""
+    clock = VirtualClock(start=50.0)
+    store = MemoryStore(clock)
+    reference = BUDGET.empty()
+    for op, arg in steps:
+        if op == "advance":
+            clock.advance(arg)
+        elif op == "deposit":
+            for _ in range(int(arg)):
+                store.deposit("k", BUDGET)
+                reference = BUDGET.record_request(reference, clock.now())
+        else:
+            allowed, reference = BUDGET.try_retry(reference, clock.now())
+            assert _done(store.budget("k", BUDGET, withdraw=True)) is allowed
+    left = 0
+    while _done(store.budget("k", BUDGET, withdraw=True)):
+        left += 1
+    assert left == int(BUDGET.available(reference, clock.now()))
+
+
+def test_a_successful_call_draws_no_random_number_and_a_failure_draws_one() -> None:
+    clock = VirtualClock()
+    rng = _CountingRandom()
+    guard = OverloadGuard(budget=BUDGET, breaker=BREAKER, clock=clock, rng=rng)
+    call = _Call("msgHist", HOSTS[0])
+    for _ in range(10):
+        assert _done(guard.admit(call, 1)) is None
+        _done(guard.settle(call, 1, Outcome.response(200)))
+    assert rng.draws == 0
+    assert _done(guard.admit(call, 1)) is None
+    _done(guard.settle(call, 1, Outcome.response(503)))
+    assert rng.draws == 1
+
+
+def test_successes_counted_in_one_slot_still_keep_the_breaker_closed_after_failures() -> None:
+    """Seven successes held in the tally outweigh two failures at a 50% threshold: the failures
+    see every success counted before them."""
+    clock = VirtualClock()
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock)
+    call = _Call("msgHist", HOSTS[0])
+    for _ in range(7):
+        _done(guard.admit(call, 1))
+        _done(guard.settle(call, 1, Outcome.response(200)))
+    for _ in range(2):
+        _done(guard.admit(call, 1))
+        _done(guard.settle(call, 1, Outcome.response(503)))
+    assert guard.breaker_state("msgHist", HOSTS[0]) is BreakerState.CLOSED
+    for _ in range(7):
+        _done(guard.admit(call, 1))
+        _done(guard.settle(call, 1, Outcome.response(503)))
+    assert guard.breaker_state("msgHist", HOSTS[0]) is BreakerState.OPEN
+
+
+def test_the_breaker_keys_kept_per_host_are_bounded() -> None:
+    clock = VirtualClock()
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock)
+    for port in range(3000):
+        call = _Call("msgHist", f"127.0.0.1:{port + 1}")
+        _done(guard.admit(call, 1))
+        _done(guard.settle(call, 1, Outcome.response(200)))
+    assert len(guard._keys) <= 1024
+    assert guard.breaker_state("msgHist", "127.0.0.1:3000") is BreakerState.CLOSED
