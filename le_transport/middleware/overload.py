@@ -184,7 +184,7 @@ class OverloadGuard:
         self._status: dict[tuple[str, str], BreakerStatus] = {}
         self._successes: dict[tuple[str, str], _Successes] = {}
         self._keys: dict[tuple[str, str | None, int | None], tuple[str, str]] = {}
-        # A process's own MemoryStore takes first attempts without a coroutine (see _deposit).
+        # A process's own MemoryStore takes first attempts without a coroutine (its deposit()).
         self._local = store if isinstance(store, MemoryStore) and not self._shared else None
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
         self._synced_at: dict[tuple[str, str], float] = {}
