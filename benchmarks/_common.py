@@ -162,6 +162,33 @@ def server(*args: str) -> Iterator[ServerProcess]:
             proc.stdout.close()
 
 
+def run_child(module: str, args: Sequence[str], *, timeout: float = 600) -> dict[str, Any]:
+    """Run ``python -m module args`` from the repository root and return the last JSON line it
+    printed, or ``{"error": ...}`` (its last stderr line, or that it timed out).
+
+    Each measurement that needs a process of its own (memory, a storm) runs through here, so
+    that every child starts the same way and fails the same way.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    if proc.stderr.strip():
+        result["stderr"] = proc.stderr.strip()[-500:]
+    return result
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)

@@ -20,16 +20,14 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from ._common import raise_fd_limit, server, table
+from ._common import raise_fd_limit, run_child, server, table
 
 __all__ = ["VARIANTS", "run", "worst_window"]
 
@@ -170,33 +168,11 @@ async def _child(variant: str, base: str, n: int, timeout: float) -> dict[str, A
 
 
 def _spawn(variant: str, port: int, n: int, timeout: float) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.reconnect_storm",
-                "--variant",
-                variant,
-                "--base",
-                f"http://127.0.0.1:{port}",
-                "--sockets",
-                str(n),
-                "--timeout",
-                str(timeout),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent.parent,
-            timeout=timeout * 3 + 60,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {"variant": variant, "error": "timed out"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"variant": variant, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    result: dict[str, Any] = json.loads(lines[-1])
+    args = ["--variant", variant, "--base", f"http://127.0.0.1:{port}", "--sockets", str(n)]
+    result = run_child(
+        "benchmarks.reconnect_storm", [*args, "--timeout", str(timeout)], timeout=timeout * 3 + 60
+    )
+    result.setdefault("variant", variant)
     return result
 
 

@@ -17,13 +17,11 @@ import asyncio
 import gc
 import json
 import os
-import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
-from ._common import raise_fd_limit, server, table
+from ._common import raise_fd_limit, run_child, server, table
 
 __all__ = ["run"]
 
@@ -77,30 +75,9 @@ def _short(filename: str) -> str:
 
 
 def _spawn(kind: str, port: int, n: int, top: int) -> dict[str, Any]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.ws_memory",
-            "--child",
-            kind,
-            "--url",
-            f"ws://127.0.0.1:{port}/ws",
-            "--sockets",
-            str(n),
-            "--top",
-            str(top),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-        timeout=600,
-        check=False,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"kind": kind, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    result: dict[str, Any] = json.loads(lines[-1])
+    args = ["--child", kind, "--url", f"ws://127.0.0.1:{port}/ws", "--sockets", str(n)]
+    result = run_child("benchmarks.ws_memory", [*args, "--top", str(top)])
+    result.setdefault("kind", kind)
     return result
 
 

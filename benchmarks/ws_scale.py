@@ -23,14 +23,12 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-from ._common import cpu_seconds, raise_fd_limit, server, settle_memory, table
+from ._common import cpu_seconds, raise_fd_limit, run_child, server, settle_memory, table
 
 __all__ = ["KINDS", "run"]
 
@@ -171,34 +169,11 @@ async def _child(kind: str, url: str, n: int, interval: float, window: float) ->
 
 
 def _spawn(kind: str, port: int, n: int, interval: float, window: float) -> dict[str, Any]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.ws_scale",
-            "--client",
-            kind,
-            "--url",
-            f"ws://127.0.0.1:{port}/ws",
-            "--sockets",
-            str(n),
-            "--interval",
-            str(interval),
-            "--window",
-            str(window),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-        timeout=600,
-        check=False,
+    args = ["--client", kind, "--url", f"ws://127.0.0.1:{port}/ws", "--sockets", str(n)]
+    result = run_child(
+        "benchmarks.ws_scale", [*args, "--interval", str(interval), "--window", str(window)]
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"kind": kind, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    result: dict[str, Any] = json.loads(lines[-1])
-    if proc.stderr.strip():
-        result["stderr"] = proc.stderr.strip()[-500:]
+    result.setdefault("kind", kind)
     return result
 
 
