@@ -8,7 +8,6 @@ what the slower form did. (No test here measures speed: that is benchmarks/.)
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from le_transport import Engine, RealClock, RetryPolicy, timeout_after
 from le_transport.errors import BodyTooLarge
+from tests.doubles import CountingRandom
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
@@ -348,16 +348,6 @@ async def test_an_attempt_arms_one_timeout_for_whichever_ends_first_of_its_limit
     assert sum(len(members) for members in wheel._slots.values()) == 0
 
 
-class _CountingRandom(random.Random):
-    def __init__(self) -> None:
-        super().__init__(7)
-        self.draws = 0
-
-    def random(self) -> float:
-        self.draws += 1
-        return super().random()
-
-
 async def test_a_first_attempt_success_draws_no_random_number_and_a_retry_draws_one(
     serve: ServerFactory,
 ) -> None:
@@ -371,7 +361,7 @@ async def test_a_first_attempt_success_draws_no_random_number_and_a_retry_draws_
     app = web.Application()
     app.router.add_get("/x", answer)
     host = await serve(app)
-    rng = _CountingRandom()
+    rng = CountingRandom()
     policy = RetryPolicy(pauses=(0.001,))
     async with Engine({"svc": host}, scheme="http", retry=policy, rng=rng) as engine:
         first = await engine.request("GET", "svc", "/x")

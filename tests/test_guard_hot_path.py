@@ -32,6 +32,7 @@ from le_transport.policies import (
 from le_transport.policies.budget import BudgetState
 from le_transport.state.memory import MemoryStore
 from le_transport.testing import VirtualClock
+from tests.doubles import CountingRandom
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -75,16 +76,6 @@ class _FixedRandom(random.Random):
 
     def random(self) -> float:
         return 0.37
-
-
-class _CountingRandom(random.Random):
-    def __init__(self) -> None:
-        super().__init__(7)
-        self.draws = 0
-
-    def random(self) -> float:
-        self.draws += 1
-        return super().random()
 
 
 class _Call:
@@ -348,7 +339,7 @@ def test_batched_deposits_let_every_withdrawal_see_every_deposit_made_before_it(
 
 def test_a_successful_call_draws_no_random_number_and_a_failure_draws_one() -> None:
     clock = VirtualClock()
-    rng = _CountingRandom()
+    rng = CountingRandom()
     guard = OverloadGuard(budget=BUDGET, breaker=BREAKER, clock=clock, rng=rng)
     call = _Call("msgHist", HOSTS[0])
     for _ in range(10):

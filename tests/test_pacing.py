@@ -12,7 +12,7 @@ from le_transport import ConfigurationError
 from le_transport.policies import TokenBucket
 from le_transport.sockets import ReconnectPacer
 from le_transport.testing import VirtualClock
-from tests.late_clock import LateClock
+from tests.doubles import LateClock
 
 
 def test_a_lone_reconnect_goes_at_once() -> None:

@@ -23,7 +23,7 @@ from le_transport.state import (
     state_key,
 )
 from le_transport.testing import VirtualClock
-from tests.late_clock import LateClock
+from tests.doubles import LateClock
 
 
 class BrokenStore(MemoryStore):
