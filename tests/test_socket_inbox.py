@@ -325,3 +325,34 @@ def test_max_inbox_must_be_a_whole_number_of_frames_or_zero(bad: object) -> None
     with pytest.raises(ConfigurationError, match="max_inbox") as caught:
         SocketOptions(max_inbox=bad)  # type: ignore[arg-type]
     assert repr(bad) in str(caught.value)
+
+
+async def test_on_connect_requests_are_answered_though_frames_fill_the_inbox_meanwhile(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """While ``on_connect`` runs, the inbox may pass its bound: the callbacks' answers come in
+    behind the frames, and pausing then would time them out and cost a reconnect. The bound
+    applies again once the connection is ready."""
+    from le_transport.chaos import Delay
+
+    subscribe = ".ams.aam.SubscribeExConversations"
+    sim.faults.script(None, subscribe, [Delay(delay_ms=2000)], unit="ws_message")
+    answers: list[dict[str, Any]] = []
+
+    async def resubscribe(ws: ResilientSocket) -> None:
+        answers.append(await ws.request(subscribe, {}, timeout=10))
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(
+            engine, sim, options=SocketOptions(max_inbox=2), on_connect=[resubscribe]
+        )
+        await sim.sockets.wait_open()
+        await notify(sim, 5)  # while the subscribe answer is still on its way
+        await ws.wait_open()
+        assert [a["code"] for a in answers] == [200]
+        assert ws.inbox_size == 5
+        assert not ws.paused
+        await notify(sim, 3, start=5)
+        await until_paused(ws, clock)
+        assert numbers(await take(ws, 8)) == list(range(8))
+    assert len(sim.sockets.all) == 1, "no reconnect"

@@ -74,7 +74,9 @@ class SocketOptions:
       stays bounded. While paused the keepalive neither probes nor declares the peer dead, and
       answers to :meth:`ResilientSocket.request` wait behind the unread frames (a request
       ends with :class:`~le_transport.errors.SocketRequestTimeout` if the consumer never
-      catches up). Sockets with an ``on_frame`` handler never pause. The default, 10,000,
+      catches up). Sockets with an ``on_frame`` handler never pause, and a connection does
+      not pause before it is ready: while ``on_connect`` runs, the inbox may pass the bound
+      (the callbacks' answers come in behind the frames). The default, 10,000,
       is far above any burst a healthy consumer sees (the conversation notifications a UMS
       subscription replays after a reconnect run to a few thousand frames) and still caps a
       stuck consumer at tens of megabytes per socket rather than the whole process.

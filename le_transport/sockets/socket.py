@@ -979,7 +979,13 @@ class ResilientSocket:
             inbox = self._inbox
             if inbox is None:
                 inbox = self._inbox = deque()
-            elif self._ended is None and 0 < self._options.max_inbox <= len(inbox):
+            elif (
+                self._ended is None
+                and self._ready_epoch == epoch
+                and 0 < self._options.max_inbox <= len(inbox)
+            ):
+                # Not before the connection is ready: on_connect's answers come in behind the
+                # frames, and pausing for them would time the callbacks out into a reconnect.
                 await self._wait_for_room(len(inbox))
             # The frame in hand joins the inbox even when the pause ended with the
             # connection: it was received, and the inbox stays readable after a close.
