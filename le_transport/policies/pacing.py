@@ -16,6 +16,13 @@ it and takes a new one at the back of the queue. Every connect then happens with
 after its slot, and the connects in any window of ``w`` seconds number at most
 ``burst + rate * (w + grace)``.
 
+A socket forfeits at most ``max_misses`` slots in a row; woken late again after that, it keeps
+the slot it has. Without that limit a loop that is always late by more than ``grace`` (a
+process with long blocking stretches) would have its sockets forfeit slot after slot and never
+reconnect: the bound would hold by starving them. Past the limit the bound degrades instead,
+to ``burst + rate * (w + lateness)`` for the sockets that woke that late, and every socket gets
+back.
+
 Why the defaults (burst 20, 700 a second, grace 0.1 s): the target is that no second of a mass
 reconnect holds more than 10% of a 10,000-socket process. The worst second holds at most
 ``burst + rate * (1 + grace)`` = 20 + 770 = 790 connects (7.9%), which leaves room below
@@ -31,7 +38,14 @@ import attrs
 from ..errors import ConfigurationError
 from ._validate import non_negative, positive
 
-__all__ = ["RECONNECT_BURST", "RECONNECT_GRACE", "RECONNECT_RATE", "Reservation", "TokenBucket"]
+__all__ = [
+    "RECONNECT_BURST",
+    "RECONNECT_GRACE",
+    "RECONNECT_MAX_MISSES",
+    "RECONNECT_RATE",
+    "Reservation",
+    "TokenBucket",
+]
 
 #: Reconnects let through at once before pacing starts.
 RECONNECT_BURST = 20.0
@@ -39,6 +53,9 @@ RECONNECT_BURST = 20.0
 RECONNECT_RATE = 700.0
 #: How late after its slot a socket may wake and still use it; later, it takes a new slot.
 RECONNECT_GRACE = 0.1
+#: Slots a socket may forfeit in a row before it keeps one however late it woke: a loop that
+#: stalls now and then costs a socket a slot or two; one that is always late never starves it.
+RECONNECT_MAX_MISSES = 3
 
 
 @attrs.frozen
@@ -64,10 +81,19 @@ class TokenBucket:
     tokens: float | None = None
     updated_at: float | None = None
     grace: float = attrs.field(default=RECONNECT_GRACE, validator=non_negative, kw_only=True)
+    max_misses: int = attrs.field(default=RECONNECT_MAX_MISSES, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.burst < 1:
             raise ConfigurationError(f"TokenBucket.burst must be >= 1, got {self.burst!r}")
+        if (
+            isinstance(self.max_misses, bool)
+            or not isinstance(self.max_misses, int)
+            or self.max_misses < 0
+        ):
+            raise ConfigurationError(
+                f"TokenBucket.max_misses must be an int >= 0, got {self.max_misses!r}"
+            )
 
     def available(self, now: float) -> float:
         """Tokens available at ``now`` (negative: reservations are queued)."""
@@ -84,12 +110,14 @@ class TokenBucket:
         wait = 0.0 if tokens >= 0 else -tokens / self.rate
         return Reservation(wait + (at - now), attrs.evolve(self, tokens=tokens, updated_at=at))
 
-    def missed(self, slot: float, now: float) -> bool:
-        """Whether a reservation for ``slot``, used at ``now``, came too late to use it.
+    def missed(self, slot: float, now: float, misses: int = 0) -> bool:
+        """Whether a reservation for ``slot``, used at ``now``, came too late to use it, for a
+        socket that already forfeited ``misses`` slots in a row.
 
         The slot's token was counted at ``slot``; used later than ``grace`` after it, it would
         join the connects of later slots and break the bucket's bound, so it is forfeit (the
         bucket stays as it is: a forfeited token is simply lost, which only slows a storm
-        down).
+        down). After ``max_misses`` forfeits in a row the slot is kept however late: the
+        socket must get back even on a loop that is always late.
         """
-        return now - slot > self.grace
+        return misses < self.max_misses and now - slot > self.grace

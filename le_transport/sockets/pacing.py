@@ -21,7 +21,9 @@ class ReconnectPacer:
 
     A socket holds its slot only if it wakes on time for it: one whose sleep ended more than
     the bucket's ``grace`` late (a busy event loop) takes a new slot, so that the sockets a
-    stalled loop wakes together do not connect together. :attr:`missed` counts those.
+    stalled loop wakes together do not connect together. :attr:`missed` counts those. A socket
+    forfeits at most the bucket's ``max_misses`` slots in a row, so a loop that is always late
+    delays its sockets but never starves them.
     """
 
     __slots__ = ("_bucket", "_clock", "missed")
@@ -51,6 +53,7 @@ class ReconnectPacer:
         """Take a slot and wait for it; returns the time waited. On return, connect at once:
         the slot is now (or less than the bucket's ``grace`` ago)."""
         started = self._clock.now()
+        misses = 0
         while True:
             wait = await self._reserve_turn()
             now = self._clock.now()
@@ -59,8 +62,9 @@ class ReconnectPacer:
             slot = now + wait
             await self._clock.sleep(wait)
             now = self._clock.now()
-            if not self._bucket.missed(slot, now):
+            if not self._bucket.missed(slot, now, misses):
                 return now - started
+            misses += 1
             self.missed += 1
             _log.debug(
                 "reconnect slot missed by %.3f s; taking a new one",
