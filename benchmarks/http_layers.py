@@ -2,10 +2,12 @@
 
 ``python -m benchmarks run --only http_layers``. Every row is a plain ``aiohttp.ClientSession``
 (same unlimited connector, ``GET /ok``, whole body read) with one more layer than the row above:
-no middleware at all; a middleware that only calls the handler (what aiohttp's middleware
-machinery costs by itself: the per-request chain closure and one coroutine layer); one that also
-reads the body inside the chain; our retry middleware without timeouts, without and with body
-buffering; with the per-attempt timeout; with the call deadline too; and the whole ``Engine``.
+no middleware at all (and, for reference, the same with aiohttp's default 5-minute total
+timeout armed on every request, which the engine and every other row turn off); a middleware
+that only calls the handler (what aiohttp's middleware machinery costs by itself: the
+per-request chain closure and one coroutine layer); one that also reads the body inside the
+chain; our retry middleware without timeouts, without and with body buffering; with the
+per-attempt timeout; with the call deadline too; and the whole ``Engine``.
 Reported: the client's CPU per call (``process_time``), median and best over rounds taken in a
 rotated order, and each row's difference to raw aiohttp. The best of rounds moves least when the
 machine is shared.
@@ -49,12 +51,14 @@ async def _read_inside(request: ClientRequest, handler: ClientHandlerType) -> Cl
 
 def _session_with(
     middlewares: Callable[[], Sequence[ClientMiddlewareType]],
+    *,
+    timeout: aiohttp.ClientTimeout = aiohttp.ClientTimeout(total=None),  # noqa: B008 - frozen
 ) -> Callable[[URL], contextlib.AbstractAsyncContextManager[Call]]:
     @contextlib.asynccontextmanager
     async def client(url: URL) -> AsyncIterator[Call]:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None),
+            timeout=timeout,
             middlewares=tuple(middlewares()),
         ) as session:
             yield _raw_call(session, url)
@@ -74,6 +78,12 @@ def _retry(**policy: Any) -> Callable[[URL], contextlib.AbstractAsyncContextMana
 #: Each layer, in table order; the first is the baseline.
 LAYERS: dict[str, Callable[[URL], contextlib.AbstractAsyncContextManager[Call]]] = {
     "raw aiohttp (no middleware)": _session_with(lambda: ()),
+    # For reference, not a layer of ours: aiohttp as shipped arms its own 5-minute total
+    # timeout on every request. Every other row (and every client of the HTTP table) turns it
+    # off, as the engine does: its attempt timeout and deadline run on its own clock instead.
+    "raw aiohttp, its default timeout (5 min)": _session_with(
+        lambda: (), timeout=aiohttp.client.DEFAULT_TIMEOUT
+    ),
     "+ a pass-through middleware": _session_with(lambda: (_pass_through,)),
     "+ body read inside the chain": _session_with(lambda: (_read_inside,)),
     "retry middleware, no timeouts, no buffering": _retry(attempt_timeout=None, buffer_body=False),
