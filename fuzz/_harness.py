@@ -95,7 +95,7 @@ def run_async(coro_fn: Callable[[], Awaitable[Any]], seconds: float) -> Any:
     async def bounded() -> Any:
         try:
             return await asyncio.wait_for(coro_fn(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise FuzzHang(f"an async call ran longer than {seconds} s") from None
 
     return asyncio.run(bounded())

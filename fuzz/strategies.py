@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import string
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
@@ -127,12 +127,12 @@ def http_dates() -> st.SearchStrategy[str]:
         min_value=datetime(1, 1, 2),
         max_value=datetime(9999, 12, 30),
         timezones=st.sampled_from(
-            [timezone.utc, timezone(timedelta(hours=5)), timezone(timedelta(hours=-11))]
+            [UTC, timezone(timedelta(hours=5)), timezone(timedelta(hours=-11))]
         ),
     )
     return st.one_of(
         when.map(lambda d: email.utils.format_datetime(d)),
-        when.map(lambda d: email.utils.format_datetime(d.astimezone(timezone.utc), usegmt=True)),
+        when.map(lambda d: email.utils.format_datetime(d.astimezone(UTC), usegmt=True)),
         when.map(lambda d: d.strftime("%A, %d-%b-%y %H:%M:%S GMT")),
         when.map(lambda d: d.strftime("%a %b %d %H:%M:%S %Y")),
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import time
 import weakref
 from types import TracebackType
@@ -47,9 +46,6 @@ class RealClock:
     def __repr__(self) -> str:
         return "RealClock()"
 
-
-#: Whether tasks count their cancellations (Python 3.11+), checked once rather than per timeout.
-_COUNTS_CANCELS = sys.version_info >= (3, 11)
 
 #: Timeouts on the real clock share one loop timer per slot this many seconds long, so a timeout
 #: fires at most this late. Arming and cancelling a loop timer per timeout (two per request:
@@ -159,8 +155,7 @@ class _ClockTimeout:
         if task is None:  # pragma: no cover - only outside a task
             raise RuntimeError("timeout_after must be used inside a task")
         self._task = task
-        if _COUNTS_CANCELS:
-            self._cancelling = task.cancelling()
+        self._cancelling = task.cancelling()
         if type(self._clock) is RealClock:
             # The real clock's sleep without a task around it, nor a loop timer of its own: a
             # watchdog task per timeout cost more than the rest of the retry middleware.
@@ -207,9 +202,7 @@ class _ClockTimeout:
             watchdog.cancel()
         if not self._expired or self._task is None:
             return False
-        if _COUNTS_CANCELS:
-            return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
-        return exc_type is asyncio.CancelledError  # pragma: no cover - Python 3.10
+        return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
 
 
 def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:

@@ -678,7 +678,7 @@ def parse_retry_after_date(value: str) -> float:
     except (TypeError, ValueError, IndexError, OverflowError) as exc:
         raise InvalidRetryAfter(f"not an HTTP-date: {value[:64]!r}") from exc
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp()
 
 

@@ -44,5 +44,5 @@ def parse_retry_after(value: str, *, now_epoch: float) -> float:
     if when.tzinfo is None:
         # Every HTTP-date is GMT (RFC 9110 §5.6.7), including the obsolete RFC 850 and asctime
         # forms, which carry no zone; never read one as the machine's local time.
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - now_epoch)
