@@ -25,6 +25,7 @@ from .policies import (
 from .providers import (
     AppLogin,
     AuthProvider,
+    BodySigningAuth,
     ClientCredentialsLogin,
     ConsumerJwt,
     Credentials,
@@ -47,6 +48,7 @@ __all__ = [
     "AuthPlacement",
     "AuthProvider",
     "BackoffPolicy",
+    "BodySigningAuth",
     "CircuitBreaker",
     "Classifier",
     "ClientCredentialsLogin",

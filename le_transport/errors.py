@@ -49,6 +49,7 @@ __all__ = [
     "StateStoreError",
     "TransportError",
     "UnknownServiceError",
+    "UnsignableBody",
 ]
 
 
@@ -250,6 +251,14 @@ class BodyTooLarge(RequestError):
     ) -> None:
         super().__init__(message, **context)
         self.limit = limit
+
+
+class UnsignableBody(RequestError, ValueError):
+    """A form-encoded body that the auth provider must sign (OAuth 1.0) could not be read as a
+    form: a stream, which reading would consume, or bytes that do not decode in the charset
+    they declare. Nothing was sent. Pass the form as a dict, ``str`` or ``bytes`` in its
+    charset. The message never shows the body.
+    """
 
 
 class InvalidRetryAfter(TransportError, ValueError):

@@ -12,6 +12,15 @@ It sits outside the retry middleware (once per logical call, and once per redire
 - WebSocket upgrades pass through untouched: the socket layer puts its own credentials on them
   (the bearer in the UMS path, ``Authorization: jwt`` for the consumer socket) and owns their
   retries.
+- A form-encoded body is signed when the provider is a
+  :class:`~le_transport.providers.BodySigningAuth` (OAuth 1.0, RFC 5849 3.4.1.3.1): if the
+  ``Content-Type``'s media type is exactly ``application/x-www-form-urlencoded`` and the body is
+  in memory, its parameters (decoded in the declared charset, utf-8 by default) go to
+  ``credentials_for_form``, on the first attempt and on the replay alike. A stream (which
+  reading would consume) or a body that does not decode is refused with
+  :class:`~le_transport.errors.UnsignableBody` before anything is sent: a signature over the
+  URL alone is certain to be rejected. Any other provider is never asked about bodies, and for
+  it the check costs one attribute read.
 
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
@@ -20,25 +29,29 @@ Providers make their own calls (login, refresh, token) on a path without this mi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import cast
+from urllib.parse import parse_qsl
 
 import attrs
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import BytesPayload, ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from yarl import URL
 
 from .._redact import redact_url
-from ..errors import AuthenticationError, ClientStatusError, TransportError
+from ..errors import AuthenticationError, ClientStatusError, TransportError, UnsignableBody
 from ..providers._http import split_host
-from ..providers.auth import AuthProvider, Credentials
+from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
 from .context import current_call
 from .retry import is_websocket_upgrade
 
-__all__ = ["AuthMiddleware", "same_host"]
+__all__ = ["AuthMiddleware", "form_charset", "parse_form", "same_host"]
 
 _log = logging.getLogger("le_transport.auth")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+_FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 
 def same_host(host: str, url: URL) -> bool:
@@ -53,8 +66,41 @@ def same_host(host: str, url: URL) -> bool:
     return want == have
 
 
+def form_charset(content_type: str) -> str | None:
+    """The charset of a form-encoded body (``utf-8`` unless the header names one), or None when
+    ``content_type``'s media type is not exactly ``application/x-www-form-urlencoded``."""
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != _FORM_MEDIA_TYPE:
+        return None
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or "utf-8"
+    return "utf-8"
+
+
+def parse_form(body: bytes, charset: str) -> list[tuple[str, str]]:
+    """A form-encoded body's name/value pairs, in order, repeated names and blank values kept.
+
+    Both the raw bytes and the percent-escapes are decoded in ``charset``, strictly: raises
+    :class:`UnicodeError` (undecodable) or :class:`LookupError` (unknown, or not a text
+    encoding; a :class:`ValueError` if the name holds a NUL)
+    """
+    return parse_qsl(
+        body.decode(charset),
+        keep_blank_values=True,
+        strict_parsing=False,
+        encoding=charset,
+        errors="strict",
+    )
+
+
 def _host_set(value: Iterable[str]) -> frozenset[str]:
     return frozenset(value)
+
+
+def _signs_forms(middleware: AuthMiddleware) -> bool:
+    return isinstance(middleware.auth, BodySigningAuth)
 
 
 @attrs.frozen(eq=False)
@@ -76,12 +122,18 @@ class AuthMiddleware:
     domains: DomainProvider
     allowed_hosts: frozenset[str] = attrs.field(default=frozenset(), converter=_host_set)
     scheme: str | None = None
+    # Decided once: a runtime protocol check costs microseconds, too much for every call.
+    _signs_forms: bool = attrs.field(
+        init=False, repr=False, default=attrs.Factory(_signs_forms, takes_self=True)
+    )
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request) or not await self._allowed(request.url):
             return await handler(request)
         method = request.method.upper()
-        sent = await self._apply(request)
+        # Read once: the replay is signed over the same form.
+        form = await self._read_form(request, method) if self._signs_forms else None
+        sent = await self._apply(request, method, form)
         resp = await self._send(request, handler)
         if resp is not None:
             return resp
@@ -94,7 +146,7 @@ class AuthMiddleware:
             extra={"method": method, "status": 401, "generation": sent.generation},
         )
         await self.auth.invalidate(sent)
-        fresh = await self._apply(request)
+        fresh = await self._apply(request, method, form)
         resp = await self._send(request, handler)
         if resp is not None:
             return resp
@@ -134,8 +186,68 @@ class AuthMiddleware:
         )
         return False
 
-    async def _apply(self, request: ClientRequest) -> Credentials:
-        creds = await self.auth.credentials(request.method.upper(), request.url)
+    async def _read_form(
+        self, request: ClientRequest, method: str
+    ) -> Sequence[tuple[str, str]] | None:
+        """The form body's parameters, or None when the body is not form-encoded."""
+        content_type = request.headers.get(hdrs.CONTENT_TYPE)
+        if content_type is None:
+            return None
+        charset = form_charset(content_type)
+        if charset is None:
+            return None
+        body = request.body
+        if isinstance(body, BytesPayload):
+            # BytesPayload (str, bytes, a dict's urlencoded form) keeps its bytes and can be sent
+            # again; reading any other payload would consume it.
+            raw = bytes(await body.as_bytes())
+        elif isinstance(body, bytes):
+            raw = body
+        else:
+            raise self._unsignable(
+                request,
+                method,
+                "stream",
+                f"it is a streaming body ({type(body).__name__}) that cannot be read without "
+                "consuming it; pass the form as a dict, str or bytes",
+            )
+        try:
+            return parse_form(raw, charset)
+        except UnicodeError:
+            reason = (
+                "undecodable",
+                f"it cannot be decoded as {charset!r:.40} (the charset its Content-Type "
+                "declares, utf-8 by default); send it in that charset or declare the right one",
+            )
+        except (LookupError, ValueError):  # ValueError: a NUL in the name
+            reason = (
+                "unknown_charset",
+                f"its Content-Type declares the charset {charset!r:.40}, which Python does not "
+                "know",
+            )
+        # Raised outside the except clause: the decode error's repr holds the whole body.
+        raise self._unsignable(request, method, *reason)
+
+    @staticmethod
+    def _unsignable(request: ClientRequest, method: str, kind: str, reason: str) -> UnsignableBody:
+        ctx = current_call()
+        err = UnsignableBody(
+            f"not sent: the form-encoded body must be signed, but {reason}",
+            service=ctx.service if ctx is not None else None,
+            method=method,
+            url=redact_url(request.url),
+        )
+        _log.warning("%s", err, extra={"method": method, "reason": kind})
+        return err
+
+    async def _apply(
+        self, request: ClientRequest, method: str, form: Sequence[tuple[str, str]] | None
+    ) -> Credentials:
+        if form is None:
+            creds = await self.auth.credentials(method, request.url)
+        else:
+            signer = cast(BodySigningAuth, self.auth)
+            creds = await signer.credentials_for_form(method, request.url, form)
         for name, value in creds.headers.items():
             request.headers[name] = value
         return creds

@@ -3,13 +3,14 @@
 Domains: :class:`StaticDomains` (a fixed map) and :class:`CsdsDomains` (the Domain API, cached,
 single flight, stale-if-error). Auth: :class:`StaticBearer`, :class:`UserLogin`,
 :class:`AppLogin`, :class:`ClientCredentialsLogin` (the Login Service, with keepalive),
-:class:`OAuth1Auth` (RFC 5849 request signing), :class:`SentinelClientCredentials` (OAuth2) and
-:class:`ConsumerJwt` (the Messaging Window API's consumer token). Providers make their own calls
-through :class:`ProviderHttp`: the engine's retry schedule without the auth middleware.
+:class:`OAuth1Auth` (RFC 5849 request signing, form bodies included: a
+:class:`BodySigningAuth`), :class:`SentinelClientCredentials` (OAuth2) and :class:`ConsumerJwt`
+(the Messaging Window API's consumer token). Providers make their own calls through
+:class:`ProviderHttp`: the engine's retry schedule without the auth middleware.
 """
 
 from ._http import ProviderHttp, ProviderResponse
-from .auth import AuthProvider, Credentials, StaticBearer
+from .auth import AuthProvider, BodySigningAuth, Credentials, StaticBearer
 from .consumer import ConsumerJwt
 from .csds import CsdsDomains
 from .domains import DomainProvider, StaticDomains, validate_host
@@ -21,6 +22,7 @@ from .oauth2 import SentinelClientCredentials
 __all__ = [
     "AppLogin",
     "AuthProvider",
+    "BodySigningAuth",
     "ClientCredentialsLogin",
     "ConsumerJwt",
     "Credentials",

@@ -4,11 +4,16 @@ An :class:`AuthProvider` hands out :class:`Credentials` (headers for a request, 
 JWT for sockets that carry it elsewhere) and is told when the server rejected them. Credentials
 carry a ``generation``: a provider re-authenticates only when the rejected credentials are the
 current ones, so a hundred concurrent 401s cause one login, not a hundred.
+
+A provider whose credentials also cover a form-encoded request body (OAuth 1.0 signs its
+parameters, RFC 5849 3.4.1.3.1) implements the optional :class:`BodySigningAuth` as well; the
+auth middleware then hands it the form's parameters. Providers that only implement
+:class:`AuthProvider` keep working unchanged: they are never asked about bodies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -16,7 +21,7 @@ from yarl import URL
 
 from .._redact import Secret, redact_headers
 
-__all__ = ["AuthProvider", "Credentials", "StaticBearer"]
+__all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "StaticBearer"]
 
 
 def _frozen_headers(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -59,6 +64,25 @@ class AuthProvider(Protocol):
 
     async def close(self) -> None:
         """End the session (logout) and stop any keepalive. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class BodySigningAuth(AuthProvider, Protocol):
+    """An :class:`AuthProvider` whose credentials also cover a form-encoded request body.
+
+    Optional: the auth middleware checks for it once, when it is built. For a request whose
+    ``Content-Type`` is ``application/x-www-form-urlencoded`` and whose body is in memory, it
+    calls :meth:`credentials_for_form` instead of :meth:`~AuthProvider.credentials`, on the
+    first attempt and on the 401 replay alike. :class:`~le_transport.providers.OAuth1Auth`
+    implements it.
+    """
+
+    async def credentials_for_form(
+        self, method: str, url: URL, form: Sequence[tuple[str, str]]
+    ) -> Credentials:
+        """Credentials for ``method url`` carrying a form body whose decoded name/value pairs
+        are ``form`` (in body order, repeated names and empty values kept)."""
         ...
 
 

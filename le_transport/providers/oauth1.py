@@ -7,9 +7,13 @@ login and no bearer are involved.
 
 :func:`signature_base_string` and :func:`hmac_sha1_signature` are RFC 5849 sections 3.4.1 and
 3.4.2 as pure functions; :class:`OAuth1Signer` builds the header; :class:`OAuth1Auth` is the
-:class:`~le_transport.providers.AuthProvider`. Form-encoded request bodies take part in the
-signature (RFC 5849 3.4.1.3.1) when passed as ``body_params``; the auth middleware signs over the
-URL only, because LiveEngage's OAuth1 APIs take JSON bodies, which are not signed.
+:class:`~le_transport.providers.AuthProvider`.
+
+A form-encoded request body takes part in the signature (RFC 5849 3.4.1.3.1), and LiveEngage's
+gateway checks it: :class:`OAuth1Auth` is a :class:`~le_transport.providers.BodySigningAuth`, so
+the auth middleware passes such a body's parameters to
+:meth:`OAuth1Auth.credentials_for_form`. Any other body (JSON, the usual case for LiveEngage's
+OAuth1 APIs) is not signed: the signature covers the method and the URL, query included.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import quote
 
 from yarl import URL
@@ -171,7 +175,9 @@ class OAuth1Auth:
     """An :class:`~le_transport.providers.AuthProvider` that signs each request (RFC 5849).
 
     There is no session: each request gets a fresh nonce and timestamp. A 401 therefore has
-    nothing to invalidate; the auth middleware's single replay is simply signed anew.
+    nothing to invalidate; the auth middleware's single replay is simply signed anew (over the
+    same form, if the request has one). It is a :class:`~le_transport.providers.BodySigningAuth`:
+    a form-encoded body's parameters are signed with the URL's.
     """
 
     __slots__ = ("_signer",)
@@ -203,6 +209,15 @@ class OAuth1Auth:
     async def credentials(self, method: str, url: URL) -> Credentials:
         """``Authorization: OAuth ...`` signed over ``method`` and the final ``url``."""
         return Credentials(headers={"Authorization": self._signer.header(method, url)})
+
+    async def credentials_for_form(
+        self, method: str, url: URL, form: Sequence[tuple[str, str]]
+    ) -> Credentials:
+        """``Authorization: OAuth ...`` signed over ``method``, ``url`` and the form body's
+        decoded parameters ``form`` (RFC 5849 3.4.1.3.1)."""
+        return Credentials(
+            headers={"Authorization": self._signer.header(method, url, body_params=form)}
+        )
 
     async def invalidate(self, rejected: Credentials) -> None:
         """Nothing to drop: every request is signed anew."""
