@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from yarl import URL
 
-from le_transport import BodySigningAuth, UnsignableBody
+from le_transport import AuthenticationError, BodySigningAuth, UnsignableBody
 from le_transport.middleware.auth import AuthMiddleware, form_charset, parse_form
 from le_transport.middleware.retry import RetryMiddleware
 from le_transport.providers import (
@@ -226,6 +226,24 @@ async def test_a_401_replay_is_signed_with_a_fresh_nonce_and_timestamp_over_the_
     assert a["oauth_signature"] != b["oauth_signature"]
 
 
+async def test_a_form_rejected_twice_is_an_authentication_error_and_no_signature_is_logged(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """The signatures are credentials too: the test-wide check looks for them in every log
+    record of the 401, the replay and the final error."""
+    sim.faults.script("POST", SEARCH, [401, 401])
+    auth = RecordingOAuth1()
+    async with sim_engine(sim, clock, domains=StaticDomains(sim.domains), auth=auth) as engine:
+        with pytest.raises(AuthenticationError, match="401 again") as info:
+            await engine.request("POST", "engHistDomain", SEARCH, data={"q": "x"})
+    assert sim.count("POST", SEARCH) == 2
+    signatures = {oauth_params(creds)["oauth_signature"] for _, _, _, creds in auth.calls}
+    assert len(signatures) == 2
+    secret_values.update(signatures)
+    shown = "\n".join([*exception_messages(info.value), *map(repr, auth.calls), repr(auth)])
+    assert not [s for s in signatures if s in shown]
+
+
 # -- forms that cannot be signed --------------------------------------------------------------
 
 
@@ -334,9 +352,15 @@ async def test_a_provider_written_against_the_url_only_protocol_still_works_with
     assert provider.asked == [("POST", SEARCH)]
 
 
-async def test_a_bearer_provider_is_unaffected_by_a_form_body(
-    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+async def test_a_provider_that_does_not_sign_bodies_never_has_the_form_read(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The hot path: for a bearer, the middleware's only extra work is one attribute read."""
+
+    async def must_not_run(*args: object) -> None:
+        raise AssertionError("the form was read for a provider that does not sign bodies")
+
+    monkeypatch.setattr(AuthMiddleware, "_read_form", must_not_run)
     issued = sim.tokens.login(ACCOUNT, USER, 3600, "user").bearer
     secret_values.add(issued)
     async with sim_engine(
