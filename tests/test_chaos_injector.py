@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +18,10 @@ from le_transport.chaos import (
     Hang,
     MalformedBody,
     Match,
+    Quota,
     Reset,
     Schedule,
+    SlowBody,
     Status,
     TruncatedBody,
     WsDrop,
@@ -198,3 +201,95 @@ def test_the_socket_hook_answers_session_and_message_faults() -> None:
     message = injector.message_received(".GetClock")
     assert message is not None
     assert message.fault == Status(429)
+
+
+# -- slow bodies and quotas, client side -------------------------------------------------------
+
+
+async def test_an_injected_slow_body_arrives_whole_chunk_delay_apart_on_the_injectors_clock(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1, FaultRule("slow", SlowBody(chunk_bytes=200, chunk_delay_ms=750)), clock=clock
+    )
+    async with (
+        aiohttp.ClientSession(middlewares=(injector,)) as http,
+        http.get(sim.url + CSDS) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        assert clock.now() == 0.0
+        pieces = [(clock.now(), chunk) async for chunk in resp.content.iter_any()]
+    body = b"".join(chunk for _, chunk in pieces)
+    assert resp.content_length == len(body)
+    assert "baseURIs" in json.loads(body)
+    assert [len(chunk) for _, chunk in pieces[:-1]] == [200] * (len(pieces) - 1)
+    assert [t for t, _ in pieces] == [pytest.approx(0.75 * i) for i in range(len(pieces))]
+    assert len(pieces) == (len(body) + 199) // 200 > 2
+    assert [r["kind"] for r in injector.report()] == ["slow_body"]
+
+
+async def test_an_injected_slow_body_past_the_attempt_timeout_is_retried(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1,
+        FaultRule(
+            "slow", SlowBody(chunk_bytes=100, chunk_delay_ms=4000), schedule=Schedule(fail_next=1)
+        ),
+        clock=clock,
+    )
+    policy = RetryPolicy(pauses=(2.0,), attempt_timeout=10)
+    async with _engine(sim, clock, injector, retry=policy) as engine:
+        resp = await engine.request("GET", "agentVep", CSDS)
+    assert "baseURIs" in resp.json(dict)
+    assert [a.outcome.kind.value for a in resp.attempts] == ["timeout", "response"]
+    assert [r.at for r in sim.requests] == [0.0, 12.0]  # the server answered both at once
+
+
+async def test_an_abandoned_slow_body_leaves_no_task_feeding_it(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1, FaultRule("slow", SlowBody(chunk_bytes=10, chunk_delay_ms=60_000)), clock=clock
+    )
+    async with aiohttp.ClientSession(middlewares=(injector,)) as http:
+        async with http.get(sim.url + CSDS) as resp:
+            assert len(await resp.content.read(10)) == 10
+        # Left early: the response was released, its feeder stopped (the leak check agrees).
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await resp.content.read(10)
+    assert clock.now() == 0.0
+
+
+async def test_an_injected_quota_refuses_without_sending_and_its_retry_after_is_honoured(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1,
+        FaultRule("q", Quota(limit=2, window_ms=20_000), match=Match("GET", "*/baseURI.json")),
+        clock=clock,
+    )
+    async with _engine(sim, clock, injector) as engine:
+        for _ in range(3):
+            await engine.request("GET", "agentVep", CSDS)
+            await clock.sleep(1.5)
+    # The third call was refused at 3 s (Retry-After: 17) and got in at 20 s.
+    assert [r.at for r in sim.requests] == [0.0, 1.5, 20.0]
+    assert [d.outcome for d in injector.log] == ["admitted", "admitted", "inject", "admitted"]
+    (refusal,) = injector.report()
+    assert (refusal["kind"], refusal["at"]) == ("quota", 3.0)
+
+
+async def test_an_injected_quota_answer_carries_its_status_and_whole_seconds_retry_after(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1, FaultRule("q", Quota(limit=1, window_ms=1_250, status=503)), clock=clock
+    )
+    async with aiohttp.ClientSession(middlewares=(injector,)) as http:
+        for expected in ((200, None), (503, "2")):
+            async with http.get(sim.url + CSDS) as resp:
+                await resp.read()
+                assert (resp.status, resp.headers.get("Retry-After")) == expected
+    assert sim.count("GET") == 1

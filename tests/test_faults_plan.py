@@ -17,16 +17,21 @@ from le_transport.chaos import (
     Hang,
     MalformedBody,
     Match,
+    Quota,
     Reset,
     Schedule,
+    SlowBody,
     Status,
     TruncatedBody,
+    WsAppError,
     WsClose,
     WsDrop,
     WsRejectHandshake,
     WsSilence,
     fault_from_dict,
+    fault_to_dict,
 )
+from le_transport.chaos.plan import MAX_CHUNK_BYTES, MAX_FAULT_MS
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 
@@ -272,3 +277,199 @@ async def test_a_simulated_outage_window_runs_on_the_virtual_clock(clock: Virtua
         )
     assert [r.fault for r in sim.requests] == ["status", "status", None]
     assert [r.at for r in sim.requests] == [0.0, 5.0, 15.0]
+
+
+# -- slow bodies, quotas, socket application errors ------------------------------------------
+
+NEW_KINDS: list[tuple[Fault, str]] = [
+    (SlowBody(chunk_bytes=64, chunk_delay_ms=1500), "request"),
+    (Quota(limit=5, window_ms=10_000), "request"),
+    (Quota(limit=1, window_ms=250.5, status=503), "request"),
+    (WsAppError(), "ws_message"),
+    (WsAppError(500, body={"msg": "boom", "details": [1, 2]}), "ws_message"),
+    (WsAppError(429, body="slow down"), "ws_message"),
+]
+
+
+def test_slow_body_quota_and_ws_app_error_survive_a_json_round_trip() -> None:
+    plan = FaultPlan(
+        seed=9,
+        rules=[
+            FaultRule(f"n{i}", fault, unit=unit, match=Match(path="*"), p=0.5)
+            for i, (fault, unit) in enumerate(NEW_KINDS)
+        ],
+    )
+    text = json.dumps(plan.to_dict())
+    assert FaultPlan.from_dict(json.loads(text)) == plan
+    assert json.loads(text)["rules"][1]["fault"] == {
+        "kind": "quota",
+        "limit": 5,
+        "window_ms": 10_000,
+        "status": 429,
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kind": "slow_body", "chunk_bytes": 0, "chunk_delay_ms": 10}, "chunk_bytes"),
+        ({"kind": "slow_body", "chunk_bytes": 2**40, "chunk_delay_ms": 10}, "chunk_bytes"),
+        ({"kind": "slow_body", "chunk_bytes": 1.5, "chunk_delay_ms": 10}, "chunk_bytes"),
+        ({"kind": "slow_body", "chunk_bytes": True, "chunk_delay_ms": 10}, "chunk_bytes"),
+        ({"kind": "slow_body", "chunk_bytes": 8, "chunk_delay_ms": -1}, "chunk_delay_ms"),
+        ({"kind": "slow_body", "chunk_bytes": 8, "chunk_delay_ms": float("nan")}, "chunk_delay_ms"),
+        ({"kind": "slow_body", "chunk_bytes": 8, "chunk_delay_ms": float("inf")}, "chunk_delay_ms"),
+        ({"kind": "slow_body", "chunk_bytes": 8, "chunk_delay_ms": 1e12}, "a day"),
+        ({"kind": "slow_body", "chunk_bytes": 8}, "chunk_delay_ms"),
+        ({"kind": "quota", "limit": 0, "window_ms": 1000}, "Quota.limit"),
+        ({"kind": "quota", "limit": -3, "window_ms": 1000}, "Quota.limit"),
+        ({"kind": "quota", "limit": 10**9, "window_ms": 1000}, "Quota.limit"),
+        ({"kind": "quota", "limit": 2, "window_ms": 0}, "> 0"),
+        ({"kind": "quota", "limit": 2, "window_ms": float("inf")}, "window_ms"),
+        ({"kind": "quota", "limit": 2, "window_ms": "10s"}, "window_ms"),
+        ({"kind": "quota", "limit": 2, "window_ms": 1000, "status": 200}, "Quota.status"),
+        ({"kind": "quota", "limit": 2, "window_ms": 1000, "retry": 5}, "no parameter"),
+        ({"kind": "ws_app_error", "code": 200}, "WsAppError.code"),
+        ({"kind": "ws_app_error", "code": 600}, "WsAppError.code"),
+        ({"kind": "ws_app_error", "code": "429"}, "WsAppError.code"),
+        ({"kind": "ws_app_error", "body": "x" * 70_000}, "at most"),
+        ({"kind": "ws_app_error", "body": {"n": float("nan")}}, "JSON value"),
+    ],
+)
+def test_invalid_slow_body_quota_and_ws_app_error_params_are_refused_with_a_clear_message(
+    data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        fault_from_dict(data)
+
+
+def test_a_ws_app_error_body_must_be_json() -> None:
+    with pytest.raises(ConfigurationError, match="JSON value"):
+        WsAppError(body={"when": object()})
+
+
+@pytest.mark.parametrize(
+    ("fault", "unit"),
+    [
+        (SlowBody(chunk_bytes=1, chunk_delay_ms=1), "ws_message"),
+        (Quota(limit=1, window_ms=1), "ws_session"),
+        (WsAppError(), "request"),
+    ],
+    ids=lambda v: getattr(v, "kind", v),
+)
+def test_a_new_kind_on_a_unit_it_cannot_apply_to_is_refused(fault: Fault, unit: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{fault.kind}.*applies to unit"):
+        FaultRule("r", fault, unit=unit)
+    with pytest.raises(ConfigurationError, match="applies to unit"):
+        FaultRule.from_dict({"id": "r", "unit": unit, "sequence": [None, fault_to_dict(fault)]})
+
+
+def test_slow_body_cuts_a_body_into_chunk_bytes_pieces_in_order() -> None:
+    fault = SlowBody(chunk_bytes=4, chunk_delay_ms=10)
+    assert fault.pieces(b"0123456789") == [b"0123", b"4567", b"89"]
+    assert fault.pieces(b"") == [b""]
+
+
+def _quota_run(quota: Quota, **rule: object) -> FaultRun:
+    return FaultRun(FaultPlan(rules=[FaultRule("q", quota, **rule)]))  # type: ignore[arg-type]
+
+
+def test_a_quota_admits_limit_requests_per_window_and_refuses_the_rest_with_retry_after() -> None:
+    run = _quota_run(Quota(limit=2, window_ms=10_000))
+
+    def at(t: float) -> int | None:
+        injection = run.decide("request", method="GET", path="/x", at=t)
+        return None if injection is None else injection.retry_after
+
+    # Admitted at 0 and 3; at 4 the slot of 0 frees at 10; at 10 the slot of 3 frees at 13.
+    assert [at(0.0), at(3.0), at(4.0), at(9.5), at(10.0), at(10.0), at(12.2)] == [
+        None,
+        None,
+        6,
+        1,
+        None,
+        3,
+        1,
+    ]
+    assert [d.outcome for d in run.log] == [
+        "admitted",
+        "admitted",
+        "inject",
+        "inject",
+        "admitted",
+        "inject",
+        "inject",
+    ]
+    assert [d.index for d in run.injected()] == [2, 3, 5, 6]
+
+
+def test_a_client_that_waits_the_quotas_retry_after_is_admitted() -> None:
+    run = _quota_run(Quota(limit=1, window_ms=2_500))
+    assert run.decide("request", method="GET", path="/x", at=0.1) is None
+    refused = run.decide("request", method="GET", path="/x", at=0.1)
+    assert refused is not None
+    assert refused.retry_after == 3  # 2.5 s rounded up
+    assert run.decide("request", method="GET", path="/x", at=0.1 + 2.5) is None
+
+
+def test_a_quota_is_only_in_force_inside_its_schedule_and_refusals_take_no_slot() -> None:
+    run = _quota_run(Quota(limit=1, window_ms=1_000), schedule=Schedule(skip_first=2))
+    outcomes = [run.decide("request", method="GET", path="/x", at=0.0) for _ in range(5)]
+    assert [o is None for o in outcomes] == [True, True, True, False, False]
+    assert [d.outcome for d in run.log] == ["pass", "pass", "admitted", "inject", "inject"]
+    run.reset()
+    assert run.decide("request", method="GET", path="/x", at=0.0) is None
+
+
+def test_a_forced_quota_refusal_asks_for_a_whole_window() -> None:
+    run = _quota_run(Quota(limit=5, window_ms=1_500))
+    forced = run.force("q", unit="request", method="GET", path="/x", at=0.0)
+    assert forced is not None
+    assert forced.retry_after == 2
+
+
+_new_faults = st.one_of(
+    st.tuples(
+        st.builds(
+            SlowBody,
+            chunk_bytes=st.integers(1, MAX_CHUNK_BYTES),
+            chunk_delay_ms=st.one_of(
+                st.integers(0, 10**6), st.floats(0, MAX_FAULT_MS, allow_nan=False)
+            ),
+        ),
+        st.just("request"),
+    ),
+    st.tuples(
+        st.builds(
+            Quota,
+            limit=st.integers(1, 10**6),
+            window_ms=st.floats(0.001, MAX_FAULT_MS, allow_nan=False),
+            status=st.integers(400, 599),
+        ),
+        st.just("request"),
+    ),
+    st.tuples(
+        st.builds(
+            WsAppError,
+            code=st.integers(400, 599),
+            body=st.one_of(
+                st.none(),
+                st.text(max_size=20),
+                st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)),
+            ),
+        ),
+        st.just("ws_message"),
+    ),
+)
+
+
+@given(seed=st.integers(0, 2**63), faults=st.lists(_new_faults, max_size=6), p=st.floats(0, 1))
+def test_every_plan_with_slow_bodies_quotas_and_ws_app_errors_survives_a_json_round_trip(
+    seed: int, faults: list[tuple[Fault, str]], p: float
+) -> None:
+    """Invariant: from_dict(json(to_dict(plan))) == plan, for plans of the newer kinds too."""
+    plan = FaultPlan(
+        seed=seed,
+        rules=[FaultRule(f"r{i}", f, unit=unit, p=p) for i, (f, unit) in enumerate(faults)],
+    )
+    assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan

@@ -18,11 +18,14 @@ from le_transport.chaos import (
     Hang,
     MalformedBody,
     Match,
+    Quota,
     Reset,
     Schedule,
+    SlowBody,
     Status,
     TruncatedBody,
 )
+from le_transport.clock import timeout_after
 from le_transport.errors import (
     AttemptTimeout,
     ClientStatusError,
@@ -489,3 +492,153 @@ async def test_the_fault_header_is_ignored_unless_enabled_then_forces_the_named_
         async with http.get(sim.url + url_path, headers={"X-LE-Fault": "no-such-rule"}) as resp:
             assert resp.status == 200
         assert [d.outcome for d in sim.faults.log] == ["forced"]
+
+
+# -- slow bodies and quotas -------------------------------------------------------------------
+
+CSDS_ALL = f"/api/account/{ACC}/service/baseURI.json"
+
+
+async def _csds_body(http: aiohttp.ClientSession, sim: Simulator) -> bytes:
+    async with http.get(sim.url + CSDS_ALL) as resp:
+        return await resp.read()
+
+
+async def test_a_slow_body_arrives_whole_in_chunk_bytes_pieces_chunk_delay_apart(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    whole = await _csds_body(http, sim)
+    sim.faults.add(
+        FaultRule("slow", SlowBody(chunk_bytes=100, chunk_delay_ms=1500), match=Match("GET"))
+    )
+    async with http.get(sim.url + CSDS_ALL) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        assert resp.content_length == len(whole)
+        assert clock.now() == 0.0  # status and headers at once
+        pieces = [(clock.now(), chunk) async for chunk in resp.content.iter_any()]
+    assert b"".join(chunk for _, chunk in pieces) == whole
+    assert [len(chunk) for _, chunk in pieces[:-1]] == [100] * (len(pieces) - 1)
+    expected = (len(whole) + 99) // 100
+    assert [t for t, _ in pieces] == [pytest.approx(1.5 * i) for i in range(expected)]
+    assert sim.requests[-1].fault == "slow_body"
+
+
+async def test_a_slow_body_is_cut_mid_body_by_a_read_timeout_on_the_clock(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    sim.faults.add(FaultRule("slow", SlowBody(chunk_bytes=50, chunk_delay_ms=2000)))
+    received: list[bytes] = []
+
+    async def read_all(resp: aiohttp.ClientResponse) -> None:
+        async for chunk in resp.content.iter_any():
+            received.append(chunk)
+
+    async with http.get(sim.url + CSDS_ALL) as resp:
+        assert resp.status == 200
+        timeout = timeout_after(clock, 5.0)
+        with pytest.raises(TimeoutError):
+            async with timeout:
+                await read_all(resp)
+    # Pieces at 0, 2 and 4 s; the fourth was due at 6 s.
+    assert [len(chunk) for chunk in received] == [50, 50, 50]
+    assert clock.now() == pytest.approx(5.0)
+    await sim.stop()  # waits for the handler whose client went away mid-body
+
+
+async def test_a_slow_body_past_the_attempt_timeout_is_retried_after_the_schedules_pause(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule(
+            "slow",
+            SlowBody(chunk_bytes=50, chunk_delay_ms=2000),
+            match=Match("GET", "*/baseURI.json"),
+            schedule=Schedule(fail_next=1),
+        )
+    )
+    policy = RetryPolicy(pauses=(1.0,), attempt_timeout=5)
+    async with Engine(sim.domains, scheme="http", clock=clock, retry=policy) as engine:
+        resp = await engine.request("GET", "agentVep", CSDS_ALL)
+    assert "baseURIs" in resp.json(dict)
+    assert [a.outcome.kind.value for a in resp.attempts] == ["timeout", "response"]
+    assert [r.at for r in sim.requests] == [0.0, 6.0]
+    assert [r.fault for r in sim.requests] == ["slow_body", None]
+
+
+async def test_a_slow_login_answer_still_sets_the_session_cookie(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule("slow", SlowBody(chunk_bytes=64, chunk_delay_ms=500), match=Match("POST"))
+    )
+    body = await _login(http, sim)
+    assert body["bearer"]
+    assert http.cookie_jar.filter_cookies(URL(sim.url))["Session_id"].value
+    assert clock.now() > 0.5
+
+
+async def test_a_quota_of_two_per_10_seconds_answers_429_with_the_seconds_until_a_slot_frees(
+    sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule("q", Quota(limit=2, window_ms=10_000), match=Match("GET", "*/baseURI.json"))
+    )
+    answers: list[tuple[float, int, str | None]] = []
+    for pause in (0.0, 3.0, 1.0, 6.0, 0.0):
+        await clock.sleep(pause)
+        async with http.get(sim.url + CSDS_ALL) as resp:
+            answers.append((clock.now(), resp.status, resp.headers.get("Retry-After")))
+            if resp.status == 429:
+                assert (await resp.json())["error"]["status"] == 429
+    assert answers == [
+        (0.0, 200, None),
+        (3.0, 200, None),
+        (4.0, 429, "6"),
+        (10.0, 200, None),
+        (10.0, 429, "3"),
+    ]
+    assert [d.outcome for d in sim.faults.log] == [
+        "admitted",
+        "admitted",
+        "inject",
+        "admitted",
+        "inject",
+    ]
+
+
+async def test_a_quota_applies_to_its_matched_route_only(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.faults.add(
+        FaultRule("q", Quota(limit=1, window_ms=60_000, status=503), match=Match(path="*/idp/*"))
+    )
+    statuses = []
+    for _ in range(3):
+        statuses.append(await _csds_body_status(http, sim, CSDS_ALL))
+        statuses.append(
+            await _csds_body_status(http, sim, f"/api/account/{ACC}/service/idp/baseURI.json")
+        )
+    assert statuses == [200, 200, 200, 503, 200, 503]
+
+
+async def _csds_body_status(http: aiohttp.ClientSession, sim: Simulator, path: str) -> int:
+    async with http.get(sim.url + path) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_the_engine_honours_a_quotas_retry_after_and_gets_in_when_the_slot_frees(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule("q", Quota(limit=1, window_ms=30_000), match=Match("GET", "*/baseURI.json"))
+    )
+    async with Engine(sim.domains, scheme="http", clock=clock) as engine:
+        await engine.request("GET", "agentVep", CSDS_ALL)
+        await clock.sleep(4.2)
+        resp = await engine.request("GET", "agentVep", CSDS_ALL)
+    assert resp.status == 200
+    # Retry-After: 26, the 25.8 s until the slot frees, rounded up.
+    assert [r.at for r in sim.requests] == [0.0, 4.2, 30.2]
+    assert [r.fault for r in sim.requests] == [None, "quota", None]

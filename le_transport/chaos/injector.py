@@ -14,10 +14,17 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
 - ``truncated_body``: sends, then hands back the real answer cut after ``keep_bytes`` with the
   payload error aiohttp raises for a short body;
 - ``malformed_body``: sends, then hands back ``code`` with a body that is not valid JSON.
+- ``quota``: keeps the sliding window on the injector's clock; a request over the limit is
+  answered ``status`` (429) with ``Retry-After`` **without sending** it;
+- ``slow_body``: sends, reads the real answer, then hands it back with its status and headers
+  at once and its body in ``chunk_bytes`` pieces, ``chunk_delay_ms`` apart on the injector's
+  clock. The caller's read (and its attempt timeout) sees exactly a slow server; the real
+  connection, read at full speed, is already back in the pool.
 
 WebSocket upgrades pass through the middleware too: a ``ws_reject_handshake`` rule (unit
 ``ws_session``) answers the upgrade with its status. Faults on an open socket (``ws_close``,
-``ws_drop``, ``ws_silence``; unit ``ws_session`` or ``ws_message``) are for the socket layer to
+``ws_drop``, ``ws_silence``, ``ws_app_error``; unit ``ws_session`` or ``ws_message``) are for
+the socket layer to
 apply: it asks :meth:`FaultInjector.socket_opened` when a socket opens and
 :meth:`FaultInjector.message_received` for each message, and acts on the answer.
 
@@ -44,6 +51,7 @@ from ..middleware.context import current_call
 from ..middleware.retry import is_websocket_upgrade
 from .plan import (
     HTTP_FAULTS,
+    WS_MESSAGE_FAULTS,
     Delay,
     EmptyResponse,
     FaultDecision,
@@ -53,7 +61,9 @@ from .plan import (
     Hang,
     Injection,
     MalformedBody,
+    Quota,
     Reset,
+    SlowBody,
     Status,
     TruncatedBody,
     WsRejectHandshake,
@@ -62,7 +72,7 @@ from .plan import (
 __all__ = ["FaultInjector"]
 
 _SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
-_MESSAGE_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay", "status", "hang"})
+_MESSAGE_KINDS = WS_MESSAGE_FAULTS
 
 
 @attrs.frozen(eq=False)
@@ -164,9 +174,15 @@ class FaultInjector:
             return _synthetic(
                 request, fault.code, fault.response_headers(), fault.response_body(), json=True
             )
+        if isinstance(fault, Quota):
+            assert injection.retry_after is not None
+            headers = {"Retry-After": str(injection.retry_after)}
+            return _synthetic(request, fault.status, headers, fault.response_body(), json=True)
         if isinstance(fault, Delay):
             await self.clock.sleep(injection.delay_s)
             return await handler(request)
+        if isinstance(fault, SlowBody):
+            return await self._dribble(request, handler, fault)
         if isinstance(fault, (Reset, EmptyResponse)):
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, Hang):
@@ -199,6 +215,38 @@ class FaultInjector:
             return _synthetic(request, fault.code, {}, fault.body.encode(), json=True)
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
 
+    async def _dribble(
+        self, request: ClientRequest, handler: ClientHandlerType, fault: SlowBody
+    ) -> ClientResponse:
+        real = await handler(request)
+        try:
+            body = await real.read()
+        finally:
+            real.release()
+        # The body handed back is the decoded one, whole: its length is the one to announce.
+        headers = {
+            k: v
+            for k, v in real.headers.items()
+            if k.lower() not in ("transfer-encoding", "content-encoding")
+        }
+        headers["Content-Length"] = str(len(body))
+        pieces = fault.pieces(body)
+        resp = _synthetic(request, real.status, headers, pieces[0], eof=len(pieces) == 1)
+        if len(pieces) > 1:
+            feeder = asyncio.get_running_loop().create_task(
+                self._feed(resp.content, pieces[1:], fault.chunk_delay_ms / 1000.0),
+                name="le_transport.chaos.slow_body",
+            )
+            assert isinstance(resp, _DribbledResponse)
+            resp.feeder = feeder
+        return resp
+
+    async def _feed(self, content: aiohttp.StreamReader, pieces: list[bytes], pause: float) -> None:
+        for piece in pieces:
+            await self.clock.sleep(pause)
+            content.feed_data(piece)
+        content.feed_eof()
+
     # -- the hook for the socket layer -----------------------------------------------------
 
     def socket_opened(self, path: str, *, service: str | None = None) -> Injection | None:
@@ -220,7 +268,8 @@ class FaultInjector:
 
     def message_received(self, type: str) -> Injection | None:
         """Ask the plan about one received message, matched on its ``type`` (unit
-        ``ws_message``): drop, close, silence, delay, or a ``status`` to treat it as."""
+        ``ws_message``): drop, close, silence, delay, or a ``status`` or ``ws_app_error`` to
+        treat it as (a ``resp`` with that code)."""
         if not self._run.plan.rules:
             return None
         return self._run.decide(
@@ -234,6 +283,40 @@ class _NoWriter:
     output_size = 0
 
 
+class _LocalProtocol(BaseProtocol):
+    """The protocol behind a locally built body: no socket to pause, and "connected" for as
+    long as the body is being fed (aiohttp's reader refuses to wait on a closed connection)."""
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass  # nothing to pause: the body is already here, fed from memory
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+class _DribbledResponse(_ClientResponse):
+    """A locally built response whose body is still arriving: closing or releasing it stops
+    the task that feeds it, so an abandoned slow body leaves nothing running."""
+
+    feeder: asyncio.Task[None] | None = None
+
+    def _stop_feeding(self) -> None:
+        if self.feeder is not None and not self.feeder.done():
+            self.feeder.cancel()
+
+    def close(self) -> None:
+        self._stop_feeding()
+        super().close()
+
+    def release(self) -> Any:
+        self._stop_feeding()
+        return super().release()
+
+
 def _synthetic(
     request: ClientRequest,
     status: int,
@@ -242,10 +325,12 @@ def _synthetic(
     *,
     json: bool = False,
     error: BaseException | None = None,
+    eof: bool = True,
 ) -> ClientResponse:
-    """A complete :class:`aiohttp.ClientResponse` built locally, as if the server had sent it."""
+    """A complete :class:`aiohttp.ClientResponse` built locally, as if the server had sent it
+    (with ``eof=False``, one whose body is still to be fed)."""
     loop = asyncio.get_running_loop()
-    resp = _ClientResponse(
+    resp = (_ClientResponse if eof else _DribbledResponse)(
         request.method,
         request.url,
         writer=None,
@@ -265,12 +350,12 @@ def _synthetic(
     resp.reason = _REASONS.get(status, "Injected")
     resp._headers = CIMultiDictProxy(hdrs)
     resp._raw_headers = tuple((k.encode(), v.encode()) for k, v in hdrs.items())
-    content = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    content = aiohttp.StreamReader(_LocalProtocol(loop), 2**16, loop=loop)
     if body:
         content.feed_data(body)
     if error is not None:
         content.set_exception(error)
-    else:
+    elif eof:
         content.feed_eof()
     resp.content = content
     return resp

@@ -14,12 +14,19 @@ shifts another rule's draws. A :class:`FaultRun` applies a plan and keeps the de
 
 Units are explicit in every name: ``delay_ms``, ``after_messages``, ``keep_bytes``; a
 ``retry_after`` is seconds (a number) or an HTTP-date (a string), as RFC 9110 allows.
+
+Kinds by unit: :data:`HTTP_FAULTS` apply to requests (``slow_body`` and ``quota`` only there),
+:data:`WS_FAULTS` to sessions, :data:`WS_MESSAGE_FAULTS` to messages (``ws_app_error`` only
+there); a rule that puts a kind on a unit it cannot apply to is refused.
 """
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import hashlib
+import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -32,6 +39,7 @@ __all__ = [
     "HTTP_FAULTS",
     "UNITS",
     "WS_FAULTS",
+    "WS_MESSAGE_FAULTS",
     "Delay",
     "EmptyResponse",
     "Fault",
@@ -43,10 +51,13 @@ __all__ = [
     "Injection",
     "MalformedBody",
     "Match",
+    "Quota",
     "Reset",
     "Schedule",
+    "SlowBody",
     "Status",
     "TruncatedBody",
+    "WsAppError",
     "WsClose",
     "WsDrop",
     "WsRejectHandshake",
@@ -79,6 +90,46 @@ def _non_negative_number(name: str) -> Any:
         ):
             raise ConfigurationError(
                 f"{type(instance).__name__}.{name} must be a finite number >= 0, got {value!r}"
+            )
+
+    return check
+
+
+#: The largest body piece a :class:`SlowBody` may name: the engine's default body limit.
+MAX_CHUNK_BYTES = 16 * 2**20
+#: The longest time any new kind may name: a day, far past any test's horizon. Anything
+#: longer is a unit mistake (seconds written as milliseconds times a thousand).
+MAX_FAULT_MS = 24 * 3600 * 1000.0
+#: The most requests a :class:`Quota` may allow per window.
+MAX_QUOTA_LIMIT = 10**6
+#: The largest ``body`` a :class:`WsAppError` may carry, as JSON text.
+MAX_WS_BODY_CHARS = 64 * 1024
+
+
+def _int_in(name: str, low: int, high: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{name} must be an int in {low}..{high}, got {value!r}"
+            )
+
+    return check
+
+
+def _ms_in(name: str, *, positive: bool) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
+            or value > MAX_FAULT_MS
+        ):
+            floor = "> 0" if positive else ">= 0"
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{name} must be a finite number of milliseconds "
+                f"{floor} and at most {MAX_FAULT_MS:.0f} (a day), got {value!r}"
             )
 
     return check
@@ -225,6 +276,98 @@ class WsSilence:
     after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
 
 
+@attrs.frozen
+class SlowBody:
+    """Send the real answer's status and headers at once, then its body in ``chunk_bytes``
+    pieces with ``chunk_delay_ms`` between them (MockServer's dribble, WireMock's
+    ``chunkedDribbleDelay``, Envoy's response rate limit).
+
+    The ``Content-Length`` announces the whole body and the whole body arrives, only slowly:
+    ``ceil(len / chunk_bytes) - 1`` pauses, on the clock of whoever applies it, so an attempt
+    timeout on a virtual clock fires mid-body without real waiting. Unit ``request`` only.
+    """
+
+    kind: ClassVar[str] = "slow_body"
+    chunk_bytes: int = attrs.field(validator=_int_in("chunk_bytes", 1, MAX_CHUNK_BYTES))
+    chunk_delay_ms: float = attrs.field(validator=_ms_in("chunk_delay_ms", positive=False))
+
+    def pieces(self, body: bytes) -> list[bytes]:
+        """``body`` cut into the pieces to send, in order (one empty piece for no body)."""
+        n = self.chunk_bytes
+        return [body[i : i + n] for i in range(0, len(body), n)] or [b""]
+
+
+@attrs.frozen
+class Quota:
+    """At most ``limit`` requests per ``window_ms`` on the matched route (MockServer's quota):
+    the rest are answered ``status`` (429) with ``Retry-After``, the whole seconds until the
+    window frees a slot, rounded up.
+
+    The window slides on the clock of whoever applies it: a request is admitted when fewer
+    than ``limit`` were admitted in the ``window_ms`` before it. Refused requests take no slot.
+    The rule's schedule and ``p`` say when the quota is in force; an admitted request is
+    logged as ``admitted``, a refused one as ``inject``. Unit ``request`` only.
+    """
+
+    kind: ClassVar[str] = "quota"
+    limit: int = attrs.field(validator=_int_in("limit", 1, MAX_QUOTA_LIMIT))
+    window_ms: float = attrs.field(validator=_ms_in("window_ms", positive=True))
+    status: int = attrs.field(default=429, validator=_int_in("status", 400, 599))
+
+    def response_body(self) -> bytes:
+        """The body of a refusal."""
+        return b'{"error": {"message": "quota exceeded", "status": %d}}' % self.status
+
+
+def _json_body(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return value
+
+
+#: LiveEngage's socket errors carry a short message in ``body.msg``, as the simulator's own do.
+_WS_ERROR_MESSAGES = {429: "too many requests", 500: "internal server error"}
+
+
+@attrs.frozen
+class WsAppError:
+    """Answer a matched socket request (by ``type``) with a ``resp`` frame carrying ``code``
+    instead of the real answer: LiveEngage's rate limit (429) or server error (500) over the
+    socket, with the connection staying open.
+
+    The frame is ``{"kind": "resp", "reqId": <the request's id>, "code": code, "body": body,
+    "type": "<type>$Response"}``; ``body`` (any JSON value; default ``{"msg": "too many
+    requests"}`` for 429, ``{"msg": "internal server error"}`` for 500) is sent as is. Unit
+    ``ws_message`` only.
+    """
+
+    kind: ClassVar[str] = "ws_app_error"
+    code: int = attrs.field(default=429, validator=_int_in("code", 400, 599))
+    body: Any = attrs.field(default=None, converter=_json_body, hash=False)
+
+    @body.validator
+    def _check_body(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"WsAppError.body must be a JSON value, got {type(value).__name__}"
+            ) from None
+        if len(text) > MAX_WS_BODY_CHARS:
+            raise ConfigurationError(
+                f"WsAppError.body must be at most {MAX_WS_BODY_CHARS} characters of JSON, "
+                f"got {len(text)}"
+            )
+
+    def response_body(self) -> Any:
+        """The ``body`` of the ``resp`` frame."""
+        if self.body is not None:
+            return self.body
+        return {"msg": _WS_ERROR_MESSAGES.get(self.code, "injected error")}
+
+
 Fault = (
     Status
     | Delay
@@ -237,6 +380,9 @@ Fault = (
     | WsClose
     | WsDrop
     | WsSilence
+    | SlowBody
+    | Quota
+    | WsAppError
 )
 
 _KINDS: dict[str, type[Any]] = {
@@ -253,22 +399,45 @@ _KINDS: dict[str, type[Any]] = {
         WsClose,
         WsDrop,
         WsSilence,
+        SlowBody,
+        Quota,
+        WsAppError,
     )
 }
 #: Kinds that apply to an HTTP request (and to a WebSocket upgrade seen as one).
 HTTP_FAULTS = frozenset(
-    {"status", "delay", "reset", "hang", "truncated_body", "malformed_body", "empty_response"}
+    {
+        "status",
+        "delay",
+        "reset",
+        "hang",
+        "truncated_body",
+        "malformed_body",
+        "empty_response",
+        "slow_body",
+        "quota",
+    }
 )
 #: Kinds that apply to a WebSocket session.
 WS_FAULTS = frozenset({"ws_reject_handshake", "ws_close", "ws_drop", "ws_silence", "delay"})
+#: Kinds that apply to one message a socket received (matched on its ``type``).
+WS_MESSAGE_FAULTS = frozenset(
+    {"status", "delay", "hang", "ws_close", "ws_drop", "ws_silence", "ws_app_error"}
+)
+#: The units a kind may be used on, for the kinds that fit only one (older kinds are
+#: unchecked: a plan that names them on a unit they do not apply to never fires them).
+_ONLY_ON: dict[str, str] = {
+    "slow_body": "request",
+    "quota": "request",
+    "ws_app_error": "ws_message",
+}
 
 
 def fault_to_dict(fault: Fault) -> dict[str, Any]:
     """The JSON form of a fault: ``{"kind": ..., <params>}``."""
     out: dict[str, Any] = {"kind": fault.kind}
     for field in attrs.fields(type(fault)):
-        value = getattr(fault, field.name)
-        out[field.name] = dict(value) if isinstance(value, Mapping) else value
+        out[field.name] = _json_value(getattr(fault, field.name))
     return out
 
 
@@ -301,6 +470,14 @@ def fault_from_dict(data: Mapping[str, Any] | int | None) -> Fault | None:
     except TypeError as exc:
         raise ConfigurationError(f"fault kind {kind!r}: {exc}") from None
     return fault
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def _as_fault(value: Fault | Mapping[str, Any] | int | None) -> Fault | None:
@@ -438,6 +615,13 @@ class FaultRule:
             raise ConfigurationError(
                 f"rule {self.id!r}: give exactly one of 'fault' (with a schedule) or 'sequence'"
             )
+        for kind in sorted(_kinds_of(self)):
+            only = _ONLY_ON.get(kind)
+            if only is not None and self.unit != only:
+                raise ConfigurationError(
+                    f"rule {self.id!r}: a {kind!r} fault applies to unit {only!r} only, "
+                    f"not {self.unit!r}"
+                )
 
     def scheduled(self, index: int) -> Fault | None:
         """The fault the schedule or sequence names for the ``index``-th matching unit."""
@@ -558,6 +742,8 @@ class Injection:
     fault: Fault
     #: For :class:`Delay`: the delay to apply, jitter drawn, in seconds.
     delay_s: float = 0.0
+    #: For :class:`Quota`: the ``Retry-After`` to send, whole seconds until a slot frees.
+    retry_after: int | None = None
 
 
 @attrs.frozen
@@ -565,8 +751,9 @@ class FaultDecision:
     """One entry of the decision log: a rule's verdict on one of its matching units.
 
     ``outcome`` is ``inject``, ``pass`` (outside the window, or a sequence's pass), ``skipped``
-    (the draw was above ``p``), ``shadowed`` (an earlier rule injected on the same unit) or
-    ``forced`` (a per-request override named the rule; ``index`` is then -1).
+    (the draw was above ``p``), ``shadowed`` (an earlier rule injected on the same unit),
+    ``admitted`` (a :class:`Quota` in force had a free slot) or ``forced`` (a per-request
+    override named the rule; ``index`` is then -1).
     """
 
     rule_id: str
@@ -596,6 +783,8 @@ class FaultRun:
         #: The clock time time windows are measured from (default: the first decision's).
         self.origin = origin
         self._counts: dict[str, int] = {}
+        #: Per quota rule: the clock times of the requests it admitted, within its window.
+        self._admitted: dict[str, collections.deque[float]] = {}
         #: Every decision, in order.
         self.log: list[FaultDecision] = []
 
@@ -631,6 +820,13 @@ class FaultRun:
                 outcome = "skipped"
             elif chosen is not None:
                 outcome = "shadowed"
+            elif isinstance(fault, Quota):
+                wait = self._quota_wait(rule.id, fault, 0.0 if at is None else at)
+                if wait is None:
+                    outcome = "admitted"
+                else:
+                    outcome = "inject"
+                    chosen = Injection(rule.id, index, fault, retry_after=wait)
             else:
                 outcome = "inject"
                 delay = 0.0
@@ -652,6 +848,20 @@ class FaultRun:
             )
         return chosen
 
+    def _quota_wait(self, rule_id: str, quota: Quota, now: float) -> int | None:
+        """Admit a request at ``now`` (None) or say how many whole seconds until a slot frees."""
+        window = quota.window_ms / 1000.0
+        admitted = self._admitted.setdefault(rule_id, collections.deque())
+        # The window is (now - window, now]: a request exactly one window after the oldest
+        # admitted one gets that one's slot, so a client that honours Retry-After gets in.
+        while admitted and admitted[0] <= now - window:
+            admitted.popleft()
+        if len(admitted) < quota.limit:
+            admitted.append(now)
+            return None
+        # Rounded first: float noise must not turn an exact 5 s into a Retry-After of 6.
+        return max(1, math.ceil(round(admitted[0] + window - now, 6)))
+
     def force(
         self, rule_id: str, *, unit: str, method: str, path: str, at: float | None = None
     ) -> Injection | None:
@@ -667,12 +877,16 @@ class FaultRun:
         if fault is None:
             return None
         delay = fault.delay_ms / 1000.0 if isinstance(fault, Delay) else 0.0
+        # A forced quota refusal takes no slot; its Retry-After is a whole window.
+        retry_after = (
+            max(1, math.ceil(fault.window_ms / 1000.0)) if isinstance(fault, Quota) else None
+        )
         self.log.append(
             FaultDecision(
                 rule.id, unit, -1, "forced", fault.kind, method.upper(), redact_url(path), at
             )
         )
-        return Injection(rule.id, -1, fault, delay)
+        return Injection(rule.id, -1, fault, delay, retry_after)
 
     def injected(self) -> list[FaultDecision]:
         """The decisions that injected a fault (forced ones included)."""
@@ -689,6 +903,7 @@ class FaultRun:
             self.plan = plan
         self.origin = origin
         self._counts.clear()
+        self._admitted.clear()
         self.log.clear()
 
 

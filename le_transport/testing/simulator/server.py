@@ -47,7 +47,9 @@ from ...chaos.plan import (
     Hang,
     MalformedBody,
     Match,
+    Quota,
     Reset,
+    SlowBody,
     Status,
     TruncatedBody,
     WsRejectHandshake,
@@ -423,9 +425,19 @@ class Simulator:
                 headers=fault.response_headers(),
                 content_type=None if "Content-Type" in fault.headers else "application/json",
             )
+        if isinstance(fault, Quota):
+            assert injection.retry_after is not None
+            return web.Response(
+                status=fault.status,
+                body=fault.response_body(),
+                headers={"Retry-After": str(injection.retry_after)},
+                content_type="application/json",
+            )
         if isinstance(fault, Delay):
             await self.clock.sleep(injection.delay_s)
             return await handler(request)
+        if isinstance(fault, SlowBody):
+            return await self._dribble(request, await handler(request), fault)
         if isinstance(fault, MalformedBody):
             return web.Response(status=fault.code, text=fault.body, content_type="application/json")
         transport = request.transport
@@ -454,6 +466,44 @@ class Simulator:
                 transport.close()
             return resp
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    async def _dribble(
+        self, request: web.Request, real: web.StreamResponse, fault: SlowBody
+    ) -> web.StreamResponse:
+        """Send ``real``'s status and headers now and its body in pieces, pausing between them
+        on the simulator's clock."""
+        body = real.body if isinstance(real, web.Response) else None
+        if not isinstance(body, bytes):
+            # A streamed answer (a socket upgrade, a payload object) is already on its way.
+            return real
+        resp = web.StreamResponse(status=real.status, reason=real.reason)
+        for name, value in real.headers.items():
+            if name.lower() not in ("content-length", "transfer-encoding"):
+                resp.headers.add(name, value)
+        for name, morsel in real.cookies.items():
+            resp.cookies[name] = morsel
+        resp.content_length = len(body)
+        pause = fault.chunk_delay_ms / 1000.0
+        try:
+            await resp.prepare(request)
+            for i, piece in enumerate(fault.pieces(body)):
+                if i and not await self._pause(pause):
+                    break  # shutting down: the client sees the body cut short
+                await resp.write(piece)
+            else:
+                await resp.write_eof()
+        except ConnectionError:
+            pass  # the client gave up mid-body (its attempt timeout, most likely)
+        return resp
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` on the clock; False if the simulator began stopping meanwhile."""
+        if seconds <= 0:
+            return not self._closing.is_set()
+        with contextlib.suppress(TimeoutError):
+            async with timeout_after(self.clock, seconds):
+                await self._closing.wait()
+        return not self._closing.is_set()
 
     async def _hang(self, fault: Hang) -> None:
         seconds = None if fault.duration_ms is None else fault.duration_ms / 1000.0

@@ -16,7 +16,8 @@ Frames follow LiveEngage: a ``{"kind": "req", "id", "type", "body"}`` is answere
 ``{"kind": "resp", "reqId", "code", "body", "type": "<type>$Response"}``; ``.GetClock`` and
 ``GetClock`` answer ``{"currentTime": <epoch ms>}`` from the simulator's clock. Faults from the
 plan apply per session (unit ``ws_session``, decided at the handshake) and per message (unit
-``ws_message``, matched on the frame's ``type``).
+``ws_message``, matched on the frame's ``type``): a ``ws_app_error`` answers the request with
+a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from aiohttp import WSMsgType, web
 
-from ...chaos.plan import Delay, Hang, Status, WsClose, WsDrop, WsSilence
+from ...chaos.plan import (
+    WS_MESSAGE_FAULTS,
+    Delay,
+    Hang,
+    Status,
+    WsAppError,
+    WsClose,
+    WsDrop,
+    WsSilence,
+)
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -344,12 +354,23 @@ class SocketHub:
             method="WS",
             path=type_,
             at=sim.clock.now(),
-            kinds=frozenset({"status", "delay", "hang", "ws_close", "ws_drop", "ws_silence"}),
+            kinds=WS_MESSAGE_FAULTS,
         )
         if injection is not None:
             fault = injection.fault
             if isinstance(fault, Status):
                 await self._resp(sock, req_id, type_, fault.code, {"msg": "injected fault"})
+                return
+            if isinstance(fault, WsAppError):
+                _log.debug(
+                    "socket %d: answering %s with code %d (rule %s)",
+                    sock.id,
+                    type_[:80],
+                    fault.code,
+                    injection.rule_id,
+                    extra={"socket": sock.id, "rule": injection.rule_id, "fault": fault.kind},
+                )
+                await self._resp(sock, req_id, type_, fault.code, fault.response_body())
                 return
             if isinstance(fault, Hang):
                 return
