@@ -12,7 +12,9 @@ import pytest
 from le_transport.chaos import (
     FaultRule,
     Match,
+    Schedule,
     Status,
+    WsAppError,
     WsClose,
     WsDrop,
     WsRejectHandshake,
@@ -264,3 +266,55 @@ async def test_a_restart_drops_sockets_and_comes_back_on_the_same_port(
             await _req(ws, "1", ".GetClock")
             assert (await _frame(ws))["code"] == 200
     assert len(sim.sockets.all) == 2
+
+
+async def test_a_ws_app_error_answers_the_matched_request_with_its_code_and_the_socket_stays_open(
+    sim: Simulator,
+) -> None:
+    sim.faults.add(
+        FaultRule(
+            "rl",
+            WsAppError(429),
+            unit="ws_message",
+            match=Match(path=".GetClock"),
+            schedule=Schedule(fail_next=1),
+        )
+    )
+    sim.faults.add(
+        FaultRule(
+            "boom",
+            WsAppError(500, body="try again later"),
+            unit="ws_message",
+            match=Match(path=".ams.routing.*"),
+        )
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await _req(ws, "1", ".GetClock")
+        assert await _frame(ws) == {
+            "kind": "resp",
+            "reqId": "1",
+            "code": 429,
+            "body": {"msg": "too many requests"},
+            "type": ".GetClock$Response",
+        }
+        await _req(ws, "2", ".ams.routing.SubscribeRoutingTasks")
+        assert await _frame(ws) == {
+            "kind": "resp",
+            "reqId": "2",
+            "code": 500,
+            "body": "try again later",
+            "type": ".ams.routing.SubscribeRoutingTasks$Response",
+        }
+        await _req(ws, "3", ".GetClock")
+        assert (await _frame(ws))["code"] == 200
+    (sock,) = sim.sockets.all
+    assert sock.subscriptions == []
+    assert sock.ended is not None
+    assert sock.ended[0] == "client"
+    assert [(d.rule_id, d.kind) for d in sim.faults.injected()] == [
+        ("rl", "ws_app_error"),
+        ("boom", "ws_app_error"),
+    ]
