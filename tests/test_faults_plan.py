@@ -25,7 +25,9 @@ from le_transport.chaos import (
     TruncatedBody,
     WsAppError,
     WsClose,
+    WsDelay,
     WsDrop,
+    WsDropMessage,
     WsRejectHandshake,
     WsSilence,
     fault_from_dict,
@@ -473,3 +475,64 @@ def test_every_plan_with_slow_bodies_quotas_and_ws_app_errors_survives_a_json_ro
         rules=[FaultRule(f"r{i}", f, unit=unit, p=p) for i, (f, unit) in enumerate(faults)],
     )
     assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+# -- server→client messages: delayed, dropped ------------------------------------------------
+
+
+def test_ws_delay_and_ws_drop_message_survive_a_json_round_trip() -> None:
+    plan = FaultPlan(
+        seed=4,
+        rules=[
+            FaultRule("late", WsDelay(1500, jitter_ms=500), unit="ws_message"),
+            FaultRule("lost", WsDropMessage(), unit="ws_message", p=0.1),
+            FaultRule("seq", sequence=[None, WsDropMessage(), WsDelay(10)], unit="ws_message"),
+        ],
+    )
+    assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kind": "ws_delay", "delay_ms": -5}, "WsDelay.delay_ms"),
+        ({"kind": "ws_delay", "delay_ms": float("nan")}, "WsDelay.delay_ms"),
+        ({"kind": "ws_delay", "delay_ms": 1e10}, "a day"),
+        ({"kind": "ws_delay", "delay_ms": 100, "jitter_ms": -1}, "WsDelay.jitter_ms"),
+        ({"kind": "ws_delay", "delay_ms": 100, "jitter_ms": 200}, "must not exceed"),
+        ({"kind": "ws_drop_message", "p": 0.5}, "no parameter"),
+    ],
+)
+def test_invalid_ws_delay_and_ws_drop_message_params_are_refused(
+    data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        fault_from_dict(data)
+
+
+def test_server_and_client_message_kinds_cannot_share_a_rule() -> None:
+    with pytest.raises(ConfigurationError, match="two rules"):
+        FaultRule("mixed", sequence=[WsDropMessage(), WsAppError()], unit="ws_message")
+    with pytest.raises(ConfigurationError, match="applies to unit 'ws_message'"):
+        FaultRule("lost", WsDropMessage())
+
+
+@given(seed=st.integers(0, 2**63))
+def test_ws_delay_draws_each_messages_delay_within_plus_or_minus_jitter(seed: int) -> None:
+    """Invariant: a WsDelay's delay is delay_ms ± jitter_ms, and the same for the same seed."""
+    rule = FaultRule("late", WsDelay(1000, jitter_ms=250), unit="ws_message")
+
+    def delays() -> list[float]:
+        run = FaultRun(FaultPlan(seed=seed, rules=[rule]))
+        kinds = frozenset({"ws_delay"})
+        out = []
+        for _ in range(20):
+            injection = run.decide("ws_message", method="WS", path="x", kinds=kinds)
+            assert injection is not None
+            out.append(injection.delay_s)
+        return out
+
+    first = delays()
+    assert first == delays()
+    assert all(0.75 <= d <= 1.25 for d in first)
+    assert len(set(first)) > 1

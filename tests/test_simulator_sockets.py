@@ -10,13 +10,16 @@ import aiohttp
 import pytest
 
 from le_transport.chaos import (
+    FaultPlan,
     FaultRule,
     Match,
     Schedule,
     Status,
     WsAppError,
     WsClose,
+    WsDelay,
     WsDrop,
+    WsDropMessage,
     WsRejectHandshake,
     WsSilence,
 )
@@ -318,3 +321,91 @@ async def test_a_ws_app_error_answers_the_matched_request_with_its_code_and_the_
         ("rl", "ws_app_error"),
         ("boom", "ws_app_error"),
     ]
+
+
+async def test_a_dropped_answer_never_reaches_the_client_and_the_next_one_does(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule(
+            "lost",
+            WsDropMessage(),
+            unit="ws_message",
+            match=Match(path=".GetClock$Response"),
+            schedule=Schedule(fail_next=1),
+        )
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await _req(ws, "1", ".GetClock")
+        with pytest.raises(TimeoutError):
+            async with timeout_after(clock, 10):
+                await ws.receive()
+        await _req(ws, "2", ".GetClock")
+        assert (await _frame(ws))["reqId"] == "2"
+    (sock,) = sim.sockets.all
+    assert [f["reqId"] for f in sock.dropped] == ["1"]
+    assert [(d.rule_id, d.index, d.outcome) for d in sim.faults.log] == [
+        ("lost", 0, "inject"),
+        ("lost", 1, "pass"),
+    ]
+
+
+async def test_ws_delay_holds_matched_frames_on_the_clock_and_nothing_overtakes_them(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    sim.faults.add(
+        FaultRule("late", WsDelay(2_000), unit="ws_message", match=Match(path=".GetClock$Response"))
+    )
+    arrivals: list[tuple[float, str]] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await _req(ws, "1", ".GetClock")
+        await _req(ws, "2", ".ams.routing.SubscribeRoutingTasks")  # not delayed itself
+        for _ in range(2):
+            frame = await _frame(ws)
+            arrivals.append((clock.now(), frame["reqId"]))
+        await clock.sleep(1)
+        await _req(ws, "3", ".ams.routing.SubscribeRoutingTasks")
+        frame = await _frame(ws)
+        arrivals.append((clock.now(), frame["reqId"]))
+    # The subscription's answer queued behind the held one; once none is held, none waits.
+    assert arrivals == [(2.0, "1"), (2.0, "2"), (3.0, "3")]
+
+
+async def test_ws_delay_jitter_is_seeded_and_each_delay_within_plus_or_minus_jitter() -> None:
+    async def arrivals(seed: int) -> list[tuple[float, str]]:
+        clock = VirtualClock()
+        plan = FaultPlan(
+            seed=seed,
+            rules=[
+                FaultRule(
+                    "late",
+                    WsDelay(1_000, jitter_ms=800),
+                    unit="ws_message",
+                    match=Match(path="*$Response"),
+                )
+            ],
+        )
+        out: list[tuple[float, str]] = []
+        async with (
+            Simulator(clock=clock, plan=plan) as sim,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+        ):
+            for i in range(6):
+                await _req(ws, str(i), ".GetClock")
+                frame = await _frame(ws)
+                out.append((clock.now(), str(frame["reqId"])))
+        return out
+
+    first = await arrivals(11)
+    assert first == await arrivals(11)
+    assert first != await arrivals(12)
+    assert [r for _, r in first] == ["0", "1", "2", "3", "4", "5"]
+    gaps = [b[0] - a[0] for a, b in zip([(0.0, ""), *first], first, strict=False)]
+    assert all(0.2 <= g <= 1.8 for g in gaps)

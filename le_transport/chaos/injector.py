@@ -23,8 +23,8 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
 
 WebSocket upgrades pass through the middleware too: a ``ws_reject_handshake`` rule (unit
 ``ws_session``) answers the upgrade with its status. Faults on an open socket (``ws_close``,
-``ws_drop``, ``ws_silence``, ``ws_app_error``; unit ``ws_session`` or ``ws_message``) are for
-the socket layer to
+``ws_drop``, ``ws_silence``, ``ws_app_error``, ``ws_delay``, ``ws_drop_message``; unit
+``ws_session`` or ``ws_message``) are for the socket layer to
 apply: it asks :meth:`FaultInjector.socket_opened` when a socket opens and
 :meth:`FaultInjector.message_received` for each message, and acts on the answer.
 
@@ -52,6 +52,7 @@ from ..middleware.retry import is_websocket_upgrade
 from .plan import (
     HTTP_FAULTS,
     WS_MESSAGE_FAULTS,
+    WS_OUTBOUND_FAULTS,
     Delay,
     EmptyResponse,
     FaultDecision,
@@ -72,7 +73,9 @@ from .plan import (
 __all__ = ["FaultInjector"]
 
 _SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
-_MESSAGE_KINDS = WS_MESSAGE_FAULTS
+# The hook is asked about messages the client received: those from the server, which the
+# outbound kinds (delay, drop) are about too.
+_MESSAGE_KINDS = WS_MESSAGE_FAULTS | WS_OUTBOUND_FAULTS
 
 
 @attrs.frozen(eq=False)
@@ -268,8 +271,9 @@ class FaultInjector:
 
     def message_received(self, type: str) -> Injection | None:
         """Ask the plan about one received message, matched on its ``type`` (unit
-        ``ws_message``): drop, close, silence, delay, or a ``status`` or ``ws_app_error`` to
-        treat it as (a ``resp`` with that code)."""
+        ``ws_message``): drop the connection or the message (``ws_drop_message``), close,
+        silence, delay (``delay``, ``ws_delay``: ``delay_s`` has the jitter drawn), or a
+        ``status`` or ``ws_app_error`` to treat it as (a ``resp`` with that code)."""
         if not self._run.plan.rules:
             return None
         return self._run.decide(

@@ -16,8 +16,10 @@ Units are explicit in every name: ``delay_ms``, ``after_messages``, ``keep_bytes
 ``retry_after`` is seconds (a number) or an HTTP-date (a string), as RFC 9110 allows.
 
 Kinds by unit: :data:`HTTP_FAULTS` apply to requests (``slow_body`` and ``quota`` only there),
-:data:`WS_FAULTS` to sessions, :data:`WS_MESSAGE_FAULTS` to messages (``ws_app_error`` only
-there); a rule that puts a kind on a unit it cannot apply to is refused.
+:data:`WS_FAULTS` to sessions, :data:`WS_MESSAGE_FAULTS` to messages from the client and
+:data:`WS_OUTBOUND_FAULTS` to messages from the server (``ws_app_error``, ``ws_delay`` and
+``ws_drop_message`` only on unit ``ws_message``); a rule that puts a kind on a unit it cannot
+apply to is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "UNITS",
     "WS_FAULTS",
     "WS_MESSAGE_FAULTS",
+    "WS_OUTBOUND_FAULTS",
     "Delay",
     "EmptyResponse",
     "Fault",
@@ -59,7 +62,9 @@ __all__ = [
     "TruncatedBody",
     "WsAppError",
     "WsClose",
+    "WsDelay",
     "WsDrop",
+    "WsDropMessage",
     "WsRejectHandshake",
     "WsSilence",
     "fault_from_dict",
@@ -368,6 +373,41 @@ class WsAppError:
         return {"msg": _WS_ERROR_MESSAGES.get(self.code, "injected error")}
 
 
+@attrs.frozen
+class WsDelay:
+    """Hold each matched server→client message ``delay_ms`` ± ``jitter_ms`` (drawn from the
+    rule's stream, uniformly) before it goes out: latency on the socket's way back.
+
+    Messages keep their order, as on one TCP stream: a later message, matched or not, never
+    overtakes a held one. Matched on the message's ``type`` (a ``resp`` is
+    ``<request type>$Response``). Unit ``ws_message`` only.
+    """
+
+    kind: ClassVar[str] = "ws_delay"
+    delay_ms: float = attrs.field(validator=_ms_in("delay_ms", positive=False))
+    jitter_ms: float = attrs.field(default=0.0, validator=_ms_in("jitter_ms", positive=False))
+
+    def __attrs_post_init__(self) -> None:
+        if self.jitter_ms > self.delay_ms:
+            raise ConfigurationError(
+                f"WsDelay.jitter_ms ({self.jitter_ms!r}) must not exceed delay_ms "
+                f"({self.delay_ms!r}): a message cannot leave before it was sent"
+            )
+
+
+@attrs.frozen
+class WsDropMessage:
+    """Never deliver a matched server→client message (an answer or a notification lost on
+    the way): the client finds a lost answer only by its request timeout.
+
+    With the rule's ``p``, each matched message is dropped with that probability, drawn from
+    the rule's own stream (seeded). Matched on the message's ``type`` (a ``resp`` is
+    ``<request type>$Response``). Unit ``ws_message`` only.
+    """
+
+    kind: ClassVar[str] = "ws_drop_message"
+
+
 Fault = (
     Status
     | Delay
@@ -383,6 +423,8 @@ Fault = (
     | SlowBody
     | Quota
     | WsAppError
+    | WsDelay
+    | WsDropMessage
 )
 
 _KINDS: dict[str, type[Any]] = {
@@ -402,6 +444,8 @@ _KINDS: dict[str, type[Any]] = {
         SlowBody,
         Quota,
         WsAppError,
+        WsDelay,
+        WsDropMessage,
     )
 }
 #: Kinds that apply to an HTTP request (and to a WebSocket upgrade seen as one).
@@ -424,12 +468,17 @@ WS_FAULTS = frozenset({"ws_reject_handshake", "ws_close", "ws_drop", "ws_silence
 WS_MESSAGE_FAULTS = frozenset(
     {"status", "delay", "hang", "ws_close", "ws_drop", "ws_silence", "ws_app_error"}
 )
+#: Kinds that apply to one message a socket *sends* (the simulator) or that the client
+#: received (the injector's hook): server→client, matched on its ``type``.
+WS_OUTBOUND_FAULTS = frozenset({"ws_delay", "ws_drop_message"})
 #: The units a kind may be used on, for the kinds that fit only one (older kinds are
 #: unchecked: a plan that names them on a unit they do not apply to never fires them).
 _ONLY_ON: dict[str, str] = {
     "slow_body": "request",
     "quota": "request",
     "ws_app_error": "ws_message",
+    "ws_delay": "ws_message",
+    "ws_drop_message": "ws_message",
 }
 
 
@@ -615,7 +664,16 @@ class FaultRule:
             raise ConfigurationError(
                 f"rule {self.id!r}: give exactly one of 'fault' (with a schedule) or 'sequence'"
             )
-        for kind in sorted(_kinds_of(self)):
+        kinds = _kinds_of(self)
+        if kinds & WS_OUTBOUND_FAULTS and kinds - WS_OUTBOUND_FAULTS:
+            # Messages from the server and from the client are decided apart: such a rule
+            # would match neither.
+            raise ConfigurationError(
+                f"rule {self.id!r}: {sorted(kinds & WS_OUTBOUND_FAULTS)} are about messages "
+                f"the server sends and {sorted(kinds - WS_OUTBOUND_FAULTS)} are not: "
+                "put them in two rules"
+            )
+        for kind in sorted(kinds):
             only = _ONLY_ON.get(kind)
             if only is not None and self.unit != only:
                 raise ConfigurationError(
@@ -740,7 +798,7 @@ class Injection:
     rule_id: str
     index: int
     fault: Fault
-    #: For :class:`Delay`: the delay to apply, jitter drawn, in seconds.
+    #: For :class:`Delay` and :class:`WsDelay`: the delay to apply, jitter drawn, in seconds.
     delay_s: float = 0.0
     #: For :class:`Quota`: the ``Retry-After`` to send, whole seconds until a slot frees.
     retry_after: int | None = None
@@ -833,6 +891,9 @@ class FaultRun:
                 if isinstance(fault, Delay):
                     jitter = fault.jitter_ms * draw(self.plan.seed, rule.id, index, "jitter")
                     delay = (fault.delay_ms + jitter) / 1000.0
+                elif isinstance(fault, WsDelay):
+                    spread = 2.0 * draw(self.plan.seed, rule.id, index, "jitter") - 1.0
+                    delay = (fault.delay_ms + fault.jitter_ms * spread) / 1000.0
                 chosen = Injection(rule.id, index, fault, delay)
             self.log.append(
                 FaultDecision(
@@ -876,7 +937,7 @@ class FaultRun:
             fault = next((f for f in rule.sequence if f is not None), None)
         if fault is None:
             return None
-        delay = fault.delay_ms / 1000.0 if isinstance(fault, Delay) else 0.0
+        delay = fault.delay_ms / 1000.0 if isinstance(fault, (Delay, WsDelay)) else 0.0
         # A forced quota refusal takes no slot; its Retry-After is a whole window.
         retry_after = (
             max(1, math.ceil(fault.window_ms / 1000.0)) if isinstance(fault, Quota) else None

@@ -17,12 +17,16 @@ Frames follow LiveEngage: a ``{"kind": "req", "id", "type", "body"}`` is answere
 ``GetClock`` answer ``{"currentTime": <epoch ms>}`` from the simulator's clock. Faults from the
 plan apply per session (unit ``ws_session``, decided at the handshake) and per message (unit
 ``ws_message``, matched on the frame's ``type``): a ``ws_app_error`` answers the request with
-a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer.
+a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer. Every frame the
+server sends (answers, notifications; a ``resp`` is typed ``<type>$Response``) is a
+``ws_message`` for the outbound kinds: ``ws_drop_message`` never sends it (``s.dropped`` keeps
+it), ``ws_delay`` holds it on the clock, later frames queueing behind it in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -35,12 +39,15 @@ from aiohttp import WSMsgType, web
 
 from ...chaos.plan import (
     WS_MESSAGE_FAULTS,
+    WS_OUTBOUND_FAULTS,
     Delay,
     Hang,
     Status,
     WsAppError,
     WsClose,
+    WsDelay,
     WsDrop,
+    WsDropMessage,
     WsSilence,
 )
 
@@ -117,16 +124,62 @@ class SimSocket:
     transport: asyncio.Transport | None = None
     #: Frames to send right after the current ``resp`` (the echo of a published message).
     after_resp: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Frames a ``ws_drop_message`` fault kept from the client, in order.
+    dropped: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Frames held by a ``ws_delay`` fault (or queued behind one): (clock time due, text).
+    held: collections.deque[tuple[float, str]] = attrs.field(factory=collections.deque)
+    writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SimSocket(id={self.id}, kind={self.kind!r}, account={self.account!r})"
 
     async def send(self, frame: dict[str, Any]) -> None:
-        """Send a frame (unless the socket is closed or silent)."""
+        """Send a frame (unless the socket is closed or silent, or a fault drops or holds it)."""
         if self.closed or self.silent or self.ws.closed:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_str(json.dumps(frame))
+        hold = self.hub._outbound(self, frame)
+        if hold is None:
+            self.dropped.append(frame)
+            return
+        text = json.dumps(frame)
+        if hold <= 0 and not self.held:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(text)
+            return
+        clock = self.hub._sim.clock
+        due = clock.now() + max(0.0, hold)
+        if self.held:
+            # One stream: nothing overtakes a frame still held.
+            due = max(due, self.held[-1][0])
+        self.held.append((due, text))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.get_running_loop().create_task(
+                self._send_held(), name=f"le_transport.simulator socket {self.id} held frames"
+            )
+
+    async def _send_held(self) -> None:
+        clock = self.hub._sim.clock
+        while self.held:
+            due, text = self.held[0]
+            wait = due - clock.now()
+            if wait > 0:
+                await clock.sleep(wait)
+            if self.closed or self.silent or self.ws.closed:
+                self.held.clear()
+                return
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(text)
+            # Popped only once sent, so a frame sent meanwhile queues behind this one.
+            self.held.popleft()
+
+    async def stop_sending_held(self) -> None:
+        """Forget held frames and stop the task sending them (the socket ended)."""
+        self.held.clear()
+        writer, self.writer = self.writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
     async def notify(self, type: str, body: Any) -> None:
         """Push a ``notification`` frame."""
@@ -226,6 +279,35 @@ class SocketHub:
         async with self._changed:
             self._changed.notify_all()
 
+    def _outbound(self, sock: SimSocket, frame: dict[str, Any]) -> float | None:
+        """Seconds to hold a frame the server sends (0: at once), or None to drop it."""
+        run = self._sim.faults.run
+        if not run.plan.rules:
+            return 0.0
+        type_ = str(frame.get("type", ""))
+        injection = run.decide(
+            "ws_message",
+            method="WS",
+            path=type_,
+            at=self._sim.clock.now(),
+            kinds=WS_OUTBOUND_FAULTS,
+        )
+        if injection is None:
+            return 0.0
+        fault = injection.fault
+        _log.debug(
+            "socket %d: %s on an outgoing %s (rule %s)",
+            sock.id,
+            fault.kind,
+            type_[:80],
+            injection.rule_id,
+            extra={"socket": sock.id, "rule": injection.rule_id, "fault": fault.kind},
+        )
+        if isinstance(fault, WsDropMessage):
+            return None
+        assert isinstance(fault, WsDelay)
+        return injection.delay_s
+
     # -- serving ---------------------------------------------------------------------------
 
     async def serve(
@@ -271,6 +353,7 @@ class SocketHub:
             idle.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await idle
+            await sock.stop_sending_held()
             if not sock.closed:
                 sock.closed = True
                 sock.ended = ("client", ws.close_code)
