@@ -21,6 +21,12 @@ It sits outside the retry middleware (once per logical call, and once per redire
   :class:`~le_transport.errors.UnsignableBody` before anything is sent: a signature over the
   URL alone is certain to be rejected. Any other provider is never asked about bodies, and for
   it the check costs one attribute read.
+- A provider that signs each request (``signs_each_request = True``: OAuth 1.0, whose every
+  request carries a fresh nonce and timestamp) signs each *attempt*: the middleware hands the
+  retry loop, through the call context, a way to sign the same request again over the same
+  form, and the loop uses it before every attempt after the first. A retry sent with the first
+  attempt's nonce would be refused as a replay by a gateway that already saw it (RFC 5849 3.3).
+  A bearer is put on once per call and sent as is on every attempt.
 
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
@@ -42,7 +48,7 @@ from ..errors import AuthenticationError, ClientStatusError, TransportError, Uns
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
-from .context import current_call
+from .context import _CURRENT, CallContext, current_call
 from .retry import is_websocket_upgrade
 
 __all__ = ["AuthMiddleware", "form_charset", "parse_form", "same_host"]
@@ -103,6 +109,10 @@ def _signs_forms(middleware: AuthMiddleware) -> bool:
     return isinstance(middleware.auth, BodySigningAuth)
 
 
+def _signs_each_request(middleware: AuthMiddleware) -> bool:
+    return getattr(middleware.auth, "signs_each_request", False) is True
+
+
 @attrs.frozen(eq=False)
 class AuthMiddleware:
     """Puts ``auth``'s credentials on requests to the hosts ``domains`` names; 401 → one replay.
@@ -126,13 +136,48 @@ class AuthMiddleware:
     _signs_forms: bool = attrs.field(
         init=False, repr=False, default=attrs.Factory(_signs_forms, takes_self=True)
     )
+    _signs_each_request: bool = attrs.field(
+        init=False, repr=False, default=attrs.Factory(_signs_each_request, takes_self=True)
+    )
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request) or not await self._allowed(request.url):
             return await handler(request)
         method = request.method.upper()
-        # Read once: the replay is signed over the same form.
+        # Read once: the replay (and, for a per-request signer, every retry) is signed over
+        # the same form.
         form = await self._read_form(request, method) if self._signs_forms else None
+        if not self._signs_each_request:
+            return await self._authorise(request, handler, method, form)
+        ctx = current_call()
+        token = None
+        if ctx is None or ctx.active:
+            # A foreign session, or a call made from inside another's retry loop: the retry
+            # middleware will run this call under a context of its own, so give it this one.
+            ctx = CallContext()
+            token = _CURRENT.set(ctx)
+
+        async def resign(again: ClientRequest) -> None:
+            await self._apply(again, method, form)
+
+        # Keyed by this request: a redirect hop is a new request, checked and signed by this
+        # middleware again (or given no credentials, if it goes to another host).
+        ctx.resign = (request, resign)
+        try:
+            return await self._authorise(request, handler, method, form)
+        finally:
+            ctx.resign = None
+            if token is not None:
+                _CURRENT.reset(token)
+
+    async def _authorise(
+        self,
+        request: ClientRequest,
+        handler: ClientHandlerType,
+        method: str,
+        form: Sequence[tuple[str, str]] | None,
+    ) -> ClientResponse:
+        """Credentials on ``request``, sent; on a 401, fresh ones and one replay."""
         sent = await self._apply(request, method, form)
         resp = await self._send(request, handler)
         if resp is not None:

@@ -9,13 +9,21 @@ its defaults.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from yarl import URL
 
 from .._redact import redact_url
 from ..errors import AttemptRecord, RequestError
 from ..policies.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from aiohttp import ClientRequest
+
+#: Puts fresh credentials on a request before it is sent again.
+Resign = Callable[["ClientRequest"], Awaitable[object]]
 
 __all__ = ["CallContext", "call_context", "current_call", "unsent_request_error"]
 
@@ -31,11 +39,14 @@ class CallContext:
       the same call and its deadline.
     - ``active``: True while a retry loop runs this call. A request made from inside that loop
       (a middleware logging in without a context of its own) is another call, not a hop.
+    - ``resign``: set by the auth middleware for a provider that signs each request (OAuth
+      1.0): the request it signed, and how to sign it again. The retry loop calls it before
+      each further attempt of that same request, so that no attempt repeats a nonce.
     """
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
     # factory cost twice as much (benchmarks/README.md).
-    __slots__ = ("active", "attempts", "idempotent", "retry", "service", "started_at")
+    __slots__ = ("active", "attempts", "idempotent", "resign", "retry", "service", "started_at")
 
     def __init__(
         self,
@@ -52,6 +63,7 @@ class CallContext:
         self.attempts: list[AttemptRecord] = [] if attempts is None else attempts
         self.started_at = started_at
         self.active = active
+        self.resign: tuple[ClientRequest, Resign] | None = None
 
     def __repr__(self) -> str:
         return (

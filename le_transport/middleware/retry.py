@@ -263,6 +263,12 @@ class _Call:
         try:
             while True:
                 attempt += 1
+                if attempt > 1:
+                    resign = self.ctx.resign
+                    if resign is not None and resign[0] is self.request:
+                        # A provider that signs each request (OAuth 1.0): a retry is a new
+                        # request, and a nonce the server has seen would be refused as a replay.
+                        await resign[1](self.request)
                 started = clock.now()
                 if gate is not None:
                     await self._admit(attempt)

@@ -48,7 +48,13 @@ class Credentials:
 
 @runtime_checkable
 class AuthProvider(Protocol):
-    """Puts credentials on requests and reacts when the server rejects them."""
+    """Puts credentials on requests and reacts when the server rejects them.
+
+    A provider whose credentials are good for one request only (a signature with a nonce, as
+    OAuth 1.0's) says so with a class attribute ``signs_each_request = True``: the auth
+    middleware then has the retry loop ask it again before every further attempt. Without the
+    attribute, credentials are asked once per call and sent on every attempt.
+    """
 
     async def credentials(self, method: str, url: URL) -> Credentials:
         """Credentials for ``method url`` (the final URL, query included: OAuth1 signs it).

@@ -24,6 +24,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import ClassVar
 from urllib.parse import quote
 
 from yarl import URL
@@ -174,13 +175,18 @@ class OAuth1Signer:
 class OAuth1Auth:
     """An :class:`~le_transport.providers.AuthProvider` that signs each request (RFC 5849).
 
-    There is no session: each request gets a fresh nonce and timestamp. A 401 therefore has
-    nothing to invalidate; the auth middleware's single replay is simply signed anew (over the
-    same form, if the request has one). It is a :class:`~le_transport.providers.BodySigningAuth`:
+    There is no session: each request gets a fresh nonce and timestamp, and so does each retry
+    of it (``signs_each_request``). A 401 therefore has nothing to invalidate; the auth
+    middleware's single replay is simply signed anew (over the same form, if the request has
+    one). It is a :class:`~le_transport.providers.BodySigningAuth`:
     a form-encoded body's parameters are signed with the URL's.
     """
 
     __slots__ = ("_signer",)
+
+    #: Every request gets its own nonce and timestamp, each retry included: the auth middleware
+    #: has the retry loop sign every attempt anew (a gateway refuses a nonce it has seen).
+    signs_each_request: ClassVar[bool] = True
 
     def __init__(
         self,
