@@ -395,12 +395,16 @@ class Engine:
 
     async def close(self) -> None:
         """Close the providers (logout, keepalive) and the session (if the engine made it).
-        Idempotent."""
+        Idempotent. Calls waiting through the recovery loop fail with
+        :class:`~le_transport.errors.RecoveryFailed`."""
         already = self._closed
         self._closed = True
         # Sockets and keepalives first: they use the session and the credentials.
         for ws in list(self._sockets):
             await ws.close()
+        # Calls waiting through the recovery loop fail now: a re-login must not outlive the
+        # logout below, nor a caller wait out a pause for a session that is gone.
+        self._recovery.close()
         await self._socket_keepalives.close()
         for task in list(self._keepalives):
             await task.close()

@@ -9,9 +9,11 @@ one ... or exponential backoff", never so short that it keeps an overloaded serv
 request schedule was spent, the connection failed, the Domain API or the Login Service is
 down), it waits the :class:`~le_transport.policies.BackoffPolicy`'s next pause on the injected
 clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until it succeeds, the
-policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), or the
-caller is cancelled. Bad credentials (a 4xx from login), a blacklisted account and every other
-4xx are never looped on: they are raised at once.
+policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), the
+caller is cancelled, or the loop is closed (its engine closed: every call waiting through it
+fails at once with ``RecoveryFailed``, and no re-login outlives the logout). Bad credentials (a
+4xx from login), a blacklisted account and every other 4xx are never looped on: they are raised
+at once.
 
 The loop is shared by every call of the session: a hundred calls failing together wait for one
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
@@ -29,7 +31,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .clock import Clock
+from .clock import Clock, timeout_after
 from .errors import (
     AttemptTimeout,
     CircuitOpen,
@@ -117,6 +119,10 @@ class Recovery:
         self._attempt = 0
         self._first_failure: float | None = None
         self._last_pause = 0.0
+        self._closed = False
+        # Resolved by close(): ends the pause the round is waiting out. Made on first use (it
+        # needs the running loop).
+        self._stop: asyncio.Future[None] | None = None
         #: Every pause taken, in order, across episodes.
         self.pauses: list[float] = []
         #: Re-logins made by the loop.
@@ -132,6 +138,26 @@ class Recovery:
         """Whether an episode (a failure not yet followed by a success) is in progress."""
         return self._attempt > 0
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: no round starts any more."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop for good (the engine closing): the pause in progress ends now, no re-login
+        follows, and every call waiting through the loop fails with
+        :class:`~le_transport.errors.RecoveryFailed`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        stop = self._stop
+        if stop is not None and not stop.done():
+            stop.set_result(None)
+        if self._attempt:
+            attempts = self._attempt
+            self._reset()
+            self._state(logging.WARNING, "gave_up", {"reason": "closed", "attempts": attempts})
+
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, recovering and calling again while it fails recoverably.
 
@@ -146,6 +172,10 @@ class Recovery:
             except Exception as exc:
                 if not is_recoverable(exc):
                     raise
+                if self._closed:
+                    # Its session is going away: waiting for a round that will never come
+                    # would hang the caller, and a re-login would outlive the logout.
+                    raise self._closed_error(exc) from exc
                 went_through_recovery = True
                 await self._recover(exc, seen)
                 continue
@@ -155,6 +185,8 @@ class Recovery:
 
     async def _recover(self, exc: Exception, seen: int) -> None:
         async with self._lock:
+            if self._closed:
+                raise self._closed_error(exc) from exc
             if self._epoch != seen:
                 # A round finished while this call was failing: retry with its result.
                 if self._final is not None:
@@ -192,10 +224,15 @@ class Recovery:
             self.pauses.append(pause)
             self._last_pause = pause
             generation = self._auth_generation()
-            await self._clock.sleep(pause)
+            await self._pause(pause)
+            if self._closed:
+                raise self._closed_error(last) from last
             try:
                 await self._relogin(skip_login=self._auth_generation() != generation)
             except Exception as err:
+                if self._closed:
+                    # The session closed under the re-login: what it raised says only that.
+                    raise self._closed_error(last) from err
                 if not is_recoverable(err):
                     self._reset()
                     self._state(
@@ -210,6 +247,29 @@ class Recovery:
                 )
                 continue
             return
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` on the clock, or until :meth:`close`, whichever comes first."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        stop = self._stop
+        if stop is None or stop.get_loop() is not loop:
+            stop = self._stop = loop.create_future()
+        try:
+            async with timeout_after(self._clock, seconds):
+                # asyncio.wait, not await: the timeout's cancellation must not cancel the
+                # future every later pause shares.
+                await asyncio.wait({stop})
+        except TimeoutError:
+            pass
+
+    def _closed_error(self, last: BaseException) -> RecoveryFailed:
+        return RecoveryFailed(
+            f"{self._subject}: the recovery loop was closed (its engine closed) while the call "
+            f"waited to recover; last error: {last}",
+            last=last,
+        )
 
     def _next_pause(self, attempt: int, elapsed: float) -> float | None:
         pause = self._policy.next_delay(attempt, elapsed, self._rng.random())
