@@ -8,6 +8,7 @@ owns its session can take the same stack from :meth:`Engine.middlewares` instead
 
 from __future__ import annotations
 
+import asyncio
 import json as _json
 import logging
 import random
@@ -279,6 +280,12 @@ class Engine:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        # The close in progress (resolved when it ends), and whether the providers were closed
+        # (logout happens once, even when the close that began it was cancelled half-way).
+        self._closing: asyncio.Future[None] | None = None
+        self._providers_closed = False
+        # A close started from a socket's callback runs in this task (see close()).
+        self._close_task: asyncio.Task[None] | None = None
         # Checked paths and built URLs (with their redacted form), bounded: a service calls
         # the same few endpoints all day, and checking, building and redacting them again cost
         # a successful call more than its policy decisions (benchmarks/README.md).
@@ -395,27 +402,49 @@ class Engine:
 
     async def close(self) -> None:
         """Close the providers (logout, keepalive) and the session (if the engine made it).
-        Idempotent. Calls waiting through the recovery loop fail with
-        :class:`~le_transport.errors.RecoveryFailed`."""
-        already = self._closed
+        Idempotent; a close called while another is in progress returns when that one is
+        done. Calls waiting through the recovery loop fail with
+        :class:`~le_transport.errors.RecoveryFailed`. Called from a socket's ``on_frame``
+        handler or ``on_connect`` callback, it starts the close and returns at once: closing
+        that socket waits for the callback to return."""
         self._closed = True
-        # Sockets and keepalives first: they use the session and the credentials.
-        for ws in list(self._sockets):
-            await ws.close()
-        # Calls waiting through the recovery loop fail now: a re-login must not outlive the
-        # logout below, nor a caller wait out a pause for a session that is gone.
-        self._recovery.close()
-        await self._socket_keepalives.close()
-        for task in list(self._keepalives):
-            await task.close()
-        if not already and self._session is not None:
-            if self._auth is not None:
-                await self._auth.close()
-            close_domains = getattr(self._domains, "close", None)
-            if callable(close_domains):
-                await close_domains()
-        if self._owns_session and self._session is not None and not self._session.closed:
-            await self._session.close()
+        current = asyncio.current_task()
+        if any(ws._runs_callbacks_in(current) for ws in self._sockets):
+            # Waiting here would deadlock (the close waits for this socket, the socket for this
+            # callback), and the owner cancels its on_connect task when it closes: the close
+            # runs in a task of its own, which a later close() waits for.
+            if self._close_task is None or self._close_task.done():
+                self._close_task = asyncio.get_running_loop().create_task(
+                    self.close(), name="le_transport engine close"
+                )
+            return
+        while (closing := self._closing) is not None:
+            # Another task is closing: closing the session now would cut its logout short.
+            # asyncio.wait, not await: this caller's cancellation must not cancel that close.
+            await asyncio.wait({closing})
+        done = self._closing = asyncio.get_running_loop().create_future()
+        try:
+            # Sockets and keepalives first: they use the session and the credentials.
+            for ws in list(self._sockets):
+                await ws.close()
+            # Calls waiting through the recovery loop fail now: a re-login must not outlive the
+            # logout below, nor a caller wait out a pause for a session that is gone.
+            self._recovery.close()
+            await self._socket_keepalives.close()
+            for task in list(self._keepalives):
+                await task.close()
+            if not self._providers_closed and self._session is not None:
+                self._providers_closed = True
+                if self._auth is not None:
+                    await self._auth.close()
+                close_domains = getattr(self._domains, "close", None)
+                if callable(close_domains):
+                    await close_domains()
+            if self._owns_session and self._session is not None and not self._session.closed:
+                await self._session.close()
+        finally:
+            self._closing = None
+            done.set_result(None)
 
     async def __aenter__(self) -> Engine:
         await self.start()

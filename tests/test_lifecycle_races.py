@@ -5,15 +5,19 @@ connection or pending request left behind (the conftest and ``no_open_connection
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import pytest
 
 from le_transport import RecoveryFailed, TransportError
+from le_transport.sockets import ResilientSocket
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
+    brand_socket,
     no_open_connections,
     sim,
     states,
@@ -71,3 +75,81 @@ async def test_a_call_that_fails_after_the_engine_closed_does_not_wait_to_recove
     with pytest.raises(TransportError, match="closed"):
         await engine.request("GET", "accountConfigReadOnly", users_path(sim), recover=True)
     assert clock.now() == 0
+
+
+async def test_two_tasks_closing_the_engine_both_return_after_the_logout(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = agent_engine(sim, clock, states)
+    await engine.start()
+    ws = await brand_socket(engine, sim)
+    await ws.wait_open()
+    first = asyncio.ensure_future(engine.close())
+    await asyncio.sleep(0)  # the first close is under way
+    await engine.close()
+    # The second returned only once the first was done: the session outlived the logout.
+    assert first.done()
+    await first
+    assert len(requests_to(sim, "/logout")) == 1
+    assert "logged_out" in states.names()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert ws.closed
+
+
+async def test_a_close_cancelled_half_way_is_finished_by_the_next_close_logout_included(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    engine = agent_engine(sim, clock, states)
+    await engine.start()
+    ws = await brand_socket(engine, sim)
+    await ws.wait_open()
+    first = asyncio.ensure_future(engine.close())
+    await asyncio.sleep(0)  # inside the socket's close
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert requests_to(sim, "/logout") == []
+    await engine.close()
+    assert len(requests_to(sim, "/logout")) == 1
+    assert ws.closed
+
+
+async def test_closing_the_engine_from_an_on_frame_handler_while_it_is_closing_does_not_deadlock(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    engine = agent_engine(sim, clock, states)
+    await engine.start()
+    closing = asyncio.Event()
+
+    async def on_frame(frame: Any) -> None:
+        closing.set()
+        await clock.sleep(1)  # the engine's close starts meanwhile, and waits for this socket
+        await engine.close()
+
+    ws = await brand_socket(engine, sim, on_frame=on_frame)
+    await ws.wait_open()
+    await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+    await closing.wait()
+    await engine.close()
+    assert ws.closed
+    assert len(requests_to(sim, "/logout")) == 1
+
+
+async def test_closing_the_engine_from_an_on_connect_callback_completes_the_close(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    engine = agent_engine(sim, clock, states)
+    await engine.start()
+
+    async def give_up(ws: ResilientSocket) -> None:
+        await engine.close()
+
+    ws = await brand_socket(engine, sim, on_connect=[give_up])
+    async for event in ws.states():
+        if event.name == "closed":
+            break
+    # Nobody closes the engine again: the close begun in the callback finishes by itself.
+    while "logged_out" not in states.names() and clock.now() < 60:
+        await clock.sleep(1)
+    assert engine.session.closed
+    assert len(requests_to(sim, "/logout")) == 1

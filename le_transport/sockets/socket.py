@@ -165,6 +165,7 @@ class ResilientSocket:
         "_ready_epoch",
         "_resume",
         "_rng",
+        "_setup",
         "_subscribers",
         "_unsent",
         "_waiters",
@@ -224,6 +225,8 @@ class ResilientSocket:
         self._probe_sent_at: float | None = None
         self._ready_epoch: int | None = None
         self._owner: asyncio.Task[None] | None = None
+        # The task running the on_connect callbacks of the current connection, if any.
+        self._setup: asyncio.Task[None] | None = None
         self._closing = False
         self._error: SocketClosed | None = None
         self._last_activity = 0.0
@@ -566,6 +569,11 @@ class ResilientSocket:
             if self._subscribers is not None:
                 self._subscribers.discard(queue)
 
+    def _runs_callbacks_in(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether ``task`` runs this socket's callbacks (the owner runs ``on_frame``, a task of
+        its own ``on_connect``): nothing that waits for the socket to close may wait there."""
+        return task is not None and (task is self._owner or task is self._setup)
+
     def add_on_state(self, callback: Callable[[StateEvent], object]) -> None:
         """Call ``callback`` with every state event of this socket."""
         self._on_state = (*self._on_state, callback)
@@ -724,7 +732,7 @@ class ResilientSocket:
             if self._on_connect:
                 # The callbacks may wait for answers, which only the owner's read brings in:
                 # they (and the queue after them) run beside it, in a task of their own.
-                setup = asyncio.get_running_loop().create_task(
+                setup = self._setup = asyncio.get_running_loop().create_task(
                     self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
                 )
             else:
@@ -789,7 +797,7 @@ class ResilientSocket:
                     closer.exception()
             if helpers:
                 await asyncio.gather(*helpers, return_exceptions=True)
-            self._probe = None
+            self._probe = self._setup = None
             failed = self._pending.fail_epoch(
                 epoch,
                 SocketClosed(
