@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from le_transport import RecoveryFailed, TransportError
-from le_transport.sockets import ResilientSocket
+from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_socket_support import (
@@ -153,3 +153,34 @@ async def test_closing_the_engine_from_an_on_connect_callback_completes_the_clos
         await clock.sleep(1)
     assert engine.session.closed
     assert len(requests_to(sim, "/logout")) == 1
+
+
+# -- callbacks that hang or raise ------------------------------------------------------------
+
+
+async def test_close_cancels_an_on_frame_handler_that_never_returns_after_close_timeout(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    entered = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def hangs(frame: Any) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options=SocketOptions(close_timeout=2), on_frame=hangs)
+        await ws.wait_open()
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await entered.wait()
+        started = clock.now()
+        assert await ws.close() == []
+        assert clock.now() - started == 2
+    assert cancelled == [True]
+    assert ws.closed
+    assert ws.error is None
+    assert sim.sockets.all[0].ended == ("client", 1000)

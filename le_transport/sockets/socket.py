@@ -143,6 +143,7 @@ class ResilientSocket:
         "_ended",
         "_error",
         "_escalate",
+        "_handling",
         "_hooks",
         "_inbox",
         "_keepalive_ticket",
@@ -217,6 +218,8 @@ class ResilientSocket:
         # (first one wins), and the task closing it so that the owner's read returns.
         self._ended: Disconnect | None = None
         self._closer: asyncio.Task[None] | None = None
+        # Whether the owner is awaiting an on_frame handler (which close() may have to cancel).
+        self._handling = False
         # The keepalive: the engine's scheduler (or one of the socket's own, made on first
         # use), the ticket of the current connection, and the probe in flight.
         self._keepalives = keepalives
@@ -323,7 +326,9 @@ class ResilientSocket:
         Requests still waiting fail with :class:`SocketClosed`. Returns the messages that were
         still queued (never sent) — they are also logged — so that nothing goes silently.
         Called from an ``on_frame`` handler (which the socket's own task runs), it returns at
-        once with the queue as it stands, and the socket closes when the handler returns.
+        once with the queue as it stands, and the socket closes when the handler returns. A
+        handler still running ``close_timeout`` seconds after the connection was closed (one
+        that hangs) is cancelled: a close never waits for it for ever.
         """
         self._closing = True
         owner = self._owner
@@ -343,7 +348,22 @@ class ResilientSocket:
         elif not owner.done():
             # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
             owner.cancel()
-        await asyncio.wait({owner})
+        while not owner.done():
+            try:
+                # Bounded by the closer's own timeout, plus whatever an on_frame handler takes.
+                async with timeout_after(self._clock, self._options.close_timeout):
+                    await asyncio.wait({owner})
+            except TimeoutError:
+                if self._handling:
+                    # The owner is awaiting a handler that does not return, and the connection
+                    # is closed by now: nothing is left to read, so cancelling it is safe.
+                    _log.warning(
+                        "%s: the on_frame handler was still running %g s after close(); cancelled",
+                        self._name,
+                        self._options.close_timeout,
+                        extra={"socket": self._name},
+                    )
+                    owner.cancel()
         if self._life.state is not SocketState.CLOSED:
             # The owner was cancelled before it ever ran (closed right after start()): its
             # cleanup never happened, so it happens here.
@@ -1003,7 +1023,11 @@ class ResilientSocket:
         try:
             result = handler(frame)
             if inspect.isawaitable(result):
-                await result
+                self._handling = True
+                try:
+                    await result
+                finally:
+                    self._handling = False
         except Exception:
             _log.exception("%s: on_frame handler raised; ignored", self._name)
 
