@@ -642,3 +642,17 @@ async def test_the_engine_honours_a_quotas_retry_after_and_gets_in_when_the_slot
     # Retry-After: 26, the 25.8 s until the slot frees, rounded up.
     assert [r.at for r in sim.requests] == [0.0, 4.2, 30.2]
     assert [r.fault for r in sim.requests] == [None, "quota", None]
+
+
+async def test_the_fault_header_forces_a_quota_refusal_asking_for_a_whole_window(
+    clock: VirtualClock,
+) -> None:
+    rule = FaultRule("quota", Quota(limit=100, window_ms=90_500), match=Match(path="/nowhere"))
+    async with (
+        Simulator(SimulatorConfig(fault_header=True), clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        sim.faults.add(rule)
+        async with http.get(sim.url + CSDS_ALL, headers={"X-LE-Fault": "quota"}) as resp:
+            assert (resp.status, resp.headers["Retry-After"]) == (429, "91")
+    assert [d.outcome for d in sim.faults.log] == ["forced"]
