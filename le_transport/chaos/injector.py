@@ -24,9 +24,12 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
 WebSocket upgrades pass through the middleware too: a ``ws_reject_handshake`` rule (unit
 ``ws_session``) answers the upgrade with its status. Faults on an open socket (``ws_close``,
 ``ws_drop``, ``ws_silence``, ``ws_app_error``, ``ws_delay``, ``ws_drop_message``; unit
-``ws_session`` or ``ws_message``) are for the socket layer to
-apply: it asks :meth:`FaultInjector.socket_opened` when a socket opens and
-:meth:`FaultInjector.message_received` for each message, and acts on the answer.
+``ws_session`` or ``ws_message``) strike the open socket: an engine whose middlewares include an
+active injector has each of its sockets, as it opens, wrapped by
+:meth:`FaultInjector.wrap_socket` (:class:`~le_transport.chaos.ws.FaultySocket`), which asks
+:meth:`FaultInjector.socket_opened` once and :meth:`FaultInjector.message_sent` /
+:meth:`FaultInjector.message_arriving` for each request sent and each frame received, and
+acts on the answers as the simulator does on its side.
 
 Same seed and plan, same faults: each rule draws from its own stream keyed by the n-th unit it
 matched. :meth:`FaultInjector.report` says what was injected. With no rules, a call costs one
@@ -69,10 +72,13 @@ from .plan import (
     TruncatedBody,
     WsRejectHandshake,
 )
+from .ws import FaultySocket
 
 __all__ = ["FaultInjector"]
 
 _SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
+#: The units whose rules make a socket worth wrapping.
+_SOCKET_UNITS = frozenset({"ws_session", "ws_message"})
 # The hook is asked about messages the client received: those from the server, which the
 # outbound kinds (delay, drop) are about too.
 _MESSAGE_KINDS = WS_MESSAGE_FAULTS | WS_OUTBOUND_FAULTS
@@ -267,6 +273,48 @@ class FaultInjector:
             service=service,
             at=self.clock.now(),
             kinds=_SOCKET_KINDS,
+        )
+
+    async def wrap_socket(
+        self, ws: aiohttp.ClientWebSocketResponse, path: str, *, service: str | None = None
+    ) -> aiohttp.ClientWebSocketResponse | FaultySocket:
+        """``ws``, just opened on ``path``, with the plan's socket faults applied to it.
+
+        Asks :meth:`socket_opened` once: a ``delay`` is waited here (the open is that much
+        slower); a ``ws_close``/``ws_drop``/``ws_silence`` strikes once the client has sent
+        ``after_messages`` frames. Each request the client sends and each frame the server
+        sends is then asked about as well (:mod:`le_transport.chaos.ws`). With no rule for a
+        socket unit (``ws_session``, ``ws_message``), ``ws`` is returned as it is.
+        """
+        if not any(rule.unit in _SOCKET_UNITS for rule in self._run.plan.rules):
+            return ws
+        session = self.socket_opened(path, service=service)
+        if session is not None and isinstance(session.fault, Delay):
+            await self.clock.sleep(session.delay_s)
+            session = None
+        wrapped = FaultySocket(ws, self, session, name=path)
+        wrapped.strike_if_due()
+        return wrapped
+
+    def message_sent(self, type: str) -> Injection | None:
+        """Ask the plan about a request the client is sending, matched on its ``type`` (unit
+        ``ws_message``, the kinds a server applies to what it receives: ``status`` and
+        ``ws_app_error`` answer it without sending it, ``hang`` loses it, ``delay`` sends it
+        late, ``ws_close``/``ws_drop``/``ws_silence`` strike the connection instead)."""
+        if not self._run.plan.rules:
+            return None
+        return self._run.decide(
+            "ws_message", method="WS", path=type, at=self.clock.now(), kinds=WS_MESSAGE_FAULTS
+        )
+
+    def message_arriving(self, type: str) -> Injection | None:
+        """Ask the plan about a frame the server sent, matched on its ``type`` (a ``resp`` is
+        ``<request type>$Response``; unit ``ws_message``, the outbound kinds:
+        ``ws_drop_message`` loses it, ``ws_delay`` holds it, ``delay_s`` with jitter drawn)."""
+        if not self._run.plan.rules:
+            return None
+        return self._run.decide(
+            "ws_message", method="WS", path=type, at=self.clock.now(), kinds=WS_OUTBOUND_FAULTS
         )
 
     def message_received(self, type: str) -> Injection | None:

@@ -21,6 +21,7 @@ import aiohttp
 from yarl import URL
 
 from .._redact import Secret, redact_url
+from ..chaos.injector import FaultInjector
 from ..clock import Clock, timeout_after
 from ..errors import AuthenticationError, ConfigurationError, SocketError, TransportError
 from ..policies.close_codes import Disconnect
@@ -111,6 +112,41 @@ class DialFailed(SocketError):
         self.credentials = credentials
 
 
+class WireSocket(Protocol):
+    """What a connection needs of an open WebSocket: aiohttp's client socket has it, and so
+    does the fault injector's wrapper around one (:mod:`le_transport.chaos.ws`)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over."""
+        ...
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code, once closed."""
+        ...
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        """The next frame."""
+        ...
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        """Write a text frame."""
+        ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Close the connection."""
+        ...
+
+
+def _fault_injector(engine: Engine) -> FaultInjector | None:
+    """The engine's fault injector, if one among its middlewares has rules (chaos testing)."""
+    for middleware in engine.middlewares:
+        if isinstance(middleware, FaultInjector) and middleware.active:
+            return middleware
+    return None
+
+
 class Connection:
     """One open WebSocket: the aiohttp socket, the credentials it was opened with, and frames
     that arrived during the connect (before the owner started reading)."""
@@ -119,7 +155,7 @@ class Connection:
 
     def __init__(
         self,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: WireSocket,
         credentials: Credentials | None,
         early_frames: list[str] | None = None,
     ) -> None:
@@ -323,7 +359,14 @@ class EngineDialer:
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
                 credentials=creds,
             ) from None
-        conn = Connection(ws, creds)
+        wire: WireSocket = ws
+        injector = _fault_injector(engine)
+        if injector is not None:
+            # Chaos testing: the plan's socket faults strike this connection client-side.
+            wire = await injector.wrap_socket(
+                ws, self._path.replace(BEARER_FIELD, "bearer"), service=self._service
+            )
+        conn = Connection(wire, creds)
         if self._placement is AuthPlacement.FIRST_FRAME:
             try:
                 await self._init_connection(conn, _need_bearer(creds))

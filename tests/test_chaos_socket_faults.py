@@ -1,0 +1,263 @@
+"""Socket faults injected on the client side: an engine whose FaultInjector has socket rules
+wraps each socket it opens, and the plan's session and message kinds strike it as the simulator
+would strike it from the server side (drops, close codes, silences, app errors, lost and late
+answers), against the simulator's real UMS socket on loopback, on the virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from le_transport import Engine, SocketClosed, SocketRequestError, SocketRequestTimeout
+from le_transport.chaos import (
+    Delay,
+    FaultInjector,
+    FaultRule,
+    Hang,
+    Match,
+    Schedule,
+    Status,
+    WsAppError,
+    WsClose,
+    WsDelay,
+    WsDrop,
+    WsDropMessage,
+    WsSilence,
+)
+from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
+from le_transport.sockets import SocketOptions
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    publish,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+PUBLISH = ".ams.ms.PublishEvent"
+GETCLOCK = ".GetClock"
+UMS = "/ws_api/account/*"
+
+
+def engine_with(
+    sim: Simulator, clock: VirtualClock, states: StateLog, *rules: FaultRule
+) -> tuple[Engine, FaultInjector]:
+    injector = FaultInjector.seeded(3, *rules, clock=clock)
+    return agent_engine(sim, clock, states, wire_middlewares=[injector]), injector
+
+
+def logins(sim: Simulator) -> int:
+    return sim.count("POST", "/api/account/*/login")
+
+
+def kinds(injector: FaultInjector) -> list[str]:
+    return [entry["kind"] for entry in injector.report()]
+
+
+async def test_a_drop_after_two_requests_fails_the_one_in_flight_and_the_socket_reconnects(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "drop",
+        WsDrop(after_messages=2),
+        unit="ws_session",
+        match=Match(path=UMS),
+        schedule=Schedule(fail_next=1),
+    )
+    engine, injector = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        first = await ws.request(GETCLOCK, {})
+        with pytest.raises(SocketClosed):
+            await ws.request(GETCLOCK, {})
+        await ws.wait_open()
+        third = await ws.request(GETCLOCK, {})
+    assert first["code"] == third["code"] == 200
+    assert len(sim.sockets.all) == 2
+    assert kinds(injector) == ["ws_drop"]
+    assert [e.name for e in states.events].count("lost") == 1
+
+
+async def test_an_injected_4401_close_makes_the_socket_log_in_again_and_reconnect(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "4401", WsClose(4401), unit="ws_session", match=Match(path=UMS), schedule=Schedule(0, 1)
+    )
+    engine, injector = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        answer = await ws.request(GETCLOCK, {})
+    assert answer["code"] == 200
+    # The first connection "closed" 4401 as it opened: fresh credentials for the second.
+    assert len(sim.sockets.all) == 2
+    assert logins(sim) == 2
+    assert kinds(injector) == ["ws_close"]
+
+
+async def test_an_app_error_answers_the_request_without_sending_it(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "429",
+        WsAppError(429),
+        unit="ws_message",
+        match=Match(path=PUBLISH),
+        schedule=Schedule(fail_next=1),
+    )
+    engine, injector = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestError) as refused:
+            await ws.request(PUBLISH, publish("first"))
+        accepted = await ws.request(PUBLISH, publish("second"))
+    assert refused.value.code == 429
+    assert accepted["code"] == 200
+    # The server never saw the refused one, and the connection stayed up.
+    assert [m.text for m in sim.sockets.published] == ["second"]
+    assert len(sim.sockets.all) == 1
+    assert kinds(injector) == ["ws_app_error"]
+
+
+async def test_a_status_on_a_request_is_a_resp_with_that_code(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule("500", Status(500), unit="ws_message", match=Match(path=GETCLOCK))
+    engine, _ = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestError) as failed:
+            await ws.request(GETCLOCK, {})
+    assert failed.value.code == 500
+
+
+async def test_a_lost_answer_times_out_although_the_server_processed_the_request(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "lost",
+        WsDropMessage(),
+        unit="ws_message",
+        match=Match(path=f"{PUBLISH}$Response"),
+        schedule=Schedule(fail_next=1),
+    )
+    engine, injector = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestTimeout):
+            await ws.request(PUBLISH, publish("lost answer"), timeout=5.0)
+        again = await ws.request(PUBLISH, publish("answered"))
+    assert again["code"] == 200
+    # The dangerous kind of loss: the message was published, only its answer went missing.
+    assert [m.text for m in sim.sockets.published] == [
+        "lost answer",
+        "answered",
+    ]
+    assert kinds(injector) == ["ws_drop_message"]
+
+
+async def test_a_held_answer_arrives_exactly_its_delay_later_on_the_clock(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "late", WsDelay(delay_ms=2500), unit="ws_message", match=Match(path=f"{GETCLOCK}$*")
+    )
+    engine, _ = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        sent_at = clock.now()
+        answer = await ws.request(GETCLOCK, {}, timeout=10.0)
+        took = clock.now() - sent_at
+    assert answer["code"] == 200
+    assert took == pytest.approx(2.5)
+
+
+async def test_a_request_held_before_sending_and_a_hung_one(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rules = (
+        FaultRule(
+            "slow",
+            Delay(delay_ms=1000),
+            unit="ws_message",
+            match=Match(path=GETCLOCK),
+            schedule=Schedule(fail_next=1),
+        ),
+        FaultRule(
+            "hang",
+            Hang(),
+            unit="ws_message",
+            match=Match(path=PUBLISH),
+            schedule=Schedule(fail_next=1),
+        ),
+    )
+    engine, _ = engine_with(sim, clock, states, *rules)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        sent_at = clock.now()
+        await ws.request(GETCLOCK, {})
+        assert clock.now() - sent_at == pytest.approx(1.0)
+        with pytest.raises(SocketRequestTimeout):
+            await ws.request(PUBLISH, publish("never sent"), timeout=3.0)
+    assert sim.sockets.published == []
+
+
+async def test_a_silent_connection_is_found_by_the_keepalive_and_replaced(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "silent",
+        WsSilence(after_messages=1),
+        unit="ws_session",
+        match=Match(path=UMS),
+        schedule=Schedule(fail_next=1),
+    )
+    engine, injector = engine_with(sim, clock, states, rule)
+    options = SocketOptions(keepalive=MESSAGING_AGENT_SDK_GETCLOCK)
+    async with engine:
+        ws = await brand_socket(engine, sim, options)
+        await ws.wait_open()
+        opened_at = clock.now()
+        # The first frame sent (the keepalive's probe) is the last the connection answers:
+        # nothing arrives any more, the probe times out, the peer is declared dead.
+        while len(sim.sockets.all) < 2:
+            await clock.sleep(1.0)
+        found_after = clock.now() - opened_at
+        await ws.wait_open()
+        answer = await ws.request(GETCLOCK, {})
+    interval = MESSAGING_AGENT_SDK_GETCLOCK.interval
+    assert answer["code"] == 200
+    assert kinds(injector) == ["ws_silence"]
+    # Found within two keepalive intervals (the issue's bound), plus the reconnect's pause.
+    assert found_after <= 2 * interval + 5.0
+
+
+async def test_an_injector_without_socket_rules_leaves_sockets_as_aiohttp_made_them(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    http_only = FaultRule("http", Status(503), match=Match("GET", "/nowhere"))
+    for rules in ((), (http_only,)):
+        engine, injector = engine_with(sim, clock, states, *rules)
+        async with engine:
+            ws = await brand_socket(engine, sim)
+            await ws.wait_open()
+            await ws.request(GETCLOCK, {})
+            readers = [t for t in asyncio.all_tasks() if "chaos reader" in t.get_name()]
+        assert readers == []
+        assert injector.report() == []
