@@ -118,8 +118,17 @@ async def test_a_form_body_from_a_dict_is_signed_over_its_parameters_and_accepte
         (b"a=1&b=caf%C3%A9+au+lait&a=2&flag", FORM),
         ("name=Zoë&q=x y", f"{FORM}; charset=UTF-8"),
         (b"name=Zo\xc3\xab&q=x+y", f"{FORM};charset=utf-8"),
+        (b"name=Zo\xeb&q=caf%E9", f"{FORM}; charset=ISO-8859-1"),
+        (b"a=1&b=2", "Application/X-WWW-Form-URLEncoded"),
     ],
-    ids=["str", "bytes", "str-raw-utf8-with-charset", "bytes-raw-utf8-with-charset"],
+    ids=[
+        "str",
+        "bytes",
+        "str-raw-utf8-with-charset",
+        "bytes-raw-utf8-with-charset",
+        "bytes-latin1-with-charset",
+        "media-type-in-another-case",
+    ],
 )
 async def test_a_str_or_bytes_form_body_with_an_explicit_content_type_is_signed_and_accepted(
     sim: Simulator, clock: VirtualClock, body: str | bytes, content_type: str
@@ -132,16 +141,22 @@ async def test_a_str_or_bytes_form_body_with_an_explicit_content_type_is_signed_
     assert resp.status == 200
     assert sim.count("POST", SEARCH) == 1
     [(_, _, form, _)] = auth.calls
-    text = body.decode() if isinstance(body, bytes) else body
-    assert form == [(k, v) for k, v in _pairs(text)]
+    charset = "latin-1" if "8859" in content_type else "utf-8"
+    text = body.decode(charset) if isinstance(body, bytes) else body
+    assert form == [(k, v) for k, v in _pairs(text, charset)]
 
 
-def _pairs(text: str) -> list[tuple[str, str]]:
+def _pairs(text: str, charset: str = "utf-8") -> list[tuple[str, str]]:
     """The form's pairs, decoded by hand (independently of parse_qsl)."""
     out = []
     for part in text.split("&"):
         name, _, value = part.partition("=")
-        out.append((unquote(name.replace("+", " ")), unquote(value.replace("+", " "))))
+        out.append(
+            (
+                unquote(name.replace("+", " "), encoding=charset),
+                unquote(value.replace("+", " "), encoding=charset),
+            )
+        )
     return out
 
 

@@ -581,11 +581,17 @@ class Simulator:
             if abs(stamp - self.tokens.epoch_now()) > window:
                 return False
         extra: list[tuple[str, str]] = list(request.rel_url.query.items())
-        ctype = request.headers.get(hdrs.CONTENT_TYPE, "")
-        if ctype.startswith("application/x-www-form-urlencoded") and body:
+        # aiohttp's parse of the header: the media type lower-cased, the charset if named.
+        if request.content_type == "application/x-www-form-urlencoded" and body:
             from urllib.parse import parse_qsl
 
-            extra.extend(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            charset = request.charset or "utf-8"
+            try:
+                text = body.decode(charset)
+                form = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
+            except (LookupError, UnicodeError, ValueError):
+                return False  # a gateway cannot verify a form it cannot read
+            extra.extend(form)
         scheme = self.config.public_scheme or self.scheme
         url = URL.build(scheme=scheme, authority=self._public_host(request), path=request.path)
         if not oauth1.verify(
