@@ -41,6 +41,7 @@ __all__ = [
     "ServerStatusError",
     "SocketAuthFailed",
     "SocketClosed",
+    "SocketDeadlock",
     "SocketError",
     "SocketQueueFull",
     "SocketRejected",
@@ -386,6 +387,14 @@ class SocketQueueFull(SocketError):
 
 class SocketRequestTimeout(SocketError):
     """No ``resp`` frame matched the request id within the timeout."""
+
+
+class SocketDeadlock(SocketError):
+    """A wait that only the socket's own task could end, made from inside that task: a
+    ``request()`` awaited in an ``on_frame`` handler (the handler runs in the reader, so its
+    answer could never be read), or ``wait_open()`` in an ``on_frame`` handler or ``on_connect``
+    callback before the socket is open. Raised at once rather than waiting out a timeout (or
+    for ever); run such a call in a task of its own."""
 
 
 class SocketRequestError(SocketError):

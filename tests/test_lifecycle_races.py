@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from le_transport import RecoveryFailed, TransportError
+from le_transport import RecoveryFailed, SocketDeadlock, TransportError
 from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -184,3 +184,57 @@ async def test_close_cancels_an_on_frame_handler_that_never_returns_after_close_
     assert ws.closed
     assert ws.error is None
     assert sim.sockets.all[0].ended == ("client", 1000)
+
+
+async def test_a_request_awaited_in_an_on_frame_handler_fails_at_once_and_the_socket_goes_on(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    outcomes: list[Any] = []
+    spawned: list[asyncio.Task[dict[str, Any]]] = []
+
+    async def on_frame(frame: Any) -> None:
+        try:
+            await holder[0].request(".GetClock")
+        except SocketDeadlock as exc:
+            outcomes.append((exc, clock.now()))
+        # The way that works: the request in a task of its own, not awaited here.
+        spawned.append(asyncio.create_task(holder[0].request(".GetClock")))
+
+    async with agent_engine(sim, clock, states) as engine:
+        holder = [ws := await brand_socket(engine, sim, on_frame=on_frame)]
+        await ws.wait_open()
+        notified_at = clock.now()
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        while not spawned:
+            await clock.sleep(0.1)
+        answered = await spawned[0]
+        answer = await ws.request(".GetClock")
+        assert ws.connects == 1
+    ((error, failed_at),) = outcomes
+    # At once (not after the 30 s request timeout), and nothing was sent for it.
+    assert failed_at - notified_at < 1
+    assert "on_frame" in str(error)
+    getclocks = [f for f in sim.sockets.all[0].received if f.get("type") == ".GetClock"]
+    assert len(getclocks) == 2
+    assert answered["code"] == 200
+    assert answer["code"] == 200
+    assert "lost" not in states.names()
+
+
+async def test_wait_open_inside_on_connect_fails_at_once_instead_of_waiting_for_itself(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    errors: list[BaseException] = []
+
+    async def waits_for_itself(ws: ResilientSocket) -> None:
+        try:
+            await ws.wait_open()
+        except SocketDeadlock as exc:
+            errors.append(exc)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=[waits_for_itself])
+        await ws.wait_open()
+        assert clock.now() == 0
+    assert len(errors) == 1
+    assert "on_connect" in str(errors[0])

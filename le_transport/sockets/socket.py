@@ -49,6 +49,7 @@ from ..errors import (
     AuthenticationError,
     SocketAuthFailed,
     SocketClosed,
+    SocketDeadlock,
     SocketRejected,
     SocketRequestError,
     SocketRequestTimeout,
@@ -308,11 +309,19 @@ class ResilientSocket:
         """Wait until the socket is open (``on_connect`` done, queue flushed).
 
         Raises the socket's final error if it stops first (:class:`SocketClosed` and
-        subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock.
+        subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock. Called
+        from an ``on_frame`` handler or an ``on_connect`` callback while the socket is not
+        open, it raises :class:`~le_transport.errors.SocketDeadlock`: the socket opens only
+        after those return.
         """
         async with timeout_after(self._clock, timeout):
             while self._ready_epoch is None:
                 self._raise_if_closed()
+                if self._runs_callbacks_in(asyncio.current_task()):
+                    raise SocketDeadlock(
+                        f"wait_open() of {self._name} called from its own on_frame handler or "
+                        "on_connect callback: the socket opens only after they return"
+                    )
                 waiter = self._waiter()
                 try:
                     await waiter
@@ -415,7 +424,19 @@ class ResilientSocket:
         because the ``async for`` consumer left ``max_inbox`` frames unread, the answer waits
         unread too, and the request ends with :class:`SocketRequestTimeout` if the consumer
         does not catch up within ``timeout``.
+
+        An ``on_frame`` handler runs in the task that reads the connection, so it cannot wait
+        for an answer: awaited there, this raises
+        :class:`~le_transport.errors.SocketDeadlock` at once, before anything is sent. Such a
+        handler starts a task for the request and returns without awaiting it (or uses
+        :meth:`send`).
         """
+        if self._owner is not None and asyncio.current_task() is self._owner:
+            raise SocketDeadlock(
+                f"request {type!r} awaited in an on_frame handler of {self._name}: the handler "
+                "runs in the task that reads the answers, so none could arrive; start a task "
+                "for the request and do not await it in the handler"
+            )
         limit = self._options.request_timeout if timeout is None else timeout
         request_id, fut = self._pending.open()
         frame: dict[str, Any] = {"kind": "req", "id": request_id, "type": type}
