@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from le_transport import RecoveryFailed, SocketDeadlock, TransportError
+from le_transport import RecoveryFailed, SocketClosed, SocketDeadlock, TransportError
+from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
 from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import Simulator
+from le_transport.testing.simulator import SimSocket, Simulator
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -238,3 +239,192 @@ async def test_wait_open_inside_on_connect_fails_at_once_instead_of_waiting_for_
         assert clock.now() == 0
     assert len(errors) == 1
     assert "on_connect" in str(errors[0])
+
+
+# -- cancellation meeting work in flight -----------------------------------------------------
+
+
+async def test_a_request_cancelled_in_flight_leaves_nothing_pending_and_its_late_answer_is_dropped(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    held: list[tuple[SimSocket, dict[str, Any]]] = []
+
+    async def hold(sock: SimSocket, frame: dict[str, Any]) -> None:
+        held.append((sock, frame))
+
+    sim.sockets.on(".ams.custom.Slow", hold)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        call = asyncio.ensure_future(ws.request(".ams.custom.Slow"))
+        while not held:
+            await clock.sleep(0.1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert len(ws._pending) == 0
+        sock, frame = held[0]
+        await sock.send({"kind": "resp", "reqId": frame["id"], "code": 200, "body": {}})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        # The next frame the consumer sees is the notification, not the late answer.
+        assert (await ws.__anext__())["type"] == ".ams.routing.RoutingTaskNotification"
+        assert (await ws.request(".GetClock"))["code"] == 200
+        assert ws.connects == 1
+
+
+async def test_a_queued_request_cancelled_while_the_socket_is_down_is_never_sent(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        events = ws.states()
+        sim.sockets.open[0].drop()
+        async for event in events:
+            if event.name == "lost":
+                break
+        call = asyncio.ensure_future(ws.request(".ams.custom.Withdrawn"))
+        kept = asyncio.ensure_future(ws.request(".GetClock"))
+        await asyncio.sleep(0)
+        assert ws.queued == 2
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert (await kept)["code"] == 200
+        assert len(ws._pending) == 0
+    sent = [f.get("type") for s in sim.sockets.all for f in s.received]
+    assert ".ams.custom.Withdrawn" not in sent
+    assert sent.count(".GetClock") == 1
+
+
+async def test_wait_open_cancelled_during_a_reconnect_pause_leaves_no_waiter_behind(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        events = ws.states()
+        sim.sockets.open[0].drop()
+        async for event in events:
+            if event.name == "reconnecting":
+                break
+        waiting = asyncio.ensure_future(ws.wait_open())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not ws._waiters
+        # Others still see the socket come back.
+        await ws.wait_open()
+        assert ws.connects == 2
+
+
+async def test_two_consumers_iterating_share_the_frames_and_both_end_when_the_socket_closes(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async def consume(ws: ResilientSocket) -> list[int]:
+        return [frame["body"]["n"] async for frame in ws]
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        consumers = [asyncio.ensure_future(consume(ws)) for _ in range(2)]
+        for n in range(10):
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n})
+        await ws.request(".GetClock")  # answered after the ten: they were all read
+        while ws.inbox_size:
+            await clock.sleep(0.01)
+        await ws.close()
+        first, second = await asyncio.gather(*consumers)
+    # Every frame once, to one of them, each in order.
+    assert sorted(first + second) == list(range(10))
+    assert first == sorted(first)
+    assert second == sorted(second)
+
+
+async def test_two_tasks_closing_one_socket_both_get_the_unsent_queue(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    entered = asyncio.Event()
+
+    async def stuck(ws: ResilientSocket) -> None:
+        entered.set()
+        await clock.sleep(3600)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=[stuck])
+        await entered.wait()
+        assert await ws.send({"kind": "req", "id": "x", "type": ".GetClock"}) is False
+        first, second = await asyncio.gather(ws.close(), ws.close())
+    assert first == second
+    assert len(first) == 1
+    assert sim.sockets.all[0].ended == ("client", 1000)
+
+
+async def test_close_while_a_keepalive_probe_is_in_flight_cancels_the_probe(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    options = SocketOptions(keepalive=MESSAGING_AGENT_SDK_GETCLOCK)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options=options)
+        await ws.wait_open()
+        sim.sockets.open[0].silence()
+        while not [f for f in sim.sockets.all[0].received if f.get("type") == ".GetClock"]:
+            await clock.sleep(1)
+        assert ws._probe is not None
+        probe = ws._probe
+        await ws.close()
+        assert probe.done()
+        assert len(ws._pending) == 0
+    assert ws.connects == 1
+
+
+# -- the server closing with work in flight --------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1006, 1011, 4000, 4401, 4407])
+async def test_a_server_close_fails_the_request_in_flight_and_the_queue_waits_for_a_ready_one(
+    sim: Simulator, clock: VirtualClock, states: StateLog, code: int
+) -> None:
+    held: list[SimSocket] = []
+
+    async def hold(sock: SimSocket, frame: dict[str, Any]) -> None:
+        held.append(sock)
+
+    async def end(sock: SimSocket) -> None:
+        if code == 1006:
+            sock.drop()  # no close frame at all
+        else:
+            await sock.close(code)
+
+    async def slow_second_setup(ws: ResilientSocket) -> None:
+        if ws.connects == 2:
+            await ws.request(".ams.custom.Hold")
+
+    sim.sockets.on(".ams.custom.Hold", hold)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=[slow_second_setup])
+        await ws.wait_open()
+        in_flight = asyncio.ensure_future(ws.request(".ams.custom.Hold"))
+        while not held:
+            await clock.sleep(0.1)
+        await end(held[0])
+        with pytest.raises(SocketClosed):
+            await in_flight
+        # Down now: these wait in the queue.
+        assert await ws.send({"kind": "req", "id": "B", "type": ".GetClock"}) is False
+        assert await ws.send({"kind": "req", "id": "C", "type": ".GetClock"}) is False
+        while len(held) < 2:  # the second connection's on_connect is held by the server
+            await clock.sleep(0.1)
+        assert ws.queued == 2
+        await end(held[1])
+        await ws.wait_open()
+        assert len(ws._pending) == 0
+    first, second, third = sim.sockets.all
+    ids = [
+        [f.get("id") for f in s.received if f.get("id") in ("B", "C")]
+        for s in (first, second, third)
+    ]
+    # Nothing sent on a connection that ended before the queue's turn; then each once, in order.
+    assert ids == [[], [], ["B", "C"]]
+    assert ws.error is None
