@@ -116,6 +116,8 @@ class Recovery:
         # retries instead of starting a round of its own.
         self._epoch = 0
         self._final: BaseException | None = None
+        # Calls in _recover: running a round or waiting for the lock to run one.
+        self._recovering_calls = 0
         self._attempt = 0
         self._first_failure: float | None = None
         self._last_pause = 0.0
@@ -184,24 +186,34 @@ class Recovery:
             return result
 
     async def _recover(self, exc: Exception, seen: int) -> None:
-        async with self._lock:
-            if self._closed:
-                raise self._closed_error(exc) from exc
-            if self._epoch != seen:
-                # A round finished while this call was failing: retry with its result.
-                if self._final is not None:
-                    raise self._final
-                return
-            try:
-                await self._round(exc)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as final:
-                self._final = final
+        self._recovering_calls += 1
+        try:
+            async with self._lock:
+                if self._closed:
+                    raise self._closed_error(exc) from exc
+                if self._epoch != seen:
+                    # A round finished while this call was failing: retry with its result.
+                    if self._final is not None:
+                        raise self._final
+                    return
+                try:
+                    await self._round(exc)
+                except asyncio.CancelledError:
+                    if self._recovering_calls == 1:
+                        # Its caller gave up (a cancelled call, a closed socket) and no other
+                        # call waits: the episode ends here. Left open, its attempts and first
+                        # failure would count against an unrelated failure hours later (and a
+                        # deadline already passed would give that one up at once).
+                        self._reset()
+                    raise
+                except BaseException as final:
+                    self._final = final
+                    self._epoch += 1
+                    raise
+                self._final = None
                 self._epoch += 1
-                raise
-            self._final = None
-            self._epoch += 1
+        finally:
+            self._recovering_calls -= 1
 
     async def _round(self, exc: Exception) -> None:
         """Pause, then re-resolve and re-login, until one re-login succeeds (or give up)."""

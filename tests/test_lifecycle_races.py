@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import pytest
 
-from le_transport import RecoveryFailed, SocketClosed, SocketDeadlock, TransportError
+from le_transport import (
+    BackoffPolicy,
+    RecoveryFailed,
+    RetriesExhausted,
+    ServerStatusError,
+    SocketClosed,
+    SocketDeadlock,
+    TransportError,
+)
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
+from le_transport.providers import StaticDomains
+from le_transport.recovery import Recovery
 from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import SimSocket, Simulator
@@ -428,3 +439,72 @@ async def test_a_server_close_fails_the_request_in_flight_and_the_queue_waits_fo
     # Nothing sent on a connection that ended before the queue's turn; then each once, in order.
     assert ids == [[], [], ["B", "C"]]
     assert ws.error is None
+
+
+# -- the recovery loop -----------------------------------------------------------------------
+
+
+def exhausted() -> RetriesExhausted:
+    return RetriesExhausted("gave up", last=ServerStatusError("503", status=503))
+
+
+async def test_a_recovery_round_cancelled_with_nobody_else_waiting_ends_its_episode(
+    clock: VirtualClock,
+) -> None:
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "127.0.0.1:1"}),
+        auth=None,
+        clock=clock,
+        policy=BackoffPolicy.relogin(deadline=600),
+        rng=random.Random(3),
+    )
+
+    async def failing() -> str:
+        raise exhausted()
+
+    waiting = asyncio.ensure_future(recovery.run(failing))
+    await clock.sleep(60)  # inside the first pause (2 min ± 20%)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not recovery.recovering
+    await clock.sleep(3600)  # far past the policy's deadline, counted from that failure
+    outcomes: list[BaseException | str] = [exhausted(), "ok"]
+
+    async def fails_once() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    # A new episode: its own first pause, not a give-up for the old episode's deadline.
+    assert await recovery.run(fails_once) == "ok"
+    assert 96 <= recovery.pauses[-1] <= 144
+
+
+async def test_a_cancelled_round_leaves_the_episode_to_the_calls_still_waiting(
+    clock: VirtualClock,
+) -> None:
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "127.0.0.1:1"}),
+        auth=None,
+        clock=clock,
+        policy=BackoffPolicy.relogin(jitter=0),
+    )
+    healthy_at = 500.0
+
+    async def failing_until_healthy() -> str:
+        if clock.now() < healthy_at:
+            raise exhausted()
+        return "ok"
+
+    first = asyncio.ensure_future(recovery.run(failing_until_healthy))
+    second = asyncio.ensure_future(recovery.run(failing_until_healthy))
+    await clock.sleep(60)  # both wait: the first in its round's pause, the second for the lock
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert recovery.recovering
+    assert await second == "ok"
+    # The second's round went on with the episode: its pause did not shrink back to 2 min.
+    assert recovery.pauses == [120.0, 240.0, 480.0]
