@@ -98,6 +98,29 @@ async def test_a_429_on_the_resubscribe_in_on_connect_ends_with_the_socket_ready
     assert states.names().count("ready") == 1
 
 
+async def test_a_resubscribe_rate_limited_again_and_again_backs_off_without_logging_in_again(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    sim.faults.add(_app_error(WsAppError(429), SUBSCRIBE, times=6))
+
+    async def resubscribe(ws: ResilientSocket) -> None:
+        await ws.request(SUBSCRIBE, {"convState": ["OPEN"]})
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=[resubscribe])
+        await ws.wait_open()
+    # A rate limit is no revoked token and no outage: no re-authentication, no escalation to
+    # a re-login (one login in all), and every pause at least LiveEngage's second.
+    assert sim.count("POST", "/api/account/*/login") == 1
+    assert "reauthenticating" not in states.names()
+    assert "escalating" not in states.names()
+    pauses = [e.details["in_seconds"] for e in states.of("reconnecting")]
+    assert len(pauses) == 6
+    assert min(pauses) >= 1.0
+    assert all("answered 429" in e.details["reason"] for e in states.of("reconnecting"))
+    assert [len(s.subscriptions) for s in sim.sockets.all] == [0] * 6 + [1]
+
+
 def test_the_injectors_socket_hook_answers_a_matched_message_with_the_app_error() -> None:
     injector = FaultInjector.seeded(3, _app_error(WsAppError(500), ".GetClock", times=1))
     first = injector.message_received(".GetClock")

@@ -87,6 +87,34 @@ def test_a_dead_peer_reconnects() -> None:
     assert POLICY.classify(Disconnect.dead_peer(40.0)).action is CloseAction.RECONNECT
 
 
+def test_a_resubscribe_answered_429_reconnects_after_a_second_without_escalating() -> None:
+    failed = Disconnect.setup_failed("SocketRequestError", code=429, lifetime=0.1)
+    verdict = POLICY.classify(failed, 2)
+    assert verdict.action is CloseAction.RECONNECT
+    # LiveEngage asks for a second at least after a 429; a re-login would only add load.
+    assert verdict.min_pause == 1.0
+    assert not verdict.escalates
+    # Not a transport drop: the run of fast 1006s neither grows nor resets.
+    assert verdict.fast_drops == 2
+    assert "answered 429" in verdict.reason
+
+
+@pytest.mark.parametrize(("code", "error"), [(500, "SocketRequestError"), (None, "KeyError")])
+def test_another_on_connect_failure_reconnects_on_the_backoff_and_may_escalate(
+    code: int | None, error: str
+) -> None:
+    verdict = POLICY.classify(Disconnect.setup_failed(error, code=code, lifetime=0.1), 1)
+    assert verdict.action is CloseAction.RECONNECT
+    assert verdict.min_pause == 0.0
+    assert verdict.escalates
+    assert verdict.fast_drops == 1
+
+
+def test_a_resubscribe_answered_401_means_reauthenticate_first() -> None:
+    failed = Disconnect.setup_failed("SocketRequestError", code=401, lifetime=0.1)
+    assert POLICY.classify(failed).action is CloseAction.REAUTHENTICATE
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"fast_drop_run": 0}, {"fast_drop_run": True}, {"fast_drop_within": -1.0}]
 )

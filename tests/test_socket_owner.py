@@ -156,7 +156,7 @@ async def test_a_failing_on_connect_drops_the_connection_and_the_owner_reconnect
         await ws.wait_open()
     assert calls == 2
     (lost,) = states.of("lost")
-    assert "on_connect: RuntimeError" in lost.details["reason"]
+    assert "on_connect failed (RuntimeError)" in lost.details["reason"]
 
 
 async def test_frames_keep_their_order_while_on_connect_runs_beside_the_read(

@@ -25,6 +25,7 @@ __all__ = [
     "FAST_DROP_RUN",
     "FAST_DROP_WITHIN",
     "NORMAL_CLOSURE",
+    "RATE_LIMIT_PAUSE",
     "REAUTH_CLOSE_CODES",
     "REAUTH_HANDSHAKE_STATUSES",
     "RETRY_HANDSHAKE_STATUSES",
@@ -48,6 +49,8 @@ RETRY_HANDSHAKE_STATUSES = frozenset({408, 425, 429})
 FAST_DROP_WITHIN = 10.0
 #: This many fast 1006 drops in a row are treated as a revoked token: re-authenticate.
 FAST_DROP_RUN = 3
+#: LiveEngage: after a 429, wait at least a second before trying again.
+RATE_LIMIT_PAUSE = 1.0
 
 
 class DisconnectKind(enum.Enum):
@@ -65,6 +68,9 @@ class DisconnectKind(enum.Enum):
     CONNECT_FAILED = "connect_failed"
     #: The server answered the upgrade with an HTTP ``status`` instead of 101.
     HANDSHAKE_REJECTED = "handshake_rejected"
+    #: The connection opened but an ``on_connect`` callback failed (a resubscribe answered with
+    #: an error ``code``, or an exception): the socket dropped it to start again.
+    SETUP_FAILED = "setup_failed"
 
 
 @attrs.frozen
@@ -119,6 +125,14 @@ class Disconnect:
         """The upgrade was answered with HTTP ``status``."""
         return cls(DisconnectKind.HANDSHAKE_REJECTED, status=status)
 
+    @classmethod
+    def setup_failed(
+        cls, error: str, *, code: int | None = None, lifetime: float | None = None
+    ) -> Disconnect:
+        """An ``on_connect`` callback failed with ``error``; ``code`` is the error code the
+        server answered one of its requests with, if that was the failure."""
+        return cls(DisconnectKind.SETUP_FAILED, code=code, lifetime=lifetime, error=error)
+
     def describe(self) -> str:
         """A short human description, for logs and events."""
         if self.kind is DisconnectKind.HANDSHAKE_REJECTED:
@@ -131,6 +145,9 @@ class Disconnect:
             return "peer dead: keepalive unanswered"
         if self.kind is DisconnectKind.CONNECT_FAILED:
             return f"connect failed{' (' + self.error + ')' if self.error else ''}"
+        if self.kind is DisconnectKind.SETUP_FAILED:
+            answered = f", answered {self.code}" if self.code is not None else ""
+            return f"on_connect failed ({self.error}{answered})"
         return "closed by the caller"
 
 
@@ -149,11 +166,18 @@ class CloseAction(enum.Enum):
 
 @attrs.frozen
 class CloseVerdict:
-    """The policy's answer: an ``action``, why, and the updated run of fast 1006 drops."""
+    """The policy's answer: an ``action``, why, and the updated run of fast 1006 drops.
+
+    ``min_pause``: the reconnect waits at least this long, whatever the backoff says (a rate
+    limit asks for it). ``escalates``: whether this failure counts towards escalating to a
+    re-login (a rate limit does not: logging in again only adds load).
+    """
 
     action: CloseAction
     reason: str
     fast_drops: int = 0
+    min_pause: float = 0.0
+    escalates: bool = True
 
 
 def _codes(value: Iterable[int]) -> frozenset[int]:
@@ -225,5 +249,20 @@ class ClosePolicy:
             return CloseVerdict(CloseAction.RECONNECT, "abnormal drop (1006)")
         if kind is DisconnectKind.DEAD_PEER:
             return CloseVerdict(CloseAction.RECONNECT, "keepalive unanswered")
+        if kind is DisconnectKind.SETUP_FAILED:
+            # The server accepted the connection: a failed resubscribe says nothing about the
+            # transport, so it is no fast drop either way.
+            code = disconnect.code
+            if code is not None and code in self.reauth_statuses:
+                return CloseVerdict(CloseAction.REAUTHENTICATE, disconnect.describe())
+            if code == 429:
+                return CloseVerdict(
+                    CloseAction.RECONNECT,
+                    disconnect.describe(),
+                    fast_drops,
+                    min_pause=RATE_LIMIT_PAUSE,
+                    escalates=False,
+                )
+            return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)
         # A connect that failed keeps the fast-drop run: it says nothing about the token.
         return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)

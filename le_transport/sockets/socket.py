@@ -693,7 +693,11 @@ class ResilientSocket:
                 now = self._clock.now()
                 if first_failure_at is None:
                     first_failure_at = now
-                if opts.escalate_after and failures % opts.escalate_after == 0:
+                if (
+                    opts.escalate_after
+                    and verdict.escalates
+                    and failures % opts.escalate_after == 0
+                ):
                     handed = await self._escalate_to_relogin(failures, disconnect)
                     if handed is not None:
                         self.reconnects += 1
@@ -705,6 +709,7 @@ class ResilientSocket:
                         f"{self._name}: gave up after {failures} failed reconnects "
                         f"(last: {disconnect.describe()})"
                     )
+                delay = max(delay, verdict.min_pause)
                 self._emit(
                     "reconnecting",
                     in_seconds=round(delay, 3),
@@ -875,8 +880,11 @@ class ResilientSocket:
                     type(exc).__name__,
                     extra={"socket": self._name, "error": type(exc).__name__},
                 )
+                # Not a drop: the server took the connection and refused (or could not
+                # serve) what on_connect asked, e.g. a resubscribe rate-limited with a 429.
+                code = exc.code if isinstance(exc, SocketRequestError) else None
                 self._end_connection(
-                    Disconnect.abnormal(error=f"on_connect: {type(exc).__name__}"),
+                    Disconnect.setup_failed(type(exc).__name__, code=code),
                     self._lost_peer_grace(),
                 )
             return
