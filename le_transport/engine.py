@@ -424,9 +424,10 @@ class Engine:
             await asyncio.wait({closing})
         done = self._closing = asyncio.get_running_loop().create_future()
         try:
-            # Sockets and keepalives first: they use the session and the credentials.
-            for ws in list(self._sockets):
-                await ws.close()
+            # Sockets and keepalives first: they use the session and the credentials. All at
+            # once: each may wait close_timeout for an unanswered close handshake, and one
+            # after another that would be minutes for a fleet.
+            await asyncio.gather(*(ws.close() for ws in list(self._sockets)))
             # Calls waiting through the recovery loop fail now: a re-login must not outlive the
             # logout below, nor a caller wait out a pause for a session that is gone.
             self._recovery.close()

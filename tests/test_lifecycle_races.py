@@ -10,9 +10,11 @@ import random
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from le_transport import (
     BackoffPolicy,
+    Engine,
     RecoveryFailed,
     RetriesExhausted,
     ServerStatusError,
@@ -26,6 +28,7 @@ from le_transport.recovery import Recovery
 from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import SimSocket, Simulator
+from tests.conftest import ServerFactory
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -508,3 +511,40 @@ async def test_a_cancelled_round_leaves_the_episode_to_the_calls_still_waiting(
     assert await second == "ok"
     # The second's round went on with the episode: its pause did not shrink back to 2 min.
     assert recovery.pauses == [120.0, 240.0, 480.0]
+
+
+# -- closing many sockets --------------------------------------------------------------------
+
+
+def deaf_websocket_app(release: asyncio.Event) -> web.Application:
+    """A WebSocket server that reads nothing, so never answers a close frame (each close waits
+    its timeout), until ``release`` is set."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        await release.wait()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    return app
+
+
+async def test_closing_the_engine_closes_its_sockets_together_not_one_after_another(
+    clock: VirtualClock, serve: ServerFactory
+) -> None:
+    release = asyncio.Event()
+    host = await serve(deaf_websocket_app(release))
+    options = SocketOptions(close_timeout=5)
+    try:
+        async with Engine(StaticDomains({"svc": host}), scheme="http", clock=clock) as engine:
+            fleet = [await engine.websocket("svc", "/ws", options=options) for _ in range(4)]
+            for ws in fleet:
+                await ws.wait_open()
+            started = clock.now()
+    finally:
+        release.set()
+    # Each close handshake went unanswered for its 5 s, all at the same time.
+    assert clock.now() - started == 5
+    assert all(ws.closed for ws in fleet)
