@@ -516,26 +516,47 @@ async def test_a_cancelled_round_leaves_the_episode_to_the_calls_still_waiting(
 # -- closing many sockets --------------------------------------------------------------------
 
 
-def deaf_websocket_app(release: asyncio.Event) -> web.Application:
+class DeafServer:
     """A WebSocket server that reads nothing, so never answers a close frame (each close waits
-    its timeout), until ``release`` is set."""
+    its timeout), until :meth:`release`."""
 
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=False)
-        await ws.prepare(request)
-        await release.wait()
-        return ws
+    def __init__(self) -> None:
+        self._release = asyncio.Event()
+        self._serving = 0
+        self._idle = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_get("/ws", self._handler)
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    return app
+    async def _handler(self, request: web.Request) -> web.WebSocketResponse:
+        self._serving += 1
+        self._idle.clear()
+        try:
+            ws = web.WebSocketResponse(autoping=False)
+            await ws.prepare(request)
+            await self._release.wait()
+            # Cut, not closed: a close would first read through what the client had sent.
+            if request.transport is not None:
+                request.transport.abort()
+            return ws
+        finally:
+            self._serving -= 1
+            if not self._serving:
+                self._idle.set()
+
+    async def release(self) -> None:
+        """Let every handler end, and wait until they did."""
+        self._release.set()
+        if self._serving:
+            await self._idle.wait()
+        for _ in range(5):  # the server's protocol tasks end just after their handler
+            await asyncio.sleep(0)
 
 
 async def test_closing_the_engine_closes_its_sockets_together_not_one_after_another(
     clock: VirtualClock, serve: ServerFactory
 ) -> None:
-    release = asyncio.Event()
-    host = await serve(deaf_websocket_app(release))
+    deaf = DeafServer()
+    host = await serve(deaf.app)
     options = SocketOptions(close_timeout=5)
     try:
         async with Engine(StaticDomains({"svc": host}), scheme="http", clock=clock) as engine:
@@ -544,7 +565,40 @@ async def test_closing_the_engine_closes_its_sockets_together_not_one_after_anot
                 await ws.wait_open()
             started = clock.now()
     finally:
-        release.set()
+        await deaf.release()
     # Each close handshake went unanswered for its 5 s, all at the same time.
     assert clock.now() - started == 5
     assert all(ws.closed for ws in fleet)
+
+
+async def test_a_send_blocked_on_a_peer_that_stopped_reading_ends_with_the_close(
+    clock: VirtualClock, serve: ServerFactory
+) -> None:
+    deaf = DeafServer()
+    host = await serve(deaf.app)
+    options = SocketOptions(close_timeout=5)
+    big = "x" * (1 << 20)
+    try:
+        async with Engine(StaticDomains({"svc": host}), scheme="http", clock=clock) as engine:
+            ws = await engine.websocket("svc", "/ws", options=options)
+            await ws.wait_open()
+            blocked = None
+            for _ in range(256):  # until the kernel's and the transport's buffers are full
+                send = asyncio.ensure_future(ws.send(big))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if not send.done():
+                    blocked = send
+                    break
+                assert send.result() is True
+            assert blocked is not None
+            started = clock.now()
+            await ws.close()
+            # The write waiting on the deaf peer ends with the socket, typed: it was not
+            # queued for a connection that will never come.
+            with pytest.raises(SocketClosed):
+                await blocked
+            assert clock.now() - started == 5
+            assert ws.queued == 0
+    finally:
+        await deaf.release()

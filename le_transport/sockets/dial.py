@@ -10,6 +10,7 @@ The bearer goes where LiveEngage puts it: in the UMS brand path, in an
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import logging
@@ -147,11 +148,28 @@ def _fault_injector(engine: Engine) -> FaultInjector | None:
     return None
 
 
+def _transport_of(ws: WireSocket) -> asyncio.Transport | None:
+    # aiohttp shows the transport only through the response it keeps privately: read once, at
+    # connect, while the response still holds its connection.
+    if not isinstance(ws, aiohttp.ClientWebSocketResponse):
+        return None
+    connection = getattr(getattr(ws, "_response", None), "connection", None)
+    transport = getattr(connection, "transport", None)
+    return transport if isinstance(transport, asyncio.Transport) else None
+
+
+def _unsent_bytes(transport: asyncio.Transport) -> int:
+    try:
+        return transport.get_write_buffer_size()
+    except (NotImplementedError, AttributeError):
+        return 0
+
+
 class Connection:
     """One open WebSocket: the aiohttp socket, the credentials it was opened with, and frames
     that arrived during the connect (before the owner started reading)."""
 
-    __slots__ = ("credentials", "early_frames", "ws")
+    __slots__ = ("credentials", "early_frames", "transport", "ws")
 
     def __init__(
         self,
@@ -162,6 +180,8 @@ class Connection:
         self.ws = ws
         self.credentials = credentials
         self.early_frames = early_frames or []
+        #: The TCP transport under the WebSocket, when aiohttp lets us see it.
+        self.transport = _transport_of(ws)
 
     async def send_text(self, text: str) -> None:
         """Write one text frame."""
@@ -169,16 +189,23 @@ class Connection:
 
     async def close(self, clock: Clock, timeout: float, *, code: int = 1000) -> None:
         """Close: the close handshake if the peer answers within ``timeout``, else cut it."""
-        if self.ws.closed:
-            return
         try:
-            async with timeout_after(clock, timeout):
-                await self.ws.close(code=code)
-        except TimeoutError:
-            # aiohttp cuts the connection itself when its close is cancelled.
-            _log.debug("close handshake unanswered after %s s; connection cut", timeout)
-        except (aiohttp.ClientError, OSError):
-            pass
+            if self.ws.closed:
+                return
+            try:
+                async with timeout_after(clock, timeout):
+                    await self.ws.close(code=code)
+            except TimeoutError:
+                _log.debug("close handshake unanswered after %s s; connection cut", timeout)
+            except (aiohttp.ClientError, OSError):
+                pass
+        finally:
+            transport = self.transport
+            if transport is not None and _unsent_bytes(transport):
+                # aiohttp's cut is a transport close(), which first flushes what is buffered:
+                # to a peer that stopped reading, never. The socket would stay open, and a
+                # send waiting for the buffer to drain would wait for ever.
+                transport.abort()
 
 
 class Dialer(Protocol):

@@ -492,12 +492,19 @@ class ResilientSocket:
             try:
                 await self._write(conn, text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-                # aiohttp refuses to write to a closing transport before writing anything:
-                # the message never left, so it waits for the next connection, first in line.
                 if request_id is not None:
                     self._pending.sent(request_id, None)
-                self._outbox.put_back(Outgoing(text, request_id))
                 self._connection_broke(epoch, exc)
+                if self._closing:
+                    # Closed for good while the write waited (a peer that stopped reading):
+                    # a queue no connection will take would lose the message silently.
+                    raise SocketClosed(
+                        f"the socket {self._name} closed while the message was being written; "
+                        "it was not sent"
+                    ) from None
+                # aiohttp refuses to write to a closing transport before writing anything:
+                # the message never left, so it waits for the next connection, first in line.
+                self._outbox.put_back(Outgoing(text, request_id))
                 return False
             return True
         self._outbox.put(Outgoing(text, request_id))
