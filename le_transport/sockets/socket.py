@@ -334,8 +334,9 @@ class ResilientSocket:
 
         Requests still waiting fail with :class:`SocketClosed`. Returns the messages that were
         still queued (never sent) — they are also logged — so that nothing goes silently.
-        Called from an ``on_frame`` handler (which the socket's own task runs), it returns at
-        once with the queue as it stands, and the socket closes when the handler returns. A
+        Called from an ``on_frame`` handler (which the socket's own task runs) or an
+        ``on_connect`` callback, it returns at once with the queue as it stands, and the socket
+        closes when the handler returns (a callback is cancelled at its next await). A
         handler still running ``close_timeout`` seconds after the connection was closed (one
         that hangs) is cancelled: a close never waits for it for ever.
         """
@@ -350,9 +351,11 @@ class ResilientSocket:
             # Connected (or cleaning a connection up): the owner is reading, or about to; a
             # read must end by the connection closing, never by a cancellation.
             self._end_connection(Disconnect.by_caller(), self._options.close_timeout)
-            if asyncio.current_task() is owner:
-                # Called by an on_frame handler, which the owner runs: it cannot wait for
-                # itself. The socket closes as soon as the handler returns.
+            if self._runs_callbacks_in(asyncio.current_task()):
+                # Called by an on_frame handler, which the owner runs, or an on_connect
+                # callback, which the owner cancels as it closes: neither can wait for the
+                # owner. The socket closes as soon as the handler returns (the callback is
+                # cancelled at its next await).
                 return self._outbox.texts()
         elif not owner.done():
             # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
