@@ -256,6 +256,29 @@ async def test_wait_open_inside_on_connect_fails_at_once_instead_of_waiting_for_
     assert "on_connect" in str(errors[0])
 
 
+async def test_an_on_frame_handler_that_raises_loses_that_frame_only_and_the_socket_reads_on(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[int] = []
+
+    def on_frame(frame: Any) -> None:
+        seen.append(frame["body"]["n"])
+        if frame["body"]["n"] == 1:
+            raise ValueError("a bug in the handler")
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_frame=on_frame)
+        await ws.wait_open()
+        for n in range(3):
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n})
+        assert (await ws.request(".GetClock"))["code"] == 200  # read after the three
+        assert ws.is_open
+        assert ws.connects == 1
+    assert seen == [0, 1, 2]
+    (record,) = [r for r in caplog.records if "on_frame handler raised" in r.getMessage()]
+    assert record.exc_info is not None
+
+
 # -- cancellation meeting work in flight -----------------------------------------------------
 
 
