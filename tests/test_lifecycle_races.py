@@ -279,6 +279,28 @@ async def test_an_on_frame_handler_that_raises_loses_that_frame_only_and_the_soc
     assert record.exc_info is not None
 
 
+async def test_close_from_an_on_connect_callback_returns_the_queue_and_the_socket_never_opens(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    returned: list[list[str]] = []
+
+    async def refuse(ws: ResilientSocket) -> None:
+        assert await ws.send({"kind": "req", "id": "q", "type": ".GetClock"}) is True
+        returned.append(await ws.close())
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=[refuse])
+        assert await ws.send({"kind": "req", "id": "queued", "type": ".GetClock"}) is False
+        with pytest.raises(SocketClosed):
+            await ws.wait_open()
+    assert len(returned) == 1
+    assert [json.loads(text)["id"] for text in returned[0]] == ["queued"]
+    assert ws.closed
+    assert ws.error is None
+    assert "ready" not in states.names("facadeMsg")
+    assert sim.sockets.all[0].ended == ("client", 1000)
+
+
 # -- cancellation meeting work in flight -----------------------------------------------------
 
 
@@ -626,25 +648,3 @@ async def test_a_send_blocked_on_a_peer_that_stopped_reading_ends_with_the_close
             assert ws.queued == 0
     finally:
         await deaf.release()
-
-
-async def test_close_from_an_on_connect_callback_returns_the_queue_and_the_socket_never_opens(
-    sim: Simulator, clock: VirtualClock, states: StateLog
-) -> None:
-    returned: list[list[str]] = []
-
-    async def refuse(ws: ResilientSocket) -> None:
-        assert await ws.send({"kind": "req", "id": "q", "type": ".GetClock"}) is True
-        returned.append(await ws.close())
-
-    async with agent_engine(sim, clock, states) as engine:
-        ws = await brand_socket(engine, sim, on_connect=[refuse])
-        assert await ws.send({"kind": "req", "id": "queued", "type": ".GetClock"}) is False
-        with pytest.raises(SocketClosed):
-            await ws.wait_open()
-    assert len(returned) == 1
-    assert [json.loads(text)["id"] for text in returned[0]] == ["queued"]
-    assert ws.closed
-    assert ws.error is None
-    assert "ready" not in states.names("facadeMsg")
-    assert sim.sockets.all[0].ended == ("client", 1000)
