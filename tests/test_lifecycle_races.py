@@ -631,7 +631,7 @@ async def test_a_send_blocked_on_a_peer_that_stopped_reading_ends_with_the_close
             blocked = None
             for _ in range(256):  # until the kernel's and the transport's buffers are full
                 send = asyncio.ensure_future(ws.send(big))
-                for _ in range(3):
+                for _ in range(10):  # loop rounds, for a write the kernel can still take
                     await asyncio.sleep(0)
                 if not send.done():
                     blocked = send
