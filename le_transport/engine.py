@@ -28,6 +28,7 @@ from .clock import Clock, RealClock
 from .errors import (
     AttemptRecord,
     ConfigurationError,
+    EngineClosed,
     RequestError,
     ResponseDecodeError,
     TransportError,
@@ -242,6 +243,9 @@ class Engine:
         self._tls = tls
         self._insecure_tls = insecure_tls
         self._connection_limit = connection_limit
+        # Set when the engine closes: calls in progress stop in their pause (EngineClosed)
+        # instead of retrying against a session that is gone.
+        self._shutdown = asyncio.Event()
         self._retry_mw = RetryMiddleware(
             policy=self._retry,
             clock=self._clock,
@@ -249,6 +253,7 @@ class Engine:
             rng=self._rng,
             max_body_bytes=max_body_bytes,
             gate=overload,
+            shutdown=self._shutdown,
         )
         if auth is not None and not isinstance(auth, AuthProvider):
             raise ConfigurationError(
@@ -408,6 +413,7 @@ class Engine:
         handler or ``on_connect`` callback, it starts the close and returns at once: closing
         that socket waits for the callback to return."""
         self._closed = True
+        self._shutdown.set()
         current = asyncio.current_task()
         if any(ws._runs_callbacks_in(current) for ws in self._sockets):
             # Waiting here would deadlock (the close waits for this socket, the socket for this
@@ -558,7 +564,7 @@ class Engine:
         if session is None:
             session = self.session  # raises: the engine is not started
         if self._closed:
-            raise TransportError("the engine is closed")
+            raise EngineClosed("the engine is closed", service=service, method=method)
         url, redacted = await self._url_for(service, path, None)
         policy = retry or self._retry
         if deadline is not None or attempt_timeout is not None:

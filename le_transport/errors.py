@@ -28,6 +28,7 @@ __all__ = [
     "ConnectionFailed",
     "DeadlineExceeded",
     "DomainResolutionError",
+    "EngineClosed",
     "HTTPStatusError",
     "HostileHostError",
     "InvalidRetryAfter",
@@ -211,6 +212,13 @@ class DeadlineExceeded(RequestError):
     ) -> None:
         super().__init__(message, **context)
         self.elapsed = elapsed
+
+
+class EngineClosed(RequestError):
+    """The engine was closed: a call made after it, or one in progress when it happened (that
+    call stops before its next attempt or during its pause, instead of retrying against a
+    session that is gone). ``attempts`` has the attempts it made; ``__cause__`` the last
+    attempt's error, if there was one."""
 
 
 class RetriesExhausted(RequestError):

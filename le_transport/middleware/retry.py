@@ -22,6 +22,7 @@ How it answers aiohttp's middleware contract (see docs/architecture.md):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import email.utils
@@ -45,6 +46,7 @@ from ..errors import (
     ClientStatusError,
     ConnectionFailed,
     DeadlineExceeded,
+    EngineClosed,
     HTTPStatusError,
     InvalidRetryAfter,
     RequestError,
@@ -107,6 +109,9 @@ class RetryMiddleware:
     - ``gate``: overload protection asked before each attempt and each retry (the breaker and
       the retry budget, :class:`~le_transport.middleware.overload.OverloadGuard`); a refusal
       fails the call at once, without pausing.
+    - ``shutdown``: set when the owner of the session closes it (the engine does): a call then
+      stops with :class:`EngineClosed` in its pause or before its next attempt, instead of
+      retrying against a session that is gone.
 
     Hashable by identity, as aiohttp's chain cache needs.
     """
@@ -120,6 +125,7 @@ class RetryMiddleware:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     wall_clock: Callable[[], float] = time.time
     gate: RetryGate | None = None
+    shutdown: asyncio.Event | None = None
 
     def __call__(
         self, request: ClientRequest, handler: ClientHandlerType
@@ -264,6 +270,9 @@ class _Call:
             while True:
                 attempt += 1
                 if attempt > 1:
+                    shutdown = mw.shutdown
+                    if shutdown is not None and shutdown.is_set():
+                        raise self._engine_closed(attempt)
                     resign = self.ctx.resign
                     if resign is not None and resign[0] is self.request:
                         # A provider that signs each request (OAuth 1.0): a retry is a new
@@ -357,7 +366,10 @@ class _Call:
                     assert error is not None
                     await self._gate_retry(attempt, outcome, decision.pause, error)
                     self._log_retry(attempt, outcome, decision.pause)
-                    await self._pause(decision.pause)
+                    try:
+                        await self._pause(decision.pause)
+                    except EngineClosed as closed:
+                        raise closed from error
                     continue
                 if resp is not None and not mw.raise_for_status:
                     self._log_final_status(outcome, decision.reason)
@@ -386,12 +398,49 @@ class _Call:
         clock = self.mw.clock
         remaining = self._remaining(clock.now())
         if remaining is None or pause < remaining:
-            await clock.sleep(pause)
+            await self._sleep(pause)
             return
         # The policy gives up rather than pause past the deadline; only time spent since its
         # decision (the gate asking a shared store) can bring the deadline inside the pause.
-        await clock.sleep(max(0.0, remaining))
+        await self._sleep(max(0.0, remaining))
         raise self._deadline_passed(None, "during a pause")
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep on the clock, unless the session's owner shuts down first (EngineClosed)."""
+        clock = self.mw.clock
+        shutdown = self.mw.shutdown
+        if shutdown is None:
+            await clock.sleep(seconds)
+            return
+        if shutdown.is_set():
+            raise self._engine_closed(None)
+        # Two tasks per pause: pauses are rare (a retry), and a closing engine must not leave
+        # its calls waiting out 15 s each.
+        loop = asyncio.get_running_loop()
+        slept = loop.create_task(clock.sleep(seconds), name="le_transport retry pause")
+        closed = loop.create_task(shutdown.wait(), name="le_transport retry shutdown")
+        try:
+            await asyncio.wait({slept, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (slept, closed):
+                task.cancel()
+            await asyncio.gather(slept, closed, return_exceptions=True)
+        if not slept.done() or slept.cancelled():
+            raise self._engine_closed(None)
+
+    def _engine_closed(self, attempt: int | None) -> EngineClosed:
+        """The session's owner closed it during the call: stop, with what was done so far."""
+        ctx = self.ctx
+        when = "during a pause" if attempt is None else f"before attempt {attempt}"
+        err = EngineClosed(
+            f"the engine was closed {when}; the call stopped after {len(ctx.attempts)} attempt(s)",
+            service=self.service,
+            method=self.method,
+            url=self.url,
+            attempts=ctx.attempts,
+        )
+        self.log_final(err, None, "the engine was closed")
+        return err
 
     def _deadline_passed(self, in_flight: tuple[int, float] | None, cut: str) -> DeadlineExceeded:
         """The call's deadline passed: record the attempt it cut short (if any) and log."""
@@ -643,7 +692,11 @@ class _Call:
     def log_final(self, err: RequestError, outcome: Outcome | None, reason: str) -> None:
         elapsed = self._elapsed()
         attempts = len(self.ctx.attempts)
-        level = logging.WARNING if isinstance(err, ClientStatusError) else logging.ERROR
+        # A 4xx is the caller's to fix, and a call stopped by a closing engine no failure of
+        # the service: neither is logged as an error.
+        level = (
+            logging.WARNING if isinstance(err, (ClientStatusError, EngineClosed)) else logging.ERROR
+        )
         _log.log(
             level,
             "%s %s: failed after %d attempt(s) in %.3g s: %s",

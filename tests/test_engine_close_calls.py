@@ -1,0 +1,89 @@
+"""HTTP calls in progress when the engine closes: they stop at once with EngineClosed.
+
+Closing the engine closes its session. A call then in a retry pause, or with its attempt in
+flight, must not wait out the pause and retry against a session that is gone (aiohttp answers
+that with an AssertionError); it stops, typed, with the attempts it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from le_transport import (
+    Engine,
+    EngineClosed,
+    EventHooks,
+    RetryPolicy,
+    ServerStatusError,
+    TransportError,
+)
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+RETRY = RetryPolicy(pauses=(5.0, 10.0, 15.0))
+
+
+async def test_a_call_pausing_between_retries_stops_when_the_engine_closes(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def unavailable(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/x", unavailable)
+    host = await serve(app)
+    pausing = asyncio.Event()
+    hooks = EventHooks(on_retry=[lambda event: pausing.set()])
+    engine = Engine({"svc": host}, scheme="http", clock=clock, retry=RETRY, hooks=hooks)
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+    await pausing.wait()  # the call is about to pause 5 s after the first 503
+    started = clock.now()
+    await engine.close()
+    with pytest.raises(EngineClosed) as stopped:
+        await call
+    assert clock.now() == started  # no pause waited out
+    assert [a.outcome.status for a in stopped.value.attempts] == [503]
+    assert isinstance(stopped.value.__cause__, ServerStatusError)
+    assert "closed during a pause" in str(stopped.value)
+
+
+async def test_a_call_in_flight_when_the_engine_closes_ends_typed_not_with_an_assertion(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    arrived = asyncio.Event()
+    never = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/x", slow)
+    host = await serve(app)
+    engine = Engine({"svc": host}, scheme="http", clock=clock, retry=RETRY)
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+    await arrived.wait()
+    await engine.close()
+    with pytest.raises(TransportError) as stopped:
+        await call
+    never.set()
+    # The attempt failed with the session; the call stopped instead of retrying on it.
+    assert isinstance(stopped.value, EngineClosed)
+    assert len(stopped.value.attempts) == 1
+
+
+async def test_a_call_after_close_is_refused_with_engine_closed(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    app = web.Application()
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        pass
+    with pytest.raises(EngineClosed, match="the engine is closed"):
+        await engine.request("GET", "svc", "/x")
