@@ -25,12 +25,19 @@ from le_transport.middleware.auth import AuthMiddleware
 from le_transport.middleware.retry import RetryMiddleware
 from le_transport.providers import Credentials, OAuth1Auth, StaticBearer, StaticDomains
 from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
 from le_transport.testing.simulator import oauth1 as verifier
 from tests.conftest import ServerFactory
 from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET, BEARER
+from tests.test_providers import ACCOUNT, sim_engine
+from tests.test_providers import APP_KEY as APP_KEY_SIM
+from tests.test_providers import sim as provider_sim
+
+__all__ = ["provider_sim"]
 
 APP_KEY = "app-key-1"
 RETRY = RetryPolicy(pauses=(5.0, 10.0, 15.0))
+USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
 
 
 class Gateway:
@@ -212,3 +219,33 @@ async def test_a_retry_after_a_redirect_to_another_host_carries_no_credentials(
     assert resp.status == 200
     # The hop was retried after its 503, and neither of its attempts was signed.
     assert elsewhere_seen == [None, None]
+
+
+# -- the simulator's gateway, which spends a nonce before a 5xx from behind it ----------------
+
+
+async def test_the_simulator_takes_a_retry_signed_anew_after_a_5xx(
+    provider_sim: Simulator, clock: VirtualClock
+) -> None:
+    provider_sim.faults.script("GET", USERS, [503, 503])
+    auth = OAuth1Auth(APP_KEY_SIM, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
+    async with sim_engine(
+        provider_sim, clock, domains=StaticDomains(provider_sim.domains), auth=auth, retry=RETRY
+    ) as engine:
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+    assert resp.status == 200
+    assert [a.outcome.status for a in resp.attempts] == [503, 503, 200]
+    assert provider_sim.count("GET", USERS) == 3
+
+
+async def test_the_simulator_refuses_a_retry_that_repeats_the_nonce_as_the_gateway_does(
+    provider_sim: Simulator, clock: VirtualClock
+) -> None:
+    provider_sim.faults.script("GET", USERS, [503])
+    signer = OAuth1Auth(APP_KEY_SIM, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET).signer
+    url = URL(provider_sim.url + USERS)
+    header = {"Authorization": signer.header("GET", url)}
+    async with aiohttp.ClientSession() as session:
+        for expected in (503, 401):  # the same header again: a replayed nonce
+            async with session.get(url, headers=header) as resp:
+                assert resp.status == expected

@@ -15,6 +15,8 @@
 
 Faults are scripted with the shared vocabulary of :mod:`le_transport.chaos`:
 ``sim.faults.script("GET", "/api/*/users", [503, 503, 200])`` or ``sim.faults.add(rule)``.
+A 5xx on a request signed with OAuth 1.0 comes from behind the gateway, as on LiveEngage: the
+signature is checked and its nonce spent first, so a retry that repeats the nonce gets a 401.
 Every request is recorded in ``sim.requests`` (method, redacted path and headers, the clock
 time, the service, the fault applied). No secret is logged: aiohttp's access log is off.
 """
@@ -419,6 +421,8 @@ class Simulator:
             extra={"rule": injection.rule_id, "fault": fault.kind},
         )
         if isinstance(fault, Status):
+            if fault.code >= 500 and not await self._gateway_passes(request):
+                return self._unauthorized()
             return web.Response(
                 status=fault.code,
                 body=fault.response_body(),
@@ -466,6 +470,21 @@ class Simulator:
                 transport.close()
             return resp
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    async def _gateway_passes(self, request: web.Request) -> bool:
+        """Whether LiveEngage's gateway lets an OAuth 1.0 request through to the service.
+
+        A 5xx comes from behind the gateway, which has checked the signature and spent the
+        nonce by then: a client that retries with the same nonce meets a 401, as it would on
+        LiveEngage. Requests not signed with OAuth 1.0 pass (their services check them).
+        """
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        if header.partition(" ")[0].lower() != "oauth":
+            return True
+        account = request.match_info.get("account")
+        if account is None:
+            return True
+        return self._verify_oauth1(request, account, header, await request.read())
 
     async def _dribble(
         self, request: web.Request, real: web.StreamResponse, fault: SlowBody
