@@ -302,7 +302,11 @@ class _Call:
                     if mw.buffer_body:
                         try:
                             length = resp.content_length
-                            if length is not None and length <= mw.max_body_bytes:
+                            if (
+                                length is not None
+                                and length <= mw.max_body_bytes
+                                and hdrs.CONTENT_ENCODING not in resp.headers
+                            ):
                                 # The parser stops at Content-Length, within the limit: aiohttp's
                                 # own read() is the cheapest way to the whole body.
                                 await resp.read()
@@ -519,7 +523,12 @@ class _Call:
     async def _buffer(self, resp: ClientResponse) -> None:
         limit = self.mw.max_body_bytes
         length = resp.content_length
-        if length is not None and length > limit:
+        if hdrs.CONTENT_ENCODING in resp.headers:
+            # Content-Length counts the compressed bytes: a few kilobytes of gzip can inflate
+            # to gigabytes. The limit is held on what decompresses, chunk by chunk (aiohttp
+            # decompresses each chunk to a bounded size).
+            length = None
+        elif length is not None and length > limit:
             resp.close()
             raise self._too_large(limit, f"Content-Length {length}")
         if length is not None:
