@@ -141,6 +141,31 @@ class Response:
         )
 
 
+def _check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse headers that are not str to str before anything is sent (aiohttp would fail
+    while writing them, inside the retry loop, with a bare TypeError)."""
+    if not isinstance(headers, Mapping):
+        raise InvalidRequest(f"headers must be a mapping, got {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise InvalidRequest(f"header names must be str, got a {type(name).__name__}")
+        if not isinstance(value, str):
+            # The name only: the value may be a credential.
+            raise InvalidRequest(f"header {name[:40]!r} must have a str value")
+
+
+def _strict_json(value: Any) -> str:
+    return _json.dumps(value, allow_nan=False)
+
+
+#: What a request's arguments may be, for the message of a request aiohttp could not build.
+_ARGUMENTS = (
+    "params values must be str, int or float; headers str names and values without CR or LF; "
+    "json a JSON-serialisable value without NaN or infinity; data bytes, str or a flat form "
+    "mapping"
+)
+
+
 def _json_kind(tp: type[Any]) -> str:
     return {
         dict: "object",
@@ -388,6 +413,9 @@ class Engine:
                 # The Login Service's Session_id cookie is held by the auth provider and sent
                 # only on its own refresh and logout; a jar could hand it to other hosts.
                 cookie_jar=aiohttp.DummyCookieJar(),
+                # NaN and infinity are not JSON: refused here (InvalidRequest), not sent for
+                # the server to reject.
+                json_serialize=_strict_json,
             )
         self._attach_providers()
 
@@ -543,6 +571,12 @@ class Engine:
             raise InvalidRequest(f"method must be an HTTP method name, got {method!r:.40}")
         if json is not _NO_JSON and data is not None:
             raise InvalidRequest("pass either json= or data=, not both")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidRequest(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        if idempotent is not None and not isinstance(idempotent, bool):
+            raise InvalidRequest(
+                f"idempotent must be True, False or None, got {type(idempotent).__name__}"
+            )
         if recover:
             return await self._recovery.run(
                 lambda: self.request(
@@ -590,6 +624,8 @@ class Engine:
             ):
                 call = session.request(method, url)
             else:
+                if headers is not None:
+                    _check_headers(headers)
                 options: dict[str, Any] = {
                     "params": params,
                     "data": data,
@@ -618,13 +654,19 @@ class Engine:
             # Raised outside the retry middleware (before the chain ran, or while reading a
             # body that the middleware did not buffer).
             raise unsent_request_error(exc, ctx, method, url) from exc
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        except (ValueError, TypeError, RecursionError) as exc:
+            # aiohttp and yarl refuse what cannot be sent while building the request, before
+            # the middleware chain runs (RecursionError: absurdly nested JSON). A TypeError
+            # from inside the chain is no argument of the caller's: it propagates as it is.
+            if isinstance(exc, TypeError) and ctx.started_at is not None:
+                raise
+            # Not chained: the refused value (a header, a parameter) may be a credential.
             raise InvalidRequest(
-                f"invalid request: {type(exc).__name__}",
+                f"invalid request ({type(exc).__name__}): {_ARGUMENTS}",
                 service=service,
                 method=method,
                 url=redact_url(url),
-            ) from exc
+            ) from None
         finally:
             _CURRENT.reset(token)
 

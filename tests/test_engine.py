@@ -98,6 +98,50 @@ async def test_malformed_calls_raise_invalid_request_before_anything_is_sent(
     assert script.hits == 0
 
 
+SECRET_ISH = "s3cr3t-in-a-bad-argument"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"params": {"a": {"nested": SECRET_ISH}}},
+        {"params": {"flag": True}},
+        {"headers": {"X-Token": 12345}},
+        {"headers": {1: SECRET_ISH}},
+        {"headers": {"X-Token": f"{SECRET_ISH}\r\nInjected: 1"}},
+        {"json": {"a": object()}},
+        {"json": {"ratio": float("nan")}},
+        {"data": 5},
+        {"retry": 5},
+        {"idempotent": "yes"},
+    ],
+    ids=[
+        "nested-param",
+        "bool-param",
+        "int-header-value",
+        "int-header-name",
+        "crlf-header",
+        "unserialisable-json",
+        "nan-json",
+        "int-data",
+        "retry-not-a-policy",
+        "idempotent-not-a-bool",
+    ],
+)
+async def test_a_bad_argument_is_invalid_request_before_anything_is_sent_and_not_shown(
+    kwargs: dict[str, object], serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        with pytest.raises(InvalidRequest) as refused:
+            await engine.request("POST", "svc", "/x", **kwargs)  # type: ignore[arg-type]
+    assert script.hits == 0
+    # The refused value may be a credential: neither the message nor a cause shows it.
+    assert SECRET_ISH not in str(refused.value)
+    assert refused.value.__cause__ is None
+
+
 async def test_json_and_data_together_are_refused(clock: VirtualClock) -> None:
     async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
         with pytest.raises(InvalidRequest, match="json= or data="):
