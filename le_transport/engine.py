@@ -716,6 +716,16 @@ class Engine:
         self.session  # noqa: B018 - raises if the engine is not started
         if self._closed:
             raise TransportError("the engine is closed")
+        if options is not None and not isinstance(options, SocketOptions):
+            raise ConfigurationError(
+                f"Engine.websocket options must be SocketOptions, got {type(options).__name__}"
+            )
+        for callback in (*on_connect, *(() if on_frame is None else (on_frame,))):
+            if not callable(callback):
+                raise ConfigurationError(
+                    "Engine.websocket on_connect and on_frame take callables, got a "
+                    f"{type(callback).__name__}"
+                )
         opts = options or SocketOptions()
         dialer = EngineDialer(
             self,

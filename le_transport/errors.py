@@ -31,6 +31,7 @@ __all__ = [
     "EngineClosed",
     "HTTPStatusError",
     "HostileHostError",
+    "InvalidMessage",
     "InvalidRetryAfter",
     "InvalidSocketTransition",
     "LoginRejected",
@@ -403,6 +404,12 @@ class SocketDeadlock(SocketError):
     answer could never be read), or ``wait_open()`` in an ``on_frame`` handler or ``on_connect``
     callback before the socket is open. Raised at once rather than waiting out a timeout (or
     for ever); run such a call in a task of its own."""
+
+
+class InvalidMessage(SocketError, ValueError):
+    """A socket message that cannot be sent as given: a request ``type`` that is not a
+    non-empty str, a body or frame that is not JSON (an object, NaN), a timeout that is not a
+    positive number. Raised before anything is sent; the message never shows the value."""
 
 
 class SocketRequestError(SocketError):

@@ -29,11 +29,13 @@ task: that makes the owner's ``receive()`` return.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import contextvars
 import inspect
 import json
 import logging
+import math
 import random
 import weakref
 from collections import deque
@@ -47,6 +49,7 @@ import attrs
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import (
     AuthenticationError,
+    InvalidMessage,
     SocketAuthFailed,
     SocketClosed,
     SocketDeadlock,
@@ -115,6 +118,15 @@ class ReloginEscalation(Protocol):
     ) -> Connection | None:
         """Recover the session (re-resolve domains, re-login) for ``request.subject``."""
         ...
+
+
+def _dumps(value: Any, what: str) -> str:
+    """``value`` as JSON text, or :class:`InvalidMessage` (NaN and infinity are not JSON)."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        # Not chained, and the value not shown: it may carry a credential.
+        raise InvalidMessage(f"{what} is not JSON ({builtins.type(exc).__name__})") from None
 
 
 class ResilientSocket:
@@ -402,7 +414,7 @@ class ResilientSocket:
         connect. Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full
         and :class:`SocketClosed` when the socket is closed.
         """
-        text = frame if isinstance(frame, str) else json.dumps(frame)
+        text = frame if isinstance(frame, str) else _dumps(frame, "the frame")
         return await self._send_text(text, None)
 
     async def request(
@@ -440,6 +452,20 @@ class ResilientSocket:
                 "runs in the task that reads the answers, so none could arrive; start a task "
                 "for the request and do not await it in the handler"
             )
+        if not isinstance(type, str) or not type:
+            raise InvalidMessage(
+                f"a request type must be a non-empty str, got {builtins.type(type).__name__}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise InvalidMessage(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if headers is not None and not isinstance(headers, list | tuple):
+            raise InvalidMessage(
+                f"headers must be a list of header objects, got {builtins.type(headers).__name__}"
+            )
         limit = self._options.request_timeout if timeout is None else timeout
         request_id, fut = self._pending.open()
         frame: dict[str, Any] = {"kind": "req", "id": request_id, "type": type}
@@ -448,8 +474,9 @@ class ResilientSocket:
             frame["headers"] = list(headers)
         answered = False
         try:
+            text = _dumps(frame, f"the body of {type!r}")
             async with timeout_after(self._clock, limit):
-                await self._send_text(json.dumps(frame), request_id)
+                await self._send_text(text, request_id)
                 answer = await fut
             answered = True
         except TimeoutError:
