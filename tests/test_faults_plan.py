@@ -536,3 +536,50 @@ def test_ws_delay_draws_each_messages_delay_within_plus_or_minus_jitter(seed: in
     assert first == delays()
     assert all(0.75 <= d <= 1.25 for d in first)
     assert len(set(first)) > 1
+
+
+@pytest.mark.parametrize(
+    ("plan", "match"),
+    [
+        ({"seed": 1, "rules": [{"id": "a", "sequence": [5]}]}, "100..599"),
+        ({"seed": 1, "rules": [{"id": "a", "sequence": [700]}]}, "100..599"),
+        (
+            {"seed": 1, "rules": [{"id": "a", "fault": 503, "match": {"path": 5}}]},
+            "Match.path must be a str",
+        ),
+        (
+            {"seed": 1, "rules": [{"id": "a", "fault": 503, "match": {"service": ["x"]}}]},
+            "Match.service",
+        ),
+        (
+            {
+                "seed": 1,
+                "rules": [
+                    {
+                        "id": "a",
+                        "fault": {"kind": "status", "code": 503, "headers": {"X": "a\r\nB"}},
+                    }
+                ],
+            },
+            "cannot be sent",
+        ),
+        (
+            {
+                "seed": 1,
+                "rules": [
+                    {
+                        "id": "a",
+                        "fault": {"kind": "status", "code": 503, "headers": {"X Y": "1"}},
+                    }
+                ],
+            },
+            "cannot be sent",
+        ),
+    ],
+    ids=["tiny-code", "huge-code", "int-path", "list-service", "crlf-header", "spaced-header"],
+)
+def test_a_plan_that_would_fail_only_when_its_fault_fires_is_refused_when_loaded(
+    plan: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        FaultPlan.from_dict(plan)

@@ -141,7 +141,17 @@ def _ms_in(name: str, *, positive: bool) -> Any:
 
 
 def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
-    return {str(k): str(v) for k, v in value.items()}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"headers must be a mapping, got {type(value).__name__}")
+    headers = {str(k): str(v) for k, v in value.items()}
+    for name, text in headers.items():
+        # A header that cannot go on the wire would fail only when the fault fires, mid-run.
+        if not name or any(c in name for c in " :\r\n\0") or any(c in text for c in "\r\n\0"):
+            raise ConfigurationError(
+                f"header {name[:40]!r} cannot be sent: a name without spaces or ':', and no "
+                "CR, LF or NUL in the name or the value"
+            )
+    return headers
 
 
 # -- fault kinds ---------------------------------------------------------------------------------
@@ -498,6 +508,8 @@ def fault_from_dict(data: Mapping[str, Any] | int | None) -> Fault | None:
     if isinstance(data, bool):
         raise ConfigurationError(f"a fault must be a mapping, a status code or null, not {data!r}")
     if isinstance(data, int):
+        if not 100 <= data <= 599:
+            raise ConfigurationError(f"a status code shorthand must be in 100..599, got {data}")
         return None if data < 300 else Status(data)
     if not isinstance(data, Mapping):
         raise ConfigurationError(f"a fault must be a mapping with a 'kind', got {data!r:.80}")
@@ -556,8 +568,21 @@ class Match:
     """
 
     method: str | None = attrs.field(default=None, converter=_upper_or_none)
-    path: str = "*"
-    service: str | None = None
+    path: str = attrs.field(default="*")
+    service: str | None = attrs.field(default=None)
+
+    @path.validator
+    def _check_path(self, attribute: attrs.Attribute[str], value: object) -> None:
+        # Checked here: matching a glob that is not a str fails only when traffic arrives.
+        if not isinstance(value, str):
+            raise ConfigurationError(f"Match.path must be a str glob, got {type(value).__name__}")
+
+    @service.validator
+    def _check_service(self, attribute: attrs.Attribute[str | None], value: object) -> None:
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(
+                f"Match.service must be a str or None, got {type(value).__name__}"
+            )
 
     def matches(self, method: str, path: str, service: str | None = None) -> bool:
         """Whether a unit with these facts is matched."""
