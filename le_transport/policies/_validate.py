@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 
 from ..errors import ConfigurationError
 
-__all__ = ["fraction", "non_negative", "optional_positive", "positive"]
+__all__ = [
+    "finite_number",
+    "flag",
+    "fraction",
+    "instance_of",
+    "int_codes",
+    "non_negative",
+    "optional_finite",
+    "optional_positive",
+    "positive",
+]
+
+
+def finite_number(value: object) -> bool:
+    """Whether ``value`` is an int or float (not a bool) that is neither NaN nor infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        # An int past float's range: math.isfinite cannot even convert it.
+        return False
 
 
 def _check(predicate: Callable[[float], bool], wants: str) -> Callable[[Any, Any, Any], None]:
     def validator(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and wants.startswith("None or"):
             return
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and predicate(value)
-        )
-        if not ok:
+        if not (finite_number(value) and predicate(value)):
             raise ConfigurationError(
                 f"{type(instance).__name__}.{attribute.name} must be {wants}, got {value!r}"
             )
@@ -34,4 +49,37 @@ def _check(predicate: Callable[[float], bool], wants: str) -> Callable[[Any, Any
 non_negative = _check(lambda v: v >= 0, "a finite number >= 0")
 positive = _check(lambda v: v > 0, "a finite number > 0")
 optional_positive = _check(lambda v: v > 0, "None or a finite number > 0")
+optional_finite = _check(lambda v: True, "None or a finite number")
 fraction = _check(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+
+def instance_of(cls: type, wants: str) -> Callable[[Any, Any, Any], None]:
+    """A validator: the value must be a ``cls`` (described to the caller as ``wants``)."""
+
+    def validator(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, cls):
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{attribute.name} must be {wants}, "
+                f"got {type(value).__name__}"
+            )
+
+    return validator
+
+
+#: A validator: the value must be True or False (a truthy 1 or "no" is refused, not guessed).
+flag = instance_of(bool, "a bool")
+
+
+def int_codes(field: str, value: object) -> frozenset[int]:
+    """``value`` as a frozenset of ints, for the status and close code sets; ``field`` is
+    ``Class.name``, for the message. A str, a bare number, a bool or a float in it is refused:
+    ``"429"`` would otherwise become the set of its characters and never match a status."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"{field} must be a collection of int codes, got {type(value).__name__}"
+        )
+    items = tuple(value)
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigurationError(f"{field} must hold int codes, got {item!r}")
+    return frozenset(items)

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import fraction, non_negative, optional_positive, positive
+from ._validate import finite_number, fraction, non_negative, optional_positive, positive
 from .retry import GUIDE_5XX_PAUSES
 
 __all__ = [
@@ -70,9 +70,10 @@ class BackoffPolicy:
 
     @factor.validator
     def _check_factor(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+        if not (finite_number(value) and value > 1):
             raise ConfigurationError(
-                f"BackoffPolicy.factor must be > 1 so that delays grow, got {value!r}"
+                f"BackoffPolicy.factor must be a finite number > 1 so that delays grow, "
+                f"got {value!r}"
             )
 
     def __attrs_post_init__(self) -> None:
