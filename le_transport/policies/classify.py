@@ -9,9 +9,10 @@ The I/O layer turns a response or an exception into an :class:`Outcome` (a plain
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 
 import attrs
+
+from ._validate import int_codes
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -80,8 +81,12 @@ class Outcome:
         return f"{self.kind.value} ({self.error})" if self.error else self.kind.value
 
 
-def _status_set(value: Iterable[int]) -> frozenset[int]:
-    return frozenset(value)
+def _retry_statuses(value: object) -> frozenset[int]:
+    return int_codes("Classifier.retry_statuses", value)
+
+
+def _final_statuses(value: object) -> frozenset[int]:
+    return int_codes("Classifier.final_statuses", value)
 
 
 @attrs.frozen
@@ -99,8 +104,12 @@ class Classifier:
     timeout may come after the server acted, so repeating a POST could apply it twice.
     """
 
-    retry_statuses: frozenset[int] = attrs.field(default=frozenset({429}), converter=_status_set)
-    final_statuses: frozenset[int] = attrs.field(default=frozenset({451}), converter=_status_set)
+    retry_statuses: frozenset[int] = attrs.field(
+        default=frozenset({429}), converter=_retry_statuses
+    )
+    final_statuses: frozenset[int] = attrs.field(
+        default=frozenset({451}), converter=_final_statuses
+    )
 
     def classify(self, outcome: Outcome) -> Verdict:
         """Success, retry, or fail, regardless of the method."""

@@ -13,12 +13,11 @@ re-authentication too.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import positive
+from ._validate import flag, int_codes, positive
 
 __all__ = [
     "ABNORMAL_CLOSURE",
@@ -180,8 +179,12 @@ class CloseVerdict:
     escalates: bool = True
 
 
-def _codes(value: Iterable[int]) -> frozenset[int]:
-    return frozenset(value)
+def _reauth_codes(value: object) -> frozenset[int]:
+    return int_codes("ClosePolicy.reauth_codes", value)
+
+
+def _reauth_statuses(value: object) -> frozenset[int]:
+    return int_codes("ClosePolicy.reauth_statuses", value)
 
 
 def _run_length(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
@@ -202,13 +205,13 @@ class ClosePolicy:
       ask for the socket to go away).
     """
 
-    reauth_codes: frozenset[int] = attrs.field(default=REAUTH_CLOSE_CODES, converter=_codes)
+    reauth_codes: frozenset[int] = attrs.field(default=REAUTH_CLOSE_CODES, converter=_reauth_codes)
     reauth_statuses: frozenset[int] = attrs.field(
-        default=REAUTH_HANDSHAKE_STATUSES, converter=_codes
+        default=REAUTH_HANDSHAKE_STATUSES, converter=_reauth_statuses
     )
     fast_drop_within: float = attrs.field(default=FAST_DROP_WITHIN, validator=positive)
     fast_drop_run: int = attrs.field(default=FAST_DROP_RUN, validator=_run_length)
-    reconnect_on_server_close: bool = True
+    reconnect_on_server_close: bool = attrs.field(default=True, validator=flag)
 
     def classify(self, disconnect: Disconnect, fast_drops: int = 0) -> CloseVerdict:
         """What to do after ``disconnect``, given the current run of fast 1006 drops.
