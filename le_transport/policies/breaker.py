@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import positive
+from ._validate import instance_of, positive
 from .backoff import BackoffPolicy
 from .classify import Outcome, OutcomeKind
 
@@ -147,7 +147,9 @@ class CircuitBreaker:
     )
     sampling_window: float = attrs.field(default=BREAKER_SAMPLING_WINDOW, validator=positive)
     slots: int = attrs.field(default=10, validator=_slots)
-    breaks: BackoffPolicy = attrs.field(factory=_default_breaks)
+    breaks: BackoffPolicy = attrs.field(
+        factory=_default_breaks, validator=instance_of(BackoffPolicy, "a BackoffPolicy")
+    )
     probe_lease: float = attrs.field(default=BREAKER_PROBE_LEASE, validator=positive)
 
     @staticmethod

@@ -13,7 +13,7 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import fraction, non_negative, optional_positive
+from ._validate import fraction, instance_of, non_negative, optional_positive
 from .classify import Classifier, Outcome, Verdict
 
 __all__ = [
@@ -97,7 +97,9 @@ class RetryPolicy:
         default=DEFAULT_ATTEMPT_TIMEOUT, validator=optional_positive
     )
     deadline: float | None = attrs.field(default=None, validator=optional_positive)
-    classifier: Classifier = attrs.field(factory=Classifier)
+    classifier: Classifier = attrs.field(
+        factory=Classifier, validator=instance_of(Classifier, "a Classifier")
+    )
 
     @property
     def max_attempts(self) -> int:
