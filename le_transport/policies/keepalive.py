@@ -16,12 +16,13 @@ The per-product table (LivePerson's retry and keepalive page) ships as named val
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import positive
+from ._validate import flag, instance_of, positive
 
 __all__ = [
     "CHAT_AGENT_API_REFRESH",
@@ -66,9 +67,44 @@ class KeepaliveDecision:
 
 
 def _params(value: object) -> tuple[tuple[str, str], ...]:
+    pairs: list[object]
     if isinstance(value, Mapping):
-        return tuple((str(k), str(v)) for k, v in value.items())
-    return tuple((str(k), str(v)) for k, v in value)  # type: ignore[attr-defined]
+        pairs = list(value.items())
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"Keepalive.params must be a mapping or (name, value) pairs, got {type(value).__name__}"
+        )
+    else:
+        pairs = list(value)
+    out: list[tuple[str, str]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ConfigurationError(
+                f"Keepalive.params must hold (name, value) pairs, got {type(pair).__name__}"
+            )
+        name, val = pair
+        # A None or bytes value would go out as the text "None" or "b'...'": refused instead.
+        if not isinstance(name, str) or isinstance(val, bool) or not isinstance(val, str | int):
+            raise ConfigurationError(
+                "Keepalive.params must map str names to str or int values, got "
+                f"{type(name).__name__}: {type(val).__name__}"
+            )
+        out.append((name, str(val)))
+    return tuple(out)
+
+
+def _non_empty_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            f"Keepalive.{attribute.name} must be a non-empty str, got {type(value).__name__}"
+        )
+
+
+def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(
+            f"Keepalive.{attribute.name} must be None or a str, got {type(value).__name__}"
+        )
 
 
 @attrs.frozen
@@ -88,16 +124,19 @@ class Keepalive:
       server that closes a socket whose client stays quiet, as the simulator does after 60 s.
     """
 
-    product: str
-    action: str
+    product: str = attrs.field(validator=_non_empty_str)
+    action: str = attrs.field(validator=_non_empty_str)
     interval: float = attrs.field(validator=positive)
     timeout: float = attrs.field(validator=positive)
-    transport: KeepaliveTransport = KeepaliveTransport.SOCKET
-    only_when_idle: bool = True
-    method: str | None = None
-    path: str | None = None
+    transport: KeepaliveTransport = attrs.field(
+        default=KeepaliveTransport.SOCKET,
+        validator=instance_of(KeepaliveTransport, "a KeepaliveTransport"),
+    )
+    only_when_idle: bool = attrs.field(default=True, validator=flag)
+    method: str | None = attrs.field(default=None, validator=_optional_str)
+    path: str | None = attrs.field(default=None, validator=_optional_str)
     params: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_params)
-    outbound_idle: bool = False
+    outbound_idle: bool = attrs.field(default=False, validator=flag)
 
     def __attrs_post_init__(self) -> None:
         if self.timeout > self.interval:
