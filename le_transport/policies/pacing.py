@@ -36,7 +36,7 @@ from __future__ import annotations
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import non_negative, positive
+from ._validate import non_negative, optional_finite, positive
 
 __all__ = [
     "RECONNECT_BURST",
@@ -78,8 +78,8 @@ class TokenBucket:
 
     rate: float = attrs.field(default=RECONNECT_RATE, validator=positive)
     burst: float = attrs.field(default=RECONNECT_BURST, validator=positive)
-    tokens: float | None = None
-    updated_at: float | None = None
+    tokens: float | None = attrs.field(default=None, validator=optional_finite)
+    updated_at: float | None = attrs.field(default=None, validator=optional_finite)
     grace: float = attrs.field(default=RECONNECT_GRACE, validator=non_negative, kw_only=True)
     max_misses: int = attrs.field(default=RECONNECT_MAX_MISSES, kw_only=True)
 
