@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "sockets on loopback, with the default test account (see the simulator's docs).",
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    sim.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    sim.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
     sim.add_argument(
         "--public-address",
         help="host:port the Domain API hands out (when clients reach it through a proxy)",
@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--key", help="PEM private key for --tls")
     sim.add_argument("--plan", help="a fault plan (JSON file) to apply from the start")
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port number for argparse: 0 (a free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r:.20}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,7 +110,11 @@ def serve_forever(
         except (OSError, ValueError) as exc:
             print(f"le-transport simulate: cannot read the fault plan: {exc}", file=sys.stderr)
             return 2
-    config = SimulatorConfig(public_address=public_address)
+    try:
+        config = SimulatorConfig(public_address=public_address)
+    except ConfigurationError as exc:
+        print(f"le-transport simulate: {exc}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="le-simulator-") as tmp:
         ctx = None
         if tls or cert or key:
@@ -130,9 +134,23 @@ def serve_forever(
                 ctx = server_tls_context(made_cert, made_key)
             else:
                 assert key is not None
-                ctx = server_tls_context(cert, key)
+                try:
+                    ctx = server_tls_context(cert, key)
+                except (OSError, ssl.SSLError) as exc:
+                    print(
+                        f"le-transport simulate: cannot load --cert/--key: {exc}", file=sys.stderr
+                    )
+                    return 2
         sim = Simulator(config, host=host, port=port, ssl=ctx, plan=plan)
         # KeyboardInterrupt only if it arrives before the signal handler is installed.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(sim))
+            try:
+                asyncio.run(_serve(sim))
+            except OSError as exc:
+                # Address in use, not ours to bind, or not an address of this machine.
+                print(
+                    f"le-transport simulate: cannot listen on {host}:{port}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                return 2
     return 0

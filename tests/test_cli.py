@@ -1,0 +1,46 @@
+"""The ``le-transport`` command refuses bad arguments with a usage error, not a traceback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from le_transport import cli
+
+
+@pytest.mark.parametrize("port", ["-5", "65536", "x"])
+def test_simulate_refuses_a_port_out_of_range_with_a_usage_error(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["simulate", "--port", port])
+    assert exited.value.code == 2
+    assert "argument --port" in capsys.readouterr().err
+
+
+def test_simulate_on_a_port_in_use_says_so_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["simulate", "--port", str(port)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+def test_simulate_with_a_certificate_that_cannot_be_read_says_so_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli.main(["simulate", "--tls", "--cert", "/nonexistent.pem", "--key", "/nope.pem"])
+    assert code == 2
+    assert "cannot load --cert/--key" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_time_scale_that_is_not_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["demo", "--time-scale", "-1"]) == 2
+    assert "--time-scale must be > 0" in capsys.readouterr().err
