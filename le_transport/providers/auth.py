@@ -20,6 +20,8 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret, redact_headers
+from ..errors import ConfigurationError
+from ._http import header_safe
 
 __all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "StaticBearer"]
 
@@ -92,6 +94,20 @@ class BodySigningAuth(AuthProvider, Protocol):
         ...
 
 
+def _bearer(token: object) -> Secret:
+    """``token`` as a :class:`Secret` that can go in a header; never echoed when refused."""
+    if isinstance(token, str):
+        token = Secret(token)
+    # A CR/LF in the value would write headers of its own; bytes or None would fail (or be
+    # sent as "None") only at the first request, far from the mistake.
+    if not isinstance(token, Secret) or not header_safe(token.reveal()):
+        raise ConfigurationError(
+            "StaticBearer.token must be a non-empty str or Secret of visible ASCII characters "
+            f"(no whitespace or control characters), got {type(token).__name__}"
+        )
+    return token
+
+
 class StaticBearer:
     """A caller-managed bearer token: ``Authorization: Bearer <token>``.
 
@@ -102,12 +118,15 @@ class StaticBearer:
     __slots__ = ("_generation", "_token")
 
     def __init__(self, token: str | Secret) -> None:
-        self._token = Secret(token) if isinstance(token, str) else token
+        self._token = _bearer(token)
         self._generation = 0
 
     def update(self, token: str | Secret) -> None:
-        """Replace the token (e.g. after the caller refreshed it elsewhere)."""
-        self._token = Secret(token) if isinstance(token, str) else token
+        """Replace the token (e.g. after the caller refreshed it elsewhere).
+
+        A token that cannot be sent is a :class:`ConfigurationError`; the old one stays.
+        """
+        self._token = _bearer(token)
         self._generation += 1
 
     async def credentials(self, method: str, url: URL) -> Credentials:
