@@ -162,10 +162,15 @@ def validate_account(account: object, *, owner: str) -> str:
     It goes into URL paths, so anything that could change the path is refused.
     """
     if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
-        shown = repr(account)[:40]
+        # Never the value itself: arguments given in the wrong order put a password here.
+        shown = (
+            f"a str of {len(account)} characters"
+            if isinstance(account, str)
+            else type(account).__name__
+        )
         raise ConfigurationError(
-            f"{owner}.account must be a LiveEngage account id (letters, digits, '.', '_', '-'), "
-            f"got {shown}"
+            f"{owner}.account must be a LiveEngage account id (1 to 64 letters, digits, '.', "
+            f"'_', '-'), got {shown}"
         )
     return account
 
