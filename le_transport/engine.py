@@ -141,6 +141,16 @@ class Response:
         )
 
 
+def _wrong(name: str, value: object, what: str) -> None:
+    raise ConfigurationError(f"Engine.{name} must be {what}, got {type(value).__name__}")
+
+
+def _expect(name: str, value: object, kind: type) -> None:
+    """``value`` is None or a ``kind``, else :class:`ConfigurationError` naming the field."""
+    if value is not None and not isinstance(value, kind):
+        _wrong(name, value, f"{kind.__name__} or None")
+
+
 def _check_headers(headers: Mapping[str, str]) -> None:
     """Refuse headers that are not str to str before anything is sent (aiohttp would fail
     while writing them, inside the retry loop, with a bare TypeError)."""
@@ -246,6 +256,37 @@ class Engine:
     ) -> None:
         if scheme not in ("https", "http"):
             raise ConfigurationError(f"Engine.scheme must be 'https' or 'http', got {scheme!r}")
+        # Each checked here, by name: a wrong kind would otherwise fail as an AttributeError
+        # deep inside the first call, the first socket or the first retry.
+        if not isinstance(domains, Mapping | DomainProvider):
+            _wrong("domains", domains, "a DomainProvider or a {service: host} mapping")
+        _expect("retry", retry, RetryPolicy)
+        _expect("clock", clock, Clock)
+        _expect("hooks", hooks, EventHooks)
+        _expect("rng", rng, random.Random)
+        _expect("session", session, aiohttp.ClientSession)
+        _expect("recovery", recovery, BackoffPolicy)
+        _expect("pacer", pacer, ReconnectPacer)
+        if overload is not None and not all(
+            callable(getattr(overload, name, None))
+            for name in ("admit", "settle", "abandon", "before_retry")
+        ):
+            _wrong("overload", overload, "an OverloadGuard (or another RetryGate) or None")
+        for name, stack in (
+            ("outer_middlewares", outer_middlewares),
+            ("wire_middlewares", wire_middlewares),
+        ):
+            if isinstance(stack, str | bytes) or not all(callable(m) for m in stack):
+                _wrong(name, stack, "a sequence of aiohttp client middlewares (callables)")
+        if (
+            isinstance(connection_limit, bool)
+            or not isinstance(connection_limit, int)
+            or connection_limit < 0
+        ):
+            raise ConfigurationError(
+                f"Engine.connection_limit must be an int >= 0 (0: unlimited), got "
+                f"{connection_limit!r}"
+            )
         if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
             raise ConfigurationError(
                 f"Engine.max_body_bytes must be a positive int, got {max_body_bytes!r}"

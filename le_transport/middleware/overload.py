@@ -40,7 +40,7 @@ import uuid
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import Clock, RealClock
-from ..errors import CircuitOpen, RequestError, RetryBudgetExhausted
+from ..errors import CircuitOpen, ConfigurationError, RequestError, RetryBudgetExhausted
 from ..events import EventHooks, StateEvent, emit
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
 from ..policies.budget import RetryBudget
@@ -163,6 +163,33 @@ class OverloadGuard:
         flush_interval: float = 1.0,
         sync_interval: float = 1.0,
     ) -> None:
+        # Checked here, by name: a wrong kind would otherwise fail on the first call's attempt.
+        for name, value, kind in (
+            ("budget", budget, RetryBudget),
+            ("breaker", breaker, CircuitBreaker),
+            ("store", store, StateStore),
+            ("clock", clock, Clock),
+            ("hooks", hooks, EventHooks),
+            ("rng", rng, random.Random),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise ConfigurationError(
+                    f"OverloadGuard.{name} must be {kind.__name__} or None, "
+                    f"got {type(value).__name__}"
+                )
+        if not isinstance(account, str) or not account:
+            raise ConfigurationError(
+                f"OverloadGuard.account must be a non-empty str, got {type(account).__name__}"
+            )
+        for name, seconds in (("flush_interval", flush_interval), ("sync_interval", sync_interval)):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not 0 <= seconds < math.inf
+            ):
+                raise ConfigurationError(
+                    f"OverloadGuard.{name} must be a finite number of seconds >= 0, got {seconds!r}"
+                )
         self._budget = budget
         self._breaker = breaker
         self._clock = clock or RealClock()

@@ -1,0 +1,52 @@
+"""The engine and the overload guard refuse arguments of the wrong kind when they are built,
+naming the field, rather than failing deep inside the first call or socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from le_transport import ConfigurationError, Engine, OverloadGuard
+
+ENGINE_BAD: dict[str, dict[str, Any]] = {
+    "domains": {"domains": 5},
+    "retry": {"retry": 5},
+    "clock": {"clock": 5},
+    "hooks": {"hooks": 5},
+    "rng": {"rng": 5},
+    "session": {"session": "session"},
+    "recovery": {"recovery": 5},
+    "pacer": {"pacer": 5},
+    "overload": {"overload": 5},
+    "wire_middlewares": {"wire_middlewares": [5]},
+    "outer_middlewares": {"outer_middlewares": "abc"},
+    "connection_limit": {"connection_limit": -1},
+}
+
+
+@pytest.mark.parametrize("field", sorted(ENGINE_BAD))
+def test_an_engine_argument_of_the_wrong_kind_is_refused_naming_it(field: str) -> None:
+    kwargs = dict(ENGINE_BAD[field])
+    domains = kwargs.pop("domains", {"svc": "127.0.0.1:9"})
+    with pytest.raises(ConfigurationError, match=f"Engine.{field} must be"):
+        Engine(domains, **kwargs)
+
+
+GUARD_BAD: dict[str, Any] = {
+    "budget": 5,
+    "breaker": "x",
+    "store": 5,
+    "clock": 5,
+    "hooks": 5,
+    "rng": 5,
+    "account": "",
+    "flush_interval": float("nan"),
+    "sync_interval": -1,
+}
+
+
+@pytest.mark.parametrize("field", sorted(GUARD_BAD))
+def test_an_overload_guard_argument_of_the_wrong_kind_is_refused_naming_it(field: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"OverloadGuard.{field} must be"):
+        OverloadGuard(**{field: GUARD_BAD[field]})
