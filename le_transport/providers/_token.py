@@ -21,6 +21,7 @@ from yarl import URL
 from .._redact import Secret
 from ..errors import AuthenticationError, ConfigurationError
 from ..events import StateEvent
+from ..policies._validate import finite_number
 from ._flight import SingleFlight
 from ._http import ProviderHttp, ProviderResponse, emit_state, header_safe, require_attached
 from ._refusals import credential_refusals
@@ -61,9 +62,10 @@ class TokenProvider:
         margin: float = DEFAULT_TOKEN_MARGIN,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        if not (finite_number(margin) and margin >= 0):
             raise ConfigurationError(
-                f"{type(self).__name__}.margin must be seconds >= 0, got {margin!r}"
+                f"{type(self).__name__}.margin must be a finite number of seconds >= 0, "
+                f"got {margin!r:.40}"
             )
         self._margin = float(margin)
         self._wall_clock = wall_clock

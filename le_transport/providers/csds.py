@@ -40,6 +40,7 @@ from ..errors import (
     UnknownServiceError,
 )
 from ..events import StateEvent
+from ..policies._validate import finite_number
 from ..policies.retry import RetryPolicy
 from ._flight import SingleFlight
 from ._http import (
@@ -110,10 +111,11 @@ def parse_base_uris(payload: object, *, account: str) -> dict[str, Entry]:
 
 
 def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"CsdsDomains.{name} must be a number > 0, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigurationError(f"CsdsDomains.{name} must be finite, got {value!r}")
+    # finite_number, not math.isfinite: that raises OverflowError on an int past float's range.
+    if not (finite_number(value) and value > 0):
+        raise ConfigurationError(
+            f"CsdsDomains.{name} must be a finite number > 0, got {value!r:.40}"
+        )
     return float(value)
 
 

@@ -39,6 +39,7 @@ from yarl import URL
 from .._redact import Secret
 from ..errors import AuthenticationError, ClientStatusError, ConfigurationError
 from ..events import StateEvent
+from ..policies._validate import finite_number
 from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
 from ._flight import SingleFlight
 from ._http import (
@@ -158,14 +159,10 @@ class LoginServiceAuth:
             raise ConfigurationError(
                 f"{owner}.domains must be a DomainProvider, got {type(domains).__name__}"
             )
-        if (
-            isinstance(refresh_interval, bool)
-            or not isinstance(refresh_interval, (int, float))
-            or not 0 < refresh_interval < math.inf
-        ):
+        if not (finite_number(refresh_interval) and refresh_interval > 0):
             raise ConfigurationError(
                 f"{owner}.refresh_interval must be a finite number of seconds > 0, "
-                f"got {refresh_interval!r}"
+                f"got {refresh_interval!r:.40}"
             )
         self._domains = domains
         self._service = service
