@@ -63,6 +63,7 @@ __all__ = [
     "AGENT_VEP",
     "DEFAULT_REFRESH_INTERVAL",
     "LOGIN_SERVICE_VERSION",
+    "MIN_SESSION_REFRESH_INTERVAL",
     "AppLogin",
     "ClientCredentialsLogin",
     "LoginServiceAuth",
@@ -79,6 +80,10 @@ AGENT_VEP = "agentVep"
 LOGIN_SERVICE_VERSION = "1.3"
 #: The guide's Step 3: the Chat Agent API's keepalive is a ``refresh`` "every 5 minutes".
 DEFAULT_REFRESH_INTERVAL = 300.0
+#: The shortest keepalive interval a login answer's ``sessionTTl`` can lead to. A server that
+#: answers a TTL of 1 ms must not make the keepalive refresh in a tight loop; LivePerson's
+#: sessions live hours, and the Login Service asks for 5 s between retried logins.
+MIN_SESSION_REFRESH_INTERVAL = LOGIN_RATE_LIMIT_FLOOR
 #: The access-token fields of the client-credentials login body (LivePerson's documented form).
 CLIENT_CREDENTIALS_DUMMY = "dummy"
 
@@ -225,9 +230,12 @@ class LoginServiceAuth:
         return self._generation
 
     def refresh_interval_for(self, session: LoginSession | None) -> float:
-        """The keepalive interval: ``refresh_interval``, never more than half the session TTL."""
+        """The keepalive interval: ``refresh_interval``, never more than half the session TTL,
+        and never less than :data:`MIN_SESSION_REFRESH_INTERVAL` because of that TTL (the
+        answer's TTL comes from the server; ``refresh_interval`` is the caller's own)."""
         if session is not None and session.ttl is not None:
-            return min(self._refresh_interval, session.ttl / 2.0)
+            by_ttl = max(session.ttl / 2.0, MIN_SESSION_REFRESH_INTERVAL)
+            return min(self._refresh_interval, by_ttl)
         return self._refresh_interval
 
     # -- AuthProvider -----------------------------------------------------------------------
