@@ -11,6 +11,7 @@ JWT's ``exp``, and after the server rejects the current one.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 
@@ -61,6 +62,9 @@ class ConsumerJwt(TokenProvider):
             )
         if isinstance(auth_code, str):
             auth_code = Secret(auth_code)
+        if isinstance(auth_code, Secret) and not auth_code:
+            # An empty code would be sent to ``authenticate`` and refused there, far from here.
+            raise ConfigurationError("ConsumerJwt.auth_code must not be empty")
         self._auth_code = auth_code
         self._domains = domains
         self._service = service
@@ -77,8 +81,23 @@ class ConsumerJwt(TokenProvider):
             return None
         if isinstance(code, Secret):
             return code.reveal()
-        value = await code()
-        return value.reveal() if isinstance(value, Secret) else value
+        pending = code()
+        if not inspect.isawaitable(pending):
+            raise ConfigurationError(
+                "ConsumerJwt.auth_code must be an async callable; calling it returned "
+                f"{type(pending).__name__}, not an awaitable"
+            )
+        value: object = await pending
+        if isinstance(value, Secret):
+            value = value.reveal()
+        # None must not fall through to "no code": that would sign up an anonymous consumer in
+        # place of the authenticated one the caller asked for.
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(
+                "ConsumerJwt.auth_code must return a non-empty str or Secret, got "
+                f"{'an empty str' if value == '' else type(value).__name__}"
+            )
+        return value
 
     async def _request_token(self, http: ProviderHttp) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
