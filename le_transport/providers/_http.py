@@ -45,6 +45,7 @@ __all__ = [
     "header_safe",
     "provider_url",
     "require_attached",
+    "require_option",
     "require_secret",
     "split_host",
     "validate_account",
@@ -173,6 +174,13 @@ def validate_account(account: object, *, owner: str) -> str:
             f"'_', '-'), got {shown}"
         )
     return account
+
+
+def require_option(ok: bool, value: object, *, owner: str, field: str, wants: str) -> None:
+    """A :class:`ConfigurationError` naming ``owner.field`` unless ``ok``. Only the value's
+    type is shown: an option given in the wrong place may be a credential."""
+    if not ok:
+        raise ConfigurationError(f"{owner}.{field} must be {wants}, got {type(value).__name__}")
 
 
 def require_secret(value: object, *, owner: str, field: str) -> Secret:

@@ -23,9 +23,17 @@ from ..errors import AuthenticationError, ConfigurationError
 from ..events import StateEvent
 from ..policies._validate import finite_number
 from ._flight import SingleFlight
-from ._http import ProviderHttp, ProviderResponse, emit_state, header_safe, require_attached
+from ._http import (
+    ProviderHttp,
+    ProviderResponse,
+    emit_state,
+    header_safe,
+    require_attached,
+    require_option,
+)
 from ._refusals import credential_refusals
 from .auth import Credentials
+from .domains import DomainProvider
 from .jwt import jwt_expiry
 
 __all__ = ["DEFAULT_TOKEN_MARGIN", "Token", "TokenProvider"]
@@ -49,6 +57,24 @@ class Token:
         return f"Token(generation={self.generation}, refresh_at={self.refresh_at!r})"
 
 
+def check_token_options(owner: str, domains: object, service: object) -> None:
+    """The options every token provider shares: a domain provider and a service name."""
+    require_option(
+        isinstance(domains, DomainProvider),
+        domains,
+        owner=owner,
+        field="domains",
+        wants="a DomainProvider",
+    )
+    require_option(
+        isinstance(service, str) and bool(service),
+        service,
+        owner=owner,
+        field="service",
+        wants="a non-empty str",
+    )
+
+
 class TokenProvider:
     """Base of the token providers; subclasses implement :meth:`_request_token`."""
 
@@ -67,6 +93,13 @@ class TokenProvider:
                 f"{type(self).__name__}.margin must be a finite number of seconds >= 0, "
                 f"got {margin!r:.40}"
             )
+        require_option(
+            callable(wall_clock),
+            wall_clock,
+            owner=type(self).__name__,
+            field="wall_clock",
+            wants="a callable returning epoch seconds",
+        )
         self._margin = float(margin)
         self._wall_clock = wall_clock
         self._http: ProviderHttp | None = None

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from .._redact import Secret
 from ..errors import ConfigurationError
 from ._http import ProviderHttp, ProviderResponse, provider_url, validate_account
-from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider
+from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider, check_token_options
 from .domains import DomainProvider
 from .login import login_policy
 
@@ -65,6 +65,7 @@ class ConsumerJwt(TokenProvider):
         if isinstance(auth_code, Secret) and not auth_code:
             # An empty code would be sent to ``authenticate`` and refused there, far from here.
             raise ConfigurationError("ConsumerJwt.auth_code must not be empty")
+        check_token_options("ConsumerJwt", domains, service)
         self._auth_code = auth_code
         self._domains = domains
         self._service = service

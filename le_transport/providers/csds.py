@@ -48,6 +48,7 @@ from ._http import (
     emit_state,
     provider_url,
     require_attached,
+    require_option,
     validate_account,
 )
 from .domains import validate_host
@@ -168,6 +169,13 @@ class CsdsDomains:
         self._scheme = scheme
         self._ttl = _positive("ttl", ttl)
         self._stale_retry = _positive("stale_retry", stale_retry)
+        require_option(
+            retry is None or isinstance(retry, RetryPolicy),
+            retry,
+            owner="CsdsDomains",
+            field="retry",
+            wants="None or a RetryPolicy",
+        )
         self._retry = retry
         self._http: ProviderHttp | None = None
         self._entries: dict[str, Entry] | None = None

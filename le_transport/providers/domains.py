@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from ..errors import HostileHostError, UnknownServiceError
+from ..errors import ConfigurationError, HostileHostError, UnknownServiceError
 
 __all__ = ["DomainProvider", "StaticDomains", "validate_host"]
 
@@ -79,6 +79,11 @@ class StaticDomains:
     __slots__ = ("_hosts",)
 
     def __init__(self, hosts: Mapping[str, str]) -> None:
+        if not isinstance(hosts, Mapping) or not all(isinstance(svc, str) and svc for svc in hosts):
+            raise ConfigurationError(
+                "StaticDomains.hosts must be a mapping of non-empty service names to hosts, "
+                f"got {type(hosts).__name__}"
+            )
         self._hosts = {svc: validate_host(h, service=svc) for svc, h in hosts.items()}
 
     async def resolve(self, service: str) -> str:

@@ -49,6 +49,7 @@ from ._http import (
     header_safe,
     provider_url,
     require_attached,
+    require_option,
     require_secret,
     validate_account,
 )
@@ -169,6 +170,25 @@ class LoginServiceAuth:
                 f"{owner}.refresh_interval must be a finite number of seconds > 0, "
                 f"got {refresh_interval!r:.40}"
             )
+        for field, value in (("service", service), ("version", version)):
+            require_option(
+                isinstance(value, str) and bool(value),
+                value,
+                owner=owner,
+                field=field,
+                wants="a non-empty str",
+            )
+        for flag_name, flag in (("keepalive", keepalive), ("logout_on_close", logout_on_close)):
+            require_option(
+                isinstance(flag, bool), flag, owner=owner, field=flag_name, wants="a bool"
+            )
+        require_option(
+            retry is None or isinstance(retry, RetryPolicy),
+            retry,
+            owner=owner,
+            field="retry",
+            wants="None or a RetryPolicy",
+        )
         self._domains = domains
         self._service = service
         self._version = version

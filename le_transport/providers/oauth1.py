@@ -30,7 +30,7 @@ from urllib.parse import quote
 from yarl import URL
 
 from .._redact import Secret
-from ._http import require_secret
+from ._http import require_option, require_secret
 from .auth import Credentials
 
 __all__ = [
@@ -116,6 +116,10 @@ class OAuth1Signer:
         self._token_secret = require_secret(
             access_token_secret, owner="OAuth1Signer", field="access_token_secret"
         )
+        for field, value in (("wall_clock", wall_clock), ("nonce", nonce)):
+            require_option(
+                callable(value), value, owner="OAuth1Signer", field=field, wants="a callable"
+            )
         self._wall_clock = wall_clock
         self._nonce = nonce
 

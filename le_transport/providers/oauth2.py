@@ -20,10 +20,11 @@ from ._http import (
     ProviderHttp,
     ProviderResponse,
     provider_url,
+    require_option,
     require_secret,
     validate_account,
 )
-from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider
+from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider, check_token_options
 from .domains import DomainProvider
 from .login import login_policy
 
@@ -62,6 +63,14 @@ class SentinelClientCredentials(TokenProvider):
         )
         self._client_secret = require_secret(
             client_secret, owner="SentinelClientCredentials", field="client_secret"
+        )
+        check_token_options("SentinelClientCredentials", domains, service)
+        require_option(
+            isinstance(version, str) and bool(version),
+            version,
+            owner="SentinelClientCredentials",
+            field="version",
+            wants="a non-empty str",
         )
         self._domains = domains
         self._service = service
