@@ -27,7 +27,7 @@ __all__ = ["IDP", "ConsumerJwt"]
 #: The Domain API service that issues consumer tokens.
 IDP = "idp"
 
-AuthCode = str | Secret | Callable[[], Awaitable[str]]
+AuthCode = str | Secret | Callable[[], Awaitable[str | Secret]]
 
 
 class ConsumerJwt(TokenProvider):

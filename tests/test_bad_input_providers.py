@@ -1,0 +1,256 @@
+"""Bad input to the providers: wrong types, empty and hostile values at construction, and
+hostile answers from a loopback server. Each is a typed error (ConfigurationError at
+construction) that never shows a value that could be a credential, or is handled safely."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from le_transport import Engine, RetryPolicy
+from le_transport._redact import Secret
+from le_transport.errors import ConfigurationError
+from le_transport.providers import (
+    AppLogin,
+    ConsumerJwt,
+    CsdsDomains,
+    OAuth1Auth,
+    SentinelClientCredentials,
+    StaticBearer,
+    StaticDomains,
+    UserLogin,
+)
+from le_transport.providers.login import MIN_SESSION_REFRESH_INTERVAL, LoginSession
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+from tests.known_secrets import PASSWORD
+
+ACCOUNT = "12345678"
+NO_DOMAINS = StaticDomains({})
+
+# -- StaticBearer -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token", [None, b"zqx", 42, "", Secret(""), "zqx\r\nX-Injected: 1", "zqx zqx", "zqxö"]
+)
+def test_static_bearer_refuses_a_token_a_header_cannot_carry(token: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"StaticBearer\.token") as info:
+        StaticBearer(token)
+    assert "zqx" not in str(info.value)
+
+
+def test_static_bearer_update_checks_the_new_token_and_keeps_the_old_one() -> None:
+    bearer = StaticBearer("good-token")
+    with pytest.raises(ConfigurationError, match=r"StaticBearer\.token"):
+        bearer.update(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"StaticBearer\.token"):
+        bearer.update(Secret("bad\ntoken"))
+    bearer.update(Secret("next-token"))
+
+
+async def test_static_bearer_after_a_refused_update_still_sends_the_old_token() -> None:
+    bearer = StaticBearer("good-token")
+    with pytest.raises(ConfigurationError):
+        bearer.update("")
+    creds = await bearer.credentials("GET", URL("https://va.example/x"))
+    assert creds.headers["Authorization"] == "Bearer good-token"
+    assert creds.generation == 0
+
+
+# -- the account id never echoes a value that could be a credential ---------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda a: UserLogin(a, "agent", "pw", domains=NO_DOMAINS),
+        lambda a: CsdsDomains(a),
+        lambda a: ConsumerJwt(a, domains=NO_DOMAINS),
+        lambda a: SentinelClientCredentials(a, "id", "secret", domains=NO_DOMAINS),
+    ],
+)
+def test_an_invalid_account_is_refused_without_showing_it(build: Callable[[Any], Any]) -> None:
+    # Arguments in the wrong order put the password where the account goes.
+    with pytest.raises(ConfigurationError, match=r"\.account must be") as info:
+        build(PASSWORD + "!")
+    assert PASSWORD[:6] not in str(info.value)
+    with pytest.raises(ConfigurationError, match=r"\.account must be .*got int"):
+        build(12345678)
+
+
+# -- durations --------------------------------------------------------------------------------
+
+HUGE = 10**400  # an int past float's range: math.isfinite and float() raise OverflowError
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda v: CsdsDomains(ACCOUNT, ttl=v), "ttl"),
+        (lambda v: CsdsDomains(ACCOUNT, stale_retry=v), "stale_retry"),
+        (lambda v: UserLogin(ACCOUNT, "u", "p", domains=NO_DOMAINS, refresh_interval=v),
+         "refresh_interval"),
+        (lambda v: SentinelClientCredentials(ACCOUNT, "i", "s", domains=NO_DOMAINS, margin=v),
+         "margin"),
+        (lambda v: ConsumerJwt(ACCOUNT, domains=NO_DOMAINS, margin=v), "margin"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "value",
+    [HUGE, float("inf"), float("nan"), -1, True, "60", None],
+    ids=["10**400", "inf", "nan", "-1", "True", "'60'", "None"],
+)
+def test_provider_durations_are_finite_numbers(
+    build: Callable[[Any], Any], field: str, value: Any
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"\.{field} must be"):
+        build(value)
+
+
+# -- a Login Service answer whose session TTL is absurdly short ---------------------------------
+
+
+def _session(ttl: float | None) -> LoginSession:
+    return LoginSession(Secret("b"), None, None, ttl, None, 1, 0.0)
+
+
+@pytest.mark.parametrize("ttl", [0.001, 1e-300, 0.5])
+def test_a_tiny_session_ttl_does_not_make_the_keepalive_spin(ttl: float) -> None:
+    auth = UserLogin(ACCOUNT, "agent", "pw", domains=NO_DOMAINS)
+    assert auth.refresh_interval_for(_session(ttl)) >= MIN_SESSION_REFRESH_INTERVAL
+    # The caller's own interval still wins when it is shorter (tests, demos).
+    short = UserLogin(ACCOUNT, "agent", "pw", domains=NO_DOMAINS, refresh_interval=0.5)
+    assert short.refresh_interval_for(_session(ttl)) == 0.5
+
+
+async def test_login_answering_a_one_millisecond_ttl_refreshes_at_a_bounded_rate(
+    serve: ServerFactory,
+) -> None:
+    asked: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        action = request.path.rsplit("/", 1)[-1]
+        asked.append(action)
+        if action == "login":
+            return web.json_response({"bearer": "zqx-bearer", "sessionTTl": "1"})
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("POST", "/api/account/{account}/{action}", handler)
+    host = await serve(app)
+    clock = VirtualClock()
+    domains = StaticDomains({"agentVep": host})
+    auth = UserLogin(ACCOUNT, "agent", "pw", domains=domains, logout_on_close=False)
+    async with Engine(domains, auth=auth, scheme="http", clock=clock, retry=RetryPolicy()) as e:
+        await e.login()
+        await clock.sleep(60.0)
+    refreshes = asked.count("refresh")
+    assert 1 <= refreshes <= 60 / MIN_SESSION_REFRESH_INTERVAL + 1
+
+
+# -- ConsumerJwt's auth code ---------------------------------------------------------------------
+
+
+async def _idp(serve: ServerFactory, asked: list[str]) -> str:
+    async def handler(request: web.Request) -> web.Response:
+        asked.append(request.path.rsplit("/", 1)[-1])
+        return web.json_response({"jwt": "zqx-consumer-jwt"})
+
+    app = web.Application()
+    app.router.add_route("POST", "/api/account/{account}/{action}", handler)
+    return await serve(app)
+
+
+def test_an_empty_auth_code_is_refused_rather_than_sent() -> None:
+    for code in ("", Secret("")):
+        with pytest.raises(ConfigurationError, match=r"ConsumerJwt\.auth_code"):
+            ConsumerJwt(ACCOUNT, domains=NO_DOMAINS, auth_code=code)
+
+
+async def _none() -> None:
+    return None
+
+
+async def _number() -> int:
+    return 1234
+
+
+async def _empty() -> str:
+    return ""
+
+
+def _sync() -> str:
+    return "zqx-code"
+
+
+@pytest.mark.parametrize("source", [_none, _number, _empty, _sync], ids=lambda f: f.__name__)
+async def test_an_auth_code_source_that_gives_no_code_fails_and_never_signs_up(
+    serve: ServerFactory, source: Callable[[], Any]
+) -> None:
+    asked: list[str] = []
+    host = await _idp(serve, asked)
+    domains = StaticDomains({"idp": host})
+    auth = ConsumerJwt(ACCOUNT, domains=domains, auth_code=source)
+    async with Engine(domains, auth=auth, scheme="http", clock=VirtualClock()) as engine:
+        with pytest.raises(ConfigurationError, match=r"ConsumerJwt\.auth_code") as info:
+            await engine.login()
+    assert "zqx" not in str(info.value)
+    # An authenticated consumer silently turned anonymous (signup) would be worse than failing.
+    assert asked == []
+
+
+async def test_an_auth_code_source_giving_a_secret_authenticates(serve: ServerFactory) -> None:
+    asked: list[str] = []
+    host = await _idp(serve, asked)
+    domains = StaticDomains({"idp": host})
+
+    async def code() -> Secret:
+        return Secret("zqx-code")
+
+    auth = ConsumerJwt(ACCOUNT, domains=domains, auth_code=code)
+    async with Engine(domains, auth=auth, scheme="http", clock=VirtualClock()) as engine:
+        await engine.login()
+    assert asked == ["authenticate"]
+
+
+# -- options of the wrong type fail at construction, not at the first request ------------------
+
+D = NO_DOMAINS
+Sentinel = SentinelClientCredentials
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: StaticDomains(None), "hosts"),  # type: ignore[arg-type]
+        (lambda: StaticDomains([("agentVep", "va.example")]), "hosts"),  # type: ignore[arg-type]
+        (lambda: StaticDomains({1: "va.example"}), "hosts"),  # type: ignore[dict-item]
+        (lambda: StaticDomains({"": "va.example"}), "hosts"),
+        (lambda: CsdsDomains(ACCOUNT, retry=5), "retry"),  # type: ignore[arg-type]
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, retry=5), "retry"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, service=5), "service"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, service=""), "service"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, version=None), "version"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, keepalive="no"), "keepalive"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, logout_on_close=0), "logout_on_close"),
+        (lambda: AppLogin(ACCOUNT, "u", "k", "s", "t", "ts", domains=D, retry={}), "retry"),
+        (lambda: SentinelClientCredentials(ACCOUNT, "i", "s", domains=None), "domains"),  # type: ignore[arg-type]
+        (lambda: SentinelClientCredentials(ACCOUNT, "i", "s", domains=D, service=None), "service"),  # type: ignore[arg-type]
+        (lambda: SentinelClientCredentials(ACCOUNT, "i", "s", domains=D, version=1.0), "version"),  # type: ignore[arg-type]
+        (lambda: Sentinel(ACCOUNT, "i", "s", domains=D, wall_clock=5), "wall_clock"),  # type: ignore[arg-type]
+        (lambda: ConsumerJwt(ACCOUNT, domains="idp.example"), "domains"),  # type: ignore[arg-type]
+        (lambda: ConsumerJwt(ACCOUNT, domains=D, service=b"idp"), "service"),  # type: ignore[arg-type]
+        (lambda: OAuth1Auth("k", "s", "t", "ts", wall_clock=5), "wall_clock"),  # type: ignore[arg-type]
+        (lambda: OAuth1Auth("k", "s", "t", "ts", nonce="fixed"), "nonce"),  # type: ignore[arg-type]
+    ],
+)  # fmt: skip
+def test_provider_options_of_the_wrong_type_are_configuration_errors(
+    build: Callable[[], Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"\.{field}\b"):
+        build()
