@@ -4,6 +4,8 @@ construction) that never shows a value that could be a credential, or is handled
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from le_transport.providers import (
     StaticDomains,
     UserLogin,
 )
+from le_transport.providers._token import MIN_TOKEN_REFRESH
 from le_transport.providers.login import MIN_SESSION_REFRESH_INTERVAL, LoginSession
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -254,3 +257,50 @@ def test_provider_options_of_the_wrong_type_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigurationError, match=rf"\.{field}\b"):
         build()
+
+
+# -- a token answer whose expiry is already past, or absurdly close ----------------------------
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    def seg(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'HS256'})}.{seg(claims)}.c2ln"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"access_token": _jwt({"exp": 1000.0})},  # an hour before the client's wall clock
+        {"access_token": "opaque", "expires_in": 1e-300},
+        {"access_token": "opaque", "expires_in": "0.001"},
+    ],
+    ids=["jwt-expired", "expires_in-tiny", "expires_in-1ms"],
+)
+async def test_a_token_already_expired_is_not_fetched_again_for_every_call(
+    serve: ServerFactory, answer: dict[str, Any]
+) -> None:
+    asked: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_route("POST", "/sentinel/api/account/{account}/app/token", handler)
+    host = await serve(app)
+    domains = StaticDomains({"sentinel": host})
+    auth = SentinelClientCredentials(
+        ACCOUNT, "client", "zqx-secret", domains=domains, wall_clock=lambda: 4600.0
+    )
+    clock = VirtualClock()
+    async with Engine(domains, auth=auth, scheme="http", clock=clock):
+        for _ in range(10):
+            await auth.credentials("GET", URL("http://va.example/x"))
+        # With a clock skewed past the token's expiry, every call would fetch a token: one
+        # Sentinel request per API call. The server's 401 is what says a token is dead.
+        assert len(asked) == 1
+        await clock.sleep(MIN_TOKEN_REFRESH + 0.1)
+        await auth.credentials("GET", URL("http://va.example/x"))
+        assert len(asked) == 2

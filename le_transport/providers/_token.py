@@ -36,12 +36,14 @@ from .auth import Credentials
 from .domains import DomainProvider
 from .jwt import jwt_expiry
 
-__all__ = ["DEFAULT_TOKEN_MARGIN", "Token", "TokenProvider"]
+__all__ = ["DEFAULT_TOKEN_MARGIN", "MIN_TOKEN_REFRESH", "Token", "TokenProvider"]
 
 _log = logging.getLogger("le_transport.auth")
 
 #: Fetch a new token this many seconds before the old one expires.
 DEFAULT_TOKEN_MARGIN = 60.0
+#: The soonest a token is fetched anew on its own, whatever its answer says about its expiry.
+MIN_TOKEN_REFRESH = 5.0
 
 
 @attrs.frozen(repr=False)
@@ -201,7 +203,11 @@ class TokenProvider:
         refresh_at = None
         if lifetime is not None:
             # A token that lives shorter than the margin is refreshed half-way through instead.
-            refresh_at = now + lifetime - min(self._margin, max(lifetime, 0.0) / 2.0)
+            refresh_in = lifetime - min(self._margin, max(lifetime, 0.0) / 2.0)
+            # A JWT already past its exp by our wall clock (a skewed clock, a server's bad
+            # answer) would otherwise be fetched anew for every call: one token request per
+            # API call. It is used until the floor; a 401 says sooner if it is really dead.
+            refresh_at = now + max(refresh_in, MIN_TOKEN_REFRESH)
         self._generation += 1
         token = Token(Secret(value), refresh_at, self._generation)
         self._token = token
