@@ -24,10 +24,11 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from ..errors import ConfigurationError
+from ..policies._validate import finite_number
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 
-__all__ = ["Entry", "StateStore", "state_key"]
+__all__ = ["Entry", "StateStore", "check_seconds", "check_store", "state_key"]
 
 
 @attrs.frozen
@@ -48,9 +49,38 @@ def state_key(account: str, kind: str, *parts: str) -> str:
     Every part is escaped, so ``state_key("1", "session", "a:b")`` can never collide with
     another account's or another kind's key.
     """
+    # Only types are shown: an account given in the wrong place may be a credential.
     if not isinstance(account, str) or not account:
-        raise ConfigurationError(f"a state key needs a non-empty account, got {account!r}")
+        raise ConfigurationError(
+            "a state key needs a non-empty str account, got "
+            f"{'an empty str' if account == '' else type(account).__name__}"
+        )
+    for part in (kind, *parts):
+        if not isinstance(part, str):
+            raise ConfigurationError(f"a state key is made of str names, got {type(part).__name__}")
     return ":".join(_escape(p) for p in (account, kind, *parts))
+
+
+def check_seconds(owner: str, field: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as seconds: a finite number > 0 (>= 0 with ``zero``); else a
+    :class:`ConfigurationError` naming ``owner.field``."""
+    ok = finite_number(value) and (value >= 0 if zero else value > 0)  # type: ignore[operator]
+    if not ok:
+        wants = ">= 0" if zero else "> 0"
+        raise ConfigurationError(
+            f"{owner}.{field} must be a finite number of seconds {wants}, got {value!r:.40}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_store(owner: str, field: str, store: object) -> None:
+    """A :class:`ConfigurationError` unless ``store`` is a :class:`StateStore`. Checked
+    because a wrapping FallbackStore would otherwise hide a wrong one, running local for ever."""
+    if not isinstance(store, StateStore):
+        raise ConfigurationError(
+            f"{owner}.{field} must be a StateStore (MemoryStore, RedisStore, FallbackStore), "
+            f"got {type(store).__name__}"
+        )
 
 
 @runtime_checkable
