@@ -8,6 +8,7 @@ import attrs
 
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
+from ..policies._validate import finite_number
 from ..policies.budget import BudgetState, RetryBudget
 from ..policies.pacing import TokenBucket
 from .store import Entry
@@ -16,8 +17,16 @@ __all__ = ["MemoryStore"]
 
 
 def _check_ttl(ttl: float) -> None:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
-        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r}")
+    # finite_number: a plain comparison lets an int past float's range through, and adding it
+    # to the clock's time then raises OverflowError.
+    if not (finite_number(ttl) and ttl > 0):
+        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r:.40}")
+
+
+def _check_value(value: object) -> None:
+    # Redis would store str(value) and hand back a str: the two stores must not disagree.
+    if not isinstance(value, str):
+        raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
 
 
 class _Deposits:
@@ -40,6 +49,10 @@ class MemoryStore:
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError(
+                f"MemoryStore.clock must be a Clock (now, sleep), got {type(clock).__name__}"
+            )
         self._clock = clock or RealClock()
         self._values: dict[str, tuple[str, float]] = {}
         self._budgets: dict[str, BudgetState] = {}
@@ -63,11 +76,13 @@ class MemoryStore:
     async def set(self, key: str, value: str, *, ttl: float) -> None:
         """Store ``value`` for ``ttl`` seconds."""
         _check_ttl(ttl)
+        _check_value(value)
         self._values[key] = (value, self._clock.now() + ttl)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Store ``value`` only if ``key`` holds nothing."""
         _check_ttl(ttl)
+        _check_value(value)
         if self._live(key) is not None:
             return False
         self._values[key] = (value, self._clock.now() + ttl)
