@@ -23,7 +23,7 @@ from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry
+from .store import Entry, check_seconds
 
 __all__ = ["DEFAULT_OP_TIMEOUT", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -143,10 +143,28 @@ class RedisStore:
             raise ConfigurationError(
                 "RedisStore needs redis-py: pip install 'le_transport[redis]'"
             ) from None
-        if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix):
-            raise ConfigurationError(f"RedisStore.prefix must be a non-empty word, got {prefix!r}")
-        if not isinstance(op_timeout, (int, float)) or not 0 < op_timeout < float("inf"):
-            raise ConfigurationError(f"RedisStore.op_timeout must be > 0, got {op_timeout!r}")
+        if not isinstance(url, str):
+            raise ConfigurationError(f"RedisStore.url must be a str, got {type(url).__name__}")
+        if password is not None and not isinstance(password, (str, Secret)):
+            # Never shown: only its type. A non-str would also break scrubbing it from errors.
+            raise ConfigurationError(
+                f"RedisStore.password must be None, a str or a Secret, got "
+                f"{type(password).__name__}"
+            )
+        if (
+            not isinstance(prefix, str)
+            or not prefix
+            or any(c.isspace() or not c.isprintable() for c in prefix)
+        ):
+            raise ConfigurationError(
+                f"RedisStore.prefix must be a non-empty word of printable characters, "
+                f"got {prefix!r:.40}"
+            )
+        op_timeout = check_seconds("RedisStore", "op_timeout", op_timeout)
+        if client_options is not None and not isinstance(client_options, Mapping):
+            raise ConfigurationError(
+                f"RedisStore.client_options must be a mapping, got {type(client_options).__name__}"
+            )
         self._url = redact_url(url)
         self._prefix = prefix
         self._op_timeout = float(op_timeout)
