@@ -11,11 +11,11 @@ import json
 import logging
 from collections.abc import Mapping
 
-from ..errors import ConfigurationError, HostileHostError
+from ..errors import HostileHostError
 from ..providers.domains import validate_host
 from .fallback import FallbackStore
 from .memory import MemoryStore
-from .store import StateStore, state_key
+from .store import StateStore, check_seconds, check_store, state_key
 
 __all__ = ["SharedDomainMap"]
 
@@ -26,8 +26,8 @@ class SharedDomainMap:
     """The domain map of ``account`` in ``store``, kept ``ttl`` seconds."""
 
     def __init__(self, store: StateStore, *, account: str, ttl: float = 3600.0) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-            raise ConfigurationError(f"SharedDomainMap.ttl must be > 0, got {ttl!r}")
+        check_store("SharedDomainMap", "store", store)
+        check_seconds("SharedDomainMap", "ttl", ttl)
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
         self._store: StateStore = (
             store if isinstance(store, (MemoryStore, FallbackStore)) else FallbackStore(store)

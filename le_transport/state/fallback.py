@@ -22,7 +22,7 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 from .memory import MemoryStore
-from .store import Entry, StateStore
+from .store import Entry, StateStore, check_seconds, check_store
 
 __all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
 
@@ -56,10 +56,11 @@ class FallbackStore:
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
         hooks: EventHooks | None = None,
     ) -> None:
+        check_store("FallbackStore", "primary", primary)
+        self._retry_interval = check_seconds("FallbackStore", "retry_interval", retry_interval)
         self._primary = primary
         self._clock = clock or RealClock()
         self._local = local or MemoryStore(self._clock)
-        self._retry_interval = retry_interval
         self._hooks = hooks or EventHooks()
         self._down = False
         self._next_try = 0.0

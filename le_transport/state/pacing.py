@@ -14,7 +14,7 @@ from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
 from .fallback import FallbackStore
 from .memory import MemoryStore
-from .store import StateStore, state_key
+from .store import StateStore, check_store, state_key
 
 __all__ = ["FleetPacer"]
 
@@ -37,6 +37,7 @@ class FleetPacer(ReconnectPacer):
         clock: Clock | None = None,
         name: str = "reconnect",
     ) -> None:
+        check_store("FleetPacer", "store", store)
         super().__init__(clock or RealClock(), bucket)
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
         self._store: StateStore = (

@@ -25,7 +25,7 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
 from .fallback import FallbackStore
 from .memory import MemoryStore
-from .store import StateStore, state_key
+from .store import StateStore, check_seconds, check_store, state_key
 
 __all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
 
@@ -85,14 +85,17 @@ class SharedSession:
         poll: float = 0.05,
         max_poll: float = 0.5,
     ) -> None:
+        check_store("SharedSession", "store", store)
+        # inf or an int past float's range used to pass, failing later as a stored TTL.
         for name, value in (
             ("lock_ttl", lock_ttl),
             ("unknown_life", unknown_life),
             ("poll", poll),
             ("max_poll", max_poll),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigurationError(f"SharedSession.{name} must be > 0, got {value!r}")
+            check_seconds("SharedSession", name, value)
+        # Unchecked, a NaN margin made every stored session's TTL NaN.
+        check_seconds("SharedSession", "safety_margin", safety_margin, zero=True)
         if not isinstance(user, str) or not user:
             raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
         self._clock = clock or RealClock()
