@@ -26,6 +26,7 @@ emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with the pause), ``re
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from .clock import Clock, timeout_after
 from .errors import (
     AttemptTimeout,
     CircuitOpen,
+    ConfigurationError,
     ConnectionFailed,
     DomainResolutionError,
     HostileHostError,
@@ -103,6 +105,27 @@ class Recovery:
         hooks: EventHooks | None = None,
         subject: str = "session",
     ) -> None:
+        for field, value, wants, ok in (
+            ("policy", policy, "a BackoffPolicy or None", isinstance(policy, BackoffPolicy)),
+            (
+                "request_policy",
+                request_policy,
+                "a RetryPolicy or None",
+                isinstance(request_policy, RetryPolicy),
+            ),
+            ("domains", domains, "a DomainProvider", isinstance(domains, DomainProvider)),
+            ("auth", auth, "an AuthProvider or None", isinstance(auth, AuthProvider)),
+            ("clock", clock, "a Clock", isinstance(clock, Clock)),
+            ("rng", rng, "a random.Random or None", isinstance(rng, random.Random)),
+            ("hooks", hooks, "EventHooks or None", isinstance(hooks, EventHooks)),
+            ("subject", subject, "a str", isinstance(subject, str)),
+        ):
+            # A wrong value would otherwise surface as an AttributeError in the middle of a
+            # recovery round, long after the mistake.
+            if not ok and not (value is None and wants.endswith("or None")):
+                raise ConfigurationError(
+                    f"Recovery.{field} must be {wants}, got {type(value).__name__}"
+                )
         self._policy = policy or BackoffPolicy.relogin()
         self._request_policy = request_policy or RetryPolicy()
         self._domains = domains
@@ -166,11 +189,24 @@ class Recovery:
         Raises what ``call`` raises when it is not recoverable, and
         :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
         """
+        if not callable(call):
+            if inspect.iscoroutine(call):
+                call.close()  # it can never run here: no "never awaited" warning on top
+            raise ConfigurationError(
+                "Recovery.run takes a function returning an awaitable (it is called again on "
+                f"each round), got {type(call).__name__}"
+            )
         went_through_recovery = False
         while True:
             seen = self._epoch
             try:
-                result = await call()
+                pending = call()
+                if not inspect.isawaitable(pending):
+                    raise ConfigurationError(
+                        "Recovery.run takes a function returning an awaitable; it returned "
+                        f"{type(pending).__name__}"
+                    )
+                result = await pending
             except Exception as exc:
                 if not is_recoverable(exc):
                     raise

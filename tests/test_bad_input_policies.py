@@ -4,6 +4,7 @@ misread later)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from le_transport.policies import (
     RetryPolicy,
     TokenBucket,
 )
+from le_transport.providers import StaticDomains
+from le_transport.recovery import Recovery
+from le_transport.testing import VirtualClock
 
 NOT_A_STATUS_SET = [None, 429, 42.0, "429", b"429", {"429"}, {True}, {429.0}, object()]
 
@@ -138,3 +142,47 @@ def test_token_bucket_state_must_be_none_or_a_finite_number(field: str, value: A
 def test_token_bucket_state_may_be_negative_tokens() -> None:
     # A queue of reservations drives tokens below zero: that is state, not an error.
     assert TokenBucket(tokens=-3.0, updated_at=0.0).available(0.0) == -3.0
+
+
+# -- the recovery loop ---------------------------------------------------------------------------
+
+
+def _recovery(**overrides: Any) -> Recovery:
+    kwargs: dict[str, Any] = {"domains": StaticDomains({}), "auth": None, "clock": VirtualClock()}
+    kwargs.update(overrides)
+    return Recovery(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("policy", RetryPolicy()),
+        ("policy", 120),
+        ("request_policy", BackoffPolicy()),
+        ("domains", {"agentVep": "va.example"}),
+        ("auth", "bearer"),
+        ("clock", 0.0),
+        ("rng", 7),
+        ("hooks", [print]),
+        ("subject", None),
+    ],
+)
+def test_recovery_options_of_the_wrong_type_fail_at_construction(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"Recovery\.{field}"):
+        _recovery(**{field: value})
+
+
+async def test_recovery_run_wants_a_function_not_a_coroutine() -> None:
+    recovery = _recovery()
+
+    async def call() -> int:
+        return 1
+
+    coroutine = call()
+    with pytest.raises(ConfigurationError, match=r"Recovery\.run"):
+        await recovery.run(coroutine)  # type: ignore[arg-type]
+    # Closed for the caller, so no "never awaited" warning is left behind.
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+    with pytest.raises(ConfigurationError, match=r"Recovery\.run"):
+        await recovery.run(lambda: 1)  # type: ignore[arg-type, return-value]
+    assert await recovery.run(call) == 1
