@@ -21,6 +21,7 @@ from le_transport.providers import (
     ConsumerJwt,
     CsdsDomains,
     OAuth1Auth,
+    OAuth1Signer,
     SentinelClientCredentials,
     StaticBearer,
     StaticDomains,
@@ -304,3 +305,43 @@ async def test_a_token_already_expired_is_not_fetched_again_for_every_call(
         await clock.sleep(MIN_TOKEN_REFRESH + 0.1)
         await auth.credentials("GET", URL("http://va.example/x"))
         assert len(asked) == 2
+
+
+# -- the OAuth1 signer's own arguments -------------------------------------------------------------
+
+SIGNER_URL = URL("https://va.example/api/account/1/x")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((5, SIGNER_URL), {}),
+        (("", SIGNER_URL), {}),
+        (("GET", "https://va.example/x"), {}),
+        (("GET", URL("/relative")), {}),
+        (("GET", SIGNER_URL), {"nonce": 5}),
+        (("GET", SIGNER_URL), {"timestamp": 1.5}),
+        (("GET", SIGNER_URL), {"body_params": 5}),
+        (("GET", SIGNER_URL), {"body_params": [("a",)]}),
+        (("GET", SIGNER_URL), {"body_params": [("a", 5)]}),
+    ],
+)
+def test_the_oauth1_signer_refuses_arguments_it_cannot_sign(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    signer = OAuth1Signer("k", "zqx-secret", "t", "zqx-token-secret")
+    with pytest.raises(ConfigurationError, match=r"OAuth1Signer\.header") as info:
+        signer.header(*args, **kwargs)
+    assert "zqx" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("wall_clock", "nonce"),
+    [(lambda: float("nan"), lambda: "n"), (lambda: "now", lambda: "n"), (lambda: 1.0, lambda: 5)],
+)
+def test_the_oauth1_signer_refuses_what_its_sources_return(
+    wall_clock: Callable[[], Any], nonce: Callable[[], Any]
+) -> None:
+    signer = OAuth1Signer("k", "s", "t", "u", wall_clock=wall_clock, nonce=nonce)
+    with pytest.raises(ConfigurationError, match=r"OAuth1Signer\.(wall_clock|nonce)"):
+        signer.header("GET", SIGNER_URL)

@@ -30,6 +30,8 @@ from urllib.parse import quote
 from yarl import URL
 
 from .._redact import Secret
+from ..errors import ConfigurationError
+from ..policies._validate import finite_number
 from ._http import require_option, require_secret
 from .auth import Credentials
 
@@ -86,6 +88,46 @@ def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str)
     key = f"{percent_encode(client_secret)}&{percent_encode(token_secret)}"
     digest = hmac.new(key.encode("ascii"), base_string.encode("ascii"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+def _require(ok: bool, field: str, what: str, value: object) -> None:
+    # Types only: a value handed to the signer may be a credential.
+    if not ok:
+        raise ConfigurationError(
+            f"OAuth1Signer.{field}: {what} must be a non-empty str"
+            + (" or a finite number" if field == "wall_clock" else "")
+            + f", got {type(value).__name__}"
+        )
+
+
+def _check_signable(method: object, url: object) -> None:
+    _require(isinstance(method, str) and bool(method), "header", "the method", method)
+    if not isinstance(url, URL) or not url.is_absolute():
+        raise ConfigurationError(
+            "OAuth1Signer.header: the url must be an absolute yarl.URL (the signature covers "
+            f"scheme and host), got {type(url).__name__}"
+        )
+
+
+def _pairs(params: object) -> list[tuple[str, str]]:
+    if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
+        raise ConfigurationError(
+            f"OAuth1Signer.header: body_params must be (name, value) pairs, got "
+            f"{type(params).__name__}"
+        )
+    pairs = list(params)
+    for pair in pairs:
+        if not (
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
+            raise ConfigurationError(
+                "OAuth1Signer.header: body_params must be pairs of two str, got "
+                f"{type(pair).__name__}"
+            )
+    return pairs
 
 
 class OAuth1Signer:
@@ -158,9 +200,22 @@ class OAuth1Signer:
         timestamp: str | None = None,
         body_params: Iterable[tuple[str, str]] = (),
     ) -> str:
-        """The ``Authorization`` header value, on one line (the guide's Step 7 form)."""
-        nonce = nonce if nonce is not None else self._nonce()
-        timestamp = timestamp if timestamp is not None else str(int(self._wall_clock()))
+        """The ``Authorization`` header value, on one line (the guide's Step 7 form).
+
+        Arguments it cannot sign (a method that is not a str, a URL that is not an absolute
+        :class:`~yarl.URL`, pairs that are not two str) raise :class:`ConfigurationError`.
+        """
+        _check_signable(method, url)
+        body_params = _pairs(body_params)
+        if nonce is None:
+            nonce = self._nonce()
+            _require(isinstance(nonce, str) and bool(nonce), "nonce", "returned", nonce)
+        if timestamp is None:
+            now = self._wall_clock()
+            _require(finite_number(now), "wall_clock", "returned", now)
+            timestamp = str(int(now))
+        _require(isinstance(nonce, str), "header", "nonce", nonce)
+        _require(isinstance(timestamp, str), "header", "timestamp", timestamp)
         signature = self.signature(
             method, url, nonce=nonce, timestamp=timestamp, body_params=body_params
         )
