@@ -186,3 +186,26 @@ async def test_recovery_run_wants_a_function_not_a_coroutine() -> None:
     with pytest.raises(ConfigurationError, match=r"Recovery\.run"):
         await recovery.run(lambda: 1)  # type: ignore[arg-type, return-value]
     assert await recovery.run(call) == 1
+
+
+# -- scaled() -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetryPolicy(),
+        BackoffPolicy(),
+        CircuitBreaker(),
+        Keepalive(product="p", action=".GetClock", interval=30, timeout=10),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+@pytest.mark.parametrize(
+    "factor",
+    ["2", None, True, 10**400, float("inf"), float("nan"), 0, -1],
+    ids=["'2'", "None", "True", "10**400", "inf", "nan", "0", "-1"],
+)
+def test_scaled_takes_only_a_finite_positive_factor(policy: Any, factor: Any) -> None:
+    with pytest.raises(ConfigurationError, match="scale factor"):
+        policy.scaled(factor)

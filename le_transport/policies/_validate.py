@@ -11,6 +11,7 @@ import attrs
 from ..errors import ConfigurationError
 
 __all__ = [
+    "check_scale",
     "finite_number",
     "flag",
     "fraction",
@@ -83,3 +84,12 @@ def int_codes(field: str, value: object) -> frozenset[int]:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ConfigurationError(f"{field} must hold int codes, got {item!r}")
     return frozenset(items)
+
+
+def check_scale(factor: object) -> float:
+    """``factor`` for a policy's ``scaled()``: a finite number > 0 (not a bool), else a
+    :class:`ConfigurationError`. Checked up front: an int past float's range raised
+    OverflowError when multiplied, and a str raised TypeError when compared."""
+    if not (finite_number(factor) and factor > 0):  # type: ignore[operator]
+        raise ConfigurationError(f"scale factor must be a finite number > 0, got {factor!r:.40}")
+    return float(factor)  # type: ignore[arg-type]

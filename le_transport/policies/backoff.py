@@ -18,7 +18,14 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import finite_number, fraction, non_negative, optional_positive, positive
+from ._validate import (
+    check_scale,
+    finite_number,
+    fraction,
+    non_negative,
+    optional_positive,
+    positive,
+)
 from .retry import GUIDE_5XX_PAUSES
 
 __all__ = [
@@ -105,8 +112,7 @@ class BackoffPolicy:
 
     def scaled(self, factor: float) -> BackoffPolicy:
         """The same policy with every duration multiplied by ``factor`` (for demos and tests)."""
-        if not factor > 0:
-            raise ConfigurationError(f"scale factor must be > 0, got {factor!r}")
+        factor = check_scale(factor)
         return attrs.evolve(
             self,
             first=self.first * factor,

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import instance_of, positive
+from ._validate import check_scale, instance_of, positive
 from .backoff import BackoffPolicy
 from .classify import Outcome, OutcomeKind
 
@@ -163,6 +163,7 @@ class CircuitBreaker:
 
     def scaled(self, factor: float) -> CircuitBreaker:
         """The same breaker with every duration multiplied by ``factor`` (tests, demos)."""
+        factor = check_scale(factor)
         return attrs.evolve(
             self,
             sampling_window=self.sampling_window * factor,

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import flag, instance_of, positive
+from ._validate import check_scale, flag, instance_of, positive
 
 __all__ = [
     "CHAT_AGENT_API_REFRESH",
@@ -155,8 +155,7 @@ class Keepalive:
 
     def scaled(self, factor: float) -> Keepalive:
         """The same keepalive with interval and timeout multiplied by ``factor``."""
-        if not factor > 0:
-            raise ConfigurationError(f"scale factor must be > 0, got {factor!r}")
+        factor = check_scale(factor)
         return attrs.evolve(self, interval=self.interval * factor, timeout=self.timeout * factor)
 
     def decide(

@@ -13,7 +13,7 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import fraction, instance_of, non_negative, optional_positive
+from ._validate import check_scale, fraction, instance_of, non_negative, optional_positive
 from .classify import Classifier, Outcome, Verdict
 
 __all__ = [
@@ -113,8 +113,7 @@ class RetryPolicy:
 
     def scaled(self, factor: float) -> RetryPolicy:
         """The same policy with every duration multiplied by ``factor`` (for demos and tests)."""
-        if not factor > 0:
-            raise ConfigurationError(f"scale factor must be > 0, got {factor!r}")
+        factor = check_scale(factor)
         return attrs.evolve(
             self,
             pauses=tuple(p * factor for p in self.pauses),
