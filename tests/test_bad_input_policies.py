@@ -17,6 +17,7 @@ from le_transport.policies import (
     ClosePolicy,
     Keepalive,
     KeepaliveTransport,
+    Outcome,
     RetryBudget,
     RetryPolicy,
     TokenBucket,
@@ -209,3 +210,19 @@ async def test_recovery_run_wants_a_function_not_a_coroutine() -> None:
 def test_scaled_takes_only_a_finite_positive_factor(policy: Any, factor: Any) -> None:
     with pytest.raises(ConfigurationError, match="scale factor"):
         policy.scaled(factor)
+
+
+# -- a random draw that is not a number in [0, 1] -------------------------------------------------
+
+
+@pytest.mark.parametrize("rand", [float("nan"), float("inf"), -float("inf"), 7.0, -3.0])
+def test_a_draw_outside_0_1_or_nan_never_makes_a_pause_outside_the_bounds(rand: float) -> None:
+    retry = RetryPolicy(jitter=0.1)
+    decision = retry.decide(1, Outcome.response(503), idempotent=True, rand=rand)
+    assert 4.5 <= decision.pause <= 5.5
+    backoff = BackoffPolicy()
+    low, high = backoff.bounds(2)
+    assert low <= backoff.delay(2, rand) <= high
+    next_delay = backoff.next_delay(2, 0.0, rand)
+    assert next_delay is not None
+    assert low <= next_delay <= high

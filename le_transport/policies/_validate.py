@@ -12,6 +12,7 @@ from ..errors import ConfigurationError
 
 __all__ = [
     "check_scale",
+    "clamp_draw",
     "finite_number",
     "flag",
     "fraction",
@@ -93,3 +94,11 @@ def check_scale(factor: object) -> float:
     if not (finite_number(factor) and factor > 0):  # type: ignore[operator]
         raise ConfigurationError(f"scale factor must be a finite number > 0, got {factor!r:.40}")
     return float(factor)  # type: ignore[arg-type]
+
+
+def clamp_draw(rand: float) -> float:
+    """A random draw clamped to [0, 1]; NaN (which min and max pass through) is the middle, so
+    that no jittered pause can be NaN or escape its bounds."""
+    if rand != rand:
+        return 0.5
+    return min(max(rand, 0.0), 1.0)

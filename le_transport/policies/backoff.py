@@ -20,6 +20,7 @@ import attrs
 from ..errors import ConfigurationError
 from ._validate import (
     check_scale,
+    clamp_draw,
     finite_number,
     fraction,
     non_negative,
@@ -144,7 +145,7 @@ class BackoffPolicy:
     def delay(self, attempt: int, rand: float = 0.5) -> float:
         """The jittered delay before outer attempt ``attempt``; ``rand`` is uniform in [0, 1)."""
         base = self.base_delay(attempt)
-        rand = min(max(rand, 0.0), 1.0)  # a draw outside [0, 1] must not escape the bounds
+        rand = clamp_draw(rand)  # a draw outside [0, 1], or NaN, must not escape the bounds
         return max(base * (1.0 + self.jitter * (2.0 * rand - 1.0)), self.floor)
 
     def next_delay(self, attempt: int, elapsed: float, rand: float = 0.5) -> float | None:

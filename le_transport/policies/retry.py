@@ -13,7 +13,14 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import check_scale, fraction, instance_of, non_negative, optional_positive
+from ._validate import (
+    check_scale,
+    clamp_draw,
+    fraction,
+    instance_of,
+    non_negative,
+    optional_positive,
+)
 from .classify import Classifier, Outcome, Verdict
 
 __all__ = [
@@ -134,7 +141,7 @@ class RetryPolicy:
             )
         pause = self.pauses[attempt - 1]
         if self.jitter:
-            rand = min(max(rand, 0.0), 1.0)  # a draw outside [0, 1] must not escape the bounds
+            rand = clamp_draw(rand)  # a draw outside [0, 1], or NaN, must not escape the bounds
             pause *= 1.0 + self.jitter * (2.0 * rand - 1.0)
         if outcome.status == 429:
             pause = max(pause, self.rate_limit_floor)
