@@ -117,3 +117,32 @@ def test_state_constructors_refuse_bad_values(build: Callable[[], Any], field: s
 def test_redis_store_password_as_secret_or_str_is_fine() -> None:
     RedisStore(password=Secret(PASSWORD))
     RedisStore(password=PASSWORD)
+
+
+# -- what another process (or anyone with write access) left in the store ------------------------
+
+DAMAGED_SESSIONS = [
+    '{"value": "v", "version": "1", "life": ' + "9" * 400 + "}",
+    '{"value": "v", "version": "1", "life": NaN}',
+    '{"value": "v", "version": "1", "life": Infinity}',
+    "[" * 100_000,
+    '{"value": {"a": 1}, "version": "1", "life": 10}',
+]
+
+
+@pytest.mark.parametrize("payload", DAMAGED_SESSIONS, ids=["huge", "nan", "inf", "deep", "dict"])
+async def test_a_damaged_shared_session_entry_reads_as_absent(payload: str) -> None:
+    store = MemoryStore(VirtualClock())
+    shared = SharedSession(store, account="1", user="u")
+    await store.set(state_key("1", "session", "u"), payload, ttl=60)
+    assert await shared.current() is None
+
+
+@pytest.mark.parametrize(
+    "payload", ["[" * 100_000, '{"agentVep": ' + "9" * 400 + "}"], ids=["deep", "huge"]
+)
+async def test_a_damaged_shared_domain_map_reads_as_absent(payload: str) -> None:
+    store = MemoryStore(VirtualClock())
+    shared = SharedDomainMap(store, account="1")
+    await store.set(state_key("1", "domains"), payload, ttl=60)
+    assert await shared.get() is None

@@ -49,7 +49,7 @@ class SharedDomainMap:
                 str(svc): validate_host(host, service=str(svc), account=self._account)
                 for svc, host in raw.items()
             }
-        except (ValueError, HostileHostError) as exc:
+        except (ValueError, RecursionError, HostileHostError) as exc:
             _log.warning(
                 "ignoring a shared domain map that does not validate: %s",
                 type(exc).__name__,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -124,10 +125,13 @@ class SharedSession:
             return None
         try:
             data = json.loads(entry.value)
-            return SharedToken(
-                str(data["value"]), str(data["version"]), entry.ttl, float(data["life"])
-            )
-        except (ValueError, KeyError, TypeError):
+            value, version, life = data["value"], data["version"], float(data["life"])
+            # str() of anything would do as a bearer, and a NaN or infinite life makes every
+            # freshness comparison false: such an entry is damaged, not a session.
+            if not (isinstance(value, str) and isinstance(version, str) and math.isfinite(life)):
+                raise ValueError("not a stored session")
+            return SharedToken(value, version, entry.ttl, life)
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             # Not ours (or damaged): treat as absent; the next login overwrites it.
             _log.warning("ignoring an unreadable shared session entry", extra={"key": self._key})
             return None
