@@ -28,7 +28,11 @@ from le_transport.providers import (
     UserLogin,
 )
 from le_transport.providers._token import MIN_TOKEN_REFRESH
-from le_transport.providers.login import MIN_SESSION_REFRESH_INTERVAL, LoginSession
+from le_transport.providers.login import (
+    MIN_SESSION_REFRESH_INTERVAL,
+    LoginSession,
+    _load_session,
+)
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.known_secrets import PASSWORD
@@ -345,3 +349,16 @@ def test_the_oauth1_signer_refuses_what_its_sources_return(
     signer = OAuth1Signer("k", "s", "t", "u", wall_clock=wall_clock, nonce=nonce)
     with pytest.raises(ConfigurationError, match=r"OAuth1Signer\.(wall_clock|nonce)"):
         signer.header("GET", SIGNER_URL)
+
+
+# -- a session another process of the fleet stored -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ttl", ["9" * 400, "Infinity", "NaN", "-5", '"300"'], ids=["huge", "inf", "nan", "neg", "str"]
+)
+def test_a_stored_session_with_a_bad_ttl_is_loaded_without_one(ttl: str) -> None:
+    value = '{"bearer": "zqx-bearer", "ttl": ' + ttl + "}"
+    session = _load_session(value, 1, 0.0)
+    assert session.ttl is None
+    assert session.bearer == Secret("zqx-bearer")

@@ -651,7 +651,8 @@ def _load_session(value: str, generation: int, now: float) -> LoginSession:
         bearer=Secret(bearer),
         csrf=Secret(csrf) if isinstance(csrf, str) and csrf else None,
         session_id=Secret(session_id) if isinstance(session_id, str) and session_id else None,
-        ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else None,
+        # finite_number: float() of an int past its range raises, and an infinite TTL is none.
+        ttl=float(ttl) if finite_number(ttl) and ttl > 0 else None,
         user_id=user_id if isinstance(user_id, str) else None,
         generation=generation,
         logged_in_at=now,
