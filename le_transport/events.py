@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .errors import ConfigurationError
 from .policies.classify import Outcome
 
 __all__ = ["EventHooks", "GiveUpEvent", "RetryEvent", "StateEvent", "emit"]
@@ -56,6 +57,9 @@ class StateEvent:
 
 
 def _callables(value: Sequence[Callable[[Any], object]]) -> tuple[Callable[[Any], object], ...]:
+    if isinstance(value, str | bytes) or not all(callable(hook) for hook in value):
+        # Found here, not by the first event: emit() would log the TypeError and go on.
+        raise ConfigurationError(f"EventHooks take sequences of callables, got {value!r:.60}")
     return tuple(value)
 
 

@@ -1,5 +1,6 @@
-"""The engine and the overload guard refuse arguments of the wrong kind when they are built,
-naming the field, rather than failing deep inside the first call or socket."""
+"""The engine, the overload guard, the retry middleware, socket options and event hooks refuse
+arguments of the wrong kind when they are built, naming the field, rather than failing deep
+inside the first call or socket."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from le_transport import ConfigurationError, Engine, OverloadGuard
+from le_transport import ConfigurationError, Engine, EventHooks, OverloadGuard, RetryMiddleware
+from le_transport.sockets import SocketOptions
 
 ENGINE_BAD: dict[str, dict[str, Any]] = {
     "domains": {"domains": 5},
@@ -50,3 +52,35 @@ GUARD_BAD: dict[str, Any] = {
 def test_an_overload_guard_argument_of_the_wrong_kind_is_refused_naming_it(field: str) -> None:
     with pytest.raises(ConfigurationError, match=f"OverloadGuard.{field} must be"):
         OverloadGuard(**{field: GUARD_BAD[field]})
+
+
+MIDDLEWARE_BAD: dict[str, Any] = {
+    "policy": 5,
+    "clock": 5,
+    "hooks": 5,
+    "rng": 5,
+    "raise_for_status": "no",
+    "buffer_body": 1,
+    "max_body_bytes": 0,
+    "gate": 5,
+    "shutdown": 5,
+}
+
+
+@pytest.mark.parametrize("field", sorted(MIDDLEWARE_BAD))
+def test_a_retry_middleware_argument_of_the_wrong_kind_is_refused_naming_it(field: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"RetryMiddleware.{field} must be"):
+        RetryMiddleware(**{field: MIDDLEWARE_BAD[field]})
+
+
+@pytest.mark.parametrize("field", ["backoff", "close_policy"])
+def test_socket_options_refuse_a_policy_of_the_wrong_kind(field: str) -> None:
+    bad: dict[str, Any] = {field: 5}
+    with pytest.raises(ConfigurationError, match=f"SocketOptions.{field} must be"):
+        SocketOptions(**bad)
+
+
+@pytest.mark.parametrize("hooks", [[5], "on_retry", [print, None]])
+def test_event_hooks_refuse_what_cannot_be_called(hooks: Any) -> None:
+    with pytest.raises(ConfigurationError, match="sequences of callables"):
+        EventHooks(on_retry=hooks)

@@ -30,12 +30,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import aiohttp
 import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 
+from .._checks import instance_of, optional_instance_of
 from .._redact import body_excerpt, redact_path, redact_text, redact_url
 from ..clock import Clock, RealClock, _ClockTimeout
 from ..errors import (
@@ -44,6 +45,7 @@ from ..errors import (
     BlockedError,
     BodyTooLarge,
     ClientStatusError,
+    ConfigurationError,
     ConnectionFailed,
     DeadlineExceeded,
     EngineClosed,
@@ -87,6 +89,24 @@ def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
     return Outcome.failure(OutcomeKind.CONNECTION_LOST, name), False
 
 
+def _body_limit(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"RetryMiddleware.max_body_bytes must be an int >= 1, got {value!r}"
+        )
+
+
+def _gate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not all(
+        callable(getattr(value, name, None))
+        for name in ("admit", "settle", "abandon", "before_retry")
+    ):
+        raise ConfigurationError(
+            f"RetryMiddleware.gate must be a RetryGate (an OverloadGuard) or None, "
+            f"got {type(value).__name__}"
+        )
+
+
 @attrs.frozen(eq=False)
 class RetryMiddleware:
     """Retries a request on ``policy``, enforcing timeouts and raising typed errors.
@@ -116,16 +136,19 @@ class RetryMiddleware:
     Hashable by identity, as aiohttp's chain cache needs.
     """
 
-    policy: RetryPolicy = attrs.field(factory=RetryPolicy)
-    clock: Clock = attrs.field(factory=RealClock)
-    hooks: EventHooks = attrs.field(factory=EventHooks)
-    rng: random.Random = attrs.field(factory=random.Random)
-    raise_for_status: bool = True
-    buffer_body: bool = True
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Checked when built: a wrong kind would fail inside the first request, or not at all.
+    policy: RetryPolicy = attrs.field(factory=RetryPolicy, validator=instance_of(RetryPolicy))
+    clock: Clock = attrs.field(factory=RealClock, validator=instance_of(Clock))
+    hooks: EventHooks = attrs.field(factory=EventHooks, validator=instance_of(EventHooks))
+    rng: random.Random = attrs.field(factory=random.Random, validator=instance_of(random.Random))
+    raise_for_status: bool = attrs.field(default=True, validator=instance_of(bool))
+    buffer_body: bool = attrs.field(default=True, validator=instance_of(bool))
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=_body_limit)
     wall_clock: Callable[[], float] = time.time
-    gate: RetryGate | None = None
-    shutdown: asyncio.Event | None = None
+    gate: RetryGate | None = attrs.field(default=None, validator=_gate)
+    shutdown: asyncio.Event | None = attrs.field(
+        default=None, validator=optional_instance_of(asyncio.Event)
+    )
 
     def __call__(
         self, request: ClientRequest, handler: ClientHandlerType

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from .._checks import instance_of
 from ..errors import ConfigurationError
 from ..policies._validate import positive
 from ..policies.backoff import BackoffPolicy
@@ -82,8 +83,10 @@ class SocketOptions:
       stuck consumer at tens of megabytes per socket rather than the whole process.
     """
 
-    backoff: BackoffPolicy = attrs.field(factory=BackoffPolicy.reconnect)
-    close_policy: ClosePolicy = attrs.field(factory=ClosePolicy)
+    backoff: BackoffPolicy = attrs.field(
+        factory=BackoffPolicy.reconnect, validator=instance_of(BackoffPolicy)
+    )
+    close_policy: ClosePolicy = attrs.field(factory=ClosePolicy, validator=instance_of(ClosePolicy))
     keepalive: Keepalive | None = attrs.field(default=None, validator=_keepalive)
     healthy_after: float = attrs.field(default=HEALTHY_AFTER, validator=positive)
     escalate_after: int = attrs.field(default=5, validator=_count(0))
