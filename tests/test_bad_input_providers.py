@@ -33,6 +33,7 @@ from le_transport.providers.login import (
     LoginSession,
     _load_session,
 )
+from le_transport.state import MemoryStore
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.known_secrets import PASSWORD
@@ -362,3 +363,20 @@ def test_a_stored_session_with_a_bad_ttl_is_loaded_without_one(ttl: str) -> None
     session = _load_session(value, 1, 0.0)
     assert session.ttl is None
     assert session.bearer == Secret("zqx-bearer")
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: CsdsDomains(ACCOUNT, shared=MemoryStore()), "shared"),  # type: ignore[arg-type]
+        (lambda: CsdsDomains(ACCOUNT, shared={"agentVep": "va.example"}), "shared"),  # type: ignore[arg-type]
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, shared=MemoryStore()), "shared"),
+    ],
+)  # fmt: skip
+def test_a_shared_option_of_the_wrong_type_fails_at_construction(
+    build: Callable[[], Any], field: str
+) -> None:
+    # A store passed where its SharedDomainMap or SharedSession goes failed only at the first
+    # resolve or login, with an AttributeError.
+    with pytest.raises(ConfigurationError, match=rf"\.{field}\b"):
+        build()

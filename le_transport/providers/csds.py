@@ -185,6 +185,16 @@ class CsdsDomains:
         )
         #: How many fetches were made (one fetch may take several attempts of the schedule).
         self.fetches = 0
+        # Imported here: the state package builds on the providers.
+        from ..state.domains import SharedDomainMap
+
+        require_option(
+            shared is None or isinstance(shared, SharedDomainMap),
+            shared,
+            owner="CsdsDomains",
+            field="shared",
+            wants="None or a SharedDomainMap",
+        )
         self._shared = shared
         self._ask_source = False
 

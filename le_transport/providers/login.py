@@ -207,6 +207,16 @@ class LoginServiceAuth:
         )
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
+        # Imported here: the state package builds on the providers.
+        from ..state.session import SharedSession
+
+        require_option(
+            shared is None or isinstance(shared, SharedSession),
+            shared,
+            owner=owner,
+            field="shared",
+            wants="None or a SharedSession",
+        )
         self._shared = shared
         self._shared_token: SharedToken | None = None
         #: Successful logins, refreshes, and logins attempted (each one answer or give-up).
