@@ -323,7 +323,6 @@ SIGNER_URL = URL("https://va.example/api/account/1/x")
         ((5, SIGNER_URL), {}),
         (("", SIGNER_URL), {}),
         (("GET", "https://va.example/x"), {}),
-        (("GET", URL("/relative")), {}),
         (("GET", SIGNER_URL), {"nonce": 5}),
         (("GET", SIGNER_URL), {"timestamp": 1.5}),
         (("GET", SIGNER_URL), {"body_params": 5}),

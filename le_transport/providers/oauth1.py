@@ -102,10 +102,10 @@ def _require(ok: bool, field: str, what: str, value: object) -> None:
 
 def _check_signable(method: object, url: object) -> None:
     _require(isinstance(method, str) and bool(method), "header", "the method", method)
-    if not isinstance(url, URL) or not url.is_absolute():
+    # A relative URL is allowed: Engine.login() asks for credentials for URL("/").
+    if not isinstance(url, URL):
         raise ConfigurationError(
-            "OAuth1Signer.header: the url must be an absolute yarl.URL (the signature covers "
-            f"scheme and host), got {type(url).__name__}"
+            f"OAuth1Signer.header: the url must be a yarl.URL, got {type(url).__name__}"
         )
 
 
@@ -202,7 +202,7 @@ class OAuth1Signer:
     ) -> str:
         """The ``Authorization`` header value, on one line (the guide's Step 7 form).
 
-        Arguments it cannot sign (a method that is not a str, a URL that is not an absolute
+        Arguments it cannot sign (a method that is not a str, a URL that is not a
         :class:`~yarl.URL`, pairs that are not two str) raise :class:`ConfigurationError`.
         """
         _check_signable(method, url)
