@@ -1,5 +1,7 @@
-"""attrs validators that refuse a value of the wrong kind with a ConfigurationError naming the
-field (attrs' own raise TypeError, which a caller catching the library's errors would miss)."""
+"""Checks of a value's kind for constructors, raising the library's ConfigurationError naming
+the field (attrs' own validators raise TypeError, which a caller catching the library's errors
+would miss). Only the value's type is shown: an option given in the wrong place may be a
+credential."""
 
 from __future__ import annotations
 
@@ -10,32 +12,49 @@ import attrs
 
 from .errors import ConfigurationError
 
-__all__ = ["instance_of", "optional_instance_of"]
+__all__ = ["instance_of", "optional_instance_of", "require_kind", "require_option"]
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
-def instance_of(kind: type | tuple[type, ...], what: str | None = None) -> Validator:
-    """The value must be a ``kind`` (``what`` describes it in the message)."""
+def require_option(ok: bool, value: object, *, owner: str, field: str, wants: str) -> None:
+    """A :class:`ConfigurationError` naming ``owner.field`` unless ``ok``."""
+    if not ok:
+        raise ConfigurationError(f"{owner}.{field} must be {wants}, got {type(value).__name__}")
+
+
+def require_kind(
+    value: object,
+    kind: type | tuple[type, ...],
+    *,
+    owner: str,
+    field: str,
+    optional: bool = True,
+) -> None:
+    """``value`` must be a ``kind`` (or None when ``optional``); a bool is no int."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+    wants = _names(kind) + (" or None" if optional else "")
+    require_option(ok, value, owner=owner, field=field, wants=wants)
+
+
+def instance_of(kind: type | tuple[type, ...]) -> Validator:
+    """An attrs validator: the value must be a ``kind``."""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-            shown = what or _names(kind)
-            raise ConfigurationError(
-                f"{type(instance).__name__}.{attribute.name} must be {shown}, "
-                f"got {type(value).__name__}"
-            )
+        require_kind(
+            value, kind, owner=type(instance).__name__, field=attribute.name, optional=False
+        )
 
     return check
 
 
-def optional_instance_of(kind: type | tuple[type, ...], what: str | None = None) -> Validator:
-    """The value must be None or a ``kind``."""
-    inner = instance_of(kind, f"{what or _names(kind)} or None")
+def optional_instance_of(kind: type | tuple[type, ...]) -> Validator:
+    """An attrs validator: the value must be None or a ``kind``."""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None:
-            inner(instance, attribute, value)
+        require_kind(value, kind, owner=type(instance).__name__, field=attribute.name)
 
     return check
 

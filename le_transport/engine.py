@@ -23,6 +23,7 @@ from aiohttp import ClientMiddlewareType
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._checks import require_kind, require_option
 from ._redact import body_excerpt, redact_url
 from .clock import Clock, RealClock
 from .errors import (
@@ -36,7 +37,7 @@ from .errors import (
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware
 from .middleware.context import _CURRENT, CallContext, unsent_request_error
-from .middleware.overload import OverloadGuard
+from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import Keepalive
@@ -139,16 +140,6 @@ class Response:
             url=self.url,
             attempts=self.attempts,
         )
-
-
-def _wrong(name: str, value: object, what: str) -> None:
-    raise ConfigurationError(f"Engine.{name} must be {what}, got {type(value).__name__}")
-
-
-def _expect(name: str, value: object, kind: type) -> None:
-    """``value`` is None or a ``kind``, else :class:`ConfigurationError` naming the field."""
-    if value is not None and not isinstance(value, kind):
-        _wrong(name, value, f"{kind.__name__} or None")
 
 
 def _check_headers(headers: Mapping[str, str]) -> None:
@@ -258,26 +249,41 @@ class Engine:
             raise ConfigurationError(f"Engine.scheme must be 'https' or 'http', got {scheme!r}")
         # Each checked here, by name: a wrong kind would otherwise fail as an AttributeError
         # deep inside the first call, the first socket or the first retry.
-        if not isinstance(domains, Mapping | DomainProvider):
-            _wrong("domains", domains, "a DomainProvider or a {service: host} mapping")
-        _expect("retry", retry, RetryPolicy)
-        _expect("clock", clock, Clock)
-        _expect("hooks", hooks, EventHooks)
-        _expect("rng", rng, random.Random)
-        _expect("session", session, aiohttp.ClientSession)
-        _expect("recovery", recovery, BackoffPolicy)
-        _expect("pacer", pacer, ReconnectPacer)
-        if overload is not None and not all(
-            callable(getattr(overload, name, None))
-            for name in ("admit", "settle", "abandon", "before_retry")
+        require_option(
+            isinstance(domains, Mapping | DomainProvider),
+            domains,
+            owner="Engine",
+            field="domains",
+            wants="a DomainProvider or a {service: host} mapping",
+        )
+        for name, value, kind in (
+            ("retry", retry, RetryPolicy),
+            ("clock", clock, Clock),
+            ("hooks", hooks, EventHooks),
+            ("rng", rng, random.Random),
+            ("session", session, aiohttp.ClientSession),
+            ("recovery", recovery, BackoffPolicy),
+            ("pacer", pacer, ReconnectPacer),
         ):
-            _wrong("overload", overload, "an OverloadGuard (or another RetryGate) or None")
+            require_kind(value, kind, owner="Engine", field=name)
+        require_option(
+            overload is None or is_retry_gate(overload),
+            overload,
+            owner="Engine",
+            field="overload",
+            wants="an OverloadGuard (or another RetryGate) or None",
+        )
         for name, stack in (
             ("outer_middlewares", outer_middlewares),
             ("wire_middlewares", wire_middlewares),
         ):
-            if isinstance(stack, str | bytes) or not all(callable(m) for m in stack):
-                _wrong(name, stack, "a sequence of aiohttp client middlewares (callables)")
+            require_option(
+                not isinstance(stack, str | bytes) and all(callable(m) for m in stack),
+                stack,
+                owner="Engine",
+                field=name,
+                wants="a sequence of aiohttp client middlewares (callables)",
+            )
         if (
             isinstance(connection_limit, bool)
             or not isinstance(connection_limit, int)

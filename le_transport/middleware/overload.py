@@ -39,6 +39,7 @@ import random
 import uuid
 from typing import TYPE_CHECKING, Protocol
 
+from .._checks import require_kind, require_option
 from ..clock import Clock, RealClock
 from ..errors import CircuitOpen, ConfigurationError, RequestError, RetryBudgetExhausted
 from ..events import EventHooks, StateEvent, emit
@@ -83,6 +84,14 @@ class GatedCall(Protocol):
     def request(self) -> ClientRequest:
         """The aiohttp request (its URL names the host)."""
         ...
+
+
+def is_retry_gate(value: object) -> bool:
+    """Whether ``value`` answers the retry loop's questions (an :class:`OverloadGuard` does)."""
+    return all(
+        callable(getattr(value, name, None))
+        for name in ("admit", "settle", "abandon", "before_retry")
+    )
 
 
 class RetryGate(Protocol):
@@ -172,15 +181,14 @@ class OverloadGuard:
             ("hooks", hooks, EventHooks),
             ("rng", rng, random.Random),
         ):
-            if value is not None and not isinstance(value, kind):
-                raise ConfigurationError(
-                    f"OverloadGuard.{name} must be {kind.__name__} or None, "
-                    f"got {type(value).__name__}"
-                )
-        if not isinstance(account, str) or not account:
-            raise ConfigurationError(
-                f"OverloadGuard.account must be a non-empty str, got {type(account).__name__}"
-            )
+            require_kind(value, kind, owner="OverloadGuard", field=name)
+        require_option(
+            isinstance(account, str) and bool(account),
+            account,
+            owner="OverloadGuard",
+            field="account",
+            wants="a non-empty str",
+        )
         for name, seconds in (("flush_interval", flush_interval), ("sync_interval", sync_interval)):
             if (
                 isinstance(seconds, bool)

@@ -36,7 +36,7 @@ import aiohttp
 import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 
-from .._checks import instance_of, optional_instance_of
+from .._checks import instance_of, optional_instance_of, require_option
 from .._redact import body_excerpt, redact_path, redact_text, redact_url
 from ..clock import Clock, RealClock, _ClockTimeout
 from ..errors import (
@@ -45,7 +45,6 @@ from ..errors import (
     BlockedError,
     BodyTooLarge,
     ClientStatusError,
-    ConfigurationError,
     ConnectionFailed,
     DeadlineExceeded,
     EngineClosed,
@@ -90,21 +89,26 @@ def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
 
 
 def _body_limit(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"RetryMiddleware.max_body_bytes must be an int >= 1, got {value!r}"
-        )
+    require_option(
+        not isinstance(value, bool) and isinstance(value, int) and value >= 1,
+        value,
+        owner="RetryMiddleware",
+        field="max_body_bytes",
+        wants="an int >= 1",
+    )
 
 
 def _gate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not all(
-        callable(getattr(value, name, None))
-        for name in ("admit", "settle", "abandon", "before_retry")
-    ):
-        raise ConfigurationError(
-            f"RetryMiddleware.gate must be a RetryGate (an OverloadGuard) or None, "
-            f"got {type(value).__name__}"
-        )
+    # Imported here: the overload module builds on this one.
+    from .overload import is_retry_gate
+
+    require_option(
+        value is None or is_retry_gate(value),
+        value,
+        owner="RetryMiddleware",
+        field="gate",
+        wants="a RetryGate (an OverloadGuard) or None",
+    )
 
 
 @attrs.frozen(eq=False)

@@ -29,6 +29,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from .._checks import require_option
 from .._redact import Secret
 from ..clock import Clock
 from ..errors import ConfigurationError, TransportError
@@ -174,13 +175,6 @@ def validate_account(account: object, *, owner: str) -> str:
             f"'_', '-'), got {shown}"
         )
     return account
-
-
-def require_option(ok: bool, value: object, *, owner: str, field: str, wants: str) -> None:
-    """A :class:`ConfigurationError` naming ``owner.field`` unless ``ok``. Only the value's
-    type is shown: an option given in the wrong place may be a credential."""
-    if not ok:
-        raise ConfigurationError(f"{owner}.{field} must be {wants}, got {type(value).__name__}")
 
 
 def require_secret(value: object, *, owner: str, field: str) -> Secret:
