@@ -125,7 +125,7 @@ class BackoffPolicy:
     def base_delay(self, attempt: int) -> float:
         """The un-jittered delay before outer attempt ``attempt`` (1-based)."""
         if attempt < 1:
-            raise ValueError(f"attempt is 1-based, got {attempt}")
+            raise ConfigurationError(f"attempt is 1-based, got {attempt}")
         # Compare exponents rather than computing factor ** n, which overflows for large n.
         delay = self.first
         for _ in range(attempt - 1):

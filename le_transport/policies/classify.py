@@ -12,6 +12,7 @@ import enum
 
 import attrs
 
+from ..errors import ConfigurationError
 from ._validate import int_codes
 
 __all__ = [
@@ -71,7 +72,7 @@ class Outcome:
     def failure(cls, kind: OutcomeKind, error: str) -> Outcome:
         """A transport failure of ``kind``; ``error`` names the exception type."""
         if kind is OutcomeKind.RESPONSE:
-            raise ValueError("a failure cannot be of kind RESPONSE")
+            raise ConfigurationError("a failure cannot be of kind RESPONSE")
         return cls(kind, error=error)
 
     def describe(self) -> str:

@@ -136,7 +136,7 @@ class RetryPolicy:
         ``rand`` is a uniform draw in [0, 1) used only when ``jitter`` is on.
         """
         if not 1 <= attempt <= len(self.pauses):
-            raise ValueError(
+            raise ConfigurationError(
                 f"attempt {attempt} has no pause after it: the schedule has {len(self.pauses)}"
             )
         pause = self.pauses[attempt - 1]
