@@ -21,9 +21,23 @@ of the same plan, so one plan can be pointed at either:
   :data:`~le_transport.chaos.plan.WS_OUTBOUND_FAULTS`): ``ws_drop_message`` loses it,
   ``ws_delay`` holds it, later frames queueing behind it in order.
 
-A task reads the real socket into a queue, so that a made-up answer can reach an owner that is
-waiting for the next frame; it ends with the connection. While faults are on, that read does not
-stop when the owner's inbox is full: a chaos run does not exercise the inbox's flow control.
+The wrapper reads the real socket only when its owner asks for the next frame (pull, not a
+reader of its own): :meth:`~FaultySocket.receive` starts one read of the connection and waits
+for whichever comes first, that read's frame or a made-up one (a fault's answer, a close or a
+drop). A read that lost the race is kept, not cancelled, and what it brings is handed over
+next, in the order frames came; no further read starts until the owner has taken it. So the
+wrapper holds at most :attr:`FaultySocket.MAX_READ_AHEAD` (one) frame read from the connection
+that the owner has not taken, a frame ``ws_delay`` holds included: while a frame is held,
+nothing more is read, as behind a slow network. An owner that stops reading (its inbox full,
+``SocketOptions.max_inbox``) stops the reads, aiohttp's buffer fills and the peer is slowed
+down: a chaos run exercises the same flow control as a run without faults. Made-up frames wait
+in a queue of their own, one per request the client sent at most, so what the server sends
+never piles up in the wrapper.
+
+aiohttp's ``receive()`` is not cancelled: :meth:`~FaultySocket.close` lets aiohttp's close end
+a read under way (only a held frame's wait is cancelled), so the close handshake is the one a
+socket without faults gets; a read that the connection's end or an injected end finishes brings
+nothing more to the owner. No read outlives the close.
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 from aiohttp import WSMessage, WSMsgType
@@ -61,13 +75,22 @@ _log = logging.getLogger("le_transport.chaos")
 #: request's type. Bounded: a socket that never gets its answers must not grow without end.
 _REMEMBERED_IDS = 4096
 
+#: What receive() returns once the socket ended, as aiohttp's does.
+_CLOSED = WSMessage(WSMsgType.CLOSED, None, None)
+
 
 class FaultySocket:
     """An aiohttp client WebSocket with the plan's socket faults applied (see the module).
 
     It has what the socket layer uses of aiohttp's: :meth:`receive`, :meth:`send_str`,
-    :meth:`close`, :attr:`closed` and :attr:`close_code`.
+    :meth:`close`, :attr:`closed` and :attr:`close_code`. It reads the connection only when
+    :meth:`receive` is called, and holds at most :attr:`MAX_READ_AHEAD` frames read from it
+    that the owner has not taken (:attr:`read_ahead`).
     """
+
+    #: The most frames read from the connection that the owner has not taken yet: a read that
+    #: a made-up frame beat to the owner, or a frame ``ws_delay`` holds.
+    MAX_READ_AHEAD: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -87,11 +110,20 @@ class FaultySocket:
         #: The end handed to the owner instead of the real one (a close frame or a drop).
         self._end: WSMessage | None = None
         self._close_code: int | None = None
-        self._frames: asyncio.Queue[WSMessage] = asyncio.Queue()
+        #: What the owner gets next, in the order it came, each with whether it was read from
+        #: the connection (at most one such) or made up (a fault's answer, an end).
+        self._ready: collections.deque[tuple[WSMessage, bool]] = collections.deque()
+        #: The one read of the connection under way, started by receive() (see the module).
+        self._reading: asyncio.Task[None] | None = None
+        #: The owner waiting in receive(): anything handed over, or the read's end, wakes it.
+        self._waiter: asyncio.Future[None] | None = None
+        #: Whether the read holds a frame (``ws_delay``) until its time comes.
+        self._holding = False
+        #: The connection's own end was read: there is nothing more to read.
+        self._read_end = False
+        #: What the read raised, for the owner's next receive() to raise.
+        self._failure: BaseException | None = None
         self._types: collections.OrderedDict[object, str] = collections.OrderedDict()
-        self._reader = asyncio.get_running_loop().create_task(
-            self._read(), name=f"le_transport.chaos reader {name}"
-        )
 
     # -- what the socket layer uses ---------------------------------------------------------
 
@@ -106,13 +138,49 @@ class FaultySocket:
         """The close code: the injected one, if a fault closed the socket."""
         return self._close_code if self._close_code is not None else self._ws.close_code
 
+    @property
+    def read_ahead(self) -> int:
+        """How many frames read from the connection the owner has not taken yet (a held one
+        included): never more than :attr:`MAX_READ_AHEAD`."""
+        return sum(1 for _, read in self._ready if read) + int(self._holding)
+
     async def receive(self, timeout: float | None = None) -> WSMessage:
-        """The next frame the owner should see (``timeout`` is not supported: None only)."""
+        """The next frame the owner should see: a made-up one, or the next the connection
+        brings (which only now is read). Once the socket ended (an injected end handed over,
+        the connection's end read, or :meth:`close`), a ``CLOSED`` message.
+
+        Raises:
+            ValueError: ``timeout`` is not None (use the clock's ``timeout_after``).
+            RuntimeError: another ``receive()`` is waiting, as aiohttp's refuses.
+        """
         if timeout is not None:
             raise ValueError("FaultySocket.receive takes no timeout: use the clock's")
-        if (self._end is not None or self._closing) and self._frames.empty():
-            return WSMessage(WSMsgType.CLOSED, None, None)
-        return await self._frames.get()
+        if self._waiter is not None:
+            raise RuntimeError("Concurrent call to receive() is not allowed")
+        loop = asyncio.get_running_loop()
+        while True:
+            ready = self._ready
+            if ready:
+                return ready.popleft()[0]
+            if self._end is not None or self._closing:
+                return _CLOSED
+            failure = self._failure
+            if failure is not None:
+                self._failure = None
+                self._read_end = True
+                raise failure
+            if self._read_end:
+                return _CLOSED
+            if self._reading is None:
+                reading = self._reading = loop.create_task(
+                    self._read_next(), name=f"le_transport.chaos reader {self._name}"
+                )
+                reading.add_done_callback(self._read_done)
+            waiter = self._waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     async def send_str(self, data: str, compress: int | None = None) -> None:
         """Send ``data``, unless a fault on it or on the session says otherwise."""
@@ -137,15 +205,26 @@ class FaultySocket:
             self._strike(session)
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
-        """Stop the reader and close the real connection."""
-        self._closing = True
-        reader = self._reader
-        if not reader.done():
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        # As aiohttp does for a receive() waiting when the socket is closed: it returns CLOSING.
-        self._frames.put_nowait(WSMessage(WSMsgType.CLOSING, None, None))
-        return await self._ws.close(code=code, message=message)
+        """Close the real connection; an owner waiting in :meth:`receive` gets ``CLOSING``
+        at once. A read under way ends with it; a held frame is let go."""
+        if not self._closing:
+            self._closing = True
+            # As aiohttp does for a receive() waiting when the socket is closed.
+            self._hand_over(WSMessage(WSMsgType.CLOSING, None, None), read=False)
+        reading = self._reading
+        if reading is not None and self._holding:
+            reading.cancel()
+        try:
+            # A read waiting in aiohttp's receive() is ended by aiohttp's close, which hands
+            # it a CLOSING of its own first: the handshake of a socket without faults.
+            closed = await self._ws.close(code=code, message=message)
+            if reading is not None:
+                await asyncio.wait({reading})
+        finally:
+            # Cut short (cancelled, or aiohttp failed): the read must not outlive the close.
+            if reading is not None and not reading.done():
+                reading.cancel()
+        return closed
 
     # -- the session's fault ----------------------------------------------------------------
 
@@ -185,10 +264,22 @@ class FaultySocket:
     def _finish(self, end: WSMessage) -> None:
         """Hand the owner ``end`` next, instead of anything more from the connection."""
         self._end = end
-        self._reader.cancel()
-        while not self._frames.empty():
-            self._frames.get_nowait()
-        self._frames.put_nowait(end)
+        reading = self._reading
+        if reading is not None and self._holding:
+            reading.cancel()
+        # A read waiting for the connection goes on until close(), and what it brings is lost.
+        self._ready.clear()
+        self._hand_over(end, read=False)
+
+    def _hand_over(self, msg: WSMessage, *, read: bool) -> None:
+        """Queue ``msg`` for the owner (``read``: it came from the connection) and wake it."""
+        self._ready.append((msg, read))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- requests the client sends ----------------------------------------------------------
 
@@ -220,7 +311,7 @@ class FaultySocket:
                 "type": f"{type_}$Response",
             }
             if not self._silent:
-                self._frames.put_nowait(WSMessage(WSMsgType.TEXT, json.dumps(answer), None))
+                self._hand_over(WSMessage(WSMsgType.TEXT, json.dumps(answer), None), read=False)
             return False
         if isinstance(fault, Hang):
             return False
@@ -230,29 +321,48 @@ class FaultySocket:
 
     # -- frames the server sends ------------------------------------------------------------
 
-    async def _read(self) -> None:
-        """Read the real connection into the queue, applying the outbound kinds, until it ends."""
+    async def _read_next(self) -> None:
+        """Read the connection until one frame is for the owner (the outbound kinds applied:
+        a lost one is read past, a held one waits its time) or the connection ended; hand it
+        over. Nothing more is read meanwhile: what follows waits in aiohttp's buffer."""
         ws = self._ws
         while True:
             msg = await ws.receive()
-            if msg.type is WSMsgType.TEXT:
+            if self._end is not None or self._closing:
+                # The owner has its end already: what came after it is lost, as in a drop.
+                return
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 if self._silent:
                     continue
-                hold = self._hold(msg.data)
-                if hold is None:
-                    continue
-                if hold > 0:
-                    await self._injector.clock.sleep(hold)
-                    if self._silent:
+                if msg.type is WSMsgType.TEXT:
+                    hold = self._hold(msg.data)
+                    if hold is None:
                         continue
-            elif msg.type is WSMsgType.BINARY:
-                if self._silent:
-                    continue
+                    if hold > 0:
+                        self._holding = True
+                        try:
+                            await self._injector.clock.sleep(hold)
+                        finally:
+                            self._holding = False
+                        if self._end is not None or self._closing:
+                            return
+                        if self._silent:
+                            continue
             else:
                 # The real end (a close frame, an error, closed): the owner's to see.
-                self._frames.put_nowait(msg)
-                return
-            self._frames.put_nowait(msg)
+                self._read_end = True
+            self._hand_over(msg, read=True)
+            return
+
+    def _read_done(self, reading: asyncio.Task[None]) -> None:
+        """The read ended (a frame handed over, cancelled or failed): let the owner look."""
+        if self._reading is reading:
+            self._reading = None
+        if not reading.cancelled():
+            failure = reading.exception()
+            if failure is not None:
+                self._failure = failure
+        self._wake()
 
     def _hold(self, text: str) -> float | None:
         """Seconds to hold a frame from the server (0: none), or None to lose it."""
