@@ -220,6 +220,26 @@ class CircuitBreaker:
             return status.probe_until
         return None
 
+    def is_idle(self, status: BreakerStatus, now: float) -> bool:
+        """Whether ``status`` at ``now`` is a healthy breaker a keeper may forget.
+
+        True for a closed breaker with no failure in its sampling window, no probe out and no
+        opening on record: all it holds is recent successes, and a fresh :meth:`closed` breaker
+        in its place opens just as a healthy host's should (it needs ``minimum_throughput``
+        attempts in the window, the forgotten successes no longer among them). An open or
+        half-open breaker, or one with recent failures, holds what protects the host: keep it.
+        """
+        if status.state is not BreakerState.CLOSED or status.probe_until is not None:
+            return False
+        if status.opens:
+            return False
+        if len(status.failures) != self.slots:
+            return True  # a status of another configuration is aged to an empty window (_aged)
+        shift = self.slot_of(now) - status.slot
+        if shift >= self.slots:
+            return True
+        return not any(status.failures[: self.slots - max(0, shift)])
+
     def admit(self, status: BreakerStatus, now: float) -> Admission:
         """May an attempt go at ``now``? Closed: yes. Open: no, until ``open_until``.
         Half-open: the first asker becomes the probe; the others are refused while it is out."""

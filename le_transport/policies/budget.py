@@ -132,6 +132,17 @@ class RetryBudget:
             pad + state.retries[: self.slots - shift],
         )
 
+    def is_idle(self, state: BudgetState, now: float) -> bool:
+        """Whether ``state`` counts nothing at ``now`` (every count left the window, or there
+        was none): it decides exactly as :meth:`empty` does, so a keeper may forget it."""
+        if len(state.requests) != self.slots:
+            return True  # aged to an empty state (_at)
+        shift = self.slot_of(now) - state.slot
+        if shift >= self.slots:
+            return True
+        keep = self.slots - max(0, shift)
+        return not (any(state.requests[:keep]) or any(state.retries[:keep]))
+
     def allowance(self, requests: int) -> float:
         """Retries allowed in a window that counted ``requests`` first attempts."""
         return self.ratio * requests + self.floor

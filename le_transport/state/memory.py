@@ -1,8 +1,17 @@
-"""The in-memory state store: the default, for one process, on the injected clock."""
+"""The in-memory state store: the default, for one process, on the injected clock.
+
+Its maps are keyed by what callers store (sessions, breaker trips, one budget per service, one
+bucket per pace), and a long-lived process may name ever new keys. What it holds therefore
+expires: a value at its TTL, a budget once its window counts nothing, a token bucket once it is
+full again (each then decides exactly as a missing key does). Expired entries are swept out when
+a new key would take a map past :data:`SWEEP_AFTER` entries, or past twice what the previous
+sweep kept: O(1) amortised per write, and memory bounded by what is live, never by history.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sized
 
 import attrs
 
@@ -13,7 +22,12 @@ from ..policies.budget import BudgetState, RetryBudget
 from ..policies.pacing import TokenBucket
 from .store import Entry
 
-__all__ = ["MemoryStore"]
+__all__ = ["SWEEP_AFTER", "MemoryStore"]
+
+#: How many entries a map of a :class:`MemoryStore` holds before a new key first sweeps out the
+#: expired ones. Small enough that a few thousand dead keys never linger; after a sweep, the next
+#: waits until a map holds twice what was left, so the sweeps cost O(1) per write, amortised.
+SWEEP_AFTER = 1024
 
 
 def _check_ttl(ttl: float) -> None:
@@ -46,6 +60,9 @@ class MemoryStore:
 
     Values expire on ``clock``; the budget and the token bucket run the pure policies directly.
     Nothing here can fail or block, which is why it is also what a fleet falls back to.
+    Entries that expired (a value past its TTL, a budget whose window counts nothing, a full
+    token bucket) are swept out as new keys arrive (see the module's description), so a
+    long-lived process holds what is live, not every key it ever used.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -55,9 +72,35 @@ class MemoryStore:
             )
         self._clock = clock or RealClock()
         self._values: dict[str, tuple[str, float]] = {}
-        self._budgets: dict[str, BudgetState] = {}
+        # Each budget with the policy it last ran on: what tells when it counts nothing.
+        self._budgets: dict[str, tuple[BudgetState, RetryBudget]] = {}
         self._deposits: dict[str, _Deposits] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._sweep_at = SWEEP_AFTER
+
+    def _grow(self, held: Sized) -> None:
+        """A new key goes into ``held``: sweep first if it is full (see the module)."""
+        if len(held) >= self._sweep_at:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop every expired entry (each decides as a missing key does); rebuilt, not deleted
+        from, so that the maps' tables shrink too."""
+        now = self._clock.now()
+        self._values = {k: item for k, item in self._values.items() if item[1] > now}
+        self._budgets = {
+            k: held for k, held in self._budgets.items() if not held[1].is_idle(held[0], now)
+        }
+        self._deposits = {
+            k: held
+            for k, held in self._deposits.items()
+            if held.policy.slot_of(now) - held.slot < held.policy.slots
+        }
+        self._buckets = {
+            k: bucket for k, bucket in self._buckets.items() if bucket.available(now) < bucket.burst
+        }
+        left = max(len(self._values), len(self._budgets), len(self._deposits), len(self._buckets))
+        self._sweep_at = max(SWEEP_AFTER, 2 * left)
 
     def _live(self, key: str) -> tuple[str, float] | None:
         item = self._values.get(key)
@@ -77,6 +120,8 @@ class MemoryStore:
         """Store ``value`` for ``ttl`` seconds."""
         _check_ttl(ttl)
         _check_value(value)
+        if key not in self._values:
+            self._grow(self._values)
         self._values[key] = (value, self._clock.now() + ttl)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
@@ -85,6 +130,7 @@ class MemoryStore:
         _check_value(value)
         if self._live(key) is not None:
             return False
+        self._grow(self._values)
         self._values[key] = (value, self._clock.now() + ttl)
         return True
 
@@ -114,14 +160,24 @@ class MemoryStore:
                 held.count += count
                 return
             self._record_deposits(key)
+        else:
+            self._grow(self._deposits)
         self._deposits[key] = _Deposits(policy, slot, now, count)
 
     def _record_deposits(self, key: str) -> None:
         held = self._deposits.pop(key, None)
         if held is None:
             return
-        state = self._budgets.get(key) or held.policy.empty()
-        self._budgets[key] = held.policy.record_request(state, held.at, held.count)
+        state = self._budget_of(key, held.policy)
+        self._budgets[key] = (held.policy.record_request(state, held.at, held.count), held.policy)
+
+    def _budget_of(self, key: str, policy: RetryBudget) -> BudgetState:
+        """The budget's state at ``key`` (empty if none), room made if it is a new key."""
+        held = self._budgets.get(key)
+        if held is None:
+            self._grow(self._budgets)
+            return policy.empty()
+        return held[0]
 
     async def budget(
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
@@ -129,25 +185,30 @@ class MemoryStore:
         """Count first attempts and maybe take a retry, on the pure :class:`RetryBudget`."""
         self._record_deposits(key)
         now = self._clock.now()
-        state = self._budgets.get(key) or policy.empty()
+        state = self._budget_of(key, policy)
         if deposits:
             state = policy.record_request(state, now, deposits)
         taken = False
         if withdraw:
             taken, state = policy.try_retry(state, now)
-        self._budgets[key] = state
+        self._budgets[key] = (state, policy)
         return taken
 
     def note_retry(self, key: str, policy: RetryBudget) -> None:
         """Count a retry granted elsewhere (by the shared store), allowed or not here."""
         self._record_deposits(key)
-        state = self._budgets.get(key) or policy.empty()
+        state = self._budget_of(key, policy)
         aged = policy.record_request(state, self._clock.now(), 0)
-        self._budgets[key] = attrs.evolve(aged, retries=(aged.retries[0] + 1, *aged.retries[1:]))
+        self._budgets[key] = (
+            attrs.evolve(aged, retries=(aged.retries[0] + 1, *aged.retries[1:])),
+            policy,
+        )
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """Take a token on the pure :class:`TokenBucket` kept at ``key``."""
         held = self._buckets.get(key)
+        if held is None:
+            self._grow(self._buckets)
         if held is None or (held.rate, held.burst) != (bucket.rate, bucket.burst):
             held = attrs.evolve(bucket, tokens=None, updated_at=None)
         reservation = held.reserve(self._clock.now())
