@@ -10,6 +10,7 @@ reservations.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -20,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from le_transport.errors import CircuitOpen
-from le_transport.middleware.overload import OverloadGuard
+from le_transport import Engine, RetryPolicy
+from le_transport.errors import CircuitOpen, ConfigurationError, RetriesExhausted
+from le_transport.middleware.overload import DEFAULT_MAX_BREAKERS, OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
     BreakerState,
@@ -34,6 +36,7 @@ from le_transport.policies.budget import BudgetState
 from le_transport.policies.pacing import TokenBucket
 from le_transport.state.memory import SWEEP_AFTER, MemoryStore
 from le_transport.testing import VirtualClock
+from tests.backends import Backend
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -102,6 +105,228 @@ def _assert_bounded(guard: OverloadGuard, cap: int) -> None:
     assert len(guard._synced_at) <= cap + 1
     assert len(guard._pending) <= cap
     assert set(guard._flushed_at) <= set(guard._pending)
+
+
+# -- the options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10", None])
+def test_max_breakers_must_be_a_positive_int(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"OverloadGuard\.max_breakers"):
+        OverloadGuard(max_breakers=bad)
+
+
+def test_the_default_cap_is_documented_and_used() -> None:
+    guard = OverloadGuard()
+    assert guard._max_breakers == DEFAULT_MAX_BREAKERS == 4096
+
+
+# -- the guard: bounded, idle breakers first -------------------------------------------------
+
+
+def test_ten_thousand_hosts_keep_the_breakers_at_the_default_cap(clock: VirtualClock) -> None:
+    guard = OverloadGuard(budget=BUDGET, breaker=BREAKER, clock=clock)
+    for n in range(12_000):
+        assert _attempt(guard, "msgHist", _host(n), OK)
+        clock.advance(0.001)
+    _assert_bounded(guard, DEFAULT_MAX_BREAKERS)
+    assert len(guard._keys) <= 1024
+
+
+def test_an_open_breaker_survives_a_flood_of_successes_to_other_hosts(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=64)
+    _open(guard, "msgHist", "down.example.test:443")
+    for n in range(10_000):
+        assert _attempt(guard, "msgHist", _host(n), OK)
+        clock.advance(0.001)  # 10 s: the flood spans the whole sampling window
+        _assert_bounded(guard, 64)
+    assert guard.breaker_state("msgHist", "down.example.test:443") is BreakerState.OPEN
+    assert not _attempt(guard, "msgHist", "down.example.test:443", OK), "still refused"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "forgot" in r.msg]
+
+
+def test_recent_failures_survive_a_flood_of_successes_to_other_hosts(clock: VirtualClock) -> None:
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=16)
+    host = "flaky.example.test:443"
+    for _ in range(BREAKER.minimum_throughput - 1):
+        _attempt(guard, "msgHist", host, DOWN)
+    for n in range(5_000):
+        _attempt(guard, "msgHist", _host(n), OK)
+    _assert_bounded(guard, 16)
+    # The failures were kept: one more opens it, as it would have without the flood.
+    _attempt(guard, "msgHist", host, DOWN)
+    assert guard.breaker_state("msgHist", host) is BreakerState.OPEN
+
+
+def _states(guard: OverloadGuard, clock: VirtualClock, host: str) -> list[object]:
+    """What the guard answers for ``host`` along a fixed script of outcomes and time."""
+    seen: list[object] = []
+    for outcome, dt in [(DOWN, 0.5)] * 3 + [(OK, 0.5), (DOWN, 0.5), (DOWN, 61.0), (OK, 1.0)]:
+        seen.append(_attempt(guard, "msgHist", host, outcome))
+        seen.append(guard.breaker_state("msgHist", host))
+        clock.advance(dt)
+    return seen
+
+
+def test_a_breaker_forgotten_while_closed_acts_as_a_fresh_one() -> None:
+    clock = VirtualClock(start=100.0)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=16)
+    host = "quiet.example.test:443"
+    for _ in range(10):
+        _attempt(guard, "msgHist", host, OK)
+    for n in range(200):
+        _attempt(guard, "msgHist", _host(n), OK)
+    assert ("msgHist", host) not in guard._status, "the idle breaker was forgotten"
+
+    fresh_clock = VirtualClock(start=clock.now())
+    fresh = OverloadGuard(budget=None, breaker=BREAKER, clock=fresh_clock)
+    assert _states(guard, clock, host) == _states(fresh, fresh_clock, host)
+
+
+def test_an_idle_breaker_goes_before_any_that_holds_state(clock: VirtualClock) -> None:
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=8)
+    _attempt(guard, "msgHist", "idle.example.test:443", OK)  # the least recently used
+    for n in range(7):
+        _attempt(guard, "msgHist", _host(n), DOWN)  # recent failures: state to keep
+    _attempt(guard, "msgHist", "new.example.test:443", OK)
+    assert ("msgHist", "idle.example.test:443") not in guard._status
+    assert all(("msgHist", _host(n)) in guard._status for n in range(7))
+
+
+def test_when_every_breaker_holds_state_the_least_recently_used_goes_with_a_warning(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="le_transport.overload")
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=8)
+    for n in range(8):
+        _open(guard, "msgHist", _host(n))
+        clock.advance(1.0)
+    # A refused call is a use too: host 0 is now the most recently used.
+    assert not _attempt(guard, "msgHist", _host(0), OK)
+    caplog.clear()
+
+    _attempt(guard, "msgHist", "new.example.test:443", OK)
+
+    _assert_bounded(guard, 8)
+    assert guard.breaker_state("msgHist", _host(1)) is BreakerState.CLOSED, "forgotten"
+    for n in [0, *range(2, 8)]:
+        assert guard.breaker_state("msgHist", _host(n)) is BreakerState.OPEN
+    [record] = [r for r in caplog.records if "forgot" in r.msg]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert f"msgHist@{_host(1)}" in message
+    assert "http" not in message, "hosts only, no URL"
+    assert record.__dict__["forgotten"] == 1
+    assert record.__dict__["tripped"] == 1
+
+
+def test_closed_breakers_with_failures_go_before_older_open_ones(clock: VirtualClock) -> None:
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=8)
+    for n in range(4):
+        _open(guard, "msgHist", _host(n))  # the least recently used
+    for n in range(4, 8):
+        _attempt(guard, "msgHist", _host(n), DOWN)  # one failure each: closed, not idle
+    _attempt(guard, "msgHist", "new.example.test:443", OK)
+    assert ("msgHist", _host(4)) not in guard._status, "the oldest closed one went"
+    for n in range(4):
+        assert guard.breaker_state("msgHist", _host(n)) is BreakerState.OPEN
+
+
+def test_a_full_guard_forgets_in_batches_so_each_new_host_costs_o1(
+    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = 64
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=cap)
+    rooms = 0
+    make_room = guard._make_room
+
+    def counted(adding: tuple[str, str]) -> None:
+        nonlocal rooms
+        rooms += 1
+        make_room(adding)
+
+    monkeypatch.setattr(guard, "_make_room", counted)
+    hosts = 10_000
+    for n in range(hosts):
+        # Every host opens: nothing is ever idle, the worst case for the sweep.
+        _open(guard, "msgHist", _host(n))
+        _assert_bounded(guard, cap)
+    assert rooms <= hosts // (cap // 8) + 1
+
+
+def test_the_happy_path_writes_no_breaker_per_call(
+    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = OverloadGuard(budget=BUDGET, breaker=BREAKER, clock=clock)
+    host = "busy.example.test:443"
+    _attempt(guard, "msgHist", host, OK)
+    writes = 0
+    put = guard._put
+
+    def counted(key: tuple[str, str], status: BreakerStatus) -> None:
+        nonlocal writes
+        writes += 1
+        put(key, status)
+
+    monkeypatch.setattr(guard, "_put", counted)
+    slot = BREAKER.sampling_window / BREAKER.slots
+    for _ in range(1000):
+        assert _attempt(guard, "msgHist", host, OK)
+        clock.advance(slot / 100)  # 10 slots in all
+    assert writes <= 11, "one write per slot of the window, not one per call"
+
+
+def test_a_fleet_guard_keeps_its_per_service_counts_bounded_and_rereads_forgotten_trips(
+    clock: VirtualClock,
+) -> None:
+    store = MemoryStore(clock)
+    cap = 32
+    guard = OverloadGuard(
+        budget=BUDGET, breaker=BREAKER, store=store, clock=clock, max_breakers=cap
+    )
+    _open(guard, "down", "down.example.test:443")
+    # A foreign session names the service by its host: every call a new service, twice over
+    # within the flush interval so that some counts are pending.
+    for n in range(2_500):
+        _attempt(guard, _host(n), _host(n), OK)
+        _attempt(guard, _host(n), _host(n), OK)
+        clock.advance(0.02)  # 50 s in all: within the 60 s break
+        _assert_bounded(guard, cap)
+    # A flood of hosts that all fail pushes the open breaker out...
+    for n in range(cap):
+        _open(guard, "down", _host(n))
+    assert ("down", "down.example.test:443") not in guard._status
+    # ...and the fleet's trip marker, still in the store, brings it back at the next call.
+    assert not _attempt(guard, "down", "down.example.test:443", OK)
+    assert guard.breaker_state("down", "down.example.test:443") is BreakerState.OPEN
+    # The store holds the budgets of the last window (10 s: 500 services), not all 2,500.
+    assert len(store._budgets) <= 2 * SWEEP_AFTER
+
+
+async def test_an_engine_with_a_small_cap_still_fails_fast_on_the_down_service(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Real parts: an engine over two loopback servers, one down, and many services."""
+    down, up = Backend(503), Backend(200)
+    down_host, up_host = await serve(down.app()), await serve(up.app())
+    services = {f"svc{n}": up_host for n in range(40)}
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, max_breakers=8)
+    policy = RetryPolicy(pauses=(), attempt_timeout=None)
+    async with Engine(
+        {"down": down_host, **services}, scheme="http", clock=clock, overload=guard, retry=policy
+    ) as engine:
+        for _ in range(BREAKER.minimum_throughput):
+            with pytest.raises(RetriesExhausted):
+                await engine.request("GET", "down", "/x")
+        for name in services:
+            assert (await engine.request("GET", name, "/x")).status == 200
+        assert len(guard._status) <= 8
+        sent = down.hits
+        with pytest.raises(CircuitOpen):
+            await engine.request("GET", "down", "/x")
+        assert down.hits == sent, "the open breaker was kept: nothing was sent"
 
 
 # -- the pure policies: what is idle -----------------------------------------------------------

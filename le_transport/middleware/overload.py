@@ -28,6 +28,16 @@ fleet. Redis stays off the happy path: first attempts are counted locally and se
 every ``flush_interval``, the trip marker is read at most every ``sync_interval``; what that
 trades away is that the fleet sees a process's first attempts (and trips) up to those intervals
 late, which only makes the budget stricter, never looser.
+
+The breakers are kept per service and host, and hosts may come from outside (a domain source, a
+caller's input): the guard keeps at most ``max_breakers`` of them (:data:`DEFAULT_MAX_BREAKERS`).
+When a new host would pass the cap, it first forgets every idle breaker
+(:meth:`CircuitBreaker.is_idle`: closed, no recent failure, no probe out; a fresh breaker decides
+as it would); only if that frees less than an eighth of the cap does it forget others, with a
+warning: the least recently used closed ones with recent failures, and only then the least
+recently used open or half-open ones (one forgotten lets its host be tried early; on a shared
+store, the fleet's trip marker brings it back at the next sync). The per-service counts of first
+attempts waiting for a batch are bounded by the same cap.
 """
 
 from __future__ import annotations
@@ -53,13 +63,27 @@ from ..state.store import StateStore, state_key
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
 
-__all__ = ["DEFAULT_BREAKER", "DEFAULT_BUDGET", "GatedCall", "OverloadGuard", "RetryGate"]
+__all__ = [
+    "DEFAULT_BREAKER",
+    "DEFAULT_BUDGET",
+    "DEFAULT_MAX_BREAKERS",
+    "GatedCall",
+    "OverloadGuard",
+    "RetryGate",
+]
 
 _log = logging.getLogger("le_transport.overload")
 
 #: The defaults, with their reasons in :mod:`le_transport.policies.budget` and ``.breaker``.
 DEFAULT_BUDGET = RetryBudget()
 DEFAULT_BREAKER = CircuitBreaker()
+#: How many (service, host) breakers a guard keeps by default, and how many services' batched
+#: first attempts. A bot calls a few dozen LiveEngage hosts; 4,096 leaves room for any real
+#: deployment while a flood of made-up hosts costs at most a few MB (a closed breaker's status is
+#: two tuples of ``slots`` ints). See the module's description for what is forgotten first.
+DEFAULT_MAX_BREAKERS = 4096
+#: How many forgotten breakers a warning names (the others are counted).
+_EVICTED_NAMED = 5
 
 
 class GatedCall(Protocol):
@@ -155,6 +179,11 @@ class OverloadGuard:
       ``circuit_open``, ``circuit_closed`` and ``retry_budget_exhausted``.
     - ``flush_interval``: seconds between batched sends of first-attempt counts to the store.
     - ``sync_interval``: seconds between reads of the fleet's breaker trips.
+    - ``max_breakers``: how many (service, host) breakers it keeps (default
+      :data:`DEFAULT_MAX_BREAKERS`), and how many services' batched first attempts. Idle
+      breakers are forgotten first, then the least recently used closed, then open ones (with
+      a warning); see the module's description. An int >= 1, else
+      :class:`~le_transport.errors.ConfigurationError`.
 
     One guard serves every call of an engine; give it to ``Engine(overload=...)``.
     """
@@ -171,6 +200,7 @@ class OverloadGuard:
         rng: random.Random | None = None,
         flush_interval: float = 1.0,
         sync_interval: float = 1.0,
+        max_breakers: int = DEFAULT_MAX_BREAKERS,
     ) -> None:
         # Checked here, by name: a wrong kind would otherwise fail on the first call's attempt.
         for name, value, kind in (
@@ -189,6 +219,15 @@ class OverloadGuard:
             field="account",
             wants="a non-empty str",
         )
+        require_option(
+            isinstance(max_breakers, int)
+            and not isinstance(max_breakers, bool)
+            and max_breakers > 0,
+            max_breakers,
+            owner="OverloadGuard",
+            field="max_breakers",
+            wants="an int >= 1",
+        )
         for name, seconds in (("flush_interval", flush_interval), ("sync_interval", sync_interval)):
             if (
                 isinstance(seconds, bool)
@@ -204,6 +243,7 @@ class OverloadGuard:
         self._hooks = hooks or EventHooks()
         self._rng = rng or random.Random()
         self._account = account
+        self._max_breakers = max_breakers
         self._shared = store is not None
         if store is None:
             store = MemoryStore(self._clock)
@@ -277,8 +317,98 @@ class OverloadGuard:
             status = self._breaker.record_successes(
                 status or self._breaker.closed(), held.at, held.count
             )
-            self._status[key] = status
+            self._put(key, status)
         return status
+
+    # -- bounds -----------------------------------------------------------------------------
+
+    def _put(self, key: tuple[str, str], status: BreakerStatus) -> None:
+        """Store the breaker's ``status`` at ``key`` as its most recent use.
+
+        ``_status`` is in order of last write (popped and set again), which is what makes the
+        least recently used breaker the first one. A write on the happy path happens once per
+        slot of the sampling window, not per call (the successes in between are tallied).
+        """
+        if self._status.pop(key, None) is None and len(self._status) >= self._max_breakers:
+            self._make_room(key)
+        self._status[key] = status
+
+    def _make_room(self, adding: tuple[str, str]) -> None:
+        """``_status`` is full and ``adding`` comes: forget the idle breakers, and if that frees
+        less than an eighth of the cap, more (with a warning): the least recently used closed
+        ones with recent failures, then the least recently used open or half-open ones.
+
+        O(cap), once per at least cap / 8 new keys: O(1) amortised. The maps are rebuilt, not
+        deleted from, so that their tables shrink too.
+        """
+        breaker = self._breaker
+        assert breaker is not None
+        now = self._clock.now()
+        kept = {
+            key: status for key, status in self._status.items() if not breaker.is_idle(status, now)
+        }
+        excess = len(kept) - (self._max_breakers - max(1, self._max_breakers // 8))
+        forgotten: list[tuple[tuple[str, str], BreakerStatus]] = []
+        if excess > 0:
+            # Closed ones (recent failures, not yet a break) before open or half-open ones,
+            # whose loss lets traffic through to a failing host early; oldest write first.
+            closed = [k for k, status in kept.items() if status.state is BreakerState.CLOSED]
+            tripped = [k for k, status in kept.items() if status.state is not BreakerState.CLOSED]
+            forgotten = [(k, kept[k]) for k in (closed + tripped)[:excess]]
+            gone = {k for k, _ in forgotten}
+            kept = {k: status for k, status in kept.items() if k not in gone}
+        self._status = kept
+        self._successes = {k: held for k, held in self._successes.items() if k in kept}
+        self._synced_at = {k: at for k, at in self._synced_at.items() if k in kept or k == adding}
+        if forgotten:
+            self._forgot(forgotten, now)
+
+    def _forgot(self, forgotten: list[tuple[tuple[str, str], BreakerStatus]], now: float) -> None:
+        assert self._breaker is not None
+        states = [self._breaker.state_at(status, now) for _, status in forgotten]
+        tripped = sum(state is not BreakerState.CLOSED for state in states)
+        named = [f"{service}@{host}" for (service, host), _ in forgotten[:_EVICTED_NAMED]]
+        more = len(forgotten) - len(named)
+        _log.warning(
+            "overload guard full (max_breakers=%d): forgot %d least recently used circuit "
+            "breakers holding state (%d open or half-open, the rest closed with recent "
+            "failures): %s%s; their hosts start again with fresh breakers%s",
+            self._max_breakers,
+            len(forgotten),
+            tripped,
+            ", ".join(named),
+            f" and {more} more" if more else "",
+            " (a fleet's trips are read back from the store)" if self._shared else "",
+            extra={
+                "max_breakers": self._max_breakers,
+                "forgotten": len(forgotten),
+                "tripped": tripped,
+                "breakers": named,
+            },
+        )
+
+    def _make_service_room(self) -> None:
+        """``_pending`` is full and a new service comes: forget the services with nothing
+        pending (their last flush time only spaces out sends: the next one goes at once), and
+        if that frees less than an eighth of the cap, the oldest others' pending counts (first
+        attempts the fleet then never counts: its budget is only stricter for it)."""
+        pending = {service: count for service, count in self._pending.items() if count}
+        target = self._max_breakers - max(1, self._max_breakers // 8)
+        if len(pending) > target:
+            oldest = iter(pending.items())
+            dropped = sum(
+                count for _, count in (next(oldest) for _ in range(len(pending) - target))
+            )
+            pending = dict(oldest)
+            _log.info(
+                "overload guard full (max_breakers=%d): %d first attempts of the least recently "
+                "added services were not sent to the shared budget (it is only stricter)",
+                self._max_breakers,
+                dropped,
+                extra={"max_breakers": self._max_breakers, "dropped": dropped},
+            )
+        self._pending = pending
+        self._flushed_at = {s: at for s, at in self._flushed_at.items() if s in pending}
 
     def _trip_key(self, key: tuple[str, str]) -> str:
         return state_key(self._account, "breaker", *key)
@@ -339,7 +469,7 @@ class OverloadGuard:
         after = breaker.record(
             before, now, failed=failed, rand=self._rng.random() if failed else 0.5
         )
-        self._status[key] = after
+        self._put(key, after)
         new_state = breaker.state_at(after, now)
         if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
             await self._opened(call, key, after, outcome)
@@ -357,7 +487,7 @@ class OverloadGuard:
         status = self._status_of(key)
         if status is not None:
             # The shared probe key (if any) frees itself when its lease ends.
-            self._status[key] = self._breaker.release(status, self._clock.now())
+            self._put(key, self._breaker.release(status, self._clock.now()))
 
     async def before_retry(
         self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
@@ -400,16 +530,27 @@ class OverloadGuard:
 
     async def _deposit(self, service: str) -> None:
         assert self._budget is not None
-        self._pending[service] = self._pending.get(service, 0) + 1
+        count = self._pending.get(service)
+        if count is None:
+            count = 0
+            if len(self._pending) >= self._max_breakers:
+                self._make_service_room()
         now = self._clock.now()
-        if now - self._flushed_at.get(service, -float("inf")) >= self._flush_interval:
-            count, self._pending[service] = self._pending[service], 0
+        if now - self._flushed_at.get(service, -math.inf) >= self._flush_interval:
+            self._pending[service] = 0
             self._flushed_at[service] = now
-            await self._store.budget(self._budget_key(service), self._budget, deposits=count)
+            await self._store.budget(self._budget_key(service), self._budget, deposits=count + 1)
+        else:
+            self._pending[service] = count + 1
 
     async def _withdraw(self, service: str) -> bool:
         assert self._budget is not None
-        count, self._pending[service] = self._pending.get(service, 0), 0
+        count = self._pending.get(service)
+        if count is None:
+            count = 0
+            if len(self._pending) >= self._max_breakers:
+                self._make_service_room()
+        self._pending[service] = 0
         self._flushed_at[service] = self._clock.now()
         return await self._store.budget(
             self._budget_key(service), self._budget, deposits=count, withdraw=True
@@ -428,16 +569,18 @@ class OverloadGuard:
         admission = self._breaker.admit(status, now)
         if not admission.allowed:
             assert admission.retry_at is not None
+            self._put(key, status)  # a refused host is in use too: the last one to forget
             return self._circuit_open(call, admission.retry_at, now, status.opens)
         if admission.probe and self._shared:
             lease = self._breaker.probe_lease
             if not await self._store.add(self._probe_key(key), self._owner, ttl=lease):
                 # Another process of the fleet is probing: wait for its verdict.
+                self._put(key, status)
                 return self._circuit_open(call, now + self._sync_interval, now, status.opens)
             # The status read before that await is what gets replaced, whole: successes
             # counted meanwhile go with the status they were counted on.
             self._successes.pop(key, None)
-        self._status[key] = admission.status
+        self._put(key, admission.status)
         if admission.probe:
             self._probes.add((id(call), attempt))
         return None
@@ -448,6 +591,11 @@ class OverloadGuard:
         now = self._clock.now()
         if now - self._synced_at.get(key, -float("inf")) < self._sync_interval:
             return
+        if len(self._synced_at) > self._max_breakers:
+            # Only after breakers that were never written (their call failed in between; the
+            # others go with their breaker): a sync time only spaces out reads, and a breaker
+            # without one syncs at once.
+            self._synced_at = {k: at for k, at in self._synced_at.items() if k in self._status}
         self._synced_at[key] = now
         entry = await self._store.get(self._trip_key(key))
         status = self._status_of(key) or self._breaker.closed()
@@ -459,14 +607,17 @@ class OverloadGuard:
             return
         if status.probe_until is not None and now < status.probe_until:
             return  # our own probe is out; its verdict decides
-        self._status[key] = BreakerStatus(
-            BreakerState.OPEN,
-            status.slot,
-            status.successes,
-            status.failures,
-            now + entry.ttl,
-            max(opens, status.opens),
-            None,
+        self._put(
+            key,
+            BreakerStatus(
+                BreakerState.OPEN,
+                status.slot,
+                status.successes,
+                status.failures,
+                now + entry.ttl,
+                max(opens, status.opens),
+                None,
+            ),
         )
 
     async def _opened(
