@@ -261,3 +261,62 @@ async def test_an_injector_without_socket_rules_leaves_sockets_as_aiohttp_made_t
             readers = [t for t in asyncio.all_tasks() if "chaos reader" in t.get_name()]
         assert readers == []
         assert injector.report() == []
+
+
+async def test_a_made_up_answer_reaches_the_waiting_owner_without_the_connection_moving(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule("429", WsAppError(429), unit="ws_message", match=Match(path=PUBLISH))
+    engine, _ = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        asked = clock.now()
+        # The owner waits on an idle connection (its read of it under way): the answer the
+        # wrapper makes up wins that wait at once, on no clock time.
+        with pytest.raises(SocketRequestError) as refused:
+            await ws.request(PUBLISH, publish("refused"), timeout=30.0)
+        assert clock.now() == asked
+        # The read that lost the race was kept: the next frame the server sends still arrives.
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        frame = await anext(ws)
+    assert refused.value.code == 429
+    assert frame["body"] == {"n": 1}
+    assert sim.sockets.published == []
+
+
+async def test_an_injected_drop_while_the_owner_is_paused_reaches_it_at_its_next_read(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    rule = FaultRule(
+        "drop",
+        WsDrop(),
+        unit="ws_message",
+        match=Match(path=PUBLISH),
+        schedule=Schedule(fail_next=1),
+    )
+    notification = ".ams.routing.RoutingTaskNotification"
+    engine, injector = engine_with(sim, clock, states, rule)
+    async with engine:
+        ws = await brand_socket(engine, sim, SocketOptions(max_inbox=2))
+        await ws.wait_open()
+        for n in range(6):
+            await sim.sockets.notify(notification, {"n": n})
+        while not ws.paused:
+            await clock.sleep(0.1)
+        # The wrapper reads only for the owner: the paused owner reads nothing, so, as with a
+        # real drop, it learns of this one when it reads again, and the socket stays paused.
+        await ws.send({"kind": "req", "id": "p1", "type": PUBLISH, "body": publish("x")})
+        await clock.sleep(5)
+        assert ws.paused
+        assert len(sim.sockets.all) == 1
+        # The frames received before the drop are the consumer's; those behind it are lost.
+        taken = [(await anext(ws))["body"]["n"] for _ in range(3)]
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        await sim.sockets.notify(notification, {"n": 100})
+        after = (await anext(ws))["body"]["n"]
+    assert taken == [0, 1, 2]
+    assert after == 100
+    assert kinds(injector) == ["ws_drop"]
+    assert [e.name for e in states.events].count("lost") == 1
