@@ -396,6 +396,8 @@ async def test_an_injected_drop_ends_the_wait_and_nothing_read_after_it_reaches_
         finally:
             await conn.close(clock, 5.0)
         assert readers() == []
+        # As after a real abrupt end, though the real connection was then closed cleanly.
+        assert wrapper.close_code == 1006
 
 
 async def test_a_second_concurrent_receive_and_a_timeout_are_refused(

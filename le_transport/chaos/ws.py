@@ -31,13 +31,14 @@ that the owner has not taken, a frame ``ws_delay`` holds included: while a frame
 nothing more is read, as behind a slow network. An owner that stops reading (its inbox full,
 ``SocketOptions.max_inbox``) stops the reads, aiohttp's buffer fills and the peer is slowed
 down: a chaos run exercises the same flow control as a run without faults. Made-up frames wait
-in a queue of their own, one per request the client sent at most, so what the server sends
-never piles up in the wrapper.
+beside that one, in the order they came: at most one per request the client sent, and an end,
+so what the server sends never piles up in the wrapper.
 
 aiohttp's ``receive()`` is not cancelled: :meth:`~FaultySocket.close` lets aiohttp's close end
 a read under way (only a held frame's wait is cancelled), so the close handshake is the one a
-socket without faults gets; a read that the connection's end or an injected end finishes brings
-nothing more to the owner. No read outlives the close.
+socket without faults gets; only a close cut short (cancelled, or failing) cancels the read.
+Once the owner has an injected end, nothing a read brings reaches it. No read outlives the
+close.
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ class FaultySocket:
             self._finish(WSMessage(WSMsgType.CLOSE, fault.code, fault.reason))
             return
         assert isinstance(fault, WsDrop)
+        # What aiohttp reports after an abrupt end, whatever the real close does later.
+        self._close_code = aiohttp.WSCloseCode.ABNORMAL_CLOSURE
         self._finish(
             WSMessage(
                 WSMsgType.ERROR,
