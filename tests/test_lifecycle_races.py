@@ -23,6 +23,8 @@ from le_transport import (
     SocketDeadlock,
     TransportError,
 )
+from le_transport.chaos import FaultInjector, FaultRule, Match, Schedule, WsDrop
+from le_transport.chaos.ws import FaultySocket
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
 from le_transport.providers import StaticDomains
 from le_transport.recovery import Recovery
@@ -617,17 +619,31 @@ async def test_closing_the_engine_closes_its_sockets_together_not_one_after_anot
     assert all(ws.closed for ws in fleet)
 
 
+@pytest.mark.parametrize("chaos", [False, True], ids=["plain", "under-a-fault-plan"])
 async def test_a_send_blocked_on_a_peer_that_stopped_reading_ends_with_the_close(
-    clock: VirtualClock, serve: ServerFactory
+    clock: VirtualClock, serve: ServerFactory, chaos: bool
 ) -> None:
     deaf = DeafServer()
     host = await serve(deaf.app)
     options = SocketOptions(close_timeout=5)
     big = "x" * (1 << 20)
+    # A plan with a socket rule that never strikes: the engine wraps the socket in the fault
+    # injector's FaultySocket, under which the connection's transport must still be found.
+    never = FaultRule(
+        "never", WsDrop(), unit="ws_session", match=Match(path="/nowhere"), schedule=Schedule()
+    )
+    middlewares = [FaultInjector.seeded(0, never, clock=clock)] if chaos else []
     try:
-        async with Engine(StaticDomains({"svc": host}), scheme="http", clock=clock) as engine:
+        async with Engine(
+            StaticDomains({"svc": host}), scheme="http", clock=clock, wire_middlewares=middlewares
+        ) as engine:
             ws = await engine.websocket("svc", "/ws", options=options)
             await ws.wait_open()
+            if chaos:
+                conn = ws._conn  # the connection under the socket, to check what it wraps
+                assert conn is not None
+                assert isinstance(conn.ws, FaultySocket)
+                assert conn.transport is not None
             blocked = None
             for _ in range(256):  # until the kernel's and the transport's buffers are full
                 send = asyncio.ensure_future(ws.send(big))

@@ -129,6 +129,12 @@ class FaultySocket:
     # -- what the socket layer uses ---------------------------------------------------------
 
     @property
+    def wrapped(self) -> aiohttp.ClientWebSocketResponse:
+        """The aiohttp socket under the faults (the socket layer reads its TCP transport from
+        it, to cut a connection whose peer stopped reading)."""
+        return self._ws
+
+    @property
     def closed(self) -> bool:
         """Whether the real connection is closed: after an injected end it still needs
         :meth:`close`, as a real drop leaves the socket to be closed."""
