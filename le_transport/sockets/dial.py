@@ -150,7 +150,10 @@ def _fault_injector(engine: Engine) -> FaultInjector | None:
 
 def _transport_of(ws: WireSocket) -> asyncio.Transport | None:
     # aiohttp shows the transport only through the response it keeps privately: read once, at
-    # connect, while the response still holds its connection.
+    # connect, while the response still holds its connection. A wrapper (the fault injector's)
+    # shows the socket it wraps as ``wrapped``, so that the abort of a peer that stopped
+    # reading works under chaos too.
+    ws = getattr(ws, "wrapped", ws)
     if not isinstance(ws, aiohttp.ClientWebSocketResponse):
         return None
     connection = getattr(getattr(ws, "_response", None), "connection", None)
