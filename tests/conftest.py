@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -86,7 +85,8 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     yield
     for _ in range(3):
         await asyncio.sleep(0)
-    gc.collect()
+    # No gc.collect() here: a pending task that is only garbage is a leak too, and collecting
+    # first would hide it (and cost a walk of the whole heap on every test).
     leaked = [
         t
         for t in asyncio.all_tasks()
