@@ -7,7 +7,6 @@ Holds no tests of its own; the socket test modules import its fixtures.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,14 +30,15 @@ def _open_transports() -> list[asyncio.Transport]:
     return [t for t in list(served.values()) if not t.is_closing()]
 
 
-def _track(monkeypatch: pytest.MonkeyPatch, cls: type[Any]) -> weakref.WeakSet[Any]:
-    """Every instance of ``cls`` made from now until the test ends (held weakly)."""
-    made: weakref.WeakSet[Any] = weakref.WeakSet()
+def _track(monkeypatch: pytest.MonkeyPatch, cls: type[Any]) -> list[Any]:
+    """Every instance of ``cls`` made from now until the test ends, held until then, so that
+    one the test dropped without closing is still seen."""
+    made: list[Any] = []
     init = cls.__init__
 
     def tracked_init(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        made.add(self)
+        made.append(self)
 
     monkeypatch.setattr(cls, "__init__", tracked_init)
     return made
@@ -58,8 +58,10 @@ async def no_open_connections(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     yield
     for _ in range(5):
         await asyncio.sleep(0)
-    open_ws = [ws for ws in list(websockets) if not ws.closed]
-    open_sessions = [session for session in list(sessions) if not session.closed]
+    open_ws = [ws for ws in websockets if not ws.closed]
+    open_sessions = [session for session in sessions if not session.closed]
+    websockets.clear()
+    sessions.clear()
     transports = _open_transports()
     for t in transports:
         t.abort()
