@@ -130,7 +130,7 @@ def test_ten_thousand_hosts_keep_the_breakers_at_the_default_cap(clock: VirtualC
         assert _attempt(guard, "msgHist", _host(n), OK)
         clock.advance(0.001)
     _assert_bounded(guard, DEFAULT_MAX_BREAKERS)
-    assert len(guard._keys) <= 1024
+    assert len(guard._keys) <= DEFAULT_MAX_BREAKERS
 
 
 def test_an_open_breaker_survives_a_flood_of_successes_to_other_hosts(

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from yarl import URL
 
 from le_transport.errors import CircuitOpen, RequestError, RetryBudgetExhausted
-from le_transport.middleware.overload import OverloadGuard
+from le_transport.middleware.overload import DEFAULT_MAX_BREAKERS, OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
     BreakerState,
@@ -377,5 +377,11 @@ def test_the_breaker_keys_kept_per_host_are_bounded() -> None:
         call = _Call("msgHist", f"127.0.0.1:{port + 1}")
         _done(guard.admit(call, 1))
         _done(guard.settle(call, 1, Outcome.response(200)))
-    assert len(guard._keys) <= 1024
+    # As many keys as breakers are kept: 3,000 hosts in use keep all of theirs.
+    assert len(guard._keys) == 3000
     assert guard.breaker_state("msgHist", "127.0.0.1:3000") is BreakerState.CLOSED
+    for port in range(3000, 9000):
+        call = _Call("msgHist", f"127.0.0.1:{port + 1}")
+        _done(guard.admit(call, 1))
+        _done(guard.settle(call, 1, Outcome.response(200)))
+    assert len(guard._keys) <= DEFAULT_MAX_BREAKERS

@@ -145,7 +145,9 @@ def _host_of(call: GatedCall) -> str:
     return f"{url.host}:{url.port}" if url.port is not None else str(url.host)
 
 
-#: How many (service, host, port) breaker keys a guard keeps before starting over.
+#: How many (service, host, port) breaker keys a guard keeps before starting over, at least
+#: (never fewer than it keeps breakers: with more hosts in use than keys, every call would
+#: format its key anew).
 _KEYS_KEPT = 1024
 
 
@@ -244,6 +246,7 @@ class OverloadGuard:
         self._rng = rng or random.Random()
         self._account = account
         self._max_breakers = max_breakers
+        self._keys_kept = max(_KEYS_KEPT, max_breakers)
         self._shared = store is not None
         if store is None:
             store = MemoryStore(self._clock)
@@ -303,7 +306,7 @@ class OverloadGuard:
         service = call.service
         found = self._keys.get((service, url.host, url.port))
         if found is None:
-            if len(self._keys) >= _KEYS_KEPT:
+            if len(self._keys) >= self._keys_kept:
                 self._keys.clear()
             found = self._keys[(service, url.host, url.port)] = (service, _host_of(call))
         return found
