@@ -11,15 +11,13 @@ reservations.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from yarl import URL
 
 from le_transport import Engine, RetryPolicy
 from le_transport.errors import CircuitOpen, ConfigurationError, RetriesExhausted
@@ -37,9 +35,10 @@ from le_transport.policies.pacing import TokenBucket
 from le_transport.state.memory import SWEEP_AFTER, MemoryStore
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
+from tests.test_guard_hot_path import _Call, _done
 
 if TYPE_CHECKING:
-    from aiohttp import ClientRequest
+    pass
 
 T = TypeVar("T")
 ServerFactory = Callable[[web.Application], Awaitable[str]]
@@ -55,26 +54,6 @@ BREAKER = CircuitBreaker(
 BUDGET = RetryBudget(ratio=0.5, min_retries_per_second=0.0, window=10.0, slots=5)
 OK = Outcome.response(200)
 DOWN = Outcome.response(503)
-
-
-def _done(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that must finish without suspending (the in-memory guard never waits)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return cast(T, stop.value)
-    coro.close()
-    raise AssertionError("the in-memory guard suspended")
-
-
-class _Call:
-    """A call in progress as the retry loop shows it to its gate."""
-
-    def __init__(self, service: str, host: str) -> None:
-        self.service = service
-        self.method = "GET"
-        self.url = f"http://{host}/x"
-        self.request = cast("ClientRequest", SimpleNamespace(url=URL(self.url)))
 
 
 def _host(n: int) -> str:
