@@ -34,6 +34,11 @@ acts on the answers as the simulator does on its side.
 Same seed and plan, same faults: each rule draws from its own stream keyed by the n-th unit it
 matched. :meth:`FaultInjector.report` says what was injected. With no rules, a call costs one
 attribute check.
+
+Its records are bounded, so a long run does not grow its memory: :attr:`FaultInjector.log` and
+:meth:`FaultInjector.report` keep the newest ``max_records`` entries each (default
+:data:`~le_transport.chaos.plan.DEFAULT_MAX_RECORDS`, 100,000; None keeps all), and
+:meth:`FaultInjector.injected_counts` keeps exact totals per rule over the whole run.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from ..clock import Clock, RealClock
 from ..middleware.context import current_call
 from ..middleware.retry import is_websocket_upgrade
 from .plan import (
+    DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
     WS_MESSAGE_FAULTS,
     WS_OUTBOUND_FAULTS,
@@ -66,11 +72,13 @@ from .plan import (
     Injection,
     MalformedBody,
     Quota,
+    RecordLog,
     Reset,
     SlowBody,
     Status,
     TruncatedBody,
     WsRejectHandshake,
+    check_max_records,
 )
 from .ws import FaultySocket
 
@@ -91,20 +99,39 @@ class FaultInjector:
     ``FaultInjector(FaultPlan(seed=7, rules=[...]), clock=clock)``, or
     ``FaultInjector.seeded(7, rule, ..., clock=clock)``. Hashable by identity, as aiohttp's
     middleware chain cache needs; its plan can grow with :meth:`add`.
+
+    ``max_records`` (keyword only): how many decisions :attr:`log` keeps, and how many
+    injections :meth:`report` lists, the newest ones (default
+    :data:`~le_transport.chaos.plan.DEFAULT_MAX_RECORDS`, 100,000; None: no bound). An int
+    >= 1 or None, else a :class:`~le_transport.errors.ConfigurationError`.
     """
 
     plan: FaultPlan = attrs.field(factory=FaultPlan)
     clock: Clock = attrs.field(factory=RealClock)
+    max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS, kw_only=True)
     _run: FaultRun = attrs.field(init=False)
+
+    @max_records.validator
+    def _check_max_records(self, attribute: attrs.Attribute[int | None], value: object) -> None:
+        check_max_records(value, owner="FaultInjector")
 
     def __attrs_post_init__(self) -> None:
         # Time windows in the plan count from the injector's creation.
-        object.__setattr__(self, "_run", FaultRun(self.plan, origin=self.clock.now()))
+        run = FaultRun(self.plan, origin=self.clock.now(), max_records=self.max_records)
+        object.__setattr__(self, "_run", run)
 
     @classmethod
-    def seeded(cls, seed: int, *rules: FaultRule, clock: Clock | None = None) -> FaultInjector:
+    def seeded(
+        cls,
+        seed: int,
+        *rules: FaultRule,
+        clock: Clock | None = None,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
+    ) -> FaultInjector:
         """An injector for ``FaultPlan(seed, rules)``."""
-        return cls(FaultPlan(seed=seed, rules=rules), clock=clock or RealClock())
+        return cls(
+            FaultPlan(seed=seed, rules=rules), clock=clock or RealClock(), max_records=max_records
+        )
 
     # -- the plan --------------------------------------------------------------------------
 
@@ -133,14 +160,30 @@ class FaultInjector:
         self._run.plan = FaultPlan(seed=self._run.plan.seed)
 
     @property
-    def log(self) -> list[FaultDecision]:
-        """Every decision made, in order."""
+    def log(self) -> RecordLog[FaultDecision]:
+        """The decisions made, in order: the newest ``max_records`` of them (reads as a list;
+        ``log.dropped`` says how many older ones were dropped)."""
         return self._run.log
 
     def report(self) -> list[dict[str, Any]]:
         """What was injected, in order: one dict per fault (rule id, unit index, kind,
-        method, redacted path, clock time). Two runs with the same seed give the same report."""
+        method, redacted path, clock time). Two runs with the same seed give the same report.
+
+        It lists the newest ``max_records`` injections: :attr:`records_dropped` says how many
+        older ones it no longer lists, and :meth:`injected_counts` has exact totals."""
         return [d.to_dict() for d in self._run.injected()]
+
+    @property
+    def records_dropped(self) -> int:
+        """How many injections :meth:`report` no longer lists, to keep its bound (0 until
+        more than ``max_records`` faults were injected)."""
+        return self._run.injections_dropped
+
+    def injected_counts(self) -> dict[str, int]:
+        """``{rule id: faults injected}`` over the injector's whole life (forced ones
+        included): exact however many records were dropped. One entry per rule that injected,
+        so it stays as small as the plan."""
+        return self._run.injected_counts()
 
     # -- the middleware --------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ its JSON form.
 
 Decisions are reproducible: the draw for a rule's n-th matching unit comes from a stream derived
 from ``(seed, rule.id, n)`` alone, so concurrency cannot reorder outcomes and adding a rule never
-shifts another rule's draws. A :class:`FaultRun` applies a plan and keeps the decision log.
+shifts another rule's draws. A :class:`FaultRun` applies a plan and keeps the decision log: the
+newest ``max_records`` decisions (default :data:`DEFAULT_MAX_RECORDS`) in a :class:`RecordLog`,
+and exact per-rule totals of what it matched and injected over the whole run.
 
 Units are explicit in every name: ``delay_ms``, ``after_messages``, ``keep_bytes``; a
 ``retry_after`` is seconds (a number) or an HTTP-date (a string), as RFC 9110 allows.
@@ -28,16 +30,19 @@ import collections
 import fnmatch
 import hashlib
 import json
+import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 import attrs
 
+from .._checks import require_kind, require_option
 from .._redact import redact_url
 from ..errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_MAX_RECORDS",
     "HTTP_FAULTS",
     "UNITS",
     "WS_FAULTS",
@@ -55,6 +60,7 @@ __all__ = [
     "MalformedBody",
     "Match",
     "Quota",
+    "RecordLog",
     "Reset",
     "Schedule",
     "SlowBody",
@@ -67,6 +73,7 @@ __all__ = [
     "WsDropMessage",
     "WsRejectHandshake",
     "WsSilence",
+    "check_max_records",
     "fault_from_dict",
 ]
 
@@ -813,6 +820,114 @@ def draw(seed: int, rule_id: str, index: int, stream: str = "p") -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+# -- bounded records ------------------------------------------------------------------------------
+
+#: How many records a fault run, the simulator (``SimulatorConfig.max_records``) and the fault
+#: injector keep by default in each of their logs: generous for any test, and a bound on the
+#: memory of a long run (a simulator serving a day-long soak). Older records are dropped.
+DEFAULT_MAX_RECORDS = 100_000
+
+_T = TypeVar("_T")
+
+_records_log = logging.getLogger("le_transport.records")
+
+
+def check_max_records(value: object, *, owner: str, field: str = "max_records") -> None:
+    """``value`` must be an int >= 1, or None (no bound): else a
+    :class:`~le_transport.errors.ConfigurationError` naming ``owner.field``."""
+    require_kind(value, int, owner=owner, field=field)
+    require_option(
+        value is None or (isinstance(value, int) and value >= 1),
+        value,
+        owner=owner,
+        field=field,
+        wants="an int >= 1 or None",
+    )
+
+
+class RecordLog(Sequence[_T], Generic[_T]):
+    """A log that keeps its newest ``maxlen`` records (every record when ``maxlen`` is None).
+
+    It reads as a list does: ``len``, iteration, indexing (``log[-1]``), slicing (a list),
+    ``log == [...]`` (equal to any list or tuple holding the same records in the same order),
+    ``clear()``. When full, appending a record drops the oldest one; :attr:`dropped` counts
+    the records dropped so far and :attr:`total` every record ever appended (both exact). The
+    first drop is logged once, at INFO on ``le_transport.records``, with the log's ``name`` and
+    bound only (never a record: records may be requests).
+    """
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __init__(self, maxlen: int | None = DEFAULT_MAX_RECORDS, *, name: str = "records") -> None:
+        check_max_records(maxlen, owner="RecordLog", field="maxlen")
+        self._items: collections.deque[_T] = collections.deque(maxlen=maxlen)
+        self.name = name
+        #: How many records were dropped to keep the bound (since the last :meth:`clear`).
+        self.dropped = 0
+        self._told = False
+
+    @property
+    def maxlen(self) -> int | None:
+        """The bound: how many records are kept (None: all of them)."""
+        return self._items.maxlen
+
+    @property
+    def total(self) -> int:
+        """Every record appended since the last :meth:`clear`, kept or dropped."""
+        return len(self._items) + self.dropped
+
+    def append(self, record: _T) -> None:
+        """Add ``record`` as the newest; the oldest is dropped if the log is full."""
+        items = self._items
+        if items.maxlen is not None and len(items) == items.maxlen:
+            self.dropped += 1
+            if not self._told:
+                self._told = True
+                _records_log.info(
+                    "%s: keeping the newest %d records, dropping older ones",
+                    self.name,
+                    items.maxlen,
+                    extra={"records": self.name, "max_records": items.maxlen},
+                )
+        items.append(record)
+
+    def clear(self) -> None:
+        """Forget every record, and the count of dropped ones."""
+        self._items.clear()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(self._items)
+
+    def __reversed__(self) -> Iterator[_T]:
+        return reversed(self._items)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._items
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
+        if isinstance(index, slice):
+            return list(self._items)[index]
+        return self._items[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (RecordLog, list, tuple, collections.deque)):
+            return list(self._items) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"RecordLog({list(self._items)!r}, maxlen={self.maxlen}, dropped={self.dropped})"
+
+
 # -- applying a plan -----------------------------------------------------------------------------
 
 
@@ -859,17 +974,47 @@ class FaultRun:
     ``decide`` is called once per unit (request, session or message) and returns the
     :class:`Injection` to apply, or None. Only rules for that unit are consulted; the first rule
     whose schedule and draw say "inject" wins, and every matching rule's counter advances.
+
+    ``max_records`` bounds the records kept (default :data:`DEFAULT_MAX_RECORDS`; None: no
+    bound): :attr:`log` keeps the newest decisions and :meth:`injected` the newest injections,
+    ``max_records`` of each. :meth:`count` and :meth:`injected_counts` stay exact over the whole
+    run: they are counters per rule, and a plan has few rules.
     """
 
-    def __init__(self, plan: FaultPlan, *, origin: float | None = None) -> None:
+    def __init__(
+        self,
+        plan: FaultPlan,
+        *,
+        origin: float | None = None,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
+    ) -> None:
+        check_max_records(max_records, owner="FaultRun")
         self.plan = plan
         #: The clock time time windows are measured from (default: the first decision's).
         self.origin = origin
         self._counts: dict[str, int] = {}
+        #: Per rule: how many faults it injected (forced ones included), over the whole run.
+        self._injected_counts: dict[str, int] = {}
         #: Per quota rule: the clock times of the requests it admitted, within its window.
         self._admitted: dict[str, collections.deque[float]] = {}
-        #: Every decision, in order.
-        self.log: list[FaultDecision] = []
+        #: The newest ``max_records`` decisions, in order (``log.dropped``: how many older
+        #: ones were dropped).
+        self.log: RecordLog[FaultDecision] = RecordLog(max_records, name="fault decision log")
+        self._injections: RecordLog[FaultDecision] = RecordLog(
+            max_records, name="fault injection log"
+        )
+
+    @property
+    def max_records(self) -> int | None:
+        """How many decisions, and how many injections, are kept (None: all)."""
+        return self.log.maxlen
+
+    def _record(self, decision: FaultDecision) -> None:
+        self.log.append(decision)
+        if decision.outcome in ("inject", "forced"):
+            self._injections.append(decision)
+            rule_id = decision.rule_id
+            self._injected_counts[rule_id] = self._injected_counts.get(rule_id, 0) + 1
 
     def decide(
         self,
@@ -920,7 +1065,7 @@ class FaultRun:
                     spread = 2.0 * draw(self.plan.seed, rule.id, index, "jitter") - 1.0
                     delay = (fault.delay_ms + fault.jitter_ms * spread) / 1000.0
                 chosen = Injection(rule.id, index, fault, delay)
-            self.log.append(
+            self._record(
                 FaultDecision(
                     rule.id,
                     unit,
@@ -967,7 +1112,7 @@ class FaultRun:
         retry_after = (
             max(1, math.ceil(fault.window_ms / 1000.0)) if isinstance(fault, Quota) else None
         )
-        self.log.append(
+        self._record(
             FaultDecision(
                 rule.id, unit, -1, "forced", fault.kind, method.upper(), redact_url(path), at
             )
@@ -975,22 +1120,36 @@ class FaultRun:
         return Injection(rule.id, -1, fault, delay, retry_after)
 
     def injected(self) -> list[FaultDecision]:
-        """The decisions that injected a fault (forced ones included)."""
-        return [d for d in self.log if d.outcome in ("inject", "forced")]
+        """The decisions that injected a fault (forced ones included), in order: the newest
+        ``max_records`` of them (:attr:`injections_dropped` says how many older ones were
+        dropped; :meth:`injected_counts` has the exact totals)."""
+        return list(self._injections)
+
+    @property
+    def injections_dropped(self) -> int:
+        """How many injections :meth:`injected` no longer lists, to keep its bound."""
+        return self._injections.dropped
+
+    def injected_counts(self) -> dict[str, int]:
+        """``{rule id: faults injected}`` over the whole run (forced ones included), exact
+        however many records were dropped; rules that injected nothing are left out."""
+        return dict(self._injected_counts)
 
     def count(self, rule_id: str) -> int:
-        """How many units rule ``rule_id`` has matched so far."""
+        """How many units rule ``rule_id`` has matched so far (exact over the whole run)."""
         return self._counts.get(rule_id, 0)
 
     def reset(self, plan: FaultPlan | None = None, *, origin: float | None = None) -> None:
-        """Start over (with ``plan``, if given): counters and log cleared, time windows
+        """Start over (with ``plan``, if given): counters, totals and logs cleared, time windows
         measured from ``origin`` (default: the next decision's time)."""
         if plan is not None:
             self.plan = plan
         self.origin = origin
         self._counts.clear()
+        self._injected_counts.clear()
         self._admitted.clear()
         self.log.clear()
+        self._injections.clear()
 
 
 def _kinds_of(rule: FaultRule) -> frozenset[str]:
