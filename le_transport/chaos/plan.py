@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 import attrs
@@ -845,12 +845,14 @@ def check_max_records(value: object, *, owner: str, field: str = "max_records") 
     )
 
 
-class RecordLog(Sequence[_T], Generic[_T]):
+class RecordLog(MutableSequence[_T], Generic[_T]):
     """A log that keeps its newest ``maxlen`` records (every record when ``maxlen`` is None).
 
     It reads as a list does: ``len``, iteration, indexing (``log[-1]``), slicing (a list),
     ``log == [...]`` (equal to any list or tuple holding the same records in the same order),
-    ``clear()``. When full, appending a record drops the oldest one; :attr:`dropped` counts
+    ``clear()``, and takes a list's edits (``log[:] = kept``, ``del log[0]``). Appending is
+    O(1); other edits copy the log. When full, appending a record drops the oldest one (as does
+    an edit that leaves more than ``maxlen``: the oldest go); :attr:`dropped` counts
     the records dropped so far and :attr:`total` every record ever appended (both exact). The
     first drop is logged once, at INFO on ``le_transport.records``, with the log's ``name`` and
     bound only (never a record: records may be requests).
@@ -918,6 +920,41 @@ class RecordLog(Sequence[_T], Generic[_T]):
         if isinstance(index, slice):
             return list(self._items)[index]
         return self._items[index]
+
+    @overload
+    def __setitem__(self, index: int, value: _T) -> None: ...
+
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
+
+    def __setitem__(self, index: int | slice, value: Any) -> None:
+        if isinstance(index, slice):
+            items = list(self._items)
+            items[index] = value
+            self._replace(items)
+        else:
+            self._items[index] = value
+
+    def __delitem__(self, index: int | slice) -> None:
+        if isinstance(index, slice):
+            items = list(self._items)
+            del items[index]
+            self._replace(items)
+        else:
+            del self._items[index]
+
+    def insert(self, index: int, value: _T) -> None:
+        """Insert ``value`` before ``index``, as a list does (the oldest record goes if the
+        log was full)."""
+        items = list(self._items)
+        items.insert(index, value)
+        self._replace(items)
+
+    def _replace(self, items: list[_T]) -> None:
+        maxlen = self._items.maxlen
+        if maxlen is not None and len(items) > maxlen:
+            self.dropped += len(items) - maxlen
+        self._items = collections.deque(items, maxlen=maxlen)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (RecordLog, list, tuple, collections.deque)):

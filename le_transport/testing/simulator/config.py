@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from ...chaos.plan import DEFAULT_MAX_RECORDS, check_max_records
 from ...errors import ConfigurationError
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_APP_KEY",
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_MAX_RECORDS",
     "DEFAULT_PASSWORD",
     "DEFAULT_USER",
     "SERVICES",
@@ -136,6 +138,13 @@ class SimulatorConfig:
     - ``echo_published``: after a ``PublishEvent`` the server also sends the message back as a
       ``.ams.ms.MessagingEventNotification`` on the same socket, as LiveEngage does for the
       conversation's subscribers.
+    - ``max_records``: how many entries each of the simulator's records keeps, the newest ones
+      (:data:`DEFAULT_MAX_RECORDS`: 100,000; None: no bound, for short tests only): the
+      requests (``sim.requests``), the fault decisions and injections (``sim.faults``), the
+      published messages, refused handshakes and accepted sockets (``sim.sockets``), and on
+      each socket its received frames, subscriptions and dropped frames. A simulator serving a
+      long soak then keeps bounded memory; each record's ``dropped`` (``sim.records_dropped``
+      for the requests) counts what was dropped. An int >= 1 or None.
     """
 
     accounts: tuple[Account, ...] = attrs.field(factory=lambda: (Account(),), converter=_accounts)
@@ -148,6 +157,11 @@ class SimulatorConfig:
     oauth1_timestamp_window: float | None = None
     echo_published: bool = True
     fault_header: bool = False
+    max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS)
+
+    @max_records.validator
+    def _check_max_records(self, attribute: attrs.Attribute[int | None], value: object) -> None:
+        check_max_records(value, owner="SimulatorConfig")
 
     def account(self, account_id: str) -> Account | None:
         """The account with this id, if the simulator serves it."""

@@ -19,6 +19,12 @@ A 5xx on a request signed with OAuth 1.0 comes from behind the gateway, as on Li
 signature is checked and its nonce spent first, so a retry that repeats the nonce gets a 401.
 Every request is recorded in ``sim.requests`` (method, redacted path and headers, the clock
 time, the service, the fault applied). No secret is logged: aiohttp's access log is off.
+
+Records are bounded by ``config.max_records`` (default 100,000), so a simulator serving a long
+soak keeps bounded memory: ``sim.requests`` (a :class:`~le_transport.chaos.plan.RecordLog`,
+read as a list) keeps the newest requests and :attr:`Simulator.records_dropped` counts the
+older ones dropped; ``sim.faults`` and ``sim.sockets`` keep their records the same way. The
+first drop of each record is logged once, at INFO on ``le_transport.records``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from yarl import URL
 
 from ..._redact import redact_headers, redact_url
 from ...chaos.plan import (
+    DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
     WS_FAULTS,
     Delay,
@@ -50,6 +57,7 @@ from ...chaos.plan import (
     MalformedBody,
     Match,
     Quota,
+    RecordLog,
     Reset,
     SlowBody,
     Status,
@@ -89,10 +97,19 @@ class RecordedRequest:
 
 
 class SimFaults:
-    """The simulator's fault script: a :class:`FaultPlan` being applied, and its decision log."""
+    """The simulator's fault script: a :class:`FaultPlan` being applied, and its decision log.
 
-    def __init__(self, plan: FaultPlan | None = None, *, origin: float | None = None) -> None:
-        self.run = FaultRun(plan or FaultPlan(), origin=origin)
+    The log and :meth:`injected` keep the newest ``max_records`` entries each (the
+    simulator's ``config.max_records``); :meth:`injected_counts` keeps exact totals."""
+
+    def __init__(
+        self,
+        plan: FaultPlan | None = None,
+        *,
+        origin: float | None = None,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
+    ) -> None:
+        self.run = FaultRun(plan or FaultPlan(), origin=origin, max_records=max_records)
         self._auto = 0
 
     @property
@@ -101,8 +118,9 @@ class SimFaults:
         return self.run.plan
 
     @property
-    def log(self) -> list[Any]:
-        """The decision log (:class:`~le_transport.chaos.FaultDecision` entries)."""
+    def log(self) -> RecordLog[Any]:
+        """The decision log (:class:`~le_transport.chaos.FaultDecision` entries): the newest
+        ``max_records`` decisions, read as a list (``log.dropped``: how many were dropped)."""
         return self.run.log
 
     def load(self, plan: FaultPlan, *, origin: float | None = None) -> None:
@@ -144,8 +162,13 @@ class SimFaults:
         self.run.plan = FaultPlan(seed=self.run.plan.seed)
 
     def injected(self) -> list[Any]:
-        """The decisions that injected a fault."""
+        """The decisions that injected a fault: the newest ``max_records`` of them."""
         return self.run.injected()
+
+    def injected_counts(self) -> dict[str, int]:
+        """``{rule id: faults injected}`` since the plan was loaded, exact however many
+        records were dropped."""
+        return self.run.injected_counts()
 
 
 class Simulator:
@@ -177,12 +200,15 @@ class Simulator:
         self._port = port
         self._ssl = ssl
         # Time windows in the plan count from the simulator's creation.
-        self.faults = SimFaults(plan, origin=self.clock.now())
+        self.faults = SimFaults(plan, origin=self.clock.now(), max_records=self.config.max_records)
         epoch = time.time() - self.clock.now() if epoch is None else epoch
         self.tokens = TokenStore(self.clock, epoch)
         self.sockets = SocketHub(self)
-        #: Every request received, in order.
-        self.requests: list[RecordedRequest] = []
+        #: The requests received, in order: the newest ``config.max_records`` of them (reads
+        #: as a list: ``len``, ``[-1]``, slices; :attr:`records_dropped` counts older ones).
+        self.requests: RecordLog[RecordedRequest] = RecordLog(
+            self.config.max_records, name="simulator requests"
+        )
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.starts = 0
@@ -306,9 +332,20 @@ class Simulator:
             await self.sockets.close_all(4401, "token expired")
 
     def count(self, method: str | None = None, path: str = "*") -> int:
-        """How many recorded requests match ``method`` and the glob ``path`` (redacted form)."""
+        """How many recorded requests match ``method`` and the glob ``path`` (redacted form).
+
+        It counts the requests still kept in :attr:`requests`, the newest
+        ``config.max_records``: once :attr:`records_dropped` is above 0, older requests are no
+        longer counted (a total per path would itself grow without bound: any path can be
+        sent). ``sim.requests.total`` (kept plus dropped) is the exact number received since
+        the start (or the last ``sim.requests.clear()``)."""
         m = Match(method=method, path=path)
         return sum(1 for r in self.requests if m.matches(r.method, r.path))
+
+    @property
+    def records_dropped(self) -> int:
+        """How many of the oldest requests :attr:`requests` dropped to keep its bound."""
+        return self.requests.dropped
 
     # -- the app ---------------------------------------------------------------------------
 

@@ -4,9 +4,9 @@ Each accepted socket is a :class:`SimSocket`; :class:`SocketHub` (``sim.sockets`
 all and is what a test talks to:
 
 - ``await sim.sockets.wait_open(n)``: until ``n`` sockets are open.
-- ``sim.sockets.open``: the open ones; ``sim.sockets.all``: every socket ever accepted.
+- ``sim.sockets.open``: the open ones; ``sim.sockets.all``: the sockets accepted, in order.
 - ``await sim.sockets.notify(type, body)``: push a ``notification`` frame to every open socket.
-- ``sim.sockets.published``: every message the server received (``PublishEvent``), with the
+- ``sim.sockets.published``: the messages the server received (``PublishEvent``), with the
   client's request id, so a test can prove nothing was lost.
 - ``sim.sockets.on(type, handler)``: answer a request type your own way.
 - On one socket: ``await s.close(4401)``, ``s.drop()`` (abrupt, no close frame: the client sees
@@ -21,6 +21,12 @@ a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer. Ev
 server sends (answers, notifications; a ``resp`` is typed ``<type>$Response``) is a
 ``ws_message`` for the outbound kinds: ``ws_drop_message`` never sends it (``s.dropped`` keeps
 it), ``ws_delay`` holds it on the clock, later frames queueing behind it in order.
+
+Every record here (``all``, ``published``, ``rejected``; on a socket ``received``,
+``subscriptions``, ``dropped``) is a :class:`~le_transport.chaos.plan.RecordLog` that keeps the
+newest ``config.max_records`` entries (default 100,000) and reads as a list; its ``dropped``
+counts the older entries dropped and its ``total`` every entry. Open sockets are always in
+``open``, however many sockets were accepted since.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ import attrs
 from aiohttp import WSMsgType, web
 
 from ...chaos.plan import (
+    DEFAULT_MAX_RECORDS,
     WS_MESSAGE_FAULTS,
     WS_OUTBOUND_FAULTS,
     Delay,
     Hang,
+    RecordLog,
     Status,
     WsAppError,
     WsClose,
@@ -111,10 +119,15 @@ class SimSocket:
     hub: SocketHub
     opened_at: float
     authenticated: bool = True
-    #: Every frame received from the client, parsed (invalid JSON is kept as ``{"raw": ...}``).
-    received: list[dict[str, Any]] = attrs.field(factory=list)
-    #: Every subscription request frame, in order.
-    subscriptions: list[dict[str, Any]] = attrs.field(factory=list)
+    #: The frames received from the client, parsed (invalid JSON is kept as ``{"raw": ...}``):
+    #: the newest ``config.max_records``.
+    received: RecordLog[dict[str, Any]] = attrs.field(
+        factory=lambda: RecordLog(DEFAULT_MAX_RECORDS, name="simulator socket frames received")
+    )
+    #: The subscription request frames, in order (the newest ``config.max_records``).
+    subscriptions: RecordLog[dict[str, Any]] = attrs.field(
+        factory=lambda: RecordLog(DEFAULT_MAX_RECORDS, name="simulator socket subscriptions")
+    )
     last_activity: float = 0.0
     silent: bool = False
     closed: bool = False
@@ -124,8 +137,11 @@ class SimSocket:
     transport: asyncio.Transport | None = None
     #: Frames to send right after the current ``resp`` (the echo of a published message).
     after_resp: list[dict[str, Any]] = attrs.field(factory=list)
-    #: Frames a ``ws_drop_message`` fault kept from the client, in order.
-    dropped: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Frames a ``ws_drop_message`` fault kept from the client, in order (the newest
+    #: ``config.max_records``).
+    dropped: RecordLog[dict[str, Any]] = attrs.field(
+        factory=lambda: RecordLog(DEFAULT_MAX_RECORDS, name="simulator socket frames dropped")
+    )
     #: Frames held by a ``ws_delay`` fault (or queued behind one): (clock time due, text).
     held: collections.deque[tuple[float, str]] = attrs.field(factory=collections.deque)
     writer: asyncio.Task[None] | None = None
@@ -222,17 +238,27 @@ class SocketHub:
         self._sequence = itertools.count(1)
         self._changed = asyncio.Condition()
         self._handlers: dict[str, RequestHandler] = {}
-        #: Every socket ever accepted, in order.
-        self.all: list[SimSocket] = []
-        #: Every message published by a client.
-        self.published: list[PublishedMessage] = []
-        #: Handshakes refused (status code per refusal).
-        self.rejected: list[int] = []
+        bound = sim.config.max_records
+        #: The sockets accepted, in order: the newest ``config.max_records`` (``all.total``:
+        #: how many were ever accepted).
+        self.all: RecordLog[SimSocket] = RecordLog(bound, name="simulator sockets accepted")
+        #: The messages published by clients, in order: the newest ``config.max_records``.
+        self.published: RecordLog[PublishedMessage] = RecordLog(
+            bound, name="simulator messages published"
+        )
+        #: Handshakes refused (status code per refusal): the newest ``config.max_records``.
+        self.rejected: RecordLog[int] = RecordLog(bound, name="simulator handshakes refused")
+        # The sockets being served, by id, in the order accepted: ``open`` reads them, so an
+        # open socket is found even once ``all`` has dropped it.
+        self._serving: dict[int, SimSocket] = {}
 
     @property
     def open(self) -> list[SimSocket]:
         """Sockets that are open now."""
-        return [s for s in self.all if not s.closed]
+        return [s for s in self._serving.values() if not s.closed]
+
+    def _new_records(self, name: str) -> RecordLog[dict[str, Any]]:
+        return RecordLog(self._sim.config.max_records, name=name)
 
     def on(self, type: str, handler: RequestHandler) -> None:
         """Answer requests of ``type`` with ``handler(socket, frame) -> (code, body)``; a
@@ -254,13 +280,15 @@ class SocketHub:
         return self.open
 
     async def wait_accepted(self, count: int) -> list[SimSocket]:
-        """Wait until ``count`` sockets have been accepted in all (reconnects included)."""
+        """Wait until ``count`` sockets have been accepted in all (reconnects included); returns
+        the accepted sockets kept in :attr:`all`."""
         async with self._changed:
-            await self._changed.wait_for(lambda: len(self.all) >= count)
-        return self.all
+            await self._changed.wait_for(lambda: self.all.total >= count)
+        return list(self.all)
 
     def published_ids(self) -> list[str]:
-        """The request ids of every published message, in arrival order."""
+        """The request ids of the published messages kept in :attr:`published`, in arrival
+        order."""
         return [m.req_id for m in self.published]
 
     async def drop_all(self) -> None:
@@ -335,8 +363,12 @@ class SocketHub:
             last_activity=sim.clock.now(),
             session_fault=session_fault,
             transport=request.transport,
+            received=self._new_records("simulator socket frames received"),
+            subscriptions=self._new_records("simulator socket subscriptions"),
+            dropped=self._new_records("simulator socket frames dropped"),
         )
         self.all.append(sock)
+        self._serving[sock.id] = sock
         await self._signal()
         _log.info(
             "socket %d (%s) opened on account %s",
@@ -357,6 +389,7 @@ class SocketHub:
             if not sock.closed:
                 sock.closed = True
                 sock.ended = ("client", ws.close_code)
+            self._serving.pop(sock.id, None)
             await self._signal()
             _log.info(
                 "socket %d ended: %s",
@@ -504,7 +537,7 @@ class SocketHub:
             return 200, {"currentTime": int(sim.tokens.epoch_now() * 1000)}
         if type_ in SUBSCRIBE_TYPES:
             sock.subscriptions.append(frame)
-            return 200, {"subscriptionId": f"sub-{sock.id}-{len(sock.subscriptions)}"}
+            return 200, {"subscriptionId": f"sub-{sock.id}-{sock.subscriptions.total}"}
         if type_ in PUBLISH_TYPES:
             return await self._publish(sock, frame)
         if type_ in ACCEPTED_TYPES:
