@@ -5,13 +5,18 @@
   every invariant held. ``--account`` (or ``LE_ACCOUNT`` and friends) runs it against a real
   account instead, with client-side faults only.
 - ``le-transport simulate --port N [--tls]``: the simulator in the foreground until Ctrl-C.
+  Its records are bounded (``SimulatorConfig.max_records``, the newest 100,000 of each), so it
+  can serve a long soak; when a record starts dropping its oldest entries, one line says so on
+  stderr (the record's name and bound, nothing of the traffic).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = ["main"]
 
@@ -117,17 +122,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         from .testing.simulator.serve import serve_forever
 
-        code: int = serve_forever(
-            host=args.host,
-            port=args.port,
-            public_address=args.public_address,
-            tls=args.tls,
-            cert=args.cert,
-            key=args.key,
-            plan_path=args.plan,
-        )
+        with _records_notices():
+            code: int = serve_forever(
+                host=args.host,
+                port=args.port,
+                public_address=args.public_address,
+                tls=args.tls,
+                cert=args.cert,
+                key=args.key,
+                plan_path=args.plan,
+            )
         return code
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+@contextlib.contextmanager
+def _records_notices() -> Iterator[None]:
+    """While serving, show on stderr the INFO line a bounded record logs (once) when it starts
+    dropping its oldest entries: it names the record and its bound only, never a request."""
+    logger = logging.getLogger("le_transport.records")
+    if logger.hasHandlers():  # logging is configured already: it decides
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("le-transport simulate: %(message)s"))
+    handler.setLevel(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover
