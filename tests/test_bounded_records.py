@@ -1,0 +1,292 @@
+"""The simulator's and the fault injector's records are bounded: a long run keeps the newest
+``max_records`` of each, counts what it dropped, and keeps exact totals where promised."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from le_transport.chaos import FaultInjector, FaultPlan, FaultRule, Match, Status
+from le_transport.chaos.plan import DEFAULT_MAX_RECORDS, FaultRun, RecordLog
+from le_transport.errors import ConfigurationError
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Simulator,
+    SimulatorConfig,
+)
+
+ACC = DEFAULT_ACCOUNT
+ALL_SERVICES = f"/api/account/{ACC}/service/baseURI.json"
+ONE_SERVICE = f"/api/account/{ACC}/service/agentVep/baseURI.json"
+BAD_BOUNDS = [0, -1, "10", True, 1.5]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # No keep-alive: a pooled connection keeps a server-side handler task alive.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        yield s
+
+
+def _bearer(sim: Simulator) -> str:
+    return sim.tokens.login(ACC, DEFAULT_USER, 3600, "user").bearer
+
+
+async def _req(ws: aiohttp.ClientWebSocketResponse, id: str, type: str, body: Any = None) -> None:
+    await ws.send_str(json.dumps({"kind": "req", "id": id, "type": type, "body": body or {}}))
+
+
+async def _resp(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive()
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    frame = json.loads(msg.data)
+    assert isinstance(frame, dict)
+    return frame
+
+
+# -- the bounds and their checks ---------------------------------------------------------------
+
+
+async def test_the_default_bound_is_the_documented_100_000(clock: VirtualClock) -> None:
+    assert DEFAULT_MAX_RECORDS == 100_000
+    assert SimulatorConfig().max_records == 100_000
+    assert FaultInjector().max_records == 100_000
+    assert FaultInjector.seeded(1).max_records == 100_000
+    assert FaultRun(FaultPlan()).max_records == 100_000
+    sim = Simulator(clock=clock)
+    records: list[RecordLog[Any]] = [
+        sim.requests,
+        sim.faults.log,
+        sim.sockets.all,
+        sim.sockets.published,
+        sim.sockets.rejected,
+    ]
+    assert [r.maxlen for r in records] == [100_000] * len(records)
+    assert FaultInjector().log.maxlen == 100_000
+
+
+@pytest.mark.parametrize("bad", BAD_BOUNDS, ids=repr)
+def test_a_bad_max_records_is_a_configuration_error_naming_the_field(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"SimulatorConfig\.max_records"):
+        SimulatorConfig(max_records=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"FaultInjector\.max_records"):
+        FaultInjector(max_records=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"FaultRun\.max_records"):
+        FaultRun(FaultPlan(), max_records=bad)  # type: ignore[arg-type]
+
+
+def test_none_means_no_bound() -> None:
+    assert SimulatorConfig(max_records=None).max_records is None
+    injector = FaultInjector(max_records=None)
+    assert injector.log.maxlen is None
+    log: RecordLog[int] = RecordLog(None)
+    for i in range(1000):
+        log.append(i)
+    assert len(log) == 1000
+    assert log.dropped == 0
+
+
+def test_a_record_log_reads_and_edits_as_a_list() -> None:
+    log: RecordLog[int] = RecordLog(3, name="numbers")
+    assert log == []
+    for i in range(5):
+        log.append(i)
+    assert log == [2, 3, 4]
+    assert log == (2, 3, 4)
+    assert log != [1, 2, 3]
+    assert (log.dropped, log.total, len(log)) == (2, 5, 3)
+    assert log[0] == 2
+    assert log[-1] == 4
+    assert log[1:] == [3, 4]
+    assert list(reversed(log)) == [4, 3, 2]
+    assert 3 in log
+    log[:] = [x for x in log if x != 3]
+    assert log == [2, 4]
+    log.extend([5, 6])  # one over the bound: the oldest goes
+    assert log == [4, 5, 6]
+    assert log.dropped == 3
+    log.clear()
+    assert log == []
+    assert (log.dropped, log.total) == (0, 0)
+
+
+# -- the simulator ---------------------------------------------------------------------------
+
+
+async def test_the_simulator_keeps_the_newest_requests_and_counts_the_dropped(
+    clock: VirtualClock, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="le_transport.records")
+    config = SimulatorConfig(max_records=50)
+    async with Simulator(config, clock=clock) as sim:
+        # 450 requests to every service's address, then 50 to one service's.
+        for i in range(500):
+            path = ALL_SERVICES if i < 450 else ONE_SERVICE
+            async with http.get(f"{sim.url}{path}", params={"version": "1.0", "n": str(i)}) as r:
+                assert r.status == 200
+                await r.read()
+        assert len(sim.requests) == 50
+        assert sim.records_dropped == 450
+        assert sim.requests.total == 500
+        assert [r.query["n"] for r in sim.requests] == [str(i) for i in range(450, 500)]
+        assert sim.requests[-1].query["n"] == "499"
+        assert [r.query["n"] for r in sim.requests[3:5]] == ["453", "454"]
+        # count() counts the requests kept: the 450 dropped ones are no longer counted.
+        assert sim.count("GET", ALL_SERVICES) == 0
+        assert sim.count("GET", "*/agentVep/baseURI.json") == 50
+        assert sim.count() == len(sim.requests)
+    drops = [r for r in caplog.records if r.name == "le_transport.records"]
+    assert [r.getMessage() for r in drops] == [
+        "simulator requests: keeping the newest 50 records, dropping older ones"
+    ]
+    assert drops[0].levelno == logging.INFO
+
+
+async def test_the_simulators_fault_log_is_bounded_and_its_totals_exact(
+    clock: VirtualClock, http: aiohttp.ClientSession
+) -> None:
+    async with Simulator(SimulatorConfig(max_records=10), clock=clock) as sim:
+        sim.faults.add(FaultRule("half", Status(503), match=Match(path="*/baseURI.json"), p=0.5))
+        failed = 0
+        for _ in range(120):
+            async with http.get(f"{sim.url}{ALL_SERVICES}", params={"version": "1.0"}) as r:
+                await r.read()
+                failed += r.status == 503
+        assert 0 < failed < 120
+        assert sim.faults.injected_counts() == {"half": failed}
+        assert len(sim.faults.log) == 10
+        assert sim.faults.log.dropped == 110
+        assert sim.faults.run.count("half") == 120
+        injected = sim.faults.injected()
+        assert len(injected) == 10
+        assert sim.faults.run.injections_dropped == failed - 10
+        # The newest injections are kept: those still in the log are the last ones listed.
+        recent = [d for d in sim.faults.log if d.outcome == "inject"]
+        assert injected[len(injected) - len(recent) :] == recent
+        assert [d.index for d in injected] == sorted(d.index for d in injected)
+
+
+async def test_the_socket_records_are_bounded_and_an_old_open_socket_stays_open(
+    clock: VirtualClock,
+) -> None:
+    config = SimulatorConfig(max_records=5, echo_published=False)
+    async with (
+        Simulator(config, clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as first,
+    ):
+        for i in range(20):
+            body = {"dialogId": "d1", "event": {"type": "ContentEvent", "message": f"m{i}"}}
+            await _req(first, f"p{i}", ".ams.ms.PublishEvent", body)
+            assert (await _resp(first))["code"] == 200
+        for i in range(7):
+            await _req(first, f"s{i}", ".ams.aam.SubscribeExConversations")
+            last = await _resp(first)
+        (sock,) = sim.sockets.open
+        assert [m.text for m in sim.sockets.published] == [f"m{i}" for i in range(15, 20)]
+        assert sim.sockets.published.dropped == 15
+        assert sim.sockets.published_ids() == [f"p{i}" for i in range(15, 20)]
+        assert len(sock.received) == 5
+        assert sock.received.dropped == 22
+        assert len(sock.subscriptions) == 5
+        # The subscription ids still count every subscription.
+        assert last["body"]["subscriptionId"] == f"sub-{sock.id}-7"
+        # Eight more sockets come and go: the first is no longer in ``all``, but still open.
+        for _ in range(8):
+            async with http.ws_connect(sim.brand_socket_url(_bearer(sim))):
+                pass
+        assert len(await sim.sockets.wait_accepted(9)) == 5
+        while len(sim.sockets.open) > 1:
+            await clock.sleep(1.0)
+        assert sim.sockets.all.total == 9
+        assert sim.sockets.all.dropped == 4
+        assert sock not in sim.sockets.all
+        assert sim.sockets.open == [sock]
+        assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
+        assert (await _resp(first))["type"] == ".ams.routing.RoutingTaskNotification"
+
+
+async def test_refused_handshakes_are_bounded(clock: VirtualClock) -> None:
+    async with (
+        Simulator(SimulatorConfig(max_records=3), clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(6):
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await http.ws_connect(sim.brand_socket_url("not-a-bearer"))
+        assert sim.sockets.rejected == [401, 401, 401]
+        assert sim.sockets.rejected.dropped == 3
+
+
+async def test_no_secret_reaches_the_records_notice(
+    clock: VirtualClock, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport.records")
+    async with Simulator(SimulatorConfig(max_records=1), clock=clock) as sim:
+        for _ in range(3):
+            async with http.post(
+                f"{sim.url}/api/account/{ACC}/login",
+                params={"v": "1.3"},
+                json={"username": DEFAULT_USER, "password": DEFAULT_PASSWORD},
+            ) as r:
+                assert r.status == 200
+                await r.read()
+        assert sim.records_dropped == 2
+    notices = [r.getMessage() for r in caplog.records if r.name == "le_transport.records"]
+    assert notices
+    assert not any(DEFAULT_PASSWORD in n or DEFAULT_USER in n for n in notices)
+
+
+# -- the fault injector ------------------------------------------------------------------------
+
+
+async def test_the_injectors_report_is_bounded_and_its_totals_stay_exact(
+    clock: VirtualClock,
+) -> None:
+    server = Simulator(clock=clock)
+    injector = FaultInjector(
+        FaultPlan(
+            seed=7,
+            rules=(
+                FaultRule("half", Status(503), match=Match(path="*/baseURI.json"), p=0.5),
+                FaultRule("users", Status(500), match=Match(path="*/users")),
+            ),
+        ),
+        clock=clock,
+        max_records=10,
+    )
+    seen = {503: 0, 500: 0}
+    async with (
+        server as sim,
+        aiohttp.ClientSession(
+            middlewares=(injector,), connector=aiohttp.TCPConnector(force_close=True)
+        ) as http,
+    ):
+        for i in range(200):
+            path = (
+                f"/api/account/{ACC}/configuration/le-users/users" if i % 10 == 0 else ALL_SERVICES
+            )
+            async with http.get(f"{sim.url}{path}", params={"version": "1.0"}) as r:
+                await r.read()
+                if r.status in seen:
+                    seen[r.status] += 1
+    assert seen[500] == 20
+    assert 0 < seen[503] < 180
+    assert injector.injected_counts() == {"half": seen[503], "users": 20}
+    report = injector.report()
+    assert len(report) == 10
+    assert injector.records_dropped == seen[503] + 20 - 10
+    # The newest injections are kept: those still in the log are the last ones listed.
+    recent = [d.to_dict() for d in injector.log if d.outcome == "inject"]
+    assert recent
+    assert report[len(report) - len(recent) :] == recent
+    assert len(injector.log) == 10
+    assert injector.log.dropped == 190
