@@ -27,9 +27,10 @@ from le_transport.providers import Credentials, OAuth1Auth, StaticBearer, Static
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from le_transport.testing.simulator import oauth1 as verifier
+from le_transport.testing.simulator.auth import SeenNonces
 from tests.conftest import ServerFactory
 from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET, BEARER
-from tests.test_providers import ACCOUNT, sim_engine
+from tests.test_providers import ACCOUNT, make_sim, sim_engine
 from tests.test_providers import APP_KEY as APP_KEY_SIM
 from tests.test_providers import sim as provider_sim
 
@@ -249,3 +250,37 @@ async def test_the_simulator_refuses_a_retry_that_repeats_the_nonce_as_the_gatew
         for expected in (503, 401):  # the same header again: a replayed nonce
             async with session.get(url, headers=header) as resp:
                 assert resp.status == expected
+
+
+async def test_the_simulator_remembers_its_newest_nonces_only_so_a_long_soak_stays_bounded(
+    clock: VirtualClock,
+) -> None:
+    # A nonce per signed request: a simulator serving a day-long soak keeps the newest
+    # max_records of them, so its memory stays flat; a replay within them is still refused.
+    signer = OAuth1Auth(APP_KEY_SIM, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET).signer
+    async with make_sim(clock, max_records=4) as sim, aiohttp.ClientSession() as session:
+        url = URL(sim.url + USERS)
+        headers = [{"Authorization": signer.header("GET", url)} for _ in range(10)]
+        for header in headers:
+            async with session.get(url, headers=header) as resp:
+                assert resp.status == 200
+        assert len(sim.tokens.nonces) == 4
+        async with session.get(url, headers=headers[-1]) as resp:
+            assert resp.status == 401  # the newest nonces are remembered: a replay
+        async with session.get(url, headers=headers[0]) as resp:
+            assert resp.status == 200  # forgotten: the bound's documented price
+        assert len(sim.tokens.nonces) == 4
+
+
+def test_seen_nonces_forget_the_oldest_when_full_and_keep_all_without_a_bound() -> None:
+    seen = SeenNonces(2)
+    for n in ("a", "b", "a", "c"):
+        seen.add(("key", "1", n))
+    assert ("key", "1", "a") not in seen  # the oldest, once "c" came ("a" again was no news)
+    assert ("key", "1", "b") in seen
+    assert ("key", "1", "c") in seen
+    assert len(seen) == 2
+    unbounded = SeenNonces()
+    for i in range(1000):
+        unbounded.add(("key", "1", str(i)))
+    assert len(unbounded) == 1000

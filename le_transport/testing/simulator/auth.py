@@ -8,6 +8,7 @@ revocation are scripted.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import json
@@ -72,17 +73,50 @@ def make_jwt(payload: dict[str, Any], key: bytes) -> str:
     return f"{header}.{body}.{_b64url(sig)}"
 
 
-class TokenStore:
-    """Sessions by bearer and by ``Session_id``, JWTs by value, OAuth 1.0 nonces seen."""
+class SeenNonces:
+    """The OAuth 1.0 nonces a gateway has seen, the newest ``maxlen`` of them (all when None).
 
-    def __init__(self, clock: Clock, epoch: float) -> None:
+    A simulator serving a long soak to an application-login client sees a nonce per request:
+    kept for ever, they would grow its memory with every call. A replay of a nonce older than
+    the last ``maxlen`` is no longer caught (a gateway bounds its memory the same way, with a
+    timestamp window: ``SimulatorConfig.oauth1_timestamp_window`` refuses old stamps outright).
+    """
+
+    __slots__ = ("_order", "_seen")
+
+    def __init__(self, maxlen: int | None = None) -> None:
+        self._seen: set[tuple[str, str, str]] = set()
+        self._order: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=maxlen)
+
+    def __contains__(self, nonce: object) -> bool:
+        return nonce in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, nonce: tuple[str, str, str]) -> None:
+        """Remember ``nonce`` (the oldest one is forgotten when full)."""
+        if nonce in self._seen:
+            return
+        order = self._order
+        if order.maxlen is not None and len(order) == order.maxlen:
+            self._seen.discard(order[0])
+        order.append(nonce)
+        self._seen.add(nonce)
+
+
+class TokenStore:
+    """Sessions by bearer and by ``Session_id``, JWTs by value, OAuth 1.0 nonces seen (the
+    newest ``max_nonces``)."""
+
+    def __init__(self, clock: Clock, epoch: float, *, max_nonces: int | None = None) -> None:
         self._clock = clock
         self._epoch = epoch
         self._key = secrets.token_bytes(32)
         self.sessions: dict[str, LoginSession] = {}
         self._by_cookie: dict[str, LoginSession] = {}
         self.tokens: dict[str, Token] = {}
-        self.nonces: set[tuple[str, str, str]] = set()
+        self.nonces = SeenNonces(max_nonces)
         #: Counters tests can assert on.
         self.logins = 0
         self.refreshes = 0

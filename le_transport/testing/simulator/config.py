@@ -142,7 +142,8 @@ class SimulatorConfig:
       (:data:`DEFAULT_MAX_RECORDS`: 100,000; None: no bound, for short tests only): the
       requests (``sim.requests``), the fault decisions and injections (``sim.faults``), the
       published messages, refused handshakes and accepted sockets (``sim.sockets``), and on
-      each socket its received frames, subscriptions and dropped frames. A simulator serving a
+      each socket its received frames, subscriptions and dropped frames; and the OAuth 1.0
+      nonces it remembers to refuse a replay (``sim.tokens.nonces``). A simulator serving a
       long soak then keeps bounded memory; each record's ``dropped`` (``sim.records_dropped``
       for the requests) counts what was dropped. An int >= 1 or None.
     """

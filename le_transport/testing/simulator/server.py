@@ -202,7 +202,7 @@ class Simulator:
         # Time windows in the plan count from the simulator's creation.
         self.faults = SimFaults(plan, origin=self.clock.now(), max_records=self.config.max_records)
         epoch = time.time() - self.clock.now() if epoch is None else epoch
-        self.tokens = TokenStore(self.clock, epoch)
+        self.tokens = TokenStore(self.clock, epoch, max_nonces=self.config.max_records)
         self.sockets = SocketHub(self)
         #: The requests received, in order: the newest ``config.max_records`` of them (reads
         #: as a list: ``len``, ``[-1]``, slices; :attr:`records_dropped` counts older ones).
