@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--cert", help="PEM certificate chain for --tls")
     sim.add_argument("--key", help="PEM private key for --tls")
     sim.add_argument("--plan", help="a fault plan (JSON file) to apply from the start")
+    sim.add_argument(
+        "--max-records",
+        type=_max_records,
+        default=None,
+        help="how many entries each record keeps (requests, faults, messages, nonces): the "
+        "newest; default 100000, so that a long soak keeps bounded memory",
+    )
     return parser
 
 
@@ -92,6 +99,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
     return port
+
+
+def _max_records(text: str) -> int:
+    """A record bound for argparse: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r:.20}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cert=args.cert,
                 key=args.key,
                 plan_path=args.plan,
+                max_records=args.max_records,
             )
         return code
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
 from le_transport import cli
+from le_transport.testing.simulator import SimulatorConfig, serve
+from le_transport.testing.simulator.config import DEFAULT_MAX_RECORDS
 
 
 @pytest.mark.parametrize("port", ["-5", "65536", "x"])
@@ -44,3 +47,34 @@ def test_demo_refuses_a_time_scale_that_is_not_positive(
 ) -> None:
     assert cli.main(["demo", "--time-scale", "-1"]) == 2
     assert "--time-scale must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bound", ["0", "-3", "1.5", "many"])
+def test_simulate_refuses_a_record_bound_that_is_not_a_positive_whole_number(
+    bound: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["simulate", "--max-records", bound])
+    assert exited.value.code == 2
+    assert "argument --max-records" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [([], DEFAULT_MAX_RECORDS), (["--max-records", "50"], 50)]
+)
+def test_simulate_serves_with_bounded_records_by_default_or_the_bound_given(
+    given: list[str], kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[SimulatorConfig] = []
+
+    def recording_config(**fields: Any) -> SimulatorConfig:
+        made.append(SimulatorConfig(**fields))
+        return made[-1]
+
+    monkeypatch.setattr(serve, "SimulatorConfig", recording_config)
+    with socket.socket() as taken:  # a port in use: it stops right after building its config
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["simulate", "--port", str(port), *given]) == 2
+    assert [config.max_records for config in made] == [kept]

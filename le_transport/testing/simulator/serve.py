@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ...chaos.plan import FaultPlan
 from ...errors import ConfigurationError
-from .config import DEFAULT_ACCOUNT, DEFAULT_USER, SimulatorConfig
+from .config import DEFAULT_ACCOUNT, DEFAULT_MAX_RECORDS, DEFAULT_USER, SimulatorConfig
 from .server import Simulator
 
 __all__ = ["self_signed_certificate", "serve_forever", "server_tls_context"]
@@ -101,8 +101,12 @@ def serve_forever(
     cert: str | None = None,
     key: str | None = None,
     plan_path: str | None = None,
+    max_records: int | None = None,
 ) -> int:
-    """Run a simulator in the foreground until SIGINT/SIGTERM; returns the exit code."""
+    """Run a simulator in the foreground until SIGINT/SIGTERM; returns the exit code.
+
+    ``max_records`` bounds each of its records (``SimulatorConfig.max_records``; None: the
+    default bound, never unbounded here: this is the long-running simulator)."""
     plan = None
     if plan_path is not None:
         try:
@@ -111,7 +115,10 @@ def serve_forever(
             print(f"le-transport simulate: cannot read the fault plan: {exc}", file=sys.stderr)
             return 2
     try:
-        config = SimulatorConfig(public_address=public_address)
+        config = SimulatorConfig(
+            public_address=public_address,
+            max_records=DEFAULT_MAX_RECORDS if max_records is None else max_records,
+        )
     except ConfigurationError as exc:
         print(f"le-transport simulate: {exc}", file=sys.stderr)
         return 2
