@@ -684,7 +684,11 @@ class Engine:
                     options["json"] = json
                 call = session.request(method, url, **options)
             async with call as resp:
-                body = await resp.read()
+                # The retry middleware has read the body into aiohttp's own field (and released
+                # the connection): a second read() would only await the release again.
+                body = resp._body
+                if body is None:
+                    body = await resp.read()
                 final = resp.url
                 return Response(
                     status=resp.status,
