@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
@@ -36,9 +36,6 @@ from le_transport.state.memory import SWEEP_AFTER, MemoryStore
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.test_guard_hot_path import _Call, _done
-
-if TYPE_CHECKING:
-    pass
 
 T = TypeVar("T")
 ServerFactory = Callable[[web.Application], Awaitable[str]]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +21,7 @@ from le_transport.testing.simulator import (
     Simulator,
     SimulatorConfig,
 )
+from tests.test_simulator_sockets import _bearer, _frame, _req
 
 ACC = DEFAULT_ACCOUNT
 ALL_SERVICES = f"/api/account/{ACC}/service/baseURI.json"
@@ -34,22 +34,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     # No keep-alive: a pooled connection keeps a server-side handler task alive.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
         yield s
-
-
-def _bearer(sim: Simulator) -> str:
-    return sim.tokens.login(ACC, DEFAULT_USER, 3600, "user").bearer
-
-
-async def _req(ws: aiohttp.ClientWebSocketResponse, id: str, type: str, body: Any = None) -> None:
-    await ws.send_str(json.dumps({"kind": "req", "id": id, "type": type, "body": body or {}}))
-
-
-async def _resp(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    msg = await ws.receive()
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    frame = json.loads(msg.data)
-    assert isinstance(frame, dict)
-    return frame
 
 
 # -- the bounds and their checks ---------------------------------------------------------------
@@ -186,10 +170,10 @@ async def test_the_socket_records_are_bounded_and_an_old_open_socket_stays_open(
         for i in range(20):
             body = {"dialogId": "d1", "event": {"type": "ContentEvent", "message": f"m{i}"}}
             await _req(first, f"p{i}", ".ams.ms.PublishEvent", body)
-            assert (await _resp(first))["code"] == 200
+            assert (await _frame(first))["code"] == 200
         for i in range(7):
             await _req(first, f"s{i}", ".ams.aam.SubscribeExConversations")
-            last = await _resp(first)
+            last = await _frame(first)
         (sock,) = sim.sockets.open
         assert [m.text for m in sim.sockets.published] == [f"m{i}" for i in range(15, 20)]
         assert sim.sockets.published.dropped == 15
@@ -211,7 +195,7 @@ async def test_the_socket_records_are_bounded_and_an_old_open_socket_stays_open(
         assert sock not in sim.sockets.all
         assert sim.sockets.open == [sock]
         assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
-        assert (await _resp(first))["type"] == ".ams.routing.RoutingTaskNotification"
+        assert (await _frame(first))["type"] == ".ams.routing.RoutingTaskNotification"
 
 
 async def test_refused_handshakes_are_bounded(clock: VirtualClock) -> None:
