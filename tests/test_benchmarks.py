@@ -11,9 +11,17 @@ import json
 
 import pytest
 
-from benchmarks import http_calls, http_layers, policy_cost, reconnect_storm, ws_memory, ws_scale
+from benchmarks import (
+    http_calls,
+    http_layers,
+    instructions,
+    policy_cost,
+    reconnect_storm,
+    ws_memory,
+    ws_scale,
+)
 from benchmarks.__main__ import main
-from benchmarks._common import RESULTS_DIR, percentile, spread
+from benchmarks._common import RESULTS_DIR, percentile, server, spread
 
 
 def test_every_http_client_completes_calls_and_the_retrying_ones_absorb_the_503s() -> None:
@@ -116,3 +124,25 @@ def test_the_documented_command_prints_tables_and_writes_json(
     assert written["machine"]["cores"] >= 1
     assert "policy" in written["results"]
     (RESULTS_DIR / "test-run.json").unlink()
+
+
+def test_instruction_counts_are_read_from_callgrind_and_taken_per_call() -> None:
+    report = "==1== Events    : Ir\n==1== Collected : 2513220638\n==1==\n"
+    assert instructions.collected(report) == 2513220638
+    with pytest.raises(RuntimeError, match="no count"):
+        instructions.collected("valgrind: not run")
+    assert instructions.per_call(1000, 4000, 10) == 300
+    with pytest.raises(ValueError, match="calls"):
+        instructions.per_call(1, 2, 0)
+
+
+@pytest.mark.parametrize("variant", ["raw", "engine"])
+def test_every_counted_loopback_client_still_runs_its_calls(variant: str) -> None:
+    # valgrind runs these children; here they run natively, only to prove they still work.
+    with server() as srv:
+        assert instructions.main(["--child", variant, str(srv.port), "5"]) == 0
+
+
+@pytest.mark.parametrize("variant", ["stub", "loop-turn"])
+def test_every_counted_stub_child_still_runs(variant: str) -> None:
+    assert instructions.main(["--child", variant, "0", "5"]) == 0

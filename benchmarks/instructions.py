@@ -1,0 +1,193 @@
+"""Instructions per call, counted by callgrind: what the engine adds to raw aiohttp, without noise.
+
+``python -m benchmarks.instructions [--calls N] [--repeats R]`` (needs ``valgrind``). CPU time on
+a shared machine moves with whatever else runs; an instruction count does not. Each variant runs
+as a child process under ``valgrind --tool=callgrind`` twice, once with no measured calls and
+once with ``N`` (both after the same warm-up), and the difference over ``N`` is its count per
+call, so start-up, imports and the warm-up cancel out:
+
+- **raw aiohttp** and **our engine** (the HTTP table's clients), ``GET /ok`` at concurrency 64
+  against the benchmark server on loopback (the server runs natively, outside valgrind);
+- **our engine on the stub wire** (:mod:`benchmarks.policy_cost`'s stub in place of aiohttp's
+  connection), one call at a time, less the cost of the loop turn each call yields (measured
+  alone): the engine's own instructions.
+
+The loopback counts vary a little from run to run (how many answers one wake-up of the loop
+finds depends on timing), so each is the median of ``R`` repeats; the stub's are exact.
+Comparing the stub's count with the engine's extra count on loopback tells whether the engine
+does more *work* on a real connection or does the same work more *slowly* (see README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from ._common import machine, server, table, write_json
+
+__all__ = ["collected", "main", "per_call"]
+
+#: Calls made before counting starts in every child (connections opened, caches filled).
+WARMUP = 300
+CONCURRENCY = 64
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def collected(stderr: str) -> int:
+    """The instruction count callgrind reported (its ``Collected :`` line)."""
+    found = _COLLECTED.findall(stderr)
+    if not found:
+        raise RuntimeError(f"callgrind reported no count: {stderr[-300:]!r}")
+    return int(found[-1])
+
+
+def per_call(base: int, measured: int, calls: int) -> float:
+    """Instructions per call: what ``calls`` more calls added to the run without them."""
+    if calls <= 0:
+        raise ValueError("calls must be >= 1")
+    return (measured - base) / calls
+
+
+async def _child(variant: str, port: int, calls: int) -> None:
+    """The measured program: a warm-up, then ``calls`` calls of ``variant``."""
+    if variant in ("stub", "loop-turn"):
+        await _stub_child(variant, calls)
+        return
+    from .http_calls import engine, raw_aiohttp
+
+    maker = {"raw": raw_aiohttp, "engine": engine}[variant]
+    async with maker(URL(f"http://127.0.0.1:{port}/ok")) as call:
+
+        async def run(total: int) -> None:
+            left = total
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    await call()
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+        await run(WARMUP)
+        await run(calls)
+
+
+async def _stub_child(variant: str, calls: int) -> None:
+    from le_transport import Engine, RetryPolicy
+
+    from .http_calls import PAUSES
+    from .policy_cost import _STUB_URL, _StubSession
+
+    engine = Engine(
+        {"svc": "127.0.0.1:8080"},
+        scheme="http",
+        retry=RetryPolicy(pauses=PAUSES, attempt_timeout=10.0, deadline=30.0),
+    )
+    engine._session = _StubSession(engine.middlewares[-1])  # type: ignore[assignment]
+    path = _STUB_URL.path
+    for _ in range(WARMUP):
+        await engine.request("GET", "svc", path)
+    for _ in range(calls):
+        if variant == "stub":
+            await engine.request("GET", "svc", path)
+        await asyncio.sleep(0)  # each call yields to the loop once, as a real one does
+
+
+def _count(variant: str, port: int, calls: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="le-callgrind-") as tmp:
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={Path(tmp) / 'out'}",
+                sys.executable,
+                "-m",
+                "benchmarks.instructions",
+                "--child",
+                variant,
+                str(port),
+                str(calls),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=1800,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant} failed under callgrind: {proc.stderr[-500:]}")
+    return collected(proc.stderr)
+
+
+def _median_per_call(variant: str, port: int, calls: int, repeats: int) -> dict[str, Any]:
+    counts = [per_call(_count(variant, port, 0), _count(variant, port, calls), calls)]
+    for _ in range(repeats - 1):
+        counts.append(per_call(_count(variant, port, 0), _count(variant, port, calls), calls))
+    return {"per_call": statistics.median(counts), "repeats": counts}
+
+
+def run(calls: int, repeats: int) -> dict[str, Any]:
+    """Count every variant; ``{"text": table, "data": figures}``."""
+    data: dict[str, Any] = {"calls": calls, "repeats": repeats, "concurrency": CONCURRENCY}
+    with server() as srv:
+        for variant in ("raw", "engine"):
+            data[variant] = _median_per_call(variant, srv.port, calls, repeats)
+    data["stub"] = _median_per_call("stub", 0, calls, 1)
+    data["loop-turn"] = _median_per_call("loop-turn", 0, calls, 1)
+    raw, eng = data["raw"]["per_call"], data["engine"]["per_call"]
+    own = data["stub"]["per_call"] - data["loop-turn"]["per_call"]
+    data["engine_extra"] = eng - raw
+    data["engine_own_on_stub"] = own
+    rows = [
+        ["raw aiohttp, loopback, concurrency 64", f"{raw:,.0f}", "-"],
+        ["our engine, loopback, concurrency 64", f"{eng:,.0f}", f"{eng - raw:+,.0f}"],
+        ["our engine's own work (stub wire, one call at a time)", f"{own:,.0f}", "-"],
+    ]
+    text = (
+        f"Instructions per call (callgrind; {calls:,} calls, median of {repeats} on loopback)\n\n"
+        + table(["what", "instructions per call", "vs raw"], rows)
+        + f"\n\nthe engine's extra on loopback is {(eng - raw) / own:.2f}x its own work on "
+        f"the stub wire; raw aiohttp's share of the engine's count: {raw / eng:.1%}"
+    )
+    return {"text": text, "data": data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m benchmarks.instructions``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
+    parser.add_argument("--calls", type=int, default=3000, help="measured calls (3000)")
+    parser.add_argument("--repeats", type=int, default=3, help="loopback repeats (3)")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("VARIANT", "PORT", "CALLS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.child:
+        variant, port, calls = args.child
+        asyncio.run(_child(variant, int(port), int(calls)))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is needed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    if args.calls < 1 or args.repeats < 1:
+        print("--calls and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    result = run(args.calls, args.repeats)
+    print(result["text"])
+    path = write_json("instructions.json", {"machine": machine(), "instructions": result["data"]})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
