@@ -21,6 +21,7 @@ from le_transport.testing.simulator import (
     Simulator,
     SimulatorConfig,
 )
+from le_transport.testing.simulator.auth import SWEEP_AFTER, TokenStore
 from tests.test_simulator_sockets import _bearer, _frame, _req
 
 ACC = DEFAULT_ACCOUNT
@@ -274,3 +275,52 @@ async def test_the_injectors_report_is_bounded_and_its_totals_stay_exact(
     assert report[len(report) - len(recent) :] == recent
     assert len(injector.log) == 10
     assert injector.log.dropped == 190
+
+
+# -- the simulator's credentials: the dead are swept, the live kept ------------------------------
+
+
+def test_a_long_soak_of_logins_keeps_the_live_sessions_and_sweeps_the_dead(
+    clock: VirtualClock,
+) -> None:
+    store = TokenStore(clock, epoch=0.0)
+    bearers: list[str] = []
+    for _ in range(10 * SWEEP_AFTER):
+        bearers.append(store.login(ACC, DEFAULT_USER, 10.0, "user").bearer)
+        clock.advance(1.0)
+    # Bounded: never more than twice what was live at the last sweep, and the floor.
+    assert len(store.sessions) <= SWEEP_AFTER + 1
+    assert len(store._by_cookie) == len(store.sessions)
+    # What is still alive (logged in within its 10 s) answers, by bearer and by cookie.
+    for bearer in bearers[-9:]:
+        session = store.valid_session(bearer, ACC)
+        assert session is not None
+        assert store.session_by_cookie(session.session_id) is session
+    assert store.valid_session(bearers[0], ACC) is None
+
+
+def test_below_the_sweep_threshold_every_issued_credential_stays_readable(
+    clock: VirtualClock,
+) -> None:
+    store = TokenStore(clock, epoch=0.0)
+    for _ in range(SWEEP_AFTER - 1):
+        store.login(ACC, DEFAULT_USER, 1.0, "user")
+        store.issue_jwt(ACC, "consumer", 1.0, "consumer")
+        clock.advance(2.0)  # each dies before the next comes
+    assert len(store.sessions) == SWEEP_AFTER - 1
+    assert len(store.tokens) == SWEEP_AFTER - 1
+    assert store.live_sessions() == []
+
+
+def test_a_long_soak_of_jwts_keeps_the_live_ones_and_sweeps_the_dead(clock: VirtualClock) -> None:
+    store = TokenStore(clock, epoch=0.0)
+    values: list[str] = []
+    for n in range(10 * SWEEP_AFTER):
+        token = store.issue_jwt(ACC, f"consumer-{n}", 10.0, "consumer")
+        values.append(token.value)
+        if n % 7 == 0:
+            store.revoke(token.value)  # revoked: dead too
+        clock.advance(1.0)
+    assert len(store.tokens) <= SWEEP_AFTER + 1
+    live = [v for v in values[-9:] if store.valid_jwt(v, ACC) is not None]
+    assert len(live) >= 7  # the last nine, less the revoked among them

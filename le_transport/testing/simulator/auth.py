@@ -19,7 +19,7 @@ import attrs
 
 from ...clock import Clock
 
-__all__ = ["LoginSession", "Token", "TokenStore", "make_jwt"]
+__all__ = ["SWEEP_AFTER", "LoginSession", "SeenNonces", "Token", "TokenStore", "make_jwt"]
 
 
 @attrs.define(repr=False)
@@ -105,9 +105,20 @@ class SeenNonces:
         self._seen.add(nonce)
 
 
+#: How many sessions (and, apart, JWTs) the store holds before it first sweeps out the dead.
+SWEEP_AFTER = 1024
+
+
 class TokenStore:
     """Sessions by bearer and by ``Session_id``, JWTs by value, OAuth 1.0 nonces seen (the
-    newest ``max_nonces``)."""
+    newest ``max_nonces``).
+
+    Dead sessions and JWTs (expired or revoked) answer as unknown ones do, so a store that
+    holds :data:`SWEEP_AFTER` of either, or twice what its last sweep kept, drops its dead ones
+    when it issues the next: a simulator serving a long soak keeps what is live, not every
+    login it ever saw. Below that (every test's scale) nothing is dropped, so a test can still
+    read every credential it was issued.
+    """
 
     def __init__(self, clock: Clock, epoch: float, *, max_nonces: int | None = None) -> None:
         self._clock = clock
@@ -117,6 +128,8 @@ class TokenStore:
         self._by_cookie: dict[str, LoginSession] = {}
         self.tokens: dict[str, Token] = {}
         self.nonces = SeenNonces(max_nonces)
+        self._sweep_sessions_at = SWEEP_AFTER
+        self._sweep_tokens_at = SWEEP_AFTER
         #: Counters tests can assert on.
         self.logins = 0
         self.refreshes = 0
@@ -143,9 +156,17 @@ class TokenStore:
             expires_at=self._clock.now() + ttl,
             kind=kind,
         )
+        if len(self.sessions) >= self._sweep_sessions_at:
+            self._sweep_sessions()
         self.sessions[session.bearer] = session
         self._by_cookie[session.session_id] = session
         return session
+
+    def _sweep_sessions(self) -> None:
+        live = {bearer: s for bearer, s in self.sessions.items() if self._alive(s)}
+        self.sessions = live
+        self._by_cookie = {s.session_id: s for s in live.values()}
+        self._sweep_sessions_at = max(SWEEP_AFTER, 2 * len(live))
 
     def valid_session(self, bearer: str, account: str) -> LoginSession | None:
         """The live session with this bearer on ``account``, if any."""
@@ -190,6 +211,12 @@ class TokenStore:
             self._key,
         )
         token = Token(account, subject, value, self._clock.now() + ttl, kind)
+        if len(self.tokens) >= self._sweep_tokens_at:
+            now = self._clock.now()
+            self.tokens = {
+                v: t for v, t in self.tokens.items() if not t.revoked and now < t.expires_at
+            }
+            self._sweep_tokens_at = max(SWEEP_AFTER, 2 * len(self.tokens))
         self.tokens[value] = token
         return token
 
