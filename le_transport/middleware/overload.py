@@ -84,6 +84,7 @@ DEFAULT_BREAKER = CircuitBreaker()
 DEFAULT_MAX_BREAKERS = 4096
 #: How many forgotten breakers a warning names (the others are counted).
 _EVICTED_NAMED = 5
+_CLOSED = BreakerState.CLOSED
 
 
 class GatedCall(Protocol):
@@ -268,6 +269,9 @@ class OverloadGuard:
         self._synced_at: dict[tuple[str, str], float] = {}
         self._probes: set[tuple[int, int]] = set()
         self._owner = uuid.uuid4().hex
+        # The last outcome the breaker did not count as a failure: outcomes are immutable and the
+        # retry loop hands the same one for the same status, so an identical one needs no asking.
+        self._success: Outcome | None = None
 
     @property
     def store(self) -> StateStore:
@@ -423,20 +427,25 @@ class OverloadGuard:
 
     async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
         """Refuse the attempt if the breaker is open; count a first attempt for the budget."""
-        breaker = self._breaker
-        if breaker is not None:
-            key = self._key_of(call)
+        # The happy path (a closed breaker, a local budget) runs on every call: the cached keys
+        # are looked up here rather than through _key_of and _budget_key, one call each fewer.
+        service = call.service
+        if self._breaker is not None:
+            url = call.request.url
+            key = self._keys.get((service, url.host, url.port)) or self._key_of(call)
             status = self._status.get(key)
-            if self._shared or status is None or status.state is not BreakerState.CLOSED:
+            if status is None or status.state is not _CLOSED or self._shared:
                 refused = await self._admit(call, attempt, key)
                 if refused is not None:
                     return refused
             # else: a closed breaker admits, its status unchanged (CircuitBreaker.admit).
-        if self._budget is not None and attempt == 1:
+        if attempt == 1 and self._budget is not None:
             if self._local is not None:
-                self._local.deposit(self._budget_key(call.service), self._budget)
+                self._local.deposit(
+                    self._budget_keys.get(service) or self._budget_key(service), self._budget
+                )
             else:
-                await self._deposit(call.service)
+                await self._deposit(service)
         return None
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
@@ -444,29 +453,39 @@ class OverloadGuard:
         breaker = self._breaker
         if breaker is None:
             return
-        key = self._key_of(call)
+        url = call.request.url
+        key = self._keys.get((call.service, url.host, url.port)) or self._key_of(call)
         probe = False
         if self._probes:
             token = (id(call), attempt)
             if token in self._probes:
                 self._probes.discard(token)
                 probe = True
-        failed = breaker.counts_as_failure(outcome)
+        if outcome is self._success:
+            failed = False  # the same (immutable) outcome as the last success: no need to ask
+        else:
+            failed = breaker.counts_as_failure(outcome)
+            if not failed:
+                self._success = outcome
         if not failed and not probe:
-            status = self._status.get(key)
-            if status is not None and status.state is BreakerState.CLOSED:
-                # A success in a closed breaker: counted now, recorded with its slot's others.
-                now = self._clock.now()
-                slot = math.floor(now / self._slot_length)  # CircuitBreaker.slot_of, inline
-                held = self._successes.get(key)
-                if held is not None and held.slot == slot:
-                    held.count += 1
-                    return
-                self._status_of(key)
-                self._successes[key] = _Successes(slot, now)
+            now = self._clock.now()
+            # A tally is only ever held on a closed status (every change of the status records
+            # or drops it first): a success in the tally's slot adds to it, nothing else to read.
+            # math.floor(now / slot length) is CircuitBreaker.slot_of, inline.
+            held = self._successes.get(key)
+            if held is not None and held.slot == math.floor(now / self._slot_length):
+                held.count += 1
                 return
-        before = self._status_of(key) or breaker.closed()
-        now = self._clock.now()
+            status = self._status.get(key)
+            if status is not None and status.state is _CLOSED:
+                # A success in a closed breaker: counted now, recorded with its slot's others.
+                self._status_of(key)
+                self._successes[key] = _Successes(math.floor(now / self._slot_length), now)
+                return
+            before = self._status_of(key) or breaker.closed()
+        else:
+            before = self._status_of(key) or breaker.closed()
+            now = self._clock.now()
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
         after = breaker.record(
