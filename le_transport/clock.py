@@ -54,30 +54,82 @@ class RealClock:
 _SLOT = 0.01
 
 
+class _WheelTimer:
+    """What the real clock's wheel cancels: the task that armed it, when its slot expires.
+
+    A slotted base, armed for one block at a time with :meth:`_arm_real` and disarmed with
+    :meth:`_disarm`. :class:`_ClockTimeout` is one; the retry middleware's call is another, so
+    that an attempt's timeout on the real clock allocates nothing of its own
+    (benchmarks/README.md). Cancellations are counted as ``asyncio.timeout`` counts them: when
+    two nested timeouts expire at the same instant only the outer one claims its cancellation,
+    and a cancellation from outside is never claimed.
+    """
+
+    __slots__ = ("_cancelling", "_expired", "_slot", "_task")
+
+    # Set by the subclass's __init__ (``_slot`` to None, ``_expired`` to False) and by arming.
+    _cancelling: int
+    _expired: bool
+    #: The wheel slot's set this timer is in, while armed.
+    _slot: set[_WheelTimer] | None
+    _task: asyncio.Task[object] | None
+
+    def _arm_real(self, seconds: float) -> None:
+        """Arm on the running loop's wheel, to cancel the current task in ``seconds``."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:  # pragma: no cover - only outside a task
+            raise RuntimeError("timeout_after must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._expired = False
+        last = _LAST_WHEEL
+        wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
+        slot = math.ceil((loop.time() + max(0.0, seconds)) / _SLOT)
+        members = wheel._slots.get(slot)
+        if members is None:
+            members = wheel._slots[slot] = set()
+            loop.call_at(slot * _SLOT, wheel._expire, slot)
+        members.add(self)
+        self._slot = members
+
+    def _fire(self) -> None:
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def _disarm(self, exc_type: type[BaseException] | None) -> bool:
+        """Out of the wheel; whether the block's ``exc_type`` is this timer's cancellation (then
+        taken back). Call it once per arming, with what the block ended with."""
+        slot = self._slot
+        if slot is not None:
+            # A slot already expired is out of the wheel: discarding from it is harmless.
+            slot.discard(self)
+            self._slot = None
+        if not self._expired or self._task is None:
+            return False
+        return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
+
+
+#: Timeouts on the real clock share one loop timer per slot this many seconds long, so a timeout
+#: fires at most this late. Arming and cancelling a loop timer per timeout (two per request:
+#: attempt timeout and deadline) cost a call more than the rest of the retry middleware on a
+#: busy loop, whose timer heap compares its entries in Python (benchmarks/README.md).
+_SLOT = 0.01
+
+
 class _Wheel:
-    """One event loop's real-clock timeouts, grouped by the slot they expire in."""
+    """One event loop's real-clock timers, grouped by the slot they expire in (one loop timer per
+    slot)."""
 
     __slots__ = ("_slots",)
 
     def __init__(self) -> None:
-        self._slots: dict[int, set[_ClockTimeout]] = {}
-
-    def arm(
-        self, loop: asyncio.AbstractEventLoop, timeout: _ClockTimeout, delay: float
-    ) -> set[_ClockTimeout]:
-        """Add ``timeout`` to its slot; the slot's set, from which disarming discards it (a
-        set already expired is out of the wheel, and discarding from it is harmless)."""
-        slot = math.ceil((loop.time() + delay) / _SLOT)
-        members = self._slots.get(slot)
-        if members is None:
-            members = self._slots[slot] = set()
-            loop.call_at(slot * _SLOT, self._expire, slot)
-        members.add(timeout)
-        return members
+        self._slots: dict[int, set[_WheelTimer]] = {}
 
     def _expire(self, slot: int) -> None:
-        for timeout in self._slots.pop(slot, ()):
-            timeout._fire()
+        for timer in self._slots.pop(slot, ()):
+            timer._fire()
 
 
 # Weak keys, and no wheel refers to its loop: a closed loop and its wheel go together.
@@ -101,35 +153,23 @@ def _wheel_of(loop: asyncio.AbstractEventLoop) -> _Wheel:
     return wheel
 
 
-class _ClockTimeout:
+class _ClockTimeout(_WheelTimer):
     """Cancel the current task if the block runs longer than ``seconds`` on ``clock``.
 
-    A watchdog task sleeps on the clock and then cancels the owner; the cancellation is turned
-    into :class:`TimeoutError` on exit. Unlike a loop that only checks a deadline between
-    attempts, this interrupts the attempt in flight.
-
-    Cancellations are counted as ``asyncio.timeout`` counts them: when two nested timeouts
-    expire at the same instant, only the outer one turns into :class:`TimeoutError`, and a
-    cancellation from outside (the caller cancelling the task) is never swallowed.
+    On the real clock the timer joins the loop's wheel (no task, no loop timer of its own);
+    on any other clock a watchdog task sleeps on the clock and then cancels the owner. The
+    cancellation is turned into :class:`TimeoutError` on exit. Unlike a loop that only checks a
+    deadline between attempts, this interrupts the attempt in flight.
     """
 
-    __slots__ = (
-        "_cancelling",
-        "_clock",
-        "_expired",
-        "_seconds",
-        "_slot",
-        "_task",
-        "_watchdog",
-    )
+    __slots__ = ("_clock", "_seconds", "_watchdog")
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
         self._clock = clock
         self._seconds = seconds
-        self._task: asyncio.Task[object] | None = None
+        self._task = None
         self._watchdog: asyncio.Task[None] | None = None
-        #: The wheel slot's set this timeout is in, while armed on the real clock.
-        self._slot: set[_ClockTimeout] | None = None
+        self._slot = None
         self._expired = False
         self._cancelling = 0
 
@@ -144,11 +184,15 @@ class _ClockTimeout:
     def start(self) -> _ClockTimeout:
         """Arm the timeout around the code that follows, in the current task.
 
-        ``async with`` calls this; a hot path that cannot afford the two coroutines of an
-        ``async with`` calls :meth:`start` and :meth:`stop` itself (the retry middleware, once
-        per attempt).
+        ``async with`` calls this; a caller that cannot afford the two coroutines of an
+        ``async with`` calls :meth:`start` and :meth:`stop` itself.
         """
         if self._seconds is None:
+            return self
+        if type(self._clock) is RealClock:
+            # The real clock's sleep without a task around it, nor a loop timer of its own: a
+            # watchdog task per timeout cost more than the rest of the retry middleware.
+            self._arm_real(self._seconds)
             return self
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
@@ -156,24 +200,14 @@ class _ClockTimeout:
             raise RuntimeError("timeout_after must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        if type(self._clock) is RealClock:
-            # The real clock's sleep without a task around it, nor a loop timer of its own: a
-            # watchdog task per timeout cost more than the rest of the retry middleware.
-            self._slot = _wheel_of(loop).arm(loop, self, max(0.0, self._seconds))
-        else:
-            self._watchdog = loop.create_task(
-                self._watch(self._seconds), name="le_transport.timeout_after"
-            )
+        self._watchdog = loop.create_task(
+            self._watch(self._seconds), name="le_transport.timeout_after"
+        )
         return self
 
     async def _watch(self, seconds: float) -> None:
         await self._clock.sleep(seconds)
         self._fire()
-
-    def _fire(self) -> None:
-        self._expired = True
-        if self._task is not None:
-            self._task.cancel()
 
     async def __aexit__(
         self,
@@ -193,16 +227,13 @@ class _ClockTimeout:
         timeout and nothing else: the cancellation has been taken back, and the caller should
         treat it as a timeout. A cancellation from outside is never claimed.
         """
-        slot = self._slot
-        if slot is not None:
-            slot.discard(self)
-            self._slot = None
+        return self._disarm(exc_type)
+
+    def _disarm(self, exc_type: type[BaseException] | None) -> bool:
         watchdog = self._watchdog
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()
-        if not self._expired or self._task is None:
-            return False
-        return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
+        return super()._disarm(exc_type)
 
 
 def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import attrs
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
-from le_transport import Engine, RealClock, RetryPolicy, timeout_after
+from le_transport import (
+    Engine,
+    HTTPStatusError,
+    InvalidRequest,
+    OutcomeKind,
+    RealClock,
+    RetryPolicy,
+    timeout_after,
+)
 from le_transport.errors import BodyTooLarge
+from le_transport.policies import Classifier, Decision, Outcome, Verdict
 from tests.doubles import CountingRandom
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
@@ -370,3 +383,166 @@ async def test_a_first_attempt_success_draws_no_random_number_and_a_retry_draws_
     assert rng.draws == 1
     assert [len(first.attempts), len(second.attempts)] == [1, 2]
     assert [a.pause for a in second.attempts] == [0.001, None]
+
+
+@given(
+    retry=st.frozensets(st.integers(100, 599), max_size=8),
+    final=st.frozensets(st.integers(100, 599), max_size=8),
+    status=st.integers(100, 399),
+)
+def test_the_loops_success_shortcut_agrees_with_the_classifier(
+    retry: frozenset[int], final: frozenset[int], status: int
+) -> None:
+    """Below 400, the retry loop knows a success without calling classify(): by the statuses
+    the classifier retries or fails there. Both must always say the same."""
+    classifier = Classifier(retry_statuses=retry, final_statuses=final)
+    by_classify = classifier.classify(Outcome.response(status)) is Verdict.SUCCESS
+    assert by_classify == (status not in classifier._not_success_below_400)
+    evolved = attrs.evolve(classifier, retry_statuses=retry | {status})
+    assert status in evolved._not_success_below_400
+
+
+async def test_a_status_below_400_the_classifier_retries_or_fails_is_never_a_quick_success(
+    serve: ServerFactory,
+) -> None:
+    """The loop's shortcut for answers below 400 holds only for the classifier's successes: a
+    202 it is told to retry is retried, and a 203 it is told is final fails the call."""
+    replies = [202, 202, 200, 203]
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({}, status=replies.pop(0))
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    policy = RetryPolicy(
+        pauses=(0.001, 0.001), classifier=Classifier(retry_statuses={202}, final_statuses={203})
+    )
+    async with Engine({"svc": host}, scheme="http", retry=policy) as engine:
+        ok = await engine.request("GET", "svc", "/x")
+        with pytest.raises(HTTPStatusError) as failed:
+            await engine.request("GET", "svc", "/x")
+    assert [a.outcome.status for a in ok.attempts] == [202, 202, 200]
+    assert failed.value.status == 203
+    assert replies == []
+
+
+async def test_a_classifier_or_policy_of_the_callers_own_kind_is_asked_about_every_answer(
+    serve: ServerFactory,
+) -> None:
+    """The shortcuts are for the library's own Classifier and RetryPolicy: a subclass that
+    overrides them decides every answer, successes included."""
+    asked: list[int | None] = []
+
+    class Picky(Classifier):
+        def classify(self, outcome: Outcome) -> Verdict:
+            asked.append(outcome.status)
+            return Verdict.RETRY if outcome.status == 201 else super().classify(outcome)
+
+    class Watching(RetryPolicy):
+        def decide(self, attempt: int, outcome: Outcome, **kwargs: Any) -> Decision:
+            asked.append(-attempt)
+            return super().decide(attempt, outcome, **kwargs)
+
+    replies = [201, 200, 200]
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({}, status=replies.pop(0))
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    picky = RetryPolicy(pauses=(0.001,), classifier=Picky())
+    async with Engine({"svc": host}, scheme="http", retry=picky) as engine:
+        first = await engine.request("GET", "svc", "/x")
+        assert 201 in asked
+        assert len(first.attempts) == 2
+        asked.clear()
+        await engine.request("GET", "svc", "/x", retry=Watching(pauses=(0.001,)))
+    assert asked == [-1]
+
+
+async def test_an_attempt_timed_out_on_the_real_clock_is_retried_and_leaves_no_timer_armed(
+    serve: ServerFactory,
+) -> None:
+    """On the real clock the call is its own attempts' timer: the first attempt, stuck, is
+    cancelled at its timeout; the second is timed afresh; nothing stays on the wheel."""
+    from le_transport.clock import _wheel_of
+
+    wheel = _wheel_of(asyncio.get_running_loop())
+    stuck = asyncio.Event()
+    hits = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            await stuck.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    policy = RetryPolicy(pauses=(0.001,), attempt_timeout=0.05)
+    try:
+        async with Engine({"svc": host}, scheme="http", retry=policy) as engine:
+            resp = await engine.request("GET", "svc", "/x")
+    finally:
+        stuck.set()
+    assert [a.outcome.kind for a in resp.attempts] == [OutcomeKind.TIMEOUT, OutcomeKind.RESPONSE]
+    assert sum(len(members) for members in wheel._slots.values()) == 0
+
+
+async def test_a_call_cancelled_from_outside_mid_attempt_is_cancelled_not_timed_out(
+    serve: ServerFactory,
+) -> None:
+    """The caller's cancellation of a call whose attempt is armed on the wheel propagates as
+    CancelledError, and the call leaves the wheel."""
+    from le_transport.clock import _wheel_of
+
+    wheel = _wheel_of(asyncio.get_running_loop())
+    arrived = asyncio.Event()
+    stuck = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.set()
+        await stuck.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    policy = RetryPolicy(attempt_timeout=30.0)
+    try:
+        async with Engine({"svc": host}, scheme="http", retry=policy) as engine:
+            call = asyncio.create_task(engine.request("GET", "svc", "/x"))
+            await arrived.wait()
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+    finally:
+        stuck.set()
+    assert sum(len(members) for members in wheel._slots.values()) == 0
+
+
+async def test_a_lower_case_or_unusual_method_is_checked_and_sent_upper_case(
+    serve: ServerFactory,
+) -> None:
+    """Common methods pass as they are; any other name is checked, then upper-cased."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/x", answer)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http") as engine:
+        for method in ("get", "Post", "PROPFIND", "GET"):
+            resp = await engine.request(method, "svc", "/x")
+            assert resp.method == method.upper()
+        for bad in ("G ET", "", 7, "GET\r\n"):
+            with pytest.raises(InvalidRequest):
+                await engine.request(bad, "svc", "/x")  # type: ignore[arg-type]
+    assert seen == ["GET", "POST", "PROPFIND", "GET"]

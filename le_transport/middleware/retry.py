@@ -38,7 +38,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 
 from .._checks import instance_of, optional_instance_of, require_option
 from .._redact import body_excerpt, redact_path, redact_text, redact_url
-from ..clock import Clock, RealClock, _ClockTimeout
+from ..clock import Clock, RealClock, _ClockTimeout, _WheelTimer
 from ..errors import (
     AttemptRecord,
     AttemptTimeout,
@@ -55,7 +55,7 @@ from ..errors import (
     ServerStatusError,
 )
 from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
-from ..policies.classify import IDEMPOTENT_METHODS, Outcome, OutcomeKind, Verdict
+from ..policies.classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
 from ..policies.retry import Action, RetryPolicy
 from ..policies.retry_after import parse_retry_after
 from .context import _CURRENT, CallContext
@@ -166,8 +166,7 @@ class RetryMiddleware:
         if ctx is None or ctx.active:
             # No engine call, or a request made from inside one (re-entrant): its own call.
             ctx = CallContext()
-        if ctx.started_at is None:
-            ctx.started_at = self.clock.now()
+        # The loop notes when the call started (``ctx.started_at``) as it begins.
         return _Call(self, ctx, ctx.retry or self.policy, request, handler).run()
 
 
@@ -182,17 +181,14 @@ class _Where(TypedDict):
 _ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(100, 400)}
 
 
-def _answer(status: int) -> Outcome:
-    outcome = _ANSWERS.get(status)
-    return Outcome.response(status) if outcome is None else outcome
-
-
-class _Call:
+class _Call(_WheelTimer):
     """One logical call's attempt loop (one per middleware invocation).
 
     A plain slotted class, and what only a retry, a log line or an error needs (the service,
     the idempotency, the redacted URL) is worked out when first asked: a call that succeeds at
-    its first attempt pays for none of it (benchmarks/README.md).
+    its first attempt pays for none of it (benchmarks/README.md). On the real clock the call
+    is itself its attempts' timer (armed on the loop's wheel for one attempt at a time), so an
+    attempt's timeout allocates nothing.
     """
 
     __slots__ = (
@@ -290,9 +286,22 @@ class _Call:
         clock = mw.clock
         policy = self.policy
         gate = mw.gate
+        ctx = self.ctx
+        real = type(clock) is RealClock
         fast = type(policy) is RetryPolicy
+        classifier = policy.classifier
+        # Every status below 400 but these is a success, known without calling the classifier;
+        # None: a policy or a classifier of the caller's own kind, asked every time.
+        irregular = (
+            classifier._not_success_below_400 if fast and type(classifier) is Classifier else None
+        )
+        deadline = policy.deadline
+        first = clock.now()
+        if ctx.started_at is None:
+            ctx.started_at = first
+        call_started = ctx.started_at
         attempt = 0
-        self.ctx.active = True
+        ctx.active = True
         try:
             while True:
                 attempt += 1
@@ -300,19 +309,21 @@ class _Call:
                     shutdown = mw.shutdown
                     if shutdown is not None and shutdown.is_set():
                         raise self._engine_closed(attempt)
-                    resign = self.ctx.resign
+                    resign = ctx.resign
                     if resign is not None and resign[0] is self.request:
                         # A provider that signs each request (OAuth 1.0): a retry is a new
                         # request, and a nonce the server has seen would be refused as a replay.
                         await resign[1](self.request)
-                started = clock.now()
+                    started = clock.now()
+                else:
+                    started = first
                 if gate is not None:
                     await self._admit(attempt)
                     started = clock.now()
                 limit = policy.attempt_timeout
                 by_deadline = False
-                remaining = self._remaining(started)
-                if remaining is not None:
+                if deadline is not None:
+                    remaining = deadline - (started - call_started)
                     if remaining <= 0:
                         if gate is not None:
                             gate.abandon(self, attempt)
@@ -320,7 +331,15 @@ class _Call:
                     if limit is None or remaining <= limit:
                         limit = remaining
                         by_deadline = True
-                timer = None if limit is None else _ClockTimeout(clock, limit).start()
+                # On the real clock the call is its own timer, armed on the loop's wheel.
+                timer: _WheelTimer | None
+                if limit is None:
+                    timer = None
+                elif real:
+                    self._arm_real(limit)
+                    timer = self
+                else:
+                    timer = _ClockTimeout(clock, limit).start()
                 resp: ClientResponse | None = None
                 error: RequestError | None = None
                 try:
@@ -345,7 +364,7 @@ class _Call:
                             resp.close()
                             raise
                 except BaseException as exc:
-                    timed_out = timer is not None and timer.stop(type(exc))
+                    timed_out = timer is not None and timer._disarm(type(exc))
                     if timed_out and by_deadline:
                         if gate is not None:
                             gate.abandon(self, attempt)
@@ -361,21 +380,21 @@ class _Call:
                     resp = None
                 else:
                     if timer is not None:
-                        timer.stop(None)
+                        timer._disarm(None)
                     status = resp.status
                     if status < 400:
-                        outcome = _answer(status)
+                        outcome = _ANSWERS.get(status) or Outcome.response(status)
                     else:
                         outcome = Outcome.response(status, self._retry_after(resp))
                 if gate is not None:
                     await gate.settle(self, attempt, outcome)
-                if (
-                    fast
-                    and resp is not None
-                    and policy.classifier.classify(outcome) is Verdict.SUCCESS
+                if resp is not None and (
+                    status < 400 and status not in irregular
+                    if irregular is not None
+                    else fast and classifier.classify(outcome) is Verdict.SUCCESS
                 ):
                     # What decide() answers first for a success, without its Decision value.
-                    self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
+                    ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
                     return resp
                 decision = policy.decide(
                     attempt,

@@ -111,6 +111,16 @@ class Classifier:
     final_statuses: frozenset[int] = attrs.field(
         default=frozenset({451}), converter=_final_statuses
     )
+    #: The statuses below 400 that are not a success here (retried or final): every other
+    #: status below 400 is a success, which the retry loop checks without calling
+    #: :meth:`classify` on the path every call takes.
+    _not_success_below_400: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        irregular = frozenset(
+            status for status in self.retry_statuses | self.final_statuses if status < 400
+        )
+        object.__setattr__(self, "_not_success_below_400", irregular)
 
     def classify(self, outcome: Outcome) -> Verdict:
         """Success, retry, or fail, regardless of the method."""
