@@ -16,7 +16,7 @@ import asyncio
 import functools
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -96,9 +96,10 @@ class _StubResponse:
     reason = "OK"
     headers = _STUB_HEADERS
     content_length = len(_STUB_BODY)
-    url = _STUB_URL
 
-    def __init__(self) -> None:
+    def __init__(self, url: URL) -> None:
+        # The request's own URL object, as aiohttp's response has it when no redirect happened.
+        self.url = url
         self._body: bytes | None = None
 
     async def read(self) -> bytes:
@@ -107,6 +108,9 @@ class _StubResponse:
         return self._body
 
     def release(self) -> None:
+        return None
+
+    async def wait_for_close(self) -> None:
         return None
 
     def close(self) -> None:
@@ -122,13 +126,16 @@ class _StubRequest:
 
 
 async def _wire(request: Any) -> Any:
-    return _StubResponse()
+    return _StubResponse(request.url)
 
 
 class _StubCall:
     def __init__(self, middleware: Any, url: URL) -> None:
         self._middleware = middleware
         self._url = url
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._middleware(_StubRequest(self._url), _wire).__await__()  # type: ignore[no-any-return]
 
     async def __aenter__(self) -> Any:
         return await self._middleware(_StubRequest(self._url), _wire)

@@ -69,6 +69,9 @@ _NO_JSON: Any = object()
 #: How many checked paths and built URLs an engine keeps (it starts over when full).
 _URL_CACHE_SIZE = 4096
 
+#: Method names that need neither checking nor upper-casing (others are checked, then upper-cased).
+_UPPER_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class InvalidRequest(RequestError, ValueError):
     """The call itself is malformed (a path that is not a path, a bad method). Fix the call."""
@@ -553,13 +556,17 @@ class Engine:
         resolved = await self._domains.resolve(service)
         key = (scheme or self._scheme, resolved, path)
         built = self._urls.get(key)
-        if built is None:
-            host, port = split_host(resolved)
-            url = URL.build(scheme=key[0], host=host, port=port, path=path)
-            built = (url, redact_url(url))
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[key] = built
+        return self._build_url(key) if built is None else built
+
+    def _build_url(self, key: tuple[str, str, str]) -> tuple[URL, str]:
+        """Build (and keep, bounded) the URL of ``key``: scheme, resolved host, checked path."""
+        scheme, resolved, path = key
+        host, port = split_host(resolved)
+        url = URL.build(scheme=scheme, host=host, port=port, path=path)
+        built = (url, redact_url(url))
+        if len(self._urls) >= _URL_CACHE_SIZE:
+            self._urls.clear()
+        self._urls[key] = built
         return built
 
     def _check_path(self, service: str, path: str) -> None:
@@ -614,8 +621,10 @@ class Engine:
         :class:`~le_transport.errors.DeadlineExceeded`, and the other
         :class:`~le_transport.errors.RequestError` subclasses for what they name.
         """
-        if not isinstance(method, str) or not method.isalpha():
-            raise InvalidRequest(f"method must be an HTTP method name, got {method!r:.40}")
+        if type(method) is not str or method not in _UPPER_METHODS:
+            if not isinstance(method, str) or not method.isalpha():
+                raise InvalidRequest(f"method must be an HTTP method name, got {method!r:.40}")
+            method = method.upper()
         if json is not _NO_JSON and data is not None:
             raise InvalidRequest("pass either json= or data=, not both")
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -646,7 +655,13 @@ class Engine:
             session = self.session  # raises: the engine is not started
         if self._closed:
             raise EngineClosed("the engine is closed", service=service, method=method)
-        url, redacted = await self._url_for(service, path, None)
+        # _url_for, inline: one coroutine less on every call.
+        if type(path) is not str or path not in self._checked_paths:
+            self._check_path(service, path)
+        resolved = await self._domains.resolve(service)
+        key = (self._scheme, resolved, path)
+        built = self._urls.get(key)
+        url, redacted = self._build_url(key) if built is None else built
         policy = retry or self._retry
         if deadline is not None or attempt_timeout is not None:
             policy = attrs.evolve(
@@ -656,8 +671,7 @@ class Engine:
                     attempt_timeout if attempt_timeout is not None else policy.attempt_timeout
                 ),
             )
-        ctx = CallContext(service=service, idempotent=idempotent, retry=policy)
-        method = method.upper()
+        ctx = CallContext(service, idempotent, policy)
         # The context variable set and reset in place, and options passed only when given:
         # each was a measurable share of what a successful call costs (benchmarks/README.md).
         token = _CURRENT.set(ctx)
@@ -683,7 +697,11 @@ class Engine:
                     del options["data"]
                     options["json"] = json
                 call = session.request(method, url, **options)
-            async with call as resp:
+            # Awaited, not ``async with``: what aiohttp's two context managers do on the way out
+            # (release, then wait for the request's writer) is done below, without their four
+            # coroutines (benchmarks/README.md).
+            resp = await call
+            try:
                 # The retry middleware has read the body into aiohttp's own field (and released
                 # the connection): a second read() would only await the release again.
                 body = resp._body
@@ -691,14 +709,17 @@ class Engine:
                     body = await resp.read()
                 final = resp.url
                 return Response(
-                    status=resp.status,
-                    headers=resp.headers,
-                    body=body,
-                    method=method,
-                    url=redacted if final is url or final == url else redact_url(final),
-                    service=service,
-                    attempts=tuple(ctx.attempts),
+                    resp.status,
+                    resp.headers,
+                    body,
+                    method,
+                    redacted if final is url or final == url else redact_url(final),
+                    service,
+                    tuple(ctx.attempts),
                 )
+            finally:
+                resp.release()
+                await resp.wait_for_close()
         except TransportError:
             raise
         except (aiohttp.ClientError, OSError) as exc:
