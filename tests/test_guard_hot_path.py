@@ -79,13 +79,14 @@ class _FixedRandom(random.Random):
 
 
 class _Call:
-    """A call in progress as the retry loop shows it to its gate."""
+    """A call in progress as the retry loop shows it to its gate (to ``url`` if given: the
+    engine reuses the URL it built for a service and path)."""
 
-    def __init__(self, service: str, host: str) -> None:
+    def __init__(self, service: str, host: str, url: URL | None = None) -> None:
         self.service = service
         self.method = "GET"
         self.url = f"http://{host}/x"
-        self.request = cast("ClientRequest", SimpleNamespace(url=URL(self.url)))
+        self.request = cast("ClientRequest", SimpleNamespace(url=url or URL(self.url)))
 
 
 def _host(call: _Call) -> str:
@@ -176,6 +177,11 @@ class GuardAgreesWithThePerCallAlgorithm(RuleBasedStateMachine):
         self.reference = _PerCallGuard(self.clock, _FixedRandom())
         self.in_flight: list[tuple[_Call, int]] = []
         self.retrying: list[tuple[_Call, int]] = []
+        # One URL object per host, shared by both services' calls there, as the engine may.
+        self.urls = {host: URL(f"http://{host}/x") for host in HOSTS}
+
+    def _call(self, service: str, host: str, shared_url: bool) -> _Call:
+        return _Call(service, host, self.urls[host] if shared_url else None)
 
     def _admit(self, call: _Call, attempt: int) -> None:
         got = _answer(_done(self.guard.admit(call, attempt)))
@@ -187,9 +193,9 @@ class GuardAgreesWithThePerCallAlgorithm(RuleBasedStateMachine):
     def time_passes(self, dt: float) -> None:
         self.clock.advance(dt)
 
-    @rule(service=st.sampled_from(SERVICES), host=st.sampled_from(HOSTS))
-    def a_call_starts(self, service: str, host: str) -> None:
-        self._admit(_Call(service, host), 1)
+    @rule(service=st.sampled_from(SERVICES), host=st.sampled_from(HOSTS), shared=st.booleans())
+    def a_call_starts(self, service: str, host: str, shared: bool) -> None:
+        self._admit(self._call(service, host, shared), 1)
 
     @rule(pick=st.integers(0, 50), outcome=st.sampled_from(OUTCOMES))
     def an_attempt_ends(self, pick: int, outcome: Outcome) -> None:
@@ -205,12 +211,13 @@ class GuardAgreesWithThePerCallAlgorithm(RuleBasedStateMachine):
         service=st.sampled_from(SERVICES),
         host=st.sampled_from(HOSTS),
         answers=st.lists(st.sampled_from(OUTCOMES[:2]), min_size=1, max_size=8),
+        shared=st.booleans(),
     )
     def calls_succeed_one_after_another(
-        self, service: str, host: str, answers: list[Outcome]
+        self, service: str, host: str, answers: list[Outcome], shared: bool
     ) -> None:
         for outcome in answers:
-            call = _Call(service, host)
+            call = self._call(service, host, shared)
             self._admit(call, 1)
             if self.in_flight and self.in_flight[-1][0] is call:
                 self.in_flight.pop()
@@ -391,3 +398,23 @@ def test_the_breaker_keys_kept_per_host_are_bounded() -> None:
         _done(guard.admit(call, 1))
         _done(guard.settle(call, 1, Outcome.response(200)))
     assert len(guard._keys) <= DEFAULT_MAX_BREAKERS
+
+
+def test_calls_of_two_services_to_one_url_object_keep_their_own_breakers() -> None:
+    """The guard keeps the last breaker key with its URL object; another service's call to the
+    same URL object still gets its own breaker."""
+    clock = VirtualClock()
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock)
+    url = URL(f"http://{HOSTS[0]}/x")
+    for _ in range(BREAKER.minimum_throughput):
+        for service, outcome in (("msgHist", Outcome.response(503)), ("agentVep", OUTCOMES[0])):
+            call = _Call(service, HOSTS[0], url)
+            assert _done(guard.admit(call, 1)) is None
+            _done(guard.settle(call, 1, outcome))
+    assert guard.breaker_state("msgHist", HOSTS[0]) is BreakerState.OPEN
+    assert guard.breaker_state("agentVep", HOSTS[0]) is BreakerState.CLOSED
+    assert isinstance(_done(guard.admit(_Call("msgHist", HOSTS[0], url), 1)), CircuitOpen)
+    assert _done(guard.admit(_Call("agentVep", HOSTS[0], url), 1)) is None
+    other = URL(f"http://{HOSTS[1]}/x")
+    assert _done(guard.admit(_Call("msgHist", HOSTS[1], other), 1)) is None
+    assert guard.breaker_state("msgHist", HOSTS[1]) is BreakerState.CLOSED

@@ -62,6 +62,7 @@ from ..state.store import StateStore, state_key
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
+    from yarl import URL
 
 __all__ = [
     "DEFAULT_BREAKER",
@@ -263,6 +264,10 @@ class OverloadGuard:
         self._status: dict[tuple[str, str], BreakerStatus] = {}
         self._successes: dict[tuple[str, str], _Successes] = {}
         self._keys: dict[tuple[str, str | None, int | None], tuple[str, str]] = {}
+        # The last key asked for, with its URL and service (_key_at).
+        self._last_url: URL | None = None
+        self._last_service = ""
+        self._last_key = ("", "")
         # A process's own MemoryStore takes first attempts without a coroutine (its deposit()).
         self._local = store if isinstance(store, MemoryStore) and not self._shared else None
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
@@ -301,18 +306,30 @@ class OverloadGuard:
         return key
 
     def _key_of(self, call: GatedCall) -> tuple[str, str]:
-        """The breaker's (service, host) key of ``call``.
-
-        Kept per service, host and port: it is asked twice per attempt, and formatting the
-        host again each time showed in the profile of a call.
-        """
+        """The breaker's (service, host) key of ``call``."""
         url = call.request.url
         service = call.service
+        if url is self._last_url and service == self._last_service:
+            return self._last_key
+        return self._key_at(call, url, service)
+
+    def _key_at(self, call: GatedCall, url: URL, service: str) -> tuple[str, str]:
+        """The breaker's (service, host) key of ``call``, to ``url`` for ``service``.
+
+        Kept per service, host and port: it is asked twice per attempt, and formatting the
+        host again each time showed in the profile of a call. The last one is also kept with
+        the URL it was asked for: a URL is immutable and the engine reuses the one it built for
+        the same service and path, so the next attempt or call there needs no host, port or
+        lookup (see _key_of, admit, settle).
+        """
         found = self._keys.get((service, url.host, url.port))
         if found is None:
             if len(self._keys) >= self._keys_kept:
                 self._keys.clear()
             found = self._keys[(service, url.host, url.port)] = (service, _host_of(call))
+        self._last_url = url
+        self._last_service = service
+        self._last_key = found
         return found
 
     def _status_of(self, key: tuple[str, str]) -> BreakerStatus | None:
@@ -432,7 +449,10 @@ class OverloadGuard:
         service = call.service
         if self._breaker is not None:
             url = call.request.url
-            key = self._keys.get((service, url.host, url.port)) or self._key_of(call)
+            if url is self._last_url and service == self._last_service:
+                key = self._last_key
+            else:
+                key = self._key_at(call, url, service)
             status = self._status.get(key)
             if status is None or status.state is not _CLOSED or self._shared:
                 refused = await self._admit(call, attempt, key)
@@ -454,7 +474,11 @@ class OverloadGuard:
         if breaker is None:
             return
         url = call.request.url
-        key = self._keys.get((call.service, url.host, url.port)) or self._key_of(call)
+        service = call.service
+        if url is self._last_url and service == self._last_service:
+            key = self._last_key  # _key_of, inline
+        else:
+            key = self._key_at(call, url, service)
         probe = False
         if self._probes:
             token = (id(call), attempt)
