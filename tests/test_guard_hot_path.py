@@ -8,6 +8,7 @@ written here with the pure policies alone.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Coroutine
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from le_transport.policies import (
     OutcomeKind,
     RetryBudget,
 )
-from le_transport.policies.budget import BudgetState
+from le_transport.policies.budget import BudgetState, slot_end
 from le_transport.state.memory import MemoryStore
 from le_transport.testing import VirtualClock
 from tests.doubles import CountingRandom
@@ -418,3 +419,67 @@ def test_calls_of_two_services_to_one_url_object_keep_their_own_breakers() -> No
     other = URL(f"http://{HOSTS[1]}/x")
     assert _done(guard.admit(_Call("msgHist", HOSTS[1], other), 1)) is None
     assert guard.breaker_state("msgHist", HOSTS[1]) is BreakerState.CLOSED
+
+
+_LENGTHS = st.one_of(
+    st.sampled_from([1.0, 0.1, 1 / 3, 3.0, 2.9, 0.7, 1e-3, 12.5]),
+    st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False),
+)
+
+
+@given(
+    length=_LENGTHS,
+    t0=st.floats(-1e6, 1e12, allow_nan=False),
+    fractions=st.lists(st.floats(0, 1, allow_nan=False), max_size=10),
+)
+@settings(max_examples=500, deadline=None)
+def test_every_time_from_one_of_a_slot_up_to_its_end_is_in_the_slot(
+    length: float, t0: float, fractions: list[float]
+) -> None:
+    """What lets a tally compare times with its slot's end instead of dividing: slot_end is
+    never past the slot, and at most a float or two short of its end."""
+    slot = math.floor(t0 / length)
+    end = slot_end(length, slot)
+    if end > t0:
+        last = math.nextafter(end, -math.inf)
+        times = [t0, last] + [min(last, t0 + f * (end - t0)) for f in fractions]
+        assert all(math.floor(t / length) == slot for t in times)
+    after = math.nextafter(math.nextafter(end, math.inf), math.inf)
+    assert math.floor(after / length) > slot
+
+
+@given(
+    edges=st.lists(st.tuples(st.integers(0, 40), st.integers(-2, 2)), min_size=1, max_size=30),
+)
+@settings(max_examples=300, deadline=None)
+def test_successes_and_first_attempts_around_slot_edges_count_as_the_per_call_algorithm(
+    edges: list[tuple[int, int]],
+) -> None:
+    """Slots of a length no float multiplies exactly (1/3 s), times a float or two either side of
+    their edges: the guard's tallies (compared with the slot's end) record the same status and
+    budget as recording each success and first attempt at once."""
+    breaker = CircuitBreaker(minimum_throughput=1000, sampling_window=1.0, slots=3)
+    budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, window=1.0, slots=3)
+    clock = VirtualClock(start=1000.0)
+    guard = OverloadGuard(budget=budget, breaker=breaker, clock=clock)
+    url = URL(f"http://{HOSTS[0]}/x")
+    status = breaker.closed()
+    spent = budget.empty()
+    now = 1000.0
+    for edge, ulps in sorted(edges):
+        at = 1000.0 + edge / 3
+        for _ in range(abs(ulps)):
+            at = math.nextafter(at, math.inf if ulps > 0 else -math.inf)
+        now = max(now, at)
+        clock.advance(now - clock.now())
+        call = _Call("msgHist", HOSTS[0], url)
+        assert _done(guard.admit(call, 1)) is None
+        _done(guard.settle(call, 1, OUTCOMES[0]))
+        status = breaker.record(status, now, failed=False)
+        spent = budget.record_request(spent, now)
+    assert guard._status_of(("msgHist", HOSTS[0])) == status
+    store = guard.store
+    assert isinstance(store, MemoryStore)
+    key = guard._budget_key("msgHist")
+    store._record_deposits(key)
+    assert store._budgets[key][0] == spent

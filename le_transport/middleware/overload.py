@@ -162,11 +162,13 @@ class _Successes:
     :class:`BreakerStatus` and its tuples, with the same status whenever it is read.
     """
 
-    __slots__ = ("at", "count", "slot")
+    __slots__ = ("at", "count", "slot", "until")
 
-    def __init__(self, slot: int, at: float) -> None:
+    def __init__(self, slot: int, at: float, until: float) -> None:
         self.slot = slot
         self.at = at
+        #: Every time from ``at`` up to this one is in ``slot`` (CircuitBreaker.slot_end).
+        self.until = until
         self.count = 1
 
 
@@ -495,16 +497,20 @@ class OverloadGuard:
             now = self._clock.now()
             # A tally is only ever held on a closed status (every change of the status records
             # or drops it first): a success in the tally's slot adds to it, nothing else to read.
-            # math.floor(now / slot length) is CircuitBreaker.slot_of, inline.
+            # math.floor(now / slot length) is CircuitBreaker.slot_of, inline, asked only if
+            # the time is not between the tally's first and the end of its slot.
             held = self._successes.get(key)
-            if held is not None and held.slot == math.floor(now / self._slot_length):
+            if held is not None and (
+                held.at <= now < held.until or held.slot == math.floor(now / self._slot_length)
+            ):
                 held.count += 1
                 return
             status = self._status.get(key)
             if status is not None and status.state is _CLOSED:
                 # A success in a closed breaker: counted now, recorded with its slot's others.
                 self._status_of(key)
-                self._successes[key] = _Successes(math.floor(now / self._slot_length), now)
+                slot = math.floor(now / self._slot_length)
+                self._successes[key] = _Successes(slot, now, breaker.slot_end(slot))
                 return
             before = self._status_of(key) or breaker.closed()
         else:

@@ -25,6 +25,7 @@ import attrs
 from ..errors import ConfigurationError
 from ._validate import check_scale, instance_of, positive
 from .backoff import BackoffPolicy
+from .budget import slot_end
 from .classify import Outcome, OutcomeKind
 
 __all__ = [
@@ -180,6 +181,11 @@ class CircuitBreaker:
     def slot_of(self, now: float) -> int:
         """The index of the sampling window's slot holding time ``now``."""
         return math.floor(now / (self.sampling_window / self.slots))
+
+    def slot_end(self, slot: int) -> float:
+        """When slot ``slot`` ends (:func:`~le_transport.policies.budget.slot_end`): every time
+        from one in the slot up to it has :meth:`slot_of` ``slot``."""
+        return slot_end(self.sampling_window / self.slots, slot)
 
     def _aged(self, status: BreakerStatus, now: float) -> BreakerStatus:
         if len(status.successes) != self.slots:

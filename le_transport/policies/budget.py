@@ -29,6 +29,7 @@ __all__ = [
     "BUDGET_WINDOW",
     "BudgetState",
     "RetryBudget",
+    "slot_end",
 ]
 
 #: Finagle allows 20%; with the floor on top, a full outage would then send more than 1.2x
@@ -50,6 +51,28 @@ BUDGET_MIN_RETRIES_PER_SECOND = 0.1
 def _slots(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise ConfigurationError(f"RetryBudget.slots must be an int in [1, 1000], got {value!r}")
+
+
+def slot_end(length: float, slot: int) -> float:
+    """Where slot ``slot`` of ``length`` seconds ends, or a float or two before (never after).
+
+    Every time ``t`` from one in the slot (``math.floor(t0 / length) == slot``) up to it,
+    excluded, is in the slot too: ``math.floor(t / length) == slot``. A keeper of per-slot
+    counts can then tell a later time is still in the slot with two comparisons, no division.
+    ``-inf`` (nothing is known to be in the slot) where the arithmetic leaves the floats.
+    """
+    try:
+        end = (slot + 1) * length
+        if not math.isfinite(end):
+            return -math.inf
+        # (slot + 1) * length is rounded, and so is each t / length: step back to a float
+        # whose predecessor is still in the slot. floor(t / length) never decreases as t
+        # grows, so every time between one of the slot and that predecessor is in the slot.
+        while math.floor(math.nextafter(end, -math.inf) / length) > slot:
+            end = math.nextafter(end, -math.inf)
+    except (ArithmeticError, ValueError):
+        return -math.inf
+    return end
 
 
 @attrs.frozen
@@ -109,6 +132,11 @@ class RetryBudget:
     def slot_of(self, now: float) -> int:
         """The index of the slot holding time ``now``."""
         return math.floor(now / self.slot_length)
+
+    def slot_end(self, slot: int) -> float:
+        """When slot ``slot`` ends (:func:`slot_end`): every time from one in the slot up to it
+        has :meth:`slot_of` ``slot``."""
+        return slot_end(self.slot_length, slot)
 
     def empty(self) -> BudgetState:
         """A state that counts nothing."""

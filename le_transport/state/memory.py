@@ -46,12 +46,14 @@ def _check_value(value: object) -> None:
 class _Deposits:
     """First attempts counted in one slot of a budget's window, not yet in the budget's state."""
 
-    __slots__ = ("at", "count", "policy", "slot")
+    __slots__ = ("at", "count", "policy", "slot", "until")
 
     def __init__(self, policy: RetryBudget, slot: int, at: float, count: int) -> None:
         self.policy = policy
         self.slot = slot
         self.at = at
+        #: Every time from ``at`` up to this one is in ``slot`` (RetryBudget.slot_end).
+        self.until = policy.slot_end(slot)
         self.count = count
 
 
@@ -152,13 +154,21 @@ class MemoryStore:
         before it. It spares the first attempt of every call a new state and two tuples.
         """
         now = self._clock.now()
-        # RetryBudget.slot_of's arithmetic, inline: this runs on every first attempt.
-        slot = math.floor(now / (policy.window / policy.slots))
         held = self._deposits.get(key)
+        # RetryBudget.slot_of's arithmetic, inline: this runs on every first attempt; and only
+        # if the time is not between the tally's first and the end of its slot.
+        if (
+            held is not None
+            and held.policy is policy
+            and (
+                held.at <= now < held.until
+                or held.slot == math.floor(now / (policy.window / policy.slots))
+            )
+        ):
+            held.count += count
+            return
+        slot = math.floor(now / (policy.window / policy.slots))
         if held is not None:
-            if held.slot == slot and held.policy is policy:
-                held.count += count
-                return
             self._record_deposits(key)
         else:
             self._grow(self._deposits)
