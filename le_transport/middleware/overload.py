@@ -481,41 +481,55 @@ class OverloadGuard:
             key = self._last_key  # _key_of, inline
         else:
             key = self._key_at(call, url, service)
-        probe = False
         if self._probes:
             token = (id(call), attempt)
             if token in self._probes:
                 self._probes.discard(token)
-                probe = True
-        if outcome is self._success:
-            failed = False  # the same (immutable) outcome as the last success: no need to ask
-        else:
-            failed = breaker.counts_as_failure(outcome)
-            if not failed:
-                self._success = outcome
-        if not failed and not probe:
-            now = self._clock.now()
-            # A tally is only ever held on a closed status (every change of the status records
-            # or drops it first): a success in the tally's slot adds to it, nothing else to read.
-            # math.floor(now / slot length) is CircuitBreaker.slot_of, inline, asked only if
-            # the time is not between the tally's first and the end of its slot.
-            held = self._successes.get(key)
-            if held is not None and (
-                held.at <= now < held.until or held.slot == math.floor(now / self._slot_length)
-            ):
-                held.count += 1
+                failed = breaker.counts_as_failure(outcome)
+                await self._record(call, key, outcome, failed, self._clock.now(), probe=True)
                 return
-            status = self._status.get(key)
-            if status is not None and status.state is _CLOSED:
-                # A success in a closed breaker: counted now, recorded with its slot's others.
-                self._status_of(key)
-                slot = math.floor(now / self._slot_length)
-                self._successes[key] = _Successes(slot, now, breaker.slot_end(slot))
+        if outcome is not self._success:
+            # (The same immutable outcome as the last success needs no asking.)
+            if breaker.counts_as_failure(outcome):
+                await self._record(call, key, outcome, True, self._clock.now())
                 return
-            before = self._status_of(key) or breaker.closed()
-        else:
-            before = self._status_of(key) or breaker.closed()
-            now = self._clock.now()
+            self._success = outcome
+        # A success, not the probe's.
+        now = self._clock.now()
+        # A tally is only ever held on a closed status (every change of the status records or
+        # drops it first): a success in the tally's slot adds to it, nothing else to read.
+        # math.floor(now / slot length) is CircuitBreaker.slot_of, inline, asked only if the
+        # time is not between the tally's first and the end of its slot.
+        held = self._successes.get(key)
+        if held is not None and (
+            held.at <= now < held.until or held.slot == math.floor(now / self._slot_length)
+        ):
+            held.count += 1
+            return
+        status = self._status.get(key)
+        if status is not None and status.state is _CLOSED:
+            # A success in a closed breaker: counted now, recorded with its slot's others.
+            self._status_of(key)
+            slot = math.floor(now / self._slot_length)
+            self._successes[key] = _Successes(slot, now, breaker.slot_end(slot))
+            return
+        await self._record(call, key, outcome, False, now)
+
+    async def _record(
+        self,
+        call: GatedCall,
+        key: tuple[str, str],
+        outcome: Outcome,
+        failed: bool,
+        now: float,
+        *,
+        probe: bool = False,
+    ) -> None:
+        """Feed an outcome at ``now`` to the breaker at ``key`` (what settle does with all but a
+        success counted in a closed breaker's tally); log and publish what it opens or closes."""
+        breaker = self._breaker
+        assert breaker is not None
+        before = self._status_of(key) or breaker.closed()
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
         after = breaker.record(
