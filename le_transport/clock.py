@@ -75,7 +75,7 @@ class _WheelTimer:
     _task: asyncio.Task[object] | None
 
     def _arm_real(self, seconds: float) -> None:
-        """Arm on the running loop's wheel, to cancel the current task in ``seconds``."""
+        """Arm on the running loop's wheel: cancel the current task in ``seconds`` (>= 0)."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - only outside a task
@@ -85,7 +85,7 @@ class _WheelTimer:
         self._expired = False
         last = _LAST_WHEEL
         wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
-        slot = math.ceil((loop.time() + max(0.0, seconds)) / _SLOT)
+        slot = math.ceil((loop.time() + seconds) / _SLOT)
         members = wheel._slots.get(slot)
         if members is None:
             members = wheel._slots[slot] = set()
@@ -192,7 +192,7 @@ class _ClockTimeout(_WheelTimer):
         if type(self._clock) is RealClock:
             # The real clock's sleep without a task around it, nor a loop timer of its own: a
             # watchdog task per timeout cost more than the rest of the retry middleware.
-            self._arm_real(self._seconds)
+            self._arm_real(max(0.0, self._seconds))
             return self
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
