@@ -1,13 +1,15 @@
 """Instructions per call, counted by callgrind: what the engine adds to raw aiohttp, without noise.
 
-``python -m benchmarks.instructions [--calls N] [--repeats R]`` (needs ``valgrind``). CPU time on
-a shared machine moves with whatever else runs; an instruction count does not. Each variant runs
-as a child process under ``valgrind --tool=callgrind`` twice, once with no measured calls and
-once with ``N`` (both after the same warm-up), and the difference over ``N`` is its count per
-call, so start-up, imports and the warm-up cancel out:
+``python -m benchmarks.instructions [--calls N] [--repeats R] [--peers]`` (needs ``valgrind``).
+CPU time on a shared machine moves with whatever else runs; an instruction count does not.
+Each variant runs as a child process under ``valgrind --tool=callgrind`` twice, once with no
+measured calls and once with ``N`` (both after the same warm-up), and the difference over ``N``
+is its count per call, so start-up, imports and the warm-up cancel out:
 
 - **raw aiohttp** and **our engine** (the HTTP table's clients), ``GET /ok`` at concurrency 64
-  against the benchmark server on loopback (the server runs natively, outside valgrind);
+  against the benchmark server on loopback (the server runs natively, outside valgrind); with
+  ``--peers``, the table's other clients too (the engine with the overload guard, and the
+  retry wrappers: tenacity, backoff, stamina, aiohttp-retry);
 - **our engine on the stub wire** (:mod:`benchmarks.policy_cost`'s stub in place of aiohttp's
   connection), one call at a time, less the cost of the loop turn each call yields (measured
   alone): the engine's own instructions.
@@ -39,6 +41,17 @@ __all__ = ["collected", "main", "per_call"]
 
 #: Calls made before counting starts in every child (connections opened, caches filled).
 WARMUP = 300
+#: The loopback variants, by the name of the HTTP table's client they run. The first two are
+#: always counted; ``--peers`` adds the rest.
+LOOPBACK = {
+    "raw": "raw aiohttp",
+    "engine": "le_transport engine",
+    "guarded": "le_transport engine + overload guard",
+    "tenacity": "tenacity",
+    "backoff": "backoff",
+    "stamina": "stamina",
+    "aiohttp-retry": "aiohttp-retry",
+}
 CONCURRENCY = 64
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -63,9 +76,9 @@ async def _child(variant: str, port: int, calls: int) -> None:
     if variant in ("stub", "loop-turn"):
         await _stub_child(variant, calls)
         return
-    from .http_calls import engine, raw_aiohttp
+    from .http_calls import CLIENTS
 
-    maker = {"raw": raw_aiohttp, "engine": engine}[variant]
+    maker = CLIENTS[LOOPBACK[variant]]
     async with maker(URL(f"http://127.0.0.1:{port}/ok")) as call:
 
         async def run(total: int) -> None:
@@ -137,11 +150,13 @@ def _median_per_call(variant: str, port: int, calls: int, repeats: int) -> dict[
     return {"per_call": statistics.median(counts), "repeats": counts}
 
 
-def run(calls: int, repeats: int) -> dict[str, Any]:
-    """Count every variant; ``{"text": table, "data": figures}``."""
+def run(calls: int, repeats: int, peers: bool = False) -> dict[str, Any]:
+    """Count every variant (with ``peers``, every client of the HTTP table on loopback);
+    ``{"text": table, "data": figures}``."""
     data: dict[str, Any] = {"calls": calls, "repeats": repeats, "concurrency": CONCURRENCY}
+    counted = list(LOOPBACK) if peers else ["raw", "engine"]
     with server() as srv:
-        for variant in ("raw", "engine"):
+        for variant in counted:
             data[variant] = _median_per_call(variant, srv.port, calls, repeats)
     data["stub"] = _median_per_call("stub", 0, calls, 1)
     data["loop-turn"] = _median_per_call("loop-turn", 0, calls, 1)
@@ -152,8 +167,17 @@ def run(calls: int, repeats: int) -> dict[str, Any]:
     rows = [
         ["raw aiohttp, loopback, concurrency 64", f"{raw:,.0f}", "-"],
         ["our engine, loopback, concurrency 64", f"{eng:,.0f}", f"{eng - raw:+,.0f}"],
-        ["our engine's own work (stub wire, one call at a time)", f"{own:,.0f}", "-"],
     ]
+    for variant in counted[2:]:
+        count = data[variant]["per_call"]
+        rows.append(
+            [
+                f"{LOOPBACK[variant]}, loopback, concurrency 64",
+                f"{count:,.0f}",
+                f"{count - raw:+,.0f}",
+            ]
+        )
+    rows.append(["our engine's own work (stub wire, one call at a time)", f"{own:,.0f}", "-"])
     text = (
         f"Instructions per call (callgrind; {calls:,} calls, median of {repeats} on loopback)\n\n"
         + table(["what", "instructions per call", "vs raw"], rows)
@@ -169,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=3000, help="measured calls (3000)")
     parser.add_argument("--repeats", type=int, default=3, help="loopback repeats (3)")
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also count the HTTP table's other clients (the guarded engine and the wrappers)",
+    )
+    parser.add_argument(
         "--child", nargs=3, metavar=("VARIANT", "PORT", "CALLS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -182,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1 or args.repeats < 1:
         print("--calls and --repeats must be >= 1", file=sys.stderr)
         return 2
-    result = run(args.calls, args.repeats)
+    result = run(args.calls, args.repeats, peers=args.peers)
     print(result["text"])
     path = write_json("instructions.json", {"machine": machine(), "instructions": result["data"]})
     print(f"\nwrote {path}")
