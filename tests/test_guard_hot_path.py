@@ -252,6 +252,12 @@ class GuardAgreesWithThePerCallAlgorithm(RuleBasedStateMachine):
         assert self.guard._status_of((service, host)) == self.reference.status.get((service, host))
 
     @invariant()
+    def the_last_key_is_only_marked_admitting_on_a_closed_status(self) -> None:
+        # What lets admit skip reading the status of the last key it asked.
+        if self.guard._last_admits:
+            assert self.guard._status[self.guard._last_key].state is BreakerState.CLOSED
+
+    @invariant()
     def a_tally_is_only_held_on_a_closed_status(self) -> None:
         # What lets a success in the tally's slot skip reading the status.
         for key in self.guard._successes:

@@ -270,6 +270,10 @@ class OverloadGuard:
         self._last_url: URL | None = None
         self._last_service = ""
         self._last_key = ("", "")
+        # Whether the breaker at _last_key is closed, as admit last read it, and no status was
+        # written since (_put): its next attempt there is admitted without a lookup. Never in a
+        # fleet (its admit always asks the store).
+        self._last_admits = False
         # A process's own MemoryStore takes first attempts without a coroutine (its deposit()).
         self._local = store if isinstance(store, MemoryStore) and not self._shared else None
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
@@ -332,6 +336,7 @@ class OverloadGuard:
         self._last_url = url
         self._last_service = service
         self._last_key = found
+        self._last_admits = False
         return found
 
     def _status_of(self, key: tuple[str, str]) -> BreakerStatus | None:
@@ -355,6 +360,7 @@ class OverloadGuard:
         least recently used breaker the first one. A write on the happy path happens once per
         slot of the sampling window, not per call (the successes in between are tallied).
         """
+        self._last_admits = False
         if self._status.pop(key, None) is None and len(self._status) >= self._max_breakers:
             self._make_room(key)
         self._status[key] = status
@@ -451,16 +457,22 @@ class OverloadGuard:
         service = call.service
         if self._breaker is not None:
             url = call.request.url
-            if url is self._last_url and service == self._last_service:
-                key = self._last_key
-            else:
+            if url is not self._last_url or service != self._last_service:
                 key = self._key_at(call, url, service)
-            status = self._status.get(key)
-            if status is None or status.state is not _CLOSED or self._shared:
-                refused = await self._admit(call, attempt, key)
-                if refused is not None:
-                    return refused
-            # else: a closed breaker admits, its status unchanged (CircuitBreaker.admit).
+            elif self._last_admits:
+                key = None  # the last key's breaker admits, unchanged: nothing to read
+            else:
+                key = self._last_key
+            if key is not None:
+                status = self._status.get(key)
+                if status is None or status.state is not _CLOSED or self._shared:
+                    refused = await self._admit(call, attempt, key)
+                    if refused is not None:
+                        return refused
+                else:
+                    # A closed breaker admits, its status unchanged (CircuitBreaker.admit); and
+                    # so it does until a status is written or another key asked (_last_admits).
+                    self._last_admits = True
         if attempt == 1 and self._budget is not None:
             if self._local is not None:
                 self._local.deposit(
