@@ -452,8 +452,9 @@ class OverloadGuard:
 
     async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
         """Refuse the attempt if the breaker is open; count a first attempt for the budget."""
-        # The happy path (a closed breaker, a local budget) runs on every call: the cached keys
-        # are looked up here rather than through _key_of and _budget_key, one call each fewer.
+        # The happy path (a closed breaker, a local budget) runs on every call: the last key is
+        # checked here (_key_at keeps it) and the budget key read from its cache, no call for
+        # either, and a closed breaker at the last key is not read again (_last_admits).
         service = call.service
         if self._breaker is not None:
             url = call.request.url
