@@ -81,7 +81,7 @@ class _FixedRandom(random.Random):
 
 class _Call:
     """A call in progress as the retry loop shows it to its gate (to ``url`` if given: the
-    engine reuses the URL it built for a service and path)."""
+    engine reuses the URL it built for a host and path, whatever the service)."""
 
     def __init__(self, service: str, host: str, url: URL | None = None) -> None:
         self.service = service

@@ -324,9 +324,10 @@ class OverloadGuard:
 
         Kept per service, host and port: it is asked twice per attempt, and formatting the
         host again each time showed in the profile of a call. The last one is also kept with
-        the URL it was asked for: a URL is immutable and the engine reuses the one it built for
-        the same service and path, so the next attempt or call there needs no host, port or
-        lookup (see _key_of, admit, settle).
+        the URL object and service it was asked for: a URL is immutable and the engine reuses
+        the one it built for the same host and path (for every service there: the service is
+        compared too), so the next attempt or call there needs no host, port or lookup (see
+        _key_of, admit, settle).
         """
         found = self._keys.get((service, url.host, url.port))
         if found is None:
