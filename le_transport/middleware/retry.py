@@ -318,7 +318,9 @@ class _Call(_WheelTimer):
                 else:
                     started = first
                 if gate is not None:
-                    await self._admit(attempt)
+                    refused = await gate.admit(self, attempt)
+                    if refused is not None:
+                        raise self._refused(refused, attempt)
                     started = clock.now()
                 limit = policy.attempt_timeout
                 by_deadline = False
@@ -654,13 +656,8 @@ class _Call(_WheelTimer):
             f"{status} {reason}".strip(), status=status, body_excerpt=excerpt, **where
         )
 
-    async def _admit(self, attempt: int) -> None:
-        """Ask the gate to admit attempt ``attempt``; raise its refusal, logged, if it refuses."""
-        gate = self.mw.gate
-        assert gate is not None
-        refused = await gate.admit(self, attempt)
-        if refused is None:
-            return
+    def _refused(self, refused: RequestError, attempt: int) -> RequestError:
+        """The gate's refusal of attempt ``attempt``, logged and reported, to raise."""
         # Nothing was sent: not an attempt of the schedule, and no pause before failing.
         # The breaker logged its opening once; a line per refused call would flood the log
         # for the whole break, so the refusal itself is DEBUG (and the on_giveup hook).
@@ -684,7 +681,7 @@ class _Call(_WheelTimer):
                 elapsed=self._elapsed(),
             ),
         )
-        raise refused
+        return refused
 
     async def _gate_retry(
         self, attempt: int, outcome: Outcome, pause: float, last: RequestError
