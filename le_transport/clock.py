@@ -74,8 +74,8 @@ class _WheelTimer:
     _slot: set[_WheelTimer] | None
     _task: asyncio.Task[object] | None
 
-    def _arm_real(self, seconds: float) -> None:
-        """Arm on the running loop's wheel: cancel the current task in ``seconds`` (>= 0)."""
+    def _take_task(self) -> asyncio.AbstractEventLoop:
+        """Note the current task (the one to cancel) and its cancel count; the running loop."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - only outside a task
@@ -83,6 +83,11 @@ class _WheelTimer:
         self._task = task
         self._cancelling = task.cancelling()
         self._expired = False
+        return loop
+
+    def _arm_real(self, seconds: float) -> None:
+        """Arm on the running loop's wheel: cancel the current task in ``seconds`` (>= 0)."""
+        loop = self._take_task()
         last = _LAST_WHEEL
         wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
         slot = math.ceil((loop.time() + seconds) / _SLOT)
@@ -194,12 +199,7 @@ class _ClockTimeout(_WheelTimer):
             # watchdog task per timeout cost more than the rest of the retry middleware.
             self._arm_real(max(0.0, self._seconds))
             return self
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:  # pragma: no cover - only outside a task
-            raise RuntimeError("timeout_after must be used inside a task")
-        self._task = task
-        self._cancelling = task.cancelling()
+        loop = self._take_task()
         self._watchdog = loop.create_task(
             self._watch(self._seconds), name="le_transport.timeout_after"
         )

@@ -33,6 +33,17 @@ from tests.doubles import CountingRandom
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
 
+async def _scripted(serve: ServerFactory, replies: list[int]) -> str:
+    """A server whose GET /x answers each request with the next status of ``replies``."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({}, status=replies.pop(0))
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    return await serve(app)
+
+
 async def test_a_real_clock_timeout_cancels_the_block_in_flight_and_raises_timeout_error() -> None:
     reached_the_end = False
 
@@ -367,13 +378,7 @@ async def test_a_first_attempt_success_draws_no_random_number_and_a_retry_draws_
     """A seeded run's jitter depends only on the attempts that failed, not on how many
     calls succeeded before them."""
     replies = [200, 503, 200]
-
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response({}, status=replies.pop(0))
-
-    app = web.Application()
-    app.router.add_get("/x", answer)
-    host = await serve(app)
+    host = await _scripted(serve, replies)
     rng = CountingRandom()
     policy = RetryPolicy(pauses=(0.001,))
     async with Engine({"svc": host}, scheme="http", retry=policy, rng=rng) as engine:
@@ -408,13 +413,7 @@ async def test_a_status_below_400_the_classifier_retries_or_fails_is_never_a_qui
     """The loop's shortcut for answers below 400 holds only for the classifier's successes: a
     202 it is told to retry is retried, and a 203 it is told is final fails the call."""
     replies = [202, 202, 200, 203]
-
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response({}, status=replies.pop(0))
-
-    app = web.Application()
-    app.router.add_get("/x", answer)
-    host = await serve(app)
+    host = await _scripted(serve, replies)
     policy = RetryPolicy(
         pauses=(0.001, 0.001), classifier=Classifier(retry_statuses={202}, final_statuses={203})
     )
@@ -445,13 +444,7 @@ async def test_a_classifier_or_policy_of_the_callers_own_kind_is_asked_about_eve
             return super().decide(attempt, outcome, **kwargs)
 
     replies = [201, 200, 200]
-
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response({}, status=replies.pop(0))
-
-    app = web.Application()
-    app.router.add_get("/x", answer)
-    host = await serve(app)
+    host = await _scripted(serve, replies)
     picky = RetryPolicy(pauses=(0.001,), classifier=Picky())
     async with Engine({"svc": host}, scheme="http", retry=picky) as engine:
         first = await engine.request("GET", "svc", "/x")
