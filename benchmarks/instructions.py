@@ -9,7 +9,8 @@ is its count per call, so start-up, imports and the warm-up cancel out:
 - **raw aiohttp** and **our engine** (the HTTP table's clients), ``GET /ok`` at concurrency 64
   against the benchmark server on loopback (the server runs natively, outside valgrind); with
   ``--peers``, the table's other clients too (the engine with the overload guard, and the
-  retry wrappers: tenacity, backoff, stamina, aiohttp-retry);
+  retry wrappers: tenacity, backoff, stamina, aiohttp-retry), and raw aiohttp as shipped (its
+  default session arms a 5-minute timeout on every request; every other client has it off);
 - **our engine on the stub wire** (:mod:`benchmarks.policy_cost`'s stub in place of aiohttp's
   connection), one call at a time, less the cost of the loop turn each call yields (measured
   alone): the engine's own instructions.
@@ -24,15 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from yarl import URL
 
 from ._common import machine, server, table, write_json
@@ -41,6 +45,9 @@ __all__ = ["collected", "main", "per_call"]
 
 #: Calls made before counting starts in every child (connections opened, caches filled).
 WARMUP = 300
+#: Raw aiohttp as most code uses it: a default session, whose ClientTimeout arms a 5-minute
+#: total timeout on every request (every other client here has it off).
+RAW_AS_SHIPPED = "raw aiohttp as shipped (its default 5-min timeout)"
 #: The loopback variants, by the name of the HTTP table's client they run. The first two are
 #: always counted; ``--peers`` adds the rest.
 LOOPBACK = {
@@ -51,6 +58,7 @@ LOOPBACK = {
     "backoff": "backoff",
     "stamina": "stamina",
     "aiohttp-retry": "aiohttp-retry",
+    "raw-shipped": RAW_AS_SHIPPED,
 }
 CONCURRENCY = 64
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
@@ -78,7 +86,7 @@ async def _child(variant: str, port: int, calls: int) -> None:
         return
     from .http_calls import CLIENTS
 
-    maker = CLIENTS[LOOPBACK[variant]]
+    maker = _raw_as_shipped if variant == "raw-shipped" else CLIENTS[LOOPBACK[variant]]
     async with maker(URL(f"http://127.0.0.1:{port}/ok")) as call:
 
         async def run(total: int) -> None:
@@ -94,6 +102,14 @@ async def _child(variant: str, port: int, calls: int) -> None:
 
         await run(WARMUP)
         await run(calls)
+
+
+@contextlib.asynccontextmanager
+async def _raw_as_shipped(url: URL) -> AsyncIterator[Any]:
+    from .http_calls import _raw_call
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield _raw_call(session, url)
 
 
 async def _stub_child(variant: str, calls: int) -> None:
