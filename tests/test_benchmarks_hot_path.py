@@ -476,13 +476,18 @@ async def test_an_attempt_timed_out_on_the_real_clock_is_retried_and_leaves_no_t
     app = web.Application()
     app.router.add_get("/x", answer)
     host = await serve(app)
-    policy = RetryPolicy(pauses=(0.001,), attempt_timeout=0.05)
+    # Room for a slow machine: should a later attempt also run past its limit, the next one
+    # is timed afresh too.
+    policy = RetryPolicy(pauses=(0.001,) * 5, attempt_timeout=0.2)
     try:
         async with Engine({"svc": host}, scheme="http", retry=policy) as engine:
             resp = await engine.request("GET", "svc", "/x")
     finally:
         stuck.set()
-    assert [a.outcome.kind for a in resp.attempts] == [OutcomeKind.TIMEOUT, OutcomeKind.RESPONSE]
+    kinds = [a.outcome.kind for a in resp.attempts]
+    assert len(kinds) >= 2
+    assert kinds[-1] is OutcomeKind.RESPONSE
+    assert set(kinds[:-1]) == {OutcomeKind.TIMEOUT}
     assert sum(len(members) for members in wheel._slots.values()) == 0
 
 
