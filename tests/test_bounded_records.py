@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from le_transport.chaos import FaultInjector, FaultPlan, FaultRule, Match, Status
-from le_transport.chaos.plan import DEFAULT_MAX_RECORDS, FaultRun, RecordLog
+from le_transport.chaos.plan import DEFAULT_MAX_RECORDS, FaultRun, RecordLog, SharedBound
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
@@ -324,3 +327,129 @@ def test_a_long_soak_of_jwts_keeps_the_live_ones_and_sweeps_the_dead(clock: Virt
     assert len(store.tokens) <= SWEEP_AFTER + 1
     live = [v for v in values[-9:] if store.valid_jwt(v, ACC) is not None]
     assert len(live) >= 7  # the last nine, less the revoked among them
+
+
+# -- a bound shared by several logs ------------------------------------------------------------
+
+
+_EDITS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 2)),
+        st.tuples(st.just("clear"), st.integers(0, 2)),
+        st.tuples(st.just("del first"), st.integers(0, 2)),
+        st.tuples(st.just("del last two"), st.integers(0, 2)),
+        st.tuples(st.just("insert"), st.integers(0, 2)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300)
+@given(maxlen=st.integers(1, 8), own=st.sampled_from([None, 3]), edits=_EDITS)
+def test_logs_under_a_shared_bound_keep_the_groups_newest_records(
+    maxlen: int, own: int | None, edits: list[tuple[str, int]]
+) -> None:
+    """Against a model. A log's records age by their place in it (as a log's own bound has
+    it); the group counts its records in the order they came (``order``: which log each is
+    in, oldest first). Past the group's bound, the log the oldest counted record is in drops
+    its first record. A log's own bound and a caller's edits take records out of the count
+    too. With appends alone, the logs hold the newest ``maxlen`` records of the group."""
+    shared = SharedBound(maxlen, name="group")
+    logs: list[RecordLog[int]] = [RecordLog(own, name=f"log {i}", shared=shared) for i in range(3)]
+    model: list[list[int]] = [[], [], []]
+    order: list[int] = []
+    dropped = [0, 0, 0]
+    appended: list[int] = []
+
+    def uncount(i: int, count: int) -> None:
+        for _ in range(count):
+            order.remove(i)
+
+    def count(i: int) -> None:
+        order.append(i)
+        if len(order) > maxlen:
+            j = order.pop(0)
+            model[j].pop(0)
+            dropped[j] += 1
+
+    for n, (edit, i) in enumerate(edits):
+        mine = model[i]
+        if edit == "append":
+            logs[i].append(n)
+            appended.append(n)
+            if own is not None and len(mine) == own:
+                mine.pop(0)
+                dropped[i] += 1
+                uncount(i, 1)
+            mine.append(n)
+            count(i)
+        elif edit == "clear":
+            logs[i].clear()
+            uncount(i, len(mine))
+            mine.clear()
+            dropped[i] = 0
+        elif edit == "del first" and mine:
+            del logs[i][0]
+            mine.pop(0)
+            uncount(i, 1)
+        elif edit == "del last two" and mine:
+            del logs[i][-2:]
+            gone = min(2, len(mine))
+            del mine[-gone:]
+            uncount(i, gone)
+        elif edit == "insert":
+            logs[i].insert(0, -n)
+            if own is not None and len(mine) == own:
+                dropped[i] += 1  # the log was full: its first record, the one inserted, goes
+            else:
+                mine.insert(0, -n)
+                count(i)
+        for k in range(3):
+            assert list(logs[k]) == model[k]
+            assert logs[k].dropped == dropped[k]
+        assert shared.kept == len(order) <= maxlen
+        assert len(shared._order) <= 2 * maxlen + 3
+    if own is None and all(edit == "append" for edit, _ in edits):
+        assert sorted(r for log in logs for r in log) == appended[-maxlen:]
+
+
+def test_a_shared_bound_is_checked_like_any_record_bound() -> None:
+    for bad in [*BAD_BOUNDS, None]:
+        with pytest.raises(ConfigurationError, match=r"SharedBound\.maxlen"):
+            SharedBound(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"RecordLog\.shared"):
+        RecordLog(5, shared=5)  # type: ignore[arg-type]
+
+
+async def test_the_frames_of_many_sockets_are_bounded_together_and_noticed_once(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet's records do not grow with its size: the frames every socket received are the
+    newest ``max_records`` of them all, and one notice says so for the group."""
+    caplog.set_level(logging.INFO, logger="le_transport.records")
+    config = SimulatorConfig(max_records=6, echo_published=False)
+    async with (
+        Simulator(config, clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        sockets = [
+            await stack.enter_async_context(http.ws_connect(sim.brand_socket_url(_bearer(sim))))
+            for _ in range(4)
+        ]
+        for round_ in range(3):
+            for k, ws in enumerate(sockets):
+                await _req(ws, f"c{round_}-{k}", ".GetClock")
+                assert (await _frame(ws))["code"] == 200
+        served = sorted(sim.sockets.open, key=lambda s: s.id)
+        kept = [[frame["id"] for frame in sock.received] for sock in served]
+    # Twelve frames in all, six kept: the newest, whichever socket received them.
+    assert kept == [["c2-0"], ["c2-1"], ["c1-2", "c2-2"], ["c1-3", "c2-3"]]
+    assert sim.sockets.received_bound is not None
+    assert sim.sockets.received_bound.kept == 6
+    assert sim.sockets.received_bound.dropped == 6
+    assert [sock.received.dropped for sock in served] == [2, 2, 1, 1]
+    notices = [r.getMessage() for r in caplog.records if r.name == "le_transport.records"]
+    assert notices == [
+        "simulator socket frames received: keeping the newest 6 records, dropping older ones"
+    ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import fnmatch
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ __all__ = [
     "RecordLog",
     "Reset",
     "Schedule",
+    "SharedBound",
     "SlowBody",
     "Status",
     "TruncatedBody",
@@ -845,6 +847,84 @@ def check_max_records(value: object, *, owner: str, field: str = "max_records") 
     )
 
 
+def _notice_dropping(name: str, maxlen: int) -> None:
+    """The once-only notice of a record (or a group of them) starting to drop: its name and
+    bound, never a record (records may be requests)."""
+    _records_log.info(
+        "%s: keeping the newest %d records, dropping older ones",
+        name,
+        maxlen,
+        extra={"records": name, "max_records": maxlen},
+    )
+
+
+class SharedBound:
+    """One bound over several :class:`RecordLog`\\ s: together they keep their newest ``maxlen``
+    records, whichever log each is in (the oldest record of all goes first).
+
+    For records kept per item of something that comes and goes (the frames of each of the
+    simulator's sockets): a bound per log alone multiplies by how many logs are kept. Each log
+    still counts its own :attr:`RecordLog.dropped`; :attr:`dropped` counts them all. The first
+    drop is logged once for the whole group, at INFO on ``le_transport.records``, with the
+    group's ``name`` and bound only.
+    """
+
+    def __init__(self, maxlen: int, *, name: str = "records") -> None:
+        check_max_records(maxlen, owner="SharedBound", field="maxlen")
+        if maxlen is None:
+            raise ConfigurationError("SharedBound.maxlen must be an int >= 1, got None")
+        self.maxlen = maxlen
+        self.name = name
+        #: How many records the bound has dropped from its logs so far.
+        self.dropped = 0
+        # One entry per record still counted, naming its log, oldest first. A log's records
+        # that were removed otherwise (edits, its own bound) are its oldest entries here, taken
+        # out when they come up (_stale) or when they pile up (_compact).
+        self._order: collections.deque[RecordLog[Any]] = collections.deque()
+        self._live = 0
+        self._stale = 0
+        self._told = False
+
+    @property
+    def kept(self) -> int:
+        """How many records the logs hold together."""
+        return self._live
+
+    def _added(self, log: RecordLog[Any], count: int = 1) -> None:
+        self._order.extend(itertools.repeat(log, count))
+        self._live += count
+        while self._live > self.maxlen:
+            oldest = self._order.popleft()
+            if oldest._stale:
+                oldest._stale -= 1
+                self._stale -= 1
+                continue
+            oldest._items.popleft()
+            oldest.dropped += 1
+            self.dropped += 1
+            self._live -= 1
+            if not self._told:
+                self._told = True
+                _notice_dropping(self.name, self.maxlen)
+
+    def _removed(self, log: RecordLog[Any], count: int) -> None:
+        log._stale += count
+        self._stale += count
+        self._live -= count
+        if self._stale > self.maxlen:
+            self._compact()
+
+    def _compact(self) -> None:
+        kept: collections.deque[RecordLog[Any]] = collections.deque()
+        for log in self._order:
+            if log._stale:
+                log._stale -= 1
+            else:
+                kept.append(log)
+        self._order = kept
+        self._stale = 0
+
+
 class RecordLog(MutableSequence[_T], Generic[_T]):
     """A log that keeps its newest ``maxlen`` records (every record when ``maxlen`` is None).
 
@@ -856,17 +936,33 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     the records dropped so far and :attr:`total` every record ever appended (both exact). The
     first drop is logged once, at INFO on ``le_transport.records``, with the log's ``name`` and
     bound only (never a record: records may be requests).
+
+    ``shared``: a :class:`SharedBound` this log is one of (its records count against the
+    group's bound too, and the group's oldest record goes first, from whichever log holds it).
     """
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
-    def __init__(self, maxlen: int | None = DEFAULT_MAX_RECORDS, *, name: str = "records") -> None:
+    def __init__(
+        self,
+        maxlen: int | None = DEFAULT_MAX_RECORDS,
+        *,
+        name: str = "records",
+        shared: SharedBound | None = None,
+    ) -> None:
         check_max_records(maxlen, owner="RecordLog", field="maxlen")
+        if shared is not None and not isinstance(shared, SharedBound):
+            raise ConfigurationError(
+                f"RecordLog.shared must be a SharedBound or None, got {type(shared).__name__}"
+            )
         self._items: collections.deque[_T] = collections.deque(maxlen=maxlen)
         self.name = name
         #: How many records were dropped to keep the bound (since the last :meth:`clear`).
         self.dropped = 0
         self._told = False
+        self._shared = shared
+        # This log's oldest entries in the shared bound's order whose records are gone.
+        self._stale = 0
 
     @property
     def maxlen(self) -> int | None:
@@ -879,22 +975,25 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         return len(self._items) + self.dropped
 
     def append(self, record: _T) -> None:
-        """Add ``record`` as the newest; the oldest is dropped if the log is full."""
+        """Add ``record`` as the newest; the oldest is dropped if the log is full (or, with a
+        shared bound, the oldest of the group if the group is)."""
         items = self._items
+        shared = self._shared
         if items.maxlen is not None and len(items) == items.maxlen:
             self.dropped += 1
+            if shared is not None:
+                shared._removed(self, 1)
             if not self._told:
                 self._told = True
-                _records_log.info(
-                    "%s: keeping the newest %d records, dropping older ones",
-                    self.name,
-                    items.maxlen,
-                    extra={"records": self.name, "max_records": items.maxlen},
-                )
+                _notice_dropping(self.name, items.maxlen)
         items.append(record)
+        if shared is not None:
+            shared._added(self)
 
     def clear(self) -> None:
         """Forget every record, and the count of dropped ones."""
+        if self._shared is not None and self._items:
+            self._shared._removed(self, len(self._items))
         self._items.clear()
         self.dropped = 0
 
@@ -942,6 +1041,8 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             self._replace(items)
         else:
             del self._items[index]
+            if self._shared is not None:
+                self._shared._removed(self, 1)
 
     def insert(self, index: int, value: _T) -> None:
         """Insert ``value`` before ``index``, as a list does (the oldest record goes if the
@@ -951,10 +1052,19 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         self._replace(items)
 
     def _replace(self, items: list[_T]) -> None:
+        before = len(self._items)
         maxlen = self._items.maxlen
         if maxlen is not None and len(items) > maxlen:
             self.dropped += len(items) - maxlen
         self._items = collections.deque(items, maxlen=maxlen)
+        shared = self._shared
+        if shared is not None:
+            # Records an edit added count as the newest; those it removed are gone.
+            change = len(self._items) - before
+            if change > 0:
+                shared._added(self, change)
+            elif change < 0:
+                shared._removed(self, -change)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (RecordLog, list, tuple, collections.deque)):

@@ -25,8 +25,12 @@ it), ``ws_delay`` holds it on the clock, later frames queueing behind it in orde
 Every record here (``all``, ``published``, ``rejected``; on a socket ``received``,
 ``subscriptions``, ``dropped``) is a :class:`~le_transport.chaos.plan.RecordLog` that keeps the
 newest ``config.max_records`` entries (default 100,000) and reads as a list; its ``dropped``
-counts the older entries dropped and its ``total`` every entry. Open sockets are always in
-``open``, however many sockets were accepted since.
+counts the older entries dropped and its ``total`` every entry. A socket's three records are
+bounded across all the sockets together too (a :class:`~le_transport.chaos.plan.SharedBound`
+per kind): the newest ``config.max_records`` frames received by all sockets, not that many per
+socket, so a fleet's records do not grow with its size (``sim.sockets.received_bound.dropped``
+and the others count what went). Open sockets are always in ``open``, however many sockets were
+accepted since.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from ...chaos.plan import (
     Delay,
     Hang,
     RecordLog,
+    SharedBound,
     Status,
     WsAppError,
     WsClose,
@@ -248,6 +253,12 @@ class SocketHub:
         )
         #: Handshakes refused (status code per refusal): the newest ``config.max_records``.
         self.rejected: RecordLog[int] = RecordLog(bound, name="simulator handshakes refused")
+        #: The bounds over every socket's ``received``, ``subscriptions`` and ``dropped``
+        #: records together (None: no bound): the newest ``config.max_records`` of each kind
+        #: across the sockets, whichever socket holds them.
+        self.received_bound = self._shared_bound("simulator socket frames received")
+        self.subscriptions_bound = self._shared_bound("simulator socket subscriptions")
+        self.dropped_bound = self._shared_bound("simulator socket frames dropped")
         # The sockets being served, by id, in the order accepted: ``open`` reads them, so an
         # open socket is found even once ``all`` has dropped it.
         self._serving: dict[int, SimSocket] = {}
@@ -257,8 +268,13 @@ class SocketHub:
         """Sockets that are open now."""
         return [s for s in self._serving.values() if not s.closed]
 
-    def _new_records(self, name: str) -> RecordLog[dict[str, Any]]:
-        return RecordLog(self._sim.config.max_records, name=name)
+    def _shared_bound(self, name: str) -> SharedBound | None:
+        bound = self._sim.config.max_records
+        return None if bound is None else SharedBound(bound, name=name)
+
+    def _new_records(self, shared: SharedBound | None, name: str) -> RecordLog[dict[str, Any]]:
+        # No bound of its own: the group's is the only one (a socket alone can fill it).
+        return RecordLog(None, name=name, shared=shared)
 
     def on(self, type: str, handler: RequestHandler) -> None:
         """Answer requests of ``type`` with ``handler(socket, frame) -> (code, body)``; a
@@ -363,9 +379,11 @@ class SocketHub:
             last_activity=sim.clock.now(),
             session_fault=session_fault,
             transport=request.transport,
-            received=self._new_records("simulator socket frames received"),
-            subscriptions=self._new_records("simulator socket subscriptions"),
-            dropped=self._new_records("simulator socket frames dropped"),
+            received=self._new_records(self.received_bound, "simulator socket frames received"),
+            subscriptions=self._new_records(
+                self.subscriptions_bound, "simulator socket subscriptions"
+            ),
+            dropped=self._new_records(self.dropped_bound, "simulator socket frames dropped"),
         )
         self.all.append(sock)
         self._serving[sock.id] = sock
