@@ -30,7 +30,8 @@ bounded across all the sockets together too (a :class:`~le_transport.chaos.plan.
 per kind): the newest ``config.max_records`` frames received by all sockets, not that many per
 socket, so a fleet's records do not grow with its size (``sim.sockets.received_bound.dropped``
 and the others count what went). Open sockets are always in ``open``, however many sockets were
-accepted since.
+accepted since. A socket that has ended stays in ``all`` as a record only: its connection
+(``s.ws``) is released, so the sockets kept there cost their records, not their connections.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class SimSocket:
     id: int
     kind: str
     account: str
-    ws: web.WebSocketResponse
+    # The connection, while the socket is served (``ws``); released when the socket ends.
+    _ws: web.WebSocketResponse | None
     hub: SocketHub
     opened_at: float
     authenticated: bool = True
@@ -154,9 +156,30 @@ class SimSocket:
     def __repr__(self) -> str:
         return f"SimSocket(id={self.id}, kind={self.kind!r}, account={self.account!r})"
 
+    @property
+    def ws(self) -> web.WebSocketResponse:
+        """The server side of the connection, while the socket is served.
+
+        Once the socket has ended its connection is released (:meth:`SocketHub.serve` lets
+        go of it), so that the ended sockets :attr:`SocketHub.all` keeps are records (what the
+        client sent, how it ended), not connections: ``ws`` then raises ``RuntimeError``."""
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError(f"socket {self.id} has ended: its connection was released")
+        return ws
+
+    def _release(self) -> None:
+        """Let go of the connection and what was waiting to be sent on it (the socket ended)."""
+        self._ws = None
+        self.transport = None
+        self.writer = None
+        self.held.clear()
+        self.after_resp.clear()
+
     async def send(self, frame: dict[str, Any]) -> None:
         """Send a frame (unless the socket is closed or silent, or a fault drops or holds it)."""
-        if self.closed or self.silent or self.ws.closed:
+        ws = self._ws
+        if self.closed or self.silent or ws is None or ws.closed:
             return
         hold = self.hub._outbound(self, frame)
         if hold is None:
@@ -165,7 +188,7 @@ class SimSocket:
         text = json.dumps(frame)
         if hold <= 0 and not self.held:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(text)
+                await ws.send_str(text)
             return
         clock = self.hub._sim.clock
         due = clock.now() + max(0.0, hold)
@@ -185,11 +208,12 @@ class SimSocket:
             wait = due - clock.now()
             if wait > 0:
                 await clock.sleep(wait)
-            if self.closed or self.silent or self.ws.closed:
+            ws = self._ws
+            if self.closed or self.silent or ws is None or ws.closed:
                 self.held.clear()
                 return
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(text)
+                await ws.send_str(text)
             # Popped only once sent, so a frame sent meanwhile queues behind this one.
             self.held.popleft()
 
@@ -212,8 +236,11 @@ class SimSocket:
             return
         self.closed = True
         self.ended = ("close", code)
+        ws = self._ws
+        if ws is None:
+            return
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close(code=code, message=reason.encode())
+            await ws.close(code=code, message=reason.encode())
 
     def drop(self) -> None:
         """Drop the connection without a close frame: the client sees an abnormal closure."""
@@ -408,6 +435,9 @@ class SocketHub:
                 sock.closed = True
                 sock.ended = ("client", ws.close_code)
             self._serving.pop(sock.id, None)
+            # Kept in ``all`` as a record: without its connection, which would otherwise stay
+            # in memory for each of the ``config.max_records`` sockets a long soak keeps there.
+            sock._release()
             await self._signal()
             _log.info(
                 "socket %d ended: %s",

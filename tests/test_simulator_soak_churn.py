@@ -1,0 +1,63 @@
+"""The simulator under a long soak's churn keeps bounded memory: sockets that come and go leave
+records behind, not connections, and what is live keeps working."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator, SimulatorConfig
+from tests.test_simulator_sockets import _bearer, _frame, _req
+
+CYCLES = 40
+
+
+async def _until_open(sim: Simulator, count: int, clock: VirtualClock) -> None:
+    while len(sim.sockets.open) != count:
+        await clock.sleep(0.01)
+
+
+async def test_ended_sockets_release_their_connections_and_an_open_one_keeps_working(
+    clock: VirtualClock,
+) -> None:
+    config = SimulatorConfig(echo_published=False)
+    async with (
+        Simulator(config, clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as live,
+    ):
+        (live_sock,) = await sim.sockets.wait_open(1)
+        connections: list[weakref.ref[web.WebSocketResponse]] = []
+        for i in range(CYCLES):
+            async with http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws:
+                await _req(ws, f"c{i}", ".GetClock")
+                assert (await _frame(ws))["code"] == 200
+                (sock,) = [s for s in sim.sockets.open if s is not live_sock]
+                connections.append(weakref.ref(sock.ws))
+            await _until_open(sim, 1, clock)
+        ended = [s for s in sim.sockets.all if s is not live_sock]
+        assert len(ended) == CYCLES
+        await clock.sleep(0.01)  # the last connection's server side winds down
+        gc.collect()
+        # The records stay; the connections went with the sockets.
+        assert [ref() for ref in connections] == [None] * CYCLES
+        assert all(s.ended == ("client", 1000) and s.transport is None for s in ended)
+        assert [s.received[0]["id"] for s in ended] == [f"c{i}" for i in range(CYCLES)]
+        with pytest.raises(RuntimeError, match="ended"):
+            _ = ended[0].ws
+        # Sending to an ended socket is a no-op, as it was.
+        await ended[0].notify(".ams.routing.RoutingTaskNotification", {})
+        # The socket that stayed open all along still answers and is still reached.
+        assert sim.sockets.open == [live_sock]
+        await _req(live, "still-here", ".GetClock")
+        frame: dict[str, Any] = await _frame(live)
+        assert (frame["reqId"], frame["code"]) == ("still-here", 200)
+        assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
+        assert (await _frame(live))["type"] == ".ams.routing.RoutingTaskNotification"
+        assert not live_sock.ws.closed
