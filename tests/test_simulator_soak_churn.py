@@ -61,3 +61,41 @@ async def test_ended_sockets_release_their_connections_and_an_open_one_keeps_wor
         assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
         assert (await _frame(live))["type"] == ".ams.routing.RoutingTaskNotification"
         assert not live_sock.ws.closed
+
+
+async def test_a_socket_whose_client_leaves_while_it_is_announced_is_not_kept_open(
+    clock: VirtualClock,
+) -> None:
+    async with Simulator(clock=clock) as sim:
+        leaving = aiohttp.ClientSession()
+        try:
+            # The hub is busy (a test waiting on it, say): the new socket waits to be announced.
+            async with sim.sockets._changed:
+                await leaving.ws_connect(sim.brand_socket_url(_bearer(sim)))
+                while sim.sockets.all.total < 1:
+                    await clock.sleep(0.01)
+                (sock,) = sim.sockets.all
+                transport = sock.transport
+                assert transport is not None
+                # Its client goes away meanwhile: the server cancels the socket's handler.
+                await leaving.close()
+                while not transport.is_closing():
+                    await clock.sleep(0.01)
+                await clock.sleep(0.01)
+            await clock.sleep(0.01)
+        finally:
+            await leaving.close()
+        assert sim.sockets.open == []
+        assert sock.closed
+        assert sock.ended is not None
+        assert sock.ended[0] == "client"
+        assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 0
+        # The next socket is served as usual.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+        ):
+            (served,) = await sim.sockets.wait_open(1)
+            assert served is not sock
+            await _req(ws, "after", ".GetClock")
+            assert (await _frame(ws))["code"] == 200

@@ -414,22 +414,26 @@ class SocketHub:
         )
         self.all.append(sock)
         self._serving[sock.id] = sock
-        await self._signal()
-        _log.info(
-            "socket %d (%s) opened on account %s",
-            sock.id,
-            kind,
-            account,
-            extra={"socket": sock.id, "account": account},
-        )
-        idle = asyncio.get_running_loop().create_task(self._idle_watch(sock))
+        idle: asyncio.Task[None] | None = None
+        # Served from here on: whatever ends it (its client leaving while the hub is busy
+        # announcing it, too) takes it out of ``_serving``, or it would count as open for ever.
         try:
+            await self._signal()
+            _log.info(
+                "socket %d (%s) opened on account %s",
+                sock.id,
+                kind,
+                account,
+                extra={"socket": sock.id, "account": account},
+            )
+            idle = asyncio.get_running_loop().create_task(self._idle_watch(sock))
             if not await self._apply_session_fault(sock, messages=0):
                 await self._receive_loop(sock)
         finally:
-            idle.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await idle
+            if idle is not None:
+                idle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await idle
             await sock.stop_sending_held()
             if not sock.closed:
                 sock.closed = True
