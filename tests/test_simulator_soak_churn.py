@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from le_transport.chaos import FaultRule, Match, WsDelay
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator, SimulatorConfig
 from tests.test_simulator_sockets import _bearer, _frame, _req
@@ -61,6 +62,54 @@ async def test_ended_sockets_release_their_connections_and_an_open_one_keeps_wor
         assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
         assert (await _frame(live))["type"] == ".ams.routing.RoutingTaskNotification"
         assert not live_sock.ws.closed
+
+
+async def test_every_way_a_socket_ends_releases_its_connection_and_held_frames(
+    clock: VirtualClock,
+) -> None:
+    """Closed by the server, dropped, idle, or left by its client with answers still held by a
+    ``ws_delay``: each ended socket keeps its record and lets go of the rest."""
+    held = FaultRule(
+        "late", WsDelay(60_000), unit="ws_message", match=Match(path=".GetClock$Response")
+    )
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        url = sim.brand_socket_url(_bearer(sim))
+        connections: list[weakref.ref[web.WebSocketResponse]] = []
+        for way in ("close", "drop", "idle", "client leaves, answers held"):
+            async with http.ws_connect(url) as ws:
+                (sock,) = await sim.sockets.wait_open(1)
+                connections.append(weakref.ref(sock.ws))
+                if way == "close":
+                    await sock.close(4401, "token expired")
+                elif way == "drop":
+                    sock.drop()
+                elif way == "idle":
+                    await clock.sleep(61)
+                else:
+                    sim.faults.add(held)
+                    for i in range(3):
+                        await _req(ws, f"late{i}", ".GetClock")
+                    while len(sock.held) < 3:
+                        await clock.sleep(0.01)
+                    assert sock.writer is not None
+                if way != "client leaves, answers held":
+                    await ws.receive()
+            await _until_open(sim, 0, clock)
+        await clock.sleep(0.01)
+        gc.collect()
+        assert [ref() for ref in connections] == [None] * 4
+        ended = list(sim.sockets.all)
+        assert [s.ended for s in ended] == [
+            ("close", 4401),
+            ("drop", None),
+            ("close", 1000),
+            ("client", 1000),
+        ]
+        for s in ended:
+            assert s.transport is None
+            assert s.writer is None
+            assert not s.held
+        assert [f["id"] for f in ended[-1].received] == ["late0", "late1", "late2"]
 
 
 async def test_a_socket_whose_client_leaves_while_it_is_announced_is_not_kept_open(
