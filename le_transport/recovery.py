@@ -26,6 +26,7 @@ emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with the pause), ``re
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import random
@@ -53,11 +54,14 @@ from .providers._http import emit_state
 from .providers.auth import AuthProvider
 from .providers.domains import DomainProvider
 
-__all__ = ["Recovery", "is_recoverable"]
+__all__ = ["KEPT_PAUSES", "Recovery", "is_recoverable"]
 
 _log = logging.getLogger("le_transport.recovery")
 
 T = TypeVar("T")
+
+#: How many of its latest pauses a :class:`Recovery` keeps in :attr:`Recovery.pauses`.
+KEPT_PAUSES = 1000
 
 _RECOVERABLE = (
     RetriesExhausted,
@@ -148,8 +152,9 @@ class Recovery:
         # Resolved by close(): ends the pause the round is waiting out. Made on first use (it
         # needs the running loop).
         self._stop: asyncio.Future[None] | None = None
-        #: Every pause taken, in order, across episodes.
-        self.pauses: list[float] = []
+        #: The pauses taken, in order, across episodes: the newest :data:`KEPT_PAUSES` (a
+        #: client that lives for months recovers now and then; its history stays bounded).
+        self.pauses: collections.deque[float] = collections.deque(maxlen=KEPT_PAUSES)
         #: Re-logins made by the loop.
         self.relogins = 0
 

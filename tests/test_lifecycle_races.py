@@ -558,7 +558,7 @@ async def test_a_cancelled_round_leaves_the_episode_to_the_calls_still_waiting(
     assert recovery.recovering
     assert await second == "ok"
     # The second's round went on with the episode: its pause did not shrink back to 2 min.
-    assert recovery.pauses == [120.0, 240.0, 480.0]
+    assert list(recovery.pauses) == [120.0, 240.0, 480.0]
 
 
 # -- closing many sockets --------------------------------------------------------------------

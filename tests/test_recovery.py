@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from le_transport import BackoffPolicy, Engine, RetryPolicy
+from le_transport import recovery as recovery_module
 from le_transport.chaos import Reset
 from le_transport.errors import (
     ClientStatusError,
@@ -319,7 +320,7 @@ def test_recovery_pauses_never_shrink_start_above_the_schedule_and_respect_cap_a
     is at least the request schedule's last pause; none exceeds the jittered cap (or the floors);
     the pauses never run past the policy's deadline; there are at most max_attempts of them."""
     recovery, auth, results, elapsed = run_recovery(policy, request_policy, failures, 1, seed)
-    pauses = recovery.pauses
+    pauses = list(recovery.pauses)
     assert pauses == sorted(pauses)
     if pauses:
         assert pauses[0] >= request_policy.last_pause
@@ -413,7 +414,7 @@ async def test_a_login_made_elsewhere_during_the_pause_is_not_repeated_by_the_ro
     await other
     assert auth.logins == 1
     assert recovery.relogins == 0
-    assert recovery.pauses == [120.0]
+    assert list(recovery.pauses) == [120.0]
 
 
 async def test_without_a_login_elsewhere_the_round_logs_in_itself() -> None:
@@ -425,3 +426,19 @@ async def test_without_a_login_elsewhere_the_round_logs_in_itself() -> None:
     assert await recovery.run(call) == "ok"
     assert auth.logins == 1
     assert recovery.relogins == 1
+
+
+async def test_a_long_lived_recovery_keeps_only_its_latest_pauses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that lives for months recovers now and then: each episode's pauses are noted,
+    the newest KEPT_PAUSES of them kept, so the history stays bounded."""
+    monkeypatch.setattr(recovery_module, "KEPT_PAUSES", 3)
+    auth = GenerationAuth()
+    clock = VirtualClock()
+    recovery = _relogin_recovery(auth, clock)
+    for _ in range(5):
+        assert await recovery.run(_exhausted_once()) == "ok"
+    assert recovery.relogins == 5
+    assert list(recovery.pauses) == [120.0, 120.0, 120.0]
+    assert recovery.pauses.maxlen == 3
