@@ -74,8 +74,9 @@ RESTART_SHARE = 0.2
 def _prune_closed(sim: Simulator) -> list[int]:
     """Drop the simulator's records of sockets that have ended; return their ids.
 
-    The simulator keeps every socket it ever accepted, with its connection and every frame it
-    received: memory the leak check would charge to the library over a long run.
+    The simulator keeps the record of every socket it accepted (the newest
+    ``config.max_records``: an ended socket keeps its frames, not its connection): memory the
+    leak check would charge to the library over a long run.
     """
     ended = [s.id for s in sim.sockets.all if s.closed]
     sim.sockets.all[:] = [s for s in sim.sockets.all if not s.closed]
