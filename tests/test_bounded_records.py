@@ -453,3 +453,33 @@ async def test_the_frames_of_many_sockets_are_bounded_together_and_noticed_once(
     assert notices == [
         "simulator socket frames received: keeping the newest 6 records, dropping older ones"
     ]
+
+
+def test_an_empty_log_holds_no_storage_and_an_emptied_one_lets_go_of_it() -> None:
+    """A deque keeps a block of 64 slots even when empty (~0.6 KiB); the simulator keeps three
+    logs per socket for its newest sockets, most with few records or none."""
+    shared = SharedBound(2, name="group")
+    first: RecordLog[int] = RecordLog(None, name="first", shared=shared)
+    second: RecordLog[int] = RecordLog(None, name="second", shared=shared)
+    assert first._items == ()
+    first.append(1)
+    second.append(2)
+    second.append(3)  # the group's bound drops first's only record
+    assert first == []
+    assert first._items == ()
+    assert first.dropped == 1
+    del second[0]
+    del second[0]
+    assert second._items == ()
+    with pytest.raises(IndexError, match="second: index 0 out of range"):
+        del second[0]
+    with pytest.raises(IndexError, match="second: index 0 out of range"):
+        second[0] = 9
+    second.append(4)
+    second[:] = []
+    assert second._items == ()
+    assert shared.kept == 0
+    second.append(5)
+    second.clear()
+    assert second._items == ()
+    assert (first.maxlen, RecordLog(7).maxlen) == (None, 7)

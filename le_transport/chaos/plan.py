@@ -899,7 +899,7 @@ class SharedBound:
                 oldest._stale -= 1
                 self._stale -= 1
                 continue
-            oldest._items.popleft()
+            oldest._pop_oldest()
             oldest.dropped += 1
             self.dropped += 1
             self._live -= 1
@@ -955,7 +955,11 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             raise ConfigurationError(
                 f"RecordLog.shared must be a SharedBound or None, got {type(shared).__name__}"
             )
-        self._items: collections.deque[_T] = collections.deque(maxlen=maxlen)
+        self._maxlen = maxlen
+        # Made on the first record, and let go of when emptied: an empty deque still holds a
+        # block of 64 slots (~0.6 KiB), and the simulator keeps three logs per socket for the
+        # newest max_records sockets, most of them with few records or none.
+        self._items: collections.deque[_T] | tuple[()] = ()
         self.name = name
         #: How many records were dropped to keep the bound (since the last :meth:`clear`).
         self.dropped = 0
@@ -967,7 +971,7 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     @property
     def maxlen(self) -> int | None:
         """The bound: how many records are kept (None: all of them)."""
-        return self._items.maxlen
+        return self._maxlen
 
     @property
     def total(self) -> int:
@@ -978,6 +982,9 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         """Add ``record`` as the newest; the oldest is dropped if the log is full (or, with a
         shared bound, the oldest of the group if the group is)."""
         items = self._items
+        if type(items) is tuple:
+            items = self._items = collections.deque(maxlen=self._maxlen)
+        assert isinstance(items, collections.deque)
         shared = self._shared
         if items.maxlen is not None and len(items) == items.maxlen:
             self.dropped += 1
@@ -994,7 +1001,7 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         """Forget every record, and the count of dropped ones."""
         if self._shared is not None and self._items:
             self._shared._removed(self, len(self._items))
-        self._items.clear()
+        self._items = ()
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -1032,7 +1039,7 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             items[index] = value
             self._replace(items)
         else:
-            self._items[index] = value
+            self._deque(index)[index] = value
 
     def __delitem__(self, index: int | slice) -> None:
         if isinstance(index, slice):
@@ -1040,7 +1047,10 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             del items[index]
             self._replace(items)
         else:
-            del self._items[index]
+            kept = self._deque(index)
+            del kept[index]
+            if not kept:
+                self._items = ()
             if self._shared is not None:
                 self._shared._removed(self, 1)
 
@@ -1053,10 +1063,10 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
 
     def _replace(self, items: list[_T]) -> None:
         before = len(self._items)
-        maxlen = self._items.maxlen
+        maxlen = self._maxlen
         if maxlen is not None and len(items) > maxlen:
             self.dropped += len(items) - maxlen
-        self._items = collections.deque(items, maxlen=maxlen)
+        self._items = collections.deque(items, maxlen=maxlen) if items else ()
         shared = self._shared
         if shared is not None:
             # Records an edit added count as the newest; those it removed are gone.
@@ -1065,6 +1075,21 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
                 shared._added(self, change)
             elif change < 0:
                 shared._removed(self, -change)
+
+    def _deque(self, index: int) -> collections.deque[_T]:
+        """The records, for an edit at ``index``: an empty log has no such index."""
+        items = self._items
+        if type(items) is tuple:
+            raise IndexError(f"{self.name}: index {index} out of range (the log is empty)")
+        assert isinstance(items, collections.deque)
+        return items
+
+    def _pop_oldest(self) -> None:
+        """Drop the oldest record (the shared bound's doing; the log holds one)."""
+        items = self._deque(0)
+        items.popleft()
+        if not items:
+            self._items = ()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (RecordLog, list, tuple, collections.deque)):
