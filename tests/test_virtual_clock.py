@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Clock, RealClock, timeout_after
+from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 
@@ -284,3 +285,35 @@ async def test_real_clock_sleeps_and_reads_monotonic_time() -> None:
     with pytest.raises(TimeoutError):
         async with timeout_after(clock, 0):
             await asyncio.Event().wait()
+
+
+async def test_a_long_run_on_virtual_time_keeps_its_sleep_records_and_queue_bounded() -> None:
+    """The newest max_records sleeps are kept; sleeps cancelled before their deadline (a
+    timeout that did not fire, the usual case) leave the queue at once, not when time reaches
+    them, which on a run where time rarely moves could be never."""
+    clock = VirtualClock(max_records=10)
+
+    async def cancelled_sleep() -> None:
+        sleeper = asyncio.ensure_future(clock.sleep(30.0))
+        await asyncio.sleep(0)
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+
+    for _ in range(1000):
+        await cancelled_sleep()
+    assert clock.now() == 0.0
+    assert len(clock._sleepers) <= 130
+    assert clock.pending == 0
+    assert clock.sleeps == [30.0] * 10
+    assert clock.sleeps.dropped == 990
+    assert len(clock.history) == 10
+    await clock.sleep(5.0)
+    assert clock.now() == 5.0
+    assert clock.sleeps[-1] == 5.0
+
+
+def test_a_bad_record_bound_for_the_virtual_clock_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"VirtualClock\.max_records"):
+        VirtualClock(max_records=0)
+    assert VirtualClock(max_records=None).sleeps.maxlen is None

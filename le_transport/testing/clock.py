@@ -12,6 +12,11 @@ time jumping under it. Work in threads or other processes is invisible to the lo
 tests set ``autojump_threshold`` (real seconds of idleness required before a jump), or advance
 time by hand with :meth:`VirtualClock.advance` and ``autojump=False``.
 
+A long run on virtual time stays bounded: :attr:`VirtualClock.sleeps` and ``history`` keep the
+newest ``max_records`` sleeps (a :class:`~le_transport.chaos.plan.RecordLog`, read as a list),
+and sleeps cancelled before their deadline (a timeout that did not fire) leave the queue of
+pending sleeps in bulk rather than only when time reaches them.
+
 Requires the standard asyncio event loop (it inspects the loop's ready queue).
 """
 
@@ -23,6 +28,8 @@ import itertools
 import time
 from typing import Any
 
+from ..chaos.plan import DEFAULT_MAX_RECORDS, RecordLog, check_max_records
+
 __all__ = ["VirtualClock"]
 
 
@@ -33,6 +40,8 @@ class VirtualClock:
     - ``autojump``: jump to the next deadline automatically (default); else use :meth:`advance`.
     - ``idle_rounds``: loop iterations with nothing else ready before a jump.
     - ``autojump_threshold``: additionally, real seconds the loop must stay idle (default 0).
+    - ``max_records``: how many sleeps :attr:`sleeps` and :attr:`history` keep, the newest
+      (default 100,000; None: every one).
     """
 
     def __init__(
@@ -42,19 +51,26 @@ class VirtualClock:
         autojump: bool = True,
         idle_rounds: int = 3,
         autojump_threshold: float = 0.0,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
+        check_max_records(max_records, owner="VirtualClock")
         self._now = float(start)
         self._autojump = autojump
         self._idle_rounds = max(1, idle_rounds)
         self._threshold = autojump_threshold
         self._seq = itertools.count()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        # Sleeps cancelled while still in _sleepers (they leave it in bulk: _forget_cancelled).
+        self._cancelled = 0
         self._driver: asyncio.Task[None] | None = None
         #: Every sleep requested, in seconds, in order (including the watchdog sleeps of
-        #: ``timeout_after``: read a call's pauses from its attempt records instead).
-        self.sleeps: list[float] = []
-        #: (time at which the sleep started, its length), in order.
-        self.history: list[tuple[float, float]] = []
+        #: ``timeout_after``: read a call's pauses from its attempt records instead); the
+        #: newest ``max_records``.
+        self.sleeps: RecordLog[float] = RecordLog(max_records, name="virtual clock sleeps")
+        #: (time at which the sleep started, its length), in order; the newest ``max_records``.
+        self.history: RecordLog[tuple[float, float]] = RecordLog(
+            max_records, name="virtual clock history"
+        )
 
     def now(self) -> float:
         """The virtual time."""
@@ -76,7 +92,20 @@ class VirtualClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         if self._autojump and (self._driver is None or self._driver.done()):
             self._driver = loop.create_task(self._drive(), name="le_transport.VirtualClock")
-        await fut
+        try:
+            await fut
+        except asyncio.CancelledError:
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled * 2 > len(self._sleepers):
+                self._forget_cancelled()
+            raise
+
+    def _forget_cancelled(self) -> None:
+        """Take the cancelled sleeps out of the queue at once: a run whose timeouts never fire
+        (the usual case) would otherwise keep each until time reaches its deadline."""
+        self._sleepers = [entry for entry in self._sleepers if not entry[2].done()]
+        heapq.heapify(self._sleepers)
+        self._cancelled = 0
 
     def advance(self, seconds: float) -> None:
         """Move time on by ``seconds`` and wake every sleep that is due."""

@@ -221,7 +221,7 @@ def pytest_keeps_no_records() -> Iterator[None]:
 
 
 def forget_clock_history(clock: VirtualClock) -> None:
-    """Empty the virtual clock's record of every sleep: it keeps each one (the float the
+    """Empty the virtual clock's record of sleeps: it keeps the newest 100,000 (the float the
     library computed included), memory the leak check would charge to the library."""
     clock.sleeps.clear()
     clock.history.clear()
