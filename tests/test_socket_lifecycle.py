@@ -130,7 +130,7 @@ async def _run_refused(policy: BackoffPolicy, seed: int) -> tuple[list[float], R
     ).start()
     with pytest.raises(SocketClosed):
         await ws.wait_open()
-    return clock.sleeps, dialer
+    return list(clock.sleeps), dialer
 
 
 @RUNS
