@@ -7,6 +7,7 @@ and its figures are not the server's; :func:`cpu_seconds` reads both processes' 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -17,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "ServerProcess",
     "Spread",
     "cpu_seconds",
+    "drive",
     "machine",
     "percentile",
     "raise_fd_limit",
@@ -85,6 +87,20 @@ def cpu_seconds(pid: int | None = None) -> float:
     # Fields after the command name (which may hold spaces) start past the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+async def drive(call: Callable[[], Awaitable[object]], calls: int, concurrency: int) -> None:
+    """Make ``calls`` calls of ``call`` from ``concurrency`` workers, each taking the next call
+    as soon as its last one ends."""
+    left = calls
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def rss_bytes() -> int:

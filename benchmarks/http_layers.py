@@ -29,7 +29,7 @@ from yarl import URL
 from le_transport.middleware.retry import RetryMiddleware
 from le_transport.policies.retry import RetryPolicy
 
-from ._common import server, table
+from ._common import drive, server, table
 from .http_calls import PAUSES, Call, _raw_call, engine
 
 SIZES: dict[str, dict[str, int]] = {
@@ -95,16 +95,8 @@ LAYERS: dict[str, Callable[[URL], contextlib.AbstractAsyncContextManager[Call]]]
 
 
 async def _cpu_per_call_us(call: Call, concurrency: int, calls: int) -> float:
-    left = calls
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await call()
-
     start = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await drive(call, calls, concurrency)
     return (time.process_time() - start) / calls * 1e6
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ._common import machine, server, table, write_json
+from ._common import drive, machine, server, table, write_json
 
 __all__ = ["collected", "main", "per_call"]
 
@@ -88,20 +88,8 @@ async def _child(variant: str, port: int, calls: int) -> None:
 
     maker = _raw_as_shipped if variant == "raw-shipped" else CLIENTS[LOOPBACK[variant]]
     async with maker(URL(f"http://127.0.0.1:{port}/ok")) as call:
-
-        async def run(total: int) -> None:
-            left = total
-
-            async def worker() -> None:
-                nonlocal left
-                while left > 0:
-                    left -= 1
-                    await call()
-
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-
-        await run(WARMUP)
-        await run(calls)
+        await drive(call, WARMUP, CONCURRENCY)
+        await drive(call, calls, CONCURRENCY)
 
 
 @contextlib.asynccontextmanager
