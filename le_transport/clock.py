@@ -8,6 +8,7 @@ microseconds. :func:`timeout_after` is ``asyncio.timeout`` driven by any clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import weakref
@@ -15,6 +16,8 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "RealClock", "timeout_after"]
+
+_log = logging.getLogger("le_transport.clock")
 
 
 @runtime_checkable
@@ -206,7 +209,22 @@ class _ClockTimeout(_WheelTimer):
         return self
 
     async def _watch(self, seconds: float) -> None:
-        await self._clock.sleep(seconds)
+        try:
+            await self._clock.sleep(seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A clock that cannot sleep cannot keep the time: the block ends now, as timed
+            # out, rather than running with no limit while the error waits unread in this task.
+            _log.error(
+                "%r.sleep(%s) failed (%s: %s): the timeout cannot be kept, so the block it "
+                "guards is cancelled now",
+                self._clock,
+                seconds,
+                type(exc).__name__,
+                exc,
+                extra={"clock": type(self._clock).__name__, "error": type(exc).__name__},
+            )
         self._fire()
 
     async def __aexit__(
@@ -240,6 +258,7 @@ def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:
     """``async with timeout_after(clock, 5):`` raises :class:`TimeoutError` after 5 s of clock time.
 
     ``None`` means no timeout. The body is cancelled when the time is up, not merely checked
-    afterwards.
+    afterwards. If the clock's ``sleep`` fails, the time cannot be kept: the body is cancelled
+    at once (:class:`TimeoutError`) and the failure logged, rather than left without a limit.
     """
     return _ClockTimeout(clock, seconds)
