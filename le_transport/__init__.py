@@ -6,7 +6,7 @@ injection) applied as aiohttp client middlewares, on injected time.
 """
 
 from .clock import Clock, RealClock, timeout_after
-from .engine import Engine, InvalidRequest, Response
+from .engine import Engine, Response
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
@@ -60,7 +60,6 @@ __all__ = [
     "Engine",
     "EventHooks",
     "GiveUpEvent",
-    "InvalidRequest",
     "OAuth1Auth",
     "Outcome",
     "OutcomeKind",

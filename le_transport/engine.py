@@ -30,7 +30,7 @@ from .errors import (
     AttemptRecord,
     ConfigurationError,
     EngineClosed,
-    RequestError,
+    InvalidRequest,
     ResponseDecodeError,
     TransportError,
 )
@@ -71,10 +71,6 @@ _URL_CACHE_SIZE = 4096
 
 #: Method names that need neither checking nor upper-casing (others are checked, then upper-cased).
 _UPPER_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class InvalidRequest(RequestError, ValueError):
-    """The call itself is malformed (a path that is not a path, a bad method). Fix the call."""
 
 
 @attrs.frozen

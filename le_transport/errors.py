@@ -32,6 +32,7 @@ __all__ = [
     "HTTPStatusError",
     "HostileHostError",
     "InvalidMessage",
+    "InvalidRequest",
     "InvalidRetryAfter",
     "InvalidSocketTransition",
     "LoginRejected",
@@ -135,6 +136,11 @@ class RequestError(TransportError):
     def __str__(self) -> str:
         where = " ".join(p for p in (self.method, self.url) if p)
         return f"{self.message} [{where}]" if where else self.message
+
+
+class InvalidRequest(RequestError, ValueError):
+    """The call itself is malformed (a path that is not a path, a bad method, a header or a
+    body that cannot be sent). Fix the call: it was not sent, and retrying cannot help."""
 
 
 class HTTPStatusError(RequestError):
