@@ -170,13 +170,15 @@ class _ClockTimeout(_WheelTimer):
     deadline between attempts, this interrupts the attempt in flight.
     """
 
-    __slots__ = ("_clock", "_seconds", "_watchdog")
+    __slots__ = ("_clock", "_failure", "_seconds", "_watchdog")
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
         self._clock = clock
         self._seconds = seconds
         self._task = None
         self._watchdog: asyncio.Task[None] | None = None
+        #: What the clock's sleep raised, to be raised in the owner in place of a timeout.
+        self._failure: Exception | None = None
         self._slot = None
         self._expired = False
         self._cancelling = 0
@@ -214,17 +216,19 @@ class _ClockTimeout(_WheelTimer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # A clock that cannot sleep cannot keep the time: the block ends now, as timed
-            # out, rather than running with no limit while the error waits unread in this task.
+            # A clock that cannot sleep cannot keep the time: the block ends now with the
+            # clock's error, rather than running with no limit while the error waits unread
+            # in this task (or, were it a timeout, being retried at once, for ever).
             _log.error(
                 "%r.sleep(%s) failed (%s: %s): the timeout cannot be kept, so the block it "
-                "guards is cancelled now",
+                "guards is cancelled now and fails with that error",
                 self._clock,
                 seconds,
                 type(exc).__name__,
                 exc,
                 extra={"clock": type(self._clock).__name__, "error": type(exc).__name__},
             )
+            self._failure = exc
         self._fire()
 
     async def __aexit__(
@@ -251,7 +255,11 @@ class _ClockTimeout(_WheelTimer):
         watchdog = self._watchdog
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()
-        return super()._disarm(exc_type)
+        claimed = super()._disarm(exc_type)
+        failure, self._failure = self._failure, None
+        if claimed and failure is not None:
+            raise failure
+        return claimed
 
 
 def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:
@@ -259,6 +267,7 @@ def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:
 
     ``None`` means no timeout. The body is cancelled when the time is up, not merely checked
     afterwards. If the clock's ``sleep`` fails, the time cannot be kept: the body is cancelled
-    at once (:class:`TimeoutError`) and the failure logged, rather than left without a limit.
+    at once and the block raises the clock's error (logged too), rather than running without
+    a limit.
     """
     return _ClockTimeout(clock, seconds)

@@ -1,14 +1,25 @@
-"""``timeout_after`` on a clock whose ``sleep`` fails: the block ends, it does not run unbounded."""
+"""A clock whose ``sleep`` fails: what it guards ends with the clock's error, at once.
+
+A clock other than :class:`~le_transport.RealClock` keeps a timeout with a watchdog task that
+sleeps on it. When that sleep raised, the error waited unread in the watchdog and the block ran
+with no limit (a request to a server that never answers: for ever).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from le_transport import Engine, RetryPolicy
 from le_transport.clock import timeout_after
+from le_transport.sockets.keepalive import KeepaliveScheduler
+from tests.conftest import ServerFactory
 
 
 class _BrokenClock:
@@ -25,28 +36,39 @@ class _BrokenClock:
         return "_BrokenClock()"
 
 
-async def test_a_clock_that_cannot_sleep_ends_the_block_as_timed_out_and_says_why(
-    caplog: pytest.LogCaptureFixture,
+@pytest.fixture
+async def unretrieved() -> AsyncIterator[list[dict[str, Any]]]:
+    """What the loop's exception handler was given ("Task exception was never retrieved")."""
+    seen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    yield seen
+    loop.set_exception_handler(None)
+
+
+def _clock_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "le_transport.clock"]
+
+
+async def test_the_block_ends_at_once_with_the_clocks_error_and_one_log_line(
+    caplog: pytest.LogCaptureFixture, unretrieved: list[dict[str, Any]]
 ) -> None:
     caplog.set_level(logging.ERROR, logger="le_transport.clock")
     never = asyncio.get_running_loop().create_future()
-    unretrieved: list[dict[str, object]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unretrieved.append(ctx))
-    with pytest.raises(TimeoutError, match="timed out after 5 s"):
+    with pytest.raises(RuntimeError, match="this clock cannot sleep"):
         async with timeout_after(_BrokenClock(), 5):
-            await never  # without the fix: waits for ever
+            await never  # before: waited for ever
     assert never.cancelled()
-    [record] = caplog.records
-    assert record.getMessage().startswith("_BrokenClock().sleep(5) failed (RuntimeError:")
-    assert "cannot be kept" in record.getMessage()
+    [message] = _clock_errors(caplog)
+    assert message.startswith("_BrokenClock().sleep(5) failed (RuntimeError:")
+    assert "cannot be kept" in message
     gc.collect()
     await asyncio.sleep(0)
-    assert unretrieved == []  # no "Task exception was never retrieved"
+    assert unretrieved == []
 
 
-async def test_an_outside_cancellation_is_still_the_callers_when_the_clock_fails() -> None:
-    """The block was cancelled by its own caller before the broken clock's watchdog ran: the
-    cancellation is not claimed as a timeout."""
+async def test_an_outside_cancellation_stays_the_callers_when_the_clock_fails() -> None:
+    """The block's own caller cancelled it first: the cancellation propagates as it is."""
     task = asyncio.current_task()
     assert task is not None
 
@@ -58,3 +80,54 @@ async def test_an_outside_cancellation_is_still_the_callers_when_the_clock_fails
     with pytest.raises(asyncio.CancelledError):
         await body()
     task.uncancel()
+
+
+async def test_an_engine_call_on_a_clock_that_cannot_sleep_fails_with_its_error(
+    serve: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that never answers: the attempt's timeout cannot be kept, so the call fails
+    with the clock's error instead of waiting for ever (or being retried as a timeout)."""
+    caplog.set_level(logging.ERROR, logger="le_transport.clock")
+    hold = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await hold.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/silent", silent)
+    host = await serve(app)
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=_BrokenClock(),
+        retry=RetryPolicy(attempt_timeout=5.0),
+    ) as engine:
+        with pytest.raises(RuntimeError, match="this clock cannot sleep"):
+            await engine.request("GET", "svc", "/silent")
+    hold.set()
+    assert len(_clock_errors(caplog)) == 1
+
+
+async def test_the_keepalive_scheduler_stops_on_such_a_clock_rather_than_spin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its wait between deadlines is a clock timeout: one error, and the task ends with it,
+    instead of a timeout that fires at once and is waited for again, in a loop."""
+    caplog.set_level(logging.ERROR, logger="le_transport.clock")
+
+    class Subject:
+        def _keepalive_due(self, now: float) -> float | None:
+            return now + 30
+
+    scheduler = KeepaliveScheduler(_BrokenClock())
+    scheduler.watch(Subject(), at=30.0)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not scheduler.running
+    task = scheduler._task
+    assert task is not None
+    assert task.done()
+    assert isinstance(task.exception(), RuntimeError)
+    assert len(_clock_errors(caplog)) == 1
+    await scheduler.close()
