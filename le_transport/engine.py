@@ -9,6 +9,7 @@ owns its session can take the same stack from :meth:`Engine.middlewares` instead
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json as _json
 import logging
 import random
@@ -152,6 +153,44 @@ def _check_headers(headers: Mapping[str, str]) -> None:
         if not isinstance(value, str):
             # The name only: the value may be a credential.
             raise InvalidRequest(f"header {name[:40]!r} must have a str value")
+
+
+def _charset_of(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type value, or None when it names none."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
+
+
+def _encode_text(data: str, headers: Mapping[str, str]) -> str | bytes:
+    """A str body in the charset its Content-Type header names (aiohttp would send UTF-8 under
+    any header, and the server would decode it in the charset the header names)."""
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    charset = None if content_type is None else _charset_of(content_type)
+    if charset is None:
+        return data  # no charset named: UTF-8, as aiohttp sends it
+    # Raised after the except blocks, so that the error has no context either: a
+    # UnicodeEncodeError holds the whole body, which may hold a credential.
+    refused: str | None = None
+    try:
+        codec = codecs.lookup(charset).name
+        encoded: str | bytes = data if codec == "utf-8" else data.encode(codec)
+    except LookupError:
+        refused = (
+            f"the Content-Type header names charset {charset[:40]!r}, which is not a text "
+            "encoding Python knows: name another, or pass the body as bytes"
+        )
+    except UnicodeEncodeError as exc:
+        refused = (
+            f"the str body cannot be written in charset {charset[:40]!r}, which its "
+            f"Content-Type header names (character {exc.start} is not in it): name a charset "
+            "that holds it (utf-8), or pass the body as bytes"
+        )
+    if refused is not None:
+        raise InvalidRequest(refused)
+    return encoded
 
 
 def _strict_json(value: Any) -> str:
@@ -611,6 +650,9 @@ class Engine:
           domains, re-login on the engine's :class:`BackoffPolicy`) and try again, instead of
           failing fast. Bad credentials and other 4xx fail at once either way;
           :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
+        - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
+          (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
+          charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8.
 
         Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried),
         :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent,
@@ -683,6 +725,8 @@ class Engine:
             else:
                 if headers is not None:
                     _check_headers(headers)
+                    if type(data) is str:
+                        data = _encode_text(data, headers)
                 options: dict[str, Any] = {
                     "params": params,
                     "data": data,

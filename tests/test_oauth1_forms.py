@@ -119,6 +119,7 @@ async def test_a_form_body_from_a_dict_is_signed_over_its_parameters_and_accepte
         ("name=Zoë&q=x y", f"{FORM}; charset=UTF-8"),
         (b"name=Zo\xc3\xab&q=x+y", f"{FORM};charset=utf-8"),
         (b"name=Zo\xeb&q=caf%E9", f"{FORM}; charset=ISO-8859-1"),
+        ("name=Zoë&q=café", f"{FORM}; charset=ISO-8859-1"),
         (b"a=1&b=2", "Application/X-WWW-Form-URLEncoded"),
     ],
     ids=[
@@ -127,6 +128,7 @@ async def test_a_form_body_from_a_dict_is_signed_over_its_parameters_and_accepte
         "str-raw-utf8-with-charset",
         "bytes-raw-utf8-with-charset",
         "bytes-latin1-with-charset",
+        "str-raw-latin1-with-charset",
         "media-type-in-another-case",
     ],
 )
