@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -72,10 +73,27 @@ def no_secret_in_logs(secret_values: set[str]) -> Iterator[None]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every async test gets the leak check."""
+    eager = EAGER_TASKS and hasattr(asyncio, "eager_task_factory")
     for item in items:
         fn = getattr(item, "function", None)
         if fn is not None and inspect.iscoroutinefunction(fn):
             item.fixturenames.append("no_leaked_tasks")  # type: ignore[attr-defined]
+            if eager:
+                # First, so that the test's own async fixtures run eagerly too.
+                item.fixturenames.insert(0, "eager_tasks")  # type: ignore[attr-defined]
+
+
+#: ``LE_EAGER_TASKS=1``: run every async test under asyncio's eager task factory (Python 3.12+),
+#: as an application may, where create_task runs the coroutine's first steps before it returns.
+EAGER_TASKS = os.environ.get("LE_EAGER_TASKS", "") not in ("", "0")
+
+
+@pytest.fixture
+async def eager_tasks() -> None:
+    """Install asyncio's eager task factory on the test's loop (``LE_EAGER_TASKS=1``)."""
+    factory = getattr(asyncio, "eager_task_factory", None)
+    if factory is not None:
+        asyncio.get_running_loop().set_task_factory(factory)
 
 
 @pytest.fixture

@@ -185,7 +185,9 @@ async def test_a_socket_closed_right_after_start_ends_closed(clock: VirtualClock
     ws = ResilientSocket(dialer, clock=clock).start()
     await ws.close()
     assert ws.state is SocketState.CLOSED
-    assert dialer.dials == 0
+    # Under an eager task factory the owner's first dial begins inside start() itself.
+    eager = asyncio.get_running_loop().get_task_factory() is not None
+    assert dialer.dials == (1 if eager else 0)
 
 
 async def test_a_state_iterator_dropped_unfinished_stops_collecting(clock: VirtualClock) -> None:

@@ -663,6 +663,8 @@ class ResilientSocket:
     # -- the owner --------------------------------------------------------------------------
 
     async def _drive(self) -> None:
+        # The owner from its first step, even when an eager task factory runs it inside start().
+        self._owner = asyncio.current_task()
         opts = self._options
         failures = 0
         fast_drops = 0
@@ -905,6 +907,10 @@ class ResilientSocket:
 
     async def _set_up(self, conn: Connection, epoch: int) -> None:
         """The ``on_connect`` callbacks, then the queue, while the owner reads."""
+        # Known as the callbacks' task from its first step: under an eager task factory
+        # (Python 3.12+) the callbacks run inside create_task, before it returns the task for
+        # the owner to store, and a close() from a callback must know where it runs.
+        self._setup = asyncio.current_task()
         _ON_CONNECT.set((id(self), epoch))
         try:
             for callback in self._on_connect:
