@@ -42,6 +42,20 @@ async def serve() -> AsyncIterator[ServerFactory]:
         await runner.cleanup()
 
 
+async def serve_silent(serve: ServerFactory, path: str) -> tuple[str, asyncio.Event]:
+    """A loopback server whose ``GET path`` answers only once the returned event is set (a
+    server that hangs); returns its ``host:port`` and the event."""
+    release = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get(path, silent)
+    return await serve(app), release
+
+
 @pytest.fixture
 def secret_values() -> set[str]:
     """Credentials learnt at run time (a bearer the simulator issued): add them here and the

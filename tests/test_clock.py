@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from le_transport import Engine, RetryPolicy
 from le_transport.clock import timeout_after
 from le_transport.sockets.keepalive import KeepaliveScheduler
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, serve_silent
 
 
 class _BrokenClock:
@@ -88,15 +87,7 @@ async def test_an_engine_call_on_a_clock_that_cannot_sleep_fails_with_its_error(
     """A server that never answers: the attempt's timeout cannot be kept, so the call fails
     with the clock's error instead of waiting for ever (or being retried as a timeout)."""
     caplog.set_level(logging.ERROR, logger="le_transport.clock")
-    hold = asyncio.Event()
-
-    async def silent(request: web.Request) -> web.Response:
-        await hold.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_get("/silent", silent)
-    host = await serve(app)
+    host, hold = await serve_silent(serve, "/silent")
     async with Engine(
         {"svc": host},
         scheme="http",

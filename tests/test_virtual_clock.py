@@ -11,7 +11,7 @@ from aiohttp import web
 from le_transport import Clock, RealClock, timeout_after
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, serve_silent
 
 
 def timeout_tasks() -> list[asyncio.Task[object]]:
@@ -203,15 +203,7 @@ async def test_timeout_after_none_never_fires(clock: VirtualClock) -> None:
 async def test_timeout_after_stops_a_hanging_server_call(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_get("/hang", hang)
-    host = await serve(app)
+    host, release = await serve_silent(serve, "/hang")
     try:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(TimeoutError):
