@@ -36,7 +36,7 @@ from .errors import (
     TransportError,
 )
 from .events import EventHooks
-from .middleware.auth import AuthMiddleware
+from .middleware.auth import AuthMiddleware, charset_of
 from .middleware.context import _CURRENT, CallContext, unsent_request_error
 from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
@@ -155,20 +155,11 @@ def _check_headers(headers: Mapping[str, str]) -> None:
             raise InvalidRequest(f"header {name[:40]!r} must have a str value")
 
 
-def _charset_of(content_type: str) -> str | None:
-    """The ``charset`` parameter of a Content-Type value, or None when it names none."""
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"') or None
-    return None
-
-
 def _encode_text(data: str, headers: Mapping[str, str]) -> str | bytes:
     """A str body in the charset its Content-Type header names (aiohttp would send UTF-8 under
     any header, and the server would decode it in the charset the header names)."""
     content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
-    charset = None if content_type is None else _charset_of(content_type)
+    charset = None if content_type is None else charset_of(content_type)
     if charset is None:
         return data  # no charset named: UTF-8, as aiohttp sends it
     # Raised after the except blocks, so that the error has no context either: a

@@ -51,7 +51,7 @@ from ..providers.domains import DomainProvider
 from .context import _CURRENT, CallContext, current_call
 from .retry import is_websocket_upgrade
 
-__all__ = ["AuthMiddleware", "form_charset", "parse_form", "same_host"]
+__all__ = ["AuthMiddleware", "charset_of", "form_charset", "parse_form", "same_host"]
 
 _log = logging.getLogger("le_transport.auth")
 
@@ -72,17 +72,22 @@ def same_host(host: str, url: URL) -> bool:
     return want == have
 
 
+def charset_of(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type value (quotes stripped), or None when it
+    names none."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
+
+
 def form_charset(content_type: str) -> str | None:
     """The charset of a form-encoded body (``utf-8`` unless the header names one), or None when
     ``content_type``'s media type is not exactly ``application/x-www-form-urlencoded``."""
-    media_type, _, parameters = content_type.partition(";")
-    if media_type.strip().lower() != _FORM_MEDIA_TYPE:
+    if content_type.partition(";")[0].strip().lower() != _FORM_MEDIA_TYPE:
         return None
-    for parameter in parameters.split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"') or "utf-8"
-    return "utf-8"
+    return charset_of(content_type) or "utf-8"
 
 
 def parse_form(body: bytes, charset: str) -> list[tuple[str, str]]:
