@@ -83,6 +83,28 @@ async def test_a_rejected_shared_session_is_replaced_by_one_login(
         assert sim.tokens.logins == 2
 
 
+async def test_a_shared_refresh_refused_by_the_server_becomes_one_fresh_login(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    # The server forgets the session: the fleet's one refresh answers 401, and the process
+    # that made it logs in anew for everyone, instead of each process finding out on a call.
+    store = MemoryStore(clock)
+    async with AsyncExitStack() as stack:
+        engines = [
+            await stack.enter_async_context(_fleet_member(sim, clock, store)) for _ in range(3)
+        ]
+        await asyncio.gather(*(e.request("GET", "accountConfigReadOnly", USERS) for e in engines))
+        sim.tokens.revoke()
+        await clock.sleep(301.0)
+        assert sim.tokens.refreshes == 0
+        assert sim.tokens.logins == 2, "one login after the refused refresh, for the fleet"
+        answers = await asyncio.gather(
+            *(e.request("GET", "accountConfigReadOnly", USERS) for e in engines)
+        )
+        assert all(a.status == 200 for a in answers)
+        assert sim.tokens.logins == 2
+
+
 async def test_the_shared_session_lives_no_longer_than_the_token(
     sim: Simulator, clock: VirtualClock
 ) -> None:
