@@ -7,6 +7,8 @@ test does the same with real processes and a real Redis.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -103,6 +105,64 @@ async def test_a_shared_refresh_refused_by_the_server_becomes_one_fresh_login(
         )
         assert all(a.status == 200 for a in answers)
         assert sim.tokens.logins == 2
+
+
+#: A stored entry whose envelope is sound but whose session is not (no bearer): written by a
+#: damaged or foreign process. Its one field looks like a credential, to show it is never logged.
+_DAMAGED = json.dumps({"csrf": "damaged-csrf-value-0f3a"})
+
+
+async def _store_damaged(store: MemoryStore, version: str) -> None:
+    envelope = {"value": _DAMAGED, "version": version, "life": 3000.0}
+    await store.set(state_key(ACCOUNT, "session", USER), json.dumps(envelope), ttl=3000.0)
+
+
+async def test_an_unreadable_shared_session_is_replaced_by_one_login(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, every call of every process failed with "the shared session in the store is
+    # unreadable" until the entry's TTL (here 50 min) ran out.
+    secret_values.add("damaged-csrf-value-0f3a")
+    store = MemoryStore(clock)
+    await _store_damaged(store, "v-damaged")
+    async with AsyncExitStack() as stack:
+        engines = [
+            await stack.enter_async_context(_fleet_member(sim, clock, store)) for _ in range(3)
+        ]
+        with caplog.at_level(logging.WARNING, logger="le_transport"):
+            answers = await asyncio.gather(
+                *(e.request("GET", "accountConfigReadOnly", USERS) for e in engines)
+            )
+        assert all(a.status == 200 for a in answers)
+        assert sim.tokens.logins == 1, "one login replaces the damaged entry, for the fleet"
+        assert any("unreadable shared session" in r.getMessage() for r in caplog.records)
+        entry = await store.get(state_key(ACCOUNT, "session", USER))
+        assert entry is not None
+        assert "v-damaged" not in entry.value
+
+
+async def test_a_damaged_shared_session_never_stops_the_refresh(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    secret_values.add("damaged-csrf-value-0f3a")
+    store = MemoryStore(clock)
+    async with _fleet_member(sim, clock, store) as engine:
+        await engine.request("GET", "accountConfigReadOnly", USERS)
+        # Stored just before the refresh is due: fresh enough that the refresh would take it
+        # instead of refreshing, so it is skipped once and the next tick refreshes.
+        await clock.sleep(299.0)
+        await _store_damaged(store, "v-fresh-damaged")
+        await clock.sleep(2.0)
+        await clock.sleep(300.0)
+        assert sim.tokens.refreshes == 1
+        # Stored long before the refresh: the refresh starts from our own session instead.
+        await _store_damaged(store, "v-old-damaged")
+        await clock.sleep(300.0)
+        assert sim.tokens.refreshes == 2
+        assert sim.tokens.logins == 1
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        assert sim.tokens.logins == 1
 
 
 async def test_the_shared_session_lives_no_longer_than_the_token(

@@ -381,10 +381,29 @@ class LoginServiceAuth:
         # A session we held and lost (a 401, a re-login) is stale: only a newer one will do.
         stale = self._shared_token.version if self._shared_token is not None else None
         token = await self._shared.login(fleet_login, stale=stale)
+        if not own and self._unreadable(token):
+            # Damaged, or written by something else: as stale as a rejected one. Without this
+            # every process of the fleet failed every call until the entry's TTL ran out.
+            await self._shared.forget(token.version)
+            token = await self._shared.login(fleet_login, stale=token.version)
         self._shared_token = token
         return own[0] if own else self._adopt(token)
 
+    def _unreadable(self, token: SharedToken) -> bool:
+        """Whether the fleet's stored session cannot be read (logged: the fleet logs in anew)."""
+        try:
+            _load_session(token.value, 0, 0.0)
+        except AuthenticationError:
+            _log.warning(
+                "%s: ignoring an unreadable shared session; logging in instead",
+                self.subject,
+                extra={"subject": self.subject},
+            )
+            return True
+        return False
+
     def _adopt(self, token: SharedToken) -> LoginSession:
+        """Take the session another process stored (AuthenticationError if unreadable)."""
         http = require_attached(self._http, self)
         current = self._session
         loaded = _load_session(token.value, self._generation + 1, http.clock.now())
@@ -411,7 +430,7 @@ class LoginServiceAuth:
 
         async def fleet_refresh(newest: SharedToken) -> tuple[str, float | None]:
             base = session
-            if newest.version != held.version:
+            if newest.version != held.version and not self._unreadable(newest):
                 base = _load_session(newest.value, session.generation, http.clock.now())
             await self._post_session(http, base, "refresh", self._policy(http))
             done.append(True)
@@ -434,6 +453,11 @@ class LoginServiceAuth:
                 await self.login()
             return False
         if token.version != held.version and not done:
+            if self._unreadable(token):
+                # Another process stored it within the interval, so we did not refresh: keep
+                # ours (it still lives); with the damaged entry gone, the next tick refreshes.
+                await self._shared.forget(token.version)
+                return False
             self._adopt(token)
         self._shared_token = token
         if not done:
