@@ -14,7 +14,7 @@ import json as _json
 import logging
 import random
 import ssl as _ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -619,7 +619,7 @@ class Engine:
         *,
         params: Mapping[str, str | int | float] | None = None,
         json: Any = _NO_JSON,
-        data: bytes | str | Mapping[str, str] | None = None,
+        data: bytes | str | Mapping[str, str] | AsyncIterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
@@ -643,7 +643,9 @@ class Engine:
           :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
         - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
           (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
-          charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8.
+          charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8; an
+          async iterable of bytes streamed as it comes, and so sent at most once: not retried
+          once it went out (a connect failure still is), not replayed after a 401.
 
         Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried),
         :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent,

@@ -49,7 +49,7 @@ from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
 from .context import _CURRENT, CallContext, current_call
-from .retry import is_websocket_upgrade
+from .retry import body_spent, is_websocket_upgrade
 
 __all__ = ["AuthMiddleware", "charset_of", "form_charset", "parse_form", "same_host"]
 
@@ -187,6 +187,17 @@ class AuthMiddleware:
         resp = await self._send(request, handler)
         if resp is not None:
             return resp
+        if body_spent(request):
+            # A replay would send an empty body (a server that accepts it answers a success
+            # for a request that carried nothing).
+            await self.auth.invalidate(sent)
+            err = AuthenticationError(
+                f"{method} {redact_url(request.url)}: rejected with 401; the credentials were "
+                "dropped (the next call gets fresh ones), but the request was not replayed: "
+                "its body was a stream, already sent, that cannot be sent again"
+            )
+            _log.warning("%s", err, extra={"method": method, "status": 401})
+            raise err
         _log.info(
             "%s %s: 401; invalidating the credentials (generation %d), re-authenticating once "
             "and replaying the request once",

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import aiohttp
 import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
+from aiohttp.payload import Payload
 
 from .._checks import instance_of, optional_instance_of, require_option
 from .._redact import body_excerpt, redact_path, redact_text, redact_url
@@ -56,14 +57,14 @@ from ..errors import (
 )
 from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
 from ..policies.classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
-from ..policies.retry import Action, RetryPolicy
+from ..policies.retry import Action, Decision, RetryPolicy
 from ..policies.retry_after import parse_retry_after
 from .context import _CURRENT, CallContext
 
 if TYPE_CHECKING:
     from .overload import RetryGate
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "RetryMiddleware", "is_websocket_upgrade"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "RetryMiddleware", "body_spent", "is_websocket_upgrade"]
 
 _log = logging.getLogger("le_transport.retry")
 
@@ -74,6 +75,17 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 def is_websocket_upgrade(request: ClientRequest) -> bool:
     """Whether ``request`` is a WebSocket handshake."""
     return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+def body_spent(request: ClientRequest) -> bool:
+    """Whether ``request``'s body was a stream that went out and cannot be sent again.
+
+    aiohttp marks such a payload (an async iterable, a file that cannot seek back) consumed;
+    sending the request again would send an empty body, and a server that accepts it would
+    answer a success for a request that carried nothing. Bytes, str and forms are reusable.
+    """
+    body = request.body
+    return isinstance(body, Payload) and body.consumed
 
 
 def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
@@ -405,6 +417,12 @@ class _Call(_WheelTimer):
                     elapsed=self._elapsed(),
                     rand=mw.rng.random(),
                 )
+                if decision.action is Action.RETRY and body_spent(self.request):
+                    decision = Decision(
+                        Action.FAIL,
+                        reason=f"{decision.reason}, but not retried: the request's body was a "
+                        "stream, already sent, that cannot be sent again (pass bytes to retry)",
+                    )
                 pause = decision.pause if decision.action is Action.RETRY else None
                 self.ctx.attempts.append(AttemptRecord(attempt, outcome, pause, started))
                 if decision.action is Action.SUCCEED:
