@@ -82,10 +82,15 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
         rf'\1="{REDACTED}"',
     ),
+    # key=value and "key": "value" for every name is_secret_name() hides (the same list, so
+    # an api_key or a signature hidden in a URL is hidden in an error's text as well).
     (
         re.compile(
-            r"(?i)\b([a-z_]*(?:password|secret|token|bearer|csrf|jwt|session_id|sessionid|"
-            r"apikey|appkey|authcode|wsuk)[a-z_]*)([\"']?\s*[:=]\s*[\"']?)([^\"'&,\s}]+)"
+            r"(?i)\b([a-z_.-]*(?:"
+            + "|".join(_SECRET_NAME_PARTS)
+            # Not an auth scheme's name ("Authorization: Bearer x"): the first pattern has
+            # hidden its credential and keeps the scheme readable.
+            + r")[a-z_.-]*)([\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|jwt|basic)\s)([^\"'&,\s}]+)"
         ),
         rf"\1\2{REDACTED}",
     ),

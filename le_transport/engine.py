@@ -706,6 +706,7 @@ class Engine:
         # The context variable set and reset in place, and options passed only when given:
         # each was a measurable share of what a successful call costs (benchmarks/README.md).
         token = _CURRENT.set(ctx)
+        refused: str | None = None
         try:
             if (
                 params is None
@@ -765,15 +766,18 @@ class Engine:
             # from inside the chain is no argument of the caller's: it propagates as it is.
             if isinstance(exc, TypeError) and ctx.started_at is not None:
                 raise
-            # Not chained: the refused value (a header, a parameter) may be a credential.
-            raise InvalidRequest(
-                f"invalid request ({type(exc).__name__}): {_ARGUMENTS}",
-                service=service,
-                method=method,
-                url=redact_url(url),
-            ) from None
+            refused = type(exc).__name__
         finally:
             _CURRENT.reset(token)
+        # Raised here, not in the except clause, so that it has neither cause nor context:
+        # the refused value (a header, a parameter) may be a credential, and the error aiohttp
+        # or yarl raised repeats it.
+        raise InvalidRequest(
+            f"invalid request ({refused}): {_ARGUMENTS}",
+            service=service,
+            method=method,
+            url=redact_url(url),
+        )
 
     async def request_json(
         self,

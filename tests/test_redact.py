@@ -161,6 +161,38 @@ def test_key_value_credentials_are_scrubbed_in_every_quoting(form: str, key: str
     assert PASSWORD not in redact_text(text)
 
 
+@given(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", max_size=6),
+    st.sampled_from(
+        [
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "signature",
+            "apikey",
+            "api_key",
+            "key",
+            "auth",
+            "assertion",
+            "sessionid",
+            "wsuk",
+            "X-Amz-Signature",
+            "appKey",
+        ]
+    ),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", max_size=6),
+    st.sampled_from(["https://h.example/x?{k}={s}&v=1", "url='http://h/x?{k}={s}'", "{k}: {s}"]),
+)
+def test_what_a_url_hides_free_text_hides(before: str, name: str, after: str, form: str) -> None:
+    """Invariant: a value under any name that is_secret_name() hides in a URL is hidden in
+    free text too (aiohttp's error messages and text bodies repeat request URLs)."""
+    key = before + name + after
+    assert is_secret_name(key)
+    assert PASSWORD not in redact_url(f"https://h.example/x?{key}={PASSWORD}")
+    assert PASSWORD not in redact_text("got " + form.format(k=key, s=PASSWORD) + " back")
+
+
 def test_long_bodies_are_cut() -> None:
     excerpt = body_excerpt(b"x" * 10_000, limit=50)
     assert len(excerpt) == 51
