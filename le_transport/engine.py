@@ -756,6 +756,17 @@ class Engine:
                 await resp.wait_for_close()
         except TransportError:
             raise
+        except RuntimeError:
+            # aiohttp's "Session is closed": the engine closed while this call resolved its
+            # host (or logged in), or the owner of a session passed in closed it.
+            if not session.closed:
+                raise
+            raise EngineClosed(
+                "the engine is closed" if self._closed else "the engine's session is closed",
+                service=service,
+                method=method,
+                url=redacted,
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             # Raised outside the retry middleware (before the chain ran, or while reading a
             # body that the middleware did not buffer).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from le_transport import (
     ServerStatusError,
     TransportError,
 )
+from le_transport.providers import StaticDomains
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 
@@ -87,3 +89,53 @@ async def test_a_call_after_close_is_refused_with_engine_closed(
         pass
     with pytest.raises(EngineClosed, match="the engine is closed"):
         await engine.request("GET", "svc", "/x")
+
+
+class _GatedDomains(StaticDomains):
+    """Resolves only once ``gate`` is set: a call waiting on the Domain API."""
+
+    def __init__(self, hosts: dict[str, str], gate: asyncio.Event, asked: asyncio.Event) -> None:
+        super().__init__(hosts)
+        self._gate = gate
+        self._asked = asked
+
+    async def resolve(self, service: str) -> str:
+        self._asked.set()
+        await self._gate.wait()
+        return await super().resolve(service)
+
+
+async def _ok_host(serve: ServerFactory) -> str:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/x", ok)
+    return await serve(app)
+
+
+async def test_a_call_resolving_its_host_when_the_engine_closes_ends_with_engine_closed(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # It used to reach aiohttp's closed session and fail with a bare RuntimeError.
+    gate, asked = asyncio.Event(), asyncio.Event()
+    domains = _GatedDomains({"svc": await _ok_host(serve)}, gate, asked)
+    engine = Engine(domains, scheme="http", clock=clock)
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+    await asked.wait()
+    await engine.close()
+    gate.set()
+    with pytest.raises(EngineClosed, match="the engine is closed"):
+        await call
+
+
+async def test_a_call_on_a_session_its_owner_closed_ends_with_engine_closed(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await _ok_host(serve)
+    session = aiohttp.ClientSession()
+    async with Engine({"svc": host}, scheme="http", clock=clock, session=session) as engine:
+        await session.close()
+        with pytest.raises(EngineClosed, match="session is closed"):
+            await engine.request("GET", "svc", "/x")
