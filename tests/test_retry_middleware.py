@@ -722,6 +722,51 @@ async def test_huge_body_with_content_length_raises_body_too_large(
     assert [(a.outcome.status, a.pause) for a in info.value.attempts] == [(200, None)]
 
 
+async def test_a_head_answer_is_not_held_to_the_limit_of_a_body_it_never_carries(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # Content-Length on a HEAD answer is the size of the GET body (RFC 9110 8.6).
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 5000)
+
+    app = web.Application()
+    app.router.add_get("/x", huge)  # aiohttp answers HEAD for a GET route
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock, max_body_bytes=1024) as engine:
+        head = await engine.request("HEAD", "svc", "/x")
+        assert head.headers["Content-Length"] == "5000"
+        assert head.body == b""
+        with pytest.raises(BodyTooLarge):
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+
+
+async def test_a_304_with_a_content_length_is_read_as_the_empty_answer_it_is(
+    clock: VirtualClock,
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with Engine(
+            {"svc": f"127.0.0.1:{port}"}, scheme="http", clock=clock, max_body_bytes=1024
+        ) as engine:
+            for _ in range(2):  # and the connection is fit to use again
+                resp = await engine.request("GET", "svc", "/x")
+                assert (resp.status, resp.body) == (304, b"")
+            assert acquired(engine) == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_huge_chunked_body_raises_body_too_large_logged_once_and_not_retried(
     serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

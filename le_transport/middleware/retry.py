@@ -188,6 +188,9 @@ class _Where(TypedDict):
     url: str
 
 
+#: Answers that never carry a body, whatever their Content-Length says (RFC 9110 6.4.1).
+_NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
+
 #: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
 #: once per status: a successful call allocates none.
 _ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(100, 400)}
@@ -595,6 +598,11 @@ class _Call(_WheelTimer):
             # decompresses each chunk to a bounded size).
             length = None
         elif length is not None and length > limit:
+            if self.request.method == hdrs.METH_HEAD or resp.status in _NO_BODY_STATUSES:
+                # Content-Length names the size of a body that does not follow (RFC 9110
+                # 8.6): nothing to hold against the limit.
+                await resp.read()
+                return
             resp.close()
             raise self._too_large(limit, f"Content-Length {length}")
         if length is not None:
