@@ -55,6 +55,8 @@ class RealClock:
 #: attempt timeout and deadline) cost a call more than the rest of the retry middleware on a
 #: busy loop, whose timer heap compares its entries in Python (benchmarks/README.md).
 _SLOT = 0.01
+#: The longest real-clock timeout armed as given (about 31 years); a longer one waits this long.
+_NEVER = 1e9
 
 
 class _WheelTimer:
@@ -93,6 +95,10 @@ class _WheelTimer:
         loop = self._take_task()
         last = _LAST_WHEEL
         wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
+        if seconds > _NEVER:
+            # A float near its maximum ("no limit" written as a number) would overflow the
+            # slot's arithmetic; a timer 31 years away is the same as none.
+            seconds = _NEVER
         slot = math.ceil((loop.time() + seconds) / _SLOT)
         members = wheel._slots.get(slot)
         if members is None:

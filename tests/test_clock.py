@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from le_transport import Engine, RetryPolicy
+from le_transport import Engine, RealClock, RetryPolicy
 from le_transport.clock import timeout_after
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from tests.conftest import ServerFactory, serve_silent
@@ -122,3 +124,28 @@ async def test_the_keepalive_scheduler_stops_on_such_a_clock_rather_than_spin(
     assert isinstance(task.exception(), RuntimeError)
     assert len(_clock_errors(caplog)) == 1
     await scheduler.close()
+
+
+@pytest.mark.parametrize("seconds", [1e12, 1e307, sys.float_info.max])
+async def test_a_real_clock_timeout_far_beyond_any_run_is_no_limit(seconds: float) -> None:
+    # "No limit" written as a number: the real clock's wheel overflowed on the largest floats
+    # (an OverflowError out of the request) instead of arming a timer that never fires.
+    async with timeout_after(RealClock(), seconds):
+        await asyncio.sleep(0)
+    app = web.Application()
+    app.router.add_get("/x", _ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host = f"127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        retry = RetryPolicy(attempt_timeout=seconds, deadline=seconds)
+        async with Engine({"svc": host}, scheme="http", retry=retry) as engine:
+            assert (await engine.request("GET", "svc", "/x")).status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
