@@ -103,11 +103,22 @@ class Response:
         )
 
     def text(self, encoding: str = "utf-8") -> str:
-        """The body as text; :class:`ResponseDecodeError` if it is not valid ``encoding``."""
+        """The body as text; :class:`ResponseDecodeError` if it is not valid ``encoding``,
+        :class:`~le_transport.errors.InvalidRequest` if ``encoding`` names no text encoding."""
         try:
             return self.body.decode(encoding)
         except UnicodeDecodeError as exc:
-            raise self._decode_error(f"body is not valid {encoding}: {exc.reason}") from None
+            reason = exc.reason
+        except (LookupError, TypeError):
+            raise InvalidRequest(
+                f"Response.text: {encoding!r:.40} is not a text encoding Python knows",
+                service=self.service,
+                method=self.method,
+                url=self.url,
+            ) from None
+        # Raised here, not in the except clause: the decode error holds the whole body, which
+        # may hold a credential, and would be its context.
+        raise self._decode_error(f"body is not valid {encoding}: {reason}")
 
     @overload
     def json(self) -> Any: ...
@@ -119,12 +130,19 @@ class Response:
         Raises :class:`ResponseDecodeError` for an empty body, malformed JSON, or a value of the
         wrong type (``expect=dict`` for an object, ``list`` for an array).
         """
+        if expect is not None:
+            _check_expect(expect)
         if not self.body.strip():
             raise self._decode_error("expected a JSON body, got an empty body")
+        text = self.text()
+        failed: str | None = None
         try:
-            value = _json.loads(self.text())
+            value = _json.loads(text)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-            raise self._decode_error(f"body is not valid JSON ({exc.__class__.__name__})") from None
+            failed = exc.__class__.__name__
+        if failed is not None:
+            # Outside the except clause: a JSONDecodeError holds the whole body (.doc).
+            raise self._decode_error(f"body is not valid JSON ({failed})")
         if expect is not None and not isinstance(value, expect):
             raise self._decode_error(
                 f"expected a JSON {_json_kind(expect)}, got a JSON {_json_kind(type(value))}"
@@ -194,6 +212,16 @@ _ARGUMENTS = (
     "json a JSON-serialisable value without NaN or infinity; data bytes, str or a flat form "
     "mapping"
 )
+
+
+def _check_expect(expect: object) -> None:
+    """Refuse an ``expect=`` that isinstance() cannot take (before a request is sent)."""
+    try:
+        isinstance(None, expect)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidRequest(
+            f"expect must be a type (dict, list...), got {type(expect).__name__}"
+        ) from None
 
 
 def _json_kind(tp: type[Any]) -> str:
@@ -800,6 +828,8 @@ class Engine:
         **kwargs: Any,
     ) -> Any:
         """:meth:`request`, then the body as JSON (checked to be of type ``expect`` if given)."""
+        if expect is not None:
+            _check_expect(expect)
         resp = await self.request(method, service, path, **kwargs)
         return resp.json(expect) if expect is not None else resp.json()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from le_transport import (
     BackoffPolicy,
@@ -17,11 +19,13 @@ from le_transport import (
     Engine,
     InvalidRequest,
     Outcome,
+    ResponseDecodeError,
     RetriesExhausted,
     RetryMiddleware,
     RetryPolicy,
     TransportError,
 )
+from le_transport.engine import Response
 from le_transport.policies import Action
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -145,6 +149,48 @@ async def test_a_bad_argument_is_invalid_request_before_anything_is_sent_and_not
     assert not any(SECRET_ISH in m for m in exception_messages(refused.value))
     assert refused.value.__cause__ is None
     assert refused.value.__context__ is None
+
+
+def _answer(body: bytes) -> Response:
+    return Response(200, CIMultiDictProxy(CIMultiDict()), body, "GET", "http://h/x", "svc")
+
+
+@pytest.mark.parametrize(
+    ("body", "read"),
+    [
+        (b'{"token": "' + SECRET_ISH.encode() + b'"\xff', lambda r: r.text()),
+        (b'{"token": "' + SECRET_ISH.encode() + b'", oops}', lambda r: r.json()),
+    ],
+    ids=["not-utf-8", "not-json"],
+)
+def test_an_unreadable_body_is_a_decode_error_with_nothing_of_it_chained(
+    body: bytes, read: Callable[[Response], object]
+) -> None:
+    # The decoder's own error holds the whole body (UnicodeDecodeError.object,
+    # JSONDecodeError.doc), which may hold a credential: it is neither cause nor context.
+    with pytest.raises(ResponseDecodeError) as info:
+        read(_answer(body))
+    assert info.value.__context__ is None
+    assert not any(SECRET_ISH in m for m in exception_messages(info.value))
+
+
+def test_a_bad_encoding_or_expected_type_is_invalid_request() -> None:
+    answer = _answer(b"[]")
+    with pytest.raises(InvalidRequest, match="not a text encoding"):
+        answer.text("no-such-codec")
+    with pytest.raises(InvalidRequest, match="expect must be a type"):
+        answer.json("list")  # type: ignore[call-overload]
+
+
+async def test_request_json_refuses_a_bad_expected_type_before_sending(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="expect must be a type"):
+            await engine.request_json("GET", "svc", "/x", expect="list")  # type: ignore[arg-type]
+    assert script.hits == 0
 
 
 async def test_json_and_data_together_are_refused(clock: VirtualClock) -> None:
