@@ -32,12 +32,13 @@ from .errors import (
     ConfigurationError,
     EngineClosed,
     InvalidRequest,
+    RequestError,
     ResponseDecodeError,
     TransportError,
 )
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware, charset_of
-from .middleware.context import _CURRENT, CallContext, unsent_request_error
+from .middleware.context import _CURRENT, CallContext, safe_cause, unsent_request_error
 from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
 from .policies.backoff import BackoffPolicy
@@ -735,6 +736,7 @@ class Engine:
         # each was a measurable share of what a successful call costs (benchmarks/README.md).
         token = _CURRENT.set(ctx)
         refused: str | None = None
+        unsent: tuple[RequestError, BaseException | None] | None = None
         try:
             if (
                 params is None
@@ -798,7 +800,7 @@ class Engine:
         except (aiohttp.ClientError, OSError) as exc:
             # Raised outside the retry middleware (before the chain ran, or while reading a
             # body that the middleware did not buffer).
-            raise unsent_request_error(exc, ctx, method, url) from exc
+            unsent = unsent_request_error(exc, ctx, method, url), safe_cause(exc)
         except (ValueError, TypeError, RecursionError) as exc:
             # aiohttp and yarl refuse what cannot be sent while building the request, before
             # the middleware chain runs (RecursionError: absurdly nested JSON). A TypeError
@@ -808,6 +810,9 @@ class Engine:
             refused = type(exc).__name__
         finally:
             _CURRENT.reset(token)
+        if unsent is not None:
+            # Raised here, so that an aiohttp error that shows the URL is not its context.
+            raise unsent[0] from unsent[1]
         # Raised here, not in the except clause, so that it has neither cause nor context:
         # the refused value (a header, a parameter) may be a credential, and the error aiohttp
         # or yarl raised repeats it.

@@ -19,6 +19,7 @@ from le_transport import (
     Engine,
     InvalidRequest,
     Outcome,
+    RequestError,
     ResponseDecodeError,
     RetriesExhausted,
     RetryMiddleware,
@@ -290,3 +291,35 @@ def test_readme_policy_examples_hold() -> None:
     reconnect = BackoffPolicy.reconnect(max_attempts=10)
     assert reconnect.base_delay(1) == 1.0
     assert reconnect.base_delay(20) == 120.0
+
+
+@pytest.mark.parametrize(
+    ("location", "says"),
+    [("/loop", "redirects in a loop"), ("ftp://elsewhere.example/x", "cannot be followed")],
+    ids=["loop", "not-http"],
+)
+async def test_a_redirect_that_cannot_be_followed_is_logged_and_shows_no_query_secret(
+    location: str,
+    says: str,
+    serve: ServerFactory,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiohttp follows redirects after the middleware chain, so these failures reached the
+    # caller unlogged, as "the request could not be made", chained to aiohttp's error whose
+    # text is the whole URL, api_key included.
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(location)
+
+    app = web.Application()
+    app.router.add_get("/loop", redirect)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with (
+            caplog.at_level(logging.WARNING, logger="le_transport"),
+            pytest.raises(RequestError, match=says) as info,
+        ):
+            await engine.request("GET", "svc", "/loop", params={"api_key": SECRET_ISH})
+    assert not any(SECRET_ISH in m for m in exception_messages(info.value))
+    assert any(says in r.getMessage() for r in caplog.records)
+    assert info.value.attempts, "the hops that were made are recorded"

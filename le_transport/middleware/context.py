@@ -9,15 +9,19 @@ its defaults.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import aiohttp
 from yarl import URL
 
 from .._redact import redact_url
 from ..errors import AttemptRecord, RequestError
 from ..policies.retry import RetryPolicy
+
+_log = logging.getLogger("le_transport.retry")
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 #: Puts fresh credentials on a request before it is sent again.
 Resign = Callable[["ClientRequest"], Awaitable[object]]
 
-__all__ = ["CallContext", "call_context", "current_call", "unsent_request_error"]
+__all__ = ["CallContext", "call_context", "current_call", "safe_cause", "unsent_request_error"]
 
 
 class CallContext:
@@ -109,16 +113,46 @@ class call_context:
 def unsent_request_error(
     exc: BaseException, ctx: CallContext, method: str, url: URL
 ) -> RequestError:
-    """The typed error for an aiohttp or OS failure of a call's ``session.request``.
+    """The typed error for an aiohttp or OS failure of a call's ``session.request``, logged.
 
     For failures the retry middleware did not turn into typed errors itself: raised before the
-    chain ran, or while reading a body it did not buffer. The URL is redacted; the attempts are
-    those recorded so far.
+    chain ran, after it (aiohttp follows redirects outside the chain), or while reading a body
+    it did not buffer. The URL is redacted; the attempts are those recorded so far. Chain it
+    to :func:`safe_cause` of ``exc``, never to ``exc`` itself.
     """
-    return RequestError(
-        f"{type(exc).__name__}: the request could not be made",
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        detail = (
+            f"gave up following redirects after {len(exc.history)} hops "
+            "(aiohttp's max_redirects); the service redirects in a loop"
+        )
+    elif isinstance(exc, aiohttp.RedirectClientError):
+        detail = "a redirect pointed to a URL that cannot be followed (not http(s), or malformed)"
+    else:
+        detail = "the request could not be made"
+    err = RequestError(
+        f"{name}: {detail}",
         service=ctx.service,
         method=method,
         url=redact_url(url),
         attempts=ctx.attempts,
     )
+    _log.warning(
+        "%s",
+        err,
+        extra={"service": ctx.service, "method": method, "error": name},
+    )
+    return err
+
+
+def safe_cause(exc: BaseException) -> BaseException | None:
+    """``exc`` when it may be chained to a typed error; None when its text shows a URL.
+
+    aiohttp's response and URL errors (a redirect loop, a malformed URL) print the request's
+    whole URL, query credentials included; connection and OS errors name only host and port.
+    Raise the typed error outside the ``except`` clause so that ``exc`` is not its context
+    either.
+    """
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.InvalidURL):
+        return None
+    return exc
