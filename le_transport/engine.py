@@ -38,7 +38,13 @@ from .errors import (
 )
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware, charset_of
-from .middleware.context import _CURRENT, CallContext, safe_cause, unsent_request_error
+from .middleware.context import (
+    _CURRENT,
+    CallContext,
+    safe_cause,
+    unsent_request_error,
+    within_deadline,
+)
 from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
 from .policies.backoff import BackoffPolicy
@@ -393,7 +399,7 @@ class Engine:
         # Auth sits outside the retry middleware: once per logical call (and per redirect hop,
         # where it checks the host again), so a 401 replay gets the whole schedule again.
         self._auth_mw: tuple[ClientMiddlewareType, ...] = (
-            (AuthMiddleware(auth=auth, domains=self._domains, scheme=scheme),)
+            (AuthMiddleware(auth=auth, domains=self._domains, scheme=scheme, clock=self._clock),)
             if auth is not None
             else ()
         )
@@ -663,8 +669,9 @@ class Engine:
           DELETE... yes; POST, PATCH no). A POST is still retried after a connect failure (it
           never left) and a 429 (the server did not process it).
         - ``retry``, ``deadline``, ``attempt_timeout``: override the engine's policy for this
-          call (``deadline`` covers every attempt and pause; the attempt in flight is
-          cancelled when it passes).
+          call (``deadline`` covers the whole call: resolving the host, getting credentials,
+          every attempt and pause; the attempt in flight is cancelled when it passes, and a
+          login or Domain API fetch shared with other calls goes on for them).
         - ``recover``: when the call still fails after the request schedule (or login fails
           with a 5xx or a transport error), wait through the outer recovery loop (re-resolve
           domains, re-login on the engine's :class:`BackoffPolicy`) and try again, instead of
@@ -718,10 +725,6 @@ class Engine:
         # _url_for, inline: one coroutine less on every call.
         if type(path) is not str or path not in self._checked_paths:
             self._check_path(service, path)
-        resolved = await self._domains.resolve(service)
-        key = (self._scheme, resolved, path)
-        built = self._urls.get(key)
-        url, redacted = self._build_url(key) if built is None else built
         policy = retry or self._retry
         if deadline is not None or attempt_timeout is not None:
             policy = attrs.evolve(
@@ -732,6 +735,17 @@ class Engine:
                 ),
             )
         ctx = CallContext(service, idempotent, policy)
+        domains = self._domains
+        if policy.deadline is None or type(domains) is StaticDomains:
+            resolved = await domains.resolve(service)
+        else:
+            # A Domain API fetch runs on its own schedule: the call's deadline bounds the wait.
+            resolved = await within_deadline(
+                self._clock, ctx, domains.resolve(service), "resolving its host", method=method
+            )
+        key = (self._scheme, resolved, path)
+        built = self._urls.get(key)
+        url, redacted = self._build_url(key) if built is None else built
         # The context variable set and reset in place, and options passed only when given:
         # each was a measurable share of what a successful call costs (benchmarks/README.md).
         token = _CURRENT.set(ctx)

@@ -44,11 +44,12 @@ from aiohttp import BytesPayload, ClientHandlerType, ClientRequest, ClientRespon
 from yarl import URL
 
 from .._redact import redact_url
+from ..clock import Clock, RealClock
 from ..errors import AuthenticationError, ClientStatusError, TransportError, UnsignableBody
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
-from .context import _CURRENT, CallContext, current_call
+from .context import _CURRENT, CallContext, current_call, within_deadline
 from .retry import body_spent, is_websocket_upgrade
 
 __all__ = ["AuthMiddleware", "charset_of", "form_charset", "parse_form", "same_host"]
@@ -129,6 +130,8 @@ class AuthMiddleware:
       credentials on calls without an engine call context (a foreign session).
     - ``scheme``: the scheme credentials may travel over (the engine's); a redirect from
       ``https`` down to ``http`` on the right host still gets none. None: any.
+    - ``clock``: the engine's clock; getting credentials (which may log in) is bounded by the
+      call's deadline on it.
 
     Hashable by identity, as aiohttp's chain cache needs.
     """
@@ -137,6 +140,7 @@ class AuthMiddleware:
     domains: DomainProvider
     allowed_hosts: frozenset[str] = attrs.field(default=frozenset(), converter=_host_set)
     scheme: str | None = None
+    clock: Clock = attrs.field(factory=RealClock)
     # Decided once: a runtime protocol check costs microseconds, too much for every call.
     _signs_forms: bool = attrs.field(
         init=False, repr=False, default=attrs.Factory(_signs_forms, takes_self=True)
@@ -305,10 +309,19 @@ class AuthMiddleware:
         self, request: ClientRequest, method: str, form: Sequence[tuple[str, str]] | None
     ) -> Credentials:
         if form is None:
-            creds = await self.auth.credentials(method, request.url)
+            step = self.auth.credentials(method, request.url)
         else:
             signer = cast(BodySigningAuth, self.auth)
-            creds = await signer.credentials_for_form(method, request.url, form)
+            step = signer.credentials_for_form(method, request.url, form)
+        ctx = current_call()
+        if ctx is None or ctx.retry is None or ctx.retry.deadline is None:
+            creds = await step
+        else:
+            # A login runs on the Login Service's own schedule: the call's deadline bounds
+            # the wait.
+            creds = await within_deadline(
+                self.clock, ctx, step, "getting credentials", method=method, url=request.url
+            )
         for name, value in creds.headers.items():
             request.headers[name] = value
         return creds

@@ -12,16 +12,18 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from .._redact import redact_url
-from ..errors import AttemptRecord, RequestError
+from ..clock import Clock, timeout_after
+from ..errors import AttemptRecord, DeadlineExceeded, RequestError
 from ..policies.retry import RetryPolicy
 
 _log = logging.getLogger("le_transport.retry")
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -29,7 +31,14 @@ if TYPE_CHECKING:
 #: Puts fresh credentials on a request before it is sent again.
 Resign = Callable[["ClientRequest"], Awaitable[object]]
 
-__all__ = ["CallContext", "call_context", "current_call", "safe_cause", "unsent_request_error"]
+__all__ = [
+    "CallContext",
+    "call_context",
+    "current_call",
+    "safe_cause",
+    "unsent_request_error",
+    "within_deadline",
+]
 
 
 class CallContext:
@@ -156,3 +165,48 @@ def safe_cause(exc: BaseException) -> BaseException | None:
     if isinstance(exc, aiohttp.ClientResponseError | aiohttp.InvalidURL):
         return None
     return exc
+
+
+async def within_deadline(
+    clock: Clock,
+    ctx: CallContext | None,
+    step: Awaitable[_T],
+    doing: str,
+    *,
+    method: str | None = None,
+    url: URL | None = None,
+) -> _T:
+    """Await ``step`` (resolving a host, getting credentials) within the call's deadline.
+
+    Those steps run before the retry loop, which enforces the deadline on attempts and pauses:
+    without this a call with ``deadline=2`` waited out a Login Service's whole 5/10/15 s
+    schedule. The call's clock starts here if it has not started yet, so the loop counts the
+    time spent. A step shared by several calls (a single-flight login) keeps running for the
+    others: only this call stops waiting. :class:`DeadlineExceeded` (logged) when the
+    deadline passes; ``step`` as it is when the call has no deadline.
+    """
+    policy = ctx.retry if ctx is not None else None
+    deadline = policy.deadline if policy is not None else None
+    if ctx is None or deadline is None:
+        return await step
+    now = clock.now()
+    if ctx.started_at is None:
+        ctx.started_at = now
+    started = ctx.started_at
+    timeout = timeout_after(clock, max(0.0, deadline - (now - started)))
+    try:
+        async with timeout:
+            return await step
+    except TimeoutError:
+        if not timeout.expired:
+            raise
+    err = DeadlineExceeded(
+        f"the call's {deadline:g} s deadline passed while {doing}",
+        elapsed=clock.now() - started,
+        service=ctx.service,
+        method=method,
+        url=None if url is None else redact_url(url),
+        attempts=ctx.attempts,
+    )
+    _log.warning("%s", err, extra={"service": ctx.service, "method": method})
+    raise err
