@@ -414,8 +414,10 @@ class SocketDeadlock(SocketError):
 
 class InvalidMessage(SocketError, ValueError):
     """A socket message that cannot be sent as given: a request ``type`` that is not a
-    non-empty str, a body or frame that is not JSON (an object, NaN), a timeout that is not a
-    positive number. Raised before anything is sent; the message never shows the value."""
+    non-empty str, a body or frame that is not JSON (an object, NaN), a str frame that is not
+    valid text (a lone surrogate), a timeout (for ``request`` and ``wait_open``) that is not a
+    positive number. Raised before anything is sent or queued; the message never shows the
+    value."""
 
 
 class SocketRequestError(SocketError):

@@ -110,6 +110,51 @@ def test_another_on_connect_failure_reconnects_on_the_backoff_and_may_escalate(
     assert verdict.fast_drops == 1
 
 
+def test_an_upgrade_answered_429_reconnects_after_a_second_without_escalating() -> None:
+    # Also InitConnection answered 429: the dialer reports it as the same refused upgrade.
+    verdict = POLICY.classify(Disconnect.handshake_rejected(429), 2)
+    assert verdict.action is CloseAction.RECONNECT
+    # The rule of a resubscribe answered 429: a second at least, and never a re-login.
+    assert verdict.min_pause == 1.0
+    assert not verdict.escalates
+    assert "429" in verdict.reason
+
+
+@pytest.mark.parametrize("status", [408, 425, 500, 503])
+def test_an_upgrade_refused_otherwise_reconnects_on_the_backoff_and_may_escalate(
+    status: int,
+) -> None:
+    verdict = POLICY.classify(Disconnect.handshake_rejected(status))
+    assert verdict.action is CloseAction.RECONNECT
+    assert verdict.min_pause == 0.0
+    assert verdict.escalates
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        (1009, "a message over max_msg_size"),
+        (1007, "a text frame that is not UTF-8"),
+        (1002, "a frame that breaks the WebSocket protocol"),
+        (1011, "LookupError making the connection ready"),
+    ],
+)
+def test_a_connection_the_client_failed_reconnects_and_is_no_fast_drop(code: int, why: str) -> None:
+    failed = Disconnect.failed_by_client(code, why, lifetime=0.1)
+    assert failed.kind is DisconnectKind.FAILED_BY_CLIENT
+    assert failed.describe() == f"failed by the client with code {code} ({why})"
+    run = 0
+    for _ in range(POLICY.fast_drop_run + 2):
+        verdict = POLICY.classify(failed, run)
+        run = verdict.fast_drops
+        # However many in a row, however fast: never taken for a revoked token (1011 means
+        # re-authenticate only in a close frame from the server).
+        assert verdict.action is CloseAction.RECONNECT
+        assert run == 0
+    # Neither does it grow a run of fast 1006s already started, nor end it.
+    assert POLICY.classify(failed, 2).fast_drops == 2
+
+
 def test_a_resubscribe_answered_401_means_reauthenticate_first() -> None:
     failed = Disconnect.setup_failed("SocketRequestError", code=401, lifetime=0.1)
     assert POLICY.classify(failed).action is CloseAction.REAUTHENTICATE

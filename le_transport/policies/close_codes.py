@@ -7,7 +7,8 @@ re-authenticate first, or fail for good. LiveEngage's UMS socket closes with 440
 or expired) and 4407 (identity needs extending) when the caller must re-authenticate; LivePerson's
 own SDK treats 1011 the same, and an HTTP 401 on the upgrade means the same thing. Revocation is
 also known to arrive as a plain 1006, so a run of *fast* 1006 drops escalates to
-re-authentication too.
+re-authentication too. A connection the client failed itself (a frame it could not take) is no
+drop: it never counts towards that run.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class DisconnectKind(enum.Enum):
     #: The connection opened but an ``on_connect`` callback failed (a resubscribe answered with
     #: an error ``code``, or an exception): the socket dropped it to start again.
     SETUP_FAILED = "setup_failed"
+    #: The client failed the connection itself with close ``code`` (RFC 6455 7.1.7): the server
+    #: sent what it cannot take (1009: a message over ``max_msg_size``; 1007: text that is not
+    #: UTF-8; 1002: a protocol error; 1008: a flood before ``InitConnection``'s answer), or the
+    #: client could not go on (1011: an unexpected error while sending). The server did not drop
+    #: it: no sign of a revoked token.
+    FAILED_BY_CLIENT = "failed_by_client"
 
 
 @attrs.frozen
@@ -132,6 +139,12 @@ class Disconnect:
         server answered one of its requests with, if that was the failure."""
         return cls(DisconnectKind.SETUP_FAILED, code=code, lifetime=lifetime, error=error)
 
+    @classmethod
+    def failed_by_client(cls, code: int, error: str, lifetime: float | None = None) -> Disconnect:
+        """The client failed the connection with close ``code`` because of ``error`` (what it
+        could not take or do, e.g. "a message over max_msg_size"; never the frame itself)."""
+        return cls(DisconnectKind.FAILED_BY_CLIENT, code=code, lifetime=lifetime, error=error)
+
     def describe(self) -> str:
         """A short human description, for logs and events."""
         if self.kind is DisconnectKind.HANDSHAKE_REJECTED:
@@ -147,6 +160,8 @@ class Disconnect:
         if self.kind is DisconnectKind.SETUP_FAILED:
             answered = f", answered {self.code}" if self.code is not None else ""
             return f"on_connect failed ({self.error}{answered})"
+        if self.kind is DisconnectKind.FAILED_BY_CLIENT:
+            return f"failed by the client with code {self.code} ({self.error})"
         return "closed by the caller"
 
 
@@ -179,6 +194,14 @@ class CloseVerdict:
     escalates: bool = True
 
 
+def _rate_limited(reason: str, fast_drops: int = 0) -> CloseVerdict:
+    """Reconnect after a 429: LiveEngage asks for a second at least, and a rate limit never
+    escalates to a re-login (logging in again only adds load)."""
+    return CloseVerdict(
+        CloseAction.RECONNECT, reason, fast_drops, min_pause=RATE_LIMIT_PAUSE, escalates=False
+    )
+
+
 def _reauth_codes(value: object) -> frozenset[int]:
     return int_codes("ClosePolicy.reauth_codes", value)
 
@@ -203,6 +226,11 @@ class ClosePolicy:
     - ``reconnect_on_server_close``: whether a server's own 1000/1001 close is reconnected (it
       is by default: LiveEngage closes idle sockets with a normal code, and the caller did not
       ask for the socket to go away).
+
+    Fixed rules: a 429 (an upgrade refused with it, ``InitConnection`` or an ``on_connect``
+    request answered with it) reconnects after :data:`RATE_LIMIT_PAUSE` at least and never
+    escalates to a re-login; a connection the client failed itself
+    (:attr:`DisconnectKind.FAILED_BY_CLIENT`) reconnects and is no fast drop.
     """
 
     reauth_codes: frozenset[int] = attrs.field(default=REAUTH_CLOSE_CODES, converter=_reauth_codes)
@@ -226,6 +254,10 @@ class ClosePolicy:
             status = disconnect.status or 0
             if status in self.reauth_statuses:
                 return CloseVerdict(CloseAction.REAUTHENTICATE, f"upgrade refused with {status}")
+            if status == 429:
+                # Rate limited (the upgrade, or InitConnection's answer): the same rule as a
+                # resubscribe answered 429.
+                return _rate_limited(f"upgrade refused with {status}")
             if 400 <= status < 500 and status not in RETRY_HANDSHAKE_STATUSES:
                 return CloseVerdict(
                     CloseAction.FAIL,
@@ -259,13 +291,12 @@ class ClosePolicy:
             if code is not None and code in self.reauth_statuses:
                 return CloseVerdict(CloseAction.REAUTHENTICATE, disconnect.describe())
             if code == 429:
-                return CloseVerdict(
-                    CloseAction.RECONNECT,
-                    disconnect.describe(),
-                    fast_drops,
-                    min_pause=RATE_LIMIT_PAUSE,
-                    escalates=False,
-                )
+                return _rate_limited(disconnect.describe(), fast_drops)
+            return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)
+        if kind is DisconnectKind.FAILED_BY_CLIENT:
+            # The client ended it over a frame it could not take (or its own failure): the
+            # server neither dropped it nor refused the token, so the run of fast 1006s neither
+            # grows nor resets. Counting it would take an oversized message for a revoked token.
             return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)
         # A connect that failed keeps the fast-drop run: it says nothing about the token.
         return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)

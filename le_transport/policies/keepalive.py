@@ -114,7 +114,11 @@ class Keepalive:
     - ``product``: which LiveEngage product the value is for (documentation and logs).
     - ``action``: the socket request type (``.GetClock``) or, for HTTP, a short name.
     - ``interval``: seconds. With ``only_when_idle`` (sockets), the action is due only when
-      nothing arrived for a whole interval: traffic is proof of life enough.
+      nothing arrived for a whole interval: traffic is proof of life enough. Without it (the
+      HTTP keepalives), every interval. A socket keepalive must keep it (its default):
+      :class:`~le_transport.sockets.SocketOptions` refuses ``only_when_idle=False``, since a
+      socket's keepalive is also its dead-peer detector, driven by what arrives; use
+      ``outbound_idle`` for a server that wants to hear from the client.
     - ``timeout``: seconds to wait for the answer; no longer than ``interval``, so that a silent
       peer is declared dead within two intervals of its last frame.
     - ``transport``: :class:`KeepaliveTransport`; for HTTP, ``method``, ``path`` (a template

@@ -42,6 +42,7 @@ __all__ = [
     "EngineDialer",
     "consumer_path",
     "init_connection_frame",
+    "read_error_disconnect",
     "ums_brand_path",
 ]
 
@@ -53,6 +54,9 @@ BEARER_FIELD = "{bearer}"
 UMS_BRAND_SOCKET_QUERY: Mapping[str, str] = {"v": "2.1"}
 #: The consumer socket's query.
 CONSUMER_SOCKET_QUERY: Mapping[str, str] = {"v": "3"}
+#: Frames held that arrive before ``InitConnection`` is answered (besides the bound on their
+#: size, ``max_msg_size`` in all): a server that sends more is failed, not buffered for ever.
+MAX_EARLY_FRAMES = 1000
 
 
 def ums_brand_path(account: str) -> str:
@@ -111,6 +115,33 @@ class DialFailed(SocketError):
         super().__init__(message)
         self.disconnect = disconnect
         self.credentials = credentials
+
+
+#: Why aiohttp fails a connection itself, by the close code it sends: the server sent a frame
+#: that the client cannot take. Said in the library's words, never with the frame.
+_FAILED_BECAUSE: Mapping[int, str] = {
+    1002: "a frame that breaks the WebSocket protocol",
+    1007: "a text frame that is not UTF-8",
+    1009: "a message over max_msg_size",
+}
+
+
+def read_error_disconnect(
+    ws: WireSocket, error: object, lifetime: float | None = None
+) -> Disconnect:
+    """How a connection ended whose read gave aiohttp's ``WSMsgType.ERROR`` with ``error``.
+
+    A frame aiohttp cannot take (too big, not UTF-8, malformed) makes it fail the connection
+    with a close code of its own (:class:`aiohttp.WebSocketError`'s, also ``ws.close_code``):
+    that is :meth:`Disconnect.failed_by_client`, not a drop, so it never reads as the run of
+    fast 1006s that means a revoked token. Anything else (a reset: aiohttp says 1006) is an
+    abnormal drop.
+    """
+    code = error.code if isinstance(error, aiohttp.WebSocketError) else ws.close_code
+    if code is None or code in (1000, 1006):
+        return Disconnect.abnormal(lifetime=lifetime, error=type(error).__name__)
+    because = _FAILED_BECAUSE.get(code, type(error).__name__)
+    return Disconnect.failed_by_client(code, because, lifetime=lifetime)
 
 
 class WireSocket(Protocol):
@@ -311,10 +342,10 @@ class EngineDialer:
         logging in run on their own schedules (a login that retries for 30 s must not be cut
         short and started over by every reconnect).
         """
-        url, headers, creds = await self._prepare()
+        url, shown, headers, creds = await self._prepare()
         try:
             async with timeout_after(self._engine.clock, self._connect_timeout):
-                conn = await self._connect(url, headers, creds)
+                conn = await self._connect(url, shown, headers, creds)
         except TimeoutError:
             raise DialFailed(
                 f"connect took longer than {self._connect_timeout} s",
@@ -323,7 +354,9 @@ class EngineDialer:
             ) from None
         return conn
 
-    async def _prepare(self) -> tuple[URL, dict[str, str], Credentials | None]:
+    async def _prepare(self) -> tuple[URL, str, dict[str, str], Credentials | None]:
+        """The URL to dial, the same URL as it may be shown (the template's path: no bearer,
+        wherever the path puts it), the upgrade's headers, and the credentials."""
         engine = self._engine
         ws_scheme = "wss" if engine.scheme == "https" else "ws"
         template_path = self._path.replace(BEARER_FIELD, "bearer")
@@ -352,6 +385,9 @@ class EngineDialer:
                 ) from exc
             self._last = creds
         url = base.with_query(self._params) if self._params else base
+        # Shown in errors from the template, before the bearer goes in: redact_url knows only
+        # the UMS path's place for it (after /brand/), and a path template may put it anywhere.
+        shown = redact_url(url)
         headers = dict(self._headers)
         if self._placement is AuthPlacement.PATH:
             bearer = _need_bearer(creds)
@@ -360,10 +396,10 @@ class EngineDialer:
             ).with_query(self._params)
         elif self._placement is AuthPlacement.HEADER and creds is not None:
             headers.update(creds.headers)
-        return url, headers, creds
+        return url, shown, headers, creds
 
     async def _connect(
-        self, url: URL, headers: dict[str, str], creds: Credentials | None
+        self, url: URL, shown: str, headers: dict[str, str], creds: Credentials | None
     ) -> Connection:
         engine = self._engine
         session = engine.session
@@ -379,13 +415,13 @@ class EngineDialer:
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise DialFailed(
-                f"upgrade of {redact_url(url)} refused with HTTP {exc.status}",
+                f"upgrade of {shown} refused with HTTP {exc.status}",
                 disconnect=Disconnect.handshake_rejected(exc.status),
                 credentials=creds,
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise DialFailed(
-                f"could not connect to {redact_url(url)}: {type(exc).__name__}",
+                f"could not connect to {shown}: {type(exc).__name__}",
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
                 credentials=creds,
             ) from None
@@ -407,10 +443,19 @@ class EngineDialer:
 
     async def _init_connection(self, conn: Connection, jwt: Secret) -> None:
         frame = init_connection_frame(jwt, self._client_properties)
+        early = conn.early_frames
+        held = 0
         try:
             await conn.send_text(json.dumps(frame))
             while True:
                 msg = await conn.ws.receive()
+                if msg.type is aiohttp.WSMsgType.ERROR:
+                    failed = read_error_disconnect(conn.ws, msg.data, lifetime=0.0)
+                    raise DialFailed(
+                        f"the connection {failed.describe()} before InitConnection was answered",
+                        disconnect=failed,
+                        credentials=conn.credentials,
+                    )
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     code = conn.ws.close_code or 1006
                     raise DialFailed(
@@ -420,7 +465,9 @@ class EngineDialer:
                     )
                 try:
                     answer = json.loads(msg.data)
-                except ValueError:
+                except (ValueError, RecursionError):
+                    # Not JSON, or nested deeper than the parser goes: not the answer, and
+                    # held for the owner as text (as it would take it once connected).
                     answer = None
                 if (
                     isinstance(answer, dict)
@@ -428,7 +475,19 @@ class EngineDialer:
                     and answer.get("reqId") == "0"
                 ):
                     break
-                conn.early_frames.append(msg.data)
+                held += len(msg.data)
+                if len(early) >= MAX_EARLY_FRAMES or held > self._max_msg_size:
+                    # Nothing reads them until the connect completes: a server that floods
+                    # before answering would grow this without bound.
+                    raise DialFailed(
+                        f"more than {MAX_EARLY_FRAMES} frames or {self._max_msg_size} characters "
+                        "arrived before InitConnection was answered",
+                        disconnect=Disconnect.failed_by_client(
+                            1008, "too much sent before InitConnection's answer", lifetime=0.0
+                        ),
+                        credentials=conn.credentials,
+                    )
+                early.append(msg.data)
         except (aiohttp.ClientError, OSError) as exc:
             raise DialFailed(
                 f"InitConnection failed: {type(exc).__name__}",

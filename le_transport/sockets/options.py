@@ -46,6 +46,16 @@ def _keepalive(instance: object, attribute: attrs.Attribute[Any], value: object)
             f"MESSAGING_AGENT_SDK_GETCLOCK), got {value!r}; run HTTP keepalives with "
             "engine.keepalive()"
         )
+    if not value.only_when_idle:
+        # A socket's keepalive runs on what arrives (it is its dead-peer detector too): a probe
+        # every interval whatever the traffic is not something it does, so it is refused here
+        # rather than silently run as an idle probe.
+        raise ConfigurationError(
+            f"SocketOptions.keepalive {value.product!r} has only_when_idle=False, which "
+            "sockets do not run: a socket probes when nothing arrived for an interval. To "
+            "also probe after an interval without a client frame (for a server that closes "
+            "quiet clients), use outbound_idle=True"
+        )
 
 
 @attrs.frozen
@@ -56,7 +66,9 @@ class SocketOptions:
       When its ``max_attempts`` or ``deadline`` runs out, the socket stops with
       :class:`~le_transport.errors.SocketClosed`.
     - ``close_policy``: what each close code and upgrade status means.
-    - ``keepalive``: the socket keepalive (None: none). Also the dead-peer detector.
+    - ``keepalive``: the socket keepalive (None: none). Also the dead-peer detector. It probes
+      when nothing arrived for an interval (and, with ``outbound_idle``, when the client sent
+      nothing for one); ``only_when_idle=False`` is refused.
     - ``healthy_after``: seconds a connection must stay open before the backoff, the
       fast-drop run and the auth-failure count start over.
     - ``escalate_after``: after this many consecutive failed reconnects, escalate to the

@@ -62,7 +62,7 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from .correlation import PendingRequests
-from .dial import Connection, Dialer, DialFailed
+from .dial import Connection, Dialer, DialFailed, read_error_disconnect
 from .keepalive import KeepaliveScheduler
 from .lifecycle import Lifecycle, SocketState
 from .options import SocketOptions
@@ -127,6 +127,38 @@ def _dumps(value: Any, what: str) -> str:
     except (TypeError, ValueError, RecursionError) as exc:
         # Not chained, and the value not shown: it may carry a credential.
         raise InvalidMessage(f"{what} is not JSON ({builtins.type(exc).__name__})") from None
+
+
+def _text(frame: str) -> str:
+    """``frame`` if it can go out as a text frame (UTF-8), or :class:`InvalidMessage`.
+
+    A lone surrogate ("\\ud800") makes a str that UTF-8 cannot encode: refused here, before it
+    is queued, rather than failing the write (and the connection) later.
+    """
+    # ASCII (the common case, and a cheap test) always encodes: only other text is encoded
+    # here, and once more by the write.
+    if not frame.isascii():
+        try:
+            frame.encode("utf-8")
+        except UnicodeEncodeError:
+            # Not chained, and the text not shown: it may carry a credential.
+            raise InvalidMessage(
+                "the frame is not valid text: it holds a lone surrogate, which UTF-8 cannot encode"
+            ) from None
+    return frame
+
+
+def _check_timeout(timeout: object) -> None:
+    """Refuse a timeout that is not None or a positive, finite number of seconds."""
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf
+    ):
+        # A number is shown; anything else only by its type (a str passed by mistake could be
+        # anything, a token included).
+        got = repr(timeout) if isinstance(timeout, int | float) else builtins.type(timeout).__name__
+        raise InvalidMessage(f"timeout must be a positive number of seconds, got {got}")
 
 
 class ResilientSocket:
@@ -321,11 +353,15 @@ class ResilientSocket:
         """Wait until the socket is open (``on_connect`` done, queue flushed).
 
         Raises the socket's final error if it stops first (:class:`SocketClosed` and
-        subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock. Called
-        from an ``on_frame`` handler or an ``on_connect`` callback while the socket is not
-        open, it raises :class:`~le_transport.errors.SocketDeadlock`: the socket opens only
-        after those return.
+        subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock (a
+        ``timeout`` that is not a positive number is
+        :class:`~le_transport.errors.InvalidMessage`). Called from an ``on_frame`` handler or
+        an ``on_connect`` callback while the socket is not open, it raises
+        :class:`~le_transport.errors.SocketDeadlock`: the socket opens only after those
+        return.
         """
+        # Checked here, not by the clock: each clock would take a bad value its own way.
+        _check_timeout(timeout)
         async with timeout_after(self._clock, timeout):
             while self._ready_epoch is None:
                 self._raise_if_closed()
@@ -411,10 +447,12 @@ class ResilientSocket:
         """Send ``frame`` (a JSON value, or a ``str`` sent as is).
 
         Returns True when it went out now, False when it was queued to go out after the next
-        connect. Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full
-        and :class:`SocketClosed` when the socket is closed.
+        connect. Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full,
+        :class:`SocketClosed` when the socket is closed, and
+        :class:`~le_transport.errors.InvalidMessage` before anything is sent or queued when the
+        frame cannot be sent (a value that is not JSON, a ``str`` that is not valid text).
         """
-        text = frame if isinstance(frame, str) else _dumps(frame, "the frame")
+        text = _text(frame) if isinstance(frame, str) else _dumps(frame, "the frame")
         return await self._send_text(text, None)
 
     async def request(
@@ -456,12 +494,7 @@ class ResilientSocket:
             raise InvalidMessage(
                 f"a request type must be a non-empty str, got {builtins.type(type).__name__}"
             )
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout < math.inf
-        ):
-            raise InvalidMessage(f"timeout must be a positive number of seconds, got {timeout!r}")
+        _check_timeout(timeout)
         if headers is not None and not isinstance(headers, list | tuple):
             raise InvalidMessage(
                 f"headers must be a list of header objects, got {builtins.type(headers).__name__}"
@@ -474,6 +507,8 @@ class ResilientSocket:
             frame["headers"] = list(headers)
         answered = False
         try:
+            # JSON text escapes whatever is not ASCII: unlike a str given to send(), it always
+            # encodes.
             text = _dumps(frame, f"the body of {type!r}")
             async with timeout_after(self._clock, limit):
                 await self._send_text(text, request_id)
@@ -559,8 +594,12 @@ class ResilientSocket:
             return
         self._ended = disconnect
         self._ready_epoch = None
+        # The peer hears why when the client failed the connection itself (1011: an error of
+        # ours); otherwise a normal close.
+        code = disconnect.code if disconnect.kind is DisconnectKind.FAILED_BY_CLIENT else None
         self._closer = asyncio.get_running_loop().create_task(
-            conn.close(self._clock, grace), name=f"le_transport socket close {self._name}"
+            conn.close(self._clock, grace, code=code or 1000),
+            name=f"le_transport socket close {self._name}",
         )
 
     def _lost_peer_grace(self) -> float:
@@ -821,12 +860,11 @@ class ResilientSocket:
                     self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
                 )
             else:
-                await self._flush(conn, epoch)
-                if self._ended is None:
-                    self._ready(epoch)
+                await self._open_up(conn, epoch)
             # The read, here rather than in a coroutine of its own: one frame less per socket.
             error: str | None = None
             close_code: int | None = None
+            refused: Disconnect | None = None
             try:
                 for text in conn.early_frames:
                     await self._dispatch(text, epoch)
@@ -847,7 +885,22 @@ class ResilientSocket:
                     else:
                         # CLOSED, CLOSING (closed from elsewhere) or ERROR: over.
                         if msg.type is aiohttp.WSMsgType.ERROR:
-                            error = type(msg.data).__name__
+                            refused = read_error_disconnect(ws, msg.data)
+                            if refused.kind is DisconnectKind.FAILED_BY_CLIENT:
+                                # A frame aiohttp would not take: the server's doing, not a
+                                # drop, and not a sign of a revoked token.
+                                _log.warning(
+                                    "%s: the server sent %s; the connection was failed with "
+                                    "code %d, reconnecting",
+                                    self._name,
+                                    refused.error,
+                                    refused.code,
+                                    extra={
+                                        "socket": self._name,
+                                        "error": refused.error,
+                                        "close_code": refused.code,
+                                    },
+                                )
                         break
             except Exception as exc:
                 # Whatever stops the read ends the connection: the owner must always learn
@@ -859,6 +912,8 @@ class ResilientSocket:
             # 1000, but without a close frame it is an abnormal drop (1006).
             if close_code is not None:
                 read_end = Disconnect.close_frame(close_code)
+            elif refused is not None:
+                read_end = refused
             else:
                 read_end = Disconnect.abnormal(error=error)
         finally:
@@ -932,9 +987,35 @@ class ResilientSocket:
                 )
             return
         if self._ended is None:
-            await self._flush(conn, epoch)
-        if self._ended is None:
-            self._ready(epoch)
+            await self._open_up(conn, epoch)
+
+    async def _open_up(self, conn: Connection, epoch: int) -> None:
+        """Send the queue, then make the connection ready; on a failure, end the connection.
+
+        Whatever goes wrong here must end this connection (the owner reconnects), never the
+        owner (a socket stopped for good) nor the ``on_connect`` task alone (a connection that
+        stays up but never becomes ready, with ``wait_open`` waiting for ever).
+        """
+        try:
+            if self._ended is None:
+                await self._flush(conn, epoch)
+            if self._ended is None:
+                self._ready(epoch)
+        except Exception as exc:
+            _log.error(
+                "%s: the connection could not be made ready (%s); reconnecting",
+                self._name,
+                type(exc).__name__,
+                exc_info=True,
+                extra={"socket": self._name, "error": type(exc).__name__},
+            )
+            if self._conn is conn:
+                self._end_connection(
+                    Disconnect.failed_by_client(
+                        1011, f"{type(exc).__name__} making the connection ready"
+                    ),
+                    self._lost_peer_grace(),
+                )
 
     def _ready(self, epoch: int) -> None:
         """Sends go straight out from now on; the keepalive watches the connection."""
@@ -1039,6 +1120,18 @@ class ResilientSocket:
                 self._outbox.put_back(item)
                 self._connection_broke(epoch, exc)
                 break
+            except Exception:
+                # Not the connection failing: the message could not be written at all (send()
+                # refuses what it can tell). Not put back, or it would fail every connection
+                # from now on; a request fails with the connection, which ends (a frame may be
+                # half written).
+                if item.request_id is None:
+                    _log.error(
+                        "%s: a queued message could not be written and was dropped",
+                        self._name,
+                        extra={"socket": self._name},
+                    )
+                raise
             sent += 1
         if sent:
             _log.debug(

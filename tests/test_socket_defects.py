@@ -1,0 +1,358 @@
+"""What a broken or hostile peer, or a failure of our own, may cost a socket: a connection at
+most, never the socket, and never a credential.
+
+- a frame the client cannot take (over ``max_msg_size``, text that is not UTF-8) fails the
+  connection with aiohttp's close code: not a drop, so never a run of "fast 1006s" that
+  re-authenticates;
+- a frame nested too deep for the JSON parser, or a flood, before ``InitConnection`` is
+  answered costs at most that connect;
+- a queued message that cannot be written ends that connection, not the socket (and does not
+  leave it connected but never open);
+- an upgrade or ``InitConnection`` answered 429 waits a second at least and never escalates;
+- a bearer the path template puts anywhere never shows in an error, chained ones included.
+
+Against loopback servers (``serve``) and the simulator, on the virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from le_transport import Engine, EventHooks, SocketClosed, StaticBearer
+from le_transport.policies import BackoffPolicy, DisconnectKind
+from le_transport.providers import StaticDomains
+from le_transport.sockets import (
+    AuthPlacement,
+    Connection,
+    DialFailed,
+    EngineDialer,
+    ResilientSocket,
+    SocketOptions,
+    dial,
+)
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
+from tests.known_secrets import BEARER
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+
+def _answer(frame: dict[str, Any], code: int = 200) -> str:
+    return json.dumps({"kind": "resp", "reqId": frame["id"], "code": code, "body": {}})
+
+
+# -- frames the client cannot take ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "why"),
+    [
+        ("too-big", 1009, "a message over max_msg_size"),
+        ("not-utf8", 1007, "a text frame that is not UTF-8"),
+    ],
+)
+async def test_a_frame_the_client_cannot_take_fails_the_connection_without_reauthenticating(
+    clock: VirtualClock,
+    serve: ServerFactory,
+    states: StateLog,
+    caplog: pytest.LogCaptureFixture,
+    bad: str,
+    code: int,
+    why: str,
+) -> None:
+    connects = 0
+    enough = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connects
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connects += 1
+        if connects >= 4:
+            enough.set()
+        if bad == "too-big":
+            await ws.send_str("x" * 4096)
+        else:
+            await ws.send_frame(b"\xff\xfe not utf-8", WSMsgType.TEXT)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    async with Engine(StaticDomains({"svc": host}), scheme="http", clock=clock) as engine:
+        dialer = EngineDialer(engine, "svc", "/ws", max_msg_size=1024)
+        hooks = EventHooks(on_state=[states])
+        async with ResilientSocket(dialer, clock=clock, hooks=hooks):
+            # Three such connections in a row, each ended at once, used to read as the fast
+            # 1006 drops of a revoked token: the socket re-authenticated (a fresh login).
+            await enough.wait()
+    assert "reauthenticating" not in states.names()
+    reasons = [event.details["reason"] for event in states.of("lost")]
+    assert len(reasons) >= 3
+    assert set(reasons) == {f"failed by the client with code {code} ({why})"}
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "le_transport.sockets"
+    ]
+    assert any(why in message and str(code) in message for message in warned)
+
+
+# -- before InitConnection's answer -----------------------------------------------------------
+
+
+def _first_frame_app(before_answer: list[str]) -> tuple[web.Application, list[int]]:
+    """A consumer-like socket at /ws: answers InitConnection (sending ``before_answer`` first,
+    on the first connect only) and every other request."""
+    connects: list[int] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connects.append(len(connects) + 1)
+        first = len(connects) == 1
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            if frame.get("type") == "InitConnection" and first:
+                for text in before_answer:
+                    await ws.send_str(text)
+            if frame.get("kind") == "req":
+                await ws.send_str(_answer(frame))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    return app, connects
+
+
+def _consumer_engine(host: str, clock: VirtualClock, states: StateLog) -> Engine:
+    return Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer(BEARER),
+        hooks=EventHooks(on_state=[states]),
+    )
+
+
+async def test_a_frame_nested_too_deep_before_init_connection_is_answered_is_held_as_text(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog
+) -> None:
+    deep = "[" * 100_000
+    app, connects = _first_frame_app([deep])
+    host = await serve(app)
+    async with _consumer_engine(host, clock, states) as engine:
+        ws = await engine.websocket("svc", "/ws", auth_placement=AuthPlacement.FIRST_FRAME)
+        # Its RecursionError used to escape the dial and stop the socket for good.
+        await ws.wait_open(timeout=60)
+        assert (await ws.request("GetClock"))["code"] == 200
+        held = await ws.__anext__()
+    assert held == deep
+    assert connects == [1]
+
+
+async def test_a_flood_before_init_connection_is_answered_fails_that_connect_only(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog
+) -> None:
+    flood = [json.dumps({"kind": "notification", "n": n}) for n in range(dial.MAX_EARLY_FRAMES + 1)]
+    app, connects = _first_frame_app(flood)
+    host = await serve(app)
+    async with _consumer_engine(host, clock, states) as engine:
+        ws = await engine.websocket("svc", "/ws", auth_placement=AuthPlacement.FIRST_FRAME)
+        await ws.wait_open(timeout=60)
+        assert (await ws.request("GetClock"))["code"] == 200
+        # None of the flood was kept: the connect it came on failed.
+        assert ws.inbox_size == 0
+    assert connects == [1, 2]
+    (failed,) = states.of("connect_failed")
+    assert "failed by the client with code 1008" in failed.details["reason"]
+
+
+async def test_frames_before_init_connection_are_bounded_in_size_too(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog
+) -> None:
+    app, _ = _first_frame_app(["x" * 600] * 2)
+    host = await serve(app)
+    async with _consumer_engine(host, clock, states) as engine:
+        dialer = EngineDialer(
+            engine,
+            "svc",
+            "/ws",
+            auth=engine.auth,
+            placement=AuthPlacement.FIRST_FRAME,
+            max_msg_size=1024,
+        )
+        with pytest.raises(DialFailed) as refused:
+            await dialer.dial()
+    assert refused.value.disconnect.kind is DisconnectKind.FAILED_BY_CLIENT
+    assert refused.value.disconnect.code == 1008
+
+
+# -- a queued message that cannot be written --------------------------------------------------
+
+
+@pytest.mark.parametrize("with_on_connect", [False, True], ids=["plain", "with-on-connect"])
+async def test_a_queued_message_that_cannot_be_written_costs_a_connection_not_the_socket(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    with_on_connect: bool,
+) -> None:
+    write = Connection.send_text
+
+    async def send_text(conn: Connection, text: str) -> None:
+        # What send() cannot tell in advance: the write itself fails, and not because the
+        # connection did.
+        if "poison" in text:
+            raise LookupError("no way to write this frame")
+        await write(conn, text)
+
+    monkeypatch.setattr(Connection, "send_text", send_text)
+
+    async def resubscribe(ws: ResilientSocket) -> None:
+        await ws.request(".GetClock")
+
+    on_connect = [resubscribe] if with_on_connect else []
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=on_connect)
+        assert await ws.send({"kind": "req", "id": "a", "type": "first"}) is False
+        assert await ws.send({"kind": "req", "id": "b", "type": "poison"}) is False
+        poisoned = asyncio.ensure_future(ws.request("poison-request"))
+        await asyncio.sleep(0)  # queued behind the others
+        assert await ws.send({"kind": "req", "id": "c", "type": "last"}) is False
+        # It used to stop the socket for good, or (with on_connect) leave it connected and
+        # never open.
+        await ws.wait_open(timeout=60)
+        with pytest.raises(SocketClosed):
+            await poisoned
+        assert (await ws.request(".GetClock"))["code"] == 200
+        assert not ws.closed
+        assert ws.error is None
+        assert ws.connects == 3
+    sent = [[f.get("type") for f in sock.received] for sock in sim.sockets.all]
+    resubscribed = [".GetClock"] if with_on_connect else []
+    assert sent == [
+        [*resubscribed, "first"],
+        resubscribed,
+        [*resubscribed, "last", ".GetClock"],
+    ]
+    # The peer heard that the client failed the connection (1011), not a normal close.
+    assert [sock.ended for sock in sim.sockets.all[:2]] == [("client", 1011)] * 2
+    reasons = [event.details["reason"] for event in states.of("lost")]
+    assert (
+        reasons
+        == ["failed by the client with code 1011 (LookupError making the connection ready)"] * 2
+    )
+    assert "reauthenticating" not in states.names()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("could not be made ready" in r.getMessage() for r in errors)
+    assert any("dropped" in r.getMessage() for r in errors)
+
+
+# -- rate limited on connect ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["upgrade", "init-connection"])
+async def test_a_connect_answered_429_waits_a_second_at_least_and_never_escalates(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog, where: str
+) -> None:
+    attempts = 0
+
+    async def rate_limited(request: web.Request) -> web.StreamResponse:
+        nonlocal attempts
+        attempts += 1
+        if where == "upgrade":
+            return web.Response(status=429)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            await ws.send_str(_answer(frame, 429 if frame.get("type") == "InitConnection" else 200))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", rate_limited)
+    host = await serve(app)
+    # A backoff far under a second, and escalation after two failures: neither may apply to a
+    # rate limit.
+    options = SocketOptions(backoff=BackoffPolicy.reconnect(first=0.1, jitter=0), escalate_after=2)
+    placement = AuthPlacement.NONE if where == "upgrade" else AuthPlacement.FIRST_FRAME
+    async with _consumer_engine(host, clock, states) as engine:
+        ws = await engine.websocket("svc", "/ws", options=options, auth_placement=placement)
+        await clock.sleep(30)
+        assert not ws.closed
+    assert "escalating" not in states.names()
+    assert "reauthenticating" not in states.names()
+    pauses = [event.details["in_seconds"] for event in states.of("reconnecting")]
+    assert len(pauses) >= 5
+    assert min(pauses) >= 1.0
+    # Every attempt was followed by a pause (the last one cut short by the close).
+    assert attempts == len(pauses)
+
+
+# -- a bearer anywhere in the path ------------------------------------------------------------
+
+
+async def test_a_refused_upgrade_never_shows_a_bearer_that_the_path_template_put_anywhere(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/ws/{token}/events", refuse)
+    host = await serve(app)
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer(BEARER),
+        recovery=BackoffPolicy.relogin(max_attempts=1),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws/{bearer}/events", options=SocketOptions(escalate_after=1)
+        )
+        with pytest.raises(SocketClosed) as stopped:
+            await ws.wait_open()
+    # The refused upgrade is in the final error's chain (through the re-login loop), shown
+    # from the path template, and the bearer is nowhere in it.
+    chain = "".join(traceback.format_exception(stopped.value))
+    assert "refused with HTTP 503" in chain
+    assert "/ws/bearer/events" in chain
+    assert BEARER not in chain
+
+
+async def test_a_failed_connect_never_shows_a_bearer_that_the_path_template_put_anywhere(
+    clock: VirtualClock,
+) -> None:
+    async with Engine(
+        StaticDomains({"svc": "127.0.0.1:1"}), scheme="http", clock=clock, auth=StaticBearer(BEARER)
+    ) as engine:
+        dialer = EngineDialer(engine, "svc", "/ws/{bearer}/events", auth=engine.auth)
+        with pytest.raises(DialFailed) as failed:
+            await dialer.dial()
+    assert "could not connect to ws://127.0.0.1:1/ws/bearer/events" in str(failed.value)
+    assert BEARER not in "".join(traceback.format_exception(failed.value))
