@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from le_transport._redact import Secret
 from le_transport.errors import ConfigurationError
 from le_transport.providers import (
     AppLogin,
+    ClientCredentialsLogin,
     ConsumerJwt,
     CsdsDomains,
     OAuth1Auth,
@@ -36,7 +38,7 @@ from le_transport.providers.login import (
 from le_transport.state import MemoryStore
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
-from tests.known_secrets import PASSWORD
+from tests.known_secrets import PASSWORD, exception_messages
 
 ACCOUNT = "12345678"
 NO_DOMAINS = StaticDomains({})
@@ -379,3 +381,174 @@ def test_a_shared_option_of_the_wrong_type_fails_at_construction(
     # resolve or login, with an AttributeError.
     with pytest.raises(ConfigurationError, match=rf"\.{field}\b"):
         build()
+
+
+# -- a credential UTF-8 cannot encode (os.environ's form of a byte that is not UTF-8) ----------
+
+#: What ``os.environ`` holds for a secret whose bytes are not UTF-8: a lone surrogate.
+UNDECODABLE = "zqx-undecodable-" + os.fsdecode(b"\xff")
+
+
+def _shows(exc: BaseException, value: str) -> bool:
+    """Whether ``value`` appears in the text, repr or args of ``exc`` or any exception chained
+    to it (a ``UnicodeEncodeError``'s args hold the whole string it could not encode)."""
+    shown = exception_messages(exc)
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is not None:
+            shown.extend(repr(arg) for arg in e.args)
+            shown.extend(str(arg) for arg in e.args)
+            todo.extend((e.__cause__, e.__context__))
+    return any(value in text or value[:12] in text for text in shown)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda v: UserLogin(ACCOUNT, "agent", v, domains=D), "password"),
+        (lambda v: UserLogin(ACCOUNT, v, "pw", domains=D), "username"),
+        (lambda v: AppLogin(ACCOUNT, v, "k", "s", "t", "ts", domains=D), "username"),
+        (lambda v: AppLogin(ACCOUNT, "u", v, "s", "t", "ts", domains=D), "app_key"),
+        (lambda v: AppLogin(ACCOUNT, "u", "k", v, "t", "ts", domains=D), "secret"),
+        (lambda v: AppLogin(ACCOUNT, "u", "k", "s", v, "ts", domains=D), "access_token"),
+        (lambda v: AppLogin(ACCOUNT, "u", "k", "s", "t", v, domains=D), "access_token_secret"),
+        (lambda v: ClientCredentialsLogin(ACCOUNT, "u", "id", v, domains=D), "secret"),
+        (lambda v: OAuth1Auth("k", v, "t", "ts"), "secret"),
+        (lambda v: OAuth1Auth(v, "s", "t", "ts"), "app_key"),
+        (lambda v: OAuth1Signer("k", "s", "t", v), "access_token_secret"),
+        (lambda v: SentinelClientCredentials(ACCOUNT, "id", v, domains=D), "client_secret"),
+        (lambda v: SentinelClientCredentials(ACCOUNT, v, "s", domains=D), "client_id"),
+        (lambda v: ConsumerJwt(ACCOUNT, domains=D, auth_code=v), "auth_code"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("wrap", [str, Secret], ids=["str", "Secret"])
+def test_a_credential_utf8_cannot_encode_is_refused_at_construction_without_showing_it(
+    build: Callable[[Any], Any], field: str, wrap: Callable[[str], Any]
+) -> None:
+    """Accepted, it failed only when first sent: an untyped UnicodeEncodeError (from the
+    OAuth1 signature, or aiohttp encoding a form) whose args held the whole secret."""
+    value = wrap(UNDECODABLE) if field != "username" else UNDECODABLE
+    with pytest.raises(ConfigurationError, match=rf"\.{field} .*UTF-8") as info:
+        build(value)
+    assert not _shows(info.value, UNDECODABLE)
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None
+
+
+async def _surrogate() -> str:
+    return UNDECODABLE
+
+
+async def test_an_auth_code_source_giving_a_code_utf8_cannot_encode_fails_and_sends_nothing(
+    serve: ServerFactory,
+) -> None:
+    asked: list[str] = []
+    host = await _idp(serve, asked)
+    domains = StaticDomains({"idp": host})
+    auth = ConsumerJwt(ACCOUNT, domains=domains, auth_code=_surrogate)
+    async with Engine(domains, auth=auth, scheme="http", clock=VirtualClock()) as engine:
+        with pytest.raises(ConfigurationError, match=r"ConsumerJwt\.auth_code .*UTF-8") as info:
+            await engine.login()
+    assert not _shows(info.value, UNDECODABLE)
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"body_params": [("a", UNDECODABLE)]},
+        {"body_params": [(UNDECODABLE, "v")]},
+        {"nonce": UNDECODABLE},
+        {"timestamp": UNDECODABLE},
+    ],
+    ids=["form-value", "form-name", "nonce", "timestamp"],
+)
+def test_the_oauth1_signer_refuses_text_utf8_cannot_encode_without_showing_it(
+    kwargs: dict[str, Any],
+) -> None:
+    signer = OAuth1Signer("k", "s", "t", "ts")
+    with pytest.raises(ConfigurationError, match=r"OAuth1Signer\.header") as info:
+        signer.header("GET", SIGNER_URL, **kwargs)
+    assert not _shows(info.value, UNDECODABLE)
+    assert info.value.__context__ is None
+
+
+# -- numbers past float's range in an answer: no expiry, not an OverflowError --------------------
+
+HUGE_JSON = "9" * 400  # a valid JSON integer; float() of it raises OverflowError
+
+
+def _raw_jwt(claims_json: str) -> str:
+    def seg(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = seg(b'{"alg":"HS256"}')
+    return f"{header}.{seg(claims_json.encode())}.c2ln"
+
+
+async def _answering(serve: ServerFactory, path: str, body: str) -> str:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("POST", path, handler)
+    return await serve(app)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"access_token": "zqx-opaque", "expires_in": ' + HUGE_JSON + "}",
+        '{"access_token": "zqx-opaque", "expires_in": -' + HUGE_JSON + "}",
+        '{"access_token": "zqx-opaque", "expires_in": "' + HUGE_JSON + '"}',
+        '{"access_token": "' + _raw_jwt('{"exp": ' + HUGE_JSON + "}") + '"}',
+    ],
+    ids=["expires_in", "expires_in-negative", "expires_in-str", "jwt-exp"],
+)
+async def test_a_token_answer_with_a_number_past_floats_range_has_no_expiry(
+    serve: ServerFactory, body: str
+) -> None:
+    host = await _answering(serve, "/sentinel/api/account/{account}/app/token", body)
+    domains = StaticDomains({"sentinel": host})
+    auth = SentinelClientCredentials(ACCOUNT, "client", "zqx-secret", domains=domains)
+    async with Engine(domains, auth=auth, scheme="http", clock=VirtualClock()):
+        creds = await auth.credentials("GET", URL("http://va.example/x"))
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at is None
+        assert token.expires_at is None
+    assert creds.generation == 1
+
+
+async def test_a_consumer_jwt_whose_exp_is_past_floats_range_has_no_expiry(
+    serve: ServerFactory,
+) -> None:
+    body = '{"jwt": "' + _raw_jwt('{"exp": ' + HUGE_JSON + "}") + '"}'
+    host = await _answering(serve, "/api/account/{account}/signup", body)
+    domains = StaticDomains({"idp": host})
+    auth = ConsumerJwt(ACCOUNT, domains=domains)
+    async with Engine(domains, auth=auth, scheme="http", clock=VirtualClock()) as engine:
+        await engine.login()
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at is None
+        assert token.expires_at is None
+
+
+@pytest.mark.parametrize(
+    "ttl", [HUGE_JSON, "-" + HUGE_JSON, '"' + HUGE_JSON + '"'], ids=["int", "negative", "str"]
+)
+async def test_a_login_answer_whose_session_ttl_is_past_floats_range_has_no_ttl(
+    serve: ServerFactory, ttl: str
+) -> None:
+    body = '{"bearer": "zqx-bearer", "sessionTTl": ' + ttl + "}"
+    host = await _answering(serve, "/api/account/{account}/login", body)
+    domains = StaticDomains({"agentVep": host})
+    auth = UserLogin(ACCOUNT, "agent", "pw", domains=domains, logout_on_close=False)
+    async with Engine(domains, auth=auth, scheme="http", clock=VirtualClock()) as engine:
+        await engine.login()
+        session = auth.session
+        assert session is not None
+        assert session.ttl is None
+        assert auth.refresh_interval_for(session) == 300.0

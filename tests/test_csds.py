@@ -8,18 +8,22 @@ import json
 import logging
 
 import pytest
+from aiohttp import web
 
+from le_transport import Engine
 from le_transport.chaos import Reset, Status
 from le_transport.errors import (
     DomainResolutionError,
+    EngineClosed,
     HostileHostError,
     RetriesExhausted,
     UnknownServiceError,
 )
 from le_transport.events import StateEvent
-from le_transport.providers import StaticBearer, UserLogin
+from le_transport.providers import CsdsDomains, StaticBearer, UserLogin
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
 from tests.known_secrets import BEARER, PASSWORD
 from tests.test_providers import ACCOUNT, USER, csds_for, make_sim, sim, sim_engine
 
@@ -227,3 +231,72 @@ async def test_an_absurdly_nested_answer_is_a_domain_error_not_a_recursion_error
     async with sim_engine(sim, clock, domains=domains):
         with pytest.raises(DomainResolutionError, match="not JSON"):
             await domains.resolve("agentVep")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"baseURIs": []},
+        {"baseURIs": [None, "x", {"service": 5}, {"baseURI": "va.example"}]},
+        {"baseURIs": [{"service": "agentVep", "baseURI": "evil.example/steal"}]},
+    ],
+    ids=["empty", "all-malformed", "all-hostile"],
+)
+async def test_a_refresh_answering_no_usable_service_keeps_serving_the_last_good_map(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture, answer: object
+) -> None:
+    """Installed, such a map failed every service (UnknownServiceError, HostileHostError) for a
+    whole TTL; as a failed refresh, stale-if-error serves the last good one."""
+    events: list[StateEvent] = []
+    domains = csds_for(sim, ttl=60, stale_retry=30)
+    async with sim_engine(sim, clock, domains=domains, events=events):
+        assert await domains.resolve("agentVep") == sim.host
+        await clock.sleep(61)
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(answer))])
+        with caplog.at_level(logging.WARNING, logger="le_transport.domains"):
+            assert await domains.resolve("agentVep") == sim.host
+        assert "without one usable service" in caplog.text
+        assert "serving the last good map" in caplog.text
+        assert [e.name for e in events] == ["domains_stale"]
+        assert domains.hosts["agentVep"] == sim.host
+        # Asked again after stale_retry (the script is spent: a good map this time).
+        await clock.sleep(31)
+        assert await domains.resolve("accountConfigReadOnly") == sim.host
+        assert sim.count("GET", CSDS_PATH) == 3
+
+
+async def test_a_first_fetch_answering_an_empty_map_names_no_service(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Without a map to fall back to, an empty one is what the account has: resolving says so."""
+    sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps({"baseURIs": []}))])
+    domains = csds_for(sim)
+    async with sim_engine(sim, clock, domains=domains):
+        with pytest.raises(UnknownServiceError, match="its services: none"):
+            await domains.resolve("agentVep")
+
+
+@pytest.mark.parametrize("recover", [False, True], ids=["fail-fast", "recover"])
+async def test_a_call_waiting_for_the_domain_map_when_the_engine_closes_gets_engine_closed(
+    serve: ServerFactory, clock: VirtualClock, recover: bool
+) -> None:
+    arrived, never = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/api/account/{account}/service/baseURI.json", hang)
+    host = await serve(app)
+    domains = CsdsDomains(ACCOUNT, csds_host=host, scheme="http")
+    engine = Engine(domains, scheme="http", clock=clock)
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "agentVep", "/x", recover=recover))
+    await arrived.wait()
+    await engine.close()
+    never.set()
+    with pytest.raises(EngineClosed, match=r"csds\[\d+\]: the Domain API fetch in progress"):
+        await call
+    assert not call.cancelled()

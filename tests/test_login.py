@@ -11,20 +11,24 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from le_transport import RetryPolicy
+from le_transport import Engine, RetryPolicy
 from le_transport.chaos import Reset, Status
 from le_transport.errors import (
     AuthenticationError,
     BlockedError,
+    EngineClosed,
     LoginRejected,
     RetriesExhausted,
 )
 from le_transport.events import StateEvent
 from le_transport.providers import AppLogin, ClientCredentialsLogin, StaticDomains, UserLogin
 from le_transport.providers.login import LoginServiceAuth
+from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
 from tests.known_secrets import (
     ACCESS_TOKEN,
     ACCESS_TOKEN_SECRET,
@@ -318,3 +322,142 @@ async def test_a_hundred_concurrent_refreshes_send_one(
         results = await asyncio.gather(*(auth.refresh() for _ in range(100)))
         assert results == [True] * 100
     assert sim.count("POST", REFRESH) == 1
+
+
+@pytest.mark.parametrize("status", [302, 307, 304])
+async def test_a_refresh_answered_with_a_redirect_is_not_a_refresh_and_falls_back_to_a_login(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], status: int
+) -> None:
+    """Provider calls never follow redirects: a 3xx to the refresh did not refresh the session
+    (counted as one, the session would lapse under a keepalive that thinks it works). It is
+    handled as a refused refresh (a 401) is: one fresh login."""
+    events: list[StateEvent] = []
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        first = await engine.login()
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script(
+            "POST", REFRESH, [Status(status, headers={"Location": "http://elsewhere.invalid/"})]
+        )
+        assert await auth.refresh() is False
+        learn_session_secrets(auth, secret_values)
+        assert auth.refreshes == 0
+        assert sim.tokens.refreshes == 0
+        assert sim.count("POST", LOGIN) == 2
+        assert (await engine.login()).generation == first.generation + 1
+    names = [e.name for e in events]
+    assert names[:3] == ["logged_in", "refresh_failed", "logged_in"]
+    assert "refreshed" not in names
+    assert events[1].details["status"] == status
+    assert events[1].details["next"] == "login"
+
+
+async def test_a_logout_answered_with_a_redirect_is_logged_as_failed(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[StateEvent] = []
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script("POST", LOGOUT, [302])
+    assert "logout failed (answered 302)" in caplog.text
+    assert "logged_out" not in [e.name for e in events]
+
+
+# -- a login in flight when the engine closes --------------------------------------------------
+
+
+@pytest.mark.parametrize("recover", [False, True], ids=["fail-fast", "recover"])
+async def test_a_call_waiting_for_the_login_when_the_engine_closes_gets_engine_closed(
+    serve: ServerFactory, clock: VirtualClock, recover: bool
+) -> None:
+    """Closing cancels the shared login; the calls waiting for it were not cancelled, and end
+    typed, as any call in progress at close does: never with a bare CancelledError."""
+    arrived, never = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/api/account/{account}/login", hang)
+    host = await serve(app)
+    domains = StaticDomains({"agentVep": host})
+    auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, logout_on_close=False)
+    engine = Engine(domains, auth=auth, scheme="http", clock=clock)
+    await engine.start()
+    calls = [
+        asyncio.ensure_future(engine.request("GET", "agentVep", "/x", recover=recover))
+        for _ in range(3)
+    ]
+    await arrived.wait()
+    await engine.close()
+    never.set()
+    for call in calls:
+        with pytest.raises(EngineClosed, match=r"user_login\[\d+\]: the login in progress"):
+            await call
+        assert not call.cancelled()
+
+
+async def test_a_call_cancelled_while_waiting_for_the_login_is_still_cancelled(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def login(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"bearer": "zqx-bearer"})
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/account/{account}/login", login)
+    app.router.add_get("/x", ok)
+    host = await serve(app)
+    domains = StaticDomains({"agentVep": host})
+    auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, logout_on_close=False)
+    async with Engine(domains, auth=auth, scheme="http", clock=clock) as engine:
+        cancelled = asyncio.ensure_future(engine.request("GET", "agentVep", "/x"))
+        other = asyncio.ensure_future(engine.request("GET", "agentVep", "/x"))
+        await arrived.wait()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        release.set()
+        assert (await other).status == 200
+
+
+async def test_a_fleets_refresh_answered_with_a_redirect_becomes_one_fresh_login(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """The shared-session path counts a 3xx as the single-process one does: not a refresh."""
+    events: list[StateEvent] = []
+    store = MemoryStore(clock)
+    auth = user_login(
+        sim,
+        keepalive=False,
+        logout_on_close=False,
+        shared=SharedSession(store, account=ACCOUNT, user=USER, clock=clock),
+    )
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        first = await engine.login()
+        learn_session_secrets(auth, secret_values)
+        # The fleet takes a session stored within most of an interval instead of refreshing.
+        await clock.sleep(auth.refresh_interval_for(auth.session))
+        sim.faults.script("POST", REFRESH, [302])
+        assert await auth.refresh() is False
+        learn_session_secrets(auth, secret_values)
+        assert sim.count("POST", REFRESH) == 1
+        assert auth.refreshes == 0
+        assert sim.tokens.refreshes == 0
+        assert sim.tokens.logins == 2
+        assert (await engine.login()).generation > first.generation
+    failed = [e for e in events if e.name == "refresh_failed"]
+    assert [(e.details["status"], e.details["next"]) for e in failed] == [(302, "login")]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
 from urllib.parse import unquote
@@ -16,6 +17,7 @@ from yarl import URL
 from le_transport.errors import AuthenticationError
 from le_transport.providers import OAuth1Auth, OAuth1Signer, StaticDomains
 from le_transport.providers.oauth1 import (
+    base_string_uri,
     hmac_sha1_signature,
     percent_encode,
     signature_base_string,
@@ -141,6 +143,42 @@ def test_signature_agrees_with_an_independent_signer(
     _, headers, _ = client.sign(str(url), http_method=method)
     theirs = _parse_header(headers["Authorization"])
     assert ours == theirs
+
+
+def test_the_base_string_uri_keeps_an_ipv6_literals_brackets() -> None:
+    """RFC 5849 3.4.1.2: the authority as the Host header carries it. Without the brackets,
+    ``http://::1:8080/x`` signed another string than the server checks: every request over an
+    IPv6 literal (a host the Domain API may name) was refused."""
+    assert base_string_uri(URL("http://[::1]:8080/api/x?a=1")) == "http://[::1]:8080/api/x"
+    assert base_string_uri(URL("https://[2001:DB8::1]:443/x")) == "https://[2001:db8::1]/x"
+    assert base_string_uri(URL("http://127.0.0.1:8080/x")) == "http://127.0.0.1:8080/x"
+
+
+@settings(max_examples=100)
+@given(
+    address=st.ip_addresses(v=6),
+    scheme=st.sampled_from(["http", "https"]),
+    port=st.sampled_from([None, 80, 443, 8080]),
+    query=st.lists(st.tuples(st.text("abcdef_", min_size=1, max_size=6), _text), max_size=3),
+)
+def test_a_signature_over_an_ipv6_host_agrees_with_an_independent_signer(
+    address: ipaddress.IPv6Address, scheme: str, port: int | None, query: list[tuple[str, str]]
+) -> None:
+    """Property: over any IPv6 literal, scheme and port, our signature equals oauthlib's."""
+    key, secret, token, token_secret = "ck-1", "cs-1 &x", "tk-1", "ts-1/=+"
+    url = URL.build(scheme=scheme, host=str(address), port=port, path="/api/x", query=query)
+    signer = OAuth1Signer(key, secret, token, token_secret)
+    ours = _parse_header(signer.header("GET", url, nonce="n0nce", timestamp="1700000000"))
+    client = independent.Client(
+        key,
+        client_secret=secret,
+        resource_owner_key=token,
+        resource_owner_secret=token_secret,
+        nonce="n0nce",
+        timestamp="1700000000",
+    )
+    _, headers, _ = client.sign(str(url), http_method="GET")
+    assert ours == _parse_header(headers["Authorization"])
 
 
 async def test_each_request_gets_a_fresh_nonce_and_the_current_timestamp() -> None:

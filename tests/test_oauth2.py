@@ -7,14 +7,24 @@ import asyncio
 import json
 
 import pytest
+from aiohttp import web
 from yarl import URL
 
+from le_transport import Engine
 from le_transport.chaos import Status
-from le_transport.errors import LoginRejected
+from le_transport.errors import EngineClosed, LoginRejected, RetriesExhausted
 from le_transport.events import StateEvent
-from le_transport.providers import ConsumerJwt, CsdsDomains, SentinelClientCredentials, jwt_expiry
+from le_transport.providers import (
+    ConsumerJwt,
+    CsdsDomains,
+    SentinelClientCredentials,
+    StaticDomains,
+    jwt_expiry,
+)
+from le_transport.providers._token import Token
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Simulator
+from tests.conftest import ServerFactory
 from tests.known_secrets import CLIENT_SECRET
 from tests.test_providers import (
     ACCOUNT,
@@ -180,3 +190,134 @@ async def test_an_authenticated_consumer_exchanges_a_fresh_auth_code_each_time(
         assert first.generation + 1 == second.generation
     assert sim.count("POST", AUTHENTICATE) == 2
     assert sim.count("POST", SIGNUP) == 0
+
+
+# -- the early fetch meets an outage: the token still valid is used, and fetched again later ----
+
+
+async def _inside_the_margin(
+    engine: Engine, auth: SentinelClientCredentials, clock: VirtualClock
+) -> Token:
+    """Log in, then sleep to a second past the token's refresh time (59 s before it expires)."""
+    await engine.login()
+    token = auth.token
+    assert token is not None
+    assert token.refresh_at is not None
+    await clock.sleep(token.refresh_at + 1 - clock.now())
+    return token
+
+
+async def test_an_early_fetch_meeting_an_outage_keeps_the_valid_token_and_tries_again_later(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """Sentinel answers 503 once the token is due: the calls go out with the token, which lives
+    another 59 s, instead of failing (after 30 s of schedule) while holding a valid one."""
+    events: list[StateEvent] = []
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        token = await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script("POST", TOKEN, [503, 503, 503])
+        started = clock.now()
+        # Ten calls at once share one attempt, no pause: none waits through the schedule.
+        results = await asyncio.gather(
+            *(engine.request("GET", "accountConfigReadOnly", USERS) for _ in range(10))
+        )
+        assert {r.status for r in results} == {200}
+        assert clock.now() == started
+        assert sim.count("POST", TOKEN) == 2
+        assert (await engine.login()).generation == token.generation
+        # Not asked again on every call: after the schedule's pauses, 5, 10, 15 s.
+        for pause, asked in ((4.9, 2), (0.1, 3), (10, 4), (15, 5)):
+            await clock.sleep(pause)
+            resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+            assert resp.status == 200
+            assert sim.count("POST", TOKEN) == asked
+        # The outage is over: the fifth token request got a new token.
+        assert (await engine.login()).generation == token.generation + 1
+    failed = [e for e in events if e.name == "refresh_failed"]
+    assert [e.details["retry_in"] for e in failed] == [5.0, 10.0, 15.0]
+    assert all(e.details["next"] == "keep the current token" for e in failed)
+    assert [e.details["expires_in"] for e in failed] == pytest.approx([59, 54, 44], abs=1)
+    # The token failed nothing: no login_failed (the recovery loop's cue) was reported.
+    assert [e.name for e in events if e.name != "refresh_failed"] == ["logged_in", "logged_in"]
+
+
+async def test_an_outage_that_outlasts_the_token_fails_the_first_call_after_its_expiry(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    events: list[StateEvent] = []
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        token = await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        assert token.expires_at is not None
+        assert token.refresh_at is not None
+        assert token.expires_at - token.refresh_at == pytest.approx(60)
+        sim.faults.script("POST", TOKEN, [503] * 20)
+        for _ in range(5):  # at +0, 5, 15, 30 and 45 s; then it is the token's expiry
+            resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+            assert resp.status == 200
+            retry_at = auth.token.refresh_at if auth.token is not None else None
+            assert retry_at is not None
+            assert retry_at <= token.expires_at
+            await clock.sleep(retry_at - clock.now())
+        assert clock.now() == pytest.approx(token.expires_at)
+        asked = sim.count("POST", TOKEN)
+        assert asked == 1 + 5
+        # Expired: the token request follows the whole schedule, and its failure is the call's.
+        started = clock.now()
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert clock.now() - started == pytest.approx(30)
+        assert sim.count("POST", TOKEN) == asked + 4
+    names = [e.name for e in events]
+    assert names.count("refresh_failed") == 5
+    assert names[-1] == "login_failed"
+
+
+async def test_an_early_fetch_refused_with_a_4xx_fails_the_call_at_once(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script("POST", TOKEN, [401])
+        started = clock.now()
+        with pytest.raises(LoginRejected, match="refused with 401"):
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert clock.now() == started
+        assert sim.count("POST", TOKEN) == 2
+
+
+# -- a token request in flight when the engine closes -----------------------------------------
+
+
+@pytest.mark.parametrize("recover", [False, True], ids=["fail-fast", "recover"])
+async def test_a_call_waiting_for_a_token_when_the_engine_closes_gets_engine_closed(
+    serve: ServerFactory, clock: VirtualClock, recover: bool
+) -> None:
+    """Closing cancels the shared token request; the call waiting for it was not cancelled
+    and must end typed, as any call in progress at close does, never with CancelledError."""
+    arrived, never = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/sentinel/api/account/{account}/app/token", hang)
+    host = await serve(app)
+    domains = StaticDomains({"sentinel": host, "svc": host})
+    auth = SentinelClientCredentials(ACCOUNT, CLIENT_ID, CLIENT_SECRET, domains=domains)
+    engine = Engine(domains, auth=auth, scheme="http", clock=clock)
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x", recover=recover))
+    await arrived.wait()
+    await engine.close()
+    never.set()
+    with pytest.raises(EngineClosed, match=r"sentinel\[\d+\]: the token request in progress"):
+        await call
+    assert not call.cancelled()

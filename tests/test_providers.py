@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,7 +23,7 @@ from yarl import URL
 
 from le_transport import Engine, RetryPolicy
 from le_transport._redact import Secret
-from le_transport.errors import ConfigurationError, HostileHostError
+from le_transport.errors import ConfigurationError, EngineClosed, HostileHostError
 from le_transport.events import EventHooks, StateEvent
 from le_transport.policies.backoff import BackoffPolicy
 from le_transport.policies.retry import LOGIN_RATE_LIMIT_FLOOR
@@ -155,10 +156,22 @@ def test_jwt_expiry_reads_exp_without_verifying_the_signature() -> None:
         jwt_with({"exp": "soon"}),
         jwt_with({"exp": True}),
         "eyJhbGciOiJIUzI1NiJ9.WzFd.c2ln",  # payload is a JSON array
+        # An int past float's range: math.isfinite raised OverflowError on it.
+        jwt_with({"exp": 10**400}),
+        jwt_with({"exp": -(10**400)}),
     ],
 )
 def test_jwt_expiry_is_none_for_anything_without_a_numeric_exp(token: str) -> None:
     assert jwt_expiry(token) is None
+
+
+@given(st.integers(min_value=-(10**500), max_value=10**500) | st.floats())
+def test_jwt_expiry_of_any_number_is_a_finite_float_or_none(exp: float) -> None:
+    """Property: whatever number ``exp`` is (past float's range, NaN, infinite), reading it
+    never raises; a token without a usable one has no expiry."""
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).rstrip(b"=").decode()
+    result = jwt_expiry(f"eyJhbGciOiJIUzI1NiJ9.{claims}.c2ln")
+    assert result is None or (isinstance(result, float) and math.isfinite(result))
 
 
 @given(st.integers(min_value=0, max_value=2**40))
@@ -228,19 +241,49 @@ async def test_single_flight_survives_a_cancelled_caller(clock: VirtualClock) ->
     assert first.cancelled()
 
 
-async def test_single_flight_cancel_stops_the_run(clock: VirtualClock) -> None:
+async def test_single_flight_cancel_stops_the_run_and_its_callers_get_engine_closed(
+    clock: VirtualClock,
+) -> None:
+    """A close stops the run; the callers, which nobody cancelled, get a typed error naming
+    what was stopped, not a CancelledError that would escape every ``except TransportError``."""
+
+    async def forever() -> str:
+        await clock.sleep(10_000)
+        return "never"
+
+    flight: SingleFlight[str] = SingleFlight("test", "login[1]: the login")
+    waiters = [asyncio.ensure_future(flight.run(forever)) for _ in range(3)]
+    await clock.sleep(1)
+    assert flight.running
+    await flight.cancel()
+    assert not flight.running
+    for waiter in waiters:
+        with pytest.raises(EngineClosed, match=r"^login\[1\]: the login in progress was stopped"):
+            await waiter
+        assert not waiter.cancelled()
+
+
+async def test_single_flight_cancel_leaves_a_cancelled_caller_cancelled(
+    clock: VirtualClock,
+) -> None:
+    """A caller cancelled itself (a timeout, a caller giving up) while the run is stopped too
+    still gets its CancelledError: a cancellation must never be swallowed."""
+
     async def forever() -> str:
         await clock.sleep(10_000)
         return "never"
 
     flight: SingleFlight[str] = SingleFlight("test")
-    waiter = asyncio.ensure_future(flight.run(forever))
+    cancelled = asyncio.ensure_future(flight.run(forever))
+    other = asyncio.ensure_future(flight.run(forever))
     await clock.sleep(1)
-    assert flight.running
+    cancelled.cancel()
     await flight.cancel()
-    assert not flight.running
     with pytest.raises(asyncio.CancelledError):
-        await waiter
+        await cancelled
+    assert cancelled.cancelled()
+    with pytest.raises(EngineClosed):
+        await other
 
 
 # -- hosts and configuration ------------------------------------------------------------------

@@ -45,7 +45,13 @@ from yarl import URL
 
 from .._redact import redact_url
 from ..clock import Clock, RealClock
-from ..errors import AuthenticationError, ClientStatusError, TransportError, UnsignableBody
+from ..errors import (
+    AuthenticationError,
+    ClientStatusError,
+    EngineClosed,
+    TransportError,
+    UnsignableBody,
+)
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
@@ -238,6 +244,8 @@ class AuthMiddleware:
             return any(same_host(h, url) for h in self.allowed_hosts)
         try:
             host = await self.domains.resolve(ctx.service)
+        except EngineClosed:
+            raise  # not a host to withhold credentials from: the call is over
         except TransportError:
             return False
         if same_host(host, url):

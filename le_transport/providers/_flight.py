@@ -1,7 +1,9 @@
 """Single flight: concurrent callers share one execution of a login, refresh or fetch.
 
 A hundred requests that find no token at once must cause one login, not a hundred; and when
-that login fails, all hundred get its error instead of each trying again.
+that login fails, all hundred get its error instead of each trying again. When the provider
+closes (its engine closes) during the run, every caller waiting for it gets
+:class:`~le_transport.errors.EngineClosed`, the error of a call in progress at close.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from ..errors import EngineClosed
 
 __all__ = ["SingleFlight"]
 
@@ -27,13 +31,16 @@ class SingleFlight(Generic[T]):
     """Runs at most one ``fn()`` at a time; callers arriving meanwhile await the same result.
 
     The shared run is shielded: a caller that is cancelled stops waiting, the run goes on for
-    the others. :meth:`cancel` stops it (on close).
+    the others. :meth:`cancel` stops it (on close): a caller that was not cancelled itself then
+    gets :class:`~le_transport.errors.EngineClosed` saying what was stopped (``what``, e.g.
+    ``"user_login[123]: the login"``), a caller that was cancelled its ``CancelledError``.
     """
 
-    __slots__ = ("_name", "_task")
+    __slots__ = ("_name", "_task", "_what")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, what: str | None = None) -> None:
         self._name = name
+        self._what = what if what is not None else name
         self._task: asyncio.Task[T] | None = None
 
     @property
@@ -49,7 +56,22 @@ class SingleFlight(Generic[T]):
             task.set_name(self._name)
             task.add_done_callback(_consume)
             self._task = task
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or current is None or current.cancelling() > 0:
+                # This caller was cancelled (a timeout, a caller giving up): that is its own
+                # cancellation, and it must propagate as one.
+                raise
+        # Only the shared run was cancelled (cancel(), on close), and awaiting the shield
+        # re-raised that here, in a task nobody cancelled: a bare CancelledError would escape
+        # the typed errors of everything above (Engine.request, the retry loop), and could
+        # even be taken for a cancellation of the caller's own task. Raised outside the except
+        # clause: the CancelledError says nothing the caller can use.
+        raise EngineClosed(
+            f"{self._what} in progress was stopped: its provider was closed (the engine closed)"
+        )
 
     async def cancel(self) -> None:
         """Cancel the run in progress, if any, and wait for it to end."""

@@ -34,7 +34,7 @@ from .._redact import Secret
 from ..clock import Clock
 from ..errors import ConfigurationError, TransportError
 from ..events import EventHooks, StateEvent, emit
-from ..middleware.context import CallContext, call_context, unsent_request_error
+from ..middleware.context import CallContext, call_context, safe_cause, unsent_request_error
 from ..middleware.retry import RetryMiddleware
 from ..policies.retry import RetryPolicy
 
@@ -48,6 +48,7 @@ __all__ = [
     "require_attached",
     "require_option",
     "require_secret",
+    "require_text",
     "split_host",
     "validate_account",
 ]
@@ -124,7 +125,9 @@ class ProviderHttp:
         except TransportError:
             raise
         except (aiohttp.ClientError, OSError) as exc:
-            raise unsent_request_error(exc, ctx, method, url) from exc
+            unsent = unsent_request_error(exc, ctx, method, url), safe_cause(exc)
+        # Raised here, so that an aiohttp error that shows the URL is not its context.
+        raise unsent[0] from unsent[1]
 
 
 def _cookies(jar: SimpleCookie) -> dict[str, str]:
@@ -178,7 +181,8 @@ def validate_account(account: object, *, owner: str) -> str:
 
 
 def require_secret(value: object, *, owner: str, field: str) -> Secret:
-    """``value`` as a :class:`Secret`; a :class:`ConfigurationError` (never echoing it) if empty."""
+    """``value`` as a :class:`Secret`; a :class:`ConfigurationError` (never echoing it) if
+    empty, or if it is not text UTF-8 can encode (see :func:`utf8_encodable`)."""
     if isinstance(value, Secret):
         secret = value
     elif isinstance(value, str):
@@ -189,7 +193,39 @@ def require_secret(value: object, *, owner: str, field: str) -> Secret:
         )
     if not secret:
         raise ConfigurationError(f"{owner}.{field} must not be empty")
+    if not utf8_encodable(secret.reveal()):
+        raise ConfigurationError(_NOT_UTF8.format(owner=owner, field=field))
     return secret
+
+
+def require_text(value: object, *, owner: str, field: str) -> str:
+    """``value`` if it is a non-empty str UTF-8 can encode (a username: it goes into a request
+    body); else a :class:`ConfigurationError` that does not echo it (a password given in the
+    wrong place must not show)."""
+    if not isinstance(value, str) or not value:
+        shown = "an empty str" if isinstance(value, str) else type(value).__name__
+        raise ConfigurationError(f"{owner}.{field} must be a non-empty str, got {shown}")
+    if not utf8_encodable(value):
+        raise ConfigurationError(_NOT_UTF8.format(owner=owner, field=field))
+    return value
+
+
+_NOT_UTF8 = (
+    "{owner}.{field} holds a lone surrogate, which UTF-8 cannot encode (os.environ gives one "
+    "for a byte that is not UTF-8): check how the value was read, e.g. the environment's "
+    "encoding; the value is not shown"
+)
+
+
+def utf8_encodable(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8: no lone surrogate (what ``os.environ`` and
+    ``os.fsdecode`` make of a byte that is not UTF-8). A credential that cannot be encoded
+    would fail only when first sent, with a ``UnicodeEncodeError`` whose arguments hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def provider_url(scheme: str, host: str, path: str, query: Mapping[str, str] | None = None) -> URL:

@@ -42,12 +42,15 @@ def credential_refusals(
     blocked: str,
     refused: Callable[[int], str],
     keep_attempts: bool = True,
+    report_outages: bool = True,
 ) -> Iterator[None]:
     """Map the failure of the credential request made inside the block (see the module).
 
     ``blocked`` is the message for a 451, ``refused(status)`` the one for another 4xx. With
     ``keep_attempts`` false the :class:`~le_transport.errors.BlockedError` does not carry the
-    attempts of the request.
+    attempts of the request. With ``report_outages`` false an outage passes unreported: the
+    caller decides whether it failed anything (a token fetched early, while the current one
+    still works).
     """
     try:
         yield
@@ -65,5 +68,6 @@ def credential_refusals(
         report_login_failed(http, subject, exc, exc.status)
         raise LoginRejected(refused(exc.status), status=exc.status) from None
     except RequestError as exc:
-        report_login_failed(http, subject, exc, None)
+        if report_outages:
+            report_login_failed(http, subject, exc, None)
         raise

@@ -5,13 +5,19 @@ first use, reuses it until ``margin`` seconds before it expires (the JWT's ``exp
 answer's ``expires_in``), then fetches a new one. Concurrent callers share one fetch. Expiry is
 kept on the engine's clock: the token's remaining lifetime is read once, against the wall clock,
 when the token arrives.
+
+That early fetch is one attempt, not the request schedule: the current token still works, so a
+token service outage (a 5xx, a transport failure) must not fail calls, nor hold them through
+5/10/15 s of pauses. When it fails, the current token keeps being used (a ``refresh_failed``
+event says so) and the fetch is tried again after a pause that grows like the request schedule;
+once the token has expired, the fetch follows the whole schedule and its failure is the call's.
+A refusal (a 4xx: bad credentials, a blacklisted account) fails the call at once either way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 
@@ -19,9 +25,19 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret
-from ..errors import AuthenticationError, ConfigurationError
+from ..errors import (
+    AuthenticationError,
+    ClientStatusError,
+    ConfigurationError,
+    DomainResolutionError,
+    EngineClosed,
+    HostileHostError,
+    RequestError,
+    UnknownServiceError,
+)
 from ..events import StateEvent
 from ..policies._validate import finite_number
+from ..policies.retry import RetryPolicy
 from ._flight import SingleFlight
 from ._http import (
     ProviderHttp,
@@ -31,10 +47,11 @@ from ._http import (
     require_attached,
     require_option,
 )
-from ._refusals import credential_refusals
+from ._refusals import credential_refusals, report_login_failed
 from .auth import Credentials
 from .domains import DomainProvider
 from .jwt import jwt_expiry
+from .login import login_policy
 
 __all__ = ["DEFAULT_TOKEN_MARGIN", "MIN_TOKEN_REFRESH", "Token", "TokenProvider"]
 
@@ -48,15 +65,34 @@ MIN_TOKEN_REFRESH = 5.0
 
 @attrs.frozen(repr=False)
 class Token:
-    """A token, when to fetch the next one (engine clock; None: never on its own), and its
-    generation."""
+    """A token, when to fetch the next one (engine clock; None: never on its own), its
+    generation, and when it expires (engine clock; None: unknown, or never)."""
 
     value: Secret
     refresh_at: float | None
     generation: int
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        """Whether the token is past its expiry at ``now`` (engine clock); False if unknown."""
+        return self.expires_at is not None and now >= self.expires_at
 
     def __repr__(self) -> str:
-        return f"Token(generation={self.generation}, refresh_at={self.refresh_at!r})"
+        return (
+            f"Token(generation={self.generation}, refresh_at={self.refresh_at!r}, "
+            f"expires_at={self.expires_at!r})"
+        )
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether a failed token request is an outage that a still-valid token can ride out: a
+    5xx or transport failure after its schedule, or the Domain API being down. Not a refusal
+    (a 4xx arrives as an AuthenticationError), a close, an unknown service or a hostile host."""
+    if isinstance(exc, (UnknownServiceError, HostileHostError)):
+        return False
+    if isinstance(exc, DomainResolutionError):
+        return True
+    return isinstance(exc, RequestError) and not isinstance(exc, (ClientStatusError, EngineClosed))
 
 
 def check_token_options(owner: str, domains: object, service: object) -> None:
@@ -107,15 +143,23 @@ class TokenProvider:
         self._http: ProviderHttp | None = None
         self._token: Token | None = None
         self._generation = 0
-        self._flight: SingleFlight[Token] = SingleFlight(f"le_transport.{self._kind}")
+        self._flight: SingleFlight[Token] = SingleFlight(
+            f"le_transport.{self._kind}", f"{self.subject}: the token request"
+        )
         self._closed = False
+        # Early fetches failed in a row while the current token still lived (the pause before
+        # the next one grows with it); reset by a token.
+        self._early_failures = 0
         #: Tokens fetched successfully.
         self.fetches = 0
 
     # -- subclass hook ----------------------------------------------------------------------
 
-    async def _request_token(self, http: ProviderHttp) -> tuple[ProviderResponse, str]:
-        """Send the token request; return the answer and the JSON field holding the token."""
+    async def _request_token(
+        self, http: ProviderHttp, retry: RetryPolicy
+    ) -> tuple[ProviderResponse, str]:
+        """Send the token request on ``retry``; return the answer and the JSON field holding
+        the token."""
         raise NotImplementedError
 
     @property
@@ -146,11 +190,17 @@ class TokenProvider:
     # -- AuthProvider -----------------------------------------------------------------------
 
     async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
-        """``Authorization: <scheme> <token>``, fetching a token first if it is missing or due."""
+        """``Authorization: <scheme> <token>``, fetching a token first if it is missing or due.
+
+        A token that is due but has not expired is still sent when the early fetch meets an
+        outage (see the module); a refused fetch fails the call at once.
+        """
         http = require_attached(self._http, self)
         token = self._token
-        if token is None or (token.refresh_at is not None and http.clock.now() >= token.refresh_at):
+        if token is None:
             token = await self.fetch()
+        elif token.refresh_at is not None and http.clock.now() >= token.refresh_at:
+            token = await self._renew(http, token)
         return Credentials(
             headers={"Authorization": f"{self._scheme} {token.value.reveal()}"},
             bearer=token.value,
@@ -173,6 +223,68 @@ class TokenProvider:
             raise AuthenticationError(f"{self.subject}: the auth provider is closed")
         return await self._flight.run(self._fetch)
 
+    async def _renew(self, http: ProviderHttp, token: Token) -> Token:
+        """A new token in place of ``token``, which is due; ``token`` itself while it lives and
+        the token service is out (see the module)."""
+        if token.expired(http.clock.now()):
+            return await self.fetch()
+        if self._closed:
+            raise AuthenticationError(f"{self.subject}: the auth provider is closed")
+        return await self._flight.run(lambda: self._fetch_early(http, token))
+
+    async def _fetch_early(self, http: ProviderHttp, token: Token) -> Token:
+        """The shared run of an early fetch: the new token, or ``token`` kept through an outage.
+
+        Decided here, inside the single flight, so that every caller sharing the fetch gets
+        the same answer and a failure is reported once, not once per caller.
+        """
+        try:
+            return await self._fetch(early=True)
+        except (RequestError, DomainResolutionError) as exc:
+            if self._closed or not _transient(exc):
+                raise
+            now = http.clock.now()
+            if self._token is not token or token.expired(now):
+                # Expired while the fetch failed (or dropped after a 401 meanwhile): nothing to
+                # fall back to, and this is the failure of a token request like any other.
+                report_login_failed(http, self.subject, exc, None)
+                raise
+            return self._put_off(http, token, exc, now)
+
+    def _put_off(self, http: ProviderHttp, token: Token, exc: Exception, now: float) -> Token:
+        """Keep ``token`` after a failed early fetch, and fetch again after a pause (never past
+        its expiry, when the next call fetches on the whole schedule)."""
+        self._early_failures += 1
+        pauses = http.policy.pauses
+        # The request schedule's pauses, spread over calls instead of held inside one: 5, 10,
+        # 15, 15 ... s by default, and never sooner than a token is fetched on its own.
+        pause = pauses[min(self._early_failures, len(pauses)) - 1] if pauses else 0.0
+        pause = max(pause, MIN_TOKEN_REFRESH)
+        retry_at = now + pause
+        if token.expires_at is not None:
+            retry_at = min(retry_at, token.expires_at)
+        kept = attrs.evolve(token, refresh_at=retry_at)
+        self._token = kept
+        emit_state(
+            http.hooks,
+            _log,
+            logging.WARNING,
+            StateEvent(
+                "refresh_failed",
+                self.subject,
+                {
+                    "error": type(exc).__name__,
+                    "generation": token.generation,
+                    "expires_in": None
+                    if token.expires_at is None
+                    else round(token.expires_at - now, 3),
+                    "retry_in": round(retry_at - now, 3),
+                    "next": "keep the current token",
+                },
+            ),
+        )
+        return kept
+
     async def close(self) -> None:
         """Stop a fetch in progress. Idempotent."""
         self._closed = True
@@ -181,8 +293,13 @@ class TokenProvider:
 
     # -- internals --------------------------------------------------------------------------
 
-    async def _fetch(self) -> Token:
+    async def _fetch(self, *, early: bool = False) -> Token:
         http = require_attached(self._http, self)
+        retry = login_policy(http.policy)
+        if early:
+            # One attempt: the current token still works, and callers must not wait through
+            # the schedule for a new one (the next try comes on a later call).
+            retry = attrs.evolve(retry, pauses=())
         with credential_refusals(
             http,
             self.subject,
@@ -192,16 +309,19 @@ class TokenProvider:
                 "credentials (a rejected token request is never retried)"
             ),
             keep_attempts=False,
+            # An early fetch reports its own outage: it may be no failure of the call at all.
+            report_outages=not early,
         ):
-            resp, field = await self._request_token(http)
+            resp, field = await self._request_token(http, retry)
         value, expires_in = self._parse(resp, field)
         now = http.clock.now()
         lifetime = expires_in
         exp = jwt_expiry(value)
         if exp is not None:
             lifetime = exp - self._wall_clock()
-        refresh_at = None
+        refresh_at = expires_at = None
         if lifetime is not None:
+            expires_at = now + lifetime
             # A token that lives shorter than the margin is refreshed half-way through instead.
             refresh_in = lifetime - min(self._margin, max(lifetime, 0.0) / 2.0)
             # A JWT already past its exp by our wall clock (a skewed clock, a server's bad
@@ -209,8 +329,9 @@ class TokenProvider:
             # API call. It is used until the floor; a 401 says sooner if it is really dead.
             refresh_at = now + max(refresh_in, MIN_TOKEN_REFRESH)
         self._generation += 1
-        token = Token(Secret(value), refresh_at, self._generation)
+        token = Token(Secret(value), refresh_at, self._generation, expires_at)
         self._token = token
+        self._early_failures = 0
         self.fetches += 1
         emit_state(
             http.hooks,
@@ -243,13 +364,23 @@ class TokenProvider:
                 "(whitespace or control characters); refused"
             )
         assert isinstance(payload, dict)
-        expires_in = payload.get("expires_in")
-        seconds: float | None = None
-        if isinstance(expires_in, (int, float, str)) and not isinstance(expires_in, bool):
-            try:
-                seconds = float(expires_in)
-            except ValueError:
-                seconds = None
-            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-                seconds = None
-        return value, seconds
+        return value, _seconds(payload.get("expires_in"))
+
+
+def _seconds(value: object) -> float | None:
+    """``expires_in`` (a number, or a string of one) in seconds, if it is a usable one: not a
+    bool, NaN, infinite, <= 0, nor an int past float's range (float() of that raises
+    OverflowError): an answer without a usable expiry has none."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)  # digits past float's range make inf here, not an error
+        except ValueError:
+            return None
+    # finite_number, not float() then math.isfinite: a JSON int past float's range would
+    # raise OverflowError, an untyped error from a server's answer.
+    if not finite_number(number):
+        return None
+    assert isinstance(number, (int, float))
+    seconds = float(number)
+    return seconds if seconds > 0 else None

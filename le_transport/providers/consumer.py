@@ -17,10 +17,16 @@ from collections.abc import Awaitable, Callable
 
 from .._redact import Secret
 from ..errors import ConfigurationError
-from ._http import ProviderHttp, ProviderResponse, provider_url, validate_account
+from ..policies.retry import RetryPolicy
+from ._http import (
+    ProviderHttp,
+    ProviderResponse,
+    provider_url,
+    require_secret,
+    validate_account,
+)
 from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider, check_token_options
 from .domains import DomainProvider
-from .login import login_policy
 
 __all__ = ["IDP", "ConsumerJwt"]
 
@@ -62,9 +68,10 @@ class ConsumerJwt(TokenProvider):
             )
         if isinstance(auth_code, str):
             auth_code = Secret(auth_code)
-        if isinstance(auth_code, Secret) and not auth_code:
-            # An empty code would be sent to ``authenticate`` and refused there, far from here.
-            raise ConfigurationError("ConsumerJwt.auth_code must not be empty")
+        if isinstance(auth_code, Secret):
+            # An empty code would be sent to ``authenticate`` and refused there, far from here;
+            # one UTF-8 cannot encode would fail there with the code in the error's arguments.
+            auth_code = require_secret(auth_code, owner="ConsumerJwt", field="auth_code")
         check_token_options("ConsumerJwt", domains, service)
         self._auth_code = auth_code
         self._domains = domains
@@ -98,9 +105,11 @@ class ConsumerJwt(TokenProvider):
                 "ConsumerJwt.auth_code must return a non-empty str or Secret, got "
                 f"{'an empty str' if value == '' else type(value).__name__}"
             )
-        return value
+        return require_secret(value, owner="ConsumerJwt", field="auth_code (returned)").reveal()
 
-    async def _request_token(self, http: ProviderHttp) -> tuple[ProviderResponse, str]:
+    async def _request_token(
+        self, http: ProviderHttp, retry: RetryPolicy
+    ) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
         code = await self._code()
         action = "signup" if code is None else "authenticate"
@@ -110,7 +119,7 @@ class ConsumerJwt(TokenProvider):
             url,
             service=self._service,
             json={} if code is None else {"authCode": code},
-            retry=login_policy(http.policy),
+            retry=retry,
             # A signup repeated after a lost answer only makes another anonymous consumer.
             idempotent=code is None,
         )

@@ -11,7 +11,8 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
 - Once a map exists, a failed refresh keeps serving it (stale-if-error) and logs so: the Domain
   API sits on every reconnect path, and its outage must not stop one. Such a refresh is a single
   attempt (no 5/10/15 s schedule in front of a reconnect), and it is not tried again for
-  ``stale_retry`` seconds.
+  ``stale_retry`` seconds. A refresh answering a map without one valid host (empty, or every
+  entry malformed or hostile) counts as failed: installed, it would fail every service.
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
@@ -181,7 +182,8 @@ class CsdsDomains:
         self._entries: dict[str, Entry] | None = None
         self._expires_at = -math.inf
         self._flight: SingleFlight[dict[str, Entry]] = SingleFlight(
-            f"le_transport.csds[{self._account}]"
+            f"le_transport.csds[{self._account}]",
+            f"csds[{self._account}]: the Domain API fetch",
         )
         #: How many fetches were made (one fetch may take several attempts of the schedule).
         self.fetches = 0
@@ -299,6 +301,15 @@ class CsdsDomains:
                 return shared_entries
         try:
             entries = await self._fetch(http, policy)
+            if stale is not None and not any(isinstance(h, str) for h in entries.values()):
+                # Installed, it would fail every service with UnknownServiceError (or
+                # HostileHostError) for a whole TTL; as a failed refresh, the last good map
+                # is served. warm() refuses an empty map for the same reason.
+                raise DomainResolutionError(
+                    f"the Domain API answered a map without one usable service for account "
+                    f"{self._account!r} ({len(entries)} entries, none valid)",
+                    account=self._account,
+                )
             self._ask_source = False
             if self._shared is not None:
                 await self._shared.put({s: h for s, h in entries.items() if isinstance(h, str)})

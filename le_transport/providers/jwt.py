@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
+
+from ..policies._validate import finite_number
 
 __all__ = ["jwt_expiry"]
 
@@ -28,6 +29,9 @@ def jwt_expiry(token: str) -> float | None:
     if not isinstance(claims, dict):
         return None
     exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+    # finite_number, not math.isfinite: a JSON int past float's range (a hostile or broken
+    # token) makes math.isfinite raise OverflowError; such an exp is no expiry at all.
+    if not finite_number(exp):
         return None
+    assert isinstance(exp, (int, float))
     return float(exp)

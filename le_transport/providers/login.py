@@ -20,8 +20,9 @@ transport failure follows the request schedule, and when that gives up the outer
 ``csrf``) every ``refresh_interval`` seconds (the guide's 5 min for the Chat Agent API), never
 later than half the session's TTL, on the injected clock. A refresh answered with 401 falls back
 to a fresh login and nothing else: no socket is torn down, the new bearer is simply what the
-next request or connect gets. Logins and refreshes are single flight: a hundred concurrent
-callers without a token cause one login.
+next request or connect gets; so does a refresh answered with anything but a 2xx (a 3xx
+included: provider calls never follow redirects). Logins and refreshes are single flight: a
+hundred concurrent callers without a token cause one login.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -51,6 +51,7 @@ from ._http import (
     require_attached,
     require_option,
     require_secret,
+    require_text,
     validate_account,
 )
 from ._refusals import credential_refusals, report_login_failed
@@ -115,14 +116,33 @@ class LoginSession:
 
 
 def _ttl_seconds(value: object) -> float | None:
-    """``sessionTTl`` (milliseconds, as a string or a number) in seconds, if it is one."""
-    if isinstance(value, bool):
+    """``sessionTTl`` (milliseconds, as a string or a number) in seconds, if it is one.
+
+    An unusable value (a bool, NaN, infinite, <= 0, an int past float's range) is no TTL.
+    """
+    ms = value
+    if isinstance(value, str):
+        try:
+            ms = float(value)  # digits past float's range make inf here, not an error
+        except ValueError:
+            return None
+    # finite_number, not float() then math.isfinite: float() of a JSON int past float's range
+    # raises OverflowError, an untyped error from a server's answer.
+    if not finite_number(ms):
         return None
-    try:
-        ms = float(value) if isinstance(value, (int, float, str)) else math.nan
-    except ValueError:
-        return None
-    return ms / 1000.0 if math.isfinite(ms) and ms > 0 else None
+    assert isinstance(ms, (int, float))
+    seconds = float(ms) / 1000.0
+    return seconds if seconds > 0 else None
+
+
+class _NotAccepted(AuthenticationError):
+    """The Login Service answered a refresh or logout with neither a 2xx nor a 4xx (a 3xx:
+    provider calls never follow redirects). Handled like a refused refresh (a 401): a fresh
+    login follows. ``status`` is the answer's status."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LoginServiceAuth:
@@ -200,10 +220,10 @@ class LoginServiceAuth:
         self._session: LoginSession | None = None
         self._generation = 0
         self._flight: SingleFlight[LoginSession] = SingleFlight(
-            f"le_transport.login[{self._account}]"
+            f"le_transport.login[{self._account}]", f"{self.subject}: the login"
         )
         self._refresh_flight: SingleFlight[bool] = SingleFlight(
-            f"le_transport.refresh[{self._account}]"
+            f"le_transport.refresh[{self._account}]", f"{self.subject}: the session refresh"
         )
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
@@ -321,7 +341,9 @@ class LoginServiceAuth:
         return self._credentials(await self.login())
 
     async def refresh(self) -> bool:
-        """Refresh the session now (the keepalive's step); a 401 falls back to a fresh login.
+        """Refresh the session now (the keepalive's step); a refresh refused (a 4xx such as
+        401) or not accepted (any other answer but a 2xx, a 3xx included) falls back to a fresh
+        login.
 
         Returns whether the session was refreshed (False: there was none, or a new login
         replaced it). Raises what the fallback login raises; a transient refresh failure is
@@ -342,7 +364,7 @@ class LoginServiceAuth:
             return await self._shared_refresh(http, session, self._shared_token)
         try:
             await self._post_session(http, session, "refresh", self._policy(http))
-        except ClientStatusError as exc:
+        except (ClientStatusError, _NotAccepted) as exc:
             emit_state(
                 http.hooks,
                 _log,
@@ -441,7 +463,7 @@ class LoginServiceAuth:
             token = await self._shared.refresh(
                 fleet_refresh, held, min_interval=0.9 * self.refresh_interval_for(session)
             )
-        except ClientStatusError as exc:
+        except (ClientStatusError, _NotAccepted) as exc:
             emit_state(
                 http.hooks,
                 _log,
@@ -575,12 +597,15 @@ class LoginServiceAuth:
     async def _post_session(
         self, http: ProviderHttp, session: LoginSession, action: str, policy: RetryPolicy
     ) -> None:
+        """POST ``action`` (refresh, logout) with the session's cookie and csrf; an answer
+        other than 2xx is a :class:`_NotAccepted` (a 4xx: the retry middleware's
+        :class:`ClientStatusError`)."""
         host = await self._domains.resolve(self._service)
         headers = {}
         if session.session_id is not None:
             headers["Cookie"] = f"Session_id={session.session_id.reveal()}"
         body = {"csrf": session.csrf.reveal()} if session.csrf is not None else {}
-        await http.request(
+        resp = await http.request(
             "POST",
             self._url(http, host, action),
             service=self._service,
@@ -589,6 +614,14 @@ class LoginServiceAuth:
             retry=policy,
             idempotent=True,
         )
+        if not 200 <= resp.status < 300:
+            # Provider calls never follow redirects: a 3xx (or a stray 1xx) did not refresh
+            # nor end the session, whatever it says, and must not be counted as if it had.
+            raise _NotAccepted(
+                f"{self.subject}: the Login Service answered {resp.status} to {action} "
+                "instead of 2xx",
+                status=resp.status,
+            )
 
     async def _logout(self, http: ProviderHttp, session: LoginSession) -> None:
         # One attempt: closing must not sit through the 5/10/15 s schedule.
@@ -596,10 +629,13 @@ class LoginServiceAuth:
         try:
             await self._post_session(http, session, "logout", policy)
         except Exception as exc:  # the session expires on its own; closing must go on
+            error = (
+                f"answered {exc.status}" if isinstance(exc, _NotAccepted) else type(exc).__name__
+            )
             _log.warning(
                 "%s: logout failed (%s); the session will expire on its own",
                 self.subject,
-                type(exc).__name__,
+                error,
                 extra={"subject": self.subject, "error": type(exc).__name__},
             )
             return
@@ -700,9 +736,7 @@ class UserLogin(LoginServiceAuth):
 
     def __init__(self, account: str, username: str, password: str | Secret, **options: Any) -> None:
         super().__init__(account, **options)
-        if not isinstance(username, str) or not username:
-            raise ConfigurationError("UserLogin.username must be a non-empty str")
-        self._username = username
+        self._username = require_text(username, owner="UserLogin", field="username")
         self._password = require_secret(password, owner="UserLogin", field="password")
 
     def _body(self) -> dict[str, str]:
@@ -727,9 +761,7 @@ class AppLogin(LoginServiceAuth):
     ) -> None:
         super().__init__(account, **options)
         owner = type(self).__name__
-        if not isinstance(username, str) or not username:
-            raise ConfigurationError(f"{owner}.username must be a non-empty str")
-        self._username = username
+        self._username = require_text(username, owner=owner, field="username")
         self._app_key = require_secret(app_key, owner=owner, field="app_key")
         self._secret = require_secret(secret, owner=owner, field="secret")
         self._access_token = require_secret(access_token, owner=owner, field="access_token")

@@ -32,7 +32,7 @@ from yarl import URL
 from .._redact import Secret
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
-from ._http import require_option, require_secret
+from ._http import require_option, require_secret, utf8_encodable
 from .auth import Credentials
 
 __all__ = [
@@ -52,9 +52,14 @@ def percent_encode(value: str) -> str:
 
 def base_string_uri(url: URL) -> str:
     """RFC 5849 3.4.1.2: lower-case scheme and host, the port only if not the default, the path;
-    no query, no fragment."""
+    no query, no fragment. An IPv6 literal keeps its brackets (``http://[::1]:8080/x``)."""
     scheme = (url.scheme or "").lower()
     host = (url.raw_host or "").lower()
+    if ":" in host:
+        # yarl's raw_host drops an IPv6 literal's brackets, and the RFC wants the authority as
+        # the Host header carries it: "[::1]:8080", never the ambiguous "::1:8080" (a server
+        # would compute another signature and refuse every request).
+        host = f"[{host}]"
     port = url.explicit_port
     default = {"http": 80, "https": 443}.get(scheme)
     authority = host if port is None or port == default else f"{host}:{port}"
@@ -93,15 +98,25 @@ def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str)
 def _require(ok: bool, field: str, what: str, value: object) -> None:
     # Types only: a value handed to the signer may be a credential.
     if not ok:
+        got = (
+            "a str UTF-8 cannot encode (a lone surrogate)"
+            if isinstance(value, str) and not utf8_encodable(value)
+            else type(value).__name__
+        )
         raise ConfigurationError(
             f"OAuth1Signer.{field}: {what} must be a non-empty str"
             + (" or a finite number" if field == "wall_clock" else "")
-            + f", got {type(value).__name__}"
+            + f", got {got}"
         )
 
 
 def _check_signable(method: object, url: object) -> None:
-    _require(isinstance(method, str) and bool(method), "header", "the method", method)
+    _require(
+        isinstance(method, str) and bool(method) and utf8_encodable(method),
+        "header",
+        "the method",
+        method,
+    )
     # A relative URL is allowed: Engine.login() asks for credentials for URL("/").
     if not isinstance(url, URL):
         raise ConfigurationError(
@@ -110,6 +125,8 @@ def _check_signable(method: object, url: object) -> None:
 
 
 def _pairs(params: object) -> list[tuple[str, str]]:
+    # Each must encode as UTF-8 (percent_encode's first step): otherwise signing raises a
+    # UnicodeEncodeError whose arguments hold the whole value.
     if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
         raise ConfigurationError(
             f"OAuth1Signer.header: body_params must be (name, value) pairs, got "
@@ -126,6 +143,11 @@ def _pairs(params: object) -> list[tuple[str, str]]:
             raise ConfigurationError(
                 "OAuth1Signer.header: body_params must be pairs of two str, got "
                 f"{type(pair).__name__}"
+            )
+        if not (utf8_encodable(pair[0]) and utf8_encodable(pair[1])):
+            raise ConfigurationError(
+                "OAuth1Signer.header: body_params hold a str UTF-8 cannot encode (a lone "
+                "surrogate); the value is not shown"
             )
     return pairs
 
@@ -214,8 +236,13 @@ class OAuth1Signer:
             now = self._wall_clock()
             _require(finite_number(now), "wall_clock", "returned", now)
             timestamp = str(int(now))
-        _require(isinstance(nonce, str), "header", "nonce", nonce)
-        _require(isinstance(timestamp, str), "header", "timestamp", timestamp)
+        _require(isinstance(nonce, str) and utf8_encodable(nonce), "header", "nonce", nonce)
+        _require(
+            isinstance(timestamp, str) and utf8_encodable(timestamp),
+            "header",
+            "timestamp",
+            timestamp,
+        )
         signature = self.signature(
             method, url, nonce=nonce, timestamp=timestamp, body_params=body_params
         )

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from .._redact import Secret
+from ..policies.retry import RetryPolicy
 from ._http import (
     ProviderHttp,
     ProviderResponse,
@@ -26,7 +27,6 @@ from ._http import (
 )
 from ._token import DEFAULT_TOKEN_MARGIN, TokenProvider, check_token_options
 from .domains import DomainProvider
-from .login import login_policy
 
 __all__ = ["SENTINEL", "SentinelClientCredentials"]
 
@@ -82,7 +82,9 @@ class SentinelClientCredentials(TokenProvider):
         """How events and logs name this provider."""
         return f"sentinel[{self._account}]"
 
-    async def _request_token(self, http: ProviderHttp) -> tuple[ProviderResponse, str]:
+    async def _request_token(
+        self, http: ProviderHttp, retry: RetryPolicy
+    ) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
         url = provider_url(
             http.scheme,
@@ -99,7 +101,7 @@ class SentinelClientCredentials(TokenProvider):
                 "client_secret": self._client_secret.reveal(),
                 "grant_type": "client_credentials",
             },
-            retry=login_policy(http.policy),
+            retry=retry,
             idempotent=True,
         )
         return resp, "access_token"
