@@ -17,8 +17,12 @@ at once.
 
 The loop is shared by every call of the session: a hundred calls failing together wait for one
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
-policy's jitter cannot make one shorter than the last), and the first is never shorter than the
-request schedule's last pause. Every transition is logged (``le_transport.recovery``) and
+policy's jitter cannot make one shorter than the last), and none is shorter than the request
+schedule's last pause, nor than the longest pause the failed call actually took (a
+``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule). An episode ends
+when a call that went through it succeeds, when the loop gives up, or when the last call that
+went through it ends with any other error (a 404 after the re-login, a cancellation): the next
+failure starts afresh. Every transition is logged (``le_transport.recovery``) and
 emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with the pause), ``relogin_failed``,
 ``recovered``, ``gave_up``.
 """
@@ -42,6 +46,7 @@ from .errors import (
     DomainResolutionError,
     HostileHostError,
     RecoveryFailed,
+    RequestError,
     RetriesExhausted,
     RetryBudgetExhausted,
     ServerStatusError,
@@ -145,6 +150,9 @@ class Recovery:
         self._final: BaseException | None = None
         # Calls in _recover: running a round or waiting for the lock to run one.
         self._recovering_calls = 0
+        # Calls that went through recovery and have not ended yet (in _recover, or running
+        # again after a round): the episode is theirs, and ends with the last of them.
+        self._episode_calls = 0
         self._attempt = 0
         self._first_failure: float | None = None
         self._last_pause = 0.0
@@ -202,29 +210,39 @@ class Recovery:
                 f"each round), got {type(call).__name__}"
             )
         went_through_recovery = False
-        while True:
-            seen = self._epoch
-            try:
-                pending = call()
-                if not inspect.isawaitable(pending):
-                    raise ConfigurationError(
-                        "Recovery.run takes a function returning an awaitable; it returned "
-                        f"{type(pending).__name__}"
-                    )
-                result = await pending
-            except Exception as exc:
-                if not is_recoverable(exc):
-                    raise
-                if self._closed:
-                    # Its session is going away: waiting for a round that will never come
-                    # would hang the caller, and a re-login would outlive the logout.
-                    raise self._closed_error(exc) from exc
-                went_through_recovery = True
-                await self._recover(exc, seen)
-                continue
+        try:
+            while True:
+                seen = self._epoch
+                try:
+                    pending = call()
+                    if not inspect.isawaitable(pending):
+                        raise ConfigurationError(
+                            "Recovery.run takes a function returning an awaitable; it returned "
+                            f"{type(pending).__name__}"
+                        )
+                    result = await pending
+                except Exception as exc:
+                    if not is_recoverable(exc):
+                        raise
+                    if self._closed:
+                        # Its session is going away: waiting for a round that will never come
+                        # would hang the caller, and a re-login would outlive the logout.
+                        raise self._closed_error(exc) from exc
+                    if not went_through_recovery:
+                        went_through_recovery = True
+                        self._episode_calls += 1
+                    await self._recover(exc, seen)
+                    continue
+                if went_through_recovery:
+                    self._recovered()
+                return result
+        except BaseException as exc:
+            if went_through_recovery and self._episode_calls == 1:
+                self._episode_ended(exc)
+            raise
+        finally:
             if went_through_recovery:
-                self._recovered()
-            return result
+                self._episode_calls -= 1
 
     async def _recover(self, exc: Exception, seen: int) -> None:
         self._recovering_calls += 1
@@ -264,7 +282,7 @@ class Recovery:
             self._first_failure = now
         while True:
             elapsed = self._clock.now() - self._first_failure
-            pause = self._next_pause(self._attempt + 1, elapsed)
+            pause = self._next_pause(self._attempt + 1, elapsed, _longest_pause(last))
             if pause is None:
                 self._give_up(last, elapsed)
             assert pause is not None
@@ -324,14 +342,17 @@ class Recovery:
             last=last,
         )
 
-    def _next_pause(self, attempt: int, elapsed: float) -> float | None:
+    def _next_pause(self, attempt: int, elapsed: float, taken: float = 0.0) -> float | None:
+        """The pause before re-login ``attempt``; ``taken``: the longest pause the failure it
+        follows already waited. None: give up."""
         pause = self._policy.next_delay(attempt, elapsed, self._rng.random())
         if pause is None:
             return None
         # Jitter must not make a pause shorter than the one before it, and no outer pause is
         # shorter than the request schedule's last (the guide: "a longer interval than the
-        # previous one").
-        pause = max(pause, self._last_pause, self._request_policy.last_pause)
+        # previous one"), nor than what the failed call actually waited: a Retry-After it
+        # honoured, or a schedule of its own (retry=) longer than the engine's.
+        pause = max(pause, self._last_pause, self._request_policy.last_pause, taken)
         deadline = self._policy.deadline
         if deadline is not None and elapsed + pause > deadline:
             return None
@@ -379,6 +400,25 @@ class Recovery:
             last=last,
         ) from last
 
+    def _episode_ended(self, exc: BaseException) -> None:
+        """The last call that went through the episode ended with ``exc``, neither a success
+        nor the loop giving up (a 404 after the re-login, a cancellation): the episode ends
+        with it. Left open, its attempts, first failure and last pause would count against an
+        unrelated failure hours later, which would wait longer, or give up at once against a
+        deadline long passed."""
+        if self._attempt == 0 or self._recovering_calls:
+            return  # already ended (gave up, closed, recovered), or another call recovers
+        attempts = self._attempt
+        self._reset()
+        if isinstance(exc, Exception):
+            # As when a re-login meets an error the loop cannot help with; a cancellation
+            # ends the episode silently, as one in the middle of a round does.
+            self._state(
+                logging.WARNING,
+                "gave_up",
+                {"reason": "not recoverable", "attempts": attempts, "error": _name(exc)},
+            )
+
     def _recovered(self) -> None:
         if self._attempt == 0:
             return
@@ -401,3 +441,11 @@ class Recovery:
 
 def _name(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+def _longest_pause(exc: BaseException) -> float:
+    """The longest pause the failed call took between its attempts (0 if none, or if it is no
+    request error): what its schedule, or a Retry-After within the ceiling, made it wait."""
+    if not isinstance(exc, RequestError):
+        return 0.0
+    return max((a.pause for a in exc.attempts if a.pause is not None), default=0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from le_transport.chaos import (
 from le_transport.errors import (
     AttemptTimeout,
     ClientStatusError,
+    ConfigurationError,
     ConnectionFailed,
     ResponseDecodeError,
     RetriesExhausted,
@@ -293,3 +295,30 @@ async def test_an_injected_quota_answer_carries_its_status_and_whole_seconds_ret
                 await resp.read()
                 assert (resp.status, resp.headers.get("Retry-After")) == expected
     assert sim.count("GET") == 1
+
+
+# -- bounds ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bound", [sys.maxsize + 1, 2**63, 10**30])
+def test_a_record_bound_past_sys_maxsize_is_refused_when_the_injector_is_made(bound: int) -> None:
+    # A deque that long cannot exist: accepted, the bound failed with OverflowError at the
+    # first request the injector saw.
+    with pytest.raises(ConfigurationError, match=r"FaultInjector\.max_records .*sys\.maxsize"):
+        FaultInjector(max_records=bound)
+    with pytest.raises(ConfigurationError, match=r"FaultInjector\.max_records .*sys\.maxsize"):
+        FaultInjector.seeded(1, FaultRule("r", Reset()), max_records=bound)
+
+
+async def test_an_injector_bounded_at_sys_maxsize_records_what_it_injects(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1,
+        FaultRule("s", Status(503), schedule=Schedule(fail_next=1)),
+        clock=clock,
+        max_records=sys.maxsize,
+    )
+    async with _engine(sim, clock, injector) as engine:
+        await engine.request("GET", "agentVep", CSDS)
+    assert [r["kind"] for r in injector.report()] == ["status"]

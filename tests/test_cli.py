@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,6 +60,68 @@ def test_simulate_refuses_a_record_bound_that_is_not_a_positive_whole_number(
         cli.main(["simulate", "--max-records", bound])
     assert exited.value.code == 2
     assert "argument --max-records" in capsys.readouterr().err
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port in use: should a test's simulator get as far as serving, it stops at once (exit
+    2, "cannot listen") instead of serving until Ctrl-C."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("bound", [str(sys.maxsize + 1), "99999999999999999999"])
+def test_simulate_refuses_a_record_bound_no_record_can_hold_with_a_usage_error(
+    bound: str, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Accepted, it failed with an OverflowError traceback at the simulator's first request.
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["simulate", "--port", str(taken_port), "--max-records", bound])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --max-records: must be at most" in err
+    assert "Traceback" not in err
+
+
+def test_serving_with_a_record_bound_no_record_can_hold_says_so_and_exits_2(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert serve.serve_forever(port=taken_port, max_records=2**63) == 2
+    err = capsys.readouterr().err
+    assert "SimulatorConfig.max_records must be at most sys.maxsize" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            '{"seed": 1, "rules": [{"id": "a", "fault": {"kind": "slow_body", "chunk_bytes": 1, '
+            '"chunk_delay_ms": 1' + "0" * 400 + "}}]}",
+            "SlowBody.chunk_delay_ms",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"seed": 1, "rule": [{"id": "a", "fault": 503}]}', "unknown field"),
+        (
+            '{"seed": 1, "rules": [{"id": "a", '
+            '"fault": {"kind": "status", "code": 503, "body": 5}}]}',
+            "Status.body",
+        ),
+        ("not json", "Expecting value"),
+    ],
+    ids=["huge-int", "deeply-nested", "misspelt-rules", "int-body", "not-json"],
+)
+def test_simulate_with_a_plan_it_cannot_use_says_so_and_exits_2(
+    text: str, says: str, taken_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(text)
+    assert cli.main(["simulate", "--port", str(taken_port), "--plan", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the fault plan" in err
+    assert says in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(

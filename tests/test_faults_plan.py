@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hypothesis import given
@@ -33,7 +34,7 @@ from le_transport.chaos import (
     fault_from_dict,
     fault_to_dict,
 )
-from le_transport.chaos.plan import MAX_CHUNK_BYTES, MAX_FAULT_MS
+from le_transport.chaos.plan import MAX_CHUNK_BYTES, MAX_FAULT_MS, RecordLog, SharedBound
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 
@@ -538,6 +539,15 @@ def test_ws_delay_draws_each_messages_delay_within_plus_or_minus_jitter(seed: in
     assert len(set(first)) > 1
 
 
+def _plan_of(fault: dict[str, object], unit: str = "request") -> dict[str, object]:
+    """A plan's JSON form with one rule injecting ``fault`` on ``unit``."""
+    return {"seed": 1, "rules": [{"id": "a", "unit": unit, "fault": fault}]}
+
+
+#: An int past float's range, as json.loads gives it for a plan holding "1" and 400 zeros.
+HUGE = 10**400
+
+
 @pytest.mark.parametrize(
     ("plan", "match"),
     [
@@ -575,11 +585,148 @@ def test_ws_delay_draws_each_messages_delay_within_plus_or_minus_jitter(seed: in
             },
             "cannot be sent",
         ),
+        (_plan_of({"kind": "status", "code": 503, "headers": {"X": "\ud800"}}), "cannot be sent"),
+        (_plan_of({"kind": "status", "code": 503, "body": 5}), r"Status\.body must be a str"),
+        (_plan_of({"kind": "status", "code": 503, "body": "\ud800"}), r"Status\.body .*UTF-8"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": [1]}), "Status.retry_after"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": "5\r\nX: y"}), "CR, LF"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": float("nan")}), "retry_after"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": -5}), "retry_after"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": HUGE}), "retry_after"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": True}), "retry_after"),
+        (_plan_of({"kind": "malformed_body", "code": "x"}), r"MalformedBody\.code"),
+        (_plan_of({"kind": "malformed_body", "code": 9999}), r"MalformedBody\.code"),
+        (_plan_of({"kind": "malformed_body", "body": 5}), r"MalformedBody\.body"),
+        (_plan_of({"kind": "ws_reject_handshake", "status": 42}, "ws_session"), "200..599"),
+        (_plan_of({"kind": "ws_reject_handshake", "status": "x"}, "ws_session"), "200..599"),
+        (_plan_of({"kind": "ws_reject_handshake", "status": 101}, "ws_session"), "200..599"),
+        (_plan_of({"kind": "ws_reject_handshake", "body": 1}, "ws_session"), "body must be a str"),
+        (_plan_of({"kind": "ws_close", "reason": 1}, "ws_session"), r"WsClose\.reason"),
+        (_plan_of({"kind": "ws_close", "reason": "é" * 62}, "ws_session"), "123 bytes"),
+        (_plan_of({"kind": "delay", "delay_ms": HUGE}), r"Delay\.delay_ms"),
+        (_plan_of({"kind": "delay", "delay_ms": 1e300}), "a day"),
+        (_plan_of({"kind": "delay", "delay_ms": 1, "jitter_ms": HUGE}), r"Delay\.jitter_ms"),
+        (_plan_of({"kind": "hang", "duration_ms": HUGE}), r"Hang\.duration_ms"),
+        (_plan_of({"kind": "ws_delay", "delay_ms": HUGE}, "ws_message"), r"WsDelay\.delay_ms"),
+        (
+            _plan_of({"kind": "slow_body", "chunk_bytes": 8, "chunk_delay_ms": HUGE}),
+            r"SlowBody\.chunk_delay_ms",
+        ),
+        (_plan_of({"kind": "quota", "limit": 1, "window_ms": HUGE}), r"Quota\.window_ms"),
+        (
+            {"seed": 1, "rules": [{"id": "a", "fault": 503, "schedule": {"after_ms": HUGE}}]},
+            r"Schedule\.after_ms",
+        ),
     ],
-    ids=["tiny-code", "huge-code", "int-path", "list-service", "crlf-header", "spaced-header"],
+    ids=[
+        "tiny-code",
+        "huge-code",
+        "int-path",
+        "list-service",
+        "crlf-header",
+        "spaced-header",
+        "surrogate-header",
+        "int-status-body",
+        "surrogate-status-body",
+        "list-retry-after",
+        "crlf-retry-after",
+        "nan-retry-after",
+        "negative-retry-after",
+        "huge-retry-after",
+        "bool-retry-after",
+        "str-malformed-code",
+        "huge-malformed-code",
+        "int-malformed-body",
+        "tiny-reject-status",
+        "str-reject-status",
+        "upgrade-reject-status",
+        "int-reject-body",
+        "int-close-reason",
+        "long-close-reason",
+        "huge-int-delay",
+        "delay-past-a-day",
+        "huge-int-jitter",
+        "huge-int-hang",
+        "huge-int-ws-delay",
+        "huge-int-slow-body",
+        "huge-int-quota",
+        "huge-int-schedule",
+    ],
 )
 def test_a_plan_that_would_fail_only_when_its_fault_fires_is_refused_when_loaded(
     plan: dict[str, object], match: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=match):
         FaultPlan.from_dict(plan)
+
+
+def test_the_edges_of_what_a_fault_may_carry_are_accepted_and_survive_a_json_round_trip() -> None:
+    faults: list[tuple[Fault, str]] = [
+        (Status(503, retry_after=0), "request"),
+        (Status(503, retry_after=1.5, body=""), "request"),
+        (Status(429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT", body="é"), "request"),
+        (MalformedBody(code=100, body=""), "request"),
+        (MalformedBody(code=599), "request"),
+        (WsRejectHandshake(200), "ws_session"),
+        (WsRejectHandshake(599, body="x" * 1000), "ws_session"),
+        (WsClose(4401, "é" * 61 + "x"), "ws_session"),  # 123 bytes: a close frame's whole room
+        (Delay(MAX_FAULT_MS, jitter_ms=MAX_FAULT_MS), "request"),
+        (Hang(duration_ms=MAX_FAULT_MS), "request"),
+    ]
+    plan = FaultPlan(
+        seed=1, rules=[FaultRule(f"r{i}", f, unit=unit) for i, (f, unit) in enumerate(faults)]
+    )
+    assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_a_fault_built_in_python_is_checked_as_one_loaded_from_json() -> None:
+    with pytest.raises(ConfigurationError, match=r"Status\.body"):
+        Status(503, body=b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"WsRejectHandshake\.status"):
+        WsRejectHandshake(True)
+    with pytest.raises(ConfigurationError, match=r"Hang\.duration_ms"):
+        Hang(duration_ms=float("inf"))
+
+
+def test_a_ws_app_error_body_nested_deeper_than_json_can_write_is_refused() -> None:
+    body: list[object] = []
+    for _ in range(100_000):
+        body = [body]
+    with pytest.raises(ConfigurationError, match="JSON value"):
+        WsAppError(body=body)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"seed": 1, "rule": [{"id": "a", "fault": 503}]},
+        {"seed": 1, "rules": [], "extra": 1},
+        {"rules": [], 5: "x"},
+    ],
+    ids=["misspelt-rules", "extra-key", "int-key"],
+)
+def test_a_plan_with_a_key_other_than_seed_and_rules_is_refused(plan: dict[object, object]) -> None:
+    # "rule" for "rules" used to load as a plan with no rules: a chaos run injecting nothing.
+    with pytest.raises(ConfigurationError, match=r"unknown field.*'seed' and 'rules'"):
+        FaultPlan.from_dict(plan)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bound", [sys.maxsize + 1, 2**63, 10**30])
+def test_a_record_bound_past_sys_maxsize_is_refused_when_made_not_at_the_first_record(
+    bound: int,
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"RecordLog\.maxlen must be at most sys\.maxsize"):
+        RecordLog(bound)
+    with pytest.raises(ConfigurationError, match=r"FaultRun\.max_records .*sys\.maxsize"):
+        FaultRun(FaultPlan(rules=[FaultRule("r", Reset())]), max_records=bound)
+    with pytest.raises(ConfigurationError, match=r"SharedBound\.maxlen"):
+        SharedBound(bound)
+
+
+def test_a_record_bound_of_sys_maxsize_is_as_good_as_none() -> None:
+    log: RecordLog[int] = RecordLog(sys.maxsize)
+    log.append(1)
+    assert log == [1]
+    run = FaultRun(FaultPlan(rules=[FaultRule("r", Reset())]), max_records=sys.maxsize)
+    assert run.decide("request", method="GET", path="/x") is not None
+    assert run.max_records == sys.maxsize

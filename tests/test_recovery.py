@@ -5,6 +5,7 @@ hypothesis properties on virtual time for its pauses and its number of logins.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Awaitable, Callable
 
@@ -15,8 +16,9 @@ from yarl import URL
 
 from le_transport import BackoffPolicy, Engine, RetryPolicy
 from le_transport import recovery as recovery_module
-from le_transport.chaos import Reset
+from le_transport.chaos import Reset, Status
 from le_transport.errors import (
+    AttemptRecord,
     ClientStatusError,
     DeadlineExceeded,
     DomainResolutionError,
@@ -28,6 +30,7 @@ from le_transport.errors import (
     UnknownServiceError,
 )
 from le_transport.events import EventHooks, StateEvent
+from le_transport.policies import Outcome
 from le_transport.providers import Credentials, StaticDomains, UserLogin
 from le_transport.recovery import Recovery, is_recoverable
 from le_transport.testing import VirtualClock
@@ -204,6 +207,181 @@ async def test_a_caller_waiting_through_recovery_can_cancel(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert sim.count("POST", LOGIN) == 4
+
+
+async def test_the_outer_pause_is_not_shorter_than_a_retry_after_the_call_honoured(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Every attempt answered 429 with Retry-After: 60: the call waited 60 s three times (the
+    ceiling), so the outer loop's first pause (30 s ± 20%) is floored at 60, not at the
+    schedule's 15 s: the guide's "a longer interval than the previous one"."""
+    events: list[StateEvent] = []
+    sim.faults.script("GET", USERS, [Status(429, retry_after=60)] * 4)
+    engine, _ = seeded_engine(
+        sim, clock, events, recovery=BackoffPolicy.relogin(first=30, max_attempts=3)
+    )
+    async with engine:
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS, recover=True)
+        assert resp.status == 200
+    gets = [r.at for r in sim.requests if r.path == USERS]
+    assert [b - a for a, b in itertools.pairwise(gets)][:3] == [60.0, 60.0, 60.0]
+    (scheduled,) = [e for e in events if e.name == "relogin_scheduled"]
+    assert scheduled.details["pause"] == 60.0
+
+
+async def test_the_outer_pause_is_not_shorter_than_a_per_call_schedules_last_pause(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A call with a schedule of its own (retry=, pauses up to 240 s) is not re-tried by the
+    outer loop sooner than that, though the engine's schedule ends at 15 s."""
+    events: list[StateEvent] = []
+    sim.faults.script("GET", USERS, [503] * 4)
+    engine, _ = seeded_engine(sim, clock, events)
+    async with engine:
+        resp = await engine.request(
+            "GET",
+            "accountConfigReadOnly",
+            USERS,
+            recover=True,
+            retry=RetryPolicy(pauses=(60, 120, 240)),
+        )
+        assert resp.status == 200
+    (scheduled,) = [e for e in events if e.name == "relogin_scheduled"]
+    assert scheduled.details["pause"] == 240.0  # not 2 min ± 20%
+
+
+async def test_the_outer_pause_is_floored_on_the_longest_pause_the_failed_call_took() -> None:
+    clock = VirtualClock()
+    recovery = Recovery(
+        domains=StaticDomains({}),
+        auth=CountingAuth(),
+        clock=clock,
+        policy=BackoffPolicy.relogin(first=30, jitter=0.0),
+        request_policy=GUIDE,
+    )
+    throttled = Outcome.response(429, retry_after=45.0)
+    failure = RetriesExhausted(
+        "gave up",
+        last=ServerStatusError("429", status=429),
+        attempts=[
+            AttemptRecord(1, throttled, 45.0, 0.0),
+            AttemptRecord(2, throttled, 45.0, 45.0),
+            AttemptRecord(3, Outcome.response(503), 15.0, 90.0),
+            AttemptRecord(4, Outcome.response(503), None, 105.0),
+        ],
+    )
+    failures = [failure]
+
+    async def call() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    assert await recovery.run(call) == "ok"
+    assert list(recovery.pauses) == [45.0]  # not the policy's 30 s, nor the last 15 s
+
+
+def _scripted(*outcomes: object) -> Callable[[], Awaitable[object]]:
+    """A call answering ``outcomes`` in turn: an exception is raised, anything else returned."""
+    left = list(outcomes)
+
+    async def call() -> object:
+        outcome = left.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return call
+
+
+def _hour_long_recovery(clock: VirtualClock, events: list[StateEvent]) -> Recovery:
+    """The guide's outer loop without jitter (120, 240 ... s) and a deadline of an hour."""
+    return Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=None,
+        clock=clock,
+        policy=BackoffPolicy.relogin(jitter=0.0, deadline=3600.0),
+        request_policy=GUIDE,
+        hooks=EventHooks(on_state=[events.append]),
+    )
+
+
+async def test_an_episode_ended_by_an_error_the_loop_cannot_help_with_is_not_carried_over() -> None:
+    """A call that fails with a 404 after its round ends the episode: an unrelated outage two
+    hours later starts afresh (its first pause 120 s) instead of giving up at once against the
+    old episode's deadline."""
+    clock = VirtualClock()
+    events: list[StateEvent] = []
+    recovery = _hour_long_recovery(clock, events)
+    with pytest.raises(ClientStatusError):
+        await recovery.run(_scripted(exhausted(), ClientStatusError("404", status=404)))
+    assert not recovery.recovering
+    assert events[-1].name == "gave_up"
+    assert events[-1].details == {
+        "reason": "not recoverable",
+        "attempts": 1,
+        "error": "ClientStatusError",
+    }
+    await clock.sleep(7200)
+    assert await recovery.run(_scripted(exhausted(), "ok")) == "ok"
+    assert list(recovery.pauses) == [120.0, 120.0]
+
+
+async def test_an_episode_ended_by_a_cancellation_after_its_round_is_not_carried_over() -> None:
+    clock = VirtualClock()
+    recovery = _hour_long_recovery(clock, [])
+    running_again = asyncio.Event()
+    runs = 0
+
+    async def call() -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise exhausted()
+        running_again.set()
+        await asyncio.Event().wait()  # the retried call hangs until its caller gives up
+        return "never"
+
+    task = asyncio.create_task(recovery.run(call))
+    await running_again.wait()  # after the 120 s pause, the call runs again, and hangs
+    assert recovery.recovering
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not recovery.recovering
+    assert await recovery.run(_scripted(exhausted(), "ok")) == "ok"
+    assert list(recovery.pauses) == [120.0, 120.0]
+
+
+async def test_an_episode_stays_open_while_another_call_that_went_through_it_runs() -> None:
+    """Two calls recover in one round; one then fails with a 404: the episode is the other's
+    too, so its next failure waits the episode's next, longer pause."""
+    clock = VirtualClock()
+    recovery = _hour_long_recovery(clock, [])
+    release = asyncio.Event()
+    runs = 0
+
+    async def other() -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise exhausted()
+        if runs == 2:
+            await release.wait()
+            raise exhausted()
+        return "ok"
+
+    first = asyncio.create_task(
+        recovery.run(_scripted(exhausted(), ClientStatusError("404", status=404)))
+    )
+    second = asyncio.create_task(recovery.run(other))
+    with pytest.raises(ClientStatusError):
+        await first
+    assert recovery.recovering
+    release.set()
+    assert await second == "ok"
+    assert list(recovery.pauses) == [120.0, 240.0]
+    assert not recovery.recovering
 
 
 async def test_twenty_failing_calls_share_each_recovery_round(

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from le_transport.clock import RealClock
-from le_transport.errors import StateStoreError
+from le_transport.errors import ConfigurationError, StateStoreError
+from le_transport.events import EventHooks, StateEvent
 from le_transport.policies import RetryBudget, TokenBucket
-from le_transport.state import FallbackStore, RedisStore, SharedSession, state_key
+from le_transport.state import FallbackStore, MemoryStore, RedisStore, SharedSession, state_key
+from le_transport.state.store import MAX_TTL
 
 from .certs import self_signed_loopback
 from .redis_server import RedisServer, redis_server, require_redis_server
@@ -84,6 +86,82 @@ async def test_shared_bucket_queues_turns_past_the_burst(store: RedisStore) -> N
     assert waits[:3] == [0.0, 0.0, 0.0]
     assert waits[3] > 0
     assert waits[4] > waits[3]
+
+
+#: Values and TTLs no store keeps: on every store, the same ConfigurationError, before anything
+#: is sent (Redis would otherwise store str(5), or refuse None or a TTL past its range with a
+#: StateStoreError, which a FallbackStore takes for an outage).
+BAD_WRITES: list[tuple[object, object]] = [
+    (5, 10),
+    (None, 10),
+    (b"v", 10),
+    ("v", 0),
+    ("v", -1),
+    ("v", float("nan")),
+    ("v", float("inf")),
+    ("v", 10**400),
+    ("v", "10"),
+    ("v", True),
+]
+
+
+async def test_a_bad_value_or_ttl_is_refused_as_the_memory_store_refuses_it(
+    store: RedisStore,
+) -> None:
+    memory = MemoryStore(RealClock())
+    for value, ttl in BAD_WRITES:
+        for op in ("set", "add"):
+            refusals = []
+            for one in (memory, store):
+                with pytest.raises(ConfigurationError) as info:
+                    await getattr(one, op)("k", value, ttl=ttl)
+                refusals.append(str(info.value))
+            assert refusals[0] == refusals[1], (op, value, ttl)
+    assert await store.get("k") is None
+
+
+async def test_a_bad_value_or_ttl_is_refused_before_anything_is_sent() -> None:
+    unreachable = RedisStore("redis://127.0.0.1:1/0", op_timeout=OP)
+    try:
+        for value, ttl in BAD_WRITES:
+            with pytest.raises(ConfigurationError):
+                await unreachable.set("k", value, ttl=ttl)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError):
+                await unreachable.add("k", value, ttl=ttl)  # type: ignore[arg-type]
+    finally:
+        await unreachable.close()
+
+
+async def test_a_huge_but_finite_ttl_is_kept_for_max_ttl_on_both_stores(store: RedisStore) -> None:
+    for one in (MemoryStore(RealClock()), store):
+        await one.set("long", "v", ttl=1e300)
+        assert await one.add("lock", "me", ttl=10**300)
+        for key in ("long", "lock"):
+            entry = await one.get(key)
+            assert entry is not None, (one, key)
+            assert MAX_TTL - 60 < entry.ttl <= MAX_TTL, (one, key, entry)
+
+
+async def test_a_bad_write_through_the_fallback_store_is_not_taken_for_a_redis_outage(
+    redis_server: RedisServer,
+) -> None:
+    events: list[StateEvent] = []
+    fallback = FallbackStore(
+        RedisStore(redis_server.url, op_timeout=OP), hooks=EventHooks(on_state=[events.append])
+    )
+    try:
+        for value, ttl in BAD_WRITES:
+            with pytest.raises(ConfigurationError):
+                await fallback.add("lock", value, ttl=ttl)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError):
+                await fallback.set("k", value, ttl=ttl)  # type: ignore[arg-type]
+        assert fallback.sharing
+        assert fallback.fallbacks == 0
+        assert events == []
+        assert await fallback.add("lock", "me", ttl=1e300)
+        assert fallback.sharing
+    finally:
+        await fallback.close()
 
 
 async def test_unreachable_redis_is_a_typed_error_without_the_password() -> None:

@@ -22,6 +22,7 @@ from le_transport.state import (
     StateStore,
     state_key,
 )
+from le_transport.state.store import MAX_TTL
 from le_transport.testing import VirtualClock
 from tests.doubles import LateClock
 
@@ -82,6 +83,74 @@ async def test_nothing_is_stored_without_a_finite_ttl(clock: VirtualClock) -> No
     for ttl in (0, -1, float("inf")):
         with pytest.raises(ConfigurationError, match="TTL"):
             await store.set("k", "v", ttl=ttl)
+
+
+async def test_a_huge_but_finite_ttl_is_kept_for_max_ttl_as_redis_keeps_it(
+    clock: VirtualClock,
+) -> None:
+    store = MemoryStore(clock)
+    await store.set("k", "v", ttl=1e300)
+    assert await store.add("lock", "me", ttl=10**300)
+    assert await store.get("k") == Entry("v", MAX_TTL)
+    assert await store.get("lock") == Entry("me", MAX_TTL)
+    clock.advance(MAX_TTL)
+    assert await store.get("k") is None, "nothing is stored forever, however long its TTL"
+
+
+@pytest.mark.parametrize(
+    ("value", "ttl", "message"),
+    [
+        (5, 10, "must be a str, got int"),
+        (None, 10, "must be a str, got NoneType"),
+        (b"v", 10, "must be a str, got bytes"),
+        ("v", 10**400, "finite TTL"),
+        ("v", float("nan"), "finite TTL"),
+        ("v", True, "finite TTL"),
+        ("v", "s3cr3t-token", "finite TTL > 0, got str$"),
+    ],
+    ids=["int", "None", "bytes", "huge-ttl", "nan-ttl", "bool-ttl", "str-ttl"],
+)
+async def test_a_bad_value_or_ttl_is_a_configuration_error_that_shows_no_value(
+    clock: VirtualClock, value: object, ttl: object, message: str
+) -> None:
+    store = MemoryStore(clock)
+    for op in (store.set, store.add):
+        with pytest.raises(ConfigurationError, match=message):
+            await op("k", value, ttl=ttl)  # type: ignore[arg-type]
+    assert await store.get("k") is None
+
+
+class RefusingStore(BrokenStore):
+    """A primary that refuses with a StateStoreError whatever it cannot hold, as Redis refuses
+    a TTL past its range or a None value."""
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        self.calls += 1
+        raise StateStoreError("redis set failed: ResponseError: invalid expire time")
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        self.calls += 1
+        raise StateStoreError("redis add failed: DataError: invalid input")
+
+
+@pytest.mark.parametrize(
+    ("value", "ttl"),
+    [("v", 10**400), ("v", float("nan")), (None, 10), (5, 10)],
+    ids=["huge-ttl", "nan-ttl", "None", "int"],
+)
+async def test_a_bad_write_through_the_fallback_is_the_callers_error_never_an_outage(
+    clock: VirtualClock, value: object, ttl: object
+) -> None:
+    primary = RefusingStore(clock)
+    events: list[StateEvent] = []
+    store = FallbackStore(primary, clock=clock, hooks=EventHooks(on_state=[events.append]))
+    for op in (store.set, store.add):
+        with pytest.raises(ConfigurationError):
+            await op("k", value, ttl=ttl)  # type: ignore[arg-type]
+    assert primary.calls == 0, "refused before the primary was asked"
+    assert store.sharing
+    assert store.fallbacks == 0
+    assert events == []
 
 
 async def test_lock_is_taken_once_and_deleted_only_by_its_owner(clock: VirtualClock) -> None:

@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
@@ -41,6 +42,7 @@ import attrs
 from .._checks import require_kind, require_option
 from .._redact import redact_url
 from ..errors import ConfigurationError
+from ..policies._validate import finite_number
 
 __all__ = [
     "DEFAULT_MAX_RECORDS",
@@ -97,13 +99,11 @@ def _non_negative_int(name: str) -> Any:
 
 def _non_negative_number(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not 0 <= value < float("inf")
-        ):
+        # finite_number, not a comparison with inf: an int past float's range (10**400 in a
+        # JSON plan) compares below inf, then fails untyped when the fault's arithmetic runs.
+        if not finite_number(value) or value < 0:  # type: ignore[operator]
             raise ConfigurationError(
-                f"{type(instance).__name__}.{name} must be a finite number >= 0, got {value!r}"
+                f"{type(instance).__name__}.{name} must be a finite number >= 0, got {value!r:.40}"
             )
 
     return check
@@ -132,19 +132,56 @@ def _int_in(name: str, low: int, high: int) -> Any:
 
 def _ms_in(name: str, *, positive: bool) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        # finite_number first: math.isfinite raises OverflowError on an int past float's
+        # range, which a JSON plan can hold (10**400).
         if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
+            not finite_number(value)
+            or value < 0  # type: ignore[operator]
             or (positive and value == 0)
-            or value > MAX_FAULT_MS
+            or value > MAX_FAULT_MS  # type: ignore[operator]
         ):
             floor = "> 0" if positive else ">= 0"
             raise ConfigurationError(
                 f"{type(instance).__name__}.{name} must be a finite number of milliseconds "
-                f"{floor} and at most {MAX_FAULT_MS:.0f} (a day), got {value!r}"
+                f"{floor} and at most {MAX_FAULT_MS:.0f} (a day), got {value!r:.40}"
             )
+
+    return check
+
+
+def _optional_ms_in(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            _ms_in(name, positive=False)(instance, attribute, value)
+
+    return check
+
+
+def _wire_str(name: str, *, header: bool = False, max_bytes: int | None = None) -> Any:
+    """A str that can go on the wire as it is: UTF-8 encodable (a JSON plan may hold a lone
+    surrogate, ``"\\ud800"``), at most ``max_bytes`` of it, and with ``header``, free of CR,
+    LF and NUL (which would end the header and start another)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        owner = f"{type(instance).__name__}.{name}"
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{owner} must be a str, got {type(value).__name__}")
+        if not _encodes(value):
+            raise ConfigurationError(f"{owner} must be text that UTF-8 can encode")
+        if header and any(c in value for c in "\r\n\0"):
+            raise ConfigurationError(f"{owner} cannot be sent in a header: it holds CR, LF or NUL")
+        if max_bytes is not None and len(value.encode()) > max_bytes:
+            raise ConfigurationError(
+                f"{owner} must be at most {max_bytes} bytes of UTF-8, got {len(value.encode())}"
+            )
+
+    return check
+
+
+def _optional_wire_str(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            _wire_str(name)(instance, attribute, value)
 
     return check
 
@@ -155,12 +192,32 @@ def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
     headers = {str(k): str(v) for k, v in value.items()}
     for name, text in headers.items():
         # A header that cannot go on the wire would fail only when the fault fires, mid-run.
-        if not name or any(c in name for c in " :\r\n\0") or any(c in text for c in "\r\n\0"):
+        if (
+            not name
+            or any(c in name for c in " :\r\n\0")
+            or any(c in text for c in "\r\n\0")
+            or not _encodes(name + text)
+        ):
             raise ConfigurationError(
                 f"header {name[:40]!r} cannot be sent: a name without spaces or ':', and no "
-                "CR, LF or NUL in the name or the value"
+                "CR, LF, NUL or text UTF-8 cannot encode in the name or the value"
             )
     return headers
+
+
+def _encodes(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (a JSON plan may hold a lone surrogate, which the
+    wire cannot carry)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _key_names(keys: Iterable[object]) -> str:
+    """Unknown keys for a message, sorted and short whatever their type."""
+    return ", ".join(sorted(repr(k)[:40] for k in keys))
 
 
 # -- fault kinds ---------------------------------------------------------------------------------
@@ -170,21 +227,38 @@ def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
 class Status:
     """Answer with ``code`` instead of the real response (nothing reaches the real handler).
 
-    ``retry_after`` (seconds, or an HTTP-date string) becomes a ``Retry-After`` header; ``body``
-    is sent as is (a short JSON error by default). On a WebSocket message unit it becomes a
-    ``resp`` frame with this ``code``.
+    ``retry_after`` (a finite number of seconds >= 0, or an HTTP-date string without CR, LF
+    or NUL) becomes a ``Retry-After`` header; ``body`` (a str) is sent as is (a short JSON
+    error by default). On a WebSocket message unit it becomes a ``resp`` frame with this
+    ``code``.
     """
 
     kind: ClassVar[str] = "status"
     code: int = attrs.field()
-    retry_after: float | str | None = None
-    body: str | None = None
+    retry_after: float | str | None = attrs.field(default=None)
+    body: str | None = attrs.field(default=None, validator=_optional_wire_str("body"))
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_str_map, hash=False)
 
     @code.validator
     def _check_code(self, attribute: attrs.Attribute[int], value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
             raise ConfigurationError(f"Status.code must be an int in 100..599, got {value!r}")
+
+    @retry_after.validator
+    def _check_retry_after(
+        self, attribute: attrs.Attribute[float | str | None], value: object
+    ) -> None:
+        # Checked here, not when the fault fires: a list or a huge int would fail formatting
+        # the header mid-run, and a CR/LF would smuggle a header of its own into the answer.
+        if value is None or isinstance(value, str):
+            if value is not None:
+                _wire_str("retry_after", header=True)(self, attribute, value)
+            return
+        if not finite_number(value) or value < 0:  # type: ignore[operator]
+            raise ConfigurationError(
+                "Status.retry_after must be None, a finite number of seconds >= 0 or an "
+                f"HTTP-date str, got {value!r:.40}"
+            )
 
     def response_headers(self) -> dict[str, str]:
         """The headers to send, ``Retry-After`` included."""
@@ -206,8 +280,8 @@ class Delay:
     """Wait ``delay_ms`` (plus up to ``jitter_ms``, drawn from the rule's stream), then proceed."""
 
     kind: ClassVar[str] = "delay"
-    delay_ms: float = attrs.field(validator=_non_negative_number("delay_ms"))
-    jitter_ms: float = attrs.field(default=0.0, validator=_non_negative_number("jitter_ms"))
+    delay_ms: float = attrs.field(validator=_ms_in("delay_ms", positive=False))
+    jitter_ms: float = attrs.field(default=0.0, validator=_ms_in("jitter_ms", positive=False))
 
 
 @attrs.frozen
@@ -222,12 +296,7 @@ class Hang:
     """Send nothing: for ``duration_ms`` then close, or (None) until the client gives up."""
 
     kind: ClassVar[str] = "hang"
-    duration_ms: float | None = attrs.field(default=None)
-
-    @duration_ms.validator
-    def _check(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-        if value is not None:
-            _non_negative_number("duration_ms")(self, attribute, value)
+    duration_ms: float | None = attrs.field(default=None, validator=_optional_ms_in("duration_ms"))
 
 
 @attrs.frozen
@@ -240,11 +309,12 @@ class TruncatedBody:
 
 @attrs.frozen
 class MalformedBody:
-    """Answer ``code`` with a JSON content type and a body that is not valid JSON."""
+    """Answer ``code`` (100..599) with a JSON content type and ``body`` (a str), which is
+    not valid JSON."""
 
     kind: ClassVar[str] = "malformed_body"
-    code: int = 200
-    body: str = '{"baseURIs": [{"service": '
+    code: int = attrs.field(default=200, validator=_int_in("code", 100, 599))
+    body: str = attrs.field(default='{"baseURIs": [{"service": ', validator=_wire_str("body"))
 
 
 @attrs.frozen
@@ -256,21 +326,25 @@ class EmptyResponse:
 
 @attrs.frozen
 class WsRejectHandshake:
-    """Refuse the WebSocket upgrade with an HTTP ``status`` (LiveEngage: 401, 502, 503)."""
+    """Refuse the WebSocket upgrade with an HTTP ``status`` (200..599; LiveEngage: 401, 502,
+    503) and ``body`` (a str)."""
 
     kind: ClassVar[str] = "ws_reject_handshake"
-    status: int = 503
-    body: str = ""
+    # From 200: a 1xx answer does not refuse an upgrade (a 101 is its success).
+    status: int = attrs.field(default=503, validator=_int_in("status", 200, 599))
+    body: str = attrs.field(default="", validator=_wire_str("body"))
 
 
 @attrs.frozen
 class WsClose:
-    """Close the socket with ``code`` (4401, 4407, 1011, 1001, ...) after ``after_messages``
-    messages from the client (0: as soon as it opens)."""
+    """Close the socket with ``code`` (4401, 4407, 1011, 1001, ...) and ``reason`` (at most 123
+    bytes of UTF-8, what a close frame holds) after ``after_messages`` messages from the client
+    (0: as soon as it opens)."""
 
     kind: ClassVar[str] = "ws_close"
     code: int = attrs.field(default=1011)
-    reason: str = ""
+    # A close frame's payload is at most 125 bytes, 2 of them the code (RFC 6455 §5.5).
+    reason: str = attrs.field(default="", validator=_wire_str("reason", max_bytes=123))
     after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
 
     @code.validator
@@ -375,7 +449,8 @@ class WsAppError:
     def _check_body(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         try:
             text = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
+            # RecursionError: nested deeper than JSON can be written here.
             raise ConfigurationError(
                 f"WsAppError.body must be a JSON value, got {type(value).__name__}"
             ) from None
@@ -533,7 +608,8 @@ def fault_from_dict(data: Mapping[str, Any] | int | None) -> Fault | None:
     unknown = set(params) - names
     if unknown:
         raise ConfigurationError(
-            f"fault kind {kind!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}"
+            f"fault kind {kind!r} has no parameter(s) [{_key_names(unknown)}]; "
+            f"it takes {sorted(names)}"
         )
     try:
         fault: Fault = cls(**params)
@@ -754,7 +830,7 @@ class FaultRule:
         known = {"id", "match", "unit", "p", "fault", "schedule", "sequence"}
         unknown = set(data) - known
         if unknown:
-            raise ConfigurationError(f"fault rule has unknown field(s) {sorted(unknown)}")
+            raise ConfigurationError(f"fault rule has unknown field(s) [{_key_names(unknown)}]")
         match = data.get("match") or {}
         schedule = data.get("schedule") or {}
         try:
@@ -800,9 +876,17 @@ class FaultPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultPlan:
-        """A plan from its JSON form."""
+        """A plan from its JSON form: ``seed`` and ``rules``, nothing else."""
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"a fault plan must be a mapping, got {data!r:.80}")
+        # As a rule's: a misspelt key ("rule") would otherwise load as a plan with no rules,
+        # and a chaos run would silently inject nothing.
+        unknown = set(data) - {"seed", "rules"}
+        if unknown:
+            raise ConfigurationError(
+                f"fault plan has unknown field(s) [{_key_names(unknown)}]; "
+                "it takes 'seed' and 'rules'"
+            )
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigurationError(f"FaultPlan.seed must be an int, got {seed!r}")
@@ -835,7 +919,7 @@ _records_log = logging.getLogger("le_transport.records")
 
 
 def check_max_records(value: object, *, owner: str, field: str = "max_records") -> None:
-    """``value`` must be an int >= 1, or None (no bound): else a
+    """``value`` must be an int from 1 to ``sys.maxsize``, or None (no bound): else a
     :class:`~le_transport.errors.ConfigurationError` naming ``owner.field``."""
     require_kind(value, int, owner=owner, field=field)
     require_option(
@@ -845,6 +929,13 @@ def check_max_records(value: object, *, owner: str, field: str = "max_records") 
         field=field,
         wants="an int >= 1 or None",
     )
+    if isinstance(value, int) and value > sys.maxsize:
+        # A deque cannot be that long: it would raise OverflowError at the first record,
+        # mid-run, instead of here.
+        raise ConfigurationError(
+            f"{owner}.{field} must be at most sys.maxsize ({sys.maxsize}), or None for no "
+            "bound; got a larger int"
+        )
 
 
 def _notice_dropping(name: str, maxlen: int) -> None:

@@ -22,7 +22,7 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 from .memory import MemoryStore
-from .store import Entry, StateStore, check_seconds, check_store
+from .store import Entry, StateStore, check_seconds, check_store, check_ttl, check_value
 
 __all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
 
@@ -124,6 +124,7 @@ class FallbackStore:
 
     async def set(self, key: str, value: str, *, ttl: float) -> None:
         """To the primary (and locally, as a copy for a later outage)."""
+        # The local store checks value and TTL first, so a bad one never reaches the primary.
         await self._local.set(key, value, ttl=ttl)
         await self._call(
             "set",
@@ -133,6 +134,10 @@ class FallbackStore:
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Set-if-absent on the primary; locally while it is out."""
+        # Checked here, whatever the primary: a caller's bad value must raise as it is, not
+        # come back from the primary as a StateStoreError taken for an outage.
+        check_ttl(ttl)
+        check_value(value)
         return await self._call(
             "add",
             lambda: self._primary.add(key, value, ttl=ttl),

@@ -17,10 +17,9 @@ import attrs
 
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
-from ..policies._validate import finite_number
 from ..policies.budget import BudgetState, RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry
+from .store import Entry, check_ttl, check_value
 
 __all__ = ["SWEEP_AFTER", "MemoryStore"]
 
@@ -28,19 +27,6 @@ __all__ = ["SWEEP_AFTER", "MemoryStore"]
 #: expired ones. Small enough that a few thousand dead keys never linger; after a sweep, the next
 #: waits until a map holds twice what was left, so the sweeps cost O(1) per write, amortised.
 SWEEP_AFTER = 1024
-
-
-def _check_ttl(ttl: float) -> None:
-    # finite_number: a plain comparison lets an int past float's range through, and adding it
-    # to the clock's time then raises OverflowError.
-    if not (finite_number(ttl) and ttl > 0):
-        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r:.40}")
-
-
-def _check_value(value: object) -> None:
-    # Redis would store str(value) and hand back a str: the two stores must not disagree.
-    if not isinstance(value, str):
-        raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
 
 
 class _Deposits:
@@ -119,21 +105,22 @@ class MemoryStore:
         return None if item is None else Entry(item[0], item[1] - self._clock.now())
 
     async def set(self, key: str, value: str, *, ttl: float) -> None:
-        """Store ``value`` for ``ttl`` seconds."""
-        _check_ttl(ttl)
-        _check_value(value)
+        """Store ``value`` for ``ttl`` seconds (capped at :data:`~.store.MAX_TTL`, as Redis
+        keeps it)."""
+        seconds = check_ttl(ttl)
+        check_value(value)
         if key not in self._values:
             self._grow(self._values)
-        self._values[key] = (value, self._clock.now() + ttl)
+        self._values[key] = (value, self._clock.now() + seconds)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Store ``value`` only if ``key`` holds nothing."""
-        _check_ttl(ttl)
-        _check_value(value)
+        seconds = check_ttl(ttl)
+        check_value(value)
         if self._live(key) is not None:
             return False
         self._grow(self._values)
-        self._values[key] = (value, self._clock.now() + ttl)
+        self._values[key] = (value, self._clock.now() + seconds)
         return True
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:

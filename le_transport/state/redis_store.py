@@ -23,7 +23,7 @@ from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry, check_seconds
+from .store import Entry, check_seconds, check_ttl, check_value
 
 __all__ = ["DEFAULT_OP_TIMEOUT", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -108,9 +108,10 @@ return string.format('%.6f', wait)
 
 
 def _ttl_ms(ttl: float) -> int:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
-        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {ttl!r}")
-    return max(1, round(ttl * 1000))
+    """``PX`` for ``ttl`` seconds, checked and capped as every store does (``MAX_TTL``): a
+    caller's bad TTL is a ConfigurationError here, not a refusal from Redis that a
+    FallbackStore would take for an outage. At least 1 ms: Redis refuses ``PX 0``."""
+    return max(1, round(check_ttl(ttl) * 1000))
 
 
 class RedisStore:
@@ -244,14 +245,17 @@ class RedisStore:
         return Entry(str(value), max(0.0, int(pttl) / 1000.0))
 
     async def set(self, key: str, value: str, *, ttl: float) -> None:
-        """``SET key value PX ttl``."""
-        await self._run("set", self._client.set, self.key(key), value, px=_ttl_ms(ttl))
+        """``SET key value PX ttl``; ``value`` and ``ttl`` checked first, as
+        :class:`~le_transport.state.MemoryStore` checks them."""
+        px = _ttl_ms(ttl)
+        check_value(value)
+        await self._run("set", self._client.set, self.key(key), value, px=px)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        """``SET key value NX PX ttl``."""
-        ok = await self._run(
-            "add", self._client.set, self.key(key), value, px=_ttl_ms(ttl), nx=True
-        )
+        """``SET key value NX PX ttl``; ``value`` and ``ttl`` checked first."""
+        px = _ttl_ms(ttl)
+        check_value(value)
+        ok = await self._run("add", self._client.set, self.key(key), value, px=px, nx=True)
         return bool(ok)
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:

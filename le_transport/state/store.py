@@ -8,7 +8,10 @@ process) and the Redis store (a fleet) implement the same thing:
 - a key-value space where **every value has a TTL** (a token is never stored for longer than it
   lives, and a crashed process's lock frees itself): :meth:`StateStore.get`,
   :meth:`StateStore.set`, :meth:`StateStore.add` (set if absent: a lock),
-  :meth:`StateStore.delete` (optionally only if the value is still ours);
+  :meth:`StateStore.delete` (optionally only if the value is still ours). Values are str and
+  TTLs finite numbers of seconds > 0, checked alike by every store (:func:`check_value`,
+  :func:`check_ttl`) before anything is stored or sent; a TTL past :data:`MAX_TTL` is
+  stored for :data:`MAX_TTL`;
 - two atomic counters that run a pure policy's arithmetic where the state lives:
   :meth:`StateStore.budget` (:class:`~le_transport.policies.RetryBudget`) and
   :meth:`StateStore.reserve` (:class:`~le_transport.policies.TokenBucket`).
@@ -28,7 +31,22 @@ from ..policies._validate import finite_number
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 
-__all__ = ["Entry", "StateStore", "check_seconds", "check_store", "state_key"]
+__all__ = [
+    "MAX_TTL",
+    "Entry",
+    "StateStore",
+    "check_seconds",
+    "check_store",
+    "check_ttl",
+    "check_value",
+    "state_key",
+]
+
+#: The longest a value is stored, in seconds: 10**12 (about 31,700 years). A longer TTL, however
+#: large but finite, is stored for this long on every store: far inside what Redis can hold
+#: (``PX`` takes milliseconds up to 2**63 - 1 minus its clock), and a whole number of
+#: milliseconds that a float holds exactly, so both stores keep and report the same TTL.
+MAX_TTL = 1e12
 
 
 @attrs.frozen
@@ -73,6 +91,25 @@ def check_seconds(owner: str, field: str, value: object, *, zero: bool = False) 
     return float(value)  # type: ignore[arg-type]
 
 
+def check_ttl(ttl: object) -> float:
+    """A stored value's TTL in seconds, as every store keeps it: ``ttl`` capped at
+    :data:`MAX_TTL`. A :class:`ConfigurationError` unless it is a finite number > 0 (an int
+    past float's range included: it would overflow the clock's arithmetic)."""
+    if not (finite_number(ttl) and ttl > 0):  # type: ignore[operator]
+        # A number is shown; anything else only by its type (it may be a misplaced secret).
+        shown = f"{ttl!r:.40}" if isinstance(ttl, (int, float)) else type(ttl).__name__
+        raise ConfigurationError(f"a stored value needs a finite TTL > 0, got {shown}")
+    return min(float(ttl), MAX_TTL)  # type: ignore[arg-type]
+
+
+def check_value(value: object) -> None:
+    """A :class:`ConfigurationError` unless ``value`` is a str: what every store keeps and
+    hands back (Redis would store ``str(value)``, or refuse None, and the stores would
+    disagree). Only the type is shown: a value may be a token."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
+
+
 def check_store(owner: str, field: str, store: object) -> None:
     """A :class:`ConfigurationError` unless ``store`` is a :class:`StateStore`. Checked
     because a wrapping FallbackStore would otherwise hide a wrong one, running local for ever."""
@@ -92,11 +129,18 @@ class StateStore(Protocol):
         ...
 
     async def set(self, key: str, value: str, *, ttl: float) -> None:
-        """Store ``value`` at ``key`` for ``ttl`` seconds (> 0: nothing is stored forever)."""
+        """Store ``value`` at ``key`` for ``ttl`` seconds (> 0: nothing is stored forever).
+
+        ``value`` must be a str and ``ttl`` a finite number > 0, else a
+        :class:`ConfigurationError` before anything is stored or sent (never a
+        :class:`~le_transport.errors.StateStoreError`: a caller's mistake is no outage); a
+        ``ttl`` past :data:`MAX_TTL` is stored for :data:`MAX_TTL`.
+        """
         ...
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        """Store ``value`` only if ``key`` holds nothing; whether it was stored (a lock)."""
+        """Store ``value`` only if ``key`` holds nothing; whether it was stored (a lock).
+        ``value`` and ``ttl`` are checked as :meth:`set` checks them."""
         ...
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:

@@ -111,7 +111,17 @@ def serve_forever(
     if plan_path is not None:
         try:
             plan = FaultPlan.from_dict(json.loads(Path(plan_path).read_text()))
-        except (OSError, ValueError) as exc:
+        except RecursionError:
+            # JSON nested past the parser's recursion limit: not a plan, and no traceback.
+            print(
+                "le-transport simulate: cannot read the fault plan: it is nested too deeply",
+                file=sys.stderr,
+            )
+            return 2
+        except (OSError, ValueError, OverflowError) as exc:
+            # ValueError: bad JSON, text that is not UTF-8, or a plan the library refuses
+            # (ConfigurationError). OverflowError: a number no plan field can hold, should one
+            # slip past the plan's own checks.
             print(f"le-transport simulate: cannot read the fault plan: {exc}", file=sys.stderr)
             return 2
     try:
