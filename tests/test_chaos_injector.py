@@ -36,6 +36,7 @@ from le_transport.errors import (
     ResponseDecodeError,
     RetriesExhausted,
 )
+from le_transport.providers import StaticBearer
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
 
@@ -322,3 +323,34 @@ async def test_an_injector_bounded_at_sys_maxsize_records_what_it_injects(
     async with _engine(sim, clock, injector) as engine:
         await engine.request("GET", "agentVep", CSDS)
     assert [r["kind"] for r in injector.report()] == ["status"]
+
+
+async def test_a_socket_path_template_keeps_its_bearer_out_of_the_injectors_records(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    # A {bearer} anywhere but after /brand/: the upgrade's real path shows it, and the
+    # injector matched and recorded that path (its report, its log line).
+    bearer = "custom-path-bearer-5d1e"
+    secret_values.add(bearer)
+    injector = FaultInjector.seeded(
+        1,
+        FaultRule(
+            "rej",
+            WsRejectHandshake(502),
+            unit="ws_session",
+            match=Match(path="/ws/bearer/events"),
+        ),
+        clock=clock,
+    )
+    async with _engine(sim, clock, injector, auth=StaticBearer(bearer)) as engine:
+        ws = await engine.websocket("agentVep", "/ws/{bearer}/events")
+        for _ in range(20):
+            if injector.log:
+                break
+            await clock.sleep(0.5)
+        await ws.close()
+    assert injector.log, "the upgrade was decided on"
+    decision = injector.log[0]
+    assert decision.outcome == "inject"
+    assert decision.path == "/ws/bearer/events"
+    assert bearer not in json.dumps(injector.report())

@@ -44,6 +44,7 @@ Its records are bounded, so a long run does not grow its memory: :attr:`FaultInj
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,7 +83,15 @@ from .plan import (
 )
 from .ws import FaultySocket
 
-__all__ = ["FaultInjector"]
+__all__ = ["UPGRADE_PATH", "FaultInjector"]
+
+#: While a resilient socket dials, its upgrade's path as it may be shown and matched: the path
+#: template's, with the bearer's place named (``{bearer}`` → ``bearer``), never its value. Set
+#: by the socket's dialer; a plain ``ws_connect`` leaves it unset and the real path is used
+#: (where ``redact_url`` hides the UMS path's bearer).
+UPGRADE_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "le_transport_upgrade_path", default=None
+)
 
 _SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
 #: The units whose rules make a socket worth wrapping.
@@ -194,6 +203,9 @@ class FaultInjector:
         service = ctx.service if ctx is not None else None
         path = request.url.path
         if is_websocket_upgrade(request):
+            # A socket's path may carry its bearer where only its template says (a {bearer}
+            # anywhere): match and record the template's path, as the socket's own faults do.
+            path = UPGRADE_PATH.get() or path
             injection = self._run.decide(
                 "ws_session",
                 method=request.method,

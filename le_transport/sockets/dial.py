@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from .._redact import Secret, redact_url
-from ..chaos.injector import FaultInjector
+from ..chaos.injector import UPGRADE_PATH, FaultInjector
 from ..clock import Clock, timeout_after
 from ..errors import AuthenticationError, ConfigurationError, SocketError, TransportError
 from ..policies.close_codes import Disconnect
@@ -403,6 +403,10 @@ class EngineDialer:
     ) -> Connection:
         engine = self._engine
         session = engine.session
+        template_path = self._path.replace(BEARER_FIELD, "bearer")
+        # The fault injector's upgrade rules match and record this path, not the real one,
+        # which carries the bearer wherever the template put it.
+        shown_path = UPGRADE_PATH.set(template_path)
         try:
             ws = await session.ws_connect(
                 url,
@@ -425,13 +429,13 @@ class EngineDialer:
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
                 credentials=creds,
             ) from None
+        finally:
+            UPGRADE_PATH.reset(shown_path)
         wire: WireSocket = ws
         injector = _fault_injector(engine)
         if injector is not None:
             # Chaos testing: the plan's socket faults strike this connection client-side.
-            wire = await injector.wrap_socket(
-                ws, self._path.replace(BEARER_FIELD, "bearer"), service=self._service
-            )
+            wire = await injector.wrap_socket(ws, template_path, service=self._service)
         conn = Connection(wire, creds)
         if self._placement is AuthPlacement.FIRST_FRAME:
             try:
