@@ -43,6 +43,21 @@ def test_busy_client_retries_at_most_its_share_of_first_attempts() -> None:
     assert taken == 20
 
 
+@pytest.mark.parametrize(("ratio", "requests"), [(0.7, 90), (0.1, 30), (0.3, 10), (0.9, 70)])
+def test_a_whole_share_is_granted_whole_despite_float_rounding(ratio: float, requests: int) -> None:
+    # 0.7 * 90 is 62.99999999999999 in floats: the memory store granted 62 retries where the
+    # Redis store's script (which forgives rounding) granted 63.
+    budget = RetryBudget(ratio=ratio, min_retries_per_second=0.0)
+    state = budget.record_request(budget.empty(), 1.0, count=requests)
+    taken = 0
+    while True:
+        ok, state = budget.try_retry(state, 2.0)
+        if not ok:
+            break
+        taken += 1
+    assert taken == round(ratio * requests)
+
+
 def test_first_attempts_stop_paying_for_retries_once_they_leave_the_window() -> None:
     budget = RetryBudget(ratio=0.2, min_retries_per_second=0.0, window=10.0, slots=10)
     state = budget.record_request(budget.empty(), 0.0, count=50)

@@ -132,6 +132,33 @@ async def test_a_bad_value_or_ttl_is_refused_before_anything_is_sent() -> None:
         await unreachable.close()
 
 
+@pytest.mark.parametrize("deposits", [-100, True, 1.5, "3"])
+async def test_a_bad_budget_deposit_is_refused_alike_before_anything_is_sent(
+    store: RedisStore, deposits: object
+) -> None:
+    # A negative deposit took retries away in memory and was ignored by the Redis script.
+    budget = RetryBudget()
+    refusals = []
+    for one in (MemoryStore(RealClock()), store, FallbackStore(store)):
+        with pytest.raises(ConfigurationError, match="deposits must be an int >= 0") as info:
+            await one.budget("svc", budget, deposits=deposits, withdraw=True)  # type: ignore[arg-type]
+        refusals.append(str(info.value))
+    assert len(set(refusals)) == 1
+
+
+async def test_both_stores_grant_a_whole_share_despite_float_rounding(store: RedisStore) -> None:
+    # 0.7 * 90 is 62.99999999999999: the memory store granted 62, the Redis script 63.
+    budget = RetryBudget(ratio=0.7, min_retries_per_second=0.0)
+    granted = []
+    for one in (MemoryStore(RealClock()), store):
+        await one.budget("svc", budget, deposits=90)
+        taken = 0
+        while await one.budget("svc", budget, withdraw=True):
+            taken += 1
+        granted.append(taken)
+    assert granted == [63, 63]
+
+
 async def test_a_huge_but_finite_ttl_is_kept_for_max_ttl_on_both_stores(store: RedisStore) -> None:
     for one in (MemoryStore(RealClock()), store):
         await one.set("long", "v", ttl=1e300)

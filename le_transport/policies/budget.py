@@ -53,6 +53,11 @@ def _slots(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise ConfigurationError(f"RetryBudget.slots must be an int in [1, 1000], got {value!r}")
 
 
+#: Float rounding forgiven when a retry is held against the allowance (also in RedisStore's
+#: budget script).
+ALLOWANCE_TOLERANCE = 1e-9
+
+
 def slot_end(length: float, slot: int) -> float:
     """Where slot ``slot`` of ``length`` seconds ends, or a float or two before (never after).
 
@@ -193,6 +198,8 @@ class RetryBudget:
         A refused retry changes nothing: it is not counted against the budget.
         """
         aged = self._at(state, now)
-        if aged.total_retries + 1 > self.allowance(aged.total_requests):
+        # With a tolerance for float rounding (0.7 * 90 is 62.99999999999999, not 63): the
+        # same one the Redis store's script allows, so both stores grant the same retries.
+        if aged.total_retries + 1 > self.allowance(aged.total_requests) + ALLOWANCE_TOLERANCE:
             return False, aged
         return True, attrs.evolve(aged, retries=(aged.retries[0] + 1, *aged.retries[1:]))

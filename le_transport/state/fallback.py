@@ -22,7 +22,15 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 from .memory import MemoryStore
-from .store import Entry, StateStore, check_seconds, check_store, check_ttl, check_value
+from .store import (
+    Entry,
+    StateStore,
+    check_deposits,
+    check_seconds,
+    check_store,
+    check_ttl,
+    check_value,
+)
 
 __all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
 
@@ -163,6 +171,7 @@ class FallbackStore:
         is warm (not down to its floor) when it has to take over. While a process is local, its
         retries are bounded by its own share only: the fleet's bound then holds per process.
         """
+        deposits = check_deposits(deposits)  # a caller's error, never taken for an outage
         if deposits:
             await self._local.budget(key, policy, deposits=deposits)
         shared = True

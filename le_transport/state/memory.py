@@ -19,7 +19,7 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
 from ..policies.budget import BudgetState, RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry, check_ttl, check_value
+from .store import Entry, check_deposits, check_ttl, check_value
 
 __all__ = ["SWEEP_AFTER", "MemoryStore"]
 
@@ -180,6 +180,7 @@ class MemoryStore:
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """Count first attempts and maybe take a retry, on the pure :class:`RetryBudget`."""
+        deposits = check_deposits(deposits)
         self._record_deposits(key)
         now = self._clock.now()
         state = self._budget_of(key, policy)

@@ -23,7 +23,7 @@ from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry, check_seconds, check_ttl, check_value
+from .store import Entry, check_deposits, check_seconds, check_ttl, check_value
 
 __all__ = ["DEFAULT_OP_TIMEOUT", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -269,6 +269,7 @@ class RedisStore:
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """The retry budget's deposit and withdrawal, atomically, in one script."""
+        deposits = check_deposits(deposits)  # a caller's error, never taken for an outage
         taken = await self._run(
             "budget",
             self._budget,

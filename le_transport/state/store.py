@@ -35,6 +35,7 @@ __all__ = [
     "MAX_TTL",
     "Entry",
     "StateStore",
+    "check_deposits",
     "check_seconds",
     "check_store",
     "check_ttl",
@@ -108,6 +109,17 @@ def check_value(value: object) -> None:
     disagree). Only the type is shown: a value may be a token."""
     if not isinstance(value, str):
         raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
+
+
+def check_deposits(deposits: object) -> int:
+    """A budget's deposit, as every store counts it: a :class:`ConfigurationError` unless it
+    is an int >= 0 (a negative one took retries away in memory, and was ignored by Redis)."""
+    if isinstance(deposits, bool) or not isinstance(deposits, int) or deposits < 0:
+        shown = (
+            f"{deposits!r:.40}" if isinstance(deposits, int | float) else type(deposits).__name__
+        )
+        raise ConfigurationError(f"budget deposits must be an int >= 0, got {shown}")
+    return deposits
 
 
 def check_store(owner: str, field: str, store: object) -> None:
