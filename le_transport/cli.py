@@ -21,6 +21,11 @@ from collections.abc import Iterator, Sequence
 __all__ = ["main"]
 
 
+#: The demo's --time-scale range: below it schedules are shorter than the loop's own latency.
+MIN_TIME_SCALE = 0.001
+MAX_TIME_SCALE = 10.0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="le-transport",
@@ -38,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "--time-scale",
         type=float,
         default=None,
-        help="multiply every schedule (5/10/15 s pauses, re-login minutes, keepalives) by this "
-        "(default 0.01: the whole run takes a few seconds)",
+        help="multiply every schedule (5/10/15 s pauses, re-login minutes, keepalives) by this, "
+        "0.001 to 10 (default 0.01: the whole run takes a few seconds)",
     )
     demo.add_argument("--seed", type=int, default=7, help="seed of the fault plan (default 7)")
     demo.add_argument(
@@ -137,8 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = args.time_scale
         if scale is None:
             scale = DEFAULT_TIME_SCALE if account is None else 1.0
-        if not scale > 0:
-            print("le-transport demo: --time-scale must be > 0", file=sys.stderr)
+        if not MIN_TIME_SCALE <= scale <= MAX_TIME_SCALE:
+            # Below the floor the schedules are shorter than the loop's own latency (a 30 s
+            # keepalive at 1e-5 is 0.3 ms) and the demo measures noise; far above it the
+            # schedules overflow into values the providers refuse, or take days.
+            print(
+                f"le-transport demo: --time-scale must be between {MIN_TIME_SCALE:g} and "
+                f"{MAX_TIME_SCALE:g}, got {scale:g}",
+                file=sys.stderr,
+            )
             return 2
         return run_demo(time_scale=scale, seed=args.seed, account=account, verbose=args.verbose)
     if args.command == "simulate":
