@@ -55,7 +55,7 @@ class RealClock:
 #: attempt timeout and deadline) cost a call more than the rest of the retry middleware on a
 #: busy loop, whose timer heap compares its entries in Python (benchmarks/README.md).
 _SLOT = 0.01
-#: The longest real-clock timeout armed as given (about 31 years); a longer one waits this long.
+#: Where a real-clock timeout too long for the wheel's arithmetic is armed (about 31 years).
 _NEVER = 1e9
 
 
@@ -95,11 +95,13 @@ class _WheelTimer:
         loop = self._take_task()
         last = _LAST_WHEEL
         wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
-        if seconds > _NEVER:
-            # A float near its maximum ("no limit" written as a number) would overflow the
-            # slot's arithmetic; a timer 31 years away is the same as none.
-            seconds = _NEVER
-        slot = math.ceil((loop.time() + seconds) / _SLOT)
+        try:
+            slot = math.ceil((loop.time() + seconds) / _SLOT)
+        except OverflowError:
+            # A float near its maximum ("no limit" written as a number) overflows the slot's
+            # arithmetic; a timer 31 years away is the same as none. (A try costs nothing
+            # until it catches: a comparison would cost every attempt.)
+            slot = math.ceil((loop.time() + _NEVER) / _SLOT)
         members = wheel._slots.get(slot)
         if members is None:
             members = wheel._slots[slot] = set()

@@ -364,6 +364,8 @@ class Engine:
         self._domains: DomainProvider = (
             StaticDomains(domains) if isinstance(domains, Mapping) else domains
         )
+        # A static map answers at once: no call's deadline needs a timer around it.
+        self._resolves_at_once = type(self._domains) is StaticDomains
         self._scheme = scheme
         self._retry = retry or RetryPolicy()
         self._clock = clock or RealClock()
@@ -735,13 +737,16 @@ class Engine:
                 ),
             )
         ctx = CallContext(service, idempotent, policy)
-        domains = self._domains
-        if policy.deadline is None or type(domains) is StaticDomains:
-            resolved = await domains.resolve(service)
+        if self._resolves_at_once or policy.deadline is None:
+            resolved = await self._domains.resolve(service)
         else:
             # A Domain API fetch runs on its own schedule: the call's deadline bounds the wait.
             resolved = await within_deadline(
-                self._clock, ctx, domains.resolve(service), "resolving its host", method=method
+                self._clock,
+                ctx,
+                self._domains.resolve(service),
+                "resolving its host",
+                method=method,
             )
         key = (self._scheme, resolved, path)
         built = self._urls.get(key)
@@ -749,8 +754,6 @@ class Engine:
         # The context variable set and reset in place, and options passed only when given:
         # each was a measurable share of what a successful call costs (benchmarks/README.md).
         token = _CURRENT.set(ctx)
-        refused: str | None = None
-        unsent: tuple[RequestError, BaseException | None] | None = None
         try:
             if (
                 params is None
@@ -814,28 +817,34 @@ class Engine:
         except (aiohttp.ClientError, OSError) as exc:
             # Raised outside the retry middleware (before the chain ran, or while reading a
             # body that the middleware did not buffer).
-            unsent = unsent_request_error(exc, ctx, method, url), safe_cause(exc)
+            # Kept, and raised after the clauses (so without a context).
+            late: tuple[RequestError, BaseException | None] = (
+                unsent_request_error(exc, ctx, method, url),
+                safe_cause(exc),
+            )
         except (ValueError, TypeError, RecursionError) as exc:
             # aiohttp and yarl refuse what cannot be sent while building the request, before
             # the middleware chain runs (RecursionError: absurdly nested JSON). A TypeError
             # from inside the chain is no argument of the caller's: it propagates as it is.
             if isinstance(exc, TypeError) and ctx.started_at is not None:
                 raise
-            refused = type(exc).__name__
+            # Not chained: the refused value (a header, a parameter) may be a credential, and
+            # the error aiohttp or yarl raised repeats it.
+            late = (
+                InvalidRequest(
+                    f"invalid request ({type(exc).__name__}): {_ARGUMENTS}",
+                    service=service,
+                    method=method,
+                    url=redact_url(url),
+                ),
+                None,
+            )
         finally:
             _CURRENT.reset(token)
-        if unsent is not None:
-            # Raised here, so that an aiohttp error that shows the URL is not its context.
-            raise unsent[0] from unsent[1]
-        # Raised here, not in the except clause, so that it has neither cause nor context:
-        # the refused value (a header, a parameter) may be a credential, and the error aiohttp
-        # or yarl raised repeats it.
-        raise InvalidRequest(
-            f"invalid request ({refused}): {_ARGUMENTS}",
-            service=service,
-            method=method,
-            url=redact_url(url),
-        )
+        # Only the two except clauses that set ``late`` get here (the block returns, and the
+        # other clauses raise). Raised here, not in a clause, so that the error has no context:
+        # aiohttp's and yarl's errors repeat the URL or the refused value.
+        raise late[0] from late[1]
 
     async def request_json(
         self,
