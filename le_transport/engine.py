@@ -683,7 +683,8 @@ class Engine:
           (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
           charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8; an
           async iterable of bytes streamed as it comes, and so sent at most once: not retried
-          once it went out (a connect failure still is), not replayed after a 401.
+          once it went out (a connect failure still is), not replayed after a 401, refused
+          with ``recover=True``.
 
         Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried),
         :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent,
@@ -703,6 +704,15 @@ class Engine:
                 f"idempotent must be True, False or None, got {type(idempotent).__name__}"
             )
         if recover:
+            if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
+                # The outer loop sends the request again after a re-login: a stream would go
+                # out empty the second time (and a server accepting it would answer success).
+                raise InvalidRequest(
+                    "recover=True may send the request again, and a streamed body "
+                    f"({type(data).__name__}) can be sent only once: pass bytes",
+                    service=service,
+                    method=method,
+                )
             return await self._recovery.run(
                 lambda: self.request(
                     method,
@@ -803,21 +813,10 @@ class Engine:
                 await resp.wait_for_close()
         except TransportError:
             raise
-        except RuntimeError:
-            # aiohttp's "Session is closed": the engine closed while this call resolved its
-            # host (or logged in), or the owner of a session passed in closed it.
-            if not session.closed:
-                raise
-            raise EngineClosed(
-                "the engine is closed" if self._closed else "the engine's session is closed",
-                service=service,
-                method=method,
-                url=redacted,
-            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             # Raised outside the retry middleware (before the chain ran, or while reading a
-            # body that the middleware did not buffer).
-            # Kept, and raised after the clauses (so without a context).
+            # body that the middleware did not buffer). Kept, and raised after the clauses (so
+            # without a context).
             late: tuple[RequestError, BaseException | None] = (
                 unsent_request_error(exc, ctx, method, url),
                 safe_cause(exc),
@@ -826,7 +825,7 @@ class Engine:
             # aiohttp and yarl refuse what cannot be sent while building the request, before
             # the middleware chain runs (RecursionError: absurdly nested JSON). A TypeError
             # from inside the chain is no argument of the caller's: it propagates as it is.
-            if isinstance(exc, TypeError) and ctx.started_at is not None:
+            if isinstance(exc, TypeError) and ctx.active is not None:
                 raise
             # Not chained: the refused value (a header, a parameter) may be a credential, and
             # the error aiohttp or yarl raised repeats it.
@@ -839,6 +838,18 @@ class Engine:
                 ),
                 None,
             )
+        except RuntimeError:
+            # After the clause above: RecursionError is a RuntimeError too.
+            # aiohttp's "Session is closed": the engine closed while this call resolved its
+            # host (or logged in), or the owner of a session passed in closed it.
+            if not session.closed:
+                raise
+            raise EngineClosed(
+                "the engine is closed" if self._closed else "the engine's session is closed",
+                service=service,
+                method=method,
+                url=redacted,
+            ) from None
         finally:
             _CURRENT.reset(token)
         # Only the two except clauses that set ``late`` get here (the block returns, and the

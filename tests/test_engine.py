@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -28,6 +29,7 @@ from le_transport import (
 )
 from le_transport.engine import Response
 from le_transport.policies import Action
+from le_transport.providers import StaticDomains
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.known_secrets import exception_messages
@@ -107,6 +109,17 @@ async def test_malformed_calls_raise_invalid_request_before_anything_is_sent(
 SECRET_ISH = "s3cr3t-in-a-bad-argument"
 
 
+def _nested(depth: int) -> list[object]:
+    value: list[object] = [SECRET_ISH]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class _SlowDomains(StaticDomains):
+    """A provider the engine cannot know answers at once: a call's deadline bounds its wait."""
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -118,6 +131,7 @@ SECRET_ISH = "s3cr3t-in-a-bad-argument"
         {"headers": {"X-Token": f"{SECRET_ISH}\r\nInjected: 1"}},
         {"json": {"a": object()}},
         {"json": {"ratio": float("nan")}},
+        {"json": _nested(100_000)},
         {"data": 5},
         {"retry": 5},
         {"idempotent": "yes"},
@@ -131,17 +145,23 @@ SECRET_ISH = "s3cr3t-in-a-bad-argument"
         "crlf-header",
         "unserialisable-json",
         "nan-json",
+        "json-nested-too-deep",
         "int-data",
         "retry-not-a-policy",
         "idempotent-not-a-bool",
     ],
 )
+@pytest.mark.parametrize("timed", [False, True], ids=["no-deadline", "deadline"])
 async def test_a_bad_argument_is_invalid_request_before_anything_is_sent_and_not_shown(
-    kwargs: dict[str, object], serve: ServerFactory, clock: VirtualClock
+    kwargs: dict[str, object], timed: bool, serve: ServerFactory, clock: VirtualClock
 ) -> None:
+    # With a deadline and a provider that may wait, the call's clock starts before the chain
+    # runs: that must not make a refused argument pass for an error from inside the chain.
     script = Script(200)
     host = await serve(script.app())
-    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+    domains = _SlowDomains({"svc": host}) if timed else StaticDomains({"svc": host})
+    retry = attrs.evolve(FAST, deadline=30.0) if timed else FAST
+    async with Engine(domains, scheme="http", clock=clock, retry=retry) as engine:
         with pytest.raises(InvalidRequest) as refused:
             await engine.request("POST", "svc", "/x", **kwargs)  # type: ignore[arg-type]
     assert script.hits == 0

@@ -208,6 +208,28 @@ async def test_frames_before_init_connection_are_bounded_in_size_too(
     assert refused.value.disconnect.code == 1008
 
 
+async def test_no_size_limit_means_early_frames_are_bounded_by_count_alone(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog
+) -> None:
+    # max_msg_size=0 is aiohttp's "no limit": it failed every connect that got an early frame.
+    app, _ = _first_frame_app(["x" * 600] * 2)
+    host = await serve(app)
+    async with _consumer_engine(host, clock, states) as engine:
+        dialer = EngineDialer(
+            engine,
+            "svc",
+            "/ws",
+            auth=engine.auth,
+            placement=AuthPlacement.FIRST_FRAME,
+            max_msg_size=0,
+        )
+        conn = await dialer.dial()
+        try:
+            assert len(conn.early_frames) == 2
+        finally:
+            await conn.close(clock, 0.1)
+
+
 # -- a queued message that cannot be written --------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, RetryPolicy
-from le_transport.errors import AuthenticationError, ServerStatusError
+from le_transport.errors import AuthenticationError, InvalidRequest, ServerStatusError
 from le_transport.middleware.auth import AuthMiddleware
 from le_transport.providers import StaticBearer, StaticDomains
 from le_transport.testing import VirtualClock
@@ -106,4 +106,17 @@ async def test_on_a_foreign_session_a_streamed_body_is_not_replayed_after_a_401(
     async with aiohttp.ClientSession(middlewares=[auth]) as session:
         with pytest.raises(AuthenticationError, match="not replayed"):
             await session.post(f"http://{host}/x", data=_chunks())
+    assert bodies == [BODY]
+
+
+async def test_a_streamed_body_is_refused_with_recover_before_anything_is_sent(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # The outer loop sends the request again after a re-login: the drained stream went out
+    # empty, and the server's 200 came back as the call's answer.
+    host, bodies = await _scripted(serve, [])
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="can be sent only once"):
+            await engine.request("PUT", "svc", "/x", data=_chunks(), recover=True)
+        assert (await engine.request("PUT", "svc", "/x", data=BODY, recover=True)).status == 200
     assert bodies == [BODY]

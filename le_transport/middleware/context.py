@@ -47,11 +47,14 @@ class CallContext:
     - ``service``, ``idempotent``, ``retry``: what the caller said about the call (None: the
       middleware's defaults).
     - ``attempts``: filled by the retry middleware, one record per attempt of the call.
-    - ``started_at``: set once the retry loop for this call has run, so that a re-run of the
-      chain by aiohttp (redirect hops, its own stale-connection replay) is counted against
-      the same call and its deadline.
-    - ``active``: True while a retry loop runs this call. A request made from inside that loop
-      (a middleware logging in without a context of its own) is another call, not a hop.
+    - ``started_at``: when the call's clock started: when it first waited within its deadline
+      (resolving its host, getting credentials) or when the retry loop first ran, so that a
+      re-run of the chain by aiohttp (redirect hops, its own stale-connection replay) is
+      counted against the same call and its deadline.
+    - ``active``: True while a retry loop runs this call, False once one has run, None before
+      any has (the engine tells a refused argument, raised before the chain, from an error
+      inside it). A request made from inside a running loop (a middleware logging in without
+      a context of its own) is another call, not a hop.
     - ``resign``: set by the auth middleware for a provider that signs each request (OAuth
       1.0): the request it signed, and how to sign it again. The retry loop calls it before
       each further attempt of that same request, so that no attempt repeats a nonce.
@@ -68,7 +71,7 @@ class CallContext:
         retry: RetryPolicy | None = None,
         attempts: list[AttemptRecord] | None = None,
         started_at: float | None = None,
-        active: bool = False,
+        active: bool | None = None,
     ) -> None:
         self.service = service
         self.idempotent = idempotent

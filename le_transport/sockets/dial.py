@@ -480,7 +480,8 @@ class EngineDialer:
                 ):
                     break
                 held += len(msg.data)
-                if len(early) >= MAX_EARLY_FRAMES or held > self._max_msg_size:
+                # max_msg_size 0 is aiohttp's "no limit": then the frame count bounds alone.
+                if len(early) >= MAX_EARLY_FRAMES or 0 < self._max_msg_size < held:
                     # Nothing reads them until the connect completes: a server that floods
                     # before answering would grow this without bound.
                     raise DialFailed(
