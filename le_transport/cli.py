@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--tls",
         action="store_true",
-        help="serve https/wss; with no --cert/--key, a self-signed certificate for 127.0.0.1 "
-        "and localhost is generated with the openssl command",
+        help="serve https/wss; with no --cert/--key, a self-signed certificate for 127.0.0.1, "
+        "::1 and localhost is generated with the openssl command",
     )
     sim.add_argument("--cert", help="PEM certificate chain for --tls")
     sim.add_argument("--key", help="PEM private key for --tls")

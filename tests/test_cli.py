@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +150,75 @@ def test_simulate_serves_with_bounded_records_by_default_or_the_bound_given(
         port = taken.getsockname()[1]
         assert cli.main(["simulate", "--port", str(port), *given]) == 2
     assert [config.max_records for config in made] == [kept]
+
+
+def test_simulate_tls_with_no_writable_temporary_directory_says_so_and_exits_2(
+    taken_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It crashed with a FileNotFoundError traceback writing the certificate.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    assert serve.serve_forever(port=taken_port, tls=True) == 2
+    err = capsys.readouterr().err
+    assert "le-transport simulate: cannot write the self-signed certificate" in err
+    assert "Traceback" not in err
+
+
+def test_simulate_without_tls_needs_no_temporary_directory(
+    taken_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    # It gets as far as listening (and stops there: the port is taken).
+    assert serve.serve_forever(port=taken_port) == 2
+    assert f"cannot listen on 127.0.0.1:{taken_port}" in capsys.readouterr().err
+
+
+def _ipv6_port_in_use() -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET6)
+    try:
+        sock.bind(("::1", 0))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_simulate_on_an_ipv6_port_in_use_names_the_address_bracketed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    taken = _ipv6_port_in_use()
+    if taken is None:
+        pytest.skip("IPv6 loopback is not available here")
+    with taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["simulate", "--host", "::1", "--port", str(port)]) == 2
+    assert f"cannot listen on [::1]:{port}" in capsys.readouterr().err
+
+
+def test_simulate_on_ipv6_prints_urls_with_the_address_bracketed() -> None:
+    probe = _ipv6_port_in_use()
+    if probe is None:
+        pytest.skip("IPv6 loopback is not available here")
+    probe.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "le_transport.cli", "simulate", "--host", "::1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        domain_api = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert re.search(r" on http://\[::1\]:\d+ \(sockets on ws://\[::1\]:\d+\)", banner), banner
+    assert "Domain API: http://[::1]:" in domain_api

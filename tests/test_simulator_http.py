@@ -304,13 +304,15 @@ def test_oauth1_signature_matches_the_rfc_5849_example() -> None:
     )
 
 
-def _oauth_header(method: str, url: URL, nonce: str, *, tamper: bool = False) -> str:
+def _oauth_header(
+    method: str, url: URL, nonce: str, *, tamper: bool = False, timestamp: str = "1700000000"
+) -> str:
     k = DEFAULT_APP_KEY
     params = {
         "oauth_consumer_key": k.key,
         "oauth_token": k.access_token,
         "oauth_signature_method": "HMAC-SHA1",
-        "oauth_timestamp": "1700000000",
+        "oauth_timestamp": timestamp,
         "oauth_nonce": nonce,
         "oauth_version": "1.0",
     }
@@ -656,3 +658,236 @@ async def test_the_fault_header_forces_a_quota_refusal_asking_for_a_whole_window
         async with http.get(sim.url + CSDS_ALL, headers={"X-LE-Fault": "quota"}) as resp:
             assert (resp.status, resp.headers["Retry-After"]) == (429, "91")
     assert [d.outcome for d in sim.faults.log] == ["forced"]
+
+
+# -- hostile input: 4xx, never a 500, an ERROR traceback or a secret in a log --------------------
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The records at ERROR and above (aiohttp logs an unhandled handler error there)."""
+    return [
+        f"{r.name}: {r.getMessage()} {type(r.exc_info[1]).__name__ if r.exc_info else ''}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        # None == None: an unknown user with a null password was logged in.
+        ({"username": "nobody-at-all", "password": None}, 400),
+        ({"username": "nobody-at-all", "password": "anything"}, 401),
+        ({"username": DEFAULT_USER, "password": None}, 400),
+        ({"username": DEFAULT_USER, "password": [DEFAULT_PASSWORD]}, 400),
+        ({"username": DEFAULT_USER, "password": DEFAULT_PASSWORD + "x"}, 401),
+        ({"username": DEFAULT_USER, "password": "pässwörd\ud800"}, 401),
+    ],
+    ids=["unknown-null", "unknown", "null", "list", "wrong", "non-ascii"],
+)
+async def test_login_needs_a_known_user_and_their_password_as_a_string(
+    body: dict[str, object], status: int, sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{sim.url}/api/account/{ACC}/login", json=body) as resp:
+        assert resp.status == status
+        assert "bearer" not in await resp.json()
+    assert sim.tokens.logins == 0
+
+
+async def test_sentinel_refuses_an_unknown_client_that_sends_no_secret(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    # The same None == None: an unknown client_id without client_secret was issued a JWT.
+    for form in (
+        {"grant_type": "client_credentials", "client_id": "nobody"},
+        {"grant_type": "client_credentials", "client_id": DEFAULT_CLIENT_ID},
+    ):
+        async with http.post(f"{sim.url}/sentinel/api/account/{ACC}/app/token", data=form) as r:
+            assert r.status == 401
+    assert sim.tokens.jwts_issued == 0
+
+
+_MULTIPART_NO_BLANK_LINE = (
+    # The blank line after the secret part's headers is missing (hand-rolled multipart often
+    # is): aiohttp reads the secret as a header line and its error quotes it.
+    "--xx\r\n"
+    'Content-Disposition: form-data; name="grant_type"\r\n\r\nclient_credentials\r\n'
+    "--xx\r\n"
+    f'Content-Disposition: form-data; name="client_id"\r\n\r\n{DEFAULT_CLIENT_ID}\r\n'
+    "--xx\r\n"
+    f'Content-Disposition: form-data; name="client_secret"\r\n{DEFAULT_CLIENT_SECRET}\r\n'
+    "--xx--\r\n"
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=xx", _MULTIPART_NO_BLANK_LINE),
+        ("multipart/form-data", b"--xx\r\ngarbage"),  # no boundary
+        ("application/x-www-form-urlencoded", b"\xff\xfe=\xff"),  # not UTF-8
+        ("application/x-www-form-urlencoded; charset=bogus", b"grant_type=client_credentials"),
+    ],
+    ids=["malformed-multipart", "no-boundary", "not-utf8", "unknown-charset"],
+)
+async def test_sentinel_answers_400_to_a_form_it_cannot_read_and_logs_none_of_it(
+    content_type: str,
+    body: bytes,
+    sim: Simulator,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with http.post(
+        f"{sim.url}/sentinel/api/account/{ACC}/app/token",
+        data=body,
+        headers={"Content-Type": content_type},
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_request"
+    assert _errors(caplog) == []
+    logged = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert DEFAULT_CLIENT_SECRET not in logged
+    assert sim.tokens.jwts_issued == 0
+
+
+_DEEP_JSON = "[" * 50_000 + "]" * 50_000  # past the parser's recursion limit, under 1 MiB
+
+
+@pytest.mark.parametrize("endpoint", ["login", "refresh", "logout", "authenticate"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json; charset=bogus", '{"username": "agent1"}'),
+        ("application/json", _DEEP_JSON),
+    ],
+    ids=["unknown-charset", "deeply-nested"],
+)
+async def test_json_endpoints_answer_4xx_to_a_body_they_cannot_read(
+    endpoint: str,
+    content_type: str,
+    body: str,
+    sim: Simulator,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with http.post(
+        f"{sim.url}/api/account/{ACC}/{endpoint}",
+        data=body.encode(),
+        headers={"Content-Type": content_type},
+    ) as resp:
+        # login: 400 (not a JSON object); the others refuse first what they refuse anyway
+        # (no session cookie, no authCode: 401).
+        assert 400 <= resp.status < 500
+    assert _errors(caplog) == []
+
+
+# -- OAuth 1.0 timestamps -------------------------------------------------------------------------
+
+_NOW = 1_700_000_000
+
+
+@pytest.fixture
+async def strict_sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    """A simulator refusing OAuth 1.0 timestamps more than 300 s from its time (_NOW)."""
+    config = SimulatorConfig(oauth1_timestamp_window=300)
+    async with Simulator(config, clock=clock, epoch=_NOW) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("offset", "status"),
+    [(0, 200), (-300, 200), (300, 200), (-301, 401), (301, 401), (-36_000, 401)],
+)
+async def test_the_oauth1_timestamp_window_refuses_stamps_too_far_from_the_simulators_time(
+    offset: int, status: int, strict_sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    url = URL(f"{strict_sim.url}{USERS}").with_query({"v": "4.0"})
+    header = _oauth_header("GET", url, f"n{offset}", timestamp=str(_NOW + offset))
+    async with http.get(url, headers={"Authorization": header}) as resp:
+        assert resp.status == status
+
+
+async def test_the_oauth1_timestamp_window_moves_with_the_simulators_clock(
+    strict_sim: Simulator, http: aiohttp.ClientSession, clock: VirtualClock
+) -> None:
+    url = URL(f"{strict_sim.url}{USERS}").with_query({"v": "4.0"})
+    await clock.sleep(3600)
+    header = _oauth_header("GET", url, "old", timestamp=str(_NOW))
+    async with http.get(url, headers={"Authorization": header}) as resp:
+        assert resp.status == 401
+    header = _oauth_header("GET", url, "new", timestamp=str(_NOW + 3600))
+    async with http.get(url, headers={"Authorization": header}) as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "nan",  # float("nan") is in every window: abs(nan - now) > window is False
+        "NaN",
+        "-nan",
+        "inf",
+        f"{_NOW}.0",
+        f"{_NOW:e}",
+        f" {_NOW}",
+        f"+{_NOW}",
+        "1_700_000_000",  # int() takes underscores too
+        "\u0661\u0667" + "\u0660" * 8,  # Arabic-Indic digits: int() takes them, RFC 5849 not
+        "",
+        "9" * 5000,  # more digits than int() converts
+    ],
+)
+async def test_an_oauth1_timestamp_that_is_not_a_decimal_integer_is_401(
+    stamp: str, strict_sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    url = URL(f"{strict_sim.url}{USERS}").with_query({"v": "4.0"})
+    header = _oauth_header("GET", url, "n-" + str(hash(stamp)), timestamp=stamp)
+    async with http.get(url, headers={"Authorization": header}) as resp:
+        assert resp.status == 401
+
+
+def test_the_oauth1_timestamp_window_must_be_a_number_of_seconds() -> None:
+    from le_transport.errors import ConfigurationError
+
+    for window in (float("nan"), -1, "300", True):
+        with pytest.raises(ConfigurationError, match="oauth1_timestamp_window"):
+            SimulatorConfig(oauth1_timestamp_window=window)  # type: ignore[arg-type]
+    assert SimulatorConfig(oauth1_timestamp_window=0).oauth1_timestamp_window == 0
+
+
+# -- IPv6 ---------------------------------------------------------------------------------------
+
+
+def test_an_ipv6_literal_is_bracketed_in_the_host_and_every_url() -> None:
+    for given in ("::1", "[::1]"):
+        sim = Simulator(host=given, port=8080)  # not started: the port is the one given
+        assert sim.host == "[::1]:8080"
+        assert sim.url == "http://[::1]:8080"
+        assert sim.domains["agentVep"] == "[::1]:8080"
+        assert sim.brand_socket_url("b").startswith("ws://[::1]:8080/ws_api/")
+        assert sim.consumer_socket_url().startswith("ws://[::1]:8080/ws_api/")
+    assert Simulator(host="127.0.0.1", port=8080).url == "http://127.0.0.1:8080"
+    assert Simulator(host="localhost", port=8080).host == "localhost:8080"
+
+
+async def test_an_engine_reaches_a_simulator_on_ipv6_loopback(clock: VirtualClock) -> None:
+    sim = Simulator(clock=clock, host="::1")
+    try:
+        await sim.start()
+    except OSError as exc:
+        pytest.skip(f"IPv6 loopback is not available here: {exc}")
+    try:
+        async with Engine(sim.domains, scheme="http", clock=clock) as engine:
+            body = await engine.request_json("GET", "agentVep", CSDS_ALL, expect=dict)
+        assert {u["baseURI"] for u in body["baseURIs"]} == {sim.host}
+        bearer = sim.tokens.login(ACC, DEFAULT_USER, 3600, "user").bearer
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.brand_socket_url(bearer)) as ws,
+        ):
+            await ws.send_str(json.dumps({"kind": "req", "id": "1", "type": ".GetClock"}))
+            assert (await ws.receive_json())["code"] == 200
+    finally:
+        await sim.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,9 @@ from le_transport.chaos import (
     FaultRule,
     Match,
     Schedule,
+    SlowBody,
     Status,
+    TruncatedBody,
     WsAppError,
     WsClose,
     WsDelay,
@@ -25,7 +28,12 @@ from le_transport.chaos import (
 )
 from le_transport.clock import timeout_after
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_USER,
+    Simulator,
+    SimulatorConfig,
+)
 
 ACC = DEFAULT_ACCOUNT
 
@@ -409,3 +417,66 @@ async def test_ws_delay_jitter_is_seeded_and_each_delay_within_plus_or_minus_jit
     assert [r for _, r in first] == ["0", "1", "2", "3", "4", "5"]
     gaps = [b[0] - a[0] for a, b in zip([(0.0, ""), *first], first, strict=False)]
     assert all(0.2 <= g <= 1.8 for g in gaps)
+
+
+# -- hostile frames and faults that cannot apply to an upgrade ---------------------------------
+
+
+async def test_a_frame_nested_past_the_parsers_limit_is_kept_raw_and_the_socket_stays_open(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    deep = "[" * 50_000 + "]" * 50_000
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        await ws.send_str(deep)
+        await _req(ws, "r1", ".GetClock")  # still served: the bad frame did not end it
+        assert (await _frame(ws))["code"] == 200
+    (sock,) = sim.sockets.all
+    assert sock.received[0] == {"raw": deep[:200]}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("fault", [TruncatedBody(keep_bytes=10), SlowBody(1, 10)])
+async def test_a_body_fault_does_not_apply_to_a_socket_upgrade_nor_count_as_injected(
+    fault: TruncatedBody | SlowBody, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # One body fault for everything: the upgrade has no body to cut, so the rule's one turn
+    # must go to the HTTP request after it, not be spent (and logged as injected) on the socket.
+    sim.faults.add(FaultRule("cut", fault=None, sequence=[fault], match=Match(path="*")))
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws:
+            await _req(ws, "r1", ".GetClock")
+            assert (await _frame(ws))["code"] == 200
+        assert list(sim.faults.log) == []
+        async with http.get(f"{sim.url}/api/account/{ACC}/service/baseURI.json") as resp:
+            if isinstance(fault, TruncatedBody):
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+            else:
+                assert "baseURIs" in await resp.json()
+    assert [(d.rule_id, d.outcome) for d in sim.faults.log] == [("cut", "inject")]
+    assert sim.faults.injected_counts() == {"cut": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_the_fault_header_does_not_force_a_body_fault_onto_a_socket_upgrade(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with Simulator(SimulatorConfig(fault_header=True), clock=clock) as sim:
+        sim.faults.add(FaultRule("cut", TruncatedBody(keep_bytes=10), match=Match(path="/none")))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                sim.brand_socket_url(_bearer(sim)), headers={"X-LE-Fault": "cut"}
+            ) as ws,
+        ):
+            await _req(ws, "r1", ".GetClock")
+            assert (await _frame(ws))["code"] == 200
+        assert list(sim.faults.log) == []
+        assert sim.requests[-1].fault is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
 
 import aiohttp
 import pytest
@@ -309,3 +311,98 @@ def test_a_bad_record_bound_for_the_virtual_clock_is_a_configuration_error() -> 
     with pytest.raises(ConfigurationError, match=r"VirtualClock\.max_records"):
         VirtualClock(max_records=0)
     assert VirtualClock(max_records=None).sleeps.maxlen is None
+
+
+# -- sleeps that never end, and sleeps that are not a number ----------------------------------
+
+
+async def test_an_infinite_sleep_stays_pending_and_time_keeps_its_meaning(
+    clock: VirtualClock,
+) -> None:
+    # Jumped to, it made now() inf: every later sleep and timeout fired at once, and every
+    # elapsed time was nan.
+    forever = asyncio.ensure_future(clock.sleep(math.inf))
+    await asyncio.sleep(0.02)  # everything idle (real time): the clock would jump if it could
+    assert clock.now() == 0.0
+    assert not forever.done()
+    assert clock.pending == 1
+    with pytest.raises(TimeoutError):
+        async with timeout_after(clock, 5):
+            await clock.sleep(10)
+    assert clock.now() == 5.0
+    await clock.sleep(2)
+    assert clock.now() == 7.0
+    assert not forever.done()
+    forever.cancel()  # an infinite sleep ends as asyncio.sleep(inf) does: when cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await forever
+    assert clock.pending == 0
+    assert clock.sleeps[0] == math.inf  # recorded as asked
+
+
+async def test_an_infinite_sleep_alone_waits_until_cancelled() -> None:
+    clock = VirtualClock()
+    forever = asyncio.ensure_future(clock.sleep(math.inf))
+    await asyncio.sleep(0.02)  # idle: nothing to jump to
+    assert not forever.done()
+    assert clock.now() == 0.0
+    forever.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await forever
+    await clock.sleep(1)
+    assert clock.now() == 1.0
+
+
+async def test_a_sleep_whose_deadline_is_past_the_largest_float_is_infinite() -> None:
+    clock = VirtualClock(start=sys.float_info.max / 2)
+    start = clock.now()
+    forever = asyncio.ensure_future(clock.sleep(sys.float_info.max))  # start + it: inf
+    await clock.sleep(1)
+    await asyncio.sleep(0.02)  # idle, with only the overflowing sleep left
+    assert math.isfinite(clock.now())
+    assert clock.now() == start + 1
+    assert not forever.done()
+    forever.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await forever
+
+
+async def test_timeout_after_infinity_on_the_virtual_clock_is_no_timeout(
+    clock: VirtualClock,
+) -> None:
+    async with timeout_after(clock, math.inf) as limit:
+        await clock.sleep(1000)
+    assert not limit.expired
+    assert clock.now() == 1000.0
+    # A body that waits on something other than the clock: with the loop idle, the watchdog's
+    # sleep was the one to jump to, and the block timed out "at" inf.
+    done = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, done.set)
+    async with timeout_after(clock, math.inf) as limit:
+        await done.wait()
+    assert not limit.expired
+    assert clock.now() == 1000.0
+    await asyncio.sleep(0)
+    assert timeout_tasks() == []
+    assert clock.pending == 0
+
+
+async def test_a_nan_sleep_is_refused(clock: VirtualClock) -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        await clock.sleep(math.nan)
+    assert clock.pending == 0
+    assert clock.now() == 0.0
+
+
+@pytest.mark.parametrize("seconds", [math.inf, math.nan])
+def test_advance_refuses_a_time_that_is_not_finite(seconds: float) -> None:
+    clock = VirtualClock(autojump=False)
+    with pytest.raises(ValueError, match="finite"):
+        clock.advance(seconds)
+    assert clock.now() == 0.0
+
+
+@pytest.mark.parametrize("start", [math.inf, -math.inf, math.nan])
+def test_a_virtual_clock_cannot_start_at_a_time_that_is_not_finite(start: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        VirtualClock(start=start)

@@ -12,6 +12,10 @@ time jumping under it. Work in threads or other processes is invisible to the lo
 tests set ``autojump_threshold`` (real seconds of idleness required before a jump), or advance
 time by hand with :meth:`VirtualClock.advance` and ``autojump=False``.
 
+Time stays finite: a sleep of ``inf`` seconds (or one whose deadline is past the largest
+float) is never jumped to; like ``asyncio.sleep(inf)`` it waits until it is cancelled, so
+``timeout_after(clock, inf)`` is no timeout. A NaN sleep is a :class:`ValueError`.
+
 A long run on virtual time stays bounded: :attr:`VirtualClock.sleeps` and ``history`` keep the
 newest ``max_records`` sleeps (a :class:`~le_transport.chaos.plan.RecordLog`, read as a list),
 and sleeps cancelled before their deadline (a timeout that did not fire) leave the queue of
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from typing import Any
 
@@ -55,11 +60,15 @@ class VirtualClock:
     ) -> None:
         check_max_records(max_records, owner="VirtualClock")
         self._now = float(start)
+        if not math.isfinite(self._now):
+            raise ValueError(f"VirtualClock(start=...) must be a finite time, got {start!r}")
         self._autojump = autojump
         self._idle_rounds = max(1, idle_rounds)
         self._threshold = autojump_threshold
         self._seq = itertools.count()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        # Sleeps with no finite deadline: never in _sleepers, so never jumped to.
+        self._forever: set[asyncio.Future[None]] = set()
         # Sleeps cancelled while still in _sleepers (they leave it in bulk: _forget_cancelled).
         self._cancelled = 0
         self._driver: asyncio.Task[None] | None = None
@@ -77,19 +86,31 @@ class VirtualClock:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        """Wait until the virtual time has moved on by ``seconds``."""
-        seconds = max(0.0, float(seconds))
+        """Wait until the virtual time has moved on by ``seconds``.
+
+        ``inf`` (or a deadline past the largest float) waits until cancelled, as
+        ``asyncio.sleep(inf)`` does; NaN is a :class:`ValueError`.
+        """
+        seconds = float(seconds)
+        if math.isnan(seconds):
+            # max(0.0, nan) is 0.0: a NaN would pass for "no wait" and hide the caller's bug.
+            raise ValueError("VirtualClock.sleep(NaN): a sleep must be a number of seconds")
+        seconds = max(0.0, seconds)
         self.sleeps.append(seconds)
         self.history.append((self._now, seconds))
         loop = asyncio.get_running_loop()
         if seconds == 0:
             await asyncio.sleep(0)
             return
+        deadline = self._now + seconds
+        if not math.isfinite(deadline):
+            await self._sleep_forever(loop)
+            return
         if self._autojump:
             # Checked here, not in the driver: a driver that died would leave every sleep hung.
             _loop_idle(loop)
         fut: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
+        heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
         if self._autojump and (self._driver is None or self._driver.done()):
             self._driver = loop.create_task(self._drive(), name="le_transport.VirtualClock")
         try:
@@ -100,6 +121,17 @@ class VirtualClock:
                 self._forget_cancelled()
             raise
 
+    async def _sleep_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A sleep with no finite deadline: it waits until cancelled. Jumping to it would make
+        :meth:`now` inf, after which every finite sleep and timeout is due at once and every
+        elapsed time is nan; kept out of the queue, it can never be the next deadline."""
+        fut: asyncio.Future[None] = loop.create_future()
+        self._forever.add(fut)
+        try:
+            await fut
+        finally:
+            self._forever.discard(fut)
+
     def _forget_cancelled(self) -> None:
         """Take the cancelled sleeps out of the queue at once: a run whose timeouts never fire
         (the usual case) would otherwise keep each until time reaches its deadline."""
@@ -108,15 +140,19 @@ class VirtualClock:
         self._cancelled = 0
 
     def advance(self, seconds: float) -> None:
-        """Move time on by ``seconds`` and wake every sleep that is due."""
+        """Move time on by ``seconds`` (finite) and wake every sleep that is due."""
         if seconds < 0:
             raise ValueError("time cannot go backwards")
-        self._jump_to(self._now + seconds)
+        when = self._now + seconds
+        if not math.isfinite(when):
+            # NaN would be a silent no-op (max(now, nan) is now); inf would break time for good.
+            raise ValueError(f"VirtualClock.advance({seconds!r}): time must stay finite")
+        self._jump_to(when)
 
     @property
     def pending(self) -> int:
-        """How many sleeps are waiting."""
-        return sum(1 for _, _, f in self._sleepers if not f.done())
+        """How many sleeps are waiting (infinite ones included)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done()) + len(self._forever)
 
     def _jump_to(self, when: float) -> None:
         self._now = max(self._now, when)

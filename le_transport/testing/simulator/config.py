@@ -114,6 +114,17 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
         raise ConfigurationError(f"SimulatorConfig.{attribute.name} must be > 0, got {value!r}")
 
 
+def _window(instance: object, attribute: attrs.Attribute[float | None], value: object) -> None:
+    # NaN would refuse nothing (abs(skew) > nan is False), a negative window everything.
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigurationError(
+            f"SimulatorConfig.{attribute.name} must be None or a number of seconds >= 0, "
+            f"got {value!r}"
+        )
+
+
 @attrs.frozen
 class SimulatorConfig:
     """What the simulator knows and how it behaves.
@@ -129,9 +140,10 @@ class SimulatorConfig:
       client reached the simulator by (behind a proxy or a TLS front).
     - ``public_scheme``: the scheme clients use to reach it (for OAuth 1.0 base strings behind
       a TLS front); default: the simulator's own.
-    - ``oauth1_timestamp_window``: if set, OAuth 1.0 timestamps further than this many seconds
-      from the simulator's time are refused. Off by default: a virtual clock's time need not
-      match the client's wall clock.
+    - ``oauth1_timestamp_window``: if set (seconds, >= 0), OAuth 1.0 timestamps further than
+      this many seconds from the simulator's time are refused. Off by default: a virtual
+      clock's time need not match the client's wall clock. Either way a timestamp must be
+      decimal digits (RFC 5849's positive integer), else the request is refused.
     - ``fault_header``: honour ``X-LE-Fault: <rule id>`` on a request: that rule's fault is
       injected whatever its schedule says (Envoy's header faults). Off by default: any client
       could then fail the simulator's answers on purpose.
@@ -155,7 +167,7 @@ class SimulatorConfig:
     idle_close_code: int = 1000
     public_address: str | None = None
     public_scheme: str | None = None
-    oauth1_timestamp_window: float | None = None
+    oauth1_timestamp_window: float | None = attrs.field(default=None, validator=_window)
     echo_published: bool = True
     fault_header: bool = False
     max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS)

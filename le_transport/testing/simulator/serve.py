@@ -1,9 +1,14 @@
 """Running the simulator from the command line (``le-transport simulate``), optionally over TLS.
 
-:func:`self_signed_certificate` makes a throwaway certificate for ``127.0.0.1`` and
+:func:`self_signed_certificate` makes a throwaway certificate for ``127.0.0.1``, ``::1`` and
 ``localhost`` with the ``openssl`` command (no Python dependency is added for it), so that
 clients that hard-code ``https://`` and ``wss://`` can be pointed at the simulator; trust it
 with ``ssl.create_default_context(cafile=cert)`` (``Engine(tls=...)``).
+
+``le-transport simulate --tls`` without ``--cert``/``--key`` writes that certificate to a file
+of its own in the temporary directory (``le-simulator-cert-*.pem``, readable by its user only),
+prints its path, and removes it when the simulator stops; the key never leaves a private
+temporary directory, removed too.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import ssl
@@ -22,13 +28,13 @@ from pathlib import Path
 from ...chaos.plan import FaultPlan
 from ...errors import ConfigurationError
 from .config import DEFAULT_ACCOUNT, DEFAULT_MAX_RECORDS, DEFAULT_USER, SimulatorConfig
-from .server import Simulator
+from .server import Simulator, _bracketed
 
 __all__ = ["self_signed_certificate", "serve_forever", "server_tls_context"]
 
 
 def self_signed_certificate(directory: Path, *, days: int = 2) -> tuple[Path, Path]:
-    """Write ``cert.pem`` and ``key.pem`` for 127.0.0.1 and localhost into ``directory``.
+    """Write ``cert.pem`` and ``key.pem`` for 127.0.0.1, ::1 and localhost into ``directory``.
 
     Uses the ``openssl`` command; :class:`ConfigurationError` if it is not installed.
     """
@@ -56,7 +62,7 @@ def self_signed_certificate(directory: Path, *, days: int = 2) -> tuple[Path, Pa
             "-subj",
             "/CN=127.0.0.1",
             "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
         ],
         check=True,
         capture_output=True,
@@ -69,6 +75,58 @@ def server_tls_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+def _publish_certificate(made: Path) -> Path:
+    """Copy the certificate ``made`` to a new file in the temporary directory, for clients to
+    trust, and return its path.
+
+    ``mkstemp``: a name of its own (a second simulator must not overwrite the certificate the
+    first one's clients trust), created exclusively (a link planted there is not followed),
+    readable and writable by its user only.
+    """
+    fd, name = tempfile.mkstemp(prefix="le-simulator-cert-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(made.read_bytes())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` if it is still there (the user may have removed it already)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+class _CannotServe(Exception):
+    """Why the simulator cannot start, for the command's one-line error (exit 2)."""
+
+
+def _self_signed_context(stack: contextlib.ExitStack) -> ssl.SSLContext:
+    """A TLS context with a fresh self-signed certificate, whose file is published for clients
+    and printed; what it made is removed when ``stack`` closes. :class:`_CannotServe` if it
+    cannot be made."""
+    try:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="le-simulator-"))
+    except OSError as exc:  # no temporary directory, or none this user may write to
+        raise _CannotServe(f"cannot write the self-signed certificate: {exc}") from None
+    try:
+        made_cert, made_key = self_signed_certificate(Path(tmp))
+    except (ConfigurationError, subprocess.CalledProcessError) as exc:
+        raise _CannotServe(str(exc)) from None
+    except OSError as exc:  # openssl gone since shutil.which found it, or not runnable
+        raise _CannotServe(f"cannot run openssl: {exc}") from None
+    try:
+        trusted = _publish_certificate(made_cert)
+    except OSError as exc:  # a full disk, a quota
+        raise _CannotServe(f"cannot write the self-signed certificate: {exc}") from None
+    stack.callback(_remove, trusted)
+    print(f"self-signed certificate (made with openssl): {trusted}")
+    return server_tls_context(made_cert, made_key)
 
 
 async def _serve(sim: Simulator) -> None:
@@ -132,7 +190,9 @@ def serve_forever(
     except ConfigurationError as exc:
         print(f"le-transport simulate: {exc}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="le-simulator-") as tmp:
+    # What is made for a self-signed certificate (its key's directory, the published
+    # certificate) is removed when the simulator stops, however it stops.
+    with contextlib.ExitStack() as stack:
         ctx = None
         if tls or cert or key:
             if (cert is None) != (key is None):
@@ -140,15 +200,10 @@ def serve_forever(
                 return 2
             if cert is None:
                 try:
-                    made_cert, made_key = self_signed_certificate(Path(tmp))
-                except (ConfigurationError, subprocess.CalledProcessError) as exc:
+                    ctx = _self_signed_context(stack)
+                except _CannotServe as exc:
                     print(f"le-transport simulate: {exc}", file=sys.stderr)
                     return 2
-                # Copy the certificate out of the temporary directory so clients can trust it.
-                trusted = Path(tempfile.gettempdir()) / "le-simulator-cert.pem"
-                trusted.write_bytes(made_cert.read_bytes())
-                print(f"self-signed certificate (made with openssl): {trusted}")
-                ctx = server_tls_context(made_cert, made_key)
             else:
                 assert key is not None
                 try:
@@ -166,7 +221,8 @@ def serve_forever(
             except OSError as exc:
                 # Address in use, not ours to bind, or not an address of this machine.
                 print(
-                    f"le-transport simulate: cannot listen on {host}:{port}: {exc.strerror or exc}",
+                    f"le-transport simulate: cannot listen on {_bracketed(host)}:{port}: "
+                    f"{exc.strerror or exc}",
                     file=sys.stderr,
                 )
                 return 2

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import ssl as _ssl
 import time
@@ -80,6 +81,38 @@ FAULT_HEADER = "X-LE-Fault"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SIM_KEY: web.AppKey[Simulator] = web.AppKey("le_sim", object)  # type: ignore[arg-type]
+
+#: The routes whose answer to an upgrade request is a WebSocket, not a body.
+_SOCKET_ROUTES = frozenset({"facadeMsg.brand", "asyncMessagingEnt.consumer"})
+#: The request kinds that can strike a socket upgrade: not those that cut or pace a body, which
+#: an upgrade does not have (the socket is served in full, and the fault would be counted as
+#: injected while nothing was; a second answer written on the upgraded connection fails too).
+_UPGRADE_FAULTS = HTTP_FAULTS - {"truncated_body", "slow_body"}
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as a URL's authority needs it: an IPv6 literal in brackets (once)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _same_secret(expected: str | None, given: object) -> bool:
+    """Whether ``given`` is the credential ``expected``: both strings, equal.
+
+    None never matches (an unknown user's "password" is not None), nor does a value of another
+    type. Compared in constant time, on UTF-8 bytes: ``hmac.compare_digest`` refuses str with
+    non-ASCII characters (surrogatepass: JSON can carry a lone surrogate)."""
+    if expected is None or not isinstance(given, str):
+        return False
+    return hmac.compare_digest(
+        expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")
+    )
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: RFC 5849's "positive integer" for ``oauth_timestamp``. ``float()``
+    would take "nan" (inside every window: ``abs(nan - now) > window`` is False), "inf",
+    "1e9" and " 12"; ``int()`` takes "1_700", "+12" and non-ASCII digits."""
+    return text.isascii() and text.isdigit()
 
 
 @attrs.frozen
@@ -177,7 +210,8 @@ class Simulator:
     - ``config``: accounts, credentials, token lifetimes (:class:`SimulatorConfig`).
     - ``clock``: token expiry, idle sockets, ``GetClock`` and injected delays run on it
       (pass the test's ``VirtualClock``).
-    - ``host``/``port``: where to listen (default 127.0.0.1 and a free port).
+    - ``host``/``port``: where to listen (default 127.0.0.1 and a free port). An IPv6
+      literal (``::1``, or ``[::1]``) is bracketed in :attr:`host` and the URLs.
     - ``ssl``: an ``ssl.SSLContext`` with the server certificate: serves https/wss.
     - ``plan``: a :class:`FaultPlan` to apply from the start.
     - ``epoch``: Unix time at clock 0 (default: now), for ``GetClock`` and JWT ``exp``.
@@ -196,6 +230,9 @@ class Simulator:
     ) -> None:
         self.config = config or SimulatorConfig()
         self.clock: Clock = clock or RealClock()
+        # Bound without brackets, shown with them (host, url, socket URLs).
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
         self._bind_host = host
         self._port = port
         self._ssl = ssl
@@ -224,8 +261,9 @@ class Simulator:
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:port``: what a domain provider should answer for every service."""
-        return f"{self._bind_host}:{self.port}"
+        """``127.0.0.1:port`` (``[::1]:port`` on IPv6): what a domain provider should answer
+        for every service."""
+        return f"{_bracketed(self._bind_host)}:{self.port}"
 
     @property
     def scheme(self) -> str:
@@ -413,17 +451,25 @@ class Simulator:
         name = route.name or ""
         service = name.split(".", 1)[0] if name and not name.startswith("csds.") else None
         path = redact_url(request.rel_url.with_query(None))
+        # An upgrade has no body to cut or pace: a rule of those kinds does not match it (not
+        # counted, not logged), so its turn goes to the next request it can strike.
+        upgrade = (
+            name in _SOCKET_ROUTES
+            and request.headers.get(hdrs.UPGRADE, "").strip().lower() == "websocket"
+        )
+        kinds = _UPGRADE_FAULTS if upgrade else HTTP_FAULTS
         forced = request.headers.get(FAULT_HEADER) if self.config.fault_header else None
         if forced:
-            injection = self.faults.run.force(
-                forced,
-                unit="request",
-                method=request.method,
-                path=request.path,
-                at=self.clock.now(),
-            )
-            if injection is not None and injection.fault.kind not in HTTP_FAULTS:
-                injection = None
+            injection = None
+            # Checked first: force() logs the rule as forced, whether or not it can apply here.
+            if self._forced_kind(forced) in kinds:
+                injection = self.faults.run.force(
+                    forced,
+                    unit="request",
+                    method=request.method,
+                    path=request.path,
+                    at=self.clock.now(),
+                )
         else:
             injection = self.faults.run.decide(
                 "request",
@@ -431,7 +477,7 @@ class Simulator:
                 path=request.path,
                 service=service,
                 at=self.clock.now(),
-                kinds=HTTP_FAULTS,
+                kinds=kinds,
             )
         self.requests.append(
             RecordedRequest(
@@ -497,6 +543,10 @@ class Simulator:
             return web.Response(status=500)
         if isinstance(fault, TruncatedBody):
             real = await handler(request)
+            if real.prepared:
+                # Already on its way (a streamed answer): a second answer cannot follow it.
+                # Upgrades never get here (_UPGRADE_FAULTS); no other route streams.
+                return real
             body = real.body if isinstance(real, web.Response) else b""
             data = body if isinstance(body, bytes) else b""
             resp = web.StreamResponse(status=real.status, headers=real.headers)
@@ -507,6 +557,17 @@ class Simulator:
                 transport.close()
             return resp
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    def _forced_kind(self, rule_id: str) -> str | None:
+        """The kind of fault :meth:`FaultRun.force` would inject for rule ``rule_id`` (its
+        fault, or its sequence's first), or None if it would inject nothing."""
+        rule = next((r for r in self.faults.plan.rules if r.id == rule_id), None)
+        if rule is None:
+            return None
+        fault = rule.fault
+        if fault is None and rule.sequence is not None:
+            fault = next((f for f in rule.sequence if f is not None), None)
+        return None if fault is None else fault.kind
 
     async def _gateway_passes(self, request: web.Request) -> bool:
         """Whether LiveEngage's gateway lets an OAuth 1.0 request through to the service.
@@ -580,9 +641,14 @@ class Simulator:
         return [{"service": s, "account": account, "baseURI": host} for s in SERVICES]
 
     async def _json_body(self, request: web.Request) -> dict[str, Any] | None:
+        """The body as a JSON object, or None for anything else (the caller answers 4xx).
+
+        ValueError: not JSON, not in its charset (UnicodeDecodeError). LookupError: a charset
+        Python does not know (``charset=bogus``). RecursionError: nested past the parser's
+        limit. Uncaught, each was a 500 with an ERROR traceback from aiohttp."""
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, LookupError, RecursionError):
             return None
         return body if isinstance(body, dict) else None
 
@@ -628,13 +694,16 @@ class Simulator:
         )
         if key is None:
             return False
+        stamp = params.get("oauth_timestamp", "")
+        if not _is_decimal(stamp):
+            return False  # RFC 5849 §3.3: a positive integer, in decimal
         window = self.config.oauth1_timestamp_window
         if window is not None:
             try:
-                stamp = float(params.get("oauth_timestamp", ""))
-            except ValueError:
-                return False
-            if abs(stamp - self.tokens.epoch_now()) > window:
+                skew = abs(int(stamp) - self.tokens.epoch_now())
+            except (ValueError, OverflowError):
+                return False  # more digits than int() converts, or than a float holds
+            if skew > window:
                 return False
         extra: list[tuple[str, str]] = list(request.rel_url.query.items())
         # aiohttp's parse of the header: the media type lower-cased, the charset if named.
@@ -700,20 +769,25 @@ class Simulator:
             return web.json_response({"error": "username and credentials required"}, status=400)
         kind: str | None = None
         if "password" in body:
-            if acc.users.get(username) == body.get("password"):
+            password = body["password"]
+            if not isinstance(password, str):
+                return web.json_response({"error": "password must be a string"}, status=400)
+            # A known user and their password: an unknown user's is None, which a null
+            # "password" once matched.
+            if _same_secret(acc.users.get(username), password):
                 kind = "user"
         elif "appKey" in body:
             app_key, secret = body.get("appKey"), body.get("secret")
             token, token_secret = body.get("accessToken"), body.get("accessTokenSecret")
             if any(
                 k.key == app_key
-                and k.secret == secret
+                and _same_secret(k.secret, secret)
                 and k.access_token == token
-                and k.access_token_secret == token_secret
+                and _same_secret(k.access_token_secret, token_secret)
                 for k in acc.app_keys
             ):
                 kind = "app"
-            elif acc.clients.get(str(app_key)) == secret and secret is not None:
+            elif isinstance(app_key, str) and _same_secret(acc.clients.get(app_key), secret):
                 kind = "oauth2"
         else:
             return web.json_response({"error": "password or appKey required"}, status=400)
@@ -790,11 +864,27 @@ class Simulator:
 
     async def _app_token(self, request: web.Request) -> web.Response:
         acc = self._account(request)
-        form = await request.post()
+        try:
+            form = await request.post()
+        except web.HTTPException:
+            raise  # aiohttp's own answer: 413 for a body too large, 400 for too many fields
+        except Exception:
+            # Whatever else request.post() raises is about the body the client sent: multipart
+            # that is malformed (aiohttp's InvalidHeader, whose text is the raw line: as like as
+            # not the client_secret), without a boundary or nested; a form not in its charset,
+            # or in one Python does not know; an unknown transfer encoding. Uncaught, it was a
+            # 500, and aiohttp logged the error's text at ERROR. A 400, and nothing logged.
+            return web.json_response({"error": "invalid_request"}, status=400)
         if form.get("grant_type") != "client_credentials":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         client_id, secret = form.get("client_id"), form.get("client_secret")
-        if acc is None or not isinstance(client_id, str) or acc.clients.get(client_id) != secret:
+        # A known client and its secret: an unknown client's is None, which a form without
+        # client_secret once matched.
+        if (
+            acc is None
+            or not isinstance(client_id, str)
+            or not _same_secret(acc.clients.get(client_id), secret)
+        ):
             return web.json_response({"error": "invalid_client"}, status=401)
         token = self.tokens.issue_jwt(acc.id, client_id, self.config.jwt_ttl, "sentinel")
         return web.json_response(

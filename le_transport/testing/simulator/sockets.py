@@ -500,7 +500,9 @@ class SocketHub:
             data = msg.data if msg.type is WSMsgType.TEXT else msg.data.decode("utf-8", "replace")
             try:
                 frame = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
+                # RecursionError: nested past the parser's limit. Invalid JSON like any other;
+                # raised out of this loop it ended the connection (the client saw a 1006).
                 frame = {"raw": data[:200]}
             if not isinstance(frame, dict):
                 frame = {"raw": data[:200]}
