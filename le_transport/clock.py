@@ -276,6 +276,11 @@ def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:
     ``None`` means no timeout. The body is cancelled when the time is up, not merely checked
     afterwards. If the clock's ``sleep`` fails, the time cannot be kept: the body is cancelled
     at once and the block raises the clock's error (logged too), rather than running without
-    a limit.
+    a limit. An infinite timeout is none; a NaN one is a :class:`ValueError` (it would end the
+    block at once on one clock and never on another).
     """
+    if seconds is not None and not seconds < math.inf:
+        if seconds != seconds:
+            raise ValueError("timeout_after: seconds is NaN")
+        seconds = None
     return _ClockTimeout(clock, seconds)

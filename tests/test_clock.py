@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from aiohttp import web
 from le_transport import Engine, RealClock, RetryPolicy
 from le_transport.clock import timeout_after
 from le_transport.sockets.keepalive import KeepaliveScheduler
+from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory, serve_silent
 
 
@@ -149,3 +151,17 @@ async def test_a_real_clock_timeout_far_beyond_any_run_is_no_limit(seconds: floa
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+@pytest.mark.parametrize("kind", ["real", "virtual"])
+async def test_an_infinite_timeout_is_none_and_a_nan_one_is_refused_on_every_clock(
+    kind: str,
+) -> None:
+    clock = RealClock() if kind == "real" else VirtualClock()
+    # NaN timed out at once on the real clock (max(0.0, nan) is 0.0) and failed the block
+    # after an ERROR log on the virtual one; infinity armed a watchdog that waited for ever.
+    async with timeout_after(clock, math.inf) as limit:
+        await asyncio.sleep(0)
+    assert not limit.expired
+    with pytest.raises(ValueError, match="NaN"):
+        timeout_after(clock, math.nan)
