@@ -13,10 +13,11 @@ overload``) prints three tables and writes JSON to ``benchmarks/results/``:
    intervals, without and with the session shared through a real redis-server. Target: 1.
 3. **Cost of the Redis store per call** on loopback (p50/p99 of whole calls through the engine,
    healthy service), with no guard, the guard on local state, the guard on Redis with first
-   attempts batched (the default: one Redis round trip per ``flush_interval``), and unbatched.
+   attempts batched (the default: about one Redis round trip per ``flush_interval``, a few
+   more near the end of each budget slot), and unbatched.
    Batching keeps Redis off the happy path; what it trades away is that the fleet sees a
    process's first attempts up to ``flush_interval`` late, which makes the shared budget
-   briefly stricter (never looser) after a quiet spell.
+   stricter, never looser (a batch is sent within its slot of the window or dropped).
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def _assert_bounded(guard: OverloadGuard, cap: int) -> None:
     assert set(guard._successes) <= set(guard._status), "a tally never outlives its breaker"
     assert len(guard._synced_at) <= cap + 1
     assert len(guard._pending) <= cap
-    assert set(guard._flushed_at) <= set(guard._pending)
+    assert len(guard._stale_locks) <= cap
+    assert len(guard._damaged) <= cap
 
 
 # -- the options ---------------------------------------------------------------------------
@@ -318,7 +319,9 @@ def _breaker_history(draw: st.DrawFn) -> tuple[BreakerStatus, float]:
         now += dt
         admission = BREAKER.admit(status, now)
         if admission.allowed:
-            status = BREAKER.record(admission.status, now, failed=failed, rand=0.5)
+            status = BREAKER.record(
+                admission.status, now, failed=failed, rand=0.5, probe=admission.probe
+            )
         if draw(st.booleans()):
             status = BREAKER.release(status, now)
     return status, now + draw(st.floats(0, 30, allow_nan=False))

@@ -235,3 +235,69 @@ async def test_calls_refused_during_a_break_log_once_at_the_opening_not_once_per
                 await engine.request("GET", "svc", "/x")
     assert [r for r in caplog.records if r.levelno >= 20 and "circuit" in r.getMessage()] == []
     assert len(giveups) == 51, "every refused call still reaches the on_giveup hook"
+
+
+class _TwoPaths:
+    """A service where ``/slow`` and ``/probe`` answer only when their event is set (with the
+    status set for them), and every other path answers ``status`` at once."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.held = {"/slow": asyncio.Event(), "/probe": asyncio.Event()}
+        self.answer = {"/slow": 503, "/probe": 200}
+        self.arrived = {path: asyncio.Event() for path in self.held}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        if path in self.held:
+            self.arrived[path].set()
+            await self.held[path].wait()
+            return web.Response(status=self.answer[path], text="{}")
+        return web.Response(status=self.status, text="{}")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+
+async def test_a_slow_attempt_from_before_the_break_is_not_taken_for_the_probes_verdict(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """An attempt admitted while the breaker was closed times out (here: a 503) after the break,
+    while the probe is out: it neither re-opens the breaker for a longer break nor keeps the
+    probe's success from closing it."""
+    service = _TwoPaths()
+    states: list[StateEvent] = []
+    guard = OverloadGuard(
+        budget=None,
+        breaker=_breaker(min_calls=4, first=5.0),
+        clock=clock,
+        hooks=EventHooks(on_state=[states.append]),
+    )
+    once = RetryPolicy(pauses=(), attempt_timeout=None)
+    host = await serve(service.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, overload=guard) as engine:
+        try:
+            slow = asyncio.ensure_future(engine.request("GET", "svc", "/slow", retry=once))
+            await service.arrived["/slow"].wait()
+            for _ in range(4):
+                with pytest.raises(RetriesExhausted):
+                    await engine.request("GET", "svc", "/x", retry=once)
+            assert guard.breaker_state("svc", host) is BreakerState.OPEN
+            await clock.sleep(5.0)
+            probe = asyncio.ensure_future(engine.request("GET", "svc", "/probe", retry=once))
+            await service.arrived["/probe"].wait()
+            service.held["/slow"].set()
+            with pytest.raises(RetriesExhausted):
+                await slow
+            assert guard.breaker_state("svc", host) is BreakerState.HALF_OPEN, "not re-opened"
+            assert [e.name for e in states] == ["circuit_open"]
+            service.held["/probe"].set()
+            assert (await probe).status == 200
+            assert guard.breaker_state("svc", host) is BreakerState.CLOSED
+            service.status = 200
+            assert (await engine.request("GET", "svc", "/x", retry=once)).status == 200
+        finally:
+            for held in service.held.values():  # no handler left waiting, whatever failed
+                held.set()

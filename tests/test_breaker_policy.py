@@ -73,15 +73,49 @@ def test_failed_probe_reopens_for_a_longer_break_and_a_success_closes() -> None:
     breaker = CircuitBreaker(breaks=BackoffPolicy(first=5.0, cap=60.0, jitter=0.0, floor=0.0))
     status = _trip(breaker, breaker.closed(), 0.0)
     probe = breaker.admit(status, 5.0)
-    status = breaker.record(probe.status, 5.5, failed=True)
+    status = breaker.record(probe.status, 5.5, failed=True, probe=True)
     assert status.open_until == 15.5
     probe = breaker.admit(status, 15.5)
-    status = breaker.record(probe.status, 15.6, failed=True)
+    status = breaker.record(probe.status, 15.6, failed=True, probe=True)
     assert status.open_until == pytest.approx(35.6)
     probe = breaker.admit(status, 36.0)
-    status = breaker.record(probe.status, 36.1, failed=False)
+    status = breaker.record(probe.status, 36.1, failed=False, probe=True)
     assert breaker.state_at(status, 36.1) is BreakerState.CLOSED
     assert status.opens == 0
+
+
+@pytest.mark.parametrize("failed", [True, False], ids=["failure", "success"])
+def test_an_attempt_from_before_the_break_ending_in_half_open_decides_nothing(
+    failed: bool,
+) -> None:
+    """A slow attempt admitted while closed that ends after the break: its outcome is not the
+    probe's. It neither re-opens the breaker (a longer break while the probe is out, or with no
+    probe at all) nor closes it (no probe sent); the probe's own answer still decides."""
+    breaker = CircuitBreaker(breaks=BackoffPolicy(first=5.0, cap=60.0, jitter=0.0, floor=0.0))
+    status = _trip(breaker, breaker.closed(), 0.0)
+    # No probe sent yet: the break is over, the straggler ends.
+    assert breaker.record(status, 5.2, failed=failed) == status
+    probe = breaker.admit(status, 5.5)
+    assert probe.probe
+    after = breaker.record(probe.status, 6.0, failed=failed)
+    assert after == probe.status, "the probe is still out, the break unchanged"
+    assert breaker.record_successes(probe.status, 6.0, 3) == probe.status
+    closed = breaker.record(after, 6.5, failed=False, probe=True)
+    assert breaker.state_at(closed, 6.5) is BreakerState.CLOSED
+    reopened = breaker.record(after, 6.5, failed=True, probe=True)
+    assert (reopened.opens, reopened.open_until) == (2, 16.5)
+
+
+@pytest.mark.parametrize("window", [1e-310, 5e-324, 1e-9])
+def test_a_window_whose_slots_are_shorter_than_a_microsecond_is_refused(window: float) -> None:
+    """Such a window made every slot index infinite: OverflowError at the first outcome."""
+    with pytest.raises(ConfigurationError, match=r"CircuitBreaker\.sampling_window"):
+        CircuitBreaker(sampling_window=window)
+    with pytest.raises(ConfigurationError, match=r"CircuitBreaker\.sampling_window"):
+        CircuitBreaker().scaled(1e-12)
+    shortest = CircuitBreaker(sampling_window=1e-5, slots=10)
+    status = shortest.record(shortest.closed(), 1e12, failed=True)
+    assert sum(status.failures) == 1
 
 
 def test_cancelled_probe_frees_the_half_open_slot() -> None:
@@ -126,7 +160,7 @@ class BreakerMachine(RuleBasedStateMachine):
         )
         self.status = self.breaker.closed()
         self.now = 0.0
-        #: Attempts admitted and not yet ended: (admitted at, was it the probe).
+        #: Attempts admitted and not yet ended: was each the probe.
         self.in_flight: list[bool] = []
         #: Outcomes recorded while closed, since the breaker last closed: (time, failed).
         self.closed_outcomes: list[tuple[float, bool]] = []
@@ -163,7 +197,10 @@ class BreakerMachine(RuleBasedStateMachine):
         was_probe = self.in_flight.pop(i)
         before = self.breaker.state_at(self.status, self.now)
         opens_before = self.status.opens
-        self.status = self.breaker.record(self.status, self.now, failed=failed, rand=rand)
+        old = self.status
+        self.status = self.breaker.record(
+            self.status, self.now, failed=failed, rand=rand, probe=was_probe
+        )
         after = self.breaker.state_at(self.status, self.now)
         if before is BreakerState.CLOSED:
             self.closed_outcomes.append((self.now, failed))
@@ -178,8 +215,8 @@ class BreakerMachine(RuleBasedStateMachine):
             self.closed_outcomes = []
         if before is BreakerState.HALF_OPEN and was_probe:
             assert after is (BreakerState.OPEN if failed else BreakerState.CLOSED)
-        if before is BreakerState.HALF_OPEN and not failed:
-            assert after is BreakerState.CLOSED, "a success in half-open closes the breaker"
+        if before is not BreakerState.CLOSED and not was_probe:
+            assert self.status == old, "out of closed, only the probe's answer decides"
         if after is BreakerState.OPEN and before is not BreakerState.OPEN:
             brk = self.status.open_until - self.now
             low, _ = self.breaker.breaks.bounds(self.status.opens)
@@ -191,8 +228,8 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule()
     def attempt_cancelled(self) -> None:
-        if self.in_flight:
-            self.in_flight.pop()
+        if self.in_flight and self.in_flight.pop():
+            # The probe was cancelled (as the guard does: only then is the slot freed).
             self.status = self.breaker.release(self.status, self.now)
 
     @invariant()

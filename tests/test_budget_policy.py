@@ -84,6 +84,25 @@ def test_invalid_budget_is_refused_naming_the_field(field: str, value: float) ->
         RetryBudget(**{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("window", "slots"), [(1e-310, 10), (5e-324, 1), (1e-5, 100)])
+def test_a_window_whose_slots_are_shorter_than_a_microsecond_is_refused(
+    window: float, slots: int
+) -> None:
+    """Such a window made every slot index infinite: OverflowError at the first call, at run
+    time, instead of a ConfigurationError at construction."""
+    with pytest.raises(ConfigurationError, match=r"RetryBudget\.window .* at least 1e-06 s"):
+        RetryBudget(window=window, slots=slots)
+
+
+def test_the_shortest_window_allowed_still_decides_at_any_clock_reading() -> None:
+    budget = RetryBudget(window=1e-5, slots=10)
+    for now in (0.0, 1.7e9, 1e12, 1e300):
+        state = budget.record_request(budget.empty(), now, count=10)
+        allowed, state = budget.try_retry(state, now)
+        assert allowed
+        assert not budget.try_retry(state, now)[0]
+
+
 class BudgetMachine(RuleBasedStateMachine):
     """Whenever a retry is taken, the retries in the window the budget counts never exceed its
     share of that window's first attempts plus its floor; a retry is refused only when taking

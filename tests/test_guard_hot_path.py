@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -97,7 +98,8 @@ def _host(call: _Call) -> str:
 
 class _PerCallGuard:
     """The guard's decisions as it made them before the shortcut: every success and every first
-    attempt recorded at once through the pure policies, a random draw per settled attempt."""
+    attempt recorded at once through the pure policies, a random draw per settled attempt, and
+    each outcome recorded as the probe's only if that attempt was admitted as the probe."""
 
     def __init__(self, clock: VirtualClock, rng: random.Random) -> None:
         self.clock = clock
@@ -122,11 +124,14 @@ class _PerCallGuard:
 
     def settle(self, call: _Call, attempt: int, outcome: Outcome) -> None:
         key = (call.service, _host(call))
+        probe = (id(call), attempt) in self.probes
         self.probes.discard((id(call), attempt))
         before = self.status.get(key) or BREAKER.closed()
         failed = BREAKER.counts_as_failure(outcome)
         rand = self.rng.random()
-        self.status[key] = BREAKER.record(before, self.clock.now(), failed=failed, rand=rand)
+        self.status[key] = BREAKER.record(
+            before, self.clock.now(), failed=failed, rand=rand, probe=probe
+        )
 
     def abandon(self, call: _Call, attempt: int) -> None:
         if (id(call), attempt) not in self.probes:
@@ -355,6 +360,108 @@ def test_batched_deposits_let_every_withdrawal_see_every_deposit_made_before_it(
     while _done(store.budget("k", BUDGET, withdraw=True)):
         left += 1
     assert left == int(BUDGET.available(reference, clock.now()))
+
+
+_fleet_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.01, 0.3, 0.99, 1.0, 2.5, 9.0])),
+        st.tuples(st.just("first"), st.integers(1, 20)),
+        st.tuples(st.just("retry"), st.integers(1, 3)),
+    ),
+    max_size=60,
+)
+
+
+@given(steps=_fleet_steps, flush=st.sampled_from([0.0, 0.4, 1.0, 2.0, 30.0]))
+@settings(max_examples=300, deadline=None)
+def test_a_fleets_batched_first_attempts_never_grant_a_retry_the_per_call_budget_refuses(
+    steps: list[tuple[str, float]], flush: float
+) -> None:
+    """For any first attempts, retries and time, a guard on a shared store (first attempts held
+    back and sent in batches) grants a retry only if the pure budget, with every first attempt
+    recorded at once and the same retries granted, grants it too: batching is only stricter.
+    (Counts sent after their slot ended were counted in a later one, and paid for retries after
+    the first attempts they stood for had left the window.)"""
+    clock = VirtualClock(start=100.0)
+    guard = OverloadGuard(
+        budget=BUDGET,
+        breaker=None,
+        store=MemoryStore(clock),
+        account="1",
+        clock=clock,
+        flush_interval=flush,
+    )
+    reference = BUDGET.empty()
+    for op, arg in steps:
+        if op == "advance":
+            clock.advance(arg)
+        elif op == "first":
+            for _ in range(int(arg)):
+                assert _done(guard.admit(_Call("msgHist", HOSTS[0]), 1)) is None
+                reference = BUDGET.record_request(reference, clock.now())
+        else:
+            call = _Call("msgHist", HOSTS[0])
+            for attempt in range(1, int(arg) + 1):
+                got = _done(
+                    guard.before_retry(
+                        call, attempt, Outcome.response(503), 0.0, RequestError("503")
+                    )
+                )
+                if got is not None:
+                    assert isinstance(got, RetryBudgetExhausted)
+                    break
+                allowed, reference = BUDGET.try_retry(reference, clock.now())
+                assert allowed, "the fleet's budget granted a retry the per-call one refuses"
+
+
+def test_first_attempts_held_back_before_a_quiet_spell_do_not_pay_for_retries_after_it() -> None:
+    """100 first attempts in a second, held back by the batching, then 31 s of quiet: the
+    per-call budget has aged them out and grants its floor's 3 retries; so does the fleet's
+    (it granted 13: the held-back counts went out with the next call, in its slot)."""
+    budget = RetryBudget()
+    clock = VirtualClock(start=100.0)
+    guard = OverloadGuard(
+        budget=budget, breaker=None, store=MemoryStore(clock), account="1", clock=clock
+    )
+    for _ in range(100):
+        assert _done(guard.admit(_Call("msgHist", HOSTS[0]), 1)) is None
+        clock.advance(0.0099)
+    clock.advance(31.0 - 100 * 0.0099)
+    call = _Call("msgHist", HOSTS[0])
+    assert _done(guard.admit(call, 1)) is None
+    granted = 0
+    while granted < 50:
+        refused = _done(
+            guard.before_retry(call, granted + 1, Outcome.response(503), 0.0, RequestError("x"))
+        )
+        if refused is not None:
+            break
+        granted += 1
+    assert granted == 3
+
+
+@pytest.mark.parametrize("outcome", [OUTCOMES[4], OUTCOMES[0]], ids=["timeout", "success"])
+def test_attempts_from_before_the_break_ending_after_it_neither_reopen_nor_close(
+    outcome: Outcome,
+) -> None:
+    """Slow attempts admitted while the breaker was closed, ending one by one after the break
+    with no probe sent: each re-opened it for a doubled break (or a success closed it, "the
+    probe succeeded"). They are not the probe: the breaker stays half-open for one."""
+    clock = VirtualClock(start=100.0)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, clock=clock, rng=_FixedRandom())
+    slow = [_Call("msgHist", HOSTS[0]) for _ in range(3)]
+    for call in slow:
+        assert _done(guard.admit(call, 1)) is None
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("msgHist", HOSTS[0])
+        assert _done(guard.admit(call, 1)) is None
+        _done(guard.settle(call, 1, OUTCOMES[2]))
+    opened = guard._status[("msgHist", HOSTS[0])]
+    for call in slow:
+        clock.advance(max(0.0, opened.open_until - clock.now()) + 0.01)
+        _done(guard.settle(call, 1, outcome))
+        assert guard.breaker_state("msgHist", HOSTS[0]) is BreakerState.HALF_OPEN
+        assert guard._status_of(("msgHist", HOSTS[0])) == opened
 
 
 def test_a_successful_call_draws_no_random_number_and_a_failure_draws_one() -> None:

@@ -180,3 +180,23 @@ async def test_the_pacer_waits_on_the_clock(clock: VirtualClock) -> None:
     assert await pacer.acquire() == 0.0
     assert await pacer.acquire() == pytest.approx(0.5)
     assert clock.now() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda clock: ReconnectPacer(clock, "x"), "ReconnectPacer.bucket"),  # type: ignore[arg-type]
+        (lambda clock: ReconnectPacer(clock, 0), "ReconnectPacer.bucket"),  # type: ignore[arg-type]
+        (lambda clock: ReconnectPacer(clock, {"rate": 5}), "ReconnectPacer.bucket"),  # type: ignore[arg-type]
+        (lambda clock: ReconnectPacer("not a clock"), "ReconnectPacer.clock"),  # type: ignore[arg-type]
+        (lambda clock: ReconnectPacer(None), "ReconnectPacer.clock"),  # type: ignore[arg-type]
+    ],
+    ids=["bucket str", "bucket 0", "bucket dict", "clock str", "clock None"],
+)
+def test_a_pacer_refuses_a_bad_bucket_or_clock_when_it_is_made(
+    make: Any, field: str, clock: VirtualClock
+) -> None:
+    """Accepted, they failed with AttributeError at the first reconnect (a falsy bucket
+    silently became the default one)."""
+    with pytest.raises(ConfigurationError, match=field):
+        make(clock)

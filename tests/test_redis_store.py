@@ -169,6 +169,46 @@ async def test_a_huge_but_finite_ttl_is_kept_for_max_ttl_on_both_stores(store: R
             assert MAX_TTL - 60 < entry.ttl <= MAX_TTL, (one, key, entry)
 
 
+@pytest.mark.parametrize("window", [1e13, 1e16, 1e300])
+async def test_a_budget_with_a_huge_window_works_on_redis_as_in_memory(
+    store: RedisStore, window: float
+) -> None:
+    """Its PEXPIRE passed Redis' range (or was written "1e+19"): every budget call failed, and a
+    FallbackStore took that for an outage and stayed local."""
+    budget = RetryBudget(window=window)
+    for one in (MemoryStore(RealClock()), store):
+        assert await one.budget(f"huge{window:g}", budget, deposits=1, withdraw=True)
+    ttl = await store._client.pttl(store.key(f"huge{window:g}"))
+    assert 0 < ttl <= MAX_TTL * 1000
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [TokenBucket(rate=1.0, burst=1e300), TokenBucket(rate=1e-13, burst=1.0)],
+    ids=["burst 1e300", "rate 1e-13"],
+)
+async def test_a_bucket_with_a_huge_refill_works_on_redis_as_in_memory(
+    store: RedisStore, bucket: TokenBucket
+) -> None:
+    for one in (MemoryStore(RealClock()), store):
+        assert await one.reserve(f"pace{bucket.rate:g}", bucket) == 0.0
+    ttl = await store._client.pttl(store.key(f"pace{bucket.rate:g}"))
+    assert 0 < ttl <= MAX_TTL * 1000
+
+
+async def test_a_huge_budget_window_is_no_redis_outage_for_the_fallback_store(
+    redis_server: RedisServer,
+) -> None:
+    primary = RedisStore(redis_server.url, prefix="test", op_timeout=OP)
+    fallback = FallbackStore(primary)
+    try:
+        assert await fallback.budget("svc", RetryBudget(window=1e16), deposits=1, withdraw=True)
+        assert fallback.sharing
+        assert fallback.fallbacks == 0
+    finally:
+        await fallback.close()
+
+
 async def test_a_bad_write_through_the_fallback_store_is_not_taken_for_a_redis_outage(
     redis_server: RedisServer,
 ) -> None:

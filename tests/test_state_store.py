@@ -373,3 +373,56 @@ async def test_fleet_pacer_is_what_the_engines_sockets_wait_on(clock: VirtualClo
     assert sorted(waits) == [0.0, 1.0, 2.0], "three processes dropped at once, one bucket"
     assert clock.now() == pytest.approx(2.0)
     assert all(e is not None for e in engines)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"bucket": "x"}, "FleetPacer.bucket"),
+        ({"bucket": 0}, "FleetPacer.bucket"),
+        ({"clock": "x"}, "FleetPacer.clock"),
+        ({"clock": 0}, "FleetPacer.clock"),
+    ],
+    ids=["bucket str", "bucket 0", "clock str", "clock 0"],
+)
+def test_a_fleet_pacer_refuses_a_bad_bucket_or_clock_when_it_is_made(
+    kwargs: dict[str, object], field: str, clock: VirtualClock
+) -> None:
+    """Accepted, they failed at the first reconnect (a bucket of 0 became the default one)."""
+    with pytest.raises(ConfigurationError, match=field):
+        FleetPacer(MemoryStore(clock), account="1", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"local": "x"}, "FallbackStore.local"),
+        ({"local": 0}, "FallbackStore.local"),
+        ({"local": object()}, "FallbackStore.local"),
+        ({"hooks": "x"}, "FallbackStore.hooks"),
+        ({"hooks": {"on_state": []}}, "FallbackStore.hooks"),
+        ({"clock": "x"}, "FallbackStore.clock"),
+    ],
+    ids=["local str", "local 0", "local object", "hooks str", "hooks dict", "clock str"],
+)
+def test_a_fallback_store_refuses_a_bad_local_store_hooks_or_clock_when_it_is_made(
+    kwargs: dict[str, object], field: str, clock: VirtualClock
+) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        FallbackStore(MemoryStore(clock), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_with_a_hooks_object_an_outage_still_falls_back_and_reports(
+    clock: VirtualClock,
+) -> None:
+    """The hooks are checked when the store is made: an outage then reaches them, and the call
+    gets the local answer (wrong hooks used to raise AttributeError from inside the fallback)."""
+    events: list[StateEvent] = []
+    primary = BrokenStore(clock)
+    primary.down = True
+    fallback = FallbackStore(primary, clock=clock, hooks=EventHooks(on_state=[events.append]))
+    await fallback.set("k", "v", ttl=10)
+    entry = await fallback.get("k")
+    assert entry is not None
+    assert entry.value == "v"
+    assert [e.name for e in events] == ["state_store_fallback"]

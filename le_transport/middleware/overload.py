@@ -24,10 +24,16 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
 break, the others adopt it at their next sync, and in half-open one probe goes for the whole
-fleet. Redis stays off the happy path: first attempts are counted locally and sent in batches
-every ``flush_interval``, the trip marker is read at most every ``sync_interval``; what that
-trades away is that the fleet sees a process's first attempts (and trips) up to those intervals
-late, which only makes the budget stricter, never looser.
+fleet. The trip is kept for the break and then the probe lease, so a process that missed the
+break (no call during it, or started after it) goes half-open when it ends, not closed; the
+process that takes the fleet's probe lock reads the trip again before probing (a probe that just
+failed has published a new break); a probe cancelled or cut by its caller's deadline frees the
+lock at once. Redis stays off the happy path: first attempts are counted locally and sent in
+batches every ``flush_interval``, the trip marker is read at most every ``sync_interval``; what
+that trades away is that the fleet sees a process's first attempts (and trips) up to those
+intervals late. A batch is sent only within the slot of the budget's window its first attempts
+were made in (the store counts a deposit in the slot it arrives in); what is still held when that
+slot ends is dropped. So batching only ever makes the budget stricter, never looser.
 
 The breakers are kept per service and host, and hosts may come from outside (a domain source, a
 caller's input): the guard keeps at most ``max_breakers`` of them (:data:`DEFAULT_MAX_BREAKERS`).
@@ -42,6 +48,7 @@ attempts waiting for a batch are bounded by the same cap.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -50,15 +57,17 @@ import uuid
 from typing import TYPE_CHECKING, Protocol
 
 from .._checks import require_kind, require_option
-from ..clock import Clock, RealClock
+from .._redact import redact_text
+from ..clock import Clock, RealClock, timeout_after
 from ..errors import CircuitOpen, ConfigurationError, RequestError, RetryBudgetExhausted
 from ..events import EventHooks, StateEvent, emit
+from ..policies._validate import finite_number
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
 from ..policies.budget import RetryBudget
 from ..policies.classify import Outcome
 from ..state.fallback import FallbackStore
 from ..state.memory import MemoryStore
-from ..state.store import StateStore, state_key
+from ..state.store import Entry, StateStore, state_key
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -86,6 +95,17 @@ DEFAULT_MAX_BREAKERS = 4096
 #: How many forgotten breakers a warning names (the others are counted).
 _EVICTED_NAMED = 5
 _CLOSED = BreakerState.CLOSED
+#: The most openings a process takes from the fleet's trip entry: a break stops growing long
+#: before (2 min after six at the defaults), and a damaged entry's huge count must not make
+#: the next break's arithmetic (one step per opening) run for ever.
+_MAX_ADOPTED_OPENS = 10_000
+#: How much of a damaged trip entry a warning shows.
+_DAMAGED_SHOWN = 40
+#: Near the end of a slot of the budget's window, first attempts held back for the shared
+#: budget are sent sooner than every ``flush_interval`` (what is held when the slot ends is
+#: dropped, _Batch), but never more often than 16 times as often: at most four more sends per
+#: slot (the gaps halve from ``flush_interval`` down to a sixteenth of it).
+_FLUSH_STEPS = 16
 
 
 class GatedCall(Protocol):
@@ -172,6 +192,42 @@ class _Successes:
         self.count = 1
 
 
+class _Batch:
+    """A service's first attempts held back from the shared budget, and when it last sent some.
+
+    The store counts a deposit in the slot of the budget's window it arrives in, so a count
+    sent after its own slot ended would pay for retries one slot or more longer than the first
+    attempt it stands for: sent at the next first attempt after a quiet spell, 30 s late, it
+    paid for a whole new window. So what is held is in one slot (``slot``, from ``at`` up to
+    ``until``) and is sent while that slot lasts; once it has ended, it is dropped. The shared
+    budget then counts every first attempt in its own slot or not at all: batching only ever
+    makes it stricter than counting each at once. (How much is dropped is kept small by
+    sending sooner as the slot's end nears: OverloadGuard._deposit.)
+    """
+
+    __slots__ = ("at", "count", "sent_at", "slot", "until")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.slot = 0
+        self.at = 0.0
+        self.until = -math.inf
+        self.sent_at = -math.inf
+
+    def held(self, now: float, budget: RetryBudget) -> int:
+        """What is held, if its slot still holds ``now``; else nothing (its slot ended: the
+        counts are dropped, never counted in a later slot)."""
+        if self.count and not (self.at <= now < self.until or self.slot == budget.slot_of(now)):
+            self.count = 0
+        return self.count
+
+    def start(self, now: float, budget: RetryBudget) -> None:
+        """Begin a batch (nothing held) in the slot holding ``now``."""
+        self.slot = budget.slot_of(now)
+        self.at = now
+        self.until = budget.slot_end(self.slot)
+
+
 class OverloadGuard:
     """The retry budget per service and the circuit breaker per service and host.
 
@@ -183,7 +239,9 @@ class OverloadGuard:
     - ``account``: the namespace of the shared keys.
     - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
       ``circuit_open``, ``circuit_closed`` and ``retry_budget_exhausted``.
-    - ``flush_interval``: seconds between batched sends of first-attempt counts to the store.
+    - ``flush_interval``: seconds between batched sends of first-attempt counts to the store
+      (counts still held when their slot of the budget's window ends are dropped, never sent
+      late: see the module's description).
     - ``sync_interval``: seconds between reads of the fleet's breaker trips.
     - ``max_breakers``: how many (service, host) breakers it keeps (default
       :data:`DEFAULT_MAX_BREAKERS`), and how many services' batched first attempts. Idle
@@ -261,8 +319,8 @@ class OverloadGuard:
         self._flush_interval = flush_interval if self._shared else 0.0
         self._budget_keys: dict[str, str] = {}
         self._sync_interval = sync_interval
-        self._pending: dict[str, int] = {}
-        self._flushed_at: dict[str, float] = {}
+        # Per service: first attempts held back from the shared budget, and the last send.
+        self._pending: dict[str, _Batch] = {}
         self._status: dict[tuple[str, str], BreakerStatus] = {}
         self._successes: dict[tuple[str, str], _Successes] = {}
         self._keys: dict[tuple[str, str | None, int | None], tuple[str, str]] = {}
@@ -278,8 +336,18 @@ class OverloadGuard:
         self._local = store if isinstance(store, MemoryStore) and not self._shared else None
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
         self._synced_at: dict[tuple[str, str], float] = {}
-        self._probes: set[tuple[int, int]] = set()
+        # The probes out, by (call, attempt): the value of the fleet's probe lock each holds
+        # (None: no fleet). Each lock value is this process's and the probe's own, so that a
+        # late release of one never frees another's.
+        self._probes: dict[tuple[int, int], str | None] = {}
         self._owner = uuid.uuid4().hex
+        self._locks_taken = 0
+        # Fleet probe locks of abandoned probes whose release has not yet been done (by
+        # _release_lock's task, or by the next probe here), and those tasks.
+        self._stale_locks: dict[tuple[str, str], str] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
+        self._damaged: dict[tuple[str, str], int] = {}
         # The last outcome the breaker did not count as a failure: outcomes are immutable and the
         # retry loop hands the same one for the same status, so an identical one needs no asking.
         self._success: Outcome | None = None
@@ -393,6 +461,9 @@ class OverloadGuard:
         self._status = kept
         self._successes = {k: held for k, held in self._successes.items() if k in kept}
         self._synced_at = {k: at for k, at in self._synced_at.items() if k in kept or k == adding}
+        # (A stale lock forgotten here frees itself when its lease ends.)
+        self._stale_locks = {k: lock for k, lock in self._stale_locks.items() if k in kept}
+        self._damaged = {k: seen for k, seen in self._damaged.items() if k in kept}
         if forgotten:
             self._forgot(forgotten, now)
 
@@ -425,12 +496,12 @@ class OverloadGuard:
         pending (their last flush time only spaces out sends: the next one goes at once), and
         if that frees less than an eighth of the cap, the oldest others' pending counts (first
         attempts the fleet then never counts: its budget is only stricter for it)."""
-        pending = {service: count for service, count in self._pending.items() if count}
+        pending = {service: batch for service, batch in self._pending.items() if batch.count}
         target = self._max_breakers - max(1, self._max_breakers // 8)
         if len(pending) > target:
             oldest = iter(pending.items())
             dropped = sum(
-                count for _, count in (next(oldest) for _ in range(len(pending) - target))
+                batch.count for _, batch in (next(oldest) for _ in range(len(pending) - target))
             )
             pending = dict(oldest)
             _log.info(
@@ -441,7 +512,6 @@ class OverloadGuard:
                 extra={"max_breakers": self._max_breakers, "dropped": dropped},
             )
         self._pending = pending
-        self._flushed_at = {s: at for s, at in self._flushed_at.items() if s in pending}
 
     def _trip_key(self, key: tuple[str, str]) -> str:
         return state_key(self._account, "breaker", *key)
@@ -498,9 +568,11 @@ class OverloadGuard:
         if self._probes:
             token = (id(call), attempt)
             if token in self._probes:
-                self._probes.discard(token)
+                lock = self._probes.pop(token)
                 failed = breaker.counts_as_failure(outcome)
-                await self._record(call, key, outcome, failed, self._clock.now(), probe=True)
+                await self._record(
+                    call, key, outcome, failed, self._clock.now(), probe=True, lock=lock
+                )
                 return
         if outcome is not self._success:
             # (The same immutable outcome as the last success needs no asking.)
@@ -508,7 +580,7 @@ class OverloadGuard:
                 await self._record(call, key, outcome, True, self._clock.now())
                 return
             self._success = outcome
-        # A success, not the probe's.
+        # A success, not the probe's (in half-open, _record ignores it: only the probe decides).
         now = self._clock.now()
         # A tally is only ever held on a closed status (every change of the status records or
         # drops it first): a success in the tally's slot adds to it, nothing else to read.
@@ -538,16 +610,22 @@ class OverloadGuard:
         now: float,
         *,
         probe: bool = False,
+        lock: str | None = None,
     ) -> None:
         """Feed an outcome at ``now`` to the breaker at ``key`` (what settle does with all but a
-        success counted in a closed breaker's tally); log and publish what it opens or closes."""
+        success counted in a closed breaker's tally); log and publish what it opens or closes.
+
+        ``probe``: the outcome is the half-open probe's, the only one that decides there
+        (:meth:`CircuitBreaker.record`); ``lock``: the fleet's probe lock it held, freed after
+        the verdict is published (so the next holder finds the new trip, _admit).
+        """
         breaker = self._breaker
         assert breaker is not None
         before = self._status_of(key) or breaker.closed()
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
         after = breaker.record(
-            before, now, failed=failed, rand=self._rng.random() if failed else 0.5
+            before, now, failed=failed, rand=self._rng.random() if failed else 0.5, probe=probe
         )
         self._put(key, after)
         new_state = breaker.state_at(after, now)
@@ -555,19 +633,57 @@ class OverloadGuard:
             await self._opened(call, key, after, outcome)
         elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
             await self._closed(call, key)
-        if probe and self._shared:
-            await self._store.delete(self._probe_key(key), only_if=self._owner)
+        if lock is not None:
+            await self._store.delete(self._probe_key(key), only_if=lock)
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
-        """Free the half-open slot if the cancelled attempt was the probe."""
+        """Free the half-open slot if the cancelled attempt was the probe, and the fleet's
+        probe lock it held: left to its lease, it kept every process of the fleet (this one
+        included) from probing for ``probe_lease`` (30 s) with no probe out."""
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
-        self._probes.discard((id(call), attempt))
+        lock = self._probes.pop((id(call), attempt))
         key = self._key_of(call)
         status = self._status_of(key)
         if status is not None:
-            # The shared probe key (if any) frees itself when its lease ends.
             self._put(key, self._breaker.release(status, self._clock.now()))
+        if lock is not None:
+            self._release_lock(key, lock)
+
+    def _release_lock(self, key: tuple[str, str], lock: str) -> None:
+        """Free the fleet's probe lock ``lock`` at ``key`` soon: abandon cannot wait (it runs as
+        the attempt is cancelled), so a task does it. The task is kept (a set of them) and
+        ends within the lock's lease whatever the store does: past the lease it has nothing
+        left to free. Until it is done, the next probe of this process frees the lock itself
+        (_admit), so that this process is never kept waiting by its own lock."""
+        assert self._breaker is not None
+        self._stale_locks[key] = lock
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to run it: the next probe here frees it, or its lease does
+        task = loop.create_task(
+            self._free_lock(key, lock, self._breaker.probe_lease),
+            name="le_transport probe lock release",
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
+        try:
+            async with timeout_after(self._clock, lease):
+                await self._store.delete(self._probe_key(key), only_if=lock)
+        except Exception as exc:
+            # A store failing (not a FallbackStore) or too slow: the next probe here tries
+            # again, and the lease frees the lock anyway.
+            _log.debug(
+                "could not free an abandoned probe's lock: %s",
+                type(exc).__name__,
+                extra={"service": key[0], "host": key[1]},
+            )
+            return
+        if self._stale_locks.get(key) == lock:
+            del self._stale_locks[key]
 
     async def before_retry(
         self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
@@ -608,32 +724,46 @@ class OverloadGuard:
 
     # -- the budget -------------------------------------------------------------------------
 
-    async def _deposit(self, service: str) -> None:
-        assert self._budget is not None
-        count = self._pending.get(service)
-        if count is None:
-            count = 0
+    def _batch(self, service: str) -> _Batch:
+        """The first attempts of ``service`` held back from the shared budget (room made)."""
+        batch = self._pending.get(service)
+        if batch is None:
             if len(self._pending) >= self._max_breakers:
                 self._make_service_room()
+            batch = self._pending[service] = _Batch()
+        return batch
+
+    async def _deposit(self, service: str) -> None:
+        budget = self._budget
+        assert budget is not None
+        batch = self._batch(service)
         now = self._clock.now()
-        if now - self._flushed_at.get(service, -math.inf) >= self._flush_interval:
-            self._pending[service] = 0
-            self._flushed_at[service] = now
-            await self._store.budget(self._budget_key(service), self._budget, deposits=count + 1)
+        # Only what is still in its own slot is sent (_Batch): the rest is dropped.
+        held = batch.held(now, budget)
+        if not held:
+            batch.start(now, budget)
+        since = now - batch.sent_at
+        flush = self._flush_interval
+        # Every flush_interval; and as the slot's end nears, once the time since the last send
+        # is at least the time left (down to a sixteenth of the interval): what a slot's end
+        # drops is then the last sliver of the slot, not up to a whole interval of it.
+        if since >= flush or since >= max(batch.until - now, flush / _FLUSH_STEPS):
+            batch.count = 0
+            batch.sent_at = now
+            await self._store.budget(self._budget_key(service), budget, deposits=held + 1)
         else:
-            self._pending[service] = count + 1
+            batch.count = held + 1
 
     async def _withdraw(self, service: str) -> bool:
-        assert self._budget is not None
-        count = self._pending.get(service)
-        if count is None:
-            count = 0
-            if len(self._pending) >= self._max_breakers:
-                self._make_service_room()
-        self._pending[service] = 0
-        self._flushed_at[service] = self._clock.now()
+        budget = self._budget
+        assert budget is not None
+        batch = self._batch(service)
+        now = self._clock.now()
+        count = batch.held(now, budget)
+        batch.count = 0
+        batch.sent_at = now
         return await self._store.budget(
-            self._budget_key(service), self._budget, deposits=count, withdraw=True
+            self._budget_key(service), budget, deposits=count, withdraw=True
         )
 
     # -- the breaker ------------------------------------------------------------------------
@@ -651,18 +781,49 @@ class OverloadGuard:
             assert admission.retry_at is not None
             self._put(key, status)  # a refused host is in use too: the last one to forget
             return self._circuit_open(call, admission.retry_at, now, status.opens)
+        lock: str | None = None
         if admission.probe and self._shared:
-            lease = self._breaker.probe_lease
-            if not await self._store.add(self._probe_key(key), self._owner, ttl=lease):
+            probe_key = self._probe_key(key)
+            stale = self._stale_locks.pop(key, None)
+            if stale is not None:
+                # This process's own abandoned probe's lock, its release not yet done.
+                await self._store.delete(probe_key, only_if=stale)
+            self._locks_taken += 1
+            lock = f"{self._owner}:{self._locks_taken}"
+            if not await self._store.add(probe_key, lock, ttl=self._breaker.probe_lease):
                 # Another process of the fleet is probing: wait for its verdict.
                 self._put(key, status)
                 return self._circuit_open(call, now + self._sync_interval, now, status.opens)
-            # The status read before that await is what gets replaced, whole: successes
+            # The lock is ours, but what this process knows of the fleet's trip may be up to
+            # sync_interval old: the probe that held the lock before may have failed, and its
+            # process re-opened the breaker (publishing the new trip before freeing the lock).
+            # A second probe to a service that just failed one must not go: read it now.
+            entry = await self._store.get(self._trip_key(key))
+            read_at = self._clock.now()
+            trip = None if entry is None else self._trip(key, entry, read_at)
+            if trip is not None and trip[1] > read_at:
+                await self._store.delete(probe_key, only_if=lock)
+                adopted = self._adopted(status, *trip)
+                self._successes.pop(key, None)  # (as below: the status is replaced whole)
+                self._put(key, adopted)
+                return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
+            lease = self._breaker.probe_lease
+            if trip is not None and entry is not None and entry.ttl < lease:
+                # A probe taken late in the trip's tail: keep the trip while it is out, so that
+                # a process arriving meanwhile still goes half-open (the break's end unchanged).
+                opens, ended = trip
+                tail = lease + (read_at - ended)
+                await self._store.set(
+                    self._trip_key(key),
+                    json.dumps({"opens": opens, "half_open": tail}),
+                    ttl=lease,
+                )
+            # The status read before those awaits is what gets replaced, whole: successes
             # counted meanwhile go with the status they were counted on.
             self._successes.pop(key, None)
         self._put(key, admission.status)
         if admission.probe:
-            self._probes.add((id(call), attempt))
+            self._probes[(id(call), attempt)] = lock
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
@@ -678,26 +839,75 @@ class OverloadGuard:
             self._synced_at = {k: at for k, at in self._synced_at.items() if k in self._status}
         self._synced_at[key] = now
         entry = await self._store.get(self._trip_key(key))
+        now = self._clock.now()
         status = self._status_of(key) or self._breaker.closed()
         if entry is None or self._breaker.state_at(status, now) is BreakerState.OPEN:
             return
-        try:
-            opens = int(json.loads(entry.value)["opens"])
-        except (ValueError, KeyError, TypeError):
-            return
         if status.probe_until is not None and now < status.probe_until:
             return  # our own probe is out; its verdict decides
-        self._put(
-            key,
-            BreakerStatus(
-                BreakerState.OPEN,
-                status.slot,
-                status.successes,
-                status.failures,
-                now + entry.ttl,
-                max(opens, status.opens),
-                None,
-            ),
+        trip = self._trip(key, entry, now)
+        if trip is not None:
+            # A break still on is adopted as open; one that has ended (the entry outlives it
+            # by the probe lease) as half-open: this process then competes for the fleet's
+            # probe lock rather than letting every call through while one probe is out.
+            self._put(key, self._adopted(status, *trip))
+
+    def _adopted(self, status: BreakerStatus, opens: int, until: float) -> BreakerStatus:
+        """``status`` with the fleet's break until ``until`` (after ``opens`` openings)."""
+        return BreakerStatus(
+            BreakerState.OPEN,
+            status.slot,
+            status.successes,
+            status.failures,
+            until,
+            max(opens, status.opens),
+            None,
+        )
+
+    def _trip(self, key: tuple[str, str], entry: Entry, now: float) -> tuple[int, float] | None:
+        """The fleet's trip entry at ``key``, read at ``now``: (openings, when the break ends),
+        or None if it is damaged (logged once: a bad entry must not fail every call there).
+
+        The entry holds the openings and how long it outlives the break (``half_open``, the
+        publisher's probe lease; 0 in an entry without it); the break's end is read from the
+        entry's TTL, not from a time in it, because the processes' clocks need not agree.
+        """
+        try:
+            data = json.loads(entry.value)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            opens = data["opens"]
+            tail = data.get("half_open", 0)
+            if isinstance(opens, bool) or not isinstance(opens, int) or opens < 1:
+                raise ValueError("opens is not an int >= 1")
+            if not finite_number(tail) or tail < 0:
+                raise ValueError("half_open is not a finite number >= 0")
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            # OverflowError and RecursionError too: a 1e999 or thousands of nested brackets.
+            self._damaged_trip(key, entry, exc)
+            return None
+        if self._damaged:
+            self._damaged.pop(key, None)
+        return min(opens, _MAX_ADOPTED_OPENS), now + entry.ttl - float(tail)
+
+    def _damaged_trip(self, key: tuple[str, str], entry: Entry, exc: BaseException) -> None:
+        """Warn of the damaged trip entry at ``key``, once per entry (every sync reads it
+        again), showing only its start: it may be large, and it came from outside."""
+        seen = hash(entry.value)
+        if self._damaged.get(key) == seen:
+            return
+        if len(self._damaged) >= self._max_breakers:
+            self._damaged.clear()
+        self._damaged[key] = seen
+        _log.warning(
+            "ignoring a damaged circuit breaker trip for %s at %s in the shared store "
+            "(%s; %d characters, starting %r)",
+            key[0],
+            key[1],
+            type(exc).__name__,
+            len(entry.value),
+            redact_text(entry.value[:_DAMAGED_SHOWN]),
+            extra={"service": key[0], "host": key[1], "error": type(exc).__name__},
         )
 
     async def _opened(
@@ -723,7 +933,16 @@ class OverloadGuard:
             ),
         )
         if self._shared and brk > 0:
-            await self._store.set(self._trip_key(key), json.dumps({"opens": status.opens}), ttl=brk)
+            # Kept for the break and then the probe lease: a process that missed the break (no
+            # call during it, or started after it) still finds the trip once it has ended, and
+            # goes half-open (one probe for the fleet) instead of closed (every call).
+            assert self._breaker is not None
+            lease = self._breaker.probe_lease
+            await self._store.set(
+                self._trip_key(key),
+                json.dumps({"opens": status.opens, "half_open": lease}),
+                ttl=brk + lease,
+            )
 
     async def _closed(self, call: GatedCall, key: tuple[str, str]) -> None:
         _log.info(

@@ -5,7 +5,8 @@ Per service and host: **closed** lets every attempt through and counts failures 
 failures reaches ``failure_ratio``, it **opens**. Open refuses every attempt until the break
 ends (the caller gets ``CircuitOpen`` with the time to try again). Then it is **half-open**:
 exactly one probe goes through; a success closes the breaker, a failure opens it again for a
-longer break, on a :class:`~le_transport.policies.BackoffPolicy`.
+longer break, on a :class:`~le_transport.policies.BackoffPolicy`. Only the probe's own answer
+decides there: an attempt admitted before the break that ends after it is ignored.
 
 Only 5xx, 429 and transport failures count as failures (:meth:`CircuitBreaker.counts_as_failure`);
 any other answer, 4xx included, proves the service is up and counts as a success.
@@ -25,7 +26,7 @@ import attrs
 from ..errors import ConfigurationError
 from ._validate import check_scale, instance_of, positive
 from .backoff import BackoffPolicy
-from .budget import slot_end
+from .budget import check_slot_length, slot_end
 from .classify import Outcome, OutcomeKind
 
 __all__ = [
@@ -153,6 +154,9 @@ class CircuitBreaker:
     )
     probe_lease: float = attrs.field(default=BREAKER_PROBE_LEASE, validator=positive)
 
+    def __attrs_post_init__(self) -> None:
+        check_slot_length("CircuitBreaker", "sampling_window", self.sampling_window, self.slots)
+
     @staticmethod
     def counts_as_failure(outcome: Outcome) -> bool:
         """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport
@@ -262,17 +266,30 @@ class CircuitBreaker:
         return Admission(True, probing, probe=True)
 
     def record(
-        self, status: BreakerStatus, now: float, *, failed: bool, rand: float = 0.5
+        self,
+        status: BreakerStatus,
+        now: float,
+        *,
+        failed: bool,
+        rand: float = 0.5,
+        probe: bool = False,
     ) -> BreakerStatus:
         """``status`` after an admitted attempt ended at ``now`` as a failure or a success.
 
-        In half-open (the probe's answer): a success closes, a failure opens again for the next,
-        longer break. Closed: the outcome is counted and the breaker opens if the window's
-        failure ratio reaches the threshold at the minimum throughput. Open (an attempt admitted
-        before the break began): a failure is already accounted for, a success is ignored.
+        ``probe``: whether the attempt was the half-open probe (its :class:`Admission` said so).
+        In half-open only the probe's answer decides: a success closes, a failure opens again
+        for the next, longer break. Any other attempt ending then was admitted before the break
+        began (a slow one, outliving it) and is ignored, as it would be during the break: its
+        failure is already accounted for, and it says nothing the probe's answer will not say
+        better. (Taken as the verdict, it re-opened the breaker for a longer break, with the
+        probe out or none sent, or closed it with no probe sent.) Closed: the outcome is
+        counted and the breaker opens if the window's failure ratio reaches the threshold at
+        the minimum throughput.
         """
         state = self.state_at(status, now)
         if state is BreakerState.HALF_OPEN:
+            if not probe:
+                return status
             if failed:
                 return self._open(status, now, rand)
             return self.closed()
@@ -304,11 +321,10 @@ class CircuitBreaker:
         The same as ``count`` calls of :meth:`record` with ``failed=False`` at times in the slot
         of ``now``, while ``status`` is closed (a success neither opens nor ages a closed
         breaker past its slot): what lets a caller count a slot's successes and record them at
-        once. Any other state gets the one-by-one :meth:`record`.
+        once. In any other state they change nothing, as :meth:`record` ignores every outcome
+        but the probe's there (and the probe's is recorded on its own).
         """
         if status.state is not BreakerState.CLOSED:
-            for _ in range(count):
-                status = self.record(status, now, failed=False)
             return status
         if count <= 0:
             return status

@@ -27,8 +27,10 @@ __all__ = [
     "BUDGET_MIN_RETRIES_PER_SECOND",
     "BUDGET_RATIO",
     "BUDGET_WINDOW",
+    "MIN_SLOT_LENGTH",
     "BudgetState",
     "RetryBudget",
+    "check_slot_length",
     "slot_end",
 ]
 
@@ -46,6 +48,26 @@ BUDGET_WINDOW = 30.0
 #: whole 5/10/15 s schedule at a time, which is what "a quiet client can still retry" needs,
 #: and adds little to the share under a fleet-wide outage.
 BUDGET_MIN_RETRIES_PER_SECOND = 0.1
+
+
+#: The shortest slot a sliding window may have, in seconds: a microsecond. A slot's index is
+#: ``floor(now / slot length)``; a length near zero (a window of 1e-310 s) makes that infinite,
+#: and the policy then raised OverflowError on every call instead of deciding. A microsecond keeps
+#: the index a finite int for any clock reading below 1e300 s and, for any Unix time, within the
+#: 64-bit integers Redis' budget script formats it as. No real window comes close: the demo's
+#: fastest time scale, 0.001, makes the default 30 s window's slots 3 ms long.
+MIN_SLOT_LENGTH = 1e-6
+
+
+def check_slot_length(owner: str, field: str, window: float, slots: int) -> None:
+    """A :class:`ConfigurationError` naming ``owner.field`` unless each of the ``slots`` slots of
+    a ``window`` seconds long is at least :data:`MIN_SLOT_LENGTH` long."""
+    if window / slots < MIN_SLOT_LENGTH:
+        raise ConfigurationError(
+            f"{owner}.{field} must leave each of its {slots} slots at least "
+            f"{MIN_SLOT_LENGTH:g} s long (a window of at least {MIN_SLOT_LENGTH * slots:g} s), "
+            f"got {window!r}"
+        )
 
 
 def _slots(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -123,6 +145,9 @@ class RetryBudget:
     )
     window: float = attrs.field(default=BUDGET_WINDOW, validator=positive)
     slots: int = attrs.field(default=10, validator=_slots)
+
+    def __attrs_post_init__(self) -> None:
+        check_slot_length("RetryBudget", "window", self.window, self.slots)
 
     @property
     def slot_length(self) -> float:

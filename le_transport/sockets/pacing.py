@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from .._checks import require_kind
 from ..clock import Clock
 from ..policies.pacing import TokenBucket
 
@@ -29,8 +30,13 @@ class ReconnectPacer:
     __slots__ = ("_bucket", "_clock", "missed")
 
     def __init__(self, clock: Clock, bucket: TokenBucket | None = None) -> None:
+        # Checked here, by name: a wrong kind was taken, and failed only at the first
+        # reconnect (AttributeError), long after; a falsy one (0) became the default bucket.
+        owner = type(self).__name__
+        require_kind(clock, Clock, owner=owner, field="clock", optional=False)
+        require_kind(bucket, TokenBucket, owner=owner, field="bucket")
         self._clock = clock
-        self._bucket = bucket or TokenBucket()
+        self._bucket = TokenBucket() if bucket is None else bucket
         #: Slots forfeited because their socket woke too late for them.
         self.missed = 0
 

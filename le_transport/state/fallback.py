@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .._checks import require_kind
 from ..clock import Clock, RealClock
 from ..errors import StateStoreError
 from ..events import EventHooks, StateEvent, emit
@@ -66,10 +67,19 @@ class FallbackStore:
     ) -> None:
         check_store("FallbackStore", "primary", primary)
         self._retry_interval = check_seconds("FallbackStore", "retry_interval", retry_interval)
+        # Checked here, by name: a wrong local failed at the first write, and wrong hooks
+        # raised AttributeError from inside _call when the primary failed, turning the outage
+        # this store exists to absorb into a failed call.
+        for name, value, kind in (
+            ("local", local, MemoryStore),
+            ("clock", clock, Clock),
+            ("hooks", hooks, EventHooks),
+        ):
+            require_kind(value, kind, owner="FallbackStore", field=name)
         self._primary = primary
-        self._clock = clock or RealClock()
-        self._local = local or MemoryStore(self._clock)
-        self._hooks = hooks or EventHooks()
+        self._clock = RealClock() if clock is None else clock
+        self._local = MemoryStore(self._clock) if local is None else local
+        self._hooks = EventHooks() if hooks is None else hooks
         self._down = False
         self._next_try = 0.0
         #: How many times the store switched to local state, and back.

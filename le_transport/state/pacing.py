@@ -9,6 +9,7 @@ fleet as a whole comes back at ``rate`` per second after ``burst``: give it to
 
 from __future__ import annotations
 
+from .._checks import require_kind
 from ..clock import Clock, RealClock
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
@@ -38,7 +39,10 @@ class FleetPacer(ReconnectPacer):
         name: str = "reconnect",
     ) -> None:
         check_store("FleetPacer", "store", store)
-        super().__init__(clock or RealClock(), bucket)
+        # Checked before the default replaces a missing one: FleetPacer(clock="x") was taken,
+        # and failed at the first reconnect.
+        require_kind(clock, Clock, owner="FleetPacer", field="clock")
+        super().__init__(RealClock() if clock is None else clock, bucket)
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
         self._store: StateStore = (
             store

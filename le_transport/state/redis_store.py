@@ -23,7 +23,7 @@ from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry, check_deposits, check_seconds, check_ttl, check_value
+from .store import MAX_TTL, Entry, check_deposits, check_seconds, check_ttl, check_value
 
 __all__ = ["DEFAULT_OP_TIMEOUT", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -45,6 +45,14 @@ _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+#: The longest PEXPIRE the scripts set, in milliseconds: MAX_TTL, as every stored value. A
+#: budget's window or a bucket's refill may be far longer (a valid RetryBudget(window=1e16),
+#: TokenBucket(burst=1e300)), and Redis refuses an expiry past its range or one Lua writes in
+#: an exponent ("1e+19"): each script then failed, which a FallbackStore takes for an outage.
+#: So the scripts cap it, and write it with '%d'. (1e15 is a whole number a double holds
+#: exactly, far inside Redis' range.)
+_MAX_EXPIRE_MS = round(MAX_TTL * 1000)
 
 # RetryBudget's arithmetic (see policies/budget.py): counts per time slot in one hash, fields
 # q:<slot> (first attempts) and r:<slot> (retries); slots older than the window are dropped.
@@ -79,9 +87,11 @@ if withdraw > 0 and ret + 1 <= ratio * req + floor + 1e-9 then
   redis.call('HINCRBY', KEYS[1], 'r:' .. slot, 1)
   taken = 1
 end
-redis.call('PEXPIRE', KEYS[1], math.ceil(slot_len * slots * 1000) + 1000)
+local expire = math.ceil(slot_len * slots * 1000) + 1000
+if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
+redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
 return taken
-"""
+""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS))
 
 # TokenBucket.reserve (see policies/pacing.py) on the server's clock.
 _RESERVE = """
@@ -102,9 +112,11 @@ if tokens < 0 then wait = -tokens / rate end
 wait = wait + (at - now)
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
            'updated', string.format('%.6f', at))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate + wait) * 1000) + 1000)
+local expire = math.ceil((burst / rate + wait) * 1000) + 1000
+if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
+redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
 return string.format('%.6f', wait)
-"""
+""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS))
 
 
 def _ttl_ms(ttl: float) -> int:
