@@ -581,6 +581,11 @@ class Engine:
             await self._socket_keepalives.close()
             for task in list(self._keepalives):
                 await task.close()
+            drain = getattr(self._retry_mw.gate, "drain", None)
+            if callable(drain):
+                # An abandoned probe's lock being freed in the fleet's store: bounded, and
+                # then cancelled, so that no task of the guard outlives the engine.
+                await drain()
             if not self._providers_closed and self._session is not None:
                 self._providers_closed = True
                 if self._auth is not None:

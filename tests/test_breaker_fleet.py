@@ -235,6 +235,32 @@ async def test_an_abandoned_probe_frees_the_fleets_lock_at_once() -> None:
     assert b.breaker_state("svc", HOST) is BreakerState.CLOSED
 
 
+class _HangingDeletes(MemoryStore):
+    """A shared store whose deletes never answer (a store that is down, with no fallback)."""
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        await asyncio.Event().wait()
+        return False
+
+
+async def test_draining_the_guard_leaves_no_release_behind_even_when_the_store_hangs() -> None:
+    # The engine drains its guard as it closes: an abandoned probe's release waits a second
+    # of the clock at most, then is cancelled (its lock then frees itself at its lease's end).
+    clock = VirtualClock(start=100.0)
+    store = _HangingDeletes(clock)
+    (a,) = _fleet(clock, store, 1)
+    await _trip(a)
+    await clock.sleep(5.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    a.abandon(probe, 1)
+    assert a._releases
+    started = clock.now()
+    await a.drain()
+    assert not a._releases
+    assert clock.now() - started == pytest.approx(1.0)
+
+
 async def test_a_late_release_never_frees_the_lock_of_a_later_probe() -> None:
     """Each probe's lock holds a value of its own: the release of an abandoned one, done after
     this process took the lock again, leaves the new lock in place."""

@@ -49,6 +49,7 @@ attempts waiting for a batch are bounded by the same cap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -668,6 +669,20 @@ class OverloadGuard:
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
+
+    async def drain(self, grace: float = 1.0) -> None:
+        """Let the releases of abandoned probes' locks finish (up to ``grace`` seconds of the
+        clock), then cancel what is left: its lock then frees itself at its lease's end. The
+        engine calls it as it closes, so that no task of the guard outlives it."""
+        pending = set(self._releases)
+        if not pending:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with timeout_after(self._clock, grace):
+                await asyncio.wait(pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
