@@ -3,7 +3,7 @@
 Your SDK owns the endpoint's shape (paths, versions, what the JSON means); le_transport owns the
 rest: the host from the Domain API, the login and its bearer, the guide's retry schedule, typed
 errors. Run it: ``python -m examples.users_api`` (against the built-in simulator, which fails
-the first two calls with 503 to show the retries).
+the first two requests with 503 to show the retries).
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ async def main(clock: Clock | None = None, time_scale: float = 0.01) -> list[Use
             found = list(await users.list())
             print(f"{len(found)} user(s): {[u.login_name for u in found]}")
             print(f"user 999: {await users.get('999')}")
-        print(f"the simulator answered {sim.count('GET', '*/le-users/users')} list calls")
+        listed = sim.count("GET", "*/le-users/users")
+        print(f"the simulator answered {listed} list requests for the one call")
     return found
 
 

@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="multiply every schedule (5/10/15 s pauses, re-login minutes, keepalives) by this, "
-        "0.001 to 10 (default 0.01: the whole run takes a few seconds)",
+        "0.001 to 10 (default 0.01 against the simulator: the whole run takes a few seconds; 1 "
+        "against a real account)",
     )
     demo.add_argument("--seed", type=int, default=7, help="seed of the fault plan (default 7)")
     demo.add_argument(

@@ -691,7 +691,11 @@ class Engine:
           once it went out (a connect failure still is), not replayed after a 401, refused
           with ``recover=True``.
 
-        Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried),
+        Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried; with an
+        auth provider, a 401 that fresh credentials do not cure is
+        :class:`~le_transport.errors.AuthenticationError`, and a refused login
+        :class:`~le_transport.errors.LoginRejected` or
+        :class:`~le_transport.errors.BlockedError`),
         :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent,
         :class:`~le_transport.errors.DeadlineExceeded`, and the other
         :class:`~le_transport.errors.RequestError` subclasses for what they name.

@@ -7,7 +7,7 @@ and ignored: instrumentation must never break the transport.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -56,16 +56,27 @@ class StateEvent:
     details: dict[str, Any] = attrs.field(factory=dict)
 
 
-def _callables(value: Sequence[Callable[[Any], object]]) -> tuple[Callable[[Any], object], ...]:
-    if isinstance(value, str | bytes) or not all(callable(hook) for hook in value):
+def _callables(
+    value: Sequence[Callable[[Any], object]] | Callable[[Any], object],
+) -> tuple[Callable[[Any], object], ...]:
+    if callable(value):
+        return (value,)  # one hook, as EventHooks(on_state=handler) reads naturally
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Iterable)
+        or not all(callable(hook) for hook in value)
+    ):
         # Found here, not by the first event: emit() would log the TypeError and go on.
-        raise ConfigurationError(f"EventHooks take sequences of callables, got {value!r:.60}")
+        raise ConfigurationError(
+            f"EventHooks take a callable or a sequence of callables, got {value!r:.60}"
+        )
     return tuple(value)
 
 
 @attrs.frozen
 class EventHooks:
-    """Callbacks for the engine's events; each field is a tuple of callables."""
+    """Callbacks for the engine's events; each field is a tuple of callables (one callable
+    given alone is taken as a tuple of one)."""
 
     on_retry: tuple[Callable[[RetryEvent], object], ...] = attrs.field(
         default=(), converter=_callables

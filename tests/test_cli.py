@@ -222,3 +222,15 @@ def test_simulate_on_ipv6_prints_urls_with_the_address_bracketed() -> None:
     assert proc.returncode == 0, err
     assert re.search(r" on http://\[::1\]:\d+ \(sockets on ws://\[::1\]:\d+\)", banner), banner
     assert "Domain API: http://[::1]:" in domain_api
+
+
+def test_python_dash_m_le_transport_is_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "le_transport", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "{demo,simulate}" in done.stdout

@@ -80,7 +80,15 @@ def test_socket_options_refuse_a_policy_of_the_wrong_kind(field: str) -> None:
         SocketOptions(**bad)
 
 
-@pytest.mark.parametrize("hooks", [[5], "on_retry", [print, None]])
+@pytest.mark.parametrize("hooks", [[5], "on_retry", [print, None], 5, None])
 def test_event_hooks_refuse_what_cannot_be_called(hooks: Any) -> None:
-    with pytest.raises(ConfigurationError, match="sequences of callables"):
+    # 5 and None are no sequence at all: they raised a bare TypeError from iterating them.
+    with pytest.raises(ConfigurationError, match="a sequence of callables"):
         EventHooks(on_retry=hooks)
+
+
+def test_event_hooks_take_one_callable_as_a_tuple_of_one() -> None:
+    # EventHooks(on_state=handler), as the README's wording invites.
+    seen: list[object] = []
+    hooks = EventHooks(on_state=seen.append)
+    assert hooks.on_state == (seen.append,)

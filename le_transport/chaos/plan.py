@@ -502,6 +502,8 @@ class WsDropMessage:
     kind: ClassVar[str] = "ws_drop_message"
 
 
+#: Any fault a rule can carry: the HTTP kinds (unit ``request``) and the socket kinds (units
+#: ``ws_session`` and ``ws_message``); see the README's table for which unit takes which.
 Fault = (
     Status
     | Delay

@@ -29,9 +29,12 @@ __all__ = [
     "SimulatorConfig",
 ]
 
+#: The account the simulator serves by default.
 DEFAULT_ACCOUNT = "12345678"
+#: The Login Service user it knows by default, and that user's password.
 DEFAULT_USER = "agent1"
 DEFAULT_PASSWORD = "sim-password-1"
+#: The Sentinel client (client credentials) it knows by default, and its secret.
 DEFAULT_CLIENT_ID = "sim-client-1"
 DEFAULT_CLIENT_SECRET = "sim-client-secret-1"
 
@@ -64,6 +67,8 @@ class AppKey:
         return "AppKey(key=***, secret=***, access_token=***, access_token_secret=***)"
 
 
+#: The application key (OAuth 1.0, and the Login Service's application login) it knows by
+#: default.
 DEFAULT_APP_KEY = AppKey(
     key="sim-app-key-1",
     secret="sim-app-secret-1",
