@@ -17,7 +17,9 @@ overload``) prints three tables and writes JSON to ``benchmarks/results/``:
    more near the end of each budget slot), and unbatched.
    Batching keeps Redis off the happy path; what it trades away is that the fleet sees a
    process's first attempts up to ``flush_interval`` late, which makes the shared budget
-   stricter, never looser (a batch is sent within its slot of the window or dropped).
+   stricter, never looser on a store that keeps the guard's clock (a batch is sent within its
+   slot of the window or dropped; on Redis, whose slots follow the server's clock, a batch may
+   land one slot late).
 """
 
 from __future__ import annotations

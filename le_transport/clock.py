@@ -43,7 +43,10 @@ class RealClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep on the running loop."""
+        """Sleep on the running loop (:class:`ValueError` for NaN, as on the virtual clock: a
+        NaN pause would otherwise be no pause at all)."""
+        if seconds != seconds:
+            raise ValueError("RealClock.sleep: seconds is NaN")
         await asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:

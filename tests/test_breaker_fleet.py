@@ -32,7 +32,7 @@ from le_transport.policies import (
     Outcome,
     RetryBudget,
 )
-from le_transport.state import MemoryStore, state_key
+from le_transport.state import Entry, MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.test_guard_hot_path import _Call, _done
@@ -259,6 +259,68 @@ async def test_draining_the_guard_leaves_no_release_behind_even_when_the_store_h
     await a.drain()
     assert not a._releases
     assert clock.now() - started == pytest.approx(1.0)
+
+
+class _StallingStore(MemoryStore):
+    """A shared store whose next read, or next write, of a breaker trip waits on ``release``
+    (a Redis round trip during which the caller is cancelled)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.stall: str | None = None  # "get" or "set"
+        self.skip = 0  # that many such calls go through first
+        self.stalled = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _maybe_stall(self, op: str, key: str) -> None:
+        if self.stall == op and ":breaker:" in key:
+            if self.skip:
+                self.skip -= 1
+                return
+            self.stall = None
+            self.stalled.set()
+            await self.release.wait()
+
+    async def get(self, key: str) -> Entry | None:
+        await self._maybe_stall("get", key)
+        return await super().get(key)
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        await self._maybe_stall("set", key)
+        await super().set(key, value, ttl=ttl)
+
+
+@pytest.mark.parametrize("where", ["admitting", "publishing its verdict"])
+async def test_a_probe_cancelled_inside_the_guards_store_calls_frees_the_fleets_lock(
+    where: str,
+) -> None:
+    # The probe's lock was taken (or its verdict being published) when the caller's task was
+    # cancelled, before the guard had recorded the probe (or after it had dropped it): nothing
+    # freed the lock, and the whole fleet got CircuitOpen for the 30 s lease with no probe out.
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _StallingStore(clock)
+    a, b = _fleet(clock, store)
+    await _trip(a)
+    clock.advance(6.0)
+    probe = _Call("svc", HOST)
+    if where == "admitting":
+        store.stall, store.skip = "get", 1  # not the sync's read: the re-read, lock held
+        task = asyncio.ensure_future(a.admit(probe, 1))
+    else:
+        assert await a.admit(probe, 1) is None
+        store.stall = "set"  # the new trip after the probe failed
+        task = asyncio.ensure_future(a.settle(probe, 1, DOWN))
+    await store.stalled.wait()
+    assert await MemoryStore.get(store, _probe_key()) is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(5):
+        await asyncio.sleep(0)  # the release task runs
+    assert await store.get(_probe_key()) is None, "the lock went with the cancelled probe"
+    if where == "admitting":
+        clock.advance(0.1)
+        assert await b.admit(_Call("svc", HOST), 1) is None, "another process may probe now"
 
 
 async def test_a_late_release_never_frees_the_lock_of_a_later_probe() -> None:

@@ -165,3 +165,5 @@ async def test_an_infinite_timeout_is_none_and_a_nan_one_is_refused_on_every_clo
     assert not limit.expired
     with pytest.raises(ValueError, match="NaN"):
         timeout_after(clock, math.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        await clock.sleep(math.nan)  # on the real clock it returned at once

@@ -33,7 +33,12 @@ batches every ``flush_interval``, the trip marker is read at most every ``sync_i
 that trades away is that the fleet sees a process's first attempts (and trips) up to those
 intervals late. A batch is sent only within the slot of the budget's window its first attempts
 were made in (the store counts a deposit in the slot it arrives in); what is still held when that
-slot ends is dropped. So batching only ever makes the budget stricter, never looser.
+slot ends is dropped. So, on a store that keeps the guard's clock (MemoryStore), batching only
+ever makes the budget stricter, never looser. Redis counts on its own clock, whose slot
+boundaries are not the guard's: a batch sent within its slot here may land in the next slot
+there, so the fleet's budget may be looser by at most one slot's worth of first attempts (a
+tenth of the window by default); sending each first attempt at once (``flush_interval=0``)
+removes that, at a Redis round trip per call.
 
 The breakers are kept per service and host, and hosts may come from outside (a domain source, a
 caller's input): the guard keeps at most ``max_breakers`` of them (:data:`DEFAULT_MAX_BREAKERS`).
@@ -630,10 +635,17 @@ class OverloadGuard:
         )
         self._put(key, after)
         new_state = breaker.state_at(after, now)
-        if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
-            await self._opened(call, key, after, outcome)
-        elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
-            await self._closed(call, key)
+        try:
+            if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
+                await self._opened(call, key, after, outcome)
+            elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
+                await self._closed(call, key)
+        except BaseException:
+            # Cancelled while publishing the verdict: the lock must still go, or the fleet
+            # would wait out its lease with no probe out.
+            if lock is not None:
+                self._release_lock(key, lock)
+            raise
         if lock is not None:
             await self._store.delete(self._probe_key(key), only_if=lock)
 
@@ -809,30 +821,36 @@ class OverloadGuard:
                 # Another process of the fleet is probing: wait for its verdict.
                 self._put(key, status)
                 return self._circuit_open(call, now + self._sync_interval, now, status.opens)
-            # The lock is ours, but what this process knows of the fleet's trip may be up to
-            # sync_interval old: the probe that held the lock before may have failed, and its
-            # process re-opened the breaker (publishing the new trip before freeing the lock).
-            # A second probe to a service that just failed one must not go: read it now.
-            entry = await self._store.get(self._trip_key(key))
-            read_at = self._clock.now()
-            trip = None if entry is None else self._trip(key, entry, read_at)
-            if trip is not None and trip[1] > read_at:
-                await self._store.delete(probe_key, only_if=lock)
-                adopted = self._adopted(status, *trip)
-                self._successes.pop(key, None)  # (as below: the status is replaced whole)
-                self._put(key, adopted)
-                return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
-            lease = self._breaker.probe_lease
-            if trip is not None and entry is not None and entry.ttl < lease:
-                # A probe taken late in the trip's tail: keep the trip while it is out, so that
-                # a process arriving meanwhile still goes half-open (the break's end unchanged).
-                opens, ended = trip
-                tail = lease + (read_at - ended)
-                await self._store.set(
-                    self._trip_key(key),
-                    json.dumps({"opens": opens, "half_open": tail}),
-                    ttl=lease,
-                )
+            try:
+                # The lock is ours, but what this process knows of the fleet's trip may be up to
+                # sync_interval old: the probe that held the lock before may have failed, and its
+                # process re-opened the breaker (publishing the new trip before freeing the lock).
+                # A second probe to a service that just failed one must not go: read it now.
+                entry = await self._store.get(self._trip_key(key))
+                read_at = self._clock.now()
+                trip = None if entry is None else self._trip(key, entry, read_at)
+                if trip is not None and trip[1] > read_at:
+                    await self._store.delete(probe_key, only_if=lock)
+                    adopted = self._adopted(status, *trip)
+                    self._successes.pop(key, None)  # (as below: the status is replaced whole)
+                    self._put(key, adopted)
+                    return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
+                lease = self._breaker.probe_lease
+                if trip is not None and entry is not None and entry.ttl < lease:
+                    # A probe taken late in the trip's tail: keep the trip while it is out, so that
+                    # a process arriving meanwhile still goes half-open (the break's end unchanged).
+                    opens, ended = trip
+                    tail = lease + (read_at - ended)
+                    await self._store.set(
+                        self._trip_key(key),
+                        json.dumps({"opens": opens, "half_open": tail}),
+                        ttl=lease,
+                    )
+            except BaseException:
+                # Cancelled (or failed) with the lock held and no probe recorded: nothing
+                # else would free it, and the whole fleet would wait out its lease.
+                self._release_lock(key, lock)
+                raise
             # The status read before those awaits is what gets replaced, whole: successes
             # counted meanwhile go with the status they were counted on.
             self._successes.pop(key, None)
