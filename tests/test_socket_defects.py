@@ -188,9 +188,13 @@ async def test_a_flood_before_init_connection_is_answered_fails_that_connect_onl
     assert "failed by the client with code 1008" in failed.details["reason"]
 
 
+@pytest.mark.parametrize("max_msg_size", [1024, 0], ids=["past-max_msg_size", "no-size-limit"])
 async def test_frames_before_init_connection_are_bounded_in_size_too(
-    clock: VirtualClock, serve: ServerFactory, states: StateLog
+    max_msg_size: int, clock: VirtualClock, serve: ServerFactory, states: StateLog
 ) -> None:
+    # 1,200 characters before the answer: past a 1,024 limit the connect fails; with 0,
+    # aiohttp's "no limit" (which failed every connect that got an early frame), only the
+    # frame count bounds them.
     app, _ = _first_frame_app(["x" * 600] * 2)
     host = await serve(app)
     async with _consumer_engine(host, clock, states) as engine:
@@ -200,29 +204,14 @@ async def test_frames_before_init_connection_are_bounded_in_size_too(
             "/ws",
             auth=engine.auth,
             placement=AuthPlacement.FIRST_FRAME,
-            max_msg_size=1024,
+            max_msg_size=max_msg_size,
         )
-        with pytest.raises(DialFailed) as refused:
-            await dialer.dial()
-    assert refused.value.disconnect.kind is DisconnectKind.FAILED_BY_CLIENT
-    assert refused.value.disconnect.code == 1008
-
-
-async def test_no_size_limit_means_early_frames_are_bounded_by_count_alone(
-    clock: VirtualClock, serve: ServerFactory, states: StateLog
-) -> None:
-    # max_msg_size=0 is aiohttp's "no limit": it failed every connect that got an early frame.
-    app, _ = _first_frame_app(["x" * 600] * 2)
-    host = await serve(app)
-    async with _consumer_engine(host, clock, states) as engine:
-        dialer = EngineDialer(
-            engine,
-            "svc",
-            "/ws",
-            auth=engine.auth,
-            placement=AuthPlacement.FIRST_FRAME,
-            max_msg_size=0,
-        )
+        if max_msg_size:
+            with pytest.raises(DialFailed) as refused:
+                await dialer.dial()
+            assert refused.value.disconnect.kind is DisconnectKind.FAILED_BY_CLIENT
+            assert refused.value.disconnect.code == 1008
+            return
         conn = await dialer.dial()
         try:
             assert len(conn.early_frames) == 2

@@ -36,11 +36,13 @@ from ..errors import ConfigurationError, TransportError
 from ..events import EventHooks, StateEvent, emit
 from ..middleware.context import CallContext, call_context, safe_cause, unsent_request_error
 from ..middleware.retry import RetryMiddleware
+from ..policies._validate import finite_number
 from ..policies.retry import RetryPolicy
 
 __all__ = [
     "ProviderHttp",
     "ProviderResponse",
+    "answer_number",
     "cookie_safe",
     "emit_state",
     "header_safe",
@@ -260,3 +262,22 @@ def header_safe(value: str) -> bool:
 def cookie_safe(value: str) -> bool:
     """Whether ``value`` can be sent as a cookie value as is."""
     return header_safe(value) and not (_COOKIE_UNSAFE & set(value))
+
+
+def answer_number(value: object) -> float | None:
+    """A positive number a server answered (a number, or a string of one), if it is a usable
+    one: not a bool, NaN, infinite, <= 0, nor an int past float's range. None otherwise: an
+    answer without a usable expiry or TTL has none."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)  # digits past float's range make inf here, not an error
+        except ValueError:
+            return None
+    # finite_number, not float() then math.isfinite: float() of a JSON int past float's range
+    # raises OverflowError, an untyped error from a server's answer.
+    if not finite_number(number):
+        return None
+    assert isinstance(number, (int, float))
+    result = float(number)
+    return result if result > 0 else None

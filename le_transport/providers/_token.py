@@ -42,6 +42,7 @@ from ._flight import SingleFlight
 from ._http import (
     ProviderHttp,
     ProviderResponse,
+    answer_number,
     emit_state,
     header_safe,
     require_attached,
@@ -364,23 +365,4 @@ class TokenProvider:
                 "(whitespace or control characters); refused"
             )
         assert isinstance(payload, dict)
-        return value, _seconds(payload.get("expires_in"))
-
-
-def _seconds(value: object) -> float | None:
-    """``expires_in`` (a number, or a string of one) in seconds, if it is a usable one: not a
-    bool, NaN, infinite, <= 0, nor an int past float's range (float() of that raises
-    OverflowError): an answer without a usable expiry has none."""
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value)  # digits past float's range make inf here, not an error
-        except ValueError:
-            return None
-    # finite_number, not float() then math.isfinite: a JSON int past float's range would
-    # raise OverflowError, an untyped error from a server's answer.
-    if not finite_number(number):
-        return None
-    assert isinstance(number, (int, float))
-    seconds = float(number)
-    return seconds if seconds > 0 else None
+        return value, answer_number(payload.get("expires_in"))

@@ -44,6 +44,7 @@ from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
 from ._flight import SingleFlight
 from ._http import (
     ProviderHttp,
+    answer_number,
     cookie_safe,
     emit_state,
     header_safe,
@@ -120,19 +121,8 @@ def _ttl_seconds(value: object) -> float | None:
 
     An unusable value (a bool, NaN, infinite, <= 0, an int past float's range) is no TTL.
     """
-    ms = value
-    if isinstance(value, str):
-        try:
-            ms = float(value)  # digits past float's range make inf here, not an error
-        except ValueError:
-            return None
-    # finite_number, not float() then math.isfinite: float() of a JSON int past float's range
-    # raises OverflowError, an untyped error from a server's answer.
-    if not finite_number(ms):
-        return None
-    assert isinstance(ms, (int, float))
-    seconds = float(ms) / 1000.0
-    return seconds if seconds > 0 else None
+    ms = answer_number(value)
+    return None if ms is None else ms / 1000.0
 
 
 class _NotAccepted(AuthenticationError):
