@@ -282,6 +282,41 @@ async def test_a_queued_message_that_cannot_be_written_costs_a_connection_not_th
     assert any("dropped" in r.getMessage() for r in errors)
 
 
+@pytest.mark.parametrize("how", ["send", "request"])
+async def test_a_message_the_write_refuses_on_an_open_socket_is_typed_and_costs_the_connection(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    # The twin of the queued case: sent at once on an open connection, the write's own error
+    # (here a LookupError) escaped send() untyped and the connection stayed in use.
+    write = Connection.send_text
+
+    async def send_text(conn: Connection, text: str) -> None:
+        if "poison" in text:
+            raise LookupError("no way to write this frame")
+        await write(conn, text)
+
+    monkeypatch.setattr(Connection, "send_text", send_text)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open(timeout=60)
+        poison = (
+            ws.send({"kind": "req", "id": "b", "type": "poison"})
+            if how == "send"
+            else ws.request("poison-request")
+        )
+        with pytest.raises(SocketClosed, match="could not be written"):
+            await poison
+        await ws.wait_open(timeout=60)
+        assert (await ws.request(".GetClock"))["code"] == 200
+        assert ws.connects == 2
+        assert ws.error is None
+    assert sim.sockets.all[0].ended == ("client", 1011)
+
+
 # -- rate limited on connect ------------------------------------------------------------------
 
 

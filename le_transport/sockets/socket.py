@@ -549,6 +549,10 @@ class ResilientSocket:
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
                 self._connection_broke(direct[1], exc)
                 raise SocketClosed("the connection was lost during on_connect") from None
+            except Exception as exc:
+                if request_id is not None:
+                    self._pending.sent(request_id, None)
+                raise self._unwritable(conn, exc) from None
             return True
         epoch = self._ready_epoch
         if epoch is not None and conn is not None and not self._outbox:
@@ -571,9 +575,33 @@ class ResilientSocket:
                 # the message never left, so it waits for the next connection, first in line.
                 self._outbox.put_back(Outgoing(text, request_id))
                 return False
+            except Exception as exc:
+                if request_id is not None:
+                    self._pending.sent(request_id, None)
+                raise self._unwritable(conn, exc) from None
             return True
         self._outbox.put(Outgoing(text, request_id))
         return False
+
+    def _unwritable(self, conn: Connection, exc: Exception) -> SocketClosed:
+        """A message the write refused, and not because the connection failed: as for a queued
+        one (_flush), the connection ends (a frame may be half written; 1011, reconnect) and
+        the caller gets a typed error rather than whatever the write raised."""
+        _log.error(
+            "%s: a message could not be written (%s); ending the connection",
+            self._name,
+            type(exc).__name__,
+            extra={"socket": self._name, "error": type(exc).__name__},
+        )
+        if self._conn is conn:
+            self._end_connection(
+                Disconnect.failed_by_client(1011, f"{type(exc).__name__} writing a message"),
+                self._lost_peer_grace(),
+            )
+        return SocketClosed(
+            f"the message could not be written ({type(exc).__name__}); it was not sent, and "
+            f"the connection of {self._name} was ended"
+        )
 
     async def _write(self, conn: Connection, text: str) -> None:
         await conn.send_text(text)
