@@ -41,6 +41,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from ._tasks import stop_task
 from .chaos import FaultInjector, FaultRule, Match, Reset, Schedule, Status, WsDrop
 from .clock import Clock, RealClock, timeout_after
 from .engine import Engine
@@ -549,9 +550,7 @@ async def _workload(agent: _Agent, sim: Any, scale: float) -> None:
             )
             await publishing
         finally:
-            publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publishing
+            await stop_task(publishing)
         timeline.say("publish", f"{len(agent.acked)} message(s) acknowledged in all")
     finally:
         await ws.close()

@@ -587,12 +587,13 @@ class Engine:
                 # then cancelled, so that no task of the guard outlives the engine.
                 await drain()
             if not self._providers_closed and self._session is not None:
-                self._providers_closed = True
                 if self._auth is not None:
                     await self._auth.close()
                 close_domains = getattr(self._domains, "close", None)
                 if callable(close_domains):
                     await close_domains()
+                # Only now: a close cancelled part-way leaves the rest (a logout) to the next.
+                self._providers_closed = True
             if self._owns_session and self._session is not None and not self._session.closed:
                 await self._session.close()
         finally:

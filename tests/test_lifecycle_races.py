@@ -23,6 +23,7 @@ from le_transport import (
     SocketDeadlock,
     TransportError,
 )
+from le_transport._tasks import stop_task
 from le_transport.chaos import FaultInjector, FaultRule, Match, Schedule, WsDrop
 from le_transport.chaos.ws import FaultySocket
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
@@ -664,3 +665,39 @@ async def test_a_send_blocked_on_a_peer_that_stopped_reading_ends_with_the_close
             assert ws.queued == 0
     finally:
         await deaf.release()
+
+
+async def test_stopping_a_task_lets_the_callers_own_cancellation_through() -> None:
+    # cancel() then `await task` inside suppress(CancelledError) ate a cancellation aimed at
+    # the caller while it waited: Engine.close() and the keepalives' close() went on and
+    # returned normally, their task left with a pending cancel.
+    release = asyncio.Event()
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await release.wait()  # winding down takes a while
+
+    task = asyncio.ensure_future(slow_to_stop())
+    await asyncio.sleep(0)
+    stopper = asyncio.ensure_future(stop_task(task))
+    await asyncio.sleep(0)
+    stopper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopper
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # the stopped task still ends, cancelled
+
+    # And a task that ends with an error when stopped is read, not reported as never retrieved.
+    async def fails_when_stopped() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("winding down failed")
+
+    failing = asyncio.ensure_future(fails_when_stopped())
+    await asyncio.sleep(0)
+    await stop_task(failing)
+    assert isinstance(failing.exception(), RuntimeError)

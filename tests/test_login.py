@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, RetryPolicy
-from le_transport.chaos import Reset, Status
+from le_transport.chaos import Delay, FaultRule, Match, Reset, Status
 from le_transport.errors import (
     AuthenticationError,
     BlockedError,
@@ -461,3 +461,30 @@ async def test_a_fleets_refresh_answered_with_a_redirect_becomes_one_fresh_login
         assert (await engine.login()).generation > first.generation
     failed = [e for e in events if e.name == "refresh_failed"]
     assert [(e.details["status"], e.details["next"]) for e in failed] == [(302, "login")]
+
+
+async def test_a_close_cancelled_during_its_logout_is_finished_by_the_next_close(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    # The caller's cancellation reaches it (it used to be swallowed on the way), and the
+    # session is not forgotten before its logout: the next close logs it out instead of
+    # leaving it alive at the server until its TTL.
+    auth = user_login(sim)
+    engine = sim_engine(sim, clock, domains=auth._domains, auth=auth)
+    await engine.start()
+    await engine.login()
+    learn_session_secrets(auth, secret_values)
+    sim.faults.add(FaultRule("slow-logout", Delay(5_000), match=Match("POST", LOGOUT)))
+    closing = asyncio.ensure_future(engine.close())
+    for _ in range(1_000):
+        if sim.count("POST", LOGOUT):
+            break
+        await asyncio.sleep(0)
+    assert sim.count("POST", LOGOUT) == 1, "the logout is in flight"
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    sim.faults.clear()
+    await engine.close()
+    assert sim.count("POST", LOGOUT) == 2
+    assert auth.session is None

@@ -9,10 +9,10 @@ closes (its engine closes) during the run, every caller waiting for it gets
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from .._tasks import stop_task
 from ..errors import EngineClosed
 
 __all__ = ["SingleFlight"]
@@ -77,9 +77,7 @@ class SingleFlight(Generic[T]):
         """Cancel the run in progress, if any, and wait for it to end."""
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
 
     def __repr__(self) -> str:
         return f"SingleFlight({self._name!r}, running={self.running})"

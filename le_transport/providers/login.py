@@ -28,7 +28,6 @@ hundred concurrent callers without a token cause one login.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret
+from .._tasks import stop_task
 from ..errors import AuthenticationError, ClientStatusError, ConfigurationError
 from ..events import StateEvent
 from ..policies._validate import finite_number
@@ -300,20 +300,20 @@ class LoginServiceAuth:
             )
 
     async def close(self) -> None:
-        """Stop the keepalive, log out (if logged in and ``logout_on_close``). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop the keepalive, log out (if logged in and ``logout_on_close``). Idempotent; a
+        close that was cancelled part-way is finished by the next one (the logout included)."""
+        self._closed = True  # no new login from here on
         task, self._keepalive = self._keepalive, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         await self._refresh_flight.cancel()
         await self._flight.cancel()
-        session, self._session = self._session, None
+        session = self._session
         if session is not None and self._logout_on_close and self._http is not None:
             await self._logout(self._http, session)
+        # Forgotten only once logged out (or not to be): a cancelled close leaves it for the
+        # next close to log out, instead of leaving it alive until its TTL.
+        self._session = None
 
     # -- login, refresh, logout -------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
@@ -197,9 +198,7 @@ class KeepaliveScheduler:
         self._dropped.clear()
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     def _poke(self) -> None:
         wake = self._wake
@@ -334,9 +333,7 @@ class KeepaliveTask:
         """Stop the schedule (the run in flight is cancelled). Idempotent."""
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
             on_close(self)
