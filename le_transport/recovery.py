@@ -37,6 +37,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from ._tasks import stop_task
 from .clock import Clock, timeout_after
 from .errors import (
     AttemptTimeout,
@@ -143,7 +144,8 @@ class Recovery:
         self._rng = rng or random.Random()
         self._hooks = hooks or EventHooks()
         self._subject = subject
-        self._lock = asyncio.Lock()
+        # The recovery round in progress, shared by every call waiting for it.
+        self._round_task: asyncio.Task[None] | None = None
         # Each finished recovery round bumps the epoch; a call that failed before the bump
         # retries instead of starting a round of its own.
         self._epoch = 0
@@ -245,34 +247,57 @@ class Recovery:
                 self._episode_calls -= 1
 
     async def _recover(self, exc: Exception, seen: int) -> None:
+        """Wait for a recovery round: the one in progress, or a new one if none has run since
+        this call failed (``seen``). The round is a task of its own that every waiting call
+        shares: a waiter that is cancelled stops waiting, and the round (its pause already
+        spent) goes on for the others; it is cancelled only with its last waiter."""
         self._recovering_calls += 1
         try:
-            async with self._lock:
-                if self._closed:
-                    raise self._closed_error(exc) from exc
+            if self._closed:
+                raise self._closed_error(exc) from exc
+            round_ = self._round_task
+            if round_ is None or round_.done():
                 if self._epoch != seen:
                     # A round finished while this call was failing: retry with its result.
                     if self._final is not None:
                         raise self._final
                     return
-                try:
-                    await self._round(exc)
-                except asyncio.CancelledError:
+                round_ = self._round_task = asyncio.get_running_loop().create_task(
+                    self._shared_round(exc), name="le_transport recovery round"
+                )
+            try:
+                await asyncio.shield(round_)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling() > 0:
+                    # This caller gave up (a cancelled call, a closed socket).
                     if self._recovering_calls == 1:
-                        # Its caller gave up (a cancelled call, a closed socket) and no other
-                        # call waits: the episode ends here. Left open, its attempts and first
-                        # failure would count against an unrelated failure hours later (and a
-                        # deadline already passed would give that one up at once).
+                        # No other call waits: the round and the episode end here. Left open,
+                        # its attempts and first failure would count against an unrelated
+                        # failure hours later (and a deadline already passed would give that
+                        # one up at once).
+                        await stop_task(round_)
                         self._reset()
                     raise
-                except BaseException as final:
-                    self._final = final
-                    self._epoch += 1
-                    raise
-                self._final = None
-                self._epoch += 1
+                if round_.cancelled():
+                    # Stopped under us (the engine closed): say so, typed.
+                    raise self._closed_error(exc) from exc
+                raise
         finally:
             self._recovering_calls -= 1
+
+    async def _shared_round(self, exc: Exception) -> None:
+        """One round, run in a task of its own; its outcome is every waiter's."""
+        try:
+            await self._round(exc)
+        except asyncio.CancelledError:
+            raise  # its last waiter gave up: no outcome to share
+        except BaseException as final:
+            self._final = final
+            self._epoch += 1
+            raise
+        self._final = None
+        self._epoch += 1
 
     async def _round(self, exc: Exception) -> None:
         """Pause, then re-resolve and re-login, until one re-login succeeds (or give up)."""

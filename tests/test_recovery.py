@@ -620,3 +620,41 @@ async def test_a_long_lived_recovery_keeps_only_its_latest_pauses(
     assert recovery.relogins == 5
     assert list(recovery.pauses) == [120.0, 120.0, 120.0]
     assert recovery.pauses.maxlen == 3
+
+
+async def test_a_cancelled_round_owner_leaves_the_round_running_for_the_other_callers() -> None:
+    """Two calls wait for one round; the one whose failure started it is cancelled during the
+    pause. The round ran in that caller's task, so it died with it: the other started a new
+    round at the next attempt, its 240 s pause counted from then, the 100 s already waited
+    thrown away. The round is shared now: the other call is retried at 120 s, as planned."""
+    clock = VirtualClock()
+    events: list[StateEvent] = []
+    recovery = _hour_long_recovery(clock, events)
+    first = asyncio.ensure_future(recovery.run(_scripted(exhausted(), "never")))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(recovery.run(_scripted(exhausted(), "ok")))
+    await clock.sleep(100.0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second == "ok"
+    assert clock.now() == pytest.approx(120.0)
+    assert list(recovery.pauses) == [120.0]
+    assert [e.name for e in events] == ["relogin_scheduled", "recovered"]
+
+
+async def test_a_round_whose_every_caller_gave_up_is_stopped_and_the_episode_ends() -> None:
+    clock = VirtualClock()
+    events: list[StateEvent] = []
+    recovery = _hour_long_recovery(clock, events)
+    callers = [asyncio.ensure_future(recovery.run(_scripted(exhausted()))) for _ in range(2)]
+    await clock.sleep(10.0)
+    for caller in callers:
+        caller.cancel()
+    for caller in callers:
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert not recovery.recovering
+    await clock.sleep(7200)
+    assert await recovery.run(_scripted(exhausted(), "ok")) == "ok"
+    assert list(recovery.pauses) == [120.0, 120.0], "a fresh episode, its first pause again"
