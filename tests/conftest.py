@@ -42,18 +42,29 @@ async def serve() -> AsyncIterator[ServerFactory]:
         await runner.cleanup()
 
 
-async def serve_silent(serve: ServerFactory, path: str) -> tuple[str, asyncio.Event]:
-    """A loopback server whose ``GET path`` answers only once the returned event is set (a
-    server that hangs); returns its ``host:port`` and the event."""
-    release = asyncio.Event()
+async def serve_hanging(
+    serve: ServerFactory, path: str, method: str = "GET"
+) -> tuple[str, asyncio.Event, asyncio.Event]:
+    """A loopback server whose ``method path`` answers only once ``release`` is set (a server
+    that hangs); returns its ``host:port``, an event set when a request arrived, and
+    ``release``."""
+    arrived, release = asyncio.Event(), asyncio.Event()
 
-    async def silent(request: web.Request) -> web.Response:
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
         await release.wait()
         return web.Response()
 
     app = web.Application()
-    app.router.add_get(path, silent)
-    return await serve(app), release
+    app.router.add_route(method, path, hang)
+    return await serve(app), arrived, release
+
+
+async def serve_silent(serve: ServerFactory, path: str) -> tuple[str, asyncio.Event]:
+    """A loopback server whose ``GET path`` answers only once the returned event is set (a
+    server that hangs); returns its ``host:port`` and the event."""
+    host, _, release = await serve_hanging(serve, path)
+    return host, release
 
 
 @pytest.fixture

@@ -55,10 +55,7 @@ async def test_a_break_opened_by_one_process_is_adopted_by_the_others(
     backend = Backend()
     host = await serve(backend.app())
     store = MemoryStore(clock)
-    guards = [
-        OverloadGuard(budget=None, breaker=_breaker(), store=store, account="1", clock=clock)
-        for _ in range(2)
-    ]
+    guards = _fleet(clock, store, 2, _breaker())
     async with (
         Engine({"svc": host}, scheme="http", clock=clock, overload=guards[0], retry=POLICY) as a,
         Engine({"svc": host}, scheme="http", clock=clock, overload=guards[1], retry=POLICY) as b,
@@ -78,10 +75,7 @@ async def test_in_half_open_one_probe_goes_for_the_whole_fleet(
     backend = Backend()
     host = await serve(backend.app())
     store = MemoryStore(clock)
-    guards = [
-        OverloadGuard(budget=None, breaker=_breaker(), store=store, account="1", clock=clock)
-        for _ in range(3)
-    ]
+    guards = _fleet(clock, store, 3, _breaker())
     engines = [
         Engine({"svc": host}, scheme="http", clock=clock, overload=g, retry=POLICY) for g in guards
     ]
@@ -348,10 +342,7 @@ async def test_a_probe_cut_by_its_callers_deadline_lets_another_process_probe_at
     backend = Backend()
     host = await serve(backend.app())
     store = MemoryStore(clock)
-    guards = [
-        OverloadGuard(budget=None, breaker=_breaker(), store=store, account="1", clock=clock)
-        for _ in range(2)
-    ]
+    guards = _fleet(clock, store, 2, _breaker())
     once = RetryPolicy(pauses=(), attempt_timeout=None)
     async with (
         Engine({"svc": host}, scheme="http", clock=clock, overload=guards[0], retry=POLICY) as a,

@@ -8,7 +8,6 @@ import json
 import logging
 
 import pytest
-from aiohttp import web
 
 from le_transport import Engine
 from le_transport.chaos import Reset, Status
@@ -23,7 +22,7 @@ from le_transport.events import StateEvent
 from le_transport.providers import CsdsDomains, StaticBearer, UserLogin
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, serve_hanging
 from tests.known_secrets import BEARER, PASSWORD
 from tests.test_providers import ACCOUNT, USER, csds_for, make_sim, sim, sim_engine
 
@@ -280,16 +279,9 @@ async def test_a_first_fetch_answering_an_empty_map_names_no_service(
 async def test_a_call_waiting_for_the_domain_map_when_the_engine_closes_gets_engine_closed(
     serve: ServerFactory, clock: VirtualClock, recover: bool
 ) -> None:
-    arrived, never = asyncio.Event(), asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        arrived.set()
-        await never.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_get("/api/account/{account}/service/baseURI.json", hang)
-    host = await serve(app)
+    host, arrived, never = await serve_hanging(
+        serve, "/api/account/{account}/service/baseURI.json", "GET"
+    )
     domains = CsdsDomains(ACCOUNT, csds_host=host, scheme="http")
     engine = Engine(domains, scheme="http", clock=clock)
     await engine.start()

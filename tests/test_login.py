@@ -28,7 +28,7 @@ from le_transport.providers.login import LoginServiceAuth
 from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, serve_hanging
 from tests.known_secrets import (
     ACCESS_TOKEN,
     ACCESS_TOKEN_SECRET,
@@ -377,16 +377,7 @@ async def test_a_call_waiting_for_the_login_when_the_engine_closes_gets_engine_c
 ) -> None:
     """Closing cancels the shared login; the calls waiting for it were not cancelled, and end
     typed, as any call in progress at close does: never with a bare CancelledError."""
-    arrived, never = asyncio.Event(), asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        arrived.set()
-        await never.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/api/account/{account}/login", hang)
-    host = await serve(app)
+    host, arrived, never = await serve_hanging(serve, "/api/account/{account}/login", "POST")
     domains = StaticDomains({"agentVep": host})
     auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, logout_on_close=False)
     engine = Engine(domains, auth=auth, scheme="http", clock=clock)

@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from le_transport import Engine
@@ -24,7 +23,7 @@ from le_transport.providers import (
 from le_transport.providers._token import Token
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Simulator
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, serve_hanging
 from tests.known_secrets import CLIENT_SECRET
 from tests.test_providers import (
     ACCOUNT,
@@ -300,16 +299,9 @@ async def test_a_call_waiting_for_a_token_when_the_engine_closes_gets_engine_clo
 ) -> None:
     """Closing cancels the shared token request; the call waiting for it was not cancelled
     and must end typed, as any call in progress at close does, never with CancelledError."""
-    arrived, never = asyncio.Event(), asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        arrived.set()
-        await never.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/sentinel/api/account/{account}/app/token", hang)
-    host = await serve(app)
+    host, arrived, never = await serve_hanging(
+        serve, "/sentinel/api/account/{account}/app/token", "POST"
+    )
     domains = StaticDomains({"sentinel": host, "svc": host})
     auth = SentinelClientCredentials(ACCOUNT, CLIENT_ID, CLIENT_SECRET, domains=domains)
     engine = Engine(domains, auth=auth, scheme="http", clock=clock)

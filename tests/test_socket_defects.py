@@ -222,6 +222,19 @@ async def test_frames_before_init_connection_are_bounded_in_size_too(
 # -- a queued message that cannot be written --------------------------------------------------
 
 
+def _poison_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the write of any frame mentioning "poison" fail, and not because the connection
+    did: what send() cannot tell in advance."""
+    write = Connection.send_text
+
+    async def send_text(conn: Connection, text: str) -> None:
+        if "poison" in text:
+            raise LookupError("no way to write this frame")
+        await write(conn, text)
+
+    monkeypatch.setattr(Connection, "send_text", send_text)
+
+
 @pytest.mark.parametrize("with_on_connect", [False, True], ids=["plain", "with-on-connect"])
 async def test_a_queued_message_that_cannot_be_written_costs_a_connection_not_the_socket(
     sim: Simulator,
@@ -231,16 +244,7 @@ async def test_a_queued_message_that_cannot_be_written_costs_a_connection_not_th
     caplog: pytest.LogCaptureFixture,
     with_on_connect: bool,
 ) -> None:
-    write = Connection.send_text
-
-    async def send_text(conn: Connection, text: str) -> None:
-        # What send() cannot tell in advance: the write itself fails, and not because the
-        # connection did.
-        if "poison" in text:
-            raise LookupError("no way to write this frame")
-        await write(conn, text)
-
-    monkeypatch.setattr(Connection, "send_text", send_text)
+    _poison_writes(monkeypatch)
 
     async def resubscribe(ws: ResilientSocket) -> None:
         await ws.request(".GetClock")
@@ -292,14 +296,7 @@ async def test_a_message_the_write_refuses_on_an_open_socket_is_typed_and_costs_
 ) -> None:
     # The twin of the queued case: sent at once on an open connection, the write's own error
     # (here a LookupError) escaped send() untyped and the connection stayed in use.
-    write = Connection.send_text
-
-    async def send_text(conn: Connection, text: str) -> None:
-        if "poison" in text:
-            raise LookupError("no way to write this frame")
-        await write(conn, text)
-
-    monkeypatch.setattr(Connection, "send_text", send_text)
+    _poison_writes(monkeypatch)
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim)
         await ws.wait_open(timeout=60)
