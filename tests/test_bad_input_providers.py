@@ -283,8 +283,9 @@ def _jwt(claims: dict[str, Any]) -> str:
         {"access_token": _jwt({"exp": 1000.0})},  # an hour before the client's wall clock
         {"access_token": "opaque", "expires_in": 1e-300},
         {"access_token": "opaque", "expires_in": "0.001"},
+        {"access_token": "opaque", "expires_in": 0.5},  # under MIN_TOKEN_LIFE: not believed
     ],
-    ids=["jwt-expired", "expires_in-tiny", "expires_in-1ms"],
+    ids=["jwt-expired", "expires_in-tiny", "expires_in-1ms", "expires_in-half-second"],
 )
 async def test_a_token_already_expired_is_not_fetched_again_for_every_call(
     serve: ServerFactory, answer: dict[str, Any]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Sequence
 
 import pytest
 from yarl import URL
 
 from le_transport import Engine
-from le_transport.chaos import Status
+from le_transport.chaos import Hang, Status
 from le_transport.errors import EngineClosed, LoginRejected, RetriesExhausted
 from le_transport.events import StateEvent
 from le_transport.providers import (
@@ -20,7 +22,7 @@ from le_transport.providers import (
     StaticDomains,
     jwt_expiry,
 )
-from le_transport.providers._token import Token
+from le_transport.providers._token import MIN_TOKEN_LIFE, Token
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Simulator
 from tests.conftest import ServerFactory, serve_hanging
@@ -32,6 +34,7 @@ from tests.test_providers import (
     jwt_with,
     learn_session_secrets,
     sim,
+    sim_config,
     sim_engine,
 )
 
@@ -206,6 +209,74 @@ async def _inside_the_margin(
     return token
 
 
+async def test_an_early_fetch_meeting_an_outage_is_logged_as_a_warning_never_an_error(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The early fetch's one attempt fails, but the token still works and no call fails: the
+    retry middleware's give-up line is a WARNING (saying what Sentinel answered), followed by
+    the provider's own refresh_failed. Once the token has expired, the fetch's failure is the
+    call's again, and an ERROR."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        token = await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        assert token.expires_at is not None
+        sim.faults.script("POST", TOKEN, [503] * 10)
+        caplog.clear()
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [
+            logging.WARNING,
+            logging.WARNING,
+        ]
+        gave_up, kept = (r for r in caplog.records if r.levelno >= logging.WARNING)
+        assert gave_up.name == "le_transport.retry"
+        assert gave_up.status == 503  # type: ignore[attr-defined]
+        assert gave_up.service == "sentinel"  # type: ignore[attr-defined]
+        assert gave_up.attempt == 1  # type: ignore[attr-defined]
+        assert "last outcome 503; its caller handles the failure" in gave_up.getMessage()
+        assert kept.name == "le_transport.auth"
+        assert kept.event == "refresh_failed"  # type: ignore[attr-defined]
+        # The token expires and the outage goes on: the call fails, and that is an ERROR.
+        await clock.sleep(token.expires_at - clock.now())
+        caplog.clear()
+        with pytest.raises(RetriesExhausted):
+            await engine.request("GET", "accountConfigReadOnly", USERS)
+        [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert error.name == "le_transport.retry"
+        assert error.attempt == 4  # type: ignore[attr-defined]
+        assert "handles" not in error.getMessage()
+
+
+async def test_a_consumer_jwt_fetched_early_says_too_that_it_handles_an_outage(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    auth = ConsumerJwt(ACCOUNT, domains=csds_for(sim), wall_clock=sim.tokens.epoch_now)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        first = await engine.login()
+        learn_session_secrets(auth, secret_values)
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at is not None
+        await clock.sleep(token.refresh_at + 1 - clock.now())
+        sim.faults.script("POST", SIGNUP, [503])
+        caplog.clear()
+        assert (await engine.login()).generation == first.generation
+    assert sim.count("POST", SIGNUP) == 2
+    [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
+    assert gave_up.levelno == logging.WARNING
+    assert "its caller handles the failure" in gave_up.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_an_early_fetch_meeting_an_outage_keeps_the_valid_token_and_tries_again_later(
     sim: Simulator, clock: VirtualClock, secret_values: set[str]
 ) -> None:
@@ -288,6 +359,155 @@ async def test_an_early_fetch_refused_with_a_4xx_fails_the_call_at_once(
             await engine.request("GET", "accountConfigReadOnly", USERS)
         assert clock.now() == started
         assert sim.count("POST", TOKEN) == 2
+
+
+# -- the token expires while an early fetch is out: the whole schedule, one fetch for all -------
+
+
+async def _expired_during_the_early_fetch(
+    engine: Engine,
+    auth: SentinelClientCredentials,
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    then: Sequence[int],
+    late_callers: int = 10,
+) -> tuple[list[asyncio.Future[object]], float]:
+    """A call starts the early fetch 2 s before the token expires; Sentinel holds it 3 s and
+    drops the connection, then answers ``then``. Halfway, with the token expired, ``late_callers``
+    calls arrive and join the fetch in flight. Returns every call (the early one first), and
+    when the early fetch failed."""
+    token = await _inside_the_margin(engine, auth, clock)
+    learn_session_secrets(auth, secret_values)
+    assert token.expires_at is not None
+    await clock.sleep(token.expires_at - 2 - clock.now())
+    sim.faults.script("POST", TOKEN, [Hang(duration_ms=3000), *then])
+    calls: list[asyncio.Future[object]] = [
+        asyncio.ensure_future(engine.request("GET", "accountConfigReadOnly", USERS))
+    ]
+    await clock.sleep(2.5)
+    assert token.expired(clock.now())
+    calls += [
+        asyncio.ensure_future(engine.request("GET", "accountConfigReadOnly", USERS))
+        for _ in range(late_callers)
+    ]
+    return calls, token.expires_at + 1
+
+
+async def test_callers_whose_token_expired_during_a_failing_early_fetch_get_the_whole_schedule(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """They joined a fetch of one attempt, which failed: they have no token to fall back on, so
+    they get what a caller without one gets, 5 and 10 s of pauses to the token, not the one
+    attempt's failure. Eleven callers, one fetch."""
+    events: list[StateEvent] = []
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        calls, failed_at = await _expired_during_the_early_fetch(
+            engine, auth, sim, clock, secret_values, then=[503, 503]
+        )
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [getattr(r, "status", r) for r in results] == [200] * 11
+        assert clock.now() == pytest.approx(failed_at + 5 + 10)
+        # The first token, the early attempt, then the whole schedule's three: one fetch for
+        # the eleven callers.
+        assert sim.count("POST", TOKEN) == 1 + 1 + 3
+        learn_session_secrets(auth, secret_values)
+    assert [e.name for e in events] == ["logged_in", "logged_in"]
+
+
+async def test_callers_whose_token_expired_during_a_failing_early_fetch_share_its_final_failure(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    events: list[StateEvent] = []
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        calls, failed_at = await _expired_during_the_early_fetch(
+            engine, auth, sim, clock, secret_values, then=[503] * 4
+        )
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, RetriesExhausted) for r in results), results
+        # The whole schedule's four attempts, not the early fetch's one.
+        assert {len(r.attempts) for r in results if isinstance(r, RetriesExhausted)} == {4}
+        assert clock.now() == pytest.approx(failed_at + 30)
+        assert sim.count("POST", TOKEN) == 1 + 1 + 4
+        learn_session_secrets(auth, secret_values)
+    assert [e.name for e in events] == ["logged_in", "login_failed"]
+
+
+async def test_a_cancelled_caller_does_not_stop_the_whole_schedule_fetch_the_others_share(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        calls, _ = await _expired_during_the_early_fetch(
+            engine, auth, sim, clock, secret_values, then=[503, 503], late_callers=3
+        )
+        await clock.sleep(1 + 2.5)  # the early fetch failed; the whole schedule's first pause
+        assert not any(call.done() for call in calls)
+        calls[1].cancel()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert [getattr(r, "status", r) for i, r in enumerate(results) if i != 1] == [200] * 3
+        learn_session_secrets(auth, secret_values)
+
+
+async def test_closing_the_engine_during_the_whole_schedule_fetch_gives_its_callers_engine_closed(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        calls, _ = await _expired_during_the_early_fetch(
+            engine, auth, sim, clock, secret_values, then=[503, 503], late_callers=3
+        )
+        await clock.sleep(1 + 2.5)  # in the whole schedule's first pause
+        await engine.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, EngineClosed) for r in results), results
+        assert not any(call.cancelled() for call in calls)
+
+
+# -- a token that lives only seconds ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("lifetime", [MIN_TOKEN_LIFE, 3.0, 4.9, 8.0, 30.0])
+async def test_a_short_lived_token_is_fetched_anew_before_it_expires(
+    sim: Simulator, clock: VirtualClock, lifetime: float
+) -> None:
+    """Half-way through its life (the 60 s margin is longer than it), never past its expiry;
+    and never at a floor of seconds that a token living less than that would outlive."""
+    sim.faults.script(
+        "POST",
+        TOKEN,
+        [Status(200, body=json.dumps({"access_token": "opaque-token", "expires_in": lifetime}))],
+    )
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        await auth.credentials("GET", ANY_URL)
+        token = auth.token
+        assert token is not None
+        assert token.expires_at == pytest.approx(clock.now() + lifetime)
+        assert token.refresh_at == pytest.approx(clock.now() + lifetime / 2)
+
+
+async def test_a_token_living_four_seconds_is_never_sent_expired(
+    clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """Sentinel's JWTs live 4 s: each is replaced before it expires, so no call is refused with
+    a 401 and sent again (nor a streamed body refused outright, nor a socket closed)."""
+    # An epoch a quarter past a second: exp is whole seconds, so each JWT lives 3.25 or 3.75 s.
+    async with Simulator(sim_config(jwt_ttl=4.0), clock=clock, epoch=1_700_000_000.25) as short:
+        auth = sentinel(short, margin=60)
+        async with sim_engine(short, clock, domains=auth._domains, auth=auth) as engine:
+            for _ in range(40):
+                resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+                assert resp.status == 200
+                learn_session_secrets(auth, secret_values)
+                await clock.sleep(0.5)
+        # Every call went out once: none met a 401 and a replay.
+        assert short.count("GET", USERS) == 40
+        # A token every 2 s: due half-way through its life, fetched by the next call.
+        assert short.count("POST", TOKEN) == 10
 
 
 # -- a token request in flight when the engine closes -----------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from le_transport import (
     AttemptTimeout,
@@ -37,6 +38,9 @@ from le_transport import (
     RetryPolicy,
     ServerStatusError,
 )
+from le_transport.middleware import RetryMiddleware
+from le_transport.middleware.context import CallContext, HandledCallContext
+from le_transport.providers import ProviderHttp
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 
@@ -957,6 +961,58 @@ async def test_a_4xx_is_logged_once_as_a_warning(
     assert record.levelno == logging.WARNING
     assert record.status == 404  # type: ignore[attr-defined]
     assert record.method == "DELETE"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("handled", [False, True], ids=["failed", "handled-by-caller"])
+async def test_a_give_up_its_caller_handles_is_a_warning_that_still_says_what_failed(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    secret_values: set[str],
+    handled: bool,
+) -> None:
+    """A provider call whose failure its maker handles (an early token fetch, with a token that
+    still works) gives up with a WARNING, not an ERROR: nothing failed for any caller yet. The
+    line still names the call, its attempts and what the service answered, never a credential;
+    the on_giveup hook is told as for any call."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    secret_values.add("s3cr3t-query-token-q7")
+    giveups: list[GiveUpEvent] = []
+    host = await serve(Script(503).app())
+    mw = RetryMiddleware(clock=clock, hooks=EventHooks(on_giveup=[giveups.append]))
+    async with aiohttp.ClientSession() as session:
+        http = ProviderHttp(session=lambda: session, retry_middleware=mw, clock=clock)
+        with pytest.raises(RetriesExhausted):
+            await http.request(
+                "POST",
+                URL(f"http://{host}/x").with_query(access_token="s3cr3t-query-token-q7"),
+                service="sentinel",
+                retry=RetryPolicy(pauses=()),
+                idempotent=True,
+                handles_failure=handled,
+            )
+    [final] = records(caplog)
+    assert final.levelno == (logging.WARNING if handled else logging.ERROR)
+    assert final.service == "sentinel"  # type: ignore[attr-defined]
+    assert final.method == "POST"  # type: ignore[attr-defined]
+    assert final.attempt == 1  # type: ignore[attr-defined]
+    assert final.status == 503  # type: ignore[attr-defined]
+    message = final.getMessage()
+    assert f"POST http://{host}/x?access_token=" in message
+    assert "failed after 1 attempt(s)" in message
+    # One attempt, so no retry line: the give-up line itself says what the service answered.
+    assert "last outcome 503" in message
+    assert ("its caller handles the failure" in message) is handled
+    assert [(g.service, g.attempts) for g in giveups] == [("sentinel", 1)]
+
+
+def test_whether_the_caller_handles_a_failure_costs_an_ordinary_call_nothing() -> None:
+    """Read only when a call gives up, and a class attribute: a call neither sets nor stores
+    it (the context is made once per call, on the happy path)."""
+    assert "caller_handles_failure" not in CallContext.__slots__
+    assert HandledCallContext.__slots__ == ()
+    assert CallContext("svc").caller_handles_failure is False
+    assert HandledCallContext("svc").caller_handles_failure is True
 
 
 # -- on a foreign session -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -33,6 +33,7 @@ Resign = Callable[["ClientRequest"], Awaitable[object]]
 
 __all__ = [
     "CallContext",
+    "HandledCallContext",
     "call_context",
     "current_call",
     "safe_cause",
@@ -58,11 +59,17 @@ class CallContext:
     - ``resign``: set by the auth middleware for a provider that signs each request (OAuth
       1.0): the request it signed, and how to sign it again. The retry loop calls it before
       each further attempt of that same request, so that no attempt repeats a nonce.
+    - ``caller_handles_failure``: whether whoever made the call handles its failure itself, so
+      that the call failing fails nothing yet (see :class:`HandledCallContext`). False here.
     """
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
     # factory cost twice as much (benchmarks/README.md).
     __slots__ = ("active", "attempts", "idempotent", "resign", "retry", "service", "started_at")
+
+    #: A class attribute, not a slot: an ordinary call neither sets nor stores it, and only the
+    #: retry loop's give-up path reads it.
+    caller_handles_failure: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,6 +94,20 @@ class CallContext:
             f"attempts={len(self.attempts)}, started_at={self.started_at!r}, "
             f"active={self.active!r})"
         )
+
+
+class HandledCallContext(CallContext):
+    """A call whose failure its maker handles itself: the retry loop logs its giving up as a
+    WARNING, not an ERROR (still with everything it logs for any call).
+
+    A token fetched before the current token expires is one: when that single attempt fails,
+    the provider keeps the token that still works and says so itself (``refresh_failed``), so
+    an ERROR from the retry loop would report a failure that no caller saw.
+    """
+
+    __slots__ = ()
+
+    caller_handles_failure: ClassVar[bool] = True
 
 
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

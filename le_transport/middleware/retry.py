@@ -770,19 +770,30 @@ class _Call(_WheelTimer):
     def log_final(self, err: RequestError, outcome: Outcome | None, reason: str) -> None:
         elapsed = self._elapsed()
         attempts = len(self.ctx.attempts)
-        # A 4xx is the caller's to fix, and a call stopped by a closing engine no failure of
-        # the service: neither is logged as an error.
+        # A 4xx is the caller's to fix, a call stopped by a closing engine no failure of the
+        # service, and a failure its maker handles itself (an early token fetch: the current
+        # token still works) has failed nothing yet: none is logged as an error. The last is
+        # a WARNING, not INFO: it is the one line that says what the service answered, and an
+        # outage of it that outlasts the fallback will fail calls.
+        handled = self.ctx.caller_handles_failure
         level = (
-            logging.WARNING if isinstance(err, (ClientStatusError, EngineClosed)) else logging.ERROR
+            logging.WARNING
+            if handled or isinstance(err, (ClientStatusError, EngineClosed))
+            else logging.ERROR
         )
+        # What the last attempt met, unless the reason says it already ("503 is not
+        # retryable"): a call given up after one attempt has no retry line that shows it.
+        last = outcome.describe() if outcome is not None else None
         _log.log(
             level,
-            "%s %s: failed after %d attempt(s) in %.3g s: %s",
+            "%s %s: failed after %d attempt(s) in %.3g s: %s%s%s",
             self.method,
             self.url,
             attempts,
             elapsed,
             reason,
+            "" if last is None or reason.startswith(last) else f"; last outcome {last}",
+            "; its caller handles the failure" if handled else "",
             extra=self._extra(
                 attempt=attempts,
                 status=outcome.status if outcome else None,

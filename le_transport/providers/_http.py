@@ -34,7 +34,13 @@ from .._redact import Secret
 from ..clock import Clock
 from ..errors import ConfigurationError, TransportError
 from ..events import EventHooks, StateEvent, emit
-from ..middleware.context import CallContext, call_context, safe_cause, unsent_request_error
+from ..middleware.context import (
+    CallContext,
+    HandledCallContext,
+    call_context,
+    safe_cause,
+    unsent_request_error,
+)
 from ..middleware.retry import RetryMiddleware
 from ..policies._validate import finite_number
 from ..policies.retry import RetryPolicy
@@ -101,13 +107,18 @@ class ProviderHttp:
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         idempotent: bool | None = None,
+        handles_failure: bool = False,
     ) -> ProviderResponse:
         """Send one provider call on ``retry`` (default: the engine's policy); return the answer.
 
         Raises the retry middleware's typed errors: :class:`~le_transport.errors.ClientStatusError`
         for a 4xx, :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent, ...
+        With ``handles_failure`` the provider says it handles the call's failure itself (a token
+        fetched early, while the current one still works): the retry middleware then logs its
+        giving up as a WARNING, not an ERROR.
         """
-        ctx = CallContext(service=service, idempotent=idempotent, retry=retry)
+        kind = HandledCallContext if handles_failure else CallContext
+        ctx = kind(service=service, idempotent=idempotent, retry=retry)
         session = self.session()
         try:
             with call_context(ctx):

@@ -2,16 +2,24 @@
 
 A token provider (OAuth2 client credentials, the consumer JWT) holds one token. It fetches it on
 first use, reuses it until ``margin`` seconds before it expires (the JWT's ``exp``, else the
-answer's ``expires_in``), then fetches a new one. Concurrent callers share one fetch. Expiry is
-kept on the engine's clock: the token's remaining lifetime is read once, against the wall clock,
-when the token arrives.
+answer's ``expires_in``), then fetches a new one; a token that lives less than twice the margin
+is fetched anew half-way through its life instead, so that it is never sent past its expiry.
+Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
+lifetime is read once, against the wall clock, when the token arrives. A token whose answer
+gives it under :data:`MIN_TOKEN_LIFE` (a JWT already past its ``exp`` by our wall clock, an
+absurd ``expires_in``) is not believed: it is used for :data:`MIN_TOKEN_REFRESH` seconds before
+it is fetched anew, and the server's 401 says sooner if it is really dead.
 
 That early fetch is one attempt, not the request schedule: the current token still works, so a
 token service outage (a 5xx, a transport failure) must not fail calls, nor hold them through
-5/10/15 s of pauses. When it fails, the current token keeps being used (a ``refresh_failed``
-event says so) and the fetch is tried again after a pause that grows like the request schedule;
-once the token has expired, the fetch follows the whole schedule and its failure is the call's.
-A refusal (a 4xx: bad credentials, a blacklisted account) fails the call at once either way.
+5/10/15 s of pauses. Its failure is logged as a WARNING, not an ERROR, by the retry middleware
+(the fetch says it handles it). When it fails, the current token keeps being used (a
+``refresh_failed`` event says so) and the fetch is tried again after a pause that grows like
+the request schedule; once the token has expired, the fetch follows the whole schedule and its
+failure is the call's. That includes the callers sharing an early fetch that fails after the
+token expired (or was dropped after a 401): the same shared run goes on with a fetch on the
+whole schedule, as a caller without a token would get, and one for all of them. A refusal (a
+4xx: bad credentials, a blacklisted account) fails the call at once either way.
 """
 
 from __future__ import annotations
@@ -48,19 +56,23 @@ from ._http import (
     require_attached,
     require_option,
 )
-from ._refusals import credential_refusals, report_login_failed
+from ._refusals import credential_refusals
 from .auth import Credentials
 from .domains import DomainProvider
 from .jwt import jwt_expiry
 from .login import login_policy
 
-__all__ = ["DEFAULT_TOKEN_MARGIN", "MIN_TOKEN_REFRESH", "Token", "TokenProvider"]
+__all__ = ["DEFAULT_TOKEN_MARGIN", "MIN_TOKEN_LIFE", "MIN_TOKEN_REFRESH", "Token", "TokenProvider"]
 
 _log = logging.getLogger("le_transport.auth")
 
 #: Fetch a new token this many seconds before the old one expires.
 DEFAULT_TOKEN_MARGIN = 60.0
-#: The soonest a token is fetched anew on its own, whatever its answer says about its expiry.
+#: The shortest life a token's answer is believed: one living less (already expired by our
+#: wall clock, or an absurd ``expires_in``) is used for :data:`MIN_TOKEN_REFRESH` seconds.
+MIN_TOKEN_LIFE = 1.0
+#: How long a token whose answer is not believed (see :data:`MIN_TOKEN_LIFE`) is used before it
+#: is fetched anew on its own; also the shortest pause before an early fetch is tried again.
 MIN_TOKEN_REFRESH = 5.0
 
 
@@ -157,10 +169,11 @@ class TokenProvider:
     # -- subclass hook ----------------------------------------------------------------------
 
     async def _request_token(
-        self, http: ProviderHttp, retry: RetryPolicy
+        self, http: ProviderHttp, retry: RetryPolicy, *, handles_failure: bool = False
     ) -> tuple[ProviderResponse, str]:
         """Send the token request on ``retry``; return the answer and the JSON field holding
-        the token."""
+        the token. Pass ``handles_failure`` on to :meth:`ProviderHttp.request`: an early fetch
+        handles its own failure."""
         raise NotImplementedError
 
     @property
@@ -234,7 +247,8 @@ class TokenProvider:
         return await self._flight.run(lambda: self._fetch_early(http, token))
 
     async def _fetch_early(self, http: ProviderHttp, token: Token) -> Token:
-        """The shared run of an early fetch: the new token, or ``token`` kept through an outage.
+        """The shared run of an early fetch: the new token, or ``token`` kept through an outage,
+        or (``token`` expired meanwhile) a new one fetched on the whole schedule.
 
         Decided here, inside the single flight, so that every caller sharing the fetch gets
         the same answer and a failure is reported once, not once per caller.
@@ -245,12 +259,15 @@ class TokenProvider:
             if self._closed or not _transient(exc):
                 raise
             now = http.clock.now()
-            if self._token is not token or token.expired(now):
-                # Expired while the fetch failed (or dropped after a 401 meanwhile): nothing to
-                # fall back to, and this is the failure of a token request like any other.
-                report_login_failed(http, self.subject, exc, None)
-                raise
-            return self._put_off(http, token, exc, now)
+            if self._token is token and not token.expired(now):
+                return self._put_off(http, token, exc, now)
+        # Expired while the fetch was out (or dropped after a 401 meanwhile): nothing to fall
+        # back to. The callers sharing this run (some may have joined it with the token
+        # already expired, or none) get what a caller without a token gets: a fetch on the
+        # whole schedule, whose failure is theirs. Run here, in the same shared run, so that
+        # however many they are it is one fetch, and a caller that gives up stops only its
+        # own wait.
+        return await self._fetch()
 
     def _put_off(self, http: ProviderHttp, token: Token, exc: Exception, now: float) -> Token:
         """Keep ``token`` after a failed early fetch, and fetch again after a pause (never past
@@ -313,7 +330,7 @@ class TokenProvider:
             # An early fetch reports its own outage: it may be no failure of the call at all.
             report_outages=not early,
         ):
-            resp, field = await self._request_token(http, retry)
+            resp, field = await self._request_token(http, retry, handles_failure=early)
         value, expires_in = self._parse(resp, field)
         now = http.clock.now()
         lifetime = expires_in
@@ -323,12 +340,18 @@ class TokenProvider:
         refresh_at = expires_at = None
         if lifetime is not None:
             expires_at = now + lifetime
-            # A token that lives shorter than the margin is refreshed half-way through instead.
-            refresh_in = lifetime - min(self._margin, max(lifetime, 0.0) / 2.0)
-            # A JWT already past its exp by our wall clock (a skewed clock, a server's bad
-            # answer) would otherwise be fetched anew for every call: one token request per
-            # API call. It is used until the floor; a 401 says sooner if it is really dead.
-            refresh_at = now + max(refresh_in, MIN_TOKEN_REFRESH)
+            if lifetime >= MIN_TOKEN_LIFE:
+                # The margin before its expiry, or half its life if that is shorter: never
+                # later than the expiry, so a short-lived token is never sent expired (a 401
+                # and a replay for every token, a streamed body or a socket refused outright).
+                refresh_in = lifetime - min(self._margin, lifetime / 2.0)
+            else:
+                # A JWT already past its exp by our wall clock (a skewed clock, a server's bad
+                # answer), or an expiry closer than a request takes, would otherwise be
+                # fetched anew for every call: one token request per API call. It is used
+                # until the floor; a 401 says sooner if it is really dead.
+                refresh_in = MIN_TOKEN_REFRESH
+            refresh_at = now + refresh_in
         self._generation += 1
         token = Token(Secret(value), refresh_at, self._generation, expires_at)
         self._token = token

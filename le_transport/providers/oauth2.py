@@ -83,7 +83,7 @@ class SentinelClientCredentials(TokenProvider):
         return f"sentinel[{self._account}]"
 
     async def _request_token(
-        self, http: ProviderHttp, retry: RetryPolicy
+        self, http: ProviderHttp, retry: RetryPolicy, *, handles_failure: bool = False
     ) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
         url = provider_url(
@@ -102,6 +102,7 @@ class SentinelClientCredentials(TokenProvider):
                 "grant_type": "client_credentials",
             },
             retry=retry,
+            handles_failure=handles_failure,
             idempotent=True,
         )
         return resp, "access_token"
