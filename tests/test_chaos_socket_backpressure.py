@@ -4,7 +4,8 @@ behind still pauses the socket and slows the peer down, as without faults, and n
 in the wrapper. Made-up frames (fault answers, ends) still reach an owner waiting in
 ``receive()`` at once; a frame read meanwhile is kept and comes next, in order; a held frame
 (``ws_delay``) stops the reads behind it; close, cancellation and the connection's end end
-every wait. Against the simulator's UMS socket on loopback, on the virtual clock."""
+every wait, and so does a ``receive(timeout=...)`` on the clock, keeping the read. Against the
+simulator's UMS socket on loopback, on the virtual clock."""
 
 from __future__ import annotations
 
@@ -400,14 +401,50 @@ async def test_an_injected_drop_ends_the_wait_and_nothing_read_after_it_reaches_
         assert wrapper.close_code == 1006
 
 
-async def test_a_second_concurrent_receive_and_a_timeout_are_refused(
+async def test_a_receive_timeout_ends_the_wait_on_the_clock_as_aiohttps_and_loses_nothing(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    refuse = FaultRule("429", WsAppError(429), unit="ws_message", match=Match(path=PUBLISH))
+    async with chaos_engine(sim, clock, states, refuse) as engine:
+        conn, wrapper = await dial(engine, sim)
+        try:
+            # A silent connection: TimeoutError after the timeout on the injector's clock, as
+            # aiohttp's receive(timeout=) raises after it on the loop's.
+            asked = clock.now()
+            with pytest.raises(TimeoutError):
+                await wrapper.receive(timeout=5.0)
+            assert clock.now() - asked == pytest.approx(5.0)
+            # The read under way was kept, not cancelled: the connection is not marked as
+            # abnormally closed, and what it brings comes with the next receive.
+            assert wrapper.close_code is None
+            assert len(readers()) == 1
+            await sim.sockets.notify(NOTIFICATION, {"n": 1})
+            assert numbers([body(await wrapper.receive(timeout=5.0))]) == [1]
+            # A frame that comes within the timeout, read or made up, is returned at once.
+            waiting = asyncio.get_running_loop().create_task(wrapper.receive(timeout=30.0))
+            await until(clock, lambda: bool(readers()), "a read under way")
+            asked = clock.now()
+            await wrapper.send_str(request("r1"))
+            assert body(await waiting)["code"] == 429
+            assert clock.now() == asked
+            # 0 and None are aiohttp's "no timeout of its own".
+            for no_limit in (None, 0):
+                waiting = asyncio.get_running_loop().create_task(wrapper.receive(no_limit))
+                await clock.sleep(600)
+                assert not waiting.done()
+                await sim.sockets.notify(NOTIFICATION, {"n": 2})
+                assert numbers([body(await waiting)]) == [2]
+        finally:
+            await conn.close(clock, 5.0)
+        assert readers() == []
+
+
+async def test_a_second_concurrent_receive_is_refused(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
     async with chaos_engine(sim, clock, states, BYSTANDER) as engine:
         conn, wrapper = await dial(engine, sim)
         try:
-            with pytest.raises(ValueError, match="timeout"):
-                await wrapper.receive(timeout=1.0)
             waiting = asyncio.get_running_loop().create_task(wrapper.receive())
             await until(clock, lambda: bool(readers()), "a read under way")
             with pytest.raises(RuntimeError, match="Concurrent"):

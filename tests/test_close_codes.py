@@ -206,3 +206,127 @@ def test_fast_1006_run_escalates_exactly_every_nth_consecutive_fast_drop(
         else:
             assert verdict.action is CloseAction.RECONNECT
         assert run == streak
+
+
+# -- close codes a caller makes final (ClosePolicy.fail_codes) ---------------------------------
+
+
+def test_by_default_no_close_code_is_final_and_1008_and_1003_reconnect() -> None:
+    # LiveEngage documents no final code: every code but the re-authentication ones reconnects.
+    assert POLICY.fail_codes == frozenset()
+    for code in (1003, 1008):
+        assert POLICY.classify(Disconnect.close_frame(code, 5.0)).action is CloseAction.RECONNECT
+
+
+@pytest.mark.parametrize("code", [1003, 1008, 4403])
+def test_a_close_code_in_fail_codes_fails_for_good_with_a_clear_reason(code: int) -> None:
+    policy = ClosePolicy(fail_codes=[1003, 1008, 4403])
+    assert policy.fail_codes == frozenset({1003, 1008, 4403})
+    verdict = policy.classify(Disconnect.close_frame(code, 5.0), 2)
+    assert verdict.action is CloseAction.FAIL
+    assert f"code {code}" in verdict.reason
+    assert "fail_codes" in verdict.reason
+    # Other codes keep their meaning.
+    assert policy.classify(Disconnect.close_frame(1012, 5.0)).action is CloseAction.RECONNECT
+    assert policy.classify(Disconnect.close_frame(4401, 5.0)).action is CloseAction.REAUTHENTICATE
+
+
+def test_fail_codes_match_only_a_servers_close_frame() -> None:
+    policy = ClosePolicy(fail_codes={1008})
+    # 1008 sent by the client itself (a flood before InitConnection's answer) is no server
+    # verdict on the connection: it reconnects.
+    flood = Disconnect.failed_by_client(1008, "too much sent before InitConnection's answer")
+    assert policy.classify(flood).action is CloseAction.RECONNECT
+    assert policy.classify(Disconnect.abnormal(lifetime=100.0)).action is CloseAction.RECONNECT
+
+
+def test_fail_codes_take_precedence_over_reconnect_on_server_close() -> None:
+    policy = ClosePolicy(fail_codes={1001})
+    assert policy.classify(Disconnect.close_frame(1001, 5.0)).action is CloseAction.FAIL
+    assert policy.classify(Disconnect.close_frame(1000, 5.0)).action is CloseAction.RECONNECT
+
+
+@pytest.mark.parametrize(
+    ("fail_codes", "match"),
+    [
+        ("1008", "collection of int codes"),
+        (1008, "collection of int codes"),
+        ([True], "int codes"),
+        ([1008.0], "int codes"),
+        ({4401, 1008}, r"share \[4401\]"),
+        ({1006}, "1006"),
+    ],
+)
+def test_bad_fail_codes_are_refused_at_construction(fail_codes: object, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        ClosePolicy(fail_codes=fail_codes)
+
+
+def test_a_code_may_move_from_reauth_codes_to_fail_codes() -> None:
+    policy = ClosePolicy(reauth_codes={4401, 4407}, fail_codes={1011})
+    assert policy.classify(Disconnect.close_frame(1011, 5.0)).action is CloseAction.FAIL
+
+
+@given(code=st.integers(1000, 4999), lifetime=st.floats(0, 1e6), run=st.integers(0, 10))
+def test_a_close_frame_fails_exactly_when_its_code_is_in_fail_codes(
+    code: int, lifetime: float, run: int
+) -> None:
+    policy = ClosePolicy(fail_codes={1003, 1008, 4000})
+    verdict = policy.classify(Disconnect.close_frame(code, lifetime), run)
+    assert (verdict.action is CloseAction.FAIL) == (code in policy.fail_codes)
+
+
+# -- a refused upgrade's Retry-After -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "pause"),
+    [
+        (429, 30.0, 30.0),
+        (429, 0.2, 1.0),  # never under LiveEngage's second after a 429
+        (503, 30.0, 30.0),
+        (503, 0.0, 0.0),
+        (502, 7.5, 7.5),
+        (503, 3600.0, 60.0),  # cut to the ceiling
+        (429, 1e300, 60.0),
+    ],
+)
+def test_a_refused_upgrades_retry_after_sets_the_least_pause_up_to_the_ceiling(
+    status: int, retry_after: float, pause: float
+) -> None:
+    failed = Disconnect.handshake_rejected(status, retry_after)
+    verdict = POLICY.classify(failed, 2)
+    assert verdict.action is CloseAction.RECONNECT
+    assert verdict.min_pause == pause
+    # The re-login loop would dial at once, against the server's ask.
+    assert not verdict.escalates
+    assert f"Retry-After {retry_after:g} s" in verdict.reason
+    assert f"(Retry-After: {retry_after:g} s)" in failed.describe()
+
+
+def test_the_retry_after_ceiling_is_a_policy_option() -> None:
+    policy = ClosePolicy(retry_after_ceiling=10.0)
+    assert policy.classify(Disconnect.handshake_rejected(503, 30.0)).min_pause == 10.0
+    # The floor after a 429 stays whatever the ceiling.
+    assert ClosePolicy(retry_after_ceiling=0.0).classify(
+        Disconnect.handshake_rejected(429, 30.0)
+    ).min_pause == pytest.approx(1.0)
+    with pytest.raises(ConfigurationError):
+        ClosePolicy(retry_after_ceiling=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "action"), [(403, CloseAction.FAIL), (401, CloseAction.REAUTHENTICATE)]
+)
+def test_retry_after_does_not_change_a_refusal_that_is_not_reconnected(
+    status: int, action: CloseAction
+) -> None:
+    verdict = POLICY.classify(Disconnect.handshake_rejected(status, 30.0))
+    assert verdict.action is action
+    assert verdict.min_pause == 0.0
+
+
+def test_without_retry_after_a_refused_upgrade_keeps_its_rule() -> None:
+    assert POLICY.classify(Disconnect.handshake_rejected(503)).min_pause == 0.0
+    assert POLICY.classify(Disconnect.handshake_rejected(503)).escalates
+    assert POLICY.classify(Disconnect.handshake_rejected(429)).min_pause == 1.0

@@ -299,6 +299,92 @@ async def test_the_scheduler_runs_on_the_real_clock_too() -> None:
     await scheduler.close()
 
 
+class _FailingClock:
+    """The virtual clock until ``fail`` names what breaks: ``"sleep"`` (every sleep from then
+    on raises) or ``"now"`` (every read of the time does)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self.fail: str | None = None
+
+    def now(self) -> float:
+        if self.fail == "now":
+            raise OSError("the clock source went away")
+        return self._clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.fail == "sleep":
+            raise OSError("the clock source went away")
+        await self._clock.sleep(seconds)
+
+
+class _Told(Subject):
+    """A subject that wants to hear that its scheduler stopped (as a socket does)."""
+
+    def __init__(self, clock: VirtualClock, answers: list[float | None]) -> None:
+        super().__init__(clock, answers)
+        self.failed: list[Exception] = []
+
+    def _keepalive_failed(self, error: Exception) -> None:
+        self.failed.append(error)
+
+
+@pytest.mark.parametrize("what", ["sleep", "now"])
+async def test_a_failing_clock_ends_the_scheduler_and_every_watched_socket_is_told(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, what: str
+) -> None:
+    failing = _FailingClock(clock)
+    scheduler = KeepaliveScheduler(failing)
+    subjects = [_Told(clock, [1e6]) for _ in range(3)]
+    tickets = [scheduler.watch(subject, at=30.0 + i) for i, subject in enumerate(subjects)]
+    scheduler.unwatch(tickets[2])  # gone: not told
+    await clock.sleep(10)
+    task = scheduler._task
+    assert task is not None
+    failing.fail = what
+    await clock.sleep(60)
+    # Not a task gone quietly with the sockets still counted as watched: each is told (and
+    # ends its connection), the error is logged once, and the task ends with it.
+    assert [len(s.failed) for s in subjects] == [1, 1, 0]
+    assert all(isinstance(s.failed[0], OSError) for s in subjects[:2])
+    assert scheduler.watched == 0
+    assert not scheduler.running
+    assert isinstance(task.exception(), OSError)
+    stopped = [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
+    assert len(stopped) == 1
+    assert stopped[0].levelname == "ERROR"
+    assert "the 2 connections watched are ended" in stopped[0].getMessage()
+    # The clock works again: the next socket watched starts a new task, served as ever.
+    failing.fail = None
+    again = _Told(clock, [None])
+    scheduler.watch(again, at=clock.now() + 5)
+    assert scheduler.running
+    await clock.sleep(10)
+    assert len(again.asked) == 1
+    assert not scheduler.running
+    await scheduler.close()
+
+
+async def test_a_subject_that_cannot_be_told_does_not_keep_the_others_from_hearing(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Refuses(_Told):
+        def _keepalive_failed(self, error: Exception) -> None:
+            raise LookupError("no")
+
+    failing = _FailingClock(clock)
+    scheduler = KeepaliveScheduler(failing)
+    refuses, plain, told = Refuses(clock, []), Subject(clock, []), _Told(clock, [])
+    for subject in (refuses, plain, told):
+        scheduler.watch(subject, at=30.0)
+    failing.fail = "sleep"
+    await clock.sleep(60)
+    assert len(told.failed) == 1
+    assert any("could not be told" in r.getMessage() for r in caplog.records)
+    assert scheduler.watched == 0
+    await scheduler.close()
+
+
 @RUNS
 @given(
     plans=st.lists(

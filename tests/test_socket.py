@@ -152,7 +152,8 @@ async def test_close_codes_4401_4407_1011_reauthenticate_before_reconnecting(
     assert logins(sim) == 2
 
 
-@pytest.mark.parametrize("code", [1001, 1012, 1013])
+# 1003 and 1008 too: LiveEngage documents no code as final (ClosePolicy.fail_codes is empty).
+@pytest.mark.parametrize("code", [1001, 1003, 1008, 1012, 1013])
 async def test_other_close_codes_reconnect_with_the_same_credentials(
     sim: Simulator, clock: VirtualClock, states: StateLog, code: int
 ) -> None:

@@ -9,6 +9,12 @@ most, never the socket, and never a credential.
 - a queued message that cannot be written ends that connection, not the socket (and does not
   leave it connected but never open);
 - an upgrade or ``InitConnection`` answered 429 waits a second at least and never escalates;
+- an upgrade refused with a ``Retry-After`` (a 429, a 503) waits at least what it asked, up to
+  the close policy's ceiling, and does not escalate;
+- a close code the caller made final (``ClosePolicy.fail_codes``) stops the socket with
+  :class:`~le_transport.errors.SocketRejected`, as a 403 upgrade does;
+- a keepalive clock that fails costs the connections it watched (they reconnect), and a clock
+  broken for good stops the socket with a typed error: never a keepalive silently gone;
 - a bearer the path template puts anywhere never shows in an error, chained ones included.
 
 Against loopback servers (``serve``) and the simulator, on the virtual clock.
@@ -17,6 +23,7 @@ Against loopback servers (``serve``) and the simulator, on the virtual clock.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import traceback
@@ -25,8 +32,14 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
-from le_transport import Engine, EventHooks, SocketClosed, StaticBearer
-from le_transport.policies import BackoffPolicy, DisconnectKind
+from le_transport import Engine, EventHooks, SocketClosed, SocketRejected, StaticBearer
+from le_transport.chaos import Status
+from le_transport.policies import (
+    MESSAGING_AGENT_SDK_GETCLOCK,
+    BackoffPolicy,
+    ClosePolicy,
+    DisconnectKind,
+)
 from le_transport.providers import StaticDomains
 from le_transport.sockets import (
     AuthPlacement,
@@ -38,7 +51,7 @@ from le_transport.sockets import (
     dial,
 )
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import Simulator
+from le_transport.testing.simulator import Simulator, SimulatorConfig
 from tests.conftest import ServerFactory
 from tests.known_secrets import BEARER
 from tests.test_socket_support import (
@@ -353,6 +366,206 @@ async def test_a_connect_answered_429_waits_a_second_at_least_and_never_escalate
     assert min(pauses) >= 1.0
     # Every attempt was followed by a pause (the last one cut short by the close).
     assert attempts == len(pauses)
+
+
+# -- a refused upgrade's Retry-After ------------------------------------------------------------
+
+
+def _upgrade_times(sim: Simulator) -> list[float]:
+    return [r.at for r in sim.requests if r.path.startswith("/ws_api/")]
+
+
+@pytest.mark.parametrize(
+    ("status", "asked", "pause"),
+    [(429, 30, 30.0), (503, 30, 30.0), (503, 7.5, 7.5), (503, 3600, 60.0)],
+)
+async def test_an_upgrade_refused_with_retry_after_waits_what_the_server_asked(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    status: int,
+    asked: float,
+    pause: float,
+) -> None:
+    # Twice refused, then served. The backoff alone would retry in 0.1 s (and after a 429 in
+    # 1 s), and escalate to the re-login loop, which dials at once, after the first failure.
+    sim.faults.script("GET", "/ws_api/*", [Status(status, retry_after=asked)] * 2)
+    options = SocketOptions(backoff=BackoffPolicy.reconnect(first=0.1, jitter=0), escalate_after=1)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options)
+        await ws.wait_open(timeout=600)
+        assert (await ws.request(".GetClock"))["code"] == 200
+    assert [e.details["in_seconds"] for e in states.of("reconnecting")] == [pause, pause]
+    # The server's ask, up to the ceiling (60 s: the HTTP retry's own), between the upgrades.
+    first, second, third = _upgrade_times(sim)
+    assert second - first == pytest.approx(pause, abs=0.05)
+    assert third - second == pytest.approx(pause, abs=0.05)
+    assert "escalating" not in states.names()
+    assert [e.details["reason"] for e in states.of("connect_failed")] == [
+        f"upgrade refused with HTTP {status} (Retry-After: {asked:g} s)"
+    ] * 2
+
+
+@pytest.mark.parametrize(("retry_after", "pause"), [("date", 20.0), ("soon", 0.1)])
+async def test_a_retry_after_date_is_read_from_the_answers_date_and_a_bad_one_ignored(
+    clock: VirtualClock,
+    serve: ServerFactory,
+    states: StateLog,
+    caplog: pytest.LogCaptureFixture,
+    retry_after: str,
+    pause: float,
+) -> None:
+    # An HTTP-date, measured from the answer's Date as the HTTP retry measures it (a date
+    # years off the wall clock: only the Date header can make it 20 s); or nonsense, logged
+    # and ignored (the schedule's 0.1 s).
+    date = 1_000_000_000.0
+    value = email.utils.formatdate(date + 20, usegmt=True) if retry_after == "date" else "soon"
+    attempts = 0
+
+    async def limited(request: web.Request) -> web.StreamResponse:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            headers = {"Retry-After": value, "Date": email.utils.formatdate(date, usegmt=True)}
+            return web.Response(status=503, headers=headers)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", limited)
+    host = await serve(app)
+    options = SocketOptions(backoff=BackoffPolicy.reconnect(first=0.1, jitter=0))
+    async with _consumer_engine(host, clock, states) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", options=options, auth_placement=AuthPlacement.NONE
+        )
+        await ws.wait_open(timeout=60)
+    assert [e.details["in_seconds"] for e in states.of("reconnecting")] == [pause]
+    ignored = [r for r in caplog.records if "ignoring invalid Retry-After" in r.getMessage()]
+    assert len(ignored) == (retry_after == "soon")
+
+
+# -- a close code made final -----------------------------------------------------------------
+
+
+async def test_a_close_code_made_final_stops_the_socket_as_a_refused_upgrade_does(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    options = SocketOptions(close_policy=ClosePolicy(fail_codes={1008}))
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options)
+        await ws.wait_open()
+        await sim.sockets.open[0].close(1008)
+        # The same typed error as after a 403 upgrade, wherever the socket's user looks.
+        with pytest.raises(SocketRejected) as stopped:
+            async for _ in ws:
+                pass
+        await clock.sleep(300)
+        assert ws.closed
+        assert ws.error is stopped.value
+        with pytest.raises(SocketRejected):
+            await ws.wait_open()
+        with pytest.raises(SocketRejected):
+            await ws.send({"kind": "req", "id": "x", "type": ".GetClock", "body": {}})
+    # No HTTP status: the message names the close code and why it is final.
+    assert stopped.value.status == 0
+    assert "closed by the server with code 1008" in str(stopped.value)
+    assert "fail_codes" in str(stopped.value)
+    assert len(sim.sockets.all) == 1
+    assert "reconnecting" not in states.names("facadeMsg")
+    assert states.of("closed")[-1].details["error"] == "SocketRejected"
+
+
+# -- the keepalive's clock fails ---------------------------------------------------------------
+
+
+class _FailingClock:
+    """The virtual clock, except that ``now()`` raises the next ``glitches`` times it is read,
+    and every call raises once ``broken``."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self.glitches = 0
+        self.broken = False
+
+    def now(self) -> float:
+        if self.broken or self.glitches:
+            self.glitches = max(0, self.glitches - 1)
+            raise OSError("the clock source went away")
+        return self._clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.broken:
+            raise OSError("the clock source went away")
+        await self._clock.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "_FailingClock()"
+
+
+def _keepalive_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "le_transport.sockets" and r.levelno == logging.ERROR
+    ]
+
+
+async def test_a_keepalive_clock_that_fails_once_costs_the_connection_and_the_socket_reconnects(
+    clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = _FailingClock(clock)
+    options = SocketOptions(keepalive=MESSAGING_AGENT_SDK_GETCLOCK)
+    async with (
+        Simulator(SimulatorConfig(idle_timeout=3600.0), clock=clock) as sim,
+        agent_engine(sim, failing, states) as engine,  # type: ignore[arg-type]
+    ):
+        ws = await brand_socket(engine, sim, options)
+        await ws.wait_open()
+        await clock.sleep(5)
+        # Idle: the next to read the clock is the keepalive scheduler, at its 30 s deadline.
+        failing.glitches = 1
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        # The new connection is watched again: probed once idle for an interval.
+        await clock.sleep(MESSAGING_AGENT_SDK_GETCLOCK.interval + 1)
+        assert ws.error is None
+        first, second = sim.sockets.all
+        assert first.ended == ("client", 1011)
+        assert [f.get("type") for f in first.received] == []
+        assert [f.get("type") for f in second.received] == [".GetClock"]
+    assert [e.details["reason"] for e in states.of("lost")] == [
+        "failed by the client with code 1011 (the keepalive stopped: its clock failed (OSError))"
+    ]
+    [error] = _keepalive_errors(caplog)
+    assert error.startswith("socket keepalives stopped: _FailingClock() failed (OSError)")
+
+
+async def test_a_clock_broken_for_good_stops_the_socket_with_a_typed_error(
+    clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = _FailingClock(clock)
+    options = SocketOptions(keepalive=MESSAGING_AGENT_SDK_GETCLOCK)
+    async with (
+        Simulator(SimulatorConfig(idle_timeout=3600.0), clock=clock) as sim,
+        agent_engine(sim, failing, states) as engine,  # type: ignore[arg-type]
+    ):
+        ws = await brand_socket(engine, sim, options)
+        await ws.wait_open()
+        await clock.sleep(5)
+        failing.broken = True
+        # Not a socket left open with a keepalive gone: it stops, and says why.
+        with pytest.raises(SocketClosed) as stopped:
+            async for _ in ws:
+                pass
+        assert ws.closed
+        assert isinstance(stopped.value.__cause__, OSError)
+        failing.broken = False
+    assert clock.now() == pytest.approx(30.0, abs=1.0)
+    assert "socket keepalives stopped" in _keepalive_errors(caplog)[0]
 
 
 # -- a bearer anywhere in the path ------------------------------------------------------------

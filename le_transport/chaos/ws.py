@@ -38,7 +38,8 @@ aiohttp's ``receive()`` is not cancelled: :meth:`~FaultySocket.close` lets aioht
 a read under way (only a held frame's wait is cancelled), so the close handshake is the one a
 socket without faults gets; only a close cut short (cancelled, or failing) cancels the read.
 Once the owner has an injected end, nothing a read brings reaches it. No read outlives the
-close.
+close. Nor does ``receive(timeout=...)`` cancel it: the timeout, kept on the injector's clock,
+ends the owner's wait only, and what the read brings comes with the next ``receive()``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 from aiohttp import WSMessage, WSMsgType
 
+from ..clock import timeout_after
 from .plan import (
     Delay,
     Hang,
@@ -156,14 +158,25 @@ class FaultySocket:
         brings (which only now is read). Once the socket ended (an injected end handed over,
         the connection's end read, or :meth:`close`), a ``CLOSED`` message.
 
+        ``timeout``, as aiohttp's: seconds to wait for that frame (None or 0: no limit of its
+        own; the wrapped socket's receive timeout, if it has one, still bounds each read), on
+        the injector's clock. Unlike aiohttp's, a timeout does not cancel the read under way:
+        the connection is not marked abnormally closed (:attr:`close_code` is unchanged), and
+        the frame that read brings is the next ``receive()``'s, so nothing is lost.
+
         Raises:
-            ValueError: ``timeout`` is not None (use the clock's ``timeout_after``).
+            TimeoutError: nothing came within ``timeout`` seconds (as aiohttp's raises).
             RuntimeError: another ``receive()`` is waiting, as aiohttp's refuses.
         """
-        if timeout is not None:
-            raise ValueError("FaultySocket.receive takes no timeout: use the clock's")
         if self._waiter is not None:
             raise RuntimeError("Concurrent call to receive() is not allowed")
+        if not timeout:
+            return await self._receive()
+        async with timeout_after(self._injector.clock, timeout):
+            msg = await self._receive()
+        return msg
+
+    async def _receive(self) -> WSMessage:
         loop = asyncio.get_running_loop()
         while True:
             ready = self._ready

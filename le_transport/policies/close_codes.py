@@ -9,6 +9,14 @@ own SDK treats 1011 the same, and an HTTP 401 on the upgrade means the same thin
 also known to arrive as a plain 1006, so a run of *fast* 1006 drops escalates to
 re-authentication too. A connection the client failed itself (a frame it could not take) is no
 drop: it never counts towards that run.
+
+Every other close code reconnects by default, as LiveEngage's guide asks of a socket closed by an
+error (and its protocol notes say of other codes: "wait, reconnect"); no code is documented as
+final. A caller whose server does close for good with some code (a policy violation, 1008, that
+reconnecting unchanged would only repeat) names it in :attr:`ClosePolicy.fail_codes`: the socket
+then stops with :class:`~le_transport.errors.SocketRejected`, as after a 403 upgrade. A refused
+upgrade's ``Retry-After`` is honoured: the reconnect waits at least what the server asked, up to
+:attr:`ClosePolicy.retry_after_ceiling`.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import flag, int_codes, positive
+from ._validate import flag, int_codes, non_negative, positive
+from .retry import DEFAULT_RETRY_AFTER_CEILING
 
 __all__ = [
     "ABNORMAL_CLOSURE",
@@ -93,6 +102,9 @@ class Disconnect:
     status: int | None = None
     lifetime: float | None = None
     error: str | None = None
+    #: A refused upgrade's ``Retry-After``, in seconds (parsed; None when the server sent none,
+    #: or one that is not delta-seconds nor an HTTP-date).
+    retry_after: float | None = None
 
     @classmethod
     def by_caller(cls) -> Disconnect:
@@ -127,9 +139,10 @@ class Disconnect:
         return cls(DisconnectKind.CONNECT_FAILED, error=error)
 
     @classmethod
-    def handshake_rejected(cls, status: int) -> Disconnect:
-        """The upgrade was answered with HTTP ``status``."""
-        return cls(DisconnectKind.HANDSHAKE_REJECTED, status=status)
+    def handshake_rejected(cls, status: int, retry_after: float | None = None) -> Disconnect:
+        """The upgrade was answered with HTTP ``status`` (and a ``Retry-After`` of
+        ``retry_after`` seconds, if it had a valid one)."""
+        return cls(DisconnectKind.HANDSHAKE_REJECTED, status=status, retry_after=retry_after)
 
     @classmethod
     def setup_failed(
@@ -148,6 +161,10 @@ class Disconnect:
     def describe(self) -> str:
         """A short human description, for logs and events."""
         if self.kind is DisconnectKind.HANDSHAKE_REJECTED:
+            if self.retry_after is not None:
+                return (
+                    f"upgrade refused with HTTP {self.status} (Retry-After: {self.retry_after:g} s)"
+                )
             return f"upgrade refused with HTTP {self.status}"
         if self.kind is DisconnectKind.CLOSE_FRAME:
             return f"closed by the server with code {self.code}"
@@ -174,7 +191,8 @@ class CloseAction(enum.Enum):
     RECONNECT = "reconnect"
     #: Invalidate the credentials, get fresh ones, then reconnect.
     REAUTHENTICATE = "reauthenticate"
-    #: Stop for good with an error: reconnecting unchanged cannot help (a 403, a 404).
+    #: Stop for good with an error: reconnecting unchanged cannot help (a 403, a 404, a close
+    #: code among :attr:`ClosePolicy.fail_codes`).
     FAIL = "fail"
 
 
@@ -210,6 +228,26 @@ def _reauth_statuses(value: object) -> frozenset[int]:
     return int_codes("ClosePolicy.reauth_statuses", value)
 
 
+def _fail_codes(value: object) -> frozenset[int]:
+    return int_codes("ClosePolicy.fail_codes", value)
+
+
+def _check_fail_codes(
+    instance: ClosePolicy, attribute: attrs.Attribute[frozenset[int]], value: frozenset[int]
+) -> None:
+    both = value & instance.reauth_codes
+    if both:
+        raise ConfigurationError(
+            f"ClosePolicy.fail_codes and reauth_codes share {sorted(both)}: a close code either "
+            "re-authenticates or fails for good, not both"
+        )
+    if ABNORMAL_CLOSURE in value:
+        raise ConfigurationError(
+            "ClosePolicy.fail_codes cannot hold 1006: no server sends it (it is how a drop "
+            "without a close frame is reported, and drops always reconnect)"
+        )
+
+
 def _run_length(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"ClosePolicy.{attribute.name} must be an int >= 1, got {value!r}")
@@ -226,11 +264,24 @@ class ClosePolicy:
     - ``reconnect_on_server_close``: whether a server's own 1000/1001 close is reconnected (it
       is by default: LiveEngage closes idle sockets with a normal code, and the caller did not
       ask for the socket to go away).
+    - ``fail_codes``: close codes after which the socket stops for good, with
+      :class:`~le_transport.errors.SocketRejected` (as after a 403 upgrade; its ``status`` is 0,
+      its message names the code), e.g. ``frozenset({1008})`` for a server whose policy
+      violation is final. Empty by default: LiveEngage documents every code but the
+      re-authentication ones as "wait, reconnect". Only a server's close frame is matched (not
+      a code the client failed the connection with itself); a code may not be in both
+      ``fail_codes`` and ``reauth_codes``, nor be 1006 (no server sends it). It takes precedence
+      over ``reconnect_on_server_close``.
+    - ``retry_after_ceiling``: the longest pause a refused upgrade's ``Retry-After`` may ask
+      for (60 s, the HTTP retry's default ceiling); a longer one is cut to it.
 
     Fixed rules: a 429 (an upgrade refused with it, ``InitConnection`` or an ``on_connect``
     request answered with it) reconnects after :data:`RATE_LIMIT_PAUSE` at least and never
-    escalates to a re-login; a connection the client failed itself
-    (:attr:`DisconnectKind.FAILED_BY_CLIENT`) reconnects and is no fast drop.
+    escalates to a re-login; an upgrade refused with a ``Retry-After`` (a 429, a 503) and
+    reconnected waits at least what it asked (up to ``retry_after_ceiling``) and does not
+    escalate either (the re-login loop would dial at once, and logging in again only adds load);
+    a connection the client failed itself (:attr:`DisconnectKind.FAILED_BY_CLIENT`) reconnects
+    and is no fast drop.
     """
 
     reauth_codes: frozenset[int] = attrs.field(default=REAUTH_CLOSE_CODES, converter=_reauth_codes)
@@ -240,6 +291,12 @@ class ClosePolicy:
     fast_drop_within: float = attrs.field(default=FAST_DROP_WITHIN, validator=positive)
     fast_drop_run: int = attrs.field(default=FAST_DROP_RUN, validator=_run_length)
     reconnect_on_server_close: bool = attrs.field(default=True, validator=flag)
+    fail_codes: frozenset[int] = attrs.field(
+        default=frozenset(), converter=_fail_codes, validator=_check_fail_codes
+    )
+    retry_after_ceiling: float = attrs.field(
+        default=DEFAULT_RETRY_AFTER_CEILING, validator=non_negative
+    )
 
     def classify(self, disconnect: Disconnect, fast_drops: int = 0) -> CloseVerdict:
         """What to do after ``disconnect``, given the current run of fast 1006 drops.
@@ -257,17 +314,26 @@ class ClosePolicy:
             if status == 429:
                 # Rate limited (the upgrade, or InitConnection's answer): the same rule as a
                 # resubscribe answered 429.
-                return _rate_limited(f"upgrade refused with {status}")
-            if 400 <= status < 500 and status not in RETRY_HANDSHAKE_STATUSES:
+                verdict = _rate_limited(f"upgrade refused with {status}")
+            elif 400 <= status < 500 and status not in RETRY_HANDSHAKE_STATUSES:
                 return CloseVerdict(
                     CloseAction.FAIL,
                     f"upgrade refused with {status}: check the path and the credentials",
                 )
-            return CloseVerdict(CloseAction.RECONNECT, f"upgrade refused with {status}")
+            else:
+                verdict = CloseVerdict(CloseAction.RECONNECT, f"upgrade refused with {status}")
+            # The server's Retry-After, if it sent one, lengthens the pause.
+            return self._honour_retry_after(verdict, disconnect.retry_after)
         if kind is DisconnectKind.CLOSE_FRAME:
             code = disconnect.code
             if code in self.reauth_codes:
                 return CloseVerdict(CloseAction.REAUTHENTICATE, f"close code {code}")
+            if code in self.fail_codes:
+                return CloseVerdict(
+                    CloseAction.FAIL,
+                    f"closed by the server with code {code}, which ClosePolicy.fail_codes makes "
+                    "final: reconnecting unchanged would be closed the same way",
+                )
             if code in (NORMAL_CLOSURE, GOING_AWAY) and not self.reconnect_on_server_close:
                 return CloseVerdict(CloseAction.STOP, f"server closed normally ({code})")
             return CloseVerdict(CloseAction.RECONNECT, f"close code {code}")
@@ -300,3 +366,16 @@ class ClosePolicy:
             return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)
         # A connect that failed keeps the fast-drop run: it says nothing about the token.
         return CloseVerdict(CloseAction.RECONNECT, disconnect.describe(), fast_drops)
+
+    def _honour_retry_after(self, verdict: CloseVerdict, retry_after: float | None) -> CloseVerdict:
+        """``verdict`` waiting at least ``retry_after`` seconds (cut to the ceiling), and no
+        longer escalating: the re-login loop would dial at once, against the server's ask."""
+        if retry_after is None or retry_after != retry_after:
+            return verdict
+        asked = min(max(retry_after, 0.0), self.retry_after_ceiling)
+        return attrs.evolve(
+            verdict,
+            reason=f"{verdict.reason}, Retry-After {retry_after:g} s",
+            min_pause=max(verdict.min_pause, asked),
+            escalates=False,
+        )

@@ -11,21 +11,32 @@ The bearer goes where LiveEngage puts it: in the UMS brand path, in an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp import hdrs
 from yarl import URL
 
 from .._redact import Secret, redact_url
 from ..chaos.injector import UPGRADE_PATH, FaultInjector
 from ..clock import Clock, timeout_after
-from ..errors import AuthenticationError, ConfigurationError, SocketError, TransportError
+from ..errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRetryAfter,
+    SocketError,
+    TransportError,
+)
+from ..middleware.retry import parse_retry_after_date
 from ..policies.close_codes import Disconnect
+from ..policies.retry_after import parse_retry_after
 from ..providers.auth import AuthProvider, Credentials
 
 if TYPE_CHECKING:
@@ -144,6 +155,38 @@ def read_error_disconnect(
     return Disconnect.failed_by_client(code, because, lifetime=lifetime)
 
 
+def _retry_after_of(
+    headers: Mapping[str, str] | None, wall_clock: Callable[[], float], *, shown: str
+) -> float | None:
+    """Seconds a refused upgrade's ``Retry-After`` asks the client to wait, or None.
+
+    Read as the retry middleware reads an HTTP answer's, with the same parser
+    (:func:`~le_transport.policies.parse_retry_after`): delta-seconds, or an HTTP-date measured
+    from the answer's ``Date`` (else ``wall_clock()``, epoch seconds). A value that is neither
+    is logged (``shown`` is the redacted URL) and ignored: the reconnect keeps its schedule.
+    The cap is the close policy's (:attr:`~le_transport.policies.ClosePolicy.retry_after_ceiling`).
+    """
+    if headers is None:
+        return None
+    value = headers.get(hdrs.RETRY_AFTER)
+    if value is None:
+        return None
+    date = headers.get(hdrs.DATE)
+    now_epoch: float | None = None
+    if date is not None:
+        with contextlib.suppress(InvalidRetryAfter):
+            now_epoch = parse_retry_after_date(date)
+    try:
+        return parse_retry_after(value, now_epoch=wall_clock() if now_epoch is None else now_epoch)
+    except InvalidRetryAfter as exc:
+        _log.warning(
+            "upgrade of %s: ignoring invalid Retry-After (%s); following the reconnect schedule",
+            shown,
+            exc,
+        )
+        return None
+
+
 class WireSocket(Protocol):
     """What a connection needs of an open WebSocket: aiohttp's client socket has it, and so
     does the fault injector's wrapper around one (:mod:`le_transport.chaos.ws`)."""
@@ -235,11 +278,19 @@ class Connection:
                 pass
         finally:
             transport = self.transport
-            if transport is not None and _unsent_bytes(transport):
+            if transport is not None and (_unsent_bytes(transport) or not self.ws.closed):
                 # aiohttp's cut is a transport close(), which first flushes what is buffered:
                 # to a peer that stopped reading, never. The socket would stay open, and a
                 # send waiting for the buffer to drain would wait for ever.
+                # Still open: the close was cut short before aiohttp began it (cancelled while
+                # it waited for a read to let go, as a clock whose sleep fails does at once),
+                # and nothing else would ever close this connection.
                 transport.abort()
+                if not self.ws.closed:
+                    # Bounded: the transport is gone, so aiohttp's close fails to write its
+                    # frame (or reads the end) at once; it only marks the socket closed.
+                    with contextlib.suppress(Exception):
+                        await self.ws.close(code=code)
 
 
 class Dialer(Protocol):
@@ -265,7 +316,13 @@ class Dialer(Protocol):
 
 
 class EngineDialer:
-    """Dials ``service``/``path`` through an engine's domains, auth and session."""
+    """Dials ``service``/``path`` through an engine's domains, auth and session.
+
+    An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
+    :class:`~le_transport.policies.Disconnect` (``retry_after``, seconds), for the close policy
+    to make the reconnect wait; ``wall_clock`` (epoch seconds) dates an HTTP-date one when the
+    answer carries no ``Date``.
+    """
 
     # One per socket: no instance dict.
     __slots__ = (
@@ -281,6 +338,7 @@ class EngineDialer:
         "_path",
         "_placement",
         "_service",
+        "_wall_clock",
     )
 
     def __init__(
@@ -296,6 +354,7 @@ class EngineDialer:
         client_properties: Mapping[str, Any] | None = None,
         connect_timeout: float = 30.0,
         max_msg_size: int = 16 * 1024 * 1024,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if placement is None:
             if BEARER_FIELD in path:
@@ -321,6 +380,9 @@ class EngineDialer:
         self._client_properties = client_properties or DEFAULT_CLIENT_PROPERTIES
         self._connect_timeout = connect_timeout
         self._max_msg_size = max_msg_size
+        # Epoch seconds, only to read a refused upgrade's Retry-After given as an HTTP-date
+        # when the answer has no Date header.
+        self._wall_clock = wall_clock
         self._last: Credentials | None = None
         shown = redact_url(URL.build(path=path.replace(BEARER_FIELD, "bearer")))
         self._name = f"{service}{shown}"
@@ -418,9 +480,10 @@ class EngineDialer:
                 max_msg_size=self._max_msg_size,
             )
         except aiohttp.WSServerHandshakeError as exc:
+            retry_after = _retry_after_of(exc.headers, self._wall_clock, shown=shown)
             raise DialFailed(
                 f"upgrade of {shown} refused with HTTP {exc.status}",
-                disconnect=Disconnect.handshake_rejected(exc.status),
+                disconnect=Disconnect.handshake_rejected(exc.status, retry_after),
                 credentials=creds,
             ) from None
         except (aiohttp.ClientError, OSError) as exc:

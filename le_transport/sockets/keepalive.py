@@ -10,7 +10,10 @@ Socket keepalives are served by a :class:`KeepaliveScheduler`, one per engine: a
 entry, not a task, a coroutine or a timer of its own (a fleet of 10,000 sockets holds one
 keepalive task). A keepalive never runs on a socket that is down (LivePerson's SDK crashed the
 process doing that): a socket is watched from the moment its connection is ready and forgotten
-when the connection ends.
+when the connection ends. A scheduler whose clock fails (its ``now`` or ``sleep`` raises) cannot
+keep any socket alive: it logs the error, tells every socket it watched (each ends its
+connection, so that its owner reconnects, or stops with the clock's error if that clock is
+broken for good), and its task ends with the error; the next watched socket starts a new one.
 """
 
 from __future__ import annotations
@@ -22,14 +25,20 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
 
-__all__ = ["KeepaliveScheduler", "KeepaliveSubject", "KeepaliveTask", "watch_socket"]
+__all__ = [
+    "KeepaliveFailureSubject",
+    "KeepaliveScheduler",
+    "KeepaliveSubject",
+    "KeepaliveTask",
+    "watch_socket",
+]
 
 _log = logging.getLogger("le_transport.sockets")
 
@@ -107,6 +116,16 @@ class KeepaliveSubject(Protocol):
         ...
 
 
+@runtime_checkable
+class KeepaliveFailureSubject(KeepaliveSubject, Protocol):
+    """A subject that wants to know when its scheduler stopped on a failed clock (a socket
+    does: it ends the connection, which nothing would keep alive or find dead any more)."""
+
+    def _keepalive_failed(self, error: Exception) -> None:
+        """The scheduler stopped watching this subject because its clock raised ``error``."""
+        ...
+
+
 class KeepaliveScheduler:
     """Serves every socket keepalive of an engine with one task on the injected clock.
 
@@ -119,7 +138,9 @@ class KeepaliveScheduler:
     when it comes up, and the heap is rebuilt when forgotten entries outnumber live ones.
 
     The task starts with the first watched subject and ends when none is left; :meth:`close`
-    (the engine's close) stops it at once.
+    (the engine's close) stops it at once. If the clock fails (``now`` or ``sleep`` raises),
+    the task ends with the clock's error, logged once: every subject watched is forgotten, and
+    told (:class:`KeepaliveFailureSubject`), rather than left watched by a task that is gone.
     """
 
     __slots__ = (
@@ -166,9 +187,10 @@ class KeepaliveScheduler:
         self._live += 1
         task = self._task
         if task is None or task.done():
-            self._task = asyncio.get_running_loop().create_task(
+            task = self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="le_transport socket keepalives"
             )
+            task.add_done_callback(_read_outcome)
         elif at < self._wake_at:
             self._poke()
         return ticket
@@ -208,23 +230,58 @@ class KeepaliveScheduler:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         clock = self._clock
-        while self._live > 0:
-            now = clock.now()
-            self._serve_due(now)
-            if not self._heap or self._live <= 0:
-                break
-            at = self._heap[0][0]
-            wake: asyncio.Future[None] = loop.create_future()
-            self._wake, self._wake_at = wake, at
-            try:
-                async with timeout_after(clock, at - now):
-                    await wake
-            except TimeoutError:
-                pass
-            finally:
-                self._wake, self._wake_at = None, math.inf
+        try:
+            while self._live > 0:
+                now = clock.now()
+                self._serve_due(now)
+                if not self._heap or self._live <= 0:
+                    break
+                at = self._heap[0][0]
+                wake: asyncio.Future[None] = loop.create_future()
+                self._wake, self._wake_at = wake, at
+                try:
+                    async with timeout_after(clock, at - now):
+                        await wake
+                except TimeoutError:
+                    pass
+                finally:
+                    self._wake, self._wake_at = None, math.inf
+        except Exception as exc:
+            # The clock failed (timeout_after raises the error of a sleep that failed): no
+            # deadline can be kept, for any subject. Silently ending here would leave every
+            # socket watched by a task that is gone: never probed, never found dead.
+            self._clock_failed(exc)
+            raise
         self._heap.clear()
         self._dropped.clear()
+
+    def _clock_failed(self, error: Exception) -> None:
+        """Forget every subject, log once, and tell each that it is no longer watched."""
+        dropped = self._dropped
+        subjects = [subject for _, ticket, subject in self._heap if ticket not in dropped]
+        self._live = 0
+        self._heap.clear()
+        dropped.clear()
+        _log.error(
+            "socket keepalives stopped: %r failed (%s); the %d connections watched are ended so "
+            "that their sockets reconnect",
+            self._clock,
+            type(error).__name__,
+            len(subjects),
+            exc_info=error,
+            extra={
+                "clock": type(self._clock).__name__,
+                "error": type(error).__name__,
+                "watched": len(subjects),
+            },
+        )
+        for subject in subjects:
+            if not isinstance(subject, KeepaliveFailureSubject):
+                continue
+            try:
+                subject._keepalive_failed(error)
+            except Exception:
+                _log.exception("a socket could not be told that its keepalive stopped")
 
     def _serve_due(self, now: float) -> None:
         heap = self._heap
@@ -248,6 +305,13 @@ class KeepaliveScheduler:
             heapq.heappush(
                 heap, (at if at > now else math.nextafter(now, math.inf), ticket, subject)
             )
+
+
+def _read_outcome(task: asyncio.Task[None]) -> None:
+    # The scheduler's task may end with its clock's error (logged, and every subject told): read
+    # here so that asyncio does not report it again as never retrieved.
+    if not task.cancelled():
+        task.exception()
 
 
 class KeepaliveTask:
