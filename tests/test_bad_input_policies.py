@@ -5,9 +5,14 @@ misread later)."""
 from __future__ import annotations
 
 import inspect
+import math
+import sys
 from typing import Any
 
+import attrs
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from le_transport.errors import ConfigurationError
 from le_transport.policies import (
@@ -22,6 +27,7 @@ from le_transport.policies import (
     RetryPolicy,
     TokenBucket,
 )
+from le_transport.policies.pacing import MAX_QUEUE
 from le_transport.providers import StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
@@ -231,3 +237,207 @@ def test_a_draw_outside_0_1_or_nan_never_makes_a_pause_outside_the_bounds(rand: 
     next_delay = backoff.next_delay(2, 0.0, rand)
     assert next_delay is not None
     assert low <= next_delay <= high
+
+
+# -- numbers at and past the edges of float ------------------------------------------------------
+
+#: An int too long for str() (Python's limit is 4,300 digits): repr of it raises ValueError.
+HUGE = 10**5000
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (TokenBucket, "rate", HUGE),
+        (TokenBucket, "burst", HUGE),
+        (TokenBucket, "tokens", -HUGE),
+        (TokenBucket, "updated_at", HUGE),
+        (TokenBucket, "grace", HUGE),
+        (TokenBucket, "max_misses", -HUGE),
+        (RetryBudget, "ratio", HUGE),
+        (RetryBudget, "min_retries_per_second", HUGE),
+        (RetryBudget, "window", HUGE),
+        (RetryBudget, "slots", HUGE),
+        (BackoffPolicy, "first", HUGE),
+        (BackoffPolicy, "factor", HUGE),
+        (BackoffPolicy, "cap", HUGE),
+        (BackoffPolicy, "jitter", HUGE),
+        (BackoffPolicy, "floor", HUGE),
+        (BackoffPolicy, "max_attempts", -HUGE),
+        (BackoffPolicy, "deadline", HUGE),
+        (RetryPolicy, "pauses", (5, HUGE)),
+        (RetryPolicy, "pauses", HUGE),
+        (RetryPolicy, "jitter", HUGE),
+        (RetryPolicy, "rate_limit_floor", HUGE),
+        (RetryPolicy, "retry_after_ceiling", HUGE),
+        (RetryPolicy, "attempt_timeout", HUGE),
+        (RetryPolicy, "deadline", HUGE),
+    ],
+    ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", "huge"),
+)
+def test_an_int_too_long_to_print_is_a_configuration_error(
+    cls: Any, field: str, value: Any
+) -> None:
+    """The validator's own message repr'd the value, and repr raised ValueError: the refusal
+    itself failed, untyped. The message now names the field and the int's size."""
+    with pytest.raises(ConfigurationError, match=rf"{cls.__name__}\.{field} .*int of 16610 bits"):
+        cls(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["interval", "timeout"])
+def test_a_keepalive_duration_too_long_to_print_is_a_configuration_error(field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"Keepalive\.{field} .*int of 16610 bits"):
+        _keepalive(**{field: HUGE})
+
+
+def test_a_keepalive_param_too_long_to_write_is_a_configuration_error() -> None:
+    """str() of it raised ValueError while the query parameters were read."""
+    with pytest.raises(ConfigurationError, match=r"Keepalive\.params .*'v'.*int of 16610 bits"):
+        _keepalive(params={"v": HUGE})
+
+
+def test_scaled_by_an_int_too_long_to_print_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"scale factor .*int of 16610 bits"):
+        RetryPolicy().scaled(HUGE)
+
+
+class _Unprintable(float):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_value_whose_repr_fails_is_still_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigurationError, match=r"TokenBucket\.rate .*got a _Unprintable"):
+        TokenBucket(rate=_Unprintable("nan"))
+
+
+def test_a_long_refused_value_is_cut_in_the_message() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        RetryPolicy(pauses=[1.0] * 1000 + [-1.0])
+    assert len(str(refused.value)) < 300
+    assert "..." in str(refused.value)
+
+
+#: Numbers at and past every edge, each list its own branch so that each comes up often: near
+#: float's largest, near zero (subnormals), and the rest (NaN, the infinities, ints past
+#: float's range and past str()'s, bools, negatives).
+NEAR_TOP: list[Any] = [1e300, 1e307, 1e308, 1.5e308, 1.6e308, 1.7e308, 1.75e308]
+NEAR_TOP += [sys.float_info.max, 10**308, 2**1023]
+NEAR_ZERO: list[Any] = [5e-324, 1e-320, 1e-300, 1e-290, 1e-270, 1e-13]
+ODD: list[Any] = [True, False, 0, -0.0, -1.0, math.nan, math.inf, -math.inf, -1e308]
+ODD += [-sys.float_info.max, 2**1024, 10**400, -(10**400), HUGE]
+EDGES = st.one_of(
+    st.sampled_from(NEAR_TOP),
+    st.sampled_from(NEAR_ZERO),
+    st.sampled_from(ODD),
+    st.floats(),
+    st.integers(-(2**1100), 2**1100),
+)
+
+
+def _edges(*fields: str) -> st.SearchStrategy[dict[str, Any]]:
+    """One or two of ``fields`` at an edge; the others keep their defaults."""
+    return st.dictionaries(st.sampled_from(fields), EDGES, min_size=1, max_size=2)
+
+
+#: A clock reading, anywhere a float can be.
+ANY_TIME = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def _built(factory: Any, **kwargs: Any) -> Any:
+    """The policy, or None when it is refused, as it must be, with a ConfigurationError."""
+    try:
+        return factory(**kwargs)
+    except ConfigurationError:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(_edges("rate", "burst", "tokens", "updated_at", "grace"), ANY_TIME)
+def test_a_bucket_is_refused_or_every_wait_it_gives_is_finite(
+    edges: dict[str, Any], now: float
+) -> None:
+    bucket = _built(TokenBucket, **edges)
+    if bucket is None:
+        return
+    # Two readings of absurd, opposite signs have no finite difference: no clock gives them.
+    assume(bucket.updated_at is None or math.isfinite(bucket.updated_at - now))
+    # The deepest queue reserve() can make (a float stops counting there), and the state given.
+    for start in (bucket, attrs.evolve(bucket, tokens=-MAX_QUEUE, updated_at=now)):
+        for _ in range(3):
+            reservation = start.reserve(now)
+            assert math.isfinite(reservation.wait)
+            assert math.isfinite(now + reservation.wait)  # the pacer's slot
+            start = reservation.bucket
+
+
+@settings(max_examples=300, deadline=None)
+@given(_edges("ratio", "min_retries_per_second", "window", "slots"), st.floats(-1e12, 1e12))
+def test_a_budget_is_refused_or_its_floor_and_allowance_are_finite(
+    edges: dict[str, Any], now: float
+) -> None:
+    budget = _built(RetryBudget, **edges)
+    if budget is None:
+        return
+    assert math.isfinite(budget.floor)
+    state = budget.record_request(budget.empty(), now, count=1000)
+    assert math.isfinite(budget.allowance(state.total_requests))
+    assert math.isfinite(budget.available(state, now))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _edges("first", "factor", "cap", "jitter", "floor", "deadline"),
+    st.integers(1, 3000),
+    st.floats(0, 1),
+)
+def test_a_backoff_is_refused_or_every_delay_is_finite(
+    edges: dict[str, Any], attempt: int, rand: float
+) -> None:
+    policy = _built(BackoffPolicy, **edges)
+    if policy is None:
+        return
+    for n in (attempt, 3000):  # 3000: past any cap, for a first of at least 5e-324
+        assert all(math.isfinite(d) for d in policy.bounds(n))
+        for draw in (rand, 1.0):
+            assert math.isfinite(policy.delay(n, draw))
+            delay = policy.next_delay(n, 0.0, draw)
+            assert delay is None or math.isfinite(delay)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _edges(
+        "pauses", "jitter", "rate_limit_floor", "retry_after_ceiling", "attempt_timeout", "deadline"
+    ),
+    st.floats(0, 1),
+)
+def test_a_retry_policy_is_refused_or_every_pause_is_finite(
+    edges: dict[str, Any], rand: float
+) -> None:
+    if "pauses" in edges:
+        edges["pauses"] = (5.0, edges["pauses"])
+    # Jittered by default here: a pause is multiplied only with jitter on.
+    policy = _built(RetryPolicy, **({"jitter": 0.2} | edges))
+    if policy is None:
+        return
+    for attempt in range(1, policy.max_attempts):
+        for outcome in (Outcome.response(503), Outcome.response(429, retry_after=1e308)):
+            for draw in (rand, 1.0):
+                decision = policy.decide(attempt, outcome, idempotent=True, rand=draw)
+                assert math.isfinite(decision.pause)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_edges("interval", "timeout"), st.floats(-1e12, 1e12))
+def test_a_keepalive_is_refused_or_every_time_it_names_is_finite(
+    edges: dict[str, Any], now: float
+) -> None:
+    keepalive = _built(_keepalive, **edges)
+    if keepalive is None:
+        return
+    for decision in (
+        keepalive.decide(now, last_activity=now - 1.0),
+        keepalive.decide(now, last_activity=now - 1.0, probe_sent_at=now),
+    ):
+        assert math.isfinite(decision.at)

@@ -84,6 +84,24 @@ def test_invalid_budget_is_refused_naming_the_field(field: str, value: float) ->
         RetryBudget(**{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("rate", "window"), [(1e308, 30.0), (1e300, 1e10), (10**300, 1e9), (6e306, 30.0)]
+)
+def test_a_floor_past_float_range_is_refused(rate: float, window: float) -> None:
+    """RetryBudget(min_retries_per_second=1e308) was taken: its floor, rate x window, was
+    infinite, and so was every allowance: the budget never bound anything."""
+    with pytest.raises(ConfigurationError, match=r"RetryBudget\.min_retries_per_second .*finite"):
+        RetryBudget(min_retries_per_second=rate, window=window)
+
+
+def test_a_huge_but_finite_floor_is_still_a_budget() -> None:
+    budget = RetryBudget(min_retries_per_second=5e306, window=30.0)
+    assert math.isfinite(budget.floor)
+    assert math.isfinite(budget.available(budget.empty(), 0.0))
+    allowed, _ = budget.try_retry(budget.empty(), 0.0)
+    assert allowed
+
+
 @pytest.mark.parametrize(("window", "slots"), [(1e-310, 10), (5e-324, 1), (1e-5, 100)])
 def test_a_window_whose_slots_are_shorter_than_a_microsecond_is_refused(
     window: float, slots: int

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import math
+import sys
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 
 from le_transport import ConfigurationError
 from le_transport.policies import TokenBucket
+from le_transport.policies.pacing import MAX_QUEUE, MIN_RATE
 from le_transport.sockets import ReconnectPacer
 from le_transport.testing import VirtualClock
 from tests.doubles import LateClock
@@ -61,6 +64,41 @@ def test_the_bucket_refills_at_its_rate() -> None:
 def test_invalid_bucket_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         TokenBucket(**kwargs)
+
+
+@pytest.mark.parametrize("rate", [1e-320, 5e-324, 1e-300, 1e-290, MIN_RATE / 2])
+def test_a_rate_too_slow_for_a_finite_wait_is_refused(rate: float) -> None:
+    """TokenBucket(rate=1e-320) was taken, and its second reservation waited 1 / 1e-320 s:
+    infinity. At 1e-290 one token's wait was finite but a full queue's, added to the time, was
+    not: refused at construction, naming the field and the bound."""
+    with pytest.raises(ConfigurationError, match=r"TokenBucket\.rate .*MIN_RATE \(1e-270"):
+        TokenBucket(rate=rate)
+
+
+@pytest.mark.parametrize("tokens", [-1e308, -sys.float_info.max, -2 * MAX_QUEUE, -(10**300)])
+def test_a_queue_deeper_than_a_float_can_count_is_refused(tokens: float) -> None:
+    """TokenBucket(rate=0.5, tokens=-1e308) waited (1e308 + 1) / 0.5 s: infinity."""
+    with pytest.raises(ConfigurationError, match=r"TokenBucket\.tokens .*-MAX_QUEUE"):
+        TokenBucket(rate=0.5, tokens=tokens, updated_at=0.0)
+
+
+def test_the_slowest_rate_and_the_deepest_queue_wait_a_finite_time_from_any_time() -> None:
+    top = sys.float_info.max
+    bucket = TokenBucket(rate=MIN_RATE, burst=1, tokens=-MAX_QUEUE, updated_at=top)
+    reservation = bucket.reserve(0.0)
+    assert math.isfinite(reservation.wait)
+    assert math.isfinite(0.0 + reservation.wait)  # the pacer's slot
+    # reserve() never takes a bucket past the deepest queue: -2**53 - 1 rounds to -2**53.
+    assert reservation.bucket.tokens == -MAX_QUEUE
+    assert math.isfinite(reservation.bucket.reserve(1.7e9).wait)
+
+
+@pytest.mark.parametrize("rate", [MIN_RATE, 1e-13, 0.001])
+def test_slow_rates_above_the_bound_are_still_valid(rate: float) -> None:
+    bucket = TokenBucket(rate=rate, burst=1.0)
+    first = bucket.reserve(0.0)
+    assert first.wait == 0.0
+    assert first.bucket.reserve(0.0).wait == pytest.approx(1 / rate)
 
 
 def _most_in_a_window(times: list[float], width: float) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import sys
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -146,6 +149,23 @@ def test_delay_with_a_draw_outside_0_1_stays_in_bounds() -> None:
 def test_invalid_backoff_is_refused_naming_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigurationError, match=field):
         BackoffPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cap", "jitter"), [(1.7e308, 0.2), (sys.float_info.max, 0.01)])
+def test_a_cap_whose_jittered_delay_passes_float_range_is_refused(
+    cap: float, jitter: float
+) -> None:
+    """BackoffPolicy(cap=1.7e308) was taken, and a draw near 1 made the delay
+    1.7e308 * 1.2: infinity, which the recovery loop would sleep."""
+    with pytest.raises(ConfigurationError, match=r"BackoffPolicy\.cap .*finite"):
+        BackoffPolicy(first=1.0, cap=cap, jitter=jitter, floor=0.0)
+
+
+def test_a_huge_cap_that_jitter_cannot_push_past_float_range_is_still_valid() -> None:
+    policy = BackoffPolicy(first=1.0, cap=sys.float_info.max, jitter=0.0, floor=0.0)
+    assert math.isfinite(policy.delay(3000, 1.0))
+    policy = BackoffPolicy(first=1.0, cap=1.4e308, jitter=0.2, floor=0.0)
+    assert all(math.isfinite(d) for d in policy.bounds(3000))
 
 
 def test_base_delay_is_one_based() -> None:

@@ -273,6 +273,27 @@ def test_invalid_retry_policy_is_refused_naming_the_field(kwargs: dict[str, obje
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("pauses", [(10**400,), (5, 10**309), (2**1024,)])
+def test_a_pause_too_large_for_a_float_is_a_configuration_error(pauses: tuple[int, ...]) -> None:
+    """10**400 < inf is True, so the check let it through and float() of it raised
+    OverflowError: an untyped error, not a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match=r"RetryPolicy\.pauses must hold finite"):
+        RetryPolicy(pauses=pauses)
+
+
+def test_a_pause_whose_jitter_passes_float_range_is_refused() -> None:
+    """RetryPolicy(pauses=(1.7e308,), jitter=0.2) was taken, and a draw near 1 made the pause
+    1.7e308 * 1.2: infinity, which the middleware would sleep."""
+    with pytest.raises(ConfigurationError, match=r"RetryPolicy\.pauses with jitter"):
+        RetryPolicy(pauses=(5.0, 1.7e308), jitter=0.2)
+    # Without jitter a pause is never multiplied: the same schedule is valid.
+    policy = RetryPolicy(pauses=(5.0, 1.7e308))
+    assert policy.pause_for(2, Outcome.response(503), rand=1.0) == 1.7e308
+    assert RetryPolicy(pauses=(5.0, 1.4e308), jitter=0.2).pause_for(
+        2, Outcome.response(503), rand=1.0
+    ) == pytest.approx(1.68e308)
+
+
 def test_pause_for_an_attempt_outside_the_schedule_is_an_error() -> None:
     with pytest.raises(ValueError, match="attempt 4"):
         RetryPolicy().pause_for(4, Outcome.response(503))

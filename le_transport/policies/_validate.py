@@ -11,6 +11,7 @@ import attrs
 from ..errors import ConfigurationError
 
 __all__ = [
+    "at_least",
     "check_scale",
     "clamp_draw",
     "finite_number",
@@ -22,7 +23,26 @@ __all__ = [
     "optional_finite",
     "optional_positive",
     "positive",
+    "shown",
 ]
+
+#: The longest text of a refused value a message quotes; longer is cut, with "...".
+SHOWN_CHARS = 80
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut to :data:`SHOWN_CHARS`. Never raises: an int
+    past Python's limit for str conversion (4,300 digits: ``10**5000``) made ``repr`` raise
+    ValueError, so the validator meant to refuse it raised an untyped error instead."""
+    try:
+        text = repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            return f"an int of {value.bit_length()} bits"
+        return f"a {type(value).__name__}"
+    except Exception:  # a caller's object whose __repr__ fails: its type says enough
+        return f"a {type(value).__name__}"
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def finite_number(value: object) -> bool:
@@ -42,7 +62,7 @@ def _check(predicate: Callable[[float], bool], wants: str) -> Callable[[Any, Any
             return
         if not (finite_number(value) and predicate(value)):
             raise ConfigurationError(
-                f"{type(instance).__name__}.{attribute.name} must be {wants}, got {value!r}"
+                f"{type(instance).__name__}.{attribute.name} must be {wants}, got {shown(value)}"
             )
 
     return validator
@@ -53,6 +73,13 @@ positive = _check(lambda v: v > 0, "a finite number > 0")
 optional_positive = _check(lambda v: v > 0, "None or a finite number > 0")
 optional_finite = _check(lambda v: True, "None or a finite number")
 fraction = _check(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+
+def at_least(low: float, wants: str) -> Callable[[Any, Any, Any], None]:
+    """A validator: the value must be a finite number >= ``low``, described to the caller as
+    ``wants`` (which, starting with "None or", also lets None through). As cheap as
+    :data:`positive`: one comparison, for a field checked on every ``attrs.evolve``."""
+    return _check(lambda v: v >= low, wants)
 
 
 def instance_of(cls: type, wants: str) -> Callable[[Any, Any, Any], None]:
@@ -83,7 +110,7 @@ def int_codes(field: str, value: object) -> frozenset[int]:
     items = tuple(value)
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ConfigurationError(f"{field} must hold int codes, got {item!r}")
+            raise ConfigurationError(f"{field} must hold int codes, got {shown(item)}")
     return frozenset(items)
 
 
@@ -92,7 +119,7 @@ def check_scale(factor: object) -> float:
     :class:`ConfigurationError`. Checked up front: an int past float's range raised
     OverflowError when multiplied, and a str raised TypeError when compared."""
     if not (finite_number(factor) and factor > 0):  # type: ignore[operator]
-        raise ConfigurationError(f"scale factor must be a finite number > 0, got {factor!r:.40}")
+        raise ConfigurationError(f"scale factor must be a finite number > 0, got {shown(factor)}")
     return float(factor)  # type: ignore[arg-type]
 
 

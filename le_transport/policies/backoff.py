@@ -13,6 +13,7 @@ floor and no deadline, and the package is unmaintained.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -26,6 +27,7 @@ from ._validate import (
     non_negative,
     optional_positive,
     positive,
+    shown,
 )
 from .retry import GUIDE_5XX_PAUSES
 
@@ -51,7 +53,9 @@ def _max_attempts(instance: object, attribute: attrs.Attribute[Any], value: obje
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"BackoffPolicy.max_attempts must be None or >= 1, got {value!r}")
+        raise ConfigurationError(
+            f"BackoffPolicy.max_attempts must be None or an int >= 1, got {shown(value)}"
+        )
 
 
 @attrs.frozen
@@ -59,8 +63,12 @@ class BackoffPolicy:
     """Exponential backoff: ``first``, ``first * factor``, ... up to ``cap``, jittered.
 
     - Un-jittered delays (:meth:`base_delay`) strictly grow until they reach ``cap``.
+    - ``first`` and ``cap``: finite numbers of seconds > 0, ``cap >= first``; ``factor``: a
+      finite number > 1.
     - ``jitter`` spreads each delay uniformly within ``±jitter`` of its value, so a fleet
-      dropped at once does not come back at the same instant (default ±20%).
+      dropped at once does not come back at the same instant (default ±20%); a fraction in
+      [0, 1). The longest jittered delay, ``cap * (1 + jitter)``, must be finite: a ``cap``
+      within a jitter of float's range (1.7e308) made delays infinite.
     - ``floor``: no delay, jittered or not, is ever shorter. For re-login it is the request
       schedule's last pause (15 s): the guide's rule that each outer retry is longer than the
       one before it.
@@ -81,7 +89,7 @@ class BackoffPolicy:
         if not (finite_number(value) and value > 1):
             raise ConfigurationError(
                 f"BackoffPolicy.factor must be a finite number > 1 so that delays grow, "
-                f"got {value!r}"
+                f"got {shown(value)}"
             )
 
     def __attrs_post_init__(self) -> None:
@@ -93,6 +101,11 @@ class BackoffPolicy:
             # Otherwise the floor would silently push every delay past the cap.
             raise ConfigurationError(
                 f"BackoffPolicy.floor ({self.floor!r}) must be <= cap ({self.cap!r})"
+            )
+        if not math.isfinite(self.cap * (1.0 + self.jitter)):
+            raise ConfigurationError(
+                f"BackoffPolicy.cap ({self.cap!r}) with jitter ({self.jitter!r}) must keep the "
+                f"longest delay, cap * (1 + jitter), finite"
             )
 
     @classmethod

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import fraction, non_negative, positive
+from ._validate import fraction, non_negative, positive, shown
 
 __all__ = [
     "BUDGET_MIN_RETRIES_PER_SECOND",
@@ -72,7 +72,9 @@ def check_slot_length(owner: str, field: str, window: float, slots: int) -> None
 
 def _slots(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise ConfigurationError(f"RetryBudget.slots must be an int in [1, 1000], got {value!r}")
+        raise ConfigurationError(
+            f"RetryBudget.slots must be an int in [1, 1000], got {shown(value)}"
+        )
 
 
 #: Float rounding forgiven when a retry is held against the allowance (also in RedisStore's
@@ -130,10 +132,14 @@ class RetryBudget:
     """A service's retry budget: ``ratio`` x first attempts + ``min_retries_per_second`` x
     ``window`` retries per sliding ``window`` seconds (defaults: 10% + 3 per 30 s).
 
-    - ``ratio`` (default 0.1): the share of first attempts that may be retried.
-    - ``min_retries_per_second`` (default 0.1): the floor, so a quiet client can retry.
-    - ``window`` (default 30 s): how long a first attempt keeps paying for retries.
-    - ``slots`` (default 10): the window's resolution; events age out one slot at a time.
+    - ``ratio`` (default 0.1): the share of first attempts that may be retried, in [0, 1).
+    - ``min_retries_per_second`` (default 0.1): the floor, so a quiet client can retry; a
+      finite number >= 0 whose :attr:`floor` (``min_retries_per_second * window``) is finite
+      too: 1e308 retries/s made the floor infinite, and every allowance with it.
+    - ``window`` (default 30 s): how long a first attempt keeps paying for retries; a finite
+      number of seconds that leaves each slot at least :data:`MIN_SLOT_LENGTH` long.
+    - ``slots`` (default 10): the window's resolution, an int in [1, 1000]; events age out one
+      slot at a time.
 
     :meth:`record_request` counts a first attempt; :meth:`try_retry` takes one retry if the
     budget allows it. Both take the time and return a new :class:`BudgetState`.
@@ -148,6 +154,11 @@ class RetryBudget:
 
     def __attrs_post_init__(self) -> None:
         check_slot_length("RetryBudget", "window", self.window, self.slots)
+        if not math.isfinite(self.floor):
+            raise ConfigurationError(
+                f"RetryBudget.min_retries_per_second times window (the floor of retries per "
+                f"window) must be finite, got {self.min_retries_per_second!r} x {self.window!r}"
+            )
 
     @property
     def slot_length(self) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import check_scale, flag, instance_of, positive
+from ._validate import check_scale, flag, instance_of, positive, shown
 
 __all__ = [
     "CHAT_AGENT_API_REFRESH",
@@ -89,7 +89,13 @@ def _params(value: object) -> tuple[tuple[str, str], ...]:
                 "Keepalive.params must map str names to str or int values, got "
                 f"{type(name).__name__}: {type(val).__name__}"
             )
-        out.append((name, str(val)))
+        try:
+            text = str(val)
+        except ValueError:  # only an int fails: one past Python's str conversion limit
+            raise ConfigurationError(
+                f"Keepalive.params value for {name!r} is too long to write, got {shown(val)}"
+            ) from None
+        out.append((name, text))
     return tuple(out)
 
 
@@ -122,7 +128,8 @@ class Keepalive:
     - ``timeout``: seconds to wait for the answer; no longer than ``interval``, so that a silent
       peer is declared dead within two intervals of its last frame.
     - ``transport``: :class:`KeepaliveTransport`; for HTTP, ``method``, ``path`` (a template
-      with ``{account}``-style fields filled in by the caller) and ``params`` (query).
+      with ``{account}``-style fields filled in by the caller) and ``params`` (query: str
+      names to str or int values; an int too long for ``str``, past 4,300 digits, is refused).
     - ``outbound_idle``: also probe when the client sent nothing for an interval, even while
       frames arrive (off by default: the guide's rule is "only when nothing arrived"). For a
       server that closes a socket whose client stays quiet, as the simulator does after 60 s.

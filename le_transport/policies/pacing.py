@@ -36,9 +36,11 @@ from __future__ import annotations
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import non_negative, optional_finite, positive
+from ._validate import at_least, non_negative, optional_finite, positive, shown
 
 __all__ = [
+    "MAX_QUEUE",
+    "MIN_RATE",
     "RECONNECT_BURST",
     "RECONNECT_GRACE",
     "RECONNECT_MAX_MISSES",
@@ -57,6 +59,19 @@ RECONNECT_GRACE = 0.1
 #: stalls now and then costs a socket a slot or two; one that is always late never starves it.
 RECONNECT_MAX_MISSES = 3
 
+#: The most reservations a bucket can queue: ``tokens`` never goes below ``-MAX_QUEUE``.
+#: :meth:`TokenBucket.reserve` takes one token at a time, and past -2**53 a float no longer
+#: counts down by one (-2**53 - 1 rounds back to -2**53), so no run of reservations takes a
+#: bucket further; a bucket built with fewer tokens is refused.
+MAX_QUEUE = float(2**53)
+#: The slowest refill rate, in tokens per second. The longest wait a bucket can give is the
+#: one for a full queue, ``MAX_QUEUE / rate``: at this rate about 9e285 s. That is finite, and
+#: less than half the gap between the two largest floats (2e292), so adding it to any finite
+#: time (the bucket's ``updated_at``, the caller's clock reading) stays finite too. A slower
+#: rate made waits infinite: at 1e-320 (a subnormal) even the wait for one token overflowed.
+#: It is a bound for finiteness, not a practical minimum: a rate of 1e-13 is still valid.
+MIN_RATE = 1e-270
+
 
 @attrs.frozen
 class Reservation:
@@ -74,11 +89,26 @@ class TokenBucket:
     A reservation may drive ``tokens`` below zero: that is a queue of reservations, each told
     to wait until its token will have accrued, so waits are first come, first served. A
     reservation is good within ``grace`` seconds after its slot (:meth:`missed`).
+
+    - ``rate``: a finite number >= :data:`MIN_RATE` (1e-270) tokens per second, so that every
+      wait the bucket gives, up to a full queue's ``MAX_QUEUE / rate``, is finite, and stays
+      finite added to any finite time.
+    - ``burst``: a finite number >= 1.
+    - ``tokens``: None or a finite number >= ``-MAX_QUEUE`` (-2**53), the deepest queue
+      :meth:`reserve` can make; a deeper one made the wait for it infinite.
+    - ``updated_at``: None or a finite number (a clock reading).
+    - ``grace``: a finite number >= 0; ``max_misses``: an int >= 0.
     """
 
-    rate: float = attrs.field(default=RECONNECT_RATE, validator=positive)
+    rate: float = attrs.field(
+        default=RECONNECT_RATE,
+        validator=at_least(MIN_RATE, f"a finite number >= MIN_RATE ({MIN_RATE:g} tokens/s)"),
+    )
     burst: float = attrs.field(default=RECONNECT_BURST, validator=positive)
-    tokens: float | None = attrs.field(default=None, validator=optional_finite)
+    tokens: float | None = attrs.field(
+        default=None,
+        validator=at_least(-MAX_QUEUE, "None or a finite number >= -MAX_QUEUE (-2**53)"),
+    )
     updated_at: float | None = attrs.field(default=None, validator=optional_finite)
     grace: float = attrs.field(default=RECONNECT_GRACE, validator=non_negative, kw_only=True)
     max_misses: int = attrs.field(default=RECONNECT_MAX_MISSES, kw_only=True)
@@ -92,7 +122,7 @@ class TokenBucket:
             or self.max_misses < 0
         ):
             raise ConfigurationError(
-                f"TokenBucket.max_misses must be an int >= 0, got {self.max_misses!r}"
+                f"TokenBucket.max_misses must be an int >= 0, got {shown(self.max_misses)}"
             )
 
     def available(self, now: float) -> float:

@@ -9,6 +9,7 @@ no I/O and reads no clock: the middleware acts on its answer.
 from __future__ import annotations
 
 import enum
+import math
 
 import attrs
 
@@ -16,10 +17,12 @@ from ..errors import ConfigurationError
 from ._validate import (
     check_scale,
     clamp_draw,
+    finite_number,
     fraction,
     instance_of,
     non_negative,
     optional_positive,
+    shown,
 )
 from .classify import Classifier, Outcome, Verdict
 
@@ -68,12 +71,17 @@ class Decision:
 
 def _pauses(value: object) -> tuple[float, ...]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ConfigurationError(f"RetryPolicy.pauses must be a sequence of seconds, got {value!r}")
+        raise ConfigurationError(
+            f"RetryPolicy.pauses must be a sequence of seconds, got {shown(value)}"
+        )
     items = tuple(value)
     for p in items:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p < float("inf")):
+        # finite_number, not p < inf: an int past float's range (10**400) compares below inf,
+        # and float() of it then raised OverflowError.
+        if not (finite_number(p) and p >= 0):
             raise ConfigurationError(
-                f"RetryPolicy.pauses must hold finite numbers >= 0, got {p!r} in {items!r}"
+                f"RetryPolicy.pauses must hold finite numbers >= 0, "
+                f"got {shown(p)} in {shown(items)}"
             )
     return tuple(float(p) for p in items)
 
@@ -84,8 +92,11 @@ class RetryPolicy:
 
     - ``pauses``: the pause before each retry; its length is the number of retries. Default
       ``(5, 10, 15)``; ``RetryPolicy(pauses=(0.05, 0.1, 0.15))`` is the same schedule scaled.
-    - ``jitter``: a fraction; each pause is drawn uniformly within ``±jitter`` of its value.
-      Off (0) by default, so the schedule is exactly the guide's.
+      Each a finite number of seconds >= 0 (an int past float's range is refused).
+    - ``jitter``: a fraction in [0, 1); each pause is drawn uniformly within ``±jitter`` of
+      its value. Off (0) by default, so the schedule is exactly the guide's. The longest
+      jittered pause, ``max(pauses) * (1 + jitter)``, must be finite: a pause within a jitter
+      of float's range (1.7e308) made the pause infinite.
     - ``rate_limit_floor``: a 429 is never retried sooner than this (1 s; 5 s for login).
     - ``retry_after_ceiling``: a ``Retry-After`` longer than the scheduled pause lengthens it,
       up to this ceiling; it never shortens a pause.
@@ -107,6 +118,16 @@ class RetryPolicy:
     classifier: Classifier = attrs.field(
         factory=Classifier, validator=instance_of(Classifier, "a Classifier")
     )
+
+    def __attrs_post_init__(self) -> None:
+        # Only with jitter on: without it a pause is never multiplied, and the engine evolves
+        # a policy per call that overrides its deadline, so the default pays one test. (max()
+        # without default=: the keyword alone cost more than the rest of the check.)
+        if self.jitter and self.pauses and not math.isfinite(max(self.pauses) * (1 + self.jitter)):
+            raise ConfigurationError(
+                f"RetryPolicy.pauses with jitter ({self.jitter!r}) must keep the longest "
+                f"pause, max(pauses) * (1 + jitter), finite, got {max(self.pauses)!r}"
+            )
 
     @property
     def max_attempts(self) -> int:
