@@ -61,3 +61,16 @@ def test_any_text_gives_seconds_or_invalid_retry_after(value: str) -> None:
 def test_invalid_date_header_is_invalid_retry_after() -> None:
     with pytest.raises(InvalidRetryAfter, match="HTTP-date"):
         parse_retry_after_date("yesterday")
+
+
+@pytest.mark.parametrize("value", ["1_000", "1e3", "+5", "\u0663", "\uff15", "-0", "1."])
+def test_only_plain_ascii_digits_are_delta_seconds(value: str) -> None:
+    """RFC 9110's delta-seconds is 1*DIGIT: what else Python's float() reads (underscores, an
+    exponent, a sign, an Arabic-Indic or full-width digit) is no number of seconds."""
+    with pytest.raises(InvalidRetryAfter, match="plain digits"):
+        parse_retry_after(value, now_epoch=NOW)
+
+
+def test_a_date_without_its_day_name_is_still_read() -> None:
+    # Not an IMF-fixdate, but what email.utils reads and some servers send: a date, not a number.
+    assert parse_retry_after("14 Nov 2023 22:13:30 GMT", now_epoch=NOW) == 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import math
+import re
 
 from ..errors import InvalidRetryAfter
 
@@ -12,6 +12,11 @@ __all__ = ["MAX_RETRY_AFTER_CHARS", "parse_retry_after"]
 
 #: Longer values are refused unread: no legitimate Retry-After is longer than an HTTP-date.
 MAX_RETRY_AFTER_CHARS = 64
+
+# RFC 9110's delta-seconds is 1*DIGIT (ASCII); a fraction is tolerated, as some servers send
+# one. Nothing else Python's float() takes is seconds: "1_000", "1e3", "+5", "٣" (an
+# Arabic-Indic three) are not.
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_retry_after(value: str, *, now_epoch: float) -> float:
@@ -24,17 +29,19 @@ def parse_retry_after(value: str, *, now_epoch: float) -> float:
     text = value.strip()
     if not text or len(text) > MAX_RETRY_AFTER_CHARS:
         raise InvalidRetryAfter(f"Retry-After must be seconds or an HTTP-date, got {value[:64]!r}")
-    if text.isascii() and text.isdigit():
-        return float(int(text))
+    if _SECONDS.fullmatch(text):
+        return float(text)  # at most 64 characters: always finite
     try:
-        seconds = float(text)
+        float(text)
     except ValueError:
-        seconds = math.nan
+        pass
     else:
-        # Fractions are not in the RFC but some servers send them; negatives are nonsense.
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-        raise InvalidRetryAfter(f"Retry-After must be >= 0 seconds, got {value[:64]!r}")
+        # A number, but not delta-seconds: negative, signed, an exponent, underscores,
+        # non-ASCII digits, nan, inf.
+        raise InvalidRetryAfter(
+            f"Retry-After must be seconds as plain digits (>= 0) or an HTTP-date, "
+            f"got {value[:64]!r}"
+        )
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError) as exc:
