@@ -14,7 +14,8 @@ import json as _json
 import logging
 import random
 import ssl as _ssl
-from collections.abc import AsyncIterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -261,6 +262,10 @@ class Engine:
     - ``scheme``: ``"https"`` (default) or ``"http"`` for loopback servers.
     - ``retry``: the default :class:`RetryPolicy` (the guide's 5/10/15 s).
     - ``clock``: the injected :class:`Clock` for every pause and timeout.
+    - ``wall_clock``: epoch seconds (default ``time.time``), only to read a ``Retry-After``
+      given as an HTTP-date when the answer carries no ``Date`` header: an HTTP answer's (the
+      retry middleware) and a refused socket upgrade's (every socket's dialer). Inject it
+      beside ``clock`` to make such dates deterministic.
     - ``hooks``: :class:`EventHooks` for retries and give-ups.
     - ``rng``: random source for jitter (seed it to reproduce a run).
     - ``outer_middlewares``: run around the retry middleware (once per logical call).
@@ -295,6 +300,7 @@ class Engine:
         scheme: str = "https",
         retry: RetryPolicy | None = None,
         clock: Clock | None = None,
+        wall_clock: Callable[[], float] = time.time,
         hooks: EventHooks | None = None,
         rng: random.Random | None = None,
         outer_middlewares: Sequence[ClientMiddlewareType] = (),
@@ -330,6 +336,13 @@ class Engine:
             ("pacer", pacer, ReconnectPacer),
         ):
             require_kind(value, kind, owner="Engine", field=name)
+        require_option(
+            callable(wall_clock),
+            wall_clock,
+            owner="Engine",
+            field="wall_clock",
+            wants="a function returning epoch seconds (like time.time)",
+        )
         require_option(
             overload is None or is_retry_gate(overload),
             overload,
@@ -369,6 +382,7 @@ class Engine:
         self._scheme = scheme
         self._retry = retry or RetryPolicy()
         self._clock = clock or RealClock()
+        self._wall_clock = wall_clock
         self._hooks = hooks or EventHooks()
         self._rng = rng or random.Random()
         if tls is not None and not isinstance(tls, _ssl.SSLContext):
@@ -390,6 +404,7 @@ class Engine:
             hooks=self._hooks,
             rng=self._rng,
             max_body_bytes=max_body_bytes,
+            wall_clock=self._wall_clock,
             gate=overload,
             shutdown=self._shutdown,
         )
@@ -446,6 +461,12 @@ class Engine:
     def clock(self) -> Clock:
         """The injected clock."""
         return self._clock
+
+    @property
+    def wall_clock(self) -> Callable[[], float]:
+        """The injected wall clock (epoch seconds), which dates a ``Retry-After`` HTTP-date
+        when the answer has no ``Date`` header."""
+        return self._wall_clock
 
     @property
     def retry(self) -> RetryPolicy:
@@ -936,6 +957,7 @@ class Engine:
             headers=headers,
             connect_timeout=opts.connect_timeout,
             client_properties=client_properties,
+            wall_clock=self._wall_clock,
         )
         ws = ResilientSocket(
             dialer,

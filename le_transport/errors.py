@@ -436,12 +436,24 @@ class SocketAuthFailed(SocketClosed, AuthenticationError):
 
 
 class SocketRejected(SocketClosed):
-    """The socket stopped for good: the server refused the upgrade with ``status`` (a 403, a
-    404) that reconnecting unchanged cannot fix. Check the path, account and permissions."""
+    """The socket stopped for good: the server refused it in a way that reconnecting unchanged
+    cannot fix, whether the socket met the refusal dialing by itself or inside the re-login loop.
 
-    def __init__(self, message: str, *, status: int) -> None:
+    - ``status``: the HTTP status the upgrade was refused with (a 403, a 404), or the code an
+      ``InitConnection`` was answered with; 0 when there was no such answer (a close code).
+      Check the path, account and permissions.
+    - ``close_code``: the close code the server closed the connection with, when the socket's
+      :attr:`ClosePolicy.fail_codes <le_transport.policies.ClosePolicy.fail_codes>` makes it
+      final (e.g. 1008); None when the refusal was an answer with a ``status``.
+
+    Exactly one of the two says what happened: branch on ``close_code is None``, not on the
+    message.
+    """
+
+    def __init__(self, message: str, *, status: int = 0, close_code: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.close_code = close_code
 
 
 class InvalidSocketTransition(SocketError):

@@ -3,9 +3,13 @@ foreign session. Real loopback servers, virtual time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import email.utils
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import attrs
@@ -18,6 +22,7 @@ from le_transport import (
     Classifier,
     ConfigurationError,
     Engine,
+    EventHooks,
     InvalidRequest,
     Outcome,
     RequestError,
@@ -25,11 +30,13 @@ from le_transport import (
     RetriesExhausted,
     RetryMiddleware,
     RetryPolicy,
+    StateEvent,
     TransportError,
 )
 from le_transport.engine import Response
 from le_transport.policies import Action
 from le_transport.providers import StaticDomains
+from le_transport.sockets import SocketOptions
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.known_secrets import exception_messages
@@ -235,6 +242,81 @@ def test_engine_configuration_is_checked_at_construction() -> None:
         Engine({"svc": "h"}, scheme="ftp")
     with pytest.raises(ConfigurationError, match="max_body_bytes"):
         Engine({"svc": "h"}, max_body_bytes=0)
+
+
+def test_engine_wall_clock_must_be_a_function() -> None:
+    with pytest.raises(ConfigurationError, match=r"Engine\.wall_clock must be"):
+        Engine({"svc": "h"}, wall_clock=1_000_000_000.0)  # type: ignore[arg-type]
+    wall = lambda: 1_000_000_000.0  # noqa: E731
+    assert Engine({"svc": "h"}, wall_clock=wall).wall_clock is wall
+    assert Engine({"svc": "h"}).wall_clock is time.time
+
+
+#: The injected wall clock's time, years from the real one: only it can make the date 20 s.
+_WALL = 1_000_000_000.0
+
+
+@contextlib.asynccontextmanager
+async def _serve_503_without_date(hits: list[str]) -> AsyncIterator[str]:
+    """A loopback server answering every request 503 with a ``Retry-After`` HTTP-date 20 s
+    after :data:`_WALL` and no ``Date`` header (aiohttp's server always adds one); yields its
+    ``host:port``."""
+    retry_at = email.utils.formatdate(_WALL + 20, usegmt=True)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            hits.append(head.split(b" ", 2)[1].decode())
+            writer.write(
+                b"HTTP/1.1 503 Service Unavailable\r\n"
+                + f"Retry-After: {retry_at}\r\n".encode()
+                + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_engines_wall_clock_dates_a_retry_after_without_a_date_for_calls_and_sockets(
+    clock: VirtualClock,
+) -> None:
+    # An HTTP-date Retry-After with no Date to measure it from is measured from the wall clock:
+    # the engine's, injected like its clock, for its calls (the retry middleware) and for its
+    # sockets' upgrades (the dialer) alike. Measured from time.time it would be long past.
+    hits: list[str] = []
+    states: list[StateEvent] = []
+    async with (
+        _serve_503_without_date(hits) as host,
+        Engine(
+            {"svc": host},
+            scheme="http",
+            clock=clock,
+            wall_clock=lambda: _WALL,
+            retry=RetryPolicy(pauses=(0.05,)),
+            hooks=EventHooks(on_state=[states.append]),
+        ) as engine,
+    ):
+        with pytest.raises(RetriesExhausted) as failed:
+            await engine.request("GET", "svc", "/x", idempotent=True)
+        assert [a.pause for a in failed.value.attempts] == [20.0, None]
+        options = SocketOptions(backoff=BackoffPolicy.reconnect(first=0.1, jitter=0))
+        ws = await engine.websocket("svc", "/ws", options=options)
+        with pytest.raises(TimeoutError):
+            await ws.wait_open(timeout=1)
+        await ws.close()
+    reconnecting = [e.details["in_seconds"] for e in states if e.name == "reconnecting"]
+    assert reconnecting == [20.0]
+    assert hits == ["/x", "/x", "/ws"]
 
 
 async def test_the_engines_stack_works_on_a_foreign_session(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import weakref
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from le_transport import ConfigurationError
+from le_transport import ConfigurationError, Engine, EventHooks, StateEvent
 from le_transport.clock import RealClock
 from le_transport.policies import (
     CHAT_AGENT_API_REFRESH,
@@ -383,6 +384,107 @@ async def test_a_subject_that_cannot_be_told_does_not_keep_the_others_from_heari
     assert any("could not be told" in r.getMessage() for r in caplog.records)
     assert scheduler.watched == 0
     await scheduler.close()
+
+
+class _BrokenClock(_FailingClock):
+    """A :class:`_FailingClock` whose error says more than a log may (as a real one could)."""
+
+    def now(self) -> float:
+        try:
+            return super().now()
+        except OSError:
+            raise OSError("clock source at https://user:hunter2@time.example went away") from None
+
+    async def sleep(self, seconds: float) -> None:
+        try:
+            await super().sleep(seconds)
+        except OSError:
+            raise OSError("clock source at https://user:hunter2@time.example went away") from None
+
+
+@pytest.mark.parametrize("what", ["sleep", "now"])
+@pytest.mark.parametrize("runs_first", [0, 2])
+async def test_an_http_keepalive_whose_clock_fails_stops_and_says_so_once(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, what: str, runs_first: int
+) -> None:
+    events: list[StateEvent] = []
+    calls: list[float] = []
+
+    async def action() -> None:
+        calls.append(clock.now())
+
+    broken = _BrokenClock(clock)
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO, action, clock=broken, hooks=EventHooks(on_state=[events.append])
+    )
+    if runs_first:
+        task.start()
+        await clock.sleep(30 * runs_first + 5)  # mid-sleep towards the next run
+        broken.fail = what
+        await clock.sleep(60)
+    else:
+        broken.fail = what
+        task.start()
+        for _ in range(5):
+            await asyncio.sleep(0)
+    # Not a task gone quietly until close(): stopped, and the owner can tell, and why.
+    assert not task.running
+    # A sleep already under way when the clock broke ends as it began (the run it was
+    # waiting for goes ahead); the next one raises.
+    assert task.runs == len(calls) == runs_first + (what == "sleep" and runs_first > 0)
+    # The schedule's own runs did not fail: the clock did (a run's failure is counted there).
+    assert task.failures == 0
+    stopped = [e for e in events if e.details.get("stopped")]
+    assert [e.name for e in stopped] == ["keepalive_failed"]
+    assert stopped[0].details == {
+        "action": SERVER_CHAT_API_CHAT_INFO.action,
+        "error": "OSError",
+        "clock": "_BrokenClock",
+        "stopped": True,
+    }
+    # Logged once, at ERROR, with the clock's and the error's types and nothing of its text.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].name == "le_transport.sockets"
+    message = errors[0].getMessage()
+    assert "_BrokenClock" in message
+    assert "OSError" in message
+    assert errors[0].exc_info is None
+    assert "hunter2" not in message
+    assert "hunter2" not in repr(stopped[0])
+    assert isinstance(task.error, OSError)
+    # A close is as quiet as ever, and nothing is left for asyncio to report.
+    await task.close()
+    await task.close()
+    del task
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_an_engines_http_keepalive_with_a_failing_clock_tells_the_engines_hooks(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: list[StateEvent] = []
+    broken = _BrokenClock(clock)
+    async with Engine(
+        {"agentVep": "127.0.0.1:9"},
+        scheme="http",
+        clock=broken,
+        hooks=EventHooks(on_state=[events.append]),
+    ) as engine:
+        broken.fail = "sleep"
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO, "agentVep", fields={"account": "1", "chat_id": "c"}
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.running
+        assert isinstance(task.error, OSError)
+        assert [e.name for e in events if e.details.get("stopped")] == ["keepalive_failed"]
+        broken.fail = None
+    # The engine's close closes it as ever: no task left (the conftest's leak check).
+    assert not task.running
 
 
 @RUNS

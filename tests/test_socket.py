@@ -286,6 +286,8 @@ async def test_upgrade_refused_with_403_fails_for_good(
         with pytest.raises(SocketRejected) as info:
             await ws.wait_open()
     assert info.value.status == 403
+    # An answer with a status, not a close code: a caller branches on close_code alone.
+    assert info.value.close_code is None
     assert len(sim.sockets.rejected) == 1
 
 

@@ -12,7 +12,11 @@ most, never the socket, and never a credential.
 - an upgrade refused with a ``Retry-After`` (a 429, a 503) waits at least what it asked, up to
   the close policy's ceiling, and does not escalate;
 - a close code the caller made final (``ClosePolicy.fail_codes``) stops the socket with
-  :class:`~le_transport.errors.SocketRejected`, as a 403 upgrade does;
+  :class:`~le_transport.errors.SocketRejected`, as a 403 upgrade does, with the code in its
+  ``close_code``;
+- a final refusal (a 403 upgrade or ``InitConnection`` answer, a close code made final) met by
+  the re-login loop's connect stops the socket with ``SocketRejected`` too, not a plain
+  ``SocketClosed``;
 - a keepalive clock that fails costs the connections it watched (they reconnect), and a clock
   broken for good stops the socket with a typed error: never a keepalive silently gone;
 - a bearer the path template puts anywhere never shows in an error, chained ones included.
@@ -33,21 +37,24 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from le_transport import Engine, EventHooks, SocketClosed, SocketRejected, StaticBearer
-from le_transport.chaos import Status
+from le_transport.chaos import Status, WsClose, WsRejectHandshake
 from le_transport.policies import (
     MESSAGING_AGENT_SDK_GETCLOCK,
     BackoffPolicy,
     ClosePolicy,
     DisconnectKind,
 )
-from le_transport.providers import StaticDomains
+from le_transport.providers import ConsumerJwt, StaticDomains
 from le_transport.sockets import (
+    CONSUMER_SOCKET_QUERY,
     AuthPlacement,
     Connection,
     DialFailed,
     EngineDialer,
+    EscalationRequest,
     ResilientSocket,
     SocketOptions,
+    consumer_path,
     dial,
 )
 from le_transport.testing import VirtualClock
@@ -470,13 +477,121 @@ async def test_a_close_code_made_final_stops_the_socket_as_a_refused_upgrade_doe
             await ws.wait_open()
         with pytest.raises(SocketRejected):
             await ws.send({"kind": "req", "id": "x", "type": ".GetClock", "body": {}})
-    # No HTTP status: the message names the close code and why it is final.
+    # No HTTP status: the close code says what refused it (and the message why it is final).
     assert stopped.value.status == 0
+    assert stopped.value.close_code == 1008
     assert "closed by the server with code 1008" in str(stopped.value)
     assert "fail_codes" in str(stopped.value)
     assert len(sim.sockets.all) == 1
     assert "reconnecting" not in states.names("facadeMsg")
     assert states.of("closed")[-1].details["error"] == "SocketRejected"
+
+
+# -- a final refusal met inside the re-login loop ----------------------------------------------
+
+
+def _consumer_socket_engine(sim: Simulator, clock: VirtualClock, states: StateLog) -> Engine:
+    domains = StaticDomains(sim.domains)
+    return Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        auth=ConsumerJwt(sim.account.id, domains=domains),
+        hooks=EventHooks(on_state=[states]),
+    )
+
+
+def _upgrades(sim: Simulator) -> int:
+    return sum(1 for r in sim.requests if r.path.startswith("/ws_api/"))
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "close_code", "reason"),
+    [
+        ("upgrade 403", 403, None, "upgrade refused with 403"),
+        ("InitConnection answered 403", 403, None, "upgrade refused with 403"),
+        ("InitConnection closed 1008", 0, 1008, "closed by the server with code 1008"),
+    ],
+)
+async def test_a_final_refusal_met_by_the_relogin_loops_connect_stops_the_socket_rejected(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    refusal: str,
+    status: int,
+    close_code: int | None,
+    reason: str,
+) -> None:
+    # The socket's first connect is refused with a 503 (no Retry-After): after one failure it
+    # escalates, and the engine's re-login loop connects at once. That connect meets a refusal
+    # the close policy makes final, which the loop re-raises: it used to reach the socket as
+    # "the re-login loop gave up" (a plain SocketClosed), unlike the same refusal met by the
+    # socket's own dial.
+    second: WsRejectHandshake | WsClose | None = None
+    if refusal == "upgrade 403":
+        second = WsRejectHandshake(403)
+    elif refusal == "InitConnection closed 1008":
+        second = WsClose(1008)
+    else:
+
+        async def refuse(sock: object, frame: dict[str, Any]) -> tuple[int, Any]:
+            return 403, {"msg": "forbidden"}
+
+        sim.sockets.on("InitConnection", refuse)
+    sim.faults.script("GET", "/ws_api/*", [WsRejectHandshake(503), second], unit="ws_session")
+    options = SocketOptions(
+        backoff=BackoffPolicy.reconnect(first=0.1, jitter=0),
+        escalate_after=1,
+        close_policy=ClosePolicy(fail_codes={1008}),
+    )
+    async with _consumer_socket_engine(sim, clock, states) as engine:
+        ws = await engine.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth_placement=AuthPlacement.FIRST_FRAME,
+            options=options,
+        )
+        with pytest.raises(SocketRejected) as stopped:
+            await ws.wait_open(timeout=600)
+        assert ws.closed
+        assert ws.error is stopped.value
+    rejected = stopped.value
+    # Typed as the socket's own dial types it: a caller branches on the fields, not the text.
+    assert (rejected.status, rejected.close_code) == (status, close_code)
+    assert reason in str(rejected)
+    assert "re-login loop" in str(rejected)
+    assert isinstance(rejected.__cause__, DialFailed)
+    # Met once, inside the loop, and final: no reconnect after it, no second round.
+    assert states.names("asyncMessagingEnt").count("escalating") == 1
+    assert len(states.of("reconnecting")) == 0
+    assert _upgrades(sim) == 2
+    assert states.of("closed")[-1].details["error"] == "SocketRejected"
+
+
+async def test_a_final_refusal_an_escalation_wrapped_still_stops_the_socket_rejected(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # A caller's own escalation that raises its own error from the connect's DialFailed: the
+    # refusal in the chain is what stops the socket, typed.
+    async def relogin(request: EscalationRequest, connect: Any) -> Connection:
+        try:
+            connection: Connection = await connect()
+        except DialFailed as exc:
+            raise RuntimeError("our re-login gave up") from exc
+        return connection
+
+    sim.faults.script(
+        "GET", "/ws_api/*", [WsRejectHandshake(503), WsRejectHandshake(404)], unit="ws_session"
+    )
+    options = SocketOptions(backoff=BackoffPolicy.reconnect(first=0.1, jitter=0), escalate_after=1)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options, escalate=relogin)
+        with pytest.raises(SocketRejected) as stopped:
+            await ws.wait_open(timeout=600)
+    assert (stopped.value.status, stopped.value.close_code) == (404, None)
+    assert isinstance(stopped.value.__cause__, RuntimeError)
+    assert _upgrades(sim) == 2
 
 
 # -- the keepalive's clock fails ---------------------------------------------------------------
@@ -595,6 +710,8 @@ async def test_a_refused_upgrade_never_shows_a_bearer_that_the_path_template_put
             await ws.wait_open()
     # The refused upgrade is in the final error's chain (through the re-login loop), shown
     # from the path template, and the bearer is nowhere in it.
+    # Not final (a 503): the loop gave up, which is no refusal.
+    assert not isinstance(stopped.value, SocketRejected)
     chain = "".join(traceback.format_exception(stopped.value))
     assert "refused with HTTP 503" in chain
     assert "/ws/bearer/events" in chain

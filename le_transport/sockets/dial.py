@@ -15,7 +15,6 @@ import contextlib
 import enum
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -320,8 +319,9 @@ class EngineDialer:
 
     An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
     :class:`~le_transport.policies.Disconnect` (``retry_after``, seconds), for the close policy
-    to make the reconnect wait; ``wall_clock`` (epoch seconds) dates an HTTP-date one when the
-    answer carries no ``Date``.
+    to make the reconnect wait; ``wall_clock`` (epoch seconds; default: the engine's
+    :attr:`~le_transport.Engine.wall_clock`) dates an HTTP-date one when the answer carries no
+    ``Date``.
     """
 
     # One per socket: no instance dict.
@@ -354,7 +354,7 @@ class EngineDialer:
         client_properties: Mapping[str, Any] | None = None,
         connect_timeout: float = 30.0,
         max_msg_size: int = 16 * 1024 * 1024,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if placement is None:
             if BEARER_FIELD in path:
@@ -381,8 +381,9 @@ class EngineDialer:
         self._connect_timeout = connect_timeout
         self._max_msg_size = max_msg_size
         # Epoch seconds, only to read a refused upgrade's Retry-After given as an HTTP-date
-        # when the answer has no Date header.
-        self._wall_clock = wall_clock
+        # when the answer has no Date header: the engine's unless told otherwise, so that it is
+        # injected once, as the clock is.
+        self._wall_clock = engine.wall_clock if wall_clock is None else wall_clock
         self._last: Credentials | None = None
         shown = redact_url(URL.build(path=path.replace(BEARER_FIELD, "bearer")))
         self._name = f"{service}{shown}"

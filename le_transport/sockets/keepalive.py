@@ -320,6 +320,12 @@ class KeepaliveTask:
     A failed run (after the engine's own retries) is logged and reported as a
     ``keepalive_failed`` state event; the schedule goes on. :attr:`runs` and :attr:`failures`
     count what happened.
+
+    A clock that fails (its ``now`` or ``sleep`` raises) cannot keep the schedule: rather than
+    the task ending quietly, it is logged once at ERROR (the clock's and the error's types),
+    reported as a ``keepalive_failed`` state event with ``stopped=True``, and the schedule
+    stops: :attr:`running` turns False and :attr:`error` holds the clock's error. Nothing
+    restarts it; :meth:`close` still returns quietly.
     """
 
     def __init__(
@@ -339,7 +345,10 @@ class KeepaliveTask:
         self._name = name
         self._on_close = on_close
         self._task: asyncio.Task[None] | None = None
+        self._error: Exception | None = None
+        #: Runs of the action so far.
         self.runs = 0
+        #: Runs that failed (a clock failure is not one: see :attr:`error`).
         self.failures = 0
 
     @property
@@ -352,6 +361,12 @@ class KeepaliveTask:
         """Whether the task is running."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def error(self) -> Exception | None:
+        """Why the schedule stopped by itself: the error its clock raised (None unless that
+        happened)."""
+        return self._error
+
     def start(self) -> KeepaliveTask:
         """Start the schedule; the first run is one interval from now."""
         if self._task is None:
@@ -361,6 +376,42 @@ class KeepaliveTask:
         return self
 
     async def _run(self) -> None:
+        try:
+            await self._schedule()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Only the clock's calls can get here (a run's own failure is caught where it
+            # runs): with no time to keep, the schedule stops, and says so.
+            self._clock_failed(exc)
+
+    def _clock_failed(self, error: Exception) -> None:
+        self._error = error
+        clock = type(self._clock).__name__
+        # Types only: neither the clock's repr nor the error's text, which may hold anything.
+        _log.error(
+            "%s: keepalive %s stopped: its clock %s failed (%s); it will not run again",
+            self._name,
+            self._policy.action,
+            clock,
+            type(error).__name__,
+            extra={"keepalive": self._policy.action, "clock": clock, "error": type(error).__name__},
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "keepalive_failed",
+                self._name,
+                {
+                    "action": self._policy.action,
+                    "error": type(error).__name__,
+                    "clock": clock,
+                    "stopped": True,
+                },
+            ),
+        )
+
+    async def _schedule(self) -> None:
         last = self._clock.now()
         while True:
             now = self._clock.now()

@@ -110,7 +110,11 @@ class ReloginEscalation(Protocol):
     ``connect``, one connect attempt. Return a connection made with ``connect`` (the socket
     serves it at once), or None to go on with the socket's own schedule; raise to make the
     socket stop: it closes with :class:`~le_transport.errors.SocketClosed` whose
-    ``__cause__`` is what was raised.
+    ``__cause__`` is what was raised. A :class:`~le_transport.sockets.DialFailed` from
+    ``connect`` that the socket's close policy makes final (an upgrade refused with 403, a
+    close code in ``fail_codes``), raised as is or as the ``__cause__`` of what was raised,
+    stops it with :class:`~le_transport.errors.SocketRejected`, as when the socket met it
+    dialing by itself.
     """
 
     async def __call__(
@@ -768,9 +772,7 @@ class ResilientSocket:
                     # another reason: the last re-authentication worked.
                     auth_failures = 0
                 if verdict.action is CloseAction.FAIL:
-                    raise SocketRejected(
-                        f"{self._name}: {verdict.reason}", status=disconnect.status or 0
-                    )
+                    raise self._rejected(verdict.reason, disconnect)
                 if verdict.action is CloseAction.STOP:
                     self._emit("server_closed", reason=verdict.reason)
                     return
@@ -860,10 +862,39 @@ class ResilientSocket:
         except AuthenticationError as exc:
             raise SocketAuthFailed(f"{self._name}: re-login failed: {exc}") from exc
         except Exception as exc:
+            final = self._final_refusal(exc)
+            if final is not None:
+                # A refusal the close policy makes final (a 403 upgrade, a fail code) is as
+                # final when the re-login loop's connect meets it (the loop re-raises it
+                # rather than retrying) as when the socket's own dial does.
+                reason, disconnect = final
+                raise self._rejected(f"{reason} (in the re-login loop)", disconnect) from exc
             raise SocketClosed(
                 f"{self._name}: the re-login loop gave up after {failures} failed reconnects: "
                 f"{type(exc).__name__}"
             ) from exc
+
+    def _final_refusal(self, exc: BaseException) -> tuple[str, Disconnect] | None:
+        """The refusal the close policy makes final (its reason and facts), if ``exc`` is a
+        :class:`DialFailed` carrying one, or was raised from one (an escalation may wrap it)."""
+        seen: BaseException | None = exc
+        for _ in range(16):  # a cause chain is short; a cycle must not hang the owner
+            if seen is None:
+                return None
+            if isinstance(seen, DialFailed):
+                verdict = self._options.close_policy.classify(seen.disconnect)
+                if verdict.action is CloseAction.FAIL:
+                    return verdict.reason, seen.disconnect
+            seen = seen.__cause__
+        return None
+
+    def _rejected(self, reason: str, disconnect: Disconnect) -> SocketRejected:
+        """The final error of a refusal ``disconnect``: its HTTP status (0 for none), and the
+        close code when it was a close frame (None for an answer with a status)."""
+        close_code = disconnect.code if disconnect.kind is DisconnectKind.CLOSE_FRAME else None
+        return SocketRejected(
+            f"{self._name}: {reason}", status=disconnect.status or 0, close_code=close_code
+        )
 
     async def _serve(self, conn: Connection) -> Disconnect:
         """Run one connection until it ends; the facts of how it ended.
