@@ -75,7 +75,7 @@ _AUTH_PATH = re.compile(
 )
 
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
-# OAuth params, key=value, the UMS path's bearer, and a JWT anywhere.
+# OAuth params, key=value, the UMS path's bearer, a URL's userinfo, and a JWT anywhere.
 _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), rf"\1 {REDACTED}"),
     (
@@ -95,6 +95,8 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\1\2{REDACTED}",
     ),
     (re.compile(r"(/brand/)[^/?#\s\"']+"), rf"\1{REDACTED}"),
+    # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@\"']*@"), rf"\1{REDACTED}@"),
     # Three base64url segments, the first starting like a JSON header.
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
 )

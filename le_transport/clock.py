@@ -15,6 +15,8 @@ import weakref
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from ._redact import redact_text
+
 __all__ = ["Clock", "RealClock", "timeout_after"]
 
 _log = logging.getLogger("le_transport.clock")
@@ -231,12 +233,14 @@ class _ClockTimeout(_WheelTimer):
             # clock's error, rather than running with no limit while the error waits unread
             # in this task (or, were it a timeout, being retried at once, for ever).
             _log.error(
-                "%r.sleep(%s) failed (%s: %s): the timeout cannot be kept, so the block it "
+                "%s.sleep(%s) failed (%s: %s): the timeout cannot be kept, so the block it "
                 "guards is cancelled now and fails with that error",
-                self._clock,
+                type(self._clock).__name__,
                 seconds,
                 type(exc).__name__,
-                exc,
+                # A clock is the caller's object and its error's text is the caller's too:
+                # shown as any other text we log, secret-named values hidden, and cut short.
+                redact_text(str(exc))[:200],
                 extra={"clock": type(self._clock).__name__, "error": type(exc).__name__},
             )
             self._failure = exc

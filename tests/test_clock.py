@@ -63,7 +63,7 @@ async def test_the_block_ends_at_once_with_the_clocks_error_and_one_log_line(
             await never  # before: waited for ever
     assert never.cancelled()
     [message] = _clock_errors(caplog)
-    assert message.startswith("_BrokenClock().sleep(5) failed (RuntimeError:")
+    assert message.startswith("_BrokenClock.sleep(5) failed (RuntimeError:")
     assert "cannot be kept" in message
     gc.collect()
     await asyncio.sleep(0)
@@ -167,3 +167,25 @@ async def test_an_infinite_timeout_is_none_and_a_nan_one_is_refused_on_every_clo
         timeout_after(clock, math.nan)
     with pytest.raises(ValueError, match="NaN"):
         await clock.sleep(math.nan)  # on the real clock it returned at once
+
+
+class _ChattyClock(_BrokenClock):
+    """A clock whose error's text carries what a log must never show."""
+
+    def __repr__(self) -> str:
+        return "_ChattyClock(password=hunter2-repr)"
+
+    async def sleep(self, seconds: float) -> None:
+        raise RuntimeError("cannot reach time server https://u:hunter2-url@ntp?token=hunter2-q")
+
+
+async def test_a_clocks_error_text_is_logged_redacted_and_its_repr_not_at_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="le_transport.clock")
+    with pytest.raises(RuntimeError):
+        async with timeout_after(_ChattyClock(), 5):
+            await asyncio.get_running_loop().create_future()
+    [message] = _clock_errors(caplog)
+    assert message.startswith("_ChattyClock.sleep(5) failed (RuntimeError: cannot reach")
+    assert "hunter2" not in message

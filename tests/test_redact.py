@@ -318,3 +318,20 @@ async def test_an_aiohttp_error_message_with_a_url_is_redacted(
             await engine.request("GET", "svc", f"/brand/{BEARER}", params={"token": TOKEN})
     assert leaks_in_error(info.value) == []
     assert leaks_in_records(caplog.records) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cannot reach https://agent:{s}@h.example/x",
+        "redis://:{s}@127.0.0.1:6379/0 refused",
+        "ws://user:{s}@h/ws_api 'wss://{s}@h'",
+    ],
+)
+def test_a_urls_userinfo_is_hidden_in_free_text_as_redact_url_drops_it(text: str) -> None:
+    scrubbed = redact_text(text.format(s=PASSWORD))
+    assert PASSWORD not in scrubbed
+    assert "***@" in scrubbed  # the host after it stays readable
+    assert redact_text("write to ops@h.example or mailto:ops@h.example") == (
+        "write to ops@h.example or mailto:ops@h.example"
+    )
