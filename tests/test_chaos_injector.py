@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -86,6 +87,32 @@ async def test_an_injected_4xx_is_not_retried_and_retry_after_is_honoured(
         with pytest.raises(ClientStatusError):
             await engine.request("GET", "agentVep", "/api/a")
     assert clock.now() == 20.0  # the 429's Retry-After, not the schedule's 5 s
+
+
+@pytest.mark.parametrize("where", ["injector", "simulator"])
+@pytest.mark.parametrize(("retry_after", "pause"), [(1e6, 60.0), (10**7, 60.0), (1e-05, 5.0)])
+async def test_a_scripted_retry_after_of_any_size_is_honoured_not_refused(
+    sim: Simulator,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    retry_after: float,
+    pause: float,
+) -> None:
+    # Before: written f"{ra:g}" ('1e+06', '1e-05'), which the client's parser refuses as no
+    # delta-seconds: the retry ignored the Retry-After the test scripted.
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    fault = Status(503, retry_after=retry_after)
+    rules = [FaultRule("ra", fault, schedule=Schedule(0, 1))] if where == "injector" else []
+    if where == "simulator":
+        sim.faults.script("GET", CSDS, [fault])
+    injector = FaultInjector.seeded(1, *rules, clock=clock)
+    async with _engine(sim, clock, injector) as engine:
+        resp = await engine.request("GET", "agentVep", CSDS)
+    assert resp.status == 200
+    # Up to the 60 s ceiling (or the schedule's 5 s when it asks for less).
+    assert clock.now() == pytest.approx(pause)
+    assert not [r for r in caplog.records if "invalid Retry-After" in r.getMessage()]
 
 
 async def test_latency_is_spent_on_the_injected_clock(sim: Simulator, clock: VirtualClock) -> None:

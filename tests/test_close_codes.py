@@ -11,6 +11,7 @@ from le_transport.policies import (
     REAUTH_CLOSE_CODES,
     CloseAction,
     ClosePolicy,
+    CloseVerdict,
     Disconnect,
     DisconnectKind,
 )
@@ -283,10 +284,9 @@ def test_a_close_frame_fails_exactly_when_its_code_is_in_fail_codes(
     ("status", "retry_after", "pause"),
     [
         (429, 30.0, 30.0),
-        (429, 0.2, 1.0),  # never under LiveEngage's second after a 429
         (503, 30.0, 30.0),
-        (503, 0.0, 0.0),
         (502, 7.5, 7.5),
+        (503, 0.5, 0.5),
         (503, 3600.0, 60.0),  # cut to the ceiling
         (429, 1e300, 60.0),
     ],
@@ -301,7 +301,66 @@ def test_a_refused_upgrades_retry_after_sets_the_least_pause_up_to_the_ceiling(
     # The re-login loop would dial at once, against the server's ask.
     assert not verdict.escalates
     assert f"Retry-After {retry_after:g} s" in verdict.reason
+    assert ("(cut to 60 s)" in verdict.reason) is (retry_after > 60)
     assert f"(Retry-After: {retry_after:g} s)" in failed.describe()
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "policy", "pause", "escalates"),
+    [
+        (503, 0.0, POLICY, 0.0, True),  # Retry-After: 0, or a date already past
+        (502, 0.0, POLICY, 0.0, True),
+        (503, 30.0, ClosePolicy(retry_after_ceiling=0), 0.0, True),  # ignored by the caller
+        (429, 0.2, POLICY, 1.0, False),  # never under LiveEngage's second after a 429
+        (429, 1.0, POLICY, 1.0, False),
+        (429, 30.0, ClosePolicy(retry_after_ceiling=0), 1.0, False),
+    ],
+)
+def test_a_retry_after_that_does_not_lengthen_the_pause_changes_nothing(
+    status: int, retry_after: float, policy: ClosePolicy, pause: float, escalates: bool
+) -> None:
+    # Before: any Retry-After stopped the escalation to a re-login and showed in the reason,
+    # even one asking for nothing (0 s, a past date) or one the caller's ceiling of 0 ignores.
+    verdict = policy.classify(Disconnect.handshake_rejected(status, retry_after))
+    assert verdict == policy.classify(Disconnect.handshake_rejected(status))
+    assert verdict.action is CloseAction.RECONNECT
+    assert verdict.min_pause == pause
+    assert verdict.escalates is escalates
+    assert "Retry-After" not in verdict.reason
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.2, 0.5])
+@given(
+    delay=st.floats(min_value=0.0, max_value=1e4),
+    floor=st.floats(min_value=0.0, max_value=1e4),
+    rand=st.one_of(st.floats(min_value=0.0, max_value=1.0, exclude_max=True), st.just(0.0)),
+)
+def test_a_verdicts_pause_is_the_backoffs_or_its_least_pause_spread_by_the_jitter(
+    jitter: float, delay: float, floor: float, rand: float
+) -> None:
+    verdict = CloseVerdict(CloseAction.RECONNECT, "r", min_pause=floor)
+    pause = verdict.pause(delay, jitter=jitter, rand=rand)
+    # Never under what the server asked nor under the backoff's delay, and never more than
+    # the jitter's share over the larger of the two.
+    assert pause >= max(delay, floor)
+    assert pause <= max(delay, floor * (1 + jitter))
+    assert pause == max(delay, floor * (1 + jitter * rand))
+
+
+def test_a_least_pause_is_spread_over_the_draws_not_waited_exactly() -> None:
+    # Before: max(backoff, Retry-After), so every socket a server refused at once with the
+    # same Retry-After came back at the same instant whatever the backoff's jitter.
+    verdict = POLICY.classify(Disconnect.handshake_rejected(503, 30.0))
+    draws = [i / 8 for i in range(8)]
+    pauses = [verdict.pause(0.1, jitter=0.2, rand=r) for r in draws]
+    assert len(set(pauses)) == 8
+    assert min(pauses) == 30.0
+    assert max(pauses) < 36.0
+    # No jitter (the caller's choice): exactly the ask; no least pause: the backoff's delay.
+    assert verdict.pause(0.1, jitter=0.0, rand=0.9) == 30.0
+    assert POLICY.classify(Disconnect.handshake_rejected(503)).pause(
+        0.1, jitter=0.2, rand=0.9
+    ) == pytest.approx(0.1)
 
 
 def test_the_retry_after_ceiling_is_a_policy_option() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -36,6 +37,7 @@ from le_transport.chaos import (
 )
 from le_transport.chaos.plan import MAX_CHUNK_BYTES, MAX_FAULT_MS, RecordLog, SharedBound
 from le_transport.errors import ConfigurationError
+from le_transport.policies.retry_after import MAX_RETRY_AFTER_CHARS, parse_retry_after
 from le_transport.testing import VirtualClock
 
 ALL_KINDS: list[Fault] = [
@@ -155,6 +157,51 @@ def test_a_plan_survives_a_json_round_trip() -> None:
     )
     text = json.dumps(plan.to_dict())
     assert FaultPlan.from_dict(json.loads(text)) == plan
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [
+        (1e6, "1000000"),  # before: '1e+06', which the client's parser refuses
+        (10**7, "10000000"),
+        (1e22, "10000000000000000000000"),
+        (1e-05, "0.00001"),  # before: '1e-05'
+        (2.5, "2.5"),
+        (30, "30"),
+        (0, "0"),
+        (0.0, "0"),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ],
+)
+def test_a_status_writes_its_retry_after_as_plain_digits(
+    retry_after: float | str, header: str
+) -> None:
+    assert Status(503, retry_after=retry_after).response_headers()["Retry-After"] == header
+
+
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=1e70, allow_nan=False, allow_infinity=False),
+        st.integers(min_value=0, max_value=10**70),
+    )
+)
+def test_a_numeric_retry_after_is_sent_as_delta_seconds_that_read_back_as_itself(
+    retry_after: float,
+) -> None:
+    refused = ""
+    try:
+        status = Status(503, retry_after=retry_after)
+    except ConfigurationError as exc:
+        refused = str(exc)
+    if refused:
+        # Only a value no client would read: longer than the parser takes, as plain digits.
+        assert f"over {MAX_RETRY_AFTER_CHARS}" in refused
+        # (Anything from 1e-30 to 1e63 fits: 17 significant digits at most, 63 whole ones.)
+        assert retry_after >= 1e63 or 0 < retry_after < 1e-30
+        return
+    header = status.response_headers()["Retry-After"]
+    assert re.fullmatch(r"[0-9]+(\.[0-9]+)?", header)
+    assert parse_retry_after(header, now_epoch=0.0) == float(retry_after)
 
 
 def test_status_shorthand_in_json_means_a_status_or_a_pass() -> None:
@@ -594,6 +641,8 @@ HUGE = 10**400
         (_plan_of({"kind": "status", "code": 503, "retry_after": -5}), "retry_after"),
         (_plan_of({"kind": "status", "code": 503, "retry_after": HUGE}), "retry_after"),
         (_plan_of({"kind": "status", "code": 503, "retry_after": True}), "retry_after"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": 1e100}), "plain digits"),
+        (_plan_of({"kind": "status", "code": 503, "retry_after": 10**70}), "plain digits"),
         (_plan_of({"kind": "malformed_body", "code": "x"}), r"MalformedBody\.code"),
         (_plan_of({"kind": "malformed_body", "code": 9999}), r"MalformedBody\.code"),
         (_plan_of({"kind": "malformed_body", "body": 5}), r"MalformedBody\.body"),
@@ -634,6 +683,8 @@ HUGE = 10**400
         "negative-retry-after",
         "huge-retry-after",
         "bool-retry-after",
+        "unreadably-long-retry-after",
+        "long-int-retry-after",
         "str-malformed-code",
         "huge-malformed-code",
         "int-malformed-body",

@@ -354,7 +354,13 @@ async def test_a_failing_clock_ends_the_scheduler_and_every_watched_socket_is_to
     stopped = [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
     assert len(stopped) == 1
     assert stopped[0].levelname == "ERROR"
-    assert "the 2 connections watched are ended" in stopped[0].getMessage()
+    assert (
+        stopped[0]
+        .getMessage()
+        .endswith(
+            "watched connections forgotten: 2, of which ended so that their sockets reconnect: 2"
+        )
+    )
     # The clock works again: the next socket watched starts a new task, served as ever.
     failing.fail = None
     again = _Told(clock, [None])
@@ -383,6 +389,105 @@ async def test_a_subject_that_cannot_be_told_does_not_keep_the_others_from_heari
     assert len(told.failed) == 1
     assert any("could not be told" in r.getMessage() for r in caplog.records)
     assert scheduler.watched == 0
+    await scheduler.close()
+
+
+@pytest.mark.parametrize("what", ["sleep", "now"])
+async def test_an_owner_unwatching_after_the_clock_failed_never_silences_a_socket_watched_since(
+    clock: VirtualClock, what: str
+) -> None:
+    # Before: the failure zeroed the count, a plain subject's owner unwatched its old ticket
+    # (as the contract asks), the count of the socket watched since fell to 0 and the heap
+    # was cleared: that socket was never asked again, and nothing said so.
+    failing = _FailingClock(clock)
+    scheduler = KeepaliveScheduler(failing)
+    plain = Subject(clock, [1e6])
+    old_ticket = scheduler.watch(plain, at=30.0)
+    await clock.sleep(10)
+    failing.fail = what
+    await clock.sleep(30)
+    assert not scheduler.running
+    assert scheduler.watched == 0
+    failing.fail = None
+    since = Subject(clock, [clock.now() + 10.0 * i for i in range(1, 20)])
+    scheduler.watch(since, at=clock.now() + 5)
+    await clock.sleep(6)
+    assert len(since.asked) == 1
+    scheduler.unwatch(old_ticket)  # a ticket the failure already forgot: nothing to forget
+    scheduler.unwatch(old_ticket)
+    assert scheduler.watched == 1
+    await clock.sleep(100)
+    assert len(since.asked) == 11
+    assert scheduler.running
+    # Asked at its deadline when only the sleep after it fails; never again in any case.
+    assert plain.asked == ([] if what == "now" else [30.0])
+    await scheduler.close()
+
+
+async def test_unwatching_a_ticket_its_subject_or_a_close_forgot_forgets_nothing_else(
+    clock: VirtualClock,
+) -> None:
+    scheduler = KeepaliveScheduler(clock)
+    done = Subject(clock, [None])  # answers None at its first deadline: forgotten
+    kept = Subject(clock, [clock.now() + 10.0 * i for i in range(2, 30)])
+    done_ticket = scheduler.watch(done, at=5.0)
+    scheduler.watch(kept, at=10.0)
+    await clock.sleep(6)
+    assert scheduler.watched == 1
+    # Before: this took the count of ``kept`` to 0 and cleared the heap with it.
+    scheduler.unwatch(done_ticket)
+    assert scheduler.watched == 1
+    await clock.sleep(50)
+    assert kept.asked == [10.0, 20.0, 30.0, 40.0, 50.0]
+    await scheduler.close()
+    closed_ticket = scheduler.watch(Subject(clock, [1e6]), at=clock.now() + 100)
+    await scheduler.close()
+    again = Subject(clock, [None])
+    scheduler.watch(again, at=clock.now() + 5)
+    scheduler.unwatch(closed_ticket)  # forgotten by the close
+    await clock.sleep(10)
+    assert len(again.asked) == 1
+    await scheduler.close()
+
+
+async def test_the_failure_line_counts_what_was_watched_and_what_was_ended(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = _FailingClock(clock)
+    scheduler = KeepaliveScheduler(failing)
+    told, plain = _Told(clock, [1e6]), Subject(clock, [1e6])
+    scheduler.watch(told, at=30.0)
+    scheduler.watch(plain, at=31.0)
+    failing.fail = "sleep"
+    await clock.sleep(60)
+    [line] = [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
+    # Before: "the 2 connections watched are ended", though the plain one was never told.
+    assert line.getMessage().endswith(
+        "watched connections forgotten: 2, of which ended so that their sockets reconnect: 1"
+    )
+    assert (line.watched, line.ended) == (2, 1)  # type: ignore[attr-defined]
+    assert len(told.failed) == 1
+    await scheduler.close()
+
+
+async def test_the_failure_line_shows_the_clocks_type_and_its_error_redacted(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Chatty(_BrokenClock):
+        def __repr__(self) -> str:
+            return "Chatty(password=hunter2-repr)"
+
+    broken = Chatty(clock)
+    scheduler = KeepaliveScheduler(broken)
+    scheduler.watch(_Told(clock, [1e6]), at=30.0)
+    broken.fail = "now"
+    await clock.sleep(60)
+    [line] = [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
+    # Before: the clock's repr, and the error's text in full in the traceback.
+    assert line.getMessage().startswith("socket keepalives stopped: Chatty failed (OSError: ")
+    assert "time.example" in line.getMessage()
+    assert "hunter2" not in line.getMessage()
+    assert line.exc_info is None
     await scheduler.close()
 
 

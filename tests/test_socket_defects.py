@@ -10,7 +10,9 @@ most, never the socket, and never a credential.
   leave it connected but never open);
 - an upgrade or ``InitConnection`` answered 429 waits a second at least and never escalates;
 - an upgrade refused with a ``Retry-After`` (a 429, a 503) waits at least what it asked, up to
-  the close policy's ceiling, and does not escalate;
+  the close policy's ceiling, plus a share drawn up to the backoff's jitter (a fleet refused
+  together comes back spread), does not escalate, and gives up rather than pause past the
+  backoff's deadline; one asking for nothing (0, a past date, a ceiling of 0) changes nothing;
 - a close code the caller made final (``ClosePolicy.fail_codes``) stops the socket with
   :class:`~le_transport.errors.SocketRejected`, as a 403 upgrade does, with the code in its
   ``close_code``;
@@ -30,6 +32,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import random
 import traceback
 from typing import Any
 
@@ -455,6 +458,95 @@ async def test_a_retry_after_date_is_read_from_the_answers_date_and_a_bad_one_ig
     assert len(ignored) == (retry_after == "soon")
 
 
+async def test_a_fleet_refused_with_one_retry_after_comes_back_spread_not_at_one_instant(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    # Before: each socket waited max(jittered backoff, Retry-After), so every one came back at
+    # exactly 30 s, the backoff's jitter lost under the server's floor. Now each waits the
+    # ask plus its own draw of up to the backoff's jitter (±20%: up to 36 s), never less.
+    n = 6
+    sim.faults.script("GET", "/ws_api/*", [Status(503, retry_after=30)] * n)
+    options = SocketOptions(backoff=BackoffPolicy.reconnect(first=0.1, jitter=0.2))
+    logs = [StateLog() for _ in range(n)]
+    # One engine per process, each with its own seeded random source.
+    engines = [agent_engine(sim, clock, log, rng=random.Random(i)) for i, log in enumerate(logs)]
+    for engine in engines:
+        await engine.__aenter__()
+    try:
+        sockets = [await brand_socket(engine, sim, options) for engine in engines]
+        await asyncio.gather(*(ws.wait_open(timeout=600) for ws in sockets))
+    finally:
+        for engine in engines:
+            await engine.__aexit__(None, None, None)
+    pauses = [e.details["in_seconds"] for log in logs for e in log.of("reconnecting")]
+    assert len(pauses) == n
+    assert len(set(pauses)) == n
+    assert all(30.0 <= pause <= 36.0 for pause in pauses)
+    second = sorted(_upgrade_times(sim))[n:]
+    assert len(set(second)) == n
+    assert min(second) >= 30.0
+    # Still no escalation: the ask lengthened every pause.
+    assert not any("escalating" in log.names() for log in logs)
+
+
+@pytest.mark.parametrize(
+    ("asked", "upgrades"),
+    [(60, [0.0]), (4, [0.0, 4.0, 8.0])],
+)
+async def test_a_retry_after_pause_past_the_backoffs_deadline_gives_up(
+    sim: Simulator, clock: VirtualClock, states: StateLog, asked: int, upgrades: list[float]
+) -> None:
+    # Before: the Retry-After pause overrode the deadline: it slept 60 s past a 10 s deadline
+    # and dialled again, as often as the server refused.
+    sim.faults.script("GET", "/ws_api/*", [Status(503, retry_after=asked)] * 50)
+    options = SocketOptions(
+        backoff=BackoffPolicy.reconnect(first=0.1, jitter=0, deadline=10.0), escalate_after=0
+    )
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options)
+        with pytest.raises(SocketClosed, match="past the reconnect deadline of 10 s") as stopped:
+            await ws.wait_open(timeout=600)
+        # It gives up when the refusal comes, not after a pause it would not finish.
+        assert clock.now() == pytest.approx(upgrades[-1], abs=0.05)
+    assert _upgrade_times(sim) == pytest.approx(upgrades, abs=0.05)
+    assert f"Retry-After {asked} s" in str(stopped.value)
+    assert [e.details["in_seconds"] for e in states.of("reconnecting")] == [float(asked)] * (
+        len(upgrades) - 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "policy"),
+    [
+        (0, ClosePolicy()),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", ClosePolicy()),  # a date already past
+        (30, ClosePolicy(retry_after_ceiling=0)),  # the caller ignores Retry-After
+    ],
+)
+async def test_a_retry_after_asking_for_nothing_leaves_the_escalation_as_it_was(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    retry_after: int | str,
+    policy: ClosePolicy,
+) -> None:
+    # Before: any Retry-After stopped the escalation to a re-login and showed in the reason
+    # ("Retry-After 30 s" with a ceiling of 0, which ignored it), however little it asked.
+    sim.faults.script("GET", "/ws_api/*", [Status(503, retry_after=retry_after)] * 3)
+    options = SocketOptions(
+        backoff=BackoffPolicy.reconnect(first=0.1, jitter=0), escalate_after=2, close_policy=policy
+    )
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options)
+        await ws.wait_open(timeout=600)
+    assert "escalating" in states.names()
+    reasons = [e.details["reason"] for e in states.of("reconnecting")]
+    assert reasons
+    assert not any("Retry-After" in reason for reason in reasons)
+    # The backoff's own pause: nothing was asked for.
+    assert states.of("reconnecting")[0].details["in_seconds"] == 0.1
+
+
 # -- a close code made final -----------------------------------------------------------------
 
 
@@ -656,7 +748,11 @@ async def test_a_keepalive_clock_that_fails_once_costs_the_connection_and_the_so
         "failed by the client with code 1011 (the keepalive stopped: its clock failed (OSError))"
     ]
     [error] = _keepalive_errors(caplog)
-    assert error.startswith("socket keepalives stopped: _FailingClock() failed (OSError)")
+    # The clock's type, not its repr (the caller's text); the one socket watched was ended.
+    assert error.startswith("socket keepalives stopped: _FailingClock failed (OSError: ")
+    assert error.endswith(
+        "watched connections forgotten: 1, of which ended so that their sockets reconnect: 1"
+    )
 
 
 async def test_a_clock_broken_for_good_stops_the_socket_with_a_typed_error(

@@ -27,6 +27,7 @@ apply to is refused.
 from __future__ import annotations
 
 import collections
+import decimal
 import fnmatch
 import hashlib
 import itertools
@@ -43,6 +44,7 @@ from .._checks import require_kind, require_option
 from .._redact import redact_url
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
+from ..policies.retry_after import MAX_RETRY_AFTER_CHARS
 
 __all__ = [
     "DEFAULT_MAX_RECORDS",
@@ -205,6 +207,17 @@ def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
     return headers
 
 
+def _delta_seconds(seconds: float) -> str:
+    """``seconds`` (finite, >= 0) as a ``Retry-After`` value: plain ASCII digits, with a decimal
+    fraction when not whole, the shortest that reads back as the same float. Never an exponent
+    (``f"{1e6:g}"`` is '1e+06'): RFC 9110's delta-seconds is digits only."""
+    if isinstance(seconds, int) or seconds.is_integer():
+        return str(int(seconds))
+    # repr is the shortest text that reads back as this float; Decimal writes it without
+    # an exponent ('1e-05' -> '0.00001').
+    return format(decimal.Decimal(repr(seconds)), "f")
+
+
 def _encodes(text: str) -> bool:
     """Whether UTF-8 can encode ``text`` (a JSON plan may hold a lone surrogate, which the
     wire cannot carry)."""
@@ -228,9 +241,13 @@ class Status:
     """Answer with ``code`` instead of the real response (nothing reaches the real handler).
 
     ``retry_after`` (a finite number of seconds >= 0, or an HTTP-date string without CR, LF
-    or NUL) becomes a ``Retry-After`` header; ``body`` (a str) is sent as is (a short JSON
-    error by default). On a WebSocket message unit it becomes a ``resp`` frame with this
-    ``code``.
+    or NUL) becomes a ``Retry-After`` header: a number written as plain digits, with a decimal
+    fraction when it is not whole (``1000000``, ``0.00001``; never an exponent, which RFC 9110's
+    delta-seconds does not allow and the client's parser refuses), and refused if that takes
+    more than :data:`~le_transport.policies.retry_after.MAX_RETRY_AFTER_CHARS` characters (no
+    client reads it: pass a string to send such a header on purpose); a string is sent as is.
+    ``body`` (a str) is sent as is (a short JSON error by default). On a WebSocket message unit
+    it becomes a ``resp`` frame with this ``code``.
     """
 
     kind: ClassVar[str] = "status"
@@ -259,13 +276,20 @@ class Status:
                 "Status.retry_after must be None, a finite number of seconds >= 0 or an "
                 f"HTTP-date str, got {value!r:.40}"
             )
+        written = _delta_seconds(value)  # type: ignore[arg-type]
+        if len(written) > MAX_RETRY_AFTER_CHARS:
+            raise ConfigurationError(
+                f"Status.retry_after {value!r:.40} takes {len(written)} characters as plain "
+                f"digits, and no client reads a Retry-After over {MAX_RETRY_AFTER_CHARS}: pass "
+                "the header's text as a str to send it on purpose"
+            )
 
     def response_headers(self) -> dict[str, str]:
         """The headers to send, ``Retry-After`` included."""
         headers = dict(self.headers)
         if self.retry_after is not None:
             ra = self.retry_after
-            headers["Retry-After"] = ra if isinstance(ra, str) else f"{ra:g}"
+            headers["Retry-After"] = ra if isinstance(ra, str) else _delta_seconds(ra)
         return headers
 
     def response_body(self) -> bytes:

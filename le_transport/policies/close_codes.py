@@ -16,7 +16,8 @@ final. A caller whose server does close for good with some code (a policy violat
 reconnecting unchanged would only repeat) names it in :attr:`ClosePolicy.fail_codes`: the socket
 then stops with :class:`~le_transport.errors.SocketRejected`, as after a 403 upgrade. A refused
 upgrade's ``Retry-After`` is honoured: the reconnect waits at least what the server asked, up to
-:attr:`ClosePolicy.retry_after_ceiling`.
+:attr:`ClosePolicy.retry_after_ceiling`, plus a random share of it (:meth:`CloseVerdict.pause`),
+so that a fleet refused together does not come back at one instant.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import flag, int_codes, non_negative, positive
+from ._validate import clamp_draw, flag, int_codes, non_negative, positive
 from .retry import DEFAULT_RETRY_AFTER_CEILING
 
 __all__ = [
@@ -201,8 +202,9 @@ class CloseVerdict:
     """The policy's answer: an ``action``, why, and the updated run of fast 1006 drops.
 
     ``min_pause``: the reconnect waits at least this long, whatever the backoff says (a rate
-    limit asks for it). ``escalates``: whether this failure counts towards escalating to a
-    re-login (a rate limit does not: logging in again only adds load).
+    limit, a ``Retry-After`` asks for it); :meth:`pause` spreads it. ``escalates``: whether this
+    failure counts towards escalating to a re-login (a rate limit does not: logging in again
+    only adds load).
     """
 
     action: CloseAction
@@ -210,6 +212,21 @@ class CloseVerdict:
     fast_drops: int = 0
     min_pause: float = 0.0
     escalates: bool = True
+
+    def pause(self, delay: float, *, jitter: float, rand: float = 0.5) -> float:
+        """The reconnect's pause: the backoff's (jittered) ``delay``, or, when ``min_pause`` is
+        longer, ``min_pause`` plus a random share of it, up to ``jitter`` (the backoff's
+        fraction; ``rand`` is a uniform draw in [0, 1)).
+
+        Never shorter than ``min_pause``: the server asked for it. Never exactly it either
+        (unless ``jitter`` is 0): every socket a server refused at once with the same
+        ``Retry-After`` would otherwise come back at the same instant, and the backoff's jitter,
+        there to spread a fleet, would be lost under the floor.
+        """
+        floor = self.min_pause
+        if floor <= 0.0:
+            return delay
+        return max(delay, floor * (1.0 + jitter * clamp_draw(rand)))
 
 
 def _rate_limited(reason: str, fast_drops: int = 0) -> CloseVerdict:
@@ -273,15 +290,20 @@ class ClosePolicy:
       ``fail_codes`` and ``reauth_codes``, nor be 1006 (no server sends it). It takes precedence
       over ``reconnect_on_server_close``.
     - ``retry_after_ceiling``: the longest pause a refused upgrade's ``Retry-After`` may ask
-      for (60 s, the HTTP retry's default ceiling); a longer one is cut to it.
+      for (60 s, the HTTP retry's default ceiling); a longer one is cut to it (0: every
+      ``Retry-After`` is ignored).
 
     Fixed rules: a 429 (an upgrade refused with it, ``InitConnection`` or an ``on_connect``
     request answered with it) reconnects after :data:`RATE_LIMIT_PAUSE` at least and never
     escalates to a re-login; an upgrade refused with a ``Retry-After`` (a 429, a 503) and
     reconnected waits at least what it asked (up to ``retry_after_ceiling``) and does not
-    escalate either (the re-login loop would dial at once, and logging in again only adds load);
-    a connection the client failed itself (:attr:`DisconnectKind.FAILED_BY_CLIENT`) reconnects
-    and is no fast drop.
+    escalate either (the re-login loop would dial at once, and logging in again only adds load),
+    but only when that ask lengthens the verdict's least pause: a ``Retry-After`` of 0, a date
+    already past, one cut to a ceiling of 0, or one under a 429's second changes nothing (nor
+    does it show in the reason); a connection the client failed itself
+    (:attr:`DisconnectKind.FAILED_BY_CLIENT`) reconnects and is no fast drop. The socket waits
+    :meth:`CloseVerdict.pause`, and gives up when that pause would end past its backoff's
+    ``deadline``.
     """
 
     reauth_codes: frozenset[int] = attrs.field(default=REAUTH_CLOSE_CODES, converter=_reauth_codes)
@@ -369,13 +391,21 @@ class ClosePolicy:
 
     def _honour_retry_after(self, verdict: CloseVerdict, retry_after: float | None) -> CloseVerdict:
         """``verdict`` waiting at least ``retry_after`` seconds (cut to the ceiling), and no
-        longer escalating: the re-login loop would dial at once, against the server's ask."""
+        longer escalating: the re-login loop would dial at once, against the server's ask.
+
+        Only when that lengthens the verdict's least pause: a ``Retry-After`` asking for
+        nothing (0, a date already past, or any with a ceiling of 0) or for less than a 429's
+        second leaves the verdict as it is, escalation included.
+        """
         if retry_after is None or retry_after != retry_after:
             return verdict
         asked = min(max(retry_after, 0.0), self.retry_after_ceiling)
+        if asked <= verdict.min_pause:
+            return verdict
+        cut = f" (cut to {asked:g} s)" if asked < retry_after else ""
         return attrs.evolve(
             verdict,
-            reason=f"{verdict.reason}, Retry-After {retry_after:g} s",
-            min_pause=max(verdict.min_pause, asked),
+            reason=f"{verdict.reason}, Retry-After {retry_after:g} s{cut}",
+            min_pause=asked,
             escalates=False,
         )

@@ -27,6 +27,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from .._redact import redact_text
 from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
@@ -137,6 +138,11 @@ class KeepaliveScheduler:
     interval. :meth:`unwatch` forgets a ticket (the connection ended); its entry is skipped
     when it comes up, and the heap is rebuilt when forgotten entries outnumber live ones.
 
+    A ticket is good until it is forgotten, whichever way: :meth:`unwatch`, its subject
+    answering None, :meth:`close`, or a failed clock. Forgetting a ticket that is no longer
+    good does nothing, so an owner that unwatches after any of these never forgets another
+    subject (nor the count of those watched).
+
     The task starts with the first watched subject and ends when none is left; :meth:`close`
     (the engine's close) stops it at once. If the clock fails (``now`` or ``sleep`` raises),
     the task ends with the clock's error, logged once: every subject watched is forgotten, and
@@ -145,9 +151,9 @@ class KeepaliveScheduler:
 
     __slots__ = (
         "_clock",
-        "_dropped",
         "_heap",
         "_live",
+        "_stale",
         "_task",
         "_tickets",
         "_wake",
@@ -161,9 +167,12 @@ class KeepaliveScheduler:
         #: an engine has one of its own and closes it when it closes.
         self.shared = shared
         self._heap: list[tuple[float, int, KeepaliveSubject]] = []
-        # Tickets forgotten while their entry is still on the heap.
-        self._dropped: set[int] = set()
-        self._live = 0
+        # The good tickets, each with its subject: what is watched. A heap entry whose ticket
+        # is not here is skipped when it comes up.
+        self._live: dict[int, KeepaliveSubject] = {}
+        # About how many heap entries are of forgotten tickets (at most that many: a subject
+        # whose check raised is off the heap already), to know when to rebuild it.
+        self._stale = 0
         self._tickets = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         # The task's wait, and the deadline it waits for: an earlier deadline wakes it.
@@ -173,7 +182,7 @@ class KeepaliveScheduler:
     @property
     def watched(self) -> int:
         """How many subjects are watched."""
-        return self._live
+        return len(self._live)
 
     @property
     def running(self) -> bool:
@@ -184,7 +193,7 @@ class KeepaliveScheduler:
         """Ask ``subject`` at ``at`` (clock time), and then when it says; returns its ticket."""
         ticket = next(self._tickets)
         heapq.heappush(self._heap, (at, ticket, subject))
-        self._live += 1
+        self._live[ticket] = subject
         task = self._task
         if task is None or task.done():
             task = self._task = asyncio.get_running_loop().create_task(
@@ -196,31 +205,35 @@ class KeepaliveScheduler:
         return ticket
 
     def unwatch(self, ticket: int) -> None:
-        """Forget ``ticket``: its subject is asked no more. Call once per ticket, and not for a
-        ticket whose subject answered None (that answer already forgot it)."""
-        self._live -= 1
-        if self._live <= 0:
+        """Forget ``ticket``: its subject is asked no more. A ticket already forgotten (its
+        subject answered None, the scheduler closed, or its clock failed) is left alone."""
+        live = self._live
+        if live.pop(ticket, None) is None:
+            return
+        if not live:
             # Nothing left to serve: the task ends now, and forgotten entries go with it.
-            self._live = 0
-            self._heap.clear()
-            self._dropped.clear()
+            self._forget_all()
             self._poke()
             return
-        self._dropped.add(ticket)
-        if len(self._dropped) > max(64, self._live):
-            dropped = self._dropped
-            self._heap = [entry for entry in self._heap if entry[1] not in dropped]
-            heapq.heapify(self._heap)
-            dropped.clear()
+        self._stale += 1
+        if self._stale > max(64, len(live)):
+            # In place: the task may be serving this very list (a subject asked may unwatch).
+            heap = self._heap
+            heap[:] = [entry for entry in heap if entry[1] in live]
+            heapq.heapify(heap)
+            self._stale = 0
 
     async def close(self) -> None:
         """Stop serving: forget every subject and end the task. Idempotent."""
-        self._live = 0
-        self._heap.clear()
-        self._dropped.clear()
+        self._forget_all()
         task, self._task = self._task, None
         if task is not None and not task.done():
             await stop_task(task)
+
+    def _forget_all(self) -> None:
+        self._live.clear()
+        self._heap.clear()
+        self._stale = 0
 
     def _poke(self) -> None:
         wake = self._wake
@@ -231,10 +244,10 @@ class KeepaliveScheduler:
         loop = asyncio.get_running_loop()
         clock = self._clock
         try:
-            while self._live > 0:
+            while self._live:
                 now = clock.now()
                 self._serve_due(now)
-                if not self._heap or self._live <= 0:
+                if not self._heap or not self._live:
                     break
                 at = self._heap[0][0]
                 wake: asyncio.Future[None] = loop.create_future()
@@ -252,32 +265,33 @@ class KeepaliveScheduler:
             # socket watched by a task that is gone: never probed, never found dead.
             self._clock_failed(exc)
             raise
-        self._heap.clear()
-        self._dropped.clear()
+        if not self._live:
+            self._forget_all()
 
     def _clock_failed(self, error: Exception) -> None:
         """Forget every subject, log once, and tell each that it is no longer watched."""
-        dropped = self._dropped
-        subjects = [subject for _, ticket, subject in self._heap if ticket not in dropped]
-        self._live = 0
-        self._heap.clear()
-        dropped.clear()
+        subjects = list(self._live.values())
+        self._forget_all()
+        told = [s for s in subjects if isinstance(s, KeepaliveFailureSubject)]
+        clock = type(self._clock).__name__
+        # The clock's type, and its error's type and text redacted and cut short: a clock is
+        # the caller's object, and its repr or its error's text may carry anything.
         _log.error(
-            "socket keepalives stopped: %r failed (%s); the %d connections watched are ended so "
-            "that their sockets reconnect",
-            self._clock,
+            "socket keepalives stopped: %s failed (%s: %s); watched connections forgotten: %d, "
+            "of which ended so that their sockets reconnect: %d",
+            clock,
             type(error).__name__,
+            redact_text(str(error))[:200],
             len(subjects),
-            exc_info=error,
+            len(told),
             extra={
-                "clock": type(self._clock).__name__,
+                "clock": clock,
                 "error": type(error).__name__,
                 "watched": len(subjects),
+                "ended": len(told),
             },
         )
-        for subject in subjects:
-            if not isinstance(subject, KeepaliveFailureSubject):
-                continue
+        for subject in told:
             try:
                 subject._keepalive_failed(error)
             except Exception:
@@ -285,11 +299,12 @@ class KeepaliveScheduler:
 
     def _serve_due(self, now: float) -> None:
         heap = self._heap
-        dropped = self._dropped
+        live = self._live
         while heap and heap[0][0] <= now:
             _, ticket, subject = heapq.heappop(heap)
-            if ticket in dropped:
-                dropped.discard(ticket)
+            if ticket not in live:
+                if self._stale:
+                    self._stale -= 1
                 continue
             try:
                 at = subject._keepalive_due(now)
@@ -299,7 +314,10 @@ class KeepaliveScheduler:
                 _log.exception("a socket keepalive check failed; that socket is not watched")
                 continue
             if at is None:
-                self._live -= 1
+                live.pop(ticket, None)
+                continue
+            if ticket not in live:
+                # Its owner unwatched it while it was asked.
                 continue
             # Never due again at the same instant: that would spin without time passing.
             heapq.heappush(

@@ -63,8 +63,10 @@ class SocketOptions:
     """How a resilient socket behaves; the defaults are LiveEngage's.
 
     - ``backoff``: pauses between reconnects (about 1 s, doubling, capped at 2 min, ±20%).
-      When its ``max_attempts`` or ``deadline`` runs out, the socket stops with
-      :class:`~le_transport.errors.SocketClosed`.
+      When its ``max_attempts`` or ``deadline`` runs out, or a pause the server asked for (a
+      ``Retry-After``) would end past that ``deadline``, the socket stops with
+      :class:`~le_transport.errors.SocketClosed`. Its ``jitter`` also spreads such a pause:
+      the socket waits what the server asked plus a share of it up to ``jitter``.
     - ``close_policy``: what each close code and upgrade status means.
     - ``keepalive``: the socket keepalive (None: none). Also the dead-peer detector. It probes
       when nothing arrived for an interval (and, with ``outbound_idle``, when the client sent

@@ -811,13 +811,26 @@ class ResilientSocket:
                         self.reconnects += 1
                         continue
                 elapsed = now - first_failure_at
-                delay = opts.backoff.next_delay(failures, elapsed, self._rng.random())
+                backoff = opts.backoff
+                rand = self._rng.random()
+                delay = backoff.next_delay(failures, elapsed, rand)
                 if delay is None:
                     raise SocketClosed(
                         f"{self._name}: gave up after {failures} failed reconnects "
                         f"(last: {disconnect.describe()})"
                     )
-                delay = max(delay, verdict.min_pause)
+                # The least pause the server asked for (a Retry-After, a 429's second), spread
+                # by the same draw as the backoff's jitter, so that a fleet refused together
+                # does not come back together.
+                delay = verdict.pause(delay, jitter=backoff.jitter, rand=rand)
+                if backoff.deadline is not None and elapsed + delay > backoff.deadline:
+                    # The backoff gives up rather than pause past its deadline; so does a pause
+                    # the server made longer.
+                    raise SocketClosed(
+                        f"{self._name}: gave up after {failures} failed reconnects: the "
+                        f"{round(delay, 3)} s pause asked for ({verdict.reason}) would end "
+                        f"past the reconnect deadline of {backoff.deadline:g} s"
+                    )
                 self._emit(
                     "reconnecting",
                     in_seconds=round(delay, 3),
