@@ -184,14 +184,33 @@ def test_429_never_pauses_under_its_floor(attempt: int, rand: float, scale: floa
 def test_retry_after_never_shortens_a_pause_and_never_passes_the_ceiling(
     attempt: int, status: int, retry_after: float, ceiling: float, jitter: float, rand: float
 ) -> None:
-    """Invariant: with Retry-After the pause is max(scheduled, min(Retry-After, ceiling)):
-    never shorter than without it, and Retry-After alone never pushes it past the ceiling."""
+    """Invariant: with Retry-After the pause is never shorter than without it nor than the
+    (capped) ask, and Retry-After alone never pushes it past the ceiling by more than the
+    jitter's share: the pause is the scheduled one, or the capped ask spread by the jitter."""
     policy = RetryPolicy(retry_after_ceiling=ceiling, jitter=jitter)
     without = policy.pause_for(attempt, Outcome.response(status), rand)
     with_ra = policy.pause_for(attempt, Outcome.response(status, retry_after), rand)
+    asked = min(retry_after, ceiling)
     assert with_ra >= without
-    assert with_ra <= max(without, ceiling)
-    assert with_ra == max(without, min(retry_after, ceiling))
+    assert with_ra >= asked
+    assert with_ra <= max(without, ceiling * (1 + jitter))
+    if asked > without:
+        assert with_ra == asked * (1 + jitter * rand)
+    else:
+        assert with_ra == without
+
+
+def test_clients_refused_with_one_retry_after_come_back_spread_when_jitter_is_on() -> None:
+    """Without the spread, every client told "Retry-After: 30" retried at the same instant,
+    whatever its jitter: the herd the server asked to be spared."""
+    jittered = RetryPolicy(jitter=0.2)
+    outcome = Outcome.response(503, retry_after=30.0)
+    pauses = {jittered.pause_for(1, outcome, rand) for rand in (0.0, 0.25, 0.5, 0.75, 0.99)}
+    assert len(pauses) == 5
+    assert min(pauses) == 30.0
+    assert max(pauses) <= 36.0
+    # Jitter off (the default, the guide's exact schedule): exactly what the server asked.
+    assert RetryPolicy().pause_for(1, outcome, 0.9) == 30.0
 
 
 def test_retry_after_longer_than_the_schedule_lengthens_the_pause() -> None:

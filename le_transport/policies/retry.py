@@ -99,7 +99,9 @@ class RetryPolicy:
       of float's range (1.7e308) made the pause infinite.
     - ``rate_limit_floor``: a 429 is never retried sooner than this (1 s; 5 s for login).
     - ``retry_after_ceiling``: a ``Retry-After`` longer than the scheduled pause lengthens it,
-      up to this ceiling; it never shortens a pause.
+      up to this ceiling; it never shortens a pause. With ``jitter`` on, such a pause is
+      spread above the ask by up to ``jitter`` of it, so that clients told the same
+      ``Retry-After`` do not all come back at one instant.
     - ``attempt_timeout``: each attempt is cancelled after this many seconds (None: no limit).
     - ``deadline``: the whole call, pauses included, is cancelled after this many seconds.
     - ``classifier``: what is retryable (see :class:`Classifier`).
@@ -154,7 +156,9 @@ class RetryPolicy:
     def pause_for(self, attempt: int, outcome: Outcome, rand: float = 0.5) -> float:
         """The pause after failed attempt number ``attempt`` (1-based), before the next one.
 
-        ``rand`` is a uniform draw in [0, 1) used only when ``jitter`` is on.
+        ``rand`` is a uniform draw in [0, 1) used only when ``jitter`` is on. A ``Retry-After``
+        (capped at ``retry_after_ceiling``) longer than the schedule's pause replaces it; with
+        ``jitter`` on, lengthened by up to ``jitter`` of itself, never shortened.
         """
         if not 1 <= attempt <= len(self.pauses):
             raise ConfigurationError(
@@ -167,7 +171,12 @@ class RetryPolicy:
         if outcome.status == 429:
             pause = max(pause, self.rate_limit_floor)
         if outcome.retry_after is not None:
-            pause = max(pause, min(outcome.retry_after, self.retry_after_ceiling))
+            asked = min(outcome.retry_after, self.retry_after_ceiling)
+            if asked > pause:
+                # Never sooner than the server asked; with jitter on, later by up to the same
+                # share, so that clients refused together with one Retry-After do not all come
+                # back at the instant it names (jitter off: exactly the ask, as chosen).
+                pause = asked * (1.0 + self.jitter * rand) if self.jitter else asked
         return pause
 
     def decide(
