@@ -175,3 +175,10 @@ class BudgetMachine(RuleBasedStateMachine):
 
 TestBudgetMachine = BudgetMachine.TestCase
 TestBudgetMachine.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+def test_two_huge_ints_whose_product_leaves_floats_range_are_refused_not_overflowed() -> None:
+    """Each is a float-sized int, so each passed its validator; their product is not, and the
+    finiteness check itself raised OverflowError converting it (found by hypothesis)."""
+    with pytest.raises(ConfigurationError, match="must be finite"):
+        RetryBudget(min_retries_per_second=10**300, window=10**300)

@@ -154,7 +154,9 @@ class RetryBudget:
 
     def __attrs_post_init__(self) -> None:
         check_slot_length("RetryBudget", "window", self.window, self.slots)
-        if not math.isfinite(self.floor):
+        # As floats: each is within float's range (its validator), but two ints' product may
+        # not be, and math.isfinite would raise OverflowError converting it.
+        if not math.isfinite(float(self.min_retries_per_second) * float(self.window)):
             raise ConfigurationError(
                 f"RetryBudget.min_retries_per_second times window (the floor of retries per "
                 f"window) must be finite, got {self.min_retries_per_second!r} x {self.window!r}"
