@@ -10,11 +10,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp import web
+from hypothesis import settings
 
 from le_transport.testing import VirtualClock
 from tests import known_secrets
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
+
+# Property tests explore new inputs on every developer's run (hypothesis's default), which is
+# how they find what nobody thought of; CI (.ci/run sets LE_HYPOTHESIS_PROFILE=ci) runs the
+# same derandomized examples every time, so that a red CI means a change broke something, not
+# that a seed came up. What a developer's run finds becomes a plain regression test.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("LE_HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
