@@ -35,7 +35,17 @@ class RetryEvent:
 
 @attrs.frozen
 class GiveUpEvent:
-    """A call failed for good: ``reason`` says why (not retryable, schedule spent, deadline)."""
+    """A call failed for good: ``reason`` says why (not retryable, schedule spent, deadline).
+
+    ``handled_by_caller`` is True when whoever made the call handles that failure itself, so
+    that it has failed nothing yet for any caller: a token fetched early, while the current
+    token still works (kept, or fetched on the whole schedule if it expired meanwhile), or a
+    Domain API refresh with a map cached (the last good map is served). The log line then is
+    a WARNING that says what the maker falls back on, and the maker reports the fallback
+    itself (``refresh_failed``, ``domains_stale``). Alerting on give-ups should skip these or
+    count them apart; a token fetch that has no token left to fall back on gives up without
+    it. Never True for a refusal (a 4xx) or a closing engine, nor for a caller's own call.
+    """
 
     service: str
     method: str
@@ -44,6 +54,7 @@ class GiveUpEvent:
     outcome: Outcome | None
     reason: str
     elapsed: float
+    handled_by_caller: bool = False
 
 
 @attrs.frozen

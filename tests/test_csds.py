@@ -18,7 +18,7 @@ from le_transport.errors import (
     RetriesExhausted,
     UnknownServiceError,
 )
-from le_transport.events import StateEvent
+from le_transport.events import GiveUpEvent, StateEvent
 from le_transport.providers import CsdsDomains, StaticBearer, UserLogin
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -131,6 +131,45 @@ async def test_a_failed_refresh_keeps_serving_the_last_good_map_and_logs_it(
         await clock.sleep(31)
         assert await domains.resolve("agentVep") == sim.host
         assert sim.count("GET", CSDS_PATH) == 4
+
+
+@pytest.mark.parametrize("fault", ["503", "reset"])
+async def test_a_failed_refresh_gives_up_with_a_warning_saying_the_last_good_map_is_served(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """Its one attempt failed nothing for any caller (a token fetched early, say): the retry
+    middleware's give-up line is a WARNING that says what is served instead, not an ERROR, and
+    the on_giveup hook is told the caller handles it."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
+    domains = csds_for(sim, ttl=60)
+    async with sim_engine(sim, clock, domains=domains, giveups=giveups):
+        assert await domains.resolve("agentVep") == sim.host
+        await clock.sleep(61)
+        sim.faults.script("GET", CSDS_PATH, [503 if fault == "503" else Reset()])
+        caplog.clear()
+        assert await domains.resolve("agentVep") == sim.host
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
+    assert gave_up.levelno == logging.WARNING
+    assert gave_up.getMessage().endswith("; handled: the last good map is served")
+    assert [(g.service, g.attempts, g.handled_by_caller) for g in giveups] == [("csds", 1, True)]
+
+
+async def test_a_first_fetch_that_fails_has_no_map_to_fall_back_on_and_is_an_error(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
+    sim.faults.script("GET", CSDS_PATH, [503] * 4)
+    domains = csds_for(sim)
+    async with sim_engine(sim, clock, domains=domains, giveups=giveups):
+        with pytest.raises(DomainResolutionError):
+            await domains.resolve("agentVep")
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.name == "le_transport.retry"
+    assert "handled" not in error.getMessage()
+    assert [(g.attempts, g.handled_by_caller) for g in giveups] == [(4, False)]
 
 
 async def test_an_unknown_service_lists_the_services_the_account_has(

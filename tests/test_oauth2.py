@@ -12,17 +12,23 @@ import pytest
 from yarl import URL
 
 from le_transport import Engine
-from le_transport.chaos import Hang, Status
-from le_transport.errors import EngineClosed, LoginRejected, RetriesExhausted
-from le_transport.events import StateEvent
+from le_transport.chaos import Hang, Reset, Status
+from le_transport.errors import (
+    DomainResolutionError,
+    EngineClosed,
+    LoginRejected,
+    RetriesExhausted,
+)
+from le_transport.events import GiveUpEvent, StateEvent
 from le_transport.providers import (
     ConsumerJwt,
     CsdsDomains,
+    ProviderHttp,
     SentinelClientCredentials,
     StaticDomains,
     jwt_expiry,
 )
-from le_transport.providers._token import MIN_TOKEN_LIFE, Token
+from le_transport.providers._token import _EARLY_FALLBACK, MIN_TOKEN_LIFE, Token
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Simulator
 from tests.conftest import ServerFactory, serve_hanging
@@ -41,6 +47,7 @@ from tests.test_providers import (
 __all__ = ["sim"]
 
 TOKEN = f"/sentinel/api/account/{ACCOUNT}/app/token"
+CSDS = f"/api/account/{ACCOUNT}/service/baseURI.json"
 SIGNUP = f"/api/account/{ACCOUNT}/signup"
 AUTHENTICATE = f"/api/account/{ACCOUNT}/authenticate"
 USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
@@ -216,12 +223,14 @@ async def test_an_early_fetch_meeting_an_outage_is_logged_as_a_warning_never_an_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The early fetch's one attempt fails, but the token still works and no call fails: the
-    retry middleware's give-up line is a WARNING (saying what Sentinel answered), followed by
-    the provider's own refresh_failed. Once the token has expired, the fetch's failure is the
-    call's again, and an ERROR."""
+    retry middleware's give-up line is a WARNING (saying what Sentinel answered, and what the
+    provider falls back on), followed by the provider's own refresh_failed; the on_giveup hook
+    is told the caller handles it. Once the token has expired, the fetch's failure is the
+    call's again, and an ERROR, whose give-up event says nothing is handled."""
     caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
     auth = sentinel(sim, margin=60)
-    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, giveups=giveups) as engine:
         token = await _inside_the_margin(engine, auth, clock)
         learn_session_secrets(auth, secret_values)
         assert token.expires_at is not None
@@ -238,9 +247,12 @@ async def test_an_early_fetch_meeting_an_outage_is_logged_as_a_warning_never_an_
         assert gave_up.status == 503  # type: ignore[attr-defined]
         assert gave_up.service == "sentinel"  # type: ignore[attr-defined]
         assert gave_up.attempt == 1  # type: ignore[attr-defined]
-        assert "last outcome 503; its caller handles the failure" in gave_up.getMessage()
+        assert gave_up.getMessage().endswith(f"last outcome 503; handled: {_EARLY_FALLBACK}")
         assert kept.name == "le_transport.auth"
         assert kept.event == "refresh_failed"  # type: ignore[attr-defined]
+        assert [(g.service, g.attempts, g.handled_by_caller) for g in giveups] == [
+            ("sentinel", 1, True)
+        ]
         # The token expires and the outage goes on: the call fails, and that is an ERROR.
         await clock.sleep(token.expires_at - clock.now())
         caplog.clear()
@@ -249,7 +261,8 @@ async def test_an_early_fetch_meeting_an_outage_is_logged_as_a_warning_never_an_
         [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert error.name == "le_transport.retry"
         assert error.attempt == 4  # type: ignore[attr-defined]
-        assert "handles" not in error.getMessage()
+        assert "handle" not in error.getMessage()
+        assert [(g.attempts, g.handled_by_caller) for g in giveups[1:]] == [(4, False)]
 
 
 async def test_a_consumer_jwt_fetched_early_says_too_that_it_handles_an_outage(
@@ -273,7 +286,7 @@ async def test_a_consumer_jwt_fetched_early_says_too_that_it_handles_an_outage(
     assert sim.count("POST", SIGNUP) == 2
     [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
     assert gave_up.levelno == logging.WARNING
-    assert "its caller handles the failure" in gave_up.getMessage()
+    assert gave_up.getMessage().endswith(f"; handled: {_EARLY_FALLBACK}")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -347,18 +360,107 @@ async def test_an_outage_that_outlasts_the_token_fails_the_first_call_after_its_
 
 
 async def test_an_early_fetch_refused_with_a_4xx_fails_the_call_at_once(
-    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The call fails, so neither the give-up line nor the on_giveup hook says its failure is
+    handled (alerting built on the hook must see it)."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
     auth = sentinel(sim, margin=60)
-    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, giveups=giveups) as engine:
         await _inside_the_margin(engine, auth, clock)
         learn_session_secrets(auth, secret_values)
         sim.faults.script("POST", TOKEN, [401])
         started = clock.now()
+        caplog.clear()
         with pytest.raises(LoginRejected, match="refused with 401"):
             await engine.request("GET", "accountConfigReadOnly", USERS)
         assert clock.now() == started
         assert sim.count("POST", TOKEN) == 2
+    [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
+    assert gave_up.status == 401  # type: ignore[attr-defined]
+    assert "handle" not in gave_up.getMessage()
+    assert [(g.outcome and g.outcome.status, g.handled_by_caller) for g in giveups] == [
+        (401, False)
+    ]
+
+
+class _FailingDomains:
+    """A domain provider that fails with ``error`` once told to, as a Domain API down would."""
+
+    def __init__(self, inner: CsdsDomains) -> None:
+        self.inner = inner
+        self.error: Exception | None = None
+
+    def attach(self, http: ProviderHttp) -> None:
+        self.inner.attach(http)
+
+    async def resolve(self, service: str) -> str:
+        if self.error is not None:
+            raise self.error
+        return await self.inner.resolve(service)
+
+    async def invalidate(self) -> None:
+        await self.inner.invalidate()
+
+
+@pytest.mark.parametrize("down", ["csds-503", "csds-reset", "resolve-raises"])
+async def test_an_early_fetch_that_cannot_resolve_its_host_keeps_the_token_and_logs_no_error(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    down: str,
+) -> None:
+    """The Domain API is down when the token is due. With the map cached, its one attempt
+    gives up with a WARNING that says the last good map is served (not an ERROR: no caller
+    failed), and the token is fetched on it; a domain provider that fails outright is an
+    outage like any other, and the valid token is kept."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    events: list[StateEvent] = []
+    giveups: list[GiveUpEvent] = []
+    domains = _FailingDomains(csds_for(sim))
+    auth = SentinelClientCredentials(
+        ACCOUNT,
+        CLIENT_ID,
+        CLIENT_SECRET,
+        domains=domains,
+        margin=60,
+        wall_clock=sim.tokens.epoch_now,
+    )
+    # The engine's own calls resolve without the Domain API: only the early fetch meets it.
+    static = StaticDomains({"accountConfigReadOnly": sim.host})
+    async with sim_engine(
+        sim, clock, domains=static, auth=auth, events=events, giveups=giveups
+    ) as engine:
+        token = await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        if down == "resolve-raises":
+            domains.error = DomainResolutionError("the Domain API is down", account=ACCOUNT)
+        else:
+            sim.faults.script("GET", CSDS, [503 if down == "csds-503" else Reset()] * 4)
+        caplog.clear()
+        events.clear()
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        learn_session_secrets(auth, secret_values)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        if down == "resolve-raises":
+            assert (await engine.login()).generation == token.generation
+            assert [e.name for e in events] == ["refresh_failed"]
+            assert events[0].details["next"] == "keep the current token"
+            assert giveups == []
+        else:
+            # The last good map served the token service's host: a new token.
+            assert (await engine.login()).generation == token.generation + 1
+            assert [e.name for e in events] == ["domains_stale", "logged_in"]
+            [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
+            assert gave_up.levelno == logging.WARNING
+            assert gave_up.getMessage().endswith("; handled: the last good map is served")
+            assert [(g.service, g.handled_by_caller) for g in giveups] == [("csds", True)]
 
 
 # -- the token expires while an early fetch is out: the whole schedule, one fetch for all -------
@@ -435,6 +537,42 @@ async def test_callers_whose_token_expired_during_a_failing_early_fetch_share_it
     assert [e.name for e in events] == ["logged_in", "login_failed"]
 
 
+async def test_an_early_fetch_failing_after_the_token_expired_says_a_whole_schedule_fetch_follows(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The early attempt's give-up line is true though the token expired during it: it says
+    the current token is kept while valid or, expired meanwhile, that a fetch on the whole
+    schedule follows; which it does, and that fetch's failure is an ERROR no one handles."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, giveups=giveups) as engine:
+        calls, _ = await _expired_during_the_early_fetch(
+            engine, auth, sim, clock, secret_values, then=[503] * 4, late_callers=1
+        )
+        caplog.clear()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, RetriesExhausted) for r in results), results
+        learn_session_secrets(auth, secret_values)
+    lines = [r for r in caplog.records if r.name == "le_transport.retry"]
+    early, *retries, final = lines
+    assert early.levelno == logging.WARNING
+    assert early.attempt == 1  # type: ignore[attr-defined]
+    message = early.getMessage()
+    assert message.endswith(f"; handled: {_EARLY_FALLBACK}")
+    assert "the current token is kept while it is valid" in message
+    assert "if it expired meanwhile, a fetch on the whole schedule follows" in message
+    assert [r.attempt for r in retries] == [1, 2, 3]  # type: ignore[attr-defined]
+    assert final.levelno == logging.ERROR
+    assert "handle" not in final.getMessage()
+    assert [(g.attempts, g.handled_by_caller) for g in giveups] == [(1, True), (4, False)]
+    # No refresh_failed said the token was kept: it was not.
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "refresh_failed"]
+
+
 async def test_a_cancelled_caller_does_not_stop_the_whole_schedule_fetch_the_others_share(
     sim: Simulator, clock: VirtualClock, secret_values: set[str]
 ) -> None:
@@ -508,6 +646,180 @@ async def test_a_token_living_four_seconds_is_never_sent_expired(
         assert short.count("GET", USERS) == 40
         # A token every 2 s: due half-way through its life, fetched by the next call.
         assert short.count("POST", TOKEN) == 10
+
+
+# -- a wall clock skewed from the token issuer's ----------------------------------------------
+
+
+def skewed_sentinel(sim: Simulator, skew: float, margin: float = 60) -> SentinelClientCredentials:
+    """A Sentinel provider whose wall clock is ``skew`` s ahead of the simulator's (behind if
+    negative)."""
+    return SentinelClientCredentials(
+        ACCOUNT,
+        CLIENT_ID,
+        CLIENT_SECRET,
+        domains=csds_for(sim),
+        margin=margin,
+        wall_clock=lambda: sim.tokens.epoch_now() + skew,
+    )
+
+
+async def _steady_calls(
+    engine: Engine,
+    auth: SentinelClientCredentials,
+    clock: VirtualClock,
+    secret_values: set[str],
+    calls: int,
+    every: float,
+) -> None:
+    for _ in range(calls):
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        learn_session_secrets(auth, secret_values)
+        await clock.sleep(every)
+
+
+def _skew_reports(
+    events: list[StateEvent], caplog: pytest.LogCaptureFixture
+) -> tuple[list[StateEvent], list[logging.LogRecord]]:
+    return (
+        [e for e in events if e.name == "clock_skew"],
+        [r for r in caplog.records if getattr(r, "event", None) == "clock_skew"],
+    )
+
+
+@pytest.mark.parametrize("skew", [3598.0, 3599.5, 5000.0])
+async def test_a_clock_ahead_of_the_issuers_by_most_of_a_tokens_life_is_read_from_iat(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    skew: float,
+) -> None:
+    """Our wall clock is ahead by most of the hour-long JWT's life (or more): by it, each token
+    lives seconds (or expired already). The first token is used as our clock says (it may be a
+    cached token, aging); the second, issued later and telling the same skew through its iat,
+    confirms it: from then on a token lives its hour, and is fetched anew an hour later, not
+    every second. Logged once, as a WARNING with the amount."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    events: list[StateEvent] = []
+    auth = skewed_sentinel(sim, skew)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await _steady_calls(engine, auth, clock, secret_values, calls=240, every=0.25)
+        assert sim.count("POST", TOKEN) <= 3
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at is not None
+        assert token.refresh_at - clock.now() > sim.config.jwt_ttl - 60 - 60 - 5
+        # Two hours more: a token an hour, each replaced before the issuer's exp.
+        await _steady_calls(engine, auth, clock, secret_values, calls=120, every=60)
+        assert sim.count("GET", USERS) == 240 + 120  # none refused with a 401 and sent again
+        assert sim.count("POST", TOKEN) <= 3 + 2
+    [reported], [record] = _skew_reports(events, caplog)
+    assert reported.details["our_clock"] == "ahead"
+    assert reported.details["skew"] == pytest.approx(skew, abs=1.5)
+    assert record.levelno == logging.WARNING
+    assert record.name == "le_transport.auth"
+    assert "skew=" in record.getMessage()
+
+
+@pytest.mark.parametrize("skew", [-100.0, -3000.0])
+async def test_a_clock_behind_the_issuers_is_read_from_iat_and_no_token_is_sent_expired(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    skew: float,
+) -> None:
+    """A token issued in our clock's future proves our clock behind, at once: the token lives
+    its hour, not an hour plus the skew, and is replaced before the issuer's exp. Before, every
+    call between its expiry and our clock's met a 401 and was sent again."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    events: list[StateEvent] = []
+    auth = skewed_sentinel(sim, skew)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await engine.login()
+        token = auth.token
+        assert token is not None
+        assert token.expires_at is not None
+        assert token.expires_at - clock.now() <= sim.config.jwt_ttl
+        await _steady_calls(engine, auth, clock, secret_values, calls=720, every=10)
+        assert sim.count("GET", USERS) == 720
+        assert sim.count("POST", TOKEN) == 3  # at 0, about 3540 and 7080 s
+    [reported], [record] = _skew_reports(events, caplog)
+    assert reported.details["our_clock"] == "behind"
+    assert reported.details["skew"] == pytest.approx(skew, abs=1.5)
+    assert record.levelno == logging.WARNING
+
+
+@pytest.mark.parametrize("skew", [100.0, -100.0])
+async def test_a_token_living_four_seconds_is_never_sent_expired_by_a_skewed_clock(
+    clock: VirtualClock, secret_values: set[str], skew: float
+) -> None:
+    """Ahead, the first token is past its exp by our clock: it is used for half the life it was
+    issued with (not the 5 s floor it would outlive), and the next one tells the skew. Behind,
+    the first token already tells it."""
+    async with Simulator(sim_config(jwt_ttl=4.0), clock=clock, epoch=1_700_000_000.25) as short:
+        auth = skewed_sentinel(short, skew)
+        async with sim_engine(short, clock, domains=auth._domains, auth=auth) as engine:
+            await _steady_calls(engine, auth, clock, secret_values, calls=40, every=0.5)
+        assert short.count("GET", USERS) == 40  # none refused with a 401 and sent again
+        assert short.count("POST", TOKEN) <= 15
+
+
+async def test_a_jwt_without_iat_is_read_against_our_wall_clock(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing tells the issuer's clock: an exp 2 s away by our clock is believed, as before."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    now = sim.tokens.epoch_now()
+    sim.faults.script(
+        "POST",
+        TOKEN,
+        [Status(200, body=json.dumps({"access_token": jwt_with({"exp": now + 3600})}))],
+    )
+    auth = skewed_sentinel(sim, 3598.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        await auth.credentials("GET", ANY_URL)
+        token = auth.token
+        assert token is not None
+        assert token.expires_at == pytest.approx(clock.now() + 2)
+        assert token.refresh_at == pytest.approx(clock.now() + 1)
+    assert _skew_reports([], caplog) == ([], [])
+
+
+async def test_a_cached_token_is_read_against_our_wall_clock_never_from_its_iat(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token service handing out a cached token (issued long ago, expiring soon) looks like
+    a clock ahead of the issuer's; exp - iat would make it live an hour it does not have. Our
+    clock agrees with the issuer's: each token lives what its exp leaves, whether the same
+    token comes again or another cached one of another age."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    now = sim.tokens.epoch_now()
+    older = jwt_with({"iat": now - 3500, "exp": now + 100})
+    younger = jwt_with({"iat": now - 1000, "exp": now + 2600})
+    sim.faults.script(
+        "POST",
+        TOKEN,
+        [Status(200, body=json.dumps({"access_token": t})) for t in (older, older, younger)],
+    )
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        lives = []
+        for _ in range(3):
+            if auth.token is not None:
+                assert auth.token.refresh_at is not None
+                await clock.sleep(auth.token.refresh_at - clock.now())
+            await auth.credentials("GET", ANY_URL)
+            token = auth.token
+            assert token is not None
+            assert token.expires_at is not None
+            lives.append(token.expires_at - clock.now())
+        # At 0, 50 (half of the 100 s left: the margin is longer) and 75 s.
+        assert lives == pytest.approx([100, 50, 2600 - 75])
+        assert sim.count("POST", TOKEN) == 3
+    assert _skew_reports([], caplog) == ([], [])
 
 
 # -- a token request in flight when the engine closes -----------------------------------------

@@ -24,7 +24,7 @@ from yarl import URL
 from le_transport import Engine, RetryPolicy
 from le_transport._redact import Secret
 from le_transport.errors import ConfigurationError, EngineClosed, HostileHostError
-from le_transport.events import EventHooks, StateEvent
+from le_transport.events import EventHooks, GiveUpEvent, StateEvent
 from le_transport.policies.backoff import BackoffPolicy
 from le_transport.policies.retry import LOGIN_RATE_LIMIT_FLOOR
 from le_transport.providers import (
@@ -41,6 +41,7 @@ from le_transport.providers import (
     validate_host,
 )
 from le_transport.providers._flight import SingleFlight
+from le_transport.providers.jwt import jwt_times
 from le_transport.providers.login import LoginSession, login_policy
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Account, AppKey, Simulator, SimulatorConfig
@@ -95,9 +96,14 @@ def sim_engine(
     retry: RetryPolicy | None = None,
     recovery: BackoffPolicy | None = None,
     rng: random.Random | None = None,
+    giveups: list[GiveUpEvent] | None = None,
 ) -> Engine:
-    """An engine on ``clock`` against ``sim``, recording state events into ``events``."""
-    hooks = EventHooks(on_state=(events.append,) if events is not None else ())
+    """An engine on ``clock`` against ``sim``, recording state events into ``events`` and
+    give-ups into ``giveups``."""
+    hooks = EventHooks(
+        on_state=(events.append,) if events is not None else (),
+        on_giveup=(giveups.append,) if giveups is not None else (),
+    )
     return Engine(
         domains if domains is not None else csds_for(sim),
         scheme="http",
@@ -185,6 +191,38 @@ def test_jwt_expiry_never_raises(token: str) -> None:
     """Property: arbitrary text is either a readable JWT or None, never an exception."""
     result = jwt_expiry(token)
     assert result is None or isinstance(result, float)
+
+
+def test_jwt_times_reads_exp_and_iat_without_verifying_the_signature() -> None:
+    token = jwt_with({"iat": 1_899_996_400, "exp": 1_900_000_000, "sub": "x"})
+    assert jwt_times(token) == (1_900_000_000.0, 1_899_996_400.0)
+    assert jwt_times(jwt_with({"exp": 1_900_000_000})) == (1_900_000_000.0, None)
+    assert jwt_times(jwt_with({"iat": 1_900_000_000})) == (None, 1_900_000_000.0)
+    for bad in ("soon", True, None, 10**400, -(10**400)):
+        assert jwt_times(jwt_with({"iat": bad, "exp": 5})) == (5.0, None)
+    assert jwt_times("not-a-jwt") == (None, None)
+
+
+@given(
+    st.integers(min_value=-(10**500), max_value=10**500) | st.floats(),
+    st.integers(min_value=-(10**500), max_value=10**500) | st.floats(),
+)
+def test_jwt_times_of_any_numbers_are_finite_floats_or_none(exp: float, iat: float) -> None:
+    """Property: whatever numbers the claims are, reading them never raises, and each is a
+    finite float or None, the same ``exp`` as :func:`jwt_expiry` reads."""
+    payload = json.dumps({"exp": exp, "iat": iat}).encode()
+    claims = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    token = f"eyJhbGciOiJIUzI1NiJ9.{claims}.c2ln"
+    read = jwt_times(token)
+    assert all(t is None or (isinstance(t, float) and math.isfinite(t)) for t in read)
+    assert read[0] == jwt_expiry(token)
+
+
+@given(st.text(max_size=80))
+def test_jwt_times_never_raise(token: str) -> None:
+    exp, iat = jwt_times(token)
+    assert exp is None or isinstance(exp, float)
+    assert iat is None or isinstance(iat, float)
 
 
 # -- single flight ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from le_transport import (
     RetryPolicy,
     ServerStatusError,
 )
+from le_transport.errors import CircuitOpen
 from le_transport.middleware import RetryMiddleware
 from le_transport.middleware.context import CallContext, HandledCallContext
 from le_transport.providers import ProviderHttp
@@ -963,6 +964,9 @@ async def test_a_4xx_is_logged_once_as_a_warning(
     assert record.method == "DELETE"  # type: ignore[attr-defined]
 
 
+FALLBACK = "the last good answer is served"
+
+
 @pytest.mark.parametrize("handled", [False, True], ids=["failed", "handled-by-caller"])
 async def test_a_give_up_its_caller_handles_is_a_warning_that_still_says_what_failed(
     serve: ServerFactory,
@@ -971,10 +975,11 @@ async def test_a_give_up_its_caller_handles_is_a_warning_that_still_says_what_fa
     secret_values: set[str],
     handled: bool,
 ) -> None:
-    """A provider call whose failure its maker handles (an early token fetch, with a token that
+    """A provider call whose outage its maker handles (an early token fetch, with a token that
     still works) gives up with a WARNING, not an ERROR: nothing failed for any caller yet. The
-    line still names the call, its attempts and what the service answered, never a credential;
-    the on_giveup hook is told as for any call."""
+    line still names the call, its attempts and what the service answered, never a credential,
+    and ends with what the maker falls back on, in its words; the on_giveup hook is told as for
+    any call, with handled_by_caller."""
     caplog.set_level(logging.DEBUG, logger="le_transport")
     secret_values.add("s3cr3t-query-token-q7")
     giveups: list[GiveUpEvent] = []
@@ -989,7 +994,7 @@ async def test_a_give_up_its_caller_handles_is_a_warning_that_still_says_what_fa
                 service="sentinel",
                 retry=RetryPolicy(pauses=()),
                 idempotent=True,
-                handles_failure=handled,
+                fallback=FALLBACK if handled else None,
             )
     [final] = records(caplog)
     assert final.levelno == (logging.WARNING if handled else logging.ERROR)
@@ -1002,17 +1007,93 @@ async def test_a_give_up_its_caller_handles_is_a_warning_that_still_says_what_fa
     assert "failed after 1 attempt(s)" in message
     # One attempt, so no retry line: the give-up line itself says what the service answered.
     assert "last outcome 503" in message
-    assert ("its caller handles the failure" in message) is handled
-    assert [(g.service, g.attempts) for g in giveups] == [("sentinel", 1)]
+    assert message.endswith(f"; handled: {FALLBACK}") is handled
+    assert [(g.service, g.attempts, g.handled_by_caller) for g in giveups] == [
+        ("sentinel", 1, handled)
+    ]
+
+
+@pytest.mark.parametrize("status", [401, 404, 451])
+async def test_a_refusal_is_never_taken_as_handled_by_the_caller(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """A maker handles an outage, not a 4xx (an early token fetch refused fails the call at
+    once): the give-up is reported as for any call, without the maker's fallback."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    giveups: list[GiveUpEvent] = []
+    host = await serve(Script(status).app())
+    mw = RetryMiddleware(clock=clock, hooks=EventHooks(on_giveup=[giveups.append]))
+    async with aiohttp.ClientSession() as session:
+        http = ProviderHttp(session=lambda: session, retry_middleware=mw, clock=clock)
+        with pytest.raises(ClientStatusError):
+            await http.request(
+                "POST", URL(f"http://{host}/x"), service="sentinel", fallback=FALLBACK
+            )
+    [final] = records(caplog)
+    assert final.levelno == logging.WARNING
+    assert "handled" not in final.getMessage()
+    assert [g.handled_by_caller for g in giveups] == [False]
+
+
+class _OpenBreakerGate:
+    """An overload gate whose breaker is open: every call is refused before it is sent."""
+
+    async def admit(self, call: Any, attempt: int) -> CircuitOpen:
+        return CircuitOpen("the breaker for sentinel is open", retry_at=30.0)
+
+    async def settle(self, call: Any, attempt: int, outcome: Any) -> None:
+        raise AssertionError("nothing is sent")
+
+    def abandon(self, call: Any, attempt: int) -> None:
+        raise AssertionError("nothing is sent")
+
+    async def before_retry(
+        self, call: Any, attempt: int, outcome: Any, pause: float, last: Any
+    ) -> None:
+        raise AssertionError("nothing is sent")
+
+
+@pytest.mark.parametrize("handled", [False, True], ids=["failed", "handled-by-caller"])
+async def test_a_refusal_by_an_open_breaker_tells_the_hook_whether_the_caller_handles_it(
+    serve: ServerFactory, clock: VirtualClock, handled: bool
+) -> None:
+    giveups: list[GiveUpEvent] = []
+    host = await serve(Script(200).app())
+    mw = RetryMiddleware(
+        clock=clock, gate=_OpenBreakerGate(), hooks=EventHooks(on_giveup=[giveups.append])
+    )
+    async with aiohttp.ClientSession() as session:
+        http = ProviderHttp(session=lambda: session, retry_middleware=mw, clock=clock)
+        with pytest.raises(CircuitOpen):
+            await http.request(
+                "POST",
+                URL(f"http://{host}/x"),
+                service="sentinel",
+                fallback=FALLBACK if handled else None,
+            )
+    assert [(g.attempts, g.handled_by_caller) for g in giveups] == [(0, handled)]
 
 
 def test_whether_the_caller_handles_a_failure_costs_an_ordinary_call_nothing() -> None:
-    """Read only when a call gives up, and a class attribute: a call neither sets nor stores
-    it (the context is made once per call, on the happy path)."""
-    assert "caller_handles_failure" not in CallContext.__slots__
-    assert HandledCallContext.__slots__ == ()
+    """Read only when a call gives up, and kept on a subclass: an ordinary call neither sets
+    nor stores it (the context is made once per call, on the happy path)."""
+    assert CallContext.__slots__ == (
+        "active",
+        "attempts",
+        "idempotent",
+        "resign",
+        "retry",
+        "service",
+        "started_at",
+    )
+    assert HandledCallContext.__slots__ == ("fallback",)
     assert CallContext("svc").caller_handles_failure is False
-    assert HandledCallContext("svc").caller_handles_failure is True
+    handled = HandledCallContext("svc", fallback=FALLBACK)
+    assert handled.caller_handles_failure is True
+    assert handled.fallback == FALLBACK
+    # A give-up event says nothing of it unless told.
+    event = GiveUpEvent("svc", "GET", "http://h/x", 1, None, "gave up", 0.0)
+    assert event.handled_by_caller is False
 
 
 # -- on a foreign session -----------------------------------------------------------------

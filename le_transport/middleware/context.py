@@ -59,8 +59,8 @@ class CallContext:
     - ``resign``: set by the auth middleware for a provider that signs each request (OAuth
       1.0): the request it signed, and how to sign it again. The retry loop calls it before
       each further attempt of that same request, so that no attempt repeats a nonce.
-    - ``caller_handles_failure``: whether whoever made the call handles its failure itself, so
-      that the call failing fails nothing yet (see :class:`HandledCallContext`). False here.
+    - ``caller_handles_failure``: whether whoever made the call handles an outage of it itself,
+      so that the call failing fails nothing yet (see :class:`HandledCallContext`). False here.
     """
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
@@ -97,17 +97,36 @@ class CallContext:
 
 
 class HandledCallContext(CallContext):
-    """A call whose failure its maker handles itself: the retry loop logs its giving up as a
-    WARNING, not an ERROR (still with everything it logs for any call).
+    """A call whose maker handles an outage of it itself, and says how: ``fallback``, a few
+    words ("the last good map is served"), true whatever the call's outcome.
+
+    When such a call gives up on an outage (a 5xx, a transport failure, a spent schedule, an
+    open breaker), the retry loop logs it as a WARNING, not an ERROR, ending with
+    ``handled: <fallback>`` (still with everything it logs for any call), and its
+    :class:`~le_transport.events.GiveUpEvent` has ``handled_by_caller``: alerting built on the
+    hooks can tell it from a failure a caller met. A refusal (a 4xx) or a closing engine is
+    never taken as handled: it is reported as for any call.
 
     A token fetched before the current token expires is one: when that single attempt fails,
-    the provider keeps the token that still works and says so itself (``refresh_failed``), so
-    an ERROR from the retry loop would report a failure that no caller saw.
+    the provider keeps the token that still works (``refresh_failed``), or fetches on the whole
+    schedule if it expired meanwhile. A Domain API refresh with a map cached is another: the
+    last good map is served.
     """
 
-    __slots__ = ()
+    __slots__ = ("fallback",)
 
     caller_handles_failure: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        service: str | None = None,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        *,
+        fallback: str,
+    ) -> None:
+        super().__init__(service, idempotent, retry)
+        self.fallback = fallback
 
 
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

@@ -59,7 +59,7 @@ from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
 from ..policies.classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
 from ..policies.retry import Action, Decision, RetryPolicy
 from ..policies.retry_after import parse_retry_after
-from .context import _CURRENT, CallContext
+from .context import _CURRENT, CallContext, HandledCallContext
 
 if TYPE_CHECKING:
     from .overload import RetryGate
@@ -705,6 +705,7 @@ class _Call(_WheelTimer):
                 outcome=None,
                 reason=refused.message,
                 elapsed=self._elapsed(),
+                handled_by_caller=self._fallback(refused) is not None,
             ),
         )
         return refused
@@ -767,18 +768,30 @@ class _Call(_WheelTimer):
             extra=self._extra(attempt=len(self.ctx.attempts), status=outcome.status),
         )
 
+    def _fallback(self, err: RequestError) -> str | None:
+        """What the call's maker falls back on when it fails with ``err`` (its words), or None
+        when it does not handle it: an ordinary call, or a refusal (a 4xx) or a closing engine,
+        which no fallback makes good. Read only when a call gives up."""
+        ctx = self.ctx
+        if not isinstance(ctx, HandledCallContext) or isinstance(
+            err, (ClientStatusError, EngineClosed)
+        ):
+            return None
+        return ctx.fallback
+
     def log_final(self, err: RequestError, outcome: Outcome | None, reason: str) -> None:
         elapsed = self._elapsed()
         attempts = len(self.ctx.attempts)
         # A 4xx is the caller's to fix, a call stopped by a closing engine no failure of the
-        # service, and a failure its maker handles itself (an early token fetch: the current
+        # service, and an outage its maker handles itself (an early token fetch: the current
         # token still works) has failed nothing yet: none is logged as an error. The last is
         # a WARNING, not INFO: it is the one line that says what the service answered, and an
-        # outage of it that outlasts the fallback will fail calls.
-        handled = self.ctx.caller_handles_failure
+        # outage of it that outlasts the fallback will fail calls. It says what the maker
+        # falls back on, in the maker's words, and so does its GiveUpEvent (handled_by_caller).
+        fallback = self._fallback(err)
         level = (
             logging.WARNING
-            if handled or isinstance(err, (ClientStatusError, EngineClosed))
+            if fallback is not None or isinstance(err, (ClientStatusError, EngineClosed))
             else logging.ERROR
         )
         # What the last attempt met, unless the reason says it already ("503 is not
@@ -793,7 +806,7 @@ class _Call(_WheelTimer):
             elapsed,
             reason,
             "" if last is None or reason.startswith(last) else f"; last outcome {last}",
-            "; its caller handles the failure" if handled else "",
+            "" if fallback is None else f"; handled: {fallback}",
             extra=self._extra(
                 attempt=attempts,
                 status=outcome.status if outcome else None,
@@ -811,6 +824,7 @@ class _Call(_WheelTimer):
                 outcome=outcome,
                 reason=reason,
                 elapsed=elapsed,
+                handled_by_caller=fallback is not None,
             ),
         )
 

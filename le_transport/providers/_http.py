@@ -107,18 +107,23 @@ class ProviderHttp:
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         idempotent: bool | None = None,
-        handles_failure: bool = False,
+        fallback: str | None = None,
     ) -> ProviderResponse:
         """Send one provider call on ``retry`` (default: the engine's policy); return the answer.
 
         Raises the retry middleware's typed errors: :class:`~le_transport.errors.ClientStatusError`
         for a 4xx, :class:`~le_transport.errors.RetriesExhausted` when the schedule is spent, ...
-        With ``handles_failure`` the provider says it handles the call's failure itself (a token
-        fetched early, while the current one still works): the retry middleware then logs its
-        giving up as a WARNING, not an ERROR.
+        A ``fallback`` says the provider handles an outage of the call itself, and how, in a
+        few words true whatever happens next (a token fetched early: "the current token is
+        kept ..."): the retry middleware then logs its giving up as a WARNING, not an ERROR,
+        ending with those words, and its give-up event has ``handled_by_caller`` (see
+        :class:`~le_transport.middleware.context.HandledCallContext`).
         """
-        kind = HandledCallContext if handles_failure else CallContext
-        ctx = kind(service=service, idempotent=idempotent, retry=retry)
+        ctx = (
+            CallContext(service, idempotent, retry)
+            if fallback is None
+            else HandledCallContext(service, idempotent, retry, fallback=fallback)
+        )
         session = self.session()
         try:
             with call_context(ctx):

@@ -7,19 +7,33 @@ is fetched anew half-way through its life instead, so that it is never sent past
 Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
 lifetime is read once, against the wall clock, when the token arrives. A token whose answer
 gives it under :data:`MIN_TOKEN_LIFE` (a JWT already past its ``exp`` by our wall clock, an
-absurd ``expires_in``) is not believed: it is used for :data:`MIN_TOKEN_REFRESH` seconds before
-it is fetched anew, and the server's 401 says sooner if it is really dead.
+absurd ``expires_in``) is not believed: it is used for :data:`MIN_TOKEN_REFRESH` seconds (or
+half the life the JWT was issued with, ``exp - iat``, if that is shorter) before it is fetched
+anew, and the server's 401 says sooner if it is really dead.
+
+A wall clock skewed from the issuer's would misread every JWT's ``exp``: ahead by most of a
+token's life, each token seems to live seconds and is fetched anew every second or so; behind,
+each seems to outlive its real expiry, and is sent expired. The JWT's ``iat`` (issued at, read
+without verifying too) tells the issuer's clock, within the time its answer took: a token
+issued in our clock's future proves our clock behind, at once. One issued long ago by our clock
+may be a cached token a token service hands out as it ages (whose ``exp - iat`` it no longer
+has), so that alone changes nothing; a second, newer token telling the same skew confirms our
+clock ahead. From then on a token's life is read against the issuer's clock (``exp`` less our
+wall clock, plus the skew), never longer than ``exp - iat``; each bound taken is the one that
+makes it the shorter. A skew beyond :data:`CLOCK_SKEW_TOLERANCE` is logged once, as a WARNING
+with its amount (a ``clock_skew`` event; back in step, INFO), never with the token.
 
 That early fetch is one attempt, not the request schedule: the current token still works, so a
 token service outage (a 5xx, a transport failure) must not fail calls, nor hold them through
-5/10/15 s of pauses. Its failure is logged as a WARNING, not an ERROR, by the retry middleware
-(the fetch says it handles it). When it fails, the current token keeps being used (a
-``refresh_failed`` event says so) and the fetch is tried again after a pause that grows like
-the request schedule; once the token has expired, the fetch follows the whole schedule and its
-failure is the call's. That includes the callers sharing an early fetch that fails after the
-token expired (or was dropped after a 401): the same shared run goes on with a fetch on the
-whole schedule, as a caller without a token would get, and one for all of them. A refusal (a
-4xx: bad credentials, a blacklisted account) fails the call at once either way.
+5/10/15 s of pauses. Its failure is logged as a WARNING, not an ERROR, by the retry middleware:
+the fetch says it handles an outage, and how (the line ends with it, and the give-up event has
+``handled_by_caller``). When it fails, the current token keeps being used (a ``refresh_failed``
+event says so) and the fetch is tried again after a pause that grows like the request schedule;
+once the token has expired, the fetch follows the whole schedule and its failure is the call's.
+That includes the callers sharing an early fetch that fails after the token expired (or was
+dropped after a 401): the same shared run goes on with a fetch on the whole schedule, as a
+caller without a token would get, and one for all of them. A refusal (a 4xx: bad credentials,
+a blacklisted account) fails the call at once either way, and is reported as any call's.
 """
 
 from __future__ import annotations
@@ -59,10 +73,17 @@ from ._http import (
 from ._refusals import credential_refusals
 from .auth import Credentials
 from .domains import DomainProvider
-from .jwt import jwt_expiry
+from .jwt import jwt_times
 from .login import login_policy
 
-__all__ = ["DEFAULT_TOKEN_MARGIN", "MIN_TOKEN_LIFE", "MIN_TOKEN_REFRESH", "Token", "TokenProvider"]
+__all__ = [
+    "CLOCK_SKEW_TOLERANCE",
+    "DEFAULT_TOKEN_MARGIN",
+    "MIN_TOKEN_LIFE",
+    "MIN_TOKEN_REFRESH",
+    "Token",
+    "TokenProvider",
+]
 
 _log = logging.getLogger("le_transport.auth")
 
@@ -72,8 +93,21 @@ DEFAULT_TOKEN_MARGIN = 60.0
 #: wall clock, or an absurd ``expires_in``) is used for :data:`MIN_TOKEN_REFRESH` seconds.
 MIN_TOKEN_LIFE = 1.0
 #: How long a token whose answer is not believed (see :data:`MIN_TOKEN_LIFE`) is used before it
-#: is fetched anew on its own; also the shortest pause before an early fetch is tried again.
+#: is fetched anew on its own (never longer than half the life a JWT was issued with); also the
+#: shortest pause before an early fetch is tried again.
 MIN_TOKEN_REFRESH = 5.0
+#: How far our wall clock may be from a JWT issuer's, as its ``iat`` tells, before it is taken
+#: as skewed (see the module): well beyond the jitter of an answer's transit and of ``iat``'s
+#: whole seconds, so that a slow answer is not taken for skew.
+CLOCK_SKEW_TOLERANCE = 5.0
+#: ``iat`` is whole seconds: it may be up to this much before the moment the token was made.
+_IAT_RESOLUTION = 1.0
+#: What an early fetch does when its one attempt meets an outage, in the retry middleware's
+#: give-up line: true whether the token still lives then or expired meanwhile.
+_EARLY_FALLBACK = (
+    "the current token is kept while it is valid and fetched again later; if it expired "
+    "meanwhile, a fetch on the whole schedule follows"
+)
 
 
 @attrs.frozen(repr=False)
@@ -163,17 +197,24 @@ class TokenProvider:
         # Early fetches failed in a row while the current token still lived (the pause before
         # the next one grows with it); reset by a token.
         self._early_failures = 0
+        # How far our wall clock is ahead of the token issuer's (negative: behind), as JWTs'
+        # iat told it; 0 until one tells otherwise (see the module).
+        self._skew = 0.0
+        # The last JWT that looked issued longer ago than the skew allows (a cached token, or
+        # our clock further ahead): its iat and the bounds of the skew it would mean. A second,
+        # newer one meaning the same skew confirms it.
+        self._older: tuple[float, float, float] | None = None
         #: Tokens fetched successfully.
         self.fetches = 0
 
     # -- subclass hook ----------------------------------------------------------------------
 
     async def _request_token(
-        self, http: ProviderHttp, retry: RetryPolicy, *, handles_failure: bool = False
+        self, http: ProviderHttp, retry: RetryPolicy, *, fallback: str | None = None
     ) -> tuple[ProviderResponse, str]:
         """Send the token request on ``retry``; return the answer and the JSON field holding
-        the token. Pass ``handles_failure`` on to :meth:`ProviderHttp.request`: an early fetch
-        handles its own failure."""
+        the token. Pass ``fallback`` on to :meth:`ProviderHttp.request`: an early fetch
+        handles an outage of its own, and says how."""
         raise NotImplementedError
 
     @property
@@ -318,6 +359,7 @@ class TokenProvider:
             # One attempt: the current token still works, and callers must not wait through
             # the schedule for a new one (the next try comes on a later call).
             retry = attrs.evolve(retry, pauses=())
+        sent_at = http.clock.now()
         with credential_refusals(
             http,
             self.subject,
@@ -330,13 +372,12 @@ class TokenProvider:
             # An early fetch reports its own outage: it may be no failure of the call at all.
             report_outages=not early,
         ):
-            resp, field = await self._request_token(http, retry, handles_failure=early)
+            resp, field = await self._request_token(
+                http, retry, fallback=_EARLY_FALLBACK if early else None
+            )
         value, expires_in = self._parse(resp, field)
         now = http.clock.now()
-        lifetime = expires_in
-        exp = jwt_expiry(value)
-        if exp is not None:
-            lifetime = exp - self._wall_clock()
+        lifetime, floor = self._lifetime(http, value, expires_in, now - sent_at)
         refresh_at = expires_at = None
         if lifetime is not None:
             expires_at = now + lifetime
@@ -350,7 +391,7 @@ class TokenProvider:
                 # answer), or an expiry closer than a request takes, would otherwise be
                 # fetched anew for every call: one token request per API call. It is used
                 # until the floor; a 401 says sooner if it is really dead.
-                refresh_in = MIN_TOKEN_REFRESH
+                refresh_in = floor
             refresh_at = now + refresh_in
         self._generation += 1
         token = Token(Secret(value), refresh_at, self._generation, expires_at)
@@ -371,6 +412,84 @@ class TokenProvider:
             ),
         )
         return token
+
+    def _lifetime(
+        self, http: ProviderHttp, value: str, expires_in: float | None, took: float
+    ) -> tuple[float | None, float]:
+        """How long a token that just arrived lives (None: unknown), and how long it is used if
+        that is under :data:`MIN_TOKEN_LIFE` (not believed). ``took``: engine-clock seconds
+        from sending its request to now, the longest its answer can have been on the way."""
+        exp, iat = jwt_times(value)
+        if exp is None:
+            return expires_in, MIN_TOKEN_REFRESH
+        wall = self._wall_clock()
+        if iat is None or iat > exp:
+            # Nothing tells the issuer's clock (an iat after exp tells nothing sane): our wall
+            # clock, less the skew earlier tokens told, if any.
+            return exp - wall + self._skew, MIN_TOKEN_REFRESH
+        issued_for = exp - iat
+        offset = wall - iat
+        self._read_skew(http, iat, offset - took - _IAT_RESOLUTION, offset)
+        # Never more than it was issued with: the issuer made it at iat or later.
+        lifetime = exp - wall + min(self._skew, offset)
+        # A token not believed is used for MIN_TOKEN_REFRESH s, or half the life it was issued
+        # with if that is shorter: a token issued for 4 s, past its exp by a clock ahead of the
+        # issuer's, is fetched anew before it expires, and the next one tells the skew.
+        floor = MIN_TOKEN_REFRESH
+        if MIN_TOKEN_LIFE <= issued_for < 2.0 * MIN_TOKEN_REFRESH:
+            floor = issued_for / 2.0
+        return lifetime, floor
+
+    def _read_skew(self, http: ProviderHttp, iat: float, low: float, high: float) -> None:
+        """What a JWT just fetched tells of our wall clock's skew from its issuer's.
+
+        Made between our request and its answer, it means a skew between ``low`` (the request's
+        time less iat, less iat's rounding) and ``high`` (now less iat), if it was made for this
+        request; and at most ``high`` whatever it is, since no issuer dates a token in its own
+        future. So a token issued later than the skew believed allows proves our clock behind
+        (or less ahead) at once. One issued longer ago than it allows may be a cached token,
+        handed out as it ages, as well as a sign of our clock ahead: only a second, newer one
+        meaning the same skew confirms it. Each bound taken is the lower one, which makes a
+        token's life the shorter: a token is never believed to live longer than the
+        evidence shows.
+        """
+        skew = self._skew
+        if high < skew - CLOCK_SKEW_TOLERANCE:
+            self._older = None
+            self._set_skew(http, low)
+        elif low > skew + CLOCK_SKEW_TOLERANCE:
+            older = self._older
+            if (
+                older is not None
+                and iat > older[0]
+                and low <= older[2] + CLOCK_SKEW_TOLERANCE
+                and older[1] <= high + CLOCK_SKEW_TOLERANCE
+            ):
+                self._older = None
+                self._set_skew(http, max(low, older[1]))
+            else:
+                self._older = (iat, low, high)
+        else:
+            self._older = None
+
+    def _set_skew(self, http: ProviderHttp, skew: float) -> None:
+        """Believe ``skew`` from now on, and say so (the amount, never a token)."""
+        self._skew = skew
+        in_step = abs(skew) <= CLOCK_SKEW_TOLERANCE
+        emit_state(
+            http.hooks,
+            _log,
+            logging.INFO if in_step else logging.WARNING,
+            StateEvent(
+                "clock_skew",
+                self.subject,
+                {
+                    "skew": round(skew, 3),
+                    "our_clock": "in step" if in_step else "ahead" if skew > 0 else "behind",
+                    "next": "token lifetimes read against the issuer's clock (JWT iat)",
+                },
+            ),
+        )
 
     def _parse(self, resp: ProviderResponse, field: str) -> tuple[str, float | None]:
         if resp.status not in (200, 201):

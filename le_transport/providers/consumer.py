@@ -108,7 +108,7 @@ class ConsumerJwt(TokenProvider):
         return require_secret(value, owner="ConsumerJwt", field="auth_code (returned)").reveal()
 
     async def _request_token(
-        self, http: ProviderHttp, retry: RetryPolicy, *, handles_failure: bool = False
+        self, http: ProviderHttp, retry: RetryPolicy, *, fallback: str | None = None
     ) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
         code = await self._code()
@@ -120,7 +120,7 @@ class ConsumerJwt(TokenProvider):
             service=self._service,
             json={} if code is None else {"authCode": code},
             retry=retry,
-            handles_failure=handles_failure,
+            fallback=fallback,
             # A signup repeated after a lost answer only makes another anonymous consumer.
             idempotent=code is None,
         )

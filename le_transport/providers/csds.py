@@ -12,7 +12,10 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
   API sits on every reconnect path, and its outage must not stop one. Such a refresh is a single
   attempt (no 5/10/15 s schedule in front of a reconnect), and it is not tried again for
   ``stale_retry`` seconds. A refresh answering a map without one valid host (empty, or every
-  entry malformed or hostile) counts as failed: installed, it would fail every service.
+  entry malformed or hostile) counts as failed: installed, it would fail every service. A
+  refresh with a map cached says it handles an outage itself, so the retry middleware logs its
+  giving up as a WARNING that says the last good map is served, not an ERROR, and its give-up
+  event has ``handled_by_caller``: nothing failed for a caller (a token fetched early, say).
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
@@ -73,6 +76,8 @@ DEFAULT_CSDS_HOST = "api.liveperson.net"
 DEFAULT_CSDS_TTL = 600.0
 #: After a failed refresh, how long the stale map is served before the Domain API is asked again.
 DEFAULT_STALE_RETRY = 30.0
+#: What a refresh does when it meets an outage, in the retry middleware's give-up line.
+_STALE_FALLBACK = "the last good map is served"
 
 _PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
@@ -300,7 +305,7 @@ class CsdsDomains:
                 self._install(shared_entries, http.clock.now())
                 return shared_entries
         try:
-            entries = await self._fetch(http, policy)
+            entries = await self._fetch(http, policy, stale=stale is not None)
             if stale is not None and not any(isinstance(h, str) for h in entries.values()):
                 # Installed, it would fail every service with UnknownServiceError (or
                 # HostileHostError) for a whole TTL; as a failed refresh, the last good map
@@ -341,7 +346,9 @@ class CsdsDomains:
         self._install(entries, http.clock.now())
         return entries
 
-    async def _fetch(self, http: ProviderHttp, policy: RetryPolicy) -> dict[str, Entry]:
+    async def _fetch(
+        self, http: ProviderHttp, policy: RetryPolicy, *, stale: bool
+    ) -> dict[str, Entry]:
         url = provider_url(
             self._scheme or http.scheme,
             self._csds_host,
@@ -349,7 +356,14 @@ class CsdsDomains:
             {"version": "1.0"},
         )
         self.fetches += 1
-        resp = await http.request("GET", url, service="csds", retry=policy)
+        resp = await http.request(
+            "GET",
+            url,
+            service="csds",
+            retry=policy,
+            # With a map to fall back on, an outage fails no caller.
+            fallback=_STALE_FALLBACK if stale else None,
+        )
         if resp.status != 200:
             raise DomainResolutionError(
                 f"the Domain API answered {resp.status} for account {self._account!r}",

@@ -1,7 +1,8 @@
-"""Reading a JWT's expiry without verifying it, to refresh a token before it lapses.
+"""Reading a JWT's expiry and issue time without verifying it, to refresh a token before it lapses.
 
 The client does not hold the key that signed the token and does not need to: the server checks
-the signature. The client only reads ``exp`` to know when to fetch a new token.
+the signature. The client only reads ``exp`` to know when to fetch a new token, and ``iat`` to
+tell how far its own wall clock is from the issuer's (see ``providers/_token.py``).
 """
 
 from __future__ import annotations
@@ -12,26 +13,35 @@ import json
 
 from ..policies._validate import finite_number
 
-__all__ = ["jwt_expiry"]
+__all__ = ["jwt_expiry", "jwt_times"]
 
 
 def jwt_expiry(token: str) -> float | None:
     """The ``exp`` claim (epoch seconds) of a JWT, or None if it has none or is not a JWT."""
+    return jwt_times(token)[0]
+
+
+def jwt_times(token: str) -> tuple[float | None, float | None]:
+    """The ``exp`` and ``iat`` claims (epoch seconds) of a JWT, each None if it is missing or
+    not a finite number; both None if ``token`` is not a JWT. Never raises."""
     parts = token.split(".")
     if len(parts) != 3 or not parts[1]:
-        return None
+        return None, None
     segment = parts[1]
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         claims = json.loads(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-        return None
+        return None, None
     if not isinstance(claims, dict):
-        return None
-    exp = claims.get("exp")
+        return None, None
+    return _number(claims.get("exp")), _number(claims.get("iat"))
+
+
+def _number(value: object) -> float | None:
     # finite_number, not math.isfinite: a JSON int past float's range (a hostile or broken
-    # token) makes math.isfinite raise OverflowError; such an exp is no expiry at all.
-    if not finite_number(exp):
+    # token) makes math.isfinite raise OverflowError; such a claim is no time at all.
+    if not finite_number(value):
         return None
-    assert isinstance(exp, (int, float))
-    return float(exp)
+    assert isinstance(value, (int, float))
+    return float(value)

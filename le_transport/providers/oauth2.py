@@ -83,7 +83,7 @@ class SentinelClientCredentials(TokenProvider):
         return f"sentinel[{self._account}]"
 
     async def _request_token(
-        self, http: ProviderHttp, retry: RetryPolicy, *, handles_failure: bool = False
+        self, http: ProviderHttp, retry: RetryPolicy, *, fallback: str | None = None
     ) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
         url = provider_url(
@@ -102,7 +102,7 @@ class SentinelClientCredentials(TokenProvider):
                 "grant_type": "client_credentials",
             },
             retry=retry,
-            handles_failure=handles_failure,
+            fallback=fallback,
             idempotent=True,
         )
         return resp, "access_token"
