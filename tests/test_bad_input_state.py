@@ -12,6 +12,8 @@ import pytest
 
 from le_transport._redact import Secret
 from le_transport.errors import ConfigurationError
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import RetryBudget
 from le_transport.state import (
     FallbackStore,
     FleetPacer,
@@ -23,6 +25,7 @@ from le_transport.state import (
 from le_transport.state.store import state_key
 from le_transport.testing import VirtualClock
 from tests.known_secrets import PASSWORD
+from tests.test_guard_hot_path import _Call
 
 HUGE = 10**400  # an int past float's range: float() and math.isfinite raise OverflowError
 
@@ -146,3 +149,85 @@ async def test_a_damaged_shared_domain_map_reads_as_absent(payload: str) -> None
     shared = SharedDomainMap(store, account="1")
     await store.set(state_key("1", "domains"), payload, ttl=60)
     assert await shared.get() is None
+
+
+# -- the overload guard's fleet intervals --------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["flush_interval", "sync_interval"])
+@pytest.mark.parametrize(
+    "value",
+    [HUGE, -HUGE, float("nan"), float("inf"), -float("inf"), True, -1, -0.5, "1", None],
+    ids=["huge", "-huge", "nan", "inf", "-inf", "bool", "-1", "-0.5", "str", "None"],
+)
+def test_overload_guard_refuses_an_interval_that_is_no_finite_number_of_seconds(
+    field: str, value: object
+) -> None:
+    """10**400 passed ``< math.inf`` and raised OverflowError from a fleet guard's second first
+    attempt (the batched send's arithmetic): refused when the guard is made."""
+    with pytest.raises(ConfigurationError, match=rf"OverloadGuard\.{field}"):
+        OverloadGuard(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1.5, True, float("nan"), float("inf"), 1e308, -1, "8"], ids=repr
+)
+def test_overload_guard_refuses_a_max_breakers_that_is_no_int_of_at_least_one(
+    value: object,
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"OverloadGuard\.max_breakers"):
+        OverloadGuard(max_breakers=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [0, 1e308, 10**300])
+async def test_a_fleet_guard_with_extreme_but_finite_intervals_works(seconds: float) -> None:
+    """Never flushing early, never syncing again: what a huge interval means, without failing."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = OverloadGuard(
+        store=FallbackStore(MemoryStore(clock), clock=clock),
+        account="1",
+        clock=clock,
+        flush_interval=seconds,
+        sync_interval=seconds,
+    )
+    for _ in range(3):
+        assert await guard.admit(_Call("svc", "127.0.0.1:8080"), 1) is None
+        clock.advance(0.5)
+
+
+# -- a store's budget, bucket and conditions of the wrong kind ------------------------------------
+
+
+def _stores() -> list[Any]:
+    clock = VirtualClock()
+    return [MemoryStore(clock), FallbackStore(MemoryStore(clock), clock=clock)]
+
+
+@pytest.mark.parametrize("policy", ["x", None, 0.1, RetryBudget], ids=repr)
+async def test_a_stores_budget_refuses_a_policy_that_is_no_retry_budget(policy: Any) -> None:
+    """It raised AttributeError ('str' object has no attribute 'empty') from inside the store."""
+    for store in _stores():
+        for deposits, withdraw in ((0, False), (1, False), (0, True)):
+            with pytest.raises(ConfigurationError, match="needs a RetryBudget policy"):
+                await store.budget("b", policy, deposits=deposits, withdraw=withdraw)
+
+
+@pytest.mark.parametrize("bucket", ["x", None, 2.0, RetryBudget()], ids=repr)
+async def test_a_stores_reserve_refuses_a_bucket_that_is_no_token_bucket(bucket: Any) -> None:
+    for store in _stores():
+        with pytest.raises(ConfigurationError, match="needs a TokenBucket"):
+            await store.reserve("p", bucket)
+
+
+@pytest.mark.parametrize("only_if", [5, b"v", ["v"]], ids=repr)
+async def test_a_stores_condition_that_is_no_str_is_refused(only_if: Any) -> None:
+    """Redis would compare str(only_if), the memory store the object: they would disagree."""
+    for store in _stores():
+        await store.set("k", "5", ttl=10)
+        with pytest.raises(ConfigurationError, match="only_if must be None or a str, got"):
+            await store.set("k", "v", ttl=10, only_if=only_if)
+        with pytest.raises(ConfigurationError, match="only_if must be None or a str, got"):
+            await store.delete("k", only_if=only_if)
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "5"

@@ -7,17 +7,19 @@ production: the same protocol) and a loopback service, on virtual time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 
 import pytest
 from aiohttp import web
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from le_transport import Engine, RetryPolicy
+from le_transport.clock import Clock
 from le_transport.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -31,8 +33,9 @@ from le_transport.policies import (
     CircuitBreaker,
     Outcome,
     RetryBudget,
+    TokenBucket,
 )
-from le_transport.state import Entry, MemoryStore, state_key
+from le_transport.state import Entry, MemoryStore, StateStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.test_guard_hot_path import _Call, _done
@@ -255,6 +258,69 @@ async def test_draining_the_guard_leaves_no_release_behind_even_when_the_store_h
     assert clock.now() - started == pytest.approx(1.0)
 
 
+class _SlowDeletes(MemoryStore):
+    """A shared store whose each delete of a probe lock waits for a gate of its own (a Redis
+    round trip that takes its time)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.gates: list[asyncio.Event] = []
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        if ":breaker-probe:" in key:
+            gate = asyncio.Event()
+            self.gates.append(gate)
+            await gate.wait()
+        return await super().delete(key, only_if=only_if)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(50):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize("closing", ["the guard drains", "the engine closes"])
+async def test_draining_waits_for_a_release_started_while_it_drains(closing: str) -> None:
+    """A probe abandoned while the guard drains (a call cancelled as the engine closes, or a
+    call of another engine sharing the guard) has its lock's release awaited too: drain()
+    waited only for the releases there when it began, and returned with the new one pending,
+    a task that outlived the engine (under asyncio.run, cancelled at the loop's end with the
+    fleet's probe lock still held for its lease)."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _SlowDeletes(clock)
+    (guard,) = _fleet(clock, store, 1)
+    hosts = [HOST, "127.0.0.1:8081"]
+    for host in hosts:
+        for _ in range(BREAKER.minimum_throughput):
+            call = _Call("svc", host)
+            assert await guard.admit(call, 1) is None
+            await guard.settle(call, 1, DOWN)
+    clock.advance(5.0)
+    probes = [_Call("svc", host) for host in hosts]
+    for probe in probes:
+        assert await guard.admit(probe, 1) is None
+    engine = Engine({"svc": HOST}, scheme="http", clock=clock, overload=guard)
+    guard.abandon(probes[0], 1)
+    draining = asyncio.ensure_future(
+        guard.drain() if closing == "the guard drains" else engine.close()
+    )
+    await _until(lambda: len(store.gates) == 1)
+    guard.abandon(probes[1], 1)  # while the drain waits for the first release
+    await _until(lambda: len(store.gates) == 2)
+    store.gates[0].set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not draining.done(), "the second release is still out"
+    store.gates[1].set()
+    await draining
+    assert not guard._releases
+    for host in hosts:
+        assert await store.get(state_key("1", "breaker-probe", "svc", host)) is None
+
+
 class _StallingStore(MemoryStore):
     """A shared store whose next read, or next write, of a breaker trip waits on ``release``
     (a Redis round trip during which the caller is cancelled)."""
@@ -279,9 +345,9 @@ class _StallingStore(MemoryStore):
         await self._maybe_stall("get", key)
         return await super().get(key)
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         await self._maybe_stall("set", key)
-        await super().set(key, value, ttl=ttl)
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
 
 
 @pytest.mark.parametrize("where", ["admitting", "publishing its verdict"])
@@ -474,6 +540,231 @@ async def test_a_huge_number_of_openings_in_a_trip_entry_is_bounded() -> None:
     assert guard._status[("svc", HOST)].open_until == pytest.approx(clock.now() + 120.0)
 
 
+# -- a newer break that another process published while this one probed ------------------------
+#
+# Process B read the store before A's trip was published (its sync_interval is long), so its own
+# breaker is closed; its attempts then in flight fail, and it opens and publishes a break of its
+# own. Meanwhile A, its break over, takes the fleet's probe. A must not replace B's break with
+# the half-open tail of its own trip (a get and then a set), nor delete it when its probe
+# succeeds: either way the fleet lost the newest break it had. These scenarios run on a
+# MemoryStore here and on a real Redis in tests/test_redis_store.py.
+
+#: B's breaker: a long break, so that it is on whenever the scenario looks.
+NEWER = CircuitBreaker(
+    minimum_throughput=4,
+    sampling_window=30.0,
+    breaks=BackoffPolicy(first=60.0, jitter=0.0, floor=0.0),
+)
+
+
+class PausingStore:
+    """A :class:`StateStore` over ``inner`` whose next write of the breaker trip, once
+    ``armed``, waits for ``go``: a process paused between reading the trip and writing it, as a
+    round trip to Redis lets another process run in between."""
+
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.armed = False
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def get(self, key: str) -> Entry | None:
+        return await self.inner.get(key)
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        if self.armed and key == _trip_key():
+            self.armed = False
+            self.paused.set()
+            await self.go.wait()
+        if only_if is None:
+            return await self.inner.set(key, value, ttl=ttl)
+        return await self.inner.set(key, value, ttl=ttl, only_if=only_if)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        return await self.inner.add(key, value, ttl=ttl)
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        return await self.inner.delete(key, only_if=only_if)
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        return await self.inner.budget(key, policy, deposits=deposits, withdraw=withdraw)
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        return await self.inner.reserve(key, bucket)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _process(
+    store: StateStore, clock: Clock, breaker: CircuitBreaker, sync: float
+) -> OverloadGuard:
+    return OverloadGuard(
+        budget=None, breaker=breaker, store=store, account="1", clock=clock, sync_interval=sync
+    )
+
+
+async def _unsynced(store: StateStore, clock: Clock) -> tuple[OverloadGuard, list[_Call]]:
+    """Process B, with four attempts admitted before any trip was published."""
+    b = _process(store, clock, NEWER, sync=3600.0)
+    calls = [_Call("svc", HOST) for _ in range(4)]
+    for call in calls:
+        assert await b.admit(call, 1) is None
+    return b, calls
+
+
+async def _b_opens(b: OverloadGuard, calls: list[_Call], store: StateStore) -> Entry:
+    """B's attempts fail: it opens and publishes its break; the entry it published."""
+    for call in calls:
+        await b.settle(call, 1, DOWN)
+    assert b.breaker_state("svc", HOST) is BreakerState.OPEN
+    published = await store.get(_trip_key())
+    assert published is not None
+    return published
+
+
+async def _the_fleet_keeps(store: StateStore, clock: Clock, published: Entry) -> None:
+    """B's break is what the store holds, and what a process reading it now finds."""
+    held = await store.get(_trip_key())
+    assert held is not None, "the newest break was deleted"
+    assert held.value == published.value, "the newest break was overwritten"
+    late = _process(store, clock, BREAKER, sync=0.0)
+    refused = await late.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert late.breaker_state("svc", HOST) is BreakerState.OPEN
+    assert refused.retry_at > clock.now() + 30.0, "B's 60 s break"
+
+
+async def newer_break_during_a_tail_rewrite(
+    store: StateStore,
+    clock: Clock,
+    breaker: CircuitBreaker,
+    past_the_break: Callable[[OverloadGuard], Awaitable[None]],
+) -> None:
+    """A reads its trip in the half-open tail, and while it rewrites the tail (keeping the trip
+    for its probe), B publishes its break: A's write must not replace it, and A must not probe
+    while it is on."""
+    pausing = PausingStore(store)
+    a = _process(pausing, clock, breaker, sync=0.0)
+    b, in_flight = await _unsynced(store, clock)
+    await _trip(a)
+    await past_the_break(a)
+    pausing.armed = True
+    admitting = asyncio.ensure_future(a.admit(_Call("svc", HOST), 1))
+    await pausing.paused.wait()  # A has read the trip, and is about to write its tail
+    published = await _b_opens(b, in_flight, store)
+    pausing.go.set()
+    refused = await admitting
+    assert isinstance(refused, CircuitOpen), "a probe went out during the fleet's newest break"
+    assert refused.retry_at > clock.now() + 30.0, "A adopted B's break"
+    assert await store.get(_probe_key()) is None, "A let go of the probe lock"
+    await _the_fleet_keeps(store, clock, published)
+
+
+async def newer_break_during_a_probe(
+    store: StateStore,
+    clock: Clock,
+    breaker: CircuitBreaker,
+    past_the_break: Callable[[OverloadGuard], Awaitable[None]],
+) -> None:
+    """A's probe is out when B publishes its break; A's probe then succeeds: A's breaker
+    closes, and the trip it probed on goes, but B's break stays for the fleet."""
+    a = _process(store, clock, breaker, sync=0.0)
+    b, in_flight = await _unsynced(store, clock)
+    await _trip(a)
+    await past_the_break(a)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    published = await _b_opens(b, in_flight, store)
+    await a.settle(probe, 1, OK)
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED
+    await _the_fleet_keeps(store, clock, published)
+    refused = await a.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen), "A adopts B's break at its next read"
+
+
+@pytest.mark.parametrize(
+    "scenario", [newer_break_during_a_tail_rewrite, newer_break_during_a_probe]
+)
+async def test_a_break_published_while_another_process_probes_is_never_lost(
+    scenario: Callable[..., Awaitable[None]],
+) -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        clock.advance(6.0)  # A's 5 s break is over; its trip is in the half-open tail
+
+    await scenario(MemoryStore(clock), clock, BREAKER, past_the_break)
+
+
+async def test_a_probes_success_still_deletes_the_trip_it_probed_and_its_tail_rewrite() -> None:
+    """With no other process in between, the conditional writes go through as before: the
+    tail is kept while the probe is out, and the probe's success deletes it."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    (a,) = _fleet(clock, store, 1)
+    await _trip(a)
+    clock.advance(20.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    assert entry.ttl == pytest.approx(BREAKER.probe_lease), "the tail was kept for the probe"
+    await a.settle(probe, 1, OK)
+    assert await store.get(_trip_key()) is None
+
+
+class _MovingTrip(MemoryStore):
+    """A shared store where another process rewrites the trip (its break still over) just
+    before each compare-and-set of it: a fleet's trip that changes at every read."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.moves = 0
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        entry = await super().get(key)
+        if only_if is not None and entry is not None:
+            self.moves += 1
+            moved = json.dumps({"opens": 1, "half_open": entry.ttl + 1.0, "id": f"x:{self.moves}"})
+            await super().set(key, moved, ttl=entry.ttl)
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+
+async def test_a_trip_that_changes_at_every_read_sends_no_probe_and_frees_the_lock() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _MovingTrip(clock)
+    (a,) = _fleet(clock, store, 1)
+    await _trip(a)
+    clock.advance(20.0)  # late in the trip's tail: the probe would keep it
+    refused = await a.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert refused.retry_at == pytest.approx(clock.now() + 1.0), "tried again after a sync"
+    assert store.moves == 2, "read twice, then left to a later call"
+    assert await store.get(_probe_key()) is None
+    assert a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    assert not a._probes
+
+
+async def test_two_processes_breaks_after_as_many_openings_are_told_apart() -> None:
+    """Each trip entry carries a mark of its own: B's first break and A's read alike otherwise,
+    and a compare-and-delete of A's would delete B's."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b = _fleet(clock, store)
+    assert await b.admit(_Call("svc", HOST), 1) is None  # B reads the store: no trip yet
+    await _trip(a)
+    first = await store.get(_trip_key())
+    await _trip(b)  # within B's sync_interval: B opens on its own, unaware of A's break
+    second = await store.get(_trip_key())
+    assert first is not None
+    assert second is not None
+    assert json.loads(first.value)["opens"] == json.loads(second.value)["opens"] == 1
+    assert first.value != second.value
+
+
 class FleetBreakerMachine(RuleBasedStateMachine):
     """Three processes share one store; calls start, end and are cancelled in any order, on any
     clock. Whatever the interleaving: no probe goes out while a break the fleet published is on
@@ -579,3 +870,155 @@ FleetBreakerMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=60, deadline=None
 )
 test_the_fleets_breaker_holds_its_rules_in_any_interleaving = FleetBreakerMachine.TestCase
+
+
+class _RoundTrip:
+    """Suspends its awaiter once: a store's round trip, during which other processes run."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+class SteppingStore(MemoryStore):
+    """A shared MemoryStore whose every operation first suspends once, so that a machine
+    driving the guards' coroutines step by step interleaves the processes' store operations
+    in any order (each operation itself atomic, as on Redis).
+
+    Every write that takes effect on the trip is checked: an entry whose break is still on may
+    only be replaced by another break (a process publishing its own opening), never by a
+    half-open tail nor deleted. ``lost`` names each time it was."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.lost: list[str] = []
+
+    def _break_on(self, value: str, ttl: float) -> bool:
+        return ttl - float(json.loads(value).get("half_open", 0)) > 0
+
+    def _held_break(self, key: str) -> bool:
+        item = self._live(key) if key == _trip_key() else None
+        return item is not None and self._break_on(item[0], item[1] - self._clock.now())
+
+    async def get(self, key: str) -> Entry | None:
+        await _RoundTrip()
+        return await super().get(key)
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        await _RoundTrip()
+        held = self._held_break(key)
+        if only_if is None:
+            stored = await super().set(key, value, ttl=ttl)
+        else:
+            stored = await super().set(key, value, ttl=ttl, only_if=only_if)
+        if held and stored is not False and not self._break_on(value, ttl):
+            self.lost.append(f"a break still on was overwritten at {self._clock.now()}")
+        return stored
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        await _RoundTrip()
+        return await super().add(key, value, ttl=ttl)
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        await _RoundTrip()
+        held = self._held_break(key)
+        deleted = await super().delete(key, only_if=only_if)
+        if held and deleted:
+            self.lost.append(f"a break still on was deleted at {self._clock.now()}")
+        return deleted
+
+
+async def _waits(clock: VirtualClock, seconds: float) -> None:
+    """A process idle for ``seconds`` of the clock (which only the scheduler moves)."""
+    until = clock.now() + seconds
+    while clock.now() < until:
+        await _RoundTrip()
+
+
+async def _attempt(guard: OverloadGuard, clock: VirtualClock, lasts: float, ok: bool) -> None:
+    """One call's attempt: admitted (or refused), and ending ``lasts`` seconds later."""
+    call = _Call("svc", HOST)
+    if await guard.admit(call, 1) is None:
+        await _waits(clock, lasts)
+        await guard.settle(call, 1, OK if ok else DOWN)
+
+
+class _Plan:
+    """When each process acts, drawn: A's first attempts, its probe and how long it lasts, how
+    long B's attempts last (admitted at once: before A's trip is published, if B goes first),
+    when C calls, and whether the service is back for the probes."""
+
+    def __init__(self, data: st.DataObject) -> None:
+        self.a_fails_after = data.draw(st.sampled_from([0.0, 1.0]))
+        self.a_probe_lasts = data.draw(st.sampled_from([0.0, 1.0, 4.0, 8.0]))
+        self.b_fails_after = data.draw(st.sampled_from([0.0, 1.0, 5.0, 6.0, 7.0, 8.0, 10.0]))
+        self.c_calls_every = data.draw(st.sampled_from([1.0, 3.0, 6.0]))
+        self.back = data.draw(st.booleans())
+
+
+async def _trips_and_probes(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
+    """Process A: its attempts fail, it opens and publishes; once its break is over, it probes."""
+    for _ in range(FleetBreakerMachine.breaker.minimum_throughput):
+        await _attempt(guard, clock, plan.a_fails_after, ok=False)
+    await _waits(clock, 6.0)  # its 5 s break
+    await _attempt(guard, clock, plan.a_probe_lasts, ok=plan.back)
+
+
+async def _fails_unaware(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
+    """Process B: two attempts admitted at once, which fail later."""
+    calls = [_Call("svc", HOST) for _ in range(2)]
+    admitted = [call for call in calls if await guard.admit(call, 1) is None]
+    await _waits(clock, plan.b_fails_after)
+    for call in admitted:
+        await guard.settle(call, 1, DOWN)
+    await _waits(clock, 6.0)
+    await _attempt(guard, clock, 0.0, ok=plan.back)
+
+
+async def _calls_now_and_then(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
+    """Process C: a call every few seconds, whose answer the service's state decides."""
+    for _ in range(4):
+        await _attempt(guard, clock, 0.0, ok=plan.back)
+        await _waits(clock, plan.c_calls_every)
+
+
+_SCRIPTS = (_trips_and_probes, _fails_unaware, _calls_now_and_then)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), schedule=st.lists(st.sampled_from([0, 1, 2, 0, 1, 2, -1]), max_size=150))
+def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
+    data: st.DataObject, schedule: list[int]
+) -> None:
+    """Three processes, each a script of calls (A trips and probes after its break, B's
+    attempts fail unaware of A's trip, C calls now and then), run interleaved store operation
+    by store operation in the order ``schedule`` draws (a process's next step, or -1: a second
+    passes), then in turn to their end. Whatever the order: a break the fleet published is
+    never lost while it is on (no process rewrites it as its own trip's half-open tail, nor
+    deletes it when its probe succeeds), and at most one probe is out."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = SteppingStore(clock)
+    guards = _fleet(clock, store, 3, FleetBreakerMachine.breaker)
+    plan = _Plan(data)
+    running = [script(guard, clock, plan) for script, guard in zip(_SCRIPTS, guards, strict=True)]
+    live = set(range(len(running)))
+    # The drawn order, then each live process in turn with a second passing after each round.
+    rest = itertools.chain.from_iterable(itertools.repeat([0, 1, 2, -1], 200))
+    try:
+        for choice in itertools.chain(schedule, rest):
+            if not live:
+                break
+            if choice == -1:
+                clock.advance(1.0)
+                continue
+            if choice not in live:
+                continue
+            try:
+                running[choice].send(None)
+            except StopIteration:
+                live.discard(choice)
+            assert not store.lost, store.lost
+            assert sum(len(guard._probes) for guard in guards) <= 1, "two probes out at once"
+        assert not live, "every process ends"
+    finally:
+        for coro in running:
+            coro.close()

@@ -8,23 +8,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from le_transport.clock import RealClock
 from le_transport.errors import ConfigurationError, StateStoreError
 from le_transport.events import EventHooks, StateEvent
-from le_transport.policies import RetryBudget, TokenBucket
-from le_transport.state import FallbackStore, MemoryStore, RedisStore, SharedSession, state_key
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import (
+    BackoffPolicy,
+    BreakerState,
+    CircuitBreaker,
+    RetryBudget,
+    TokenBucket,
+)
+from le_transport.state import (
+    FallbackStore,
+    MemoryStore,
+    RedisStore,
+    SharedSession,
+    StateStore,
+    state_key,
+)
 from le_transport.state.store import MAX_TTL
 
 from .certs import self_signed_loopback
 from .redis_server import RedisServer, redis_server, require_redis_server
+from .test_breaker_fleet import HOST, newer_break_during_a_probe, newer_break_during_a_tail_rewrite
 
 __all__ = ["redis_server"]
 
@@ -144,6 +162,44 @@ async def test_a_bad_budget_deposit_is_refused_alike_before_anything_is_sent(
             await one.budget("svc", budget, deposits=deposits, withdraw=True)  # type: ignore[arg-type]
         refusals.append(str(info.value))
     assert len(set(refusals)) == 1
+
+
+@pytest.mark.parametrize("policy", ["x", None, TokenBucket(rate=1.0, burst=1.0)], ids=repr)
+async def test_a_budget_or_bucket_of_the_wrong_kind_is_refused_alike_before_anything_is_sent(
+    policy: object,
+) -> None:
+    """RedisStore.budget(policy="x") raised AttributeError ('str' object has no attribute
+    'ratio'): not the ConfigurationError of a caller's mistake, nor what the memory store
+    raised."""
+    unreachable = RedisStore("redis://127.0.0.1:1/0", op_timeout=OP)
+    try:
+        for op, kind in (("budget", "RetryBudget"), ("reserve", "TokenBucket")):
+            if op == "reserve" and isinstance(policy, TokenBucket):
+                continue
+            refusals = []
+            for one in (MemoryStore(RealClock()), unreachable, FallbackStore(unreachable)):
+                with pytest.raises(ConfigurationError, match=f"needs a {kind}") as info:
+                    await getattr(one, op)("k", policy)
+                refusals.append(str(info.value))
+            assert len(set(refusals)) == 1, refusals
+    finally:
+        await unreachable.close()
+
+
+async def test_a_condition_that_is_no_str_is_refused_alike_before_anything_is_sent() -> None:
+    unreachable = RedisStore("redis://127.0.0.1:1/0", op_timeout=OP)
+    try:
+        for only_if in (5, b"v"):
+            refusals = []
+            for one in (MemoryStore(RealClock()), unreachable, FallbackStore(unreachable)):
+                with pytest.raises(ConfigurationError, match="only_if") as info:
+                    await one.set("k", "v", ttl=10, only_if=only_if)  # type: ignore[arg-type]
+                refusals.append(str(info.value))
+                with pytest.raises(ConfigurationError, match="only_if"):
+                    await one.delete("k", only_if=only_if)  # type: ignore[arg-type]
+            assert len(set(refusals)) == 1, refusals
+    finally:
+        await unreachable.close()
 
 
 async def test_both_stores_grant_a_whole_share_despite_float_rounding(store: RedisStore) -> None:
@@ -396,5 +452,120 @@ async def test_a_redis_that_hangs_is_left_after_the_op_timeout_and_rejoined_when
         assert store.sharing
         assert store.fallbacks >= 1
         assert store.recoveries == store.fallbacks
+    finally:
+        await store.close()
+
+
+# -- compare-and-set and compare-and-delete: the same answers on every store ----------------------
+
+_KEYS = ["a", "b"]
+_VALUES = ["x", "y", "z"]
+#: One store operation: (name, key, value, only_if); set and delete with or without a condition.
+_OPS = st.tuples(
+    st.sampled_from(["get", "set", "add", "delete"]),
+    st.sampled_from(_KEYS),
+    st.sampled_from(_VALUES),
+    st.none() | st.sampled_from(_VALUES),
+)
+_EXAMPLES = itertools.count()
+
+
+async def _apply(store: StateStore, space: str, op: tuple[str, str, str, str | None]) -> object:
+    name, key, value, only_if = op
+    key = f"{space}:{key}"
+    if name == "get":
+        entry = await store.get(key)
+        return None if entry is None else entry.value
+    if name == "set":
+        return await store.set(key, value, ttl=60, only_if=only_if)
+    if name == "add":
+        return await store.add(key, value, ttl=60)
+    return await store.delete(key, only_if=only_if)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=st.lists(_OPS, min_size=1, max_size=25))
+async def test_conditional_writes_and_deletes_answer_alike_on_every_store(
+    store: RedisStore, redis_server: RedisServer, ops: list[tuple[str, str, str, str | None]]
+) -> None:
+    """A compare-and-set stores only while the key holds exactly the value named, a
+    compare-and-delete deletes only then: the same answer from memory, Redis (its Lua script)
+    and a FallbackStore over Redis, operation by operation, and the same values after."""
+    space = f"cas{next(_EXAMPLES)}"
+    fallback = FallbackStore(RedisStore(redis_server.url, prefix="fb", op_timeout=OP))
+    stores: list[StateStore] = [MemoryStore(RealClock()), store, fallback]
+    try:
+        for op in ops:
+            answers = [await _apply(one, space, op) for one in stores]
+            assert answers[1] == answers[0], (op, answers)
+            assert answers[2] == answers[0], (op, answers)
+        for key in _KEYS:
+            held = [await _apply(one, space, ("get", key, "", None)) for one in stores]
+            assert held[1:] == held[:1] * 2, (key, held)
+        assert fallback.sharing
+    finally:
+        await fallback.close()
+
+
+async def test_a_compare_and_set_keeps_the_new_ttl_and_the_fallback_copies_what_it_stored(
+    redis_server: RedisServer,
+) -> None:
+    primary = RedisStore(redis_server.url, prefix="cas-ttl", op_timeout=OP)
+    fallback = FallbackStore(primary)
+    try:
+        await fallback.set("k", "old", ttl=600)
+        assert await fallback.set("k", "new", ttl=30, only_if="old")
+        entry = await primary.get("k")
+        assert entry is not None
+        assert entry.value == "new"
+        assert 0 < entry.ttl <= 30
+        local = await fallback.local.get("k")
+        assert local is not None
+        assert local.value == "new", "the local copy follows what the primary stored"
+        assert not await fallback.set("k", "newer", ttl=30, only_if="old")
+        assert not await primary.set("gone", "v", ttl=30, only_if="old"), "nothing to compare"
+        assert await primary.get("gone") is None
+    finally:
+        await fallback.close()
+
+
+# -- the fleet's breaker trips on Redis: a newer break is never lost ------------------------------
+
+
+@pytest.mark.parametrize(
+    "scenario", [newer_break_during_a_tail_rewrite, newer_break_during_a_probe]
+)
+async def test_a_break_published_while_another_process_probes_is_never_lost_on_redis(
+    redis_server: RedisServer, scenario: Callable[..., Awaitable[None]]
+) -> None:
+    """The scenarios of tests/test_breaker_fleet.py on a real Redis (its compare-and-set and
+    compare-and-delete scripts, through the guards' FallbackStore), on the real clock: A's
+    break is 0.2 s, B's 60 s. Interleaved by pausing A's store, never by timing."""
+    store = RedisStore(redis_server.url, prefix="newer", op_timeout=OP)
+    breaker = CircuitBreaker(
+        minimum_throughput=4,
+        sampling_window=30.0,
+        breaks=BackoffPolicy(first=0.2, jitter=0.0, floor=0.0),
+    )
+    trip = state_key("1", "breaker", "svc", HOST)
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        # Over for A, and on Redis' clock too: the trip's TTL is below the probe lease.
+        while True:
+            entry = await store.get(trip)
+            assert entry is not None
+            if (
+                a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+                and entry.ttl < breaker.probe_lease - 0.05
+            ):
+                return
+            await asyncio.sleep(0.02)
+
+    try:
+        await scenario(store, RealClock(), breaker, past_the_break)
     finally:
         await store.close()

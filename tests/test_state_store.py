@@ -44,9 +44,13 @@ class BrokenStore(MemoryStore):
         self._check()
         return await super().get(key)
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         self._check()
-        await super().set(key, value, ttl=ttl)
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        self._check()
+        return await super().delete(key, only_if=only_if)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         self._check()
@@ -124,7 +128,7 @@ class RefusingStore(BrokenStore):
     """A primary that refuses with a StateStoreError whatever it cannot hold, as Redis refuses
     a TTL past its range or a None value."""
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         self.calls += 1
         raise StateStoreError("redis set failed: ResponseError: invalid expire time")
 
@@ -162,6 +166,38 @@ async def test_lock_is_taken_once_and_deleted_only_by_its_owner(clock: VirtualCl
     assert await store.add("lock", "you", ttl=5)
     clock.advance(5)
     assert await store.add("lock", "me", ttl=5), "a crashed holder's lock frees itself"
+
+
+async def test_a_compare_and_set_stores_only_over_the_value_it_names(clock: VirtualClock) -> None:
+    store = MemoryStore(clock)
+    assert not await store.set("k", "new", ttl=10, only_if="old"), "nothing to compare with"
+    assert await store.get("k") is None
+    assert await store.set("k", "old", ttl=10)
+    assert not await store.set("k", "new", ttl=10, only_if="other")
+    assert await store.get("k") == Entry("old", 10.0)
+    assert await store.set("k", "new", ttl=5, only_if="old")
+    assert await store.get("k") == Entry("new", 5.0), "the new value, for its own TTL"
+    clock.advance(5)
+    assert not await store.set("k", "newer", ttl=5, only_if="new"), "expired: nothing held"
+    assert await store.get("k") is None
+
+
+async def test_a_fallback_compare_and_set_is_the_primarys_and_local_while_it_is_out(
+    clock: VirtualClock,
+) -> None:
+    primary = BrokenStore(clock)
+    store = FallbackStore(primary, clock=clock)
+    await store.set("k", "v1", ttl=60)
+    assert await store.set("k", "v2", ttl=60, only_if="v1")
+    assert await MemoryStore.get(primary, "k") == Entry("v2", 60.0)
+    assert await store.local.get("k") == Entry("v2", 60.0), "copied locally once stored"
+    await MemoryStore.set(primary, "k", "elsewhere", ttl=60)  # another process wrote since
+    assert not await store.set("k", "v3", ttl=60, only_if="v2"), "the primary decides"
+    assert await MemoryStore.get(primary, "k") == Entry("elsewhere", 60.0)
+    primary.down = True
+    assert await store.set("k", "v3", ttl=60, only_if="v2"), "local, on its own copy"
+    assert not store.sharing
+    assert await store.get("k") == Entry("v3", 60.0)
 
 
 async def test_memory_budget_runs_the_pure_policy(clock: VirtualClock) -> None:

@@ -28,8 +28,13 @@ fleet. The trip is kept for the break and then the probe lease, so a process tha
 break (no call during it, or started after it) goes half-open when it ends, not closed; the
 process that takes the fleet's probe lock reads the trip again before probing (a probe that just
 failed has published a new break); a probe cancelled or cut by its caller's deadline frees the
-lock at once. Redis stays off the happy path: first attempts are counted locally and sent in
-batches every ``flush_interval``, the trip marker is read at most every ``sync_interval``; what
+lock at once. A process that has not read the trip yet may open on its own failures and publish
+a break of its own meanwhile: the prober rewrites the trip's half-open tail only if the entry is
+still the one it read (compare-and-set: a new break found instead is adopted, no probe goes),
+and its success deletes only that entry (compare-and-delete), so the fleet's newest break is
+never lost; each entry carries a mark of its own, as two breaks may otherwise read alike.
+Redis stays off the happy path: first attempts are counted locally and sent in batches every
+``flush_interval``, the trip marker is read at most every ``sync_interval``; what
 that trades away is that the fleet sees a process's first attempts (and trips) up to those
 intervals late. A batch is sent only within the slot of the budget's window its first attempts
 were made in (the store counts a deposit in the slot it arrives in); what is still held when that
@@ -65,7 +70,7 @@ from typing import TYPE_CHECKING, Protocol
 from .._checks import require_kind, require_option
 from .._redact import redact_text
 from ..clock import Clock, RealClock, timeout_after
-from ..errors import CircuitOpen, ConfigurationError, RequestError, RetryBudgetExhausted
+from ..errors import CircuitOpen, RequestError, RetryBudgetExhausted
 from ..events import EventHooks, StateEvent, emit
 from ..policies._validate import finite_number
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
@@ -73,7 +78,7 @@ from ..policies.budget import RetryBudget
 from ..policies.classify import Outcome
 from ..state.fallback import FallbackStore
 from ..state.memory import MemoryStore
-from ..state.store import Entry, StateStore, state_key
+from ..state.store import Entry, StateStore, check_seconds, state_key
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -112,6 +117,10 @@ _DAMAGED_SHOWN = 40
 #: dropped, _Batch), but never more often than 16 times as often: at most four more sends per
 #: slot (the gaps halve from ``flush_interval`` down to a sixteenth of it).
 _FLUSH_STEPS = 16
+#: How often a probe about to go reads the fleet's trip: again after a compare-and-set of its
+#: half-open tail finds it changed (a new break: adopted at the second read); a trip changing at
+#: every read refuses the attempt.
+_TRIP_READS = 2
 
 
 class GatedCall(Protocol):
@@ -248,7 +257,9 @@ class OverloadGuard:
     - ``flush_interval``: seconds between batched sends of first-attempt counts to the store
       (counts still held when their slot of the budget's window ends are dropped, never sent
       late: see the module's description).
-    - ``sync_interval``: seconds between reads of the fleet's breaker trips.
+    - ``sync_interval``: seconds between reads of the fleet's breaker trips. Both intervals are
+      finite numbers >= 0 (an int past float's range included is refused), else
+      :class:`~le_transport.errors.ConfigurationError`.
     - ``max_breakers``: how many (service, host) breakers it keeps (default
       :data:`DEFAULT_MAX_BREAKERS`), and how many services' batched first attempts. Idle
       breakers are forgotten first, then the least recently used closed, then open ones (with
@@ -298,15 +309,10 @@ class OverloadGuard:
             field="max_breakers",
             wants="an int >= 1",
         )
-        for name, seconds in (("flush_interval", flush_interval), ("sync_interval", sync_interval)):
-            if (
-                isinstance(seconds, bool)
-                or not isinstance(seconds, int | float)
-                or not 0 <= seconds < math.inf
-            ):
-                raise ConfigurationError(
-                    f"OverloadGuard.{name} must be a finite number of seconds >= 0, got {seconds!r}"
-                )
+        # An int past float's range (10**400) is refused too: it passed ``< math.inf`` and
+        # raised OverflowError from the first batched send's arithmetic.
+        flush_interval = check_seconds("OverloadGuard", "flush_interval", flush_interval, zero=True)
+        sync_interval = check_seconds("OverloadGuard", "sync_interval", sync_interval, zero=True)
         self._budget = budget
         self._breaker = breaker
         self._clock = clock or RealClock()
@@ -342,12 +348,14 @@ class OverloadGuard:
         self._local = store if isinstance(store, MemoryStore) and not self._shared else None
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
         self._synced_at: dict[tuple[str, str], float] = {}
-        # The probes out, by (call, attempt): the value of the fleet's probe lock each holds
-        # (None: no fleet). Each lock value is this process's and the probe's own, so that a
-        # late release of one never frees another's.
-        self._probes: dict[tuple[int, int], str | None] = {}
+        # The probes out, by (call, attempt): the value of the fleet's probe lock each holds,
+        # and the fleet's trip entry as the probe found (or rewrote) it: what its success may
+        # delete, and nothing newer (None and None: no fleet). Each lock value and each trip
+        # this process publishes is its own (_unique), so that a late release of one never
+        # frees another's, and a trip another process published is never taken for ours.
+        self._probes: dict[tuple[int, int], tuple[str | None, str | None]] = {}
         self._owner = uuid.uuid4().hex
-        self._locks_taken = 0
+        self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
         # _release_lock's task, or by the next probe here), and those tasks.
         self._stale_locks: dict[tuple[str, str], str] = {}
@@ -574,10 +582,10 @@ class OverloadGuard:
         if self._probes:
             token = (id(call), attempt)
             if token in self._probes:
-                lock = self._probes.pop(token)
+                lock, seen = self._probes.pop(token)
                 failed = breaker.counts_as_failure(outcome)
                 await self._record(
-                    call, key, outcome, failed, self._clock.now(), probe=True, lock=lock
+                    call, key, outcome, failed, self._clock.now(), probe=True, lock=lock, seen=seen
                 )
                 return
         if outcome is not self._success:
@@ -617,13 +625,15 @@ class OverloadGuard:
         *,
         probe: bool = False,
         lock: str | None = None,
+        seen: str | None = None,
     ) -> None:
         """Feed an outcome at ``now`` to the breaker at ``key`` (what settle does with all but a
         success counted in a closed breaker's tally); log and publish what it opens or closes.
 
         ``probe``: the outcome is the half-open probe's, the only one that decides there
         (:meth:`CircuitBreaker.record`); ``lock``: the fleet's probe lock it held, freed after
-        the verdict is published (so the next holder finds the new trip, _admit).
+        the verdict is published (so the next holder finds the new trip, _admit); ``seen``: the
+        fleet's trip entry the probe was admitted on, the only one its success deletes.
         """
         breaker = self._breaker
         assert breaker is not None
@@ -639,7 +649,7 @@ class OverloadGuard:
             if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
                 await self._opened(call, key, after, outcome)
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
-                await self._closed(call, key)
+                await self._closed(call, key, seen)
         except BaseException:
             # Cancelled while publishing the verdict: the lock must still go, or the fleet
             # would wait out its lease with no probe out.
@@ -655,7 +665,7 @@ class OverloadGuard:
         included) from probing for ``probe_lease`` (30 s) with no probe out."""
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
-        lock = self._probes.pop((id(call), attempt))
+        lock, _ = self._probes.pop((id(call), attempt))
         key = self._key_of(call)
         status = self._status_of(key)
         if status is not None:
@@ -685,16 +695,23 @@ class OverloadGuard:
     async def drain(self, grace: float = 1.0) -> None:
         """Let the releases of abandoned probes' locks finish (up to ``grace`` seconds of the
         clock), then cancel what is left: its lock then frees itself at its lease's end. The
-        engine calls it as it closes, so that no task of the guard outlives it."""
-        pending = set(self._releases)
-        if not pending:
+        engine calls it as it closes, so that no task of the guard outlives it.
+
+        It returns only once no release is pending, those started while it waits included (a
+        call abandoned as the engine closes, or one of another engine sharing this guard):
+        waiting for the ones there when it began left those running past the engine's close,
+        and past the loop's end (the lock then held for its lease)."""
+        if not self._releases:
             return
         with contextlib.suppress(TimeoutError):
             async with timeout_after(self._clock, grace):
-                await asyncio.wait(pending)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+                while self._releases:
+                    await asyncio.wait(set(self._releases))
+        while self._releases:
+            pending = set(self._releases)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
@@ -809,14 +826,14 @@ class OverloadGuard:
             self._put(key, status)  # a refused host is in use too: the last one to forget
             return self._circuit_open(call, admission.retry_at, now, status.opens)
         lock: str | None = None
+        seen: str | None = None
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
             stale = self._stale_locks.pop(key, None)
             if stale is not None:
                 # This process's own abandoned probe's lock, its release not yet done.
                 await self._store.delete(probe_key, only_if=stale)
-            self._locks_taken += 1
-            lock = f"{self._owner}:{self._locks_taken}"
+            lock = self._unique()
             if not await self._store.add(probe_key, lock, ttl=self._breaker.probe_lease):
                 # Another process of the fleet is probing: wait for its verdict.
                 self._put(key, status)
@@ -826,26 +843,40 @@ class OverloadGuard:
                 # sync_interval old: the probe that held the lock before may have failed, and its
                 # process re-opened the breaker (publishing the new trip before freeing the lock).
                 # A second probe to a service that just failed one must not go: read it now.
-                entry = await self._store.get(self._trip_key(key))
-                read_at = self._clock.now()
-                trip = None if entry is None else self._trip(key, entry, read_at)
-                if trip is not None and trip[1] > read_at:
-                    await self._store.delete(probe_key, only_if=lock)
-                    adopted = self._adopted(status, *trip)
-                    self._successes.pop(key, None)  # (as below: the status is replaced whole)
-                    self._put(key, adopted)
-                    return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
+                trip_key = self._trip_key(key)
                 lease = self._breaker.probe_lease
-                if trip is not None and entry is not None and entry.ttl < lease:
-                    # A probe taken late in the trip's tail: keep the trip while it is out, so that
-                    # a process arriving meanwhile still goes half-open (the break's end unchanged).
+                for _ in range(_TRIP_READS):
+                    entry = await self._store.get(trip_key)
+                    read_at = self._clock.now()
+                    trip = None if entry is None else self._trip(key, entry, read_at)
+                    if trip is not None and trip[1] > read_at:
+                        await self._store.delete(probe_key, only_if=lock)
+                        adopted = self._adopted(status, *trip)
+                        self._successes.pop(key, None)  # (as below: the status is replaced whole)
+                        self._put(key, adopted)
+                        return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
+                    # What the probe answers for: its success deletes this entry, none newer.
+                    seen = None if entry is None else entry.value
+                    if trip is None or entry is None or entry.ttl >= lease:
+                        break
+                    # A probe taken late in the trip's tail: keep the trip while it is out, so
+                    # that a process arriving meanwhile still goes half-open (the break's end
+                    # unchanged). Only if the entry is still the one read (compare-and-set):
+                    # another process whose own attempts failed before it read this trip may
+                    # have published a new break since, which a plain write would replace.
                     opens, ended = trip
-                    tail = lease + (read_at - ended)
-                    await self._store.set(
-                        self._trip_key(key),
-                        json.dumps({"opens": opens, "half_open": tail}),
-                        ttl=lease,
-                    )
+                    tail = self._trip_value(opens, lease + (read_at - ended))
+                    if await self._store.set(trip_key, tail, ttl=lease, only_if=seen):
+                        seen = tail
+                        break
+                    # Changed since it was read: read it again (a new break on is adopted).
+                else:
+                    # Changed under this process at every read: the fleet's trip is moving;
+                    # this call does not probe, a later one reads it again.
+                    await self._store.delete(probe_key, only_if=lock)
+                    self._put(key, status)
+                    at = self._clock.now()
+                    return self._circuit_open(call, at + self._sync_interval, at, status.opens)
             except BaseException:
                 # Cancelled (or failed) with the lock held and no probe recorded: nothing
                 # else would free it, and the whole fleet would wait out its lease.
@@ -856,7 +887,7 @@ class OverloadGuard:
             self._successes.pop(key, None)
         self._put(key, admission.status)
         if admission.probe:
-            self._probes[(id(call), attempt)] = lock
+            self._probes[(id(call), attempt)] = (lock, seen)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
@@ -884,6 +915,18 @@ class OverloadGuard:
             # by the probe lease) as half-open: this process then competes for the fleet's
             # probe lock rather than letting every call through while one probe is out.
             self._put(key, self._adopted(status, *trip))
+
+    def _unique(self) -> str:
+        """A value no other lock or trip entry holds: this process's, numbered."""
+        self._serial += 1
+        return f"{self._owner}:{self._serial}"
+
+    def _trip_value(self, opens: int, half_open: float) -> str:
+        """A trip entry: the openings, how long it outlives the break (``half_open``), and a
+        mark of its own (``id``): two processes' breaks after as many openings would otherwise
+        read alike, and a compare-and-set or compare-and-delete of the one read could replace or
+        delete the other (readers ignore it; an entry without one is still read)."""
+        return json.dumps({"opens": opens, "half_open": half_open, "id": self._unique()})
 
     def _adopted(self, status: BreakerStatus, opens: int, until: float) -> BreakerStatus:
         """``status`` with the fleet's break until ``until`` (after ``opens`` openings)."""
@@ -972,12 +1015,14 @@ class OverloadGuard:
             assert self._breaker is not None
             lease = self._breaker.probe_lease
             await self._store.set(
-                self._trip_key(key),
-                json.dumps({"opens": status.opens, "half_open": lease}),
-                ttl=brk + lease,
+                self._trip_key(key), self._trip_value(status.opens, lease), ttl=brk + lease
             )
 
-    async def _closed(self, call: GatedCall, key: tuple[str, str]) -> None:
+    async def _closed(self, call: GatedCall, key: tuple[str, str], seen: str | None) -> None:
+        """The probe succeeded: the breaker closed. In a fleet, the trip entry the probe was
+        admitted on (``seen``) goes, and only that one: a break another process published while
+        the probe was out (its own attempts failed before it read this trip) is newer than what
+        the probe answered for, and stays for the fleet to adopt (a compare-and-delete)."""
         _log.info(
             "circuit closed for %s at %s: the probe succeeded",
             call.service,
@@ -985,8 +1030,8 @@ class OverloadGuard:
             extra={"service": call.service, "host": key[1]},
         )
         emit(self._hooks.on_state, StateEvent("circuit_closed", f"{call.service}@{key[1]}"))
-        if self._shared:
-            await self._store.delete(self._trip_key(key))
+        if self._shared and seen is not None:
+            await self._store.delete(self._trip_key(key), only_if=seen)
 
     def _circuit_open(
         self, call: GatedCall, retry_at: float, now: float, opens: int

@@ -26,7 +26,10 @@ from .memory import MemoryStore
 from .store import (
     Entry,
     StateStore,
+    check_bucket,
+    check_budget,
     check_deposits,
+    check_only_if,
     check_seconds,
     check_store,
     check_ttl,
@@ -140,15 +143,37 @@ class FallbackStore:
         """From the primary; locally while it is out."""
         return await self._call("get", lambda: self._primary.get(key), lambda: self._local.get(key))
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
-        """To the primary (and locally, as a copy for a later outage)."""
-        # The local store checks value and TTL first, so a bad one never reaches the primary.
-        await self._local.set(key, value, ttl=ttl)
-        await self._call(
-            "set",
-            lambda: self._primary.set(key, value, ttl=ttl),
-            lambda: self._local.set(key, value, ttl=ttl),
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        """To the primary (and locally, as a copy for a later outage); with ``only_if``, a
+        compare-and-set on the primary (locally while it is out), copied locally if it stored.
+        """
+        if only_if is None:
+            # The local store checks value and TTL first, so a bad one never reaches the primary.
+            await self._local.set(key, value, ttl=ttl)
+            await self._call(
+                "set",
+                lambda: self._primary.set(key, value, ttl=ttl),
+                lambda: self._local.set(key, value, ttl=ttl),
+            )
+            return True
+        # Checked here, whatever the primary: a caller's mistake, never taken for an outage.
+        check_ttl(ttl)
+        check_value(value)
+        check_only_if(only_if)
+        shared = True
+
+        async def local() -> bool:
+            nonlocal shared
+            shared = False
+            return await self._local.set(key, value, ttl=ttl, only_if=only_if)
+
+        stored = await self._call(
+            "set", lambda: self._primary.set(key, value, ttl=ttl, only_if=only_if), local
         )
+        if stored and shared:
+            # What the primary now holds, whatever the local copy held (the primary decided).
+            await self._local.set(key, value, ttl=ttl)
+        return stored
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Set-if-absent on the primary; locally while it is out."""
@@ -164,6 +189,7 @@ class FallbackStore:
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         """Delete on the primary and locally."""
+        check_only_if(only_if)
         here = await self._local.delete(key, only_if=only_if)
         there = await self._call(
             "delete",
@@ -181,7 +207,8 @@ class FallbackStore:
         is warm (not down to its floor) when it has to take over. While a process is local, its
         retries are bounded by its own share only: the fleet's bound then holds per process.
         """
-        deposits = check_deposits(deposits)  # a caller's error, never taken for an outage
+        check_budget(policy)  # a caller's errors, never taken for an outage
+        deposits = check_deposits(deposits)
         if deposits:
             await self._local.budget(key, policy, deposits=deposits)
         shared = True
@@ -204,6 +231,7 @@ class FallbackStore:
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """The fleet's bucket; this process's own while the primary is out."""
+        check_bucket(bucket)
         return await self._call(
             "reserve",
             lambda: self._primary.reserve(key, bucket),

@@ -19,7 +19,15 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
 from ..policies.budget import BudgetState, RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import Entry, check_deposits, check_ttl, check_value
+from .store import (
+    Entry,
+    check_bucket,
+    check_budget,
+    check_deposits,
+    check_only_if,
+    check_ttl,
+    check_value,
+)
 
 __all__ = ["SWEEP_AFTER", "MemoryStore"]
 
@@ -104,14 +112,20 @@ class MemoryStore:
         item = self._live(key)
         return None if item is None else Entry(item[0], item[1] - self._clock.now())
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         """Store ``value`` for ``ttl`` seconds (capped at :data:`~.store.MAX_TTL`, as Redis
-        keeps it)."""
+        keeps it); with ``only_if``, only while ``key`` still holds it. Whether it stored."""
         seconds = check_ttl(ttl)
         check_value(value)
-        if key not in self._values:
+        if only_if is not None:
+            check_only_if(only_if)
+            item = self._live(key)
+            if item is None or item[0] != only_if:
+                return False
+        elif key not in self._values:
             self._grow(self._values)
         self._values[key] = (value, self._clock.now() + seconds)
+        return True
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Store ``value`` only if ``key`` holds nothing."""
@@ -125,6 +139,7 @@ class MemoryStore:
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         """Remove ``key`` (only while it holds ``only_if``, if given)."""
+        check_only_if(only_if)
         item = self._live(key)
         if item is None or (only_if is not None and item[0] != only_if):
             return False
@@ -180,6 +195,7 @@ class MemoryStore:
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """Count first attempts and maybe take a retry, on the pure :class:`RetryBudget`."""
+        check_budget(policy)
         deposits = check_deposits(deposits)
         self._record_deposits(key)
         now = self._clock.now()
@@ -204,6 +220,7 @@ class MemoryStore:
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """Take a token on the pure :class:`TokenBucket` kept at ``key``."""
+        check_bucket(bucket)
         held = self._buckets.get(key)
         if held is None:
             self._grow(self._buckets)

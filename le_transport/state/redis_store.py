@@ -1,9 +1,9 @@
 """The Redis state store: a fleet's shared state, on redis-py's asyncio client (optional extra).
 
 Install with ``pip install 'le_transport[redis]'``. Every operation is one round trip and atomic:
-reads with their TTL, compare-and-delete, the retry budget and the token bucket run as Lua
-scripts on the server, with the server's clock (``TIME``), so processes on machines whose clocks
-disagree still share one window and one bucket.
+reads with their TTL, compare-and-set, compare-and-delete, the retry budget and the token bucket
+run as Lua scripts on the server, with the server's clock (``TIME``), so processes on machines
+whose clocks disagree still share one window and one bucket.
 
 Every failure (refused, reset, timed out after ``op_timeout`` on the clock, a script error) is a
 :class:`~le_transport.errors.StateStoreError`, whose message never holds the password; wrap the
@@ -23,7 +23,17 @@ from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
-from .store import MAX_TTL, Entry, check_deposits, check_seconds, check_ttl, check_value
+from .store import (
+    MAX_TTL,
+    Entry,
+    check_bucket,
+    check_budget,
+    check_deposits,
+    check_only_if,
+    check_seconds,
+    check_ttl,
+    check_value,
+)
 
 __all__ = ["DEFAULT_OP_TIMEOUT", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -39,6 +49,15 @@ _GET = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 return {v, redis.call('PTTL', KEYS[1])}
+"""
+
+# Compare-and-set: ARGV[1] the value expected, ARGV[2] the new one, ARGV[3] its PX.
+_SET_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
 """
 
 _DELETE_IF = """
@@ -204,6 +223,7 @@ class RedisStore:
                 ) from None
         self._client = client
         self._get = client.register_script(_GET)
+        self._set_if = client.register_script(_SET_IF)
         self._delete_if = client.register_script(_DELETE_IF)
         self._budget = client.register_script(_BUDGET)
         self._reserve = client.register_script(_RESERVE)
@@ -256,12 +276,18 @@ class RedisStore:
         value, pttl = found
         return Entry(str(value), max(0.0, int(pttl) / 1000.0))
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
-        """``SET key value PX ttl``; ``value`` and ``ttl`` checked first, as
-        :class:`~le_transport.state.MemoryStore` checks them."""
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        """``SET key value PX ttl``, or with ``only_if`` a compare-and-set (a script); ``value``,
+        ``ttl`` and ``only_if`` checked first, as :class:`~le_transport.state.MemoryStore`
+        checks them. Whether it stored."""
         px = _ttl_ms(ttl)
         check_value(value)
-        await self._run("set", self._client.set, self.key(key), value, px=px)
+        if only_if is None:
+            await self._run("set", self._client.set, self.key(key), value, px=px)
+            return True
+        check_only_if(only_if)
+        done = await self._run("set", self._set_if, keys=[self.key(key)], args=[only_if, value, px])
+        return bool(done)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """``SET key value NX PX ttl``; ``value`` and ``ttl`` checked first."""
@@ -272,6 +298,7 @@ class RedisStore:
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         """``DEL``, or compare-and-delete when ``only_if`` is given."""
+        check_only_if(only_if)
         if only_if is None:
             return bool(await self._run("delete", self._client.delete, self.key(key)))
         done = await self._run("delete", self._delete_if, keys=[self.key(key)], args=[only_if])
@@ -281,6 +308,7 @@ class RedisStore:
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """The retry budget's deposit and withdrawal, atomically, in one script."""
+        check_budget(policy)
         deposits = check_deposits(deposits)  # a caller's error, never taken for an outage
         taken = await self._run(
             "budget",
@@ -299,6 +327,7 @@ class RedisStore:
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """One token from the shared bucket: seconds to wait."""
+        check_bucket(bucket)
         wait = await self._run(
             "reserve",
             self._reserve,

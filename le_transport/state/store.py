@@ -7,8 +7,9 @@ process) and the Redis store (a fleet) implement the same thing:
 
 - a key-value space where **every value has a TTL** (a token is never stored for longer than it
   lives, and a crashed process's lock frees itself): :meth:`StateStore.get`,
-  :meth:`StateStore.set`, :meth:`StateStore.add` (set if absent: a lock),
-  :meth:`StateStore.delete` (optionally only if the value is still ours). Values are str and
+  :meth:`StateStore.set` (optionally only if the value is still the one read: compare-and-set),
+  :meth:`StateStore.add` (set if absent: a lock), :meth:`StateStore.delete` (optionally only if
+  the value is still ours: compare-and-delete). Values are str and
   TTLs finite numbers of seconds > 0, checked alike by every store (:func:`check_value`,
   :func:`check_ttl`) before anything is stored or sent; a TTL past :data:`MAX_TTL` is
   stored for :data:`MAX_TTL`;
@@ -35,7 +36,10 @@ __all__ = [
     "MAX_TTL",
     "Entry",
     "StateStore",
+    "check_bucket",
+    "check_budget",
     "check_deposits",
+    "check_only_if",
     "check_seconds",
     "check_store",
     "check_ttl",
@@ -111,6 +115,34 @@ def check_value(value: object) -> None:
         raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
 
 
+def check_only_if(only_if: object) -> None:
+    """A :class:`ConfigurationError` unless ``only_if`` (what a conditional write or delete
+    compares the stored value with) is None or a str: Redis would compare ``str(only_if)``,
+    the memory store the object itself, and the two would disagree. Only the type is shown."""
+    if only_if is not None and not isinstance(only_if, str):
+        raise ConfigurationError(
+            f"a store's only_if must be None or a str, got {type(only_if).__name__}"
+        )
+
+
+def check_budget(policy: object) -> None:
+    """A :class:`ConfigurationError` unless ``policy`` is a :class:`RetryBudget`: checked
+    before anything is counted or sent (a str raised AttributeError from inside the store)."""
+    if not isinstance(policy, RetryBudget):
+        raise ConfigurationError(
+            f"a store's budget needs a RetryBudget policy, got {type(policy).__name__}"
+        )
+
+
+def check_bucket(bucket: object) -> None:
+    """A :class:`ConfigurationError` unless ``bucket`` is a :class:`TokenBucket` (as
+    :func:`check_budget`, for :meth:`StateStore.reserve`)."""
+    if not isinstance(bucket, TokenBucket):
+        raise ConfigurationError(
+            f"a store's reserve needs a TokenBucket, got {type(bucket).__name__}"
+        )
+
+
 def check_deposits(deposits: object) -> int:
     """A budget's deposit, as every store counts it: a :class:`ConfigurationError` unless it
     is an int >= 0 (a negative one took retries away in memory, and was ignored by Redis)."""
@@ -140,11 +172,17 @@ class StateStore(Protocol):
         """The value at ``key`` and its remaining TTL, or None."""
         ...
 
-    async def set(self, key: str, value: str, *, ttl: float) -> None:
-        """Store ``value`` at ``key`` for ``ttl`` seconds (> 0: nothing is stored forever).
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        """Store ``value`` at ``key`` for ``ttl`` seconds (> 0: nothing is stored forever);
+        whether it was stored.
 
-        ``value`` must be a str and ``ttl`` a finite number > 0, else a
-        :class:`ConfigurationError` before anything is stored or sent (never a
+        With ``only_if``, a compare-and-set: stored only while ``key`` still holds exactly
+        ``only_if`` (a key holding nothing, or anything else, is left as it is, and False is
+        returned), atomically, so that a value another process wrote since it was read is never
+        overwritten. Without it, always stored (True).
+
+        ``value`` must be a str and ``ttl`` a finite number > 0 (and ``only_if`` None or a
+        str), else a :class:`ConfigurationError` before anything is stored or sent (never a
         :class:`~le_transport.errors.StateStoreError`: a caller's mistake is no outage); a
         ``ttl`` past :data:`MAX_TTL` is stored for :data:`MAX_TTL`.
         """
@@ -156,18 +194,22 @@ class StateStore(Protocol):
         ...
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
-        """Remove ``key`` (only while it still holds ``only_if``, if given); whether it did."""
+        """Remove ``key`` (only while it still holds ``only_if``, if given: a compare-and-delete,
+        atomic); whether it did. ``only_if`` is checked as :meth:`set` checks it."""
         ...
 
     async def budget(
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """Count ``deposits`` first attempts, then, if ``withdraw``, take one retry if the
-        budget allows it. Returns whether the retry was taken (False when not asked)."""
+        budget allows it. Returns whether the retry was taken (False when not asked).
+        ``policy`` must be a :class:`RetryBudget` and ``deposits`` an int >= 0, else a
+        :class:`ConfigurationError` before anything is counted or sent."""
         ...
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
-        """Take one token from the bucket (``rate``, ``burst``) at ``key``: seconds to wait."""
+        """Take one token from the bucket (``rate``, ``burst``) at ``key``: seconds to wait.
+        ``bucket`` must be a :class:`TokenBucket`, else a :class:`ConfigurationError`."""
         ...
 
     async def close(self) -> None:
