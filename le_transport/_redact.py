@@ -62,7 +62,16 @@ _SECRET_NAME_PARTS = (
     "assertion",
     "auth",
     "key",
+    "pwd",
+    "credential",
+    "passphrase",
 )
+
+# Short names that hold credentials only as the whole name: as substrings they are in too many
+# harmless words ("design", "spin", "passenger"). A signature, a password, a one-time password,
+# a PIN, a session id, a ticket. Not "code": LiveEngage's answers and UMS frames carry a status
+# "code" that a log must show (an OAuth authorization code is no LiveEngage credential).
+_SECRET_NAMES = frozenset({"sig", "pass", "pw", "otp", "pin", "sid", "ticket", "cred"})
 
 # Path segments after which the next segment is a credential (the UMS brand socket puts the
 # bearer in the path: /ws_api/account/{id}/messaging/brand/{bearer}).
@@ -94,6 +103,16 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1\2{REDACTED}",
     ),
+    # The whole-name ones, only as name=value (a query string, a form): in "name: value" they
+    # are as often a field's label in a message.
+    (
+        re.compile(
+            r"(?i)(?<![a-z0-9_.-])("
+            + "|".join(sorted(_SECRET_NAMES))
+            + r")(\s*=\s*[\"']?)([^\"'&,\s}]+)"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
     (re.compile(r"(/brand/)[^/?#\s\"']+"), rf"\1{REDACTED}"),
     # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL.
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@\"']*@"), rf"\1{REDACTED}@"),
@@ -105,7 +124,7 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 def is_secret_name(name: str) -> bool:
     """Whether a parameter, key or field called ``name`` holds a credential."""
     key = name.lower().replace("-", "").replace(".", "")
-    return any(part in key for part in _SECRET_NAME_PARTS)
+    return key in _SECRET_NAMES or any(part in key for part in _SECRET_NAME_PARTS)
 
 
 def is_auth_path(path: str) -> bool:

@@ -335,3 +335,26 @@ def test_a_urls_userinfo_is_hidden_in_free_text_as_redact_url_drops_it(text: str
     assert redact_text("write to ops@h.example or mailto:ops@h.example") == (
         "write to ops@h.example or mailto:ops@h.example"
     )
+
+
+@pytest.mark.parametrize(
+    "name", ["sig", "pwd", "pass", "credential", "credentials", "otp", "pin", "Sid"]
+)
+def test_common_short_credential_names_are_hidden_in_urls_and_in_text(name: str) -> None:
+    """sig, pwd, pass...: a custom endpoint's credential under a short name reached logs and
+    error messages, where only long names were known."""
+    assert is_secret_name(name)
+    url = f"https://h.example/x?{name}={PASSWORD}&v=1"
+    assert PASSWORD not in redact_url(url)
+    assert PASSWORD not in redact_text(f"GET {url} failed")
+    assert PASSWORD not in redact_text(f"form {name}={PASSWORD}")
+
+
+def test_short_names_are_secret_only_as_the_whole_name() -> None:
+    for harmless in ("design", "encode", "statusCode", "spin", "passenger", "topic"):
+        assert not is_secret_name(harmless), harmless
+    # A status code is never hidden: LiveEngage's answers and UMS frames carry one.
+    assert not is_secret_name("code")
+    assert redact_text('status code: 503, {"code": 404}, ?code=7') == (
+        'status code: 503, {"code": 404}, ?code=7'
+    )
