@@ -26,6 +26,7 @@ from le_transport.errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
+from le_transport.events import EventHooks, StateEvent
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
@@ -558,9 +559,9 @@ NEWER = CircuitBreaker(
 
 
 class PausingStore:
-    """A :class:`StateStore` over ``inner`` whose next write of the breaker trip, once
-    ``armed``, waits for ``go``: a process paused between reading the trip and writing it, as a
-    round trip to Redis lets another process run in between."""
+    """A :class:`StateStore` over ``inner`` whose next write of the breaker trip (a set or a
+    set-if-absent), once ``armed``, waits for ``go``: a process paused between reading the trip
+    and writing it, as a round trip to Redis lets another process run in between."""
 
     def __init__(self, inner: StateStore) -> None:
         self.inner = inner
@@ -571,16 +572,20 @@ class PausingStore:
     async def get(self, key: str) -> Entry | None:
         return await self.inner.get(key)
 
-    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+    async def _maybe_pause(self, key: str) -> None:
         if self.armed and key == _trip_key():
             self.armed = False
             self.paused.set()
             await self.go.wait()
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        await self._maybe_pause(key)
         if only_if is None:
             return await self.inner.set(key, value, ttl=ttl)
         return await self.inner.set(key, value, ttl=ttl, only_if=only_if)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        await self._maybe_pause(key)
         return await self.inner.add(key, value, ttl=ttl)
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
@@ -606,9 +611,12 @@ def _process(
     )
 
 
-async def _unsynced(store: StateStore, clock: Clock) -> tuple[OverloadGuard, list[_Call]]:
-    """Process B, with four attempts admitted before any trip was published."""
-    b = _process(store, clock, NEWER, sync=3600.0)
+async def _unsynced(
+    store: StateStore, clock: Clock, breaker: CircuitBreaker = NEWER
+) -> tuple[OverloadGuard, list[_Call]]:
+    """Process B, with four attempts admitted before any trip was published (on ``breaker``:
+    by default a long first break, 60 s)."""
+    b = _process(store, clock, breaker, sync=3600.0)
     calls = [_Call("svc", HOST) for _ in range(4)]
     for call in calls:
         assert await b.admit(call, 1) is None
@@ -757,12 +765,325 @@ async def test_two_processes_breaks_after_as_many_openings_are_told_apart() -> N
     assert await b.admit(_Call("svc", HOST), 1) is None  # B reads the store: no trip yet
     await _trip(a)
     first = await store.get(_trip_key())
-    await _trip(b)  # within B's sync_interval: B opens on its own, unaware of A's break
+    # Within B's sync_interval, B opens on its own, unaware of A's break; its break ends later
+    # (as long, opened later): it is published over A's (one that ended no later is adopted).
+    clock.advance(0.5)
+    await _trip(b)
     second = await store.get(_trip_key())
     assert first is not None
     assert second is not None
     assert json.loads(first.value)["opens"] == json.loads(second.value)["opens"] == 1
     assert first.value != second.value
+
+
+# -- a break published by a process that had not read the fleet's trip -------------------------
+#
+# Process B read the store before the fleet's trip was published (up to its sync_interval ago),
+# and its attempts then in flight fail: it opens, its first break a short one. The fleet's break
+# may be longer, escalated by many openings (a failed probe each): written over it, B's made the
+# fleet probe as soon as B's break ended, and the fleet's breaks grow from the first again. So
+# publishing a break never shortens or de-escalates the fleet's: B takes a break that is on and
+# ends no sooner, or counts more openings, as its own, and publishes nothing. These scenarios
+# run on a MemoryStore here and on a real Redis in tests/test_redis_store.py.
+
+KEY = ("svc", HOST)
+
+
+async def _escalate(
+    a: OverloadGuard,
+    openings: int,
+    past_the_break: Callable[[OverloadGuard], Awaitable[None]],
+) -> None:
+    """A opens its breaker, and its probe fails after each break until ``openings``."""
+    await _trip(a)
+    for _ in range(openings - 1):
+        await past_the_break(a)
+        probe = _Call("svc", HOST)
+        assert await a.admit(probe, 1) is None, "A's probe"
+        await a.settle(probe, 1, DOWN)
+    assert a._status[KEY].opens == openings
+
+
+async def escalated_break_meets_an_unaware_opening(
+    store: StateStore,
+    clock: Clock,
+    breaker: CircuitBreaker,
+    past_the_break: Callable[[OverloadGuard], Awaitable[None]],
+    openings: int,
+) -> None:
+    """A's break after ``openings`` openings is on when B's attempts, admitted before any trip,
+    fail: B opens, and takes the fleet's break rather than publish its first one over it."""
+    a = _process(store, clock, breaker, sync=0.0)
+    b, in_flight = await _unsynced(store, clock, breaker)
+    await _escalate(a, openings, past_the_break)
+    escalated = await store.get(_trip_key())
+    assert escalated is not None
+    assert json.loads(escalated.value)["opens"] == openings
+    until = a._status[KEY].open_until
+    for call in in_flight:
+        await b.settle(call, 1, DOWN)
+    held = await store.get(_trip_key())
+    assert held is not None
+    assert held.value == escalated.value, "B's first break replaced the fleet's escalated one"
+    assert b.breaker_state(*KEY) is BreakerState.OPEN
+    assert b._status[KEY].opens == openings, "B counts the fleet's openings"
+    # (Within a round trip on Redis, whose TTLs the break's end is read from.)
+    assert b._status[KEY].open_until == pytest.approx(until, abs=0.25), "B took A's break"
+    late = _process(store, clock, breaker, sync=0.0)
+    refused = await late.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert refused.retry_at == pytest.approx(until, abs=0.25), "no probe before A's break ends"
+
+
+async def _settle_all(guard: OverloadGuard, calls: list[_Call], outcome: Outcome) -> None:
+    for call in calls:
+        await guard.settle(call, 1, outcome)
+
+
+async def a_longer_break_published_between_the_read_and_the_write(
+    store: StateStore, clock: Clock, short: CircuitBreaker
+) -> None:
+    """B opens (a ``short`` break) and reads the trip: nothing there. Before B's write, A opens
+    and publishes its 60 s break: B's set-if-absent finds it, and B takes A's break."""
+    a, a_calls = await _unsynced(store, clock)
+    pausing = PausingStore(store)
+    b, b_calls = await _unsynced(pausing, clock, short)
+    pausing.armed = True
+    opening = asyncio.ensure_future(_settle_all(b, b_calls, DOWN))
+    await pausing.paused.wait()  # B has read the trip (none), and is about to publish its own
+    published = await _b_opens(a, a_calls, store)  # A publishes its 60 s break meanwhile
+    pausing.go.set()
+    await opening
+    await _the_fleet_keeps(store, clock, published)
+    assert b.breaker_state(*KEY) is BreakerState.OPEN
+    assert b._status[KEY].open_until > clock.now() + 30.0, "B took A's 60 s break"
+
+
+async def test_an_escalated_break_is_kept_when_an_unaware_process_opens() -> None:
+    """The fleet's 2 min break after six openings; B opens at its first (5 s): it was
+    overwritten by B's, and the fleet probed 5 s later, its escalation started over."""
+    clock = VirtualClock(start=100.0, autojump=False)
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        clock.advance(a._status[KEY].open_until - clock.now() + 0.01)
+
+    await escalated_break_meets_an_unaware_opening(
+        MemoryStore(clock), clock, BREAKER, past_the_break, 6
+    )
+
+
+async def test_a_longer_break_published_between_a_read_and_a_write_is_kept() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    await a_longer_break_published_between_the_read_and_the_write(
+        MemoryStore(clock), clock, BREAKER
+    )
+
+
+async def test_the_fleets_escalation_goes_on_with_the_default_sync_interval() -> None:
+    """No process is made stale by hand: A's trip after its 5th opening expired (no call for
+    the break and the probe lease); B, new, reads the store (nothing) and admits four attempts;
+    A's probe fails 0.2 s later (its 6th opening: 2 min), B's attempts 0.1 s after that. The
+    fleet still refuses for A's 2 min, and its next failed probe opens the 7th break, not the
+    2nd (5 s, then 10 s, as it did)."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a = _process(store, clock, BREAKER, sync=1.0)
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        clock.advance(a._status[KEY].open_until - clock.now() + 0.01)
+
+    await _escalate(a, 5, past_the_break)
+    clock.advance(a._status[KEY].open_until - clock.now() + BREAKER.probe_lease + 1.0)
+    assert await store.get(_trip_key()) is None, "the 5th trip is gone"
+    b = _process(store, clock, BREAKER, sync=1.0)
+    calls = [_Call("svc", HOST) for _ in range(4)]
+    for call in calls:
+        assert await b.admit(call, 1) is None
+    clock.advance(0.1)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    clock.advance(0.2)
+    await a.settle(probe, 1, DOWN)
+    until = a._status[KEY].open_until
+    assert until == pytest.approx(clock.now() + 120.0)
+    clock.advance(0.1)
+    await _settle_all(b, calls, DOWN)
+    c = _process(store, clock, BREAKER, sync=1.0)
+    refused = await c.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert refused.retry_at == pytest.approx(until)
+    clock.advance(until - clock.now())
+    probe = _Call("svc", HOST)
+    assert await c.admit(probe, 1) is None
+    await c.settle(probe, 1, DOWN)
+    assert c._status[KEY].opens == 7
+    assert c._status[KEY].open_until == pytest.approx(clock.now() + 120.0)
+
+
+async def test_a_break_published_over_the_tail_between_a_read_and_a_write_is_kept() -> None:
+    """B reads A's trip in its half-open tail (A's probe out) to publish its own break over it;
+    before B's write, A's probe fails and A publishes its second, longer break over its tail:
+    B's compare-and-set finds the entry changed, reads it again, and takes A's break."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    pausing = PausingStore(store)
+    a = _process(store, clock, BREAKER, sync=0.0)
+    b, in_flight = await _unsynced(pausing, clock, BREAKER)
+    await _trip(a)
+    clock.advance(6.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    pausing.armed = True
+    opening = asyncio.ensure_future(_settle_all(b, in_flight, DOWN))
+    await pausing.paused.wait()  # B read A's tail and is about to write over it
+    await a.settle(probe, 1, DOWN)  # A: its 2nd opening, a 10 s break, published
+    published = await store.get(_trip_key())
+    assert published is not None
+    pausing.go.set()
+    await opening
+    assert await store.get(_trip_key()) == published, "A's 10 s break stays"
+    assert b._status[KEY].opens == 2
+    assert b._status[KEY].open_until == pytest.approx(clock.now() + 10.0)
+
+
+async def test_a_break_over_an_escalated_trips_tail_keeps_the_fleets_count() -> None:
+    """A's third break is over and its probe out when B's attempts fail: the fleet is half-open,
+    so B publishes its own 5 s break, but after the fleet's three openings, not at one: if A's
+    probe succeeds, B's break stays, and the fleet's next failed probe opens its fourth."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a = _process(store, clock, BREAKER, sync=0.0)
+    b, in_flight = await _unsynced(store, clock, BREAKER)
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        clock.advance(a._status[KEY].open_until - clock.now() + 0.01)
+
+    await _escalate(a, 3, past_the_break)
+    await past_the_break(a)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    await _settle_all(b, in_flight, DOWN)
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    assert json.loads(entry.value)["opens"] == 3
+    assert b._status[KEY].opens == 3
+    assert b._status[KEY].open_until == pytest.approx(clock.now() + 5.0), "B's own break"
+    await a.settle(probe, 1, OK)
+    assert await store.get(_trip_key()) == entry, "B's break stays for the fleet"
+    clock.advance(5.0)
+    c = _process(store, clock, BREAKER, sync=0.0)
+    probe = _Call("svc", HOST)
+    assert await c.admit(probe, 1) is None
+    await c.settle(probe, 1, DOWN)
+    assert c._status[KEY].opens == 4
+    assert c._status[KEY].open_until == pytest.approx(clock.now() + 40.0)
+
+
+async def test_a_process_takes_a_fleets_break_with_more_openings_even_if_it_ends_sooner() -> None:
+    """B's own failures, from attempts admitted before it read the fleet's break, neither
+    lengthen that break nor add an opening to it: B's 60 s first break gives way to the fleet's
+    second one, with a second left, and the event says the break is the fleet's."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    events: list[StateEvent] = []
+    a = _process(store, clock, BREAKER, sync=0.0)
+    b = OverloadGuard(
+        budget=None,
+        breaker=NEWER,
+        store=store,
+        account="1",
+        clock=clock,
+        sync_interval=3600.0,
+        hooks=EventHooks(on_state=[events.append]),
+    )
+    in_flight = [_Call("svc", HOST) for _ in range(4)]
+    for call in in_flight:
+        assert await b.admit(call, 1) is None
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        clock.advance(a._status[KEY].open_until - clock.now() + 0.01)
+
+    await _escalate(a, 2, past_the_break)
+    clock.advance(9.0)  # A's 10 s break: one second left
+    published = await store.get(_trip_key())
+    await _settle_all(b, in_flight, DOWN)
+    assert await store.get(_trip_key()) == published
+    assert b._status[KEY].opens == 2
+    assert b._status[KEY].open_until == pytest.approx(a._status[KEY].open_until)
+    (opened,) = [e for e in events if e.name == "circuit_open"]
+    assert opened.details["adopted"] is True
+    assert opened.details["opens"] == 2
+    assert opened.details["retry_in"] == pytest.approx(1.0)
+
+
+async def test_a_break_outlasting_the_fleets_after_as_many_openings_is_published() -> None:
+    """The fleet's break (A's first, 5 s, 4 s left) is on, B's first (60 s) outlasts it after
+    as many openings: B's is published, by a compare-and-set of A's entry."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a = _process(store, clock, BREAKER, sync=0.0)
+    b, in_flight = await _unsynced(store, clock)
+    await _trip(a)
+    clock.advance(1.0)
+    published = await _b_opens(b, in_flight, store)
+    assert json.loads(published.value)["opens"] == 1
+    await _the_fleet_keeps(store, clock, published)
+
+
+class _MovingBreak(MemoryStore):
+    """A shared store where, just before each write of the trip, another process publishes a
+    break of its own that is over at once (a tail: nothing this process would take)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.moves = 0
+
+    async def _move(self, key: str) -> None:
+        if key == _trip_key():
+            self.moves += 1
+            moved = json.dumps({"opens": 1, "half_open": 30.0, "id": f"x:{self.moves}"})
+            await super().set(key, moved, ttl=30.0)
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        await self._move(key)
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        await self._move(key)
+        return await super().add(key, value, ttl=ttl)
+
+
+async def test_a_trip_that_changes_at_every_read_is_left_and_the_break_kept_locally() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _MovingBreak(clock)
+    (a,) = _fleet(clock, store, 1)
+    await _trip(a)
+    assert store.moves == 3, "read three times, then left as the others wrote it"
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    assert json.loads(entry.value)["id"] == "x:3"
+    assert a.breaker_state(*KEY) is BreakerState.OPEN
+    assert a._status[KEY].open_until == pytest.approx(clock.now() + 5.0), "its own break"
+
+
+async def test_a_probe_fails_into_the_fleets_next_break_when_its_count_was_behind() -> None:
+    """B's own count of openings (one) is behind the fleet's (three: B has not read the trip
+    since): the probe it takes reads the trip's tail before it goes, and its failure opens the
+    fleet's fourth break (40 s), not B's second (10 s)."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    b = _process(store, clock, BREAKER, sync=3600.0)
+    await _trip(b)
+    await store.set(_trip_key(), json.dumps({"opens": 3, "half_open": 30.0}), ttl=31.0)
+    clock.advance(6.0)  # B's break is over; the fleet's third ended a second ago
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None
+    await b.settle(probe, 1, DOWN)
+    assert b._status[KEY].opens == 4
+    assert b._status[KEY].open_until == pytest.approx(clock.now() + 40.0)
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    assert json.loads(entry.value)["opens"] == 4
 
 
 class FleetBreakerMachine(RuleBasedStateMachine):
@@ -884,20 +1205,35 @@ class SteppingStore(MemoryStore):
     driving the guards' coroutines step by step interleaves the processes' store operations
     in any order (each operation itself atomic, as on Redis).
 
-    Every write that takes effect on the trip is checked: an entry whose break is still on may
-    only be replaced by another break (a process publishing its own opening), never by a
-    half-open tail nor deleted. ``lost`` names each time it was."""
+    Every write that takes effect on the trip is checked against the entry it replaces: a break
+    still on may only be replaced by a break that ends no sooner (a process publishing a longer
+    one), never by a shorter one, a half-open tail, or nothing (deleted); and while an entry
+    lives, what replaces it never counts fewer openings (the fleet's escalation never starts
+    over). ``lost`` names each time it did."""
 
     def __init__(self, clock: VirtualClock) -> None:
         super().__init__(clock)
         self.lost: list[str] = []
 
-    def _break_on(self, value: str, ttl: float) -> bool:
-        return ttl - float(json.loads(value).get("half_open", 0)) > 0
-
-    def _held_break(self, key: str) -> bool:
+    def _held(self, key: str) -> tuple[int, float] | None:
+        """The trip entry at ``key`` while it lives: its openings, and when its break ends."""
         item = self._live(key) if key == _trip_key() else None
-        return item is not None and self._break_on(item[0], item[1] - self._clock.now())
+        if item is None:
+            return None
+        data = json.loads(item[0])
+        return int(data["opens"]), item[1] - float(data.get("half_open", 0))
+
+    def _check(self, held: tuple[int, float] | None, value: str, ttl: float) -> None:
+        if held is None:
+            return
+        opens, ends = held
+        now = self._clock.now()
+        data = json.loads(value)
+        new_ends = now + ttl - float(data.get("half_open", 0))
+        if ends > now and new_ends < ends - 1e-9:
+            self.lost.append(f"a break on until {ends} was cut to {new_ends} at {now}")
+        if int(data["opens"]) < opens:
+            self.lost.append(f"a trip after {opens} openings became one after {data['opens']}")
 
     async def get(self, key: str) -> Entry | None:
         await _RoundTrip()
@@ -905,13 +1241,13 @@ class SteppingStore(MemoryStore):
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         await _RoundTrip()
-        held = self._held_break(key)
+        held = self._held(key)
         if only_if is None:
             stored = await super().set(key, value, ttl=ttl)
         else:
             stored = await super().set(key, value, ttl=ttl, only_if=only_if)
-        if held and stored is not False and not self._break_on(value, ttl):
-            self.lost.append(f"a break still on was overwritten at {self._clock.now()}")
+        if stored is not False:
+            self._check(held, value, ttl)
         return stored
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
@@ -920,9 +1256,9 @@ class SteppingStore(MemoryStore):
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         await _RoundTrip()
-        held = self._held_break(key)
+        held = self._held(key)
         deleted = await super().delete(key, only_if=only_if)
-        if held and deleted:
+        if held is not None and held[1] > self._clock.now() and deleted:
             self.lost.append(f"a break still on was deleted at {self._clock.now()}")
         return deleted
 
@@ -943,24 +1279,36 @@ async def _attempt(guard: OverloadGuard, clock: VirtualClock, lasts: float, ok: 
 
 
 class _Plan:
-    """When each process acts, drawn: A's first attempts, its probe and how long it lasts, how
-    long B's attempts last (admitted at once: before A's trip is published, if B goes first),
-    when C calls, and whether the service is back for the probes."""
+    """When each process acts, drawn: A's first attempts, how many of its probes fail before
+    the last (each re-opening it for a longer break) and how long each lasts, how long B's
+    attempts last (admitted at once: before A's trip is published, if B goes first), when C
+    calls, how often D's pairs of attempts go and how long they last, and whether the service
+    is back for the last probes."""
 
     def __init__(self, data: st.DataObject) -> None:
         self.a_fails_after = data.draw(st.sampled_from([0.0, 1.0]))
+        self.a_reopens = data.draw(st.integers(0, 2))
         self.a_probe_lasts = data.draw(st.sampled_from([0.0, 1.0, 4.0, 8.0]))
-        self.b_fails_after = data.draw(st.sampled_from([0.0, 1.0, 5.0, 6.0, 7.0, 8.0, 10.0]))
+        self.b_fails_after = data.draw(
+            st.sampled_from([0.0, 1.0, 5.0, 6.0, 7.0, 8.0, 10.0, 16.0, 20.0, 30.0])
+        )
         self.c_calls_every = data.draw(st.sampled_from([1.0, 3.0, 6.0]))
+        self.d_every = data.draw(st.sampled_from([0.0, 2.0, 5.0, 11.0]))
+        self.d_fails_after = data.draw(st.sampled_from([0.0, 1.0, 4.0]))
         self.back = data.draw(st.booleans())
 
 
 async def _trips_and_probes(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
-    """Process A: its attempts fail, it opens and publishes; once its break is over, it probes."""
-    for _ in range(FleetBreakerMachine.breaker.minimum_throughput):
+    """Process A: its attempts fail, it opens and publishes; after each break it probes: the
+    first ``a_reopens`` probes fail (its breaks escalate: 5 s, 10 s, 20 s), the last answers as
+    the service does."""
+    breaker = FleetBreakerMachine.breaker
+    for _ in range(breaker.minimum_throughput):
         await _attempt(guard, clock, plan.a_fails_after, ok=False)
-    await _waits(clock, 6.0)  # its 5 s break
-    await _attempt(guard, clock, plan.a_probe_lasts, ok=plan.back)
+    for reopen in range(plan.a_reopens + 1):
+        await _waits(clock, breaker.breaks.delay(reopen + 1) + 1.0)  # its break
+        last = reopen == plan.a_reopens
+        await _attempt(guard, clock, plan.a_probe_lasts, ok=plan.back and last)
 
 
 async def _fails_unaware(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
@@ -981,28 +1329,47 @@ async def _calls_now_and_then(guard: OverloadGuard, clock: VirtualClock, plan: _
         await _waits(clock, plan.c_calls_every)
 
 
-_SCRIPTS = (_trips_and_probes, _fails_unaware, _calls_now_and_then)
+async def _opens_on_its_own(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
+    """Process D: three times, two attempts admitted together (on what it last read of the
+    fleet's trip, up to its sync interval ago), which fail: whenever both went, it opens on its
+    own failures, and publishes or takes the fleet's break, whatever the others did meanwhile."""
+    for _ in range(3):
+        await _waits(clock, plan.d_every)
+        calls = [_Call("svc", HOST) for _ in range(2)]
+        admitted = [call for call in calls if await guard.admit(call, 1) is None]
+        await _waits(clock, plan.d_fails_after)
+        for call in admitted:
+            await guard.settle(call, 1, DOWN)
+
+
+_SCRIPTS = (_trips_and_probes, _fails_unaware, _calls_now_and_then, _opens_on_its_own)
+
+
+_STEPS = [0, 1, 2, 3, -1]
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.data(), schedule=st.lists(st.sampled_from([0, 1, 2, 0, 1, 2, -1]), max_size=150))
+@given(data=st.data(), schedule=st.lists(st.sampled_from(_STEPS[:-1] * 2 + [-1]), max_size=200))
 def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
     data: st.DataObject, schedule: list[int]
 ) -> None:
-    """Three processes, each a script of calls (A trips and probes after its break, B's
-    attempts fail unaware of A's trip, C calls now and then), run interleaved store operation
-    by store operation in the order ``schedule`` draws (a process's next step, or -1: a second
-    passes), then in turn to their end. Whatever the order: a break the fleet published is
-    never lost while it is on (no process rewrites it as its own trip's half-open tail, nor
-    deletes it when its probe succeeds), and at most one probe is out."""
+    """Four processes, each a script of calls (A trips and probes after each break, its first
+    probes failing, so that its breaks escalate; B's attempts fail unaware of A's trip; C calls
+    now and then; D's pairs of attempts fail, opening its breaker on its own whenever they both
+    went), run interleaved store operation by store operation in the order ``schedule`` draws
+    (a process's next step, or -1: a second passes), then in turn to their end. Whatever the
+    order: a break the fleet published is never lost nor shortened while it is on (no process
+    rewrites it as its own trip's half-open tail, deletes it when its probe succeeds, or
+    publishes a break of its own over it that ends sooner), no trip is replaced by one after
+    fewer openings while it lives, and at most one probe is out."""
     clock = VirtualClock(start=100.0, autojump=False)
     store = SteppingStore(clock)
-    guards = _fleet(clock, store, 3, FleetBreakerMachine.breaker)
+    guards = _fleet(clock, store, len(_SCRIPTS), FleetBreakerMachine.breaker)
     plan = _Plan(data)
     running = [script(guard, clock, plan) for script, guard in zip(_SCRIPTS, guards, strict=True)]
     live = set(range(len(running)))
     # The drawn order, then each live process in turn with a second passing after each round.
-    rest = itertools.chain.from_iterable(itertools.repeat([0, 1, 2, -1], 200))
+    rest = itertools.chain.from_iterable(itertools.repeat(_STEPS, 200))
     try:
         for choice in itertools.chain(schedule, rest):
             if not live:

@@ -42,7 +42,13 @@ from le_transport.state.store import MAX_TTL
 
 from .certs import self_signed_loopback
 from .redis_server import RedisServer, redis_server, require_redis_server
-from .test_breaker_fleet import HOST, newer_break_during_a_probe, newer_break_during_a_tail_rewrite
+from .test_breaker_fleet import (
+    HOST,
+    a_longer_break_published_between_the_read_and_the_write,
+    escalated_break_meets_an_unaware_opening,
+    newer_break_during_a_probe,
+    newer_break_during_a_tail_rewrite,
+)
 
 __all__ = ["redis_server"]
 
@@ -567,5 +573,55 @@ async def test_a_break_published_while_another_process_probes_is_never_lost_on_r
 
     try:
         await scenario(store, RealClock(), breaker, past_the_break)
+    finally:
+        await store.close()
+
+
+async def test_an_escalated_break_is_kept_when_an_unaware_process_opens_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    """tests/test_breaker_fleet.py's scenario on a real Redis (through the guards'
+    FallbackStore), on the real clock: A's breaks 0.01 s, 0.3 s, then 9 s after its third
+    opening; B's first, 0.01 s, must not replace it. Each step waits for a state, not a time."""
+    store = RedisStore(redis_server.url, prefix="escalated", op_timeout=OP)
+    breaker = CircuitBreaker(
+        minimum_throughput=4,
+        sampling_window=30.0,
+        breaks=BackoffPolicy(first=0.01, factor=30.0, cap=60.0, jitter=0.0, floor=0.0),
+    )
+    trip = state_key("1", "breaker", "svc", HOST)
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        while True:
+            entry = await store.get(trip)
+            assert entry is not None
+            if (
+                a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+                and entry.ttl < breaker.probe_lease - 0.05
+            ):
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        await escalated_break_meets_an_unaware_opening(
+            store, RealClock(), breaker, past_the_break, 3
+        )
+    finally:
+        await store.close()
+
+
+async def test_a_longer_break_published_between_a_read_and_a_write_is_kept_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    """B's set-if-absent of its 0.2 s break, paused after its read found nothing, meets A's
+    60 s break published meanwhile: Redis keeps A's, and B takes it."""
+    store = RedisStore(redis_server.url, prefix="between", op_timeout=OP)
+    short = CircuitBreaker(
+        minimum_throughput=4,
+        sampling_window=30.0,
+        breaks=BackoffPolicy(first=0.2, jitter=0.0, floor=0.0),
+    )
+    try:
+        await a_longer_break_published_between_the_read_and_the_write(store, RealClock(), short)
     finally:
         await store.close()

@@ -32,7 +32,12 @@ lock at once. A process that has not read the trip yet may open on its own failu
 a break of its own meanwhile: the prober rewrites the trip's half-open tail only if the entry is
 still the one it read (compare-and-set: a new break found instead is adopted, no probe goes),
 and its success deletes only that entry (compare-and-delete), so the fleet's newest break is
-never lost; each entry carries a mark of its own, as two breaks may otherwise read alike.
+never lost; each entry carries a mark of its own, as two breaks may otherwise read alike. Nor
+does such a process shorten the fleet's break, or start its escalation over, when it publishes
+its own: it reads the trip first, takes a break still on there that ends no sooner or counts
+more openings as its own (its failures, of attempts admitted before it knew of that break,
+neither lengthen it nor add an opening), and otherwise publishes, after the fleet's count of
+openings if that is higher, only over the entry it read (compare-and-set, or set-if-absent).
 Redis stays off the happy path: first attempts are counted locally and sent in batches every
 ``flush_interval``, the trip marker is read at most every ``sync_interval``; what
 that trades away is that the fleet sees a process's first attempts (and trips) up to those
@@ -121,6 +126,11 @@ _FLUSH_STEPS = 16
 #: half-open tail finds it changed (a new break: adopted at the second read); a trip changing at
 #: every read refuses the attempt.
 _TRIP_READS = 2
+#: How often a process that opened its breaker reads the fleet's trip to publish its break: again
+#: after the conditional write finds the entry changed since it was read (another process
+#: published meanwhile: the next read adopts that break or writes over it, as it decides); a trip
+#: changing at every read is left as it is, and the process keeps its own break.
+_PUBLISH_READS = 3
 
 
 class GatedCall(Protocol):
@@ -253,7 +263,9 @@ class OverloadGuard:
       in a :class:`~le_transport.state.FallbackStore` if it is not one); None: this process only.
     - ``account``: the namespace of the shared keys.
     - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
-      ``circuit_open``, ``circuit_closed`` and ``retry_budget_exhausted``.
+      ``circuit_open`` (``retry_in``, ``opens``, and ``adopted``: whether the break is the
+      fleet's, taken instead of this process's own), ``circuit_closed`` and
+      ``retry_budget_exhausted``.
     - ``flush_interval``: seconds between batched sends of first-attempt counts to the store
       (counts still held when their slot of the budget's window ends are dropped, never sent
       late: see the module's description).
@@ -827,6 +839,7 @@ class OverloadGuard:
             return self._circuit_open(call, admission.retry_at, now, status.opens)
         lock: str | None = None
         seen: str | None = None
+        probing = admission.status
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
             stale = self._stale_locks.pop(key, None)
@@ -857,6 +870,18 @@ class OverloadGuard:
                         return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
                     # What the probe answers for: its success deletes this entry, none newer.
                     seen = None if entry is None else entry.value
+                    if trip is not None and trip[0] > probing.opens:
+                        # The fleet's count of openings, ahead of what this process read (up
+                        # to sync_interval ago): a failed probe's break grows from the fleet's.
+                        probing = BreakerStatus(
+                            probing.state,
+                            probing.slot,
+                            probing.successes,
+                            probing.failures,
+                            probing.open_until,
+                            trip[0],
+                            probing.probe_until,
+                        )
                     if trip is None or entry is None or entry.ttl >= lease:
                         break
                     # A probe taken late in the trip's tail: keep the trip while it is out, so
@@ -885,7 +910,7 @@ class OverloadGuard:
             # The status read before those awaits is what gets replaced, whole: successes
             # counted meanwhile go with the status they were counted on.
             self._successes.pop(key, None)
-        self._put(key, admission.status)
+        self._put(key, probing)
         if admission.probe:
             self._probes[(id(call), attempt)] = (lock, seen)
         return None
@@ -989,34 +1014,117 @@ class OverloadGuard:
     async def _opened(
         self, call: GatedCall, key: tuple[str, str], status: BreakerStatus, outcome: Outcome
     ) -> None:
-        now = self._clock.now()
-        brk = status.open_until - now
-        _log.warning(
-            "circuit open for %s at %s after %s: failing calls fast for %.3g s (opening %d)",
-            call.service,
-            key[1],
-            outcome.describe(),
-            brk,
-            status.opens,
-            extra={"service": call.service, "host": key[1], "pause": brk, "opens": status.opens},
-        )
-        emit(
-            self._hooks.on_state,
-            StateEvent(
-                "circuit_open",
-                f"{call.service}@{key[1]}",
-                {"retry_in": brk, "opens": status.opens},
-            ),
-        )
-        if self._shared and brk > 0:
-            # Kept for the break and then the probe lease: a process that missed the break (no
-            # call during it, or started after it) still finds the trip once it has ended, and
-            # goes half-open (one probe for the fleet) instead of closed (every call).
-            assert self._breaker is not None
-            lease = self._breaker.probe_lease
-            await self._store.set(
-                self._trip_key(key), self._trip_value(status.opens, lease), ttl=brk + lease
+        """The breaker at ``key`` opened (``status``): in a fleet, publish the break, or take
+        the fleet's own instead (:meth:`_publish`); log it and emit ``circuit_open`` with the
+        break this process then keeps."""
+        taken, adopted = status, False
+        try:
+            if self._shared and status.open_until > self._clock.now():
+                taken, adopted = await self._publish(key, status)
+        finally:
+            # Logged even if publishing was cancelled: the breaker opened all the same.
+            brk = taken.open_until - self._clock.now()
+            _log.warning(
+                "circuit open for %s at %s after %s: failing calls fast for %.3g s (opening %d%s)",
+                call.service,
+                key[1],
+                outcome.describe(),
+                brk,
+                taken.opens,
+                ", the fleet's break" if adopted else "",
+                extra={
+                    "service": call.service,
+                    "host": key[1],
+                    "pause": brk,
+                    "opens": taken.opens,
+                    "adopted": adopted,
+                },
             )
+            emit(
+                self._hooks.on_state,
+                StateEvent(
+                    "circuit_open",
+                    f"{call.service}@{key[1]}",
+                    {"retry_in": brk, "opens": taken.opens, "adopted": adopted},
+                ),
+            )
+
+    async def _publish(
+        self, key: tuple[str, str], status: BreakerStatus
+    ) -> tuple[BreakerStatus, bool]:
+        """Publish the break this process just opened at ``key`` (``status``) to the fleet,
+        without ever shortening or de-escalating the one the fleet's trip entry holds. Returns
+        the status this process keeps, and whether it is the fleet's break taken instead.
+
+        This process may have opened on attempts it admitted before it read the fleet's trip
+        (up to ``sync_interval`` late), unaware of a break another process published meanwhile,
+        maybe one escalated by many openings; a plain write replaced it with this process's
+        first, short break, and the fleet's escalation started over. So the entry is read
+        first:
+
+        - a break still on there that ends no sooner than this one, or after more openings, is
+          the fleet's verdict on the same outage: this process takes it as its own (its end; the
+          higher count of openings) and publishes nothing. Its own failures came from attempts
+          admitted before it knew of that break, and count no more than any attempt's outcome
+          during a break other than the probe's (:meth:`CircuitBreaker.record`): they neither
+          lengthen the fleet's break nor add an opening to it;
+        - otherwise (no entry; one whose break is over, its half-open tail; a damaged one; or a
+          break this one outlasts after as many openings or more) the break is published, with
+          the higher count of openings (a tail's escalation goes on from there), only if the
+          entry is still the one read: a compare-and-set, or set-if-absent when there was none.
+          Changed meanwhile (another process published), it is read again, up to
+          :data:`_PUBLISH_READS` times; then the fleet's entry is left as the others wrote it,
+          and this process keeps its own break.
+
+        Kept for the break and then the probe lease: a process that missed the break (no call
+        during it, or started after it) still finds the trip once it has ended, and goes
+        half-open (one probe for the fleet) instead of closed (every call).
+        """
+        assert self._breaker is not None
+        lease = self._breaker.probe_lease
+        trip_key = self._trip_key(key)
+        for _ in range(_PUBLISH_READS):
+            entry = await self._store.get(trip_key)
+            now = self._clock.now()
+            trip = None if entry is None else self._trip(key, entry, now)
+            opens = status.opens
+            if trip is not None:
+                theirs, until = trip
+                if until > now and (until >= status.open_until or theirs > opens):
+                    return self._keep(key, status, self._adopted(status, theirs, until)), True
+                opens = max(opens, theirs)
+            brk = status.open_until - now
+            if brk <= 0:
+                return status, False  # over while the store answered: nothing to publish
+            value = self._trip_value(opens, lease)
+            if entry is None:
+                stored = await self._store.add(trip_key, value, ttl=brk + lease)
+            else:
+                stored = await self._store.set(
+                    trip_key, value, ttl=brk + lease, only_if=entry.value
+                )
+            if stored:
+                if opens == status.opens:
+                    return status, False
+                # The same break, after the fleet's count of openings.
+                return self._keep(
+                    key, status, self._adopted(status, opens, status.open_until)
+                ), False
+        _log.debug(
+            "the fleet's circuit breaker trip changed at every read: this break is not published",
+            extra={"service": key[0], "host": key[1]},
+        )
+        return status, False
+
+    def _keep(
+        self, key: tuple[str, str], status: BreakerStatus, kept: BreakerStatus
+    ) -> BreakerStatus:
+        """Replace ``status`` at ``key`` with ``kept`` (what _publish settled on), unless the
+        breaker there changed while the store answered (forgotten, or another decision made
+        since): that newer status stays."""
+        if self._status.get(key) is status:
+            self._put(key, kept)
+        return kept
 
     async def _closed(self, call: GatedCall, key: tuple[str, str], seen: str | None) -> None:
         """The probe succeeded: the breaker closed. In a fleet, the trip entry the probe was
