@@ -12,9 +12,12 @@ import asyncio
 import codecs
 import json as _json
 import logging
+import math
 import random
+import re
 import ssl as _ssl
 import time
+import warnings
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -36,12 +39,14 @@ from .errors import (
     RequestError,
     ResponseDecodeError,
     TransportError,
+    WrongEventLoop,
 )
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware, charset_of
 from .middleware.context import (
     _CURRENT,
     CallContext,
+    provider_failed,
     safe_cause,
     unsent_request_error,
     within_deadline,
@@ -53,7 +58,8 @@ from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
 from .providers._http import ProviderHttp
 from .providers.auth import AuthProvider, Credentials
-from .providers.domains import DomainProvider, StaticDomains
+from .providers.domains import DomainProvider, StaticDomains, validate_host
+from .providers.login import LoginServiceAuth
 from .recovery import Recovery
 from .sockets import (
     AuthPlacement,
@@ -168,17 +174,45 @@ class Response:
         )
 
 
-def _check_headers(headers: Mapping[str, str]) -> None:
-    """Refuse headers that are not str to str before anything is sent (aiohttp would fail
-    while writing them, inside the retry loop, with a bare TypeError)."""
+def _check_headers(headers: Mapping[str, str], service: str, method: str) -> None:
+    """Refuse headers that are not str to str, or that hold a CR, LF or NUL, before anything
+    is sent (aiohttp would fail while writing them, inside the retry loop, after a login)."""
+    refused: str | None = None
     if not isinstance(headers, Mapping):
-        raise InvalidRequest(f"headers must be a mapping, got {type(headers).__name__}")
-    for name, value in headers.items():
-        if not isinstance(name, str):
-            raise InvalidRequest(f"header names must be str, got a {type(name).__name__}")
-        if not isinstance(value, str):
-            # The name only: the value may be a credential.
-            raise InvalidRequest(f"header {name[:40]!r} must have a str value")
+        refused = f"headers must be a mapping, got {type(headers).__name__}"
+    else:
+        for name, value in headers.items():
+            refused = _header_fault(name, value)
+            if refused is not None:
+                break
+    if refused is not None:
+        raise InvalidRequest(refused, service=service, method=method)
+
+
+def _header_fault(name: object, value: object) -> str | None:
+    """Why a header cannot be sent, or None; never showing its value."""
+    if not isinstance(name, str):
+        return f"header names must be str, got a {type(name).__name__}"
+    if not isinstance(value, str):
+        # The name only: the value may be a credential.
+        return f"header {name[:40]!r} must have a str value"
+    # isprintable() first: one pass over the text, true for nearly every header.
+    if not name.isprintable() and _HEADER_BREAKERS.search(name):
+        # Not shown: a name that breaks the line may carry a header of its own.
+        return (
+            "a header name holds a CR, LF or NUL, which would start a header of its own; "
+            "the name is not shown"
+        )
+    if not value.isprintable() and _HEADER_BREAKERS.search(value):
+        return (
+            f"header {name[:40]!r} has a value holding a CR, LF or NUL, which would start a "
+            "header of its own; the value is not shown"
+        )
+    return None
+
+
+#: What ends a header line (aiohttp refuses these while writing the request).
+_HEADER_BREAKERS = re.compile("[\r\n\x00]")
 
 
 def _encode_text(data: str, headers: Mapping[str, str]) -> str | bytes:
@@ -220,6 +254,189 @@ _ARGUMENTS = (
     "json a JSON-serialisable value without NaN or infinity; data bytes, str or a flat form "
     "mapping"
 )
+
+
+#: The frames of aiohttp's own argument processing: a request built (its params, headers and
+#: body) and a JSON body serialised. Read only from the traceback of a refused call.
+_BUILDING_CODES = frozenset(
+    getattr(getattr(owner, "__init__", None), "__code__", None)
+    for owner in (
+        aiohttp.ClientRequest,
+        aiohttp.payload.JsonPayload,
+        getattr(aiohttp.payload, "JsonBytesPayload", None),
+    )
+) - {None}
+
+
+def _raised_building_request(exc: BaseException) -> bool:
+    """Whether aiohttp raised ``exc`` while it built the request from the call's arguments,
+    before the middleware chain ran (not a provider's, nor a middleware's, own error)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _BUILDING_CODES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _refused_argument(
+    session: aiohttp.ClientSession, params: object, json: object, data: object
+) -> str | None:
+    """Which of a call's arguments aiohttp refuses, and why, named without its value: each is
+    taken again as aiohttp takes it (on the error path only). None when none is refused."""
+    if json is not _NO_JSON and json is not None:
+        fault = _json_fault(json, session.json_serialize)
+        if fault is not None:
+            return fault
+    if params is not None:
+        fault = _params_fault(params)
+        if fault is not None:
+            return fault
+    if data is not None:
+        return _data_fault(data)
+    return None
+
+
+#: How a JSON value's place is kept while it is searched: (parent's place, key), or None at
+#: the top. Linked, so that a deep value costs no copy of its whole path at each level.
+_Place = tuple[Any, object] | None
+
+
+def _json_fault(value: object, serialize: Callable[[Any], str]) -> str | None:
+    """Why ``serialize`` refuses ``value`` (a ``json=`` body), naming the key, or None."""
+    try:
+        serialize(value)
+    except RecursionError:
+        return "json is nested too deeply to be serialised"
+    except (TypeError, ValueError) as exc:
+        kind = type(exc).__name__
+    else:
+        return None
+    found = _json_culprit(value)
+    if found is not None:
+        return found
+    return (
+        f"json could not be serialised ({kind}): it must be a JSON value (dict with str keys, "
+        "list, str, int, finite float, bool, None) without circular references"
+    )
+
+
+def _json_culprit(value: object) -> str | None:
+    """The first part of ``value`` that JSON cannot hold, and where it is, or None."""
+    stack: list[tuple[object, _Place]] = [(value, None)]
+    seen: set[int] = set()
+    while stack:
+        node, place = stack.pop()
+        if node is None or isinstance(node, str | bool | int):
+            continue
+        if isinstance(node, float):
+            if math.isfinite(node):
+                continue
+            return f"json{_show_place(place)} is NaN or infinity, which JSON cannot hold"
+        if isinstance(node, dict | list | tuple):
+            if id(node) in seen:  # shared, or a cycle: looked at once
+                continue
+            seen.add(id(node))
+            children: list[tuple[object, _Place]]
+            if isinstance(node, dict):
+                children = []
+                for key, item in node.items():
+                    if not (key is None or isinstance(key, str | int | float)) or (
+                        isinstance(key, float) and not math.isfinite(key)
+                    ):
+                        what = (
+                            "a NaN or infinite key"
+                            if isinstance(key, float)
+                            else f"a key of type {type(key).__name__}"
+                        )
+                        return (
+                            f"json{_show_place(place)} has {what}: JSON object keys are str "
+                            "(or int, float, bool, None)"
+                        )
+                    children.append((item, (place, key)))
+            else:
+                children = [(item, (place, index)) for index, item in enumerate(node)]
+            stack.extend(reversed(children))
+            continue
+        return (
+            f"json{_show_place(place)} is a {type(node).__name__}, which JSON cannot hold "
+            "(convert it to str, int, float, bool, None, a list or a dict first)"
+        )
+    return None
+
+
+def _show_place(place: _Place, keep: int = 6) -> str:
+    """``['a'][0]['b']`` for a place in a JSON value (its last ``keep`` keys, each cut to 40
+    characters): keys are field names, never the values the caller sent."""
+    keys: list[object] = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    keys.reverse()
+    shown = "".join(f"[{key!r:.40}]" for key in keys[-keep:])
+    return f"[...]{shown}" if len(keys) > keep else shown
+
+
+#: The URL query parameters are tried on: their encoding does not depend on the URL.
+_PROBE_URL = URL("http://probe.invalid/")
+
+
+def _params_fault(params: object) -> str | None:
+    """Why aiohttp (yarl) refuses ``params``, naming the parameter, or None."""
+    try:
+        _PROBE_URL.extend_query(params)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        pass
+    else:
+        return None
+    if isinstance(params, Mapping):
+        for name, value in params.items():
+            if not isinstance(name, str):
+                return f"params names must be str, got a {type(name).__name__}"
+            try:
+                _PROBE_URL.extend_query({name: value})
+            except (TypeError, ValueError):
+                return f"params[{name!r:.40}] {_query_value_fault(value)}"
+    return (
+        "params must be a mapping of names to str, int or float values (or lists of them), "
+        f"got a {type(params).__name__}"
+    )
+
+
+def _query_value_fault(value: object) -> str:
+    """Why ``value`` cannot be a query parameter's value (never showing it)."""
+    if value is None:
+        return "is None, which is no query value: leave the parameter out, or pass ''"
+    if isinstance(value, bool):
+        return "is a bool, which is no query value: pass the text the service expects ('true')"
+    if isinstance(value, float):
+        return "is a float that is NaN or infinite, which is no query value"
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if item is None or isinstance(item, bool) or not isinstance(item, str | int | float):
+                return (
+                    f"holds a {type(item).__name__} at index {index}, which is no query value: "
+                    "each item must be str, int or float"
+                )
+        return "holds a float that is NaN or infinite, which is no query value"
+    return f"is a {type(value).__name__}, which is no query value: pass str, int or float"
+
+
+def _data_fault(data: object) -> str | None:
+    """Why aiohttp refuses ``data`` as a body, or None."""
+    if isinstance(data, aiohttp.FormData):
+        return None
+    try:
+        try:
+            aiohttp.payload.get_payload(data, disposition=None)
+        except aiohttp.payload.LookupError:
+            aiohttp.FormData(data)()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return (
+            "data must be bytes, str, a form mapping or an async iterable of bytes, got a "
+            f"{type(data).__name__}"
+        )
+    return None
 
 
 def _check_expect(expect: object) -> None:
@@ -438,6 +655,11 @@ class Engine:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        # The loop the engine started on (its session, tasks and timers live there), whether
+        # it started, and whether a close went all the way through (else __del__ warns).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._close_done = False
         # The close in progress (resolved when it ends), and whether the providers were closed
         # (logout happens once, even when the close that began it was cancelled half-way).
         self._closing: asyncio.Future[None] | None = None
@@ -507,12 +729,21 @@ class Engine:
         """Log in now (or reuse the current session) and return the credentials.
 
         Sockets take the bearer or consumer JWT from the result. Raises
-        :class:`~le_transport.errors.ConfigurationError` if the engine has no auth provider.
+        :class:`~le_transport.errors.ConfigurationError` if the engine has no auth provider,
+        :class:`~le_transport.errors.EngineClosed` once it is closed, and
+        :class:`~le_transport.errors.ProviderError` when the provider fails with an error of
+        its own (not a :class:`~le_transport.errors.TransportError`), that error as the cause.
         """
-        if self._auth is None:
+        self._check_usable("login")
+        auth = self._auth
+        if auth is None:
             raise ConfigurationError("Engine.login: the engine has no auth provider (auth=...)")
-        self.session  # noqa: B018 - raises if the engine is not started
-        return await self._auth.credentials("GET", URL("/"))
+        try:
+            return await auth.credentials("GET", URL("/"))
+        except TransportError:
+            raise
+        except Exception as exc:
+            raise self._provider_failure("auth", auth, "credentials", exc) from exc
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -521,12 +752,68 @@ class Engine:
             raise TransportError("the engine is not started: use 'async with Engine(...)'")
         return self._session
 
+    def _check_usable(self, entry: str, *, service: str | None = None) -> None:
+        """Refuse ``entry`` on an engine that is closed (:class:`EngineClosed`), not started,
+        or started on another event loop (:class:`WrongEventLoop`)."""
+        if self._closed:
+            raise EngineClosed(
+                f"Engine.{entry}: the engine is closed; make a new one", service=service
+            )
+        self.session  # noqa: B018 - raises if the engine is not started
+        wrong = self._wrong_loop()
+        if wrong is not None:
+            raise wrong
+
+    def _wrong_loop(self) -> WrongEventLoop | None:
+        """The error for a use from another loop than the one the engine started on, if so."""
+        started_on = self._loop
+        if started_on is None:
+            return None
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is started_on:
+            return None
+        gone = " (that loop is closed now)" if started_on.is_closed() else ""
+        return WrongEventLoop(
+            f"this engine started on another event loop{gone}: an engine belongs to the loop "
+            "it started on, with its session, connections and tasks. Make one engine per "
+            "loop ('async with Engine(...)' inside the coroutine asyncio.run runs), or run "
+            "every call on that loop"
+        )
+
+    def _provider_failure(
+        self,
+        role: str,
+        provider: object,
+        operation: str,
+        exc: Exception,
+        service: str | None = None,
+    ) -> TransportError:
+        """The typed error for a provider's own exception (not a TransportError): a
+        :class:`WrongEventLoop` when the engine is used from another loop (what made the
+        provider fail), else a logged :class:`~le_transport.errors.ProviderError`."""
+        wrong = self._wrong_loop()
+        if wrong is not None:
+            return wrong
+        return provider_failed(role, provider, operation, exc, service=service)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the session, if the engine owns one. Idempotent."""
+        """Create the session, if the engine owns one. Idempotent, on the loop it started on.
+
+        Raises :class:`~le_transport.errors.EngineClosed` once the engine is closed (a closed
+        engine does not start again: make a new one), and
+        :class:`~le_transport.errors.WrongEventLoop` on another loop than the first start's.
+        """
         if self._closed:
-            raise TransportError("the engine is closed; make a new one")
+            raise EngineClosed("Engine.start: the engine is closed; make a new one")
+        wrong = self._wrong_loop()
+        if wrong is not None:
+            raise wrong
+        self._loop = asyncio.get_running_loop()
         if self._session is None:
             ssl_arg: _ssl.SSLContext | bool = True if self._tls is None else self._tls
             if self._insecure_tls:
@@ -551,6 +838,7 @@ class Engine:
                 # the server to reject.
                 json_serialize=_strict_json,
             )
+        self._started = True
         self._attach_providers()
 
     def _attach_providers(self) -> None:
@@ -573,7 +861,13 @@ class Engine:
         done. Calls waiting through the recovery loop fail with
         :class:`~le_transport.errors.RecoveryFailed`. Called from a socket's ``on_frame``
         handler or ``on_connect`` callback, it starts the close and returns at once: closing
-        that socket waits for the callback to return."""
+        that socket waits for the callback to return.
+
+        Raises :class:`~le_transport.errors.WrongEventLoop`, closing nothing, on another loop
+        than the one the engine started on: its session and logout can run only there."""
+        wrong = self._wrong_loop()
+        if wrong is not None:
+            raise wrong
         self._closed = True
         self._shutdown.set()
         current = asyncio.current_task()
@@ -617,6 +911,7 @@ class Engine:
                 self._providers_closed = True
             if self._owns_session and self._session is not None and not self._session.closed:
                 await self._session.close()
+            self._close_done = True
         finally:
             self._closing = None
             done.set_result(None)
@@ -633,10 +928,50 @@ class Engine:
     ) -> None:
         await self.close()
 
+    def __del__(self, _warnings: Any = warnings) -> None:
+        # aiohttp's pattern: a ResourceWarning naming what was left, and never any I/O here
+        # (no logout, no close: the loop may be gone). Attributes read with defaults: an
+        # engine whose __init__ failed half-way is collected too.
+        if not getattr(self, "_started", False) or getattr(self, "_close_done", True):
+            return
+        _warnings.warn(
+            f"an Engine was garbage-collected without close(), leaving {self._left_open()}: "
+            "use 'async with Engine(...)', or 'await engine.close()' on the loop it started on",
+            ResourceWarning,
+            source=self,
+        )
+
+    def _left_open(self) -> str:
+        """What an engine that was never closed leaves behind, in words (no secret)."""
+        left: list[str] = []
+        auth = self._auth
+        if isinstance(auth, LoginServiceAuth) and auth.session is not None:
+            left.append(
+                f"a Login Service session still logged in ({auth.subject}: not logged out, it "
+                "stays valid on the server until its TTL ends)"
+            )
+        session = self._session
+        if self._owns_session and session is not None and not session.closed:
+            left.append("its aiohttp session and connections")
+        if self._sockets:
+            left.append(f"{len(self._sockets)} socket(s) open")
+        if self._keepalives:
+            left.append(f"{len(self._keepalives)} HTTP keepalive(s) running")
+        if not left:
+            left.append("its providers unclosed")
+        return ", ".join(left)
+
     # -- requests ---------------------------------------------------------------------------
 
     async def url_for(self, service: str, path: str, *, scheme: str | None = None) -> URL:
-        """The absolute URL of ``path`` on the host serving ``service``."""
+        """The absolute URL of ``path`` on the host serving ``service``.
+
+        :class:`~le_transport.errors.EngineClosed` once the engine is closed."""
+        if self._closed:
+            raise EngineClosed("Engine.url_for: the engine is closed", service=service)
+        wrong = self._wrong_loop()
+        if wrong is not None:
+            raise wrong
         return (await self._url_for(service, path, scheme))[0]
 
     async def _url_for(self, service: str, path: str, scheme: str | None) -> tuple[URL, str]:
@@ -645,12 +980,22 @@ class Engine:
             self._check_path(service, path)
         resolved = await self._domains.resolve(service)
         key = (scheme or self._scheme, resolved, path)
-        built = self._urls.get(key)
-        return self._build_url(key) if built is None else built
+        built = self._built(key)
+        return self._build_url(key, service) if built is None else built
 
-    def _build_url(self, key: tuple[str, str, str]) -> tuple[URL, str]:
+    def _built(self, key: tuple[str, str, str]) -> tuple[URL, str] | None:
+        """The URL built for ``key`` before, if it is kept."""
+        try:
+            return self._urls.get(key)
+        except TypeError:  # an unhashable "host" from a domain provider: _build_url refuses it
+            return None
+
+    def _build_url(self, key: tuple[str, str, str], service: str) -> tuple[URL, str]:
         """Build (and keep, bounded) the URL of ``key``: scheme, resolved host, checked path."""
         scheme, resolved, path = key
+        # Once per host and path, not per call: a domain provider of the caller's own may
+        # answer something that is no host (None, a URL), which must fail typed, by name.
+        validate_host(resolved, service=service)
         host, port = split_host(resolved)
         url = URL.build(scheme=scheme, host=host, port=port, path=path)
         built = (url, redact_url(url))
@@ -762,6 +1107,8 @@ class Engine:
             )
         session = self._session
         if session is None:
+            if self._closed:
+                raise EngineClosed("the engine is closed", service=service, method=method)
             session = self.session  # raises: the engine is not started
         if self._closed:
             raise EngineClosed("the engine is closed", service=service, method=method)
@@ -778,20 +1125,31 @@ class Engine:
                 ),
             )
         ctx = CallContext(service, idempotent, policy)
-        if self._resolves_at_once or policy.deadline is None:
-            resolved = await self._domains.resolve(service)
-        else:
-            # A Domain API fetch runs on its own schedule: the call's deadline bounds the wait.
-            resolved = await within_deadline(
-                self._clock,
-                ctx,
-                self._domains.resolve(service),
-                "resolving its host",
-                method=method,
-            )
+        try:
+            if self._resolves_at_once or policy.deadline is None:
+                resolved = await self._domains.resolve(service)
+            else:
+                # A Domain API fetch runs on its own schedule: the call's deadline bounds the
+                # wait.
+                resolved = await within_deadline(
+                    self._clock,
+                    ctx,
+                    self._domains.resolve(service),
+                    "resolving its host",
+                    method=method,
+                )
+        except TransportError:
+            raise
+        except Exception as exc:
+            # The domain provider's own failure (a bug in a provider of the caller's): typed,
+            # with its exception as the cause; not the caller's arguments.
+            raise self._provider_failure("domain", self._domains, "resolve", exc, service) from exc
         key = (self._scheme, resolved, path)
-        built = self._urls.get(key)
-        url, redacted = self._build_url(key) if built is None else built
+        try:
+            built = self._urls.get(key)
+        except TypeError:  # an unhashable "host" from a domain provider: _build_url refuses it
+            built = None
+        url, redacted = self._build_url(key, service) if built is None else built
         # The context variable set and reset in place, and options passed only when given:
         # each was a measurable share of what a successful call costs (benchmarks/README.md).
         token = _CURRENT.set(ctx)
@@ -806,7 +1164,7 @@ class Engine:
                 call = session.request(method, url)
             else:
                 if headers is not None:
-                    _check_headers(headers)
+                    _check_headers(headers, service, method)
                     if type(data) is str:
                         data = _encode_text(data, headers)
                 options: dict[str, Any] = {
@@ -842,7 +1200,12 @@ class Engine:
             finally:
                 resp.release()
                 await resp.wait_for_close()
-        except TransportError:
+        except TransportError as exc:
+            # A provider that failed (ProviderError) because the engine is used from another
+            # loop: said as such. Only on the error path, where the check costs nothing.
+            wrong = self._wrong_loop()
+            if wrong is not None:
+                raise wrong from exc
             raise
         except (aiohttp.ClientError, OSError) as exc:
             # Raised outside the retry middleware (before the chain ran, or while reading a
@@ -854,23 +1217,33 @@ class Engine:
             )
         except (ValueError, TypeError, RecursionError) as exc:
             # aiohttp and yarl refuse what cannot be sent while building the request, before
-            # the middleware chain runs (RecursionError: absurdly nested JSON). A TypeError
-            # from inside the chain is no argument of the caller's: it propagates as it is.
-            if isinstance(exc, TypeError) and ctx.active is not None:
-                raise
+            # the middleware chain runs (RecursionError: absurdly nested JSON). Only that is
+            # the caller's arguments: each is taken again as aiohttp takes it, to name the one
+            # refused and why. An error from inside the chain (a middleware's) is none of
+            # them: it propagates as it is, with its traceback.
+            refused = _refused_argument(session, params, json, data)
+            if refused is None:
+                if not _raised_building_request(exc):
+                    raise
+                refused = f"invalid request ({type(exc).__name__}): {_ARGUMENTS}"
             # Not chained: the refused value (a header, a parameter) may be a credential, and
             # the error aiohttp or yarl raised repeats it.
             late = (
                 InvalidRequest(
-                    f"invalid request ({type(exc).__name__}): {_ARGUMENTS}",
+                    f"not sent: {refused}",
                     service=service,
                     method=method,
                     url=redact_url(url),
                 ),
                 None,
             )
-        except RuntimeError:
+        except RuntimeError as exc:
             # After the clause above: RecursionError is a RuntimeError too.
+            # aiohttp's "Event loop is closed" (or a future of another loop): the engine is
+            # used from another loop than the one it started on.
+            wrong = self._wrong_loop()
+            if wrong is not None:
+                raise wrong from exc
             # aiohttp's "Session is closed": the engine closed while this call resolved its
             # host (or logged in), or the owner of a session passed in closed it.
             if not session.closed:
@@ -931,14 +1304,18 @@ class Engine:
         ``on_frame`` receives unsolicited frames (else ``async for frame in ws``). After
         ``options.escalate_after`` failed reconnects in a row the socket escalates to
         ``escalate`` (default: this engine's re-login loop). The socket connects in the
-        background: ``await ws.wait_open()`` to wait for it. Closing the engine closes it.
+        background: ``await ws.wait_open()`` to wait for it. Closing the engine closes it;
+        :class:`~le_transport.errors.EngineClosed` once the engine is closed.
         """
-        self.session  # noqa: B018 - raises if the engine is not started
-        if self._closed:
-            raise TransportError("the engine is closed")
+        self._check_usable("websocket", service=service)
         if options is not None and not isinstance(options, SocketOptions):
             raise ConfigurationError(
                 f"Engine.websocket options must be SocketOptions, got {type(options).__name__}"
+            )
+        if callable(on_connect) or isinstance(on_connect, str | bytes):
+            raise ConfigurationError(
+                "Engine.websocket on_connect takes a sequence of callables, got a "
+                f"{type(on_connect).__name__}: pass [callback]"
             )
         for callback in (*on_connect, *(() if on_frame is None else (on_frame,))):
             if not callable(callback):
@@ -989,14 +1366,23 @@ class Engine:
         :data:`~le_transport.policies.CHAT_AGENT_API_REFRESH`): ``policy.method`` on
         ``policy.path`` (its ``{account}``-style fields filled from ``fields``) every
         ``policy.interval`` seconds, through the engine's whole stack. Closing the engine stops
-        it; so does ``await task.close()``.
+        it; so does ``await task.close()``. :class:`~le_transport.errors.EngineClosed` once the
+        engine is closed.
         """
+        if self._closed:
+            raise EngineClosed("Engine.keepalive: the engine is closed", service=service)
+        if not isinstance(policy, Keepalive):
+            raise ConfigurationError(
+                f"Engine.keepalive needs an HTTP Keepalive (SERVER_CHAT_API_CHAT_INFO, "
+                f"CHAT_AGENT_API_REFRESH...), got a {type(policy).__name__}"
+            )
         if policy.method is None or policy.path is None:
             raise ConfigurationError(
                 f"Engine.keepalive needs an HTTP Keepalive, got the socket keepalive {policy!r}"
             )
-        if self._closed:
-            raise TransportError("the engine is closed")
+        wrong = self._wrong_loop()
+        if wrong is not None:
+            raise wrong
         method = policy.method
         try:
             path = policy.path.format(**(fields or {}))

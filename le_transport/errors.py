@@ -36,6 +36,7 @@ __all__ = [
     "InvalidRetryAfter",
     "InvalidSocketTransition",
     "LoginRejected",
+    "ProviderError",
     "RecoveryFailed",
     "RequestError",
     "ResponseDecodeError",
@@ -54,6 +55,7 @@ __all__ = [
     "TransportError",
     "UnknownServiceError",
     "UnsignableBody",
+    "WrongEventLoop",
 ]
 
 
@@ -225,7 +227,22 @@ class EngineClosed(RequestError):
     """The engine was closed: a call made after it, or one in progress when it happened (that
     call stops before its next attempt or during its pause, instead of retrying against a
     session that is gone). ``attempts`` has the attempts it made; ``__cause__`` the last
-    attempt's error, if there was one."""
+    attempt's error, if there was one.
+
+    Every entry point of a closed engine raises it: :meth:`~le_transport.Engine.request`,
+    ``request_json``, ``websocket``, ``keepalive``, ``login``, ``url_for`` and ``start``; so
+    does an auth provider the engine closed, asked for credentials afterwards. Make a new
+    engine: a closed one does not start again."""
+
+
+class WrongEventLoop(TransportError, RuntimeError):
+    """The engine was used from another event loop than the one it started on.
+
+    An engine belongs to the loop it started on: its aiohttp session, connections, tasks and
+    timers live there, and a second ``asyncio.run`` (a new loop each time) cannot use them.
+    Make one engine per loop (``async with Engine(...)`` inside the coroutine that
+    ``asyncio.run`` runs), or run every call on the loop that started it. Also a
+    :class:`RuntimeError`, which is what such a use raised before."""
 
 
 class RetriesExhausted(RequestError):
@@ -369,6 +386,39 @@ class LoginRejected(AuthenticationError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ProviderError(TransportError):
+    """A provider (an :class:`~le_transport.providers.AuthProvider` or a
+    :class:`~le_transport.providers.DomainProvider`, the library's or one of your own) failed
+    with an exception that is not a :class:`TransportError`: most likely a bug in it. Nothing
+    was sent for the call; retrying cannot help.
+
+    The provider's exception is the ``__cause__``, with its traceback (a provider of your own
+    is your code: its error is yours to see); the message names only its type, never its
+    text, which may hold a credential.
+
+    - ``provider``: the provider's class name; ``role``: ``"auth"`` or ``"domain"``.
+    - ``operation``: what it was asked (``"credentials"``, ``"resolve"``, ``"invalidate"``...).
+    - ``error_type``: the name of the exception's type; ``service``: the call's service, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        role: str,
+        operation: str,
+        error_type: str,
+        service: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.role = role
+        self.operation = operation
+        self.error_type = error_type
+        self.service = service
 
 
 class RecoveryFailed(TransportError):

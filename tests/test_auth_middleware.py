@@ -5,18 +5,27 @@ other 4xx is ever replayed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from le_transport import Engine, RetryPolicy
 from le_transport.chaos import Status
-from le_transport.errors import AuthenticationError, ClientStatusError
+from le_transport.errors import (
+    AuthenticationError,
+    ClientStatusError,
+    HostileHostError,
+    InvalidRequest,
+    ProviderError,
+)
 from le_transport.middleware.auth import AuthMiddleware, same_host
 from le_transport.middleware.retry import RetryMiddleware
-from le_transport.providers import StaticBearer, StaticDomains, UserLogin
+from le_transport.providers import Credentials, StaticBearer, StaticDomains, UserLogin
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
 from tests.known_secrets import BEARER, PASSWORD
 from tests.test_providers import (
     ACCOUNT,
@@ -27,6 +36,7 @@ from tests.test_providers import (
     sim,
     sim_engine,
 )
+from tests.test_retry_middleware import Script
 
 __all__ = ["sim"]
 
@@ -210,3 +220,198 @@ async def test_credentials_never_travel_over_a_scheme_other_than_the_engines(
 def test_same_host_compares_name_and_effective_port(host: str, url: str, same: bool) -> None:
     """A bare host means the scheme's default port; names compare case-insensitively."""
     assert same_host(host, URL(url)) is same
+
+
+# -- a provider's own failure is the provider's, typed, with its exception as the cause --------
+
+
+class _BuggyAuth:
+    """An AuthProvider of the caller's own with a bug: ``error`` raised by ``failing``, or
+    ``answer`` returned by ``credentials`` in place of Credentials."""
+
+    def __init__(
+        self, error: Exception | None = None, *, failing: str = "credentials", answer: object = None
+    ) -> None:
+        self.error = error
+        self.failing = failing
+        self.answer = answer
+        self.asked = 0
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        self.asked += 1
+        if self.error is not None and self.failing == "credentials":
+            raise self.error
+        if self.answer is not None:
+            return self.answer  # type: ignore[return-value]
+        return Credentials(headers={"Authorization": f"Bearer {BEARER}"})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        if self.error is not None and self.failing == "invalidate":
+            raise self.error
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+class _BuggyDomains:
+    """A DomainProvider of the caller's own that raises ``error``, or answers ``answer``."""
+
+    def __init__(self, *, error: Exception | None = None, answer: object = None) -> None:
+        self.error = error
+        self.answer = answer
+
+    async def resolve(self, service: str) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.answer  # type: ignore[return-value]
+
+    async def invalidate(self) -> None:
+        """Nothing cached."""
+
+
+#: In the provider's exception's text: never shown by the typed error (it may be a credential).
+PROVIDER_TEXT = "vault-said-s3cr3t"
+
+PROVIDER_BUGS = [
+    TypeError(f"can only concatenate str (not NoneType) {PROVIDER_TEXT}"),
+    ValueError(f"params values must be str {PROVIDER_TEXT}"),
+    KeyError(PROVIDER_TEXT),
+    TimeoutError(PROVIDER_TEXT),
+]
+PROVIDER_BUG_IDS = ["type-error", "value-error", "key-error", "its-own-timeout"]
+
+
+def _assert_provider_error(
+    err: ProviderError, cause: BaseException, *, provider: str, role: str, operation: str
+) -> None:
+    assert err.__cause__ is cause  # the provider's own exception, with its traceback
+    assert cause.__traceback__ is not None
+    assert (err.provider, err.role, err.operation, err.error_type) == (
+        provider,
+        role,
+        operation,
+        type(cause).__name__,
+    )
+    assert provider in str(err)
+    assert type(cause).__name__ in str(err)
+    assert PROVIDER_TEXT not in str(err)
+    assert not isinstance(err, InvalidRequest)
+
+
+@pytest.mark.parametrize("error", PROVIDER_BUGS, ids=PROVIDER_BUG_IDS)
+@pytest.mark.parametrize("timed", [False, True], ids=["no-deadline", "deadline"])
+async def test_an_auth_providers_own_error_is_a_provider_error_not_the_callers_bad_arguments(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    timed: bool,
+) -> None:
+    """It used to be ``InvalidRequest: invalid request (TypeError): params values must be
+    str...`` with no cause: an SDK author lost the traceback to their own bug."""
+    script = Script(200)
+    host = await serve(script.app())
+    auth = _BuggyAuth(error)
+    retry = RetryPolicy(pauses=(0.05,), deadline=30.0 if timed else None)
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth, retry=retry) as e:
+        with pytest.raises(ProviderError) as info:
+            await e.request("GET", "svc", "/x", params={"v": "1"})
+    _assert_provider_error(
+        info.value, error, provider="_BuggyAuth", role="auth", operation="credentials"
+    )
+    assert info.value.service == "svc"
+    assert script.hits == 0
+    [logged] = [r for r in caplog.records if r.name == "le_transport.auth"]
+    assert logged.levelno == logging.ERROR
+    assert "_BuggyAuth" in logged.getMessage()
+    assert PROVIDER_TEXT not in logged.getMessage()
+
+
+async def test_an_answer_that_is_not_credentials_is_the_providers_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(200)
+    host = await serve(script.app())
+    auth = _BuggyAuth(answer={"Authorization": f"Bearer {BEARER}"})
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
+        with pytest.raises(ProviderError, match=r"credentials\(\) with AttributeError") as info:
+            await engine.request("GET", "svc", "/x")
+    assert isinstance(info.value.__cause__, AttributeError)
+    assert script.hits == 0
+
+
+async def test_an_invalidate_that_fails_after_a_401_is_the_providers_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(401, 200)
+    host = await serve(script.app())
+    bug = RuntimeError(PROVIDER_TEXT)
+    auth = _BuggyAuth(bug, failing="invalidate")
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
+        with pytest.raises(ProviderError) as info:
+            await engine.request("GET", "svc", "/x")
+    _assert_provider_error(
+        info.value, bug, provider="_BuggyAuth", role="auth", operation="invalidate"
+    )
+    assert script.hits == 1  # not replayed
+
+
+async def test_engine_login_with_a_failing_provider_is_a_provider_error(
+    clock: VirtualClock,
+) -> None:
+    bug = TypeError(PROVIDER_TEXT)
+    async with Engine(
+        {"svc": "127.0.0.1:9"}, scheme="http", clock=clock, auth=_BuggyAuth(bug)
+    ) as engine:
+        with pytest.raises(ProviderError) as info:
+            await engine.login()
+    _assert_provider_error(
+        info.value, bug, provider="_BuggyAuth", role="auth", operation="credentials"
+    )
+
+
+@pytest.mark.parametrize("error", PROVIDER_BUGS, ids=PROVIDER_BUG_IDS)
+@pytest.mark.parametrize("timed", [False, True], ids=["no-deadline", "deadline"])
+async def test_a_domain_providers_own_error_is_a_provider_error(
+    clock: VirtualClock, error: Exception, timed: bool
+) -> None:
+    retry = RetryPolicy(pauses=(0.05,), deadline=30.0 if timed else None)
+    domains = _BuggyDomains(error=error)
+    async with Engine(domains, scheme="http", clock=clock, retry=retry) as engine:
+        with pytest.raises(ProviderError) as info:
+            await engine.request("GET", "svc", "/x")
+    _assert_provider_error(
+        info.value, error, provider="_BuggyDomains", role="domain", operation="resolve"
+    )
+    assert info.value.service == "svc"
+
+
+@pytest.mark.parametrize(
+    "answer", [None, 42, ["va.example.net"], "https://va.example.net", "va.example.net/api"]
+)
+async def test_a_domain_provider_answering_no_host_is_refused_by_name_before_sending(
+    clock: VirtualClock, answer: object
+) -> None:
+    async with Engine(_BuggyDomains(answer=answer), scheme="http", clock=clock) as engine:
+        with pytest.raises(HostileHostError, match="service 'svc'"):
+            await engine.request("GET", "svc", "/x")
+
+
+async def test_on_a_foreign_session_a_providers_own_error_is_a_provider_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(200)
+    host = await serve(script.app())
+    bug = ValueError(PROVIDER_TEXT)
+    middleware = AuthMiddleware(
+        auth=_BuggyAuth(bug), domains=StaticDomains({}), allowed_hosts={host}
+    )
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ProviderError) as info:
+            await session.get(
+                f"http://{host}/x", middlewares=(middleware, RetryMiddleware(clock=clock))
+            )
+    _assert_provider_error(
+        info.value, bug, provider="_BuggyAuth", role="auth", operation="credentials"
+    )
+    assert script.hits == 0

@@ -55,6 +55,29 @@ def test_static_bearer_refuses_a_token_a_header_cannot_carry(token: Any) -> None
     assert "zqx" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        ("Bearer zqx", r"it starts with 'Bearer ': pass the token alone"),
+        (Secret("bearer zqx"), r"it starts with 'Bearer '"),
+        ("zqxzqx\n", r"it holds a line break at character 7 of 7 \(strip what was read"),
+        ("zqx zqx", r"it holds whitespace at character 4 of 7; the value is not shown"),
+        ("zqx\x00", r"it holds a control character at character 4 of 4"),
+        ("zqxö", r"it holds a character outside ASCII at character 4 of 4"),
+        ("", r"it is empty"),
+        (None, r"got NoneType"),
+    ],
+)
+def test_static_bearer_says_what_is_wrong_with_a_token_without_showing_it(
+    token: Any, says: str
+) -> None:
+    """It said "got Secret" for a str with the scheme in front (StaticBearer("Bearer xyz"))."""
+    with pytest.raises(ConfigurationError, match=says) as info:
+        StaticBearer(token)
+    assert "zqx" not in str(info.value)
+    assert "got Secret" not in str(info.value)
+
+
 def test_static_bearer_update_checks_the_new_token_and_keeps_the_old_one() -> None:
     bearer = StaticBearer("good-token")
     with pytest.raises(ConfigurationError, match=r"StaticBearer\.token"):

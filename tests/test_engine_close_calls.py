@@ -8,6 +8,7 @@ that with an AssertionError); it stops, typed, with the attempts it made.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -21,9 +22,11 @@ from le_transport import (
     ServerStatusError,
     TransportError,
 )
-from le_transport.providers import StaticDomains
+from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
+from le_transport.providers import StaticBearer, StaticDomains
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
+from tests.known_secrets import BEARER
 
 RETRY = RetryPolicy(pauses=(5.0, 10.0, 15.0))
 
@@ -139,3 +142,40 @@ async def test_a_call_on_a_session_its_owner_closed_ends_with_engine_closed(
         await session.close()
         with pytest.raises(EngineClosed, match="session is closed"):
             await engine.request("GET", "svc", "/x")
+
+
+def _entry_points(engine: Engine) -> dict[str, Callable[[], object]]:
+    """Every public entry point of an engine, called as a user would."""
+    return {
+        "request": lambda: engine.request("GET", "svc", "/x"),
+        "request(recover=True)": lambda: engine.request("GET", "svc", "/x", recover=True),
+        "request_json": lambda: engine.request_json("GET", "svc", "/x"),
+        "websocket": lambda: engine.websocket("svc", "/x"),
+        "login": lambda: engine.login(),
+        "url_for": lambda: engine.url_for("svc", "/x"),
+        "start": lambda: engine.start(),
+        "keepalive": lambda: engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO, "svc", fields={"account": "1", "chat_id": "c"}
+        ),
+    }
+
+
+@pytest.mark.parametrize("entry", list(_entry_points(Engine({}))))
+@pytest.mark.parametrize("started", [True, False], ids=["started", "never-started"])
+async def test_every_entry_point_of_a_closed_engine_raises_engine_closed(
+    clock: VirtualClock, entry: str, started: bool
+) -> None:
+    """As the README says. They used to raise a bare TransportError (websocket, start,
+    keepalive), succeed (url_for, login with a static bearer), or say "not started"."""
+    engine = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, auth=StaticBearer(BEARER))
+    if started:
+        await engine.start()
+    await engine.close()
+    with pytest.raises(EngineClosed, match="closed"):
+        await _called(_entry_points(engine)[entry])
+
+
+async def _called(entry: Callable[[], object]) -> object:
+    """What ``entry`` returns, awaited if it is a coroutine."""
+    result = entry()
+    return await result if asyncio.iscoroutine(result) else result

@@ -5,11 +5,13 @@ flight under a hundred concurrent callers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -479,3 +481,47 @@ async def test_a_close_cancelled_during_its_logout_is_finished_by_the_next_close
     await engine.close()
     assert sim.count("POST", LOGOUT) == 2
     assert auth.session is None
+
+
+# -- a closed login is a closed engine, not bad credentials -------------------------------------
+
+
+async def test_login_after_the_engine_closed_is_engine_closed_not_an_authentication_error(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """It said ``AuthenticationError: ... the auth provider is closed``: bad credentials, to
+    anyone catching it."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+    with pytest.raises(EngineClosed) as info:
+        await engine.login()
+    assert not isinstance(info.value, AuthenticationError)
+    # The provider itself, asked after its close (a call in progress when the engine closed).
+    with pytest.raises(EngineClosed, match=r"user_login\[\d+\]: the auth provider is closed"):
+        await auth.login()
+    with pytest.raises(EngineClosed):
+        await auth.credentials("GET")
+    assert sim.count("POST", LOGIN) == 1
+
+
+async def test_an_engine_never_closed_warns_that_its_login_session_is_left_logged_in(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """Collected unclosed, it never logs out (no I/O in __del__): the ResourceWarning names
+    the session left alive, without any of its secrets."""
+    auth = user_login(sim, keepalive=False)
+    async with aiohttp.ClientSession() as session:
+        engine = Engine(auth._domains, auth=auth, scheme="http", clock=clock, session=session)
+        await engine.start()
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        # The provider holds the engine's HTTP path (and so the engine) while it is kept.
+        with pytest.warns(ResourceWarning) as warned:  # noqa: PT031 - the collection is the act
+            del engine, auth
+            gc.collect()
+    [message] = [str(w.message) for w in warned if "Engine" in str(w.message)]
+    assert f"a Login Service session still logged in (user_login[{ACCOUNT}]" in message
+    assert not any(secret in message for secret in secret_values)
+    assert sim.count("POST", LOGOUT) == 0

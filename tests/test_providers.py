@@ -428,3 +428,26 @@ async def test_a_provider_used_before_the_engine_attached_it_says_so() -> None:
     auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=StaticDomains({"agentVep": "127.0.0.1:1"}))
     with pytest.raises(ConfigurationError, match="not attached to an engine"):
         await auth.credentials("GET", URL("http://127.0.0.1:1/"))
+
+
+# -- a closed provider is closed, not a credential refused -------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["user_login", "sentinel", "consumer"])
+async def test_a_closed_auth_provider_asked_for_credentials_says_engine_closed(kind: str) -> None:
+    """Closing the engine closes its provider; a call still in progress that asks it then
+    used to get ``AuthenticationError``, which reads as bad credentials."""
+    domains = StaticDomains({"agentVep": "127.0.0.1:9", "sentinel": "127.0.0.1:9",
+                             "idp": "127.0.0.1:9"})  # fmt: skip
+    makers: dict[str, Callable[[], UserLogin | SentinelClientCredentials | ConsumerJwt]] = {
+        "user_login": lambda: UserLogin(ACCOUNT, USER, PASSWORD, domains=domains),
+        "sentinel": lambda: SentinelClientCredentials(
+            ACCOUNT, CLIENT_ID, CLIENT_SECRET, domains=domains
+        ),
+        "consumer": lambda: ConsumerJwt(ACCOUNT, domains=domains),
+    }
+    auth = makers[kind]()
+    async with Engine(domains, scheme="http", auth=auth, clock=VirtualClock()):
+        pass  # its close closes the provider (nothing to log out of)
+    with pytest.raises(EngineClosed, match="the auth provider is closed"):
+        await auth.credentials("GET", URL("https://va.example.net/x"))

@@ -28,6 +28,13 @@ It sits outside the retry middleware (once per logical call, and once per redire
   attempt's nonce would be refused as a replay by a gateway that already saw it (RFC 5849 3.3).
   A bearer is put on once per call and sent as is on every attempt.
 
+- A provider that fails with an exception of its own, not a
+  :class:`~le_transport.errors.TransportError` (a bug in a provider of the caller's, an answer
+  that is not :class:`~le_transport.providers.Credentials`), fails the call with
+  :class:`~le_transport.errors.ProviderError`, logged, naming the provider and the
+  exception's type, with the exception (and its traceback) as the cause: neither an outage
+  nor the caller's arguments. The domain provider asked for the call's host, likewise.
+
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
 """
@@ -55,7 +62,7 @@ from ..errors import (
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
-from .context import _CURRENT, CallContext, current_call, within_deadline
+from .context import _CURRENT, CallContext, current_call, provider_failed, within_deadline
 from .retry import body_spent, is_websocket_upgrade
 
 __all__ = ["AuthMiddleware", "charset_of", "form_charset", "parse_form", "same_host"]
@@ -200,7 +207,7 @@ class AuthMiddleware:
         if body_spent(request):
             # A replay would send an empty body (a server that accepts it answers a success
             # for a request that carried nothing).
-            await self.auth.invalidate(sent)
+            await self._invalidate(sent)
             err = AuthenticationError(
                 f"{method} {redact_url(request.url)}: rejected with 401; the credentials were "
                 "dropped (the next call gets fresh ones), but the request was not replayed: "
@@ -216,12 +223,12 @@ class AuthMiddleware:
             sent.generation,
             extra={"method": method, "status": 401, "generation": sent.generation},
         )
-        await self.auth.invalidate(sent)
+        await self._invalidate(sent)
         fresh = await self._apply(request, method, form)
         resp = await self._send(request, handler)
         if resp is not None:
             return resp
-        await self.auth.invalidate(fresh)
+        await self._invalidate(fresh)
         err = AuthenticationError(
             f"{method} {redact_url(request.url)}: rejected with 401 again after fresh "
             "credentials; check the credentials and their permissions (not replayed again)"
@@ -248,6 +255,11 @@ class AuthMiddleware:
             raise  # not a host to withhold credentials from: the call is over
         except TransportError:
             return False
+        except Exception as exc:
+            # A bug in the domain provider: neither the caller's arguments nor an outage.
+            raise provider_failed(
+                "domain", self.domains, "resolve", exc, service=ctx.service
+            ) from exc
         if same_host(host, url):
             return True
         _log.warning(
@@ -316,23 +328,54 @@ class AuthMiddleware:
     async def _apply(
         self, request: ClientRequest, method: str, form: Sequence[tuple[str, str]] | None
     ) -> Credentials:
-        if form is None:
-            step = self.auth.credentials(method, request.url)
-        else:
-            signer = cast(BodySigningAuth, self.auth)
-            step = signer.credentials_for_form(method, request.url, form)
         ctx = current_call()
-        if ctx is None or ctx.retry is None or ctx.retry.deadline is None:
-            creds = await step
-        else:
-            # A login runs on the Login Service's own schedule: the call's deadline bounds
-            # the wait.
-            creds = await within_deadline(
-                self.clock, ctx, step, "getting credentials", method=method, url=request.url
-            )
-        for name, value in creds.headers.items():
-            request.headers[name] = value
+        try:
+            if form is None:
+                step = self.auth.credentials(method, request.url)
+            else:
+                signer = cast(BodySigningAuth, self.auth)
+                step = signer.credentials_for_form(method, request.url, form)
+            if ctx is None or ctx.retry is None or ctx.retry.deadline is None:
+                creds = await step
+            else:
+                # A login runs on the Login Service's own schedule: the call's deadline bounds
+                # the wait.
+                creds = await within_deadline(
+                    self.clock, ctx, step, "getting credentials", method=method, url=request.url
+                )
+            for name, value in creds.headers.items():
+                request.headers[name] = value
+        except TransportError:
+            raise
+        except Exception as exc:
+            # The provider's own failure (a bug in a custom provider, an answer that is not
+            # Credentials): typed, with its exception as the cause, and never taken for the
+            # caller's bad arguments by the engine.
+            operation = "credentials" if form is None else "credentials_for_form"
+            raise provider_failed(
+                "auth",
+                self.auth,
+                operation,
+                exc,
+                service=ctx.service if ctx is not None else None,
+            ) from exc
         return creds
+
+    async def _invalidate(self, rejected: Credentials) -> None:
+        """``auth.invalidate(rejected)``; the provider's own failure as a ProviderError."""
+        try:
+            await self.auth.invalidate(rejected)
+        except TransportError:
+            raise
+        except Exception as exc:
+            ctx = current_call()
+            raise provider_failed(
+                "auth",
+                self.auth,
+                "invalidate",
+                exc,
+                service=ctx.service if ctx is not None else None,
+            ) from exc
 
     @staticmethod
     async def _send(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse | None:

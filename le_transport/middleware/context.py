@@ -19,7 +19,7 @@ from yarl import URL
 
 from .._redact import redact_url
 from ..clock import Clock, timeout_after
-from ..errors import AttemptRecord, DeadlineExceeded, RequestError
+from ..errors import AttemptRecord, DeadlineExceeded, ProviderError, RequestError
 from ..policies.retry import RetryPolicy
 
 _log = logging.getLogger("le_transport.retry")
@@ -36,6 +36,7 @@ __all__ = [
     "HandledCallContext",
     "call_context",
     "current_call",
+    "provider_failed",
     "safe_cause",
     "unsent_request_error",
     "within_deadline",
@@ -53,9 +54,8 @@ class CallContext:
       re-run of the chain by aiohttp (redirect hops, its own stale-connection replay) is
       counted against the same call and its deadline.
     - ``active``: True while a retry loop runs this call, False once one has run, None before
-      any has (the engine tells a refused argument, raised before the chain, from an error
-      inside it). A request made from inside a running loop (a middleware logging in without
-      a context of its own) is another call, not a hop.
+      any has. A request made from inside a running loop (a middleware logging in without a
+      context of its own) is another call, not a hop.
     - ``resign``: set by the auth middleware for a provider that signs each request (OAuth
       1.0): the request it signed, and how to sign it again. The retry loop calls it before
       each further attempt of that same request, so that no attempt repeats a nonce.
@@ -208,6 +208,46 @@ def safe_cause(exc: BaseException) -> BaseException | None:
     if isinstance(exc, aiohttp.ClientResponseError | aiohttp.InvalidURL):
         return None
     return exc
+
+
+#: Where a provider's failure is logged, by its role.
+_PROVIDER_LOGGERS = {
+    "auth": logging.getLogger("le_transport.auth"),
+    "domain": logging.getLogger("le_transport.domains"),
+}
+
+
+def provider_failed(
+    role: str,
+    provider: object,
+    operation: str,
+    exc: BaseException,
+    *,
+    service: str | None = None,
+) -> ProviderError:
+    """The :class:`~le_transport.errors.ProviderError` for ``exc``, raised by ``provider`` (an
+    auth or domain provider, by ``role``) when asked ``operation``, and not a
+    :class:`~le_transport.errors.TransportError`: a bug in the provider, not the caller's
+    arguments nor an outage. Logged as an ERROR naming the provider, the operation and the
+    exception's type, never its text (it may hold a credential). Raise it ``from exc``: the
+    provider's exception, with its traceback, is its cause.
+    """
+    name = type(provider).__name__
+    kind = type(exc).__name__
+    err = ProviderError(
+        f"the {role} provider {name} failed in {operation}() with {kind}, which is not a "
+        "TransportError: most likely a bug in the provider; nothing was sent (its exception, "
+        "with its traceback, is this error's __cause__)",
+        provider=name,
+        role=role,
+        operation=operation,
+        error_type=kind,
+        service=service,
+    )
+    _PROVIDER_LOGGERS.get(role, _log).error(
+        "%s", err, extra={"service": service, "error": kind, "provider": name}
+    )
+    return err
 
 
 async def within_deadline(

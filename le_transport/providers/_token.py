@@ -273,9 +273,14 @@ class TokenProvider:
         return await self.credentials()
 
     async def fetch(self) -> Token:
-        """Fetch a token now, or join the fetch in progress (single flight)."""
+        """Fetch a token now, or join the fetch in progress (single flight).
+
+        :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         if self._closed:
-            raise AuthenticationError(f"{self.subject}: the auth provider is closed")
+            # Not an AuthenticationError: nothing is wrong with the credentials.
+            raise EngineClosed(
+                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
+            )
         return await self._flight.run(self._fetch)
 
     async def _renew(self, http: ProviderHttp, token: Token) -> Token:
@@ -284,7 +289,10 @@ class TokenProvider:
         if token.expired(http.clock.now()):
             return await self.fetch()
         if self._closed:
-            raise AuthenticationError(f"{self.subject}: the auth provider is closed")
+            # Not an AuthenticationError: nothing is wrong with the credentials.
+            raise EngineClosed(
+                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
+            )
         return await self._flight.run(lambda: self._fetch_early(http, token))
 
     async def _fetch_early(self, http: ProviderHttp, token: Token) -> Token:

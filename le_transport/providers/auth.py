@@ -100,12 +100,40 @@ def _bearer(token: object) -> Secret:
         token = Secret(token)
     # A CR/LF in the value would write headers of its own; bytes or None would fail (or be
     # sent as "None") only at the first request, far from the mistake.
-    if not isinstance(token, Secret) or not header_safe(token.reveal()):
-        raise ConfigurationError(
-            "StaticBearer.token must be a non-empty str or Secret of visible ASCII characters "
-            f"(no whitespace or control characters), got {type(token).__name__}"
+    if not isinstance(token, Secret):
+        problem = f"got {type(token).__name__}"
+    elif not header_safe(token.reveal()):
+        problem = _unsendable(token.reveal())
+    else:
+        return token
+    raise ConfigurationError(
+        "StaticBearer.token must be a non-empty str or Secret of visible ASCII characters "
+        f"(no whitespace or control characters): {problem}"
+    )
+
+
+def _unsendable(text: str) -> str:
+    """What keeps ``text`` out of a header, said without showing any of it."""
+    if not text:
+        return "it is empty"
+    if text[:7].lower() == "bearer ":
+        return (
+            "it starts with 'Bearer ': pass the token alone (StaticBearer writes "
+            "'Authorization: Bearer <token>' itself)"
         )
-    return token
+    index, char = next((i, c) for i, c in enumerate(text) if not "\x21" <= c <= "\x7e")
+    if char in "\r\n":
+        kind = "a line break"
+    elif char.isspace():
+        kind = "whitespace"
+    elif not char.isprintable():
+        kind = "a control character"
+    else:
+        kind = "a character outside ASCII"
+    edge = char.isspace() and index in (0, len(text) - 1)
+    where = f"character {index + 1} of {len(text)}"
+    hint = " (strip what was read from a file or the environment)" if edge else ""
+    return f"it holds {kind} at {where}{hint}; the value is not shown"
 
 
 class StaticBearer:

@@ -37,7 +37,12 @@ from yarl import URL
 
 from .._redact import Secret
 from .._tasks import stop_task
-from ..errors import AuthenticationError, ClientStatusError, ConfigurationError
+from ..errors import (
+    AuthenticationError,
+    ClientStatusError,
+    ConfigurationError,
+    EngineClosed,
+)
 from ..events import StateEvent
 from ..policies._validate import finite_number
 from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
@@ -318,9 +323,14 @@ class LoginServiceAuth:
     # -- login, refresh, logout -------------------------------------------------------------
 
     async def login(self) -> LoginSession:
-        """Log in now, or join the login in progress (single flight)."""
+        """Log in now, or join the login in progress (single flight).
+
+        :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         if self._closed:
-            raise AuthenticationError(f"{self.subject}: the auth provider is closed")
+            # Not an AuthenticationError: nothing is wrong with the credentials.
+            raise EngineClosed(
+                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
+            )
         if self._shared is not None:
             return await self._flight.run(self._shared_login)
         return await self._flight.run(self._login)

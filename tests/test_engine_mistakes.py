@@ -1,0 +1,311 @@
+"""Plausible mistakes with an engine, each a typed error that says what was wrong (naming the
+argument, never a value that could be a credential): arguments aiohttp refuses, an error of a
+middleware's own (not the caller's arguments), callbacks and policies of the wrong kind, an
+engine reused on a second event loop, and an engine that is never closed (a ResourceWarning)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import warnings
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from yarl import URL
+
+from le_transport import (
+    ConfigurationError,
+    Engine,
+    EngineClosed,
+    InvalidRequest,
+    RetryPolicy,
+    TransportError,
+    WrongEventLoop,
+)
+from le_transport.providers import Credentials
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+from tests.known_secrets import BEARER, exception_messages
+from tests.test_retry_middleware import Script
+
+#: A value the caller passed that could be a credential: never in a message.
+SECRET = "s3cr3t-in-a-bad-argument"
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = [SECRET]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _circular() -> list[object]:
+    value: list[object] = [SECRET]
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"params": {"v": None}}, r"params\['v'\] is None, which is no query value"),
+        ({"params": {"flag": True}}, r"params\['flag'\] is a bool"),
+        ({"params": {"ratio": float("nan")}}, r"params\['ratio'\] is a float that is NaN"),
+        ({"params": {"ids": ["a", None]}}, r"params\['ids'\] holds a NoneType at index 1"),
+        ({"params": {"access_token": SECRET.encode()}}, r"params\['access_token'\] is a bytes"),
+        ({"params": {1: SECRET}}, r"params names must be str, got a int"),
+        ({"json": {"t": datetime.datetime(2024, 1, 2)}}, r"json\['t'\] is a datetime"),
+        ({"json": {"a": [SECRET, {"b": {1, 2}}]}}, r"json\['a'\]\[1\]\['b'\] is a set"),
+        ({"json": {"ratio": float("inf")}}, r"json\['ratio'\] is NaN or infinity"),
+        ({"json": {(1, 2): SECRET}}, r"json has a key of type tuple"),
+        ({"json": _nested(100_000)}, r"json is nested too deeply"),
+        ({"json": _circular()}, r"json could not be serialised \(ValueError\).*circular"),
+        ({"data": [SECRET, SECRET]}, r"data must be bytes, str, .*got a list"),
+        ({"data": 5}, r"data must be bytes, str, .*got a int"),
+        (
+            {"headers": {"X-Token": f"{SECRET}\r\nInjected: 1"}},
+            r"header 'X-Token' has a value holding a CR, LF or NUL",
+        ),
+        ({"headers": {f"X\n{SECRET}": "v"}}, r"a header name holds a CR, LF or NUL"),
+    ],
+    ids=[
+        "none-param",
+        "bool-param",
+        "nan-param",
+        "none-in-list-param",
+        "bytes-param",
+        "int-param-name",
+        "datetime-json",
+        "set-deep-in-json",
+        "infinite-json",
+        "tuple-key-json",
+        "json-nested-too-deep",
+        "circular-json",
+        "list-data",
+        "int-data",
+        "crlf-header-value",
+        "lf-header-name",
+    ],
+)
+async def test_a_refused_argument_is_named_with_its_key_and_why_never_its_value(
+    kwargs: dict[str, object], says: str, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """It used to be one catch-all for every argument: ``invalid request (TypeError): params
+    values must be str, int or float; headers...; json...; data...``."""
+    script = Script(200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=says) as refused:
+            await engine.request("POST", "svc", "/x", **kwargs)  # type: ignore[arg-type]
+    assert script.hits == 0
+    assert refused.value.service == "svc"
+    assert not any(SECRET in m for m in exception_messages(refused.value))
+    assert refused.value.__cause__ is None
+    assert refused.value.__context__ is None
+
+
+class _CountingBearer:
+    """An auth provider that counts how often it is asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        self.asked += 1
+        return Credentials(headers={"Authorization": f"Bearer {BEARER}"})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        """Nothing to drop."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+async def test_a_header_that_would_break_its_line_is_refused_before_credentials_are_asked(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """aiohttp refuses it only while writing, inside the retry loop: after a login."""
+    script = Script(200)
+    host = await serve(script.app())
+    auth = _CountingBearer()
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
+        with pytest.raises(InvalidRequest, match="CR, LF or NUL"):
+            await engine.request("GET", "svc", "/x", headers={"X-Trace": "a\r\nX-Evil: 1"})
+    assert auth.asked == 0
+    assert script.hits == 0
+
+
+def _failing_middleware(error: Exception) -> Callable[..., object]:
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        raise error
+
+    return middleware
+
+
+@pytest.mark.parametrize(
+    "error", [TypeError("a bug in a middleware"), ValueError("a bug in a middleware")]
+)
+async def test_an_outer_middlewares_own_error_is_not_taken_for_the_callers_arguments(
+    serve: ServerFactory, clock: VirtualClock, error: Exception
+) -> None:
+    """It propagates as it is, with its traceback: the call's arguments were fine."""
+    script = Script(200)
+    host = await serve(script.app())
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        outer_middlewares=[_failing_middleware(error)],  # type: ignore[list-item]
+    ) as engine:
+        with pytest.raises(type(error)) as raised:
+            await engine.request("GET", "svc", "/x", params={"v": "1"})
+    assert raised.value is error
+    assert not isinstance(raised.value, InvalidRequest)
+    assert script.hits == 0
+
+
+async def test_websocket_given_one_callback_instead_of_a_sequence_says_so(
+    clock: VirtualClock,
+) -> None:
+    async def resubscribe(ws: object) -> None:
+        """A callback."""
+
+    async with Engine({"facadeMsg": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ConfigurationError, match=r"on_connect takes a sequence.*\[callback\]"):
+            await engine.websocket("facadeMsg", "/x", on_connect=resubscribe)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", [None, "SERVER_CHAT_API_CHAT_INFO", 30])
+async def test_keepalive_given_something_other_than_a_keepalive_says_so(
+    clock: VirtualClock, policy: object
+) -> None:
+    async with Engine({"agentVep": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ConfigurationError, match="needs an HTTP Keepalive"):
+            engine.keepalive(policy, "agentVep")  # type: ignore[arg-type]
+
+
+# -- an engine belongs to the loop it started on ----------------------------------------------
+
+
+def test_an_engine_reused_on_a_second_event_loop_says_it_belongs_to_its_first() -> None:
+    """A sync wrapper calling asyncio.run per call: the second loop's call used to fail with
+    the builtin ``RuntimeError: Event loop is closed``."""
+    # The engine left behind can be closed only on the loop that is gone (nothing was
+    # connected): its warnings, ours and aiohttp's, are expected here, not in a later test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        refusals = _refusals_on_a_second_loop()
+        gc.collect()
+    for kind, said in refusals:
+        assert issubclass(kind, WrongEventLoop), (kind, said)
+        assert issubclass(kind, TransportError)
+        assert issubclass(kind, RuntimeError)
+        assert "belongs to the loop it started on" in said
+        assert "that loop is closed now" in said
+
+
+def _refusals_on_a_second_loop() -> list[tuple[type[BaseException], str]]:
+    """Start an engine under one asyncio.run, then use it under others: what each raised
+    (its type and text only: an exception's traceback would keep the engine alive)."""
+    engine = Engine({"svc": "127.0.0.1:9"}, scheme="http", retry=RetryPolicy(pauses=()))
+
+    async def start() -> None:
+        await engine.start()
+
+    async def use(call: Callable[[], object]) -> BaseException:
+        try:
+            result = call()
+            if asyncio.iscoroutine(result):
+                await result
+        except BaseException as exc:
+            return exc
+        raise AssertionError("not refused")
+
+    asyncio.run(start())
+    refusals = [
+        asyncio.run(use(call))
+        for call in (
+            lambda: engine.request("GET", "svc", "/x"),
+            lambda: engine.request("GET", "svc", "/x", params={"v": "1"}),
+            lambda: engine.websocket("svc", "/x"),
+            lambda: engine.url_for("svc", "/x"),
+            lambda: engine.login(),
+            lambda: engine.start(),
+            lambda: engine.close(),
+        )
+    ]
+    asyncio.run(engine.session.close())  # nothing connected: no I/O on the loop that is gone
+    return [(type(exc), str(exc)) for exc in refusals]
+
+
+async def test_an_engine_on_the_loop_it_started_on_is_not_refused(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(Script(200).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        await engine.start()  # idempotent on its own loop
+        assert (await engine.request("GET", "svc", "/x")).status == 200
+
+
+# -- an engine never closed says so when it is collected --------------------------------------
+
+
+async def test_an_engine_started_and_never_closed_warns_when_collected(
+    clock: VirtualClock,
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()  # what earlier tests left is theirs
+    engine = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock)
+    await engine.start()
+    said = r"Engine was garbage-collected without close\(\).*aiohttp session"
+    with pytest.warns(ResourceWarning, match=said) as warned:  # noqa: PT031 - the act
+        del engine
+        gc.collect()
+    # A warning holds its source (the engine, and so its aiohttp session) until it is dropped:
+    # aiohttp's own warnings for that session are expected here, not in a later test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        warned.clear()
+        gc.collect()
+
+
+async def test_an_engine_closed_or_never_started_is_collected_quietly(
+    clock: VirtualClock,
+) -> None:
+    closed = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock)
+    async with closed:
+        pass
+    never_started = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()  # what earlier tests left is theirs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del closed, never_started
+        gc.collect()
+
+
+async def test_after_close_every_entry_point_of_a_closed_engine_says_engine_closed(
+    clock: VirtualClock,
+) -> None:
+    """Checked here on an engine that never started too: closed comes first."""
+    engine = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock)
+    await engine.close()
+    with pytest.raises(EngineClosed):
+        await engine.request("GET", "svc", "/x")
+    with pytest.raises(EngineClosed):
+        await engine.start()
+
+
+async def test_a_closed_aiohttp_session_of_the_callers_is_not_taken_for_another_loop(
+    clock: VirtualClock,
+) -> None:
+    session = aiohttp.ClientSession()
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, session=session) as e:
+        await session.close()
+        with pytest.raises(EngineClosed, match="session is closed"):
+            await e.request("GET", "svc", "/x")
