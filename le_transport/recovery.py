@@ -12,8 +12,10 @@ clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until i
 policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), the
 caller is cancelled, or the loop is closed (its engine closed: every call waiting through it
 fails at once with ``RecoveryFailed``, and no re-login outlives the logout). Bad credentials (a
-4xx from login), a blacklisted account and every other 4xx are never looped on: they are raised
-at once.
+4xx from login), a blacklisted account and every other 4xx (a Domain API that refuses the
+account included: :func:`refused_status`) are never looped on: they are raised at once.
+:func:`is_setup_error` tells which failures are mistakes in what was asked for, which a socket
+stops on rather than reconnecting.
 
 The loop is shared by every call of the session: a hundred calls failing together wait for one
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
@@ -42,10 +44,12 @@ from .clock import Clock, timeout_after
 from .errors import (
     AttemptTimeout,
     CircuitOpen,
+    ClientStatusError,
     ConfigurationError,
     ConnectionFailed,
     DomainResolutionError,
     HostileHostError,
+    InvalidRequest,
     RecoveryFailed,
     RequestError,
     RetriesExhausted,
@@ -60,7 +64,7 @@ from .providers._http import emit_state
 from .providers.auth import AuthProvider
 from .providers.domains import DomainProvider
 
-__all__ = ["KEPT_PAUSES", "Recovery", "is_recoverable"]
+__all__ = ["KEPT_PAUSES", "Recovery", "is_recoverable", "is_setup_error", "refused_status"]
 
 _log = logging.getLogger("le_transport.recovery")
 
@@ -79,18 +83,51 @@ _RECOVERABLE = (
 )
 
 
+def refused_status(exc: BaseException) -> int | None:
+    """The status of the 4xx answer ``exc`` was caused by, if any: ``exc`` itself when it is
+    a :class:`ClientStatusError`, else the first one down its ``__cause__`` chain (where a
+    provider's error carries the answer it failed on, as a
+    :class:`DomainResolutionError` carries the Domain API's 400 for an unknown account)."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a cause chain is short; a cycle must not hang the caller
+        if seen is None:
+            return None
+        if isinstance(seen, ClientStatusError):
+            return seen.status
+        seen = seen.__cause__
+    return None
+
+
 def is_recoverable(exc: BaseException) -> bool:
     """Whether the outer loop can help: a transient failure that outlived the request schedule.
 
     Yes: :class:`RetriesExhausted`, :class:`ConnectionFailed`, :class:`AttemptTimeout`, a final
     :class:`ServerStatusError` (5xx, 429), a spent retry budget or an open circuit, and a
-    :class:`DomainResolutionError` (the Domain API is down). No: every 4xx (bad credentials,
-    a blacklisted account, a second 401), an unknown service, a hostile host, a call's own
-    deadline (the caller's budget is spent), and anything that is not a transport error.
+    :class:`DomainResolutionError` when the Domain API is down (a 5xx, a transport failure,
+    an answer that makes no sense). No: every 4xx (bad credentials, a blacklisted account, a
+    second 401, a Domain API that refused the account: see :func:`refused_status`), an
+    unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
+    budget is spent), and anything that is not a transport error.
     """
     if isinstance(exc, (UnknownServiceError, HostileHostError)):
         return False
-    return isinstance(exc, (*_RECOVERABLE, DomainResolutionError))
+    if isinstance(exc, DomainResolutionError):
+        return refused_status(exc) is None
+    return isinstance(exc, _RECOVERABLE)
+
+
+def is_setup_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a mistake in what the call asks for, which no retry, reconnect or
+    re-login can fix: a malformed call (:class:`InvalidRequest`, a bad path), a
+    :class:`ConfigurationError`, an unknown service, a hostile host, or a 4xx answer (a
+    :class:`DomainResolutionError` caused by one included: the Domain API refused the
+    account). Over HTTP each fails the call at once; a socket that meets one while
+    connecting stops, as the call would (an outage of the same providers reconnects)."""
+    if isinstance(exc, (InvalidRequest, ConfigurationError, UnknownServiceError, HostileHostError)):
+        return True
+    return isinstance(exc, (ClientStatusError, DomainResolutionError)) and (
+        refused_status(exc) is not None
+    )
 
 
 class Recovery:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from le_transport import ConfigurationError, Engine, EventHooks, StateEvent
+from le_transport import ConfigurationError, Engine, EventHooks, StateEvent, TransportError
 from le_transport.clock import RealClock
 from le_transport.policies import (
     CHAT_AGENT_API_REFRESH,
@@ -26,6 +26,7 @@ from le_transport.policies import (
 from le_transport.sockets import KeepaliveTask, watch_socket
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.testing import VirtualClock
+from tests.known_secrets import BEARER
 
 RUNS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOCKET_KEEPALIVES = [MESSAGING_AGENT_SDK_GETCLOCK, MESSAGING_WINDOW_API_GETCLOCK]
@@ -156,6 +157,41 @@ async def test_http_keepalive_runs_every_interval_and_survives_a_failure(
     assert calls == [30.0, 60.0, 90.0]
     assert (task.runs, task.failures) == (3, 1)
     assert not task.running
+
+
+async def test_a_failed_http_keepalive_run_is_logged_with_its_redacted_message(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The type alone ("TransportError") cannot tell an engine never started from an outage:
+    the WARNING shows the error's text too, redacted and cut short."""
+    engine = Engine({"agentVep": "127.0.0.1:9"}, scheme="http", clock=clock)  # never started
+    task = engine.keepalive(
+        SERVER_CHAT_API_CHAT_INFO, "agentVep", fields={"account": "1", "chat_id": "c"}
+    )
+    caplog.set_level(logging.WARNING, logger="le_transport.sockets")
+    await clock.sleep(35)
+    await task.close()
+    (warning,) = [r for r in caplog.records if "keepalive" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "TransportError: the engine is not started" in warning.getMessage()
+    assert warning.exc_info is None
+
+
+async def test_a_failed_http_keepalive_run_never_logs_a_credential_nor_a_whole_essay(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def action() -> None:
+        raise TransportError(f"refused Authorization: Bearer {BEARER} " + "x" * 5000)
+
+    caplog.set_level(logging.WARNING, logger="le_transport.sockets")
+    task = KeepaliveTask(SERVER_CHAT_API_CHAT_INFO, action, clock=clock).start()
+    await clock.sleep(35)
+    await task.close()
+    (warning,) = caplog.records
+    message = warning.getMessage()
+    assert "TransportError: refused Authorization: Bearer ***" in message
+    assert BEARER not in message
+    assert len(message) < 400
 
 
 def test_outbound_idle_probes_a_quiet_client_even_while_frames_arrive() -> None:

@@ -20,9 +20,12 @@ from le_transport.chaos import Reset, Status
 from le_transport.errors import (
     AttemptRecord,
     ClientStatusError,
+    ConfigurationError,
+    ConnectionFailed,
     DeadlineExceeded,
     DomainResolutionError,
     HostileHostError,
+    InvalidRequest,
     LoginRejected,
     RecoveryFailed,
     RetriesExhausted,
@@ -31,8 +34,8 @@ from le_transport.errors import (
 )
 from le_transport.events import EventHooks, StateEvent
 from le_transport.policies import Outcome
-from le_transport.providers import Credentials, StaticDomains, UserLogin
-from le_transport.recovery import Recovery, is_recoverable
+from le_transport.providers import Credentials, CsdsDomains, StaticDomains, UserLogin
+from le_transport.recovery import Recovery, is_recoverable, is_setup_error, refused_status
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import PASSWORD
@@ -71,6 +74,68 @@ def test_only_transient_failures_that_outlived_the_schedule_are_recoverable(
     error: BaseException, recoverable: bool
 ) -> None:
     assert is_recoverable(error) is recoverable
+
+
+def _csds_failed(cause: BaseException) -> DomainResolutionError:
+    error = DomainResolutionError("the Domain API could not resolve", account=ACCOUNT)
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "recoverable", "setup_error"),
+    [
+        # The Domain API refused the account (the simulator's 400 for an unknown one): the
+        # caller's to fix, never looped.
+        (_csds_failed(ClientStatusError("400", status=400)), False, True),
+        (_csds_failed(ClientStatusError("404", status=404)), False, True),
+        # Down: a 5xx that outlived its schedule, a reset, a 429.
+        (_csds_failed(exhausted()), True, False),
+        (_csds_failed(ConnectionFailed("reset", never_sent=True)), True, False),
+        (_csds_failed(ServerStatusError("429", status=429)), True, False),
+        (DomainResolutionError("no baseURIs list", account=ACCOUNT), True, False),
+        (InvalidRequest("path must be an absolute path"), False, True),
+        (ConfigurationError("bad"), False, True),
+        (UnknownServiceError("no such", service="x"), False, True),
+        (HostileHostError("evil", account=ACCOUNT), False, True),
+        (ClientStatusError("403", status=403), False, True),
+        (exhausted(), True, False),
+        (DeadlineExceeded("late", elapsed=3.0), False, False),
+        (ValueError("a bug"), False, False),
+    ],
+)
+def test_a_domain_api_refusal_is_a_setup_error_and_its_outage_is_recoverable(
+    error: BaseException, recoverable: bool, setup_error: bool
+) -> None:
+    assert is_recoverable(error) is recoverable
+    assert is_setup_error(error) is setup_error
+
+
+def test_a_cause_chain_that_loops_is_read_to_its_bound_not_for_ever() -> None:
+    first = DomainResolutionError("a", account=ACCOUNT)
+    second = DomainResolutionError("b", account=ACCOUNT)
+    first.__cause__, second.__cause__ = second, first
+    assert refused_status(first) is None
+    assert is_recoverable(first)
+
+
+async def test_an_account_the_domain_api_refuses_fails_at_once_even_with_recover(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The simulator answers 400 for an unknown account, as LiveEngage does: over HTTP a call
+    fails at once, and recover=True does not make it loop (it used to, for 24 hours)."""
+    domains = CsdsDomains("999", csds_host=sim.host, scheme="http")
+    auth = UserLogin("999", USER, PASSWORD, domains=domains, keepalive=False)
+    events: list[StateEvent] = []
+    engine = sim_engine(sim, clock, domains=domains, auth=auth, events=events)
+    async with engine:
+        with pytest.raises(DomainResolutionError) as info:
+            await engine.request("GET", "accountConfigReadOnly", "/api/account/999/x", recover=True)
+    assert refused_status(info.value) == 400
+    assert clock.now() == 0.0
+    assert sim.count("GET", "/api/account/999/service/baseURI.json") == 1
+    assert engine.recovery.relogins == 0
+    assert "relogin_scheduled" not in [e.name for e in events]
 
 
 # -- against the simulator --------------------------------------------------------------------

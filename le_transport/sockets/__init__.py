@@ -23,7 +23,15 @@ from .dial import (
 from .escalation import RecoveryEscalation
 from .keepalive import KeepaliveScheduler, KeepaliveTask, watch_socket
 from .lifecycle import Lifecycle, SocketState
-from .options import HEALTHY_AFTER, SocketOptions
+from .options import (
+    HEALTHY_AFTER,
+    KEEPALIVE_BY_PATH,
+    MESSAGING_AGENT_KEEPALIVE,
+    MESSAGING_CONSUMER_KEEPALIVE,
+    KeepaliveByPath,
+    SocketOptions,
+    keepalive_for_path,
+)
 from .outbox import Outbox, Outgoing
 from .pacing import ReconnectPacer
 from .socket import (
@@ -32,12 +40,17 @@ from .socket import (
     OnConnect,
     ReloginEscalation,
     ResilientSocket,
+    check_on_connect,
+    is_async_callable,
 )
 
 __all__ = [
     "BEARER_FIELD",
     "CONSUMER_SOCKET_QUERY",
     "HEALTHY_AFTER",
+    "KEEPALIVE_BY_PATH",
+    "MESSAGING_AGENT_KEEPALIVE",
+    "MESSAGING_CONSUMER_KEEPALIVE",
     "UMS_BRAND_SOCKET_QUERY",
     "AuthPlacement",
     "Connection",
@@ -46,6 +59,7 @@ __all__ = [
     "EngineDialer",
     "EscalationRequest",
     "FrameHandler",
+    "KeepaliveByPath",
     "KeepaliveScheduler",
     "KeepaliveTask",
     "Lifecycle",
@@ -59,8 +73,11 @@ __all__ = [
     "ResilientSocket",
     "SocketOptions",
     "SocketState",
+    "check_on_connect",
     "consumer_path",
     "init_connection_frame",
+    "is_async_callable",
+    "keepalive_for_path",
     "ums_brand_path",
     "watch_socket",
 ]

@@ -35,8 +35,11 @@ from ..errors import (
 )
 from ..middleware.retry import parse_retry_after_date
 from ..policies.close_codes import Disconnect
+from ..policies.keepalive import Keepalive
 from ..policies.retry_after import parse_retry_after
 from ..providers.auth import AuthProvider, Credentials
+from ..recovery import is_setup_error
+from .options import keepalive_for_path
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -293,7 +296,13 @@ class Connection:
 
 
 class Dialer(Protocol):
-    """Makes one connection per :meth:`dial`; the owner of a socket calls it."""
+    """Makes one connection per :meth:`dial`; the owner of a socket calls it.
+
+    A dialer may also have a ``default_keepalive`` attribute (a
+    :class:`~le_transport.policies.Keepalive` or None), as :class:`EngineDialer` does: the
+    keepalive its sockets run when their options leave it to the default
+    (:data:`~le_transport.sockets.KEEPALIVE_BY_PATH`). Without one, they run none.
+    """
 
     @property
     def name(self) -> str:
@@ -301,8 +310,12 @@ class Dialer(Protocol):
         ...
 
     async def dial(self) -> Connection:
-        """Open a connection, or raise :class:`DialFailed` (or ``AuthenticationError`` when
-        credentials cannot be had at all)."""
+        """Open a connection, or raise :class:`DialFailed` for a failed connect to retry.
+
+        Anything else it raises stops the socket: an ``AuthenticationError`` when credentials
+        cannot be had at all (:class:`~le_transport.errors.SocketAuthFailed`), any other error
+        (a setup mistake, such as an unknown service) as
+        :class:`~le_transport.errors.SocketClosed` caused by it."""
         ...
 
     async def reauthenticate(self, rejected: Credentials | None) -> None:
@@ -386,7 +399,9 @@ class EngineDialer:
         self._wall_clock = engine.wall_clock if wall_clock is None else wall_clock
         self._last: Credentials | None = None
         shown = redact_url(URL.build(path=path.replace(BEARER_FIELD, "bearer")))
-        self._name = f"{service}{shown}"
+        # A path without its leading "/" (refused at the first connect) must not read as part
+        # of the service's name.
+        self._name = f"{service}{shown}" if shown.startswith("/") else f"{service} {shown}"
 
     @property
     def name(self) -> str:
@@ -398,8 +413,22 @@ class EngineDialer:
         """Where the credentials go."""
         return self._placement
 
+    @property
+    def default_keepalive(self) -> Keepalive | None:
+        """The keepalive a socket dialed here runs unless its options choose one: the guide's
+        ``GetClock`` for a LiveEngage messaging path, else none
+        (:func:`~le_transport.sockets.options.keepalive_for_path`)."""
+        return keepalive_for_path(self._path)
+
     async def dial(self) -> Connection:
         """Resolve, get credentials, upgrade, and authenticate with the first frame if asked.
+
+        Raises :class:`DialFailed` for a failed connect the socket retries (an upgrade refused
+        or cut, a Domain API or Login Service that is down), an
+        :class:`~le_transport.errors.AuthenticationError` for credentials that cannot be had,
+        and, as is, a mistake no reconnect can fix (:func:`~le_transport.recovery.is_setup_error`:
+        a path that is not an absolute path, an unknown service, a hostile host, an account the
+        Domain API refuses with a 4xx), on which the socket stops.
 
         ``connect_timeout`` bounds the upgrade and the first-frame auth; resolving the host and
         logging in run on their own schedules (a login that retries for 30 s must not be cut
@@ -428,6 +457,11 @@ class EngineDialer:
         except AuthenticationError:
             raise
         except TransportError as exc:
+            if is_setup_error(exc):
+                # A path that is not a path, an unknown service, a hostile host, an account
+                # the Domain API refuses (4xx): final over HTTP, and as final here. Raised as
+                # is, for the owner to stop; only an outage is a failed connect to retry.
+                raise
             raise DialFailed(
                 f"could not resolve {self._service!r}: {type(exc).__name__}",
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
@@ -440,6 +474,10 @@ class EngineDialer:
                 # Bad credentials, a login refused: the owner stops instead of looping.
                 raise
             except TransportError as exc:
+                if is_setup_error(exc):
+                    # The Login Service's host unknown, or refused by the Domain API: as final
+                    # as the socket's own host would be.
+                    raise
                 # The Login Service is down (its own schedule is spent): a failed connect
                 # like any other, retried on the reconnect schedule and escalated.
                 raise DialFailed(

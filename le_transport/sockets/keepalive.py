@@ -32,6 +32,7 @@ from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
+from ._shown import error_text
 
 __all__ = [
     "KeepaliveFailureSubject",
@@ -335,8 +336,9 @@ def _read_outcome(task: asyncio.Task[None]) -> None:
 class KeepaliveTask:
     """Runs an HTTP keepalive action every interval until closed.
 
-    A failed run (after the engine's own retries) is logged and reported as a
-    ``keepalive_failed`` state event; the schedule goes on. :attr:`runs` and :attr:`failures`
+    A failed run (after the engine's own retries) is logged as a WARNING (the error's type and
+    its text, redacted and cut to 200 characters) and reported as a ``keepalive_failed`` state
+    event; the schedule goes on. :attr:`runs` and :attr:`failures`
     count what happened.
 
     A clock that fails (its ``now`` or ``sleep`` raises) cannot keep the schedule: rather than
@@ -446,11 +448,14 @@ class KeepaliveTask:
                 raise
             except Exception as exc:
                 self.failures += 1
+                # The error's type and its text, redacted and cut short: the type alone
+                # ("TransportError") cannot tell an engine never started from an outage.
                 _log.warning(
-                    "%s: keepalive %s failed: %s",
+                    "%s: keepalive %s failed: %s: %s",
                     self._name,
                     self._policy.action,
                     type(exc).__name__,
+                    error_text(exc),
                     extra={"keepalive": self._policy.action, "error": type(exc).__name__},
                 )
                 emit(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import re
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -11,12 +13,73 @@ from ..errors import ConfigurationError
 from ..policies._validate import positive
 from ..policies.backoff import BackoffPolicy
 from ..policies.close_codes import ClosePolicy
-from ..policies.keepalive import Keepalive, KeepaliveTransport
+from ..policies.keepalive import (
+    MESSAGING_AGENT_SDK_GETCLOCK,
+    MESSAGING_WINDOW_API_GETCLOCK,
+    Keepalive,
+    KeepaliveTransport,
+)
 
-__all__ = ["HEALTHY_AFTER", "SocketOptions"]
+__all__ = [
+    "HEALTHY_AFTER",
+    "KEEPALIVE_BY_PATH",
+    "MESSAGING_AGENT_KEEPALIVE",
+    "MESSAGING_CONSUMER_KEEPALIVE",
+    "KeepaliveByPath",
+    "SocketOptions",
+    "keepalive_for_path",
+]
 
 #: A connection that stayed open this long counts as healthy: the backoff starts over.
 HEALTHY_AFTER = 30.0
+
+
+class KeepaliveByPath(enum.Enum):
+    """The type of :data:`KEEPALIVE_BY_PATH`, :attr:`SocketOptions.keepalive`'s default."""
+
+    #: The keepalive is chosen by the socket's path: see :func:`keepalive_for_path`.
+    BY_PATH = "by_path"
+
+
+#: :attr:`SocketOptions.keepalive`'s default: the guide's ``GetClock`` keepalive for a socket
+#: the library recognises as a LiveEngage messaging socket by its path
+#: (:func:`keepalive_for_path`), none for any other. Pass None for no keepalive at all.
+KEEPALIVE_BY_PATH: Final = KeepaliveByPath.BY_PATH
+
+#: The UMS agent socket's default keepalive: the Messaging Agent SDK's ``.GetClock`` every 30 s
+#: of silence (:data:`~le_transport.policies.MESSAGING_AGENT_SDK_GETCLOCK`), with
+#: ``outbound_idle``: LiveEngage closes a messaging socket whose client stays quiet for about
+#: 60 s, even while notifications arrive, so a socket that only listens probes too.
+MESSAGING_AGENT_KEEPALIVE: Final = attrs.evolve(MESSAGING_AGENT_SDK_GETCLOCK, outbound_idle=True)
+#: The consumer socket's default keepalive: the Messaging Window API's ``GetClock``
+#: (:data:`~le_transport.policies.MESSAGING_WINDOW_API_GETCLOCK`), with ``outbound_idle`` for
+#: the same reason.
+MESSAGING_CONSUMER_KEEPALIVE: Final = attrs.evolve(
+    MESSAGING_WINDOW_API_GETCLOCK, outbound_idle=True
+)
+
+# The messaging sockets' paths (protocol.md; dial.ums_brand_path and dial.consumer_path make
+# them): the account is one segment, the brand socket's bearer (or its "{bearer}" place) one.
+_UMS_BRAND_PATH = re.compile(r"/ws_api/account/[^/]+/messaging/brand/[^/]+/?")
+_CONSUMER_PATH = re.compile(r"/ws_api/account/[^/]+/messaging/consumer/?")
+
+
+def keepalive_for_path(path: str) -> Keepalive | None:
+    """The keepalive a socket to ``path`` runs by default (:data:`KEEPALIVE_BY_PATH`).
+
+    The UMS agent socket (``/ws_api/account/{id}/messaging/brand/{bearer}``):
+    :data:`MESSAGING_AGENT_KEEPALIVE`; the Messaging Window API consumer socket
+    (``/ws_api/account/{id}/messaging/consumer``): :data:`MESSAGING_CONSUMER_KEEPALIVE`; a path
+    the library does not recognise: None (no keepalive: what such a server answers to, and
+    when it closes quiet clients, is not known; set :attr:`SocketOptions.keepalive`).
+    """
+    if not isinstance(path, str):
+        return None
+    if _UMS_BRAND_PATH.fullmatch(path):
+        return MESSAGING_AGENT_KEEPALIVE
+    if _CONSUMER_PATH.fullmatch(path):
+        return MESSAGING_CONSUMER_KEEPALIVE
+    return None
 
 
 def _count(minimum: int) -> Any:
@@ -38,12 +101,13 @@ def _inbox_bound(instance: object, attribute: attrs.Attribute[int], value: objec
 
 
 def _keepalive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
+    if value is None or value is KEEPALIVE_BY_PATH:
         return
     if not isinstance(value, Keepalive) or value.transport is not KeepaliveTransport.SOCKET:
         raise ConfigurationError(
-            "SocketOptions.keepalive must be None or a socket Keepalive (e.g. "
-            f"MESSAGING_AGENT_SDK_GETCLOCK), got {value!r}; run HTTP keepalives with "
+            "SocketOptions.keepalive must be a socket Keepalive (e.g. "
+            "MESSAGING_AGENT_SDK_GETCLOCK), KEEPALIVE_BY_PATH (the default: chosen by the "
+            f"socket's path) or None (no keepalive), got {value!r}; run HTTP keepalives with "
             "engine.keepalive()"
         )
     if not value.only_when_idle:
@@ -68,9 +132,13 @@ class SocketOptions:
       :class:`~le_transport.errors.SocketClosed`. Its ``jitter`` also spreads such a pause:
       the socket waits what the server asked plus a share of it up to ``jitter``.
     - ``close_policy``: what each close code and upgrade status means.
-    - ``keepalive``: the socket keepalive (None: none). Also the dead-peer detector. It probes
-      when nothing arrived for an interval (and, with ``outbound_idle``, when the client sent
-      nothing for one); ``only_when_idle=False`` is refused.
+    - ``keepalive``: the socket keepalive, also the dead-peer detector. It probes when nothing
+      arrived for an interval (and, with ``outbound_idle``, when the client sent nothing for
+      one); ``only_when_idle=False`` is refused. The default, :data:`KEEPALIVE_BY_PATH`,
+      chooses by the socket's path (:func:`keepalive_for_path`): a LiveEngage messaging
+      socket (the UMS agent socket, the consumer socket) sends the guide's ``GetClock`` after
+      30 s without a frame either way (LiveEngage closes a socket idle for about 60 s), a
+      socket to any other path runs none. None: no keepalive on any path.
     - ``healthy_after``: seconds a connection must stay open before the backoff, the
       fast-drop run and the auth-failure count start over.
     - ``escalate_after``: after this many consecutive failed reconnects, escalate to the
@@ -101,7 +169,9 @@ class SocketOptions:
         factory=BackoffPolicy.reconnect, validator=instance_of(BackoffPolicy)
     )
     close_policy: ClosePolicy = attrs.field(factory=ClosePolicy, validator=instance_of(ClosePolicy))
-    keepalive: Keepalive | None = attrs.field(default=None, validator=_keepalive)
+    keepalive: Keepalive | Literal[KeepaliveByPath.BY_PATH] | None = attrs.field(
+        default=KEEPALIVE_BY_PATH, validator=_keepalive
+    )
     healthy_after: float = attrs.field(default=HEALTHY_AFTER, validator=positive)
     escalate_after: int = attrs.field(default=5, validator=_count(0))
     max_auth_failures: int = attrs.field(default=3, validator=_count(1))

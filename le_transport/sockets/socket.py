@@ -12,7 +12,8 @@ flight and a superseded connection cannot act:
 2. ``OPEN``: run the ``on_connect`` callbacks (their sends go straight out) and flush the queue
    in order, in a short-lived task while the owner reads, or in the owner itself when there
    are no callbacks; from then on sends go straight out, and the engine's
-   :class:`~le_transport.sockets.keepalive.KeepaliveScheduler` watches the connection.
+   :class:`~le_transport.sockets.keepalive.KeepaliveScheduler` watches the connection (when
+   the socket has a keepalive: by default, a LiveEngage messaging socket does).
    The owner reads the connection itself until it ends, pausing while the ``async for``
    consumer leaves ``max_inbox`` frames unread (backpressure on the peer).
 3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure, the
@@ -32,6 +33,7 @@ import asyncio
 import builtins
 import contextlib
 import contextvars
+import functools
 import inspect
 import json
 import logging
@@ -39,7 +41,7 @@ import math
 import random
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -49,6 +51,7 @@ import attrs
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import (
     AuthenticationError,
+    ConfigurationError,
     InvalidMessage,
     SocketAuthFailed,
     SocketClosed,
@@ -61,11 +64,13 @@ from ..errors import (
 from ..events import EventHooks, StateEvent, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
+from ..recovery import is_setup_error
+from ._shown import error_text
 from .correlation import PendingRequests
 from .dial import Connection, Dialer, DialFailed, read_error_disconnect
 from .keepalive import KeepaliveScheduler
 from .lifecycle import Lifecycle, SocketState
-from .options import SocketOptions
+from .options import KEEPALIVE_BY_PATH, SocketOptions
 from .outbox import Outbox, Outgoing
 from .pacing import ReconnectPacer
 
@@ -75,6 +80,8 @@ __all__ = [
     "OnConnect",
     "ReloginEscalation",
     "ResilientSocket",
+    "check_on_connect",
+    "is_async_callable",
 ]
 
 _log = logging.getLogger("le_transport.sockets")
@@ -91,6 +98,90 @@ _WARNING_STATES = frozenset({"lost", "connect_failed", "escalating", "reauthenti
 _ON_CONNECT: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "le_transport_on_connect", default=None
 )
+
+
+#: What the socket answered an ``on_connect`` callback (a refusal, no answer, a lost
+#: connection): logged in its own words, without a traceback. Anything else is a bug in the
+#: callback, logged with its traceback.
+_SOCKET_OUTCOMES = (SocketRequestError, SocketRequestTimeout, SocketClosed)
+
+
+def _callable_name(callback: object) -> str:
+    """How a callback is named in an error: its qualified name, or its type's (never its repr,
+    which may show anything)."""
+    target = callback
+    while isinstance(target, functools.partial):
+        target = target.func
+    name = getattr(target, "__qualname__", None)
+    if not isinstance(name, str):
+        name = f"a {builtins.type(target).__name__} object"
+    return name if target is callback else f"functools.partial({name})"
+
+
+def is_async_callable(callback: object) -> bool:
+    """Whether calling ``callback`` returns an awaitable by construction: a coroutine function
+    (an ``async def``, a method of one), a :func:`functools.partial` of one, an object whose
+    ``__call__`` is one, or a wrapper of one made with :func:`functools.wraps` (whose result is
+    checked again when it is called)."""
+    target = callback
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return True
+    try:
+        unwrapped = inspect.unwrap(target)  # type: ignore[arg-type]
+    except ValueError:  # a __wrapped__ cycle
+        unwrapped = target
+    if unwrapped is not target and inspect.iscoroutinefunction(unwrapped):
+        return True
+    if inspect.isfunction(target) or inspect.ismethod(target) or isinstance(target, type):
+        return False
+    # An instance: its class's __call__, bound (a plain function's is a method-wrapper).
+    call = getattr(target, "__call__", None)  # noqa: B004 - the method itself is wanted
+    return inspect.iscoroutinefunction(call)
+
+
+def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
+    """``on_connect`` as a tuple of callbacks, or :class:`~le_transport.errors.ConfigurationError`
+    saying what was expected: a sequence (a list, a tuple) of async callbacks, each taking the
+    socket (see :func:`is_async_callable`). A single callback given bare, or a plain ``def``
+    (whose call would return no awaitable, and fail every connect), is refused here, once,
+    rather than at every connect."""
+    if callable(on_connect):
+        raise ConfigurationError(
+            "on_connect takes a sequence of async callbacks, got the single callback "
+            f"{_callable_name(on_connect)}: wrap it in a list (on_connect=[callback])"
+        )
+    if isinstance(on_connect, str | bytes | Mapping) or not isinstance(on_connect, Iterable):
+        raise ConfigurationError(
+            "on_connect takes a sequence of async callbacks (e.g. on_connect=[resubscribe]), "
+            f"got a {builtins.type(on_connect).__name__}"
+        )
+    callbacks = tuple(on_connect)
+    for callback in callbacks:
+        if not callable(callback):
+            raise ConfigurationError(
+                "on_connect takes async callbacks, got a "
+                f"{builtins.type(callback).__name__} in the sequence"
+            )
+        if not is_async_callable(callback):
+            raise ConfigurationError(
+                f"the on_connect callback {_callable_name(callback)} is not async: the socket "
+                "awaits each callback after every connect; make it an async def (or a "
+                "functools.partial of one, or an object with an async __call__)"
+            )
+    return callbacks
+
+
+def _chosen_keepalive(options: SocketOptions, dialer: Dialer) -> Keepalive | None:
+    """The keepalive a socket runs: its options' own, or, left to the default, the one its
+    dialer knows for its path (an :class:`~le_transport.sockets.EngineDialer`'s
+    ``default_keepalive``; a dialer without one: none)."""
+    chosen = options.keepalive
+    if chosen is not KEEPALIVE_BY_PATH:
+        return chosen
+    by_path = getattr(dialer, "default_keepalive", None)
+    return by_path if isinstance(by_path, Keepalive) else None
 
 
 @attrs.frozen
@@ -178,6 +269,14 @@ class ResilientSocket:
     (:attr:`paused`, :attr:`inbox_size`). Made by :meth:`le_transport.Engine.websocket`,
     which passes its :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a
     socket made without one gets a scheduler of its own).
+
+    ``on_connect`` is a sequence of async callbacks, each awaited with the socket after every
+    connect (:func:`check_on_connect`: anything else is a
+    :class:`~le_transport.errors.ConfigurationError` here). The keepalive it runs is
+    :attr:`keepalive`: the options' own, or by default the guide's ``GetClock`` when the
+    dialer recognises a LiveEngage messaging path. A mistake no reconnect can fix (an unknown
+    service, an account the Domain API refuses) stops it at once: :attr:`error` is a
+    :class:`~le_transport.errors.SocketClosed` caused by it.
     """
 
     # A process holds thousands of these: no instance dict, and whatever only some sockets use
@@ -195,6 +294,7 @@ class ResilientSocket:
         "_handling",
         "_hooks",
         "_inbox",
+        "_keepalive",
         "_keepalive_ticket",
         "_keepalives",
         "_last_activity",
@@ -245,7 +345,7 @@ class ResilientSocket:
         self._hooks = hooks or EventHooks()
         self._rng = rng or random.Random()
         self._pacer = pacer or ReconnectPacer(self._clock)
-        self._on_connect: tuple[OnConnect, ...] = tuple(on_connect)
+        self._on_connect: tuple[OnConnect, ...] = check_on_connect(on_connect)
         self._on_frame = on_frame
         self._on_state: tuple[Callable[[StateEvent], object], ...] = tuple(on_state)
         self._escalate = escalate
@@ -272,6 +372,7 @@ class ResilientSocket:
         # The keepalive: the engine's scheduler (or one of the socket's own, made on first
         # use), the ticket of the current connection, and the probe in flight.
         self._keepalives = keepalives
+        self._keepalive = _chosen_keepalive(self._options, dialer)
         self._keepalive_ticket: int | None = None
         self._probe: asyncio.Task[None] | None = None
         self._probe_sent_at: float | None = None
@@ -342,6 +443,13 @@ class ResilientSocket:
     def options(self) -> SocketOptions:
         """The socket's options."""
         return self._options
+
+    @property
+    def keepalive(self) -> Keepalive | None:
+        """The keepalive this socket runs (None: none): the options' own, or, when they leave
+        it to the default (:data:`~le_transport.sockets.KEEPALIVE_BY_PATH`), the one chosen
+        by the socket's path (the guide's ``GetClock`` for a LiveEngage messaging socket)."""
+        return self._keepalive
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -728,8 +836,11 @@ class ResilientSocket:
         self._on_state = (*self._on_state, callback)
 
     def add_on_connect(self, callback: OnConnect) -> None:
-        """Run ``callback(ws)`` after every connect from the next one on."""
-        self._on_connect = (*self._on_connect, callback)
+        """Run ``callback(ws)`` after every connect from the next one on.
+
+        ``callback`` must be async, as for the constructor's ``on_connect`` (else
+        :class:`~le_transport.errors.ConfigurationError`)."""
+        self._on_connect = (*self._on_connect, *check_on_connect((callback,)))
 
     # -- the owner --------------------------------------------------------------------------
 
@@ -757,11 +868,20 @@ class ResilientSocket:
                     raise SocketAuthFailed(
                         f"{self._name}: no credentials for the socket: {exc}"
                     ) from exc
+                except TransportError as exc:
+                    # Not a failed connect: a mistake no reconnect can fix (an unknown
+                    # service, a path that is not a path, an account the Domain API refuses),
+                    # final as it is over HTTP.
+                    raise self._cannot_connect(exc) from exc
                 if conn is not None:
                     rejected = conn.credentials
                     disconnect = await self._serve(conn)
                 if disconnect.kind is DisconnectKind.BY_CALLER or self._closing:
                     return
+                if self._error is not None:
+                    # The connection recorded why the socket must stop (an on_connect
+                    # callback that is not async): reconnecting would meet it again.
+                    raise self._error
                 if disconnect.lifetime is not None and disconnect.lifetime >= opts.healthy_after:
                     failures = fast_drops = auth_failures = 0
                     first_failure_at = None
@@ -882,10 +1002,23 @@ class ResilientSocket:
                 # rather than retrying) as when the socket's own dial does.
                 reason, disconnect = final
                 raise self._rejected(f"{reason} (in the re-login loop)", disconnect) from exc
+            if isinstance(exc, TransportError) and is_setup_error(exc):
+                # So is a setup mistake (an unknown service, an account the Domain API now
+                # refuses) that the loop's connect or re-resolve met.
+                raise self._cannot_connect(exc) from exc
             raise SocketClosed(
                 f"{self._name}: the re-login loop gave up after {failures} failed reconnects: "
                 f"{type(exc).__name__}"
             ) from exc
+
+    def _cannot_connect(self, exc: TransportError) -> SocketClosed:
+        """The final error of a socket whose connect met ``exc``, a mistake no reconnect can
+        fix (its ``__cause__``, set by the caller): said with ``exc``'s own words, which never
+        hold a secret."""
+        return SocketClosed(
+            f"{self._name}: cannot connect, and reconnecting cannot help: "
+            f"{type(exc).__name__}: {exc}"
+        )
 
     def _final_refusal(self, exc: BaseException) -> tuple[str, Disconnect] | None:
         """The refusal the close policy makes final (its reason and facts), if ``exc`` is a
@@ -1041,15 +1174,33 @@ class ResilientSocket:
         _ON_CONNECT.set((id(self), epoch))
         try:
             for callback in self._on_connect:
-                await callback(self)
+                pending = callback(self)
+                if not inspect.isawaitable(pending):
+                    self._not_awaitable(conn, callback, pending)
+                    return
+                await pending
         except Exception as exc:
             if self._ended is None and self._conn is conn:
-                _log.warning(
-                    "%s: on_connect failed (%s); reconnecting",
-                    self._name,
-                    type(exc).__name__,
-                    extra={"socket": self._name, "error": type(exc).__name__},
-                )
+                if isinstance(exc, _SOCKET_OUTCOMES):
+                    # What the socket answered the callback: a refusal, no answer, a lost
+                    # connection. Its words say it all; a traceback would only be noise.
+                    _log.warning(
+                        "%s: on_connect failed (%s: %s); reconnecting",
+                        self._name,
+                        type(exc).__name__,
+                        error_text(exc),
+                        extra={"socket": self._name, "error": type(exc).__name__},
+                    )
+                else:
+                    # A bug in the callback: where it is takes the traceback to find.
+                    _log.error(
+                        "%s: an on_connect callback raised %s: %s; reconnecting",
+                        self._name,
+                        type(exc).__name__,
+                        error_text(exc),
+                        exc_info=exc,
+                        extra={"socket": self._name, "error": type(exc).__name__},
+                    )
                 # Not a drop: the server took the connection and refused (or could not
                 # serve) what on_connect asked, e.g. a resubscribe rate-limited with a 429.
                 code = exc.code if isinstance(exc, SocketRequestError) else None
@@ -1060,6 +1211,25 @@ class ResilientSocket:
             return
         if self._ended is None:
             await self._open_up(conn, epoch)
+
+    def _not_awaitable(self, conn: Connection, callback: OnConnect, result: object) -> None:
+        """An ``on_connect`` callback returned something that is not awaitable: it is not
+        async, and every connect would fail the same way. The socket stops (its owner raises
+        the error once this connection ends) instead of reconnecting for ever."""
+        cause = ConfigurationError(
+            f"the on_connect callback {_callable_name(callback)} returned "
+            f"{builtins.type(result).__name__}, not an awaitable: on_connect callbacks must be "
+            "async (an async def, a functools.partial of one, or an object with an async "
+            "__call__)"
+        )
+        error = SocketClosed(f"{self._name}: stopped: {cause}")
+        error.__cause__ = cause
+        if self._error is None:
+            self._error = error
+        if self._conn is conn:
+            self._end_connection(
+                Disconnect.setup_failed("ConfigurationError"), self._lost_peer_grace()
+            )
 
     async def _open_up(self, conn: Connection, epoch: int) -> None:
         """Send the queue, then make the connection ready; on a failure, end the connection.
@@ -1094,7 +1264,7 @@ class ResilientSocket:
         self._ready_epoch = epoch
         self._wake()
         self._emit("ready", epoch=epoch)
-        policy = self._options.keepalive
+        policy = self._keepalive
         if policy is None:
             return
         scheduler = self._keepalives
@@ -1120,7 +1290,7 @@ class ResilientSocket:
         owner reconnects) and asks not to be watched any more. Does neither while the owner
         is paused for a slow consumer.
         """
-        policy = self._options.keepalive
+        policy = self._keepalive
         if policy is None or self._keepalive_ticket is None or self._ready_epoch is None:
             # The connection is ending: its owner has nothing left to unwatch.
             self._keepalive_ticket = None
