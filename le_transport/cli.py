@@ -4,10 +4,12 @@
   simulator while faults are injected; a live timeline, a summary, and exit code 0 only when
   every invariant held. ``--account`` (or ``LE_ACCOUNT`` and friends) runs it against a real
   account instead, with client-side faults only.
-- ``le-transport simulate --port N [--tls]``: the simulator in the foreground until Ctrl-C.
-  Its records are bounded (``SimulatorConfig.max_records``, the newest 100,000 of each), so it
-  can serve a long soak; when a record starts dropping its oldest entries, one line says so on
-  stderr (the record's name and bound, nothing of the traffic).
+- ``le-transport simulate --port N [--tls] [--plan plan.json [--verbose]]``: the simulator in
+  the foreground until Ctrl-C; when it stops, what each rule of the plan injected (and how
+  often it was shadowed by an earlier rule), and with ``--verbose`` a line per injected fault
+  as it happens. Its records are bounded (``SimulatorConfig.max_records``, the newest 100,000
+  of each), so it can serve a long soak; when a record starts dropping its oldest entries, one
+  line says so on stderr (the record's name and bound, nothing of the traffic).
 """
 
 from __future__ import annotations
@@ -85,7 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--cert", help="PEM certificate chain for --tls")
     sim.add_argument("--key", help="PEM private key for --tls")
-    sim.add_argument("--plan", help="a fault plan (JSON file) to apply from the start")
+    sim.add_argument(
+        "--plan",
+        help="a fault plan (JSON file) to apply from the start; what each rule injected is "
+        "printed when the simulator stops",
+    )
+    sim.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print a line for each fault as it is injected (rule, kind, unit, method "
+        "and redacted path)",
+    )
     sim.add_argument(
         "--max-records",
         type=_max_records,
@@ -157,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         from .testing.simulator.serve import serve_forever
 
-        with _records_notices():
+        with _records_notices(), _fault_lines(args.verbose):
             code: int = serve_forever(
                 host=args.host,
                 port=args.port,
@@ -170,6 +183,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return code
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+@contextlib.contextmanager
+def _fault_lines(verbose: bool) -> Iterator[None]:
+    """With ``verbose``, show each injected fault on stdout while serving: the DEBUG line the
+    fault run logs (rule, kind, unit, method, redacted path, time since the plan started)."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger("le_transport.chaos.faults")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("fault: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

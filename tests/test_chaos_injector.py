@@ -12,10 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from le_transport import Engine, RetryPolicy
+from le_transport import Engine, RealClock, RetryPolicy
 from le_transport.chaos import (
     Delay,
     FaultInjector,
+    FaultPlan,
     FaultRule,
     Hang,
     MalformedBody,
@@ -233,7 +234,7 @@ def test_the_socket_hook_answers_session_and_message_faults() -> None:
     assert message.fault == Status(429)
 
 
-# -- slow bodies and quotas, client side -------------------------------------------------------
+# -- slow bodies and quotas, client side ----------------------------------------------------------
 
 
 async def test_an_injected_slow_body_arrives_whole_chunk_delay_apart_on_the_injectors_clock(
@@ -381,3 +382,152 @@ async def test_a_socket_path_template_keeps_its_bearer_out_of_the_injectors_reco
     assert decision.outcome == "inject"
     assert decision.path == "/ws/bearer/events"
     assert bearer not in json.dumps(injector.report())
+
+
+# -- what the constructor takes -------------------------------------------------------------------
+
+
+async def test_an_injector_given_a_list_of_rules_applies_them_as_a_plan(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    # Before: accepted as is, and the first request failed with "AttributeError: 'list'
+    # object has no attribute 'rules'".
+    injector = FaultInjector(
+        [FaultRule("s", Status(503), schedule=Schedule(fail_next=1))], clock=clock
+    )
+    assert injector.plan == FaultPlan(seed=0, rules=(injector.plan.rules[0],))
+    async with _engine(sim, clock, injector) as engine:
+        resp = await engine.request("GET", "agentVep", CSDS)
+    assert resp.status == 200
+    assert injector.injected_counts() == {"s": 1}
+    # And with seeded, the rules in one list as well as one by one.
+    rules = [FaultRule("a", Reset()), FaultRule("b", Status(500))]
+    assert FaultInjector.seeded(4, rules).plan == FaultInjector.seeded(4, *rules).plan
+
+
+@pytest.mark.parametrize(
+    ("plan", "said"),
+    [
+        (FaultRule("r", Reset()), r"got FaultRule \(one rule: put it in a list\)"),
+        (
+            {"seed": 1, "rules": []},
+            r"got dict \(a plan's JSON form: load it with FaultPlan\.from_dict\)",
+        ),
+        ([FaultRule("r", Reset()), "503"], "got a list holding a str"),
+        ("plan.json", "got str"),
+    ],
+    ids=["a-rule", "json-dict", "list-with-a-str", "a-path"],
+)
+def test_an_injector_refuses_a_plan_that_is_not_one_saying_what_it_takes(
+    plan: object, said: str
+) -> None:
+    wants = r"FaultInjector\.plan must be a FaultPlan or a list of FaultRule, "
+    with pytest.raises(ConfigurationError, match=wants + said):
+        FaultInjector(plan)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("clock", "said"),
+    [
+        ("virtual", "Clock, got str"),
+        (5, "Clock, got int"),
+        (VirtualClock, "Clock, got the class VirtualClock"),
+    ],
+    ids=["str", "int", "a-class"],
+)
+def test_an_injector_refuses_a_clock_that_is_not_one(clock: object, said: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"FaultInjector\.clock must be (a )?{said}"):
+        FaultInjector(clock=clock)  # type: ignore[arg-type]
+
+
+def test_a_plan_given_its_rules_in_the_seeds_place_is_refused() -> None:
+    # FaultPlan([rule]) made a plan with no rules, whose injector injected nothing.
+    with pytest.raises(
+        ConfigurationError, match=r"FaultPlan\.seed must be an int, got list \(rules go in rules="
+    ):
+        FaultPlan([FaultRule("r", Reset())])  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigurationError, match=r"FaultPlan\.rules must be a list of FaultRule, got FaultRule"
+    ):
+        FaultPlan(rules=FaultRule("r", Reset()))  # type: ignore[arg-type]
+
+
+async def test_a_simulator_takes_a_list_of_rules_as_its_plan_and_refuses_anything_else(
+    clock: VirtualClock,
+) -> None:
+    rule = FaultRule("r", Status(503))
+    async with Simulator(clock=clock, plan=[rule]) as s:
+        assert s.faults.plan == FaultPlan(rules=(rule,))
+        s.faults.load([FaultRule("q", Reset())])
+        assert [r.id for r in s.faults.plan.rules] == ["q"]
+        with pytest.raises(ConfigurationError, match=r"SimFaults\.load\.plan must be a FaultPlan"):
+            s.faults.load(rule)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"Simulator\.plan must be a FaultPlan"):
+        Simulator(clock=clock, plan=rule)  # type: ignore[arg-type]
+
+
+# -- the clock ------------------------------------------------------------------------------------
+
+_NO_CLOCK = "FaultInjector was given no clock="
+
+
+async def test_an_injector_without_a_clock_beside_a_virtual_clock_engine_warns_once(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: nothing said so, and a Delay(3000) made every attempt an AttemptTimeout (the
+    # injector waited 3 real seconds while the engine's 30 s timeout jumped on virtual time).
+    injector = FaultInjector.seeded(1, FaultRule("s", Status(503), schedule=Schedule(fail_next=2)))
+    with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
+        async with _engine(sim, clock, injector) as engine:
+            await engine.request("GET", "agentVep", CSDS)
+            await engine.request("GET", "agentVep", CSDS)
+    warned = [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+    assert len(warned) == 1
+    assert warned[0].levelno == logging.WARNING
+    assert "clock=clock" in warned[0].getMessage()
+
+
+@pytest.mark.parametrize("given", ["the-engines", "real"])
+async def test_an_injector_given_a_clock_does_not_warn(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture, given: str
+) -> None:
+    chosen = clock if given == "the-engines" else RealClock()
+    injector = FaultInjector.seeded(
+        1, FaultRule("s", Status(503), schedule=Schedule(fail_next=1)), clock=chosen
+    )
+    with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
+        async with _engine(sim, clock, injector) as engine:
+            await engine.request("GET", "agentVep", CSDS)
+    assert not [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+
+
+async def test_an_injector_without_a_clock_on_real_time_does_not_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    injector = FaultInjector([FaultRule("s", Status(503), schedule=Schedule(fail_next=1))])
+    with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
+        async with (
+            Simulator() as s,
+            Engine(s.domains, scheme="http", wire_middlewares=[injector]) as engine,
+        ):
+            await engine.request("GET", "agentVep", CSDS)
+    assert injector.injected_counts() == {"s": 1}
+    assert not [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+
+
+async def test_the_injector_and_the_simulator_report_a_rule_shadowed_by_an_earlier_one(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    rules = [
+        FaultRule(
+            "reset-first", Reset(), match=Match(path="*/baseURI.json"), schedule=Schedule(0, 1)
+        ),
+        FaultRule("503s", Status(503), match=Match(path="*/baseURI.json"), schedule=Schedule(0, 1)),
+    ]
+    sim.faults.load(rules)
+    injector = FaultInjector(rules, clock=clock)
+    async with _engine(sim, clock, injector) as engine:
+        await engine.request("GET", "agentVep", CSDS)
+    for counts in (injector.rule_counts(), sim.faults.rule_counts()):
+        assert counts["503s"].always_shadowed
+        assert (counts["503s"].shadowed, counts["reset-first"].injected) == (1, 1)

@@ -320,3 +320,62 @@ async def test_an_injected_drop_while_the_owner_is_paused_reaches_it_at_its_next
     assert after == 100
     assert kinds(injector) == ["ws_drop"]
     assert [e.name for e in states.events].count("lost") == 1
+
+
+async def _answered(
+    sim: Simulator, clock: VirtualClock, states: StateLog, rule: FaultRule, side: str
+) -> tuple[list[int | str], FaultInjector]:
+    """Requests sent one by one on a socket whose first session ``rule`` strikes, applied by
+    the simulator (``side`` "server") or by the client's injector: the ordinals of those
+    answered, then the error of the first that was not."""
+    if side == "server":
+        sim.faults.add(rule)
+        engine, injector = engine_with(sim, clock, states)
+    else:
+        engine, injector = engine_with(sim, clock, states, rule)
+    answered: list[int | str] = []
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        for n in range(1, 5):
+            try:
+                await ws.request(GETCLOCK, {}, timeout=2.0)
+            except (SocketClosed, SocketRequestTimeout) as exc:
+                answered.append(type(exc).__name__)
+                break
+            answered.append(n)
+    return answered, injector
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize(
+    ("fault", "after"),
+    [
+        (WsSilence(after_messages=2), [1, "SocketRequestTimeout"]),
+        (WsDrop(after_messages=2), [1, "SocketClosed"]),
+        (WsClose(1011, after_messages=2), [1, "SocketClosed"]),
+        (WsSilence(after_messages=1), ["SocketRequestTimeout"]),
+        (WsSilence(after_messages=3), [1, 2, "SocketRequestTimeout"]),
+    ],
+    ids=lambda v: repr(v) if not isinstance(v, list) else "",
+)
+async def test_a_session_fault_strikes_as_the_after_messages_th_message_arrives_on_both_sides(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    fault: WsSilence | WsDrop | WsClose,
+    after: list[int | str],
+    side: str,
+) -> None:
+    # The review read WsSilence(after_messages=2) as "two answers, then silence", and got one:
+    # its docstring said "stop answering after after_messages messages". Every session kind
+    # counts alike, on both sides: the after_messages-th message from the client is the one
+    # that meets the fault (never answered), the ones before it are answered.
+    rule = FaultRule(
+        "f", fault, unit="ws_session", match=Match(path=UMS), schedule=Schedule(fail_next=1)
+    )
+    answered, _ = await _answered(sim, clock, states, rule, side)
+    assert answered == after
+    if side == "server" and fault.after_messages:
+        # The message that met the fault reached the server, which never answered it.
+        assert len(sim.sockets.all[0].received) == fault.after_messages

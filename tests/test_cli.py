@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +19,10 @@ from typing import Any
 import pytest
 
 from le_transport import cli
+from le_transport.chaos import FaultPlan, FaultRule, Reset
 from le_transport.testing.simulator import SimulatorConfig, serve
-from le_transport.testing.simulator.config import DEFAULT_MAX_RECORDS
+from le_transport.testing.simulator.config import DEFAULT_ACCOUNT, DEFAULT_MAX_RECORDS
+from le_transport.testing.simulator.server import SimFaults
 
 
 @pytest.mark.parametrize("port", ["-5", "65536", "x"])
@@ -116,8 +122,13 @@ def test_serving_with_a_record_bound_no_record_can_hold_says_so_and_exits_2(
             "Status.body",
         ),
         ("not json", "Expecting value"),
+        (
+            '{"seed": 1, "rules": [{"id": "drops", "fault": {"kind": "ws_drop"}}]}',
+            "rule 'drops': a 'ws_drop' fault never fires on unit 'request' (the default): it "
+            "works on unit 'ws_session' or 'ws_message'",
+        ),
     ],
-    ids=["huge-int", "deeply-nested", "misspelt-rules", "int-body", "not-json"],
+    ids=["huge-int", "deeply-nested", "misspelt-rules", "int-body", "not-json", "wrong-unit"],
 )
 def test_simulate_with_a_plan_it_cannot_use_says_so_and_exits_2(
     text: str, says: str, taken_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -234,3 +245,108 @@ def test_python_dash_m_le_transport_is_the_command() -> None:
     )
     assert done.returncode == 0
     assert "{demo,simulate}" in done.stdout
+
+
+# -- what a chaos run injected --------------------------------------------------------------
+
+
+#: A plan whose every rule says something in the summary: one injects, one is shadowed by the
+#: rule before it every time, one matches a bearer's path, one matches nothing.
+SUMMARY_PLAN = {
+    "seed": 5,
+    "rules": [
+        {
+            "id": "latency",
+            "match": {"method": "GET", "path": "*/le-users/users"},
+            "fault": {"kind": "delay", "delay_ms": 1},
+            "schedule": {"fail_next": 1},
+        },
+        {
+            "id": "burst503",
+            "match": {"method": "GET", "path": "*/le-users/users"},
+            "fault": 503,
+            "schedule": {"fail_next": 1},
+        },
+        {"id": "brand", "match": {"path": "/ws_api/*"}, "fault": 503},
+        {"id": "drops", "unit": "ws_session", "fault": {"kind": "ws_drop"}},
+    ],
+}
+SUMMARY = [
+    "stopped",
+    "faults injected, by rule (plan seed 5):",
+    "  latency (request): injected 1 (matched 1)",
+    "  burst503 (request): injected 0 (matched 1, shadowed 1); never injected: an earlier rule "
+    "fired first every time it was due",
+    "  brand (request): injected 1 (matched 1)",
+    "  drops (ws_session): injected 0 (matched 0); matched nothing",
+]
+BEARER = "cli-summary-bearer-8c2f"
+
+
+def _simulate_with_a_plan(tmp_path: Path, *flags: str) -> str:
+    """Run ``le-transport simulate --plan`` in a process of its own, send it two requests the
+    plan strikes, stop it with Ctrl-C and return what it printed."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(SUMMARY_PLAN))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "le_transport.cli", "simulate", "--plan", str(plan), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        found = re.search(r" on (http://127\.0\.0\.1:\d+) ", banner)
+        assert found, banner
+        while "Ctrl-C to stop" not in proc.stdout.readline():
+            pass
+        base = found.group(1)
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+        for path in (
+            f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users",
+            f"/ws_api/account/{DEFAULT_ACCOUNT}/messaging/brand/{BEARER}",
+        ):
+            with contextlib.suppress(urllib.error.HTTPError):
+                direct.open(base + path, timeout=30).close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_simulate_prints_what_each_rule_of_its_plan_did_when_it_stops(tmp_path: Path) -> None:
+    # Before: nothing about the faults, not even a summary: a chaos run from the command line
+    # could not be checked (nor a rule that another shadowed found).
+    out = _simulate_with_a_plan(tmp_path)
+    assert out.splitlines()[-len(SUMMARY) :] == SUMMARY
+    assert "fault: " not in out
+
+
+def test_simulate_verbose_prints_each_fault_as_it_is_injected_with_its_path_redacted(
+    tmp_path: Path,
+) -> None:
+    out = _simulate_with_a_plan(tmp_path, "--verbose")
+    lines = out.splitlines()
+    faults = [line for line in lines if line.startswith("fault: ")]
+    assert len(faults) == 2, out
+    assert faults[0].startswith(
+        "fault: injected delay (rule latency, request #0) on GET "
+        f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users at +"
+    )
+    assert faults[1].startswith(
+        f"fault: injected status (rule brand, request #0) on GET /ws_api/account/{DEFAULT_ACCOUNT}/"
+    )
+    assert BEARER not in out
+    assert lines[-len(SUMMARY) :] == SUMMARY
+
+
+def test_the_fault_summary_of_a_simulator_without_rules_is_empty() -> None:
+    assert serve.fault_summary(SimFaults()) == []
+    faults = SimFaults(FaultPlan(seed=2, rules=(FaultRule("f", Reset()),)))
+    faults.run.force("f", unit="request", method="GET", path="/x")
+    assert serve.fault_summary(faults) == [
+        "faults injected, by rule (plan seed 2):",
+        "  f (request): injected 1 (matched 0, forced 1)",
+    ]

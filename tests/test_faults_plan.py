@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 
@@ -11,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from le_transport.chaos import (
+    HTTP_FAULTS,
+    UNIT_KINDS,
+    UNITS,
+    WS_FAULTS,
+    WS_MESSAGE_FAULTS,
+    WS_OUTBOUND_FAULTS,
     Delay,
+    EmptyResponse,
     Fault,
     FaultPlan,
     FaultRule,
@@ -21,6 +29,7 @@ from le_transport.chaos import (
     Match,
     Quota,
     Reset,
+    RuleCounts,
     Schedule,
     SlowBody,
     Status,
@@ -35,7 +44,14 @@ from le_transport.chaos import (
     fault_from_dict,
     fault_to_dict,
 )
-from le_transport.chaos.plan import MAX_CHUNK_BYTES, MAX_FAULT_MS, RecordLog, SharedBound
+from le_transport.chaos.injector import _SOCKET_KINDS
+from le_transport.chaos.plan import (
+    _KINDS,
+    MAX_CHUNK_BYTES,
+    MAX_FAULT_MS,
+    RecordLog,
+    SharedBound,
+)
 from le_transport.errors import ConfigurationError
 from le_transport.policies.retry_after import MAX_RETRY_AFTER_CHARS, parse_retry_after
 from le_transport.testing import VirtualClock
@@ -54,6 +70,11 @@ ALL_KINDS: list[Fault] = [
     WsDrop(after_messages=2),
     WsSilence(after_messages=1),
 ]
+
+
+def _unit_of(fault: Fault) -> str:
+    """The first unit that applies ``fault``'s kind: a rule on any other could never fire."""
+    return next(unit for unit in UNITS if fault.kind in UNIT_KINDS[unit])
 
 
 def _outcomes(run: FaultRun, n: int, path: str = "/api/x") -> list[str | None]:
@@ -148,7 +169,13 @@ def test_a_plan_survives_a_json_round_trip() -> None:
         seed=42,
         rules=[
             *(
-                FaultRule(f"r{i}", fault, match=Match("GET", "/api/*", "agentVep"), p=0.25)
+                FaultRule(
+                    f"r{i}",
+                    fault,
+                    match=Match("GET", "/api/*", "agentVep"),
+                    unit=_unit_of(fault),
+                    p=0.25,
+                )
                 for i, fault in enumerate(ALL_KINDS)
             ),
             FaultRule("seq", sequence=[Status(503), None, Reset()], unit="request"),
@@ -274,6 +301,7 @@ def test_every_plan_survives_a_json_round_trip(
             FaultRule(
                 f"r{i}",
                 f,
+                unit=_unit_of(f),
                 p=p,
                 schedule=Schedule(
                     skip_first=skip,
@@ -408,10 +436,93 @@ def test_a_ws_app_error_body_must_be_json() -> None:
     ids=lambda v: getattr(v, "kind", v),
 )
 def test_a_new_kind_on_a_unit_it_cannot_apply_to_is_refused(fault: Fault, unit: str) -> None:
-    with pytest.raises(ConfigurationError, match=f"{fault.kind}.*applies to unit"):
+    with pytest.raises(ConfigurationError, match=f"{fault.kind}.*never fires on unit"):
         FaultRule("r", fault, unit=unit)
-    with pytest.raises(ConfigurationError, match="applies to unit"):
+    with pytest.raises(ConfigurationError, match="never fires on unit"):
         FaultRule.from_dict({"id": "r", "unit": unit, "sequence": [None, fault_to_dict(fault)]})
+
+
+#: One fault of every kind, for the kind/unit table.
+EVERY_KIND: list[Fault] = [
+    Status(503),
+    Delay(10),
+    Reset(),
+    Hang(),
+    TruncatedBody(),
+    MalformedBody(),
+    EmptyResponse(),
+    SlowBody(chunk_bytes=1, chunk_delay_ms=1),
+    Quota(limit=1, window_ms=1000),
+    WsRejectHandshake(503),
+    WsClose(4401),
+    WsDrop(after_messages=2),
+    WsSilence(),
+    WsAppError(),
+    WsDelay(10),
+    WsDropMessage(),
+]
+
+
+def test_the_kind_table_names_every_kind_and_what_each_unit_is_asked_with() -> None:
+    assert sorted(f.kind for f in EVERY_KIND) == sorted(_KINDS)
+    # What the simulator and the injector ask each unit about (their ``kinds=``): a kind
+    # outside these is never applied, whatever the rule says.
+    assert UNIT_KINDS["request"] == HTTP_FAULTS
+    assert UNIT_KINDS["ws_session"] == WS_FAULTS == {"ws_reject_handshake"} | _SOCKET_KINDS
+    assert UNIT_KINDS["ws_message"] == WS_MESSAGE_FAULTS | WS_OUTBOUND_FAULTS
+
+
+@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("fault", EVERY_KIND, ids=lambda f: f.kind)
+def test_a_kind_on_a_unit_that_never_applies_it_is_refused_naming_the_units_it_works_on(
+    fault: Fault, unit: str
+) -> None:
+    # Before, only the newer kinds were checked: a WsDrop left on the default unit, a Status
+    # on ws_session were accepted and never fired (a chaos test passed, having injected
+    # nothing, against the simulator and the injector alike).
+    works_on = [u for u in UNITS if fault.kind in UNIT_KINDS[u]]
+    as_json = {"seed": 1, "rules": [{"id": "r", "unit": unit, "fault": fault_to_dict(fault)}]}
+    if unit in works_on:
+        FaultRule("r", fault, unit=unit)
+        FaultPlan.from_dict(as_json)
+        return
+    words = " or ".join(repr(u) for u in works_on)
+    said = f"rule 'r': a '{fault.kind}' fault never fires on unit '{unit}'.*works on unit {words}"
+    with pytest.raises(ConfigurationError, match=said):
+        FaultRule("r", fault, unit=unit)
+    with pytest.raises(ConfigurationError, match=said):
+        FaultPlan.from_dict(as_json)
+    with pytest.raises(ConfigurationError, match=said):
+        FaultRule("r", sequence=[None, fault], unit=unit)
+
+
+def test_the_review_plans_that_injected_nothing_are_refused_when_made() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"'ws_drop' fault never fires on unit 'request' \(the default\)"
+    ):
+        FaultRule("drops", WsDrop(after_messages=2), match=Match(path="*/messaging/brand/*"))
+    with pytest.raises(ConfigurationError, match="'status' fault never fires on unit 'ws_session'"):
+        FaultRule("reject", Status(503), unit="ws_session")
+
+
+@pytest.mark.parametrize(
+    ("unit", "match", "said"),
+    [
+        ("ws_message", Match("GET", ".GetClock"), "Match\\(method='GET'\\).*decided as 'WS'"),
+        ("ws_message", Match(path=".GetClock", service="facadeMsg"), "a message has no service"),
+        ("ws_session", Match("POST", "/ws_api/*"), "Match\\(method='POST'\\).*decided as 'GET'"),
+    ],
+)
+def test_a_socket_rule_matching_what_its_unit_never_has_is_refused(
+    unit: str, match: Match, said: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=said):
+        FaultRule("r", WsDrop(), unit=unit, match=match)
+    # What its unit is decided with is accepted.
+    method = "WS" if unit == "ws_message" else "GET"
+    rule = FaultRule("r", WsDrop(), unit=unit, match=Match(method, match.path))
+    run = FaultRun(FaultPlan(rules=[rule]))
+    assert run.decide(unit, method=method, path=match.path) is not None
 
 
 def test_slow_body_cuts_a_body_into_chunk_bytes_pieces_in_order() -> None:
@@ -561,7 +672,7 @@ def test_invalid_ws_delay_and_ws_drop_message_params_are_refused(
 def test_server_and_client_message_kinds_cannot_share_a_rule() -> None:
     with pytest.raises(ConfigurationError, match="two rules"):
         FaultRule("mixed", sequence=[WsDropMessage(), WsAppError()], unit="ws_message")
-    with pytest.raises(ConfigurationError, match="applies to unit 'ws_message'"):
+    with pytest.raises(ConfigurationError, match="works on unit 'ws_message'"):
         FaultRule("lost", WsDropMessage())
 
 
@@ -781,3 +892,108 @@ def test_a_record_bound_of_sys_maxsize_is_as_good_as_none() -> None:
     run = FaultRun(FaultPlan(rules=[FaultRule("r", Reset())]), max_records=sys.maxsize)
     assert run.decide("request", method="GET", path="/x") is not None
     assert run.max_records == sys.maxsize
+
+
+# -- rules do not add up: the first that fires wins ---------------------------------------------
+
+
+USERS_PATH = "/api/account/1/configuration/le-users/users"
+
+
+def _latency_then_burst(seed: int = 11) -> FaultPlan:
+    """The review's plan: a latency rule listed first, then a burst of 503s on the same route."""
+    return FaultPlan(
+        seed=seed,
+        rules=(
+            FaultRule("latency", Delay(800, jitter_ms=400), match=Match("GET", "*/users"), p=0.3),
+            FaultRule(
+                "burst503",
+                Status(503),
+                match=Match("GET", "*/users"),
+                schedule=Schedule(skip_first=5, fail_next=3),
+            ),
+        ),
+    )
+
+
+def test_rule_counts_say_how_often_a_later_rule_was_shadowed_by_an_earlier_one() -> None:
+    # The review's plan: a third of the burst's turns went to the latency rule, and nothing
+    # but the decision log said so (injected_counts() only counts injections).
+    run = FaultRun(_latency_then_burst())
+    kinds = [_decided(run) for _ in range(10)]
+    counts = run.rule_counts()
+    assert list(counts) == ["latency", "burst503"]
+    burst = counts["burst503"]
+    assert burst.matched == 10
+    assert burst.injected == kinds.count("status") == 1
+    assert burst.shadowed == 2
+    assert burst.passed == 7
+    assert not burst.always_shadowed
+    latency = counts["latency"]
+    assert latency.injected == kinds.count("delay")
+    assert latency.injected + latency.skipped == 10
+    assert latency.shadowed == 0
+    # Exact totals: the decision log says the same, outcome by outcome.
+    for rule_id, c in counts.items():
+        logged = [d.outcome for d in run.log if d.rule_id == rule_id]
+        assert (c.shadowed, c.skipped, c.passed) == (
+            logged.count("shadowed"),
+            logged.count("skipped"),
+            logged.count("pass"),
+        )
+    assert burst.to_dict()["shadowed"] == 2
+
+
+def _decided(run: FaultRun) -> str | None:
+    injection = run.decide("request", method="GET", path=USERS_PATH)
+    return None if injection is None else injection.fault.kind
+
+
+def test_a_rule_shadowed_every_time_it_was_due_is_marked_so() -> None:
+    run = FaultRun(
+        FaultPlan(
+            rules=[
+                FaultRule("first", Reset()),
+                FaultRule("second", Status(503), schedule=Schedule(fail_next=2)),
+                FaultRule("elsewhere", Status(500), match=Match(path="/nowhere")),
+            ]
+        )
+    )
+    for _ in range(3):
+        _decided(run)
+    counts = run.rule_counts()
+    assert counts["second"] == RuleCounts(matched=3, injected=0, shadowed=2, passed=1)
+    assert counts["second"].always_shadowed
+    assert not counts["first"].always_shadowed
+    # A rule that matched nothing is listed too, all zeros; a reset starts the counts over.
+    assert counts["elsewhere"] == RuleCounts()
+    run.reset()
+    assert run.rule_counts()["second"] == RuleCounts()
+
+
+def test_rule_counts_count_forced_and_admitted_decisions() -> None:
+    run = FaultRun(
+        FaultPlan(rules=[FaultRule("q", Quota(limit=1, window_ms=60_000)), FaultRule("f", Reset())])
+    )
+    run.decide("request", method="GET", path="/x", at=0.0)
+    run.decide("request", method="GET", path="/x", at=1.0)
+    run.force("f", unit="request", method="GET", path="/x")
+    counts = run.rule_counts()
+    assert counts["q"] == RuleCounts(matched=2, injected=1, admitted=1)
+    assert counts["f"] == RuleCounts(matched=2, injected=2, shadowed=1, forced=1)
+
+
+def test_each_injection_is_logged_at_debug_with_its_rule_and_a_redacted_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = FaultRun(FaultPlan(rules=[FaultRule("s", Status(503))]), origin=10.0)
+    with caplog.at_level(logging.DEBUG, logger="le_transport.chaos.faults"):
+        run.decide(
+            "request", method="get", path="/ws_api/account/1/messaging/brand/SECRETB", at=12.5
+        )
+        run.decide("request", method="GET", path="/x")
+    lines = [r.getMessage() for r in caplog.records if r.name == "le_transport.chaos.faults"]
+    assert lines[0].startswith("injected status (rule s, request #0) on GET /ws_api/account/1/")
+    assert lines[0].endswith(" at +2.500 s")
+    assert "SECRETB" not in lines[0]
+    assert lines[1] == "injected status (rule s, request #1) on GET /x"

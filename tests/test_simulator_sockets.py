@@ -217,6 +217,29 @@ async def test_ws_close_sends_the_scripted_close_code(sim: Simulator, code: int)
         assert ws.close_code == code
 
 
+@pytest.mark.parametrize(("service", "closed"), [("facadeMsg", True), ("agentVep", False)])
+async def test_a_session_rule_matches_the_sockets_service_as_the_injector_does(
+    sim: Simulator, service: str, closed: bool
+) -> None:
+    # The simulator decided sessions without their service, so a rule naming one (which the
+    # client-side injector matches) never fired here.
+    sim.faults.add(
+        FaultRule("close", WsClose(4401), unit="ws_session", match=Match(service=service))
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        if closed:
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 4401
+        else:
+            await _req(ws, "1", ".GetClock")
+            assert (await _frame(ws))["code"] == 200
+    assert sim.faults.injected_counts() == ({"close": 1} if closed else {})
+
+
 async def test_a_silent_socket_answers_neither_requests_nor_pings(
     sim: Simulator, clock: VirtualClock
 ) -> None:

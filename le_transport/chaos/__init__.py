@@ -8,6 +8,7 @@ The library never imports this package.
 from .injector import FaultInjector
 from .plan import (
     HTTP_FAULTS,
+    UNIT_KINDS,
     UNITS,
     WS_FAULTS,
     WS_MESSAGE_FAULTS,
@@ -25,6 +26,7 @@ from .plan import (
     Match,
     Quota,
     Reset,
+    RuleCounts,
     Schedule,
     SlowBody,
     Status,
@@ -44,6 +46,7 @@ from .plan import (
 __all__ = [
     "HTTP_FAULTS",
     "UNITS",
+    "UNIT_KINDS",
     "WS_FAULTS",
     "WS_MESSAGE_FAULTS",
     "WS_OUTBOUND_FAULTS",
@@ -61,6 +64,7 @@ __all__ = [
     "Match",
     "Quota",
     "Reset",
+    "RuleCounts",
     "Schedule",
     "SlowBody",
     "Status",

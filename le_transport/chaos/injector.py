@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Iterable
+import logging
+import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiohttp
@@ -55,7 +57,9 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_reqrep import ClientResponse as _ClientResponse
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .._checks import require_kind
 from ..clock import Clock, RealClock
+from ..errors import ConfigurationError
 from ..middleware.context import current_call
 from ..middleware.retry import is_websocket_upgrade
 from .plan import (
@@ -75,15 +79,19 @@ from .plan import (
     Quota,
     RecordLog,
     Reset,
+    RuleCounts,
     SlowBody,
     Status,
     TruncatedBody,
     WsRejectHandshake,
+    as_plan,
     check_max_records,
 )
 from .ws import FaultySocket
 
 __all__ = ["UPGRADE_PATH", "FaultInjector"]
+
+_log = logging.getLogger("le_transport.chaos")
 
 #: While a resilient socket dials, its upgrade's path as it may be shown and matched: the path
 #: template's, with the bearer's place named (``{bearer}`` → ``bearer``), never its value. Set
@@ -101,13 +109,50 @@ _SOCKET_UNITS = frozenset({"ws_session", "ws_message"})
 _MESSAGE_KINDS = WS_MESSAGE_FAULTS | WS_OUTBOUND_FAULTS
 
 
+class _DefaultClock(RealClock):
+    """The real clock an injector runs on when it was given none (so that it can tell)."""
+
+    __slots__ = ()
+
+
+def _plan_arg(value: FaultPlan | Sequence[FaultRule]) -> FaultPlan:
+    return as_plan(value, owner="FaultInjector")
+
+
+def _clock_arg(value: Clock | None) -> Clock:
+    if value is None:
+        return _DefaultClock()
+    if isinstance(value, type):
+        # VirtualClock, not VirtualClock(): a class has the protocol's methods, unbound.
+        raise ConfigurationError(
+            f"FaultInjector.clock must be a Clock, got the class {value.__name__}: pass one "
+            f"({value.__name__}())"
+        )
+    require_kind(value, Clock, owner="FaultInjector", field="clock", optional=False)
+    return value
+
+
 @attrs.frozen(eq=False)
 class FaultInjector:
     """Injects the faults of ``plan`` into requests, on ``clock``.
 
-    ``FaultInjector(FaultPlan(seed=7, rules=[...]), clock=clock)``, or
+    ``FaultInjector(FaultPlan(seed=7, rules=[...]), clock=clock)``,
+    ``FaultInjector([rule, ...], clock=clock)`` (seed 0), or
     ``FaultInjector.seeded(7, rule, ..., clock=clock)``. Hashable by identity, as aiohttp's
-    middleware chain cache needs; its plan can grow with :meth:`add`.
+    middleware chain cache needs; its plan can grow with :meth:`add`. Anything else as
+    ``plan`` (a single rule, a plan's JSON dict: load it with ``FaultPlan.from_dict``), or a
+    ``clock`` that is not a :class:`~le_transport.clock.Clock`, is a
+    :class:`~le_transport.errors.ConfigurationError`.
+
+    **Give it the engine's clock.** The injector does not learn the clock of the engine it is
+    attached to: its delays, hangs, slow bodies, socket delays, quota windows and the plan's
+    time windows run on ``clock``, which is the real clock when none is given. Beside an
+    engine on a :class:`~le_transport.testing.VirtualClock`, an injector without ``clock=``
+    waits in real time while the engine's timeouts run on virtual time, which jumps ahead
+    while nothing else runs: a ``Delay(3000)`` becomes an ``AttemptTimeout`` on every attempt.
+    Such an injector logs one WARNING on ``le_transport.chaos`` when it first meets a
+    :class:`~le_transport.testing.VirtualClock` in use on its event loop; pass
+    ``clock=RealClock()`` to say that real time is meant.
 
     ``max_records`` (keyword only): how many decisions :attr:`log` keeps, and how many
     injections :meth:`report` lists, the newest ones (default
@@ -115,10 +160,12 @@ class FaultInjector:
     >= 1 or None, else a :class:`~le_transport.errors.ConfigurationError`.
     """
 
-    plan: FaultPlan = attrs.field(factory=FaultPlan)
-    clock: Clock = attrs.field(factory=RealClock)
+    plan: FaultPlan = attrs.field(factory=FaultPlan, converter=_plan_arg)
+    clock: Clock = attrs.field(default=None, converter=_clock_arg)
     max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS, kw_only=True)
     _run: FaultRun = attrs.field(init=False)
+    #: Whether the clock needs no more checking: given, or the warning about it was logged.
+    _clock_checked: bool = attrs.field(init=False, default=False)
 
     @max_records.validator
     def _check_max_records(self, attribute: attrs.Attribute[int | None], value: object) -> None:
@@ -128,19 +175,23 @@ class FaultInjector:
         # Time windows in the plan count from the injector's creation.
         run = FaultRun(self.plan, origin=self.clock.now(), max_records=self.max_records)
         object.__setattr__(self, "_run", run)
+        object.__setattr__(self, "_clock_checked", type(self.clock) is not _DefaultClock)
 
     @classmethod
     def seeded(
         cls,
         seed: int,
-        *rules: FaultRule,
+        *rules: FaultRule | Sequence[FaultRule],
         clock: Clock | None = None,
         max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> FaultInjector:
-        """An injector for ``FaultPlan(seed, rules)``."""
-        return cls(
-            FaultPlan(seed=seed, rules=rules), clock=clock or RealClock(), max_records=max_records
-        )
+        """An injector for ``FaultPlan(seed, rules)``: ``seeded(7, rule_a, rule_b)``, or the
+        rules in one list, ``seeded(7, [rule_a, rule_b])``. Give it the engine's ``clock``
+        (see the class)."""
+        flat: tuple[Any, ...] = rules
+        if len(rules) == 1 and isinstance(rules[0], (list, tuple)):
+            flat = tuple(rules[0])
+        return cls(FaultPlan(seed=seed, rules=flat), clock=clock, max_records=max_records)
 
     # -- the plan --------------------------------------------------------------------------
 
@@ -194,11 +245,34 @@ class FaultInjector:
         so it stays as small as the plan."""
         return self._run.injected_counts()
 
+    def rule_counts(self) -> dict[str, RuleCounts]:
+        """``{rule id: RuleCounts}`` for every rule (matched, injected, shadowed, skipped ...),
+        exact over the injector's whole life: a rule that injected nothing shows why (its
+        ``shadowed`` count: an earlier rule fired first on the same unit)."""
+        return self._run.rule_counts()
+
+    def _check_clock(self) -> None:
+        """Warn, once, when this injector runs on the real clock only because it was given
+        none, while a VirtualClock keeps this loop's time (see the class)."""
+        virtual = sys.modules.get("le_transport.testing.clock")
+        if virtual is None or virtual.virtual_clock_in_use() is None:
+            return
+        object.__setattr__(self, "_clock_checked", True)
+        _log.warning(
+            "FaultInjector was given no clock= and runs its delays, hangs, slow bodies and "
+            "time windows on the real clock, while a VirtualClock keeps this event loop's "
+            "time: injected latency becomes real waits that virtual timeouts cut short. Pass "
+            "the engine's clock (FaultInjector(plan, clock=clock), FaultInjector.seeded(seed, "
+            "..., clock=clock)), or clock=RealClock() if real time is meant"
+        )
+
     # -- the middleware --------------------------------------------------------------------
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if not self._run.plan.rules:
             return await handler(request)
+        if not self._clock_checked:
+            self._check_clock()
         ctx = current_call()
         service = ctx.service if ctx is not None else None
         path = request.url.path
@@ -343,6 +417,8 @@ class FaultInjector:
         """
         if not any(rule.unit in _SOCKET_UNITS for rule in self._run.plan.rules):
             return ws
+        if not self._clock_checked:
+            self._check_clock()
         session = self.socket_opened(path, service=service)
         if session is not None and isinstance(session.fault, Delay):
             await self.clock.sleep(session.delay_s)

@@ -17,11 +17,25 @@ and exact per-rule totals of what it matched and injected over the whole run.
 Units are explicit in every name: ``delay_ms``, ``after_messages``, ``keep_bytes``; a
 ``retry_after`` is seconds (a number) or an HTTP-date (a string), as RFC 9110 allows.
 
-Kinds by unit: :data:`HTTP_FAULTS` apply to requests (``slow_body`` and ``quota`` only there),
-:data:`WS_FAULTS` to sessions, :data:`WS_MESSAGE_FAULTS` to messages from the client and
-:data:`WS_OUTBOUND_FAULTS` to messages from the server (``ws_app_error``, ``ws_delay`` and
-``ws_drop_message`` only on unit ``ws_message``); a rule that puts a kind on a unit it cannot
-apply to is refused.
+Kinds by unit (:data:`UNIT_KINDS`): :data:`HTTP_FAULTS` apply to requests (``slow_body`` and
+``quota`` only there), :data:`WS_FAULTS` to sessions, :data:`WS_MESSAGE_FAULTS` to messages from
+the client and :data:`WS_OUTBOUND_FAULTS` to messages from the server (``ws_app_error``,
+``ws_delay`` and ``ws_drop_message`` only on unit ``ws_message``). A rule that could never fire
+is refused when it is made or loaded, with a :class:`~le_transport.errors.ConfigurationError`
+naming the kind, the unit and the units the kind works on: a kind on a unit that does not
+apply it (a ``WsDrop`` left on the default unit ``request``, a ``Status`` on ``ws_session``), a
+``ws_message`` rule that names a ``method`` other than ``WS`` or a ``service`` (messages have
+neither), a ``ws_session`` rule whose ``method`` is not ``GET`` (an upgrade is a GET).
+
+**Rules do not add up: on each unit, the first rule that fires wins.** Rules are consulted in
+plan order; once one injects, every later rule due on the same unit is logged ``shadowed`` and
+injects nothing: its counter still moves on, so a shadowed turn is lost, not postponed. A
+latency rule listed before a burst of 503s on the same route takes the burst's turns whenever
+it fires (``Schedule(skip_first=5, fail_next=3)`` may inject one 503, or none): list the rule
+that must happen first, or give the two rules routes (or units) of their own.
+:meth:`FaultRun.rule_counts` (and ``FaultInjector.rule_counts()``, ``sim.faults.rule_counts()``,
+the summary ``le-transport simulate`` prints when it stops) shows, per rule, how often it was
+shadowed: a rule that injected nothing while it was due was shadowed for its whole run.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import logging
 import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 import attrs
@@ -50,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_RECORDS",
     "HTTP_FAULTS",
     "UNITS",
+    "UNIT_KINDS",
     "WS_FAULTS",
     "WS_MESSAGE_FAULTS",
     "WS_OUTBOUND_FAULTS",
@@ -67,6 +83,7 @@ __all__ = [
     "Quota",
     "RecordLog",
     "Reset",
+    "RuleCounts",
     "Schedule",
     "SharedBound",
     "SlowBody",
@@ -79,6 +96,7 @@ __all__ = [
     "WsDropMessage",
     "WsRejectHandshake",
     "WsSilence",
+    "as_plan",
     "check_max_records",
     "fault_from_dict",
 ]
@@ -362,8 +380,14 @@ class WsRejectHandshake:
 @attrs.frozen
 class WsClose:
     """Close the socket with ``code`` (4401, 4407, 1011, 1001, ...) and ``reason`` (at most 123
-    bytes of UTF-8, what a close frame holds) after ``after_messages`` messages from the client
-    (0: as soon as it opens)."""
+    bytes of UTF-8, what a close frame holds).
+
+    On unit ``ws_session`` it strikes as the client's ``after_messages``-th message arrives:
+    that message is never answered (a request the client has in flight when the connection
+    goes), the ``after_messages - 1`` before it are; 0: as soon as the socket opens. On unit
+    ``ws_message`` it strikes instead of answering the matched message (``after_messages`` is
+    not used there). The simulator and the client-side injector count alike.
+    """
 
     kind: ClassVar[str] = "ws_close"
     code: int = attrs.field(default=1011)
@@ -382,8 +406,14 @@ class WsClose:
 
 @attrs.frozen
 class WsDrop:
-    """Drop the connection abruptly (no close frame; the client sees 1006) after
-    ``after_messages`` messages from the client."""
+    """Drop the connection abruptly (no close frame; the client sees 1006).
+
+    On unit ``ws_session`` it strikes as the client's ``after_messages``-th message arrives:
+    that message is never answered (a request in flight when the connection drops), the
+    ``after_messages - 1`` before it are; 0: as soon as the socket opens. On unit
+    ``ws_message`` it strikes instead of answering the matched message (``after_messages`` is
+    not used there). The simulator and the client-side injector count alike.
+    """
 
     kind: ClassVar[str] = "ws_drop"
     after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
@@ -391,8 +421,16 @@ class WsDrop:
 
 @attrs.frozen
 class WsSilence:
-    """Stop answering after ``after_messages`` messages: no ``resp`` frames, no pongs, but the
-    connection stays open (a half-open socket)."""
+    """Stop answering, for good, while the connection stays open (a half-open socket): no
+    ``resp`` frames, no notifications, no pongs.
+
+    On unit ``ws_session`` it strikes as the client's ``after_messages``-th message arrives,
+    as :class:`WsDrop` and :class:`WsClose` do: that message is the first one never answered,
+    the ``after_messages - 1`` before it are answered (``WsSilence(after_messages=2)``: one
+    answer, then silence); 0: silent from the start. On unit ``ws_message`` the matched
+    message is the first one never answered (``after_messages`` is not used there). The
+    simulator and the client-side injector count alike.
+    """
 
     kind: ClassVar[str] = "ws_silence"
     after_messages: int = attrs.field(default=0, validator=_non_negative_int("after_messages"))
@@ -591,15 +629,31 @@ WS_MESSAGE_FAULTS = frozenset(
 #: Kinds that apply to one message a socket *sends* (the simulator) or that the client
 #: received (the injector's hook): server→client, matched on its ``type``.
 WS_OUTBOUND_FAULTS = frozenset({"ws_delay", "ws_drop_message"})
-#: The units a kind may be used on, for the kinds that fit only one (older kinds are
-#: unchecked: a plan that names them on a unit they do not apply to never fires them).
-_ONLY_ON: dict[str, str] = {
-    "slow_body": "request",
-    "quota": "request",
-    "ws_app_error": "ws_message",
-    "ws_delay": "ws_message",
-    "ws_drop_message": "ws_message",
-}
+#: The kinds each unit applies, as the simulator and the injector ask for them: a rule that
+#: puts a kind on a unit whose set lacks it could never fire, and is refused.
+UNIT_KINDS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "request": HTTP_FAULTS,
+        "ws_session": WS_FAULTS,
+        "ws_message": WS_MESSAGE_FAULTS | WS_OUTBOUND_FAULTS,
+    }
+)
+
+
+def _units_of(kind: str) -> list[str]:
+    """The units that apply ``kind``, in :data:`UNITS` order."""
+    return [unit for unit in UNITS if kind in UNIT_KINDS[unit]]
+
+
+def _quoted(names: Iterable[str]) -> str:
+    """``'a'``, ``'a' or 'b'``, ``'a', 'b' or 'c'``."""
+    items = [repr(n) for n in names]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+#: The method a socket unit is decided with, by the simulator and the injector alike (a
+#: request's is its own).
+_UNIT_METHOD: Mapping[str, str] = MappingProxyType({"ws_session": "GET", "ws_message": "WS"})
 
 
 def fault_to_dict(fault: Fault) -> dict[str, Any]:
@@ -780,6 +834,13 @@ class FaultRule:
     entry per matching unit in order (a fault, or None to pass), passing after its end. The
     probability ``p`` (default 1.0: a scripted fault fires) is drawn last, per unit, from the
     rule's own stream.
+
+    ``unit`` is ``"request"`` unless given: a socket's fault needs ``unit="ws_session"`` or
+    ``"ws_message"``. A rule that could never fire (a kind its unit does not apply, see
+    :data:`UNIT_KINDS`; a socket rule matching a method or service its unit never has) is a
+    :class:`~le_transport.errors.ConfigurationError` naming the kind, the unit and the units
+    the kind works on. In a plan, the first rule that fires on a unit wins: a later one due on
+    the same unit is ``shadowed``.
     """
 
     id: str = attrs.field()
@@ -809,13 +870,29 @@ class FaultRule:
                 f"the server sends and {sorted(kinds - WS_OUTBOUND_FAULTS)} are not: "
                 "put them in two rules"
             )
+        unit = self.unit
         for kind in sorted(kinds):
-            only = _ONLY_ON.get(kind)
-            if only is not None and self.unit != only:
+            if kind not in UNIT_KINDS[unit]:
+                # It would be accepted and never fire: a chaos test would pass having injected
+                # nothing (a WsDrop left on the default unit, a Status on ws_session).
+                default = " (the default)" if unit == "request" else ""
                 raise ConfigurationError(
-                    f"rule {self.id!r}: a {kind!r} fault applies to unit {only!r} only, "
-                    f"not {self.unit!r}"
+                    f"rule {self.id!r}: a {kind!r} fault never fires on unit {unit!r}{default}: "
+                    f"it works on unit {_quoted(_units_of(kind))}"
                 )
+        method = _UNIT_METHOD.get(unit)
+        if method is not None and self.match.method not in (None, method):
+            raise ConfigurationError(
+                f"rule {self.id!r}: a rule on unit {unit!r} never fires with "
+                f"Match(method={self.match.method!r}): its units are decided as {method!r} "
+                "(leave method out)"
+            )
+        if unit == "ws_message" and self.match.service is not None:
+            raise ConfigurationError(
+                f"rule {self.id!r}: a rule on unit 'ws_message' never fires with "
+                f"Match(service={self.match.service!r}): a message has no service "
+                "(match the socket's messages on their type, in Match.path)"
+            )
 
     def scheduled(self, index: int) -> Fault | None:
         """The fault the schedule or sequence names for the ``index``-th matching unit."""
@@ -874,6 +951,10 @@ class FaultRule:
 
 
 def _rules(value: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
+    if isinstance(value, (str, bytes, Mapping, FaultRule)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"FaultPlan.rules must be a list of FaultRule, got {type(value).__name__}"
+        )
     rules = tuple(value)
     seen: set[str] = set()
     for rule in rules:
@@ -887,10 +968,24 @@ def _rules(value: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
 
 @attrs.frozen
 class FaultPlan:
-    """A seed and an ordered list of rules: the whole description of a chaos run."""
+    """A seed and an ordered list of rules: the whole description of a chaos run.
 
-    seed: int = 0
+    Rules are consulted in order, and on each unit the first one that fires wins: a later
+    rule due on the same unit is ``shadowed`` and injects nothing (see the module's docs).
+    """
+
+    seed: int = attrs.field(default=0)
     rules: tuple[FaultRule, ...] = attrs.field(default=(), converter=_rules)
+
+    @seed.validator
+    def _check_seed(self, attribute: attrs.Attribute[int], value: object) -> None:
+        # FaultPlan([rule]) put the rules in the seed's place: a plan with no rules, that a
+        # chaos run would apply without injecting anything.
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = " (rules go in rules=[...])" if isinstance(value, (list, tuple)) else ""
+            raise ConfigurationError(
+                f"FaultPlan.seed must be an int, got {type(value).__name__}{hint}"
+            )
 
     def with_rule(self, rule: FaultRule) -> FaultPlan:
         """This plan with ``rule`` appended."""
@@ -920,6 +1015,29 @@ class FaultPlan:
         if not isinstance(rules, Sequence) or isinstance(rules, (str, bytes)):
             raise ConfigurationError("FaultPlan.rules must be a list")
         return cls(seed=seed, rules=tuple(FaultRule.from_dict(r) for r in rules))
+
+
+def as_plan(value: object, *, owner: str, field: str = "plan") -> FaultPlan:
+    """``value`` as a :class:`FaultPlan`: a plan as it is, a list or tuple of
+    :class:`FaultRule` as ``FaultPlan(rules=value)`` (seed 0); anything else a
+    :class:`~le_transport.errors.ConfigurationError` naming ``owner.field`` and what it takes
+    (a mapping: load it with :meth:`FaultPlan.from_dict`)."""
+    if isinstance(value, FaultPlan):
+        return value
+    got = type(value).__name__
+    hint = ""
+    if isinstance(value, (list, tuple)):
+        stray = next((r for r in value if not isinstance(r, FaultRule)), None)
+        if stray is None:
+            return FaultPlan(rules=value)
+        got = f"a {got} holding a {type(stray).__name__}"
+    elif isinstance(value, Mapping):
+        hint = " (a plan's JSON form: load it with FaultPlan.from_dict)"
+    elif isinstance(value, FaultRule):
+        hint = " (one rule: put it in a list)"
+    raise ConfigurationError(
+        f"{owner}.{field} must be a FaultPlan or a list of FaultRule, got {got}{hint}"
+    )
 
 
 def draw(seed: int, rule_id: str, index: int, stream: str = "p") -> float:
@@ -1257,33 +1375,95 @@ class FaultDecision:
         return attrs.asdict(self)
 
 
+@attrs.frozen
+class RuleCounts:
+    """What one rule did over a run: exact totals of its decisions, by outcome.
+
+    - ``matched``: units it matched (its counter: every decision below but ``forced``).
+    - ``injected``: faults it injected, ``forced`` ones included.
+    - ``shadowed``: units it was due on, but an earlier rule of the plan had injected on the
+      same unit (the first rule that fires wins; the turn is lost, not postponed).
+    - ``skipped``: units it was due on, but its draw was above ``p``.
+    - ``passed``: units outside its window, or a sequence's pass.
+    - ``admitted``: requests a :class:`Quota` in force let through.
+    - ``forced``: faults injected by a per-request override (counted in ``injected`` too).
+    """
+
+    matched: int = 0
+    injected: int = 0
+    shadowed: int = 0
+    skipped: int = 0
+    passed: int = 0
+    admitted: int = 0
+    forced: int = 0
+
+    @property
+    def always_shadowed(self) -> bool:
+        """Whether the rule was due but injected nothing: shadowed every time it was due."""
+        return self.injected == 0 and self.shadowed > 0
+
+    def to_dict(self) -> dict[str, int]:
+        """The JSON form."""
+        return attrs.asdict(self)
+
+
+_faults_log = logging.getLogger("le_transport.chaos.faults")
+
+
+def _log_injection(decision: FaultDecision, origin: float | None) -> None:
+    """One DEBUG line for an injection: what the decision log holds, nothing more (the path is
+    redacted already; a message's type is cut short)."""
+    at = decision.at
+    when = "" if at is None or origin is None else f" at +{at - origin:.3f} s"
+    _faults_log.debug(
+        "injected %s (rule %s, %s #%d) on %s %.80s%s",
+        decision.kind,
+        decision.rule_id,
+        decision.unit,
+        decision.index,
+        decision.method,
+        decision.path,
+        when,
+        extra={"rule": decision.rule_id, "fault": decision.kind, "unit": decision.unit},
+    )
+
+
 class FaultRun:
     """A plan being applied: per-rule counters of matching units, and the decision log.
 
     ``decide`` is called once per unit (request, session or message) and returns the
-    :class:`Injection` to apply, or None. Only rules for that unit are consulted; the first rule
-    whose schedule and draw say "inject" wins, and every matching rule's counter advances.
+    :class:`Injection` to apply, or None. Only rules for that unit are consulted, in plan order;
+    the first rule whose schedule and draw say "inject" wins, every later rule due on that unit
+    is logged ``shadowed`` (rules do not add up), and every matching rule's counter advances.
 
     ``max_records`` bounds the records kept (default :data:`DEFAULT_MAX_RECORDS`; None: no
     bound): :attr:`log` keeps the newest decisions and :meth:`injected` the newest injections,
-    ``max_records`` of each. :meth:`count` and :meth:`injected_counts` stay exact over the whole
-    run: they are counters per rule, and a plan has few rules.
+    ``max_records`` of each. :meth:`count`, :meth:`injected_counts` and :meth:`rule_counts`
+    stay exact over the whole run: they are counters per rule, and a plan has few rules.
+
+    Each injection is also logged at DEBUG on ``le_transport.chaos.faults`` (rule, kind, unit,
+    method and redacted path: what the decision log holds), which ``le-transport simulate
+    --verbose`` shows.
+
+    ``plan``: a :class:`FaultPlan`, or a list of :class:`FaultRule` (a plan with seed 0).
     """
 
     def __init__(
         self,
-        plan: FaultPlan,
+        plan: FaultPlan | Sequence[FaultRule],
         *,
         origin: float | None = None,
         max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
         check_max_records(max_records, owner="FaultRun")
-        self.plan = plan
+        self.plan = as_plan(plan, owner="FaultRun")
         #: The clock time time windows are measured from (default: the first decision's).
         self.origin = origin
         self._counts: dict[str, int] = {}
         #: Per rule: how many faults it injected (forced ones included), over the whole run.
         self._injected_counts: dict[str, int] = {}
+        #: Per rule: how many of its decisions had each outcome, over the whole run.
+        self._outcomes: dict[str, dict[str, int]] = {}
         #: Per quota rule: the clock times of the requests it admitted, within its window.
         self._admitted: dict[str, collections.deque[float]] = {}
         #: The newest ``max_records`` decisions, in order (``log.dropped``: how many older
@@ -1300,10 +1480,17 @@ class FaultRun:
 
     def _record(self, decision: FaultDecision) -> None:
         self.log.append(decision)
-        if decision.outcome in ("inject", "forced"):
+        rule_id = decision.rule_id
+        outcome = decision.outcome
+        tally = self._outcomes.get(rule_id)
+        if tally is None:
+            tally = self._outcomes[rule_id] = {}
+        tally[outcome] = tally.get(outcome, 0) + 1
+        if outcome in ("inject", "forced"):
             self._injections.append(decision)
-            rule_id = decision.rule_id
             self._injected_counts[rule_id] = self._injected_counts.get(rule_id, 0) + 1
+            if _faults_log.isEnabledFor(logging.DEBUG):
+                _log_injection(decision, self.origin)
 
     def decide(
         self,
@@ -1428,14 +1615,39 @@ class FaultRun:
         """How many units rule ``rule_id`` has matched so far (exact over the whole run)."""
         return self._counts.get(rule_id, 0)
 
-    def reset(self, plan: FaultPlan | None = None, *, origin: float | None = None) -> None:
+    def rule_counts(self) -> dict[str, RuleCounts]:
+        """``{rule id: RuleCounts}``: what each rule did over the whole run (exact, however many
+        records were dropped), for every rule of the plan in order, then any rule removed since
+        that had decided something. A rule with ``injected == 0`` and ``shadowed > 0`` was due
+        but an earlier rule fired first on every one of those units."""
+        ids = [rule.id for rule in self.plan.rules]
+        known = set(ids)
+        ids += [rule_id for rule_id in self._outcomes if rule_id not in known]
+        out: dict[str, RuleCounts] = {}
+        for rule_id in ids:
+            tally = self._outcomes.get(rule_id, {})
+            out[rule_id] = RuleCounts(
+                matched=self._counts.get(rule_id, 0),
+                injected=self._injected_counts.get(rule_id, 0),
+                shadowed=tally.get("shadowed", 0),
+                skipped=tally.get("skipped", 0),
+                passed=tally.get("pass", 0),
+                admitted=tally.get("admitted", 0),
+                forced=tally.get("forced", 0),
+            )
+        return out
+
+    def reset(
+        self, plan: FaultPlan | Sequence[FaultRule] | None = None, *, origin: float | None = None
+    ) -> None:
         """Start over (with ``plan``, if given): counters, totals and logs cleared, time windows
         measured from ``origin`` (default: the next decision's time)."""
         if plan is not None:
-            self.plan = plan
+            self.plan = as_plan(plan, owner="FaultRun.reset")
         self.origin = origin
         self._counts.clear()
         self._injected_counts.clear()
+        self._outcomes.clear()
         self._admitted.clear()
         self.log.clear()
         self._injections.clear()

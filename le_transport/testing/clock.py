@@ -31,11 +31,29 @@ import heapq
 import itertools
 import math
 import time
+import weakref
 from typing import Any
 
 from ..chaos.plan import DEFAULT_MAX_RECORDS, RecordLog, check_max_records
 
-__all__ = ["VirtualClock"]
+__all__ = ["VirtualClock", "virtual_clock_in_use"]
+
+#: Per event loop, the VirtualClock last slept on (or first read) in it, both held weakly.
+_IN_USE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[VirtualClock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def virtual_clock_in_use(loop: asyncio.AbstractEventLoop | None = None) -> VirtualClock | None:
+    """The :class:`VirtualClock` last slept on (or first read) in ``loop`` (default: the
+    running loop), or None: how a :class:`~le_transport.chaos.FaultInjector` made without
+    ``clock=`` finds out that it runs beside virtual time."""
+    if loop is None:
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return None
+    ref = _IN_USE.get(loop)
+    return None if ref is None else ref()
 
 
 class VirtualClock:
@@ -72,6 +90,8 @@ class VirtualClock:
         # Sleeps cancelled while still in _sleepers (they leave it in bulk: _forget_cancelled).
         self._cancelled = 0
         self._driver: asyncio.Task[None] | None = None
+        # The loop this clock was last slept on or first read in (weakly), noted in _IN_USE.
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         #: Every sleep requested, in seconds, in order (including the watchdog sleeps of
         #: ``timeout_after``: read a call's pauses from its attempt records instead); the
         #: newest ``max_records``.
@@ -83,7 +103,18 @@ class VirtualClock:
 
     def now(self) -> float:
         """The virtual time."""
+        if self._loop is None:
+            # Its first reading in a loop (later loops are noted by sleep): looking the loop up
+            # on every reading would cost more than the reading.
+            loop = asyncio._get_running_loop()
+            if loop is not None:
+                self._mark(loop)
         return self._now
+
+    def _mark(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Note this clock as the one in use on ``loop`` (see :func:`virtual_clock_in_use`)."""
+        self._loop = weakref.ref(loop)
+        _IN_USE[loop] = weakref.ref(self)
 
     async def sleep(self, seconds: float) -> None:
         """Wait until the virtual time has moved on by ``seconds``.
@@ -99,6 +130,8 @@ class VirtualClock:
         self.sleeps.append(seconds)
         self.history.append((self._now, seconds))
         loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop() is not loop:
+            self._mark(loop)
         if seconds == 0:
             await asyncio.sleep(0)
             return

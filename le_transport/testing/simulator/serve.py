@@ -5,6 +5,9 @@
 clients that hard-code ``https://`` and ``wss://`` can be pointed at the simulator; trust it
 with ``ssl.create_default_context(cafile=cert)`` (``Engine(tls=...)``).
 
+When it stops, ``le-transport simulate`` prints what each rule of its plan did
+(:func:`fault_summary`); with ``--verbose``, a line for each fault as it is injected.
+
 ``le-transport simulate --tls`` without ``--cert``/``--key`` writes that certificate to a file
 of its own in the temporary directory (``le-simulator-cert-*.pem``, readable by its user only),
 prints its path, and removes it when the simulator stops; the key never leaves a private
@@ -28,9 +31,9 @@ from pathlib import Path
 from ...chaos.plan import FaultPlan
 from ...errors import ConfigurationError
 from .config import DEFAULT_ACCOUNT, DEFAULT_MAX_RECORDS, DEFAULT_USER, SimulatorConfig
-from .server import Simulator, _bracketed
+from .server import SimFaults, Simulator, _bracketed
 
-__all__ = ["self_signed_certificate", "serve_forever", "server_tls_context"]
+__all__ = ["fault_summary", "self_signed_certificate", "serve_forever", "server_tls_context"]
 
 
 def self_signed_certificate(directory: Path, *, days: int = 2) -> tuple[Path, Path]:
@@ -148,6 +151,45 @@ async def _serve(sim: Simulator) -> None:
         print("  Ctrl-C to stop", flush=True)
         await stop.wait()
     print("stopped", flush=True)
+    summary = fault_summary(sim.faults)
+    if summary:
+        print("\n".join(summary), flush=True)
+
+
+def fault_summary(faults: SimFaults) -> list[str]:
+    """What each rule of the plan did, one line per rule (none without rules): the lines
+    ``le-transport simulate`` prints when it stops, so that a chaos run from the command line
+    can be checked. Exact counts (:meth:`SimFaults.rule_counts`), never the traffic itself.
+
+    A rule that was due but injected nothing because an earlier rule fired first on the
+    same unit every time (rules do not add up) is marked, as is one that matched nothing."""
+    plan = faults.plan
+    counts = faults.rule_counts()
+    if not counts:
+        return []
+    units = {rule.id: rule.unit for rule in plan.rules}
+    lines = [f"faults injected, by rule (plan seed {plan.seed}):"]
+    for rule_id, c in counts.items():
+        shown = rule_id if rule_id.isprintable() else repr(rule_id)
+        line = f"  {shown[:80]} ({units.get(rule_id, 'removed')}): injected {c.injected}"
+        details = [f"matched {c.matched}"]
+        details += [
+            f"{name} {value}"
+            for name, value in (
+                ("shadowed", c.shadowed),
+                ("skipped", c.skipped),
+                ("admitted", c.admitted),
+                ("forced", c.forced),
+            )
+            if value
+        ]
+        line += f" ({', '.join(details)})"
+        if c.always_shadowed:
+            line += "; never injected: an earlier rule fired first every time it was due"
+        elif c.matched == 0 and c.forced == 0:
+            line += "; matched nothing"
+        lines.append(line)
+    return lines
 
 
 def serve_forever(

@@ -60,10 +60,12 @@ from ...chaos.plan import (
     Quota,
     RecordLog,
     Reset,
+    RuleCounts,
     SlowBody,
     Status,
     TruncatedBody,
     WsRejectHandshake,
+    as_plan,
 )
 from ...clock import Clock, RealClock, timeout_after
 from . import oauth1
@@ -137,12 +139,16 @@ class SimFaults:
 
     def __init__(
         self,
-        plan: FaultPlan | None = None,
+        plan: FaultPlan | Sequence[FaultRule] | None = None,
         *,
         origin: float | None = None,
         max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
-        self.run = FaultRun(plan or FaultPlan(), origin=origin, max_records=max_records)
+        self.run = FaultRun(
+            FaultPlan() if plan is None else as_plan(plan, owner="Simulator"),
+            origin=origin,
+            max_records=max_records,
+        )
         self._auto = 0
 
     @property
@@ -156,10 +162,10 @@ class SimFaults:
         ``max_records`` decisions, read as a list (``log.dropped``: how many were dropped)."""
         return self.run.log
 
-    def load(self, plan: FaultPlan, *, origin: float | None = None) -> None:
-        """Replace the plan (counters and log start over; time windows count from
-        ``origin``, default the next request's time)."""
-        self.run.reset(plan, origin=origin)
+    def load(self, plan: FaultPlan | Sequence[FaultRule], *, origin: float | None = None) -> None:
+        """Replace the plan (a :class:`FaultPlan`, or a list of rules: seed 0); counters and log
+        start over; time windows count from ``origin``, default the next request's time."""
+        self.run.reset(as_plan(plan, owner="SimFaults.load"), origin=origin)
 
     def add(self, rule: FaultRule) -> FaultRule:
         """Add a rule to the plan (its counter starts at 0)."""
@@ -203,6 +209,11 @@ class SimFaults:
         records were dropped."""
         return self.run.injected_counts()
 
+    def rule_counts(self) -> dict[str, RuleCounts]:
+        """``{rule id: RuleCounts}`` for every rule (matched, injected, shadowed, skipped ...)
+        since the plan was loaded, exact: a rule that injected nothing shows why."""
+        return self.run.rule_counts()
+
 
 class Simulator:
     """A LiveEngage stand-in on a real loopback aiohttp server.
@@ -213,7 +224,8 @@ class Simulator:
     - ``host``/``port``: where to listen (default 127.0.0.1 and a free port). An IPv6
       literal (``::1``, or ``[::1]``) is bracketed in :attr:`host` and the URLs.
     - ``ssl``: an ``ssl.SSLContext`` with the server certificate: serves https/wss.
-    - ``plan``: a :class:`FaultPlan` to apply from the start.
+    - ``plan``: a :class:`FaultPlan` (or a list of its rules: seed 0) to apply from the start;
+      anything else is a :class:`~le_transport.errors.ConfigurationError`.
     - ``epoch``: Unix time at clock 0 (default: now), for ``GetClock`` and JWT ``exp``.
     """
 
@@ -225,7 +237,7 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         ssl: _ssl.SSLContext | None = None,
-        plan: FaultPlan | None = None,
+        plan: FaultPlan | Sequence[FaultRule] | None = None,
         epoch: float | None = None,
     ) -> None:
         self.config = config or SimulatorConfig()
@@ -983,10 +995,13 @@ class Simulator:
     # -- sockets ---------------------------------------------------------------------------
 
     def _ws_session_fault(self, request: web.Request) -> Any:
+        # The socket's service, as the client-side injector matches it (its route's prefix).
+        name = request.match_info.route.name or ""
         injection = self.faults.run.decide(
             "ws_session",
             method=request.method,
             path=request.path,
+            service=name.split(".", 1)[0] or None,
             at=self.clock.now(),
             kinds=WS_FAULTS,
         )
