@@ -72,7 +72,7 @@ from .sockets import (
     SocketOptions,
 )
 from .sockets.keepalive import KeepaliveScheduler
-from .sockets.socket import FrameHandler, OnConnect
+from .sockets.socket import FrameHandler, OnConnect, check_on_connect
 
 __all__ = ["Engine", "InvalidRequest", "Response"]
 
@@ -966,13 +966,22 @@ class Engine:
     async def url_for(self, service: str, path: str, *, scheme: str | None = None) -> URL:
         """The absolute URL of ``path`` on the host serving ``service``.
 
-        :class:`~le_transport.errors.EngineClosed` once the engine is closed."""
+        :class:`~le_transport.errors.EngineClosed` once the engine is closed; a
+        :class:`~le_transport.errors.ProviderError` when the domain provider fails with an
+        exception that is not a :class:`~le_transport.errors.TransportError`."""
         if self._closed:
             raise EngineClosed("Engine.url_for: the engine is closed", service=service)
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
-        return (await self._url_for(service, path, scheme))[0]
+        try:
+            return (await self._url_for(service, path, scheme))[0]
+        except TransportError:
+            raise
+        except Exception as exc:
+            # The domain provider's own bug (the sockets' dialer asks here on every connect):
+            # typed and final, as in a request, not an outage to reconnect into.
+            raise self._provider_failure("domain", self._domains, "resolve", exc, service) from exc
 
     async def _url_for(self, service: str, path: str, scheme: str | None) -> tuple[URL, str]:
         """The URL of ``path`` on ``service``'s host, and its redacted form."""
@@ -1305,24 +1314,25 @@ class Engine:
         ``options.escalate_after`` failed reconnects in a row the socket escalates to
         ``escalate`` (default: this engine's re-login loop). The socket connects in the
         background: ``await ws.wait_open()`` to wait for it. Closing the engine closes it;
-        :class:`~le_transport.errors.EngineClosed` once the engine is closed.
+        :class:`~le_transport.errors.EngineClosed` once the engine is closed. Unless
+        ``options.keepalive`` says otherwise, a LiveEngage messaging socket (the UMS agent or
+        consumer path) runs the guide's ``GetClock`` keepalive every 30 s of silence, and any
+        other path none (see :class:`~le_transport.sockets.SocketOptions`). A setup mistake
+        (an unknown service, a path that is not one, a 4xx from the Domain API, a provider's
+        own bug) stops the socket at once, typed, as the same call over HTTP fails.
         """
         self._check_usable("websocket", service=service)
         if options is not None and not isinstance(options, SocketOptions):
             raise ConfigurationError(
                 f"Engine.websocket options must be SocketOptions, got {type(options).__name__}"
             )
-        if callable(on_connect) or isinstance(on_connect, str | bytes):
+        # The socket's own check (a sequence of async callbacks), here too: before the dialer
+        # and the socket are built, so nothing is made for a call refused.
+        on_connect = check_on_connect(on_connect)
+        if on_frame is not None and not callable(on_frame):
             raise ConfigurationError(
-                "Engine.websocket on_connect takes a sequence of callables, got a "
-                f"{type(on_connect).__name__}: pass [callback]"
+                f"Engine.websocket on_frame takes a callable, got a {type(on_frame).__name__}"
             )
-        for callback in (*on_connect, *(() if on_frame is None else (on_frame,))):
-            if not callable(callback):
-                raise ConfigurationError(
-                    "Engine.websocket on_connect and on_frame take callables, got a "
-                    f"{type(callback).__name__}"
-                )
         opts = options or SocketOptions()
         dialer = EngineDialer(
             self,

@@ -50,6 +50,7 @@ from .errors import (
     DomainResolutionError,
     HostileHostError,
     InvalidRequest,
+    ProviderError,
     RecoveryFailed,
     RequestError,
     RetriesExhausted,
@@ -119,11 +120,15 @@ def is_recoverable(exc: BaseException) -> bool:
 def is_setup_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a mistake in what the call asks for, which no retry, reconnect or
     re-login can fix: a malformed call (:class:`InvalidRequest`, a bad path), a
-    :class:`ConfigurationError`, an unknown service, a hostile host, or a 4xx answer (a
+    :class:`ConfigurationError`, an unknown service, a hostile host, a provider's own bug
+    (:class:`ProviderError`), or a 4xx answer (a
     :class:`DomainResolutionError` caused by one included: the Domain API refused the
     account). Over HTTP each fails the call at once; a socket that meets one while
     connecting stops, as the call would (an outage of the same providers reconnects)."""
-    if isinstance(exc, (InvalidRequest, ConfigurationError, UnknownServiceError, HostileHostError)):
+    if isinstance(
+        exc,
+        (InvalidRequest, ConfigurationError, UnknownServiceError, HostileHostError, ProviderError),
+    ):
         return True
     return isinstance(exc, (ClientStatusError, DomainResolutionError)) and (
         refused_status(exc) is not None

@@ -26,6 +26,7 @@ from le_transport.errors import (
     ClientStatusError,
     DomainResolutionError,
     InvalidRequest,
+    ProviderError,
     UnknownServiceError,
 )
 from le_transport.providers import Credentials, CsdsDomains, UserLogin
@@ -351,3 +352,96 @@ async def test_a_refusal_in_on_connect_is_logged_in_its_words_without_a_tracebac
     assert record.exc_info is None
     assert SocketRequestError.__name__ in record.getMessage()
     assert "answered with code 400" in record.getMessage()
+
+
+# -- a provider's own bug is final too ---------------------------------------------------------
+
+
+class _BuggyAuth:
+    """An auth provider of the caller's own with a bug in it."""
+
+    async def credentials(self, method: str = "GET", url: Any = None) -> Credentials:
+        found: dict[str, Credentials] = {}
+        return found["token"]  # KeyError: the bug
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class _BuggyDomains:
+    """A domain provider of the caller's own with a bug in it."""
+
+    def __init__(self, good: Any) -> None:
+        self._good = good
+        self.asked = 0
+
+    async def resolve(self, service: str) -> str:
+        self.asked += 1
+        raise TypeError("a bug in the caller's own domain provider")
+
+    async def invalidate(self) -> None:
+        return None
+
+
+async def test_a_bug_in_the_sockets_auth_provider_stops_it_as_a_provider_error(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Before, the provider's KeyError escaped the dialer untyped; it is now a ProviderError
+    (its exception the cause), final like the same bug in a request: no reconnect loop."""
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, auth=_BuggyAuth())
+        with pytest.raises(SocketClosed) as info:
+            await ws.wait_open(timeout=3600)
+    assert clock.now() == 0.0
+    cause = info.value.__cause__
+    assert isinstance(cause, ProviderError)
+    assert (cause.role, cause.operation, cause.error_type) == ("auth", "credentials", "KeyError")
+    assert isinstance(cause.__cause__, KeyError)
+
+
+async def test_a_bug_in_the_domain_provider_is_a_provider_error_for_url_for_and_sockets(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    domains = _BuggyDomains(sim.domains)
+    async with Engine(domains, scheme="http", clock=clock) as engine:
+        with pytest.raises(ProviderError) as direct:
+            await engine.url_for("facadeMsg", "/x")
+        assert isinstance(direct.value.__cause__, TypeError)
+        ws = await engine.websocket("facadeMsg", "/ws_api/x")
+        with pytest.raises(SocketClosed) as info:
+            await ws.wait_open(timeout=3600)
+    assert isinstance(info.value.__cause__, ProviderError)
+    assert clock.now() == 0.0
+    assert domains.asked == 2  # once each: the socket did not reconnect into the bug
+
+
+async def _async_cb(ws: ResilientSocket) -> None:
+    return None
+
+
+def _sync_cb(ws: ResilientSocket) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("on_connect", "says"),
+    [
+        (_async_cb, "wrap it in a list"),
+        ([_sync_cb], "is not async"),
+        ([lambda ws: None], "is not async"),
+        ("resubscribe", "sequence of async callbacks"),
+        ([42], "int in the sequence"),
+    ],
+    ids=["bare", "sync", "lambda", "str", "not-callable"],
+)
+async def test_engine_websocket_refuses_a_bad_on_connect_as_the_socket_does(
+    sim: Simulator, clock: VirtualClock, states: StateLog, on_connect: Any, says: str
+) -> None:
+    """engine.websocket ran a check of its own first, which let a plain def through (every
+    connect then failed) and a bare function to a builtin TypeError."""
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(ConfigurationError, match=says):
+            await brand_socket(engine, sim, on_connect=on_connect)

@@ -33,6 +33,7 @@ from ..errors import (
     SocketError,
     TransportError,
 )
+from ..middleware.context import provider_failed
 from ..middleware.retry import parse_retry_after_date
 from ..policies.close_codes import Disconnect
 from ..policies.keepalive import Keepalive
@@ -483,6 +484,12 @@ class EngineDialer:
                 raise DialFailed(
                     f"no credentials for {self._name}: {type(exc).__name__}",
                     disconnect=Disconnect.connect_failed(f"credentials: {type(exc).__name__}"),
+                ) from exc
+            except Exception as exc:
+                # The auth provider's own bug: typed (logged, its exception the cause) and
+                # final, as in a request; reconnecting would only meet it again.
+                raise provider_failed(
+                    "auth", self._auth, "credentials", exc, service=self._service
                 ) from exc
             self._last = creds
         url = base.with_query(self._params) if self._params else base
