@@ -487,6 +487,14 @@ class Engine:
     - ``rng``: random source for jitter (seed it to reproduce a run).
     - ``outer_middlewares``: run around the retry middleware (once per logical call).
     - ``wire_middlewares``: run inside it, once per attempt (fault injection goes here).
+    - The ``bind_clock`` protocol, for a middleware (of either list) that keeps time: if it
+      has a method ``bind_clock(clock: Clock) -> None``, the engine calls it once, in its
+      ``__init__``, with its own ``clock`` (the outer middlewares first, each list in order);
+      no request pays for it. The middleware adopts that clock, or keeps one it was given
+      explicitly; it may refuse (a :class:`~le_transport.errors.ConfigurationError` saying
+      why), which the engine's construction then raises, the middlewares before it bound
+      already. A :class:`~le_transport.chaos.FaultInjector` made without ``clock=`` takes the
+      engine's clock this way, so that its delays run on the engine's time.
     - ``max_body_bytes``: larger responses raise :class:`~le_transport.errors.BodyTooLarge`.
     - ``session``: an existing ``aiohttp.ClientSession`` to use as is (the caller then owns
       its middlewares; take ours from :meth:`middlewares`). Otherwise the engine makes one.
@@ -652,6 +660,13 @@ class Engine:
             self._retry_mw,
             *wire_middlewares,
         )
+        # A middleware that keeps time takes the engine's (duck-typed: ``bind_clock(clock)``,
+        # see the class), once, here: no request pays for it. A class given for an instance
+        # has the method unbound: not called (it fails as it did before).
+        for middleware in (*outer_middlewares, *wire_middlewares):
+            bind_clock = getattr(middleware, "bind_clock", None)
+            if callable(bind_clock) and not isinstance(middleware, type):
+                bind_clock(self._clock)
         self._session = session
         self._owns_session = session is None
         self._closed = False

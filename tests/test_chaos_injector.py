@@ -471,20 +471,52 @@ async def test_a_simulator_takes_a_list_of_rules_as_its_plan_and_refuses_anythin
 _NO_CLOCK = "FaultInjector was given no clock="
 
 
-async def test_an_injector_without_a_clock_beside_a_virtual_clock_engine_warns_once(
+async def test_an_injector_without_a_clock_takes_its_engines_virtual_clock(
     sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Before: nothing said so, and a Delay(3000) made every attempt an AttemptTimeout (the
-    # injector waited 3 real seconds while the engine's 30 s timeout jumped on virtual time).
-    injector = FaultInjector.seeded(1, FaultRule("s", Status(503), schedule=Schedule(fail_next=2)))
+    # Before: the injector kept the real clock and waited 3 real seconds, while the engine's
+    # 10 s attempt timeout jumped ahead on virtual time: an AttemptTimeout (and a warning).
+    injector = FaultInjector.seeded(1, FaultRule("d", Delay(3000), schedule=Schedule(0, 1)))
+    policy = RetryPolicy(pauses=(), attempt_timeout=10)
     with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
-        async with _engine(sim, clock, injector) as engine:
-            await engine.request("GET", "agentVep", CSDS)
-            await engine.request("GET", "agentVep", CSDS)
-    warned = [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
-    assert len(warned) == 1
-    assert warned[0].levelno == logging.WARNING
-    assert "clock=clock" in warned[0].getMessage()
+        async with _engine(sim, clock, injector, retry=policy) as engine:
+            resp = await engine.request("GET", "agentVep", CSDS)
+    assert injector.clock is clock
+    assert resp.status == 200
+    assert len(resp.attempts) == 1
+    # The delay was slept on the virtual clock: 3 virtual seconds, then the request was sent.
+    assert 3.0 in clock.sleeps
+    assert clock.now() == pytest.approx(3.0)
+    assert sim.requests[0].at == pytest.approx(3.0)
+    assert [(r["kind"], r["at"]) for r in injector.report()] == [("delay", 0.0)]
+    assert not [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+
+
+async def test_an_injector_taking_its_engines_clock_counts_time_windows_from_the_engine(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector([FaultRule("late", Status(404), schedule=Schedule(after_ms=2000))])
+    await clock.sleep(50.0)  # the injector was made at real time, the engine at virtual 50 s
+    async with _engine(sim, clock, injector) as engine:
+        await engine.request("GET", "agentVep", CSDS)  # virtual 50 s: not yet in the window
+        await clock.sleep(3.0)
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("GET", "agentVep", CSDS)  # 53 s: 3 s into the plan's run
+    assert info.value.status == 404
+    assert injector.injected_counts() == {"late": 1}
+
+
+async def test_an_injector_given_a_clock_keeps_it_beside_an_engine_on_another(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    own = VirtualClock(start=100.0)
+    injector = FaultInjector.seeded(
+        1, FaultRule("s", Status(503), schedule=Schedule(fail_next=1)), clock=own
+    )
+    async with _engine(sim, clock, injector) as engine:
+        assert injector.clock is own
+        await engine.request("GET", "agentVep", CSDS)
+    assert [r["at"] for r in injector.report()] == [100.0]  # decided on its own clock
 
 
 @pytest.mark.parametrize("given", ["the-engines", "real"])
@@ -497,8 +529,28 @@ async def test_an_injector_given_a_clock_does_not_warn(
     )
     with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
         async with _engine(sim, clock, injector) as engine:
+            assert injector.clock is chosen
             await engine.request("GET", "agentVep", CSDS)
     assert not [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+
+
+async def test_an_injector_without_a_clock_on_a_plain_session_beside_a_virtual_clock_warns_once(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No engine gives it its clock: it runs on real time, and says so once.
+    injector = FaultInjector([FaultRule("s", Status(503), schedule=Schedule(fail_next=2))])
+    clock.now()  # the simulator's VirtualClock, read on this loop: in use here
+    with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
+        async with aiohttp.ClientSession(middlewares=(injector,)) as session:
+            for _ in range(3):
+                async with session.get(f"{sim.url}{CSDS}") as resp:
+                    await resp.read()
+    assert injector.injected_counts() == {"s": 2}
+    assert injector.clock is not clock
+    warned = [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+    assert len(warned) == 1
+    assert warned[0].levelno == logging.WARNING
+    assert "clock=clock" in warned[0].getMessage()
 
 
 async def test_an_injector_without_a_clock_on_real_time_does_not_warn(
@@ -513,6 +565,39 @@ async def test_an_injector_without_a_clock_on_real_time_does_not_warn(
             await engine.request("GET", "agentVep", CSDS)
     assert injector.injected_counts() == {"s": 1}
     assert not [r for r in caplog.records if r.getMessage().startswith(_NO_CLOCK)]
+
+
+def test_an_injector_shares_one_engines_time_and_refuses_another() -> None:
+    domains = {"svc": "127.0.0.1:1"}
+    first = VirtualClock()
+    injector = FaultInjector([FaultRule("s", Status(503))])
+    Engine(domains, clock=first, wire_middlewares=[injector])
+    Engine(domains, clock=first, outer_middlewares=[injector])  # the same time: shared
+    for other in (VirtualClock(), None):  # another virtual clock; the real one
+        with pytest.raises(ConfigurationError, match=r"keeps other time.*its own FaultInjector"):
+            Engine(domains, clock=other, wire_middlewares=[injector])
+    assert injector.clock is first
+    # Engines on real time keep the same time: they share an injector freely.
+    real = FaultInjector([FaultRule("s", Status(503))])
+    Engine(domains, wire_middlewares=[real])
+    Engine(domains, clock=RealClock(), wire_middlewares=[real])
+    # An explicit clock wins over every engine's, and is never refused.
+    given = FaultInjector([FaultRule("s", Status(503))], clock=first)
+    for other in (VirtualClock(), None):
+        Engine(domains, clock=other, wire_middlewares=[given])
+    assert given.clock is first
+
+
+def test_an_injector_that_decided_on_real_time_refuses_a_virtual_engine() -> None:
+    domains = {"svc": "127.0.0.1:1"}
+    injector = FaultInjector([FaultRule("m", Status(503), unit="ws_message")])
+    assert injector.message_sent("ping") is not None  # decided on the real clock
+    with pytest.raises(ConfigurationError, match=r"already made 1 decision.*Make the engine"):
+        Engine(domains, clock=VirtualClock(), wire_middlewares=[injector])
+    assert type(injector.clock) is not VirtualClock
+    Engine(domains, wire_middlewares=[injector])  # real time still: taken, nothing moves
+    with pytest.raises(ConfigurationError, match=r"bind_clock\.clock must be a Clock"):
+        injector.bind_clock(VirtualClock)  # type: ignore[arg-type]
 
 
 async def test_the_injector_and_the_simulator_report_a_rule_shadowed_by_an_earlier_one(

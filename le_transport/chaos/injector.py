@@ -2,6 +2,7 @@
 
 Put it among the engine's wire middlewares (``Engine(wire_middlewares=[injector])``), so that it
 runs once per attempt, inside the retry loop, exactly where a real network fault would strike.
+Made without ``clock=``, it takes that engine's clock (:meth:`FaultInjector.bind_clock`).
 For each request it asks the plan (unit ``request``) and, when a rule fires:
 
 - ``status``: answers with that status (and ``Retry-After``, body) **without sending** the
@@ -48,7 +49,7 @@ import contextvars
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import attrs
@@ -119,17 +120,31 @@ def _plan_arg(value: FaultPlan | Sequence[FaultRule]) -> FaultPlan:
     return as_plan(value, owner="FaultInjector")
 
 
-def _clock_arg(value: Clock | None) -> Clock:
-    if value is None:
-        return _DefaultClock()
+def _require_clock(value: object, *, owner: str) -> Clock:
     if isinstance(value, type):
         # VirtualClock, not VirtualClock(): a class has the protocol's methods, unbound.
         raise ConfigurationError(
-            f"FaultInjector.clock must be a Clock, got the class {value.__name__}: pass one "
+            f"{owner}.clock must be a Clock, got the class {value.__name__}: pass one "
             f"({value.__name__}())"
         )
-    require_kind(value, Clock, owner="FaultInjector", field="clock", optional=False)
-    return value
+    require_kind(value, Clock, owner=owner, field="clock", optional=False)
+    return cast(Clock, value)
+
+
+def _clock_arg(value: Clock | None) -> Clock:
+    if value is None:
+        return _DefaultClock()
+    return _require_clock(value, owner="FaultInjector")
+
+
+#: The clocks that read the same time (``time.monotonic``, sleeping on the loop): an injector
+#: may move from one to another without its plan's time windows noticing.
+_REAL_CLOCKS = (RealClock, _DefaultClock)
+
+
+def _same_time(a: Clock, b: Clock) -> bool:
+    """Whether ``a`` and ``b`` keep the same time: one clock, or both the real one."""
+    return a is b or (type(a) in _REAL_CLOCKS and type(b) in _REAL_CLOCKS)
 
 
 @attrs.frozen(eq=False)
@@ -144,15 +159,16 @@ class FaultInjector:
     ``clock`` that is not a :class:`~le_transport.clock.Clock`, is a
     :class:`~le_transport.errors.ConfigurationError`.
 
-    **Give it the engine's clock.** The injector does not learn the clock of the engine it is
-    attached to: its delays, hangs, slow bodies, socket delays, quota windows and the plan's
-    time windows run on ``clock``, which is the real clock when none is given. Beside an
-    engine on a :class:`~le_transport.testing.VirtualClock`, an injector without ``clock=``
-    waits in real time while the engine's timeouts run on virtual time, which jumps ahead
-    while nothing else runs: a ``Delay(3000)`` becomes an ``AttemptTimeout`` on every attempt.
-    Such an injector logs one WARNING on ``le_transport.chaos`` when it first meets a
-    :class:`~le_transport.testing.VirtualClock` in use on its event loop; pass
-    ``clock=RealClock()`` to say that real time is meant.
+    **Its clock.** Its delays, hangs, slow bodies, socket delays, quota windows and the plan's
+    time windows run on :attr:`clock`. Given ``clock=``, it keeps that one, whatever engine it
+    is attached to (``clock=RealClock()`` says that real time is meant). Given none, it takes
+    the clock of the engine it is attached to: the engine calls :meth:`bind_clock` when it is
+    made, so beside an engine on a :class:`~le_transport.testing.VirtualClock` a
+    ``Delay(3000)`` is waited on virtual time, as the engine's timeouts are. An injector given
+    no clock and used without an engine (a middleware on a plain ``aiohttp.ClientSession``)
+    runs on the real clock, and logs one WARNING on ``le_transport.chaos`` when it first meets
+    a :class:`~le_transport.testing.VirtualClock` in use on its event loop: its real waits
+    would meet virtual timeouts, which jump ahead while nothing else runs.
 
     ``max_records`` (keyword only): how many decisions :attr:`log` keeps, and how many
     injections :meth:`report` lists, the newest ones (default
@@ -164,7 +180,12 @@ class FaultInjector:
     clock: Clock = attrs.field(default=None, converter=_clock_arg)
     max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS, kw_only=True)
     _run: FaultRun = attrs.field(init=False)
-    #: Whether the clock needs no more checking: given, or the warning about it was logged.
+    #: Whether ``clock=`` was given (then no engine's clock replaces it).
+    _clock_given: bool = attrs.field(init=False, default=False)
+    #: Whether :attr:`clock` is an engine's, taken by :meth:`bind_clock`.
+    _clock_bound: bool = attrs.field(init=False, default=False)
+    #: Whether the clock needs no more checking: given, an engine's, or the warning about it
+    #: was logged.
     _clock_checked: bool = attrs.field(init=False, default=False)
 
     @max_records.validator
@@ -172,10 +193,13 @@ class FaultInjector:
         check_max_records(value, owner="FaultInjector")
 
     def __attrs_post_init__(self) -> None:
-        # Time windows in the plan count from the injector's creation.
+        # Time windows in the plan count from the injector's creation (or, for one that takes
+        # its engine's clock, from the engine's: see bind_clock).
         run = FaultRun(self.plan, origin=self.clock.now(), max_records=self.max_records)
         object.__setattr__(self, "_run", run)
-        object.__setattr__(self, "_clock_checked", type(self.clock) is not _DefaultClock)
+        given = type(self.clock) is not _DefaultClock
+        object.__setattr__(self, "_clock_given", given)
+        object.__setattr__(self, "_clock_checked", given)
 
     @classmethod
     def seeded(
@@ -186,8 +210,8 @@ class FaultInjector:
         max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> FaultInjector:
         """An injector for ``FaultPlan(seed, rules)``: ``seeded(7, rule_a, rule_b)``, or the
-        rules in one list, ``seeded(7, [rule_a, rule_b])``. Give it the engine's ``clock``
-        (see the class)."""
+        rules in one list, ``seeded(7, [rule_a, rule_b])``. Without ``clock``, it takes the
+        clock of the engine it is attached to (see the class)."""
         flat: tuple[Any, ...] = rules
         if len(rules) == 1 and isinstance(rules[0], (list, tuple)):
             flat = tuple(rules[0])
@@ -251,19 +275,70 @@ class FaultInjector:
         ``shadowed`` count: an earlier rule fired first on the same unit)."""
         return self._run.rule_counts()
 
+    # -- the clock ------------------------------------------------------------------------
+
+    def bind_clock(self, clock: Clock) -> None:
+        """Take ``clock``, the clock of the engine this injector is attached to, unless
+        ``clock=`` was given (that one wins: nothing changes).
+
+        An :class:`~le_transport.engine.Engine` calls it once, when it is made, for each of
+        its wire and outer middlewares that has it; a request pays nothing for it. When the
+        injector has decided nothing yet, the plan's time windows are measured from now on
+        ``clock`` (from the engine's construction) instead of from the injector's creation on
+        the real clock. Refused, with a :class:`~le_transport.errors.ConfigurationError` that
+        says why, and the injector left as it was:
+
+        - when it already runs on another engine's clock that keeps other time (two engines
+          on two ``VirtualClock``, or one virtual and one real): one injector cannot wait on
+          both. Give each engine its own injector, or give it ``clock=``. Engines that share
+          one clock, or all run on real time, share an injector freely;
+        - when it has already decided on the real clock (used before any engine took it) and
+          ``clock`` keeps other time: its time windows and quota windows are counted in
+          real time. Make the engine first, or give it ``clock=``.
+        """
+        clock = _require_clock(clock, owner="FaultInjector.bind_clock")
+        if self._clock_given:
+            return
+        if _same_time(self.clock, clock):
+            if not self._clock_bound and self._run.log.total == 0:
+                self._run.origin = clock.now()
+        elif self._clock_bound:
+            raise ConfigurationError(
+                f"FaultInjector already runs on the clock of the engine it was first attached "
+                f"to ({self.clock!r}), and this engine's clock ({clock!r}) keeps other time: "
+                "one injector cannot wait on both. Give each engine its own FaultInjector, or "
+                "give this one clock= to say which time it keeps"
+            )
+        elif self._run.log.total:
+            raise ConfigurationError(
+                f"FaultInjector has already made {self._run.log.total} decision(s) on the real "
+                f"clock (it was given no clock= and used before an engine took it), and this "
+                f"engine's clock ({clock!r}) keeps other time: its time windows and quota "
+                "windows cannot move to it. Make the engine before using the injector, or give "
+                "it clock="
+            )
+        else:
+            self._run.origin = clock.now()
+        object.__setattr__(self, "clock", clock)
+        object.__setattr__(self, "_clock_bound", True)
+        object.__setattr__(self, "_clock_checked", True)
+
     def _check_clock(self) -> None:
         """Warn, once, when this injector runs on the real clock only because it was given
-        none, while a VirtualClock keeps this loop's time (see the class)."""
+        none and no engine gave it its own, while a VirtualClock keeps this loop's time (see
+        the class)."""
         virtual = sys.modules.get("le_transport.testing.clock")
         if virtual is None or virtual.virtual_clock_in_use() is None:
             return
         object.__setattr__(self, "_clock_checked", True)
         _log.warning(
-            "FaultInjector was given no clock= and runs its delays, hangs, slow bodies and "
-            "time windows on the real clock, while a VirtualClock keeps this event loop's "
-            "time: injected latency becomes real waits that virtual timeouts cut short. Pass "
-            "the engine's clock (FaultInjector(plan, clock=clock), FaultInjector.seeded(seed, "
-            "..., clock=clock)), or clock=RealClock() if real time is meant"
+            "FaultInjector was given no clock= and no engine gave it its own, so it runs its "
+            "delays, hangs, slow bodies and time windows on the real clock, while a "
+            "VirtualClock keeps this event loop's time: injected latency becomes real waits "
+            "that virtual timeouts cut short. Pass the VirtualClock (FaultInjector(plan, "
+            "clock=clock), FaultInjector.seeded(seed, ..., clock=clock)), attach the injector "
+            "to an Engine on it (Engine(..., clock=clock, wire_middlewares=[injector]) gives "
+            "it the engine's clock), or pass clock=RealClock() if real time is meant"
         )
 
     # -- the middleware --------------------------------------------------------------------

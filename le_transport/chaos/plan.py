@@ -773,7 +773,8 @@ class Schedule:
     - A window over its matching units (0-based count): skip the first ``skip_first``, then
       fault the next ``fail_next`` (None: every one after), then pass.
     - Optionally a window in time, on the run's clock, measured from the run's origin (when
-      the simulator or injector was made): from ``after_ms`` for ``for_ms`` (None: for ever).
+      the simulator or injector was made; for an injector that takes its engine's clock,
+      when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever).
       Both windows must hold.
     """
 
