@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 __all__ = ["main"]
 
@@ -192,40 +193,40 @@ def _fault_lines(verbose: bool) -> Iterator[None]:
     if not verbose:
         yield
         return
-    logger = logging.getLogger("le_transport.chaos.faults")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("fault: %(message)s"))
-    handler.setLevel(logging.DEBUG)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with _shown("le_transport.chaos.faults", sys.stdout, "fault: %(message)s", logging.DEBUG):
         yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @contextlib.contextmanager
 def _records_notices() -> Iterator[None]:
     """While serving, show on stderr the INFO line a bounded record logs (once) when it starts
     dropping its oldest entries: it names the record and its bound only, never a request."""
-    logger = logging.getLogger("le_transport.records")
-    if logger.hasHandlers():  # logging is configured already: it decides
-        yield
+    if logging.getLogger("le_transport.records").hasHandlers():
+        yield  # logging is configured already: it decides
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("le-transport simulate: %(message)s"))
-    handler.setLevel(logging.INFO)
-    level = logger.level
+    with _shown(
+        "le_transport.records", sys.stderr, "le-transport simulate: %(message)s", logging.INFO
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _shown(name: str, stream: TextIO, fmt: str, level: int) -> Iterator[None]:
+    """While the block runs, write logger ``name``'s records from ``level`` up to ``stream``
+    (the logger lowered to ``level`` if it was higher), then put it back as it was."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.setLevel(level)
+    before = logger.level
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 if __name__ == "__main__":  # pragma: no cover
