@@ -12,8 +12,10 @@ clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until i
 policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), the
 caller is cancelled, or the loop is closed (its engine closed: every call waiting through it
 fails at once with ``RecoveryFailed``, and no re-login outlives the logout). Bad credentials (a
-4xx from login), a blacklisted account and every other 4xx (a Domain API that refuses the
-account included: :func:`refused_status`) are never looped on: they are raised at once.
+4xx from login), a blacklisted account and every other 4xx that failed at once (a Domain API
+that refuses the account included: :func:`refused_status`) are never looped on: they are
+raised at once. A 4xx the retry policy retried (its ``Classifier`` takes it for transient) is
+an outage like a 5xx.
 :func:`is_setup_error` tells which failures are mistakes in what was asked for, which a socket
 stops on rather than reconnecting.
 
@@ -84,14 +86,25 @@ _RECOVERABLE = (
 )
 
 
+#: Errors that say the retry policy took their cause for a transient failure: it retried it
+#: until its schedule was spent (:class:`RetriesExhausted`), or would have but for the retry
+#: budget (:class:`RetryBudgetExhausted`). A 4xx down the chain past one of these is an
+#: outage (a 409 the caller's ``Classifier`` retries), not a refusal.
+_RETRIED = (RetriesExhausted, RetryBudgetExhausted)
+
+
 def refused_status(exc: BaseException) -> int | None:
-    """The status of the 4xx answer ``exc`` was caused by, if any: ``exc`` itself when it is
-    a :class:`ClientStatusError`, else the first one down its ``__cause__`` chain (where a
-    provider's error carries the answer it failed on, as a
-    :class:`DomainResolutionError` carries the Domain API's 400 for an unknown account)."""
+    """The status of the 4xx answer that refused what ``exc`` asked for, if any: ``exc``
+    itself when it is a :class:`ClientStatusError`, else the first one down its ``__cause__``
+    chain (where a provider's error carries the answer it failed on, as a
+    :class:`DomainResolutionError` carries the Domain API's 400 for an unknown account).
+
+    Only a 4xx that failed at once is a refusal: one the retry policy retried (the chain
+    passes through :class:`RetriesExhausted` or :class:`RetryBudgetExhausted` before it,
+    as for a 409 that the caller's ``Classifier`` retries) was transient, so None."""
     seen: BaseException | None = exc
     for _ in range(16):  # a cause chain is short; a cycle must not hang the caller
-        if seen is None:
+        if seen is None or isinstance(seen, _RETRIED):
             return None
         if isinstance(seen, ClientStatusError):
             return seen.status
@@ -106,7 +119,8 @@ def is_recoverable(exc: BaseException) -> bool:
     :class:`ServerStatusError` (5xx, 429), a spent retry budget or an open circuit, and a
     :class:`DomainResolutionError` when the Domain API is down (a 5xx, a transport failure,
     an answer that makes no sense). No: every 4xx (bad credentials, a blacklisted account, a
-    second 401, a Domain API that refused the account: see :func:`refused_status`), an
+    second 401, a Domain API that refused the account at once: see :func:`refused_status`;
+    a 4xx the retry policy retried is an outage, and recoverable), an
     unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
     budget is spent), and anything that is not a transport error.
     """
@@ -121,10 +135,12 @@ def is_setup_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a mistake in what the call asks for, which no retry, reconnect or
     re-login can fix: a malformed call (:class:`InvalidRequest`, a bad path), a
     :class:`ConfigurationError`, an unknown service, a hostile host, a provider's own bug
-    (:class:`ProviderError`), or a 4xx answer (a
+    (:class:`ProviderError`), or a 4xx answer that failed at once (a
     :class:`DomainResolutionError` caused by one included: the Domain API refused the
-    account). Over HTTP each fails the call at once; a socket that meets one while
-    connecting stops, as the call would (an outage of the same providers reconnects)."""
+    account). A 4xx the retry policy retried (:func:`refused_status`: a 409 the caller's
+    ``Classifier`` retries, its schedule spent) is an outage, not a mistake. Over HTTP each
+    fails the call at once; a socket that meets one while connecting stops, as the call
+    would (an outage of the same providers reconnects)."""
     if isinstance(
         exc,
         (InvalidRequest, ConfigurationError, UnknownServiceError, HostileHostError, ProviderError),

@@ -29,11 +29,12 @@ from le_transport.errors import (
     LoginRejected,
     RecoveryFailed,
     RetriesExhausted,
+    RetryBudgetExhausted,
     ServerStatusError,
     UnknownServiceError,
 )
 from le_transport.events import EventHooks, StateEvent
-from le_transport.policies import Outcome
+from le_transport.policies import Classifier, Outcome
 from le_transport.providers import Credentials, CsdsDomains, StaticDomains, UserLogin
 from le_transport.recovery import Recovery, is_recoverable, is_setup_error, refused_status
 from le_transport.testing import VirtualClock
@@ -82,6 +83,23 @@ def _csds_failed(cause: BaseException) -> DomainResolutionError:
     return error
 
 
+def _retried(status: int) -> RetriesExhausted:
+    """A 4xx the retry policy retried (its Classifier retries ``status``) until its schedule
+    was spent, chained as the retry middleware raises it."""
+    last = ClientStatusError(str(status), status=status)
+    error = RetriesExhausted("gave up after 4 attempt(s)", last=last)
+    error.__cause__ = last
+    return error
+
+
+def _budget_spent(status: int) -> RetryBudgetExhausted:
+    """A 4xx the retry policy would have retried, but for the spent retry budget."""
+    last = ClientStatusError(str(status), status=status)
+    error = RetryBudgetExhausted("the retry budget is spent", last=last)
+    error.__cause__ = last
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "recoverable", "setup_error"),
     [
@@ -93,6 +111,10 @@ def _csds_failed(cause: BaseException) -> DomainResolutionError:
         (_csds_failed(exhausted()), True, False),
         (_csds_failed(ConnectionFailed("reset", never_sent=True)), True, False),
         (_csds_failed(ServerStatusError("429", status=429)), True, False),
+        # A 4xx the policy retried (a Classifier retrying 409): an outage, not a refusal.
+        (_csds_failed(_retried(409)), True, False),
+        (_csds_failed(_budget_spent(409)), True, False),
+        (_retried(409), True, False),
         (DomainResolutionError("no baseURIs list", account=ACCOUNT), True, False),
         (InvalidRequest("path must be an absolute path"), False, True),
         (ConfigurationError("bad"), False, True),
@@ -109,6 +131,17 @@ def test_a_domain_api_refusal_is_a_setup_error_and_its_outage_is_recoverable(
 ) -> None:
     assert is_recoverable(error) is recoverable
     assert is_setup_error(error) is setup_error
+
+
+def test_a_4xx_the_policy_retried_has_no_refused_status_and_one_that_failed_at_once_has() -> None:
+    assert refused_status(_csds_failed(_retried(409))) is None
+    assert refused_status(_csds_failed(_budget_spent(409))) is None
+    assert refused_status(_retried(409)) is None
+    assert refused_status(_csds_failed(ClientStatusError("400", status=400))) == 400
+    # A refusal wrapped further up (a provider's error around the domain error) still counts.
+    outer = DomainResolutionError("login could not resolve", account=ACCOUNT)
+    outer.__cause__ = _csds_failed(ClientStatusError("400", status=400))
+    assert refused_status(outer) == 400
 
 
 def test_a_cause_chain_that_loops_is_read_to_its_bound_not_for_ever() -> None:
@@ -136,6 +169,57 @@ async def test_an_account_the_domain_api_refuses_fails_at_once_even_with_recover
     assert sim.count("GET", "/api/account/999/service/baseURI.json") == 1
     assert engine.recovery.relogins == 0
     assert "relogin_scheduled" not in [e.name for e in events]
+
+
+async def test_a_domain_api_4xx_the_policy_retries_is_waited_out_with_recover(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The engine's policy retries 409 (the Classifier's "an API known to answer it
+    transiently"); the Domain API answers it for a whole schedule, then recovers. That is an
+    outage, which recover=True waits out, not an account refused for good."""
+    sim.faults.script("GET", CSDS, [409] * 4)
+    events: list[StateEvent] = []
+    auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=csds_for(sim), keepalive=False)
+    engine = sim_engine(
+        sim,
+        clock,
+        domains=auth._domains,
+        auth=auth,
+        events=events,
+        retry=RetryPolicy(classifier=Classifier(retry_statuses={409})),
+        rng=random.Random(7),
+    )
+    async with engine:
+        users = await engine.request_json("GET", "accountConfigReadOnly", USERS, recover=True)
+    assert [u["loginName"] for u in users] == [USER]
+    assert sim.count("GET", CSDS) == 5
+    assert engine.recovery.relogins == 1
+    names = [e.name for e in events]
+    assert "relogin_scheduled" in names
+    assert names.count("recovered") == 1
+
+
+async def test_an_unknown_account_stays_final_even_when_the_policy_retries_other_4xx(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The Domain API's 400 for an unknown account is not retried (only 409 is): final at
+    once, recover=True or not."""
+    domains = CsdsDomains("999", csds_host=sim.host, scheme="http")
+    auth = UserLogin("999", USER, PASSWORD, domains=domains, keepalive=False)
+    engine = sim_engine(
+        sim,
+        clock,
+        domains=domains,
+        auth=auth,
+        retry=RetryPolicy(classifier=Classifier(retry_statuses={409})),
+    )
+    async with engine:
+        with pytest.raises(DomainResolutionError) as info:
+            await engine.request("GET", "accountConfigReadOnly", "/api/account/999/x", recover=True)
+    assert refused_status(info.value) == 400
+    assert is_setup_error(info.value)
+    assert clock.now() == 0.0
+    assert engine.recovery.relogins == 0
 
 
 # -- against the simulator --------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from le_transport import ConfigurationError, Engine, EventHooks
+from le_transport import ConfigurationError, Engine, EventHooks, StateEvent
 from le_transport.policies import (
     CHAT_AGENT_API_REFRESH,
     MESSAGING_AGENT_SDK_GETCLOCK,
@@ -185,3 +185,90 @@ async def test_a_socket_to_a_path_the_library_does_not_know_runs_no_keepalive(
         ws = await engine.websocket("facadeMsg", "/some/other/socket")
         assert ws.keepalive is None
         await ws.close()
+
+
+# -- an on_frame handler that takes a while ------------------------------------------------------
+
+
+async def _slow_handler_run(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    *,
+    handler_seconds: float,
+    silence_at: float | None = None,
+    until: float,
+) -> tuple[list[float], float | None]:
+    """A default messaging socket whose ``on_frame`` handler takes ``handler_seconds`` for a
+    notification at t=1 (the reader awaits it: nothing is read meanwhile); the peer falls
+    silent at ``silence_at`` if given. Returns when the handler ran, and when (if ever) the
+    peer was declared dead."""
+    handled: list[float] = []
+    dead_at: list[float] = []
+
+    async def on_frame(frame: object) -> None:
+        handled.append(clock.now())
+        await clock.sleep(handler_seconds)  # e.g. an engine.request riding out 5/10/15 s retries
+
+    def on_state(event: StateEvent) -> None:
+        if event.name == "lost" and event.subject.startswith("facadeMsg"):
+            dead_at.append(clock.now())
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_frame=on_frame)
+        ws.add_on_state(on_state)
+        await ws.wait_open()
+        await clock.sleep(1)
+        await sim.sockets.notify(NOTIFICATION, {"changes": []})
+        if silence_at is not None:
+            await clock.sleep(silence_at - clock.now())
+            sim.sockets.open[0].silence()
+        await clock.sleep(until - clock.now())
+    return handled, (dead_at[0] if dead_at else None)
+
+
+@pytest.mark.parametrize("handler_seconds", [45.0, 100.0])
+async def test_a_slow_on_frame_handler_is_not_taken_for_a_dead_peer(
+    sim: Simulator, clock: VirtualClock, states: StateLog, handler_seconds: float
+) -> None:
+    """The reader awaits the handler: the keepalive's answer waits unread meanwhile, which
+    used to make the socket declare its live peer dead ("GetClock unanswered for 10 s") and
+    reconnect. A handler longer than the server's 60 s idle close keeps the connection too:
+    the client's own silence is still broken by a probe."""
+    handled, dead_at = await _slow_handler_run(
+        sim, clock, states, handler_seconds=handler_seconds, until=handler_seconds + 40
+    )
+    assert handled == [pytest.approx(1.0)]
+    assert dead_at is None
+    assert len(sim.sockets.all) == 1
+    assert "lost" not in states.names("facadeMsg")
+    probes = [f.get("type") for f in sim.sockets.all[0].received]
+    assert probes
+    assert set(probes) == {".GetClock"}
+
+
+async def test_a_peer_gone_during_a_slow_handler_is_found_a_timeout_after_it_returns(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """The probe sent at 30 s (the client silent since the open) goes unanswered: not a
+    dead peer while the handler runs (to 46 s), but its whole timeout again from there."""
+    timeout = MESSAGING_AGENT_KEEPALIVE.timeout
+    _, dead_at = await _slow_handler_run(
+        sim, clock, states, handler_seconds=45.0, silence_at=20.0, until=90.0
+    )
+    assert dead_at == pytest.approx(46.0 + timeout)
+    assert states.of("lost")[0].details["reason"] == "peer dead: keepalive unanswered"
+    assert len(sim.sockets.all) == 2
+
+
+async def test_a_peer_gone_after_a_slow_handler_returned_is_found_as_usual(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """No handler running: the keepalive finds a silent peer on its usual schedule (the probe
+    at 30 s answered once the handler returned at 46 s; the next, at 60 s, unanswered)."""
+    keepalive = MESSAGING_AGENT_KEEPALIVE
+    _, dead_at = await _slow_handler_run(
+        sim, clock, states, handler_seconds=45.0, silence_at=50.0, until=100.0
+    )
+    assert dead_at == pytest.approx(30.0 + keepalive.interval + keepalive.timeout)
+    assert states.of("lost")[0].details["reason"] == "peer dead: keepalive unanswered"

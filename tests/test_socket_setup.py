@@ -1,8 +1,9 @@
 """Mistakes in how a socket is set up fail it, as they fail an HTTP call, instead of a reconnect
 loop that never ends: a service the account does not have, a path that is not an absolute path,
-an account the Domain API refuses with a 4xx (an outage of the Domain API still reconnects); an
-``on_connect`` callback that is not async is refused where the socket is made (or stops the
-socket, typed, if it only shows when called); a bug in one is logged with its traceback."""
+an account the Domain API refuses with a 4xx (an outage of the Domain API, a 4xx the retry
+policy retried included, still reconnects); an ``on_connect`` that is not a sequence of
+callables is refused where the socket is made, and a callback whose result is not awaitable
+stops the socket, typed, at its first connect; a bug in one is logged with its traceback."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from le_transport.errors import (
     ProviderError,
     UnknownServiceError,
 )
+from le_transport.policies import Classifier, RetryPolicy
 from le_transport.providers import Credentials, CsdsDomains, UserLogin
 from le_transport.sockets import (
     UMS_BRAND_SOCKET_QUERY,
@@ -60,8 +62,18 @@ CSDS = "/api/account/*/service/baseURI.json"
 LOGIN = "/api/account/*/login"
 
 
+#: A caller's policy that retries 409 (the Classifier's "an API known to answer it
+#: transiently"), and no other 4xx.
+_409_RETRIED = RetryPolicy(classifier=Classifier(retry_statuses={409}))
+
+
 def csds_engine(
-    sim: Simulator, clock: VirtualClock, states: StateLog, account: str | None = None
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    account: str | None = None,
+    *,
+    retry: RetryPolicy | None = None,
 ) -> Engine:
     """An engine that finds its hosts through the simulator's Domain API, as a new user's does
     (the socket fixtures' engines are given the hosts)."""
@@ -69,7 +81,12 @@ def csds_engine(
     domains = CsdsDomains(account, csds_host=sim.host, scheme="http")
     auth = UserLogin(account, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False)
     return Engine(
-        domains, auth=auth, scheme="http", clock=clock, hooks=EventHooks(on_state=[states])
+        domains,
+        auth=auth,
+        scheme="http",
+        clock=clock,
+        hooks=EventHooks(on_state=[states]),
+        retry=retry,
     )
 
 
@@ -153,6 +170,38 @@ async def test_a_domain_api_outage_is_still_a_failed_connect_that_reconnects(
     assert sim.count("GET", CSDS) == 5
 
 
+async def test_a_domain_api_4xx_the_policy_retries_is_an_outage_that_reconnects(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """The caller's policy retries 409 (an API known to answer it transiently); the Domain
+    API answers it for one whole schedule, then recovers. A failed connect the socket
+    reconnects after, not a refused account it stops on for good."""
+    sim.faults.script("GET", CSDS, [409] * 4)
+    async with csds_engine(sim, clock, states, retry=_409_RETRIED) as engine:
+        ws = await engine.websocket(
+            "facadeMsg", ums_brand_path(sim.account.id), params=UMS_BRAND_SOCKET_QUERY
+        )
+        await ws.wait_open(timeout=3600)
+        assert (await ws.request(".GetClock"))["code"] == 200
+    assert ws.error is None
+    (failed,) = states.of("connect_failed")
+    assert "DomainResolutionError" in failed.details["reason"]
+    assert sim.count("GET", CSDS) == 5
+    assert ws.reconnects == 1
+
+
+async def test_an_unknown_account_stays_final_when_the_policy_retries_other_4xx(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with csds_engine(sim, clock, states, "999", retry=_409_RETRIED) as engine:
+        ws = await engine.websocket("facadeMsg", ums_brand_path("999"))
+        with pytest.raises(SocketClosed, match="reconnecting cannot help") as info:
+            await ws.wait_open(timeout=3600)
+    assert clock.now() == 0.0
+    assert isinstance(info.value.__cause__, DomainResolutionError)
+    assert sim.count("GET", CSDS) == 1
+
+
 async def test_a_setup_mistake_met_by_the_relogin_loop_stops_the_socket_the_same_way(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
@@ -219,6 +268,9 @@ def test_async_callbacks_are_accepted(callback: Any) -> None:
     assert check_on_connect([callback]) == (callback,)
 
 
+SUBSCRIBE = ".ams.aam.SubscribeExConversations"
+
+
 @pytest.mark.parametrize(
     ("callback", "named"),
     [
@@ -226,23 +278,63 @@ def test_async_callbacks_are_accepted(callback: Any) -> None:
         (lambda ws: None, "<lambda>"),
         (functools.partial(_sync_callback), "functools.partial(_sync_callback)"),
         (_SyncCall(), "a _SyncCall object"),
-        (_Bot, "_Bot"),
     ],
-    ids=["def", "lambda", "partial", "sync-call", "class"],
+    ids=["def", "lambda", "partial", "sync-call"],
 )
-async def test_a_callback_that_is_not_async_is_refused_where_the_socket_is_made(
+async def test_a_callback_returning_no_awaitable_is_taken_and_stops_the_socket_at_its_first_connect(
     sim: Simulator, clock: VirtualClock, states: StateLog, callback: Any, named: str
 ) -> None:
+    """Any callable is taken where the socket is made (a plain def may return an awaitable);
+    one that returns none stops the socket, typed, at its first connect: never a loop."""
     assert not is_async_callable(callback)
+    assert check_on_connect([callback]) == (callback,)
     async with agent_engine(sim, clock, states) as engine:
-        with pytest.raises(ConfigurationError, match="is not async") as info:
-            await brand_socket(engine, sim, on_connect=[callback])
-        ws = await brand_socket(engine, sim)
-        with pytest.raises(ConfigurationError, match="is not async"):
-            ws.add_on_connect(callback)
-        await ws.close()
+        ws = await brand_socket(engine, sim, on_connect=[callback])
+        with pytest.raises(SocketClosed) as info:
+            await ws.wait_open(timeout=3600)
+        later = await brand_socket(engine, sim)
+        later.add_on_connect(callback)  # taken too; it would stop that socket the same way
+        await later.close()
+    assert isinstance(info.value.__cause__, ConfigurationError)
+    assert "returned NoneType, not an awaitable" in str(info.value)
     assert named in str(info.value)
-    assert sim.sockets.all[1:] == []  # nothing dialed for the refused one
+    assert len(sim.sockets.all) == 1  # one connect: no reconnect into the same mistake
+    assert "reconnecting" not in states.names()
+
+
+def _subscribe(ws: ResilientSocket) -> Awaitable[object]:
+    """A plain def returning the request's awaitable, as working code did before."""
+    return ws.request(SUBSCRIBE, {"convState": ["OPEN"]})
+
+
+def _subscribe_with(ws: ResilientSocket, states: list[str]) -> Awaitable[object]:
+    return ws.request(SUBSCRIBE, {"convState": states})
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        lambda ws: ws.request(SUBSCRIBE, {"convState": ["OPEN"]}),
+        _subscribe,
+        functools.partial(_subscribe_with, states=["OPEN"]),
+    ],
+    ids=["lambda", "def", "partial-of-def"],
+)
+async def test_a_callback_returning_an_awaitable_resubscribes_after_every_connect(
+    sim: Simulator, clock: VirtualClock, states: StateLog, callback: Any
+) -> None:
+    """``lambda ws: ws.request(...)`` fits the OnConnect type and worked before callbacks had
+    to be async: it works again, on the first connect and after a reconnect."""
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_connect=[callback])
+        await ws.wait_open()
+        sim.sockets.open[0].drop()
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        assert ws.epoch == 2
+        await ws.close()
+    assert ws.error is None
+    assert [len(sock.subscriptions) for sock in sim.sockets.all] == [1, 1]
 
 
 class _Dialer:
@@ -303,6 +395,42 @@ async def test_a_callback_that_returns_no_awaitable_stops_the_socket_typed_inste
     assert isinstance(info.value.__cause__, ConfigurationError)
     assert "returned NoneType, not an awaitable" in str(info.value)
     assert "resubscribe" in str(info.value)
+
+
+@pytest.mark.parametrize("answered_after", [0.0, 31.0], ids=["at-once", "past-healthy-after"])
+async def test_a_resubscribe_refused_again_and_again_backs_off_and_escalates_as_failed_connects_do(
+    sim: Simulator, clock: VirtualClock, states: StateLog, answered_after: float
+) -> None:
+    """A connection whose on_connect failed never served the caller: however long it stayed
+    open first (here past healthy_after, as a request timing out at request_timeout does),
+    it is a failed connect, and the pauses grow. It used to count as healthy, so the backoff
+    started over: a reconnect every second, for ever, never escalating."""
+
+    async def subscribe(ws: ResilientSocket) -> None:
+        await clock.sleep(answered_after)
+        await ws.request(".NoSuchRequest")  # answered 400 every time
+
+    options = SocketOptions()
+    assert answered_after == 0.0 or answered_after > options.healthy_after
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options=options, on_connect=[subscribe])
+        await clock.sleep(600)
+        assert not ws.is_open
+        await ws.close()
+    lost = states.of("lost")
+    assert {e.details["lifetime"] for e in lost} == {answered_after}
+    assert all("answered 400" in e.details["reason"] for e in lost)
+    pauses = [e.details["in_seconds"] for e in states.of("reconnecting")]
+    jitter = options.backoff.jitter
+    # About 1, 2, 4, 8 s: the reconnect backoff's own schedule, never started over.
+    for attempt, pause in enumerate(pauses[:4]):
+        assert pause >= options.backoff.first * 2**attempt * (1 - jitter)
+    attempts = [e.details["attempt"] for e in states.of("reconnecting")]
+    assert attempts == sorted(set(attempts))  # counted on, never back to 1
+    # Escalated to the re-login loop after escalate_after failures in a row, as designed.
+    escalations = [e.details["failures"] for e in states.of("escalating")]
+    assert escalations[0] == options.escalate_after
+    assert len(pauses) < 15
 
 
 async def test_a_bug_in_on_connect_is_logged_with_its_traceback_and_redacted_words(
@@ -430,18 +558,32 @@ def _sync_cb(ws: ResilientSocket) -> None:
     ("on_connect", "says"),
     [
         (_async_cb, "wrap it in a list"),
-        ([_sync_cb], "is not async"),
-        ([lambda ws: None], "is not async"),
+        ([_sync_cb], None),
+        ([lambda ws: ws.request(SUBSCRIBE, {"convState": ["OPEN"]})], None),
         ("resubscribe", "sequence of async callbacks"),
         ([42], "int in the sequence"),
     ],
     ids=["bare", "sync", "lambda", "str", "not-callable"],
 )
 async def test_engine_websocket_refuses_a_bad_on_connect_as_the_socket_does(
-    sim: Simulator, clock: VirtualClock, states: StateLog, on_connect: Any, says: str
+    sim: Simulator, clock: VirtualClock, states: StateLog, on_connect: Any, says: str | None
 ) -> None:
     """engine.websocket ran a check of its own first, which let a plain def through (every
-    connect then failed) and a bare function to a builtin TypeError."""
+    connect then failed) and a bare function to a builtin TypeError. Any callable is taken
+    (None: nothing to refuse): a plain def returning None stops the socket, typed, at its
+    first connect; a lambda returning the request's awaitable works end to end."""
     async with agent_engine(sim, clock, states) as engine:
-        with pytest.raises(ConfigurationError, match=says):
-            await brand_socket(engine, sim, on_connect=on_connect)
+        if says is not None:
+            with pytest.raises(ConfigurationError, match=says):
+                await brand_socket(engine, sim, on_connect=on_connect)
+            return
+        ws = await brand_socket(engine, sim, on_connect=on_connect)
+        if on_connect[0] is _sync_cb:
+            with pytest.raises(SocketClosed, match="returned NoneType, not an awaitable") as info:
+                await ws.wait_open(timeout=3600)
+            assert isinstance(info.value.__cause__, ConfigurationError)
+            assert len(sim.sockets.all) == 1
+        else:
+            await ws.wait_open(timeout=3600)
+            await ws.close()
+            assert len(sim.sockets.all[0].subscriptions) == 1

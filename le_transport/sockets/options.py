@@ -30,7 +30,8 @@ __all__ = [
     "keepalive_for_path",
 ]
 
-#: A connection that stayed open this long counts as healthy: the backoff starts over.
+#: A connection that became ready and stayed open this long counts as healthy: the backoff
+#: starts over.
 HEALTHY_AFTER = 30.0
 
 
@@ -140,7 +141,9 @@ class SocketOptions:
       30 s without a frame either way (LiveEngage closes a socket idle for about 60 s), a
       socket to any other path runs none. None: no keepalive on any path.
     - ``healthy_after``: seconds a connection must stay open before the backoff, the
-      fast-drop run and the auth-failure count start over.
+      fast-drop run and the auth-failure count start over; only a connection that became
+      ready counts (one whose ``on_connect`` failed is a failed connect, however long it took
+      to fail).
     - ``escalate_after``: after this many consecutive failed reconnects, escalate to the
       re-login loop (0: never).
     - ``max_auth_failures``: re-authentications in a row that may fail before the socket stops

@@ -3,7 +3,8 @@
 :class:`ResilientSocket` connects through a :class:`~le_transport.sockets.dial.Dialer`, and when
 the connection ends asks the pure :class:`~le_transport.policies.ClosePolicy` what it means:
 reconnect, re-authenticate first, stop, or fail for good. Between connects it waits out the
-:class:`~le_transport.policies.BackoffPolicy` (reset only after a connection stayed healthy) and
+:class:`~le_transport.policies.BackoffPolicy` (reset only after a connection stayed healthy:
+it became ready, ``on_connect`` done, and stayed open ``healthy_after`` seconds) and
 the process's :class:`~le_transport.sockets.pacing.ReconnectPacer`. Everything that happens to a
 socket happens in its owner task, in this order, so there is never more than one connect in
 flight and a superseded connection cannot act:
@@ -121,8 +122,10 @@ def _callable_name(callback: object) -> str:
 def is_async_callable(callback: object) -> bool:
     """Whether calling ``callback`` returns an awaitable by construction: a coroutine function
     (an ``async def``, a method of one), a :func:`functools.partial` of one, an object whose
-    ``__call__`` is one, or a wrapper of one made with :func:`functools.wraps` (whose result is
-    checked again when it is called)."""
+    ``__call__`` is one, or a wrapper of one made with :func:`functools.wraps`. A callable for
+    which this is False may still return an awaitable (``lambda ws: ws.request(...)``):
+    :func:`check_on_connect` takes any callable, and the socket checks each result when it
+    calls it."""
     target = callback
     while isinstance(target, functools.partial):
         target = target.func
@@ -143,10 +146,13 @@ def is_async_callable(callback: object) -> bool:
 
 def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
     """``on_connect`` as a tuple of callbacks, or :class:`~le_transport.errors.ConfigurationError`
-    saying what was expected: a sequence (a list, a tuple) of async callbacks, each taking the
-    socket (see :func:`is_async_callable`). A single callback given bare, or a plain ``def``
-    (whose call would return no awaitable, and fail every connect), is refused here, once,
-    rather than at every connect."""
+    saying what was expected: a sequence (a list, a tuple) of callables, each taking the socket
+    and returning an awaitable (an ``async def``, a :func:`functools.partial` of one, an object
+    with an async ``__call__``, or a plain function or lambda that returns one, such as
+    ``lambda ws: ws.request(...)``). A single callback given bare, or something in the
+    sequence that cannot be called, is refused here. Whether a callable returns an awaitable
+    shows only when it is called: one that does not (a plain ``def`` returning None) stops the
+    socket at its first connect, typed, rather than failing every connect."""
     if callable(on_connect):
         raise ConfigurationError(
             "on_connect takes a sequence of async callbacks, got the single callback "
@@ -163,12 +169,6 @@ def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
             raise ConfigurationError(
                 "on_connect takes async callbacks, got a "
                 f"{builtins.type(callback).__name__} in the sequence"
-            )
-        if not is_async_callable(callback):
-            raise ConfigurationError(
-                f"the on_connect callback {_callable_name(callback)} is not async: the socket "
-                "awaits each callback after every connect; make it an async def (or a "
-                "functools.partial of one, or an object with an async __call__)"
             )
     return callbacks
 
@@ -270,9 +270,10 @@ class ResilientSocket:
     which passes its :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a
     socket made without one gets a scheduler of its own).
 
-    ``on_connect`` is a sequence of async callbacks, each awaited with the socket after every
-    connect (:func:`check_on_connect`: anything else is a
-    :class:`~le_transport.errors.ConfigurationError` here). The keepalive it runs is
+    ``on_connect`` is a sequence of callbacks, each called with the socket after every connect
+    and its result awaited (:func:`check_on_connect`: anything that is not a sequence of
+    callables is a :class:`~le_transport.errors.ConfigurationError` here; a callback whose
+    result is not awaitable stops the socket at its first connect). The keepalive it runs is
     :attr:`keepalive`: the options' own, or by default the guide's ``GetClock`` when the
     dialer recognises a LiveEngage messaging path. A mistake no reconnect can fix (an unknown
     service, an account the Domain API refuses) stops it at once: :attr:`error` is a
@@ -312,6 +313,7 @@ class ResilientSocket:
         "_pending",
         "_probe",
         "_probe_sent_at",
+        "_readied",
         "_ready_epoch",
         "_resume",
         "_rng",
@@ -377,6 +379,9 @@ class ResilientSocket:
         self._probe: asyncio.Task[None] | None = None
         self._probe_sent_at: float | None = None
         self._ready_epoch: int | None = None
+        # Whether the current (or last) connection became ready: only such a connection can
+        # count as healthy (one whose on_connect failed never served the caller).
+        self._readied = False
         self._owner: asyncio.Task[None] | None = None
         # The task running the on_connect callbacks of the current connection, if any.
         self._setup: asyncio.Task[None] | None = None
@@ -838,8 +843,8 @@ class ResilientSocket:
     def add_on_connect(self, callback: OnConnect) -> None:
         """Run ``callback(ws)`` after every connect from the next one on.
 
-        ``callback`` must be async, as for the constructor's ``on_connect`` (else
-        :class:`~le_transport.errors.ConfigurationError`)."""
+        ``callback`` must be callable (else :class:`~le_transport.errors.ConfigurationError`)
+        and return an awaitable, as for the constructor's ``on_connect``."""
         self._on_connect = (*self._on_connect, *check_on_connect((callback,)))
 
     # -- the owner --------------------------------------------------------------------------
@@ -880,9 +885,18 @@ class ResilientSocket:
                     return
                 if self._error is not None:
                     # The connection recorded why the socket must stop (an on_connect
-                    # callback that is not async): reconnecting would meet it again.
+                    # callback that returned no awaitable): reconnecting would meet it again.
                     raise self._error
-                if disconnect.lifetime is not None and disconnect.lifetime >= opts.healthy_after:
+                if (
+                    conn is not None
+                    and self._readied
+                    and disconnect.lifetime is not None
+                    and disconnect.lifetime >= opts.healthy_after
+                ):
+                    # Healthy: it became ready (on_connect done, the queue flushed) and stayed
+                    # up long enough. A connection whose on_connect failed (or never ended)
+                    # is a failed connect like any other, however long it took to fail: else a
+                    # resubscribe refused after a slow answer would reconnect every second.
                     failures = fast_drops = auth_failures = 0
                     first_failure_at = None
                 verdict = opts.close_policy.classify(disconnect, fast_drops)
@@ -1054,6 +1068,7 @@ class ResilientSocket:
         opened_at = self._clock.now()
         self._last_activity = self._last_sent = opened_at
         self._conn, self._ended = conn, None
+        self._readied = False
         self._emit("open", epoch=epoch)
         setup: asyncio.Task[None] | None = None
         read_end: Disconnect | None = None
@@ -1213,14 +1228,14 @@ class ResilientSocket:
             await self._open_up(conn, epoch)
 
     def _not_awaitable(self, conn: Connection, callback: OnConnect, result: object) -> None:
-        """An ``on_connect`` callback returned something that is not awaitable: it is not
-        async, and every connect would fail the same way. The socket stops (its owner raises
-        the error once this connection ends) instead of reconnecting for ever."""
+        """An ``on_connect`` callback returned something that is not awaitable (a plain
+        ``def`` returning None): every connect would fail the same way. The socket stops (its
+        owner raises the error once this connection ends) instead of reconnecting for ever."""
         cause = ConfigurationError(
             f"the on_connect callback {_callable_name(callback)} returned "
             f"{builtins.type(result).__name__}, not an awaitable: on_connect callbacks must be "
-            "async (an async def, a functools.partial of one, or an object with an async "
-            "__call__)"
+            "async (an async def, a functools.partial of one, an object with an async "
+            "__call__, or a function returning an awaitable)"
         )
         error = SocketClosed(f"{self._name}: stopped: {cause}")
         error.__cause__ = cause
@@ -1262,6 +1277,7 @@ class ResilientSocket:
     def _ready(self, epoch: int) -> None:
         """Sends go straight out from now on; the keepalive watches the connection."""
         self._ready_epoch = epoch
+        self._readied = True
         self._wake()
         self._emit("ready", epoch=epoch)
         policy = self._keepalive
@@ -1288,7 +1304,11 @@ class ResilientSocket:
         Probes (in a short-lived task) when the connection was idle an interval; when the
         probe went unanswered past its timeout, ends the connection as a dead peer (the
         owner reconnects) and asks not to be watched any more. Does neither while the owner
-        is paused for a slow consumer.
+        is paused for a slow consumer. While the owner is awaiting an ``on_frame`` handler,
+        nothing is read: the peer is never declared dead (a probe's answer waits unread), and
+        a probe goes out only for the client's own silence (``outbound_idle``: the server
+        would close a connection whose client stays quiet). When the handler returns, a probe
+        still unanswered gets its whole timeout again (:meth:`_reading_again`).
         """
         policy = self._keepalive
         if policy is None or self._keepalive_ticket is None or self._ready_epoch is None:
@@ -1303,9 +1323,20 @@ class ResilientSocket:
         sent = self._probe_sent_at
         if sent is not None and self._last_activity >= sent:
             sent = self._probe_sent_at = None
+        handling = self._handling
         decision = policy.decide(
-            now, last_activity=self._last_activity, probe_sent_at=sent, last_sent=self._last_sent
+            now,
+            # While a handler runs nothing is read: the peer's silence (an unanswered probe
+            # included, whose answer waits unread) proves nothing, so neither is counted.
+            # Only the client's own silence may still call for a probe (outbound_idle).
+            last_activity=now if handling else self._last_activity,
+            probe_sent_at=sent,
+            last_sent=self._last_sent,
         )
+        if decision.step is KeepaliveStep.WAIT and handling:
+            # Asked again within a timeout: once the handler returns (and a probe's timeout
+            # starts over), a peer really gone is found as soon as it would have been.
+            return min(decision.at, now + policy.timeout)
         if decision.step is KeepaliveStep.DEAD:
             _log.warning(
                 "%s: peer dead: %s",
@@ -1451,8 +1482,21 @@ class ResilientSocket:
                     await result
                 finally:
                     self._handling = False
+                    self._reading_again()
         except Exception:
             _log.exception("%s: on_frame handler raised; ignored", self._name)
+
+    def _reading_again(self) -> None:
+        """The owner reads again after awaiting an ``on_frame`` handler, during which nothing
+        was read: the peer's silence meanwhile proves nothing. A keepalive probe still
+        unanswered gets its whole timeout from now (its answer, if the peer lives, is among
+        the frames read next); with none, the idle clock starts over, as after a pause."""
+        now = self._clock.now()
+        sent = self._probe_sent_at
+        if sent is not None and self._last_activity < sent:
+            self._probe_sent_at = now
+        else:
+            self._last_activity = now
 
     async def _wait_for_room(self, unread: int) -> None:
         """Stop reading until the consumer has taken the inbox down to half ``max_inbox``,
