@@ -22,6 +22,7 @@ from le_transport import Engine, RetryPolicy
 from le_transport.clock import Clock
 from le_transport.errors import (
     CircuitOpen,
+    ConfigurationError,
     DeadlineExceeded,
     RetriesExhausted,
     RetryBudgetExhausted,
@@ -36,7 +37,7 @@ from le_transport.policies import (
     RetryBudget,
     TokenBucket,
 )
-from le_transport.state import Entry, MemoryStore, StateStore, state_key
+from le_transport.state import Entry, FallbackStore, MemoryStore, StateStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.test_guard_hot_path import _Call, _done
@@ -1389,3 +1390,227 @@ def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
     finally:
         for coro in running:
             coro.close()
+
+
+# -- a caller's own store, written to the protocol before or after only_if ---------------------
+
+
+class _DelegatingStore:
+    """A caller's StateStore (no MemoryStore subclass: wrapped in a FallbackStore by the guard)
+    over a MemoryStore, written to the current protocol: its set takes ``only_if``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.inner = MemoryStore(clock)
+
+    async def get(self, key: str) -> Entry | None:
+        return await self.inner.get(key)
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        return await self.inner.set(key, value, ttl=ttl, only_if=only_if)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        return await self.inner.add(key, value, ttl=ttl)
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        return await self.inner.delete(key, only_if=only_if)
+
+    async def budget(
+        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
+    ) -> bool:
+        return await self.inner.budget(key, policy, deposits=deposits, withdraw=withdraw)
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        return await self.inner.reserve(key, bucket)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _KeywordsStore(_DelegatingStore):
+    """Its set takes any keyword (``**kwargs``), only_if among them."""
+
+    async def set(self, key: str, value: str, **options: object) -> bool:
+        only_if = options.get("only_if")
+        assert only_if is None or isinstance(only_if, str)
+        ttl = options["ttl"]
+        assert isinstance(ttl, float | int)
+        return await self.inner.set(key, value, ttl=ttl, only_if=only_if)
+
+
+class _OldProtocolStore(_DelegatingStore):
+    """Written to the protocol before 6583054: ``set(key, value, *, ttl) -> None``."""
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:  # type: ignore[override]
+        await self.inner.set(key, value, ttl=ttl)
+
+
+class _OldProtocolMemoryStore(MemoryStore):
+    """The same, as a MemoryStore subclass (which the guard uses as it is, not wrapped)."""
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:  # type: ignore[override]
+        await super().set(key, value, ttl=ttl)
+
+
+def _old_stores(clock: Clock) -> dict[str, object]:
+    return {
+        "own": _OldProtocolStore(clock),
+        "fallback over own": FallbackStore(_OldProtocolStore(clock), clock=clock),  # type: ignore[arg-type]
+        "MemoryStore subclass": _OldProtocolMemoryStore(clock),
+    }
+
+
+@pytest.mark.parametrize("kind", ["own", "fallback over own", "MemoryStore subclass"])
+def test_a_store_whose_set_takes_no_only_if_is_refused_when_the_guard_is_made(kind: str) -> None:
+    """A store written to the protocol before only_if passes check_store (a runtime-checkable
+    Protocol checks method names only) and raised a raw TypeError out of the fleet's first
+    half-open probe, in a caller's request. It is refused when the guard is made, with what
+    to add."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _old_stores(clock)[kind]
+    with pytest.raises(ConfigurationError) as info:
+        OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith("OverloadGuard.store: ")
+    assert "set() takes no only_if" in message
+    assert "only_if: str | None = None) -> bool" in message, "says exactly what to add"
+    assert "atomically" in message
+
+
+@pytest.mark.parametrize("kind", ["own", "fallback over own", "MemoryStore subclass"])
+async def test_a_store_whose_set_takes_no_only_if_still_shares_a_budget(kind: str) -> None:
+    """Without a breaker the guard makes no conditional write: such a store is not refused."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _old_stores(clock)[kind]
+    guard = OverloadGuard(budget=RetryBudget(), breaker=None, store=store, account="1", clock=clock)  # type: ignore[arg-type]
+    call = _Call("svc", HOST)
+    assert await guard.admit(call, 1) is None
+    assert await guard.before_retry(call, 1, DOWN, 0.0, CircuitOpen("x", retry_at=0.0)) is None
+
+
+@pytest.mark.parametrize("store_type", [_DelegatingStore, _KeywordsStore])
+async def test_a_callers_store_that_takes_only_if_probes_the_fleets_break(
+    store_type: type[_DelegatingStore],
+) -> None:
+    """The reviewer's reproducer, on a store written to the current protocol: the probe taken
+    late in the trip's tail rewrites the tail (a compare-and-set) and goes."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = store_type(clock)
+    (a,) = _fleet(clock, store, 1)  # type: ignore[arg-type]
+    await _trip(a)
+    clock.advance(25.0)  # the 5 s break is over; the tail has less than the lease left
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    held = await store.get(_trip_key())
+    assert held is not None
+    assert held.ttl == pytest.approx(BREAKER.probe_lease), "the tail rewritten"
+    await a.settle(probe, 1, OK)
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED
+    assert await store.get(_trip_key()) is None
+
+
+class _MisbehavingStore(_KeywordsStore):
+    """Its set takes the protocol's arguments (**kwargs), and fails with a TypeError when
+    given only_if: a bug in a caller's store, met at the fleet's first probe."""
+
+    async def set(self, key: str, value: str, **options: object) -> bool:
+        if options.get("only_if") is not None:
+            raise TypeError(f"cannot store {value!r}")
+        return await super().set(key, value, **options)
+
+
+class _MisbehavingMemoryStore(MemoryStore):
+    """The same, as a MemoryStore subclass."""
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        if only_if is not None:
+            raise TypeError(f"cannot store {value!r}")
+        return await super().set(key, value, ttl=ttl)
+
+
+@pytest.mark.parametrize("kind", ["own", "fallback over own", "MemoryStore subclass"])
+async def test_a_type_error_from_a_callers_store_reaches_the_caller_typed(kind: str) -> None:
+    """Whatever slips past the check when the guard is made, a TypeError from a caller's
+    store reaches the caller as a ConfigurationError (the TypeError its cause; its text,
+    which may hold a stored value, not shown), never raw nor absorbed as an outage."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store: StateStore
+    if kind == "MemoryStore subclass":
+        store = _MisbehavingMemoryStore(clock)
+    else:
+        own = _MisbehavingStore(clock)
+        store = FallbackStore(own, clock=clock) if kind == "fallback over own" else own
+    (a,) = _fleet(clock, store, 1)  # type: ignore[arg-type]
+    await _trip(a)
+    clock.advance(25.0)  # the probe rewrites the trip's tail: a compare-and-set
+    with pytest.raises(
+        ConfigurationError, match=r"_Misbehaving\w*Store\.set raised TypeError"
+    ) as e:
+        await a.admit(_Call("svc", HOST), 1)
+    assert isinstance(e.value.__cause__, TypeError)
+    assert "cannot store" not in str(e.value)
+    fallback = a.store
+    assert isinstance(fallback, FallbackStore)
+    assert fallback.fallbacks == 0, "not taken for an outage"
+    assert fallback.sharing
+
+
+def test_a_store_method_the_guard_cannot_call_as_the_protocol_says_is_refused() -> None:
+    """Not only set: a budget without ``withdraw`` failed at the first retry."""
+
+    class NoWithdraw(_DelegatingStore):
+        async def budget(  # type: ignore[override]
+            self, key: str, policy: RetryBudget, *, deposits: int = 0
+        ) -> bool:
+            return await self.inner.budget(key, policy, deposits=deposits)
+
+    clock = VirtualClock(start=100.0, autojump=False)
+    with pytest.raises(ConfigurationError, match=r"NoWithdraw\.budget cannot be called"):
+        OverloadGuard(budget=RetryBudget(), breaker=None, store=NoWithdraw(clock), clock=clock)  # type: ignore[arg-type]
+    # Without a budget the guard never calls it.
+    OverloadGuard(budget=None, breaker=BREAKER, store=NoWithdraw(clock), clock=clock)  # type: ignore[arg-type]
+
+
+# -- a break adopted by another call while the prober awaits the store ------------------------
+
+
+class SlowReply(PausingStore):
+    """The ``nth`` read of the trip (once armed) is done at once, its reply held until ``go``:
+    a reply that comes late, as another connection's may."""
+
+    nth = 0
+
+    async def get(self, key: str) -> Entry | None:
+        entry = await self.inner.get(key)
+        if self.armed and key == _trip_key():
+            self.nth -= 1
+            if self.nth == 0:
+                self.armed = False
+                self.paused.set()
+                await self.go.wait()
+        return entry
+
+
+async def test_no_probe_goes_once_its_own_process_adopted_a_newer_break() -> None:
+    """A's prober read its ended trip; before the reply reached it, B published a break and
+    another call of A adopted it (and was refused). The prober's status replaced that break,
+    and its probe went through it: now it is refused with B's break, and frees the lock."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    slow = SlowReply(store)
+    a = _process(slow, clock, BREAKER, sync=0.0)
+    b, in_flight = await _unsynced(store, clock)
+    await _trip(a)
+    clock.advance(5.0)  # A's break is over; its trip's tail is exactly the lease: no rewrite
+    slow.armed, slow.nth = True, 2  # 1: A's sync; 2: the prober's read after taking the lock
+    probing = asyncio.ensure_future(a.admit(_Call("svc", HOST), 1))
+    await slow.paused.wait()  # the prober has read A's ended trip; its reply is late
+    await _b_opens(b, in_flight, store)  # B publishes its 60 s break
+    other = await a.admit(_Call("svc", HOST), 1)
+    assert isinstance(other, CircuitOpen), "A's other call adopted B's break"
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    slow.go.set()
+    result = await probing
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN, "B's break, not the probe's status"
+    assert isinstance(result, CircuitOpen), "a probe went out after A itself adopted B's break"
+    assert result.retry_at > clock.now() + 30.0
+    assert await store.get(_probe_key()) is None, "A let go of the probe lock"

@@ -462,3 +462,46 @@ async def test_with_a_hooks_object_an_outage_still_falls_back_and_reports(
     assert entry is not None
     assert entry.value == "v"
     assert [e.name for e in events] == ["state_store_fallback"]
+
+
+class OldProtocolStore(MemoryStore):
+    """A primary written to the protocol before compare-and-set: ``set(key, value, *, ttl)``."""
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:  # type: ignore[override]
+        await super().set(key, value, ttl=ttl)
+
+
+async def test_fallback_over_a_primary_without_only_if_serves_plain_writes_and_refuses_cas(
+    clock: VirtualClock,
+) -> None:
+    """Such a primary still serves what never asks for a compare-and-set (a shared session,
+    the domain map); a compare-and-set asked of it is a ConfigurationError saying what to
+    add, before anything is stored: no raw TypeError, and no switch to local state (which
+    would hide it for ever)."""
+    primary = OldProtocolStore(clock)
+    store = FallbackStore(primary, clock=clock)  # type: ignore[arg-type]
+    assert await store.set("k", "v", ttl=10) is True
+    assert await primary.get("k") == Entry("v", 10.0)
+    with pytest.raises(ConfigurationError, match=r"OldProtocolStore\.set\(\) takes no only_if"):
+        await store.set("k", "w", ttl=10, only_if="v")
+    assert await primary.get("k") == Entry("v", 10.0)
+    assert (await store.local.get("k")) == Entry("v", 10.0)
+    assert store.fallbacks == 0
+    assert store.sharing
+
+
+async def test_fallback_raises_a_primarys_type_error_as_a_configuration_error(
+    clock: VirtualClock,
+) -> None:
+    """A primary that cannot take a call as the protocol makes it (here a sync get: nothing to
+    await) is a mistake in code, not an outage: typed, never absorbed by going local."""
+
+    class SyncGet(MemoryStore):
+        def get(self, key: str) -> Entry | None:  # type: ignore[override]
+            return None
+
+    store = FallbackStore(SyncGet(clock), clock=clock)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"SyncGet\.get raised TypeError") as info:
+        await store.get("k")
+    assert isinstance(info.value.__cause__, TypeError)
+    assert store.fallbacks == 0

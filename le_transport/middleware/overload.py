@@ -83,7 +83,7 @@ from ..policies.budget import RetryBudget
 from ..policies.classify import Outcome
 from ..state.fallback import FallbackStore
 from ..state.memory import MemoryStore
-from ..state.store import Entry, StateStore, check_seconds, state_key
+from ..state.store import Entry, StateStore, check_seconds, check_store_calls, state_key
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -261,6 +261,12 @@ class OverloadGuard:
       of 5 s doubling to 2 min; None: no breaker).
     - ``store``: where the fleet shares them (a :class:`~le_transport.state.RedisStore`, wrapped
       in a :class:`~le_transport.state.FallbackStore` if it is not one); None: this process only.
+      With a breaker, its ``set`` must take ``only_if`` (compare-and-set): a store written to
+      the protocol before it (``set(key, value, *, ttl)``) is a
+      :class:`~le_transport.errors.ConfigurationError` here, saying what to add, rather than
+      a TypeError at the fleet's first probe or a silent return to the race that lost breaks
+      (:func:`~le_transport.state.store.check_store_calls` has why). Any store method that
+      cannot be called as the protocol says is refused here alike.
     - ``account``: the namespace of the shared keys.
     - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
       ``circuit_open`` (``retry_in``, ``opens``, and ``adopted``: whether the break is the
@@ -323,6 +329,16 @@ class OverloadGuard:
         )
         # An int past float's range (10**400) is refused too: it passed ``< math.inf`` and
         # raised OverflowError from the first batched send's arithmetic.
+        if store is not None:
+            # A store of the caller's written to an older protocol (set without only_if) is
+            # refused here, with what to add, not at the fleet's first probe with a TypeError.
+            check_store_calls(
+                "OverloadGuard",
+                "store",
+                store,
+                breaker=breaker is not None,
+                budget=budget is not None,
+            )
         flush_interval = check_seconds("OverloadGuard", "flush_interval", flush_interval, zero=True)
         sync_interval = check_seconds("OverloadGuard", "sync_interval", sync_interval, zero=True)
         self._budget = budget
@@ -336,7 +352,9 @@ class OverloadGuard:
         self._shared = store is not None
         if store is None:
             store = MemoryStore(self._clock)
-        elif not isinstance(store, (MemoryStore, FallbackStore)):
+        elif type(store) is not MemoryStore and not isinstance(store, FallbackStore):
+            # A subclass of MemoryStore is the caller's code too: wrapped alike, so that a
+            # TypeError from it reaches a call as a ConfigurationError, never raw.
             store = FallbackStore(store, clock=self._clock, hooks=self._hooks)
         self._store: StateStore = store
         # A local store costs nothing: count first attempts at once, no batching.
@@ -902,6 +920,22 @@ class OverloadGuard:
                     self._put(key, status)
                     at = self._clock.now()
                     return self._circuit_open(call, at + self._sync_interval, at, status.opens)
+                # While the store answered, another call here may have read a break published
+                # after this probe's read and adopted it (_sync): this process then knows of a
+                # live break, and its probe must not go through it, nor this probe's status
+                # replace it.
+                current = self._status.get(key)
+                at = self._clock.now()
+                if (
+                    current is not None
+                    and current is not status
+                    and self._breaker.state_at(current, at) is BreakerState.OPEN
+                ):
+                    await self._store.delete(probe_key, only_if=lock)
+                    retry_at = self._breaker.retry_at(current, at)
+                    return self._circuit_open(
+                        call, at if retry_at is None else retry_at, at, current.opens
+                    )
             except BaseException:
                 # Cancelled (or failed) with the lock held and no probe recorded: nothing
                 # else would free it, and the whole fleet would wait out its lease.

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from .._checks import require_kind
 from ..clock import Clock, RealClock
-from ..errors import StateStoreError
+from ..errors import ConfigurationError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
@@ -26,6 +26,7 @@ from .memory import MemoryStore
 from .store import (
     Entry,
     StateStore,
+    _no_only_if,
     check_bucket,
     check_budget,
     check_deposits,
@@ -34,6 +35,7 @@ from .store import (
     check_store,
     check_ttl,
     check_value,
+    takes_only_if,
 )
 
 __all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
@@ -57,6 +59,14 @@ class FallbackStore:
 
     Writes (``set``) also go to ``local``, so that what this process last shared is still
     there if the primary goes away.
+
+    A primary that does not keep to the protocol's signatures is a mistake in the code, not an
+    outage: a TypeError from calling it is raised as a :class:`ConfigurationError` (the
+    TypeError its ``__cause__``), never absorbed by going local (that would hide it for ever)
+    nor passed on raw into a caller's request. A primary whose ``set`` takes no ``only_if``
+    (written to the protocol before compare-and-set) serves unconditional writes as before; a
+    conditional one asked of it is a :class:`ConfigurationError` saying what to add, before
+    anything is sent (the overload guard refuses such a store when it is made).
     """
 
     def __init__(
@@ -80,6 +90,8 @@ class FallbackStore:
         ):
             require_kind(value, kind, owner="FallbackStore", field=name)
         self._primary = primary
+        # Whether the primary's set takes only_if (None: its signature could not be read).
+        self._conditional = takes_only_if(primary.set) is not False
         self._clock = RealClock() if clock is None else clock
         self._local = MemoryStore(self._clock) if local is None else local
         self._hooks = EventHooks() if hooks is None else hooks
@@ -111,6 +123,14 @@ class FallbackStore:
             return await local()
         try:
             result = await shared()
+        except TypeError as exc:
+            # Called as the protocol says and refused (or not awaitable): the primary does not
+            # keep to it. Only the type is shown: its text may hold a stored value.
+            raise ConfigurationError(
+                f"FallbackStore.primary: {type(self._primary).__name__}.{op} raised TypeError "
+                "when called as the StateStore protocol says (see StateStore."
+                f"{op} for its signature); the TypeError is the __cause__"
+            ) from exc
         except StateStoreError as exc:
             self._next_try = self._clock.now() + self._retry_interval
             if not self._down:
@@ -160,6 +180,8 @@ class FallbackStore:
         check_ttl(ttl)
         check_value(value)
         check_only_if(only_if)
+        if not self._conditional:
+            raise ConfigurationError(_no_only_if("FallbackStore", "primary", self._primary))
         shared = True
 
         async def local() -> bool:

@@ -23,6 +23,7 @@ account's values can never be read or overwritten through another's names.
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -42,6 +43,7 @@ __all__ = [
     "check_only_if",
     "check_seconds",
     "check_store",
+    "check_store_calls",
     "check_ttl",
     "check_value",
     "state_key",
@@ -162,6 +164,104 @@ def check_store(owner: str, field: str, store: object) -> None:
             f"{owner}.{field} must be a StateStore (MemoryStore, RedisStore, FallbackStore), "
             f"got {type(store).__name__}"
         )
+
+
+def takes_only_if(method: object) -> bool | None:
+    """Whether ``method`` (a store's ``set``) can be called with ``only_if=`` (a parameter of
+    that name passable by keyword, or ``**kwargs``): :func:`binds` for ``set``."""
+    return binds(method, "k", "v", ttl=1.0, only_if="v")
+
+
+def binds(method: object, *args: object, **kwargs: object) -> bool | None:
+    """Whether ``method`` can be called with ``args`` and ``kwargs`` (its signature binds
+    them: ``**kwargs`` takes any keyword). None if its signature cannot be read (a builtin,
+    say): it is then taken at its word, and a mismatch surfaces when it is called (as a
+    :class:`ConfigurationError` through a :class:`~le_transport.state.FallbackStore`).
+    False if it is not callable."""
+    if not callable(method):
+        return False
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def check_store_calls(
+    owner: str, field: str, store: object, *, breaker: bool, budget: bool
+) -> None:
+    """A :class:`ConfigurationError` unless ``store`` (a :class:`StateStore`, checked first by
+    :func:`check_store`; through a :class:`~le_transport.state.FallbackStore`, its primary)
+    takes the calls the overload guard makes of it, as the protocol writes them: ``get``,
+    ``add``, ``delete`` with ``only_if`` and ``set`` with ``only_if`` if ``breaker`` (the
+    fleet's circuit breaker), ``budget`` with ``deposits`` and ``withdraw`` if ``budget``.
+
+    Checked when the guard is made, so that a store that does not fit fails there, loudly and
+    typed, not in a caller's request with a raw TypeError. Above all a store written to the
+    protocol before ``only_if`` was added (``set(key, value, *, ttl)``): it still passes
+    :func:`check_store` (a runtime-checkable Protocol checks method names only), and failed at
+    the fleet's first half-open probe. A store that only ever gets unconditional writes (a
+    shared session, the domain map, the pacer) is not asked for ``only_if``.
+
+    Refused, not degraded to the old unconditional writes: those let a process's probe
+    overwrite or delete a break another process had just published, and the fleet sent
+    traffic through a live break (6583054). Other SDKs build on this library; a store that
+    worked must not break silently at its first probe, mid-outage, nor lose that guarantee
+    behind a warning nobody reads. A typed error when the guard is made, saying what to add
+    (or to share no breaker), is loud and early, and the fix is a few lines.
+    """
+    from .fallback import FallbackStore  # (a cycle at import time: fallback imports this)
+
+    inner = store
+    seen: set[int] = set()
+    while isinstance(inner, FallbackStore) and id(inner) not in seen:
+        seen.add(id(inner))
+        inner = inner.primary
+    name = type(inner).__name__
+    if breaker and takes_only_if(getattr(inner, "set", None)) is False:
+        raise ConfigurationError(_no_only_if(owner, field, inner))
+    calls: list[tuple[str, tuple[object, ...], dict[str, object], str]] = []
+    if breaker:
+        calls += [
+            ("get", ("k",), {}, "get(key)"),
+            ("add", ("k", "v"), {"ttl": 1.0}, "add(key, value, *, ttl)"),
+            ("delete", ("k",), {"only_if": "v"}, "delete(key, *, only_if=None)"),
+        ]
+    if budget:
+        calls.append(
+            (
+                "budget",
+                ("k", RetryBudget()),
+                {"deposits": 0, "withdraw": False},
+                "budget(key, policy, *, deposits=0, withdraw=False)",
+            )
+        )
+    for op, args, kwargs, shape in calls:
+        if binds(getattr(inner, op, None), *args, **kwargs) is False:
+            raise ConfigurationError(
+                f"{owner}.{field}: {name}.{op} cannot be called as the StateStore protocol "
+                f"calls it: async def {shape} (see StateStore.{op})"
+            )
+
+
+def _no_only_if(owner: str, field: str, store: object) -> str:
+    """What a store without ``only_if`` is told to add (:func:`check_store_calls`)."""
+    name = type(store).__name__
+    return (
+        f"{owner}.{field}: {name}.set() takes no only_if, and the fleet's circuit breaker "
+        "publishes and rewrites its trip with a compare-and-set (a plain write let one "
+        "process's break replace or delete another's newer one, and the fleet sent traffic "
+        f"through it). Add it to {name}.set: "
+        "async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) "
+        "-> bool; with only_if given, store value only while key still holds exactly only_if, "
+        "atomically (on Redis, a Lua script: GET, compare, SET PX), and return whether it "
+        "stored (without it, store and return True). Or share no breaker through it "
+        "(breaker=None, or no store)"
+    )
 
 
 @runtime_checkable
