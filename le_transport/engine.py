@@ -29,7 +29,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._checks import require_kind, require_option
-from ._redact import body_excerpt, redact_url
+from ._redact import body_excerpt, redact_text, redact_url
 from .clock import Clock, RealClock
 from .errors import (
     AttemptRecord,
@@ -301,6 +301,46 @@ def _refused_argument(
 #: the top. Linked, so that a deep value costs no copy of its whole path at each level.
 _Place = tuple[Any, object] | None
 
+#: A key that may be shown in a message: a short identifier...
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")
+#: ...each of whose parts (between '_', '.' and '-') is words (``conversationId``), then at
+#: most four digits (``line2``): what a field's name looks like. A key that is data (a token,
+#: a card number, an e-mail address, a hex id) has digits inside a part, or other characters.
+_NAME_PART = re.compile(r"(?:[A-Za-z][a-z]*)*[0-9]{0,4}")
+
+
+@attrs.frozen
+class _HiddenKey:
+    """A key not shown (it looks like data, not a field's name): said by its position."""
+
+    #: 1 for the first key of its mapping, in the mapping's order.
+    position: int
+    what: str = "key"
+
+    def __str__(self) -> str:
+        n = self.position
+        suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+        return f"<{n}{suffix} {self.what}>"
+
+
+def _looks_like_a_name(key: object) -> bool:
+    """Whether a mapping's key may be shown in a message: a field's name (``'items'``,
+    ``'conversationId'``, ``'address_line_2'``), a small int, a bool or None, and never data
+    used as a key (``'sk_live_51Hc...'``, ``'jane.doe@example.com'``, ``'4111111111111111'``),
+    which a message must not repeat."""
+    if key is None or isinstance(key, bool):
+        return True
+    if isinstance(key, int):
+        return -10_000 < key < 10_000
+    if not isinstance(key, str) or _FIELD_NAME.fullmatch(key) is None:
+        return False
+    return all(_NAME_PART.fullmatch(part) is not None for part in re.split(r"[_.-]", key) if part)
+
+
+def _shown_key(key: object, position: int, what: str = "key") -> object:
+    """``key``, or its position when it looks like data (see :func:`_looks_like_a_name`)."""
+    return key if _looks_like_a_name(key) else _HiddenKey(position, what)
+
 
 def _json_fault(value: object, serialize: Callable[[Any], str]) -> str | None:
     """Why ``serialize`` refuses ``value`` (a ``json=`` body), naming the key, or None."""
@@ -340,7 +380,7 @@ def _json_culprit(value: object) -> str | None:
             children: list[tuple[object, _Place]]
             if isinstance(node, dict):
                 children = []
-                for key, item in node.items():
+                for position, (key, item) in enumerate(node.items(), 1):
                     if not (key is None or isinstance(key, str | int | float)) or (
                         isinstance(key, float) and not math.isfinite(key)
                     ):
@@ -353,7 +393,7 @@ def _json_culprit(value: object) -> str | None:
                             f"json{_show_place(place)} has {what}: JSON object keys are str "
                             "(or int, float, bool, None)"
                         )
-                    children.append((item, (place, key)))
+                    children.append((item, (place, _shown_key(key, position))))
             else:
                 children = [(item, (place, index)) for index, item in enumerate(node)]
             stack.extend(reversed(children))
@@ -366,14 +406,17 @@ def _json_culprit(value: object) -> str | None:
 
 
 def _show_place(place: _Place, keep: int = 6) -> str:
-    """``['a'][0]['b']`` for a place in a JSON value (its last ``keep`` keys, each cut to 40
-    characters): keys are field names, never the values the caller sent."""
+    """``['a'][0]['b']`` for a place in a JSON value (its last ``keep`` keys): keys that look
+    like field names, and the position of any other (``['cards'][<1st key>]['exp']``), never
+    the values the caller sent."""
     keys: list[object] = []
     while place is not None:
         place, key = place
         keys.append(key)
     keys.reverse()
-    shown = "".join(f"[{key!r:.40}]" for key in keys[-keep:])
+    shown = "".join(
+        f"[{key}]" if isinstance(key, _HiddenKey) else f"[{key!r:.42}]" for key in keys[-keep:]
+    )
     return f"[...]{shown}" if len(keys) > keep else shown
 
 
@@ -390,13 +433,15 @@ def _params_fault(params: object) -> str | None:
     else:
         return None
     if isinstance(params, Mapping):
-        for name, value in params.items():
+        for position, (name, value) in enumerate(params.items(), 1):
             if not isinstance(name, str):
                 return f"params names must be str, got a {type(name).__name__}"
             try:
                 _PROBE_URL.extend_query({name: value})
             except (TypeError, ValueError):
-                return f"params[{name!r:.40}] {_query_value_fault(value)}"
+                shown = _shown_key(name, position, "parameter")
+                where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
+                return f"params{where} {_query_value_fault(value)}"
     return (
         "params must be a mapping of names to str, int or float values (or lists of them), "
         f"got a {type(params).__name__}"
@@ -747,7 +792,10 @@ class Engine:
         :class:`~le_transport.errors.ConfigurationError` if the engine has no auth provider,
         :class:`~le_transport.errors.EngineClosed` once it is closed, and
         :class:`~le_transport.errors.ProviderError` when the provider fails with an error of
-        its own (not a :class:`~le_transport.errors.TransportError`), that error as the cause.
+        its own (not a :class:`~le_transport.errors.TransportError`), that error as the cause;
+        :class:`~le_transport.errors.ConnectionFailed` when that error is its own network
+        call's failure (an outage, not a bug: see
+        :func:`~le_transport.middleware.context.provider_failed`).
         """
         self._check_usable("login")
         auth = self._auth
@@ -758,7 +806,7 @@ class Engine:
         except TransportError:
             raise
         except Exception as exc:
-            raise self._provider_failure("auth", auth, "credentials", exc) from exc
+            raise self._provider_failure("auth", auth, "credentials", exc) from safe_cause(exc)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -916,20 +964,52 @@ class Engine:
                 # An abandoned probe's lock being freed in the fleet's store: bounded, and
                 # then cancelled, so that no task of the guard outlives the engine.
                 await drain()
+            failed: Exception | None = None
             if not self._providers_closed and self._session is not None:
-                if self._auth is not None:
-                    await self._auth.close()
-                close_domains = getattr(self._domains, "close", None)
-                if callable(close_domains):
-                    await close_domains()
+                failed = await self._close_providers()
                 # Only now: a close cancelled part-way leaves the rest (a logout) to the next.
+                # A provider's close that raised is not tried again: the session it would use
+                # is closed below.
                 self._providers_closed = True
             if self._owns_session and self._session is not None and not self._session.closed:
                 await self._session.close()
+            if failed is not None:
+                # Raised as it is, after the session is closed: it used to stop the close
+                # before it, and the session leaked. The close did not finish (__del__ says so
+                # if the provider is left holding something).
+                raise failed
             self._close_done = True
         finally:
             self._closing = None
             done.set_result(None)
+
+    async def _close_providers(self) -> Exception | None:
+        """Close the auth provider (logout) and the domain provider, each even if the other's
+        close raised: the first error, to raise once the session is closed (a second is
+        logged, by type). A cancellation propagates, leaving the rest to the next close."""
+        failed: Exception | None = None
+        auth = self._auth
+        closers = (
+            ("auth", auth, None if auth is None else auth.close),
+            ("domain", self._domains, getattr(self._domains, "close", None)),
+        )
+        for role, provider, close in closers:
+            if not callable(close):
+                continue
+            try:
+                await close()
+            except Exception as exc:
+                if failed is None:
+                    failed = exc
+                else:
+                    _log.warning(
+                        "closing the engine: the %s provider %s failed in close() with %s too",
+                        role,
+                        type(provider).__name__,
+                        type(exc).__name__,
+                        extra={"provider": type(provider).__name__, "error": type(exc).__name__},
+                    )
+        return failed
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -949,22 +1029,37 @@ class Engine:
         # engine whose __init__ failed half-way is collected too.
         if not getattr(self, "_started", False) or getattr(self, "_close_done", True):
             return
-        _warnings.warn(
-            f"an Engine was garbage-collected without close(), leaving {self._left_open()}: "
-            "use 'async with Engine(...)', or 'await engine.close()' on the loop it started on",
-            ResourceWarning,
-            source=self,
-        )
+        left = self._left_open()
+        if not left:
+            # Nothing to leave (a caller's session, no login, no socket): no warning.
+            return
+        if self._closed:
+            what = (
+                "an Engine's close() did not finish (a provider's close raised, or the close "
+                "was cancelled or timed out)"
+            )
+            advice = "'await engine.close()' again, on the loop it started on, finishes it"
+        else:
+            what = "an Engine was garbage-collected without close()"
+            advice = (
+                "use 'async with Engine(...)', or 'await engine.close()' on the loop it started on"
+            )
+        _warnings.warn(f"{what}, leaving {', '.join(left)}: {advice}", ResourceWarning, source=self)
 
-    def _left_open(self) -> str:
-        """What an engine that was never closed leaves behind, in words (no secret)."""
+    def _left_open(self) -> list[str]:
+        """What an engine not closed (or whose close did not finish) leaves behind, in words
+        (no secret); empty when it leaves nothing."""
         left: list[str] = []
         auth = self._auth
-        if isinstance(auth, LoginServiceAuth) and auth.session is not None:
-            left.append(
-                f"a Login Service session still logged in ({auth.subject}: not logged out, it "
-                "stays valid on the server until its TTL ends)"
-            )
+        if isinstance(auth, LoginServiceAuth):
+            if auth.session is not None:
+                left.append(
+                    f"a Login Service session still logged in ({auth.subject}: not logged "
+                    "out, it stays valid on the server until its TTL ends)"
+                )
+            keepalive = auth._keepalive
+            if keepalive is not None and not keepalive.done():
+                left.append(f"the session keepalive of {auth.subject} running")
         session = self._session
         if self._owns_session and session is not None and not session.closed:
             left.append("its aiohttp session and connections")
@@ -972,9 +1067,7 @@ class Engine:
             left.append(f"{len(self._sockets)} socket(s) open")
         if self._keepalives:
             left.append(f"{len(self._keepalives)} HTTP keepalive(s) running")
-        if not left:
-            left.append("its providers unclosed")
-        return ", ".join(left)
+        return left
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -983,7 +1076,9 @@ class Engine:
 
         :class:`~le_transport.errors.EngineClosed` once the engine is closed; a
         :class:`~le_transport.errors.ProviderError` when the domain provider fails with an
-        exception that is not a :class:`~le_transport.errors.TransportError`."""
+        exception that is not a :class:`~le_transport.errors.TransportError`, or a
+        :class:`~le_transport.errors.ConnectionFailed` when that exception is its own network
+        call's failure (an outage: a socket's dialer reconnects into it)."""
         if self._closed:
             raise EngineClosed("Engine.url_for: the engine is closed", service=service)
         wrong = self._wrong_loop()
@@ -995,8 +1090,11 @@ class Engine:
             raise
         except Exception as exc:
             # The domain provider's own bug (the sockets' dialer asks here on every connect):
-            # typed and final, as in a request, not an outage to reconnect into.
-            raise self._provider_failure("domain", self._domains, "resolve", exc, service) from exc
+            # typed and final, as in a request, not an outage to reconnect into; its own
+            # network call failing is an outage (ConnectionFailed), reconnected into.
+            raise self._provider_failure(
+                "domain", self._domains, "resolve", exc, service
+            ) from safe_cause(exc)
 
     async def _url_for(self, service: str, path: str, scheme: str | None) -> tuple[URL, str]:
         """The URL of ``path`` on ``service``'s host, and its redacted form."""
@@ -1167,7 +1265,9 @@ class Engine:
         except Exception as exc:
             # The domain provider's own failure (a bug in a provider of the caller's): typed,
             # with its exception as the cause; not the caller's arguments.
-            raise self._provider_failure("domain", self._domains, "resolve", exc, service) from exc
+            raise self._provider_failure(
+                "domain", self._domains, "resolve", exc, service
+            ) from safe_cause(exc)
         key = (self._scheme, resolved, path)
         try:
             built = self._urls.get(key)
@@ -1254,7 +1354,8 @@ class Engine:
             # the error aiohttp or yarl raised repeats it.
             late = (
                 InvalidRequest(
-                    f"not sent: {refused}",
+                    # Keys that look like data are said by position; this catches the rest.
+                    f"not sent: {redact_text(refused)}",
                     service=service,
                     method=method,
                     url=redact_url(url),

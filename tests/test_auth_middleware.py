@@ -9,6 +9,7 @@ import logging
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from le_transport import Engine, RetryPolicy
@@ -16,13 +17,17 @@ from le_transport.chaos import Status
 from le_transport.errors import (
     AuthenticationError,
     ClientStatusError,
+    ConnectionFailed,
     HostileHostError,
     InvalidRequest,
     ProviderError,
 )
 from le_transport.middleware.auth import AuthMiddleware, same_host
+from le_transport.middleware.context import CallContext, call_context
 from le_transport.middleware.retry import RetryMiddleware
 from le_transport.providers import Credentials, StaticBearer, StaticDomains, UserLogin
+from le_transport.recovery import is_recoverable, is_setup_error
+from le_transport.sockets import UMS_BRAND_SOCKET_QUERY, ums_brand_path
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
@@ -276,9 +281,72 @@ PROVIDER_BUGS = [
     TypeError(f"can only concatenate str (not NoneType) {PROVIDER_TEXT}"),
     ValueError(f"params values must be str {PROVIDER_TEXT}"),
     KeyError(PROVIDER_TEXT),
-    TimeoutError(PROVIDER_TEXT),
+    RuntimeError(PROVIDER_TEXT),
 ]
-PROVIDER_BUG_IDS = ["type-error", "value-error", "key-error", "its-own-timeout"]
+PROVIDER_BUG_IDS = ["type-error", "value-error", "key-error", "runtime-error"]
+
+
+def _provider_outages() -> list[Exception]:
+    """A provider's own network call failing (a vault, a service registry it calls): each an
+    outage, not a bug in it. Made per test: an exception keeps the traceback it was raised with."""
+    key = aiohttp.client_reqrep.ConnectionKey("vault.internal", 443, True, True, None, None, None)
+    return [
+        aiohttp.ClientConnectorError(key, OSError(111, f"Connection refused {PROVIDER_TEXT}")),
+        aiohttp.ServerDisconnectedError(PROVIDER_TEXT),
+        TimeoutError(PROVIDER_TEXT),  # asyncio.wait_for around its own call
+        asyncio.TimeoutError(PROVIDER_TEXT),  # noqa: UP041 - the name a provider may use
+        ConnectionResetError(104, PROVIDER_TEXT),
+        OSError(PROVIDER_TEXT),
+        _answered(503),
+    ]
+
+
+PROVIDER_OUTAGE_IDS = [
+    "connector-error",
+    "server-disconnected",
+    "timeout",
+    "asyncio-timeout",
+    "connection-reset",
+    "os-error",
+    "its-service-answered-503",
+]
+
+
+def _answered(status: int) -> aiohttp.ClientResponseError:
+    """What the provider's own ``raise_for_status()`` raises: its text shows the URL (here with
+    a credential in its query)."""
+    info = aiohttp.RequestInfo(
+        URL(f"https://vault.internal/v1/secret?token={PROVIDER_TEXT}"),
+        "GET",
+        CIMultiDictProxy(CIMultiDict()),
+        URL(f"https://vault.internal/v1/secret?token={PROVIDER_TEXT}"),
+    )
+    return aiohttp.ClientResponseError(info, (), status=status, message="oops")
+
+
+def _assert_outage(
+    err: ConnectionFailed, cause: BaseException, *, provider: str, role: str, operation: str
+) -> None:
+    """A provider's outage: typed as a failed connection, recoverable, not a setup error."""
+    assert not isinstance(err, ProviderError)
+    assert err.never_sent
+    assert is_recoverable(err)
+    assert not is_setup_error(err)
+    assert f"the {role} provider {provider}" in str(err)
+    assert f"{operation}()" in str(err)
+    assert PROVIDER_TEXT not in str(err)
+    if isinstance(cause, aiohttp.ClientResponseError):
+        assert err.__cause__ is None  # its text shows the URL (safe_cause)
+    else:
+        assert err.__cause__ is cause
+
+
+def _assert_logged_as_outage(caplog: pytest.LogCaptureFixture, logger: str) -> None:
+    [logged] = [r for r in caplog.records if r.name == logger]
+    assert logged.levelno == logging.WARNING
+    assert "most likely a bug" not in logged.getMessage()
+    assert PROVIDER_TEXT not in logged.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def _assert_provider_error(
@@ -415,3 +483,135 @@ async def test_on_a_foreign_session_a_providers_own_error_is_a_provider_error(
         info.value, bug, provider="_BuggyAuth", role="auth", operation="credentials"
     )
     assert script.hits == 0
+
+
+# -- a provider's own network failure is an outage, not a bug --------------------------------
+
+
+@pytest.mark.parametrize("index", range(len(PROVIDER_OUTAGE_IDS)), ids=PROVIDER_OUTAGE_IDS)
+@pytest.mark.parametrize("timed", [False, True], ids=["no-deadline", "deadline"])
+async def test_an_auth_providers_own_network_failure_is_a_failed_connection_not_a_bug(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    index: int,
+    timed: bool,
+) -> None:
+    """1889054 made it a ProviderError, logged as an ERROR ('most likely a bug in the
+    provider') and final for a socket, for a vault that was briefly unreachable."""
+    caplog.set_level(logging.WARNING)
+    error = _provider_outages()[index]
+    script = Script(200)
+    host = await serve(script.app())
+    retry = RetryPolicy(pauses=(0.05,), deadline=30.0 if timed else None)
+    auth = _BuggyAuth(error)
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth, retry=retry) as e:
+        with pytest.raises(ConnectionFailed) as info:
+            await e.request("GET", "svc", "/x")
+        with pytest.raises(ConnectionFailed) as login:
+            await e.login()
+    _assert_outage(info.value, error, provider="_BuggyAuth", role="auth", operation="credentials")
+    _assert_outage(login.value, error, provider="_BuggyAuth", role="auth", operation="credentials")
+    assert info.value.service == "svc"
+    assert script.hits == 0
+    assert {r.name for r in caplog.records} == {"le_transport.auth"}
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.parametrize("index", range(len(PROVIDER_OUTAGE_IDS)), ids=PROVIDER_OUTAGE_IDS)
+@pytest.mark.parametrize("timed", [False, True], ids=["no-deadline", "deadline"])
+async def test_a_domain_providers_own_network_failure_is_a_failed_connection_not_a_bug(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, index: int, timed: bool
+) -> None:
+    caplog.set_level(logging.WARNING)
+    error = _provider_outages()[index]
+    retry = RetryPolicy(pauses=(0.05,), deadline=30.0 if timed else None)
+    async with Engine(_BuggyDomains(error=error), scheme="http", clock=clock, retry=retry) as e:
+        with pytest.raises(ConnectionFailed) as info:
+            await e.request("GET", "svc", "/x")
+    _assert_outage(info.value, error, provider="_BuggyDomains", role="domain", operation="resolve")
+    assert info.value.service == "svc"
+    _assert_logged_as_outage(caplog, "le_transport.domains")
+
+
+@pytest.mark.parametrize("index", range(len(PROVIDER_OUTAGE_IDS)), ids=PROVIDER_OUTAGE_IDS)
+async def test_url_for_types_a_domain_providers_network_failure_as_a_failed_connection(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, index: int
+) -> None:
+    """The sockets' dialer asks url_for on every connect: an outage there is a failed connect
+    to retry, not a ProviderError that stops the socket for good."""
+    caplog.set_level(logging.WARNING)
+    error = _provider_outages()[index]
+    async with Engine(_BuggyDomains(error=error), scheme="http", clock=clock) as engine:
+        with pytest.raises(ConnectionFailed) as info:
+            await engine.url_for("svc", "/x")
+    _assert_outage(info.value, error, provider="_BuggyDomains", role="domain", operation="resolve")
+    _assert_logged_as_outage(caplog, "le_transport.domains")
+
+
+async def test_a_domain_providers_network_failure_in_the_host_check_is_a_failed_connection(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """On a foreign session the auth middleware asks the domain provider for the call's host."""
+    script = Script(200)
+    host = await serve(script.app())
+    error = aiohttp.ServerDisconnectedError(PROVIDER_TEXT)
+    middleware = AuthMiddleware(auth=_BuggyAuth(), domains=_BuggyDomains(error=error))
+    async with aiohttp.ClientSession() as session:
+        with call_context(CallContext(service="svc")), pytest.raises(ConnectionFailed) as info:
+            await session.get(
+                f"http://{host}/x", middlewares=(middleware, RetryMiddleware(clock=clock))
+            )
+    _assert_outage(info.value, error, provider="_BuggyDomains", role="domain", operation="resolve")
+    assert script.hits == 0
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+async def test_a_refusal_from_the_providers_own_service_is_still_a_provider_error(
+    clock: VirtualClock, status: int
+) -> None:
+    """Its service refused what it asked (a 4xx): waiting cannot change that. Its text shows
+    the URL it called, so it is not the cause (safe_cause)."""
+    error = _answered(status)
+    async with Engine(
+        {"svc": "127.0.0.1:9"}, scheme="http", clock=clock, auth=_BuggyAuth(error)
+    ) as engine:
+        with pytest.raises(ProviderError) as info:
+            await engine.request("GET", "svc", "/x")
+    assert info.value.error_type == "ClientResponseError"
+    assert info.value.__cause__ is None
+    assert PROVIDER_TEXT not in str(info.value)
+
+
+class _OnceDown:
+    """A domain provider of the caller's own whose service registry is down for its first
+    ``down`` answers, then answers the simulator's hosts."""
+
+    def __init__(self, hosts: dict[str, str], down: int) -> None:
+        self.hosts = hosts
+        self.down = down
+        self.asked = 0
+
+    async def resolve(self, service: str) -> str:
+        self.asked += 1
+        if self.asked <= self.down:
+            raise aiohttp.ServerDisconnectedError()
+        return self.hosts[service]
+
+    async def invalidate(self) -> None:
+        """Nothing cached."""
+
+
+async def test_a_socket_reconnects_through_its_domain_providers_outage(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """1889054 stopped the socket for good (a ProviderError is a setup error)."""
+    domains = _OnceDown(dict(sim.domains), down=2)
+    async with Engine(domains, scheme="http", clock=clock, auth=login_for(sim)) as engine:
+        ws = await engine.websocket(
+            "facadeMsg", ums_brand_path(ACCOUNT), params=UMS_BRAND_SOCKET_QUERY
+        )
+        await ws.wait_open(timeout=3600)
+        assert ws.error is None
+        await ws.close()
+    assert domains.asked == 3

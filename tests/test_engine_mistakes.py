@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import decimal
 import gc
 import warnings
+import weakref
 from collections.abc import Callable
 
 import aiohttp
@@ -124,6 +126,88 @@ class _CountingBearer:
         """Nothing to close."""
 
 
+#: Data used as a key by a caller (a token, an e-mail address, a card number, a query
+#: string pasted as a name): never in a message.
+_DATA_KEYS = [
+    "sk_live_51HcQ2eJx9SECRETSECRET",
+    "sk_live_51HcQ2eJx9abcdEFGH",
+    "jane.doe@example.com",
+    "4111111111111111",
+    "api_key=sk_live_SECRET",
+    "3f2b9c0e-7d4a-4e1b-9a6f-0c2d8e5b1a77",
+    "a3f9c2d81e",
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        (
+            {"json": {"grants": {key: {"at": datetime.datetime(2026, 1, 1)}}}},
+            r"json\['grants'\]\[<1st key>\]\['at'\] is a datetime",
+        )
+        for key in _DATA_KEYS
+    ]
+    + [
+        (
+            {"json": {"cards": {"a": {}, "b": {}, key: {"exp": datetime.date(2030, 1, 1)}}}},
+            r"json\['cards'\]\[<3rd key>\]\['exp'\] is a date",
+        )
+        for key in _DATA_KEYS
+    ]
+    + [
+        ({"params": {"v": "1", key: None}}, r"params\[<2nd parameter>\] is None")
+        for key in _DATA_KEYS
+    ]
+    + [
+        (
+            {"json": {"cards": {4111111111111111: {"exp": datetime.date(2030, 1, 1)}}}},
+            r"json\['cards'\]\[<1st key>\]\['exp'\] is a date",
+        ),
+        (
+            {"json": {"consents": {"jane.doe@example.com": {"given": decimal.Decimal("1")}}}},
+            r"json\['consents'\]\[<1st key>\]\['given'\] is a Decimal",
+        ),
+    ],
+)
+async def test_a_refused_arguments_key_that_is_data_is_said_by_its_position(
+    kwargs: dict[str, object], says: str, clock: VirtualClock
+) -> None:
+    """1889054 showed ``json['grants']['sk_live_51Hc...']['at'] is a datetime``: a mapping
+    keyed by data put that data in the error's text."""
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=says) as refused:
+            await engine.request("POST", "svc", "/x", **kwargs)  # type: ignore[arg-type]
+    said = exception_messages(refused.value)
+    for key in [*_DATA_KEYS, "4111111111111111", "sk_live", "SECRET", "jane.doe", "example.com"]:
+        assert not any(key in m for m in said), (key, said)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        (
+            {"json": {"items": [1, 2, {"at": datetime.datetime(2026, 1, 1)}]}},
+            "json['items'][2]['at'] is a datetime",
+        ),
+        (
+            {"json": {"conversationId": {"address_line_2": {1, 2}}}},
+            "json['conversationId']['address_line_2'] is a set",
+        ),
+        ({"json": {"v1": {"x-request-id": {7: object()}}}}, "json['v1']['x-request-id'][7]"),
+        ({"json": {"ISO8601": {"sk_live": {1}}}}, "json['ISO8601']['sk_live'] is a set"),
+        ({"params": {"api_key": None}}, "params['api_key'] is None"),
+    ],
+)
+async def test_a_refused_arguments_field_names_are_still_shown(
+    kwargs: dict[str, object], says: str, clock: VirtualClock
+) -> None:
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest) as refused:
+            await engine.request("POST", "svc", "/x", **kwargs)  # type: ignore[arg-type]
+    assert says in str(refused.value)
+
+
 async def test_a_header_that_would_break_its_line_is_refused_before_credentials_are_asked(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
@@ -148,17 +232,23 @@ def _failing_middleware(error: Exception) -> Callable[..., object]:
 @pytest.mark.parametrize(
     "error", [TypeError("a bug in a middleware"), ValueError("a bug in a middleware")]
 )
+@pytest.mark.parametrize("where", ["outer_middlewares", "wire_middlewares"])
 async def test_an_outer_middlewares_own_error_is_not_taken_for_the_callers_arguments(
-    serve: ServerFactory, clock: VirtualClock, error: Exception
+    serve: ServerFactory, clock: VirtualClock, error: Exception, where: str
 ) -> None:
-    """It propagates as it is, with its traceback: the call's arguments were fine."""
+    """It propagates as it is, with its traceback: the call's arguments were fine. Not
+    wrapped as a provider's error is: a middleware is the caller's own code, run inside the
+    caller's own call, and the retry loop lets anything it does not know propagate as it is
+    (a middleware may raise an exception of its own on purpose, to be caught by its caller).
+    Before 1889054 it was an InvalidRequest without its cause (except a wire TypeError)."""
     script = Script(200)
     host = await serve(script.app())
+    stack = {where: [_failing_middleware(error)]}
     async with Engine(
         {"svc": host},
         scheme="http",
         clock=clock,
-        outer_middlewares=[_failing_middleware(error)],  # type: ignore[list-item]
+        **stack,  # type: ignore[arg-type]
     ) as engine:
         with pytest.raises(type(error)) as raised:
             await engine.request("GET", "svc", "/x", params={"v": "1"})
@@ -286,6 +376,129 @@ async def test_an_engine_closed_or_never_started_is_collected_quietly(
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
         del closed, never_started
+        gc.collect()
+
+
+class _ProviderClosing:
+    """An auth provider whose close raises (``error``) or hangs (``hang``)."""
+
+    def __init__(self, error: Exception | None = None, *, hang: bool = False) -> None:
+        self.error = error
+        self.hang = hang
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials(headers={"Authorization": f"Bearer {BEARER}"})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        """Nothing to drop."""
+
+    async def close(self) -> None:
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.error is not None:
+            raise self.error
+
+
+class _DomainsClosing:
+    """A static map whose close raises."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def resolve(self, service: str) -> str:
+        return "127.0.0.1:9"
+
+    async def invalidate(self) -> None:
+        """Nothing cached."""
+
+    async def close(self) -> None:
+        self.closed = True
+        raise RuntimeError("the registry said 500")
+
+
+async def test_a_providers_close_that_raises_still_closes_the_session_and_is_raised(
+    clock: VirtualClock,
+) -> None:
+    """The close stopped at the provider's error: the session leaked (aiohttp's 'Unclosed
+    client session'), and the engine warned 'garbage-collected without close()'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()  # what earlier tests left is theirs
+    error = RuntimeError("logout endpoint said 500")
+    domains = _DomainsClosing()
+    engine = Engine(domains, scheme="http", clock=clock, auth=_ProviderClosing(error))
+    await engine.start()
+    session = engine.session
+    with pytest.raises(RuntimeError) as raised:
+        await engine.close()
+    assert raised.value is error  # the first error, as it is; the second one logged
+    assert domains.closed  # the other provider was closed all the same
+    assert session.closed
+    await engine.close()  # again: nothing left to do, and nothing raised
+    # Its traceback holds close()'s frame, and so the engine.
+    error.with_traceback(None)
+    del raised, session
+    box = [engine]
+    del engine
+    assert _warned_when_collected(box) == []
+
+
+def _warned_when_collected(box: list[Engine]) -> list[str]:
+    """The ResourceWarnings given when the engine in ``box`` (taken out: its last reference)
+    is collected, its own and its aiohttp session's."""
+    engine = box.pop()
+    ref = weakref.ref(engine)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", ResourceWarning)
+        del engine
+        gc.collect()
+    said = [str(w.message) for w in warned if issubclass(w.category, ResourceWarning)]
+    # A warning holds its source (the engine): dropped before the engine is looked for.
+    warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    assert ref() is None, "the engine was not collected"
+    return said
+
+
+async def test_an_engine_on_a_callers_session_with_nothing_to_leave_is_collected_quietly(
+    clock: VirtualClock,
+) -> None:
+    """It warned 'leaving its providers unclosed': a static map and no auth hold nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    async with aiohttp.ClientSession() as session:
+        engine = Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, session=session)
+        await engine.start()
+    box = [engine]
+    del engine
+    assert _warned_when_collected(box) == []
+
+
+async def test_a_close_cut_short_warns_that_close_did_not_finish_not_that_it_was_never_called(
+    clock: VirtualClock,
+) -> None:
+    """A close cancelled during a provider's close leaves the session for the next close to
+    finish the logout with; collected so, it said 'garbage-collected without close()'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    engine = Engine(
+        {"svc": "127.0.0.1:9"}, scheme="http", clock=clock, auth=_ProviderClosing(hang=True)
+    )
+    await engine.start()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(engine.close(), 0.01)
+    said = r"Engine's close\(\) did not finish .*aiohttp session.*close\(\)' again"
+    with pytest.warns(ResourceWarning, match=said) as warned:  # noqa: PT031 - the act
+        del engine
+        gc.collect()
+    assert not any("without close()" in str(w.message) for w in warned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        warned.clear()
         gc.collect()
 
 

@@ -587,3 +587,42 @@ async def test_engine_websocket_refuses_a_bad_on_connect_as_the_socket_does(
             await ws.wait_open(timeout=3600)
             await ws.close()
             assert len(sim.sockets.all[0].subscriptions) == 1
+
+
+class _FlakyAuth:
+    """An auth provider of the caller's own that fetches its token from a vault which is down
+    for the first ``down`` calls: an outage, not a bug."""
+
+    def __init__(self, inner: Any, down: int) -> None:
+        self._inner = inner
+        self.down = down
+        self.asked = 0
+
+    async def credentials(self, method: str = "GET", url: Any = None) -> Credentials:
+        self.asked += 1
+        if self.asked <= self.down:
+            raise ConnectionResetError("the vault reset the connection")
+        result: Credentials = await self._inner.credentials(method, url)
+        return result
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        await self._inner.invalidate(rejected)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_outage_of_the_sockets_own_auth_provider_reconnects_not_stops(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """A provider's ConnectionResetError is an outage (ConnectionFailed), not a bug: the
+    socket retries on its reconnect schedule and opens once the vault is back."""
+    async with agent_engine(sim, clock, states) as engine:
+        assert engine.auth is not None
+        flaky = _FlakyAuth(engine.auth, down=2)
+        ws = await brand_socket(engine, sim, auth=flaky)
+        await ws.wait_open(timeout=3600)
+        assert flaky.asked == 3
+        assert ws.state is SocketState.OPEN
+        assert clock.now() > 0  # it waited on the reconnect schedule between the tries
+        await ws.close()

@@ -33,7 +33,11 @@ It sits outside the retry middleware (once per logical call, and once per redire
   that is not :class:`~le_transport.providers.Credentials`), fails the call with
   :class:`~le_transport.errors.ProviderError`, logged, naming the provider and the
   exception's type, with the exception (and its traceback) as the cause: neither an outage
-  nor the caller's arguments. The domain provider asked for the call's host, likewise.
+  nor the caller's arguments. The domain provider asked for the call's host, likewise. A
+  provider's own network failure (its call to a vault or a login service refused, reset or
+  timed out: an ``OSError``, an aiohttp connection error, a 5xx) is no bug: it fails the call
+  with :class:`~le_transport.errors.ConnectionFailed`, logged as a WARNING, recovered like an
+  outage (:func:`~le_transport.middleware.context.provider_failed`).
 
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
@@ -62,7 +66,14 @@ from ..errors import (
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
-from .context import _CURRENT, CallContext, current_call, provider_failed, within_deadline
+from .context import (
+    _CURRENT,
+    CallContext,
+    current_call,
+    provider_failed,
+    safe_cause,
+    within_deadline,
+)
 from .retry import body_spent, is_websocket_upgrade
 
 __all__ = ["AuthMiddleware", "charset_of", "form_charset", "parse_form", "same_host"]
@@ -259,7 +270,7 @@ class AuthMiddleware:
             # A bug in the domain provider: neither the caller's arguments nor an outage.
             raise provider_failed(
                 "domain", self.domains, "resolve", exc, service=ctx.service
-            ) from exc
+            ) from safe_cause(exc)
         if same_host(host, url):
             return True
         _log.warning(
@@ -358,7 +369,7 @@ class AuthMiddleware:
                 operation,
                 exc,
                 service=ctx.service if ctx is not None else None,
-            ) from exc
+            ) from safe_cause(exc)
         return creds
 
     async def _invalidate(self, rejected: Credentials) -> None:
@@ -375,7 +386,7 @@ class AuthMiddleware:
                 "invalidate",
                 exc,
                 service=ctx.service if ctx is not None else None,
-            ) from exc
+            ) from safe_cause(exc)
 
     @staticmethod
     async def _send(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse | None:

@@ -19,7 +19,13 @@ from yarl import URL
 
 from .._redact import redact_url
 from ..clock import Clock, timeout_after
-from ..errors import AttemptRecord, DeadlineExceeded, ProviderError, RequestError
+from ..errors import (
+    AttemptRecord,
+    ConnectionFailed,
+    DeadlineExceeded,
+    ProviderError,
+    RequestError,
+)
 from ..policies.retry import RetryPolicy
 
 _log = logging.getLogger("le_transport.retry")
@@ -36,6 +42,7 @@ __all__ = [
     "HandledCallContext",
     "call_context",
     "current_call",
+    "is_provider_outage",
     "provider_failed",
     "safe_cause",
     "unsent_request_error",
@@ -217,6 +224,23 @@ _PROVIDER_LOGGERS = {
 }
 
 
+def is_provider_outage(exc: BaseException) -> bool:
+    """Whether a provider's own exception is a failure of the network it calls (its own HTTP
+    call to a login service, a vault, a service registry), not a bug in it.
+
+    Yes: an :class:`OSError` (a refused or reset connection, DNS, ``TimeoutError``, which
+    ``asyncio.TimeoutError`` is), an aiohttp connection or payload error, and an aiohttp
+    ``ClientResponseError`` for a 5xx, 408 or 429 (its service is down or busy). No: any other
+    ``ClientResponseError`` (its service refused what it asked, which waiting cannot change),
+    aiohttp's ``InvalidURL`` (a URL it built) and every other exception.
+    """
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return False
+    return isinstance(exc, OSError | aiohttp.ClientError)
+
+
 def provider_failed(
     role: str,
     provider: object,
@@ -224,16 +248,37 @@ def provider_failed(
     exc: BaseException,
     *,
     service: str | None = None,
-) -> ProviderError:
-    """The :class:`~le_transport.errors.ProviderError` for ``exc``, raised by ``provider`` (an
-    auth or domain provider, by ``role``) when asked ``operation``, and not a
-    :class:`~le_transport.errors.TransportError`: a bug in the provider, not the caller's
-    arguments nor an outage. Logged as an ERROR naming the provider, the operation and the
-    exception's type, never its text (it may hold a credential). Raise it ``from exc``: the
-    provider's exception, with its traceback, is its cause.
+) -> ProviderError | ConnectionFailed:
+    """The typed error for ``exc``, raised by ``provider`` (an auth or domain provider, by
+    ``role``) when asked ``operation``, and not a :class:`~le_transport.errors.TransportError`.
+
+    - A failure of the provider's own network call (:func:`is_provider_outage`: a vault or a
+      login service it calls cannot be reached) is an outage, not a bug: a
+      :class:`~le_transport.errors.ConnectionFailed` (``never_sent``: the call itself went
+      nowhere), recovered like any connection failure (``recover=True``, a socket's
+      reconnect), logged as a WARNING.
+    - Anything else is a bug in the provider, neither the caller's arguments nor an outage: a
+      :class:`~le_transport.errors.ProviderError`, logged as an ERROR.
+
+    Either names the provider, the operation and the exception's type, never its text (it may
+    hold a credential). Raise it ``from safe_cause(exc)``: the provider's exception, with its
+    traceback, is its cause, unless its text shows a URL.
     """
     name = type(provider).__name__
     kind = type(exc).__name__
+    logger = _PROVIDER_LOGGERS.get(role, _log)
+    if is_provider_outage(exc):
+        status = exc.status if isinstance(exc, aiohttp.ClientResponseError) else None
+        what = f"answered {status}" if status is not None else f"failed with {kind}"
+        outage = ConnectionFailed(
+            f"the {role} provider {name} could not reach the service it calls: its "
+            f"{operation}() {what}; nothing was sent. An outage, not a bug: a socket "
+            "reconnects, a call with recover=True waits it out",
+            never_sent=True,
+            service=service,
+        )
+        logger.warning("%s", outage, extra={"service": service, "error": kind, "provider": name})
+        return outage
     err = ProviderError(
         f"the {role} provider {name} failed in {operation}() with {kind}, which is not a "
         "TransportError: most likely a bug in the provider; nothing was sent (its exception, "
@@ -244,9 +289,7 @@ def provider_failed(
         error_type=kind,
         service=service,
     )
-    _PROVIDER_LOGGERS.get(role, _log).error(
-        "%s", err, extra={"service": service, "error": kind, "provider": name}
-    )
+    logger.error("%s", err, extra={"service": service, "error": kind, "provider": name})
     return err
 
 

@@ -30,10 +30,11 @@ from ..errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidRetryAfter,
+    ProviderError,
     SocketError,
     TransportError,
 )
-from ..middleware.context import provider_failed
+from ..middleware.context import provider_failed, safe_cause
 from ..middleware.retry import parse_retry_after_date
 from ..policies.close_codes import Disconnect
 from ..policies.keepalive import Keepalive
@@ -469,6 +470,7 @@ class EngineDialer:
             ) from exc
         creds: Credentials | None = None
         if self._auth is not None and self._placement is not AuthPlacement.NONE:
+            bug: tuple[Exception, TransportError] | None = None
             try:
                 creds = await self._auth.credentials("GET", base)
             except AuthenticationError:
@@ -486,11 +488,26 @@ class EngineDialer:
                     disconnect=Disconnect.connect_failed(f"credentials: {type(exc).__name__}"),
                 ) from exc
             except Exception as exc:
-                # The auth provider's own bug: typed (logged, its exception the cause) and
-                # final, as in a request; reconnecting would only meet it again.
-                raise provider_failed(
-                    "auth", self._auth, "credentials", exc, service=self._service
-                ) from exc
+                # Not a TransportError: the auth provider's own bug, or its own outage (a vault
+                # it fetches from is down). Raised below, outside this clause, so that an
+                # aiohttp error whose text shows a URL is neither cause nor context.
+                bug = (
+                    exc,
+                    provider_failed("auth", self._auth, "credentials", exc, service=self._service),
+                )
+            if bug is not None:
+                error, failed = bug
+                failed.__cause__ = safe_cause(error)
+                if isinstance(failed, ProviderError):
+                    # Typed (logged, its exception the cause) and final, as in a request:
+                    # reconnecting would only meet it again.
+                    raise failed
+                # An outage: a failed connect, retried on the reconnect schedule like the
+                # Login Service down.
+                raise DialFailed(
+                    f"no credentials for {self._name}: {type(error).__name__}",
+                    disconnect=Disconnect.connect_failed(f"credentials: {type(error).__name__}"),
+                ) from failed
             self._last = creds
         url = base.with_query(self._params) if self._params else base
         # Shown in errors from the template, before the bearer goes in: redact_url knows only
