@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from yarl import URL
 
-from le_transport import Engine
+from le_transport import Engine, RetryPolicy
 from le_transport.chaos import Hang, Reset, Status
 from le_transport.errors import (
     DomainResolutionError,
@@ -24,11 +24,13 @@ from le_transport.providers import (
     ConsumerJwt,
     CsdsDomains,
     ProviderHttp,
+    ProviderResponse,
     SentinelClientCredentials,
     StaticDomains,
     jwt_expiry,
 )
-from le_transport.providers._token import _EARLY_FALLBACK, MIN_TOKEN_LIFE, Token
+from le_transport.providers._token import _EARLY_FALLBACK, MIN_TOKEN_LIFE, Token, TokenProvider
+from le_transport.providers.jwt import jwt_times
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Simulator
 from tests.conftest import ServerFactory, serve_hanging
@@ -820,6 +822,132 @@ async def test_a_cached_token_is_read_against_our_wall_clock_never_from_its_iat(
         assert lives == pytest.approx([100, 50, 2600 - 75])
         assert sim.count("POST", TOKEN) == 3
     assert _skew_reports([], caplog) == ([], [])
+
+
+# -- an issuer whose iat is broken or hostile -------------------------------------------------
+
+#: The epoch of the scripted issuer's clock at engine time 0; ours and the resource server's are
+#: in step with it, so a token really expires at its ``exp`` by our wall clock.
+_ISSUER_EPOCH = 1_750_000_000.0
+
+
+class _ScriptedIssuer(TokenProvider):
+    """A token provider whose token service answers the ``n``-th request (from 1) with a JWT
+    carrying ``claims(n, wall)``, ``wall`` being the epoch seconds now."""
+
+    _kind = "scripted"
+
+    def __init__(self, clock: VirtualClock, claims: Callable[[int, float], dict[str, int]]) -> None:
+        super().__init__(wall_clock=lambda: _ISSUER_EPOCH + clock.now())
+        self._clock = clock
+        self._claims = claims
+        self.requests = 0
+
+    async def _request_token(
+        self, http: ProviderHttp, retry: RetryPolicy, *, fallback: str | None = None
+    ) -> tuple[ProviderResponse, str]:
+        self.requests += 1
+        claims = self._claims(self.requests, _ISSUER_EPOCH + self._clock.now())
+        body = json.dumps({"access_token": jwt_with(claims)}).encode()
+        return ProviderResponse(200, body), "access_token"
+
+
+async def _sent_expired(
+    auth: _ScriptedIssuer,
+    clock: VirtualClock,
+    secret_values: set[str],
+    *,
+    hours: float,
+    every: float = 2.0,
+) -> int:
+    """Ask ``auth`` for credentials every ``every`` s for ``hours``; how many calls would have
+    carried a token already past its ``exp`` (the resource server's clock is ours)."""
+    expired = 0
+    async with Engine(StaticDomains({"svc": "127.0.0.1:9"}), scheme="http", clock=clock, auth=auth):
+        for _ in range(int(hours * 3600 / every)):
+            creds = await auth.credentials("GET", ANY_URL)
+            assert creds.bearer is not None
+            value = creds.bearer.reveal()
+            secret_values.add(value)
+            exp, _ = jwt_times(value)
+            assert exp is not None
+            if _ISSUER_EPOCH + clock.now() >= exp:
+                expired += 1
+            await clock.sleep(every)
+    return expired
+
+
+async def test_an_iat_on_another_epoch_is_ignored_and_tokens_are_replaced_before_their_exp(
+    clock: VirtualClock, secret_values: set[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An issuer dating iat in seconds since 2001 (NSDate's epoch), exp right: its tokens tell
+    a skew of 31 years, beyond belief. Each tells it, so two used to confirm it, and an hour-long
+    token was believed to live 31 years: never replaced, sent expired for hours. The iat is
+    ignored (said once, as a WARNING, without the token): a token an hour, none sent expired."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    auth = _ScriptedIssuer(
+        clock, lambda n, wall: {"iat": int(wall) - 978_307_200, "exp": int(wall) + 3600}
+    )
+    assert await _sent_expired(auth, clock, secret_values, hours=3) == 0
+    assert auth.fetches <= 4  # at 0, about 3540, 7080 and 10620 s
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "clock_skew"]
+    assert record.levelno == logging.WARNING
+    assert "iat ignored" in record.getMessage()
+
+
+@pytest.mark.parametrize("issued_for", [0, 1])
+async def test_an_iat_at_or_a_second_before_exp_is_not_taken_for_a_clock_behind(
+    clock: VirtualClock, secret_values: set[str], issued_for: int
+) -> None:
+    """A broken issuer stamping iat at exp (or a second before), clocks in step: each token
+    seemed issued an hour in our clock's future, proving it an hour behind, and so to live
+    nothing: fetched anew every 5 s (720 an hour), or every half second (one per call). A token
+    issued for under 2 s tells nothing of the issuer's clock: it lives its hour."""
+    auth = _ScriptedIssuer(
+        clock,
+        lambda n, wall: {"iat": int(wall) + 3600 - issued_for, "exp": int(wall) + 3600},
+    )
+    assert await _sent_expired(auth, clock, secret_values, hours=2, every=1) == 0
+    assert auth.fetches <= 3  # at 0, about 3540 and 7080 s
+
+
+@pytest.mark.parametrize(
+    ("ahead", "replica_tokens"),
+    [(86_400, 1), (7200, 1), (7200, 2)],
+    ids=["a-day-ahead", "2h-ahead", "2h-ahead-twice"],
+)
+async def test_a_replica_ahead_then_an_issuer_caching_tokens_never_pins_a_fetch_loop(
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    ahead: int,
+    replica_tokens: int,
+) -> None:
+    """The first token (or two) comes from a replica whose clock is ahead, its iat in our
+    clock's future; then the token service hands out a cached token until it is a minute from
+    its exp. The replica's token told our clock behind at once, so every cached token seemed
+    dead on arrival, and was fetched anew every 5 s, indefinitely. The first cached token, dead
+    by that skew and alive by our clock, disproves it: the skew is dropped (INFO), and a few
+    fetches in 3 h, none sent expired."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    cached: dict[str, int] = {}
+
+    def claims(n: int, wall: float) -> dict[str, int]:
+        if n <= replica_tokens:
+            return {"iat": int(wall) + ahead, "exp": int(wall) + ahead + 3600}
+        if not cached or cached["exp"] - wall < 60:
+            cached.update(iat=int(wall), exp=int(wall) + 3600)
+        return dict(cached)
+
+    auth = _ScriptedIssuer(clock, claims)
+    assert await _sent_expired(auth, clock, secret_values, hours=3) == 0
+    assert auth.fetches <= 8
+    told, dropped = [r for r in caplog.records if getattr(r, "event", None) == "clock_skew"]
+    assert told.levelno == logging.WARNING
+    assert told.details["our_clock"] == "behind"  # type: ignore[attr-defined]
+    assert dropped.levelno == logging.INFO
+    assert dropped.details["skew"] == 0  # type: ignore[attr-defined]
+    assert "skew dropped" in dropped.getMessage()
 
 
 # -- a token request in flight when the engine closes -----------------------------------------

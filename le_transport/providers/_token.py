@@ -15,13 +15,27 @@ A wall clock skewed from the issuer's would misread every JWT's ``exp``: ahead b
 token's life, each token seems to live seconds and is fetched anew every second or so; behind,
 each seems to outlive its real expiry, and is sent expired. The JWT's ``iat`` (issued at, read
 without verifying too) tells the issuer's clock, within the time its answer took: a token
-issued in our clock's future proves our clock behind, at once. One issued long ago by our clock
+issued in our clock's future tells our clock behind, at once. One issued long ago by our clock
 may be a cached token a token service hands out as it ages (whose ``exp - iat`` it no longer
 has), so that alone changes nothing; a second, newer token telling the same skew confirms our
 clock ahead. From then on a token's life is read against the issuer's clock (``exp`` less our
 wall clock, plus the skew), never longer than ``exp - iat``; each bound taken is the one that
 makes it the shorter. A skew beyond :data:`CLOCK_SKEW_TOLERANCE` is logged once, as a WARNING
 with its amount (a ``clock_skew`` event; back in step, INFO), never with the token.
+
+An ``iat`` is believed only within reason, as a broken or hostile issuer (or one replica of
+it) may send anything. One less than ``2 * MIN_TOKEN_LIFE`` before ``exp`` (stamped at
+``exp``) or further than :data:`MAX_CLOCK_SKEW` from our wall clock (on another epoch) tells
+nothing: the token is read as one without ``iat``, and the latter is logged once, as a WARNING.
+A token the skew says is dead on arrival (under :data:`MIN_TOKEN_LIFE`) though our clock says
+it lives, its own ``iat`` telling another skew, disproves the skew, which one token from a
+replica whose clock is ahead may have told: a token service hands out live tokens. It is read
+against our clock, and the skew is dropped (INFO), so that it cannot hold the provider in a
+loop of fetches at the floor. So an ``iat``
+gets a token fetched no sooner than the life it claims (``exp - iat``, 2 s or more, less
+``iat``'s rounding) would, or for a few fetches than a replica's clock told. Beyond reach: an
+``iat`` always in the past by less than a day (one stamped in local time) cannot be told from
+our clock ahead, and tokens are believed to live that much longer; a 401 then replaces each.
 
 That early fetch is one attempt, not the request schedule: the current token still works, so a
 token service outage (a 5xx, a transport failure) must not fail calls, nor hold them through
@@ -40,6 +54,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -79,6 +94,7 @@ from .login import login_policy
 __all__ = [
     "CLOCK_SKEW_TOLERANCE",
     "DEFAULT_TOKEN_MARGIN",
+    "MAX_CLOCK_SKEW",
     "MIN_TOKEN_LIFE",
     "MIN_TOKEN_REFRESH",
     "Token",
@@ -100,6 +116,10 @@ MIN_TOKEN_REFRESH = 5.0
 #: as skewed (see the module): well beyond the jitter of an answer's transit and of ``iat``'s
 #: whole seconds, so that a slow answer is not taken for skew.
 CLOCK_SKEW_TOLERANCE = 5.0
+#: The farthest a JWT's ``iat`` is believed to tell our wall clock is from its issuer's: a day
+#: (a clock set to another time zone is within it; an ``iat`` on another epoch is not). Beyond
+#: it, the ``iat`` is ignored.
+MAX_CLOCK_SKEW = 86_400.0
 #: ``iat`` is whole seconds: it may be up to this much before the moment the token was made.
 _IAT_RESOLUTION = 1.0
 #: What an early fetch does when its one attempt meets an outage, in the retry middleware's
@@ -204,6 +224,8 @@ class TokenProvider:
         # our clock further ahead): its iat and the bounds of the skew it would mean. A second,
         # newer one meaning the same skew confirms it.
         self._older: tuple[float, float, float] | None = None
+        # Whether an iat beyond MAX_CLOCK_SKEW has been logged (once is enough).
+        self._iat_ignored = False
         #: Tokens fetched successfully.
         self.fetches = 0
 
@@ -431,22 +453,63 @@ class TokenProvider:
         if exp is None:
             return expires_in, MIN_TOKEN_REFRESH
         wall = self._wall_clock()
-        if iat is None or iat > exp:
-            # Nothing tells the issuer's clock (an iat after exp tells nothing sane): our wall
-            # clock, less the skew earlier tokens told, if any.
-            return exp - wall + self._skew, MIN_TOKEN_REFRESH
-        issued_for = exp - iat
-        offset = wall - iat
-        self._read_skew(http, iat, offset - took - _IAT_RESOLUTION, offset)
-        # Never more than it was issued with: the issuer made it at iat or later.
-        lifetime = exp - wall + min(self._skew, offset)
+        # Never more than it was issued with (the issuer made it at iat or later), if its iat
+        # is believable; else nothing bounds it (see the module).
+        bound = math.inf
         # A token not believed is used for MIN_TOKEN_REFRESH s, or half the life it was issued
-        # with if that is shorter: a token issued for 4 s, past its exp by a clock ahead of the
-        # issuer's, is fetched anew before it expires, and the next one tells the skew.
+        # with if that is shorter (never under MIN_TOKEN_LIFE: a believable iat is 2 s before
+        # exp or more): a token issued for 4 s, past its exp by a clock ahead of the issuer's,
+        # is fetched anew before it expires, and the next one tells the skew.
         floor = MIN_TOKEN_REFRESH
-        if MIN_TOKEN_LIFE <= issued_for < 2.0 * MIN_TOKEN_REFRESH:
-            floor = issued_for / 2.0
+        # Whether this token's own iat tells the skew believed (then it is no evidence against).
+        tells = False
+        if iat is not None and self._believable(http, exp, iat, wall):
+            bound = wall - iat
+            low = bound - took - _IAT_RESOLUTION
+            self._read_skew(http, iat, low, bound)
+            tells = low - CLOCK_SKEW_TOLERANCE <= self._skew <= bound + CLOCK_SKEW_TOLERANCE
+            floor = min(floor, (exp - iat) / 2.0)
+        lifetime = exp - wall + min(self._skew, bound)
+        ours = exp - wall + min(0.0, bound)
+        if lifetime < MIN_TOKEN_LIFE <= ours and not tells:
+            # Dead on arrival by a skew earlier tokens told, alive by our clock, and its own
+            # iat does not tell that skew: a token service hands out live tokens, so the skew
+            # is wrong (a replica's clock). A clock ahead never gets here: it only lengthens a
+            # life.
+            self._older = None
+            self._set_skew(http, 0.0, "skew dropped: a token dead by it lives by our wall clock")
+            lifetime = ours
         return lifetime, floor
+
+    def _believable(self, http: ProviderHttp, exp: float, iat: float, wall: float) -> bool:
+        """Whether a JWT's ``iat`` can tell the issuer's clock: issued 2 * MIN_TOKEN_LIFE or
+        more before its ``exp``, and within MAX_CLOCK_SKEW of our wall clock (beyond, logged
+        once: another epoch, a broken issuer)."""
+        if exp - iat < 2.0 * MIN_TOKEN_LIFE:
+            return False
+        offset = wall - iat
+        if abs(offset) <= MAX_CLOCK_SKEW:
+            return True
+        if not self._iat_ignored:
+            self._iat_ignored = True
+            emit_state(
+                http.hooks,
+                _log,
+                logging.WARNING,
+                StateEvent(
+                    "clock_skew",
+                    self.subject,
+                    {
+                        "skew": round(offset, 3),
+                        "our_clock": "ahead" if offset > 0 else "behind",
+                        "next": (
+                            f"iat ignored: a skew beyond {MAX_CLOCK_SKEW:.0f} s is not believed "
+                            "(logged once)"
+                        ),
+                    },
+                ),
+            )
+        return False
 
     def _read_skew(self, http: ProviderHttp, iat: float, low: float, high: float) -> None:
         """What a JWT just fetched tells of our wall clock's skew from its issuer's.
@@ -454,12 +517,12 @@ class TokenProvider:
         Made between our request and its answer, it means a skew between ``low`` (the request's
         time less iat, less iat's rounding) and ``high`` (now less iat), if it was made for this
         request; and at most ``high`` whatever it is, since no issuer dates a token in its own
-        future. So a token issued later than the skew believed allows proves our clock behind
-        (or less ahead) at once. One issued longer ago than it allows may be a cached token,
-        handed out as it ages, as well as a sign of our clock ahead: only a second, newer one
-        meaning the same skew confirms it. Each bound taken is the lower one, which makes a
-        token's life the shorter: a token is never believed to live longer than the
-        evidence shows.
+        future. So a token issued later than the skew believed allows tells our clock behind
+        (or less ahead), believed at once: it only shortens lives, and a token it says is dead
+        on arrival drops it (see :meth:`_lifetime`). One issued longer ago than it allows may
+        be a cached token, handed out as it ages, as well as a sign of our clock ahead: only a
+        second, newer one meaning the same skew confirms it. Each bound taken is the lower one,
+        which makes a token's life the shorter.
         """
         skew = self._skew
         if high < skew - CLOCK_SKEW_TOLERANCE:
@@ -480,7 +543,12 @@ class TokenProvider:
         else:
             self._older = None
 
-    def _set_skew(self, http: ProviderHttp, skew: float) -> None:
+    def _set_skew(
+        self,
+        http: ProviderHttp,
+        skew: float,
+        next_step: str = "token lifetimes read against the issuer's clock (JWT iat)",
+    ) -> None:
         """Believe ``skew`` from now on, and say so (the amount, never a token)."""
         self._skew = skew
         in_step = abs(skew) <= CLOCK_SKEW_TOLERANCE
@@ -494,7 +562,7 @@ class TokenProvider:
                 {
                     "skew": round(skew, 3),
                     "our_clock": "in step" if in_step else "ahead" if skew > 0 else "behind",
-                    "next": "token lifetimes read against the issuer's clock (JWT iat)",
+                    "next": next_step,
                 },
             ),
         )
