@@ -1442,7 +1442,7 @@ class Engine:
             raise ConfigurationError(
                 f"Engine.websocket options must be SocketOptions, got {type(options).__name__}"
             )
-        # The socket's own check (a sequence of async callbacks), here too: before the dialer
+        # The socket's own check (a sequence of callbacks), here too: before the dialer
         # and the socket are built, so nothing is made for a call refused.
         on_connect = check_on_connect(on_connect)
         if on_frame is not None and not callable(on_frame):

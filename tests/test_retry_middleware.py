@@ -25,6 +25,7 @@ from le_transport import (
     AttemptTimeout,
     BlockedError,
     BodyTooLarge,
+    Classifier,
     ClientStatusError,
     ConnectionFailed,
     DeadlineExceeded,
@@ -252,6 +253,24 @@ async def test_4xx_is_not_retried_and_raises_client_status_error_with_the_facts(
     assert "tok-XYZ-123" not in str(err)
     assert len(err.attempts) == 1
     assert err.attempts[0].pause is None
+
+
+async def test_a_4xx_the_callers_classifier_retries_does_not_say_it_was_not_retried(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A 409 retried by a Classifier that retries it, and still refused: the error said "not
+    retried (a 4xx is the caller's to fix)" after four attempts."""
+    script = Script(409)
+    host = await serve(script.app())
+    policy = RetryPolicy(pauses=(0.05, 0.1, 0.15), classifier=Classifier(retry_statuses={409}))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=policy) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+    assert script.hits == 4
+    last = info.value.last
+    assert isinstance(last, ClientStatusError)
+    assert "not retried" not in str(last)
+    assert "still refused after 4 attempts" in str(last)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])

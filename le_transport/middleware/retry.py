@@ -671,9 +671,15 @@ class _Call(_WheelTimer):
                 **where,
             )
         if 400 <= status < 500 and status != 429:
+            attempts = len(self.ctx.attempts)
             return ClientStatusError(
-                f"{status} {reason}: the request was refused as invalid; not retried "
-                "(a 4xx is the caller's to fix)",
+                f"{status} {reason}: the request was refused as invalid; "
+                + (
+                    "not retried (a 4xx is the caller's to fix)"
+                    if attempts <= 1
+                    # A 4xx the caller's classifier retries (a 409, say): it was.
+                    else f"still refused after {attempts} attempts"
+                ),
                 status=status,
                 body_excerpt=excerpt,
                 **where,
