@@ -559,34 +559,22 @@ NEWER = CircuitBreaker(
 )
 
 
-class PausingStore:
-    """A :class:`StateStore` over ``inner`` whose next write of the breaker trip (a set or a
-    set-if-absent), once ``armed``, waits for ``go``: a process paused between reading the trip
-    and writing it, as a round trip to Redis lets another process run in between."""
+class ForwardingStore:
+    """A :class:`StateStore` that hands every call to ``inner``: the tests' stores override
+    the calls they are about."""
 
     def __init__(self, inner: StateStore) -> None:
         self.inner = inner
-        self.armed = False
-        self.paused = asyncio.Event()
-        self.go = asyncio.Event()
 
     async def get(self, key: str) -> Entry | None:
         return await self.inner.get(key)
 
-    async def _maybe_pause(self, key: str) -> None:
-        if self.armed and key == _trip_key():
-            self.armed = False
-            self.paused.set()
-            await self.go.wait()
-
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
-        await self._maybe_pause(key)
         if only_if is None:
             return await self.inner.set(key, value, ttl=ttl)
         return await self.inner.set(key, value, ttl=ttl, only_if=only_if)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        await self._maybe_pause(key)
         return await self.inner.add(key, value, ttl=ttl)
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
@@ -602,6 +590,32 @@ class PausingStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class PausingStore(ForwardingStore):
+    """A :class:`StateStore` over ``inner`` whose next write of the breaker trip (a set or a
+    set-if-absent), once ``armed``, waits for ``go``: a process paused between reading the trip
+    and writing it, as a round trip to Redis lets another process run in between."""
+
+    def __init__(self, inner: StateStore) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def _maybe_pause(self, key: str) -> None:
+        if self.armed and key == _trip_key():
+            self.armed = False
+            self.paused.set()
+            await self.go.wait()
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        await self._maybe_pause(key)
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        await self._maybe_pause(key)
+        return await super().add(key, value, ttl=ttl)
 
 
 def _process(
@@ -1395,35 +1409,12 @@ def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
 # -- a caller's own store, written to the protocol before or after only_if ---------------------
 
 
-class _DelegatingStore:
+class _DelegatingStore(ForwardingStore):
     """A caller's StateStore (no MemoryStore subclass: wrapped in a FallbackStore by the guard)
     over a MemoryStore, written to the current protocol: its set takes ``only_if``."""
 
     def __init__(self, clock: Clock) -> None:
-        self.inner = MemoryStore(clock)
-
-    async def get(self, key: str) -> Entry | None:
-        return await self.inner.get(key)
-
-    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
-        return await self.inner.set(key, value, ttl=ttl, only_if=only_if)
-
-    async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        return await self.inner.add(key, value, ttl=ttl)
-
-    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
-        return await self.inner.delete(key, only_if=only_if)
-
-    async def budget(
-        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
-    ) -> bool:
-        return await self.inner.budget(key, policy, deposits=deposits, withdraw=withdraw)
-
-    async def reserve(self, key: str, bucket: TokenBucket) -> float:
-        return await self.inner.reserve(key, bucket)
-
-    async def close(self) -> None:
-        await self.inner.close()
+        super().__init__(MemoryStore(clock))
 
 
 class _KeywordsStore(_DelegatingStore):
