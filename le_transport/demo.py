@@ -216,6 +216,7 @@ _STATE_LABELS = {
     "login_failed": "login",
     "refreshed": "refresh",
     "refresh_failed": "refresh",
+    "clock_skew": "refresh",
     "logged_out": "logout",
     "relogin_scheduled": "relogin",
     "relogin_failed": "relogin",
