@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from le_transport import ClientStatusError, Clock, Engine, RealClock, RetryPolicy
+from le_transport import Clock, Engine, RealClock, RetryPolicy
 from le_transport.chaos import FaultRule, Match, Schedule, Status
 from le_transport.providers import CsdsDomains, UserLogin
 from le_transport.testing.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
@@ -63,20 +63,18 @@ class UsersClient:
         return [User.from_json(item) for item in data]
 
     async def get(self, user_id: str) -> User | None:
-        """One user, or None if there is no such user (a 404 is an answer, not a fault)."""
-        try:
-            data = await self._engine.request_json(
-                "GET",
-                "accountConfigReadOnly",
-                f"{self._base}/{user_id}",
-                params={"v": USERS_API_VERSION},
-                expect=dict,
-            )
-        except ClientStatusError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return User.from_json(data)
+        """One user, or None if there is no such user (a 404 is an answer, not a fault: the
+        call accepts it, so it is neither raised nor logged as a failure)."""
+        resp = await self._engine.request(
+            "GET",
+            "accountConfigReadOnly",
+            f"{self._base}/{user_id}",
+            params={"v": USERS_API_VERSION},
+            accept={404},
+        )
+        if resp.status == 404:
+            return None
+        return User.from_json(resp.json(dict))
 
 
 async def main(clock: Clock | None = None, time_scale: float = 0.01) -> list[User]:

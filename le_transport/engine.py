@@ -18,7 +18,7 @@ import re
 import ssl as _ssl
 import time
 import warnings
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -45,6 +45,7 @@ from .events import EventHooks
 from .middleware.auth import AuthMiddleware, charset_of
 from .middleware.context import (
     _CURRENT,
+    AcceptingCallContext,
     CallContext,
     provider_failed,
     safe_cause,
@@ -482,6 +483,32 @@ def _data_fault(data: object) -> str | None:
             f"{type(data).__name__}"
         )
     return None
+
+
+#: 4xx answers a call may not take as answers: the auth middleware cures a 401 or 407 (fresh
+#: credentials, one replay), and a 429 is a rate limit, retried after its pause.
+_NEVER_ACCEPTED = frozenset({401, 407, 429})
+
+
+def _accepted(accept: object, service: str, method: str) -> frozenset[int]:
+    """``accept`` as a set of 4xx statuses, or :class:`InvalidRequest` saying what is wrong."""
+    statuses: frozenset[object] | None = None
+    if isinstance(accept, Collection) and not isinstance(accept, str | bytes):
+        try:
+            statuses = frozenset(accept)
+        except TypeError:  # an unhashable item: no status either
+            statuses = None
+    if statuses is None or not all(
+        type(s) is int and 400 <= s < 500 and s not in _NEVER_ACCEPTED for s in statuses
+    ):
+        shown = type(accept).__name__ if statuses is None else repr(sorted(statuses, key=str))
+        raise InvalidRequest(
+            "accept takes the 4xx statuses this call expects as answers (e.g. accept={404}), "
+            f"not 401, 407 or 429, which the stack handles; got {shown[:80]}",
+            service=service,
+            method=method,
+        )
+    return frozenset(s for s in statuses if type(s) is int)
 
 
 def _check_expect(expect: object) -> None:
@@ -1158,6 +1185,7 @@ class Engine:
         attempt_timeout: float | None = None,
         allow_redirects: bool = True,
         recover: bool = False,
+        accept: Collection[int] = (),
     ) -> Response:
         """Send ``method path`` to ``service`` through the stack; return the whole answer.
 
@@ -1179,6 +1207,11 @@ class Engine:
           async iterable of bytes streamed as it comes, and so sent at most once: not retried
           once it went out (a connect failure still is), not replayed after a 401, refused
           with ``recover=True``.
+        - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
+          "no such user"): such an answer is returned as a :class:`Response`, as a success is,
+          with no error, no retry and no log line. Any 4xx but 401, 407 (the auth middleware's
+          to cure) and 429 (a rate limit, retried); anything else is an
+          :class:`~le_transport.errors.InvalidRequest`.
 
         Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried; with an
         auth provider, a 401 that fresh credentials do not cure is
@@ -1225,6 +1258,7 @@ class Engine:
                     deadline=deadline,
                     attempt_timeout=attempt_timeout,
                     allow_redirects=allow_redirects,
+                    accept=accept,
                 )
             )
         session = self._session
@@ -1246,7 +1280,13 @@ class Engine:
                     attempt_timeout if attempt_timeout is not None else policy.attempt_timeout
                 ),
             )
-        ctx = CallContext(service, idempotent, policy)
+        ctx = (
+            CallContext(service, idempotent, policy)
+            if not accept
+            else AcceptingCallContext(
+                service, idempotent, policy, accept=_accepted(accept, service, method)
+            )
+        )
         try:
             if self._resolves_at_once or policy.deadline is None:
                 resolved = await self._domains.resolve(service)

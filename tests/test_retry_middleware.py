@@ -39,7 +39,7 @@ from le_transport import (
     RetryPolicy,
     ServerStatusError,
 )
-from le_transport.errors import CircuitOpen
+from le_transport.errors import CircuitOpen, InvalidRequest
 from le_transport.middleware import RetryMiddleware
 from le_transport.middleware.context import CallContext, HandledCallContext
 from le_transport.providers import ProviderHttp
@@ -271,6 +271,55 @@ async def test_a_4xx_the_callers_classifier_retries_does_not_say_it_was_not_retr
     assert isinstance(last, ClientStatusError)
     assert "not retried" not in str(last)
     assert "still refused after 4 attempts" in str(last)
+
+
+async def test_an_accepted_4xx_is_an_answer_returned_with_no_error_and_no_log_line(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """accept={404}: "no such user" is an answer. Before, the only way was to catch
+    ClientStatusError, and the retry loop had logged a WARNING for an expected outcome."""
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    gave_up: list[object] = []
+    script = Script(404, 404, 200)
+    host = await serve(script.app())
+    hooks = EventHooks(on_giveup=[gave_up.append])
+    async with Engine({"svc": host}, scheme="http", clock=clock, hooks=hooks) as engine:
+        missing = await engine.request("GET", "svc", "/x", accept={404})
+        assert missing.status == 404
+        assert [a.outcome.status for a in missing.attempts] == [404]
+        # For another call (no accept) the same answer is the usual ClientStatusError.
+        with pytest.raises(ClientStatusError):
+            await engine.request("GET", "svc", "/x")
+        found = await engine.request("GET", "svc", "/x", accept=[404])
+        assert found.status == 200
+    assert script.hits == 3
+    assert clock.now() == 0.0
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1  # only the call that did not accept it
+    assert len(gave_up) == 1
+
+
+async def test_accept_takes_precedence_over_a_classifier_that_retries_the_status(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    script = Script(409)
+    host = await serve(script.app())
+    policy = RetryPolicy(pauses=(0.05,), classifier=Classifier(retry_statuses={409}))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=policy) as engine:
+        resp = await engine.request("GET", "svc", "/x", accept=(409,))
+    assert resp.status == 409
+    assert script.hits == 1
+
+
+@pytest.mark.parametrize(
+    "accept", [{401}, {407}, {429}, {500}, {200}, {404.0}, {True}, "404", b"404", 404, [[404]]]
+)
+async def test_accept_refuses_what_is_not_a_4xx_the_call_may_take(
+    accept: object, clock: VirtualClock
+) -> None:
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="accept takes the 4xx statuses"):
+            await engine.request("GET", "svc", "/x", accept=accept)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 Resign = Callable[["ClientRequest"], Awaitable[object]]
 
 __all__ = [
+    "AcceptingCallContext",
     "CallContext",
     "HandledCallContext",
     "call_context",
@@ -77,6 +78,10 @@ class CallContext:
     #: A class attribute, not a slot: an ordinary call neither sets nor stores it, and only the
     #: retry loop's give-up path reads it.
     caller_handles_failure: ClassVar[bool] = False
+    #: The 4xx statuses the caller takes as answers (see :class:`AcceptingCallContext`); none
+    #: here, as a class attribute: only a call that gives some stores them, and only a failed
+    #: answer's path reads them.
+    accept: frozenset[int] = frozenset()
 
     def __init__(
         self,
@@ -134,6 +139,25 @@ class HandledCallContext(CallContext):
     ) -> None:
         super().__init__(service, idempotent, retry)
         self.fallback = fallback
+
+
+class AcceptingCallContext(CallContext):
+    """A call whose caller takes some 4xx answers as answers, not failures (``accept``: a 404
+    for "no such user"): the retry loop returns such an answer at once, as it returns a
+    success, with no error, no retry and no give-up line."""
+
+    __slots__ = ("accept",)
+
+    def __init__(
+        self,
+        service: str | None = None,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        *,
+        accept: frozenset[int],
+    ) -> None:
+        super().__init__(service, idempotent, retry)
+        self.accept = accept
 
 
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

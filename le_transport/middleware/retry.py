@@ -413,6 +413,11 @@ class _Call(_WheelTimer):
                     # What decide() answers first for a success, without its Decision value.
                     ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
                     return resp
+                if resp is not None and status in ctx.accept:
+                    # An answer the caller expects (a 404 for "no such user"): returned as a
+                    # success is, neither retried nor reported as a failure.
+                    ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
+                    return resp
                 decision = policy.decide(
                     attempt,
                     outcome,
