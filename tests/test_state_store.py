@@ -505,3 +505,42 @@ async def test_fallback_raises_a_primarys_type_error_as_a_configuration_error(
         await store.get("k")
     assert isinstance(info.value.__cause__, TypeError)
     assert store.fallbacks == 0
+
+
+class _ClientError(Exception):
+    """What a caller's store may let through: its client's own error (redis-py's
+    ConnectionError is neither a StateStoreError nor an OSError)."""
+
+
+@pytest.mark.parametrize("error", [_ClientError("connection refused"), ConnectionResetError()])
+async def test_fallback_takes_a_callers_store_raising_its_clients_error_for_an_outage(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    """Before, anything but a StateStoreError went through the fallback raw and failed the
+    caller's call; state now goes local, as for any outage, and comes back with the store."""
+
+    class OwnStore(MemoryStore):
+        down = False
+
+        async def get(self, key: str) -> Entry | None:
+            if self.down:
+                raise error
+            return await super().get(key)
+
+    primary = OwnStore(clock)
+    events: list[StateEvent] = []
+    store = FallbackStore(
+        primary, clock=clock, retry_interval=1.0, hooks=EventHooks(on_state=[events.append])
+    )
+    await store.set("k", "shared", ttl=60)
+    primary.down = True
+    caplog.set_level(logging.WARNING, logger="le_transport.state")
+    assert await store.get("k") == Entry("shared", 60.0)  # this process's own copy
+    assert not store.sharing
+    [line] = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert f"OwnStore.get failed with {type(error).__name__}" in line
+    primary.down = False
+    clock.advance(1.0)
+    await store.get("k")
+    assert store.sharing
+    assert [e.name for e in events] == ["state_store_fallback", "state_store_resumed"]

@@ -51,8 +51,11 @@ T = TypeVar("T")
 class FallbackStore:
     """A :class:`~le_transport.state.StateStore` over ``primary`` that falls back to ``local``.
 
-    - ``primary``: the shared store (e.g. :class:`~le_transport.state.RedisStore`); its
-      failures must be :class:`StateStoreError`.
+    - ``primary``: the shared store (e.g. :class:`~le_transport.state.RedisStore`). Its
+      failures are outages: :class:`StateStoreError`, as the protocol says, or any other
+      exception a caller's own store lets through (its client's connection error), logged by
+      type; only a ``TypeError`` (the protocol not kept) and a ``ConfigurationError`` (the
+      arguments refused) are raised.
     - ``local``: where state lives while the primary is out (a fresh ``MemoryStore``).
     - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
     - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
@@ -131,7 +134,18 @@ class FallbackStore:
                 "when called as the StateStore protocol says (see StateStore."
                 f"{op} for its signature); the TypeError is the __cause__"
             ) from exc
-        except StateStoreError as exc:
+        except ConfigurationError:
+            raise  # the caller's arguments, refused by the primary: no outage
+        except Exception as exc:
+            # StateStoreError is the protocol's outage; a caller's own store may fail with its
+            # client's error instead (redis-py's ConnectionError is no OSError). Either is
+            # taken for an outage: state goes local, which keeps every process working, and
+            # the line below names the type. Raised through here, it failed the caller's call.
+            if not isinstance(exc, StateStoreError):
+                exc = StateStoreError(
+                    f"{type(self._primary).__name__}.{op} failed with {type(exc).__name__} "
+                    "(not a StateStoreError: taken for an outage)"
+                )
             self._next_try = self._clock.now() + self._retry_interval
             if not self._down:
                 self._down = True
