@@ -16,7 +16,6 @@ from typing import Any
 
 from le_transport import Clock, Engine, RealClock
 from le_transport.policies import BackoffPolicy
-from le_transport.policies.keepalive import MESSAGING_AGENT_SDK_GETCLOCK
 from le_transport.providers import CsdsDomains, UserLogin
 from le_transport.sockets import (
     UMS_BRAND_SOCKET_QUERY,
@@ -98,10 +97,9 @@ async def main(clock: Clock | None = None, time_scale: float = 0.01) -> AgentBot
         domains = CsdsDomains(account, csds_host=sim.host, scheme="http")
         auth = UserLogin(account, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False)
         bot = AgentBot(me=f"{account}.brand")
-        options = SocketOptions(
-            keepalive=MESSAGING_AGENT_SDK_GETCLOCK,
-            backoff=BackoffPolicy.reconnect().scaled(time_scale),
-        )
+        # No keepalive given: a socket on the UMS agent path sends the guide's .GetClock after
+        # 30 s of silence by default (SocketOptions.keepalive, KEEPALIVE_BY_PATH).
+        options = SocketOptions(backoff=BackoffPolicy.reconnect().scaled(time_scale))
         async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
             ws = await engine.websocket(
                 "facadeMsg",
