@@ -5,7 +5,9 @@ other 4xx is ever replayed."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import ssl
 
 import aiohttp
 import pytest
@@ -282,8 +284,21 @@ PROVIDER_BUGS = [
     ValueError(f"params values must be str {PROVIDER_TEXT}"),
     KeyError(PROVIDER_TEXT),
     RuntimeError(PROVIDER_TEXT),
+    # OSErrors that are configuration, not the network: waiting cannot cure them, so a socket
+    # must stop rather than reconnect for ever (a missing token file, a wrong CA).
+    FileNotFoundError(2, f"No such file or directory: '/vault/{PROVIDER_TEXT}'"),
+    PermissionError(13, PROVIDER_TEXT),
+    ssl.SSLCertVerificationError(PROVIDER_TEXT),
 ]
-PROVIDER_BUG_IDS = ["type-error", "value-error", "key-error", "runtime-error"]
+PROVIDER_BUG_IDS = [
+    "type-error",
+    "value-error",
+    "key-error",
+    "runtime-error",
+    "token-file-missing",
+    "token-file-unreadable",
+    "certificate-does-not-verify",
+]
 
 
 def _provider_outages() -> list[Exception]:
@@ -296,7 +311,7 @@ def _provider_outages() -> list[Exception]:
         TimeoutError(PROVIDER_TEXT),  # asyncio.wait_for around its own call
         asyncio.TimeoutError(PROVIDER_TEXT),  # noqa: UP041 - the name a provider may use
         ConnectionResetError(104, PROVIDER_TEXT),
-        OSError(PROVIDER_TEXT),
+        OSError(errno.ENETUNREACH, f"Network is unreachable {PROVIDER_TEXT}"),
         _answered(503),
     ]
 
@@ -307,7 +322,7 @@ PROVIDER_OUTAGE_IDS = [
     "timeout",
     "asyncio-timeout",
     "connection-reset",
-    "os-error",
+    "network-unreachable",
     "its-service-answered-503",
 ]
 

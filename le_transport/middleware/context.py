@@ -9,7 +9,10 @@ its defaults.
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, TypeVar
@@ -248,21 +251,39 @@ _PROVIDER_LOGGERS = {
 }
 
 
+#: OSError numbers that say the network, not the program, failed.
+_NETWORK_ERRNOS = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ENETRESET}
+)
+
+
 def is_provider_outage(exc: BaseException) -> bool:
     """Whether a provider's own exception is a failure of the network it calls (its own HTTP
     call to a login service, a vault, a service registry), not a bug in it.
 
-    Yes: an :class:`OSError` (a refused or reset connection, DNS, ``TimeoutError``, which
-    ``asyncio.TimeoutError`` is), an aiohttp connection or payload error, and an aiohttp
+    Yes: a refused, reset or broken connection (:class:`ConnectionError`), a timeout
+    (``TimeoutError``, which ``asyncio.TimeoutError`` is), a name that did not resolve
+    (``socket.gaierror``), an aiohttp connection or payload error, and an aiohttp
     ``ClientResponseError`` for a 5xx, 408 or 429 (its service is down or busy). No: any other
     ``ClientResponseError`` (its service refused what it asked, which waiting cannot change),
-    aiohttp's ``InvalidURL`` (a URL it built) and every other exception.
+    a certificate that does not verify (a wrong CA is configuration, however it is reached),
+    aiohttp's ``InvalidURL``, every other :class:`OSError` (a token file that is missing or
+    unreadable: ``FileNotFoundError``, ``PermissionError``) and every other exception.
     """
     if isinstance(exc, aiohttp.ClientResponseError):
         return exc.status >= 500 or exc.status in (408, 429)
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.ClientConnectorCertificateError | ssl.SSLError):
         return False
-    return isinstance(exc, OSError | aiohttp.ClientError)
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
+        return True  # "Network is unreachable" and its kin are plain OSErrors
+    return isinstance(
+        exc,
+        ConnectionError
+        | TimeoutError
+        | socket.gaierror
+        | aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError,
+    )
 
 
 def provider_failed(
