@@ -5,6 +5,8 @@ either way, so that the server's idle close (about 60 s; the simulator's too) ne
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from le_transport import ConfigurationError, Engine, EventHooks, StateEvent
@@ -16,6 +18,7 @@ from le_transport.policies import (
 from le_transport.providers import ConsumerJwt, Credentials, StaticDomains
 from le_transport.sockets import (
     CONSUMER_SOCKET_QUERY,
+    HANDLER_EXCUSE,
     KEEPALIVE_BY_PATH,
     MESSAGING_AGENT_KEEPALIVE,
     MESSAGING_CONSUMER_KEEPALIVE,
@@ -272,3 +275,21 @@ async def test_a_peer_gone_after_a_slow_handler_returned_is_found_as_usual(
     )
     assert dead_at == pytest.approx(30.0 + keepalive.interval + keepalive.timeout)
     assert states.of("lost")[0].details["reason"] == "peer dead: keepalive unanswered"
+
+
+async def test_a_peer_gone_during_a_handler_that_hangs_is_found_once_the_excuse_runs_out(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A running handler excuses the peer's silence for HANDLER_EXCUSE (300 s) at most: a
+    handler that hangs (a deadlock, an await with no deadline) kept a dead connection open for
+    as long as it ran: 86,400 s for a day-long handler. Now the connection is ended as a dead
+    peer once the excuse has run out and a probe's timeout passed."""
+    caplog.set_level(logging.WARNING, logger="le_transport.sockets")
+    await _slow_handler_run(
+        sim, clock, states, handler_seconds=86_400.0, silence_at=20.0, until=400.0
+    )
+    dead = [r for r in caplog.records if "peer dead" in r.getMessage()]
+    assert len(dead) == 1
+    assert sim.sockets.open == []  # the dead connection was ended, handler or not
+    # (HANDLER_EXCUSE after the handler began, then a probe's interval and timeout at most.)
+    assert 1.0 + HANDLER_EXCUSE + MESSAGING_AGENT_KEEPALIVE.interval < 400.0

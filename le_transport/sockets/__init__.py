@@ -35,6 +35,7 @@ from .options import (
 from .outbox import Outbox, Outgoing
 from .pacing import ReconnectPacer
 from .socket import (
+    HANDLER_EXCUSE,
     EscalationRequest,
     FrameHandler,
     OnConnect,
@@ -47,6 +48,7 @@ from .socket import (
 __all__ = [
     "BEARER_FIELD",
     "CONSUMER_SOCKET_QUERY",
+    "HANDLER_EXCUSE",
     "HEALTHY_AFTER",
     "KEEPALIVE_BY_PATH",
     "MESSAGING_AGENT_KEEPALIVE",

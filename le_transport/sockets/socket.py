@@ -76,6 +76,7 @@ from .outbox import Outbox, Outgoing
 from .pacing import ReconnectPacer
 
 __all__ = [
+    "HANDLER_EXCUSE",
     "EscalationRequest",
     "FrameHandler",
     "OnConnect",
@@ -86,6 +87,12 @@ __all__ = [
 ]
 
 _log = logging.getLogger("le_transport.sockets")
+
+#: How long a running ``on_frame`` handler excuses the peer's silence (nothing is read while it
+#: runs, so a keepalive probe's answer waits unread): a handler riding out a request's whole
+#: 5/10/15 s schedule with its timeouts fits; past it, the keepalive judges the peer as usual,
+#: so a peer that died during a handler that hangs is still found.
+HANDLER_EXCUSE = 300.0
 
 #: Called after every (re)connect, before queued messages go out: re-subscribe here.
 OnConnect = Callable[["ResilientSocket"], Awaitable[object]]
@@ -369,8 +376,9 @@ class ResilientSocket:
         # (first one wins), and the task closing it so that the owner's read returns.
         self._ended: Disconnect | None = None
         self._closer: asyncio.Task[None] | None = None
-        # Whether the owner is awaiting an on_frame handler (which close() may have to cancel).
-        self._handling = False
+        # When the owner began awaiting an on_frame handler (which close() may have to cancel),
+        # or None when it is not awaiting one.
+        self._handling: float | None = None
         # The keepalive: the engine's scheduler (or one of the socket's own, made on first
         # use), the ticket of the current connection, and the probe in flight.
         self._keepalives = keepalives
@@ -531,7 +539,7 @@ class ResilientSocket:
                 async with timeout_after(self._clock, self._options.close_timeout):
                     await asyncio.wait({owner})
             except TimeoutError:
-                if self._handling:
+                if self._handling is not None:
                     # The owner is awaiting a handler that does not return, and the connection
                     # is closed by now: nothing is left to read, so cancelling it is safe.
                     _log.warning(
@@ -1323,7 +1331,9 @@ class ResilientSocket:
         sent = self._probe_sent_at
         if sent is not None and self._last_activity >= sent:
             sent = self._probe_sent_at = None
-        handling = self._handling
+        # A handler is excused for HANDLER_EXCUSE at most: past it, a peer that died while it
+        # ran must not stay undetected for as long as the handler runs (for ever, if it hangs).
+        handling = self._handling is not None and now - self._handling < HANDLER_EXCUSE
         decision = policy.decide(
             now,
             # While a handler runs nothing is read: the peer's silence (an unanswered probe
@@ -1477,11 +1487,11 @@ class ResilientSocket:
         try:
             result = handler(frame)
             if inspect.isawaitable(result):
-                self._handling = True
+                self._handling = self._clock.now()
                 try:
                     await result
                 finally:
-                    self._handling = False
+                    self._handling = None
                     self._reading_again()
         except Exception:
             _log.exception("%s: on_frame handler raised; ignored", self._name)
