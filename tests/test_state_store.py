@@ -544,3 +544,26 @@ async def test_fallback_takes_a_callers_store_raising_its_clients_error_for_an_o
     await store.get("k")
     assert store.sharing
     assert [e.name for e in events] == ["state_store_fallback", "state_store_resumed"]
+
+
+async def test_a_bug_in_a_callers_store_is_logged_with_where_it_was_raised_at_every_retry(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken for an outage, but not hidden: an ERROR with the frames it was raised from (never
+    its text, which may quote a stored value) when state goes local, and again at each retry
+    of the store that meets it. Before, one WARNING named its type, and nothing followed."""
+
+    class BuggyStore(MemoryStore):
+        async def get(self, key: str) -> Entry | None:
+            return {"s": None}[key]  # KeyError(key): its text is the key asked for
+
+    store = FallbackStore(BuggyStore(clock), clock=clock, retry_interval=1.0)
+    caplog.set_level(logging.WARNING, logger="le_transport.state")
+    await store.get("session-value-s3cr3t")
+    clock.advance(1.0)
+    await store.get("session-value-s3cr3t")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert all("BuggyStore.get failed with KeyError" in m for m in errors)
+    assert all("in get" in m for m in errors)  # where: the store's frame
+    assert not any("session-value-s3cr3t" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ pace again (N processes: N logins, N budgets) - the behaviour without Redis, nev
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -70,6 +71,13 @@ class FallbackStore:
     (written to the protocol before compare-and-set) serves unconditional writes as before; a
     conditional one asked of it is a :class:`ConfigurationError` saying what to add, before
     anything is sent (the overload guard refuses such a store when it is made).
+
+    Any other exception from the primary is taken for an outage, whatever its type: a
+    caller's own store may fail with its client's error rather than a ``StateStoreError``.
+    One that is not a ``StateStoreError`` may as well be a bug in that store, so it is logged
+    as an ERROR with where it was raised (its frames, not its text, which may quote a stored
+    value), once when state goes local and again each time a retry of the primary meets it,
+    so that it cannot hide behind local state.
     """
 
     def __init__(
@@ -142,6 +150,20 @@ class FallbackStore:
             # taken for an outage: state goes local, which keeps every process working, and
             # the line below names the type. Raised through here, it failed the caller's call.
             if not isinstance(exc, StateStoreError):
+                # Possibly a bug in the caller's store: its traceback, at every retry that
+                # meets it (every retry_interval at most), never only a type logged once.
+                # Where it was raised, frame by frame, but not its text: a store's values are
+                # shared sessions and the like, and an exception may quote one.
+                _log.error(
+                    "%s.%s failed with %s, which is not a StateStoreError: taken for an "
+                    "outage (state stays local), but it may be a bug in the store; raised "
+                    "at:\n%s",
+                    type(self._primary).__name__,
+                    op,
+                    type(exc).__name__,
+                    "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+                    extra={"store": repr(self._primary), "operation": op},
+                )
                 exc = StateStoreError(
                     f"{type(self._primary).__name__}.{op} failed with {type(exc).__name__} "
                     "(not a StateStoreError: taken for an outage)"
