@@ -1435,9 +1435,21 @@ class Engine:
         expect: type[Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """:meth:`request`, then the body as JSON (checked to be of type ``expect`` if given)."""
+        """:meth:`request`, then the body as JSON (checked to be of type ``expect`` if given).
+
+        It returns only a body, so it takes no ``accept=``: an accepted 404's error body would
+        come back as if it were the resource. Use :meth:`request` with ``accept`` and look at
+        the answer's ``status``."""
         if expect is not None:
             _check_expect(expect)
+        if "accept" in kwargs:
+            raise InvalidRequest(
+                "request_json takes no accept=: it returns only the body, so an accepted 4xx's "
+                "error body would pass for the resource; use request(..., accept=...) and "
+                "check resp.status",
+                service=service if isinstance(service, str) else None,
+                method=method if isinstance(method, str) else None,
+            )
         resp = await self.request(method, service, path, **kwargs)
         return resp.json(expect) if expect is not None else resp.json()
 

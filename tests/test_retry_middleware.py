@@ -1182,3 +1182,11 @@ async def test_on_a_foreign_session_without_raise_for_status_the_final_answer_is
         assert resp.status == 503
         assert (await resp.json())["hit"] == 4
     assert script.hits == 4
+
+
+async def test_request_json_refuses_accept_whose_error_body_would_pass_for_the_resource(
+    clock: VirtualClock,
+) -> None:
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="request_json takes no accept="):
+            await engine.request_json("GET", "svc", "/x", accept={404}, expect=dict)
