@@ -535,9 +535,7 @@ async def test_a_huge_number_of_openings_in_a_trip_entry_is_bounded() -> None:
     await store.set(_trip_key(), json.dumps({"opens": 10**4000, "half_open": 30.0}), ttl=40.0)
     assert isinstance(await guard.admit(_Call("svc", HOST), 1), CircuitOpen)
     clock.advance(10.0)
-    probe = _Call("svc", HOST)
-    assert await guard.admit(probe, 1) is None
-    await guard.settle(probe, 1, DOWN)
+    await _probe_fails(guard)
     assert guard.breaker_state("svc", HOST) is BreakerState.OPEN
     assert guard._status[("svc", HOST)].open_until == pytest.approx(clock.now() + 120.0)
 
@@ -557,6 +555,13 @@ NEWER = CircuitBreaker(
     sampling_window=30.0,
     breaks=BackoffPolicy(first=60.0, jitter=0.0, floor=0.0),
 )
+
+
+async def _probe_fails(guard: OverloadGuard, message: str = "the probe goes") -> None:
+    """``guard`` lets one call through as the probe, and that probe fails (a 5xx)."""
+    probe = _Call("svc", HOST)
+    assert await guard.admit(probe, 1) is None, message
+    await guard.settle(probe, 1, DOWN)
 
 
 class ForwardingStore:
@@ -813,9 +818,7 @@ async def _escalate(
     await _trip(a)
     for _ in range(openings - 1):
         await past_the_break(a)
-        probe = _Call("svc", HOST)
-        assert await a.admit(probe, 1) is None, "A's probe"
-        await a.settle(probe, 1, DOWN)
+        await _probe_fails(a, "A's probe")
     assert a._status[KEY].opens == openings
 
 
@@ -928,9 +931,7 @@ async def test_the_fleets_escalation_goes_on_with_the_default_sync_interval() ->
     assert isinstance(refused, CircuitOpen)
     assert refused.retry_at == pytest.approx(until)
     clock.advance(until - clock.now())
-    probe = _Call("svc", HOST)
-    assert await c.admit(probe, 1) is None
-    await c.settle(probe, 1, DOWN)
+    await _probe_fails(c)
     assert c._status[KEY].opens == 7
     assert c._status[KEY].open_until == pytest.approx(clock.now() + 120.0)
 
@@ -987,9 +988,7 @@ async def test_a_break_over_an_escalated_trips_tail_keeps_the_fleets_count() -> 
     assert await store.get(_trip_key()) == entry, "B's break stays for the fleet"
     clock.advance(5.0)
     c = _process(store, clock, BREAKER, sync=0.0)
-    probe = _Call("svc", HOST)
-    assert await c.admit(probe, 1) is None
-    await c.settle(probe, 1, DOWN)
+    await _probe_fails(c)
     assert c._status[KEY].opens == 4
     assert c._status[KEY].open_until == pytest.approx(clock.now() + 40.0)
 
@@ -1091,9 +1090,7 @@ async def test_a_probe_fails_into_the_fleets_next_break_when_its_count_was_behin
     await _trip(b)
     await store.set(_trip_key(), json.dumps({"opens": 3, "half_open": 30.0}), ttl=31.0)
     clock.advance(6.0)  # B's break is over; the fleet's third ended a second ago
-    probe = _Call("svc", HOST)
-    assert await b.admit(probe, 1) is None
-    await b.settle(probe, 1, DOWN)
+    await _probe_fails(b)
     assert b._status[KEY].opens == 4
     assert b._status[KEY].open_until == pytest.approx(clock.now() + 40.0)
     entry = await store.get(_trip_key())
