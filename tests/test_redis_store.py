@@ -542,6 +542,26 @@ async def test_a_compare_and_set_keeps_the_new_ttl_and_the_fallback_copies_what_
 # -- the fleet's breaker trips on Redis: a newer break is never lost ------------------------------
 
 
+def _half_open_on_redis(
+    store: RedisStore, trip: str, breaker: CircuitBreaker, *, poll: float
+) -> Callable[[OverloadGuard], Awaitable[None]]:
+    """Waits until A's break is over for A and on Redis' clock too (the trip's TTL below the
+    probe lease), polling every ``poll`` s: each step waits for a state, not a time."""
+
+    async def past_the_break(a: OverloadGuard) -> None:
+        while True:
+            entry = await store.get(trip)
+            assert entry is not None
+            if (
+                a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+                and entry.ttl < breaker.probe_lease - 0.05
+            ):
+                return
+            await asyncio.sleep(poll)
+
+    return past_the_break
+
+
 @pytest.mark.parametrize(
     "scenario", [newer_break_during_a_tail_rewrite, newer_break_during_a_probe]
 )
@@ -559,17 +579,7 @@ async def test_a_break_published_while_another_process_probes_is_never_lost_on_r
     )
     trip = state_key("1", "breaker", "svc", HOST)
 
-    async def past_the_break(a: OverloadGuard) -> None:
-        # Over for A, and on Redis' clock too: the trip's TTL is below the probe lease.
-        while True:
-            entry = await store.get(trip)
-            assert entry is not None
-            if (
-                a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
-                and entry.ttl < breaker.probe_lease - 0.05
-            ):
-                return
-            await asyncio.sleep(0.02)
+    past_the_break = _half_open_on_redis(store, trip, breaker, poll=0.02)
 
     try:
         await scenario(store, RealClock(), breaker, past_the_break)
@@ -591,16 +601,7 @@ async def test_an_escalated_break_is_kept_when_an_unaware_process_opens_on_redis
     )
     trip = state_key("1", "breaker", "svc", HOST)
 
-    async def past_the_break(a: OverloadGuard) -> None:
-        while True:
-            entry = await store.get(trip)
-            assert entry is not None
-            if (
-                a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
-                and entry.ttl < breaker.probe_lease - 0.05
-            ):
-                return
-            await asyncio.sleep(0.01)
+    past_the_break = _half_open_on_redis(store, trip, breaker, poll=0.01)
 
     try:
         await escalated_break_meets_an_unaware_opening(
