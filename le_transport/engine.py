@@ -40,6 +40,7 @@ from .errors import (
     ResponseDecodeError,
     TransportError,
     WrongEventLoop,
+    status_error,
 )
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware, charset_of
@@ -115,6 +116,25 @@ class Response:
             f"Response(status={self.status}, method={self.method!r}, url={self.url!r}, "
             f"service={self.service!r}, body=<{len(self.body)} bytes>, "
             f"attempts={len(self.attempts)})"
+        )
+
+    def raise_for_status(self) -> None:
+        """Raise, for a status of 400 or more, the error the call would have raised had it not
+        accepted the status (``accept=``): :class:`~le_transport.errors.ClientStatusError` for a
+        4xx, :class:`~le_transport.errors.BlockedError` for a 451,
+        :class:`~le_transport.errors.ServerStatusError` for a 5xx or a 429, each with the
+        status, a scrubbed excerpt of the body and the call's attempts. Nothing below 400."""
+        if self.status < 400:
+            return
+        raise status_error(
+            self.status,
+            "",
+            body_excerpt(self.body, path=URL(self.url).path),
+            tries=len(self.attempts),
+            service=self.service,
+            method=self.method,
+            url=self.url,
+            attempts=self.attempts,
         )
 
     def text(self, encoding: str = "utf-8") -> str:

@@ -184,6 +184,42 @@ class ServerStatusError(HTTPStatusError):
     """
 
 
+def status_error(
+    status: int,
+    reason: str,
+    excerpt: str,
+    *,
+    tries: int,
+    **context: Unpack[_RequestContext],
+) -> HTTPStatusError:
+    """The error a final answer of ``status`` (400 or more) raises: :class:`BlockedError` for a
+    451, :class:`ClientStatusError` for another 4xx but 429, else :class:`ServerStatusError`.
+    ``tries`` is how many attempts the call made (a 4xx sent more than once was retried by
+    the caller's own classifier); ``excerpt`` is already scrubbed."""
+    if status == 451:
+        return BlockedError(
+            "451: LiveEngage has blacklisted this account or user; not retried",
+            status=status,
+            body_excerpt=excerpt,
+            **context,
+        )
+    head = f"{status} {reason}".strip()
+    if 400 <= status < 500 and status != 429:
+        return ClientStatusError(
+            f"{head}: the request was refused as invalid; "
+            + (
+                "not retried (a 4xx is the caller's to fix)"
+                if tries <= 1
+                # A 4xx the caller's classifier retries (a 409, say): it was.
+                else f"still refused after {tries} attempts"
+            ),
+            status=status,
+            body_excerpt=excerpt,
+            **context,
+        )
+    return ServerStatusError(head, status=status, body_excerpt=excerpt, **context)
+
+
 class ConnectionFailed(RequestError):
     """The connection failed: refused, reset, closed mid-body, or DNS/TLS failure.
 

@@ -299,6 +299,37 @@ async def test_an_accepted_4xx_is_an_answer_returned_with_no_error_and_no_log_li
     assert len(gave_up) == 1
 
 
+async def test_an_accepted_answer_can_still_be_raised_as_the_error_the_call_would_have_raised(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Response.raise_for_status(): a caller that accepted a 404 for one branch of its code can
+    turn it into the usual ClientStatusError in another, with the same facts and no secret."""
+    script = Script(404, 451, 200)
+    host = await serve(script.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        missing = await engine.request(
+            "GET", "svc", "/x", params={"access_token": "tok-XYZ-123"}, accept={404}
+        )
+        blocked = await engine.request("GET", "svc", "/x", accept={451})
+        found = await engine.request("GET", "svc", "/x", accept={404})
+    with pytest.raises(ClientStatusError) as info:
+        missing.raise_for_status()
+    err = info.value
+    assert type(err) is ClientStatusError
+    assert err.status == 404
+    assert err.method == "GET"
+    assert err.service == "svc"
+    assert err.url == f"http://{host}/x?access_token=***"
+    assert err.attempts == missing.attempts
+    assert err.body_excerpt == '{"status":404,"hit":1}'
+    assert str(err).startswith("404: the request was refused as invalid; not retried")
+    assert "tok-XYZ-123" not in str(err)
+    with pytest.raises(BlockedError):
+        blocked.raise_for_status()
+    found.raise_for_status()  # below 400: nothing to raise
+    assert script.hits == 3
+
+
 async def test_accept_takes_precedence_over_a_classifier_that_retries_the_status(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:

@@ -43,7 +43,6 @@ from ..clock import Clock, RealClock, _ClockTimeout, _WheelTimer
 from ..errors import (
     AttemptRecord,
     AttemptTimeout,
-    BlockedError,
     BodyTooLarge,
     ClientStatusError,
     ConnectionFailed,
@@ -53,7 +52,7 @@ from ..errors import (
     InvalidRetryAfter,
     RequestError,
     RetriesExhausted,
-    ServerStatusError,
+    status_error,
 )
 from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
 from ..policies.classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
@@ -664,33 +663,12 @@ class _Call(_WheelTimer):
 
     def _status_error(self, resp: ClientResponse) -> HTTPStatusError:
         body = resp._body if resp._body is not None else b""
-        excerpt = body_excerpt(body, path=self.request.url.path)
-        status = resp.status
-        where = self._where()
-        reason = resp.reason or ""
-        if status == 451:
-            return BlockedError(
-                "451: LiveEngage has blacklisted this account or user; not retried",
-                status=status,
-                body_excerpt=excerpt,
-                **where,
-            )
-        if 400 <= status < 500 and status != 429:
-            attempts = len(self.ctx.attempts)
-            return ClientStatusError(
-                f"{status} {reason}: the request was refused as invalid; "
-                + (
-                    "not retried (a 4xx is the caller's to fix)"
-                    if attempts <= 1
-                    # A 4xx the caller's classifier retries (a 409, say): it was.
-                    else f"still refused after {attempts} attempts"
-                ),
-                status=status,
-                body_excerpt=excerpt,
-                **where,
-            )
-        return ServerStatusError(
-            f"{status} {reason}".strip(), status=status, body_excerpt=excerpt, **where
+        return status_error(
+            resp.status,
+            resp.reason or "",
+            body_excerpt(body, path=self.request.url.path),
+            tries=len(self.ctx.attempts),
+            **self._where(),
         )
 
     def _refused(self, refused: RequestError, attempt: int) -> RequestError:
