@@ -507,6 +507,51 @@ async def test_fallback_raises_a_primarys_type_error_as_a_configuration_error(
     assert store.fallbacks == 0
 
 
+class NoAnswerStore(MemoryStore):
+    """A caller's primary whose calls do their work and answer None (it forgot ``return``)."""
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        await super().set(key, value, ttl=ttl, only_if=only_if)
+        return None  # type: ignore[return-value]
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        await super().delete(key, only_if=only_if)
+        return None  # type: ignore[return-value]
+
+    async def get(self, key: str) -> Entry | None:
+        entry = await super().get(key)
+        return None if entry is None else entry.value  # type: ignore[return-value]
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        return str(await super().reserve(key, bucket))  # type: ignore[return-value]
+
+
+async def test_fallback_refuses_a_primarys_answer_outside_the_protocol(
+    clock: VirtualClock,
+) -> None:
+    """A compare-and-set that answered None was read as "changed since it was read" every
+    time: the fleet's breaker retried its read and never sent its probe, with nothing logged.
+    An answer of the wrong type is the protocol not kept, as a TypeError is: typed, naming
+    the call and the type, never absorbed by going local. Where the answer is not read (an
+    unconditional set or delete: stores written before only_if answer None), it still fits."""
+    store = FallbackStore(NoAnswerStore(clock), clock=clock)
+    assert await store.set("k", "v", ttl=10) is True
+    with pytest.raises(
+        ConfigurationError,
+        match=r"NoAnswerStore\.set returned a NoneType, not a bool \(see StateStore\.set\)",
+    ):
+        await store.set("k", "w", ttl=10, only_if="v")
+    with pytest.raises(ConfigurationError, match=r"NoAnswerStore\.get returned a str"):
+        await store.get("k")
+    with pytest.raises(ConfigurationError, match=r"reserve returned a str, not a number"):
+        await store.reserve("p", TokenBucket(rate=10, burst=5))
+    with pytest.raises(ConfigurationError, match=r"delete returned a NoneType"):
+        await store.delete("k", only_if="w")
+    assert await store.delete("k") is True  # the local copy went; the primary's None not read
+    assert store.fallbacks == 0
+    assert store.sharing
+
+
 class _ClientError(Exception):
     """What a caller's store may let through: its client's own error (redis-py's
     ConnectionError is neither a StateStoreError nor an OSError)."""

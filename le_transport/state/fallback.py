@@ -48,6 +48,12 @@ DEFAULT_RETRY_INTERVAL = 1.0
 
 T = TypeVar("T")
 
+# What the primary's calls must answer (a bool is an int: a Lua script's 0/1 passes).
+_BOOL: tuple[type, ...] = (int,)
+_ENTRY: tuple[tuple[type, ...], str] = ((Entry, type(None)), "an Entry or None")
+_ANY: tuple[tuple[type, ...], str] = ((object,), "anything")
+_SECONDS: tuple[tuple[type, ...], str] = ((int, float), "a number of seconds")
+
 
 class FallbackStore:
     """A :class:`~le_transport.state.StateStore` over ``primary`` that falls back to ``local``.
@@ -55,8 +61,9 @@ class FallbackStore:
     - ``primary``: the shared store (e.g. :class:`~le_transport.state.RedisStore`). Its
       failures are outages: :class:`StateStoreError`, as the protocol says, or any other
       exception a caller's own store lets through (its client's connection error), logged by
-      type; only a ``TypeError`` (the protocol not kept) and a ``ConfigurationError`` (the
-      arguments refused) are raised.
+      type; only a ``TypeError`` or an answer of the wrong type where it is read (the
+      protocol not kept: a compare-and-set answering None) and a ``ConfigurationError`` (the
+      arguments refused) are raised, as a ``ConfigurationError``.
     - ``local``: where state lives while the primary is out (a fresh ``MemoryStore``).
     - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
     - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
@@ -128,7 +135,11 @@ class FallbackStore:
         return self._local
 
     async def _call(
-        self, op: str, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]
+        self,
+        op: str,
+        shared: Callable[[], Awaitable[T]],
+        local: Callable[[], Awaitable[T]],
+        returns: tuple[tuple[type, ...], str] = (_BOOL, "a bool"),
     ) -> T:
         if self._down and self._clock.now() < self._next_try:
             return await local()
@@ -182,6 +193,15 @@ class FallbackStore:
                     StateEvent("state_store_fallback", repr(self._primary), {"operation": op}),
                 )
             return await local()
+        kinds, expected = returns
+        if not isinstance(result, kinds):
+            # A primary answering outside the protocol (a set with only_if that returns None):
+            # read as "not stored", every compare-and-set would fail for ever, and the fleet's
+            # breaker would never send its probe. The protocol not kept, as a TypeError is.
+            raise ConfigurationError(
+                f"FallbackStore.primary: {type(self._primary).__name__}.{op} returned a "
+                f"{type(result).__name__}, not {expected} (see StateStore.{op})"
+            )
         if self._down:
             self._down = False
             self.recoveries += 1
@@ -197,7 +217,9 @@ class FallbackStore:
 
     async def get(self, key: str) -> Entry | None:
         """From the primary; locally while it is out."""
-        return await self._call("get", lambda: self._primary.get(key), lambda: self._local.get(key))
+        return await self._call(
+            "get", lambda: self._primary.get(key), lambda: self._local.get(key), _ENTRY
+        )
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         """To the primary (and locally, as a copy for a later outage); with ``only_if``, a
@@ -210,6 +232,8 @@ class FallbackStore:
                 "set",
                 lambda: self._primary.set(key, value, ttl=ttl),
                 lambda: self._local.set(key, value, ttl=ttl),
+                # Not read: a store written before only_if (its set returns None) still fits.
+                _ANY,
             )
             return True
         # Checked here, whatever the primary: a caller's mistake, never taken for an outage.
@@ -253,8 +277,10 @@ class FallbackStore:
             "delete",
             lambda: self._primary.delete(key, only_if=only_if),
             lambda: self._local.delete(key, only_if=only_if),
+            # Read only for a compare-and-delete: an unconditional one may answer None.
+            (_BOOL, "a bool") if only_if is not None else _ANY,
         )
-        return here or there
+        return here or bool(there)
 
     async def budget(
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
@@ -294,6 +320,7 @@ class FallbackStore:
             "reserve",
             lambda: self._primary.reserve(key, bucket),
             lambda: self._local.reserve(key, bucket),
+            _SECONDS,
         )
 
     async def close(self) -> None:
