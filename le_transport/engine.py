@@ -510,6 +510,31 @@ def _data_fault(data: object) -> str | None:
 _NEVER_ACCEPTED = frozenset({401, 407, 429})
 
 
+def _unscheduled_failure(
+    status: int, body: bytes, method: str, url: str, service: str, ctx: CallContext
+) -> RequestError:
+    """The error for a failed answer that reached :meth:`Engine.request` past the retry
+    middleware (which raises for every one it sees): made by a middleware around it, or by a
+    caller's session that has not got the stack (``Engine(session=...)``). Logged, since the
+    retry loop that logs failures never saw it."""
+    error = status_error(
+        status,
+        "",
+        body_excerpt(body, path=URL(url).path),
+        tries=len(ctx.attempts),
+        note=(
+            "answered outside the retry middleware (by an outer middleware, or a session "
+            "without the engine's middlewares), so not retried"
+        ),
+        service=service,
+        method=method,
+        url=url,
+        attempts=ctx.attempts,
+    )
+    _log.warning("%s %s: %s", method, url, error.message, extra={"service": service})
+    return error
+
+
 def _accepted(accept: object, service: str, method: str) -> frozenset[int]:
     """``accept`` as a set of 4xx statuses, or :class:`InvalidRequest` saying what is wrong."""
     statuses: frozenset[object] | None = None
@@ -759,6 +784,15 @@ class Engine:
             bind_clock = getattr(middleware, "bind_clock", None)
             if callable(bind_clock) and not isinstance(middleware, type):
                 bind_clock(self._clock)
+        if outer_middlewares:
+            from .chaos.injector import FaultInjector  # (only when there are outer ones)
+
+            if any(isinstance(m, FaultInjector) for m in outer_middlewares):
+                _log.warning(
+                    "a FaultInjector is in outer_middlewares: its faults strike once per "
+                    "call, around the retry middleware, and reach the caller unretried; put "
+                    "it in wire_middlewares to test the policies against them"
+                )
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -1372,12 +1406,18 @@ class Engine:
                 if body is None:
                     body = await resp.read()
                 final = resp.url
+                shown = redacted if final is url or final == url else redact_url(final)
+                if resp.status >= 400 and resp.status not in ctx.accept:
+                    # The retry middleware raises for every failed answer it sees: this one
+                    # came from around it (an outer middleware's, or a caller's session without
+                    # the stack). Never passed off as an answer.
+                    raise _unscheduled_failure(resp.status, body, method, shown, service, ctx)
                 return Response(
                     resp.status,
                     resp.headers,
                     body,
                     method,
-                    redacted if final is url or final == url else redact_url(final),
+                    shown,
                     service,
                     tuple(ctx.attempts),
                 )

@@ -190,12 +190,14 @@ def status_error(
     excerpt: str,
     *,
     tries: int,
+    note: str = "",
     **context: Unpack[_RequestContext],
 ) -> HTTPStatusError:
     """The error a final answer of ``status`` (400 or more) raises: :class:`BlockedError` for a
     451, :class:`ClientStatusError` for another 4xx but 429, else :class:`ServerStatusError`.
     ``tries`` is how many attempts the call made (a 4xx sent more than once was retried by
-    the caller's own classifier); ``excerpt`` is already scrubbed."""
+    the caller's own classifier); ``excerpt`` is already scrubbed; ``note``, if given, ends
+    the message (said of a 4xx instead of whether it was retried)."""
     if status == 451:
         return BlockedError(
             "451: LiveEngage has blacklisted this account or user; not retried",
@@ -208,7 +210,9 @@ def status_error(
         return ClientStatusError(
             f"{head}: the request was refused as invalid; "
             + (
-                "not retried (a 4xx is the caller's to fix)"
+                note
+                if note
+                else "not retried (a 4xx is the caller's to fix)"
                 if tries <= 1
                 # A 4xx the caller's classifier retries (a 409, say): it was.
                 else f"still refused after {tries} attempts"
@@ -217,7 +221,9 @@ def status_error(
             body_excerpt=excerpt,
             **context,
         )
-    return ServerStatusError(head, status=status, body_excerpt=excerpt, **context)
+    return ServerStatusError(
+        f"{head}; {note}" if note else head, status=status, body_excerpt=excerpt, **context
+    )
 
 
 class ConnectionFailed(RequestError):

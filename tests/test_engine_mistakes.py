@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import decimal
 import gc
+import logging
 import warnings
 import weakref
 from collections.abc import Callable
@@ -19,14 +20,18 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from yarl import URL
 
 from le_transport import (
+    ClientStatusError,
     ConfigurationError,
     Engine,
     EngineClosed,
+    HTTPStatusError,
     InvalidRequest,
     RetryPolicy,
+    ServerStatusError,
     TransportError,
     WrongEventLoop,
 )
+from le_transport.chaos import FaultInjector, FaultRule, Status
 from le_transport.providers import Credentials
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -255,6 +260,90 @@ async def test_an_outer_middlewares_own_error_is_not_taken_for_the_callers_argum
     assert raised.value is error
     assert not isinstance(raised.value, InvalidRequest)
     assert script.hits == 0
+
+
+def _answering_middleware(status: int) -> Callable[..., object]:
+    async def answer(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        # A real answer to rewrite: the server's 200, passed off with another status.
+        resp = await handler(request)
+        resp.status = status
+        return resp
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(503, ServerStatusError), (404, ClientStatusError), (429, ServerStatusError)],
+)
+async def test_a_failed_answer_made_around_the_retry_middleware_is_raised_not_returned(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    error: type[Exception],
+) -> None:
+    """An outer middleware's 503 (a cache, a shim, a FaultInjector put in the wrong list) came
+    back as a Response, with no error and no attempt: the retry middleware raises for every
+    failed answer it sees, and this one never passed through it. Now it is the status's usual
+    error, said to be unretried, and logged, since the retry loop that logs failures never saw
+    it; the URL redacted."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    script = Script(200)
+    host = await serve(script.app())
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        outer_middlewares=[_answering_middleware(status)],
+    ) as engine:
+        with pytest.raises(error) as info:
+            await engine.request("GET", "svc", "/x", params={"access_token": SECRET})
+        # An accepted 404 is still an answer.
+        if status == 404:
+            accepted = await engine.request("GET", "svc", "/x", accept={404})
+            assert accepted.status == 404
+    err = info.value
+    assert isinstance(err, HTTPStatusError)
+    assert err.status == status
+    assert err.url == f"http://{host}/x?access_token=***"
+    assert "answered outside the retry middleware" in str(err)
+    assert SECRET not in str(err)
+    assert [r.getMessage() for r in caplog.records if "outside the retry" in r.getMessage()]
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failed_answer_from_a_callers_session_without_the_stack_is_raised(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Engine(session=...) with a plain session (the caller did not add Engine.middlewares):
+    a 404 was returned as a Response as if it were the resource."""
+    script = Script(404)
+    host = await serve(script.app())
+    async with (
+        aiohttp.ClientSession() as session,
+        Engine({"svc": host}, scheme="http", clock=clock, session=session) as engine,
+    ):
+        with pytest.raises(ClientStatusError, match="answered outside the retry middleware"):
+            await engine.request("GET", "svc", "/x")
+    assert script.hits == 1
+
+
+async def test_a_fault_injector_in_outer_middlewares_is_warned_about(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """There its faults strike once per call, around the retry middleware, and reach the
+    caller unretried: a chaos test of the policies that tests none of them."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    injector = FaultInjector([FaultRule(id="503", unit="request", fault=Status(503))])
+    Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, wire_middlewares=[injector])
+    assert not caplog.records
+    Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, outer_middlewares=[injector])
+    assert [r.getMessage() for r in caplog.records] == [
+        "a FaultInjector is in outer_middlewares: its faults strike once per call, around the "
+        "retry middleware, and reach the caller unretried; put it in wire_middlewares to test "
+        "the policies against them"
+    ]
 
 
 async def test_websocket_given_one_callback_instead_of_a_sequence_says_so(
