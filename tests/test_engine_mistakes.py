@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
 from yarl import URL
 
 from le_transport import (
@@ -262,7 +262,7 @@ async def test_an_outer_middlewares_own_error_is_not_taken_for_the_callers_argum
     assert script.hits == 0
 
 
-def _answering_middleware(status: int) -> Callable[..., object]:
+def _answering_middleware(status: int) -> ClientMiddlewareType:
     async def answer(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         # A real answer to rewrite: the server's 200, passed off with another status.
         resp = await handler(request)
