@@ -25,7 +25,10 @@ is refused when it is made or loaded, with a :class:`~le_transport.errors.Config
 naming the kind, the unit and the units the kind works on: a kind on a unit that does not
 apply it (a ``WsDrop`` left on the default unit ``request``, a ``Status`` on ``ws_session``), a
 ``ws_message`` rule that names a ``method`` other than ``WS`` or a ``service`` (messages have
-neither), a ``ws_session`` rule whose ``method`` is not ``GET`` (an upgrade is a GET).
+neither), a ``ws_session`` rule whose ``method`` is not ``GET`` (an upgrade is a GET), a
+``ws_message`` rule whose ``WsClose``/``WsDrop``/``WsSilence`` has an ``after_messages`` other
+than 0 (a message fault strikes on the matched message itself, so the count would be ignored:
+to strike after a number of messages, use unit ``ws_session``).
 
 **Rules do not add up: on each unit, the first rule that fires wins.** Rules are consulted in
 plan order; once one injects, every later rule due on the same unit is logged ``shadowed`` and
@@ -385,8 +388,10 @@ class WsClose:
     On unit ``ws_session`` it strikes as the client's ``after_messages``-th message arrives:
     that message is never answered (a request the client has in flight when the connection
     goes), the ``after_messages - 1`` before it are; 0: as soon as the socket opens. On unit
-    ``ws_message`` it strikes instead of answering the matched message (``after_messages`` is
-    not used there). The simulator and the client-side injector count alike.
+    ``ws_message`` it strikes instead of answering the matched message, so ``after_messages``
+    must be 0 there: a rule on ``ws_message`` with another value is refused (to strike after a
+    number of messages, put the rule on unit ``ws_session``). The simulator and the
+    client-side injector count alike.
     """
 
     kind: ClassVar[str] = "ws_close"
@@ -411,8 +416,10 @@ class WsDrop:
     On unit ``ws_session`` it strikes as the client's ``after_messages``-th message arrives:
     that message is never answered (a request in flight when the connection drops), the
     ``after_messages - 1`` before it are; 0: as soon as the socket opens. On unit
-    ``ws_message`` it strikes instead of answering the matched message (``after_messages`` is
-    not used there). The simulator and the client-side injector count alike.
+    ``ws_message`` it strikes instead of answering the matched message, so ``after_messages``
+    must be 0 there: a rule on ``ws_message`` with another value is refused (to strike after a
+    number of messages, put the rule on unit ``ws_session``). The simulator and the
+    client-side injector count alike.
     """
 
     kind: ClassVar[str] = "ws_drop"
@@ -428,8 +435,10 @@ class WsSilence:
     as :class:`WsDrop` and :class:`WsClose` do: that message is the first one never answered,
     the ``after_messages - 1`` before it are answered (``WsSilence(after_messages=2)``: one
     answer, then silence); 0: silent from the start. On unit ``ws_message`` the matched
-    message is the first one never answered (``after_messages`` is not used there). The
-    simulator and the client-side injector count alike.
+    message is the first one never answered, so ``after_messages`` must be 0 there: a rule on
+    ``ws_message`` with another value is refused (to fall silent after a number of messages,
+    put the rule on unit ``ws_session``). The simulator and the client-side injector count
+    alike.
     """
 
     kind: ClassVar[str] = "ws_silence"
@@ -840,8 +849,10 @@ class FaultRule:
     ``"ws_message"``. A rule that could never fire (a kind its unit does not apply, see
     :data:`UNIT_KINDS`; a socket rule matching a method or service its unit never has) is a
     :class:`~le_transport.errors.ConfigurationError` naming the kind, the unit and the units
-    the kind works on. In a plan, the first rule that fires on a unit wins: a later one due on
-    the same unit is ``shadowed``.
+    the kind works on. So is a ``ws_message`` rule whose ``WsClose``/``WsDrop``/``WsSilence``
+    has a non-zero ``after_messages``: that count is for unit ``ws_session`` only. In a plan,
+    the first rule that fires on a unit wins: a later one due on the same unit is
+    ``shadowed``.
     """
 
     id: str = attrs.field()
@@ -888,6 +899,23 @@ class FaultRule:
                 f"Match(method={self.match.method!r}): its units are decided as {method!r} "
                 "(leave method out)"
             )
+        if unit == "ws_message":
+            counted = [
+                f
+                for f in ((self.fault,) if self.sequence is None else self.sequence)
+                if isinstance(f, (WsClose, WsDrop, WsSilence)) and f.after_messages
+            ]
+            if counted:
+                # A message fault strikes on the matched message itself: a count of messages
+                # before it was accepted and silently ignored.
+                first = counted[0]
+                raise ConfigurationError(
+                    f"rule {self.id!r}: {type(first).__name__}(after_messages="
+                    f"{first.after_messages}) is not counted on unit 'ws_message', where the "
+                    "fault strikes on the matched message itself: to strike after that many "
+                    "messages of a socket, put the rule on unit 'ws_session'; on "
+                    "'ws_message', leave after_messages out (0)"
+                )
         if unit == "ws_message" and self.match.service is not None:
             raise ConfigurationError(
                 f"rule {self.id!r}: a rule on unit 'ws_message' never fires with "
