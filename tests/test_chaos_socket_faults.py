@@ -23,6 +23,7 @@ from le_transport.chaos import (
     WsDelay,
     WsDrop,
     WsDropMessage,
+    WsRejectHandshake,
     WsSilence,
 )
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
@@ -379,3 +380,86 @@ async def test_a_session_fault_strikes_as_the_after_messages_th_message_arrives_
     if side == "server" and fault.after_messages:
         # The message that met the fault reached the server, which never answered it.
         assert len(sim.sockets.all[0].received) == fault.after_messages
+
+
+async def _sessions(
+    sim: Simulator, clock: VirtualClock, states: StateLog, rules: list[FaultRule], side: str
+) -> tuple[list[str], list[int | str]]:
+    """A socket that dials until a request on it is answered, its sessions struck by ``rules``
+    applied by the simulator (``side`` "server") or by the client's injector: the kinds
+    injected, in order, and what each request met."""
+    if side == "server":
+        for rule in rules:
+            sim.faults.add(rule)
+        engine, injector = engine_with(sim, clock, states)
+    else:
+        engine, injector = engine_with(sim, clock, states, *rules)
+    met: list[int | str] = []
+    async with engine:
+        ws = await brand_socket(engine, sim)
+        for _ in range(6):
+            await ws.wait_open()
+            try:
+                answer = await ws.request(GETCLOCK, {}, timeout=2.0)
+            except (SocketClosed, SocketRequestTimeout) as exc:
+                met.append(type(exc).__name__)
+                continue
+            met.append(answer["code"])
+            break
+    if side == "server":
+        return [d.kind or "" for d in sim.faults.injected()], met
+    return kinds(injector), met
+
+
+REJECT_THEN_DROP = [
+    FaultRule(
+        "mixed",
+        sequence=[WsRejectHandshake(503), WsDrop(after_messages=1), WsClose(1011)],
+        unit="ws_session",
+        match=Match(path=UMS),
+    )
+]
+REJECT_BESIDE_CLOSE = [
+    FaultRule("reject", WsRejectHandshake(502), unit="ws_session", schedule=Schedule(fail_next=1)),
+    # Its first session is the one the refusal took (shadowed there): it strikes the second.
+    FaultRule(
+        "close",
+        WsClose(1011, after_messages=1),
+        unit="ws_session",
+        schedule=Schedule(skip_first=1, fail_next=1),
+    ),
+]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize(
+    ("rules", "injected", "met"),
+    [
+        (
+            REJECT_THEN_DROP,
+            ["ws_reject_handshake", "ws_drop", "ws_close"],
+            ["SocketClosed", 200],
+        ),
+        (REJECT_BESIDE_CLOSE, ["ws_reject_handshake", "ws_close"], ["SocketClosed", 200]),
+    ],
+    ids=["one-rule-sequence", "two-rules"],
+)
+async def test_session_faults_mixing_a_refused_handshake_with_ends_fire_alike_on_both_sides(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    rules: list[FaultRule],
+    injected: list[str],
+    met: list[int | str],
+    side: str,
+) -> None:
+    # Before, the client-side injector decided a session twice, with two kinds each time (the
+    # refusal at the upgrade, the rest once open), so a rule mixing them matched neither and
+    # never fired, and a refusal rule beside a drop rule did not take the drop rule's turn.
+    got_injected, got_met = await _sessions(sim, clock, states, rules, side)
+    assert got_injected == injected
+    assert got_met == met
+    # The refusal is the simulator's (its record of it) or the client's (the server never saw
+    # that upgrade); the sessions after it are served the same either way.
+    status = 503 if rules is REJECT_THEN_DROP else 502
+    assert sim.sockets.rejected == ([status] if side == "server" else [])

@@ -22,8 +22,13 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   clock. The caller's read (and its attempt timeout) sees exactly a slow server; the real
   connection, read at full speed, is already back in the pool.
 
-WebSocket upgrades pass through the middleware too: a ``ws_reject_handshake`` rule (unit
-``ws_session``) answers the upgrade with its status. Faults on an open socket (``ws_close``,
+WebSocket upgrades pass through the middleware too, and an engine socket's session is
+decided there once (unit ``ws_session``, every session kind, as the simulator decides it at its
+handshake): a ``ws_reject_handshake`` answers the upgrade with its status, any other session
+fault is applied to the socket the upgrade opens. So a ``ws_session`` sequence that mixes a
+refusal with drops, closes or silences (or a refusal rule beside such a rule) fires the same
+faults in the same order on either side. (A plain ``session.ws_connect`` is wrapped by nothing:
+only refusals are decided for it.) Faults on an open socket (``ws_close``,
 ``ws_drop``, ``ws_silence``, ``ws_app_error``, ``ws_delay``, ``ws_drop_message``; unit
 ``ws_session`` or ``ws_message``) strike the open socket: an engine whose middlewares include an
 active injector has each of its sockets, as it opens, wrapped by
@@ -66,6 +71,7 @@ from ..middleware.retry import is_websocket_upgrade
 from .plan import (
     DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
+    WS_FAULTS,
     WS_MESSAGE_FAULTS,
     WS_OUTBOUND_FAULTS,
     Delay,
@@ -102,7 +108,28 @@ UPGRADE_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "le_transport_upgrade_path", default=None
 )
 
+
+@attrs.frozen(eq=False)
+class _SessionDecided:
+    """The ``ws_session`` decision an injector made at a resilient socket's upgrade, waiting
+    for :meth:`FaultInjector.wrap_socket` to apply it to the socket that upgrade opened."""
+
+    injector: FaultInjector
+    path: str
+    injection: Injection | None
+
+
+#: Set by the middleware when a resilient socket's upgrade succeeded (101), in the dialing
+#: task's context (the middleware runs in that task, inside its ``ws_connect``), and taken by
+#: :meth:`FaultInjector.wrap_socket` right after: one decision per session, as the simulator
+#: makes it.
+_SESSION_DECIDED: contextvars.ContextVar[_SessionDecided | None] = contextvars.ContextVar(
+    "le_transport_session_decided", default=None
+)
+
 _SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
+#: What a plain ``ws_connect`` (no resilient socket, nothing wraps it) can be struck with.
+_HANDSHAKE_KINDS = frozenset({"ws_reject_handshake"})
 #: The units whose rules make a socket worth wrapping.
 _SOCKET_UNITS = frozenset({"ws_session", "ws_message"})
 # The hook is asked about messages the client received: those from the server, which the
@@ -120,7 +147,12 @@ def _plan_arg(value: FaultPlan | Sequence[FaultRule]) -> FaultPlan:
     return as_plan(value, owner="FaultInjector")
 
 
-def _require_clock(value: object, *, owner: str) -> Clock:
+def require_clock(value: object, *, owner: str) -> Clock:
+    """``value`` as a :class:`~le_transport.clock.Clock` instance, else a
+    :class:`~le_transport.errors.ConfigurationError` naming ``owner.clock``: a clock's class
+    given for an instance (``VirtualClock``, not ``VirtualClock()``) is told apart, since the
+    protocol check alone takes a class (its methods are there, unbound), and so is a function
+    (``time.monotonic``) or anything else without the protocol's ``now`` and ``sleep``."""
     if isinstance(value, type):
         # VirtualClock, not VirtualClock(): a class has the protocol's methods, unbound.
         raise ConfigurationError(
@@ -134,7 +166,7 @@ def _require_clock(value: object, *, owner: str) -> Clock:
 def _clock_arg(value: Clock | None) -> Clock:
     if value is None:
         return _DefaultClock()
-    return _require_clock(value, owner="FaultInjector")
+    return require_clock(value, owner="FaultInjector")
 
 
 #: The clocks that read the same time (``time.monotonic``, sleeping on the loop): an injector
@@ -296,7 +328,7 @@ class FaultInjector:
           ``clock`` keeps other time: its time windows and quota windows are counted in
           real time. Make the engine first, or give it ``clock=``.
         """
-        clock = _require_clock(clock, owner="FaultInjector.bind_clock")
+        clock = require_clock(clock, owner="FaultInjector.bind_clock")
         if self._clock_given:
             return
         if _same_time(self.clock, clock):
@@ -352,21 +384,7 @@ class FaultInjector:
         service = ctx.service if ctx is not None else None
         path = request.url.path
         if is_websocket_upgrade(request):
-            # A socket's path may carry its bearer where only its template says (a {bearer}
-            # anywhere): match and record the template's path, as the socket's own faults do.
-            path = UPGRADE_PATH.get() or path
-            injection = self._run.decide(
-                "ws_session",
-                method=request.method,
-                path=path,
-                service=service,
-                at=self.clock.now(),
-                kinds=frozenset({"ws_reject_handshake"}),
-            )
-            if injection is not None and isinstance(injection.fault, WsRejectHandshake):
-                fault = injection.fault
-                return _synthetic(request, fault.status, {}, fault.body.encode())
-            return await handler(request)
+            return await self._upgrade(request, handler, service)
         injection = self._run.decide(
             "request",
             method=request.method,
@@ -378,6 +396,40 @@ class FaultInjector:
         if injection is None:
             return await handler(request)
         return await self._apply(injection, request, handler)
+
+    async def _upgrade(
+        self, request: ClientRequest, handler: ClientHandlerType, service: str | None
+    ) -> ClientResponse:
+        """A WebSocket upgrade: its session decided here, once (unit ``ws_session``).
+
+        A resilient socket's upgrade (its dialer names the path template) is decided with
+        every session kind, as the simulator decides its handshake: a ``ws_reject_handshake``
+        refuses it here; any other (``ws_close``, ``ws_drop``, ``ws_silence``, ``delay``) is
+        handed, once the upgrade succeeded, to :meth:`wrap_socket` for the socket it opened.
+        So a rule whose sequence mixes a refusal with drops (or a refusal rule beside a drop
+        rule) fires in the order the simulator fires it, each session counted once. A plain
+        ``ws_connect`` is wrapped by nothing: only a refusal is asked about for it.
+        """
+        # A socket's path may carry its bearer where only its template says (a {bearer}
+        # anywhere): match and record the template's path, as the socket's own faults do.
+        template = UPGRADE_PATH.get()
+        path = template or request.url.path
+        injection = self._run.decide(
+            "ws_session",
+            method=request.method,
+            path=path,
+            service=service,
+            at=self.clock.now(),
+            kinds=_HANDSHAKE_KINDS if template is None else WS_FAULTS,
+        )
+        _SESSION_DECIDED.set(None)
+        if injection is not None and isinstance(injection.fault, WsRejectHandshake):
+            fault = injection.fault
+            return _synthetic(request, fault.status, {}, fault.body.encode())
+        resp = await handler(request)
+        if template is not None and resp.status == 101:
+            _SESSION_DECIDED.set(_SessionDecided(self, path, injection))
+        return resp
 
     async def _apply(
         self, injection: Injection, request: ClientRequest, handler: ClientHandlerType
@@ -463,10 +515,14 @@ class FaultInjector:
     # -- the hook for the socket layer -----------------------------------------------------
 
     def socket_opened(self, path: str, *, service: str | None = None) -> Injection | None:
-        """Ask the plan about a socket that just opened (unit ``ws_session``).
+        """Ask the plan about a socket that just opened (unit ``ws_session``), whose upgrade
+        this injector did not decide on (:meth:`wrap_socket` asks it then).
 
         The answer's fault is ``WsClose``/``WsDrop``/``WsSilence`` (apply it after
-        ``fault.after_messages`` received messages) or ``Delay``; None means no fault.
+        ``fault.after_messages`` received messages) or ``Delay``; None means no fault. A
+        ``ws_reject_handshake`` cannot strike a socket already open: a rule holding one is
+        not asked here (it is decided at the upgrade, when the upgrade passes through this
+        injector).
         """
         if not self._run.plan.rules:
             return None
@@ -484,17 +540,27 @@ class FaultInjector:
     ) -> aiohttp.ClientWebSocketResponse | FaultySocket:
         """``ws``, just opened on ``path``, with the plan's socket faults applied to it.
 
-        Asks :meth:`socket_opened` once: a ``delay`` is waited here (the open is that much
-        slower); a ``ws_close``/``ws_drop``/``ws_silence`` strikes once the client has sent
+        The session's fault is the one decided at its upgrade, when the upgrade passed
+        through this injector (an engine's socket: see the middleware), else asked of
+        :meth:`socket_opened` now: a ``delay`` is waited here (the open is that much slower);
+        a ``ws_close``/``ws_drop``/``ws_silence`` strikes once the client has sent
         ``after_messages`` frames. Each request the client sends and each frame the server
         sends is then asked about as well (:mod:`le_transport.chaos.ws`). With no rule for a
         socket unit (``ws_session``, ``ws_message``), ``ws`` is returned as it is.
         """
+        decided = _SESSION_DECIDED.get()
+        if decided is not None:
+            _SESSION_DECIDED.set(None)
+            if decided.injector is not self or decided.path != path:
+                decided = None
         if not any(rule.unit in _SOCKET_UNITS for rule in self._run.plan.rules):
             return ws
         if not self._clock_checked:
             self._check_clock()
-        session = self.socket_opened(path, service=service)
+        if decided is not None:
+            session = decided.injection
+        else:
+            session = self.socket_opened(path, service=service)
         if session is not None and isinstance(session.fault, Delay):
             await self.clock.sleep(session.delay_s)
             session = None

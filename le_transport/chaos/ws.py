@@ -6,12 +6,14 @@ an active injector among its middlewares), and the owner of the socket reads and
 the wrapper as it would through aiohttp's. It mirrors what the simulator does on the server side
 of the same plan, so one plan can be pointed at either:
 
-- **Per session** (unit ``ws_session``, decided when the socket opens): ``delay`` makes the
-  open slower; ``ws_close`` hands the owner a close frame with the fault's code, ``ws_drop`` an
-  abrupt end (the owner sees 1006), ``ws_silence`` swallows every frame from then on (a
-  half-open socket: only the keepalive can find it); each strikes once the client has sent
-  ``after_messages`` frames (0: at once), so that the ``after_messages``-th is never answered
-  and the ones before it are, as when the simulator applies the same rule.
+- **Per session** (unit ``ws_session``, decided once: at the upgrade by the injector's
+  middleware, a refusal among the kinds, as the simulator decides at its handshake; else when
+  the socket opens): ``delay`` makes the open slower; ``ws_close`` hands the owner a close
+  frame with the fault's code, ``ws_drop`` an abrupt end (the owner sees 1006), ``ws_silence``
+  swallows every frame from then on (a half-open socket: only the keepalive can find it); each
+  strikes once the client has sent ``after_messages`` frames (0: at once), so that the
+  ``after_messages``-th is never answered and the ones before it are, as when the simulator
+  applies the same rule.
 - **Per request the client sends** (unit ``ws_message``, matched on the frame's ``type``, the
   kinds of :data:`~le_transport.chaos.plan.WS_MESSAGE_FAULTS`): ``status`` and ``ws_app_error``
   answer it with a ``resp`` frame carrying the code, **without sending it** (the server never
