@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -29,6 +30,7 @@ from le_transport.clock import timeout_after
 from le_transport.errors import (
     AttemptTimeout,
     ClientStatusError,
+    ConfigurationError,
     ConnectionFailed,
     RetriesExhausted,
 )
@@ -849,8 +851,6 @@ async def test_an_oauth1_timestamp_that_is_not_a_decimal_integer_is_401(
 
 
 def test_the_oauth1_timestamp_window_must_be_a_number_of_seconds() -> None:
-    from le_transport.errors import ConfigurationError
-
     for window in (float("nan"), -1, "300", True):
         with pytest.raises(ConfigurationError, match="oauth1_timestamp_window"):
             SimulatorConfig(oauth1_timestamp_window=window)  # type: ignore[arg-type]
@@ -891,3 +891,46 @@ async def test_an_engine_reaches_a_simulator_on_ipv6_loopback(clock: VirtualCloc
             assert (await ws.receive_json())["code"] == 200
     finally:
         await sim.stop()
+
+
+# -- what the constructor takes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        # Before: accepted, then "AttributeError: 'builtin_function_or_method' object has no
+        # attribute 'now'" from inside the constructor's SimFaults, or later at the first token.
+        ({"clock": time.monotonic}, "Simulator.clock must be Clock"),
+        ({"clock": VirtualClock}, r"Simulator.clock must be a Clock, got the class VirtualClock"),
+        ({"clock": "virtual"}, "Simulator.clock must be Clock, got str"),
+        ({"config": {"accounts": []}}, "Simulator.config must be SimulatorConfig or None"),
+        ({"host": ""}, "Simulator.host must be a non-empty str"),
+        ({"host": 127001}, "Simulator.host must be a non-empty str"),
+        ({"host": "localhost:8080"}, "holds a ':' but is not an IPv6 address.*port="),
+        ({"host": "http://127.0.0.1"}, "holds a ':'"),
+        ({"host": "my host"}, "Simulator.host must be a host alone"),
+        ({"port": -1}, r"Simulator.port must be an int in 0..65535"),
+        ({"port": 70000}, r"Simulator.port must be an int in 0..65535"),
+        ({"port": "8080"}, r"Simulator.port must be an int"),
+        ({"port": True}, r"Simulator.port must be an int"),
+        ({"ssl": True}, "Simulator.ssl must be SSLContext or None"),
+        ({"epoch": float("nan")}, "Simulator.epoch must be None or a finite number"),
+        ({"epoch": "1700000000"}, "Simulator.epoch must be None or a finite number"),
+    ],
+    ids=lambda v: repr(v)[:40] if isinstance(v, dict) else "",
+)
+def test_a_bad_constructor_argument_is_refused_naming_it(
+    kwargs: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=said):
+        Simulator(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_arguments_a_simulator_takes_are_still_taken() -> None:
+    clock = VirtualClock()
+    sim = Simulator(SimulatorConfig(), clock=clock, host="[::1]", port=65535, epoch=1_700_000_000)
+    assert sim.clock is clock
+    assert sim.host == "[::1]:65535"
+    assert sim.tokens.epoch_now() == 1_700_000_000
+    assert Simulator(host="localhost", port=0, epoch=0.5).clock is not None

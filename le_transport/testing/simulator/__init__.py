@@ -1,8 +1,10 @@
 """A LiveEngage stand-in for tests and demos: ``async with Simulator() as sim:``.
 
 See :class:`Simulator` for the endpoints it serves, :class:`SimFaults` (``sim.faults``) for
-scripting faults with the shared :mod:`le_transport.chaos` vocabulary, and
-:class:`~.sockets.SocketHub` (``sim.sockets``) for the messaging sockets.
+scripting faults with the shared :mod:`le_transport.chaos` vocabulary,
+:class:`~.sockets.SocketHub` (``sim.sockets``) for the messaging sockets, and
+:meth:`Simulator.add_route` (:class:`SimRoute`) to serve endpoints of your own beside
+LiveEngage's, with the same faults, records and credentials checks.
 """
 
 from .auth import LoginSession, Token, TokenStore
@@ -18,7 +20,7 @@ from .config import (
     AppKey,
     SimulatorConfig,
 )
-from .server import RecordedRequest, SimFaults, Simulator
+from .server import RecordedRequest, RouteHandler, SimFaults, SimRoute, Simulator
 from .sockets import PublishedMessage, SimSocket, SocketHub
 
 __all__ = [
@@ -34,7 +36,9 @@ __all__ = [
     "LoginSession",
     "PublishedMessage",
     "RecordedRequest",
+    "RouteHandler",
     "SimFaults",
+    "SimRoute",
     "SimSocket",
     "Simulator",
     "SimulatorConfig",

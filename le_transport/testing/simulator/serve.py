@@ -255,7 +255,12 @@ def serve_forever(
                         f"le-transport simulate: cannot load --cert/--key: {exc}", file=sys.stderr
                     )
                     return 2
-        sim = Simulator(config, host=host, port=port, ssl=ctx, plan=plan)
+        try:
+            sim = Simulator(config, host=host, port=port, ssl=ctx, plan=plan)
+        except ConfigurationError as exc:
+            # A --host holding a port ("localhost:8080"), a --port out of range.
+            print(f"le-transport simulate: {exc}", file=sys.stderr)
+            return 2
         # KeyboardInterrupt only if it arrives before the signal handler is installed.
         with contextlib.suppress(KeyboardInterrupt):
             try:

@@ -13,6 +13,12 @@
   Chat "chat info", an Engagement History search;
 - the UMS agent socket and the consumer socket (see :mod:`.sockets`).
 
+Endpoints of your own are served beside these: ``sim.add_route("GET",
+"/api/account/{account}/widgets", handler, service="widgets")`` before the simulator starts (or
+``Simulator(routes=[SimRoute(...)])``). The fault plan strikes them, ``sim.requests`` records
+them, ``auth=True`` checks credentials as the REST resources do, and their service joins
+``sim.domains`` and the Domain API's answers (see :meth:`Simulator.add_route`).
+
 Faults are scripted with the shared vocabulary of :mod:`le_transport.chaos`:
 ``sim.faults.script("GET", "/api/*/users", [503, 503, 200])`` or ``sim.faults.add(rule)``.
 A 5xx on a request signed with OAuth 1.0 comes from behind the gateway, as on LiveEngage: the
@@ -32,7 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
+import ipaddress
 import logging
+import re
 import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,7 +52,9 @@ import attrs
 from aiohttp import hdrs, web
 from yarl import URL
 
+from ..._checks import require_kind
 from ..._redact import redact_headers, redact_url
+from ...chaos.injector import require_clock
 from ...chaos.plan import (
     DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
@@ -68,12 +79,14 @@ from ...chaos.plan import (
     as_plan,
 )
 from ...clock import Clock, RealClock, timeout_after
+from ...errors import ConfigurationError
+from ...policies._validate import finite_number
 from . import oauth1
 from .auth import LoginSession, TokenStore
 from .config import SERVICES, Account, SimulatorConfig
 from .sockets import SocketHub
 
-__all__ = ["FAULT_HEADER", "RecordedRequest", "SimFaults", "Simulator"]
+__all__ = ["FAULT_HEADER", "RecordedRequest", "RouteHandler", "SimFaults", "SimRoute", "Simulator"]
 
 _log = logging.getLogger("le_transport.simulator")
 
@@ -81,6 +94,8 @@ _log = logging.getLogger("le_transport.simulator")
 FAULT_HEADER = "X-LE-Fault"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A custom route's handler: an async function from the request to its answer (aiohttp's).
+RouteHandler = Handler
 
 _SIM_KEY: web.AppKey[Simulator] = web.AppKey("le_sim", object)  # type: ignore[arg-type]
 
@@ -110,11 +125,206 @@ def _same_secret(expected: str | None, given: object) -> bool:
     )
 
 
+def _host_arg(host: object) -> str:
+    """``Simulator.host`` checked, without brackets: a non-empty str naming a host alone."""
+    if not isinstance(host, str) or not host.strip("[]"):
+        raise ConfigurationError(
+            f"Simulator.host must be a non-empty str (an address or a name, like '127.0.0.1'), "
+            f"got {host!r:.40}"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigurationError(
+                f"Simulator.host {host[:60]!r} holds a ':' but is not an IPv6 address: give the "
+                "host alone, and the port as port="
+            ) from None
+    elif any(c.isspace() or c in "/[]@?#" for c in host):
+        raise ConfigurationError(
+            f"Simulator.host must be a host alone (an address or a name), got {host[:60]!r}"
+        )
+    return host
+
+
 def _is_decimal(text: str) -> bool:
     """ASCII digits only: RFC 5849's "positive integer" for ``oauth_timestamp``. ``float()``
     would take "nan" (inside every window: ``abs(nan - now) > window`` is False), "inf",
     "1e9" and " 12"; ``int()`` takes "1_700", "+12" and non-ASCII digits."""
     return text.isascii() and text.isdigit()
+
+
+#: The simulator's own routes: (method, path, handler's attribute, route name). The route
+#: name's part before the first dot is the service the fault plan matches (``csds.*``: none).
+#: A GET is served for HEAD too (aiohttp's ``add_get``).
+_BUILTIN_ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    *(
+        (method, prefix + path, handler, f"{name}{prefix.replace('/', '.')}")
+        for prefix in ("/api", "/csdr")
+        for method, path, handler, name in (
+            ("GET", "/account/{account}/service/baseURI.json", "_csds_all", "csds.all"),
+            ("GET", "/account/{account}/service/{service}/baseURI.json", "_csds_one", "csds.one"),
+        )
+    ),
+    ("POST", "/api/account/{account}/login", "_login", "agentVep.login"),
+    ("POST", "/api/account/{account}/refresh", "_refresh", "agentVep.refresh"),
+    ("POST", "/api/account/{account}/logout", "_logout", "agentVep.logout"),
+    ("POST", "/api/account/{account}/agentSession", "_agent_session", "agentVep.session"),
+    ("POST", "/sentinel/api/account/{account}/app/token", "_app_token", "sentinel.token"),
+    ("POST", "/api/account/{account}/signup", "_signup", "idp.signup"),
+    ("POST", "/api/account/{account}/authenticate", "_authenticate", "idp.auth"),
+    (
+        "GET",
+        "/api/account/{account}/configuration/le-users/users",
+        "_users",
+        "accountConfigReadOnly.users",
+    ),
+    (
+        "GET",
+        "/api/account/{account}/configuration/le-users/users/{user}",
+        "_user",
+        "accountConfigReadOnly.user",
+    ),
+    ("GET", "/api/account/{account}/chat/{chat}/info", "_chat_info", "agentVep.chatinfo"),
+    (
+        "POST",
+        "/interaction_history/api/account/{account}/interactions/search",
+        "_interactions",
+        "engHistDomain.search",
+    ),
+    (
+        "GET",
+        "/ws_api/account/{account}/messaging/brand/{bearer}",
+        "_brand_socket",
+        "facadeMsg.brand",
+    ),
+    (
+        "GET",
+        "/ws_api/account/{account}/messaging/consumer",
+        "_consumer_socket",
+        "asyncMessagingEnt.consumer",
+    ),
+)
+
+#: An HTTP method: RFC 9110's token.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _segments(path: str) -> list[str | None]:
+    """A route path's segments, a ``{variable}`` one as None (it matches any segment)."""
+    return [None if "{" in part else part for part in path.split("/")]
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether some request path could match both route paths ``a`` and ``b``: as many
+    segments, each equal or a variable on either side."""
+    sa, sb = _segments(a), _segments(b)
+    if len(sa) != len(sb):
+        return False
+    return all(x is None or y is None or x == y for x, y in zip(sa, sb, strict=True))
+
+
+def _methods_overlap(custom: str, builtin: str) -> bool:
+    """Whether a custom route's method is one a built-in route answers (a GET answers HEAD)."""
+    return custom == builtin or (builtin == "GET" and custom == "HEAD")
+
+
+def _is_async_callable(handler: object) -> bool:
+    """Whether calling ``handler`` gives an awaitable: an async function (or a partial of
+    one), or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - its kind, not callable()
+    return inspect.iscoroutinefunction(call)
+
+
+def _route_method(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+@attrs.frozen
+class SimRoute:
+    """A route of your own, served by the simulator beside LiveEngage's (see
+    :meth:`Simulator.add_route`, which makes one; or pass a list to ``Simulator(routes=...)``).
+
+    - ``method``: the HTTP method it answers (``"GET"``, ``"POST"``...; one per route).
+    - ``path``: an aiohttp path template, from ``/`` (``/api/account/{account}/widgets``).
+    - ``handler``: an async function ``(aiohttp.web.Request) -> aiohttp.web.StreamResponse``.
+    - ``service``: the LiveEngage-style service name it belongs to: a fault rule's
+      ``Match(service=...)`` matches it, ``sim.domains`` and the Domain API point it at the
+      simulator. None: no service (rules that name one do not match it).
+    - ``auth``: check the credentials the simulator's REST resources take (a Login Service
+      bearer, a Sentinel JWT, OAuth 1.0, ``LivePerson appKey=``) for the account in the path
+      before the handler runs, and answer 401 without calling it when they do not hold. The
+      path must then have an ``{account}`` part.
+
+    Each field is checked when it is made: anything else is a
+    :class:`~le_transport.errors.ConfigurationError` naming the field.
+    """
+
+    method: str = attrs.field(converter=_route_method)
+    path: str = attrs.field()
+    handler: RouteHandler = attrs.field()
+    service: str | None = attrs.field(default=None, kw_only=True)
+    auth: bool = attrs.field(default=False, kw_only=True)
+
+    @method.validator
+    def _check_method(self, attribute: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str) or not _METHOD.fullmatch(value) or value == "*":
+            raise ConfigurationError(
+                f"SimRoute.method must be one HTTP method, like 'GET' or 'POST', got {value!r:.40}"
+            )
+
+    @path.validator
+    def _check_path(self, attribute: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"SimRoute.path must be a str, got {type(value).__name__}")
+        if not value.startswith("/"):
+            raise ConfigurationError(
+                f"SimRoute.path must start with '/' (a path on the simulator, not a URL), "
+                f"got {value!r:.80}"
+            )
+        if "?" in value or "#" in value:
+            raise ConfigurationError(
+                f"SimRoute.path must be a path without a query or fragment, got {value!r:.80}"
+            )
+        try:
+            web.UrlDispatcher().add_route("GET", value, _not_called)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"SimRoute.path {value!r:.80} is not an aiohttp path template: {exc}"
+            ) from None
+
+    @handler.validator
+    def _check_handler(self, attribute: attrs.Attribute[RouteHandler], value: object) -> None:
+        if isinstance(value, type) or not callable(value) or not _is_async_callable(value):
+            raise ConfigurationError(
+                "SimRoute.handler must be an async function (request) -> aiohttp.web."
+                f"StreamResponse, got {type(value).__name__}"
+            )
+
+    @service.validator
+    def _check_service(self, attribute: attrs.Attribute[str | None], value: object) -> None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(
+                f"SimRoute.service must be a non-empty str or None, got {value!r:.40}"
+            )
+
+    @auth.validator
+    def _check_auth(self, attribute: attrs.Attribute[bool], value: object) -> None:
+        require_kind(value, bool, owner="SimRoute", field="auth", optional=False)
+        if value and "{account}" not in self.path:
+            raise ConfigurationError(
+                f"SimRoute {self.method} {self.path}: auth=True checks credentials for the "
+                "account in the path, and the path has no '{account}' part"
+            )
+
+
+async def _not_called(request: web.Request) -> web.StreamResponse:  # pragma: no cover
+    """Stands in for a handler while a path template is checked."""
+    raise AssertionError("not served")
 
 
 @attrs.frozen
@@ -227,6 +437,15 @@ class Simulator:
     - ``plan``: a :class:`FaultPlan` (or a list of its rules: seed 0) to apply from the start;
       anything else is a :class:`~le_transport.errors.ConfigurationError`.
     - ``epoch``: Unix time at clock 0 (default: now), for ``GetClock`` and JWT ``exp``.
+    - ``routes``: routes of your own to serve beside LiveEngage's (:class:`SimRoute`; see
+      :meth:`add_route`, which adds one).
+
+    Each argument is checked here: a ``config`` that is not a :class:`SimulatorConfig`, a
+    ``clock`` that is not a :class:`~le_transport.clock.Clock` instance (``time.monotonic``, or
+    the class ``VirtualClock`` for ``VirtualClock()``), a ``host`` that is not a non-empty str
+    (or holds a port: give it as ``port``), a ``port`` not an int in 0..65535, an ``ssl`` not an
+    ``ssl.SSLContext``, an ``epoch`` not a finite number, or ``routes`` not a list of
+    :class:`SimRoute` is a :class:`~le_transport.errors.ConfigurationError` naming it.
     """
 
     def __init__(
@@ -239,15 +458,37 @@ class Simulator:
         ssl: _ssl.SSLContext | None = None,
         plan: FaultPlan | Sequence[FaultRule] | None = None,
         epoch: float | None = None,
+        routes: Sequence[SimRoute] = (),
     ) -> None:
+        # Each checked here, by name: a wrong kind failed later, as an AttributeError at the
+        # first token (a clock's class), at start() (a host or port) or on the first request.
+        require_kind(config, SimulatorConfig, owner="Simulator", field="config")
+        require_kind(ssl, _ssl.SSLContext, owner="Simulator", field="ssl")
+        host = _host_arg(host)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigurationError(
+                f"Simulator.port must be an int in 0..65535 (0: a free port), got {port!r:.40}"
+            )
+        if epoch is not None and not finite_number(epoch):
+            raise ConfigurationError(
+                "Simulator.epoch must be None or a finite number of Unix seconds, got "
+                f"{epoch!r:.40}"
+            )
+        if isinstance(routes, (str, bytes, SimRoute)) or not isinstance(routes, Sequence):
+            raise ConfigurationError(
+                f"Simulator.routes must be a list of SimRoute, got {type(routes).__name__}"
+            )
         self.config = config or SimulatorConfig()
-        self.clock: Clock = clock or RealClock()
+        self.clock: Clock = (
+            RealClock() if clock is None else require_clock(clock, owner="Simulator")
+        )
         # Bound without brackets, shown with them (host, url, socket URLs).
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
         self._bind_host = host
         self._port = port
         self._ssl = ssl
+        self._routes: list[SimRoute] = []
+        #: While it runs: the custom routes by the aiohttp route serving each.
+        self._served: dict[web.AbstractRoute, SimRoute] = {}
         # Time windows in the plan count from the simulator's creation.
         self.faults = SimFaults(plan, origin=self.clock.now(), max_records=self.config.max_records)
         epoch = time.time() - self.clock.now() if epoch is None else epoch
@@ -261,6 +502,12 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.starts = 0
+        for route in routes:
+            if not isinstance(route, SimRoute):
+                raise ConfigurationError(
+                    f"Simulator.routes must hold SimRoute values, got {type(route).__name__}"
+                )
+            self._add(route)
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -293,9 +540,17 @@ class Simulator:
         return "wss" if self._ssl is not None else "ws"
 
     @property
+    def services(self) -> tuple[str, ...]:
+        """Every service name it answers for: LiveEngage's (:data:`SERVICES`), then those of
+        the custom routes (:meth:`add_route`'s ``service``), in the order they were added."""
+        custom = (r.service for r in self._routes if r.service is not None)
+        return tuple(dict.fromkeys((*SERVICES, *custom)))
+
+    @property
     def domains(self) -> dict[str, str]:
-        """``{service: host}`` for every service, for ``Engine(sim.domains)``."""
-        return dict.fromkeys(SERVICES, self.host)
+        """``{service: host}`` for every service (:attr:`services`, custom routes' included),
+        for ``Engine(sim.domains)``."""
+        return dict.fromkeys(self.services, self.host)
 
     @property
     def account(self) -> Account:
@@ -397,62 +652,114 @@ class Simulator:
         """How many of the oldest requests :attr:`requests` dropped to keep its bound."""
         return self.requests.dropped
 
+    # -- custom routes ---------------------------------------------------------------------
+
+    def add_route(
+        self,
+        method: str,
+        path: str,
+        handler: RouteHandler,
+        *,
+        service: str | None = None,
+        auth: bool = False,
+    ) -> SimRoute:
+        """Serve ``handler`` for ``method path`` on the simulator, beside LiveEngage's routes,
+        from the next :meth:`start` on (add routes before it, or while the simulator is
+        stopped).
+
+        The route is one of the simulator's own as far as the rest goes: the fault plan's
+        rules (unit ``request``, matched on method, path and ``service``) strike it as they
+        strike the built-in routes, with the same kinds (a 5xx, a reset, a slow body ...);
+        every request to it is recorded in :attr:`requests` (with its ``service``); with
+        ``auth=True`` the credentials the simulator's REST resources take are checked for the
+        ``{account}`` in the path, and a request without them is answered 401 without reaching
+        ``handler``. ``service`` (any name: ``"myService"``) joins :attr:`services`, so
+        :attr:`domains` and the Domain API point it at the simulator: ``Engine(sim.domains)``
+        resolves it with the rest. Built-in routes are matched first; custom ones in the order
+        they were added.
+
+        Refused with a :class:`~le_transport.errors.ConfigurationError`: a bad field (see
+        :class:`SimRoute`: a path not starting with ``/``, a handler that is not an async
+        function, ``auth=True`` without ``{account}`` in the path), a route added while the
+        simulator runs, a second route for the same method and path, and a path that a
+        built-in route of the same method could also match (the built-in one would answer).
+
+        Example::
+
+            async def widgets(request: web.Request) -> web.Response:
+                return web.json_response({"widgets": [], "account": request.match_info["account"]})
+
+            sim = Simulator(clock=clock)
+            sim.add_route("GET", "/api/account/{account}/widgets", widgets, service="widgets")
+            sim.faults.script("GET", "/api/*/widgets", [503, 503])  # then served
+            async with sim, Engine(sim.domains, scheme="http", clock=clock) as engine:
+                body = await engine.request_json(
+                    "GET", "widgets", f"/api/account/{sim.account.id}/widgets"
+                )
+            assert sim.count("GET", "/api/*/widgets") == 3
+        """
+        return self._add(SimRoute(method, path, handler, service=service, auth=auth))
+
+    @property
+    def routes(self) -> tuple[SimRoute, ...]:
+        """The custom routes, in the order they were added."""
+        return tuple(self._routes)
+
+    def _add(self, route: SimRoute) -> SimRoute:
+        where = f"{route.method} {route.path[:80]}"
+        if self.running:
+            raise ConfigurationError(
+                f"Simulator.add_route({where}): the simulator is running, and its routes were "
+                "set when it started: add routes before start() (or while it is stopped)"
+            )
+        for method, path, _, name in _BUILTIN_ROUTES:
+            if _methods_overlap(route.method, method) and _overlaps(route.path, path):
+                raise ConfigurationError(
+                    f"Simulator.add_route({where}) collides with the built-in route "
+                    f"{method} {path} ({name}), which would answer first: pick another path"
+                )
+        for known in self._routes:
+            if known.method == route.method and known.path == route.path:
+                raise ConfigurationError(
+                    f"Simulator.add_route({where}): there is a route for it already"
+                )
+        self._routes.append(route)
+        return route
+
+    def _custom_handler(self, route: SimRoute) -> Handler:
+        """``route``'s handler, behind the credentials check when it asks for one."""
+        handler = route.handler
+        if not route.auth:
+            return handler
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            acc = self._account(request)
+            # The body too: an OAuth 1.0 signature covers a form's fields (read once, cached
+            # for the handler).
+            body = await request.read()
+            if acc is None or self._authorize(request, acc.id, body) is None:
+                return self._unauthorized()
+            return await handler(request)
+
+        return guarded
+
     # -- the app ---------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._fault_middleware])
         app[_SIM_KEY] = self
         r = app.router
-        for prefix in ("/api", "/csdr"):
-            r.add_get(
-                prefix + "/account/{account}/service/baseURI.json",
-                self._csds_all,
-                name=f"csds.all{prefix.replace('/', '.')}",
-            )
-            r.add_get(
-                prefix + "/account/{account}/service/{service}/baseURI.json",
-                self._csds_one,
-                name=f"csds.one{prefix.replace('/', '.')}",
-            )
-        r.add_post("/api/account/{account}/login", self._login, name="agentVep.login")
-        r.add_post("/api/account/{account}/refresh", self._refresh, name="agentVep.refresh")
-        r.add_post("/api/account/{account}/logout", self._logout, name="agentVep.logout")
-        r.add_post(
-            "/api/account/{account}/agentSession", self._agent_session, name="agentVep.session"
-        )
-        r.add_post(
-            "/sentinel/api/account/{account}/app/token", self._app_token, name="sentinel.token"
-        )
-        r.add_post("/api/account/{account}/signup", self._signup, name="idp.signup")
-        r.add_post("/api/account/{account}/authenticate", self._authenticate, name="idp.auth")
-        r.add_get(
-            "/api/account/{account}/configuration/le-users/users",
-            self._users,
-            name="accountConfigReadOnly.users",
-        )
-        r.add_get(
-            "/api/account/{account}/configuration/le-users/users/{user}",
-            self._user,
-            name="accountConfigReadOnly.user",
-        )
-        r.add_get(
-            "/api/account/{account}/chat/{chat}/info", self._chat_info, name="agentVep.chatinfo"
-        )
-        r.add_post(
-            "/interaction_history/api/account/{account}/interactions/search",
-            self._interactions,
-            name="engHistDomain.search",
-        )
-        r.add_get(
-            "/ws_api/account/{account}/messaging/brand/{bearer}",
-            self._brand_socket,
-            name="facadeMsg.brand",
-        )
-        r.add_get(
-            "/ws_api/account/{account}/messaging/consumer",
-            self._consumer_socket,
-            name="asyncMessagingEnt.consumer",
-        )
+        for method, path, handler, name in _BUILTIN_ROUTES:
+            serve: Handler = getattr(self, handler)
+            if method == "GET":
+                r.add_get(path, serve, name=name)  # and HEAD
+            else:
+                r.add_route(method, path, serve, name=name)
+        # After the built-in ones, through the same middleware: faults, records and all.
+        self._served = {
+            r.add_route(route.method, route.path, self._custom_handler(route)): route
+            for route in self._routes
+        }
         return app
 
     # -- recording and faults --------------------------------------------------------------
@@ -461,14 +768,18 @@ class Simulator:
     async def _fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route
         name = route.name or ""
-        service = name.split(".", 1)[0] if name and not name.startswith("csds.") else None
+        custom = self._served.get(route)
+        if custom is not None:
+            service = custom.service
+        else:
+            service = name.split(".", 1)[0] if name and not name.startswith("csds.") else None
         path = redact_url(request.rel_url.with_query(None))
         # An upgrade has no body to cut or pace: a rule of those kinds does not match it (not
-        # counted, not logged), so its turn goes to the next request it can strike.
-        upgrade = (
-            name in _SOCKET_ROUTES
-            and request.headers.get(hdrs.UPGRADE, "").strip().lower() == "websocket"
-        )
+        # counted, not logged), so its turn goes to the next request it can strike. A custom
+        # route's handler may upgrade too.
+        upgrade = (name in _SOCKET_ROUTES or custom is not None) and request.headers.get(
+            hdrs.UPGRADE, ""
+        ).strip().lower() == "websocket"
         kinds = _UPGRADE_FAULTS if upgrade else HTTP_FAULTS
         forced = request.headers.get(FAULT_HEADER) if self.config.fault_header else None
         if forced:
@@ -650,7 +961,7 @@ class Simulator:
 
     def _base_uris(self, request: web.Request, account: str) -> list[dict[str, str]]:
         host = self._public_host(request)
-        return [{"service": s, "account": account, "baseURI": host} for s in SERVICES]
+        return [{"service": s, "account": account, "baseURI": host} for s in self.services]
 
     async def _json_body(self, request: web.Request) -> dict[str, Any] | None:
         """The body as a JSON object, or None for anything else (the caller answers 4xx).
@@ -763,7 +1074,7 @@ class Simulator:
         service = request.match_info["service"]
         if self._account(request) is None:
             return web.json_response({"error": f"account {account[:20]} not found"}, status=400)
-        if service not in SERVICES:
+        if service not in self.services:
             return web.json_response({"error": "service not found"}, status=400)
         return web.json_response(
             {"service": service, "account": account, "baseURI": self._public_host(request)}
