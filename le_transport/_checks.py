@@ -5,6 +5,8 @@ credential."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,13 @@ import attrs
 
 from .errors import ConfigurationError
 
-__all__ = ["instance_of", "optional_instance_of", "require_kind", "require_option"]
+__all__ = [
+    "instance_of",
+    "is_async_callable",
+    "optional_instance_of",
+    "require_kind",
+    "require_option",
+]
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -62,3 +70,28 @@ def optional_instance_of(kind: type | tuple[type, ...]) -> Validator:
 def _names(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)
+
+
+def is_async_callable(callback: object) -> bool:
+    """Whether calling ``callback`` returns an awaitable by construction: a coroutine function
+    (an ``async def``, a method of one), a :func:`functools.partial` of one, an object whose
+    ``__call__`` is one, or a wrapper of one made with :func:`functools.wraps`. A callable for
+    which this is False may still return an awaitable (``lambda ws: ws.request(...)``):
+    :func:`check_on_connect` takes any callable, and the socket checks each result when it
+    calls it."""
+    target = callback
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return True
+    try:
+        unwrapped = inspect.unwrap(target)  # type: ignore[arg-type]
+    except ValueError:  # a __wrapped__ cycle
+        unwrapped = target
+    if unwrapped is not target and inspect.iscoroutinefunction(unwrapped):
+        return True
+    if inspect.isfunction(target) or inspect.ismethod(target) or isinstance(target, type):
+        return False
+    # An instance: its class's __call__, bound (a plain function's is a method-wrapper).
+    call = getattr(target, "__call__", None)  # noqa: B004 - the method itself is wanted
+    return inspect.iscoroutinefunction(call)

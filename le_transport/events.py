@@ -1,21 +1,25 @@
 """Event hooks: callbacks a caller registers to count and trace what the transport does.
 
-Hooks are plain callables in a frozen :class:`EventHooks` value. A hook that raises is logged
-and ignored: instrumentation must never break the transport.
+Hooks are plain callables in a frozen :class:`EventHooks` value, called synchronously, where
+the event happens. A hook that raises is logged and ignored: instrumentation must never break
+the transport. An ``async def`` hook is refused when the hooks are made: its coroutine would
+never run (a hook that must do I/O starts a task of its own).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
+from ._checks import is_async_callable
 from .errors import ConfigurationError
 from .policies.classify import Outcome
 
-__all__ = ["EventHooks", "GiveUpEvent", "RetryEvent", "StateEvent", "emit"]
+__all__ = ["EventHooks", "GiveUpEvent", "RetryEvent", "StateEvent", "check_hooks", "emit"]
 
 _log = logging.getLogger("le_transport.events")
 
@@ -67,21 +71,37 @@ class StateEvent:
     details: dict[str, Any] = attrs.field(factory=dict)
 
 
+def check_hooks(value: object, *, owner: str = "EventHooks") -> tuple[Callable[[Any], object], ...]:
+    """``value`` (one callable, or a sequence of them) as a tuple of hooks, or a
+    :class:`~le_transport.errors.ConfigurationError` naming ``owner``: something that cannot be
+    called, or an async one (an ``async def``, a partial of one, an object with an async
+    ``__call__``), whose coroutine nothing would ever await: hooks are called synchronously."""
+    if callable(value):
+        hooks: tuple[object, ...] = (value,)  # one, as EventHooks(on_state=handler) reads
+    elif isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        hooks = (value,)  # refused below
+    else:
+        hooks = tuple(value)
+    if not all(callable(hook) for hook in hooks):
+        # Found here, not by the first event: emit() would log the TypeError and go on.
+        raise ConfigurationError(
+            f"{owner} take a callable or a sequence of callables, got {value!r:.60}"
+        )
+    for hook in hooks:
+        if is_async_callable(hook):
+            raise ConfigurationError(
+                f"{owner} are called synchronously, where the event happens: "
+                f"{getattr(hook, '__qualname__', type(hook).__name__)!s:.60} is async, and its "
+                "coroutine would never run. Make it a plain function; one that must do I/O "
+                "can start a task of its own (asyncio.get_running_loop().create_task(...))"
+            )
+    return hooks  # type: ignore[return-value]
+
+
 def _callables(
     value: Sequence[Callable[[Any], object]] | Callable[[Any], object],
 ) -> tuple[Callable[[Any], object], ...]:
-    if callable(value):
-        return (value,)  # one hook, as EventHooks(on_state=handler) reads naturally
-    if (
-        isinstance(value, str | bytes)
-        or not isinstance(value, Iterable)
-        or not all(callable(hook) for hook in value)
-    ):
-        # Found here, not by the first event: emit() would log the TypeError and go on.
-        raise ConfigurationError(
-            f"EventHooks take a callable or a sequence of callables, got {value!r:.60}"
-        )
-    return tuple(value)
+    return check_hooks(value)
 
 
 @attrs.frozen
@@ -104,9 +124,21 @@ E = TypeVar("E")
 
 
 def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
-    """Call each hook with ``event``; a hook that raises is logged, not propagated."""
+    """Call each hook with ``event``; a hook that raises is logged, not propagated. One that
+    returns an awaitable (a lambda around an async function: not refused when it was given,
+    since only a call shows it) has its coroutine closed and is logged: nothing awaits it."""
     for hook in hooks:
         try:
-            hook(event)
+            result = hook(event)
         except Exception:
             _log.exception("event hook %r raised; ignored", hook)
+            continue
+        if result is not None and inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()  # no "never awaited" warning on top of this line
+            _log.warning(
+                "event hook %r returned an awaitable, which nothing awaits: hooks are called "
+                "synchronously; start a task in the hook if it must do I/O",
+                hook,
+            )

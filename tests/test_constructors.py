@@ -4,12 +4,19 @@ inside the first call or socket."""
 
 from __future__ import annotations
 
+import functools
+import gc
+import inspect
+import logging
+import warnings
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
 from le_transport import ConfigurationError, Engine, EventHooks, OverloadGuard, RetryMiddleware
-from le_transport.sockets import SocketOptions
+from le_transport.events import emit
+from le_transport.sockets import ResilientSocket, SocketOptions
 
 ENGINE_BAD: dict[str, dict[str, Any]] = {
     "domains": {"domains": 5},
@@ -92,3 +99,60 @@ def test_event_hooks_take_one_callable_as_a_tuple_of_one() -> None:
     seen: list[object] = []
     hooks = EventHooks(on_state=seen.append)
     assert hooks.on_state == (seen.append,)
+
+
+async def _async_hook(event: object) -> None:
+    """An async hook: its coroutine would never run."""
+
+
+class _AsyncCallable:
+    async def __call__(self, event: object) -> None:
+        """An object with an async __call__."""
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [_async_hook, [_async_hook], functools.partial(_async_hook), _AsyncCallable()],
+    ids=["async def", "in a list", "partial", "async __call__"],
+)
+def test_event_hooks_refuse_an_async_hook_whose_coroutine_would_never_run(hook: Any) -> None:
+    """EventHooks(on_retry=async_fn) was accepted, and the hook never ran: emit() called it,
+    dropped the coroutine, and only a 'never awaited' RuntimeWarning (hidden by default)
+    said so. The same for a socket's on_state."""
+    with pytest.raises(ConfigurationError, match=r"called synchronously.* is async"):
+        EventHooks(on_retry=hook)
+    socket = _socket()
+    with pytest.raises(ConfigurationError, match="on_state hooks are called synchronously"):
+        socket.add_on_state(hook)
+
+
+def test_a_hook_that_returns_an_awaitable_is_logged_and_its_coroutine_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lambda around an async function passes the check (only a call shows what it
+    returns): its coroutine is closed, not left to a 'never awaited' warning, and logged."""
+    caplog.set_level(logging.WARNING, logger="le_transport.events")
+    made: list[Coroutine[Any, Any, None]] = []
+
+    def hook(event: object) -> Coroutine[Any, Any, None]:
+        made.append(_async_hook(event))
+        return made[-1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "never awaited" RuntimeWarning would fail here
+        emit([hook], "event")
+        gc.collect()
+    assert inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED
+    assert [
+        "returned an awaitable, which nothing awaits" in r.getMessage() for r in caplog.records
+    ] == [True]
+
+
+def _socket() -> ResilientSocket:
+    class _Dialer:
+        name = "test"
+
+        async def connect(self) -> object:
+            raise AssertionError("not dialled")
+
+    return ResilientSocket(_Dialer())  # type: ignore[arg-type]

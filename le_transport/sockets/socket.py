@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import aiohttp
 import attrs
 
+from .._checks import is_async_callable
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import (
     AuthenticationError,
@@ -62,7 +63,7 @@ from ..errors import (
     SocketRequestTimeout,
     TransportError,
 )
-from ..events import EventHooks, StateEvent, emit
+from ..events import EventHooks, StateEvent, check_hooks, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
@@ -124,31 +125,6 @@ def _callable_name(callback: object) -> str:
     if not isinstance(name, str):
         name = f"a {builtins.type(target).__name__} object"
     return name if target is callback else f"functools.partial({name})"
-
-
-def is_async_callable(callback: object) -> bool:
-    """Whether calling ``callback`` returns an awaitable by construction: a coroutine function
-    (an ``async def``, a method of one), a :func:`functools.partial` of one, an object whose
-    ``__call__`` is one, or a wrapper of one made with :func:`functools.wraps`. A callable for
-    which this is False may still return an awaitable (``lambda ws: ws.request(...)``):
-    :func:`check_on_connect` takes any callable, and the socket checks each result when it
-    calls it."""
-    target = callback
-    while isinstance(target, functools.partial):
-        target = target.func
-    if inspect.iscoroutinefunction(target):
-        return True
-    try:
-        unwrapped = inspect.unwrap(target)  # type: ignore[arg-type]
-    except ValueError:  # a __wrapped__ cycle
-        unwrapped = target
-    if unwrapped is not target and inspect.iscoroutinefunction(unwrapped):
-        return True
-    if inspect.isfunction(target) or inspect.ismethod(target) or isinstance(target, type):
-        return False
-    # An instance: its class's __call__, bound (a plain function's is a method-wrapper).
-    call = getattr(target, "__call__", None)  # noqa: B004 - the method itself is wanted
-    return inspect.iscoroutinefunction(call)
 
 
 def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
@@ -356,7 +332,9 @@ class ResilientSocket:
         self._pacer = pacer or ReconnectPacer(self._clock)
         self._on_connect: tuple[OnConnect, ...] = check_on_connect(on_connect)
         self._on_frame = on_frame
-        self._on_state: tuple[Callable[[StateEvent], object], ...] = tuple(on_state)
+        self._on_state: tuple[Callable[[StateEvent], object], ...] = check_hooks(
+            on_state, owner="on_state hooks"
+        )
         self._escalate = escalate
         self._on_closed = on_closed
         self._name = dialer.name
@@ -845,8 +823,10 @@ class ResilientSocket:
         return task is not None and (task is self._owner or task is self._setup)
 
     def add_on_state(self, callback: Callable[[StateEvent], object]) -> None:
-        """Call ``callback`` with every state event of this socket."""
-        self._on_state = (*self._on_state, callback)
+        """Call ``callback`` with every state event of this socket: a plain callable, called
+        synchronously (an async one is a :class:`~le_transport.errors.ConfigurationError`: its
+        coroutine would never run)."""
+        self._on_state = (*self._on_state, *check_hooks(callback, owner="on_state hooks"))
 
     def add_on_connect(self, callback: OnConnect) -> None:
         """Run ``callback(ws)`` after every connect from the next one on.
