@@ -510,6 +510,23 @@ def _data_fault(data: object) -> str | None:
 _NEVER_ACCEPTED = frozenset({401, 407, 429})
 
 
+def _fail_reads_in_flight(session: aiohttp.ClientSession) -> None:
+    """Fail every body still being read on ``session``'s connections, before it is closed.
+
+    aiohttp's connector closes each connection in use, but drops the connection's payload
+    before the transport reports the loss, so a body being read is never told: its reader
+    waits for bytes that never come, until its attempt timeout (for ever without one), after
+    ``Engine.close()`` has returned. Failed here, the read raises a connection error, which
+    the retry loop, seeing the engine closed, turns into :class:`EngineClosed`. Private parts
+    of aiohttp, read defensively: missing, nothing is done."""
+    connector = session.connector
+    for proto in tuple(getattr(connector, "_acquired", ())):
+        payload = getattr(proto, "_payload", None)
+        set_exception = getattr(payload, "set_exception", None)
+        if callable(set_exception) and not getattr(payload, "is_eof", lambda: True)():
+            set_exception(aiohttp.ClientConnectionError("the engine was closed mid-body"))
+
+
 def _unscheduled_failure(
     status: int, body: bytes, method: str, url: str, service: str, ctx: CallContext
 ) -> RequestError:
@@ -1053,6 +1070,7 @@ class Engine:
                 # is closed below.
                 self._providers_closed = True
             if self._owns_session and self._session is not None and not self._session.closed:
+                _fail_reads_in_flight(self._session)
                 await self._session.close()
             if failed is not None:
                 # Raised as it is, after the session is closed: it used to stop the close

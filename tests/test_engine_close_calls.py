@@ -83,6 +83,50 @@ async def test_a_call_in_flight_when_the_engine_closes_ends_typed_not_with_an_as
     assert len(stopped.value.attempts) == 1
 
 
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+async def test_a_call_reading_a_body_when_the_engine_closes_stops_at_once(
+    serve: ServerFactory, clock: VirtualClock, length: bool
+) -> None:
+    """aiohttp closes the connections in use but drops their payload first, so a body being
+    read was never told: the call went on waiting after close() had returned, for its
+    attempt timeout (30 s by default), or for ever without one (here: none, so that the
+    virtual clock, which jumps ahead while the loop is idle, cannot end it first)."""
+    reading = asyncio.Event()
+    hold = asyncio.Event()
+
+    async def dribble(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        if length:
+            resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b"x")
+        reading.set()
+        await hold.wait()  # the rest never comes
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/x", dribble)
+    host = await serve(app)
+    policy = RetryPolicy(pauses=(5.0,), attempt_timeout=None)
+    engine = Engine({"svc": host}, scheme="http", clock=clock, retry=policy)
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+    await reading.wait()
+    await asyncio.sleep(0.01)  # the client has the headers and the first byte
+    started = clock.now()
+    await engine.close()
+    try:
+        done, _ = await asyncio.wait({call}, timeout=5)  # real seconds: a hang, not a speed
+        assert done, "the call still waits on its body after close() returned"
+        with pytest.raises(EngineClosed, match="while attempt 1 was in flight") as stopped:
+            await call
+    finally:
+        hold.set()
+        call.cancel()
+    assert clock.now() == started
+    assert [a.outcome.kind.value for a in stopped.value.attempts] == ["connection_lost"]
+
+
 async def test_a_call_after_close_is_refused_with_engine_closed(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:

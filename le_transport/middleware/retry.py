@@ -392,6 +392,15 @@ class _Call(_WheelTimer):
                             gate.abandon(self, attempt)
                         self._too_large_final(exc, attempt, started)
                         raise
+                    shutdown = mw.shutdown
+                    if shutdown is not None and shutdown.is_set() and isinstance(exc, Exception):
+                        # The engine closed the session under the attempt (a body being read
+                        # is failed then): not the server's failure, and nothing to retry.
+                        if gate is not None:
+                            gate.abandon(self, attempt)
+                        cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "EngineClosed")
+                        ctx.attempts.append(AttemptRecord(attempt, cut, None, started))
+                        raise self._engine_closed(attempt, in_flight=True) from None
                     outcome, error = self._failed(attempt, exc, timed_out, gate)
                     resp = None
                 else:
@@ -505,10 +514,16 @@ class _Call(_WheelTimer):
         if not slept.done() or slept.cancelled():
             raise self._engine_closed(None)
 
-    def _engine_closed(self, attempt: int | None) -> EngineClosed:
+    def _engine_closed(self, attempt: int | None, *, in_flight: bool = False) -> EngineClosed:
         """The session's owner closed it during the call: stop, with what was done so far."""
         ctx = self.ctx
-        when = "during a pause" if attempt is None else f"before attempt {attempt}"
+        when = (
+            "during a pause"
+            if attempt is None
+            else f"while attempt {attempt} was in flight"
+            if in_flight
+            else f"before attempt {attempt}"
+        )
         err = EngineClosed(
             f"the engine was closed {when}; the call stopped after {len(ctx.attempts)} attempt(s)",
             service=self.service,
