@@ -561,7 +561,13 @@ class EngineDialer:
         injector = _fault_injector(engine)
         if injector is not None:
             # Chaos testing: the plan's socket faults strike this connection client-side.
-            wire = await injector.wrap_socket(ws, template_path, service=self._service)
+            try:
+                wire = await injector.wrap_socket(ws, template_path, service=self._service)
+            except BaseException:
+                # A session Delay cut short (the connect timeout, a close): the socket the
+                # upgrade opened is closed here, not left for the garbage collector.
+                await Connection(ws, creds).close(engine.clock, 0.1)
+                raise
         conn = Connection(wire, creds)
         if self._placement is AuthPlacement.FIRST_FRAME:
             try:
