@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, RetryPolicy
-from le_transport.chaos import Delay, FaultRule, Match, Reset, Status
+from le_transport.chaos import Delay, FaultRule, Hang, Match, Reset, Status
 from le_transport.errors import (
     AuthenticationError,
     BlockedError,
@@ -26,7 +26,7 @@ from le_transport.errors import (
 )
 from le_transport.events import StateEvent
 from le_transport.providers import AppLogin, ClientCredentialsLogin, StaticDomains, UserLogin
-from le_transport.providers.login import LoginServiceAuth
+from le_transport.providers.login import LOGOUT_TIMEOUT, LoginServiceAuth
 from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -368,6 +368,31 @@ async def test_a_logout_answered_with_a_redirect_is_logged_as_failed(
         sim.faults.script("POST", LOGOUT, [302])
     assert "logout failed (answered 302)" in caplog.text
     assert "logged_out" not in [e.name for e in events]
+
+
+@pytest.mark.parametrize("attempt_timeout", [30.0, None])
+async def test_a_logout_never_answered_holds_the_close_for_logout_timeout_only(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    attempt_timeout: float | None,
+) -> None:
+    """The logout took the request policy's attempt timeout: a Login Service that accepted
+    the logout and never answered held Engine.close() (and the end of ``async with``) 30 s,
+    and for ever with attempt_timeout=None."""
+    auth = user_login(sim, keepalive=False)
+    retry = RetryPolicy(pauses=(0.05,), attempt_timeout=attempt_timeout)
+    engine = sim_engine(sim, clock, domains=auth._domains, auth=auth, retry=retry)
+    await engine.start()
+    await engine.login()
+    learn_session_secrets(auth, secret_values)
+    sim.faults.add(FaultRule("hung-logout", Hang(), match=Match("POST", LOGOUT)))
+    started = clock.now()
+    await asyncio.wait_for(engine.close(), 10)  # real seconds: only against a hang
+    assert clock.now() - started == LOGOUT_TIMEOUT
+    assert sim.count("POST", LOGOUT) == 1
+    assert "logout failed (TimeoutError); the session will expire on its own" in caplog.text
 
 
 # -- a login in flight when the engine closes --------------------------------------------------

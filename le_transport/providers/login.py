@@ -37,6 +37,7 @@ from yarl import URL
 
 from .._redact import Secret
 from .._tasks import stop_task
+from ..clock import timeout_after
 from ..errors import (
     AuthenticationError,
     ClientStatusError,
@@ -71,6 +72,7 @@ __all__ = [
     "AGENT_VEP",
     "DEFAULT_REFRESH_INTERVAL",
     "LOGIN_SERVICE_VERSION",
+    "LOGOUT_TIMEOUT",
     "MIN_SESSION_REFRESH_INTERVAL",
     "AppLogin",
     "ClientCredentialsLogin",
@@ -92,6 +94,10 @@ DEFAULT_REFRESH_INTERVAL = 300.0
 #: answers a TTL of 1 ms must not make the keepalive refresh in a tight loop; LivePerson's
 #: sessions live hours, and the Login Service asks for 5 s between retried logins.
 MIN_SESSION_REFRESH_INTERVAL = LOGIN_RATE_LIMIT_FLOOR
+#: Seconds a close waits for the logout (resolving the host included) before it gives up on
+#: it: the session then expires on its own. A Login Service that never answers must not hold
+#: ``Engine.close()`` (and ``async with Engine(...)``) for the attempt timeout, or for ever.
+LOGOUT_TIMEOUT = 5.0
 #: The access-token fields of the client-credentials login body (LivePerson's documented form).
 CLIENT_CREDENTIALS_DUMMY = "dummy"
 
@@ -152,7 +158,8 @@ class LoginServiceAuth:
     - ``refresh_interval``: seconds between keepalive refreshes (300); ``keepalive=False``
       turns the background refresh off.
     - ``retry``: the login's request policy; default: the engine's, with 429 floored at 5 s.
-    - ``logout_on_close``: log out when closed (default).
+    - ``logout_on_close``: log out when closed (default): one attempt, within
+      :data:`LOGOUT_TIMEOUT` seconds, after which the session is left to expire on its own.
     - ``shared``: a :class:`~le_transport.state.SharedSession` (over a Redis store): the fleet
       logs in once per account and user and refreshes once per interval; the other processes
       adopt the stored session. Use ``logout_on_close=False`` with it: one process closing
@@ -627,7 +634,8 @@ class LoginServiceAuth:
         # One attempt: closing must not sit through the 5/10/15 s schedule.
         policy = attrs.evolve(self._policy(http), pauses=())
         try:
-            await self._post_session(http, session, "logout", policy)
+            async with timeout_after(http.clock, LOGOUT_TIMEOUT):
+                await self._post_session(http, session, "logout", policy)
         except Exception as exc:  # the session expires on its own; closing must go on
             error = (
                 f"answered {exc.status}" if isinstance(exc, _NotAccepted) else type(exc).__name__
