@@ -137,23 +137,42 @@ class Response:
             attempts=self.attempts,
         )
 
-    def text(self, encoding: str = "utf-8") -> str:
-        """The body as text; :class:`ResponseDecodeError` if it is not valid ``encoding``,
-        :class:`~le_transport.errors.InvalidRequest` if ``encoding`` names no text encoding."""
+    def text(self, encoding: str | None = None) -> str:
+        """The body as text, in ``encoding``; by default in the charset the answer's
+        ``Content-Type`` names, else UTF-8.
+
+        :class:`ResponseDecodeError` if the body is not valid in it, or if the charset the
+        answer names is no text encoding Python knows (the server's mistake);
+        :class:`~le_transport.errors.InvalidRequest` if the ``encoding`` given names none
+        (the caller's)."""
+        named = encoding is None
+        if encoding is None:
+            content_type = self.headers.get("Content-Type")
+            encoding = (None if content_type is None else charset_of(content_type)) or "utf-8"
+        failed: str | None = None
         try:
             return self.body.decode(encoding)
         except UnicodeDecodeError as exc:
-            reason = exc.reason
+            failed = f"body is not valid {encoding[:40]}: {exc.reason}"
+        except UnicodeError as exc:
+            # A codec's own error (punycode, "undefined"): its text may quote the body.
+            failed = f"body is not valid {encoding[:40]} ({type(exc).__name__})"
         except (LookupError, TypeError):
-            raise InvalidRequest(
-                f"Response.text: {encoding!r:.40} is not a text encoding Python knows",
-                service=self.service,
-                method=self.method,
-                url=self.url,
-            ) from None
+            if named:
+                failed = (
+                    f"the answer's Content-Type names charset {encoding!r:.40}, which is not "
+                    "a text encoding Python knows; pass Response.text(encoding=...)"
+                )
+            else:
+                raise InvalidRequest(
+                    f"Response.text: {encoding!r:.40} is not a text encoding Python knows",
+                    service=self.service,
+                    method=self.method,
+                    url=self.url,
+                ) from None
         # Raised here, not in the except clause: the decode error holds the whole body, which
         # may hold a credential, and would be its context.
-        raise self._decode_error(f"body is not valid {encoding}: {reason}")
+        raise self._decode_error(failed)
 
     @overload
     def json(self) -> Any: ...

@@ -202,6 +202,44 @@ def test_an_unreadable_body_is_a_decode_error_with_nothing_of_it_chained(
     assert not any(SECRET_ISH in m for m in exception_messages(info.value))
 
 
+def _typed(body: bytes, content_type: str) -> Response:
+    headers = CIMultiDictProxy(CIMultiDict({"Content-Type": content_type}))
+    return Response(200, headers, body, "GET", "http://h/x", "svc")
+
+
+def test_text_reads_the_charset_the_answer_names() -> None:
+    """aiohttp's text() honours the charset; ours decoded UTF-8 whatever the answer said, and
+    an ISO-8859-1 answer was a ResponseDecodeError."""
+    latin = _typed("café".encode("latin-1"), "text/plain; charset=ISO-8859-1")
+    assert latin.text() == "café"
+    with pytest.raises(ResponseDecodeError, match="not valid utf-8"):
+        latin.text("utf-8")  # the caller's choice wins
+    quoted = _typed('{"name": "café"}'.encode("utf-16"), 'application/json; charset="utf-16"')
+    assert quoted.json() == {"name": "café"}
+    assert _typed(b"plain", "text/plain").text() == "plain"  # none named: UTF-8
+
+
+@pytest.mark.parametrize(
+    ("charset", "says"),
+    [
+        ("no-such-codec", "names charset 'no-such-codec', which is not a text encoding"),
+        ("base64", "names charset 'base64', which is not a text encoding"),
+        ("undefined", r"not valid undefined \(UnicodeError\)"),
+        ("punycode", r"not valid punycode \(UnicodeError\)"),
+    ],
+)
+def test_a_charset_the_answer_names_that_cannot_decode_it_is_a_decode_error(
+    charset: str, says: str
+) -> None:
+    """The server's mistake, typed: a bare UnicodeError escaped from some codecs (its text
+    quoting the body), and an unknown charset named by the answer is not the caller's."""
+    answer = _typed(b'{"token": "' + SECRET_ISH.encode() + b'{"}', f"text/plain; charset={charset}")
+    with pytest.raises(ResponseDecodeError, match=says) as info:
+        answer.text()
+    assert info.value.__context__ is None
+    assert not any(SECRET_ISH in m for m in exception_messages(info.value))
+
+
 def test_a_bad_encoding_or_expected_type_is_invalid_request() -> None:
     answer = _answer(b"[]")
     with pytest.raises(InvalidRequest, match="not a text encoding"):
