@@ -529,6 +529,34 @@ def _data_fault(data: object) -> str | None:
 _NEVER_ACCEPTED = frozenset({401, 407, 429})
 
 
+def _per_call_policy(
+    policy: RetryPolicy,
+    deadline: float | None,
+    attempt_timeout: float | None,
+    service: str,
+    method: str,
+) -> RetryPolicy:
+    """``policy`` with a call's own ``deadline`` and ``attempt_timeout``; a value the policy
+    refuses is the call's argument, named as the caller wrote it (an
+    :class:`InvalidRequest`), not a ``RetryPolicy`` field the caller never touched."""
+    for name, value in (("deadline", deadline), ("attempt_timeout", attempt_timeout)):
+        try:
+            if value is not None:
+                attrs.evolve(policy, **{name: value})  # type: ignore[arg-type]
+        except ConfigurationError:
+            raise InvalidRequest(
+                f"{name} must be a finite number of seconds > 0 (or None: the policy's), "
+                f"got {value!r:.40}",
+                service=service,
+                method=method,
+            ) from None
+    return attrs.evolve(
+        policy,
+        deadline=deadline if deadline is not None else policy.deadline,
+        attempt_timeout=attempt_timeout if attempt_timeout is not None else policy.attempt_timeout,
+    )
+
+
 def _fail_reads_in_flight(session: aiohttp.ClientSession) -> None:
     """Fail every body still being read on ``session``'s connections, before it is closed.
 
@@ -1364,13 +1392,7 @@ class Engine:
             self._check_path(service, path)
         policy = retry or self._retry
         if deadline is not None or attempt_timeout is not None:
-            policy = attrs.evolve(
-                policy,
-                deadline=deadline if deadline is not None else policy.deadline,
-                attempt_timeout=(
-                    attempt_timeout if attempt_timeout is not None else policy.attempt_timeout
-                ),
-            )
+            policy = _per_call_policy(policy, deadline, attempt_timeout, service, method)
         ctx = (
             CallContext(service, idempotent, policy)
             if not accept

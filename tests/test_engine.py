@@ -86,9 +86,30 @@ async def test_per_call_retry_deadline_and_attempt_timeout_override_the_engine_p
             await engine.request("GET", "svc", "/x", retry=RetryPolicy(pauses=(1.0,)))
         assert script.hits == 2
         assert clock.now() == 1.0
-        with pytest.raises(ConfigurationError, match="deadline"):
-            await engine.request("GET", "svc", "/x", deadline=-1)
     assert engine.retry == RetryPolicy()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("deadline", -1),
+        ("deadline", 0),
+        ("deadline", float("nan")),
+        ("deadline", "30"),
+        ("attempt_timeout", -1),
+        ("attempt_timeout", float("inf")),
+        ("attempt_timeout", True),
+    ],
+)
+async def test_a_bad_per_call_deadline_or_attempt_timeout_is_the_calls_argument_named(
+    clock: VirtualClock, option: str, value: object
+) -> None:
+    """It was a ConfigurationError about 'RetryPolicy.deadline', a field the caller never
+    touched; the call's other bad arguments are InvalidRequests naming the argument."""
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=f"^{option} must be") as info:
+            await engine.request("GET", "svc", "/x", **{option: value})  # type: ignore[arg-type]
+    assert "RetryPolicy" not in str(info.value)
 
 
 @pytest.mark.parametrize(
