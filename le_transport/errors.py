@@ -30,6 +30,7 @@ __all__ = [
     "DomainResolutionError",
     "EngineClosed",
     "HTTPStatusError",
+    "HostConfigurationError",
     "HostileHostError",
     "InvalidMessage",
     "InvalidRequest",
@@ -415,6 +416,13 @@ class UnknownServiceError(DomainResolutionError):
 class HostileHostError(DomainResolutionError):
     """A host from the Domain API is not a bare hostname (scheme, path, userinfo, whitespace or
     control characters). It is refused and no credential is sent to it."""
+
+
+class HostConfigurationError(HostileHostError, ConfigurationError):
+    """A host given when something was built (a :class:`~le_transport.providers.StaticDomains`
+    map, ``Engine({service: host})``) is not a bare hostname with an optional port: a
+    ``https://`` or a path left in it, say. A :class:`ConfigurationError`, raised once at
+    construction, and a :class:`HostileHostError`, as the same host refused at run time is."""
 
 
 class AuthenticationError(TransportError):

@@ -23,7 +23,12 @@ from yarl import URL
 
 from le_transport import Engine, RetryPolicy
 from le_transport._redact import Secret
-from le_transport.errors import ConfigurationError, EngineClosed, HostileHostError
+from le_transport.errors import (
+    ConfigurationError,
+    EngineClosed,
+    HostConfigurationError,
+    HostileHostError,
+)
 from le_transport.events import EventHooks, GiveUpEvent, StateEvent
 from le_transport.policies.backoff import BackoffPolicy
 from le_transport.policies.retry import LOGIN_RATE_LIMIT_FLOOR
@@ -333,6 +338,20 @@ async def test_single_flight_cancel_leaves_a_cancelled_caller_cancelled(
 )
 def test_validate_host_accepts_a_bare_hostname_with_an_optional_port(host: str) -> None:
     assert validate_host(host) == host
+
+
+@pytest.mark.parametrize("host", ["https://va.example.net", "va.example.net/api", ""])
+def test_a_bad_host_in_a_static_map_is_a_configuration_error_raised_when_it_is_built(
+    host: str,
+) -> None:
+    """A typo in the caller's own map (a scheme left in) was a HostileHostError only, which is
+    no ConfigurationError: start-up code catching configuration mistakes missed it, while
+    CsdsDomains(csds_host='https://...') raised one. It is both now."""
+    for build in (lambda: StaticDomains({"mine": host}), lambda: Engine({"mine": host})):
+        with pytest.raises(ConfigurationError, match="service 'mine'") as info:
+            build()
+        assert isinstance(info.value, HostileHostError)
+        assert isinstance(info.value, HostConfigurationError)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ import re
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from ..errors import ConfigurationError, HostileHostError, UnknownServiceError
+from ..errors import (
+    ConfigurationError,
+    HostConfigurationError,
+    HostileHostError,
+    UnknownServiceError,
+)
 
 __all__ = ["DomainProvider", "StaticDomains", "validate_host"]
 
@@ -74,7 +79,9 @@ class DomainProvider(Protocol):
 
 
 class StaticDomains:
-    """A fixed ``{service: host}`` mapping, validated once at construction."""
+    """A fixed ``{service: host}`` mapping, validated once at construction: a host that is
+    not a bare hostname with an optional port is a
+    :class:`~le_transport.errors.HostConfigurationError` (a ConfigurationError)."""
 
     __slots__ = ("_hosts",)
 
@@ -84,7 +91,11 @@ class StaticDomains:
                 "StaticDomains.hosts must be a mapping of non-empty service names to hosts, "
                 f"got {type(hosts).__name__}"
             )
-        self._hosts = {svc: validate_host(h, service=svc) for svc, h in hosts.items()}
+        try:
+            self._hosts = {svc: validate_host(h, service=svc) for svc, h in hosts.items()}
+        except HostileHostError as exc:
+            # The caller's own configuration: a ConfigurationError too, found here.
+            raise HostConfigurationError(str(exc)) from None
 
     async def resolve(self, service: str) -> str:
         """The configured host for ``service``."""
