@@ -214,15 +214,26 @@ class Response:
         )
 
 
-def _check_headers(headers: Mapping[str, str], service: str, method: str) -> None:
+def _check_headers(
+    headers: Mapping[str, str], service: str, method: str, auth: object = None
+) -> None:
     """Refuse headers that are not str to str, or that hold a CR, LF or NUL, before anything
-    is sent (aiohttp would fail while writing them, inside the retry loop, after a login)."""
+    is sent (aiohttp would fail while writing them, inside the retry loop, after a login); and,
+    with an ``auth`` provider, an ``Authorization`` of the caller's, which the provider's
+    credentials would replace without a word."""
     refused: str | None = None
     if not isinstance(headers, Mapping):
         refused = f"headers must be a mapping, got {type(headers).__name__}"
     else:
         for name, value in headers.items():
             refused = _header_fault(name, value)
+            if refused is None and auth is not None and name.lower() == "authorization":
+                refused = (
+                    f"headers[{name!r}] would be replaced by the credentials of the engine's "
+                    f"auth provider ({type(auth).__name__}), which go on every call to the "
+                    "service's host: leave it out, or make this call through an engine "
+                    "without an auth provider (StaticBearer gives one a token of your own)"
+                )
             if refused is not None:
                 break
     if refused is not None:
@@ -1326,6 +1337,9 @@ class Engine:
           async iterable of bytes streamed as it comes, and so sent at most once: not retried
           once it went out (a connect failure still is), not replayed after a 401, refused
           with ``recover=True``.
+        - ``headers``: str names to str values, without CR, LF or NUL; no ``Authorization``
+          when the engine has an auth provider, whose credentials would replace it
+          (:class:`~le_transport.errors.InvalidRequest`, before anything is sent).
         - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
           "no such user"): such an answer is returned as a :class:`Response`, as a success is,
           with no error, no retry and no log line. Any 4xx but 401, 407 (the auth middleware's
@@ -1441,7 +1455,7 @@ class Engine:
                 call = session.request(method, url)
             else:
                 if headers is not None:
-                    _check_headers(headers, service, method)
+                    _check_headers(headers, service, method, self._auth)
                     if type(data) is str:
                         data = _encode_text(data, headers)
                 options: dict[str, Any] = {

@@ -227,6 +227,27 @@ async def test_a_header_that_would_break_its_line_is_refused_before_credentials_
     assert script.hits == 0
 
 
+@pytest.mark.parametrize("name", ["Authorization", "authorization"])
+async def test_a_callers_authorization_header_beside_an_auth_provider_is_refused_not_replaced(
+    serve: ServerFactory, clock: VirtualClock, name: str
+) -> None:
+    """It was replaced by the provider's credentials without a word: the call went out with
+    a token other than the one the caller passed. Without a provider, it is sent as given."""
+    script = Script(200, 200)
+    host = await serve(script.app())
+    auth = _CountingBearer()
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
+        with pytest.raises(InvalidRequest, match="would be replaced by the credentials") as info:
+            await engine.request("GET", "svc", "/x", headers={name: f"Bearer {SECRET}"})
+    assert SECRET not in str(info.value)
+    assert "_CountingBearer" in str(info.value)
+    assert auth.asked == 0
+    assert script.hits == 0
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        await engine.request("GET", "svc", "/x", headers={name: "Bearer mine"})
+    assert script.hits == 1
+
+
 def _failing_middleware(error: Exception) -> Callable[..., object]:
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         raise error
