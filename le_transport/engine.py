@@ -1572,7 +1572,12 @@ class Engine:
 
         It returns only a body, so it takes no ``accept=``: an accepted 404's error body would
         come back as if it were the resource. Use :meth:`request` with ``accept`` and look at
-        the answer's ``status``."""
+        the answer's ``status``.
+
+        A ``204 No Content`` answer (a DELETE, say) returns None without ``expect``: the call
+        succeeded and there is no body to read (with ``expect``, it is the
+        :class:`~le_transport.errors.ResponseDecodeError` of an empty body, as for any other
+        status)."""
         if expect is not None:
             _check_expect(expect)
         if "accept" in kwargs:
@@ -1584,7 +1589,13 @@ class Engine:
                 method=method if isinstance(method, str) else None,
             )
         resp = await self.request(method, service, path, **kwargs)
-        return resp.json(expect) if expect is not None else resp.json()
+        if expect is not None:
+            return resp.json(expect)
+        if resp.status == 204 and not resp.body:
+            # The call succeeded: a decode error here would read as a failure, and a caller
+            # might send a DELETE or a POST again.
+            return None
+        return resp.json()
 
     # -- sockets ----------------------------------------------------------------------------
 

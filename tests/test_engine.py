@@ -65,6 +65,34 @@ async def test_request_json_returns_the_parsed_body_checked_for_type(
     assert result == [{"id": 1, "v": "6.0"}]
 
 
+async def test_request_json_of_a_204_is_none_not_a_decode_error(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A DELETE answered 204 No Content raised ResponseDecodeError ("expected a JSON body,
+    got an empty body") after it had succeeded: a caller could take it for a failure and
+    send it again. A 200 with an empty body is still the server's mistake."""
+    deleted: list[str] = []
+
+    async def delete(request: web.Request) -> web.Response:
+        deleted.append(request.path)
+        return web.Response(status=204)
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_delete("/x", delete)
+    app.router.add_get("/empty", empty)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        assert await engine.request_json("DELETE", "svc", "/x") is None
+        with pytest.raises(ResponseDecodeError, match="empty body"):
+            await engine.request_json("DELETE", "svc", "/x", expect=dict)
+        with pytest.raises(ResponseDecodeError, match="empty body; status 200"):
+            await engine.request_json("GET", "svc", "/empty")
+    assert deleted == ["/x", "/x"]
+
+
 async def test_post_json_body_reaches_the_server_on_every_attempt(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
