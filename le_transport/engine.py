@@ -139,31 +139,35 @@ class Response:
 
     def text(self, encoding: str | None = None) -> str:
         """The body as text, in ``encoding``; by default in the charset the answer's
-        ``Content-Type`` names, else UTF-8.
+        ``Content-Type`` names, else UTF-8 (and UTF-8 too when the named charset is no text
+        encoding Python knows, as aiohttp does).
 
-        :class:`ResponseDecodeError` if the body is not valid in it, or if the charset the
-        answer names is no text encoding Python knows (the server's mistake);
-        :class:`~le_transport.errors.InvalidRequest` if the ``encoding`` given names none
-        (the caller's)."""
-        named = encoding is None
+        :class:`ResponseDecodeError` if the body is not valid in it;
+        :class:`~le_transport.errors.InvalidRequest` if the ``encoding`` given names no text
+        encoding (the caller's mistake)."""
+        failed: str | None = None
         if encoding is None:
             content_type = self.headers.get("Content-Type")
-            encoding = (None if content_type is None else charset_of(content_type)) or "utf-8"
-        failed: str | None = None
-        try:
-            return self.body.decode(encoding)
-        except UnicodeDecodeError as exc:
-            failed = f"body is not valid {encoding[:40]}: {exc.reason}"
-        except UnicodeError as exc:
-            # A codec's own error (punycode, "undefined"): its text may quote the body.
-            failed = f"body is not valid {encoding[:40]} ({type(exc).__name__})"
-        except (LookupError, TypeError):
-            if named:
-                failed = (
-                    f"the answer's Content-Type names charset {encoding!r:.40}, which is not "
-                    "a text encoding Python knows; pass Response.text(encoding=...)"
-                )
-            else:
+            declared = None if content_type is None else charset_of(content_type)
+            encoding = "utf-8"
+            if declared is not None:
+                try:
+                    return self.body.decode(declared)
+                except (LookupError, TypeError):
+                    pass  # "binary", "rot13", a typo: read as UTF-8
+                except UnicodeDecodeError as exc:
+                    failed = f"body is not valid {declared[:40]}: {exc.reason}"
+                except UnicodeError as exc:
+                    # A codec's own error (punycode, "undefined"): its text may quote the body.
+                    failed = f"body is not valid {declared[:40]} ({type(exc).__name__})"
+        if failed is None:
+            try:
+                return self.body.decode(encoding)
+            except UnicodeDecodeError as exc:
+                failed = f"body is not valid {encoding[:40]}: {exc.reason}"
+            except UnicodeError as exc:
+                failed = f"body is not valid {encoding[:40]} ({type(exc).__name__})"
+            except (LookupError, TypeError):
                 raise InvalidRequest(
                     f"Response.text: {encoding!r:.40} is not a text encoding Python knows",
                     service=self.service,
@@ -181,6 +185,9 @@ class Response:
     def json(self, expect: type[Any] | None = None) -> Any:
         """The body parsed as JSON, optionally checked to be of type ``expect``.
 
+        JSON is read as UTF-8 (RFC 8259), whatever charset the answer names: a server that
+        says ``charset=iso-8859-1`` over UTF-8 JSON must not turn "Zoë" into "ZoÃ«".
+
         Raises :class:`ResponseDecodeError` for an empty body, malformed JSON, or a value of the
         wrong type (``expect=dict`` for an object, ``list`` for an array).
         """
@@ -188,7 +195,7 @@ class Response:
             _check_expect(expect)
         if not self.body.strip():
             raise self._decode_error("expected a JSON body, got an empty body")
-        text = self.text()
+        text = self.text("utf-8")
         failed: str | None = None
         try:
             value = _json.loads(text)
