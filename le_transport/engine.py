@@ -592,6 +592,15 @@ def _fail_reads_in_flight(session: aiohttp.ClientSession) -> None:
             set_exception(aiohttp.ClientConnectionError("the engine was closed mid-body"))
 
 
+def _unseen_failure(status: int, ctx: CallContext) -> bool:
+    """Whether a failed answer's ``status`` reached :meth:`Engine.request` without the retry
+    middleware having returned it: no attempt recorded, or the last one ended otherwise."""
+    if status in ctx.accept:
+        return False
+    attempts = ctx.attempts
+    return not attempts or attempts[-1].outcome.status != status
+
+
 def _unscheduled_failure(
     status: int, body: bytes, method: str, url: str, service: str, ctx: CallContext
 ) -> RequestError:
@@ -1487,10 +1496,11 @@ class Engine:
                     body = await resp.read()
                 final = resp.url
                 shown = redacted if final is url or final == url else redact_url(final)
-                if resp.status >= 400 and resp.status not in ctx.accept:
-                    # The retry middleware raises for every failed answer it sees: this one
-                    # came from around it (an outer middleware's, or a caller's session without
-                    # the stack). Never passed off as an answer.
+                if resp.status >= 400 and _unseen_failure(resp.status, ctx):
+                    # The retry middleware raises for every failed answer it sees, or records
+                    # it (one the call accepts, or the caller's classifier calls a success):
+                    # this one came from around it (an outer middleware's, or a caller's
+                    # session without the stack). Never passed off as an answer.
                     raise _unscheduled_failure(resp.status, body, method, shown, service, ctx)
                 return Response(
                     resp.status,

@@ -32,6 +32,7 @@ from le_transport import (
     WrongEventLoop,
 )
 from le_transport.chaos import FaultInjector, FaultRule, Status
+from le_transport.policies import Classifier, Outcome, Verdict
 from le_transport.providers import Credentials
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -332,6 +333,27 @@ async def test_a_failed_answer_made_around_the_retry_middleware_is_raised_not_re
     assert SECRET not in str(err)
     assert [r.getMessage() for r in caplog.records if "outside the retry" in r.getMessage()]
     assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_4xx_the_callers_classifier_calls_a_success_is_still_returned(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry middleware returned it on purpose (a 409 "already exists" that the caller's
+    classifier calls a success): not a failure made around it."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+
+    class Conflicts(Classifier):
+        def classify(self, outcome: Outcome) -> Verdict:
+            return Verdict.SUCCESS if outcome.status == 409 else super().classify(outcome)
+
+    script = Script(409)
+    host = await serve(script.app())
+    policy = RetryPolicy(classifier=Conflicts())
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=policy) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+    assert resp.status == 409
+    assert [a.outcome.status for a in resp.attempts] == [409]
+    assert not caplog.records
 
 
 async def test_a_failed_answer_from_a_callers_session_without_the_stack_is_raised(
