@@ -225,16 +225,17 @@ def _check_headers(
     headers: Mapping[str, str], service: str, method: str, auth: object = None
 ) -> None:
     """Refuse headers that are not str to str, or that hold a CR, LF or NUL, before anything
-    is sent (aiohttp would fail while writing them, inside the retry loop, after a login); and,
-    with an ``auth`` provider, an ``Authorization`` of the caller's, which the provider's
-    credentials would replace without a word."""
+    is sent (aiohttp would fail while writing them, inside the retry loop, after a login); and
+    a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
+    library's providers set ``Authorization``), which they would replace without a word."""
     refused: str | None = None
+    owned = getattr(auth, "credential_headers", ())
     if not isinstance(headers, Mapping):
         refused = f"headers must be a mapping, got {type(headers).__name__}"
     else:
         for name, value in headers.items():
             refused = _header_fault(name, value)
-            if refused is None and auth is not None and name.lower() == "authorization":
+            if refused is None and owned and name.lower() in owned:
                 refused = (
                     f"headers[{name!r}] would be replaced by the credentials of the engine's "
                     f"auth provider ({type(auth).__name__}), which go on every call to the "
@@ -1353,9 +1354,10 @@ class Engine:
           async iterable of bytes streamed as it comes, and so sent at most once: not retried
           once it went out (a connect failure still is), not replayed after a 401, refused
           with ``recover=True``.
-        - ``headers``: str names to str values, without CR, LF or NUL; no ``Authorization``
-          when the engine has an auth provider, whose credentials would replace it
-          (:class:`~le_transport.errors.InvalidRequest`, before anything is sent).
+        - ``headers``: str names to str values, without CR, LF or NUL; none that the auth
+          provider's credentials set and would replace (its ``credential_headers``: the
+          library's providers set ``Authorization``): each an
+          :class:`~le_transport.errors.InvalidRequest`, before anything is sent.
         - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
           "no such user"): such an answer is returned as a :class:`Response`, as a success is,
           with no error, no retry and no log line. Any 4xx but 401, 407 (the auth middleware's

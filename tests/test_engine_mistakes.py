@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
-from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse, web
 from yarl import URL
 
 from le_transport import (
@@ -33,7 +33,7 @@ from le_transport import (
 )
 from le_transport.chaos import FaultInjector, FaultRule, Status
 from le_transport.policies import Classifier, Outcome, Verdict
-from le_transport.providers import Credentials
+from le_transport.providers import Credentials, StaticBearer
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.known_secrets import BEARER, exception_messages
@@ -228,25 +228,49 @@ async def test_a_header_that_would_break_its_line_is_refused_before_credentials_
     assert script.hits == 0
 
 
+class _ApiKeyAuth:
+    """A provider of the caller's whose credentials are a header of its own, not
+    Authorization (and that says nothing of which headers it sets)."""
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials(headers={"X-Api-Key": "k-123"})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        """Nothing to drop."""
+
+    async def close(self) -> None:
+        """Nothing to end."""
+
+
 @pytest.mark.parametrize("name", ["Authorization", "authorization"])
 async def test_a_callers_authorization_header_beside_an_auth_provider_is_refused_not_replaced(
     serve: ServerFactory, clock: VirtualClock, name: str
 ) -> None:
     """It was replaced by the provider's credentials without a word: the call went out with
-    a token other than the one the caller passed. Without a provider, it is sent as given."""
-    script = Script(200, 200)
-    host = await serve(script.app())
-    auth = _CountingBearer()
-    async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
+    a token other than the one the caller passed. Refused for a provider that says its
+    credentials set it (the library's: credential_headers); a provider that sets another
+    header, or does not say, and no provider at all, send it as given."""
+    seen: list[str | None] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/x", echo)
+    host = await serve(app)
+    bearer = StaticBearer(BEARER)
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=bearer) as engine:
         with pytest.raises(InvalidRequest, match="would be replaced by the credentials") as info:
             await engine.request("GET", "svc", "/x", headers={name: f"Bearer {SECRET}"})
     assert SECRET not in str(info.value)
-    assert "_CountingBearer" in str(info.value)
-    assert auth.asked == 0
-    assert script.hits == 0
-    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
-        await engine.request("GET", "svc", "/x", headers={name: "Bearer mine"})
-    assert script.hits == 1
+    assert "StaticBearer" in str(info.value)
+    assert seen == []
+    for auth in (_ApiKeyAuth(), _CountingBearer(), None):
+        async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.request("GET", "svc", "/x", headers={name: "Basic dXNlcjpwdw=="})
+    # _CountingBearer sets Authorization without saying so: its own replaces the caller's.
+    assert seen == ["Basic dXNlcjpwdw==", f"Bearer {BEARER}", "Basic dXNlcjpwdw=="]
 
 
 def _failing_middleware(error: Exception) -> Callable[..., object]:

@@ -57,6 +57,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 from yarl import URL
@@ -186,6 +187,8 @@ class TokenProvider:
     _kind = "token"
     #: The ``Authorization`` scheme the token is sent with.
     _scheme = "Bearer"
+    #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
+    credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
     def __init__(
         self,

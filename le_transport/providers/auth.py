@@ -14,7 +14,7 @@ auth middleware then hands it the form's parameters. Providers that only impleme
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import attrs
 from yarl import URL
@@ -56,6 +56,11 @@ class AuthProvider(Protocol):
     OAuth 1.0's) says so with a class attribute ``signs_each_request = True``: the auth
     middleware then has the retry loop ask it again before every further attempt. Without the
     attribute, credentials are asked once per call and sent on every attempt.
+
+    A provider may name the headers its credentials set, with a class attribute
+    ``credential_headers`` (a frozenset of lower-case names; the library's providers say
+    ``{"authorization"}``): a call that passes one of them itself is then refused
+    (:class:`~le_transport.errors.InvalidRequest`) rather than silently overwritten.
     """
 
     async def credentials(self, method: str, url: URL) -> Credentials:
@@ -144,6 +149,8 @@ class StaticBearer:
     """
 
     __slots__ = ("_generation", "_token")
+    #: The header its credentials set (see :class:`AuthProvider`).
+    credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
     def __init__(self, token: str | Secret) -> None:
         self._token = _bearer(token)

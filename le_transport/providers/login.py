@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 from yarl import URL
@@ -165,6 +165,9 @@ class LoginServiceAuth:
       adopt the stored session. Use ``logout_on_close=False`` with it: one process closing
       must not end the fleet's session.
     """
+
+    #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
+    credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
     _kind = "login"
 

@@ -273,6 +273,8 @@ class OAuth1Auth:
     #: Every request gets its own nonce and timestamp, each retry included: the auth middleware
     #: has the retry loop sign every attempt anew (a gateway refuses a nonce it has seen).
     signs_each_request: ClassVar[bool] = True
+    #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
+    credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
     def __init__(
         self,
