@@ -72,24 +72,27 @@ def _names(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def is_async_callable(callback: object) -> bool:
+def is_async_callable(callback: object, *, follow_wrapped: bool = True) -> bool:
     """Whether calling ``callback`` returns an awaitable by construction: a coroutine function
     (an ``async def``, a method of one), a :func:`functools.partial` of one, an object whose
     ``__call__`` is one, or a wrapper of one made with :func:`functools.wraps`. A callable for
     which this is False may still return an awaitable (``lambda ws: ws.request(...)``):
     :func:`check_on_connect` takes any callable, and the socket checks each result when it
-    calls it."""
+    calls it. With ``follow_wrapped=False`` a :func:`functools.wraps` wrapper is taken for
+    what it is: a plain function that wraps an async one may well start a task and return (a
+    fire-and-forget decorator)."""
     target = callback
     while isinstance(target, functools.partial):
         target = target.func
     if inspect.iscoroutinefunction(target):
         return True
-    try:
-        unwrapped = inspect.unwrap(target)  # type: ignore[arg-type]
-    except ValueError:  # a __wrapped__ cycle
-        unwrapped = target
-    if unwrapped is not target and inspect.iscoroutinefunction(unwrapped):
-        return True
+    if follow_wrapped:
+        try:
+            unwrapped = inspect.unwrap(target)  # type: ignore[arg-type]
+        except ValueError:  # a __wrapped__ cycle
+            unwrapped = target
+        if unwrapped is not target and inspect.iscoroutinefunction(unwrapped):
+            return True
     if inspect.isfunction(target) or inspect.ismethod(target) or isinstance(target, type):
         return False
     # An instance: its class's __call__, bound (a plain function's is a method-wrapper).

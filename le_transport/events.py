@@ -8,6 +8,7 @@ never run (a hook that must do I/O starts a task of its own).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -88,7 +89,9 @@ def check_hooks(value: object, *, owner: str = "EventHooks") -> tuple[Callable[[
             f"{owner} take a callable or a sequence of callables, got {value!r:.60}"
         )
     for hook in hooks:
-        if is_async_callable(hook):
+        # Not through functools.wraps: a plain wrapper of an async function may start a task
+        # for it and return (a fire-and-forget decorator), which is what a hook should do.
+        if is_async_callable(hook, follow_wrapped=False):
             raise ConfigurationError(
                 f"{owner} are called synchronously, where the event happens: "
                 f"{getattr(hook, '__qualname__', type(hook).__name__)!s:.60} is async, and its "
@@ -133,10 +136,11 @@ def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
         except Exception:
             _log.exception("event hook %r raised; ignored", hook)
             continue
-        if result is not None and inspect.isawaitable(result):
-            close = getattr(result, "close", None)
-            if callable(close):
-                close()  # no "never awaited" warning on top of this line
+        if result is None or asyncio.isfuture(result):
+            continue  # a Task or Future the hook started is scheduled already
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # no "never awaited" warning on top of this line
             _log.warning(
                 "event hook %r returned an awaitable, which nothing awaits: hooks are called "
                 "synchronously; start a task in the hook if it must do I/O",

@@ -4,18 +4,19 @@ inside the first call or socket."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import inspect
 import logging
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from le_transport import ConfigurationError, Engine, EventHooks, OverloadGuard, RetryMiddleware
-from le_transport.events import emit
+from le_transport.events import StateEvent, emit
 from le_transport.sockets import ResilientSocket, SocketOptions
 
 ENGINE_BAD: dict[str, dict[str, Any]] = {
@@ -156,3 +157,38 @@ def _socket() -> ResilientSocket:
             raise AssertionError("not dialled")
 
     return ResilientSocket(_Dialer())  # type: ignore[arg-type]
+
+
+async def test_a_plain_hook_that_starts_a_task_is_taken_and_not_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What the refusal's own message advises: a fire-and-forget decorator (a plain
+    functools.wraps wrapper of an async function, which it schedules) was refused as async,
+    and a lambda returning the Task it started was warned about at every event."""
+    caplog.set_level(logging.WARNING, logger="le_transport.events")
+    ran: list[object] = []
+
+    def fire_and_forget(
+        fn: Callable[[object], Coroutine[Any, Any, None]],
+    ) -> Callable[[object], None]:
+        @functools.wraps(fn)
+        def start(event: object) -> None:
+            asyncio.get_running_loop().create_task(fn(event))
+
+        return start
+
+    @fire_and_forget
+    async def ship(event: object) -> None:
+        ran.append(event)
+
+    async def ship_too(event: object) -> None:
+        ran.append(event)
+
+    hooks = EventHooks(
+        on_state=[ship, lambda event: asyncio.get_running_loop().create_task(ship_too(event))]
+    )
+    event = StateEvent("logged_in", "user_login[123]")
+    emit(hooks.on_state, event)
+    await asyncio.sleep(0)
+    assert ran == [event, event]
+    assert not caplog.records
