@@ -54,7 +54,7 @@ from .middleware.context import (
     within_deadline,
 )
 from .middleware.overload import OverloadGuard, is_retry_gate
-from .middleware.retry import DEFAULT_MAX_BODY_BYTES, RetryMiddleware
+from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedMidBody, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
@@ -590,7 +590,7 @@ def _fail_reads_in_flight(session: aiohttp.ClientSession) -> None:
         payload = getattr(proto, "_payload", None)
         set_exception = getattr(payload, "set_exception", None)
         if callable(set_exception) and not getattr(payload, "is_eof", lambda: True)():
-            set_exception(aiohttp.ClientConnectionError("the engine was closed mid-body"))
+            set_exception(ClosedMidBody("the engine was closed mid-body"))
 
 
 def _unseen_failure(status: int, ctx: CallContext) -> bool:

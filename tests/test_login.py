@@ -395,6 +395,25 @@ async def test_a_logout_never_answered_holds_the_close_for_logout_timeout_only(
     assert "logout failed (TimeoutError); the session will expire on its own" in caplog.text
 
 
+async def test_a_logout_that_fails_on_its_own_during_close_is_said_as_it_failed(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A close sets the engine's shutdown before it logs out: 93473a2 read any failure of an
+    attempt after that as the engine closing, and the logout's own reset was logged as
+    'logout failed (EngineClosed)'."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        sim.faults.add(FaultRule("reset-logout", Reset(), match=Match("POST", LOGOUT)))
+    assert "logout failed (RetriesExhausted)" in caplog.text
+    assert "EngineClosed" not in caplog.text
+    assert "the engine was closed" not in caplog.text
+
+
 # -- a login in flight when the engine closes --------------------------------------------------
 
 

@@ -63,9 +63,22 @@ from .context import _CURRENT, CallContext, HandledCallContext
 if TYPE_CHECKING:
     from .overload import RetryGate
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "RetryMiddleware", "body_spent", "is_websocket_upgrade"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "ClosedMidBody",
+    "RetryMiddleware",
+    "body_spent",
+    "is_websocket_upgrade",
+]
 
 _log = logging.getLogger("le_transport.retry")
+
+
+class ClosedMidBody(aiohttp.ClientConnectionError):
+    """What a body being read fails with when the session's owner (the engine) closes the
+    session under it: the retry loop then stops the call with
+    :class:`~le_transport.errors.EngineClosed`."""
+
 
 #: Responses larger than this are refused (LiveEngage REST answers are kilobytes).
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -392,10 +405,11 @@ class _Call(_WheelTimer):
                             gate.abandon(self, attempt)
                         self._too_large_final(exc, attempt, started)
                         raise
-                    shutdown = mw.shutdown
-                    if shutdown is not None and shutdown.is_set() and isinstance(exc, Exception):
+                    if isinstance(exc, ClosedMidBody):
                         # The engine closed the session under the attempt (a body being read
                         # is failed then): not the server's failure, and nothing to retry.
+                        # Only that: anything else failing while it closes (a logout reset by
+                        # the server) is still said as it is.
                         if gate is not None:
                             gate.abandon(self, attempt)
                         cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "EngineClosed")
