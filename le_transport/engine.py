@@ -879,7 +879,12 @@ class Engine:
         if outer_middlewares:
             from .chaos.injector import FaultInjector  # (only when there are outer ones)
 
-            if any(isinstance(m, FaultInjector) for m in outer_middlewares):
+            # Only for request rules: a socket's upgrade never goes through the retry loop, so
+            # socket rules fire alike from either list.
+            if any(
+                isinstance(m, FaultInjector) and any(r.unit == "request" for r in m.plan.rules)
+                for m in outer_middlewares
+            ):
                 _log.warning(
                     "a FaultInjector is in outer_middlewares: its faults strike once per "
                     "call, around the retry middleware, and reach the caller unretried; put "

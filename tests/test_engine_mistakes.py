@@ -31,7 +31,7 @@ from le_transport import (
     TransportError,
     WrongEventLoop,
 )
-from le_transport.chaos import FaultInjector, FaultRule, Status
+from le_transport.chaos import FaultInjector, FaultRule, Status, WsDrop
 from le_transport.policies import Classifier, Outcome, Verdict
 from le_transport.providers import Credentials, StaticBearer
 from le_transport.testing import VirtualClock
@@ -404,6 +404,10 @@ async def test_a_fault_injector_in_outer_middlewares_is_warned_about(
     caplog.set_level(logging.WARNING, logger="le_transport")
     injector = FaultInjector([FaultRule(id="503", unit="request", fault=Status(503))])
     Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, wire_middlewares=[injector])
+    # Socket rules fire alike from either list (an upgrade never goes through the retry loop).
+    drops = FaultInjector([FaultRule("drop", WsDrop(), unit="ws_session")])
+    for quiet in (drops, FaultInjector([])):
+        Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, outer_middlewares=[quiet])
     assert not caplog.records
     Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, outer_middlewares=[injector])
     assert [r.getMessage() for r in caplog.records] == [
