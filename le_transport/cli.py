@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run the LiveEngage simulator in the foreground until Ctrl-C",
         description="Serves the Domain API, Login Service, REST resources and messaging "
         "sockets on loopback, with the default test account (see the simulator's docs).",
+        epilog="--plan FILE: the JSON form of le_transport.chaos.FaultPlan (FaultPlan.to_dict() "
+        "writes it, FaultPlan.from_dict() reads it): a seed and a list of rules, each with an "
+        "id, a match (method, path glob, service), a unit (request, ws_session, ws_message), a "
+        "fault with its kind and parameters plus a schedule (or a sequence of faults, null "
+        "to pass), and a probability p. See examples/fault_plan.json and the README's "
+        '"Fault plan files".',
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sim.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
@@ -90,8 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--key", help="PEM private key for --tls")
     sim.add_argument(
         "--plan",
+        metavar="FILE",
         help="a fault plan (JSON file) to apply from the start; what each rule injected is "
-        "printed when the simulator stops",
+        'printed when the simulator stops. The format is FaultPlan.to_dict()\'s: {"seed": 7, '
+        '"rules": [{"id": "burst", "match": {"method": "GET", "path": "*/users"}, "fault": '
+        '{"kind": "status", "code": 503}, "schedule": {"fail_next": 2}}]}, fields left out '
+        "taking their defaults; a complete example is examples/fault_plan.json, described in "
+        'the README\'s "Fault plan files"',
     )
     sim.add_argument(
         "-v",

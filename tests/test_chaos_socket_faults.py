@@ -16,8 +16,11 @@ from le_transport.chaos import (
     FaultRule,
     Hang,
     Match,
+    Reset,
     Schedule,
+    SlowBody,
     Status,
+    TruncatedBody,
     WsAppError,
     WsClose,
     WsDelay,
@@ -384,10 +387,10 @@ async def test_a_session_fault_strikes_as_the_after_messages_th_message_arrives_
 
 async def _sessions(
     sim: Simulator, clock: VirtualClock, states: StateLog, rules: list[FaultRule], side: str
-) -> tuple[list[str], list[int | str]]:
+) -> tuple[list[str], list[int | str], dict[str, int]]:
     """A socket that dials until a request on it is answered, its sessions struck by ``rules``
     applied by the simulator (``side`` "server") or by the client's injector: the kinds
-    injected, in order, and what each request met."""
+    injected, in order, what each request met, and how many units each rule matched."""
     if side == "server":
         for rule in rules:
             sim.faults.add(rule)
@@ -407,8 +410,10 @@ async def _sessions(
             met.append(answer["code"])
             break
     if side == "server":
-        return [d.kind or "" for d in sim.faults.injected()], met
-    return kinds(injector), met
+        matched = {rule_id: c.matched for rule_id, c in sim.faults.rule_counts().items()}
+        return [d.kind or "" for d in sim.faults.injected()], met, matched
+    matched = {rule_id: c.matched for rule_id, c in injector.rule_counts().items()}
+    return kinds(injector), met, matched
 
 
 REJECT_THEN_DROP = [
@@ -456,10 +461,59 @@ async def test_session_faults_mixing_a_refused_handshake_with_ends_fire_alike_on
     # Before, the client-side injector decided a session twice, with two kinds each time (the
     # refusal at the upgrade, the rest once open), so a rule mixing them matched neither and
     # never fired, and a refusal rule beside a drop rule did not take the drop rule's turn.
-    got_injected, got_met = await _sessions(sim, clock, states, rules, side)
+    got_injected, got_met, _ = await _sessions(sim, clock, states, rules, side)
     assert got_injected == injected
     assert got_met == met
     # The refusal is the simulator's (its record of it) or the client's (the server never saw
     # that upgrade); the sessions after it are served the same either way.
     status = 503 if rules is REJECT_THEN_DROP else 502
     assert sim.sockets.rejected == ([status] if side == "server" else [])
+
+
+# A request rule on the socket's upgrade (method and path, as the simulator's middleware sees
+# it), then a session rule: the request is decided first, and a refused upgrade opens no
+# session (the session rule's first turn is the next upgrade's).
+REFUSED_THEN_DROPPED = [
+    FaultRule("refuse", Status(503), match=Match("GET", UMS), schedule=Schedule(fail_next=1)),
+    FaultRule("drop", WsDrop(after_messages=1), unit="ws_session", schedule=Schedule(fail_next=1)),
+]
+RESET_UPGRADE = [FaultRule("reset", Reset(), match=Match(path=UMS), schedule=Schedule(fail_next=1))]
+# Kinds that cut or pace a body do not match an upgrade (there is no body): not counted.
+BODY_KINDS = [
+    FaultRule("cut", TruncatedBody(keep_bytes=1), match=Match(path=UMS)),
+    FaultRule("slow", SlowBody(chunk_bytes=1, chunk_delay_ms=10), match=Match(path=UMS)),
+]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize(
+    ("rules", "injected", "met", "matched"),
+    [
+        (
+            REFUSED_THEN_DROPPED,
+            ["status", "ws_drop"],
+            ["SocketClosed", 200],
+            {"refuse": 3, "drop": 2},
+        ),
+        (RESET_UPGRADE, ["reset"], [200], {"reset": 2}),
+        (BODY_KINDS, [], [200], {"cut": 0, "slow": 0}),
+    ],
+    ids=["status-then-session", "reset", "body-kinds"],
+)
+async def test_a_request_rule_strikes_a_socket_upgrade_alike_on_both_sides(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    rules: list[FaultRule],
+    injected: list[str],
+    met: list[int | str],
+    matched: dict[str, int],
+    side: str,
+) -> None:
+    # Before, the client-side injector asked only ws_session rules about an upgrade: a
+    # Status(503) on GET /ws_api/* refused the simulator's upgrades and never the client's, so
+    # one plan tested two different things depending on where it ran.
+    got_injected, got_met, got_matched = await _sessions(sim, clock, states, rules, side)
+    assert got_injected == injected
+    assert got_met == met
+    assert got_matched == matched

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from le_transport import cli
-from le_transport.chaos import FaultPlan, FaultRule, Reset
+from le_transport.chaos import FaultPlan, FaultRule, Reset, Status
 from le_transport.testing.simulator import SimulatorConfig, serve
 from le_transport.testing.simulator.config import DEFAULT_ACCOUNT, DEFAULT_MAX_RECORDS
 from le_transport.testing.simulator.server import SimFaults
@@ -349,4 +349,24 @@ def test_the_fault_summary_of_a_simulator_without_rules_is_empty() -> None:
     assert serve.fault_summary(faults) == [
         "faults injected, by rule (plan seed 2):",
         "  f (request): injected 1 (matched 0, forced 1)",
+    ]
+
+
+def test_simulate_help_shows_the_plan_format_with_an_example_that_loads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before, --plan said "a fault plan (JSON file)" and nothing of its format.
+    with pytest.raises(SystemExit) as done:
+        cli.main(["simulate", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "examples/fault_plan.json" in text
+    assert '"Fault plan files"' in text
+    start = text.index("The format is FaultPlan.to_dict()'s: ") + len(
+        "The format is FaultPlan.to_dict()'s: "
+    )
+    example = text[start : text.index(", fields left out")]
+    plan = FaultPlan.from_dict(json.loads(example))
+    assert [(r.id, r.fault, r.schedule.fail_next) for r in plan.rules] == [
+        ("burst", Status(503), 2)
     ]

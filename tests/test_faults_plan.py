@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -1000,3 +1001,61 @@ def test_each_injection_is_logged_at_debug_with_its_rule_and_a_redacted_path(
     assert lines[0].endswith(" at +2.500 s")
     assert "SECRETB" not in lines[0]
     assert lines[1] == "injected status (rule s, request #1) on GET /x"
+
+
+def _readme_plan_example() -> str:
+    """The JSON block of the README's "Fault plan files"."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Fault plan files.**") :]
+    block = section[section.index("```json\n") + len("```json\n") :]
+    return block[: block.index("```")]
+
+
+def test_the_documented_plan_file_loads_and_is_what_to_dict_writes() -> None:
+    # Before, the --plan format was documented nowhere, and a natural guess failed.
+    path = Path(__file__).resolve().parent.parent / "examples" / "fault_plan.json"
+    text = path.read_text()
+    plan = FaultPlan.from_dict(json.loads(text))
+    assert plan.seed == 7
+    assert [(r.id, r.unit) for r in plan.rules] == [
+        ("users-503-burst", "request"),
+        ("login-flaky", "request"),
+        ("ums-drop", "ws_session"),
+    ]
+    # Exact: the file is to_dict()'s own output, and the README shows the file.
+    assert json.loads(text) == plan.to_dict()
+    assert json.loads(_readme_plan_example()) == plan.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("rule", "says"),
+    [
+        (
+            {"id": "x", "kind": "status", "code": 503, "path": "*/users"},
+            r"fault rule 'x' has unknown field\(s\) \['code', 'kind', 'path'\]; a rule takes "
+            r"'id', 'match', 'unit', 'p', 'fault', 'schedule', 'sequence'; \"method\", \"path\" "
+            r"and \"service\" go in \"match\".*the fault's \"kind\" and parameters go in "
+            r"\"fault\"",
+        ),
+        ({"id": "x", "fault": 503, "fail_next": 2}, r"\"fail_next\".* go in \"schedule\""),
+        (
+            {"id": "x", "fault": 503, "match": {"url": "*"}},
+            r"fault rule 'x': 'match' has unknown field\(s\) \['url'\]; it takes 'method', "
+            r"'path', 'service'",
+        ),
+        (
+            {"id": "x", "fault": 503, "schedule": {"count": 1}},
+            r"'schedule' has unknown field\(s\) \['count'\]; it takes 'skip_first', "
+            r"'fail_next', 'after_ms', 'for_ms'",
+        ),
+        ({"id": "x", "fault": 503, "match": "*/users"}, r"'match' must be a mapping"),
+    ],
+    ids=["guessed-flat-rule", "flat-schedule", "match-key", "schedule-key", "match-not-mapping"],
+)
+def test_an_unknown_field_in_a_plan_file_names_the_fields_that_are_known(
+    rule: dict[str, object], says: str
+) -> None:
+    # Before: "fault rule has unknown field(s) ['code', 'kind', 'path']", and nothing about
+    # what a rule takes or where those belong.
+    with pytest.raises(ConfigurationError, match=says):
+        FaultPlan.from_dict({"seed": 1, "rules": [rule]})

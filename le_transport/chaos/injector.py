@@ -22,12 +22,16 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   clock. The caller's read (and its attempt timeout) sees exactly a slow server; the real
   connection, read at full speed, is already back in the pool.
 
-WebSocket upgrades pass through the middleware too, and an engine socket's session is
-decided there once (unit ``ws_session``, every session kind, as the simulator decides it at its
-handshake): a ``ws_reject_handshake`` answers the upgrade with its status, any other session
-fault is applied to the socket the upgrade opens. So a ``ws_session`` sequence that mixes a
-refusal with drops, closes or silences (or a refusal rule beside such a rule) fires the same
-faults in the same order on either side. (A plain ``session.ws_connect`` is wrapped by nothing:
+WebSocket upgrades pass through the middleware too. As on the simulator, an upgrade is a
+request first: a ``request`` rule that matches it strikes it, with the kinds an upgrade can meet
+(:data:`~le_transport.chaos.plan.UPGRADE_FAULTS`, the set the simulator uses: every request kind
+but ``truncated_body`` and ``slow_body``), so one plan refuses (``Status(503)``), delays or drops
+the same upgrades on either side. Then an engine socket's session is decided there once (unit
+``ws_session``, every session kind, as the simulator decides it at its handshake): a
+``ws_reject_handshake`` answers the upgrade with its status, any other session fault is applied
+to the socket the upgrade opens. So a ``ws_session`` sequence that mixes a refusal with drops,
+closes or silences (or a refusal rule beside such a rule) fires the same faults in the same
+order on either side. (A plain ``session.ws_connect`` is wrapped by nothing:
 only refusals are decided for it.) Faults on an open socket (``ws_close``,
 ``ws_drop``, ``ws_silence``, ``ws_app_error``, ``ws_delay``, ``ws_drop_message``; unit
 ``ws_session`` or ``ws_message``) strike the open socket: an engine whose middlewares include an
@@ -71,6 +75,7 @@ from ..middleware.retry import is_websocket_upgrade
 from .plan import (
     DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
+    UPGRADE_FAULTS,
     WS_FAULTS,
     WS_MESSAGE_FAULTS,
     WS_OUTBOUND_FAULTS,
@@ -400,7 +405,16 @@ class FaultInjector:
     async def _upgrade(
         self, request: ClientRequest, handler: ClientHandlerType, service: str | None
     ) -> ClientResponse:
-        """A WebSocket upgrade: its session decided here, once (unit ``ws_session``).
+        """A WebSocket upgrade: asked about as a request first, then its session decided here,
+        once (unit ``ws_session``).
+
+        As the simulator does at its end, a ``request`` rule matching the upgrade (method,
+        path, service) strikes it first, with the kinds an upgrade can meet
+        (:data:`~le_transport.chaos.plan.UPGRADE_FAULTS`: not ``truncated_body`` or
+        ``slow_body``): a ``status``, ``quota`` or ``malformed_body`` answers it with that
+        status without sending it, a ``reset``, ``empty_response`` or ``hang`` fails it as a
+        dropped connection, a ``delay`` sends it late; the session is decided only for an
+        upgrade that went on.
 
         A resilient socket's upgrade (its dialer names the path template) is decided with
         every session kind, as the simulator decides its handshake: a ``ws_reject_handshake``
@@ -410,6 +424,31 @@ class FaultInjector:
         rule) fires in the order the simulator fires it, each session counted once. A plain
         ``ws_connect`` is wrapped by nothing: only a refusal is asked about for it.
         """
+        _SESSION_DECIDED.set(None)
+        # First as a request (unit ``request``), as the simulator's middleware sees every
+        # request, an upgrade too: with the kinds an upgrade can meet (UPGRADE_FAULTS, the
+        # simulator's set), on the request's own path. Only then, if it goes on, as a session.
+        asked = self._run.decide(
+            "request",
+            method=request.method,
+            path=request.url.path,
+            service=service,
+            at=self.clock.now(),
+            kinds=UPGRADE_FAULTS,
+        )
+        if asked is not None:
+            struck = asked.fault
+            if isinstance(struck, Delay):
+                await self.clock.sleep(asked.delay_s)
+            elif isinstance(struck, MalformedBody):
+                # The simulator answers the upgrade with it, the socket never served: so here,
+                # without sending the upgrade.
+                return _synthetic(request, struck.code, {}, struck.body.encode(), json=True)
+            else:
+                # status, quota: answered here; reset, empty_response, hang: a dropped
+                # connection. None of them sends the upgrade.
+                assert isinstance(struck, (Status, Quota, Reset, EmptyResponse, Hang))
+                return await self._apply(asked, request, handler)
         # A socket's path may carry its bearer where only its template says (a {bearer}
         # anywhere): match and record the template's path, as the socket's own faults do.
         template = UPGRADE_PATH.get()
@@ -422,7 +461,6 @@ class FaultInjector:
             at=self.clock.now(),
             kinds=_HANDSHAKE_KINDS if template is None else WS_FAULTS,
         )
-        _SESSION_DECIDED.set(None)
         if injection is not None and isinstance(injection.fault, WsRejectHandshake):
             fault = injection.fault
             return _synthetic(request, fault.status, {}, fault.body.encode())

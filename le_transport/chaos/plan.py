@@ -69,6 +69,7 @@ __all__ = [
     "HTTP_FAULTS",
     "UNITS",
     "UNIT_KINDS",
+    "UPGRADE_FAULTS",
     "WS_FAULTS",
     "WS_MESSAGE_FAULTS",
     "WS_OUTBOUND_FAULTS",
@@ -629,6 +630,12 @@ HTTP_FAULTS = frozenset(
         "quota",
     }
 )
+#: The ``request`` kinds that strike a WebSocket upgrade, on either side (the simulator's
+#: middleware, the client-side injector): not those that cut or pace a body, which an upgrade
+#: does not have (the socket would be served in full while the fault was counted as
+#: injected). A ``request`` rule of another kind does not match an upgrade (not counted, not
+#: logged), so its turn goes to the next request it can strike.
+UPGRADE_FAULTS = HTTP_FAULTS - {"truncated_body", "slow_body"}
 #: Kinds that apply to a WebSocket session.
 WS_FAULTS = frozenset({"ws_reject_handshake", "ws_close", "ws_drop", "ws_silence", "delay"})
 #: Kinds that apply to one message a socket received (matched on its ``type``).
@@ -959,12 +966,17 @@ class FaultRule:
         """A rule from its JSON form (as :meth:`to_dict` writes it)."""
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"a fault rule must be a mapping, got {data!r:.80}")
-        known = {"id", "match", "unit", "p", "fault", "schedule", "sequence"}
-        unknown = set(data) - known
+        unknown = set(data) - set(_RULE_FIELDS)
         if unknown:
-            raise ConfigurationError(f"fault rule has unknown field(s) [{_key_names(unknown)}]")
-        match = data.get("match") or {}
-        schedule = data.get("schedule") or {}
+            rule_id = data.get("id")
+            named = f" {rule_id!r:.60}" if isinstance(rule_id, str) else ""
+            raise ConfigurationError(
+                f"fault rule{named} has unknown field(s) [{_key_names(unknown)}]; a rule takes "
+                f"{', '.join(repr(f) for f in _RULE_FIELDS)}{_misplaced(unknown)} "
+                "(FaultPlan.to_dict() writes the whole form)"
+            )
+        match = _sub_mapping(data, "match", _MATCH_FIELDS)
+        schedule = _sub_mapping(data, "schedule", _SCHEDULE_FIELDS)
         try:
             return cls(
                 id=data.get("id", ""),
@@ -977,6 +989,44 @@ class FaultRule:
             )
         except TypeError as exc:
             raise ConfigurationError(f"fault rule {data.get('id')!r}: {exc}") from None
+
+
+#: The fields of a rule's JSON form, and of its ``match`` and ``schedule``.
+_RULE_FIELDS = ("id", "match", "unit", "p", "fault", "schedule", "sequence")
+_MATCH_FIELDS = tuple(f.name for f in attrs.fields(Match))
+_SCHEDULE_FIELDS = tuple(f.name for f in attrs.fields(Schedule))
+
+
+def _misplaced(unknown: set[Any]) -> str:
+    """A hint for keys put on a rule that belong to its ``match``, ``fault`` or ``schedule``."""
+    hints = []
+    if unknown & set(_MATCH_FIELDS):
+        hints.append('"method", "path" and "service" go in "match": {"path": "*/users"}')
+    fault_params = {f.name for cls in _KINDS.values() for f in attrs.fields(cls)}
+    if unknown & ({"kind"} | fault_params):
+        hints.append(
+            'the fault\'s "kind" and parameters go in "fault": {"kind": "status", "code": 503}'
+        )
+    if unknown & set(_SCHEDULE_FIELDS):
+        hints.append('"skip_first", "fail_next", "after_ms" and "for_ms" go in "schedule"')
+    return "".join(f"; {hint}" for hint in hints)
+
+
+def _sub_mapping(data: Mapping[str, Any], field: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """A rule's ``match`` or ``schedule`` (None or left out: empty), its keys checked."""
+    value = data.get(field) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"fault rule {data.get('id')!r:.60}: {field!r} must be a mapping of "
+            f"{', '.join(repr(k) for k in known)}, got {type(value).__name__}"
+        )
+    unknown = set(value) - set(known)
+    if unknown:
+        raise ConfigurationError(
+            f"fault rule {data.get('id')!r:.60}: {field!r} has unknown field(s) "
+            f"[{_key_names(unknown)}]; it takes {', '.join(repr(k) for k in known)}"
+        )
+    return dict(value)
 
 
 def _rules(value: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
@@ -1026,7 +1076,15 @@ class FaultPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultPlan:
-        """A plan from its JSON form: ``seed`` and ``rules``, nothing else."""
+        """A plan from its JSON form (as :meth:`to_dict` writes it; ``le-transport simulate
+        --plan FILE`` reads a file of it): ``seed`` and ``rules``, nothing else.
+
+        Each rule is ``{"id", "match": {"method", "path", "service"}, "unit", "p", "fault":
+        {"kind", ...its parameters}, "schedule": {"skip_first", "fail_next", "after_ms",
+        "for_ms"}}``, or ``"sequence": [fault or null, ...]`` in place of ``fault`` and
+        ``schedule``; a field left out takes its default, and a fault may be a bare status code
+        (``503``; below 300: pass). An unknown field anywhere is a
+        :class:`~le_transport.errors.ConfigurationError` saying which fields are known."""
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"a fault plan must be a mapping, got {data!r:.80}")
         # As a rule's: a misspelt key ("rule") would otherwise load as a plan with no rules,

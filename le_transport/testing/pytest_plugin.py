@@ -5,8 +5,14 @@ It only defines fixtures, so it changes nothing until a test asks for one:
 - ``le_clock``: a fresh :class:`~le_transport.testing.VirtualClock` (pauses cost no time).
 - ``le_simulator_config``: the simulator's :class:`~le_transport.testing.simulator.SimulatorConfig`
   (the defaults; override the fixture for other accounts, TTLs or a public address).
+- ``le_simulator_routes``: routes of your own for ``le_simulator`` to serve
+  (:class:`~le_transport.testing.simulator.SimRoute`; none by default). Override it in a test
+  module or a ``conftest.py`` to return a list of them: they are served from the start, and
+  their services are in ``le_simulator.domains``, so ``le_engine`` resolves them.
 - ``le_simulator``: a running :class:`~le_transport.testing.simulator.Simulator` on
-  ``le_clock``, stopped after the test.
+  ``le_clock``, with ``le_simulator_config`` and ``le_simulator_routes``, stopped after the
+  test. (Its routes are set when it starts: ``le_simulator.add_route`` in a test is refused,
+  since it is running; override ``le_simulator_routes`` instead.)
 - ``le_fault_seed``: the seed of ``le_fault_injector`` (0; override the fixture to change it).
 - ``le_fault_injector``: a seeded :class:`~le_transport.chaos.FaultInjector` on ``le_clock``,
   with no rules until the test adds some (``le_fault_injector.add(FaultRule(...))``).
@@ -15,11 +21,29 @@ It only defines fixtures, so it changes nothing until a test asks for one:
   wire middleware. Build your own ``Engine(le_simulator.domains, ...)`` for another setup.
 
 The async fixtures need pytest-asyncio (strict or auto mode).
+
+A route of your own, served beside LiveEngage's (the fault plan, ``le_simulator.requests`` and
+``le_engine`` all see it)::
+
+    import pytest
+    from aiohttp import web
+    from le_transport.testing.simulator import SimRoute
+
+    async def widgets(request: web.Request) -> web.Response:
+        return web.json_response({"widgets": []})
+
+    @pytest.fixture
+    def le_simulator_routes() -> list[SimRoute]:
+        return [SimRoute("GET", "/api/account/{account}/widgets", widgets, service="widgets")]
+
+    async def test_widgets(le_simulator, le_engine):
+        path = f"/api/account/{le_simulator.account.id}/widgets"
+        assert await le_engine.request_json("GET", "widgets", path) == {"widgets": []}
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -28,7 +52,7 @@ from ..chaos import FaultInjector
 from ..engine import Engine
 from ..providers import StaticDomains, UserLogin
 from .clock import VirtualClock
-from .simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator, SimulatorConfig
+from .simulator import DEFAULT_PASSWORD, DEFAULT_USER, SimRoute, Simulator, SimulatorConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,12 +81,23 @@ def le_simulator_config() -> SimulatorConfig:
     return SimulatorConfig()
 
 
+@pytest.fixture
+def le_simulator_routes() -> Sequence[SimRoute]:
+    """Routes of your own for ``le_simulator`` to serve (none). Override this fixture to
+    return :class:`~le_transport.testing.simulator.SimRoute` values: ``le_simulator`` serves
+    them from the start, and ``le_engine`` resolves their services."""
+    return []
+
+
 @_async_fixture
 async def le_simulator(
-    le_clock: VirtualClock, le_simulator_config: SimulatorConfig
+    le_clock: VirtualClock,
+    le_simulator_config: SimulatorConfig,
+    le_simulator_routes: Sequence[SimRoute],
 ) -> AsyncIterator[Simulator]:
-    """A LiveEngage simulator on loopback, on ``le_clock``; stopped after the test."""
-    async with Simulator(le_simulator_config, clock=le_clock) as sim:
+    """A LiveEngage simulator on loopback, on ``le_clock``, serving ``le_simulator_routes``
+    beside LiveEngage's routes; stopped after the test."""
+    async with Simulator(le_simulator_config, clock=le_clock, routes=le_simulator_routes) as sim:
         yield sim
 
 

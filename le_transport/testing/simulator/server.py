@@ -15,8 +15,9 @@
 
 Endpoints of your own are served beside these: ``sim.add_route("GET",
 "/api/account/{account}/widgets", handler, service="widgets")`` before the simulator starts (or
-``Simulator(routes=[SimRoute(...)])``). The fault plan strikes them, ``sim.requests`` records
-them, ``auth=True`` checks credentials as the REST resources do, and their service joins
+``Simulator(routes=[SimRoute(...)])``). The fault plan strikes them (a handler that upgrades
+to a WebSocket gets the socket faults too: :mod:`.custom_ws`), ``sim.requests`` records them,
+``auth=True`` checks credentials as the REST resources do, and their service joins
 ``sim.domains`` and the Domain API's answers (see :meth:`Simulator.add_route`).
 
 Faults are scripted with the shared vocabulary of :mod:`le_transport.chaos`:
@@ -58,6 +59,7 @@ from ...chaos.injector import require_clock
 from ...chaos.plan import (
     DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
+    UPGRADE_FAULTS,
     WS_FAULTS,
     Delay,
     EmptyResponse,
@@ -75,7 +77,10 @@ from ...chaos.plan import (
     SlowBody,
     Status,
     TruncatedBody,
+    WsClose,
+    WsDrop,
     WsRejectHandshake,
+    WsSilence,
     as_plan,
 )
 from ...clock import Clock, RealClock, timeout_after
@@ -84,6 +89,7 @@ from ...policies._validate import finite_number
 from . import oauth1
 from .auth import LoginSession, TokenStore
 from .config import SERVICES, Account, SimulatorConfig
+from .custom_ws import CUSTOM_SOCKET_KEY, CustomSocket
 from .sockets import SocketHub
 
 __all__ = ["FAULT_HEADER", "RecordedRequest", "RouteHandler", "SimFaults", "SimRoute", "Simulator"]
@@ -101,10 +107,11 @@ _SIM_KEY: web.AppKey[Simulator] = web.AppKey("le_sim", object)  # type: ignore[a
 
 #: The routes whose answer to an upgrade request is a WebSocket, not a body.
 _SOCKET_ROUTES = frozenset({"facadeMsg.brand", "asyncMessagingEnt.consumer"})
-#: The request kinds that can strike a socket upgrade: not those that cut or pace a body, which
-#: an upgrade does not have (the socket is served in full, and the fault would be counted as
-#: injected while nothing was; a second answer written on the upgraded connection fails too).
-_UPGRADE_FAULTS = HTTP_FAULTS - {"truncated_body", "slow_body"}
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    """Whether ``request`` asks to upgrade to a WebSocket."""
+    return request.headers.get(hdrs.UPGRADE, "").strip().lower() == "websocket"
 
 
 def _bracketed(host: str) -> str:
@@ -252,6 +259,9 @@ class SimRoute:
     - ``method``: the HTTP method it answers (``"GET"``, ``"POST"``...; one per route).
     - ``path``: an aiohttp path template, from ``/`` (``/api/account/{account}/widgets``).
     - ``handler``: an async function ``(aiohttp.web.Request) -> aiohttp.web.StreamResponse``.
+      One that upgrades (``ws = web.WebSocketResponse(); await ws.prepare(request)``) serves a
+      WebSocket, which the plan's ``ws_session`` and ``ws_message`` rules strike as they strike
+      the simulator's own sockets (see :mod:`.custom_ws`).
     - ``service``: the LiveEngage-style service name it belongs to: a fault rule's
       ``Match(service=...)`` matches it, ``sim.domains`` and the Domain API point it at the
       simulator. None: no service (rules that name one do not match it).
@@ -678,6 +688,20 @@ class Simulator:
         resolves it with the rest. Built-in routes are matched first; custom ones in the order
         they were added.
 
+        A handler that upgrades to a WebSocket gets the plan's socket faults as the UMS socket
+        does (:mod:`.custom_ws`): a ``ws_session`` rule, matched on ``GET``, the path and
+        ``service``, is decided before the handler runs (``WsRejectHandshake`` answers without
+        calling it, ``Delay`` calls it later; ``WsClose``/``WsDrop``/``WsSilence`` strike as the
+        client's ``after_messages``-th frame arrives); a ``ws_message`` rule strikes each
+        request frame the client sends (``{"kind": "req", ...}``, matched on its ``type``:
+        ``WsAppError``/``Status`` answer it in the handler's place, ``Hang`` loses it) and each
+        text frame the handler sends (``WsDelay``, ``WsDropMessage``). The handler's own
+        ``web.WebSocketResponse`` is wrapped for this; its code is unchanged. Such a socket is
+        not one of :attr:`sockets` (the simulator's own).
+
+        With the pytest plugin, whose ``le_simulator`` is already running in a test, routes are
+        given by overriding the ``le_simulator_routes`` fixture.
+
         Refused with a :class:`~le_transport.errors.ConfigurationError`: a bad field (see
         :class:`SimRoute`: a path not starting with ``/``, a handler that is not an async
         function, ``auth=True`` without ``{account}`` in the path), a route added while the
@@ -710,7 +734,9 @@ class Simulator:
         if self.running:
             raise ConfigurationError(
                 f"Simulator.add_route({where}): the simulator is running, and its routes were "
-                "set when it started: add routes before start() (or while it is stopped)"
+                "set when it started: add routes before start() (or while it is stopped; an "
+                "engine built meanwhile keeps the domains it was given). With the pytest "
+                "plugin, override the le_simulator_routes fixture to return SimRoute values"
             )
         for method, path, _, name in _BUILTIN_ROUTES:
             if _methods_overlap(route.method, method) and _overlaps(route.path, path):
@@ -727,8 +753,9 @@ class Simulator:
         return route
 
     def _custom_handler(self, route: SimRoute) -> Handler:
-        """``route``'s handler, behind the credentials check when it asks for one."""
-        handler = route.handler
+        """``route``'s handler, with the plan's socket faults on a WebSocket it opens, behind
+        the credentials check when it asks for one."""
+        handler = self._socket_faults_around(route)
         if not route.auth:
             return handler
 
@@ -743,11 +770,35 @@ class Simulator:
 
         return guarded
 
+    def _socket_faults_around(self, route: SimRoute) -> Handler:
+        """``route``'s handler, with an upgrade request's session decided first (as the
+        simulator's own sockets are, after the credentials check) and the WebSocket the
+        handler opens wrapped with the plan's socket faults (:mod:`.custom_ws`)."""
+        handler = route.handler
+        where = f"{route.method} {route.path}"
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            if not _is_upgrade(request):
+                return await handler(request)
+            fault = await self._session_fault(request, route.service)
+            if isinstance(fault, web.Response):
+                return fault
+            custom = CustomSocket(self, request, fault, name=where[:80])
+            request[CUSTOM_SOCKET_KEY] = custom
+            try:
+                return await handler(request)
+            finally:
+                await custom.finish()
+
+        return serve
+
     # -- the app ---------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._fault_middleware])
         app[_SIM_KEY] = self
+        # Finds the WebSocket a custom route's handler prepares (CustomSocket.attach).
+        app.on_response_prepare.append(self._on_prepare)
         r = app.router
         for method, path, handler, name in _BUILTIN_ROUTES:
             serve: Handler = getattr(self, handler)
@@ -777,10 +828,10 @@ class Simulator:
         # An upgrade has no body to cut or pace: a rule of those kinds does not match it (not
         # counted, not logged), so its turn goes to the next request it can strike. A custom
         # route's handler may upgrade too.
-        upgrade = (name in _SOCKET_ROUTES or custom is not None) and request.headers.get(
-            hdrs.UPGRADE, ""
-        ).strip().lower() == "websocket"
-        kinds = _UPGRADE_FAULTS if upgrade else HTTP_FAULTS
+        upgrade = (name in _SOCKET_ROUTES or custom is not None) and _is_upgrade(request)
+        # The same kinds as the client-side injector applies to an upgrade (UPGRADE_FAULTS: a
+        # second answer written on the upgraded connection would fail too).
+        kinds = UPGRADE_FAULTS if upgrade else HTTP_FAULTS
         forced = request.headers.get(FAULT_HEADER) if self.config.fault_header else None
         if forced:
             injection = None
@@ -868,7 +919,7 @@ class Simulator:
             real = await handler(request)
             if real.prepared:
                 # Already on its way (a streamed answer): a second answer cannot follow it.
-                # Upgrades never get here (_UPGRADE_FAULTS); no other route streams.
+                # Upgrades never get here (UPGRADE_FAULTS); no other route streams.
                 return real
             body = real.body if isinstance(real, web.Response) else b""
             data = body if isinstance(body, bytes) else b""
@@ -1305,31 +1356,40 @@ class Simulator:
 
     # -- sockets ---------------------------------------------------------------------------
 
-    def _ws_session_fault(self, request: web.Request) -> Any:
-        # The socket's service, as the client-side injector matches it (its route's prefix).
-        name = request.match_info.route.name or ""
+    async def _session_fault(
+        self, request: web.Request, service: str | None
+    ) -> web.Response | WsClose | WsDrop | WsSilence | None:
+        """Decide an upgrade's session (unit ``ws_session``, every session kind): the answer
+        that refuses it (``ws_reject_handshake``), or the fault for the socket it opens (None:
+        none). A ``delay`` is waited here."""
         injection = self.faults.run.decide(
             "ws_session",
             method=request.method,
             path=request.path,
-            service=name.split(".", 1)[0] or None,
+            service=service,
             at=self.clock.now(),
             kinds=WS_FAULTS,
         )
-        return injection
-
-    async def _open_socket(
-        self, request: web.Request, *, kind: str, account: str, authenticated: bool
-    ) -> web.StreamResponse:
-        injection = self._ws_session_fault(request)
-        fault = None if injection is None else injection.fault
+        if injection is None:
+            return None
+        fault = injection.fault
         if isinstance(fault, WsRejectHandshake):
             self.sockets.rejected.append(fault.status)
             return web.Response(status=fault.status, text=fault.body)
         if isinstance(fault, Delay):
-            assert injection is not None
             await self.clock.sleep(injection.delay_s)
-            fault = None
+            return None
+        assert isinstance(fault, (WsClose, WsDrop, WsSilence))
+        return fault
+
+    async def _open_socket(
+        self, request: web.Request, *, kind: str, account: str, authenticated: bool
+    ) -> web.StreamResponse:
+        # The socket's service, as the client-side injector matches it (its route's prefix).
+        name = request.match_info.route.name or ""
+        fault = await self._session_fault(request, name.split(".", 1)[0] or None)
+        if isinstance(fault, web.Response):
+            return fault
         return await self.sockets.serve(
             request,
             kind=kind,
@@ -1337,6 +1397,12 @@ class Simulator:
             authenticated=authenticated,
             session_fault=fault,
         )
+
+    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """A response is being prepared: a custom route's WebSocket gets its socket faults."""
+        custom = request.get(CUSTOM_SOCKET_KEY)
+        if custom is not None and isinstance(response, web.WebSocketResponse):
+            custom.attach(response)
 
     async def _brand_socket(self, request: web.Request) -> web.StreamResponse:
         acc = self._account(request)

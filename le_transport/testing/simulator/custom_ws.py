@@ -1,0 +1,332 @@
+"""The simulator's socket faults on a WebSocket a custom route's handler opened.
+
+A custom route (:meth:`~le_transport.testing.simulator.Simulator.add_route`) whose handler
+upgrades (``ws = web.WebSocketResponse(); await ws.prepare(request)``) is struck by the plan's
+socket rules as the simulator's own sockets are (:mod:`.sockets`):
+
+- unit ``ws_session``, decided once per upgrade, before the handler runs (matched on ``GET``,
+  the path and the route's ``service``): ``ws_reject_handshake`` answers the upgrade with its
+  status without calling the handler; ``delay`` calls it that much later on the clock;
+  ``ws_close``/``ws_drop``/``ws_silence`` strike the socket once the client has sent
+  ``after_messages`` frames (0: as soon as the handler first reads or sends).
+- unit ``ws_message`` on a request frame from the client (a JSON object with
+  ``"kind": "req"``, matched on its ``type``): ``status``/``ws_app_error`` answer it with a
+  ``resp`` frame of that code (the handler never sees it), ``hang`` loses it, ``delay`` hands it
+  over late, ``ws_close``/``ws_drop``/``ws_silence`` strike the socket.
+- unit ``ws_message`` on each text frame the handler sends (matched on its ``type``, ``""``
+  when it is not a JSON object): ``ws_drop_message`` never sends it, ``ws_delay`` holds it on
+  the clock, later frames queueing behind it in order.
+
+How a struck socket looks to the handler: after a close or a drop its next ``receive()`` (and
+so its ``async for``) ends the socket (a ``CLOSED`` message) and whatever it sends is
+discarded; a silenced socket still hands the handler what the client sends, but sends nothing
+back (answers, pushes, pongs). This is done by wrapping the handler's own
+:class:`aiohttp.web.WebSocketResponse` (its ``receive``, ``send_str``, ``send_bytes`` and
+``pong``), found through the application's ``on_response_prepare`` signal when the handler
+prepares it; the handler's code is unchanged. Binary frames the handler sends are not asked
+about (LiveEngage frames are text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.http import WS_CLOSED_MESSAGE, WSMessage
+
+from ...chaos.plan import (
+    WS_MESSAGE_FAULTS,
+    WS_OUTBOUND_FAULTS,
+    Delay,
+    Hang,
+    Status,
+    WsAppError,
+    WsClose,
+    WsDelay,
+    WsDrop,
+    WsDropMessage,
+    WsSilence,
+)
+
+if TYPE_CHECKING:
+    from .server import Simulator
+
+__all__ = ["CUSTOM_SOCKET_KEY", "CustomSocket"]
+
+_log = logging.getLogger("le_transport.simulator")
+
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+class CustomSocket:
+    """The plan's socket faults on the WebSocket one custom route's handler opens (one per
+    upgrade request; see the module).
+
+    Made by the simulator before the handler runs, with the session's fault already decided
+    (``session_fault``: a close, drop or silence to strike after ``after_messages`` frames
+    from the client, or None); :meth:`attach` wraps the handler's response when it is
+    prepared, and :meth:`finish` stops what is still held once the handler returns."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        request: web.Request,
+        session_fault: WsClose | WsDrop | WsSilence | None,
+        *,
+        name: str,
+    ) -> None:
+        self._sim = sim
+        self._request = request
+        self._name = name
+        self.session_fault = session_fault
+        #: Data frames received from the client so far (what ``after_messages`` counts).
+        self.received = 0
+        #: Whether a fault ended the socket (a close or a drop).
+        self.ended = False
+        #: Whether a fault silenced it (nothing more is sent; frames still arrive).
+        self.silent = False
+        #: Text frames a ``ws_drop_message`` fault kept from the client, in order.
+        self.dropped: list[str] = []
+        self._ws: web.WebSocketResponse | None = None
+        self._held: collections.deque[tuple[float, str]] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- wrapping ------------------------------------------------------------------------------
+
+    def attach(self, ws: web.WebSocketResponse) -> None:
+        """Wrap ``ws``, the response the handler is preparing: its reads and sends go through
+        the plan from now on (once: a second response of the same request is left alone)."""
+        if self._ws is not None:
+            return
+        self._ws = ws
+        # Bound before they are replaced: the wrappers call these.
+        self._receive = ws.receive
+        self._send_str = ws.send_str
+        self._send_bytes = ws.send_bytes
+        self._pong = ws.pong
+        ws.receive = self.receive  # type: ignore[method-assign]
+        ws.send_str = self.send_str  # type: ignore[method-assign]
+        ws.send_bytes = self.send_bytes  # type: ignore[method-assign]
+        ws.pong = self.pong  # type: ignore[method-assign]
+
+    async def finish(self) -> None:
+        """The handler returned: forget held frames and stop the task sending them."""
+        self._held.clear()
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        self._ws = None
+
+    # -- what the handler reads ----------------------------------------------------------------
+
+    async def receive(self, timeout: float | None = None) -> WSMessage:
+        """The handler's ``ws.receive()``: the client's frames, through the plan."""
+        while True:
+            if self.ended or await self._strike_session():
+                return await self._after_end(timeout)
+            msg: WSMessage = await self._receive(timeout)
+            if msg.type not in _DATA:
+                return msg
+            self.received += 1
+            if await self._strike_session():
+                return await self._after_end(timeout)
+            if self.silent:
+                return msg  # handed over; whatever the handler answers is not sent
+            frame = _frame(msg.data)
+            if frame is None or frame.get("kind") != "req":
+                return msg
+            answer = await self._request_fault(frame)
+            if answer == "end":
+                return await self._after_end(timeout)
+            if answer == "deliver":
+                return msg
+            # "answered": the fault took the frame's place; read the next one.
+
+    async def _request_fault(self, frame: dict[str, Any]) -> str:
+        """Apply the plan (unit ``ws_message``) to a request frame from the client: "deliver"
+        it to the handler, "answered" (the fault answered or lost it), or "end" (the fault
+        ended the socket)."""
+        sim = self._sim
+        if not sim.faults.run.plan.rules:
+            return "deliver"
+        type_ = str(frame.get("type", ""))
+        injection = sim.faults.run.decide(
+            "ws_message", method="WS", path=type_, at=sim.clock.now(), kinds=WS_MESSAGE_FAULTS
+        )
+        if injection is None:
+            return "deliver"
+        fault = injection.fault
+        _log.debug(
+            "custom socket %s: %s on %s (rule %s)",
+            self._name,
+            fault.kind,
+            type_[:80],
+            injection.rule_id,
+            extra={"rule": injection.rule_id, "fault": fault.kind},
+        )
+        req_id = frame.get("id")
+        if isinstance(fault, Status):
+            await self._resp(req_id, type_, fault.code, {"msg": "injected fault"})
+            return "answered"
+        if isinstance(fault, WsAppError):
+            await self._resp(req_id, type_, fault.code, fault.response_body())
+            return "answered"
+        if isinstance(fault, Hang):
+            return "answered"
+        if isinstance(fault, (WsClose, WsDrop)):
+            await self._end(fault)
+            return "end"
+        if isinstance(fault, WsSilence):
+            self.silent = True
+            return "deliver"
+        assert isinstance(fault, Delay)
+        await sim.clock.sleep(injection.delay_s)
+        return "deliver"
+
+    async def _resp(self, req_id: Any, type_: str, code: int, body: Any) -> None:
+        frame = {"kind": "resp", "reqId": req_id, "code": code, "body": body}
+        await self.send_str(json.dumps({**frame, "type": f"{type_}$Response"}))
+
+    async def _after_end(self, timeout: float | None) -> WSMessage:
+        """What ``receive()`` gives once a fault ended the socket: the end (a close's
+        ``CLOSED``; after a drop, the connection's error or end, frames still buffered
+        skipped)."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return WS_CLOSED_MESSAGE
+        while True:
+            msg: WSMessage = await self._receive(timeout)
+            if msg.type not in _DATA:
+                return msg
+
+    # -- the session's fault -------------------------------------------------------------------
+
+    async def _strike_session(self) -> bool:
+        """Apply the session's fault if its moment has come; True if it ended the socket."""
+        fault = self.session_fault
+        if fault is None or self.received < fault.after_messages:
+            return False
+        self.session_fault = None
+        if isinstance(fault, WsSilence):
+            self.silent = True
+            return False
+        await self._end(fault)
+        return True
+
+    async def _end(self, fault: WsClose | WsDrop) -> None:
+        """Close with the fault's code, or drop the connection without a close frame."""
+        self.ended = True
+        self._held.clear()
+        ws = self._ws
+        if isinstance(fault, WsDrop):
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+            return
+        if ws is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close(code=fault.code, message=fault.reason.encode())
+
+    # -- what the handler sends ----------------------------------------------------------------
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        """The handler's ``ws.send_str()`` (and ``send_json``): sent through the plan, unless
+        a fault ended or silenced the socket."""
+        if self.ended or await self._strike_session() or self.silent:
+            return
+        hold = self._outbound(data)
+        if hold is None:
+            self.dropped.append(data)
+            return
+        if hold <= 0 and not self._held:
+            await self._send_str(data, compress)
+            return
+        clock = self._sim.clock
+        due = clock.now() + max(0.0, hold)
+        if self._held:
+            due = max(due, self._held[-1][0])  # one stream: nothing overtakes a held frame
+        self._held.append((due, data))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._send_held(), name=f"le_transport.simulator custom socket {self._name}"
+            )
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        """The handler's ``ws.send_bytes()``: sent, unless a fault ended or silenced the
+        socket."""
+        if self.ended or await self._strike_session() or self.silent:
+            return
+        await self._send_bytes(data, compress)
+
+    async def pong(self, message: bytes = b"") -> None:
+        """The pong to a client's ping (aiohttp's autoping too): none once silenced."""
+        if self.ended or self.silent:
+            return
+        await self._pong(message)
+
+    def _outbound(self, data: str) -> float | None:
+        """Seconds to hold a frame the handler sends (0: at once), or None to drop it."""
+        sim = self._sim
+        if not sim.faults.run.plan.rules:
+            return 0.0
+        frame = _frame(data)
+        type_ = "" if frame is None else str(frame.get("type", ""))
+        injection = sim.faults.run.decide(
+            "ws_message", method="WS", path=type_, at=sim.clock.now(), kinds=WS_OUTBOUND_FAULTS
+        )
+        if injection is None:
+            return 0.0
+        fault = injection.fault
+        _log.debug(
+            "custom socket %s: %s on an outgoing %s (rule %s)",
+            self._name,
+            fault.kind,
+            type_[:80],
+            injection.rule_id,
+            extra={"rule": injection.rule_id, "fault": fault.kind},
+        )
+        if isinstance(fault, WsDropMessage):
+            return None
+        assert isinstance(fault, WsDelay)
+        return injection.delay_s
+
+    async def _send_held(self) -> None:
+        clock = self._sim.clock
+        while self._held:
+            due, text = self._held[0]
+            wait = due - clock.now()
+            if wait > 0:
+                await clock.sleep(wait)
+            if self.ended or self.silent or self._ws is None or self._ws.closed:
+                self._held.clear()
+                return
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._send_str(text, None)
+            # Popped only once sent, so a frame sent meanwhile queues behind this one.
+            self._held.popleft()
+
+
+#: Where the simulator keeps a custom route's :class:`CustomSocket` on its upgrade request.
+CUSTOM_SOCKET_KEY: web.RequestKey[CustomSocket] = web.RequestKey(
+    "le_transport.simulator custom socket", CustomSocket
+)
+
+
+def _frame(data: object) -> dict[str, Any] | None:
+    """A text frame's JSON object, or None (not text, not JSON, not an object)."""
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data).decode("utf-8", "replace")
+    if not isinstance(data, str):
+        return None
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return frame if isinstance(frame, dict) else None
