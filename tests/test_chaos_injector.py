@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from le_transport import Engine, RealClock, RetryPolicy
 from le_transport.chaos import (
@@ -41,6 +42,7 @@ from le_transport.errors import (
 from le_transport.providers import StaticBearer
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
+from tests.conftest import ServerFactory
 
 CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
 
@@ -215,8 +217,11 @@ async def test_a_websocket_handshake_can_be_rejected_through_the_session(
         async with engine.session.ws_connect(sim.brand_socket_url(bearer)) as ws:
             await ws.send_json({"kind": "req", "id": "1", "type": ".GetClock", "body": {}})
             assert (await ws.receive_json())["code"] == 200
-    assert sim.sockets.rejected == []  # refused on the client side; the server saw one socket
-    assert len(sim.sockets.all) == 1
+    # Refused on the client side, once the server had accepted the upgrade (so that an upgrade
+    # the server refuses spends no session turn, as on the simulator): the server saw both
+    # sockets, the first closed unused.
+    assert sim.sockets.rejected == []
+    assert len(sim.sockets.all) == 2
 
 
 def test_the_socket_hook_answers_session_and_message_faults() -> None:
@@ -354,12 +359,24 @@ async def test_an_injector_bounded_at_sys_maxsize_records_what_it_injects(
 
 
 async def test_a_socket_path_template_keeps_its_bearer_out_of_the_injectors_records(
-    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+    serve: ServerFactory, clock: VirtualClock, secret_values: set[str]
 ) -> None:
     # A {bearer} anywhere but after /brand/: the upgrade's real path shows it, and the
-    # injector matched and recorded that path (its report, its log line).
+    # injector matched and recorded that path (its report, its log line). The server accepts
+    # the upgrade: a session is decided only for an upgrade the server accepted.
     bearer = "custom-path-bearer-5d1e"
     secret_values.add(bearer)
+
+    async def events(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/{bearer}/events", events)
+    host = await serve(app)
     injector = FaultInjector.seeded(
         1,
         FaultRule(
@@ -370,7 +387,13 @@ async def test_a_socket_path_template_keeps_its_bearer_out_of_the_injectors_reco
         ),
         clock=clock,
     )
-    async with _engine(sim, clock, injector, auth=StaticBearer(bearer)) as engine:
+    async with Engine(
+        {"agentVep": host},
+        scheme="http",
+        clock=clock,
+        wire_middlewares=[injector],
+        auth=StaticBearer(bearer),
+    ) as engine:
         ws = await engine.websocket("agentVep", "/ws/{bearer}/events")
         for _ in range(20):
             if injector.log:

@@ -517,3 +517,35 @@ async def test_a_request_rule_strikes_a_socket_upgrade_alike_on_both_sides(
     assert got_injected == injected
     assert got_met == met
     assert got_matched == matched
+
+
+DROP_ONCE = FaultRule(
+    "drop", WsDrop(after_messages=1), unit="ws_session", schedule=Schedule(fail_next=1)
+)
+DROP_ONCE_BY_SERVICE = FaultRule(
+    "drop",
+    WsDrop(after_messages=1),
+    unit="ws_session",
+    match=Match(service="facadeMsg"),
+    schedule=Schedule(fail_next=1),
+)
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("rule", [DROP_ONCE, DROP_ONCE_BY_SERVICE], ids=["any", "by-service"])
+async def test_an_upgrade_the_server_refuses_spends_no_session_turn_on_either_side(
+    sim: Simulator, clock: VirtualClock, states: StateLog, rule: FaultRule, side: str
+) -> None:
+    """The server refuses the first upgrade itself (a 503 of its own). The client-side
+    injector decided the session before the server answered, so the drop's one turn went to
+    the refused upgrade: counted as injected, never struck. And an engine socket's upgrade ran
+    in no call naming its service, so a rule matching the service never matched client-side."""
+    sim.faults.add(
+        FaultRule(
+            "server-503", Status(503), match=Match("GET", UMS), schedule=Schedule(fail_next=1)
+        )
+    )
+    got_injected, got_met, got_matched = await _sessions(sim, clock, states, [rule], side)
+    assert got_injected == (["status", "ws_drop"] if side == "server" else ["ws_drop"])
+    assert got_met == ["SocketClosed", 200]
+    assert got_matched["drop"] == 2  # the two upgrades the server accepted

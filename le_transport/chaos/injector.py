@@ -101,7 +101,7 @@ from .plan import (
 )
 from .ws import FaultySocket
 
-__all__ = ["UPGRADE_PATH", "FaultInjector"]
+__all__ = ["UPGRADE_PATH", "UPGRADE_SERVICE", "FaultInjector"]
 
 _log = logging.getLogger("le_transport.chaos")
 
@@ -111,6 +111,12 @@ _log = logging.getLogger("le_transport.chaos")
 #: (where ``redact_url`` hides the UMS path's bearer).
 UPGRADE_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "le_transport_upgrade_path", default=None
+)
+#: While a resilient socket dials, the service it belongs to: an upgrade runs in no call of the
+#: engine's (no call context names its service), and a rule's ``Match(service=...)`` must match
+#: it as the simulator's does. Set by the socket's dialer, beside :data:`UPGRADE_PATH`.
+UPGRADE_SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "le_transport_upgrade_service", default=None
 )
 
 
@@ -389,7 +395,7 @@ class FaultInjector:
         service = ctx.service if ctx is not None else None
         path = request.url.path
         if is_websocket_upgrade(request):
-            return await self._upgrade(request, handler, service)
+            return await self._upgrade(request, handler, service or UPGRADE_SERVICE.get())
         injection = self._run.decide(
             "request",
             method=request.method,
@@ -416,10 +422,12 @@ class FaultInjector:
         dropped connection, a ``delay`` sends it late; the session is decided only for an
         upgrade that went on.
 
-        A resilient socket's upgrade (its dialer names the path template) is decided with
-        every session kind, as the simulator decides its handshake: a ``ws_reject_handshake``
-        refuses it here; any other (``ws_close``, ``ws_drop``, ``ws_silence``, ``delay``) is
-        handed, once the upgrade succeeded, to :meth:`wrap_socket` for the socket it opened.
+        A resilient socket's upgrade (its dialer names the path template and the service) is
+        decided with every session kind once the server accepted it (101), as the simulator
+        decides its handshake once its own checks passed; an upgrade the server refused spends
+        no session turn. A ``ws_reject_handshake`` then refuses it here (the accepted
+        connection closed unused); any other (``ws_close``, ``ws_drop``, ``ws_silence``,
+        ``delay``) is handed to :meth:`wrap_socket` for the socket it opened.
         So a rule whose sequence mixes a refusal with drops (or a refusal rule beside a drop
         rule) fires in the order the simulator fires it, each session counted once. A plain
         ``ws_connect`` is wrapped by nothing: only a refusal is asked about for it.
@@ -453,6 +461,13 @@ class FaultInjector:
         # anywhere): match and record the template's path, as the socket's own faults do.
         template = UPGRADE_PATH.get()
         path = template or request.url.path
+        resp = await handler(request)
+        if resp.status != 101:
+            # Refused by the server itself (an expired bearer, its own 503): no session to
+            # decide, as on the simulator, which decides only once its own checks passed. A
+            # decision here would spend the rule's turn (a drop counted as injected, never
+            # struck).
+            return resp
         injection = self._run.decide(
             "ws_session",
             method=request.method,
@@ -462,10 +477,12 @@ class FaultInjector:
             kinds=_HANDSHAKE_KINDS if template is None else WS_FAULTS,
         )
         if injection is not None and isinstance(injection.fault, WsRejectHandshake):
+            # The server accepted it; the client is told it refused. The real connection is
+            # closed unused.
+            resp.close()
             fault = injection.fault
             return _synthetic(request, fault.status, {}, fault.body.encode())
-        resp = await handler(request)
-        if template is not None and resp.status == 101:
+        if template is not None:
             _SESSION_DECIDED.set(_SessionDecided(self, path, injection))
         return resp
 

@@ -24,7 +24,7 @@ from aiohttp import hdrs
 from yarl import URL
 
 from .._redact import Secret, redact_url
-from ..chaos.injector import UPGRADE_PATH, FaultInjector
+from ..chaos.injector import UPGRADE_PATH, UPGRADE_SERVICE, FaultInjector
 from ..clock import Clock, timeout_after
 from ..errors import (
     AuthenticationError,
@@ -532,6 +532,7 @@ class EngineDialer:
         # The fault injector's upgrade rules match and record this path, not the real one,
         # which carries the bearer wherever the template put it.
         shown_path = UPGRADE_PATH.set(template_path)
+        of_service = UPGRADE_SERVICE.set(self._service)
         try:
             ws = await session.ws_connect(
                 url,
@@ -556,6 +557,7 @@ class EngineDialer:
                 credentials=creds,
             ) from None
         finally:
+            UPGRADE_SERVICE.reset(of_service)
             UPGRADE_PATH.reset(shown_path)
         wire: WireSocket = ws
         injector = _fault_injector(engine)
