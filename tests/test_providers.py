@@ -356,6 +356,22 @@ def test_a_bad_host_in_a_static_map_is_a_configuration_error_raised_when_it_is_b
 
 @pytest.mark.parametrize(
     "host",
+    ["https://user:s3cr3t-pw@host.example/x", "user:s3cr3t-pw@host.example", "a@b:s3cr3t-pw@h"],
+)
+def test_a_refused_host_never_shows_the_userinfo_it_holds(host: str) -> None:
+    """The refusal showed the host's first 40 characters, a password written into it
+    included; a static map's refusal is a ConfigurationError now, which start-up code logs."""
+    with pytest.raises(HostileHostError) as info:
+        validate_host(host, service="svc")
+    assert "s3cr3t" not in str(info.value)
+    assert "***@" in str(info.value)
+    with pytest.raises(HostConfigurationError) as configured:
+        StaticDomains({"svc": host})
+    assert "s3cr3t" not in str(configured.value)
+
+
+@pytest.mark.parametrize(
+    "host",
     [
         "https://evil.example",
         "evil.example/path",

@@ -47,7 +47,9 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
         (m.group("port") is not None and not 0 < int(m.group("port")) < 65536)
         or (host.startswith("[") and not _is_ipv6(host[1:].partition("]")[0]))
     ):
-        shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in host[:40])
+        # A URL's userinfo may be a password (https://user:secret@host): never shown.
+        bare = "***@" + host.rpartition("@")[2] if "@" in host else host
+        shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in bare[:40])
         raise HostileHostError(
             f"refusing the host {shown!r} for service {service!r}: a host must be a bare "
             "hostname with an optional port (no scheme, path, userinfo, whitespace or control "
