@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import inspect
 import ipaddress
 import logging
 import re
@@ -53,7 +52,7 @@ import attrs
 from aiohttp import hdrs, web
 from yarl import URL
 
-from ..._checks import require_kind
+from ..._checks import is_async_callable, require_kind
 from ..._redact import redact_headers, redact_url
 from ...chaos.injector import require_clock
 from ...chaos.plan import (
@@ -238,15 +237,6 @@ def _methods_overlap(custom: str, builtin: str) -> bool:
     return custom == builtin or (builtin == "GET" and custom == "HEAD")
 
 
-def _is_async_callable(handler: object) -> bool:
-    """Whether calling ``handler`` gives an awaitable: an async function (or a partial of
-    one), or an object whose ``__call__`` is one."""
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(type(handler), "__call__", None)  # noqa: B004 - its kind, not callable()
-    return inspect.iscoroutinefunction(call)
-
-
 def _route_method(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
@@ -309,7 +299,7 @@ class SimRoute:
 
     @handler.validator
     def _check_handler(self, attribute: attrs.Attribute[RouteHandler], value: object) -> None:
-        if isinstance(value, type) or not callable(value) or not _is_async_callable(value):
+        if isinstance(value, type) or not callable(value) or not is_async_callable(value):
             raise ConfigurationError(
                 "SimRoute.handler must be an async function (request) -> aiohttp.web."
                 f"StreamResponse, got {type(value).__name__}"
