@@ -8,9 +8,11 @@ against it passed having injected nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
@@ -265,3 +267,110 @@ async def test_a_custom_socket_without_socket_rules_is_served_untouched(
         answers = [await ws.request(ECHO, timeout=2.0) for _ in range(3)]
     assert [a["body"]["n"] for a in answers] == [1, 2, 3]
     assert sim.faults.rule_counts()["other"].matched == 0
+
+
+# -- what the handler's own code meets -----------------------------------------------------------
+
+
+async def _custom_sim(
+    clock: VirtualClock, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> Simulator:
+    s = Simulator(clock=clock)
+    s.add_route("GET", "/raw", handler, service="raw")
+    return s
+
+
+async def test_a_handler_reading_a_socket_a_fault_closed_ends_as_aiohttp_makes_it_end(
+    clock: VirtualClock,
+) -> None:
+    """A loop on receive() that stops only on an error: after a WsClose the wrapper answered
+    CLOSED every time without a wait, and the handler held the event loop for ever. aiohttp
+    raises after a few reads of a closed socket; so does the wrapper now."""
+    ended: list[str] = []
+
+    async def looping(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.ERROR:
+                    break
+        except RuntimeError as exc:
+            ended.append(str(exc))
+        return ws
+
+    sim = await _custom_sim(clock, looping)
+    sim.faults.add(FaultRule("close", WsClose(4000, after_messages=1), unit="ws_session"))
+    async with sim, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{sim.ws_scheme}://{sim.host}/raw") as ws:
+            await ws.send_str("hello")
+            msg = await asyncio.wait_for(ws.receive(), 10)  # real seconds: only against a hang
+            assert msg.type is WSMsgType.CLOSE
+            assert msg.data == 4000
+        for _ in range(100):
+            if ended:
+                break
+            await asyncio.sleep(0.01)
+    assert ended == ["WebSocket connection is closed."]
+
+
+async def test_a_held_frame_is_sent_before_the_handler_closes_and_nothing_overtakes_it(
+    clock: VirtualClock,
+) -> None:
+    """A WsDelay'd frame was dropped when the handler returned (or closed) before it was due,
+    though the fault was counted; a binary frame sent after it overtook it."""
+
+    async def pushes(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str('{"type": "First"}')
+        await ws.send_bytes(b"second")
+        await ws.send_frame(b'{"type": "Third"}', WSMsgType.TEXT)
+        await ws.close()
+        return ws
+
+    sim = await _custom_sim(clock, pushes)
+    sim.faults.add(
+        FaultRule("held", WsDelay(delay_ms=300), unit="ws_message", match=Match(path="First"))
+    )
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/raw") as ws,
+    ):
+        got = [msg.data async for msg in ws]
+    assert got == ['{"type": "First"}', b"second", '{"type": "Third"}']
+    assert sim.faults.rule_counts()["held"].injected == 1
+
+
+async def test_a_silenced_handler_sends_nothing_through_any_of_its_send_calls(
+    clock: VirtualClock,
+) -> None:
+    """send_frame() and ping() went past the silence (only send_str, send_bytes and pong were
+    wrapped)."""
+    sent = asyncio.Event()
+
+    async def chatty(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()
+        await ws.send_str('{"type": "Str"}')
+        await ws.send_bytes(b"bytes")
+        await ws.send_frame(b"frame", WSMsgType.TEXT)
+        await ws.ping(b"ping")
+        sent.set()
+        await ws.receive()
+        return ws
+
+    sim = await _custom_sim(clock, chatty)
+    sim.faults.add(FaultRule("mute", WsSilence(), unit="ws_session"))
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/raw", autoping=False) as ws,
+    ):
+        await ws.send_str("go")
+        await asyncio.wait_for(sent.wait(), 10)  # real seconds: only against a hang
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.2)

@@ -21,10 +21,12 @@ How a struck socket looks to the handler: after a close or a drop its next ``rec
 so its ``async for``) ends the socket (a ``CLOSED`` message) and whatever it sends is
 discarded; a silenced socket still hands the handler what the client sends, but sends nothing
 back (answers, pushes, pongs). This is done by wrapping the handler's own
-:class:`aiohttp.web.WebSocketResponse` (its ``receive``, ``send_str``, ``send_bytes`` and
-``pong``), found through the application's ``on_response_prepare`` signal when the handler
-prepares it; the handler's code is unchanged. Binary frames the handler sends are not asked
-about (LiveEngage frames are text).
+:class:`aiohttp.web.WebSocketResponse` (its ``receive``, ``send_str``, ``send_bytes``,
+``send_frame``, ``ping``, ``pong`` and ``close``), found through the application's
+``on_response_prepare`` signal when the handler prepares it; the handler's code is unchanged.
+Binary frames the handler sends are not asked about (LiveEngage frames are text), but wait
+behind a held frame as everything it sends does. aiohttp's own ``heartbeat=`` pings do not go
+through the wrapper: a silenced route should not set it.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class CustomSocket:
         #: Text frames a ``ws_drop_message`` fault kept from the client, in order.
         self.dropped: list[str] = []
         self._ws: web.WebSocketResponse | None = None
-        self._held: collections.deque[tuple[float, str]] = collections.deque()
+        #: Frames waiting behind a held one, in order: (when due, opcode, payload).
+        self._held: collections.deque[tuple[float, WSMsgType, str | bytes]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
 
     # -- wrapping ------------------------------------------------------------------------------
@@ -108,20 +111,32 @@ class CustomSocket:
         self._receive = ws.receive
         self._send_str = ws.send_str
         self._send_bytes = ws.send_bytes
+        self._send_frame = ws.send_frame
+        self._ping = ws.ping
         self._pong = ws.pong
+        self._close = ws.close
         ws.receive = self.receive  # type: ignore[method-assign]
         ws.send_str = self.send_str  # type: ignore[method-assign]
         ws.send_bytes = self.send_bytes  # type: ignore[method-assign]
+        ws.send_frame = self.send_frame  # type: ignore[method-assign]
+        ws.ping = self.ping  # type: ignore[method-assign]
         ws.pong = self.pong  # type: ignore[method-assign]
+        ws.close = self.close  # type: ignore[method-assign]
 
-    async def finish(self) -> None:
-        """The handler returned: forget held frames and stop the task sending them."""
-        self._held.clear()
+    async def finish(self, *, flush: bool = True) -> None:
+        """The handler ended: send what is still held, when it is due (``flush``: it
+        returned; a delay is not a drop), or forget it (it failed or was cancelled: the
+        simulator stopping), and stop the task sending it."""
         writer, self._writer = self._writer, None
         if writer is not None and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            if flush:
                 await writer
+            else:
+                self._held.clear()
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        self._held.clear()
         self._ws = None
 
     # -- what the handler reads ----------------------------------------------------------------
@@ -199,8 +214,13 @@ class CustomSocket:
         ``CLOSED``; after a drop, the connection's error or end, frames still buffered
         skipped)."""
         ws = self._ws
-        if ws is None or ws.closed:
+        if ws is None:
             return WS_CLOSED_MESSAGE
+        if ws.closed:
+            # aiohttp's own answer on a closed socket: CLOSED, then RuntimeError after a few
+            # reads, which ends a handler that loops on receive() without looking (answered
+            # here every time without a wait, such a loop held the event loop for ever).
+            return await self._receive(timeout)
         while True:
             msg: WSMessage = await self._receive(timeout)
             if msg.type not in _DATA:
@@ -248,28 +268,62 @@ class CustomSocket:
         if hold <= 0 and not self._held:
             await self._send_str(data, compress)
             return
-        clock = self._sim.clock
-        due = clock.now() + max(0.0, hold)
+        self._hold(max(0.0, hold), WSMsgType.TEXT, data)
+
+    def _hold(self, hold: float, opcode: WSMsgType, data: str | bytes) -> None:
+        """Queue a frame ``hold`` seconds from now, behind every frame held before it (one
+        stream: nothing overtakes a held frame), and start the task that sends them."""
+        due = self._sim.clock.now() + hold
         if self._held:
-            due = max(due, self._held[-1][0])  # one stream: nothing overtakes a held frame
-        self._held.append((due, data))
+            due = max(due, self._held[-1][0])
+        self._held.append((due, opcode, data))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(
                 self._send_held(), name=f"le_transport.simulator custom socket {self._name}"
             )
 
     async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
-        """The handler's ``ws.send_bytes()``: sent, unless a fault ended or silenced the
-        socket."""
+        """The handler's ``ws.send_bytes()``: sent (behind any held frame), unless a fault
+        ended or silenced the socket. Not asked about: LiveEngage frames are text."""
         if self.ended or await self._strike_session() or self.silent:
             return
+        if self._held:
+            self._hold(0.0, WSMsgType.BINARY, bytes(data))
+            return
         await self._send_bytes(data, compress)
+
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None:
+        """The handler's ``ws.send_frame()``: as :meth:`send_bytes` (a text frame is not asked
+        about either)."""
+        if self.ended or self.silent:
+            return
+        if self._held:
+            self._hold(0.0, opcode, bytes(message))
+            return
+        await self._send_frame(message, opcode, compress)
+
+    async def ping(self, message: bytes = b"") -> None:
+        """The handler's ``ws.ping()``: none once silenced or ended. (aiohttp's own
+        ``heartbeat=`` pings do not come through here: a silenced route should not set it.)"""
+        if self.ended or self.silent:
+            return
+        await self._ping(message)
 
     async def pong(self, message: bytes = b"") -> None:
         """The pong to a client's ping (aiohttp's autoping too): none once silenced."""
         if self.ended or self.silent:
             return
         await self._pong(message)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        """The handler's ``ws.close()``: after the frames still held are sent (a delay is not
+        a drop)."""
+        writer = self._writer
+        if writer is not None and not writer.done() and not self.ended:
+            await writer
+        return await self._close(code=code, message=message, drain=drain)
 
     def _outbound(self, data: str) -> float | None:
         """Seconds to hold a frame the handler sends (0: at once), or None to drop it."""
@@ -300,7 +354,7 @@ class CustomSocket:
     async def _send_held(self) -> None:
         clock = self._sim.clock
         while self._held:
-            due, text = self._held[0]
+            due, opcode, data = self._held[0]
             wait = due - clock.now()
             if wait > 0:
                 await clock.sleep(wait)
@@ -308,7 +362,11 @@ class CustomSocket:
                 self._held.clear()
                 return
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self._send_str(text, None)
+                if opcode is WSMsgType.TEXT and isinstance(data, str):
+                    await self._send_str(data, None)
+                else:
+                    payload = data.encode() if isinstance(data, str) else data
+                    await self._send_frame(payload, opcode, None)
             # Popped only once sent, so a frame sent meanwhile queues behind this one.
             self._held.popleft()
 

@@ -687,7 +687,9 @@ class Simulator:
         ``WsAppError``/``Status`` answer it in the handler's place, ``Hang`` loses it) and each
         text frame the handler sends (``WsDelay``, ``WsDropMessage``). The handler's own
         ``web.WebSocketResponse`` is wrapped for this; its code is unchanged. Such a socket is
-        not one of :attr:`sockets` (the simulator's own).
+        not one of :attr:`sockets` (the simulator's own). The session being decided before the
+        handler runs, an upgrade the handler refuses itself spends a rule's turn (the
+        client-side injector decides once the server accepted).
 
         With the pytest plugin, whose ``le_simulator`` is already running in a test, routes are
         given by overriding the ``le_simulator_routes`` fixture.
@@ -776,9 +778,12 @@ class Simulator:
             custom = CustomSocket(self, request, fault, name=where[:80])
             request[CUSTOM_SOCKET_KEY] = custom
             try:
-                return await handler(request)
-            finally:
-                await custom.finish()
+                answer = await handler(request)
+            except BaseException:
+                await custom.finish(flush=False)  # failed or cancelled (a stop): forgotten
+                raise
+            await custom.finish()  # returned: what is held still goes out, when due
+            return answer
 
         return serve
 
