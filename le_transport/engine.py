@@ -54,7 +54,7 @@ from .middleware.context import (
     within_deadline,
 )
 from .middleware.overload import OverloadGuard, is_retry_gate
-from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedMidBody, RetryMiddleware
+from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
@@ -577,20 +577,26 @@ def _per_call_policy(
 
 
 def _fail_reads_in_flight(session: aiohttp.ClientSession) -> None:
-    """Fail every body still being read on ``session``'s connections, before it is closed.
+    """Fail every answer still being read on ``session``'s connections (its head or its body),
+    before the session is closed.
 
     aiohttp's connector closes each connection in use, but drops the connection's payload
     before the transport reports the loss, so a body being read is never told: its reader
     waits for bytes that never come, until its attempt timeout (for ever without one), after
-    ``Engine.close()`` has returned. Failed here, the read raises a connection error, which
-    the retry loop, seeing the engine closed, turns into :class:`EngineClosed`. Private parts
-    of aiohttp, read defensively: missing, nothing is done."""
+    ``Engine.close()`` has returned. Failed here with :class:`ClosedInFlight`, the read raises,
+    and the retry loop stops the call with :class:`EngineClosed`; a call still waiting for the
+    head of its answer gets the same, rather than the connection's loss (a POST's
+    ``ConnectionFailed``, or a GET scheduled for a retry). Private parts of aiohttp, read
+    defensively: missing, nothing is done."""
     connector = session.connector
     for proto in tuple(getattr(connector, "_acquired", ())):
         payload = getattr(proto, "_payload", None)
-        set_exception = getattr(payload, "set_exception", None)
-        if callable(set_exception) and not getattr(payload, "is_eof", lambda: True)():
-            set_exception(ClosedMidBody("the engine was closed mid-body"))
+        target = payload if payload is not None else proto
+        set_exception = getattr(target, "set_exception", None)
+        if payload is not None and getattr(payload, "is_eof", lambda: True)():
+            continue  # a body read whole: nothing waits on it
+        if callable(set_exception):
+            set_exception(ClosedInFlight("the engine was closed with the call in flight"))
 
 
 def _unseen_failure(status: int, ctx: CallContext) -> bool:

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
-    "ClosedMidBody",
+    "ClosedInFlight",
     "RetryMiddleware",
     "body_spent",
     "is_websocket_upgrade",
@@ -74,9 +74,9 @@ __all__ = [
 _log = logging.getLogger("le_transport.retry")
 
 
-class ClosedMidBody(aiohttp.ClientConnectionError):
-    """What a body being read fails with when the session's owner (the engine) closes the
-    session under it: the retry loop then stops the call with
+class ClosedInFlight(aiohttp.ClientConnectionError):
+    """What an answer being read (its head or its body) fails with when the session's owner
+    (the engine) closes the session under it: the retry loop then stops the call with
     :class:`~le_transport.errors.EngineClosed`."""
 
 
@@ -405,7 +405,7 @@ class _Call(_WheelTimer):
                             gate.abandon(self, attempt)
                         self._too_large_final(exc, attempt, started)
                         raise
-                    if isinstance(exc, ClosedMidBody):
+                    if isinstance(exc, ClosedInFlight):
                         # The engine closed the session under the attempt (a body being read
                         # is failed then): not the server's failure, and nothing to retry.
                         # Only that: anything else failing while it closes (a logout reset by
