@@ -882,20 +882,6 @@ class Engine:
             bind_clock = getattr(middleware, "bind_clock", None)
             if callable(bind_clock) and not isinstance(middleware, type):
                 bind_clock(self._clock)
-        if outer_middlewares:
-            from .chaos.injector import FaultInjector  # (only when there are outer ones)
-
-            # Only for request rules: a socket's upgrade never goes through the retry loop, so
-            # socket rules fire alike from either list.
-            if any(
-                isinstance(m, FaultInjector) and any(r.unit == "request" for r in m.plan.rules)
-                for m in outer_middlewares
-            ):
-                _log.warning(
-                    "a FaultInjector is in outer_middlewares: its faults strike once per "
-                    "call, around the retry middleware, and reach the caller unretried; put "
-                    "it in wire_middlewares to test the policies against them"
-                )
         self._session = session
         self._owns_session = session is None
         self._closed = False

@@ -230,6 +230,8 @@ class FaultInjector:
     #: Whether the clock needs no more checking: given, an engine's, or the warning about it
     #: was logged.
     _clock_checked: bool = attrs.field(init=False, default=False)
+    #: Whether it was found around an engine's retry loop (an outer middleware), and said so.
+    _outer_told: bool = attrs.field(init=False, default=False)
 
     @max_records.validator
     def _check_max_records(self, attribute: attrs.Attribute[int | None], value: object) -> None:
@@ -396,6 +398,18 @@ class FaultInjector:
         path = request.url.path
         if is_websocket_upgrade(request):
             return await self._upgrade(request, handler, service or UPGRADE_SERVICE.get())
+        if (
+            ctx is not None
+            and not ctx.active
+            and not self._outer_told
+            and any(rule.unit == "request" for rule in self._run.plan.rules)
+        ):
+            object.__setattr__(self, "_outer_told", True)
+            _log.warning(
+                "a FaultInjector runs around an engine's retry middleware (in "
+                "outer_middlewares): its faults strike once per call and reach the caller "
+                "unretried; put it in wire_middlewares to test the policies against them"
+            )
         injection = self._run.decide(
             "request",
             method=request.method,
