@@ -47,16 +47,29 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
         (m.group("port") is not None and not 0 < int(m.group("port")) < 65536)
         or (host.startswith("[") and not _is_ipv6(host[1:].partition("]")[0]))
     ):
-        # A URL's userinfo may be a password (https://user:secret@host): never shown.
-        bare = "***@" + host.rpartition("@")[2] if "@" in host else host
-        shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in bare[:40])
         raise HostileHostError(
-            f"refusing the host {shown!r} for service {service!r}: a host must be a bare "
-            "hostname with an optional port (no scheme, path, userinfo, whitespace or control "
-            "characters); no credential is sent to it",
+            f"refusing the host {_shown_host(host)} for service {service!r}: a host must be a "
+            "bare hostname with an optional port (no scheme, path, userinfo, whitespace or "
+            "control characters); no credential is sent to it",
             account=account,
         )
     return host.rstrip(".") if not host.endswith("]") else host
+
+
+#: What a host (or its port) is made of: what a refusal shows of one.
+_HOSTLIKE = re.compile(r"[A-Za-z0-9.\-\[\]]*")
+
+
+def _shown_host(host: str) -> str:
+    """A refused host as its message shows it: only the hostname-like part it starts with and
+    the first character that cannot be in a host. What follows may be a secret (a password
+    in userinfo, a token in a query or a path, a key after a ':') and is never shown."""
+    head = _HOSTLIKE.match(host)
+    end = head.end() if head is not None else 0
+    shown = repr(host[: min(end, 40)])
+    if end >= len(host):
+        return shown
+    return f"{shown} (then {host[end]!r}: {len(host) - end - 1} more characters, not shown)"
 
 
 def _is_ipv6(text: str) -> bool:
