@@ -1049,8 +1049,21 @@ def test_the_documented_plan_file_loads_and_is_what_to_dict_writes() -> None:
             r"'fail_next', 'after_ms', 'for_ms'",
         ),
         ({"id": "x", "fault": 503, "match": "*/users"}, r"'match' must be a mapping"),
+        # Falsy, and still no mapping: they loaded as empty.
+        ({"id": "x", "fault": 503, "match": []}, r"'match' must be a mapping"),
+        ({"id": "x", "fault": 503, "match": 0}, r"'match' must be a mapping"),
+        ({"id": "x", "fault": 503, "schedule": ""}, r"'schedule' must be a mapping"),
     ],
-    ids=["guessed-flat-rule", "flat-schedule", "match-key", "schedule-key", "match-not-mapping"],
+    ids=[
+        "guessed-flat-rule",
+        "flat-schedule",
+        "match-key",
+        "schedule-key",
+        "match-not-mapping",
+        "match-empty-list",
+        "match-zero",
+        "schedule-empty-str",
+    ],
 )
 def test_an_unknown_field_in_a_plan_file_names_the_fields_that_are_known(
     rule: dict[str, object], says: str

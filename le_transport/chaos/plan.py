@@ -1014,7 +1014,9 @@ def _misplaced(unknown: set[Any]) -> str:
 
 def _sub_mapping(data: Mapping[str, Any], field: str, known: tuple[str, ...]) -> dict[str, Any]:
     """A rule's ``match`` or ``schedule`` (None or left out: empty), its keys checked."""
-    value = data.get(field) or {}
+    value = data.get(field)
+    if value is None:
+        value = {}
     if not isinstance(value, Mapping):
         raise ConfigurationError(
             f"fault rule {data.get('id')!r:.60}: {field!r} must be a mapping of "
