@@ -229,7 +229,8 @@ def _check_headers(
     a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
     library's providers set ``Authorization``), which they would replace without a word."""
     refused: str | None = None
-    owned = getattr(auth, "credential_headers", ())
+    # Compared in lower case, whatever case the provider named them in.
+    owned = {h.lower() for h in getattr(auth, "credential_headers", ()) if isinstance(h, str)}
     if not isinstance(headers, Mapping):
         refused = f"headers must be a mapping, got {type(headers).__name__}"
     else:

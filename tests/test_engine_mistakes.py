@@ -230,7 +230,9 @@ async def test_a_header_that_would_break_its_line_is_refused_before_credentials_
 
 class _ApiKeyAuth:
     """A provider of the caller's whose credentials are a header of its own, not
-    Authorization (and that says nothing of which headers it sets)."""
+    Authorization, which it names in its own case."""
+
+    credential_headers = frozenset({"X-Api-Key"})  # named in any case
 
     async def credentials(self, method: str, url: URL) -> Credentials:
         return Credentials(headers={"X-Api-Key": "k-123"})
@@ -266,6 +268,9 @@ async def test_a_callers_authorization_header_beside_an_auth_provider_is_refused
     assert SECRET not in str(info.value)
     assert "StaticBearer" in str(info.value)
     assert seen == []
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=_ApiKeyAuth()) as engine:
+        with pytest.raises(InvalidRequest, match=r"headers\['x-api-key'\] would be replaced"):
+            await engine.request("GET", "svc", "/x", headers={"x-api-key": "mine"})
     for auth in (_ApiKeyAuth(), _CountingBearer(), None):
         async with Engine({"svc": host}, scheme="http", clock=clock, auth=auth) as engine:
             await engine.request("GET", "svc", "/x", headers={name: "Basic dXNlcjpwdw=="})
