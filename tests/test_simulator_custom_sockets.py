@@ -374,3 +374,62 @@ async def test_a_silenced_handler_sends_nothing_through_any_of_its_send_calls(
         await asyncio.wait_for(sent.wait(), 10)  # real seconds: only against a hang
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.receive(), 0.2)
+
+
+async def test_a_client_closing_while_a_frame_is_held_is_answered_at_once() -> None:
+    """aiohttp answers the client's close by calling close(), which waited for the held frame
+    (30 s here), so the client's own close timed out after 10 s with 1006. On the real clock:
+    a virtual one would jump the wait away."""
+    answered = asyncio.Event()
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+            answered.set()
+        return ws
+
+    sim = Simulator()  # the real clock
+    sim.add_route("GET", "/raw", echo, service="raw")
+    sim.faults.add(FaultRule("held", WsDelay(delay_ms=30_000), unit="ws_message"))
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/raw") as ws,
+    ):
+        await ws.send_str('{"type": "Ping"}')
+        await asyncio.wait_for(answered.wait(), 10)  # real seconds: only against a hang
+        # Bounded below aiohttp's own 10 s close timeout, which the old wait ran into.
+        assert await asyncio.wait_for(ws.close(), 5)
+        assert ws.close_code == 1000
+
+
+@pytest.mark.parametrize("call", ["send_frame", "ping"])
+async def test_every_send_call_of_the_handler_strikes_the_sessions_fault(
+    clock: VirtualClock, call: str
+) -> None:
+    """With after_messages=0 the session's fault strikes as the handler first sends: it did
+    for send_str and send_bytes, not for send_frame or ping, whose frames went out while the
+    fault was counted as injected."""
+
+    async def sender(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for n in range(3):
+            if call == "ping":
+                await ws.ping(b"ping")
+            else:
+                await ws.send_frame(f"frame{n}".encode(), WSMsgType.BINARY)
+        return ws
+
+    sim = await _custom_sim(clock, sender)
+    sim.faults.add(FaultRule("close", WsClose(4000), unit="ws_session"))
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/raw", autoping=False) as ws,
+    ):
+        got = [(msg.type, msg.data) async for msg in ws]
+    assert got == []
+    assert ws.close_code == 4000

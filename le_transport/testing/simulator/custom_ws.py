@@ -129,7 +129,7 @@ class CustomSocket:
         simulator stopping), and stop the task sending it."""
         writer, self._writer = self._writer, None
         if writer is not None and not writer.done():
-            if flush:
+            if flush and self._may_still_send():
                 await writer
             else:
                 self._held.clear()
@@ -297,7 +297,7 @@ class CustomSocket:
     ) -> None:
         """The handler's ``ws.send_frame()``: as :meth:`send_bytes` (a text frame is not asked
         about either)."""
-        if self.ended or self.silent:
+        if self.ended or await self._strike_session() or self.silent:
             return
         if self._held:
             self._hold(0.0, opcode, bytes(message))
@@ -307,7 +307,7 @@ class CustomSocket:
     async def ping(self, message: bytes = b"") -> None:
         """The handler's ``ws.ping()``: none once silenced or ended. (aiohttp's own
         ``heartbeat=`` pings do not come through here: a silenced route should not set it.)"""
-        if self.ended or self.silent:
+        if self.ended or await self._strike_session() or self.silent:
             return
         await self._ping(message)
 
@@ -321,9 +321,23 @@ class CustomSocket:
         """The handler's ``ws.close()``: after the frames still held are sent (a delay is not
         a drop)."""
         writer = self._writer
-        if writer is not None and not writer.done() and not self.ended:
+        if writer is not None and not writer.done() and self._may_still_send():
             await writer
         return await self._close(code=code, message=message, drain=drain)
+
+    def _may_still_send(self) -> bool:
+        """Whether held frames can still go out, so that a close or the handler's return
+        should wait for them: not once a fault ended or silenced the socket, nor once the
+        client is closing it (aiohttp answers the client's close by calling ``close()``,
+        which must not wait for a frame due later, nor hold the client's close)."""
+        ws = self._ws
+        return not (
+            self.ended
+            or self.silent
+            or ws is None
+            or ws.closed
+            or getattr(ws, "_closing", False)  # the client's close frame has arrived
+        )
 
     def _outbound(self, data: str) -> float | None:
         """Seconds to hold a frame the handler sends (0: at once), or None to drop it."""
