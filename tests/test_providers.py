@@ -357,20 +357,21 @@ def test_a_bad_host_in_a_static_map_is_a_configuration_error_raised_when_it_is_b
 @pytest.mark.parametrize(
     ("host", "shown"),
     [
-        (
-            "https://user:s3cr3t-pw@host.example/x",
-            "'https' (then ':': 31 more characters, not shown)",
-        ),
-        ("user:s3cr3t-pw@host.example", "'user' (then ':'"),
+        ("https://user:s3cr3t-pw@host.example/x", "'***@host.example' (then '/'"),
+        ("user:s3cr3t-pw@host.example", "'***@host.example' for"),
+        ("AKIAs3cr3t0123456789@api.example.com", "'***@api.example.com' for"),
         ("h.io/?access_token=s3cr3t-pw", "'h.io' (then '/'"),
         ("h.io/token/s3cr3t-pw", "'h.io' (then '/'"),
-        ("h.io:s3cr3t-pw", "'h.io' (then ':'"),
+        ("h.io:s3cr3t-pw", "'h.io:' (then 's'"),
+        ("a" * 50 + "/s3cr3t-pw", "'" + "a" * 40 + "'... (20 more characters, not shown)"),
+        ("[::1]:99999", "'[::1]:99999' for"),
     ],
 )
 def test_a_refused_host_never_shows_what_follows_its_hostname(host: str, shown: str) -> None:
-    """The refusal showed the host's first 40 characters: a password in its userinfo, a token
-    in its query or path. A static map's refusal is a ConfigurationError now, which start-up
-    code logs; it shows what the host starts with and where it went wrong."""
+    """The refusal showed the host's first 40 characters: a password or an access key in its
+    userinfo, a token in its query or path. A static map's refusal is a ConfigurationError
+    now, which start-up code logs; it shows what the host starts with (nothing before an '@')
+    and where it went wrong."""
     with pytest.raises(HostileHostError) as info:
         validate_host(host, service="svc")
     assert "s3cr3t" not in str(info.value)

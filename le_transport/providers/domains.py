@@ -56,17 +56,25 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
     return host.rstrip(".") if not host.endswith("]") else host
 
 
-#: What a host (or its port) is made of: what a refusal shows of one.
-_HOSTLIKE = re.compile(r"[A-Za-z0-9.\-\[\]]*")
+#: What a host and its port are made of (an IPv6 literal in brackets, or a name), and so what
+#: a refusal may show of one.
+_HOSTLIKE = re.compile(r"(?:\[[0-9A-Fa-f:.]*\]?|[A-Za-z0-9.\-]*)(?::[0-9]*)?")
+_SHOWN = 40
 
 
 def _shown_host(host: str) -> str:
-    """A refused host as its message shows it: only the hostname-like part it starts with and
-    the first character that cannot be in a host. What follows may be a secret (a password
-    in userinfo, a token in a query or a path, a key after a ':') and is never shown."""
+    """A refused host as its message shows it: only the hostname-like part it starts with (up
+    to 40 characters) and the first character that cannot be in a host. Userinfo (before an
+    ``@``: a password, an access key) and what follows a host (a token in a query or a path)
+    may be secrets and are never shown."""
+    prefix = ""
+    if "@" in host:
+        prefix, host = "***@", host.rpartition("@")[2]
     head = _HOSTLIKE.match(host)
     end = head.end() if head is not None else 0
-    shown = repr(host[: min(end, 40)])
+    shown = repr(prefix + host[: min(end, _SHOWN)])
+    if end > _SHOWN:
+        return f"{shown}... ({len(host) - _SHOWN} more characters, not shown)"
     if end >= len(host):
         return shown
     return f"{shown} (then {host[end]!r}: {len(host) - end - 1} more characters, not shown)"
