@@ -429,9 +429,10 @@ async def test_a_fault_injector_in_outer_middlewares_is_warned_about(
         await engine.request("GET", "svc", "/x")
         await engine.request("GET", "svc", "/x")
     assert [r.getMessage() for r in caplog.records] == [
-        "a FaultInjector runs around an engine's retry middleware (in outer_middlewares): its "
-        "faults strike once per call and reach the caller unretried; put it in "
-        "wire_middlewares to test the policies against them"
+        "a FaultInjector runs outside an engine's retry loop (in outer_middlewares, or on a "
+        "session without the engine's middlewares): its faults strike once per call and reach "
+        "the caller unretried; put it in the engine's wire_middlewares to test the policies "
+        "against them"
     ]
 
 

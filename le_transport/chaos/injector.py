@@ -406,9 +406,10 @@ class FaultInjector:
         ):
             object.__setattr__(self, "_outer_told", True)
             _log.warning(
-                "a FaultInjector runs around an engine's retry middleware (in "
-                "outer_middlewares): its faults strike once per call and reach the caller "
-                "unretried; put it in wire_middlewares to test the policies against them"
+                "a FaultInjector runs outside an engine's retry loop (in outer_middlewares, or "
+                "on a session without the engine's middlewares): its faults strike once per "
+                "call and reach the caller unretried; put it in the engine's wire_middlewares "
+                "to test the policies against them"
             )
         injection = self._run.decide(
             "request",
