@@ -365,6 +365,11 @@ def test_a_bad_host_in_a_static_map_is_a_configuration_error_raised_when_it_is_b
         ("h.io:s3cr3t-pw", "'h.io:' (then 's'"),
         ("a" * 50 + "/s3cr3t-pw", "'" + "a" * 40 + "'... (20 more characters, not shown)"),
         ("[::1]:99999", "'[::1]:99999' for"),
+        # An '@' after the authority is no userinfo, and what follows it is no host.
+        ("liveperson.net/api?token=x@s3cr3t-pw", "'liveperson.net' (then '/'"),
+        ("host.example/?email=a@s3cr3t.example", "'host.example' (then '/'"),
+        ("host.example#frag@s3cr3t-key", "'host.example' (then '#'"),
+        ("https://host.example/p@s3cr3t:8443", "'https:' (then '/'"),
     ],
 )
 def test_a_refused_host_never_shows_what_follows_its_hostname(host: str, shown: str) -> None:

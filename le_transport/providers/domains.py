@@ -68,8 +68,12 @@ def _shown_host(host: str) -> str:
     ``@``: a password, an access key) and what follows a host (a token in a query or a path)
     may be secrets and are never shown."""
     prefix = ""
-    if "@" in host:
-        prefix, host = "***@", host.rpartition("@")[2]
+    # Userinfo is what stands before an '@' in the authority only: one in a path, a query or a
+    # fragment (an e-mail address in a parameter) is not, and what follows it is no host.
+    authority = re.split(r"[/?#]", host.partition("://")[2] if "://" in host else host)[0]
+    if "@" in authority:
+        prefix = "***@"
+        host = host[host.index(authority) + authority.rindex("@") + 1 :]
     head = _HOSTLIKE.match(host)
     end = head.end() if head is not None else 0
     shown = repr(prefix + host[: min(end, _SHOWN)])
