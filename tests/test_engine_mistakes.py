@@ -431,8 +431,8 @@ async def test_a_fault_injector_in_outer_middlewares_is_warned_about(
     assert [r.getMessage() for r in caplog.records] == [
         "a FaultInjector runs outside an engine's retry loop (in outer_middlewares, or on a "
         "session without the engine's middlewares): its faults strike once per call and reach "
-        "the caller unretried; put it in the engine's wire_middlewares to test the policies "
-        "against them"
+        "the caller unretried; put it in the engine's wire_middlewares (a session of your own "
+        "takes them from engine.middlewares) to test the policies against them"
     ]
 
 

@@ -409,7 +409,8 @@ class FaultInjector:
                 "a FaultInjector runs outside an engine's retry loop (in outer_middlewares, or "
                 "on a session without the engine's middlewares): its faults strike once per "
                 "call and reach the caller unretried; put it in the engine's wire_middlewares "
-                "to test the policies against them"
+                "(a session of your own takes them from engine.middlewares) to test the "
+                "policies against them"
             )
         injection = self._run.decide(
             "request",
