@@ -559,21 +559,28 @@ def _per_call_policy(
     """``policy`` with a call's own ``deadline`` and ``attempt_timeout``; a value the policy
     refuses is the call's argument, named as the caller wrote it (an
     :class:`InvalidRequest`), not a ``RetryPolicy`` field the caller never touched."""
+    try:
+        return attrs.evolve(
+            policy,
+            deadline=deadline if deadline is not None else policy.deadline,
+            attempt_timeout=(
+                attempt_timeout if attempt_timeout is not None else policy.attempt_timeout
+            ),
+        )
+    except ConfigurationError:
+        pass  # which one was refused is worked out below, on this error path only
     for name, value in (("deadline", deadline), ("attempt_timeout", attempt_timeout)):
         try:
             if value is not None:
                 attrs.evolve(policy, **{name: value})  # type: ignore[arg-type]
         except ConfigurationError:
-            raise InvalidRequest(
-                f"{name} must be a finite number of seconds > 0 (or None: the policy's), "
-                f"got {value!r:.40}",
-                service=service,
-                method=method,
-            ) from None
-    return attrs.evolve(
-        policy,
-        deadline=deadline if deadline is not None else policy.deadline,
-        attempt_timeout=attempt_timeout if attempt_timeout is not None else policy.attempt_timeout,
+            break
+    else:  # pragma: no cover - each was taken alone: together they are too (no cross check)
+        raise AssertionError("RetryPolicy refused a deadline and timeout it takes alone")
+    raise InvalidRequest(
+        f"{name} must be a finite number of seconds > 0 (or None: the policy's), got {value!r:.40}",
+        service=service,
+        method=method,
     )
 
 
