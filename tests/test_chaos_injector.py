@@ -43,6 +43,7 @@ from le_transport.providers import StaticBearer
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
 from tests.conftest import ServerFactory
+from tests.test_socket_support import quiet_peer
 
 CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
 
@@ -367,15 +368,8 @@ async def test_a_socket_path_template_keeps_its_bearer_out_of_the_injectors_reco
     bearer = "custom-path-bearer-5d1e"
     secret_values.add(bearer)
 
-    async def events(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for _ in ws:
-            pass
-        return ws
-
     app = web.Application()
-    app.router.add_get("/ws/{bearer}/events", events)
+    app.router.add_get("/ws/{bearer}/events", quiet_peer)
     host = await serve(app)
     injector = FaultInjector.seeded(
         1,

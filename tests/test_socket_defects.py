@@ -69,6 +69,7 @@ from tests.test_socket_support import (
     agent_engine,
     brand_socket,
     no_open_connections,
+    quiet_peer,
     sim,
     states,
 )
@@ -438,11 +439,7 @@ async def test_a_retry_after_date_is_read_from_the_answers_date_and_a_bad_one_ig
         if attempts == 1:
             headers = {"Retry-After": value, "Date": email.utils.formatdate(date, usegmt=True)}
             return web.Response(status=503, headers=headers)
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for _ in ws:
-            pass
-        return ws
+        return await quiet_peer(request)
 
     app = web.Application()
     app.router.add_get("/ws", limited)

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from le_transport import Engine, EventHooks, StateEvent
 from le_transport.providers import StaticDomains, UserLogin
@@ -136,6 +137,16 @@ async def brand_socket(
         options=options,
         **kwargs,
     )
+
+
+async def quiet_peer(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket peer that accepts the upgrade and reads until the client closes, answering
+    nothing."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for _ in ws:
+        pass
+    return ws
 
 
 def publish(text: str) -> dict[str, Any]:
