@@ -3,7 +3,9 @@
 - ``le_transport/policies/`` imports only the standard library (not asyncio, time, socket or
   other I/O), attrs and ``le_transport.errors``: policies are pure values (h11's "Rule 1").
 - Nothing in the library outside ``testing/`` and ``chaos/`` imports ``le_transport.testing``
-  (except the command line, ``cli.py`` and ``demo.py``, which runs the simulator).
+  or ``le_transport.chaos`` (except the command line, ``cli.py`` and ``demo.py``, which runs
+  the simulator and its faults): production code never loads the testing tools. The dialer
+  finds the fault injector by a protocol of its own (``sockets/wrapping.py``).
 - Nothing in the library outside ``clock.py`` and ``testing/`` sleeps or reads time by itself:
   no ``asyncio.sleep``, ``time.monotonic``, ``time.time`` or ``loop.time`` (calls or references),
   except the call sites in :data:`TIME_ALLOWED`, each with its reason, and ``time.time`` as
@@ -171,8 +173,10 @@ def test_policies_import_only_pure_stdlib_attrs_and_errors() -> None:
     assert bad == []
 
 
-def test_the_library_never_imports_its_testing_package() -> None:
+@pytest.mark.parametrize("package", ["testing", "chaos"])
+def test_the_library_never_imports_its_testing_tools(package: str) -> None:
     bad: list[str] = []
+    banned = f"le_transport.{package}"
     for path in modules():
         rel = relative(path)
         # cli.py and demo.py are the command line, an application of the library whose job is
@@ -182,9 +186,36 @@ def test_the_library_never_imports_its_testing_package() -> None:
         bad.extend(
             f"{rel} imports {name}"
             for name in imported_modules(path)
-            if name == "le_transport.testing" or name.startswith("le_transport.testing.")
+            if name == banned or name.startswith(banned + ".")
         )
     assert bad == []
+
+
+def test_importing_the_library_loads_neither_testing_tool() -> None:
+    # The rule above, as Python sees it: a fresh interpreter importing the package.
+    import subprocess
+
+    probe = (
+        "import sys, le_transport, le_transport.engine, le_transport.sockets\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('le_transport.chaos', "
+        "'le_transport.testing'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_fault_injector_is_the_socket_wrapper_the_dialer_looks_for() -> None:
+    from le_transport.chaos import FaultInjector, FaultRule, Match, WsDrop
+    from le_transport.sockets.wrapping import SocketWrapper, socket_wrapper
+
+    idle = FaultInjector([])
+    armed = FaultInjector([FaultRule("drop", WsDrop(), match=Match(path="/ws"), unit="ws_session")])
+    assert isinstance(armed, SocketWrapper)
+    # An injector with no rules is skipped; plain middlewares are not wrappers.
+    assert socket_wrapper([idle, print, armed]) is armed
+    assert socket_wrapper([idle]) is None
 
 
 def test_the_library_reads_time_and_sleeps_only_through_a_clock() -> None:

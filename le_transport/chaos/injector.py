@@ -72,6 +72,7 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
 from ..middleware.context import current_call
 from ..middleware.retry import is_websocket_upgrade
+from ..sockets.wrapping import UPGRADE_PATH, UPGRADE_SERVICE
 from .plan import (
     DEFAULT_MAX_RECORDS,
     HTTP_FAULTS,
@@ -105,19 +106,8 @@ __all__ = ["UPGRADE_PATH", "UPGRADE_SERVICE", "FaultInjector"]
 
 _log = logging.getLogger("le_transport.chaos")
 
-#: While a resilient socket dials, its upgrade's path as it may be shown and matched: the path
-#: template's, with the bearer's place named (``{bearer}`` → ``bearer``), never its value. Set
-#: by the socket's dialer; a plain ``ws_connect`` leaves it unset and the real path is used
-#: (where ``redact_url`` hides the UMS path's bearer).
-UPGRADE_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "le_transport_upgrade_path", default=None
-)
-#: While a resilient socket dials, the service it belongs to: an upgrade runs in no call of the
-#: engine's (no call context names its service), and a rule's ``Match(service=...)`` must match
-#: it as the simulator's does. Set by the socket's dialer, beside :data:`UPGRADE_PATH`.
-UPGRADE_SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "le_transport_upgrade_service", default=None
-)
+# UPGRADE_PATH and UPGRADE_SERVICE live beside the dialer that sets them (the library never
+# imports chaos); named here too, where the injector's users found them.
 
 
 @attrs.frozen(eq=False)

@@ -24,7 +24,6 @@ from aiohttp import hdrs
 from yarl import URL
 
 from .._redact import Secret, redact_url
-from ..chaos.injector import UPGRADE_PATH, UPGRADE_SERVICE, FaultInjector
 from ..clock import Clock, timeout_after
 from ..errors import (
     AuthenticationError,
@@ -42,6 +41,7 @@ from ..policies.retry_after import parse_retry_after
 from ..providers.auth import AuthProvider, Credentials
 from ..recovery import is_setup_error
 from .options import keepalive_for_path
+from .wrapping import UPGRADE_PATH, UPGRADE_SERVICE, socket_wrapper
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -216,14 +216,6 @@ class WireSocket(Protocol):
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """Close the connection."""
         ...
-
-
-def _fault_injector(engine: Engine) -> FaultInjector | None:
-    """The engine's fault injector, if one among its middlewares has rules (chaos testing)."""
-    for middleware in engine.middlewares:
-        if isinstance(middleware, FaultInjector) and middleware.active:
-            return middleware
-    return None
 
 
 def _transport_of(ws: WireSocket) -> asyncio.Transport | None:
@@ -560,11 +552,11 @@ class EngineDialer:
             UPGRADE_SERVICE.reset(of_service)
             UPGRADE_PATH.reset(shown_path)
         wire: WireSocket = ws
-        injector = _fault_injector(engine)
-        if injector is not None:
+        wrapper = socket_wrapper(engine.middlewares)
+        if wrapper is not None:
             # Chaos testing: the plan's socket faults strike this connection client-side.
             try:
-                wire = await injector.wrap_socket(ws, template_path, service=self._service)
+                wire = await wrapper.wrap_socket(ws, template_path, service=self._service)
             except BaseException:
                 # A session Delay cut short (the connect timeout, a close): the socket the
                 # upgrade opened is closed here, not left for the garbage collector.
