@@ -2,8 +2,9 @@
 
 Runs every measurement side by side, prints the tables, and writes everything (with the
 machine's facts) as JSON to ``benchmarks/results/`` (git-ignored): a timestamped file and
-``latest.json``. ``--quick`` is the CI-sized run; ``--tiny`` only proves that each part still
-runs. See benchmarks/README.md for what each part measures and the figures on record.
+``latest.json``. ``--quick`` is a small run (about a minute); ``--tiny``, the size CI runs
+(tests/test_benchmarks.py), only proves that each part still runs. ``http_layers`` and
+``overload`` run only when ``--only`` names them. See benchmarks/README.md for what each part measures and the figures on record.
 """
 
 from __future__ import annotations

@@ -159,6 +159,8 @@ class Recovery:
     - ``request_policy``: the request schedule; no recovery pause is shorter than its last.
     - ``domains``, ``auth``: re-resolved and re-logged-in on each round (``auth`` may be None).
     - ``clock``, ``rng``, ``hooks``: the engine's.
+    - ``subject``: what is recovering, as its log lines, state events (their ``subject``) and
+      errors name it (default ``"session"``; never a secret: it is logged).
     """
 
     def __init__(
