@@ -4,7 +4,8 @@ Runs every measurement side by side, prints the tables, and writes everything (w
 machine's facts) as JSON to ``benchmarks/results/`` (git-ignored): a timestamped file and
 ``latest.json``. ``--quick`` is a small run (about a minute); ``--tiny``, the size CI runs
 (tests/test_benchmarks.py), only proves that each part still runs. ``http_layers`` and
-``overload`` run only when ``--only`` names them. See benchmarks/README.md for what each part measures and the figures on record.
+``overload`` run only when ``--only`` names them. See benchmarks/README.md for what each part
+measures and the figures on record.
 """
 
 from __future__ import annotations
