@@ -179,6 +179,16 @@ def _trip_key() -> str:
     return state_key("1", "breaker", "svc", HOST)
 
 
+async def _holds_the_fleets_close(store: StateStore) -> None:
+    """The trip entry is the fleet's closed mark: a probe's success replaced the trip with it
+    (a compare-and-set), so that the processes half-open on that trip close too."""
+    entry = await store.get(_trip_key())
+    assert entry is not None, "the closed mark is kept for the half-open processes to read"
+    data = json.loads(entry.value)
+    assert "closed" in data, data
+    assert "opens" not in data, "no break in it"
+
+
 async def test_after_a_failed_probe_the_next_holder_of_the_lock_finds_the_new_break() -> None:
     """A's probe fails: A re-opens for a longer break, publishes it, frees the probe lock. B,
     which read the trip less than sync_interval ago and still sees half-open, takes the lock:
@@ -452,7 +462,11 @@ async def test_a_process_that_missed_the_break_waits_for_the_fleets_one_probe() 
     assert all(isinstance(r, CircuitOpen) for r in refusals), "A's probe is the fleet's one"
     assert late.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
     await a.settle(probe, 1, OK)
-    assert await store.get(_trip_key()) is None, "the probe's success closed the fleet's breaker"
+    await _holds_the_fleets_close(store)  # the probe's success closed the fleet's breaker
+    clock.advance(1.0)  # past the late process's sync_interval
+    assert await late.admit(_Call("svc", HOST), 1) is None, "it took the fleet's close"
+    assert late.breaker_state("svc", HOST) is BreakerState.CLOSED
+    assert not late._probes, "no probe of its own"
 
 
 async def test_a_probe_taken_late_after_the_break_keeps_the_trip_while_it_is_out() -> None:
@@ -545,9 +559,9 @@ async def test_a_huge_number_of_openings_in_a_trip_entry_is_bounded() -> None:
 # Process B read the store before A's trip was published (its sync_interval is long), so its own
 # breaker is closed; its attempts then in flight fail, and it opens and publishes a break of its
 # own. Meanwhile A, its break over, takes the fleet's probe. A must not replace B's break with
-# the half-open tail of its own trip (a get and then a set), nor delete it when its probe
-# succeeds: either way the fleet lost the newest break it had. These scenarios run on a
-# MemoryStore here and on a real Redis in tests/test_redis_store.py.
+# the half-open tail of its own trip (a get and then a set), nor delete it (or write the fleet's
+# closed mark over it) when its probe succeeds: either way the fleet lost the newest break it
+# had. These scenarios run on a MemoryStore here and on a real Redis in tests/test_redis_store.py.
 
 #: B's breaker: a long break, so that it is on whenever the scenario looks.
 NEWER = CircuitBreaker(
@@ -727,9 +741,10 @@ async def test_a_break_published_while_another_process_probes_is_never_lost(
     await scenario(MemoryStore(clock), clock, BREAKER, past_the_break)
 
 
-async def test_a_probes_success_still_deletes_the_trip_it_probed_and_its_tail_rewrite() -> None:
+async def test_a_probes_success_still_replaces_the_trip_it_probed_and_its_tail_rewrite() -> None:
     """With no other process in between, the conditional writes go through as before: the
-    tail is kept while the probe is out, and the probe's success deletes it."""
+    tail is kept while the probe is out, and the probe's success replaces it with the fleet's
+    closed mark."""
     clock = VirtualClock(start=100.0, autojump=False)
     store = MemoryStore(clock)
     (a,) = _fleet(clock, store, 1)
@@ -741,7 +756,7 @@ async def test_a_probes_success_still_deletes_the_trip_it_probed_and_its_tail_re
     assert entry is not None
     assert entry.ttl == pytest.approx(BREAKER.probe_lease), "the tail was kept for the probe"
     await a.settle(probe, 1, OK)
-    assert await store.get(_trip_key()) is None
+    await _holds_the_fleets_close(store)
 
 
 class _MovingTrip(MemoryStore):
@@ -1137,7 +1152,7 @@ class FleetBreakerMachine(RuleBasedStateMachine):
         entry = self._trip_entry()
         guard = self.guards[process]
         now = self.clock.now()
-        if entry is not None and entry != self.trip:
+        if entry is not None and entry != self.trip and "closed" not in json.loads(entry[0]):
             status = guard._status[("svc", HOST)]
             if self.published is not None and status.open_until <= now:
                 # A late probe kept the trip for its lease: same trip, later end.
@@ -1219,9 +1234,9 @@ class SteppingStore(MemoryStore):
 
     Every write that takes effect on the trip is checked against the entry it replaces: a break
     still on may only be replaced by a break that ends no sooner (a process publishing a longer
-    one), never by a shorter one, a half-open tail, or nothing (deleted); and while an entry
-    lives, what replaces it never counts fewer openings (the fleet's escalation never starts
-    over). ``lost`` names each time it did."""
+    one), never by a shorter one, a half-open tail, the fleet's closed mark, or nothing
+    (deleted); and while an entry lives, what replaces it never counts fewer openings (the
+    fleet's escalation never starts over). ``lost`` names each time it did."""
 
     def __init__(self, clock: VirtualClock) -> None:
         super().__init__(clock)
@@ -1233,6 +1248,8 @@ class SteppingStore(MemoryStore):
         if item is None:
             return None
         data = json.loads(item[0])
+        if "closed" in data:
+            return None  # the fleet's closed mark: no break
         return int(data["opens"]), item[1] - float(data.get("half_open", 0))
 
     def _check(self, held: tuple[int, float] | None, value: str, ttl: float) -> None:
@@ -1241,6 +1258,10 @@ class SteppingStore(MemoryStore):
         opens, ends = held
         now = self._clock.now()
         data = json.loads(value)
+        if "closed" in data:
+            if ends > now:
+                self.lost.append(f"a break still on until {ends} was closed at {now}")
+            return
         new_ends = now + ttl - float(data.get("half_open", 0))
         if ends > now and new_ends < ends - 1e-9:
             self.lost.append(f"a break on until {ends} was cut to {new_ends} at {now}")
@@ -1371,9 +1392,10 @@ def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
     went), run interleaved store operation by store operation in the order ``schedule`` draws
     (a process's next step, or -1: a second passes), then in turn to their end. Whatever the
     order: a break the fleet published is never lost nor shortened while it is on (no process
-    rewrites it as its own trip's half-open tail, deletes it when its probe succeeds, or
-    publishes a break of its own over it that ends sooner), no trip is replaced by one after
-    fewer openings while it lives, and at most one probe is out."""
+    rewrites it as its own trip's half-open tail, deletes it or writes the fleet's closed mark
+    over it when its probe succeeds, or publishes a break of its own over it that ends
+    sooner), no trip is replaced by one after fewer openings while it lives, and at most one
+    probe is out."""
     clock = VirtualClock(start=100.0, autojump=False)
     store = SteppingStore(clock)
     guards = _fleet(clock, store, len(_SCRIPTS), FleetBreakerMachine.breaker)
@@ -1493,7 +1515,7 @@ async def test_a_callers_store_that_takes_only_if_probes_the_fleets_break(
     assert held.ttl == pytest.approx(BREAKER.probe_lease), "the tail rewritten"
     await a.settle(probe, 1, OK)
     assert a.breaker_state("svc", HOST) is BreakerState.CLOSED
-    assert await store.get(_trip_key()) is None
+    await _holds_the_fleets_close(store)
 
 
 class _MisbehavingStore(_KeywordsStore):

@@ -382,10 +382,20 @@ async def test_sessions_in_two_stores_share_one_login(redis_server: RedisServer)
 
 class _SwallowingClient:
     """A client whose command finishes even when cancelled, as redis-py's may do to keep its
-    connection in step: it catches the cancellation and returns its answer."""
+    connection in step: it catches the cancellation and returns its answer. (It has every
+    command the store sends: a client without them is refused when the store is made.)"""
 
     def __init__(self) -> None:
         self.started = asyncio.Event()
+
+    async def set(self, *args: object, **kwargs: object) -> bool:
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        return 0
+
+    async def ping(self) -> bool:
+        return True
 
     def register_script(self, script: str) -> object:
         async def run(keys: list[str], args: list[object] | None = None) -> object:

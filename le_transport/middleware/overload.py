@@ -23,31 +23,36 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
 
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
-break, the others adopt it at their next sync, and in half-open one probe goes for the whole
-fleet. The trip is kept for the break and then the probe lease, so a process that missed the
-break (no call during it, or started after it) goes half-open when it ends, not closed; the
-process that takes the fleet's probe lock reads the trip again before probing (a probe that just
-failed has published a new break); a probe cancelled or cut by its caller's deadline frees the
-lock at once. A process that has not read the trip yet may open on its own failures and publish
-a break of its own meanwhile: the prober rewrites the trip's half-open tail only if the entry is
-still the one it read (compare-and-set: a new break found instead is adopted, no probe goes),
-and its success deletes only that entry (compare-and-delete), so the fleet's newest break is
-never lost; each entry carries a mark of its own, as two breaks may otherwise read alike. Nor
-does such a process shorten the fleet's break, or start its escalation over, when it publishes
-its own: it reads the trip first, takes a break still on there that ends no sooner or counts
-more openings as its own (its failures, of attempts admitted before it knew of that break,
-neither lengthen it nor add an opening), and otherwise publishes, after the fleet's count of
-openings if that is higher, only over the entry it read (compare-and-set, or set-if-absent).
-Redis stays off the happy path: first attempts are counted locally and sent in batches every
-``flush_interval``, the trip marker is read at most every ``sync_interval``; what
-that trades away is that the fleet sees a process's first attempts (and trips) up to those
-intervals late. A batch is sent only within the slot of the budget's window its first attempts
-were made in (the store counts a deposit in the slot it arrives in); what is still held when that
-slot ends is dropped. So, on a store that keeps the guard's clock (MemoryStore), batching only
-ever makes the budget stricter, never looser. Redis counts on its own clock, whose slot
-boundaries are not the guard's: a batch sent within its slot here may land in the next slot
-there, so the fleet's budget may be looser by at most one slot's worth of first attempts (a
-tenth of the window by default); sending each first attempt at once (``flush_interval=0``)
+break, the others adopt it at their next sync, and in half-open one probe goes for the whole fleet.
+The trip is kept for the break and then the probe lease, so a process that missed the break (no
+call during it, or started after it) goes half-open when it ends, not closed; the process that
+takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
+published a new break); a probe cancelled or cut by its caller's deadline frees the lock at once
+(cancelled while the guard still admits it, as the shared budget answers, too). A process that has
+not read the trip yet may open on its own failures and publish a break of its own meanwhile: the
+prober rewrites the trip's half-open tail only if the entry is still the one it read
+(compare-and-set: a new break found instead is adopted, no probe goes), and its success replaces
+only that entry (compare-and-set), so the fleet's newest break is never lost; each entry carries a
+mark of its own, as two breaks may otherwise read alike. What a success writes is the fleet's
+closed mark, kept for the probe lease (or ``sync_interval`` if longer): the processes half-open on
+the break read it at their next sync and close too, and one that takes the probe lock finds it and
+sends an ordinary attempt, not a probe (a deleted entry told them nothing: each sent a probe of its
+own, one at a time through the lock, refusing calls meanwhile). A close older than a process's own
+break is no verdict on it: that process probes. Nor does a process that has not read the trip
+shorten the fleet's break, or start its escalation over, when it publishes its own: it reads the
+trip first, takes a break still on there that ends no sooner or counts more openings as its own
+(its failures, of attempts admitted before it knew of that break, neither lengthen it nor add an
+opening), and otherwise publishes, after the fleet's count of openings if that is higher, only over
+the entry it read (compare-and-set, or set-if-absent). Redis stays off the happy path: first
+attempts are counted locally and sent in batches every ``flush_interval``, the trip marker is read
+at most every ``sync_interval``; what that trades away is that the fleet sees a process's first
+attempts (and trips) up to those intervals late. A batch is sent only within the slot of the
+budget's window its first attempts were made in (the store counts a deposit in the slot it arrives
+in); what is still held when that slot ends is dropped. So, on a store that keeps the guard's clock
+(MemoryStore), batching only ever makes the budget stricter, never looser. Redis counts on its own
+clock, whose slot boundaries are not the guard's: a batch sent within its slot here may land in the
+next slot there, so the fleet's budget may be looser by at most one slot's worth of first attempts
+(a tenth of the window by default); sending each first attempt at once (``flush_interval=0``)
 removes that, at a Redis round trip per call.
 
 The breakers are kept per service and host, and hosts may come from outside (a domain source, a
@@ -83,7 +88,14 @@ from ..policies.budget import RetryBudget
 from ..policies.classify import Outcome
 from ..state.fallback import FallbackStore
 from ..state.memory import MemoryStore
-from ..state.store import Entry, StateStore, check_seconds, check_store_calls, state_key
+from ..state.store import (
+    MAX_TTL,
+    Entry,
+    StateStore,
+    check_seconds,
+    check_store_calls,
+    state_key,
+)
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest
@@ -131,6 +143,20 @@ _TRIP_READS = 2
 #: published meanwhile: the next read adopts that break or writes over it, as it decides); a trip
 #: changing at every read is left as it is, and the process keeps its own break.
 _PUBLISH_READS = 3
+
+
+class _FleetClosed:
+    """What the fleet's trip entry holds once the fleet's probe succeeded (its closed mark):
+    the fleet's breaker closed at ``at`` (this process's clock, read from the entry's TTL)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
+class _Damaged(ValueError):
+    """A trip entry that is not one, with the reason a warning may show (never the entry)."""
 
 
 class GatedCall(Protocol):
@@ -270,7 +296,8 @@ class OverloadGuard:
     - ``account``: the namespace of the shared keys.
     - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
       ``circuit_open`` (``retry_in``, ``opens``, and ``adopted``: whether the break is the
-      fleet's, taken instead of this process's own), ``circuit_closed`` and
+      fleet's, taken instead of this process's own), ``circuit_closed`` (``adopted``: whether
+      it is the fleet's close, another process's probe having succeeded) and
       ``retry_budget_exhausted``.
     - ``flush_interval``: seconds between batched sends of first-attempt counts to the store
       (counts still held when their slot of the budget's window ends are dropped, never sent
@@ -374,7 +401,7 @@ class OverloadGuard:
         # written since (_put): its next attempt there is admitted without a lookup. Never in a
         # fleet (its admit always asks the store).
         self._last_admits = False
-        # A process's own MemoryStore takes first attempts without a coroutine (its deposit()).
+        # A process's own MemoryStore takes first attempts without a coroutine (_deposit_unchecked).
         self._local = store if isinstance(store, MemoryStore) and not self._shared else None
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
         self._synced_at: dict[tuple[str, str], float] = {}
@@ -591,11 +618,21 @@ class OverloadGuard:
                     self._last_admits = True
         if attempt == 1 and self._budget is not None:
             if self._local is not None:
-                self._local.deposit(
+                # Unchecked: the budget was checked when the guard was made.
+                self._local._deposit_unchecked(
                     self._budget_keys.get(service) or self._budget_key(service), self._budget
                 )
             else:
-                await self._deposit(service)
+                try:
+                    await self._deposit(service)
+                except BaseException:
+                    # Cancelled (or failed) while the shared budget answered, with this attempt
+                    # already admitted as the half-open probe: the retry loop abandons only
+                    # attempts whose admit returned, so the probe is freed here (its slot and the
+                    # fleet's lock), or every process waited out its lease with no probe out.
+                    if self._probes:
+                        self.abandon(call, attempt)
+                    raise
         return None
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
@@ -876,17 +913,26 @@ class OverloadGuard:
                 # A second probe to a service that just failed one must not go: read it now.
                 trip_key = self._trip_key(key)
                 lease = self._breaker.probe_lease
+                fleet_closed = False
                 for _ in range(_TRIP_READS):
                     entry = await self._store.get(trip_key)
                     read_at = self._clock.now()
-                    trip = None if entry is None else self._trip(key, entry, read_at)
+                    found = None if entry is None else self._trip(key, entry, read_at)
+                    if isinstance(found, _FleetClosed) and found.at >= status.open_until:
+                        # Another process's probe succeeded since this one last read, after
+                        # this process's break ended: the fleet's breaker is closed, no probe
+                        # goes (a mark older than that break is none of its verdict: it probes).
+                        fleet_closed = True
+                        break
+                    trip = found if isinstance(found, tuple) else None
                     if trip is not None and trip[1] > read_at:
                         await self._store.delete(probe_key, only_if=lock)
                         adopted = self._adopted(status, *trip)
                         self._successes.pop(key, None)  # (as below: the status is replaced whole)
                         self._put(key, adopted)
                         return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
-                    # What the probe answers for: its success deletes this entry, none newer.
+                    # What the probe answers for: its success replaces this entry (with the
+                    # fleet's closed mark), none newer.
                     seen = None if entry is None else entry.value
                     if trip is not None and trip[0] > probing.opens:
                         # The fleet's count of openings, ahead of what this process read (up
@@ -936,6 +982,12 @@ class OverloadGuard:
                     return self._circuit_open(
                         call, at if retry_at is None else retry_at, at, current.opens
                     )
+                if fleet_closed:
+                    await self._store.delete(probe_key, only_if=lock)
+                    self._successes.pop(key, None)
+                    self._put(key, self._breaker.closed())
+                    self._adopt_close(key)
+                    return None  # an ordinary attempt, on the fleet's closed breaker
             except BaseException:
                 # Cancelled (or failed) with the lock held and no probe recorded: nothing
                 # else would free it, and the whole fleet would wait out its lease.
@@ -950,7 +1002,8 @@ class OverloadGuard:
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
-        """Adopt a break another process of the fleet published (at most every interval)."""
+        """Adopt a break another process of the fleet published, or the fleet's close (its
+        probe succeeded since this process's break ended), at most every interval."""
         assert self._breaker is not None
         now = self._clock.now()
         if now - self._synced_at.get(key, -float("inf")) < self._sync_interval:
@@ -969,6 +1022,15 @@ class OverloadGuard:
         if status.probe_until is not None and now < status.probe_until:
             return  # our own probe is out; its verdict decides
         trip = self._trip(key, entry, now)
+        if isinstance(trip, _FleetClosed):
+            # Half-open here, and the fleet's one probe succeeded after this process's break
+            # ended: closed, as the prober is. Left half-open, each process sent a probe of its
+            # own, one at a time through the fleet's lock, refusing calls meanwhile. (A close
+            # before that break ended says nothing of it: this process probes.)
+            if status.state is not _CLOSED and trip.at >= status.open_until:
+                self._put(key, self._breaker.closed())
+                self._adopt_close(key)
+            return
         if trip is not None:
             # A break still on is adopted as open; one that has ended (the entry outlives it
             # by the probe lease) as half-open: this process then competes for the fleet's
@@ -999,31 +1061,48 @@ class OverloadGuard:
             None,
         )
 
-    def _trip(self, key: tuple[str, str], entry: Entry, now: float) -> tuple[int, float] | None:
+    def _trip(
+        self, key: tuple[str, str], entry: Entry, now: float
+    ) -> tuple[int, float] | _FleetClosed | None:
         """The fleet's trip entry at ``key``, read at ``now``: (openings, when the break ends),
-        or None if it is damaged (logged once: a bad entry must not fail every call there).
+        the fleet's closed mark (:class:`_FleetClosed`: when it closed), or None if it is
+        damaged (logged once: a bad entry must not fail every call there).
 
         The entry holds the openings and how long it outlives the break (``half_open``, the
-        publisher's probe lease; 0 in an entry without it); the break's end is read from the
-        entry's TTL, not from a time in it, because the processes' clocks need not agree.
+        publisher's probe lease; 0 in an entry without it), or, once the fleet's probe
+        succeeded, ``closed``: how long that mark is kept. Times are read from the entry's TTL,
+        not from a time in it, because the processes' clocks need not agree; so a TTL that is
+        not a finite number of seconds in [0, MAX_TTL] (a caller's store answering inf for "no
+        expiry", or NaN) damages the entry too: taken as a break's end, it kept the breaker
+        open for ever, never read again.
         """
         try:
+            ttl = entry.ttl
+            if not finite_number(ttl) or not 0 <= ttl <= MAX_TTL:
+                raise _Damaged("its TTL is not a finite number of seconds in [0, MAX_TTL]")
             data = json.loads(entry.value)
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
+            if "closed" in data:
+                kept = data["closed"]
+                if not finite_number(kept) or kept < 0:
+                    raise _Damaged("closed is not a finite number >= 0")
+                if self._damaged:
+                    self._damaged.pop(key, None)
+                return _FleetClosed(min(now, now + ttl - float(kept)))
             opens = data["opens"]
             tail = data.get("half_open", 0)
             if isinstance(opens, bool) or not isinstance(opens, int) or opens < 1:
-                raise ValueError("opens is not an int >= 1")
+                raise _Damaged("opens is not an int >= 1")
             if not finite_number(tail) or tail < 0:
-                raise ValueError("half_open is not a finite number >= 0")
+                raise _Damaged("half_open is not a finite number >= 0")
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # OverflowError and RecursionError too: a 1e999 or thousands of nested brackets.
             self._damaged_trip(key, entry, exc)
             return None
         if self._damaged:
             self._damaged.pop(key, None)
-        return min(opens, _MAX_ADOPTED_OPENS), now + entry.ttl - float(tail)
+        return min(opens, _MAX_ADOPTED_OPENS), now + ttl - float(tail)
 
     def _damaged_trip(self, key: tuple[str, str], entry: Entry, exc: BaseException) -> None:
         """Warn of the damaged trip entry at ``key``, once per entry (every sync reads it
@@ -1039,7 +1118,8 @@ class OverloadGuard:
             "(%s; %d characters, starting %r)",
             key[0],
             key[1],
-            type(exc).__name__,
+            # Only the reasons of the checks here: a parser's message may quote the entry.
+            str(exc) if isinstance(exc, _Damaged) else type(exc).__name__,
             len(entry.value),
             redact_text(entry.value[:_DAMAGED_SHOWN]),
             extra={"service": key[0], "host": key[1], "error": type(exc).__name__},
@@ -1120,10 +1200,11 @@ class OverloadGuard:
         for _ in range(_PUBLISH_READS):
             entry = await self._store.get(trip_key)
             now = self._clock.now()
-            trip = None if entry is None else self._trip(key, entry, now)
+            found = None if entry is None else self._trip(key, entry, now)
             opens = status.opens
-            if trip is not None:
-                theirs, until = trip
+            # (The fleet's closed mark, or a damaged entry, holds no break: written over.)
+            if isinstance(found, tuple):
+                theirs, until = found
                 if until > now and (until >= status.open_until or theirs > opens):
                     return self._keep(key, status, self._adopted(status, theirs, until)), True
                 opens = max(opens, theirs)
@@ -1162,18 +1243,49 @@ class OverloadGuard:
 
     async def _closed(self, call: GatedCall, key: tuple[str, str], seen: str | None) -> None:
         """The probe succeeded: the breaker closed. In a fleet, the trip entry the probe was
-        admitted on (``seen``) goes, and only that one: a break another process published while
-        the probe was out (its own attempts failed before it read this trip) is newer than what
-        the probe answered for, and stays for the fleet to adopt (a compare-and-delete)."""
+        admitted on (``seen``) is replaced by the fleet's closed mark, and only that one: a
+        break another process published while the probe was out (its own attempts failed
+        before it read this trip) is newer than what the probe answered for, and stays for the
+        fleet to adopt (a compare-and-set; set-if-absent when the probe found no entry).
+
+        The mark is what tells the processes that adopted the break, half-open now, that the
+        fleet's one probe succeeded (:meth:`_sync`): a deleted entry told them nothing, and
+        each sent a probe of its own. It is kept for the probe lease (or ``sync_interval``, if
+        longer), the time a process calling now and then takes to read it; one that reads it
+        later probes for itself, as before."""
         _log.info(
             "circuit closed for %s at %s: the probe succeeded",
             call.service,
             key[1],
             extra={"service": call.service, "host": key[1]},
         )
-        emit(self._hooks.on_state, StateEvent("circuit_closed", f"{call.service}@{key[1]}"))
-        if self._shared and seen is not None:
-            await self._store.delete(self._trip_key(key), only_if=seen)
+        emit(
+            self._hooks.on_state,
+            StateEvent("circuit_closed", f"{call.service}@{key[1]}", {"adopted": False}),
+        )
+        if not self._shared:
+            return
+        assert self._breaker is not None
+        kept = max(self._breaker.probe_lease, self._sync_interval)
+        mark = json.dumps({"closed": kept, "id": self._unique()})
+        if seen is None:
+            await self._store.add(self._trip_key(key), mark, ttl=kept)
+        else:
+            await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=seen)
+
+    def _adopt_close(self, key: tuple[str, str]) -> None:
+        """This process's breaker at ``key`` took the fleet's close (another process's probe
+        succeeded): log it and emit ``circuit_closed`` (``adopted``)."""
+        _log.info(
+            "circuit closed for %s at %s: the fleet's probe succeeded",
+            key[0],
+            key[1],
+            extra={"service": key[0], "host": key[1], "adopted": True},
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent("circuit_closed", f"{key[0]}@{key[1]}", {"adopted": True}),
+        )
 
     def _circuit_open(
         self, call: GatedCall, retry_at: float, now: float, opens: int

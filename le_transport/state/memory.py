@@ -154,7 +154,18 @@ class MemoryStore:
         when the slot changes or before anything reads or changes the budget at ``key``: the
         same state as recording each at once, so every withdrawal sees every deposit made
         before it. It spares the first attempt of every call a new state and two tuples.
+
+        ``policy`` must be a :class:`RetryBudget` and ``count`` an int >= 0, as :meth:`budget`
+        checks them, else a :class:`ConfigurationError` before anything is counted (a negative
+        count took retries away, and a str policy raised AttributeError).
         """
+        check_budget(policy)
+        self._deposit_unchecked(key, policy, check_deposits(count))
+
+    def _deposit_unchecked(self, key: str, policy: RetryBudget, count: int = 1) -> None:
+        """:meth:`deposit` without its checks: the overload guard's hot path (every first
+        attempt of a process without a shared store), whose budget was checked when the guard
+        was made and whose count is the default one."""
         now = self._clock.now()
         held = self._deposits.get(key)
         # RetryBudget.slot_of's arithmetic, inline: this runs on every first attempt; and only

@@ -8,17 +8,22 @@ whose clocks disagree still share one window and one bucket.
 Every failure (refused, reset, timed out after ``op_timeout`` on the clock, a script error) is a
 :class:`~le_transport.errors.StateStoreError`, whose message never holds the password; wrap the
 store in :class:`~le_transport.state.FallbackStore` so that no call ever fails because Redis
-did. Keys are ``{prefix}:{account}:{kind}:...``.
+did. A store that cannot work (a wrong ``clock`` or ``client``, a URL its parser would misread)
+is a :class:`~le_transport.errors.ConfigurationError` when it is made, never an outage. Keys are
+``{prefix}:{account}:{kind}:...``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
-from .._redact import Secret, redact_text, redact_url
+from .._checks import is_async_callable, require_kind
+from .._redact import Secret, is_secret_name, redact_text, redact_url
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
@@ -148,14 +153,34 @@ def _ttl_ms(ttl: float) -> int:
 class RedisStore:
     """A :class:`~le_transport.state.StateStore` in Redis, shared by every process using it.
 
-    - ``url``: ``redis://host:port/db`` or ``rediss://`` for TLS. A password in the URL works
-      but is never logged; prefer ``password=``.
+    - ``url``: ``redis://host:port/db``, ``rediss://`` for TLS, or ``unix:///path?db=n``. A
+      password in the URL works but is never logged, nor shown in a repr or an error: prefer
+      ``password=``. In a URL it must be percent-encoded (``/`` as ``%2F``, ``?`` as ``%3F``,
+      ``#`` as ``%23``, ``@`` as ``%40``): an unencoded ``/``, ``?`` or ``#`` ends the host part
+      for every URL parser, which then reads the start of the password as a host and a port
+      and the rest as the path. So a URL with an ``@`` after its host part is refused
+      (:class:`~le_transport.errors.ConfigurationError`, the URL not shown: an ``@`` in a
+      query value must be written ``%40`` too), as is one redis-py cannot parse (its message
+      not quoted: it may quote the password).
     - ``password``: passed through to Redis ``AUTH`` (a str or a :class:`Secret`).
     - ``prefix``: every key starts with it (default ``le_transport``).
     - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed.
+    - ``clock``: a :class:`~le_transport.clock.Clock` (default: the real one).
     - ``client_options``: passed through to ``redis.asyncio.Redis.from_url`` (TLS files such
       as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``; ``username``; pool sizes).
-    - ``client``: an existing ``redis.asyncio.Redis`` to use instead (the caller closes it).
+    - ``client``: an existing ``redis.asyncio.Redis`` (or ``redis.asyncio.RedisCluster``) to
+      use instead (the caller closes it), with or without ``decode_responses``: answers that
+      come back as bytes are decoded as UTF-8. redis-py's synchronous ``redis.Redis`` (each
+      command would block the event loop, and be taken for an outage) or anything else whose
+      registered scripts are not coroutines is a :class:`ConfigurationError` here.
+
+    A wrong ``clock`` or ``client`` is refused here, not found at the first operation: there it
+    failed every one, which a :class:`~le_transport.state.FallbackStore` took for an outage, and
+    the fleet silently shared nothing while Redis was up. Likewise a client that refuses, when
+    called, the arguments of redis-py's asyncio API, or answers something that cannot be
+    awaited, is a :class:`ConfigurationError`; what fails while an answer is awaited is a
+    :class:`StateStoreError`, a ``TypeError`` included (redis-py raises one for a connection the
+    server reset while it was idle).
     """
 
     def __init__(
@@ -193,18 +218,31 @@ class RedisStore:
                 f"got {prefix!r:.40}"
             )
         op_timeout = check_seconds("RedisStore", "op_timeout", op_timeout)
+        # Checked here: a wrong clock failed every operation (in the timeout), an outage.
+        require_kind(clock, Clock, owner="RedisStore", field="clock")
         if client_options is not None and not isinstance(client_options, Mapping):
             raise ConfigurationError(
                 f"RedisStore.client_options must be a mapping, got {type(client_options).__name__}"
             )
-        self._url = redact_url(url)
+        # The userinfo is split off here, before any parser sees the URL: yarl and urllib read
+        # a password holding an unencoded '/' as a host, a port and a path, and showed it.
+        bare, userinfo, misread = _split_userinfo(url)
+        self._url = redact_url(bare)
         self._prefix = prefix
         self._op_timeout = float(op_timeout)
         self._clock = clock or RealClock()
         secret = password.reveal() if isinstance(password, Secret) else password
-        self._hide = [s for s in (secret, _url_password(url)) if s]
+        option = (client_options or {}).get("password")
+        hidden = {
+            secret,
+            option if isinstance(option, str) else None,
+            *_url_secrets(userinfo, bare),
+        }
+        # Longest first: a secret holding another is hidden whole.
+        self._hide = sorted((s for s in hidden if s), key=len, reverse=True)
         self._owns_client = client is None
         if client is None:
+            _check_url(url, misread)
             options: dict[str, Any] = {
                 "decode_responses": True,
                 "socket_connect_timeout": self._op_timeout,
@@ -218,15 +256,26 @@ class RedisStore:
             try:
                 client = aioredis.Redis.from_url(url, **options)
             except ValueError as exc:
+                # Not its message: urllib's names the port it could not read, which is the
+                # password when the URL holds one without its '@' ("redis://user:pw").
                 raise ConfigurationError(
-                    f"invalid Redis URL {self._url!r}: {self._scrub(str(exc))}"
+                    f"RedisStore.url {self._url!r} is no URL redis-py can read "
+                    f"({type(exc).__name__}; {_URL_FORMS})"
                 ) from None
+        else:
+            _check_client(client)
         self._client = client
-        self._get = client.register_script(_GET)
-        self._set_if = client.register_script(_SET_IF)
-        self._delete_if = client.register_script(_DELETE_IF)
-        self._budget = client.register_script(_BUDGET)
-        self._reserve = client.register_script(_RESERVE)
+        scripts = [
+            client.register_script(s) for s in (_GET, _SET_IF, _DELETE_IF, _BUDGET, _RESERVE)
+        ]
+        for script in scripts:
+            if not is_async_callable(script):
+                raise ConfigurationError(
+                    f"RedisStore.client must be a redis.asyncio.Redis (or RedisCluster), got "
+                    f"{type(client).__name__}, whose registered scripts "
+                    f"({type(script).__name__}) are no coroutines"
+                )
+        self._get, self._set_if, self._delete_if, self._budget, self._reserve = scripts
         self._closed = False
 
     @property
@@ -243,14 +292,44 @@ class RedisStore:
             text = text.replace(secret, "***")
         return redact_text(text)[:300]
 
+    def _start(self, op: str, coro_fn: Any, args: Any, kwargs: Any) -> Any:
+        """``coro_fn(*args, **kwargs)``, the awaitable of one command. A TypeError from the call
+        itself (the arguments of redis-py's asyncio API refused) or an answer that cannot be
+        awaited is a client that is not one: a :class:`ConfigurationError`, never an outage."""
+        try:
+            pending = coro_fn(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"RedisStore.client: its {op} refused the arguments of redis-py's asyncio API "
+                f"(TypeError, the __cause__): is {type(self._client).__name__} a "
+                "redis.asyncio.Redis?"
+            ) from exc
+        except Exception as exc:
+            raise self._failed(op, exc) from None
+        if not inspect.isawaitable(pending):
+            raise ConfigurationError(
+                f"RedisStore.client: its {op} answered a {type(pending).__name__}, not an "
+                f"awaitable: is {type(self._client).__name__} a redis.asyncio.Redis?"
+            )
+        return pending
+
+    def _failed(self, op: str, exc: BaseException) -> StateStoreError:
+        # redis-py raises its own errors, OSError and, on a cut connection, others (a TypeError
+        # or AttributeError from asyncio's transport: redis-py#4287): every one of them is the
+        # store failing, never the caller's fault.
+        return StateStoreError(
+            f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+        )
+
     async def _run(self, op: str, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
             raise StateStoreError(f"redis {op}: the store is closed")
         task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
+        pending = self._start(op, coro_fn, args, kwargs)
         try:
             async with timeout_after(self._clock, self._op_timeout):
-                result = await coro_fn(*args, **kwargs)
+                result = await pending
             if task is not None and task.cancelling() > cancelling:
                 # redis-py can finish a command it was cancelled in (to keep its connection
                 # in step) and return normally: the caller's cancellation (an engine closing,
@@ -262,11 +341,7 @@ class RedisStore:
                 f"redis {op} on {self._url} took longer than {self._op_timeout:g} s"
             ) from None
         except Exception as exc:
-            # redis-py raises its own errors, OSError and, on a cut connection, others: every
-            # one of them is the store failing, never the caller's fault.
-            raise StateStoreError(
-                f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
-            ) from None
+            raise self._failed(op, exc) from None
 
     async def get(self, key: str) -> Entry | None:
         """The value at ``key`` and its remaining TTL, or None."""
@@ -274,7 +349,9 @@ class RedisStore:
         if not found:
             return None
         value, pttl = found
-        return Entry(str(value), max(0.0, int(pttl) / 1000.0))
+        # A client without decode_responses answers bytes: str() of them was "b'...'", which
+        # no reader took for the value (the fleet's breaker trips, its session: all damaged).
+        return Entry(_text(value), max(0.0, int(pttl) / 1000.0))
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         """``SET key value PX ttl``, or with ``only_if`` a compare-and-set (a script); ``value``,
@@ -334,7 +411,7 @@ class RedisStore:
             keys=[self.key(key)],
             args=[repr(bucket.rate), repr(bucket.burst)],
         )
-        return max(0.0, float(wait))
+        return max(0.0, float(_text(wait)))
 
     async def ping(self) -> None:
         """Raise :class:`StateStoreError` unless Redis answers."""
@@ -355,10 +432,112 @@ class RedisStore:
         return f"RedisStore(url={self._url!r}, prefix={self._prefix!r})"
 
 
-def _url_password(url: str) -> str | None:
-    from yarl import URL
+#: What a Redis URL looks like, for a refusal.
+_URL_FORMS = (
+    "redis://[[username]:password@]host[:port][/db], rediss://... for TLS, or "
+    "unix://[[username]:password@]/path[?db=n], with a password percent-encoded"
+)
+#: The schemes redis-py reads.
+_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
-    try:
-        return URL(url).password
-    except (ValueError, TypeError):
-        return None
+
+def _text(value: object) -> str:
+    """A value Redis answered, as a str: a client without ``decode_responses`` answers bytes,
+    decoded as UTF-8 (what every client writes a str as by default). A byte that is no UTF-8
+    becomes U+FFFD: the value then reads as damaged (a trip or a session is ignored and
+    replaced), where a strict decode failed the operation, an outage for every key."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, bool]:
+    """``url`` without its userinfo, the userinfo (None if it has none), and whether an ``@``
+    follows its authority.
+
+    The userinfo is all between ``://`` and the last ``@`` of the authority, found here rather
+    than by a URL parser: a password holding an unencoded ``/``, ``?`` or ``#`` ends the
+    authority for every parser, which then read ``user:4711`` as a host and a port and the rest
+    of the password as the path (and showed it). So an ``@`` anywhere after a non-empty
+    authority is taken as the end of a userinfo too: all before the last one is hidden, and the
+    URL refused (:func:`_check_url`). (An empty authority, ``unix:///path``, has no userinfo: an
+    ``@`` in its path is the path's.)"""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, False
+    at = rest.rfind("@")
+    if at < 0:
+        return url, None, False
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    end = min(ends) if ends else len(rest)
+    if end == 0:
+        return url, None, False  # no authority: the '@' is in the path, query or fragment
+    return f"{scheme}://{rest[at + 1 :]}", rest[:at], at > end
+
+
+def _url_secrets(userinfo: str | None, bare: str) -> list[str]:
+    """What a URL holds that error messages must never show: its userinfo's password as
+    written and decoded (a userinfo without ':' too, in case it is a password without its
+    ':'), and the values of credential-named query parameters (redis-py takes
+    ``?password=``)."""
+    found: list[str] = []
+    if userinfo is not None:
+        _, colon, password = userinfo.partition(":")
+        raw = password if colon else userinfo
+        found += [raw, unquote(raw)]
+    query = bare.partition("?")[2].partition("#")[0]
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if value and is_secret_name(unquote(name)):
+            found += [value, unquote(value)]
+    return found
+
+
+def _check_url(url: str, misread: bool) -> None:
+    """A :class:`ConfigurationError` for a URL redis-py cannot use as written, before it parses
+    it. Only the scheme is ever shown: the rest may hold a password."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        shown = (
+            f"{scheme!r}"
+            if sep and scheme.isascii() and scheme.isalnum() and len(scheme) <= 16
+            else "something else"
+        )
+        raise ConfigurationError(
+            f"RedisStore.url must start with redis://, rediss:// or unix://, got {shown} (the "
+            "URL is not shown: it may hold a password)"
+        )
+    if misread:
+        raise ConfigurationError(
+            "RedisStore.url has an '@' after its host: a password holding '/', '?', '#' or "
+            "'@' must be percent-encoded in a URL (%2F, %3F, %23, %40), or given as "
+            f"password=; an '@' elsewhere, written %40 ({_URL_FORMS}). The URL is not shown: "
+            "it may hold a password"
+        )
+
+
+def _check_client(client: object) -> None:
+    """A :class:`ConfigurationError` unless ``client`` can be one of redis-py's asyncio
+    clients: not its synchronous one, with the commands the store sends (its scripts are
+    checked once registered)."""
+    import redis
+    import redis.asyncio as aioredis
+
+    if isinstance(client, (aioredis.Redis, aioredis.RedisCluster)):
+        return
+    if isinstance(client, (redis.Redis, redis.RedisCluster)):
+        raise ConfigurationError(
+            f"RedisStore.client must be a redis.asyncio.Redis (or RedisCluster), got "
+            f"{type(client).__module__}.{type(client).__name__}, redis-py's synchronous client: "
+            "each command would block the event loop, and its answers cannot be awaited"
+        )
+    missing = [
+        name
+        for name in ("register_script", "set", "delete", "ping")
+        if not callable(getattr(client, name, None))
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"RedisStore.client must be a redis.asyncio.Redis (or RedisCluster), got "
+            f"{type(client).__name__}, without {', '.join(missing)}"
+        )

@@ -24,6 +24,7 @@ import attrs
 
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
+from ..policies._validate import finite_number
 from .fallback import FallbackStore
 from .memory import MemoryStore
 from .store import StateStore, check_seconds, check_store, state_key
@@ -127,8 +128,16 @@ class SharedSession:
             data = json.loads(entry.value)
             value, version, life = data["value"], data["version"], float(data["life"])
             # str() of anything would do as a bearer, and a NaN or infinite life makes every
-            # freshness comparison false: such an entry is damaged, not a session.
-            if not (isinstance(value, str) and isinstance(version, str) and math.isfinite(life)):
+            # freshness comparison false: such an entry is damaged, not a session. So does a
+            # TTL that is no finite number >= 0 (a caller's store answering inf for "no
+            # expiry"): its age read 0 for ever, and the fleet never refreshed it.
+            if not (
+                isinstance(value, str)
+                and isinstance(version, str)
+                and math.isfinite(life)
+                and finite_number(entry.ttl)
+                and entry.ttl >= 0
+            ):
                 raise ValueError("not a stored session")
             return SharedToken(value, version, entry.ttl, life)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError):

@@ -58,7 +58,10 @@ MAX_TTL = 1e12
 
 @attrs.frozen
 class Entry:
-    """A value read from a store, and how many seconds it has left to live."""
+    """A value read from a store, and how many seconds it has left to live: a finite number
+    >= 0 (never more than :data:`MAX_TTL`, as every store keeps it; a Redis key without an
+    expiry, written by something else, reads as 0). The library's readers take an entry whose
+    ``ttl`` is anything else (inf for "no expiry", NaN) for a damaged one, and ignore it."""
 
     value: str
     ttl: float
@@ -269,7 +272,8 @@ class StateStore(Protocol):
     """Where shared state lives. Every operation is atomic; times are seconds."""
 
     async def get(self, key: str) -> Entry | None:
-        """The value at ``key`` and its remaining TTL, or None."""
+        """The value at ``key`` (a str) and its remaining TTL (a finite number of seconds in
+        [0, :data:`MAX_TTL`]: see :class:`Entry`), or None."""
         ...
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
