@@ -700,7 +700,8 @@ class OverloadGuard:
         ``probe``: the outcome is the half-open probe's, the only one that decides there
         (:meth:`CircuitBreaker.record`); ``lock``: the fleet's probe lock it held, freed after
         the verdict is published (so the next holder finds the new trip, _admit); ``seen``: the
-        fleet's trip entry the probe was admitted on, the only one its success deletes.
+        fleet's trip entry the probe was admitted on, the only one its success replaces (with
+        the fleet's closed mark).
         """
         breaker = self._breaker
         assert breaker is not None
