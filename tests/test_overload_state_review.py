@@ -280,6 +280,31 @@ async def test_a_client_answering_bytes_reads_values_as_they_were_written(
         await client.aclose()
 
 
+async def test_a_callers_client_is_named_by_its_own_server_never_the_unused_url(
+    redis_server: RedisServer,
+) -> None:
+    """With client=, the url argument goes unused: errors and the repr named the default
+    redis://127.0.0.1:6379/0, pointing whoever reads them at the wrong server."""
+    client = aioredis.Redis.from_url(redis_server.url, password=None)
+    try:
+        store = RedisStore(client=client, op_timeout=OP)
+        port = client.connection_pool.connection_kwargs["port"]
+        assert f":{port}/" in repr(store)
+        assert ":6379" not in repr(store)
+    finally:
+        await client.aclose()
+    secret_client = aioredis.Redis(host="127.0.0.1", port=1, password="s3cr3t-pw")
+    try:
+        store = RedisStore(client=secret_client, op_timeout=OP)
+        assert "s3cr3t" not in repr(store)
+        with pytest.raises(StateStoreError) as caught:
+            await store.get("k")
+        assert "127.0.0.1:1/0" in str(caught.value)
+        assert "s3cr3t" not in str(caught.value)
+    finally:
+        await secret_client.aclose()
+
+
 async def test_a_break_published_through_a_bytes_client_is_adopted_by_the_fleet(
     redis_server: RedisServer,
 ) -> None:

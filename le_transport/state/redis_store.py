@@ -264,6 +264,8 @@ class RedisStore:
                 ) from None
         else:
             _check_client(client)
+            # What errors and the repr name: the client's own server, not the unused url.
+            self._url = _client_shown(client)
         self._client = client
         scripts = [
             client.register_script(s) for s in (_GET, _SET_IF, _DELETE_IF, _BUDGET, _RESERVE)
@@ -430,6 +432,20 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore(url={self._url!r}, prefix={self._prefix!r})"
+
+
+def _client_shown(client: Any) -> str:
+    """A caller's client as errors name it: the server its pool connects to (host, port and
+    db; never a password), or its type when it tells none (a cluster, a wrapper)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if isinstance(kwargs, Mapping):
+        host, port, db = kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0)
+        if isinstance(host, str) and isinstance(port, int) and isinstance(db, int):
+            return redact_url(f"redis://{host}:{port}/{db}")
+        path = kwargs.get("path")
+        if isinstance(path, str):
+            return f"unix://{path}"
+    return f"a {type(client).__name__} given as client"
 
 
 #: What a Redis URL looks like, for a refusal.
