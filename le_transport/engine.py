@@ -508,6 +508,23 @@ def _params_fault(params: object) -> str | None:
     )
 
 
+def _check_client_properties(properties: object, service: str) -> None:
+    """Refuse ``client_properties`` that are not a mapping of JSON values (they go into the
+    consumer socket's ``InitConnection`` frame, which would fail at every connect), naming
+    the field but never showing a value."""
+    refused: str | None = None
+    if not isinstance(properties, Mapping):
+        refused = (
+            f"client_properties must be a mapping of JSON values, got a {type(properties).__name__}"
+        )
+    else:
+        fault = _json_fault(dict(properties), _strict_json)
+        if fault is not None:
+            refused = "client_properties" + fault.removeprefix("json")
+    if refused is not None:
+        raise InvalidRequest(redact_text(refused), service=service, method="GET")
+
+
 def _query_value_fault(value: object) -> str:
     """Why ``value`` cannot be a query parameter's value (never showing it)."""
     if value is None:
@@ -1341,6 +1358,19 @@ class Engine:
     ) -> Response:
         """Send ``method path`` to ``service`` through the stack; return the whole answer.
 
+        - ``params``: the query, names to str, int or float values (or lists of them, for a
+          repeated name), added to the URL, encoded as aiohttp encodes them; anything else (a
+          bytes, a bool, None, NaN) is an :class:`~le_transport.errors.InvalidRequest` naming
+          the parameter, never showing its value.
+        - ``json``: a JSON value sent as the body (``Content-Type: application/json``), without
+          NaN or infinity (else :class:`~le_transport.errors.InvalidRequest`). ``json=None``
+          sends no body at all, as aiohttp does, not the JSON ``null``: to send ``null``, pass
+          ``data="null"`` with that ``Content-Type`` header. Not with ``data``.
+        - ``allow_redirects``: follow a 3xx answer's ``Location`` (default), as aiohttp does
+          (up to its ``max_redirects``; a loop is a :class:`~le_transport.errors.RequestError`),
+          and return the last answer; each hop goes through the stack again, and credentials
+          go only to the service's own host, never to a hop elsewhere. False returns the 3xx
+          answer itself, as a :class:`Response`.
         - ``idempotent``: whether repeating the request is safe. Default: by method (GET, PUT,
           DELETE... yes; POST, PATCH no). A POST is still retried after a connect failure (it
           never left) and a 429 (the server did not process it).
@@ -1653,9 +1683,32 @@ class Engine:
         :class:`~le_transport.errors.EngineClosed` once the engine is closed. Unless
         ``options.keepalive`` says otherwise, a LiveEngage messaging socket (the UMS agent or
         consumer path) runs the guide's ``GetClock`` keepalive every 30 s of silence, and any
-        other path none (see :class:`~le_transport.sockets.SocketOptions`). A setup mistake
-        (an unknown service, a path that is not one, a 4xx from the Domain API, a provider's
-        own bug) stops the socket at once, typed, as the same call over HTTP fails.
+        other path none (see :class:`~le_transport.sockets.SocketOptions`).
+
+        - ``path``: an absolute path (one leading ``/``), without whitespace, control
+          characters, ``?`` or ``#``, as for :meth:`request`; ``{bearer}`` marks where the
+          bearer goes (:func:`~le_transport.sockets.ums_brand_path`).
+        - ``params``: the upgrade URL's query, names to str, int or float values (the
+          protocol's version: :data:`~le_transport.sockets.UMS_BRAND_SOCKET_QUERY`,
+          :data:`~le_transport.sockets.CONSUMER_SOCKET_QUERY`), sent on every connect.
+        - ``headers``: the upgrade request's own headers, str names to str values without CR,
+          LF or NUL; where the credentials go in the headers (``HEADER``), none that the auth
+          provider's credentials set and would replace (its ``credential_headers``:
+          ``Authorization`` for the library's providers), as for :meth:`request`.
+        - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
+          client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used
+          only with ``FIRST_FRAME``; default
+          :data:`~le_transport.sockets.dial.DEFAULT_CLIENT_PROPERTIES`).
+        - ``escalate``: a :class:`~le_transport.sockets.ReloginEscalation`, an async callable.
+
+        A ``path``, ``params``, ``headers`` or ``client_properties`` that cannot be sent is an
+        :class:`~le_transport.errors.InvalidRequest`, as the same argument of :meth:`request`
+        is; ``options``, ``on_connect``, ``on_frame``, ``escalate`` or ``auth_placement`` of
+        the wrong kind (or a placement that needs an auth provider, or ``{bearer}`` in the
+        path, and has none) a :class:`~le_transport.errors.ConfigurationError`: both at the
+        call, before anything is made, and never showing a value. A setup mistake only a
+        connect finds (an unknown service, a 4xx from the Domain API, a provider's own bug)
+        stops the socket at once, typed, as the same call over HTTP fails.
         """
         self._check_usable("websocket", service=service)
         if options is not None and not isinstance(options, SocketOptions):
@@ -1669,19 +1722,42 @@ class Engine:
             raise ConfigurationError(
                 f"Engine.websocket on_frame takes a callable, got a {type(on_frame).__name__}"
             )
+        if escalate is not None and not callable(escalate):
+            # Else it would fail only when first asked, after escalate_after failed
+            # reconnects, as "the re-login loop gave up".
+            raise ConfigurationError(
+                "Engine.websocket escalate takes an async callable (a ReloginEscalation), got "
+                f"a {type(escalate).__name__}"
+            )
+        # What goes on the wire is checked as an HTTP call's is, at the call rather than at
+        # the first connect, where it would stop the socket.
+        if type(path) is not str or path not in self._checked_paths:
+            self._check_path(service, path)
+        if params is not None:
+            fault = _params_fault(params)
+            if fault is not None:
+                raise InvalidRequest(redact_text(fault), service=service, method="GET")
+        if client_properties is not None:
+            _check_client_properties(client_properties, service)
         opts = options or SocketOptions()
+        provider = auth if auth is not None else self._auth
         dialer = EngineDialer(
             self,
             service,
             path,
             params=params,
-            auth=auth if auth is not None else self._auth,
+            auth=provider,
             placement=auth_placement,
-            headers=headers,
+            headers=headers if isinstance(headers, Mapping) else None,
             connect_timeout=opts.connect_timeout,
             client_properties=client_properties,
             wall_clock=self._wall_clock,
         )
+        if headers is not None:
+            # The provider's credential headers replace the caller's only where the
+            # credentials go in the headers.
+            owner = provider if dialer.placement is AuthPlacement.HEADER else None
+            _check_headers(headers, service, "GET", owner)
         ws = ResilientSocket(
             dialer,
             options=opts,
@@ -1693,7 +1769,11 @@ class Engine:
             pacer=self._pacer,
             on_connect=on_connect,
             on_frame=on_frame,
-            escalate=escalate or RecoveryEscalation(self._recovery, opts.close_policy),
+            escalate=(
+                escalate
+                if escalate is not None
+                else RecoveryEscalation(self._recovery, opts.close_policy)
+            ),
             on_closed=self._sockets.discard,
             keepalives=self._socket_keepalives,
         )
@@ -1714,6 +1794,12 @@ class Engine:
         ``policy.interval`` seconds, through the engine's whole stack. Closing the engine stops
         it; so does ``await task.close()``. :class:`~le_transport.errors.EngineClosed` once the
         engine is closed.
+
+        ``headers`` go on every keepalive request, as :meth:`request`'s do: str names to str
+        values without CR, LF or NUL, and none that the auth provider's credentials set (its
+        ``credential_headers``: ``Authorization`` for the library's providers); anything else
+        is an :class:`~le_transport.errors.InvalidRequest` here, before the task starts, rather
+        than a failure logged at every run.
         """
         if self._closed:
             raise EngineClosed("Engine.keepalive: the engine is closed", service=service)
@@ -1730,6 +1816,8 @@ class Engine:
         if wrong is not None:
             raise wrong
         method = policy.method
+        if headers is not None:
+            _check_headers(headers, service, method, self._auth)
         try:
             path = policy.path.format(**(fields or {}))
         except (KeyError, IndexError) as exc:

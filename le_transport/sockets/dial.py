@@ -324,6 +324,11 @@ class Dialer(Protocol):
 class EngineDialer:
     """Dials ``service``/``path`` through an engine's domains, auth and session.
 
+    ``placement`` is an :class:`AuthPlacement`, or None for the path's default (``PATH`` when
+    the path has ``{bearer}``, else ``HEADER`` with an auth provider and ``NONE`` without):
+    anything else, or a placement that needs what is missing (an auth provider, ``{bearer}``
+    in the path for ``PATH``), is a :class:`~le_transport.errors.ConfigurationError`.
+
     An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
     :class:`~le_transport.policies.Disconnect` (``retry_after``, seconds), for the close policy
     to make the reconnect wait; ``wall_clock`` (epoch seconds; default: the engine's
@@ -363,6 +368,13 @@ class EngineDialer:
         max_msg_size: int = 16 * 1024 * 1024,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
+        if placement is not None and not isinstance(placement, AuthPlacement):
+            # Anything else (the str "path", say) would carry the credentials nowhere: every
+            # upgrade refused, re-login after re-login, and an error that blames the login.
+            raise ConfigurationError(
+                "auth_placement must be an AuthPlacement (PATH, HEADER, FIRST_FRAME, NONE) or "
+                f"None for the path's default, got a {type(placement).__name__}"
+            )
         if placement is None:
             if BEARER_FIELD in path:
                 placement = AuthPlacement.PATH

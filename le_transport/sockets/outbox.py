@@ -2,7 +2,8 @@
 
 Nothing is silently dropped: a message either goes into the queue or is refused with
 :class:`~le_transport.errors.SocketQueueFull`. A queued request whose caller gave up (timeout,
-cancellation) is marked withdrawn and skipped, never sent late.
+cancellation) is withdrawn: taken out of the queue, never sent late, and no longer counted
+against the bound.
 """
 
 from __future__ import annotations
@@ -18,22 +19,33 @@ __all__ = ["Outbox", "Outgoing"]
 
 @attrs.define(eq=False)
 class Outgoing:
-    """One message waiting to be sent: its wire text and, for a request, its id."""
+    """One message waiting to be sent: its wire text and, for a request, its id.
+
+    ``order`` is where a message written straight out on an open socket stood among the
+    socket's sends (None for one that was queued first): when several such writes fail with
+    their connection, :meth:`Outbox.put_back` puts them back in that order, whatever order
+    their failures came in.
+    """
 
     text: str
     request_id: str | None = None
+    #: Set by :meth:`Outbox.withdraw` on the message it took out of the queue.
     withdrawn: bool = False
+    order: int | None = None
 
 
 class Outbox:
     """A bounded FIFO of :class:`Outgoing` messages."""
 
-    __slots__ = ("_items", "_limit")
+    __slots__ = ("_items", "_limit", "_returned")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         # Made on the first message: most sockets of a large fleet never queue one.
         self._items: deque[Outgoing] | None = None
+        # How many messages at the head were put back since the queue was last taken from:
+        # the writes one connection failed, kept in the order they were sent.
+        self._returned = 0
 
     def __len__(self) -> int:
         return 0 if self._items is None else len(self._items)
@@ -56,33 +68,57 @@ class Outbox:
         self._items.append(item)
 
     def put_back(self, item: Outgoing) -> None:
-        """Return ``item`` to the head: it was taken but could not be written."""
-        if self._items is None:
-            self._items = deque()
-        self._items.appendleft(item)
+        """Return ``item`` to the head: it was taken, or written straight out, but could not be
+        written. Never refused (it was sent before anything now queued).
+
+        The messages put back since the queue was last taken from stay ahead of everything
+        else, among themselves in the order they were sent (their ``order``; one without goes
+        first: it was taken from the head): writes waiting on one connection that all fail
+        when it ends go out on the next in the order they were made.
+        """
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        at = self._returned
+        if item.order is None:
+            at = 0
+        else:
+            for index in range(self._returned):
+                before = items[index].order
+                if before is not None and before > item.order:
+                    at = index
+                    break
+        items.insert(at, item)
+        self._returned += 1
 
     def take(self) -> Outgoing | None:
-        """The next message that is still wanted, or None when the queue is empty."""
-        while self._items:
-            item = self._items.popleft()
-            if not item.withdrawn:
-                return item
-        return None
+        """The next message, or None when the queue is empty."""
+        self._returned = 0
+        items = self._items
+        return items.popleft() if items else None
 
     def withdraw(self, request_id: str) -> bool:
-        """Mark the queued request ``request_id`` as no longer wanted."""
-        for item in self._items or ():
+        """Take the queued request ``request_id`` out of the queue: it is no longer wanted.
+        Whether it was queued."""
+        items = self._items
+        if not items:
+            return False
+        for index, item in enumerate(items):
             if item.request_id == request_id:
+                del items[index]
                 item.withdrawn = True
+                if index < self._returned:
+                    self._returned -= 1
                 return True
         return False
 
     def texts(self) -> list[str]:
-        """The wire texts still wanted, in order, left in the queue."""
-        return [i.text for i in self._items or () if not i.withdrawn]
+        """The wire texts left in the queue, in order."""
+        return [i.text for i in self._items or ()]
 
     def clear(self) -> list[Outgoing]:
-        """Empty the queue; the messages that were still wanted."""
-        items = [i for i in self._items or () if not i.withdrawn]
+        """Empty the queue; the messages it held."""
+        items = list(self._items or ())
         self._items = None
+        self._returned = 0
         return items

@@ -68,6 +68,7 @@ from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
 from ._shown import error_text
+from ._waits import waits_for, yield_once
 from .correlation import PendingRequests
 from .dial import Connection, Dialer, DialFailed, read_error_disconnect
 from .keepalive import KeepaliveScheduler
@@ -101,6 +102,10 @@ OnConnect = Callable[["ResilientSocket"], Awaitable[object]]
 FrameHandler = Callable[[Any], "Awaitable[object] | object"]
 
 _WARNING_STATES = frozenset({"lost", "connect_failed", "escalating", "reauthenticating"})
+
+#: How many times a task that started eagerly inside a callback's task asks again whether the
+#: callback waits for it (see ResilientSocket._waited_for_by).
+_WAIT_LOOKS = 3
 
 # Set inside the on_connect callbacks' task: (socket id, epoch). Their sends bypass the queue,
 # which must wait until they are done.
@@ -300,6 +305,7 @@ class ResilientSocket:
         "_ready_epoch",
         "_resume",
         "_rng",
+        "_sends",
         "_setup",
         "_subscribers",
         "_unsent",
@@ -371,6 +377,8 @@ class ResilientSocket:
         self._owner: asyncio.Task[None] | None = None
         # The task running the on_connect callbacks of the current connection, if any.
         self._setup: asyncio.Task[None] | None = None
+        # Sends written straight out so far: the order of each (see _send_text).
+        self._sends = 0
         self._closing = False
         self._error: SocketClosed | None = None
         self._last_activity = 0.0
@@ -459,12 +467,18 @@ class ResilientSocket:
         subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock (a
         ``timeout`` that is not a positive number is
         :class:`~le_transport.errors.InvalidMessage`). Called from an ``on_frame`` handler or
-        an ``on_connect`` callback while the socket is not open, it raises
+        an ``on_connect`` callback while the socket is not open, or in a task one of them
+        waits for (as :meth:`request` tells), it raises
         :class:`~le_transport.errors.SocketDeadlock`: the socket opens only after those
         return.
         """
         # Checked here, not by the clock: each clock would take a bad value its own way.
         _check_timeout(timeout)
+        if self._ready_epoch is None and await self._waited_for_by_callbacks():
+            raise SocketDeadlock(
+                f"wait_open() of {self._name} called in a task that its own on_frame handler "
+                "or on_connect callback waits for: the socket opens only after they return"
+            )
         async with timeout_after(self._clock, timeout):
             while self._ready_epoch is None:
                 self._raise_if_closed()
@@ -550,7 +564,14 @@ class ResilientSocket:
         """Send ``frame`` (a JSON value, or a ``str`` sent as is).
 
         Returns True when it went out now, False when it was queued to go out after the next
-        connect. Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full,
+        connect (a write the connection failed while it waited is queued too, first in line
+        and in the order it was sent; or sent on the next connection at once, True, when that
+        one is open by then). Sends made while this connection's ``on_connect``
+        callbacks run, by them or by tasks they started, go straight out ahead of the queue
+        (lost with the connection: :class:`SocketClosed`, as the callbacks run again on the
+        next one); once the callbacks are done, such a task sends as any other.
+
+        Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full,
         :class:`SocketClosed` when the socket is closed, and
         :class:`~le_transport.errors.InvalidMessage` before anything is sent or queued when the
         frame cannot be sent (a value that is not JSON, a ``str`` that is not valid text).
@@ -569,6 +590,18 @@ class ResilientSocket:
         """Send ``{"kind": "req", "id": <fresh>, "type": type, "body": body}``; return the
         matching ``resp`` frame.
 
+        - ``body``: a JSON value (None sends ``{}``).
+        - ``headers``: the frame's ``headers`` list, sent as given when not empty: LiveEngage's
+          header objects, each a JSON object naming its ``type`` (``{"type":
+          ".ams.headers.ClientProperties", ...}``, as ``InitConnection`` carries them). A
+          list or a tuple; anything else, or a value that is not JSON, is an
+          :class:`~le_transport.errors.InvalidMessage` before anything is sent or queued.
+        - ``timeout``: seconds, a positive number (else
+          :class:`~le_transport.errors.InvalidMessage`).
+
+        A request whose caller gave up (its timeout, a cancellation) while it was queued
+        leaves the queue: it is never sent late, and no longer counts against ``max_queued``.
+
         Raises :class:`SocketRequestTimeout` when no answer came within ``timeout`` seconds
         (default: the options' ``request_timeout``; the time spent queued counts),
         :class:`SocketClosed` when the connection it went out on was lost (it may or may not
@@ -582,17 +615,31 @@ class ResilientSocket:
         does not catch up within ``timeout``.
 
         An ``on_frame`` handler runs in the task that reads the connection, so it cannot wait
-        for an answer: awaited there, this raises
+        for an answer: awaited there, or in a task the handler waits for (through
+        ``asyncio.gather``, ``create_task`` then ``await``, ``wait_for``, ``shield``,
+        ``asyncio.wait`` or a ``TaskGroup``), this raises
         :class:`~le_transport.errors.SocketDeadlock` at once, before anything is sent. Such a
-        handler starts a task for the request and returns without awaiting it (or uses
-        :meth:`send`).
+        handler starts a task for the request and does not wait for it (or uses
+        :meth:`send`): that task may request at once, while the handler still runs, and its
+        answer is read when the handler returns. (A wait that goes through something asyncio
+        does not record, such as an event the task sets once answered, is not seen: the
+        request then waits for its timeout.)
         """
-        if self._owner is not None and asyncio.current_task() is self._owner:
-            raise SocketDeadlock(
-                f"request {type!r} awaited in an on_frame handler of {self._name}: the handler "
-                "runs in the task that reads the answers, so none could arrive; start a task "
-                "for the request and do not await it in the handler"
-            )
+        owner = self._owner
+        if owner is not None:
+            current = asyncio.current_task()
+            if current is owner or (
+                # Only while the owner awaits a handler: a cheap test first, on every request.
+                self._handling is not None
+                and current is not None
+                and await self._waited_for_by(owner, current, self._awaits_handler)
+            ):
+                raise SocketDeadlock(
+                    f"request {type!r} awaited in an on_frame handler of {self._name} (or in "
+                    "a task the handler waits for): the handler runs in the task that reads "
+                    "the answers, so none could arrive; start a task for the request and do "
+                    "not wait for it in the handler"
+                )
         if not isinstance(type, str) or not type:
             raise InvalidMessage(
                 f"a request type must be a non-empty str, got {builtins.type(type).__name__}"
@@ -635,7 +682,10 @@ class ResilientSocket:
         return answer
 
     async def _send_text(self, text: str, request_id: str | None) -> bool:
-        self._raise_if_closed()
+        if self._closing:
+            # Closed, or closing: set whenever the socket is (by close() and by _finish, in the
+            # same step as the state), so that an open socket's send reads one field here.
+            self._raise_if_closed()
         conn = self._conn
         direct = _ON_CONNECT.get()
         if (
@@ -643,8 +693,16 @@ class ResilientSocket:
             and direct[0] == id(self)
             and conn is not None
             and self._life.is_current(direct[1])
+            and self._setting_up()
         ):
-            # An on_connect callback: straight out, ahead of the queue, on this connection only.
+            # An on_connect callback (or a task it started) while the callbacks of this
+            # connection run: straight out, ahead of the queue, on this connection only. Once
+            # they are done, such a task sends as any other (the context variable lives on in
+            # every task a callback started).
+            if self._ended is not None:
+                # Ending: a write now would go to a connection already given up on. The
+                # callbacks run again on the next connection.
+                raise SocketClosed("the connection was lost during on_connect")
             if request_id is not None:
                 self._pending.sent(request_id, direct[1])
             try:
@@ -661,6 +719,9 @@ class ResilientSocket:
         if epoch is not None and conn is not None and not self._outbox:
             if request_id is not None:
                 self._pending.sent(request_id, epoch)
+            # Where this send stands among the socket's sends: a write that fails with its
+            # connection is put back in this order, not in the order the failures came in.
+            order = self._sends = self._sends + 1
             try:
                 await self._write(conn, text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
@@ -674,9 +735,17 @@ class ResilientSocket:
                         f"the socket {self._name} closed while the message was being written; "
                         "it was not sent"
                     ) from None
-                # aiohttp refuses to write to a closing transport before writing anything:
-                # the message never left, so it waits for the next connection, first in line.
-                self._outbox.put_back(Outgoing(text, request_id))
+                if self._ready_epoch is not None:
+                    # The write failed only after a newer connection was made ready (it waited
+                    # past the reconnect): that one's queue went out already, so this goes out
+                    # there now. Put back, it would wait for the connection after it, and every
+                    # send with it.
+                    return await self._send_text(text, request_id)
+                # aiohttp refuses to write to a closing transport before writing anything, and
+                # a frame waiting for the peer to drain the buffer never fully left: it waits
+                # for the next connection, ahead of the queue and, among the writes this
+                # connection failed, in the order they were sent.
+                self._outbox.put_back(Outgoing(text, request_id, order=order))
                 return False
             except Exception as exc:
                 if request_id is not None:
@@ -816,6 +885,53 @@ class ResilientSocket:
         finally:
             if self._subscribers is not None:
                 self._subscribers.discard(queue)
+
+    def _awaits_handler(self) -> bool:
+        """Whether the owner is awaiting an ``on_frame`` handler."""
+        return self._handling is not None
+
+    async def _waited_for_by(
+        self, waiter: asyncio.Task[Any], task: asyncio.Task[Any], still: Callable[[], bool]
+    ) -> bool:
+        """Whether ``waiter`` (the owner in a handler, the ``on_connect`` task) waits for
+        ``task`` to end (:func:`~le_transport.sockets._waits.waits_for`), while ``still()``
+        says it runs a callback. A task that started eagerly inside ``waiter`` is asked again
+        once ``waiter`` has suspended, at most a few times: else (never a false alarm) no."""
+        for _ in range(_WAIT_LOOKS):
+            waits = waits_for(waiter, task)
+            if waits is not None:
+                return waits
+            await yield_once()
+            if not still():
+                return False
+        return False
+
+    async def _waited_for_by_callbacks(self) -> bool:
+        """Whether the current task is one that this socket's ``on_frame`` handler (the owner,
+        while it awaits one) or this connection's ``on_connect`` callbacks wait for."""
+        current = asyncio.current_task()
+        if current is None or self._runs_callbacks_in(current):
+            # Not a task they wait for: one of them (wait_open's own check says so).
+            return False
+        owner = self._owner
+        if (
+            owner is not None
+            and self._handling is not None
+            and await self._waited_for_by(owner, current, self._awaits_handler)
+        ):
+            return True
+        setup = self._setup
+        return (
+            setup is not None
+            and self._setting_up()
+            and await self._waited_for_by(setup, current, self._setting_up)
+        )
+
+    def _setting_up(self) -> bool:
+        """Whether the current connection's ``on_connect`` callbacks (and the queue after
+        them) are still running: the only time their sends go straight out."""
+        setup = self._setup
+        return setup is not None and not setup.done()
 
     def _runs_callbacks_in(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether ``task`` runs this socket's callbacks (the owner runs ``on_frame``, a task of
