@@ -7,7 +7,11 @@ It sits outside the retry middleware (once per logical call, and once per redire
   without the engine's call context gets none either, unless ``allowed_hosts`` names the host.
 - A 401 invalidates the credentials that were sent (the provider re-authenticates once even if
   a hundred calls see the 401 together: credentials carry a generation), fetches fresh ones and
-  replays the request once. A second 401 is an :class:`~le_transport.errors.AuthenticationError`.
+  replays the request once. A second 401 is an :class:`~le_transport.errors.AuthenticationError`,
+  and the fresh credentials are kept: rejected as soon as they were had, they show that the
+  credentials are not what is wrong (a missing permission is answered 401 too), and dropping
+  them would only cost another login. So a call to an endpoint that keeps answering 401 costs
+  at most one re-authentication.
   This is the only 4xx that leads to a replay: every other 4xx is the caller's to fix.
 - WebSocket upgrades pass through untouched: the socket layer puts its own credentials on them
   (the bearer in the UMS path, ``Authorization: jwt`` for the consumer socket) and owns their
@@ -235,14 +239,17 @@ class AuthMiddleware:
             extra={"method": method, "status": 401, "generation": sent.generation},
         )
         await self._invalidate(sent)
-        fresh = await self._apply(request, method, form)
+        await self._apply(request, method, form)
         resp = await self._send(request, handler)
         if resp is not None:
             return resp
-        await self._invalidate(fresh)
+        # The fresh credentials are not invalidated: rejected at once, they say the problem is
+        # not them (a permission the user lacks); dropped, the next call would log in again,
+        # and each call to such an endpoint would cost two logins.
         err = AuthenticationError(
             f"{method} {redact_url(request.url)}: rejected with 401 again after fresh "
-            "credentials; check the credentials and their permissions (not replayed again)"
+            "credentials; check the credentials and their permissions (not replayed again; "
+            "the fresh credentials are kept)"
         )
         _log.error("%s", err, extra={"method": method, "status": 401})
         raise err

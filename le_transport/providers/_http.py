@@ -176,13 +176,17 @@ def require_attached(http: ProviderHttp | None, owner: object) -> ProviderHttp:
     return http
 
 
-_ACCOUNT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Not dots alone: "." and ".." are dot segments, which URL resolution removes ("/api/account/../
+# login" is "/api/login"), and an id made only of dots is no account id anyway.
+_ACCOUNT = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}")
 
 
 def validate_account(account: object, *, owner: str) -> str:
     """``account`` if it is a plausible LiveEngage account id; else :class:`ConfigurationError`.
 
-    It goes into URL paths, so anything that could change the path is refused.
+    It goes into URL paths, so anything that could change the path is refused: any character
+    but letters, digits, ``.``, ``_`` and ``-``, and an id made only of dots (``.`` and ``..``
+    are dot segments, which would take the request to another path).
     """
     if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
         # Never the value itself: arguments given in the wrong order put a password here.
@@ -193,7 +197,7 @@ def validate_account(account: object, *, owner: str) -> str:
         )
         raise ConfigurationError(
             f"{owner}.account must be a LiveEngage account id (1 to 64 letters, digits, '.', "
-            f"'_', '-'), got {shown}"
+            f"'_', '-', not only dots), got {shown}"
         )
     return account
 

@@ -39,10 +39,14 @@ AuthCode = str | Secret | Callable[[], Awaitable[str | Secret]]
 class ConsumerJwt(TokenProvider):
     """An :class:`~le_transport.providers.AuthProvider` for the Messaging Window API's consumer.
 
+    - ``account``: the LiveEngage account id (it goes into the ``idp`` path).
+    - ``domains``: where the ``idp`` host comes from.
     - ``auth_code``: None for ``signup`` (unauthenticated consumer); a code, or an async
       callable returning a fresh one (codes are usually single use), for ``authenticate``.
-    - ``domains``: where the ``idp`` host comes from.
+    - ``service``: the Domain API service that issues consumer tokens (:data:`IDP`, ``idp``).
     - ``margin``: fetch a new token this many seconds before the JWT's ``exp`` (60).
+    - ``wall_clock``: epoch seconds (default :func:`time.time`), to read the JWT's ``exp``
+      against; the refresh itself is timed on the engine's clock.
     """
 
     _kind = "consumer_jwt"

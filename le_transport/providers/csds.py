@@ -19,7 +19,12 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
-- A login answer that carries the map (``csdsCollectionResponse``) warms the cache (:meth:`warm`).
+- A login answer that carries the map (``csdsCollectionResponse``) warms the cache
+  (:meth:`CsdsDomains.warm`): its valid entries are merged into the cached map, and a map
+  without one valid host is ignored, as such a refresh is.
+- An answer is bounded: one listing more than :data:`MAX_BASE_URIS` entries is malformed, and
+  the hostile entries of one answer are logged as one WARNING (a count and the first few
+  services), never one line each.
 
 The CSDS host, path prefix (``/api`` in the docs, ``/csdr`` in some SDKs) and scheme are
 configurable, so the whole stack can point at a local server.
@@ -64,6 +69,7 @@ __all__ = [
     "DEFAULT_CSDS_HOST",
     "DEFAULT_CSDS_TTL",
     "DEFAULT_STALE_RETRY",
+    "MAX_BASE_URIS",
     "CsdsDomains",
     "parse_base_uris",
 ]
@@ -78,8 +84,21 @@ DEFAULT_CSDS_TTL = 600.0
 DEFAULT_STALE_RETRY = 30.0
 #: What a refresh does when it meets an outage, in the retry middleware's give-up line.
 _STALE_FALLBACK = "the last good map is served"
+#: The most entries a Domain API answer may list: LivePerson's maps have a few hundred services
+#: at most. An answer with more is malformed (or hostile) and is refused whole.
+MAX_BASE_URIS = 2_000
+#: How many services a log line names (the rest are counted).
+_NAMED = 5
+#: How many services an unknown service's error lists (the rest are counted).
+_LISTED = 50
+#: How much of one service name a log line or an error message shows.
+_NAME_SHOWN = 60
+#: How much of the first refusal's message the summary line shows.
+_REASON_SHOWN = 300
 
-_PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
+# Segments of letters, digits, '.', '_', '-', none made only of dots: "." and ".." are dot
+# segments, which URL resolution removes ("/api/.." would ask the Domain API at another path).
+_PREFIX = re.compile(r"(/(?!\.+(?:/|\Z))[A-Za-z0-9._-]+)+")
 
 Entry = str | HostileHostError
 
@@ -88,16 +107,45 @@ def parse_base_uris(payload: object, *, account: str) -> dict[str, Entry]:
     """``{service: host}`` from a Domain API answer (``{"baseURIs": [...]}``).
 
     A hostile host becomes the :class:`HostileHostError` to raise when that service is asked
-    for. Entries that are not ``{"service": str, "baseURI": ...}`` are skipped. Raises
-    :class:`DomainResolutionError` when there is no ``baseURIs`` list at all.
+    for; the hostile entries of one answer are logged together, as one WARNING that counts them
+    and names the first few services (one line per entry would let an answer write tens of
+    thousands of lines, at every fetch and every login that carries the map). Entries that are
+    not ``{"service": str, "baseURI": ...}`` are skipped. Only the first :data:`MAX_BASE_URIS`
+    entries are read; the rest are dropped, and counted in a WARNING (:class:`CsdsDomains`
+    refuses such an answer whole, as malformed). Raises :class:`DomainResolutionError` when
+    there is no ``baseURIs`` list at all.
     """
+    uris = _base_uris(payload, account)
+    return _entries(uris[:MAX_BASE_URIS], account, dropped=max(0, len(uris) - MAX_BASE_URIS))
+
+
+def _parse_answer(payload: object, *, account: str) -> dict[str, Entry]:
+    """:func:`parse_base_uris` for the provider's own use: an answer listing more than
+    :data:`MAX_BASE_URIS` entries is a :class:`DomainResolutionError` (malformed), not a map
+    cut short, whose missing services would be reported as unknown."""
+    uris = _base_uris(payload, account)
+    if len(uris) > MAX_BASE_URIS:
+        raise DomainResolutionError(
+            f"the Domain API answer for account {account!r} lists {len(uris)} entries, more "
+            f"than the {MAX_BASE_URIS} an answer may have; refused as malformed",
+            account=account,
+        )
+    return _entries(uris, account, dropped=0)
+
+
+def _base_uris(payload: object, account: str) -> list[object]:
     uris = payload.get("baseURIs") if isinstance(payload, dict) else None
     if not isinstance(uris, list):
         raise DomainResolutionError(
             f"the Domain API answer for account {account!r} has no 'baseURIs' list",
             account=account,
         )
+    return uris
+
+
+def _entries(uris: list[object], account: str, *, dropped: int) -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
+    hostile: list[tuple[str, HostileHostError]] = []
     for item in uris:
         if not isinstance(item, dict):
             continue
@@ -107,14 +155,50 @@ def parse_base_uris(payload: object, *, account: str) -> dict[str, Entry]:
         try:
             entries[service] = validate_host(item.get("baseURI"), service=service, account=account)
         except HostileHostError as exc:
-            _log.warning(
-                "Domain API for account %s: %s",
-                account,
-                exc,
-                extra={"account": account, "service": service},
-            )
+            hostile.append((service, exc))
             entries[service] = exc
+    if hostile:
+        _log_hostile(account, hostile)
+    if dropped:
+        _log.warning(
+            "Domain API for account %s: the answer lists %d entries more than the %d read; "
+            "they were dropped",
+            account,
+            dropped,
+            MAX_BASE_URIS,
+            extra={"account": account, "dropped": dropped},
+        )
     return entries
+
+
+def _names(services: list[str], limit: int = _NAMED) -> str:
+    """The first ``limit`` of ``services``, each quoted (so that no character of an answer
+    can break a log line) and cut short, then how many more there are."""
+    shown = ", ".join(
+        repr(name) if len(name) <= _NAME_SHOWN else f"{name[:_NAME_SHOWN]!r}..."
+        for name in services[:limit]
+    )
+    more = len(services) - limit
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _log_hostile(account: str, hostile: list[tuple[str, HostileHostError]]) -> None:
+    """One WARNING for the hostile entries of one answer: how many, the first few services,
+    and why the first one was refused (its message never shows the host whole)."""
+    services = [service for service, _ in hostile]
+    _log.warning(
+        "Domain API for account %s: %d service(s) with a refused host (%s); resolving one "
+        "raises HostileHostError, and nothing is sent there. First: %s",
+        account,
+        len(hostile),
+        _names(services),
+        str(hostile[0][1])[:_REASON_SHOWN],
+        extra={
+            "account": account,
+            "hostile": len(hostile),
+            "services": [name[:_NAME_SHOWN] for name in services[:_NAMED]],
+        },
+    )
 
 
 def _positive(name: str, value: float) -> float:
@@ -132,7 +216,9 @@ class CsdsDomains:
     - ``account``: the LiveEngage account id.
     - ``csds_host``: the Domain API host (``name`` or ``name:port``); default
       ``api.liveperson.net``.
-    - ``path_prefix``: ``/api`` (the docs) or ``/csdr`` (some of LivePerson's SDKs).
+    - ``path_prefix``: ``/api`` (the docs) or ``/csdr`` (some of LivePerson's SDKs); segments
+      of letters, digits, ``.``, ``_``, ``-``, none made only of dots (``..`` would change the
+      path).
     - ``scheme``: ``https``/``http``; default: the engine's.
     - ``ttl``: seconds a fetched map is served (600).
     - ``stale_retry``: after a failed refresh, seconds the stale map is served before asking
@@ -164,7 +250,8 @@ class CsdsDomains:
             raise ConfigurationError(f"CsdsDomains.csds_host: {exc}") from None
         if not isinstance(path_prefix, str) or not _PREFIX.fullmatch(path_prefix):
             raise ConfigurationError(
-                f"CsdsDomains.path_prefix must be a path like '/api' or '/csdr', "
+                "CsdsDomains.path_prefix must be a path like '/api' or '/csdr' (segments of "
+                "letters, digits, '.', '_', '-', none of them only dots), "
                 f"got {path_prefix!r:.40}"
             )
         self._prefix = path_prefix
@@ -233,9 +320,10 @@ class CsdsDomains:
         entry = entries.get(service)
         if entry is None:
             known = sorted(entries)
+            # Named in full up to a few dozen (a real account's map), counted beyond.
             raise UnknownServiceError(
                 f"account {self._account!r} has no service {service!r}; its services: "
-                f"{', '.join(known) or 'none'} (names are case sensitive)",
+                f"{_names(known, _LISTED) if known else 'none'} (names are case sensitive)",
                 service=service,
                 known=known,
                 account=self._account,
@@ -257,23 +345,58 @@ class CsdsDomains:
         return self.hosts
 
     def warm(self, collection: object) -> bool:
-        """Install a map that came with a login answer (``csdsCollectionResponse``).
+        """Take in a map that came with a login answer (``csdsCollectionResponse``).
 
-        Returns whether it was usable; a malformed one is ignored (and logged).
+        Its valid entries are merged into the cached map: a service it names with a valid host
+        gets that host; a service it does not name keeps its cached entry, and a hostile entry
+        it holds never replaces a cached valid one (it is kept only for a service the cache
+        does not know, so that resolving that one raises :class:`HostileHostError`). With no
+        cached map, it becomes the map. The map's lifetime (``ttl``) starts over when it
+        comes first or names every cached service with a valid host; a partial map leaves the
+        expiry as it was, so that the services it did not confirm are fetched again in time.
+
+        Returns whether it was taken. A malformed map is ignored, and so is one without a
+        single valid host (it would fail every service it names, as a refresh answering such a
+        map would): logged as a WARNING (an empty one silently), the cached map kept as it was.
         """
         try:
-            entries = parse_base_uris(collection, account=self._account)
+            entries = _parse_answer(collection, account=self._account)
         except DomainResolutionError as exc:
-            _log.warning("ignoring the login answer's domain map: %s", exc)
+            _log.warning(
+                "ignoring the login answer's domain map: %s",
+                exc,
+                extra={"account": self._account},
+            )
             return False
-        if not entries:
+        valid = {service for service, host in entries.items() if isinstance(host, str)}
+        if not valid:
+            if entries:
+                _log.warning(
+                    "ignoring the login answer's domain map for account %s: none of its %d "
+                    "entries has a valid host; the cached map is kept",
+                    self._account,
+                    len(entries),
+                    extra={"account": self._account},
+                )
             return False
-        clock = require_attached(self._http, self).clock
-        self._install(entries, clock.now())
+        now = require_attached(self._http, self).clock.now()
+        cached = self._entries
+        if cached is None:
+            self._install(entries, now)
+        else:
+            merged = dict(cached)
+            for service, entry in entries.items():
+                if isinstance(entry, str) or service not in merged:
+                    merged[service] = entry
+            self._entries = merged
+            if valid.issuperset(cached):
+                # Every service the cache holds is confirmed: as good as a fetch.
+                self._expires_at = now + self._ttl
         _log.debug(
-            "domain map for account %s warmed from a login answer (%d services)",
+            "domain map for account %s warmed from a login answer (%d services, %d valid)",
             self._account,
             len(entries),
+            len(valid),
             extra={"account": self._account},
         )
         return True
@@ -309,7 +432,7 @@ class CsdsDomains:
             if stale is not None and not any(isinstance(h, str) for h in entries.values()):
                 # Installed, it would fail every service with UnknownServiceError (or
                 # HostileHostError) for a whole TTL; as a failed refresh, the last good map
-                # is served. warm() refuses an empty map for the same reason.
+                # is served. warm() refuses such a map for the same reason.
                 raise DomainResolutionError(
                     f"the Domain API answered a map without one usable service for account "
                     f"{self._account!r} ({len(entries)} entries, none valid)",
@@ -376,7 +499,7 @@ class CsdsDomains:
                 f"the Domain API answer for account {self._account!r} is not JSON",
                 account=self._account,
             ) from None
-        entries = parse_base_uris(payload, account=self._account)
+        entries = _parse_answer(payload, account=self._account)
         _log.info(
             "domain map for account %s fetched: %d services",
             self._account,

@@ -18,11 +18,38 @@ transport failure follows the request schedule, and when that gives up the outer
 
 **Keepalive**: after a login a background task refreshes the session (``Session_id`` cookie and
 ``csrf``) every ``refresh_interval`` seconds (the guide's 5 min for the Chat Agent API), never
-later than half the session's TTL, on the injected clock. A refresh answered with 401 falls back
+later than half the session's TTL, on the injected clock; each login restarts that count, so a
+session logged in at any time is refreshed in time. A refresh answered with 401 falls back
 to a fresh login and nothing else: no socket is torn down, the new bearer is simply what the
 next request or connect gets; so does a refresh answered with anything but a 2xx (a 3xx
-included: provider calls never follow redirects). Logins and refreshes are single flight: a
-hundred concurrent callers without a token cause one login.
+included: provider calls never follow redirects). When that login fails the session is dropped;
+the keepalive then waits for the next successful login, whoever makes it: a refused login (a
+changed password, a blacklisted account) is never retried in the background. Logins and
+refreshes are single flight: a hundred concurrent callers without a token cause one login.
+
+**Which replaced sessions are logged out**: only one the Login Service itself refused to
+refresh (a 4xx, 401 included): that session is declared over, so nothing can still be using it
+to any end, and once the login after the refusal has replaced it (or failed, the session then
+dropped) it is logged out in the background, one attempt within :data:`LOGOUT_TIMEOUT`,
+without holding up the call that replaced it; ``close()`` waits for those logouts. Every other
+session that is replaced or dropped is left to expire on its own at its TTL, as a session
+dropped before this provider logged anything out always was:
+
+- one dropped by :meth:`LoginServiceAuth.invalidate`: a 401 answered to one request does not
+  say the session ended (a permission the user lacks, a gateway's hiccup are 401s too), and a
+  socket invalidates its credentials after a 1011 or a run of fast 1006s as well. Calls still
+  in flight (retrying a 5xx, a reset, a timeout, or already replaying after their own 401)
+  and sockets still hold that bearer: logged out, each of them would meet a 401 of our making
+  (a replay's second 401 is an :class:`~le_transport.errors.AuthenticationError`), and a UMS
+  socket connected with it would be closed with 4401 and have to re-authenticate;
+- one replaced after a transient failure: a refresh that failed with a 5xx, a timeout or a
+  broken connection keeps its session (the next tick tries again), and
+  :meth:`LoginServiceAuth.relogin` (the outer recovery loop's step, after 5xx and transport
+  failures) never logs out the session it replaces; nor does a refresh answered with a 3xx
+  (not a refusal) or a login asked for while a session lives.
+
+(Nothing is logged out in the background with ``logout_on_close=False`` or a ``shared``
+session: see :class:`LoginServiceAuth`.)
 """
 
 from __future__ import annotations
@@ -40,9 +67,11 @@ from .._tasks import stop_task
 from ..clock import timeout_after
 from ..errors import (
     AuthenticationError,
+    BlockedError,
     ClientStatusError,
     ConfigurationError,
     EngineClosed,
+    LoginRejected,
 )
 from ..events import StateEvent
 from ..policies._validate import finite_number
@@ -152,18 +181,25 @@ class LoginServiceAuth:
     Use a subclass (:class:`UserLogin`, :class:`AppLogin`, :class:`ClientCredentialsLogin`).
     Common parameters:
 
+    - ``account``: the LiveEngage account id.
     - ``domains``: where the ``agentVep`` host comes from (a :class:`CsdsDomains` is warmed by
       the login answer).
     - ``service``: the Domain API service of the Login Service (``agentVep``).
+    - ``version``: the Login Service API version, sent as ``?v=`` on login, refresh and logout
+      (:data:`LOGIN_SERVICE_VERSION`, ``1.3``).
     - ``refresh_interval``: seconds between keepalive refreshes (300); ``keepalive=False``
       turns the background refresh off.
     - ``retry``: the login's request policy; default: the engine's, with 429 floored at 5 s.
     - ``logout_on_close``: log out when closed (default): one attempt, within
       :data:`LOGOUT_TIMEOUT` seconds, after which the session is left to expire on its own.
+      It also has a session whose refresh the Login Service refused (a 4xx) logged out in the
+      background once a new login replaced it (see the module; no other replaced session is
+      logged out); False leaves every session to expire on its own.
     - ``shared``: a :class:`~le_transport.state.SharedSession` (over a Redis store): the fleet
       logs in once per account and user and refreshes once per interval; the other processes
       adopt the stored session. Use ``logout_on_close=False`` with it: one process closing
-      must not end the fleet's session.
+      must not end the fleet's session. A shared session is never logged out in the background
+      when replaced (other processes may still use it).
     """
 
     #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
@@ -231,6 +267,11 @@ class LoginServiceAuth:
             f"le_transport.refresh[{self._account}]", f"{self.subject}: the session refresh"
         )
         self._keepalive: asyncio.Task[None] | None = None
+        # Set by every login (and adopted session): wakes the keepalive, to time its next
+        # refresh from the new session (see _keepalive_loop).
+        self._logged_in = asyncio.Event()
+        # Logouts of replaced sessions, running in the background; close() waits for them.
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
         # Imported here: the state package builds on the providers.
         from ..state.session import SharedSession
@@ -303,21 +344,31 @@ class LoginServiceAuth:
         return self._credentials(session)
 
     async def invalidate(self, rejected: Credentials) -> None:
-        """Drop the session if ``rejected`` came from it: the next call logs in (once)."""
+        """Drop the session if ``rejected`` came from it: the next call logs in (once).
+
+        The dropped session is not logged out: a 401 does not prove it ended (a missing
+        permission is answered 401 too; a socket invalidates after a 1011 or fast 1006s as
+        well), and calls in flight and sockets may still hold its bearer (a call replaying
+        after its own 401 among them, which a logout would fail). It is left to expire at the
+        Login Service on its own (see the module)."""
         session = self._session
+        if self._closed:
+            return  # the close logs out what is current
         if session is not None and session.generation == rejected.generation:
-            self._session = None
             _log.info(
                 "%s: credentials of generation %d rejected; the next call logs in again",
                 self.subject,
                 rejected.generation,
                 extra={"subject": self.subject, "generation": rejected.generation},
             )
+            self._drop(session)
 
     async def close(self) -> None:
-        """Stop the keepalive, log out (if logged in and ``logout_on_close``). Idempotent; a
-        close that was cancelled part-way is finished by the next one (the logout included)."""
-        self._closed = True  # no new login from here on
+        """Stop the keepalive, log out (if logged in and ``logout_on_close``), and wait for the
+        logouts of replaced sessions still running in the background (each is bounded by
+        :data:`LOGOUT_TIMEOUT`, and they run beside this one's). Idempotent; a close that was
+        cancelled part-way is finished by the next one (the logout included)."""
+        self._closed = True  # no new login from here on, nor a logout in the background
         task, self._keepalive = self._keepalive, None
         if task is not None and not task.done():
             await stop_task(task)
@@ -325,10 +376,18 @@ class LoginServiceAuth:
         await self._flight.cancel()
         session = self._session
         if session is not None and self._logout_on_close and self._http is not None:
-            await self._logout(self._http, session)
+            await asyncio.gather(self._logout(self._http, session), self._wait_retired())
+        else:
+            await self._wait_retired()
         # Forgotten only once logged out (or not to be): a cancelled close leaves it for the
         # next close to log out, instead of leaving it alive until its TTL.
         self._session = None
+
+    async def _wait_retired(self) -> None:
+        """Wait for the background logouts (asyncio.wait: a cancelled close leaves them
+        running, each within its bound, for the next close to wait for)."""
+        if self._retiring:
+            await asyncio.wait(set(self._retiring))
 
     # -- login, refresh, logout -------------------------------------------------------------
 
@@ -346,19 +405,35 @@ class LoginServiceAuth:
         return await self._flight.run(self._login)
 
     async def relogin(self) -> Credentials:
-        """A fresh login, whatever the current session (the outer recovery loop's step)."""
-        self._session = None
-        return self._credentials(await self.login())
+        """A fresh login, whatever the current session (the outer recovery loop's step).
+
+        Calls keep using the current session until the new one is installed; if the login
+        fails, the current session is dropped (the next call logs in). The session it replaces
+        is never logged out: the recovery loop re-logs in after 5xx and transport failures,
+        which say nothing of the session, and calls in flight and sockets may still hold it.
+        It is left to expire on its own (see the module)."""
+        replaced = self._session
+        try:
+            session = await self.login()
+        except Exception:
+            self._drop(replaced)
+            raise
+        return self._credentials(session)
 
     async def refresh(self) -> bool:
         """Refresh the session now (the keepalive's step); a refresh refused (a 4xx such as
         401) or not accepted (any other answer but a 2xx, a 3xx included) falls back to a fresh
-        login.
+        login, which replaces the session. A session the Login Service refused (a 4xx) is then
+        logged out in the background (see :meth:`_retire`); one answered with a 3xx is left to
+        expire on its own.
 
         Returns whether the session was refreshed (False: there was none, or a new login
-        replaced it). Raises what the fallback login raises; a transient refresh failure is
-        raised as is (the keepalive logs it and tries again later). Concurrent callers share
-        one refresh.
+        replaced it). Raises what the fallback login raises, the session then dropped (and, if
+        refused, logged out in the background): the next call logs in, and the keepalive waits
+        for a successful login (it never retries a refused login on its own). A transient
+        refresh failure (a 5xx, a timeout, a broken connection) is raised as is, the session
+        kept and never logged out (the keepalive logs it and tries again on its next tick).
+        Concurrent callers share one refresh.
         """
         require_attached(self._http, self)
         if self._session is None:
@@ -385,10 +460,26 @@ class LoginServiceAuth:
                     {"status": exc.status, "next": "login", "generation": session.generation},
                 ),
             )
-            if self._session is session:
-                # No socket or request is torn down: the new bearer is simply what the next
-                # request or connect gets.
-                await self.login()
+            # A 4xx: the Login Service refused the session, which nothing can still use. A 3xx
+            # says nothing of it: it may still serve calls in flight and sockets.
+            refused = isinstance(exc, ClientStatusError)
+            try:
+                if self._session is session:
+                    # No socket or request is torn down: the new bearer is simply what the
+                    # next request or connect gets.
+                    try:
+                        await self.login()
+                    except Exception:
+                        # Dropped all the same: were the login refused (a changed password, a
+                        # blacklisted account), the dead session must not be refreshed, and
+                        # the login tried again, at every tick.
+                        self._drop(session)
+                        raise
+            finally:
+                # Logged out only once no longer current (replaced or dropped, by this login
+                # or another): a cancelled login leaves it current, and it is kept.
+                if refused and self._session is not session:
+                    self._retire(session)
             return False
         self.refreshes += 1
         emit_state(
@@ -445,6 +536,7 @@ class LoginServiceAuth:
         else:
             self._generation += 1
         self._session = loaded
+        self._logged_in.set()
         emit_state(
             http.hooks,
             _log,
@@ -543,7 +635,12 @@ class LoginServiceAuth:
             report_login_failed(http, self.subject, err, resp.status)
             raise err
         session = self._parse(http, resp.body, resp.cookies.get("Session_id"))
+        # The session this replaces, if any, is not logged out here: a login asked for while
+        # a session lived (relogin(), login() called directly) says nothing of that session,
+        # which calls in flight and sockets may still hold. A refused refresh logs its own
+        # session out (_refresh_once).
         self._session = session
+        self._logged_in.set()
         self.logins += 1
         emit_state(
             http.hooks,
@@ -633,21 +730,54 @@ class LoginServiceAuth:
                 status=resp.status,
             )
 
-    async def _logout(self, http: ProviderHttp, session: LoginSession) -> None:
+    async def _logout(
+        self, http: ProviderHttp, session: LoginSession, *, replaced: bool = False
+    ) -> None:
+        """Log ``session`` out: one attempt within :data:`LOGOUT_TIMEOUT`; a failure is
+        logged (by the error's type or the answer's status, never a secret) and swallowed.
+
+        ``replaced``: a session whose refresh the Login Service refused, replaced or dropped
+        since (see :meth:`_retire`). Its logout is logged at INFO, not emitted as a
+        ``logged_out`` event (the provider is not logged out); its being refused with a 4xx is
+        expected (refused a refresh, it had most likely ended already), so that is logged at
+        INFO too; any other failure as a WARNING, as at close."""
         # One attempt: closing must not sit through the 5/10/15 s schedule.
         policy = attrs.evolve(self._policy(http), pauses=())
+        which = f"logout of the replaced session (generation {session.generation})"
         try:
             async with timeout_after(http.clock, LOGOUT_TIMEOUT):
                 await self._post_session(http, session, "logout", policy)
         except Exception as exc:  # the session expires on its own; closing must go on
             error = (
-                f"answered {exc.status}" if isinstance(exc, _NotAccepted) else type(exc).__name__
+                f"answered {exc.status}"
+                if isinstance(exc, (_NotAccepted, ClientStatusError))
+                else type(exc).__name__
             )
-            _log.warning(
-                "%s: logout failed (%s); the session will expire on its own",
+            ended = replaced and isinstance(exc, ClientStatusError)
+            _log.log(
+                logging.INFO if ended else logging.WARNING,
+                "%s: %s failed (%s); %s",
                 self.subject,
+                which if replaced else "logout",
                 error,
-                extra={"subject": self.subject, "error": type(exc).__name__},
+                "it had most likely ended already"
+                if ended
+                else "the session will expire on its own",
+                extra={
+                    "subject": self.subject,
+                    "error": type(exc).__name__,
+                    "generation": session.generation,
+                },
+            )
+            return
+        if replaced:
+            # Logged, not a ``logged_out`` event: the provider itself is still logged in (or
+            # about to be), and a hook tracking its state must not read it as logged out.
+            _log.info(
+                "%s: the replaced session (generation %d) is logged out",
+                self.subject,
+                session.generation,
+                extra={"subject": self.subject, "generation": session.generation},
             )
             return
         emit_state(
@@ -656,6 +786,34 @@ class LoginServiceAuth:
             logging.INFO,
             StateEvent("logged_out", self.subject, {"generation": session.generation}),
         )
+
+    def _drop(self, session: LoginSession | None) -> None:
+        """Forget ``session`` if it is still the current one; it is not logged out (calls in
+        flight and sockets may still hold it: see the module). Never once closing: the close
+        logs out what is current, and a session dropped under it would be left logged in."""
+        if session is None or self._session is not session or self._closed:
+            return
+        self._session = None
+
+    def _retire(self, session: LoginSession) -> None:
+        """Log out, in the background, ``session``, whose refresh the Login Service refused
+        (a 4xx) and which a new login replaced or was dropped since: declared over by the
+        server, nothing can still be using it, and left logged in it could live at the Login
+        Service until its TTL. Only for such a session: one dropped after a 401 or replaced
+        after a transient failure may still serve calls in flight and sockets, and is left to
+        expire on its own (see the module). The task is tracked; :meth:`close` waits for it.
+        Nothing is done with ``logout_on_close=False`` (the session may live on elsewhere), for
+        a session shared by a fleet (the other processes may still use it), or once closing
+        (the close logs out what is current)."""
+        http = self._http
+        if http is None or self._closed or not self._logout_on_close or self._shared is not None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._logout(http, session, replaced=True),
+            name=f"le_transport.logout[{self._account}]",
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # -- keepalive --------------------------------------------------------------------------
 
@@ -668,17 +826,34 @@ class LoginServiceAuth:
             )
 
     async def _keepalive_loop(self, http: ProviderHttp) -> None:
+        """Refresh the session every :meth:`refresh_interval_for` it, timed from its login (or
+        last refresh). Without a session (dropped after a 401, or after a refused login) it
+        waits for the next login, whoever makes it, and times the refresh from that: never
+        an interval measured from a session that is gone."""
         while True:
-            await http.clock.sleep(self.refresh_interval_for(self._session))
-            if self._session is None:
+            # Cleared before the session is read: a login from here on wakes the wait below.
+            self._logged_in.clear()
+            session = self._session
+            if session is None:
+                await self._logged_in.wait()
                 continue
+            try:
+                async with timeout_after(http.clock, self.refresh_interval_for(session)):
+                    await self._logged_in.wait()
+            except TimeoutError:
+                pass  # the interval ran out: refresh
+            else:
+                continue  # a login replaced the session: time the refresh from it
             try:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                # The keepalive never dies: the next tick (or the next request's login) tries
-                # again, and the outer recovery loop handles a lasting outage.
+            except (LoginRejected, BlockedError) as exc:
+                # The session refresh was refused and the login after it too: the password
+                # changed, or the account is blacklisted. Retried every tick, that would be a
+                # failed login every few minutes (an account lockout), or a blacklisted
+                # account hammered. Said once (the refusal itself was an ERROR, login_failed):
+                # the loop now waits for a caller's successful login.
                 emit_state(
                     http.hooks,
                     _log,
@@ -686,7 +861,30 @@ class LoginServiceAuth:
                     StateEvent(
                         "refresh_failed",
                         self.subject,
-                        {"error": type(exc).__name__, "next": "retry on the next tick"},
+                        {
+                            "error": type(exc).__name__,
+                            "status": exc.status,
+                            "next": "none: the keepalive waits for a successful login",
+                        },
+                    ),
+                )
+            except Exception as exc:
+                # The keepalive never dies: the next tick tries the refresh again, or, the
+                # session being gone, the next request's login starts it over; the outer
+                # recovery loop handles a lasting outage.
+                emit_state(
+                    http.hooks,
+                    _log,
+                    logging.WARNING,
+                    StateEvent(
+                        "refresh_failed",
+                        self.subject,
+                        {
+                            "error": type(exc).__name__,
+                            "next": "retry on the next tick"
+                            if self._session is not None
+                            else "the next call logs in",
+                        },
                     ),
                 )
 

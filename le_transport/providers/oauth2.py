@@ -39,6 +39,9 @@ class SentinelClientCredentials(TokenProvider):
 
     - ``account``, ``client_id``, ``client_secret``: the app installation's credentials.
     - ``domains``: where the ``sentinel`` host comes from.
+    - ``service``: the Domain API service of the token endpoint (:data:`SENTINEL`,
+      ``sentinel``).
+    - ``version``: the token endpoint's API version, sent as ``?v=`` (``1.0``).
     - ``margin``: fetch a new token this many seconds before expiry (60).
     - ``wall_clock``: epoch seconds, to read the JWT's ``exp`` against.
     """
