@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+import attrs
 import pytest
 
 from le_transport import Engine
@@ -189,6 +190,34 @@ async def test_engines_sharing_a_domain_map_ask_the_domain_api_once(
         await providers[0].invalidate()
         await providers[0].resolve("agentVep")
         assert sum(p.fetches for p in providers) == 2, "after invalidate the Domain API is asked"
+
+
+async def test_a_fleet_sharing_a_domain_map_asks_once_per_ttl_and_serves_no_older_map(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    # The shared map's TTL is CsdsDomains' (600 s), and a process keeps a map it read back no
+    # longer than the entry has left: it was kept an hour (3600 s) and each process then served
+    # it another 600 s of its own, so a host change reached the fleet up to 70 minutes late.
+    store = MemoryStore(clock)
+    providers = [csds_for(sim, shared=SharedDomainMap(store, account=ACCOUNT)) for _ in range(3)]
+    async with AsyncExitStack() as stack:
+        for domains in providers:
+            await stack.enter_async_context(Engine(domains, scheme="http", clock=clock))
+        # Staggered: the last process reads the shared map 400 s into its life.
+        for step in range(30):  # 3,000 virtual seconds, one resolve a 100 s per process
+            for domains in providers:
+                assert await domains.resolve("agentVep") == sim.host
+            await clock.sleep(100)
+            del step
+        # One fetch per 600 s for the whole fleet (3,000 s: 5, not 1 for an hour's entry, and
+        # never one per process).
+        assert sum(p.fetches for p in providers) == 5
+        # A host change at the Domain API reaches every process within the shared TTL.
+        moved = "moved.example.test:8443"
+        sim.config = attrs.evolve(sim.config, public_address=moved)
+        await clock.sleep(600)
+        for domains in providers:
+            assert await domains.resolve("agentVep") == moved
 
 
 async def test_a_redis_store_that_is_down_never_fails_a_login() -> None:

@@ -225,7 +225,9 @@ class CsdsDomains:
       again (30).
     - ``retry``: the request policy of the first fetch; default: the engine's.
     - ``shared``: a :class:`~le_transport.state.SharedDomainMap` (over a Redis store): a
-      fleet asks the Domain API once per its TTL; a map read back is validated again. After
+      fleet asks the Domain API once per its TTL (600 s by default, as ``ttl``); a map read
+      back is validated again, and served no longer than it has left in the store (nor than
+      ``ttl``), so no process serves one older than the shared TTL. After
       :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer.
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
@@ -409,9 +411,9 @@ class CsdsDomains:
             return self._entries
         return await self._flight.run(self._fetch_or_stale)
 
-    def _install(self, entries: dict[str, Entry], now: float) -> None:
+    def _install(self, entries: dict[str, Entry], now: float, life: float | None = None) -> None:
         self._entries = entries
-        self._expires_at = now + self._ttl
+        self._expires_at = now + (self._ttl if life is None else min(self._ttl, life))
 
     async def _fetch_or_stale(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
@@ -422,10 +424,12 @@ class CsdsDomains:
             # of a reconnect.
             policy = attrs.evolve(policy, pauses=())
         if self._shared is not None and not self._ask_source:
-            hosts = await self._shared.get()
-            if hosts:
-                shared_entries: dict[str, Entry] = dict(hosts)
-                self._install(shared_entries, http.clock.now())
+            found = await self._shared.get_with_life()
+            if found is not None and found[0]:
+                # Kept no longer than the shared entry lives: served for a TTL of its own on
+                # top, a fleet would pick up a host change up to twice the TTL late.
+                shared_entries: dict[str, Entry] = dict(found[0])
+                self._install(shared_entries, http.clock.now(), found[1])
                 return shared_entries
         try:
             entries = await self._fetch(http, policy, stale=stale is not None)

@@ -1,7 +1,9 @@
 """The account's domain map (service -> host), shared by a fleet so it is resolved once.
 
 Every process needs the Domain API's map, on every start and every reconnect; through a store the
-fleet asks once per TTL. A map read back is validated host by host: a store that was written by
+fleet asks once per TTL. A process that reads the shared map keeps it no longer than the entry
+has left to live (nor than its own provider's TTL), so no process serves a map older than the
+shared TTL. A map read back is validated host by host: a store that was written by
 someone else cannot redirect credentials to a host that is not a bare hostname.
 """
 
@@ -12,6 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from ..errors import HostileHostError
+from ..policies._validate import finite_number
 from ..providers.domains import validate_host
 from .fallback import FallbackStore
 from .memory import MemoryStore
@@ -23,9 +26,11 @@ _log = logging.getLogger("le_transport.state")
 
 
 class SharedDomainMap:
-    """The domain map of ``account`` in ``store``, kept ``ttl`` seconds."""
+    """The domain map of ``account`` in ``store``, kept ``ttl`` seconds (600, as
+    :class:`~le_transport.CsdsDomains` keeps its own: the fleet asks the Domain API once per
+    ``ttl``, and a host change reaches every process within it)."""
 
-    def __init__(self, store: StateStore, *, account: str, ttl: float = 3600.0) -> None:
+    def __init__(self, store: StateStore, *, account: str, ttl: float = 600.0) -> None:
         check_store("SharedDomainMap", "store", store)
         check_seconds("SharedDomainMap", "ttl", ttl)
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
@@ -38,14 +43,24 @@ class SharedDomainMap:
 
     async def get(self) -> dict[str, str] | None:
         """The shared map, or None if there is none (or it does not validate)."""
+        found = await self.get_with_life()
+        return None if found is None else found[0]
+
+    async def get_with_life(self) -> tuple[dict[str, str], float] | None:
+        """The shared map and the seconds it has left to live in the store, or None if there
+        is none (or it does not validate). A store that tells no finite life (a caller's own
+        answering ``inf`` for "no expiry") is taken to give it ``ttl``."""
         entry = await self._store.get(self._key)
         if entry is None:
             return None
+        life = entry.ttl
+        if not finite_number(life) or life < 0:
+            life = self._ttl
         try:
             raw = json.loads(entry.value)
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
-            return {
+            hosts = {
                 str(svc): validate_host(host, service=str(svc), account=self._account)
                 for svc, host in raw.items()
             }
@@ -56,6 +71,7 @@ class SharedDomainMap:
                 extra={"account": self._account},
             )
             return None
+        return hosts, min(float(life), self._ttl)
 
     async def put(self, hosts: Mapping[str, str]) -> None:
         """Share ``hosts`` (validated first) for ``ttl`` seconds."""
