@@ -32,6 +32,7 @@ from le_transport.errors import (
     DomainResolutionError,
     HostileHostError,
     RetriesExhausted,
+    TransportError,
     UnknownServiceError,
 )
 from le_transport.events import StateEvent
@@ -725,3 +726,32 @@ async def test_a_fetch_with_many_hostile_entries_logs_one_line(
             await domains.resolve("nope")
         assert "and 951 more" in str(info.value)
         assert len(str(info.value)) < 2_000
+
+
+@pytest.mark.parametrize("login_fault", ["redirect", "503"])
+async def test_a_redirected_refresh_and_a_failed_login_keep_the_session_that_still_works(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], login_fault: str
+) -> None:
+    # A 3xx refresh says nothing of the session. When the login it falls back on failed too (a
+    # maintenance redirect, an outage), the session was dropped all the same, and every call
+    # had to log in first, failing while the Login Service was down though its bearer worked.
+    auth = UserLogin(
+        ACCOUNT,
+        USER,
+        PASSWORD,
+        domains=csds_for(sim),
+        keepalive=False,
+        retry=RetryPolicy(pauses=()),
+    )
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        kept = auth.session
+        redirect = Status(302, headers={"Location": "/maintenance"})
+        sim.faults.script("POST", REFRESH, [redirect])
+        sim.faults.script("POST", LOGIN, [redirect if login_fault == "redirect" else 503] * 20)
+        with pytest.raises(TransportError):
+            await auth.refresh()
+        assert auth.session is kept
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200

@@ -18,6 +18,7 @@ import pytest
 from le_transport import Engine
 from le_transport.providers import UserLogin
 from le_transport.state import MemoryStore, SharedDomainMap, SharedSession, state_key
+from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import PASSWORD
@@ -233,3 +234,33 @@ async def test_a_redis_store_that_is_down_never_fails_a_login() -> None:
     token = await session.login(do_login)
     assert token.value == "token"
     await store.close()
+
+
+class _PersistedKeyStore(MemoryStore):
+    """A MemoryStore whose entries read as a Redis key without an expiry does (ttl 0.0)."""
+
+    gets = 0
+
+    async def get(self, key: str) -> Entry | None:
+        self.gets += 1
+        entry = await super().get(key)
+        return None if entry is None else Entry(entry.value, 0.0)
+
+
+async def test_a_shared_map_without_an_expiry_is_served_for_the_providers_ttl(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    # Redis answers a key set without an expiry with a TTL of 0: taken as "0 s left", the map
+    # was read back from the store on every resolve (every request and reconnect).
+    store = _PersistedKeyStore(clock)
+    writer = csds_for(sim, shared=SharedDomainMap(store, account=ACCOUNT))
+    reader = csds_for(sim, shared=SharedDomainMap(store, account=ACCOUNT))
+    async with (
+        Engine(writer, scheme="http", clock=clock),
+        Engine(reader, scheme="http", clock=clock),
+    ):
+        await writer.resolve("agentVep")
+        store.gets = 0
+        for _ in range(100):
+            assert await reader.resolve("agentVep") == sim.host
+        assert store.gets == 1

@@ -22,9 +22,11 @@ later than half the session's TTL, on the injected clock; each login restarts th
 session logged in at any time is refreshed in time. A refresh answered with 401 falls back
 to a fresh login and nothing else: no socket is torn down, the new bearer is simply what the
 next request or connect gets; so does a refresh answered with anything but a 2xx (a 3xx
-included: provider calls never follow redirects). When that login fails the session is dropped;
-the keepalive then waits for the next successful login, whoever makes it: a refused login (a
-changed password, a blacklisted account) is never retried in the background. Logins and
+included: provider calls never follow redirects). When that login fails after a refused (4xx)
+refresh, the session is dropped; after a 3xx, it is kept (it may still serve calls while the
+Login Service is down or redirects to a maintenance page) and the next tick tries again. A
+refused login (a changed password, a blacklisted account) is never retried in the background:
+the keepalive waits for the next successful login, whoever makes it. Logins and
 refreshes are single flight: a hundred concurrent callers without a token cause one login.
 
 **Which replaced sessions are logged out**: only one the Login Service itself refused to
@@ -470,10 +472,13 @@ class LoginServiceAuth:
                     try:
                         await self.login()
                     except Exception:
-                        # Dropped all the same: were the login refused (a changed password, a
-                        # blacklisted account), the dead session must not be refreshed, and
-                        # the login tried again, at every tick.
-                        self._drop(session)
+                        # A refused session is dropped all the same: were the login refused (a
+                        # changed password, a blacklisted account), the dead session must not be
+                        # refreshed, and the login tried again, at every tick. One a 3xx left
+                        # alone is kept: it still serves calls while the Login Service is down
+                        # or redirects to a maintenance page, and the next tick tries again.
+                        if refused:
+                            self._drop(session)
                         raise
             finally:
                 # Logged out only once no longer current (replaced or dropped, by this login

@@ -48,13 +48,14 @@ class SharedDomainMap:
 
     async def get_with_life(self) -> tuple[dict[str, str], float] | None:
         """The shared map and the seconds it has left to live in the store, or None if there
-        is none (or it does not validate). A store that tells no finite life (a caller's own
-        answering ``inf`` for "no expiry") is taken to give it ``ttl``."""
+        is none (or it does not validate). A store that tells no life (Redis answers 0 for a
+        key without an expiry, one set by something else; a caller's own store may answer
+        ``inf``) is taken to give it ``ttl``: taken as 0 s left, every resolve read the store."""
         entry = await self._store.get(self._key)
         if entry is None:
             return None
         life = entry.ttl
-        if not finite_number(life) or life < 0:
+        if not finite_number(life) or life <= 0:
             life = self._ttl
         try:
             raw = json.loads(entry.value)
