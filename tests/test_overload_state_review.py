@@ -179,8 +179,15 @@ PASSWORD_PARTS = (PASSWORD, "4711/Zq8", "Zq8+kLw", "kLw@x==")
         "redis://:s3cr3t/PWkLw@127.0.0.1:6379/0",
         "rediss://user:Zq8+kLw?x==@127.0.0.1:6380/0",
         "redis://user:Zq8+kLw#x==@127.0.0.1:6379/0",
-        "redis://default:Zq8+kLw@127.0.0.1:6379/0?client_name=bot@x",
+        # A '?' in the password, what follows it read as a query: an '@' in a value is taken
+        # only for redis-py's text parameters (password=, client_name=, ...).
+        "redis://user:4711?x=Zq8@127.0.0.1:6380/0",
+        "redis://:Zq8@kLw?4711@127.0.0.1:6379/0",
+        "redis://:Zq8@kLw/4711@127.0.0.1:6379/0?password=x",
         "unix://:4711/Zq8+kLw@/run/redis.sock?db=0",
+        "unix://:4711?Zq8+kLw@/run/redis.sock",
+        # A socket path starts at the first '@/': a password holding one could end at either.
+        "unix://:Zq8@/kLw4711@/run/redis.sock",
     ],
 )
 def test_a_url_whose_password_a_parser_would_misread_is_refused_without_showing_it(

@@ -11,13 +11,19 @@ import contextlib
 import itertools
 import logging
 import signal
+import socket
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.asyncio.connection import SSLConnection
 
 from le_transport.clock import RealClock
 from le_transport.errors import ConfigurationError, StateStoreError
@@ -636,3 +642,237 @@ async def test_a_longer_break_published_between_a_read_and_a_write_is_kept_on_re
         await a_longer_break_published_between_the_read_and_the_write(store, RealClock(), short)
     finally:
         await store.close()
+
+
+# -- URLs redis-py reads, with an '@' where no password is -------------------------------------
+#
+# 2ca9a2c split a URL's userinfo itself (so that a password holding an unencoded '/' is never
+# shown) and refused every URL with an '@' after its host: also unix:/path, an '@' in a query
+# value (?password=p@ss, ?client_name=svc@pod-7), and a percent-encoded password before a
+# socket path holding an '@'. Each worked before; each is taken again, and talks to Redis.
+
+#: The reproducers' password, as a query value or percent-encoded in a userinfo.
+AT_PASSWORD = "p@ss"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _redis_on_a_socket(password: str) -> Iterator[tuple[str, int]]:
+    """A redis-server requiring ``password`` on a free loopback port and on a unix socket in a
+    directory whose name holds an '@' (as ``user@1000``-style paths do): (socket, port).
+    (tests/redis_server.py's RedisServer serves no socket.)"""
+    binary = require_redis_server()
+    with tempfile.TemporaryDirectory(prefix="le_redis_") as tmp:
+        sock = Path(tmp) / "svc@host" / "redis.sock"
+        sock.parent.mkdir()
+        port = _free_port()
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", str(sock)]
+        args += ["--save", "", "--appendonly", "no", "--dir", tmp, "--requirepass", password]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {proc.returncode}")
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.settimeout(0.5)
+                        s.connect(str(sock))
+                        s.sendall(b"PING\r\n")
+                        if s.recv(64):  # -NOAUTH: up
+                            break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("redis-server did not start within 20 s") from None
+                    time.sleep(0.05)
+            yield str(sock), port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def at_redis() -> Iterator[tuple[str, int]]:
+    """One redis-server (password ``p@ss``) for the module's URL tests: (socket, port)."""
+    with _redis_on_a_socket(AT_PASSWORD) as server:
+        yield server
+
+
+async def _pings_and_stores(url: str) -> RedisStore:
+    """A store on ``url`` that pings and round-trips a value (so it authenticated); closed."""
+    store = RedisStore(url, op_timeout=OP)
+    try:
+        await store.ping()
+        assert await store.set("url", "v", ttl=60)
+        entry = await store.get("url")
+        assert entry is not None
+        assert entry.value == "v"
+        return store
+    finally:
+        await store.close()
+
+
+async def test_a_unix_url_without_an_authority_reaches_its_socket(
+    at_redis: tuple[str, int],
+) -> None:
+    """``unix:/path`` (no ``//``) is a socket path for urllib and redis-py: it was refused as
+    "must start with unix://"."""
+    sock, _ = at_redis
+    store = await _pings_and_stores(f"unix:{sock}?password=p%40ss")
+    assert repr(store).startswith(f"RedisStore(url='unix:{sock}?password=***'")
+    assert "p%40ss" not in repr(store)
+
+
+async def test_an_at_in_a_query_password_is_taken_as_written(at_redis: tuple[str, int]) -> None:
+    """redis-py reads ``?password=p@ss`` as the password ``p@ss``: refused, its '@' taken for
+    a userinfo's end."""
+    _, port = at_redis
+    store = await _pings_and_stores(f"redis://127.0.0.1:{port}/0?password={AT_PASSWORD}")
+    assert repr(store) == f"RedisStore(url='redis://127.0.0.1:{port}/0?password=***', " + (
+        "prefix='le_transport')"
+    )
+
+
+async def test_a_client_name_holding_an_at_is_taken_as_written(at_redis: tuple[str, int]) -> None:
+    """``?client_name=svc@pod-7`` was refused the same way; Redis gets that name."""
+    _, port = at_redis
+    url = f"redis://:p%40ss@127.0.0.1:{port}/0?client_name=svc@pod-7"
+    store = RedisStore(url, op_timeout=OP)
+    try:
+        await store.ping()
+        assert await store._client.client_getname() == "svc@pod-7"
+        assert "client_name=svc@pod-7" in repr(store)
+    finally:
+        await store.close()
+
+
+async def test_a_percent_encoded_password_before_a_socket_path_holding_an_at(
+    at_redis: tuple[str, int],
+) -> None:
+    """``unix://:p%40ss@/…/svc@host/redis.sock``: the last '@' is the path's, and all before it
+    was taken for the userinfo (the URL refused). A socket path is absolute: the userinfo ends
+    at the first '@/'."""
+    sock, _ = at_redis
+    store = await _pings_and_stores(f"unix://:p%40ss@{sock}")
+    assert repr(store) == f"RedisStore(url='unix://{sock}', prefix='le_transport')"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix:/run/redis/redis.sock",
+        "unix:///run/user@1000/redis.sock?db=2",
+        "unix://user:s3cr3t%2FPW@/run/user@1000/redis.sock?db=2",
+        "unix://:s3cr3t@PW@/run/redis.sock",
+        "redis://127.0.0.1:6379?password=s3cr3t@PW",
+        "redis://user:s3cr3t%2FPW@127.0.0.1:6379/0?client_name=svc@pod-7&lib_name=a@b",
+        "rediss://:s3cr3t@PW@[::1]:6380/0?username=me@example.com",
+        "redis://127.0.0.1:6379/0?ssl_password=s3cr3t%40PW",
+    ],
+)
+def test_urls_redis_py_reads_are_taken_and_their_password_never_shown(url: str) -> None:
+    shown = repr(RedisStore(url))
+    for part in ("s3cr3t", "PW"):
+        assert part not in shown, shown
+
+
+#: A password holding everything a URL gives a meaning to; each part distinctive (a capital
+#: letter: temporary directories' names have none), so that none is found by chance.
+URL_PASSWORD = "Zq8/kLw+Qv@Hn?Tp#Rm=="
+WRONG_URL_PASSWORD = "Yx4/bNc+Dj@Fg?Ks#Wt=="
+URL_PASSWORD_PARTS = ("Zq8", "kLw", "Qv", "Hn", "Tp", "Rm", "Yx4", "bNc", "Dj", "Fg", "Ks", "Wt")
+
+
+def _url_forms(password: str, sock: str, port: int) -> list[str]:
+    """The four URL forms above, with ``password`` written as each form takes it."""
+    in_query = quote(password, safe="@/?=")  # '+' and '#' encoded: parse_qs reads the rest
+    in_userinfo = quote(password, safe="@+=")  # '/', '?', '#' encoded, '@' and '+' as written
+    return [
+        f"unix:{sock}?password={in_query}",
+        f"redis://127.0.0.1:{port}/0?password={in_query}",
+        f"unix://:{in_userinfo}@{sock}",
+        f"redis://:{in_userinfo}@127.0.0.1:{port}/0?client_name=svc@pod-7",
+    ]
+
+
+async def test_a_password_in_any_url_form_is_never_shown(
+    secret_values: set[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The password works in each form; wrong or on a server that is gone, no repr, error or
+    log line shows any part of it, as written or decoded."""
+    secret_values.update((URL_PASSWORD, WRONG_URL_PASSWORD, *URL_PASSWORD_PARTS))
+    caplog.set_level(logging.DEBUG)
+    shown: list[str] = []
+    with _redis_on_a_socket(URL_PASSWORD) as (sock, port):
+        for url in _url_forms(URL_PASSWORD, sock, port):
+            shown.append(repr(await _pings_and_stores(url)))
+        failing = [
+            *_url_forms(WRONG_URL_PASSWORD, sock, port),
+            *_url_forms(URL_PASSWORD, f"{sock}.gone", 1),
+        ]
+        for url in failing:
+            store = RedisStore(url, op_timeout=OP)
+            fallback = FallbackStore(store)
+            try:
+                assert await fallback.get("k") is None, "answered locally"
+                assert not fallback.sharing
+                with pytest.raises(StateStoreError) as info:
+                    await store.ping()
+                shown += [repr(store), repr(fallback), str(info.value)]
+            finally:
+                await fallback.close()
+    shown += [record.getMessage() for record in caplog.records]
+    assert any("shared state unavailable" in line for line in shown)
+    for line in shown:
+        for part in URL_PASSWORD_PARTS:
+            assert part not in line, line
+
+
+# -- a caller's client, named by its server -----------------------------------------------------
+
+
+async def test_an_ipv6_client_is_named_by_its_server_in_brackets() -> None:
+    """f"redis://{host}:{port}/{db}" with host '::1' is no URL: '<unparseable url>' was shown."""
+    client = aioredis.Redis(host="::1", port=6390, db=2, password="s3cr3t-PW")
+    try:
+        shown = repr(RedisStore(client=client))
+        assert shown == "RedisStore(url='redis://[::1]:6390/2', prefix='le_transport')"
+    finally:
+        await client.aclose()
+
+
+async def test_a_tls_client_is_named_rediss() -> None:
+    """A client whose connections are TLS ones (ssl=True, rediss://, or a subclass of
+    SSLConnection) was named redis://."""
+
+    class PinnedTLS(SSLConnection):
+        pass
+
+    clients = [
+        aioredis.Redis(host="10.0.0.5", port=6380, ssl=True),
+        aioredis.Redis.from_url("rediss://:s3cr3t-PW@10.0.0.5:6380/0"),
+        aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool(
+                connection_class=PinnedTLS, host="10.0.0.5", port=6380
+            )
+        ),
+    ]
+    try:
+        for client in clients:
+            shown = repr(RedisStore(client=client))
+            assert shown == "RedisStore(url='rediss://10.0.0.5:6380/0', prefix='le_transport')"
+        plain = aioredis.Redis(host="10.0.0.5", port=6379)
+        assert "url='redis://10.0.0.5:6379/0'" in repr(RedisStore(client=plain))
+        await plain.aclose()
+    finally:
+        for client in clients:
+            await client.aclose()

@@ -20,7 +20,7 @@ import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from .._checks import is_async_callable, require_kind
 from .._redact import Secret, is_secret_name, redact_text, redact_url
@@ -153,15 +153,21 @@ def _ttl_ms(ttl: float) -> int:
 class RedisStore:
     """A :class:`~le_transport.state.StateStore` in Redis, shared by every process using it.
 
-    - ``url``: ``redis://host:port/db``, ``rediss://`` for TLS, or ``unix:///path?db=n``. A
-      password in the URL works but is never logged, nor shown in a repr or an error: prefer
-      ``password=``. In a URL it must be percent-encoded (``/`` as ``%2F``, ``?`` as ``%3F``,
-      ``#`` as ``%23``, ``@`` as ``%40``): an unencoded ``/``, ``?`` or ``#`` ends the host part
-      for every URL parser, which then reads the start of the password as a host and a port
-      and the rest as the path. So a URL with an ``@`` after its host part is refused
-      (:class:`~le_transport.errors.ConfigurationError`, the URL not shown: an ``@`` in a
-      query value must be written ``%40`` too), as is one redis-py cannot parse (its message
-      not quoted: it may quote the password).
+    - ``url``: ``redis://host:port/db``, ``rediss://`` for TLS, or ``unix:///path?db=n`` (also
+      ``unix:/path``, or ``unix://[[username]:password@]/path``). A password in the URL (in its
+      userinfo or as ``?password=``) works but is never logged, nor shown in a repr or an
+      error: prefer ``password=``. In the userinfo it must be percent-encoded (``/`` as
+      ``%2F``, ``?`` as ``%3F``, ``#`` as ``%23``; ``@`` as ``%40`` is safest): an unencoded
+      ``/``, ``?`` or ``#`` ends the host part for every URL parser, which then reads the start
+      of the password as a host and a port and the rest as the path. So a URL with an ``@``
+      that a parser would read after its host part is refused
+      (:class:`~le_transport.errors.ConfigurationError`, the URL not shown): one in the path of
+      a ``redis://`` URL, in the fragment, or in a query value other than those of redis-py's
+      text parameters (``password=p@ss`` and ``client_name=svc@pod`` are taken as written),
+      and, in a ``unix://`` URL with a userinfo (which ends at the first ``@/``: a socket path
+      is absolute), a second ``@/`` or a userinfo holding ``/``, ``?`` or ``#``. Any of those
+      ``@`` can be written ``%40``. A URL redis-py cannot parse is refused too (its message not
+      quoted: it may quote the password).
     - ``password``: passed through to Redis ``AUTH`` (a str or a :class:`Secret`).
     - ``prefix``: every key starts with it (default ``le_transport``).
     - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed.
@@ -227,7 +233,7 @@ class RedisStore:
         # The userinfo is split off here, before any parser sees the URL: yarl and urllib read
         # a password holding an unencoded '/' as a host, a port and a path, and showed it.
         bare, userinfo, misread = _split_userinfo(url)
-        self._url = redact_url(bare)
+        self._url = _url_shown(bare)
         self._prefix = prefix
         self._op_timeout = float(op_timeout)
         self._clock = clock or RealClock()
@@ -435,13 +441,21 @@ class RedisStore:
 
 
 def _client_shown(client: Any) -> str:
-    """A caller's client as errors name it: the server its pool connects to (host, port and
-    db; never a password), or its type when it tells none (a cluster, a wrapper)."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    """A caller's client as errors name it: the server its pool connects to (``rediss://`` if
+    its connections are TLS ones, an IPv6 host in brackets; host, port and db, never a
+    password), or its type when it tells none (a cluster, a wrapper)."""
+    from redis.asyncio.connection import SSLConnection
+
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
     if isinstance(kwargs, Mapping):
         host, port, db = kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0)
         if isinstance(host, str) and isinstance(port, int) and isinstance(db, int):
-            return redact_url(f"redis://{host}:{port}/{db}")
+            kind = getattr(pool, "connection_class", None)
+            tls = isinstance(kind, type) and issubclass(kind, SSLConnection)
+            if ":" in host and not host.startswith("["):
+                host = f"[{host}]"  # an IPv6 address: its ':' would be read as the port's
+            return redact_url(f"{'rediss' if tls else 'redis'}://{host}:{port}/{db}")
         path = kwargs.get("path")
         if isinstance(path, str):
             return f"unix://{path}"
@@ -451,10 +465,31 @@ def _client_shown(client: Any) -> str:
 #: What a Redis URL looks like, for a refusal.
 _URL_FORMS = (
     "redis://[[username]:password@]host[:port][/db], rediss://... for TLS, or "
-    "unix://[[username]:password@]/path[?db=n], with a password percent-encoded"
+    "unix://[[username]:password@]/path[?db=n] (unix:/path), with a password percent-encoded"
 )
 #: The schemes redis-py reads.
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
+#: Query parameters that redis-py passes to its connections as text, whose values may hold an
+#: ``@`` as written (``?password=p@ss``, ``?client_name=svc@pod-7``). An ``@`` in any other
+#: query parameter is taken for the end of a userinfo whose password holds a ``?``: redis-py
+#: would pass that parameter to its connection, which refuses a name it does not know.
+_TEXT_PARAMS = frozenset(
+    {
+        "password",
+        "username",
+        "client_name",
+        "lib_name",
+        "lib_version",
+        "ssl_password",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_ca_data",
+        "path",
+        "host",
+    }
+)
 
 
 def _text(value: object) -> str:
@@ -467,28 +502,86 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _split_userinfo(url: str) -> tuple[str, str | None, bool]:
-    """``url`` without its userinfo, the userinfo (None if it has none), and whether an ``@``
-    follows its authority.
+def _first(text: str, chars: str) -> int:
+    """The index of the first of ``chars`` in ``text``, or its length."""
+    found = [i for i in (text.find(c) for c in chars) if i >= 0]
+    return min(found) if found else len(text)
 
-    The userinfo is all between ``://`` and the last ``@`` of the authority, found here rather
-    than by a URL parser: a password holding an unencoded ``/``, ``?`` or ``#`` ends the
-    authority for every parser, which then read ``user:4711`` as a host and a port and the rest
-    of the password as the path (and showed it). So an ``@`` anywhere after a non-empty
-    authority is taken as the end of a userinfo too: all before the last one is hidden, and the
-    URL refused (:func:`_check_url`). (An empty authority, ``unix:///path``, has no userinfo: an
-    ``@`` in its path is the path's.)"""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url, None, False
-    at = rest.rfind("@")
+
+def _split_userinfo(url: str) -> tuple[str, str | None, bool]:
+    """``url`` without its userinfo, the userinfo (None if it has none), and whether a parser
+    would misread it (an ``@`` where it may end a userinfo that a parser would not end there).
+
+    Found here rather than by a URL parser: a password holding an unencoded ``/``, ``?`` or
+    ``#`` ends the authority for every parser, which then read ``user:4711`` as a host and a
+    port and the rest of the password as the path or the query (and showed it).
+
+    - ``redis://`` and ``rediss://``: the authority ends at the first ``/``, ``?`` or ``#``, and
+      its userinfo at its last ``@``, as every parser reads it. An ``@`` after the authority
+      is misread unless it is in the value of one of redis-py's text parameters in the query
+      (:data:`_TEXT_PARAMS`): the path is the db number, and a fragment nothing redis-py reads.
+    - ``unix://``: a socket path is absolute, so a userinfo ends at the first ``@/``; it is
+      misread if it holds a ``/``, ``?`` or ``#`` (a parser ends it there), or if the path holds
+      a second ``@/`` (a password holding ``@/`` could end at either). With no ``@/``, an
+      authority ends as for ``redis://``. An empty authority (``unix:///path``, and
+      ``unix:/path``, which has none) has no userinfo: an ``@`` in it is the path's or the
+      query's.
+
+    A misread URL is refused (:func:`_check_url`), unless ``client=`` is given (it goes
+    unused): all before its last ``@`` is then taken for its userinfo, to be hidden.
+    """
+    scheme, colon, rest = url.partition(":")
+    if not colon or not rest.startswith("//"):
+        return url, None, False  # no authority (unix:/path), or refused by _check_url
+    rest = rest[2:]
+    start = f"{scheme}://"
+    if scheme.lower() == "unix" and rest.startswith("/"):
+        return url, None, False  # an empty authority: '@' is the path's or the query's
+    at = rest.find("@/") if scheme.lower() == "unix" else -1
+    if at >= 0:
+        misread = _first(rest[:at], "/?#") < at or _misread_after(
+            rest[at + 1 :], path_holds_at=True
+        )
+    else:
+        end = _first(rest, "/?#")
+        at = rest.rfind("@", 0, end)
+        misread = _misread_after(rest[end:], path_holds_at=False)
+    if misread:
+        at = rest.rfind("@")
     if at < 0:
-        return url, None, False
-    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
-    end = min(ends) if ends else len(rest)
-    if end == 0:
-        return url, None, False  # no authority: the '@' is in the path, query or fragment
-    return f"{scheme}://{rest[at + 1 :]}", rest[:at], at > end
+        return url, None, misread
+    return start + rest[at + 1 :], rest[:at], misread
+
+
+def _misread_after(after: str, *, path_holds_at: bool) -> bool:
+    """Whether the part of a URL after its authority (its path, query and fragment) holds an
+    ``@`` that may end a userinfo: in the path (unless ``path_holds_at``: then a second
+    ``@/``), in the fragment, or in the query other than in a value of :data:`_TEXT_PARAMS`."""
+    q = _first(after, "?#")
+    path, tail = after[:q], after[q:]
+    if ("@/" if path_holds_at else "@") in path:
+        return True
+    query, _, fragment = tail[1:].partition("#") if tail.startswith("?") else ("", "", tail[1:])
+    if "@" in fragment:
+        return True
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if "@" in name or ("@" in value and unquote_plus(name) not in _TEXT_PARAMS):
+            return True
+    return False
+
+
+def _url_shown(bare: str) -> str:
+    """A URL without its userinfo as the repr and errors show it (:func:`redact_url`), a unix
+    socket's with its scheme (yarl takes an empty authority for none, and drops it)."""
+    shown = redact_url(bare)
+    scheme, colon, rest = bare.partition(":")
+    if colon and scheme.lower() == "unix" and not shown.lower().startswith("unix:"):
+        if shown.startswith("/") and rest.startswith("//"):
+            return f"{scheme}://{shown}"
+        if shown != "<unparseable url>":
+            return f"{scheme}:{shown}"
+    return shown
 
 
 def _url_secrets(userinfo: str | None, bare: str) -> list[str]:
@@ -504,31 +597,39 @@ def _url_secrets(userinfo: str | None, bare: str) -> list[str]:
     query = bare.partition("?")[2].partition("#")[0]
     for part in query.split("&"):
         name, _, value = part.partition("=")
-        if value and is_secret_name(unquote(name)):
-            found += [value, unquote(value)]
+        if value and is_secret_name(unquote_plus(name)):
+            # redis-py reads a query value as parse_qs does: '+' a space, then percent-decoded.
+            found += [value, unquote(value), unquote_plus(value)]
     return found
 
 
 def _check_url(url: str, misread: bool) -> None:
     """A :class:`ConfigurationError` for a URL redis-py cannot use as written, before it parses
     it. Only the scheme is ever shown: the rest may hold a password."""
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme.lower() not in _SCHEMES:
+    scheme, colon, rest = url.partition(":")
+    kind = scheme.lower()
+    # unix:/path is a socket path without an authority (so without a userinfo), as redis-py
+    # reads it; redis:// and rediss:// name their host in one.
+    if not colon or kind not in _SCHEMES or (kind != "unix" and not rest.startswith("//")):
         shown = (
             f"{scheme!r}"
-            if sep and scheme.isascii() and scheme.isalnum() and len(scheme) <= 16
+            if colon and scheme.isascii() and scheme.isalnum() and len(scheme) <= 16
             else "something else"
         )
+        if kind in _SCHEMES:
+            shown = f"{kind}: without '//'"
         raise ConfigurationError(
-            f"RedisStore.url must start with redis://, rediss:// or unix://, got {shown} (the "
+            f"RedisStore.url must start with redis://, rediss:// or unix:, got {shown} (the "
             "URL is not shown: it may hold a password)"
         )
     if misread:
         raise ConfigurationError(
-            "RedisStore.url has an '@' after its host: a password holding '/', '?', '#' or "
-            "'@' must be percent-encoded in a URL (%2F, %3F, %23, %40), or given as "
-            f"password=; an '@' elsewhere, written %40 ({_URL_FORMS}). The URL is not shown: "
-            "it may hold a password"
+            "RedisStore.url has an '@' that a URL parser may read after its host: a password "
+            "holding '/', '?', '#' or '@' must be percent-encoded in a URL (%2F, %3F, %23, "
+            "%40), or given as password=; an '@' in a redis:// path, a fragment or a query "
+            "value (but those of password=, username=, client_name= and redis-py's other text "
+            f"parameters), or a second '@/' in a unix:// URL, written %40 ({_URL_FORMS}). The "
+            "URL is not shown: it may hold a password"
         )
 
 
