@@ -29,7 +29,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._checks import require_kind, require_option
-from ._redact import body_excerpt, redact_text, redact_url
+from ._redact import body_excerpt, redact_path, redact_text, redact_url
 from .clock import Clock, RealClock
 from .errors import (
     AttemptRecord,
@@ -1324,8 +1324,10 @@ class Engine:
 
     def _check_path(self, service: str, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
+            # Shown to say what was wrong, with an in-path bearer hidden (a UMS path's).
+            shown = repr(redact_path(path))[:80] if isinstance(path, str) else type(path).__name__
             raise InvalidRequest(
-                f"path must be an absolute path starting with a single '/', got {path!r:.80}",
+                f"path must be an absolute path starting with a single '/', got {shown}",
                 service=service,
             )
         if any(ord(c) < 0x21 or c in "?#\x7f" for c in path):
@@ -1706,7 +1708,9 @@ class Engine:
         is; ``options``, ``on_connect``, ``on_frame``, ``escalate`` or ``auth_placement`` of
         the wrong kind (or a placement that needs an auth provider, or ``{bearer}`` in the
         path, and has none) a :class:`~le_transport.errors.ConfigurationError`: both at the
-        call, before anything is made, and never showing a value. A setup mistake only a
+        call, before anything is made, and never showing a credential (a refused path is
+        shown with an in-path bearer hidden; params, headers and properties are named, not
+        shown). A setup mistake only a
         connect finds (an unknown service, a 4xx from the Domain API, a provider's own bug)
         stops the socket at once, typed, as the same call over HTTP fails.
         """

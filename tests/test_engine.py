@@ -162,6 +162,18 @@ async def test_malformed_calls_raise_invalid_request_before_anything_is_sent(
     assert script.hits == 0
 
 
+async def test_a_refused_path_is_shown_without_its_in_path_bearer(clock: VirtualClock) -> None:
+    # The refusal shows the path, to say what was wrong; a UMS path missing its leading '/'
+    # carries the bearer, which it must not show.
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="absolute path") as info:
+            await engine.request("GET", "svc", f"ws_api/account/1/messaging/brand/{SECRET_ISH}")
+        assert SECRET_ISH not in str(info.value)
+        assert "ws_api/account/1/messaging/brand/" in str(info.value)
+        with pytest.raises(InvalidRequest, match="got NoneType"):
+            await engine.request("GET", "svc", None)  # type: ignore[arg-type]
+
+
 SECRET_ISH = "s3cr3t-in-a-bad-argument"
 
 
