@@ -612,3 +612,28 @@ async def test_a_bug_in_a_callers_store_is_logged_with_where_it_was_raised_at_ev
     assert all("BuggyStore.get failed with KeyError" in m for m in errors)
     assert all("in get" in m for m in errors)  # where: the store's frame
     assert not any("session-value-s3cr3t" in r.getMessage() for r in caplog.records)
+
+
+class _OddPaceStore(MemoryStore):
+    """A caller's own store whose reserve answers something that is no wait."""
+
+    def __init__(self, clock: VirtualClock, answer: float) -> None:
+        super().__init__(clock)
+        self.answer = answer
+
+    async def reserve(self, key: str, bucket: TokenBucket) -> float:
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [float("inf"), float("nan"), -1.0])
+async def test_a_fleet_pace_that_is_no_wait_paces_on_the_processs_own_bucket(
+    clock: VirtualClock, answer: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # inf slept for ever (a socket never reconnected), NaN stopped the socket with the
+    # clock's ValueError: the process paces itself instead, as while the store is out.
+    bucket = TokenBucket(rate=10.0, burst=2.0)
+    pacer = FleetPacer(_OddPaceStore(clock, answer), account="1", bucket=bucket, clock=clock)
+    waited = [await asyncio.wait_for(pacer.acquire(), timeout=5) for _ in range(3)]
+    assert waited == pytest.approx([0.0, 0.0, 0.1])
+    warnings = [r for r in caplog.records if "not a wait in seconds" in r.getMessage()]
+    assert len(warnings) == 1

@@ -9,8 +9,11 @@ fleet as a whole comes back at ``rate`` per second after ``burst``: give it to
 
 from __future__ import annotations
 
+import logging
+
 from .._checks import require_kind
 from ..clock import Clock, RealClock
+from ..policies._validate import finite_number
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
 from .fallback import FallbackStore
@@ -18,6 +21,8 @@ from .memory import MemoryStore
 from .store import StateStore, check_store, state_key
 
 __all__ = ["FleetPacer"]
+
+_log = logging.getLogger("le_transport.state")
 
 
 class FleetPacer(ReconnectPacer):
@@ -50,6 +55,8 @@ class FleetPacer(ReconnectPacer):
             else FallbackStore(store, clock=self._clock)
         )
         self._key = state_key(account, "pace", name)
+        # Whether a store's answer that is no wait has been logged (once is enough).
+        self._bad_wait_logged = False
 
     async def reserve_shared(self) -> float:
         """Take a turn in the fleet's bucket: seconds to wait before using it."""
@@ -59,7 +66,22 @@ class FleetPacer(ReconnectPacer):
         # The turn is at the returned wait after the store answered: the store's clock and
         # ours agree to within a round trip, which the bucket's grace covers. A process that
         # wakes past its turn forfeits it, as in ReconnectPacer.acquire.
-        return await self.reserve_shared()
+        wait = await self.reserve_shared()
+        if finite_number(wait) and wait >= 0:
+            return wait
+        # A caller's own store answering inf (a socket waiting for ever: never reconnected),
+        # NaN (a ValueError from the clock, stopping the socket) or a negative: this process
+        # paces itself on its own bucket, as while the store is out.
+        if not self._bad_wait_logged:
+            self._bad_wait_logged = True
+            _log.warning(
+                "the fleet's reconnect pace %s answered %r, not a wait in seconds: pacing "
+                "on this process's own bucket",
+                self._key,
+                wait,
+                extra={"key": self._key},
+            )
+        return self.reserve()
 
     def __repr__(self) -> str:
         return f"FleetPacer(key={self._key!r}, rate={self.bucket.rate}, burst={self.bucket.burst})"
