@@ -21,31 +21,29 @@ __all__ = ["Outbox", "Outgoing"]
 class Outgoing:
     """One message waiting to be sent: its wire text and, for a request, its id.
 
-    ``order`` is where a message written straight out on an open socket stood among the
-    socket's sends (None for one that was queued first): when several such writes fail with
-    their connection, :meth:`Outbox.put_back` puts them back in that order, whatever order
-    their failures came in.
+    ``order`` is where the message stands among its socket's sends: the socket numbers each
+    send (from 1) when it is made, whether it goes straight out or is queued, and the number
+    stays with the message through the queue. A write that fails with its connection is put
+    back by it (:meth:`Outbox.put_back`), so that what was sent goes out in the order it was
+    sent, whatever order the failures came in.
     """
 
     text: str
     request_id: str | None = None
     #: Set by :meth:`Outbox.withdraw` on the message it took out of the queue.
     withdrawn: bool = False
-    order: int | None = None
+    order: int = 0
 
 
 class Outbox:
-    """A bounded FIFO of :class:`Outgoing` messages."""
+    """A bounded FIFO of :class:`Outgoing` messages, in the order they were sent."""
 
-    __slots__ = ("_items", "_limit", "_returned")
+    __slots__ = ("_items", "_limit")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         # Made on the first message: most sockets of a large fleet never queue one.
         self._items: deque[Outgoing] | None = None
-        # How many messages at the head were put back since the queue was last taken from:
-        # the writes one connection failed, kept in the order they were sent.
-        self._returned = 0
 
     def __len__(self) -> int:
         return 0 if self._items is None else len(self._items)
@@ -68,32 +66,29 @@ class Outbox:
         self._items.append(item)
 
     def put_back(self, item: Outgoing) -> None:
-        """Return ``item`` to the head: it was taken, or written straight out, but could not be
-        written. Never refused (it was sent before anything now queued).
+        """Return ``item``, which was taken, or written straight out, but could not be written.
+        Never refused (it was sent before what was queued after it).
 
-        The messages put back since the queue was last taken from stay ahead of everything
-        else, among themselves in the order they were sent (their ``order``; one without goes
-        first: it was taken from the head): writes waiting on one connection that all fail
-        when it ends go out on the next in the order they were made.
+        It goes back where its ``order`` puts it: before the first message not sent before it
+        (messages of the same ``order``, such as unnumbered ones, it goes ahead of). That is
+        at the head, or among the other writes put back, for every write a connection failed
+        (taken from the head, or written straight out while the queue was empty): writes that
+        all fail when their connection ends go out on the next one in the order they were
+        made, whatever order their failures came in, and ahead of what was queued meanwhile.
         """
         items = self._items
         if items is None:
             items = self._items = deque()
-        at = self._returned
-        if item.order is None:
-            at = 0
-        else:
-            for index in range(self._returned):
-                before = items[index].order
-                if before is not None and before > item.order:
-                    at = index
-                    break
-        items.insert(at, item)
-        self._returned += 1
+        order = item.order
+        # From the head: a write put back was made before nearly everything queued.
+        for index, queued in enumerate(items):
+            if queued.order >= order:
+                items.insert(index, item)
+                return
+        items.append(item)
 
     def take(self) -> Outgoing | None:
         """The next message, or None when the queue is empty."""
-        self._returned = 0
         items = self._items
         return items.popleft() if items else None
 
@@ -107,8 +102,6 @@ class Outbox:
             if item.request_id == request_id:
                 del items[index]
                 item.withdrawn = True
-                if index < self._returned:
-                    self._returned -= 1
                 return True
         return False
 
@@ -120,5 +113,4 @@ class Outbox:
         """Empty the queue; the messages it held."""
         items = list(self._items or ())
         self._items = None
-        self._returned = 0
         return items

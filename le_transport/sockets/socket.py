@@ -68,7 +68,6 @@ from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
 from ._shown import error_text
-from ._waits import waits_for, yield_once
 from .correlation import PendingRequests
 from .dial import Connection, Dialer, DialFailed, read_error_disconnect
 from .keepalive import KeepaliveScheduler
@@ -102,10 +101,6 @@ OnConnect = Callable[["ResilientSocket"], Awaitable[object]]
 FrameHandler = Callable[[Any], "Awaitable[object] | object"]
 
 _WARNING_STATES = frozenset({"lost", "connect_failed", "escalating", "reauthenticating"})
-
-#: How many times a task that started eagerly inside a callback's task asks again whether the
-#: callback waits for it (see ResilientSocket._waited_for_by).
-_WAIT_LOOKS = 3
 
 # Set inside the on_connect callbacks' task: (socket id, epoch). Their sends bypass the queue,
 # which must wait until they are done.
@@ -377,7 +372,7 @@ class ResilientSocket:
         self._owner: asyncio.Task[None] | None = None
         # The task running the on_connect callbacks of the current connection, if any.
         self._setup: asyncio.Task[None] | None = None
-        # Sends written straight out so far: the order of each (see _send_text).
+        # Sends made so far, straight out or queued: the number of each (see _send_text).
         self._sends = 0
         self._closing = False
         self._error: SocketClosed | None = None
@@ -467,18 +462,16 @@ class ResilientSocket:
         subclasses), and :class:`TimeoutError` after ``timeout`` seconds of the clock (a
         ``timeout`` that is not a positive number is
         :class:`~le_transport.errors.InvalidMessage`). Called from an ``on_frame`` handler or
-        an ``on_connect`` callback while the socket is not open, or in a task one of them
-        waits for (as :meth:`request` tells), it raises
+        an ``on_connect`` callback while the socket is not open, it raises
         :class:`~le_transport.errors.SocketDeadlock`: the socket opens only after those
-        return.
+        return. Called in another task that one of them waits for (``asyncio.gather``,
+        ``create_task`` then ``await``, ``wait_for``, a ``TaskGroup``), it is not told: it
+        waits for its ``timeout`` (:class:`TimeoutError`; without one, until the socket
+        closes), and the callback with it. Such a task is for the callback to start and not
+        wait for (or to wait for only a while: the socket opens once the callback returns).
         """
         # Checked here, not by the clock: each clock would take a bad value its own way.
         _check_timeout(timeout)
-        if self._ready_epoch is None and await self._waited_for_by_callbacks():
-            raise SocketDeadlock(
-                f"wait_open() of {self._name} called in a task that its own on_frame handler "
-                "or on_connect callback waits for: the socket opens only after they return"
-            )
         async with timeout_after(self._clock, timeout):
             while self._ready_epoch is None:
                 self._raise_if_closed()
@@ -564,9 +557,9 @@ class ResilientSocket:
         """Send ``frame`` (a JSON value, or a ``str`` sent as is).
 
         Returns True when it went out now, False when it was queued to go out after the next
-        connect (a write the connection failed while it waited is queued too, first in line
-        and in the order it was sent; or sent on the next connection at once, True, when that
-        one is open by then). Sends made while this connection's ``on_connect``
+        connect (a write the connection failed while it waited is queued too, ahead of every
+        message sent after it, queued or not; or sent on the next connection at once, True,
+        when that one is open by then). Sends made while this connection's ``on_connect``
         callbacks run, by them or by tasks they started, go straight out ahead of the queue
         (lost with the connection: :class:`SocketClosed`, as the callbacks run again on the
         next one); once the callbacks are done, such a task sends as any other.
@@ -615,31 +608,24 @@ class ResilientSocket:
         does not catch up within ``timeout``.
 
         An ``on_frame`` handler runs in the task that reads the connection, so it cannot wait
-        for an answer: awaited there, or in a task the handler waits for (through
-        ``asyncio.gather``, ``create_task`` then ``await``, ``wait_for``, ``shield``,
-        ``asyncio.wait`` or a ``TaskGroup``), this raises
+        for an answer: awaited there, this raises
         :class:`~le_transport.errors.SocketDeadlock` at once, before anything is sent. Such a
         handler starts a task for the request and does not wait for it (or uses
         :meth:`send`): that task may request at once, while the handler still runs, and its
-        answer is read when the handler returns. (A wait that goes through something asyncio
-        does not record, such as an event the task sets once answered, is not seen: the
-        request then waits for its timeout.)
+        answer is read when the handler returns. A request awaited in another task that the
+        handler waits for (``asyncio.gather``, ``create_task`` then ``await``, ``wait_for``,
+        ``shield``, a ``TaskGroup``) is not told apart: it is sent, but its answer cannot be
+        read before the handler returns, so it fails with :class:`SocketRequestTimeout` after
+        its ``timeout``, and the handler waits that long. A handler that waits for it only a
+        while (``asyncio.wait`` with a ``timeout``, a ``shield`` under a timeout) gets no
+        answer in that time, but the request is answered once the handler has returned.
         """
-        owner = self._owner
-        if owner is not None:
-            current = asyncio.current_task()
-            if current is owner or (
-                # Only while the owner awaits a handler: a cheap test first, on every request.
-                self._handling is not None
-                and current is not None
-                and await self._waited_for_by(owner, current, self._awaits_handler)
-            ):
-                raise SocketDeadlock(
-                    f"request {type!r} awaited in an on_frame handler of {self._name} (or in "
-                    "a task the handler waits for): the handler runs in the task that reads "
-                    "the answers, so none could arrive; start a task for the request and do "
-                    "not wait for it in the handler"
-                )
+        if self._owner is not None and asyncio.current_task() is self._owner:
+            raise SocketDeadlock(
+                f"request {type!r} awaited in an on_frame handler of {self._name}: the handler "
+                "runs in the task that reads the answers, so none could arrive; start a task "
+                "for the request and do not await it in the handler"
+            )
         if not isinstance(type, str) or not type:
             raise InvalidMessage(
                 f"a request type must be a non-empty str, got {builtins.type(type).__name__}"
@@ -681,11 +667,19 @@ class ResilientSocket:
             )
         return answer
 
-    async def _send_text(self, text: str, request_id: str | None) -> bool:
+    async def _send_text(self, text: str, request_id: str | None, order: int = 0) -> bool:
+        """Write ``text`` now or queue it (see :meth:`send`); ``order``, when the message was
+        numbered already (a write that failed and is sent again), keeps its place."""
         if self._closing:
             # Closed, or closing: set whenever the socket is (by close() and by _finish, in the
             # same step as the state), so that an open socket's send reads one field here.
             self._raise_if_closed()
+        if not order:
+            # Where this send stands among the socket's sends, numbered as it is made (in the
+            # same step as the write or the queueing: nothing runs in between): a write that
+            # fails with its connection goes back into the queue by it, ahead of whatever was
+            # sent after it, in whatever order the failures come.
+            order = self._sends = self._sends + 1
         conn = self._conn
         direct = _ON_CONNECT.get()
         if (
@@ -719,9 +713,6 @@ class ResilientSocket:
         if epoch is not None and conn is not None and not self._outbox:
             if request_id is not None:
                 self._pending.sent(request_id, epoch)
-            # Where this send stands among the socket's sends: a write that fails with its
-            # connection is put back in this order, not in the order the failures came in.
-            order = self._sends = self._sends + 1
             try:
                 await self._write(conn, text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
@@ -740,11 +731,11 @@ class ResilientSocket:
                     # past the reconnect): that one's queue went out already, so this goes out
                     # there now. Put back, it would wait for the connection after it, and every
                     # send with it.
-                    return await self._send_text(text, request_id)
+                    return await self._send_text(text, request_id, order)
                 # aiohttp refuses to write to a closing transport before writing anything, and
                 # a frame waiting for the peer to drain the buffer never fully left: it waits
-                # for the next connection, ahead of the queue and, among the writes this
-                # connection failed, in the order they were sent.
+                # for the next connection, ahead of what was sent after it (the queue, and
+                # the writes this connection failed that were made after it).
                 self._outbox.put_back(Outgoing(text, request_id, order=order))
                 return False
             except Exception as exc:
@@ -752,7 +743,7 @@ class ResilientSocket:
                     self._pending.sent(request_id, None)
                 raise self._unwritable(conn, exc) from None
             return True
-        self._outbox.put(Outgoing(text, request_id))
+        self._outbox.put(Outgoing(text, request_id, order=order))
         return False
 
     def _unwritable(self, conn: Connection, exc: Exception) -> SocketClosed:
@@ -885,47 +876,6 @@ class ResilientSocket:
         finally:
             if self._subscribers is not None:
                 self._subscribers.discard(queue)
-
-    def _awaits_handler(self) -> bool:
-        """Whether the owner is awaiting an ``on_frame`` handler."""
-        return self._handling is not None
-
-    async def _waited_for_by(
-        self, waiter: asyncio.Task[Any], task: asyncio.Task[Any], still: Callable[[], bool]
-    ) -> bool:
-        """Whether ``waiter`` (the owner in a handler, the ``on_connect`` task) waits for
-        ``task`` to end (:func:`~le_transport.sockets._waits.waits_for`), while ``still()``
-        says it runs a callback. A task that started eagerly inside ``waiter`` is asked again
-        once ``waiter`` has suspended, at most a few times: else (never a false alarm) no."""
-        for _ in range(_WAIT_LOOKS):
-            waits = waits_for(waiter, task)
-            if waits is not None:
-                return waits
-            await yield_once()
-            if not still():
-                return False
-        return False
-
-    async def _waited_for_by_callbacks(self) -> bool:
-        """Whether the current task is one that this socket's ``on_frame`` handler (the owner,
-        while it awaits one) or this connection's ``on_connect`` callbacks wait for."""
-        current = asyncio.current_task()
-        if current is None or self._runs_callbacks_in(current):
-            # Not a task they wait for: one of them (wait_open's own check says so).
-            return False
-        owner = self._owner
-        if (
-            owner is not None
-            and self._handling is not None
-            and await self._waited_for_by(owner, current, self._awaits_handler)
-        ):
-            return True
-        setup = self._setup
-        return (
-            setup is not None
-            and self._setting_up()
-            and await self._waited_for_by(setup, current, self._setting_up)
-        )
 
     def _setting_up(self) -> bool:
         """Whether the current connection's ``on_connect`` callbacks (and the queue after
