@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,10 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+async def close_client(client: Any) -> None:
+    """Close a redis.asyncio client: aclose() since redis-py 5.0.1, close() on 5.0.0 (the floor
+    scripts/test-floor runs)."""
+    closer = getattr(client, "aclose", None) or client.close
+    await closer()

@@ -54,7 +54,7 @@ from le_transport.state import (
 )
 from le_transport.state.store import MAX_TTL
 from le_transport.testing import VirtualClock
-from tests.redis_server import RedisServer, redis_server, require_redis_server
+from tests.redis_server import RedisServer, close_client, redis_server, require_redis_server
 from tests.test_guard_hot_path import _Call
 
 __all__ = ["redis_server"]
@@ -284,7 +284,7 @@ async def test_a_client_answering_bytes_reads_values_as_they_were_written(
         assert raw is not None, "read (as damaged), not a failed operation"
         assert raw.value.endswith(" not utf-8")
     finally:
-        await client.aclose()
+        await close_client(client)
 
 
 async def test_a_callers_client_is_named_by_its_own_server_never_the_unused_url(
@@ -299,7 +299,7 @@ async def test_a_callers_client_is_named_by_its_own_server_never_the_unused_url(
         assert f":{port}/" in repr(store)
         assert ":6379" not in repr(store)
     finally:
-        await client.aclose()
+        await close_client(client)
     secret_client = aioredis.Redis(host="127.0.0.1", port=1, password="s3cr3t-pw")
     try:
         store = RedisStore(client=secret_client, op_timeout=OP)
@@ -309,7 +309,7 @@ async def test_a_callers_client_is_named_by_its_own_server_never_the_unused_url(
         assert "127.0.0.1:1/0" in str(caught.value)
         assert "s3cr3t" not in str(caught.value)
     finally:
-        await secret_client.aclose()
+        await close_client(secret_client)
 
 
 async def test_a_break_published_through_a_bytes_client_is_adopted_by_the_fleet(
@@ -330,7 +330,7 @@ async def test_a_break_published_through_a_bytes_client_is_adopted_by_the_fleet(
         assert b.breaker_state(*KEY) is BreakerState.OPEN
     finally:
         for client in clients:
-            await client.aclose()
+            await close_client(client)
 
 
 # -- 4. a trip entry whose TTL is no finite number -------------------------------------------------

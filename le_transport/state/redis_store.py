@@ -431,8 +431,11 @@ class RedisStore:
             return
         self._closed = True
         if self._owns_client:
+            # aclose() since redis-py 5.0.1; 5.0.0, the floor the extra allows, has close() only
+            # (the AttributeError was taken for a failed close, and the pool left open).
+            closer = getattr(self._client, "aclose", None) or self._client.close
             try:
-                await self._client.aclose()
+                await closer()
             except Exception as exc:  # a dead server must not fail a shutdown
                 _log.debug("closing the Redis client failed: %s", type(exc).__name__)
 
