@@ -122,6 +122,33 @@ def test_redis_store_password_as_secret_or_str_is_fine() -> None:
     RedisStore(password=PASSWORD)
 
 
+@pytest.mark.parametrize(
+    ("url", "options", "named"),
+    [
+        ("redis://127.0.0.1:1/0", {"socket_keepalvie": True}, "'socket_keepalvie'"),
+        # A TLS option on a plain connection fails its connect just the same.
+        ("redis://127.0.0.1:1/0", {"ssl_cert_reqs": "none"}, "'ssl_cert_reqs'"),
+    ],
+)
+def test_redis_store_refuses_client_options_its_connections_would_not_take(
+    url: str, options: dict[str, object], named: str
+) -> None:
+    # redis-py hands client_options to each connection it opens: a misspelt one failed the
+    # first operation with a TypeError, taken for an outage (the fleet went local, Redis up).
+    with pytest.raises(ConfigurationError, match="client_options") as info:
+        RedisStore(url, client_options={**options, "password": PASSWORD})
+    assert named in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+def test_redis_store_takes_pool_and_connection_options() -> None:
+    RedisStore(
+        "redis://127.0.0.1:1/0",
+        client_options={"socket_keepalive": True, "max_connections": 10, "client_name": "bot"},
+    )
+    RedisStore("rediss://127.0.0.1:1/0", client_options={"ssl_cert_reqs": "none"})
+
+
 # -- what another process (or anyone with write access) left in the store ------------------------
 
 DAMAGED_SESSIONS = [

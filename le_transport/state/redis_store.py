@@ -268,6 +268,8 @@ class RedisStore:
                     f"RedisStore.url {self._url!r} is no URL redis-py can read "
                     f"({type(exc).__name__}; {_URL_FORMS})"
                 ) from None
+            if client_options:
+                _check_options(client, client_options)
         else:
             _check_client(client)
             # What errors and the repr name: the client's own server, not the unused url.
@@ -441,6 +443,31 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore(url={self._url!r}, prefix={self._prefix!r})"
+
+
+def _check_options(client: Any, client_options: Mapping[str, Any]) -> None:
+    """Refuse ``client_options`` a connection would not take: redis-py hands them to each
+    connection it opens, so a misspelt one failed the first operation with a TypeError, taken
+    for an outage (the fleet went local for good, Redis up). A connection is made here, not
+    opened, to ask; named by the options' names, never their values."""
+    pool = getattr(client, "connection_pool", None)
+    make = getattr(pool, "connection_class", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if make is None or not isinstance(kwargs, Mapping):
+        return
+    try:
+        make(**kwargs)
+    except TypeError as exc:
+        # The option's name, when the error names one of those given (a name, not a value).
+        named = [str(k) for k in client_options if f"'{k}'" in str(exc)]
+        which = (
+            f"{named[0]!r}" if named else "one of " + ", ".join(sorted(map(str, client_options)))
+        )
+        raise ConfigurationError(
+            f"RedisStore.client_options: redis-py's {make.__name__} does not take {which} "
+            "(a misspelt option, or one of another kind of connection: TLS options need "
+            "rediss://)"
+        ) from None
 
 
 def _client_shown(client: Any) -> str:
