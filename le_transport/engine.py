@@ -1325,7 +1325,13 @@ class Engine:
     def _check_path(self, service: str, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
             # Shown to say what was wrong, with an in-path bearer hidden (a UMS path's).
-            shown = repr(redact_path(path))[:80] if isinstance(path, str) else type(path).__name__
+            # The query and fragment never: a credential in a query is named by its key only
+            # in redact_url, which a path that is no path cannot go through.
+            shown = (
+                repr(redact_path(path.partition("?")[0].partition("#")[0]))[:80]
+                if isinstance(path, str)
+                else type(path).__name__
+            )
             raise InvalidRequest(
                 f"path must be an absolute path starting with a single '/', got {shown}",
                 service=service,

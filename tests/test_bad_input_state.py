@@ -141,6 +141,21 @@ def test_redis_store_refuses_client_options_its_connections_would_not_take(
     assert PASSWORD not in str(info.value)
 
 
+def test_redis_store_names_a_connection_class_given_as_a_partial() -> None:
+    import functools
+
+    from redis.asyncio.connection import Connection
+
+    with pytest.raises(ConfigurationError, match="'socket_timout'"):
+        RedisStore(
+            "redis://127.0.0.1:1/0",
+            client_options={
+                "connection_class": functools.partial(Connection),
+                "socket_timout": 1,
+            },
+        )
+
+
 def test_redis_store_takes_pool_and_connection_options() -> None:
     RedisStore(
         "redis://127.0.0.1:1/0",

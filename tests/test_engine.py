@@ -172,6 +172,11 @@ async def test_a_refused_path_is_shown_without_its_in_path_bearer(clock: Virtual
         assert "ws_api/account/1/messaging/brand/" in str(info.value)
         with pytest.raises(InvalidRequest, match="got NoneType"):
             await engine.request("GET", "svc", None)  # type: ignore[arg-type]
+        # Nor a credential in a query or a fragment written into the path.
+        for path in (f"api/x?access_token={SECRET_ISH}", f"api/x#token={SECRET_ISH}"):
+            with pytest.raises(InvalidRequest, match="'api/x'") as info:
+                await engine.request("GET", "svc", path)
+            assert SECRET_ISH not in str(info.value)
 
 
 SECRET_ISH = "s3cr3t-in-a-bad-argument"

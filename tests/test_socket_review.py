@@ -757,3 +757,88 @@ async def test_a_request_a_handler_starts_before_a_send_goes_out_first_under_eag
         answer = await started[0]
     assert answer["code"] == 200
     assert _types_sent(sim.sockets.all[0].received) == [".GetClock", MARKER]
+
+
+# -- a third review: what the flush takes and cannot write --------------------------------------
+
+
+@pytest.mark.parametrize("with_on_connect", [False, True])
+async def test_a_queued_send_survives_a_drop_while_the_flush_writes_it(
+    sim: Simulator, clock: VirtualClock, states: StateLog, with_on_connect: bool
+) -> None:
+    # With on_connect callbacks the flush runs in the setup task, which the connection's end
+    # cancels: the message it had taken was lost without a word, its send() having said
+    # "queued, goes out after the next connect".
+    slow = FaultRule(
+        "slow",
+        Delay(delay_ms=300),
+        unit="ws_message",
+        match=Match(path=MARKER),
+        schedule=Schedule(fail_next=1),
+    )
+    injector = FaultInjector.seeded(1, slow, clock=clock)
+
+    async def on_connect(_ws: ResilientSocket) -> None:
+        return None
+
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        sim.faults.script("GET", UPGRADE, [503])  # down at first
+        ws = await brand_socket(
+            engine,
+            sim,
+            SocketOptions(keepalive=None, escalate_after=0),
+            on_connect=[on_connect] if with_on_connect else [],
+        )
+        assert await ws.send(marker("queued")) is False
+        await sim.sockets.wait_accepted(1)
+        for _ in range(5):  # the flush takes it and waits on its write
+            await asyncio.sleep(0)
+        assert ws.queued == 0
+        sim.sockets.open[-1].drop()
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        await ws.request(".GetClock")
+    got = [markers(s.received) for s in sim.sockets.all]
+    assert ["queued"] in got
+
+
+async def test_a_request_given_up_while_the_flush_writes_it_is_never_sent_late(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    slow = FaultRule(
+        "slow",
+        Delay(delay_ms=5000),
+        unit="ws_message",
+        match=Match(path=".Late"),
+        schedule=Schedule(fail_next=1),
+    )
+    injector = FaultInjector.seeded(1, slow, clock=clock)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        sim.faults.script("GET", UPGRADE, [503])
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None, escalate_after=0))
+        late = asyncio.create_task(ws.request(".Late", timeout=4))
+        await sim.sockets.wait_accepted(1)  # the flush takes it: its write waits 5 s
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert ws.queued == 0
+        with pytest.raises(SocketRequestTimeout):
+            await late
+        sim.sockets.open[-1].drop()  # the write then fails with its connection
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        await ws.request(".GetClock")
+    sent = [[f["type"] for f in s.received if f.get("type") == ".Late"] for s in sim.sockets.all]
+    assert sent == [[], []]
+
+
+def test_unnumbered_messages_keep_the_outboxs_old_order() -> None:
+    # Outbox and Outgoing are public: order=None (the old default spelled out) raised a
+    # TypeError in put_back, and a numbered write put back went behind unnumbered messages.
+    box = Outbox(10)
+    box.put(Outgoing("queued"))
+    box.put_back(Outgoing("taken", order=None))
+    assert box.texts() == ["taken", "queued"]
+    box = Outbox(10)
+    box.put(Outgoing("queued-later"))
+    box.put_back(Outgoing("written-first", order=1))
+    assert box.texts() == ["written-first", "queued-later"]

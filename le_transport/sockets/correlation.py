@@ -49,6 +49,10 @@ class PendingRequests:
         if entry is not None and self._pending is not None:
             self._pending[request_id] = (entry[0], epoch)
 
+    def waiting(self, request_id: str) -> bool:
+        """Whether ``request_id``'s caller still waits for its answer (it did not give up)."""
+        return self._pending is not None and request_id in self._pending
+
     def resolve(self, frame: dict[str, Any]) -> bool:
         """Resolve the request ``frame`` answers; False when no such request waits."""
         request_id = frame.get("reqId")

@@ -25,14 +25,15 @@ class Outgoing:
     send (from 1) when it is made, whether it goes straight out or is queued, and the number
     stays with the message through the queue. A write that fails with its connection is put
     back by it (:meth:`Outbox.put_back`), so that what was sent goes out in the order it was
-    sent, whatever order the failures came in.
+    sent, whatever order the failures came in. Unnumbered (0 or None, as code of the caller's
+    own may make them): put back first, and queued as made after any numbered one.
     """
 
     text: str
     request_id: str | None = None
     #: Set by :meth:`Outbox.withdraw` on the message it took out of the queue.
     withdrawn: bool = False
-    order: int = 0
+    order: int | None = 0
 
 
 class Outbox:
@@ -79,10 +80,13 @@ class Outbox:
         items = self._items
         if items is None:
             items = self._items = deque()
-        order = item.order
+        # Unnumbered messages (an Outgoing made without ``order``, or with None, by code of
+        # the caller's own): one put back goes first, and one queued is taken as made after
+        # any numbered one, as the queue did before it numbered them.
+        order = item.order or 0
         # From the head: a write put back was made before nearly everything queued.
         for index, queued in enumerate(items):
-            if queued.order >= order:
+            if not queued.order or queued.order >= order:
                 items.insert(index, item)
                 return
         items.append(item)

@@ -1449,6 +1449,16 @@ class ResilientSocket:
         if self._probe is task:
             self._probe = None
 
+    def _take_back(self, item: Outgoing) -> None:
+        """A message the flush took but could not write goes back to the queue, unless it is a
+        request whose caller gave up meanwhile (its timeout, a cancellation): never sent late."""
+        rid = item.request_id
+        if rid is not None:
+            if not self._pending.waiting(rid):
+                return
+            self._pending.sent(rid, None)
+        self._outbox.put_back(item)
+
     async def _flush(self, conn: Connection, epoch: int) -> None:
         sent = 0
         while True:
@@ -1460,11 +1470,15 @@ class ResilientSocket:
             try:
                 await self._write(conn, item.text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-                if item.request_id is not None:
-                    self._pending.sent(item.request_id, None)
-                self._outbox.put_back(item)
+                self._take_back(item)
                 self._connection_broke(epoch, exc)
                 break
+            except asyncio.CancelledError:
+                # The flush cancelled mid-write (its connection ended, with on_connect callbacks
+                # the setup task is cancelled; or the socket closed): the message taken from the
+                # queue goes back, or a send() that returned False was lost without a word.
+                self._take_back(item)
+                raise
             except Exception:
                 # Not the connection failing: the message could not be written at all (send()
                 # refuses what it can tell). Not put back, or it would fail every connection

@@ -464,7 +464,8 @@ def _check_options(client: Any, client_options: Mapping[str, Any]) -> None:
             f"{named[0]!r}" if named else "one of " + ", ".join(sorted(map(str, client_options)))
         )
         raise ConfigurationError(
-            f"RedisStore.client_options: redis-py's {make.__name__} does not take {which} "
+            f"RedisStore.client_options: redis-py's "
+            f"{getattr(make, '__name__', type(make).__name__)} does not take {which} "
             "(a misspelt option, or one of another kind of connection: TLS options need "
             "rediss://)"
         ) from None
