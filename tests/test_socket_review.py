@@ -763,12 +763,15 @@ async def test_a_request_a_handler_starts_before_a_send_goes_out_first_under_eag
 
 
 @pytest.mark.parametrize("with_on_connect", [False, True])
-async def test_a_queued_send_survives_a_drop_while_the_flush_writes_it(
-    sim: Simulator, clock: VirtualClock, states: StateLog, with_on_connect: bool
+async def test_a_queued_send_cut_while_the_flush_writes_it_is_never_lost_without_a_word(
+    sim: Simulator, clock: VirtualClock, states: StateLog, with_on_connect: bool, caplog: Any
 ) -> None:
     # With on_connect callbacks the flush runs in the setup task, which the connection's end
     # cancels: the message it had taken was lost without a word, its send() having said
-    # "queued, goes out after the next connect".
+    # "queued, goes out after the next connect". Put back, it was sent twice when aiohttp had
+    # already handed the frame to the transport (its one await is the drain after that), so
+    # it is logged as in doubt. Without callbacks the flush runs in the owner, is not
+    # cancelled, and a write that fails puts its message back.
     slow = FaultRule(
         "slow",
         Delay(delay_ms=300),
@@ -799,7 +802,14 @@ async def test_a_queued_send_survives_a_drop_while_the_flush_writes_it(
         await ws.wait_open()
         await ws.request(".GetClock")
     got = [markers(s.received) for s in sim.sockets.all]
-    assert ["queued"] in got
+    doubt = [r for r in caplog.records if "may or may not have been delivered" in r.getMessage()]
+    if with_on_connect:
+        assert got == [[], []], "not sent again"
+        assert len(doubt) == 1
+        assert doubt[0].levelname == "WARNING"
+    else:
+        assert ["queued"] in got
+        assert doubt == []
 
 
 async def test_a_request_given_up_while_the_flush_writes_it_is_never_sent_late(

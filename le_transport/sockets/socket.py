@@ -1475,9 +1475,18 @@ class ResilientSocket:
                 break
             except asyncio.CancelledError:
                 # The flush cancelled mid-write (its connection ended, with on_connect callbacks
-                # the setup task is cancelled; or the socket closed): the message taken from the
-                # queue goes back, or a send() that returned False was lost without a word.
-                self._take_back(item)
+                # the setup task is cancelled; or the socket closed). aiohttp hands a frame to
+                # the transport before its one await (the drain), so the frame may well have
+                # gone out: put back, it was delivered twice. Not sent again, then: a request
+                # stays on its connection, failed with it (SocketClosed: "may or may not have
+                # been processed"); a message is said to be in doubt, not lost without a word.
+                if item.request_id is None:
+                    _log.warning(
+                        "%s: a queued message was being written when its connection ended; it "
+                        "may or may not have been delivered, and is not sent again",
+                        self._name,
+                        extra={"socket": self._name},
+                    )
                 raise
             except Exception:
                 # Not the connection failing: the message could not be written at all (send()
