@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from le_transport import SocketClosed
+from le_transport import Engine, SocketClosed
 from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from le_transport.testing.simulator.sockets import SimSocket
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -56,19 +57,28 @@ async def _wait_for(pred: Any) -> None:
     raise AssertionError("never happened")
 
 
+async def _queued_send_in_the_drain(
+    engine: Engine, sim: Simulator
+) -> tuple[ResilientSocket, SimSocket]:
+    """A socket whose first connection's flush waits in aiohttp's drain with the queued message
+    ``m-once`` already on the wire (the server received it); the socket and that connection."""
+    _, on_connect = _pause_writing_once()
+    sim.faults.script("GET", UPGRADE, [503])  # down at first: the message is queued
+    ws = await brand_socket(
+        engine, sim, SocketOptions(keepalive=None, escalate_after=0), on_connect=[on_connect]
+    )
+    frame = {"kind": "req", "id": "m-once", "type": ".marker", "body": {"pad": PAD}}
+    assert await ws.send(frame) is False
+    first = (await sim.sockets.wait_accepted(1))[0]
+    await _wait_for(lambda: any(f.get("id") == "m-once" for f in first.received))
+    return ws, first
+
+
 async def test_a_send_already_written_is_not_sent_again_after_the_flush_is_cancelled(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
-    _, on_connect = _pause_writing_once()
     async with agent_engine(sim, clock, states) as engine:
-        sim.faults.script("GET", UPGRADE, [503])
-        ws = await brand_socket(
-            engine, sim, SocketOptions(keepalive=None, escalate_after=0), on_connect=[on_connect]
-        )
-        frame = {"kind": "req", "id": "m-once", "type": ".marker", "body": {"pad": PAD}}
-        assert await ws.send(frame) is False
-        first = (await sim.sockets.wait_accepted(1))[0]
-        await _wait_for(lambda: any(f.get("id") == "m-once" for f in first.received))
+        ws, first = await _queued_send_in_the_drain(engine, sim)
         assert clock.now() < 5  # no time jumped: nothing timed out
         assert ws.queued == 0  # taken by the flush, which waits in aiohttp's drain
         await first.close(1001)  # the server restarts: the setup task is cancelled
@@ -116,16 +126,8 @@ async def test_a_request_already_written_fails_with_socketclosed_and_is_never_re
 async def test_close_does_not_report_as_unsent_a_message_the_server_received(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
-    _, on_connect = _pause_writing_once()
     async with agent_engine(sim, clock, states) as engine:
-        sim.faults.script("GET", UPGRADE, [503])
-        ws = await brand_socket(
-            engine, sim, SocketOptions(keepalive=None, escalate_after=0), on_connect=[on_connect]
-        )
-        frame = {"kind": "req", "id": "m-once", "type": ".marker", "body": {"pad": PAD}}
-        assert await ws.send(frame) is False
-        first = (await sim.sockets.wait_accepted(1))[0]
-        await _wait_for(lambda: any(f.get("id") == "m-once" for f in first.received))
+        ws, _ = await _queued_send_in_the_drain(engine, sim)
         assert clock.now() < 5
         unsent = await ws.close()
     received = [f.get("id") for s in sim.sockets.all for f in s.received if f.get("id") == "m-once"]

@@ -78,6 +78,21 @@ def marker(n: object) -> dict[str, Any]:
     return {"kind": "req", "id": f"m-{n}", "type": MARKER, "body": {"n": n}}
 
 
+def slow_writes(
+    clock: VirtualClock, *, delay_ms: int, times: int, path: str = MARKER
+) -> FaultInjector:
+    """An injector holding the next ``times`` writes of ``path`` frames ``delay_ms`` each (a
+    peer slow to take them), client-side, on the virtual clock."""
+    slow = FaultRule(
+        "slow",
+        Delay(delay_ms=delay_ms),
+        unit="ws_message",
+        match=Match(path=path),
+        schedule=Schedule(fail_next=times),
+    )
+    return FaultInjector.seeded(1, slow, clock=clock)
+
+
 def markers(frames: Iterable[dict[str, Any]]) -> list[object]:
     """The ``n`` of each marker among ``frames``, in order."""
     return [f["body"]["n"] for f in frames if f.get("type") == MARKER]
@@ -271,14 +286,7 @@ async def test_writes_waiting_when_the_connection_drops_go_out_next_in_the_order
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
     # Each marker's write waits 0.3 s (a peer slow to take them), on the first connection.
-    slow = FaultRule(
-        "slow",
-        Delay(delay_ms=300),
-        unit="ws_message",
-        match=Match(path=MARKER),
-        schedule=Schedule(fail_next=5),
-    )
-    injector = FaultInjector.seeded(1, slow, clock=clock)
+    injector = slow_writes(clock, delay_ms=300, times=5)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
         await ws.wait_open()
@@ -359,14 +367,7 @@ async def test_a_write_failing_after_the_next_connection_opened_goes_out_on_it(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
     # The first marker's write waits 5 s: past the reconnect (about a second).
-    slow = FaultRule(
-        "slow",
-        Delay(delay_ms=5000),
-        unit="ws_message",
-        match=Match(path=MARKER),
-        schedule=Schedule(fail_next=1),
-    )
-    injector = FaultInjector.seeded(1, slow, clock=clock)
+    injector = slow_writes(clock, delay_ms=5000, times=1)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
         await ws.wait_open()
@@ -772,14 +773,7 @@ async def test_a_queued_send_cut_while_the_flush_writes_it_is_never_lost_without
     # already handed the frame to the transport (its one await is the drain after that), so
     # it is logged as in doubt. Without callbacks the flush runs in the owner, is not
     # cancelled, and a write that fails puts its message back.
-    slow = FaultRule(
-        "slow",
-        Delay(delay_ms=300),
-        unit="ws_message",
-        match=Match(path=MARKER),
-        schedule=Schedule(fail_next=1),
-    )
-    injector = FaultInjector.seeded(1, slow, clock=clock)
+    injector = slow_writes(clock, delay_ms=300, times=1)
 
     async def on_connect(_ws: ResilientSocket) -> None:
         return None
@@ -815,14 +809,7 @@ async def test_a_queued_send_cut_while_the_flush_writes_it_is_never_lost_without
 async def test_a_request_given_up_while_the_flush_writes_it_is_never_sent_late(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
-    slow = FaultRule(
-        "slow",
-        Delay(delay_ms=5000),
-        unit="ws_message",
-        match=Match(path=".Late"),
-        schedule=Schedule(fail_next=1),
-    )
-    injector = FaultInjector.seeded(1, slow, clock=clock)
+    injector = slow_writes(clock, delay_ms=5000, times=1, path=".Late")
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         sim.faults.script("GET", UPGRADE, [503])
         ws = await brand_socket(engine, sim, SocketOptions(keepalive=None, escalate_after=0))

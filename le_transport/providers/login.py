@@ -853,44 +853,28 @@ class LoginServiceAuth:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except (LoginRejected, BlockedError) as exc:
-                # The session refresh was refused and the login after it too: the password
-                # changed, or the account is blacklisted. Retried every tick, that would be a
-                # failed login every few minutes (an account lockout), or a blacklisted
-                # account hammered. Said once (the refusal itself was an ERROR, login_failed):
-                # the loop now waits for a caller's successful login.
-                emit_state(
-                    http.hooks,
-                    _log,
-                    logging.WARNING,
-                    StateEvent(
-                        "refresh_failed",
-                        self.subject,
-                        {
-                            "error": type(exc).__name__,
-                            "status": exc.status,
-                            "next": "none: the keepalive waits for a successful login",
-                        },
-                    ),
-                )
             except Exception as exc:
                 # The keepalive never dies: the next tick tries the refresh again, or, the
                 # session being gone, the next request's login starts it over; the outer
-                # recovery loop handles a lasting outage.
+                # recovery loop handles a lasting outage. But a refresh refused and the login
+                # after it too (LoginRejected, BlockedError: the password changed, or the
+                # account is blacklisted) is not retried: every tick, that would be a failed
+                # login every few minutes (an account lockout), or a blacklisted account
+                # hammered. Said once (the refusal itself was an ERROR, login_failed): the
+                # loop then waits for a caller's successful login (the session is dropped).
+                details: dict[str, object] = {"error": type(exc).__name__}
+                if isinstance(exc, (LoginRejected, BlockedError)):
+                    details["status"] = exc.status
+                    details["next"] = "none: the keepalive waits for a successful login"
+                elif self._session is not None:
+                    details["next"] = "retry on the next tick"
+                else:
+                    details["next"] = "the next call logs in"
                 emit_state(
                     http.hooks,
                     _log,
                     logging.WARNING,
-                    StateEvent(
-                        "refresh_failed",
-                        self.subject,
-                        {
-                            "error": type(exc).__name__,
-                            "next": "retry on the next tick"
-                            if self._session is not None
-                            else "the next call logs in",
-                        },
-                    ),
+                    StateEvent("refresh_failed", self.subject, details),
                 )
 
     def _credentials(self, session: LoginSession) -> Credentials:
