@@ -20,6 +20,7 @@ __all__ = [
     "Secret",
     "body_excerpt",
     "is_auth_path",
+    "is_secret_header",
     "is_secret_name",
     "redact_headers",
     "redact_json",
@@ -41,6 +42,10 @@ SECRET_HEADERS = frozenset(
         "x-api-key",
     }
 )
+
+# Headers whose names look like credentials' but whose values are a server's challenge: what a
+# log needs to say why a credential was refused (the scheme, the realm, the error).
+_CHALLENGE_HEADERS = frozenset({"www-authenticate", "proxy-authenticate"})
 
 # Names (query parameters, JSON keys, form fields) that hold credentials. Matched as
 # substrings of the lower-cased name with separators removed.
@@ -155,10 +160,19 @@ def redact_url(url: URL | str) -> str:
     return f"{origin}{path}" + (f"?{query}" if query else "")
 
 
+def is_secret_header(name: str) -> bool:
+    """Whether a header called ``name`` holds a credential: the known ones
+    (:data:`SECRET_HEADERS`), and any other whose name says so as a parameter's would
+    (``X-Auth-Token``, ``X-Session-Id``, a custom endpoint's ``X-Partner-Key``). A server's
+    challenge (``WWW-Authenticate``) is not one: it says why a credential was refused."""
+    key = name.lower()
+    return key in SECRET_HEADERS or (key not in _CHALLENGE_HEADERS and is_secret_name(key))
+
+
 def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
-    """A plain dict of the headers with credential values replaced."""
+    """A plain dict of the headers with credential values replaced (:func:`is_secret_header`)."""
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in items}
+    return {k: (REDACTED if is_secret_header(k) else v) for k, v in items}
 
 
 def redact_json(value: Any) -> Any:

@@ -65,7 +65,20 @@ def test_secret_refuses_pickling_and_non_strings() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["Authorization", "authorization", "Cookie", "Set-Cookie", "X-CSRF-Token"]
+    "name",
+    [
+        "Authorization",
+        "authorization",
+        "Cookie",
+        "Set-Cookie",
+        "X-CSRF-Token",
+        # A custom endpoint's own credential headers, known by their names.
+        "X-Auth-Token",
+        "X-Access-Token",
+        "X-Session-Id",
+        "X-Partner-Key",
+        "X-Client-Secret",
+    ],
 )
 def test_credential_headers_are_redacted(name: str) -> None:
     assert redact_headers({name: TOKEN, "Accept": "application/json"}) == {
@@ -73,6 +86,25 @@ def test_credential_headers_are_redacted(name: str) -> None:
         "Accept": "application/json",
     }
     assert redact_headers([(name, TOKEN)]) == {name: REDACTED}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # What a log needs to say why a credential was refused, or how an answer was made.
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Content-Type",
+        "Retry-After",
+        "Keep-Alive",
+        "Accept-Encoding",
+        "X-Request-Id",
+    ],
+)
+def test_other_headers_are_shown(name: str) -> None:
+    assert redact_headers({name: "Bearer error=invalid_token"}) == {
+        name: "Bearer error=invalid_token"
+    }
 
 
 @pytest.mark.parametrize(
