@@ -109,8 +109,7 @@ class _WheelTimer:
             slot = math.ceil((loop.time() + _NEVER) / _SLOT)
         members = wheel._slots.get(slot)
         if members is None:
-            members = wheel._slots[slot] = set()
-            loop.call_at(slot * _SLOT, wheel._expire, slot)
+            members = wheel._add(loop, slot)
         members.add(self)
         self._slot = members
 
@@ -132,23 +131,47 @@ class _WheelTimer:
         return self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
 
 
-#: Timeouts on the real clock share one loop timer per slot this many seconds long, so a timeout
-#: fires at most this late. Arming and cancelling a loop timer per timeout (two per request:
-#: attempt timeout and deadline) cost a call more than the rest of the retry middleware on a
-#: busy loop, whose timer heap compares its entries in Python (benchmarks/README.md).
-_SLOT = 0.01
+#: Slots a wheel holds before it looks for empty ones to drop. A slot stays until its time comes
+#: even when every timer in it ended early (most do: a call succeeds long before its timeout),
+#: so that calls a few milliseconds apart share its loop timer rather than each arming and
+#: cancelling one; with long timeouts (an hour's deadline) those empty slots would pile up, one
+#: per 10 ms, for as long as the timeout. Past this many, the empty ones go with their timers.
+_SWEEP_AT = 1024
 
 
 class _Wheel:
     """One event loop's real-clock timers, grouped by the slot they expire in (one loop timer per
     slot)."""
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_handles", "_slots", "_sweep_at")
 
     def __init__(self) -> None:
         self._slots: dict[int, set[_WheelTimer]] = {}
+        #: Each slot's loop timer, to cancel it when the slot is dropped empty.
+        self._handles: dict[int, asyncio.TimerHandle] = {}
+        #: How many slots make the next new one sweep the empty ones out first.
+        self._sweep_at = _SWEEP_AT
+
+    def _add(self, loop: asyncio.AbstractEventLoop, slot: int) -> set[_WheelTimer]:
+        """A new slot's set, with its loop timer (a slot not yet in the wheel)."""
+        if len(self._slots) >= self._sweep_at:
+            self._sweep()
+        members: set[_WheelTimer] = set()
+        self._slots[slot] = members
+        self._handles[slot] = loop.call_at(slot * _SLOT, self._expire, slot)
+        return members
+
+    def _sweep(self) -> None:
+        """Drop the slots whose timers all ended, and cancel their loop timers."""
+        empty = [slot for slot, members in self._slots.items() if not members]
+        for slot in empty:
+            del self._slots[slot]
+            self._handles.pop(slot).cancel()
+        # Amortised: a wheel of mostly live slots is not walked again at its next new slot.
+        self._sweep_at = max(_SWEEP_AT, 2 * len(self._slots))
 
     def _expire(self, slot: int) -> None:
+        self._handles.pop(slot, None)
         for timer in self._slots.pop(slot, ()):
             timer._fire()
 
@@ -218,14 +241,17 @@ class _ClockTimeout(_WheelTimer):
             self._arm_real(max(0.0, self._seconds))
             return self
         loop = self._take_task()
+        # The time is up ``seconds`` after now, not after the watchdog first runs: on a clock
+        # advanced by hand, time may pass before it does.
         self._watchdog = loop.create_task(
-            self._watch(self._seconds), name="le_transport.timeout_after"
+            self._watch(self._clock.now() + self._seconds), name="le_transport.timeout_after"
         )
         return self
 
-    async def _watch(self, seconds: float) -> None:
+    async def _watch(self, deadline: float) -> None:
+        seconds = self._seconds
         try:
-            await self._clock.sleep(seconds)
+            await self._clock.sleep(max(0.0, deadline - self._clock.now()))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

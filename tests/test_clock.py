@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, RealClock, RetryPolicy
-from le_transport.clock import timeout_after
+from le_transport.clock import _SWEEP_AT, _wheel_of, timeout_after
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory, serve_silent
@@ -189,3 +189,57 @@ async def test_a_clocks_error_text_is_logged_redacted_and_its_repr_not_at_all(
     [message] = _clock_errors(caplog)
     assert message.startswith("_ChattyClock.sleep(5) failed (RuntimeError: cannot reach")
     assert "hunter2" not in message
+
+
+async def test_a_virtual_clock_timeout_counts_from_the_block_not_from_its_watchdog() -> None:
+    # The watchdog task first runs a loop turn after the block is entered; time advanced by
+    # hand in between was not counted, and the timeout fired that much late.
+    clock = VirtualClock(autojump=False)
+    fired_at: list[float] = []
+
+    async def body() -> None:
+        try:
+            async with timeout_after(clock, 5):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            fired_at.append(clock.now())
+
+    task = asyncio.get_running_loop().create_task(body())
+    await asyncio.sleep(0)  # the block is entered; its watchdog has not run yet
+    clock.advance(6)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert fired_at == [6.0]
+    await task
+
+
+def _wheel_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    wheel = _wheel_of(loop)
+    return [h for h in loop._scheduled if not h.cancelled() and h._callback == wheel._expire]  # type: ignore[attr-defined]
+
+
+async def test_the_real_clock_wheel_drops_slots_whose_timeouts_all_ended() -> None:
+    # A slot stayed, with its loop timer, until its time came, however early its timeouts
+    # ended: with long timeouts (an hour's deadline) one per 10 ms piled up for the hour.
+    loop = asyncio.get_running_loop()
+    clock = RealClock()
+    wheel = _wheel_of(loop)
+    async with timeout_after(clock, 7200) as outer:  # a live timeout, in its own slot
+        live = outer._slot
+        assert live
+        for i in range(5 * _SWEEP_AT):
+            # Each in a slot of its own, as calls 10 ms apart with an hour's timeout are.
+            async with timeout_after(clock, 3600 + i * 0.011):
+                pass
+        assert len(wheel._slots) <= 2 * _SWEEP_AT
+        assert len(_wheel_timers(loop)) == len(wheel._slots) == len(wheel._handles)
+        # The live timeout's slot and timer were kept.
+        assert any(members is live for members in wheel._slots.values())
+        # And a timeout armed after the sweeps still fires.
+        with pytest.raises(TimeoutError):
+            async with timeout_after(clock, 0.02):
+                await asyncio.Event().wait()
+    for _ in range(2 * _SWEEP_AT):
+        async with timeout_after(clock, 1800 + len(wheel._slots) * 0.011):
+            pass
+    assert len(wheel._slots) <= 2 * _SWEEP_AT
