@@ -269,7 +269,7 @@ def test_invalid_rules_and_plans_are_refused() -> None:
 _faults = st.one_of(
     st.builds(
         Status,
-        code=st.integers(100, 599),
+        code=st.integers(200, 599),
         retry_after=st.one_of(st.none(), st.integers(0, 3600)),
         body=st.one_of(st.none(), st.text(max_size=20)),
     ),
@@ -831,7 +831,7 @@ def test_the_edges_of_what_a_fault_may_carry_are_accepted_and_survive_a_json_rou
         (Status(503, retry_after=0), "request"),
         (Status(503, retry_after=1.5, body=""), "request"),
         (Status(429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT", body="é"), "request"),
-        (MalformedBody(code=100, body=""), "request"),
+        (MalformedBody(code=200, body=""), "request"),
         (MalformedBody(code=599), "request"),
         (WsRejectHandshake(200), "ws_session"),
         (WsRejectHandshake(599, body="x" * 1000), "ws_session"),

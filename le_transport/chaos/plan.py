@@ -51,6 +51,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
 from types import MappingProxyType
@@ -101,6 +102,7 @@ __all__ = [
     "WsRejectHandshake",
     "WsSilence",
     "as_plan",
+    "check_close_code",
     "check_max_records",
     "fault_from_dict",
 ]
@@ -269,7 +271,10 @@ class Status:
     more than :data:`~le_transport.policies.retry_after.MAX_RETRY_AFTER_CHARS` characters (no
     client reads it: pass a string to send such a header on purpose); a string is sent as is.
     ``body`` (a str) is sent as is (a short JSON error by default). On a WebSocket message unit
-    it becomes a ``resp`` frame with this ``code``.
+    it becomes a ``resp`` frame with this ``code`` and :meth:`socket_body` as its ``body``, on
+    the simulator's side and the injector's alike.
+
+    ``code`` is 200..599: a 1xx is not a final answer (the client would wait on for one).
     """
 
     kind: ClassVar[str] = "status"
@@ -280,8 +285,12 @@ class Status:
 
     @code.validator
     def _check_code(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-            raise ConfigurationError(f"Status.code must be an int in 100..599, got {value!r}")
+        # From 200: a 1xx is not a final answer, so the client would wait for one.
+        if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+            raise ConfigurationError(
+                f"Status.code must be an int in 200..599 (a 1xx is not a final answer), "
+                f"got {value!r}"
+            )
 
     @retry_after.validator
     def _check_retry_after(
@@ -320,6 +329,17 @@ class Status:
             return self.body.encode()
         return b'{"error": {"message": "injected fault", "status": %d}}' % self.code
 
+    def socket_body(self) -> Any:
+        """The ``body`` of the ``resp`` frame that answers a socket request (unit
+        ``ws_message``): ``body`` read as JSON (as it is, if it is not JSON), by default
+        ``{"msg": "injected fault"}``."""
+        if self.body is not None:
+            try:
+                return json.loads(self.body)
+            except ValueError:
+                return self.body
+        return {"msg": "injected fault"}
+
 
 @attrs.frozen
 class Delay:
@@ -355,11 +375,11 @@ class TruncatedBody:
 
 @attrs.frozen
 class MalformedBody:
-    """Answer ``code`` (100..599) with a JSON content type and ``body`` (a str), which is
-    not valid JSON."""
+    """Answer ``code`` (200..599: a 1xx is not a final answer) with a JSON content type and
+    ``body`` (a str), which is not valid JSON."""
 
     kind: ClassVar[str] = "malformed_body"
-    code: int = attrs.field(default=200, validator=_int_in("code", 100, 599))
+    code: int = attrs.field(default=200, validator=_int_in("code", 200, 599))
     body: str = attrs.field(default='{"baseURIs": [{"service": ', validator=_wire_str("body"))
 
 
@@ -403,11 +423,19 @@ class WsClose:
 
     @code.validator
     def _check_code(self, attribute: attrs.Attribute[int], value: int) -> None:
-        # 1005 and 1006 are reserved: they may never be sent on the wire (RFC 6455 §7.4.1).
-        if isinstance(value, bool) or not isinstance(value, int) or value in (1005, 1006):
-            raise ConfigurationError(f"WsClose.code must be a sendable close code, got {value!r}")
-        if not (1000 <= value <= 1014 or 3000 <= value <= 4999):
-            raise ConfigurationError(f"WsClose.code must be a valid close code, got {value!r}")
+        check_close_code(value, owner="WsClose", field="code")
+
+
+def check_close_code(value: object, *, owner: str, field: str) -> None:
+    """``value`` must be a close code a server or client may send: an int in 1000..1014 or
+    3000..4999, not 1005 or 1006 (reserved: never sent on the wire, RFC 6455 §7.4.1); else a
+    :class:`~le_transport.errors.ConfigurationError` naming ``owner.field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value in (1005, 1006):
+        raise ConfigurationError(
+            f"{owner}.{field} must be a sendable close code, got {value!r:.40}"
+        )
+    if not (1000 <= value <= 1014 or 3000 <= value <= 4999):
+        raise ConfigurationError(f"{owner}.{field} must be a valid close code, got {value!r}")
 
 
 @attrs.frozen
@@ -733,22 +761,37 @@ def _as_fault(value: Fault | Mapping[str, Any] | int | None) -> Fault | None:
 # -- rules ---------------------------------------------------------------------------------------
 
 
-def _upper_or_none(value: str | None) -> str | None:
-    return None if value in (None, "*") else str(value).upper()
+#: One HTTP method: an RFC 9110 token (as SimRoute's in the simulator).
+_METHOD_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _method_or_none(value: object) -> str | None:
+    """None or ``*`` (any method), or one method, upper-cased. Anything else (an empty or
+    padded str, a list ``GET,POST``, a number) is refused: such a rule would never fire."""
+    if value is None or value == "*":
+        return None
+    if not isinstance(value, str) or not _METHOD_TOKEN.fullmatch(value):
+        raise ConfigurationError(
+            "Match.method must be one HTTP method, like 'GET' or 'POST' (None or '*': any "
+            f"method; one rule per method), got {value!r:.40}"
+        )
+    return value.upper()
 
 
 @attrs.frozen
 class Match:
     """Which traffic a rule applies to. Every given field must match; None matches anything.
 
-    - ``method``: ``GET``, ``POST``... (WebSocket upgrades are ``GET``).
+    - ``method``: ``GET``, ``POST``... (WebSocket upgrades are ``GET``), one method, any case;
+      None or ``*``: any. Anything else (``""``, ``" get"``, ``"GET,POST"``, a number) is a
+      :class:`~le_transport.errors.ConfigurationError`: it would never match.
     - ``path``: a glob (``fnmatch``; ``*`` also crosses ``/``) on the URL path, without the
       query. For a ``ws_message`` unit it is matched against the message ``type`` instead.
     - ``service``: the LiveEngage service name (``agentVep``, ``accountConfigReadOnly``...),
       when the caller knows it.
     """
 
-    method: str | None = attrs.field(default=None, converter=_upper_or_none)
+    method: str | None = attrs.field(default=None, converter=_method_or_none)
     path: str = attrs.field(default="*")
     service: str | None = attrs.field(default=None)
 
@@ -848,7 +891,10 @@ class FaultRule:
     """One rule: what it matches, what a decision is about, when it fires, and what it does.
 
     Either ``fault`` with a ``schedule`` (default: every matching unit), or ``sequence``: one
-    entry per matching unit in order (a fault, or None to pass), passing after its end. The
+    entry per matching unit in order (a fault, or None to pass), passing after its end; its
+    ``schedule`` may hold a time window (``after_ms``/``for_ms``) but no count window (a
+    ``skip_first`` or ``fail_next`` beside a sequence is refused: put None entries first to
+    skip units). The
     probability ``p`` (default 1.0: a scripted fault fires) is drawn last, per unit, from the
     rule's own stream.
 
@@ -879,6 +925,16 @@ class FaultRule:
         if (self.fault is None) == (self.sequence is None):
             raise ConfigurationError(
                 f"rule {self.id!r}: give exactly one of 'fault' (with a schedule) or 'sequence'"
+            )
+        schedule = self.schedule
+        if self.sequence is not None and (schedule.skip_first or schedule.fail_next is not None):
+            # The sequence names each unit's fault itself: the count window was ignored.
+            raise ConfigurationError(
+                f"rule {self.id!r}: a 'sequence' names the fault of each matching unit, so its "
+                f"schedule cannot have a count window (skip_first={schedule.skip_first}, "
+                f"fail_next={schedule.fail_next}): put null entries first to skip units, or "
+                "give 'fault' with that schedule (a sequence's schedule may hold only "
+                "after_ms and for_ms)"
             )
         kinds = _kinds_of(self)
         if kinds & WS_OUTBOUND_FAULTS and kinds - WS_OUTBOUND_FAULTS:
@@ -953,6 +1009,8 @@ class FaultRule:
         else:
             assert self.fault is not None
             out["fault"] = fault_to_dict(self.fault)
+        if self.sequence is None or self.schedule.timed:
+            # A sequence's time window is honoured too: written, so that it reads back.
             out["schedule"] = {
                 "skip_first": self.schedule.skip_first,
                 "fail_next": self.schedule.fail_next,
@@ -1083,9 +1141,10 @@ class FaultPlan:
 
         Each rule is ``{"id", "match": {"method", "path", "service"}, "unit", "p", "fault":
         {"kind", ...its parameters}, "schedule": {"skip_first", "fail_next", "after_ms",
-        "for_ms"}}``, or ``"sequence": [fault or null, ...]`` in place of ``fault`` and
-        ``schedule``; a field left out takes its default, and a fault may be a bare status code
-        (``503``; below 300: pass). An unknown field anywhere is a
+        "for_ms"}}``, or ``"sequence": [fault or null, ...]`` in place of ``fault`` (its
+        ``schedule``, if any, holding only ``after_ms`` and ``for_ms``); a field left out
+        takes its default, and a fault may be a bare status code (``503``; below 300: pass).
+        An unknown field anywhere is a
         :class:`~le_transport.errors.ConfigurationError` saying which fields are known."""
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"a fault plan must be a mapping, got {data!r:.80}")

@@ -11,9 +11,9 @@ of the same plan, so one plan can be pointed at either:
   the socket opens): ``delay`` makes the open slower; ``ws_close`` hands the owner a close
   frame with the fault's code, ``ws_drop`` an abrupt end (the owner sees 1006), ``ws_silence``
   swallows every frame from then on (a half-open socket: only the keepalive can find it); each
-  strikes once the client has sent ``after_messages`` frames (0: at once), so that the
-  ``after_messages``-th is never answered and the ones before it are, as when the simulator
-  applies the same rule.
+  strikes as the client sends its ``after_messages``-th frame (0: at once), which is not sent,
+  so that it is never answered and the ones before it are, as when the simulator applies the
+  same rule.
 - **Per request the client sends** (unit ``ws_message``, matched on the frame's ``type``, the
   kinds of :data:`~le_transport.chaos.plan.WS_MESSAGE_FAULTS`): ``status`` and ``ws_app_error``
   answer it with a ``resp`` frame carrying the code, **without sending it** (the server never
@@ -23,6 +23,15 @@ of the same plan, so one plan can be pointed at either:
   ``.ams.ms.PublishEvent$Response``; the kinds of
   :data:`~le_transport.chaos.plan.WS_OUTBOUND_FAULTS`): ``ws_drop_message`` loses it,
   ``ws_delay`` holds it, later frames queueing behind it in order.
+
+A connection fault (either unit) waits for the answers to the requests the client sent before
+it, as the simulator, which answers each message before it reads the next, has sent them when
+it strikes: frames the connection brings meanwhile are handed over, what the client sends
+meanwhile goes nowhere, and the fault strikes as the last of those answers is read, or
+:attr:`FaultySocket.STRIKE_WAIT_S` seconds (on the injector's clock) after it was due, whichever
+comes first: an answer later than that is lost with the connection. Frames read before the
+strike are handed over before its end. Requests are known by their ``id`` (a str or an int);
+one without such an id is not waited for.
 
 The wrapper reads the real socket only when its owner asks for the next frame (pull, not a
 reader of its own): :meth:`~FaultySocket.receive` starts one read of the connection and waits
@@ -97,6 +106,9 @@ class FaultySocket:
     #: The most frames read from the connection that the owner has not taken yet: a read that
     #: a made-up frame beat to the owner, or a frame ``ws_delay`` holds.
     MAX_READ_AHEAD: ClassVar[int] = 1
+    #: The longest a connection fault waits, in seconds of the injector's clock, for the
+    #: answers to the requests sent before it (see the module).
+    STRIKE_WAIT_S: ClassVar[float] = 5.0
 
     def __init__(
         self,
@@ -129,7 +141,13 @@ class FaultySocket:
         self._read_end = False
         #: What the read raised, for the owner's next receive() to raise.
         self._failure: BaseException | None = None
-        self._types: collections.OrderedDict[object, str] = collections.OrderedDict()
+        #: Ids of the requests sent whose answers have not been read, with their types.
+        self._types: collections.OrderedDict[str | int, str] = collections.OrderedDict()
+        #: A connection fault waiting for the answers to the requests sent before it, the ids
+        #: of those still awaited, and the timer that bounds the wait.
+        self._striking: Injection | None = None
+        self._awaited: set[str | int] = set()
+        self._strike_timer: asyncio.Task[None] | None = None
 
     # -- what the socket layer uses ---------------------------------------------------------
 
@@ -217,15 +235,23 @@ class FaultySocket:
             and not await self._apply_to_sent(injection, frame)
         ):
             return
-        if self._silent:
-            # A half-open socket: what the client writes goes nowhere.
+        if self._end is not None:
+            raise aiohttp.ClientConnectionResetError("the connection was dropped (injected)")
+        if self._silent or self._striking is not None:
+            # A half-open socket, or one a fault is ending: what the client writes goes nowhere.
+            self._forget(frame)
+            return
+        session = self._session
+        if session is not None and self._sent + 1 >= _after(session):
+            # The after_messages-th frame meets the fault: never sent, so never answered (the
+            # simulator strikes as it arrives, without answering it).
+            self._sent += 1
+            self._session = None
+            self._forget(frame)
+            self._strike_when_answered(session)
             return
         await self._ws.send_str(data, compress)
         self._sent += 1
-        session = self._session
-        if session is not None and self._sent >= _after(session):
-            self._session = None
-            self._strike(session)
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """Close the real connection; an owner waiting in :meth:`receive` gets ``CLOSING``
@@ -234,6 +260,11 @@ class FaultySocket:
             self._closing = True
             # As aiohttp does for a receive() waiting when the socket is closed.
             self._hand_over(WSMessage(WSMsgType.CLOSING, None, None), read=False)
+        self._striking = None
+        timer, self._strike_timer = self._strike_timer, None
+        if timer is not None:
+            timer.cancel()
+            await asyncio.wait({timer})
         reading = self._reading
         if reading is not None and self._holding:
             reading.cancel()
@@ -257,6 +288,34 @@ class FaultySocket:
         if session is not None and _after(session) == 0:
             self._session = None
             self._strike(session)
+
+    def _strike_when_answered(self, injection: Injection) -> None:
+        """A connection-level fault, once the requests sent before it are answered or
+        :attr:`STRIKE_WAIT_S` passed (see the module); at once if none is awaited."""
+        awaited = set(self._types)
+        if not awaited or self._silent or self._end is not None or self._closing:
+            self._strike(injection)
+            return
+        self._striking = injection
+        self._awaited = awaited
+        self._strike_timer = asyncio.get_running_loop().create_task(
+            self._strike_later(), name=f"le_transport.chaos strike {self._name}"
+        )
+
+    async def _strike_later(self) -> None:
+        await self._injector.clock.sleep(self.STRIKE_WAIT_S)
+        self._strike_timer = None
+        self._strike_due()
+
+    def _strike_due(self) -> None:
+        """Apply the waiting connection fault now."""
+        injection, self._striking = self._striking, None
+        self._awaited.clear()
+        timer, self._strike_timer = self._strike_timer, None
+        if timer is not None:
+            timer.cancel()
+        if injection is not None and self._end is None and not self._closing:
+            self._strike(injection)
 
     def _strike(self, injection: Injection) -> None:
         """A connection-level fault: a close frame, a drop, or silence from now on."""
@@ -287,13 +346,13 @@ class FaultySocket:
         )
 
     def _finish(self, end: WSMessage) -> None:
-        """Hand the owner ``end`` next, instead of anything more from the connection."""
+        """Hand the owner ``end`` after what it has not taken yet (frames the server sent
+        before the fault struck), instead of anything more from the connection."""
         self._end = end
         reading = self._reading
         if reading is not None and self._holding:
             reading.cancel()
         # A read waiting for the connection goes on until close(), and what it brings is lost.
-        self._ready.clear()
         self._hand_over(end, read=False)
 
     def _hand_over(self, msg: WSMessage, *, read: bool) -> None:
@@ -312,12 +371,18 @@ class FaultySocket:
         if frame is None or frame.get("kind") != "req":
             return None
         type_ = str(frame.get("type", ""))
-        req_id = frame.get("id")
+        req_id = _frame_id(frame, "id")
         if req_id is not None:
             self._types[req_id] = type_
             if len(self._types) > _REMEMBERED_IDS:
                 self._types.popitem(last=False)
         return self._injector.message_sent(type_)
+
+    def _forget(self, frame: dict[str, Any] | None) -> None:
+        """A request not sent after all: the connection will bring no answer to it."""
+        req_id = None if frame is None else _frame_id(frame, "id")
+        if req_id is not None:
+            self._types.pop(req_id, None)
 
     async def _apply_to_sent(self, injection: Injection, frame: dict[str, Any]) -> bool:
         """Apply a fault to a request the client is sending; whether to send it after all."""
@@ -326,8 +391,10 @@ class FaultySocket:
         if isinstance(fault, Delay):
             await self._injector.clock.sleep(injection.delay_s)
             return True
+        # Not sent: no answer comes from the connection (a strike does not wait for one).
+        self._forget(frame)
         if isinstance(fault, (Status, WsAppError)):
-            body = fault.response_body() if isinstance(fault, WsAppError) else _status_body(fault)
+            body = fault.response_body() if isinstance(fault, WsAppError) else fault.socket_body()
             answer = {
                 "kind": "resp",
                 "reqId": frame.get("id"),
@@ -335,13 +402,13 @@ class FaultySocket:
                 "body": body,
                 "type": f"{type_}$Response",
             }
-            if not self._silent:
+            if not self._silent and self._striking is None:
                 self._hand_over(WSMessage(WSMsgType.TEXT, json.dumps(answer), None), read=False)
             return False
         if isinstance(fault, Hang):
             return False
         # ws_close, ws_drop, ws_silence: the connection, instead of this request.
-        self._strike(injection)
+        self._strike_when_answered(injection)
         return False
 
     # -- frames the server sends ------------------------------------------------------------
@@ -362,6 +429,10 @@ class FaultySocket:
                 if msg.type is WSMsgType.TEXT:
                     hold = self._hold(msg.data)
                     if hold is None:
+                        if self._striking is not None and not self._awaited:
+                            # The last answer a fault waited for, lost: it strikes now.
+                            self._strike_due()
+                            return
                         continue
                     if hold > 0:
                         self._holding = True
@@ -374,9 +445,16 @@ class FaultySocket:
                         if self._silent:
                             continue
             else:
-                # The real end (a close frame, an error, closed): the owner's to see.
+                # The real end (a close frame, an error, closed): the owner's to see, and a
+                # fault waiting to strike has nothing left to strike.
                 self._read_end = True
+                self._striking = None
+                if self._strike_timer is not None:
+                    self._strike_timer.cancel()
+                    self._strike_timer = None
             self._hand_over(msg, read=True)
+            if self._striking is not None and not self._awaited:
+                self._strike_due()
             return
 
     def _read_done(self, reading: asyncio.Task[None]) -> None:
@@ -397,10 +475,12 @@ class FaultySocket:
         type_ = frame.get("type")
         if not isinstance(type_, str):
             type_ = ""
-        req_id = frame.get("reqId")
+        req_id = _frame_id(frame, "reqId")
         if frame.get("kind") == "resp" and req_id is not None:
             type_ = type_ or f"{self._types.get(req_id, '')}$Response"
+            # Answered: a fault waiting for it strikes once it is handed over (_read_next).
             self._types.pop(req_id, None)
+            self._awaited.discard(req_id)
         injection = self._injector.message_arriving(type_)
         if injection is None:
             return 0.0
@@ -425,18 +505,19 @@ def _after(injection: Injection) -> int:
     return fault.after_messages
 
 
+def _frame_id(frame: dict[str, Any], key: str) -> str | int | None:
+    """A frame's request id (``id`` or ``reqId``), if it is one a request can be known by: a
+    str or an int. Anything else (a list, an object, a bool) is not remembered, and so cannot
+    fail a read or a send."""
+    value = frame.get(key)
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return None
+
+
 def _parse(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _status_body(fault: Status) -> Any:
-    if fault.body is not None:
-        try:
-            return json.loads(fault.body)
-        except ValueError:
-            return fault.body
-    return {"msg": "injected fault"}

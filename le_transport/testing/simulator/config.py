@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from ...chaos.plan import DEFAULT_MAX_RECORDS, check_max_records
+from ...chaos.plan import DEFAULT_MAX_RECORDS, check_close_code, check_max_records
 from ...errors import ConfigurationError
+from ...policies._validate import finite_number
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -108,15 +109,72 @@ class Account:
 
 
 def _accounts(value: Iterable[Account]) -> tuple[Account, ...]:
+    if isinstance(value, (str, bytes, Mapping, Account)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"SimulatorConfig.accounts must be a list of Account, got {type(value).__name__}"
+        )
     accounts = tuple(value)
     if not accounts:
         raise ConfigurationError("SimulatorConfig.accounts must hold at least one Account")
+    for account in accounts:
+        if not isinstance(account, Account):
+            # An account id where an Account belongs: every request to it was a 500.
+            raise ConfigurationError(
+                "SimulatorConfig.accounts must hold Account values (Account(id=...)), got "
+                f"a {type(account).__name__}"
+            )
     return accounts
+
+
+#: The longest token lifetime the simulator takes, in seconds: ten years, far past any test's
+#: horizon (a JWT's ``exp`` and a session's ``sessionTTl`` are written as ints).
+MAX_TTL_S = 10 * 365 * 24 * 3600.0
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigurationError(f"SimulatorConfig.{attribute.name} must be > 0, got {value!r}")
+
+
+def _ttl(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    # inf (or an int past float's range) made every login or JWT a 500: exp is an int.
+    if not finite_number(value) or not 0 < value <= MAX_TTL_S:
+        raise ConfigurationError(
+            f"SimulatorConfig.{attribute.name} must be a finite number of seconds > 0 and at "
+            f"most {MAX_TTL_S:.0f} (ten years), got {value!r:.40}"
+        )
+
+
+def _close_code(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    check_close_code(value, owner="SimulatorConfig", field=attribute.name)
+
+
+def _flag(instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"SimulatorConfig.{attribute.name} must be True or False, got {value!r:.40}"
+        )
+
+
+def _address(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c.isspace() or not c.isprintable() or c in "/?#@" for c in value)
+    ):
+        raise ConfigurationError(
+            "SimulatorConfig.public_address must be None or 'host' or 'host:port' (no scheme, "
+            f"path or spaces), got {value!r:.60}"
+        )
+
+
+def _scheme(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and value not in ("http", "https"):
+        raise ConfigurationError(
+            f"SimulatorConfig.public_scheme must be None, 'http' or 'https', got {value!r:.40}"
+        )
 
 
 def _window(instance: object, attribute: attrs.Attribute[float | None], value: object) -> None:
@@ -137,14 +195,16 @@ class SimulatorConfig:
     - ``accounts``: the accounts it serves (one default account).
     - ``session_ttl``: seconds a Login Service bearer lives without a refresh (answered as
       ``sessionTTl`` in milliseconds; LiveEngage: 8 h).
-    - ``jwt_ttl``: seconds a Sentinel or consumer JWT lives.
+    - ``jwt_ttl``: seconds a Sentinel or consumer JWT lives. Both TTLs: finite, > 0 and at
+      most :data:`MAX_TTL_S` (ten years).
     - ``idle_timeout``: seconds a messaging socket may stay without a data frame from the
       client before the server closes it (LiveEngage: about 60).
-    - ``idle_close_code``: the close code it uses then.
+    - ``idle_close_code``: the close code it uses then: one a server may send (1000..1014 or
+      3000..4999, not the reserved 1005 and 1006).
     - ``public_address``: ``host:port`` the Domain API hands out instead of the address the
       client reached the simulator by (behind a proxy or a TLS front).
     - ``public_scheme``: the scheme clients use to reach it (for OAuth 1.0 base strings behind
-      a TLS front); default: the simulator's own.
+      a TLS front), ``"http"`` or ``"https"``; default: the simulator's own.
     - ``oauth1_timestamp_window``: if set (seconds, >= 0), OAuth 1.0 timestamps further than
       this many seconds from the simulator's time are refused. Off by default: a virtual
       clock's time need not match the client's wall clock. Either way a timestamp must be
@@ -163,18 +223,22 @@ class SimulatorConfig:
       nonces it remembers to refuse a replay (``sim.tokens.nonces``). A simulator serving a
       long soak then keeps bounded memory; each record's ``dropped`` (``sim.records_dropped``
       for the requests) counts what was dropped. An int >= 1 or None.
+
+    Each field is checked here: ``accounts`` not a list of :class:`Account`, a field of the
+    wrong type, or a value out of its range is a
+    :class:`~le_transport.errors.ConfigurationError` naming the field.
     """
 
     accounts: tuple[Account, ...] = attrs.field(factory=lambda: (Account(),), converter=_accounts)
-    session_ttl: float = attrs.field(default=8 * 3600.0, validator=_positive)
-    jwt_ttl: float = attrs.field(default=3600.0, validator=_positive)
+    session_ttl: float = attrs.field(default=8 * 3600.0, validator=_ttl)
+    jwt_ttl: float = attrs.field(default=3600.0, validator=_ttl)
     idle_timeout: float = attrs.field(default=60.0, validator=_positive)
-    idle_close_code: int = 1000
-    public_address: str | None = None
-    public_scheme: str | None = None
+    idle_close_code: int = attrs.field(default=1000, validator=_close_code)
+    public_address: str | None = attrs.field(default=None, validator=_address)
+    public_scheme: str | None = attrs.field(default=None, validator=_scheme)
     oauth1_timestamp_window: float | None = attrs.field(default=None, validator=_window)
-    echo_published: bool = True
-    fault_header: bool = False
+    echo_published: bool = attrs.field(default=True, validator=_flag)
+    fault_header: bool = attrs.field(default=False, validator=_flag)
     max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS)
 
     @max_records.validator

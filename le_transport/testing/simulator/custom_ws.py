@@ -188,7 +188,7 @@ class CustomSocket:
         )
         req_id = frame.get("id")
         if isinstance(fault, Status):
-            await self._resp(req_id, type_, fault.code, {"msg": "injected fault"})
+            await self._resp(req_id, type_, fault.code, fault.socket_body())
             return "answered"
         if isinstance(fault, WsAppError):
             await self._resp(req_id, type_, fault.code, fault.response_body())

@@ -44,7 +44,7 @@ import logging
 import re
 import ssl as _ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -394,9 +394,16 @@ class SimFaults:
     ) -> FaultRule:
         """Script the answers to the next matching requests, in order, then pass.
 
-        ``outcomes``: a status code (below 300: let the request through), a fault, or None
-        (pass). ``script("GET", "/api/*/users", [503, 503, 200])`` fails twice, then serves.
+        ``outcomes``: a list of a status code (below 300: let the request through), a fault, or
+        None (pass). ``script("GET", "/api/*/users", [503, 503, 200])`` fails twice, then
+        serves. Anything else (a bare ``503``, None) is a
+        :class:`~le_transport.errors.ConfigurationError`, and nothing is added.
         """
+        if isinstance(outcomes, (str, bytes, Mapping)) or not isinstance(outcomes, Iterable):
+            raise ConfigurationError(
+                "SimFaults.script outcomes must be a list of status codes, faults or None "
+                f"(one per matching request: [503] for one 503), got {type(outcomes).__name__}"
+            )
         self._auto += 1
         rule = FaultRule(
             id=id or f"script-{self._auto}",
@@ -604,7 +611,15 @@ class Simulator:
         _log.info("simulator stopped", extra={"port": self._port})
 
     async def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down for ``down_for`` seconds of the clock, start on the same port."""
+        """Stop, stay down for ``down_for`` seconds of the clock, start on the same port.
+
+        ``down_for`` must be a finite number >= 0, else a
+        :class:`~le_transport.errors.ConfigurationError`, raised before anything stops."""
+        if not finite_number(down_for) or down_for < 0:
+            raise ConfigurationError(
+                "Simulator.restart down_for must be a finite number of seconds >= 0, got "
+                f"{down_for!r:.40}"
+            )
         await self.stop()
         if down_for > 0:
             await self.clock.sleep(down_for)

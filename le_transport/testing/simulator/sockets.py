@@ -529,7 +529,7 @@ class SocketHub:
         if injection is not None:
             fault = injection.fault
             if isinstance(fault, Status):
-                await self._resp(sock, req_id, type_, fault.code, {"msg": "injected fault"})
+                await self._resp(sock, req_id, type_, fault.code, fault.socket_body())
                 return
             if isinstance(fault, WsAppError):
                 _log.debug(

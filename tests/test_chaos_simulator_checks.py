@@ -1,0 +1,385 @@
+"""Review of the chaos layer and the simulator: what a plan says is what both sides do, and bad
+input is refused up front with a ConfigurationError naming the field.
+
+- A client-side session fault with requests in flight answered the ones before the
+  ``after_messages``-th as the simulator does (it struck as the frame was sent, and lost the
+  answers already on their way).
+- A frame whose ``id``/``reqId`` is a JSON list or object ended a socket wrapped by any
+  injector with a ``ws_message`` rule (unhashable).
+- A ``sequence`` rule's count window was ignored, and its time window lost by ``to_dict``.
+- ``SimulatorConfig`` took an infinite TTL (every login a 500), ids for accounts, unsendable
+  close codes and values of the wrong type.
+- ``Match.method`` took values that never match; ``Status``/``MalformedBody`` took a 1xx.
+- A ``Status`` on ``ws_message`` answered with a fixed body on the simulator's side.
+- ``faults.script(..., 503)`` and ``sim.restart("1")`` failed untyped, the latter with the
+  simulator left stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from le_transport import Engine, SocketClosed, SocketRequestError, SocketRequestTimeout
+from le_transport.chaos import (
+    FaultInjector,
+    FaultPlan,
+    FaultRule,
+    FaultRun,
+    MalformedBody,
+    Match,
+    Schedule,
+    Status,
+    WsClose,
+    WsDelay,
+    WsDrop,
+    WsSilence,
+)
+from le_transport.chaos.ws import FaultySocket
+from le_transport.errors import ConfigurationError
+from le_transport.sockets import ResilientSocket, SocketOptions
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Account, Simulator, SimulatorConfig
+from le_transport.testing.simulator.config import MAX_TTL_S
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+GETCLOCK = ".GetClock"
+UMS = "/ws_api/account/*"
+
+
+def _injector(clock: VirtualClock, *rules: FaultRule) -> FaultInjector:
+    return FaultInjector.seeded(3, *rules, clock=clock)
+
+
+async def _open(engine: Engine, sim: Simulator, **kwargs: Any) -> ResilientSocket:
+    ws = await brand_socket(engine, sim, SocketOptions(keepalive=None), **kwargs)
+    await ws.wait_open()
+    return ws
+
+
+async def _outcome(ws: ResilientSocket, type_: str, timeout: float) -> int | str:
+    try:
+        answer = await ws.request(type_, {}, timeout=timeout)
+    except (SocketClosed, SocketRequestTimeout) as exc:
+        return type(exc).__name__
+    code = answer["code"]
+    assert isinstance(code, int)
+    return code
+
+
+# -- 1. a session fault with requests in flight ----------------------------------------------
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize(
+    ("fault", "second"),
+    [
+        (WsDrop(after_messages=2), "SocketClosed"),
+        (WsClose(4401, after_messages=2), "SocketClosed"),
+        (WsSilence(after_messages=2), "SocketRequestTimeout"),
+    ],
+    ids=lambda v: repr(v) if not isinstance(v, str) else v,
+)
+async def test_requests_in_flight_before_the_after_messages_th_are_answered_on_both_sides(
+    sim: Simulator,
+    clock: VirtualClock,
+    states: StateLog,
+    fault: WsDrop | WsClose | WsSilence,
+    second: str,
+    side: str,
+) -> None:
+    rule = FaultRule(
+        "f", fault, unit="ws_session", match=Match(path=UMS), schedule=Schedule(fail_next=1)
+    )
+    if side == "server":
+        sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, rule)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        # Both sent at once: the first one's answer is on its way when the second goes out.
+        met = await asyncio.gather(_outcome(ws, GETCLOCK, 20), _outcome(ws, GETCLOCK, 20))
+        await ws.close()
+    assert list(met) == [200, second]
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_message_fault_that_ends_the_socket_lets_the_answers_in_flight_through(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    rule = FaultRule("boom", WsDrop(), unit="ws_message", match=Match(path=".Boom"))
+    if side == "server":
+        sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, rule)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        met = await asyncio.gather(_outcome(ws, GETCLOCK, 20), _outcome(ws, ".Boom", 20))
+        await ws.close()
+    assert list(met) == [200, "SocketClosed"]
+
+
+@pytest.mark.usefixtures("no_open_connections")
+async def test_a_client_side_strike_waits_for_an_earlier_answer_no_longer_than_its_bound(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async def never(sock: Any, frame: dict[str, Any]) -> None:
+        return None  # the server never answers it
+
+    sim.sockets.on("Never", never)
+    rule = FaultRule(
+        "drop",
+        WsDrop(after_messages=2),
+        unit="ws_session",
+        match=Match(path=UMS),
+        schedule=Schedule(fail_next=1),
+    )
+    async with agent_engine(
+        sim, clock, states, wire_middlewares=[_injector(clock, rule)]
+    ) as engine:
+        ws = await _open(engine, sim)
+        started = clock.now()
+        met = await asyncio.gather(_outcome(ws, "Never", 60), _outcome(ws, GETCLOCK, 60))
+        took = clock.now() - started
+        await ws.close()
+    assert list(met) == ["SocketClosed", "SocketClosed"]
+    assert took == pytest.approx(FaultySocket.STRIKE_WAIT_S)
+
+
+# -- 2. ids that are not a str or an int ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("odd_id", [[1], {"n": 1}], ids=["list", "object"])
+async def test_a_frame_whose_id_is_not_a_str_or_int_passes_a_wrapped_socket(
+    sim: Simulator, clock: VirtualClock, states: StateLog, odd_id: object
+) -> None:
+    async def odd(sock: Any, frame: dict[str, Any]) -> tuple[int, Any]:
+        await sock.send({"kind": "resp", "reqId": odd_id, "code": 200, "body": {}, "type": "x"})
+        return 200, {}
+
+    sim.sockets.on("Odd", odd)
+    # A rule that never fires on this traffic: only its presence wraps the socket.
+    rule = FaultRule("slow", WsDelay(10), unit="ws_message", match=Match(path="never.matches"))
+    frames: list[Any] = []
+    async with agent_engine(
+        sim, clock, states, wire_middlewares=[_injector(clock, rule)]
+    ) as engine:
+        ws = await _open(engine, sim, on_frame=frames.append)
+        answer = await ws.request("Odd", {}, timeout=5)
+        sent = await ws.send({"kind": "req", "id": odd_id, "type": GETCLOCK, "body": {}})
+        after = await ws.request(GETCLOCK, {}, timeout=5)
+        await ws.close()
+    assert answer["code"] == after["code"] == 200
+    assert sent is True
+    assert any(f.get("reqId") == odd_id for f in frames)
+    assert len(sim.sockets.all) == 1  # never reconnected
+
+
+# -- 3. a sequence and its schedule ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule", [Schedule(skip_first=5), Schedule(fail_next=1), Schedule(2, 1, after_ms=10)]
+)
+def test_a_count_window_beside_a_sequence_is_refused(schedule: Schedule) -> None:
+    with pytest.raises(ConfigurationError, match=r"rule 'burst': a 'sequence'.*count window"):
+        FaultRule("burst", sequence=[503, 503], schedule=schedule)
+    data = {"id": "burst", "sequence": [503], "schedule": {"skip_first": 5, "fail_next": 1}}
+    with pytest.raises(ConfigurationError, match="skip_first=5, fail_next=1"):
+        FaultPlan.from_dict({"seed": 1, "rules": [data]})
+
+
+def test_a_sequences_time_window_survives_the_json_round_trip_and_decides_alike() -> None:
+    rule = FaultRule(
+        "late",
+        sequence=[503, None, 502],
+        schedule=Schedule(after_ms=60_000, for_ms=1_000),
+        match=Match("GET", "*"),
+    )
+    plan = FaultPlan(seed=4, rules=[rule])
+    loaded = FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert loaded == plan
+    runs = [FaultRun(plan, origin=0.0), FaultRun(loaded, origin=0.0)]
+    for at in (1.0, 60.0, 60.5, 60.9, 61.0):
+        got = [r.decide("request", method="GET", path="/x", at=at) for r in runs]
+        assert got[0] == got[1]
+    assert [d.outcome for d in runs[1].log] == ["pass", "pass", "inject", "pass", "pass"]
+    # A sequence without a time window is written as before: no schedule.
+    assert "schedule" not in FaultRule("s", sequence=[503]).to_dict()
+
+
+# -- 4. SimulatorConfig ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("session_ttl", math.inf),
+        ("session_ttl", 10**400),
+        ("session_ttl", MAX_TTL_S * 2),
+        ("jwt_ttl", math.inf),
+        ("jwt_ttl", math.nan),
+        ("jwt_ttl", 0),
+        ("accounts", ["12345678"]),
+        ("accounts", "12345678"),
+        ("accounts", Account()),
+        ("idle_close_code", 1006),
+        ("idle_close_code", 1005),
+        ("idle_close_code", "x"),
+        ("idle_close_code", 99999),
+        ("idle_close_code", True),
+        ("public_address", 123),
+        ("public_address", ""),
+        ("public_address", "http://le.example.test"),
+        ("public_address", "le example"),
+        ("public_scheme", 5),
+        ("public_scheme", "ftp"),
+        ("echo_published", "no"),
+        ("fault_header", 1),
+    ],
+)
+def test_a_bad_simulator_config_field_is_refused_naming_it(field: str, value: object) -> None:
+    kwargs: dict[str, Any] = {field: value}
+    with pytest.raises(ConfigurationError, match=rf"SimulatorConfig\.{field}"):
+        SimulatorConfig(**kwargs)
+
+
+def test_the_edges_of_a_simulator_config_are_accepted() -> None:
+    config = SimulatorConfig(
+        accounts=[Account()],
+        session_ttl=MAX_TTL_S,
+        jwt_ttl=0.5,
+        idle_close_code=4000,
+        public_address="[::1]:8443",
+        public_scheme="https",
+        echo_published=False,
+        fault_header=True,
+    )
+    assert config.accounts == (Account(),)
+    assert (
+        SimulatorConfig(idle_close_code=1011, public_address="le.example.test").public_scheme
+        is None
+    )
+
+
+# -- 5. Match.method -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["", " get", "GET,POST", "GET POST", 5, ["GET"]])
+def test_a_method_that_never_matches_is_refused_when_made_or_loaded(method: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"Match\.method must be one HTTP method"):
+        Match(method)
+    with pytest.raises(ConfigurationError, match=r"Match\.method"):
+        FaultRule.from_dict({"id": "r", "match": {"method": method, "path": "*"}, "fault": 503})
+
+
+def test_any_method_and_one_method_in_any_case_still_match() -> None:
+    assert Match(None).method is None
+    assert Match("*").method is None
+    assert Match("get").method == "GET"
+    run = FaultRun([FaultRule("r", Status(503), match=Match("patch", "*"))])
+    assert run.decide("request", method="PATCH", path="/a") is not None
+    assert run.decide("request", method="GET", path="/a") is None
+
+
+# -- 6. a Status on a socket request, on every path ------------------------------------------
+
+BUSY = Status(429, body='{"msg": "slow down", "retryAfterMs": 1500}')
+
+
+async def _echo(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            frame = json.loads(msg.data)
+            await ws.send_json(
+                {"kind": "resp", "reqId": frame["id"], "code": 200, "body": {}, "type": "x"}
+            )
+    return ws
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "custom", "client"])
+async def test_a_status_on_a_socket_request_carries_its_body_on_every_path(
+    clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    rule = FaultRule("busy", BUSY, unit="ws_message", match=Match(path="Echo"))
+    simulator = Simulator(clock=clock, plan=[rule] if side != "client" else None)
+    simulator.add_route("GET", "/ws/echo", _echo, service="myEcho")
+    async with simulator:
+        injector = _injector(clock, rule) if side == "client" else _injector(clock)
+        async with agent_engine(simulator, clock, states, wire_middlewares=[injector]) as engine:
+            if side == "custom":
+                ws = await engine.websocket(
+                    "myEcho", "/ws/echo", options=SocketOptions(keepalive=None)
+                )
+                await ws.wait_open()
+            else:
+                ws = await _open(engine, simulator)
+            with pytest.raises(SocketRequestError) as caught:
+                await ws.request("Echo", {}, timeout=5)
+            await ws.close()
+    assert caught.value.code == 429
+    assert caught.value.body == {"msg": "slow down", "retryAfterMs": 1500}
+    assert BUSY.socket_body() == {"msg": "slow down", "retryAfterMs": 1500}
+    assert Status(503).socket_body() == {"msg": "injected fault"}
+    assert Status(503, body="not json").socket_body() == "not json"
+
+
+# -- 7. no 1xx as a final answer -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [100, 101, 199])
+def test_a_1xx_status_is_refused(code: int) -> None:
+    with pytest.raises(ConfigurationError, match=r"Status\.code must be an int in 200\.\.599"):
+        Status(code)
+    with pytest.raises(ConfigurationError, match=r"MalformedBody\.code must be an int in 200"):
+        MalformedBody(code=code)
+    with pytest.raises(ConfigurationError, match=r"Status\.code"):
+        FaultRule.from_dict({"id": "r", "fault": {"kind": "status", "code": code}})
+    assert Status(200).code == 200
+    assert MalformedBody(code=200).code == 200
+
+
+# -- 8. script and restart check their arguments before acting -------------------------------
+
+
+@pytest.mark.parametrize("outcomes", [503, None, "503", {"code": 503}])
+def test_script_refuses_outcomes_that_are_not_a_list(outcomes: Any) -> None:
+    sim = Simulator()
+    with pytest.raises(ConfigurationError, match=r"SimFaults\.script outcomes must be a list"):
+        sim.faults.script("GET", "*/users", outcomes)
+    assert sim.faults.plan.rules == ()
+    with pytest.raises(ConfigurationError, match="not a fault"):
+        sim.faults.script("GET", "*/users", [503.0])  # type: ignore[list-item]
+    assert sim.faults.script("GET", "*/users", (503,)).sequence == (Status(503),)
+
+
+@pytest.mark.parametrize("down_for", ["1", math.nan, math.inf, -1, None, True])
+async def test_restart_refuses_a_bad_down_for_and_leaves_the_simulator_running(
+    clock: VirtualClock, down_for: Any
+) -> None:
+    async with Simulator(clock=clock) as simulator:
+        with pytest.raises(ConfigurationError, match=r"Simulator\.restart down_for"):
+            await simulator.restart(down_for)
+        assert simulator.running
+        assert simulator.starts == 1
+        await simulator.restart(0.5)
+        assert simulator.running
+        assert simulator.starts == 2
