@@ -11,6 +11,8 @@ import attrs
 from ..errors import ConfigurationError
 
 __all__ = [
+    "CLOSE_CODES",
+    "HTTP_STATUSES",
     "at_least",
     "check_scale",
     "clamp_draw",
@@ -99,10 +101,18 @@ def instance_of(cls: type, wants: str) -> Callable[[Any, Any, Any], None]:
 flag = instance_of(bool, "a bool")
 
 
-def int_codes(field: str, value: object) -> frozenset[int]:
+#: The HTTP statuses (RFC 9110 15: three digits, 1xx to 5xx) and the WebSocket close codes
+#: (RFC 6455 7.4: 1000 to 4999) a code set may hold: anything else never matches.
+HTTP_STATUSES = (100, 599)
+CLOSE_CODES = (1000, 4999)
+
+
+def int_codes(field: str, value: object, *, bounds: tuple[int, int], kind: str) -> frozenset[int]:
     """``value`` as a frozenset of ints, for the status and close code sets; ``field`` is
     ``Class.name``, for the message. A str, a bare number, a bool or a float in it is refused:
-    ``"429"`` would otherwise become the set of its characters and never match a status."""
+    ``"429"`` would otherwise become the set of its characters and never match a status. So is
+    a code outside ``bounds`` (inclusive; :data:`HTTP_STATUSES` or :data:`CLOSE_CODES`, named
+    ``kind`` in the message): a typo such as 4510 for a status, or -1, can never match."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ConfigurationError(
             f"{field} must be a collection of int codes, got {type(value).__name__}"
@@ -111,6 +121,13 @@ def int_codes(field: str, value: object) -> frozenset[int]:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ConfigurationError(f"{field} must hold int codes, got {shown(item)}")
+    low, high = bounds
+    outside = sorted(item for item in set(items) if not low <= item <= high)
+    if outside:
+        raise ConfigurationError(
+            f"{field} must hold {kind} from {low} to {high}, got {shown(outside)}: "
+            "such a code can never match"
+        )
     return frozenset(items)
 
 

@@ -13,7 +13,7 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import int_codes
+from ._validate import HTTP_STATUSES, int_codes
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -82,12 +82,16 @@ class Outcome:
         return f"{self.kind.value} ({self.error})" if self.error else self.kind.value
 
 
+_DEFAULT_RETRY = frozenset({429})
+_DEFAULT_FINAL = frozenset({451})
+
+
 def _retry_statuses(value: object) -> frozenset[int]:
-    return int_codes("Classifier.retry_statuses", value)
+    return int_codes("Classifier.retry_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses")
 
 
 def _final_statuses(value: object) -> frozenset[int]:
-    return int_codes("Classifier.final_statuses", value)
+    return int_codes("Classifier.final_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses")
 
 
 @attrs.frozen
@@ -97,7 +101,9 @@ class Classifier:
     Defaults follow the guide and LivePerson's retry page: 2xx/3xx succeed; 5xx, 429 and every
     transport failure are retryable; 451 and every other 4xx are final. ``retry_statuses`` adds
     statuses to retry (e.g. 409 for an API known to answer it transiently); ``final_statuses``
-    removes some (e.g. 501 Not Implemented, which no retry can fix).
+    removes some (e.g. 501 Not Implemented, which no retry can fix). Each holds HTTP statuses
+    (100 to 599), and no status may be in both: one left at its default gives way to the other
+    (``final_statuses={429}`` makes 429 final), two given that share a status are refused.
 
     Idempotency (``retryable_for``): a request that is not idempotent (POST, PATCH, unless the
     caller marks it so) is retried only when the failure proves it was not processed: a connect
@@ -105,18 +111,28 @@ class Classifier:
     timeout may come after the server acted, so repeating a POST could apply it twice.
     """
 
-    retry_statuses: frozenset[int] = attrs.field(
-        default=frozenset({429}), converter=_retry_statuses
-    )
-    final_statuses: frozenset[int] = attrs.field(
-        default=frozenset({451}), converter=_final_statuses
-    )
+    retry_statuses: frozenset[int] = attrs.field(default=_DEFAULT_RETRY, converter=_retry_statuses)
+    final_statuses: frozenset[int] = attrs.field(default=_DEFAULT_FINAL, converter=_final_statuses)
     #: The statuses below 400 that are not a success here (retried or final): every other
     #: status below 400 is a success, which the retry loop checks without calling
     #: :meth:`classify` on the path every call takes.
     _not_success_below_400: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        both = self.retry_statuses & self.final_statuses
+        if both:
+            # One set left at its default gives way to the one the caller gave: final 429 makes
+            # the default retried 429 final, retried 451 the default final 451 retried.
+            if self.retry_statuses == _DEFAULT_RETRY:
+                object.__setattr__(self, "retry_statuses", self.retry_statuses - both)
+            elif self.final_statuses == _DEFAULT_FINAL:
+                object.__setattr__(self, "final_statuses", self.final_statuses - both)
+            else:
+                # Final silently won: a status meant to be retried never was.
+                raise ConfigurationError(
+                    f"Classifier.retry_statuses and final_statuses share {sorted(both)}: a "
+                    "status is either retried or final, not both"
+                )
         irregular = frozenset(
             status for status in self.retry_statuses | self.final_statuses if status < 400
         )

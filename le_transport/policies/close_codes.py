@@ -27,7 +27,15 @@ import enum
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import clamp_draw, flag, int_codes, non_negative, positive
+from ._validate import (
+    CLOSE_CODES,
+    HTTP_STATUSES,
+    clamp_draw,
+    flag,
+    int_codes,
+    non_negative,
+    positive,
+)
 from .retry import DEFAULT_RETRY_AFTER_CEILING
 
 __all__ = [
@@ -238,15 +246,37 @@ def _rate_limited(reason: str, fast_drops: int = 0) -> CloseVerdict:
 
 
 def _reauth_codes(value: object) -> frozenset[int]:
-    return int_codes("ClosePolicy.reauth_codes", value)
+    codes = int_codes(
+        "ClosePolicy.reauth_codes", value, bounds=CLOSE_CODES, kind="WebSocket close codes"
+    )
+    if ABNORMAL_CLOSURE in codes:
+        # Dead there: a 1006 always arrives as an abnormal drop, never as a close frame.
+        raise ConfigurationError(
+            "ClosePolicy.reauth_codes cannot hold 1006: no server sends it (it is how a drop "
+            "without a close frame is reported; a run of fast drops re-authenticates, see "
+            "fast_drop_run)"
+        )
+    return codes
 
 
 def _reauth_statuses(value: object) -> frozenset[int]:
-    return int_codes("ClosePolicy.reauth_statuses", value)
+    statuses = int_codes(
+        "ClosePolicy.reauth_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses"
+    )
+    if 429 in statuses:
+        # It overrode the fixed rule: a rate limit never escalates to a re-login.
+        raise ConfigurationError(
+            "ClosePolicy.reauth_statuses cannot hold 429: a rate limit reconnects after "
+            "RATE_LIMIT_PAUSE at least and never escalates to a re-login (logging in again "
+            "only adds load)"
+        )
+    return statuses
 
 
 def _fail_codes(value: object) -> frozenset[int]:
-    return int_codes("ClosePolicy.fail_codes", value)
+    return int_codes(
+        "ClosePolicy.fail_codes", value, bounds=CLOSE_CODES, kind="WebSocket close codes"
+    )
 
 
 def _check_fail_codes(
@@ -274,8 +304,11 @@ def _run_length(instance: object, attribute: attrs.Attribute[int], value: object
 class ClosePolicy:
     """Classifies disconnects; the defaults are LiveEngage's.
 
-    - ``reauth_codes``: close codes that mean "re-authenticate first" (4401, 4407, 1011).
-    - ``reauth_statuses``: upgrade statuses that mean the same (401).
+    - ``reauth_codes``: close codes that mean "re-authenticate first" (4401, 4407, 1011);
+      WebSocket close codes (1000 to 4999), not 1006 (no server sends it: a drop is
+      re-authenticated through ``fast_drop_run``).
+    - ``reauth_statuses``: upgrade statuses that mean the same (401); HTTP statuses (100 to
+      599), not 429 (a rate limit never escalates to a re-login: see the fixed rules).
     - ``fast_drop_within`` / ``fast_drop_run``: ``fast_drop_run`` abnormal drops in a row, each
       of a connection younger than ``fast_drop_within`` seconds, mean re-authenticate.
     - ``reconnect_on_server_close``: whether a server's own 1000/1001 close is reconnected (it
@@ -287,7 +320,8 @@ class ClosePolicy:
       violation is final. Empty by default: LiveEngage documents every code but the
       re-authentication ones as "wait, reconnect". Only a server's close frame is matched (not
       a code the client failed the connection with itself); a code may not be in both
-      ``fail_codes`` and ``reauth_codes``, nor be 1006 (no server sends it). It takes precedence
+      ``fail_codes`` and ``reauth_codes``, nor be 1006 (no server sends it), nor lie outside
+      1000 to 4999. It takes precedence
       over ``reconnect_on_server_close``.
     - ``retry_after_ceiling``: the longest pause a refused upgrade's ``Retry-After`` may ask
       for (60 s, the HTTP retry's default ceiling); a longer one is cut to it (0: every

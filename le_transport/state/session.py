@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
+from .._checks import require_kind
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
 from .fallback import FallbackStore
 from .memory import MemoryStore
-from .store import StateStore, check_seconds, check_store, state_key
+from .store import Entry, StateStore, check_seconds, check_store, state_key
 
 __all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
 
@@ -71,7 +72,9 @@ class SharedSession:
       quick answers; a login slower than that may let a second process log in too (two
       logins, never a deadlock), and a crashed holder delays the fleet by at most this.
     - ``safety_margin``: the token is stored for its remaining life minus this, never longer.
-    - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing).
+    - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing from
+      ``poll`` to ``max_poll``; ``poll`` may not be longer than ``max_poll``).
+    - ``clock``: a :class:`~le_transport.clock.Clock` instance (default: the real clock).
     """
 
     def __init__(
@@ -98,9 +101,24 @@ class SharedSession:
             check_seconds("SharedSession", name, value)
         # Unchecked, a NaN margin made every stored session's TTL NaN.
         check_seconds("SharedSession", "safety_margin", safety_margin, zero=True)
+        if poll > max_poll:
+            # The first wait was poll, past the documented ceiling (poll=10, max_poll=0.5: 10 s).
+            raise ConfigurationError(
+                f"SharedSession.poll ({poll!r}) must not be longer than max_poll ({max_poll!r})"
+            )
+        if isinstance(clock, type):
+            # VirtualClock, not VirtualClock(): a class passes the protocol check (its methods
+            # are there, unbound), and failed at the first wait.
+            raise ConfigurationError(
+                f"SharedSession.clock must be a Clock, got the class {clock.__name__}: pass one "
+                f"({clock.__name__}())"
+            )
+        # Unchecked, time.monotonic was taken, and the first wait for another process's token
+        # failed with AttributeError (no .sleep), as MemoryStore refuses it.
+        require_kind(clock, Clock, owner="SharedSession", field="clock")
         if not isinstance(user, str) or not user:
             raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
-        self._clock = clock or RealClock()
+        self._clock = clock if clock is not None else RealClock()
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
         self._store: StateStore = (
             store
@@ -121,9 +139,13 @@ class SharedSession:
 
     async def current(self) -> SharedToken | None:
         """The fleet's current token, if one is stored."""
+        return (await self._read())[1]
+
+    async def _read(self) -> tuple[Entry | None, SharedToken | None]:
+        """The stored entry as read, and the token in it (None if absent or unreadable)."""
         entry = await self._store.get(self._key)
         if entry is None:
-            return None
+            return None, None
         try:
             data = json.loads(entry.value)
             value, version, life = data["value"], data["version"], float(data["life"])
@@ -139,11 +161,11 @@ class SharedSession:
                 and entry.ttl >= 0
             ):
                 raise ValueError("not a stored session")
-            return SharedToken(value, version, entry.ttl, life)
+            return entry, SharedToken(value, version, entry.ttl, life)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             # Not ours (or damaged): treat as absent; the next login overwrites it.
             _log.warning("ignoring an unreadable shared session entry", extra={"key": self._key})
-            return None
+            return entry, None
 
     async def login(
         self, do_login: Callable[[], Awaitable[Obtained]], *, stale: str | None = None
@@ -225,10 +247,14 @@ class SharedSession:
         return token
 
     async def forget(self, version: str) -> None:
-        """Drop the stored token if it is still ``version`` (the server rejected it)."""
-        cur = await self.current()
-        if cur is not None and cur.version == version:
-            await self._store.delete(self._key)
+        """Drop the stored token if it is still ``version`` (the server rejected it).
+
+        A compare-and-delete of the entry as it was read: a session another process stored
+        between the read and the delete (a new login) is kept, not dropped with the old one.
+        """
+        entry, cur = await self._read()
+        if entry is not None and cur is not None and cur.version == version:
+            await self._store.delete(self._key, only_if=entry.value)
 
     def __repr__(self) -> str:
         return f"SharedSession(key={self._key!r})"

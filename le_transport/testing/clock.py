@@ -34,7 +34,10 @@ import time
 import weakref
 from typing import Any
 
+from .._checks import require_kind
 from ..chaos.plan import DEFAULT_MAX_RECORDS, RecordLog, check_max_records
+from ..errors import ConfigurationError
+from ..policies._validate import finite_number, shown
 
 __all__ = ["VirtualClock", "virtual_clock_in_use"]
 
@@ -61,8 +64,11 @@ class VirtualClock:
 
     - ``start``: the initial reading of :meth:`now`.
     - ``autojump``: jump to the next deadline automatically (default); else use :meth:`advance`.
-    - ``idle_rounds``: loop iterations with nothing else ready before a jump.
-    - ``autojump_threshold``: additionally, real seconds the loop must stay idle (default 0).
+      A bool (a truthy ``"no"`` from a config file is refused, not guessed).
+    - ``idle_rounds``: loop iterations with nothing else ready before a jump: an int >= 1
+      (default 3).
+    - ``autojump_threshold``: additionally, real seconds the loop must stay idle: a finite
+      number >= 0 (default 0; ``inf`` would never jump, and every sleep would hang).
     - ``max_records``: how many sleeps :attr:`sleeps` and :attr:`history` keep, the newest
       (default 100,000; None: every one).
     """
@@ -77,12 +83,13 @@ class VirtualClock:
         max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
         check_max_records(max_records, owner="VirtualClock")
+        _check_settings(autojump, idle_rounds, autojump_threshold)
         self._now = float(start)
         if not math.isfinite(self._now):
             raise ValueError(f"VirtualClock(start=...) must be a finite time, got {start!r}")
         self._autojump = autojump
-        self._idle_rounds = max(1, idle_rounds)
-        self._threshold = autojump_threshold
+        self._idle_rounds = idle_rounds
+        self._threshold = float(autojump_threshold)
         self._seq = itertools.count()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         # Sleeps with no finite deadline: never in _sleepers, so never jumped to.
@@ -230,6 +237,31 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now!r}, pending={self.pending})"
+
+
+def _check_settings(autojump: object, idle_rounds: object, threshold: object) -> None:
+    """A :class:`ConfigurationError` naming the field unless ``autojump`` is a bool,
+    ``idle_rounds`` an int >= 1 (not a bool) and ``threshold`` a finite number >= 0 (not a
+    bool). Before, a truthy ``"no"`` turned autojump on, ``inf`` hung every sleep, a negative
+    number was taken silently and a str raised a raw TypeError."""
+    require_kind(autojump, bool, owner="VirtualClock", field="autojump", optional=False)
+    rounds_ok = type(idle_rounds) is not bool and isinstance(idle_rounds, int) and idle_rounds >= 1
+    if not rounds_ok:
+        raise ConfigurationError(
+            f"VirtualClock.idle_rounds must be an int >= 1, got {_number_or_type(idle_rounds)}"
+        )
+    if not (finite_number(threshold) and threshold >= 0):  # type: ignore[operator]
+        raise ConfigurationError(
+            "VirtualClock.autojump_threshold must be a finite number of seconds >= 0, got "
+            f"{_number_or_type(threshold)}"
+        )
+
+
+def _number_or_type(value: object) -> str:
+    """A number as it is, anything else only by its type (a misplaced option may be a secret)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return shown(value)
+    return type(value).__name__
 
 
 def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:

@@ -1,0 +1,245 @@
+"""Settings that contradict a policy's own rules, refused at construction.
+
+- VirtualClock: ``autojump`` a bool, ``idle_rounds`` an int >= 1, ``autojump_threshold`` a
+  finite number >= 0 (``inf`` hung every sleep; ``"no"`` turned autojump on).
+- SharedSession: ``clock`` a Clock instance (``time.monotonic`` failed at the first wait),
+  ``poll`` no longer than ``max_poll``; ``forget`` a compare-and-delete of the entry it read.
+- RetryPolicy.pauses an ordered sequence (a set was taken in hash order, a dict by its keys).
+- ClosePolicy: no 429 in ``reauth_statuses``, no 1006 in ``reauth_codes``; codes in range.
+- Classifier: no status both retried and final (a set left at its default gives way);
+  statuses in range.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from le_transport.errors import ConfigurationError
+from le_transport.policies import (
+    Classifier,
+    CloseAction,
+    ClosePolicy,
+    Disconnect,
+    Outcome,
+    RetryPolicy,
+    Verdict,
+)
+from le_transport.state import MemoryStore, SharedSession, state_key
+from le_transport.state.store import Entry
+from le_transport.testing import VirtualClock
+
+# -- VirtualClock ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"autojump": "no"}, r"VirtualClock\.autojump must be bool, got str"),
+        ({"autojump": 1}, r"VirtualClock\.autojump must be bool, got int"),
+        ({"autojump": None}, r"VirtualClock\.autojump must be bool"),
+        ({"idle_rounds": 0}, r"VirtualClock\.idle_rounds must be an int >= 1, got 0"),
+        ({"idle_rounds": -5}, r"VirtualClock\.idle_rounds must be an int >= 1, got -5"),
+        ({"idle_rounds": 2.5}, r"VirtualClock\.idle_rounds must be an int >= 1, got 2\.5"),
+        ({"idle_rounds": "3"}, r"VirtualClock\.idle_rounds must be an int >= 1, got str"),
+        ({"idle_rounds": True}, r"VirtualClock\.idle_rounds must be an int >= 1, got bool"),
+        ({"autojump_threshold": float("inf")}, r"autojump_threshold must be a finite .* got inf"),
+        ({"autojump_threshold": float("nan")}, r"autojump_threshold must be a finite .* got nan"),
+        ({"autojump_threshold": -1.0}, r"autojump_threshold must be a finite .* >= 0, got -1"),
+        ({"autojump_threshold": 10**400}, r"autojump_threshold must be a finite"),
+        ({"autojump_threshold": "0.1"}, r"autojump_threshold must be a finite .* got str"),
+        ({"autojump_threshold": True}, r"autojump_threshold must be a finite .* got bool"),
+    ],
+)
+def test_a_virtual_clock_refuses_bad_settings_naming_the_field(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    """Refused at construction: before, ``autojump_threshold=inf`` made ``clock.sleep(1)``
+    hang for ever, ``autojump="no"`` jumped anyway, and ``idle_rounds="3"`` raised TypeError."""
+    with pytest.raises(ConfigurationError, match=match):
+        VirtualClock(**kwargs)
+
+
+async def test_a_virtual_clock_still_takes_good_settings() -> None:
+    for clock in (
+        VirtualClock(idle_rounds=1),
+        VirtualClock(idle_rounds=5, autojump_threshold=0),
+        VirtualClock(autojump_threshold=0.001),
+    ):
+        await clock.sleep(5)
+        assert clock.now() == 5.0
+    manual = VirtualClock(autojump=False)
+    manual.advance(2)
+    assert manual.now() == 2.0
+
+
+# -- SharedSession -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("clock", "match"),
+    [
+        (time.monotonic, r"SharedSession\.clock must be Clock or None, got builtin_function"),
+        (VirtualClock, r"SharedSession\.clock must be a Clock, got the class VirtualClock"),
+        ("clock", r"SharedSession\.clock must be Clock or None, got str"),
+    ],
+    ids=["time.monotonic", "the class", "str"],
+)
+def test_a_shared_session_refuses_what_is_no_clock(clock: object, match: str) -> None:
+    """``clock=time.monotonic`` was taken, and the first wait for another process's token
+    failed with AttributeError (no ``sleep``); MemoryStore refuses it alike."""
+    with pytest.raises(ConfigurationError, match=match):
+        SharedSession(MemoryStore(), account="1", user="bot", clock=clock)  # type: ignore[arg-type]
+
+
+def test_a_shared_session_refuses_a_poll_longer_than_max_poll() -> None:
+    """poll=10, max_poll=0.5 was taken, and a waiter's first wait was 10 s."""
+    with pytest.raises(
+        ConfigurationError, match=r"SharedSession\.poll \(10\) .* max_poll \(0\.5\)"
+    ):
+        SharedSession(MemoryStore(), account="1", user="bot", poll=10, max_poll=0.5)
+    SharedSession(MemoryStore(), account="1", user="bot", poll=0.5, max_poll=0.5)
+    SharedSession(MemoryStore(), account="1", user="bot", clock=VirtualClock())
+
+
+def _payload(version: str) -> str:
+    return json.dumps({"value": "token-" + version, "version": version, "life": 600.0})
+
+
+class _RacingStore(MemoryStore):
+    """A store where another process stores a new session right after the next read."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.race_with: str | None = None
+
+    async def get(self, key: str) -> Entry | None:
+        entry = await super().get(key)
+        if self.race_with is not None:
+            await super().set(key, self.race_with, ttl=600.0)
+            self.race_with = None
+        return entry
+
+
+async def test_forget_keeps_a_session_stored_between_its_read_and_its_delete() -> None:
+    """forget() read the stale token, then deleted the key unconditionally: a new session
+    another process stored in between was dropped, and the fleet logged in again."""
+    store = _RacingStore(VirtualClock())
+    key = state_key("1", "session", "bot")
+    shared = SharedSession(store, account="1", user="bot")
+    await store.set(key, _payload("old"), ttl=600.0)
+    store.race_with = _payload("new")
+    await shared.forget("old")
+    cur = await shared.current()
+    assert cur is not None
+    assert cur.version == "new"
+    # Without a race, the rejected version is still dropped.
+    await shared.forget("new")
+    assert await shared.current() is None
+
+
+# -- RetryPolicy.pauses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pauses",
+    [{5, 10, 15, 40}, frozenset({5.0}), {5: "x", 10: "y"}, (p for p in (5, 10)), "5", b"5"],
+    ids=["set", "frozenset", "dict", "generator", "str", "bytes"],
+)
+def test_retry_pauses_must_be_an_ordered_sequence(pauses: Any) -> None:
+    """{5, 10, 15, 40} became (40.0, 10.0, 5.0, 15.0): the first retry waited 40 s."""
+    with pytest.raises(ConfigurationError, match=r"RetryPolicy\.pauses must be an ordered seq"):
+        RetryPolicy(pauses=pauses)
+
+
+def test_retry_pauses_still_take_lists_tuples_and_other_sequences() -> None:
+    assert RetryPolicy(pauses=[15, 5, 10]).pauses == (15.0, 5.0, 10.0)
+    assert RetryPolicy(pauses=(0.05, 0.1)).pauses == (0.05, 0.1)
+    assert RetryPolicy(pauses=range(3)).pauses == (0.0, 1.0, 2.0)
+    assert RetryPolicy(pauses=()).pauses == ()
+
+
+# -- ClosePolicy -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("statuses", [{401, 429}, {429}])
+def test_a_rate_limit_cannot_be_made_a_reauthentication(statuses: set[int]) -> None:
+    """reauth_statuses={401, 429} made a 429 upgrade REAUTHENTICATE, against the fixed rule
+    that a rate limit never escalates to a re-login."""
+    with pytest.raises(ConfigurationError, match=r"ClosePolicy\.reauth_statuses cannot hold 429"):
+        ClosePolicy(reauth_statuses=statuses)
+
+
+def test_1006_cannot_be_a_reauth_code() -> None:
+    """A 1006 always arrives as an abnormal drop, never as a close frame: in reauth_codes it
+    could never match (fail_codes refuses it for the same reason)."""
+    with pytest.raises(ConfigurationError, match=r"ClosePolicy\.reauth_codes cannot hold 1006"):
+        ClosePolicy(reauth_codes={4401, 1006})
+
+
+@pytest.mark.parametrize(
+    ("field", "codes", "match"),
+    [
+        ("reauth_codes", {4401, 5000}, r"WebSocket close codes from 1000 to 4999, got \[5000\]"),
+        ("reauth_codes", {999}, r"reauth_codes must hold WebSocket close codes"),
+        ("fail_codes", {-1, 99999}, r"fail_codes must hold .* got \[-1, 99999\]"),
+        ("reauth_statuses", {401, 4401}, r"HTTP statuses from 100 to 599, got \[4401\]"),
+        ("reauth_statuses", {99}, r"reauth_statuses must hold HTTP statuses"),
+    ],
+)
+def test_close_policy_codes_must_be_in_range(field: str, codes: set[int], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        ClosePolicy(**{field: codes})  # type: ignore[arg-type]
+
+
+def test_close_policy_defaults_and_edges_are_still_valid() -> None:
+    policy = ClosePolicy()
+    assert policy.classify(Disconnect.handshake_rejected(429)).action is CloseAction.RECONNECT
+    ClosePolicy(reauth_codes={1000, 4999}, reauth_statuses={100, 599}, fail_codes={1008})
+
+
+# -- Classifier --------------------------------------------------------------------------------
+
+
+def test_a_status_cannot_be_both_retried_and_final() -> None:
+    """Classifier(retry_statuses={503}, final_statuses={503}) was taken and final silently
+    won: the 503 meant to be retried never was."""
+    with pytest.raises(ConfigurationError, match=r"share \[409, 503\]"):
+        Classifier(retry_statuses={503, 409, 429}, final_statuses={503, 409})
+    # A set left at its default gives way to the one given: the default retried 429 made
+    # final, the default final 451 retried.
+    classifier = Classifier(final_statuses={429})
+    assert classifier.classify(Outcome.response(429)) is Verdict.FAIL
+    assert classifier.retry_statuses == frozenset()
+    classifier = Classifier(retry_statuses={451})
+    assert classifier.classify(Outcome.response(451)) is Verdict.RETRY
+    assert classifier.final_statuses == frozenset()
+    classifier = Classifier(retry_statuses=(), final_statuses={429, 451})
+    assert classifier.classify(Outcome.response(429)) is Verdict.FAIL
+
+
+@pytest.mark.parametrize(
+    ("field", "statuses", "bad"),
+    [
+        ("final_statuses", {503, 4510, -1}, r"\[-1, 4510\]"),
+        ("retry_statuses", {600}, r"\[600\]"),
+        ("retry_statuses", {99}, r"\[99\]"),
+        ("final_statuses", {10**30}, r"\[1000000000000000000000000000000\]"),
+    ],
+)
+def test_classifier_statuses_must_be_http_statuses(
+    field: str, statuses: set[int], bad: str
+) -> None:
+    """4510 (a typo) or -1 were taken and could never match a status."""
+    with pytest.raises(
+        ConfigurationError, match=rf"Classifier\.{field} must hold HTTP statuses .* got {bad}"
+    ):
+        Classifier(**{field: statuses})
+
+
+def test_classifier_defaults_and_edges_are_still_valid() -> None:
+    assert Classifier().classify(Outcome.response(429)) is Verdict.RETRY
+    Classifier(retry_statuses={100, 409}, final_statuses={501, 599})
