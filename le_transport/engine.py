@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import io
 import json as _json
 import logging
 import math
@@ -17,8 +18,10 @@ import random
 import re
 import ssl as _ssl
 import time
+import types
+import typing
 import warnings
-from collections.abc import AsyncIterable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -29,11 +32,12 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._checks import require_kind, require_option
-from ._redact import body_excerpt, redact_path, redact_text, redact_url
+from ._redact import REDACTED, body_excerpt, redact_path, redact_text, redact_url
 from .clock import Clock, RealClock
 from .errors import (
     AttemptRecord,
     ConfigurationError,
+    DeadlineExceeded,
     EngineClosed,
     InvalidRequest,
     RequestError,
@@ -88,6 +92,36 @@ _URL_CACHE_SIZE = 4096
 
 #: Method names that need neither checking nor upper-casing (others are checked, then upper-cased).
 _UPPER_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+#: What the standard codecs say of bytes they cannot decode: fixed phrases, shown as they are. A
+#: codec's other reasons may quote the body (punycode's "Invalid extended code point '123'"):
+#: those are said by their type only.
+_FIXED_DECODE_REASONS = frozenset(
+    {
+        "invalid start byte",
+        "invalid continuation byte",
+        "unexpected end of data",
+        "ordinal not in range(128)",
+        "illegal multibyte sequence",
+        "incomplete multibyte sequence",
+        "character maps to <undefined>",
+        "illegal UTF-16 surrogate",
+        "illegal encoding",
+        "truncated data",
+        "code point not in range(0x110000)",
+        "unexpected special character",
+        "partial character in shift sequence",
+        "non-zero padding bits in shift sequence",
+    }
+)
+
+
+def _decode_reason(exc: UnicodeDecodeError) -> str:
+    """``": <reason>"`` for a standard codec's fixed reason, else ``" (<type>)"``."""
+    if exc.reason in _FIXED_DECODE_REASONS:
+        return f": {exc.reason}"
+    return f" ({type(exc).__name__})"
 
 
 @attrs.frozen
@@ -156,18 +190,22 @@ class Response:
                 except (LookupError, TypeError):
                     pass  # "binary", "rot13", a typo: read as UTF-8
                 except UnicodeDecodeError as exc:
-                    failed = f"body is not valid {declared[:40]}: {exc.reason}"
+                    failed = f"body is not valid {declared[:40]}{_decode_reason(exc)}"
                 except UnicodeError as exc:
                     # A codec's own error (punycode, "undefined"): its text may quote the body.
                     failed = f"body is not valid {declared[:40]} ({type(exc).__name__})"
+                except ValueError:
+                    pass  # a name Python cannot even look up (a NUL in it): as a typo is
         if failed is None:
             try:
                 return self.body.decode(encoding)
             except UnicodeDecodeError as exc:
-                failed = f"body is not valid {encoding[:40]}: {exc.reason}"
+                failed = f"body is not valid {encoding[:40]}{_decode_reason(exc)}"
             except UnicodeError as exc:
                 failed = f"body is not valid {encoding[:40]} ({type(exc).__name__})"
-            except (LookupError, TypeError):
+            except (LookupError, TypeError, ValueError):
+                # ValueError: a name Python cannot even look up ("utf-8\x00": a NUL in it).
+                # After the clauses above: a UnicodeError is a ValueError too.
                 raise InvalidRequest(
                     f"Response.text: {encoding!r:.40} is not a text encoding Python knows",
                     service=self.service,
@@ -189,7 +227,12 @@ class Response:
         says ``charset=iso-8859-1`` over UTF-8 JSON must not turn "Zoë" into "ZoÃ«".
 
         Raises :class:`ResponseDecodeError` for an empty body, malformed JSON, or a value of the
-        wrong type (``expect=dict`` for an object, ``list`` for an array).
+        wrong type (``expect=dict`` for an object, ``list`` for an array, ``int`` for an
+        integer); each is logged as a WARNING (``le_transport.engine``: the service, method,
+        redacted URL, status and a scrubbed excerpt of the body). A JSON ``true`` or ``false``
+        is a boolean, never an ``int`` or a ``float``. JSON has one number type: with
+        ``expect=float`` an integer (``1``) is accepted and returned as a float (``1.0``);
+        with ``expect=int``, a number with a fraction (``1.5``) is refused.
         """
         if expect is not None:
             _check_expect(expect)
@@ -204,28 +247,58 @@ class Response:
         if failed is not None:
             # Outside the except clause: a JSONDecodeError holds the whole body (.doc).
             raise self._decode_error(f"body is not valid JSON ({failed})")
-        if expect is not None and not isinstance(value, expect):
-            raise self._decode_error(
-                f"expected a JSON {_json_kind(expect)}, got a JSON {_json_kind(type(value))}"
-            )
+        if expect is not None:
+            if type(value) is bool:
+                # isinstance(True, int) holds, but a JSON true is no number.
+                if _accepts_bool(expect):
+                    return value
+                failed = _json_kind(bool)
+            elif isinstance(value, expect):
+                return value
+            elif type(value) is int and float in _members(expect):
+                # JSON has one number type: 1 is as much a float as 1.0 is.
+                try:
+                    return float(value)
+                except OverflowError:
+                    failed = "integer too large for a float"
+            else:
+                failed = _json_kind(type(value))
+            raise self._decode_error(f"expected a JSON {_json_kind(expect)}, got a JSON {failed}")
         return value
 
     def _decode_error(self, message: str) -> ResponseDecodeError:
+        """The error for a body that is not what was expected, logged: a WARNING saying what
+        was asked and what came, with a scrubbed excerpt of the body (never a secret)."""
         excerpt = body_excerpt(self.body, path=URL(self.url).path, limit=120)
-        return ResponseDecodeError(
+        err = ResponseDecodeError(
             f"{message}; status {self.status}, body starts {excerpt!r}",
             service=self.service,
             method=self.method,
             url=self.url,
             attempts=self.attempts,
         )
+        _log.warning(
+            "%s %s: the answer could not be read: %s",
+            self.method,
+            self.url,
+            err.message,
+            extra={
+                "service": self.service,
+                "method": self.method,
+                "status": self.status,
+                "error": "ResponseDecodeError",
+            },
+        )
+        return err
 
 
 def _check_headers(
     headers: Mapping[str, str], service: str, method: str, auth: object = None
 ) -> None:
-    """Refuse headers that are not str to str, or that hold a CR, LF or NUL, before anything
-    is sent (aiohttp would fail while writing them, inside the retry loop, after a login); and
+    """Refuse headers that are not str to str, names that are no RFC 9110 token, values that
+    hold a CR, LF or NUL, and the headers that frame the body (``Content-Length``,
+    ``Transfer-Encoding``: aiohttp's), before anything is sent (aiohttp would fail while
+    writing some, inside the retry loop, after a login, and send the others as they are); and
     a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
     library's providers set ``Authorization``), which they would replace without a word."""
     refused: str | None = None
@@ -250,18 +323,40 @@ def _check_headers(
 
 
 def _header_fault(name: object, value: object) -> str | None:
-    """Why a header cannot be sent, or None; never showing its value."""
+    """Why a header cannot be sent, or None; never showing its value.
+
+    A name must be an RFC 9110 token (letters, digits and ``!#$%&'*+-.^_`|~``): a ``:`` or a
+    space would make another header of it ("Authorization:Bearer x" past the check of a
+    caller's own ``Authorization``), and an empty one a malformed line. ``Content-Length``
+    and ``Transfer-Encoding`` are aiohttp's, which frames the body: a value of the caller's
+    would cut it short, and the rest would be read as the next request on the connection."""
     if not isinstance(name, str):
         return f"header names must be str, got a {type(name).__name__}"
+    if _TOKEN.fullmatch(name) is None:
+        # Not shown: what is not a name may carry a value ("Authorization:Bearer x").
+        if not name:
+            return "a header name is empty"
+        if _HEADER_BREAKERS.search(name):
+            return (
+                "a header name holds a CR, LF or NUL, which would start a header of its own; "
+                "the name is not shown"
+            )
+        odd = next(c for c in name if _TOKEN.fullmatch(c) is None)
+        shown = repr(odd) if odd.isascii() and odd.isprintable() else f"U+{ord(odd):04X}"
+        return (
+            f"a header name holds {shown}, which is not allowed in a header name (RFC 9110: "
+            "letters, digits and !#$%&'*+-.^_`|~ only); the name is not shown, since what "
+            "follows a ':' or a space would be sent as a value"
+        )
     if not isinstance(value, str):
         # The name only: the value may be a credential.
         return f"header {name[:40]!r} must have a str value"
-    # isprintable() first: one pass over the text, true for nearly every header.
-    if not name.isprintable() and _HEADER_BREAKERS.search(name):
-        # Not shown: a name that breaks the line may carry a header of its own.
+    if name.lower() in _FRAMING_HEADERS:
         return (
-            "a header name holds a CR, LF or NUL, which would start a header of its own; "
-            "the name is not shown"
+            f"header {name[:40]!r} is not the caller's to set: aiohttp frames the body "
+            "(Content-Length, Transfer-Encoding) from the body it sends, and a value of "
+            "another length would cut the body short or desynchronise the connection; leave "
+            "it out"
         )
     if not value.isprintable() and _HEADER_BREAKERS.search(value):
         return (
@@ -273,6 +368,12 @@ def _header_fault(name: object, value: object) -> str | None:
 
 #: What ends a header line (aiohttp refuses these while writing the request).
 _HEADER_BREAKERS = re.compile("[\r\n\x00]")
+
+#: A header name: an RFC 9110 token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+#: Headers that frame the body, which aiohttp sets from the body itself.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
 def _encode_text(data: str, headers: Mapping[str, str]) -> str | bytes:
@@ -689,16 +790,90 @@ def _check_expect(expect: object) -> None:
         ) from None
 
 
-def _json_kind(tp: type[Any]) -> str:
-    return {
-        dict: "object",
-        list: "array",
-        str: "string",
-        int: "number",
-        float: "number",
-        bool: "boolean",
-        type(None): "null",
-    }.get(tp, tp.__name__)
+#: What each Python type is called as a JSON value, in messages.
+_JSON_KINDS: dict[object, str] = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "integer",
+    float: "number with a fraction",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _members(expect: object) -> tuple[object, ...]:
+    """The types an ``expect=`` names: itself, or those of a tuple or a union (``int | str``)."""
+    if isinstance(expect, tuple):
+        return expect
+    if isinstance(expect, types.UnionType) or typing.get_origin(expect) is typing.Union:
+        return typing.get_args(expect)
+    return (expect,)
+
+
+def _accepts_bool(expect: object) -> bool:
+    """Whether ``expect`` takes a bool for itself, not merely as an int (``bool``, ``object``)."""
+    return any(
+        member is not int
+        and member is not float
+        and isinstance(member, type)
+        and (issubclass(bool, member))
+        for member in _members(expect)
+    )
+
+
+def _json_kind(tp: object) -> str:
+    """A type's name as a JSON value (``integer``), for messages; of a union, each one's."""
+    members = _members(tp)
+    if members != (tp,):
+        return " or ".join(_json_kind(member) for member in members) or "nothing"
+    kind = _JSON_KINDS.get(tp)
+    return kind if kind is not None else getattr(tp, "__name__", type(tp).__name__)
+
+
+#: The userinfo of a URL, with or without its scheme: "https://user:pw@", "//user:pw@",
+#: "user:pw@" (what comes before the first '/' and an '@').
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#@]*@")
+
+
+def _hide_userinfo(text: str) -> str:
+    """``text`` (a path that is no path: a URL given for one) with any userinfo hidden:
+    :func:`redact_text` hides a URL's ("https://user:pw@"); one without a scheme
+    ("//user:pw@host", "user:pw@host/x") is hidden here."""
+    text = redact_text(text)
+    return _USERINFO.sub(lambda m: f"{m.group(1) or ''}{REDACTED}@", text, count=1)
+
+
+def _rewinder(data: object, service: str, method: str) -> Callable[[], object] | None:
+    """How to send ``data`` again from its start, for ``recover=True`` (which sends the
+    request again after a re-login): a file object seeks back to where it stood (None: a
+    body aiohttp builds afresh, or reuses, each time). A body that can be sent only once (an
+    async iterable, a file that cannot seek back: what the retry loop's ``body_spent`` finds
+    spent once sent) is an :class:`InvalidRequest`, said by its type."""
+    what: str | None = None
+    if isinstance(data, aiohttp.payload.AsyncIterablePayload):
+        what = "an aiohttp payload of an async iterable, read as it is sent"
+    elif isinstance(data, aiohttp.payload.Payload):
+        return None  # reused as it is, as on a retry: a file payload rewinds itself
+    elif isinstance(data, io.IOBase):
+        try:
+            start: int | None = data.tell() if data.seekable() else None
+        except (OSError, ValueError):  # closed, or a stream whose position is unknown
+            start = None
+        if start is not None:
+            stream = data
+            return lambda: stream.seek(start)
+        what = f"a {type(data).__name__} that cannot seek back to its start"
+    elif isinstance(data, AsyncIterable):
+        what = f"an async iterable ({type(data).__name__}), read as it is sent"
+    if what is None:
+        return None  # a form given as pairs, FormData: built again each time
+    raise InvalidRequest(
+        f"recover=True may send the request again, and the body is {what}, which can be "
+        "sent only once: pass bytes (or a seekable file)",
+        service=service,
+        method=method,
+    )
 
 
 def split_host(host: str) -> tuple[str, int | None]:
@@ -1324,11 +1499,12 @@ class Engine:
 
     def _check_path(self, service: str, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
-            # Shown to say what was wrong, with an in-path bearer hidden (a UMS path's).
+            # Shown to say what was wrong, with an in-path bearer hidden (a UMS path's), and
+            # a URL's userinfo ("https://bot:password@host/x", "//bot:password@host/x").
             # The query and fragment never: a credential in a query is named by its key only
             # in redact_url, which a path that is no path cannot go through.
             shown = (
-                repr(redact_path(path.partition("?")[0].partition("#")[0]))[:80]
+                repr(_hide_userinfo(redact_path(path.partition("?")[0].partition("#")[0])))[:80]
                 if isinstance(path, str)
                 else type(path).__name__
             )
@@ -1354,7 +1530,13 @@ class Engine:
         *,
         params: Mapping[str, str | int | float] | None = None,
         json: Any = _NO_JSON,
-        data: bytes | str | Mapping[str, str] | AsyncIterable[bytes] | None = None,
+        data: bytes
+        | str
+        | Mapping[str, str]
+        | Sequence[tuple[str, str]]
+        | typing.IO[Any]
+        | AsyncIterable[bytes]
+        | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
@@ -1378,7 +1560,8 @@ class Engine:
           (up to its ``max_redirects``; a loop is a :class:`~le_transport.errors.RequestError`),
           and return the last answer; each hop goes through the stack again, and credentials
           go only to the service's own host, never to a hop elsewhere. False returns the 3xx
-          answer itself, as a :class:`Response`.
+          answer itself, as a :class:`Response`. Anything but True or False is an
+          :class:`~le_transport.errors.InvalidRequest`.
         - ``idempotent``: whether repeating the request is safe. Default: by method (GET, PUT,
           DELETE... yes; POST, PATCH no). A POST is still retried after a connect failure (it
           never left) and a 429 (the server did not process it).
@@ -1387,17 +1570,27 @@ class Engine:
           every attempt and pause; the attempt in flight is cancelled when it passes, and a
           login or Domain API fetch shared with other calls goes on for them).
         - ``recover``: when the call still fails after the request schedule (or login fails
-          with a 5xx or a transport error), wait through the outer recovery loop (re-resolve
-          domains, re-login on the engine's :class:`BackoffPolicy`) and try again, instead of
-          failing fast. Bad credentials and other 4xx fail at once either way;
-          :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
+          with a 5xx or a transport error its own schedule retried), wait through the outer
+          recovery loop (re-resolve domains, re-login on the engine's :class:`BackoffPolicy`)
+          and try again, instead of failing fast. Only what the schedule would have retried
+          but could not is tried again (its attempts spent, the retry budget or the breaker
+          refusing: :func:`~le_transport.recovery.is_recoverable`): what it made final (a 5xx,
+          a reset or a timeout on a POST the server may have processed, a status its
+          ``Classifier`` makes final), bad credentials and other 4xx fail at once either way.
+          ``deadline`` (else the policy's) bounds the whole call, recovery included: a pause
+          that would pass it is not taken, and each run after a re-login gets only the time
+          left. :class:`~le_transport.errors.RecoveryFailed` when the policy gives up or the
+          next pause would pass the deadline. True or False only.
         - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
           (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
           charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8; an
           async iterable of bytes streamed as it comes, and so sent at most once: not retried
           once it went out (a connect failure still is), not replayed after a 401, refused
-          with ``recover=True``.
-        - ``headers``: str names to str values, without CR, LF or NUL; none that the auth
+          with ``recover=True``; a file object (``BytesIO``, an open file) from where it
+          stands, rewound for each run with ``recover=True`` (refused then if it cannot seek).
+        - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
+          str values without CR, LF or NUL; neither ``Content-Length`` nor
+          ``Transfer-Encoding`` (aiohttp frames the body); none that the auth
           provider's credentials set and would replace (its ``credential_headers``: the
           library's providers set ``Authorization``): each an
           :class:`~le_transport.errors.InvalidRequest`, before anything is sent.
@@ -1428,32 +1621,27 @@ class Engine:
             raise InvalidRequest(
                 f"idempotent must be True, False or None, got {type(idempotent).__name__}"
             )
-        if recover:
-            if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
-                # The outer loop sends the request again after a re-login: a stream would go
-                # out empty the second time (and a server accepting it would answer success).
+        if recover is not False:
+            if recover is not True:
                 raise InvalidRequest(
-                    "recover=True may send the request again, and a streamed body "
-                    f"({type(data).__name__}) can be sent only once: pass bytes",
+                    f"recover must be True or False, got {type(recover).__name__}",
                     service=service,
                     method=method,
                 )
-            return await self._recovery.run(
-                lambda: self.request(
-                    method,
-                    service,
-                    path,
-                    params=params,
-                    json=json,
-                    data=data,
-                    headers=headers,
-                    idempotent=idempotent,
-                    retry=retry,
-                    deadline=deadline,
-                    attempt_timeout=attempt_timeout,
-                    allow_redirects=allow_redirects,
-                    accept=accept,
-                )
+            return await self._recovering(
+                method,
+                service,
+                path,
+                params=params,
+                json=json,
+                data=data,
+                headers=headers,
+                idempotent=idempotent,
+                retry=retry,
+                deadline=deadline,
+                attempt_timeout=attempt_timeout,
+                allow_redirects=allow_redirects,
+                accept=accept,
             )
         session = self._session
         if session is None:
@@ -1510,11 +1698,18 @@ class Engine:
                 params is None
                 and data is None
                 and headers is None
-                and allow_redirects
+                and allow_redirects is True
                 and json is _NO_JSON
             ):
                 call = session.request(method, url)
             else:
+                if allow_redirects is not True and allow_redirects is not False:
+                    raise InvalidRequest(
+                        "allow_redirects must be True or False, got "
+                        f"{type(allow_redirects).__name__}",
+                        service=service,
+                        method=method,
+                    )
                 if headers is not None:
                     _check_headers(headers, service, method, self._auth)
                     if type(data) is str:
@@ -1620,6 +1815,69 @@ class Engine:
         # other clauses raise). Raised here, not in a clause, so that the error has no context:
         # aiohttp's and yarl's errors repeat the URL or the refused value.
         raise late[0] from late[1]
+
+    async def _recovering(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None,
+        json: Any,
+        data: Any,
+        headers: Mapping[str, str] | None,
+        idempotent: bool | None,
+        retry: RetryPolicy | None,
+        deadline: float | None,
+        attempt_timeout: float | None,
+        allow_redirects: bool,
+        accept: Collection[int],
+    ) -> Response:
+        """:meth:`request` with ``recover=True``: each run through the recovery loop is a call
+        of its own, bounded by what is left of the whole call's deadline (the call's own, else
+        its policy's), whose end is fixed here, once, on the engine's clock."""
+        rewind = None
+        if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
+            rewind = _rewinder(data, service, method)
+        policy = retry or self._retry
+        if deadline is not None:
+            policy = _per_call_policy(policy, deadline, None, service, method)
+        total = policy.deadline
+        clock = self._clock
+        until = None if total is None else clock.now() + total
+
+        def again() -> Awaitable[Response]:
+            left: float | None = None
+            if until is not None and total is not None:
+                left = until - clock.now()
+                if left <= 0:
+                    err = DeadlineExceeded(
+                        f"the call's {total:g} s deadline passed while it waited to recover",
+                        elapsed=total - left,
+                        service=service,
+                        method=method,
+                    )
+                    _log.warning("%s", err, extra={"service": service, "method": method})
+                    raise err
+            if rewind is not None:
+                rewind()
+            return self.request(
+                method,
+                service,
+                path,
+                params=params,
+                json=json,
+                data=data,
+                headers=headers,
+                idempotent=idempotent,
+                retry=retry,
+                deadline=left,
+                attempt_timeout=attempt_timeout,
+                allow_redirects=allow_redirects,
+                accept=accept,
+            )
+
+        return await self._recovery.run(again, until=until)
 
     async def request_json(
         self,

@@ -6,16 +6,26 @@ one ... or exponential backoff", never so short that it keeps an overloaded serv
 
 :class:`Recovery` is that loop, for one session (one engine). ``await recovery.run(call)`` runs
 ``call``; when it fails in a way the outer loop can help with (:func:`is_recoverable`: the
-request schedule was spent, the connection failed, the Domain API or the Login Service is
-down), it waits the :class:`~le_transport.policies.BackoffPolicy`'s next pause on the injected
-clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until it succeeds, the
-policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), the
-caller is cancelled, or the loop is closed (its engine closed: every call waiting through it
-fails at once with ``RecoveryFailed``, and no re-login outlives the logout). Bad credentials (a
-4xx from login), a blacklisted account and every other 4xx that failed at once (a Domain API
-that refuses the account included: :func:`refused_status`) are never looped on: they are
-raised at once. A 4xx the retry policy retried (its ``Classifier`` takes it for transient) is
-an outage like a 5xx.
+request schedule would have tried again but could not, its attempts spent or refused by the
+retry budget or the breaker; a provider's own network call failed; the Domain API or the Login
+Service is down), it waits the :class:`~le_transport.policies.BackoffPolicy`'s next pause on
+the injected clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until it
+succeeds, the policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`),
+the call's own deadline would pass (``run(call, until=...)``), the caller is cancelled, or the
+loop is closed (its engine closed: every call waiting through it fails at once with
+``RecoveryFailed``, and no re-login outlives the logout). What the request schedule decided
+not to repeat is never re-sent here: a 5xx, a reset or a timeout on a request that is not
+idempotent (a POST the server may have processed), a status its ``Classifier`` makes final
+(a 501), a refused certificate; each is raised at once. Bad credentials (a 4xx from login), a
+blacklisted account and every other 4xx that failed at once (a Domain API that refuses the
+account included: :func:`refused_status`) are never looped on either. A 4xx the retry policy
+retried (its ``Classifier`` takes it for transient) is an outage like a 5xx.
+
+A call with a deadline (``until``: the clock time it must end by, fixed once when it starts)
+never waits a pause that would end at or past it: it gives up at once with ``RecoveryFailed``,
+as the request schedule gives up rather than pause past a deadline (the round goes on for
+other calls). When the deadline passes while it waits for a re-login in progress, it stops
+waiting with :class:`~le_transport.errors.DeadlineExceeded`.
 :func:`is_setup_error` tells which failures are mistakes in what was asked for, which a socket
 stops on rather than reconnecting.
 
@@ -49,6 +59,7 @@ from .errors import (
     ClientStatusError,
     ConfigurationError,
     ConnectionFailed,
+    DeadlineExceeded,
     DomainResolutionError,
     HostileHostError,
     InvalidRequest,
@@ -61,6 +72,7 @@ from .errors import (
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
+from .policies._validate import finite_number
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
 from .providers._http import emit_state
@@ -76,14 +88,15 @@ T = TypeVar("T")
 #: How many of its latest pauses a :class:`Recovery` keeps in :attr:`Recovery.pauses`.
 KEPT_PAUSES = 1000
 
-_RECOVERABLE = (
-    RetriesExhausted,
-    ConnectionFailed,
-    AttemptTimeout,
-    ServerStatusError,
-    RetryBudgetExhausted,
-    CircuitOpen,
-)
+#: Errors that say the request schedule would have tried again but could not: its attempts
+#: were spent (:class:`RetriesExhausted`), or the retry budget or the breaker refused.
+_RECOVERABLE = (RetriesExhausted, RetryBudgetExhausted, CircuitOpen)
+
+#: Errors the request schedule raises bare when it decides a failure is final (a 5xx on a
+#: POST, a reset after the server may have read the request, a status its ``Classifier``
+#: makes final, a certificate refused). Without attempts they are no such decision: a
+#: provider's own network call down, a socket's dial failing.
+_DECIDED = (ServerStatusError, ConnectionFailed, AttemptTimeout)
 
 
 #: Errors that say the retry policy took their cause for a transient failure: it retried it
@@ -113,22 +126,34 @@ def refused_status(exc: BaseException) -> int | None:
 
 
 def is_recoverable(exc: BaseException) -> bool:
-    """Whether the outer loop can help: a transient failure that outlived the request schedule.
+    """Whether the outer loop can help: a failure the request schedule would have retried, but
+    could not. The loop never re-sends what the schedule deliberately did not repeat.
 
-    Yes: :class:`RetriesExhausted`, :class:`ConnectionFailed`, :class:`AttemptTimeout`, a final
-    :class:`ServerStatusError` (5xx, 429), a spent retry budget or an open circuit, and a
+    Yes: :class:`RetriesExhausted` (the schedule was spent: for a POST or PATCH only failures
+    that prove it was not processed are retried, so none was), a spent retry budget
+    (:class:`RetryBudgetExhausted`) or an open circuit (:class:`CircuitOpen`); a
     :class:`DomainResolutionError` when the Domain API is down (a 5xx, a transport failure,
-    an answer that makes no sense). No: every 4xx (bad credentials, a blacklisted account, a
-    second 401, a Domain API that refused the account at once: see :func:`refused_status`;
-    a 4xx the retry policy retried is an outage, and recoverable), an
-    unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
-    budget is spent), and anything that is not a transport error.
+    an answer that makes no sense); and a :class:`ConnectionFailed`,
+    :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (it
+    carries no ``attempts``: a provider's own network call down, a socket's dial failing).
+
+    No: such an error raised bare by a schedule, with its ``attempts`` (the schedule decided
+    the failure final: a 5xx, a reset or a timeout on a request that is not idempotent, which
+    the server may have processed; a status the ``Classifier`` makes final, such as 501; a
+    certificate refused); every 4xx (bad credentials, a blacklisted account, a second 401, a
+    Domain API that refused the account at once: see :func:`refused_status`; a 4xx the retry
+    policy retried is an outage, and recoverable), an unknown service, a hostile host, a
+    malformed call, a call's own deadline (the caller's budget is spent), and anything that is
+    not a transport error. The same holds for a login's or a Domain API fetch's own schedule:
+    a login that is not idempotent (a consumer's auth code) answered 5xx is not sent again.
     """
     if isinstance(exc, (UnknownServiceError, HostileHostError)):
         return False
     if isinstance(exc, DomainResolutionError):
         return refused_status(exc) is None
-    return isinstance(exc, _RECOVERABLE)
+    if isinstance(exc, _RECOVERABLE):
+        return True
+    return isinstance(exc, _DECIDED) and not exc.attempts
 
 
 def is_setup_error(exc: BaseException) -> bool:
@@ -218,6 +243,10 @@ class Recovery:
         self._attempt = 0
         self._first_failure: float | None = None
         self._last_pause = 0.0
+        # When the pause of the round in progress ends (None: no pause under way), and what
+        # tells a call with a deadline waiting for the round that a new pause was scheduled.
+        self._resume_at: float | None = None
+        self._rescheduled: asyncio.Future[None] | None = None
         self._closed = False
         # Resolved by close(): ends the pause the round is waiting out. Made on first use (it
         # needs the running loop).
@@ -258,8 +287,17 @@ class Recovery:
             self._reset()
             self._state(logging.WARNING, "gave_up", {"reason": "closed", "attempts": attempts})
 
-    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, call: Callable[[], Awaitable[T]], *, until: float | None = None) -> T:
         """``await call()``, recovering and calling again while it fails recoverably.
+
+        ``until``: the clock time (the loop's clock's :meth:`~le_transport.clock.Clock.now`)
+        by which the whole call must end, fixed once when it starts (an engine call with
+        ``deadline=60`` passes ``clock.now() + 60``); None: no bound but the policy's. No
+        pause that would end at or past it is waited: the call gives up at once with
+        :class:`~le_transport.errors.RecoveryFailed` (a round in progress goes on for the
+        other calls); if it passes while a re-login is in progress, the call stops waiting
+        with :class:`~le_transport.errors.DeadlineExceeded`. Each run of ``call`` is the
+        caller's to bound by the time left.
 
         Raises what ``call`` raises when it is not recoverable, and
         :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
@@ -271,6 +309,12 @@ class Recovery:
                 "Recovery.run takes a function returning an awaitable (it is called again on "
                 f"each round), got {type(call).__name__}"
             )
+        if until is not None and not finite_number(until):
+            raise ConfigurationError(
+                "Recovery.run until must be a finite clock time (the clock's now() plus the "
+                f"call's deadline) or None, got {type(until).__name__}"
+            )
+        started = self._clock.now()
         went_through_recovery = False
         try:
             while True:
@@ -293,7 +337,7 @@ class Recovery:
                     if not went_through_recovery:
                         went_through_recovery = True
                         self._episode_calls += 1
-                    await self._recover(exc, seen)
+                    await self._recover(exc, seen, until, started)
                     continue
                 if went_through_recovery:
                     self._recovered()
@@ -306,11 +350,14 @@ class Recovery:
             if went_through_recovery:
                 self._episode_calls -= 1
 
-    async def _recover(self, exc: Exception, seen: int) -> None:
+    async def _recover(
+        self, exc: Exception, seen: int, until: float | None, started: float
+    ) -> None:
         """Wait for a recovery round: the one in progress, or a new one if none has run since
         this call failed (``seen``). The round is a task of its own that every waiting call
-        shares: a waiter that is cancelled stops waiting, and the round (its pause already
-        spent) goes on for the others; it is cancelled only with its last waiter."""
+        shares: a waiter that is cancelled, or whose deadline (``until``) the round's pause
+        would pass, stops waiting, and the round (its pause already spent) goes on for the
+        others; it is cancelled only with its last waiter."""
         self._recovering_calls += 1
         try:
             if self._closed:
@@ -322,11 +369,18 @@ class Recovery:
                     if self._final is not None:
                         raise self._final
                     return
+                first, elapsed = self._plan(exc)
+                if first is not None and until is not None and self._clock.now() + first >= until:
+                    # A pause the call's deadline cannot wait out: no round is started for it.
+                    raise self._past_deadline(exc, first, until) from exc
                 round_ = self._round_task = asyncio.get_running_loop().create_task(
-                    self._shared_round(exc), name="le_transport recovery round"
+                    self._shared_round(exc, first, elapsed), name="le_transport recovery round"
                 )
             try:
-                await asyncio.shield(round_)
+                if until is None:
+                    await asyncio.shield(round_)
+                else:
+                    await self._wait_round(round_, exc, until, started)
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling() > 0:
@@ -346,28 +400,76 @@ class Recovery:
         finally:
             self._recovering_calls -= 1
 
-    async def _shared_round(self, exc: Exception) -> None:
+    async def _wait_round(
+        self, round_: asyncio.Task[None], exc: Exception, until: float, started: float
+    ) -> None:
+        """Wait for ``round_`` as a call that must end by ``until``: it stops waiting as soon
+        as the round schedules a pause that would end at or past it (``RecoveryFailed``), or
+        when the time is up during a re-login (``DeadlineExceeded``)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            resume_at = self._resume_at
+            if resume_at is not None and resume_at >= until:
+                await self._leave_round(round_)
+                raise self._past_deadline(exc, resume_at - self._clock.now(), until) from exc
+            changed = self._rescheduled
+            if changed is None or changed.done() or changed.get_loop() is not loop:
+                changed = self._rescheduled = loop.create_future()
+            timeout = timeout_after(self._clock, max(0.0, until - self._clock.now()))
+            try:
+                async with timeout:
+                    # asyncio.wait, not await: neither the round nor the shared future is
+                    # cancelled with this caller.
+                    await asyncio.wait({round_, changed}, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                if not timeout.expired:
+                    raise
+                await self._leave_round(round_)
+                raise self._deadline_passed(exc, started) from exc
+            if round_.done():
+                round_.result()  # its failure is this call's (a round stopped: CancelledError)
+                return
+
+    async def _leave_round(self, round_: asyncio.Task[None]) -> None:
+        """A call stops waiting for ``round_`` (its deadline): with no other call waiting, the
+        round stops and the episode ends, as when its last waiter is cancelled."""
+        if self._recovering_calls != 1 or round_.done():
+            return
+        attempts = self._attempt
+        await stop_task(round_)
+        self._reset()
+        self._state(logging.WARNING, "gave_up", {"reason": "deadline", "attempts": attempts})
+
+    async def _shared_round(self, exc: Exception, first: float | None, elapsed: float) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
         try:
-            await self._round(exc)
+            await self._round(exc, first, elapsed)
         except asyncio.CancelledError:
             raise  # its last waiter gave up: no outcome to share
         except BaseException as final:
             self._final = final
             self._epoch += 1
             raise
+        finally:
+            self._resume_at = None
         self._final = None
         self._epoch += 1
 
-    async def _round(self, exc: Exception) -> None:
-        """Pause, then re-resolve and re-login, until one re-login succeeds (or give up)."""
+    def _plan(self, last: Exception) -> tuple[float | None, float]:
+        """The pause before the next re-login after ``last`` (None: give up), and the time
+        since the episode's first failure."""
+        first_failure = self._first_failure
+        elapsed = 0.0 if first_failure is None else self._clock.now() - first_failure
+        return self._next_pause(self._attempt + 1, elapsed, _longest_pause(last)), elapsed
+
+    async def _round(self, exc: Exception, first: float | None, elapsed: float) -> None:
+        """Pause, then re-resolve and re-login, until one re-login succeeds (or give up).
+        ``first``: the first pause, planned when the round was started (None: give up)."""
         last: Exception = exc
-        now = self._clock.now()
         if self._first_failure is None:
-            self._first_failure = now
+            self._first_failure = self._clock.now()
+        pause = first
         while True:
-            elapsed = self._clock.now() - self._first_failure
-            pause = self._next_pause(self._attempt + 1, elapsed, _longest_pause(last))
             if pause is None:
                 self._give_up(last, elapsed)
             assert pause is not None
@@ -380,7 +482,11 @@ class Recovery:
             self.pauses.append(pause)
             self._last_pause = pause
             generation = self._auth_generation()
-            await self._pause(pause)
+            self._scheduled(pause)
+            try:
+                await self._pause(pause)
+            finally:
+                self._resume_at = None
             if self._closed:
                 raise self._closed_error(last) from last
             try:
@@ -401,8 +507,19 @@ class Recovery:
                     "relogin_failed",
                     {"attempt": self._attempt, "error": _name(err)},
                 )
+                pause, elapsed = self._plan(last)
                 continue
             return
+
+    def _scheduled(self, pause: float) -> None:
+        """Note that the round waits ``pause`` from now, and tell the calls with a deadline
+        waiting for it (they check whether they can wait that long)."""
+        self._resume_at = self._clock.now() + pause
+        changed = self._rescheduled
+        if changed is not None:
+            self._rescheduled = None
+            if not changed.done():
+                changed.set_result(None)
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds`` on the clock, or until :meth:`close`, whichever comes first."""
@@ -419,6 +536,39 @@ class Recovery:
                 await asyncio.wait({stop})
         except TimeoutError:
             pass
+
+    def _past_deadline(self, last: Exception, pause: float, until: float) -> RecoveryFailed:
+        """A call gives up because the next pause would end at or past its deadline (as the
+        request schedule gives up rather than pause past one): logged, to raise."""
+        left = max(0.0, until - self._clock.now())
+        err = RecoveryFailed(
+            f"{self._subject}: gave up recovering: a {pause:.3g} s pause before the next "
+            f"re-login would pass the call's deadline ({left:.3g} s left); last error: {last}",
+            last=last,
+        )
+        _log.warning(
+            "%s",
+            err,
+            extra={"subject": self._subject, "error": _name(last), "pause": round(pause, 3)},
+        )
+        return err
+
+    def _deadline_passed(self, last: Exception, started: float) -> DeadlineExceeded:
+        """A call's deadline passed while it waited for a re-login in progress: logged."""
+        where = (
+            {"service": last.service, "method": last.method, "url": last.url}
+            if isinstance(last, RequestError)
+            else {}
+        )
+        err = DeadlineExceeded(
+            f"{self._subject}: the call's deadline passed while it waited for a re-login; "
+            f"last error: {last}",
+            elapsed=self._clock.now() - started,
+            attempts=last.attempts if isinstance(last, RequestError) else (),
+            **where,
+        )
+        _log.warning("%s", err, extra={"subject": self._subject, "error": _name(last)})
+        return err
 
     def _closed_error(self, last: BaseException) -> RecoveryFailed:
         return RecoveryFailed(
@@ -497,11 +647,17 @@ class Recovery:
         self._reset()
         if isinstance(exc, Exception):
             # As when a re-login meets an error the loop cannot help with; a cancellation
-            # ends the episode silently, as one in the middle of a round does.
+            # ends the episode silently, as one in the middle of a round does. The call's own
+            # deadline (a pause it could not wait, or its time up) is said as such.
+            reason = (
+                "deadline"
+                if isinstance(exc, (RecoveryFailed, DeadlineExceeded))
+                else "not recoverable"
+            )
             self._state(
                 logging.WARNING,
                 "gave_up",
-                {"reason": "not recoverable", "attempts": attempts, "error": _name(exc)},
+                {"reason": reason, "attempts": attempts, "error": _name(exc)},
             )
 
     def _recovered(self) -> None:

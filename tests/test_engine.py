@@ -33,7 +33,7 @@ from le_transport import (
     StateEvent,
     TransportError,
 )
-from le_transport.engine import Response
+from le_transport.engine import Response, _decode_reason
 from le_transport.policies import Action
 from le_transport.providers import StaticDomains
 from le_transport.sockets import SocketOptions
@@ -295,13 +295,16 @@ def test_a_charset_that_is_no_text_encoding_is_read_as_utf_8(charset: str) -> No
 @pytest.mark.parametrize(
     ("charset", "says"),
     [
-        ("us-ascii", "not valid us-ascii"),
+        ("us-ascii", r"not valid us-ascii: ordinal not in range\(128\)"),
         ("undefined", r"not valid undefined \(UnicodeError\)"),
-        ("punycode", r"not valid punycode \(UnicodeError\)"),
+        # A bare UnicodeError up to Python 3.12, a UnicodeDecodeError whose reason quotes a
+        # code point of the body ("Invalid extended code point '123'") from 3.13.
+        ("punycode", r"not valid punycode \(Unicode(Decode)?Error\);"),
     ],
 )
 def test_a_body_the_named_charset_cannot_decode_is_a_decode_error(charset: str, says: str) -> None:
-    """A bare UnicodeError escaped from some codecs, its text quoting the body."""
+    """A bare UnicodeError escaped from some codecs, its text quoting the body; a codec's
+    reason is shown only when it is one of the standard codecs' fixed phrases."""
     body = b'{"token": "' + SECRET_ISH.encode() + b'{"}'
     if charset == "us-ascii":
         body += "é".encode()
@@ -310,6 +313,14 @@ def test_a_body_the_named_charset_cannot_decode_is_a_decode_error(charset: str, 
         answer.text()
     assert info.value.__context__ is None
     assert not any(SECRET_ISH in m for m in exception_messages(info.value))
+    assert "123" not in str(info.value)
+
+
+def test_a_decode_reason_that_may_quote_the_body_is_said_by_its_type() -> None:
+    quoting = UnicodeDecodeError("x-codec", b"\x01secret", 0, 1, "bad byte 's' in 'secret'")
+    assert _decode_reason(quoting) == " (UnicodeDecodeError)"
+    fixed = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    assert _decode_reason(fixed) == ": invalid start byte"
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,14 @@ def unsent_request_error(
         )
     elif isinstance(exc, aiohttp.RedirectClientError):
         detail = "a redirect pointed to a URL that cannot be followed (not http(s), or malformed)"
+    elif (hop := _redirect_status(exc, ctx)) is not None:
+        # aiohttp keeps the body for a 307/308 (and a 301/302 of a method but POST): one
+        # that was a stream, already sent, cannot go with it (the retry loop's body_spent).
+        detail = (
+            f"the request was sent, and answered {hop}; its body was a stream, already sent, "
+            f"which cannot follow the {hop} redirect (pass bytes, or allow_redirects=False to "
+            f"get the {hop} answer itself)"
+        )
     else:
         detail = "the request could not be made"
     err = RequestError(
@@ -229,6 +237,20 @@ def unsent_request_error(
         extra={"service": ctx.service, "method": method, "error": name},
     )
     return err
+
+
+#: Redirects after which aiohttp sends the same body again.
+_BODY_REDIRECTS = frozenset({301, 302, 307, 308})
+
+
+def _redirect_status(exc: BaseException, ctx: CallContext) -> int | None:
+    """The status of the redirect that a streamed body, already sent, could not follow, if
+    that is what ``exc`` says: aiohttp's ClientPayloadError right after an attempt the loop
+    recorded as answered with such a redirect (the hop it would have followed)."""
+    if not isinstance(exc, aiohttp.ClientPayloadError) or not ctx.attempts:
+        return None
+    status = ctx.attempts[-1].outcome.status
+    return status if status in _BODY_REDIRECTS else None
 
 
 def safe_cause(exc: BaseException) -> BaseException | None:

@@ -405,11 +405,17 @@ class _Call(_WheelTimer):
                             gate.abandon(self, attempt)
                         self._too_large_final(exc, attempt, started)
                         raise
-                    if isinstance(exc, ClosedInFlight):
+                    if isinstance(exc, ClosedInFlight) or (
+                        not timed_out
+                        and isinstance(exc, asyncio.CancelledError)
+                        and self._closed_under_caller()
+                    ):
                         # The engine closed the session under the attempt (a body being read
-                        # is failed then): not the server's failure, and nothing to retry.
-                        # Only that: anything else failing while it closes (a logout reset by
-                        # the server) is still said as it is.
+                        # is failed then; a call waiting for a pooled connection has its wait
+                        # cancelled by the connector, though nobody cancelled the call): not
+                        # the server's failure, and nothing to retry. Only that: anything
+                        # else failing while it closes (a logout reset by the server) is
+                        # still said as it is.
                         if gate is not None:
                             gate.abandon(self, attempt)
                         cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "EngineClosed")
@@ -527,6 +533,16 @@ class _Call(_WheelTimer):
             await asyncio.gather(slept, closed, return_exceptions=True)
         if not slept.done() or slept.cancelled():
             raise self._engine_closed(None)
+
+    def _closed_under_caller(self) -> bool:
+        """Whether a CancelledError the attempt raised is the session closing under it (the
+        connector cancels the waits for a pooled connection when it closes), not the caller's
+        cancellation: the owner shut down, and nobody cancelled this task."""
+        shutdown = self.mw.shutdown
+        if shutdown is None or not shutdown.is_set():
+            return False
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
 
     def _engine_closed(self, attempt: int | None, *, in_flight: bool = False) -> EngineClosed:
         """The session's owner closed it during the call: stop, with what was done so far."""

@@ -1,0 +1,370 @@
+"""The engine's front door: a call waiting for a pooled connection when the engine
+closes, what a refused path or header shows, how a JSON answer of the wrong kind is said and
+logged, streamed and file bodies with redirects and recover=True, and options that must be
+bools. Real loopback servers, virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from le_transport import Engine, InvalidRequest, RetryPolicy, StaticBearer
+from le_transport.engine import Response
+from le_transport.errors import EngineClosed, RequestError, ResponseDecodeError
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory, serve_hanging
+from tests.known_secrets import PASSWORD
+
+FAST = RetryPolicy(pauses=(0.05, 0.1, 0.15))
+
+
+def _echo_app(seen: list[tuple[str, str, bytes]], *, fail_first: int = 0) -> web.Application:
+    """Answers every request 200 (after ``fail_first`` 503s), recording method, path, body."""
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.read()))
+        return web.Response(status=503 if len(seen) <= fail_first else 200, text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+# -- 3. a call waiting for a pooled connection when the engine closes --------------------------
+
+
+async def _queued_behind_a_hanging_call(
+    serve: ServerFactory, clock: VirtualClock
+) -> tuple[Engine, asyncio.Task[object], asyncio.Task[object], asyncio.Event]:
+    host, arrived, release = await serve_hanging(serve, "/h")
+    # No attempt timeout: nothing sleeps on the clock, so virtual time stays put while the
+    # first call hangs.
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        connection_limit=1,
+        retry=RetryPolicy(attempt_timeout=None),
+    )
+    await engine.start()
+    first = asyncio.ensure_future(engine.request("GET", "svc", "/h"))
+    await arrived.wait()
+    queued = asyncio.ensure_future(engine.request("GET", "svc", "/h"))
+    connector = engine.session.connector
+    assert connector is not None
+    for _ in range(200):  # a few loop iterations: no I/O between the call and the pool
+        if any(getattr(connector, "_waiters", {}).values()):
+            break
+        await asyncio.sleep(0)
+    assert not queued.done()
+    return engine, first, queued, release
+
+
+async def test_a_call_waiting_for_a_pooled_connection_ends_with_engine_closed(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """It ended with a bare CancelledError, though nobody cancelled it."""
+    engine, first, queued, release = await _queued_behind_a_hanging_call(serve, clock)
+    await engine.close()
+    release.set()
+    with pytest.raises(EngineClosed):
+        await first
+    with pytest.raises(EngineClosed, match="the engine was closed"):
+        await queued
+    assert not queued.cancelled()
+
+
+async def test_a_cancelled_call_waiting_for_a_pooled_connection_is_still_cancelled(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The caller's own cancellation, even as the engine closes, propagates as it is."""
+    engine, first, queued, release = await _queued_behind_a_hanging_call(serve, clock)
+    queued.cancel()
+    await engine.close()
+    release.set()
+    with pytest.raises(EngineClosed):
+        await first
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert queued.cancelled()
+
+
+# -- 4. a URL given as the path: its userinfo is never shown -----------------------------------
+
+USERINFO = f"bot:{PASSWORD}@"
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        (f"https://{USERINFO}example.com/api/x", "https://***@example.com/api/x"),
+        (f"//{USERINFO}evil.example/x", "//***@evil.example/x"),
+        (f"{USERINFO}example.com/x", "***@example.com/x"),
+    ],
+)
+async def test_a_url_given_as_a_path_is_refused_without_its_password(
+    clock: VirtualClock, path: str, shown: str
+) -> None:
+    async with Engine({"svc": "example.com"}, clock=clock) as engine:
+        with pytest.raises(InvalidRequest) as info:
+            await engine.request("GET", "svc", path)
+        assert PASSWORD not in str(info.value)
+        assert shown in str(info.value)
+        with pytest.raises(InvalidRequest) as ws_info:
+            await engine.websocket("svc", path.replace("https://", "wss://"))
+        assert PASSWORD not in str(ws_info.value)
+        assert "***@" in str(ws_info.value)
+
+
+# -- 5. a JSON answer that is malformed or of the wrong kind -----------------------------------
+
+
+def _response(body: bytes, status: int = 200) -> Response:
+    headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+    return Response(status, headers, body, "GET", "http://h.example/api/x", "svc")
+
+
+@pytest.mark.parametrize(
+    ("body", "expect", "said"),
+    [
+        (b"true", int, "expected a JSON integer, got a JSON boolean"),
+        (b"false", float, "got a JSON boolean"),
+        (b"1.5", int, "expected a JSON integer, got a JSON number with a fraction"),
+        (b"1", bool, "expected a JSON boolean, got a JSON integer"),
+        (b'"1"', float, "expected a JSON number with a fraction, got a JSON string"),
+        (b"true", int | str, "expected a JSON integer or string, got a JSON boolean"),
+        (b"1" + b"0" * 400, float, "got a JSON integer too large for a float"),
+    ],
+)
+def test_a_json_value_of_the_wrong_kind_is_said_precisely_and_logged(
+    body: bytes, expect: type, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, "le_transport.engine"),
+        pytest.raises(ResponseDecodeError, match=said),
+    ):
+        _response(body).json(expect)
+    [record] = [r for r in caplog.records if r.name == "le_transport.engine"]
+    assert record.levelno == logging.WARNING
+    assert said in record.getMessage()
+    assert "GET http://h.example/api/x" in record.getMessage()
+    assert record.service == "svc"  # type: ignore[attr-defined]
+    assert record.status == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "expect", "value"),
+    [
+        (b"1", float, 1.0),  # JSON has one number type: an integer is a float's value too
+        (b"1.5", float, 1.5),
+        (b"2", int, 2),
+        (b"true", bool, True),
+        (b"true", object, True),
+        (b"7", int | None, 7),
+    ],
+)
+def test_a_json_value_of_the_expected_kind_is_returned(
+    body: bytes, expect: type, value: object
+) -> None:
+    got: object = _response(body).json(expect)
+    assert got == value
+    assert type(got) is type(value)
+
+
+async def test_a_malformed_json_answer_is_logged_with_its_body_scrubbed(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It raised ResponseDecodeError with no log record at all."""
+
+    async def bad(request: web.Request) -> web.Response:
+        body = '{"password": "' + PASSWORD + '", "users": [1, 2'
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/bad", bad)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with (
+            caplog.at_level(logging.WARNING, "le_transport.engine"),
+            pytest.raises(ResponseDecodeError, match="not valid JSON"),
+        ):
+            await engine.request_json("GET", "svc", "/bad")
+    [record] = [r for r in caplog.records if r.name == "le_transport.engine"]
+    assert "body is not valid JSON" in record.getMessage()
+    assert "/bad" in record.getMessage()
+    assert PASSWORD not in record.getMessage()
+    assert record.method == "GET"  # type: ignore[attr-defined]
+
+
+# -- 6. header names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"Authorization:Bearer mine": "x"}, "holds ':'"),
+        ({"": "v"}, "a header name is empty"),
+        ({"X A": "v"}, "holds ' '"),
+        ({"X-Tr\u00e4ce": "v"}, "holds U\\+00E4"),
+        ({"Content-Length": "5"}, "header 'Content-Length' is not the caller's to set"),
+        ({"transfer-encoding": "chunked"}, "header 'transfer-encoding' is not the caller's"),
+    ],
+)
+async def test_a_header_name_that_is_no_token_or_frames_the_body_is_refused_unsent(
+    serve: ServerFactory, clock: VirtualClock, headers: dict[str, str], said: str
+) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen))
+    async with Engine({"svc": host}, scheme="http", clock=clock, auth=StaticBearer("t0k")) as e:
+        with pytest.raises(InvalidRequest, match=said) as info:
+            await e.request(
+                "PUT", "svc", "/a", data=b"12345GET /smuggled HTTP/1.1", headers=headers
+            )
+        with pytest.raises(InvalidRequest, match=said):
+            await e.websocket("svc", "/ws", headers=headers)
+        # A name that is a token, odd as it looks, goes out.
+        ok = await e.request("GET", "svc", "/b", headers={"X-Trace_id.v2!": "1"})
+    assert "Bearer mine" not in str(info.value)
+    assert "chunked" not in str(info.value)
+    assert ok.status == 200
+    assert seen == [("GET", "/b", b"")]
+
+
+# -- 7. a streamed body and a 307 --------------------------------------------------------------
+
+
+async def test_a_streamed_body_met_by_a_307_says_it_was_sent(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """It said "the request could not be made", though the server had processed it."""
+    seen: list[bytes] = []
+
+    async def a(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        raise web.HTTPTemporaryRedirect("/b")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"order-1"
+
+    app = web.Application()
+    app.router.add_post("/a", a)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(RequestError) as info:
+            await engine.request("POST", "svc", "/a", data=chunks())
+    message = str(info.value)
+    assert "the request was sent, and answered 307" in message
+    assert "cannot follow the 307 redirect" in message
+    assert "could not be made" not in message
+    assert seen == [b"order-1"]
+
+
+# -- 8. recover=True and bodies that can be sent again -----------------------------------------
+
+
+async def test_recover_sends_a_file_body_whole_on_every_run(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A BytesIO was refused as "a streamed body"; it goes out whole on every attempt and on
+    the run after the re-login (which rewinds it)."""
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen, fail_first=4))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        resp = await engine.request("PUT", "svc", "/f", data=io.BytesIO(b"payload"), recover=True)
+    assert resp.status == 200
+    assert [body for _, _, body in seen] == [b"payload"] * 5
+    assert engine.recovery.relogins == 0  # no auth provider; the round ran all the same
+    assert len(engine.recovery.pauses) == 1
+
+
+async def test_recover_takes_a_form_given_as_pairs(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen))
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        resp = await engine.request("PUT", "svc", "/f", data=[("a", "b")], recover=True)
+    assert resp.status == 200
+    assert seen == [("PUT", "/f", b"a=b")]
+
+
+class _Pipe(io.RawIOBase):
+    """A readable stream that cannot seek (a pipe, a socket)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return 0
+
+
+async def _generated() -> AsyncIterator[bytes]:
+    yield b"x"
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (_generated, "an async iterable \\(async_generator\\), read as it is sent"),
+        (_Pipe, "a _Pipe that cannot seek back to its start"),
+    ],
+)
+async def test_recover_refuses_only_a_body_that_can_be_sent_once(
+    serve: ServerFactory, clock: VirtualClock, make: object, said: str
+) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen))
+    body = make()  # type: ignore[operator]
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=said):
+            await engine.request("PUT", "svc", "/f", data=body, recover=True)
+    if hasattr(body, "aclose"):
+        await body.aclose()
+    assert seen == []
+
+
+# -- 9. Response.text with an encoding Python cannot look up ----------------------------------
+
+
+def test_text_in_an_encoding_with_a_nul_is_the_callers_mistake_typed() -> None:
+    with pytest.raises(InvalidRequest, match="is not a text encoding Python knows"):
+        _response(b"x").text("utf-8\x00")
+
+
+def test_a_declared_charset_python_cannot_look_up_is_read_as_utf8() -> None:
+    headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "text/plain; charset=utf-8\x00"}))
+    resp = Response(200, headers, "Zo\u00eb".encode(), "GET", "http://h.example/x", "svc")
+    assert resp.text() == "Zo\u00eb"
+
+
+# -- 10. options that must be bools ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ({"allow_redirects": "no"}, "allow_redirects must be True or False, got str"),
+        ({"allow_redirects": 0}, "allow_redirects must be True or False, got int"),
+        ({"recover": "false"}, "recover must be True or False, got str"),
+        ({"recover": 1}, "recover must be True or False, got int"),
+    ],
+)
+async def test_an_option_that_is_no_bool_is_refused_unsent(
+    serve: ServerFactory, clock: VirtualClock, option: dict[str, object], said: str
+) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen))
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=said):
+            await engine.request("GET", "svc", "/x", **option)  # type: ignore[arg-type]
+        assert (await engine.request("GET", "svc", "/x", allow_redirects=False)).status == 200
+    assert seen == [("GET", "/x", b"")]

@@ -1,0 +1,376 @@
+"""The outer loop: ``recover=True`` re-sends only what the request schedule would
+have retried, and a call's deadline (its own, or its policy's) bounds the whole call, the
+recovery loop's pauses and re-runs included. Real loopback servers, virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from le_transport import BackoffPolicy, Engine, EventHooks, RetryPolicy, StateEvent
+from le_transport.errors import (
+    AttemptRecord,
+    AttemptTimeout,
+    CircuitOpen,
+    ConfigurationError,
+    ConnectionFailed,
+    DeadlineExceeded,
+    RecoveryFailed,
+    RetriesExhausted,
+    RetryBudgetExhausted,
+    ServerStatusError,
+)
+from le_transport.policies import Classifier, Outcome, OutcomeKind
+from le_transport.providers import Credentials, StaticDomains
+from le_transport.recovery import Recovery, is_recoverable
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+#: The guide's schedule (5, 10, 15 s), 30 s in all.
+GUIDE = RetryPolicy()
+#: An outer loop without jitter: its pauses are exact (never under the schedule's last, 15 s).
+RELOGIN = BackoffPolicy(first=20, factor=2, cap=1000, jitter=0, floor=15)
+
+
+def _app(method: str, path: str, handler: Callable[[web.Request], object]) -> web.Application:
+    app = web.Application()
+    app.router.add_route(method, path, handler)  # type: ignore[arg-type]
+    return app
+
+
+def _engine(
+    host: str, clock: VirtualClock, events: list[StateEvent] | None = None, **options: object
+) -> Engine:
+    hooks = EventHooks(on_state=(events.append,) if events is not None else ())
+    return Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        hooks=hooks,
+        recovery=options.pop("recovery", RELOGIN),  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _attempt(outcome: Outcome) -> tuple[AttemptRecord, ...]:
+    return (AttemptRecord(1, outcome, None, 0.0),)
+
+
+# -- recover=True re-sends only what the schedule would have retried ---------------------------
+
+
+async def test_recover_does_not_send_again_a_post_answered_500(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The schedule does not repeat a POST answered 500 (the server may have acted on it):
+    neither does the outer loop. It sent the order a second time after a re-login."""
+    posts: list[bytes] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        posts.append(await request.read())
+        return web.Response(status=500 if len(posts) == 1 else 201)
+
+    events: list[StateEvent] = []
+    host = await serve(_app("POST", "/orders", orders))
+    async with _engine(host, clock, events) as engine:
+        with pytest.raises(ServerStatusError) as info:
+            await engine.request("POST", "svc", "/orders", json={"amount": 100}, recover=True)
+    assert info.value.status == 500
+    assert len(posts) == 1
+    assert clock.now() == 0.0
+    assert engine.recovery.relogins == 0
+    assert "relogin_scheduled" not in [e.name for e in events]
+
+
+async def test_recover_does_not_send_again_a_post_reset_after_the_server_read_it(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    posts: list[bytes] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        posts.append(await request.read())
+        if len(posts) == 1:
+            assert request.transport is not None
+            request.transport.abort()  # processed; the answer is lost
+        return web.Response(status=201)
+
+    host = await serve(_app("POST", "/orders", orders))
+    async with _engine(host, clock) as engine:
+        with pytest.raises(ConnectionFailed) as info:
+            await engine.request("POST", "svc", "/orders", json={"amount": 100}, recover=True)
+    assert not info.value.never_sent
+    assert len(posts) == 1
+    assert engine.recovery.relogins == 0
+
+
+async def test_recover_does_not_loop_on_a_status_the_classifier_makes_final(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A 501 the caller's Classifier makes final was sent 5 times over half an hour."""
+    hits: list[str] = []
+
+    async def x(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=501)
+
+    host = await serve(_app("GET", "/x", x))
+    final_501 = RetryPolicy(classifier=Classifier(final_statuses={451, 501}))
+    async with _engine(host, clock, retry=final_501) as engine:
+        with pytest.raises(ServerStatusError) as info:
+            await engine.request("GET", "svc", "/x", recover=True)
+    assert info.value.status == 501
+    assert hits == ["/x"]
+    assert clock.now() == 0.0
+
+
+async def test_recover_still_waits_out_a_spent_schedule_then_succeeds(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """What the schedule retried until it was spent is still the outer loop's to wait out."""
+    hits: list[float] = []
+
+    async def x(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503 if len(hits) <= 4 else 200)
+
+    host = await serve(_app("GET", "/x", x))
+    async with _engine(host, clock) as engine:
+        resp = await engine.request("GET", "svc", "/x", recover=True)
+    assert resp.status == 200
+    # The schedule (0, 5, 15, 30), then the outer loop's 20 s pause.
+    assert hits == [0.0, 5.0, 15.0, 30.0, 50.0]
+
+
+def _failure(kind: OutcomeKind) -> Outcome:
+    return Outcome.failure(kind, "X")
+
+
+def _bare(error: ServerStatusError | ConnectionFailed | AttemptTimeout, outcome: Outcome) -> object:
+    error.attempts = _attempt(outcome)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "recoverable"),
+    [
+        # Raised bare by a schedule, with its attempts: the schedule decided it was final.
+        (_bare(ServerStatusError("500", status=500), Outcome.response(500)), False),
+        (_bare(ConnectionFailed("reset"), _failure(OutcomeKind.CONNECTION_LOST)), False),
+        (
+            _bare(ConnectionFailed("cert", never_sent=True), _failure(OutcomeKind.TLS_REJECTED)),
+            False,
+        ),
+        (_bare(AttemptTimeout("slow"), _failure(OutcomeKind.TIMEOUT)), False),
+        # No schedule decided on these (a provider's own network call, a socket's dial).
+        (ConnectionFailed("vault down", never_sent=True), True),
+        (ServerStatusError("503", status=503), True),
+        # The schedule would have retried, but could not.
+        (RetriesExhausted("spent", last=ServerStatusError("503", status=503)), True),
+        (RetryBudgetExhausted("budget", last=ServerStatusError("503", status=503)), True),
+        (CircuitOpen("open", retry_at=10.0), True),
+    ],
+)
+def test_only_what_the_schedule_would_have_retried_is_recoverable(
+    error: BaseException, recoverable: bool
+) -> None:
+    assert is_recoverable(error) is recoverable
+
+
+# -- the deadline bounds the whole call, recovery included --------------------------------------
+
+
+async def test_a_call_deadline_bounds_a_call_made_with_recover(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """deadline=60 against a 503 ran 1,099 virtual seconds and 16 requests: each round was a
+    fresh call with a fresh 60 s. Now the next pause (115 s) cannot fit in the 30 s left."""
+    hits: list[float] = []
+
+    async def x(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503)
+
+    events: list[StateEvent] = []
+    host = await serve(_app("GET", "/x", x))
+    async with _engine(host, clock, events, recovery=BackoffPolicy.relogin(max_attempts=3)) as e:
+        with pytest.raises(RecoveryFailed, match="would pass the call's deadline") as info:
+            await e.request("GET", "svc", "/x", deadline=60, recover=True)
+    assert isinstance(info.value.last, RetriesExhausted)
+    assert hits == [0.0, 5.0, 15.0, 30.0]
+    assert clock.now() == 30.0
+    assert e.recovery.relogins == 0
+    assert "relogin_scheduled" not in [ev.name for ev in events]
+
+
+async def test_the_engine_policy_deadline_bounds_a_call_made_with_recover(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    hits: list[float] = []
+
+    async def x(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503)
+
+    host = await serve(_app("GET", "/x", x))
+    async with _engine(host, clock, retry=RetryPolicy(deadline=60)) as engine:
+        with pytest.raises(RecoveryFailed, match="would pass the call's deadline"):
+            await engine.request("GET", "svc", "/x", recover=True)
+    # The schedule, the 20 s pause (it fits), and a second run with the 10 s left: its 10 s
+    # pause would pass that, and the next re-login's 40 s the 5 s left, at t=55.
+    assert hits == [0.0, 5.0, 15.0, 30.0, 50.0, 55.0]
+    assert clock.now() == 55.0
+
+
+async def test_a_round_that_fits_runs_and_the_next_run_gets_only_the_time_left(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """deadline=100: the schedule fails by t=30, the 20 s pause fits (t=50), and the run after
+    it has 50 s left, not a fresh 100: its attempts hang, and it ends at t=100 exactly."""
+    hits: list[float] = []
+    release = asyncio.Event()
+
+    async def x(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        if len(hits) > 4:
+            await release.wait()  # hangs until the test ends
+        return web.Response(status=503)
+
+    host = await serve(_app("GET", "/x", x))
+    async with _engine(host, clock) as engine:
+        with pytest.raises(DeadlineExceeded, match="50 s deadline passed"):
+            await engine.request("GET", "svc", "/x", deadline=100, recover=True)
+        assert clock.now() == 100.0
+        assert list(engine.recovery.pauses) == [20.0]
+        release.set()
+    # The run after the pause: attempt 1 at t=50 cut by its 30 s timeout, attempt 2 at t=85
+    # cut by what was left of the deadline.
+    assert hits == [0.0, 5.0, 15.0, 30.0, 50.0, 85.0]
+
+
+async def test_recover_refuses_a_deadline_it_cannot_take_before_sending(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    hits: list[str] = []
+
+    async def x(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response()
+
+    host = await serve(_app("GET", "/x", x))
+    async with _engine(host, clock) as engine:
+        with pytest.raises(Exception, match="deadline must be a finite number"):
+            await engine.request("GET", "svc", "/x", deadline=-1, recover=True)
+    assert hits == []
+
+
+# -- Recovery.run(until=...) --------------------------------------------------------------------
+
+
+class _SlowRelogin:
+    """An auth provider whose re-login takes ``seconds`` on the clock."""
+
+    credential_headers = frozenset({"authorization"})
+
+    def __init__(self, clock: VirtualClock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials(headers={})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def relogin(self) -> None:
+        await self._clock.sleep(self._seconds)
+
+
+def _recovery(clock: VirtualClock, events: list[StateEvent], auth: object = None) -> Recovery:
+    return Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=auth,  # type: ignore[arg-type]
+        clock=clock,
+        policy=BackoffPolicy(first=100, factor=2, cap=1000, jitter=0, floor=0),
+        request_policy=RetryPolicy(pauses=()),
+        hooks=EventHooks(on_state=(events.append,)),
+    )
+
+
+def _failing_once(result: str) -> Callable[[], asyncio.Future[str]]:
+    calls = 0
+
+    def call() -> asyncio.Future[str]:
+        nonlocal calls
+        calls += 1
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if calls == 1:
+            future.set_exception(
+                RetriesExhausted("spent", last=ServerStatusError("503", status=503))
+            )
+        else:
+            future.set_result(result)
+        return future
+
+    return call
+
+
+async def test_a_call_joining_a_round_whose_pause_passes_its_deadline_gives_up_at_once(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: list[StateEvent] = []
+    recovery = _recovery(clock, events)
+    first = asyncio.create_task(recovery.run(_failing_once("first")))
+    for _ in range(10):
+        await asyncio.sleep(0)  # the first call's round starts its 100 s pause
+    assert recovery.recovering
+    with (
+        caplog.at_level(logging.WARNING, "le_transport.recovery"),
+        pytest.raises(RecoveryFailed, match="100 s pause before the next re-login"),
+    ):
+        await recovery.run(_failing_once("second"), until=clock.now() + 50)
+    assert clock.now() == 0.0
+    assert any("would pass the call's deadline" in r.getMessage() for r in caplog.records)
+    # The round goes on for the call without a deadline.
+    assert await first == "first"
+    assert clock.now() == 100.0
+    assert [e.name for e in events] == ["relogin_scheduled", "recovered"]
+
+
+async def test_the_deadline_passing_during_a_relogin_stops_the_call_and_its_round(
+    clock: VirtualClock,
+) -> None:
+    events: list[StateEvent] = []
+    recovery = _recovery(clock, events, _SlowRelogin(clock, 1000))
+    with pytest.raises(DeadlineExceeded, match="deadline passed while it waited for a re-login"):
+        await recovery.run(_failing_once("late"), until=150)
+    assert clock.now() == 150.0
+    # No other call waited: the round stopped with it, and the episode ended, said as such.
+    assert not recovery.recovering
+    assert [e.name for e in events] == ["relogin_scheduled", "gave_up"]
+    assert events[-1].details["reason"] == "deadline"
+    # The next failure starts afresh.
+    assert await recovery.run(_failing_once("again")) == "again"
+
+
+async def test_a_call_within_its_deadline_recovers_as_before(clock: VirtualClock) -> None:
+    events: list[StateEvent] = []
+    recovery = _recovery(clock, events)
+    assert await recovery.run(_failing_once("ok"), until=150) == "ok"
+    assert clock.now() == 100.0
+
+
+@pytest.mark.parametrize("until", ["60", float("nan"), True])
+async def test_run_refuses_an_until_that_is_no_clock_time(
+    clock: VirtualClock, until: object
+) -> None:
+    recovery = _recovery(clock, [])
+    with pytest.raises(ConfigurationError, match="until must be a finite clock time"):
+        await recovery.run(_failing_once("x"), until=until)  # type: ignore[arg-type]
