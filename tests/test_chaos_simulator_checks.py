@@ -383,3 +383,159 @@ async def test_restart_refuses_a_bad_down_for_and_leaves_the_simulator_running(
         await simulator.restart(0.5)
         assert simulator.running
         assert simulator.starts == 2
+
+
+# -- 9. a client-side strike: what it waits for, and what comes while it waits ---------------
+
+
+async def _never(sock: Any, frame: dict[str, Any]) -> None:
+    return None  # the server never answers it
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_strike_does_not_wait_for_a_request_the_client_gave_up_on(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    sim.sockets.on("Never", _never)
+    rule = FaultRule(
+        "close",
+        WsClose(4000, after_messages=2),
+        unit="ws_session",
+        match=Match(path=UMS),
+        schedule=Schedule(fail_next=1),
+    )
+    if side == "server":
+        sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, rule)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        gave_up = await _outcome(ws, "Never", 2 * FaultySocket.STRIKE_WAIT_S)  # frame 1
+        started = clock.now()
+        # Frame 2 meets the fault; frame 3 follows it: both end with the connection, at once.
+        met = await asyncio.gather(
+            _outcome(ws, GETCLOCK, 60), _outcome(ws, GETCLOCK, FaultySocket.STRIKE_WAIT_S / 2)
+        )
+        took = clock.now() - started
+        await ws.close()
+    assert gave_up == "SocketRequestTimeout"
+    assert list(met) == ["SocketClosed", "SocketClosed"]
+    assert took == 0
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_message_fault_sent_while_a_strike_waits_is_not_decided(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    answered = asyncio.Event()
+
+    async def slow(sock: Any, frame: dict[str, Any]) -> tuple[int, Any]:
+        await answered.wait()  # answered once the later frames went out
+        return 200, {}
+
+    sim.sockets.on("Slow", slow)
+    rules = [
+        FaultRule(
+            "close",
+            WsClose(4000, after_messages=2),
+            unit="ws_session",
+            match=Match(path=UMS),
+            schedule=Schedule(fail_next=1),
+        ),
+        FaultRule("boom", WsDrop(), unit="ws_message", match=Match(path="Boom")),
+    ]
+    if side == "server":
+        for rule in rules:
+            sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        slow_one = asyncio.create_task(_outcome(ws, "Slow", 60))  # frame 1
+        struck = asyncio.create_task(_outcome(ws, GETCLOCK, 60))  # frame 2: the strike
+        boom = asyncio.create_task(_outcome(ws, "Boom", 60))  # frame 3: goes nowhere
+        for _ in range(20):
+            await asyncio.sleep(0)
+        answered.set()
+        met = await asyncio.gather(slow_one, struck, boom)
+        lost = [e.details.get("reason", "") for e in states.of("lost")]
+        await ws.close()
+    strikes = [t for t in asyncio.all_tasks() if "chaos strike" in t.get_name()]
+    counts = sim.faults.injected_counts() if side == "server" else injector.injected_counts()
+    assert list(met) == [200, "SocketClosed", "SocketClosed"]
+    assert counts == {"close": 1}  # the frame meeting "boom" never reached the server
+    assert lost
+    assert "4000" in lost[0]
+    assert strikes == []  # no strike timer outlives the engine
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_silenced_socket_puts_no_request_to_the_plan(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    rules = [
+        FaultRule(
+            "silence",
+            WsSilence(after_messages=1),
+            unit="ws_session",
+            match=Match(path=UMS),
+            schedule=Schedule(fail_next=1),
+        ),
+        FaultRule("stat", Status(503), unit="ws_message", match=Match(path="Stat")),
+        FaultRule("boom", WsClose(4002), unit="ws_message", match=Match(path="Boom")),
+    ]
+    if side == "server":
+        for rule in rules:
+            sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        met = [await _outcome(ws, type_, 1) for type_ in (GETCLOCK, "Stat", "Boom")]
+        await ws.close()
+    counts = sim.faults.injected_counts() if side == "server" else injector.injected_counts()
+    assert met == ["SocketRequestTimeout"] * 3
+    assert counts == {"silence": 1}
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_frames_to_a_silenced_socket_count_toward_a_session_fault(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    rules = [
+        FaultRule(
+            "close",
+            WsClose(4000, after_messages=3),
+            unit="ws_session",
+            match=Match(path=UMS),
+            schedule=Schedule(fail_next=1),
+        ),
+        FaultRule("hush", WsSilence(), unit="ws_message", match=Match(path="Hush")),
+    ]
+    if side == "server":
+        for rule in rules:
+            sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        met = [await _outcome(ws, type_, 1) for type_ in ("Hush", GETCLOCK)]
+        met.append(await _outcome(ws, GETCLOCK, 10))  # the third frame: the session's close
+        lost = [e.details.get("reason", "") for e in states.of("lost")]
+        await ws.close()
+    assert met == ["SocketRequestTimeout", "SocketRequestTimeout", "SocketClosed"]
+    assert len(lost) == 1
+    assert "4000" in lost[0]
+
+
+def test_a_bare_code_below_300_as_a_rules_fault_is_refused_as_a_pass() -> None:
+    for code in (150, 200, 299):
+        with pytest.raises(ConfigurationError, match=rf"rule 'a': 'fault' {code} is a bare code"):
+            FaultPlan.from_dict({"rules": [{"id": "a", "fault": code}]})
+        with pytest.raises(ConfigurationError, match=r"only a 'sequence' may hold"):
+            FaultRule("a", fault=code)
+    # Still: a pass inside a sequence, a bare code from 300 as a rule's fault.
+    assert FaultRule("a", sequence=[200, 503]).sequence == (None, Status(503))
+    assert FaultRule.from_dict({"id": "a", "fault": 300}).fault == Status(300)
+    with pytest.raises(ConfigurationError, match="give exactly one of 'fault'"):
+        FaultRule.from_dict({"id": "a"})

@@ -55,7 +55,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast, overload
 
 import attrs
 
@@ -876,6 +876,22 @@ def _unit(instance: object, attribute: attrs.Attribute[str], value: str) -> None
         raise ConfigurationError(f"FaultRule.unit must be one of {UNITS}, got {value!r}")
 
 
+class _BarePass:
+    """A bare code below 300 given as a rule's ``fault``: it means pass, which only a sequence
+    may hold. Kept by the converter for the rule to refuse, naming itself."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _rule_fault(value: Fault | Mapping[str, Any] | int | None) -> Fault | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 300:
+        return cast("Fault", _BarePass(value))  # refused by FaultRule.__attrs_post_init__
+    return _as_fault(value)
+
+
 def _sequence(
     value: Iterable[Fault | Mapping[str, Any] | int | None] | None,
 ) -> tuple[Fault | None, ...] | None:
@@ -909,7 +925,7 @@ class FaultRule:
     """
 
     id: str = attrs.field()
-    fault: Fault | None = attrs.field(default=None, converter=_as_fault)
+    fault: Fault | None = attrs.field(default=None, converter=_rule_fault)
     match: Match = attrs.field(factory=Match)
     unit: str = attrs.field(default="request", validator=_unit)
     schedule: Schedule = attrs.field(factory=Schedule)
@@ -922,6 +938,13 @@ class FaultRule:
             raise ConfigurationError(f"FaultRule.id must be a non-empty string, got {value!r}")
 
     def __attrs_post_init__(self) -> None:
+        bare: object = self.fault
+        if isinstance(bare, _BarePass):
+            raise ConfigurationError(
+                f"rule {self.id!r}: 'fault' {bare.code} is a bare code below 300, meaning "
+                "'pass', which only a 'sequence' may hold: give a fault (a bare code of "
+                "300..599 is a Status of that code) or a 'sequence'"
+            )
         if (self.fault is None) == (self.sequence is None):
             raise ConfigurationError(
                 f"rule {self.id!r}: give exactly one of 'fault' (with a schedule) or 'sequence'"

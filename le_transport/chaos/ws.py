@@ -26,12 +26,18 @@ of the same plan, so one plan can be pointed at either:
 
 A connection fault (either unit) waits for the answers to the requests the client sent before
 it, as the simulator, which answers each message before it reads the next, has sent them when
-it strikes: frames the connection brings meanwhile are handed over, what the client sends
-meanwhile goes nowhere, and the fault strikes as the last of those answers is read, or
-:attr:`FaultySocket.STRIKE_WAIT_S` seconds (on the injector's clock) after it was due, whichever
-comes first: an answer later than that is lost with the connection. Frames read before the
-strike are handed over before its end. Requests are known by their ``id`` (a str or an int);
-one without such an id is not waited for.
+it strikes: frames the connection brings meanwhile are handed over, and the fault strikes as
+the last of those answers is read. It waits for an answer no longer than
+:attr:`FaultySocket.STRIKE_WAIT_S` seconds (on the injector's clock) after its request was
+sent: a request sent longer ago than that (one the server is slow to answer or never answers,
+one the client gave up on) is not waited for, and an answer later than that is lost with the
+connection. Frames read before the strike are handed over before its end. Requests are known
+by their ``id`` (a str or an int); one without such an id is not waited for. What the client
+sends while the fault waits goes nowhere, neither sent nor put to the plan nor counted (at the
+simulator the connection ended with the frame that met the fault, and what follows it never
+arrives): a request sent then fails with the fault's end. What the client sends to a silenced
+socket goes nowhere too and is not put to the plan, as the simulator decides nothing on a
+silenced socket, but it counts toward a session fault's ``after_messages``, as there.
 
 The wrapper reads the real socket only when its owner asks for the next frame (pull, not a
 reader of its own): :meth:`~FaultySocket.receive` starts one read of the connection and waits
@@ -106,9 +112,15 @@ class FaultySocket:
     #: The most frames read from the connection that the owner has not taken yet: a read that
     #: a made-up frame beat to the owner, or a frame ``ws_delay`` holds.
     MAX_READ_AHEAD: ClassVar[int] = 1
-    #: The longest a connection fault waits, in seconds of the injector's clock, for the
-    #: answers to the requests sent before it (see the module).
-    STRIKE_WAIT_S: ClassVar[float] = 5.0
+    #: The longest a connection fault waits for the answer to a request sent before it, in
+    #: seconds of the injector's clock after that request was sent (see the module). It covers
+    #: a server's answer to a request already on its way (a round trip and the handling, well
+    #: under a second for the simulator and a healthy server), and no more: a request still
+    #: unanswered after that is one the server is slow to answer or never answers, or that the
+    #: client gave up on, and the simulator, which ends the connection as the frame meeting the
+    #: fault arrives, would not have waited for it. Meanwhile what the client sends goes
+    #: nowhere, so the wait must stay short.
+    STRIKE_WAIT_S: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -141,8 +153,12 @@ class FaultySocket:
         self._read_end = False
         #: What the read raised, for the owner's next receive() to raise.
         self._failure: BaseException | None = None
-        #: Ids of the requests sent whose answers have not been read, with their types.
-        self._types: collections.OrderedDict[str | int, str] = collections.OrderedDict()
+        #: Ids of the requests sent whose answers have not been read, with their types and
+        #: when they were sent (on the injector's clock), oldest first; at most
+        #: _REMEMBERED_IDS of them.
+        self._types: collections.OrderedDict[str | int, tuple[str, float]] = (
+            collections.OrderedDict()
+        )
         #: A connection fault waiting for the answers to the requests sent before it, the ids
         #: of those still awaited, and the timer that bounds the wait.
         self._striking: Injection | None = None
@@ -224,9 +240,28 @@ class FaultySocket:
                 self._waiter = None
 
     async def send_str(self, data: str, compress: int | None = None) -> None:
-        """Send ``data``, unless a fault on it or on the session says otherwise."""
-        if self._end is not None:
-            raise aiohttp.ClientConnectionResetError("the connection was dropped (injected)")
+        """Send ``data``, unless a fault on it or on the session says otherwise. In the order
+        the simulator takes a frame: counted toward the session fault's ``after_messages``
+        (the frame meeting it is not put to the plan), then, unless the socket is silenced,
+        decided as a request."""
+        if self._ended():
+            return
+        if self._striking is not None:
+            # A fault is ending the connection: what the client writes goes nowhere, and is
+            # neither counted nor decided (the simulator never sees it).
+            return
+        self._sent += 1
+        session = self._session
+        if session is not None and self._sent >= _after(session):
+            # The after_messages-th frame meets the fault: never sent, so never answered (the
+            # simulator strikes as it arrives, without answering it).
+            self._session = None
+            self._strike_when_answered(session)
+            return
+        if self._silent:
+            # A half-open socket: what the client writes goes nowhere, and is not put to the
+            # plan (the simulator decides nothing on a silenced socket).
+            return
         frame = _parse(data)
         injection = self._decide_sent(frame)
         if (
@@ -235,23 +270,27 @@ class FaultySocket:
             and not await self._apply_to_sent(injection, frame)
         ):
             return
-        if self._end is not None:
-            raise aiohttp.ClientConnectionResetError("the connection was dropped (injected)")
-        if self._silent or self._striking is not None:
-            # A half-open socket, or one a fault is ending: what the client writes goes nowhere.
+        if self._ended() or self._striking is not None or self._silent:
+            # A fault struck while this one was delayed: it goes nowhere.
             self._forget(frame)
-            return
-        session = self._session
-        if session is not None and self._sent + 1 >= _after(session):
-            # The after_messages-th frame meets the fault: never sent, so never answered (the
-            # simulator strikes as it arrives, without answering it).
-            self._sent += 1
-            self._session = None
-            self._forget(frame)
-            self._strike_when_answered(session)
             return
         await self._ws.send_str(data, compress)
-        self._sent += 1
+
+    def _ended(self) -> bool:
+        """Whether an injected end makes a frame the client writes go nowhere: after a close
+        frame the owner has not read yet, as when a real server closed (the connection is still
+        open and the server reads no more). After a drop, the write fails, as on a connection
+        that is gone (the socket layer sends the request again on its next connection).
+
+        Raises:
+            aiohttp.ClientConnectionResetError: the connection was dropped (injected).
+        """
+        end = self._end
+        if end is None:
+            return False
+        if end.type is WSMsgType.CLOSE:
+            return True
+        raise aiohttp.ClientConnectionResetError("the connection was dropped (injected)")
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """Close the real connection; an owner waiting in :meth:`receive` gets ``CLOSING``
@@ -290,20 +329,33 @@ class FaultySocket:
             self._strike(session)
 
     def _strike_when_answered(self, injection: Injection) -> None:
-        """A connection-level fault, once the requests sent before it are answered or
-        :attr:`STRIKE_WAIT_S` passed (see the module); at once if none is awaited."""
-        awaited = set(self._types)
+        """A connection-level fault, once the requests sent before it are answered, each
+        waited for at most :attr:`STRIKE_WAIT_S` after it was sent (see the module); at once
+        if none is awaited."""
+        if self._striking is not None:
+            # One is ending the connection already: the first fault wins, as at the simulator
+            # (send_str decides nothing meanwhile, so this does not happen through it).
+            return
+        since = self._injector.clock.now() - self.STRIKE_WAIT_S
+        awaited = {req_id for req_id, (_, sent) in self._types.items() if sent > since}
         if not awaited or self._silent or self._end is not None or self._closing:
             self._strike(injection)
             return
+        # The last of the answers it waits for is due STRIKE_WAIT_S after the last request.
+        wait = max(self._types[req_id][1] for req_id in awaited) - since
         self._striking = injection
         self._awaited = awaited
+        old = self._strike_timer
+        if old is not None:
+            old.cancel()
         self._strike_timer = asyncio.get_running_loop().create_task(
-            self._strike_later(), name=f"le_transport.chaos strike {self._name}"
+            self._strike_later(wait), name=f"le_transport.chaos strike {self._name}"
         )
 
-    async def _strike_later(self) -> None:
-        await self._injector.clock.sleep(self.STRIKE_WAIT_S)
+    async def _strike_later(self, wait: float) -> None:
+        await self._injector.clock.sleep(wait)
+        if self._strike_timer is not asyncio.current_task():
+            return  # replaced (its fault struck, or was given up): not this timer's to strike
         self._strike_timer = None
         self._strike_due()
 
@@ -373,9 +425,11 @@ class FaultySocket:
         type_ = str(frame.get("type", ""))
         req_id = _frame_id(frame, "id")
         if req_id is not None:
-            self._types[req_id] = type_
-            if len(self._types) > _REMEMBERED_IDS:
-                self._types.popitem(last=False)
+            types = self._types
+            types[req_id] = (type_, self._injector.clock.now())
+            types.move_to_end(req_id)  # oldest first, an id sent again included
+            if len(types) > _REMEMBERED_IDS:
+                types.popitem(last=False)
         return self._injector.message_sent(type_)
 
     def _forget(self, frame: dict[str, Any] | None) -> None:
@@ -477,9 +531,9 @@ class FaultySocket:
             type_ = ""
         req_id = _frame_id(frame, "reqId")
         if frame.get("kind") == "resp" and req_id is not None:
-            type_ = type_ or f"{self._types.get(req_id, '')}$Response"
+            sent = self._types.pop(req_id, None)
+            type_ = type_ or f"{sent[0] if sent is not None else ''}$Response"
             # Answered: a fault waiting for it strikes once it is handed over (_read_next).
-            self._types.pop(req_id, None)
             self._awaited.discard(req_id)
         injection = self._injector.message_arriving(type_)
         if injection is None:
