@@ -16,6 +16,7 @@ import json
 import time
 from typing import Any
 
+import attrs
 import pytest
 
 from le_transport.errors import ConfigurationError
@@ -103,6 +104,11 @@ def test_a_shared_session_refuses_a_poll_longer_than_max_poll() -> None:
         SharedSession(MemoryStore(), account="1", user="bot", poll=10, max_poll=0.5)
     SharedSession(MemoryStore(), account="1", user="bot", poll=0.5, max_poll=0.5)
     SharedSession(MemoryStore(), account="1", user="bot", clock=VirtualClock())
+    # Only a max_poll given is held to it: asking for slower polling alone raises the ceiling.
+    slower = SharedSession(MemoryStore(), account="1", user="bot", poll=1.0)
+    assert (slower._poll, slower._max_poll) == (1.0, 1.0)
+    default = SharedSession(MemoryStore(), account="1", user="bot")
+    assert (default._poll, default._max_poll) == (0.05, 0.5)
 
 
 def _payload(version: str) -> str:
@@ -146,20 +152,24 @@ async def test_forget_keeps_a_session_stored_between_its_read_and_its_delete() -
 
 @pytest.mark.parametrize(
     "pauses",
-    [{5, 10, 15, 40}, frozenset({5.0}), {5: "x", 10: "y"}, (p for p in (5, 10)), "5", b"5"],
-    ids=["set", "frozenset", "dict", "generator", "str", "bytes"],
+    [{5, 10, 15, 40}, frozenset({5.0}), {5: "x", 10: "y"}, {5: 1}.keys(), 5, "5", b"5"],
+    ids=["set", "frozenset", "dict", "dict keys", "number", "str", "bytes"],
 )
-def test_retry_pauses_must_be_an_ordered_sequence(pauses: Any) -> None:
+def test_retry_pauses_must_be_in_order(pauses: Any) -> None:
     """{5, 10, 15, 40} became (40.0, 10.0, 5.0, 15.0): the first retry waited 40 s."""
-    with pytest.raises(ConfigurationError, match=r"RetryPolicy\.pauses must be an ordered seq"):
+    with pytest.raises(ConfigurationError, match=r"RetryPolicy\.pauses must be seconds in order"):
         RetryPolicy(pauses=pauses)
 
 
-def test_retry_pauses_still_take_lists_tuples_and_other_sequences() -> None:
+def test_retry_pauses_still_take_lists_tuples_and_other_ordered_iterables() -> None:
     assert RetryPolicy(pauses=[15, 5, 10]).pauses == (15.0, 5.0, 10.0)
     assert RetryPolicy(pauses=(0.05, 0.1)).pauses == (0.05, 0.1)
     assert RetryPolicy(pauses=range(3)).pauses == (0.0, 1.0, 2.0)
     assert RetryPolicy(pauses=()).pauses == ()
+    # An iterable with an order keeps it: read from the environment, a generator, a view.
+    assert RetryPolicy(pauses=map(float, ["5", "10", "15"])).pauses == (5.0, 10.0, 15.0)
+    assert RetryPolicy(pauses=(p * 2 for p in (1, 2))).pauses == (2.0, 4.0)
+    assert RetryPolicy(pauses={"a": 3, "b": 1}.values()).pauses == (3.0, 1.0)
 
 
 # -- ClosePolicy -------------------------------------------------------------------------------
@@ -186,7 +196,7 @@ def test_1006_cannot_be_a_reauth_code() -> None:
         ("reauth_codes", {4401, 5000}, r"WebSocket close codes from 1000 to 4999, got \[5000\]"),
         ("reauth_codes", {999}, r"reauth_codes must hold WebSocket close codes"),
         ("fail_codes", {-1, 99999}, r"fail_codes must hold .* got \[-1, 99999\]"),
-        ("reauth_statuses", {401, 4401}, r"HTTP statuses from 100 to 599, got \[4401\]"),
+        ("reauth_statuses", {401, 4401}, r"HTTP statuses from 100 to 999, got \[4401\]"),
         ("reauth_statuses", {99}, r"reauth_statuses must hold HTTP statuses"),
     ],
 )
@@ -198,7 +208,7 @@ def test_close_policy_codes_must_be_in_range(field: str, codes: set[int], match:
 def test_close_policy_defaults_and_edges_are_still_valid() -> None:
     policy = ClosePolicy()
     assert policy.classify(Disconnect.handshake_rejected(429)).action is CloseAction.RECONNECT
-    ClosePolicy(reauth_codes={1000, 4999}, reauth_statuses={100, 599}, fail_codes={1008})
+    ClosePolicy(reauth_codes={1000, 4999}, reauth_statuses={100, 999}, fail_codes={1008})
 
 
 # -- Classifier --------------------------------------------------------------------------------
@@ -213,19 +223,39 @@ def test_a_status_cannot_be_both_retried_and_final() -> None:
     # final, the default final 451 retried.
     classifier = Classifier(final_statuses={429})
     assert classifier.classify(Outcome.response(429)) is Verdict.FAIL
-    assert classifier.retry_statuses == frozenset()
     classifier = Classifier(retry_statuses={451})
     assert classifier.classify(Outcome.response(451)) is Verdict.RETRY
-    assert classifier.final_statuses == frozenset()
     classifier = Classifier(retry_statuses=(), final_statuses={429, 451})
     assert classifier.classify(Outcome.response(429)) is Verdict.FAIL
+    # Given explicitly, even as the defaults are, two sets that share a status are refused.
+    with pytest.raises(ConfigurationError, match=r"share \[429\]"):
+        Classifier(retry_statuses={429}, final_statuses={429})
+    with pytest.raises(ConfigurationError, match=r"share \[451\]"):
+        Classifier(retry_statuses={451}, final_statuses={451})
+
+
+def test_a_set_left_out_gives_way_without_being_rewritten() -> None:
+    """The fields keep what was given: evolving one set later finds the other as it was (a
+    default rewritten to make way stayed rewritten, and 429 went on failing)."""
+    made_final = Classifier(final_statuses={429})
+    assert made_final.retry_statuses == frozenset({429})
+    back = attrs.evolve(made_final, final_statuses={451})
+    assert back.classify(Outcome.response(429)) is Verdict.RETRY
+    assert back == Classifier()
+    with pytest.raises(ConfigurationError, match=r"share \[429\]"):
+        attrs.evolve(made_final, retry_statuses={429})
+    made_retried = Classifier(retry_statuses={451})
+    assert (
+        attrs.evolve(made_retried, retry_statuses={429}).classify(Outcome.response(451))
+        is Verdict.FAIL
+    )
 
 
 @pytest.mark.parametrize(
     ("field", "statuses", "bad"),
     [
         ("final_statuses", {503, 4510, -1}, r"\[-1, 4510\]"),
-        ("retry_statuses", {600}, r"\[600\]"),
+        ("retry_statuses", {1000}, r"\[1000\]"),
         ("retry_statuses", {99}, r"\[99\]"),
         ("final_statuses", {10**30}, r"\[1000000000000000000000000000000\]"),
     ],
@@ -243,3 +273,6 @@ def test_classifier_statuses_must_be_http_statuses(
 def test_classifier_defaults_and_edges_are_still_valid() -> None:
     assert Classifier().classify(Outcome.response(429)) is Verdict.RETRY
     Classifier(retry_statuses={100, 409}, final_statuses={501, 599})
+    # Three digits: aiohttp delivers a 999, which a client treats as a 5xx (RFC 9110 15).
+    assert Classifier(final_statuses={999}).classify(Outcome.response(999)) is Verdict.FAIL
+    assert Classifier(retry_statuses={429, 999}).classify(Outcome.response(999)) is Verdict.RETRY

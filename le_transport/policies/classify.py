@@ -86,11 +86,17 @@ _DEFAULT_RETRY = frozenset({429})
 _DEFAULT_FINAL = frozenset({451})
 
 
+# The defaults are these very objects (the converters pass them through as they are), so that a
+# set the caller left out is known by identity, also through attrs.evolve, which passes it on.
 def _retry_statuses(value: object) -> frozenset[int]:
+    if value is _DEFAULT_RETRY:
+        return _DEFAULT_RETRY
     return int_codes("Classifier.retry_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses")
 
 
 def _final_statuses(value: object) -> frozenset[int]:
+    if value is _DEFAULT_FINAL:
+        return _DEFAULT_FINAL
     return int_codes("Classifier.final_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses")
 
 
@@ -102,8 +108,10 @@ class Classifier:
     transport failure are retryable; 451 and every other 4xx are final. ``retry_statuses`` adds
     statuses to retry (e.g. 409 for an API known to answer it transiently); ``final_statuses``
     removes some (e.g. 501 Not Implemented, which no retry can fix). Each holds HTTP statuses
-    (100 to 599), and no status may be in both: one left at its default gives way to the other
-    (``final_statuses={429}`` makes 429 final), two given that share a status are refused.
+    (three digits: 100 to 999; a client treats one above 599 as a 5xx, RFC 9110 15), and no
+    status may be in both: one left out gives way to the other (``final_statuses={429}`` makes
+    429 final, ``retry_statuses={451}`` 451 retried; the fields keep what was given), two given
+    that share a status are refused.
 
     Idempotency (``retryable_for``): a request that is not idempotent (POST, PATCH, unless the
     caller marks it so) is retried only when the failure proves it was not processed: a connect
@@ -117,25 +125,29 @@ class Classifier:
     #: status below 400 is a success, which the retry loop checks without calling
     #: :meth:`classify` on the path every call takes.
     _not_success_below_400: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
+    #: The statuses retried and failed, once a set left out gave way to the one given.
+    _retried: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
+    _final: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        both = self.retry_statuses & self.final_statuses
+        retried, final = self.retry_statuses, self.final_statuses
+        both = retried & final
         if both:
-            # One set left at its default gives way to the one the caller gave: final 429 makes
-            # the default retried 429 final, retried 451 the default final 451 retried.
-            if self.retry_statuses == _DEFAULT_RETRY:
-                object.__setattr__(self, "retry_statuses", self.retry_statuses - both)
-            elif self.final_statuses == _DEFAULT_FINAL:
-                object.__setattr__(self, "final_statuses", self.final_statuses - both)
+            # A set left out gives way to the one the caller gave: final 429 makes the default
+            # retried 429 final, retried 451 the default final 451 retried.
+            if retried is _DEFAULT_RETRY:
+                retried = retried - both
+            elif final is _DEFAULT_FINAL:
+                final = final - both
             else:
                 # Final silently won: a status meant to be retried never was.
                 raise ConfigurationError(
                     f"Classifier.retry_statuses and final_statuses share {sorted(both)}: a "
                     "status is either retried or final, not both"
                 )
-        irregular = frozenset(
-            status for status in self.retry_statuses | self.final_statuses if status < 400
-        )
+        object.__setattr__(self, "_retried", retried)
+        object.__setattr__(self, "_final", final)
+        irregular = frozenset(status for status in retried | final if status < 400)
         object.__setattr__(self, "_not_success_below_400", irregular)
 
     def classify(self, outcome: Outcome) -> Verdict:
@@ -145,9 +157,9 @@ class Classifier:
         if outcome.kind is not OutcomeKind.RESPONSE:
             return Verdict.RETRY
         status = outcome.status if outcome.status is not None else 0
-        if status in self.final_statuses:
+        if status in self._final:
             return Verdict.FAIL
-        if status in self.retry_statuses or 500 <= status <= 599:
+        if status in self._retried or 500 <= status <= 599:
             return Verdict.RETRY
         if status < 400:
             return Verdict.SUCCESS

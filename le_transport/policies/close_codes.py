@@ -308,7 +308,7 @@ class ClosePolicy:
       WebSocket close codes (1000 to 4999), not 1006 (no server sends it: a drop is
       re-authenticated through ``fast_drop_run``).
     - ``reauth_statuses``: upgrade statuses that mean the same (401); HTTP statuses (100 to
-      599), not 429 (a rate limit never escalates to a re-login: see the fixed rules).
+      999), not 429 (a rate limit never escalates to a re-login: see the fixed rules).
     - ``fast_drop_within`` / ``fast_drop_run``: ``fast_drop_run`` abnormal drops in a row, each
       of a connection younger than ``fast_drop_within`` seconds, mean re-authenticate.
     - ``reconnect_on_server_close``: whether a server's own 1000/1001 close is reconnected (it

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 import attrs
 
@@ -71,15 +72,18 @@ class Decision:
 
 
 def _pauses(value: object) -> tuple[float, ...]:
-    # An ordered sequence only: a set ({5, 10, 15, 40}) was taken in its hash order (the first
-    # retry waited 40 s) and a dict gave its keys; anything else that is no Sequence (an
-    # iterator) goes with them. Only a number or the type is shown: a str may be anything.
+    # Any iterable in order (a list, a tuple, a range, a generator, map(float, ...)), not one
+    # without an order: a set ({5, 10, 15, 40}) was taken in its hash order (the first retry
+    # waited 40 s) and a dict gave its keys. Only a number or the type is shown: a str may be
+    # anything.
     if type(value) is not tuple and (
-        isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Sequence)
+        isinstance(value, (str, bytes, bytearray, AbstractSet, Mapping))
+        or not isinstance(value, Iterable)
     ):
         raise ConfigurationError(
-            "RetryPolicy.pauses must be an ordered sequence of seconds (a list or a tuple), "
-            f"got {shown(value) if isinstance(value, (int, float)) else type(value).__name__}"
+            "RetryPolicy.pauses must be seconds in order (a list, a tuple or another ordered "
+            "iterable; not a set or a mapping), got "
+            f"{shown(value) if isinstance(value, (int, float)) else type(value).__name__}"
         )
     items = tuple(value)
     for p in items:
@@ -97,8 +101,9 @@ def _pauses(value: object) -> tuple[float, ...]:
 class RetryPolicy:
     """The request retry schedule.
 
-    - ``pauses``: the pause before each retry, in order (a list or a tuple: a set or a mapping
-      is refused, it has no order); its length is the number of retries. Default
+    - ``pauses``: the pause before each retry, in order (a list, a tuple, any ordered
+      iterable: a set or a mapping is refused, it has no order); its length is the number of
+      retries. Default
       ``(5, 10, 15)``; ``RetryPolicy(pauses=(0.05, 0.1, 0.15))`` is the same schedule scaled.
       Each a finite number of seconds >= 0 (an int past float's range is refused).
     - ``jitter``: a fraction in [0, 1); each pause is drawn uniformly within ``±jitter`` of

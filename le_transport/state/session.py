@@ -37,6 +37,8 @@ _log = logging.getLogger("le_transport.state")
 #: A session whose answer gave no TTL is shared for this long (the guide's 5 min keepalive):
 #: each refresh stores it again, so an unknown life is never assumed to be longer.
 DEFAULT_UNKNOWN_LIFE = 300.0
+#: How long a waiter for the fleet's token waits between looks, at most, unless told otherwise.
+DEFAULT_MAX_POLL = 0.5
 
 
 @attrs.frozen(repr=False)
@@ -73,7 +75,8 @@ class SharedSession:
       logins, never a deadlock), and a crashed holder delays the fleet by at most this.
     - ``safety_margin``: the token is stored for its remaining life minus this, never longer.
     - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing from
-      ``poll`` to ``max_poll``; ``poll`` may not be longer than ``max_poll``).
+      ``poll`` to ``max_poll``, by default 0.5 s or ``poll`` if longer; a ``max_poll`` given
+      may not be shorter than ``poll``).
     - ``clock``: a :class:`~le_transport.clock.Clock` instance (default: the real clock).
     """
 
@@ -88,9 +91,13 @@ class SharedSession:
         safety_margin: float = 30.0,
         unknown_life: float = DEFAULT_UNKNOWN_LIFE,
         poll: float = 0.05,
-        max_poll: float = 0.5,
+        max_poll: float | None = None,
     ) -> None:
         check_store("SharedSession", "store", store)
+        # Left out, the ceiling is its default or the poll asked for, whichever is longer: a
+        # caller asking only for slower polling (poll=1.0) is not refused for a default.
+        if max_poll is None:
+            max_poll = max(DEFAULT_MAX_POLL, poll) if finite_number(poll) else DEFAULT_MAX_POLL
         # inf or an int past float's range used to pass, failing later as a stored TTL.
         for name, value in (
             ("lock_ttl", lock_ttl),
