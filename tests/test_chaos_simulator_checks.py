@@ -27,6 +27,7 @@ from aiohttp import WSMsgType, web
 
 from le_transport import Engine, SocketClosed, SocketRequestError, SocketRequestTimeout
 from le_transport.chaos import (
+    Delay,
     FaultInjector,
     FaultPlan,
     FaultRule,
@@ -421,6 +422,48 @@ async def test_a_strike_does_not_wait_for_a_request_the_client_gave_up_on(
     assert gave_up == "SocketRequestTimeout"
     assert list(met) == ["SocketClosed", "SocketClosed"]
     assert took == 0
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_strike_waits_for_a_delayed_request_from_when_it_went_out(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str
+) -> None:
+    # The client side took the request's send time before its Delay: 1.7 s later it looked
+    # too old to wait for, though it had gone out 0.2 s before, and its answer was lost.
+    async def slow(sock: Any, frame: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        await clock.sleep(0.5)
+        return 200, {}
+
+    sim.sockets.on("Slow", slow)
+    rules = [
+        FaultRule(
+            "close",
+            WsClose(4000, after_messages=2),
+            unit="ws_session",
+            match=Match(path=UMS),
+            schedule=Schedule(fail_next=1),
+        ),
+        FaultRule(
+            "slow",
+            Delay(1500),
+            unit="ws_message",
+            match=Match(path="Slow"),
+            schedule=Schedule(fail_next=1),
+        ),
+    ]
+    if side == "server":
+        for rule in rules:
+            sim.faults.add(rule)
+    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await _open(engine, sim)
+        first = asyncio.get_running_loop().create_task(_outcome(ws, "Slow", 10))  # frame 1
+        await clock.sleep(1.7)  # on the wire for 0.2 s (the client side), being answered
+        second = await _outcome(ws, GETCLOCK, 10)  # frame 2 meets the session fault
+        met = [await first, second]
+        await ws.close()
+    assert met == [200, "SocketClosed"]
 
 
 @pytest.mark.usefixtures("no_open_connections")

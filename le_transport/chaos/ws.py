@@ -66,6 +66,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
@@ -274,6 +275,7 @@ class FaultySocket:
             # A fault struck while this one was delayed: it goes nowhere.
             self._forget(frame)
             return
+        self._mark_sent(frame)
         await self._ws.send_str(data, compress)
 
     def _ended(self) -> bool:
@@ -426,11 +428,21 @@ class FaultySocket:
         req_id = _frame_id(frame, "id")
         if req_id is not None:
             types = self._types
-            types[req_id] = (type_, self._injector.clock.now())
+            # Not sent yet (a Delay may hold it): a strike waits for no answer to it until it
+            # goes out (_mark_sent), as the simulator, which has not read it, does not.
+            types[req_id] = (type_, -math.inf)
             types.move_to_end(req_id)  # oldest first, an id sent again included
             if len(types) > _REMEMBERED_IDS:
                 types.popitem(last=False)
         return self._injector.message_sent(type_)
+
+    def _mark_sent(self, frame: dict[str, Any] | None) -> None:
+        """A request going out now: from now on a strike waits for its answer (a while)."""
+        req_id = None if frame is None else _frame_id(frame, "id")
+        if req_id is not None:
+            known = self._types.get(req_id)
+            if known is not None:
+                self._types[req_id] = (known[0], self._injector.clock.now())
 
     def _forget(self, frame: dict[str, Any] | None) -> None:
         """A request not sent after all: the connection will bring no answer to it."""
