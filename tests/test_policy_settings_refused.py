@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
+import pickle
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -21,6 +25,7 @@ import pytest
 
 from le_transport.errors import ConfigurationError
 from le_transport.policies import (
+    CircuitBreaker,
     Classifier,
     CloseAction,
     ClosePolicy,
@@ -29,6 +34,7 @@ from le_transport.policies import (
     RetryPolicy,
     Verdict,
 )
+from le_transport.policies.retry import MAX_PAUSES
 from le_transport.state import MemoryStore, SharedSession, state_key
 from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
@@ -276,3 +282,62 @@ def test_classifier_defaults_and_edges_are_still_valid() -> None:
     # Three digits: aiohttp delivers a 999, which a client treats as a 5xx (RFC 9110 15).
     assert Classifier(final_statuses={999}).classify(Outcome.response(999)) is Verdict.FAIL
     assert Classifier(retry_statuses={429, 999}).classify(Outcome.response(999)) is Verdict.RETRY
+
+
+@pytest.mark.parametrize(
+    "copy_of",
+    [lambda c: pickle.loads(pickle.dumps(c)), copy.deepcopy, copy.copy],
+    ids=["pickle", "deepcopy", "copy"],
+)
+@pytest.mark.parametrize(
+    "classifier",
+    [Classifier(), Classifier(final_statuses={429}), Classifier(retry_statuses={451})],
+    ids=repr,
+)
+def test_a_set_left_out_stays_left_out_through_copies(
+    classifier: Classifier, copy_of: Callable[[Classifier], Classifier]
+) -> None:
+    """Pickled or deep-copied, a default became a set given: evolving the other set then
+    refused an overlap that the original took."""
+    copied = copy_of(classifier)
+    assert copied == classifier
+    assert hash(copied) == hash(classifier)
+    assert repr(copied) == repr(classifier)
+    for status in (429, 451, 503):
+        outcome = Outcome.response(status)
+        assert copied.classify(outcome) is classifier.classify(outcome)
+    if classifier.final_statuses == frozenset({451}):
+        assert (
+            attrs.evolve(copied, final_statuses={429}).classify(Outcome.response(429))
+            is Verdict.FAIL
+        )
+
+
+@pytest.mark.parametrize(
+    "classifier",
+    [
+        Classifier(),
+        Classifier(final_statuses={429}),
+        Classifier(retry_statuses={451}),
+        Classifier(retry_statuses={409}, final_statuses={501}),
+    ],
+    ids=repr,
+)
+def test_a_classifiers_repr_is_what_was_given_and_evaluates_to_it(classifier: Classifier) -> None:
+    """A default shown beside the set it gave way to read as an overlap, refused when
+    evaluated: Classifier(retry_statuses=frozenset({429}), final_statuses=frozenset({429}))."""
+    assert eval(repr(classifier), {"Classifier": Classifier}) == classifier
+
+
+@pytest.mark.parametrize("status", [600, 799, 999])
+def test_a_status_above_599_is_a_5xx(status: int) -> None:
+    """RFC 9110 15: a client treats a status it does not know as the x00 of its class, and
+    one above 599 as a 5xx; the classifier failed it, the breaker did not count it."""
+    assert Classifier().classify(Outcome.response(status)) is Verdict.RETRY
+    assert CircuitBreaker.counts_as_failure(Outcome.response(status))
+
+
+def test_endless_pauses_are_refused_not_read_for_ever() -> None:
+    with pytest.raises(ConfigurationError, match=r"at most 10,000 pauses"):
+        RetryPolicy(pauses=itertools.repeat(5.0))
+    assert len(RetryPolicy(pauses=itertools.repeat(5.0, MAX_PAUSES)).pauses) == MAX_PAUSES

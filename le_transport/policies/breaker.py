@@ -164,7 +164,7 @@ class CircuitBreaker:
         if outcome.kind is not OutcomeKind.RESPONSE:
             return True
         status = outcome.status or 0
-        return status == 429 or 500 <= status <= 599
+        return status == 429 or 500 <= status <= 999  # above 599: a 5xx (RFC 9110 15)
 
     def scaled(self, factor: float) -> CircuitBreaker:
         """The same breaker with every duration multiplied by ``factor`` (tests, demos)."""

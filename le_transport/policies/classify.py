@@ -82,12 +82,39 @@ class Outcome:
         return f"{self.kind.value} ({self.error})" if self.error else self.kind.value
 
 
-_DEFAULT_RETRY = frozenset({429})
-_DEFAULT_FINAL = frozenset({451})
+class _LeftOut(frozenset[int]):
+    """A default status set: one object per default, known by identity (a set the caller gave,
+    even an equal one, is another object), and so kept through attrs.evolve (which passes it
+    on), copies and pickling (which give back the same object). Equal to, and shown as, the
+    plain frozenset it holds."""
+
+    __slots__ = ("_name",)
+    _name: str
+
+    def __new__(cls, name: str, statuses: frozenset[int]) -> _LeftOut:
+        made = super().__new__(cls, statuses)
+        made._name = name
+        return made
+
+    def __reduce__(self) -> str:
+        return self._name  # pickled by reference: the module's own object comes back
+
+    def __copy__(self) -> _LeftOut:
+        return self
+
+    def __deepcopy__(self, memo: object) -> _LeftOut:
+        return self
+
+    def __repr__(self) -> str:
+        return repr(frozenset(self))
+
+
+_DEFAULT_RETRY = _LeftOut("_DEFAULT_RETRY", frozenset({429}))
+_DEFAULT_FINAL = _LeftOut("_DEFAULT_FINAL", frozenset({451}))
 
 
 # The defaults are these very objects (the converters pass them through as they are), so that a
-# set the caller left out is known by identity, also through attrs.evolve, which passes it on.
+# set the caller left out is known by identity.
 def _retry_statuses(value: object) -> frozenset[int]:
     if value is _DEFAULT_RETRY:
         return _DEFAULT_RETRY
@@ -100,7 +127,7 @@ def _final_statuses(value: object) -> frozenset[int]:
     return int_codes("Classifier.final_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses")
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Classifier:
     """Decides whether an outcome is a success, retryable, or final; replaceable as a policy.
 
@@ -150,6 +177,19 @@ class Classifier:
         irregular = frozenset(status for status in retried | final if status < 400)
         object.__setattr__(self, "_not_success_below_400", irregular)
 
+    def __repr__(self) -> str:
+        # The sets given, not those left out: what was written, and what evaluates again (a
+        # default shown beside a set it gave way to would be refused as an overlap).
+        given = [
+            f"{name}={value!r}"
+            for name, value in (
+                ("retry_statuses", self.retry_statuses),
+                ("final_statuses", self.final_statuses),
+            )
+            if not isinstance(value, _LeftOut)
+        ]
+        return f"Classifier({', '.join(given)})"
+
     def classify(self, outcome: Outcome) -> Verdict:
         """Success, retry, or fail, regardless of the method."""
         if outcome.kind is OutcomeKind.TLS_REJECTED:
@@ -159,7 +199,8 @@ class Classifier:
         status = outcome.status if outcome.status is not None else 0
         if status in self._final:
             return Verdict.FAIL
-        if status in self._retried or 500 <= status <= 599:
+        # Above 599 too: a client treats a status it does not know as a 5xx (RFC 9110 15).
+        if status in self._retried or 500 <= status <= 999:
             return Verdict.RETRY
         if status < 400:
             return Verdict.SUCCESS

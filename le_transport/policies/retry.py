@@ -9,6 +9,7 @@ no I/O and reads no clock: the middleware acts on its answer.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -71,6 +72,10 @@ class Decision:
     reason: str = ""
 
 
+#: The most pauses a schedule may hold (a retry after each).
+MAX_PAUSES = 10_000
+
+
 def _pauses(value: object) -> tuple[float, ...]:
     # Any iterable in order (a list, a tuple, a range, a generator, map(float, ...)), not one
     # without an order: a set ({5, 10, 15, 40}) was taken in its hash order (the first retry
@@ -85,7 +90,13 @@ def _pauses(value: object) -> tuple[float, ...]:
             "iterable; not a set or a mapping), got "
             f"{shown(value) if isinstance(value, (int, float)) else type(value).__name__}"
         )
-    items = tuple(value)
+    # Read no further than a schedule can be long: an endless iterable (itertools.repeat)
+    # filled memory.
+    items = tuple(itertools.islice(value, MAX_PAUSES + 1))
+    if len(items) > MAX_PAUSES:
+        raise ConfigurationError(
+            f"RetryPolicy.pauses must hold at most {MAX_PAUSES:,} pauses, got more"
+        )
     for p in items:
         # finite_number, not p < inf: an int past float's range (10**400) compares below inf,
         # and float() of it then raised OverflowError.
