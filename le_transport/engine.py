@@ -32,7 +32,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._checks import require_kind, require_option
-from ._redact import REDACTED, body_excerpt, redact_path, redact_text, redact_url
+from ._redact import REDACTED, body_excerpt, is_auth_path, redact_path, redact_text, redact_url
 from .clock import Clock, RealClock
 from .errors import (
     AttemptRecord,
@@ -60,6 +60,7 @@ from .middleware.context import (
 from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
+from .policies.classify import IDEMPOTENT_METHODS
 from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
 from .providers._http import ProviderHttp
@@ -231,8 +232,9 @@ class Response:
         integer); each is logged as a WARNING (``le_transport.engine``: the service, method,
         redacted URL, status and a scrubbed excerpt of the body). A JSON ``true`` or ``false``
         is a boolean, never an ``int`` or a ``float``. JSON has one number type: with
-        ``expect=float`` an integer (``1``) is accepted and returned as a float (``1.0``);
-        with ``expect=int``, a number with a fraction (``1.5``) is refused.
+        ``expect=float`` any number is accepted, an integer (``1``) returned as a float
+        (``1.0``); with ``expect=int``, a number written with a fraction or an exponent
+        (``1.5``, ``1.0``, ``1e2``: Python reads each as a float) is refused.
         """
         if expect is not None:
             _check_expect(expect)
@@ -261,15 +263,29 @@ class Response:
                     return float(value)
                 except OverflowError:
                     failed = "integer too large for a float"
+            elif type(value) is float:
+                # 1.0 and 1e2 are floats to json.loads, as 1.5 is: said as written.
+                failed = "number written with a fraction or an exponent"
             else:
                 failed = _json_kind(type(value))
-            raise self._decode_error(f"expected a JSON {_json_kind(expect)}, got a JSON {failed}")
+            raise self._decode_error(
+                f"expected a JSON {_json_kind(expect)}, got a JSON {failed}",
+                number=type(value) is int or type(value) is float,
+            )
         return value
 
-    def _decode_error(self, message: str) -> ResponseDecodeError:
+    def _decode_error(self, message: str, *, number: bool = False) -> ResponseDecodeError:
         """The error for a body that is not what was expected, logged: a WARNING saying what
-        was asked and what came, with a scrubbed excerpt of the body (never a secret)."""
-        excerpt = body_excerpt(self.body, path=URL(self.url).path, limit=120)
+        was asked and what came, with a scrubbed excerpt of the body (never a secret).
+        ``number``: the body is one JSON number, shown as written (``1e2``), not as
+        :func:`body_excerpt` writes the value it parses (``100.0``); digits hold no secret."""
+        limit = 120
+        path = URL(self.url).path
+        if number and not is_auth_path(path):
+            written = self.body.decode("utf-8", "replace").strip()
+            excerpt = written if len(written) <= limit else written[:limit] + "…"
+        else:
+            excerpt = body_excerpt(self.body, path=path, limit=limit)
         err = ResponseDecodeError(
             f"{message}; status {self.status}, body starts {excerpt!r}",
             service=self.service,
@@ -740,7 +756,9 @@ def _unscheduled_failure(
     """The error for a failed answer that reached :meth:`Engine.request` past the retry
     middleware (which raises for every one it sees): made by a middleware around it, or by a
     caller's session that has not got the stack (``Engine(session=...)``). Logged, since the
-    retry loop that logs failures never saw it."""
+    retry loop that logs failures never saw it. On a request that is not idempotent (a POST:
+    the server may have processed it) the failure is ``decided``: no schedule retried it,
+    and ``recover=True`` must not send it again either."""
     error = status_error(
         status,
         "",
@@ -755,6 +773,8 @@ def _unscheduled_failure(
         url=url,
         attempts=ctx.attempts,
     )
+    idempotent = ctx.idempotent
+    error.decided = not (method in IDEMPOTENT_METHODS if idempotent is None else idempotent)
     _log.warning("%s %s: %s", method, url, error.message, extra={"service": service})
     return error
 
@@ -796,7 +816,7 @@ _JSON_KINDS: dict[object, str] = {
     list: "array",
     str: "string",
     int: "integer",
-    float: "number with a fraction",
+    float: "number",
     bool: "boolean",
     type(None): "null",
 }
@@ -844,33 +864,52 @@ def _hide_userinfo(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group(1) or ''}{REDACTED}@", text, count=1)
 
 
-def _rewinder(data: object, service: str, method: str) -> Callable[[], object] | None:
-    """How to send ``data`` again from its start, for ``recover=True`` (which sends the
-    request again after a re-login): a file object seeks back to where it stood (None: a
-    body aiohttp builds afresh, or reuses, each time). A body that can be sent only once (an
-    async iterable, a file that cannot seek back: what the retry loop's ``body_spent`` finds
-    spent once sent) is an :class:`InvalidRequest`, said by its type."""
+async def _replayable(data: object, service: str, method: str) -> object:
+    """``data`` as a body that can be sent on every run of ``recover=True`` (which sends the
+    request again after a re-login). A file object's remaining content is read once, into
+    memory, before anything is sent: aiohttp closes a file body once it has sent it, so none
+    can be sent, or rewound, a second time. A binary file gives bytes; a text file a str,
+    encoded as a str body is (in the charset the ``Content-Type`` names). Bytes, a str, a
+    form (a mapping, pairs, ``FormData``) are returned as they are: built again each run.
+
+    Refused with :class:`InvalidRequest`, said by their type, before anything is sent: an
+    aiohttp ``Payload`` (closed by aiohttp once sent, with the file it reads), an async
+    iterable (read as it is sent), a file that is closed or cannot be read."""
     what: str | None = None
-    if isinstance(data, aiohttp.payload.AsyncIterablePayload):
-        what = "an aiohttp payload of an async iterable, read as it is sent"
-    elif isinstance(data, aiohttp.payload.Payload):
-        return None  # reused as it is, as on a retry: a file payload rewinds itself
+    if isinstance(data, aiohttp.payload.Payload):
+        what = (
+            f"an aiohttp payload ({type(data).__name__}), which aiohttp closes once it is "
+            "sent, and so can be sent only once"
+        )
     elif isinstance(data, io.IOBase):
-        try:
-            start: int | None = data.tell() if data.seekable() else None
-        except (OSError, ValueError):  # closed, or a stream whose position is unknown
-            start = None
-        if start is not None:
-            stream = data
-            return lambda: stream.seek(start)
-        what = f"a {type(data).__name__} that cannot seek back to its start"
+        content: object = None
+        if data.closed:
+            what = f"a {type(data).__name__} that is closed: nothing can be read from it"
+        else:
+            try:
+                if isinstance(data, io.BytesIO | io.StringIO):
+                    content = data.read()
+                else:
+                    # A file on disk (or a pipe): read off the loop, as aiohttp reads one.
+                    content = await asyncio.get_running_loop().run_in_executor(None, data.read)
+            except (OSError, ValueError) as exc:  # not readable, closed meanwhile
+                what = f"a {type(data).__name__} that could not be read ({type(exc).__name__})"
+        if what is None:
+            if isinstance(content, str):
+                return content
+            if isinstance(content, bytes | bytearray):
+                return bytes(content)
+            what = f"a {type(data).__name__} whose read() gave no bytes or str"
     elif isinstance(data, AsyncIterable):
-        what = f"an async iterable ({type(data).__name__}), read as it is sent"
+        what = (
+            f"an async iterable ({type(data).__name__}), read as it is sent, and so can be "
+            "sent only once"
+        )
     if what is None:
-        return None  # a form given as pairs, FormData: built again each time
+        return data
     raise InvalidRequest(
-        f"recover=True may send the request again, and the body is {what}, which can be "
-        "sent only once: pass bytes (or a seekable file)",
+        f"recover=True may send the request again, and the body is {what}: pass bytes, a "
+        "str or an open file (read into memory once)",
         service=service,
         method=method,
     )
@@ -1587,7 +1626,9 @@ class Engine:
           async iterable of bytes streamed as it comes, and so sent at most once: not retried
           once it went out (a connect failure still is), not replayed after a 401, refused
           with ``recover=True``; a file object (``BytesIO``, an open file) from where it
-          stands, rewound for each run with ``recover=True`` (refused then if it cannot seek).
+          stands (aiohttp closes it once sent). With ``recover=True`` a file's remaining
+          content is read into memory once, before anything is sent, and sent whole on every
+          run (a text file's as a str is); an aiohttp ``Payload`` and a closed file are refused.
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
           str values without CR, LF or NUL; neither ``Content-Length`` nor
           ``Transfer-Encoding`` (aiohttp frames the body); none that the auth
@@ -1836,9 +1877,8 @@ class Engine:
         """:meth:`request` with ``recover=True``: each run through the recovery loop is a call
         of its own, bounded by what is left of the whole call's deadline (the call's own, else
         its policy's), whose end is fixed here, once, on the engine's clock."""
-        rewind = None
         if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
-            rewind = _rewinder(data, service, method)
+            data = await _replayable(data, service, method)
         policy = retry or self._retry
         if deadline is not None:
             policy = _per_call_policy(policy, deadline, None, service, method)
@@ -1859,8 +1899,6 @@ class Engine:
                     )
                     _log.warning("%s", err, extra={"service": service, "method": method})
                     raise err
-            if rewind is not None:
-                rewind()
             return self.request(
                 method,
                 service,

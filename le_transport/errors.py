@@ -116,8 +116,13 @@ class RequestError(TransportError):
     """A request to a LiveEngage service failed.
 
     Attributes: ``service`` (the service name, or the host for foreign sessions), ``method``,
-    ``url`` (redacted: no query secrets, no credentials in the path) and ``attempts`` (one
-    :class:`AttemptRecord` per attempt made, in order).
+    ``url`` (redacted: no query secrets, no credentials in the path), ``attempts`` (one
+    :class:`AttemptRecord` per attempt made, in order) and ``decided``: True when the request
+    schedule decided the failure final and did not repeat the request (a 5xx, a reset or a
+    timeout on a request that is not idempotent, which the server may have processed; a
+    status its ``Classifier`` makes final), or the engine did for a failed answer that came
+    past the schedule on such a request; the recovery loop (``recover=True``) never sends
+    such a request again. False for everything else.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class RequestError(TransportError):
         self.method = method
         self.url = url
         self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
+        self.decided = False
 
     def __str__(self) -> str:
         where = " ".join(p for p in (self.method, self.url) if p)

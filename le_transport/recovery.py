@@ -92,11 +92,11 @@ KEPT_PAUSES = 1000
 #: were spent (:class:`RetriesExhausted`), or the retry budget or the breaker refused.
 _RECOVERABLE = (RetriesExhausted, RetryBudgetExhausted, CircuitOpen)
 
-#: Errors the request schedule raises bare when it decides a failure is final (a 5xx on a
-#: POST, a reset after the server may have read the request, a status its ``Classifier``
-#: makes final, a certificate refused). Without attempts they are no such decision: a
-#: provider's own network call down, a socket's dial failing.
-_DECIDED = (ServerStatusError, ConnectionFailed, AttemptTimeout)
+#: Transient failures: recoverable unless a schedule (or the engine) decided them final
+#: (their ``decided``: a 5xx on a POST, a reset after the server may have read the request, a
+#: status its ``Classifier`` makes final, a certificate refused). Undecided: a provider's own
+#: network call down, a socket's dial failing, a GET's 5xx met outside the retry middleware.
+_TRANSIENT = (ServerStatusError, ConnectionFailed, AttemptTimeout)
 
 
 #: Errors that say the retry policy took their cause for a transient failure: it retried it
@@ -134,18 +134,21 @@ def is_recoverable(exc: BaseException) -> bool:
     (:class:`RetryBudgetExhausted`) or an open circuit (:class:`CircuitOpen`); a
     :class:`DomainResolutionError` when the Domain API is down (a 5xx, a transport failure,
     an answer that makes no sense); and a :class:`ConnectionFailed`,
-    :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (it
-    carries no ``attempts``: a provider's own network call down, a socket's dial failing).
+    :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (its
+    ``decided`` is False: a provider's own network call down, a socket's dial failing, a
+    GET's 5xx answered outside the retry middleware).
 
-    No: such an error raised bare by a schedule, with its ``attempts`` (the schedule decided
-    the failure final: a 5xx, a reset or a timeout on a request that is not idempotent, which
-    the server may have processed; a status the ``Classifier`` makes final, such as 501; a
-    certificate refused); every 4xx (bad credentials, a blacklisted account, a second 401, a
-    Domain API that refused the account at once: see :func:`refused_status`; a 4xx the retry
-    policy retried is an outage, and recoverable), an unknown service, a hostile host, a
-    malformed call, a call's own deadline (the caller's budget is spent), and anything that is
-    not a transport error. The same holds for a login's or a Domain API fetch's own schedule:
-    a login that is not idempotent (a consumer's auth code) answered 5xx is not sent again.
+    No: such an error a schedule decided final (its ``decided`` is True: a 5xx, a reset or a
+    timeout on a request that is not idempotent, which the server may have processed; a
+    status the ``Classifier`` makes final, such as 501; a certificate refused), or the engine
+    did (a POST's 5xx answered outside the retry middleware, by a caller's session or an
+    outer middleware: it may have been processed); every 4xx (bad credentials, a blacklisted
+    account, a second 401, a Domain API that refused the account at once: see
+    :func:`refused_status`; a 4xx the retry policy retried is an outage, and recoverable), an
+    unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
+    budget is spent), and anything that is not a transport error. The same holds for a call
+    that is a login or a Domain API fetch. A re-login that fails inside a recovery round is
+    judged otherwise: only a refusal ends the round (see :func:`_relogin_recoverable`).
     """
     if isinstance(exc, (UnknownServiceError, HostileHostError)):
         return False
@@ -153,7 +156,18 @@ def is_recoverable(exc: BaseException) -> bool:
         return refused_status(exc) is None
     if isinstance(exc, _RECOVERABLE):
         return True
-    return isinstance(exc, _DECIDED) and not exc.attempts
+    return isinstance(exc, _TRANSIENT) and not exc.decided
+
+
+def _relogin_recoverable(exc: BaseException) -> bool:
+    """Whether a recovery round pauses and tries again after its own re-login failed with
+    ``exc``: the Login Service or the Domain API down (a 5xx, a reset, a timeout: even one
+    its schedule made final, as a consumer's auth-code login, a POST, answered 503 is; the
+    round exists to wait such an outage out), or anything :func:`is_recoverable` takes. Not
+    a refusal (a 4xx: :class:`LoginRejected`, :class:`BlockedError`,
+    :class:`ClientStatusError`, an :class:`AuthenticationError`), nor a mistake in what was
+    asked for: those end the round."""
+    return is_recoverable(exc) or isinstance(exc, _TRANSIENT)
 
 
 def is_setup_error(exc: BaseException) -> bool:
@@ -372,7 +386,16 @@ class Recovery:
                 first, elapsed = self._plan(exc)
                 if first is not None and until is not None and self._clock.now() + first >= until:
                     # A pause the call's deadline cannot wait out: no round is started for it.
-                    raise self._past_deadline(exc, first, until) from exc
+                    err = self._past_deadline(exc, first, until)
+                    if self._attempt == 0:
+                        # No episode under way, whose end would say it: said here, as a
+                        # give-up at a later round is.
+                        self._state(
+                            logging.WARNING,
+                            "gave_up",
+                            {"reason": "deadline", "attempts": 0, "error": _name(err)},
+                        )
+                    raise err from exc
                 round_ = self._round_task = asyncio.get_running_loop().create_task(
                     self._shared_round(exc, first, elapsed), name="le_transport recovery round"
                 )
@@ -495,7 +518,7 @@ class Recovery:
                 if self._closed:
                     # The session closed under the re-login: what it raised says only that.
                     raise self._closed_error(last) from err
-                if not is_recoverable(err):
+                if not _relogin_recoverable(err):
                     self._reset()
                     self._state(
                         logging.ERROR, "gave_up", {"reason": "not recoverable", "error": _name(err)}

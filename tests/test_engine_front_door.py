@@ -9,7 +9,10 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
+import aiohttp.payload
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -135,9 +138,14 @@ def _response(body: bytes, status: int = 200) -> Response:
     [
         (b"true", int, "expected a JSON integer, got a JSON boolean"),
         (b"false", float, "got a JSON boolean"),
-        (b"1.5", int, "expected a JSON integer, got a JSON number with a fraction"),
+        (
+            b"1.5",
+            int,
+            "expected a JSON integer, got a JSON number written with a fraction or an exponent",
+        ),
         (b"1", bool, "expected a JSON boolean, got a JSON integer"),
-        (b'"1"', float, "expected a JSON number with a fraction, got a JSON string"),
+        (b'"1"', float, "expected a JSON number, got a JSON string"),
+        (b'"1"', int | float, "expected a JSON integer or number, got a JSON string"),
         (b"true", int | str, "expected a JSON integer or string, got a JSON boolean"),
         (b"1" + b"0" * 400, float, "got a JSON integer too large for a float"),
     ],
@@ -156,6 +164,35 @@ def test_a_json_value_of_the_wrong_kind_is_said_precisely_and_logged(
     assert "GET http://h.example/api/x" in record.getMessage()
     assert record.service == "svc"  # type: ignore[attr-defined]
     assert record.status == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("body", [b"1e2", b"1.0", b" 2.50E+1\n"])
+def test_a_float_refused_as_an_int_is_said_as_written_with_the_body_itself(
+    body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1e2 was "a number with a fraction", shown as "body starts '100.0'": the value
+    re-serialised, not the body."""
+    with (
+        caplog.at_level(logging.WARNING, "le_transport.engine"),
+        pytest.raises(ResponseDecodeError) as info,
+    ):
+        _response(body).json(int)
+    said = (
+        "expected a JSON integer, got a JSON number written with a fraction or an exponent; "
+        f"status 200, body starts {body.decode().strip()!r}"
+    )
+    assert info.value.message == said
+    [record] = [r for r in caplog.records if r.name == "le_transport.engine"]
+    assert said in record.getMessage()
+
+
+def test_a_number_from_an_auth_endpoint_is_still_not_shown() -> None:
+    headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+    url = "http://h.example/api/account/1/token"
+    with pytest.raises(ResponseDecodeError) as info:
+        Response(200, headers, b"123456.0", "POST", url, "svc").json(int)
+    assert "123456" not in info.value.message
+    assert "auth endpoint's body, not shown" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -272,7 +309,7 @@ async def test_recover_sends_a_file_body_whole_on_every_run(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
     """A BytesIO was refused as "a streamed body"; it goes out whole on every attempt and on
-    the run after the re-login (which rewinds it)."""
+    the run after the re-login (read into memory once, before the first)."""
     seen: list[tuple[str, str, bytes]] = []
     host = await serve(_echo_app(seen, fail_first=4))
     async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
@@ -281,6 +318,43 @@ async def test_recover_sends_a_file_body_whole_on_every_run(
     assert [body for _, _, body in seen] == [b"payload"] * 5
     assert engine.recovery.relogins == 0  # no auth provider; the round ran all the same
     assert len(engine.recovery.pauses) == 1
+
+
+async def test_recover_sends_a_file_on_disk_again_after_the_re_login(
+    serve: ServerFactory, clock: VirtualClock, tmp_path: Path
+) -> None:
+    """aiohttp closes a file body once sent: the run after the re-login failed with a bare
+    ValueError ("seek of closed file"). Read from where it stands, sent whole each run."""
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"head:payload")
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen, fail_first=1))
+    once = RetryPolicy(pauses=(), attempt_timeout=None)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=once) as engine:
+        with path.open("rb") as file:
+            file.seek(5)
+            resp = await engine.request("PUT", "svc", "/f", data=file, recover=True)
+    assert resp.status == 200
+    assert [body for _, _, body in seen] == [b"payload", b"payload"]
+    assert len(engine.recovery.pauses) == 1
+
+
+async def test_recover_sends_a_text_file_in_the_charset_its_content_type_names(
+    serve: ServerFactory, clock: VirtualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "body.txt"
+    path.write_text("Zoë", encoding="utf-8")
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen, fail_first=1))
+    once = RetryPolicy(pauses=(), attempt_timeout=None)
+    headers = {"Content-Type": "text/plain; charset=iso-8859-1"}
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=once) as engine:
+        with path.open(encoding="utf-8") as file:
+            resp = await engine.request(
+                "PUT", "svc", "/f", data=file, headers=headers, recover=True
+            )
+    assert resp.status == 200
+    assert [body for _, _, body in seen] == ["Zoë".encode("iso-8859-1")] * 2
 
 
 async def test_recover_takes_a_form_given_as_pairs(
@@ -295,7 +369,11 @@ async def test_recover_takes_a_form_given_as_pairs(
 
 
 class _Pipe(io.RawIOBase):
-    """A readable stream that cannot seek (a pipe, a socket)."""
+    """A readable stream that cannot seek (a pipe, a socket), holding ``b"piped"``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._left = b"piped"
 
     def readable(self) -> bool:
         return True
@@ -304,31 +382,64 @@ class _Pipe(io.RawIOBase):
         return False
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+async def test_recover_reads_a_stream_that_cannot_seek_once(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen, fail_first=1))
+    once = RetryPolicy(pauses=(), attempt_timeout=None)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=once) as engine:
+        resp = await engine.request(
+            "PUT", "svc", "/f", data=io.BufferedReader(_Pipe()), recover=True
+        )
+    assert resp.status == 200
+    assert [body for _, _, body in seen] == [b"piped", b"piped"]
 
 
 async def _generated() -> AsyncIterator[bytes]:
     yield b"x"
 
 
+def _file_payload(tmp_path: Path) -> object:
+    path = tmp_path / "payload.bin"
+    path.write_bytes(b"x")
+    return aiohttp.payload.get_payload(path.open("rb"))
+
+
+def _closed_file(tmp_path: Path) -> object:
+    file = io.BytesIO(b"x")
+    file.close()
+    return file
+
+
 @pytest.mark.parametrize(
     ("make", "said"),
     [
-        (_generated, "an async iterable \\(async_generator\\), read as it is sent"),
-        (_Pipe, "a _Pipe that cannot seek back to its start"),
+        (lambda _: _generated(), "an async iterable \\(async_generator\\), read as it is sent"),
+        # aiohttp closes it, with its file, once sent: the run after the re-login failed.
+        (_file_payload, "an aiohttp payload \\(BufferedReaderPayload\\)"),
+        (_closed_file, "a BytesIO that is closed"),
     ],
 )
 async def test_recover_refuses_only_a_body_that_can_be_sent_once(
-    serve: ServerFactory, clock: VirtualClock, make: object, said: str
+    serve: ServerFactory, clock: VirtualClock, tmp_path: Path, make: object, said: str
 ) -> None:
     seen: list[tuple[str, str, bytes]] = []
     host = await serve(_echo_app(seen))
-    body = make()  # type: ignore[operator]
+    body = make(tmp_path)  # type: ignore[operator]
     async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
         with pytest.raises(InvalidRequest, match=said):
             await engine.request("PUT", "svc", "/f", data=body, recover=True)
     if hasattr(body, "aclose"):
         await body.aclose()
+    if isinstance(body, aiohttp.payload.Payload):
+        await body.close()
     assert seen == []
 
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -16,10 +17,14 @@ from le_transport import BackoffPolicy, Engine, EventHooks, RetryPolicy, StateEv
 from le_transport.errors import (
     AttemptRecord,
     AttemptTimeout,
+    AuthenticationError,
+    BlockedError,
     CircuitOpen,
+    ClientStatusError,
     ConfigurationError,
     ConnectionFailed,
     DeadlineExceeded,
+    LoginRejected,
     RecoveryFailed,
     RetriesExhausted,
     RetryBudgetExhausted,
@@ -128,6 +133,38 @@ async def test_recover_does_not_loop_on_a_status_the_classifier_makes_final(
     assert clock.now() == 0.0
 
 
+@pytest.mark.parametrize(("method", "sent"), [("POST", 1), ("GET", 2)])
+async def test_recover_through_a_callers_session_sends_again_only_an_idempotent_request(
+    serve: ServerFactory, clock: VirtualClock, method: str, sent: int
+) -> None:
+    """A caller's session without the engine's middlewares: a POST answered 500 raised a
+    ServerStatusError without attempts, taken for "no schedule decided", and recover=True
+    sent the order a second time after a re-login. A GET's 500 is still waited out."""
+    hits: list[bytes] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        hits.append(await request.read())
+        return web.Response(status=500 if len(hits) == 1 else 201)
+
+    events: list[StateEvent] = []
+    host = await serve(_app(method, "/orders", orders))
+    async with (
+        aiohttp.ClientSession() as session,
+        _engine(host, clock, events, session=session) as engine,
+    ):
+        call = engine.request(method, "svc", "/orders", json={"amount": 100}, recover=True)
+        if method == "POST":
+            with pytest.raises(ServerStatusError) as info:
+                await call
+            assert info.value.status == 500
+            assert info.value.decided
+        else:
+            assert (await call).status == 201
+    assert len(hits) == sent
+    scheduled = [e for e in events if e.name == "relogin_scheduled"]
+    assert len(scheduled) == sent - 1
+
+
 async def test_recover_still_waits_out_a_spent_schedule_then_succeeds(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
@@ -151,7 +188,22 @@ def _failure(kind: OutcomeKind) -> Outcome:
 
 
 def _bare(error: ServerStatusError | ConnectionFailed | AttemptTimeout, outcome: Outcome) -> object:
+    """As the schedule raises an error it decided final: with its attempts, marked decided."""
     error.attempts = _attempt(outcome)
+    error.decided = True
+    return error
+
+
+def _undecided(error: ServerStatusError, outcome: Outcome) -> object:
+    """A failure with attempts that no schedule decided on (a GET's 5xx met past the retry
+    middleware, after the attempts it recorded)."""
+    error.attempts = _attempt(outcome)
+    return error
+
+
+def _decided_by_the_engine(error: ServerStatusError) -> object:
+    """A POST's 5xx met past the retry middleware: no attempts, decided by the engine."""
+    error.decided = True
     return error
 
 
@@ -169,6 +221,9 @@ def _bare(error: ServerStatusError | ConnectionFailed | AttemptTimeout, outcome:
         # No schedule decided on these (a provider's own network call, a socket's dial).
         (ConnectionFailed("vault down", never_sent=True), True),
         (ServerStatusError("503", status=503), True),
+        # What is read is the decision, not whether attempts were recorded.
+        (_undecided(ServerStatusError("503", status=503), Outcome.response(503)), True),
+        (_decided_by_the_engine(ServerStatusError("500", status=500)), False),
         # The schedule would have retried, but could not.
         (RetriesExhausted("spent", last=ServerStatusError("503", status=503)), True),
         (RetryBudgetExhausted("budget", last=ServerStatusError("503", status=503)), True),
@@ -205,6 +260,8 @@ async def test_a_call_deadline_bounds_a_call_made_with_recover(
     assert clock.now() == 30.0
     assert e.recovery.relogins == 0
     assert "relogin_scheduled" not in [ev.name for ev in events]
+    # Said as a give-up at a later round is: it emitted no event at all.
+    assert [(ev.name, ev.details["reason"]) for ev in events] == [("gave_up", "deadline")]
 
 
 async def test_the_engine_policy_deadline_bounds_a_call_made_with_recover(
@@ -374,3 +431,81 @@ async def test_run_refuses_an_until_that_is_no_clock_time(
     recovery = _recovery(clock, [])
     with pytest.raises(ConfigurationError, match="until must be a finite clock time"):
         await recovery.run(_failing_once("x"), until=until)  # type: ignore[arg-type]
+
+
+# -- a re-login's own failure inside a round ----------------------------------------------------
+
+
+class _FlakyLogin:
+    """An auth provider whose re-login fails once with ``error``, then succeeds."""
+
+    credential_headers = frozenset({"authorization"})
+
+    def __init__(self, error: Exception) -> None:
+        self._error: Exception | None = error
+        self.relogins = 0
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials(headers={})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def relogin(self) -> None:
+        self.relogins += 1
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def _auth_code_login_503() -> ServerStatusError:
+    """What a consumer's auth-code login (a POST, not idempotent) answered 503 raises: bare,
+    decided final by its schedule."""
+    error = ServerStatusError("503 Service Unavailable", status=503, method="POST")
+    return _bare(error, Outcome.response(503))  # type: ignore[return-value]
+
+
+async def test_a_relogin_the_login_service_fails_once_is_tried_again_after_a_pause(
+    clock: VirtualClock,
+) -> None:
+    """One 503 from the Login Service during a round's re-login gave the whole round up (a
+    socket's escalation closed the socket); the round pauses and logs in again, as before."""
+    events: list[StateEvent] = []
+    auth = _FlakyLogin(_auth_code_login_503())
+    recovery = _recovery(clock, events, auth)
+    assert await recovery.run(_failing_once("ok")) == "ok"
+    assert auth.relogins == 2
+    assert list(recovery.pauses) == [100.0, 200.0]
+    assert [e.name for e in events] == [
+        "relogin_scheduled",
+        "relogin_failed",
+        "relogin_scheduled",
+        "recovered",
+    ]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        LoginRejected("bad password", status=401),
+        BlockedError("451", status=451),
+        ClientStatusError("403", status=403),
+        AuthenticationError("second 401"),
+    ],
+)
+async def test_a_relogin_refused_still_ends_the_round(
+    clock: VirtualClock, refusal: Exception
+) -> None:
+    events: list[StateEvent] = []
+    auth = _FlakyLogin(refusal)
+    recovery = _recovery(clock, events, auth)
+    with pytest.raises(type(refusal)):
+        await recovery.run(_failing_once("never"))
+    assert auth.relogins == 1
+    assert [(e.name, e.details.get("reason")) for e in events] == [
+        ("relogin_scheduled", None),
+        ("gave_up", "not recoverable"),
+    ]

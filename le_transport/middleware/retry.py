@@ -494,6 +494,8 @@ class _Call(_WheelTimer):
                     self.log_final(exhausted, outcome, decision.reason)
                     raise exhausted from error
                 error.attempts = tuple(self.ctx.attempts)
+                # The schedule decided not to repeat it: the recovery loop must not either.
+                error.decided = True
                 self.log_final(error, outcome, decision.reason)
                 raise error
         finally:
