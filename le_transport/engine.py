@@ -14,6 +14,7 @@ import io
 import json as _json
 import logging
 import math
+import mimetypes
 import random
 import re
 import ssl as _ssl
@@ -28,12 +29,12 @@ from typing import Any, TypeVar, overload
 import aiohttp
 import attrs
 from aiohttp import ClientMiddlewareType
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._checks import require_kind, require_option
 from ._redact import REDACTED, body_excerpt, is_auth_path, redact_path, redact_text, redact_url
-from .clock import Clock, RealClock
+from .clock import Clock, RealClock, timeout_after
 from .errors import (
     AttemptRecord,
     ConfigurationError,
@@ -60,7 +61,7 @@ from .middleware.context import (
 from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
-from .policies.classify import IDEMPOTENT_METHODS
+from .policies.classify import IDEMPOTENT_METHODS, Outcome, Verdict
 from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
 from .providers._http import ProviderHttp
@@ -756,9 +757,12 @@ def _unscheduled_failure(
     """The error for a failed answer that reached :meth:`Engine.request` past the retry
     middleware (which raises for every one it sees): made by a middleware around it, or by a
     caller's session that has not got the stack (``Engine(session=...)``). Logged, since the
-    retry loop that logs failures never saw it. On a request that is not idempotent (a POST:
-    the server may have processed it) the failure is ``decided``: no schedule retried it,
-    and ``recover=True`` must not send it again either."""
+    retry loop that logs failures never saw it. It is ``decided`` as the call's schedule would
+    have decided it, by its ``Classifier`` and the request's idempotency: final when the
+    ``Classifier`` makes it so (a 4xx, a 501 it names), or when it is retryable but the
+    request is not idempotent (a POST's 5xx: the server may have processed it;
+    ``repeat_unsafe``). ``recover=True`` does not send such a request again; a 429, or a
+    GET's 5xx, stays recoverable."""
     error = status_error(
         status,
         "",
@@ -774,7 +778,14 @@ def _unscheduled_failure(
         attempts=ctx.attempts,
     )
     idempotent = ctx.idempotent
-    error.decided = not (method in IDEMPOTENT_METHODS if idempotent is None else idempotent)
+    # The call's policy (Engine.request always gives its context one).
+    classifier = (ctx.retry if ctx.retry is not None else RetryPolicy()).classifier
+    outcome = Outcome.response(status)
+    error.decided = not classifier.retryable_for(
+        outcome,
+        idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
+    )
+    error.repeat_unsafe = error.decided and classifier.classify(outcome) is Verdict.RETRY
     _log.warning("%s %s: %s", method, url, error.message, extra={"service": service})
     return error
 
@@ -864,13 +875,29 @@ def _hide_userinfo(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group(1) or ''}{REDACTED}@", text, count=1)
 
 
-async def _replayable(data: object, service: str, method: str) -> object:
+def _file_content_type(file: object) -> str | None:
+    """The ``Content-Type`` aiohttp gives a binary file body: guessed from the file's name
+    (``application/json`` for ``report.json``), as its payload guesses it; None when the file
+    has no usable name or its name says nothing (aiohttp then sends
+    ``application/octet-stream``, as it does for bytes)."""
+    name = aiohttp.helpers.guess_filename(file)
+    if name is None:
+        return None
+    guess = getattr(mimetypes, "guess_file_type", mimetypes.guess_type)  # as aiohttp, 3.13+
+    content_type: str | None = guess(name)[0]
+    return content_type
+
+
+async def _replayable(data: object, service: str, method: str) -> tuple[object, str | None]:
     """``data`` as a body that can be sent on every run of ``recover=True`` (which sends the
-    request again after a re-login). A file object's remaining content is read once, into
-    memory, before anything is sent: aiohttp closes a file body once it has sent it, so none
-    can be sent, or rewound, a second time. A binary file gives bytes; a text file a str,
-    encoded as a str body is (in the charset the ``Content-Type`` names). Bytes, a str, a
-    form (a mapping, pairs, ``FormData``) are returned as they are: built again each run.
+    request again after a re-login), and the ``Content-Type`` aiohttp would have given it
+    (None: the one the body returned gets anyway). A file object's remaining content is read
+    once, into memory, before anything is sent: aiohttp closes a file body once it has sent
+    it, so none can be sent, or rewound, a second time. A binary file gives bytes, with the
+    type aiohttp guesses from its name (:func:`_file_content_type`); a text file a str,
+    encoded as a str body is (in the charset the ``Content-Type`` names; ``text/plain`` by
+    default, as aiohttp sends a text file). Bytes, a str, a form (a mapping, pairs,
+    ``FormData``) are returned as they are: built again each run.
 
     Refused with :class:`InvalidRequest`, said by their type, before anything is sent: an
     aiohttp ``Payload`` (closed by aiohttp once sent, with the file it reads), an async
@@ -896,9 +923,9 @@ async def _replayable(data: object, service: str, method: str) -> object:
                 what = f"a {type(data).__name__} that could not be read ({type(exc).__name__})"
         if what is None:
             if isinstance(content, str):
-                return content
+                return content, None
             if isinstance(content, bytes | bytearray):
-                return bytes(content)
+                return bytes(content), _file_content_type(data)
             what = f"a {type(data).__name__} whose read() gave no bytes or str"
     elif isinstance(data, AsyncIterable):
         what = (
@@ -906,7 +933,7 @@ async def _replayable(data: object, service: str, method: str) -> object:
             "sent only once"
         )
     if what is None:
-        return data
+        return data, None
     raise InvalidRequest(
         f"recover=True may send the request again, and the body is {what}: pass bytes, a "
         "str or an open file (read into memory once)",
@@ -1627,8 +1654,10 @@ class Engine:
           once it went out (a connect failure still is), not replayed after a 401, refused
           with ``recover=True``; a file object (``BytesIO``, an open file) from where it
           stands (aiohttp closes it once sent). With ``recover=True`` a file's remaining
-          content is read into memory once, before anything is sent, and sent whole on every
-          run (a text file's as a str is); an aiohttp ``Payload`` and a closed file are refused.
+          content is read into memory once, within ``deadline``, before anything is sent, and
+          sent whole on every run (a text file's as a str is; a binary file's with the
+          ``Content-Type`` aiohttp gives the file); an aiohttp ``Payload`` and a closed file
+          are refused.
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
           str values without CR, LF or NUL; neither ``Content-Length`` nor
           ``Transfer-Encoding`` (aiohttp frames the body); none that the auth
@@ -1876,15 +1905,42 @@ class Engine:
     ) -> Response:
         """:meth:`request` with ``recover=True``: each run through the recovery loop is a call
         of its own, bounded by what is left of the whole call's deadline (the call's own, else
-        its policy's), whose end is fixed here, once, on the engine's clock."""
-        if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
-            data = await _replayable(data, service, method)
+        its policy's), whose end is fixed here, once, on the engine's clock. A file body is
+        read into memory within it (a pipe slower than the deadline: ``DeadlineExceeded``)."""
         policy = retry or self._retry
         if deadline is not None:
             policy = _per_call_policy(policy, deadline, None, service, method)
         total = policy.deadline
         clock = self._clock
-        until = None if total is None else clock.now() + total
+        started = clock.now()
+        until = None if total is None else started + total
+        if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
+            timeout = timeout_after(clock, None if until is None else until - started)
+            try:
+                async with timeout:
+                    data, content_type = await _replayable(data, service, method)
+            except TimeoutError:
+                if not timeout.expired:
+                    raise
+                # The read goes on in its thread until the file gives its content; the call
+                # does not wait for it.
+                err = DeadlineExceeded(
+                    f"the call's {total:g} s deadline passed while its file body was read "
+                    "into memory (recover=True sends it whole on every run)",
+                    elapsed=clock.now() - started,
+                    service=service,
+                    method=method,
+                )
+                _log.warning("%s", err, extra={"service": service, "method": method})
+                raise err from None
+            if content_type is not None:
+                # What aiohttp would have sent for the file (application/json for a .json),
+                # not the octet-stream bytes get; the caller's own Content-Type wins.
+                if headers is not None:
+                    _check_headers(headers, service, method, self._auth)  # str names only
+                if headers is None or not any(k.lower() == "content-type" for k in headers):
+                    headers = CIMultiDict(headers or {})
+                    headers[aiohttp.hdrs.CONTENT_TYPE] = content_type
 
         def again() -> Awaitable[Response]:
             left: float | None = None

@@ -117,12 +117,24 @@ class RequestError(TransportError):
 
     Attributes: ``service`` (the service name, or the host for foreign sessions), ``method``,
     ``url`` (redacted: no query secrets, no credentials in the path), ``attempts`` (one
-    :class:`AttemptRecord` per attempt made, in order) and ``decided``: True when the request
-    schedule decided the failure final and did not repeat the request (a 5xx, a reset or a
-    timeout on a request that is not idempotent, which the server may have processed; a
-    status its ``Classifier`` makes final), or the engine did for a failed answer that came
-    past the schedule on such a request; the recovery loop (``recover=True``) never sends
-    such a request again. False for everything else.
+    :class:`AttemptRecord` per attempt made, in order), and three flags the recovery loop
+    (``recover=True``, :func:`~le_transport.recovery.is_recoverable`) reads:
+
+    - ``decided``: True when the request schedule chose not to repeat the request and raised
+      this error as final: a 4xx, a status its ``Classifier`` makes final (a 501), a refused
+      TLS certificate, or a 5xx, a reset or a timeout on a request that is not idempotent; or
+      the engine chose so, by the call's ``Classifier`` and idempotency, for a failed answer
+      that came from outside the retry middleware (a caller's session, an outer middleware).
+      The recovery loop never sends such a request again. False otherwise (an error raised
+      by the schedule's retries running out is a :class:`RetriesExhausted`).
+    - ``repeat_unsafe``: True when ``decided`` was set only because the request is not
+      idempotent and the failure was otherwise retryable (a 5xx, a reset or a timeout on a
+      POST: the server may have processed it). ``decided`` without it is final by nature
+      (a 4xx, a ``Classifier``-final status, a refused certificate).
+    - ``during_login``: True when the auth provider raised it while getting a call's
+      credentials (its login failed; the call itself was not sent then). Such an error is
+      judged as a re-login's: a transient one is recoverable unless final by nature. It
+      says what the error is, so it holds for every call that shares one login's failure.
     """
 
     def __init__(
@@ -141,6 +153,8 @@ class RequestError(TransportError):
         self.url = url
         self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
         self.decided = False
+        self.repeat_unsafe = False
+        self.during_login = False
 
     def __str__(self) -> str:
         where = " ".join(p for p in (self.method, self.url) if p)

@@ -99,6 +99,13 @@ _RECOVERABLE = (RetriesExhausted, RetryBudgetExhausted, CircuitOpen)
 _TRANSIENT = (ServerStatusError, ConnectionFailed, AttemptTimeout)
 
 
+def _outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transient failure that is not final by nature: undecided, or
+    decided only because its request (a login, a POST) is not idempotent (``repeat_unsafe``).
+    What a login's outage is, for a re-login or a call waiting for its credentials."""
+    return isinstance(exc, _TRANSIENT) and (not exc.decided or exc.repeat_unsafe)
+
+
 #: Errors that say the retry policy took their cause for a transient failure: it retried it
 #: until its schedule was spent (:class:`RetriesExhausted`), or would have but for the retry
 #: budget (:class:`RetryBudgetExhausted`). A 4xx down the chain past one of these is an
@@ -136,13 +143,16 @@ def is_recoverable(exc: BaseException) -> bool:
     an answer that makes no sense); and a :class:`ConnectionFailed`,
     :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (its
     ``decided`` is False: a provider's own network call down, a socket's dial failing, a
-    GET's 5xx answered outside the retry middleware).
+    GET's 5xx answered outside the retry middleware). A login that failed while getting the
+    call's credentials (``during_login``: the call itself was not sent) is judged as a
+    re-login is: its 5xx, reset or timeout is recoverable unless final by nature.
 
     No: such an error a schedule decided final (its ``decided`` is True: a 5xx, a reset or a
     timeout on a request that is not idempotent, which the server may have processed; a
     status the ``Classifier`` makes final, such as 501; a certificate refused), or the engine
-    did (a POST's 5xx answered outside the retry middleware, by a caller's session or an
-    outer middleware: it may have been processed); every 4xx (bad credentials, a blacklisted
+    did, by the call's ``Classifier`` and idempotency, for an answer from outside the retry
+    middleware (a caller's session or an outer middleware: a POST's 5xx, which may have been
+    processed; a 501 the ``Classifier`` makes final); every 4xx (bad credentials, a blacklisted
     account, a second 401, a Domain API that refused the account at once: see
     :func:`refused_status`; a 4xx the retry policy retried is an outage, and recoverable), an
     unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
@@ -156,18 +166,22 @@ def is_recoverable(exc: BaseException) -> bool:
         return refused_status(exc) is None
     if isinstance(exc, _RECOVERABLE):
         return True
-    return isinstance(exc, _TRANSIENT) and not exc.decided
+    if not isinstance(exc, _TRANSIENT):
+        return False
+    return not exc.decided or (exc.during_login and exc.repeat_unsafe)
 
 
 def _relogin_recoverable(exc: BaseException) -> bool:
     """Whether a recovery round pauses and tries again after its own re-login failed with
     ``exc``: the Login Service or the Domain API down (a 5xx, a reset, a timeout: even one
-    its schedule made final, as a consumer's auth-code login, a POST, answered 503 is; the
-    round exists to wait such an outage out), or anything :func:`is_recoverable` takes. Not
-    a refusal (a 4xx: :class:`LoginRejected`, :class:`BlockedError`,
-    :class:`ClientStatusError`, an :class:`AuthenticationError`), nor a mistake in what was
-    asked for: those end the round."""
-    return is_recoverable(exc) or isinstance(exc, _TRANSIENT)
+    its schedule made final only because the login is not idempotent, as a consumer's
+    auth-code login, a POST, answered 503 is: ``repeat_unsafe``; the round exists to wait
+    such an outage out), or anything :func:`is_recoverable` takes. Not a refusal (a 4xx:
+    :class:`LoginRejected`, :class:`BlockedError`, :class:`ClientStatusError`, an
+    :class:`AuthenticationError`), nor a failure final by nature (``decided`` without
+    ``repeat_unsafe``: a refused TLS certificate, a status the ``Classifier`` makes final),
+    nor a mistake in what was asked for: those end the round."""
+    return is_recoverable(exc) or _outage(exc)
 
 
 def is_setup_error(exc: BaseException) -> bool:

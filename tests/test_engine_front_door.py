@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from le_transport import Engine, InvalidRequest, RetryPolicy, StaticBearer
 from le_transport.engine import Response
-from le_transport.errors import EngineClosed, RequestError, ResponseDecodeError
+from le_transport.errors import DeadlineExceeded, EngineClosed, RequestError, ResponseDecodeError
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory, serve_hanging
 from tests.known_secrets import PASSWORD
@@ -400,6 +401,90 @@ async def test_recover_reads_a_stream_that_cannot_seek_once(
         )
     assert resp.status == 200
     assert [body for _, _, body in seen] == [b"piped", b"piped"]
+
+
+@pytest.mark.parametrize(
+    ("name", "headers", "sent"),
+    [
+        ("report.json", None, "application/json"),
+        ("report.json", {"X-Trace": "1"}, "application/json"),
+        ("report.json", {"content-type": "text/csv"}, "text/csv"),
+        ("report.le-unknown", None, "application/octet-stream"),
+    ],
+)
+async def test_recover_sends_a_binary_file_with_the_content_type_aiohttp_gives_it(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    tmp_path: Path,
+    name: str,
+    headers: dict[str, str] | None,
+    sent: str,
+) -> None:
+    """Read into bytes, a report.json went out as application/octet-stream, not as the
+    application/json aiohttp guesses from the file's name when it sends the file itself."""
+    path = tmp_path / name
+    path.write_bytes(b'{"a": 1}')
+    types: list[str | None] = []
+
+    async def record(request: web.Request) -> web.Response:
+        types.append(request.headers.get("Content-Type"))
+        await request.read()
+        return web.Response(status=503 if len(types) == 2 else 200)
+
+    app = web.Application()
+    app.router.add_put("/f", record)
+    host = await serve(app)
+    once = RetryPolicy(pauses=(), attempt_timeout=None)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=once) as engine:
+        for recover in (False, True):  # the first as aiohttp sends the file; then two runs
+            with path.open("rb") as file:
+                resp = await engine.request(
+                    "PUT", "svc", "/f", data=file, headers=headers, recover=recover
+                )
+            assert resp.status == 200
+    assert types == [sent] * 3
+
+
+class _SlowPipe(io.RawIOBase):
+    """A pipe whose content comes only once ``ready`` is set (or after 5 real seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = threading.Event()
+        self._left = b"late"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.ready.wait(5)
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+async def test_recover_reads_a_file_body_within_the_calls_deadline(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The file was read before the call's deadline was fixed, and without a bound: a pipe
+    that took 3 s made a deadline=1 call last 3 s, then succeed."""
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen))
+    pipe = _SlowPipe()
+    late = threading.Timer(0.3, pipe.ready.set)  # in real time; the call has 1 virtual s
+    late.start()
+    try:
+        async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+            with pytest.raises(DeadlineExceeded, match="deadline passed while its file body"):
+                await engine.request(
+                    "PUT", "svc", "/f", data=io.BufferedReader(pipe), deadline=1, recover=True
+                )
+    finally:
+        pipe.ready.set()
+        late.cancel()
+    assert clock.now() == 1.0
+    assert seen == []
 
 
 async def _generated() -> AsyncIterator[bytes]:

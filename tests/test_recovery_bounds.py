@@ -5,6 +5,8 @@ recovery loop's pauses and re-runs included. Real loopback servers, virtual time
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 from collections.abc import Callable
 
@@ -13,7 +15,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from le_transport import BackoffPolicy, Engine, EventHooks, RetryPolicy, StateEvent
+from le_transport import BackoffPolicy, ConsumerJwt, Engine, EventHooks, RetryPolicy, StateEvent
 from le_transport.errors import (
     AttemptRecord,
     AttemptTimeout,
@@ -158,11 +160,88 @@ async def test_recover_through_a_callers_session_sends_again_only_an_idempotent_
                 await call
             assert info.value.status == 500
             assert info.value.decided
+            assert info.value.repeat_unsafe
         else:
             assert (await call).status == 201
     assert len(hits) == sent
     scheduled = [e for e in events if e.name == "relogin_scheduled"]
     assert len(scheduled) == sent - 1
+
+
+async def test_recover_through_a_callers_session_decides_by_the_calls_classifier(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Past the retry middleware the engine decided by method alone: a POST answered 429
+    (proof it was not processed) was given up at once, and a GET answered 501, which the
+    caller's Classifier makes final, was sent 4 times over recovery rounds."""
+    posts: list[bytes] = []
+    gets: list[bytes] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        posts.append(await request.read())
+        return web.Response(status=429 if len(posts) == 1 else 201)
+
+    async def feature(request: web.Request) -> web.Response:
+        gets.append(await request.read())
+        return web.Response(status=501)
+
+    app = _app("POST", "/orders", orders)
+    app.router.add_get("/feature", feature)
+    host = await serve(app)
+    final_501 = RetryPolicy(classifier=Classifier(final_statuses={501}))
+    events: list[StateEvent] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        _engine(host, clock, events, session=session, retry=final_501) as engine,
+    ):
+        resp = await engine.request("POST", "svc", "/orders", json={}, recover=True)
+        assert resp.status == 201
+        assert len(posts) == 2
+        with pytest.raises(ServerStatusError) as info:
+            await engine.request("GET", "svc", "/feature", recover=True)
+    assert info.value.status == 501
+    assert info.value.decided
+    assert not info.value.repeat_unsafe
+    assert len(gets) == 1
+    assert [e.name for e in events].count("relogin_scheduled") == 1  # the 429's only
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "own_session", "repeat_unsafe"),
+    [
+        ("POST", 500, False, True),
+        ("POST", 500, True, True),
+        ("GET", 404, False, False),
+        ("GET", 404, True, False),
+        ("GET", 501, False, False),
+        ("GET", 501, True, False),
+    ],
+)
+async def test_a_decided_failure_says_whether_it_was_only_unsafe_to_repeat(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    method: str,
+    status: int,
+    own_session: bool,
+    repeat_unsafe: bool,
+) -> None:
+    """``decided`` alike by the schedule and past it (a 404 was decided by the one, not the
+    other); ``repeat_unsafe`` only for what was retryable but for the method."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=status)
+
+    host = await serve(_app(method, "/x", answer))
+    final_501 = RetryPolicy(pauses=(), classifier=Classifier(final_statuses={501}))
+    async with (
+        aiohttp.ClientSession() as session,
+        _engine(host, clock, session=session if own_session else None, retry=final_501) as engine,
+    ):
+        with pytest.raises((ServerStatusError, ClientStatusError)) as info:
+            await engine.request(method, "svc", "/x")
+    assert info.value.decided
+    assert info.value.repeat_unsafe is repeat_unsafe
+    assert not info.value.during_login
 
 
 async def test_recover_still_waits_out_a_spent_schedule_then_succeeds(
@@ -204,6 +283,16 @@ def _undecided(error: ServerStatusError, outcome: Outcome) -> object:
 def _decided_by_the_engine(error: ServerStatusError) -> object:
     """A POST's 5xx met past the retry middleware: no attempts, decided by the engine."""
     error.decided = True
+    error.repeat_unsafe = True
+    return error
+
+
+def _in_login(error: ServerStatusError | ConnectionFailed, *, repeat_unsafe: bool) -> object:
+    """What the auth middleware raises when the call's login failed: decided by the login's
+    schedule (only as a POST, or final by nature), marked ``during_login``."""
+    error.decided = True
+    error.repeat_unsafe = repeat_unsafe
+    error.during_login = True
     return error
 
 
@@ -224,6 +313,11 @@ def _decided_by_the_engine(error: ServerStatusError) -> object:
         # What is read is the decision, not whether attempts were recorded.
         (_undecided(ServerStatusError("503", status=503), Outcome.response(503)), True),
         (_decided_by_the_engine(ServerStatusError("500", status=500)), False),
+        # The call's own login failed: an outage unless final by nature.
+        (_in_login(ServerStatusError("503", status=503), repeat_unsafe=True), True),
+        (_in_login(ConnectionFailed("reset"), repeat_unsafe=True), True),
+        (_in_login(ServerStatusError("501", status=501), repeat_unsafe=False), False),
+        (_in_login(ConnectionFailed("cert", never_sent=True), repeat_unsafe=False), False),
         # The schedule would have retried, but could not.
         (RetriesExhausted("spent", last=ServerStatusError("503", status=503)), True),
         (RetryBudgetExhausted("budget", last=ServerStatusError("503", status=503)), True),
@@ -463,8 +557,9 @@ class _FlakyLogin:
 
 def _auth_code_login_503() -> ServerStatusError:
     """What a consumer's auth-code login (a POST, not idempotent) answered 503 raises: bare,
-    decided final by its schedule."""
+    decided final by its schedule, only because it is not idempotent."""
     error = ServerStatusError("503 Service Unavailable", status=503, method="POST")
+    error.repeat_unsafe = True
     return _bare(error, Outcome.response(503))  # type: ignore[return-value]
 
 
@@ -509,3 +604,81 @@ async def test_a_relogin_refused_still_ends_the_round(
         ("relogin_scheduled", None),
         ("gave_up", "not recoverable"),
     ]
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        _bare(ConnectionFailed("cert", never_sent=True), _failure(OutcomeKind.TLS_REJECTED)),
+        _bare(ServerStatusError("501", status=501), Outcome.response(501)),
+    ],
+)
+async def test_a_relogin_failing_final_by_nature_ends_the_round(
+    clock: VirtualClock, final: Exception
+) -> None:
+    """A re-login whose TLS certificate was refused paused and logged in again round after
+    round (for ever with the default BackoffPolicy): only a login's outage is waited out."""
+    events: list[StateEvent] = []
+    auth = _FlakyLogin(final)
+    recovery = _recovery(clock, events, auth)
+    with pytest.raises(type(final)):
+        await recovery.run(_failing_once("never"))
+    assert auth.relogins == 1
+    assert [(e.name, e.details.get("reason")) for e in events] == [
+        ("relogin_scheduled", None),
+        ("gave_up", "not recoverable"),
+    ]
+
+
+def _unsigned_jwt() -> str:
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part({'exp': 9999999999})}.sig"
+
+
+@pytest.mark.parametrize(("login_status", "recovers"), [(503, True), (501, False)])
+async def test_a_login_outage_before_the_call_is_sent_is_recovered(
+    serve: ServerFactory, clock: VirtualClock, login_status: int, recovers: bool
+) -> None:
+    """The consumer's auth-code login (a POST) answered 503 while getting a GET's first
+    credentials: decided by its schedule (a POST), it ended the recover=True call at once,
+    though the GET was never sent. Judged as a re-login's: waited out, unless final by
+    nature (a 501 the Classifier makes final)."""
+    logins: list[float] = []
+    gets: list[float] = []
+
+    async def authenticate(request: web.Request) -> web.Response:
+        logins.append(clock.now())
+        if len(logins) == 1:
+            return web.Response(status=login_status)
+        return web.json_response({"jwt": _unsigned_jwt()})
+
+    async def x(request: web.Request) -> web.Response:
+        gets.append(clock.now())
+        return web.json_response({"ok": True})
+
+    app = _app("POST", "/api/account/123/authenticate", authenticate)
+    app.router.add_get("/x", x)
+    host = await serve(app)
+    domains = StaticDomains({"idp": host, "svc": host})
+    policy = RetryPolicy(pauses=(), classifier=Classifier(final_statuses={501}))
+    async with Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        retry=policy,
+        auth=ConsumerJwt("123", domains=domains, auth_code="code-1"),
+        recovery=RELOGIN,
+    ) as engine:
+        call = engine.request("GET", "svc", "/x", deadline=1000, recover=True)
+        if recovers:
+            assert (await call).status == 200
+            assert logins == [0.0, 20.0]
+            assert gets == [20.0]
+        else:
+            with pytest.raises(ServerStatusError) as info:
+                await call
+            assert info.value.during_login
+            assert logins == [0.0]
+            assert gets == []

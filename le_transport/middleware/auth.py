@@ -41,7 +41,9 @@ It sits outside the retry middleware (once per logical call, and once per redire
   provider's own network failure (its call to a vault or a login service refused, reset or
   timed out: an ``OSError``, an aiohttp connection error, a 5xx) is no bug: it fails the call
   with :class:`~le_transport.errors.ConnectionFailed`, logged as a WARNING, recovered like an
-  outage (:func:`~le_transport.middleware.context.provider_failed`).
+  outage (:func:`~le_transport.middleware.context.provider_failed`). A request error the
+  provider raises itself (its login answered 503) is raised as it is, marked
+  ``during_login``: ``recover=True`` waits out a login's outage as a re-login's.
 
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
@@ -64,6 +66,7 @@ from ..errors import (
     AuthenticationError,
     ClientStatusError,
     EngineClosed,
+    RequestError,
     TransportError,
     UnsignableBody,
 )
@@ -363,7 +366,11 @@ class AuthMiddleware:
                 )
             for name, value in creds.headers.items():
                 request.headers[name] = value
-        except TransportError:
+        except TransportError as exc:
+            if isinstance(exc, RequestError):
+                # A login's failure, not the call's: recovered as a re-login's would be. The
+                # same error may be every waiter's of one login; the flag holds for each.
+                exc.during_login = True
             raise
         except Exception as exc:
             # The provider's own failure (a bug in a custom provider, an answer that is not

@@ -495,7 +495,13 @@ class _Call(_WheelTimer):
                     raise exhausted from error
                 error.attempts = tuple(self.ctx.attempts)
                 # The schedule decided not to repeat it: the recovery loop must not either.
+                # Only for not being idempotent (a POST's 5xx, reset or timeout), or final by
+                # nature (a 4xx, a status the Classifier makes final, a refused certificate).
                 error.decided = True
+                retryable = classifier.classify(outcome) is Verdict.RETRY
+                error.repeat_unsafe = retryable and not classifier.retryable_for(
+                    outcome, idempotent=self.idempotent
+                )
                 self.log_final(error, outcome, decision.reason)
                 raise error
         finally:
