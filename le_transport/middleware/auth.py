@@ -95,7 +95,9 @@ _FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 def same_host(host: str, url: URL) -> bool:
     """Whether ``url`` points at ``host`` (``name`` or ``name:port``; default ports match)."""
     name, port = split_host(host)
-    url_host = (url.host or "").rstrip(".").lower()
+    # The host as written on the wire (raw_host): url.host decodes an IDN name's xn-- labels
+    # (bücher.example), which the service's host, ASCII as validate_host gives it, never is.
+    url_host = (url.raw_host or "").rstrip(".").lower()
     if url_host != name.rstrip(".").lower():
         return False
     default = _DEFAULT_PORTS.get(url.scheme)

@@ -48,6 +48,7 @@ from ..policies.retry import RetryPolicy
 __all__ = [
     "ProviderHttp",
     "ProviderResponse",
+    "answer_finite",
     "answer_number",
     "cookie_safe",
     "emit_state",
@@ -288,6 +289,13 @@ def answer_number(value: object) -> float | None:
     """A positive number a server answered (a number, or a string of one), if it is a usable
     one: not a bool, NaN, infinite, <= 0, nor an int past float's range. None otherwise: an
     answer without a usable expiry or TTL has none."""
+    result = answer_finite(value)
+    return result if result is not None and result > 0 else None
+
+
+def answer_finite(value: object) -> float | None:
+    """A number a server answered (a number, or a string of one), of any sign, if it is a
+    finite one: not a bool, NaN, infinite, nor an int past float's range. None otherwise."""
     number = value
     if isinstance(value, str):
         try:
@@ -299,5 +307,4 @@ def answer_number(value: object) -> float | None:
     if not finite_number(number):
         return None
     assert isinstance(number, (int, float))
-    result = float(number)
-    return result if result > 0 else None
+    return float(number)

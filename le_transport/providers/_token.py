@@ -7,9 +7,10 @@ is fetched anew half-way through its life instead, so that it is never sent past
 Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
 lifetime is read once, against the wall clock, when the token arrives. A token whose answer
 gives it under :data:`MIN_TOKEN_LIFE` (a JWT already past its ``exp`` by our wall clock, an
-absurd ``expires_in``) is not believed: it is used for :data:`MIN_TOKEN_REFRESH` seconds (or
-half the life the JWT was issued with, ``exp - iat``, if that is shorter) before it is fetched
-anew, and the server's 401 says sooner if it is really dead.
+absurd ``expires_in``, 0 or less included) is not believed: it is used for
+:data:`MIN_TOKEN_REFRESH` seconds (or half the life the JWT was issued with, ``exp - iat``, if
+that is shorter) before it is fetched anew, and the server's 401 says sooner if it is really
+dead.
 
 A wall clock skewed from the issuer's would misread every JWT's ``exp``: ahead by most of a
 token's life, each token seems to live seconds and is fetched anew every second or so; behind,
@@ -80,7 +81,7 @@ from ._flight import SingleFlight
 from ._http import (
     ProviderHttp,
     ProviderResponse,
-    answer_number,
+    answer_finite,
     emit_state,
     header_safe,
     require_attached,
@@ -586,4 +587,7 @@ class TokenProvider:
                 "(whitespace or control characters); refused"
             )
         assert isinstance(payload, dict)
-        return value, answer_number(payload.get("expires_in"))
+        expires_in = answer_finite(payload.get("expires_in"))
+        # An expires_in of 0 or less is as absurd as one of 0.5 (under MIN_TOKEN_LIFE): not
+        # believed, used for MIN_TOKEN_REFRESH s, never taken for a token without expiry.
+        return value, None if expires_in is None else max(expires_in, 0.0)

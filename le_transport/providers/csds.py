@@ -19,6 +19,8 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
+  A service listed more than once keeps its first valid host (a WARNING names it if another
+  differs), never replaced by a refused one.
 - A login answer that carries the map (``csdsCollectionResponse``) warms the cache
   (:meth:`CsdsDomains.warm`): its valid entries are merged into the cached map, and a map
   without one valid host is ignored, as such a refresh is.
@@ -144,21 +146,51 @@ def _base_uris(payload: object, account: str) -> list[object]:
 
 
 def _entries(uris: list[object], account: str, *, dropped: int) -> dict[str, Entry]:
+    """``{service: host or refusal}``: a service listed more than once keeps its first valid
+    host (a refused or a conflicting duplicate never replaces it), and only a service without
+    one keeps its (first) refusal. Duplicates with different hosts are logged, as one WARNING
+    naming the first few services."""
     entries: dict[str, Entry] = {}
-    hostile: list[tuple[str, HostileHostError]] = []
+    # Dicts for their order: each service once.
+    conflicting: dict[str, None] = {}
     for item in uris:
         if not isinstance(item, dict):
             continue
         service = item.get("service")
         if not isinstance(service, str) or not service:
             continue
+        known = entries.get(service)
         try:
-            entries[service] = validate_host(item.get("baseURI"), service=service, account=account)
+            host = validate_host(item.get("baseURI"), service=service, account=account)
         except HostileHostError as exc:
-            hostile.append((service, exc))
-            entries[service] = exc
+            if known is None:
+                entries[service] = exc
+            elif isinstance(known, str):
+                conflicting[service] = None
+            continue
+        if known is None or isinstance(known, HostileHostError):
+            if known is not None:
+                conflicting[service] = None
+            entries[service] = host
+        elif known.lower() != host.lower():
+            conflicting[service] = None
+    hostile = [(svc, e) for svc, e in entries.items() if isinstance(e, HostileHostError)]
     if hostile:
         _log_hostile(account, hostile)
+    if conflicting:
+        services = list(conflicting)
+        _log.warning(
+            "Domain API for account %s: %d service(s) listed more than once with different "
+            "hosts (%s); the first valid host of each is used",
+            account,
+            len(services),
+            _names(services),
+            extra={
+                "account": account,
+                "duplicates": len(services),
+                "services": [name[:_NAME_SHOWN] for name in services[:_NAMED]],
+            },
+        )
     if dropped:
         _log.warning(
             "Domain API for account %s: the answer lists %d entries more than the %d read; "

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+from yarl import URL
+
 from ..errors import (
     ConfigurationError,
     HostConfigurationError,
@@ -32,6 +34,11 @@ _HOST = re.compile(
 def validate_host(host: object, *, service: str = "?", account: str | None = None) -> str:
     """``host`` if it is a bare hostname with an optional port; else :class:`HostileHostError`.
 
+    An IPv6 literal is returned compressed, as a URL built with it names its host (yarl's
+    ``URL.host``, to which the engine's credential check compares it): ``[0:0:0:0:0:0:0:1]``
+    is ``[::1]``. A name with an ``xn--`` (internationalised) label that does not decode is
+    refused (a URL built with it cannot name its host).
+
     The value is never echoed whole in the error (it may be an attacker's payload): only its
     length and a short, printable prefix.
     """
@@ -41,19 +48,40 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
             f"characters (got {type(host).__name__})",
             account=account,
         )
-    # fullmatch: '$' alone would let a trailing newline through.
-    m = _HOST.fullmatch(host)
-    if m is None or (
-        (m.group("port") is not None and not 0 < int(m.group("port")) < 65536)
-        or (host.startswith("[") and not _is_ipv6(host[1:].partition("]")[0]))
-    ):
+    canonical = _canonical(host)
+    if canonical is None:
         raise HostileHostError(
             f"refusing the host {_shown_host(host)} for service {service!r}: a host must be a "
             "bare hostname with an optional port (no scheme, path, userinfo, whitespace or "
             "control characters); no credential is sent to it",
             account=account,
         )
-    return host.rstrip(".") if not host.endswith("]") else host
+    return canonical
+
+
+def _canonical(host: str) -> str | None:
+    """``host`` as :func:`validate_host` returns it, or None if it is refused."""
+    # fullmatch: '$' alone would let a trailing newline through.
+    m = _HOST.fullmatch(host)
+    if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
+        return None
+    if host.startswith("["):
+        inside, _, rest = host[1:].partition("]")
+        compressed = _url_host(inside) if _is_ipv6(inside) else None
+        return None if compressed is None else f"[{compressed}]{rest}"
+    name = host.partition(":")[0]
+    if "xn--" in name.lower() and _url_host(name.rstrip(".")) is None:
+        return None
+    return host.rstrip(".")
+
+
+def _url_host(name: str) -> str | None:
+    """The host of a URL built with ``name`` (yarl's ``URL.host``), or None if yarl cannot
+    build or decode it."""
+    try:
+        return URL.build(scheme="https", host=name).host
+    except ValueError:  # UnicodeError included: an xn-- label that does not decode
+        return None
 
 
 #: What a host and its port are made of (an IPv6 literal in brackets, or a name), and so what

@@ -201,7 +201,9 @@ class LoginServiceAuth:
       logs in once per account and user and refreshes once per interval; the other processes
       adopt the stored session. Use ``logout_on_close=False`` with it: one process closing
       must not end the fleet's session. A shared session is never logged out in the background
-      when replaced (other processes may still use it).
+      when replaced (other processes may still use it). A process whose refresh meets the
+      fleet's newer session refreshes and uses that one; a session the Login Service refused
+      to refresh (a 4xx) is taken out of the store, so that the fleet logs in once, anew.
     """
 
     #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
@@ -397,14 +399,18 @@ class LoginServiceAuth:
         """Log in now, or join the login in progress (single flight).
 
         :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
+        self._check_open()
+        if self._shared is not None:
+            return await self._flight.run(self._shared_login)
+        return await self._flight.run(self._login)
+
+    def _check_open(self) -> None:
+        """:class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         if self._closed:
             # Not an AuthenticationError: nothing is wrong with the credentials.
             raise EngineClosed(
                 f"{self.subject}: the auth provider is closed (closing an engine closes it)"
             )
-        if self._shared is not None:
-            return await self._flight.run(self._shared_login)
-        return await self._flight.run(self._login)
 
     async def relogin(self) -> Credentials:
         """A fresh login, whatever the current session (the outer recovery loop's step).
@@ -497,7 +503,9 @@ class LoginServiceAuth:
 
     # -- a session shared by a fleet (state.SharedSession) ----------------------------------
 
-    async def _shared_login(self) -> LoginSession:
+    async def _shared_login(self, stale: str | None = None) -> LoginSession:
+        """The fleet's session, logging in for the fleet if there is none newer than
+        ``stale`` (default: the version this process holds)."""
         assert self._shared is not None
         own: list[LoginSession] = []
 
@@ -507,7 +515,8 @@ class LoginServiceAuth:
             return _dump_session(session), session.ttl
 
         # A session we held and lost (a 401, a re-login) is stale: only a newer one will do.
-        stale = self._shared_token.version if self._shared_token is not None else None
+        if stale is None and self._shared_token is not None:
+            stale = self._shared_token.version
         token = await self._shared.login(fleet_login, stale=stale)
         if not own and self._unreadable(token):
             # Damaged, or written by something else: as stale as a rejected one. Without this
@@ -556,11 +565,16 @@ class LoginServiceAuth:
     ) -> bool:
         assert self._shared is not None
         done: list[bool] = []
+        # The fleet's session this refresh posts (the stored one if newer than ``held``): its
+        # version, and the session itself.
+        posted: list[tuple[str, LoginSession]] = []
 
         async def fleet_refresh(newest: SharedToken) -> tuple[str, float | None]:
-            base = session
+            base, version = session, held.version
             if newest.version != held.version and not self._unreadable(newest):
                 base = _load_session(newest.value, session.generation, http.clock.now())
+                version = newest.version
+            posted.append((version, base))
             await self._post_session(http, base, "refresh", self._policy(http))
             done.append(True)
             return _dump_session(base), base.ttl
@@ -577,9 +591,9 @@ class LoginServiceAuth:
                 logging.WARNING,
                 StateEvent("refresh_failed", self.subject, {"status": exc.status, "next": "login"}),
             )
-            if self._session is session:
-                self._session = None
-                await self.login()
+            await self._shared_refresh_failed(
+                session, posted[0][0] if posted else held.version, exc
+            )
             return False
         if token.version != held.version and not done:
             if self._unreadable(token):
@@ -591,14 +605,42 @@ class LoginServiceAuth:
         self._shared_token = token
         if not done:
             return False
+        refreshed = session
+        if posted[0][1] is not session and (self._session is session or self._session is None):
+            # The fleet's newer session was refreshed (another process logged in since ours):
+            # use it. Ours is older, most likely dead: kept, each call would meet a 401, and
+            # the login after it replace the session just refreshed, for the whole fleet.
+            refreshed = self._adopt(token)
         self.refreshes += 1
         emit_state(
             http.hooks,
             _log,
             logging.INFO,
-            StateEvent("refreshed", self.subject, {"generation": session.generation}),
+            StateEvent("refreshed", self.subject, {"generation": refreshed.generation}),
         )
         return True
+
+    async def _shared_refresh_failed(
+        self, session: LoginSession, version: str, exc: ClientStatusError | _NotAccepted
+    ) -> None:
+        """The fleet's session ``version`` was not refreshed (a 4xx or a 3xx): log in anew,
+        for the fleet, unless another process already did. Refused (a 4xx), that session is
+        taken out of the store first (no process may adopt it again), and ``session`` dropped
+        if the login fails; after a 3xx, ``session`` is kept until a login replaces it (as
+        without a shared session: see the module)."""
+        assert self._shared is not None
+        refused = isinstance(exc, ClientStatusError)
+        if refused:
+            await self._shared.forget(version)
+        if self._session is not session:
+            return  # replaced meanwhile (a login, an adopted session) or dropped: nothing to do
+        try:
+            self._check_open()
+            await self._flight.run(lambda: self._shared_login(stale=version))
+        except Exception:
+            if refused:
+                self._drop(session)
+            raise
 
     def _policy(self, http: ProviderHttp) -> RetryPolicy:
         return login_policy(self._retry or http.policy)
