@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -192,7 +193,12 @@ async def test_a_shared_redirected_refresh_and_a_failed_login_keep_the_session(
 # -- expires_in of 0 or less -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expires_in", [0, -30, "0", "-5", -0.0])
+@pytest.mark.parametrize(
+    # -inf and a negative past float's range are no finite number: they too meant no expiry.
+    "expires_in",
+    [0, -30, "0", "-5", -0.0, -math.inf, "-1e999", -(10**400)],
+    ids=lambda v: str(v)[:12],
+)
 async def test_an_expires_in_of_zero_or_less_is_used_for_the_floor_not_for_ever(
     sim: Simulator, clock: VirtualClock, expires_in: object
 ) -> None:
@@ -407,3 +413,154 @@ def test_duplicate_refused_entries_still_refuse_the_service(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "1 service(s) with a refused host" in warnings[0]
+
+
+# -- review of the fixes above ---------------------------------------------------------------
+
+
+class _LoginService:
+    """A Login Service and one API route on loopback, whose refresh can be slowed and refused
+    per session while the session still serves calls (the simulator ties the two)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.logins: list[float] = []
+        self.calls: list[tuple[float, str | None, int]] = []
+        self.valid: set[str] = set()
+        self.refused: set[str] = set()
+        self.refresh_delay = 0.0
+        self._runner: web.AppRunner | None = None
+
+    async def _login(self, request: web.Request) -> web.Response:
+        self.logins.append(self.clock.now())
+        n = len(self.logins)
+        self.valid.add(f"SESS{n}")
+        answer = web.json_response(
+            {"bearer": f"BEARER{n}", "csrf": f"CSRF{n}", "sessionTTl": "28800000"}
+        )
+        answer.set_cookie("Session_id", f"SESS{n}")
+        return answer
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        session = request.cookies.get("Session_id")
+        await self.clock.sleep(self.refresh_delay)
+        ok = session in self.valid and session not in self.refused
+        return web.json_response({}, status=200 if ok else 401)
+
+    async def _api(self, request: web.Request) -> web.Response:
+        bearer = (request.headers.get("Authorization") or " ").split()[-1]
+        ok = bearer.replace("BEARER", "SESS") in self.valid
+        self.calls.append((self.clock.now(), bearer, 200 if ok else 401))
+        return web.json_response({}, status=200 if ok else 401)
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_post(f"/api/account/{ACCOUNT}/login", self._login)
+        app.router.add_post(f"/api/account/{ACCOUNT}/refresh", self._refresh)
+        app.router.add_post(f"/api/account/{ACCOUNT}/logout", self._api)
+        app.router.add_get("/x", self._api)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return f"127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def test_a_session_adopted_while_its_refresh_is_refused_goes_too(
+    clock: VirtualClock, secret_values: set[str]
+) -> None:
+    # A's keepalive refreshed the fleet's newer session 2; while that was on the wire, A's call
+    # met a 401 on its own dead bearer and adopted session 2 from the store. The refusal then
+    # took session 2 out of the store, but A kept sending it (the held one had changed).
+    secret_values.update({f"BEARER{n}" for n in range(1, 5)} | {f"CSRF{n}" for n in range(1, 5)})
+    store = MemoryStore(clock)
+    ls = _LoginService(clock)
+    async with ls as host:
+        domains = StaticDomains({"agentVep": host, "svc": host})
+
+        def member() -> tuple[Engine, UserLogin]:
+            auth = UserLogin(
+                ACCOUNT,
+                USER,
+                PASSWORD,
+                domains=domains,
+                logout_on_close=False,
+                shared=SharedSession(store, account=ACCOUNT, user=USER, clock=clock),
+            )
+            return Engine(domains, scheme="http", clock=clock, auth=auth), auth
+
+        (a_engine, _), (b_engine, _) = member(), member()
+        async with a_engine, b_engine:
+            await a_engine.request("GET", "svc", "/x")  # 0 s: A logs in, session 1
+            await b_engine.request("GET", "svc", "/x")  # B adopts it
+            await clock.sleep(5.0)
+            ls.valid.discard("SESS1")
+            await clock.sleep(5.0)
+            await b_engine.request("GET", "svc", "/x")  # 10 s: a 401, B logs in: session 2
+            ls.refused.add("SESS2")
+            ls.refresh_delay = 2.0
+            await clock.sleep(290.5)  # A's keepalive refresh of session 2 is on the wire
+            await a_engine.request("GET", "svc", "/x")  # a 401 on BEARER1: A adopts session 2
+            await clock.sleep(2.0)  # the refresh is refused
+            ls.valid.discard("SESS2")
+            refused_at = clock.now()
+            await clock.sleep(1.0)
+            assert len(ls.logins) == 3, "A logged in for the fleet as the refusal came"
+            assert ls.logins[2] <= refused_at
+            await a_engine.request("GET", "svc", "/x")
+            after = [(bearer, status) for at, bearer, status in ls.calls if at > refused_at]
+            assert after == [("BEARER3", 200)], "no call sent the refused session"
+            assert len(ls.logins) == 3
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("[0:0:0:0:0:0:0:1]:8443", "https://[::1]:8443/x"),
+        ("[0::1]", "https://[::1]/x"),
+        ("[::FFFF:127.0.0.1]", "https://[::ffff:127.0.0.1]/x"),
+        ("bücher.example", "https://bücher.example/x"),
+        ("BÜCHER.example:443", "https://xn--bcher-kva.example/x"),
+        ("xn--bcher-kva.example", "https://bücher.example/x"),
+        ("Example.COM.", "https://example.com/x"),
+    ],
+)
+def test_any_form_of_one_host_is_the_same_host(host: str, url: str) -> None:
+    # A custom domain provider's long IPv6 form, or a Unicode allowed host, was compared as
+    # written with the URL's host on the wire: credentials withheld.
+    assert same_host(host, URL(url))
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("example.com:444", "https://example.com/x"),
+        ("evil.example", "https://example.com/x"),
+        ("a b", "https://example.com/x"),
+        ("[::2]", "https://[::1]/x"),
+    ],
+)
+def test_other_hosts_are_not(host: str, url: str) -> None:
+    assert not same_host(host, URL(url))
+
+
+def test_a_refused_or_port_only_duplicate_is_named_or_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="le_transport.domains")
+    hostile = {"service": "agentVep", "baseURI": "bot:pw@evil.example"}
+    assert parse_base_uris({"baseURIs": [GOOD, hostile]}, account="123") == {
+        "agentVep": "va.agentvep.liveperson.net"
+    }
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "different or refused hosts ('agentVep')" in warnings[0]
+    assert "pw" not in warnings[0]
+    caplog.clear()
+    port = {"service": "agentVep", "baseURI": "va.agentvep.liveperson.net:443"}
+    parse_base_uris({"baseURIs": [GOOD, port]}, account="123")
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []

@@ -51,6 +51,7 @@ Providers make their own calls (login, refresh, token) on a path without this mi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from typing import cast
@@ -92,13 +93,25 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 
+@functools.lru_cache(maxsize=512)
+def _wire_name(name: str) -> str | None:
+    """``name`` as a URL built with it writes it on the wire (yarl's ``raw_host``): an IPv6
+    literal compressed ([0::1] is ::1), an IDN name in its xn-- form, lower case, without a
+    trailing dot; None if no URL can be built with it."""
+    try:
+        return URL.build(scheme="https", host=name.rstrip(".")).raw_host
+    except ValueError:  # UnicodeError included
+        return None
+
+
 def same_host(host: str, url: URL) -> bool:
-    """Whether ``url`` points at ``host`` (``name`` or ``name:port``; default ports match)."""
+    """Whether ``url`` points at ``host`` (``name`` or ``name:port``; default ports match).
+
+    Both compared as written on the wire, so that any form of one host matches another: an
+    IPv6 literal long or compressed, an IDN name decoded or in xn-- form, any case."""
     name, port = split_host(host)
-    # The host as written on the wire (raw_host): url.host decodes an IDN name's xn-- labels
-    # (bücher.example), which the service's host, ASCII as validate_host gives it, never is.
-    url_host = (url.raw_host or "").rstrip(".").lower()
-    if url_host != name.rstrip(".").lower():
+    want_name = _wire_name(name)
+    if want_name is None or (url.raw_host or "").rstrip(".").lower() != want_name:
         return False
     default = _DEFAULT_PORTS.get(url.scheme)
     want = port if port is not None else default

@@ -587,7 +587,23 @@ class TokenProvider:
                 "(whitespace or control characters); refused"
             )
         assert isinstance(payload, dict)
-        expires_in = answer_finite(payload.get("expires_in"))
+        given = payload.get("expires_in")
+        expires_in = answer_finite(given)
         # An expires_in of 0 or less is as absurd as one of 0.5 (under MIN_TOKEN_LIFE): not
-        # believed, used for MIN_TOKEN_REFRESH s, never taken for a token without expiry.
-        return value, None if expires_in is None else max(expires_in, 0.0)
+        # believed, used for MIN_TOKEN_REFRESH s, never taken for a token without expiry;
+        # -inf and a negative past float's range included.
+        if expires_in is None:
+            return value, 0.0 if _negative(given) else None
+        return value, max(expires_in, 0.0)
+
+
+def _negative(value: object) -> bool:
+    """Whether a server's ``expires_in`` is a number below 0 of any size (-inf, "-1e999", an
+    int past float's range): a number or a string of one, not a bool or NaN."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return False
+    return isinstance(number, (int, float)) and not isinstance(number, bool) and number < 0

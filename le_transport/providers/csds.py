@@ -60,6 +60,7 @@ from ._http import (
     provider_url,
     require_attached,
     require_option,
+    split_host,
     validate_account,
 )
 from .domains import validate_host
@@ -166,13 +167,15 @@ def _entries(uris: list[object], account: str, *, dropped: int) -> dict[str, Ent
             if known is None:
                 entries[service] = exc
             elif isinstance(known, str):
+                # A refused host beside a valid one: named among the duplicates (the service
+                # resolves, so it is not among the services that raise).
                 conflicting[service] = None
             continue
         if known is None or isinstance(known, HostileHostError):
             if known is not None:
                 conflicting[service] = None
             entries[service] = host
-        elif known.lower() != host.lower():
+        elif not _same_https_host(known, host):
             conflicting[service] = None
     hostile = [(svc, e) for svc, e in entries.items() if isinstance(e, HostileHostError)]
     if hostile:
@@ -181,7 +184,7 @@ def _entries(uris: list[object], account: str, *, dropped: int) -> dict[str, Ent
         services = list(conflicting)
         _log.warning(
             "Domain API for account %s: %d service(s) listed more than once with different "
-            "hosts (%s); the first valid host of each is used",
+            "or refused hosts (%s); the first valid host of each is used",
             account,
             len(services),
             _names(services),
@@ -212,6 +215,13 @@ def _names(services: list[str], limit: int = _NAMED) -> str:
     )
     more = len(services) - limit
     return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _same_https_host(a: str, b: str) -> bool:
+    """Whether two valid hosts of a Domain API answer name one https host (any case, 443
+    written or not)."""
+    (name_a, port_a), (name_b, port_b) = split_host(a), split_host(b)
+    return name_a.lower() == name_b.lower() and (port_a or 443) == (port_b or 443)
 
 
 def _log_hostile(account: str, hostile: list[tuple[str, HostileHostError]]) -> None:

@@ -592,7 +592,10 @@ class LoginServiceAuth:
                 StateEvent("refresh_failed", self.subject, {"status": exc.status, "next": "login"}),
             )
             await self._shared_refresh_failed(
-                session, posted[0][0] if posted else held.version, exc
+                session,
+                posted[0][0] if posted else held.version,
+                exc,
+                posted[0][1] if posted else session,
             )
             return False
         if token.version != held.version and not done:
@@ -621,19 +624,29 @@ class LoginServiceAuth:
         return True
 
     async def _shared_refresh_failed(
-        self, session: LoginSession, version: str, exc: ClientStatusError | _NotAccepted
+        self,
+        session: LoginSession,
+        version: str,
+        exc: ClientStatusError | _NotAccepted,
+        posted: LoginSession,
     ) -> None:
-        """The fleet's session ``version`` was not refreshed (a 4xx or a 3xx): log in anew,
-        for the fleet, unless another process already did. Refused (a 4xx), that session is
-        taken out of the store first (no process may adopt it again), and ``session`` dropped
-        if the login fails; after a 3xx, ``session`` is kept until a login replaces it (as
-        without a shared session: see the module)."""
+        """The fleet's session ``version`` (``posted``) was not refreshed (a 4xx or a 3xx):
+        log in anew, for the fleet, unless another process already did. Refused (a 4xx), that
+        session is taken out of the store first (no process may adopt it again), and the
+        session held dropped if the login fails; after a 3xx, it is kept until a login
+        replaces it (as without a shared session: see the module)."""
         assert self._shared is not None
         refused = isinstance(exc, ClientStatusError)
         if refused:
             await self._shared.forget(version)
-        if self._session is not session:
-            return  # replaced meanwhile (a login, an adopted session) or dropped: nothing to do
+        current = self._session
+        if current is not session:
+            # Replaced meanwhile (a login, an adopted session) or dropped: nothing to do,
+            # unless what replaced it is the session just refused (adopted from the store while
+            # its refresh was on the wire): that one goes as the held one would.
+            if not (refused and current is not None and current.bearer == posted.bearer):
+                return
+            session = current
         try:
             self._check_open()
             await self._flight.run(lambda: self._shared_login(stale=version))
