@@ -66,6 +66,16 @@ def _injector(clock: VirtualClock, *rules: FaultRule) -> FaultInjector:
     return FaultInjector.seeded(3, *rules, clock=clock)
 
 
+def _on_side(side: str, sim: Simulator, clock: VirtualClock, *rules: FaultRule) -> FaultInjector:
+    """The client's injector, holding ``rules`` on the "client" side; on the "server" side the
+    simulator holds them and the injector none (so both runs go through the same layers)."""
+    if side == "server":
+        for rule in rules:
+            sim.faults.add(rule)
+        return _injector(clock)
+    return _injector(clock, *rules)
+
+
 async def _open(engine: Engine, sim: Simulator, **kwargs: Any) -> ResilientSocket:
     ws = await brand_socket(engine, sim, SocketOptions(keepalive=None), **kwargs)
     await ws.wait_open()
@@ -107,9 +117,7 @@ async def test_requests_in_flight_before_the_after_messages_th_are_answered_on_b
     rule = FaultRule(
         "f", fault, unit="ws_session", match=Match(path=UMS), schedule=Schedule(fail_next=1)
     )
-    if side == "server":
-        sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, rule)
+    injector = _on_side(side, sim, clock, rule)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         # Both sent at once: the first one's answer is on its way when the second goes out.
@@ -124,9 +132,7 @@ async def test_a_message_fault_that_ends_the_socket_lets_the_answers_in_flight_t
     sim: Simulator, clock: VirtualClock, states: StateLog, side: str
 ) -> None:
     rule = FaultRule("boom", WsDrop(), unit="ws_message", match=Match(path=".Boom"))
-    if side == "server":
-        sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, rule)
+    injector = _on_side(side, sim, clock, rule)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         met = await asyncio.gather(_outcome(ws, GETCLOCK, 20), _outcome(ws, ".Boom", 20))
@@ -406,9 +412,7 @@ async def test_a_strike_does_not_wait_for_a_request_the_client_gave_up_on(
         match=Match(path=UMS),
         schedule=Schedule(fail_next=1),
     )
-    if side == "server":
-        sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, rule)
+    injector = _on_side(side, sim, clock, rule)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         gave_up = await _outcome(ws, "Never", 2 * FaultySocket.STRIKE_WAIT_S)  # frame 1
@@ -452,10 +456,7 @@ async def test_a_strike_waits_for_a_delayed_request_from_when_it_went_out(
             schedule=Schedule(fail_next=1),
         ),
     ]
-    if side == "server":
-        for rule in rules:
-            sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    injector = _on_side(side, sim, clock, *rules)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         first = asyncio.get_running_loop().create_task(_outcome(ws, "Slow", 10))  # frame 1
@@ -488,10 +489,7 @@ async def test_a_message_fault_sent_while_a_strike_waits_is_not_decided(
         ),
         FaultRule("boom", WsDrop(), unit="ws_message", match=Match(path="Boom")),
     ]
-    if side == "server":
-        for rule in rules:
-            sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    injector = _on_side(side, sim, clock, *rules)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         slow_one = asyncio.create_task(_outcome(ws, "Slow", 60))  # frame 1
@@ -528,10 +526,7 @@ async def test_a_silenced_socket_puts_no_request_to_the_plan(
         FaultRule("stat", Status(503), unit="ws_message", match=Match(path="Stat")),
         FaultRule("boom", WsClose(4002), unit="ws_message", match=Match(path="Boom")),
     ]
-    if side == "server":
-        for rule in rules:
-            sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    injector = _on_side(side, sim, clock, *rules)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         met = [await _outcome(ws, type_, 1) for type_ in (GETCLOCK, "Stat", "Boom")]
@@ -556,10 +551,7 @@ async def test_frames_to_a_silenced_socket_count_toward_a_session_fault(
         ),
         FaultRule("hush", WsSilence(), unit="ws_message", match=Match(path="Hush")),
     ]
-    if side == "server":
-        for rule in rules:
-            sim.faults.add(rule)
-    injector = _injector(clock) if side == "server" else _injector(clock, *rules)
+    injector = _on_side(side, sim, clock, *rules)
     async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
         ws = await _open(engine, sim)
         met = [await _outcome(ws, type_, 1) for type_ in ("Hush", GETCLOCK)]

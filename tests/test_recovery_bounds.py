@@ -422,14 +422,10 @@ async def test_recover_refuses_a_deadline_it_cannot_take_before_sending(
 # -- Recovery.run(until=...) --------------------------------------------------------------------
 
 
-class _SlowRelogin:
-    """An auth provider whose re-login takes ``seconds`` on the clock."""
+class _ReloginOnly:
+    """An auth provider of no credentials, for the re-login a recovery round makes."""
 
     credential_headers = frozenset({"authorization"})
-
-    def __init__(self, clock: VirtualClock, seconds: float) -> None:
-        self._clock = clock
-        self._seconds = seconds
 
     async def credentials(self, method: str, url: URL) -> Credentials:
         return Credentials(headers={})
@@ -439,6 +435,14 @@ class _SlowRelogin:
 
     async def close(self) -> None:
         return None
+
+
+class _SlowRelogin(_ReloginOnly):
+    """An auth provider whose re-login takes ``seconds`` on the clock."""
+
+    def __init__(self, clock: VirtualClock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
 
     async def relogin(self) -> None:
         await self._clock.sleep(self._seconds)
@@ -530,23 +534,12 @@ async def test_run_refuses_an_until_that_is_no_clock_time(
 # -- a re-login's own failure inside a round ----------------------------------------------------
 
 
-class _FlakyLogin:
+class _FlakyLogin(_ReloginOnly):
     """An auth provider whose re-login fails once with ``error``, then succeeds."""
-
-    credential_headers = frozenset({"authorization"})
 
     def __init__(self, error: Exception) -> None:
         self._error: Exception | None = error
         self.relogins = 0
-
-    async def credentials(self, method: str, url: URL) -> Credentials:
-        return Credentials(headers={})
-
-    async def invalidate(self, rejected: Credentials) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def relogin(self) -> None:
         self.relogins += 1
