@@ -5,6 +5,7 @@ literals, internationalised names); ``expires_in`` of 0 or less; duplicate Domai
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -234,7 +235,9 @@ CANONICAL = [
     ("[0:0:0:0:0:0:0:1]", "[::1]"),
     ("[0:0:0:0:0:0:0:1]:8443", "[::1]:8443"),
     ("[::0001]:80", "[::1]:80"),
-    ("[::FFFF:127.0.0.1]", "[::ffff:7f00:1]"),
+    # As Python writes an IPv4-mapped address: ::ffff:7f00:1 up to 3.12, ::ffff:127.0.0.1 from
+    # 3.13 (yarl's URL.host is ipaddress's form either way).
+    ("[::FFFF:127.0.0.1]", f"[{ipaddress.ip_address('::ffff:127.0.0.1').compressed}]"),
     ("[2001:DB8::1]", "[2001:db8::1]"),
     ("va.agentvep.liveperson.net", "va.agentvep.liveperson.net"),
     ("va.agentvep.liveperson.net.", "va.agentvep.liveperson.net"),
