@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import io
 import json as _json
 import logging
@@ -41,6 +42,7 @@ from .errors import (
     DeadlineExceeded,
     EngineClosed,
     InvalidRequest,
+    InvalidRetryAfter,
     RequestError,
     ResponseDecodeError,
     TransportError,
@@ -64,6 +66,7 @@ from .policies.backoff import BackoffPolicy
 from .policies.classify import IDEMPOTENT_METHODS, Outcome, Verdict
 from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
+from .policies.retry_after import parse_retry_after
 from .providers._http import ProviderHttp
 from .providers.auth import AuthProvider, Credentials
 from .providers.domains import DomainProvider, StaticDomains, validate_host
@@ -752,7 +755,15 @@ def _unseen_failure(status: int, ctx: CallContext) -> bool:
 
 
 def _unscheduled_failure(
-    status: int, body: bytes, method: str, url: str, service: str, ctx: CallContext
+    status: int,
+    body: bytes,
+    method: str,
+    url: str,
+    service: str,
+    ctx: CallContext,
+    retry_after: str | None = None,
+    now: float = 0.0,
+    epoch: float = 0.0,
 ) -> RequestError:
     """The error for a failed answer that reached :meth:`Engine.request` past the retry
     middleware (which raises for every one it sees): made by a middleware around it, or by a
@@ -762,7 +773,17 @@ def _unscheduled_failure(
     ``Classifier`` makes it so (a 4xx, a 501 it names), or when it is retryable but the
     request is not idempotent (a POST's 5xx: the server may have processed it;
     ``repeat_unsafe``). ``recover=True`` does not send such a request again; a 429, or a
-    GET's 5xx, stays recoverable."""
+    GET's 5xx, stays recoverable. Its ``Retry-After`` (within the policy's ceiling) is kept as
+    the pause after its attempt record, which the recovery loop never waits less than."""
+    policy = ctx.retry if ctx.retry is not None else RetryPolicy()
+    asked: float | None = None
+    if retry_after is not None:
+        with contextlib.suppress(InvalidRetryAfter):
+            asked = min(parse_retry_after(retry_after, now_epoch=epoch), policy.retry_after_ceiling)
+    attempts = ctx.attempts
+    if asked is not None:
+        outcome = Outcome.response(status, asked)
+        attempts = [*attempts, AttemptRecord(len(attempts) + 1, outcome, asked, now)]
     error = status_error(
         status,
         "",
@@ -775,11 +796,11 @@ def _unscheduled_failure(
         service=service,
         method=method,
         url=url,
-        attempts=ctx.attempts,
+        attempts=attempts,
     )
     idempotent = ctx.idempotent
     # The call's policy (Engine.request always gives its context one).
-    classifier = (ctx.retry if ctx.retry is not None else RetryPolicy()).classifier
+    classifier = policy.classifier
     outcome = Outcome.response(status)
     error.decided = not classifier.retryable_for(
         outcome,
@@ -1811,7 +1832,17 @@ class Engine:
                     # it (one the call accepts, or the caller's classifier calls a success):
                     # this one came from around it (an outer middleware's, or a caller's
                     # session without the stack). Never passed off as an answer.
-                    raise _unscheduled_failure(resp.status, body, method, shown, service, ctx)
+                    raise _unscheduled_failure(
+                        resp.status,
+                        body,
+                        method,
+                        shown,
+                        service,
+                        ctx,
+                        resp.headers.get("Retry-After"),
+                        self._clock.now(),
+                        self._wall_clock(),
+                    )
                 return Response(
                     resp.status,
                     resp.headers,

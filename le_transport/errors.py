@@ -131,10 +131,6 @@ class RequestError(TransportError):
       idempotent and the failure was otherwise retryable (a 5xx, a reset or a timeout on a
       POST: the server may have processed it). ``decided`` without it is final by nature
       (a 4xx, a ``Classifier``-final status, a refused certificate).
-    - ``during_login``: True when the auth provider raised it while getting a call's
-      credentials (its login failed; the call itself was not sent then). Such an error is
-      judged as a re-login's: a transient one is recoverable unless final by nature. It
-      says what the error is, so it holds for every call that shares one login's failure.
     """
 
     def __init__(
@@ -154,7 +150,6 @@ class RequestError(TransportError):
         self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
         self.decided = False
         self.repeat_unsafe = False
-        self.during_login = False
 
     def __str__(self) -> str:
         where = " ".join(p for p in (self.method, self.url) if p)

@@ -72,6 +72,7 @@ from .errors import (
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
+from .middleware.context import login_failure_noted
 from .policies._validate import finite_number
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
@@ -143,9 +144,10 @@ def is_recoverable(exc: BaseException) -> bool:
     an answer that makes no sense); and a :class:`ConnectionFailed`,
     :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (its
     ``decided`` is False: a provider's own network call down, a socket's dial failing, a
-    GET's 5xx answered outside the retry middleware). A login that failed while getting the
-    call's credentials (``during_login``: the call itself was not sent) is judged as a
-    re-login is: its 5xx, reset or timeout is recoverable unless final by nature.
+    GET's 5xx answered outside the retry middleware). :meth:`Recovery.run` also takes a login
+    that failed while getting the call's credentials before anything of the call was sent
+    (noted for that call: :func:`~le_transport.middleware.context.note_login_failure`) as a
+    re-login's: its 5xx, reset or timeout is recoverable unless final by nature.
 
     No: such an error a schedule decided final (its ``decided`` is True: a 5xx, a reset or a
     timeout on a request that is not idempotent, which the server may have processed; a
@@ -158,7 +160,8 @@ def is_recoverable(exc: BaseException) -> bool:
     unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
     budget is spent), and anything that is not a transport error. The same holds for a call
     that is a login or a Domain API fetch. A re-login that fails inside a recovery round is
-    judged otherwise: only a refusal ends the round (see :func:`_relogin_recoverable`).
+    judged otherwise: only a refusal or a failure final by nature ends the round (see
+    :func:`_relogin_recoverable`).
     """
     if isinstance(exc, (UnknownServiceError, HostileHostError)):
         return False
@@ -168,7 +171,7 @@ def is_recoverable(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, _TRANSIENT):
         return False
-    return not exc.decided or (exc.during_login and exc.repeat_unsafe)
+    return not exc.decided
 
 
 def _relogin_recoverable(exc: BaseException) -> bool:
@@ -356,7 +359,10 @@ class Recovery:
                         )
                     result = await pending
                 except Exception as exc:
-                    if not is_recoverable(exc):
+                    # A login's failure before anything of the call was sent is a re-login's
+                    # (an outage is waited out); noted for this call alone, in this task.
+                    unsent_login = login_failure_noted(exc)
+                    if not (is_recoverable(exc) or (unsent_login and _outage(exc))):
                         raise
                     if self._closed:
                         # Its session is going away: waiting for a round that will never come

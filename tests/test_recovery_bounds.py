@@ -34,7 +34,7 @@ from le_transport.errors import (
 )
 from le_transport.policies import Classifier, Outcome, OutcomeKind
 from le_transport.providers import Credentials, StaticDomains
-from le_transport.recovery import Recovery, is_recoverable
+from le_transport.recovery import Recovery, _outage, is_recoverable
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 
@@ -241,7 +241,6 @@ async def test_a_decided_failure_says_whether_it_was_only_unsafe_to_repeat(
             await engine.request(method, "svc", "/x")
     assert info.value.decided
     assert info.value.repeat_unsafe is repeat_unsafe
-    assert not info.value.during_login
 
 
 async def test_recover_still_waits_out_a_spent_schedule_then_succeeds(
@@ -289,10 +288,9 @@ def _decided_by_the_engine(error: ServerStatusError) -> object:
 
 def _in_login(error: ServerStatusError | ConnectionFailed, *, repeat_unsafe: bool) -> object:
     """What the auth middleware raises when the call's login failed: decided by the login's
-    schedule (only as a POST, or final by nature), marked ``during_login``."""
+    schedule (only as a POST, or final by nature)."""
     error.decided = True
     error.repeat_unsafe = repeat_unsafe
-    error.during_login = True
     return error
 
 
@@ -313,11 +311,8 @@ def _in_login(error: ServerStatusError | ConnectionFailed, *, repeat_unsafe: boo
         # What is read is the decision, not whether attempts were recorded.
         (_undecided(ServerStatusError("503", status=503), Outcome.response(503)), True),
         (_decided_by_the_engine(ServerStatusError("500", status=500)), False),
-        # The call's own login failed: an outage unless final by nature.
-        (_in_login(ServerStatusError("503", status=503), repeat_unsafe=True), True),
-        (_in_login(ConnectionFailed("reset"), repeat_unsafe=True), True),
-        (_in_login(ServerStatusError("501", status=501), repeat_unsafe=False), False),
-        (_in_login(ConnectionFailed("cert", never_sent=True), repeat_unsafe=False), False),
+        # A login's failure, decided by its own schedule, is no call's to repeat by itself.
+        (_in_login(ServerStatusError("503", status=503), repeat_unsafe=True), False),
         # The schedule would have retried, but could not.
         (RetriesExhausted("spent", last=ServerStatusError("503", status=503)), True),
         (RetryBudgetExhausted("budget", last=ServerStatusError("503", status=503)), True),
@@ -328,6 +323,24 @@ def test_only_what_the_schedule_would_have_retried_is_recoverable(
     error: BaseException, recoverable: bool
 ) -> None:
     assert is_recoverable(error) is recoverable
+
+
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        (_in_login(ServerStatusError("503", status=503), repeat_unsafe=True), True),
+        (_in_login(ConnectionFailed("reset"), repeat_unsafe=True), True),
+        (ServerStatusError("503", status=503), True),
+        (_in_login(ServerStatusError("501", status=501), repeat_unsafe=False), False),
+        (_in_login(ConnectionFailed("cert", never_sent=True), repeat_unsafe=False), False),
+    ],
+)
+def test_a_logins_failure_is_an_outage_unless_final_by_nature(
+    error: BaseException, outage: bool
+) -> None:
+    """How a re-login's failure, or a login's before anything of the call was sent, is
+    judged: waited out unless final by nature."""
+    assert _outage(error) is outage
 
 
 # -- the deadline bounds the whole call, recovery included --------------------------------------
@@ -670,8 +683,117 @@ async def test_a_login_outage_before_the_call_is_sent_is_recovered(
             assert logins == [0.0, 20.0]
             assert gets == [20.0]
         else:
-            with pytest.raises(ServerStatusError) as info:
+            with pytest.raises(ServerStatusError):
                 await call
-            assert info.value.during_login
             assert logins == [0.0]
             assert gets == []
+
+
+# -- a login's failure is judged for the call that met it, not for every waiter ------------------
+
+
+async def test_a_post_past_a_redirects_first_hop_is_not_sent_again_when_the_hops_login_fails(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The POST was processed and answered 303; its GET hop met a 401 and the re-login (an
+    auth-code POST) a 503. Taken for a login before the call was sent, recover=True waited,
+    logged in and sent the POST again: the order was created twice."""
+    logins: list[float] = []
+    orders: list[bytes] = []
+    hops: list[float] = []
+
+    async def authenticate(request: web.Request) -> web.Response:
+        logins.append(clock.now())
+        if len(logins) == 2:
+            return web.Response(status=503)
+        return web.json_response({"jwt": _unsigned_jwt()})
+
+    async def create(request: web.Request) -> web.Response:
+        orders.append(await request.read())
+        raise web.HTTPSeeOther(location=f"/orders/{len(orders)}")
+
+    async def show(request: web.Request) -> web.Response:
+        hops.append(clock.now())
+        if len(hops) == 1:
+            return web.Response(status=401)
+        return web.json_response({"id": request.match_info["id"]})
+
+    app = _app("POST", "/api/account/123/authenticate", authenticate)
+    app.router.add_post("/orders", create)
+    app.router.add_get("/orders/{id}", show)
+    host = await serve(app)
+    domains = StaticDomains({"idp": host, "svc": host})
+    async with Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        retry=RetryPolicy(pauses=()),
+        auth=ConsumerJwt("123", domains=domains, auth_code="code-1"),
+        recovery=RELOGIN,
+    ) as engine:
+        with pytest.raises(ServerStatusError):
+            await engine.request("POST", "svc", "/orders", json={"item": 1}, recover=True)
+    assert len(orders) == 1
+    assert len(logins) == 2
+
+
+async def test_a_logins_failure_shared_with_a_call_leaves_a_direct_login_as_it_was(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """One login's error is every waiter's: marked on the error for the call that shared it, it
+    made a direct login's failure recoverable too (recovery.run(engine.login) waited rounds)."""
+    logins: list[float] = []
+
+    async def authenticate(request: web.Request) -> web.Response:
+        logins.append(clock.now())
+        await asyncio.sleep(0)
+        return web.Response(status=503)
+
+    async def x(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = _app("POST", "/api/account/123/authenticate", authenticate)
+    app.router.add_get("/x", x)
+    host = await serve(app)
+    domains = StaticDomains({"idp": host, "svc": host})
+    async with Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        retry=RetryPolicy(pauses=()),
+        auth=ConsumerJwt("123", domains=domains, auth_code="code-1"),
+        recovery=BackoffPolicy(first=20, factor=2, cap=1000, jitter=0, floor=15, max_attempts=2),
+    ) as engine:
+        call = asyncio.get_running_loop().create_task(engine.request("GET", "svc", "/x"))
+        await asyncio.sleep(0)  # the call starts the login; the direct one joins it
+        with pytest.raises(ServerStatusError) as direct:
+            await engine.recovery.run(engine.login)
+        with pytest.raises(ServerStatusError) as shared:
+            await call
+    assert direct.value is shared.value, "one login, one error"
+    assert logins == [0.0], "a direct login's 503 (a POST's) is not waited out"
+
+
+async def test_a_retry_after_from_a_callers_own_session_is_waited_out(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A 429 answered past the retry middleware kept no Retry-After: recover=True sent the
+    POST again after the re-login pause, before the time the server asked for."""
+    posts: list[float] = []
+
+    async def create(request: web.Request) -> web.Response:
+        posts.append(clock.now())
+        if len(posts) == 1:
+            return web.Response(status=429, headers={"Retry-After": "900"})
+        return web.Response(status=201)
+
+    host = await serve(_app("POST", "/o", create))
+    policy = RetryPolicy(pauses=(), retry_after_ceiling=1000)
+    async with (
+        aiohttp.ClientSession() as session,
+        _engine(host, clock, session=session, retry=policy) as engine,
+    ):
+        answer = await engine.request("POST", "svc", "/o", json={}, recover=True)
+    assert answer.status == 201
+    assert posts[0] == 0.0
+    assert posts[1] >= 900.0

@@ -42,8 +42,10 @@ It sits outside the retry middleware (once per logical call, and once per redire
   timed out: an ``OSError``, an aiohttp connection error, a 5xx) is no bug: it fails the call
   with :class:`~le_transport.errors.ConnectionFailed`, logged as a WARNING, recovered like an
   outage (:func:`~le_transport.middleware.context.provider_failed`). A request error the
-  provider raises itself (its login answered 503) is raised as it is, marked
-  ``during_login``: ``recover=True`` waits out a login's outage as a re-login's.
+  provider raises itself (its login answered 503) is raised as it is; when nothing of the call
+  was sent yet, it is noted for this call alone (:func:`~le_transport.middleware.context.
+  note_login_failure`), so that ``recover=True`` waits out that login's outage as a
+  re-login's. The error itself is left as it is: one login's failure is every waiter's.
 
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
@@ -67,7 +69,6 @@ from ..errors import (
     AuthenticationError,
     ClientStatusError,
     EngineClosed,
-    RequestError,
     TransportError,
     UnsignableBody,
 )
@@ -78,6 +79,7 @@ from .context import (
     _CURRENT,
     CallContext,
     current_call,
+    note_login_failure,
     provider_failed,
     safe_cause,
     within_deadline,
@@ -382,10 +384,12 @@ class AuthMiddleware:
             for name, value in creds.headers.items():
                 request.headers[name] = value
         except TransportError as exc:
-            if isinstance(exc, RequestError):
-                # A login's failure, not the call's: recovered as a re-login's would be. The
-                # same error may be every waiter's of one login; the flag holds for each.
-                exc.during_login = True
+            if ctx is not None and not ctx.attempts:
+                # The login failed before anything of this call went out (no attempt of it,
+                # no hop before this one): for this call, a re-login's failure. Noted for the
+                # call's task alone; the error may be every waiter's of one login, some of
+                # which sent a request already (a redirect's hop, a retry).
+                note_login_failure(exc)
             raise
         except Exception as exc:
             # The provider's own failure (a bug in a custom provider, an answer that is not

@@ -47,6 +47,8 @@ __all__ = [
     "call_context",
     "current_call",
     "is_provider_outage",
+    "login_failure_noted",
+    "note_login_failure",
     "provider_failed",
     "safe_cause",
     "unsent_request_error",
@@ -166,6 +168,31 @@ class AcceptingCallContext(CallContext):
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
     "le_transport_call", default=None
 )
+
+
+#: The login failure a call met before anything of it was sent (see
+#: :func:`note_login_failure`), in the task that made the call.
+_LOGIN_FAILURE: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
+    "le_transport_login_failure", default=None
+)
+
+
+def note_login_failure(exc: BaseException) -> None:
+    """Note, for the current task alone, that ``exc`` is a login's failure met while getting a
+    call's credentials before anything of the call was sent. The error is not marked: one
+    login's failure is raised to every call that waited for it, some of which may have sent a
+    request already (a redirect's first hop). The recovery loop, which runs the call in this
+    task, reads it with :func:`login_failure_noted` and judges it as a re-login's."""
+    _LOGIN_FAILURE.set(exc)
+
+
+def login_failure_noted(exc: BaseException) -> bool:
+    """Whether ``exc`` is the login failure noted in this task (:func:`note_login_failure`);
+    the note is cleared."""
+    noted = _LOGIN_FAILURE.get()
+    if noted is not None:
+        _LOGIN_FAILURE.set(None)
+    return noted is exc
 
 
 def current_call() -> CallContext | None:
