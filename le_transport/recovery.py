@@ -72,7 +72,7 @@ from .errors import (
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
-from .middleware.context import login_failure_noted
+from .middleware.context import unwatch_login_failures, watch_login_failures
 from .policies._validate import finite_number
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
@@ -145,8 +145,9 @@ def is_recoverable(exc: BaseException) -> bool:
     :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (its
     ``decided`` is False: a provider's own network call down, a socket's dial failing, a
     GET's 5xx answered outside the retry middleware). :meth:`Recovery.run` also takes a login
-    that failed while getting the call's credentials before anything of the call was sent
-    (noted for that call: :func:`~le_transport.middleware.context.note_login_failure`) as a
+    that failed while getting the call's credentials where sending the call again is safe
+    (nothing of it sent yet, or an idempotent request; noted for that call, in a list the
+    loop watches: :func:`~le_transport.middleware.context.note_login_failure`) as a
     re-login's: its 5xx, reset or timeout is recoverable unless final by nature.
 
     No: such an error a schedule decided final (its ``decided`` is True: a 5xx, a reset or a
@@ -350,19 +351,23 @@ class Recovery:
         try:
             while True:
                 seen = self._epoch
+                logins_failed, watch = watch_login_failures()
                 try:
-                    pending = call()
-                    if not inspect.isawaitable(pending):
-                        raise ConfigurationError(
-                            "Recovery.run takes a function returning an awaitable; it returned "
-                            f"{type(pending).__name__}"
-                        )
-                    result = await pending
+                    try:
+                        pending = call()
+                        if not inspect.isawaitable(pending):
+                            raise ConfigurationError(
+                                "Recovery.run takes a function returning an awaitable; it "
+                                f"returned {type(pending).__name__}"
+                            )
+                        result = await pending
+                    finally:
+                        unwatch_login_failures(watch)
                 except Exception as exc:
-                    # A login's failure before anything of the call was sent is a re-login's
-                    # (an outage is waited out); noted for this call alone, in this task.
-                    unsent_login = login_failure_noted(exc)
-                    if not (is_recoverable(exc) or (unsent_login and _outage(exc))):
+                    # A login's failure where sending this call again is safe is a re-login's
+                    # (an outage is waited out); noted for this call alone.
+                    safe_login = any(failed is exc for failed in logins_failed)
+                    if not (is_recoverable(exc) or (safe_login and _outage(exc))):
                         raise
                     if self._closed:
                         # Its session is going away: waiting for a round that will never come

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -32,6 +32,7 @@ from le_transport.errors import (
     RetryBudgetExhausted,
     ServerStatusError,
 )
+from le_transport.middleware.context import _LOGIN_FAILURES
 from le_transport.policies import Classifier, Outcome, OutcomeKind
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery, _outage, is_recoverable
@@ -797,3 +798,91 @@ async def test_a_retry_after_from_a_callers_own_session_is_waited_out(
     assert answer.status == 201
     assert posts[0] == 0.0
     assert posts[1] >= 900.0
+
+
+def _consumer_app(
+    clock: VirtualClock, logins: list[float], gets: list[float], *, login_503: int, get_401: int
+) -> web.Application:
+    """A consumer IdP whose ``login_503``-th authenticate answers 503, and a /x whose
+    ``get_401``-th call answers 401 (0: never)."""
+
+    async def authenticate(request: web.Request) -> web.Response:
+        logins.append(clock.now())
+        if len(logins) == login_503:
+            return web.Response(status=503)
+        return web.json_response({"jwt": _unsigned_jwt()})
+
+    async def x(request: web.Request) -> web.Response:
+        gets.append(clock.now())
+        if len(gets) == get_401:
+            return web.Response(status=401)
+        return web.json_response({"ok": True})
+
+    app = _app("POST", "/api/account/123/authenticate", authenticate)
+    app.router.add_get("/x", x)
+    return app
+
+
+def _consumer_engine(host: str, clock: VirtualClock) -> Engine:
+    domains = StaticDomains({"idp": host, "svc": host})
+    return Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        retry=RetryPolicy(pauses=()),
+        auth=ConsumerJwt("123", domains=domains, auth_code="code-1"),
+        recovery=RELOGIN,
+    )
+
+
+async def test_a_get_whose_relogin_after_a_401_meets_an_outage_is_recovered(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The GET was sent (401), so 'nothing of it sent' no longer held, and the re-login's 503
+    ended the call at once; sending a GET again is safe, and a login outage is what
+    recover=True waits out."""
+    logins: list[float] = []
+    gets: list[float] = []
+    host = await serve(_consumer_app(clock, logins, gets, login_503=2, get_401=2))
+    async with _consumer_engine(host, clock) as engine:
+        await engine.request("GET", "svc", "/x")
+        answer = await engine.request("GET", "svc", "/x", deadline=1000, recover=True)
+    assert answer.status == 200
+    assert len(logins) == 3
+    assert len(gets) == 3
+
+
+@pytest.mark.parametrize("wrap", ["wait_for", "gather"])
+async def test_a_login_outage_is_recovered_when_the_call_runs_in_a_task_of_its_own(
+    serve: ServerFactory, clock: VirtualClock, wrap: str
+) -> None:
+    """recovery.run(lambda: asyncio.wait_for(engine.request(...), t)): the call runs in a task
+    with a copy of the context, and a note kept in the context never reached the loop."""
+    logins: list[float] = []
+    gets: list[float] = []
+    host = await serve(_consumer_app(clock, logins, gets, login_503=1, get_401=0))
+    async with _consumer_engine(host, clock) as engine:
+
+        def call() -> Awaitable[object]:
+            request = engine.request("GET", "svc", "/x")
+            if wrap == "wait_for":
+                return asyncio.wait_for(request, 60)
+            return asyncio.gather(request)
+
+        await engine.recovery.run(call)
+    assert len(logins) == 2
+    assert len(gets) == 1
+
+
+async def test_a_login_failure_outside_a_recovery_loop_is_not_kept(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A call without recover=True whose login failed left the error (its traceback, the
+    request body) in the task's context for the task's whole life."""
+    logins: list[float] = []
+    gets: list[float] = []
+    host = await serve(_consumer_app(clock, logins, gets, login_503=1, get_401=0))
+    async with _consumer_engine(host, clock) as engine:
+        with pytest.raises(ServerStatusError):
+            await engine.request("GET", "svc", "/x")
+    assert _LOGIN_FAILURES.get() is None

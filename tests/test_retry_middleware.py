@@ -1180,6 +1180,7 @@ def test_whether_the_caller_handles_a_failure_costs_an_ordinary_call_nothing() -
     assert CallContext.__slots__ == (
         "active",
         "attempts",
+        "first_method",
         "idempotent",
         "resign",
         "retry",

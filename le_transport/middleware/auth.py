@@ -42,8 +42,9 @@ It sits outside the retry middleware (once per logical call, and once per redire
   timed out: an ``OSError``, an aiohttp connection error, a 5xx) is no bug: it fails the call
   with :class:`~le_transport.errors.ConnectionFailed`, logged as a WARNING, recovered like an
   outage (:func:`~le_transport.middleware.context.provider_failed`). A request error the
-  provider raises itself (its login answered 503) is raised as it is; when nothing of the call
-  was sent yet, it is noted for this call alone (:func:`~le_transport.middleware.context.
+  provider raises itself (its login answered 503) is raised as it is; when sending the call
+  again is safe (nothing of it sent yet, or an idempotent request), it is noted for this call
+  alone, for the recovery loop running it (:func:`~le_transport.middleware.context.
   note_login_failure`), so that ``recover=True`` waits out that login's outage as a
   re-login's. The error itself is left as it is: one login's failure is every waiter's.
 
@@ -72,6 +73,7 @@ from ..errors import (
     TransportError,
     UnsignableBody,
 )
+from ..policies.classify import IDEMPOTENT_METHODS
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
@@ -104,6 +106,15 @@ def _wire_name(name: str) -> str | None:
         return URL.build(scheme="https", host=name.rstrip(".")).raw_host
     except ValueError:  # UnicodeError included
         return None
+
+
+def _repeatable(ctx: CallContext, method: str) -> bool:
+    """Whether the call may be sent again: the caller's word, else by its first request's
+    method (a POST answered 303 goes on as a GET: the call is still the POST)."""
+    if ctx.idempotent is not None:
+        return ctx.idempotent
+    first: str = getattr(ctx, "first_method", method)
+    return first in IDEMPOTENT_METHODS
 
 
 def same_host(host: str, url: URL) -> bool:
@@ -367,6 +378,8 @@ class AuthMiddleware:
         self, request: ClientRequest, method: str, form: Sequence[tuple[str, str]] | None
     ) -> Credentials:
         ctx = current_call()
+        if ctx is not None and not hasattr(ctx, "first_method"):
+            ctx.first_method = method  # the call's own, before any redirect's hop
         try:
             if form is None:
                 step = self.auth.credentials(method, request.url)
@@ -384,11 +397,12 @@ class AuthMiddleware:
             for name, value in creds.headers.items():
                 request.headers[name] = value
         except TransportError as exc:
-            if ctx is not None and not ctx.attempts:
-                # The login failed before anything of this call went out (no attempt of it,
-                # no hop before this one): for this call, a re-login's failure. Noted for the
-                # call's task alone; the error may be every waiter's of one login, some of
-                # which sent a request already (a redirect's hop, a retry).
+            if ctx is not None and (not ctx.attempts or _repeatable(ctx, method)):
+                # The login failed where sending this call again is safe (nothing of it went
+                # out yet: no attempt, no hop before this one; or the request is idempotent):
+                # for this call, a re-login's failure. Noted for this call alone: the error
+                # may be every waiter's of one login, some of which may not send again safely
+                # (a POST past a redirect's first hop).
                 note_login_failure(exc)
             raise
         except Exception as exc:

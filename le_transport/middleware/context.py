@@ -47,11 +47,12 @@ __all__ = [
     "call_context",
     "current_call",
     "is_provider_outage",
-    "login_failure_noted",
     "note_login_failure",
     "provider_failed",
     "safe_cause",
     "unsent_request_error",
+    "unwatch_login_failures",
+    "watch_login_failures",
     "within_deadline",
 ]
 
@@ -78,7 +79,21 @@ class CallContext:
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
     # factory cost twice as much (benchmarks/README.md).
-    __slots__ = ("active", "attempts", "idempotent", "resign", "retry", "service", "started_at")
+    # ``first_method`` is set only by the auth middleware (never read unset: see
+    # :func:`first_method`), so an ordinary call pays nothing for it.
+    __slots__ = (
+        "active",
+        "attempts",
+        "first_method",
+        "idempotent",
+        "resign",
+        "retry",
+        "service",
+        "started_at",
+    )
+    #: The method of the call's first request, before any redirect's hop (set by the auth
+    #: middleware only; unset on a call without one).
+    first_method: str
 
     #: A class attribute, not a slot: an ordinary call neither sets nor stores it, and only the
     #: retry loop's give-up path reads it.
@@ -170,29 +185,38 @@ _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
 )
 
 
-#: The login failure a call met before anything of it was sent (see
-#: :func:`note_login_failure`), in the task that made the call.
-_LOGIN_FAILURE: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
-    "le_transport_login_failure", default=None
+#: While a recovery loop runs a call: the login failures its call met where sending the call
+#: (again) is safe (see :func:`note_login_failure`). A list, so that a task the call runs in
+#: (asyncio.wait_for, gather: a copy of this context) adds to the loop's own.
+_LOGIN_FAILURES: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar(
+    "le_transport_login_failures", default=None
 )
 
 
 def note_login_failure(exc: BaseException) -> None:
-    """Note, for the current task alone, that ``exc`` is a login's failure met while getting a
-    call's credentials before anything of the call was sent. The error is not marked: one
-    login's failure is raised to every call that waited for it, some of which may have sent a
-    request already (a redirect's first hop). The recovery loop, which runs the call in this
-    task, reads it with :func:`login_failure_noted` and judges it as a re-login's."""
-    _LOGIN_FAILURE.set(exc)
+    """Note, for the recovery loop running this call (if one does), that ``exc`` is a login's
+    failure met while getting the call's credentials where sending the call again is safe
+    (nothing of it sent yet, or an idempotent request). The error itself is not marked: one
+    login's failure is raised to every call that waited for it, some of which may not be
+    safe to send again (a POST past a redirect's first hop). Outside a recovery loop nothing
+    is kept."""
+    seen = _LOGIN_FAILURES.get()
+    if seen is not None:
+        seen.append(exc)
 
 
-def login_failure_noted(exc: BaseException) -> bool:
-    """Whether ``exc`` is the login failure noted in this task (:func:`note_login_failure`);
-    the note is cleared."""
-    noted = _LOGIN_FAILURE.get()
-    if noted is not None:
-        _LOGIN_FAILURE.set(None)
-    return noted is exc
+def watch_login_failures() -> tuple[
+    list[BaseException], contextvars.Token[list[BaseException] | None]
+]:
+    """For a recovery loop about to run its call: the list :func:`note_login_failure` fills
+    for it, and the token to reset the watch with once the call ended."""
+    seen: list[BaseException] = []
+    return seen, _LOGIN_FAILURES.set(seen)
+
+
+def unwatch_login_failures(token: contextvars.Token[list[BaseException] | None]) -> None:
+    """End a watch :func:`watch_login_failures` began."""
+    _LOGIN_FAILURES.reset(token)
 
 
 def current_call() -> CallContext | None:
