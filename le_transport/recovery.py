@@ -352,6 +352,7 @@ class Recovery:
             while True:
                 seen = self._epoch
                 logins_failed, watch = watch_login_failures()
+                safe_login = False
                 try:
                     try:
                         pending = call()
@@ -361,12 +362,14 @@ class Recovery:
                                 f"returned {type(pending).__name__}"
                             )
                         result = await pending
+                    except Exception as exc:
+                        # A login's failure after which every call that met it may be sent
+                        # again is a re-login's (an outage is waited out).
+                        safe_login = logins_failed.safe_to_repeat(exc)
+                        raise
                     finally:
-                        unwatch_login_failures(watch)
+                        unwatch_login_failures(logins_failed, watch)
                 except Exception as exc:
-                    # A login's failure where sending this call again is safe is a re-login's
-                    # (an outage is waited out); noted for this call alone.
-                    safe_login = any(failed is exc for failed in logins_failed)
                     if not (is_recoverable(exc) or (safe_login and _outage(exc))):
                         raise
                     if self._closed:

@@ -32,7 +32,12 @@ from le_transport.errors import (
     RetryBudgetExhausted,
     ServerStatusError,
 )
-from le_transport.middleware.context import _LOGIN_FAILURES
+from le_transport.middleware.context import (
+    _LOGIN_FAILURES,
+    note_login_failure,
+    unwatch_login_failures,
+    watch_login_failures,
+)
 from le_transport.policies import Classifier, Outcome, OutcomeKind
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery, _outage, is_recoverable
@@ -885,4 +890,25 @@ async def test_a_login_failure_outside_a_recovery_loop_is_not_kept(
     async with _consumer_engine(host, clock) as engine:
         with pytest.raises(ServerStatusError):
             await engine.request("GET", "svc", "/x")
+    assert _LOGIN_FAILURES.get() is None
+
+
+def test_a_login_failure_is_safe_only_if_no_call_that_met_it_was_unsafe() -> None:
+    """One login's error is every waiter's: a GET that sent nothing noted it as safe, and a POST
+    past a redirect's first hop, gathered with it in one recovery callable, was sent again."""
+    shared = ServerStatusError("503", status=503)
+    other = ServerStatusError("503", status=503)
+    watch, token = watch_login_failures()
+    try:
+        note_login_failure(shared, safe=True)
+        note_login_failure(other, safe=True)
+        note_login_failure(shared, safe=False)
+        assert not watch.safe_to_repeat(shared)
+        assert watch.safe_to_repeat(other)
+    finally:
+        unwatch_login_failures(watch, token)
+    # Closed: a task the call started, holding a copy of the context, keeps nothing.
+    note_login_failure(other, safe=True)
+    assert watch.safe == []
+    assert watch.unsafe == []
     assert _LOGIN_FAILURES.get() is None

@@ -397,13 +397,13 @@ class AuthMiddleware:
             for name, value in creds.headers.items():
                 request.headers[name] = value
         except TransportError as exc:
-            if ctx is not None and (not ctx.attempts or _repeatable(ctx, method)):
-                # The login failed where sending this call again is safe (nothing of it went
-                # out yet: no attempt, no hop before this one; or the request is idempotent):
-                # for this call, a re-login's failure. Noted for this call alone: the error
-                # may be every waiter's of one login, some of which may not send again safely
-                # (a POST past a redirect's first hop).
-                note_login_failure(exc)
+            if ctx is not None:
+                # A login's failure, and whether sending this call again is safe (nothing of
+                # it went out yet: no attempt, no hop before this one; or the request is
+                # idempotent). Noted for the recovery loop, not on the error: one login's
+                # error may be every waiter's, and one unsafe waiter (a POST past a
+                # redirect's first hop) makes it unsafe for the loop.
+                note_login_failure(exc, safe=not ctx.attempts or _repeatable(ctx, method))
             raise
         except Exception as exc:
             # The provider's own failure (a bug in a custom provider, an answer that is not

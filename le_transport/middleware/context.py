@@ -188,34 +188,60 @@ _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
 #: While a recovery loop runs a call: the login failures its call met where sending the call
 #: (again) is safe (see :func:`note_login_failure`). A list, so that a task the call runs in
 #: (asyncio.wait_for, gather: a copy of this context) adds to the loop's own.
-_LOGIN_FAILURES: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar(
+class LoginFailureWatch:
+    """The login failures met by the calls a recovery loop runs, while it runs them: those
+    after which sending the call again is safe, and those after which it is not. One login's
+    error is every waiter's, so an error counts as safe only if no waiter found it unsafe."""
+
+    __slots__ = ("open", "safe", "unsafe")
+
+    def __init__(self) -> None:
+        self.open = True
+        self.safe: list[BaseException] = []
+        self.unsafe: list[BaseException] = []
+
+    def safe_to_repeat(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a login failure after which every call that met it may be sent
+        again."""
+        return any(e is exc for e in self.safe) and not any(e is exc for e in self.unsafe)
+
+    def close(self) -> None:
+        """No more notes (a task the call started keeps a copy of the context): nothing kept."""
+        self.open = False
+        self.safe.clear()
+        self.unsafe.clear()
+
+
+#: While a recovery loop runs a call: its watch (see :func:`note_login_failure`), shared with
+#: any task the call runs in (asyncio.wait_for, gather: a copy of this context).
+_LOGIN_FAILURES: contextvars.ContextVar[LoginFailureWatch | None] = contextvars.ContextVar(
     "le_transport_login_failures", default=None
 )
 
 
-def note_login_failure(exc: BaseException) -> None:
+def note_login_failure(exc: BaseException, *, safe: bool) -> None:
     """Note, for the recovery loop running this call (if one does), that ``exc`` is a login's
-    failure met while getting the call's credentials where sending the call again is safe
-    (nothing of it sent yet, or an idempotent request). The error itself is not marked: one
-    login's failure is raised to every call that waited for it, some of which may not be
-    safe to send again (a POST past a redirect's first hop). Outside a recovery loop nothing
-    is kept."""
-    seen = _LOGIN_FAILURES.get()
-    if seen is not None:
-        seen.append(exc)
+    failure met while getting the call's credentials, and whether sending the call again is
+    ``safe`` (nothing of it sent yet, or an idempotent request). The error itself is not
+    marked: one login's failure is raised to every call that waited for it. Outside a recovery
+    loop, or once it stopped watching, nothing is kept."""
+    watch = _LOGIN_FAILURES.get()
+    if watch is not None and watch.open:
+        (watch.safe if safe else watch.unsafe).append(exc)
 
 
-def watch_login_failures() -> tuple[
-    list[BaseException], contextvars.Token[list[BaseException] | None]
-]:
-    """For a recovery loop about to run its call: the list :func:`note_login_failure` fills
-    for it, and the token to reset the watch with once the call ended."""
-    seen: list[BaseException] = []
-    return seen, _LOGIN_FAILURES.set(seen)
+def watch_login_failures() -> tuple[LoginFailureWatch, contextvars.Token[LoginFailureWatch | None]]:
+    """For a recovery loop about to run its call: the watch :func:`note_login_failure` fills
+    for it, and the token to end it with (:func:`unwatch_login_failures`)."""
+    watch = LoginFailureWatch()
+    return watch, _LOGIN_FAILURES.set(watch)
 
 
-def unwatch_login_failures(token: contextvars.Token[list[BaseException] | None]) -> None:
-    """End a watch :func:`watch_login_failures` began."""
+def unwatch_login_failures(
+    watch: LoginFailureWatch, token: contextvars.Token[LoginFailureWatch | None]
+) -> None:
+    """End a watch :func:`watch_login_failures` began (after its errors were judged)."""
+    watch.close()
     _LOGIN_FAILURES.reset(token)
 
 
