@@ -595,41 +595,22 @@ async def test_a_relogin_the_login_service_fails_once_is_tried_again_after_a_pau
 
 
 @pytest.mark.parametrize(
-    "refusal",
+    "final",
     [
         LoginRejected("bad password", status=401),
         BlockedError("451", status=451),
         ClientStatusError("403", status=403),
         AuthenticationError("second 401"),
-    ],
-)
-async def test_a_relogin_refused_still_ends_the_round(
-    clock: VirtualClock, refusal: Exception
-) -> None:
-    events: list[StateEvent] = []
-    auth = _FlakyLogin(refusal)
-    recovery = _recovery(clock, events, auth)
-    with pytest.raises(type(refusal)):
-        await recovery.run(_failing_once("never"))
-    assert auth.relogins == 1
-    assert [(e.name, e.details.get("reason")) for e in events] == [
-        ("relogin_scheduled", None),
-        ("gave_up", "not recoverable"),
-    ]
-
-
-@pytest.mark.parametrize(
-    "final",
-    [
+        # Final by nature: a re-login whose TLS certificate was refused paused and logged in
+        # again round after round (for ever with the default BackoffPolicy).
         _bare(ConnectionFailed("cert", never_sent=True), _failure(OutcomeKind.TLS_REJECTED)),
         _bare(ServerStatusError("501", status=501), Outcome.response(501)),
     ],
 )
-async def test_a_relogin_failing_final_by_nature_ends_the_round(
+async def test_a_relogin_refused_or_failing_final_by_nature_ends_the_round(
     clock: VirtualClock, final: Exception
 ) -> None:
-    """A re-login whose TLS certificate was refused paused and logged in again round after
-    round (for ever with the default BackoffPolicy): only a login's outage is waited out."""
+    """Only a login's outage is waited out."""
     events: list[StateEvent] = []
     auth = _FlakyLogin(final)
     recovery = _recovery(clock, events, auth)
