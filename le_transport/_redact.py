@@ -194,6 +194,26 @@ def redact_text(text: str) -> str:
     return text
 
 
+class _Number(str):
+    """A JSON number's text as the body had it, for :func:`_compact_json`."""
+
+    __slots__ = ()
+
+
+def _compact_json(value: Any) -> str:
+    """``value`` as one line of compact JSON, its numbers as the body wrote them and its text
+    unescaped (an excerpt is read by people)."""
+    if isinstance(value, _Number):
+        return str.__str__(value)
+    if isinstance(value, dict):
+        return (
+            "{" + ",".join(f"{_compact_json(k)}:{_compact_json(v)}" for k, v in value.items()) + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ",".join(_compact_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
 def body_excerpt(body: bytes, *, path: str = "", limit: int = 300) -> str:
     """A short, scrubbed excerpt of a response body, for error messages and logs.
 
@@ -207,9 +227,10 @@ def body_excerpt(body: bytes, *, path: str = "", limit: int = 300) -> str:
     head = body[: limit * 4]
     text = head.decode("utf-8", errors="replace")
     try:
-        parsed = json.loads(text)
+        # Numbers are kept as the server wrote them (1.10 stays 1.10, 1e3 stays 1e3).
+        parsed = json.loads(text, parse_float=_Number, parse_int=_Number, parse_constant=_Number)
         # Keys name most credentials; values can still carry one ("Bearer x", a JWT).
-        scrubbed = redact_text(json.dumps(redact_json(parsed), separators=(",", ":")))
+        scrubbed = redact_text(_compact_json(redact_json(parsed)))
     except (ValueError, RecursionError):
         # Not JSON, or nested deeper than the parser (or redact_json) can follow: a hostile
         # body must still give an excerpt, never an exception.

@@ -390,3 +390,16 @@ def test_short_names_are_secret_only_as_the_whole_name() -> None:
     assert redact_text('status code: 503, {"code": 404}, ?code=7') == (
         'status code: 503, {"code": 404}, ?code=7'
     )
+
+
+def test_a_json_excerpt_keeps_numbers_and_text_as_the_server_wrote_them() -> None:
+    """The excerpt re-serialised the parsed body: 1.10 became 1.1, 1e3 became 1000.0 and é
+    became \\u00e9, so an excerpt no longer matched the body it quoted."""
+    body = '{"price": 1.10, "n": 1e3, "big": 123456789012345678901234567890, "who": "café"}'
+    assert body_excerpt(body.encode()) == (
+        '{"price":1.10,"n":1e3,"big":123456789012345678901234567890,"who":"café"}'
+    )
+    # A credential behind a JSON escape is still hidden: the parsed value is what is scrubbed.
+    escaped = body_excerpt(b'{"note": "Bearer\\u0020%s", "x": 2.50}' % BEARER.encode())
+    assert BEARER not in escaped
+    assert escaped == '{"note":"Bearer ***","x":2.50}'
