@@ -214,7 +214,7 @@ def test_close_policy_codes_must_be_in_range(field: str, codes: set[int], match:
 def test_close_policy_defaults_and_edges_are_still_valid() -> None:
     policy = ClosePolicy()
     assert policy.classify(Disconnect.handshake_rejected(429)).action is CloseAction.RECONNECT
-    ClosePolicy(reauth_codes={1000, 4999}, reauth_statuses={100, 999}, fail_codes={1008})
+    ClosePolicy(reauth_codes={1000, 4999}, reauth_statuses={400, 499}, fail_codes={1008})
 
 
 # -- Classifier --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from ._validate import (
     int_codes,
     non_negative,
     positive,
+    shown,
 )
 from .retry import DEFAULT_RETRY_AFTER_CEILING
 
@@ -263,6 +264,15 @@ def _reauth_statuses(value: object) -> frozenset[int]:
     statuses = int_codes(
         "ClosePolicy.reauth_statuses", value, bounds=HTTP_STATUSES, kind="HTTP statuses"
     )
+    not_refusals = sorted(status for status in statuses if not 400 <= status <= 499)
+    if not_refusals:
+        # A 1xx, 2xx, 3xx or 5xx says nothing of the credentials: in the set, an upgrade
+        # answered 200 (or a 503: an outage) threw the credentials away and logged in again.
+        # Only a client error (401, 403, ...) can be a refused credential.
+        raise ConfigurationError(
+            f"ClosePolicy.reauth_statuses must hold only 4xx statuses (an auth failure is a "
+            f"client error, as the default 401), got {shown(not_refusals)}"
+        )
     if 429 in statuses:
         # It overrode the fixed rule: a rate limit never escalates to a re-login.
         raise ConfigurationError(
@@ -293,6 +303,14 @@ def _check_fail_codes(
             "ClosePolicy.fail_codes cannot hold 1006: no server sends it (it is how a drop "
             "without a close frame is reported, and drops always reconnect)"
         )
+    if NORMAL_CLOSURE in value:
+        # A normal close is no failure: it reconnects, or stops (without an error) with
+        # reconnect_on_server_close=False. In fail_codes, every idle socket LiveEngage closed
+        # normally stopped for good with SocketRejected.
+        raise ConfigurationError(
+            "ClosePolicy.fail_codes cannot hold 1000: a normal close is no failure (to stay "
+            "closed after a server's normal close, set reconnect_on_server_close=False)"
+        )
 
 
 def _run_length(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
@@ -307,8 +325,9 @@ class ClosePolicy:
     - ``reauth_codes``: close codes that mean "re-authenticate first" (4401, 4407, 1011);
       WebSocket close codes (1000 to 4999), not 1006 (no server sends it: a drop is
       re-authenticated through ``fast_drop_run``).
-    - ``reauth_statuses``: upgrade statuses that mean the same (401); HTTP statuses (100 to
-      999), not 429 (a rate limit never escalates to a re-login: see the fixed rules).
+    - ``reauth_statuses``: upgrade statuses that mean the same (401); client errors (400 to
+      499: no other status is a refused credential), not 429 (a rate limit never escalates to
+      a re-login: see the fixed rules).
     - ``fast_drop_within`` / ``fast_drop_run``: ``fast_drop_run`` abnormal drops in a row, each
       of a connection younger than ``fast_drop_within`` seconds, mean re-authenticate.
     - ``reconnect_on_server_close``: whether a server's own 1000/1001 close is reconnected (it
@@ -320,9 +339,9 @@ class ClosePolicy:
       violation is final. Empty by default: LiveEngage documents every code but the
       re-authentication ones as "wait, reconnect". Only a server's close frame is matched (not
       a code the client failed the connection with itself); a code may not be in both
-      ``fail_codes`` and ``reauth_codes``, nor be 1006 (no server sends it), nor lie outside
-      1000 to 4999. It takes precedence
-      over ``reconnect_on_server_close``.
+      ``fail_codes`` and ``reauth_codes``, nor be 1006 (no server sends it) or 1000 (a normal
+      close is no failure: ``reconnect_on_server_close=False`` stops on it), nor lie outside
+      1000 to 4999. It takes precedence over ``reconnect_on_server_close`` (for 1001).
     - ``retry_after_ceiling``: the longest pause a refused upgrade's ``Retry-After`` may ask
       for (60 s, the HTTP retry's default ceiling); a longer one is cut to it (0: every
       ``Retry-After`` is ignored).

@@ -10,6 +10,7 @@ fleet as a whole comes back at ``rate`` per second after ``burst``: give it to
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from .._checks import require_kind
 from ..clock import Clock, RealClock
@@ -32,7 +33,19 @@ class FleetPacer(ReconnectPacer):
     itself on a local bucket of the same rate and burst. :meth:`acquire` is the per-process
     one, on the fleet's bucket: a process that wakes more than the bucket's ``grace`` after its
     turn (a stalled loop) forfeits it and takes a new one.
+
+    The store's bucket is written by every process of the fleet, so what it answers is not
+    trusted blindly: a wait that is no number of seconds >= 0 (inf, NaN, a negative) paces this
+    process on its own bucket instead, and a wait longer than :attr:`MAX_SHARED_WAIT` is cut to
+    it (with a warning): a damaged or hostile entry must not hold a reconnect for hours.
     """
+
+    #: The longest wait, in seconds, taken from the fleet's store for one turn: 15 minutes. The
+    #: default bucket (700 a second) queues a fleet of 600,000 sockets dropped at once within
+    #: it, and it is shorter than the longest backoff the library uses (the re-login schedule's
+    #: 16 minutes). A longer answer is a damaged entry (its tokens written far below 0) or a
+    #: bucket too slow for its fleet: the socket waits this long, then connects.
+    MAX_SHARED_WAIT: ClassVar[float] = 900.0
 
     def __init__(
         self,
@@ -57,6 +70,8 @@ class FleetPacer(ReconnectPacer):
         self._key = state_key(account, "pace", name)
         # Whether a store's answer that is no wait has been logged (once is enough).
         self._bad_wait_logged = False
+        # Whether a wait past MAX_SHARED_WAIT has been logged as a warning (later ones: debug).
+        self._long_wait_logged = False
 
     async def reserve_shared(self) -> float:
         """Take a turn in the fleet's bucket: seconds to wait before using it."""
@@ -68,6 +83,8 @@ class FleetPacer(ReconnectPacer):
         # wakes past its turn forfeits it, as in ReconnectPacer.acquire.
         wait = await self.reserve_shared()
         if finite_number(wait) and wait >= 0:
+            if wait > self.MAX_SHARED_WAIT:
+                return self._cut(wait)
             return wait
         # A caller's own store answering inf (a socket waiting for ever: never reconnected),
         # NaN (a ValueError from the clock, stopping the socket) or a negative: this process
@@ -82,6 +99,22 @@ class FleetPacer(ReconnectPacer):
                 extra={"key": self._key},
             )
         return self.reserve()
+
+    def _cut(self, wait: float) -> float:
+        """A wait past :attr:`MAX_SHARED_WAIT`, cut to it and logged (a warning the first
+        time, then at debug level: every socket of a fleet meets the same damaged entry)."""
+        level = logging.DEBUG if self._long_wait_logged else logging.WARNING
+        self._long_wait_logged = True
+        _log.log(
+            level,
+            "the fleet's reconnect pace %s answered a wait of %.6g s, past the most a turn may "
+            "wait (%g s): waiting that long instead",
+            self._key,
+            wait,
+            self.MAX_SHARED_WAIT,
+            extra={"key": self._key},
+        )
+        return self.MAX_SHARED_WAIT
 
     def __repr__(self) -> str:
         return f"FleetPacer(key={self._key!r}, rate={self.bucket.rate}, burst={self.bucket.burst})"

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 from .._checks import is_async_callable, require_kind
-from .._redact import Secret, is_secret_name, redact_text, redact_url
+from .._redact import REDACTED, Secret, is_secret_name, redact_text, redact_url
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateStoreError
 from ..policies.budget import RetryBudget
@@ -173,7 +174,9 @@ class RedisStore:
     - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed.
     - ``clock``: a :class:`~le_transport.clock.Clock` (default: the real one).
     - ``client_options``: passed through to ``redis.asyncio.Redis.from_url`` (TLS files such
-      as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``; ``username``; pool sizes).
+      as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``; ``username``; pool sizes). One
+      that redis-py's connection does not take, or whose value it refuses, is a
+      :class:`ConfigurationError` naming the option, never its value.
     - ``client``: an existing ``redis.asyncio.Redis`` (or ``redis.asyncio.RedisCluster``) to
       use instead (the caller closes it), with or without ``decode_responses``: answers that
       come back as bytes are decoded as UTF-8. redis-py's synchronous ``redis.Redis`` (each
@@ -299,7 +302,12 @@ class RedisStore:
 
     def _scrub(self, text: str) -> str:
         for secret in self._hide:
-            text = text.replace(secret, "***")
+            if len(secret) >= _MIN_BARE_SECRET:
+                text = text.replace(secret, REDACTED)
+            else:
+                # Replaced everywhere, a short password blanked unrelated text ("a": every "a"
+                # of the message): it is hidden only where it stands as a credential.
+                text = _hide_credential(text, secret)
         return redact_text(text)[:300]
 
     def _start(self, op: str, coro_fn: Any, args: Any, kwargs: Any) -> Any:
@@ -445,30 +453,70 @@ class RedisStore:
         return f"RedisStore(url={self._url!r}, prefix={self._prefix!r})"
 
 
+#: A secret at least this long is hidden wherever an error's text holds it (a coincidence is
+#: then implausible); a shorter one only where it stands as a credential: see
+#: :func:`_hide_credential`.
+_MIN_BARE_SECRET = 8
+#: What may end a credential's value in free text.
+_VALUE_END = r"""(?=$|[\s"'&,;)\]}])"""
+
+
+def _hide_credential(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced where it stands as a credential, and nowhere else: as
+    a URL's userinfo (``://user:secret@``, ``://secret@``), or as the whole value of a field
+    whose name is a credential's (``password=secret``, ``"password": "secret"``)."""
+    s = re.escape(secret)
+    text = re.sub(rf"(?<=[:/]){s}(?=@)", REDACTED, text)
+
+    def field(match: re.Match[str]) -> str:
+        if not is_secret_name(match.group(1)):
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+
+    return re.sub(rf"(?<![\w.-])([\w.-]+)([\"']?\s*[:=]\s*[\"']?){s}{_VALUE_END}", field, text)
+
+
 def _check_options(client: Any, client_options: Mapping[str, Any]) -> None:
     """Refuse ``client_options`` a connection would not take: redis-py hands them to each
     connection it opens, so a misspelt one failed the first operation with a TypeError, taken
     for an outage (the fleet went local for good, Redis up). A connection is made here, not
-    opened, to ask; named by the options' names, never their values."""
+    opened, to ask; named by the options' names, never their values.
+
+    A value it refuses (``protocol="x"``, an unknown ``ssl_cert_reqs``: redis-py raises its
+    ConnectionError, RedisError or a ValueError) is refused the same way: it escaped here
+    raw, its text quoting the value (a misplaced password, perhaps)."""
     pool = getattr(client, "connection_pool", None)
     make = getattr(pool, "connection_class", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     if make is None or not isinstance(kwargs, Mapping):
         return
+    kind = getattr(make, "__name__", type(make).__name__)
     try:
         make(**kwargs)
     except TypeError as exc:
         # The option's name, when the error names one of those given (a name, not a value).
         named = [str(k) for k in client_options if f"'{k}'" in str(exc)]
-        which = (
-            f"{named[0]!r}" if named else "one of " + ", ".join(sorted(map(str, client_options)))
-        )
         raise ConfigurationError(
-            f"RedisStore.client_options: redis-py's "
-            f"{getattr(make, '__name__', type(make).__name__)} does not take {which} "
-            "(a misspelt option, or one of another kind of connection: TLS options need "
-            "rediss://)"
+            f"RedisStore.client_options: redis-py's {kind} does not take "
+            f"{_which(named, client_options)} (a misspelt option, or one of another kind of "
+            "connection: TLS options need rediss://)"
         ) from None
+    except Exception as exc:
+        # Named as above, by a name its text holds as a word (never the text itself).
+        text = str(exc)
+        named = [str(k) for k in client_options if re.search(rf"\b{re.escape(str(k))}\b", text)]
+        raise ConfigurationError(
+            f"RedisStore.client_options: redis-py's {kind} refused the value of "
+            f"{_which(named, client_options)} ({type(exc).__name__}; the value is not shown)"
+        ) from None
+
+
+def _which(named: list[str], client_options: Mapping[str, Any]) -> str:
+    """The option an error is about, if it named one, else every option given."""
+    if named:
+        return repr(named[0])
+    names = sorted(map(str, client_options))
+    return repr(names[0]) if len(names) == 1 else "one of " + ", ".join(names)
 
 
 def _client_shown(client: Any) -> str:

@@ -73,7 +73,10 @@ class SharedSession:
       after this). 60 s covers a login through the guide's whole 5/10/15 s schedule with
       quick answers; a login slower than that may let a second process log in too (two
       logins, never a deadlock), and a crashed holder delays the fleet by at most this.
-    - ``safety_margin``: the token is stored for its remaining life minus this, never longer.
+    - ``safety_margin``: the token is stored for its remaining life minus this, never longer;
+      it may not be longer than ``unknown_life``.
+    - ``unknown_life``: how long a session whose answer gave no TTL is shared (default
+      :data:`DEFAULT_UNKNOWN_LIFE`).
     - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing from
       ``poll`` to ``max_poll``, by default 0.5 s or ``poll`` if longer; a ``max_poll`` given
       may not be shorter than ``poll``).
@@ -108,6 +111,14 @@ class SharedSession:
             check_seconds("SharedSession", name, value)
         # Unchecked, a NaN margin made every stored session's TTL NaN.
         check_seconds("SharedSession", "safety_margin", safety_margin, zero=True)
+        if safety_margin > unknown_life:
+            # Contradictory: a session known to live unknown_life is then too close to its end
+            # to share at all (its life minus the margin is below 0), yet one whose life is
+            # unknown was assumed to live that long and shared for all of it.
+            raise ConfigurationError(
+                f"SharedSession.safety_margin ({safety_margin!r}) must not be longer than "
+                f"unknown_life ({unknown_life!r})"
+            )
         if poll > max_poll:
             # The first wait was poll, past the documented ceiling (poll=10, max_poll=0.5: 10 s).
             raise ConfigurationError(

@@ -62,7 +62,7 @@ def virtual_clock_in_use(loop: asyncio.AbstractEventLoop | None = None) -> Virtu
 class VirtualClock:
     """A :class:`~le_transport.clock.Clock` whose time moves only when everything waits.
 
-    - ``start``: the initial reading of :meth:`now`.
+    - ``start``: the initial reading of :meth:`now`: a finite number (not a bool).
     - ``autojump``: jump to the next deadline automatically (default); else use :meth:`advance`.
       A bool (a truthy ``"no"`` from a config file is refused, not guessed).
     - ``idle_rounds``: loop iterations with nothing else ready before a jump: an int >= 1
@@ -84,9 +84,14 @@ class VirtualClock:
     ) -> None:
         check_max_records(max_records, owner="VirtualClock")
         _check_settings(autojump, idle_rounds, autojump_threshold)
+        if not finite_number(start):
+            # Before, a bool or a numeric str was taken (True: time 1.0, "5": 5.0), None was a
+            # raw TypeError, an int past float's range a raw OverflowError, and NaN or inf a
+            # bare ValueError.
+            raise ConfigurationError(
+                f"VirtualClock.start must be a finite number, got {_number_or_type(start)}"
+            )
         self._now = float(start)
-        if not math.isfinite(self._now):
-            raise ValueError(f"VirtualClock(start=...) must be a finite time, got {start!r}")
         self._autojump = autojump
         self._idle_rounds = idle_rounds
         self._threshold = float(autojump_threshold)

@@ -397,19 +397,28 @@ class SimFaults:
         ``outcomes``: a list of a status code (below 300: let the request through), a fault, or
         None (pass). ``script("GET", "/api/*/users", [503, 503, 200])`` fails twice, then
         serves. Anything else (a bare ``503``, None) is a
-        :class:`~le_transport.errors.ConfigurationError`, and nothing is added.
+        :class:`~le_transport.errors.ConfigurationError`, and nothing is added; so is an empty
+        list, a rule that would never answer anything.
         """
         if isinstance(outcomes, (str, bytes, Mapping)) or not isinstance(outcomes, Iterable):
             raise ConfigurationError(
                 "SimFaults.script outcomes must be a list of status codes, faults or None "
                 f"(one per matching request: [503] for one 503), got {type(outcomes).__name__}"
             )
+        scripted = list(outcomes)
+        if not scripted:
+            # Taken, it added a rule that matched and passed every request: a test scripting
+            # failures it built from an empty list silently saw none.
+            raise ConfigurationError(
+                "SimFaults.script outcomes must hold at least one status code, fault or None "
+                "(one per matching request: [503] for one 503), got an empty list"
+            )
         self._auto += 1
         rule = FaultRule(
             id=id or f"script-{self._auto}",
             match=Match(method=method, path=path, service=service),
             unit=unit,
-            sequence=list(outcomes),
+            sequence=scripted,
         )
         return self.add(rule)
 
