@@ -391,12 +391,12 @@ async def _cost(variant: str, calls: int, redis_url: str | None) -> dict[str, An
     store = None
     guard = None
     if variant == "guard, local state":
-        guard = OverloadGuard(store=MemoryStore())
+        guard = OverloadGuard(store=MemoryStore(), account="bench")
     elif variant.startswith("guard on Redis"):
         assert redis_url is not None
         store = FallbackStore(RedisStore(redis_url, prefix="bench-cost"))
         batched = variant.endswith("batched")
-        guard = OverloadGuard(store=store, flush_interval=1.0 if batched else 0.0)
+        guard = OverloadGuard(store=store, account="bench", flush_interval=1.0 if batched else 0.0)
     latencies: list[float] = []
     try:
         async with Engine({"svc": host}, scheme="http", overload=guard) as engine:

@@ -52,6 +52,7 @@ __all__ = [
     "SocketRejected",
     "SocketRequestError",
     "SocketRequestTimeout",
+    "StateDataError",
     "StateStoreError",
     "TransportError",
     "UnknownServiceError",
@@ -400,6 +401,23 @@ class StateStoreError(TransportError):
     :class:`le_transport.state.FallbackStore` turns it into a switch to local state. The message
     never holds the store's password.
     """
+
+
+class StateDataError(StateStoreError):
+    """One key of the shared state store holds data the operation cannot work on: the store
+    answered, so it is up, but refused that key (on Redis, a ``ResponseError`` about the key's
+    data: ``WRONGTYPE``, a field a script cannot count, a number that is not one).
+
+    Not an outage: :class:`le_transport.state.FallbackStore` treats it as that key's damage
+    (a read answers None, a conditional write or delete does not store, a budget or a pace
+    runs locally for that key), logs a warning naming the key, and keeps sharing every other
+    key. ``key`` is the store key (as the caller named it, without the store's prefix); the
+    message never holds a stored value nor the store's password.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 # --------------------------------------------------------------------------------------------

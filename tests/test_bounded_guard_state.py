@@ -261,7 +261,7 @@ def test_a_fleet_guard_keeps_its_per_service_counts_bounded_and_rereads_forgotte
     store = MemoryStore(clock)
     cap = 32
     guard = OverloadGuard(
-        budget=BUDGET, breaker=BREAKER, store=store, clock=clock, max_breakers=cap
+        budget=BUDGET, breaker=BREAKER, store=store, clock=clock, max_breakers=cap, account="1"
     )
     _open(guard, "down", "down.example.test:443")
     # A foreign session names the service by its host: every call a new service, twice over

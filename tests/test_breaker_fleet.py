@@ -1582,7 +1582,7 @@ def test_a_store_method_the_guard_cannot_call_as_the_protocol_says_is_refused() 
     with pytest.raises(ConfigurationError, match=r"NoWithdraw\.budget cannot be called"):
         OverloadGuard(budget=RetryBudget(), breaker=None, store=NoWithdraw(clock), clock=clock)  # type: ignore[arg-type]
     # Without a budget the guard never calls it.
-    OverloadGuard(budget=None, breaker=BREAKER, store=NoWithdraw(clock), clock=clock)  # type: ignore[arg-type]
+    OverloadGuard(budget=None, breaker=BREAKER, store=NoWithdraw(clock), clock=clock, account="1")  # type: ignore[arg-type]
 
 
 # -- a break adopted by another call while the prober awaits the store ------------------------

@@ -627,7 +627,7 @@ async def test_a_client_that_does_not_keep_redis_pys_api_is_no_outage(kind: str)
     still shares (it went local for good, one warning, while Redis was up)."""
     fallback = FallbackStore(RedisStore(client=_DuckClient(kind)))
     with pytest.raises(ConfigurationError, match=r"RedisStore\.client"):
-        await fallback.add("lock", "mine", ttl=60)
+        await fallback.set("k", "v", ttl=60)
     assert fallback.sharing
 
 
@@ -639,7 +639,7 @@ async def test_a_type_error_while_an_answer_is_awaited_is_an_outage() -> None:
     with pytest.raises(StateStoreError, match="TypeError"):
         await store.set("k", "v", ttl=60)
     fallback = FallbackStore(store)
-    assert await fallback.add("lock", "mine", ttl=60), "answered locally"
+    assert await fallback.set("k", "v", ttl=60), "answered locally"
     assert not fallback.sharing
 
 

@@ -17,7 +17,10 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
   (``CircuitOpen``) instead of burning the pause on an attempt that will be refused.
 - Then the **budget**: a retry it does not allow fails the call at once with
   :class:`~le_transport.errors.RetryBudgetExhausted` carrying the last error; first attempts
-  are what pay for retries, so they are counted as they are admitted.
+  are what pay for retries, so they are counted as they are admitted. A retry is paid before
+  the pause and given back if it is never sent (the caller cancelled in the pause, the call cut
+  by its deadline or the engine's close, the breaker refusing it after the pause): to the slot
+  of the window it was taken in, only while that slot is in the window and counts one.
 - Every attempt's outcome feeds the breaker; only 5xx, 429 and transport failures (timeouts
   included) count as failures.
 
@@ -28,7 +31,13 @@ The trip is kept for the break and then the probe lease, so a process that misse
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
 published a new break); a probe cancelled or cut by its caller's deadline frees the lock at once
-(cancelled while the guard still admits it, as the shared budget answers, too). A process that has
+(cancelled while the guard still admits it, as the shared budget answers, too; and cancelled
+while the lock is taken or freed: the store may have run the command whose reply never came, so
+its value is compared-and-deleted, which is harmless if it never landed). A trip entry asking a
+longer break than this process's breaker ever takes (:attr:`CircuitBreaker.longest_break` plus
+its probe lease) is adopted for that long only, from the first read of that entry. With a store,
+``account`` is required: guards of several accounts left on one default shared one breaker per
+service and host. A process that has
 not read the trip yet may open on its own failures and publish a break of its own meanwhile: the
 prober rewrites the trip's half-open tail only if the entry is still the one it read
 (compare-and-set: a new break found instead is adopted, no probe goes), and its success replaces
@@ -80,7 +89,7 @@ from typing import TYPE_CHECKING, Protocol
 from .._checks import require_kind, require_option
 from .._redact import redact_text
 from ..clock import Clock, RealClock, timeout_after
-from ..errors import CircuitOpen, RequestError, RetryBudgetExhausted
+from ..errors import CircuitOpen, ConfigurationError, RequestError, RetryBudgetExhausted
 from ..events import EventHooks, StateEvent, emit
 from ..policies._validate import finite_number
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
@@ -127,6 +136,8 @@ _CLOSED = BreakerState.CLOSED
 #: before (2 min after six at the defaults), and a damaged entry's huge count must not make
 #: the next break's arithmetic (one step per opening) run for ever.
 _MAX_ADOPTED_OPENS = 10_000
+#: The namespace of a guard's keys without a shared store (nothing else reads them).
+_LOCAL_ACCOUNT = "local"
 #: How much of a damaged trip entry a warning shows.
 _DAMAGED_SHOWN = 40
 #: Near the end of a slot of the budget's window, first attempts held back for the shared
@@ -203,7 +214,9 @@ class RetryGate(Protocol):
         ...
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
-        """An admitted attempt ended without an outcome (cancelled): forget it."""
+        """An admitted attempt ended without an outcome (cancelled): forget it. Or an attempt
+        not admitted yet, whose retry :meth:`before_retry` granted, will not be sent (the pause
+        was cut): give that retry back."""
         ...
 
     async def before_retry(
@@ -279,6 +292,27 @@ class _Batch:
         self.until = budget.slot_end(self.slot)
 
 
+class _Grant:
+    """A retry the budget granted before its pause (:meth:`OverloadGuard.before_retry`), its
+    attempt not yet admitted: the call it is for, the service, when it was taken (the guard's
+    clock) and whether the shared store took it (not a FallbackStore's local stand-in)."""
+
+    __slots__ = ("at", "call", "service", "shared")
+
+    def __init__(self, call: GatedCall, service: str, at: float, shared: bool) -> None:
+        self.call = call
+        self.service = service
+        self.at = at
+        self.shared = shared
+
+
+def _has_ended(call: GatedCall) -> bool:
+    """Whether the retry loop running ``call`` has ended (its CallContext says so: ``active``
+    False once a loop has run it); False when the call tells nothing of it."""
+    ctx = getattr(call, "ctx", None)
+    return getattr(ctx, "active", None) is False
+
+
 class OverloadGuard:
     """The retry budget per service and the circuit breaker per service and host.
 
@@ -293,7 +327,11 @@ class OverloadGuard:
       a TypeError at the fleet's first probe or a silent return to the race that lost breaks
       (:func:`~le_transport.state.store.check_store_calls` has why). Any store method that
       cannot be called as the protocol says is refused here alike.
-    - ``account``: the namespace of the shared keys.
+    - ``account``: the namespace of the shared keys: the LivePerson account (site) id. Required
+      with a ``store`` (a :class:`~le_transport.errors.ConfigurationError` without it): the
+      shared budget and breakers are per account, and guards of several accounts (brands)
+      left on one default would share one breaker per service and host, one account's 429s
+      opening the circuit for the others. Without a store it is not needed.
     - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
       ``circuit_open`` (``retry_in``, ``opens``, and ``adopted``: whether the break is the
       fleet's, taken instead of this process's own), ``circuit_closed`` (``adopted``: whether
@@ -320,7 +358,7 @@ class OverloadGuard:
         budget: RetryBudget | None = DEFAULT_BUDGET,
         breaker: CircuitBreaker | None = DEFAULT_BREAKER,
         store: StateStore | None = None,
-        account: str = "local",
+        account: str | None = None,
         clock: Clock | None = None,
         hooks: EventHooks | None = None,
         rng: random.Random | None = None,
@@ -339,13 +377,6 @@ class OverloadGuard:
         ):
             require_kind(value, kind, owner="OverloadGuard", field=name)
         require_option(
-            isinstance(account, str) and bool(account),
-            account,
-            owner="OverloadGuard",
-            field="account",
-            wants="a non-empty str",
-        )
-        require_option(
             isinstance(max_breakers, int)
             and not isinstance(max_breakers, bool)
             and max_breakers > 0,
@@ -354,8 +385,6 @@ class OverloadGuard:
             field="max_breakers",
             wants="an int >= 1",
         )
-        # An int past float's range (10**400) is refused too: it passed ``< math.inf`` and
-        # raised OverflowError from the first batched send's arithmetic.
         if store is not None:
             # A store of the caller's written to an older protocol (set without only_if) is
             # refused here, with what to add, not at the fleet's first probe with a TypeError.
@@ -366,6 +395,25 @@ class OverloadGuard:
                 breaker=breaker is not None,
                 budget=budget is not None,
             )
+        if account is None:
+            if store is not None:
+                raise ConfigurationError(
+                    "OverloadGuard.account is required when a store is given: the budget and "
+                    "the breaker trips are shared per account, and every guard left without "
+                    "one would share a single breaker per service and host with every other "
+                    "account using that store (one brand's 429s opening the circuit for "
+                    "another's calls). Pass account= the LivePerson account (site) id"
+                )
+            account = _LOCAL_ACCOUNT
+        require_option(
+            isinstance(account, str) and bool(account),
+            account,
+            owner="OverloadGuard",
+            field="account",
+            wants="a non-empty str",
+        )
+        # An int past float's range (10**400) is refused too: it passed ``< math.inf`` and
+        # raised OverflowError from the first batched send's arithmetic.
         flush_interval = check_seconds("OverloadGuard", "flush_interval", flush_interval, zero=True)
         sync_interval = check_seconds("OverloadGuard", "sync_interval", sync_interval, zero=True)
         self._budget = budget
@@ -419,6 +467,16 @@ class OverloadGuard:
         self._releases: set[asyncio.Task[None]] = set()
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
         self._damaged: dict[tuple[str, str], int] = {}
+        # The longest break this process adopts from the fleet's trip entry (_trip), and per
+        # breaker key the over-long entry last read (its hash) with when it was first read: its
+        # break is over that long after, however often it is read again.
+        self._longest_adopted = (
+            breaker.longest_break + breaker.probe_lease if breaker is not None else math.inf
+        )
+        self._overlong: dict[tuple[str, str], tuple[int, float]] = {}
+        # Retries the budget granted before their pause whose attempt is not yet admitted, by
+        # (call, attempt): given back if that attempt is never sent (_refund_ended, abandon).
+        self._grants: dict[tuple[int, int], _Grant] = {}
         # The last outcome the breaker did not count as a failure: outcomes are immutable and the
         # retry loop hands the same one for the same status, so an identical one needs no asking.
         self._success: Outcome | None = None
@@ -535,6 +593,7 @@ class OverloadGuard:
         # (A stale lock forgotten here frees itself when its lease ends.)
         self._stale_locks = {k: lock for k, lock in self._stale_locks.items() if k in kept}
         self._damaged = {k: seen for k, seen in self._damaged.items() if k in kept}
+        self._overlong = {k: seen for k, seen in self._overlong.items() if k in kept}
         if forgotten:
             self._forgot(forgotten, now)
 
@@ -611,12 +670,21 @@ class OverloadGuard:
                 if status is None or status.state is not _CLOSED or self._shared:
                     refused = await self._admit(call, attempt, key)
                     if refused is not None:
+                        if attempt != 1 and self._grants:
+                            # The retry the budget granted before the pause is not sent.
+                            grant = self._grants.pop((id(call), attempt), None)
+                            if grant is not None:
+                                await self._refund(grant)
                         return refused
                 else:
                     # A closed breaker admits, its status unchanged (CircuitBreaker.admit); and
                     # so it does until a status is written or another key asked (_last_admits).
                     self._last_admits = True
-        if attempt == 1 and self._budget is not None:
+        if attempt != 1:
+            if self._grants:
+                # The retry granted before the pause goes now: it stays paid for.
+                self._grants.pop((id(call), attempt), None)
+        elif self._budget is not None:
             if self._local is not None:
                 # Unchecked: the budget was checked when the guard was made.
                 self._local._deposit_unchecked(
@@ -718,19 +786,29 @@ class OverloadGuard:
                 await self._opened(call, key, after, outcome)
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
                 await self._closed(call, key, seen)
+            if lock is not None:
+                await self._store.delete(self._probe_key(key), only_if=lock)
         except BaseException:
-            # Cancelled while publishing the verdict: the lock must still go, or the fleet
-            # would wait out its lease with no probe out.
+            # Cancelled while publishing the verdict, or while freeing the lock (the delete
+            # may not have reached the store): the lock must still go, or the fleet would wait
+            # out its lease with no probe out. (A compare-and-delete: harmless if it went.)
             if lock is not None:
                 self._release_lock(key, lock)
             raise
-        if lock is not None:
-            await self._store.delete(self._probe_key(key), only_if=lock)
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
         """Free the half-open slot if the cancelled attempt was the probe, and the fleet's
         probe lock it held: left to its lease, it kept every process of the fleet (this one
-        included) from probing for ``probe_lease`` (30 s) with no probe out."""
+        included) from probing for ``probe_lease`` (30 s) with no probe out.
+
+        Also: a retry the budget granted before its pause (:meth:`before_retry`) whose attempt
+        ``attempt`` was never admitted is given back (the retry loop tells so of a pause cut
+        short: the caller cancelled, the engine closed); a call that ended is also found out at
+        the next withdrawal (:meth:`_refund_ended`)."""
+        if self._grants:
+            grant = self._grants.pop((id(call), attempt), None)
+            if grant is not None:
+                self._refund_soon(grant)
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
         lock, _ = self._probes.pop((id(call), attempt))
@@ -760,10 +838,71 @@ class OverloadGuard:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
+    def _refund_soon(self, grant: _Grant) -> None:
+        """Give back ``grant``'s retry from a synchronous caller (:meth:`abandon`): at once on
+        this process's own MemoryStore, else by a task kept with the locks' releases (which
+        :meth:`drain` waits for); with no loop running, not at all (it ages out)."""
+        store = self._store
+        if isinstance(store, MemoryStore):
+            assert self._budget is not None
+            store._refund_unchecked(
+                self._budget_key(grant.service),
+                self._budget,
+                max(0.0, self._clock.now() - grant.at),
+            )
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._refund(grant), name="le_transport retry refund")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _refund(self, grant: _Grant) -> None:
+        """Give back the retry of ``grant``, never sent, to the slot of the budget it was
+        taken from (dropped if that slot aged out or counts none: the stores' ``refund``). A
+        failure is logged, never raised: no call fails for a refund."""
+        budget = self._budget
+        assert budget is not None
+        key = self._budget_key(grant.service)
+        age = max(0.0, self._clock.now() - grant.at)
+        store = self._store
+        try:
+            if isinstance(store, FallbackStore):
+                await store.refund(key, budget, age=age, shared=grant.shared)
+            elif isinstance(store, MemoryStore):
+                store._refund_unchecked(key, budget, age)
+        except Exception as exc:
+            _log.warning(
+                "could not give back a retry of %s that was never sent: %s",
+                grant.service,
+                type(exc).__name__,
+                extra={"service": grant.service, "error": type(exc).__name__},
+            )
+
+    async def _refund_ended(self, now: float) -> None:
+        """Give back the retries granted to calls that ended without sending them (cancelled
+        in the pause, cut by their deadline or the engine's close: the retry loop's context
+        says the call ended, and its retry's attempt was never admitted); forget those taken a
+        window ago or more (their slot has aged out: nothing to give back)."""
+        budget = self._budget
+        assert budget is not None
+        for token, grant in list(self._grants.items()):
+            old = now - grant.at >= budget.window
+            if not old and not _has_ended(grant.call):
+                continue
+            if self._grants.get(token) is not grant:
+                continue  # taken meanwhile (admitted, or abandoned)
+            del self._grants[token]
+            if not old:
+                await self._refund(grant)
+
     async def drain(self, grace: float = 1.0) -> None:
-        """Let the releases of abandoned probes' locks finish (up to ``grace`` seconds of the
-        clock), then cancel what is left: its lock then frees itself at its lease's end. The
-        engine calls it as it closes, so that no task of the guard outlives it.
+        """Let the releases of abandoned probes' locks (and the refunds of retries never sent)
+        finish (up to ``grace`` seconds of the clock), then cancel what is left: its lock then
+        frees itself at its lease's end. The engine calls it as it closes, so that no task of
+        the guard outlives it.
 
         It returns only once no release is pending, those started while it waits included (a
         call abandoned as the engine closes, or one of another engine sharing this guard):
@@ -800,7 +939,10 @@ class OverloadGuard:
     async def before_retry(
         self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
     ) -> RequestError | None:
-        """Refuse a retry the breaker would refuse after the pause, or the budget cannot pay."""
+        """Refuse a retry the breaker would refuse after the pause, or the budget cannot pay.
+
+        A retry the budget pays for is noted until attempt ``attempt + 1`` is admitted, and
+        given back if it never is (see :meth:`abandon`)."""
         now = self._clock.now()
         if self._breaker is not None:
             # The state, the break and the openings: nothing the counted successes change.
@@ -813,7 +955,9 @@ class OverloadGuard:
                     and retry_at > now + pause
                 ):
                     return self._circuit_open(call, retry_at, now, status.opens)
-        if self._budget is not None and not await self._withdraw(call.service):
+        if self._budget is None:
+            return None
+        if not await self._withdraw(call.service):
             emit(
                 self._hooks.on_state,
                 StateEvent(
@@ -832,6 +976,20 @@ class OverloadGuard:
                 method=call.method,
                 url=call.url,
             )
+        # Paid before the pause, so that a retry the budget cannot pay fails at once; given
+        # back if the retry is never sent (the call cancelled in the pause, the breaker
+        # refusing it): a caller bounding its calls itself is charged for no retry it did not
+        # make (abandon, _refund_ended, admit).
+        store = self._store
+        if len(self._grants) >= self._max_breakers:
+            # Bounded: the oldest is forgotten, not given back (the budget only stricter).
+            del self._grants[next(iter(self._grants))]
+        self._grants[(id(call), attempt + 1)] = _Grant(
+            call,
+            call.service,
+            self._clock.now(),
+            store.sharing if isinstance(store, FallbackStore) else True,
+        )
         return None
 
     # -- the budget -------------------------------------------------------------------------
@@ -869,6 +1027,8 @@ class OverloadGuard:
     async def _withdraw(self, service: str) -> bool:
         budget = self._budget
         assert budget is not None
+        if self._grants:
+            await self._refund_ended(self._clock.now())
         batch = self._batch(service)
         now = self._clock.now()
         count = batch.held(now, budget)
@@ -898,16 +1058,25 @@ class OverloadGuard:
         probing = admission.status
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
-            stale = self._stale_locks.pop(key, None)
+            stale = self._stale_locks.get(key)
             if stale is not None:
-                # This process's own abandoned probe's lock, its release not yet done.
+                # This process's own abandoned probe's lock, its release not yet done. Kept
+                # in _stale_locks until the delete answered: cancelled before, it is still
+                # this process's to free (its release task, or the next probe here).
                 await self._store.delete(probe_key, only_if=stale)
+                if self._stale_locks.get(key) == stale:
+                    del self._stale_locks[key]
             lock = self._unique()
-            if not await self._store.add(probe_key, lock, ttl=self._breaker.probe_lease):
-                # Another process of the fleet is probing: wait for its verdict.
-                self._put(key, status)
-                return self._circuit_open(call, now + self._sync_interval, now, status.opens)
             try:
+                # Taken inside the try: cancelled while the add is out, the store may hold the
+                # lock all the same (Redis ran it, its reply had not come back), and nothing
+                # else would free it: the whole fleet waited out the lease with no probe out.
+                # Its release is a compare-and-delete of this value: harmless if it never
+                # landed.
+                if not await self._store.add(probe_key, lock, ttl=self._breaker.probe_lease):
+                    # Another process of the fleet is probing: wait for its verdict.
+                    self._put(key, status)
+                    return self._circuit_open(call, now + self._sync_interval, now, status.opens)
                 # The lock is ours, but what this process knows of the fleet's trip may be up to
                 # sync_interval old: the probe that held the lock before may have failed, and its
                 # process re-opened the breaker (publishing the new trip before freeing the lock).
@@ -1103,7 +1272,42 @@ class OverloadGuard:
             return None
         if self._damaged:
             self._damaged.pop(key, None)
-        return min(opens, _MAX_ADOPTED_OPENS), now + ttl - float(tail)
+        until = now + ttl - float(tail)
+        if until - now > self._longest_adopted:
+            until = self._overlong_trip(key, entry, now, until)
+        elif self._overlong:
+            self._overlong.pop(key, None)
+        return min(opens, _MAX_ADOPTED_OPENS), until
+
+    def _overlong_trip(self, key: tuple[str, str], entry: Entry, now: float, until: float) -> float:
+        """The end of the break of a trip entry at ``key`` that asks a longer one (ending at
+        ``until``) than this process's breaker ever takes: its longest break plus its probe
+        lease, counted from when this process first read that entry (so that reading it again
+        does not start it over), logged once per entry.
+
+        Taken as it is, one entry written with a long TTL (a fleet member on another
+        configuration, a hand-written key, a restored backup) held every process's breaker open
+        for as long as a TTL may be (MAX_TTL: 31,700 years), and only deleting the key
+        recovered. Clamped, the processes go half-open when the clamped break ends, and the
+        fleet's probe replaces the entry (its success the closed mark, its failure a new break).
+        """
+        seen = hash(entry.value)
+        held = self._overlong.get(key)
+        if held is None or held[0] != seen:
+            if len(self._overlong) >= self._max_breakers:
+                self._overlong.clear()
+            held = self._overlong[key] = (seen, now)
+            _log.warning(
+                "the fleet's circuit breaker trip for %s at %s asks a break of %.3g s, longer "
+                "than this process's breaker ever takes (%.3g s with its probe lease): adopted "
+                "for that long only",
+                key[0],
+                key[1],
+                until - now,
+                self._longest_adopted,
+                extra={"service": key[0], "host": key[1], "pause": until - now},
+            )
+        return min(until, held[1] + self._longest_adopted)
 
     def _damaged_trip(self, key: tuple[str, str], entry: Entry, exc: BaseException) -> None:
         """Warn of the damaged trip entry at ``key``, once per entry (every sync reads it

@@ -157,6 +157,13 @@ class CircuitBreaker:
     def __attrs_post_init__(self) -> None:
         check_slot_length("CircuitBreaker", "sampling_window", self.sampling_window, self.slots)
 
+    @property
+    def longest_break(self) -> float:
+        """The longest break this breaker ever takes, in seconds: ``breaks.cap`` jittered up,
+        ``cap * (1 + jitter)`` (never less than ``breaks.floor``, which is at most the cap).
+        A fleet's overload guard adopts no longer break from its shared store."""
+        return max(self.breaks.cap * (1.0 + self.breaks.jitter), self.breaks.floor)
+
     @staticmethod
     def counts_as_failure(outcome: Outcome) -> bool:
         """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport

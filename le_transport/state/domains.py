@@ -13,7 +13,9 @@ import json
 import logging
 from collections.abc import Mapping
 
-from ..errors import HostileHostError
+from .._checks import require_kind
+from ..clock import Clock, RealClock
+from ..errors import ConfigurationError, HostileHostError
 from ..policies._validate import finite_number
 from ..providers.domains import validate_host
 from .fallback import FallbackStore
@@ -28,14 +30,40 @@ _log = logging.getLogger("le_transport.state")
 class SharedDomainMap:
     """The domain map of ``account`` in ``store``, kept ``ttl`` seconds (600, as
     :class:`~le_transport.CsdsDomains` keeps its own: the fleet asks the Domain API once per
-    ``ttl``, and a host change reaches every process within it)."""
+    ``ttl``, and a host change reaches every process within it).
 
-    def __init__(self, store: StateStore, *, account: str, ttl: float = 600.0) -> None:
+    A store that can fail (a :class:`~le_transport.state.RedisStore`, or a store of the
+    caller's) is wrapped in a :class:`~le_transport.state.FallbackStore` running on ``clock``:
+    the local copy a process falls back to expires, and its ``retry_interval`` runs, on that
+    clock. Default: the store's own (its ``clock`` attribute, as a ``RedisStore`` made with
+    ``clock=`` has), else the real clock. (A ``MemoryStore`` or a ``FallbackStore`` is used as
+    it is, on its own clock.)"""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        account: str,
+        ttl: float = 600.0,
+        clock: Clock | None = None,
+    ) -> None:
         check_store("SharedDomainMap", "store", store)
         check_seconds("SharedDomainMap", "ttl", ttl)
+        if isinstance(clock, type):
+            # A class passes the protocol check (its methods are there, unbound).
+            raise ConfigurationError(
+                f"SharedDomainMap.clock must be a Clock, got the class {clock.__name__}: pass "
+                f"one ({clock.__name__}())"
+            )
+        require_kind(clock, Clock, owner="SharedDomainMap", field="clock")
+        if clock is None:
+            own = getattr(store, "clock", None)
+            clock = own if isinstance(own, Clock) and not isinstance(own, type) else RealClock()
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
         self._store: StateStore = (
-            store if isinstance(store, (MemoryStore, FallbackStore)) else FallbackStore(store)
+            store
+            if isinstance(store, (MemoryStore, FallbackStore))
+            else FallbackStore(store, clock=clock)
         )
         self._account = account
         self._key = state_key(account, "domains")

@@ -8,6 +8,11 @@ operation tries the primary again; the first success logs that sharing resumed.
 
 What going local trades away: while Redis is out, each process has its own session, budget and
 pace again (N processes: N logins, N budgets) - the behaviour without Redis, never worse.
+
+An error about one key's data (:class:`~le_transport.errors.StateDataError`: on Redis, a key of
+another type, a budget field a script cannot count) is no outage: the store answered. That key
+alone is treated as damaged (a read answers None, a conditional write or delete stores nothing,
+its budget or pace runs locally), a warning names it once, and every other key stays shared.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TypeVar
 
 from .._checks import require_kind
 from ..clock import Clock, RealClock
-from ..errors import ConfigurationError, StateStoreError
+from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
@@ -45,6 +50,8 @@ _log = logging.getLogger("le_transport.state")
 
 #: How long a process stays local after the primary failed before it tries the primary again.
 DEFAULT_RETRY_INTERVAL = 1.0
+#: How many damaged keys a FallbackStore remembers having warned of (then it starts over).
+_DAMAGED_KEPT = 1024
 
 T = TypeVar("T")
 
@@ -78,6 +85,13 @@ class FallbackStore:
     (written to the protocol before compare-and-set) serves unconditional writes as before; a
     conditional one asked of it is a :class:`ConfigurationError` saying what to add, before
     anything is sent (the overload guard refuses such a store when it is made).
+
+    A :class:`~le_transport.errors.StateDataError` from the primary (Redis answered that one
+    key's data cannot be worked on: ``WRONGTYPE``, a budget field that is no number) is that
+    key's damage, not an outage: :meth:`get` answers None for it, a conditional ``set``, an
+    ``add`` or a compare-and-delete answers False, ``budget`` and ``reserve`` run locally for
+    that key; a WARNING names the key (once, until a write over it succeeds), and every other
+    key stays shared.
 
     Any other exception from the primary is taken for an outage, whatever its type: a
     caller's own store may fail with its client's error rather than a ``StateStoreError``.
@@ -115,6 +129,8 @@ class FallbackStore:
         self._hooks = EventHooks() if hooks is None else hooks
         self._down = False
         self._next_try = 0.0
+        # The damaged keys warned of (StateDataError), until a write over one succeeds.
+        self._damaged: dict[str, None] = {}
         #: How many times the store switched to local state, and back.
         self.fallbacks = 0
         self.recoveries = 0
@@ -123,6 +139,11 @@ class FallbackStore:
     def sharing(self) -> bool:
         """Whether the last operation went through the primary."""
         return not self._down
+
+    @property
+    def clock(self) -> Clock:
+        """The clock ``retry_interval`` and the local store run on."""
+        return self._clock
 
     @property
     def primary(self) -> StateStore:
@@ -137,14 +158,22 @@ class FallbackStore:
     async def _call(
         self,
         op: str,
+        key: str,
         shared: Callable[[], Awaitable[T]],
         local: Callable[[], Awaitable[T]],
         returns: tuple[tuple[type, ...], str] = (_BOOL, "a bool"),
+        damaged: Callable[[], Awaitable[T]] | None = None,
     ) -> T:
+        """``shared()`` on the primary, checked against ``returns``; ``local()`` while it is
+        out; ``damaged()`` (default ``local()``) when it answers that ``key``'s data is
+        damaged (StateDataError: no outage, see the class)."""
         if self._down and self._clock.now() < self._next_try:
             return await local()
         try:
             result = await shared()
+        except StateDataError as exc:
+            self._damaged_key(op, key, exc)
+            return await (local if damaged is None else damaged)()
         except TypeError as exc:
             # Called as the protocol says and refused (or not awaitable): the primary does not
             # keep to it. Only the type is shown: its text may hold a stored value.
@@ -202,6 +231,9 @@ class FallbackStore:
                 f"FallbackStore.primary: {type(self._primary).__name__}.{op} returned a "
                 f"{type(result).__name__}, not {expected} (see StateStore.{op})"
             )
+        if self._damaged and op == "set":
+            # Written over (a SET replaces a key of any type): warned of again if damaged anew.
+            self._damaged.pop(key, None)
         if self._down:
             self._down = False
             self.recoveries += 1
@@ -215,10 +247,36 @@ class FallbackStore:
             )
         return result
 
+    def _damaged_key(self, op: str, key: str, exc: StateDataError) -> None:
+        """Warn that the primary answered ``key``'s data is damaged, once per key (until a
+        write over it succeeds): every sync of the guard reads it again. The key is named;
+        no value is (the error's text is the store's own, which quotes none)."""
+        if key in self._damaged:
+            return
+        if len(self._damaged) >= _DAMAGED_KEPT:
+            self._damaged.clear()
+        self._damaged[key] = None
+        _log.warning(
+            "shared state at key %r cannot be used (%s): that key is treated as damaged (kept "
+            "locally by each process); every other key is still shared",
+            key,
+            exc,
+            extra={"store": repr(self._primary), "operation": op, "key": key},
+        )
+
     async def get(self, key: str) -> Entry | None:
-        """From the primary; locally while it is out."""
+        """From the primary; locally while it is out; None if its data there is damaged."""
+
+        async def damaged() -> Entry | None:
+            return None
+
         return await self._call(
-            "get", lambda: self._primary.get(key), lambda: self._local.get(key), _ENTRY
+            "get",
+            key,
+            lambda: self._primary.get(key),
+            lambda: self._local.get(key),
+            _ENTRY,
+            damaged,
         )
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
@@ -230,6 +288,7 @@ class FallbackStore:
             await self._local.set(key, value, ttl=ttl)
             await self._call(
                 "set",
+                key,
                 lambda: self._primary.set(key, value, ttl=ttl),
                 lambda: self._local.set(key, value, ttl=ttl),
                 # Not read: a store written before only_if (its set returns None) still fits.
@@ -250,7 +309,11 @@ class FallbackStore:
             return await self._local.set(key, value, ttl=ttl, only_if=only_if)
 
         stored = await self._call(
-            "set", lambda: self._primary.set(key, value, ttl=ttl, only_if=only_if), local
+            "set",
+            key,
+            lambda: self._primary.set(key, value, ttl=ttl, only_if=only_if),
+            local,
+            damaged=_not_stored,
         )
         if stored and shared:
             # What the primary now holds, whatever the local copy held (the primary decided).
@@ -265,8 +328,10 @@ class FallbackStore:
         check_value(value)
         return await self._call(
             "add",
+            key,
             lambda: self._primary.add(key, value, ttl=ttl),
             lambda: self._local.add(key, value, ttl=ttl),
+            damaged=_not_stored,
         )
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
@@ -275,10 +340,12 @@ class FallbackStore:
         here = await self._local.delete(key, only_if=only_if)
         there = await self._call(
             "delete",
+            key,
             lambda: self._primary.delete(key, only_if=only_if),
             lambda: self._local.delete(key, only_if=only_if),
             # Read only for a compare-and-delete: an unconditional one may answer None.
             (_BOOL, "a bool") if only_if is not None else _ANY,
+            _not_stored,
         )
         return here or bool(there)
 
@@ -304,6 +371,7 @@ class FallbackStore:
 
         taken = await self._call(
             "budget",
+            key,
             lambda: self._primary.budget(key, policy, deposits=deposits, withdraw=withdraw),
             local,
         )
@@ -313,11 +381,35 @@ class FallbackStore:
             self._local.note_retry(key, policy)
         return taken
 
+    async def refund(
+        self, key: str, policy: RetryBudget, *, age: float, shared: bool = True
+    ) -> bool:
+        """Give back one retry :meth:`budget` took ``age`` seconds ago that was never sent:
+        to the local budget (which counts every retry of this process) and, if ``shared`` (the
+        retry was taken from the primary: :attr:`sharing` right after the withdrawal), to the
+        primary, if it has a ``refund`` of its own (:class:`~le_transport.state.RedisStore`
+        does) and is not out. Whether the primary (or, with ``shared`` False, the local budget)
+        gave it back: each gives back only from the slot it was counted in, while that slot is
+        in the window and counts one. A primary out or failing keeps its count, which ages out
+        with its slot (stricter, never looser)."""
+        check_budget(policy)
+        age = check_seconds("FallbackStore.refund", "age", age, zero=True)
+        here = self._local._refund_unchecked(key, policy, age)
+        give_back = getattr(self._primary, "refund", None) if shared else None
+        if give_back is None:
+            return here and not shared
+
+        async def kept() -> bool:
+            return False
+
+        return await self._call("refund", key, lambda: give_back(key, policy, age=age), kept)
+
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """The fleet's bucket; this process's own while the primary is out."""
         check_bucket(bucket)
         return await self._call(
             "reserve",
+            key,
             lambda: self._primary.reserve(key, bucket),
             lambda: self._local.reserve(key, bucket),
             _SECONDS,
@@ -330,3 +422,9 @@ class FallbackStore:
 
     def __repr__(self) -> str:
         return f"FallbackStore({self._primary!r}, sharing={self.sharing})"
+
+
+async def _not_stored() -> bool:
+    """What a conditional write, an add or a compare-and-delete answers for a damaged key: not
+    stored (the key holds something else than what was compared, or than nothing)."""
+    return False

@@ -25,6 +25,7 @@ from .store import (
     check_budget,
     check_deposits,
     check_only_if,
+    check_seconds,
     check_ttl,
     check_value,
 )
@@ -73,6 +74,11 @@ class MemoryStore:
         self._deposits: dict[str, _Deposits] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._sweep_at = SWEEP_AFTER
+
+    @property
+    def clock(self) -> Clock:
+        """The clock values expire on."""
+        return self._clock
 
     def _grow(self, held: Sized) -> None:
         """A new key goes into ``held``: sweep first if it is full (see the module)."""
@@ -128,11 +134,14 @@ class MemoryStore:
         return True
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        """Store ``value`` only if ``key`` holds nothing."""
+        """Store ``value`` only if ``key`` holds nothing; True too if it already holds exactly
+        ``value`` (its TTL unchanged), as Redis answers a replayed add
+        (:meth:`StateStore.add <le_transport.state.StateStore.add>`)."""
         seconds = check_ttl(ttl)
         check_value(value)
-        if self._live(key) is not None:
-            return False
+        item = self._live(key)
+        if item is not None:
+            return item[0] == value
         self._grow(self._values)
         self._values[key] = (value, self._clock.now() + seconds)
         return True
@@ -218,6 +227,34 @@ class MemoryStore:
             taken, state = policy.try_retry(state, now)
         self._budgets[key] = (state, policy)
         return taken
+
+    async def refund(self, key: str, policy: RetryBudget, *, age: float) -> bool:
+        """Give back one retry :meth:`budget` took ``age`` seconds ago (on this store's clock)
+        that was never sent: one off the slot it was counted in. Whether it was given back: a
+        slot that left the window, or counts no retry, is left as it is, so the budget never
+        goes below zero nor gives back more than it took. ``policy`` must be a
+        :class:`RetryBudget` and ``age`` a finite number of seconds >= 0, else a
+        :class:`ConfigurationError`."""
+        check_budget(policy)
+        age = check_seconds("MemoryStore.refund", "age", age, zero=True)
+        return self._refund_unchecked(key, policy, age)
+
+    def _refund_unchecked(self, key: str, policy: RetryBudget, age: float) -> bool:
+        """:meth:`refund` without its checks and without a coroutine (the overload guard's own
+        store, from a synchronous ``abandon``)."""
+        held = self._budgets.get(key)
+        if held is None:
+            return False
+        now = self._clock.now()
+        # Aged to now (nothing counted: record_request with 0), so that index i is slot - i.
+        state = policy.record_request(held[0], now, 0)
+        index = state.slot - policy.slot_of(now - age)
+        if not 0 <= index < policy.slots or state.retries[index] < 1:
+            return False
+        retries = list(state.retries)
+        retries[index] -= 1
+        self._budgets[key] = (attrs.evolve(state, retries=tuple(retries)), policy)
+        return True
 
     def note_retry(self, key: str, policy: RetryBudget) -> None:
         """Count a retry granted elsewhere (by the shared store), allowed or not here."""

@@ -5,12 +5,15 @@ reads with their TTL, compare-and-set, compare-and-delete, the retry budget and 
 run as Lua scripts on the server, with the server's clock (``TIME``), so processes on machines
 whose clocks disagree still share one window and one bucket.
 
-Every failure (refused, reset, timed out after ``op_timeout`` on the clock, a script error) is a
+Every failure (refused, reset, timed out after ``op_timeout`` on the clock) is a
 :class:`~le_transport.errors.StateStoreError`, whose message never holds the password; wrap the
 store in :class:`~le_transport.state.FallbackStore` so that no call ever fails because Redis
-did. A store that cannot work (a wrong ``clock`` or ``client``, a URL its parser would misread)
-is a :class:`~le_transport.errors.ConfigurationError` when it is made, never an outage. Keys are
-``{prefix}:{account}:{kind}:...``.
+did. An error Redis answers about one key's data (``WRONGTYPE``: a key of another type; a script
+failing on a field it cannot count) is a :class:`~le_transport.errors.StateDataError`, a
+subclass naming the key: the store answered, so a ``FallbackStore`` treats it as that key's
+damage, not as an outage of every key. A store that cannot work (a wrong ``clock`` or
+``client``, a URL its parser would misread) is a :class:`~le_transport.errors.ConfigurationError`
+when it is made, never an outage. Keys are ``{prefix}:{account}:{kind}:...``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from urllib.parse import unquote, unquote_plus
 from .._checks import is_async_callable, require_kind
 from .._redact import REDACTED, Secret, is_secret_name, redact_text, redact_url
 from ..clock import Clock, RealClock, timeout_after
-from ..errors import ConfigurationError, StateStoreError
+from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 from .store import (
@@ -66,6 +69,18 @@ end
 return 0
 """
 
+# Set-if-absent, idempotent: ARGV[1] the value, ARGV[2] its PX. A key already holding exactly
+# that value answers 1: a client that sends the command again after losing the reply (redis-py's
+# Retry, on a connection reset after the server ran it) finds its own value, and must not read
+# it as another holder's lock. Lock values are unique per holder and attempt, so no other
+# holder's value is ever taken for one's own. (pcall: a key of another type holds something,
+# which is no lock of ours.)
+_ADD = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -80,7 +95,15 @@ return 0
 _MAX_EXPIRE_MS = round(MAX_TTL * 1000)
 
 # RetryBudget's arithmetic (see policies/budget.py): counts per time slot in one hash, fields
-# q:<slot> (first attempts) and r:<slot> (retries); slots older than the window are dropped.
+# q:<slot> (first attempts) and r:<slot> (retries), whole numbers >= 0. Slots older than the
+# window are dropped. So are slots a whole window or more ahead of the server's clock (written on
+# a server whose clock ran ahead, before a failover; a clock stepped back): counted, they held
+# the budget for as long as the clock took to catch up, each call's PEXPIRE keeping the key
+# alive; a slot less than a window ahead is folded into the current one (counted, then aged out
+# with it), as the pure policy counts a reading from the past in its newest slot. A field that
+# is none of these (another prefix, a value that is no whole number >= 0) is dropped, not
+# counted: it failed the script (an outage of every key, through a FallbackStore) or counted as
+# a retry.
 _BUDGET = """
 local ratio, floor = tonumber(ARGV[1]), tonumber(ARGV[2])
 local slot_len, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -89,20 +112,29 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cur = math.floor(now / slot_len)
 local oldest = cur - slots + 1
+local slot = string.format('%d', cur)
 local fields = redis.call('HGETALL', KEYS[1])
 local req, ret = 0, 0
+local ahead = {}
 for i = 1, #fields, 2 do
   local f = fields[i]
+  local kind = string.sub(f, 1, 2)
   local s = tonumber(string.sub(f, 3))
-  if s == nil or s < oldest then
+  local n = tonumber(fields[i + 1])
+  if s == nil or n == nil or (kind ~= 'q:' and kind ~= 'r:') or n < 0 or n ~= math.floor(n)
+     or s ~= math.floor(s) or s < oldest or s >= cur + slots then
     redis.call('HDEL', KEYS[1], f)
-  elseif string.sub(f, 1, 1) == 'q' then
-    req = req + tonumber(fields[i + 1])
   else
-    ret = ret + tonumber(fields[i + 1])
+    if s > cur then
+      redis.call('HDEL', KEYS[1], f)
+      ahead[kind] = (ahead[kind] or 0) + n
+    end
+    if kind == 'q:' then req = req + n else ret = ret + n end
   end
 end
-local slot = string.format('%d', cur)
+for kind, n in pairs(ahead) do
+  if n > 0 then redis.call('HINCRBY', KEYS[1], kind .. slot, string.format('%d', n)) end
+end
 if deposits > 0 then
   redis.call('HINCRBY', KEYS[1], 'q:' .. slot, deposits)
   req = req + deposits
@@ -117,6 +149,25 @@ if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
 redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
 return taken
 """.replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS))
+
+# A retry taken ARGV[3] seconds ago and never sent, given back: one off the r: field of the slot
+# it was taken in (on the server's clock: now minus the age), only if that slot is still in the
+# window and counts one. A slot that aged out (or holds none: the age landed across a slot's
+# edge) is left as it is: the refund is dropped, never taken from another slot.
+_REFUND = """
+local slot_len, slots, age = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cur = math.floor(now / slot_len)
+local s = math.floor((now - age) / slot_len)
+if s < cur - slots + 1 then return 0 end
+if s > cur then s = cur end
+local f = 'r:' .. string.format('%d', s)
+local n = tonumber(redis.call('HGET', KEYS[1], f))
+if n == nil or n < 1 or n ~= math.floor(n) then return 0 end
+if n == 1 then redis.call('HDEL', KEYS[1], f) else redis.call('HINCRBY', KEYS[1], f, -1) end
+return 1
+"""
 
 # TokenBucket.reserve (see policies/pacing.py) on the server's clock.
 _RESERVE = """
@@ -279,7 +330,8 @@ class RedisStore:
             self._url = _client_shown(client)
         self._client = client
         scripts = [
-            client.register_script(s) for s in (_GET, _SET_IF, _DELETE_IF, _BUDGET, _RESERVE)
+            client.register_script(s)
+            for s in (_GET, _SET_IF, _DELETE_IF, _BUDGET, _RESERVE, _ADD, _REFUND)
         ]
         for script in scripts:
             if not is_async_callable(script):
@@ -288,13 +340,27 @@ class RedisStore:
                     f"{type(client).__name__}, whose registered scripts "
                     f"({type(script).__name__}) are no coroutines"
                 )
-        self._get, self._set_if, self._delete_if, self._budget, self._reserve = scripts
+        (
+            self._get,
+            self._set_if,
+            self._delete_if,
+            self._budget,
+            self._reserve,
+            self._add,
+            self._refund,
+        ) = scripts
         self._closed = False
 
     @property
     def prefix(self) -> str:
         """The key prefix."""
         return self._prefix
+
+    @property
+    def clock(self) -> Clock:
+        """The clock ``op_timeout`` runs on (what a wrapping FallbackStore is given by default
+        by :class:`~le_transport.state.SharedDomainMap`)."""
+        return self._clock
 
     def key(self, key: str) -> str:
         """The Redis key for a store key."""
@@ -331,15 +397,20 @@ class RedisStore:
             )
         return pending
 
-    def _failed(self, op: str, exc: BaseException) -> StateStoreError:
+    def _failed(self, op: str, exc: BaseException, key: str | None = None) -> StateStoreError:
         # redis-py raises its own errors, OSError and, on a cut connection, others (a TypeError
         # or AttributeError from asyncio's transport: redis-py#4287): every one of them is the
-        # store failing, never the caller's fault.
-        return StateStoreError(
-            f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
-        )
+        # store failing, never the caller's fault. But an error Redis answered about the data
+        # of the one key the command named is that key's damage (StateDataError): the server
+        # is up.
+        text = f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+        if key is not None and _is_data_error(exc):
+            return StateDataError(f"{text} (the data at key {key!r})", key=key)
+        return StateStoreError(text)
 
-    async def _run(self, op: str, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _run(
+        self, op: str, coro_fn: Any, *args: Any, on_key: str | None = None, **kwargs: Any
+    ) -> Any:
         if self._closed:
             raise StateStoreError(f"redis {op}: the store is closed")
         task = asyncio.current_task()
@@ -359,11 +430,11 @@ class RedisStore:
                 f"redis {op} on {self._url} took longer than {self._op_timeout:g} s"
             ) from None
         except Exception as exc:
-            raise self._failed(op, exc) from None
+            raise self._failed(op, exc, on_key) from None
 
     async def get(self, key: str) -> Entry | None:
         """The value at ``key`` and its remaining TTL, or None."""
-        found = await self._run("get", self._get, keys=[self.key(key)])
+        found = await self._run("get", self._get, keys=[self.key(key)], on_key=key)
         if not found:
             return None
         value, pttl = found
@@ -381,14 +452,23 @@ class RedisStore:
             await self._run("set", self._client.set, self.key(key), value, px=px)
             return True
         check_only_if(only_if)
-        done = await self._run("set", self._set_if, keys=[self.key(key)], args=[only_if, value, px])
+        done = await self._run(
+            "set", self._set_if, keys=[self.key(key)], args=[only_if, value, px], on_key=key
+        )
         return bool(done)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        """``SET key value NX PX ttl``; ``value`` and ``ttl`` checked first."""
+        """``SET key value NX PX ttl`` (a script); ``value`` and ``ttl`` checked first.
+
+        Idempotent: a key already holding exactly ``value`` answers True, its TTL unchanged. A
+        client that retries a command whose reply it lost (redis-py's ``Retry``, on by default
+        for a client made by the caller) sends it again after the server ran it; a plain
+        ``SET NX`` then found the value it had just written and answered False, and the caller
+        took its own lock for another holder's. So a lock's value must be unique per holder and
+        attempt (the library's are)."""
         px = _ttl_ms(ttl)
         check_value(value)
-        ok = await self._run("add", self._client.set, self.key(key), value, px=px, nx=True)
+        ok = await self._run("add", self._add, keys=[self.key(key)], args=[value, px], on_key=key)
         return bool(ok)
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
@@ -396,7 +476,9 @@ class RedisStore:
         check_only_if(only_if)
         if only_if is None:
             return bool(await self._run("delete", self._client.delete, self.key(key)))
-        done = await self._run("delete", self._delete_if, keys=[self.key(key)], args=[only_if])
+        done = await self._run(
+            "delete", self._delete_if, keys=[self.key(key)], args=[only_if], on_key=key
+        )
         return bool(done)
 
     async def budget(
@@ -417,8 +499,25 @@ class RedisStore:
                 int(deposits),
                 1 if withdraw else 0,
             ],
+            on_key=key,
         )
         return bool(int(taken))
+
+    async def refund(self, key: str, policy: RetryBudget, *, age: float) -> bool:
+        """Give back one retry :meth:`budget` took ``age`` seconds ago that was never sent (its
+        caller cancelled in the pause): one off the slot it was counted in, on the server's
+        clock. Whether it was given back: a slot that left the window, or counts no retry, is
+        left as it is (the budget never goes below zero, nor gives back more than it took)."""
+        check_budget(policy)
+        age = check_seconds("RedisStore.refund", "age", age, zero=True)
+        done = await self._run(
+            "refund",
+            self._refund,
+            keys=[self.key(key)],
+            args=[repr(policy.slot_length), policy.slots, repr(age)],
+            on_key=key,
+        )
+        return bool(int(done))
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """One token from the shared bucket: seconds to wait."""
@@ -428,6 +527,7 @@ class RedisStore:
             self._reserve,
             keys=[self.key(key)],
             args=[repr(bucket.rate), repr(bucket.burst)],
+            on_key=key,
         )
         return max(0.0, float(_text(wait)))
 
@@ -451,6 +551,38 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore(url={self._url!r}, prefix={self._prefix!r})"
+
+
+#: The codes of Redis' error replies that tell of the server (a replica, memory, ACLs, a cluster
+#: moving, loading, a script running): an outage for every key, never one key's damage.
+_SERVER_CODES = re.compile(
+    r"(?:^|[\s\-])(?:READONLY|OOM|NOPERM|NOSCRIPT|MISCONF|BUSY|NOAUTH|WRONGPASS|LOADING|"
+    r"MASTERDOWN|CLUSTERDOWN|MOVED|ASK|TRYAGAIN|EXECABORT|NOREPLICAS|UNBLOCKED|CROSSSLOT)\b"
+)
+#: How redis-py words the errors Redis answers about one key's data (its parser drops "ERR ").
+_DATA_ERRORS = (
+    "WRONGTYPE",
+    "hash value is not",
+    "value is not an integer",
+    "value is not a valid float",
+    "increment or decrement would overflow",
+    "increment would produce NaN or Infinity",
+)
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis answering that the data of the key a command named cannot be
+    worked on (a key of another type, a field a script cannot count: a script's runtime error),
+    rather than the server failing: a plain ``ResponseError`` (its subclasses are the
+    server's: read-only, out of memory, no permission ...) naming no server condition."""
+    from redis.exceptions import ResponseError
+
+    if type(exc) is not ResponseError:
+        return False
+    text = str(exc)
+    if _SERVER_CODES.search(text):
+        return False
+    return text.startswith(_DATA_ERRORS) or "WRONGTYPE" in text or "user_script" in text
 
 
 #: A secret at least this long is hidden wherever an error's text holds it (a coincidence is

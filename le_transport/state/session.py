@@ -151,6 +151,7 @@ class SharedSession:
         self._poll = float(poll)
         self._max_poll = float(max_poll)
         self._owner = uuid.uuid4().hex
+        self._attempts = 0
         #: How many logins and refreshes this process made itself (not adopted).
         self.logins = 0
         self.refreshes = 0
@@ -228,8 +229,16 @@ class SharedSession:
             if self._usable(cur, stale, fresh_within):
                 assert cur is not None
                 return cur
-            if await self._store.add(self._lock, self._owner, ttl=self._lock_ttl):
-                try:
+            # A value of this attempt's own: a late release of an earlier attempt's lock never
+            # frees this one, and a replayed add (a client's retry) finds only its own.
+            self._attempts += 1
+            owner = f"{self._owner}:{self._attempts}"
+            # None while the add has not answered: cancelled then, the store may hold the lock
+            # all the same (Redis ran the command, the reply had not come back).
+            taken: bool | None = None
+            try:
+                taken = await self._store.add(self._lock, owner, ttl=self._lock_ttl)
+                if taken:
                     # Someone may have finished between our read and our lock.
                     cur = await self.current()
                     if self._usable(cur, stale, fresh_within):
@@ -245,8 +254,13 @@ class SharedSession:
                         obtained = await do_login()
                         self.logins += 1
                     return await self._put(*obtained)
-                finally:
-                    await self._store.delete(self._lock, only_if=self._owner)
+            finally:
+                if taken is not False:
+                    # Ours, or maybe ours (the add cut short): a compare-and-delete of this
+                    # attempt's value frees it, and is harmless if the add never landed. Left,
+                    # it kept every process of the fleet waiting out lock_ttl with nobody
+                    # logging in.
+                    await self._store.delete(self._lock, only_if=owner)
             # Another process holds the lock: wait for its token (or for its lock to expire).
             await self._clock.sleep(pause)
             pause = min(pause * 2, self._max_poll)

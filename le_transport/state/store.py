@@ -294,7 +294,13 @@ class StateStore(Protocol):
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Store ``value`` only if ``key`` holds nothing; whether it was stored (a lock).
-        ``value`` and ``ttl`` are checked as :meth:`set` checks them."""
+        ``value`` and ``ttl`` are checked as :meth:`set` checks them.
+
+        Idempotent: a ``key`` already holding exactly ``value`` answers True (its TTL left as
+        it is). An add sent again after its reply was lost (a client retrying on a connection
+        reset) finds the value it wrote, and must not take its own lock for another holder's;
+        so a lock's value must be unique per holder and per attempt (every lock the library
+        takes is)."""
         ...
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
@@ -310,6 +316,13 @@ class StateStore(Protocol):
         ``policy`` must be a :class:`RetryBudget` and ``deposits`` an int >= 0, else a
         :class:`ConfigurationError` before anything is counted or sent."""
         ...
+
+    # Not part of the protocol (a store written to it before keeps working), but used when a
+    # store has it: ``async def refund(self, key: str, policy: RetryBudget, *, age: float) ->
+    # bool`` gives back one retry ``budget`` took ``age`` seconds ago that was never sent (the
+    # overload guard's caller cancelled in the pause), from the slot it was counted in, only if
+    # that slot is still in the window and counts one. MemoryStore, RedisStore and
+    # FallbackStore have it.
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """Take one token from the bucket (``rate``, ``burst``) at ``key``: seconds to wait.
