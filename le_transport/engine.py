@@ -43,6 +43,7 @@ from .errors import (
     EngineClosed,
     InvalidRequest,
     InvalidRetryAfter,
+    Repeat,
     RequestError,
     ResponseDecodeError,
     TransportError,
@@ -52,6 +53,7 @@ from .errors import (
 from .events import EventHooks
 from .middleware.auth import AuthMiddleware, charset_of
 from .middleware.context import (
+    _CALL_LEDGER,
     _CURRENT,
     AcceptingCallContext,
     CallContext,
@@ -63,7 +65,7 @@ from .middleware.context import (
 from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
-from .policies.classify import IDEMPOTENT_METHODS, Outcome, Verdict
+from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
 from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
 from .policies.retry_after import parse_retry_after
@@ -768,27 +770,32 @@ def _unscheduled_failure(
     """The error for a failed answer that reached :meth:`Engine.request` past the retry
     middleware (which raises for every one it sees): made by a middleware around it, or by a
     caller's session that has not got the stack (``Engine(session=...)``). Logged, since the
-    retry loop that logs failures never saw it. It is ``decided`` as the call's schedule would
-    have decided it, by its ``Classifier`` and the request's idempotency: final when the
-    ``Classifier`` makes it so (a 4xx, a 501 it names), or when it is retryable but the
-    request is not idempotent (a POST's 5xx: the server may have processed it;
-    ``repeat_unsafe``). ``recover=True`` does not send such a request again; a 429, or a
-    GET's 5xx, stays recoverable. Its ``Retry-After`` (within the policy's ceiling) is kept as
-    the pause after its attempt record, which the recovery loop never waits less than."""
+    retry loop that logs failures never saw it. The answer is an attempt of the call: its
+    record is added to ``ctx.attempts`` (and so to the error's ``attempts``), where the
+    recovery loop looks for whether the call was acted on
+    (:meth:`~le_transport.middleware.context.CallContext.may_resend`). Its ``repeat`` is what
+    the call's schedule would have made it, by its ``Classifier`` and the request's
+    idempotency: ``RETRYABLE`` for what the schedule retries (a 429, a GET's 5xx),
+    ``RETRYABLE_IF_IDEMPOTENT`` when only the request not being idempotent would have stopped
+    it (a POST's 5xx: the server may have processed it), ``FINAL`` for what the
+    ``Classifier`` makes final (a 4xx, a 501 it names). Its ``Retry-After`` (within the
+    policy's ceiling) is kept as the pause of that attempt record, which the recovery loop
+    never waits less than."""
     policy = ctx.retry if ctx.retry is not None else RetryPolicy()
     asked: float | None = None
     if retry_after is not None:
         with contextlib.suppress(InvalidRetryAfter):
             asked = min(parse_retry_after(retry_after, now_epoch=epoch), policy.retry_after_ceiling)
+    tries = len(ctx.attempts)
+    # What the engine saw is an attempt of the call: the recovery loop asks the attempts
+    # whether the call was acted on (CallContext.may_resend).
+    ctx.attempts.append(AttemptRecord(tries + 1, Outcome.response(status, asked), asked, now))
     attempts = ctx.attempts
-    if asked is not None:
-        outcome = Outcome.response(status, asked)
-        attempts = [*attempts, AttemptRecord(len(attempts) + 1, outcome, asked, now)]
     error = status_error(
         status,
         "",
         body_excerpt(body, path=URL(url).path),
-        tries=len(ctx.attempts),
+        tries=tries,
         note=(
             "answered outside the retry middleware (by an outer middleware, or a session "
             "without the engine's middlewares), so not retried"
@@ -799,14 +806,16 @@ def _unscheduled_failure(
         attempts=attempts,
     )
     idempotent = ctx.idempotent
+    if idempotent is None:
+        idempotent = method in IDEMPOTENT_METHODS
     # The call's policy (Engine.request always gives its context one).
     classifier = policy.classifier
     outcome = Outcome.response(status)
-    error.decided = not classifier.retryable_for(
-        outcome,
-        idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
+    error.repeat = (
+        Repeat.RETRYABLE
+        if classifier.retryable_for(outcome, idempotent=idempotent)
+        else repeat_verdict(classifier, outcome, idempotent=idempotent)
     )
-    error.repeat_unsafe = error.decided and classifier.classify(outcome) is Verdict.RETRY
     _log.warning("%s %s: %s", method, url, error.message, extra={"service": service})
     return error
 
@@ -1656,18 +1665,23 @@ class Engine:
           call (``deadline`` covers the whole call: resolving the host, getting credentials,
           every attempt and pause; the attempt in flight is cancelled when it passes, and a
           login or Domain API fetch shared with other calls goes on for them).
-        - ``recover``: when the call still fails after the request schedule (or login fails
-          with a 5xx or a transport error its own schedule retried), wait through the outer
-          recovery loop (re-resolve domains, re-login on the engine's :class:`BackoffPolicy`)
-          and try again, instead of failing fast. Only what the schedule would have retried
-          but could not is tried again (its attempts spent, the retry budget or the breaker
-          refusing: :func:`~le_transport.recovery.is_recoverable`): what it made final (a 5xx,
-          a reset or a timeout on a POST the server may have processed, a status its
-          ``Classifier`` makes final), bad credentials and other 4xx fail at once either way.
-          ``deadline`` (else the policy's) bounds the whole call, recovery included: a pause
-          that would pass it is not taken, and each run after a re-login gets only the time
-          left. :class:`~le_transport.errors.RecoveryFailed` when the policy gives up or the
-          next pause would pass the deadline. True or False only.
+        - ``recover``: when the call still fails after the request schedule (or its login, or
+          the Domain API, fails), wait through the outer recovery loop (re-resolve domains,
+          re-login on the engine's :class:`BackoffPolicy`) and send it again, instead of
+          failing fast. Sent again only when both hold: the failure is not final by nature
+          (its :class:`~le_transport.errors.Repeat`, see
+          :func:`~le_transport.recovery.repeat_of`: bad credentials, any other 4xx, a status
+          its ``Classifier`` makes final, a refused certificate fail at once), and the call
+          may be sent again (:meth:`~le_transport.middleware.context.CallContext.may_resend`):
+          it is idempotent (``idempotent``, else by its method, not a redirect hop's), or
+          nothing of it was acted on (every attempt never left, or was answered 401 or 429).
+          So a POST answered 5xx, reset or timed out, or one answered 303 whose GET hop (or
+          the hop's login) then failed, fails at once; a POST whose login met an outage
+          before it was sent, or after a 401, is waited out. ``deadline`` (else the
+          policy's) bounds the whole call, recovery included: a pause that would pass it is
+          not taken, and each run after a re-login gets only the time left.
+          :class:`~le_transport.errors.RecoveryFailed` when the policy gives up or the next
+          pause would pass the deadline. True or False only.
         - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
           (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
           charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8; an
@@ -1754,6 +1768,11 @@ class Engine:
                 service, idempotent, policy, accept=_accepted(accept, service, method)
             )
         )
+        # Under a recovery loop, the call is noted for it (record_call, inline): the loop asks
+        # it whether it may be sent again. Outside one, this read is all it costs.
+        ledger = _CALL_LEDGER.get()
+        if ledger is not None:
+            ledger.record(ctx, method)
         try:
             if self._resolves_at_once or policy.deadline is None:
                 resolved = await self._domains.resolve(service)

@@ -8,6 +8,7 @@ redacted before they are stored, and response bodies are cut to a short, scrubbe
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypedDict
 
@@ -39,6 +40,7 @@ __all__ = [
     "LoginRejected",
     "ProviderError",
     "RecoveryFailed",
+    "Repeat",
     "RequestError",
     "ResponseDecodeError",
     "RetriesExhausted",
@@ -100,6 +102,30 @@ class AttemptRecord:
         )
 
 
+class Repeat(enum.Enum):
+    """Whether a request that failed may be sent again, judged by the failure alone: the one
+    verdict every :class:`RequestError` carries (:attr:`RequestError.repeat`), decided once,
+    where it is known. The request schedule sets it when it raises a failure as final (by its
+    ``Classifier`` and the request's idempotency); the engine, for a failed answer met past
+    the schedule (a caller's session, an outer middleware); what no schedule judged keeps
+    ``RETRYABLE`` (a provider's own network call down, a socket's dial).
+
+    The recovery loop (``recover=True``) reads it together with whether the *call* may be sent
+    again (:meth:`~le_transport.middleware.context.CallContext.may_resend`); see
+    :func:`~le_transport.recovery.repeat_of`, which extends it to the other errors."""
+
+    #: Transient, and sending this request again is safe: what the schedule would have
+    #: retried, or what no schedule judged.
+    RETRYABLE = "retryable"
+    #: Transient, but the request is not idempotent and the server may have acted on it (a
+    #: POST's 5xx, reset or timeout): sent again only as part of a call that may be
+    #: (:meth:`~le_transport.middleware.context.CallContext.may_resend`).
+    RETRYABLE_IF_IDEMPOTENT = "retryable_if_idempotent"
+    #: No repeat can help: a 4xx, a status the ``Classifier`` makes final (a 501), a refused
+    #: TLS certificate.
+    FINAL = "final"
+
+
 class _RequestContext(TypedDict, total=False):
     """The keyword arguments every :class:`RequestError` takes: where the failed call went.
 
@@ -118,20 +144,25 @@ class RequestError(TransportError):
 
     Attributes: ``service`` (the service name, or the host for foreign sessions), ``method``,
     ``url`` (redacted: no query secrets, no credentials in the path), ``attempts`` (one
-    :class:`AttemptRecord` per attempt made, in order), and three flags the recovery loop
-    (``recover=True``, :func:`~le_transport.recovery.is_recoverable`) reads:
+    :class:`AttemptRecord` per attempt made, in order), and ``repeat``, the verdict the
+    recovery loop (``recover=True``, :func:`~le_transport.recovery.repeat_of`) reads:
 
-    - ``decided``: True when the request schedule chose not to repeat the request and raised
-      this error as final: a 4xx, a status its ``Classifier`` makes final (a 501), a refused
-      TLS certificate, or a 5xx, a reset or a timeout on a request that is not idempotent; or
-      the engine chose so, by the call's ``Classifier`` and idempotency, for a failed answer
-      that came from outside the retry middleware (a caller's session, an outer middleware).
-      The recovery loop never sends such a request again. False otherwise (an error raised
-      by the schedule's retries running out is a :class:`RetriesExhausted`).
-    - ``repeat_unsafe``: True when ``decided`` was set only because the request is not
-      idempotent and the failure was otherwise retryable (a 5xx, a reset or a timeout on a
-      POST: the server may have processed it). ``decided`` without it is final by nature
-      (a 4xx, a ``Classifier``-final status, a refused certificate).
+    - ``repeat``: a :class:`Repeat`. ``RETRYABLE`` unless a schedule or the engine judged the
+      failure: ``FINAL`` for what no repeat can help (a 4xx, a status the ``Classifier``
+      makes final, a refused TLS certificate), ``RETRYABLE_IF_IDEMPOTENT`` for a failure the
+      schedule would have retried but for the request not being idempotent (a 5xx, a reset
+      or a timeout on a POST: the server may have processed it). The engine judges a failed
+      answer that came from outside the retry middleware (a caller's session, an outer
+      middleware) alike, by the call's ``Classifier`` and idempotency. An error raised by the
+      schedule's retries running out is a :class:`RetriesExhausted`, and stays ``RETRYABLE``.
+    - ``decided``, ``repeat_unsafe``: compatibility aliases of ``repeat``, read and set
+      through it. ``decided`` is ``repeat is not RETRYABLE``; ``repeat_unsafe`` is
+      ``repeat is RETRYABLE_IF_IDEMPOTENT``. Setting ``decided = False`` makes it
+      ``RETRYABLE``; ``decided = True`` makes a ``RETRYABLE`` one ``FINAL`` (and keeps
+      ``RETRYABLE_IF_IDEMPOTENT``); ``repeat_unsafe = True`` makes it
+      ``RETRYABLE_IF_IDEMPOTENT``; ``repeat_unsafe = False`` makes that one ``FINAL``. So
+      ``decided = True`` set before or after ``repeat_unsafe`` gives the same verdict. New
+      code reads and sets ``repeat``.
     """
 
     def __init__(
@@ -149,8 +180,32 @@ class RequestError(TransportError):
         self.method = method
         self.url = url
         self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
-        self.decided = False
-        self.repeat_unsafe = False
+        #: See :class:`Repeat`; ``decided`` and ``repeat_unsafe`` are views of it.
+        self.repeat = Repeat.RETRYABLE
+
+    @property
+    def decided(self) -> bool:
+        """Compatibility alias of :attr:`repeat`: True unless it is ``RETRYABLE``."""
+        return self.repeat is not Repeat.RETRYABLE
+
+    @decided.setter
+    def decided(self, value: bool) -> None:
+        if not value:
+            self.repeat = Repeat.RETRYABLE
+        elif self.repeat is Repeat.RETRYABLE:
+            self.repeat = Repeat.FINAL
+
+    @property
+    def repeat_unsafe(self) -> bool:
+        """Compatibility alias of :attr:`repeat`: True when it is ``RETRYABLE_IF_IDEMPOTENT``."""
+        return self.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT
+
+    @repeat_unsafe.setter
+    def repeat_unsafe(self, value: bool) -> None:
+        if value:
+            self.repeat = Repeat.RETRYABLE_IF_IDEMPOTENT
+        elif self.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT:
+            self.repeat = Repeat.FINAL
 
     def __str__(self) -> str:
         where = " ".join(p for p in (self.method, self.url) if p)

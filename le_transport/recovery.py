@@ -5,21 +5,42 @@ requests, you must introduce another retry for login ... at a longer interval th
 one ... or exponential backoff", never so short that it keeps an overloaded service down.
 
 :class:`Recovery` is that loop, for one session (one engine). ``await recovery.run(call)`` runs
-``call``; when it fails in a way the outer loop can help with (:func:`is_recoverable`: the
-request schedule would have tried again but could not, its attempts spent or refused by the
-retry budget or the breaker; a provider's own network call failed; the Domain API or the Login
-Service is down), it waits the :class:`~le_transport.policies.BackoffPolicy`'s next pause on
-the injected clock, re-resolves the domains, logs in afresh, and runs ``call`` again, until it
-succeeds, the policy's attempts or deadline run out (:class:`~le_transport.errors.RecoveryFailed`),
-the call's own deadline would pass (``run(call, until=...)``), the caller is cancelled, or the
-loop is closed (its engine closed: every call waiting through it fails at once with
-``RecoveryFailed``, and no re-login outlives the logout). What the request schedule decided
-not to repeat is never re-sent here: a 5xx, a reset or a timeout on a request that is not
-idempotent (a POST the server may have processed), a status its ``Classifier`` makes final
-(a 501), a refused certificate; each is raised at once. Bad credentials (a 4xx from login), a
-blacklisted account and every other 4xx that failed at once (a Domain API that refuses the
-account included: :func:`refused_status`) are never looped on either. A 4xx the retry policy
-retried (its ``Classifier`` takes it for transient) is an outage like a 5xx.
+``call``; when it fails in a way the outer loop can help with and running it again sends
+nothing twice that may have been acted on (the rule below), it waits the
+:class:`~le_transport.policies.BackoffPolicy`'s next pause on the injected clock, re-resolves
+the domains, logs in afresh, and runs ``call`` again, until it succeeds, the policy's attempts
+or deadline run out (:class:`~le_transport.errors.RecoveryFailed`), the call's own deadline
+would pass (``run(call, until=...)``), the caller is cancelled, or the loop is closed (its
+engine closed: every call waiting through it fails at once with ``RecoveryFailed``, and no
+re-login outlives the logout).
+
+The rule: two facts, each decided once, where it is known.
+
+- The failure's verdict, :func:`repeat_of` (a :class:`~le_transport.errors.Repeat`). ``FINAL``
+  is raised at once: every 4xx that failed at once (bad credentials, a blacklisted account, a
+  Domain API that refuses the account: :func:`refused_status`), a status the ``Classifier``
+  makes final (a 501), a refused certificate, a Domain API failure caused by one of those, an
+  unknown service, a malformed call, the call's own deadline, anything not a transport error.
+  A 4xx the retry policy retried (its ``Classifier`` takes it for transient) is an outage like
+  a 5xx. ``RETRYABLE``: a spent schedule, the retry budget or the breaker refusing, the Domain
+  API or a provider's own network call down. ``RETRYABLE_IF_IDEMPOTENT``: a 5xx, a reset or a
+  timeout on a request that is not idempotent (a POST, an auth-code login).
+- What ``call`` sent. The engine notes every call it starts while ``call`` runs (a
+  :class:`~le_transport.middleware.context.CallLedger`, shared with the tasks ``call`` runs
+  them in). If ``call`` made any, it runs again only if each may be sent again
+  (:meth:`~le_transport.middleware.context.CallContext.may_resend`): idempotent (the caller's
+  ``idempotent``, else its first request's method, not a redirect hop's), or nothing of it
+  acted on (every attempt never left or was answered 401 or 429, and none is in flight),
+  whatever request of it failed (the call's own, a redirect hop, a login). If it made none (a
+  direct login, a socket's dial, a callable of the caller's), only ``RETRYABLE`` runs again.
+
+So a POST answered 5xx, reset or timed out, or answered 303 before its GET hop (or the hop's
+login) failed, is never sent again; a POST whose login met an outage before it was sent, or
+after a 401, is; a POST gathered with a failing GET is not sent twice. Inside a round, a
+re-login that fails is tried again after the next pause unless its verdict is ``FINAL``. (The
+ledger is read when ``call`` fails: a call that ``asyncio.gather`` leaves running and that had
+not reached its retry loop yet, still resolving its host or waiting for credentials, counts as
+nothing sent, though its task may still send it.)
 
 A call with a deadline (``until``: the clock time it must end by, fixed once when it starts)
 never waits a pause that would end at or past it: it gives up at once with ``RecoveryFailed``,
@@ -65,6 +86,7 @@ from .errors import (
     InvalidRequest,
     ProviderError,
     RecoveryFailed,
+    Repeat,
     RequestError,
     RetriesExhausted,
     RetryBudgetExhausted,
@@ -72,7 +94,7 @@ from .errors import (
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
-from .middleware.context import unwatch_login_failures, watch_login_failures
+from .middleware.context import close_ledger, open_ledger
 from .policies._validate import finite_number
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
@@ -80,7 +102,14 @@ from .providers._http import emit_state
 from .providers.auth import AuthProvider
 from .providers.domains import DomainProvider
 
-__all__ = ["KEPT_PAUSES", "Recovery", "is_recoverable", "is_setup_error", "refused_status"]
+__all__ = [
+    "KEPT_PAUSES",
+    "Recovery",
+    "is_recoverable",
+    "is_setup_error",
+    "refused_status",
+    "repeat_of",
+]
 
 _log = logging.getLogger("le_transport.recovery")
 
@@ -93,18 +122,61 @@ KEPT_PAUSES = 1000
 #: were spent (:class:`RetriesExhausted`), or the retry budget or the breaker refused.
 _RECOVERABLE = (RetriesExhausted, RetryBudgetExhausted, CircuitOpen)
 
-#: Transient failures: recoverable unless a schedule (or the engine) decided them final
-#: (their ``decided``: a 5xx on a POST, a reset after the server may have read the request, a
-#: status its ``Classifier`` makes final, a certificate refused). Undecided: a provider's own
+#: Transient failures: their own ``repeat`` says (``RETRYABLE`` unless a schedule or the
+#: engine judged them: a 5xx on a POST, a reset after the server may have read the request, a
+#: status its ``Classifier`` makes final, a certificate refused). Unjudged: a provider's own
 #: network call down, a socket's dial failing, a GET's 5xx met outside the retry middleware.
 _TRANSIENT = (ServerStatusError, ConnectionFailed, AttemptTimeout)
 
 
+def repeat_of(exc: BaseException) -> Repeat:
+    """The verdict the recovery loop reads off a failure: whether what failed may be sent
+    again, by the failure alone (whether the *call* may be is the engine's to say:
+    :meth:`~le_transport.middleware.context.CallContext.may_resend`).
+
+    - ``RETRYABLE``: :class:`RetriesExhausted`, :class:`RetryBudgetExhausted`,
+      :class:`CircuitOpen` (the schedule would have tried again but could not); a
+      :class:`DomainResolutionError` but for the cases below (the Domain API down).
+    - ``FINAL``: an :class:`UnknownServiceError`, a :class:`HostileHostError`; a
+      :class:`DomainResolutionError` whose cause chain holds, before any error saying its
+      schedule retried it, a 4xx (:func:`refused_status`) or a failure whose own ``repeat`` is
+      ``FINAL`` (a refused certificate, a ``Classifier``-final status); every error that is
+      not one of these nor a transient failure (a 4xx, a login refused, a malformed call, a
+      deadline, a closed engine, a provider's bug, anything not a transport error).
+    - A :class:`ServerStatusError`, :class:`ConnectionFailed` or :class:`AttemptTimeout`:
+      its own :attr:`~le_transport.errors.RequestError.repeat`."""
+    if isinstance(exc, (UnknownServiceError, HostileHostError)):
+        return Repeat.FINAL
+    if isinstance(exc, DomainResolutionError):
+        # The Domain API down is an outage; refused (a 4xx at once), or failing final by
+        # nature (a refused certificate, a Classifier-final status), it is final.
+        return Repeat.FINAL if _final_cause(exc) else Repeat.RETRYABLE
+    if isinstance(exc, _RECOVERABLE):
+        return Repeat.RETRYABLE
+    if isinstance(exc, _TRANSIENT):
+        return exc.repeat
+    return Repeat.FINAL
+
+
+def _final_cause(exc: BaseException) -> bool:
+    """Whether ``exc``'s cause chain holds a refusal (:func:`refused_status`) or a failure
+    final by nature before any error that says its schedule retried it."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a cause chain is short; a cycle must not hang the caller
+        if seen is None or isinstance(seen, _RETRIED):
+            return False
+        if isinstance(seen, ClientStatusError):
+            return True
+        if isinstance(seen, _TRANSIENT) and seen.repeat is Repeat.FINAL:
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def _outage(exc: BaseException) -> bool:
-    """Whether ``exc`` is a transient failure that is not final by nature: undecided, or
-    decided only because its request (a login, a POST) is not idempotent (``repeat_unsafe``).
-    What a login's outage is, for a re-login or a call waiting for its credentials."""
-    return isinstance(exc, _TRANSIENT) and (not exc.decided or exc.repeat_unsafe)
+    """Whether ``exc`` is a failure that is not final by nature (what a login's failure must be
+    for a round to wait it out): :func:`_relogin_recoverable`."""
+    return repeat_of(exc) is not Repeat.FINAL
 
 
 #: Errors that say the retry policy took their cause for a transient failure: it retried it
@@ -134,58 +206,40 @@ def refused_status(exc: BaseException) -> int | None:
 
 
 def is_recoverable(exc: BaseException) -> bool:
-    """Whether the outer loop can help: a failure the request schedule would have retried, but
-    could not. The loop never re-sends what the schedule deliberately did not repeat.
+    """Whether the failure alone lets the outer loop run again what failed:
+    ``repeat_of(exc) is Repeat.RETRYABLE`` (see :func:`repeat_of`).
 
-    Yes: :class:`RetriesExhausted` (the schedule was spent: for a POST or PATCH only failures
-    that prove it was not processed are retried, so none was), a spent retry budget
-    (:class:`RetryBudgetExhausted`) or an open circuit (:class:`CircuitOpen`); a
-    :class:`DomainResolutionError` when the Domain API is down (a 5xx, a transport failure,
-    an answer that makes no sense); and a :class:`ConnectionFailed`,
-    :class:`ServerStatusError` or :class:`AttemptTimeout` that no schedule decided on (its
-    ``decided`` is False: a provider's own network call down, a socket's dial failing, a
-    GET's 5xx answered outside the retry middleware). :meth:`Recovery.run` also takes a login
-    that failed while getting the call's credentials where sending the call again is safe
-    (nothing of it sent yet, or an idempotent request; noted for that call, in a list the
-    loop watches: :func:`~le_transport.middleware.context.note_login_failure`) as a
-    re-login's: its 5xx, reset or timeout is recoverable unless final by nature.
+    Yes: a spent schedule (:class:`RetriesExhausted`), a spent retry budget
+    (:class:`RetryBudgetExhausted`), an open circuit (:class:`CircuitOpen`), the Domain API
+    down (a :class:`DomainResolutionError` that is not final by its cause), and a
+    :class:`ConnectionFailed`, :class:`ServerStatusError` or :class:`AttemptTimeout` no
+    schedule judged (a provider's own network call down, a socket's dial failing, a GET's 5xx
+    answered outside the retry middleware). No: ``FINAL`` (every 4xx that failed at once, a
+    ``Classifier``-final status, a refused certificate, an unknown service, a malformed call,
+    a deadline, anything not a transport error) and ``RETRYABLE_IF_IDEMPOTENT`` (a 5xx, a
+    reset or a timeout on a request that is not idempotent: the server may have processed it).
 
-    No: such an error a schedule decided final (its ``decided`` is True: a 5xx, a reset or a
-    timeout on a request that is not idempotent, which the server may have processed; a
-    status the ``Classifier`` makes final, such as 501; a certificate refused), or the engine
-    did, by the call's ``Classifier`` and idempotency, for an answer from outside the retry
-    middleware (a caller's session or an outer middleware: a POST's 5xx, which may have been
-    processed; a 501 the ``Classifier`` makes final); every 4xx (bad credentials, a blacklisted
-    account, a second 401, a Domain API that refused the account at once: see
-    :func:`refused_status`; a 4xx the retry policy retried is an outage, and recoverable), an
-    unknown service, a hostile host, a malformed call, a call's own deadline (the caller's
-    budget is spent), and anything that is not a transport error. The same holds for a call
-    that is a login or a Domain API fetch. A re-login that fails inside a recovery round is
-    judged otherwise: only a refusal or a failure final by nature ends the round (see
-    :func:`_relogin_recoverable`).
+    This is what :meth:`Recovery.run` asks when its callable made no engine call (a direct
+    login, a socket's dial). When it made some, ``RETRYABLE_IF_IDEMPOTENT`` is run again too,
+    and ``RETRYABLE`` is not always: it runs again iff the verdict is not ``FINAL`` and every
+    call it made may be sent again
+    (:meth:`~le_transport.middleware.context.CallContext.may_resend`). A re-login that fails
+    inside a round is waited out unless ``FINAL`` (:func:`_relogin_recoverable`).
     """
-    if isinstance(exc, (UnknownServiceError, HostileHostError)):
-        return False
-    if isinstance(exc, DomainResolutionError):
-        return refused_status(exc) is None
-    if isinstance(exc, _RECOVERABLE):
-        return True
-    if not isinstance(exc, _TRANSIENT):
-        return False
-    return not exc.decided
+    return repeat_of(exc) is Repeat.RETRYABLE
 
 
 def _relogin_recoverable(exc: BaseException) -> bool:
     """Whether a recovery round pauses and tries again after its own re-login failed with
-    ``exc``: the Login Service or the Domain API down (a 5xx, a reset, a timeout: even one
-    its schedule made final only because the login is not idempotent, as a consumer's
-    auth-code login, a POST, answered 503 is: ``repeat_unsafe``; the round exists to wait
-    such an outage out), or anything :func:`is_recoverable` takes. Not a refusal (a 4xx:
-    :class:`LoginRejected`, :class:`BlockedError`, :class:`ClientStatusError`, an
-    :class:`AuthenticationError`), nor a failure final by nature (``decided`` without
-    ``repeat_unsafe``: a refused TLS certificate, a status the ``Classifier`` makes final),
-    nor a mistake in what was asked for: those end the round."""
-    return is_recoverable(exc) or _outage(exc)
+    ``exc``: its verdict (:func:`repeat_of`) is not ``FINAL``. The Login Service or the Domain
+    API down (a 5xx, a reset, a timeout: even ``RETRYABLE_IF_IDEMPOTENT``, as a consumer's
+    auth-code login, a POST, answered 503 is; the round exists to wait such an outage out),
+    or anything :func:`is_recoverable` takes. Not a refusal (a 4xx: :class:`LoginRejected`,
+    :class:`BlockedError`, :class:`ClientStatusError`, an :class:`AuthenticationError`), nor
+    a failure final by nature (a refused TLS certificate, a status the ``Classifier`` makes
+    final, a Domain API failure caused by one), nor a mistake in what was asked for: those
+    end the round."""
+    return repeat_of(exc) is not Repeat.FINAL
 
 
 def is_setup_error(exc: BaseException) -> bool:
@@ -331,7 +385,9 @@ class Recovery:
         with :class:`~le_transport.errors.DeadlineExceeded`. Each run of ``call`` is the
         caller's to bound by the time left.
 
-        Raises what ``call`` raises when it is not recoverable, and
+        ``call`` is run again only as the module docstring's rule says: its failure is not
+        ``FINAL`` (:func:`repeat_of`), and every engine call it made may be sent again (if it
+        made none: the failure is ``RETRYABLE``). Raises what ``call`` raises otherwise, and
         :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
         """
         if not callable(call):
@@ -351,8 +407,8 @@ class Recovery:
         try:
             while True:
                 seen = self._epoch
-                logins_failed, watch = watch_login_failures()
-                safe_login = False
+                ledger, token = open_ledger()
+                may_resend: bool | None = None
                 try:
                     try:
                         pending = call()
@@ -362,15 +418,20 @@ class Recovery:
                                 f"returned {type(pending).__name__}"
                             )
                         result = await pending
-                    except Exception as exc:
-                        # A login's failure after which every call that met it may be sent
-                        # again is a re-login's (an outage is waited out).
-                        safe_login = logins_failed.safe_to_repeat(exc)
+                    except Exception:
+                        # Asked now, before the ledger closes: may every engine call the
+                        # callable made be sent again? (None: it made none.)
+                        may_resend = ledger.may_resend() if ledger.calls else None
                         raise
                     finally:
-                        unwatch_login_failures(logins_failed, watch)
+                        close_ledger(ledger, token)
                 except Exception as exc:
-                    if not (is_recoverable(exc) or (safe_login and _outage(exc))):
+                    verdict = repeat_of(exc)
+                    if may_resend is None:
+                        # No engine call (a direct login, a socket's dial, a callable of the
+                        # caller's): the failure alone says.
+                        may_resend = verdict is Repeat.RETRYABLE
+                    if verdict is Repeat.FINAL or not may_resend:
                         raise
                     if self._closed:
                         # Its session is going away: waiting for a round that will never come

@@ -33,10 +33,11 @@ from le_transport.errors import (
     ServerStatusError,
 )
 from le_transport.middleware.context import (
-    _LOGIN_FAILURES,
-    note_login_failure,
-    unwatch_login_failures,
-    watch_login_failures,
+    _CALL_LEDGER,
+    CallContext,
+    close_ledger,
+    open_ledger,
+    record_call,
 )
 from le_transport.policies import Classifier, Outcome, OutcomeKind
 from le_transport.providers import Credentials, StaticDomains
@@ -871,25 +872,23 @@ async def test_a_login_failure_outside_a_recovery_loop_is_not_kept(
     async with _consumer_engine(host, clock) as engine:
         with pytest.raises(ServerStatusError):
             await engine.request("GET", "svc", "/x")
-    assert _LOGIN_FAILURES.get() is None
+    assert _CALL_LEDGER.get() is None
 
 
-def test_a_login_failure_is_safe_only_if_no_call_that_met_it_was_unsafe() -> None:
-    """One login's error is every waiter's: a GET that sent nothing noted it as safe, and a POST
-    past a redirect's first hop, gathered with it in one recovery callable, was sent again."""
-    shared = ServerStatusError("503", status=503)
-    other = ServerStatusError("503", status=503)
-    watch, token = watch_login_failures()
+def test_a_callable_may_be_run_again_only_if_every_call_it_made_may_be_sent_again() -> None:
+    """A GET that sent nothing and a POST past a redirect's first hop, gathered in one recovery
+    callable: running it again would send the POST twice."""
+    get, post = CallContext("svc"), CallContext("svc")
+    ledger, token = open_ledger()
     try:
-        note_login_failure(shared, safe=True)
-        note_login_failure(other, safe=True)
-        note_login_failure(shared, safe=False)
-        assert not watch.safe_to_repeat(shared)
-        assert watch.safe_to_repeat(other)
+        record_call(get, "GET")
+        record_call(post, "POST")
+        assert ledger.may_resend()  # nothing of the POST sent yet
+        post.attempts.append(AttemptRecord(1, Outcome.response(303), None, 0.0))
+        assert not ledger.may_resend()
     finally:
-        unwatch_login_failures(watch, token)
+        close_ledger(ledger, token)
     # Closed: a task the call started, holding a copy of the context, keeps nothing.
-    note_login_failure(other, safe=True)
-    assert watch.safe == []
-    assert watch.unsafe == []
-    assert _LOGIN_FAILURES.get() is None
+    record_call(CallContext("svc"), "GET")
+    assert ledger.calls == []
+    assert _CALL_LEDGER.get() is None

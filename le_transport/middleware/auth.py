@@ -42,11 +42,11 @@ It sits outside the retry middleware (once per logical call, and once per redire
   timed out: an ``OSError``, an aiohttp connection error, a 5xx) is no bug: it fails the call
   with :class:`~le_transport.errors.ConnectionFailed`, logged as a WARNING, recovered like an
   outage (:func:`~le_transport.middleware.context.provider_failed`). A request error the
-  provider raises itself (its login answered 503) is raised as it is; when sending the call
-  again is safe (nothing of it sent yet, or an idempotent request), it is noted for this call
-  alone, for the recovery loop running it (:func:`~le_transport.middleware.context.
-  note_login_failure`), so that ``recover=True`` waits out that login's outage as a
-  re-login's. The error itself is left as it is: one login's failure is every waiter's.
+  provider raises itself (its login answered 503) is raised as it is, unmarked: one login's
+  failure is every waiter's. Whether ``recover=True`` may send the call again after it is
+  the call's own fact, not the login's (the engine notes each call for the recovery loop
+  running it: :meth:`~le_transport.middleware.context.CallContext.may_resend`), so a login
+  outage met before anything of the call was acted on is waited out as a re-login's.
 
 Providers make their own calls (login, refresh, token) on a path without this middleware
 (:class:`~le_transport.providers.ProviderHttp`), so a login never re-enters it.
@@ -73,7 +73,6 @@ from ..errors import (
     TransportError,
     UnsignableBody,
 )
-from ..policies.classify import IDEMPOTENT_METHODS
 from ..providers._http import split_host
 from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
 from ..providers.domains import DomainProvider
@@ -81,7 +80,6 @@ from .context import (
     _CURRENT,
     CallContext,
     current_call,
-    note_login_failure,
     provider_failed,
     safe_cause,
     within_deadline,
@@ -106,15 +104,6 @@ def _wire_name(name: str) -> str | None:
         return URL.build(scheme="https", host=name.rstrip(".")).raw_host
     except ValueError:  # UnicodeError included
         return None
-
-
-def _repeatable(ctx: CallContext, method: str) -> bool:
-    """Whether the call may be sent again: the caller's word, else by its first request's
-    method (a POST answered 303 goes on as a GET: the call is still the POST)."""
-    if ctx.idempotent is not None:
-        return ctx.idempotent
-    first: str = getattr(ctx, "first_method", method)
-    return first in IDEMPOTENT_METHODS
 
 
 def same_host(host: str, url: URL) -> bool:
@@ -378,8 +367,6 @@ class AuthMiddleware:
         self, request: ClientRequest, method: str, form: Sequence[tuple[str, str]] | None
     ) -> Credentials:
         ctx = current_call()
-        if ctx is not None and not hasattr(ctx, "first_method"):
-            ctx.first_method = method  # the call's own, before any redirect's hop
         try:
             if form is None:
                 step = self.auth.credentials(method, request.url)
@@ -396,15 +383,8 @@ class AuthMiddleware:
                 )
             for name, value in creds.headers.items():
                 request.headers[name] = value
-        except TransportError as exc:
-            if ctx is not None:
-                # A login's failure, and whether sending this call again is safe (nothing of
-                # it went out yet: no attempt, no hop before this one; or the request is
-                # idempotent). Noted for the recovery loop, not on the error: one login's
-                # error may be every waiter's, and one unsafe waiter (a POST past a
-                # redirect's first hop) makes it unsafe for the loop.
-                note_login_failure(exc, safe=not ctx.attempts or _repeatable(ctx, method))
-            raise
+        except TransportError:
+            raise  # a login's failure, as it is (the recovery loop asks the call, not it)
         except Exception as exc:
             # The provider's own failure (a bug in a custom provider, an answer that is not
             # Credentials): typed, with its exception as the cause, and never taken for the

@@ -29,6 +29,7 @@ from ..errors import (
     ProviderError,
     RequestError,
 )
+from ..policies.classify import IDEMPOTENT_METHODS, unprocessed
 from ..policies.retry import RetryPolicy
 
 _log = logging.getLogger("le_transport.retry")
@@ -43,16 +44,17 @@ Resign = Callable[["ClientRequest"], Awaitable[object]]
 __all__ = [
     "AcceptingCallContext",
     "CallContext",
+    "CallLedger",
     "HandledCallContext",
     "call_context",
+    "close_ledger",
     "current_call",
     "is_provider_outage",
-    "note_login_failure",
+    "open_ledger",
     "provider_failed",
+    "record_call",
     "safe_cause",
     "unsent_request_error",
-    "unwatch_login_failures",
-    "watch_login_failures",
     "within_deadline",
 ]
 
@@ -79,8 +81,8 @@ class CallContext:
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
     # factory cost twice as much (benchmarks/README.md).
-    # ``first_method`` is set only by the auth middleware (never read unset: see
-    # :func:`first_method`), so an ordinary call pays nothing for it.
+    # ``first_method`` is set only by the engine, for a call a recovery loop runs (never read
+    # unset: see :meth:`may_resend`), so an ordinary call pays nothing for it.
     __slots__ = (
         "active",
         "attempts",
@@ -91,8 +93,8 @@ class CallContext:
         "service",
         "started_at",
     )
-    #: The method of the call's first request, before any redirect's hop (set by the auth
-    #: middleware only; unset on a call without one).
+    #: The method of the call's first request, before any redirect's hop (set by the engine
+    #: for a call a recovery loop runs: :class:`CallLedger`; unset on any other).
     first_method: str
 
     #: A class attribute, not a slot: an ordinary call neither sets nor stores it, and only the
@@ -119,6 +121,24 @@ class CallContext:
         self.started_at = started_at
         self.active = active
         self.resign: tuple[ClientRequest, Resign] | None = None
+
+    def may_resend(self) -> bool:
+        """Whether the whole call may be sent again, by what the engine saw of it (asked by the
+        recovery loop, after the callable that made the call failed). Yes when it is
+        idempotent: the caller's word (``idempotent``), else by its first request's method
+        (:attr:`first_method`: a POST answered 303 goes on as a GET, and is still a POST).
+        Yes too when nothing of it can have been acted on: no attempt of any hop is in
+        flight, and every one recorded never left or was refused unprocessed
+        (:func:`~le_transport.policies.classify.unprocessed`: a connect failure, a refused
+        certificate, a 401, a 429). No otherwise: a POST answered (a 303, a 5xx, a 201),
+        reset, timed out, or still on the wire."""
+        idempotent = self.idempotent
+        if idempotent is None:
+            idempotent = getattr(self, "first_method", None) in IDEMPOTENT_METHODS
+        if idempotent:
+            return True
+        # A call gathered with the one that failed may still be in its retry loop.
+        return self.active is not True and all(unprocessed(a.outcome) for a in self.attempts)
 
     def __repr__(self) -> str:
         return (
@@ -185,64 +205,74 @@ _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
 )
 
 
-#: While a recovery loop runs a call: the login failures its call met where sending the call
-#: (again) is safe (see :func:`note_login_failure`). A list, so that a task the call runs in
-#: (asyncio.wait_for, gather: a copy of this context) adds to the loop's own.
-class LoginFailureWatch:
-    """The login failures met by the calls a recovery loop runs, while it runs them: those
-    after which sending the call again is safe, and those after which it is not. One login's
-    error is every waiter's, so an error counts as safe only if no waiter found it unsafe."""
+class CallLedger:
+    """The engine calls made while a recovery loop runs its callable once: what the loop asks,
+    when the callable failed, whether running it again may send twice what was acted on.
 
-    __slots__ = ("open", "safe", "unsafe")
+    Kept in a context variable (:data:`_CALL_LEDGER`) holding this one object, so that a task
+    the callable runs its calls in (``asyncio.gather``, ``asyncio.wait_for``: a copy of the
+    context) adds to the loop's own ledger. Closed once the run was judged: a task the
+    callable left running adds nothing more, and nothing is kept. A ledger opened inside
+    another's run (a ``recover=True`` call inside ``recovery.run``) hands its calls on to
+    that one when it closes: the outer loop runs them again too."""
 
-    def __init__(self) -> None:
+    __slots__ = ("calls", "open", "outer")
+
+    def __init__(self, outer: CallLedger | None = None) -> None:
         self.open = True
-        self.safe: list[BaseException] = []
-        self.unsafe: list[BaseException] = []
+        self.calls: list[CallContext] = []
+        self.outer = outer
 
-    def safe_to_repeat(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is a login failure after which every call that met it may be sent
-        again."""
-        return any(e is exc for e in self.safe) and not any(e is exc for e in self.unsafe)
+    def record(self, ctx: CallContext, method: str) -> None:
+        """Note a call the engine starts, with its method (the call's, before any hop)."""
+        if self.open:
+            ctx.first_method = method
+            self.calls.append(ctx)
+
+    def may_resend(self) -> bool:
+        """Whether running the callable again sends nothing twice that may have been acted on:
+        every call it made may be sent again (:meth:`CallContext.may_resend`)."""
+        return all(ctx.may_resend() for ctx in self.calls)
 
     def close(self) -> None:
-        """No more notes (a task the call started keeps a copy of the context): nothing kept."""
+        """No more calls noted; those noted go to the ledger this one was opened inside (if it
+        is still open), else are dropped."""
         self.open = False
-        self.safe.clear()
-        self.unsafe.clear()
+        outer = self.outer
+        if outer is not None and outer.open:
+            outer.calls.extend(self.calls)
+        self.outer = None
+        self.calls.clear()
 
 
-#: While a recovery loop runs a call: its watch (see :func:`note_login_failure`), shared with
-#: any task the call runs in (asyncio.wait_for, gather: a copy of this context).
-_LOGIN_FAILURES: contextvars.ContextVar[LoginFailureWatch | None] = contextvars.ContextVar(
-    "le_transport_login_failures", default=None
+#: While a recovery loop runs its callable: the run's :class:`CallLedger`, which the engine
+#: adds each call it starts to (one read of this variable per call: nothing else outside a
+#: recovery loop).
+_CALL_LEDGER: contextvars.ContextVar[CallLedger | None] = contextvars.ContextVar(
+    "le_transport_call_ledger", default=None
 )
 
 
-def note_login_failure(exc: BaseException, *, safe: bool) -> None:
-    """Note, for the recovery loop running this call (if one does), that ``exc`` is a login's
-    failure met while getting the call's credentials, and whether sending the call again is
-    ``safe`` (nothing of it sent yet, or an idempotent request). The error itself is not
-    marked: one login's failure is raised to every call that waited for it. Outside a recovery
-    loop, or once it stopped watching, nothing is kept."""
-    watch = _LOGIN_FAILURES.get()
-    if watch is not None and watch.open:
-        (watch.safe if safe else watch.unsafe).append(exc)
+def record_call(ctx: CallContext, method: str) -> None:
+    """Note ``ctx``, a call the engine starts with ``method``, for the recovery loop running it
+    (if one does: :class:`CallLedger`). :meth:`~le_transport.Engine.request` does the same
+    inline."""
+    ledger = _CALL_LEDGER.get()
+    if ledger is not None:
+        ledger.record(ctx, method)
 
 
-def watch_login_failures() -> tuple[LoginFailureWatch, contextvars.Token[LoginFailureWatch | None]]:
-    """For a recovery loop about to run its call: the watch :func:`note_login_failure` fills
-    for it, and the token to end it with (:func:`unwatch_login_failures`)."""
-    watch = LoginFailureWatch()
-    return watch, _LOGIN_FAILURES.set(watch)
+def open_ledger() -> tuple[CallLedger, contextvars.Token[CallLedger | None]]:
+    """For a recovery loop about to run its callable: a fresh ledger, current until
+    :func:`close_ledger`, and the token to end it with."""
+    ledger = CallLedger(_CALL_LEDGER.get())
+    return ledger, _CALL_LEDGER.set(ledger)
 
 
-def unwatch_login_failures(
-    watch: LoginFailureWatch, token: contextvars.Token[LoginFailureWatch | None]
-) -> None:
-    """End a watch :func:`watch_login_failures` began (after its errors were judged)."""
-    watch.close()
-    _LOGIN_FAILURES.reset(token)
+def close_ledger(ledger: CallLedger, token: contextvars.Token[CallLedger | None]) -> None:
+    """End a ledger :func:`open_ledger` began (after the run's failure was judged)."""
+    ledger.close()
+    _CALL_LEDGER.reset(token)
 
 
 def current_call() -> CallContext | None:

@@ -55,7 +55,14 @@ from ..errors import (
     status_error,
 )
 from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
-from ..policies.classify import IDEMPOTENT_METHODS, Classifier, Outcome, OutcomeKind, Verdict
+from ..policies.classify import (
+    IDEMPOTENT_METHODS,
+    Classifier,
+    Outcome,
+    OutcomeKind,
+    Verdict,
+    repeat_verdict,
+)
 from ..policies.retry import Action, Decision, RetryPolicy
 from ..policies.retry_after import parse_retry_after
 from .context import _CURRENT, CallContext, HandledCallContext
@@ -494,14 +501,11 @@ class _Call(_WheelTimer):
                     self.log_final(exhausted, outcome, decision.reason)
                     raise exhausted from error
                 error.attempts = tuple(self.ctx.attempts)
-                # The schedule decided not to repeat it: the recovery loop must not either.
-                # Only for not being idempotent (a POST's 5xx, reset or timeout), or final by
-                # nature (a 4xx, a status the Classifier makes final, a refused certificate).
-                error.decided = True
-                retryable = classifier.classify(outcome) is Verdict.RETRY
-                error.repeat_unsafe = retryable and not classifier.retryable_for(
-                    outcome, idempotent=self.idempotent
-                )
+                # The schedule decided not to repeat it: RETRYABLE_IF_IDEMPOTENT when only for
+                # not being idempotent (a POST's 5xx, reset or timeout), else FINAL (a 4xx, a
+                # status the Classifier makes final, a refused certificate). The recovery loop
+                # repeats the former only within a call that may be sent again.
+                error.repeat = repeat_verdict(classifier, outcome, idempotent=self.idempotent)
                 self.log_final(error, outcome, decision.reason)
                 raise error
         finally:

@@ -12,7 +12,7 @@ import enum
 
 import attrs
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, Repeat
 from ._validate import HTTP_STATUSES, int_codes
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Verdict",
+    "repeat_verdict",
+    "unprocessed",
 ]
 
 #: Methods that RFC 9110 defines as idempotent: repeating them has the effect of doing them once.
@@ -213,3 +215,25 @@ class Classifier:
         if idempotent:
             return True
         return outcome.kind is OutcomeKind.CONNECT_FAILED or outcome.status == 429
+
+
+def repeat_verdict(classifier: Classifier, outcome: Outcome, *, idempotent: bool) -> Repeat:
+    """What a failed request whose last attempt ended with ``outcome`` is, for sending it
+    again once its schedule stopped without retrying it: ``RETRYABLE_IF_IDEMPOTENT`` when only
+    its idempotency stopped the schedule (a POST's 5xx, reset or timeout), else ``FINAL``."""
+    retryable = classifier.classify(outcome) is Verdict.RETRY
+    if retryable and not classifier.retryable_for(outcome, idempotent=idempotent):
+        return Repeat.RETRYABLE_IF_IDEMPOTENT
+    return Repeat.FINAL
+
+
+#: Answers that prove the server did not act on the request.
+_UNPROCESSED_STATUSES = frozenset({401, 429})
+
+
+def unprocessed(outcome: Outcome) -> bool:
+    """Whether ``outcome`` proves its request was not acted on: it never left (a connect
+    failure, a refused certificate), or the server refused it before processing (401, 429)."""
+    if outcome.kind is OutcomeKind.RESPONSE:
+        return outcome.status in _UNPROCESSED_STATUSES
+    return outcome.kind in (OutcomeKind.CONNECT_FAILED, OutcomeKind.TLS_REJECTED)
