@@ -15,7 +15,7 @@ import contextlib
 import enum
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -59,6 +59,7 @@ __all__ = [
     "init_connection_frame",
     "read_error_disconnect",
     "ums_brand_path",
+    "write_never_began",
 ]
 
 _log = logging.getLogger("le_transport.sockets")
@@ -238,9 +239,32 @@ def _unsent_bytes(transport: asyncio.Transport) -> int:
         return 0
 
 
+#: What aiohttp's drain raises (a :class:`aiohttp.ClientConnectionResetError` too) when the
+#: connection is gone: by then the frame was handed to the transport.
+_LOST_IN_DRAIN = "Connection lost"
+
+
+def write_never_began(error: BaseException) -> bool:
+    """Whether a failed :meth:`Connection.send_text` certainly wrote none of its frame, so that
+    sending it again cannot deliver it twice.
+
+    aiohttp's WebSocket writer (aiohttp 3.14, ``_websocket/writer.py``) refuses a closing
+    transport with :class:`aiohttp.ClientConnectionResetError` ("Cannot write to closing
+    transport") before it writes anything, and the fault injector's drop refuses the same way
+    before anything reaches aiohttp. Once the whole frame was handed to the transport (which
+    never raises), the one await left is the drain, which fails with ``ConnectionError`` (or
+    a ``ClientConnectionResetError``) "Connection lost": the frame may have reached the peer.
+    That, and any other error, leaves the frame in doubt: never sent again (at most once).
+    """
+    return isinstance(error, aiohttp.ClientConnectionResetError) and (
+        error.args[:1] != (_LOST_IN_DRAIN,)
+    )
+
+
 class Connection:
     """One open WebSocket: the aiohttp socket, the credentials it was opened with, and frames
-    that arrived during the connect (before the owner started reading)."""
+    that arrived during the connect (before the owner started reading): the text of a text
+    frame, the bytes of a binary one, in the order they came."""
 
     __slots__ = ("credentials", "early_frames", "transport", "ws")
 
@@ -248,11 +272,11 @@ class Connection:
         self,
         ws: WireSocket,
         credentials: Credentials | None,
-        early_frames: list[str] | None = None,
+        early_frames: Iterable[str | bytes] | None = None,
     ) -> None:
         self.ws = ws
         self.credentials = credentials
-        self.early_frames = early_frames or []
+        self.early_frames: list[str | bytes] = [] if early_frames is None else list(early_frames)
         #: The TCP transport under the WebSocket, when aiohttp lets us see it.
         self.transport = _transport_of(ws)
 
@@ -585,7 +609,6 @@ class EngineDialer:
 
     async def _init_connection(self, conn: Connection, jwt: Secret) -> None:
         frame = init_connection_frame(jwt, self._client_properties)
-        early = conn.early_frames
         held = 0
         try:
             await conn.send_text(json.dumps(frame))
@@ -598,6 +621,11 @@ class EngineDialer:
                         disconnect=failed,
                         credentials=conn.credentials,
                     )
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    # Not the answer (a text frame), and no end either: held for the owner, as
+                    # it would take it once connected, and counted against the same bounds.
+                    held = self._hold_early(conn, msg.data, held)
+                    continue
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     code = conn.ws.close_code or 1006
                     raise DialFailed(
@@ -617,20 +645,7 @@ class EngineDialer:
                     and answer.get("reqId") == "0"
                 ):
                     break
-                held += len(msg.data)
-                # max_msg_size 0 is aiohttp's "no limit": then the frame count bounds alone.
-                if len(early) >= MAX_EARLY_FRAMES or 0 < self._max_msg_size < held:
-                    # Nothing reads them until the connect completes: a server that floods
-                    # before answering would grow this without bound.
-                    raise DialFailed(
-                        f"more than {MAX_EARLY_FRAMES} frames or {self._max_msg_size} characters "
-                        "arrived before InitConnection was answered",
-                        disconnect=Disconnect.failed_by_client(
-                            1008, "too much sent before InitConnection's answer", lifetime=0.0
-                        ),
-                        credentials=conn.credentials,
-                    )
-                early.append(msg.data)
+                held = self._hold_early(conn, msg.data, held)
         except (aiohttp.ClientError, OSError) as exc:
             raise DialFailed(
                 f"InitConnection failed: {type(exc).__name__}",
@@ -645,6 +660,27 @@ class EngineDialer:
                 disconnect=disconnect,
                 credentials=conn.credentials,
             )
+
+    def _hold_early(self, conn: Connection, data: str | bytes, held: int) -> int:
+        """Hold ``data``, a frame that came before ``InitConnection``'s answer, for the owner;
+        the characters (bytes of a binary frame) held now, ``held`` before it. A
+        :class:`DialFailed` (1008, failed by the client: no drop) past the bounds."""
+        held += len(data)
+        early = conn.early_frames
+        # max_msg_size 0 is aiohttp's "no limit": then the frame count bounds alone.
+        if len(early) >= MAX_EARLY_FRAMES or 0 < self._max_msg_size < held:
+            # Nothing reads them until the connect completes: a server that floods before
+            # answering would grow this without bound.
+            raise DialFailed(
+                f"more than {MAX_EARLY_FRAMES} frames or {self._max_msg_size} characters "
+                "arrived before InitConnection was answered",
+                disconnect=Disconnect.failed_by_client(
+                    1008, "too much sent before InitConnection's answer", lifetime=0.0
+                ),
+                credentials=conn.credentials,
+            )
+        early.append(data)
+        return held
 
     async def reauthenticate(self, rejected: Credentials | None) -> None:
         """Tell the auth provider the credentials were rejected (once per rejection)."""

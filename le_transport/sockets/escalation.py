@@ -21,7 +21,11 @@ class RecoveryEscalation:
     which stops the socket).
 
     Sockets of one engine share its loop, so a fleet of failing sockets causes one re-login per
-    round, not one per socket.
+    round, not one per socket. The round's pause ends for all of them at once, but each connect
+    goes through the socket's reconnect pacer (``connect`` waits for a slot), so they reconnect
+    at the pacer's rate rather than together; and a socket escalates only after it waited out
+    its own backoff pause, jittered, so a fleet that fails together does not escalate, and
+    make its first connect of the loop, together.
     """
 
     def __init__(self, recovery: Recovery, close_policy: ClosePolicy | None = None) -> None:

@@ -32,7 +32,7 @@ from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
-from ._shown import error_text
+from ._shown import error_text, redacted_exc_info
 
 __all__ = [
     "KeepaliveFailureSubject",
@@ -295,8 +295,14 @@ class KeepaliveScheduler:
         for subject in told:
             try:
                 subject._keepalive_failed(error)
-            except Exception:
-                _log.exception("a socket could not be told that its keepalive stopped")
+            except Exception as exc:
+                _log.error(
+                    "a socket could not be told that its keepalive stopped (%s: %s)",
+                    type(exc).__name__,
+                    error_text(exc),
+                    exc_info=redacted_exc_info(exc),
+                    extra={"error": type(exc).__name__},
+                )
 
     def _serve_due(self, now: float) -> None:
         heap = self._heap
@@ -309,10 +315,16 @@ class KeepaliveScheduler:
                 continue
             try:
                 at = subject._keepalive_due(now)
-            except Exception:
+            except Exception as exc:
                 # One subject's failure must not stop every other socket's keepalive. It is
                 # asked no more, and stays counted until its owner unwatches it.
-                _log.exception("a socket keepalive check failed; that socket is not watched")
+                _log.error(
+                    "a socket keepalive check failed (%s: %s); that socket is not watched",
+                    type(exc).__name__,
+                    error_text(exc),
+                    exc_info=redacted_exc_info(exc),
+                    extra={"error": type(exc).__name__},
+                )
                 continue
             if at is None:
                 live.pop(ticket, None)

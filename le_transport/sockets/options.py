@@ -23,8 +23,10 @@ from ..policies.keepalive import (
 __all__ = [
     "HEALTHY_AFTER",
     "KEEPALIVE_BY_PATH",
+    "MAX_INBOX_BYTES",
     "MESSAGING_AGENT_KEEPALIVE",
     "MESSAGING_CONSUMER_KEEPALIVE",
+    "READY_TIMEOUT",
     "KeepaliveByPath",
     "SocketOptions",
     "keepalive_for_path",
@@ -33,6 +35,14 @@ __all__ = [
 #: A connection that became ready and stayed open this long counts as healthy: the backoff
 #: starts over.
 HEALTHY_AFTER = 30.0
+
+#: :attr:`SocketOptions.max_inbox_bytes`'s default: 16 MiB of unread frames (as characters of
+#: their wire text) per socket.
+MAX_INBOX_BYTES = 16 * 1024 * 1024
+
+#: :attr:`SocketOptions.ready_timeout`'s default: seconds a new connection may take to run its
+#: ``on_connect`` callbacks and flush the queue before it is ended as a dead peer.
+READY_TIMEOUT = 60.0
 
 
 class KeepaliveByPath(enum.Enum):
@@ -101,6 +111,14 @@ def _inbox_bound(instance: object, attribute: attrs.Attribute[int], value: objec
         )
 
 
+def _inbox_bytes_bound(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            "SocketOptions.max_inbox_bytes must be an int >= 1 (characters of the frames held), "
+            f"or 0 for no bound on their size, got {value!r}"
+        )
+
+
 def _keepalive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None or value is KEEPALIVE_BY_PATH:
         return
@@ -164,8 +182,22 @@ class SocketOptions:
       not pause before it is ready: while ``on_connect`` runs, the inbox may pass the bound
       (the callbacks' answers come in behind the frames). The default, 10,000,
       is far above any burst a healthy consumer sees (the conversation notifications a UMS
-      subscription replays after a reconnect run to a few thousand frames) and still caps a
-      stuck consumer at tens of megabytes per socket rather than the whole process.
+      subscription replays after a reconnect run to a few thousand frames).
+    - ``max_inbox_bytes``: the size of those frames held (0: no bound), counted as they came
+      on the wire: the characters of a text frame, the bytes of a binary one. The socket pauses
+      as for ``max_inbox`` when a frame arrives and the inbox holds this much already, and
+      resumes once the consumer has taken it down to half of both bounds; so the inbox holds at
+      most this much plus one frame (at most the dialer's ``max_msg_size``). The frame count
+      alone let a consumer that fell behind hold 10,000 frames of up to 16 MiB each; the
+      default, 16 MiB (:data:`MAX_INBOX_BYTES`), caps what a stuck consumer holds per socket
+      (parsed JSON takes a few times its text) rather than letting it take the whole process.
+    - ``ready_timeout``: how long a new connection may take to become ready: its
+      ``on_connect`` callbacks and the flush of the queue. A peer that accepts the upgrade and
+      then stops reading would otherwise hold the socket open but never ready for ever (the
+      keepalive watches only a ready connection, and a write waits for the peer to take it).
+      Past it the connection is ended as a dead peer and the socket reconnects (a failed
+      connect for the backoff). Above ``request_timeout`` by default, so that a callback's
+      request gets its own timeout first.
     """
 
     backoff: BackoffPolicy = attrs.field(
@@ -183,3 +215,5 @@ class SocketOptions:
     close_timeout: float = attrs.field(default=5.0, validator=positive)
     request_timeout: float = attrs.field(default=30.0, validator=positive)
     max_inbox: int = attrs.field(default=10_000, validator=_inbox_bound)
+    max_inbox_bytes: int = attrs.field(default=MAX_INBOX_BYTES, validator=_inbox_bytes_bound)
+    ready_timeout: float = attrs.field(default=READY_TIMEOUT, validator=positive)

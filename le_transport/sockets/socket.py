@@ -16,7 +16,8 @@ flight and a superseded connection cannot act:
    :class:`~le_transport.sockets.keepalive.KeepaliveScheduler` watches the connection (when
    the socket has a keepalive: by default, a LiveEngage messaging socket does).
    The owner reads the connection itself until it ends, pausing while the ``async for``
-   consumer leaves ``max_inbox`` frames unread (backpressure on the peer).
+   consumer leaves ``max_inbox`` frames (or ``max_inbox_bytes`` of them) unread
+   (backpressure on the peer).
 3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure, the
    caller's close), fail the requests in flight on it with
    :class:`~le_transport.errors.SocketClosed`, close it, and go to ``RECONNECTING``.
@@ -67,9 +68,9 @@ from ..events import EventHooks, StateEvent, check_hooks, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
-from ._shown import error_text
+from ._shown import error_text, redacted_exc_info
 from .correlation import PendingRequests
-from .dial import Connection, Dialer, DialFailed, read_error_disconnect
+from .dial import Connection, Dialer, DialFailed, read_error_disconnect, write_never_began
 from .keepalive import KeepaliveScheduler
 from .lifecycle import Lifecycle, SocketState
 from .options import KEEPALIVE_BY_PATH, SocketOptions
@@ -180,8 +181,12 @@ class EscalationRequest:
 class ReloginEscalation(Protocol):
     """The outer re-login loop, as a socket sees it.
 
-    Called after ``escalate_after`` consecutive failed reconnects with the facts and
-    ``connect``, one connect attempt. Return a connection made with ``connect`` (the socket
+    Called after ``escalate_after`` consecutive failed reconnects (once the socket has waited
+    out its own backoff pause for the last of them) with the facts and ``connect``, one connect
+    attempt, which first waits for a slot of the socket's
+    :class:`~le_transport.sockets.pacing.ReconnectPacer` as every reconnect does: call it as
+    often as the loop needs, and sockets released together connect at the pacer's rate.
+    Return a connection made with ``connect`` (the socket
     serves it at once), or None to go on with the socket's own schedule; raise to make the
     socket stop: it closes with :class:`~le_transport.errors.SocketClosed` whose
     ``__cause__`` is what was raised. A :class:`~le_transport.sockets.DialFailed` from
@@ -247,9 +252,13 @@ class ResilientSocket:
     out in order after the ``on_connect`` callbacks. Receive unsolicited frames with
     ``async for frame in ws`` or an ``on_frame`` handler; follow the connection with
     :meth:`states` or ``on_state`` hooks. :meth:`close` (or leaving ``async with``) closes it for
-    good. Unread frames wait in an inbox bounded by the options' ``max_inbox``: a consumer
-    that falls that far behind makes the socket stop reading, which slows the peer down
-    (:attr:`paused`, :attr:`inbox_size`). Made by :meth:`le_transport.Engine.websocket`,
+    good. Every frame is sent at most once: one refused before any of it was written waits
+    for the next connection, one handed to a connection that then failed may have arrived and
+    is never sent again (a request fails with :class:`~le_transport.errors.SocketClosed`, a
+    message is logged as in doubt). Unread frames wait in an inbox bounded by the options'
+    ``max_inbox`` (frames) and ``max_inbox_bytes`` (their size): a consumer that falls that
+    far behind makes the socket stop reading, which slows the peer down (:attr:`paused`,
+    :attr:`inbox_size`, :attr:`inbox_bytes`). Made by :meth:`le_transport.Engine.websocket`,
     which passes its :class:`~le_transport.sockets.KeepaliveScheduler` as ``keepalives`` (a
     socket made without one gets a scheduler of its own).
 
@@ -278,6 +287,7 @@ class ResilientSocket:
         "_handling",
         "_hooks",
         "_inbox",
+        "_inbox_bytes",
         "_keepalive",
         "_keepalive_ticket",
         "_keepalives",
@@ -342,7 +352,10 @@ class ResilientSocket:
         self._life = Lifecycle()
         self._pending = PendingRequests()
         self._outbox = Outbox(self._options.max_queued)
-        self._inbox: deque[Any] | None = None
+        # Each unread frame with its size on the wire (characters of text, bytes of binary),
+        # and the sum of those sizes (max_inbox_bytes).
+        self._inbox: deque[tuple[Any, int]] | None = None
+        self._inbox_bytes = 0
         # Set only while the owner has stopped reading because the inbox is full: resolved
         # when the consumer catches up, or when the connection ends.
         self._resume: asyncio.Future[None] | None = None
@@ -417,6 +430,12 @@ class ResilientSocket:
         ``max_inbox``, and one more once the connection ended during a pause)."""
         inbox = self._inbox
         return 0 if inbox is None else len(inbox)
+
+    @property
+    def inbox_bytes(self) -> int:
+        """The size of the frames in the inbox, as they came on the wire (characters of text,
+        bytes of binary frames): at most the options' ``max_inbox_bytes`` and one frame more."""
+        return self._inbox_bytes
 
     @property
     def paused(self) -> bool:
@@ -557,9 +576,13 @@ class ResilientSocket:
         """Send ``frame`` (a JSON value, or a ``str`` sent as is).
 
         Returns True when it went out now, False when it was queued to go out after the next
-        connect (a write the connection failed while it waited is queued too, ahead of every
-        message sent after it, queued or not; or sent on the next connection at once, True,
-        when that one is open by then). Sends made while this connection's ``on_connect``
+        connect. A write refused before any of it went out (the connection already closing) is
+        queued too, ahead of every message sent after it, queued or not (or sent on the next
+        connection at once, True, when that one is open by then). A frame is sent at most once:
+        one handed to the connection whose wait for the peer to take it failed with the
+        connection may have arrived, so it is not sent again; it is logged as in doubt
+        (WARNING) and counts as sent (True), as any frame written just before its connection
+        dropped. Sends made while this connection's ``on_connect``
         callbacks run, by them or by tasks they started, go straight out ahead of the queue
         (lost with the connection: :class:`SocketClosed`, as the callbacks run again on the
         next one); once the callbacks are done, such a task sends as any other.
@@ -716,9 +739,13 @@ class ResilientSocket:
             try:
                 await self._write(conn, text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                self._connection_broke(epoch, exc)
+                if not write_never_began(exc):
+                    # The frame was handed to the transport and the wait for the peer to take
+                    # it failed: it may have arrived. Never sent again (at most once).
+                    return self._written_in_doubt(request_id)
                 if request_id is not None:
                     self._pending.sent(request_id, None)
-                self._connection_broke(epoch, exc)
                 if self._closing:
                     # Closed for good while the write waited (a peer that stopped reading):
                     # a queue no connection will take would lose the message silently.
@@ -727,15 +754,14 @@ class ResilientSocket:
                         "it was not sent"
                     ) from None
                 if self._ready_epoch is not None:
-                    # The write failed only after a newer connection was made ready (it waited
-                    # past the reconnect): that one's queue went out already, so this goes out
-                    # there now. Put back, it would wait for the connection after it, and every
-                    # send with it.
+                    # The write was refused only after a newer connection was made ready (it
+                    # waited past the reconnect, in a wrapper's delay): that one's queue went
+                    # out already, so this goes out there now. Put back, it would wait for the
+                    # connection after it, and every send with it.
                     return await self._send_text(text, request_id, order)
-                # aiohttp refuses to write to a closing transport before writing anything, and
-                # a frame waiting for the peer to drain the buffer never fully left: it waits
-                # for the next connection, ahead of what was sent after it (the queue, and
-                # the writes this connection failed that were made after it).
+                # Refused before any of it was written (the transport closing): it waits for
+                # the next connection, ahead of what was sent after it (the queue, and the
+                # writes this connection refused that were made after it).
                 self._outbox.put_back(Outgoing(text, request_id, order=order))
                 return False
             except Exception as exc:
@@ -745,6 +771,30 @@ class ResilientSocket:
             return True
         self._outbox.put(Outgoing(text, request_id, order=order))
         return False
+
+    def _written_in_doubt(self, request_id: str | None) -> bool:
+        """A frame sent straight out was handed to the transport, and its connection failed
+        while the write waited for the peer to take it: the peer may have it. It is never
+        sent again (at most once). A request stays on its connection and fails with it
+        (:class:`SocketClosed`: it may or may not have been processed; True here, its caller
+        then awaits that). A message counts as sent (True), as any frame written just before
+        its connection dropped does, and is logged as in doubt; unless the socket was closed
+        for good meanwhile (a close cuts a write waiting on a peer that stopped reading):
+        :class:`SocketClosed` then, as for any send that finds the socket closed."""
+        if request_id is not None:
+            return True
+        if self._closing:
+            raise SocketClosed(
+                f"the socket {self._name} closed while the message was being written; it may "
+                "or may not have been delivered, and is not sent again"
+            ) from None
+        _log.warning(
+            "%s: a message was being written when its connection was lost; it may or may not "
+            "have been delivered, and is not sent again",
+            self._name,
+            extra={"socket": self._name},
+        )
+        return True
 
     def _unwritable(self, conn: Connection, exc: Exception) -> SocketClosed:
         """A message the write refused, and not because the connection failed: as for a queued
@@ -827,12 +877,20 @@ class ResilientSocket:
             finally:
                 self._forget(waiter)
         inbox = self._inbox
-        frame = inbox.popleft()
-        # Resumed at half the bound, not at the first frame taken: a steadily slow consumer
+        frame, size = inbox.popleft()
+        self._inbox_bytes -= size
+        # Resumed at half the bounds, not at the first frame taken: a steadily slow consumer
         # pauses the socket once per half an inbox, not once per frame.
-        if self._resume is not None and len(inbox) <= self._options.max_inbox // 2:
+        if self._resume is not None and self._inbox_half_free(len(inbox)):
             self._unpause()
         return frame
+
+    def _inbox_half_free(self, unread: int) -> bool:
+        """Whether the consumer has taken the inbox down to half of each bound (0: none)."""
+        opts = self._options
+        return (not opts.max_inbox or unread <= opts.max_inbox // 2) and (
+            not opts.max_inbox_bytes or self._inbox_bytes <= opts.max_inbox_bytes // 2
+        )
 
     def _waiter(self) -> asyncio.Future[None]:
         """A future that the next change (a frame in the inbox, open, closed) resolves."""
@@ -955,9 +1013,11 @@ class ResilientSocket:
                     first_failure_at = None
                 verdict = opts.close_policy.classify(disconnect, fast_drops)
                 fast_drops = verdict.fast_drops
-                if conn is not None and verdict.action is CloseAction.RECONNECT:
-                    # The server accepted the credentials and the connection ended for
-                    # another reason: the last re-authentication worked.
+                if verdict.action is not CloseAction.REAUTHENTICATE:
+                    # Re-authentications in a row: any other end (a connection the server
+                    # accepted, an outage's 503, a drop) breaks the run, so a gateway that
+                    # flaps between 401 and 503 while every re-login works is not taken for
+                    # credentials that keep being refused.
                     auth_failures = 0
                 if verdict.action is CloseAction.FAIL:
                     raise self._rejected(verdict.reason, disconnect)
@@ -989,46 +1049,60 @@ class ResilientSocket:
                 now = self._clock.now()
                 if first_failure_at is None:
                     first_failure_at = now
-                if (
+                escalating = bool(
                     opts.escalate_after
                     and verdict.escalates
                     and failures % opts.escalate_after == 0
-                ):
-                    handed = await self._escalate_to_relogin(failures, disconnect)
-                    if handed is not None:
-                        self.reconnects += 1
-                        continue
+                )
                 elapsed = now - first_failure_at
                 backoff = opts.backoff
                 rand = self._rng.random()
                 delay = backoff.next_delay(failures, elapsed, rand)
+                gave_up: str | None = None
                 if delay is None:
-                    raise SocketClosed(
+                    gave_up = (
                         f"{self._name}: gave up after {failures} failed reconnects "
                         f"(last: {disconnect.describe()})"
                     )
-                # The least pause the server asked for (a Retry-After, a 429's second), spread
-                # by the same draw as the backoff's jitter, so that a fleet refused together
-                # does not come back together.
-                delay = verdict.pause(delay, jitter=backoff.jitter, rand=rand)
-                if backoff.deadline is not None and elapsed + delay > backoff.deadline:
-                    # The backoff gives up rather than pause past its deadline; so does a pause
-                    # the server made longer.
-                    raise SocketClosed(
-                        f"{self._name}: gave up after {failures} failed reconnects: the "
-                        f"{round(delay, 3)} s pause asked for ({verdict.reason}) would end "
-                        f"past the reconnect deadline of {backoff.deadline:g} s"
+                else:
+                    # The least pause the server asked for (a Retry-After, a 429's second),
+                    # spread by the same draw as the backoff's jitter, so that a fleet refused
+                    # together does not come back together.
+                    delay = verdict.pause(delay, jitter=backoff.jitter, rand=rand)
+                    if backoff.deadline is not None and elapsed + delay > backoff.deadline:
+                        # The backoff gives up rather than pause past its deadline; so does a
+                        # pause the server made longer.
+                        gave_up = (
+                            f"{self._name}: gave up after {failures} failed reconnects: the "
+                            f"{round(delay, 3)} s pause asked for ({verdict.reason}) would end "
+                            f"past the reconnect deadline of {backoff.deadline:g} s"
+                        )
+                if gave_up is not None and not escalating:
+                    raise SocketClosed(gave_up)
+                if gave_up is None and delay is not None:
+                    if not escalating:
+                        self._emit(
+                            "reconnecting",
+                            in_seconds=round(delay, 3),
+                            attempt=failures,
+                            reason=verdict.reason,
+                        )
+                    # Before an escalation too (its event says how long the socket paused):
+                    # the re-login loop makes its first connect at once, and a fleet failing
+                    # together would escalate, and connect, together.
+                    await self._clock.sleep(delay)
+                if escalating:
+                    # Its connects go through the pacer (_paced_dial), as the socket's own do.
+                    handed = await self._escalate_to_relogin(
+                        failures, disconnect, paused=delay if gave_up is None else None
                     )
-                self._emit(
-                    "reconnecting",
-                    in_seconds=round(delay, 3),
-                    attempt=failures,
-                    reason=verdict.reason,
-                )
-                await self._clock.sleep(delay)
-                paced = await self._pacer.acquire()
-                if paced > 0:
-                    self._emit("paced", waited=round(paced, 3))
+                    if handed is not None:
+                        self.reconnects += 1
+                        continue
+                    if gave_up is not None:
+                        # The escalation (its refresh) was the last thing left to try.
+                        raise SocketClosed(gave_up)
+                await self._pace()
                 self.reconnects += 1
         except asyncio.CancelledError:
             if not self._closing:
@@ -1049,12 +1123,21 @@ class ResilientSocket:
         finally:
             await self._finish()
 
-    async def _escalate_to_relogin(self, failures: int, last: Disconnect) -> Connection | None:
-        self._emit("escalating", failures=failures, reason=last.describe())
+    async def _escalate_to_relogin(
+        self, failures: int, last: Disconnect, *, paused: float | None
+    ) -> Connection | None:
+        """Hand the reconnect to the re-login loop, ``paused`` seconds (the socket's own
+        backoff pause, None when the backoff gave up) after the ``failures``-th failure."""
+        if paused is None:
+            self._emit("escalating", failures=failures, reason=last.describe())
+        else:
+            self._emit(
+                "escalating", failures=failures, reason=last.describe(), paused=round(paused, 3)
+            )
         try:
             if self._escalate is not None:
                 return await self._escalate(
-                    EscalationRequest(self._name, failures, last), self._dialer.dial
+                    EscalationRequest(self._name, failures, last), self._paced_dial
                 )
             await self._dialer.refresh()
             return None
@@ -1078,6 +1161,19 @@ class ResilientSocket:
                 f"{self._name}: the re-login loop gave up after {failures} failed reconnects: "
                 f"{type(exc).__name__}"
             ) from exc
+
+    async def _pace(self) -> None:
+        """Wait for a reconnect slot of the process's pacer (every connect after the first)."""
+        paced = await self._pacer.acquire()
+        if paced > 0:
+            self._emit("paced", waited=round(paced, 3))
+
+    async def _paced_dial(self) -> Connection:
+        """One connect attempt for the re-login loop: through the reconnect pacer, as every
+        reconnect of the socket's own is, so that the sockets a shared re-login round releases
+        together connect at the pacer's rate, not all at once."""
+        await self._pace()
+        return await self._dialer.dial()
 
     def _cannot_connect(self, exc: TransportError) -> SocketClosed:
         """The final error of a socket whose connect met ``exc``, a mistake no reconnect can
@@ -1134,14 +1230,24 @@ class ResilientSocket:
                     self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
                 )
             else:
-                await self._open_up(conn, epoch)
+                timeout = timeout_after(self._clock, self._options.ready_timeout)
+                try:
+                    async with timeout:
+                        await self._open_up(conn, epoch)
+                except TimeoutError:
+                    if not timeout.expired:
+                        raise
+                    self._not_ready_in_time(conn)
             # The read, here rather than in a coroutine of its own: one frame less per socket.
             error: str | None = None
             close_code: int | None = None
             refused: Disconnect | None = None
             try:
-                for text in conn.early_frames:
-                    await self._dispatch(text, epoch)
+                for early in conn.early_frames:
+                    if isinstance(early, str):
+                        await self._dispatch(early, epoch)
+                    else:
+                        await self._deliver(early, epoch, len(early))
                 ws = conn.ws
                 # Not once the end is decided: a receive() after our close began would run
                 # aiohttp's own close handshake, which waits for the peer without a timeout.
@@ -1152,7 +1258,7 @@ class ResilientSocket:
                         await self._dispatch(msg.data, epoch)
                     elif msg.type is aiohttp.WSMsgType.BINARY:
                         self._last_activity = self._clock.now()
-                        await self._deliver(msg.data, epoch)
+                        await self._deliver(msg.data, epoch, len(msg.data))
                     elif msg.type is aiohttp.WSMsgType.CLOSE:
                         close_code = int(msg.data)
                         break
@@ -1181,7 +1287,15 @@ class ResilientSocket:
                 # that it is over, or it would wait on a dead connection forever.
                 error = type(exc).__name__
                 if not isinstance(exc, (aiohttp.ClientError, OSError)):
-                    _log.exception("%s: reading failed; dropping the connection", self._name)
+                    # A wrapper's or a clock's error, maybe: its traceback, redacted.
+                    _log.error(
+                        "%s: reading failed (%s: %s); dropping the connection",
+                        self._name,
+                        error,
+                        error_text(exc),
+                        exc_info=redacted_exc_info(exc),
+                        extra={"socket": self._name, "error": error},
+                    )
             # A close frame is the only way to learn a code; aiohttp reports a bare EOF as
             # 1000, but without a close frame it is an abnormal drop (1006).
             if close_code is not None:
@@ -1241,6 +1355,42 @@ class ResilientSocket:
         # the owner to store, and a close() from a callback must know where it runs.
         self._setup = asyncio.current_task()
         _ON_CONNECT.set((id(self), epoch))
+        timeout = timeout_after(self._clock, self._options.ready_timeout)
+        try:
+            async with timeout:
+                await self._call_on_connect(conn, epoch)
+        except TimeoutError:
+            if not timeout.expired:
+                raise
+            self._not_ready_in_time(conn)
+        except Exception as exc:
+            # The clock failed (the timeout could not be kept; logged where it failed): this
+            # connection ends, and the owner's own use of the clock decides what follows.
+            if self._conn is conn:
+                self._end_connection(
+                    Disconnect.failed_by_client(
+                        1011, f"the ready_timeout's clock failed ({type(exc).__name__})"
+                    ),
+                    self._lost_peer_grace(),
+                )
+
+    def _not_ready_in_time(self, conn: Connection) -> None:
+        """The connection did not become ready within ``ready_timeout`` (its ``on_connect``
+        callbacks and the flush of the queue): a peer that accepted the upgrade and stopped
+        reading, or callbacks that hang. Nothing else would end it (the keepalive watches only
+        a ready connection), so it ends as a dead peer, and the owner reconnects."""
+        _log.warning(
+            "%s: the connection did not become ready within %g s (ready_timeout: on_connect "
+            "and the queue's flush); taken for a dead peer, reconnecting",
+            self._name,
+            self._options.ready_timeout,
+            extra={"socket": self._name, "ready_timeout": self._options.ready_timeout},
+        )
+        if self._conn is conn:
+            self._end_connection(Disconnect.dead_peer(), self._lost_peer_grace())
+
+    async def _call_on_connect(self, conn: Connection, epoch: int) -> None:
+        """The callbacks one after the other, then the queue; a failure ends the connection."""
         try:
             for callback in self._on_connect:
                 pending = callback(self)
@@ -1267,7 +1417,9 @@ class ResilientSocket:
                         self._name,
                         type(exc).__name__,
                         error_text(exc),
-                        exc_info=exc,
+                        # Its traceback, with every exception's text redacted as the message's
+                        # is: a formatter would print the raw text on its last line.
+                        exc_info=redacted_exc_info(exc),
                         extra={"socket": self._name, "error": type(exc).__name__},
                     )
                 # Not a drop: the server took the connection and refused (or could not
@@ -1314,10 +1466,11 @@ class ResilientSocket:
                 self._ready(epoch)
         except Exception as exc:
             _log.error(
-                "%s: the connection could not be made ready (%s); reconnecting",
+                "%s: the connection could not be made ready (%s: %s); reconnecting",
                 self._name,
                 type(exc).__name__,
-                exc_info=True,
+                error_text(exc),
+                exc_info=redacted_exc_info(exc),
                 extra={"socket": self._name, "error": type(exc).__name__},
             )
             if self._conn is conn:
@@ -1450,8 +1603,9 @@ class ResilientSocket:
             self._probe = None
 
     def _take_back(self, item: Outgoing) -> None:
-        """A message the flush took but could not write goes back to the queue, unless it is a
-        request whose caller gave up meanwhile (its timeout, a cancellation): never sent late."""
+        """A message the flush took but whose write was refused before any of it went out goes
+        back to the queue, unless it is a request whose caller gave up meanwhile (its timeout,
+        a cancellation): never sent late."""
         rid = item.request_id
         if rid is not None:
             if not self._pending.waiting(rid):
@@ -1459,9 +1613,18 @@ class ResilientSocket:
             self._pending.sent(rid, None)
         self._outbox.put_back(item)
 
+    def _in_doubt(self) -> None:
+        _log.warning(
+            "%s: a queued message was being written when its connection ended; it may or may "
+            "not have been delivered, and is not sent again",
+            self._name,
+            extra={"socket": self._name},
+        )
+
     async def _flush(self, conn: Connection, epoch: int) -> None:
         sent = 0
-        while True:
+        # Not past the connection's end: what is left waits for the next one.
+        while self._ended is None:
             item = self._outbox.take()
             if item is None:
                 break
@@ -1470,8 +1633,16 @@ class ResilientSocket:
             try:
                 await self._write(conn, item.text)
             except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-                self._take_back(item)
                 self._connection_broke(epoch, exc)
+                if write_never_began(exc):
+                    # Refused before any of it was written (the transport closing): it goes
+                    # out on the next connection.
+                    self._take_back(item)
+                elif item.request_id is None:
+                    # Handed to the transport, and the drain failed with the connection: it
+                    # may have arrived, so it is never sent again (at most once). A request
+                    # stays on its connection and fails with it (SocketClosed).
+                    self._in_doubt()
                 break
             except asyncio.CancelledError:
                 # The flush cancelled mid-write (its connection ended, with on_connect callbacks
@@ -1481,12 +1652,7 @@ class ResilientSocket:
                 # stays on its connection, failed with it (SocketClosed: "may or may not have
                 # been processed"); a message is said to be in doubt, not lost without a word.
                 if item.request_id is None:
-                    _log.warning(
-                        "%s: a queued message was being written when its connection ended; it "
-                        "may or may not have been delivered, and is not sent again",
-                        self._name,
-                        extra={"socket": self._name},
-                    )
+                    self._in_doubt()
                 raise
             except Exception:
                 # Not the connection failing: the message could not be written at all (send()
@@ -1529,9 +1695,11 @@ class ResilientSocket:
                     extra={"socket": self._name, "type": str(frame.get("type", ""))[:100]},
                 )
                 return
-        await self._deliver(frame, epoch)
+        await self._deliver(frame, epoch, len(text))
 
-    async def _deliver(self, frame: Any, epoch: int) -> None:
+    async def _deliver(self, frame: Any, epoch: int, size: int = 0) -> None:
+        """Hand ``frame`` (``size`` characters or bytes on the wire) to the ``on_frame``
+        handler, or put it in the inbox, pausing first while the inbox is full."""
         if not self._life.is_current(epoch):
             _log.debug("%s: frame from superseded connection %d ignored", self._name, epoch)
             return
@@ -1540,17 +1708,20 @@ class ResilientSocket:
             inbox = self._inbox
             if inbox is None:
                 inbox = self._inbox = deque()
-            elif (
-                self._ended is None
-                and self._ready_epoch == epoch
-                and 0 < self._options.max_inbox <= len(inbox)
-            ):
-                # Not before the connection is ready: on_connect's answers come in behind the
-                # frames, and pausing for them would time the callbacks out into a reconnect.
-                await self._wait_for_room(len(inbox))
+            elif self._ended is None and self._ready_epoch == epoch:
+                opts = self._options
+                if (
+                    0 < opts.max_inbox <= len(inbox)
+                    or 0 < opts.max_inbox_bytes <= self._inbox_bytes
+                ):
+                    # Full by either bound. Not before the connection is ready: on_connect's
+                    # answers come in behind the frames, and pausing for them would time the
+                    # callbacks out into a reconnect.
+                    await self._wait_for_room(len(inbox))
             # The frame in hand joins the inbox even when the pause ended with the
             # connection: it was received, and the inbox stays readable after a close.
-            inbox.append(frame)
+            inbox.append((frame, size))
+            self._inbox_bytes += size
             self._wake()
             return
         try:
@@ -1562,8 +1733,17 @@ class ResilientSocket:
                 finally:
                     self._handling = None
                     self._reading_again()
-        except Exception:
-            _log.exception("%s: on_frame handler raised; ignored", self._name)
+        except Exception as exc:
+            # A bug in the caller's handler: its traceback to find it, with every exception's
+            # text redacted (a handler's error may quote the frame, or a token).
+            _log.error(
+                "%s: on_frame handler raised %s: %s; ignored",
+                self._name,
+                type(exc).__name__,
+                error_text(exc),
+                exc_info=redacted_exc_info(exc),
+                extra={"socket": self._name, "error": type(exc).__name__},
+            )
 
     def _reading_again(self) -> None:
         """The owner reads again after awaiting an ``on_frame`` handler, during which nothing
@@ -1578,8 +1758,8 @@ class ResilientSocket:
             self._last_activity = now
 
     async def _wait_for_room(self, unread: int) -> None:
-        """Stop reading until the consumer has taken the inbox down to half ``max_inbox``,
-        or the connection ends (:meth:`_unpause`).
+        """Stop reading until the consumer has taken the inbox down to half its bounds
+        (``max_inbox``, ``max_inbox_bytes``), or the connection ends (:meth:`_unpause`).
 
         Not reading is the backpressure: aiohttp stops reading the TCP socket once its own
         buffer fills, so the peer is slowed down and nothing is dropped.
@@ -1588,11 +1768,20 @@ class ResilientSocket:
         self._resume = resume
         paused_at = self._clock.now()
         _log.warning(
-            "%s: %d unread frames in the inbox (max_inbox); reading paused until the consumer "
-            "catches up",
+            "%s: %d unread frames (%d characters) in the inbox (max_inbox %d, max_inbox_bytes "
+            "%d); reading paused until the consumer catches up",
             self._name,
             unread,
-            extra={"socket": self._name, "inbox": unread, "max_inbox": self._options.max_inbox},
+            self._inbox_bytes,
+            self._options.max_inbox,
+            self._options.max_inbox_bytes,
+            extra={
+                "socket": self._name,
+                "inbox": unread,
+                "inbox_bytes": self._inbox_bytes,
+                "max_inbox": self._options.max_inbox,
+                "max_inbox_bytes": self._options.max_inbox_bytes,
+            },
         )
         try:
             await resume
