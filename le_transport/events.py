@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ._checks import is_async_callable
+from ._shown import error_text, redacted_exc_info
 from .errors import ConfigurationError
 from .policies.classify import Outcome
 
@@ -133,8 +134,14 @@ def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
     for hook in hooks:
         try:
             result = hook(event)
-        except Exception:
-            _log.exception("event hook %r raised; ignored", hook)
+        except Exception as exc:
+            # Its text and traceback redacted: a hook's error may quote what it was handling.
+            _log.error(
+                "event hook %r raised; ignored: %s",
+                hook,
+                error_text(exc),
+                exc_info=redacted_exc_info(exc),
+            )
             continue
         if result is None or asyncio.isfuture(result):
             continue  # a Task or Future the hook started is scheduled already

@@ -149,6 +149,26 @@ def test_a_hook_that_returns_an_awaitable_is_logged_and_its_coroutine_closed(
     ] == [True]
 
 
+def test_a_hook_that_raises_is_logged_with_its_text_and_traceback_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hook's error was logged with logging.exception: its text, which may quote what the
+    hook was handling (a token), reached the log whole through the traceback."""
+    caplog.set_level(logging.ERROR, logger="le_transport.events")
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib3QifQ.c2lnbmF0dXJlLXNlY3JldA"
+
+    def hook(event: object) -> None:
+        raise RuntimeError(f"could not post {event}: access_token={token}")
+
+    emit([hook], "event")
+    (record,) = caplog.records
+    shown = caplog.text + logging.Formatter().format(record)
+    assert "could not post event" in shown
+    assert "Traceback" in shown
+    assert "RuntimeError" in shown
+    assert token not in shown
+
+
 def _socket() -> ResilientSocket:
     class _Dialer:
         name = "test"

@@ -33,6 +33,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from le_transport import Engine, EventHooks, SocketAuthFailed, SocketClosed, StaticBearer
+from le_transport._shown import redacted_exc_info
 from le_transport.errors import ConfigurationError
 from le_transport.policies import BackoffPolicy, Disconnect, TokenBucket
 from le_transport.providers import Credentials, StaticDomains
@@ -46,7 +47,6 @@ from le_transport.sockets import (
     ResilientSocket,
     SocketOptions,
 )
-from le_transport.sockets._shown import redacted_exc_info
 from le_transport.sockets.dial import write_never_began
 from le_transport.sockets.options import MAX_INBOX_BYTES, READY_TIMEOUT
 from le_transport.testing import VirtualClock
@@ -430,7 +430,8 @@ async def test_a_peer_that_stops_reading_during_the_flush_is_taken_for_dead(
     (lost_at,) = timed.times("lost")
     (opened_at, _) = timed.times("open")
     assert 20.0 <= lost_at - opened_at <= 22.0
-    assert "peer dead" in next(d["reason"] for _, n, d in timed.events if n == "lost")
+    reason = next(d["reason"] for _, n, d in timed.events if n == "lost")
+    assert reason == "peer dead: not ready within ready_timeout"
 
 
 async def test_an_on_connect_that_hangs_is_cut_at_ready_timeout_and_the_socket_reconnects(

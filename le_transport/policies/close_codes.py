@@ -134,13 +134,16 @@ class Disconnect:
         return cls(DisconnectKind.ABNORMAL, code=ABNORMAL_CLOSURE, lifetime=lifetime, error=error)
 
     @classmethod
-    def dead_peer(cls, lifetime: float | None = None) -> Disconnect:
-        """The keepalive went unanswered."""
+    def dead_peer(
+        cls, lifetime: float | None = None, error: str = "keepalive unanswered"
+    ) -> Disconnect:
+        """The peer was taken for dead: its keepalive went unanswered, or (``error`` says so)
+        the connection did not become ready in time."""
         return cls(
             DisconnectKind.DEAD_PEER,
             code=ABNORMAL_CLOSURE,
             lifetime=lifetime,
-            error="keepalive unanswered",
+            error=error,
         )
 
     @classmethod
@@ -181,7 +184,7 @@ class Disconnect:
         if self.kind is DisconnectKind.ABNORMAL:
             return f"dropped abnormally (1006{', ' + self.error if self.error else ''})"
         if self.kind is DisconnectKind.DEAD_PEER:
-            return "peer dead: keepalive unanswered"
+            return f"peer dead: {self.error or 'keepalive unanswered'}"
         if self.kind is DisconnectKind.CONNECT_FAILED:
             return f"connect failed{' (' + self.error + ')' if self.error else ''}"
         if self.kind is DisconnectKind.SETUP_FAILED:

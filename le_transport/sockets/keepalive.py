@@ -28,11 +28,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from .._redact import redact_text
+from .._shown import error_text, redacted_exc_info
 from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
-from ._shown import error_text, redacted_exc_info
 
 __all__ = [
     "KeepaliveFailureSubject",

@@ -51,6 +51,7 @@ import aiohttp
 import attrs
 
 from .._checks import is_async_callable
+from .._shown import error_text, redacted_exc_info
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import (
     AuthenticationError,
@@ -68,7 +69,6 @@ from ..events import EventHooks, StateEvent, check_hooks, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
-from ._shown import error_text, redacted_exc_info
 from .correlation import PendingRequests
 from .dial import Connection, Dialer, DialFailed, read_error_disconnect, write_never_began
 from .keepalive import KeepaliveScheduler
@@ -1387,7 +1387,10 @@ class ResilientSocket:
             extra={"socket": self._name, "ready_timeout": self._options.ready_timeout},
         )
         if self._conn is conn:
-            self._end_connection(Disconnect.dead_peer(), self._lost_peer_grace())
+            self._end_connection(
+                Disconnect.dead_peer(error="not ready within ready_timeout"),
+                self._lost_peer_grace(),
+            )
 
     async def _call_on_connect(self, conn: Connection, epoch: int) -> None:
         """The callbacks one after the other, then the queue; a failure ends the connection."""

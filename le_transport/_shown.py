@@ -1,12 +1,13 @@
-"""An error as the socket layer may show it in a log line: its text redacted and cut short, and
-its traceback with every exception line redacted (:func:`redacted_exc_info`)."""
+"""An error as the library may show it in a log line (a caller's callback or hook raised it):
+its text redacted and cut short, and its traceback with every exception line redacted
+(:func:`redacted_exc_info`)."""
 
 from __future__ import annotations
 
 import types
 from typing import Any
 
-from .._redact import redact_text
+from ._redact import redact_text
 
 __all__ = ["SHOWN_LIMIT", "ExcInfo", "error_text", "redacted_exc_info"]
 
