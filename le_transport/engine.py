@@ -1672,14 +1672,16 @@ class Engine:
           (its :class:`~le_transport.errors.Repeat`, see
           :func:`~le_transport.recovery.repeat_of`: bad credentials, any other 4xx, a status
           its ``Classifier`` makes final, a refused certificate fail at once), and the call
-          may be sent again (:meth:`~le_transport.middleware.context.CallContext.may_resend`):
-          it is idempotent (``idempotent``, else by its method, not a redirect hop's), or
-          nothing of it was acted on (every attempt never left, or was answered 401 or 429).
-          So a POST answered 5xx, reset or timed out, or one answered 303 whose GET hop (or
-          the hop's login) then failed, fails at once; a POST whose login met an outage
-          before it was sent, or after a 401, is waited out. ``deadline`` (else the
-          policy's) bounds the whole call, recovery included: a pause that would pass it is
-          not taken, and each run after a re-login gets only the time left.
+          may be sent again: it is idempotent (``idempotent``, else by its method, not a
+          redirect hop's), or nothing of it may have been acted on (every attempt of every hop
+          never left, or was answered 401 or 429; on a caller's session without the stack,
+          whose redirect hops the engine learns only from a failed answer's history, an
+          answer or a request with no answer seen counts as acted on). So a POST answered
+          5xx, reset or timed out, or one answered 303 whose GET hop (or the hop's login)
+          then failed, fails at once (through a caller's session too); a POST whose login
+          met an outage before it was sent, or after a 401, is waited out. ``deadline`` (else
+          the policy's) bounds the whole call, recovery included: a pause that would pass it
+          is not taken, and each run after a re-login gets only the time left.
           :class:`~le_transport.errors.RecoveryFailed` when the policy gives up or the next
           pause would pass the deadline. True or False only.
         - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
@@ -1768,173 +1770,207 @@ class Engine:
                 service, idempotent, policy, accept=_accepted(accept, service, method)
             )
         )
-        # Under a recovery loop, the call is noted for it (record_call, inline): the loop asks
-        # it whether it may be sent again. Outside one, this read is all it costs.
+        # Under a recovery loop, the call is noted for it when it starts (record_call, inline)
+        # and when it ends (the ``except`` below, and before returning): the loop asks whether
+        # running its callable again may send twice what was acted on. Outside one, this read
+        # (and a None check) is all it costs.
         ledger = _CALL_LEDGER.get()
         if ledger is not None:
             ledger.record(ctx, method)
+        sent = False
         try:
-            if self._resolves_at_once or policy.deadline is None:
-                resolved = await self._domains.resolve(service)
-            else:
-                # A Domain API fetch runs on its own schedule: the call's deadline bounds the
-                # wait.
-                resolved = await within_deadline(
-                    self._clock,
-                    ctx,
-                    self._domains.resolve(service),
-                    "resolving its host",
-                    method=method,
-                )
-        except TransportError:
-            raise
-        except Exception as exc:
-            # The domain provider's own failure (a bug in a provider of the caller's): typed,
-            # with its exception as the cause; not the caller's arguments.
-            raise self._provider_failure(
-                "domain", self._domains, "resolve", exc, service
-            ) from safe_cause(exc)
-        key = (self._scheme, resolved, path)
-        try:
-            built = self._urls.get(key)
-        except TypeError:  # an unhashable "host" from a domain provider: _build_url refuses it
-            built = None
-        url, redacted = self._build_url(key, service) if built is None else built
-        # The context variable set and reset in place, and options passed only when given:
-        # each was a measurable share of what a successful call costs (benchmarks/README.md).
-        token = _CURRENT.set(ctx)
-        try:
-            if (
-                params is None
-                and data is None
-                and headers is None
-                and allow_redirects is True
-                and json is _NO_JSON
-            ):
-                call = session.request(method, url)
-            else:
-                if allow_redirects is not True and allow_redirects is not False:
-                    raise InvalidRequest(
-                        "allow_redirects must be True or False, got "
-                        f"{type(allow_redirects).__name__}",
-                        service=service,
+            try:
+                if self._resolves_at_once or policy.deadline is None:
+                    resolved = await self._domains.resolve(service)
+                else:
+                    # A Domain API fetch runs on its own schedule: the call's deadline bounds the
+                    # wait.
+                    resolved = await within_deadline(
+                        self._clock,
+                        ctx,
+                        self._domains.resolve(service),
+                        "resolving its host",
                         method=method,
                     )
-                if headers is not None:
-                    _check_headers(headers, service, method, self._auth)
-                    if type(data) is str:
-                        data = _encode_text(data, headers)
-                options: dict[str, Any] = {
-                    "params": params,
-                    "data": data,
-                    "headers": headers,
-                    "allow_redirects": allow_redirects,
-                }
-                if json is not _NO_JSON:
-                    del options["data"]
-                    options["json"] = json
-                call = session.request(method, url, **options)
-            # Awaited, not ``async with``: what aiohttp's two context managers do on the way out
-            # (release, then wait for the request's writer) is done below, without their four
-            # coroutines (benchmarks/README.md).
-            resp = await call
+            except TransportError:
+                raise
+            except Exception as exc:
+                # The domain provider's own failure (a bug in a provider of the caller's): typed,
+                # with its exception as the cause; not the caller's arguments.
+                raise self._provider_failure(
+                    "domain", self._domains, "resolve", exc, service
+                ) from safe_cause(exc)
+            key = (self._scheme, resolved, path)
             try:
-                # The retry middleware has read the body into aiohttp's own field (and released
-                # the connection): a second read() would only await the release again.
-                body = resp._body
-                if body is None:
-                    body = await resp.read()
-                final = resp.url
-                shown = redacted if final is url or final == url else redact_url(final)
-                if resp.status >= 400 and _unseen_failure(resp.status, ctx):
-                    # The retry middleware raises for every failed answer it sees, or records
-                    # it (one the call accepts, or the caller's classifier calls a success):
-                    # this one came from around it (an outer middleware's, or a caller's
-                    # session without the stack). Never passed off as an answer.
-                    raise _unscheduled_failure(
+                built = self._urls.get(key)
+            except TypeError:  # an unhashable "host" from a domain provider: _build_url refuses it
+                built = None
+            url, redacted = self._build_url(key, service) if built is None else built
+            # The context variable set and reset in place, and options passed only when given:
+            # each was a measurable share of what a successful call costs (benchmarks/README.md).
+            token = _CURRENT.set(ctx)
+            sent = True
+            try:
+                if (
+                    params is None
+                    and data is None
+                    and headers is None
+                    and allow_redirects is True
+                    and json is _NO_JSON
+                ):
+                    call = session.request(method, url)
+                else:
+                    if allow_redirects is not True and allow_redirects is not False:
+                        raise InvalidRequest(
+                            "allow_redirects must be True or False, got "
+                            f"{type(allow_redirects).__name__}",
+                            service=service,
+                            method=method,
+                        )
+                    if headers is not None:
+                        _check_headers(headers, service, method, self._auth)
+                        if type(data) is str:
+                            data = _encode_text(data, headers)
+                    options: dict[str, Any] = {
+                        "params": params,
+                        "data": data,
+                        "headers": headers,
+                        "allow_redirects": allow_redirects,
+                    }
+                    if json is not _NO_JSON:
+                        del options["data"]
+                        options["json"] = json
+                    call = session.request(method, url, **options)
+                # Awaited, not ``async with``: what aiohttp's two context managers do on the way out
+                # (release, then wait for the request's writer) is done below, without their four
+                # coroutines (benchmarks/README.md).
+                resp = await call
+                try:
+                    # The retry middleware has read the body into aiohttp's own field (and released
+                    # the connection): a second read() would only await the release again.
+                    body = resp._body
+                    if body is None:
+                        body = await resp.read()
+                    final = resp.url
+                    shown = redacted if final is url or final == url else redact_url(final)
+                    if resp.status >= 400 and _unseen_failure(resp.status, ctx):
+                        # The retry middleware raises for every failed answer it sees, or records
+                        # it (one the call accepts, or the caller's classifier calls a success):
+                        # this one came from around it (an outer middleware's, or a caller's
+                        # session without the stack). Never passed off as an answer.
+                        if ctx.active is None and resp.history:
+                            # No retry loop recorded the redirects before it either (a POST
+                            # answered 303): attempts of the call, acted on.
+                            for hop in resp.history:
+                                ctx.attempts.append(
+                                    AttemptRecord(
+                                        len(ctx.attempts) + 1,
+                                        Outcome.response(hop.status),
+                                        None,
+                                        self._clock.now(),
+                                    )
+                                )
+                        raise _unscheduled_failure(
+                            resp.status,
+                            body,
+                            method,
+                            shown,
+                            service,
+                            ctx,
+                            resp.headers.get("Retry-After"),
+                            self._clock.now(),
+                            self._wall_clock(),
+                        )
+                    if ledger is not None:
+                        ledger.finish(ctx, unjudged=ctx.active is None and not self._owns_session)
+                    return Response(
                         resp.status,
+                        resp.headers,
                         body,
                         method,
                         shown,
                         service,
-                        ctx,
-                        resp.headers.get("Retry-After"),
-                        self._clock.now(),
-                        self._wall_clock(),
+                        tuple(ctx.attempts),
                     )
-                return Response(
-                    resp.status,
-                    resp.headers,
-                    body,
-                    method,
-                    shown,
-                    service,
-                    tuple(ctx.attempts),
+                finally:
+                    resp.release()
+                    await resp.wait_for_close()
+            except TransportError as exc:
+                # A provider that failed (ProviderError) because the engine is used from another
+                # loop: said as such. Only on the error path, where the check costs nothing.
+                wrong = self._wrong_loop()
+                if wrong is not None:
+                    raise wrong from exc
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                # Raised outside the retry middleware (before the chain ran, or while reading a
+                # body that the middleware did not buffer). Kept, and raised after the clauses (so
+                # without a context).
+                late: tuple[RequestError, BaseException | None] = (
+                    unsent_request_error(exc, ctx, method, url),
+                    safe_cause(exc),
                 )
-            finally:
-                resp.release()
-                await resp.wait_for_close()
-        except TransportError as exc:
-            # A provider that failed (ProviderError) because the engine is used from another
-            # loop: said as such. Only on the error path, where the check costs nothing.
-            wrong = self._wrong_loop()
-            if wrong is not None:
-                raise wrong from exc
-            raise
-        except (aiohttp.ClientError, OSError) as exc:
-            # Raised outside the retry middleware (before the chain ran, or while reading a
-            # body that the middleware did not buffer). Kept, and raised after the clauses (so
-            # without a context).
-            late: tuple[RequestError, BaseException | None] = (
-                unsent_request_error(exc, ctx, method, url),
-                safe_cause(exc),
-            )
-        except (ValueError, TypeError, RecursionError) as exc:
-            # aiohttp and yarl refuse what cannot be sent while building the request, before
-            # the middleware chain runs (RecursionError: absurdly nested JSON). Only that is
-            # the caller's arguments: each is taken again as aiohttp takes it, to name the one
-            # refused and why. An error from inside the chain (a middleware's) is none of
-            # them: it propagates as it is, with its traceback.
-            refused = _refused_argument(session, params, json, data)
-            if refused is None:
-                if not _raised_building_request(exc):
+            except (ValueError, TypeError, RecursionError) as exc:
+                # aiohttp and yarl refuse what cannot be sent while building the request, before
+                # the middleware chain runs (RecursionError: absurdly nested JSON). Only that is
+                # the caller's arguments: each is taken again as aiohttp takes it, to name the one
+                # refused and why. An error from inside the chain (a middleware's) is none of
+                # them: it propagates as it is, with its traceback.
+                refused = _refused_argument(session, params, json, data)
+                if refused is None:
+                    if not _raised_building_request(exc):
+                        raise
+                    refused = f"invalid request ({type(exc).__name__}): {_ARGUMENTS}"
+                # Not chained: the refused value (a header, a parameter) may be a credential, and
+                # the error aiohttp or yarl raised repeats it.
+                late = (
+                    InvalidRequest(
+                        # Keys that look like data are said by position; this catches the rest.
+                        f"not sent: {redact_text(refused)}",
+                        service=service,
+                        method=method,
+                        url=redact_url(url),
+                    ),
+                    None,
+                )
+            except RuntimeError as exc:
+                # After the clause above: RecursionError is a RuntimeError too.
+                # aiohttp's "Event loop is closed" (or a future of another loop): the engine is
+                # used from another loop than the one it started on.
+                wrong = self._wrong_loop()
+                if wrong is not None:
+                    raise wrong from exc
+                # aiohttp's "Session is closed": the engine closed while this call resolved its
+                # host (or logged in), or the owner of a session passed in closed it.
+                if not session.closed:
                     raise
-                refused = f"invalid request ({type(exc).__name__}): {_ARGUMENTS}"
-            # Not chained: the refused value (a header, a parameter) may be a credential, and
-            # the error aiohttp or yarl raised repeats it.
-            late = (
-                InvalidRequest(
-                    # Keys that look like data are said by position; this catches the rest.
-                    f"not sent: {redact_text(refused)}",
+                raise EngineClosed(
+                    "the engine is closed" if self._closed else "the engine's session is closed",
                     service=service,
                     method=method,
-                    url=redact_url(url),
-                ),
-                None,
-            )
-        except RuntimeError as exc:
-            # After the clause above: RecursionError is a RuntimeError too.
-            # aiohttp's "Event loop is closed" (or a future of another loop): the engine is
-            # used from another loop than the one it started on.
-            wrong = self._wrong_loop()
-            if wrong is not None:
-                raise wrong from exc
-            # aiohttp's "Session is closed": the engine closed while this call resolved its
-            # host (or logged in), or the owner of a session passed in closed it.
-            if not session.closed:
-                raise
-            raise EngineClosed(
-                "the engine is closed" if self._closed else "the engine's session is closed",
-                service=service,
-                method=method,
-                url=redacted,
-            ) from None
-        finally:
-            _CURRENT.reset(token)
-        # Only the two except clauses that set ``late`` get here (the block returns, and the
-        # other clauses raise). Raised here, not in a clause, so that the error has no context:
-        # aiohttp's and yarl's errors repeat the URL or the refused value.
-        raise late[0] from late[1]
+                    url=redacted,
+                ) from None
+            finally:
+                _CURRENT.reset(token)
+            # Only the two except clauses that set ``late`` get here (the block returns, and the
+            # other clauses raise). Raised here, not in a clause, so that the error has no context:
+            # aiohttp's and yarl's errors repeat the URL or the refused value.
+            raise late[0] from late[1]
+        except BaseException as exc:
+            # Under a recovery loop only: the call ended, and how (CallLedger.finish).
+            if ledger is not None:
+                # ``unjudged``: sent on a caller's session that no retry schedule ran for
+                # (without the stack), and no answer seen (a reset, a timeout): it may have
+                # been acted on, unseen. An answer the engine saw is an attempt of it.
+                ledger.finish(
+                    ctx,
+                    exc,
+                    unjudged=sent
+                    and ctx.active is None
+                    and not ctx.attempts
+                    and not self._owns_session,
+                )
+            raise
 
     async def _recovering(
         self,

@@ -155,14 +155,13 @@ class RequestError(TransportError):
       answer that came from outside the retry middleware (a caller's session, an outer
       middleware) alike, by the call's ``Classifier`` and idempotency. An error raised by the
       schedule's retries running out is a :class:`RetriesExhausted`, and stays ``RETRYABLE``.
-    - ``decided``, ``repeat_unsafe``: compatibility aliases of ``repeat``, read and set
-      through it. ``decided`` is ``repeat is not RETRYABLE``; ``repeat_unsafe`` is
-      ``repeat is RETRYABLE_IF_IDEMPOTENT``. Setting ``decided = False`` makes it
-      ``RETRYABLE``; ``decided = True`` makes a ``RETRYABLE`` one ``FINAL`` (and keeps
-      ``RETRYABLE_IF_IDEMPOTENT``); ``repeat_unsafe = True`` makes it
-      ``RETRYABLE_IF_IDEMPOTENT``; ``repeat_unsafe = False`` makes that one ``FINAL``. So
-      ``decided = True`` set before or after ``repeat_unsafe`` gives the same verdict. New
-      code reads and sets ``repeat``.
+    - ``decided``, ``repeat_unsafe``: compatibility flags, each read back as set, in any
+      order, with their meaning before ``repeat``: the recovery loop repeated a failure iff
+      it was not ``decided``, and ``repeat_unsafe`` said only, of a decided one, that only
+      the request not being idempotent stopped it. ``repeat`` is made of them
+      (``RETRYABLE`` unless ``decided``, then ``RETRYABLE_IF_IDEMPOTENT`` if
+      ``repeat_unsafe``, else ``FINAL``), and setting ``repeat`` sets both. New code reads
+      and sets ``repeat``.
     """
 
     def __init__(
@@ -180,32 +179,42 @@ class RequestError(TransportError):
         self.method = method
         self.url = url
         self.attempts: tuple[AttemptRecord, ...] = tuple(attempts)
-        #: See :class:`Repeat`; ``decided`` and ``repeat_unsafe`` are views of it.
-        self.repeat = Repeat.RETRYABLE
+        # What ``repeat`` is made of: the two compatibility flags, each set on its own.
+        self._decided = False
+        self._repeat_unsafe = False
+
+    @property
+    def repeat(self) -> Repeat:
+        """See :class:`Repeat`: ``RETRYABLE`` unless ``decided``; then
+        ``RETRYABLE_IF_IDEMPOTENT`` if ``repeat_unsafe``, else ``FINAL``."""
+        if not self._decided:
+            return Repeat.RETRYABLE
+        return Repeat.RETRYABLE_IF_IDEMPOTENT if self._repeat_unsafe else Repeat.FINAL
+
+    @repeat.setter
+    def repeat(self, value: Repeat) -> None:
+        self._decided = value is not Repeat.RETRYABLE
+        self._repeat_unsafe = value is Repeat.RETRYABLE_IF_IDEMPOTENT
 
     @property
     def decided(self) -> bool:
-        """Compatibility alias of :attr:`repeat`: True unless it is ``RETRYABLE``."""
-        return self.repeat is not Repeat.RETRYABLE
+        """Compatibility alias: whether a schedule or the engine judged the failure (so
+        ``repeat`` is not ``RETRYABLE``)."""
+        return self._decided
 
     @decided.setter
     def decided(self, value: bool) -> None:
-        if not value:
-            self.repeat = Repeat.RETRYABLE
-        elif self.repeat is Repeat.RETRYABLE:
-            self.repeat = Repeat.FINAL
+        self._decided = bool(value)
 
     @property
     def repeat_unsafe(self) -> bool:
-        """Compatibility alias of :attr:`repeat`: True when it is ``RETRYABLE_IF_IDEMPOTENT``."""
-        return self.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT
+        """Compatibility alias: whether the failure was judged only for the request not being
+        idempotent (``repeat`` is ``RETRYABLE_IF_IDEMPOTENT`` once ``decided``)."""
+        return self._repeat_unsafe
 
     @repeat_unsafe.setter
     def repeat_unsafe(self, value: bool) -> None:
-        if value:
-            self.repeat = Repeat.RETRYABLE_IF_IDEMPOTENT
-        elif self.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT:
-            self.repeat = Repeat.FINAL
+        self._repeat_unsafe = bool(value)
 
     def __str__(self) -> str:
         where = " ".join(p for p in (self.method, self.url) if p)

@@ -25,22 +25,33 @@ The rule: two facts, each decided once, where it is known.
   a 5xx. ``RETRYABLE``: a spent schedule, the retry budget or the breaker refusing, the Domain
   API or a provider's own network call down. ``RETRYABLE_IF_IDEMPOTENT``: a 5xx, a reset or a
   timeout on a request that is not idempotent (a POST, an auth-code login).
-- What ``call`` sent. The engine notes every call it starts while ``call`` runs (a
-  :class:`~le_transport.middleware.context.CallLedger`, shared with the tasks ``call`` runs
-  them in). If ``call`` made any, it runs again only if each may be sent again
-  (:meth:`~le_transport.middleware.context.CallContext.may_resend`): idempotent (the caller's
-  ``idempotent``, else its first request's method, not a redirect hop's), or nothing of it
-  acted on (every attempt never left or was answered 401 or 429, and none is in flight),
-  whatever request of it failed (the call's own, a redirect hop, a login). If it made none (a
-  direct login, a socket's dial, a callable of the caller's), only ``RETRYABLE`` runs again.
+- What ``call`` sent: a :class:`~le_transport.middleware.context.CallLedger`, open while
+  ``call`` runs, shared with the tasks it starts (``gather``, ``TaskGroup``). It sees every
+  :meth:`~le_transport.Engine.request` call and every request made through the library's
+  ``RetryMiddleware`` with no engine call around it (``engine.session.post``, a caller's
+  session with the stack), recorded as each starts (in the ledgers of every enclosing run at
+  once) and told when each ends. It keeps the calls that are not idempotent (the caller's
+  ``idempotent``, else the first request's method, not a redirect hop's) while unfinished,
+  a sticky ``unsafe`` set when one finished and may have been acted on (answered, any status;
+  an attempt of any hop not :func:`~le_transport.policies.classify.unprocessed`, a
+  cancellation on the wire included; sent on a caller's session without the stack with no
+  answer seen), and the last errors that came out of recorded calls. If ``call`` made any,
+  it runs again only if nothing is unfinished nor ``unsafe``, and, for a
+  ``RETRYABLE_IF_IDEMPOTENT`` failure, only if that error came out of a recorded call. If it
+  made none (a direct login, a socket's dial, a callable of the caller's), only
+  ``RETRYABLE`` runs again.
 
-So a POST answered 5xx, reset or timed out, or answered 303 before its GET hop (or the hop's
-login) failed, is never sent again; a POST whose login met an outage before it was sent, or
-after a 401, is; a POST gathered with a failing GET is not sent twice. Inside a round, a
-re-login that fails is tried again after the next pause unless its verdict is ``FINAL``. (The
-ledger is read when ``call`` fails: a call that ``asyncio.gather`` leaves running and that had
-not reached its retry loop yet, still resolving its host or waiting for credentials, counts as
-nothing sent, though its task may still send it.)
+So, among the requests the ledger sees, a POST answered (a 201, a 5xx, a 303 whose GET hop or
+the hop's login then failed), reset, timed out, cancelled on the wire, or still unfinished when
+``call`` failed is never sent again; a POST whose login met an outage before it was sent, or
+after a 401, is. The ledger stays open through the pause: just before running ``call`` again
+the rule is asked again, and if a call ``call`` left running (``gather`` does not cancel the
+others) sent a POST meanwhile, the original failure is raised, with a note. What the ledger
+cannot see (a request on a session without the stack, not made through
+:meth:`~le_transport.Engine.request`; a task started outside the run's context; a request a
+task left running starts after ``call`` was run again) is judged by the failure alone. Inside
+a round, a re-login that fails is tried again after the next pause unless its verdict is
+``FINAL``.
 
 A call with a deadline (``until``: the clock time it must end by, fixed once when it starts)
 never waits a pause that would end at or past it: it gives up at once with ``RecoveryFailed``,
@@ -94,7 +105,7 @@ from .errors import (
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
-from .middleware.context import close_ledger, open_ledger
+from .middleware.context import _CALL_LEDGER, CallLedger, open_ledger
 from .policies._validate import finite_number
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
@@ -220,11 +231,11 @@ def is_recoverable(exc: BaseException) -> bool:
     reset or a timeout on a request that is not idempotent: the server may have processed it).
 
     This is what :meth:`Recovery.run` asks when its callable made no engine call (a direct
-    login, a socket's dial). When it made some, ``RETRYABLE_IF_IDEMPOTENT`` is run again too,
-    and ``RETRYABLE`` is not always: it runs again iff the verdict is not ``FINAL`` and every
-    call it made may be sent again
-    (:meth:`~le_transport.middleware.context.CallContext.may_resend`). A re-login that fails
-    inside a round is waited out unless ``FINAL`` (:func:`_relogin_recoverable`).
+    login, a socket's dial). When it made some, a ``RETRYABLE_IF_IDEMPOTENT`` failure that
+    came out of one of them is run again too, and ``RETRYABLE`` is not always: it runs again
+    iff the verdict is not ``FINAL`` and nothing the ledger saw may have been acted on or is
+    still unfinished (the module docstring's rule). A re-login that fails inside a round is
+    waited out unless ``FINAL`` (:func:`_relogin_recoverable`).
     """
     return repeat_of(exc) is Repeat.RETRYABLE
 
@@ -386,9 +397,11 @@ class Recovery:
         caller's to bound by the time left.
 
         ``call`` is run again only as the module docstring's rule says: its failure is not
-        ``FINAL`` (:func:`repeat_of`), and every engine call it made may be sent again (if it
-        made none: the failure is ``RETRYABLE``). Raises what ``call`` raises otherwise, and
-        :class:`~le_transport.errors.RecoveryFailed` when the policy gives up.
+        ``FINAL`` (:func:`repeat_of`), and nothing the run's ledger saw may have been acted on
+        or is unfinished, asked when it failed and again just before running it again (if it
+        made no call the ledger sees: the failure is ``RETRYABLE``). Raises what ``call``
+        raises otherwise, and :class:`~le_transport.errors.RecoveryFailed` when the policy
+        gives up.
         """
         if not callable(call):
             if inspect.iscoroutine(call):
@@ -408,7 +421,6 @@ class Recovery:
             while True:
                 seen = self._epoch
                 ledger, token = open_ledger()
-                may_resend: bool | None = None
                 try:
                     try:
                         pending = call()
@@ -418,30 +430,31 @@ class Recovery:
                                 f"returned {type(pending).__name__}"
                             )
                         result = await pending
-                    except Exception:
-                        # Asked now, before the ledger closes: may every engine call the
-                        # callable made be sent again? (None: it made none.)
-                        may_resend = ledger.may_resend() if ledger.calls else None
-                        raise
                     finally:
-                        close_ledger(ledger, token)
+                        # No longer current (the round's re-login is none of the callable's),
+                        # but still open: a task the callable left running records into it
+                        # until the run is run again or over.
+                        _CALL_LEDGER.reset(token)
                 except Exception as exc:
-                    verdict = repeat_of(exc)
-                    if may_resend is None:
-                        # No engine call (a direct login, a socket's dial, a callable of the
-                        # caller's): the failure alone says.
-                        may_resend = verdict is Repeat.RETRYABLE
-                    if verdict is Repeat.FINAL or not may_resend:
+                    if not _may_repeat(exc, ledger):
                         raise
                     if self._closed:
-                        # Its session is going away: waiting for a round that will never come
-                        # would hang the caller, and a re-login would outlive the logout.
+                        # Its session is going away: waiting for a round that will never
+                        # come would hang the caller, and a re-login would outlive the
+                        # logout.
                         raise self._closed_error(exc) from exc
                     if not went_through_recovery:
                         went_through_recovery = True
                         self._episode_calls += 1
                     await self._recover(exc, seen, until, started)
+                    if not ledger.may_resend():
+                        # Asked again just before running it again: a call the run left
+                        # running (gather does not cancel the others) went on meanwhile.
+                        _note_left_running(exc, self._subject)
+                        raise exc
                     continue
+                finally:
+                    ledger.close()
                 if went_through_recovery:
                     self._recovered()
                 return result
@@ -790,6 +803,36 @@ class Recovery:
 
     def __repr__(self) -> str:
         return f"Recovery(policy={self._policy!r}, attempt={self._attempt})"
+
+
+def _may_repeat(exc: BaseException, ledger: CallLedger) -> bool:
+    """The rule (module docstring): whether :meth:`Recovery.run` may run its callable again
+    after it failed with ``exc``, by the failure's verdict and what the run's ``ledger``
+    saw."""
+    verdict = repeat_of(exc)
+    if verdict is Repeat.FINAL:
+        return False
+    if not ledger.recorded:
+        # No call seen (a direct login, a socket's dial, requests the ledger cannot see):
+        # the failure alone says.
+        return verdict is Repeat.RETRYABLE
+    if not ledger.may_resend():
+        return False
+    # A failure only a request that was not idempotent would not repeat, and that came out
+    # of no call the ledger saw (a request on a session it cannot see): nothing says the
+    # request was not acted on.
+    return verdict is Repeat.RETRYABLE or ledger.vouches(exc)
+
+
+def _note_left_running(exc: BaseException, subject: str) -> None:
+    """Say why ``exc`` is raised after a round: a call the run left running, not idempotent,
+    was sent (or is still on the wire) while the loop paused."""
+    why = (
+        f"{subject}: not run again after the re-login: a call the failed run left running "
+        "(not idempotent) was sent meanwhile, or is still in flight, and may have been acted on"
+    )
+    exc.add_note(why)
+    _log.warning("%s; raising %s", why, _name(exc), extra={"subject": subject})
 
 
 def _name(exc: BaseException) -> str:

@@ -876,19 +876,29 @@ async def test_a_login_failure_outside_a_recovery_loop_is_not_kept(
 
 
 def test_a_callable_may_be_run_again_only_if_every_call_it_made_may_be_sent_again() -> None:
-    """A GET that sent nothing and a POST past a redirect's first hop, gathered in one recovery
-    callable: running it again would send the POST twice."""
-    get, post = CallContext("svc"), CallContext("svc")
+    """A GET and a POST past a redirect's first hop, gathered in one recovery callable:
+    running it again would send the POST twice. While the POST is unfinished it may be on
+    the wire: no; once it ended having sent nothing that was acted on: yes."""
+    get, post, redirected = CallContext("svc"), CallContext("svc"), CallContext("svc")
     ledger, token = open_ledger()
     try:
         record_call(get, "GET")
         record_call(post, "POST")
-        assert ledger.may_resend()  # nothing of the POST sent yet
-        post.attempts.append(AttemptRecord(1, Outcome.response(303), None, 0.0))
+        assert ledger.calls == {post}  # an idempotent call is only counted
+        assert ledger.recorded == 2
+        assert not ledger.may_resend()  # the POST may be on the wire
+        post.attempts.append(AttemptRecord(1, Outcome.response(429), None, 0.0))
+        ledger.finish(post, RuntimeError("429"))
+        ledger.finish(get)
+        assert ledger.may_resend()  # nothing of the POST acted on
+        record_call(redirected, "POST")
+        redirected.attempts.append(AttemptRecord(1, Outcome.response(303), None, 0.0))
+        ledger.finish(redirected, RuntimeError("hop failed"))
         assert not ledger.may_resend()
     finally:
         close_ledger(ledger, token)
     # Closed: a task the call started, holding a copy of the context, keeps nothing.
-    record_call(CallContext("svc"), "GET")
-    assert ledger.calls == []
+    record_call(CallContext("svc"), "POST")
+    assert ledger.calls == set()
+    assert ledger.recorded == 3
     assert _CALL_LEDGER.get() is None

@@ -37,9 +37,12 @@ from le_transport.errors import (
     RetriesExhausted,
     ServerStatusError,
 )
+from le_transport.middleware import RetryMiddleware
 from le_transport.middleware.context import (
     _CALL_LEDGER,
+    VOUCHED,
     CallContext,
+    CallLedger,
     close_ledger,
     open_ledger,
     record_call,
@@ -47,7 +50,7 @@ from le_transport.middleware.context import (
 from le_transport.policies import Classifier, Outcome, OutcomeKind
 from le_transport.policies.classify import repeat_verdict, unprocessed
 from le_transport.providers import CsdsDomains, StaticDomains
-from le_transport.recovery import is_recoverable, repeat_of
+from le_transport.recovery import _may_repeat, is_recoverable, repeat_of
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 
@@ -481,7 +484,8 @@ async def test_an_answer_met_past_the_schedule_leaves_its_attempt_record(
         ((("repeat_unsafe", True), ("decided", True)), Repeat.RETRYABLE_IF_IDEMPOTENT),
         ((("decided", True), ("repeat_unsafe", False)), Repeat.FINAL),
         ((("repeat_unsafe", False), ("decided", True)), Repeat.FINAL),
-        ((("repeat_unsafe", True), ("repeat_unsafe", False)), Repeat.FINAL),
+        ((("repeat_unsafe", True), ("repeat_unsafe", False)), Repeat.RETRYABLE),
+        ((("repeat_unsafe", True),), Repeat.RETRYABLE),
         ((("decided", True), ("decided", False)), Repeat.RETRYABLE),
         ((("repeat_unsafe", True), ("decided", False)), Repeat.RETRYABLE),
     ],
@@ -579,23 +583,31 @@ def test_a_post_still_in_its_retry_loop_may_not_be_sent_again() -> None:
     assert post.may_resend()
 
 
-def test_a_nested_ledger_hands_its_calls_to_the_outer_one_when_it_closes() -> None:
+def test_a_nested_ledger_records_each_call_in_the_outer_one_at_once() -> None:
+    """R2: a call recorded inside an inner run is in the outer ledger while it is in flight
+    (it reached the outer one only when the inner ledger closed), and its end is told to
+    both."""
     outer, outer_token = open_ledger()
     try:
         inner, inner_token = open_ledger()
         post = CallContext("svc")
         try:
             record_call(post, "POST")
-            assert inner.calls == [post]
-            assert outer.calls == []
+            assert inner.calls == {post}
+            assert outer.calls == {post}
+            assert not outer.may_resend()  # in flight
         finally:
             close_ledger(inner, inner_token)
         assert _CALL_LEDGER.get() is outer
-        assert outer.calls == [post]
-        assert inner.calls == []
+        assert outer.calls == {post}
+        assert inner.calls == set()
+        post.attempts.append(AttemptRecord(1, Outcome.response(201), None, 0.0))
+        inner.finish(post)  # told through the closed inner one: still reaches the outer
+        assert outer.calls == set()
+        assert outer.unsafe
     finally:
         close_ledger(outer, outer_token)
-    assert outer.calls == []
+    assert outer.calls == set()
     assert _CALL_LEDGER.get() is None
 
 
@@ -616,3 +628,361 @@ def test_a_nested_ledger_hands_its_calls_to_the_outer_one_when_it_closes() -> No
 def test_the_verdict_of_a_failure_is_read_once(error: BaseException, repeat: Repeat) -> None:
     assert repeat_of(error) is repeat
     assert is_recoverable(error) is (repeat is Repeat.RETRYABLE)
+
+
+# -- the review of the ledger: requests it did not see, or saw too late ------------------------
+
+
+def _post_get_app(
+    clock: VirtualClock,
+    posts: list[float],
+    gets: list[float],
+    *,
+    post_status: int = 201,
+    hold_post: asyncio.Event | None = None,
+    arrived: asyncio.Event | None = None,
+) -> web.Application:
+    """POST /orders (answered ``post_status`` the first time, 201 after; held until
+    ``hold_post`` is set, ``arrived`` set as it comes in); GET /x answered 503 the first
+    time (once ``arrived`` is set, if given), 200 after."""
+
+    async def create(request: web.Request) -> web.Response:
+        posts.append(clock.now())
+        if len(posts) == 1:
+            if arrived is not None:
+                arrived.set()
+            if hold_post is not None:
+                await hold_post.wait()
+            return web.json_response({}, status=post_status)
+        return web.json_response({}, status=201)
+
+    async def show(request: web.Request) -> web.Response:
+        gets.append(clock.now())
+        if len(gets) == 1:
+            if arrived is not None:
+                await arrived.wait()
+            return web.Response(status=503)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/orders", create)
+    app.router.add_get("/x", show)
+    app.router.add_get("/me", _ok)
+    return app
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+@pytest.mark.parametrize("mine", [False, True], ids=["engine-session", "own-retry-session"])
+async def test_a_post_the_ledger_did_not_record_answered_503_is_not_sent_again(
+    serve: ServerFactory, clock: VirtualClock, mine: bool
+) -> None:
+    """R7: a recorded GET, then a POST on ``engine.session`` (or a caller's session with the
+    RetryMiddleware) answered 503: RETRYABLE_IF_IDEMPOTENT, processed. The loop asked only
+    the ledger (the GET may be sent again) and sent the POST a second time."""
+    posts: list[float] = []
+    gets: list[float] = []
+    host = await serve(_post_get_app(clock, posts, gets, post_status=503))
+    async with (
+        aiohttp.ClientSession(middlewares=(RetryMiddleware(clock=clock),)) as own,
+        Engine({"svc": host}, scheme="http", clock=clock, recovery=RELOGIN) as engine,
+    ):
+
+        async def call() -> int:
+            await engine.request("GET", "svc", "/me")
+            session = own if mine else engine.session
+            async with session.post(f"http://{host}/orders", json={"item": 1}) as resp:
+                return resp.status
+
+        with pytest.raises(ServerStatusError) as info:
+            await engine.recovery.run(call)
+    assert info.value.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT
+    assert posts == [0.0]
+
+
+def test_a_failure_only_idempotency_stopped_is_repeated_only_out_of_a_recorded_call() -> None:
+    """R7, the rule alone: beside a recorded GET that may be sent again, a
+    RETRYABLE_IF_IDEMPOTENT failure that came out of no recorded call is raised; the same
+    failure out of a recorded call is judged by the ledger."""
+    unseen = _judged(ServerStatusError("503", status=503), Repeat.RETRYABLE_IF_IDEMPOTENT)
+    seen = _judged(ServerStatusError("503", status=503), Repeat.RETRYABLE_IF_IDEMPOTENT)
+    ledger, token = open_ledger()
+    try:
+        get = CallContext("svc")
+        record_call(get, "GET")
+        get.attempts.append(AttemptRecord(1, Outcome.response(503), None, 0.0))
+        ledger.finish(get, seen)
+        assert ledger.may_resend()
+        assert not _may_repeat(unseen, ledger)
+        assert _may_repeat(seen, ledger)
+        assert _may_repeat(RetriesExhausted("spent", last=unseen), ledger)
+    finally:
+        close_ledger(ledger, token)
+    empty = CallLedger()
+    assert not _may_repeat(seen, empty)  # no call seen: the failure alone says
+    assert _may_repeat(RetriesExhausted("spent", last=seen), empty)
+
+
+async def test_a_post_in_flight_in_a_nested_recover_call_is_not_sent_again(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """R2: a recover=True POST gathered, in ``recovery.run``, with a GET that fails while
+    the POST is on the wire: the POST was in its inner ledger only (handed to the outer one
+    when the inner run ended), so the outer loop ran the callable again: two orders."""
+    posts: list[float] = []
+    gets: list[float] = []
+    arrived, release = asyncio.Event(), asyncio.Event()
+    host = await serve(_post_get_app(clock, posts, gets, hold_post=release, arrived=arrived))
+    started: list[asyncio.Future[Response]] = []
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, retry=NO_RETRY, recovery=RELOGIN
+    ) as engine:
+
+        def call() -> Awaitable[tuple[Response, Response]]:
+            post = asyncio.ensure_future(
+                engine.request("POST", "svc", "/orders", json={}, recover=True)
+            )
+            started.append(post)
+            return asyncio.gather(post, engine.request("GET", "svc", "/x"))
+
+        try:
+            with pytest.raises(RetriesExhausted):
+                await engine.recovery.run(call)
+        finally:
+            release.set()
+            await asyncio.gather(*started, return_exceptions=True)
+    assert posts == [0.0]
+    assert gets == [0.0]
+
+
+@pytest.mark.parametrize("hop", [False, True], ids=["answered-201", "303-then-429"])
+async def test_a_post_through_a_callers_session_that_was_acted_on_is_not_sent_again(
+    serve: ServerFactory, clock: VirtualClock, hop: bool
+) -> None:
+    """R1: a caller's session without the stack records no attempt for an answer the engine
+    does not take for a failure (a 201, a 303 hop): the POST looked "never sent", and the
+    loop sent it again after the GET beside it (or its own hop, answered 429) failed."""
+    orders: list[float] = []
+    gets: list[float] = []
+
+    async def create(request: web.Request) -> web.Response:
+        orders.append(clock.now())
+        if hop:
+            raise web.HTTPSeeOther(location=f"/orders/{len(orders)}")
+        return web.json_response({}, status=201)
+
+    async def show(request: web.Request) -> web.Response:
+        gets.append(clock.now())
+        if len(gets) == 1:
+            return web.Response(status=429 if hop else 503)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/orders", create)
+    app.router.add_get("/x", show)
+    app.router.add_get("/orders/{id}", show)
+    host = await serve(app)
+    async with (
+        aiohttp.ClientSession() as session,
+        Engine(
+            {"svc": host}, scheme="http", clock=clock, session=session, recovery=RELOGIN
+        ) as engine,
+    ):
+
+        async def call() -> Response:
+            if hop:
+                return await engine.request("POST", "svc", "/orders", json={"item": 1})
+            await engine.request("POST", "svc", "/orders", json={"item": 1})
+            return await engine.request("GET", "svc", "/x")
+
+        with pytest.raises(RequestError):
+            await engine.recovery.run(call)
+    assert orders == [0.0]
+    assert gets == [0.0]
+
+
+async def test_a_post_cancelled_in_flight_is_not_sent_again(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """R4: a TaskGroup cancels the POST on the wire when the GET beside it fails; the retry
+    loop re-raised the cancellation without recording the attempt, so the POST looked
+    "never sent" and was sent again."""
+    posts: list[float] = []
+    gets: list[float] = []
+    arrived, release = asyncio.Event(), asyncio.Event()
+    host = await serve(_post_get_app(clock, posts, gets, hold_post=release, arrived=arrived))
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, retry=NO_RETRY, recovery=RELOGIN
+    ) as engine:
+
+        async def call() -> tuple[Response, Response]:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    post = group.create_task(engine.request("POST", "svc", "/orders", json={}))
+                    get = group.create_task(engine.request("GET", "svc", "/x"))
+            except* RequestError as failed:
+                first = failed.exceptions[0]
+            else:
+                return post.result(), get.result()
+            raise first
+
+        try:
+            with pytest.raises(RetriesExhausted):
+                await engine.recovery.run(call)
+        finally:
+            release.set()
+    assert posts == [0.0]
+    assert gets == [0.0]
+
+
+async def test_a_post_on_the_engines_session_answered_303_is_not_sent_again(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """R6: ``engine.session.post`` answered 303 whose GET hop spends its schedule: the
+    ledger never saw the POST (only Engine.request recorded), and the order was created
+    twice."""
+    orders: list[bytes] = []
+    hops: list[float] = []
+
+    async def show(request: web.Request) -> web.Response:
+        hops.append(clock.now())
+        return web.Response(status=503) if len(hops) == 1 else web.json_response({})
+
+    host = await serve(_orders_app(orders, show))
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, retry=NO_RETRY, recovery=RELOGIN
+    ) as engine:
+
+        async def call() -> int:
+            url = await engine.url_for("svc", "/orders")
+            async with engine.session.post(url, json={"item": 1}) as resp:
+                return resp.status
+
+        with pytest.raises(RetriesExhausted):
+            await engine.recovery.run(call)
+    assert len(orders) == 1
+    assert hops == [0.0]
+
+
+async def test_a_post_a_task_left_running_sends_during_the_pause_is_not_sent_again() -> None:
+    """R3: gather does not cancel the others when one fails. A task still on its GET when
+    the run was judged POSTs during the pause (201: processed); the loop, which judged
+    before, ran the callable again and that user's order was created twice. Now the rule is
+    asked again just before running again, and the failure is raised."""
+    clock = VirtualClock(autojump_threshold=0.2)  # jumps only once the loopback is idle
+    orders: dict[str, list[float]] = {"1": [], "2": []}
+    user_gets = {"1": 0, "2": 0}
+    judged = asyncio.Event()
+
+    async def user(request: web.Request) -> web.Response:
+        uid = request.match_info["id"]
+        user_gets[uid] += 1
+        if uid == "1" and user_gets[uid] == 1:
+            await judged.wait()  # answers once the loop decided to run the callable again
+        if uid == "2" and user_gets[uid] == 1:
+            return web.Response(status=503)
+        return web.json_response({"id": uid})
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        orders[body["user"]].append(clock.now())
+        return web.json_response({}, status=201)
+
+    def on_state(event: StateEvent) -> None:
+        if event.name == "relogin_scheduled":
+            judged.set()
+
+    app = web.Application()
+    app.router.add_get("/users/{id}", user)
+    app.router.add_post("/orders", create)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host = f"127.0.0.1:{runner.addresses[0][1]}"
+    tasks: list[asyncio.Task[object] | None] = []
+    try:
+        async with Engine(
+            {"svc": host},
+            scheme="http",
+            clock=clock,
+            retry=NO_RETRY,
+            recovery=RELOGIN,
+            hooks=EventHooks(on_state=(on_state,)),
+        ) as engine:
+
+            async def sync(uid: str) -> Response:
+                tasks.append(asyncio.current_task())
+                await engine.request("GET", "svc", f"/users/{uid}")
+                return await engine.request("POST", "svc", "/orders", json={"user": uid})
+
+            try:
+                with pytest.raises(RetriesExhausted) as info:
+                    await engine.recovery.run(lambda: asyncio.gather(sync("1"), sync("2")))
+            finally:
+                await asyncio.gather(*(t for t in tasks if t), return_exceptions=True)
+    finally:
+        await runner.cleanup()
+    assert orders == {"1": [0.0], "2": []}
+    assert any("left running" in note for note in getattr(info.value, "__notes__", ()))
+
+
+async def test_a_long_lived_callable_keeps_no_record_of_calls_that_ended(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """R5: a poller under ``recovery.run`` kept every call's context (with its attempt
+    records) until it ended: memory grew with every call. Now an idempotent call is only
+    counted, a finished one is dropped, and the errors kept are bounded."""
+    flaky: list[float] = []
+
+    async def sometimes(request: web.Request) -> web.Response:
+        flaky.append(clock.now())
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/poll", _ok)
+    app.router.add_post("/poll", _ok)
+    app.router.add_get("/missing", sometimes)
+    host = await serve(app)
+    seen: dict[str, object] = {}
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+
+        async def worker() -> None:
+            for _ in range(100):
+                await engine.request("GET", "svc", "/poll")
+                await engine.request("POST", "svc", "/poll", json={})
+                with pytest.raises(ClientStatusError):
+                    await engine.request("GET", "svc", "/missing")
+            ledger = _CALL_LEDGER.get()
+            assert ledger is not None
+            seen["calls"] = len(ledger.calls)
+            seen["recorded"] = ledger.recorded
+            seen["vouched"] = len(ledger.vouched)
+
+        await engine.recovery.run(worker)
+    assert seen == {"calls": 0, "recorded": 300, "vouched": VOUCHED}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        (("decided", False), ("repeat_unsafe", True)),
+        (("repeat_unsafe", True), ("decided", False)),
+    ],
+)
+def test_decided_and_repeat_unsafe_read_back_as_set_in_either_order(
+    settings: tuple[tuple[str, bool], ...],
+) -> None:
+    """R8: ``decided=False`` with ``repeat_unsafe=True`` (the old "undecided" pair, which the
+    old loop recovered) gave a verdict by the order they were set, and read ``decided``
+    back as True right after it was set False."""
+    error = ServerStatusError("503", status=503)
+    for name, value in settings:
+        setattr(error, name, value)
+    assert error.repeat is Repeat.RETRYABLE
+    assert error.decided is False
+    assert error.repeat_unsafe is True
+    error.decided = True
+    assert repeat_of(error) is Repeat.RETRYABLE_IF_IDEMPOTENT

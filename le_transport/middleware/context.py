@@ -8,6 +8,7 @@ its defaults.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import errno
 import logging
@@ -200,49 +201,104 @@ class AcceptingCallContext(CallContext):
         self.accept = accept
 
 
+#: How many of the latest errors out of its recorded calls a :class:`CallLedger` keeps.
+VOUCHED = 32
+
 _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
     "le_transport_call", default=None
 )
 
 
 class CallLedger:
-    """The engine calls made while a recovery loop runs its callable once: what the loop asks,
-    when the callable failed, whether running it again may send twice what was acted on.
+    """What a recovery loop needs to know of the calls its callable made, to tell whether
+    running the callable again may send twice a request the server may have acted on.
 
-    Kept in a context variable (:data:`_CALL_LEDGER`) holding this one object, so that a task
-    the callable runs its calls in (``asyncio.gather``, ``asyncio.wait_for``: a copy of the
-    context) adds to the loop's own ledger. Closed once the run was judged: a task the
-    callable left running adds nothing more, and nothing is kept. A ledger opened inside
-    another's run (a ``recover=True`` call inside ``recovery.run``) hands its calls on to
-    that one when it closes: the outer loop runs them again too."""
+    Kept in a context variable (:data:`_CALL_LEDGER`), so that a task the callable starts its
+    calls in (``asyncio.gather``, ``asyncio.TaskGroup``: a copy of the context) records into
+    the run's own ledger. The engine records a call when it starts (:meth:`record`) and tells
+    the ledger when it ends (:meth:`finish`): :meth:`~le_transport.Engine.request`, and the
+    retry middleware for a request made on a session of the stack without an engine call
+    around it (``engine.session.post``). Memory stays bounded however many calls a
+    long-lived callable makes:
 
-    __slots__ = ("calls", "open", "outer")
+    - ``recorded``: how many calls were recorded (an idempotent one is only counted);
+    - ``calls``: the non-idempotent calls started and not finished yet;
+    - ``unsafe``: sticky, set when a non-idempotent call finished and may have been acted on
+      (it was answered, or one of its attempts is not :func:`unprocessed`, or no retry
+      schedule judged it);
+    - ``vouched``: the last :data:`VOUCHED` errors that came out of recorded calls (the loop
+      repeats a ``RETRYABLE_IF_IDEMPOTENT`` failure only if it came out of a call it saw).
+
+    A ledger opened inside another's run (a ``recover=True`` call inside ``recovery.run``)
+    records each call into every open ledger up the chain at once, and finishes it in each:
+    the outer loop knows of a call of the inner one while it is still in flight. Closed once
+    its run is over: a task the callable left running records nothing more into it."""
+
+    __slots__ = ("calls", "open", "outer", "recorded", "unsafe", "vouched")
 
     def __init__(self, outer: CallLedger | None = None) -> None:
         self.open = True
-        self.calls: list[CallContext] = []
         self.outer = outer
+        self.recorded = 0
+        self.calls: set[CallContext] = set()
+        self.unsafe = False
+        self.vouched: collections.deque[BaseException] = collections.deque(maxlen=VOUCHED)
 
     def record(self, ctx: CallContext, method: str) -> None:
-        """Note a call the engine starts, with its method (the call's, before any hop)."""
-        if self.open:
-            ctx.first_method = method
-            self.calls.append(ctx)
+        """Note a call starting with ``method`` (the call's, before any redirect hop), in this
+        ledger and every open one it was opened inside."""
+        ctx.first_method = method
+        idempotent = ctx.idempotent
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        ledger: CallLedger | None = self
+        while ledger is not None:
+            if ledger.open:
+                ledger.recorded += 1
+                if not idempotent:
+                    ledger.calls.add(ctx)
+            ledger = ledger.outer
+
+    def finish(
+        self, ctx: CallContext, exc: BaseException | None = None, *, unjudged: bool = False
+    ) -> None:
+        """Note that a recorded call ended: answered (``exc`` None) or raising ``exc``.
+        ``unjudged``: a request of it was made that no retry schedule judged (a caller's
+        session without the retry middleware), so it may have been acted on, unseen.
+        Idempotent; never raises."""
+        processed = (
+            unjudged
+            or (exc is None and not ctx.attempts)
+            or not all(unprocessed(a.outcome) for a in ctx.attempts)
+        )
+        ledger: CallLedger | None = self
+        while ledger is not None:
+            if ledger.open:
+                if ctx in ledger.calls:
+                    ledger.calls.discard(ctx)
+                    if processed:
+                        ledger.unsafe = True
+                if isinstance(exc, Exception):
+                    ledger.vouched.append(exc)
+            ledger = ledger.outer
+
+    def vouches(self, exc: BaseException) -> bool:
+        """Whether ``exc`` came out of a call this ledger recorded (among the last
+        :data:`VOUCHED`)."""
+        return any(seen is exc for seen in self.vouched)
 
     def may_resend(self) -> bool:
-        """Whether running the callable again sends nothing twice that may have been acted on:
-        every call it made may be sent again (:meth:`CallContext.may_resend`)."""
-        return all(ctx.may_resend() for ctx in self.calls)
+        """Whether running the callable again sends nothing twice that may have been acted on,
+        as far as the recorded calls tell: none that is not idempotent is unfinished, and none
+        that finished may have been acted on."""
+        return not self.unsafe and not self.calls
 
     def close(self) -> None:
-        """No more calls noted; those noted go to the ledger this one was opened inside (if it
-        is still open), else are dropped."""
+        """No more calls noted; what it holds is dropped (an outer ledger recorded the same
+        calls itself)."""
         self.open = False
-        outer = self.outer
-        if outer is not None and outer.open:
-            outer.calls.extend(self.calls)
-        self.outer = None
         self.calls.clear()
+        self.vouched.clear()
 
 
 #: While a recovery loop runs its callable: the run's :class:`CallLedger`, which the engine

@@ -65,7 +65,7 @@ from ..policies.classify import (
 )
 from ..policies.retry import Action, Decision, RetryPolicy
 from ..policies.retry_after import parse_retry_after
-from .context import _CURRENT, CallContext, HandledCallContext
+from .context import _CALL_LEDGER, _CURRENT, CallContext, CallLedger, HandledCallContext
 
 if TYPE_CHECKING:
     from .overload import RetryGate
@@ -194,11 +194,33 @@ class RetryMiddleware:
         if upgrade is not None and upgrade.lower() == "websocket":
             return handler(request)
         ctx = _CURRENT.get()
-        if ctx is None or ctx.active:
-            # No engine call, or a request made from inside one (re-entrant): its own call.
+        if ctx is None:
+            # No engine call (a request on ``engine.session``, or a caller's session with the
+            # stack): its own call, per request (so per redirect hop). Under a recovery loop
+            # it is recorded as an engine call is, so that a POST of it that was acted on (a
+            # 303 whose GET hop then failed) is never sent again by the loop.
+            ctx = CallContext()
+            ledger = _CALL_LEDGER.get()
+            if ledger is not None:
+                ledger.record(ctx, request.method.upper())
+                return _recorded(ledger, ctx, _Call(self, ctx, self.policy, request, handler))
+        elif ctx.active:
+            # A request made from inside an engine call's retry loop (re-entrant): its own.
             ctx = CallContext()
         # The loop notes when the call started (``ctx.started_at``) as it begins.
         return _Call(self, ctx, ctx.retry or self.policy, request, handler).run()
+
+
+async def _recorded(ledger: CallLedger, ctx: CallContext, call: _Call) -> ClientResponse:
+    """Run ``call``, a request with no engine call around it, recorded in a recovery loop's
+    ``ledger``, and tell the ledger how it ended."""
+    try:
+        resp = await call.run()
+    except BaseException as exc:
+        ledger.finish(ctx, exc)
+        raise
+    ledger.finish(ctx)
+    return resp
 
 
 class _Where(TypedDict):
@@ -428,6 +450,13 @@ class _Call(_WheelTimer):
                         cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "EngineClosed")
                         ctx.attempts.append(AttemptRecord(attempt, cut, None, started))
                         raise self._engine_closed(attempt, in_flight=True) from None
+                    if not timed_out and isinstance(exc, asyncio.CancelledError):
+                        # Cancelled with the attempt in flight (a TaskGroup cancelling its
+                        # siblings, a caller's cleanup): it may have reached the server, which
+                        # may act on it. Recorded, so that the recovery loop never takes the
+                        # call for one that sent nothing (CallContext.may_resend).
+                        cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "CancelledError")
+                        ctx.attempts.append(AttemptRecord(attempt, cut, None, started))
                     outcome, error = self._failed(attempt, exc, timed_out, gate)
                     resp = None
                 else:
