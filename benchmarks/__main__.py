@@ -3,9 +3,9 @@
 Runs every measurement side by side, prints the tables, and writes everything (with the
 machine's facts) as JSON to ``benchmarks/results/`` (git-ignored): a timestamped file and
 ``latest.json``. ``--quick`` is a small run (about a minute); ``--tiny``, the size CI runs
-(tests/test_benchmarks.py), only proves that each part still runs. ``http_layers`` and
-``overload`` run only when ``--only`` names them. See benchmarks/README.md for what each part
-measures and the figures on record.
+(tests/test_benchmarks.py), only proves that each part still runs. ``http_layers``,
+``overload`` and ``ws_memory`` run only when ``--only`` names them. See benchmarks/README.md
+for what each part measures and the figures on record.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from typing import Any
 from ._common import machine, write_json
 
 SECTIONS = ("http", "faults", "ws", "storm", "policy")
+#: Parts run only when ``--only`` names them: other modules of benchmarks/ with the same
+#: ``run(size_name) -> {"text": ..., "data": ...}`` contract.
+EXTRAS = ("http_layers", "overload", "ws_memory")
 
 
 def _sections(only: tuple[str, ...], size: str, args: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -48,7 +52,7 @@ def _sections(only: tuple[str, ...], size: str, args: argparse.Namespace) -> lis
         out.append(("policy", _timed("policy", lambda: policy_cost.run(size, raw_call_us))))
     for extra in only:
         if extra not in SECTIONS:
-            # Another part of benchmarks/ (overload*.py) with the same run(size) contract.
+            # One of EXTRAS: another part of benchmarks/ with the same run(size) contract.
             run_extra: Callable[[str], dict[str, Any]] = importlib.import_module(
                 f"benchmarks.{extra}"
             ).run
@@ -65,8 +69,47 @@ def _timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _parts(text: str) -> tuple[str, ...]:
+    """``--only``: comma-separated part names, each one of :data:`SECTIONS` or :data:`EXTRAS`."""
+    only = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    valid = ", ".join((*SECTIONS, *EXTRAS))
+    if not only:
+        raise argparse.ArgumentTypeError(f"name at least one part: {valid}")
+    unknown = [part for part in only if part not in SECTIONS and part not in EXTRAS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {', '.join(repr(u[:40]) for u in unknown)}; the parts are {valid}"
+        )
+    return only
+
+
+def _positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, run, print, write JSON."""
+    """Parse the command line, run, print, write JSON.
+
+    Every argument is checked before anything runs or is written (``latest.json`` included):
+    a mistake is argparse's usage error, exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the benchmarks")
@@ -75,25 +118,35 @@ def main(argv: list[str] | None = None) -> int:
     sizes.add_argument("--tiny", action="store_true", help="smallest sizes: only proves it runs")
     run.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated parts to run (default: all of {','.join(SECTIONS)})",
+        type=_parts,
+        default=SECTIONS,
+        help=f"comma-separated parts to run (default: all of {','.join(SECTIONS)}; also "
+        f"{','.join(EXTRAS)}, run only when named)",
     )
     run.add_argument(
-        "--sockets", type=int, default=None, help="sockets for ws and storm (default: by size)"
+        "--sockets",
+        type=_positive_int,
+        default=None,
+        help="sockets for ws and storm, 1 or more (default: by size)",
     )
     run.add_argument("--out", default=None, help="JSON file name under benchmarks/results/")
     prof = sub.add_parser("profile", help="profile one HTTP client's calls (pyinstrument)")
     prof.add_argument("--client", default="le_transport engine", help="a client of the table")
-    prof.add_argument("--concurrency", type=int, default=64)
-    prof.add_argument("--seconds", type=float, default=3.0)
+    prof.add_argument("--concurrency", type=_positive_int, default=64)
+    prof.add_argument("--seconds", type=_positive_seconds, default=3.0)
     args = parser.parse_args(argv)
     if args.command == "profile":
-        from .http_calls import profile
+        from .http_calls import CLIENTS, profile
 
+        if args.client not in CLIENTS:
+            prof.error(
+                f"argument --client: unknown client {args.client[:60]!r}; the clients are "
+                + ", ".join(repr(name) for name in CLIENTS)
+            )
         print(profile(args.client, args.concurrency, args.seconds))
         return 0
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
-    only = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    only: tuple[str, ...] = args.only
     facts = machine()
     print(
         f"le_transport benchmarks, {size} size, on {facts['cores']} cores ({facts['cpu']}), "

@@ -44,6 +44,11 @@ class User:
         )
 
 
+def _is_user_id(value: object) -> bool:
+    """ASCII digits only (``str.isdigit`` alone takes ``"²"`` and other Unicode digits)."""
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
 class UsersClient:
     """The Users API (service ``accountConfigReadOnly``) on an :class:`Engine`."""
 
@@ -64,7 +69,14 @@ class UsersClient:
 
     async def get(self, user_id: str) -> User | None:
         """One user, or None if there is no such user (a 404 is an answer, not a fault: the
-        call accepts it, so it is neither raised nor logged as a failure)."""
+        call accepts it, so it is neither raised nor logged as a failure).
+
+        ``user_id`` goes into the request's path, so it must be what LiveEngage's user ids
+        are: decimal digits. Anything else is a :class:`ValueError` before anything is sent:
+        ``"../../x"`` would otherwise reach another endpoint of the account, with the bearer.
+        """
+        if not _is_user_id(user_id):
+            raise ValueError(f"a user id is decimal digits, got {user_id[:40]!r}")
         resp = await self._engine.request(
             "GET",
             "accountConfigReadOnly",

@@ -3,7 +3,13 @@
 The engine sends requests through a stack of small composable policies (classification, the
 guide's 5/10/15 s retry schedule, exponential outer recovery, keepalive, reconnect, fault
 injection) applied as aiohttp client middlewares, on injected time.
+
+It logs under the ``le_transport`` logger (records already redacted), which holds a
+:class:`logging.NullHandler` and nothing else, as a library's should: what is shown, and where,
+is the application's logging configuration (without one, nothing is, not even the warnings).
 """
+
+import logging as _logging
 
 from .clock import Clock, RealClock, timeout_after
 from .engine import Engine, Response
@@ -42,6 +48,10 @@ from .recovery import Recovery
 from .sockets import AuthPlacement, ResilientSocket, SocketOptions, SocketState
 
 __version__ = "0.1.0"
+
+# The standard practice for a library: records go to the application's handlers, and when it
+# has none, Python's last-resort handler does not print them to stderr.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "GUIDE_5XX_PAUSES",

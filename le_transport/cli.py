@@ -2,8 +2,9 @@
 
 - ``le-transport demo``: an agent-like workload through the engine against the built-in
   simulator while faults are injected; a live timeline, a summary, and exit code 0 only when
-  every invariant held. ``--account`` (or ``LE_ACCOUNT`` and friends) runs it against a real
-  account instead, with client-side faults only.
+  every invariant held. ``--account`` (or ``LE_ACCOUNT`` and friends) runs a shorter workload
+  (domains, login, the Users API, a 404) against a real account instead, with client-side
+  faults only; a real account's option given without the account is a usage error.
 - ``le-transport simulate --port N [--tls] [--plan plan.json [--verbose]]``: the simulator in
   the foreground until Ctrl-C; when it stops, what each rule of the plan injected (and how
   often it was shadowed by an earlier rule), and with ``--verbose`` a line per injected fault
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
@@ -40,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run an agent-like workload under injected faults and show what the library did",
         description="Runs an agent-like workload through the engine while faults are injected, "
         "prints a timeline of what the library did and a summary; exits 0 only if every "
-        "invariant held. Without --account it runs against the built-in simulator.",
+        "invariant held. Without --account it runs against the built-in simulator; with it, "
+        "a shorter workload (domains, login, the Users API through two injected 503s, a 404) "
+        "runs against that account, with client-side faults only.",
     )
     demo.add_argument(
         "--time-scale",
@@ -97,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--plan",
         metavar="FILE",
-        help="a fault plan (JSON file) to apply from the start; what each rule injected is "
-        'printed when the simulator stops. The format is FaultPlan.to_dict()\'s: {"seed": 7, '
+        help="a fault plan (a JSON file, at most 1 MiB) to apply from the start; what each "
+        "rule injected is printed when the simulator stops. The format is FaultPlan.to_dict()'s: "
+        '{"seed": 7, '
         '"rules": [{"id": "burst", "match": {"method": "GET", "path": "*/users"}, "fault": '
         '{"kind": "status", "code": 503}, "schedule": {"fail_next": 2}}]}, fields left out '
         "taking their defaults; a complete example is examples/fault_plan.json, described in "
@@ -148,23 +153,50 @@ def _max_records(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``le-transport`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import DEFAULT_TIME_SCALE, account_from, run_demo
+    """Entry point of the ``le-transport`` console script; returns the exit code.
 
-        account = account_from(
-            {
-                "account": args.account,
-                "username": args.username,
-                "password": args.password,
-                "app_key": args.app_key,
-                "app_secret": args.app_secret,
-                "access_token": args.access_token,
-                "access_token_secret": args.access_token_secret,
-                "csds_host": args.csds_host,
-            }
-        )
+    Usage errors are 2. Ctrl-C ends a demo quietly with 130 once it has cleaned up; an output
+    whose reader went away (``le-transport demo | head -1``) ends either command quietly with
+    1 (Python's "Note on SIGPIPE")."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        _drop_stdout()
+        return 1
+
+
+def _drop_stdout() -> None:
+    """Point stdout at ``os.devnull``: what is still buffered for the closed pipe must not
+    fail again (a second traceback) when the interpreter flushes it on exit."""
+    with contextlib.suppress(OSError, ValueError):  # not a real file (a test's capture)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from .demo import DEFAULT_TIME_SCALE, AccountOptionsError, account_from, run_demo
+
+        try:
+            account = account_from(
+                {
+                    "account": args.account,
+                    "username": args.username,
+                    "password": args.password,
+                    "app_key": args.app_key,
+                    "app_secret": args.app_secret,
+                    "access_token": args.access_token,
+                    "access_token_secret": args.access_token_secret,
+                    "csds_host": args.csds_host,
+                }
+            )
+        except AccountOptionsError as exc:
+            print(f"le-transport demo: {exc}", file=sys.stderr)
+            return 2
         scale = args.time_scale
         if scale is None:
             scale = DEFAULT_TIME_SCALE if account is None else 1.0
@@ -212,13 +244,26 @@ def _fault_lines(verbose: bool) -> Iterator[None]:
 def _records_notices() -> Iterator[None]:
     """While serving, show on stderr the INFO line a bounded record logs (once) when it starts
     dropping its oldest entries: it names the record and its bound only, never a request."""
-    if logging.getLogger("le_transport.records").hasHandlers():
+    if _configured(logging.getLogger("le_transport.records")):
         yield  # logging is configured already: it decides
         return
     with _shown(
         "le_transport.records", sys.stderr, "le-transport simulate: %(message)s", logging.INFO
     ):
         yield
+
+
+def _configured(logger: logging.Logger) -> bool:
+    """Whether a record of ``logger`` reaches a handler the application set: ``hasHandlers``,
+    not counting a :class:`logging.NullHandler` (le_transport's own, on its top logger)."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 @contextlib.contextmanager

@@ -23,20 +23,24 @@ the guide's multiplied by ``time_scale``. The exit code is 0 only if every invar
 (retries as scheduled, the 404 sent once, a refresh, a re-login, a reconnect with its
 subscription renewed, nothing lost, keepalives sent, no secret printed).
 
-With an account (``--account`` with a user or an API key, or the ``LE_*`` environment
-variables), the same workload runs against LiveEngage itself, without server-side faults; the
-client-side faults still apply.
+With an account (``--account`` with a user and its password or an API key, or the ``LE_*``
+environment variables), a shorter workload runs against LiveEngage itself, with client-side
+faults only (nothing is injected on LiveEngage's side, and no socket is opened): steps 1 to 3,
+resolving the domains, logging in, one Users API call through two injected 503s (retried
+twice), and the missing user's 404 (not retried). Its checks are those two, and that no
+secret was printed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import attrs
@@ -54,7 +58,7 @@ from .providers import AppLogin, CsdsDomains, UserLogin
 from .providers.auth import AuthProvider
 from .sockets import UMS_BRAND_SOCKET_QUERY, ResilientSocket, SocketOptions, ums_brand_path
 
-__all__ = ["DemoAccount", "run_demo"]
+__all__ = ["AccountOptionsError", "DemoAccount", "account_from", "run_demo"]
 
 #: Default: the guide's minutes become about a second; the whole run takes a few seconds.
 DEFAULT_TIME_SCALE = 0.01
@@ -156,13 +160,25 @@ class Timeline:
     lines: list[str] = attrs.field(factory=list)
     counts: dict[str, int] = attrs.field(factory=dict)
     _waiters: dict[str, asyncio.Event] = attrs.field(factory=dict)
+    #: Called once when ``out`` turns out to be gone (a closed pipe: ``demo | head -1``).
+    on_broken: Callable[[], object] | None = None
+    #: Whether ``out`` is gone: lines are then still kept, no longer printed.
+    broken: bool = False
 
     def say(self, what: str, detail: str = "") -> None:
-        """Print one line of the timeline."""
+        """Print one line of the timeline. Never raises for a closed output: hooks and log
+        handlers call it, and the library would log the error (to this very timeline)."""
         at = time.monotonic() - self.started
         line = f"[{at:7.3f}s] {what:<10} {detail}".rstrip()
         self.lines.append(line)
-        print(line, file=self.out, flush=True)
+        if self.broken:
+            return
+        try:
+            print(line, file=self.out, flush=True)
+        except BrokenPipeError:
+            self.broken = True
+            if self.on_broken is not None:
+                self.on_broken()
 
     def count(self, name: str) -> int:
         """How many times ``name`` happened."""
@@ -593,9 +609,13 @@ async def _real(
         host = await csds.resolve("accountConfigReadOnly")
         timeline.say("domains", f"accountConfigReadOnly is at {host}")
         await engine.login()
+        # Only the Users API call's retries: the Domain API or the login may have retried too.
+        retries_before = timeline.count("retry")
         users = await agent.users()
         timeline.say("ok", f"GET users: {len(users)} user(s)")
-        agent.check("the Users API call was retried twice", timeline.count("retry") == 2)
+        agent.check(
+            "the Users API call was retried twice", timeline.count("retry") - retries_before == 2
+        )
         agent.check("the 404 was not retried", await agent.missing_user() == 1)
     summary = [
         ("retries", str(timeline.count("retry"))),
@@ -630,6 +650,10 @@ async def _main(
     verbose: bool,
 ) -> bool:
     timeline = Timeline(out)
+    # Nobody reads any more (``demo | head -1``): stop the workload, cleaning up as it goes.
+    running = asyncio.current_task()
+    if running is not None:
+        timeline.on_broken = running.cancel
     lib_log = logging.getLogger("le_transport")
     handlers: list[logging.Handler] = [_KeepaliveLines(timeline)]
     if verbose:
@@ -649,6 +673,10 @@ async def _main(
     except TransportError as exc:
         timeline.say("FAILED", f"{type(exc).__name__}: {exc}")
         return False
+    except asyncio.CancelledError:
+        if not timeline.broken:
+            raise
+        raise BrokenPipeError(errno.EPIPE, "the demo's output was closed") from None
     finally:
         for h in handlers:
             lib_log.removeHandler(h)
@@ -660,6 +688,7 @@ async def _main(
     ok = all(ok for _, ok in checks)
     print(file=out)
     print("every invariant held" if ok else "AN INVARIANT FAILED", file=out)
+    out.flush()  # a closed output fails here, not at the interpreter's exit
     return ok
 
 
@@ -671,7 +700,10 @@ def run_demo(
     account: DemoAccount | None = None,
     verbose: bool = False,
 ) -> int:
-    """Run the demo; return the process exit code (0: every invariant held)."""
+    """Run the demo; return the process exit code (0: every invariant held).
+
+    Raises :class:`BrokenPipeError` when ``out`` is a pipe its reader closed (the workload is
+    stopped and cleaned up first), and :class:`KeyboardInterrupt` on Ctrl-C (likewise)."""
     ok = asyncio.run(
         _main(
             time_scale=time_scale,
@@ -684,8 +716,87 @@ def run_demo(
     return 0 if ok else 1
 
 
+class AccountOptionsError(ValueError):
+    """The real account's options do not make a run: one given without the account, or an
+    account without the credentials of one login form. The message names what is missing
+    (the options and their ``LE_*`` variables), never a value."""
+
+
+#: A real account's options (``--csds-scheme`` has only its variable), each with its variable.
+ACCOUNT_OPTIONS = (
+    "account",
+    "username",
+    "password",
+    "app_key",
+    "app_secret",
+    "access_token",
+    "access_token_secret",
+    "csds_host",
+    "csds_scheme",
+)
+#: The API key's four values: an application login needs them all.
+_APP_KEY_OPTIONS = ("app_key", "app_secret", "access_token", "access_token_secret")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _var(name: str) -> str:
+    return f"LE_{name.upper()}"
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _named(names: list[str]) -> str:
+    """The options ``names`` for a message, each with its variable."""
+    return _and([f"{_flag(n)} (or {_var(n)})" if n != "csds_scheme" else _var(n) for n in names])
+
+
 def account_from(
     args: Mapping[str, str | None], env: Mapping[str, str] | None = None
 ) -> DemoAccount | None:
-    """The real account named on the command line or in ``LE_*`` variables, if any."""
-    return DemoAccount.from_env(os.environ if env is None else env, **args)
+    """The real account named on the command line or in ``LE_*`` variables, if any.
+
+    None when neither names an account: the demo then runs against the simulator.
+    :class:`AccountOptionsError` when a real account's option is given without the account
+    (it would be ignored, and the run pass against the simulator), or when the account comes
+    without a username, or without the credentials of either login form: a password (user
+    login) or the API key's four values (application login)."""
+    environ = os.environ if env is None else env
+    account = DemoAccount.from_env(environ, **args)
+    if account is None:
+        flags = [n for n in ACCOUNT_OPTIONS if args.get(n)]
+        variables = [_var(n) for n in ACCOUNT_OPTIONS if environ.get(_var(n)) and n not in flags]
+        given = [_flag(n) for n in flags] + variables
+        if given:
+            raise AccountOptionsError(
+                f"{_and(given)} given without --account (or LE_ACCOUNT): a real "
+                "account's options need the account to run against (without them all, the "
+                "demo runs against the built-in simulator)"
+            )
+        return None
+    if not account.username:
+        raise AccountOptionsError(
+            f"{_named(['username'])} is needed with --account: the user (or bot user) to log in as"
+        )
+    if account.scheme not in ("https", "http"):
+        raise AccountOptionsError("LE_CSDS_SCHEME must be https (LiveEngage) or http")
+    if account.password:
+        return account
+    app_key = {n: getattr(account, n) for n in _APP_KEY_OPTIONS}
+    missing = [n for n, value in app_key.items() if not value]
+    if len(missing) == len(app_key):
+        raise AccountOptionsError(
+            f"{_named(['password'])} is needed for a user login; or, for an application "
+            f"login, {_named(list(_APP_KEY_OPTIONS))}"
+        )
+    if missing:
+        raise AccountOptionsError(
+            f"an application login needs {_named(missing)} too (the API key's four values); "
+            f"or give {_named(['password'])} for a user login"
+        )
+    return account

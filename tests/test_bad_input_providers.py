@@ -266,13 +266,13 @@ Sentinel = SentinelClientCredentials
         (lambda: StaticDomains({1: "va.example"}), "hosts"),  # type: ignore[dict-item]
         (lambda: StaticDomains({"": "va.example"}), "hosts"),
         (lambda: CsdsDomains(ACCOUNT, retry=5), "retry"),  # type: ignore[arg-type]
-        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, retry=5), "retry"),
-        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, service=5), "service"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, retry=5), "retry"),  # type: ignore[arg-type]
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, service=5), "service"),  # type: ignore[arg-type]
         (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, service=""), "service"),
-        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, version=None), "version"),
-        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, keepalive="no"), "keepalive"),
-        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, logout_on_close=0), "logout_on_close"),
-        (lambda: AppLogin(ACCOUNT, "u", "k", "s", "t", "ts", domains=D, retry={}), "retry"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, version=None), "version"),  # type: ignore[arg-type]
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, keepalive="no"), "keepalive"),  # type: ignore[arg-type]
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, logout_on_close=0), "logout_on_close"),  # type: ignore[arg-type]
+        (lambda: AppLogin(ACCOUNT, "u", "k", "s", "t", "ts", domains=D, retry={}), "retry"),  # type: ignore[arg-type]
         (lambda: SentinelClientCredentials(ACCOUNT, "i", "s", domains=None), "domains"),  # type: ignore[arg-type]
         (lambda: SentinelClientCredentials(ACCOUNT, "i", "s", domains=D, service=None), "service"),  # type: ignore[arg-type]
         (lambda: SentinelClientCredentials(ACCOUNT, "i", "s", domains=D, version=1.0), "version"),  # type: ignore[arg-type]
@@ -395,7 +395,7 @@ def test_a_stored_session_with_a_bad_ttl_is_loaded_without_one(ttl: str) -> None
     [
         (lambda: CsdsDomains(ACCOUNT, shared=MemoryStore()), "shared"),  # type: ignore[arg-type]
         (lambda: CsdsDomains(ACCOUNT, shared={"agentVep": "va.example"}), "shared"),  # type: ignore[arg-type]
-        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, shared=MemoryStore()), "shared"),
+        (lambda: UserLogin(ACCOUNT, "u", "p", domains=D, shared=MemoryStore()), "shared"),  # type: ignore[arg-type]
     ],
 )  # fmt: skip
 def test_a_shared_option_of_the_wrong_type_fails_at_construction(

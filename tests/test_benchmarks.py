@@ -146,3 +146,37 @@ def test_every_counted_loopback_client_still_runs_its_calls(variant: str) -> Non
 @pytest.mark.parametrize("variant", ["stub", "loop-turn"])
 def test_every_counted_stub_child_still_runs(variant: str) -> None:
     assert instructions.main(["--child", variant, "0", "5"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["run", "--tiny", "--only", "policy,nope"],
+            "unknown part(s) 'nope'; the parts are http, faults, ws, storm, policy, http_layers, "
+            "overload, ws_memory",
+        ),
+        (["run", "--tiny", "--only", ""], "name at least one part"),
+        (["run", "--tiny", "--only", " , "], "name at least one part"),
+        (["run", "--tiny", "--only", "ws", "--sockets", "0"], "must be 1 or more"),
+        (["run", "--tiny", "--only", "ws", "--sockets", "-3"], "must be 1 or more"),
+        (["run", "--tiny", "--only", "ws", "--sockets", "many"], "not a whole number"),
+        (["profile", "--client", "nope", "--seconds", "0.01"], "unknown client 'nope'"),
+        (["profile", "--seconds", "nan"], "must be a finite number of seconds > 0"),
+        (["profile", "--seconds", "inf"], "must be a finite number of seconds > 0"),
+        (["profile", "--seconds", "0"], "must be a finite number of seconds > 0"),
+        (["profile", "--concurrency", "0", "--seconds", "0.01"], "must be 1 or more"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs_or_is_written(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latest = RESULTS_DIR / "latest.json"
+    before = latest.stat().st_mtime_ns if latest.exists() else None
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert says in captured.err
+    assert captured.out == ""  # not even the machine's header: nothing ran
+    assert (latest.stat().st_mtime_ns if latest.exists() else None) == before

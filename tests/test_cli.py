@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -370,3 +371,222 @@ def test_simulate_help_shows_the_plan_format_with_an_example_that_loads(
     assert [(r.id, r.fault, r.schedule.fail_next) for r in plan.rules] == [
         ("burst", Status(503), 2)
     ]
+
+
+# -- the surface review: hosts, plans, addresses, real-account options, Ctrl-C, closed pipes ------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "le_transport.cli", *args]
+
+
+def _no_le_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LE_")}
+
+
+@pytest.fixture
+def no_le_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No LE_* variable in this process's environment."""
+    for name in [n for n in os.environ if n.startswith("LE_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("host", ["a" * 64, "a..b", "."], ids=["label-64", "empty-label", "dot"])
+def test_simulate_refuses_a_host_that_is_no_name_with_a_usage_error(
+    host: str, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It failed with a UnicodeError traceback ("label empty or too long") when binding.
+    assert cli.main(["simulate", "--host", host, "--port", str(taken_port)]) == 2
+    err = capsys.readouterr().err
+    assert "le-transport simulate: --host" in err
+    assert "is not a host name" in err
+    assert "Traceback" not in err
+
+
+def test_simulate_blames_listening_only_for_the_bind_not_for_a_closed_stdout() -> None:
+    # Its stdout closed before the banner: it said "cannot listen on 127.0.0.1:0: Broken
+    # pipe" and exited 2. Now: the usual quiet exit of a command whose reader went away.
+    proc = subprocess.Popen(
+        _command("simulate"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "cannot listen" not in err
+    assert "Traceback" not in err
+    assert "Exception ignored" not in err
+
+
+def test_a_plan_that_is_a_fifo_is_refused_at_once(taken_port: int, tmp_path: Path) -> None:
+    # Reading a FIFO waited for a writer for ever.
+    fifo = tmp_path / "plan.json"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        _command("simulate", "--port", str(taken_port), "--plan", str(fifo)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot read the fault plan" in done.stderr
+    assert "is not a regular file (a FIFO)" in done.stderr
+
+
+def _limit_memory() -> None:  # pragma: no cover - runs in the child
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_a_plan_that_is_a_device_is_refused_without_reading_it(taken_port: int) -> None:
+    # /dev/zero was read until memory ran out (bounded here, should that come back).
+    done = subprocess.run(
+        _command("simulate", "--port", str(taken_port), "--plan", "/dev/zero"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limit_memory,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "is not a regular file (a character device)" in done.stderr
+
+
+def test_a_plan_larger_than_the_bound_or_a_directory_is_refused(
+    taken_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(serve.MAX_PLAN_BYTES + 1)  # sparse: costs nothing
+    assert cli.main(["simulate", "--port", str(taken_port), "--plan", str(big)]) == 2
+    assert f"is larger than {serve.MAX_PLAN_BYTES:,} bytes" in capsys.readouterr().err
+    assert cli.main(["simulate", "--port", str(taken_port), "--plan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file (a directory)" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("address", ["h:99999", "h:-1", "a:b:c", "h:0", "h:"])
+def test_simulate_refuses_a_public_address_that_is_no_host_and_port(
+    address: str, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["simulate", "--port", str(taken_port), "--public-address", address])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "SimulatorConfig.public_address must be None or 'host' or 'host:port'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (
+            ["--username", "bot", "--password", "pw-flag-9", "--csds-host", "evil.example"],
+            "--username, --password and --csds-host given without --account (or LE_ACCOUNT)",
+        ),
+        (["--app-key", "k"], "--app-key given without --account (or LE_ACCOUNT)"),
+    ],
+)
+@pytest.mark.usefixtures("no_le_variables")
+def test_demo_refuses_a_real_accounts_option_without_the_account(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It ignored them and ran against the simulator, passing: the user believed the real
+    # account had been exercised.
+    assert cli.main(["demo", *flags]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err
+    assert "pw-flag-9" not in captured.out + captured.err
+    assert captured.out == ""  # nothing ran
+
+
+@pytest.mark.usefixtures("no_le_variables")
+def test_demo_refuses_an_le_variable_without_an_account(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LE_PASSWORD", "pw-env-3")
+    assert cli.main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "LE_PASSWORD given without --account (or LE_ACCOUNT)" in err
+    assert "pw-env-3" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (
+            ["--username", "bot"],
+            "--password (or LE_PASSWORD) is needed for a user login; or, for an application "
+            "login, --app-key (or LE_APP_KEY), --app-secret (or LE_APP_SECRET), --access-token "
+            "(or LE_ACCESS_TOKEN) and --access-token-secret (or LE_ACCESS_TOKEN_SECRET)",
+        ),
+        (
+            ["--username", "bot", "--app-key", "k", "--access-token", "t"],
+            "an application login needs --app-secret (or LE_APP_SECRET) and "
+            "--access-token-secret (or LE_ACCESS_TOKEN_SECRET) too",
+        ),
+        (["--password", "pw"], "--username (or LE_USERNAME) is needed with --account"),
+    ],
+    ids=["no-password", "half-an-api-key", "no-username"],
+)
+@pytest.mark.usefixtures("no_le_variables")
+def test_demo_with_an_account_names_the_credentials_it_lacks(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "--account 123 --username bot" failed with "AppLogin.app_key ...": a password was what
+    # was missing.
+    assert cli.main(["demo", "--account", "123", *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "AppLogin" not in err
+
+
+def test_demo_whose_reader_goes_away_exits_quietly() -> None:
+    # `le-transport demo | head -1` printed a BrokenPipeError traceback.
+    proc = subprocess.Popen(
+        _command("demo"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_no_le_variables(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("[")
+        proc.stdout.close()  # the reader goes away after one line
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "Exception ignored" not in err
+
+
+def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
+    # It printed a KeyboardInterrupt traceback.
+    proc = subprocess.Popen(
+        _command("demo"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_no_le_variables(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("[")  # running: the loop's handler is set
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err + out

@@ -95,3 +95,40 @@ def test_the_real_account_path_runs_against_any_liveengage_like_server() -> None
     assert ok, out
     assert "retry " in out
     assert DEFAULT_PASSWORD not in out
+
+
+def test_the_real_account_path_counts_only_the_users_api_calls_retries() -> None:
+    """A login retried before the Users API call is not one of that call's retries: the check
+    counted every retry since the start, and failed (or passed) for the wrong reason."""
+    import asyncio
+    import io
+
+    from le_transport.demo import _main
+    from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
+
+    async def scenario() -> tuple[bool, str]:
+        out = io.StringIO()
+        async with Simulator() as sim:
+            sim.faults.script("POST", "*/login", [503], id="login-503-once")
+            account = DemoAccount(
+                account=DEFAULT_ACCOUNT,
+                username=DEFAULT_USER,
+                password=DEFAULT_PASSWORD,
+                csds_host=sim.host,
+                scheme="http",
+            )
+            ok = await _main(time_scale=0.01, seed=3, out=out, account=account, verbose=False)
+            assert sim.count("POST", "*/login") == 2  # the login was retried once
+        return ok, out.getvalue()
+
+    ok, out = asyncio.run(scenario())
+    assert "[ok] the Users API call was retried twice" in out, out
+    assert ok, out
+
+
+def test_the_demos_docstring_says_what_runs_against_a_real_account() -> None:
+    import le_transport.demo
+
+    doc = " ".join((le_transport.demo.__doc__ or "").split())
+    assert "the same workload runs against LiveEngage" not in doc
+    assert "a shorter workload runs against LiveEngage itself, with client-side faults" in doc

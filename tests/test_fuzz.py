@@ -10,11 +10,16 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from fuzz import FuzzHang, Target, all_targets, hang_guard, hypothesis_runner
+from fuzz import (
+    CI_EXAMPLES,
+    CI_SEED,
+    FuzzHang,
+    Target,
+    all_targets,
+    hang_guard,
+    hypothesis_runner,
+)
 from fuzz.__main__ import main as fuzz_main
-
-CI_SEED = 20261126
-CI_EXAMPLES = 150
 
 TARGETS = all_targets()
 
@@ -93,3 +98,36 @@ def test_runner_lists_targets_and_refuses_unknown_ones(capsys: pytest.CaptureFix
 def test_runner_runs_one_target_from_a_seed(capsys: pytest.CaptureFixture[str]) -> None:
     assert fuzz_main(["--target", "retry_after", "--examples", "20", "--seed", "3"]) == 0
     assert capsys.readouterr().out.startswith("ok   retry_after      20 inputs")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--examples", "0"],  # ran the default 300: 0 is falsy
+        ["--examples", "-5"],  # reported every target as a finding
+        ["--seconds", "0"],  # libFuzzer's -max_total_time=0 is "no limit"
+        ["--seconds", "-1"],
+    ],
+)
+def test_runner_refuses_a_count_or_time_that_is_not_positive(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        fuzz_main(["--target", "retry_after", *argv])
+    assert exited.value.code == 2
+    assert "must be 1 or more" in capsys.readouterr().err
+
+
+def test_the_fuzz_docs_say_what_ci_runs_and_how_to_reproduce_a_finding() -> None:
+    import fuzz
+    from fuzz.__main__ import _parser
+
+    doc = fuzz.__doc__ or ""
+    assert f"seed :data:`CI_SEED` ({CI_SEED})" in doc
+    assert f":data:`CI_EXAMPLES`\n({CI_EXAMPLES}) inputs" in doc
+    command = next(line.split() for line in doc.splitlines() if "python -m fuzz --target" in line)
+    args = _parser().parse_args(command[3:])
+    # The documented command runs CI's very inputs: CI's seed and count.
+    assert (args.seed, args.examples) == (CI_SEED, CI_EXAMPLES)
+    assert args.target == ["retry_after"]
+    assert "tests/test_fuzz.py -k retry_after" in doc

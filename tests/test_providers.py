@@ -422,7 +422,7 @@ def test_validate_host_refuses_anything_but_a_bare_hostname(host: str) -> None:
         lambda: CsdsDomains(ACCOUNT, scheme="ftp"),
         lambda: UserLogin(ACCOUNT, USER, "", domains=StaticDomains({})),
         lambda: UserLogin(ACCOUNT, USER, PASSWORD, domains=StaticDomains({}), refresh_interval=0),
-        lambda: UserLogin(ACCOUNT, USER, PASSWORD, domains={"agentVep": "x"}),
+        lambda: UserLogin(ACCOUNT, USER, PASSWORD, domains={"agentVep": "x"}),  # type: ignore[arg-type]
         lambda: AppLogin(ACCOUNT, USER, APP_KEY, "", ACCESS_TOKEN, ACCESS_TOKEN_SECRET,
                          domains=StaticDomains({})),
         lambda: OAuth1Auth(APP_KEY, APP_SECRET, "", ACCESS_TOKEN_SECRET),

@@ -987,8 +987,32 @@ class UserLogin(LoginServiceAuth):
 
     _kind = "user_login"
 
-    def __init__(self, account: str, username: str, password: str | Secret, **options: Any) -> None:
-        super().__init__(account, **options)
+    def __init__(
+        self,
+        account: str,
+        username: str,
+        password: str | Secret,
+        *,
+        domains: DomainProvider,
+        service: str = AGENT_VEP,
+        version: str = LOGIN_SERVICE_VERSION,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        keepalive: bool = True,
+        retry: RetryPolicy | None = None,
+        logout_on_close: bool = True,
+        shared: SharedSession | None = None,
+    ) -> None:
+        super().__init__(
+            account,
+            domains=domains,
+            service=service,
+            version=version,
+            refresh_interval=refresh_interval,
+            keepalive=keepalive,
+            retry=retry,
+            logout_on_close=logout_on_close,
+            shared=shared,
+        )
         self._username = require_text(username, owner="UserLogin", field="username")
         self._password = require_secret(password, owner="UserLogin", field="password")
 
@@ -1010,9 +1034,27 @@ class AppLogin(LoginServiceAuth):
         secret: str | Secret,
         access_token: str | Secret,
         access_token_secret: str | Secret,
-        **options: Any,
+        *,
+        domains: DomainProvider,
+        service: str = AGENT_VEP,
+        version: str = LOGIN_SERVICE_VERSION,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        keepalive: bool = True,
+        retry: RetryPolicy | None = None,
+        logout_on_close: bool = True,
+        shared: SharedSession | None = None,
     ) -> None:
-        super().__init__(account, **options)
+        super().__init__(
+            account,
+            domains=domains,
+            service=service,
+            version=version,
+            refresh_interval=refresh_interval,
+            keepalive=keepalive,
+            retry=retry,
+            logout_on_close=logout_on_close,
+            shared=shared,
+        )
         owner = type(self).__name__
         self._username = require_text(username, owner=owner, field="username")
         self._app_key = require_secret(app_key, owner=owner, field="app_key")
@@ -1045,7 +1087,15 @@ class ClientCredentialsLogin(AppLogin):
         username: str,
         client_id: str | Secret,
         client_secret: str | Secret,
-        **options: Any,
+        *,
+        domains: DomainProvider,
+        service: str = AGENT_VEP,
+        version: str = LOGIN_SERVICE_VERSION,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        keepalive: bool = True,
+        retry: RetryPolicy | None = None,
+        logout_on_close: bool = True,
+        shared: SharedSession | None = None,
     ) -> None:
         super().__init__(
             account,
@@ -1054,5 +1104,12 @@ class ClientCredentialsLogin(AppLogin):
             client_secret,
             CLIENT_CREDENTIALS_DUMMY,
             CLIENT_CREDENTIALS_DUMMY,
-            **options,
+            domains=domains,
+            service=service,
+            version=version,
+            refresh_interval=refresh_interval,
+            keepalive=keepalive,
+            retry=retry,
+            logout_on_close=logout_on_close,
+            shared=shared,
         )

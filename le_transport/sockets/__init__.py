@@ -4,9 +4,15 @@
 come from the pure policies (:class:`~le_transport.policies.ClosePolicy`,
 :class:`~le_transport.policies.BackoffPolicy`, :class:`~le_transport.policies.Keepalive`,
 :class:`~le_transport.policies.TokenBucket`); this package only acts on them.
+
+``__all__`` is the API. ``Lifecycle``, ``Outbox``, ``Outgoing``, ``PendingRequests`` and
+``is_async_callable`` are the socket's internals, not in it: import them from their modules
+(``le_transport.sockets.lifecycle``, ``.outbox``, ``.correlation``; ``le_transport._checks``).
+They stay importable from here only for code that already imports them from the package.
 """
 
-from .correlation import PendingRequests
+from .._checks import is_async_callable as is_async_callable
+from .correlation import PendingRequests as PendingRequests
 from .dial import (
     BEARER_FIELD,
     CONSUMER_SOCKET_QUERY,
@@ -22,7 +28,8 @@ from .dial import (
 )
 from .escalation import RecoveryEscalation
 from .keepalive import KeepaliveScheduler, KeepaliveTask, watch_socket
-from .lifecycle import Lifecycle, SocketState
+from .lifecycle import Lifecycle as Lifecycle
+from .lifecycle import SocketState
 from .options import (
     HEALTHY_AFTER,
     KEEPALIVE_BY_PATH,
@@ -32,7 +39,8 @@ from .options import (
     SocketOptions,
     keepalive_for_path,
 )
-from .outbox import Outbox, Outgoing
+from .outbox import Outbox as Outbox
+from .outbox import Outgoing as Outgoing
 from .pacing import ReconnectPacer
 from .socket import (
     HANDLER_EXCUSE,
@@ -42,7 +50,6 @@ from .socket import (
     ReloginEscalation,
     ResilientSocket,
     check_on_connect,
-    is_async_callable,
 )
 
 __all__ = [
@@ -64,11 +71,7 @@ __all__ = [
     "KeepaliveByPath",
     "KeepaliveScheduler",
     "KeepaliveTask",
-    "Lifecycle",
     "OnConnect",
-    "Outbox",
-    "Outgoing",
-    "PendingRequests",
     "ReconnectPacer",
     "RecoveryEscalation",
     "ReloginEscalation",
@@ -78,7 +81,6 @@ __all__ = [
     "check_on_connect",
     "consumer_path",
     "init_connection_frame",
-    "is_async_callable",
     "keepalive_for_path",
     "ums_brand_path",
     "watch_socket",

@@ -39,9 +39,25 @@ class SocketWrapper(Protocol):
     """
 
     @property
-    def active(self) -> bool: ...
+    def active(self) -> bool:
+        """Whether it has anything to do (a fault injector: whether it holds any rule). When
+        False the dialer skips it: the socket is used as it was opened, nothing wrapped."""
+        ...
 
-    async def wrap_socket(self, ws: Any, path: str, *, service: str | None = None) -> Any: ...
+    async def wrap_socket(self, ws: Any, path: str, *, service: str | None = None) -> Any:
+        """The socket to use in place of ``ws``, an aiohttp WebSocket the dialer has just
+        opened (its upgrade accepted by the server).
+
+        - ``path``: the upgrade's path as it may be shown and matched: the path template's,
+          the bearer's place named, never its value (see :data:`UPGRADE_PATH`).
+        - ``service``: the service the socket belongs to (see :data:`UPGRADE_SERVICE`), None
+          when unknown.
+
+        Returns an object with ``ws``'s interface (``ws`` itself when it has nothing to do on
+        this socket), which the connection then reads and writes instead of ``ws``. If it
+        raises (a cancellation included), the dialer closes ``ws`` and the connect fails.
+        """
+        ...
 
 
 def socket_wrapper(middlewares: Iterable[object]) -> SocketWrapper | None:

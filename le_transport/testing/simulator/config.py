@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from ...chaos.plan import DEFAULT_MAX_RECORDS, check_close_code, check_max_records
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, HostileHostError
 from ...policies._validate import finite_number
+from ...providers.domains import validate_host
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -157,17 +158,19 @@ def _flag(instance: object, attribute: attrs.Attribute[bool], value: object) -> 
 
 
 def _address(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    # What the Domain API hands out must be a host the client takes: the engine's own check
+    # (validate_host), so a port out of 1..65535 ("h:99999", "h:-1") or an unbracketed IPv6
+    # address ("a:b:c") is refused here, not by every client that resolves a service.
     if value is None:
         return
-    if (
-        not isinstance(value, str)
-        or not value
-        or any(c.isspace() or not c.isprintable() or c in "/?#@" for c in value)
-    ):
+    try:
+        validate_host(value, service="public_address")
+    except HostileHostError:
         raise ConfigurationError(
-            "SimulatorConfig.public_address must be None or 'host' or 'host:port' (no scheme, "
-            f"path or spaces), got {value!r:.60}"
-        )
+            "SimulatorConfig.public_address must be None or 'host' or 'host:port': a host "
+            "name, an IPv4 address or a bracketed IPv6 address ('[::1]:8443'), a port from 1 "
+            f"to 65535, no scheme, path or spaces; got {value!r:.60}"
+        ) from None
 
 
 def _scheme(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:

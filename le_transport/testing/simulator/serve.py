@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -132,13 +133,24 @@ def _self_signed_context(stack: contextlib.ExitStack) -> ssl.SSLContext:
     return server_tls_context(made_cert, made_key)
 
 
+class _CannotListen(Exception):
+    """Binding the simulator's address failed: the one error blamed on listening."""
+
+
 async def _serve(sim: Simulator) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with sim:
+    try:
+        await sim.start()
+    except (OSError, UnicodeError) as exc:
+        # Address in use, not ours to bind, or not an address of this machine (a name that
+        # does not encode is refused up front: see _host_problem).
+        raise _CannotListen(getattr(exc, "strerror", None) or str(exc)) from None
+    # Only the bind is "cannot listen": an error while serving (a closed stdout) is its own.
+    async with sim:  # already started: stops it however the block ends
         print(f"LiveEngage simulator on {sim.url} (sockets on {sim.ws_scheme}://{sim.host})")
         print(
             f"  Domain API: {sim.url}/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
@@ -206,11 +218,22 @@ def serve_forever(
     """Run a simulator in the foreground until SIGINT/SIGTERM; returns the exit code.
 
     ``max_records`` bounds each of its records (``SimulatorConfig.max_records``; None: the
-    default bound, never unbounded here: this is the long-running simulator)."""
+    default bound, never unbounded here: this is the long-running simulator). ``plan_path``
+    must name a regular file of at most :data:`MAX_PLAN_BYTES`. Every mistake in the
+    arguments (a host that is no name, a plan that cannot be read) and an address that
+    cannot be bound is a one-line message on stderr and 2; an error while serving (stdout
+    closed: :class:`BrokenPipeError`) is raised."""
+    problem = _host_problem(host) if isinstance(host, str) else None
+    if problem is not None:
+        print(f"le-transport simulate: {problem}", file=sys.stderr)
+        return 2
     plan = None
     if plan_path is not None:
         try:
-            plan = FaultPlan.from_dict(json.loads(Path(plan_path).read_text()))
+            plan = FaultPlan.from_dict(json.loads(_read_plan_file(plan_path)))
+        except _BadPlanFile as exc:
+            print(f"le-transport simulate: cannot read the fault plan: {exc}", file=sys.stderr)
+            return 2
         except RecursionError:
             # JSON nested past the parser's recursion limit: not a plan, and no traceback.
             print(
@@ -265,12 +288,84 @@ def serve_forever(
         with contextlib.suppress(KeyboardInterrupt):
             try:
                 asyncio.run(_serve(sim))
-            except OSError as exc:
-                # Address in use, not ours to bind, or not an address of this machine.
+            except _CannotListen as exc:
                 print(
-                    f"le-transport simulate: cannot listen on {_bracketed(host)}:{port}: "
-                    f"{exc.strerror or exc}",
+                    f"le-transport simulate: cannot listen on {_bracketed(host)}:{port}: {exc}",
                     file=sys.stderr,
                 )
                 return 2
     return 0
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` cannot be listened on as given, or None. A name is checked as the
+    resolver will encode it (IDNA): an empty label (``a..b``, ``.``) or one longer than 63
+    characters failed with a ``UnicodeError`` traceback when binding. Other mistakes (a port
+    in it, a path) are the :class:`Simulator`'s to refuse."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not name or ":" in name:
+        return None  # empty, or an IPv6 literal: Simulator.host checks those
+    try:
+        name.encode("idna")
+    except UnicodeError as exc:
+        why = (
+            "a dot-separated label is empty or longer than 63 characters"
+            if "label" in str(exc)
+            else "it does not encode as a host name (IDNA)"
+        )
+        return f"--host {host[:60]!r} is not a host name: {why}"
+    return None
+
+
+#: The largest fault plan ``--plan`` reads, in bytes. A plan is a few KB; what a wrong path
+#: (a log, a disk image) could cost is bounded.
+MAX_PLAN_BYTES = 1 << 20
+
+
+class _BadPlanFile(Exception):
+    """The ``--plan`` path is not a file a plan can be read from (the message says why)."""
+
+
+def _read_plan_file(path: str) -> str:
+    """The text of the plan file ``path``: a regular file of at most :data:`MAX_PLAN_BYTES`,
+    in UTF-8. :class:`_BadPlanFile` for anything else: a FIFO (reading it waited for a writer
+    for ever), a device (``/dev/zero`` was read until memory ran out), a directory."""
+    shown = repr(path[:200])
+    # O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer; it is refused
+    # below, and changes nothing for a regular file, set back to blocking before reading.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _BadPlanFile(str(exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _BadPlanFile(
+                f"{shown} is not a regular file ({_file_kind(mode)}): give a JSON file"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_PLAN_BYTES + 1)
+    if len(data) > MAX_PLAN_BYTES:
+        raise _BadPlanFile(
+            f"{shown} is larger than {MAX_PLAN_BYTES:,} bytes: not a fault plan (a plan is a "
+            "few KB)"
+        )
+    return data.decode("utf-8")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
