@@ -1614,6 +1614,14 @@ class Engine:
                 "(pass query parameters as params=)",
                 service=service,
             )
+        if any(segment in (".", "..") for segment in path.split("/")):
+            # The URL normalises them away: "/users/" + "../../x" (an id taken from outside)
+            # reached another endpoint of the host, with the service's credentials.
+            raise InvalidRequest(
+                "path must not contain '.' or '..' segments (a path built from outside input "
+                "would reach another endpoint of the host): quote or check what goes into it",
+                service=service,
+            )
         if len(self._checked_paths) >= _URL_CACHE_SIZE:
             self._checked_paths.clear()
         self._checked_paths.add(path)
@@ -2132,8 +2140,8 @@ class Engine:
         other path none (see :class:`~le_transport.sockets.SocketOptions`).
 
         - ``path``: an absolute path (one leading ``/``), without whitespace, control
-          characters, ``?`` or ``#``, as for :meth:`request`; ``{bearer}`` marks where the
-          bearer goes (:func:`~le_transport.sockets.ums_brand_path`).
+          characters, ``?``, ``#`` or ``.``/``..`` segments, as for :meth:`request`;
+          ``{bearer}`` marks where the bearer goes (:func:`~le_transport.sockets.ums_brand_path`).
         - ``params``: the upgrade URL's query, names to str, int or float values (the
           protocol's version: :data:`~le_transport.sockets.UMS_BRAND_SOCKET_QUERY`,
           :data:`~le_transport.sockets.CONSUMER_SOCKET_QUERY`), sent on every connect.

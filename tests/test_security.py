@@ -26,6 +26,7 @@ from le_transport.errors import (
     ConfigurationError,
     DomainResolutionError,
     HostileHostError,
+    InvalidRequest,
     RequestError,
     RetriesExhausted,
     SocketError,
@@ -409,6 +410,29 @@ async def test_a_call_path_cannot_leave_the_service_host(start_server: Start, pa
             await engine.request("GET", "svc", path.format(sink=sink))
     assert stolen.requests == []
     assert seen.requests == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/users/../../admin", "/api/users/..", "/api/./users", "/api/users/%s/../x"]
+)
+async def test_a_call_path_cannot_climb_to_another_endpoint_with_dot_segments(
+    start_server: Start, path: str
+) -> None:
+    """The URL normalised '.' and '..' away: '/api/users/' + an id taken from outside
+    ('../../admin') was sent as '/admin', with the service's bearer. Refused before anything
+    is sent, on every entry point that takes a path; an encoded dot is no segment."""
+    host, seen = await start_server()
+    async with Engine(
+        {"svc": host}, scheme="http", clock=VirtualClock(), auth=StaticBearer(BEARER)
+    ) as engine:
+        with pytest.raises(InvalidRequest, match=r"'\.' or '\.\.' segments"):
+            await engine.request("GET", "svc", path)
+        with pytest.raises(InvalidRequest, match=r"'\.' or '\.\.' segments"):
+            await engine.websocket("svc", path)
+        assert (await engine.request("GET", "svc", "/api/users/%2e%2e", accept={404})).status
+        assert (await engine.request("GET", "svc", "/api/users/..x", accept={404})).status
+    # The encoded dots are sent as text (escaped again), no segment of their own.
+    assert [p for _, p, _, _ in seen.requests] == ["/api/users/%252e%252e", "/api/users/..x"]
 
 
 # -- unbounded bodies and hangs ---------------------------------------------------------------
