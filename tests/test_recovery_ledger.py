@@ -986,3 +986,45 @@ def test_decided_and_repeat_unsafe_read_back_as_set_in_either_order(
     assert error.repeat_unsafe is True
     error.decided = True
     assert repeat_of(error) is Repeat.RETRYABLE_IF_IDEMPOTENT
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_a_call_on_a_callers_session_with_the_stack_waiting_out_a_login_outage_is_recovered(
+    serve: ServerFactory, clock: VirtualClock, method: str
+) -> None:
+    """A caller's session carrying the stack, a login down before anything of the call was
+    sent: the call was taken for one sent with no schedule judging it (possibly acted on), so
+    a POST that never left was not recovered (a GET was)."""
+    logins: list[float] = []
+    hits: list[float] = []
+
+    async def login(request: web.Request) -> web.Response:
+        logins.append(clock.now())
+        return web.Response(status=503) if len(logins) == 1 else web.json_response({"jwt": _jwt()})
+
+    async def create(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.json_response({}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/account/123/signup", login)
+    app.router.add_route(method, "/orders", create)
+    host = await serve(app)
+    domains = StaticDomains({"idp": host, "svc": host})
+    async with (
+        Engine(
+            domains,
+            scheme="http",
+            clock=clock,
+            retry=RetryPolicy(pauses=()),
+            auth=ConsumerJwt("123", domains=domains),
+        ) as stack,
+        aiohttp.ClientSession(
+            middlewares=stack.middlewares, timeout=aiohttp.ClientTimeout(total=None)
+        ) as session,
+        Engine(domains, scheme="http", clock=clock, session=session, recovery=RELOGIN) as engine,
+    ):
+        resp = await engine.request(method, "svc", "/orders", json={}, recover=True)
+    assert resp.status == 201
+    assert hits == [20.0]
+    assert logins == [0.0, 20.0]

@@ -235,7 +235,16 @@ class AuthMiddleware:
         form: Sequence[tuple[str, str]] | None,
     ) -> ClientResponse:
         """Credentials on ``request``, sent; on a 401, fresh ones and one replay."""
-        sent = await self._apply(request, method, form)
+        try:
+            sent = await self._apply(request, method, form)
+        except BaseException:
+            # Nothing of the request was sent: said on the call's context, so that a recovery
+            # loop does not take a call on a caller's session (the stack on it) for one sent
+            # with no schedule judging it (CallLedger.finish's ``unjudged``).
+            ctx = current_call()
+            if ctx is not None and ctx.active is None:
+                ctx.active = False
+            raise
         resp = await self._send(request, handler)
         if resp is not None:
             return resp

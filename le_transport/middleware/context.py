@@ -70,9 +70,10 @@ class CallContext:
       (resolving its host, getting credentials) or when the retry loop first ran, so that a
       re-run of the chain by aiohttp (redirect hops, its own stale-connection replay) is
       counted against the same call and its deadline.
-    - ``active``: True while a retry loop runs this call, False once one has run, None before
-      any has. A request made from inside a running loop (a middleware logging in without a
-      context of its own) is another call, not a hop.
+    - ``active``: True while a retry loop runs this call, False once one has run (or the call
+      ended before one could: the auth middleware failed to get its credentials, nothing
+      sent), None before any has. A request made from inside a running loop (a middleware
+      logging in without a context of its own) is another call, not a hop.
     - ``resign``: set by the auth middleware for a provider that signs each request (OAuth
       1.0): the request it signed, and how to sign it again. The retry loop calls it before
       each further attempt of that same request, so that no attempt repeats a nonce.
