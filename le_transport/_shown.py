@@ -46,9 +46,10 @@ def redacted_exc_info(error: BaseException) -> ExcInfo:
     A formatter prints an exception's traceback with the exception's own text, and that of
     every exception chained to it (cause, context, a group's members, notes), as is: a token
     in a callback's error reached the log through it although the message redacted it. Here
-    the exception is replaced by a stand-in of the same class name and module (an instance
-    of a subclass of its class), whose text is :func:`error_text`'s, and whose chain is made
-    of such stand-ins, each with its exception's own traceback. The type and the traceback
+    the exception is replaced by a stand-in of the same class name and module (a class of
+    the library's own: a subclass of a built-in class, never of a caller's), whose
+    text is :func:`error_text`'s, and whose chain is made of such stand-ins, each with its
+    exception's own traceback. The type and the traceback
     (its frames: file, line, the source line) are ``error``'s. Never raises.
     """
     return type(error), _stand_in(error, {}, [0]), error.__traceback__
@@ -86,9 +87,8 @@ def _stand_in(
 
 
 def _make(cls: type[BaseException], text: str, members: list[BaseException]) -> BaseException:
-    """An instance of a subclass of ``cls`` whose ``str`` is ``text`` (a group's, with
-    ``members``); a plain stand-in saying what ``cls`` was when ``cls`` cannot be subclassed
-    or made without its arguments."""
+    """An instance of ``cls``'s stand-in class whose ``str`` is ``text`` (a group's, with
+    ``members``); a plain stand-in saying what ``cls`` was when none can be made."""
     try:
         shown_as = _stand_in_class(cls)
         if issubclass(shown_as, BaseExceptionGroup):
@@ -104,15 +104,29 @@ def _make(cls: type[BaseException], text: str, members: list[BaseException]) -> 
 
 
 def _stand_in_class(cls: type[BaseException]) -> type[BaseException]:
+    """A class of the library's own named as ``cls`` (module, qualified name: what a traceback
+    prints): a subclass of a built-in ``cls``; for any other, on the standard base ``cls``
+    has (an exception group's for a group), not a subclass of ``cls``: subclassing a caller's
+    class runs its ``__init_subclass__`` (a registry by class name, overwritten by a
+    stand-in) and leaves the stand-in among its ``__subclasses__()``."""
     shown_as = _STAND_IN_CLASSES.get(cls)
     if shown_as is None:
+        base: type[BaseException]
+        if cls.__module__ == "builtins":
+            # Python's own (RuntimeError, OSError...): subclassed, so that a handler that
+            # looks at the logged exception's kind still sees it; they run no caller code.
+            base = cls
+        elif issubclass(cls, BaseExceptionGroup):
+            base = ExceptionGroup if issubclass(cls, Exception) else BaseExceptionGroup
+        else:
+            base = Exception if issubclass(cls, Exception) else BaseException
         namespace: dict[str, Any] = {
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
             "__str__": _shown_text,
             "__repr__": _shown_repr,
         }
-        shown_as = types.new_class(cls.__name__, (cls,), exec_body=lambda ns: ns.update(namespace))
+        shown_as = types.new_class(cls.__name__, (base,), exec_body=lambda ns: ns.update(namespace))
         if len(_STAND_IN_CLASSES) < _CACHED_CLASSES:
             _STAND_IN_CLASSES[cls] = shown_as
     return shown_as

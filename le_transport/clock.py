@@ -12,12 +12,13 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from ._redact import redact_text
 
-__all__ = ["Clock", "RealClock", "timeout_after"]
+__all__ = ["Clock", "RealClock", "stall_timeout", "timeout_after"]
 
 _log = logging.getLogger("le_transport.clock")
 
@@ -248,10 +249,14 @@ class _ClockTimeout(_WheelTimer):
         )
         return self
 
+    async def _wait(self, deadline: float) -> None:
+        """Sleep on the clock until the time is up."""
+        await self._clock.sleep(max(0.0, deadline - self._clock.now()))
+
     async def _watch(self, deadline: float) -> None:
         seconds = self._seconds
         try:
-            await self._clock.sleep(max(0.0, deadline - self._clock.now()))
+            await self._wait(deadline)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -301,6 +306,48 @@ class _ClockTimeout(_WheelTimer):
         if claimed and failure is not None:
             raise failure
         return claimed
+
+
+class _StallTimeout(_ClockTimeout):
+    """A :class:`_ClockTimeout` whose time starts over at each sign of progress: the block is
+    cancelled once ``seconds`` pass with no progress (``progress()`` answers the clock time of
+    the last). Always a watchdog task on the clock (it must look at the progress when its time
+    is up), so it is for blocks that run once in a while, not per call."""
+
+    __slots__ = ("_progress",)
+
+    def __init__(self, clock: Clock, seconds: float | None, progress: Callable[[], float]):
+        super().__init__(clock, seconds)
+        self._progress = progress
+
+    def start(self) -> _ClockTimeout:
+        if self._seconds is None:
+            return self
+        loop = self._take_task()
+        self._watchdog = loop.create_task(
+            self._watch(self._clock.now() + self._seconds), name="le_transport.stall_timeout"
+        )
+        return self
+
+    async def _wait(self, deadline: float) -> None:
+        seconds = self._seconds
+        assert seconds is not None  # start() arms no watchdog without it
+        while True:
+            await super()._wait(deadline)
+            deadline = max(deadline, self._progress() + seconds)
+            if self._clock.now() >= deadline:
+                return
+
+
+def stall_timeout(
+    clock: Clock, seconds: float | None, progress: Callable[[], float]
+) -> _ClockTimeout:
+    """``async with stall_timeout(clock, 60, progress):`` raises :class:`TimeoutError` once 60 s
+    of clock time pass with no progress: ``progress()`` answers the clock time of the last
+    (a frame read or written), and each one starts the 60 s over. Otherwise as
+    :func:`timeout_after` (``None`` or infinite: none; NaN: a :class:`ValueError`)."""
+    checked = timeout_after(clock, seconds)
+    return _StallTimeout(clock, checked._seconds, progress)
 
 
 def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, RealClock, RetryPolicy
-from le_transport.clock import _SWEEP_AT, _wheel_of, timeout_after
+from le_transport.clock import _SWEEP_AT, _wheel_of, stall_timeout, timeout_after
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory, serve_silent
@@ -243,3 +243,23 @@ async def test_the_real_clock_wheel_drops_slots_whose_timeouts_all_ended() -> No
         async with timeout_after(clock, 1800 + len(wheel._slots) * 0.011):
             pass
     assert len(wheel._slots) <= 2 * _SWEEP_AT
+
+
+async def test_a_stall_timeout_starts_over_at_each_progress_and_fires_after_a_stall() -> None:
+    clock = VirtualClock()
+    progress = [0.0]
+
+    async def work() -> None:
+        for _ in range(5):  # progress every 40 s: never 60 s without
+            await clock.sleep(40)
+            progress[0] = clock.now()
+        await clock.sleep(1_000)  # then a stall
+
+    with pytest.raises(TimeoutError):
+        async with stall_timeout(clock, 60, lambda: progress[0]):
+            await work()
+    assert clock.now() == pytest.approx(200 + 60)
+    with pytest.raises(ValueError, match="NaN"):
+        stall_timeout(clock, math.nan, lambda: 0.0)
+    async with stall_timeout(clock, None, lambda: 0.0):  # no timeout
+        await clock.sleep(10_000)

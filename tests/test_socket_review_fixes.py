@@ -454,7 +454,7 @@ async def test_an_on_connect_that_hangs_is_cut_at_ready_timeout_and_the_socket_r
         assert 45.0 <= clock.now() < 50.0
     assert calls == 2
     assert len(sim.sockets.all) == 2
-    assert any("did not become ready within 45 s" in r.message for r in caplog.records)
+    assert any("made no progress for 45 s" in r.message for r in caplog.records)
 
 
 # -- F4: tracebacks redacted --------------------------------------------------------------
@@ -657,3 +657,70 @@ async def test_a_binary_frame_before_init_connection_is_answered_is_held_for_the
     assert connects == 1
     assert states.of("connect_failed") == []
     assert states.of("reauthenticating") == []
+
+
+@pytest.mark.parametrize(
+    ("delays", "request_timeout"), [([70.0], 90.0), ([25.0, 25.0, 25.0], 30.0)]
+)
+async def test_a_slow_but_answering_on_connect_is_never_cut_by_ready_timeout(
+    serve: ServerFactory, clock: VirtualClock, delays: list[float], request_timeout: float
+) -> None:
+    """ready_timeout bounded the whole of on_connect: a subscription answered in 70 s (its
+    request_timeout raised to 90 s), or three requests answered in 25 s each, cut every
+    connection as a dead peer, for ever. It bounds a stall: nothing read, nothing written
+    whole, no request waiting within its own timeout."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            await clock.sleep(delays[int(frame["type"][3:])])
+            await ws.send_str(json.dumps({"kind": "resp", "reqId": frame["id"], "code": 200}))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    answered: list[float] = []
+
+    async def subscribe(ws: ResilientSocket) -> None:
+        for i in range(len(delays)):
+            await ws.request(f"sub{i}")
+            answered.append(clock.now())
+
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            options=SocketOptions(keepalive=None, request_timeout=request_timeout),
+            on_connect=[subscribe],
+        )
+        await ws.wait_open(timeout=600)
+        assert ws.connects == 1
+        await ws.close()
+    assert len(answered) == len(delays)
+    assert answered[-1] == pytest.approx(sum(delays))
+
+
+def test_a_redacted_exc_info_never_subclasses_the_callers_exception_class() -> None:
+    """The stand-in subclassed the caller's class: its __init_subclass__ ran (a registry of
+    error classes by name was overwritten by the stand-in) and the stand-in stayed among its
+    __subclasses__()."""
+    registry: dict[str, type[Exception]] = {}
+
+    class Registered(Exception):
+        def __init_subclass__(cls, **kwargs: object) -> None:
+            super().__init_subclass__()
+            registry[cls.__name__] = cls
+
+    class NotFound(Registered):
+        pass
+
+    before = dict(registry)
+    info = redacted_exc_info(NotFound(f"token={BEARER}"))
+    assert registry == before
+    assert NotFound.__subclasses__() == []
+    assert info[0] is NotFound
+    assert type(info[1]).__qualname__ == NotFound.__qualname__
+    assert BEARER not in str(info[1])

@@ -40,8 +40,9 @@ HEALTHY_AFTER = 30.0
 #: their wire text) per socket.
 MAX_INBOX_BYTES = 16 * 1024 * 1024
 
-#: :attr:`SocketOptions.ready_timeout`'s default: seconds a new connection may take to run its
-#: ``on_connect`` callbacks and flush the queue before it is ended as a dead peer.
+#: :attr:`SocketOptions.ready_timeout`'s default: seconds a new connection may go without
+#: progress (no frame read, none written whole) while it runs its ``on_connect`` callbacks and
+#: flushes the queue, before it is ended as a dead peer.
 READY_TIMEOUT = 60.0
 
 
@@ -191,13 +192,15 @@ class SocketOptions:
       alone let a consumer that fell behind hold 10,000 frames of up to 16 MiB each; the
       default, 16 MiB (:data:`MAX_INBOX_BYTES`), caps what a stuck consumer holds per socket
       (parsed JSON takes a few times its text) rather than letting it take the whole process.
-    - ``ready_timeout``: how long a new connection may take to become ready: its
-      ``on_connect`` callbacks and the flush of the queue. A peer that accepts the upgrade and
-      then stops reading would otherwise hold the socket open but never ready for ever (the
-      keepalive watches only a ready connection, and a write waits for the peer to take it).
-      Past it the connection is ended as a dead peer and the socket reconnects (a failed
-      connect for the backoff). Above ``request_timeout`` by default, so that a callback's
-      request gets its own timeout first.
+    - ``ready_timeout``: how long a new connection may go without progress (no frame read,
+      none written whole, no request waiting for its answer) while it becomes ready: its
+      ``on_connect`` callbacks and the flush of the queue. Each frame starts it over, and a
+      request's own timeout bounds its wait, so a slow peer that answers is never cut, however
+      long the callbacks take. A peer that accepts the upgrade and then stops reading would
+      otherwise hold the socket open but never ready for ever (the keepalive watches only a
+      ready connection, and a write waits for the peer to take it). Past it the connection is
+      ended as a dead peer and the socket reconnects (a failed connect for the backoff). Above
+      ``request_timeout`` by default, so that a callback's request gets its own timeout first.
     """
 
     backoff: BackoffPolicy = attrs.field(

@@ -52,7 +52,7 @@ import attrs
 
 from .._checks import is_async_callable
 from .._shown import error_text, redacted_exc_info
-from ..clock import Clock, RealClock, timeout_after
+from ..clock import Clock, RealClock, stall_timeout, timeout_after
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
@@ -1230,7 +1230,9 @@ class ResilientSocket:
                     self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
                 )
             else:
-                timeout = timeout_after(self._clock, self._options.ready_timeout)
+                timeout = stall_timeout(
+                    self._clock, self._options.ready_timeout, self._progressed_at
+                )
                 try:
                     async with timeout:
                         await self._open_up(conn, epoch)
@@ -1355,7 +1357,7 @@ class ResilientSocket:
         # the owner to store, and a close() from a callback must know where it runs.
         self._setup = asyncio.current_task()
         _ON_CONNECT.set((id(self), epoch))
-        timeout = timeout_after(self._clock, self._options.ready_timeout)
+        timeout = stall_timeout(self._clock, self._options.ready_timeout, self._progressed_at)
         try:
             async with timeout:
                 await self._call_on_connect(conn, epoch)
@@ -1374,14 +1376,23 @@ class ResilientSocket:
                     self._lost_peer_grace(),
                 )
 
+    def _progressed_at(self) -> float:
+        """When this connection last made progress: a frame read, or one written whole; now,
+        while a request waits for its answer (its own timeout bounds that wait: a slow answer
+        is no dead peer)."""
+        if len(self._pending):
+            return self._clock.now()
+        return max(self._last_activity, self._last_sent)
+
     def _not_ready_in_time(self, conn: Connection) -> None:
-        """The connection did not become ready within ``ready_timeout`` (its ``on_connect``
-        callbacks and the flush of the queue): a peer that accepted the upgrade and stopped
-        reading, or callbacks that hang. Nothing else would end it (the keepalive watches only
-        a ready connection), so it ends as a dead peer, and the owner reconnects."""
+        """The connection made no progress for ``ready_timeout`` while becoming ready (its
+        ``on_connect`` callbacks and the flush of the queue): a peer that accepted the upgrade
+        and stopped reading, or callbacks that hang with nothing read or written. Nothing else
+        would end it (the keepalive watches only a ready connection), so it ends as a dead
+        peer, and the owner reconnects."""
         _log.warning(
-            "%s: the connection did not become ready within %g s (ready_timeout: on_connect "
-            "and the queue's flush); taken for a dead peer, reconnecting",
+            "%s: the connection made no progress for %g s while becoming ready (ready_timeout: "
+            "on_connect and the queue's flush); taken for a dead peer, reconnecting",
             self._name,
             self._options.ready_timeout,
             extra={"socket": self._name, "ready_timeout": self._options.ready_timeout},
