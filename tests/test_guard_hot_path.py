@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,12 +108,18 @@ class _PerCallGuard:
         self.status: dict[tuple[str, str], BreakerStatus] = {}
         self.budgets: dict[str, BudgetState] = {}
         self.probes: set[tuple[int, int]] = set()
+        # When each granted retry was paid for, until its attempt is admitted: one the breaker
+        # refuses is given back (one off the slot it was counted in, while in the window).
+        self.granted: dict[tuple[int, int], float] = {}
 
     def admit(self, call: _Call, attempt: int) -> tuple[type, float | None] | None:
         key = (call.service, _host(call))
         now = self.clock.now()
         admission = BREAKER.admit(self.status.get(key) or BREAKER.closed(), now)
+        paid_at = self.granted.pop((id(call), attempt), None)
         if not admission.allowed:
+            if paid_at is not None:
+                self._refund(call.service, paid_at)
             return CircuitOpen, admission.retry_at
         self.status[key] = admission.status
         if admission.probe:
@@ -121,6 +128,17 @@ class _PerCallGuard:
             held = self.budgets.get(call.service) or BUDGET.empty()
             self.budgets[call.service] = BUDGET.record_request(held, now)
         return None
+
+    def _refund(self, service: str, paid_at: float) -> None:
+        held = self.budgets.get(service)
+        if held is None:
+            return
+        state = BUDGET.record_request(held, self.clock.now(), 0)
+        index = state.slot - BUDGET.slot_of(paid_at)
+        if 0 <= index < BUDGET.slots and state.retries[index] >= 1:
+            retries = list(state.retries)
+            retries[index] -= 1
+            self.budgets[service] = attrs.evolve(state, retries=tuple(retries))
 
     def settle(self, call: _Call, attempt: int, outcome: Outcome) -> None:
         key = (call.service, _host(call))
@@ -141,7 +159,9 @@ class _PerCallGuard:
         if key in self.status:
             self.status[key] = BREAKER.release(self.status[key], self.clock.now())
 
-    def before_retry(self, call: _Call, pause: float) -> tuple[type, float | None] | None:
+    def before_retry(
+        self, call: _Call, pause: float, call_attempt: int
+    ) -> tuple[type, float | None] | None:
         key = (call.service, _host(call))
         now = self.clock.now()
         status = self.status.get(key)
@@ -155,6 +175,8 @@ class _PerCallGuard:
                 return CircuitOpen, retry_at
         held = self.budgets.get(call.service) or BUDGET.empty()
         allowed, self.budgets[call.service] = BUDGET.try_retry(held, now)
+        if allowed:
+            self.granted[(id(call), call_attempt + 1)] = now
         return None if allowed else (RetryBudgetExhausted, None)
 
     def state(self, service: str, host: str) -> BreakerState:
@@ -247,7 +269,7 @@ class GuardAgreesWithThePerCallAlgorithm(RuleBasedStateMachine):
         got = _answer(
             _done(self.guard.before_retry(call, attempt, Outcome.response(503), pause, last))
         )
-        assert got == self.reference.before_retry(call, pause)
+        assert got == self.reference.before_retry(call, pause, attempt)
         if got is None:
             self._admit(call, attempt + 1)
 
