@@ -25,7 +25,7 @@ import typing
 import warnings
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypedDict, TypeVar, Unpack, overload
 
 import aiohttp
 import attrs
@@ -87,13 +87,39 @@ from .sockets import (
 from .sockets.keepalive import KeepaliveScheduler
 from .sockets.socket import FrameHandler, OnConnect, check_on_connect
 
-__all__ = ["Engine", "InvalidRequest", "Response"]
+__all__ = ["Engine", "InvalidRequest", "RequestOptions", "Response"]
 
 _log = logging.getLogger("le_transport.engine")
 
 T = TypeVar("T")
 
 _NO_JSON: Any = object()
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keywords :meth:`Engine.request_json` passes on to :meth:`Engine.request` (all of
+    them but ``accept``), each as :meth:`Engine.request` documents it."""
+
+    params: Mapping[str, str | int | float] | None
+    json: Any
+    data: (
+        bytes
+        | str
+        | Mapping[str, str]
+        | Sequence[tuple[str, str]]
+        | typing.IO[Any]
+        | AsyncIterable[bytes]
+        | None
+    )
+    headers: Mapping[str, str] | None
+    idempotent: bool | None
+    retry: RetryPolicy | None
+    deadline: float | None
+    attempt_timeout: float | None
+    allow_redirects: bool
+    recover: bool
+
+
 #: How many checked paths and built URLs an engine keeps (it starts over when full).
 _URL_CACHE_SIZE = 4096
 
@@ -2067,6 +2093,26 @@ class Engine:
 
         return await self._recovery.run(again, until=until)
 
+    @overload
+    async def request_json(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        expect: None = None,
+        **kwargs: Unpack[RequestOptions],
+    ) -> Any: ...
+    @overload
+    async def request_json(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        expect: type[T],
+        **kwargs: Unpack[RequestOptions],
+    ) -> T: ...
     async def request_json(
         self,
         method: str,
@@ -2074,9 +2120,12 @@ class Engine:
         path: str,
         *,
         expect: type[Any] | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[RequestOptions],
     ) -> Any:
         """:meth:`request`, then the body as JSON (checked to be of type ``expect`` if given).
+
+        It takes :meth:`request`'s keywords (:class:`RequestOptions`: a type checker catches a
+        misspelt one) but ``accept``; with ``expect`` the result is typed as ``expect``.
 
         It returns only a body, so it takes no ``accept=``: an accepted 404's error body would
         come back as if it were the resource. Use :meth:`request` with ``accept`` and look at
@@ -2088,7 +2137,7 @@ class Engine:
         status)."""
         if expect is not None:
             _check_expect(expect)
-        if "accept" in kwargs:
+        if "accept" in kwargs:  # an untyped caller's
             raise InvalidRequest(
                 "request_json takes no accept=: it returns only the body, so an accepted 4xx's "
                 "error body would pass for the resource; use request(..., accept=...) and "

@@ -348,7 +348,7 @@ async def test_request_json_refuses_a_bad_expected_type_before_sending(
     host = await serve(script.app())
     async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
         with pytest.raises(InvalidRequest, match="expect must be a type"):
-            await engine.request_json("GET", "svc", "/x", expect="list")  # type: ignore[arg-type]
+            await engine.request_json("GET", "svc", "/x", expect="list")  # type: ignore[call-overload]
     assert script.hits == 0
 
 

@@ -1222,4 +1222,4 @@ async def test_request_json_refuses_accept_whose_error_body_would_pass_for_the_r
 ) -> None:
     async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
         with pytest.raises(InvalidRequest, match="request_json takes no accept="):
-            await engine.request_json("GET", "svc", "/x", accept={404}, expect=dict)
+            await engine.request_json("GET", "svc", "/x", accept={404}, expect=dict)  # type: ignore[call-overload]
