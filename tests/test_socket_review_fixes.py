@@ -32,10 +32,18 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from le_transport import Engine, EventHooks, SocketAuthFailed, SocketClosed, StaticBearer
+from le_transport import (
+    ConsumerJwt,
+    Engine,
+    EventHooks,
+    RetryPolicy,
+    SocketAuthFailed,
+    SocketClosed,
+    StaticBearer,
+)
 from le_transport._shown import redacted_exc_info
-from le_transport.errors import ConfigurationError
-from le_transport.policies import BackoffPolicy, Disconnect, TokenBucket
+from le_transport.errors import ConfigurationError, ServerStatusError
+from le_transport.policies import BackoffPolicy, Classifier, Disconnect, TokenBucket
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.sockets import (
     AuthPlacement,
@@ -724,3 +732,55 @@ def test_a_redacted_exc_info_never_subclasses_the_callers_exception_class() -> N
     assert info[0] is NotFound
     assert type(info[1]).__qualname__ == NotFound.__qualname__
     assert BEARER not in str(info[1])
+
+
+@pytest.mark.parametrize("final", [True, False])
+async def test_a_login_failing_final_by_nature_stops_the_socket_where_an_outage_reconnects(
+    serve: ServerFactory, clock: VirtualClock, final: bool
+) -> None:
+    """The socket wrapped every login failure but a refusal as a failed connect, so a login
+    answered with a status the Classifier makes final (501 here; a refused certificate alike) was
+    reconnected into for ever, where an HTTP call's recovery loop never repeats it. A login
+    outage (503) still reconnects."""
+    logins = 0
+
+    async def login(request: web.Request) -> web.Response:
+        nonlocal logins
+        logins += 1
+        return web.Response(status=501 if final else 503)
+
+    async def upgrade(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_post("/api/account/123/signup", login)
+    app.router.add_get("/ws", upgrade)
+    host = await serve(app)
+    domains = StaticDomains({"idp": host, "svc": host})
+    async with Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        retry=RetryPolicy(pauses=(), classifier=Classifier(final_statuses={501})),
+        auth=ConsumerJwt("123", domains=domains),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            options=SocketOptions(
+                keepalive=None, backoff=BackoffPolicy.reconnect(first=1, jitter=0)
+            ),
+        )
+        if final:
+            with pytest.raises(SocketClosed, match="reconnecting cannot help") as stopped:
+                await ws.wait_open(timeout=3_600)
+            assert isinstance(stopped.value.__cause__, ServerStatusError)
+            assert logins == 1
+        else:
+            with pytest.raises(TimeoutError):
+                await ws.wait_open(timeout=60)
+            assert logins > 3
+        await ws.close()

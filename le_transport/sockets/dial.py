@@ -28,8 +28,11 @@ from ..clock import Clock, timeout_after
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
+    DomainResolutionError,
     InvalidRetryAfter,
     ProviderError,
+    Repeat,
+    RequestError,
     SocketError,
     TransportError,
 )
@@ -39,7 +42,7 @@ from ..policies.close_codes import Disconnect
 from ..policies.keepalive import Keepalive
 from ..policies.retry_after import parse_retry_after
 from ..providers.auth import AuthProvider, Credentials
-from ..recovery import is_setup_error
+from ..recovery import is_setup_error, repeat_of
 from .options import keepalive_for_path
 from .wrapping import UPGRADE_PATH, UPGRADE_SERVICE, socket_wrapper
 
@@ -120,6 +123,17 @@ def init_connection_frame(
             {"type": ".ams.headers.ConsumerAuthentication", "jwt": jwt.reveal()},
         ],
     }
+
+
+def _final(exc: TransportError) -> bool:
+    """Whether ``exc`` is a failure a request schedule judged no repeat can help (its
+    :attr:`~le_transport.errors.RequestError.repeat` ``FINAL``: a refused certificate, a
+    status the ``Classifier`` makes final), or a Domain API failure caused by one: what the
+    recovery loop never repeats, so that a socket stops where a call would. Other failures
+    (an answer that is not JSON, a closing engine) keep their own handling."""
+    if isinstance(exc, RequestError):
+        return exc.repeat is Repeat.FINAL
+    return isinstance(exc, DomainResolutionError) and repeat_of(exc) is Repeat.FINAL
 
 
 class DialFailed(SocketError):
@@ -487,10 +501,11 @@ class EngineDialer:
         except AuthenticationError:
             raise
         except TransportError as exc:
-            if is_setup_error(exc):
+            if is_setup_error(exc) or _final(exc):
                 # A path that is not a path, an unknown service, a hostile host, an account
-                # the Domain API refuses (4xx): final over HTTP, and as final here. Raised as
-                # is, for the owner to stop; only an outage is a failed connect to retry.
+                # the Domain API refuses (4xx), a failure no repeat helps (a refused
+                # certificate): final over HTTP, and as final here. Raised as is, for the owner
+                # to stop; only an outage is a failed connect to retry.
                 raise
             raise DialFailed(
                 f"could not resolve {self._service!r}: {type(exc).__name__}",
@@ -505,9 +520,11 @@ class EngineDialer:
                 # Bad credentials, a login refused: the owner stops instead of looping.
                 raise
             except TransportError as exc:
-                if is_setup_error(exc):
-                    # The Login Service's host unknown, or refused by the Domain API: as final
-                    # as the socket's own host would be.
+                if is_setup_error(exc) or _final(exc):
+                    # The Login Service's host unknown, or refused by the Domain API, or a
+                    # login failing in a way no repeat helps (its certificate refused, a
+                    # status the Classifier makes final): as final as over HTTP, where the
+                    # recovery loop never repeats it (a socket looped on it for ever).
                     raise
                 # The Login Service is down (its own schedule is spent): a failed connect
                 # like any other, retried on the reconnect schedule and escalated.
