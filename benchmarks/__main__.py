@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from le_transport._args import positive_int
+
 from ._common import machine, write_json
 
 SECTIONS = ("http", "faults", "ws", "storm", "policy")
@@ -83,17 +85,6 @@ def _parts(text: str) -> tuple[str, ...]:
     return only
 
 
-def _positive_int(text: str) -> int:
-    """A whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def _positive_seconds(text: str) -> float:
     """A finite number of seconds > 0."""
     try:
@@ -125,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--sockets",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="sockets for ws and storm, 1 or more (default: by size)",
     )
     run.add_argument("--out", default=None, help="JSON file name under benchmarks/results/")
     prof = sub.add_parser("profile", help="profile one HTTP client's calls (pyinstrument)")
     prof.add_argument("--client", default="le_transport engine", help="a client of the table")
-    prof.add_argument("--concurrency", type=_positive_int, default=64)
+    prof.add_argument("--concurrency", type=positive_int, default=64)
     prof.add_argument("--seconds", type=_positive_seconds, default=3.0)
     args = parser.parse_args(argv)
     if args.command == "profile":

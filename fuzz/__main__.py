@@ -18,23 +18,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from le_transport._args import positive_int
+
 from . import all_targets, hypothesis_runner
 
 SHORT_EXAMPLES = 300
 LONG_EXAMPLES = 20_000
-
-
-def _positive_int(text: str) -> int:
-    """A whole number >= 1, for argparse."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
-    if value < 1:
-        # --examples 0 ran the default 300 (0 is falsy), -5 failed every target; libFuzzer
-        # reads -max_total_time=0 as "no limit".
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     p.add_argument(
         "--examples",
-        type=_positive_int,
+        type=positive_int,
         help=f"inputs per target, 1 or more (overrides --long; default {SHORT_EXAMPLES}, "
         f"{LONG_EXAMPLES} with --long)",
     )
@@ -51,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--atheris", action="store_true", help="coverage-guided run with atheris")
     p.add_argument(
         "--seconds",
-        type=_positive_int,
+        type=positive_int,
         default=60,
         help="atheris time per target, whole seconds, 1 or more (default 60)",
     )

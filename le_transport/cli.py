@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
+from ._args import positive_int
+
 __all__ = ["main"]
 
 
@@ -140,12 +142,7 @@ def _port(text: str) -> int:
 
 def _max_records(text: str) -> int:
     """A record bound for argparse: an int from 1 to ``sys.maxsize``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r:.20}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    value = positive_int(text)
     if value > sys.maxsize:
         # No record can be that long: refused here rather than failing at the first request.
         raise argparse.ArgumentTypeError(f"must be at most {sys.maxsize}, got {text:.20}...")
