@@ -39,7 +39,7 @@ from le_transport import (
     RetryPolicy,
     ServerStatusError,
 )
-from le_transport.errors import CircuitOpen, InvalidRequest
+from le_transport.errors import CircuitOpen, InvalidRequest, Repeat
 from le_transport.middleware import RetryMiddleware
 from le_transport.middleware.context import CallContext, HandledCallContext
 from le_transport.providers import ProviderHttp
@@ -605,6 +605,23 @@ async def test_a_tls_certificate_rejection_is_final_and_never_retried(
     assert [a.outcome.kind for a in info.value.attempts] == [OutcomeKind.TLS_REJECTED]
     assert script.hits == 0
     assert clock.now() == 0.0
+
+
+async def test_a_tls_handshake_that_fails_otherwise_is_a_failed_connect_and_retried(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Every TLS failure was taken for a refused certificate, final: a proxy answering plain
+    HTTP on 443 during a deploy (WRONG_VERSION_NUMBER), a handshake cut short, an alert during
+    a certificate rotation. Only a refused certificate is final; the rest is a failed
+    connect, retried on the schedule (and a socket reconnects through it)."""
+    script = Script(200)
+    host = await serve(script.app())  # plain HTTP where TLS is spoken
+    async with Engine({"svc": host}, scheme="https", clock=clock) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+    assert [a.outcome.kind for a in info.value.attempts] == [OutcomeKind.CONNECT_FAILED] * 4
+    assert info.value.repeat is Repeat.RETRYABLE
+    assert clock.now() == 30.0
 
 
 # -- timeouts -----------------------------------------------------------------------------

@@ -110,7 +110,11 @@ def body_spent(request: ClientRequest) -> bool:
 def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
     """The outcome of a transport exception, and whether it proves the request never left."""
     name = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # The server's certificate refused: final, no repeat makes it valid. Any other TLS
+        # failure of the connect (a handshake cut short, plain HTTP on 443 from a proxy in
+        # the middle of a deploy, an alert during a certificate rotation) is a failed connect,
+        # retried: taken as final, it stopped a socket for good on a passing hiccup.
         return Outcome.failure(OutcomeKind.TLS_REJECTED, name), True
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return Outcome.failure(OutcomeKind.CONNECT_FAILED, name), True
