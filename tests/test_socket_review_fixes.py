@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -42,7 +43,7 @@ from le_transport import (
     StaticBearer,
 )
 from le_transport._shown import redacted_exc_info
-from le_transport.errors import ConfigurationError, ServerStatusError
+from le_transport.errors import ConfigurationError, ServerStatusError, SocketError
 from le_transport.policies import BackoffPolicy, Classifier, Disconnect, TokenBucket
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.sockets import (
@@ -784,3 +785,56 @@ async def test_a_login_failing_final_by_nature_stops_the_socket_where_an_outage_
                 await ws.wait_open(timeout=60)
             assert logins > 3
         await ws.close()
+
+
+async def test_requests_queued_by_other_tasks_do_not_keep_a_stuck_set_up_alive(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A request queued while the connection is not ready counted as one waiting for its
+    answer, so two tasks polling the socket kept a hung on_connect alive for ever: only a
+    request sent on the connection, answer awaited, is progress."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:  # reads, never answers
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    calls = 0
+
+    async def hang(ws: ResilientSocket) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.Event().wait()  # hangs, on the first connection only
+
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            options=SocketOptions(keepalive=None, ready_timeout=20.0, request_timeout=5.0),
+            on_connect=[hang],
+        )
+
+        async def poll(offset: float) -> None:
+            await clock.sleep(offset)
+            while True:
+                with contextlib.suppress(SocketError):
+                    await ws.request("status")
+                await clock.sleep(0.5)
+
+        loop = asyncio.get_running_loop()
+        pollers = [loop.create_task(poll(0.0)), loop.create_task(poll(2.5))]
+        try:
+            await ws.wait_open(timeout=600)
+            assert calls == 2
+            assert 20.0 <= clock.now() < 30.0
+        finally:
+            for poller in pollers:
+                poller.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            await ws.close()

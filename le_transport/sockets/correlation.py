@@ -49,6 +49,13 @@ class PendingRequests:
         if entry is not None and self._pending is not None:
             self._pending[request_id] = (entry[0], epoch)
 
+    def awaits_answer_on(self, epoch: int) -> bool:
+        """Whether a request sent on connection ``epoch`` still waits for its answer (one
+        only queued, or sent on another connection, does not count)."""
+        return self._pending is not None and any(
+            sent_on == epoch for _, sent_on in self._pending.values()
+        )
+
     def waiting(self, request_id: str) -> bool:
         """Whether ``request_id``'s caller still waits for its answer (it did not give up)."""
         return self._pending is not None and request_id in self._pending

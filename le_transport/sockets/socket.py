@@ -1231,7 +1231,9 @@ class ResilientSocket:
                 )
             else:
                 timeout = stall_timeout(
-                    self._clock, self._options.ready_timeout, self._progressed_at
+                    self._clock,
+                    self._options.ready_timeout,
+                    functools.partial(self._progressed_at, epoch),
                 )
                 try:
                     async with timeout:
@@ -1357,7 +1359,9 @@ class ResilientSocket:
         # the owner to store, and a close() from a callback must know where it runs.
         self._setup = asyncio.current_task()
         _ON_CONNECT.set((id(self), epoch))
-        timeout = stall_timeout(self._clock, self._options.ready_timeout, self._progressed_at)
+        timeout = stall_timeout(
+            self._clock, self._options.ready_timeout, functools.partial(self._progressed_at, epoch)
+        )
         try:
             async with timeout:
                 await self._call_on_connect(conn, epoch)
@@ -1376,11 +1380,12 @@ class ResilientSocket:
                     self._lost_peer_grace(),
                 )
 
-    def _progressed_at(self) -> float:
-        """When this connection last made progress: a frame read, or one written whole; now,
-        while a request waits for its answer (its own timeout bounds that wait: a slow answer
-        is no dead peer)."""
-        if len(self._pending):
+    def _progressed_at(self, epoch: int) -> float:
+        """When connection ``epoch`` last made progress: a frame read, or one written whole;
+        now, while a request sent on it waits for its answer (its own timeout bounds that
+        wait: a slow answer is no dead peer). A request queued for a later connection is no
+        progress of this one (other tasks' polls would keep a stuck set-up alive for ever)."""
+        if self._pending.awaits_answer_on(epoch):
             return self._clock.now()
         return max(self._last_activity, self._last_sent)
 
