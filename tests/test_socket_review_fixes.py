@@ -26,7 +26,9 @@ import io
 import json
 import logging
 import socket as stdlib_socket
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,7 +45,13 @@ from le_transport import (
     StaticBearer,
 )
 from le_transport._shown import redacted_exc_info
-from le_transport.errors import ConfigurationError, ServerStatusError, SocketError
+from le_transport.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    ServerStatusError,
+    SocketError,
+)
+from le_transport.middleware.context import is_provider_outage
 from le_transport.policies import BackoffPolicy, Classifier, Disconnect, TokenBucket
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.sockets import (
@@ -838,3 +846,57 @@ async def test_requests_queued_by_other_tasks_do_not_keep_a_stuck_set_up_alive(
                 poller.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
             await ws.close()
+
+
+async def test_a_socket_whose_host_certificate_is_refused_stops_as_an_http_call_fails(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    """The upgrade's refused certificate was taken for a failed connect and reconnected into
+    for ever, where the same refusal at the socket's login (or on an HTTP call) is final."""
+    from le_transport.testing.simulator.serve import self_signed_certificate, server_tls_context
+
+    cert, key = self_signed_certificate(tmp_path)
+    upgrades = 0
+
+    async def upgrade(request: web.Request) -> web.WebSocketResponse:
+        nonlocal upgrades
+        upgrades += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", upgrade)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls_context(cert, key))
+    await site.start()
+    try:
+        host = f"127.0.0.1:{runner.addresses[0][1]}"
+        async with Engine(StaticDomains({"svc": host}), scheme="https", clock=clock) as engine:
+            ws = await engine.websocket("svc", "/ws", options=SocketOptions(keepalive=None))
+            with pytest.raises(SocketClosed, match="certificate was refused") as stopped:
+                await ws.wait_open(timeout=3_600)
+            assert isinstance(stopped.value.__cause__, ConnectionFailed)
+            assert ws.connects == 0
+            await ws.close()
+    finally:
+        await runner.cleanup()
+    assert upgrades == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), True),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), True),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), False),
+    ],
+)
+def test_a_providers_passing_tls_failure_is_an_outage_and_a_refused_certificate_is_not(
+    error: ssl.SSLError, outage: bool
+) -> None:
+    """Every ssl.SSLError of a provider's own network call was final (a ProviderError), so a
+    handshake cut short stopped a socket for good; only a refused certificate is."""
+    assert is_provider_outage(error) is outage

@@ -452,14 +452,20 @@ def is_provider_outage(exc: BaseException) -> bool:
     (``socket.gaierror``), an aiohttp connection or payload error, and an aiohttp
     ``ClientResponseError`` for a 5xx, 408 or 429 (its service is down or busy). No: any other
     ``ClientResponseError`` (its service refused what it asked, which waiting cannot change),
-    a certificate that does not verify (a wrong CA is configuration, however it is reached),
-    aiohttp's ``InvalidURL``, every other :class:`OSError` (a token file that is missing or
+    a certificate that does not verify (a wrong CA is configuration, however it is reached;
+    any other TLS failure, a handshake cut short, is an outage like a reset), aiohttp's
+    ``InvalidURL``, every other :class:`OSError` (a token file that is missing or
     unreadable: ``FileNotFoundError``, ``PermissionError``) and every other exception.
     """
     if isinstance(exc, aiohttp.ClientResponseError):
         return exc.status >= 500 or exc.status in (408, 429)
-    if isinstance(exc, aiohttp.InvalidURL | aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+    if isinstance(
+        exc,
+        aiohttp.InvalidURL | aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError,
+    ):
         return False
+    if isinstance(exc, ssl.SSLError):
+        return True  # a handshake cut short, plain HTTP on 443 mid-deploy: passing
     if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
         return True  # "Network is unreachable" and its kin are plain OSErrors
     return isinstance(

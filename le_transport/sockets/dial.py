@@ -28,6 +28,7 @@ from ..clock import Clock, timeout_after
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
+    ConnectionFailed,
     DomainResolutionError,
     InvalidRetryAfter,
     ProviderError,
@@ -595,6 +596,17 @@ class EngineDialer:
                 disconnect=Disconnect.handshake_rejected(exc.status, retry_after),
                 credentials=creds,
             ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # The socket's host refused by its certificate: final, as the same refusal is for
+            # an HTTP call or the socket's own login (reconnecting cannot make it valid).
+            failed = ConnectionFailed(
+                f"could not connect to {shown}: its TLS certificate was refused "
+                f"({type(exc).__name__})",
+                service=self._service,
+                never_sent=True,
+            )
+            failed.repeat = Repeat.FINAL
+            raise failed from None
         except (aiohttp.ClientError, OSError) as exc:
             raise DialFailed(
                 f"could not connect to {shown}: {type(exc).__name__}",
