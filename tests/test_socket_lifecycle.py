@@ -17,14 +17,13 @@ from le_transport.providers import Credentials
 from le_transport.sockets import (
     Connection,
     DialFailed,
-    Lifecycle,
-    Outbox,
-    Outgoing,
-    PendingRequests,
     ResilientSocket,
     SocketOptions,
     SocketState,
 )
+from le_transport.sockets.correlation import PendingRequests
+from le_transport.sockets.lifecycle import Lifecycle
+from le_transport.sockets.outbox import Outbox, Outgoing
 from le_transport.testing import VirtualClock
 
 RUNS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -46,12 +46,11 @@ from le_transport.clock import timeout_after
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
 from le_transport.sockets import (
     AuthPlacement,
-    Outbox,
-    Outgoing,
     ResilientSocket,
     SocketOptions,
     ums_brand_path,
 )
+from le_transport.sockets.outbox import Outbox, Outgoing
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_socket_support import (

@@ -22,6 +22,7 @@ from le_transport import (
     SocketClosed,
     SocketRequestError,
 )
+from le_transport._checks import is_async_callable
 from le_transport.chaos import Reset
 from le_transport.errors import (
     ClientStatusError,
@@ -41,7 +42,6 @@ from le_transport.sockets import (
     SocketOptions,
     SocketState,
     check_on_connect,
-    is_async_callable,
     ums_brand_path,
 )
 from le_transport.testing import VirtualClock

@@ -5,14 +5,11 @@ come from the pure policies (:class:`~le_transport.policies.ClosePolicy`,
 :class:`~le_transport.policies.BackoffPolicy`, :class:`~le_transport.policies.Keepalive`,
 :class:`~le_transport.policies.TokenBucket`); this package only acts on them.
 
-``__all__`` is the API. ``Lifecycle``, ``Outbox``, ``Outgoing``, ``PendingRequests`` and
-``is_async_callable`` are the socket's internals, not in it: import them from their modules
-(``le_transport.sockets.lifecycle``, ``.outbox``, ``.correlation``; ``le_transport._checks``).
-They stay importable from here only for code that already imports them from the package.
+``__all__`` is the API. The socket's internals (``Lifecycle``, ``Outbox``, ``Outgoing``,
+``PendingRequests``) are not in it: they live in their modules (``le_transport.sockets.lifecycle``,
+``.outbox``, ``.correlation``).
 """
 
-from .._checks import is_async_callable as is_async_callable
-from .correlation import PendingRequests as PendingRequests
 from .dial import (
     BEARER_FIELD,
     CONSUMER_SOCKET_QUERY,
@@ -28,7 +25,6 @@ from .dial import (
 )
 from .escalation import RecoveryEscalation
 from .keepalive import KeepaliveScheduler, KeepaliveTask, watch_socket
-from .lifecycle import Lifecycle as Lifecycle
 from .lifecycle import SocketState
 from .options import (
     HEALTHY_AFTER,
@@ -39,8 +35,6 @@ from .options import (
     SocketOptions,
     keepalive_for_path,
 )
-from .outbox import Outbox as Outbox
-from .outbox import Outgoing as Outgoing
 from .pacing import ReconnectPacer
 from .socket import (
     HANDLER_EXCUSE,
