@@ -90,6 +90,18 @@ def _orders_app(
     return app
 
 
+def _failing_first(
+    hops: list[float], clock: VirtualClock
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A GET hop's handler answering 503 the first time and 200 after, noting when it ran."""
+
+    async def show(request: web.Request) -> web.Response:
+        hops.append(clock.now())
+        return web.Response(status=503) if len(hops) == 1 else web.json_response({})
+
+    return show
+
+
 # -- D1: a POST answered 303 is not sent again when a later request of its call fails ----------
 
 
@@ -100,13 +112,8 @@ async def test_a_post_answered_303_is_not_sent_again_when_its_get_hop_spends_its
     RetriesExhausted, which recover=True took for "send the call again": two orders."""
     orders: list[bytes] = []
     hops: list[float] = []
-
-    async def show(request: web.Request) -> web.Response:
-        hops.append(clock.now())
-        return web.Response(status=503) if len(hops) == 1 else web.json_response({})
-
     events: list[StateEvent] = []
-    host = await serve(_orders_app(orders, show))
+    host = await serve(_orders_app(orders, _failing_first(hops, clock)))
     async with Engine(
         {"svc": host},
         scheme="http",
@@ -187,12 +194,7 @@ async def test_a_recover_call_inside_recovery_run_is_not_sent_again_by_the_outer
     must refuse too."""
     orders: list[bytes] = []
     hops: list[float] = []
-
-    async def show(request: web.Request) -> web.Response:
-        hops.append(clock.now())
-        return web.Response(status=503) if len(hops) == 1 else web.json_response({})
-
-    host = await serve(_orders_app(orders, show))
+    host = await serve(_orders_app(orders, _failing_first(hops, clock)))
     async with Engine(
         {"svc": host}, scheme="http", clock=clock, retry=NO_RETRY, recovery=RELOGIN
     ) as engine:
@@ -845,12 +847,7 @@ async def test_a_post_on_the_engines_session_answered_303_is_not_sent_again(
     twice."""
     orders: list[bytes] = []
     hops: list[float] = []
-
-    async def show(request: web.Request) -> web.Response:
-        hops.append(clock.now())
-        return web.Response(status=503) if len(hops) == 1 else web.json_response({})
-
-    host = await serve(_orders_app(orders, show))
+    host = await serve(_orders_app(orders, _failing_first(hops, clock)))
     async with Engine(
         {"svc": host}, scheme="http", clock=clock, retry=NO_RETRY, recovery=RELOGIN
     ) as engine:
