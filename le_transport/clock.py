@@ -148,8 +148,12 @@ class _Wheel:
 
     def __init__(self) -> None:
         self._slots: dict[int, set[_WheelTimer]] = {}
-        #: Each slot's loop timer, to cancel it when the slot is dropped empty.
-        self._handles: dict[int, asyncio.TimerHandle] = {}
+        #: Each slot's loop timer, to cancel it when the slot is dropped empty, held weakly: a
+        #: loop timer holds its loop, and a wheel holding one would keep its loop alive through
+        #: ``_WHEELS`` (whose key it is) after the loop closed, one loop and wheel per
+        #: ``asyncio.run()``. A loop keeps its pending timers itself, so a live slot's is there
+        #: to cancel; a closed loop drops them, and then nothing of the wheel holds the loop.
+        self._handles: dict[int, Callable[[], asyncio.TimerHandle | None]] = {}
         #: How many slots make the next new one sweep the empty ones out first.
         self._sweep_at = _SWEEP_AT
 
@@ -159,7 +163,7 @@ class _Wheel:
             self._sweep()
         members: set[_WheelTimer] = set()
         self._slots[slot] = members
-        self._handles[slot] = loop.call_at(slot * _SLOT, self._expire, slot)
+        self._handles[slot] = _weakly(loop.call_at(slot * _SLOT, self._expire, slot))
         return members
 
     def _sweep(self) -> None:
@@ -167,7 +171,9 @@ class _Wheel:
         empty = [slot for slot, members in self._slots.items() if not members]
         for slot in empty:
             del self._slots[slot]
-            self._handles.pop(slot).cancel()
+            handle = self._handles.pop(slot)()
+            if handle is not None:
+                handle.cancel()
         # Amortised: a wheel of mostly live slots is not walked again at its next new slot.
         self._sweep_at = max(_SWEEP_AT, 2 * len(self._slots))
 
@@ -177,7 +183,17 @@ class _Wheel:
             timer._fire()
 
 
-# Weak keys, and no wheel refers to its loop: a closed loop and its wheel go together.
+def _weakly(handle: asyncio.TimerHandle) -> Callable[[], asyncio.TimerHandle | None]:
+    """A weak reference to ``handle``, or, for a loop whose timers take none, a strong one (that
+    loop's closed wheels then stay until the process ends, as before)."""
+    try:
+        return weakref.ref(handle)
+    except TypeError:  # pragma: no cover - asyncio's timers take weak references
+        return lambda: handle
+
+
+# Weak keys, and no wheel refers to its loop (its loop timers held weakly): a closed loop and
+# its wheel go together.
 _WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
 
 

@@ -263,3 +263,26 @@ async def test_a_stall_timeout_starts_over_at_each_progress_and_fires_after_a_st
         stall_timeout(clock, math.nan, lambda: 0.0)
     async with stall_timeout(clock, None, lambda: 0.0):  # no timeout
         await clock.sleep(10_000)
+
+
+def test_a_closed_loop_is_freed_with_its_wheel_after_real_clock_timeouts() -> None:
+    """The wheel kept each slot's loop timer, and a loop timer holds its loop: the wheel, the
+    value of a weak-key map whose key is that loop, kept the key alive, so every
+    ``asyncio.run()`` that made a request leaked its loop and wheel (~4 KB) for good."""
+    import weakref
+
+    from le_transport.clock import _WHEELS
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_call() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with timeout_after(RealClock(), 30):  # a call's attempt timeout, ended at once
+            await asyncio.sleep(0)
+
+    for _ in range(5):
+        asyncio.run(one_call())
+    gc.collect()
+    # The last loop may stay remembered (weakly) as the last one asked for, never more.
+    assert sum(ref() is not None for ref in loops) == 0
+    assert not any(ref() in _WHEELS for ref in loops if ref() is not None)
