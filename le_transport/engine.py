@@ -34,6 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._checks import require_kind, require_option
+from ._json import loads_strict
 from ._redact import REDACTED, body_excerpt, is_auth_path, redact_path, redact_text, redact_url
 from .clock import Clock, RealClock, timeout_after
 from .errors import (
@@ -259,10 +260,12 @@ class Response:
         JSON is read as UTF-8 (RFC 8259), whatever charset the answer names: a server that
         says ``charset=iso-8859-1`` over UTF-8 JSON must not turn "Zoë" into "ZoÃ«".
 
-        Raises :class:`ResponseDecodeError` for an empty body, malformed JSON, or a value of the
-        wrong type (``expect=dict`` for an object, ``list`` for an array, ``int`` for an
-        integer); each is logged as a WARNING (``le_transport.engine``: the service, method,
-        redacted URL, status and a scrubbed excerpt of the body). A JSON ``true`` or ``false``
+        Raises :class:`ResponseDecodeError` for an empty body, malformed JSON (``NaN`` and
+        ``Infinity``, which Python's own parser takes, are not JSON; nor is a number too large
+        for a float, which it reads as an infinity), or a value of the wrong type
+        (``expect=dict`` for an object, ``list`` for an array, ``int`` for an integer); each
+        is logged as a WARNING (``le_transport.engine``: the service, method, redacted URL,
+        status and a scrubbed excerpt of the body). A JSON ``true`` or ``false``
         is a boolean, never an ``int`` or a ``float``. JSON has one number type: with
         ``expect=float`` any number is accepted, an integer (``1``) returned as a float
         (``1.0``); with ``expect=int``, a number written with a fraction or an exponent
@@ -275,7 +278,7 @@ class Response:
         text = self.text("utf-8")
         failed: str | None = None
         try:
-            value = _json.loads(text)
+            value = loads_strict(text)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             failed = exc.__class__.__name__
         if failed is not None:

@@ -333,6 +333,26 @@ def test_json_is_read_as_utf_8_whatever_charset_the_answer_names(charset: str) -
     assert answer.json() == {"name": "Zoë Müller"}
 
 
+@pytest.mark.parametrize(
+    ("body", "expect"),
+    [
+        (b"NaN", float),
+        (b"-Infinity", float),
+        (b'{"rate": Infinity}', dict),
+        (b"[1e400]", list),
+        (b"1e400", float),
+    ],
+)
+def test_json_refuses_non_finite_numbers_as_not_json(body: bytes, expect: type) -> None:
+    """Python's parser takes NaN and Infinity (not JSON) and reads 1e400 as inf: each passed
+    ``expect=float`` and reached the caller's arithmetic, though the engine refuses
+    non-finite numbers on the way out."""
+    with pytest.raises(ResponseDecodeError, match="not valid JSON"):
+        _answer(body).json(expect)
+    # Numbers a float holds are read as before.
+    assert _answer(b'{"rate": 1.5e300, "n": -0.0}').json(dict) == {"rate": 1.5e300, "n": -0.0}
+
+
 def test_a_bad_encoding_or_expected_type_is_invalid_request() -> None:
     answer = _answer(b"[]")
     with pytest.raises(InvalidRequest, match="not a text encoding"):
