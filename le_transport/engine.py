@@ -1613,8 +1613,10 @@ class Engine:
         scheme, resolved, path = key
         # Once per host and path, not per call: a domain provider of the caller's own may
         # answer something that is no host (None, a URL), which must fail typed, by name.
-        validate_host(resolved, service=service)
-        host, port = split_host(resolved)
+        # Built from the host as validate_host writes it ("host." without its dot, an IPv6
+        # literal compressed): every layer that keys on the URL's host (the breaker, the
+        # credential check) then sees one name for one host.
+        host, port = split_host(validate_host(resolved, service=service))
         url = URL.build(scheme=scheme, host=host, port=port, path=path)
         built = (url, redact_url(url))
         if len(self._urls) >= _URL_CACHE_SIZE:
