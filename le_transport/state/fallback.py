@@ -50,8 +50,8 @@ _log = logging.getLogger("le_transport.state")
 
 #: How long a process stays local after the primary failed before it tries the primary again.
 DEFAULT_RETRY_INTERVAL = 1.0
-#: Seconds a primary's operation may take before it counts as failed, for a primary other than
-#: a ``RedisStore`` (which bounds its operations itself, ``op_timeout``).
+#: Seconds a primary's operation may take before it counts as failed, for a primary that does
+#: not bound its operations itself (an ``op_timeout`` attribute of its own, as ``RedisStore``).
 DEFAULT_PRIMARY_TIMEOUT = 1.0
 #: How many damaged keys a FallbackStore remembers having warned of (then it starts over).
 _DAMAGED_KEPT = 1024
@@ -79,10 +79,11 @@ class FallbackStore:
     - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
     - ``op_timeout``: seconds on ``clock`` one primary operation may take before it is an
       outage like any other (a finite number > 0). Default (None): no bound here for a
-      :class:`~le_transport.state.RedisStore` (its own ``op_timeout`` bounds each operation,
-      on its own clock), :data:`DEFAULT_PRIMARY_TIMEOUT` for any other primary: a caller's
-      store that never answers (no timeout of its own) must not hang every call the overload
-      guard admits, nor a login waiting on a shared session.
+      primary that bounds its operations itself and says so with an ``op_timeout`` attribute
+      of its own, a number of seconds (a :class:`~le_transport.state.RedisStore`, on its own
+      clock), :data:`DEFAULT_PRIMARY_TIMEOUT` for any other: a caller's store that never
+      answers (no timeout of its own) must not hang every call the overload guard admits, nor
+      a login waiting on a shared session.
 
     Writes (``set``) also go to ``local``, so that what this process last shared is still
     there if the primary goes away.
@@ -457,7 +458,7 @@ async def _not_stored() -> bool:
 
 
 def _bounds_itself(primary: StateStore) -> bool:
-    """Whether ``primary`` bounds each of its operations itself (a ``RedisStore``)."""
-    from .redis_store import RedisStore  # redis-py is optional: only its name is needed
-
-    return isinstance(primary, RedisStore)
+    """Whether ``primary`` bounds each of its operations itself: it says so with an
+    ``op_timeout`` of its own, a number of seconds (as ``RedisStore`` does)."""
+    own = getattr(primary, "op_timeout", None)
+    return isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0
