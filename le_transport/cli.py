@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose",
         action="store_true",
         help="also print a line for each fault as it is injected (rule, kind, unit, method "
-        "and redacted path)",
+        "and redacted path; a client's text that does not print is shown escaped)",
     )
     sim.add_argument(
         "--max-records",
@@ -229,7 +229,10 @@ def _run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _fault_lines(verbose: bool) -> Iterator[None]:
     """With ``verbose``, show each injected fault on stdout while serving: the DEBUG line the
-    fault run logs (rule, kind, unit, method, redacted path, time since the plan started)."""
+    fault run logs (rule, kind, unit, method, redacted path, time since the plan started).
+    What a client wrote (a message's ``type``, a path) is escaped where it does not print:
+    the fault run writes such a field as its ``repr``, and the line is written through
+    :class:`_PrintableFormatter` besides."""
     if not verbose:
         yield
         return
@@ -263,13 +266,26 @@ def _configured(logger: logging.Logger) -> bool:
     return False
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Writes each line with every character that does not print (a control character, an
+    escape sequence's ESC, a line break inside a record) escaped as ``repr`` escapes it: a
+    terminal shows what a client sent, and a client cannot write to the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @contextlib.contextmanager
 def _shown(name: str, stream: TextIO, fmt: str, level: int) -> Iterator[None]:
     """While the block runs, write logger ``name``'s records from ``level`` up to ``stream``
-    (the logger lowered to ``level`` if it was higher), then put it back as it was."""
+    (the logger lowered to ``level`` if it was higher; each line escaped where it does not
+    print, :class:`_PrintableFormatter`), then put it back as it was."""
     logger = logging.getLogger(name)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(_PrintableFormatter(fmt))
     handler.setLevel(level)
     before = logger.level
     logger.addHandler(handler)

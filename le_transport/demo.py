@@ -54,8 +54,7 @@ from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import MESSAGING_AGENT_SDK_GETCLOCK
 from .policies.retry import RetryPolicy
-from .providers import AppLogin, CsdsDomains, UserLogin
-from .providers.auth import AuthProvider
+from .providers import AppLogin, CsdsDomains, LoginServiceAuth, LoginSession, UserLogin
 from .sockets import UMS_BRAND_SOCKET_QUERY, ResilientSocket, SocketOptions, ums_brand_path
 
 __all__ = ["AccountOptionsError", "DemoAccount", "account_from", "run_demo"]
@@ -113,7 +112,7 @@ class DemoAccount:
             scheme=pick("csds_scheme") or "https",
         )
 
-    def auth(self, domains: CsdsDomains, refresh_interval: float) -> AuthProvider:
+    def auth(self, domains: CsdsDomains, refresh_interval: float) -> LoginServiceAuth:
         """The Login Service auth for these credentials."""
         if self.password:
             return UserLogin(
@@ -135,7 +134,8 @@ class DemoAccount:
         )
 
     def secrets(self) -> list[str]:
-        """Every credential value, to check that none was printed."""
+        """Every credential value given, to check that none was printed (what the login
+        answers, bearer, CSRF value and ``Session_id``, is checked too: see :func:`_real`)."""
         return [
             s
             for s in (
@@ -590,16 +590,26 @@ async def _real(
         clock=clock,
     )
     csds = CsdsDomains(account.account, csds_host=account.csds_host)
+    auth = account.auth(csds, refresh_interval=300.0)
+    # What the real login answered must not be printed either (as the simulated run checks
+    # its sessions'): every session the auth held, taken as each login or refresh is told.
+    sessions: list[LoginSession] = []
+
+    def keep_session(event: StateEvent | None = None) -> None:
+        session = auth.session
+        if session is not None and session not in sessions:
+            sessions.append(session)
+
     engine = Engine(
         csds,
         scheme=account.scheme,
         clock=clock,
-        auth=account.auth(csds, refresh_interval=300.0),
+        auth=auth,
         retry=RetryPolicy().scaled(scale),
         hooks=EventHooks(
             on_retry=[timeline.on_retry],
             on_giveup=[timeline.on_giveup],
-            on_state=[timeline.on_state],
+            on_state=[keep_session, timeline.on_state],
         ),
         wire_middlewares=[injector],
     )
@@ -617,12 +627,18 @@ async def _real(
             "the Users API call was retried twice", timeline.count("retry") - retries_before == 2
         )
         agent.check("the 404 was not retried", await agent.missing_user() == 1)
+        keep_session()  # the session the close logs out
     summary = [
         ("retries", str(timeline.count("retry"))),
         ("give-ups", str(timeline.count("giveup"))),
         ("faults injected (client)", str(len(injector.report()))),
     ]
-    return agent.checks, summary, account.secrets()
+    secrets = account.secrets()
+    for session in sessions:
+        secrets += [
+            s.reveal() for s in (session.bearer, session.csrf, session.session_id) if s is not None
+        ]
+    return agent.checks, summary, secrets
 
 
 def _print_summary(

@@ -1400,6 +1400,10 @@ class Engine:
         self._attach_providers()
 
     def _attach_providers(self) -> None:
+        # Provider calls run the wire middlewares too (what follows the retry middleware in
+        # the stack), as every call does: one fault plan strikes a login on either side.
+        stack = self._middlewares
+        retry_at = next(i for i, mw in enumerate(stack) if mw is self._retry_mw)
         http = ProviderHttp(
             session=lambda: self.session,
             retry_middleware=self._retry_mw,
@@ -1407,6 +1411,7 @@ class Engine:
             hooks=self._hooks,
             rng=self._rng,
             scheme=self._scheme,
+            wire_middlewares=stack[retry_at + 1 :],
         )
         for provider in (self._domains, self._auth):
             attach = getattr(provider, "attach", None)

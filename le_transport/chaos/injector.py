@@ -2,6 +2,10 @@
 
 Put it among the engine's wire middlewares (``Engine(wire_middlewares=[injector])``), so that it
 runs once per attempt, inside the retry loop, exactly where a real network fault would strike.
+The engine's providers send their own calls (login, refresh, logout, the Domain API, Sentinel
+and IdP tokens) through its wire middlewares too, inside the same retry middleware: a rule
+matching the login strikes it here as the simulator's plan strikes it there, and a ``Status``
+on it makes the login's retry schedule run.
 Made without ``clock=``, it takes that engine's clock (:meth:`FaultInjector.bind_clock`).
 For each request it asks the plan (unit ``request``) and, when a rule fires:
 
@@ -12,15 +16,25 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   sending, as a connection dropped by the peer looks;
 - ``hang``: waits on the clock for ``duration_ms`` and then fails as a reset, or (no duration)
   until the caller's attempt timeout cancels it;
-- ``truncated_body``: sends, then hands back the real answer cut after ``keep_bytes`` with the
-  payload error aiohttp raises for a short body;
-- ``malformed_body``: sends, then hands back ``code`` with a body that is not valid JSON.
+- ``truncated_body``: sends, then hands back the real answer (status, headers, cookies) cut
+  after ``keep_bytes``: a reader gets those bytes, then the payload error aiohttp raises for a
+  short body, as from the simulator;
+- ``malformed_body``: sends (the server processes it), reads the real answer, then hands back
+  ``code`` with a body that is not valid JSON instead;
 - ``quota``: keeps the sliding window on the injector's clock; a request over the limit is
   answered ``status`` (429) with ``Retry-After`` **without sending** it;
 - ``slow_body``: sends, reads the real answer, then hands it back with its status and headers
-  at once and its body in ``chunk_bytes`` pieces, ``chunk_delay_ms`` apart on the injector's
-  clock. The caller's read (and its attempt timeout) sees exactly a slow server; the real
-  connection, read at full speed, is already back in the pool.
+  (repeated ones and cookies included) at once and its body in ``chunk_bytes`` pieces,
+  ``chunk_delay_ms`` apart on the injector's clock. The caller's read (and its attempt
+  timeout) sees exactly a slow server; the real connection, read at full speed, is already
+  back in the pool.
+
+The answers ``truncated_body`` and ``slow_body`` hand back carry the real answer's headers as
+they came (a :class:`~multidict.CIMultiDict`: a repeated ``Set-Cookie`` or ``Link`` stays
+repeated), its raw headers and its cookies (``resp.cookies``, what a session's cookie jar
+takes), but ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding``, which described
+the body on the wire: the body handed back is the decoded one, announced by a
+``Content-Length`` of its own.
 
 WebSocket upgrades pass through the middleware too. As on the simulator, an upgrade is a
 request first: a ``request`` rule that matches it strikes it, with the kinds an upgrade can meet
@@ -57,7 +71,7 @@ import asyncio
 import contextvars
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -65,6 +79,7 @@ import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_reqrep import ClientResponse as _ClientResponse
+from aiohttp.typedefs import RawHeaders
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .._checks import require_kind
@@ -520,24 +535,32 @@ class FaultInjector:
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, TruncatedBody):
             real = await handler(request)
-            body = await real.read()
-            real.release()
+            try:
+                body = await real.read()
+            finally:
+                real.release()
             cut = body[: fault.keep_bytes]
-            headers = dict(real.headers)
-            headers["Content-Length"] = str(max(len(body), len(cut) + 1))
+            # The whole body's length is announced, as the simulator announces it.
+            kept, raw = _kept_headers(real, max(len(body), len(cut) + 1))
             return _synthetic(
                 request,
                 real.status,
-                headers,
+                kept,
                 cut,
-                error=aiohttp.ClientPayloadError(
+                raw_headers=raw,
+                reason=real.reason,
+                cut_short=aiohttp.ClientPayloadError(
                     "Response payload is not completed (injected truncation)"
                 ),
             )
         if isinstance(fault, MalformedBody):
+            # Sent and processed, as on the simulator (which runs its handler): only the
+            # answer is replaced.
             real = await handler(request)
-            await real.read()
-            real.release()
+            try:
+                await real.read()
+            finally:
+                real.release()
             return _synthetic(request, fault.code, {}, fault.body.encode(), json=True)
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
 
@@ -550,14 +573,17 @@ class FaultInjector:
         finally:
             real.release()
         # The body handed back is the decoded one, whole: its length is the one to announce.
-        headers = {
-            k: v
-            for k, v in real.headers.items()
-            if k.lower() not in ("transfer-encoding", "content-encoding")
-        }
-        headers["Content-Length"] = str(len(body))
+        headers, raw = _kept_headers(real, len(body))
         pieces = fault.pieces(body)
-        resp = _synthetic(request, real.status, headers, pieces[0], eof=len(pieces) == 1)
+        resp = _synthetic(
+            request,
+            real.status,
+            headers,
+            pieces[0],
+            eof=len(pieces) == 1,
+            raw_headers=raw,
+            reason=real.reason,
+        )
         if len(pieces) > 1:
             feeder = asyncio.get_running_loop().create_task(
                 self._feed(resp.content, pieces[1:], fault.chunk_delay_ms / 1000.0),
@@ -702,20 +728,74 @@ class _DribbledResponse(_ClientResponse):
         return super().release()
 
 
+class _CutShortStream(aiohttp.StreamReader):
+    """A body cut short: the bytes fed to it are read as they are, then a reader that wants
+    more meets ``error``, as a reader of a connection closed mid-body does (the bytes that
+    arrived first, then the payload error). The error is set only then, not when the bytes are
+    fed: aiohttp's reads raise a stream's error before returning what it holds."""
+
+    def __init__(
+        self,
+        protocol: BaseProtocol,
+        limit: int,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        error: BaseException,
+    ) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self._cut_error = error
+
+    async def _wait(self, func_name: str) -> None:
+        # Called by every read (read, readany, readchunk, readexactly, readuntil, the
+        # iterators) once what was fed is drained and more is wanted: no more will come.
+        self.set_exception(self._cut_error)
+        raise self._cut_error
+
+
+#: The headers that described the body on the wire: a body handed back decoded (and whole, or
+#: cut) is announced by a Content-Length of its own.
+_WIRE_BODY_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding"})
+
+
+def _kept_headers(real: ClientResponse, length: int) -> tuple[CIMultiDict[str], RawHeaders]:
+    """``real``'s headers and raw headers, every one kept as it came (a repeated ``Set-Cookie``
+    or ``Link`` too) but those of :data:`_WIRE_BODY_HEADERS`, with ``Content-Length:
+    length`` in their place."""
+    headers = CIMultiDict(
+        (name, value)
+        for name, value in real.headers.items()
+        if name.lower() not in _WIRE_BODY_HEADERS
+    )
+    headers["Content-Length"] = str(length)
+    raw = tuple(
+        (name, value)
+        for name, value in real.raw_headers
+        if name.decode("latin-1").lower() not in _WIRE_BODY_HEADERS
+    )
+    return headers, (*raw, (b"Content-Length", str(length).encode()))
+
+
 def _synthetic(
     request: ClientRequest,
     status: int,
-    headers: dict[str, str],
+    headers: Mapping[str, str] | CIMultiDict[str],
     body: bytes,
     *,
     json: bool = False,
-    error: BaseException | None = None,
+    cut_short: BaseException | None = None,
     eof: bool = True,
+    raw_headers: RawHeaders | None = None,
+    reason: str | None = None,
 ) -> ClientResponse:
     """A complete :class:`aiohttp.ClientResponse` built locally, as if the server had sent it
-    (with ``eof=False``, one whose body is still to be fed)."""
+    (with ``eof=False``, one whose body is still to be fed; with ``cut_short``, one whose body
+    ends after ``body`` with that error, once a reader has taken ``body`` and wants more).
+
+    Its cookies (``resp.cookies``, and what the session's cookie jar takes) are read from its
+    ``Set-Cookie`` headers, as aiohttp reads a real answer's; ``raw_headers`` are the ones the
+    server sent, when the answer is a real one handed back (else made from ``headers``)."""
     loop = asyncio.get_running_loop()
-    resp = (_ClientResponse if eof else _DribbledResponse)(
+    resp = (_DribbledResponse if not eof and cut_short is None else _ClientResponse)(
         request.method,
         request.url,
         writer=None,
@@ -730,17 +810,35 @@ def _synthetic(
     hdrs = CIMultiDict(headers)
     if json and "Content-Type" not in hdrs:
         hdrs["Content-Type"] = "application/json"
-    hdrs.setdefault("Content-Length", str(len(body)))
+    if "Content-Length" not in hdrs:
+        hdrs["Content-Length"] = str(len(body))
+        if raw_headers is not None:
+            raw_headers = (*raw_headers, (b"Content-Length", str(len(body)).encode()))
     resp.status = status
-    resp.reason = _REASONS.get(status, "Injected")
+    resp.reason = reason if reason is not None else _REASONS.get(status, "Injected")
     resp._headers = CIMultiDictProxy(hdrs)
-    resp._raw_headers = tuple((k.encode(), v.encode()) for k, v in hdrs.items())
-    content = aiohttp.StreamReader(_LocalProtocol(loop), 2**16, loop=loop)
+    resp._raw_headers = (
+        raw_headers
+        if raw_headers is not None
+        else tuple(
+            (k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+            for k, v in hdrs.items()
+        )
+    )
+    # As aiohttp does for a real answer: resp.cookies parses these when first read, and the
+    # session's cookie jar takes them once the middlewares have returned the answer.
+    set_cookies = hdrs.getall("Set-Cookie", [])
+    if set_cookies:
+        resp._raw_cookie_headers = tuple(set_cookies)
+    protocol = _LocalProtocol(loop)
+    content: aiohttp.StreamReader
+    if cut_short is not None:
+        content = _CutShortStream(protocol, 2**16, loop=loop, error=cut_short)
+    else:
+        content = aiohttp.StreamReader(protocol, 2**16, loop=loop)
     if body:
         content.feed_data(body)
-    if error is not None:
-        content.set_exception(error)
-    elif eof:
+    if cut_short is None and eof:
         content.feed_eof()
     resp.content = content
     return resp

@@ -319,9 +319,18 @@ class Status:
         """The headers to send, ``Retry-After`` included."""
         headers = dict(self.headers)
         if self.retry_after is not None:
+            # Header names are case-insensitive: ``retry_after`` replaces a "retry-after"
+            # given in ``headers`` rather than going out beside it.
+            headers = {k: v for k, v in headers.items() if k.lower() != "retry-after"}
             ra = self.retry_after
             headers["Retry-After"] = ra if isinstance(ra, str) else _delta_seconds(ra)
         return headers
+
+    def has_header(self, name: str) -> bool:
+        """Whether ``headers`` names ``name``, in any case (header names are case-insensitive:
+        ``content-type`` is ``Content-Type``)."""
+        wanted = name.lower()
+        return any(k.lower() == wanted for k in self.headers)
 
     def response_body(self) -> bytes:
         """The body to send."""
@@ -367,7 +376,10 @@ class Hang:
 
 @attrs.frozen
 class TruncatedBody:
-    """Announce the whole body's length, send only ``keep_bytes`` of it, then close."""
+    """Send the request, then announce the real answer's whole body length and send only
+    ``keep_bytes`` of it (its status, headers and cookies as they were), then close: a reader
+    gets those bytes, then the payload error of a body cut short. On both sides the request
+    is processed: its side effects happen."""
 
     kind: ClassVar[str] = "truncated_body"
     keep_bytes: int = attrs.field(default=0, validator=_non_negative_int("keep_bytes"))
@@ -375,8 +387,15 @@ class TruncatedBody:
 
 @attrs.frozen
 class MalformedBody:
-    """Answer ``code`` (200..599: a 1xx is not a final answer) with a JSON content type and
-    ``body`` (a str), which is not valid JSON."""
+    """Replace the real answer with ``code`` (200..599: a 1xx is not a final answer), a JSON
+    content type and ``body`` (a str), which is not valid JSON.
+
+    The request is sent and processed first, on either side (its side effects happen, as with
+    :class:`TruncatedBody` and :class:`SlowBody`): the simulator runs its handler and throws
+    its answer away, the client-side injector sends it and reads the real answer before handing
+    back this one. Only the status and the body (with ``Content-Type: application/json``) are
+    the fault's: the real answer's headers and cookies are not kept. A WebSocket upgrade, whose
+    real answer would be a socket, is answered with it without being sent, on both sides."""
 
     kind: ClassVar[str] = "malformed_body"
     code: int = attrs.field(default=200, validator=_int_in("code", 200, 599))
@@ -1581,19 +1600,28 @@ class RuleCounts:
 _faults_log = logging.getLogger("le_transport.chaos.faults")
 
 
+def _printable(text: str) -> str:
+    """``text`` as it is if every character of it prints, else its ``repr`` (quoted, control
+    and other non-printable characters escaped): a client's text (a request path as the server
+    decoded it, a socket message's ``type``) written to a terminal or a log must not move the
+    cursor, erase the screen or start a line of its own."""
+    return text if text.isprintable() else repr(text)
+
+
 def _log_injection(decision: FaultDecision, origin: float | None) -> None:
     """One DEBUG line for an injection: what the decision log holds, nothing more (the path is
-    redacted already; a message's type is cut short)."""
+    redacted already; a message's type is cut short), every field a client or a plan file
+    wrote escaped if it holds a character that does not print (:func:`_printable`)."""
     at = decision.at
     when = "" if at is None or origin is None else f" at +{at - origin:.3f} s"
     _faults_log.debug(
         "injected %s (rule %s, %s #%d) on %s %.80s%s",
         decision.kind,
-        decision.rule_id,
+        _printable(decision.rule_id),
         decision.unit,
         decision.index,
-        decision.method,
-        decision.path,
+        _printable(decision.method),
+        _printable(decision.path[:80]),
         when,
         extra={"rule": decision.rule_id, "fault": decision.kind, "unit": decision.unit},
     )

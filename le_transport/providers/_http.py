@@ -4,8 +4,10 @@ A provider's calls (the Domain API fetch, login, refresh, logout, token requests
 engine's request schedule, but must never pass through the auth middleware: that would make a
 login call ask for credentials, i.e. log in, i.e. re-enter itself (aiohttp trap 6). So every
 provider call goes through :class:`ProviderHttp`, which sends on the engine's session with
-``middlewares=(retry_middleware,)``: the schedule, timeouts, logging and typed errors apply, the
-auth middleware and any outer middleware do not.
+``middlewares=(retry_middleware, *wire_middlewares)``: the schedule, timeouts, logging and typed
+errors apply, and so do the engine's wire middlewares, once per attempt (a fault injector there
+strikes a login as it strikes any call, as the simulator's fault plan does); the auth middleware
+and any outer middleware do not.
 
 Provider calls never follow redirects: a login body is a credential, and a redirect must not
 carry it to another host. A 3xx is an answer like any other, and the provider treats it as an
@@ -21,12 +23,13 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
 
 import aiohttp
 import attrs
+from aiohttp import ClientMiddlewareType
 from yarl import URL
 
 from .._checks import require_option
@@ -75,14 +78,23 @@ class ProviderResponse:
         return f"ProviderResponse(status={self.status}, {len(self.body)} bytes)"
 
 
+def _middleware_tuple(value: Iterable[ClientMiddlewareType]) -> tuple[ClientMiddlewareType, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(eq=False)
 class ProviderHttp:
-    """Sends a provider's requests on the engine's session through the retry middleware only.
+    """Sends a provider's requests on the engine's session through the retry middleware and,
+    inside it, the engine's wire middlewares (never the auth or outer middlewares).
 
     - ``session``: returns the aiohttp session to send on (the engine's, once started).
     - ``retry_middleware``: the engine's :class:`RetryMiddleware` (its policy is the default).
     - ``clock``, ``hooks``, ``rng``: the engine's, for TTLs, keepalive and events.
     - ``scheme``: the engine's scheme (``https``, or ``http`` for loopback servers).
+    - ``wire_middlewares``: the engine's wire middlewares (none by default), run once per
+      attempt inside the retry middleware, as they run on the engine's own calls: a
+      :class:`~le_transport.chaos.FaultInjector` there applies its plan to the login, refresh,
+      logout and Domain API calls too, as the simulator applies the same plan to them.
     """
 
     session: Callable[[], aiohttp.ClientSession]
@@ -91,6 +103,9 @@ class ProviderHttp:
     hooks: EventHooks = attrs.field(factory=EventHooks)
     rng: random.Random = attrs.field(factory=random.Random)
     scheme: str = "https"
+    wire_middlewares: tuple[ClientMiddlewareType, ...] = attrs.field(
+        default=(), converter=_middleware_tuple
+    )
 
     @property
     def policy(self) -> RetryPolicy:
@@ -135,7 +150,7 @@ class ProviderHttp:
                     data=data,
                     headers=headers,
                     allow_redirects=False,
-                    middlewares=(self.retry_middleware,),
+                    middlewares=(self.retry_middleware, *self.wire_middlewares),
                 ) as resp:
                     body = await resp.read()
                     return ProviderResponse(

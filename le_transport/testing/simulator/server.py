@@ -163,7 +163,8 @@ def _is_decimal(text: str) -> bool:
 
 
 #: The simulator's own routes: (method, path, handler's attribute, route name). The route
-#: name's part before the first dot is the service the fault plan matches (``csds.*``: none).
+#: name's part before the first dot is the service the fault plan matches (``csds.*``:
+#: ``csds``, the service the engine's Domain API calls name).
 #: A GET is served for HEAD too (aiohttp's ``add_get``).
 _BUILTIN_ROUTES: tuple[tuple[str, str, str, str], ...] = (
     *(
@@ -839,10 +840,9 @@ class Simulator:
         route = request.match_info.route
         name = route.name or ""
         custom = self._served.get(route)
-        if custom is not None:
-            service = custom.service
-        else:
-            service = name.split(".", 1)[0] if name and not name.startswith("csds.") else None
+        # A built-in route's service is its name's prefix; the Domain API's is "csds", as the
+        # engine names its own calls to it (the client-side injector matches on that too).
+        service = custom.service if custom is not None else name.split(".", 1)[0] or None
         path = redact_url(request.rel_url.with_query(None))
         # An upgrade has no body to cut or pace: a rule of those kinds does not match it (not
         # counted, not logged), so its turn goes to the next request it can strike. A custom
@@ -903,7 +903,9 @@ class Simulator:
                 status=fault.code,
                 body=fault.response_body(),
                 headers=fault.response_headers(),
-                content_type=None if "Content-Type" in fault.headers else "application/json",
+                # Header names are case-insensitive: a "content-type" of the fault's is its
+                # Content-Type (aiohttp refuses a content_type beside one).
+                content_type=None if fault.has_header("Content-Type") else "application/json",
             )
         if isinstance(fault, Quota):
             assert injection.retry_after is not None
@@ -919,7 +921,7 @@ class Simulator:
         if isinstance(fault, SlowBody):
             return await self._dribble(request, await handler(request), fault)
         if isinstance(fault, MalformedBody):
-            return web.Response(status=fault.code, text=fault.body, content_type="application/json")
+            return await self._malformed(request, handler, fault, upgrade=upgrade)
         transport = request.transport
         if isinstance(fault, Reset):
             if transport is not None:
@@ -942,7 +944,11 @@ class Simulator:
                 return real
             body = real.body if isinstance(real, web.Response) else b""
             data = body if isinstance(body, bytes) else b""
-            resp = web.StreamResponse(status=real.status, headers=real.headers)
+            resp = web.StreamResponse(status=real.status, reason=real.reason, headers=real.headers)
+            # The cookies too: aiohttp writes a response's cookies into its headers only when
+            # it is sent, so real.headers does not hold them (the login's Session_id).
+            for name, morsel in real.cookies.items():
+                resp.cookies[name] = morsel
             resp.content_length = max(len(data), fault.keep_bytes + 1)
             await resp.prepare(request)
             await resp.write(data[: fault.keep_bytes])
@@ -950,6 +956,24 @@ class Simulator:
                 transport.close()
             return resp
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    async def _malformed(
+        self, request: web.Request, handler: Handler, fault: MalformedBody, *, upgrade: bool
+    ) -> web.StreamResponse:
+        """``fault``'s answer in place of the real one: the request is processed first (its
+        handler runs, its side effects happen, as the client-side injector's sends it), then
+        its answer is thrown away. An upgrade is answered without running the handler: its
+        real answer would be the socket (the injector does not send it either)."""
+        if not upgrade:
+            try:
+                real = await handler(request)
+            except web.HTTPException:
+                pass  # an answer like any other (a 404 raised), replaced as one
+            else:
+                if real.prepared:
+                    # Already on its way (a streamed answer): a second answer cannot follow.
+                    return real
+        return web.Response(status=fault.code, text=fault.body, content_type="application/json")
 
     def _forced_kind(self, rule_id: str) -> str | None:
         """The kind of fault :meth:`FaultRun.force` would inject for rule ``rule_id`` (its

@@ -1,0 +1,560 @@
+"""One fault plan means the same faults whichever side applies it: the simulator's fault
+middleware, or the client-side :class:`~le_transport.chaos.FaultInjector`.
+
+Each test runs the same rule on both sides (``side``: ``"simulator"``, ``"injector"``) against
+the real simulator on loopback, on a :class:`~le_transport.testing.VirtualClock`, and checks
+that the caller sees the same thing: the providers' own calls (login, Domain API) struck alike,
+a ``Status`` header named in any case, a cut body's kept bytes, a cut or paced answer's
+repeated headers and cookies, a malformed body's side effects. Then two smaller ones: what
+``le-transport simulate --verbose`` prints of a client's text, and the real-account demo's
+check that no secret was printed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from le_transport import Engine
+from le_transport.chaos import (
+    FaultInjector,
+    FaultPlan,
+    FaultRule,
+    MalformedBody,
+    Match,
+    Schedule,
+    SlowBody,
+    Status,
+    TruncatedBody,
+)
+from le_transport.chaos.plan import FaultRun
+from le_transport.events import EventHooks, RetryEvent
+from le_transport.providers import CsdsDomains, StaticDomains, UserLogin
+from le_transport.providers._http import ProviderHttp
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Simulator,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users"
+CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+SIDES = ("simulator", "injector")
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _faults_of(side: str, sim: Simulator, injector: FaultInjector) -> Any:
+    return sim.faults if side == "simulator" else injector
+
+
+def _apply(side: str, sim: Simulator, rules: list[FaultRule], clock: VirtualClock) -> FaultInjector:
+    """The rules given to the side under test; the injector returned (empty on the simulator's
+    side), on ``clock``."""
+    if side == "simulator":
+        sim.faults.load(rules)
+        return FaultInjector(clock=clock)
+    return FaultInjector(rules, clock=clock)
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with Simulator(clock=clock) as s:
+        yield s
+
+
+async def _get(
+    sim: Simulator, injector: FaultInjector, path: str, method: str = "GET", **kw: Any
+) -> tuple[int, aiohttp.ClientResponse, bytes]:
+    """One request to the simulator through ``injector`` (a middleware on a plain session):
+    its status, the response, and its whole body."""
+    async with (
+        aiohttp.ClientSession(middlewares=[injector]) as session,
+        session.request(method, sim.url + path, **kw) as resp,
+    ):
+        return resp.status, resp, await resp.read()
+
+
+# -- 1. provider calls meet the client-side injector as they meet the simulator's plan -----------
+
+
+def _provider_rules() -> list[FaultRule]:
+    return [
+        FaultRule(
+            "login-503",
+            Status(503),
+            match=Match("POST", "*/login"),
+            schedule=Schedule(fail_next=1),
+        ),
+        FaultRule(
+            "csds-503",
+            Status(503),
+            match=Match("GET", "*/baseURI.json"),
+            schedule=Schedule(fail_next=1),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_rule_on_the_login_and_the_domain_api_strikes_them_on_either_side(
+    side: str, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the providers sent their calls with the retry middleware alone, past the wire
+    middlewares: a client-side rule on the login or the Domain API matched nothing (matched 0,
+    silently) where the simulator's struck them. Now both strike them, and the 503 on the
+    login is retried on the login's schedule (the guide's first 5 s pause)."""
+    caplog.set_level(logging.WARNING, logger="le_transport.chaos")
+    retries: list[RetryEvent] = []
+    async with Simulator(clock=clock) as sim:
+        injector = _apply(side, sim, _provider_rules(), clock)
+        domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http")
+        auth = UserLogin(
+            sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+        )
+        async with Engine(
+            domains,
+            scheme="http",
+            clock=clock,
+            auth=auth,
+            hooks=EventHooks(on_retry=[retries.append]),
+            wire_middlewares=[injector],
+        ) as engine:
+            users = await engine.request_json("GET", "accountConfigReadOnly", USERS, expect=list)
+        counts = _faults_of(side, sim, injector).rule_counts()
+        sent = (sim.count("GET", "*/baseURI.json"), sim.count("POST", "*/login"))
+    assert users
+    assert {rule: (c.matched, c.injected) for rule, c in counts.items()} == {
+        "login-503": (2, 1),
+        "csds-503": (2, 1),
+    }
+    # Both retried on their schedules, from where the 503 was answered.
+    assert [(e.service, e.method, e.attempt, e.pause) for e in retries] == [
+        ("csds", "GET", 1, 5.0),
+        ("agentVep", "POST", 1, 5.0),
+    ]
+    # A client-side 503 is answered without sending: the server saw one of each.
+    assert sent == ((2, 2) if side == "simulator" else (1, 1))
+    # Inside the retry loop, where it belongs: no warning about its placement.
+    assert not [r for r in caplog.records if r.name.startswith("le_transport.chaos")]
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_match_service_csds_names_the_domain_api_on_either_side(
+    side: str, clock: VirtualClock
+) -> None:
+    """The engine names its Domain API calls' service ``csds``; the simulator gave its Domain
+    API routes none, so ``Match(service="csds")`` struck them client-side only."""
+    rule = FaultRule(
+        "csds-down", Status(503), match=Match(service="csds"), schedule=Schedule(fail_next=1)
+    )
+    async with Simulator(clock=clock) as sim:
+        injector = _apply(side, sim, [rule], clock)
+        domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http")
+        async with Engine(domains, scheme="http", clock=clock, wire_middlewares=[injector]):
+            assert await domains.resolve("agentVep") == sim.host
+        counts = _faults_of(side, sim, injector).rule_counts()["csds-down"]
+        services = {r.service for r in sim.requests}
+    assert (counts.matched, counts.injected) == (2, 1)
+    assert services == {"csds"}
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_the_readme_plans_login_rule_strikes_the_same_logins_on_either_side(
+    side: str, clock: VirtualClock
+) -> None:
+    """``examples/fault_plan.json`` (the README's plan): its ``login-flaky`` rule (a reset,
+    nothing, a delay, each with p 0.5) matched no login through a client-side injector. Now it
+    decides the same logins the same way on either side. (Seed 2: the file's seed, 7, happens
+    to draw no fault for the first logins.)"""
+    loaded = FaultPlan.from_dict(json.loads((ROOT / "examples" / "fault_plan.json").read_text()))
+    plan = FaultPlan(seed=2, rules=loaded.rules)
+    async with Simulator(clock=clock) as sim:
+        if side == "simulator":
+            sim.faults.load(plan)
+            injector = FaultInjector(clock=clock)
+        else:
+            injector = FaultInjector(plan, clock=clock)
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(
+            sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+        )
+        async with Engine(
+            domains, scheme="http", clock=clock, auth=auth, wire_middlewares=[injector]
+        ):
+            for _ in range(3):
+                await auth.login()
+        faults = _faults_of(side, sim, injector)
+        counts = faults.rule_counts()["login-flaky"]
+        decided = [(d.index, d.outcome, d.kind) for d in faults.log if d.rule_id == "login-flaky"]
+        logins = sim.count("POST", "*/login")
+    # The first login is reset and retried (the sequence's null lets the retry through), the
+    # second delayed 1.5 to 2 s, the third passes: four logins matched, on either side.
+    assert decided == [
+        (0, "inject", "reset"),
+        (1, "pass", None),
+        (2, "inject", "delay"),
+        (3, "pass", None),
+    ]
+    assert (counts.matched, counts.injected) == (4, 2)
+    # The simulator saw the reset login (it reset it); the injector never sent it.
+    assert logins == (4 if side == "simulator" else 3)
+
+
+async def test_a_slow_login_through_the_injector_keeps_its_session_id_cookie(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A client-side SlowBody on the login (which now reaches the injector) hands back the
+    Login Service's Session_id cookie: the auth provider keeps it for refresh and logout."""
+    rule = FaultRule(
+        "slow-login",
+        SlowBody(chunk_bytes=16, chunk_delay_ms=10),
+        match=Match("POST", "*/login"),
+        schedule=Schedule(fail_next=1),
+    )
+    injector = FaultInjector([rule], clock=clock)
+    domains = StaticDomains(sim.domains)
+    auth = UserLogin(
+        sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+    )
+    async with Engine(domains, scheme="http", clock=clock, auth=auth, wire_middlewares=[injector]):
+        session = await auth.login()
+        assert await auth.refresh()  # the cookie is what the refresh is accepted on
+    assert injector.rule_counts()["slow-login"].injected == 1
+    assert session.session_id is not None
+    issued = {s.session_id for s in sim.tokens.sessions.values()}
+    assert session.session_id.reveal() in issued
+    assert sim.tokens.refreshes == 1
+
+
+async def test_every_provider_call_passes_the_wire_middlewares_inside_the_retry_loop(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Any wire middleware, not only an injector: it sees the Domain API fetch, the login and
+    the logout, once per attempt, each inside the retry middleware (its call context active),
+    beside the engine's own calls."""
+    from le_transport.middleware.context import current_call
+
+    seen: list[tuple[str, str, str | None, bool | None]] = []
+
+    async def recorder(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        ctx = current_call()
+        assert ctx is not None
+        seen.append((request.method, request.url.path.rsplit("/", 1)[-1], ctx.service, ctx.active))
+        return await handler(request)
+
+    domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http")
+    auth = UserLogin(
+        sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+    )
+    sim.faults.script("POST", "*/login", [503])
+    async with Engine(
+        domains, scheme="http", clock=clock, auth=auth, wire_middlewares=[recorder]
+    ) as engine:
+        await engine.request_json("GET", "accountConfigReadOnly", USERS, expect=list)
+    assert seen == [
+        ("GET", "baseURI.json", "csds", True),
+        ("POST", "login", "agentVep", True),
+        ("POST", "login", "agentVep", True),  # the 503's retry: once per attempt
+        ("GET", "users", "accountConfigReadOnly", True),
+        ("POST", "logout", "agentVep", True),
+    ]
+    # A ProviderHttp made by hand runs none unless given them.
+    assert attrs.fields(ProviderHttp).wire_middlewares.default == ()
+
+
+PLUGIN_SUITE = """
+import pytest
+
+from le_transport.chaos import FaultRule, Match, Schedule, Status
+
+USERS = "/api/account/{account}/configuration/le-users/users"
+
+
+@pytest.mark.asyncio
+async def test_a_login_rule_on_le_fault_injector_strikes_le_engines_login(
+    le_engine, le_simulator, le_fault_injector, le_clock
+):
+    le_fault_injector.add(
+        FaultRule("login-503", Status(503), match=Match("POST", "*/login"), schedule=Schedule(0, 1))
+    )
+    path = USERS.format(account=le_simulator.account.id)
+    assert await le_engine.request_json("GET", "accountConfigReadOnly", path, expect=list)
+    assert le_fault_injector.rule_counts()["login-503"].injected == 1
+    assert le_simulator.count("POST", "*/login") == 1  # the 503 was never sent
+    assert le_clock.now() == 5.0  # the login's retry waited the guide's first pause
+"""
+
+
+def test_the_plugins_le_engine_logs_in_through_le_fault_injector(tmp_path: Path) -> None:
+    """The pytest plugin's engine (run as another package's suite, in pytest-asyncio's strict
+    mode): a login rule added to ``le_fault_injector`` strikes the login ``le_engine`` makes
+    on first use, and the login's retry schedule carries it through."""
+    project = tmp_path / "plugin_login"
+    project.mkdir()
+    (project / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+        "addopts = -p no:cacheprovider\n"
+    )
+    (project / "test_login_faults.py").write_text(PLUGIN_SUITE)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+# -- 2. Status header names are case-insensitive --------------------------------------------------
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_status_with_a_lower_case_content_type_answers_with_it(
+    side: str, sim: Simulator, clock: VirtualClock
+) -> None:
+    """Before, the simulator looked for "Content-Type" case-sensitively, passed aiohttp both a
+    content-type header and a content_type, and answered 500."""
+    rule = FaultRule("s", Status(503, body="down", headers={"content-type": "text/plain"}))
+    injector = _apply(side, sim, [rule], clock)
+    status, resp, body = await _get(sim, injector, CSDS)
+    assert (status, resp.headers.getall("Content-Type"), body) == (503, ["text/plain"], b"down")
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_status_retry_after_replaces_one_named_in_its_headers_in_any_case(
+    side: str, sim: Simulator, clock: VirtualClock
+) -> None:
+    rule = FaultRule("s", Status(503, retry_after=2, headers={"retry-after": "9"}))
+    injector = _apply(side, sim, [rule], clock)
+    status, resp, _ = await _get(sim, injector, CSDS)
+    assert (status, resp.headers.getall("Retry-After")) == (503, ["2"])
+
+
+# -- 3. a cut body hands back the bytes it keeps --------------------------------------------------
+
+
+async def _read_until_cut(resp: aiohttp.ClientResponse) -> tuple[bytes, str | None]:
+    got = b""
+    try:
+        async for chunk in resp.content.iter_any():
+            got += chunk
+    except aiohttp.ClientPayloadError as exc:
+        return got, type(exc).__name__
+    return got, None
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("keep", [0, 20])
+async def test_a_truncated_body_hands_back_its_kept_bytes_then_fails(
+    side: str, keep: int, sim: Simulator, clock: VirtualClock
+) -> None:
+    """Before, the injector set the payload error as it fed the kept bytes, and aiohttp's
+    reads raise a stream's error first: a reader got none of them, where the simulator's
+    reader gets them, then the error."""
+    async with aiohttp.ClientSession() as plain, plain.get(sim.url + CSDS) as whole:
+        full = await whole.read()
+    injector = _apply(side, sim, [FaultRule("cut", TruncatedBody(keep_bytes=keep))], clock)
+    async with (
+        aiohttp.ClientSession(middlewares=[injector]) as session,
+        session.get(sim.url + CSDS) as resp,
+    ):
+        assert resp.status == 200
+        assert int(resp.headers["Content-Length"]) == len(full)
+        assert await _read_until_cut(resp) == (full[:keep], "ClientPayloadError")
+    async with (
+        aiohttp.ClientSession(middlewares=[injector]) as session,
+        session.get(sim.url + CSDS) as resp,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # a whole read fails, as on a real connection cut short
+
+
+# -- 4. a cut or paced answer keeps its repeated headers and cookies ------------------------------
+
+
+async def _cookies_and_links(request: web.Request) -> web.StreamResponse:
+    resp = web.json_response({"ok": True, "pad": "x" * 200})
+    resp.set_cookie("a", "1")
+    resp.set_cookie("b", "2")
+    resp.headers.add("Link", "<x>; rel=next")
+    resp.headers.add("Link", "<y>; rel=prev")
+    resp.enable_compression(web.ContentCoding.gzip)  # on the wire only: the reader decodes it
+    return resp
+
+
+@pytest.fixture
+async def sim_with_cookies(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    s = Simulator(clock=clock)
+    s.add_route("GET", "/api/account/{account}/cookies", _cookies_and_links, service="cookies")
+    async with s:
+        yield s
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize(
+    "fault", [SlowBody(chunk_bytes=16, chunk_delay_ms=5), TruncatedBody(keep_bytes=10)]
+)
+async def test_a_cut_or_paced_answer_keeps_repeated_headers_and_cookies(
+    side: str, fault: SlowBody | TruncatedBody, sim_with_cookies: Simulator, clock: VirtualClock
+) -> None:
+    """Before, the injector rebuilt the answer from ``dict(real.headers)``: one Set-Cookie and
+    one Link were left, and ``resp.cookies`` was empty (the login's Session_id went with
+    them); the simulator's TruncatedBody lost the cookies (aiohttp writes them only as it
+    sends)."""
+    sim = sim_with_cookies
+    injector = _apply(side, sim, [FaultRule("f", fault, match=Match(path="*/cookies"))], clock)
+    path = f"/api/account/{DEFAULT_ACCOUNT}/cookies"
+    async with (
+        aiohttp.ClientSession(middlewares=[injector]) as session,
+        session.get(sim.url + path) as resp,
+    ):
+        body, error = await _read_until_cut(resp)
+        headers = resp.headers
+        raw_names = [name.lower() for name, _ in resp.raw_headers]
+        assert sorted(resp.cookies) == ["a", "b"]
+        assert len(headers.getall("Set-Cookie")) == 2
+        assert headers.getall("Link") == ["<x>; rel=next", "<y>; rel=prev"]
+        assert raw_names.count(b"set-cookie") == 2
+        assert raw_names.count(b"link") == 2
+        assert raw_names.count(b"content-length") == 1
+        # What described the body on the wire is gone: the body handed back is the decoded one.
+        assert "Content-Encoding" not in headers
+        assert "Transfer-Encoding" not in headers
+    assert _faults_of(side, sim, injector).rule_counts()["f"].injected == 1
+    whole = json.dumps({"ok": True, "pad": "x" * 200}).encode()
+    if isinstance(fault, SlowBody):
+        assert (body, error) == (whole, None)
+        assert int(headers["Content-Length"]) == len(whole)
+    else:
+        assert (body, error) == (whole[:10], "ClientPayloadError")
+
+
+# -- 5. a malformed body: the request is processed, its answer replaced ---------------------------
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("refuses", [False, True])
+async def test_a_malformed_body_replaces_the_answer_of_a_request_that_was_processed(
+    side: str, refuses: bool, clock: VirtualClock
+) -> None:
+    """Before, the simulator answered without running the handler, where the injector sent
+    the request: one plan, and the server acted on a POST on one side only."""
+    calls: list[str] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        calls.append(request.method)
+        if refuses:
+            raise web.HTTPConflict(text="already there")
+        return web.json_response({"ok": True}, headers={"X-Order": "1"})
+
+    sim = Simulator(clock=clock)
+    sim.add_route("POST", "/api/account/{account}/orders", orders, service="orders")
+    fault = MalformedBody(code=502, body='{"half": ')
+    async with sim:
+        injector = _apply(
+            side, sim, [FaultRule("m", fault, match=Match("POST", "*/orders"))], clock
+        )
+        status, resp, body = await _get(
+            sim, injector, f"/api/account/{DEFAULT_ACCOUNT}/orders", method="POST", json={}
+        )
+    assert calls == ["POST"]  # the server acted on it, on either side
+    assert (status, body) == (502, b'{"half": ')
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert "X-Order" not in resp.headers  # the real answer is replaced whole
+
+
+# -- 6. what is printed ---------------------------------------------------------------------------
+
+
+async def test_simulate_verbose_escapes_a_clients_control_characters(
+    capsys: pytest.CaptureFixture[str], sim: Simulator
+) -> None:
+    """``le-transport simulate --verbose`` prints the path the server decoded and a socket
+    message's type: a client's text. An escape sequence or a line break in it is shown
+    escaped, not written to the terminal."""
+    from le_transport import cli
+
+    sim.faults.add(FaultRule("gone", Status(404), match=Match(path="*/evil*")))
+    run = FaultRun([FaultRule("app", Status(429), unit="ws_message")])
+    with cli._fault_lines(True):
+        async with aiohttp.ClientSession() as session:
+            url = URL(sim.url + "/api/account/x/evil%1B%5B2J%0Afault:%20forged", encoded=True)
+            async with session.get(url) as resp:
+                assert resp.status == 404
+        assert run.decide("ws_message", method="WS", path=".Get\x1b[31mRed\r\nfault: x") is not None
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "\x1b" not in out
+    assert "\r" not in out
+    assert len(lines) == 2, out
+    assert all(line.startswith("fault: injected status (rule ") for line in lines)
+    # A request's path is shown as the URL writes it (percent-encoded; yarl drops a line
+    # break), a message's type as its repr.
+    assert " on GET /api/account/x/evil%1B%5B2Jfault:%20forged at +" in lines[0]
+    assert " on WS '.Get\\x1b[31mRed\\r\\nfault: x'" in lines[1]
+
+
+def test_simulate_verbose_escapes_any_line_it_prints_that_does_not_print(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command's own guard, whatever a future log line holds: what does not print is
+    written escaped, on the line it belongs to."""
+    from le_transport import cli
+
+    with cli._fault_lines(True):
+        logging.getLogger("le_transport.chaos.faults").debug("a\x1b[2Jb\nc\u202ed café")
+    assert capsys.readouterr().out == "fault: a\\x1b[2Jb\\nc\\u202ed café\n"
+
+
+async def test_a_printable_path_is_printed_as_it_is(
+    capsys: pytest.CaptureFixture[str], sim: Simulator
+) -> None:
+    from le_transport import cli
+
+    sim.faults.add(FaultRule("gone", Status(404), match=Match(path="*/plain")))
+    with cli._fault_lines(True):
+        async with aiohttp.ClientSession() as session, session.get(sim.url + "/x/plain") as resp:
+            assert resp.status == 404
+    assert "on GET /x/plain at +" in capsys.readouterr().out
+
+
+async def test_the_real_account_demo_checks_the_secrets_its_login_answered() -> None:
+    """The "no secret was printed" check of ``demo --account`` covered only the credentials
+    given; the simulated run also checks the bearer, CSRF value and Session_id its logins
+    answered. Now the real run checks those of every session its login held."""
+    from le_transport.demo import DemoAccount, Timeline, _real
+
+    async with Simulator() as sim:
+        account = DemoAccount(
+            account=DEFAULT_ACCOUNT,
+            username=DEFAULT_USER,
+            password=DEFAULT_PASSWORD,
+            csds_host=sim.host,
+            scheme="http",
+        )
+        checks, _, secrets = await _real(account, 0.01, 3, Timeline(io.StringIO()))
+        issued = list(sim.tokens.sessions.values())
+    assert all(ok for _, ok in checks), checks
+    assert issued
+    for session in issued:
+        assert {session.bearer, session.csrf, session.session_id} <= set(secrets)
+    assert DEFAULT_PASSWORD in secrets
