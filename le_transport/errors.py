@@ -57,6 +57,7 @@ __all__ = [
     "StateDataError",
     "StateStoreError",
     "TransportError",
+    "UnexpectedAnswer",
     "UnknownServiceError",
     "UnsignableBody",
     "WrongEventLoop",
@@ -524,7 +525,10 @@ class HostConfigurationError(HostileHostError, ConfigurationError):
 
 class AuthenticationError(TransportError):
     """Authentication failed: bad credentials, a second 401 after a fresh login, or a token
-    that could not be obtained. Check the credentials; retrying unchanged will not help."""
+    that could not be obtained. Check the credentials; retrying unchanged will not help.
+
+    Except for :class:`UnexpectedAnswer`, the credential service answering neither a refusal
+    nor a success (a maintenance page): that one is transient."""
 
 
 class LoginRejected(AuthenticationError):
@@ -533,6 +537,28 @@ class LoginRejected(AuthenticationError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UnexpectedAnswer(AuthenticationError):
+    """A credential service (the Login Service, Sentinel, ``idp``) answered with something
+    that is neither a refusal nor a success: a redirect (a 3xx; provider calls never follow
+    one), a 200 whose body is not the JSON expected (a proxy's HTML maintenance page, an
+    answer without the bearer or the token, one that no header can carry), or another status
+    that is no 4xx nor 5xx. It says nothing of the credentials: most likely the service is
+    in maintenance behind its proxy, an outage by another name.
+
+    An :class:`AuthenticationError`, so that code catching that still catches it; but unlike
+    a refusal (:class:`LoginRejected`, :class:`BlockedError`) it is not final: its verdict
+    (:func:`~le_transport.recovery.repeat_of`) is ``RETRYABLE``, so ``recover=True`` waits it
+    out as it waits out a 503, a session or token that still lives is kept, and a token
+    fetched early keeps the current one while it is valid. ``status`` is the answer's status;
+    ``service`` the Domain API service that answered, if known. Its message never shows the
+    body."""
+
+    def __init__(self, message: str, *, status: int, service: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.service = service
 
 
 class ProviderError(TransportError):

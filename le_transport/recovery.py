@@ -23,8 +23,11 @@ The rule: two facts, each decided once, where it is known.
   unknown service, a malformed call, the call's own deadline, anything not a transport error.
   A 4xx the retry policy retried (its ``Classifier`` takes it for transient) is an outage like
   a 5xx. ``RETRYABLE``: a spent schedule, the retry budget or the breaker refusing, the Domain
-  API or a provider's own network call down. ``RETRYABLE_IF_IDEMPOTENT``: a 5xx, a reset or a
-  timeout on a request that is not idempotent (a POST, an auth-code login).
+  API or a provider's own network call down, a credential service answering neither a refusal
+  nor a success (:class:`~le_transport.errors.UnexpectedAnswer`: a redirect or an HTML
+  maintenance page where a login's or a token's JSON was expected).
+  ``RETRYABLE_IF_IDEMPOTENT``: a 5xx, a reset or a timeout on a request that is not
+  idempotent (a POST, an auth-code login).
 - What ``call`` sent: a :class:`~le_transport.middleware.context.CallLedger`, open while
   ``call`` runs, shared with the tasks it starts (``gather``, ``TaskGroup``). It sees every
   :meth:`~le_transport.Engine.request` call and every request made through the library's
@@ -46,7 +49,9 @@ the hop's login then failed), reset, timed out, cancelled on the wire, or still 
 ``call`` failed is never sent again; a POST whose login met an outage before it was sent, or
 after a 401, is. The ledger stays open through the pause: just before running ``call`` again
 the rule is asked again, and if a call ``call`` left running (``gather`` does not cancel the
-others) sent a POST meanwhile, the original failure is raised, with a note. What the ledger
+others) sent a POST meanwhile, the original failure is raised, with a note (on a copy of the
+same type and attributes: the original may be shared by other callers, as one login's failure
+is by all its waiters, and is never changed). What the ledger
 cannot see (a request on a session without the stack, not made through
 :meth:`~le_transport.Engine.request`; a task started outside the run's context; a request a
 task left running starts after ``call`` was run again) is judged by the failure alone. Inside
@@ -102,6 +107,7 @@ from .errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
     ServerStatusError,
+    UnexpectedAnswer,
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
@@ -125,6 +131,7 @@ __all__ = [
 _log = logging.getLogger("le_transport.recovery")
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 #: How many of its latest pauses a :class:`Recovery` keeps in :attr:`Recovery.pauses`.
 KEPT_PAUSES = 1000
@@ -147,7 +154,9 @@ def repeat_of(exc: BaseException) -> Repeat:
 
     - ``RETRYABLE``: :class:`RetriesExhausted`, :class:`RetryBudgetExhausted`,
       :class:`CircuitOpen` (the schedule would have tried again but could not); a
-      :class:`DomainResolutionError` but for the cases below (the Domain API down).
+      :class:`DomainResolutionError` but for the cases below (the Domain API down); an
+      :class:`UnexpectedAnswer` (a credential service answering neither a refusal nor a
+      success: a maintenance page; an :class:`AuthenticationError` that is no refusal).
     - ``FINAL``: an :class:`UnknownServiceError`, a :class:`HostileHostError`; a
       :class:`DomainResolutionError` whose cause chain holds, before any error saying its
       schedule retried it, a 4xx (:func:`refused_status`) or a failure whose own ``repeat`` is
@@ -158,6 +167,11 @@ def repeat_of(exc: BaseException) -> Repeat:
       its own :attr:`~le_transport.errors.RequestError.repeat`."""
     if isinstance(exc, (UnknownServiceError, HostileHostError)):
         return Repeat.FINAL
+    if isinstance(exc, UnexpectedAnswer):
+        # Neither a refusal nor a success (a redirect, a proxy's maintenance page): says
+        # nothing of the credentials, and what failed (a login, a token request) is
+        # idempotent by nature; the call it was for sent nothing.
+        return Repeat.RETRYABLE
     if isinstance(exc, DomainResolutionError):
         # The Domain API down is an outage; refused (a 4xx at once), or failing final by
         # nature (a refused certificate, a Classifier-final status), it is final.
@@ -222,7 +236,8 @@ def is_recoverable(exc: BaseException) -> bool:
 
     Yes: a spent schedule (:class:`RetriesExhausted`), a spent retry budget
     (:class:`RetryBudgetExhausted`), an open circuit (:class:`CircuitOpen`), the Domain API
-    down (a :class:`DomainResolutionError` that is not final by its cause), and a
+    down (a :class:`DomainResolutionError` that is not final by its cause), a credential
+    service's answer that is neither a refusal nor a success (:class:`UnexpectedAnswer`), and a
     :class:`ConnectionFailed`, :class:`ServerStatusError` or :class:`AttemptTimeout` no
     schedule judged (a provider's own network call down, a socket's dial failing, a GET's 5xx
     answered outside the retry middleware). No: ``FINAL`` (every 4xx that failed at once, a
@@ -245,8 +260,10 @@ def _relogin_recoverable(exc: BaseException) -> bool:
     ``exc``: its verdict (:func:`repeat_of`) is not ``FINAL``. The Login Service or the Domain
     API down (a 5xx, a reset, a timeout: even ``RETRYABLE_IF_IDEMPOTENT``, as a consumer's
     auth-code login, a POST, answered 503 is; the round exists to wait such an outage out),
-    or anything :func:`is_recoverable` takes. Not a refusal (a 4xx: :class:`LoginRejected`,
-    :class:`BlockedError`, :class:`ClientStatusError`, an :class:`AuthenticationError`), nor
+    or anything :func:`is_recoverable` takes (a maintenance page where the login's JSON was
+    expected: :class:`UnexpectedAnswer`). Not a refusal (a 4xx: :class:`LoginRejected`,
+    :class:`BlockedError`, :class:`ClientStatusError`, any other
+    :class:`AuthenticationError`), nor
     a failure final by nature (a refused TLS certificate, a status the ``Classifier`` makes
     final, a Domain API failure caused by one), nor a mistake in what was asked for: those
     end the round."""
@@ -450,8 +467,13 @@ class Recovery:
                     if not ledger.may_resend():
                         # Asked again just before running it again: a call the run left
                         # running (gather does not cancel the others) went on meanwhile.
-                        _note_left_running(exc, self._subject)
-                        raise exc
+                        # Raised as a copy with the note: ``exc`` may be shared (a login's
+                        # failure is every waiter's), and another caller's error must not
+                        # say this.
+                        err = _left_running(exc, self._subject)
+                        if err is exc:
+                            raise
+                        raise err from exc.__cause__
                     continue
                 finally:
                     ledger.close()
@@ -824,15 +846,44 @@ def _may_repeat(exc: BaseException, ledger: CallLedger) -> bool:
     return verdict is Repeat.RETRYABLE or ledger.vouches(exc)
 
 
-def _note_left_running(exc: BaseException, subject: str) -> None:
-    """Say why ``exc`` is raised after a round: a call the run left running, not idempotent,
-    was sent (or is still on the wire) while the loop paused."""
+def _left_running(exc: E, subject: str) -> E:
+    """The error to raise after a round, saying why ``exc`` is: a call the run left running,
+    not idempotent, was sent (or is still in flight) while the loop paused.
+
+    ``exc`` itself is never changed: the same object may be raised to other callers (a
+    :class:`~le_transport.providers._flight.SingleFlight` raises one login's failure to every
+    waiter), and a note on it would show on their errors too. The note goes on a copy of the
+    same type, with the same attributes, cause and traceback (:func:`_own_copy`); an error
+    that cannot be copied is raised as it is, without the note (the WARNING says it)."""
     why = (
         f"{subject}: not run again after the re-login: a call the failed run left running "
         "(not idempotent) was sent meanwhile, or is still in flight, and may have been acted on"
     )
-    exc.add_note(why)
     _log.warning("%s; raising %s", why, _name(exc), extra={"subject": subject})
+    copy = _own_copy(exc)
+    if copy is None:
+        return exc
+    copy.add_note(why)
+    return copy
+
+
+def _own_copy(exc: E) -> E | None:
+    """A copy of ``exc`` of its own type, made without calling its ``__init__`` (whose
+    keyword-only fields ``copy.copy`` cannot pass): the same ``args``, attributes, notes (a
+    list of its own), cause, context and traceback. None if the type cannot be made so."""
+    cls = type(exc)
+    try:
+        copy = cls.__new__(cls, *exc.args)
+        copy.__dict__.update(vars(exc))
+    except Exception:  # a type whose __new__ wants other arguments, or has no __dict__
+        return None
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        copy.__notes__ = list(notes)
+    copy.__cause__ = exc.__cause__
+    copy.__context__ = exc.__context__
+    copy.__suppress_context__ = exc.__suppress_context__
+    return copy.with_traceback(exc.__traceback__)
 
 
 def _name(exc: BaseException) -> str:

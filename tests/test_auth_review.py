@@ -288,17 +288,20 @@ async def test_relogin_never_logs_out_the_session_it_replaces(
     assert [s.bearer for s in sim.tokens.live_sessions()] == [bearer_of(first)]
 
 
-async def test_a_failed_relogin_drops_the_session_without_logging_it_out(
+async def test_a_relogin_meeting_an_outage_keeps_the_session_without_logging_it_out(
     sim: Simulator, clock: VirtualClock, secret_values: set[str]
 ) -> None:
+    """A Login Service outage says nothing of the session the re-login was to replace: it is
+    kept (calls to healthy services go on with it), and never logged out."""
     auth = user_login(sim, keepalive=False, retry=RetryPolicy(pauses=()))
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
         first = await engine.login()
         learn_session_secrets(auth, secret_values)
+        kept = auth.session
         sim.faults.script("POST", LOGIN, [503])
         with pytest.raises(RetriesExhausted):
             await auth.relogin()
-        assert auth.session is None
+        assert auth.session is kept
         await clock.sleep(LOGOUT_TIMEOUT)
         assert sim.count("POST", LOGOUT) == 0
         assert alive(sim, bearer_of(first))

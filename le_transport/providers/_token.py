@@ -39,16 +39,19 @@ gets a token fetched no sooner than the life it claims (``exp - iat``, 2 s or mo
 our clock ahead, and tokens are believed to live that much longer; a 401 then replaces each.
 
 That early fetch is one attempt, not the request schedule: the current token still works, so a
-token service outage (a 5xx, a transport failure) must not fail calls, nor hold them through
-5/10/15 s of pauses. Its failure is logged as a WARNING, not an ERROR, by the retry middleware:
-the fetch says it handles an outage, and how (the line ends with it, and the give-up event has
-``handled_by_caller``). When it fails, the current token keeps being used (a ``refresh_failed``
-event says so) and the fetch is tried again after a pause that grows like the request schedule;
-once the token has expired, the fetch follows the whole schedule and its failure is the call's.
-That includes the callers sharing an early fetch that fails after the token expired (or was
-dropped after a 401): the same shared run goes on with a fetch on the whole schedule, as a
-caller without a token would get, and one for all of them. A refusal (a 4xx: bad credentials,
-a blacklisted account) fails the call at once either way, and is reported as any call's.
+token service outage (a 5xx, a transport failure; an answer that is neither a refusal nor a
+token, :class:`~le_transport.errors.UnexpectedAnswer`: a redirect, a proxy's HTML maintenance
+page; a consumer's auth-code callable failing on the network) must not fail calls, nor hold
+them through 5/10/15 s of pauses, nor send a token request for each. Its failure is logged as a
+WARNING, not an ERROR, by the retry middleware: the fetch says it handles an outage, and how
+(the line ends with it, and the give-up event has ``handled_by_caller``). When it fails, the
+current token keeps being used (a ``refresh_failed`` event says so) and the fetch is tried
+again after a pause that grows like the request schedule; once the token has expired, the fetch
+follows the whole schedule and its failure is the call's. That includes the callers sharing an
+early fetch that fails after the token expired (or was dropped after a 401): the same shared
+run goes on with a fetch on the whole schedule, as a caller without a token would get, and one
+for all of them. A refusal (a 4xx: bad credentials, a blacklisted account) fails the call at
+once either way, and is reported as any call's.
 """
 
 from __future__ import annotations
@@ -65,16 +68,19 @@ from yarl import URL
 
 from .._redact import Secret
 from ..errors import (
-    AuthenticationError,
+    BlockedError,
     ClientStatusError,
     ConfigurationError,
     DomainResolutionError,
     EngineClosed,
     HostileHostError,
+    LoginRejected,
     RequestError,
+    UnexpectedAnswer,
     UnknownServiceError,
 )
 from ..events import StateEvent
+from ..middleware.context import is_provider_outage
 from ..policies._validate import finite_number
 from ..policies.retry import RetryPolicy
 from ._flight import SingleFlight
@@ -97,6 +103,7 @@ __all__ = [
     "CLOCK_SKEW_TOLERANCE",
     "DEFAULT_TOKEN_MARGIN",
     "MAX_CLOCK_SKEW",
+    "MAX_JWT_EXP",
     "MIN_TOKEN_LIFE",
     "MIN_TOKEN_REFRESH",
     "Token",
@@ -122,6 +129,12 @@ CLOCK_SKEW_TOLERANCE = 5.0
 #: (a clock set to another time zone is within it; an ``iat`` on another epoch is not). Beyond
 #: it, the ``iat`` is ignored.
 MAX_CLOCK_SKEW = 86_400.0
+#: The latest JWT ``exp`` read as a time (epoch seconds; about the year 5138). RFC 7519's
+#: NumericDate is seconds: an ``exp`` beyond is no expiry in seconds (most likely one in
+#: milliseconds, which read as seconds lives some 50,000 years, so is never fetched anew), and
+#: the token is read as one without ``exp`` (its answer's ``expires_in``, if any; else a 401
+#: replaces it), logged once as a WARNING.
+MAX_JWT_EXP = 1e11
 #: ``iat`` is whole seconds: it may be up to this much before the moment the token was made.
 _IAT_RESOLUTION = 1.0
 #: What an early fetch does when its one attempt meets an outage, in the retry middleware's
@@ -155,13 +168,19 @@ class Token:
 
 def _transient(exc: Exception) -> bool:
     """Whether a failed token request is an outage that a still-valid token can ride out: a
-    5xx or transport failure after its schedule, or the Domain API being down. Not a refusal
-    (a 4xx arrives as an AuthenticationError), a close, an unknown service or a hostile host."""
+    5xx or transport failure after its schedule, the Domain API being down, an answer that is
+    neither a refusal nor a token (:class:`UnexpectedAnswer`: a redirect, a proxy's HTML
+    maintenance page), or the provider's own call failing on the network (an auth-code
+    callable raising ``OSError`` or ``TimeoutError``: ``is_provider_outage``). Not a refusal
+    (a 4xx arrives as :class:`LoginRejected` or :class:`BlockedError`), a close, an unknown
+    service, a hostile host, nor a mistake (a ``ConfigurationError``)."""
     if isinstance(exc, (UnknownServiceError, HostileHostError)):
         return False
-    if isinstance(exc, DomainResolutionError):
+    if isinstance(exc, (DomainResolutionError, UnexpectedAnswer)):
         return True
-    return isinstance(exc, RequestError) and not isinstance(exc, (ClientStatusError, EngineClosed))
+    if isinstance(exc, RequestError):
+        return not isinstance(exc, (ClientStatusError, EngineClosed))
+    return is_provider_outage(exc)
 
 
 def check_token_options(owner: str, domains: object, service: object) -> None:
@@ -230,6 +249,8 @@ class TokenProvider:
         self._older: tuple[float, float, float] | None = None
         # Whether an iat beyond MAX_CLOCK_SKEW has been logged (once is enough).
         self._iat_ignored = False
+        # Whether an exp beyond MAX_JWT_EXP has been logged (once is enough).
+        self._exp_ignored = False
         #: Tokens fetched successfully.
         self.fetches = 0
 
@@ -294,9 +315,25 @@ class TokenProvider:
             self._token = None
 
     async def relogin(self) -> Credentials:
-        """Fetch a new token whatever the current one (the outer recovery loop's step)."""
-        self._token = None
-        return await self.credentials()
+        """Fetch a new token whatever the current one (the outer recovery loop's step).
+
+        Calls keep using the current token while the fetch is out. A refused fetch
+        (:class:`~le_transport.errors.LoginRejected`, :class:`~le_transport.errors.BlockedError`)
+        drops it; any other failure (the token service or the Domain API down, an answer that
+        is neither a refusal nor a token: :class:`~le_transport.errors.UnexpectedAnswer`) says
+        nothing of it, and it is kept until it is due (or expires, or a 401 says it ended)."""
+        replaced = self._token
+        try:
+            token = await self.fetch()
+        except (LoginRejected, BlockedError):
+            if self._token is replaced:
+                self._token = None
+            raise
+        return Credentials(
+            headers={"Authorization": f"{self._scheme} {token.value.reveal()}"},
+            bearer=token.value,
+            generation=token.generation,
+        )
 
     async def fetch(self) -> Token:
         """Fetch a token now, or join the fetch in progress (single flight).
@@ -330,7 +367,7 @@ class TokenProvider:
         """
         try:
             return await self._fetch(early=True)
-        except (RequestError, DomainResolutionError) as exc:
+        except Exception as exc:
             if self._closed or not _transient(exc):
                 raise
             now = http.clock.now()
@@ -454,6 +491,9 @@ class TokenProvider:
         that is under :data:`MIN_TOKEN_LIFE` (not believed). ``took``: engine-clock seconds
         from sending its request to now, the longest its answer can have been on the way."""
         exp, iat = jwt_times(value)
+        if exp is not None and exp >= MAX_JWT_EXP:
+            self._ignore_exp(exp)
+            exp = None
         if exp is None:
             return expires_in, MIN_TOKEN_REFRESH
         wall = self._wall_clock()
@@ -484,6 +524,21 @@ class TokenProvider:
             self._set_skew(http, 0.0, "skew dropped: a token dead by it lives by our wall clock")
             lifetime = ours
         return lifetime, floor
+
+    def _ignore_exp(self, exp: float) -> None:
+        """Say, once, that a JWT's ``exp`` is beyond :data:`MAX_JWT_EXP` and ignored (its
+        magnitude only, never the token)."""
+        if self._exp_ignored:
+            return
+        self._exp_ignored = True
+        _log.warning(
+            "%s: ignoring a JWT exp of about 1e%d, which is no time in seconds (milliseconds?); "
+            "the token is read as one without exp (the answer's expires_in, if any; else a 401 "
+            "replaces it); logged once",
+            self.subject,
+            int(math.log10(exp)),
+            extra={"subject": self.subject},
+        )
 
     def _believable(self, http: ProviderHttp, exp: float, iat: float, wall: float) -> bool:
         """Whether a JWT's ``iat`` can tell the issuer's clock: issued 2 * MIN_TOKEN_LIFE or
@@ -572,19 +627,38 @@ class TokenProvider:
         )
 
     def _parse(self, resp: ProviderResponse, field: str) -> tuple[str, float | None]:
+        """The token and its ``expires_in`` from an answer; :class:`UnexpectedAnswer` for one
+        that is neither a refusal (a 4xx never gets here) nor a token: a 3xx, another 2xx than
+        200 or 201, a body that is not the token's JSON (a proxy's HTML maintenance page), a
+        token no header can carry. Its message never shows the body."""
+        # The Domain API service of the token endpoint, as the subclasses keep it.
+        named = getattr(self, "_service", None)
+        service = named if isinstance(named, str) else None
         if resp.status not in (200, 201):
-            raise AuthenticationError(f"{self.subject}: answered {resp.status} instead of 200")
+            raise UnexpectedAnswer(
+                f"{self.subject}: answered {resp.status} instead of 200 (neither a refusal "
+                "nor a token: a redirect or a maintenance page?)",
+                status=resp.status,
+                service=service,
+            )
         try:
             payload = json.loads(resp.body)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             payload = None
         value = payload.get(field) if isinstance(payload, dict) else None
         if not isinstance(value, str) or not value:
-            raise AuthenticationError(f"{self.subject}: the answer has no {field!r}")
+            raise UnexpectedAnswer(
+                f"{self.subject}: the answer has no {field!r} (not the token's answer: a "
+                "maintenance page?)",
+                status=resp.status,
+                service=service,
+            )
         if not header_safe(value):
-            raise AuthenticationError(
+            raise UnexpectedAnswer(
                 f"{self.subject}: the answer's {field!r} has characters a header cannot carry "
-                "(whitespace or control characters); refused"
+                "(whitespace or control characters); refused",
+                status=resp.status,
+                service=service,
             )
         assert isinstance(payload, dict)
         given = payload.get("expires_in")

@@ -46,6 +46,7 @@ import attrs
 from ..errors import (
     ConfigurationError,
     DomainResolutionError,
+    EngineClosed,
     HostileHostError,
     RequestError,
     UnknownServiceError,
@@ -335,12 +336,15 @@ class CsdsDomains:
         )
         self._shared = shared
         self._ask_source = False
+        self._closed = False
 
     # -- wiring -----------------------------------------------------------------------------
 
     def attach(self, http: ProviderHttp) -> None:
-        """Use the engine's HTTP path (called by the engine on start)."""
+        """Use the engine's HTTP path (called by the engine on start). A provider closed with
+        an earlier engine is open again: the map may serve one engine after another."""
         self._http = http
+        self._closed = False
 
     @property
     def account(self) -> str:
@@ -358,7 +362,9 @@ class CsdsDomains:
         """The host for ``service``; fetches the map first if it is missing or stale.
 
         Raises :class:`UnknownServiceError` (listing the account's services),
-        :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can be had.
+        :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can be had;
+        :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when the map
+        would have to be fetched (a fresh one still answers), until attached to another.
         """
         entries = await self._current()
         entry = entries.get(service)
@@ -450,7 +456,14 @@ class CsdsDomains:
     async def _current(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
         if self._entries is not None and http.clock.now() < self._expires_at:
+            # A fresh map answers even after close: reading it sends nothing.
             return self._entries
+        if self._closed:
+            # As a closed auth provider: no fetch starts (nor outlives the engine) after close.
+            raise EngineClosed(
+                f"csds[{self._account}]: the domain provider is closed (closing an engine "
+                "closes it) and its map is stale or missing: no fetch starts"
+            )
         return await self._flight.run(self._fetch_or_stale)
 
     def _install(self, entries: dict[str, Entry], now: float, life: float | None = None) -> None:
@@ -555,7 +568,11 @@ class CsdsDomains:
         return entries
 
     async def close(self) -> None:
-        """Stop a fetch in progress."""
+        """Stop a fetch in progress; from then on no fetch starts on the closed engine's
+        session (nor outlives it): :meth:`resolve` answers from a fresh map and raises
+        :class:`~le_transport.errors.EngineClosed` where it would fetch, :meth:`refresh`
+        raises it, until :meth:`attach` gives it another engine. Idempotent."""
+        self._closed = True
         await self._flight.cancel()
 
     def __repr__(self) -> str:

@@ -26,8 +26,22 @@ included: provider calls never follow redirects). When that login fails after a 
 refresh, the session is dropped; after a 3xx, it is kept (it may still serve calls while the
 Login Service is down or redirects to a maintenance page) and the next tick tries again. A
 refused login (a changed password, a blacklisted account) is never retried in the background:
-the keepalive waits for the next successful login, whoever makes it. Logins and
+the keepalive waits for the next successful login, whoever makes it. A refresh that failed
+and kept its session (a 5xx, a timeout, a 3xx whose login failed too) is tried again after
+half the TTL the session has left since it was last known alive (its login or last refresh),
+never later than the interval nor sooner than :data:`MIN_SESSION_REFRESH_INTERVAL`: one
+outage no longer lets a short-lived session expire (a whole interval after a refresh that
+gave up half-way through the TTL was past it). Its request says it handles an outage itself
+(``ProviderHttp.request(fallback=...)``): the retry middleware logs its giving up as a
+WARNING, not an ERROR. Logins and
 refreshes are single flight: a hundred concurrent callers without a token cause one login.
+
+**A login answered with neither a refusal nor a login** (a 3xx, or a 200 that is not the
+login's JSON: a proxy's HTML maintenance page) raises
+:class:`~le_transport.errors.UnexpectedAnswer`, an
+:class:`~le_transport.errors.AuthenticationError` that is no refusal: ``recover=True`` waits it
+out like a 503, and :meth:`LoginServiceAuth.relogin` keeps the session it was to replace (as
+after an outage); only a refused login (``LoginRejected``, ``BlockedError``) drops it.
 
 **Which replaced sessions are logged out**: only one the Login Service itself refused to
 refresh (a 4xx, 401 included): that session is declared over, so nothing can still be using it
@@ -74,6 +88,7 @@ from ..errors import (
     ConfigurationError,
     EngineClosed,
     LoginRejected,
+    UnexpectedAnswer,
 )
 from ..events import StateEvent
 from ..policies._validate import finite_number
@@ -131,6 +146,9 @@ MIN_SESSION_REFRESH_INTERVAL = LOGIN_RATE_LIMIT_FLOOR
 LOGOUT_TIMEOUT = 5.0
 #: The access-token fields of the client-credentials login body (LivePerson's documented form).
 CLIENT_CREDENTIALS_DUMMY = "dummy"
+#: What the keepalive does when its refresh meets an outage, in the retry middleware's give-up
+#: line (a WARNING, not an ERROR: nothing failed for a caller): true whatever happens next.
+_KEEPALIVE_FALLBACK = "the session is kept and the keepalive tries the refresh again"
 
 
 def login_policy(base: RetryPolicy) -> RetryPolicy:
@@ -167,14 +185,14 @@ def _ttl_seconds(value: object) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
-class _NotAccepted(AuthenticationError):
+class _NotAccepted(UnexpectedAnswer):
     """The Login Service answered a refresh or logout with neither a 2xx nor a 4xx (a 3xx:
-    provider calls never follow redirects). Handled like a refused refresh (a 401): a fresh
-    login follows. ``status`` is the answer's status."""
+    provider calls never follow redirects). A refresh so answered falls back to a fresh login,
+    as a refused one (a 401) does, but keeps its session if that login fails. ``status`` is
+    the answer's status."""
 
     def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
 
 
 class LoginServiceAuth:
@@ -415,15 +433,21 @@ class LoginServiceAuth:
     async def relogin(self) -> Credentials:
         """A fresh login, whatever the current session (the outer recovery loop's step).
 
-        Calls keep using the current session until the new one is installed; if the login
-        fails, the current session is dropped (the next call logs in). The session it replaces
-        is never logged out: the recovery loop re-logs in after 5xx and transport failures,
-        which say nothing of the session, and calls in flight and sockets may still hold it.
-        It is left to expire on its own (see the module)."""
+        Calls keep using the current session until the new one is installed. If the login is
+        refused (:class:`~le_transport.errors.LoginRejected`,
+        :class:`~le_transport.errors.BlockedError`: a changed password, a blacklisted
+        account), the current session is dropped (the next call logs in, and is refused too).
+        Any other failure says nothing of it, and it is kept: the Login Service down (a 5xx, a
+        reset, a timeout), or answering neither a refusal nor a login
+        (:class:`~le_transport.errors.UnexpectedAnswer`: a redirect, a maintenance page), or
+        the Domain API down; calls go on with it until its TTL, or a 401 says it ended. The
+        session it replaces is never logged out: the recovery loop re-logs in after 5xx and
+        transport failures, which say nothing of the session, and calls in flight and sockets
+        may still hold it. It is left to expire on its own (see the module)."""
         replaced = self._session
         try:
             session = await self.login()
-        except Exception:
+        except (LoginRejected, BlockedError):
             self._drop(replaced)
             raise
         return self._credentials(session)
@@ -436,27 +460,37 @@ class LoginServiceAuth:
         expire on its own.
 
         Returns whether the session was refreshed (False: there was none, or a new login
-        replaced it). Raises what the fallback login raises, the session then dropped (and, if
-        refused, logged out in the background): the next call logs in, and the keepalive waits
-        for a successful login (it never retries a refused login on its own). A transient
-        refresh failure (a 5xx, a timeout, a broken connection) is raised as is, the session
-        kept and never logged out (the keepalive logs it and tries again on its next tick).
+        replaced it). Raises what the fallback login raises; after a refused refresh the
+        session is then dropped (and logged out in the background): the next call logs in,
+        and the keepalive waits for a successful login (it never retries a refused login on
+        its own). After a 3xx it is kept. A transient refresh failure (a 5xx, a timeout, a
+        broken connection) is raised as is, the session kept and never logged out (the
+        keepalive logs it and tries again sooner than an interval while the session lives: see
+        the module).
         Concurrent callers share one refresh.
         """
+        return await self._refresh()
+
+    async def _refresh(self, fallback: str | None = None) -> bool:
+        """:meth:`refresh`; ``fallback``: what the caller does when the refresh meets an
+        outage (the keepalive's :data:`_KEEPALIVE_FALLBACK`), for the retry middleware's
+        give-up line (see :meth:`ProviderHttp.request`)."""
         require_attached(self._http, self)
         if self._session is None:
             return False
-        return await self._refresh_flight.run(self._refresh_once)
+        return await self._refresh_flight.run(lambda: self._refresh_once(fallback))
 
-    async def _refresh_once(self) -> bool:
+    async def _refresh_once(self, fallback: str | None = None) -> bool:
         http = require_attached(self._http, self)
         session = self._session
         if session is None:
             return False
         if self._shared is not None and self._shared_token is not None:
-            return await self._shared_refresh(http, session, self._shared_token)
+            return await self._shared_refresh(http, session, self._shared_token, fallback)
         try:
-            await self._post_session(http, session, "refresh", self._policy(http))
+            await self._post_session(
+                http, session, "refresh", self._policy(http), fallback=fallback
+            )
         except (ClientStatusError, _NotAccepted) as exc:
             emit_state(
                 http.hooks,
@@ -561,7 +595,11 @@ class LoginServiceAuth:
         return loaded
 
     async def _shared_refresh(
-        self, http: ProviderHttp, session: LoginSession, held: SharedToken
+        self,
+        http: ProviderHttp,
+        session: LoginSession,
+        held: SharedToken,
+        fallback: str | None = None,
     ) -> bool:
         assert self._shared is not None
         done: list[bool] = []
@@ -575,7 +613,7 @@ class LoginServiceAuth:
                 base = _load_session(newest.value, session.generation, http.clock.now())
                 version = newest.version
             posted.append((version, base))
-            await self._post_session(http, base, "refresh", self._policy(http))
+            await self._post_session(http, base, "refresh", self._policy(http), fallback=fallback)
             done.append(True)
             return _dump_session(base), base.ttl
 
@@ -689,8 +727,13 @@ class LoginServiceAuth:
                 idempotent=True,
             )
         if resp.status != 200:
-            err = AuthenticationError(
-                f"{self.subject}: the Login Service answered {resp.status} instead of 200"
+            # Neither a refusal (a 4xx is LoginRejected above) nor a login: a redirect to a
+            # maintenance page, most likely. Nothing is wrong with the credentials.
+            err = UnexpectedAnswer(
+                f"{self.subject}: the Login Service answered {resp.status} instead of 200 "
+                "(neither a refusal nor a login: a redirect or a maintenance page?)",
+                status=resp.status,
+                service=self._service,
             )
             report_login_failed(http, self.subject, err, resp.status)
             raise err
@@ -722,15 +765,21 @@ class LoginServiceAuth:
             payload = None
         bearer = payload.get("bearer") if isinstance(payload, dict) else None
         if not isinstance(bearer, str) or not bearer:
-            err = AuthenticationError(
-                f"{self.subject}: the Login Service answered 200 without a bearer token"
+            # Not the login answer (a proxy's HTML maintenance page, say): no refusal either.
+            err = UnexpectedAnswer(
+                f"{self.subject}: the Login Service answered 200 without a bearer token (not "
+                "the login answer: a maintenance page?)",
+                status=200,
+                service=self._service,
             )
             report_login_failed(http, self.subject, err, 200)
             raise err
         if not header_safe(bearer):
-            err = AuthenticationError(
+            err = UnexpectedAnswer(
                 f"{self.subject}: the Login Service answered a bearer token with characters a "
-                "header cannot carry (whitespace or control characters); refused"
+                "header cannot carry (whitespace or control characters); refused",
+                status=200,
+                service=self._service,
             )
             report_login_failed(http, self.subject, err, 200)
             raise err
@@ -762,11 +811,17 @@ class LoginServiceAuth:
         )
 
     async def _post_session(
-        self, http: ProviderHttp, session: LoginSession, action: str, policy: RetryPolicy
+        self,
+        http: ProviderHttp,
+        session: LoginSession,
+        action: str,
+        policy: RetryPolicy,
+        *,
+        fallback: str | None = None,
     ) -> None:
         """POST ``action`` (refresh, logout) with the session's cookie and csrf; an answer
         other than 2xx is a :class:`_NotAccepted` (a 4xx: the retry middleware's
-        :class:`ClientStatusError`)."""
+        :class:`ClientStatusError`). ``fallback``: see :meth:`ProviderHttp.request`."""
         host = await self._domains.resolve(self._service)
         headers = {}
         if session.session_id is not None:
@@ -780,6 +835,7 @@ class LoginServiceAuth:
             headers=headers,
             retry=policy,
             idempotent=True,
+            fallback=fallback,
         )
         if not 200 <= resp.status < 300:
             # Provider calls never follow redirects: a 3xx (or a stray 1xx) did not refresh
@@ -889,7 +945,11 @@ class LoginServiceAuth:
         """Refresh the session every :meth:`refresh_interval_for` it, timed from its login (or
         last refresh). Without a session (dropped after a 401, or after a refused login) it
         waits for the next login, whoever makes it, and times the refresh from that: never
-        an interval measured from a session that is gone."""
+        an interval measured from a session that is gone. After a refresh that failed and
+        kept the session (an outage), the next one comes sooner: :meth:`_retry_in`."""
+        # The session last known alive (logged in, adopted or refreshed), and since when.
+        alive: tuple[LoginSession, float] | None = None
+        failed = False
         while True:
             # Cleared before the session is read: a login from here on wakes the wait below.
             self._logged_in.clear()
@@ -897,32 +957,47 @@ class LoginServiceAuth:
             if session is None:
                 await self._logged_in.wait()
                 continue
+            if alive is None or alive[0] is not session:
+                alive, failed = (session, session.logged_in_at), False
+            now = http.clock.now()
+            wait = (
+                self._retry_in(session, alive[1], now)
+                if failed
+                else max(0.0, alive[1] + self.refresh_interval_for(session) - now)
+            )
             try:
-                async with timeout_after(http.clock, self.refresh_interval_for(session)):
+                async with timeout_after(http.clock, wait):
                     await self._logged_in.wait()
             except TimeoutError:
                 pass  # the interval ran out: refresh
             else:
                 continue  # a login replaced the session: time the refresh from it
             try:
-                await self.refresh()
+                await self._refresh(_KEEPALIVE_FALLBACK)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # The keepalive never dies: the next tick tries the refresh again, or, the
-                # session being gone, the next request's login starts it over; the outer
-                # recovery loop handles a lasting outage. But a refresh refused and the login
-                # after it too (LoginRejected, BlockedError: the password changed, or the
-                # account is blacklisted) is not retried: every tick, that would be a failed
-                # login every few minutes (an account lockout), or a blacklisted account
-                # hammered. Said once (the refusal itself was an ERROR, login_failed): the
-                # loop then waits for a caller's successful login (the session is dropped).
+                failed = True
+                # The keepalive never dies: the next tick tries the refresh again (sooner
+                # than an interval, while the session lives), or, the session being gone,
+                # the next request's login starts it over; the outer recovery loop handles a
+                # lasting outage. But a refresh refused and the login after it too
+                # (LoginRejected, BlockedError: the password changed, or the account is
+                # blacklisted) is not retried: every tick, that would be a failed login
+                # every few minutes (an account lockout), or a blacklisted account hammered.
+                # Said once (the refusal itself was an ERROR, login_failed): the loop then
+                # waits for a caller's successful login (the session is dropped).
                 details: dict[str, object] = {"error": type(exc).__name__}
+                current = self._session
                 if isinstance(exc, (LoginRejected, BlockedError)):
                     details["status"] = exc.status
                     details["next"] = "none: the keepalive waits for a successful login"
-                elif self._session is not None:
+                elif current is not None:
                     details["next"] = "retry on the next tick"
+                    if current is session:
+                        details["retry_in"] = round(
+                            self._retry_in(session, alive[1], http.clock.now()), 3
+                        )
                 else:
                     details["next"] = "the next call logs in"
                 emit_state(
@@ -931,6 +1006,27 @@ class LoginServiceAuth:
                     logging.WARNING,
                     StateEvent("refresh_failed", self.subject, details),
                 )
+            else:
+                failed = False
+                if self._session is session:
+                    # Refreshed (by this process, or by the fleet within the interval): alive
+                    # as of now. A login that replaced it is timed from its own login.
+                    alive = (session, http.clock.now())
+
+    def _retry_in(self, session: LoginSession, alive_at: float, now: float) -> float:
+        """How long the keepalive waits before trying again a refresh that failed and kept
+        ``session`` (last known alive at ``alive_at``): half the TTL it has left, so that a
+        few tries fit before it expires, never more than :meth:`refresh_interval_for` it nor
+        less than :data:`MIN_SESSION_REFRESH_INTERVAL` (no tight loop against a Login Service
+        that is down). A whole interval when its TTL is unknown, or already over (a refresh
+        can no longer save it: the next one meets a 401 and logs in)."""
+        interval = self.refresh_interval_for(session)
+        if session.ttl is None:
+            return interval
+        left = alive_at + session.ttl - now
+        if left <= 0:
+            return interval
+        return min(interval, max(MIN_SESSION_REFRESH_INTERVAL, left / 2.0))
 
     def _credentials(self, session: LoginSession) -> Credentials:
         return Credentials(

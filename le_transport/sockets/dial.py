@@ -36,6 +36,7 @@ from ..errors import (
     RequestError,
     SocketError,
     TransportError,
+    UnexpectedAnswer,
 )
 from ..middleware.context import provider_failed, safe_cause
 from ..middleware.retry import parse_retry_after_date
@@ -517,6 +518,14 @@ class EngineDialer:
             bug: tuple[Exception, TransportError] | None = None
             try:
                 creds = await self._auth.credentials("GET", base)
+            except UnexpectedAnswer as exc:
+                # Neither a refusal nor a login (a redirect, a proxy's maintenance page): no
+                # word on the credentials, an outage by another name, retried on the
+                # reconnect schedule as the recovery loop waits it out over HTTP.
+                raise DialFailed(
+                    f"no credentials for {self._name}: {type(exc).__name__}",
+                    disconnect=Disconnect.connect_failed(f"credentials: {type(exc).__name__}"),
+                ) from exc
             except AuthenticationError:
                 # Bad credentials, a login refused: the owner stops instead of looping.
                 raise
