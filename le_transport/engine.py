@@ -258,7 +258,8 @@ class Response:
         """The body parsed as JSON, optionally checked to be of type ``expect``.
 
         JSON is read as UTF-8 (RFC 8259), whatever charset the answer names: a server that
-        says ``charset=iso-8859-1`` over UTF-8 JSON must not turn "Zoë" into "ZoÃ«".
+        says ``charset=iso-8859-1`` over UTF-8 JSON must not turn "Zoë" into "ZoÃ«". A leading
+        byte order mark is ignored, as RFC 8259 allows.
 
         Raises :class:`ResponseDecodeError` for an empty body, malformed JSON (``NaN`` and
         ``Infinity``, which Python's own parser takes, are not JSON; nor is a number too large
@@ -276,6 +277,9 @@ class Response:
         if not self.body.strip():
             raise self._decode_error("expected a JSON body, got an empty body")
         text = self.text("utf-8")
+        if text.startswith("\ufeff"):
+            # A byte order mark, which RFC 8259 lets a parser ignore (some servers send one).
+            text = text[1:]
         failed: str | None = None
         try:
             value = loads_strict(text)

@@ -353,6 +353,13 @@ def test_json_refuses_non_finite_numbers_as_not_json(body: bytes, expect: type) 
     assert _answer(b'{"rate": 1.5e300, "n": -0.0}').json(dict) == {"rate": 1.5e300, "n": -0.0}
 
 
+def test_json_ignores_a_leading_byte_order_mark() -> None:
+    """RFC 8259 lets a parser ignore a BOM; a body starting with one was a decode error."""
+    assert _answer('\ufeff{"name": "Zoë"}'.encode()).json(dict) == {"name": "Zoë"}
+    with pytest.raises(ResponseDecodeError):
+        _answer('{"a": 1}\ufeff'.encode()).json()  # anywhere else it is no JSON
+
+
 def test_a_bad_encoding_or_expected_type_is_invalid_request() -> None:
     answer = _answer(b"[]")
     with pytest.raises(InvalidRequest, match="not a text encoding"):
