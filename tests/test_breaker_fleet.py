@@ -1241,13 +1241,7 @@ class SteppingStore(MemoryStore):
     still on may only be replaced by a break that ends no sooner (a process publishing a longer
     one), never by a shorter one, a half-open tail, the fleet's closed mark, or nothing
     (deleted); and while an entry lives, what replaces it never counts fewer openings (the
-    fleet's escalation never starts over). ``lost`` names each time it did.
-
-    Its operations are bounded by the machine that steps them (``op_timeout`` says so): the
-    guard's FallbackStore then arms no timeout of its own, which needs a running loop the
-    machine does not have."""
-
-    op_timeout = 0.25
+    fleet's escalation never starts over). ``lost`` names each time it did."""
 
     def __init__(self, clock: VirtualClock) -> None:
         super().__init__(clock)

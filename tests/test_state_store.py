@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 
 import pytest
 
@@ -638,60 +637,3 @@ async def test_a_fleet_pace_that_is_no_wait_paces_on_the_processs_own_bucket(
     assert waited == pytest.approx([0.0, 0.0, 0.1])
     warnings = [r for r in caplog.records if "not a wait in seconds" in r.getMessage()]
     assert len(warnings) == 1
-
-
-class _SilentStore(MemoryStore):
-    """A caller's store with no timeout of its own, whose server stopped answering."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__(clock)
-        self.silent = False
-
-    async def get(self, key: str) -> Entry | None:
-        if self.silent:
-            await asyncio.Event().wait()
-        return await super().get(key)
-
-    async def budget(
-        self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
-    ) -> bool:
-        if self.silent:
-            await asyncio.Event().wait()
-        return await super().budget(key, policy, deposits=deposits, withdraw=withdraw)
-
-
-async def test_a_primary_that_never_answers_is_an_outage_after_op_timeout(
-    clock: VirtualClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Only a RedisStore bounded its own operations: a caller's store that stopped answering
-    hung every operation (and with it every call the overload guard admitted) for ever."""
-    from le_transport.state.fallback import DEFAULT_PRIMARY_TIMEOUT
-
-    primary = _SilentStore(clock)
-    store = FallbackStore(primary, clock=clock)
-    await store.set("k", "v", ttl=60)
-    primary.silent = True
-    start = clock.now()
-    with caplog.at_level(logging.WARNING, logger="le_transport.state"):
-        entry = await store.get("k")
-        assert await store.budget("b", RetryBudget(), deposits=1) is False
-    assert entry is not None
-    assert entry.value == "v"  # the local copy
-    assert clock.now() - start == pytest.approx(DEFAULT_PRIMARY_TIMEOUT)  # then local at once
-    assert not store.sharing
-    assert "_SilentStore.get did not answer within 1 s" in caplog.text
-    assert "may be a bug" not in caplog.text  # an outage, said as one
-
-
-async def test_a_fallback_stores_op_timeout_is_checked_and_bounds_each_operation(
-    clock: VirtualClock,
-) -> None:
-    for bad in (-1, 0, math.inf, "5"):
-        with pytest.raises(ConfigurationError, match="op_timeout"):
-            FallbackStore(MemoryStore(clock), clock=clock, op_timeout=bad)  # type: ignore[arg-type]
-    primary = _SilentStore(clock)
-    store = FallbackStore(primary, clock=clock, op_timeout=30)
-    primary.silent = True
-    start = clock.now()
-    assert await store.get("k") is None
-    assert clock.now() - start == pytest.approx(30)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .._checks import require_kind
-from ..clock import Clock, RealClock, timeout_after
+from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
 from ..policies.budget import RetryBudget
@@ -44,15 +44,12 @@ from .store import (
     takes_only_if,
 )
 
-__all__ = ["DEFAULT_PRIMARY_TIMEOUT", "DEFAULT_RETRY_INTERVAL", "FallbackStore"]
+__all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
 
 _log = logging.getLogger("le_transport.state")
 
 #: How long a process stays local after the primary failed before it tries the primary again.
 DEFAULT_RETRY_INTERVAL = 1.0
-#: Seconds a primary's operation may take before it counts as failed, for a primary that does
-#: not bound its operations itself (an ``op_timeout`` attribute of its own, as ``RedisStore``).
-DEFAULT_PRIMARY_TIMEOUT = 1.0
 #: How many damaged keys a FallbackStore remembers having warned of (then it starts over).
 _DAMAGED_KEPT = 1024
 
@@ -77,13 +74,6 @@ class FallbackStore:
     - ``local``: where state lives while the primary is out (a fresh ``MemoryStore``).
     - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
     - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
-    - ``op_timeout``: seconds on ``clock`` one primary operation may take before it is an
-      outage like any other (a finite number > 0). Default (None): no bound here for a
-      primary that bounds its operations itself and says so with an ``op_timeout`` attribute
-      of its own, a number of seconds (a :class:`~le_transport.state.RedisStore`, on its own
-      clock), :data:`DEFAULT_PRIMARY_TIMEOUT` for any other: a caller's store that never
-      answers (no timeout of its own) must not hang every call the overload guard admits, nor
-      a login waiting on a shared session.
 
     Writes (``set``) also go to ``local``, so that what this process last shared is still
     there if the primary goes away.
@@ -119,15 +109,9 @@ class FallbackStore:
         clock: Clock | None = None,
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
         hooks: EventHooks | None = None,
-        op_timeout: float | None = None,
     ) -> None:
         check_store("FallbackStore", "primary", primary)
         self._retry_interval = check_seconds("FallbackStore", "retry_interval", retry_interval)
-        if op_timeout is None and not _bounds_itself(primary):
-            op_timeout = DEFAULT_PRIMARY_TIMEOUT
-        self._op_timeout = (
-            None if op_timeout is None else check_seconds("FallbackStore", "op_timeout", op_timeout)
-        )
         # Checked here, by name: a wrong local failed at the first write, and wrong hooks
         # raised AttributeError from inside _call when the primary failed, turning the outage
         # this store exists to absorb into a failed call.
@@ -185,13 +169,8 @@ class FallbackStore:
         damaged (StateDataError: no outage, see the class)."""
         if self._down and self._clock.now() < self._next_try:
             return await local()
-        bound = None if self._op_timeout is None else timeout_after(self._clock, self._op_timeout)
         try:
-            if bound is None:
-                result = await shared()
-            else:
-                async with bound:
-                    result = await shared()
+            result = await shared()
         except StateDataError as exc:
             self._damaged_key(op, key, exc)
             return await (local if damaged is None else damaged)()
@@ -206,12 +185,6 @@ class FallbackStore:
         except ConfigurationError:
             raise  # the caller's arguments, refused by the primary: no outage
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and bound is not None and bound.expired:
-                # Our bound, not the store's own error: an outage, said as one.
-                exc = StateStoreError(
-                    f"{type(self._primary).__name__}.{op} did not answer within "
-                    f"{self._op_timeout:g} s"
-                )
             # StateStoreError is the protocol's outage; a caller's own store may fail with its
             # client's error instead (redis-py's ConnectionError is no OSError). Either is
             # taken for an outage: state goes local, which keeps every process working, and
@@ -455,10 +428,3 @@ async def _not_stored() -> bool:
     """What a conditional write, an add or a compare-and-delete answers for a damaged key: not
     stored (the key holds something else than what was compared, or than nothing)."""
     return False
-
-
-def _bounds_itself(primary: StateStore) -> bool:
-    """Whether ``primary`` bounds each of its operations itself: it says so with an
-    ``op_timeout`` of its own, a number of seconds (as ``RedisStore`` does)."""
-    own = getattr(primary, "op_timeout", None)
-    return isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0

@@ -357,13 +357,6 @@ class RedisStore:
         return self._prefix
 
     @property
-    def op_timeout(self) -> float:
-        """Seconds (on :attr:`clock`) before one operation counts as failed: this store bounds
-        its operations itself, and a wrapping :class:`~le_transport.state.FallbackStore` adds
-        no bound of its own."""
-        return self._op_timeout
-
-    @property
     def clock(self) -> Clock:
         """The clock ``op_timeout`` runs on (what a wrapping FallbackStore is given by default
         by :class:`~le_transport.state.SharedDomainMap`)."""

@@ -269,7 +269,15 @@ def _no_only_if(owner: str, field: str, store: object) -> str:
 
 @runtime_checkable
 class StateStore(Protocol):
-    """Where shared state lives. Every operation is atomic; times are seconds."""
+    """Where shared state lives. Every operation is atomic; times are seconds.
+
+    Every operation is bounded by the store itself: it answers, or fails with a
+    :class:`~le_transport.errors.StateStoreError`, within a short time of its own (as
+    :class:`~le_transport.state.RedisStore`'s ``op_timeout``, 0.25 s by default, on the clock
+    it is given). The library does not cut an operation short from outside: a write cancelled
+    after the server applied it would leave a lock held for its whole TTL. A store that never
+    answers holds up what waits on it (a shared login, a call the overload guard admits).
+    """
 
     async def get(self, key: str) -> Entry | None:
         """The value at ``key`` (a str) and its remaining TTL (a finite number of seconds in
