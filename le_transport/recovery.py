@@ -438,6 +438,7 @@ class Recovery:
             while True:
                 seen = self._epoch
                 ledger, token = open_ledger()
+                left: BaseException | None = None
                 try:
                     try:
                         pending = call()
@@ -473,10 +474,16 @@ class Recovery:
                         err = _left_running(exc, self._subject)
                         if err is exc:
                             raise
-                        raise err from exc.__cause__
-                    continue
+                        # Raised below, outside this clause: raised here, the copy would
+                        # get ``exc`` as its context, and its own (the root cause of an
+                        # error raised without ``from``) would be lost.
+                        left = err
+                    else:
+                        continue
                 finally:
                     ledger.close()
+                if left is not None:
+                    raise left
                 if went_through_recovery:
                     self._recovered()
                 return result

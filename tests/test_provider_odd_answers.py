@@ -504,3 +504,96 @@ async def test_a_socket_whose_login_meets_a_maintenance_page_reconnects_not_stop
         assert sim.count("POST", LOGIN) == 3  # two odd answers, then the login
         assert clock.now() > 0  # on the reconnect schedule between the tries
         await ws.close()
+
+
+# -- the second review round ------------------------------------------------------------------
+
+
+async def test_a_due_call_during_a_relogin_sends_its_valid_token_without_waiting(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A call whose token was due (inside its margin, valid for 59 s more) joined the
+    re-login's fetch (its whole schedule, through an outage) and failed with it, though it
+    had a token that worked."""
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        token = await _inside_the_margin(engine, auth, clock)
+        sim.faults.script("POST", TOKEN, [Status(503)] * 40)
+        relogin = asyncio.ensure_future(auth.relogin())
+        await asyncio.sleep(0)
+        start = clock.now()
+        resp = await engine.request("GET", SERVICE, USERS)
+        assert resp.status == 200
+        assert clock.now() == start
+        assert token.expires_at is not None
+        assert token.expires_at - clock.now() > 0
+        with pytest.raises(RetriesExhausted):
+            await relogin
+
+
+async def test_a_maintenance_page_at_the_login_is_a_warning_as_a_503_is(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """login_failed was an ERROR (the level of a refused password, which pages someone) for a
+    maintenance page the recovery loop waits out as a 503, itself a WARNING."""
+    auth = _user_login(sim, keepalive=False, retry=RetryPolicy(pauses=()))
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+        levels: dict[int, list[int]] = {}
+        for answer, error in (
+            (Status(503), RetriesExhausted),
+            (ODD_ANSWERS[0], UnexpectedAnswer),
+            (ODD_ANSWERS[1], UnexpectedAnswer),
+        ):
+            caplog.clear()
+            sim.faults.script("POST", LOGIN, [answer])
+            with caplog.at_level(logging.DEBUG, logger="le_transport"), pytest.raises(error):
+                await auth.relogin()
+            levels[answer.code] = [
+                r.levelno for r in caplog.records if "login failed" in r.getMessage()
+            ]
+        assert levels[503] == levels[302] == levels[200] == [logging.WARNING]
+        sim.faults.script("POST", LOGIN, [Status(401)])
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="le_transport"), pytest.raises(LoginRejected):
+            await auth.relogin()
+        assert [r.levelno for r in caplog.records if "login failed" in r.getMessage()] == [
+            logging.ERROR
+        ]
+
+
+async def test_the_left_running_copy_keeps_the_root_cause_of_an_implicitly_chained_error() -> None:
+    """The copy was raised ``from exc.__cause__`` inside the except clause: for an error
+    raised without ``from`` (its cause None, its context the root cause) that suppressed the
+    context and put the original error in its place: the root cause left the traceback."""
+    import traceback
+
+    clock = VirtualClock()
+    try:
+        try:
+            raise OSError(104, "reset by peer (the root cause)")
+        except OSError:
+            raise ConnectionFailed("reset", service="svc")  # noqa: B904 - chained implicitly
+    except ConnectionFailed as caught:
+        shared = caught
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "127.0.0.1:9"}), auth=None, clock=clock, policy=RELOGIN
+    )
+    left: list[asyncio.Future[None]] = []
+
+    async def post_meanwhile() -> None:
+        await clock.sleep(1)
+        record_call(CallContext("svc", idempotent=False), "POST")
+
+    async def call() -> None:
+        left.append(asyncio.ensure_future(post_meanwhile()))
+        raise shared
+
+    with pytest.raises(ConnectionFailed) as raised:
+        await recovery.run(call)
+    await asyncio.gather(*left)
+    assert raised.value is not shared
+    assert raised.value.__context__ is shared.__context__
+    assert not raised.value.__suppress_context__
+    assert "the root cause" in "".join(traceback.format_exception(raised.value))

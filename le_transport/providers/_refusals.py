@@ -13,7 +13,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
-from ..errors import BlockedError, ClientStatusError, LoginRejected, RequestError
+from ..errors import (
+    BlockedError,
+    ClientStatusError,
+    LoginRejected,
+    RequestError,
+    UnexpectedAnswer,
+)
 from ..events import StateEvent
 from ._http import ProviderHttp, emit_state
 
@@ -25,11 +31,15 @@ _log = logging.getLogger("le_transport.auth")
 def report_login_failed(
     http: ProviderHttp, subject: str, exc: Exception, status: int | None
 ) -> None:
-    """Emit ``login_failed`` for ``exc``; ``status`` is the answer's, or None without one."""
+    """Emit ``login_failed`` for ``exc``; ``status`` is the answer's, or None without one.
+
+    A WARNING for an outage (no answer, a 5xx, an :class:`UnexpectedAnswer`: a maintenance
+    page is waited out as a 503 is), an ERROR for a refusal (the credentials)."""
+    outage = status is None or status >= 500 or isinstance(exc, UnexpectedAnswer)
     emit_state(
         http.hooks,
         _log,
-        logging.WARNING if status is None or status >= 500 else logging.ERROR,
+        logging.WARNING if outage else logging.ERROR,
         StateEvent("login_failed", subject, {"error": type(exc).__name__, "status": status}),
     )
 

@@ -356,6 +356,12 @@ class TokenProvider:
             raise EngineClosed(
                 f"{self.subject}: the auth provider is closed (closing an engine closes it)"
             )
+        if self._flight.running:
+            # A fetch is out already (an early one another call started, or a re-login's on
+            # its whole schedule): it will replace the token; meanwhile the token still works,
+            # and a call that joined the fetch would wait for it (a re-login through an
+            # outage: its whole schedule, then its failure), though it had a token to send.
+            return token
         return await self._flight.run(lambda: self._fetch_early(http, token))
 
     async def _fetch_early(self, http: ProviderHttp, token: Token) -> Token:
