@@ -1030,7 +1030,12 @@ class Engine:
     - ``hooks``: :class:`EventHooks` for retries and give-ups.
     - ``rng``: random source for jitter (seed it to reproduce a run).
     - ``outer_middlewares``: run around the retry middleware (once per logical call).
-    - ``wire_middlewares``: run inside it, once per attempt (fault injection goes here).
+    - ``wire_middlewares``: run inside it, once per attempt (fault injection goes here). The
+      providers' own calls (login, refresh, logout, the Domain API, token requests) pass only
+      those that say they may see them, with a true ``sees_provider_calls`` attribute (a
+      :class:`~le_transport.chaos.FaultInjector` does, so that one plan strikes a login on
+      either side): those calls carry credentials (a login's password in its body, the
+      session cookie), which a caller's logging or tracing middleware must not meet unasked.
     - The ``bind_clock`` protocol, for a middleware (of either list) that keeps time: if it
       has a method ``bind_clock(clock: Clock) -> None``, the engine calls it once, in its
       ``__init__``, with its own ``clock`` (the outer middlewares first, each list in order);
@@ -1404,10 +1409,13 @@ class Engine:
         self._attach_providers()
 
     def _attach_providers(self) -> None:
-        # Provider calls run the wire middlewares too (what follows the retry middleware in
-        # the stack), as every call does: one fault plan strikes a login on either side.
+        # Provider calls run the wire middlewares that ask to see them (a FaultInjector: one
+        # fault plan strikes a login on either side); no other: they carry credentials.
         stack = self._middlewares
         retry_at = next(i for i, mw in enumerate(stack) if mw is self._retry_mw)
+        for_providers = tuple(
+            mw for mw in stack[retry_at + 1 :] if getattr(mw, "sees_provider_calls", False) is True
+        )
         http = ProviderHttp(
             session=lambda: self.session,
             retry_middleware=self._retry_mw,
@@ -1415,7 +1423,7 @@ class Engine:
             hooks=self._hooks,
             rng=self._rng,
             scheme=self._scheme,
-            wire_middlewares=stack[retry_at + 1 :],
+            wire_middlewares=for_providers,
         )
         for provider in (self._domains, self._auth):
             attach = getattr(provider, "attach", None)

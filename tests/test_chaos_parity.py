@@ -241,40 +241,61 @@ async def test_a_slow_login_through_the_injector_keeps_its_session_id_cookie(
     assert sim.tokens.refreshes == 1
 
 
-async def test_every_provider_call_passes_the_wire_middlewares_inside_the_retry_loop(
-    sim: Simulator, clock: VirtualClock
-) -> None:
-    """Any wire middleware, not only an injector: it sees the Domain API fetch, the login and
-    the logout, once per attempt, each inside the retry middleware (its call context active),
-    beside the engine's own calls."""
-    from le_transport.middleware.context import current_call
+class _Recorder:
+    """A wire middleware recording what it sees (and whether the call's context was active);
+    ``sees_provider_calls`` as asked."""
 
-    seen: list[tuple[str, str, str | None, bool | None]] = []
+    def __init__(self, sees_provider_calls: bool) -> None:
+        self.sees_provider_calls = sees_provider_calls
+        self.seen: list[tuple[str, str, str | None, bool | None, bool]] = []
 
-    async def recorder(
-        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
+        from le_transport.middleware.context import current_call
+
         ctx = current_call()
         assert ctx is not None
-        seen.append((request.method, request.url.path.rsplit("/", 1)[-1], ctx.service, ctx.active))
+        body = request.body
+        password_seen = DEFAULT_PASSWORD.encode() in getattr(body, "_value", b"")
+        self.seen.append(
+            (
+                request.method,
+                request.url.path.rsplit("/", 1)[-1],
+                ctx.service,
+                ctx.active,
+                password_seen,
+            )
+        )
         return await handler(request)
 
+
+async def test_provider_calls_pass_only_the_wire_middlewares_that_ask_for_them(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A wire middleware that says ``sees_provider_calls`` (as the injector does) sees the
+    Domain API fetch, the login and the logout, once per attempt, each inside the retry
+    middleware; any other sees only the engine's own calls: provider calls carry credentials
+    (the login's password), which a caller's logging middleware must not meet unasked."""
+    asks, plain = _Recorder(True), _Recorder(False)
     domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http")
     auth = UserLogin(
         sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
     )
     sim.faults.script("POST", "*/login", [503])
     async with Engine(
-        domains, scheme="http", clock=clock, auth=auth, wire_middlewares=[recorder]
+        domains, scheme="http", clock=clock, auth=auth, wire_middlewares=[asks, plain]
     ) as engine:
         await engine.request_json("GET", "accountConfigReadOnly", USERS, expect=list)
-    assert seen == [
-        ("GET", "baseURI.json", "csds", True),
-        ("POST", "login", "agentVep", True),
-        ("POST", "login", "agentVep", True),  # the 503's retry: once per attempt
-        ("GET", "users", "accountConfigReadOnly", True),
-        ("POST", "logout", "agentVep", True),
+    assert asks.seen == [
+        ("GET", "baseURI.json", "csds", True, False),
+        ("POST", "login", "agentVep", True, True),
+        ("POST", "login", "agentVep", True, True),  # the 503's retry: once per attempt
+        ("GET", "users", "accountConfigReadOnly", True, False),
+        ("POST", "logout", "agentVep", True, False),
     ]
+    assert plain.seen == [("GET", "users", "accountConfigReadOnly", True, False)]
+    assert FaultInjector.sees_provider_calls is True
     # A ProviderHttp made by hand runs none unless given them.
     assert attrs.fields(ProviderHttp).wire_middlewares.default == ()
 

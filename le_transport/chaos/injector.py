@@ -72,7 +72,7 @@ import contextvars
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import aiohttp
 import attrs
@@ -223,6 +223,11 @@ class FaultInjector:
     :data:`~le_transport.chaos.plan.DEFAULT_MAX_RECORDS`, 100,000; None: no bound). An int
     >= 1 or None, else a :class:`~le_transport.errors.ConfigurationError`.
     """
+
+    #: It sees the engine's provider calls (login, refresh, logout, the Domain API, tokens)
+    #: too, as the simulator's plan does: an engine passes those calls only to the wire
+    #: middlewares that say so (they carry credentials). It never logs a body or a header.
+    sees_provider_calls: ClassVar[bool] = True
 
     plan: FaultPlan = attrs.field(factory=FaultPlan, converter=_plan_arg)
     clock: Clock = attrs.field(default=None, converter=_clock_arg)

@@ -5,9 +5,10 @@ engine's request schedule, but must never pass through the auth middleware: that
 login call ask for credentials, i.e. log in, i.e. re-enter itself (aiohttp trap 6). So every
 provider call goes through :class:`ProviderHttp`, which sends on the engine's session with
 ``middlewares=(retry_middleware, *wire_middlewares)``: the schedule, timeouts, logging and typed
-errors apply, and so do the engine's wire middlewares, once per attempt (a fault injector there
-strikes a login as it strikes any call, as the simulator's fault plan does); the auth middleware
-and any outer middleware do not.
+errors apply, and so do those of the engine's wire middlewares that ask to see provider calls
+(``sees_provider_calls``: a fault injector, which strikes a login as it strikes any call, as the
+simulator's fault plan does), once per attempt; the auth middleware, any outer middleware and
+any other wire middleware do not (provider calls carry credentials).
 
 Provider calls never follow redirects: a login body is a credential, and a redirect must not
 carry it to another host. A 3xx is an answer like any other, and the provider treats it as an
@@ -91,8 +92,9 @@ class ProviderHttp:
     - ``retry_middleware``: the engine's :class:`RetryMiddleware` (its policy is the default).
     - ``clock``, ``hooks``, ``rng``: the engine's, for TTLs, keepalive and events.
     - ``scheme``: the engine's scheme (``https``, or ``http`` for loopback servers).
-    - ``wire_middlewares``: the engine's wire middlewares (none by default), run once per
-      attempt inside the retry middleware, as they run on the engine's own calls: a
+    - ``wire_middlewares``: the engine's wire middlewares that ask to see provider calls
+      (``sees_provider_calls``; none by default), run once per attempt inside the retry
+      middleware, as they run on the engine's own calls: a
       :class:`~le_transport.chaos.FaultInjector` there applies its plan to the login, refresh,
       logout and Domain API calls too, as the simulator applies the same plan to them.
     """
