@@ -579,3 +579,176 @@ async def test_the_real_account_demo_checks_the_secrets_its_login_answered() -> 
     for session in issued:
         assert {session.bearer, session.csrf, session.session_id} <= set(secrets)
     assert DEFAULT_PASSWORD in secrets
+
+
+# -- 7. a body fault is delivered, or not counted: streamed, raising and bodiless answers --------
+
+
+def _streamer(framing: str) -> Any:
+    """A handler that streams its answer itself (prepares it, writes it in two pieces)."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if framing == "length":
+            resp.content_length = 12
+        await resp.prepare(request)
+        await resp.write(b'{"ok":')
+        await resp.write(b" true}")
+        await resp.write_eof()
+        return resp
+
+    return stream
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize(
+    ("fault", "kept"),
+    [(TruncatedBody(keep_bytes=8), b'{"ok": t'), (MalformedBody(code=200, body="{no"), None)],
+)
+async def test_a_body_fault_on_an_answer_the_handler_streams_still_breaks_it(
+    framing: str, fault: TruncatedBody | MalformedBody, kept: bytes | None, clock: VirtualClock
+) -> None:
+    """Before, the simulator returned an answer the handler streamed itself as it was (it was
+    on its way), and counted the fault injected: a chaos test passed having injected nothing.
+    Now the streamed answer is cut on the wire (its first keep_bytes, or every byte the
+    handler wrote, short of what its headers announce), so the client meets a broken answer,
+    as the count says."""
+    sim = Simulator(clock=clock)
+    sim.add_route("GET", "/api/account/{account}/stream", _streamer(framing), service="x")
+    async with sim:
+        sim.faults.load([FaultRule("f", fault, match=Match(path="*/stream"))])
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(sim.url + f"/api/account/{DEFAULT_ACCOUNT}/stream") as resp,
+        ):
+            assert resp.status == 200
+            body, error = await _read_until_cut(resp)
+        counts = sim.faults.rule_counts()["f"]
+    assert error == "ClientPayloadError"
+    assert body == (b'{"ok": true}' if kept is None else kept)
+    assert (counts.matched, counts.injected) == (1, 1)
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_malformed_body_replaces_the_answer_of_a_handler_that_raises(
+    side: str, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a handler raising anything but a web.HTTPException escaped the simulator's
+    MalformedBody: the client got aiohttp's 500 where the injector handed back the fault's
+    answer. Now both hand back the fault's answer; the simulator logs the exception's type at
+    DEBUG, never its text."""
+    caplog.set_level(logging.DEBUG, logger="le_transport.simulator")
+    calls: list[str] = []
+
+    async def broken(request: web.Request) -> web.Response:
+        calls.append(request.method)
+        raise RuntimeError("secret-in-the-handler's-text")
+
+    sim = Simulator(clock=clock)
+    sim.add_route("GET", "/api/account/{account}/broken", broken, service="x")
+    fault = MalformedBody(code=200, body="{not json")
+    async with sim:
+        injector = _apply(side, sim, [FaultRule("m", fault, match=Match(path="*/broken"))], clock)
+        status, _, body = await _get(sim, injector, f"/api/account/{DEFAULT_ACCOUNT}/broken")
+        counts = _faults_of(side, sim, injector).rule_counts()["m"]
+    assert calls == ["GET"]
+    assert (status, body) == (200, b"{not json")
+    assert counts.injected == 1
+    # (aiohttp's own server logs a handler's failure as it is, where nothing replaces it.)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("le_transport"))
+    assert "secret-in-the-handler" not in ours
+    if side == "simulator":
+        assert "RuntimeError" in ours
+
+
+async def _empty(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=204)
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("case", ["head", "204"])
+async def test_a_truncated_body_cuts_an_answer_without_a_body_alike_on_either_side(
+    side: str, case: str, clock: VirtualClock
+) -> None:
+    """Before, a TruncatedBody on a HEAD's answer (or a 204's) wrote body bytes on the
+    simulator (the client failed on a "Bad status line") and raised a payload error in the
+    injector. An answer without a body has nothing to cut after its headers: both sides now
+    cut it before them (the server disconnects, as for an EmptyResponse), counted injected."""
+    sim = Simulator(clock=clock)
+    sim.add_route("GET", "/api/account/{account}/empty", _empty, service="x")
+    method, path = ("HEAD", CSDS) if case == "head" else ("GET", "*/empty")
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match(method, path))
+    async with sim:
+        injector = _apply(side, sim, [rule], clock)
+        url = CSDS if case == "head" else f"/api/account/{DEFAULT_ACCOUNT}/empty"
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await _get(sim, injector, url, method=method)
+        counts = _faults_of(side, sim, injector).rule_counts()["cut"]
+        served = sim.count(method, path)
+    # aiohttp sends an idempotent request once more after a disconnect, on either side.
+    assert (counts.matched, counts.injected) == (2, 2)
+    assert served == 2
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_malformed_body_on_a_head_answers_without_a_body_on_either_side(
+    side: str, sim: Simulator, clock: VirtualClock
+) -> None:
+    """Before, the injector handed a HEAD the fault's body, which the simulator's answer to a
+    HEAD never carries."""
+    rule = FaultRule("m", MalformedBody(code=200, body="{no"), match=Match("HEAD", CSDS))
+    injector = _apply(side, sim, [rule], clock)
+    status, resp, body = await _get(sim, injector, CSDS, method="HEAD")
+    assert (status, body) == (200, b"")
+    assert resp.headers["Content-Length"] == "3"
+
+
+async def test_an_injected_cut_meets_a_reader_after_release_or_read_nowait_with_the_cut(
+    clock: VirtualClock, sim: Simulator
+) -> None:
+    """Before, read() after release() raised aiohttp's ClientConnectionError and a drained
+    read_nowait() returned b"" on the injector's cut body; on a connection whose close has
+    arrived (the simulator's), both meet the payload error, as they now do here."""
+    injector = FaultInjector([FaultRule("cut", TruncatedBody(keep_bytes=4))], clock=clock)
+    async with aiohttp.ClientSession(middlewares=[injector]) as session:
+        async with session.get(sim.url + CSDS) as resp:
+            resp.release()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        async with session.get(sim.url + CSDS) as resp:
+            assert await resp.content.read(4) == b'{"ba'
+            with pytest.raises(aiohttp.ClientPayloadError):
+                resp.content.read_nowait()
+
+
+async def test_a_simulator_cut_read_after_its_close_arrived_loses_the_kept_bytes(
+    sim: Simulator,
+) -> None:
+    """What the simulator guarantees, and no more (see the README): its cut is a real
+    connection's, and aiohttp raises a stream's error before what it holds, so a reader that
+    starts once the close has arrived gets the payload error at once, the kept bytes lost
+    (the injector's cut body still hands them over first). Made slow deterministically: the
+    read starts once the stream holds the error."""
+    sim.faults.load([FaultRule("cut", TruncatedBody(keep_bytes=4))])
+    async with aiohttp.ClientSession() as session, session.get(sim.url + CSDS) as resp:
+        if resp.content.exception() is None:
+            # Woken by the close (the stream's error), never by its bytes.
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.content.wait_eof()
+        assert resp.content.exception() is not None
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.content.read(4)
+
+
+def test_the_injection_logs_rule_attribute_is_escaped_as_its_message_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, the record's ``rule`` attribute held the rule id as written: a handler whose
+    format prints %(rule)s wrote its escape sequences to the terminal."""
+    caplog.set_level(logging.DEBUG, logger="le_transport.chaos.faults")
+    rule_id = "evil\x1b[2J\nrule"
+    run = FaultRun([FaultRule(rule_id, Status(503))])
+    assert run.decide("request", method="GET", path="/x") is not None
+    (record,) = [r for r in caplog.records if r.name == "le_transport.chaos.faults"]
+    assert getattr(record, "rule") == repr(rule_id)  # noqa: B009 (set by extra=)
+    assert "\x1b" not in record.getMessage()

@@ -540,6 +540,12 @@ class FaultInjector:
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, TruncatedBody):
             real = await handler(request)
+            if _bodiless(request.method, real.status):
+                # No body on the wire (a HEAD, a 1xx, 204 or 304): nothing to cut after the
+                # headers, so the answer is cut before them, as the simulator cuts it (the
+                # connection closed, as for an EmptyResponse). Still injected, on both sides.
+                real.close()
+                raise aiohttp.ServerDisconnectedError()
             try:
                 body = await real.read()
             finally:
@@ -566,7 +572,13 @@ class FaultInjector:
                 await real.read()
             finally:
                 real.release()
-            return _synthetic(request, fault.code, {}, fault.body.encode(), json=True)
+            # A HEAD's answer has no body on the wire (the simulator's is dropped by aiohttp):
+            # its Content-Length says what a GET would get.
+            body = fault.body.encode()
+            headers = {"Content-Length": str(len(body))}
+            if request.method.upper() == "HEAD":
+                body = b""
+            return _synthetic(request, fault.code, headers, body, json=True)
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
 
     async def _dribble(
@@ -756,6 +768,18 @@ class _CutShortStream(aiohttp.StreamReader):
         self.set_exception(self._cut_error)
         raise self._cut_error
 
+    def read_nowait(self, n: int = -1) -> bytes:
+        # Drained: the next read meets the cut, as on a connection whose close has arrived
+        # (aiohttp's would return b"" while the connection is still open).
+        if self.exception() is None and not self._buffer:
+            self.set_exception(self._cut_error)
+        return super().read_nowait(n)
+
+    def set_exception(self, exc: BaseException, *args: Any, **kwargs: Any) -> None:
+        # The answer's connection ended with the cut already: releasing or closing the answer
+        # (aiohttp's "Connection closed") leaves the cut as the error a later read meets.
+        super().set_exception(self._cut_error, *args, **kwargs)
+
 
 #: The headers that described the body on the wire: a body handed back decoded (and whole, or
 #: cut) is announced by a Content-Length of its own.
@@ -778,6 +802,12 @@ def _kept_headers(real: ClientResponse, length: int) -> tuple[CIMultiDict[str], 
         if name.decode("latin-1").lower() not in _WIRE_BODY_HEADERS
     )
     return headers, (*raw, (b"Content-Length", str(length).encode()))
+
+
+def _bodiless(method: str, status: int) -> bool:
+    """Whether an answer to ``method`` with ``status`` has no body on the wire (RFC 9112 6.3),
+    as the simulator's :func:`~le_transport.testing.simulator.body_cut.bodiless` says."""
+    return method.upper() == "HEAD" or 100 <= status < 200 or status in (204, 304)
 
 
 def _synthetic(

@@ -1611,7 +1611,8 @@ def _printable(text: str) -> str:
 def _log_injection(decision: FaultDecision, origin: float | None) -> None:
     """One DEBUG line for an injection: what the decision log holds, nothing more (the path is
     redacted already; a message's type is cut short), every field a client or a plan file
-    wrote escaped if it holds a character that does not print (:func:`_printable`)."""
+    wrote escaped if it holds a character that does not print (:func:`_printable`), in the
+    message and in the record's ``rule`` attribute alike (a handler's format may show it)."""
     at = decision.at
     when = "" if at is None or origin is None else f" at +{at - origin:.3f} s"
     _faults_log.debug(
@@ -1623,7 +1624,8 @@ def _log_injection(decision: FaultDecision, origin: float | None) -> None:
         _printable(decision.method),
         _printable(decision.path[:80]),
         when,
-        extra={"rule": decision.rule_id, "fault": decision.kind, "unit": decision.unit},
+        # Escaped here too: a handler's format may print %(rule)s.
+        extra={"rule": _printable(decision.rule_id), "fault": decision.kind, "unit": decision.unit},
     )
 
 

@@ -87,6 +87,7 @@ from ...errors import ConfigurationError
 from ...policies._validate import finite_number
 from . import oauth1
 from .auth import LoginSession, TokenStore
+from .body_cut import BODY_CUT_KEY, AnswerCut, BodyCut, bodiless
 from .config import SERVICES, Account, SimulatorConfig
 from .custom_ws import CUSTOM_SOCKET_KEY, CustomSocket
 from .sockets import SocketHub
@@ -817,7 +818,8 @@ class Simulator:
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._fault_middleware])
         app[_SIM_KEY] = self
-        # Finds the WebSocket a custom route's handler prepares (CustomSocket.attach).
+        # Finds the WebSocket a custom route's handler prepares (CustomSocket.attach), and an
+        # answer a handler streams under a body fault (BodyCut.attach).
         app.on_response_prepare.append(self._on_prepare)
         r = app.router
         for method, path, handler, name in _BUILTIN_ROUTES:
@@ -937,42 +939,96 @@ class Simulator:
                 transport.close()
             return web.Response(status=500)
         if isinstance(fault, TruncatedBody):
-            real = await handler(request)
-            if real.prepared:
-                # Already on its way (a streamed answer): a second answer cannot follow it.
-                # Upgrades never get here (UPGRADE_FAULTS); no other route streams.
-                return real
-            body = real.body if isinstance(real, web.Response) else b""
-            data = body if isinstance(body, bytes) else b""
-            resp = web.StreamResponse(status=real.status, reason=real.reason, headers=real.headers)
-            # The cookies too: aiohttp writes a response's cookies into its headers only when
-            # it is sent, so real.headers does not hold them (the login's Session_id).
-            for name, morsel in real.cookies.items():
-                resp.cookies[name] = morsel
-            resp.content_length = max(len(data), fault.keep_bytes + 1)
-            await resp.prepare(request)
-            await resp.write(data[: fault.keep_bytes])
+            return await self._truncated(request, handler, fault)
+        raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+
+    async def _run_cut(
+        self, request: web.Request, handler: Handler, keep: int | None, *, kind: str
+    ) -> tuple[web.StreamResponse | None, BodyCut]:
+        """Run ``handler`` with the answer it may stream itself cut (:mod:`.body_cut`:
+        ``keep`` bytes of it, or every byte when None), under a fault of ``kind``. Returns its
+        answer (a ``web.HTTPException`` it raised is one), or None if its streamed answer was
+        cut before its headers, or if it raised anything else and the fault replaces the
+        answer (``malformed_body``) or had cut it already; else that exception propagates."""
+        cut = BodyCut(request, keep)
+        request[BODY_CUT_KEY] = cut
+        try:
+            return await handler(request), cut
+        except web.HTTPException as exc:
+            if cut.attached:
+                return None, cut
+            return exc, cut  # an answer like any other (a 404 raised), reworked as one
+        except AnswerCut:
+            return None, cut
+        except Exception as exc:
+            if kind != "malformed_body" and not cut.attached:
+                raise
+            # The request was processed; its answer is replaced (or was cut) all the same.
+            # The exception's type only: its text may hold what the handler was given.
+            _log.debug(
+                "the handler of %s %s raised %s under an injected %s: its answer replaced",
+                request.method,
+                redact_url(request.rel_url.with_query(None)),
+                type(exc).__name__,
+                kind,
+            )
+            return None, cut
+        finally:
+            cut.armed = False
+
+    async def _truncated(
+        self, request: web.Request, handler: Handler, fault: TruncatedBody
+    ) -> web.StreamResponse:
+        """The real answer's status, headers and cookies, and its first ``keep_bytes`` bytes of
+        body, then the connection closed (a Content-Length announcing more). An answer the
+        handler streams itself is cut as it goes (:mod:`.body_cut`); an answer with no body
+        (to a HEAD, a 1xx, 204 or 304) is cut before its headers, as the client-side injector
+        cuts it."""
+        transport = request.transport
+        real, cut = await self._run_cut(request, handler, fault.keep_bytes, kind=fault.kind)
+        if real is None or cut.attached or real.prepared:
+            if transport is not None:
+                transport.close()  # cut already, or as it ended; this closes the rest
+            return real if real is not None and real.prepared else web.Response(status=500)
+        if bodiless(request.method, real.status):
+            # Nothing to cut after the headers: cut before them, as the injector does.
             if transport is not None:
                 transport.close()
-            return resp
-        raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+            return web.Response(status=500)
+        body = real.body if isinstance(real, web.Response) else b""
+        data = body if isinstance(body, bytes) else b""
+        resp = web.StreamResponse(status=real.status, reason=real.reason, headers=real.headers)
+        # The cookies too: aiohttp writes a response's cookies into its headers only when
+        # it is sent, so real.headers does not hold them (the login's Session_id).
+        for name, morsel in real.cookies.items():
+            resp.cookies[name] = morsel
+        resp.content_length = max(len(data), fault.keep_bytes + 1)
+        await resp.prepare(request)
+        await resp.write(data[: fault.keep_bytes])
+        if transport is not None:
+            transport.close()
+        return resp
 
     async def _malformed(
         self, request: web.Request, handler: Handler, fault: MalformedBody, *, upgrade: bool
     ) -> web.StreamResponse:
         """``fault``'s answer in place of the real one: the request is processed first (its
         handler runs, its side effects happen, as the client-side injector's sends it), then
-        its answer is thrown away. An upgrade is answered without running the handler: its
-        real answer would be the socket (the injector does not send it either)."""
+        its answer is thrown away, whether the handler returned it or raised (an exception of
+        the handler's is logged at DEBUG, by type). An upgrade is answered without running the
+        handler: its real answer would be the socket (the injector does not send it either).
+
+        An answer the handler streams itself (prepares) is on its way before it returns, and
+        cannot be replaced: it is cut instead (:mod:`.body_cut`: its status and headers, its
+        body short of what its headers announce, then the connection closed), so the client
+        still meets a broken answer, as the fault's count says."""
         if not upgrade:
-            try:
-                real = await handler(request)
-            except web.HTTPException:
-                pass  # an answer like any other (a 404 raised), replaced as one
-            else:
-                if real.prepared:
-                    # Already on its way (a streamed answer): a second answer cannot follow.
-                    return real
+            real, cut = await self._run_cut(request, handler, None, kind=fault.kind)
+            if cut.attached or (real is not None and real.prepared):
+                transport = request.transport
+                if transport is not None:
+                    transport.close()
+                return real if real is not None and real.prepared else web.Response(status=500)
         return web.Response(status=fault.code, text=fault.body, content_type="application/json")
 
     def _forced_kind(self, rule_id: str) -> str | None:
@@ -1442,10 +1498,14 @@ class Simulator:
         )
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """A response is being prepared: a custom route's WebSocket gets its socket faults."""
+        """A response is being prepared: a custom route's WebSocket gets its socket faults, and
+        an answer a handler streams under a ``TruncatedBody`` or ``MalformedBody`` is cut."""
         custom = request.get(CUSTOM_SOCKET_KEY)
         if custom is not None and isinstance(response, web.WebSocketResponse):
             custom.attach(response)
+        cut = request.get(BODY_CUT_KEY)
+        if cut is not None and cut.armed and not isinstance(response, web.WebSocketResponse):
+            cut.attach(response)  # an answer the handler streams under a body fault: cut
 
     async def _brand_socket(self, request: web.Request) -> web.StreamResponse:
         acc = self._account(request)

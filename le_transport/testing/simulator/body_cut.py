@@ -1,0 +1,96 @@
+"""An answer a handler streams itself, cut by the simulator's ``TruncatedBody`` or
+``MalformedBody``.
+
+The simulator applies those two by running the handler and reworking its answer. An answer the
+handler prepares itself (a ``web.StreamResponse`` it writes to) is on its way before the
+handler returns: it cannot be replaced after the fact, and returning it as it is would count a
+fault that was never delivered. So, while such a fault is in force, the simulator's
+``on_response_prepare`` signal hands the first answer the handler prepares to :class:`BodyCut`
+(the handler's code is unchanged), which cuts it on the wire:
+
+- an answer with a body keeps its status and headers; a ``TruncatedBody`` passes the handler's
+  first ``keep_bytes`` bytes, a ``MalformedBody`` every byte the handler writes, then the
+  connection is closed before the body is complete (a ``Content-Length`` announces at least one
+  byte more than is sent), so the client meets the payload error;
+- an answer with no body (to a ``HEAD``, a 1xx, 204 or 304) has nothing to cut after its
+  headers: the connection is closed before them (as ``EmptyResponse`` does), and the handler's
+  ``prepare`` raises :class:`AnswerCut`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+
+class AnswerCut(Exception):
+    """Raised from a handler's ``prepare`` when its answer is cut before its headers."""
+
+
+def bodiless(method: str, status: int) -> bool:
+    """Whether an answer to ``method`` with ``status`` has no body on the wire (RFC 9112
+    6.3): a cut after its headers would leave it whole."""
+    return method.upper() == "HEAD" or 100 <= status < 200 or status in (204, 304)
+
+
+class BodyCut:
+    """A ``TruncatedBody`` (``keep``: its ``keep_bytes``) or ``MalformedBody`` (``keep``:
+    None) in force on one request while its handler runs: the answer the handler prepares
+    itself, if it does, is cut (see the module's text)."""
+
+    def __init__(self, request: web.Request, keep: int | None) -> None:
+        self._request = request
+        self._keep = keep
+        #: Whether the handler's prepared answer is still to be cut (False once the handler
+        #: has returned, so that the simulator's own answer is not).
+        self.armed = True
+        #: Whether the handler prepared an answer, which this cut.
+        self.attached = False
+        self._sent = 0
+        self._closed = False
+
+    def attach(self, response: web.StreamResponse) -> None:
+        """Cut ``response``, being prepared: its headers are not on the wire yet."""
+        self.armed = False
+        self.attached = True
+        if bodiless(self._request.method, response.status):
+            self._close()
+            raise AnswerCut("the answer was cut before its headers (injected fault)")
+        if hdrs.CONTENT_LENGTH in response.headers:
+            length = int(response.headers[hdrs.CONTENT_LENGTH])
+            keep = length if self._keep is None else self._keep
+            # At least one byte more than is sent: the client sees the body end short.
+            response.headers[hdrs.CONTENT_LENGTH] = str(max(length, keep + 1))
+        # Else chunked: the last chunk is never sent, which the client sees as the cut.
+        write = response.write
+
+        async def cut_write(data: bytes | bytearray | memoryview) -> None:
+            if self._closed:
+                return  # the handler goes on; its bytes go nowhere
+            if self._keep is None or self._sent + len(data) < self._keep:
+                self._sent += len(data)
+                await write(data)
+                return
+            piece = data[: self._keep - self._sent]
+            self._sent += len(piece)
+            await write(piece)
+            self._close()
+
+        async def cut_write_eof(data: bytes = b"") -> None:
+            if data:
+                await cut_write(data)
+            self._close()
+
+        response.write = cut_write  # type: ignore[method-assign]
+        response.write_eof = cut_write_eof  # type: ignore[method-assign]
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            transport = self._request.transport
+            if transport is not None:
+                transport.close()
+
+
+BODY_CUT_KEY: web.RequestKey[BodyCut] = web.RequestKey("le_transport_simulator_body_cut", BodyCut)
+
+__all__ = ["BODY_CUT_KEY", "AnswerCut", "BodyCut", "bodiless"]
