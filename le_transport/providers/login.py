@@ -65,7 +65,8 @@ dropped before this provider logged anything out always was:
   (not a refusal) or a login asked for while a session lives.
 
 (Nothing is logged out in the background with ``logout_on_close=False`` or a ``shared``
-session: see :class:`LoginServiceAuth`.)
+session, and a ``shared`` session is never logged out on close either: one process closing
+would end the session of the whole fleet. See :class:`LoginServiceAuth`.)
 """
 
 from __future__ import annotations
@@ -210,18 +211,22 @@ class LoginServiceAuth:
     - ``refresh_interval``: seconds between keepalive refreshes (300); ``keepalive=False``
       turns the background refresh off.
     - ``retry``: the login's request policy; default: the engine's, with 429 floored at 5 s.
-    - ``logout_on_close``: log out when closed (default): one attempt, within
+    - ``logout_on_close``: True: log out when closed: one attempt, within
       :data:`LOGOUT_TIMEOUT` seconds, after which the session is left to expire on its own.
       It also has a session whose refresh the Login Service refused (a 4xx) logged out in the
       background once a new login replaced it (see the module; no other replaced session is
-      logged out); False leaves every session to expire on its own.
+      logged out); False leaves every session to expire on its own. None (the default): True
+      without ``shared``, False with it.
     - ``shared``: a :class:`~le_transport.state.SharedSession` (over a Redis store): the fleet
       logs in once per account and user and refreshes once per interval; the other processes
-      adopt the stored session. Use ``logout_on_close=False`` with it: one process closing
-      must not end the fleet's session. A shared session is never logged out in the background
-      when replaced (other processes may still use it). A process whose refresh meets the
-      fleet's newer session refreshes and uses that one; a session the Login Service refused
-      to refresh (a 4xx) is taken out of the store, so that the fleet logs in once, anew.
+      adopt the stored session. Its session is never logged out on close: one process closing
+      (a rolling deploy) must not end the session of the whole fleet, which would then meet
+      401s; ``logout_on_close=True`` with it is a
+      :class:`~le_transport.errors.ConfigurationError`. A shared session is never logged out
+      in the background when replaced (other processes may still use it). A process whose
+      refresh meets the fleet's newer session refreshes and uses that one; a session the Login
+      Service refused to refresh (a 4xx) is taken out of the store, so that the fleet logs in
+      once, anew.
     """
 
     #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
@@ -239,7 +244,7 @@ class LoginServiceAuth:
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         keepalive: bool = True,
         retry: RetryPolicy | None = None,
-        logout_on_close: bool = True,
+        logout_on_close: bool | None = None,
         shared: SharedSession | None = None,
     ) -> None:
         owner = type(self).__name__
@@ -261,10 +266,16 @@ class LoginServiceAuth:
                 field=field,
                 wants="a non-empty str",
             )
-        for flag_name, flag in (("keepalive", keepalive), ("logout_on_close", logout_on_close)):
-            require_option(
-                isinstance(flag, bool), flag, owner=owner, field=flag_name, wants="a bool"
-            )
+        require_option(
+            isinstance(keepalive, bool), keepalive, owner=owner, field="keepalive", wants="a bool"
+        )
+        require_option(
+            logout_on_close is None or isinstance(logout_on_close, bool),
+            logout_on_close,
+            owner=owner,
+            field="logout_on_close",
+            wants="None or a bool",
+        )
         require_option(
             retry is None or isinstance(retry, RetryPolicy),
             retry,
@@ -278,7 +289,6 @@ class LoginServiceAuth:
         self._refresh_interval = float(refresh_interval)
         self._keepalive_on = keepalive
         self._retry = retry
-        self._logout_on_close = logout_on_close
         self._http: ProviderHttp | None = None
         self._session: LoginSession | None = None
         self._generation = 0
@@ -305,6 +315,16 @@ class LoginServiceAuth:
             field="shared",
             wants="None or a SharedSession",
         )
+        if shared is not None and logout_on_close:
+            # One process closing (a rolling deploy) logged out the fleet's session, and left
+            # it in the store: every other process, and every new one adopting it, met 401s.
+            raise ConfigurationError(
+                f"{owner}.logout_on_close=True cannot go with shared=...: one process's close "
+                "would log out the session every process of the fleet shares; leave it out "
+                "(None: a shared session is not logged out on close) or pass False"
+            )
+        # None: log out on close unless the session is shared by a fleet.
+        self._logout_on_close = shared is None if logout_on_close is None else logout_on_close
         self._shared = shared
         self._shared_token: SharedToken | None = None
         #: Successful logins, refreshes, and logins attempted (each one answer or give-up).
@@ -386,10 +406,11 @@ class LoginServiceAuth:
             self._drop(session)
 
     async def close(self) -> None:
-        """Stop the keepalive, log out (if logged in and ``logout_on_close``), and wait for the
-        logouts of replaced sessions still running in the background (each is bounded by
-        :data:`LOGOUT_TIMEOUT`, and they run beside this one's). Idempotent; a close that was
-        cancelled part-way is finished by the next one (the logout included)."""
+        """Stop the keepalive, log out (if logged in and ``logout_on_close``: by default, not
+        a session shared by a fleet), and wait for the logouts of replaced sessions still
+        running in the background (each is bounded by :data:`LOGOUT_TIMEOUT`, and they run
+        beside this one's). Idempotent; a close that was cancelled part-way is finished by the
+        next one (the logout included)."""
         self._closed = True  # no new login from here on, nor a logout in the background
         task, self._keepalive = self._keepalive, None
         if task is not None and not task.done():
@@ -538,8 +559,9 @@ class LoginServiceAuth:
     # -- a session shared by a fleet (state.SharedSession) ----------------------------------
 
     async def _shared_login(self, stale: str | None = None) -> LoginSession:
-        """The fleet's session, logging in for the fleet if there is none newer than
-        ``stale`` (default: the version this process holds)."""
+        """The fleet's session, logging in for the fleet if there is none but ``stale``
+        (default: the login of the session this process holds, refreshes of it included: see
+        :meth:`SharedSession.login <le_transport.state.SharedSession.login>`)."""
         assert self._shared is not None
         own: list[LoginSession] = []
 
@@ -548,9 +570,11 @@ class LoginServiceAuth:
             own.append(session)
             return _dump_session(session), session.ttl
 
-        # A session we held and lost (a 401, a re-login) is stale: only a newer one will do.
+        # A session we held and lost (a 401, a re-login) is stale: only another login will do.
+        # Its login, not its version: a refresh elsewhere stores the same bearer under a new
+        # version, and adopting that met the same 401 again (the call failed).
         if stale is None and self._shared_token is not None:
-            stale = self._shared_token.version
+            stale = self._shared_token.login
         token = await self._shared.login(fleet_login, stale=stale)
         if not own and self._unreadable(token):
             # Damaged, or written by something else: as stale as a rejected one. Without this
@@ -577,7 +601,10 @@ class LoginServiceAuth:
         """Take the session another process stored (AuthenticationError if unreadable)."""
         http = require_attached(self._http, self)
         current = self._session
-        loaded = _load_session(token.value, self._generation + 1, http.clock.now())
+        # Timed from when it was stored (its login or last refresh), not from now: an adopted
+        # session timed from its adoption was refreshed, and a failed refresh tried again,
+        # after it had expired.
+        loaded = _load_session(token.value, self._generation + 1, http.clock.now() - token.age)
         if current is not None and current.bearer == loaded.bearer:
             # A refresh elsewhere: same bearer, so the same generation.
             loaded = attrs.evolve(loaded, generation=current.generation)
@@ -603,16 +630,18 @@ class LoginServiceAuth:
     ) -> bool:
         assert self._shared is not None
         done: list[bool] = []
-        # The fleet's session this refresh posts (the stored one if newer than ``held``): its
-        # version, and the session itself.
-        posted: list[tuple[str, LoginSession]] = []
+        # The fleet's session this refresh posts (the stored one if newer than ``held``): the
+        # token, and the session itself.
+        posted: list[tuple[SharedToken, LoginSession]] = []
 
         async def fleet_refresh(newest: SharedToken) -> tuple[str, float | None]:
-            base, version = session, held.version
+            base, token = session, held
             if newest.version != held.version and not self._unreadable(newest):
-                base = _load_session(newest.value, session.generation, http.clock.now())
-                version = newest.version
-            posted.append((version, base))
+                base = _load_session(
+                    newest.value, session.generation, http.clock.now() - newest.age
+                )
+                token = newest
+            posted.append((token, base))
             await self._post_session(http, base, "refresh", self._policy(http), fallback=fallback)
             done.append(True)
             return _dump_session(base), base.ttl
@@ -631,7 +660,7 @@ class LoginServiceAuth:
             )
             await self._shared_refresh_failed(
                 session,
-                posted[0][0] if posted else held.version,
+                posted[0][0] if posted else held,
                 exc,
                 posted[0][1] if posted else session,
             )
@@ -664,17 +693,20 @@ class LoginServiceAuth:
     async def _shared_refresh_failed(
         self,
         session: LoginSession,
-        version: str,
+        token: SharedToken,
         exc: ClientStatusError | _NotAccepted,
         posted: LoginSession,
     ) -> None:
-        """The fleet's session ``version`` (``posted``) was not refreshed (a 4xx or a 3xx):
+        """The fleet's session ``token`` (``posted``) was not refreshed (a 4xx or a 3xx):
         log in anew, for the fleet, unless another process already did. Refused (a 4xx), that
-        session is taken out of the store first (no process may adopt it again), and the
-        session held dropped if the login fails; after a 3xx, it is kept until a login
-        replaces it (as without a shared session: see the module)."""
+        session is taken out of the store first (no process may adopt it again: nor any
+        refresh of its login, the same bearer), and the session held dropped if the login
+        fails; after a 3xx, it is kept until a login replaces it (as without a shared session:
+        see the module), and a refresh of it another process stored since is taken (a 3xx
+        says nothing of the session)."""
         assert self._shared is not None
         refused = isinstance(exc, ClientStatusError)
+        version = token.login if refused else token.version
         if refused:
             await self._shared.forget(version)
         current = self._session
@@ -1095,7 +1127,7 @@ class UserLogin(LoginServiceAuth):
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         keepalive: bool = True,
         retry: RetryPolicy | None = None,
-        logout_on_close: bool = True,
+        logout_on_close: bool | None = None,
         shared: SharedSession | None = None,
     ) -> None:
         super().__init__(
@@ -1137,7 +1169,7 @@ class AppLogin(LoginServiceAuth):
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         keepalive: bool = True,
         retry: RetryPolicy | None = None,
-        logout_on_close: bool = True,
+        logout_on_close: bool | None = None,
         shared: SharedSession | None = None,
     ) -> None:
         super().__init__(
@@ -1190,7 +1222,7 @@ class ClientCredentialsLogin(AppLogin):
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         keepalive: bool = True,
         retry: RetryPolicy | None = None,
-        logout_on_close: bool = True,
+        logout_on_close: bool | None = None,
         shared: SharedSession | None = None,
     ) -> None:
         super().__init__(

@@ -26,6 +26,7 @@ from .._checks import require_kind
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
+from ..policies._validate import finite_number
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 from .memory import MemoryStore
@@ -75,8 +76,10 @@ class FallbackStore:
     - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
     - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
 
-    Writes (``set``) also go to ``local``, so that what this process last shared is still
-    there if the primary goes away.
+    Writes (``set``) also go to ``local``, and so does what the primary answers a ``get``
+    (deleted locally where it holds nothing), so that what this process last shared or read is
+    still there if the primary goes away: the fleet's value as this process last knew it,
+    never its own older write in place of a newer one it read since.
 
     A primary that does not keep to the protocol's signatures is a mistake in the code, not an
     outage: a TypeError from calling it is raised as a :class:`ConfigurationError` (the
@@ -265,19 +268,42 @@ class FallbackStore:
         )
 
     async def get(self, key: str) -> Entry | None:
-        """From the primary; locally while it is out; None if its data there is damaged."""
+        """From the primary; locally while it is out; None if its data there is damaged.
+
+        What the primary answers is copied locally (with its TTL; deleted there when the
+        primary holds nothing, or data it cannot read), so that during a later outage this
+        process reads the fleet's value as it last saw it, not its own last write: a process
+        that adopted the fleet's new session read back its own old one, refreshed it (a 401),
+        dropped the session it held and logged in again."""
+        shared = True
+
+        async def local() -> Entry | None:
+            nonlocal shared
+            shared = False
+            return await self._local.get(key)
 
         async def damaged() -> Entry | None:
+            # An answer too (the key's data is damaged there): nothing to read, here as well.
             return None
 
-        return await self._call(
-            "get",
-            key,
-            lambda: self._primary.get(key),
-            lambda: self._local.get(key),
-            _ENTRY,
-            damaged,
-        )
+        entry = await self._call("get", key, lambda: self._primary.get(key), local, _ENTRY, damaged)
+        if shared:
+            await self._mirror(key, entry)
+        return entry
+
+    async def _mirror(self, key: str, entry: Entry | None) -> None:
+        """Keep locally what the primary answered for ``key``: a value for its TTL; nothing
+        where it has nothing, or nothing a TTL can keep (no expiry reads as 0; a caller's store
+        may answer inf, or a value that is no str: the readers take those for damaged)."""
+        if (
+            entry is not None
+            and isinstance(entry.value, str)
+            and finite_number(entry.ttl)
+            and entry.ttl > 0
+        ):
+            await self._local.set(key, entry.value, ttl=entry.ttl)
+            return
+        await self._local.delete(key)
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         """To the primary (and locally, as a copy for a later outage); with ``only_if``, a

@@ -7,6 +7,11 @@ stores the token; the others wait and read it. Refreshes work the same way, and 
 stored or refreshed less than ``min_interval`` ago is simply taken: one refresh per interval for
 the fleet, not one per process.
 
+A session the server rejected is named by its login (:attr:`SharedToken.login`), not by the
+version stored: a refresh stores the same bearer under a new version, and a process whose 401
+found that refresh took it for a newer session, adopted the dead bearer again, and its call
+failed. Every refresh of a rejected login is as stale as the login itself.
+
 The stored value is opaque to the store (the auth provider serialises its session); it is kept
 only with a TTL no longer than its remaining life, minus ``safety_margin``. Whoever can read the
 store can read the token: see the threat model in docs/architecture.md.
@@ -45,12 +50,16 @@ DEFAULT_MAX_POLL = 0.5
 class SharedToken:
     """A session as the fleet shares it: the provider's serialised ``value``, a ``version``
     (new at every login and refresh), its remaining ``ttl`` and the ``life`` it was stored
-    with (so ``life - ttl`` is its age, on the store's clock)."""
+    with (so ``life - ttl`` is its age, on the store's clock), and its ``login``: the version
+    its login was stored under, kept by every refresh of it (a refresh stores the same bearer
+    under a new version, so only the login says which session a rejected bearer belonged
+    to). An entry written before the login was stored reads its own version as its login."""
 
     value: str
     version: str
     ttl: float
     life: float
+    login: str = attrs.field(default=attrs.Factory(lambda self: self.version, takes_self=True))
 
     @property
     def age(self) -> float:
@@ -58,7 +67,10 @@ class SharedToken:
         return max(0.0, self.life - self.ttl)
 
     def __repr__(self) -> str:
-        return f"SharedToken(version={self.version!r}, ttl={self.ttl:.3g}, value=<hidden>)"
+        return (
+            f"SharedToken(version={self.version!r}, login={self.login!r}, ttl={self.ttl:.3g}, "
+            "value=<hidden>)"
+        )
 
 
 #: What a login or a refresh returns: the serialised session and its life in seconds (None:
@@ -168,6 +180,9 @@ class SharedSession:
         try:
             data = json.loads(entry.value)
             value, version, life = data["value"], data["version"], float(data["life"])
+            # Absent from an entry written before it was stored (a fleet upgraded one process
+            # at a time): that entry's login is its own version.
+            login = data.get("login", version)
             # str() of anything would do as a bearer, and a NaN or infinite life makes every
             # freshness comparison false: such an entry is damaged, not a session. So does a
             # TTL that is no finite number >= 0 (a caller's store answering inf for "no
@@ -175,13 +190,14 @@ class SharedSession:
             if not (
                 isinstance(value, str)
                 and isinstance(version, str)
+                and isinstance(login, str)
                 and math.isfinite(life)
                 and finite_number(entry.ttl)
                 and entry.ttl >= 0
             ):
                 raise ValueError("not a stored session")
-            return entry, SharedToken(value, version, entry.ttl, life)
-        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+            return entry, SharedToken(value, version, entry.ttl, life, login)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             # Not ours (or damaged): treat as absent; the next login overwrites it.
             _log.warning("ignoring an unreadable shared session entry", extra={"key": self._key})
             return entry, None
@@ -189,8 +205,10 @@ class SharedSession:
     async def login(
         self, do_login: Callable[[], Awaitable[Obtained]], *, stale: str | None = None
     ) -> SharedToken:
-        """The fleet's token, logging in only if there is none (or only the ``stale`` version,
-        which the server rejected). Exactly one process of the fleet runs ``do_login``."""
+        """The fleet's token, logging in only if there is none, or only a ``stale`` one: the
+        server rejected it. ``stale`` names a token's :attr:`~SharedToken.login` (that login
+        and every refresh of it are stale: a refresh keeps the bearer) or a single
+        :attr:`~SharedToken.version`. Exactly one process of the fleet runs ``do_login``."""
         return await self._single(do_login=do_login, stale=stale, fresh_within=None)
 
     async def refresh(
@@ -210,7 +228,9 @@ class SharedSession:
     def _usable(
         self, cur: SharedToken | None, stale: str | None, fresh_within: float | None
     ) -> bool:
-        if cur is None or cur.version == stale:
+        if cur is None or (stale is not None and stale in (cur.version, cur.login)):
+            # By login too: a refresh elsewhere stores the rejected bearer under a new
+            # version, which, adopted, met the same 401 and failed the call.
             return False
         return fresh_within is None or cur.age < fresh_within
 
@@ -249,10 +269,11 @@ class SharedSession:
                         assert base is not None
                         obtained = await do_refresh(base)
                         self.refreshes += 1
-                    else:
-                        assert do_login is not None
-                        obtained = await do_login()
-                        self.logins += 1
+                        # A refresh goes on with the login it refreshed.
+                        return await self._put(*obtained, login=base.login)
+                    assert do_login is not None
+                    obtained = await do_login()
+                    self.logins += 1
                     return await self._put(*obtained)
             finally:
                 if taken is not False:
@@ -265,27 +286,33 @@ class SharedSession:
             await self._clock.sleep(pause)
             pause = min(pause * 2, self._max_poll)
 
-    async def _put(self, value: str, life: float | None) -> SharedToken:
+    async def _put(
+        self, value: str, life: float | None, *, login: str | None = None
+    ) -> SharedToken:
+        """Store a session: a new login's (``login`` None: its login is this version) or a
+        refresh of ``login``."""
         version = uuid.uuid4().hex
+        login = version if login is None else login
         remaining = self._unknown_life if life is None else float(life)
         ttl = remaining - self._margin if life is not None else remaining
-        token = SharedToken(value, version, max(ttl, 0.0), max(ttl, 0.0))
+        token = SharedToken(value, version, max(ttl, 0.0), max(ttl, 0.0), login)
         if ttl <= 0:
             # Too close to its end to share: this process uses it, nobody else reads it.
             _log.info("not sharing a session with under %.3g s to live", self._margin)
             return token
-        payload = json.dumps({"value": value, "version": version, "life": ttl})
+        payload = json.dumps({"value": value, "version": version, "life": ttl, "login": login})
         await self._store.set(self._key, payload, ttl=ttl)
         return token
 
     async def forget(self, version: str) -> None:
-        """Drop the stored token if it is still ``version`` (the server rejected it).
+        """Drop the stored token if it is still ``version``, or a refresh of the login
+        ``version`` names (the server rejected it: see :meth:`login`'s ``stale``).
 
         A compare-and-delete of the entry as it was read: a session another process stored
         between the read and the delete (a new login) is kept, not dropped with the old one.
         """
         entry, cur = await self._read()
-        if entry is not None and cur is not None and cur.version == version:
+        if entry is not None and cur is not None and version in (cur.version, cur.login):
             await self._store.delete(self._key, only_if=entry.value)
 
     def __repr__(self) -> str:

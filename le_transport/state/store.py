@@ -56,15 +56,28 @@ __all__ = [
 MAX_TTL = 1e12
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Entry:
     """A value read from a store, and how many seconds it has left to live: a finite number
     >= 0 (never more than :data:`MAX_TTL`, as every store keeps it; a Redis key without an
     expiry, written by something else, reads as 0). The library's readers take an entry whose
-    ``ttl`` is anything else (inf for "no expiry", NaN) for a damaged one, and ignore it."""
+    ``ttl`` is anything else (inf for "no expiry", NaN) for a damaged one, and ignore it.
+
+    Its repr shows the TTL and the value's length, never the value: a shared session's entry
+    holds its bearer, csrf and ``Session_id`` (a log line, a traceback's locals or a test's
+    assertion message showed them)."""
 
     value: str
     ttl: float
+
+    def __repr__(self) -> str:
+        # The length only of a str; of anything else (a caller's store), only its type.
+        size = (
+            f"<{len(self.value)} chars>"
+            if isinstance(self.value, str)
+            else f"<{type(self.value).__name__}>"
+        )
+        return f"Entry(value={size}, ttl={self.ttl!r:.40})"
 
 
 def _escape(part: str) -> str:
