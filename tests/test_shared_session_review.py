@@ -6,6 +6,7 @@ simulator on loopback and the virtual clock, as in tests/test_state_shared_login
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -445,3 +446,67 @@ async def test_the_shared_session_entry_hides_the_session(
             for secret in (auth.session.bearer, auth.session.csrf, auth.session.session_id):
                 if secret is not None:
                     assert secret.reveal() not in shown
+
+
+# -- the second review round ------------------------------------------------------------------
+
+
+class _SlowReplies(FlakyStore):
+    """A primary whose answer to a get, once ``gate`` is set, is held back on the wire (the
+    server read the key already) until the gate opens."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.gate: asyncio.Event | None = None
+
+    async def get(self, key: str) -> Entry | None:
+        entry = await super().get(key)
+        if self.gate is not None:
+            await self.gate.wait()
+        return entry
+
+
+@pytest.mark.parametrize("before", ["V1", None])
+async def test_a_read_answered_after_a_concurrent_write_is_not_mirrored_over_it(
+    clock: VirtualClock, before: str | None
+) -> None:
+    """A get copied the primary's answer locally even when this process wrote the key while
+    the answer was on its way: the older read replaced the newer write, and during the next
+    outage the process read V1 (or nothing) instead of its own V2."""
+    primary = _SlowReplies(clock)
+    store = FallbackStore(primary, clock=clock)
+    if before is not None:
+        await store.set("k", before, ttl=100)
+    primary.gate = asyncio.Event()
+    reader = asyncio.ensure_future(store.get("k"))
+    await asyncio.sleep(0)
+    await store.set("k", "V2", ttl=100)  # newer, while the read's answer is on the wire
+    primary.gate.set()
+    seen = await reader
+    assert (seen.value if seen is not None else None) == before  # read before the write
+    primary.gate = None
+    primary.down = True
+    during = await store.get("k")
+    assert during is not None
+    assert during.value == "V2"
+
+
+async def test_a_session_life_past_max_ttl_is_shared_with_a_true_age(clock: VirtualClock) -> None:
+    """The entry's life was written as given while the store caps its TTL at MAX_TTL: every
+    read of it was ~1e17 s old, and every adopter refreshed it at once."""
+    from le_transport.state.store import MAX_TTL
+
+    store = MemoryStore(clock)
+    shared = SharedSession(store, account="1", user="bot", clock=clock)
+
+    async def login() -> tuple[str, float | None]:
+        return '{"bearer":"x"}', MAX_TTL * 1e5
+
+    await shared.login(login)
+    other = SharedSession(store, account="1", user="bot", clock=clock)
+
+    async def never() -> tuple[str, float | None]:
+        raise AssertionError("adopted, not logged in")
+
+    token = await other.login(never)
+    assert token.age == pytest.approx(0.0)

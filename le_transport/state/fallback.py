@@ -132,6 +132,10 @@ class FallbackStore:
         self._hooks = EventHooks() if hooks is None else hooks
         self._down = False
         self._next_try = 0.0
+        #: Writes begun and ended so far: a primary's answer to a get is copied locally only if
+        #: no write began or ended while it was on its way (else an older read would replace
+        #: a newer write in the local copy).
+        self._writes = 0
         # The damaged keys warned of (StateDataError), until a write over one succeeds.
         self._damaged: dict[str, None] = {}
         #: How many times the store switched to local state, and back.
@@ -276,6 +280,7 @@ class FallbackStore:
         that adopted the fleet's new session read back its own old one, refreshed it (a 401),
         dropped the session it held and logged in again."""
         shared = True
+        writes = self._writes
 
         async def local() -> Entry | None:
             nonlocal shared
@@ -287,7 +292,9 @@ class FallbackStore:
             return None
 
         entry = await self._call("get", key, lambda: self._primary.get(key), local, _ENTRY, damaged)
-        if shared:
+        if shared and writes == self._writes:
+            # Not when this process wrote meanwhile (any key: counted once, cheaply): the
+            # answer may predate that write, which the local copy already holds.
             await self._mirror(key, entry)
         return entry
 
@@ -309,6 +316,13 @@ class FallbackStore:
         """To the primary (and locally, as a copy for a later outage); with ``only_if``, a
         compare-and-set on the primary (locally while it is out), copied locally if it stored.
         """
+        self._writes += 1
+        try:
+            return await self._set(key, value, ttl=ttl, only_if=only_if)
+        finally:
+            self._writes += 1
+
+    async def _set(self, key: str, value: str, *, ttl: float, only_if: str | None) -> bool:
         if only_if is None:
             # The local store checks value and TTL first, so a bad one never reaches the primary.
             await self._local.set(key, value, ttl=ttl)
@@ -348,6 +362,13 @@ class FallbackStore:
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Set-if-absent on the primary; locally while it is out."""
+        self._writes += 1
+        try:
+            return await self._add(key, value, ttl=ttl)
+        finally:
+            self._writes += 1
+
+    async def _add(self, key: str, value: str, *, ttl: float) -> bool:
         # Checked here, whatever the primary: a caller's bad value must raise as it is, not
         # come back from the primary as a StateStoreError taken for an outage.
         check_ttl(ttl)
@@ -362,6 +383,13 @@ class FallbackStore:
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         """Delete on the primary and locally."""
+        self._writes += 1
+        try:
+            return await self._delete(key, only_if=only_if)
+        finally:
+            self._writes += 1
+
+    async def _delete(self, key: str, *, only_if: str | None) -> bool:
         check_only_if(only_if)
         here = await self._local.delete(key, only_if=only_if)
         there = await self._call(

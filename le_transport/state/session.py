@@ -33,7 +33,7 @@ from ..errors import ConfigurationError
 from ..policies._validate import finite_number
 from .fallback import FallbackStore
 from .memory import MemoryStore
-from .store import Entry, StateStore, check_seconds, check_store, state_key
+from .store import MAX_TTL, Entry, StateStore, check_seconds, check_store, state_key
 
 __all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
 
@@ -295,6 +295,9 @@ class SharedSession:
         login = version if login is None else login
         remaining = self._unknown_life if life is None else float(life)
         ttl = remaining - self._margin if life is not None else remaining
+        # Capped as every store caps a TTL (MAX_TTL): a life written past it made every read
+        # of the entry look ~1e17 s old (life - ttl), and every adopter refresh at once.
+        ttl = min(ttl, MAX_TTL)
         token = SharedToken(value, version, max(ttl, 0.0), max(ttl, 0.0), login)
         if ttl <= 0:
             # Too close to its end to share: this process uses it, nobody else reads it.
