@@ -752,3 +752,28 @@ def test_the_injection_logs_rule_attribute_is_escaped_as_its_message_is(
     (record,) = [r for r in caplog.records if r.name == "le_transport.chaos.faults"]
     assert getattr(record, "rule") == repr(rule_id)  # noqa: B009 (set by extra=)
     assert "\x1b" not in record.getMessage()
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_slow_body_paces_an_answer_the_handler_streams_itself(
+    framing: str, clock: VirtualClock
+) -> None:
+    """The simulator's SlowBody returned an answer the handler streamed itself at full speed
+    and counted the fault injected: a test of a slow server's read timeout passed having met
+    no slow body. Now its writes go out in chunk_bytes pieces, chunk_delay_ms apart."""
+    sim = Simulator(clock=clock)
+    sim.add_route("GET", "/api/account/{account}/stream", _streamer(framing), service="x")
+    fault = SlowBody(chunk_bytes=4, chunk_delay_ms=1000)
+    async with sim:
+        sim.faults.load([FaultRule("s", fault, match=Match(path="*/stream"))])
+        start = clock.now()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(sim.url + f"/api/account/{DEFAULT_ACCOUNT}/stream") as resp,
+        ):
+            body = await resp.read()
+        counts = sim.faults.rule_counts()["s"]
+    assert body == b'{"ok": true}'
+    # Six bytes a write, four a piece: pieces of 4, 2, 4, 2 bytes, three pauses between them.
+    assert clock.now() - start == pytest.approx(3.0)
+    assert (counts.matched, counts.injected) == (1, 1)

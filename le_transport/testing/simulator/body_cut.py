@@ -19,6 +19,8 @@ fault that was never delivered. So, while such a fault is in force, the simulato
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import hdrs, web
 
 
@@ -91,6 +93,49 @@ class BodyCut:
                 transport.close()
 
 
-BODY_CUT_KEY: web.RequestKey[BodyCut] = web.RequestKey("le_transport_simulator_body_cut", BodyCut)
+class BodyPace:
+    """A ``SlowBody`` in force on one request while its handler runs: the answer the handler
+    prepares itself, if it does, goes out as the fault says, its status and headers at once
+    and its body in ``chunk_bytes`` pieces, ``pause`` seconds apart (``wait(pause)`` on the
+    simulator's clock, False once it is stopping: the rest is dropped, the body cut short), as
+    a returned answer's body is dribbled."""
 
-__all__ = ["BODY_CUT_KEY", "AnswerCut", "BodyCut", "bodiless"]
+    def __init__(
+        self, chunk_bytes: int, pause: float, wait: Callable[[float], Awaitable[bool]]
+    ) -> None:
+        self._chunk = chunk_bytes
+        self._pause = pause
+        self._wait = wait
+        #: Whether the handler's prepared answer is still to be paced (see BodyCut.armed).
+        self.armed = True
+        #: Whether the handler prepared an answer, which this paced.
+        self.attached = False
+        self._sent_any = False
+        self._stopped = False
+
+    def attach(self, response: web.StreamResponse) -> None:
+        """Pace ``response``'s body, being prepared."""
+        self.armed = False
+        self.attached = True
+        write = response.write
+
+        async def paced_write(data: bytes | bytearray | memoryview) -> None:
+            data = bytes(data)
+            for i in range(0, len(data), self._chunk):
+                if self._stopped:
+                    return
+                if self._sent_any and not await self._wait(self._pause):
+                    self._stopped = True  # stopping: the client sees the body cut short
+                    return
+                self._sent_any = True
+                await write(data[i : i + self._chunk])
+
+        response.write = paced_write  # type: ignore[method-assign]
+
+
+BODY_CUT_KEY: web.RequestKey[BodyCut] = web.RequestKey("le_transport_simulator_body_cut", BodyCut)
+BODY_PACE_KEY: web.RequestKey[BodyPace] = web.RequestKey(
+    "le_transport_simulator_body_pace", BodyPace
+)
+
+__all__ = ["BODY_CUT_KEY", "BODY_PACE_KEY", "AnswerCut", "BodyCut", "BodyPace", "bodiless"]

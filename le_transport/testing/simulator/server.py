@@ -87,7 +87,7 @@ from ...errors import ConfigurationError
 from ...policies._validate import finite_number
 from . import oauth1
 from .auth import LoginSession, TokenStore
-from .body_cut import BODY_CUT_KEY, AnswerCut, BodyCut, bodiless
+from .body_cut import BODY_CUT_KEY, BODY_PACE_KEY, AnswerCut, BodyCut, BodyPace, bodiless
 from .config import SERVICES, Account, SimulatorConfig
 from .custom_ws import CUSTOM_SOCKET_KEY, CustomSocket
 from .sockets import SocketHub
@@ -921,7 +921,14 @@ class Simulator:
             await self.clock.sleep(injection.delay_s)
             return await handler(request)
         if isinstance(fault, SlowBody):
-            return await self._dribble(request, await handler(request), fault)
+            # An answer the handler streams itself is paced as it is written (BodyPace).
+            pace = BodyPace(fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause)
+            request[BODY_PACE_KEY] = pace
+            try:
+                real = await handler(request)
+            finally:
+                pace.armed = False
+            return real if pace.attached else await self._dribble(request, real, fault)
         if isinstance(fault, MalformedBody):
             return await self._malformed(request, handler, fault, upgrade=upgrade)
         transport = request.transport
@@ -1498,14 +1505,18 @@ class Simulator:
         )
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """A response is being prepared: a custom route's WebSocket gets its socket faults, and
-        an answer a handler streams under a ``TruncatedBody`` or ``MalformedBody`` is cut."""
+        """A response is being prepared: a custom route's WebSocket gets its socket faults, an
+        answer a handler streams under a ``TruncatedBody`` or ``MalformedBody`` is cut, and
+        one under a ``SlowBody`` paced."""
         custom = request.get(CUSTOM_SOCKET_KEY)
         if custom is not None and isinstance(response, web.WebSocketResponse):
             custom.attach(response)
         cut = request.get(BODY_CUT_KEY)
         if cut is not None and cut.armed and not isinstance(response, web.WebSocketResponse):
             cut.attach(response)  # an answer the handler streams under a body fault: cut
+        pace = request.get(BODY_PACE_KEY)
+        if pace is not None and pace.armed and not isinstance(response, web.WebSocketResponse):
+            pace.attach(response)  # one it streams under a SlowBody: paced
 
     async def _brand_socket(self, request: web.Request) -> web.StreamResponse:
         acc = self._account(request)
