@@ -23,8 +23,9 @@ import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from le_transport import RetryPolicy
+from le_transport import Engine, RetryPolicy
 from le_transport.chaos import Delay, FaultRule, Hang, Match, Reset, Status
 from le_transport.errors import (
     AuthenticationError,
@@ -50,6 +51,7 @@ from le_transport.sockets import UMS_BRAND_SOCKET_QUERY, ums_brand_path
 from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
 from tests.known_secrets import (
     ACCESS_TOKEN,
     ACCESS_TOKEN_SECRET,
@@ -647,8 +649,24 @@ def test_a_path_prefix_with_a_dot_segment_is_refused(prefix: str) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["/api", "/csdr", "/.well-known", "/a.b/c"])
-def test_a_path_prefix_of_ordinary_segments_is_accepted(prefix: str) -> None:
-    CsdsDomains(ACCOUNT, path_prefix=prefix)
+async def test_a_path_prefix_of_ordinary_segments_is_accepted(
+    serve: ServerFactory, clock: VirtualClock, prefix: str
+) -> None:
+    """Kept as given: the Domain API is asked under it, and its map served."""
+    asked: list[str] = []
+
+    async def base_uris(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response(_map(("agentVep", "h.example")))
+
+    app = web.Application()
+    app.router.add_get(f"{prefix}/account/{ACCOUNT}/service/baseURI.json", base_uris)
+    host = await serve(app)
+    domains = CsdsDomains(ACCOUNT, csds_host=host, scheme="http", path_prefix=prefix)
+    assert f"path_prefix={prefix!r}" in repr(domains)
+    async with Engine(domains, scheme="http", clock=clock):
+        assert await domains.resolve("agentVep") == "h.example"
+    assert asked == [f"{prefix}/account/{ACCOUNT}/service/baseURI.json"]
 
 
 # -- 6. hostile Domain API answers are bounded in the logs and in size -------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from le_transport.errors import ConfigurationError
@@ -347,13 +347,35 @@ ANY_TIME = st.floats(allow_nan=False, allow_infinity=False)
 def _built(factory: Any, **kwargs: Any) -> Any:
     """The policy, or None when it is refused, as it must be, with a ConfigurationError."""
     try:
-        return factory(**kwargs)
+        policy = factory(**kwargs)
     except ConfigurationError:
+        event("refused")
         return None
+    event("accepted")
+    return policy
+
+
+def _retry_policy(**edges: Any) -> RetryPolicy:
+    """A retry policy, jittered (a pause is multiplied only with jitter on), whose second pause
+    is ``pauses`` when given."""
+    if "pauses" in edges:
+        edges["pauses"] = (5.0, edges["pauses"])
+    return RetryPolicy(**({"jitter": 0.2} | edges))
+
+
+# Each property test below checks only the policies it could build: an edge of each that is
+# accepted runs every time, as an explicit example (test_each_explicit_example_is_accepted
+# proves that it is), so that a test refusing every drawn example still checks something.
+BUCKET_EDGE = {"rate": sys.float_info.max, "tokens": 5e-324}
+BUDGET_EDGE = {"ratio": 5e-324, "window": sys.float_info.max}
+BACKOFF_EDGE = {"first": 5e-324, "factor": sys.float_info.max}
+RETRY_EDGE = {"pauses": 1e300, "retry_after_ceiling": sys.float_info.max}
+KEEPALIVE_EDGE = {"interval": sys.float_info.max, "timeout": 5e-324}
 
 
 @settings(max_examples=300, deadline=None)
 @given(_edges("rate", "burst", "tokens", "updated_at", "grace"), ANY_TIME)
+@example(BUCKET_EDGE, 1e12)
 def test_a_bucket_is_refused_or_every_wait_it_gives_is_finite(
     edges: dict[str, Any], now: float
 ) -> None:
@@ -373,6 +395,7 @@ def test_a_bucket_is_refused_or_every_wait_it_gives_is_finite(
 
 @settings(max_examples=300, deadline=None)
 @given(_edges("ratio", "min_retries_per_second", "window", "slots"), st.floats(-1e12, 1e12))
+@example(BUDGET_EDGE, 1e12)
 def test_a_budget_is_refused_or_its_floor_and_allowance_are_finite(
     edges: dict[str, Any], now: float
 ) -> None:
@@ -391,6 +414,7 @@ def test_a_budget_is_refused_or_its_floor_and_allowance_are_finite(
     st.integers(1, 3000),
     st.floats(0, 1),
 )
+@example(BACKOFF_EDGE, 1, 0.5)
 def test_a_backoff_is_refused_or_every_delay_is_finite(
     edges: dict[str, Any], attempt: int, rand: float
 ) -> None:
@@ -412,13 +436,11 @@ def test_a_backoff_is_refused_or_every_delay_is_finite(
     ),
     st.floats(0, 1),
 )
+@example(RETRY_EDGE, 0.5)
 def test_a_retry_policy_is_refused_or_every_pause_is_finite(
     edges: dict[str, Any], rand: float
 ) -> None:
-    if "pauses" in edges:
-        edges["pauses"] = (5.0, edges["pauses"])
-    # Jittered by default here: a pause is multiplied only with jitter on.
-    policy = _built(RetryPolicy, **({"jitter": 0.2} | edges))
+    policy = _built(_retry_policy, **edges)
     if policy is None:
         return
     for attempt in range(1, policy.max_attempts):
@@ -430,6 +452,7 @@ def test_a_retry_policy_is_refused_or_every_pause_is_finite(
 
 @settings(max_examples=300, deadline=None)
 @given(_edges("interval", "timeout"), st.floats(-1e12, 1e12))
+@example(KEEPALIVE_EDGE, 1e12)
 def test_a_keepalive_is_refused_or_every_time_it_names_is_finite(
     edges: dict[str, Any], now: float
 ) -> None:
@@ -441,3 +464,19 @@ def test_a_keepalive_is_refused_or_every_time_it_names_is_finite(
         keepalive.decide(now, last_activity=now - 1.0, probe_sent_at=now),
     ):
         assert math.isfinite(decision.at)
+
+
+@pytest.mark.parametrize(
+    ("factory", "edges"),
+    [
+        (TokenBucket, BUCKET_EDGE),
+        (RetryBudget, BUDGET_EDGE),
+        (BackoffPolicy, BACKOFF_EDGE),
+        (_retry_policy, RETRY_EDGE),
+        (_keepalive, KEEPALIVE_EDGE),
+    ],
+    ids=["bucket", "budget", "backoff", "retry", "keepalive"],
+)
+def test_each_explicit_example_is_accepted(factory: Any, edges: dict[str, Any]) -> None:
+    """The property tests' explicit examples are policies they check, not refusals."""
+    assert factory(**edges) is not None

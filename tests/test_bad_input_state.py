@@ -117,9 +117,19 @@ def test_state_constructors_refuse_bad_values(build: Callable[[], Any], field: s
     assert "pw" not in str(info.value).replace("password", "")
 
 
-def test_redis_store_password_as_secret_or_str_is_fine() -> None:
-    RedisStore(password=Secret(PASSWORD))
-    RedisStore(password=PASSWORD)
+def _connection_settings(store: RedisStore) -> tuple[type, dict[str, Any], int | None]:
+    """What the store's client opens each connection with: its class, its keyword arguments,
+    and the pool's size."""
+    pool = store._client.connection_pool
+    return pool.connection_class, dict(pool.connection_kwargs), pool.max_connections
+
+
+@pytest.mark.parametrize("password", [Secret(PASSWORD), PASSWORD], ids=["secret", "str"])
+def test_redis_store_password_as_secret_or_str_is_fine(password: Secret | str) -> None:
+    _, settings, _ = _connection_settings(RedisStore(password=password))
+    # Compared apart: a failed comparison must not print the password.
+    reached = settings.get("password") == PASSWORD
+    assert reached, "the password did not reach the client's connections"
 
 
 @pytest.mark.parametrize(
@@ -157,11 +167,21 @@ def test_redis_store_names_a_connection_class_given_as_a_partial() -> None:
 
 
 def test_redis_store_takes_pool_and_connection_options() -> None:
-    RedisStore(
+    from redis.asyncio.connection import SSLConnection
+
+    store = RedisStore(
         "redis://127.0.0.1:1/0",
         client_options={"socket_keepalive": True, "max_connections": 10, "client_name": "bot"},
     )
-    RedisStore("rediss://127.0.0.1:1/0", client_options={"ssl_cert_reqs": "none"})
+    _, settings, size = _connection_settings(store)
+    assert size == 10
+    assert settings["socket_keepalive"] is True
+    assert settings["client_name"] == "bot"
+    assert (settings["host"], settings["port"], settings["db"]) == ("127.0.0.1", 1, 0)
+    tls = RedisStore("rediss://127.0.0.1:1/0", client_options={"ssl_cert_reqs": "none"})
+    kind, settings, _ = _connection_settings(tls)
+    assert issubclass(kind, SSLConnection)
+    assert settings["ssl_cert_reqs"] == "none"
 
 
 # -- what another process (or anyone with write access) left in the store ------------------------

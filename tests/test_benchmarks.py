@@ -75,7 +75,11 @@ def test_the_memory_profile_traces_both_socket_kinds_and_lists_ours_by_line() ->
     assert "largest by line" in result["text"]
 
 
+# Six runs (each variant: the fleet, then a lone socket), each with the tiny size's loose guard
+# against a hang (benchmarks/reconnect_storm.py): above the suite's 180 s per test.
+@pytest.mark.timeout(900)
 def test_every_storm_variant_brings_the_whole_dropped_fleet_back() -> None:
+    """Every socket comes back after the drop: how fast is never asserted."""
     result = reconnect_storm.run("tiny")
     n = reconnect_storm.SIZES["tiny"]["sockets"]
     variants = result["data"]["variants"]
@@ -83,7 +87,8 @@ def test_every_storm_variant_brings_the_whole_dropped_fleet_back() -> None:
     for name, r in variants.items():
         assert "error" not in r["fleet"], (name, r["fleet"])
         assert r["fleet"]["back"] == n, name
-        assert r["fleet"]["attempts"] >= n, name
+        assert r["fleet"]["attempts"] >= n, name  # each socket reconnected itself
+        assert "error" not in r["lone"], (name, r["lone"])
         assert r["lone"]["back"] == 1, name
 
 

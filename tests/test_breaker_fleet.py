@@ -822,6 +822,9 @@ async def test_two_processes_breaks_after_as_many_openings_are_told_apart() -> N
 # run on a MemoryStore here and on a real Redis in tests/test_redis_store.py.
 
 KEY = ("svc", HOST)
+#: A break's end read back from a store's TTL: Redis keeps whole milliseconds (``PX`` rounded,
+#: ``PTTL`` cut), a few of them at most; the real clock's readings agree with its to well under.
+TTL_SLACK = 0.01
 
 
 async def _escalate(
@@ -844,28 +847,43 @@ async def escalated_break_meets_an_unaware_opening(
     past_the_break: Callable[[OverloadGuard], Awaitable[None]],
     openings: int,
 ) -> None:
-    """A's break after ``openings`` openings is on when B's attempts, admitted before any trip,
-    fail: B opens, and takes the fleet's break rather than publish its first one over it."""
+    """A's break after ``openings`` openings (at least 2) is on when B's attempts, admitted
+    before any trip, fail: B opens, and takes the fleet's break rather than publish its first
+    one over it."""
     a = _process(store, clock, breaker, sync=0.0)
     b, in_flight = await _unsynced(store, clock, breaker)
-    await _escalate(a, openings, past_the_break)
+    await _escalate(a, openings - 1, past_the_break)
+    await past_the_break(a)
+    # From here A's last opening is published and read back: the round trips that move the
+    # break's end as B reads it from the entry's TTL all fall after this reading.
+    before = clock.now()
+    await _probe_fails(a, "A's probe")
+    assert a._status[KEY].opens == openings
     escalated = await store.get(_trip_key())
     assert escalated is not None
     assert json.loads(escalated.value)["opens"] == openings
     until = a._status[KEY].open_until
     for call in in_flight:
         await b.settle(call, 1, DOWN)
+    after = clock.now()
     held = await store.get(_trip_key())
     assert held is not None
     assert held.value == escalated.value, "B's first break replaced the fleet's escalated one"
     assert b.breaker_state(*KEY) is BreakerState.OPEN
     assert b._status[KEY].opens == openings, "B counts the fleet's openings"
-    # (Within a round trip on Redis, whose TTLs the break's end is read from.)
-    assert b._status[KEY].open_until == pytest.approx(until, abs=0.25), "B took A's break"
+    # Read from the entry's TTL on Redis: no sooner than A's end (but for the TTL's rounding
+    # to a millisecond), later by at most the round trips made since ``before``. B's own first
+    # break ended long before A's escalated one.
+    assert until - TTL_SLACK <= b._status[KEY].open_until <= until + (after - before) + TTL_SLACK, (
+        "B took A's break"
+    )
     late = _process(store, clock, breaker, sync=0.0)
     refused = await late.admit(_Call("svc", HOST), 1)
     assert isinstance(refused, CircuitOpen)
-    assert refused.retry_at == pytest.approx(until, abs=0.25), "no probe before A's break ends"
+    latest = clock.now()
+    assert until - TTL_SLACK <= refused.retry_at <= until + (latest - before) + TTL_SLACK, (
+        "no probe before A's break ends"
+    )
 
 
 async def _settle_all(guard: OverloadGuard, calls: list[_Call], outcome: Outcome) -> None:

@@ -199,7 +199,12 @@ async def test_with_no_rules_requests_pass_straight_through(
     async with _engine(sim, clock, injector) as engine:
         await engine.request("GET", "agentVep", CSDS)
     assert injector.log == []
-    assert hash(injector) == hash(injector)
+    # Hashable by identity (aiohttp caches middleware chains by them): two injectors alike
+    # are two keys, each finding itself.
+    twin = FaultInjector(clock=clock)
+    assert injector != twin
+    assert len({injector, twin, injector}) == 2
+    assert {injector: "first", twin: "twin"}[injector] == "first"
 
 
 async def test_a_websocket_handshake_can_be_rejected_through_the_session(

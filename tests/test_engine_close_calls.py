@@ -109,15 +109,30 @@ async def test_a_call_reading_a_body_when_the_engine_closes_stops_at_once(
         await hold.wait()  # the rest never comes
         return resp
 
+    head = asyncio.Event()
+
+    async def head_arrived(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        response = await handler(request)  # returns once the answer's head is read
+        head.set()
+        return response
+
     app = web.Application()
     app.router.add_get("/x", dribble)
     host = await serve(app)
     policy = RetryPolicy(pauses=(5.0,), attempt_timeout=None)
-    engine = Engine({"svc": host}, scheme="http", clock=clock, retry=policy)
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        retry=policy,
+        wire_middlewares=[head_arrived],
+    )
     await engine.start()
     call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
     await reading.wait()
-    await asyncio.sleep(0.01)  # the client has the headers and the first byte
+    await head.wait()  # the client has the headers: its body is being read
     started = clock.now()
     await engine.close()
     try:

@@ -380,14 +380,16 @@ async def test_killed_redis_falls_back_and_restarted_redis_resumes_sharing(
         assert await store.add("lock", "me", ttl=5)
         assert not store.sharing
         redis_server.start()
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            await store.set("k2", "v2", ttl=60)
-            if store.sharing:
-                break
-        assert store.sharing
-        assert store.fallbacks == 1
-        assert store.recoveries == 1
+        # Tried again every retry_interval until a write reaches Redis; the bound is real
+        # seconds against a hang, never a speed.
+        async with asyncio.timeout(120):
+            while not store.sharing:
+                await asyncio.sleep(0.05)
+                await store.set("k2", "v2", ttl=60)
+        # It fell back, and each fallback ended in a recovery (a restarting server may fail a
+        # try it first accepted: another fallback, and another recovery).
+        assert store.fallbacks >= 1
+        assert store.recoveries == store.fallbacks
         direct = RedisStore(redis_server.url, op_timeout=OP)
         assert (await direct.get("k2")) is not None
         await direct.close()

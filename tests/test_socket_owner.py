@@ -179,13 +179,20 @@ async def test_a_silent_peer_is_found_dead_on_the_real_clock_too(
     states: StateLog, secret_values: set[str]
 ) -> None:
     clock: Any = RealClock()
-    keepalive = attrs.evolve(MESSAGING_AGENT_SDK_GETCLOCK, interval=0.05, timeout=0.05)
+    # A probe after 0.5 s of quiet, unanswered for 0.5 s: far above a loaded machine's
+    # jitter, so a peer that answers is not found dead, and the silence below comes before the
+    # first probe is even due.
+    keepalive = attrs.evolve(MESSAGING_AGENT_SDK_GETCLOCK, interval=0.5, timeout=0.5)
     real_sim = Simulator(clock=clock)
     async with real_sim, agent_engine(real_sim, clock, states) as engine:
         ws = await brand_socket(engine, real_sim, options=SocketOptions(keepalive=keepalive))
         await ws.wait_open()
         events = ws.states()
-        real_sim.sockets.open[0].silence()
+        (peer,) = real_sim.sockets.open
+        # Nothing was lost before the peer went silent (checked and silenced in one step of
+        # the loop): the loss below is the silence's.
+        assert states.of("lost") == []
+        peer.silence()
         # Generous bound: this proves the dead peer is found on the loop's own time, not how
         # fast.
         async with asyncio.timeout(60):
@@ -194,6 +201,7 @@ async def test_a_silent_peer_is_found_dead_on_the_real_clock_too(
                     break
             await real_sim.sockets.wait_accepted(2)
             await ws.wait_open()
+        assert peer not in real_sim.sockets.open, "the silent connection was ended"
     assert states.of("lost")[0].details["reason"] == "peer dead: keepalive unanswered"
     issued = real_sim.tokens
     for session in issued.sessions.values():
