@@ -30,6 +30,7 @@ from .policies import (
     RetryPolicy,
 )
 from .providers import (
+    AppKeyAuth,
     AppLogin,
     AuthProvider,
     BodySigningAuth,
@@ -55,6 +56,7 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "GUIDE_5XX_PAUSES",
+    "AppKeyAuth",
     "AppLogin",
     "AuthPlacement",
     "AuthProvider",

@@ -2327,6 +2327,23 @@ class Engine:
         ``credential_headers``: ``Authorization`` for the library's providers); anything else
         is an :class:`~le_transport.errors.InvalidRequest` here, before the task starts, rather
         than a failure logged at every run.
+
+        The Server Chat API's chat info wants ``Authorization: LivePerson appKey=<key>``: run it
+        on an engine whose ``auth`` is an :class:`~le_transport.providers.AppKeyAuth`.
+
+        The Login Service refresh (:data:`~le_transport.policies.CHAT_AGENT_API_REFRESH`, any
+        policy whose :attr:`~le_transport.policies.Keepalive.login_refresh` holds) is no plain
+        request: it needs the session's ``Session_id`` cookie and ``csrf``, and a POST without
+        them is answered 401, which would cost a login at every run. It runs the engine's
+        :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` every
+        ``policy.interval`` instead (no session yet: nothing to refresh, no login), on the
+        provider's own host. A :class:`~le_transport.errors.ConfigurationError`, before the
+        task starts: without such a provider; with one that refreshes its session itself
+        (``keepalive=True``, the default: that built-in keepalive is the usual way, timed from
+        each login and within half the session's TTL, and a second schedule would only refresh
+        twice; build the provider with ``keepalive=False`` to have this one drive it); a
+        ``service`` or ``fields["account"]`` other than the provider's; ``headers`` (the
+        provider's request carries none of the caller's).
         """
         if self._closed:
             raise EngineClosed("Engine.keepalive: the engine is closed", service=service)
@@ -2342,19 +2359,63 @@ class Engine:
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
-        method = policy.method
-        if headers is not None:
-            _check_headers(headers, service, method, self._auth)
-        try:
-            path = policy.path.format(**(fields or {}))
-        except (KeyError, IndexError) as exc:
-            raise ConfigurationError(
-                f"Engine.keepalive: the path {policy.path!r} needs the field {exc}"
-            ) from None
-        params = dict(policy.params)
+        action: Callable[[], Awaitable[None]]
+        if policy.login_refresh:
+            auth = self._auth
+            where = f"Engine.keepalive({policy.product} {policy.action!r})"
+            if not isinstance(auth, LoginServiceAuth):
+                raise ConfigurationError(
+                    f"{where} refreshes a Login Service session: it needs the session's "
+                    "Session_id cookie and csrf, which only the engine's Login Service provider "
+                    "holds (auth=UserLogin, AppLogin or ClientCredentialsLogin), and a POST "
+                    f"without them is answered 401; this engine's auth is {type(auth).__name__}"
+                )
+            owner = type(auth).__name__
+            if auth._keepalive_on:
+                raise ConfigurationError(
+                    f"{where}: {owner} already refreshes its session itself (keepalive=True, "
+                    "the default: every refresh_interval, within half the session's TTL); a "
+                    "second schedule would only refresh it twice. Leave this keepalive out, or "
+                    "build the provider with keepalive=False to have this one drive the refresh"
+                )
+            if service != auth._service:
+                raise ConfigurationError(
+                    f"{where}: the refresh goes to {owner}'s own Login Service "
+                    f"({auth._service!r}), not {service!r}"
+                )
+            account = (fields or {}).get("account")
+            if account is not None and account != auth.account:
+                raise ConfigurationError(
+                    f"{where}: fields name another account than {owner}'s "
+                    f"({auth.account!r}): its refresh keeps only its own session alive"
+                )
+            if headers is not None:
+                raise ConfigurationError(
+                    f"{where}: the refresh is {owner}'s own request, which carries none of the "
+                    "caller's headers; leave headers out"
+                )
+            provider = auth
 
-        async def action() -> None:
-            await self.request(method, service, path, params=params, headers=headers)
+            async def refresh() -> None:
+                await provider.refresh()
+
+            action = refresh
+        else:
+            method = policy.method
+            if headers is not None:
+                _check_headers(headers, service, method, self._auth)
+            try:
+                path = policy.path.format(**(fields or {}))
+            except (KeyError, IndexError) as exc:
+                raise ConfigurationError(
+                    f"Engine.keepalive: the path {policy.path!r} needs the field {exc}"
+                ) from None
+            params = dict(policy.params)
+
+            async def call() -> None:
+                await self.request(method, service, path, params=params, headers=headers)
+
+            action = call
 
         task = KeepaliveTask(
             policy,

@@ -63,12 +63,18 @@ async def _frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
 async def test_get_clock_is_answered_with_the_simulators_time_in_epoch_ms(
     sim: Simulator, clock: VirtualClock
 ) -> None:
+    # The agent socket's GetClock is ".GetClock"; the consumer socket's is documented both
+    # with and without the dot (tests/test_protocol_sockets.py: the other spelling is refused).
+    jwt = sim.tokens.issue_jwt(ACC, "consumer", 3600, "consumer").value
     async with (
         aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as brand,
+        http.ws_connect(
+            sim.consumer_socket_url(), headers={"Authorization": f"jwt {jwt}"}
+        ) as consumer,
     ):
         await clock.sleep(10)
-        for type_ in (".GetClock", "GetClock"):
+        for ws, type_ in ((brand, ".GetClock"), (consumer, ".GetClock"), (consumer, "GetClock")):
             await _req(ws, "r1", type_)
             frame = await _frame(ws)
             assert frame["kind"] == "resp"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from le_transport import Engine, EventHooks, StateEvent
+from le_transport import AppKeyAuth, Engine, EventHooks, StateEvent
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO, TokenBucket
 from le_transport.providers import ConsumerJwt, StaticDomains
 from le_transport.sockets import (
@@ -15,7 +15,7 @@ from le_transport.sockets import (
     consumer_path,
 )
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import Simulator
+from le_transport.testing.simulator import DEFAULT_APP_KEY, Simulator
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -87,8 +87,15 @@ async def test_a_refused_init_connection_reauthenticates(
 async def test_the_server_chat_keepalive_runs_every_30_seconds_through_the_engine(
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
-    async with agent_engine(sim, clock, states) as engine:
-        await engine.login()
+    # The Server Chat API takes "Authorization: LivePerson appKey=<key>" (the simulator
+    # refuses a Login Service bearer there): an engine whose auth is an AppKeyAuth.
+    async with Engine(
+        StaticDomains(sim.domains),
+        scheme="http",
+        clock=clock,
+        auth=AppKeyAuth(sim.account.id, DEFAULT_APP_KEY.key),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
         task = engine.keepalive(
             SERVER_CHAT_API_CHAT_INFO,
             "agentVep",

@@ -16,6 +16,7 @@ The per-product table (LivePerson's retry and keepalive page) ships as named val
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,10 @@ __all__ = [
     "KeepaliveStep",
     "KeepaliveTransport",
 ]
+
+
+#: The Login Service's refresh path, as a template or with the account filled in.
+_LOGIN_REFRESH_PATH = re.compile(r"/api/account/[^/?#]+/refresh")
 
 
 class KeepaliveTransport(enum.Enum):
@@ -160,6 +165,20 @@ class Keepalive:
                 f"Keepalive {self.product!r}: an HTTP keepalive needs a method and a path"
             )
 
+    @property
+    def login_refresh(self) -> bool:
+        """Whether this is the Login Service's session refresh (``POST
+        /api/account/{account}/refresh``, as :data:`CHAT_AGENT_API_REFRESH`): no plain request
+        can make it (it needs the session's ``Session_id`` cookie and ``csrf``, which only the
+        provider holds), so :meth:`~le_transport.Engine.keepalive` runs the engine's
+        :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` for it instead."""
+        return (
+            self.transport is KeepaliveTransport.HTTP
+            and (self.method or "").upper() == "POST"
+            and self.path is not None
+            and _LOGIN_REFRESH_PATH.fullmatch(self.path) is not None
+        )
+
     def with_action(self, action: str) -> Keepalive:
         """The same keepalive with another request type (``GetClock`` vs ``.GetClock``)."""
         return attrs.evolve(self, action=action)
@@ -204,6 +223,10 @@ class Keepalive:
 
 
 #: Chat Agent API: the Login Service ``refresh`` every 5 minutes (guide; docs say 3-5 min).
+#: It needs the session's ``Session_id`` cookie and ``csrf`` (a plain POST is answered 401):
+#: :meth:`~le_transport.Engine.keepalive` runs it as the engine's Login Service provider's
+#: ``refresh()`` (see :attr:`Keepalive.login_refresh`). That provider refreshes its session
+#: on its own by default (``keepalive=True``), which is the usual way.
 CHAT_AGENT_API_REFRESH = Keepalive(
     product="Chat Agent API",
     action="refresh",

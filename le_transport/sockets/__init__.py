@@ -34,6 +34,7 @@ from .options import (
     KeepaliveByPath,
     SocketOptions,
     keepalive_for_path,
+    query_for_path,
 )
 from .pacing import ReconnectPacer
 from .socket import (
@@ -76,6 +77,7 @@ __all__ = [
     "consumer_path",
     "init_connection_frame",
     "keepalive_for_path",
+    "query_for_path",
     "ums_brand_path",
     "watch_socket",
 ]

@@ -45,7 +45,12 @@ from ..policies.keepalive import Keepalive
 from ..policies.retry_after import parse_retry_after
 from ..providers.auth import AuthProvider, Credentials
 from ..recovery import is_setup_error, repeat_of
-from .options import keepalive_for_path
+from .options import (
+    CONSUMER_SOCKET_QUERY,
+    UMS_BRAND_SOCKET_QUERY,
+    keepalive_for_path,
+    query_for_path,
+)
 from .wrapping import UPGRADE_PATH, UPGRADE_SERVICE, socket_wrapper
 
 if TYPE_CHECKING:
@@ -71,10 +76,6 @@ _log = logging.getLogger("le_transport.sockets")
 
 #: The placeholder replaced by the bearer in a path, on each connect.
 BEARER_FIELD = "{bearer}"
-#: The UMS agent socket's query (the docs show v=2; LivePerson's SDKs use 2.1).
-UMS_BRAND_SOCKET_QUERY: Mapping[str, str] = {"v": "2.1"}
-#: The consumer socket's query.
-CONSUMER_SOCKET_QUERY: Mapping[str, str] = {"v": "3"}
 #: Frames held that arrive before ``InitConnection`` is answered (besides the bound on their
 #: size, ``max_msg_size`` in all): a server that sends more is failed, not buffered for ever.
 MAX_EARLY_FRAMES = 1000
@@ -369,6 +370,13 @@ class EngineDialer:
     anything else, or a placement that needs what is missing (an auth provider, ``{bearer}``
     in the path for ``PATH``), is a :class:`~le_transport.errors.ConfigurationError`.
 
+    The upgrade URL's query is the protocol's version for a LiveEngage messaging path
+    (:func:`~le_transport.sockets.options.query_for_path`: ``v=2.1`` on the UMS agent socket,
+    ``v=3`` on the consumer socket; none on any other path) with ``params`` laid over it, name
+    by name: the caller's values win (``{"v": "2"}``), and params without ``v`` keep the
+    default one. The URL is only ever shown (logs, errors, :attr:`name`) with the bearer's
+    place, never its value.
+
     An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
     :class:`~le_transport.policies.Disconnect` (``retry_after``, seconds), for the close policy
     to make the reconnect wait; ``wall_clock`` (epoch seconds; default: the engine's
@@ -432,7 +440,10 @@ class EngineDialer:
         self._engine = engine
         self._service = service
         self._path = path
-        self._params = dict(params or {})
+        # The protocol's version for a LiveEngage messaging path, the caller's params over it
+        # (theirs win, name by name): a socket dialed without params speaks the version its
+        # server expects, and one given other params keeps it.
+        self._params = {**query_for_path(path), **(params or {})}
         self._auth = auth
         self._placement = placement
         self._headers = dict(headers or {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -21,15 +22,18 @@ from ..policies.keepalive import (
 )
 
 __all__ = [
+    "CONSUMER_SOCKET_QUERY",
     "HEALTHY_AFTER",
     "KEEPALIVE_BY_PATH",
     "MAX_INBOX_BYTES",
     "MESSAGING_AGENT_KEEPALIVE",
     "MESSAGING_CONSUMER_KEEPALIVE",
     "READY_TIMEOUT",
+    "UMS_BRAND_SOCKET_QUERY",
     "KeepaliveByPath",
     "SocketOptions",
     "keepalive_for_path",
+    "query_for_path",
 ]
 
 #: A connection that became ready and stayed open this long counts as healthy: the backoff
@@ -92,6 +96,31 @@ def keepalive_for_path(path: str) -> Keepalive | None:
     if _CONSUMER_PATH.fullmatch(path):
         return MESSAGING_CONSUMER_KEEPALIVE
     return None
+
+
+#: The UMS agent socket's query (the docs show v=2; LivePerson's SDKs use 2.1).
+UMS_BRAND_SOCKET_QUERY: Mapping[str, str] = {"v": "2.1"}
+#: The consumer socket's query.
+CONSUMER_SOCKET_QUERY: Mapping[str, str] = {"v": "3"}
+
+
+def query_for_path(path: str) -> dict[str, str]:
+    """The query a socket to ``path`` is dialed with by default: the protocol's version.
+
+    The UMS agent socket: :data:`UMS_BRAND_SOCKET_QUERY` (``v=2.1``); the consumer socket:
+    :data:`CONSUMER_SOCKET_QUERY` (``v=3``); a path the library does not recognise (as
+    :func:`keepalive_for_path` recognises them): none. A new dict on each call. The caller's
+    ``params`` are laid over it (:class:`~le_transport.sockets.EngineDialer`): theirs win,
+    name by name, so ``params={"v": "2"}`` dials the docs' ``v=2``, and params without ``v``
+    keep the default ``v``.
+    """
+    if not isinstance(path, str):
+        return {}
+    if _UMS_BRAND_PATH.fullmatch(path):
+        return dict(UMS_BRAND_SOCKET_QUERY)
+    if _CONSUMER_PATH.fullmatch(path):
+        return dict(CONSUMER_SOCKET_QUERY)
+    return {}
 
 
 def _count(minimum: int) -> Any:

@@ -218,6 +218,13 @@ class SimulatorConfig:
     - ``echo_published``: after a ``PublishEvent`` the server also sends the message back as a
       ``.ams.ms.MessagingEventNotification`` on the same socket, as LiveEngage does for the
       conversation's subscribers.
+    - ``close_ended_sessions``: close a UMS agent (brand) socket with 4401 ("token
+      missing/expired") at the first frame its client sends after the Login Service session
+      whose bearer is in its path ended (logged out, revoked, expired); that frame is not
+      answered. Off by default: protocol.md gives 4401's meaning, not when LiveEngage closes an
+      open socket (revocation is known to arrive as a 1006 too), so by default an open socket
+      outlives its session, as before. ``sim.expire_tokens()`` closes every socket with 4401
+      either way.
     - ``max_records``: how many entries each of the simulator's records keeps, the newest ones
       (:data:`DEFAULT_MAX_RECORDS`: 100,000; None: no bound, for short tests only): the
       requests (``sim.requests``), the fault decisions and injections (``sim.faults``), the
@@ -243,6 +250,7 @@ class SimulatorConfig:
     echo_published: bool = attrs.field(default=True, validator=_flag)
     fault_header: bool = attrs.field(default=False, validator=_flag)
     max_records: int | None = attrs.field(default=DEFAULT_MAX_RECORDS)
+    close_ended_sessions: bool = attrs.field(default=False, validator=_flag)
 
     @max_records.validator
     def _check_max_records(self, attribute: attrs.Attribute[int | None], value: object) -> None:

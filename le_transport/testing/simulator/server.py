@@ -9,8 +9,9 @@
   ``config.session_ttl`` on the simulator's clock);
 - Sentinel OAuth2 ``app/token`` (client credentials → JWT) and the idp (consumer JWTs);
 - REST resources that check their credentials (``Bearer``, OAuth 1.0 signatures verified per
-  RFC 5849, or ``LivePerson appKey=``): the Users API, the Chat Agent ``agentSession``, Server
-  Chat "chat info", an Engagement History search;
+  RFC 5849, or ``LivePerson appKey=``): the Users API, an Engagement History search, the Chat
+  Agent ``agentSession`` (a Login Service bearer only) and Server Chat "chat info"
+  (``LivePerson appKey=`` with one of the account's app keys only);
 - the UMS agent socket and the consumer socket (see :mod:`.sockets`).
 
 Endpoints of your own are served beside these: ``sim.add_route("GET",
@@ -1153,6 +1154,17 @@ class Simulator:
                 return "app"
         return None
 
+    def _app_key_header(self, request: web.Request, account: str) -> bool:
+        """Whether the request carries ``Authorization: LivePerson appKey=<key>`` with one of
+        ``account``'s app keys (the Server Chat API's credential)."""
+        scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        value = value.strip()
+        if scheme.lower() != "liveperson" or not value.lower().startswith("appkey="):
+            return False
+        key = value.partition("=")[2]
+        acc = self.config.account(account)
+        return acc is not None and bool(key) and any(k.key == key for k in acc.app_keys)
+
     def _verify_oauth1(self, request: web.Request, account: str, header: str, body: bytes) -> bool:
         acc = self.config.account(account)
         if acc is None:
@@ -1427,8 +1439,10 @@ class Simulator:
         return web.json_response({"error": "user not found"}, status=404)
 
     async def _agent_session(self, request: web.Request) -> web.Response:
+        # A Login Service bearer only (protocol: "Authorization: Bearer ...", its keepalive the
+        # Login Service refresh): neither a Sentinel JWT, an OAuth 1.0 signature nor an app key.
         acc = self._account(request)
-        if acc is None or self._authorize(request, acc.id) is None:
+        if acc is None or self._authorize(request, acc.id) != "user":
             return self._unauthorized()
         link = f"{self.scheme}://{self._public_host(request)}/api/account/{acc.id}/agentSession/1"
         return web.json_response(
@@ -1438,8 +1452,10 @@ class Simulator:
         )
 
     async def _chat_info(self, request: web.Request) -> web.Response:
+        # "Authorization: LivePerson appKey=<key>" with one of the account's app keys only: a
+        # bearer (Login Service or Sentinel) or an OAuth 1.0 signature is refused.
         acc = self._account(request)
-        if acc is None or self._authorize(request, acc.id) is None:
+        if acc is None or not self._app_key_header(request, acc.id):
             return self._unauthorized()
         return web.json_response(
             {
@@ -1534,7 +1550,9 @@ class Simulator:
         authenticated = False
         if header is not None:
             scheme, _, value = header.partition(" ")
-            if scheme.lower() != "jwt" or self.tokens.valid_jwt(value.strip(), acc.id) is None:
+            # A consumer JWT only, as InitConnection takes: not a Sentinel (app) token.
+            token = self.tokens.valid_jwt(value.strip(), acc.id, "consumer")
+            if scheme.lower() != "jwt" or token is None:
                 self.sockets.rejected.append(401)
                 return self._unauthorized("invalid or expired consumer JWT")
             authenticated = True

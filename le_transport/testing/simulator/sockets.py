@@ -13,8 +13,15 @@ all and is what a test talks to:
   1006), ``s.silence()`` (no more answers and no pongs), ``s.subscriptions``, ``s.received``.
 
 Frames follow LiveEngage: a ``{"kind": "req", "id", "type", "body"}`` is answered with
-``{"kind": "resp", "reqId", "code", "body", "type": "<type>$Response"}``; ``.GetClock`` and
-``GetClock`` answer ``{"currentTime": <epoch ms>}`` from the simulator's clock. Faults from the
+``{"kind": "resp", "reqId", "code", "body", "type": "<type>$Response"}``. Each kind of socket
+answers its own product's request types (:data:`TYPES_BY_KIND`): the UMS agent (brand) socket
+the Messaging Agent SDK's (``.ams.*``) and ``.GetClock``; the consumer socket the Messaging
+Window API's (``cm.*``, ``cqm.*``, ``ms.PublishEvent``, ``InitConnection``) and ``GetClock``
+with or without the leading dot. Both GetClocks answer ``{"currentTime": <epoch ms>}`` from the
+simulator's clock; a type the socket does not know (the other product's included) is answered
+``code`` 400, ``{"msg": "unknown request type ..."}``, and a request without a usable ``id``
+(missing, null, empty, not a str or an int) ``code`` 400 as malformed, with ``reqId`` null (or
+the scalar that came), before any fault or ``on()`` handler sees it. Faults from the
 plan apply per session (unit ``ws_session``, decided at the handshake) and per message (unit
 ``ws_message``, matched on the frame's ``type``): a ``ws_app_error`` answers the request with
 a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer. Every frame the
@@ -66,6 +73,7 @@ from ...chaos.plan import (
 )
 
 if TYPE_CHECKING:
+    from .auth import LoginSession
     from .server import Simulator
 
 __all__ = ["PublishedMessage", "SimSocket", "SocketHub"]
@@ -76,19 +84,25 @@ _log = logging.getLogger("le_transport.simulator")
 #: answers by itself (later, out of order, or never) with ``socket.send``.
 RequestHandler = Callable[["SimSocket", dict[str, Any]], Awaitable[tuple[int, Any] | None]]
 
-GET_CLOCK_TYPES = frozenset({".GetClock", "GetClock"})
-SUBSCRIBE_TYPES = frozenset(
+# The request types each kind of socket answers (protocol.md): the UMS agent (brand) socket
+# speaks the Messaging Agent SDK's types and its keepalive is ``.GetClock``; the consumer socket
+# speaks the Messaging Window API's, whose ``GetClock`` is documented with and without the
+# leading dot. A type of the other product is answered as an unknown type is (400).
+BRAND_GET_CLOCK_TYPES = frozenset({".GetClock"})
+CONSUMER_GET_CLOCK_TYPES = frozenset({".GetClock", "GetClock"})
+BRAND_SUBSCRIBE_TYPES = frozenset(
     {
         ".ams.aam.SubscribeExConversations",
         ".ams.routing.SubscribeRoutingTasks",
         ".ams.ms.SubscribeMessagingEvents",
         ".ams.aam.SubscribeAgentsState",
-        "cqm.SubscribeExConversations",
     }
 )
-PUBLISH_TYPES = frozenset({".ams.ms.PublishEvent", "ms.PublishEvent"})
+CONSUMER_SUBSCRIBE_TYPES = frozenset({"cqm.SubscribeExConversations"})
+BRAND_PUBLISH_TYPES = frozenset({".ams.ms.PublishEvent"})
+CONSUMER_PUBLISH_TYPES = frozenset({"ms.PublishEvent"})
 # Requests the simulator accepts with a plain 200 (state changes it does not model).
-ACCEPTED_TYPES = frozenset(
+BRAND_ACCEPTED_TYPES = frozenset(
     {
         ".ams.aam.UnsubscribeExConversations",
         ".ams.routing.UpdateRoutingTaskRingState",
@@ -96,10 +110,51 @@ ACCEPTED_TYPES = frozenset(
         ".ams.cm.AgentRequestConversation",
         ".ams.routing.SetAgentState",
         ".ams.AgentRequestConversation",
+    }
+)
+CONSUMER_ACCEPTED_TYPES = frozenset(
+    {
         "cm.ConsumerRequestConversation",
         "cm.UpdateConversationField",
     }
 )
+
+
+@attrs.frozen
+class SocketTypes:
+    """The request types one kind of socket answers, by what it does with them."""
+
+    get_clock: frozenset[str]
+    subscribe: frozenset[str]
+    publish: frozenset[str]
+    accepted: frozenset[str]
+    #: Whether ``InitConnection`` (the consumer socket's first-frame authentication) is known.
+    init_connection: bool
+
+
+#: The request types each socket kind (``SimSocket.kind``) answers.
+TYPES_BY_KIND: dict[str, SocketTypes] = {
+    "brand": SocketTypes(
+        get_clock=BRAND_GET_CLOCK_TYPES,
+        subscribe=BRAND_SUBSCRIBE_TYPES,
+        publish=BRAND_PUBLISH_TYPES,
+        accepted=BRAND_ACCEPTED_TYPES,
+        init_connection=False,
+    ),
+    "consumer": SocketTypes(
+        get_clock=CONSUMER_GET_CLOCK_TYPES,
+        subscribe=CONSUMER_SUBSCRIBE_TYPES,
+        publish=CONSUMER_PUBLISH_TYPES,
+        accepted=CONSUMER_ACCEPTED_TYPES,
+        init_connection=True,
+    ),
+}
+
+# Every type either kind answers (what the module offered before the sets were split by kind).
+GET_CLOCK_TYPES = BRAND_GET_CLOCK_TYPES | CONSUMER_GET_CLOCK_TYPES
+SUBSCRIBE_TYPES = BRAND_SUBSCRIBE_TYPES | CONSUMER_SUBSCRIBE_TYPES
+PUBLISH_TYPES = BRAND_PUBLISH_TYPES | CONSUMER_PUBLISH_TYPES
+ACCEPTED_TYPES = BRAND_ACCEPTED_TYPES | CONSUMER_ACCEPTED_TYPES
 
 
 @attrs.frozen
@@ -152,6 +207,10 @@ class SimSocket:
     #: Frames held by a ``ws_delay`` fault (or queued behind one): (clock time due, text).
     held: collections.deque[tuple[float, str]] = attrs.field(factory=collections.deque)
     writer: asyncio.Task[None] | None = None
+    #: The brand socket's Login Service session (the one whose bearer is in its path), or None
+    #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
+    #: at its first frame after the session ended (logged out, revoked, expired).
+    session: LoginSession | None = None
 
     def __repr__(self) -> str:
         return f"SimSocket(id={self.id}, kind={self.kind!r}, account={self.account!r})"
@@ -405,6 +464,7 @@ class SocketHub:
             authenticated=authenticated,
             last_activity=sim.clock.now(),
             session_fault=session_fault,
+            session=self._session_of(request, kind, account),
             transport=request.transport,
             received=self._new_records(self.received_bound, "simulator socket frames received"),
             subscriptions=self._new_records(
@@ -450,6 +510,31 @@ class SocketHub:
                 extra={"socket": sock.id, "account": account},
             )
         return ws
+
+    def _session_of(self, request: web.Request, kind: str, account: str) -> LoginSession | None:
+        """The live Login Service session whose bearer a brand socket's path holds."""
+        bearer = request.match_info.get("bearer")
+        if kind != "brand" or not bearer:
+            return None
+        return self._sim.tokens.valid_session(bearer, account)
+
+    async def _close_if_session_ended(self, sock: SimSocket) -> bool:
+        """With ``config.close_ended_sessions``: close a brand socket whose session ended
+        (logged out, revoked, expired) with 4401, LiveEngage's "token missing/expired" (the
+        frame that found it is not answered). True if the socket was closed."""
+        session = sock.session
+        if not self._sim.config.close_ended_sessions or session is None:
+            return False
+        if self._sim.tokens.valid_session(session.bearer, sock.account) is not None:
+            return False
+        _log.info(
+            "socket %d: its session ended (logged out, revoked or expired): closing with 4401",
+            sock.id,
+            extra={"socket": sock.id, "account": sock.account},
+        )
+        await sock.close(4401, "token expired")
+        await self._signal()
+        return True
 
     async def _idle_watch(self, sock: SimSocket) -> None:
         clock = self._sim.clock
@@ -508,6 +593,8 @@ class SocketHub:
                 frame = {"raw": data[:200]}
             sock.received.append(frame)
             count += 1
+            if await self._close_if_session_ended(sock):
+                return
             if await self._apply_session_fault(sock, messages=count):
                 return
             if sock.silent:
@@ -519,6 +606,19 @@ class SocketHub:
         sim = self._sim
         type_ = str(frame.get("type", ""))
         req_id = frame.get("id")
+        if not _valid_request_id(req_id):
+            # A request LiveEngage could not answer to: its answer is matched on ``reqId``, and
+            # a request without an ``id`` (or with one that is not a str or a number) has
+            # none. Refused as malformed (400), before any fault or custom handler sees it, so
+            # that it is never served as if it were well formed; ``reqId`` says what came.
+            await self._resp(
+                sock,
+                req_id if _json_scalar(req_id) else None,
+                type_,
+                400,
+                {"msg": "malformed request: 'id' must be a non-empty string or an integer"},
+            )
+            return
         injection = sim.faults.run.decide(
             "ws_message",
             method="WS",
@@ -582,20 +682,23 @@ class SocketHub:
         handler = self._handlers.get(type_)
         if handler is not None:
             return await handler(sock, frame)
-        if type_ == "InitConnection":
+        types = TYPES_BY_KIND[sock.kind]
+        if type_ == "InitConnection" and types.init_connection:
             return self._init_connection(sock, frame)
         if not sock.authenticated:
             await sock.close(4401, "authenticate first (InitConnection)")
             return 401, {"msg": "unauthenticated"}
-        if type_ in GET_CLOCK_TYPES:
+        if type_ in types.get_clock:
             return 200, {"currentTime": int(sim.tokens.epoch_now() * 1000)}
-        if type_ in SUBSCRIBE_TYPES:
+        if type_ in types.subscribe:
             sock.subscriptions.append(frame)
             return 200, {"subscriptionId": f"sub-{sock.id}-{sock.subscriptions.total}"}
-        if type_ in PUBLISH_TYPES:
+        if type_ in types.publish:
             return await self._publish(sock, frame)
-        if type_ in ACCEPTED_TYPES:
+        if type_ in types.accepted:
             return 200, {}
+        # Unknown here, or the other product's (a consumer type on the agent socket, the
+        # consumer's undotted GetClock on it): LiveEngage knows no such request on this socket.
         return 400, {"msg": f"unknown request type {type_[:80]!r}"}
 
     def _init_connection(self, sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
@@ -648,3 +751,16 @@ class SocketHub:
                 }
             )
         return 200, {"sequence": sequence}
+
+
+def _json_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _valid_request_id(value: object) -> bool:
+    """Whether ``value`` can identify a request: a non-empty str (protocol.md's
+    ``"id": "<unique>"``), or an int (a number identifies as well, and a lenient reading costs a
+    test nothing); not a bool, a float, null, an object or a list."""
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, int) and not isinstance(value, bool)
