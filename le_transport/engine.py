@@ -23,7 +23,15 @@ import time
 import types
 import typing
 import warnings
-from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar, Unpack, overload
 
@@ -35,7 +43,7 @@ from yarl import URL
 
 from ._checks import require_kind, require_option
 from ._json import loads_strict
-from ._redact import REDACTED, body_excerpt, is_auth_path, redact_path, redact_text, redact_url
+from ._redact import body_excerpt, is_auth_path, redact_text, redact_url
 from .clock import Clock, RealClock, timeout_after
 from .errors import (
     AttemptRecord,
@@ -71,7 +79,7 @@ from .policies.keepalive import Keepalive
 from .policies.retry import RetryPolicy
 from .policies.retry_after import parse_retry_after
 from .providers._http import ProviderHttp
-from .providers.auth import AuthProvider, Credentials
+from .providers.auth import AuthProvider, Credentials, InvalidCredentials, as_credentials
 from .providers.domains import DomainProvider, StaticDomains, validate_host
 from .providers.login import LoginServiceAuth
 from .recovery import Recovery
@@ -700,6 +708,99 @@ def _query_value_fault(value: object) -> str:
     return f"is a {type(value).__name__}, which is no query value: pass str, int or float"
 
 
+def _encodes(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (a lone surrogate it cannot)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: Why a str with a lone surrogate cannot go into a URL.
+_DROPPED = (
+    "holds a character UTF-8 cannot encode (a lone surrogate), which would be dropped from the "
+    "URL, silently sending another value"
+)
+
+
+def _params_text_fault(params: object) -> str | None:
+    """Where ``params`` holds a str UTF-8 cannot encode, named, never shown; else None.
+
+    yarl drops such a character from the query (``select=\\ud800`` went out as ``select=``):
+    another query than the one given, with the service's credentials. What else is wrong with
+    ``params`` is :func:`_params_fault`'s to say."""
+    if isinstance(params, str):
+        return None if _encodes(params) else f"params (a query string) {_DROPPED}"
+    if isinstance(params, Mapping):
+        items: Iterable[object] = params.items()
+    elif isinstance(params, list | tuple):
+        items = params
+    else:
+        return None
+    for position, item in enumerate(items, 1):
+        if not isinstance(item, tuple) or len(item) != 2:
+            return None  # not pairs: yarl refuses them (_params_fault says why)
+        name, value = item
+        values = value if isinstance(value, list | tuple) else (value,)
+        if (isinstance(name, str) and not _encodes(name)) or any(
+            isinstance(v, str) and not _encodes(v) for v in values
+        ):
+            shown = _shown_key(name, position, "parameter")
+            where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
+            return f"params{where} {_DROPPED}; the value is not shown"
+    return None
+
+
+#: The start of a URL: a scheme and '//', or a network-path reference's '//'.
+_URL_START = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//")
+
+
+def _described(value: object) -> str:
+    """What ``value`` is, for a message that must not show it: a number as it is (not a
+    bool), anything else by its type, a str by its length and whether it looks like a URL."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return repr(value) if -(10**15) < value < 10**15 else "a very large int"
+    if isinstance(value, str):
+        kind = "a URL" if _URL_START.match(value) or "://" in value else "a str"
+        return f"{kind} of {len(value)} characters (not shown)"
+    return f"a {type(value).__name__}"
+
+
+#: The schemes a URL of the engine's may have: HTTP's, and the sockets' over them.
+_URL_SCHEMES = frozenset({"https", "http", "wss", "ws"})
+
+
+def _service_fault(service: object) -> str | None:
+    """Why ``service`` cannot name a service (never showing it), or None."""
+    if not isinstance(service, str):
+        return f"service must be a str naming a service, got a {type(service).__name__}"
+    if not service:
+        return "service must name a service, got an empty str"
+    if not service.isprintable() or any(c.isspace() for c in service):
+        return "service holds whitespace or a control character; it is not shown"
+    return None
+
+
+def _fields_fault(fields: object) -> str | None:
+    """Why a keepalive's ``fields`` (filled into its path) cannot be used, never showing a
+    value; None when they can: a mapping of str names to str values."""
+    if not isinstance(fields, Mapping):
+        return f"fields must be a mapping of str names to str values, got a {type(fields).__name__}"
+    for position, (name, value) in enumerate(fields.items(), 1):
+        if not isinstance(name, str):
+            return f"fields names must be str, got a {type(name).__name__}"
+        if not isinstance(value, str):
+            shown = _shown_key(name, position, "field")
+            where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
+            return f"fields{where} must be a str, got a {type(value).__name__}"
+    return None
+
+
 def _data_fault(data: object) -> str | None:
     """Why aiohttp refuses ``data`` as a body, or None."""
     if isinstance(data, aiohttp.FormData):
@@ -751,7 +852,8 @@ def _per_call_policy(
     else:  # pragma: no cover - each was taken alone: together they are too (no cross check)
         raise AssertionError("RetryPolicy refused a deadline and timeout it takes alone")
     raise InvalidRequest(
-        f"{name} must be a finite number of seconds > 0 (or None: the policy's), got {value!r:.40}",
+        f"{name} must be a finite number of seconds > 0 (or None: the policy's), got "
+        f"{_described(value)}",
         service=service,
         method=method,
     )
@@ -864,7 +966,14 @@ def _accepted(accept: object, service: str, method: str) -> frozenset[int]:
     if statuses is None or not all(
         type(s) is int and 400 <= s < 500 and s not in _NEVER_ACCEPTED for s in statuses
     ):
-        shown = type(accept).__name__ if statuses is None else repr(sorted(statuses, key=str))
+        odd = next((s for s in statuses or () if type(s) is not int), None)
+        shown = (
+            f"a {type(accept).__name__}"
+            if statuses is None
+            else repr(sorted(statuses, key=str))  # all numbers: shown
+            if odd is None
+            else f"a {type(accept).__name__} holding {_described(odd)}"
+        )
         raise InvalidRequest(
             "accept takes the 4xx statuses this call expects as answers (e.g. accept={404}), "
             f"not 401, 407 or 429, which the stack handles; got {shown[:80]}",
@@ -923,19 +1032,6 @@ def _json_kind(tp: object) -> str:
         return " or ".join(_json_kind(member) for member in members) or "nothing"
     kind = _JSON_KINDS.get(tp)
     return kind if kind is not None else getattr(tp, "__name__", type(tp).__name__)
-
-
-#: The userinfo of a URL, with or without its scheme: "https://user:pw@", "//user:pw@",
-#: "user:pw@" (what comes before the first '/' and an '@').
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#@]*@")
-
-
-def _hide_userinfo(text: str) -> str:
-    """``text`` (a path that is no path: a URL given for one) with any userinfo hidden:
-    :func:`redact_text` hides a URL's ("https://user:pw@"); one without a scheme
-    ("//user:pw@host", "user:pw@host/x") is hidden here."""
-    text = redact_text(text)
-    return _USERINFO.sub(lambda m: f"{m.group(1) or ''}{REDACTED}@", text, count=1)
 
 
 def _file_content_type(file: object) -> str | None:
@@ -1124,17 +1220,26 @@ class Engine:
             field="overload",
             wants="an OverloadGuard (or another RetryGate) or None",
         )
+        stacks: list[tuple[ClientMiddlewareType, ...]] = []
         for name, stack in (
             ("outer_middlewares", outer_middlewares),
             ("wire_middlewares", wire_middlewares),
         ):
+            # None, a number, a bool or an object is no sequence (iterating it raised a raw
+            # TypeError); a str, a bytes or a mapping is no sequence of middlewares.
+            ok = isinstance(stack, Iterable) and not isinstance(stack, str | bytes | Mapping)
+            if ok:
+                stack = tuple(stack)  # once: an iterator is not consumed by the check
+                ok = all(callable(m) for m in stack)
             require_option(
-                not isinstance(stack, str | bytes) and all(callable(m) for m in stack),
+                ok,
                 stack,
                 owner="Engine",
                 field=name,
                 wants="a sequence of aiohttp client middlewares (callables)",
             )
+            stacks.append(tuple(stack))
+        outer_middlewares, wire_middlewares = stacks
         if (
             isinstance(connection_limit, bool)
             or not isinstance(connection_limit, int)
@@ -1306,7 +1411,11 @@ class Engine:
         if auth is None:
             raise ConfigurationError("Engine.login: the engine has no auth provider (auth=...)")
         try:
-            return await auth.credentials("GET", URL("/"))
+            # Checked as a request's are: headers that cannot be sent, or an answer that is no
+            # Credentials, are the provider's bug, typed here rather than at the first call.
+            return as_credentials(await auth.credentials("GET", URL("/")))
+        except InvalidCredentials as exc:
+            raise self._provider_failure("auth", auth, "credentials", exc) from exc
         except TransportError:
             raise
         except Exception as exc:
@@ -1597,6 +1706,13 @@ class Engine:
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
+        if scheme is not None and scheme not in _URL_SCHEMES:
+            # As Engine(scheme=...) refuses it: an ftp:// (or any other) URL for a service.
+            raise InvalidRequest(
+                "url_for scheme must be 'https', 'http', 'wss', 'ws' or None (the engine's), "
+                f"got {_described(scheme)}",
+                service=service,
+            )
         try:
             return (await self._url_for(service, path, scheme))[0]
         except TransportError:
@@ -1643,17 +1759,16 @@ class Engine:
 
     def _check_path(self, service: str, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
-            # Shown to say what was wrong, with an in-path bearer hidden (a UMS path's), and
-            # a URL's userinfo ("https://bot:password@host/x", "//bot:password@host/x").
-            # The query and fragment never: a credential in a query is named by its key only
-            # in redact_url, which a path that is no path cannot go through.
-            shown = (
-                repr(_hide_userinfo(redact_path(path.partition("?")[0].partition("#")[0])))[:80]
-                if isinstance(path, str)
-                else type(path).__name__
+            # Described, never shown: a URL given for a path may carry a token in any segment
+            # ("https://host/eyJ..."), its userinfo, its query; a relative path a bearer.
+            hint = (
+                ": pass the path alone, the host comes from the service"
+                if isinstance(path, str) and (_URL_START.match(path) or "://" in path)
+                else ""
             )
             raise InvalidRequest(
-                f"path must be an absolute path starting with a single '/', got {shown}",
+                "path must be an absolute path starting with a single '/', got "
+                f"{_described(path)}{hint}",
                 service=service,
             )
         if any(ord(c) < 0x21 or c in "?#\x7f" for c in path):
@@ -1670,6 +1785,10 @@ class Engine:
                 "would reach another endpoint of the host): quote or check what goes into it",
                 service=service,
             )
+        if not _encodes(path):
+            # yarl drops the character: "/users" + "\\ud800" went to /users, another endpoint,
+            # with the service's credentials. Refused, and not kept as checked.
+            raise InvalidRequest(f"path {_DROPPED}; the path is not shown", service=service)
         if len(self._checked_paths) >= _URL_CACHE_SIZE:
             self._checked_paths.clear()
         self._checked_paths.add(path)
@@ -1774,7 +1893,10 @@ class Engine:
         """
         if type(method) is not str or method not in _UPPER_METHODS:
             if not isinstance(method, str) or not method.isalpha():
-                raise InvalidRequest(f"method must be an HTTP method name, got {method!r:.40}")
+                raise InvalidRequest(
+                    "method must be an HTTP method name (letters only: 'GET'), got "
+                    f"{_described(method)}"
+                )
             method = method.upper()
         if json is not _NO_JSON and data is not None:
             raise InvalidRequest("pass either json= or data=, not both")
@@ -1887,6 +2009,10 @@ class Engine:
                         _check_headers(headers, service, method, self._auth)
                         if type(data) is str:
                             data = _encode_text(data, headers)
+                    if params is not None:
+                        dropped = _params_text_fault(params)
+                        if dropped is not None:
+                            raise InvalidRequest(dropped, service=service, method=method)
                     options: dict[str, Any] = {
                         "params": params,
                         "data": data,
@@ -2238,6 +2364,17 @@ class Engine:
         stops the socket at once, typed, as the same call over HTTP fails.
         """
         self._check_usable("websocket", service=service)
+        refused = _service_fault(service)
+        if refused is not None:
+            # At the call, as a request's service is: else any object went into the socket's
+            # name, every log line, and failed only at the first connect.
+            raise InvalidRequest(refused, method="GET")
+        if auth is not None and not isinstance(auth, AuthProvider):
+            # As Engine(auth=...) refuses it: else the socket stopped at its first connect with
+            # a ProviderError (an AttributeError) blaming the "provider".
+            raise ConfigurationError(
+                f"Engine.websocket auth must be an AuthProvider or None, got {type(auth).__name__}"
+            )
         if options is not None and not isinstance(options, SocketOptions):
             raise ConfigurationError(
                 f"Engine.websocket options must be SocketOptions, got {type(options).__name__}"
@@ -2261,11 +2398,23 @@ class Engine:
         if type(path) is not str or path not in self._checked_paths:
             self._check_path(service, path)
         if params is not None:
-            fault = _params_fault(params)
+            # A mapping: the dialer keeps the query by name (a str query or a list of pairs
+            # failed there as a raw error); each value sendable, as a request's is.
+            fault = (
+                _params_fault(params) or _params_text_fault(params)
+                if isinstance(params, Mapping)
+                else "params must be a mapping of names to str, int or float values, got a "
+                f"{type(params).__name__}"
+            )
             if fault is not None:
                 raise InvalidRequest(redact_text(fault), service=service, method="GET")
         if client_properties is not None:
             _check_client_properties(client_properties, service)
+        if self._resolves_at_once:
+            # A static map answers at once, as for a request: a service it does not know is an
+            # UnknownServiceError here, at the call (a provider that fetches is asked at the
+            # first connect, which an outage only delays).
+            await self._domains.resolve(service)
         opts = options or SocketOptions()
         provider = auth if auth is not None else self._auth
         dialer = EngineDialer(
@@ -2359,6 +2508,13 @@ class Engine:
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
+        if fields is not None:
+            # Checked as the headers beside them are (an InvalidRequest, nothing shown): else
+            # a str or a mapping of other values failed as a raw TypeError, or went into the
+            # path as their repr.
+            refused = _fields_fault(fields)
+            if refused is not None:
+                raise InvalidRequest(refused, service=service, method=policy.method)
         action: Callable[[], Awaitable[None]]
         if policy.login_refresh:
             auth = self._auth
@@ -2410,6 +2566,10 @@ class Engine:
                 raise ConfigurationError(
                     f"Engine.keepalive: the path {policy.path!r} needs the field {exc}"
                 ) from None
+            # Checked now, as a request's path is, rather than at every run: a field that
+            # holds a '/', '..' or a '?' would reach another endpoint.
+            if type(path) is not str or path not in self._checked_paths:
+                self._check_path(service, path)
             params = dict(policy.params)
 
             async def call() -> None:

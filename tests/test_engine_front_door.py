@@ -105,25 +105,24 @@ USERINFO = f"bot:{PASSWORD}@"
 
 
 @pytest.mark.parametrize(
-    ("path", "shown"),
+    "path",
     [
-        (f"https://{USERINFO}example.com/api/x", "https://***@example.com/api/x"),
-        (f"//{USERINFO}evil.example/x", "//***@evil.example/x"),
-        (f"{USERINFO}example.com/x", "***@example.com/x"),
+        f"https://{USERINFO}example.com/api/x",
+        f"//{USERINFO}evil.example/x",
+        f"{USERINFO}example.com/x",
     ],
 )
 async def test_a_url_given_as_a_path_is_refused_without_its_password(
-    clock: VirtualClock, path: str, shown: str
+    clock: VirtualClock, path: str
 ) -> None:
     async with Engine({"svc": "example.com"}, clock=clock) as engine:
-        with pytest.raises(InvalidRequest) as info:
+        with pytest.raises(InvalidRequest, match="not shown") as info:
             await engine.request("GET", "svc", path)
         assert PASSWORD not in str(info.value)
-        assert shown in str(info.value)
-        with pytest.raises(InvalidRequest) as ws_info:
+        assert "example" not in str(info.value)  # nothing of it shown, its host neither
+        with pytest.raises(InvalidRequest, match="not shown") as ws_info:
             await engine.websocket("svc", path.replace("https://", "wss://"))
         assert PASSWORD not in str(ws_info.value)
-        assert "***@" in str(ws_info.value)
 
 
 # -- 5. a JSON answer that is malformed or of the wrong kind -----------------------------------

@@ -74,7 +74,13 @@ from ..errors import (
     UnsignableBody,
 )
 from ..providers._http import split_host
-from ..providers.auth import AuthProvider, BodySigningAuth, Credentials
+from ..providers.auth import (
+    AuthProvider,
+    BodySigningAuth,
+    Credentials,
+    InvalidCredentials,
+    as_credentials,
+)
 from ..providers.domains import DomainProvider
 from .context import (
     _CURRENT,
@@ -390,8 +396,22 @@ class AuthMiddleware:
                 creds = await within_deadline(
                     self.clock, ctx, step, "getting credentials", method=method, url=request.url
                 )
+            if type(creds) is not Credentials:
+                # Anything else (a dict, an object of the provider's own) carries headers no
+                # one checked: checked now, and the provider's bug when they cannot be sent.
+                creds = as_credentials(creds)
             for name, value in creds.headers.items():
                 request.headers[name] = value
+        except InvalidCredentials as exc:
+            # Credentials the provider made that cannot be sent (a header with a CR/LF, an int
+            # value): a ConfigurationError, but the provider's, not the caller's.
+            raise provider_failed(
+                "auth",
+                self.auth,
+                "credentials" if form is None else "credentials_for_form",
+                exc,
+                service=ctx.service if ctx is not None else None,
+            ) from exc
         except TransportError:
             raise  # a login's failure, as it is (the recovery loop asks the call, not it)
         except Exception as exc:

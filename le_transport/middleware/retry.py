@@ -189,6 +189,17 @@ class RetryMiddleware:
         default=None, validator=optional_instance_of(asyncio.Event)
     )
 
+    def __attrs_post_init__(self) -> None:
+        # Else a True or a number is taken, and fails as a raw TypeError mid-request, at the
+        # first Retry-After given as an HTTP-date on an answer without a Date header.
+        require_option(
+            callable(self.wall_clock),
+            self.wall_clock,
+            owner="RetryMiddleware",
+            field="wall_clock",
+            wants="a function returning epoch seconds (like time.time)",
+        )
+
     def __call__(
         self, request: ClientRequest, handler: ClientHandlerType
     ) -> Awaitable[ClientResponse]:

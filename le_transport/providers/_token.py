@@ -232,6 +232,8 @@ class TokenProvider:
         self._wall_clock = wall_clock
         self._http: ProviderHttp | None = None
         self._token: Token | None = None
+        #: The last token's credentials, built once per token: every call asks for them.
+        self._creds: tuple[Token, Credentials] | None = None
         self._generation = 0
         self._flight: SingleFlight[Token] = SingleFlight(
             f"le_transport.{self._kind}", f"{self.subject}: the token request"
@@ -303,11 +305,16 @@ class TokenProvider:
             token = await self.fetch()
         elif token.refresh_at is not None and http.clock.now() >= token.refresh_at:
             token = await self._renew(http, token)
-        return Credentials(
+        cached = self._creds
+        if cached is not None and cached[0] is token:
+            return cached[1]
+        creds = Credentials(
             headers={"Authorization": f"{self._scheme} {token.value.reveal()}"},
             bearer=token.value,
             generation=token.generation,
         )
+        self._creds = (token, creds)
+        return creds
 
     async def invalidate(self, rejected: Credentials) -> None:
         """Drop the token if ``rejected`` carried it: the next call fetches a new one (once)."""

@@ -13,6 +13,8 @@ auth middleware then hands it the form's parameters. Providers that only impleme
 
 from __future__ import annotations
 
+import re
+import types
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -23,11 +25,74 @@ from .._redact import Secret, redact_headers
 from ..errors import ConfigurationError
 from ._http import header_safe
 
-__all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "StaticBearer"]
+__all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "InvalidCredentials", "StaticBearer"]
 
 
-def _frozen_headers(value: Mapping[str, str]) -> Mapping[str, str]:
-    return dict(value)
+class InvalidCredentials(ConfigurationError):
+    """:class:`Credentials` that cannot be sent (headers that are not str names, RFC 9110
+    tokens, to str values without CR, LF or NUL; a bearer that is no
+    :class:`~le_transport._redact.Secret`). Raised where they are made, naming the field or
+    header and never showing a value. Made inside an auth provider's ``credentials()``, the
+    engine, the auth middleware and a socket's dialer turn it into a
+    :class:`~le_transport.errors.ProviderError`: the provider's bug, not the caller's."""
+
+
+#: A header name: an RFC 9110 token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What ends a header line: a value holding one would write a header of its own.
+_HEADER_BREAKERS = re.compile("[\r\n\x00]")
+
+
+def _frozen_headers(value: object) -> Mapping[str, str]:
+    """``value`` copied, once each name and value is known to be sendable, read-only: the
+    providers hand the same credentials to every call until the session or token changes."""
+    if not isinstance(value, Mapping):
+        raise InvalidCredentials(
+            f"Credentials.headers must be a mapping of str names to str values, got a "
+            f"{type(value).__name__}"
+        )
+    headers = dict(value)
+    for name, text in headers.items():
+        fault = _credential_header_fault(name, text)
+        if fault is not None:
+            raise InvalidCredentials(f"Credentials.headers: {fault}; the value is not shown")
+    return types.MappingProxyType(headers)
+
+
+def _credential_header_fault(name: object, value: object) -> str | None:
+    """Why a credential header cannot be sent, or None; never showing its value (nor a name
+    that is no name: what follows a ':' in it would be sent as a value)."""
+    if type(name) is not str and not isinstance(name, str):
+        return f"a header name is a {type(name).__name__}, not a str"
+    if _TOKEN.fullmatch(name) is None:
+        return "a header name is not an RFC 9110 token (letters, digits, !#$%&'*+-.^_`|~)"
+    if type(value) is not str and not isinstance(value, str):
+        return f"header {name[:40]!r} has a value of type {type(value).__name__}, not a str"
+    if not value.isprintable() and _HEADER_BREAKERS.search(value):
+        return f"header {name[:40]!r} has a value holding a CR, LF or NUL"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"header {name[:40]!r} has a value UTF-8 cannot encode (a lone surrogate)"
+    return None
+
+
+def _check_bearer(
+    instance: object, attribute: attrs.Attribute[Secret | None], value: Secret | None
+) -> None:
+    if value is not None and not isinstance(value, Secret):
+        raise InvalidCredentials(
+            "Credentials.bearer must be a Secret (le_transport._redact.Secret) or None, got "
+            f"a {type(value).__name__}"
+        )
+
+
+def _check_generation(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidCredentials(
+            f"Credentials.generation must be an int, got a {type(value).__name__}"
+        )
 
 
 @attrs.frozen(repr=False)
@@ -35,17 +100,39 @@ class Credentials:
     """What to put on a request: ``headers``; and for sockets, the ``bearer`` (or consumer JWT).
 
     ``generation`` identifies the login that produced them. The repr never shows a secret.
+
+    ``headers`` map str names (RFC 9110 tokens) to str values without CR, LF or NUL;
+    ``bearer`` is a :class:`~le_transport._redact.Secret` or None; ``generation`` an int. Anything
+    else is an :class:`InvalidCredentials` (a
+    :class:`~le_transport.errors.ConfigurationError`) here, naming the field or header,
+    never showing a value.
     """
 
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_headers)
-    bearer: Secret | None = None
-    generation: int = 0
+    bearer: Secret | None = attrs.field(default=None, validator=_check_bearer)
+    generation: int = attrs.field(default=0, validator=_check_generation)
 
     def __repr__(self) -> str:
         return (
             f"Credentials(headers={redact_headers(self.headers)!r}, "
             f"bearer={self.bearer!r}, generation={self.generation})"
         )
+
+
+def as_credentials(answer: object) -> Credentials:
+    """``answer``, what an auth provider's ``credentials()`` returned, as checked
+    :class:`Credentials`: itself when it is one; else rebuilt from its ``headers``,
+    ``bearer`` and ``generation``, so that what no one checked is checked here (an
+    :class:`InvalidCredentials`), and what has no ``headers`` (None, a dict, a str) fails as
+    an AttributeError: either the provider's bug, which the caller turns into a
+    :class:`~le_transport.errors.ProviderError`."""
+    if type(answer) is Credentials or isinstance(answer, Credentials):
+        return answer
+    return Credentials(
+        headers=answer.headers,  # type: ignore[attr-defined]
+        bearer=getattr(answer, "bearer", None),
+        generation=getattr(answer, "generation", 0),
+    )
 
 
 @runtime_checkable
@@ -148,13 +235,14 @@ class StaticBearer:
     same token (the caller is expected to replace it with :meth:`update`).
     """
 
-    __slots__ = ("_generation", "_token")
+    __slots__ = ("_credentials", "_generation", "_token")
     #: The header its credentials set (see :class:`AuthProvider`).
     credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
     def __init__(self, token: str | Secret) -> None:
         self._token = _bearer(token)
         self._generation = 0
+        self._credentials = self._make()
 
     def update(self, token: str | Secret) -> None:
         """Replace the token (e.g. after the caller refreshed it elsewhere).
@@ -163,14 +251,19 @@ class StaticBearer:
         """
         self._token = _bearer(token)
         self._generation += 1
+        self._credentials = self._make()
 
-    async def credentials(self, method: str, url: URL) -> Credentials:
-        """``Authorization: Bearer <token>``."""
+    def _make(self) -> Credentials:
+        # Made (and checked) once per token, not per call.
         return Credentials(
             headers={"Authorization": f"Bearer {self._token.reveal()}"},
             bearer=self._token,
             generation=self._generation,
         )
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        """``Authorization: Bearer <token>``."""
+        return self._credentials
 
     async def invalidate(self, rejected: Credentials) -> None:
         """Nothing to do: the caller owns the token."""

@@ -291,6 +291,8 @@ class LoginServiceAuth:
         self._retry = retry
         self._http: ProviderHttp | None = None
         self._session: LoginSession | None = None
+        #: The last session's credentials, built once per session: every call asks for them.
+        self._creds: tuple[LoginSession, Credentials] | None = None
         self._generation = 0
         self._flight: SingleFlight[LoginSession] = SingleFlight(
             f"le_transport.login[{self._account}]", f"{self.subject}: the login"
@@ -1061,11 +1063,16 @@ class LoginServiceAuth:
         return min(interval, max(MIN_SESSION_REFRESH_INTERVAL, left / 2.0))
 
     def _credentials(self, session: LoginSession) -> Credentials:
-        return Credentials(
+        cached = self._creds
+        if cached is not None and cached[0] is session:
+            return cached[1]
+        creds = Credentials(
             headers={"Authorization": f"Bearer {session.bearer.reveal()}"},
             bearer=session.bearer,
             generation=session.generation,
         )
+        self._creds = (session, creds)
+        return creds
 
     def __repr__(self) -> str:
         return (

@@ -43,7 +43,8 @@ from ..middleware.retry import parse_retry_after_date
 from ..policies.close_codes import Disconnect
 from ..policies.keepalive import Keepalive
 from ..policies.retry_after import parse_retry_after
-from ..providers.auth import AuthProvider, Credentials
+from ..providers._http import validate_account
+from ..providers.auth import AuthProvider, Credentials, InvalidCredentials, as_credentials
 from ..recovery import is_setup_error, repeat_of
 from .options import (
     CONSUMER_SOCKET_QUERY,
@@ -82,13 +83,19 @@ MAX_EARLY_FRAMES = 1000
 
 
 def ums_brand_path(account: str) -> str:
-    """The UMS agent socket's path for ``account``, with the bearer's place marked."""
-    return f"/ws_api/account/{quote(str(account), safe='')}/messaging/brand/{BEARER_FIELD}"
+    """The UMS agent socket's path for ``account``, with the bearer's place marked. The
+    account is checked as ``UserLogin(account=...)`` checks it (a
+    :class:`~le_transport.errors.ConfigurationError` for None, bytes, or anything that is no
+    LiveEngage account id): ``str()`` of it made the path ``/ws_api/account/None/...``."""
+    account = validate_account(account, owner="ums_brand_path")
+    return f"/ws_api/account/{quote(account, safe='')}/messaging/brand/{BEARER_FIELD}"
 
 
 def consumer_path(account: str) -> str:
-    """The Messaging Window API consumer socket's path for ``account``."""
-    return f"/ws_api/account/{quote(str(account), safe='')}/messaging/consumer"
+    """The Messaging Window API consumer socket's path for ``account`` (checked as
+    :func:`ums_brand_path` checks it)."""
+    account = validate_account(account, owner="consumer_path")
+    return f"/ws_api/account/{quote(account, safe='')}/messaging/consumer"
 
 
 #: What the consumer socket's ``InitConnection`` says about the client, unless told otherwise.
@@ -116,7 +123,13 @@ class AuthPlacement(enum.Enum):
 def init_connection_frame(
     jwt: Secret, client_properties: Mapping[str, Any] = DEFAULT_CLIENT_PROPERTIES
 ) -> dict[str, Any]:
-    """The consumer socket's first frame, authenticating with ``jwt``."""
+    """The consumer socket's first frame, authenticating with ``jwt`` (a :class:`Secret`;
+    anything else, a plain str included, is a :class:`~le_transport.errors.ConfigurationError`
+    naming its type: wrap a token in ``Secret(...)``)."""
+    if not isinstance(jwt, Secret):
+        raise ConfigurationError(
+            f"init_connection_frame.jwt must be a Secret (Secret(token)), got {type(jwt).__name__}"
+        )
     return {
         "kind": "req",
         "id": "0",
@@ -529,6 +542,17 @@ class EngineDialer:
             bug: tuple[Exception, TransportError] | None = None
             try:
                 creds = await self._auth.credentials("GET", base)
+                if type(creds) is not Credentials:
+                    # An answer that is no Credentials (a dict, a str), or one whose headers
+                    # or bearer cannot be sent: the provider's bug, typed below.
+                    creds = as_credentials(creds)
+            except InvalidCredentials as exc:
+                # Credentials the provider made that cannot be sent: a ConfigurationError, but
+                # the provider's (a ProviderError, as over HTTP), not the caller's.
+                bug = (
+                    exc,
+                    provider_failed("auth", self._auth, "credentials", exc, service=self._service),
+                )
             except UnexpectedAnswer as exc:
                 # Neither a refusal nor a login (a redirect, a proxy's maintenance page): no
                 # word on the credentials, an outage by another name, retried on the

@@ -231,6 +231,31 @@ def _text(frame: str) -> str:
     return frame
 
 
+def _check_frame_headers(headers: object) -> None:
+    """Refuse a request's ``headers`` that are not a list (or tuple) of header objects: each a
+    mapping with str keys naming its ``type`` with a non-empty str (as LiveEngage's
+    ``{"type": ".ams.headers.ClientProperties", ...}``). Named by index, never shown."""
+    problem: str | None = None
+    if not isinstance(headers, list | tuple):
+        problem = f"got {builtins.type(headers).__name__}"
+    else:
+        for index, header in enumerate(headers):
+            if not isinstance(header, Mapping):
+                problem = f"headers[{index}] is a {builtins.type(header).__name__}"
+            elif not all(isinstance(key, str) for key in header):
+                problem = f"headers[{index}] has a key that is not a str"
+            elif not isinstance(header.get("type"), str) or not header["type"]:
+                problem = f"headers[{index}] names no 'type' (a non-empty str)"
+            if problem is not None:
+                break
+    if problem is not None:
+        raise InvalidMessage(
+            "headers must be a list of header objects, each a mapping with str keys naming its "
+            f"'type' (as {{'type': '.ams.headers.ClientProperties', ...}}): {problem}; no value "
+            "is shown"
+        )
+
+
 def _check_timeout(timeout: object) -> None:
     """Refuse a timeout that is not None or a positive, finite number of seconds."""
     if timeout is not None and (
@@ -467,8 +492,13 @@ class ResilientSocket:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> ResilientSocket:
-        """Start the owner task (connects in the background). Idempotent."""
-        if self._owner is None and not self._closing:
+        """Start the owner task (connects in the background). Idempotent while open.
+
+        A socket that was closed (or stopped) does not start again: :class:`SocketClosed`
+        (``ws.error`` when it stopped on one), as from every other entry point."""
+        if self._closing or self.closed:
+            self._raise_if_closed()
+        if self._owner is None:
             self._owner = asyncio.get_running_loop().create_task(
                 self._drive(), name=f"le_transport socket {self._name}"
             )
@@ -654,10 +684,8 @@ class ResilientSocket:
                 f"a request type must be a non-empty str, got {builtins.type(type).__name__}"
             )
         _check_timeout(timeout)
-        if headers is not None and not isinstance(headers, list | tuple):
-            raise InvalidMessage(
-                f"headers must be a list of header objects, got {builtins.type(headers).__name__}"
-            )
+        if headers is not None:
+            _check_frame_headers(headers)
         limit = self._options.request_timeout if timeout is None else timeout
         request_id, fut = self._pending.open()
         frame: dict[str, Any] = {"kind": "req", "id": request_id, "type": type}
@@ -956,7 +984,11 @@ class ResilientSocket:
         """Run ``callback(ws)`` after every connect from the next one on.
 
         ``callback`` must be callable (else :class:`~le_transport.errors.ConfigurationError`)
-        and return an awaitable, as for the constructor's ``on_connect``."""
+        and return an awaitable, as for the constructor's ``on_connect``. A socket that was
+        closed (or stopped) never connects again: :class:`SocketClosed`, as from :meth:`start`.
+        """
+        if self._closing or self.closed:
+            self._raise_if_closed()
         self._on_connect = (*self._on_connect, *check_on_connect((callback,)))
 
     # -- the owner --------------------------------------------------------------------------
