@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from ._redact import redact_text
+from .errors import ConfigurationError
 
 __all__ = ["Clock", "RealClock", "stall_timeout", "timeout_after"]
 
@@ -372,11 +373,41 @@ def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:
     ``None`` means no timeout. The body is cancelled when the time is up, not merely checked
     afterwards. If the clock's ``sleep`` fails, the time cannot be kept: the body is cancelled
     at once and the block raises the clock's error (logged too), rather than running without
-    a limit. An infinite timeout is none; a NaN one is a :class:`ValueError` (it would end the
-    block at once on one clock and never on another).
+    a limit. An infinite timeout is none. A NaN one is a
+    :class:`~le_transport.errors.ConfigurationError` (a :class:`ValueError`: it would end the
+    block at once on one clock and never on another), and so is a ``seconds`` that is no
+    number (a str, a bool; an int past float's range) or a ``clock`` that is no :class:`Clock`.
     """
-    if seconds is not None and not seconds < math.inf:
-        if seconds != seconds:
-            raise ValueError("timeout_after: seconds is NaN")
-        seconds = None
+    if type(clock) is not RealClock and (isinstance(clock, type) or not isinstance(clock, Clock)):
+        # A class has now and sleep too, unbound: RealClock for RealClock().
+        got = f"the class {clock.__name__}" if isinstance(clock, type) else type(clock).__name__
+        raise ConfigurationError(f"timeout_after: clock must be a Clock (now, sleep), got {got}")
+    if seconds is not None:
+        if type(seconds) is not float:
+            _check_seconds(seconds)
+        if not seconds < math.inf:
+            if seconds != seconds:
+                raise ConfigurationError("timeout_after: seconds is NaN")
+            seconds = None
     return _ClockTimeout(clock, seconds)
+
+
+def _check_seconds(seconds: object) -> None:
+    """Off the engine's path (a float): an int (not a bool) that a float can hold, or a float
+    subclass, will do; anything else is refused, naming its type (a str raised TypeError on a
+    comparison, and 10**400 OverflowError once armed)."""
+    if isinstance(seconds, float):
+        return
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        try:
+            float(seconds)
+        except OverflowError:
+            raise ConfigurationError(
+                "timeout_after: seconds must be None or a number of seconds (inf: none), "
+                f"got an int of {seconds.bit_length()} bits, past a float's range"
+            ) from None
+        return
+    raise ConfigurationError(
+        "timeout_after: seconds must be None or a number of seconds (inf: none), got "
+        f"{type(seconds).__name__}"
+    )

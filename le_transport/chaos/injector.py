@@ -290,9 +290,15 @@ class FaultInjector:
         return rule
 
     def extend(self, rules: Iterable[FaultRule]) -> None:
-        """Add several rules."""
-        for rule in rules:
-            self.add(rule)
+        """Add several rules (a list of :class:`FaultRule`; anything else is a
+        :class:`~le_transport.errors.ConfigurationError`, and then no rule is added)."""
+        if isinstance(rules, (str, bytes, Mapping, FaultRule)) or not isinstance(rules, Iterable):
+            hint = " (one rule: use add)" if isinstance(rules, FaultRule) else ""
+            raise ConfigurationError(
+                f"FaultInjector.extend takes a list of FaultRule, got {type(rules).__name__}{hint}"
+            )
+        # All or nothing: checked as a plan first, so that a bad rule halfway adds none.
+        self._run.plan = FaultPlan(seed=self._run.plan.seed, rules=(*self._run.plan.rules, *rules))
 
     def clear(self) -> None:
         """Remove every rule; the log is kept."""

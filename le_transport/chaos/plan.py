@@ -720,7 +720,13 @@ _UNIT_METHOD: Mapping[str, str] = MappingProxyType({"ws_session": "GET", "ws_mes
 
 
 def fault_to_dict(fault: Fault) -> dict[str, Any]:
-    """The JSON form of a fault: ``{"kind": ..., <params>}``."""
+    """The JSON form of a fault: ``{"kind": ..., <params>}``. Anything but a fault (None, a
+    bare status code: :func:`fault_from_dict`'s shorthands) is a
+    :class:`~le_transport.errors.ConfigurationError`."""
+    if type(fault) not in _KINDS.values():
+        raise ConfigurationError(
+            f"fault_to_dict takes a fault (Status, Delay, WsClose ...), got {type(fault).__name__}"
+        )
     out: dict[str, Any] = {"kind": fault.kind}
     for field in attrs.fields(type(fault)):
         out[field.name] = _json_value(getattr(fault, field.name))
@@ -916,9 +922,31 @@ def _sequence(
 ) -> tuple[Fault | None, ...] | None:
     if value is None:
         return None
-    if isinstance(value, (str, bytes, Mapping)):
-        raise ConfigurationError(f"FaultRule.sequence must be a list, got {value!r:.80}")
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        # Only the type: a str put here may be anything.
+        raise ConfigurationError(
+            "FaultRule.sequence must be a list of faults (or null entries to pass), one per "
+            f"matching unit, got {type(value).__name__}"
+        )
     return tuple(_as_fault(v) for v in value)
+
+
+def _match(instance: object, attribute: attrs.Attribute[Match], value: object) -> None:
+    # Checked here: a rule holding anything else failed only when traffic arrived
+    # (AttributeError: no 'matches'), inside the engine's request.
+    if not isinstance(value, Match):
+        raise ConfigurationError(
+            f"FaultRule.match must be a Match (e.g. Match(path='*/users')), got "
+            f"{type(value).__name__}"
+        )
+
+
+def _schedule(instance: object, attribute: attrs.Attribute[Schedule], value: object) -> None:
+    if not isinstance(value, Schedule):
+        raise ConfigurationError(
+            f"FaultRule.schedule must be a Schedule (e.g. Schedule(fail_next=2)), got "
+            f"{type(value).__name__}"
+        )
 
 
 @attrs.frozen
@@ -945,9 +973,9 @@ class FaultRule:
 
     id: str = attrs.field()
     fault: Fault | None = attrs.field(default=None, converter=_rule_fault)
-    match: Match = attrs.field(factory=Match)
+    match: Match = attrs.field(factory=Match, validator=_match)
     unit: str = attrs.field(default="request", validator=_unit)
-    schedule: Schedule = attrs.field(factory=Schedule)
+    schedule: Schedule = attrs.field(factory=Schedule, validator=_schedule)
     sequence: tuple[Fault | None, ...] | None = attrs.field(default=None, converter=_sequence)
     p: float = attrs.field(default=1.0, validator=_probability)
 
@@ -1140,7 +1168,9 @@ def _rules(value: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
     seen: set[str] = set()
     for rule in rules:
         if not isinstance(rule, FaultRule):
-            raise ConfigurationError(f"FaultPlan.rules must hold FaultRule values, got {rule!r}")
+            raise ConfigurationError(
+                f"FaultPlan.rules must hold FaultRule values, got {type(rule).__name__}"
+            )
         if rule.id in seen:
             raise ConfigurationError(f"FaultPlan has two rules with the id {rule.id!r}")
         seen.add(rule.id)
@@ -1236,7 +1266,10 @@ def draw(seed: int, rule_id: str, index: int, stream: str = "p") -> float:
     The rule's stream for its ``index``-th matching unit: no shared generator, so the order in
     which units arrive, or another rule, cannot change it.
     """
-    digest = hashlib.sha256(f"{seed}\x00{rule_id}\x00{index}\x00{stream}".encode()).digest()
+    # surrogatepass: a rule id (or stream) with a lone surrogate, which strict UTF-8 cannot
+    # encode, still draws (any other text encodes to the same bytes either way).
+    key = f"{seed}\x00{rule_id}\x00{index}\x00{stream}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(key).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -1657,6 +1690,7 @@ class FaultRun:
         max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
         check_max_records(max_records, owner="FaultRun")
+        _check_origin(origin, owner="FaultRun")
         self.plan = as_plan(plan, owner="FaultRun")
         #: The clock time time windows are measured from (default: the first decision's).
         self.origin = origin
@@ -1843,6 +1877,7 @@ class FaultRun:
     ) -> None:
         """Start over (with ``plan``, if given): counters, totals and logs cleared, time windows
         measured from ``origin`` (default: the next decision's time)."""
+        _check_origin(origin, owner="FaultRun.reset")
         if plan is not None:
             self.plan = as_plan(plan, owner="FaultRun.reset")
         self.origin = origin
@@ -1852,6 +1887,15 @@ class FaultRun:
         self._admitted.clear()
         self.log.clear()
         self._injections.clear()
+
+
+def _check_origin(origin: object, *, owner: str) -> None:
+    """``origin`` must be None or a finite clock time: else a ConfigurationError naming it (a
+    str failed only at the first decision, on a subtraction)."""
+    if origin is not None and not finite_number(origin):
+        wants = "None or a finite clock time in seconds"
+        shown = repr(origin) if isinstance(origin, float) else type(origin).__name__
+        raise ConfigurationError(f"{owner}.origin must be {wants}, got {shown}")
 
 
 def _kinds_of(rule: FaultRule) -> frozenset[str]:

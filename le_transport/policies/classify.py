@@ -9,11 +9,12 @@ The I/O layer turns a response or an exception into an :class:`Outcome` (a plain
 from __future__ import annotations
 
 import enum
+import math
 
 import attrs
 
 from ..errors import ConfigurationError, Repeat
-from ._validate import HTTP_STATUSES, int_codes
+from ._validate import HTTP_STATUSES, finite_number, int_codes, shown
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -58,12 +59,33 @@ class Outcome:
     """The facts of one attempt: a status, or a transport failure (by exception type name).
 
     ``retry_after`` is the server's ``Retry-After`` in seconds when it sent a valid one.
+
+    Checked when made: ``kind`` an :class:`OutcomeKind`, ``status`` None or an int HTTP status
+    (100 to 999), ``error`` None or a str, ``retry_after`` None or a finite number of seconds
+    >= 0; anything else is a :class:`~le_transport.errors.ConfigurationError` naming the
+    field (a status given as ``"503"`` failed only in the classifier, with a TypeError, and a
+    NaN ``retry_after`` was silently taken for none).
     """
 
     kind: OutcomeKind
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # Made per failed attempt (the answers under 400 are shared, made once): the usual
+        # values pass on identity and type tests alone; the rest is told apart off that path.
+        status = self.status
+        after = self.retry_after
+        error = self.error
+        if (
+            (status is None or (type(status) is int and 100 <= status <= 999))
+            and (after is None or (type(after) is float and 0.0 <= after < _INF))
+            and (error is None or type(error) is str)
+            and type(self.kind) is OutcomeKind
+        ):
+            return
+        _check_outcome(self)
 
     @classmethod
     def response(cls, status: int, retry_after: float | None = None) -> Outcome:
@@ -82,6 +104,38 @@ class Outcome:
         if self.kind is OutcomeKind.RESPONSE:
             return str(self.status)
         return f"{self.kind.value} ({self.error})" if self.error else self.kind.value
+
+
+_INF = math.inf
+
+
+def _check_outcome(outcome: Outcome) -> None:
+    """What :class:`Outcome`'s quick test did not pass, told apart: an int subclass (an
+    ``HTTPStatus``) or an int ``retry_after`` is fine; anything else is refused, naming the
+    field (only a number, or the type, is shown)."""
+    if not isinstance(outcome.kind, OutcomeKind):
+        raise ConfigurationError(
+            f"Outcome.kind must be an OutcomeKind, got {type(outcome.kind).__name__}"
+        )
+    status = outcome.status
+    if status is not None and not (
+        isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 999
+    ):
+        got = shown(status) if isinstance(status, int) else type(status).__name__
+        raise ConfigurationError(
+            f"Outcome.status must be None or an int HTTP status from 100 to 999, got {got}"
+        )
+    if outcome.error is not None and not isinstance(outcome.error, str):
+        raise ConfigurationError(
+            f"Outcome.error must be None or a str (the exception's type name), got "
+            f"{type(outcome.error).__name__}"
+        )
+    after = outcome.retry_after
+    if after is not None and not (finite_number(after) and after >= 0):
+        got = shown(after) if isinstance(after, (int, float)) else type(after).__name__
+        raise ConfigurationError(
+            f"Outcome.retry_after must be None or a finite number of seconds >= 0, got {got}"
+        )
 
 
 class _LeftOut(frozenset[int]):

@@ -108,6 +108,28 @@ def _pauses(value: object) -> tuple[float, ...]:
     return tuple(float(p) for p in items)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_attempt(method: str, attempt: object) -> None:
+    """``attempt`` must be an int (an int subclass but a bool will do): else a
+    ConfigurationError naming it (None failed on a comparison, with a TypeError)."""
+    if not _is_int(attempt):
+        raise ConfigurationError(
+            f"RetryPolicy.{method}: attempt must be an int (1-based), got {type(attempt).__name__}"
+        )
+
+
+def _check_outcome_arg(method: str, outcome: object) -> None:
+    """``outcome`` must be an :class:`Outcome` (a subclass will do)."""
+    if not isinstance(outcome, Outcome):
+        raise ConfigurationError(
+            f"RetryPolicy.{method}: outcome must be an Outcome (Outcome.response(503), "
+            f"Outcome.failure(...)), got {type(outcome).__name__}"
+        )
+
+
 @attrs.frozen
 class RetryPolicy:
     """The request retry schedule.
@@ -184,10 +206,14 @@ class RetryPolicy:
         (capped at ``retry_after_ceiling``) longer than the schedule's pause replaces it; with
         ``jitter`` on, lengthened by up to ``jitter`` of itself, never shortened.
         """
-        if not 1 <= attempt <= len(self.pauses):
-            raise ConfigurationError(
-                f"attempt {attempt} has no pause after it: the schedule has {len(self.pauses)}"
-            )
+        if type(attempt) is not int or not 1 <= attempt <= len(self.pauses):
+            _check_attempt("pause_for", attempt)  # an int subclass (not a bool) will do
+            if not 1 <= attempt <= len(self.pauses):
+                raise ConfigurationError(
+                    f"attempt {attempt} has no pause after it: the schedule has {len(self.pauses)}"
+                )
+        if outcome.__class__ is not Outcome:
+            _check_outcome_arg("pause_for", outcome)
         pause = self.pauses[attempt - 1]
         if self.jitter:
             rand = clamp_draw(rand)  # a draw outside [0, 1], or NaN, must not escape the bounds
@@ -215,8 +241,14 @@ class RetryPolicy:
         """What to do after attempt number ``attempt`` (1-based) ended with ``outcome``.
 
         ``elapsed`` is the time since the call started; a pause that would end past
-        ``deadline`` gives up now instead of sleeping for nothing.
+        ``deadline`` gives up now instead of sleeping for nothing. ``attempt`` must be an int
+        and ``outcome`` an :class:`Outcome`, else a :class:`ConfigurationError`.
         """
+        # Two tests on identity and type: this runs once per failed attempt (a success never
+        # asks), and anything else is told apart off that path.
+        if type(attempt) is not int or outcome.__class__ is not Outcome:
+            _check_attempt("decide", attempt)
+            _check_outcome_arg("decide", outcome)
         verdict = self.classifier.classify(outcome)
         if verdict is Verdict.SUCCESS:
             return Decision(Action.SUCCEED, reason="success")

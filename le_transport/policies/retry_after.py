@@ -7,6 +7,7 @@ import email.utils
 import re
 
 from ..errors import InvalidRetryAfter
+from ._validate import finite_number, shown
 
 __all__ = ["MAX_RETRY_AFTER_CHARS", "parse_retry_after"]
 
@@ -24,8 +25,15 @@ def parse_retry_after(value: str, *, now_epoch: float) -> float:
 
     ``now_epoch`` is the reference time for an HTTP-date (the response's ``Date`` header when it
     has one, as RFC 9110 suggests, else the wall clock). Raises :class:`InvalidRetryAfter` for
-    anything else: empty, negative, non-finite, too long, or not a date.
+    anything else: empty, negative, non-finite, too long, not a date, not a str (None, a
+    number, bytes: a header's value is text), or an HTTP-date with no finite ``now_epoch`` to
+    date it by.
     """
+    if not isinstance(value, str):
+        # Only the type: a value in the wrong place may be anything.
+        raise InvalidRetryAfter(
+            f"Retry-After must be a str (seconds or an HTTP-date), got {type(value).__name__}"
+        )
     text = value.strip()
     if not text or len(text) > MAX_RETRY_AFTER_CHARS:
         raise InvalidRetryAfter(f"Retry-After must be seconds or an HTTP-date, got {value[:64]!r}")
@@ -48,6 +56,13 @@ def parse_retry_after(value: str, *, now_epoch: float) -> float:
         raise InvalidRetryAfter(
             f"Retry-After must be seconds or an HTTP-date, got {value[:64]!r}"
         ) from exc
+    if not finite_number(now_epoch):
+        # Checked only here, where it is read: NaN made every date 0 s away, inf too.
+        got = shown(now_epoch) if isinstance(now_epoch, float) else type(now_epoch).__name__
+        raise InvalidRetryAfter(
+            "Retry-After is an HTTP-date, but now_epoch (what it is dated by) is not a finite "
+            f"number of epoch seconds, got {got}"
+        )
     if when.tzinfo is None:
         # Every HTTP-date is GMT (RFC 9110 §5.6.7), including the obsolete RFC 850 and asctime
         # forms, which carry no zone; never read one as the machine's local time.

@@ -11,19 +11,32 @@ import base64
 import binascii
 import json
 
+from .._redact import Secret
+from ..errors import ConfigurationError
 from ..policies._validate import finite_number
 
 __all__ = ["jwt_expiry", "jwt_times"]
 
 
-def jwt_expiry(token: str) -> float | None:
-    """The ``exp`` claim (epoch seconds) of a JWT, or None if it has none or is not a JWT."""
+def jwt_expiry(token: str | Secret) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT, or None if it has none or is not a JWT.
+    ``token`` is a str or a :class:`~le_transport.Secret`; anything else is a
+    :class:`~le_transport.errors.ConfigurationError` (see :func:`jwt_times`)."""
     return jwt_times(token)[0]
 
 
-def jwt_times(token: str) -> tuple[float | None, float | None]:
+def jwt_times(token: str | Secret) -> tuple[float | None, float | None]:
     """The ``exp`` and ``iat`` claims (epoch seconds) of a JWT, each None if it is missing or
-    not a finite number; both None if ``token`` is not a JWT. Never raises."""
+    not a finite number; both None if ``token`` is not a JWT. Never raises for a str or a
+    :class:`~le_transport.Secret`; anything else (None, bytes, a number) is a
+    :class:`~le_transport.errors.ConfigurationError` naming its type: no token was given, which
+    "no expiry" would hide."""
+    if isinstance(token, Secret):
+        token = token.reveal()
+    elif not isinstance(token, str):
+        raise ConfigurationError(
+            f"jwt_expiry takes a token (a str or Secret), got {type(token).__name__}"
+        )
     parts = token.split(".")
     if len(parts) != 3 or not parts[1]:
         return None, None

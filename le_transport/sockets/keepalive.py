@@ -27,6 +27,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from .._checks import require_kind
 from .._redact import redact_text
 from .._shown import error_text, redacted_exc_info
 from .._tasks import stop_task
@@ -163,6 +164,10 @@ class KeepaliveScheduler:
     )
 
     def __init__(self, clock: Clock, *, shared: bool = True) -> None:
+        # Checked here, once: a clock that is no Clock failed only in the scheduler's task,
+        # and a truthy "x" for shared was taken for True.
+        require_kind(clock, Clock, owner="KeepaliveScheduler", field="clock", optional=False)
+        require_kind(shared, bool, owner="KeepaliveScheduler", field="shared", optional=False)
         self._clock = clock
         #: Whether sockets share it (an engine's, closed by the engine); a socket made without
         #: an engine has one of its own and closes it when it closes.

@@ -37,11 +37,13 @@ from .store import (
     check_bucket,
     check_budget,
     check_deposits,
+    check_key,
     check_only_if,
     check_seconds,
     check_store,
     check_ttl,
     check_value,
+    closed_error,
     takes_only_if,
 )
 
@@ -141,6 +143,14 @@ class FallbackStore:
         #: How many times the store switched to local state, and back.
         self.fallbacks = 0
         self.recoveries = 0
+        self._closed = False
+
+    def _check_call(self, op: str, key: object) -> None:
+        """Before an operation: the store is open and ``key`` a str. A caller's error, raised
+        as it is: never sent to the primary, nor taken for an outage."""
+        if self._closed:
+            raise closed_error("FallbackStore", op)
+        check_key(key)
 
     @property
     def sharing(self) -> bool:
@@ -279,6 +289,7 @@ class FallbackStore:
         process reads the fleet's value as it last saw it, not its own last write: a process
         that adopted the fleet's new session read back its own old one, refreshed it (a 401),
         dropped the session it held and logged in again."""
+        self._check_call("get", key)
         shared = True
         writes = self._writes
 
@@ -316,6 +327,7 @@ class FallbackStore:
         """To the primary (and locally, as a copy for a later outage); with ``only_if``, a
         compare-and-set on the primary (locally while it is out), copied locally if it stored.
         """
+        self._check_call("set", key)
         self._writes += 1
         try:
             return await self._set(key, value, ttl=ttl, only_if=only_if)
@@ -362,6 +374,7 @@ class FallbackStore:
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Set-if-absent on the primary; locally while it is out."""
+        self._check_call("add", key)
         self._writes += 1
         try:
             return await self._add(key, value, ttl=ttl)
@@ -383,6 +396,7 @@ class FallbackStore:
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         """Delete on the primary and locally."""
+        self._check_call("delete", key)
         self._writes += 1
         try:
             return await self._delete(key, only_if=only_if)
@@ -412,6 +426,7 @@ class FallbackStore:
         is warm (not down to its floor) when it has to take over. While a process is local, its
         retries are bounded by its own share only: the fleet's bound then holds per process.
         """
+        self._check_call("budget", key)
         check_budget(policy)  # a caller's errors, never taken for an outage
         deposits = check_deposits(deposits)
         if deposits:
@@ -446,6 +461,7 @@ class FallbackStore:
         gave it back: each gives back only from the slot it was counted in, while that slot is
         in the window and counts one. A primary out or failing keeps its count, which ages out
         with its slot (stricter, never looser)."""
+        self._check_call("refund", key)
         check_budget(policy)
         age = check_seconds("FallbackStore.refund", "age", age, zero=True)
         here = self._local._refund_unchecked(key, policy, age)
@@ -460,6 +476,7 @@ class FallbackStore:
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """The fleet's bucket; this process's own while the primary is out."""
+        self._check_call("reserve", key)
         check_bucket(bucket)
         return await self._call(
             "reserve",
@@ -470,7 +487,11 @@ class FallbackStore:
         )
 
     async def close(self) -> None:
-        """Close both stores."""
+        """Close both stores; every later operation raises
+        :class:`~le_transport.errors.StateStoreError` ("the store is closed"), as a closed
+        :class:`~le_transport.state.RedisStore` does (never taken for an outage and answered
+        locally: a store used after its close is a bug). Idempotent."""
+        self._closed = True
         await self._primary.close()
         await self._local.close()
 

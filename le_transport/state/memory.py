@@ -24,10 +24,12 @@ from .store import (
     check_bucket,
     check_budget,
     check_deposits,
+    check_key,
     check_only_if,
     check_seconds,
     check_ttl,
     check_value,
+    closed_error,
 )
 
 __all__ = ["SWEEP_AFTER", "MemoryStore"]
@@ -74,6 +76,14 @@ class MemoryStore:
         self._deposits: dict[str, _Deposits] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._sweep_at = SWEEP_AFTER
+        self._closed = False
+
+    def _check_call(self, op: str, key: object) -> None:
+        """Before an operation: the store is open and ``key`` a str (else StateStoreError or
+        ConfigurationError, as a RedisStore answers)."""
+        if self._closed:
+            raise closed_error("MemoryStore", op)
+        check_key(key)
 
     @property
     def clock(self) -> Clock:
@@ -115,12 +125,14 @@ class MemoryStore:
 
     async def get(self, key: str) -> Entry | None:
         """The value at ``key`` and its remaining TTL, or None."""
+        self._check_call("get", key)
         item = self._live(key)
         return None if item is None else Entry(item[0], item[1] - self._clock.now())
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         """Store ``value`` for ``ttl`` seconds (capped at :data:`~.store.MAX_TTL`, as Redis
         keeps it); with ``only_if``, only while ``key`` still holds it. Whether it stored."""
+        self._check_call("set", key)
         seconds = check_ttl(ttl)
         check_value(value)
         if only_if is not None:
@@ -137,6 +149,7 @@ class MemoryStore:
         """Store ``value`` only if ``key`` holds nothing; True too if it already holds exactly
         ``value`` (its TTL unchanged), as Redis answers a replayed add
         (:meth:`StateStore.add <le_transport.state.StateStore.add>`)."""
+        self._check_call("add", key)
         seconds = check_ttl(ttl)
         check_value(value)
         item = self._live(key)
@@ -148,6 +161,7 @@ class MemoryStore:
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
         """Remove ``key`` (only while it holds ``only_if``, if given)."""
+        self._check_call("delete", key)
         check_only_if(only_if)
         item = self._live(key)
         if item is None or (only_if is not None and item[0] != only_if):
@@ -168,6 +182,7 @@ class MemoryStore:
         checks them, else a :class:`ConfigurationError` before anything is counted (a negative
         count took retries away, and a str policy raised AttributeError).
         """
+        self._check_call("deposit", key)
         check_budget(policy)
         self._deposit_unchecked(key, policy, check_deposits(count))
 
@@ -215,6 +230,7 @@ class MemoryStore:
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
         """Count first attempts and maybe take a retry, on the pure :class:`RetryBudget`."""
+        self._check_call("budget", key)
         check_budget(policy)
         deposits = check_deposits(deposits)
         self._record_deposits(key)
@@ -235,6 +251,7 @@ class MemoryStore:
         goes below zero nor gives back more than it took. ``policy`` must be a
         :class:`RetryBudget` and ``age`` a finite number of seconds >= 0, else a
         :class:`ConfigurationError`."""
+        self._check_call("refund", key)
         check_budget(policy)
         age = check_seconds("MemoryStore.refund", "age", age, zero=True)
         return self._refund_unchecked(key, policy, age)
@@ -258,6 +275,8 @@ class MemoryStore:
 
     def note_retry(self, key: str, policy: RetryBudget) -> None:
         """Count a retry granted elsewhere (by the shared store), allowed or not here."""
+        self._check_call("note_retry", key)
+        check_budget(policy)
         self._record_deposits(key)
         state = self._budget_of(key, policy)
         aged = policy.record_request(state, self._clock.now(), 0)
@@ -268,6 +287,7 @@ class MemoryStore:
 
     async def reserve(self, key: str, bucket: TokenBucket) -> float:
         """Take a token on the pure :class:`TokenBucket` kept at ``key``."""
+        self._check_call("reserve", key)
         check_bucket(bucket)
         held = self._buckets.get(key)
         if held is None:
@@ -279,7 +299,15 @@ class MemoryStore:
         return reservation.wait
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Close the store: what it holds is dropped, and every later operation raises
+        :class:`~le_transport.errors.StateStoreError` ("the store is closed"), as a closed
+        :class:`~le_transport.state.RedisStore` does (a store used after its close is a bug
+        that a store answering on would hide). Idempotent."""
+        self._closed = True
+        self._values = {}
+        self._budgets = {}
+        self._deposits = {}
+        self._buckets = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(keys={len(self._values)})"

@@ -38,6 +38,7 @@ from .store import (
     check_bucket,
     check_budget,
     check_deposits,
+    check_key,
     check_only_if,
     check_seconds,
     check_ttl,
@@ -363,7 +364,9 @@ class RedisStore:
         return self._clock
 
     def key(self, key: str) -> str:
-        """The Redis key for a store key."""
+        """The Redis key for a store key (a str: anything else is a
+        :class:`~le_transport.errors.ConfigurationError`, as every store answers it)."""
+        check_key(key)
         return f"{self._prefix}:{key}"
 
     def _scrub(self, text: str) -> str:

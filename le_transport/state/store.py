@@ -28,24 +28,28 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StateStoreError
 from ..policies._validate import finite_number
+from ..policies._validate import shown as shown_number
 from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 
 __all__ = [
+    "MAX_DEPOSITS",
     "MAX_TTL",
     "Entry",
     "StateStore",
     "check_bucket",
     "check_budget",
     "check_deposits",
+    "check_key",
     "check_only_if",
     "check_seconds",
     "check_store",
     "check_store_calls",
     "check_ttl",
     "check_value",
+    "closed_error",
     "state_key",
 ]
 
@@ -161,15 +165,45 @@ def check_bucket(bucket: object) -> None:
         )
 
 
+#: The most first attempts one deposit may count: 2**53, what a float (a Lua number, in Redis)
+#: holds exactly. A larger count is no count of requests, and one past float's range made the
+#: budget's arithmetic raise OverflowError at every later call on that key.
+MAX_DEPOSITS = 2**53
+
+
 def check_deposits(deposits: object) -> int:
     """A budget's deposit, as every store counts it: a :class:`ConfigurationError` unless it
-    is an int >= 0 (a negative one took retries away in memory, and was ignored by Redis)."""
-    if isinstance(deposits, bool) or not isinstance(deposits, int) or deposits < 0:
-        shown = (
-            f"{deposits!r:.40}" if isinstance(deposits, int | float) else type(deposits).__name__
+    is an int from 0 to :data:`MAX_DEPOSITS` (a negative one took retries away in memory, and
+    was ignored by Redis; a huge one poisoned the key), checked before anything is counted."""
+    if (
+        isinstance(deposits, bool)
+        or not isinstance(deposits, int)
+        or not 0 <= deposits <= MAX_DEPOSITS
+    ):
+        if isinstance(deposits, int | float) and not isinstance(deposits, bool):
+            shown = shown_number(deposits)
+        else:
+            shown = type(deposits).__name__
+        raise ConfigurationError(
+            f"budget deposits must be an int >= 0 (at most 2**53), got {shown}"
         )
-        raise ConfigurationError(f"budget deposits must be an int >= 0, got {shown}")
     return deposits
+
+
+def check_key(key: object) -> None:
+    """A :class:`ConfigurationError` unless ``key`` is a str (made with :func:`state_key`),
+    checked alike by every store before anything is read or stored: the memory store kept any
+    hashable object, and Redis the text of its ``str()`` (``None`` became the key "None").
+    Only the type is shown."""
+    if not isinstance(key, str):
+        raise ConfigurationError(
+            f"a store key must be a str (made with state_key), got {type(key).__name__}"
+        )
+
+
+def closed_error(owner: str, op: str) -> StateStoreError:
+    """What a store's operation raises once the store is closed, as every store says it."""
+    return StateStoreError(f"{owner} {op}: the store is closed")
 
 
 def check_store(owner: str, field: str, store: object) -> None:

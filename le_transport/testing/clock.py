@@ -185,13 +185,25 @@ class VirtualClock:
         self._cancelled = 0
 
     def advance(self, seconds: float) -> None:
-        """Move time on by ``seconds`` (finite) and wake every sleep that is due."""
+        """Move time on by ``seconds`` (finite) and wake every sleep that is due. Anything but
+        a number (a str, None, a bool), a negative or non-finite one, or an int past float's
+        range is a :class:`~le_transport.errors.ConfigurationError` (a :class:`ValueError`)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ConfigurationError(
+                "VirtualClock.advance: seconds must be a finite number >= 0, got "
+                f"{type(seconds).__name__}"
+            )
+        if not finite_number(seconds):
+            # NaN would be a silent no-op (max(now, nan) is now); inf would break time for
+            # good; an int past float's range raised OverflowError.
+            raise ConfigurationError(
+                f"VirtualClock.advance({shown(seconds)}): time must stay finite"
+            )
         if seconds < 0:
-            raise ValueError("time cannot go backwards")
+            raise ConfigurationError("time cannot go backwards")
         when = self._now + seconds
         if not math.isfinite(when):
-            # NaN would be a silent no-op (max(now, nan) is now); inf would break time for good.
-            raise ValueError(f"VirtualClock.advance({seconds!r}): time must stay finite")
+            raise ConfigurationError(f"VirtualClock.advance({seconds!r}): time must stay finite")
         self._jump_to(when)
 
     @property
