@@ -75,7 +75,7 @@ from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
-from .policies.keepalive import Keepalive
+from .policies.keepalive import SERVER_CHAT_API_CHAT_INFO, Keepalive
 from .policies.retry import RetryPolicy
 from .policies.retry_after import parse_retry_after
 from .providers._http import ProviderHttp
@@ -2478,7 +2478,10 @@ class Engine:
         than a failure logged at every run.
 
         The Server Chat API's chat info wants ``Authorization: LivePerson appKey=<key>``: run it
-        on an engine whose ``auth`` is an :class:`~le_transport.providers.AppKeyAuth`.
+        on an engine whose ``auth`` is an :class:`~le_transport.providers.AppKeyAuth`. On an
+        engine whose auth is a Login Service provider it is a
+        :class:`~le_transport.errors.ConfigurationError` before the task starts (its bearer
+        would be answered 401 at every run, each 401 costing a login).
 
         The Login Service refresh (:data:`~le_transport.policies.CHAT_AGENT_API_REFRESH`, any
         policy whose :attr:`~le_transport.policies.Keepalive.login_refresh` holds) is no plain
@@ -2527,17 +2530,17 @@ class Engine:
                     f"without them is answered 401; this engine's auth is {type(auth).__name__}"
                 )
             owner = type(auth).__name__
-            if auth._keepalive_on:
+            if auth.refreshes_itself:
                 raise ConfigurationError(
                     f"{where}: {owner} already refreshes its session itself (keepalive=True, "
                     "the default: every refresh_interval, within half the session's TTL); a "
                     "second schedule would only refresh it twice. Leave this keepalive out, or "
                     "build the provider with keepalive=False to have this one drive the refresh"
                 )
-            if service != auth._service:
+            if service != auth.service:
                 raise ConfigurationError(
                     f"{where}: the refresh goes to {owner}'s own Login Service "
-                    f"({auth._service!r}), not {service!r}"
+                    f"({auth.service!r}), not {service!r}"
                 )
             account = (fields or {}).get("account")
             if account is not None and account != auth.account:
@@ -2571,6 +2574,19 @@ class Engine:
             if type(path) is not str or path not in self._checked_paths:
                 self._check_path(service, path)
             params = dict(policy.params)
+            if policy.path == SERVER_CHAT_API_CHAT_INFO.path and isinstance(
+                self._auth, LoginServiceAuth
+            ):
+                # protocol.md: chat info takes "Authorization: LivePerson appKey=<key>". A
+                # Login Service bearer is answered 401, and the auth middleware then logs in
+                # again: a login every 30 s, each leaving a session behind.
+                raise ConfigurationError(
+                    f"Engine.keepalive({policy.product} {policy.action!r}) wants "
+                    "Authorization: LivePerson appKey=<key>, which this engine's "
+                    f"{type(self._auth).__name__} does not send (its bearer is refused with "
+                    "401, and each 401 costs a login): run it on an engine whose auth is "
+                    "AppKeyAuth"
+                )
 
             async def call() -> None:
                 await self.request(method, service, path, params=params, headers=headers)

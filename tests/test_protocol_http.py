@@ -363,3 +363,22 @@ async def test_the_consumer_sockets_header_takes_a_consumer_jwt_only(
         assert answer["code"] == 200
     finally:
         await ws.close()
+
+
+async def test_the_chat_info_keepalive_is_refused_on_a_login_service_engine(
+    clock: VirtualClock,
+) -> None:
+    """On a UserLogin engine it sent the Login Service bearer, answered 401 at every run (the
+    chat info wants an app key), and each 401 made the auth middleware log in again: a login
+    every 30 s."""
+    from le_transport import ConfigurationError, Engine, UserLogin
+    from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
+    from le_transport.providers import StaticDomains
+
+    domains = StaticDomains({"agentVep": "127.0.0.1:9"})
+    auth = UserLogin("123", "bot", "pw-123456", domains=domains, keepalive=False)
+    async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+        with pytest.raises(ConfigurationError, match="AppKeyAuth"):
+            engine.keepalive(
+                SERVER_CHAT_API_CHAT_INFO, "agentVep", fields={"account": "123", "chat_id": "c1"}
+            )

@@ -360,6 +360,16 @@ class LoginServiceAuth:
         return self._session
 
     @property
+    def service(self) -> str:
+        """The Domain API service of its Login Service (``agentVep`` by default)."""
+        return self._service
+
+    @property
+    def refreshes_itself(self) -> bool:
+        """Whether it runs its own refresh keepalive (``keepalive=True``)."""
+        return self._keepalive_on
+
+    @property
     def subject(self) -> str:
         """How events and logs name this session."""
         return f"{self._kind}[{self._account}]"
