@@ -75,13 +75,13 @@ from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
-from .policies.keepalive import SERVER_CHAT_API_CHAT_INFO, Keepalive
+from .policies.keepalive import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO, Keepalive
 from .policies.retry import RetryPolicy
 from .policies.retry_after import parse_retry_after
 from .providers._http import ProviderHttp
 from .providers.auth import AuthProvider, Credentials, InvalidCredentials, as_credentials
 from .providers.domains import DomainProvider, StaticDomains, validate_host
-from .providers.login import LoginServiceAuth
+from .providers.login import AGENT_VEP, LoginServiceAuth
 from .recovery import Recovery
 from .sockets import (
     AuthPlacement,
@@ -732,6 +732,20 @@ def _params_text_fault(params: object) -> str | None:
     yarl drops such a character from the query (``select=\\ud800`` went out as ``select=``):
     another query than the one given, with the service's credentials. What else is wrong with
     ``params`` is :func:`_params_fault`'s to say."""
+    if type(params) is dict:
+        # The usual call (a dict of ASCII names to ASCII text or numbers) told at once: the
+        # walk below cost ~1 us a parameter on every call that passes params.
+        for name, value in params.items():
+            if type(name) is not str or not name.isascii():
+                break
+            kind = type(value)
+            if kind is str:
+                if not value.isascii():
+                    break
+            elif kind is not int and kind is not float:
+                break
+        else:
+            return None
     if isinstance(params, str):
         return None if _encodes(params) else f"params (a query string) {_DROPPED}"
     if isinstance(params, Mapping):
@@ -788,16 +802,17 @@ def _service_fault(service: object) -> str | None:
 
 def _fields_fault(fields: object) -> str | None:
     """Why a keepalive's ``fields`` (filled into its path) cannot be used, never showing a
-    value; None when they can: a mapping of str names to str values."""
+    value; None when they can: a mapping of str names to str or int values (an account id
+    given as a number is written as its digits; a bool is no int here)."""
     if not isinstance(fields, Mapping):
         return f"fields must be a mapping of str names to str values, got a {type(fields).__name__}"
     for position, (name, value) in enumerate(fields.items(), 1):
         if not isinstance(name, str):
             return f"fields names must be str, got a {type(name).__name__}"
-        if not isinstance(value, str):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
             shown = _shown_key(name, position, "field")
             where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
-            return f"fields{where} must be a str, got a {type(value).__name__}"
+            return f"fields{where} must be a str or an int, got a {type(value).__name__}"
     return None
 
 
@@ -2398,16 +2413,22 @@ class Engine:
         if type(path) is not str or path not in self._checked_paths:
             self._check_path(service, path)
         if params is not None:
-            # A mapping: the dialer keeps the query by name (a str query or a list of pairs
-            # failed there as a raw error); each value sendable, as a request's is.
+            # A mapping, or a list or tuple of (name, value) pairs (taken as a mapping, as
+            # they always were): the dialer keeps the query by name, over the path's version
+            # (a str query failed there as a raw error); each value sendable, as a request's.
+            pairs = isinstance(params, (list, tuple)) and all(
+                isinstance(pair, tuple) and len(pair) == 2 for pair in params
+            )
             fault = (
                 _params_fault(params) or _params_text_fault(params)
-                if isinstance(params, Mapping)
-                else "params must be a mapping of names to str, int or float values, got a "
-                f"{type(params).__name__}"
+                if isinstance(params, Mapping) or pairs
+                else "params must be a mapping of names to str, int or float values (or a "
+                f"list of (name, value) pairs), got a {type(params).__name__}"
             )
             if fault is not None:
                 raise InvalidRequest(redact_text(fault), service=service, method="GET")
+            if pairs:
+                params = dict(params)
         if client_properties is not None:
             _check_client_properties(client_properties, service)
         if self._resolves_at_once:
@@ -2461,7 +2482,7 @@ class Engine:
         policy: Keepalive,
         service: str,
         *,
-        fields: Mapping[str, str] | None = None,
+        fields: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> KeepaliveTask:
         """Start an HTTP keepalive (:data:`~le_transport.policies.SERVER_CHAT_API_CHAT_INFO`,
@@ -2519,7 +2540,14 @@ class Engine:
             if refused is not None:
                 raise InvalidRequest(refused, service=service, method=policy.method)
         action: Callable[[], Awaitable[None]]
-        if policy.login_refresh:
+        if policy.login_refresh and (
+            policy.product == CHAT_AGENT_API_REFRESH.product
+            or service == AGENT_VEP
+            or (isinstance(self._auth, LoginServiceAuth) and service == self._auth.service)
+        ):
+            # The Login Service's refresh (the Chat Agent API's, or its path on the Login
+            # Service): a keepalive of the caller's own product that POSTs to a /refresh of
+            # another service is a plain request.
             auth = self._auth
             where = f"Engine.keepalive({policy.product} {policy.action!r})"
             if not isinstance(auth, LoginServiceAuth):
@@ -2543,7 +2571,7 @@ class Engine:
                     f"({auth.service!r}), not {service!r}"
                 )
             account = (fields or {}).get("account")
-            if account is not None and account != auth.account:
+            if account is not None and str(account) != auth.account:
                 raise ConfigurationError(
                     f"{where}: fields name another account than {owner}'s "
                     f"({auth.account!r}): its refresh keeps only its own session alive"

@@ -301,12 +301,12 @@ async def test_websocket_checks_its_service_at_the_call(
     [
         ({"params": "x"}, InvalidRequest, "params must be a mapping"),
         ({"params": SECRET}, InvalidRequest, "params must be a mapping"),
-        ({"params": [("v", SECRET)]}, InvalidRequest, "params must be a mapping"),
+        ({"params": [("v", SECRET, 1)]}, InvalidRequest, "params must be a mapping"),
         ({"auth": True}, ConfigurationError, "auth must be an AuthProvider or None, got bool"),
         ({"auth": SECRET}, ConfigurationError, "got str"),
         ({"auth": {"k": SECRET}}, ConfigurationError, "got dict"),
     ],
-    ids=["str-params", "secret-params", "pairs-params", "bool-auth", "str-auth", "dict-auth"],
+    ids=["str-params", "secret-params", "triples-params", "bool-auth", "str-auth", "dict-auth"],
 )
 async def test_websocket_refuses_params_and_auth_of_the_wrong_kind_at_the_call(
     sim: Simulator,
@@ -365,13 +365,13 @@ async def test_a_middleware_stack_given_as_an_iterator_is_used_whole(
     [
         ("x", "fields must be a mapping"),
         ([("account", "1")], "fields must be a mapping"),
-        ({"account": 5, "chat_id": "c"}, "fields['account'] must be a str, got a int"),
+        ({"account": True, "chat_id": "c"}, "fields['account'] must be a str or an int"),
         ({"account": "1", "chat_id": None}, "fields['chat_id'] must be a str"),
         ({5: "x"}, "fields names must be str"),
         ({"account": "1", "chat_id": "../../x"}, "'.' or '..' segments"),
         ({"account": "1", "chat_id": "c?x=1"}, "'?' or '#'"),
     ],
-    ids=["str", "pairs", "int-value", "none-value", "int-name", "dot-dot", "query"],
+    ids=["str", "pairs", "bool-value", "none-value", "int-name", "dot-dot", "query"],
 )
 async def test_keepalive_refuses_fields_that_cannot_fill_its_path(
     sim: Simulator, clock: VirtualClock, states: StateLog, fields: Any, says: str
@@ -466,3 +466,86 @@ async def test_a_login_providers_credentials_are_built_once_per_session_and_read
         fresh = await auth.credentials("GET", url)
         assert fresh is not first
         assert fresh.generation != first.generation
+
+
+# -- the review of these checks: what they must not refuse -----------------------------------
+
+
+@pytest.mark.parametrize("status", ["099", "000"])
+async def test_an_odd_status_line_is_an_answer_not_a_configuration_error(
+    clock: VirtualClock, status: str
+) -> None:
+    """Outcome refused a status outside 100-999, so a proxy's '000' status line (which aiohttp
+    parses) raised ConfigurationError from inside the retry middleware: the server's answer
+    reported as the caller's mistake."""
+    import asyncio
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            f"HTTP/1.1 {status} Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, Engine({"svc": f"127.0.0.1:{port}"}, scheme="http", clock=clock) as e:
+        answer = await e.request("GET", "svc", "/x")
+    assert answer.status == int(status)
+
+
+async def test_a_keepalive_of_ones_own_refresh_path_on_another_service_is_a_plain_request(
+    clock: VirtualClock,
+) -> None:
+    """Any POST to /api/account/{x}/refresh was taken for the Login Service's refresh and
+    refused without a Login Service provider, on whatever service it was for."""
+    from le_transport import StaticBearer
+    from le_transport.policies import Keepalive, KeepaliveTransport
+
+    mine = Keepalive(
+        product="My widget API",
+        action="refresh",
+        interval=60.0,
+        timeout=10.0,
+        transport=KeepaliveTransport.HTTP,
+        only_when_idle=False,
+        method="POST",
+        path="/api/account/{account}/refresh",
+    )
+    domains = StaticDomains({"widgets": "127.0.0.1:9"})
+    async with Engine(
+        domains, scheme="http", clock=clock, auth=StaticBearer("tok-123456")
+    ) as engine:
+        task = engine.keepalive(mine, "widgets", fields={"account": "123"})
+        await task.close()
+
+
+async def test_websocket_params_as_pairs_and_int_account_ids_still_work(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """A list of (name, value) pairs as websocket params, and an account id given as an int
+    (to a path builder, or a keepalive's fields), worked before the new checks refused them."""
+    from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
+    from le_transport.sockets import consumer_path
+
+    account = int(sim.account.id)
+    assert ums_brand_path(account) == ums_brand_path(sim.account.id)  # type: ignore[arg-type]
+    assert consumer_path(account) == consumer_path(sim.account.id)  # type: ignore[arg-type]
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await engine.websocket(
+            "facadeMsg",
+            ums_brand_path(sim.account.id),
+            params=[("v", "2.1")],  # type: ignore[arg-type]
+        )
+        await ws.wait_open(timeout=60)
+        await ws.close()
+    from le_transport import AppKeyAuth
+    from le_transport.testing.simulator import DEFAULT_APP_KEY
+
+    chat = AppKeyAuth(sim.account.id, DEFAULT_APP_KEY.key)
+    async with Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=chat) as e:
+        task = e.keepalive(
+            SERVER_CHAT_API_CHAT_INFO, "agentVep", fields={"account": account, "chat_id": "c1"}
+        )
+        await task.close()

@@ -178,7 +178,8 @@ def test_an_http_date_with_no_finite_now_is_invalid(now: object) -> None:
         (lambda: Outcome.response("503"), "Outcome.status"),  # type: ignore[arg-type]
         (lambda: Outcome.response(HUGE), "Outcome.status"),
         (lambda: Outcome.response(True), "Outcome.status"),
-        (lambda: Outcome.response(42), "Outcome.status"),
+        (lambda: Outcome.response(-1), "Outcome.status"),
+        (lambda: Outcome.response(1000), "Outcome.status"),
         (lambda: Outcome.response(429, retry_after=math.nan), "Outcome.retry_after"),
         (lambda: Outcome.response(429, retry_after=math.inf), "Outcome.retry_after"),
         (lambda: Outcome.response(429, retry_after=HUGE), "Outcome.retry_after"),
@@ -383,7 +384,7 @@ async def test_a_key_that_is_no_str_is_refused_by_every_store(make: Any, key: ob
 # -- the socket path builders and the first frame (sockets/dial.py) ---------------------------
 
 
-@pytest.mark.parametrize("account", [None, b"123", "\ud800", "1/2", "..", 123])
+@pytest.mark.parametrize("account", [None, b"123", "\ud800", "1/2", "..", True, 1.5])
 def test_socket_path_builders_refuse_what_is_no_account_id(account: object) -> None:
     """str() of anything made a path: ums_brand_path(None) was
     '/ws_api/account/None/messaging/brand/{bearer}', bytes b%27x%27, a surrogate raised

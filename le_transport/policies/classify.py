@@ -60,9 +60,10 @@ class Outcome:
 
     ``retry_after`` is the server's ``Retry-After`` in seconds when it sent a valid one.
 
-    Checked when made: ``kind`` an :class:`OutcomeKind`, ``status`` None or an int HTTP status
-    (100 to 999), ``error`` None or a str, ``retry_after`` None or a finite number of seconds
-    >= 0; anything else is a :class:`~le_transport.errors.ConfigurationError` naming the
+    Checked when made: ``kind`` an :class:`OutcomeKind`, ``status`` None or an int from 0 to
+    999 (what a status line can say: a misbehaving proxy's ``000`` is an answer too),
+    ``error`` None or a str, ``retry_after`` None or a finite number of seconds >= 0; anything
+    else is a :class:`~le_transport.errors.ConfigurationError` naming the
     field (a status given as ``"503"`` failed only in the classifier, with a TypeError, and a
     NaN ``retry_after`` was silently taken for none).
     """
@@ -79,7 +80,7 @@ class Outcome:
         after = self.retry_after
         error = self.error
         if (
-            (status is None or (type(status) is int and 100 <= status <= 999))
+            (status is None or (type(status) is int and 0 <= status <= 999))
             and (after is None or (type(after) is float and 0.0 <= after < _INF))
             and (error is None or type(error) is str)
             and type(self.kind) is OutcomeKind
@@ -119,11 +120,11 @@ def _check_outcome(outcome: Outcome) -> None:
         )
     status = outcome.status
     if status is not None and not (
-        isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 999
+        isinstance(status, int) and not isinstance(status, bool) and 0 <= status <= 999
     ):
         got = shown(status) if isinstance(status, int) else type(status).__name__
         raise ConfigurationError(
-            f"Outcome.status must be None or an int HTTP status from 100 to 999, got {got}"
+            f"Outcome.status must be None or an int HTTP status from 0 to 999, got {got}"
         )
     if outcome.error is not None and not isinstance(outcome.error, str):
         raise ConfigurationError(

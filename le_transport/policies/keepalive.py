@@ -171,7 +171,10 @@ class Keepalive:
         /api/account/{account}/refresh``, as :data:`CHAT_AGENT_API_REFRESH`): no plain request
         can make it (it needs the session's ``Session_id`` cookie and ``csrf``, which only the
         provider holds), so :meth:`~le_transport.Engine.keepalive` runs the engine's
-        :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` for it instead."""
+        :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` for it instead, when
+        it is the Chat Agent API's or is sent to the Login Service (``agentVep``, or the
+        provider's own service): a keepalive of the caller's own product with the same path on
+        a service of its own is a plain request."""
         return (
             self.transport is KeepaliveTransport.HTTP
             and (self.method or "").upper() == "POST"

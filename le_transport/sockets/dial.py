@@ -82,19 +82,24 @@ BEARER_FIELD = "{bearer}"
 MAX_EARLY_FRAMES = 1000
 
 
+def _digits(account: object) -> object:
+    """An account id given as an int (not a bool), as its digits; anything else as it is."""
+    return str(account) if type(account) is int else account
+
+
 def ums_brand_path(account: str) -> str:
     """The UMS agent socket's path for ``account``, with the bearer's place marked. The
     account is checked as ``UserLogin(account=...)`` checks it (a
     :class:`~le_transport.errors.ConfigurationError` for None, bytes, or anything that is no
     LiveEngage account id): ``str()`` of it made the path ``/ws_api/account/None/...``."""
-    account = validate_account(account, owner="ums_brand_path")
+    account = validate_account(_digits(account), owner="ums_brand_path")
     return f"/ws_api/account/{quote(account, safe='')}/messaging/brand/{BEARER_FIELD}"
 
 
 def consumer_path(account: str) -> str:
     """The Messaging Window API consumer socket's path for ``account`` (checked as
     :func:`ums_brand_path` checks it)."""
-    account = validate_account(account, owner="consumer_path")
+    account = validate_account(_digits(account), owner="consumer_path")
     return f"/ws_api/account/{quote(account, safe='')}/messaging/consumer"
 
 
