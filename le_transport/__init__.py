@@ -11,6 +11,7 @@ is the application's logging configuration (without one, nothing is, not even th
 
 import logging as _logging
 
+from ._redact import Secret
 from .clock import Clock, RealClock, timeout_after
 from .engine import Engine, Response
 from .errors import *  # noqa: F403
@@ -86,6 +87,7 @@ __all__ = [
     "RetryBudget",
     "RetryMiddleware",
     "RetryPolicy",
+    "Secret",
     "SentinelClientCredentials",
     "SocketOptions",
     "SocketState",

@@ -1143,7 +1143,7 @@ class Engine:
     - ``outer_middlewares``: run around the retry middleware (once per logical call).
     - ``wire_middlewares``: run inside it, once per attempt (fault injection goes here). The
       providers' own calls (login, refresh, logout, the Domain API, token requests) pass only
-      those that say they may see them, with a true ``sees_provider_calls`` attribute (a
+      those that say they may see them, with a ``sees_provider_calls`` attribute that is True (a
       :class:`~le_transport.chaos.FaultInjector` does, so that one plan strikes a login on
       either side): those calls carry credentials (a login's password in its body, the
       session cookie), which a caller's logging or tracing middleware must not meet unasked.
@@ -2324,7 +2324,9 @@ class Engine:
         service: str,
         path: str,
         *,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int | float]
+        | Sequence[tuple[str, str | int | float]]
+        | None = None,
         auth: AuthProvider | None = None,
         auth_placement: AuthPlacement | None = None,
         headers: Mapping[str, str] | None = None,
@@ -2354,9 +2356,11 @@ class Engine:
         - ``path``: an absolute path (one leading ``/``), without whitespace, control
           characters, ``?``, ``#`` or ``.``/``..`` segments, as for :meth:`request`;
           ``{bearer}`` marks where the bearer goes (:func:`~le_transport.sockets.ums_brand_path`).
-        - ``params``: the upgrade URL's query, names to str, int or float values (the
-          protocol's version: :data:`~le_transport.sockets.UMS_BRAND_SOCKET_QUERY`,
-          :data:`~le_transport.sockets.CONSUMER_SOCKET_QUERY`), sent on every connect.
+        - ``params``: the upgrade URL's query, names to str, int or float values (a mapping,
+          or a list of (name, value) pairs), laid name by name over the protocol's version,
+          which a LiveEngage messaging path gets by default
+          (:func:`~le_transport.sockets.query_for_path`: ``v=2.1`` on the UMS agent socket,
+          ``v=3`` on the consumer's); sent on every connect.
         - ``headers``: the upgrade request's own headers, str names to str values without CR,
           LF or NUL; where the credentials go in the headers (``HEADER``), none that the auth
           provider's credentials set and would replace (its ``credential_headers``:
@@ -2412,6 +2416,7 @@ class Engine:
         # the first connect, where it would stop the socket.
         if type(path) is not str or path not in self._checked_paths:
             self._check_path(service, path)
+        query: Mapping[str, str | int | float] | None = None
         if params is not None:
             # A mapping, or a list or tuple of (name, value) pairs (taken as a mapping, as
             # they always were): the dialer keeps the query by name, over the path's version
@@ -2427,8 +2432,7 @@ class Engine:
             )
             if fault is not None:
                 raise InvalidRequest(redact_text(fault), service=service, method="GET")
-            if pairs:
-                params = dict(params)
+            query = params if isinstance(params, Mapping) else dict(params)
         if client_properties is not None:
             _check_client_properties(client_properties, service)
         if self._resolves_at_once:
@@ -2442,7 +2446,7 @@ class Engine:
             self,
             service,
             path,
-            params=params,
+            params=query,
             auth=provider,
             placement=auth_placement,
             headers=headers if isinstance(headers, Mapping) else None,

@@ -536,7 +536,7 @@ async def test_websocket_params_as_pairs_and_int_account_ids_still_work(
         ws = await engine.websocket(
             "facadeMsg",
             ums_brand_path(sim.account.id),
-            params=[("v", "2.1")],  # type: ignore[arg-type]
+            params=[("v", "2.1")],
         )
         await ws.wait_open(timeout=60)
         await ws.close()

@@ -31,7 +31,7 @@ __all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "InvalidCredentials
 class InvalidCredentials(ConfigurationError):
     """:class:`Credentials` that cannot be sent (headers that are not str names, RFC 9110
     tokens, to str values without CR, LF or NUL; a bearer that is no
-    :class:`~le_transport._redact.Secret`). Raised where they are made, naming the field or
+    :class:`~le_transport.Secret`). Raised where they are made, naming the field or
     header and never showing a value. Made inside an auth provider's ``credentials()``, the
     engine, the auth middleware and a socket's dialer turn it into a
     :class:`~le_transport.errors.ProviderError`: the provider's bug, not the caller's."""
@@ -83,7 +83,7 @@ def _check_bearer(
 ) -> None:
     if value is not None and not isinstance(value, Secret):
         raise InvalidCredentials(
-            "Credentials.bearer must be a Secret (le_transport._redact.Secret) or None, got "
+            "Credentials.bearer must be a Secret (le_transport.Secret) or None, got "
             f"a {type(value).__name__}"
         )
 
@@ -102,7 +102,7 @@ class Credentials:
     ``generation`` identifies the login that produced them. The repr never shows a secret.
 
     ``headers`` map str names (RFC 9110 tokens) to str values without CR, LF or NUL;
-    ``bearer`` is a :class:`~le_transport._redact.Secret` or None; ``generation`` an int. Anything
+    ``bearer`` is a :class:`~le_transport.Secret` or None; ``generation`` an int. Anything
     else is an :class:`InvalidCredentials` (a
     :class:`~le_transport.errors.ConfigurationError`) here, naming the field or header,
     never showing a value.

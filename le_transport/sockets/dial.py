@@ -425,7 +425,7 @@ class EngineDialer:
         service: str,
         path: str,
         *,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
         auth: AuthProvider | None = None,
         placement: AuthPlacement | None = None,
         headers: Mapping[str, str] | None = None,
