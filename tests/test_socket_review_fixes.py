@@ -900,3 +900,70 @@ def test_a_providers_passing_tls_failure_is_an_outage_and_a_refused_certificate_
     """Every ssl.SSLError of a provider's own network call was final (a ProviderError), so a
     handshake cut short stopped a socket for good; only a refused certificate is."""
     assert is_provider_outage(error) is outage
+
+
+async def test_a_request_failed_twice_leaves_no_unretrieved_future(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost while a request's write was in progress failed the request's future
+    (SocketClosed: lost in flight), and the write then failed too, raising a second
+    SocketClosed to the caller: the first was never retrieved, and asyncio logged 'Future
+    exception was never retrieved' as an ERROR (found by a chaos soak)."""
+    import gc
+
+    from le_transport.sockets import ResilientSocket
+
+    seen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+
+    async def lost_then_refused(
+        self: ResilientSocket, text: str, request_id: str | None, order: int = 0
+    ) -> bool:
+        assert request_id is not None
+        self._pending.sent(request_id, 7)
+        self._pending.fail_epoch(7, SocketClosed("lost with the request in flight"))
+        raise SocketClosed("closed while the message was being written; it was not sent")
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open(timeout=60)
+        monkeypatch.setattr(ResilientSocket, "_send_text", lost_then_refused)
+        with pytest.raises(SocketClosed, match="being written"):
+            await ws.request(".GetClock")
+        monkeypatch.undo()
+        await ws.close()
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert not [c for c in seen if "never retrieved" in str(c.get("message", ""))]
+
+
+async def test_a_refused_upgrade_error_holds_no_context_with_the_bearer(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """DialFailed was raised 'from None' inside the except clause: aiohttp's handshake error,
+    whose URL holds the bearer in the UMS path, stayed its __context__ (hidden from
+    tracebacks, but reachable by an error reporter walking __context__)."""
+    from le_transport.providers import StaticBearer
+    from le_transport.sockets import EngineDialer, ums_brand_path
+    from le_transport.sockets.dial import DialFailed
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=403)
+
+    app = web.Application()
+    app.router.add_get("/ws_api/account/123/messaging/brand/{bearer}", refuse)
+    host = await serve(app)
+    async with Engine(
+        {"facadeMsg": host}, scheme="http", clock=clock, auth=StaticBearer(BEARER)
+    ) as engine:
+        dialer = EngineDialer(engine, "facadeMsg", ums_brand_path("123"), auth=engine.auth)
+        with pytest.raises(DialFailed) as failed:
+            await dialer.dial()
+    err: BaseException | None = failed.value
+    while err is not None:
+        assert BEARER not in repr(err)
+        assert BEARER not in str(getattr(err, "request_info", ""))
+        err = err.__cause__ or err.__context__
+    assert failed.value.__context__ is None

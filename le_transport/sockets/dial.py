@@ -628,6 +628,10 @@ class EngineDialer:
         # which carries the bearer wherever the template put it.
         shown_path = UPGRADE_PATH.set(template_path)
         of_service = UPGRADE_SERVICE.set(self._service)
+        # Raised after the clauses, not in them: aiohttp's error would be its __context__, and
+        # a refused upgrade's holds the URL with the bearer in its path (suppressed from
+        # tracebacks, but reachable by code that walks __context__).
+        failure: TransportError | None = None
         try:
             ws = await session.ws_connect(
                 url,
@@ -640,11 +644,11 @@ class EngineDialer:
             )
         except aiohttp.WSServerHandshakeError as exc:
             retry_after = _retry_after_of(exc.headers, self._wall_clock, shown=shown)
-            raise DialFailed(
+            failure = DialFailed(
                 f"upgrade of {shown} refused with HTTP {exc.status}",
                 disconnect=Disconnect.handshake_rejected(exc.status, retry_after),
                 credentials=creds,
-            ) from None
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
             # The socket's host refused by its certificate: final, as the same refusal is for
             # an HTTP call or the socket's own login (reconnecting cannot make it valid).
@@ -655,16 +659,18 @@ class EngineDialer:
                 never_sent=True,
             )
             failed.repeat = Repeat.FINAL
-            raise failed from None
+            failure = failed
         except (aiohttp.ClientError, OSError) as exc:
-            raise DialFailed(
+            failure = DialFailed(
                 f"could not connect to {shown}: {type(exc).__name__}",
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
                 credentials=creds,
-            ) from None
+            )
         finally:
             UPGRADE_SERVICE.reset(of_service)
             UPGRADE_PATH.reset(shown_path)
+        if failure is not None:
+            raise failure
         wire: WireSocket = ws
         wrapper = socket_wrapper(engine.middlewares)
         if wrapper is not None:

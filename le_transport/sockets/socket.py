@@ -709,6 +709,11 @@ class ResilientSocket:
             if not answered:
                 self._pending.discard(request_id)
                 self._outbox.withdraw(request_id)
+                if fut.done() and not fut.cancelled():
+                    # Failed while the caller met another error first (the connection lost
+                    # with the write in progress, the socket closing): retrieved here, or
+                    # asyncio logs "Future exception was never retrieved".
+                    fut.exception()
         code = answer.get("code")
         if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
             raise SocketRequestError(
