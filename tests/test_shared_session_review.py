@@ -17,6 +17,7 @@ from le_transport.errors import ConfigurationError, StateDataError, StateStoreEr
 from le_transport.policies import RetryBudget, TokenBucket
 from le_transport.providers import AppLogin, ClientCredentialsLogin, CsdsDomains, UserLogin
 from le_transport.state import FallbackStore, MemoryStore, SharedSession, state_key
+from le_transport.state.session import SharedToken
 from le_transport.state.store import Entry, StateStore
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -510,3 +511,37 @@ async def test_a_session_life_past_max_ttl_is_shared_with_a_true_age(clock: Virt
 
     token = await other.login(never)
     assert token.age == pytest.approx(0.0)
+
+
+async def test_a_refresh_is_stored_under_the_login_it_refreshed(clock: VirtualClock) -> None:
+    """The stored entry took the login of the token given to do_refresh, though a process
+    that could not read the newest entry's session refreshed its own (held): a later 401 on
+    held's login then adopted the same, dead, bearer. A refresh may now say which token it
+    refreshed; without it, the one given is taken, as before."""
+    store = MemoryStore(clock)
+    shared = SharedSession(store, account="1", user="bot", clock=clock)
+
+    async def login() -> tuple[str, float | None]:
+        return '{"bearer":"a"}', 3600.0
+
+    held = await shared.login(login)
+    other = SharedSession(store, account="1", user="bot", clock=clock)
+
+    async def another_login() -> tuple[str, float | None]:
+        return '{"bearer":"b"}', 3600.0
+
+    newest = await other.login(another_login, stale=held.login)
+    assert newest.login != held.login
+
+    async def refreshed_held(given: SharedToken) -> tuple[str, float | None, SharedToken]:
+        assert given.version == newest.version
+        return '{"bearer":"a"}', 3600.0, held
+
+    token = await shared.refresh(refreshed_held, held, min_interval=0.0)
+    assert token.login == held.login
+
+    async def refreshed_given(given: SharedToken) -> tuple[str, float | None]:
+        return given.value, 3600.0
+
+    again = await shared.refresh(refreshed_given, token, min_interval=0.0)
+    assert again.login == token.login

@@ -646,7 +646,9 @@ class LoginServiceAuth:
         # token, and the session itself.
         posted: list[tuple[SharedToken, LoginSession]] = []
 
-        async def fleet_refresh(newest: SharedToken) -> tuple[str, float | None]:
+        async def fleet_refresh(
+            newest: SharedToken,
+        ) -> tuple[str, float | None, SharedToken]:
             base, token = session, held
             if newest.version != held.version and not self._unreadable(newest):
                 base = _load_session(
@@ -656,7 +658,9 @@ class LoginServiceAuth:
             posted.append((token, base))
             await self._post_session(http, base, "refresh", self._policy(http), fallback=fallback)
             done.append(True)
-            return _dump_session(base), base.ttl
+            # The token refreshed: ``held`` when the newest entry could not be read as a
+            # session (its login is not the one refreshed).
+            return _dump_session(base), base.ttl, token
 
         try:
             # Refreshed by any process within most of an interval: take that, do not repeat it.

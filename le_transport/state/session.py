@@ -76,6 +76,10 @@ class SharedToken:
 #: What a login or a refresh returns: the serialised session and its life in seconds (None:
 #: the answer did not say).
 Obtained = tuple[str, float | None]
+#: What a refresh may return instead: also the token it refreshed, when that is not the one it
+#: was given (the entry given could not be read as a session: the process refreshed its own),
+#: so that the stored entry keeps the login it refreshed.
+RefreshedFrom = tuple[str, float | None, SharedToken]
 
 
 class SharedSession:
@@ -213,14 +217,16 @@ class SharedSession:
 
     async def refresh(
         self,
-        do_refresh: Callable[[SharedToken], Awaitable[Obtained]],
+        do_refresh: Callable[[SharedToken], Awaitable[Obtained | RefreshedFrom]],
         held: SharedToken,
         *,
         min_interval: float,
     ) -> SharedToken:
         """Refresh the fleet's session, unless it was stored or refreshed less than
         ``min_interval`` seconds ago: then take the stored one. ``do_refresh`` gets the token to
-        refresh (the newest stored, or ``held`` if none is)."""
+        refresh (the newest stored, or ``held`` if none is), and returns the refreshed session
+        and its life, and, if it refreshed another token than the one given, that token (the
+        stored entry keeps the login of the token refreshed)."""
         return await self._single(
             do_refresh=do_refresh, held=held, stale=None, fresh_within=min_interval
         )
@@ -240,7 +246,7 @@ class SharedSession:
         stale: str | None,
         fresh_within: float | None,
         do_login: Callable[[], Awaitable[Obtained]] | None = None,
-        do_refresh: Callable[[SharedToken], Awaitable[Obtained]] | None = None,
+        do_refresh: Callable[[SharedToken], Awaitable[Obtained | RefreshedFrom]] | None = None,
         held: SharedToken | None = None,
     ) -> SharedToken:
         pause = self._poll
@@ -267,10 +273,13 @@ class SharedSession:
                     if do_refresh is not None:
                         base = cur or held
                         assert base is not None
-                        obtained = await do_refresh(base)
+                        refreshed = await do_refresh(base)
                         self.refreshes += 1
-                        # A refresh goes on with the login it refreshed.
-                        return await self._put(*obtained, login=base.login)
+                        # A refresh goes on with the login it refreshed: the one it says, or
+                        # the one it was given.
+                        value, life, *which = refreshed
+                        source = which[0] if which else base
+                        return await self._put(value, life, login=source.login)
                     assert do_login is not None
                     obtained = await do_login()
                     self.logins += 1
