@@ -809,10 +809,13 @@ def _fields_fault(fields: object) -> str | None:
     for position, (name, value) in enumerate(fields.items(), 1):
         if not isinstance(name, str):
             return f"fields names must be str, got a {type(name).__name__}"
-        if not isinstance(value, (str, int)) or isinstance(value, bool):
+        if not (isinstance(value, str) or (type(value) is int and 0 <= value < 10**64)):
             shown = _shown_key(name, position, "field")
             where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
-            return f"fields{where} must be a str or an int, got a {type(value).__name__}"
+            return (
+                f"fields{where} must be a str or an int from 0 to 64 digits, got a "
+                f"{type(value).__name__}"
+            )
     return None
 
 
@@ -2357,7 +2360,8 @@ class Engine:
           characters, ``?``, ``#`` or ``.``/``..`` segments, as for :meth:`request`;
           ``{bearer}`` marks where the bearer goes (:func:`~le_transport.sockets.ums_brand_path`).
         - ``params``: the upgrade URL's query, names to str, int or float values (a mapping,
-          or a list of (name, value) pairs), laid name by name over the protocol's version,
+          or a list of (name, value) pairs, each name once), laid name by name over the
+          protocol's version,
           which a LiveEngage messaging path gets by default
           (:func:`~le_transport.sockets.query_for_path`: ``v=2.1`` on the UMS agent socket,
           ``v=3`` on the consumer's); sent on every connect.
@@ -2430,6 +2434,16 @@ class Engine:
                 else "params must be a mapping of names to str, int or float values (or a "
                 f"list of (name, value) pairs), got a {type(params).__name__}"
             )
+            if fault is None and pairs:
+                names = [pair[0] for pair in params if isinstance(pair, tuple)]
+                repeated = next((i for i, n in enumerate(names, 1) if n in names[: i - 1]), 0)
+                if repeated:
+                    # A socket's query keeps one value a name (laid over the protocol's
+                    # version by name): a repeated one would be dropped silently.
+                    fault = (
+                        f"params repeats a name (pair {repeated}): a socket's query takes one "
+                        "value per name"
+                    )
             if fault is not None:
                 raise InvalidRequest(redact_text(fault), service=service, method="GET")
             query = params if isinstance(params, Mapping) else dict(params)

@@ -472,15 +472,24 @@ async def test_a_login_providers_credentials_are_built_once_per_session_and_read
 
 
 @pytest.mark.parametrize("status", ["099", "000"])
-async def test_an_odd_status_line_is_an_answer_not_a_configuration_error(
+async def test_an_odd_status_line_is_a_malformed_answer_retried_never_a_success(
     clock: VirtualClock, status: str
 ) -> None:
     """Outcome refused a status outside 100-999, so a proxy's '000' status line (which aiohttp
     parses) raised ConfigurationError from inside the retry middleware: the server's answer
-    reported as the caller's mistake."""
+    reported as the caller's mistake; then, accepted, it was a success (under 400), never
+    retried and healthy to the breaker. It is a malformed answer: a connection lost after the
+    request may have been processed, retried for a GET, and a failure to the breaker."""
     import asyncio
 
+    from le_transport import Classifier, ConnectionFailed, Outcome, RetriesExhausted
+    from le_transport.policies import CircuitBreaker, Verdict
+
+    hits = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hits
+        hits += 1
         await reader.readuntil(b"\r\n\r\n")
         writer.write(
             f"HTTP/1.1 {status} Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode()
@@ -491,8 +500,14 @@ async def test_an_odd_status_line_is_an_answer_not_a_configuration_error(
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server, Engine({"svc": f"127.0.0.1:{port}"}, scheme="http", clock=clock) as e:
-        answer = await e.request("GET", "svc", "/x")
-    assert answer.status == int(status)
+        with pytest.raises(RetriesExhausted) as failed:
+            await e.request("GET", "svc", "/x")
+    assert isinstance(failed.value.last, ConnectionFailed)
+    assert "malformed answer" in str(failed.value.last)
+    assert hits == 4  # the guide's schedule: retried as a connection lost
+    odd = Outcome.response(int(status))
+    assert Classifier().classify(odd) is Verdict.RETRY
+    assert CircuitBreaker.counts_as_failure(odd)
 
 
 async def test_a_keepalive_of_ones_own_refresh_path_on_another_service_is_a_plain_request(
@@ -549,3 +564,39 @@ async def test_websocket_params_as_pairs_and_int_account_ids_still_work(
             SERVER_CHAT_API_CHAT_INFO, "agentVep", fields={"account": account, "chat_id": "c1"}
         )
         await task.close()
+
+
+async def test_websocket_pairs_with_a_repeated_name_and_odd_int_accounts_are_refused(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Pairs with a repeated name were collapsed to the last value (a request sends them
+    all); a negative int made account '-5', a huge one a raw ValueError (int to str)."""
+    from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
+    from le_transport.sockets import consumer_path
+
+    for bad in (-5, 10**5000, True):
+        with pytest.raises(ConfigurationError, match="account must be a LiveEngage account id"):
+            ums_brand_path(bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="account must be a LiveEngage account id"):
+            consumer_path(bad)  # type: ignore[arg-type]
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(InvalidRequest, match="repeats a name"):
+            await engine.websocket(
+                "facadeMsg", ums_brand_path(sim.account.id), params=[("tag", "a"), ("tag", "b")]
+            )
+        for bad_account in (-5, 10**5000):
+            with pytest.raises(InvalidRequest, match="from 0 to 64 digits"):
+                engine.keepalive(
+                    SERVER_CHAT_API_CHAT_INFO,
+                    "agentVep",
+                    fields={"account": bad_account, "chat_id": "c1"},
+                )
+
+
+def test_a_shared_refresh_returning_something_else_is_refused_typed() -> None:
+    from le_transport.state.session import _refreshed
+
+    for bad in (("v", 1.0, None), ("v", 1.0, "login-id"), ("v", 1.0, None, None), "v", None):
+        with pytest.raises(ConfigurationError, match="do_refresh must return"):
+            _refreshed(bad)
+    assert _refreshed(("v", 1.0)) == ("v", 1.0)

@@ -418,6 +418,16 @@ class _Call(_WheelTimer):
                 try:
                     resp = await self.handler(self.request)
                     self.last_status = resp.status
+                    if resp.status < 100:
+                        # No HTTP status (a proxy's '000', which aiohttp parses): a malformed
+                        # answer, as one aiohttp cannot parse is (below), never a success.
+                        resp.close()
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info,
+                            resp.history,
+                            status=resp.status,
+                            message="a status line without an HTTP status",
+                        )
                     if mw.buffer_body:
                         try:
                             length = resp.content_length

@@ -167,11 +167,13 @@ class CircuitBreaker:
     @staticmethod
     def counts_as_failure(outcome: Outcome) -> bool:
         """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport
-        failure. Any other answer, 4xx included, shows the service is up."""
+        failure (a status below 100 too: no HTTP answer). Any other answer, 4xx included,
+        shows the service is up."""
         if outcome.kind is not OutcomeKind.RESPONSE:
             return True
         status = outcome.status or 0
-        return status == 429 or 500 <= status <= 999  # above 599: a 5xx (RFC 9110 15)
+        # Above 599: a 5xx (RFC 9110 15); below 100: no HTTP status at all (a proxy's 000).
+        return status == 429 or status < 100 or 500 <= status <= 999
 
     def scaled(self, factor: float) -> CircuitBreaker:
         """The same breaker with every duration multiplied by ``factor`` (tests, demos)."""

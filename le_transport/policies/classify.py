@@ -257,7 +257,8 @@ class Classifier:
         if status in self._final:
             return Verdict.FAIL
         # Above 599 too: a client treats a status it does not know as a 5xx (RFC 9110 15).
-        if status in self._retried or 500 <= status <= 999:
+        if status in self._retried or 500 <= status <= 999 or status < 100:
+            # Below 100: no HTTP status at all (a proxy's 000), retried as a 5xx is.
             return Verdict.RETRY
         if status < 400:
             return Verdict.SUCCESS

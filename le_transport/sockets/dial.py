@@ -83,8 +83,9 @@ MAX_EARLY_FRAMES = 1000
 
 
 def _digits(account: object) -> object:
-    """An account id given as an int (not a bool), as its digits; anything else as it is."""
-    return str(account) if type(account) is int else account
+    """An account id given as an int (not a bool, from 0 to 64 digits), as its digits; anything
+    else as it is (refused by the check that follows)."""
+    return str(account) if type(account) is int and 0 <= account < 10**64 else account
 
 
 def ums_brand_path(account: str) -> str:

@@ -277,7 +277,7 @@ class SharedSession:
                         self.refreshes += 1
                         # A refresh goes on with the login it refreshed: the one it says, or
                         # the one it was given.
-                        value, life, *which = refreshed
+                        value, life, *which = _refreshed(refreshed)
                         source = which[0] if which else base
                         return await self._put(value, life, login=source.login)
                     assert do_login is not None
@@ -329,3 +329,18 @@ class SharedSession:
 
     def __repr__(self) -> str:
         return f"SharedSession(key={self._key!r})"
+
+
+def _refreshed(result: object) -> Obtained | RefreshedFrom:
+    """What a ``do_refresh`` returned, checked: ``(value, life)`` or ``(value, life, token)``
+    with ``token`` a :class:`SharedToken`; else a :class:`ConfigurationError` naming it (its
+    value is a session: never shown)."""
+    if isinstance(result, tuple) and (
+        len(result) == 2 or (len(result) == 3 and isinstance(result[2], SharedToken))
+    ):
+        return result
+    raise ConfigurationError(
+        "SharedSession.refresh: do_refresh must return (value, life) or (value, life, the "
+        f"SharedToken it refreshed), got a {type(result).__name__}"
+        + (f" of {len(result)} items" if isinstance(result, tuple) else "")
+    )
