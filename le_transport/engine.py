@@ -1332,6 +1332,11 @@ class Engine:
             self._retry_mw,
             *wire_middlewares,
         )
+        # Provider calls run the wire middlewares that ask to see them (a FaultInjector: one
+        # fault plan strikes a login on either side); no other: they carry credentials.
+        self._provider_wire: tuple[ClientMiddlewareType, ...] = tuple(
+            mw for mw in wire_middlewares if getattr(mw, "sees_provider_calls", False) is True
+        )
         # A middleware that keeps time takes the engine's (duck-typed: ``bind_clock(clock)``,
         # see the class), once, here: no request pays for it. A class given for an instance
         # has the method unbound: not called (it fails as it did before).
@@ -1536,13 +1541,6 @@ class Engine:
         self._attach_providers()
 
     def _attach_providers(self) -> None:
-        # Provider calls run the wire middlewares that ask to see them (a FaultInjector: one
-        # fault plan strikes a login on either side); no other: they carry credentials.
-        stack = self._middlewares
-        retry_at = next(i for i, mw in enumerate(stack) if mw is self._retry_mw)
-        for_providers = tuple(
-            mw for mw in stack[retry_at + 1 :] if getattr(mw, "sees_provider_calls", False) is True
-        )
         http = ProviderHttp(
             session=lambda: self.session,
             retry_middleware=self._retry_mw,
@@ -1550,7 +1548,7 @@ class Engine:
             hooks=self._hooks,
             rng=self._rng,
             scheme=self._scheme,
-            wire_middlewares=for_providers,
+            wire_middlewares=self._provider_wire,
         )
         for provider in (self._domains, self._auth):
             attach = getattr(provider, "attach", None)
