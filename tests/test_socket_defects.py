@@ -30,14 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import logging
+import os
 import random
+import socket
 import traceback
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
+from aiohttp.client_reqrep import ConnectionKey
 
 from le_transport import Engine, EventHooks, SocketClosed, SocketRejected, StaticBearer
 from le_transport.chaos import Delay, FaultInjector, FaultRule, Status, WsClose, WsRejectHandshake
@@ -59,6 +64,9 @@ from le_transport.sockets import (
     SocketOptions,
     consumer_path,
     dial,
+)
+from le_transport.sockets.dial import (
+    _os_detail,
 )
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator, SimulatorConfig
@@ -821,7 +829,35 @@ async def test_a_failed_connect_never_shows_a_bearer_that_the_path_template_put_
         with pytest.raises(DialFailed) as failed:
             await dialer.dial()
     assert "could not connect to ws://127.0.0.1:1/ws/bearer/events" in str(failed.value)
+    # The system's word on it, which tells a refused port from a name that does not resolve.
+    assert f"(errno {errno.ECONNREFUSED}: {os.strerror(errno.ECONNREFUSED)})" in str(failed.value)
     assert BEARER not in "".join(traceback.format_exception(failed.value))
+
+
+@pytest.mark.parametrize(
+    ("raised", "shown"),
+    [
+        (
+            aiohttp.ClientConnectorDNSError(
+                ConnectionKey("h", 1, False, True, None, None, None),
+                socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            ),
+            f" (errno {socket.EAI_NONAME}: Name or service not known)",
+        ),
+        (
+            ConnectionResetError(errno.ECONNRESET, "peer said: token=abc"),
+            f" (errno {errno.ECONNRESET}: {os.strerror(errno.ECONNRESET)})",
+        ),
+        (aiohttp.ServerDisconnectedError("token=abc"), ""),
+        (OSError("token=abc"), ""),
+    ],
+)
+def test_a_failed_connect_tells_the_systems_word_never_the_errors_text(
+    raised: BaseException, shown: str
+) -> None:
+    # Only the errno and the system's message for it: an exception's own text may show a
+    # URL, a host or whatever a peer sent.
+    assert _os_detail(raised) == shown
 
 
 async def test_a_session_delay_cut_short_by_the_connect_timeout_closes_the_opened_socket(

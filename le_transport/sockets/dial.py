@@ -15,6 +15,7 @@ import contextlib
 import enum
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -663,7 +664,7 @@ class EngineDialer:
             failure = failed
         except (aiohttp.ClientError, OSError) as exc:
             failure = DialFailed(
-                f"could not connect to {shown}: {type(exc).__name__}",
+                f"could not connect to {shown}: {type(exc).__name__}{_os_detail(exc)}",
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
                 credentials=creds,
             )
@@ -786,3 +787,23 @@ def _need_bearer(creds: Credentials | None) -> Secret:
             "first frame"
         )
     return creds.bearer
+
+
+def _os_detail(exc: BaseException) -> str:
+    """The operating system's word on a failed connect (``" (errno 111: Connection refused)"``),
+    or ``""``: what tells a name that does not resolve from a port nobody listens on.
+
+    Only the errno and the system's own message, never the exception's text: aiohttp's shows
+    the host and port it dialled, and the URL of a socket may carry a bearer.
+    """
+    os_error = getattr(exc, "os_error", exc)
+    if not isinstance(os_error, OSError):
+        return ""
+    number, message = os_error.errno, os_error.strerror
+    if isinstance(number, int) and number > 0:
+        # The system's message for the number: asyncio's own strerror adds the address.
+        message = os.strerror(number)
+    if not isinstance(message, str) or not message:
+        return f" (errno {number})" if isinstance(number, int) else ""
+    message = message.encode("ascii", "replace").decode("ascii")[:80]
+    return f" (errno {number}: {message})" if isinstance(number, int) else f" ({message})"
