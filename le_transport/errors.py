@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -64,11 +64,28 @@ __all__ = [
 ]
 
 
+def _rebuilt(cls: type[TransportError], args: tuple[object, ...]) -> TransportError:
+    """An error of ``cls`` made again from a copy or a pickle, without its ``__init__`` (whose
+    keyword-only facts are in the state that is restored after)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
+
+
 class TransportError(Exception):
     """Root of every error le_transport raises on purpose.
 
     Catch this to handle any failure of the transport; catch a subclass to react to one cause.
+    Every one can be copied and pickled with its attributes (an error raised in a worker
+    process reaches its parent typed), but for one that holds credentials (a socket's
+    ``DialFailed``): a :class:`~le_transport.Secret` refuses to be pickled.
     """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Most subclasses take keyword-only facts (status=, elapsed=, last=) that are not in
+        # ``args``: Exception's own reduce calls ``cls(*args)``, which fails when the copy or
+        # the unpickling is made (in a process pool, in the parent: a broken pool).
+        return (_rebuilt, (type(self), self.args), self.__dict__)
 
 
 class ConfigurationError(TransportError, ValueError):

@@ -8,9 +8,12 @@ Time is a :class:`VirtualClock`, so the guide's 5/10/15 s schedule costs no wall
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import copy
 import email.utils
 import logging
+import pickle
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -1240,3 +1243,46 @@ async def test_request_json_refuses_accept_whose_error_body_would_pass_for_the_r
     async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
         with pytest.raises(InvalidRequest, match="request_json takes no accept="):
             await engine.request_json("GET", "svc", "/x", accept={404}, expect=dict)  # type: ignore[call-overload]
+
+
+# -- errors cross process boundaries ------------------------------------------------------
+
+
+def _fails_in_a_worker() -> None:
+    last = ServerStatusError("503", status=503, service="svc", method="GET", url="https://h/x")
+    raise RetriesExhausted("gave up", last=last, service="svc", method="GET", url="https://h/x")
+
+
+async def test_an_error_from_a_call_survives_copy_and_pickle_whole(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Errors take keyword-only facts: Exception's own reduce, ``cls(*args)``, failed on the
+    way back (a worker's error broke its process pool)."""
+    host = await serve(Script(503).app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=FAST) as engine:
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x", deadline=60.0)
+    error = info.value
+    for again in (copy.copy(error), copy.deepcopy(error), pickle.loads(pickle.dumps(error))):
+        assert type(again) is RetriesExhausted
+        assert str(again) == str(error)
+        assert again.args == error.args
+        assert (again.service, again.method, again.url) == (error.service, "GET", error.url)
+        assert [(a.attempt, a.outcome.status, a.pause) for a in again.attempts] == [
+            (a.attempt, a.outcome.status, a.pause) for a in error.attempts
+        ]
+        assert again.repeat is error.repeat
+        assert isinstance(again.last, ServerStatusError)
+        assert again.last.status == 503
+    elapsed = DeadlineExceeded("deadline passed", elapsed=1.5, service="svc")
+    assert pickle.loads(pickle.dumps(elapsed)).elapsed == 1.5
+
+
+def test_an_error_raised_in_a_process_pool_worker_reaches_the_parent_typed() -> None:
+    with (
+        concurrent.futures.ProcessPoolExecutor(1) as pool,
+        pytest.raises(RetriesExhausted) as info,
+    ):
+        pool.submit(_fails_in_a_worker).result(timeout=60)
+    assert isinstance(info.value.last, ServerStatusError)
+    assert info.value.last.status == 503
