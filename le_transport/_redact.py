@@ -155,7 +155,11 @@ def redact_url(url: URL | str) -> str:
     if u.user is not None or u.password is not None:
         u = u.with_user(None)
     path = redact_path(u.raw_path)
-    query = "&".join(f"{k}={REDACTED if is_secret_name(k) else v}" for k, v in u.query.items())
+    # A value is scrubbed as free text: another URL may be nested in it
+    # ("redirect_uri=https://cb/?access_token=..."), or a token sent under a plain name.
+    query = "&".join(
+        f"{k}={REDACTED if is_secret_name(k) else redact_text(v)}" for k, v in u.query.items()
+    )
     origin = f"{u.scheme}://{u.raw_authority}" if u.is_absolute() else ""
     return f"{origin}{path}" + (f"?{query}" if query else "")
 

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
+from yarl import URL
 
 from le_transport import Engine, EventHooks, RetryPolicy, TransportError
 from le_transport._redact import (
@@ -115,6 +116,43 @@ def test_token_like_query_params_are_redacted(param: str) -> None:
     url = redact_url(f"https://va.liveperson.net/api/x?{param}={TOKEN}&v=2")
     assert TOKEN not in url
     assert url == f"https://va.liveperson.net/api/x?{param}={REDACTED}&v=2"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"https://cb.example/done?access_token={TOKEN}",  # another URL nested in a value
+        f"https://cb.example/done?x=1&token={TOKEN}",
+        JWT,  # a token sent under a plain name
+    ],
+)
+def test_a_credential_nested_in_a_plain_query_value_is_redacted(value: str) -> None:
+    url = redact_url(URL("https://h.example/x").with_query({"redirect_uri": value, "v": "2"}))
+    assert TOKEN not in url
+    assert JWT not in url
+    assert url.startswith("https://h.example/x?redirect_uri=")
+    assert url.endswith("&v=2")
+
+
+async def test_a_token_nested_in_a_query_value_reaches_no_log_nor_error(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def fail(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/x", fail)
+    host = await serve(app)
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    params = {"redirect_uri": f"https://cb.example/done?access_token={TOKEN}"}
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(TransportError) as info:
+            await engine.request("GET", "svc", "/x", params=params)
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("le_transport")]
+    assert logged
+    assert not [m for m in logged if TOKEN in m]
+    assert TOKEN not in "".join(traceback.format_exception(info.value))
+    assert TOKEN not in str(getattr(info.value, "url", ""))
 
 
 def test_userinfo_and_brand_bearer_are_removed_from_urls() -> None:
