@@ -1159,6 +1159,8 @@ class Engine:
       already. A :class:`~le_transport.chaos.FaultInjector` made without ``clock=`` takes the
       engine's clock this way, so that its delays run on the engine's time.
     - ``max_body_bytes``: larger responses raise :class:`~le_transport.errors.BodyTooLarge`.
+      A failed answer (4xx/5xx) over it is judged by its status as any other, its body cut
+      to its start (at most 64 KiB, for the error's excerpt) and the connection dropped.
     - ``session``: an existing ``aiohttp.ClientSession`` to use as is (the caller then owns
       its middlewares; take ours from :meth:`middlewares`). Otherwise the engine makes one.
     - ``tls``: an ``ssl.SSLContext`` for a private CA or client certificates; default: the

@@ -846,6 +846,74 @@ async def test_huge_body_with_content_length_raises_body_too_large(
     assert [(a.outcome.status, a.pause) for a in info.value.attempts] == [(200, None)]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_503_whose_error_page_is_over_the_limit_is_retried_as_a_503(
+    serve: ServerFactory, clock: VirtualClock, chunked: bool
+) -> None:
+    """A proxy's large maintenance page: judged by its status (retried), not made a final
+    BodyTooLarge after one attempt."""
+    page = b"<html>" + b"x" * 200_000 + b"</html>"
+
+    async def maintenance(request: web.Request) -> web.StreamResponse:
+        if not chunked:
+            return web.Response(status=503, body=page, content_type="text/html")
+        resp = web.StreamResponse(status=503)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for start in range(0, len(page), 8192):
+            await resp.write(page[start : start + 8192])
+        await resp.write_eof()
+        return resp
+
+    script = Script(maintenance, 200)
+    host = await serve(script.app())
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, retry=FAST, max_body_bytes=64 * 1024
+    ) as engine:
+        resp = await engine.request("GET", "svc", "/x")
+        assert (resp.status, script.hits) == (200, 2)
+        # Each schedule's failure is typed by its status, its excerpt from the page's start.
+        script.replies = [maintenance]
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+    last = info.value.last
+    assert isinstance(last, ServerStatusError)
+    assert last.status == 503
+    assert "<html>xxx" in (last.body_excerpt or "")
+    assert [a.outcome.status for a in info.value.attempts] == [503] * 4
+
+
+async def test_a_4xx_or_a_post_over_the_limit_is_judged_by_its_status_and_never_resent(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    def big(status: int) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def answer(request: web.Request) -> web.Response:
+            return web.Response(status=status, body=b"y" * 5000)
+
+        return answer
+
+    script = Script(big(404))
+    host = await serve(script.app())
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, retry=FAST, max_body_bytes=1024
+    ) as engine:
+        with pytest.raises(ClientStatusError) as refused:
+            await engine.request("GET", "svc", "/x")
+        assert (refused.value.status, script.hits) == (404, 1)
+        script.replies = [big(503)]
+        with pytest.raises(ServerStatusError) as failed:
+            await engine.request("POST", "svc", "/x", json={"a": 1})
+        # A POST's 503: maybe processed, not resent (as any 503 on a POST).
+        assert (failed.value.status, script.hits) == (503, 2)
+        assert failed.value.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT
+        # A success over the limit is still refused whole.
+        script.replies = [big(200)]
+        with pytest.raises(BodyTooLarge):
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
+
+
 async def test_a_head_answer_is_not_held_to_the_limit_of_a_body_it_never_carries(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:

@@ -246,6 +246,9 @@ class _Where(TypedDict):
 
 #: Answers that never carry a body, whatever their Content-Length says (RFC 9110 6.4.1).
 _NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
+#: How much of a failed answer (4xx/5xx) over ``max_body_bytes`` is kept, for its error's
+#: excerpt: the status judges the call, the rest of the page is not read.
+_FAILED_BODY_KEPT = 64 * 1024
 
 #: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
 #: once per status: a successful call allocates none.
@@ -718,6 +721,12 @@ class _Call(_WheelTimer):
                 # 8.6): nothing to hold against the limit.
                 await resp.read()
                 return
+            if resp.status >= 400:
+                # A failed answer's body only feeds its error's excerpt: its start is kept
+                # and the status classified as any other (a 503 with a proxy's large
+                # maintenance page is retried as a 503, not made a final BodyTooLarge).
+                await self._keep_start(resp, min(limit, _FAILED_BODY_KEPT))
+                return
             resp.close()
             raise self._too_large(limit, f"Content-Length {length}")
         if length is not None:
@@ -732,12 +741,25 @@ class _Call(_WheelTimer):
             size += len(chunk)
             if size > limit:
                 resp.close()
+                if resp.status >= 400:
+                    # As above: the status is what the call is judged by.
+                    chunks.append(chunk)
+                    resp._body = b"".join(chunks)[: min(limit, _FAILED_BODY_KEPT)]
+                    return
                 raise self._too_large(limit, f"more than {limit} bytes read")
             chunks.append(chunk)
         # Reading to EOF has already returned the connection to the pool (aiohttp's own
         # end-of-payload hook). read()/text()/json() serve _body once set: the same field its
         # own read() fills. Calling release() here would make a later read() fail.
         resp._body = b"".join(chunks)
+
+    async def _keep_start(self, resp: ClientResponse, size: int) -> None:
+        """Keep (at most) the first ``size`` bytes of ``resp``'s body as its body, and drop the
+        connection rather than read the rest."""
+        try:
+            resp._body = await resp.content.read(size)
+        finally:
+            resp.close()
 
     def _too_large(self, limit: int, detail: str) -> BodyTooLarge:
         return BodyTooLarge(
