@@ -32,6 +32,8 @@ from le_transport.errors import (
     RetryBudgetExhausted,
     ServerStatusError,
 )
+from le_transport.middleware import RetryMiddleware
+from le_transport.middleware.auth import AuthMiddleware
 from le_transport.middleware.context import (
     _CALL_LEDGER,
     CallContext,
@@ -40,7 +42,7 @@ from le_transport.middleware.context import (
     record_call,
 )
 from le_transport.policies import Classifier, Outcome, OutcomeKind
-from le_transport.providers import Credentials, StaticDomains
+from le_transport.providers import Credentials, OAuth1Auth, StaticBearer, StaticDomains
 from le_transport.recovery import Recovery, _outage, is_recoverable
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -902,3 +904,49 @@ def test_a_callable_may_be_run_again_only_if_every_call_it_made_may_be_sent_agai
     assert ledger.calls == set()
     assert ledger.recorded == 3
     assert _CALL_LEDGER.get() is None
+
+
+@pytest.mark.parametrize("kind", ["bearer", "oauth1"])
+async def test_a_callers_session_post_answered_303_is_never_resent_whatever_signs_it(
+    serve: ServerFactory, clock: VirtualClock, kind: str
+) -> None:
+    """On a caller's session with the stack, a provider that signs each request (OAuth 1.0)
+    set a call context of its own for the retry loop to sign each attempt with, which the
+    retry middleware took for an engine call's and so never recorded: the loop judged by the
+    failure alone and created the order again every round."""
+    orders: list[bytes] = []
+
+    async def create(request: web.Request) -> web.Response:
+        orders.append(await request.read())
+        raise web.HTTPSeeOther(location=f"/orders/{len(orders)}")
+
+    async def show(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/orders", create)
+    app.router.add_get("/orders/{id}", show)
+    host = await serve(app)
+    domains = StaticDomains({"svc": host})
+    auth: StaticBearer | OAuth1Auth = (
+        StaticBearer("tok-123456") if kind == "bearer" else OAuth1Auth("ck", "cs", "tk", "ts")
+    )
+    policy = RetryPolicy(pauses=())
+    stack = (
+        AuthMiddleware(auth=auth, domains=domains, allowed_hosts={host}, clock=clock),
+        RetryMiddleware(policy=policy, clock=clock),
+    )
+    relogin = BackoffPolicy(first=20, factor=2, cap=1000, jitter=0, floor=15, max_attempts=3)
+    recovery = Recovery(
+        domains=domains, auth=auth, clock=clock, policy=relogin, request_policy=policy
+    )
+    async with aiohttp.ClientSession(middlewares=stack) as session:
+
+        async def call() -> int:
+            async with session.post(f"http://{host}/orders", json={"item": 1}) as resp:
+                return resp.status
+
+        with pytest.raises(RetriesExhausted) as failed:
+            await recovery.run(call)
+    assert [a.outcome.status for a in failed.value.attempts] == [503]
+    assert len(orders) == 1

@@ -83,8 +83,10 @@ from ..providers.auth import (
 )
 from ..providers.domains import DomainProvider
 from .context import (
+    _CALL_LEDGER,
     _CURRENT,
     CallContext,
+    CallLedger,
     current_call,
     provider_failed,
     safe_cause,
@@ -214,11 +216,20 @@ class AuthMiddleware:
             return await self._authorise(request, handler, method, form)
         ctx = current_call()
         token = None
+        ledger: CallLedger | None = None
         if ctx is None or ctx.active:
             # A foreign session, or a call made from inside another's retry loop: the retry
             # middleware will run this call under a context of its own, so give it this one.
+            if ctx is None:
+                # No engine call records it: recorded here, under a recovery loop, as the
+                # retry middleware records a request with no context (it takes this one for
+                # an engine call's), so that a POST of it that was acted on (a 303 whose GET
+                # hop then failed) is never sent again by the loop.
+                ledger = _CALL_LEDGER.get()
             ctx = CallContext()
             token = _CURRENT.set(ctx)
+            if ledger is not None:
+                ledger.record(ctx, method)
 
         async def resign(again: ClientRequest) -> None:
             await self._apply(again, method, form)
@@ -227,11 +238,18 @@ class AuthMiddleware:
         # middleware again (or given no credentials, if it goes to another host).
         ctx.resign = (request, resign)
         try:
-            return await self._authorise(request, handler, method, form)
+            resp = await self._authorise(request, handler, method, form)
+        except BaseException as exc:
+            if ledger is not None:
+                ledger.finish(ctx, exc)
+            raise
         finally:
             ctx.resign = None
             if token is not None:
                 _CURRENT.reset(token)
+        if ledger is not None:
+            ledger.finish(ctx)
+        return resp
 
     async def _authorise(
         self,
