@@ -25,6 +25,7 @@ from le_transport.policies import (
 )
 from le_transport.sockets import KeepaliveTask, watch_socket
 from le_transport.sockets.keepalive import KeepaliveScheduler
+from le_transport.sockets.options import MESSAGING_AGENT_KEEPALIVE
 from le_transport.testing import VirtualClock
 from tests.known_secrets import BEARER
 
@@ -673,3 +674,37 @@ def test_each_socket_is_asked_exactly_at_the_times_it_answered_never_earlier(
         await scheduler.close()
 
     asyncio.run(scenario())
+
+
+async def test_the_watcher_yields_after_a_probe_when_a_frame_shares_the_probes_instant() -> None:
+    """A frame read at the same clock reading as the check counts as the probe's answer, and
+    the probe's task has not sent yet: the watcher decided again at once, probed again, and
+    never yielded (the loop spun, a probe task piling up on every pass)."""
+    policy = MESSAGING_AGENT_KEEPALIVE  # outbound_idle: the client's own silence counts
+    assert policy.outbound_idle
+    clock = VirtualClock()
+    await clock.sleep(100)
+    last_in, last_out = clock.now(), 0.0
+    probes: list[float] = []
+
+    async def probe() -> None:
+        nonlocal last_out
+        probes.append(clock.now())
+        last_out = clock.now()
+
+    watcher = asyncio.get_running_loop().create_task(
+        watch_socket(
+            policy,
+            clock=clock,
+            probe=probe,
+            last_activity=lambda: last_in,
+            last_sent=lambda: last_out,
+        )
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert probes == [100.0]
+    assert not watcher.done()
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher

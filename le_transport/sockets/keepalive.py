@@ -82,13 +82,17 @@ async def watch_socket(
                 )
                 assert probe_sent_at is not None
                 return probe_sent_at
+            at = decision.at
             if decision.step is KeepaliveStep.PROBE:
                 probe_sent_at = now
                 task: asyncio.Task[object] = asyncio.get_running_loop().create_task(_quiet(probe()))
                 probes.add(task)
                 task.add_done_callback(probes.discard)
-                continue
-            await clock.sleep(decision.at - now)
+                # Asked again when the answer is due, as the scheduler does: deciding at once
+                # probed again, and again, without yielding (a frame read at the same clock
+                # reading counts as the answer, and the probe's task has not sent yet).
+                at = now + policy.timeout
+            await clock.sleep(at - now)
             if probe_sent_at is not None and last_activity() >= probe_sent_at:
                 probe_sent_at = None
     finally:
