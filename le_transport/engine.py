@@ -1328,6 +1328,11 @@ class Engine:
             rng=self._rng,
             hooks=self._hooks,
         )
+        # Sockets' own auth providers (websocket(auth=...), not the engine's), by identity:
+        # each attached to this engine's HTTP path, with a re-login loop of its own, and
+        # closed with the engine.
+        self._socket_auth: dict[int, tuple[AuthProvider, Recovery]] = {}
+        self._provider_http: ProviderHttp | None = None
         self._middlewares: tuple[ClientMiddlewareType, ...] = (
             *outer_middlewares,
             *self._auth_mw,
@@ -1552,6 +1557,7 @@ class Engine:
             scheme=self._scheme,
             wire_middlewares=self._provider_wire,
         )
+        self._provider_http = http
         for provider in (self._domains, self._auth):
             attach = getattr(provider, "attach", None)
             if callable(attach):
@@ -1595,6 +1601,8 @@ class Engine:
             # Calls waiting through the recovery loop fail now: a re-login must not outlive the
             # logout below, nor a caller wait out a pause for a session that is gone.
             self._recovery.close()
+            for _, socket_recovery in self._socket_auth.values():
+                socket_recovery.close()
             await self._socket_keepalives.close()
             for task in list(self._keepalives):
                 await task.close()
@@ -1631,6 +1639,9 @@ class Engine:
         auth = self._auth
         closers = (
             ("auth", auth, None if auth is None else auth.close),
+            # A socket's own (a consumer's JWT, another login): before the domain provider,
+            # which a logout may still resolve its host with.
+            *(("socket auth", p, p.close) for p, _ in self._socket_auth.values()),
             ("domain", self._domains, getattr(self._domains, "close", None)),
         )
         for role, provider, close in closers:
@@ -2342,16 +2353,20 @@ class Engine:
         """Open a :class:`~le_transport.sockets.ResilientSocket` to ``path`` on ``service``.
 
         The host comes from the domain provider on every connect; credentials from ``auth``
-        (default: the engine's), placed where the protocol puts them (``auth_placement``;
+        (default: the engine's; another provider, such as a consumer's ``ConsumerJwt``
+        beside an agent's login, is attached to this engine, re-logged in by a re-login loop
+        of its own when the socket escalates, and closed with the engine), placed where the
+        protocol puts them (``auth_placement``;
         default: in the path where it has ``{bearer}``, as the UMS brand socket does, else in
         the upgrade's headers, as ``Authorization: jwt`` for the consumer socket;
         :attr:`~le_transport.sockets.AuthPlacement.FIRST_FRAME` sends ``InitConnection``).
         ``on_connect`` callbacks run after every (re)connect, before queued messages go out;
         ``on_frame`` receives unsolicited frames (else ``async for frame in ws``). After
         ``options.escalate_after`` failed reconnects in a row the socket escalates to
-        ``escalate`` (default: this engine's re-login loop). The socket connects in the
-        background: ``await ws.wait_open()`` to wait for it. Closing the engine closes it;
-        :class:`~le_transport.errors.EngineClosed` once the engine is closed. Unless
+        ``escalate`` (default: the re-login loop of the socket's auth provider). The socket
+        connects in the background: ``await ws.wait_open()`` to wait for it. Closing the
+        engine closes it; :class:`~le_transport.errors.EngineClosed` once the engine is
+        closed. Unless
         ``options.keepalive`` says otherwise, a LiveEngage messaging socket (the UMS agent or
         consumer path) runs the guide's ``GetClock`` keepalive every 30 s of silence, and any
         other path none (see :class:`~le_transport.sockets.SocketOptions`).
@@ -2456,6 +2471,11 @@ class Engine:
             await self._domains.resolve(service)
         opts = options or SocketOptions()
         provider = auth if auth is not None else self._auth
+        recovery = (
+            self._recovery
+            if provider is None or provider is self._auth
+            else self._socket_recovery(provider)
+        )
         dialer = EngineDialer(
             self,
             service,
@@ -2487,13 +2507,40 @@ class Engine:
             escalate=(
                 escalate
                 if escalate is not None
-                else RecoveryEscalation(self._recovery, opts.close_policy)
+                else RecoveryEscalation(recovery, opts.close_policy)
             ),
             on_closed=self._sockets.discard,
             keepalives=self._socket_keepalives,
         )
         self._sockets.add(ws)
         return ws.start()
+
+    def _socket_recovery(self, provider: AuthProvider) -> Recovery:
+        """The re-login loop of a socket's own auth provider (one that is not the engine's).
+
+        The first time a provider is given, it is attached to this engine's HTTP path (the
+        library's providers fetch their logins and tokens through it: unattached, the
+        socket's first connect stopped it for good) and given a loop of its own, on the
+        engine's recovery policy: a socket that escalates re-logs in its own provider, not
+        the engine's. Both are closed with the engine (the provider logs out then).
+        """
+        held = self._socket_auth.get(id(provider))
+        if held is not None:
+            return held[1]
+        attach = getattr(provider, "attach", None)
+        if callable(attach) and self._provider_http is not None:
+            attach(self._provider_http)
+        recovery = Recovery(
+            domains=self._domains,
+            auth=provider,
+            clock=self._clock,
+            policy=self._recovery.policy,
+            request_policy=self._retry,
+            rng=self._rng,
+            hooks=self._hooks,
+        )
+        self._socket_auth[id(provider)] = (provider, recovery)
+        return recovery
 
     def keepalive(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from le_transport import AppKeyAuth, Engine, EventHooks, StateEvent
+from le_transport.chaos import WsRejectHandshake
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO, TokenBucket
 from le_transport.providers import ConsumerJwt, StaticDomains
 from le_transport.sockets import (
@@ -139,3 +140,43 @@ async def test_many_sockets_dropped_at_once_come_back_paced(
     for i, at in enumerate(sorted(opened)):
         assert i + 1 <= 4 + 4 * (at - first) + 1e-6
     assert max(opened) - first >= 4.5
+
+
+async def test_a_consumer_socket_with_its_own_provider_beside_an_agents_login(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """websocket(auth=...) with a library provider the engine does not own: it was never
+    attached (the first connect stopped the socket for good, "not attached to an engine"),
+    and an escalation re-logged in the engine's agent, never refreshing the consumer's JWT."""
+    consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
+    async with agent_engine(sim, clock, states) as engine:
+        agent = await brand_socket(engine, sim)
+        await agent.wait_open()
+        logins = sim.count("POST", "/api/account/*/login")
+        ws = await engine.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth=consumer,
+        )
+        await ws.wait_open()
+        assert (await ws.request("GetClock"))["code"] == 200
+        assert sim.count("POST", "/api/account/*/signup") == 1
+        # Its upgrades refused until the socket escalates: the consumer's provider logs in
+        # again (a new JWT), the agent's login is left alone.
+        await ws.close()
+        sim.faults.script(
+            "GET", "/ws_api/*/consumer*", [WsRejectHandshake(status=503)] * 6, unit="ws_session"
+        )
+        again = await engine.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth=consumer,
+        )
+        await again.wait_open(timeout=3600)
+        assert states.of("escalating")
+        assert sim.count("POST", "/api/account/*/login") == logins
+        assert sim.count("POST", "/api/account/*/signup") >= 2
+    # Closed with the engine, as the engine's own provider is: no token kept.
+    assert consumer.token is None
