@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -154,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Usage errors are 2. Ctrl-C ends a demo quietly with 130 once it has cleaned up; an output
     whose reader went away (``le-transport demo | head -1``) ends either command quietly with
-    1 (Python's "Note on SIGPIPE")."""
+    1 (Python's "Note on SIGPIPE"), and one that cannot be written (a full disk) with 1 and
+    one line on stderr."""
     args = _parser().parse_args(argv)
     try:
         return _run(args)
@@ -163,6 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _drop_stdout()
         return 1
+    except OSError as exc:
+        if exc.errno is None or exc.errno not in _WRITE_ERRNOS:
+            raise
+        with contextlib.suppress(OSError):
+            why = os.strerror(exc.errno)
+            print(f"le-transport: cannot write the output: {why}", file=sys.stderr)
+        _drop_stdout()
+        return 1
+
+
+#: The errors of a write to an output that cannot take it (a full disk or quota, a file
+#: too large, an I/O error): said in one line, not a traceback.
+_WRITE_ERRNOS = frozenset(
+    number
+    for number in (
+        errno.ENOSPC,
+        errno.EIO,
+        errno.EFBIG,
+        getattr(errno, "EDQUOT", None),
+    )
+    if number is not None
+)
 
 
 def _drop_stdout() -> None:

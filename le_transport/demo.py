@@ -164,10 +164,13 @@ class Timeline:
     on_broken: Callable[[], object] | None = None
     #: Whether ``out`` is gone: lines are then still kept, no longer printed.
     broken: bool = False
+    #: Why: the error writing to ``out`` raised (a closed pipe, a full disk).
+    write_error: OSError | None = None
 
     def say(self, what: str, detail: str = "") -> None:
-        """Print one line of the timeline. Never raises for a closed output: hooks and log
-        handlers call it, and the library would log the error (to this very timeline)."""
+        """Print one line of the timeline. Never raises for an output that cannot be written
+        (closed, full): hooks and log handlers call it, and the library would log the error
+        (to this very timeline). The demo stops then (``on_broken``)."""
         at = time.monotonic() - self.started
         line = f"[{at:7.3f}s] {what:<10} {detail}".rstrip()
         self.lines.append(line)
@@ -175,8 +178,9 @@ class Timeline:
             return
         try:
             print(line, file=self.out, flush=True)
-        except BrokenPipeError:
+        except OSError as exc:  # a closed pipe, or a full disk under a redirected output
             self.broken = True
+            self.write_error = exc
             if self.on_broken is not None:
                 self.on_broken()
 
@@ -692,6 +696,10 @@ async def _main(
     except asyncio.CancelledError:
         if not timeline.broken:
             raise
+        failed = timeline.write_error
+        if failed is not None and not isinstance(failed, BrokenPipeError):
+            # Not a reader gone: the output cannot be written (a full disk), said as such.
+            raise OSError(failed.errno, failed.strerror) from None
         raise BrokenPipeError(errno.EPIPE, "the demo's output was closed") from None
     finally:
         for h in handlers:

@@ -569,6 +569,26 @@ def test_demo_whose_reader_goes_away_exits_quietly() -> None:
     assert "Exception ignored" not in err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["demo", "simulate"])
+def test_an_output_that_cannot_be_written_ends_either_command_in_one_line(command: str) -> None:
+    # A full disk under a redirected output printed a traceback ("No space left on device").
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            _command(command),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=_no_le_variables(),
+            timeout=120,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "le-transport: cannot write the output: No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Exception ignored" not in proc.stderr
+
+
 def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
     # It printed a KeyboardInterrupt traceback.
     proc = subprocess.Popen(
