@@ -823,6 +823,10 @@ def _data_fault(data: object) -> str | None:
     """Why aiohttp refuses ``data`` as a body, or None."""
     if isinstance(data, aiohttp.FormData):
         return None
+    if isinstance(data, io.IOBase) and data.closed:
+        # A file payload is made of it, and fails only when it is read: said as the same
+        # body is said under recover=True.
+        return f"data is a {type(data).__name__} that is closed: nothing can be read from it"
     try:
         try:
             aiohttp.payload.get_payload(data, disposition=None)

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import aiohttp.payload
@@ -524,6 +525,28 @@ async def test_recover_refuses_only_a_body_that_can_be_sent_once(
         await body.aclose()
     if isinstance(body, aiohttp.payload.Payload):
         await body.close()
+    assert seen == []
+
+
+@pytest.mark.parametrize("kind", ["bytesio", "file"])
+async def test_a_closed_file_as_data_is_refused_naming_data_and_why(
+    serve: ServerFactory, clock: VirtualClock, tmp_path: Path, kind: str
+) -> None:
+    """Without recover=True it was 'invalid request (ValueError)' and the list of what each
+    argument may be, which names neither data nor that the file is closed."""
+    seen: list[tuple[str, str, bytes]] = []
+    host = await serve(_echo_app(seen))
+    body: IO[bytes]
+    if kind == "file":
+        path = tmp_path / "body"
+        path.write_bytes(b"x")
+        body = path.open("rb")
+    else:
+        body = io.BytesIO(b"x")
+    body.close()
+    async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match=r"data is a [A-Za-z]+ that is closed: nothing"):
+            await engine.request("PUT", "svc", "/f", data=body)
     assert seen == []
 
 
