@@ -896,10 +896,12 @@ def _fail_reads_in_flight(session: aiohttp.ClientSession) -> None:
     connector = session.connector
     for proto in tuple(getattr(connector, "_acquired", ())):
         payload = getattr(proto, "_payload", None)
+        if payload is not None and getattr(payload, "is_eof", lambda: True)():
+            # The previous answer's body, read whole, on a connection reused (acquired again):
+            # the call on it waits for the head of its own answer, as on a fresh connection.
+            payload = None
         target = payload if payload is not None else proto
         set_exception = getattr(target, "set_exception", None)
-        if payload is not None and getattr(payload, "is_eof", lambda: True)():
-            continue  # a body read whole: nothing waits on it
         if callable(set_exception):
             set_exception(ClosedInFlight("the engine was closed with the call in flight"))
 

@@ -88,6 +88,42 @@ async def test_a_call_in_flight_when_the_engine_closes_ends_typed_not_with_an_as
     assert len(stopped.value.attempts) == 1
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_call_in_flight_on_a_reused_connection_ends_with_engine_closed(
+    serve: ServerFactory, clock: VirtualClock, method: str
+) -> None:
+    """On a pooled connection the protocol still held the previous answer's body, read whole,
+    which was taken for "nothing waits here": the call waiting for its head got the
+    connection's loss (a POST's ConnectionFailed; a failure counted by a breaker, a fleet's
+    half-open probe's verdict) instead of EngineClosed."""
+    arrived = asyncio.Event()
+    never = asyncio.Event()
+
+    async def warm(request: web.Request) -> web.Response:
+        return web.Response(text="warm")
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/warm", warm)
+    app.router.add_route(method, "/x", slow)
+    host = await serve(app)
+    engine = Engine({"svc": host}, scheme="http", clock=clock, retry=RETRY)
+    await engine.start()
+    assert (await engine.request("GET", "svc", "/warm")).text() == "warm"
+    call = asyncio.ensure_future(engine.request(method, "svc", "/x"))
+    await arrived.wait()
+    await engine.close()
+    with pytest.raises(TransportError) as stopped:
+        await call
+    never.set()
+    assert isinstance(stopped.value, EngineClosed)
+    assert "while attempt 1 was in flight" in str(stopped.value)
+
+
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 async def test_a_call_reading_a_body_when_the_engine_closes_stops_at_once(
     serve: ServerFactory, clock: VirtualClock, length: bool
