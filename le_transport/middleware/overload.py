@@ -1311,22 +1311,28 @@ class OverloadGuard:
 
     def _damaged_trip(self, key: tuple[str, str], entry: Entry, exc: BaseException) -> None:
         """Warn of the damaged trip entry at ``key``, once per entry (every sync reads it
-        again), showing only its start: it may be large, and it came from outside."""
-        seen = hash(entry.value)
+        again), showing only its start: it may be large, and it came from outside. A value
+        that is no str (a caller's store: an int, None, bytes) is shown by its type alone: its
+        len(), slice or hash raised a raw TypeError, failing every call there."""
+        value: object = entry.value
+        text = value if isinstance(value, str) else None
+        seen = hash(("not a str", type(value).__name__) if text is None else text)
         if self._damaged.get(key) == seen:
             return
         if len(self._damaged) >= self._max_breakers:
             self._damaged.clear()
         self._damaged[key] = seen
+        if text is None:
+            shown = f"a {type(value).__name__}, not a str"
+        else:
+            shown = f"{len(text)} characters, starting {redact_text(text[:_DAMAGED_SHOWN])!r}"
         _log.warning(
-            "ignoring a damaged circuit breaker trip for %s at %s in the shared store "
-            "(%s; %d characters, starting %r)",
+            "ignoring a damaged circuit breaker trip for %s at %s in the shared store (%s; %s)",
             key[0],
             key[1],
             # Only the reasons of the checks here: a parser's message may quote the entry.
             str(exc) if isinstance(exc, _Damaged) else type(exc).__name__,
-            len(entry.value),
-            redact_text(entry.value[:_DAMAGED_SHOWN]),
+            shown,
             extra={"service": key[0], "host": key[1], "error": type(exc).__name__},
         )
 

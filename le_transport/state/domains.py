@@ -18,7 +18,7 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, HostileHostError
 from ..policies._validate import finite_number
 from ..providers.domains import validate_host
-from .fallback import FallbackStore
+from .fallback import FallbackStore, stored_text
 from .memory import MemoryStore
 from .store import StateStore, check_seconds, check_store, state_key
 
@@ -86,14 +86,20 @@ class SharedDomainMap:
         if not finite_number(life) or life <= 0:
             life = self._ttl
         try:
-            raw = json.loads(entry.value)
+            # A caller's MemoryStore of its own is not wrapped: its answer may be no str
+            # (bytes decoded as UTF-8, as a FallbackStore does; anything else is damaged).
+            text = stored_text(entry.value)
+            if text is None:
+                raise TypeError("not a str")
+            raw = json.loads(text)
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
             hosts = {
                 str(svc): validate_host(host, service=str(svc), account=self._account)
                 for svc, host in raw.items()
             }
-        except (ValueError, RecursionError, HostileHostError) as exc:
+        except (ValueError, TypeError, RecursionError, HostileHostError) as exc:
+            # TypeError too: a value that is no str (a caller's store of its own) is damaged.
             _log.warning(
                 "ignoring a shared domain map that does not validate: %s",
                 type(exc).__name__,

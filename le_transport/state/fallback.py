@@ -13,6 +13,10 @@ An error about one key's data (:class:`~le_transport.errors.StateDataError`: on 
 another type, a budget field a script cannot count) is no outage: the store answered. That key
 alone is treated as damaged (a read answers None, a conditional write or delete stores nothing,
 its budget or pace runs locally), a warning names it once, and every other key stays shared.
+
+What a read answers is a str, whatever the primary answered (:func:`stored_text`): bytes (a
+caller's store on a Redis client without ``decode_responses``) are decoded as UTF-8, and any
+other value (or bytes that are no UTF-8) makes the key read as damaged (None), as above.
 """
 
 from __future__ import annotations
@@ -97,6 +101,13 @@ class FallbackStore:
     ``add`` or a compare-and-delete answers False, ``budget`` and ``reserve`` run locally for
     that key; a WARNING names the key (once, until a write over it succeeds), and every other
     key stays shared.
+
+    What :meth:`get` answers holds a str, as the protocol says, whatever the primary answered
+    (:func:`stored_text`): bytes are decoded as UTF-8 (a caller's store on a Redis client
+    without ``decode_responses``: read as they are, every reader failed on them, or reused
+    them as a compare-and-set's ``only_if``, refused), and any other value, or bytes that are
+    no UTF-8, is that key's damage too: :meth:`get` answers None for it (a WARNING names the
+    key's kind and the value's type, never the value, once, until a write over it succeeds).
 
     Any other exception from the primary is taken for an outage, whatever its type: a
     caller's own store may fail with its client's error rather than a ``StateStoreError``.
@@ -303,22 +314,44 @@ class FallbackStore:
             return None
 
         entry = await self._call("get", key, lambda: self._primary.get(key), local, _ENTRY, damaged)
+        if entry is not None and type(entry.value) is not str:
+            # A caller's store (primary, or a local MemoryStore of its own) answering no str.
+            entry = self._as_text(key, entry)
         if shared and writes == self._writes:
             # Not when this process wrote meanwhile (any key: counted once, cheaply): the
             # answer may predate that write, which the local copy already holds.
             await self._mirror(key, entry)
         return entry
 
+    def _as_text(self, key: str, entry: Entry) -> Entry | None:
+        """``entry`` with its value as a str (:func:`stored_text`), or None (warned of once per
+        key, as :meth:`_damaged_key`) if it holds none: every reader failed on such a value with
+        a raw TypeError, and bytes reused as a compare-and-set's ``only_if`` were refused."""
+        text = stored_text(entry.value)
+        if text is not None:
+            return Entry(text, entry.ttl)
+        if key not in self._damaged:
+            if len(self._damaged) >= _DAMAGED_KEPT:
+                self._damaged.clear()
+            self._damaged[key] = None
+            # The key's kind and the value's type only: the value may be anything (a session's
+            # bytes), and the key names an account and a user.
+            _log.warning(
+                "shared state of kind %r answered a %s value, not a str (nor UTF-8 bytes): "
+                "that key is treated as damaged (kept locally by each process); every other "
+                "key is still shared",
+                _kind_of(key),
+                type(entry.value).__name__,
+                extra={"store": repr(self._primary), "operation": "get", "key": key},
+            )
+        return None
+
     async def _mirror(self, key: str, entry: Entry | None) -> None:
         """Keep locally what the primary answered for ``key``: a value for its TTL; nothing
         where it has nothing, or nothing a TTL can keep (no expiry reads as 0; a caller's store
-        may answer inf, or a value that is no str: the readers take those for damaged)."""
-        if (
-            entry is not None
-            and isinstance(entry.value, str)
-            and finite_number(entry.ttl)
-            and entry.ttl > 0
-        ):
+        may answer inf: the readers take that for damaged). ``entry`` holds a str
+        (:meth:`_as_text`)."""
+        if entry is not None and finite_number(entry.ttl) and entry.ttl > 0:
             await self._local.set(key, entry.value, ttl=entry.ttl)
             return
         await self._local.delete(key)
@@ -497,6 +530,34 @@ class FallbackStore:
 
     def __repr__(self) -> str:
         return f"FallbackStore({self._primary!r}, sharing={self.sharing})"
+
+
+def stored_text(value: object) -> str | None:
+    """A value a store answered, as the library's readers take it: a str as it is; bytes (a
+    caller's store on a Redis client without ``decode_responses``) decoded as UTF-8, what every
+    client writes a str as; None (damaged) for anything else, or bytes that are no UTF-8.
+
+    Strict, unlike :class:`~le_transport.state.RedisStore`'s own decoding (U+FFFD for a bad
+    byte): a value read as damaged is None here, so that a writer replaces it unconditionally,
+    where a lossy text, compared as a compare-and-set's ``only_if``, matched the stored bytes
+    never, and kept the damaged entry for its whole TTL. Nor is anything else made a str
+    (``str(5)``): it was never a value of the library's."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _kind_of(key: str) -> str:
+    """The kind of state at ``key`` (``session``, ``domains``, ``breaker``...: the part after the
+    account, as :func:`~le_transport.state.state_key` makes it), shown as it is escaped there;
+    "unknown" for a key made otherwise."""
+    parts = key.split(":", 2)
+    return parts[1] if len(parts) > 1 and parts[1] else "unknown"
 
 
 async def _not_stored() -> bool:

@@ -31,7 +31,7 @@ from .._checks import require_kind
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
-from .fallback import FallbackStore
+from .fallback import FallbackStore, stored_text
 from .memory import MemoryStore
 from .store import MAX_TTL, Entry, StateStore, check_seconds, check_store, state_key
 
@@ -182,7 +182,15 @@ class SharedSession:
         if entry is None:
             return None, None
         try:
-            data = json.loads(entry.value)
+            # A caller's MemoryStore of its own is not wrapped: its answer may be no str. Bytes
+            # are decoded (as a FallbackStore does), and the entry kept as text: read as they
+            # were, they parsed, and forget() reused them as its only_if, refused.
+            text = stored_text(entry.value)
+            if text is None:
+                raise TypeError("not a str")
+            if text is not entry.value:
+                entry = Entry(text, entry.ttl)
+            data = json.loads(text)
             value, version, life = data["value"], data["version"], float(data["life"])
             # Absent from an entry written before it was stored (a fleet upgraded one process
             # at a time): that entry's login is its own version.
