@@ -1612,11 +1612,6 @@ class Engine:
             await self._socket_keepalives.close()
             for task in list(self._keepalives):
                 await task.close()
-            drain = getattr(self._retry_mw.gate, "drain", None)
-            if callable(drain):
-                # An abandoned probe's lock being freed in the fleet's store: bounded, and
-                # then cancelled, so that no task of the guard outlives the engine.
-                await drain()
             failed: Exception | None = None
             if not self._providers_closed and self._session is not None:
                 failed = await self._close_providers()
@@ -1624,9 +1619,22 @@ class Engine:
                 # A provider's close that raised is not tried again: the session it would use
                 # is closed below.
                 self._providers_closed = True
+            cut = False
             if self._owns_session and self._session is not None and not self._session.closed:
                 _fail_reads_in_flight(self._session)
                 await self._session.close()
+                cut = True
+            gate = self._retry_mw.gate
+            drain = getattr(gate, "drain", None)
+            if isinstance(gate, OverloadGuard):
+                # An abandoned probe's lock being freed in the fleet's store: bounded, and
+                # then cancelled, so that no task of the guard outlives the engine. Once the
+                # calls in flight are cut, their probes too: a probe cut here is abandoned a
+                # moment later, and its lock's release must not start after the drain (to be
+                # cancelled with the loop: the fleet refused for the lock's lease).
+                await gate.drain(probes=cut)
+            elif callable(drain):
+                await drain()  # another RetryGate's own
             if failed is not None:
                 # Raised as it is, after the session is closed: it used to stop the close
                 # before it, and the session leaked. The close did not finish (__del__ says so

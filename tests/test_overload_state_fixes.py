@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,6 +43,7 @@ from le_transport.clock import Clock, timeout_after
 from le_transport.errors import (
     CircuitOpen,
     ConfigurationError,
+    EngineClosed,
     RetriesExhausted,
     RetryBudgetExhausted,
     ServerStatusError,
@@ -711,3 +713,66 @@ async def test_two_accounts_on_one_store_have_breakers_of_their_own() -> None:
         await a.settle(call, 1, Outcome.response(429))
     clock.advance(1.5)
     assert await b.admit(_Call(*KEY), 1) is None, "brand B is not refused for A's 429s"
+
+
+# -- 7. an engine closed with the fleet's probe in flight ------------------------------------------
+
+
+class _RoundTrip(MemoryStore):
+    """Stands for Redis: a compare-and-delete answers after a network round trip."""
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        for _ in range(100):  # many turns of the loop, none of them idle (virtual time stands)
+            await asyncio.sleep(0)
+        return await super().delete(key, only_if=only_if)
+
+
+async def test_an_engine_closed_with_the_fleets_probe_in_flight_frees_its_lock_before_it_returns(
+    serve: ServerFactory,
+) -> None:
+    """The probe in flight was cut only as the session closed, after the guard's drain: its
+    abandon started the lock's release as a task that close() left running (cancelled with
+    the loop at a rolling deploy), and every other process was refused for the lock's lease
+    (30 s) with no probe out."""
+    clock = VirtualClock()
+    store = _RoundTrip(clock)
+    arrived = asyncio.Event()
+    held = asyncio.Event()
+    status = 503
+
+    async def answer(request: web.Request) -> web.Response:
+        if status == 200:
+            arrived.set()
+            await held.wait()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        overload=guard,
+        retry=RetryPolicy(pauses=(), attempt_timeout=None),
+    )
+    await engine.start()
+    try:
+        for _ in range(4):
+            with pytest.raises(RetriesExhausted):
+                await engine.request("GET", "svc", "/x")
+        await clock.sleep(6.0)  # the break is over: the next call is the fleet's probe
+        status = 200
+        probe = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+        await arrived.wait()
+        probe_key = state_key("1", "breaker-probe", "svc", host)
+        assert await MemoryStore.get(store, probe_key) is not None, "the probe holds the lock"
+        await engine.close()
+        assert not guard._releases, "no task of the guard outlives the engine's close"
+        assert await MemoryStore.get(store, probe_key) is None, "the lock was freed"
+        with pytest.raises(EngineClosed):
+            await probe
+    finally:
+        held.set()
+        await engine.close()

@@ -465,6 +465,8 @@ class OverloadGuard:
         # _release_lock's task, or by the next probe here), and those tasks.
         self._stale_locks: dict[tuple[str, str], str] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        # Waiting in drain(probes=True) for the fleet's probes out to end.
+        self._probe_waiters: list[asyncio.Future[None]] = []
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
         self._damaged: dict[tuple[str, str], int] = {}
         # The longest break this process adopts from the fleet's trip entry (_trip), and per
@@ -718,6 +720,8 @@ class OverloadGuard:
             token = (id(call), attempt)
             if token in self._probes:
                 lock, seen = self._probes.pop(token)
+                if self._probe_waiters:
+                    self._wake_probe_waiters()
                 failed = breaker.counts_as_failure(outcome)
                 await self._record(
                     call, key, outcome, failed, self._clock.now(), probe=True, lock=lock, seen=seen
@@ -812,6 +816,8 @@ class OverloadGuard:
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
         lock, _ = self._probes.pop((id(call), attempt))
+        if self._probe_waiters:
+            self._wake_probe_waiters()
         key = self._key_of(call)
         status = self._status_of(key)
         if status is not None:
@@ -898,7 +904,7 @@ class OverloadGuard:
             if not old:
                 await self._refund(grant)
 
-    async def drain(self, grace: float = 1.0) -> None:
+    async def drain(self, grace: float = 1.0, *, probes: bool = False) -> None:
         """Let the releases of abandoned probes' locks (and the refunds of retries never sent)
         finish (up to ``grace`` seconds of the clock), then cancel what is left: its lock then
         frees itself at its lease's end. The engine calls it as it closes, so that no task of
@@ -907,18 +913,44 @@ class OverloadGuard:
         It returns only once no release is pending, those started while it waits included (a
         call abandoned as the engine closes, or one of another engine sharing this guard):
         waiting for the ones there when it began left those running past the engine's close,
-        and past the loop's end (the lock then held for its lease)."""
-        if not self._releases:
+        and past the loop's end (the lock then held for its lease).
+
+        ``probes``: wait (within the same ``grace``) for the fleet's probes out of this process
+        to end too, and for their locks' releases. The engine asks it once it has cut the
+        calls in flight (its session closed): a probe cut then is abandoned a moment later,
+        and its lock's release would otherwise start after the drain, to be cancelled with
+        the loop, leaving every process of the fleet refused for the lock's lease."""
+        if not self._releases and not (probes and self._fleet_probes_out()):
             return
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             async with timeout_after(self._clock, grace):
-                while self._releases:
-                    await asyncio.wait(set(self._releases))
+                while self._releases or (probes and self._fleet_probes_out()):
+                    waiter = loop.create_future()
+                    self._probe_waiters.append(waiter)
+                    try:
+                        await asyncio.wait(
+                            {waiter, *self._releases}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        with contextlib.suppress(ValueError):
+                            self._probe_waiters.remove(waiter)
+                        waiter.cancel()
         while self._releases:
             pending = set(self._releases)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _fleet_probes_out(self) -> bool:
+        """Whether a probe of this process holds the fleet's probe lock."""
+        return any(lock is not None for lock, _ in self._probes.values())
+
+    def _wake_probe_waiters(self) -> None:
+        """A probe ended: wake drain(probes=True) to look again."""
+        for waiter in self._probe_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
