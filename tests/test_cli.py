@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -610,3 +611,32 @@ def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err + out
+
+
+@pytest.mark.skipif(
+    shutil.which("openssl") is None or not hasattr(signal, "SIGHUP"),
+    reason="needs openssl and SIGHUP",
+)
+def test_simulate_tls_stopped_by_a_hangup_removes_its_key_and_certificate(tmp_path: Path) -> None:
+    # A closed terminal (SIGHUP) killed it by default: the key and certificate it made stayed
+    # in the temporary directory, and the plan's summary was never printed.
+    env = {**_no_le_variables(), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "le_transport.cli", "simulate", "--tls", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        while "Ctrl-C to stop" not in proc.stdout.readline():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert list(tmp_path.iterdir()), "it made its certificate there"
+    finally:
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -140,7 +140,11 @@ class _CannotListen(Exception):
 async def _serve(sim: Simulator) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal or a lost ssh session must stop it as Ctrl-C does, removing
+    # what it made (a --tls key and certificate in the temporary directory) and printing the
+    # plan's summary; its default action killed the process with nothing cleaned up.
+    hangup = getattr(signal, "SIGHUP", None)
+    for sig in (signal.SIGINT, signal.SIGTERM, *(() if hangup is None else (hangup,))):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
