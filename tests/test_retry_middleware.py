@@ -907,10 +907,14 @@ async def test_a_4xx_or_a_post_over_the_limit_is_judged_by_its_status_and_never_
         # A POST's 503: maybe processed, not resent (as any 503 on a POST).
         assert (failed.value.status, script.hits) == (503, 2)
         assert failed.value.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT
-        # A success over the limit is still refused whole.
+        # A success over the limit is still refused whole, and so is an answer the caller
+        # accepts (it would read a cut body as the answer).
         script.replies = [big(200)]
         with pytest.raises(BodyTooLarge):
             await engine.request("GET", "svc", "/x")
+        script.replies = [big(404)]
+        with pytest.raises(BodyTooLarge):
+            await engine.request("GET", "svc", "/x", accept=(404,))
         assert acquired(engine) == 0
 
 

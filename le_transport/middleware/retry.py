@@ -721,7 +721,7 @@ class _Call(_WheelTimer):
                 # 8.6): nothing to hold against the limit.
                 await resp.read()
                 return
-            if resp.status >= 400:
+            if self._judged_failed(resp.status):
                 # A failed answer's body only feeds its error's excerpt: its start is kept
                 # and the status classified as any other (a 503 with a proxy's large
                 # maintenance page is retried as a 503, not made a final BodyTooLarge).
@@ -741,7 +741,7 @@ class _Call(_WheelTimer):
             size += len(chunk)
             if size > limit:
                 resp.close()
-                if resp.status >= 400:
+                if self._judged_failed(resp.status):
                     # As above: the status is what the call is judged by.
                     chunks.append(chunk)
                     resp._body = b"".join(chunks)[: min(limit, _FAILED_BODY_KEPT)]
@@ -752,6 +752,14 @@ class _Call(_WheelTimer):
         # end-of-payload hook). read()/text()/json() serve _body once set: the same field its
         # own read() fills. Calling release() here would make a later read() fail.
         resp._body = b"".join(chunks)
+
+    def _judged_failed(self, status: int) -> bool:
+        """Whether an answer of ``status`` is a failure the call is judged by (its body then
+        only an error's excerpt): 4xx/5xx, unless the caller accepts it (``accept``) or the
+        policy's classifier makes it a success; those are returned whole, or not at all."""
+        if status < 400 or status in self.ctx.accept:
+            return False
+        return self.policy.classifier.classify(Outcome.response(status)) is not Verdict.SUCCESS
 
     async def _keep_start(self, resp: ClientResponse, size: int) -> None:
         """Keep (at most) the first ``size`` bytes of ``resp``'s body as its body, and drop the
