@@ -88,6 +88,9 @@ _AUTH_PATH = re.compile(
     re.IGNORECASE,
 )
 
+#: A JWT: three base64url segments, the first starting like a JSON header.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
 # OAuth params, key=value, the UMS path's bearer, a URL's userinfo, and a JWT anywhere.
 _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -122,7 +125,7 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL.
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@\"']*@"), rf"\1{REDACTED}@"),
     # Three base64url segments, the first starting like a JSON header.
-    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
+    (_JWT, REDACTED),
 )
 
 
@@ -155,13 +158,23 @@ def redact_url(url: URL | str) -> str:
     if u.user is not None or u.password is not None:
         u = u.with_user(None)
     path = redact_path(u.raw_path)
-    # A value is scrubbed as free text: another URL may be nested in it
-    # ("redirect_uri=https://cb/?access_token=..."), or a token sent under a plain name.
     query = "&".join(
-        f"{k}={REDACTED if is_secret_name(k) else redact_text(v)}" for k, v in u.query.items()
+        f"{k}={REDACTED if is_secret_name(k) else _query_value(v)}" for k, v in u.query.items()
     )
     origin = f"{u.scheme}://{u.raw_authority}" if u.is_absolute() else ""
     return f"{origin}{path}" + (f"?{query}" if query else "")
+
+
+def _query_value(value: str) -> str:
+    """A query value under a plain name, as it may be shown: one that nests another URL or
+    query ("redirect_uri=https://cb/?access_token=...") scrubbed as free text, a JWT hidden;
+    any other as it is (free text's rules would garble "sort=key:asc", "q=Basic plan").
+    Two substring checks for a plain value: a call with params pays for its URL's display."""
+    if "=" in value or "://" in value or "@" in value:
+        return redact_text(value)
+    if "eyJ" in value:
+        return _JWT.sub(REDACTED, value)
+    return value
 
 
 def is_secret_header(name: str) -> bool:

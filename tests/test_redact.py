@@ -134,6 +134,13 @@ def test_a_credential_nested_in_a_plain_query_value_is_redacted(value: str) -> N
     assert url.endswith("&v=2")
 
 
+@pytest.mark.parametrize("value", ["key:asc", "author:smith", "Basic plan", "2.1", "a,b~c"])
+def test_a_plain_query_value_is_shown_as_it_is(value: str) -> None:
+    # Scrubbed as free text, "sort=key:asc" showed as "key:***", "q=Basic plan" as "Basic ***".
+    url = redact_url(URL("https://h.example/x").with_query({"q": value}))
+    assert url == f"https://h.example/x?q={value}"
+
+
 async def test_a_token_nested_in_a_query_value_reaches_no_log_nor_error(
     serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
