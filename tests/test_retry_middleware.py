@@ -1309,6 +1309,26 @@ async def test_on_a_foreign_session_without_raise_for_status_the_final_answer_is
     assert script.hits == 4
 
 
+async def test_without_raise_for_status_a_failed_answer_over_the_limit_is_never_cut(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The final answer is returned to the caller, as a success is: a cut body would pass for
+    the whole one."""
+    from le_transport import RetryMiddleware
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(status=404, body=b"y" * 5000)
+
+    host = await serve(Script(big).app())
+    mw = RetryMiddleware(policy=FAST, clock=clock, raise_for_status=False, max_body_bytes=1024)
+    async with aiohttp.ClientSession(
+        middlewares=[mw], timeout=aiohttp.ClientTimeout(total=None)
+    ) as s:
+        with pytest.raises(BodyTooLarge):
+            async with s.get(f"http://{host}/x"):
+                pass
+
+
 async def test_request_json_refuses_accept_whose_error_body_would_pass_for_the_resource(
     clock: VirtualClock,
 ) -> None:

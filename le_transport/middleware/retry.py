@@ -757,7 +757,8 @@ class _Call(_WheelTimer):
         """Whether an answer of ``status`` is a failure the call is judged by (its body then
         only an error's excerpt): 4xx/5xx, unless the caller accepts it (``accept``) or the
         policy's classifier makes it a success; those are returned whole, or not at all."""
-        if status < 400 or status in self.ctx.accept:
+        if status < 400 or status in self.ctx.accept or not self.mw.raise_for_status:
+            # (Without raise_for_status, a failed answer is returned to the caller too.)
             return False
         return self.policy.classifier.classify(Outcome.response(status)) is not Verdict.SUCCESS
 
