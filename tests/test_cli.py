@@ -640,3 +640,32 @@ def test_simulate_tls_stopped_by_a_hangup_removes_its_key_and_certificate(tmp_pa
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
+def test_simulate_started_under_nohup_outlives_a_hangup() -> None:
+    # nohup (setsid, daemon wrappers) ignores SIGHUP so that the process outlives the
+    # terminal: a handler of its own must not replace that.
+    def ignore_hangups() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "le_transport.cli", "simulate", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_no_le_variables(),
+        cwd=ROOT,
+        preexec_fn=ignore_hangups,  # what nohup does, before exec
+    )
+    try:
+        assert proc.stdout is not None
+        while "Ctrl-C to stop" not in proc.stdout.readline():
+            assert proc.poll() is None
+        proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

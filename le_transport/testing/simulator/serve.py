@@ -143,7 +143,11 @@ async def _serve(sim: Simulator) -> None:
     # SIGHUP too: a closed terminal or a lost ssh session must stop it as Ctrl-C does, removing
     # what it made (a --tls key and certificate in the temporary directory) and printing the
     # plan's summary; its default action killed the process with nothing cleaned up.
+    # Not when it is ignored (nohup, setsid and daemon wrappers ignore it so that the process
+    # outlives the terminal): a handler would replace that.
     hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is signal.SIG_IGN:
+        hangup = None
     for sig in (signal.SIGINT, signal.SIGTERM, *(() if hangup is None else (hangup,))):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
