@@ -776,3 +776,50 @@ async def test_an_engine_closed_with_the_fleets_probe_in_flight_frees_its_lock_b
     finally:
         held.set()
         await engine.close()
+
+
+async def test_closing_one_engine_never_waits_for_the_probe_of_another_sharing_its_guard(
+    serve: ServerFactory,
+) -> None:
+    """Its drain waited for every fleet probe of the guard: a probe of another engine, which
+    this close does not cut, held it for the whole grace (a second a close at shutdown)."""
+    clock = VirtualClock()
+    store = _RoundTrip(clock)
+    arrived = asyncio.Event()
+    held = asyncio.Event()
+    status = 503
+
+    async def answer(request: web.Request) -> web.Response:
+        if status == 200:
+            arrived.set()
+            await held.wait()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    policy = RetryPolicy(pauses=(), attempt_timeout=None)
+    a = Engine({"svc": host}, scheme="http", clock=clock, overload=guard, retry=policy)
+    b = Engine({"svc": host}, scheme="http", clock=clock, overload=guard, retry=policy)
+    await a.start()
+    await b.start()
+    try:
+        for _ in range(4):
+            with pytest.raises(RetriesExhausted):
+                await b.request("GET", "svc", "/x")
+        await clock.sleep(6.0)
+        status = 200
+        probe = asyncio.ensure_future(b.request("GET", "svc", "/x"))
+        await arrived.wait()
+        started = clock.now()
+        await a.close()
+        assert clock.now() - started < 0.5, "A's close waited for B's probe"
+        assert not probe.done()
+        assert await MemoryStore.get(store, state_key("1", "breaker-probe", "svc", host))
+        held.set()
+        assert (await probe).status == 200
+    finally:
+        held.set()
+        await a.close()
+        await b.close()

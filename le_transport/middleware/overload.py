@@ -465,8 +465,10 @@ class OverloadGuard:
         # _release_lock's task, or by the next probe here), and those tasks.
         self._stale_locks: dict[tuple[str, str], str] = {}
         self._releases: set[asyncio.Task[None]] = set()
-        # Waiting in drain(probes=True) for the fleet's probes out to end.
+        # Waiting in drain(probes_of=...) for the fleet's probes out to end; and by whose
+        # retry middleware each fleet probe out is made (an engine closing waits for its own).
         self._probe_waiters: list[asyncio.Future[None]] = []
+        self._probe_owners: dict[tuple[int, int], object] = {}
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
         self._damaged: dict[tuple[str, str], int] = {}
         # The longest break this process adopts from the fleet's trip entry (_trip), and per
@@ -720,8 +722,8 @@ class OverloadGuard:
             token = (id(call), attempt)
             if token in self._probes:
                 lock, seen = self._probes.pop(token)
-                if self._probe_waiters:
-                    self._wake_probe_waiters()
+                if lock is not None:
+                    self._probe_ended(token)
                 failed = breaker.counts_as_failure(outcome)
                 await self._record(
                     call, key, outcome, failed, self._clock.now(), probe=True, lock=lock, seen=seen
@@ -816,8 +818,8 @@ class OverloadGuard:
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
         lock, _ = self._probes.pop((id(call), attempt))
-        if self._probe_waiters:
-            self._wake_probe_waiters()
+        if lock is not None:
+            self._probe_ended((id(call), attempt))
         key = self._key_of(call)
         status = self._status_of(key)
         if status is not None:
@@ -904,7 +906,7 @@ class OverloadGuard:
             if not old:
                 await self._refund(grant)
 
-    async def drain(self, grace: float = 1.0, *, probes: bool = False) -> None:
+    async def drain(self, grace: float = 1.0, *, probes_of: object = None) -> None:
         """Let the releases of abandoned probes' locks (and the refunds of retries never sent)
         finish (up to ``grace`` seconds of the clock), then cancel what is left: its lock then
         frees itself at its lease's end. The engine calls it as it closes, so that no task of
@@ -915,17 +917,20 @@ class OverloadGuard:
         waiting for the ones there when it began left those running past the engine's close,
         and past the loop's end (the lock then held for its lease).
 
-        ``probes``: wait (within the same ``grace``) for the fleet's probes out of this process
-        to end too, and for their locks' releases. The engine asks it once it has cut the
-        calls in flight (its session closed): a probe cut then is abandoned a moment later,
-        and its lock's release would otherwise start after the drain, to be cancelled with
-        the loop, leaving every process of the fleet refused for the lock's lease."""
-        if not self._releases and not (probes and self._fleet_probes_out()):
+        ``probes_of``: a retry middleware whose fleet probes out to wait for too (within the
+        same ``grace``), and for their locks' releases. The engine passes its own once it has
+        cut its calls in flight (its session closed): a probe cut then is abandoned a moment
+        later, and its lock's release would otherwise start after the drain, to be cancelled
+        with the loop, leaving every process of the fleet refused for the lock's lease. The
+        probes of another engine sharing the guard are not waited for: that engine's close
+        does."""
+        probes = probes_of is not None
+        if not self._releases and not (probes and self._fleet_probes_out(probes_of)):
             return
         loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             async with timeout_after(self._clock, grace):
-                while self._releases or (probes and self._fleet_probes_out()):
+                while self._releases or (probes and self._fleet_probes_out(probes_of)):
                     waiter = loop.create_future()
                     self._probe_waiters.append(waiter)
                     try:
@@ -942,12 +947,14 @@ class OverloadGuard:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _fleet_probes_out(self) -> bool:
-        """Whether a probe of this process holds the fleet's probe lock."""
-        return any(lock is not None for lock, _ in self._probes.values())
+    def _fleet_probes_out(self, owner: object) -> bool:
+        """Whether a probe made through ``owner`` (a retry middleware) holds the fleet's probe
+        lock."""
+        return any(made_by is owner for made_by in self._probe_owners.values())
 
-    def _wake_probe_waiters(self) -> None:
-        """A probe ended: wake drain(probes=True) to look again."""
+    def _probe_ended(self, token: tuple[int, int]) -> None:
+        """A fleet probe ended: forget whose it was, and wake drain() to look again."""
+        self._probe_owners.pop(token, None)
         for waiter in self._probe_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -1201,6 +1208,8 @@ class OverloadGuard:
         self._put(key, probing)
         if admission.probe:
             self._probes[(id(call), attempt)] = (lock, seen)
+            if lock is not None:
+                self._probe_owners[(id(call), attempt)] = getattr(call, "mw", None)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
