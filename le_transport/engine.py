@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import io
 import json as _json
 import logging
@@ -23,6 +24,7 @@ import time
 import types
 import typing
 import warnings
+import weakref
 from collections.abc import (
     AsyncIterable,
     Awaitable,
@@ -1136,6 +1138,18 @@ def split_host(host: str) -> tuple[str, int | None]:
     return host, None
 
 
+class _SocketAuth:
+    """A socket's own auth provider, as the engine holds it while sockets use it."""
+
+    __slots__ = ("provider", "recovery", "sockets")
+
+    def __init__(self, provider: AuthProvider, recovery: Recovery) -> None:
+        self.provider = provider
+        self.recovery = recovery
+        #: How many of the engine's sockets use it.
+        self.sockets = 0
+
+
 class Engine:
     """Sends requests to LiveEngage services through the policy stack.
 
@@ -1334,10 +1348,13 @@ class Engine:
             rng=self._rng,
             hooks=self._hooks,
         )
-        # Sockets' own auth providers (websocket(auth=...), not the engine's), by identity:
-        # each attached to this engine's HTTP path, with a re-login loop of its own, and
-        # closed with the engine.
-        self._socket_auth: dict[int, tuple[AuthProvider, Recovery]] = {}
+        # Sockets' own auth providers (websocket(auth=...), not the engine's), by identity,
+        # while a socket uses them: each with a re-login loop of its own.
+        self._socket_auth: dict[int, _SocketAuth] = {}
+        # Those attached here (no other engine had them), closed with the engine if still
+        # alive then: held weakly, so that a provider its caller let go (one per end user on a
+        # long-lived engine) is not kept, with its token, until the engine closes.
+        self._attached_auth: weakref.WeakSet[AuthProvider] = weakref.WeakSet()
         self._provider_http: ProviderHttp | None = None
         self._middlewares: tuple[ClientMiddlewareType, ...] = (
             *outer_middlewares,
@@ -1607,8 +1624,8 @@ class Engine:
             # Calls waiting through the recovery loop fail now: a re-login must not outlive the
             # logout below, nor a caller wait out a pause for a session that is gone.
             self._recovery.close()
-            for _, socket_recovery in self._socket_auth.values():
-                socket_recovery.close()
+            for held in self._socket_auth.values():
+                held.recovery.close()
             await self._socket_keepalives.close()
             for task in list(self._keepalives):
                 await task.close()
@@ -1655,7 +1672,7 @@ class Engine:
             ("auth", auth, None if auth is None else auth.close),
             # A socket's own (a consumer's JWT, another login): before the domain provider,
             # which a logout may still resolve its host with.
-            *(("socket auth", p, p.close) for p, _ in self._socket_auth.values()),
+            *(("socket auth", p, p.close) for p in list(self._attached_auth)),
             ("domain", self._domains, getattr(self._domains, "close", None)),
         )
         for role, provider, close in closers:
@@ -2368,9 +2385,10 @@ class Engine:
 
         The host comes from the domain provider on every connect; credentials from ``auth``
         (default: the engine's; another provider, such as a consumer's ``ConsumerJwt``
-        beside an agent's login, is attached to this engine, re-logged in by a re-login loop
-        of its own when the socket escalates, and closed with the engine), placed where the
-        protocol puts them (``auth_placement``;
+        beside an agent's login, is re-logged in by a re-login loop of its own when the socket
+        escalates, and, unless another engine has it, attached to this engine and closed with
+        it; the engine lets go of it when its last socket closes), placed where the protocol
+        puts them (``auth_placement``;
         default: in the path where it has ``{bearer}``, as the UMS brand socket does, else in
         the upgrade's headers, as ``Authorization: jwt`` for the consumer socket;
         :attr:`~le_transport.sockets.AuthPlacement.FIRST_FRAME` sends ``InitConnection``).
@@ -2485,11 +2503,6 @@ class Engine:
             await self._domains.resolve(service)
         opts = options or SocketOptions()
         provider = auth if auth is not None else self._auth
-        recovery = (
-            self._recovery
-            if provider is None or provider is self._auth
-            else self._socket_recovery(provider)
-        )
         dialer = EngineDialer(
             self,
             service,
@@ -2507,6 +2520,9 @@ class Engine:
             # credentials go in the headers.
             owner = provider if dialer.placement is AuthPlacement.HEADER else None
             _check_headers(headers, service, "GET", owner)
+        # Taken last, once nothing more can refuse the call: given back when the socket closes.
+        own = None if provider is None or provider is self._auth else self._socket_auth_of(provider)
+        recovery = self._recovery if own is None else own.recovery
         ws = ResilientSocket(
             dialer,
             options=opts,
@@ -2523,38 +2539,56 @@ class Engine:
                 if escalate is not None
                 else RecoveryEscalation(recovery, opts.close_policy)
             ),
-            on_closed=self._sockets.discard,
+            on_closed=(
+                self._sockets.discard
+                if own is None
+                else functools.partial(self._socket_closed, own)
+            ),
             keepalives=self._socket_keepalives,
         )
         self._sockets.add(ws)
         return ws.start()
 
-    def _socket_recovery(self, provider: AuthProvider) -> Recovery:
-        """The re-login loop of a socket's own auth provider (one that is not the engine's).
-
-        The first time a provider is given, it is attached to this engine's HTTP path (the
-        library's providers fetch their logins and tokens through it: unattached, the
-        socket's first connect stopped it for good) and given a loop of its own, on the
-        engine's recovery policy: a socket that escalates re-logs in its own provider, not
-        the engine's. Both are closed with the engine (the provider logs out then).
-        """
+    def _socket_auth_of(self, provider: AuthProvider) -> _SocketAuth:
+        """What a socket given an auth provider of its own (one that is not the engine's)
+        needs of it: a re-login loop over it, on the engine's recovery policy (a socket that
+        escalates re-logs in its own provider, not the engine's), and, the first time, the
+        provider attached to this engine's HTTP path if no engine has it yet (the library's
+        providers fetch their logins and tokens through it: unattached, the socket's first
+        connect stopped it for good); one attached here is closed with the engine. Counted
+        per socket: when its last socket closes, nothing is kept of it here."""
         held = self._socket_auth.get(id(provider))
-        if held is not None:
-            return held[1]
-        attach = getattr(provider, "attach", None)
-        if callable(attach) and self._provider_http is not None:
-            attach(self._provider_http)
-        recovery = Recovery(
-            domains=self._domains,
-            auth=provider,
-            clock=self._clock,
-            policy=self._recovery.policy,
-            request_policy=self._retry,
-            rng=self._rng,
-            hooks=self._hooks,
-        )
-        self._socket_auth[id(provider)] = (provider, recovery)
-        return recovery
+        if held is None:
+            attach = getattr(provider, "attach", None)
+            # Attached elsewhere (another engine's own provider, given to a socket here too):
+            # left there, and never closed here.
+            if callable(attach) and getattr(provider, "_http", None) is None:
+                if self._provider_http is not None:
+                    attach(self._provider_http)
+                self._attached_auth.add(provider)
+            recovery = Recovery(
+                domains=self._domains,
+                auth=provider,
+                clock=self._clock,
+                policy=self._recovery.policy,
+                request_policy=self._retry,
+                rng=self._rng,
+                hooks=self._hooks,
+            )
+            held = self._socket_auth[id(provider)] = _SocketAuth(provider, recovery)
+        held.sockets += 1
+        return held
+
+    def _socket_closed(self, held: _SocketAuth, ws: ResilientSocket) -> None:
+        """A socket with an auth provider of its own closed: when it was the provider's last
+        here, its re-login loop ends and the engine lets go of it (the provider stays the
+        caller's, to give to another socket)."""
+        self._sockets.discard(ws)
+        held.sockets -= 1
+        if held.sockets > 0 or self._socket_auth.get(id(held.provider)) is not held:
+            return
+        del self._socket_auth[id(held.provider)]
+        held.recovery.close()
 
     def keepalive(
         self,

@@ -3,6 +3,9 @@ reconnect pacing of many sockets dropped at once — against the simulator."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from le_transport import AppKeyAuth, Engine, EventHooks, StateEvent
@@ -178,5 +181,53 @@ async def test_a_consumer_socket_with_its_own_provider_beside_an_agents_login(
         assert states.of("escalating")
         assert sim.count("POST", "/api/account/*/login") == logins
         assert sim.count("POST", "/api/account/*/signup") >= 2
-    # Closed with the engine, as the engine's own provider is: no token kept.
+    # Attached by this engine (no other had it), and closed with it: no token kept.
     assert consumer.token is None
+
+
+async def test_a_closed_socket_lets_go_of_its_own_provider_and_its_token(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """One consumer socket per end user on a long-lived agent engine: the engine kept every
+    provider (with its JWT) and a re-login loop for each until it closed."""
+    async with agent_engine(sim, clock, states) as engine:
+        refs = []
+        for _ in range(5):
+            consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
+            ws = await engine.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await ws.wait_open()
+            await ws.close()
+            refs.append(weakref.ref(consumer))
+            del consumer, ws
+        gc.collect()
+        assert [r for r in refs if r() is not None] == []
+        assert engine._socket_auth == {}
+
+
+async def test_closing_one_engine_leaves_another_engines_own_provider_alone(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """A consumer engine's own provider given to a socket on an agent engine: the agent
+    engine attached it to itself, and closed it as it closed; the consumer engine, still
+    open, could get no credentials any more."""
+    domains = StaticDomains(sim.domains)
+    consumer = ConsumerJwt(sim.account.id, domains=domains)
+    async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
+        async with agent_engine(sim, clock, states) as agent:
+            ws = await agent.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await ws.wait_open()
+        again = await consumer_engine.websocket(
+            "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
+        )
+        await again.wait_open(timeout=60)
+        assert (await again.request("GetClock"))["code"] == 200
