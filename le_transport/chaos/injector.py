@@ -10,12 +10,16 @@ Made without ``clock=``, it takes that engine's clock (:meth:`FaultInjector.bind
 For each request it asks the plan (unit ``request``) and, when a rule fires:
 
 - ``status``: answers with that status (and ``Retry-After``, body) **without sending** the
-  request: the server never saw it;
+  request: the server never saw it. As from the simulator, a 204 or 304 comes without a body
+  (or ``Content-Length``), and the answer to a HEAD announces its body's length without it;
 - ``delay``: waits on the injected clock, then sends;
-- ``reset`` / ``empty_response``: raises :class:`aiohttp.ServerDisconnectedError` without
-  sending, as a connection dropped by the peer looks;
-- ``hang``: waits on the clock for ``duration_ms`` and then fails as a reset, or (no duration)
-  until the caller's attempt timeout cancels it;
+- ``reset``: raises :class:`aiohttp.ClientOSError` (``ECONNRESET``, "Connection reset by
+  peer") without sending, as a connection the peer reset (the simulator sends an RST) fails;
+- ``empty_response``: raises :class:`aiohttp.ServerDisconnectedError` without sending, as a
+  connection the peer closed before answering fails;
+- ``hang``: waits on the clock for ``duration_ms`` and then fails as a connection closed
+  without an answer (``ServerDisconnectedError``), or (no duration) until the caller's attempt
+  timeout cancels it;
 - ``truncated_body``: sends, then hands back the real answer (status, headers, cookies) cut
   after ``keep_bytes``: a reader gets those bytes, then the payload error aiohttp raises for a
   short body, as from the simulator;
@@ -69,7 +73,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
@@ -312,7 +318,10 @@ class FaultInjector:
 
     def report(self) -> list[dict[str, Any]]:
         """What was injected, in order: one dict per fault (rule id, unit index, kind,
-        method, redacted path, clock time). Two runs with the same seed give the same report.
+        method, redacted path, clock time). Two runs of the same plan (same seed) over the same
+        traffic inject the same faults at the same unit indices; their ``at`` is the time on
+        the injector's clock when each was decided (``time.monotonic()`` on the real clock), so
+        the times match only on virtual clocks started at the same time.
 
         It lists the newest ``max_records`` injections: :attr:`records_dropped` says how many
         older ones it no longer lists, and :meth:`injected_counts` has exact totals."""
@@ -483,7 +492,7 @@ class FaultInjector:
             elif isinstance(struck, MalformedBody):
                 # The simulator answers the upgrade with it, the socket never served: so here,
                 # without sending the upgrade.
-                return _synthetic(request, struck.code, {}, struck.body.encode(), json=True)
+                return _made_up(request, struck.code, {}, struck.body.encode(), json=True)
             else:
                 # status, quota: answered here; reset, empty_response, hang: a dropped
                 # connection. None of them sends the upgrade.
@@ -513,7 +522,7 @@ class FaultInjector:
             # closed unused.
             resp.close()
             fault = injection.fault
-            return _synthetic(request, fault.status, {}, fault.body.encode())
+            return _made_up(request, fault.status, {}, fault.body.encode())
         if template is not None:
             _SESSION_DECIDED.set(_SessionDecided(self, path, injection))
         return resp
@@ -523,19 +532,24 @@ class FaultInjector:
     ) -> ClientResponse:
         fault = injection.fault
         if isinstance(fault, Status):
-            return _synthetic(
+            return _made_up(
                 request, fault.code, fault.response_headers(), fault.response_body(), json=True
             )
         if isinstance(fault, Quota):
             assert injection.retry_after is not None
             headers = {"Retry-After": str(injection.retry_after)}
-            return _synthetic(request, fault.status, headers, fault.response_body(), json=True)
+            return _made_up(request, fault.status, headers, fault.response_body(), json=True)
         if isinstance(fault, Delay):
             await self.clock.sleep(injection.delay_s)
             return await handler(request)
         if isinstance(fault, SlowBody):
             return await self._dribble(request, handler, fault)
-        if isinstance(fault, (Reset, EmptyResponse)):
+        if isinstance(fault, Reset):
+            # What a reset by the peer raises (the simulator's Reset sends one: an RST, not a
+            # FIN): aiohttp's ClientOSError with ECONNRESET, as the connection's loss raises it.
+            raise aiohttp.ClientOSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+        if isinstance(fault, EmptyResponse):
+            # The connection closed (a FIN) before the status line.
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, Hang):
             if fault.duration_ms is None:
@@ -579,12 +593,9 @@ class FaultInjector:
             finally:
                 real.release()
             # A HEAD's answer has no body on the wire (the simulator's is dropped by aiohttp):
-            # its Content-Length says what a GET would get.
-            body = fault.body.encode()
-            headers = {"Content-Length": str(len(body))}
-            if request.method.upper() == "HEAD":
-                body = b""
-            return _synthetic(request, fault.code, headers, body, json=True)
+            # its Content-Length says what a GET would get (_made_up). Its code can carry a
+            # body: MalformedBody refuses 204 and 304.
+            return _made_up(request, fault.code, {}, fault.body.encode(), json=True)
         raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
 
     async def _dribble(
@@ -816,6 +827,31 @@ def _bodiless(method: str, status: int) -> bool:
     return method.upper() == "HEAD" or 100 <= status < 200 or status in (204, 304)
 
 
+def _made_up(
+    request: ClientRequest,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    json: bool = False,
+) -> ClientResponse:
+    """An answer the injector makes up (a ``Status``, a quota's refusal, a malformed body, a
+    refused upgrade: no real answer behind it), as the simulator's aiohttp sends the same one
+    (RFC 9110 6.4.1, 8.6): a status that cannot carry a body (a 1xx, 204 or 304) comes with
+    neither a body nor a ``Content-Length``; the answer to a HEAD announces the body's length
+    (an empty one, none) and carries none; any other carries ``body``."""
+    if _bodiless("GET", status):
+        kept = CIMultiDict((k, v) for k, v in headers.items() if k.lower() != "content-length")
+        return _synthetic(request, status, kept, b"", json=json, content_length=False)
+    if request.method.upper() == "HEAD":
+        announced = CIMultiDict(headers)
+        if "Content-Length" not in announced and body:
+            # (An empty body is announced by nothing, as aiohttp's server does.)
+            announced["Content-Length"] = str(len(body))
+        return _synthetic(request, status, announced, b"", json=json, content_length=False)
+    return _synthetic(request, status, headers, body, json=json)
+
+
 def _synthetic(
     request: ClientRequest,
     status: int,
@@ -823,6 +859,7 @@ def _synthetic(
     body: bytes,
     *,
     json: bool = False,
+    content_length: bool = True,
     cut_short: BaseException | None = None,
     eof: bool = True,
     raw_headers: RawHeaders | None = None,
@@ -834,7 +871,9 @@ def _synthetic(
 
     Its cookies (``resp.cookies``, and what the session's cookie jar takes) are read from its
     ``Set-Cookie`` headers, as aiohttp reads a real answer's; ``raw_headers`` are the ones the
-    server sent, when the answer is a real one handed back (else made from ``headers``)."""
+    server sent, when the answer is a real one handed back (else made from ``headers``). A
+    ``Content-Length`` is added when ``headers`` has none, unless ``content_length`` is False
+    (a status that cannot carry a body)."""
     loop = asyncio.get_running_loop()
     resp = (_DribbledResponse if not eof and cut_short is None else _ClientResponse)(
         request.method,
@@ -851,7 +890,7 @@ def _synthetic(
     hdrs = CIMultiDict(headers)
     if json and "Content-Type" not in hdrs:
         hdrs["Content-Type"] = "application/json"
-    if "Content-Length" not in hdrs:
+    if content_length and "Content-Length" not in hdrs:
         hdrs["Content-Length"] = str(len(body))
         if raw_headers is not None:
             raw_headers = (*raw_headers, (b"Content-Length", str(len(body)).encode()))

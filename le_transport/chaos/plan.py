@@ -137,6 +137,11 @@ def _non_negative_number(name: str) -> Any:
 
 #: The largest body piece a :class:`SlowBody` may name: the engine's default body limit.
 MAX_CHUNK_BYTES = 16 * 2**20
+#: The most bytes a :class:`TruncatedBody` may keep: 1 TiB, far past any answer a test reads
+#: (the engine's default body limit is 16 MiB), and far inside the 64-bit ``Content-Length``
+#: every HTTP parser takes (a larger count, which a JSON plan can hold, made the simulator
+#: announce a length the client refused, while the injector cut the body as usual).
+MAX_KEEP_BYTES = 2**40
 #: The longest time any new kind may name: a day, far past any test's horizon. Anything
 #: longer is a unit mistake (seconds written as milliseconds times a thousand).
 MAX_FAULT_MS = 24 * 3600 * 1000.0
@@ -144,6 +149,10 @@ MAX_FAULT_MS = 24 * 3600 * 1000.0
 MAX_QUOTA_LIMIT = 10**6
 #: The largest ``body`` a :class:`WsAppError` may carry, as JSON text.
 MAX_WS_BODY_CHARS = 64 * 1024
+
+
+#: The final statuses whose answers have no body on the wire (RFC 9110 6.4.1).
+_NO_BODY_CODES = frozenset({204, 304})
 
 
 def _int_in(name: str, low: int, high: int) -> Any:
@@ -352,7 +361,12 @@ class Status:
 
 @attrs.frozen
 class Delay:
-    """Wait ``delay_ms`` (plus up to ``jitter_ms``, drawn from the rule's stream), then proceed."""
+    """Wait ``delay_ms`` (plus up to ``jitter_ms``, drawn from the rule's stream), then proceed.
+
+    On a socket request (unit ``ws_message``) it holds the frames the client sends after it
+    too, on either side, as one TCP stream does: the simulator reads nothing more until it is
+    done with the delayed one, and the client-side wrapper sends nothing more until it has
+    gone."""
 
     kind: ClassVar[str] = "delay"
     delay_ms: float = attrs.field(validator=_ms_in("delay_ms", positive=False))
@@ -361,7 +375,11 @@ class Delay:
 
 @attrs.frozen
 class Reset:
-    """Reset the connection before any answer (the client sees a disconnect)."""
+    """Reset the connection before any answer: the simulator sends a TCP reset (an RST, not
+    the FIN of a close), and the client sees what a reset by the peer raises, aiohttp's
+    ``ClientOSError`` with ``ECONNRESET``, on either side. Like a real reset, it does not tell
+    the client whether the request was processed: a non-idempotent one is not sent again on
+    its account."""
 
     kind: ClassVar[str] = "reset"
 
@@ -379,16 +397,18 @@ class TruncatedBody:
     """Send the request, then announce the real answer's whole body length and send only
     ``keep_bytes`` of it (its status, headers and cookies as they were), then close: a reader
     gets those bytes, then the payload error of a body cut short. On both sides the request
-    is processed: its side effects happen."""
+    is processed: its side effects happen. ``keep_bytes`` is an int in
+    0..``MAX_KEEP_BYTES`` (1 TiB)."""
 
     kind: ClassVar[str] = "truncated_body"
-    keep_bytes: int = attrs.field(default=0, validator=_non_negative_int("keep_bytes"))
+    keep_bytes: int = attrs.field(default=0, validator=_int_in("keep_bytes", 0, MAX_KEEP_BYTES))
 
 
 @attrs.frozen
 class MalformedBody:
-    """Replace the real answer with ``code`` (200..599: a 1xx is not a final answer), a JSON
-    content type and ``body`` (a str), which is not valid JSON.
+    """Replace the real answer with ``code`` (200..599: a 1xx is not a final answer; not 204
+    or 304, which carry no body, so nothing malformed would reach the client), a JSON content
+    type and ``body`` (a str), which is not valid JSON.
 
     The request is sent and processed first, on either side (its side effects happen, as with
     :class:`TruncatedBody` and :class:`SlowBody`): the simulator runs its handler and throws
@@ -398,8 +418,19 @@ class MalformedBody:
     real answer would be a socket, is answered with it without being sent, on both sides."""
 
     kind: ClassVar[str] = "malformed_body"
-    code: int = attrs.field(default=200, validator=_int_in("code", 200, 599))
+    code: int = attrs.field(default=200)
     body: str = attrs.field(default='{"baseURIs": [{"service": ', validator=_wire_str("body"))
+
+    @code.validator
+    def _check_code(self, attribute: attrs.Attribute[int], value: object) -> None:
+        _int_in("code", 200, 599)(self, attribute, value)
+        if value in _NO_BODY_CODES:
+            # On the wire the answer has no body (aiohttp drops it on the simulator): the
+            # fault, counted injected, would reach the client as a well-formed empty answer.
+            raise ConfigurationError(
+                f"MalformedBody.code must be a status that carries a body (200..599 but 204 "
+                f"and 304), got {value!r}"
+            )
 
 
 @attrs.frozen
@@ -591,9 +622,12 @@ class WsDelay:
     """Hold each matched server→client message ``delay_ms`` ± ``jitter_ms`` (drawn from the
     rule's stream, uniformly) before it goes out: latency on the socket's way back.
 
-    Messages keep their order, as on one TCP stream: a later message, matched or not, never
-    overtakes a held one. Matched on the message's ``type`` (a ``resp`` is
-    ``<request type>$Response``). Unit ``ws_message`` only.
+    Latency, not a slower stream: each message is due ``delay_ms`` after it was sent (or, on
+    the client side, taken off the connection), so messages sent together arrive together.
+    They keep their order, as on one TCP stream: a later message, matched or not, never
+    overtakes a held one (it is due at the later of its own time and the held one's). Matched
+    on the message's ``type`` (a ``resp`` is ``<request type>$Response``). Unit
+    ``ws_message`` only.
     """
 
     kind: ClassVar[str] = "ws_delay"

@@ -17,7 +17,8 @@ of the same plan, so one plan can be pointed at either:
 - **Per request the client sends** (unit ``ws_message``, matched on the frame's ``type``, the
   kinds of :data:`~le_transport.chaos.plan.WS_MESSAGE_FAULTS`): ``status`` and ``ws_app_error``
   answer it with a ``resp`` frame carrying the code, **without sending it** (the server never
-  saw it); ``hang`` never sends it and nothing answers; ``delay`` sends it late;
+  saw it); ``hang`` never sends it and nothing answers; ``delay`` sends it late (and the frames
+  sent after it behind it);
   ``ws_close``, ``ws_drop`` and ``ws_silence`` strike the connection instead of sending it.
 - **Per frame the server sends** (unit ``ws_message``, matched on its ``type``, e.g.
   ``.ams.ms.PublishEvent$Response``; the kinds of
@@ -27,34 +28,53 @@ of the same plan, so one plan can be pointed at either:
 A connection fault (either unit) waits for the answers to the requests the client sent before
 it, as the simulator, which answers each message before it reads the next, has sent them when
 it strikes: frames the connection brings meanwhile are handed over, and the fault strikes as
-the last of those answers is read. It waits for an answer no longer than
-:attr:`FaultySocket.STRIKE_WAIT_S` seconds (on the injector's clock) after its request was
-sent: a request sent longer ago than that (one the server is slow to answer or never answers,
-one the client gave up on) is not waited for, and an answer later than that is lost with the
-connection. Frames read before the strike are handed over before its end. Requests are known
-by their ``id`` (a str or an int); one without such an id is not waited for. What the client
-sends while the fault waits goes nowhere, neither sent nor put to the plan nor counted (at the
-simulator the connection ended with the frame that met the fault, and what follows it never
-arrives): a request sent then fails with the fault's end. What the client sends to a silenced
-socket goes nowhere too and is not put to the plan, as the simulator decides nothing on a
-silenced socket, but it counts toward a session fault's ``after_messages``, as there.
+the last of those answers is handed over (a ``ws_delay`` holding it holds the strike too). It
+waits for an answer no longer than :attr:`FaultySocket.STRIKE_WAIT_S` seconds (on the
+injector's clock) after its request was sent: a request sent longer ago than that (one the
+server is slow to answer or never answers, one the client gave up on) is not waited for, and an
+answer later than that is lost with the connection. Frames read before the strike are handed
+over before its end (but those a ``ws_delay`` still holds, lost with the connection). Requests
+are known by their ``id`` (a str or an int); one without such an id is not waited for. What the
+client sends while the fault waits goes nowhere, neither sent nor put to the plan nor counted
+(at the simulator the connection ended with the frame that met the fault, and what follows it
+never arrives): a request sent then fails with the fault's end. What the client sends to a
+silenced socket goes nowhere too and is not put to the plan, as the simulator decides nothing
+on a silenced socket, but it counts toward a session fault's ``after_messages``, as there.
 
-The wrapper reads the real socket only when its owner asks for the next frame (pull, not a
-reader of its own): :meth:`~FaultySocket.receive` starts one read of the connection and waits
-for whichever comes first, that read's frame or a made-up one (a fault's answer, a close or a
-drop). A read that lost the race is kept, not cancelled, and what it brings is handed over
-next, in the order frames came; no further read starts until the owner has taken it. So the
-wrapper holds at most :attr:`FaultySocket.MAX_READ_AHEAD` (one) frame read from the connection
-that the owner has not taken, a frame ``ws_delay`` holds included: while a frame is held,
-nothing more is read, as behind a slow network. An owner that stops reading (its inbox full,
-``SocketOptions.max_inbox``) stops the reads, aiohttp's buffer fills and the peer is slowed
-down: a chaos run exercises the same flow control as a run without faults. Made-up frames wait
-beside that one, in the order they came: at most one per request the client sent, and an end,
-so what the server sends never piles up in the wrapper.
+The wrapper reads the real socket when its owner asks for the next frame (pull): when the
+owner waits in :meth:`~FaultySocket.receive` with nothing to hand it, one read of the
+connection starts, and the owner gets whichever comes first, a frame the read brings or a
+made-up one (a fault's answer, a close or a drop). A read that lost the race is kept, not
+cancelled, and what it brings is handed over next, in the order frames came. A ``ws_delay`` is
+latency, as on the simulator: each frame is stamped, on the injector's clock, when it is taken
+off the connection, and handed over at ``max(taken + hold, when the frame before it is
+handed over)``: frames sent together with 1 s of latency all arrive 1 s later, in order, not one
+second after another. So while a frame is held, the wrapper keeps reading the frames that
+follow it off the connection (they are on their way too), each waiting its turn behind it; once
+none is held, it reads again only for an owner that asks. A made-up answer to a request also
+queues behind the frames held (on the simulator it is sent on the same stream), and so does
+the connection's own end (a close frame, an error) read behind them; an injected end (a
+``ws_close``, a ``ws_drop``) loses the frames still held, as the simulator drops what it holds
+when a fault ends the socket, and a ``ws_silence`` the data frames among them.
+
+The wrapper holds at most :attr:`FaultySocket.MAX_READ_AHEAD` frames read from the connection
+that the owner has not taken, held ones included, and no frame more once those reach
+:attr:`FaultySocket.MAX_READ_AHEAD_BYTES` in size: past either, nothing more is read until the
+owner takes one. An owner that stops reading (its inbox full, ``SocketOptions.max_inbox``) stops the
+reads once no frame is held, aiohttp's buffer fills and the peer is slowed down: a chaos run
+exercises the same flow control as a run without faults. Made-up frames wait beside those, in
+the order they came: at most one per request the client sent, and an end, so what the server
+sends never piles up in the wrapper.
+
+Frames the client sends go out one after another, as on one TCP stream: a request a ``delay``
+holds holds every frame sent after it too (each waits until the one before it has gone, and is
+only then counted and put to the plan), as the simulator, which sleeps in its receive loop,
+reads nothing behind a delayed frame until it is done with it.
 
 aiohttp's ``receive()`` is not cancelled: :meth:`~FaultySocket.close` lets aiohttp's close end
-a read under way (only a held frame's wait is cancelled), so the close handshake is the one a
-socket without faults gets; only a close cut short (cancelled, or failing) cancels the read.
+a read under way and waits for it (the frames still held are let go, and the task that hands
+them over when due is cancelled and waited for), so the close handshake is the one a socket
+without faults gets; only a close cut short (cancelled, or failing) cancels the read.
 Once the owner has an injected end, nothing a read brings reaches it. No read outlives the
 close. Nor does ``receive(timeout=...)`` cancel it: the timeout, kept on the injector's clock,
 ends the owner's wait only, and what the read brings comes with the next ``receive()``.
@@ -100,19 +120,29 @@ _REMEMBERED_IDS = 4096
 #: What receive() returns once the socket ended, as aiohttp's does.
 _CLOSED = WSMessage(WSMsgType.CLOSED, None, None)
 
+#: The frames that carry data (a silenced socket hands none over).
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
+
 
 class FaultySocket:
     """An aiohttp client WebSocket with the plan's socket faults applied (see the module).
 
     It has what the socket layer uses of aiohttp's: :meth:`receive`, :meth:`send_str`,
-    :meth:`close`, :attr:`closed` and :attr:`close_code`. It reads the connection only when
-    :meth:`receive` is called, and holds at most :attr:`MAX_READ_AHEAD` frames read from it
-    that the owner has not taken (:attr:`read_ahead`).
+    :meth:`close`, :attr:`closed` and :attr:`close_code`. It reads the connection when
+    :meth:`receive` is called, and while a frame is held (``ws_delay``); it holds at most
+    :attr:`MAX_READ_AHEAD` frames read from it that the owner has not taken
+    (:attr:`read_ahead`).
     """
 
-    #: The most frames read from the connection that the owner has not taken yet: a read that
-    #: a made-up frame beat to the owner, or a frame ``ws_delay`` holds.
-    MAX_READ_AHEAD: ClassVar[int] = 1
+    #: The most frames read from the connection that the owner has not taken yet: frames
+    #: ``ws_delay`` holds and those behind them (read off the connection as they arrive, so
+    #: that each is late by its own delay), and a read that a made-up frame beat to the owner.
+    #: Past it, what follows waits in aiohttp's buffer, and is stamped when it is read.
+    MAX_READ_AHEAD: ClassVar[int] = 64
+    #: The same bound in size (characters of text frames, bytes of binary ones, 4 MiB): no
+    #: frame more is read ahead once those not taken reach it (at least one always is), so
+    #: that large frames held by a delay never pile up past what an owner's inbox would hold.
+    MAX_READ_AHEAD_BYTES: ClassVar[int] = 4 * 2**20
     #: The longest a connection fault waits for the answer to a request sent before it, in
     #: seconds of the injector's clock after that request was sent (see the module). It covers
     #: a server's answer to a request already on its way (a round trip and the handling, well
@@ -142,18 +172,25 @@ class FaultySocket:
         self._end: WSMessage | None = None
         self._close_code: int | None = None
         #: What the owner gets next, in the order it came, each with whether it was read from
-        #: the connection (at most one such) or made up (a fault's answer, an end).
+        #: the connection or made up (a fault's answer, an end).
         self._ready: collections.deque[tuple[WSMessage, bool]] = collections.deque()
-        #: The one read of the connection under way, started by receive() (see the module).
+        #: Frames on their way (``ws_delay`` holds them, or they queue behind one), in order,
+        #: each with when it is due (on the injector's clock, never earlier than the one
+        #: before it) and whether it was read from the connection.
+        self._line: collections.deque[tuple[float, WSMessage, bool]] = collections.deque()
+        #: The task that hands the frames of ``_line`` over as they fall due.
+        self._releasing: asyncio.Task[None] | None = None
+        #: The reads of the connection under way (one task at a time; see the module).
         self._reading: asyncio.Task[None] | None = None
         #: The owner waiting in receive(): anything handed over, or the read's end, wakes it.
         self._waiter: asyncio.Future[None] | None = None
-        #: Whether the read holds a frame (``ws_delay``) until its time comes.
-        self._holding = False
         #: The connection's own end was read: there is nothing more to read.
         self._read_end = False
         #: What the read raised, for the owner's next receive() to raise.
         self._failure: BaseException | None = None
+        #: Held by each send from its turn to its frame gone, so that sends go out in order,
+        #: one behind another, a delayed one holding those after it (see the module).
+        self._sending = asyncio.Lock()
         #: Ids of the requests sent whose answers have not been read, with their types and
         #: when they were sent (on the injector's clock), oldest first; at most
         #: _REMEMBERED_IDS of them.
@@ -176,9 +213,12 @@ class FaultySocket:
 
     @property
     def closed(self) -> bool:
-        """Whether the real connection is closed: after an injected end it still needs
-        :meth:`close`, as a real drop leaves the socket to be closed."""
-        return self._ws.closed
+        """Whether the real connection is closed, and nothing is on its way to the owner any
+        more: after an injected end it still needs :meth:`close`, as a real drop leaves the
+        socket to be closed; and while frames are held (``ws_delay``) with the connection's
+        own end read behind them, it is not closed yet (a close must let them go: taken for
+        closed, it was skipped, and the owner waited out the delay)."""
+        return self._ws.closed and not self._line
 
     @property
     def close_code(self) -> int | None:
@@ -187,14 +227,22 @@ class FaultySocket:
 
     @property
     def read_ahead(self) -> int:
-        """How many frames read from the connection the owner has not taken yet (a held one
+        """How many frames read from the connection the owner has not taken yet (held ones
         included): never more than :attr:`MAX_READ_AHEAD`."""
-        return sum(1 for _, read in self._ready if read) + int(self._holding)
+        return sum(1 for _, read in self._ready if read) + sum(
+            1 for _, _, read in self._line if read
+        )
+
+    @property
+    def _holding(self) -> bool:
+        """Whether frames are on their way to the owner (held by ``ws_delay``, or behind one)."""
+        return bool(self._line)
 
     async def receive(self, timeout: float | None = None) -> WSMessage:
         """The next frame the owner should see: a made-up one, or the next the connection
-        brings (which only now is read). Once the socket ended (an injected end handed over,
-        the connection's end read, or :meth:`close`), a ``CLOSED`` message.
+        brings (read now, or, behind a held frame, when it came), each when it is due. Once
+        the socket ended (an injected end handed over, the connection's end read, or
+        :meth:`close`), a ``CLOSED`` message.
 
         ``timeout``, as aiohttp's: seconds to wait for that frame (None or 0: no limit of its
         own; the wrapped socket's receive timeout, if it has one, still bounds each read), on
@@ -219,33 +267,45 @@ class FaultySocket:
         while True:
             ready = self._ready
             if ready:
-                return ready.popleft()[0]
+                msg = ready.popleft()[0]
+                # A place freed: the frames behind a held one are read on.
+                self._read_more()
+                return msg
             if self._end is not None or self._closing:
                 return _CLOSED
-            failure = self._failure
-            if failure is not None:
-                self._failure = None
-                self._read_end = True
-                raise failure
-            if self._read_end:
-                return _CLOSED
-            if self._reading is None:
-                reading = self._reading = loop.create_task(
-                    self._read_next(), name=f"le_transport.chaos reader {self._name}"
-                )
-                reading.add_done_callback(self._read_done)
+            if not self._line:
+                # What the connection ended with comes after every frame before it.
+                failure = self._failure
+                if failure is not None:
+                    self._failure = None
+                    self._read_end = True
+                    raise failure
+                if self._read_end:
+                    return _CLOSED
             waiter = self._waiter = loop.create_future()
             try:
+                self._read_more()
                 await waiter
             finally:
                 self._waiter = None
 
     async def send_str(self, data: str, compress: int | None = None) -> None:
         """Send ``data``, unless a fault on it or on the session says otherwise. In the order
-        the simulator takes a frame: counted toward the session fault's ``after_messages``
-        (the frame meeting it is not put to the plan), then, unless the socket is silenced,
-        decided as a request."""
+        the simulator takes a frame: each in its turn, after the frames sent before it have
+        gone (a delayed one included), then counted toward the session fault's
+        ``after_messages`` (the frame meeting it is not put to the plan), then, unless the
+        socket is silenced, decided as a request."""
+        async with self._sending:
+            await self._send(data, compress)
+
+    async def _send(self, data: str, compress: int | None) -> None:
         if self._ended():
+            return
+        if self._closing or self._ws.closed:
+            # The connection is closing or gone (a send that waited its turn behind a delayed
+            # one may find it so): the frame reaches no server, so it is neither counted nor
+            # put to the plan, and aiohttp refuses it as it refuses any write on it.
+            await self._ws.send_str(data, compress)
             return
         if self._striking is not None:
             # A fault is ending the connection: what the client writes goes nowhere, and is
@@ -296,19 +356,19 @@ class FaultySocket:
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """Close the real connection; an owner waiting in :meth:`receive` gets ``CLOSING``
-        at once. A read under way ends with it; a held frame is let go."""
+        at once. A read under way ends with it; the frames still held are let go."""
         if not self._closing:
             self._closing = True
             # As aiohttp does for a receive() waiting when the socket is closed.
             self._hand_over(WSMessage(WSMsgType.CLOSING, None, None), read=False)
         self._striking = None
-        timer, self._strike_timer = self._strike_timer, None
-        if timer is not None:
-            timer.cancel()
-            await asyncio.wait({timer})
+        self._line.clear()
+        for task in (self._strike_timer, self._releasing):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+        self._strike_timer = self._releasing = None
         reading = self._reading
-        if reading is not None and self._holding:
-            reading.cancel()
         try:
             # A read waiting in aiohttp's receive() is ended by aiohttp's close, which hands
             # it a CLOSING of its own first: the handshake of a socket without faults.
@@ -361,6 +421,12 @@ class FaultySocket:
         self._strike_timer = None
         self._strike_due()
 
+    def _strike_if_answered(self) -> None:
+        """Apply the waiting connection fault if the answers it waited for have all been
+        handed over (none awaited, none still held)."""
+        if self._striking is not None and not self._awaited and not self._line:
+            self._strike_due()
+
     def _strike_due(self) -> None:
         """Apply the waiting connection fault now."""
         injection, self._striking = self._striking, None
@@ -382,6 +448,7 @@ class FaultySocket:
             extra={"socket": self._name, "rule": injection.rule_id, "fault": fault.kind},
         )
         if isinstance(fault, WsSilence):
+            # The data frames still held are not handed over (_release_due).
             self._silent = True
             return
         if isinstance(fault, WsClose):
@@ -401,11 +468,15 @@ class FaultySocket:
 
     def _finish(self, end: WSMessage) -> None:
         """Hand the owner ``end`` after what it has not taken yet (frames the server sent
-        before the fault struck), instead of anything more from the connection."""
+        before the fault struck, and due by now), instead of anything more from the
+        connection: the frames still held are lost, as the simulator's are when a fault ends
+        its socket."""
+        self._move_due()
         self._end = end
-        reading = self._reading
-        if reading is not None and self._holding:
-            reading.cancel()
+        self._line.clear()
+        releasing, self._releasing = self._releasing, None
+        if releasing is not None:
+            releasing.cancel()  # waited for by close()
         # A read waiting for the connection goes on until close(), and what it brings is lost.
         self._hand_over(end, read=False)
 
@@ -455,6 +526,7 @@ class FaultySocket:
         fault = injection.fault
         type_ = str(frame.get("type", ""))
         if isinstance(fault, Delay):
+            # In its turn (send_str): the frames sent after it wait behind it.
             await self._injector.clock.sleep(injection.delay_s)
             return True
         # Not sent: no answer comes from the connection (a strike does not wait for one).
@@ -469,7 +541,8 @@ class FaultySocket:
                 "type": f"{type_}$Response",
             }
             if not self._silent and self._striking is None:
-                self._hand_over(WSMessage(WSMsgType.TEXT, json.dumps(answer), None), read=False)
+                # Behind the frames on their way, as the simulator sends it on their stream.
+                self._queue(WSMessage(WSMsgType.TEXT, json.dumps(answer), None), read=False)
             return False
         if isinstance(fault, Hang):
             return False
@@ -479,52 +552,133 @@ class FaultySocket:
 
     # -- frames the server sends ------------------------------------------------------------
 
-    async def _read_next(self) -> None:
-        """Read the connection until one frame is for the owner (the outbound kinds applied:
-        a lost one is read past, a held one waits its time) or the connection ended; hand it
-        over. Nothing more is read meanwhile: what follows waits in aiohttp's buffer."""
+    def _wants_read(self) -> bool:
+        """Whether to read the connection now: while frames are held (those behind them are on
+        their way too), or for an owner waiting with nothing to hand it; never past
+        :attr:`MAX_READ_AHEAD`, nor once the socket ended or the read failed."""
+        if (
+            self._end is not None
+            or self._closing
+            or self._read_end
+            or self._failure is not None
+            or self.read_ahead >= self.MAX_READ_AHEAD
+            or self._read_ahead_bytes() >= self.MAX_READ_AHEAD_BYTES
+        ):
+            return False
+        line = self._line
+        if line and line[-1][0] > self._injector.clock.now():
+            return True
+        return self._waiter is not None and not self._ready and not line
+
+    def _read_ahead_bytes(self) -> int:
+        """The size of the frames read from the connection that the owner has not taken yet
+        (characters of a text frame, bytes of a binary one)."""
+        return sum(_size(msg) for msg, read in self._ready if read) + sum(
+            _size(msg) for _, msg, read in self._line if read
+        )
+
+    def _read_more(self) -> None:
+        """Start reading the connection, if no read is under way and one is wanted."""
+        if self._reading is None and self._wants_read():
+            reading = self._reading = asyncio.get_running_loop().create_task(
+                self._read(), name=f"le_transport.chaos reader {self._name}"
+            )
+            reading.add_done_callback(self._read_done)
+
+    async def _read(self) -> None:
+        """Read the connection, frame by frame, for as long as a read is wanted
+        (:meth:`_wants_read`), putting each frame in its place (:meth:`_take`)."""
         ws = self._ws
         while True:
             msg = await ws.receive()
-            if self._end is not None or self._closing:
-                # The owner has its end already: what came after it is lost, as in a drop.
+            if not self._take(msg) or not self._wants_read():
                 return
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                if self._silent:
-                    continue
-                if msg.type is WSMsgType.TEXT:
-                    hold = self._hold(msg.data)
-                    if hold is None:
-                        if self._striking is not None and not self._awaited:
-                            # The last answer a fault waited for, lost: it strikes now.
-                            self._strike_due()
-                            return
-                        continue
-                    if hold > 0:
-                        self._holding = True
-                        try:
-                            await self._injector.clock.sleep(hold)
-                        finally:
-                            self._holding = False
-                        if self._end is not None or self._closing:
-                            return
-                        if self._silent:
-                            continue
-            else:
-                # The real end (a close frame, an error, closed): the owner's to see, and a
-                # fault waiting to strike has nothing left to strike.
-                self._read_end = True
-                self._striking = None
-                if self._strike_timer is not None:
-                    self._strike_timer.cancel()
-                    self._strike_timer = None
-            self._hand_over(msg, read=True)
-            if self._striking is not None and not self._awaited:
-                self._strike_due()
+
+    def _take(self, msg: WSMessage) -> bool:
+        """A frame read from the connection, stamped now: lost (``ws_drop_message``, a
+        silenced socket), handed over, or queued until it is due (``ws_delay``, or behind a
+        held frame). False once nothing more is to be read (the connection's end, or the
+        owner's)."""
+        if self._end is not None or self._closing:
+            # The owner has its end already: what came after it is lost, as in a drop.
+            return False
+        if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+            if self._silent:
+                return True
+            hold = 0.0
+            if msg.type is WSMsgType.TEXT:
+                held = self._hold(msg.data)
+                if held is None:
+                    # Lost: if it was the last answer a fault waited for, it strikes now.
+                    self._strike_if_answered()
+                    return True
+                hold = held
+            self._queue(msg, read=True, hold=hold)
+            self._strike_if_answered()
+            return True
+        # The real end (a close frame, an error, closed): the owner's to see, after the frames
+        # before it, and a fault waiting to strike has nothing left to strike.
+        self._read_end = True
+        self._striking = None
+        if self._strike_timer is not None:
+            self._strike_timer.cancel()
+            self._strike_timer = None
+        self._queue(msg, read=True)
+        return False
+
+    def _queue(self, msg: WSMessage, *, read: bool, hold: float = 0.0) -> None:
+        """Hand ``msg`` over ``hold`` seconds from now, and never before the frames queued
+        before it (one stream: nothing overtakes a held frame); at once if it is due now and
+        none is held."""
+        line = self._line
+        now = self._injector.clock.now()
+        due = now + hold
+        if line:
+            due = max(due, line[-1][0])
+        elif due <= now:
+            self._hand_over(msg, read=read)
             return
+        line.append((due, msg, read))
+        releasing = self._releasing
+        if releasing is None or releasing.done():
+            self._releasing = asyncio.get_running_loop().create_task(
+                self._release(), name=f"le_transport.chaos held frames {self._name}"
+            )
+
+    async def _release(self) -> None:
+        """Hand the held frames over as they fall due, on the injector's clock."""
+        clock = self._injector.clock
+        line = self._line
+        while line:
+            wait = line[0][0] - clock.now()
+            if wait > 0:
+                await clock.sleep(wait)
+            self._release_due()
+
+    def _release_due(self) -> None:
+        """Hand over the held frames that are due; a fault that waited for them strikes."""
+        self._move_due()
+        self._strike_if_answered()
+
+    def _move_due(self) -> None:
+        """Move the held frames that are due to the owner's queue, in order (a silenced
+        socket's data frames are lost: it hands over nothing more), and wake the owner."""
+        line = self._line
+        now = self._injector.clock.now()
+        popped = False
+        while line and line[0][0] <= now:
+            _, msg, read = line.popleft()
+            popped = True
+            if self._silent and msg.type in _DATA:
+                continue
+            self._ready.append((msg, read))
+        if popped:
+            # Even if all were lost: the owner may be waiting for the line to empty (the
+            # connection's failure comes after it).
+            self._wake()
 
     def _read_done(self, reading: asyncio.Task[None]) -> None:
-        """The read ended (a frame handed over, cancelled or failed): let the owner look."""
+        """The read ended (nothing more wanted, cancelled or failed): let the owner look."""
         if self._reading is reading:
             self._reading = None
         if not reading.cancelled():
@@ -545,7 +699,8 @@ class FaultySocket:
         if frame.get("kind") == "resp" and req_id is not None:
             sent = self._types.pop(req_id, None)
             type_ = type_ or f"{sent[0] if sent is not None else ''}$Response"
-            # Answered: a fault waiting for it strikes once it is handed over (_read_next).
+            # Answered: a fault waiting for it strikes once it is handed over (_take,
+            # _release_due).
             self._awaited.discard(req_id)
         injection = self._injector.message_arriving(type_)
         if injection is None:
@@ -581,9 +736,17 @@ def _frame_id(frame: dict[str, Any], key: str) -> str | int | None:
     return None
 
 
+def _size(msg: WSMessage) -> int:
+    data = msg.data
+    return len(data) if isinstance(data, (str, bytes, bytearray)) else 0
+
+
 def _parse(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nested too deep to parse. Not a request or an answer the plan can
+        # match, and passed on as it is, as without faults (raised, it ended the connection
+        # as a failed read, or made a send taken for a broken connection).
         return None
     return value if isinstance(value, dict) else None

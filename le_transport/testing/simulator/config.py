@@ -213,11 +213,14 @@ class SimulatorConfig:
       clock's time need not match the client's wall clock. Either way a timestamp must be
       decimal digits (RFC 5849's positive integer), else the request is refused.
     - ``fault_header``: honour ``X-LE-Fault: <rule id>`` on a request: that rule's fault is
-      injected whatever its schedule says (Envoy's header faults). Off by default: any client
-      could then fail the simulator's answers on purpose.
-    - ``echo_published``: after a ``PublishEvent`` the server also sends the message back as a
-      ``.ams.ms.MessagingEventNotification`` on the same socket, as LiveEngage does for the
-      conversation's subscribers.
+      injected whatever its schedule says (Envoy's header faults). A request carrying the header
+      is not put to the plan's schedules: a header that names no rule of the plan forces
+      nothing, and is logged at WARNING on ``le_transport.simulator``. Off by default: any
+      client could then fail the simulator's answers on purpose.
+    - ``echo_published``: after a ``PublishEvent`` the server also sends the message back on the
+      same socket, as LiveEngage does for the conversation's subscribers: a
+      ``.ams.ms.MessagingEventNotification`` on the UMS agent (brand) socket, a
+      ``ms.MessagingEventNotification`` (the Messaging Window API's) on the consumer socket.
     - ``close_ended_sessions``: close a UMS agent (brand) socket with 4401 ("token
       missing/expired") at the first frame its client sends after the Login Service session
       whose bearer is in its path ended (logged out, revoked, expired); that frame is not

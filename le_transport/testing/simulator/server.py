@@ -43,7 +43,9 @@ import hmac
 import ipaddress
 import logging
 import re
+import socket
 import ssl as _ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -857,6 +859,18 @@ class Simulator:
         forced = request.headers.get(FAULT_HEADER) if self.config.fault_header else None
         if forced:
             injection = None
+            if not any(rule.id == forced for rule in self.faults.plan.rules):
+                # A typo in a test's header would otherwise take the request out of the plan
+                # without a word. The value is a test's text (a rule id), shown cut and escaped.
+                _log.warning(
+                    "the %s header names no rule of the plan (%s): nothing is forced on %s %s, "
+                    "and the request is not put to the plan either",
+                    FAULT_HEADER,
+                    _shown_rule_id(forced),
+                    request.method,
+                    path,
+                    extra={"fault_header": True},
+                )
             # Checked first: force() logs the rule as forced, whether or not it can apply here.
             if self._forced_kind(forced) in kinds:
                 injection = self.faults.run.force(
@@ -935,7 +949,7 @@ class Simulator:
         transport = request.transport
         if isinstance(fault, Reset):
             if transport is not None:
-                transport.abort()
+                _reset(transport)
             return web.Response(status=500)
         if isinstance(fault, EmptyResponse):
             if transport is not None:
@@ -1559,3 +1573,32 @@ class Simulator:
         return await self._open_socket(
             request, kind="consumer", account=acc.id, authenticated=authenticated
         )
+
+
+#: The most characters of an ``X-LE-Fault`` value a log line shows.
+_SHOWN_RULE_ID = 64
+
+
+def _shown_rule_id(value: str) -> str:
+    """An ``X-LE-Fault`` value for a log line: escaped (``repr``: no control character reaches
+    the log as it is), at most :data:`_SHOWN_RULE_ID` characters of it."""
+    if len(value) <= _SHOWN_RULE_ID:
+        return repr(value)
+    return f"{value[:_SHOWN_RULE_ID]!r}..."
+
+
+#: SO_LINGER on, with a zero timeout: closing the socket resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """End the connection with a TCP reset (an RST, what Toxiproxy's ``reset_peer`` and
+    WireMock's ``CONNECTION_RESET_BY_PEER`` send): SO_LINGER on with a zero timeout makes the
+    kernel reset it as the abort closes the socket, where a bare ``abort()`` sends a FIN (the
+    client then sees the server close, not reset, the connection). A transport without a socket
+    to reach, or one that refuses the option, is aborted as it is."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()

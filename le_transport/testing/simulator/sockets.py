@@ -9,8 +9,9 @@ all and is what a test talks to:
 - ``sim.sockets.published``: the messages the server received (``PublishEvent``), with the
   client's request id, so a test can prove nothing was lost.
 - ``sim.sockets.on(type, handler)``: answer a request type your own way.
-- On one socket: ``await s.close(4401)``, ``s.drop()`` (abrupt, no close frame: the client sees
-  1006), ``s.silence()`` (no more answers and no pongs), ``s.subscriptions``, ``s.received``.
+- On one socket: ``await s.close(4401)`` (its close frame behind the frames a ``ws_delay``
+  still holds), ``s.drop()`` (abrupt, no close frame: the client sees 1006; held frames are
+  lost), ``s.silence()`` (no more answers and no pongs), ``s.subscriptions``, ``s.received``.
 
 Frames follow LiveEngage: a ``{"kind": "req", "id", "type", "body"}`` is answered with
 ``{"kind": "resp", "reqId", "code", "body", "type": "<type>$Response"}``. Each kind of socket
@@ -27,7 +28,10 @@ plan apply per session (unit ``ws_session``, decided at the handshake) and per m
 a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer. Every frame the
 server sends (answers, notifications; a ``resp`` is typed ``<type>$Response``) is a
 ``ws_message`` for the outbound kinds: ``ws_drop_message`` never sends it (``s.dropped`` keeps
-it), ``ws_delay`` holds it on the clock, later frames queueing behind it in order.
+it), ``ws_delay`` holds it on the clock, later frames queueing behind it in order (each due at
+its own delay after it was sent, and never before the one ahead of it: latency), and so does
+a close the server sends (:meth:`SimSocket.close`); a fault that ends or silences the socket
+loses the frames still held, as the client-side injector's does.
 
 Every record here (``all``, ``published``, ``rejected``; on a socket ``received``,
 ``subscriptions``, ``dropped``) is a :class:`~le_transport.chaos.plan.RecordLog` that keeps the
@@ -130,6 +134,10 @@ class SocketTypes:
     accepted: frozenset[str]
     #: Whether ``InitConnection`` (the consumer socket's first-frame authentication) is known.
     init_connection: bool
+    #: The ``type`` of the notification that echoes a published message back
+    #: (``config.echo_published``): the UMS agent socket's ``.ams.ms.MessagingEventNotification``,
+    #: the Messaging Window API's ``ms.MessagingEventNotification``.
+    messaging_event: str
 
 
 #: The request types each socket kind (``SimSocket.kind``) answers.
@@ -140,6 +148,7 @@ TYPES_BY_KIND: dict[str, SocketTypes] = {
         publish=BRAND_PUBLISH_TYPES,
         accepted=BRAND_ACCEPTED_TYPES,
         init_connection=False,
+        messaging_event=".ams.ms.MessagingEventNotification",
     ),
     "consumer": SocketTypes(
         get_clock=CONSUMER_GET_CLOCK_TYPES,
@@ -147,6 +156,7 @@ TYPES_BY_KIND: dict[str, SocketTypes] = {
         publish=CONSUMER_PUBLISH_TYPES,
         accepted=CONSUMER_ACCEPTED_TYPES,
         init_connection=True,
+        messaging_event="ms.MessagingEventNotification",
     ),
 }
 
@@ -207,6 +217,9 @@ class SimSocket:
     #: Frames held by a ``ws_delay`` fault (or queued behind one): (clock time due, text).
     held: collections.deque[tuple[float, str]] = attrs.field(factory=collections.deque)
     writer: asyncio.Task[None] | None = None
+    #: Whether a close is waiting for the held frames to go out before its close frame (no
+    #: frame is sent after it).
+    closing: bool = False
     #: The brand socket's Login Service session (the one whose bearer is in its path), or None
     #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
     #: at its first frame after the session ended (logged out, revoked, expired).
@@ -236,9 +249,10 @@ class SimSocket:
         self.after_resp.clear()
 
     async def send(self, frame: dict[str, Any]) -> None:
-        """Send a frame (unless the socket is closed or silent, or a fault drops or holds it)."""
+        """Send a frame (unless the socket is closed, closing or silent, or a fault drops or
+        holds it)."""
         ws = self._ws
-        if self.closed or self.silent or ws is None or ws.closed:
+        if self.closed or self.closing or self.silent or ws is None or ws.closed:
             return
         hold = self.hub._outbound(self, frame)
         if hold is None:
@@ -289,10 +303,26 @@ class SimSocket:
         """Push a ``notification`` frame."""
         await self.send({"kind": "notification", "type": type, "body": body})
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close with ``code`` (a close frame is sent: 4401, 4407, 1011, 1001...)."""
-        if self.closed:
+    async def close(self, code: int = 1000, reason: str = "", *, flush: bool = True) -> None:
+        """Close with ``code`` (a close frame is sent: 4401, 4407, 1011, 1001...).
+
+        The frames a ``ws_delay`` holds are on their way (latency): the close frame follows
+        them on the one stream, once the last is sent, when it is due (a delay is not a drop),
+        and nothing sent meanwhile goes out. ``flush=False`` (a fault ending the socket, as
+        the client-side injector's ``ws_close`` does) forgets them and closes at once."""
+        if self.closed or self.closing:
             return
+        writer = self.writer
+        if flush and writer is not None and not writer.done():
+            self.closing = True
+            try:
+                # Not awaited as such: the writer stopped (the socket ending under it) is not
+                # this close's failure.
+                await asyncio.wait({writer})
+            finally:
+                self.closing = False
+            if self.closed:
+                return  # ended meanwhile (dropped, or its client left): nothing to close
         self.closed = True
         self.ended = ("close", code)
         ws = self._ws
@@ -400,9 +430,10 @@ class SocketHub:
         await self._signal()
 
     async def close_all(self, code: int = 1001, reason: str = "") -> None:
-        """Close every open socket with ``code``."""
-        for s in self.open:
-            await s.close(code, reason)
+        """Close every open socket with ``code``, all at once: a socket's close waits for the
+        frames a ``ws_delay`` holds on it, which must not keep the others open (serving on
+        expired tokens) until they are sent."""
+        await asyncio.gather(*(s.close(code, reason) for s in list(self.open)))
         await self._signal()
 
     async def _signal(self) -> None:
@@ -557,7 +588,7 @@ class SocketHub:
             return False
         sock.session_fault = None
         if isinstance(fault, WsClose):
-            await sock.close(fault.code, fault.reason)
+            await sock.close(fault.code, fault.reason, flush=False)
             return True
         if isinstance(fault, WsDrop):
             sock.drop()
@@ -645,7 +676,7 @@ class SocketHub:
             if isinstance(fault, Hang):
                 return
             if isinstance(fault, WsClose):
-                await sock.close(fault.code, fault.reason)
+                await sock.close(fault.code, fault.reason, flush=False)
                 return
             if isinstance(fault, WsDrop):
                 sock.drop()
@@ -736,7 +767,7 @@ class SocketHub:
             sock.after_resp.append(
                 {
                     "kind": "notification",
-                    "type": ".ams.ms.MessagingEventNotification",
+                    "type": TYPES_BY_KIND[sock.kind].messaging_event,
                     "body": {
                         "dialogId": dialog,
                         "changes": [
