@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -45,6 +46,8 @@ from le_transport import (
 from le_transport.errors import CircuitOpen, InvalidRequest, Repeat
 from le_transport.middleware import RetryMiddleware
 from le_transport.middleware.context import CallContext, HandledCallContext
+from le_transport.policies import Outcome
+from le_transport.policies.retry import Action, Decision
 from le_transport.providers import ProviderHttp
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -1307,6 +1310,43 @@ async def test_on_a_foreign_session_without_raise_for_status_the_final_answer_is
         assert resp.status == 503
         assert (await resp.json())["hit"] == 4
     assert script.hits == 4
+
+
+@attrs.frozen
+class _ConflictIsFine(RetryPolicy):
+    """A caller's policy: a 409 (already exists) is a success of its API."""
+
+    def decide(
+        self,
+        attempt: int,
+        outcome: Outcome,
+        *,
+        idempotent: bool,
+        elapsed: float = 0.0,
+        rand: float = 0.5,
+    ) -> Decision:
+        if outcome.status == 409:
+            return Decision(Action.SUCCEED, reason="409 means done")
+        return super().decide(attempt, outcome, idempotent=idempotent, elapsed=elapsed, rand=rand)
+
+
+async def test_a_failed_answer_a_policy_of_ones_own_makes_a_success_is_never_cut(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Cut to its excerpt as a failure, then returned as the answer by the policy's decide():
+    64 KiB of it passed for the whole."""
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(status=409, body=b"z" * 200_000)
+
+    host = await serve(Script(big).app())
+    policy = _ConflictIsFine(pauses=(0.05, 0.1, 0.15))
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, retry=policy, max_body_bytes=100_000
+    ) as engine:
+        with pytest.raises(BodyTooLarge):
+            await engine.request("GET", "svc", "/x")
+        assert acquired(engine) == 0
 
 
 async def test_without_raise_for_status_a_failed_answer_over_the_limit_is_never_cut(

@@ -29,6 +29,7 @@ import email.utils
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -249,6 +250,8 @@ _NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
 #: How much of a failed answer (4xx/5xx) over ``max_body_bytes`` is kept, for its error's
 #: excerpt: the status judges the call, the rest of the page is not read.
 _FAILED_BODY_KEPT = 64 * 1024
+#: The answers whose body was cut so: never returned as an answer.
+_CUT_SHORT: weakref.WeakSet[ClientResponse] = weakref.WeakSet()
 
 #: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
 #: once per status: a successful call allocates none.
@@ -527,6 +530,10 @@ class _Call(_WheelTimer):
                 self.ctx.attempts.append(AttemptRecord(attempt, outcome, pause, started))
                 if decision.action is Action.SUCCEED:
                     assert resp is not None
+                    if resp in _CUT_SHORT:
+                        # A policy of the caller's own made a failed answer a success: its
+                        # body, cut to an excerpt, would pass for the whole one.
+                        raise self._too_large(mw.max_body_bytes, "a failed answer taken as one")
                     return resp
                 if resp is not None and (decision.action is Action.RETRY or mw.raise_for_status):
                     # Release before pausing: a retried response must not hold a pooled connection.
@@ -743,6 +750,7 @@ class _Call(_WheelTimer):
                 resp.close()
                 if self._judged_failed(resp.status):
                     # As above: the status is what the call is judged by.
+                    _CUT_SHORT.add(resp)
                     chunks.append(chunk)
                     resp._body = b"".join(chunks)[: min(limit, _FAILED_BODY_KEPT)]
                     return
@@ -765,6 +773,7 @@ class _Call(_WheelTimer):
     async def _keep_start(self, resp: ClientResponse, size: int) -> None:
         """Keep (at most) the first ``size`` bytes of ``resp``'s body as its body, and drop the
         connection rather than read the rest."""
+        _CUT_SHORT.add(resp)
         try:
             resp._body = await resp.content.read(size)
         finally:
