@@ -72,6 +72,12 @@ _SECRET_NAME_PARTS = (
     "passphrase",
 )
 
+#: The parts that name a secret in "name:value" inside a query value: not "auth" nor "key",
+#: which as parts of a word ("author:smith", "key:asc") name a field to sort or search by.
+_NAMED_SECRET_PARTS = tuple(
+    p.replace("_", "") for p in _SECRET_NAME_PARTS if p not in ("auth", "key")
+)
+
 # Short names that hold credentials only as the whole name: as substrings they are in too many
 # harmless words ("design", "spin", "passenger"). A signature, a password, a one-time password,
 # a PIN, a session id, a ticket. Not "code": LiveEngage's answers and UMS frames carry a status
@@ -88,6 +94,8 @@ _AUTH_PATH = re.compile(
     re.IGNORECASE,
 )
 
+#: An auth scheme's name and a credential-sized token after it, in a query value.
+_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|jwt|token)\s+[A-Za-z0-9._~+/=-]{16,}")
 #: A JWT: three base64url segments, the first starting like a JSON header.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
@@ -173,7 +181,17 @@ def _query_value(value: str) -> str:
     if "=" in value or "://" in value or "@" in value:
         return redact_text(value)
     if "eyJ" in value:
-        return _JWT.sub(REDACTED, value)
+        value = _JWT.sub(REDACTED, value)
+    if " " in value:
+        # An auth scheme and its credential ("Bearer 9f8e...", "Basic dXNl..."): a credential
+        # of 16 characters or more, so that words ("Basic plan") stay readable.
+        value = _SCHEME_CREDENTIAL.sub(rf"\1 {REDACTED}", value)
+    if ":" in value:
+        # "access_token:9f8e...": a name that says secret, then its value.
+        name, _, rest = value.partition(":")
+        key = name.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+        if rest and any(part in key for part in _NAMED_SECRET_PARTS):
+            value = f"{name}:{REDACTED}"
     return value
 
 

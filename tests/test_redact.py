@@ -124,17 +124,23 @@ def test_token_like_query_params_are_redacted(param: str) -> None:
         f"https://cb.example/done?access_token={TOKEN}",  # another URL nested in a value
         f"https://cb.example/done?x=1&token={TOKEN}",
         JWT,  # a token sent under a plain name
+        f"Bearer {TOKEN}",  # an auth scheme and its credential
+        "Basic dXNlcjpodW50ZXIyMA",  # unpadded base64 (no '=')
+        f"access_token:{TOKEN}",  # a name that says secret, then its value
     ],
 )
 def test_a_credential_nested_in_a_plain_query_value_is_redacted(value: str) -> None:
     url = redact_url(URL("https://h.example/x").with_query({"redirect_uri": value, "v": "2"}))
     assert TOKEN not in url
     assert JWT not in url
+    assert "dXNlcjpodW50ZXIyMA" not in url
     assert url.startswith("https://h.example/x?redirect_uri=")
     assert url.endswith("&v=2")
 
 
-@pytest.mark.parametrize("value", ["key:asc", "author:smith", "Basic plan", "2.1", "a,b~c"])
+@pytest.mark.parametrize(
+    "value", ["key:asc", "author:smith", "Basic plan", "2.1", "a,b~c", "sort:desc", "token abc"]
+)
 def test_a_plain_query_value_is_shown_as_it_is(value: str) -> None:
     # Scrubbed as free text, "sort=key:asc" showed as "key:***", "q=Basic plan" as "Basic ***".
     url = redact_url(URL("https://h.example/x").with_query({"q": value}))
