@@ -1649,7 +1649,7 @@ class Engine:
                 # calls in flight are cut, their probes too: a probe cut here is abandoned a
                 # moment later, and its lock's release must not start after the drain (to be
                 # cancelled with the loop: the fleet refused for the lock's lease).
-                await gate.drain(probes_of=self._retry_mw if cut else None)
+                await gate.drain(probes_of=self._session if cut else None)
             elif callable(drain):
                 await drain()  # another RetryGate's own
             if failed is not None:

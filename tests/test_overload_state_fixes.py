@@ -23,6 +23,7 @@ and, as tests/test_redis_store.py, assert no duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import socket
 from collections.abc import Awaitable
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -49,6 +51,7 @@ from le_transport.errors import (
     ServerStatusError,
     StateDataError,
     StateStoreError,
+    TransportError,
 )
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, CircuitBreaker, Outcome, RetryBudget
@@ -823,3 +826,51 @@ async def test_closing_one_engine_never_waits_for_the_probe_of_another_sharing_i
         held.set()
         await a.close()
         await b.close()
+
+
+async def test_closing_an_engine_never_waits_for_a_probe_on_a_callers_session(
+    serve: ServerFactory,
+) -> None:
+    """A caller's own session with the engine's middlewares shares its retry middleware, by
+    which probes were told apart: its probe, which the close does not cut, held the close for
+    the whole grace."""
+    clock = VirtualClock()
+    store = _RoundTrip(clock)
+    arrived = asyncio.Event()
+    held = asyncio.Event()
+    status = 503
+
+    async def answer(request: web.Request) -> web.Response:
+        if status == 200:
+            arrived.set()
+            await held.wait()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    host = await serve(app)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    policy = RetryPolicy(pauses=(), attempt_timeout=None)
+    engine = Engine({"svc": host}, scheme="http", clock=clock, overload=guard, retry=policy)
+    await engine.start()
+    session = aiohttp.ClientSession(middlewares=engine.middlewares)
+    probe: asyncio.Future[aiohttp.ClientResponse] | None = None
+    try:
+        for _ in range(4):
+            with pytest.raises(TransportError):
+                await session.get(f"http://{host}/x")
+        await clock.sleep(6.0)
+        status = 200
+        probe = asyncio.ensure_future(session.get(f"http://{host}/x"))
+        await arrived.wait()
+        started = clock.now()
+        await engine.close()
+        assert clock.now() - started < 0.5
+        assert not probe.done()
+    finally:
+        held.set()
+        await engine.close()
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                (await probe).release()
+        await session.close()

@@ -465,8 +465,8 @@ class OverloadGuard:
         # _release_lock's task, or by the next probe here), and those tasks.
         self._stale_locks: dict[tuple[str, str], str] = {}
         self._releases: set[asyncio.Task[None]] = set()
-        # Waiting in drain(probes_of=...) for the fleet's probes out to end; and by whose
-        # retry middleware each fleet probe out is made (an engine closing waits for its own).
+        # Waiting in drain(probes_of=...) for the fleet's probes out to end; and through which
+        # session each fleet probe out goes (an engine closing waits for those it cut).
         self._probe_waiters: list[asyncio.Future[None]] = []
         self._probe_owners: dict[tuple[int, int], object] = {}
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
@@ -917,13 +917,13 @@ class OverloadGuard:
         waiting for the ones there when it began left those running past the engine's close,
         and past the loop's end (the lock then held for its lease).
 
-        ``probes_of``: a retry middleware whose fleet probes out to wait for too (within the
+        ``probes_of``: an aiohttp session whose fleet probes out to wait for too (within the
         same ``grace``), and for their locks' releases. The engine passes its own once it has
-        cut its calls in flight (its session closed): a probe cut then is abandoned a moment
-        later, and its lock's release would otherwise start after the drain, to be cancelled
-        with the loop, leaving every process of the fleet refused for the lock's lease. The
-        probes of another engine sharing the guard are not waited for: that engine's close
-        does."""
+        closed it, cutting its calls in flight: a probe cut then is abandoned a moment later,
+        and its lock's release would otherwise start after the drain, to be cancelled with the
+        loop, leaving every process of the fleet refused for the lock's lease. The probes of
+        another session (another engine sharing the guard, a caller's own session with the
+        engine's middlewares) are not waited for: the close does not cut them."""
         probes = probes_of is not None
         if not self._releases and not (probes and self._fleet_probes_out(probes_of)):
             return
@@ -948,7 +948,7 @@ class OverloadGuard:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _fleet_probes_out(self, owner: object) -> bool:
-        """Whether a probe made through ``owner`` (a retry middleware) holds the fleet's probe
+        """Whether a probe made through ``owner`` (an aiohttp session) holds the fleet's probe
         lock."""
         return any(made_by is owner for made_by in self._probe_owners.values())
 
@@ -1209,7 +1209,9 @@ class OverloadGuard:
         if admission.probe:
             self._probes[(id(call), attempt)] = (lock, seen)
             if lock is not None:
-                self._probe_owners[(id(call), attempt)] = getattr(call, "mw", None)
+                # The session it goes through: what an engine's close cuts (aiohttp's own
+                # field; missing, the probe is waited for by no close, as before).
+                self._probe_owners[(id(call), attempt)] = getattr(call.request, "_session", None)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
