@@ -1138,6 +1138,36 @@ def split_host(host: str) -> tuple[str, int | None]:
     return host, None
 
 
+#: Which engine each provider is attached to (the last to attach it), both held weakly: an
+#: engine attaches a socket's own provider only if no open engine has it, and closes only
+#: those it still has.
+_ATTACHED: weakref.WeakKeyDictionary[object, weakref.ref[Engine]] = weakref.WeakKeyDictionary()
+
+
+def _claim(provider: object, engine: Engine) -> bool:
+    """Note ``provider`` as attached to ``engine``; False if it cannot be held weakly."""
+    try:
+        _ATTACHED[provider] = weakref.ref(engine)
+    except TypeError:
+        return False
+    return True
+
+
+def _held_by(provider: object) -> Engine | None:
+    """The engine ``provider`` was last attached to, if it is still alive."""
+    try:
+        ref = _ATTACHED.get(provider)
+    except TypeError:
+        return None
+    return None if ref is None else ref()
+
+
+def _holder(provider: object) -> Engine | None:
+    """The open engine ``provider`` is attached to, if any."""
+    engine = _held_by(provider)
+    return None if engine is None or engine._closed else engine
+
+
 class _SocketAuth:
     """A socket's own auth provider, as the engine holds it while sockets use it."""
 
@@ -1352,9 +1382,11 @@ class Engine:
         # while a socket uses them: each with a re-login loop of its own.
         self._socket_auth: dict[int, _SocketAuth] = {}
         # Those attached here (no other engine had them), closed with the engine if still
-        # alive then: held weakly, so that a provider its caller let go (one per end user on a
-        # long-lived engine) is not kept, with its token, until the engine closes.
+        # alive and still this engine's then: held weakly, so that a provider its caller let
+        # go (one per end user on a long-lived engine) is not kept, with its token, until the
+        # engine closes; one that cannot be held weakly is held until then.
         self._attached_auth: weakref.WeakSet[AuthProvider] = weakref.WeakSet()
+        self._attached_strongly: dict[int, AuthProvider] = {}
         self._provider_http: ProviderHttp | None = None
         self._middlewares: tuple[ClientMiddlewareType, ...] = (
             *outer_middlewares,
@@ -1585,6 +1617,7 @@ class Engine:
             attach = getattr(provider, "attach", None)
             if callable(attach):
                 attach(http)
+                _claim(provider, self)
 
     async def close(self) -> None:
         """Close the providers (logout, keepalive) and the session (if the engine made it).
@@ -1672,7 +1705,7 @@ class Engine:
             ("auth", auth, None if auth is None else auth.close),
             # A socket's own (a consumer's JWT, another login): before the domain provider,
             # which a logout may still resolve its host with.
-            *(("socket auth", p, p.close) for p in list(self._attached_auth)),
+            *(("socket auth", p, p.close) for p in self._socket_auth_to_close()),
             ("domain", self._domains, getattr(self._domains, "close", None)),
         )
         for role, provider, close in closers:
@@ -2386,9 +2419,10 @@ class Engine:
         The host comes from the domain provider on every connect; credentials from ``auth``
         (default: the engine's; another provider, such as a consumer's ``ConsumerJwt``
         beside an agent's login, is re-logged in by a re-login loop of its own when the socket
-        escalates, and, unless another engine has it, attached to this engine and closed with
-        it; the engine lets go of it when its last socket closes), placed where the protocol
-        puts them (``auth_placement``;
+        escalates, and, unless an open engine has it (or its caller attached it), attached to
+        this engine and closed with it, if no engine took it as its own meanwhile; the engine
+        lets go of it when its last socket closes), placed where the protocol puts them
+        (``auth_placement``;
         default: in the path where it has ``{bearer}``, as the UMS brand socket does, else in
         the upgrade's headers, as ``Authorization: jwt`` for the consumer socket;
         :attr:`~le_transport.sockets.AuthPlacement.FIRST_FRAME` sends ``InitConnection``).
@@ -2560,12 +2594,19 @@ class Engine:
         held = self._socket_auth.get(id(provider))
         if held is None:
             attach = getattr(provider, "attach", None)
-            # Attached elsewhere (another engine's own provider, given to a socket here too):
-            # left there, and never closed here.
-            if callable(attach) and getattr(provider, "_http", None) is None:
+            # Attached elsewhere (another open engine's own provider, or one its caller
+            # attached): left there, and never closed here.
+            if (
+                callable(attach)
+                and _holder(provider) is None
+                and getattr(provider, "_http", None) is None
+            ):
                 if self._provider_http is not None:
                     attach(self._provider_http)
-                self._attached_auth.add(provider)
+                if _claim(provider, self):
+                    self._attached_auth.add(provider)
+                else:
+                    self._attached_strongly[id(provider)] = provider
             recovery = Recovery(
                 domains=self._domains,
                 auth=provider,
@@ -2578,6 +2619,12 @@ class Engine:
             held = self._socket_auth[id(provider)] = _SocketAuth(provider, recovery)
         held.sockets += 1
         return held
+
+    def _socket_auth_to_close(self) -> list[AuthProvider]:
+        """The sockets' own providers this engine attached and still has (another engine may
+        have attached one since, as its own: that one is its)."""
+        mine = [p for p in self._attached_auth if _held_by(p) is self]
+        return [*mine, *self._attached_strongly.values()]
 
     def _socket_closed(self, held: _SocketAuth, ws: ResilientSocket) -> None:
         """A socket with an auth provider of its own closed: when it was the provider's last

@@ -3,15 +3,17 @@ reconnect pacing of many sockets dropped at once — against the simulator."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 
 import pytest
+from yarl import URL
 
 from le_transport import AppKeyAuth, Engine, EventHooks, StateEvent
 from le_transport.chaos import WsRejectHandshake
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO, TokenBucket
-from le_transport.providers import ConsumerJwt, StaticDomains
+from le_transport.providers import ConsumerJwt, Credentials, ProviderHttp, StaticDomains
 from le_transport.sockets import (
     CONSUMER_SOCKET_QUERY,
     AuthPlacement,
@@ -231,3 +233,106 @@ async def test_closing_one_engine_leaves_another_engines_own_provider_alone(
         )
         await again.wait_open(timeout=60)
         assert (await again.request("GetClock"))["code"] == 200
+
+
+class _Delegating:
+    """A caller's own provider (duck-typed) over a library one: attach() but no ``_http``."""
+
+    def __init__(self, inner: ConsumerJwt) -> None:
+        self.inner = inner
+        self.closes = 0
+
+    def attach(self, http: ProviderHttp) -> None:
+        self.inner.attach(http)
+
+    async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
+        return await self.inner.credentials(method, url)
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        await self.inner.invalidate(rejected)
+
+    async def close(self) -> None:
+        self.closes += 1
+        await self.inner.close()
+
+
+@dataclasses.dataclass(slots=True)
+class _Slotted:
+    """The same, with slots: it cannot be held weakly."""
+
+    inner: ConsumerJwt
+
+    def attach(self, http: ProviderHttp) -> None:
+        self.inner.attach(http)
+
+    async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
+        return await self.inner.credentials(method, url)
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        await self.inner.invalidate(rejected)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_another_engines_own_provider_of_the_callers_own_kind_is_left_alone(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Told by the library providers' private field, a provider of the caller's own was taken
+    for unattached: attached here and closed with this engine, under the engine that has it."""
+    consumer = _Delegating(ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
+    domains = StaticDomains(sim.domains)
+    async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
+        async with agent_engine(sim, clock, states) as agent:
+            ws = await agent.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await ws.wait_open()
+        assert consumer.closes == 0
+        again = await consumer_engine.websocket(
+            "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
+        )
+        await again.wait_open(timeout=60)
+
+
+async def test_a_provider_an_engine_takes_as_its_own_after_a_socket_took_it_is_that_engines(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    domains = StaticDomains(sim.domains)
+    consumer = ConsumerJwt(sim.account.id, domains=domains)
+    agent = agent_engine(sim, clock, states)
+    await agent.start()
+    try:
+        ws = await agent.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth=consumer,
+        )
+        await ws.wait_open()
+        async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
+            await agent.close()  # the provider is the consumer engine's now: left open
+            again = await consumer_engine.websocket(
+                "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
+            )
+            await again.wait_open(timeout=60)
+    finally:
+        await agent.close()
+
+
+async def test_a_provider_that_cannot_be_held_weakly_is_attached_and_closed_with_the_engine(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    consumer = _Slotted(ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
+    async with agent_engine(sim, clock, states) as agent:
+        ws = await agent.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth=consumer,
+        )
+        await ws.wait_open()
+    assert consumer.inner.token is None, "closed with the engine"
