@@ -730,6 +730,47 @@ class _RoundTrip(MemoryStore):
         return await super().delete(key, only_if=only_if)
 
 
+class _ProbeServer:
+    """A service that fails (503) until told to answer, then holds each call until released:
+    the fleet's probe stays in flight. The guard and store every engine of a test shares."""
+
+    def __init__(self) -> None:
+        self.clock = VirtualClock()
+        self.store = _RoundTrip(self.clock)
+        self.guard = OverloadGuard(
+            budget=None, breaker=BREAKER, store=self.store, account="1", clock=self.clock
+        )
+        self.arrived = asyncio.Event()
+        self.held = asyncio.Event()
+        self.status = 503
+        self.host = ""
+
+    async def serve(self, serve: ServerFactory) -> _ProbeServer:
+        app = web.Application()
+        app.router.add_get("/x", self._answer)
+        self.host = await serve(app)
+        return self
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        if self.status == 200:
+            self.arrived.set()
+            await self.held.wait()
+        return web.Response(status=self.status)
+
+    def engine(self) -> Engine:
+        return Engine(
+            {"svc": self.host},
+            scheme="http",
+            clock=self.clock,
+            overload=self.guard,
+            retry=RetryPolicy(pauses=(), attempt_timeout=None),
+        )
+
+    @property
+    def probe_key(self) -> str:
+        return state_key("1", "breaker-probe", "svc", self.host)
+
+
 async def test_an_engine_closed_with_the_fleets_probe_in_flight_frees_its_lock_before_it_returns(
     serve: ServerFactory,
 ) -> None:
@@ -737,47 +778,25 @@ async def test_an_engine_closed_with_the_fleets_probe_in_flight_frees_its_lock_b
     abandon started the lock's release as a task that close() left running (cancelled with
     the loop at a rolling deploy), and every other process was refused for the lock's lease
     (30 s) with no probe out."""
-    clock = VirtualClock()
-    store = _RoundTrip(clock)
-    arrived = asyncio.Event()
-    held = asyncio.Event()
-    status = 503
-
-    async def answer(request: web.Request) -> web.Response:
-        if status == 200:
-            arrived.set()
-            await held.wait()
-        return web.Response(status=status)
-
-    app = web.Application()
-    app.router.add_get("/x", answer)
-    host = await serve(app)
-    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
-    engine = Engine(
-        {"svc": host},
-        scheme="http",
-        clock=clock,
-        overload=guard,
-        retry=RetryPolicy(pauses=(), attempt_timeout=None),
-    )
+    it = await _ProbeServer().serve(serve)
+    engine = it.engine()
     await engine.start()
     try:
         for _ in range(4):
             with pytest.raises(RetriesExhausted):
                 await engine.request("GET", "svc", "/x")
-        await clock.sleep(6.0)  # the break is over: the next call is the fleet's probe
-        status = 200
+        await it.clock.sleep(6.0)  # the break is over: the next call is the fleet's probe
+        it.status = 200
         probe = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
-        await arrived.wait()
-        probe_key = state_key("1", "breaker-probe", "svc", host)
-        assert await MemoryStore.get(store, probe_key) is not None, "the probe holds the lock"
+        await it.arrived.wait()
+        assert await MemoryStore.get(it.store, it.probe_key), "the probe holds the lock"
         await engine.close()
-        assert not guard._releases, "no task of the guard outlives the engine's close"
-        assert await MemoryStore.get(store, probe_key) is None, "the lock was freed"
+        assert not it.guard._releases, "no task of the guard outlives the engine's close"
+        assert await MemoryStore.get(it.store, it.probe_key) is None, "the lock was freed"
         with pytest.raises(EngineClosed):
             await probe
     finally:
-        held.set()
+        it.held.set()
         await engine.close()
 
 
@@ -786,44 +805,27 @@ async def test_closing_one_engine_never_waits_for_the_probe_of_another_sharing_i
 ) -> None:
     """Its drain waited for every fleet probe of the guard: a probe of another engine, which
     this close does not cut, held it for the whole grace (a second a close at shutdown)."""
-    clock = VirtualClock()
-    store = _RoundTrip(clock)
-    arrived = asyncio.Event()
-    held = asyncio.Event()
-    status = 503
-
-    async def answer(request: web.Request) -> web.Response:
-        if status == 200:
-            arrived.set()
-            await held.wait()
-        return web.Response(status=status)
-
-    app = web.Application()
-    app.router.add_get("/x", answer)
-    host = await serve(app)
-    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
-    policy = RetryPolicy(pauses=(), attempt_timeout=None)
-    a = Engine({"svc": host}, scheme="http", clock=clock, overload=guard, retry=policy)
-    b = Engine({"svc": host}, scheme="http", clock=clock, overload=guard, retry=policy)
+    it = await _ProbeServer().serve(serve)
+    a, b = it.engine(), it.engine()
     await a.start()
     await b.start()
     try:
         for _ in range(4):
             with pytest.raises(RetriesExhausted):
                 await b.request("GET", "svc", "/x")
-        await clock.sleep(6.0)
-        status = 200
+        await it.clock.sleep(6.0)
+        it.status = 200
         probe = asyncio.ensure_future(b.request("GET", "svc", "/x"))
-        await arrived.wait()
-        started = clock.now()
+        await it.arrived.wait()
+        started = it.clock.now()
         await a.close()
-        assert clock.now() - started < 0.5, "A's close waited for B's probe"
+        assert it.clock.now() - started < 0.5, "A's close waited for B's probe"
         assert not probe.done()
-        assert await MemoryStore.get(store, state_key("1", "breaker-probe", "svc", host))
-        held.set()
+        assert await MemoryStore.get(it.store, it.probe_key)
+        it.held.set()
         assert (await probe).status == 200
     finally:
-        held.set()
+        it.held.set()
         await a.close()
         await b.close()
 
@@ -834,41 +836,25 @@ async def test_closing_an_engine_never_waits_for_a_probe_on_a_callers_session(
     """A caller's own session with the engine's middlewares shares its retry middleware, by
     which probes were told apart: its probe, which the close does not cut, held the close for
     the whole grace."""
-    clock = VirtualClock()
-    store = _RoundTrip(clock)
-    arrived = asyncio.Event()
-    held = asyncio.Event()
-    status = 503
-
-    async def answer(request: web.Request) -> web.Response:
-        if status == 200:
-            arrived.set()
-            await held.wait()
-        return web.Response(status=status)
-
-    app = web.Application()
-    app.router.add_get("/x", answer)
-    host = await serve(app)
-    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
-    policy = RetryPolicy(pauses=(), attempt_timeout=None)
-    engine = Engine({"svc": host}, scheme="http", clock=clock, overload=guard, retry=policy)
+    it = await _ProbeServer().serve(serve)
+    engine = it.engine()
     await engine.start()
     session = aiohttp.ClientSession(middlewares=engine.middlewares)
     probe: asyncio.Future[aiohttp.ClientResponse] | None = None
     try:
         for _ in range(4):
             with pytest.raises(TransportError):
-                await session.get(f"http://{host}/x")
-        await clock.sleep(6.0)
-        status = 200
-        probe = asyncio.ensure_future(session.get(f"http://{host}/x"))
-        await arrived.wait()
-        started = clock.now()
+                await session.get(f"http://{it.host}/x")
+        await it.clock.sleep(6.0)
+        it.status = 200
+        probe = asyncio.ensure_future(session.get(f"http://{it.host}/x"))
+        await it.arrived.wait()
+        started = it.clock.now()
         await engine.close()
-        assert clock.now() - started < 0.5
+        assert it.clock.now() - started < 0.5
         assert not probe.done()
     finally:
-        held.set()
+        it.held.set()
         await engine.close()
         if probe is not None:
             with contextlib.suppress(Exception):

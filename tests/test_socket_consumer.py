@@ -3,7 +3,6 @@ reconnect pacing of many sockets dropped at once — against the simulator."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import weakref
 
@@ -235,31 +234,10 @@ async def test_closing_one_engine_leaves_another_engines_own_provider_alone(
         assert (await again.request("GetClock"))["code"] == 200
 
 
-class _Delegating:
+class _Delegate:
     """A caller's own provider (duck-typed) over a library one: attach() but no ``_http``."""
 
-    def __init__(self, inner: ConsumerJwt) -> None:
-        self.inner = inner
-        self.closes = 0
-
-    def attach(self, http: ProviderHttp) -> None:
-        self.inner.attach(http)
-
-    async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
-        return await self.inner.credentials(method, url)
-
-    async def invalidate(self, rejected: Credentials) -> None:
-        await self.inner.invalidate(rejected)
-
-    async def close(self) -> None:
-        self.closes += 1
-        await self.inner.close()
-
-
-@dataclasses.dataclass(slots=True)
-class _Slotted:
-    """The same, with slots: it cannot be held weakly."""
-
+    __slots__ = ()
     inner: ConsumerJwt
 
     def attach(self, http: ProviderHttp) -> None:
@@ -273,6 +251,29 @@ class _Slotted:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class _Delegating(_Delegate):
+    """One that counts its closes (and can be held weakly)."""
+
+    __slots__ = ("__weakref__", "closes", "inner")
+
+    def __init__(self, inner: ConsumerJwt) -> None:
+        self.inner = inner
+        self.closes = 0
+
+    async def close(self) -> None:
+        self.closes += 1
+        await super().close()
+
+
+class _Slotted(_Delegate):
+    """One with slots only: it cannot be held weakly."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: ConsumerJwt) -> None:
+        self.inner = inner
 
 
 async def test_another_engines_own_provider_of_the_callers_own_kind_is_left_alone(
