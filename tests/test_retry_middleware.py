@@ -1344,9 +1344,10 @@ async def test_a_failed_answer_a_policy_of_ones_own_makes_a_success_is_never_cut
     async with Engine(
         {"svc": host}, scheme="http", clock=clock, retry=policy, max_body_bytes=100_000
     ) as engine:
-        with pytest.raises(BodyTooLarge):
+        with pytest.raises(BodyTooLarge) as info:
             await engine.request("GET", "svc", "/x")
         assert acquired(engine) == 0
+    assert [a.outcome.status for a in info.value.attempts] == [409]
 
 
 async def test_without_raise_for_status_a_failed_answer_over_the_limit_is_never_cut(

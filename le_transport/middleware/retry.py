@@ -532,8 +532,14 @@ class _Call(_WheelTimer):
                     assert resp is not None
                     if resp in _CUT_SHORT:
                         # A policy of the caller's own made a failed answer a success: its
-                        # body, cut to an excerpt, would pass for the whole one.
-                        raise self._too_large(mw.max_body_bytes, "a failed answer taken as one")
+                        # body, cut to an excerpt, would pass for the whole one. Recorded and
+                        # logged as any answer too large (its attempt is recorded already).
+                        too_large = self._too_large(
+                            mw.max_body_bytes, "a failed answer taken as a success"
+                        )
+                        too_large.attempts = tuple(self.ctx.attempts)
+                        self.log_final(too_large, outcome, "the response body is too large")
+                        raise too_large
                     return resp
                 if resp is not None and (decision.action is Action.RETRY or mw.raise_for_status):
                     # Release before pausing: a retried response must not hold a pooled connection.
