@@ -72,10 +72,18 @@ _SECRET_NAME_PARTS = (
     "passphrase",
 )
 
-#: The parts that name a secret in "name:value" inside a query value: not "auth" nor "key",
-#: which as parts of a word ("author:smith", "key:asc") name a field to sort or search by.
-_NAMED_SECRET_PARTS = tuple(
-    p.replace("_", "") for p in _SECRET_NAME_PARTS if p not in ("auth", "key")
+#: "name:value" inside a query value whose name says secret (any pair of it): by the parts
+#: that name one, but not "auth" nor "key" alone, which as parts of a word ("author:smith",
+#: "key:asc") name a field to sort or search by; "authorization" does.
+_NAMED_SECRET = re.compile(
+    r"(?i)\b([a-z0-9_.-]*(?:"
+    + "|".join(
+        # "api_key", "session-id" as "apikey", "sessionid": a separator anywhere in a part.
+        "[_.-]?".join(map(re.escape, p.replace("_", "")))
+        for p in (*_SECRET_NAME_PARTS, "authorization")
+        if p not in ("auth", "key")
+    )
+    + r")[a-z0-9_.-]*)\s*:\s*[^\s,;&]+"
 )
 
 # Short names that hold credentials only as the whole name: as substrings they are in too many
@@ -94,8 +102,11 @@ _AUTH_PATH = re.compile(
     re.IGNORECASE,
 )
 
-#: An auth scheme's name and a credential-sized token after it, in a query value.
-_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|jwt|token)\s+[A-Za-z0-9._~+/=-]{16,}")
+#: An auth scheme's name and a credential-sized token after it (one with a digit), in a
+#: query value.
+_SCHEME_CREDENTIAL = re.compile(
+    r"(?i)\b(bearer|basic|jwt|token)\s+(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{16,}"
+)
 #: A JWT: three base64url segments, the first starting like a JSON header.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
@@ -182,16 +193,14 @@ def _query_value(value: str) -> str:
         return redact_text(value)
     if "eyJ" in value:
         value = _JWT.sub(REDACTED, value)
-    if " " in value:
-        # An auth scheme and its credential ("Bearer 9f8e...", "Basic dXNl..."): a credential
-        # of 16 characters or more, so that words ("Basic plan") stay readable.
+    if not value.isalnum():  # (a word or a number has no scheme, no pair: the common case)
+        # An auth scheme and its credential ("Bearer 9f8e...", "Basic dXNl..."): 16 characters
+        # or more with a digit, so that words ("Basic plan", "token authentication_failures")
+        # stay readable.
         value = _SCHEME_CREDENTIAL.sub(rf"\1 {REDACTED}", value)
-    if ":" in value:
-        # "access_token:9f8e...": a name that says secret, then its value.
-        name, _, rest = value.partition(":")
-        key = name.strip().lower().replace("-", "").replace("_", "").replace(".", "")
-        if rest and any(part in key for part in _NAMED_SECRET_PARTS):
-            value = f"{name}:{REDACTED}"
+        if ":" in value:
+            # "access_token:9f8e...", in any pair of the value: a name that says secret.
+            value = _NAMED_SECRET.sub(rf"\1:{REDACTED}", value)
     return value
 
 

@@ -127,6 +127,9 @@ def test_token_like_query_params_are_redacted(param: str) -> None:
         f"Bearer {TOKEN}",  # an auth scheme and its credential
         "Basic dXNlcjpodW50ZXIyMA",  # unpadded base64 (no '=')
         f"access_token:{TOKEN}",  # a name that says secret, then its value
+        f"user:alice,access_token:{TOKEN}",  # ... in any pair of the value
+        f"status:open password:{TOKEN}",
+        f"Bearer\t{TOKEN}",  # any whitespace after the scheme
     ],
 )
 def test_a_credential_nested_in_a_plain_query_value_is_redacted(value: str) -> None:
@@ -139,7 +142,17 @@ def test_a_credential_nested_in_a_plain_query_value_is_redacted(value: str) -> N
 
 
 @pytest.mark.parametrize(
-    "value", ["key:asc", "author:smith", "Basic plan", "2.1", "a,b~c", "sort:desc", "token abc"]
+    "value",
+    [
+        "key:asc",
+        "author:smith",
+        "Basic plan",
+        "2.1",
+        "a,b~c",
+        "sort:desc",
+        "token abc",
+        "token authentication_failures",  # a word after a scheme's name, no credential
+    ],
 )
 def test_a_plain_query_value_is_shown_as_it_is(value: str) -> None:
     # Scrubbed as free text, "sort=key:asc" showed as "key:***", "q=Basic plan" as "Basic ***".
