@@ -1138,34 +1138,49 @@ def split_host(host: str) -> tuple[str, int | None]:
     return host, None
 
 
-#: Which engine each provider is attached to (the last to attach it), both held weakly: an
-#: engine attaches a socket's own provider only if no open engine has it, and closes only
-#: those it still has.
-_ATTACHED: weakref.WeakKeyDictionary[object, weakref.ref[Engine]] = weakref.WeakKeyDictionary()
+#: Which engine each provider is attached to (the last to attach it), by the provider's
+#: identity (never its ``==``: two equal providers are two; an unhashable one is one), both
+#: held weakly: an engine attaches a socket's own provider only if no open engine has it, and
+#: closes only those it still has. A provider that cannot be held weakly is not noted.
+_ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine]]] = {}
 
 
 def _claim(provider: object, engine: Engine) -> bool:
     """Note ``provider`` as attached to ``engine``; False if it cannot be held weakly."""
+    key = id(provider)
     try:
-        _ATTACHED[provider] = weakref.ref(engine)
+        ref = weakref.ref(provider, functools.partial(_forget, key))
     except TypeError:
         return False
+    _ATTACHED[key] = (ref, weakref.ref(engine))
     return True
+
+
+def _forget(key: int, ref: weakref.ref[object]) -> None:
+    """A provider noted in :data:`_ATTACHED` is gone: its entry, unless the id was reused."""
+    held = _ATTACHED.get(key)
+    if held is not None and held[0] is ref:
+        del _ATTACHED[key]
 
 
 def _held_by(provider: object) -> Engine | None:
     """The engine ``provider`` was last attached to, if it is still alive."""
-    try:
-        ref = _ATTACHED.get(provider)
-    except TypeError:
+    held = _ATTACHED.get(id(provider))
+    if held is None or held[0]() is not provider:
         return None
-    return None if ref is None else ref()
+    return held[1]()
 
 
 def _holder(provider: object) -> Engine | None:
     """The open engine ``provider`` is attached to, if any."""
     engine = _held_by(provider)
     return None if engine is None or engine._closed else engine
+
+
+def _drop_ref(refs: dict[int, weakref.ref[AuthProvider]], key: int, ref: object) -> None:
+    """A provider held weakly in ``refs`` is gone: its entry, unless the id was reused."""
+    if refs.get(key) is ref:
+        del refs[key]
 
 
 class _SocketAuth:
@@ -1385,7 +1400,7 @@ class Engine:
         # alive and still this engine's then: held weakly, so that a provider its caller let
         # go (one per end user on a long-lived engine) is not kept, with its token, until the
         # engine closes; one that cannot be held weakly is held until then.
-        self._attached_auth: weakref.WeakSet[AuthProvider] = weakref.WeakSet()
+        self._attached_auth: dict[int, weakref.ref[AuthProvider]] = {}
         self._attached_strongly: dict[int, AuthProvider] = {}
         self._provider_http: ProviderHttp | None = None
         self._middlewares: tuple[ClientMiddlewareType, ...] = (
@@ -2604,8 +2619,12 @@ class Engine:
                 if self._provider_http is not None:
                     attach(self._provider_http)
                 if _claim(provider, self):
-                    self._attached_auth.add(provider)
+                    key = id(provider)
+                    self._attached_auth[key] = weakref.ref(
+                        provider, functools.partial(_drop_ref, self._attached_auth, key)
+                    )
                 else:
+                    # Held until its last socket here closes (then the caller's again).
                     self._attached_strongly[id(provider)] = provider
             recovery = Recovery(
                 domains=self._domains,
@@ -2623,7 +2642,8 @@ class Engine:
     def _socket_auth_to_close(self) -> list[AuthProvider]:
         """The sockets' own providers this engine attached and still has (another engine may
         have attached one since, as its own: that one is its)."""
-        mine = [p for p in self._attached_auth if _held_by(p) is self]
+        alive = (ref() for ref in list(self._attached_auth.values()))
+        mine = [p for p in alive if p is not None and _held_by(p) is self]
         return [*mine, *self._attached_strongly.values()]
 
     def _socket_closed(self, held: _SocketAuth, ws: ResilientSocket) -> None:
@@ -2636,6 +2656,11 @@ class Engine:
             return
         del self._socket_auth[id(held.provider)]
         held.recovery.close()
+        if not self._closed:
+            # One held strongly (it cannot be held weakly) is let go too: not kept, with its
+            # token, for the engine's life (it stays attached: its caller may give it
+            # again). Closing, the engine closes it below instead.
+            self._attached_strongly.pop(id(held.provider), None)
 
     def keepalive(
         self,

@@ -3,6 +3,7 @@ reconnect pacing of many sockets dropped at once — against the simulator."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 
@@ -337,3 +338,82 @@ async def test_a_provider_that_cannot_be_held_weakly_is_attached_and_closed_with
         )
         await ws.wait_open()
     assert consumer.inner.token is None, "closed with the engine"
+
+
+@dataclasses.dataclass(slots=True, weakref_slot=True)
+class _Unhashable(_Delegate):
+    """A dataclass: equal by value, so unhashable."""
+
+    inner: ConsumerJwt
+
+
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
+class _ByUser(_Delegate):
+    """Equal by value (its user), the inner provider not compared."""
+
+    user: str
+    inner: ConsumerJwt = dataclasses.field(compare=False)
+
+
+async def test_an_unhashable_provider_of_another_engine_is_left_alone(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    consumer = _Unhashable(ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
+    domains = StaticDomains(sim.domains)
+    async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
+        async with agent_engine(sim, clock, states) as agent:
+            ws = await agent.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await ws.wait_open()
+        again = await consumer_engine.websocket(
+            "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
+        )
+        await again.wait_open(timeout=60)
+
+
+async def test_two_equal_providers_are_two(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Noted by ==, the second of two equal providers was taken for attached already: never
+    attached, its socket stopped at its first connect."""
+    first, second = (
+        _ByUser("u", ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
+        for _ in range(2)
+    )
+    assert first == second
+    async with agent_engine(sim, clock, states) as engine:
+        for provider in (first, second):
+            ws = await engine.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=provider,
+            )
+            await ws.wait_open(timeout=60)
+    assert first.inner.token is None, "closed with it"
+    assert second.inner.token is None, "closed with it"
+
+
+async def test_a_provider_that_cannot_be_held_weakly_is_let_go_with_its_last_socket(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        refs = []
+        for _ in range(3):
+            consumer = _Slotted(ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
+            ws = await engine.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await ws.wait_open()
+            await ws.close()
+            refs.append(weakref.ref(consumer.inner))
+            del consumer, ws
+        gc.collect()
+        assert [r for r in refs if r() is not None] == []
