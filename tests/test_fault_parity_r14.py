@@ -710,3 +710,33 @@ async def test_expired_tokens_close_every_socket_at_once_whatever_one_holds(
             assert clock.now() - started < 1.0
             await expiring
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 4401)
+
+
+async def test_a_faults_close_over_a_close_waiting_for_held_frames_closes_now_with_its_code(
+    clock: VirtualClock,
+) -> None:
+    """A close waiting for the frames a delay holds made every close after it return at once:
+    a fault's close (flush=False) had no effect, its code lost; another close returned before
+    the socket was closed."""
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+        sim.faults.add(
+            FaultRule("late", WsDelay(30_000), unit="ws_message", match=Match(path=NOTIFICATION))
+        )
+        async with http.ws_connect(sim.brand_socket_url(bearer)) as client:
+            (sock,) = await sim.sockets.wait_open(1)
+            await sock.notify(NOTIFICATION, {"n": 0})  # held 30 s
+            loop = asyncio.get_running_loop()
+            flushing = loop.create_task(sock.close(1001))
+            await asyncio.sleep(0)
+            assert sock.closing
+            second = loop.create_task(sock.close(1000))
+            await asyncio.sleep(0)
+            assert not second.done(), "it waits for the socket to be closed"
+            started = clock.now()
+            await sock.close(4001, flush=False)
+            msg = await client.receive()
+            assert clock.now() - started < 1.0
+            await asyncio.gather(flushing, second)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 4001), "the fault's code, not 1001"
+        assert sock.ended == ("close", 4001)

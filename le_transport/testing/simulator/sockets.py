@@ -220,6 +220,8 @@ class SimSocket:
     #: Whether a close is waiting for the held frames to go out before its close frame (no
     #: frame is sent after it).
     closing: bool = False
+    #: Set once a close has closed the socket: a second close waiting on a flushing one.
+    _closed_now: asyncio.Event = attrs.field(factory=asyncio.Event, init=False, repr=False)
     #: The brand socket's Login Service session (the one whose bearer is in its path), or None
     #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
     #: at its first frame after the session ended (logged out, revoked, expired).
@@ -309,11 +311,22 @@ class SimSocket:
         The frames a ``ws_delay`` holds are on their way (latency): the close frame follows
         them on the one stream, once the last is sent, when it is due (a delay is not a drop),
         and nothing sent meanwhile goes out. ``flush=False`` (a fault ending the socket, as
-        the client-side injector's ``ws_close`` does) forgets them and closes at once."""
-        if self.closed or self.closing:
+        the client-side injector's ``ws_close`` does) forgets them and closes at once, also
+        over a close still waiting for them; a second close that would wait returns once the
+        socket is closed."""
+        if self.closed:
             return
         writer = self.writer
-        if flush and writer is not None and not writer.done():
+        if self.closing:
+            if flush:
+                await self._closed_now.wait()
+                return
+            # A fault's close over one still waiting for its held frames: now, with its code;
+            # the frames are lost, and the waiting close, finding the socket closed, returns.
+            self.held.clear()
+            if writer is not None and not writer.done():
+                writer.cancel()
+        elif flush and writer is not None and not writer.done():
             self.closing = True
             try:
                 # Not awaited as such: the writer stopped (the socket ending under it) is not
@@ -322,14 +335,18 @@ class SimSocket:
             finally:
                 self.closing = False
             if self.closed:
-                return  # ended meanwhile (dropped, or its client left): nothing to close
+                # Ended meanwhile (dropped, its client left, a fault's close): nothing to close.
+                self._closed_now.set()
+                return
         self.closed = True
         self.ended = ("close", code)
         ws = self._ws
-        if ws is None:
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.close(code=code, message=reason.encode())
+        try:
+            if ws is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.close(code=code, message=reason.encode())
+        finally:
+            self._closed_now.set()
 
     def drop(self) -> None:
         """Drop the connection without a close frame: the client sees an abnormal closure."""
@@ -337,6 +354,7 @@ class SimSocket:
             return
         self.closed = True
         self.ended = ("drop", None)
+        self._closed_now.set()
         if self.transport is not None:
             self.transport.abort()
 
@@ -529,6 +547,7 @@ class SocketHub:
             if not sock.closed:
                 sock.closed = True
                 sock.ended = ("client", ws.close_code)
+            sock._closed_now.set()
             self._serving.pop(sock.id, None)
             # Kept in ``all`` as a record: without its connection, which would otherwise stay
             # in memory for each of the ``config.max_records`` sockets a long soak keeps there.
