@@ -72,19 +72,20 @@ _SECRET_NAME_PARTS = (
     "passphrase",
 )
 
-#: "name:value" inside a query value whose name says secret (any pair of it): by the parts
-#: that name one, but not "auth" nor "key" alone, which as parts of a word ("author:smith",
-#: "key:asc") name a field to sort or search by; "authorization" does.
-_NAMED_SECRET = re.compile(
-    r"(?i)\b([a-z0-9_.-]*(?:"
-    + "|".join(
-        # "api_key", "session-id" as "apikey", "sessionid": a separator anywhere in a part.
-        "[_.-]?".join(map(re.escape, p.replace("_", "")))
-        for p in (*_SECRET_NAME_PARTS, "authorization")
-        if p not in ("auth", "key")
-    )
-    + r")[a-z0-9_.-]*)\s*:\s*[^\s,;&]+"
+#: The parts that, in "name:value" inside a query value, make the name a secret's: those of
+#: is_secret_name but "auth" and "key" alone, which as parts of a word ("author:smith",
+#: "key:asc") name a field to sort or search by; "authorization" does. Compared with the
+#: name's separators taken out ("api_key", "session-id").
+_NAMED_SECRET_PARTS = tuple(
+    p.replace("_", "") for p in (*_SECRET_NAME_PARTS, "authorization") if p not in ("auth", "key")
 )
+#: A "name:value" pair in a query value: the name a whole run (never a part of one: no
+#: backtracking into it, so that a long run costs one pass), the value up to a space or a
+#: separator. Which names are secret is decided in Python (:func:`_hide_named`).
+_PAIR = re.compile(r"(?<![A-Za-z0-9_.-])([A-Za-z0-9_.-]++)(\s*+:\s*+)")
+_PAIR_VALUE = re.compile(r"[^\s,;&]++")
+#: What ends an "authorization: <scheme> <credential>" pair's value (hidden up to it whole).
+_PAIR_END = re.compile(r"[,;&]")
 
 # Short names that hold credentials only as the whole name: as substrings they are in too many
 # harmless words ("design", "spin", "passenger"). A signature, a password, a one-time password,
@@ -102,34 +103,59 @@ _AUTH_PATH = re.compile(
     re.IGNORECASE,
 )
 
-#: An auth scheme's name and a credential-sized token after it (one with a digit), in a
-#: query value.
+#: An auth scheme's name and a credential-sized token after it, in a query value; after
+#: "token" (a word as often) only one with a digit ("token authentication_failures" is words).
 _SCHEME_CREDENTIAL = re.compile(
-    r"(?i)\b(bearer|basic|jwt|token)\s+(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{16,}"
+    r"(?i)\b(bearer|basic|jwt)\s++[A-Za-z0-9._~+/=-]{16,}"
+    r"|\b(token)\s++(?=[A-Za-z._~+/=-]*+[0-9])[A-Za-z0-9._~+/=-]{16,}"
 )
 #: A JWT: three base64url segments, the first starting like a JSON header.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
+
+# key=value and "key": "value" in free text for every name is_secret_name() hides (the same
+# list, so an api_key or a signature hidden in a URL is hidden in an error's text as well):
+# the name is a whole run (no backtracking into it: a long run costs one pass) and its
+# secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
+# name. Not an auth scheme's name ("Authorization: Bearer x"): the scheme pattern has hidden
+# its credential and keeps the scheme readable.
+_FIELD = re.compile(r"(?i)(?<![a-z0-9_.-])([a-z_.-]++)([\"']?\s*+[:=]\s*+[\"']?)")
+_FIELD_VALUE = re.compile(r"(?i)(?!(?:bearer|jwt|basic)\s)[^\"'&,\s}]++")
+
+
+def _hide_secret_fields(text: str) -> str:
+    """``text`` with the value of each field whose name says secret hidden; one pass."""
+    out: list[str] = []
+    done = 0
+    for match in _FIELD.finditer(text):
+        if match.start() < done:
+            continue
+        name = match.group(1).lower()
+        if not any(part in name for part in _SECRET_NAME_PARTS):
+            continue
+        value = _FIELD_VALUE.match(text, match.end())
+        if value is None:
+            continue
+        out.append(text[done : match.end()])
+        out.append(REDACTED)
+        done = value.end()
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
+
+
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
-# OAuth params, key=value, the UMS path's bearer, a URL's userinfo, and a JWT anywhere.
-_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# OAuth params (then the fields, above), the short names, the UMS path's bearer, a URL's
+# userinfo, and a JWT anywhere.
+_TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), rf"\1 {REDACTED}"),
     (
         re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
         rf'\1="{REDACTED}"',
     ),
-    # key=value and "key": "value" for every name is_secret_name() hides (the same list, so
-    # an api_key or a signature hidden in a URL is hidden in an error's text as well).
-    (
-        re.compile(
-            r"(?i)\b([a-z_.-]*(?:"
-            + "|".join(_SECRET_NAME_PARTS)
-            # Not an auth scheme's name ("Authorization: Bearer x"): the first pattern has
-            # hidden its credential and keeps the scheme readable.
-            + r")[a-z_.-]*)([\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|jwt|basic)\s)([^\"'&,\s}]+)"
-        ),
-        rf"\1\2{REDACTED}",
-    ),
+)
+_TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The whole-name ones, only as name=value (a query string, a form): in "name: value" they
     # are as often a field's label in a message.
     (
@@ -142,7 +168,11 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(/brand/)[^/?#\s\"']+"), rf"\1{REDACTED}"),
     # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL.
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@\"']*@"), rf"\1{REDACTED}@"),
+    # (The scheme is a whole run, never a part of one: a long run costs one pass.)
+    (
+        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://)[^/?#\s@\"']*+@"),
+        rf"\1{REDACTED}@",
+    ),
     # Three base64url segments, the first starting like a JSON header.
     (_JWT, REDACTED),
 )
@@ -197,11 +227,44 @@ def _query_value(value: str) -> str:
         # An auth scheme and its credential ("Bearer 9f8e...", "Basic dXNl..."): 16 characters
         # or more with a digit, so that words ("Basic plan", "token authentication_failures")
         # stay readable.
-        value = _SCHEME_CREDENTIAL.sub(rf"\1 {REDACTED}", value)
+        value = _SCHEME_CREDENTIAL.sub(_hide_scheme_credential, value)
         if ":" in value:
             # "access_token:9f8e...", in any pair of the value: a name that says secret.
-            value = _NAMED_SECRET.sub(rf"\1:{REDACTED}", value)
+            value = _hide_named_pairs(value)
     return value
+
+
+def _hide_scheme_credential(match: re.Match[str]) -> str:
+    return f"{match.group(1) or match.group(2)} {REDACTED}"
+
+
+def _hide_named_pairs(value: str) -> str:
+    """``value`` with the value of each "name:value" pair whose name says secret hidden (up to
+    a space; an authorization's, "Bearer x" and all, up to a separator). One pass over the
+    value, whatever its shape."""
+    out: list[str] = []
+    done = 0
+    for match in _PAIR.finditer(value):
+        if match.start() < done:
+            continue  # inside an authorization's value, hidden already
+        key = match.group(1).lower().replace("_", "").replace("-", "").replace(".", "")
+        if "authorization" in key:
+            found = _PAIR_END.search(value, match.end())
+            end = len(value) if found is None else found.start()
+        elif any(part in key for part in _NAMED_SECRET_PARTS):
+            taken = _PAIR_VALUE.match(value, match.end())
+            if taken is None:
+                continue
+            end = taken.end()
+        else:
+            continue
+        out.append(value[done : match.end(2)])
+        out.append(REDACTED)
+        done = end
+    if not out:
+        return value
+    out.append(value[done:])
+    return "".join(out)
 
 
 def is_secret_header(name: str) -> bool:
@@ -233,7 +296,10 @@ def redact_json(value: Any) -> Any:
 
 def redact_text(text: str) -> str:
     """Free text with credential-looking fragments replaced."""
-    for pattern, replacement in _TEXT_PATTERNS:
+    for pattern, replacement in _TEXT_BEFORE_FIELDS:
+        text = pattern.sub(replacement, text)
+    text = _hide_secret_fields(text)
+    for pattern, replacement in _TEXT_AFTER_FIELDS:
         text = pattern.sub(replacement, text)
     return text
 
