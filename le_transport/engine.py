@@ -1141,8 +1141,10 @@ def split_host(host: str) -> tuple[str, int | None]:
 #: Which engine each provider is attached to (the last to attach it), by the provider's
 #: identity (never its ``==``: two equal providers are two; an unhashable one is one), both
 #: held weakly: an engine attaches a socket's own provider only if no open engine has it, and
-#: closes only those it still has. A provider that cannot be held weakly is not noted.
-_ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine]]] = {}
+#: closes only those it still has. A provider that cannot be held weakly is not noted. An
+#: engine that let a provider go (its last socket there closed) leaves None: attached by an
+#: engine once, and free for the next.
+_ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine] | None]] = {}
 
 
 def _claim(provider: object, engine: Engine) -> bool:
@@ -1164,11 +1166,24 @@ def _forget(key: int, ref: weakref.ref[object]) -> None:
 
 
 def _held_by(provider: object) -> Engine | None:
-    """The engine ``provider`` was last attached to, if it is still alive."""
+    """The engine ``provider`` was last attached to, if it is still alive and has it."""
     held = _ATTACHED.get(id(provider))
-    if held is None or held[0]() is not provider:
+    if held is None or held[0]() is not provider or held[1] is None:
         return None
     return held[1]()
+
+
+def _known(provider: object) -> bool:
+    """Whether an engine attached ``provider`` (and may have let it go since)."""
+    held = _ATTACHED.get(id(provider))
+    return held is not None and held[0]() is provider
+
+
+def _release(provider: object, engine: Engine) -> None:
+    """``engine`` lets ``provider`` go, if it has it: the next engine attaches it."""
+    held = _ATTACHED.get(id(provider))
+    if held is not None and held[0]() is provider and _held_by(provider) is engine:
+        _ATTACHED[id(provider)] = (held[0], None)
 
 
 def _holder(provider: object) -> Engine | None:
@@ -1619,7 +1634,7 @@ class Engine:
 
     def _attach_providers(self) -> None:
         http = ProviderHttp(
-            session=lambda: self.session,
+            session=self._provider_session,
             retry_middleware=self._retry_mw,
             clock=self._clock,
             hooks=self._hooks,
@@ -1633,6 +1648,19 @@ class Engine:
             if callable(attach):
                 attach(http)
                 _claim(provider, self)
+
+    def _provider_session(self) -> aiohttp.ClientSession:
+        """The session a provider attached here sends with: an
+        :class:`~le_transport.errors.EngineClosed` once it is closed (a provider still used
+        after its engine closed failed with aiohttp's bare "Session is closed", taken for the
+        provider's own bug)."""
+        session = self.session
+        if session.closed:
+            raise EngineClosed(
+                "the engine this provider is attached to is closed: give the provider to an "
+                "open engine (or make a new provider)"
+            )
+        return session
 
     async def close(self) -> None:
         """Close the providers (logout, keepalive) and the session (if the engine made it).
@@ -2604,20 +2632,30 @@ class Engine:
         escalates re-logs in its own provider, not the engine's), and, the first time, the
         provider attached to this engine's HTTP path if no engine has it yet (the library's
         providers fetch their logins and tokens through it: unattached, the socket's first
-        connect stopped it for good); one attached here is closed with the engine. Counted
-        per socket: when its last socket closes, nothing is kept of it here."""
+        connect stopped it for good); one attached here is closed with the engine if a socket
+        still uses it then. Counted per socket: when its last socket closes, nothing is kept
+        of it here, and the next engine to get it attaches it."""
         held = self._socket_auth.get(id(provider))
         if held is None:
             attach = getattr(provider, "attach", None)
-            # Attached elsewhere (another open engine's own provider, or one its caller
-            # attached): left there, and never closed here.
+            # Attached elsewhere (another open engine's, or one its caller attached): left
+            # there, and never closed here. One an engine let go is attached again.
             if (
                 callable(attach)
                 and _holder(provider) is None
-                and getattr(provider, "_http", None) is None
+                and (_known(provider) or getattr(provider, "_http", None) is None)
             ):
+                # The library's providers attach their domain provider with them: one that is
+                # another open engine's own is given back to it (re-pointed here, it failed
+                # that engine's calls once this one closed).
+                domains = getattr(provider, "_domains", None)
+                owner = None if domains is None else _holder(domains)
                 if self._provider_http is not None:
                     attach(self._provider_http)
+                    if owner is not None and owner is not self:
+                        given_back = getattr(domains, "attach", None)
+                        if callable(given_back) and owner._provider_http is not None:
+                            given_back(owner._provider_http)
                 if _claim(provider, self):
                     key = id(provider)
                     self._attached_auth[key] = weakref.ref(
@@ -2657,6 +2695,10 @@ class Engine:
         del self._socket_auth[id(held.provider)]
         held.recovery.close()
         if not self._closed:
+            # Let go: another engine may attach it now (this one would close it under that
+            # engine's sockets otherwise), and this one no longer closes it.
+            _release(held.provider, self)
+            self._attached_auth.pop(id(held.provider), None)
             # One held strongly (it cannot be held weakly) is let go too: not kept, with its
             # token, for the engine's life (it stays attached: its caller may give it
             # again). Closing, the engine closes it below instead.

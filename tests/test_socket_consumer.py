@@ -12,8 +12,17 @@ from yarl import URL
 
 from le_transport import AppKeyAuth, Engine, EventHooks, StateEvent
 from le_transport.chaos import WsRejectHandshake
+from le_transport.errors import EngineClosed
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO, TokenBucket
-from le_transport.providers import ConsumerJwt, Credentials, ProviderHttp, StaticDomains
+from le_transport.providers import (
+    AuthProvider,
+    ConsumerJwt,
+    Credentials,
+    CsdsDomains,
+    ProviderHttp,
+    StaticDomains,
+    UserLogin,
+)
 from le_transport.sockets import (
     CONSUMER_SOCKET_QUERY,
     AuthPlacement,
@@ -21,7 +30,12 @@ from le_transport.sockets import (
     consumer_path,
 )
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import DEFAULT_APP_KEY, Simulator
+from le_transport.testing.simulator import (
+    DEFAULT_APP_KEY,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Simulator,
+)
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -417,3 +431,86 @@ async def test_a_provider_that_cannot_be_held_weakly_is_let_go_with_its_last_soc
             del consumer, ws
         gc.collect()
         assert [r for r in refs if r() is not None] == []
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["library", "callers-own"])
+async def test_a_provider_given_to_sockets_on_two_engines_in_turn_is_the_second_ones(
+    sim: Simulator, clock: VirtualClock, states: StateLog, wrapped: bool
+) -> None:
+    """The first engine kept its hold once its socket closed: the second used it through the
+    first's HTTP path, and the first's close logged it out under the second's socket, which
+    then reconnected for ever with 'credentials: EngineClosed'."""
+    inner = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
+    consumer: AuthProvider = _Delegating(inner) if wrapped else inner
+    first = agent_engine(sim, clock, states)
+    await first.start()
+    try:
+        ws = await first.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth=consumer,
+        )
+        await ws.wait_open()
+        await ws.close()
+        async with agent_engine(sim, clock, states) as second:
+            again = await second.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await again.wait_open()
+            await first.close()
+            assert inner.token is not None, "not the first engine's to close any more"
+            await sim.expire_tokens()  # a new JWT, fetched through the second engine
+            await again.wait_open(timeout=120)
+            assert (await again.request("GetClock"))["code"] == 200
+    finally:
+        await first.close()
+
+
+async def test_a_sockets_provider_leaves_the_domain_provider_of_another_engine_alone(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """A library provider attaches its domain provider with it: given to a socket on another
+    engine, it re-pointed this engine's own domain map there, and once that engine closed,
+    this one's calls failed (a 'Session is closed' taken for the provider's bug)."""
+    domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http", ttl=60)
+    login = UserLogin(
+        sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+    )
+    users = f"/api/account/{sim.account.id}/configuration/le-users/users"
+    async with Engine(domains, scheme="http", clock=clock, auth=login) as engine:
+        await engine.request("GET", "accountConfigReadOnly", users)
+        consumer = ConsumerJwt(sim.account.id, domains=domains)
+        async with agent_engine(sim, clock, states) as other:
+            ws = await other.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await ws.wait_open()
+        await clock.sleep(120)  # the domain map is due: fetched again, through this engine
+        assert (await engine.request("GET", "accountConfigReadOnly", users)).status == 200
+
+
+async def test_a_provider_still_attached_to_a_closed_engine_fails_with_engine_closed(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Used after the engine it is attached to closed, it failed with aiohttp's bare 'Session
+    is closed', reported as a bug of the provider's."""
+    consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await engine.websocket(
+            "asyncMessagingEnt",
+            consumer_path(sim.account.id),
+            params=CONSUMER_SOCKET_QUERY,
+            auth=consumer,
+        )
+        await ws.wait_open()
+        await ws.close()  # let go: not closed with the engine
+    await consumer.invalidate(await consumer.credentials("GET"))
+    with pytest.raises(EngineClosed, match="is closed: give the provider to an open engine"):
+        await consumer.credentials("GET")
