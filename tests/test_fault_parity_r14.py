@@ -740,3 +740,30 @@ async def test_a_faults_close_over_a_close_waiting_for_held_frames_closes_now_wi
             await asyncio.gather(flushing, second)
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 4001), "the fault's code, not 1001"
         assert sock.ended == ("close", 4001)
+
+
+async def test_a_close_waiting_on_a_flushing_close_that_is_cut_short_closes_the_socket(
+    clock: VirtualClock,
+) -> None:
+    """The second close waited for the socket to be closed: the first cut short (a caller's
+    timeout around it) closed nothing, and the second waited until the client left."""
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+        sim.faults.add(
+            FaultRule("late", WsDelay(30_000), unit="ws_message", match=Match(path=NOTIFICATION))
+        )
+        async with http.ws_connect(sim.brand_socket_url(bearer)) as client:
+            (sock,) = await sim.sockets.wait_open(1)
+            await sock.notify(NOTIFICATION, {"n": 0})  # held 30 s
+            loop = asyncio.get_running_loop()
+            flushing = loop.create_task(sock.close(1001))
+            await asyncio.sleep(0)
+            assert sock.closing
+            second = loop.create_task(sock.close(4401))
+            await asyncio.sleep(0)
+            flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)
+            await second  # now the closer: it waits for the held frame, then closes
+            received = [await client.receive() for _ in range(2)]
+        assert received[0].type is WSMsgType.TEXT, "the held frame, first"
+        assert (received[1].type, received[1].data) == (WSMsgType.CLOSE, 4401)

@@ -220,8 +220,9 @@ class SimSocket:
     #: Whether a close is waiting for the held frames to go out before its close frame (no
     #: frame is sent after it).
     closing: bool = False
-    #: Set once a close has closed the socket: a second close waiting on a flushing one.
-    _closed_now: asyncio.Event = attrs.field(factory=asyncio.Event, init=False, repr=False)
+    #: Set when no close is waiting for held frames (a second close waits for it, then looks
+    #: again: the socket closed, or that close cut short and this one closes it).
+    _flush_ended: asyncio.Event = attrs.field(factory=asyncio.Event, init=False, repr=False)
     #: The brand socket's Login Service session (the one whose bearer is in its path), or None
     #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
     #: at its first frame after the session ended (logged out, revoked, expired).
@@ -314,13 +315,12 @@ class SimSocket:
         the client-side injector's ``ws_close`` does) forgets them and closes at once, also
         over a close still waiting for them; a second close that would wait returns once the
         socket is closed."""
+        while flush and self.closing and not self.closed:
+            await self._flush_ended.wait()
         if self.closed:
             return
         writer = self.writer
         if self.closing:
-            if flush:
-                await self._closed_now.wait()
-                return
             # A fault's close over one still waiting for its held frames: now, with its code;
             # the frames are lost, and the waiting close, finding the socket closed, returns.
             self.held.clear()
@@ -328,25 +328,23 @@ class SimSocket:
                 writer.cancel()
         elif flush and writer is not None and not writer.done():
             self.closing = True
+            self._flush_ended.clear()
             try:
                 # Not awaited as such: the writer stopped (the socket ending under it) is not
                 # this close's failure.
                 await asyncio.wait({writer})
             finally:
+                # Cut short too (a caller's timeout): a close waiting on this one goes on.
                 self.closing = False
+                self._flush_ended.set()
             if self.closed:
-                # Ended meanwhile (dropped, its client left, a fault's close): nothing to close.
-                self._closed_now.set()
-                return
+                return  # ended meanwhile (dropped, its client left, a fault's close)
         self.closed = True
         self.ended = ("close", code)
         ws = self._ws
-        try:
-            if ws is not None:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.close(code=code, message=reason.encode())
-        finally:
-            self._closed_now.set()
+        if ws is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close(code=code, message=reason.encode())
 
     def drop(self) -> None:
         """Drop the connection without a close frame: the client sees an abnormal closure."""
@@ -354,7 +352,6 @@ class SimSocket:
             return
         self.closed = True
         self.ended = ("drop", None)
-        self._closed_now.set()
         if self.transport is not None:
             self.transport.abort()
 
@@ -547,7 +544,6 @@ class SocketHub:
             if not sock.closed:
                 sock.closed = True
                 sock.ended = ("client", ws.close_code)
-            sock._closed_now.set()
             self._serving.pop(sock.id, None)
             # Kept in ``all`` as a record: without its connection, which would otherwise stay
             # in memory for each of the ``config.max_records`` sockets a long soak keeps there.
