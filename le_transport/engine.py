@@ -1173,6 +1173,11 @@ def _held_by(provider: object) -> Engine | None:
     return held[1]()
 
 
+#: The engines whose sockets use each provider (by the provider's id), while they do: an
+#: engine that closes hands a provider it attached to another still using it.
+_SOCKET_USERS: dict[int, weakref.WeakSet[Engine]] = {}
+
+
 def _known(provider: object) -> bool:
     """Whether an engine attached ``provider`` (and may have let it go since)."""
     held = _ATTACHED.get(id(provider))
@@ -2637,33 +2642,14 @@ class Engine:
         of it here, and the next engine to get it attaches it."""
         held = self._socket_auth.get(id(provider))
         if held is None:
-            attach = getattr(provider, "attach", None)
             # Attached elsewhere (another open engine's, or one its caller attached): left
             # there, and never closed here. One an engine let go is attached again.
-            if (
-                callable(attach)
-                and _holder(provider) is None
-                and (_known(provider) or getattr(provider, "_http", None) is None)
-            ):
-                # The library's providers attach their domain provider with them: one that is
-                # another open engine's own is given back to it (re-pointed here, it failed
-                # that engine's calls once this one closed).
-                domains = getattr(provider, "_domains", None)
-                owner = None if domains is None else _holder(domains)
-                if self._provider_http is not None:
-                    attach(self._provider_http)
-                    if owner is not None and owner is not self:
-                        given_back = getattr(domains, "attach", None)
-                        if callable(given_back) and owner._provider_http is not None:
-                            given_back(owner._provider_http)
-                if _claim(provider, self):
-                    key = id(provider)
-                    self._attached_auth[key] = weakref.ref(
-                        provider, functools.partial(_drop_ref, self._attached_auth, key)
-                    )
-                else:
-                    # Held until its last socket here closes (then the caller's again).
-                    self._attached_strongly[id(provider)] = provider
+            free = _holder(provider) is None and (
+                _known(provider) or getattr(provider, "_http", None) is None
+            )
+            if free and callable(getattr(provider, "attach", None)) and not self._take(provider):
+                # Held until its last socket here closes (then the caller's again).
+                self._attached_strongly[id(provider)] = provider
             recovery = Recovery(
                 domains=self._domains,
                 auth=provider,
@@ -2674,15 +2660,52 @@ class Engine:
                 hooks=self._hooks,
             )
             held = self._socket_auth[id(provider)] = _SocketAuth(provider, recovery)
+            _SOCKET_USERS.setdefault(id(provider), weakref.WeakSet()).add(self)
         held.sockets += 1
         return held
 
+    def _take(self, provider: AuthProvider) -> bool:
+        """Attach ``provider`` to this engine's HTTP path and note it as this engine's (to
+        close, or hand over, when it closes); False if it cannot be noted (held weakly)."""
+        attach = getattr(provider, "attach", None)
+        # The library's providers attach their domain provider with them: one that is another
+        # open engine's own is given back to it (re-pointed here, it failed that engine's
+        # calls once this one closed).
+        domains = getattr(provider, "_domains", None)
+        owner = None if domains is None else _holder(domains)
+        if callable(attach) and self._provider_http is not None:
+            attach(self._provider_http)
+            if owner is not None and owner is not self:
+                given_back = getattr(domains, "attach", None)
+                if callable(given_back) and owner._provider_http is not None:
+                    given_back(owner._provider_http)
+        if not _claim(provider, self):
+            return False
+        key = id(provider)
+        self._attached_auth[key] = weakref.ref(
+            provider, functools.partial(_drop_ref, self._attached_auth, key)
+        )
+        return True
+
     def _socket_auth_to_close(self) -> list[AuthProvider]:
-        """The sockets' own providers this engine attached and still has (another engine may
-        have attached one since, as its own: that one is its)."""
-        alive = (ref() for ref in list(self._attached_auth.values()))
-        mine = [p for p in alive if p is not None and _held_by(p) is self]
-        return [*mine, *self._attached_strongly.values()]
+        """The sockets' own providers this engine attached, to close as it closes: not one
+        another engine attached since (its own now), and not one another open engine's
+        sockets still use (handed over to that engine: attached there, its to close)."""
+        closing: list[AuthProvider] = list(self._attached_strongly.values())
+        for ref in list(self._attached_auth.values()):
+            provider = ref()
+            if provider is None or _held_by(provider) not in (self, None):
+                continue
+            users = [
+                engine
+                for engine in _SOCKET_USERS.get(id(provider), ())
+                if engine is not self and not engine._closed
+            ]
+            if users:
+                users[0]._take(provider)
+                continue
+            closing.append(provider)
+        return closing
 
     def _socket_closed(self, held: _SocketAuth, ws: ResilientSocket) -> None:
         """A socket with an auth provider of its own closed: when it was the provider's last
@@ -2694,11 +2717,15 @@ class Engine:
             return
         del self._socket_auth[id(held.provider)]
         held.recovery.close()
+        users = _SOCKET_USERS.get(id(held.provider))
+        if users is not None:
+            users.discard(self)
+            if not users:
+                del _SOCKET_USERS[id(held.provider)]
         if not self._closed:
-            # Let go: another engine may attach it now (this one would close it under that
-            # engine's sockets otherwise), and this one no longer closes it.
+            # Let go: another engine may attach it now (it is that one's then); if none does,
+            # this one still closes it as it closes (a login's keepalive, its logout).
             _release(held.provider, self)
-            self._attached_auth.pop(id(held.provider), None)
             # One held strongly (it cannot be held weakly) is let go too: not kept, with its
             # token, for the engine's life (it stays attached: its caller may give it
             # again). Closing, the engine closes it below instead.

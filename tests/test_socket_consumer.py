@@ -500,7 +500,8 @@ async def test_a_provider_still_attached_to_a_closed_engine_fails_with_engine_cl
     sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
     """Used after the engine it is attached to closed, it failed with aiohttp's bare 'Session
-    is closed', reported as a bug of the provider's."""
+    is closed', reported as a bug of the provider's; and a socket's provider the engine let
+    go (its socket closed) is still closed with it, its keepalive and logout included."""
     consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
     async with agent_engine(sim, clock, states) as engine:
         ws = await engine.websocket(
@@ -510,7 +511,62 @@ async def test_a_provider_still_attached_to_a_closed_engine_fails_with_engine_cl
             auth=consumer,
         )
         await ws.wait_open()
-        await ws.close()  # let go: not closed with the engine
-    await consumer.invalidate(await consumer.credentials("GET"))
+        await ws.close()  # let go: no other engine took it
+    assert consumer.token is None, "closed with the engine all the same"
     with pytest.raises(EngineClosed, match="is closed: give the provider to an open engine"):
-        await consumer.credentials("GET")
+        engine._provider_session()
+
+
+@pytest.mark.parametrize("close_socket_first", [True, False])
+async def test_a_provider_used_by_two_open_engines_is_handed_over_when_the_first_closes(
+    sim: Simulator, clock: VirtualClock, states: StateLog, close_socket_first: bool
+) -> None:
+    """The second engine's socket used the provider through the first engine, which closed
+    it (or its HTTP path) as it closed: the socket reconnected for ever."""
+    consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
+    first = agent_engine(sim, clock, states)
+    await first.start()
+    try:
+        async with agent_engine(sim, clock, states) as second:
+            sockets = [
+                await engine.websocket(
+                    "asyncMessagingEnt",
+                    consumer_path(sim.account.id),
+                    params=CONSUMER_SOCKET_QUERY,
+                    auth=consumer,
+                )
+                for engine in (first, second)
+            ]
+            for ws in sockets:
+                await ws.wait_open()
+            if close_socket_first:
+                await sockets[0].close()
+            await first.close()
+            assert consumer.token is not None, "handed over, not closed"
+            await sim.expire_tokens()  # a new JWT, fetched through the second engine now
+            await sockets[1].wait_open(timeout=120)
+            assert (await sockets[1].request("GetClock"))["code"] == 200
+        assert consumer.token is None, "closed with the second"
+    finally:
+        await first.close()
+
+
+async def test_a_sockets_login_let_go_is_still_logged_out_with_the_engine(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Let go with its last socket, a login given to a socket was no longer closed with the
+    engine: its keepalive ran on, failing, and it was never logged out."""
+    login = UserLogin(
+        sim.account.id,
+        DEFAULT_USER,
+        DEFAULT_PASSWORD,
+        domains=StaticDomains(sim.domains),
+        keepalive=True,
+    )
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, auth=login)
+        await ws.wait_open()
+        await ws.close()
+    assert login.session is None
+    await clock.sleep(700)  # no keepalive runs on
+    assert login.session is None
