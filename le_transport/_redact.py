@@ -128,13 +128,15 @@ def _hide_secret_fields(text: str) -> str:
     out: list[str] = []
     done = 0
     for match in _FIELD.finditer(text):
-        if match.start() < done:
-            continue
         name = match.group(1).lower()
         if not any(part in name for part in _SECRET_NAME_PARTS):
             continue
         value = _FIELD_VALUE.match(text, match.end())
         if value is None:
+            continue
+        if match.start() < done:
+            # Inside a value hidden already ("api_key=abc;password=x"): hidden to its end.
+            done = max(done, value.end())
             continue
         out.append(text[done : match.end()])
         out.append(REDACTED)

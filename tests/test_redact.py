@@ -514,6 +514,8 @@ def test_a_json_excerpt_keeps_numbers_and_text_as_the_server_wrote_them() -> Non
         "client_id=a&s3.secret_key={s}",
         "config: oauth2-token={s} region=us",
         "tried: 1.https://svc:{s}@h.example/x",
+        'refused: api_key2=abc;password="{s}"',  # a secret inside another's hidden value
+        "token1: abc/password: {s}",
     ],
 )
 def test_a_secrets_name_with_a_digit_in_it_still_hides_it(text: str) -> None:
