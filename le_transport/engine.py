@@ -1142,9 +1142,9 @@ def split_host(host: str) -> tuple[str, int | None]:
 #: identity (never its ``==``: two equal providers are two; an unhashable one is one), both
 #: held weakly: an engine attaches a socket's own provider only if no open engine has it, and
 #: closes only those it still has. A provider that cannot be held weakly is not noted. An
-#: engine that let a provider go (its last socket there closed) leaves None: attached by an
-#: engine once, and free for the next.
-_ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine] | None]] = {}
+#: engine that let a provider go (its last socket there closed) marks it so (the last flag):
+#: free for the next engine, and still the one to close it if none takes it.
+_ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine], bool]] = {}
 
 
 def _claim(provider: object, engine: Engine) -> bool:
@@ -1154,7 +1154,7 @@ def _claim(provider: object, engine: Engine) -> bool:
         ref = weakref.ref(provider, functools.partial(_forget, key))
     except TypeError:
         return False
-    _ATTACHED[key] = (ref, weakref.ref(engine))
+    _ATTACHED[key] = (ref, weakref.ref(engine), False)
     return True
 
 
@@ -1168,7 +1168,15 @@ def _forget(key: int, ref: weakref.ref[object]) -> None:
 def _held_by(provider: object) -> Engine | None:
     """The engine ``provider`` was last attached to, if it is still alive and has it."""
     held = _ATTACHED.get(id(provider))
-    if held is None or held[0]() is not provider or held[1] is None:
+    if held is None or held[0]() is not provider or held[2]:
+        return None
+    return held[1]()
+
+
+def _last_taker(provider: object) -> Engine | None:
+    """The engine that last attached ``provider``, if alive, whether or not it let it go."""
+    held = _ATTACHED.get(id(provider))
+    if held is None or held[0]() is not provider:
         return None
     return held[1]()
 
@@ -1188,7 +1196,7 @@ def _release(provider: object, engine: Engine) -> None:
     """``engine`` lets ``provider`` go, if it has it: the next engine attaches it."""
     held = _ATTACHED.get(id(provider))
     if held is not None and held[0]() is provider and _held_by(provider) is engine:
-        _ATTACHED[id(provider)] = (held[0], None)
+        _ATTACHED[id(provider)] = (held[0], held[1], True)
 
 
 def _holder(provider: object) -> Engine | None:
@@ -1754,7 +1762,14 @@ class Engine:
             # A socket's own (a consumer's JWT, another login): before the domain provider,
             # which a logout may still resolve its host with.
             *(("socket auth", p, p.close) for p in self._socket_auth_to_close()),
-            ("domain", self._domains, getattr(self._domains, "close", None)),
+            (
+                "domain",
+                self._domains,
+                # Not one a provider handed over took to another engine (that one's now).
+                getattr(self._domains, "close", None)
+                if _last_taker(self._domains) in (self, None)
+                else None,
+            ),
         )
         for role, provider, close in closers:
             if not callable(close):
@@ -2679,6 +2694,10 @@ class Engine:
                 given_back = getattr(domains, "attach", None)
                 if callable(given_back) and owner._provider_http is not None:
                     given_back(owner._provider_http)
+            elif owner is None and domains is not None:
+                # No open engine has it (its own engine closing hands this provider over):
+                # this one's now, not to be closed by the engine that had it.
+                _claim(domains, self)
         if not _claim(provider, self):
             return False
         key = id(provider)
@@ -2694,8 +2713,8 @@ class Engine:
         closing: list[AuthProvider] = list(self._attached_strongly.values())
         for ref in list(self._attached_auth.values()):
             provider = ref()
-            if provider is None or _held_by(provider) not in (self, None):
-                continue
+            if provider is None or _last_taker(provider) is not self:
+                continue  # gone, or taken by another engine since: that one's
             users = [
                 engine
                 for engine in _SOCKET_USERS.get(id(provider), ())

@@ -570,3 +570,70 @@ async def test_a_sockets_login_let_go_is_still_logged_out_with_the_engine(
     assert login.session is None
     await clock.sleep(700)  # no keepalive runs on
     assert login.session is None
+
+
+async def test_a_provider_taken_by_another_engine_since_is_not_closed_by_the_first(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Let go by both engines in turn, the provider read as 'nobody's': the first engine's
+    close closed it although the second had taken it since."""
+    consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
+    first = agent_engine(sim, clock, states)
+    await first.start()
+    try:
+        async with agent_engine(sim, clock, states) as second:
+            for engine in (first, second):
+                ws = await engine.websocket(
+                    "asyncMessagingEnt",
+                    consumer_path(sim.account.id),
+                    params=CONSUMER_SOCKET_QUERY,
+                    auth=consumer,
+                )
+                await ws.wait_open()
+                await ws.close()
+            await first.close()
+            again = await second.websocket(
+                "asyncMessagingEnt",
+                consumer_path(sim.account.id),
+                params=CONSUMER_SOCKET_QUERY,
+                auth=consumer,
+            )
+            await again.wait_open(timeout=60)
+        assert consumer.token is None, "closed by the second, the last to take it"
+    finally:
+        await first.close()
+
+
+async def test_a_handed_over_provider_keeps_the_domain_map_it_shares_with_the_first_engine(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Handed to the second engine as the first closed, the provider's domain map (the first
+    engine's own) was closed by the first right after: once due, every fetch failed."""
+    domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http", ttl=60)
+    login = UserLogin(
+        sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+    )
+    consumer = ConsumerJwt(sim.account.id, domains=domains)
+    first = Engine(domains, scheme="http", clock=clock, auth=login)
+    await first.start()
+    try:
+        async with agent_engine(sim, clock, states) as second:
+            sockets = [
+                await engine.websocket(
+                    "asyncMessagingEnt",
+                    consumer_path(sim.account.id),
+                    params=CONSUMER_SOCKET_QUERY,
+                    auth=consumer,
+                )
+                for engine in (first, second)
+            ]
+            for ws in sockets:
+                await ws.wait_open()
+            await first.close()
+            assert consumer.token is not None
+            await clock.sleep(120)  # the domain map is due
+            await sim.expire_tokens()
+            await sockets[1].wait_open(timeout=120)
+            assert (await sockets[1].request("GetClock"))["code"] == 200
+    finally:
+        await first.close()
