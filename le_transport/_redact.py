@@ -128,6 +128,9 @@ def _hide_secret_fields(text: str) -> str:
     out: list[str] = []
     done = 0
     for match in _FIELD.finditer(text):
+        if match.end() < done:
+            # Wholly inside a value hidden already: its own value ends where that one does.
+            continue
         name = match.group(1).lower()
         if not any(part in name for part in _SECRET_NAME_PARTS):
             continue
