@@ -1430,6 +1430,9 @@ class Engine:
         # engine closes; one that cannot be held weakly is held until then.
         self._attached_auth: dict[int, weakref.ref[AuthProvider]] = {}
         self._attached_strongly: dict[int, AuthProvider] = {}
+        # Domain maps a provider handed over brought here (its engine closing): closed with
+        # this engine, unless another took them since.
+        self._taken_domains: dict[int, weakref.ref[object]] = {}
         self._provider_http: ProviderHttp | None = None
         self._middlewares: tuple[ClientMiddlewareType, ...] = (
             *outer_middlewares,
@@ -1762,6 +1765,7 @@ class Engine:
             # A socket's own (a consumer's JWT, another login): before the domain provider,
             # which a logout may still resolve its host with.
             *(("socket auth", p, p.close) for p in self._socket_auth_to_close()),
+            *(("domain", d, getattr(d, "close", None)) for d in self._taken_domains_to_close()),
             (
                 "domain",
                 self._domains,
@@ -2694,10 +2698,10 @@ class Engine:
                 given_back = getattr(domains, "attach", None)
                 if callable(given_back) and owner._provider_http is not None:
                     given_back(owner._provider_http)
-            elif owner is None and domains is not None:
+            elif owner is None and domains is not None and _claim(domains, self):
                 # No open engine has it (its own engine closing hands this provider over):
-                # this one's now, not to be closed by the engine that had it.
-                _claim(domains, self)
+                # this one's now, to close, and not the engine's that had it.
+                self._taken_domains[id(domains)] = weakref.ref(domains)
         if not _claim(provider, self):
             return False
         key = id(provider)
@@ -2725,6 +2729,13 @@ class Engine:
                 continue
             closing.append(provider)
         return closing
+
+    def _taken_domains_to_close(self) -> list[object]:
+        """The domain maps handed-over providers brought here that are still this engine's."""
+        alive = (ref() for ref in self._taken_domains.values())
+        return [
+            d for d in alive if d is not None and d is not self._domains and _last_taker(d) is self
+        ]
 
     def _socket_closed(self, held: _SocketAuth, ws: ResilientSocket) -> None:
         """A socket with an auth provider of its own closed: when it was the provider's last

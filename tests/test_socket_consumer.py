@@ -635,5 +635,7 @@ async def test_a_handed_over_provider_keeps_the_domain_map_it_shares_with_the_fi
             await sim.expire_tokens()
             await sockets[1].wait_open(timeout=120)
             assert (await sockets[1].request("GetClock"))["code"] == 200
+        # Closed by the engine it went to, as that engine closed.
+        assert domains._closed
     finally:
         await first.close()
