@@ -688,16 +688,22 @@ async def test_a_frame_nested_too_deep_to_parse_passes_through_as_without_faults
             await conn.close(clock, 5.0)
 
 
+def _notifications_held_30s(sim: Simulator) -> str:
+    """Hold every notification the simulator sends 30 s (a WsDelay); the default agent's
+    bearer, logged in."""
+    sim.faults.add(
+        FaultRule("late", WsDelay(30_000), unit="ws_message", match=Match(path=NOTIFICATION))
+    )
+    return sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+
+
 async def test_expired_tokens_close_every_socket_at_once_whatever_one_holds(
     clock: VirtualClock,
 ) -> None:
     """A simulator's close waits for the frames a delay holds on that socket: closed one after
     another, a socket holding nothing kept serving on expired tokens for the others' delays."""
     async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
-        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
-        sim.faults.add(
-            FaultRule("late", WsDelay(30_000), unit="ws_message", match=Match(path=NOTIFICATION))
-        )
+        bearer = _notifications_held_30s(sim)
         async with (
             http.ws_connect(sim.brand_socket_url(bearer)),
             http.ws_connect(sim.brand_socket_url(bearer)) as second,
@@ -719,10 +725,7 @@ async def test_a_faults_close_over_a_close_waiting_for_held_frames_closes_now_wi
     a fault's close (flush=False) had no effect, its code lost; another close returned before
     the socket was closed."""
     async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
-        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
-        sim.faults.add(
-            FaultRule("late", WsDelay(30_000), unit="ws_message", match=Match(path=NOTIFICATION))
-        )
+        bearer = _notifications_held_30s(sim)
         async with http.ws_connect(sim.brand_socket_url(bearer)) as client:
             (sock,) = await sim.sockets.wait_open(1)
             await sock.notify(NOTIFICATION, {"n": 0})  # held 30 s
@@ -748,10 +751,7 @@ async def test_a_close_waiting_on_a_flushing_close_that_is_cut_short_closes_the_
     """The second close waited for the socket to be closed: the first cut short (a caller's
     timeout around it) closed nothing, and the second waited until the client left."""
     async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
-        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
-        sim.faults.add(
-            FaultRule("late", WsDelay(30_000), unit="ws_message", match=Match(path=NOTIFICATION))
-        )
+        bearer = _notifications_held_30s(sim)
         async with http.ws_connect(sim.brand_socket_url(bearer)) as client:
             (sock,) = await sim.sockets.wait_open(1)
             await sock.notify(NOTIFICATION, {"n": 0})  # held 30 s

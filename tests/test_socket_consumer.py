@@ -27,6 +27,7 @@ from le_transport.sockets import (
     CONSUMER_SOCKET_QUERY,
     AuthPlacement,
     ReconnectPacer,
+    ResilientSocket,
     consumer_path,
 )
 from le_transport.testing import VirtualClock
@@ -48,6 +49,18 @@ from tests.test_socket_support import (
 __all__ = ["no_open_connections", "sim", "states"]
 
 pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+
+async def _consumer_socket(
+    engine: Engine, sim: Simulator, auth: AuthProvider | None = None
+) -> ResilientSocket:
+    """The simulator account's consumer socket on ``engine``, with ``auth`` if given."""
+    return await engine.websocket(
+        "asyncMessagingEnt",
+        consumer_path(sim.account.id),
+        params=CONSUMER_SOCKET_QUERY,
+        auth=auth,
+    )
 
 
 def consumer_engine(sim: Simulator, clock: VirtualClock, states: StateLog) -> Engine:
@@ -172,12 +185,7 @@ async def test_a_consumer_socket_with_its_own_provider_beside_an_agents_login(
         agent = await brand_socket(engine, sim)
         await agent.wait_open()
         logins = sim.count("POST", "/api/account/*/login")
-        ws = await engine.websocket(
-            "asyncMessagingEnt",
-            consumer_path(sim.account.id),
-            params=CONSUMER_SOCKET_QUERY,
-            auth=consumer,
-        )
+        ws = await _consumer_socket(engine, sim, auth=consumer)
         await ws.wait_open()
         assert (await ws.request("GetClock"))["code"] == 200
         assert sim.count("POST", "/api/account/*/signup") == 1
@@ -187,12 +195,7 @@ async def test_a_consumer_socket_with_its_own_provider_beside_an_agents_login(
         sim.faults.script(
             "GET", "/ws_api/*/consumer*", [WsRejectHandshake(status=503)] * 6, unit="ws_session"
         )
-        again = await engine.websocket(
-            "asyncMessagingEnt",
-            consumer_path(sim.account.id),
-            params=CONSUMER_SOCKET_QUERY,
-            auth=consumer,
-        )
+        again = await _consumer_socket(engine, sim, auth=consumer)
         await again.wait_open(timeout=3600)
         assert states.of("escalating")
         assert sim.count("POST", "/api/account/*/login") == logins
@@ -210,12 +213,7 @@ async def test_a_closed_socket_lets_go_of_its_own_provider_and_its_token(
         refs = []
         for _ in range(5):
             consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
-            ws = await engine.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            ws = await _consumer_socket(engine, sim, auth=consumer)
             await ws.wait_open()
             await ws.close()
             refs.append(weakref.ref(consumer))
@@ -235,16 +233,9 @@ async def test_closing_one_engine_leaves_another_engines_own_provider_alone(
     consumer = ConsumerJwt(sim.account.id, domains=domains)
     async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
         async with agent_engine(sim, clock, states) as agent:
-            ws = await agent.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            ws = await _consumer_socket(agent, sim, auth=consumer)
             await ws.wait_open()
-        again = await consumer_engine.websocket(
-            "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
-        )
+        again = await _consumer_socket(consumer_engine, sim)
         await again.wait_open(timeout=60)
         assert (await again.request("GetClock"))["code"] == 200
 
@@ -300,17 +291,10 @@ async def test_another_engines_own_provider_of_the_callers_own_kind_is_left_alon
     domains = StaticDomains(sim.domains)
     async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
         async with agent_engine(sim, clock, states) as agent:
-            ws = await agent.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            ws = await _consumer_socket(agent, sim, auth=consumer)
             await ws.wait_open()
         assert consumer.closes == 0
-        again = await consumer_engine.websocket(
-            "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
-        )
+        again = await _consumer_socket(consumer_engine, sim)
         await again.wait_open(timeout=60)
 
 
@@ -322,18 +306,11 @@ async def test_a_provider_an_engine_takes_as_its_own_after_a_socket_took_it_is_t
     agent = agent_engine(sim, clock, states)
     await agent.start()
     try:
-        ws = await agent.websocket(
-            "asyncMessagingEnt",
-            consumer_path(sim.account.id),
-            params=CONSUMER_SOCKET_QUERY,
-            auth=consumer,
-        )
+        ws = await _consumer_socket(agent, sim, auth=consumer)
         await ws.wait_open()
         async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
             await agent.close()  # the provider is the consumer engine's now: left open
-            again = await consumer_engine.websocket(
-                "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
-            )
+            again = await _consumer_socket(consumer_engine, sim)
             await again.wait_open(timeout=60)
     finally:
         await agent.close()
@@ -344,12 +321,7 @@ async def test_a_provider_that_cannot_be_held_weakly_is_attached_and_closed_with
 ) -> None:
     consumer = _Slotted(ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
     async with agent_engine(sim, clock, states) as agent:
-        ws = await agent.websocket(
-            "asyncMessagingEnt",
-            consumer_path(sim.account.id),
-            params=CONSUMER_SOCKET_QUERY,
-            auth=consumer,
-        )
+        ws = await _consumer_socket(agent, sim, auth=consumer)
         await ws.wait_open()
     assert consumer.inner.token is None, "closed with the engine"
 
@@ -376,16 +348,9 @@ async def test_an_unhashable_provider_of_another_engine_is_left_alone(
     domains = StaticDomains(sim.domains)
     async with Engine(domains, scheme="http", clock=clock, auth=consumer) as consumer_engine:
         async with agent_engine(sim, clock, states) as agent:
-            ws = await agent.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            ws = await _consumer_socket(agent, sim, auth=consumer)
             await ws.wait_open()
-        again = await consumer_engine.websocket(
-            "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
-        )
+        again = await _consumer_socket(consumer_engine, sim)
         await again.wait_open(timeout=60)
 
 
@@ -401,12 +366,7 @@ async def test_two_equal_providers_are_two(
     assert first == second
     async with agent_engine(sim, clock, states) as engine:
         for provider in (first, second):
-            ws = await engine.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=provider,
-            )
+            ws = await _consumer_socket(engine, sim, auth=provider)
             await ws.wait_open(timeout=60)
     assert first.inner.token is None, "closed with it"
     assert second.inner.token is None, "closed with it"
@@ -419,12 +379,7 @@ async def test_a_provider_that_cannot_be_held_weakly_is_let_go_with_its_last_soc
         refs = []
         for _ in range(3):
             consumer = _Slotted(ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains)))
-            ws = await engine.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            ws = await _consumer_socket(engine, sim, auth=consumer)
             await ws.wait_open()
             await ws.close()
             refs.append(weakref.ref(consumer.inner))
@@ -445,21 +400,11 @@ async def test_a_provider_given_to_sockets_on_two_engines_in_turn_is_the_second_
     first = agent_engine(sim, clock, states)
     await first.start()
     try:
-        ws = await first.websocket(
-            "asyncMessagingEnt",
-            consumer_path(sim.account.id),
-            params=CONSUMER_SOCKET_QUERY,
-            auth=consumer,
-        )
+        ws = await _consumer_socket(first, sim, auth=consumer)
         await ws.wait_open()
         await ws.close()
         async with agent_engine(sim, clock, states) as second:
-            again = await second.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            again = await _consumer_socket(second, sim, auth=consumer)
             await again.wait_open()
             await first.close()
             assert inner.token is not None, "not the first engine's to close any more"
@@ -485,12 +430,7 @@ async def test_a_sockets_provider_leaves_the_domain_provider_of_another_engine_a
         await engine.request("GET", "accountConfigReadOnly", users)
         consumer = ConsumerJwt(sim.account.id, domains=domains)
         async with agent_engine(sim, clock, states) as other:
-            ws = await other.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            ws = await _consumer_socket(other, sim, auth=consumer)
             await ws.wait_open()
         await clock.sleep(120)  # the domain map is due: fetched again, through this engine
         assert (await engine.request("GET", "accountConfigReadOnly", users)).status == 200
@@ -504,12 +444,7 @@ async def test_a_provider_still_attached_to_a_closed_engine_fails_with_engine_cl
     go (its socket closed) is still closed with it, its keepalive and logout included."""
     consumer = ConsumerJwt(sim.account.id, domains=StaticDomains(sim.domains))
     async with agent_engine(sim, clock, states) as engine:
-        ws = await engine.websocket(
-            "asyncMessagingEnt",
-            consumer_path(sim.account.id),
-            params=CONSUMER_SOCKET_QUERY,
-            auth=consumer,
-        )
+        ws = await _consumer_socket(engine, sim, auth=consumer)
         await ws.wait_open()
         await ws.close()  # let go: no other engine took it
     assert consumer.token is None, "closed with the engine all the same"
@@ -529,13 +464,7 @@ async def test_a_provider_used_by_two_open_engines_is_handed_over_when_the_first
     try:
         async with agent_engine(sim, clock, states) as second:
             sockets = [
-                await engine.websocket(
-                    "asyncMessagingEnt",
-                    consumer_path(sim.account.id),
-                    params=CONSUMER_SOCKET_QUERY,
-                    auth=consumer,
-                )
-                for engine in (first, second)
+                await _consumer_socket(engine, sim, auth=consumer) for engine in (first, second)
             ]
             for ws in sockets:
                 await ws.wait_open()
@@ -583,21 +512,11 @@ async def test_a_provider_taken_by_another_engine_since_is_not_closed_by_the_fir
     try:
         async with agent_engine(sim, clock, states) as second:
             for engine in (first, second):
-                ws = await engine.websocket(
-                    "asyncMessagingEnt",
-                    consumer_path(sim.account.id),
-                    params=CONSUMER_SOCKET_QUERY,
-                    auth=consumer,
-                )
+                ws = await _consumer_socket(engine, sim, auth=consumer)
                 await ws.wait_open()
                 await ws.close()
             await first.close()
-            again = await second.websocket(
-                "asyncMessagingEnt",
-                consumer_path(sim.account.id),
-                params=CONSUMER_SOCKET_QUERY,
-                auth=consumer,
-            )
+            again = await _consumer_socket(second, sim, auth=consumer)
             await again.wait_open(timeout=60)
         assert consumer.token is None, "closed by the second, the last to take it"
     finally:
@@ -619,13 +538,7 @@ async def test_a_handed_over_provider_keeps_the_domain_map_it_shares_with_the_fi
     try:
         async with agent_engine(sim, clock, states) as second:
             sockets = [
-                await engine.websocket(
-                    "asyncMessagingEnt",
-                    consumer_path(sim.account.id),
-                    params=CONSUMER_SOCKET_QUERY,
-                    auth=consumer,
-                )
-                for engine in (first, second)
+                await _consumer_socket(engine, sim, auth=consumer) for engine in (first, second)
             ]
             for ws in sockets:
                 await ws.wait_open()
