@@ -31,6 +31,7 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -1759,23 +1760,7 @@ class Engine:
         close raised: the first error, to raise once the session is closed (a second is
         logged, by type). A cancellation propagates, leaving the rest to the next close."""
         failed: Exception | None = None
-        auth = self._auth
-        closers = (
-            ("auth", auth, None if auth is None else auth.close),
-            # A socket's own (a consumer's JWT, another login): before the domain provider,
-            # which a logout may still resolve its host with.
-            *(("socket auth", p, p.close) for p in self._socket_auth_to_close()),
-            *(("domain", d, getattr(d, "close", None)) for d in self._taken_domains_to_close()),
-            (
-                "domain",
-                self._domains,
-                # Not one a provider handed over took to another engine (that one's now).
-                getattr(self._domains, "close", None)
-                if _last_taker(self._domains) in (self, None)
-                else None,
-            ),
-        )
-        for role, provider, close in closers:
+        for role, provider, close in self._closers():
             if not callable(close):
                 continue
             try:
@@ -2710,11 +2695,27 @@ class Engine:
         )
         return True
 
-    def _socket_auth_to_close(self) -> list[AuthProvider]:
+    def _closers(self) -> Iterator[tuple[str, object, object]]:
+        """What :meth:`_close_providers` closes, as (role, provider, its close), each decided
+        as its turn comes: a provider another engine takes while an earlier close is awaited
+        (the logout) is that engine's then, and is not closed here."""
+        auth = self._auth
+        yield "auth", auth, None if auth is None else auth.close
+        # A socket's own (a consumer's JWT, another login): before the domain provider, which
+        # a logout may still resolve its host with.
+        for provider in self._socket_auth_to_close():
+            yield "socket auth", provider, provider.close
+        for domains in self._taken_domains_to_close():
+            yield "domain", domains, getattr(domains, "close", None)
+        # Not one a provider handed over took to another engine (that one's now).
+        if _last_taker(self._domains) in (self, None):
+            yield "domain", self._domains, getattr(self._domains, "close", None)
+
+    def _socket_auth_to_close(self) -> Iterator[AuthProvider]:
         """The sockets' own providers this engine attached, to close as it closes: not one
         another engine attached since (its own now), and not one another open engine's
         sockets still use (handed over to that engine: attached there, its to close)."""
-        closing: list[AuthProvider] = list(self._attached_strongly.values())
+        yield from list(self._attached_strongly.values())
         for ref in list(self._attached_auth.values()):
             provider = ref()
             if provider is None or _last_taker(provider) is not self:
@@ -2727,15 +2728,17 @@ class Engine:
             if users:
                 users[0]._take(provider)
                 continue
-            closing.append(provider)
-        return closing
+            yield provider
 
-    def _taken_domains_to_close(self) -> list[object]:
-        """The domain maps handed-over providers brought here that are still this engine's."""
-        alive = (ref() for ref in self._taken_domains.values())
-        return [
-            d for d in alive if d is not None and d is not self._domains and _last_taker(d) is self
-        ]
+    def _taken_domains_to_close(self) -> Iterator[object]:
+        """The domain maps handed-over providers brought here that are still this engine's,
+        each decided as its turn comes."""
+        for ref in list(self._taken_domains.values()):
+            domains = ref()
+            if domains is None or domains is self._domains:
+                continue
+            if _last_taker(domains) is self:
+                yield domains
 
     def _socket_closed(self, held: _SocketAuth, ws: ResilientSocket) -> None:
         """A socket with an auth provider of its own closed: when it was the provider's last

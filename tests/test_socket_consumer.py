@@ -3,6 +3,7 @@ reconnect pacing of many sockets dropped at once — against the simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import weakref
@@ -551,4 +552,57 @@ async def test_a_handed_over_provider_keeps_the_domain_map_it_shares_with_the_fi
         # Closed by the engine it went to, as that engine closed.
         assert domains._closed
     finally:
+        await first.close()
+
+
+class _HeldLogout(UserLogin):
+    """A login whose close (logout) waits until the test lets it go on."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.closing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def close(self) -> None:
+        self.closing.set()
+        await self.go_on.wait()
+        await super().close()
+
+
+@pytest.mark.parametrize("shared_domains", [False, True])
+async def test_a_provider_taken_by_another_engine_during_the_first_ones_logout_is_left_alone(
+    sim: Simulator, clock: VirtualClock, states: StateLog, shared_domains: bool
+) -> None:
+    """The closing engine chose the providers (and domain maps) to close before it awaited
+    its own logout: a provider another engine took during that logout was closed under that
+    engine, and so was the first engine's domain map it brought along."""
+    domains = CsdsDomains(sim.account.id, csds_host=sim.host, scheme="http", ttl=60)
+    login = _HeldLogout(
+        sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+    )
+    consumer = ConsumerJwt(
+        sim.account.id, domains=domains if shared_domains else StaticDomains(sim.domains)
+    )
+    first = Engine(domains, scheme="http", clock=clock, auth=login)
+    await first.start()
+    try:
+        async with agent_engine(sim, clock, states) as second:
+            ws = await _consumer_socket(first, sim, auth=consumer)
+            await ws.wait_open()
+            await ws.close()  # let go: still the first engine's to close
+            closing = asyncio.ensure_future(first.close())
+            await login.closing.wait()
+            taken = await _consumer_socket(second, sim, auth=consumer)
+            await taken.wait_open(timeout=60)
+            login.go_on.set()
+            await closing
+            assert consumer.token is not None, "the second engine's now: not closed"
+            assert not domains._closed or not shared_domains
+            await clock.sleep(120)  # the domain map is due
+            await sim.expire_tokens()  # a new JWT, through the second engine
+            await taken.wait_open(timeout=120)
+            assert (await taken.request("GetClock"))["code"] == 200
+        assert consumer.token is None, "closed by the second, the last to take it"
+    finally:
+        login.go_on.set()
         await first.close()
