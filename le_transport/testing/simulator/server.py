@@ -1024,9 +1024,12 @@ class Simulator:
         # it is sent, so real.headers does not hold them (the login's Session_id).
         for name, morsel in real.cookies.items():
             resp.cookies[name] = morsel
-        resp.content_length = max(len(data), fault.keep_bytes + 1)
+        cut = data[: fault.keep_bytes]
+        # The whole body's length, or one byte more than it when all of it is kept (as the
+        # injector announces it): never keep_bytes + 1, which may be a terabyte.
+        resp.content_length = max(len(data), len(cut) + 1)
         await resp.prepare(request)
-        await resp.write(data[: fault.keep_bytes])
+        await resp.write(cut)
         if transport is not None:
             transport.close()
         return resp
@@ -1051,7 +1054,10 @@ class Simulator:
                 if transport is not None:
                     transport.close()
                 return real if real is not None and real.prepared else web.Response(status=500)
-        return web.Response(status=fault.code, text=fault.body, content_type="application/json")
+        # As bytes: ``text=`` would add "; charset=utf-8", which the injector's does not say.
+        return web.Response(
+            status=fault.code, body=fault.body.encode(), content_type="application/json"
+        )
 
     def _forced_kind(self, rule_id: str) -> str | None:
         """The kind of fault :meth:`FaultRun.force` would inject for rule ``rule_id`` (its
