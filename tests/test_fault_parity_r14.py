@@ -46,12 +46,18 @@ from le_transport.chaos import (
     WsAppError,
     WsClose,
     WsDelay,
+    WsDropMessage,
     WsSilence,
 )
 from le_transport.chaos.plan import MAX_KEEP_BYTES, fault_from_dict
 from le_transport.chaos.ws import FaultySocket
 from le_transport.clock import timeout_after
-from le_transport.errors import ConfigurationError, ConnectionFailed, SocketRequestError
+from le_transport.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    SocketRequestError,
+    SocketRequestTimeout,
+)
 from le_transport.sockets import ums_brand_path
 from le_transport.sockets.dial import UMS_BRAND_SOCKET_QUERY, Connection, EngineDialer
 from le_transport.testing import VirtualClock
@@ -287,6 +293,37 @@ async def test_a_made_up_answer_waits_behind_the_frames_held_on_either_side(
     # Before, on the injector's side: at once (0.0), ahead of the held notification.
     assert answered == 1.0
     assert frame["body"] == {"n": 0}
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("outbound", ["delay", "drop"])
+async def test_a_made_up_answer_meets_the_outbound_rules_on_either_side(
+    sim: Simulator, clock: VirtualClock, states: StateLog, side: str, outbound: str
+) -> None:
+    """The simulator sends a ws_app_error's answer as any frame, through the outbound rules;
+    the injector handed its made-up answer over at once: a rule delaying or dropping the
+    answers to a type did nothing to a refused request on the client side."""
+    answers = Match(path=f"{SUBSCRIBE}$Response")
+    later = WsDelay(2000) if outbound == "delay" else WsDropMessage()
+    rules = (
+        FaultRule("busy", WsAppError(429), unit="ws_message", match=Match(path=SUBSCRIBE)),
+        FaultRule("answers", later, unit="ws_message", match=answers),
+    )
+    injector = _injector(side, sim, clock, *rules)
+    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        await sim.sockets.wait_open(1)
+        t0 = clock.now()
+        if outbound == "drop":
+            with pytest.raises(SocketRequestTimeout):
+                await ws.request(SUBSCRIBE, {}, timeout=5)
+            return
+        with pytest.raises(SocketRequestError) as refused:
+            await ws.request(SUBSCRIBE, {}, timeout=30)
+        answered = round(clock.now() - t0, 3)
+    assert refused.value.code == 429
+    assert answered == 2.0  # before, on the injector's side: at once
 
 
 async def test_the_frames_behind_a_held_one_are_read_up_to_the_bound_and_stamped_when_read(

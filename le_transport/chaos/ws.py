@@ -51,8 +51,10 @@ off the connection, and handed over at ``max(taken + hold, when the frame before
 handed over)``: frames sent together with 1 s of latency all arrive 1 s later, in order, not one
 second after another. So while a frame is held, the wrapper keeps reading the frames that
 follow it off the connection (they are on their way too), each waiting its turn behind it; once
-none is held, it reads again only for an owner that asks. A made-up answer to a request also
-queues behind the frames held (on the simulator it is sent on the same stream), and so does
+none is held, it reads again only for an owner that asks. A made-up answer to a request meets
+the rules on incoming frames as a real one would (a ``ws_delay`` or ``ws_drop_message`` on its
+``<type>$Response``, as the simulator sends it through its outbound rules), and queues behind
+the frames held (on the simulator it is sent on the same stream), and so does
 the connection's own end (a close frame, an error) read behind them; an injected end (a
 ``ws_close``, a ``ws_drop``) loses the frames still held, as the simulator drops what it holds
 when a fault ends the socket, and a ``ws_silence`` the data frames among them.
@@ -541,8 +543,13 @@ class FaultySocket:
                 "type": f"{type_}$Response",
             }
             if not self._silent and self._striking is None:
-                # Behind the frames on their way, as the simulator sends it on their stream.
-                self._queue(WSMessage(WSMsgType.TEXT, json.dumps(answer), None), read=False)
+                text = json.dumps(answer)
+                # Put to the outbound rules (ws_delay, ws_drop_message on "<type>$Response")
+                # as the simulator's answer is, then behind the frames on their way, as the
+                # simulator sends it on their stream.
+                hold = self._hold(text)
+                if hold is not None:
+                    self._queue(WSMessage(WSMsgType.TEXT, text, None), read=False, hold=hold)
             return False
         if isinstance(fault, Hang):
             return False
