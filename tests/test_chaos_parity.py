@@ -12,6 +12,7 @@ check that no secret was printed.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -408,6 +409,23 @@ async def test_a_truncated_body_hands_back_its_kept_bytes_then_fails(
     ):
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()  # a whole read fails, as on a real connection cut short
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_waiting_for_the_end_of_a_truncated_body_fails_with_the_cut_on_either_side(
+    side: str, sim: Simulator, clock: VirtualClock
+) -> None:
+    """The injector's cut body never ended: ``resp.content.wait_eof()`` waited for ever where
+    the simulator's connection, closed, fails it with the payload error."""
+    injector = _apply(side, sim, [FaultRule("cut", TruncatedBody(keep_bytes=5))], clock)
+    async with (
+        aiohttp.ClientSession(middlewares=[injector]) as session,
+        session.get(sim.url + CSDS) as resp,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.content.wait_eof(), 30)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
 
 
 # -- 4. a cut or paced answer keeps its repeated headers and cookies ------------------------------

@@ -785,6 +785,14 @@ class _CutShortStream(aiohttp.StreamReader):
         self.set_exception(self._cut_error)
         raise self._cut_error
 
+    async def wait_eof(self) -> None:
+        # No more will come: the cut ends the wait, as a connection's close ends it on a real
+        # one (aiohttp's waited for an end of body that never came: for ever).
+        if self._eof:
+            return
+        self.set_exception(self._cut_error)
+        raise self._cut_error
+
     def read_nowait(self, n: int = -1) -> bytes:
         # Drained: the next read meets the cut, as on a connection whose close has arrived
         # (aiohttp's would return b"" while the connection is still open).
