@@ -1024,12 +1024,12 @@ class Simulator:
         # it is sent, so real.headers does not hold them (the login's Session_id).
         for name, morsel in real.cookies.items():
             resp.cookies[name] = morsel
-        cut = data[: fault.keep_bytes]
+        kept = data[: fault.keep_bytes]
         # The whole body's length, or one byte more than it when all of it is kept (as the
         # injector announces it): never keep_bytes + 1, which may be a terabyte.
-        resp.content_length = max(len(data), len(cut) + 1)
+        resp.content_length = max(len(data), len(kept) + 1)
         await resp.prepare(request)
-        await resp.write(cut)
+        await resp.write(kept)
         if transport is not None:
             transport.close()
         return resp
