@@ -43,14 +43,15 @@ login's JSON: a proxy's HTML maintenance page) raises
 out like a 503, and :meth:`LoginServiceAuth.relogin` keeps the session it was to replace (as
 after an outage); only a refused login (``LoginRejected``, ``BlockedError``) drops it.
 
-**Which replaced sessions are logged out**: only one the Login Service itself refused to
-refresh (a 4xx, 401 included): that session is declared over, so nothing can still be using it
-to any end, and once the login after the refusal has replaced it (or failed, the session then
-dropped) it is logged out in the background, one attempt within :data:`LOGOUT_TIMEOUT`,
-without holding up the call that replaced it; ``close()`` waits for those logouts. Every other
-session that is replaced or dropped is left to expire on its own at its TTL, as a session
-dropped before this provider logged anything out always was:
+**No replaced session is logged out**: only the current one, on close. Every session that is
+replaced or dropped is left to expire on its own at its TTL:
 
+- one whose refresh the Login Service refused (a 4xx, 401 included): LiveEngage wants a
+  refresh's 401 met with a new login *without* tearing down a healthy socket, and a UMS socket
+  holds its session's bearer in its path. A logout cannot help there: if the session had ended,
+  the logout is refused as the refresh was (a csrf the refresh was refused for is refused again
+  too); if the refusal came from something in between (a gateway, a proxy, a fault rule) the
+  session is alive, and its logout would close every socket on it with 4401.
 - one dropped by :meth:`LoginServiceAuth.invalidate`: a 401 answered to one request does not
   say the session ended (a permission the user lacks, a gateway's hiccup are 401s too), and a
   socket invalidates its credentials after a 1011 or a run of fast 1006s as well. Calls still
@@ -64,9 +65,8 @@ dropped before this provider logged anything out always was:
   failures) never logs out the session it replaces; nor does a refresh answered with a 3xx
   (not a refusal) or a login asked for while a session lives.
 
-(Nothing is logged out in the background with ``logout_on_close=False`` or a ``shared``
-session, and a ``shared`` session is never logged out on close either: one process closing
-would end the session of the whole fleet. See :class:`LoginServiceAuth`.)
+(A ``shared`` session is never logged out on close either: one process closing would end the
+session of the whole fleet. See :class:`LoginServiceAuth`.)
 """
 
 from __future__ import annotations
@@ -213,17 +213,15 @@ class LoginServiceAuth:
     - ``retry``: the login's request policy; default: the engine's, with 429 floored at 5 s.
     - ``logout_on_close``: True: log out when closed: one attempt, within
       :data:`LOGOUT_TIMEOUT` seconds, after which the session is left to expire on its own.
-      It also has a session whose refresh the Login Service refused (a 4xx) logged out in the
-      background once a new login replaced it (see the module; no other replaced session is
-      logged out); False leaves every session to expire on its own. None (the default): True
-      without ``shared``, False with it.
+      A session replaced before (its refresh refused, a re-login) is never logged out: it
+      expires on its own (see the module). False leaves the last one to expire on its own
+      too. None (the default): True without ``shared``, False with it.
     - ``shared``: a :class:`~le_transport.state.SharedSession` (over a Redis store): the fleet
       logs in once per account and user and refreshes once per interval; the other processes
       adopt the stored session. Its session is never logged out on close: one process closing
       (a rolling deploy) must not end the session of the whole fleet, which would then meet
       401s; ``logout_on_close=True`` with it is a
-      :class:`~le_transport.errors.ConfigurationError`. A shared session is never logged out
-      in the background when replaced (other processes may still use it). A process whose
+      :class:`~le_transport.errors.ConfigurationError`. A process whose
       refresh meets the fleet's newer session refreshes and uses that one; a session the Login
       Service refused to refresh (a 4xx) is taken out of the store, so that the fleet logs in
       once, anew.
@@ -304,8 +302,6 @@ class LoginServiceAuth:
         # Set by every login (and adopted session): wakes the keepalive, to time its next
         # refresh from the new session (see _keepalive_loop).
         self._logged_in = asyncio.Event()
-        # Logouts of replaced sessions, running in the background; close() waits for them.
-        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
         # Imported here: the state package builds on the providers.
         from ..state.session import SharedSession
@@ -418,12 +414,11 @@ class LoginServiceAuth:
             self._drop(session)
 
     async def close(self) -> None:
-        """Stop the keepalive, log out (if logged in and ``logout_on_close``: by default, not
-        a session shared by a fleet), and wait for the logouts of replaced sessions still
-        running in the background (each is bounded by :data:`LOGOUT_TIMEOUT`, and they run
-        beside this one's). Idempotent; a close that was cancelled part-way is finished by the
-        next one (the logout included)."""
-        self._closed = True  # no new login from here on, nor a logout in the background
+        """Stop the keepalive and log out (if logged in and ``logout_on_close``: by default, not
+        a session shared by a fleet; one attempt, within :data:`LOGOUT_TIMEOUT`). Idempotent;
+        a close that was cancelled part-way is finished by the next one (the logout
+        included)."""
+        self._closed = True  # no new login from here on
         task, self._keepalive = self._keepalive, None
         if task is not None and not task.done():
             await stop_task(task)
@@ -431,18 +426,10 @@ class LoginServiceAuth:
         await self._flight.cancel()
         session = self._session
         if session is not None and self._logout_on_close and self._http is not None:
-            await asyncio.gather(self._logout(self._http, session), self._wait_retired())
-        else:
-            await self._wait_retired()
+            await self._logout(self._http, session)
         # Forgotten only once logged out (or not to be): a cancelled close leaves it for the
         # next close to log out, instead of leaving it alive until its TTL.
         self._session = None
-
-    async def _wait_retired(self) -> None:
-        """Wait for the background logouts (asyncio.wait: a cancelled close leaves them
-        running, each within its bound, for the next close to wait for)."""
-        if self._retiring:
-            await asyncio.wait(set(self._retiring))
 
     # -- login, refresh, logout -------------------------------------------------------------
 
@@ -488,13 +475,12 @@ class LoginServiceAuth:
     async def refresh(self) -> bool:
         """Refresh the session now (the keepalive's step); a refresh refused (a 4xx such as
         401) or not accepted (any other answer but a 2xx, a 3xx included) falls back to a fresh
-        login, which replaces the session. A session the Login Service refused (a 4xx) is then
-        logged out in the background (see :meth:`_retire`); one answered with a 3xx is left to
-        expire on its own.
+        login, which replaces the session. The session replaced is never logged out (sockets
+        hold its bearer: see the module): it expires on its own.
 
         Returns whether the session was refreshed (False: there was none, or a new login
         replaced it). Raises what the fallback login raises; after a refused refresh the
-        session is then dropped (and logged out in the background): the next call logs in,
+        session is then dropped: the next call logs in,
         and the keepalive waits for a successful login (it never retries a refused login on
         its own). After a 3xx it is kept. A transient refresh failure (a 5xx, a timeout, a
         broken connection) is raised as is, the session kept and never logged out (the
@@ -535,29 +521,23 @@ class LoginServiceAuth:
                     {"status": exc.status, "next": "login", "generation": session.generation},
                 ),
             )
-            # A 4xx: the Login Service refused the session, which nothing can still use. A 3xx
-            # says nothing of it: it may still serve calls in flight and sockets.
+            # A 4xx: the Login Service refused the refresh. A 3xx says nothing of the session:
+            # it may still serve calls in flight and sockets.
             refused = isinstance(exc, ClientStatusError)
-            try:
-                if self._session is session:
-                    # No socket or request is torn down: the new bearer is simply what the
-                    # next request or connect gets.
-                    try:
-                        await self.login()
-                    except Exception:
-                        # A refused session is dropped all the same: were the login refused (a
-                        # changed password, a blacklisted account), the dead session must not be
-                        # refreshed, and the login tried again, at every tick. One a 3xx left
-                        # alone is kept: it still serves calls while the Login Service is down
-                        # or redirects to a maintenance page, and the next tick tries again.
-                        if refused:
-                            self._drop(session)
-                        raise
-            finally:
-                # Logged out only once no longer current (replaced or dropped, by this login
-                # or another): a cancelled login leaves it current, and it is kept.
-                if refused and self._session is not session:
-                    self._retire(session)
+            if self._session is session:
+                # No socket or request is torn down, the session replaced not logged out (see
+                # the module): the new bearer is simply what the next request or connect gets.
+                try:
+                    await self.login()
+                except Exception:
+                    # A refused session is dropped all the same: were the login refused (a
+                    # changed password, a blacklisted account), the dead session must not be
+                    # refreshed, and the login tried again, at every tick. One a 3xx left
+                    # alone is kept: it still serves calls while the Login Service is down
+                    # or redirects to a maintenance page, and the next tick tries again.
+                    if refused:
+                        self._drop(session)
+                    raise
             return False
         self.refreshes += 1
         emit_state(
@@ -788,8 +768,7 @@ class LoginServiceAuth:
         session = self._parse(http, resp.body, resp.cookies.get("Session_id"))
         # The session this replaces, if any, is not logged out here: a login asked for while
         # a session lived (relogin(), login() called directly) says nothing of that session,
-        # which calls in flight and sockets may still hold. A refused refresh logs its own
-        # session out (_refresh_once).
+        # which calls in flight and sockets may still hold (see the module).
         self._session = session
         self._logged_in.set()
         self.logins += 1
@@ -894,20 +873,12 @@ class LoginServiceAuth:
                 status=resp.status,
             )
 
-    async def _logout(
-        self, http: ProviderHttp, session: LoginSession, *, replaced: bool = False
-    ) -> None:
+    async def _logout(self, http: ProviderHttp, session: LoginSession) -> None:
         """Log ``session`` out: one attempt within :data:`LOGOUT_TIMEOUT`; a failure is
-        logged (by the error's type or the answer's status, never a secret) and swallowed.
-
-        ``replaced``: a session whose refresh the Login Service refused, replaced or dropped
-        since (see :meth:`_retire`). Its logout is logged at INFO, not emitted as a
-        ``logged_out`` event (the provider is not logged out); its being refused with a 4xx is
-        expected (refused a refresh, it had most likely ended already), so that is logged at
-        INFO too; any other failure as a WARNING, as at close."""
+        logged as a WARNING (by the error's type or the answer's status, never a secret) and
+        swallowed."""
         # One attempt: closing must not sit through the 5/10/15 s schedule.
         policy = attrs.evolve(self._policy(http), pauses=())
-        which = f"logout of the replaced session (generation {session.generation})"
         try:
             async with timeout_after(http.clock, LOGOUT_TIMEOUT):
                 await self._post_session(http, session, "logout", policy)
@@ -917,31 +888,15 @@ class LoginServiceAuth:
                 if isinstance(exc, (_NotAccepted, ClientStatusError))
                 else type(exc).__name__
             )
-            ended = replaced and isinstance(exc, ClientStatusError)
-            _log.log(
-                logging.INFO if ended else logging.WARNING,
-                "%s: %s failed (%s); %s",
+            _log.warning(
+                "%s: logout failed (%s); the session will expire on its own",
                 self.subject,
-                which if replaced else "logout",
                 error,
-                "it had most likely ended already"
-                if ended
-                else "the session will expire on its own",
                 extra={
                     "subject": self.subject,
                     "error": type(exc).__name__,
                     "generation": session.generation,
                 },
-            )
-            return
-        if replaced:
-            # Logged, not a ``logged_out`` event: the provider itself is still logged in (or
-            # about to be), and a hook tracking its state must not read it as logged out.
-            _log.info(
-                "%s: the replaced session (generation %d) is logged out",
-                self.subject,
-                session.generation,
-                extra={"subject": self.subject, "generation": session.generation},
             )
             return
         emit_state(
@@ -958,26 +913,6 @@ class LoginServiceAuth:
         if session is None or self._session is not session or self._closed:
             return
         self._session = None
-
-    def _retire(self, session: LoginSession) -> None:
-        """Log out, in the background, ``session``, whose refresh the Login Service refused
-        (a 4xx) and which a new login replaced or was dropped since: declared over by the
-        server, nothing can still be using it, and left logged in it could live at the Login
-        Service until its TTL. Only for such a session: one dropped after a 401 or replaced
-        after a transient failure may still serve calls in flight and sockets, and is left to
-        expire on its own (see the module). The task is tracked; :meth:`close` waits for it.
-        Nothing is done with ``logout_on_close=False`` (the session may live on elsewhere), for
-        a session shared by a fleet (the other processes may still use it), or once closing
-        (the close logs out what is current)."""
-        http = self._http
-        if http is None or self._closed or not self._logout_on_close or self._shared is not None:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._logout(http, session, replaced=True),
-            name=f"le_transport.logout[{self._account}]",
-        )
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
 
     # -- keepalive --------------------------------------------------------------------------
 
