@@ -37,6 +37,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidRetryAfter",
     "InvalidSocketTransition",
+    "KeepaliveClosed",
     "LoginRejected",
     "ProviderError",
     "RecoveryFailed",
@@ -374,6 +375,13 @@ class EngineClosed(RequestError):
     ``request_json``, ``websocket``, ``keepalive``, ``login``, ``url_for`` and ``start``; so
     does an auth provider the engine closed, asked for credentials afterwards. Make a new
     engine: a closed one does not start again."""
+
+
+class KeepaliveClosed(TransportError, RuntimeError):
+    """:meth:`~le_transport.sockets.KeepaliveTask.start` on a keepalive that was closed (by
+    its own ``close()``, or by its engine's). A closed keepalive does not start again: it
+    would run untracked, never stopped by its engine's close. Ask the engine for a new one
+    (:meth:`~le_transport.Engine.keepalive`)."""
 
 
 class WrongEventLoop(TransportError, RuntimeError):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from le_transport import ConfigurationError, Engine, EventHooks, StateEvent, TransportError
 from le_transport.clock import RealClock
+from le_transport.errors import EngineClosed, KeepaliveClosed
 from le_transport.policies import (
     CHAT_AGENT_API_REFRESH,
     GUIDE_KEEPALIVES,
@@ -708,3 +709,54 @@ async def test_the_watcher_yields_after_a_probe_when_a_frame_shares_the_probes_i
     watcher.cancel()
     with pytest.raises(asyncio.CancelledError):
         await watcher
+
+
+async def test_a_closed_keepalive_does_not_start_again(clock: VirtualClock) -> None:
+    """Started again after its close (``start()``, a second ``async with``), an engine's
+    keepalive was no longer the engine's: the engine's close never stopped it, and it failed
+    every interval for ever after."""
+    async with Engine({"leCdnDomain": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO, "leCdnDomain", fields={"account": "1", "chat_id": "c"}
+        )
+        await task.close()
+        with pytest.raises(KeepaliveClosed, match="ask the engine for a new one"):
+            task.start()
+        with pytest.raises(KeepaliveClosed):
+            async with task:
+                pass
+        closed_by_engine = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO, "leCdnDomain", fields={"account": "1", "chat_id": "c"}
+        )
+    with pytest.raises(KeepaliveClosed):
+        closed_by_engine.start()
+    assert not task.running
+    assert not closed_by_engine.running
+    await task.close()  # still idempotent
+
+
+async def test_a_keepalive_whose_engine_closed_under_it_stops_and_says_so_once(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keepalive running an action on an engine that closed failed every interval, for
+    ever, one WARNING each."""
+    caplog.set_level(logging.INFO, logger="le_transport")
+    events: list[StateEvent] = []
+    engine = Engine({"leCdnDomain": "127.0.0.1:9"}, scheme="http", clock=clock)
+    await engine.start()
+    await engine.close()
+
+    async def action() -> None:
+        await engine.request("GET", "leCdnDomain", "/x")
+
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO, action, clock=clock, hooks=EventHooks(on_state=[events.append])
+    ).start()
+    await clock.sleep(300)
+    assert (task.runs, task.failures, task.running) == (1, 1, False)
+    assert isinstance(task.error, EngineClosed)
+    assert [e.details.get("stopped") for e in events] == [True]
+    lines = [r for r in caplog.records if "keepalive" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.INFO
+    await task.close()

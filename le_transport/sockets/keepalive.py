@@ -32,6 +32,7 @@ from .._redact import redact_text
 from .._shown import error_text, redacted_exc_info
 from .._tasks import stop_task
 from ..clock import Clock, timeout_after
+from ..errors import EngineClosed, KeepaliveClosed
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
 
@@ -366,7 +367,14 @@ class KeepaliveTask:
     the task ending quietly, it is logged once at ERROR (the clock's and the error's types),
     reported as a ``keepalive_failed`` state event with ``stopped=True``, and the schedule
     stops: :attr:`running` turns False and :attr:`error` holds the clock's error. Nothing
-    restarts it; :meth:`close` still returns quietly.
+    restarts it; :meth:`close` still returns quietly. So does an action that raises
+    :class:`~le_transport.errors.EngineClosed` (its engine closed under it: every later run
+    would fail alike): logged once at INFO, reported with ``stopped=True``, and
+    :attr:`error` holds it.
+
+    :meth:`close` is final: :meth:`start` afterwards raises
+    :class:`~le_transport.errors.KeepaliveClosed` (a task started again was no longer its
+    engine's, and ran on after the engine closed).
     """
 
     def __init__(
@@ -386,6 +394,7 @@ class KeepaliveTask:
         self._name = name
         self._on_close = on_close
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._error: Exception | None = None
         #: Runs of the action so far.
         self.runs = 0
@@ -409,7 +418,13 @@ class KeepaliveTask:
         return self._error
 
     def start(self) -> KeepaliveTask:
-        """Start the schedule; the first run is one interval from now."""
+        """Start the schedule; the first run is one interval from now. Idempotent while it
+        runs; :class:`~le_transport.errors.KeepaliveClosed` once closed."""
+        if self._closed:
+            raise KeepaliveClosed(
+                f"the keepalive {self._name} {self._policy.action} is closed and does not start "
+                "again: ask the engine for a new one (Engine.keepalive)"
+            )
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"le_transport keepalive {self._name}"
@@ -425,6 +440,24 @@ class KeepaliveTask:
             # Only the clock's calls can get here (a run's own failure is caught where it
             # runs): with no time to keep, the schedule stops, and says so.
             self._clock_failed(exc)
+
+    def _engine_closed(self, error: EngineClosed) -> None:
+        self._error = error
+        # INFO: an engine closing while a run starts is a normal end, not a fault.
+        _log.info(
+            "%s: keepalive %s stopped: its engine is closed; it will not run again",
+            self._name,
+            self._policy.action,
+            extra={"keepalive": self._policy.action, "error": type(error).__name__},
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "keepalive_failed",
+                self._name,
+                {"action": self._policy.action, "error": type(error).__name__, "stopped": True},
+            ),
+        )
 
     def _clock_failed(self, error: Exception) -> None:
         self._error = error
@@ -467,6 +500,11 @@ class KeepaliveTask:
                     await self._action()
             except asyncio.CancelledError:
                 raise
+            except EngineClosed as exc:
+                # Every later run would fail alike: the schedule stops, and says so once.
+                self.failures += 1
+                self._engine_closed(exc)
+                return
             except Exception as exc:
                 self.failures += 1
                 # The error's type and its text, redacted and cut short: the type alone
@@ -489,7 +527,8 @@ class KeepaliveTask:
                 )
 
     async def close(self) -> None:
-        """Stop the schedule (the run in flight is cancelled). Idempotent."""
+        """Stop the schedule (the run in flight is cancelled), for good. Idempotent."""
+        self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             await stop_task(task)
