@@ -290,7 +290,8 @@ _faults = st.one_of(
     faults=st.lists(_faults, max_size=6),
     p=st.floats(0, 1),
     skip=st.integers(0, 10),
-    window=st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6))),
+    # for_ms from 1: an empty window never fires, and is refused.
+    window=st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.integers(1, 10**6))),
 )
 def test_every_plan_survives_a_json_round_trip(
     seed: int, faults: list[Fault], p: float, skip: int, window: tuple[int, int] | None
@@ -1072,3 +1073,50 @@ def test_an_unknown_field_in_a_plan_file_names_the_fields_that_are_known(
     # what a rule takes or where those belong.
     with pytest.raises(ConfigurationError, match=says):
         FaultPlan.from_dict({"seed": 1, "rules": [rule]})
+
+
+@pytest.mark.parametrize(
+    "name", ["Content-Length", "transfer-encoding", "CONTENT-ENCODING", "Connection", "Upgrade"]
+)
+def test_a_status_cannot_set_the_headers_that_frame_its_answer(name: str) -> None:
+    """Accepted, a Content-Length of "abc" failed the simulator's answer (a traceback, an
+    empty reply, counted injected) and raised a bare ValueError out of the engine through the
+    injector; a chunked or gzip claim over the fault's plain body broke it on one side only."""
+    with pytest.raises(ConfigurationError, match="framing"):
+        Status(503, headers={name: "abc"})
+    plan = {
+        "rules": [{"id": "x", "fault": {"kind": "status", "code": 503, "headers": {name: "5"}}}]
+    }
+    with pytest.raises(ConfigurationError, match="framing"):
+        FaultPlan.from_dict(plan)
+
+
+@pytest.mark.parametrize("value", [None, 5, ["a"]])
+def test_a_status_header_value_must_be_a_str(value: object) -> None:
+    """A JSON null went out as "X-A: None", a number as its repr."""
+    with pytest.raises(ConfigurationError, match="str names to str values"):
+        Status(503, headers={"X-A": value})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("rule", "said"),
+    [
+        ({"fault": 503, "schedule": {"fail_next": 0}}, "fail_next=0"),
+        ({"fault": 503, "schedule": {"for_ms": 0}}, "for_ms=0"),
+        ({"sequence": []}, "no fault"),
+        ({"sequence": [None, None]}, "no fault"),
+        ({"fault": 503, "match": {"method": "WS"}}, "socket message's method"),
+    ],
+)
+def test_a_rule_that_could_never_fire_is_refused_as_the_docs_say(
+    rule: dict[str, object], said: str
+) -> None:
+    """Each loaded and injected nothing: a chaos test passed having tested nothing."""
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        FaultPlan.from_dict({"rules": [{"id": "never", **rule}]})
+
+
+def test_a_null_path_matches_anything_as_the_readme_says() -> None:
+    plan = FaultPlan.from_dict({"rules": [{"id": "any", "match": {"path": None}, "fault": 503}]})
+    assert plan.rules[0].match == Match(path="*")
+    assert Match(path=None).matches("GET", "/anything/at/all")

@@ -221,11 +221,42 @@ def _optional_wire_str(name: str) -> Any:
     return check
 
 
+#: Headers that say how the answer's body is framed or how the connection goes on: the fault's
+#: answer frames its body itself. One of the fault's own would break the answer on one side
+#: only (a Content-Length of "abc" failed the simulator's answer and raised a bare ValueError
+#: from the injector's; a chunked or gzip claim over a plain body broke it on one side).
+_FRAMING_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "content-encoding",
+        "connection",
+        "upgrade",
+        "keep-alive",
+        "te",
+        "trailer",
+    }
+)
+
+
 def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"headers must be a mapping, got {type(value).__name__}")
-    headers = {str(k): str(v) for k, v in value.items()}
+    for name, text in value.items():
+        if not isinstance(name, str) or not isinstance(text, str):
+            # str() would send a JSON null as "None", a number as its repr.
+            raise ConfigurationError(
+                "headers must map str names to str values, got "
+                f"{type(name).__name__} -> {type(text).__name__}"
+            )
+    headers = dict(value)
     for name, text in headers.items():
+        if name.lower() in _FRAMING_HEADERS:
+            raise ConfigurationError(
+                f"header {name[:40]!r} cannot be set by a fault: the answer's framing and "
+                "connection are the fault's own (Content-Length, Transfer-Encoding, "
+                "Content-Encoding, Connection, Upgrade, Keep-Alive, TE, Trailer)"
+            )
         # A header that cannot go on the wire would fail only when the fault fires, mid-run.
         if (
             not name
@@ -279,7 +310,11 @@ class Status:
     delta-seconds does not allow and the client's parser refuses), and refused if that takes
     more than :data:`~le_transport.policies.retry_after.MAX_RETRY_AFTER_CHARS` characters (no
     client reads it: pass a string to send such a header on purpose); a string is sent as is.
-    ``body`` (a str) is sent as is (a short JSON error by default). On a WebSocket message unit
+    ``body`` (a str) is sent as is (a short JSON error by default). ``headers`` (str to str)
+    go out with it; one that frames the body or the connection (``Content-Length``,
+    ``Transfer-Encoding``, ``Content-Encoding``, ``Connection``, ``Upgrade``, ``Keep-Alive``,
+    ``TE``, ``Trailer``) is a :class:`~le_transport.errors.ConfigurationError`: the fault's
+    answer frames its body itself. On a WebSocket message unit
     it becomes a ``resp`` frame with this ``code`` and :meth:`socket_body` as its ``body``, on
     the simulator's side and the injector's alike.
 
@@ -837,6 +872,11 @@ def _method_or_none(value: object) -> str | None:
     return value.upper()
 
 
+def _glob_or_any(value: object) -> Any:
+    """A Match path: None (a plan's ``"path": null``) matches anything, as ``*`` does."""
+    return "*" if value is None else value
+
+
 @attrs.frozen
 class Match:
     """Which traffic a rule applies to. Every given field must match; None matches anything.
@@ -845,13 +885,14 @@ class Match:
       None or ``*``: any. Anything else (``""``, ``" get"``, ``"GET,POST"``, a number) is a
       :class:`~le_transport.errors.ConfigurationError`: it would never match.
     - ``path``: a glob (``fnmatch``; ``*`` also crosses ``/``) on the URL path, without the
-      query. For a ``ws_message`` unit it is matched against the message ``type`` instead.
+      query; None is ``*``. For a ``ws_message`` unit it is matched against the message
+      ``type`` instead.
     - ``service``: the LiveEngage service name (``agentVep``, ``accountConfigReadOnly``...),
       when the caller knows it.
     """
 
     method: str | None = attrs.field(default=None, converter=_method_or_none)
-    path: str = attrs.field(default="*")
+    path: str = attrs.field(default="*", converter=_glob_or_any)
     service: str | None = attrs.field(default=None)
 
     @path.validator
@@ -997,7 +1038,8 @@ class FaultRule:
 
     ``unit`` is ``"request"`` unless given: a socket's fault needs ``unit="ws_session"`` or
     ``"ws_message"``. A rule that could never fire (a kind its unit does not apply, see
-    :data:`UNIT_KINDS`; a socket rule matching a method or service its unit never has) is a
+    :data:`UNIT_KINDS`; a rule matching a method or service its unit never has; a schedule
+    with ``fail_next=0`` or ``for_ms=0``; a sequence without a fault) is a
     :class:`~le_transport.errors.ConfigurationError` naming the kind, the unit and the units
     the kind works on. So is a ``ws_message`` rule whose ``WsClose``/``WsDrop``/``WsSilence``
     has a non-zero ``after_messages``: that count is for unit ``ws_session`` only. In a plan,
@@ -1040,6 +1082,18 @@ class FaultRule:
                 "give 'fault' with that schedule (a sequence's schedule may hold only "
                 "after_ms and for_ms)"
             )
+        if self.sequence is not None and all(f is None for f in self.sequence):
+            raise ConfigurationError(
+                f"rule {self.id!r}: a 'sequence' with no fault in it never fires: give at "
+                "least one fault (null entries pass their unit)"
+            )
+        if schedule.fail_next == 0 or schedule.for_ms == 0:
+            # An empty window: the rule would be accepted and inject nothing.
+            empty = "fail_next=0" if schedule.fail_next == 0 else "for_ms=0"
+            raise ConfigurationError(
+                f"rule {self.id!r}: a schedule with {empty} never fires: leave the rule out, "
+                "or give it a window that holds something"
+            )
         kinds = _kinds_of(self)
         if kinds & WS_OUTBOUND_FAULTS and kinds - WS_OUTBOUND_FAULTS:
             # Messages from the server and from the client are decided apart: such a rule
@@ -1060,6 +1114,12 @@ class FaultRule:
                     f"it works on unit {_quoted(_units_of(kind))}"
                 )
         method = _UNIT_METHOD.get(unit)
+        if unit == "request" and self.match.method == _UNIT_METHOD["ws_message"]:
+            raise ConfigurationError(
+                f"rule {self.id!r}: a rule on unit 'request' never fires with "
+                f"Match(method={self.match.method!r}): that is a socket message's method (put "
+                "the rule on unit 'ws_message')"
+            )
         if method is not None and self.match.method not in (None, method):
             raise ConfigurationError(
                 f"rule {self.id!r}: a rule on unit {unit!r} never fires with "
