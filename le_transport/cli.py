@@ -153,7 +153,8 @@ def _max_records(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``le-transport`` console script; returns the exit code.
 
-    Usage errors are 2. Ctrl-C ends a demo quietly with 130 once it has cleaned up; an output
+    Usage errors are 2. Ctrl-C ends a demo quietly with 130 once it has cleaned up (logged
+    out), SIGTERM with 143 and SIGHUP (unless ignored) with 129 likewise; an output
     whose reader went away (``le-transport demo | head -1``) ends either command quietly with
     1 (Python's "Note on SIGPIPE"), and one that cannot be written (a full disk) with 1 and
     one line on stderr."""

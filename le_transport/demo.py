@@ -38,6 +38,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -674,6 +675,8 @@ async def _main(
     running = asyncio.current_task()
     if running is not None:
         timeline.on_broken = running.cancel
+    stopped_by: list[int] = []
+    watched = _stop_on_signals(running, stopped_by)
     lib_log = logging.getLogger("le_transport")
     handlers: list[logging.Handler] = [_KeepaliveLines(timeline)]
     if verbose:
@@ -694,6 +697,9 @@ async def _main(
         timeline.say("FAILED", f"{type(exc).__name__}: {exc}")
         return False
     except asyncio.CancelledError:
+        if stopped_by and not timeline.broken:
+            # Cleaned up (logged out, sockets closed) as the cancellation went through.
+            raise Terminated(stopped_by[0]) from None
         if not timeline.broken:
             raise
         failed = timeline.write_error
@@ -702,6 +708,9 @@ async def _main(
             raise OSError(failed.errno, failed.strerror) from None
         raise BrokenPipeError(errno.EPIPE, "the demo's output was closed") from None
     finally:
+        loop = asyncio.get_running_loop()
+        for sig in watched:
+            loop.remove_signal_handler(sig)
         for h in handlers:
             lib_log.removeHandler(h)
         lib_log.setLevel(saved[0])
@@ -716,6 +725,39 @@ async def _main(
     return ok
 
 
+class Terminated(Exception):
+    """The demo was stopped by SIGTERM or SIGHUP, after it cleaned up (its engines closed, a
+    real account logged out) as it does on Ctrl-C. ``signum`` is the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+def _stop_on_signals(task: asyncio.Task[Any] | None, stopped_by: list[int]) -> list[int]:
+    """Cancel ``task`` on SIGTERM, and on SIGHUP unless it is ignored (nohup), noting the
+    signal in ``stopped_by``; the signals it now handles. By default either killed the demo
+    with nothing cleaned up: a real account's session was left logged in (a CI job cancelled,
+    a container stopped, an ssh session lost), where Ctrl-C logs it out."""
+    if task is None:
+        return []
+    loop = asyncio.get_running_loop()
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is signal.SIG_IGN:
+        hangup = None
+    watched: list[int] = []
+
+    def stop(signum: int) -> None:
+        stopped_by.append(signum)
+        task.cancel()
+
+    for sig in (signal.SIGTERM, *(() if hangup is None else (hangup,))):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop, int(sig))
+            watched.append(sig)
+    return watched
+
+
 def run_demo(
     *,
     time_scale: float = DEFAULT_TIME_SCALE,
@@ -727,16 +769,21 @@ def run_demo(
     """Run the demo; return the process exit code (0: every invariant held).
 
     Raises :class:`BrokenPipeError` when ``out`` is a pipe its reader closed (the workload is
-    stopped and cleaned up first), and :class:`KeyboardInterrupt` on Ctrl-C (likewise)."""
-    ok = asyncio.run(
-        _main(
-            time_scale=time_scale,
-            seed=seed,
-            out=out or sys.stdout,
-            account=account,
-            verbose=verbose,
+    stopped and cleaned up first), and :class:`KeyboardInterrupt` on Ctrl-C (likewise). On
+    SIGTERM, and SIGHUP unless ignored, it cleans up likewise and returns 128 + the signal's
+    number (143, 129), as a shell reports a process that signal ended."""
+    try:
+        ok = asyncio.run(
+            _main(
+                time_scale=time_scale,
+                seed=seed,
+                out=out or sys.stdout,
+                account=account,
+                verbose=verbose,
+            )
         )
-    )
+    except Terminated as stopped:
+        return 128 + stopped.signum
     return 0 if ok else 1
 
 

@@ -613,6 +613,34 @@ def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
     assert "KeyboardInterrupt" not in err + out
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_demo_stopped_by_sigterm_or_a_hangup_cleans_up_and_exits_quietly(name: str) -> None:
+    """Either killed the demo by default: no close, no logout (a real account's session left
+    logged in by a cancelled CI job or a lost ssh session), no output of the cleanup."""
+    sig = getattr(signal, name)
+    proc = subprocess.Popen(
+        _command("demo"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_no_le_variables(),
+    )
+    try:
+        assert proc.stdout is not None
+        while "logged in" not in proc.stdout.readline():  # a session to log out
+            assert proc.poll() is None
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert "logged out" in out
+
+
 @pytest.mark.skipif(
     shutil.which("openssl") is None or not hasattr(signal, "SIGHUP"),
     reason="needs openssl and SIGHUP",
