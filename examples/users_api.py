@@ -76,7 +76,10 @@ class UsersClient:
         ``"../../x"`` would otherwise reach another endpoint of the account, with the bearer.
         """
         if not _is_user_id(user_id):
-            raise ValueError(f"a user id is decimal digits, got {user_id[:40]!r}")
+            # A str is shown (cut short); anything else by its type only (an int id sliced
+            # here raised a TypeError instead of this ValueError).
+            got = repr(user_id[:40]) if isinstance(user_id, str) else type(user_id).__name__
+            raise ValueError(f"a user id is decimal digits (a str), got {got}")
         resp = await self._engine.request(
             "GET",
             "accountConfigReadOnly",
