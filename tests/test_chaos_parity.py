@@ -41,6 +41,7 @@ from le_transport.chaos import (
     TruncatedBody,
 )
 from le_transport.chaos.plan import FaultRun
+from le_transport.errors import ConfigurationError
 from le_transport.events import EventHooks, RetryEvent
 from le_transport.providers import CsdsDomains, StaticDomains, UserLogin
 from le_transport.providers._http import ProviderHttp
@@ -369,6 +370,33 @@ async def test_a_status_retry_after_replaces_one_named_in_its_headers_in_any_cas
     injector = _apply(side, sim, [rule], clock)
     status, resp, _ = await _get(sim, injector, CSDS)
     assert (status, resp.headers.getall("Retry-After")) == (503, ["2"])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("X(Y", "1"), ("X\tY", "1"), ("Ünïcode", "1"), ("X-Trace", "a\x01b"), ("X-Trace", "\x7f")],
+)
+def test_a_status_header_that_cannot_go_on_the_wire_is_refused_when_made(
+    name: str, value: str
+) -> None:
+    """Accepted, a name that is no token was refused by the client's parser behind the
+    simulator (a 400 of its own) and a control character failed the simulator's answer (the
+    connection dropped), where the injector's made-up answer carried either: one plan, two
+    outcomes."""
+    with pytest.raises(ConfigurationError, match="cannot be sent"):
+        Status(503, headers={name: value})
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_status_header_with_a_tab_and_non_ascii_text_answers_alike_on_either_side(
+    side: str, sim: Simulator, clock: VirtualClock
+) -> None:
+    rule = FaultRule("s", Status(503, headers={"X-Note": "a\tb é"}))
+    injector = _apply(side, sim, [rule], clock)
+    status, resp, _ = await _get(sim, injector, CSDS)
+    assert status == 503
+    assert resp.headers["X-Note"] == "a\tb é"
+    assert [v for n, v in resp.raw_headers if n == b"X-Note"] == ["a\tb é".encode()]
 
 
 # -- 3. a cut body hands back the bytes it keeps --------------------------------------------------
