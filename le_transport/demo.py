@@ -708,9 +708,7 @@ async def _main(
             raise OSError(failed.errno, failed.strerror) from None
         raise BrokenPipeError(errno.EPIPE, "the demo's output was closed") from None
     finally:
-        loop = asyncio.get_running_loop()
-        for sig in watched:
-            loop.remove_signal_handler(sig)
+        _give_back_signals(watched)
         for h in handlers:
             lib_log.removeHandler(h)
         lib_log.setLevel(saved[0])
@@ -734,28 +732,52 @@ class Terminated(Exception):
         self.signum = signum
 
 
-def _stop_on_signals(task: asyncio.Task[Any] | None, stopped_by: list[int]) -> list[int]:
-    """Cancel ``task`` on SIGTERM, and on SIGHUP unless it is ignored (nohup), noting the
-    signal in ``stopped_by``; the signals it now handles. By default either killed the demo
-    with nothing cleaned up: a real account's session was left logged in (a CI job cancelled,
-    a container stopped, an ssh session lost), where Ctrl-C logs it out."""
+_Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
+
+
+def _stop_on_signals(task: asyncio.Task[Any] | None, stopped_by: list[int]) -> dict[int, _Handler]:
+    """Cancel ``task`` on SIGTERM and SIGHUP, noting the signal in ``stopped_by``; the
+    signals it now handles, with the handlers they had (:func:`_give_back_signals` restores
+    them). By default either killed the demo with nothing cleaned up: a real account's
+    session was left logged in (a CI job cancelled, a container stopped, an ssh session
+    lost), where Ctrl-C logs it out.
+
+    A signal that is ignored (SIGHUP under nohup) is left so. Only the first signal cancels:
+    a second one (systemd stops a session with SIGTERM, then SIGHUP) would cut the clean-up
+    short, the logout included."""
     if task is None:
-        return []
+        return {}
     loop = asyncio.get_running_loop()
-    hangup = getattr(signal, "SIGHUP", None)
-    if hangup is not None and signal.getsignal(hangup) is signal.SIG_IGN:
-        hangup = None
-    watched: list[int] = []
+    watched: dict[int, _Handler] = {}
 
     def stop(signum: int) -> None:
+        if stopped_by:
+            return  # cleaning up already
         stopped_by.append(signum)
         task.cancel()
 
-    for sig in (signal.SIGTERM, *(() if hangup is None else (hangup,))):
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            before = signal.getsignal(sig)
+            if before is signal.SIG_IGN:
+                continue
             loop.add_signal_handler(sig, stop, int(sig))
-            watched.append(sig)
+            watched[int(sig)] = before
     return watched
+
+
+def _give_back_signals(watched: Mapping[int, _Handler]) -> None:
+    """Remove the demo's signal handlers and put back those they replaced (asyncio's removal
+    leaves the default action: a program that ran the demo lost its own handlers)."""
+    loop = asyncio.get_running_loop()
+    for sig, before in watched.items():
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)
+            if before is not None:
+                signal.signal(sig, before)
 
 
 def run_demo(

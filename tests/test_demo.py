@@ -5,13 +5,17 @@ Real time at a small scale (the demo runs the real clock); nothing here asserts 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from le_transport.cli import main
-from le_transport.demo import DemoAccount
+from le_transport.demo import DemoAccount, _give_back_signals, _stop_on_signals, run_demo
 from le_transport.testing.simulator import DEFAULT_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +136,51 @@ def test_the_demos_docstring_says_what_runs_against_a_real_account() -> None:
     doc = " ".join((le_transport.demo.__doc__ or "").split())
     assert "the same workload runs against LiveEngage" not in doc
     assert "a shorter workload runs against LiveEngage itself, with client-side faults" in doc
+
+
+def _mine(signum: int, frame: object) -> None:
+    """A program's own signal handler."""
+
+
+def test_run_demo_gives_back_the_signal_handlers_it_found() -> None:
+    """asyncio's removal of a handler leaves the default action: a program that ran the demo
+    lost its own SIGTERM and SIGHUP handlers (its next SIGHUP, a reload, killed it), and an
+    ignored SIGTERM was taken over."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, _mine)
+        assert run_demo(time_scale=0.01, seed=1, out=io.StringIO()) == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is _mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_a_second_signal_does_not_cut_the_clean_up_short() -> None:
+    """Every signal cancelled the run again: a SIGHUP right after the SIGTERM (systemd stops
+    a session so) cut the clean-up, the logout included, short."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+    async def scenario() -> tuple[list[int], int]:
+        stopped: list[int] = []
+        task = asyncio.ensure_future(asyncio.sleep(3600))
+        watched = _stop_on_signals(task, stopped)
+        try:
+            assert set(watched) == {signal.SIGTERM, signal.SIGHUP}
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return stopped, task.cancelling()
+        finally:
+            _give_back_signals(watched)
+
+    try:
+        stopped, cancels = asyncio.run(scenario())
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert stopped == [signal.SIGTERM]
+    assert cancels == 1
