@@ -198,7 +198,8 @@ async def test_the_socket_records_are_bounded_and_an_old_open_socket_stays_open(
         assert sim.sockets.all.dropped == 4
         assert sock not in sim.sockets.all
         assert sim.sockets.open == [sock]
-        assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
+        sent = await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}, to_all=True)
+        assert sent == 1
         assert (await _frame(first))["type"] == ".ams.routing.RoutingTaskNotification"
 
 

@@ -147,7 +147,7 @@ async def test_with_faults_on_a_slow_consumer_pauses_the_socket_and_nothing_is_r
         await ws.wait_open()
         wrapper = wrapper_of(ws)
         for n in range(40):
-            await sim.sockets.notify(NOTIFICATION, {"n": n})
+            await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
         # The consumer is away for a minute: the owner fills the inbox and stops reading, and
         # so does the wrapper (it reads only for the owner).
         await clock.sleep(60)
@@ -181,7 +181,7 @@ async def test_with_faults_on_a_paused_socket_slows_the_peer_down(
     async def push() -> None:
         nonlocal sent
         for n in range(total):
-            await sim.sockets.notify(NOTIFICATION, {"n": n, "payload": payload})
+            await sim.sockets.notify(NOTIFICATION, {"n": n, "payload": payload}, to_all=True)
             sent += 1
 
     async with chaos_engine(sim, clock, states, BYSTANDER) as engine:
@@ -225,7 +225,7 @@ async def test_ws_delay_under_a_full_inbox_keeps_every_frame_in_order(
         await ws.wait_open()
         wrapper = wrapper_of(ws)
         for n in range(20):
-            await sim.sockets.notify(NOTIFICATION, {"n": n})
+            await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
         await clock.sleep(60)
         assert ws.paused
         assert wrapper.read_ahead <= FaultySocket.MAX_READ_AHEAD
@@ -259,13 +259,13 @@ async def test_an_injected_answer_wins_over_an_idle_connection_and_the_read_is_k
             # The read that lost the race goes on, alone; what it brings is kept.
             assert len(readers()) == 1
             assert wrapper.read_ahead == 0
-            await sim.sockets.notify(NOTIFICATION, {"n": 1})
+            await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
             await until(clock, lambda: wrapper.read_ahead == 1, "the frame read ahead")
             assert readers() == []
             await wrapper.send_str(request("r2"))
             # Nothing more is read while the owner does not ask.
-            await sim.sockets.notify(NOTIFICATION, {"n": 2})
-            await sim.sockets.notify(NOTIFICATION, {"n": 3})
+            await sim.sockets.notify(NOTIFICATION, {"n": 2}, to_all=True)
+            await sim.sockets.notify(NOTIFICATION, {"n": 3}, to_all=True)
             await clock.sleep(5)
             assert wrapper.read_ahead == 1
             assert readers() == []
@@ -288,7 +288,7 @@ async def test_a_cancelled_receive_loses_no_frame(
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
-            await sim.sockets.notify(NOTIFICATION, {"n": 7})
+            await sim.sockets.notify(NOTIFICATION, {"n": 7}, to_all=True)
             await until(clock, lambda: wrapper.read_ahead == 1, "the frame read ahead")
             assert numbers([body(await wrapper.receive())]) == [7]
             assert wrapper.read_ahead == 0
@@ -313,7 +313,7 @@ async def test_the_frames_behind_a_held_one_are_read_on_and_wait_their_turn_in_o
         try:
             waiting = asyncio.get_running_loop().create_task(wrapper.receive())
             for n in range(5):
-                await sim.sockets.notify(NOTIFICATION, {"n": n})
+                await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
             await until(clock, lambda: wrapper._holding, "the first frame held")
             held_at = clock.now()
             # The held frame and the four behind it, all read, none handed over yet.
@@ -339,7 +339,7 @@ async def test_close_while_a_frame_is_held_returns_promptly_and_ends_the_wait(
     async with chaos_engine(sim, clock, states, held) as engine:
         conn, wrapper = await dial(engine, sim)
         waiting = asyncio.get_running_loop().create_task(wrapper.receive())
-        await sim.sockets.notify(NOTIFICATION, {"n": 0})
+        await sim.sockets.notify(NOTIFICATION, {"n": 0}, to_all=True)
         await until(clock, lambda: wrapper._holding, "the frame held")
         asked = clock.now()
         await conn.close(clock, 5.0)
@@ -395,7 +395,7 @@ async def test_an_injected_drop_ends_the_wait_and_nothing_read_after_it_reaches_
             await until(clock, lambda: bool(readers()), "a read under way")
             await wrapper.send_str(request("r1"))
             assert (await waiting).type is WSMsgType.ERROR
-            await sim.sockets.notify(NOTIFICATION, {"n": 0})
+            await sim.sockets.notify(NOTIFICATION, {"n": 0}, to_all=True)
             await clock.sleep(1)
             assert wrapper.read_ahead == 0
             assert (await wrapper.receive()).type is WSMsgType.CLOSED
@@ -425,7 +425,7 @@ async def test_a_receive_timeout_ends_the_wait_on_the_clock_as_aiohttps_and_lose
             # abnormally closed, and what it brings comes with the next receive.
             assert wrapper.close_code is None
             assert len(readers()) == 1
-            await sim.sockets.notify(NOTIFICATION, {"n": 1})
+            await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
             assert numbers([body(await wrapper.receive(timeout=5.0))]) == [1]
             # A frame that comes within the timeout, read or made up, is returned at once.
             waiting = asyncio.get_running_loop().create_task(wrapper.receive(timeout=30.0))
@@ -439,7 +439,7 @@ async def test_a_receive_timeout_ends_the_wait_on_the_clock_as_aiohttps_and_lose
                 waiting = asyncio.get_running_loop().create_task(wrapper.receive(no_limit))
                 await clock.sleep(600)
                 assert not waiting.done()
-                await sim.sockets.notify(NOTIFICATION, {"n": 2})
+                await sim.sockets.notify(NOTIFICATION, {"n": 2}, to_all=True)
                 assert numbers([body(await waiting)]) == [2]
         finally:
             await conn.close(clock, 5.0)

@@ -282,7 +282,7 @@ async def test_a_made_up_answer_reaches_the_waiting_owner_without_the_connection
             await ws.request(PUBLISH, publish("refused"), timeout=30.0)
         assert clock.now() == asked
         # The read that lost the race was kept: the next frame the server sends still arrives.
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
         frame = await anext(ws)
     assert refused.value.code == 429
     assert frame["body"] == {"n": 1}
@@ -305,7 +305,7 @@ async def test_an_injected_drop_while_the_owner_is_paused_reaches_it_at_its_next
         ws = await brand_socket(engine, sim, SocketOptions(max_inbox=2))
         await ws.wait_open()
         for n in range(6):
-            await sim.sockets.notify(notification, {"n": n})
+            await sim.sockets.notify(notification, {"n": n}, to_all=True)
         while not ws.paused:
             await clock.sleep(0.1)
         # The wrapper reads only for the owner: the paused owner reads nothing, so, as with a
@@ -318,7 +318,7 @@ async def test_an_injected_drop_while_the_owner_is_paused_reaches_it_at_its_next
         taken = [(await anext(ws))["body"]["n"] for _ in range(3)]
         await sim.sockets.wait_accepted(2)
         await ws.wait_open()
-        await sim.sockets.notify(notification, {"n": 100})
+        await sim.sockets.notify(notification, {"n": 100}, to_all=True)
         after = (await anext(ws))["body"]["n"]
     assert taken == [0, 1, 2]
     assert after == 100

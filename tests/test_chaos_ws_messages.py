@@ -90,7 +90,7 @@ async def test_a_dropped_notification_never_reaches_the_consumer(
         await ws.wait_open()
         await sim.sockets.wait_open(1)
         for n in (1, 2):
-            await sim.sockets.notify(NOTIFICATION, {"n": n})
+            await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
         frame = await anext(aiter(ws))
     assert frame["body"] == {"n": 2}
     assert [f["body"] for f in sim.sockets.all[0].dropped] == [{"n": 1}]

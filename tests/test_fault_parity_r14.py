@@ -139,7 +139,7 @@ async def test_ws_delay_is_latency_frames_sent_together_arrive_together(
         await sim.sockets.wait_open(1)
         t0 = clock.now()
         for n in range(5):
-            await sim.sockets.notify(NOTIFICATION, {"n": n})
+            await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
         seen: list[tuple[int, float]] = []
         async for frame in ws:
             seen.append((frame["body"]["n"], round(clock.now() - t0, 3)))
@@ -168,14 +168,14 @@ async def test_a_frame_with_a_shorter_delay_waits_behind_the_one_before_it_on_ei
         await sim.sockets.wait_open(1)
         t0 = clock.now()
         for n in range(3):
-            await sim.sockets.notify(NOTIFICATION, {"n": n})
+            await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
         seen: list[tuple[int, float]] = []
         async for frame in ws:
             seen.append((frame["body"]["n"], round(clock.now() - t0, 3)))
             if len(seen) == 3:
                 # Sent once the line is empty: no delay of its own, none behind anything.
                 await clock.sleep(t0 + 3.0 - clock.now())
-                await sim.sockets.notify(NOTIFICATION, {"n": 3})
+                await sim.sockets.notify(NOTIFICATION, {"n": 3}, to_all=True)
             if len(seen) == 4:
                 break
     # Before, on the injector's side: 2.0, 2.5, 2.5, 3.0.
@@ -194,7 +194,7 @@ async def test_a_server_close_comes_after_the_frames_still_held_on_either_side(
         try:
             t0 = clock.now()
             for n in range(3):
-                await sim.sockets.notify(NOTIFICATION, {"n": n})
+                await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
             # The server closes after sending them: its close frame follows them.
             closing = asyncio.get_running_loop().create_task(sim.sockets.open[0].close(4001))
             got: list[tuple[WSMsgType, object, float]] = []
@@ -235,7 +235,7 @@ async def test_a_fault_ending_the_socket_loses_the_frames_still_held_on_either_s
         try:
             t0 = clock.now()
             for n in range(3):
-                await sim.sockets.notify(NOTIFICATION, {"n": n})
+                await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
             await conn.ws.send_str(_request("c1", GETCLOCK))
             msg = await conn.ws.receive()
             got = (msg.type, msg.data, round(clock.now() - t0, 3))
@@ -257,7 +257,7 @@ async def test_a_silence_loses_the_frames_still_held_on_either_side(
         conn = await _dial(engine, sim)
         try:
             for n in range(3):
-                await sim.sockets.notify(NOTIFICATION, {"n": n})
+                await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
             await clock.sleep(0.1)  # held by now, on either side
             await conn.ws.send_str(_request("s1", GETCLOCK))
             with pytest.raises(TimeoutError):
@@ -281,7 +281,7 @@ async def test_a_made_up_answer_waits_behind_the_frames_held_on_either_side(
         await ws.wait_open()
         await sim.sockets.wait_open(1)
         t0 = clock.now()
-        await sim.sockets.notify(NOTIFICATION, {"n": 0})
+        await sim.sockets.notify(NOTIFICATION, {"n": 0}, to_all=True)
         # The notification reaches the client (loopback; the virtual clock waits for it), and
         # is held there, or at the server.
         await clock.sleep(0.1)
@@ -343,7 +343,7 @@ async def test_the_frames_behind_a_held_one_are_read_up_to_the_bound_and_stamped
             t0 = clock.now()
             waiting = asyncio.get_running_loop().create_task(wrapper.receive())
             for n in range(10):
-                await sim.sockets.notify(NOTIFICATION, {"n": n})
+                await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
             seen: list[tuple[int, float]] = []
             most = 0
             msg = await waiting
@@ -370,7 +370,7 @@ async def test_close_while_frames_are_held_ends_every_task_of_the_wrapper(
         assert isinstance(wrapper, FaultySocket)
         waiting = asyncio.get_running_loop().create_task(wrapper.receive())
         for n in range(3):
-            await sim.sockets.notify(NOTIFICATION, {"n": n})
+            await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
         for _ in range(100):
             if wrapper.read_ahead == 3:
                 break

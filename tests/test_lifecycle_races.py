@@ -147,7 +147,7 @@ async def test_closing_the_engine_from_an_on_frame_handler_while_it_is_closing_d
 
     ws = await brand_socket(engine, sim, on_frame=on_frame)
     await ws.wait_open()
-    await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+    await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
     await closing.wait()
     await engine.close()
     assert ws.closed
@@ -194,7 +194,7 @@ async def test_close_cancels_an_on_frame_handler_that_never_returns_after_close_
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim, options=SocketOptions(close_timeout=2), on_frame=hangs)
         await ws.wait_open()
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
         await entered.wait()
         started = clock.now()
         assert await ws.close() == []
@@ -223,7 +223,7 @@ async def test_a_request_awaited_in_an_on_frame_handler_fails_at_once_and_the_so
         holder = [ws := await brand_socket(engine, sim, on_frame=on_frame)]
         await ws.wait_open()
         notified_at = clock.now()
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
         while not spawned:
             await clock.sleep(0.1)
         answered = await spawned[0]
@@ -273,7 +273,7 @@ async def test_an_on_frame_handler_that_raises_loses_that_frame_only_and_the_soc
         ws = await brand_socket(engine, sim, on_frame=on_frame)
         await ws.wait_open()
         for n in range(3):
-            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n})
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n}, to_all=True)
         assert (await ws.request(".GetClock"))["code"] == 200  # read after the three
         assert ws.is_open
         assert ws.connects == 1
@@ -328,7 +328,7 @@ async def test_a_request_cancelled_in_flight_leaves_nothing_pending_and_its_late
         assert len(ws._pending) == 0
         sock, frame = held[0]
         await sock.send({"kind": "resp", "reqId": frame["id"], "code": 200, "body": {}})
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
         # The next frame the consumer sees is the notification, not the late answer.
         assert (await ws.__anext__())["type"] == ".ams.routing.RoutingTaskNotification"
         assert (await ws.request(".GetClock"))["code"] == 200
@@ -393,7 +393,7 @@ async def test_two_consumers_iterating_share_the_frames_and_both_end_when_the_so
         await ws.wait_open()
         consumers = [asyncio.ensure_future(consume(ws)) for _ in range(2)]
         for n in range(10):
-            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n})
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n}, to_all=True)
         await ws.request(".GetClock")  # answered after the ten: they were all read
         while ws.inbox_size:
             await clock.sleep(0.01)

@@ -59,7 +59,8 @@ async def test_ended_sockets_release_their_connections_and_an_open_one_keeps_wor
         await _req(live, "still-here", ".GetClock")
         frame: dict[str, Any] = await _frame(live)
         assert (frame["reqId"], frame["code"]) == ("still-here", 200)
-        assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 1
+        sent = await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}, to_all=True)
+        assert sent == 1
         assert (await _frame(live))["type"] == ".ams.routing.RoutingTaskNotification"
         assert not live_sock.ws.closed
 
@@ -138,7 +139,8 @@ async def test_a_socket_whose_client_leaves_while_it_is_announced_is_not_kept_op
         assert sock.closed
         assert sock.ended is not None
         assert sock.ended[0] == "client"
-        assert await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}) == 0
+        sent = await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}, to_all=True)
+        assert sent == 0
         # The next socket is served as usual.
         async with (
             aiohttp.ClientSession() as http,

@@ -109,12 +109,17 @@ async def test_an_invalid_bearer_is_refused_with_401_on_the_upgrade(sim: Simulat
     assert "not-a-bearer" not in repr(sim.requests)
 
 
-async def test_notifications_reach_every_open_socket(sim: Simulator) -> None:
+async def test_notifications_reach_every_subscribed_socket(sim: Simulator) -> None:
+    # Routing tasks come to a socket that subscribed to them (tests/test_simulator_input_r15.py:
+    # not to one that did not).
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(sim.brand_socket_url(_bearer(sim))) as a,
         http.ws_connect(sim.brand_socket_url(_bearer(sim))) as b,
     ):
+        for ws in (a, b):
+            await _req(ws, "s1", ".ams.routing.SubscribeRoutingTasks")
+            assert (await _frame(ws))["code"] == 200
         await sim.sockets.wait_open(2)
         sent = await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"changes": []})
         assert sent == 2

@@ -91,7 +91,7 @@ async def test_notifications_reach_async_iteration_and_a_handler(
         handler = await brand_socket(engine, sim, on_frame=handled.append)
         await iterated.wait_open()
         await handler.wait_open()
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
         frame = await iterated.__anext__()
         await clock.sleep(0.1)
     assert frame["type"] == ".ams.routing.RoutingTaskNotification"
@@ -217,7 +217,7 @@ async def test_keepalive_is_not_sent_while_frames_keep_arriving(
         await ws.wait_open()
         for _ in range(10):
             await clock.sleep(20)
-            await quiet.sockets.notify(".ams.routing.RoutingTaskNotification", {})
+            await quiet.sockets.notify(".ams.routing.RoutingTaskNotification", {}, to_all=True)
         await clock.sleep(31)
     assert len(quiet.sockets.all) == 1
     types = [f.get("type") for f in quiet.sockets.all[0].received]
@@ -615,7 +615,7 @@ async def test_outbound_idle_keepalive_keeps_a_receive_only_socket_open_on_the_s
         await ws.wait_open()
         for _ in range(10):
             await clock.sleep(20)
-            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {})
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {}, to_all=True)
     assert len(sim.sockets.all) == 1
     probes = [f.get("type") for f in sim.sockets.all[0].received]
     assert probes == [".GetClock"] * 6  # every 30 s of client silence in 200 s

@@ -60,7 +60,7 @@ def field(record: logging.LogRecord, name: str) -> Any:
 async def notify(sim: Simulator, count: int, start: int = 0) -> None:
     """Push ``count`` numbered notifications to every open socket."""
     for n in range(start, start + count):
-        await sim.sockets.notify(NOTIFICATION, {"n": n})
+        await sim.sockets.notify(NOTIFICATION, {"n": n}, to_all=True)
 
 
 async def until_paused(ws: ResilientSocket, clock: VirtualClock) -> None:
@@ -135,7 +135,7 @@ async def test_a_paused_socket_slows_the_peer_down_until_the_consumer_catches_up
     async def push() -> None:
         nonlocal sent
         for n in range(total):
-            await sim.sockets.notify(NOTIFICATION, {"n": n, "payload": payload})
+            await sim.sockets.notify(NOTIFICATION, {"n": n, "payload": payload}, to_all=True)
             sent += 1
 
     async with agent_engine(sim, clock, states) as engine:

@@ -95,7 +95,7 @@ async def test_close_from_an_on_frame_handler_closes_the_socket_without_waiting_
         holder.append(ws)
         await ws.wait_open()
         events = ws.states()
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 1}, to_all=True)
         async for event in events:
             if event.name == "closed":
                 break
@@ -164,13 +164,13 @@ async def test_frames_keep_their_order_while_on_connect_runs_beside_the_read(
 ) -> None:
     async def subscribe(ws: ResilientSocket) -> None:
         for n in range(3):
-            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n})
+            await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": n}, to_all=True)
         await ws.request(".GetClock")
 
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim, on_connect=[subscribe])
         await ws.wait_open()
-        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 3})
+        await sim.sockets.notify(".ams.routing.RoutingTaskNotification", {"n": 3}, to_all=True)
         frames = [await ws.__anext__() for _ in range(4)]
     assert [f["body"]["n"] for f in frames] == [0, 1, 2, 3]
 

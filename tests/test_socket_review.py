@@ -532,7 +532,7 @@ async def test_a_request_an_on_frame_handler_waits_for_only_a_while_is_answered_
         holder.append(ws := await brand_socket(engine, sim, on_frame=on_frame))
         await ws.wait_open()
         notified_at = clock.now()
-        await sim.sockets.notify(NOTIFICATION, {"n": 1})
+        await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
         while not started:
             await clock.sleep(0.1)
         answer = await started[0]
@@ -619,7 +619,7 @@ async def test_a_request_an_on_frame_handler_waits_for_in_another_task_times_out
         holder.append(ws := await brand_socket(engine, sim, on_frame=on_frame))
         await ws.wait_open()
         notified_at = clock.now()
-        await sim.sockets.notify(NOTIFICATION, {"n": 1})
+        await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
         while not outcomes and clock.now() < 60:
             await clock.sleep(0.1)
         answer = await ws.request(".GetClock")
@@ -679,8 +679,8 @@ async def test_a_task_an_on_frame_handler_starts_and_does_not_wait_for_may_reque
     async with agent_engine(sim, clock, states) as engine:
         holder.append(ws := await brand_socket(engine, sim, on_frame=on_frame))
         await ws.wait_open()
-        await sim.sockets.notify(NOTIFICATION, {"n": 1})
-        await sim.sockets.notify(NOTIFICATION, {"n": 2})
+        await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
+        await sim.sockets.notify(NOTIFICATION, {"n": 2}, to_all=True)
         while len(started) < 2:
             await clock.sleep(0.1)
         answers = await asyncio.gather(*started)
@@ -715,7 +715,7 @@ async def test_a_request_made_before_a_send_goes_out_first_while_a_handler_yield
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim, on_frame=on_frame)
         await ws.wait_open()
-        await sim.sockets.notify(NOTIFICATION, {"n": 1})
+        await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
         await busy.wait()
         first = asyncio.create_task(ws.request(".GetClock", timeout=5))
         second = asyncio.create_task(ws.send(marker(1)))
@@ -751,7 +751,7 @@ async def test_a_request_a_handler_starts_before_a_send_goes_out_first_under_eag
     async with agent_engine(sim, clock, states) as engine:
         holder.append(ws := await brand_socket(engine, sim, on_frame=on_frame))
         await ws.wait_open()
-        await sim.sockets.notify(NOTIFICATION, {"n": 1})
+        await sim.sockets.notify(NOTIFICATION, {"n": 1}, to_all=True)
         while not started:
             await clock.sleep(0.1)
         answer = await started[0]

@@ -5,13 +5,20 @@ all and is what a test talks to:
 
 - ``await sim.sockets.wait_open(n)``: until ``n`` sockets are open.
 - ``sim.sockets.open``: the open ones; ``sim.sockets.all``: the sockets accepted, in order.
-- ``await sim.sockets.notify(type, body)``: push a ``notification`` frame to every open socket.
+- ``await sim.sockets.notify(type, body)``: push a ``notification`` frame to every open socket
+  that would get it on LiveEngage: a type a subscription brings (:data:`SUBSCRIBED_NOTIFICATIONS`:
+  ``.ams.routing.RoutingTaskNotification``, the ``ExConversationChangeNotification`` of each
+  socket kind) only to the sockets holding that subscription, any other type to every open
+  socket; ``to_all=True`` to every open socket, subscribed or not. Subscriptions live only as
+  long as their socket (protocol.md): a client that does not subscribe again after a reconnect
+  gets none of them, as on LiveEngage.
 - ``sim.sockets.published``: the messages the server received (``PublishEvent``), with the
   client's request id, so a test can prove nothing was lost.
 - ``sim.sockets.on(type, handler)``: answer a request type your own way.
 - On one socket: ``await s.close(4401)`` (its close frame behind the frames a ``ws_delay``
   still holds), ``s.drop()`` (abrupt, no close frame: the client sees 1006; held frames are
-  lost), ``s.silence()`` (no more answers and no pongs), ``s.subscriptions``, ``s.received``.
+  lost), ``s.silence()`` (no more answers and no pongs), ``s.subscriptions``, ``s.subscribed``,
+  ``s.received``, ``await s.notify(type, body)`` (to that socket, subscribed or not).
 
 Frames follow LiveEngage: a ``{"kind": "req", "id", "type", "body"}`` is answered with
 ``{"kind": "resp", "reqId", "code", "body", "type": "<type>$Response"}``. Each kind of socket
@@ -22,11 +29,17 @@ with or without the leading dot. Both GetClocks answer ``{"currentTime": <epoch 
 simulator's clock; a type the socket does not know (the other product's included) is answered
 ``code`` 400, ``{"msg": "unknown request type ..."}``, and a request without a usable ``id``
 (missing, null, empty, not a str or an int) ``code`` 400 as malformed, with ``reqId`` null (or
-the scalar that came), before any fault or ``on()`` handler sees it. Faults from the
-plan apply per session (unit ``ws_session``, decided at the handshake) and per message (unit
-``ws_message``, matched on the frame's ``type``): a ``ws_app_error`` answers the request with
-a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer. Every frame the
-server sends (answers, notifications; a ``resp`` is typed ``<type>$Response``) is a
+the scalar that came), before any fault or ``on()`` handler sees it. A frame is read as JSON
+strictly (:func:`~le_transport._json.loads_strict`): one holding ``NaN``, ``Infinity`` or a
+number too large for a float is not JSON (LiveEngage's Java side refuses it), kept in
+``received`` as ``{"raw": ...}`` as any other invalid JSON is, and, if it is a request, answered
+``code`` 400 as malformed with ``reqId`` null (nothing of it was read); every frame the
+simulator sends is strict JSON too (a ``NaN`` in a notification's body is a ``ValueError``).
+
+Faults from the plan apply per session (unit ``ws_session``, decided at the handshake) and per
+message (unit ``ws_message``, matched on the frame's ``type``): a ``ws_app_error`` answers the
+request with a ``resp`` frame carrying its ``code`` (429, 500) instead of the real answer.
+Every frame the server sends (answers, notifications; a ``resp`` is typed ``<type>$Response``) is a
 ``ws_message`` for the outbound kinds: ``ws_drop_message`` never sends it (``s.dropped`` keeps
 it), ``ws_delay`` holds it on the clock, later frames queueing behind it in order (each due at
 its own delay after it was sent, and never before the one ahead of it: latency), and so does
@@ -53,12 +66,15 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiohttp import WSMsgType, web
 
+from ..._checks import require_kind
+from ..._json import loads_strict
 from ...chaos.plan import (
     DEFAULT_MAX_RECORDS,
     WS_MESSAGE_FAULTS,
@@ -103,6 +119,20 @@ BRAND_SUBSCRIBE_TYPES = frozenset(
     }
 )
 CONSUMER_SUBSCRIBE_TYPES = frozenset({"cqm.SubscribeExConversations"})
+# The notifications a subscription brings, by the subscription: LiveEngage sends them only to a
+# socket that subscribed (protocol.md: subscriptions live only as long as the socket and are
+# re-issued after every reconnect), so SocketHub.notify sends them only there. The messaging
+# events (.ams.ms.MessagingEventNotification) are not gated: the echo of a published message
+# comes without a subscription, and a test's unknown types reach every socket as they did.
+BRAND_SUBSCRIBED_NOTIFICATIONS: Mapping[str, str] = MappingProxyType(
+    {
+        ".ams.routing.RoutingTaskNotification": ".ams.routing.SubscribeRoutingTasks",
+        ".ams.cm.ExConversationChangeNotification": ".ams.aam.SubscribeExConversations",
+    }
+)
+CONSUMER_SUBSCRIBED_NOTIFICATIONS: Mapping[str, str] = MappingProxyType(
+    {"cqm.ExConversationChangeNotification": "cqm.SubscribeExConversations"}
+)
 BRAND_PUBLISH_TYPES = frozenset({".ams.ms.PublishEvent"})
 CONSUMER_PUBLISH_TYPES = frozenset({"ms.PublishEvent"})
 # Requests the simulator accepts with a plain 200 (state changes it does not model).
@@ -138,6 +168,9 @@ class SocketTypes:
     #: (``config.echo_published``): the UMS agent socket's ``.ams.ms.MessagingEventNotification``,
     #: the Messaging Window API's ``ms.MessagingEventNotification``.
     messaging_event: str
+    #: ``{notification type: the subscription request type that brings it}``: the notifications
+    #: :meth:`SocketHub.notify` sends only to a socket holding that subscription.
+    subscribed_notifications: Mapping[str, str]
 
 
 #: The request types each socket kind (``SimSocket.kind``) answers.
@@ -149,6 +182,7 @@ TYPES_BY_KIND: dict[str, SocketTypes] = {
         accepted=BRAND_ACCEPTED_TYPES,
         init_connection=False,
         messaging_event=".ams.ms.MessagingEventNotification",
+        subscribed_notifications=BRAND_SUBSCRIBED_NOTIFICATIONS,
     ),
     "consumer": SocketTypes(
         get_clock=CONSUMER_GET_CLOCK_TYPES,
@@ -157,6 +191,7 @@ TYPES_BY_KIND: dict[str, SocketTypes] = {
         accepted=CONSUMER_ACCEPTED_TYPES,
         init_connection=True,
         messaging_event="ms.MessagingEventNotification",
+        subscribed_notifications=CONSUMER_SUBSCRIBED_NOTIFICATIONS,
     ),
 }
 
@@ -165,6 +200,10 @@ GET_CLOCK_TYPES = BRAND_GET_CLOCK_TYPES | CONSUMER_GET_CLOCK_TYPES
 SUBSCRIBE_TYPES = BRAND_SUBSCRIBE_TYPES | CONSUMER_SUBSCRIBE_TYPES
 PUBLISH_TYPES = BRAND_PUBLISH_TYPES | CONSUMER_PUBLISH_TYPES
 ACCEPTED_TYPES = BRAND_ACCEPTED_TYPES | CONSUMER_ACCEPTED_TYPES
+#: Every notification type a subscription brings (either kind's), with that subscription's type.
+SUBSCRIBED_NOTIFICATIONS: Mapping[str, str] = MappingProxyType(
+    {**BRAND_SUBSCRIBED_NOTIFICATIONS, **CONSUMER_SUBSCRIBED_NOTIFICATIONS}
+)
 
 
 @attrs.frozen
@@ -200,6 +239,11 @@ class SimSocket:
     subscriptions: RecordLog[dict[str, Any]] = attrs.field(
         factory=lambda: RecordLog(DEFAULT_MAX_RECORDS, name="simulator socket subscriptions")
     )
+    #: The subscription types that hold on this socket: each subscription request of its kind
+    #: answered 2xx (by the simulator or an ``on()`` handler; not one a fault answered). What
+    #: :meth:`SocketHub.notify` delivers by. A set of its own, not read from ``subscriptions``,
+    #: whose bound, shared by every socket, may have dropped a live socket's old frames.
+    subscribed: set[str] = attrs.field(factory=set)
     last_activity: float = 0.0
     silent: bool = False
     closed: bool = False
@@ -257,11 +301,17 @@ class SimSocket:
         ws = self._ws
         if self.closed or self.closing or self.silent or ws is None or ws.closed:
             return
+        # Strict JSON, before a fault spends a turn on it: json.dumps writes NaN and Infinity,
+        # which no JSON parser of a client (JSON.parse, Jackson, loads_strict) reads.
+        try:
+            text = json.dumps(frame, allow_nan=False)
+        except ValueError as exc:
+            what = f"a frame the simulator sends must be JSON ({str(frame.get('type'))[:80]!r})"
+            raise ValueError(f"{what}: {exc}") from None
         hold = self.hub._outbound(self, frame)
         if hold is None:
             self.dropped.append(frame)
             return
-        text = json.dumps(frame)
         if hold <= 0 and not self.held:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_str(text)
@@ -303,7 +353,9 @@ class SimSocket:
                 await writer
 
     async def notify(self, type: str, body: Any) -> None:
-        """Push a ``notification`` frame."""
+        """Push a ``notification`` frame to this socket, whatever it subscribed to (a push a
+        test aims at one socket; :meth:`SocketHub.notify` is the one that delivers by
+        subscription)."""
         await self.send({"kind": "notification", "type": type, "body": body})
 
     async def close(self, code: int = 1000, reason: str = "", *, flush: bool = True) -> None:
@@ -412,10 +464,29 @@ class SocketHub:
         handler that returns None answers by itself (``socket.send``) or not at all."""
         self._handlers[type] = handler
 
-    async def notify(self, type: str, body: Any, *, kind: str | None = None) -> int:
-        """Push a notification to every open socket (of ``kind``: ``brand``/``consumer``).
-        Returns how many sockets it was sent to."""
-        targets = [s for s in self.open if kind is None or s.kind == kind]
+    async def notify(
+        self, type: str, body: Any, *, kind: str | None = None, to_all: bool = False
+    ) -> int:
+        """Push a notification to the open sockets (of ``kind``: ``brand``/``consumer``) that
+        would get it on LiveEngage. Returns how many sockets it was sent to.
+
+        A type a subscription brings (``TYPES_BY_KIND[kind].subscribed_notifications``:
+        ``.ams.routing.RoutingTaskNotification`` after ``.ams.routing.SubscribeRoutingTasks``,
+        ``.ams.cm.ExConversationChangeNotification`` after
+        ``.ams.aam.SubscribeExConversations`` on the agent socket,
+        ``cqm.ExConversationChangeNotification`` after ``cqm.SubscribeExConversations`` on the
+        consumer socket) goes only to the sockets holding that subscription
+        (:attr:`SimSocket.subscribed`): subscriptions live only as long as their socket, so a
+        client that forgot to subscribe again after a reconnect gets none, and a chaos test
+        catches it. Any other type (the messaging events, a type of your own) goes to every
+        open socket. ``to_all=True`` sends any type to every open socket, subscribed or not
+        (a test about something else than subscriptions)."""
+        require_kind(to_all, bool, owner="SocketHub.notify", field="to_all", optional=False)
+        targets = [
+            s
+            for s in self.open
+            if (kind is None or s.kind == kind) and (to_all or _subscribed_to(s, type))
+        ]
         for s in targets:
             await s.notify(type, body)
         return len(targets)
@@ -629,12 +700,18 @@ class SocketHub:
                 continue
             sock.last_activity = self._sim.clock.now()
             data = msg.data if msg.type is WSMsgType.TEXT else msg.data.decode("utf-8", "replace")
+            # A request that is not JSON: the type to answer it 400 under, else None.
+            not_json: str | None = None
             try:
-                frame = json.loads(data)
+                # Strict: json.loads takes NaN, Infinity and 1e400 (as inf), which are not JSON;
+                # taken, a request id NaN was answered "reqId": NaN, and a published Infinity
+                # echoed back, neither of which a client's parser reads.
+                frame = loads_strict(data)
             except (ValueError, RecursionError):
                 # RecursionError: nested past the parser's limit. Invalid JSON like any other;
                 # raised out of this loop it ended the connection (the client saw a 1006).
                 frame = {"raw": data[:200]}
+                not_json = _request_type(data)
             if not isinstance(frame, dict):
                 frame = {"raw": data[:200]}
             sock.received.append(frame)
@@ -645,7 +722,17 @@ class SocketHub:
                 return
             if sock.silent:
                 continue
-            if frame.get("kind") == "req":
+            if not_json is not None:
+                # LiveEngage cannot read the frame, so neither its id: reqId null, as for a
+                # request without a usable id, and before any fault or on() handler.
+                await self._resp(
+                    sock,
+                    None,
+                    not_json,
+                    400,
+                    {"msg": "malformed request: not JSON (a number not finite, or too large)"},
+                )
+            elif frame.get("kind") == "req":
                 await self._answer(sock, frame)
 
     async def _answer(self, sock: SimSocket, frame: dict[str, Any]) -> None:
@@ -705,6 +792,10 @@ class SocketHub:
         if answer is None:
             return
         code, body = answer
+        if 200 <= code < 300 and type_ in TYPES_BY_KIND[sock.kind].subscribe:
+            # Its notifications come from now on (SocketHub.notify), the simulator's answer or
+            # an on() handler's.
+            sock.subscribed.add(type_)
         await self._resp(sock, req_id, type_, code, body)
         pending, sock.after_resp = sock.after_resp, []
         for extra in pending:
@@ -738,6 +829,8 @@ class SocketHub:
             return 200, {"currentTime": int(sim.tokens.epoch_now() * 1000)}
         if type_ in types.subscribe:
             sock.subscriptions.append(frame)
+            # Subscribed once answered (_answer): a fault's answer in its place is no
+            # subscription.
             return 200, {"subscriptionId": f"sub-{sock.id}-{sock.subscriptions.total}"}
         if type_ in types.publish:
             return await self._publish(sock, frame)
@@ -797,6 +890,26 @@ class SocketHub:
                 }
             )
         return 200, {"sequence": sequence}
+
+
+def _subscribed_to(sock: SimSocket, type_: str) -> bool:
+    """Whether ``sock`` gets a notification of ``type_``: it holds the subscription that brings
+    it, or the type needs none on its kind."""
+    needed = TYPES_BY_KIND[sock.kind].subscribed_notifications.get(type_)
+    return needed is None or needed in sock.subscribed
+
+
+def _request_type(data: str) -> str | None:
+    """The ``type`` of a request frame that is not strict JSON but that :func:`json.loads` reads
+    (``NaN``, ``Infinity``, ``1e400`` in it), else None: what to answer such a frame under.
+    Text that no reading makes a request of is not answered, as before."""
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(frame, dict) or frame.get("kind") != "req":
+        return None
+    return str(frame.get("type", ""))
 
 
 def _json_scalar(value: object) -> bool:
