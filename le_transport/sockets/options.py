@@ -191,7 +191,8 @@ class SocketOptions:
     - ``healthy_after``: seconds a connection must stay open before the backoff, the
       fast-drop run and the auth-failure count start over; only a connection that became
       ready counts (one whose ``on_connect`` failed is a failed connect, however long it took
-      to fail).
+      to fail), and one whose peer the keepalive found dead counts as open only until the
+      last frame it heard (a peer silent from the start is a failed connect).
     - ``escalate_after``: after this many consecutive failed reconnects, escalate to the
       re-login loop (0: never).
     - ``max_auth_failures``: re-authentications in a row that may fail before the socket stops

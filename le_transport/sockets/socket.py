@@ -4,15 +4,17 @@
 the connection ends asks the pure :class:`~le_transport.policies.ClosePolicy` what it means:
 reconnect, re-authenticate first, stop, or fail for good. Between connects it waits out the
 :class:`~le_transport.policies.BackoffPolicy` (reset only after a connection stayed healthy:
-it became ready, ``on_connect`` done, and stayed open ``healthy_after`` seconds) and
+it became ready, ``on_connect`` done, and stayed open ``healthy_after`` seconds; one whose
+peer the keepalive found dead counts as open until the last frame it heard) and
 the process's :class:`~le_transport.sockets.pacing.ReconnectPacer`. Everything that happens to a
 socket happens in its owner task, in this order, so there is never more than one connect in
 flight and a superseded connection cannot act:
 
 1. ``CONNECTING``: dial (resolve the host, get credentials, upgrade, first-frame auth).
 2. ``OPEN``: run the ``on_connect`` callbacks (their sends go straight out) and flush the queue
-   in order, in a short-lived task while the owner reads, or in the owner itself when there
-   are no callbacks; from then on sends go straight out, and the engine's
+   in order, in a short-lived task while the owner reads (the owner itself makes the
+   connection ready when there are neither callbacks nor a queue); from then on sends go
+   straight out, and the engine's
    :class:`~le_transport.sockets.keepalive.KeepaliveScheduler` watches the connection (when
    the socket has a keepalive: by default, a LiveEngage messaging socket does).
    The owner reads the connection itself until it ends, pausing while the ``async for``
@@ -126,6 +128,13 @@ def _callable_name(callback: object) -> str:
     if not isinstance(name, str):
         name = f"a {builtins.type(target).__name__} object"
     return name if target is callback else f"functools.partial({name})"
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled (a cancellation a callback met that is not
+    its task's is the callback's failure, not the socket's end)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
@@ -301,6 +310,7 @@ class ResilientSocket:
     # (the inbox, waiters, state subscribers) is made on first use.
     __slots__ = (
         "__weakref__",
+        "_alive_for",
         "_clock",
         "_closer",
         "_closing",
@@ -416,6 +426,8 @@ class ResilientSocket:
         self._error: SocketClosed | None = None
         self._last_activity = 0.0
         self._last_sent = 0.0
+        # How long the last connection's peer was known alive (see _serve).
+        self._alive_for = 0.0
         self._unsent: tuple[str, ...] = ()
         #: Connections opened so far (the first one included).
         self.connects = 0
@@ -1036,12 +1048,7 @@ class ResilientSocket:
                     # The connection recorded why the socket must stop (an on_connect
                     # callback that returned no awaitable): reconnecting would meet it again.
                     raise self._error
-                if (
-                    conn is not None
-                    and self._readied
-                    and disconnect.lifetime is not None
-                    and disconnect.lifetime >= opts.healthy_after
-                ):
+                if conn is not None and self._readied and self._alive_for >= opts.healthy_after:
                     # Healthy: it became ready (on_connect done, the queue flushed) and stayed
                     # up long enough. A connection whose on_connect failed (or never ended)
                     # is a failed connect like any other, however long it took to fail: else a
@@ -1260,9 +1267,13 @@ class ResilientSocket:
         setup: asyncio.Task[None] | None = None
         read_end: Disconnect | None = None
         try:
-            if self._on_connect:
+            if self._on_connect or self._outbox:
                 # The callbacks may wait for answers, which only the owner's read brings in:
-                # they (and the queue after them) run beside it, in a task of their own.
+                # they (and the queue after them) run beside it, in a task of their own. So
+                # does a queue without callbacks: a peer answering what it reads (a resp, a
+                # publish's echo) fills our side while we do not read, stops reading itself,
+                # and the flush waited on it for ready_timeout, the frames written meanwhile
+                # lost with the connection it then ended (hundreds, on a long queue).
                 setup = self._setup = asyncio.get_running_loop().create_task(
                     self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
                 )
@@ -1385,6 +1396,12 @@ class ResilientSocket:
             self._conn = self._closer = self._ended = None
         lifetime = self._clock.now() - opened_at
         disconnect = attrs.evolve(disconnect, lifetime=lifetime)
+        # A peer the keepalive found dead was alive only until the last frame it sent: counted
+        # to the end (interval + timeout, 40 s for messaging), a peer silent from the start
+        # passed for a healthy connection at every connect, the backoff never grew and the
+        # re-login (which re-resolves the host) never came.
+        dead = disconnect.kind is DisconnectKind.DEAD_PEER
+        self._alive_for = max(0.0, self._last_activity - opened_at) if dead else lifetime
         if disconnect.kind is not DisconnectKind.BY_CALLER:
             self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
         return disconnect
@@ -1454,7 +1471,12 @@ class ResilientSocket:
                     self._not_awaitable(conn, callback, pending)
                     return
                 await pending
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                raise
+            # A cancellation of the callback's own making (it awaited something another task
+            # cancelled) is its failure like any other: it ended this task, the connection
+            # stayed open and never ready, and wait_open() waited for ever.
             if self._ended is None and self._conn is conn:
                 if isinstance(exc, _SOCKET_OUTCOMES):
                     # What the socket answered the callback: a refusal, no answer, a lost
@@ -1789,9 +1811,13 @@ class ResilientSocket:
                 finally:
                     self._handling = None
                     self._reading_again()
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                raise
             # A bug in the caller's handler: its traceback to find it, with every exception's
-            # text redacted (a handler's error may quote the frame, or a token).
+            # text redacted (a handler's error may quote the frame, or a token). A
+            # cancellation of its own making (it awaited something another task cancelled)
+            # too: taken for the owner's, it closed the socket for good, saying nothing.
             _log.error(
                 "%s: on_frame handler raised %s: %s; ignored",
                 self._name,
