@@ -41,7 +41,7 @@ from typing import Any, TypedDict, TypeVar, Unpack, overload
 import aiohttp
 import attrs
 from aiohttp import ClientMiddlewareType
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 from yarl import URL
 
 from ._checks import require_kind, require_option
@@ -121,6 +121,7 @@ class RequestOptions(TypedDict, total=False):
         | Sequence[tuple[str, str]]
         | typing.IO[Any]
         | AsyncIterable[bytes]
+        | aiohttp.FormData
         | None
     )
     headers: Mapping[str, str] | None
@@ -393,7 +394,9 @@ def _header_fault(name: object, value: object) -> str | None:
 
     A name must be an RFC 9110 token (letters, digits and ``!#$%&'*+-.^_`|~``): a ``:`` or a
     space would make another header of it ("Authorization:Bearer x" past the check of a
-    caller's own ``Authorization``), and an empty one a malformed line. ``Content-Length``
+    caller's own ``Authorization``), and an empty one a malformed line (ASCII only: no lone
+    surrogate either). A value may not hold a CR, LF or NUL, nor a character UTF-8 cannot
+    encode (aiohttp would drop it, sending another value). ``Content-Length``
     and ``Transfer-Encoding`` are aiohttp's, which frames the body: a value of the caller's
     would cut it short, and the rest would be read as the next request on the connection."""
     if not isinstance(name, str):
@@ -428,6 +431,15 @@ def _header_fault(name: object, value: object) -> str | None:
         return (
             f"header {name[:40]!r} has a value holding a CR, LF or NUL, which would start a "
             "header of its own; the value is not shown"
+        )
+    # aiohttp's writer skips what UTF-8 cannot encode ('agent-\udcff7', as os.environ or
+    # os.fsdecode give a byte that is not UTF-8, went out as 'agent-7'). An ASCII value (the
+    # usual one) is told by isascii() alone, so that the check costs a plain call nothing.
+    if not value.isascii() and not _encodes(value):
+        return (
+            f"header {name[:40]!r} has a value holding a character UTF-8 cannot encode (a lone "
+            "surrogate), which would be dropped from the header, silently sending another "
+            "value; the value is not shown"
         )
     return None
 
@@ -825,7 +837,9 @@ def _fields_fault(fields: object) -> str | None:
 def _data_fault(data: object) -> str | None:
     """Why aiohttp refuses ``data`` as a body, or None."""
     if isinstance(data, aiohttp.FormData):
-        return None
+        # Its fields as aiohttp left them (a multipart one is emptied once built): only text
+        # UTF-8 cannot encode is told of.
+        return _unencodable_data(getattr(data, "_fields", None))
     if isinstance(data, io.IOBase) and data.closed:
         # A file payload is made of it, and fails only when it is read: said as the same
         # body is said under recover=True.
@@ -835,11 +849,55 @@ def _data_fault(data: object) -> str | None:
             aiohttp.payload.get_payload(data, disposition=None)
         except aiohttp.payload.LookupError:
             aiohttp.FormData(data)()  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as exc:
+        # A str UTF-8 cannot encode (UnicodeEncodeError is a ValueError; a multipart form
+        # raises it as the cause of a TypeError): a str is no wrong type.
+        if isinstance(exc, UnicodeEncodeError) or isinstance(exc.__cause__, UnicodeEncodeError):
+            return _unencodable_data(data) or f"data {_UNENCODABLE}; it is not shown"
         return (
             "data must be bytes, str, a form mapping or an async iterable of bytes, got a "
             f"{type(data).__name__}"
         )
+    return None
+
+
+#: Why a str with a lone surrogate cannot be a body.
+_UNENCODABLE = (
+    "holds a character UTF-8 cannot encode (a lone surrogate, as os.fsdecode or os.environ "
+    "give a byte that is not UTF-8)"
+)
+
+
+def _unencodable_data(data: object) -> str | None:
+    """Where a body (a str, a form mapping or pairs, a ``FormData``'s fields) holds a str
+    UTF-8 cannot encode, named, never shown; else None."""
+    if isinstance(data, str):
+        if _encodes(data):
+            return None
+        return f"data (a str) {_UNENCODABLE}; the text is not shown: pass it as bytes"
+    if isinstance(data, Mapping):
+        items: Iterable[object] = data.items()
+    elif isinstance(data, list | tuple):
+        items = data
+    else:
+        return None
+    for position, item in enumerate(items, 1):
+        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+            continue
+        if len(item) == 3:  # a FormData's field: (its name and filename, headers, value)
+            options, _, value = item
+            if not isinstance(options, Mapping):
+                continue
+            name = options.get("name")
+            texts: tuple[object, ...] = (value, *options.values())
+        else:
+            name, value = item
+            # A list of values is a value each (aiohttp's urlencode takes them so).
+            texts = (name, *(value if isinstance(value, list | tuple) else (value,)))
+        if any(isinstance(text, str) and not _encodes(text) for text in texts):
+            shown = _shown_key(name, position, "field")
+            where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
+            return f"data{where} {_UNENCODABLE}; the value is not shown"
     return None
 
 
@@ -1074,6 +1132,123 @@ def _file_content_type(file: object) -> str | None:
     return content_type
 
 
+async def _read_whole(file: io.IOBase) -> tuple[bytes | str | None, str | None]:
+    """A file's remaining content (bytes, or a str from a text file), read once; or None and
+    what the file is, for a refusal: closed, unreadable, or giving neither bytes nor str."""
+    if file.closed:
+        return None, f"a {type(file).__name__} that is closed: nothing can be read from it"
+    try:
+        if isinstance(file, io.BytesIO | io.StringIO):
+            content: object = file.read()
+        else:
+            # A file on disk (or a pipe): read off the loop, as aiohttp reads one.
+            content = await asyncio.get_running_loop().run_in_executor(None, file.read)
+    except (OSError, ValueError) as exc:  # not readable, closed meanwhile
+        return None, f"a {type(file).__name__} that could not be read ({type(exc).__name__})"
+    if isinstance(content, str):
+        return content, None
+    if isinstance(content, bytes | bytearray):
+        return bytes(content), None
+    return None, f"a {type(file).__name__} whose read() gave no bytes or str"
+
+
+#: A multipart form's field as aiohttp's ``FormData`` keeps it: its name (and filename), its
+#: headers (its ``Content-Type``, if given), its value.
+_FormField = tuple[MultiDict[str], dict[str, str], object]
+
+
+@attrs.frozen
+class _FormParts:
+    """A multipart form's fields, files read into memory, for every run of ``recover=True``.
+
+    aiohttp builds a multipart ``FormData`` once: it empties the fields into a writer, which
+    it closes (with the files of its parts) once the request is sent; the next run got that
+    writer, spent, or failed to build the request. :meth:`form` makes a fresh one each run."""
+
+    fields: tuple[_FormField, ...]
+    quote_fields: bool
+    charset: str | None
+
+    def form(self) -> aiohttp.FormData:
+        """A new ``FormData`` with the fields (names, filenames, content types), the charset
+        and the quoting of the one given."""
+        form = aiohttp.FormData(
+            quote_fields=self.quote_fields, charset=self.charset, default_to_multipart=True
+        )
+        # As add_field() keeps them, copied (aiohttp's add_field would guess again, and warn
+        # of a bytes value given without a filename).
+        form._fields.extend(
+            (MultiDict(options), dict(headers), value) for options, headers, value in self.fields
+        )
+        return form
+
+
+def _holds_file(data: Mapping[object, object] | Sequence[object]) -> bool:
+    """Whether a form given as a mapping or pairs holds a file (aiohttp makes it multipart)."""
+    if isinstance(data, Mapping):
+        return any(isinstance(value, io.IOBase) for value in data.values())
+    return any(
+        isinstance(item, io.IOBase)
+        or (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[1], io.IOBase))
+        for item in data
+    )
+
+
+async def _form_parts(form: aiohttp.FormData) -> _FormParts | str:
+    """A multipart ``form``'s fields, each file's remaining content read into memory once
+    (with the ``Content-Type`` aiohttp would have given the file); or what the form is, for
+    a refusal: it holds a field that can be sent only once (an aiohttp payload, an async
+    iterable, a file that is closed or cannot be read), or aiohttp built it already."""
+    fields = getattr(form, "_fields", None)
+    quote_fields = getattr(form, "_quote_fields", None)
+    charset = getattr(form, "_charset", None)
+    if (
+        not isinstance(fields, list)
+        or not isinstance(quote_fields, bool)
+        or not (charset is None or isinstance(charset, str))
+        or not all(
+            isinstance(field, tuple)
+            and len(field) == 3
+            and isinstance(field[0], MultiDict)
+            and isinstance(field[1], dict)
+            for field in fields
+        )
+    ):
+        # Private parts of aiohttp, read defensively: refused rather than sent wrong.
+        return "a multipart FormData whose fields this aiohttp version does not let be read"
+    writer = getattr(form, "_writer", None)
+    if not fields and isinstance(writer, aiohttp.MultipartWriter) and len(writer):
+        return (
+            "a multipart FormData that aiohttp has built already (it builds one once, for the "
+            "request that sent it)"
+        )
+    parts: list[_FormField] = []
+    for position, (options, headers, value) in enumerate(fields, 1):
+        what: str | None = None
+        if isinstance(value, aiohttp.payload.Payload):
+            what = f"an aiohttp payload ({type(value).__name__}), which aiohttp closes once sent"
+        elif isinstance(value, io.IOBase):
+            content, what = await _read_whole(value)
+            if isinstance(content, bytes) and aiohttp.hdrs.CONTENT_TYPE not in headers:
+                # What aiohttp would have sent for the file (image/png for a .png), not the
+                # octet-stream bytes get.
+                guessed = _file_content_type(value)
+                if guessed is not None:
+                    headers = {**headers, aiohttp.hdrs.CONTENT_TYPE: guessed}
+            value = content
+        elif isinstance(value, AsyncIterable):
+            what = f"an async iterable ({type(value).__name__}), read as it is sent"
+        elif isinstance(value, bytearray | memoryview):
+            value = bytes(value)  # as it is now, on every run
+        if what is not None:
+            name = options.get("name")
+            shown = _shown_key(name, position, "field")
+            where = str(shown) if isinstance(shown, _HiddenKey) else repr(name)
+            return f"a multipart form whose field {where} is {what}"
+        parts.append((MultiDict(options), dict(headers), value))
+    return _FormParts(tuple(parts), quote_fields, charset)
+
+
 async def _replayable(data: object, service: str, method: str) -> tuple[object, str | None]:
     """``data`` as a body that can be sent on every run of ``recover=True`` (which sends the
     request again after a re-login), and the ``Content-Type`` aiohttp would have given it
@@ -1082,47 +1257,54 @@ async def _replayable(data: object, service: str, method: str) -> tuple[object, 
     it, so none can be sent, or rewound, a second time. A binary file gives bytes, with the
     type aiohttp guesses from its name (:func:`_file_content_type`); a text file a str,
     encoded as a str body is (in the charset the ``Content-Type`` names; ``text/plain`` by
-    default, as aiohttp sends a text file). Bytes, a str, a form (a mapping, pairs,
-    ``FormData``) are returned as they are: built again each run.
+    default, as aiohttp sends a text file).
+
+    A multipart form (a ``FormData`` with a file, a filename or a content type, or made so;
+    a mapping or pairs holding a file) gives a :class:`_FormParts`, its files read the same
+    way: aiohttp builds such a form once, and closes it (with its files) once sent, so a
+    fresh ``FormData`` is made of it for each run (:meth:`_FormParts.form`). Bytes, a str, a
+    url-encoded ``FormData`` and a mapping or pairs without a file are returned as they are:
+    aiohttp encodes them again each run.
 
     Refused with :class:`InvalidRequest`, said by their type, before anything is sent: an
     aiohttp ``Payload`` (closed by aiohttp once sent, with the file it reads), an async
-    iterable (read as it is sent), a file that is closed or cannot be read."""
+    iterable (read as it is sent), a file that is closed or cannot be read; a multipart form
+    holding one of them, or one that aiohttp has built already (sent by an earlier call)."""
     what: str | None = None
+    form: aiohttp.FormData | None = None
     if isinstance(data, aiohttp.payload.Payload):
         what = (
             f"an aiohttp payload ({type(data).__name__}), which aiohttp closes once it is "
             "sent, and so can be sent only once"
         )
     elif isinstance(data, io.IOBase):
-        content: object = None
-        if data.closed:
-            what = f"a {type(data).__name__} that is closed: nothing can be read from it"
-        else:
-            try:
-                if isinstance(data, io.BytesIO | io.StringIO):
-                    content = data.read()
-                else:
-                    # A file on disk (or a pipe): read off the loop, as aiohttp reads one.
-                    content = await asyncio.get_running_loop().run_in_executor(None, data.read)
-            except (OSError, ValueError) as exc:  # not readable, closed meanwhile
-                what = f"a {type(data).__name__} that could not be read ({type(exc).__name__})"
-        if what is None:
-            if isinstance(content, str):
-                return content, None
-            if isinstance(content, bytes | bytearray):
-                return bytes(content), _file_content_type(data)
-            what = f"a {type(data).__name__} whose read() gave no bytes or str"
+        content, what = await _read_whole(data)
+        if isinstance(content, str):
+            return content, None
+        if isinstance(content, bytes):
+            return content, _file_content_type(data)
     elif isinstance(data, AsyncIterable):
         what = (
             f"an async iterable ({type(data).__name__}), read as it is sent, and so can be "
             "sent only once"
         )
+    elif isinstance(data, aiohttp.FormData):
+        form = data
+    elif isinstance(data, Mapping | list | tuple) and _holds_file(data):
+        try:
+            form = aiohttp.FormData(data)  # as aiohttp makes a form of it
+        except (TypeError, ValueError):
+            form = None  # aiohttp refuses it on the first run, as without recover=True
+    if form is not None and form.is_multipart:
+        parts = await _form_parts(form)
+        if not isinstance(parts, str):
+            return parts, None
+        what = parts
     if what is None:
         return data, None
     raise InvalidRequest(
         f"recover=True may send the request again, and the body is {what}: pass bytes, a "
-        "str or an open file (read into memory once)",
+        "str, an open file (read into memory once) or a form of them",
         service=service,
         method=method,
     )
@@ -1952,6 +2134,7 @@ class Engine:
         | Sequence[tuple[str, str]]
         | typing.IO[Any]
         | AsyncIterable[bytes]
+        | aiohttp.FormData
         | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
@@ -2013,12 +2196,16 @@ class Engine:
           stands (aiohttp closes it once sent). With ``recover=True`` a file's remaining
           content is read into memory once, within ``deadline``, before anything is sent, and
           sent whole on every run (a text file's as a str is; a binary file's with the
-          ``Content-Type`` aiohttp gives the file); an aiohttp ``Payload`` and a closed file
-          are refused.
+          ``Content-Type`` aiohttp gives the file); so are the files of a multipart form (a
+          ``FormData``, or a mapping or pairs holding a file), made afresh for every run with
+          its names, filenames, content types and charset; an aiohttp ``Payload``, a closed
+          file, and a form holding either or an async iterable are refused.
+          Text UTF-8 cannot encode (a lone surrogate) is an
+          :class:`~le_transport.errors.InvalidRequest`.
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
-          str values without CR, LF or NUL; neither ``Content-Length`` nor
-          ``Transfer-Encoding`` (aiohttp frames the body); none that the auth
-          provider's credentials set and would replace (its ``credential_headers``: the
+          str values without CR, LF, NUL or a character UTF-8 cannot encode; neither
+          ``Content-Length`` nor ``Transfer-Encoding`` (aiohttp frames the body); none that
+          the auth provider's credentials set and would replace (its ``credential_headers``: the
           library's providers set ``Authorization``): each an
           :class:`~le_transport.errors.InvalidRequest`, before anything is sent.
         - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
@@ -2318,8 +2505,9 @@ class Engine:
     ) -> Response:
         """:meth:`request` with ``recover=True``: each run through the recovery loop is a call
         of its own, bounded by what is left of the whole call's deadline (the call's own, else
-        its policy's), whose end is fixed here, once, on the engine's clock. A file body is
-        read into memory within it (a pipe slower than the deadline: ``DeadlineExceeded``)."""
+        its policy's), whose end is fixed here, once, on the engine's clock. A file body, and
+        the files of a multipart form, are read into memory within it (a pipe slower than the
+        deadline: ``DeadlineExceeded``); such a form is built afresh for each run."""
         policy = retry or self._retry
         if deadline is not None:
             policy = _per_call_policy(policy, deadline, None, service, method)
@@ -2327,7 +2515,18 @@ class Engine:
         clock = self._clock
         started = clock.now()
         until = None if total is None else started + total
-        if data is not None and not isinstance(data, bytes | bytearray | str | Mapping):
+        if (
+            data is not None
+            and not isinstance(data, bytes | bytearray | str)
+            # A mapping form-encoded again on each run (one holding a file is multipart).
+            and (not isinstance(data, Mapping) or _holds_file(data))
+        ):
+            # What the deadline passed while reading, if it does.
+            reading = (
+                "its file body was"
+                if isinstance(data, io.IOBase)
+                else "the files of its multipart form were"
+            )
             timeout = timeout_after(clock, None if until is None else until - started)
             try:
                 async with timeout:
@@ -2338,8 +2537,8 @@ class Engine:
                 # The read goes on in its thread until the file gives its content; the call
                 # does not wait for it.
                 err = DeadlineExceeded(
-                    f"the call's {total:g} s deadline passed while its file body was read "
-                    "into memory (recover=True sends it whole on every run)",
+                    f"the call's {total:g} s deadline passed while {reading} read into "
+                    "memory (recover=True sends it whole on every run)",
                     elapsed=clock.now() - started,
                     service=service,
                     method=method,
@@ -2374,7 +2573,8 @@ class Engine:
                 path,
                 params=params,
                 json=json,
-                data=data,
+                # aiohttp builds a multipart form once: a new one for each run.
+                data=data.form() if isinstance(data, _FormParts) else data,
                 headers=headers,
                 idempotent=idempotent,
                 retry=retry,
