@@ -410,10 +410,11 @@ async def test_a_budget_field_that_is_no_number_is_dropped_not_an_outage(
     redis_server: RedisServer,
 ) -> None:
     raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    fallback = FallbackStore(RedisStore(redis_server.url, prefix="fix-garbage", op_timeout=OP))
+    redis = RedisStore(redis_server.url, prefix="fix-garbage", op_timeout=OP)
+    fallback = FallbackStore(redis)
     policy = RetryBudget()
     key = state_key("1", "budget", "svc")
-    rkey = f"fix-garbage:{key}"
+    rkey = redis._budget_key(key, policy)  # the hash of the policy's window
     try:
         cur = await _server_slot(raw, policy)
         await raw.hset(rkey, mapping={f"q:{cur}": "garbage", f"r:{cur}": "1.5"})
@@ -467,10 +468,11 @@ async def test_the_shared_budget_counts_no_slot_a_window_ahead_and_no_stray_fiel
     try:
         cur = await _server_slot(raw, policy)
         # Counted on a server whose clock ran an hour ahead; and a field of nobody's.
-        await raw.hset(store.key(key), mapping={f"r:{cur + 1200}": 50, f"x:{cur}": 50})
+        rkey = store._budget_key(key, policy)  # the hash of the policy's window
+        await raw.hset(rkey, mapping={f"r:{cur + 1200}": 50, f"x:{cur}": 50})
         await store.budget(key, policy, deposits=100)
         assert await store.budget(key, policy, withdraw=True), "10 + 3 retries allowed"
-        held = await raw.hgetall(store.key(key))
+        held = await raw.hgetall(rkey)
         assert f"r:{cur + 1200}" not in held
         assert f"x:{cur}" not in held
     finally:
@@ -488,9 +490,10 @@ async def test_the_shared_budget_folds_a_slot_less_than_a_window_ahead_into_the_
     policy = RetryBudget(ratio=0.0, min_retries_per_second=0.1, window=30.0)  # 3 retries
     try:
         cur = await _server_slot(raw, policy)
-        await raw.hset(store.key("svc"), f"r:{cur + 2}", 3)
+        rkey = store._budget_key("svc", policy)  # the hash of the policy's window
+        await raw.hset(rkey, f"r:{cur + 2}", 3)
         assert not await store.budget("svc", policy, withdraw=True), "the 3 are counted"
-        fields = await raw.hkeys(store.key("svc"))
+        fields = await raw.hkeys(rkey)
         assert all(int(f[2:]) <= cur + 1 for f in fields), fields
     finally:
         await close_client(raw)

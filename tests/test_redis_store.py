@@ -275,7 +275,7 @@ async def test_a_budget_with_a_huge_window_works_on_redis_as_in_memory(
     budget = RetryBudget(window=window)
     for one in (MemoryStore(RealClock()), store):
         assert await one.budget(f"huge{window:g}", budget, deposits=1, withdraw=True)
-    ttl = await store._client.pttl(store.key(f"huge{window:g}"))
+    ttl = await store._client.pttl(store._budget_key(f"huge{window:g}", budget))
     assert 0 < ttl <= MAX_TTL * 1000
 
 

@@ -334,7 +334,8 @@ class OverloadGuard:
       opening the circuit for the others. Without a store it is not needed.
     - ``clock``, ``rng``: time and the breaks' jitter; ``hooks``: ``on_state`` gets
       ``circuit_open`` (``retry_in``, ``opens``, and ``adopted``: whether the break is the
-      fleet's, taken instead of this process's own), ``circuit_closed`` (``adopted``: whether
+      fleet's, taken instead of this process's own or read from the fleet's trip at a sync or
+      a probe, once per break; a WARNING is logged alike), ``circuit_closed`` (``adopted``: whether
       it is the fleet's close, another process's probe having succeeded) and
       ``retry_budget_exhausted``.
     - ``flush_interval``: seconds between batched sends of first-attempt counts to the store
@@ -478,6 +479,10 @@ class OverloadGuard:
             breaker.longest_break + breaker.probe_lease if breaker is not None else math.inf
         )
         self._overlong: dict[tuple[str, str], tuple[int, float]] = {}
+        # Per breaker key: the fleet's trip entry (its hash) whose break this process last
+        # reported open (_adopted_open, _publish), so that a break read again (at a sync, its
+        # end a millisecond later in Redis' whole-millisecond TTL) is reported once.
+        self._reported: dict[tuple[str, str], int] = {}
         # Retries the budget granted before their pause whose attempt is not yet admitted, by
         # (call, attempt): given back if that attempt is never sent (_refund_ended, abandon).
         self._grants: dict[tuple[int, int], _Grant] = {}
@@ -598,6 +603,7 @@ class OverloadGuard:
         self._stale_locks = {k: lock for k, lock in self._stale_locks.items() if k in kept}
         self._damaged = {k: seen for k, seen in self._damaged.items() if k in kept}
         self._overlong = {k: seen for k, seen in self._overlong.items() if k in kept}
+        self._reported = {k: seen for k, seen in self._reported.items() if k in kept}
         if forgotten:
             self._forgot(forgotten, now)
 
@@ -1139,6 +1145,9 @@ class OverloadGuard:
                         adopted = self._adopted(status, *trip)
                         self._successes.pop(key, None)  # (as below: the status is replaced whole)
                         self._put(key, adopted)
+                        # Half-open here, open now: reported as an open here is.
+                        assert entry is not None  # (the trip was read from it)
+                        self._adopted_open(key, adopted, read_at, entry)
                         return self._circuit_open(call, adopted.open_until, read_at, adopted.opens)
                     # What the probe answers for: its success replaces this entry (with the
                     # fleet's closed mark), none newer.
@@ -1248,7 +1257,12 @@ class OverloadGuard:
             # A break still on is adopted as open; one that has ended (the entry outlives it
             # by the probe lease) as half-open: this process then competes for the fleet's
             # probe lock rather than letting every call through while one probe is out.
-            self._put(key, self._adopted(status, *trip))
+            adopted = self._adopted(status, *trip)
+            self._put(key, adopted)
+            if self._breaker.state_at(adopted, now) is BreakerState.OPEN:
+                # Not open here before (see above): its calls fail fast from now on, which its
+                # hooks and logs are told of, as of an open here.
+                self._adopted_open(key, adopted, now, entry)
 
     def _unique(self) -> str:
         """A value no other lock or trip entry holds: this process's, numbered."""
@@ -1460,6 +1474,9 @@ class OverloadGuard:
             if isinstance(found, tuple):
                 theirs, until = found
                 if until > now and (until >= status.open_until or theirs > opens):
+                    # Reported by _opened: reading this entry again reports nothing more.
+                    assert entry is not None
+                    self._first_report(key, entry.value)
                     return self._keep(key, status, self._adopted(status, theirs, until)), True
                 opens = max(opens, theirs)
             brk = status.open_until - now
@@ -1473,6 +1490,9 @@ class OverloadGuard:
                     trip_key, value, ttl=brk + lease, only_if=entry.value
                 )
             if stored:
+                # This process's own break, reported by _opened: read back from the fleet's
+                # entry (its end a millisecond later), it is not reported again as adopted.
+                self._first_report(key, value)
                 if opens == status.opens:
                     return status, False
                 # The same break, after the fleet's count of openings.
@@ -1526,6 +1546,56 @@ class OverloadGuard:
             await self._store.add(self._trip_key(key), mark, ttl=kept)
         else:
             await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=seen)
+
+    def _adopted_open(
+        self, key: tuple[str, str], status: BreakerStatus, now: float, entry: Entry
+    ) -> None:
+        """This process's breaker at ``key``, not open, took the fleet's break (``status``, read
+        at ``now`` from the trip ``entry``): log it and emit ``circuit_open`` (``adopted``) with
+        the details an open here has (:meth:`_opened`). Once per break: the same entry read
+        again (its break's end a millisecond later, as Redis' TTLs are whole milliseconds) is
+        adopted again, but not reported again.
+
+        Adopted silently, a process refused every call with CircuitOpen while its hooks and
+        logs said nothing of an open circuit, and then reported closing it."""
+        if not self._first_report(key, entry.value):
+            return
+        brk = status.open_until - now
+        _log.warning(
+            "circuit open for %s at %s: the fleet's break, failing calls fast for %.3g s "
+            "(opening %d)",
+            key[0],
+            key[1],
+            brk,
+            status.opens,
+            extra={
+                "service": key[0],
+                "host": key[1],
+                "pause": brk,
+                "opens": status.opens,
+                "adopted": True,
+            },
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "circuit_open",
+                f"{key[0]}@{key[1]}",
+                {"retry_in": brk, "opens": status.opens, "adopted": True},
+            ),
+        )
+
+    def _first_report(self, key: tuple[str, str], value: object) -> bool:
+        """Whether the break of trip entry ``value`` at ``key`` is reported open here for the
+        first time (noted, so that it is the last time)."""
+        seen = hash(value) if isinstance(value, (str, bytes)) else None
+        if seen is not None and self._reported.get(key) == seen:
+            return False
+        if len(self._reported) > self._max_breakers:
+            self._reported.clear()  # (bounded by _make_room already: a guard)
+        if seen is not None:
+            self._reported[key] = seen
+        return True
 
     def _adopt_close(self, key: tuple[str, str]) -> None:
         """This process's breaker at ``key`` took the fleet's close (another process's probe

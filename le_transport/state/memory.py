@@ -54,6 +54,12 @@ class _Deposits:
         self.count = count
 
 
+def _same_window(one: RetryBudget, other: RetryBudget) -> bool:
+    """Whether two budgets count in the same slots: as many, as long (their ratio and floor
+    may differ: each holds the same counts to its own allowance)."""
+    return one is other or (one.slots == other.slots and one.slot_length == other.slot_length)
+
+
 class MemoryStore:
     """A :class:`~le_transport.state.StateStore` in this process's memory.
 
@@ -73,6 +79,13 @@ class MemoryStore:
         self._values: dict[str, tuple[str, float]] = {}
         # Each budget with the policy it last ran on: what tells when it counts nothing.
         self._budgets: dict[str, tuple[BudgetState, RetryBudget]] = {}
+        # Per key, one budget per window (slot count and slot length), as RedisStore keeps a
+        # hash per window: one state aged by policies of different slot lengths read the
+        # other's slots as out of its window and dropped them (or counted them in its newest
+        # slot for ever), so two settings on one key (a rolling deploy, two guards sharing a
+        # store) wiped each other's counts. _budgets holds the window last used at a key; the
+        # others wait here, by key and window, until used again (_budget_at).
+        self._parked: dict[tuple[str, int, float], tuple[BudgetState, RetryBudget]] = {}
         self._deposits: dict[str, _Deposits] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._sweep_at = SWEEP_AFTER
@@ -103,6 +116,9 @@ class MemoryStore:
         self._budgets = {
             k: held for k, held in self._budgets.items() if not held[1].is_idle(held[0], now)
         }
+        self._parked = {
+            k: held for k, held in self._parked.items() if not held[1].is_idle(held[0], now)
+        }
         self._deposits = {
             k: held
             for k, held in self._deposits.items()
@@ -111,7 +127,13 @@ class MemoryStore:
         self._buckets = {
             k: bucket for k, bucket in self._buckets.items() if bucket.available(now) < bucket.burst
         }
-        left = max(len(self._values), len(self._budgets), len(self._deposits), len(self._buckets))
+        left = max(
+            len(self._values),
+            len(self._budgets),
+            len(self._parked),
+            len(self._deposits),
+            len(self._buckets),
+        )
         self._sweep_at = max(SWEEP_AFTER, 2 * left)
 
     def _live(self, key: str) -> tuple[str, float] | None:
@@ -212,15 +234,41 @@ class MemoryStore:
         self._deposits[key] = _Deposits(policy, slot, now, count)
 
     def _record_deposits(self, key: str) -> None:
+        """Record the first attempts held for ``key`` (:meth:`deposit`) in its budget. Every
+        change of a budget's state does this first: a state aged to now before they are
+        recorded would count them in its newest slot (RetryBudget counts a time from the past
+        there), where they would pay for retries longer than their own slot does."""
         held = self._deposits.pop(key, None)
         if held is None:
             return
         state = self._budget_of(key, held.policy)
         self._budgets[key] = (held.policy.record_request(state, held.at, held.count), held.policy)
 
-    def _budget_of(self, key: str, policy: RetryBudget) -> BudgetState:
-        """The budget's state at ``key`` (empty if none), room made if it is a new key."""
+    def _budget_at(self, key: str, policy: RetryBudget) -> tuple[BudgetState, RetryBudget] | None:
+        """The budget at ``key`` on ``policy``'s window, made the one ``_budgets`` holds there
+        (another window's held there before is parked), or None if there is none (and then
+        ``_budgets`` holds nothing at ``key``)."""
         held = self._budgets.get(key)
+        if held is not None:
+            if _same_window(held[1], policy):
+                return held
+            # Another window's budget at this key: parked (room made first: a sweep rebuilds
+            # the maps), and this window's taken out.
+            window = (key, held[1].slots, held[1].slot_length)
+            if window not in self._parked:
+                self._grow(self._parked)
+            self._parked[window] = held
+        found = self._parked.pop((key, policy.slots, policy.slot_length), None)
+        if found is None:
+            self._budgets.pop(key, None)
+        else:
+            self._budgets[key] = found
+        return found
+
+    def _budget_of(self, key: str, policy: RetryBudget) -> BudgetState:
+        """The budget's state at ``key`` on ``policy``'s window (empty if none), room made if
+        it is a new one; the caller stores the new state at ``_budgets[key]``."""
+        held = self._budget_at(key, policy)
         if held is None:
             self._grow(self._budgets)
             return policy.empty()
@@ -259,7 +307,10 @@ class MemoryStore:
     def _refund_unchecked(self, key: str, policy: RetryBudget, age: float) -> bool:
         """:meth:`refund` without its checks and without a coroutine (the overload guard's own
         store, from a synchronous ``abandon``)."""
-        held = self._budgets.get(key)
+        # Before the state is aged to now: first attempts still held from an earlier slot,
+        # recorded after it, would land in the newest slot (see _record_deposits).
+        self._record_deposits(key)
+        held = self._budget_at(key, policy)
         if held is None:
             return False
         now = self._clock.now()
@@ -306,6 +357,7 @@ class MemoryStore:
         self._closed = True
         self._values = {}
         self._budgets = {}
+        self._parked = {}
         self._deposits = {}
         self._buckets = {}
 

@@ -13,7 +13,8 @@ failing on a field it cannot count) is a :class:`~le_transport.errors.StateDataE
 subclass naming the key: the store answered, so a ``FallbackStore`` treats it as that key's
 damage, not as an outage of every key. A store that cannot work (a wrong ``clock`` or
 ``client``, a URL its parser would misread) is a :class:`~le_transport.errors.ConfigurationError`
-when it is made, never an outage. Keys are ``{prefix}:{account}:{kind}:...``.
+when it is made, never an outage. Keys are ``{prefix}:{account}:{kind}:...``; a retry budget's
+has its window after that (``...:10x3.0s``: its slot count and slot length), one per window.
 """
 
 from __future__ import annotations
@@ -96,15 +97,19 @@ return 0
 _MAX_EXPIRE_MS = round(MAX_TTL * 1000)
 
 # RetryBudget's arithmetic (see policies/budget.py): counts per time slot in one hash, fields
-# q:<slot> (first attempts) and r:<slot> (retries), whole numbers >= 0. Slots older than the
-# window are dropped. So are slots a whole window or more ahead of the server's clock (written on
-# a server whose clock ran ahead, before a failover; a clock stepped back): counted, they held
-# the budget for as long as the clock took to catch up, each call's PEXPIRE keeping the key
-# alive; a slot less than a window ahead is folded into the current one (counted, then aged out
-# with it), as the pure policy counts a reading from the past in its newest slot. A field that
-# is none of these (another prefix, a value that is no whole number >= 0) is dropped, not
-# counted: it failed the script (an outage of every key, through a FallbackStore) or counted as
-# a retry.
+# q:<slot> (first attempts) and r:<slot> (retries), whole numbers >= 0. The hash is the budget's
+# for one window (RedisStore._budget_key: the key with the slot count and slot length), so all
+# its slot numbers count slots of one length: on one hash, processes whose budgets differed in
+# slot length (a rolling deploy changing the window, two applications on one prefix) read each
+# other's slots as far outside their window and deleted them, and the fleet's budget vanished.
+# Slots older than the window are dropped. So are slots a whole window or more ahead of the
+# server's clock (written on a server whose clock ran ahead, before a failover; a clock stepped
+# back): counted, they held the budget for as long as the clock took to catch up, each call's
+# PEXPIRE keeping the key alive; a slot less than a window ahead is folded into the current one
+# (counted, then aged out with it), as the pure policy counts a reading from the past in its
+# newest slot. A field that is none of these (another prefix, a value that is no whole number
+# >= 0) is dropped, not counted: it failed the script (an outage of every key, through a
+# FallbackStore) or counted as a retry.
 _BUDGET = """
 local ratio, floor = tonumber(ARGV[1]), tonumber(ARGV[2])
 local slot_len, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -170,25 +175,30 @@ if n == 1 then redis.call('HDEL', KEYS[1], f) else redis.call('HINCRBY', KEYS[1]
 return 1
 """
 
-# TokenBucket.reserve (see policies/pacing.py) on the server's clock.
+# TokenBucket.reserve (see policies/pacing.py) on the server's clock. Every writer runs on that
+# one clock, so an 'updated' ahead of it is no caller's stale reading (which the pure policy
+# moves up to the bucket's time) but the clock stepping back (a failover to a replica whose
+# clock is behind, an NTP step): taken as the bucket's time, every reservation waited until the
+# clock caught up (up to FleetPacer.MAX_SHARED_WAIT, 15 minutes), a lone reconnect too, and
+# wrote 'updated' ahead again. It is taken as now instead: no refill for the step, and no wait
+# added for it; a queue of reservations (tokens below 0) still queues the next one behind it, as
+# its waits are durations; and 'updated' is written as now.
 _RESERVE = """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local h = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens, updated = tonumber(h[1]), tonumber(h[2])
-local at = now
 local avail = burst
 if tokens ~= nil and updated ~= nil then
-  if updated > now then at = updated end
-  avail = math.min(burst, tokens + math.max(0, at - updated) * rate)
+  if updated > now then updated = now end
+  avail = math.min(burst, tokens + (now - updated) * rate)
 end
 tokens = avail - 1
 local wait = 0
 if tokens < 0 then wait = -tokens / rate end
-wait = wait + (at - now)
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
-           'updated', string.format('%.6f', at))
+           'updated', string.format('%.6f', now))
 local expire = math.ceil((burst / rate + wait) * 1000) + 1000
 if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
 redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
@@ -369,6 +379,16 @@ class RedisStore:
         check_key(key)
         return f"{self._prefix}:{key}"
 
+    def _budget_key(self, key: str, policy: RetryBudget) -> str:
+        """The Redis key of the budget at store key ``key`` on ``policy``'s window: the key,
+        then its slot count and slot length (``...:10x3.0s``). Each window has a hash of its
+        own (see _BUDGET): budgets of another slot length or slot count at the same key (a
+        rolling deploy, two applications on one prefix) neither count nor delete its slots,
+        and what a previous release kept at the bare key is never read (it expires as it
+        was written). Budgets whose windows are alike share one, whatever their ratio and
+        floor: each holds the same counts to its own allowance."""
+        return f"{self.key(key)}:{policy.slots}x{policy.slot_length!r}s"
+
     def _scrub(self, text: str) -> str:
         for secret in self._hide:
             if len(secret) >= _MIN_BARE_SECRET:
@@ -487,13 +507,15 @@ class RedisStore:
     async def budget(
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False
     ) -> bool:
-        """The retry budget's deposit and withdrawal, atomically, in one script."""
+        """The retry budget's deposit and withdrawal, atomically, in one script, on the hash of
+        ``policy``'s window at ``key`` (``{prefix}:{key}:10x3.0s``: its slot count and slot
+        length; one hash per window)."""
         check_budget(policy)
         deposits = check_deposits(deposits)  # a caller's error, never taken for an outage
         taken = await self._run(
             "budget",
             self._budget,
-            keys=[self.key(key)],
+            keys=[self._budget_key(key, policy)],
             args=[
                 repr(policy.ratio),
                 repr(policy.floor),
@@ -516,7 +538,7 @@ class RedisStore:
         done = await self._run(
             "refund",
             self._refund,
-            keys=[self.key(key)],
+            keys=[self._budget_key(key, policy)],
             args=[repr(policy.slot_length), policy.slots, repr(age)],
             on_key=key,
         )
