@@ -166,3 +166,64 @@ async def test_an_on_connect_that_meets_a_cancellation_reconnects_and_becomes_re
         ws = await brand_socket(engine, quiet, on_connect=[resubscribe])
         await ws.wait_open(timeout=3600)
     assert calls == 2
+
+
+async def _fan_out_with_a_failure() -> None:
+    """Work fanned out with a TaskGroup whose child fails: on Python 3.11 the parent task's
+    count of cancellation requests can stay at 1 afterwards."""
+
+    async def store() -> None:
+        await asyncio.sleep(0)
+        raise OSError("db down")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(store())
+    except* OSError:
+        pass
+
+
+async def test_a_foreign_cancellation_after_a_task_group_failure_does_not_close_the_socket(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """The count a TaskGroup left behind made the next foreign cancellation a handler met
+    look like the socket's own: closed for good, saying nothing."""
+    seen: list[Any] = []
+
+    async def handler(frame: Any) -> None:
+        seen.append(frame)
+        if len(seen) == 1:
+            await _fan_out_with_a_failure()
+        elif len(seen) == 2:
+            await _cancelled()
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_frame=handler)
+        await ws.wait_open()
+        for n in (1, 2, 3):
+            await sim.sockets.notify(".ams.ms.MessagingEventNotification", {"n": n})
+            await clock.sleep(1)
+        closed, error = ws.closed, ws.error
+    assert (closed, error) == (False, None), states.names()
+    assert len(seen) == 3
+
+
+async def test_closing_a_socket_while_its_handler_waits_still_closes_it(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """The other side: the owner's own cancellation (close() while a handler waits) is never
+    taken for the handler's failure, after a TaskGroup's leftover count too."""
+    waiting = asyncio.Event()
+
+    async def handler(frame: Any) -> None:
+        await _fan_out_with_a_failure()
+        waiting.set()
+        await asyncio.Event().wait()  # until the close cancels it
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, on_frame=handler)
+        await ws.wait_open()
+        await sim.sockets.notify(".ams.ms.MessagingEventNotification", {"n": 1})
+        await waiting.wait()
+        await ws.close()
+        assert ws.closed

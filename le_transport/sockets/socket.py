@@ -130,11 +130,20 @@ def _callable_name(callback: object) -> str:
     return name if target is callback else f"functools.partial({name})"
 
 
-def _being_cancelled() -> bool:
-    """Whether the running task is being cancelled (a cancellation a callback met that is not
-    its task's is the callback's failure, not the socket's end)."""
+def _cancels() -> int:
+    """The running task's count of cancellation requests, taken before a callback runs: a
+    cancellation the callback meets is its task's only if the count grew meanwhile (else the
+    callback awaited something another task cancelled: its failure, not the socket's end).
+    Compared, not read as is: Python 3.11's TaskGroup can leave a count of 1 behind after a
+    child's failure, which made every later foreign cancellation look like the socket's."""
     task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
+    return -1 if task is None else task.cancelling()
+
+
+def _cancelled_since(before: int) -> bool:
+    """Whether the running task was asked to cancel since :func:`_cancels` gave ``before``."""
+    task = asyncio.current_task()
+    return task is None or before < 0 or task.cancelling() > before
 
 
 def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
@@ -1464,6 +1473,7 @@ class ResilientSocket:
 
     async def _call_on_connect(self, conn: Connection, epoch: int) -> None:
         """The callbacks one after the other, then the queue; a failure ends the connection."""
+        before = _cancels()
         try:
             for callback in self._on_connect:
                 pending = callback(self)
@@ -1472,7 +1482,7 @@ class ResilientSocket:
                     return
                 await pending
         except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_since(before):
                 raise
             # A cancellation of the callback's own making (it awaited something another task
             # cancelled) is its failure like any other: it ended this task, the connection
@@ -1802,6 +1812,7 @@ class ResilientSocket:
             self._inbox_bytes += size
             self._wake()
             return
+        before = _cancels()
         try:
             result = handler(frame)
             if inspect.isawaitable(result):
@@ -1812,7 +1823,7 @@ class ResilientSocket:
                     self._handling = None
                     self._reading_again()
         except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_since(before):
                 raise
             # A bug in the caller's handler: its traceback to find it, with every exception's
             # text redacted (a handler's error may quote the frame, or a token). A
