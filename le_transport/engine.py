@@ -1183,6 +1183,24 @@ class _FormParts:
         return form
 
 
+def _files_in(data: object) -> list[io.IOBase]:
+    """The files in a body: the body itself, or the values of a form (a mapping, pairs, a
+    ``FormData``'s fields) that are files."""
+    if isinstance(data, io.IOBase):
+        return [data]
+    values: list[object]
+    if isinstance(data, aiohttp.FormData):
+        fields = getattr(data, "_fields", None)
+        values = [f[2] for f in fields or () if isinstance(f, tuple) and len(f) == 3]
+    elif isinstance(data, Mapping):
+        values = list(data.values())
+    elif isinstance(data, list | tuple):
+        values = [i[1] if isinstance(i, tuple | list) and len(i) == 2 else i for i in data]
+    else:
+        return []
+    return [value for value in values if isinstance(value, io.IOBase)]
+
+
 def _holds_file(data: Mapping[object, object] | Sequence[object]) -> bool:
     """Whether a form given as a mapping or pairs holds a file (aiohttp makes it multipart)."""
     if isinstance(data, Mapping):
@@ -2515,6 +2533,7 @@ class Engine:
         clock = self._clock
         started = clock.now()
         until = None if total is None else started + total
+        read: list[io.IOBase] = []
         if (
             data is not None
             and not isinstance(data, bytes | bytearray | str)
@@ -2528,6 +2547,7 @@ class Engine:
                 else "the files of its multipart form were"
             )
             timeout = timeout_after(clock, None if until is None else until - started)
+            files = _files_in(data)
             try:
                 async with timeout:
                     data, content_type = await _replayable(data, service, method)
@@ -2545,6 +2565,7 @@ class Engine:
                 )
                 _log.warning("%s", err, extra={"service": service, "method": method})
                 raise err from None
+            read = files
             if content_type is not None:
                 # What aiohttp would have sent for the file (application/json for a .json),
                 # not the octet-stream bytes get; the caller's own Content-Type wins.
@@ -2584,7 +2605,14 @@ class Engine:
                 accept=accept,
             )
 
-        return await self._recovery.run(again, until=until)
+        try:
+            return await self._recovery.run(again, until=until)
+        finally:
+            # Read into memory, they are closed once the call is over, as aiohttp closes a
+            # file it sent (they were left open: a descriptor per call).
+            for file in read:
+                with contextlib.suppress(OSError, ValueError):
+                    file.close()
 
     @overload
     async def request_json(

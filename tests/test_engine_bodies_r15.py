@@ -373,3 +373,30 @@ async def test_a_multipart_field_with_a_lone_surrogate_is_said_to_be_one(
     assert "data['note'] holds a character UTF-8 cannot encode" in message
     assert "agent" not in message
     assert bodies == []
+
+
+@pytest.mark.parametrize("recover", [False, True])
+@pytest.mark.parametrize("shape", ["file", "mapping", "form"])
+async def test_the_files_a_call_sends_are_closed_once_it_is_over_as_aiohttp_closes_them(
+    serve: ServerFactory, clock: VirtualClock, tmp_path: Path, recover: bool, shape: str
+) -> None:
+    """Read into memory under recover=True, a body's files were left open where aiohttp
+    closes a file it sends: a descriptor (and a ResourceWarning) per call of the usual
+    ``data={"f": open(...)}``."""
+    parts: list[list[Part]] = []
+    bodies: list[bytes] = []
+    host = await serve(_multipart_app(parts, [], bodies))
+    (tmp_path / "r.json").write_bytes(b'{"a": 1}')
+    file = (tmp_path / "r.json").open("rb")
+    data: Any = file
+    if shape == "mapping":
+        data = {"report": file}
+    elif shape == "form":
+        data = aiohttp.FormData()
+        data.add_field("report", file, filename="r.json")
+    retry = RetryPolicy(pauses=(), attempt_timeout=None)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=retry) as engine:
+        resp = await engine.request("PUT", "svc", "/f", data=data, recover=recover)
+    assert resp.status == 200
+    assert file.closed
+    assert bodies == [b'{"a": 1}'] if shape == "file" else len(parts) == 1
