@@ -8,10 +8,13 @@ all and is what a test talks to:
 - ``await sim.sockets.notify(type, body)``: push a ``notification`` frame to every open socket
   that would get it on LiveEngage: a type a subscription brings (:data:`SUBSCRIBED_NOTIFICATIONS`:
   ``.ams.routing.RoutingTaskNotification``, the ``ExConversationChangeNotification`` of each
-  socket kind) only to the sockets holding that subscription, any other type to every open
-  socket; ``to_all=True`` to every open socket, subscribed or not. Subscriptions live only as
-  long as their socket (protocol.md): a client that does not subscribe again after a reconnect
-  gets none of them, as on LiveEngage.
+  socket kind) only to the sockets holding that subscription (never to a socket of the other
+  kind, which cannot subscribe to it), any other type to every open socket; ``to_all=True`` to
+  every open socket, subscribed or not. Subscriptions live only as long as their socket
+  (protocol.md): a client that does not subscribe again after a reconnect gets none of them, as
+  on LiveEngage. A subscription holds once a 2xx answer to it is sent, whoever sends it (the
+  simulator, an ``on()`` handler's return or its own ``socket.send``), and ends with a 2xx
+  answer to its unsubscribe request (:attr:`SimSocket.subscribed`).
 - ``sim.sockets.published``: the messages the server received (``PublishEvent``), with the
   client's request id, so a test can prove nothing was lost.
 - ``sim.sockets.on(type, handler)``: answer a request type your own way.
@@ -34,7 +37,9 @@ strictly (:func:`~le_transport._json.loads_strict`): one holding ``NaN``, ``Infi
 number too large for a float is not JSON (LiveEngage's Java side refuses it), kept in
 ``received`` as ``{"raw": ...}`` as any other invalid JSON is, and, if it is a request, answered
 ``code`` 400 as malformed with ``reqId`` null (nothing of it was read); every frame the
-simulator sends is strict JSON too (a ``NaN`` in a notification's body is a ``ValueError``).
+simulator sends is strict JSON too (a ``NaN`` in a notification's body is a ``ValueError`` to
+whoever sends it; an ``on()`` handler's answer holding one is logged at ERROR, by its request
+type, and answered ``code`` 500 instead, the socket kept open).
 
 Faults from the plan apply per session (unit ``ws_session``, decided at the handshake) and per
 message (unit ``ws_message``, matched on the frame's ``type``): a ``ws_app_error`` answers the
@@ -68,7 +73,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import attrs
 from aiohttp import WSMsgType, web
@@ -133,6 +138,13 @@ BRAND_SUBSCRIBED_NOTIFICATIONS: Mapping[str, str] = MappingProxyType(
 CONSUMER_SUBSCRIBED_NOTIFICATIONS: Mapping[str, str] = MappingProxyType(
     {"cqm.ExConversationChangeNotification": "cqm.SubscribeExConversations"}
 )
+# The requests that end a subscription, by the subscription they end. The consumer socket has
+# none: protocol.md documents no unsubscribe for the Messaging Window API, and the simulator
+# answers none there (a type it does not know, 400).
+BRAND_UNSUBSCRIBE_TYPES: Mapping[str, str] = MappingProxyType(
+    {".ams.aam.UnsubscribeExConversations": ".ams.aam.SubscribeExConversations"}
+)
+CONSUMER_UNSUBSCRIBE_TYPES: Mapping[str, str] = MappingProxyType({})
 BRAND_PUBLISH_TYPES = frozenset({".ams.ms.PublishEvent"})
 CONSUMER_PUBLISH_TYPES = frozenset({"ms.PublishEvent"})
 # Requests the simulator accepts with a plain 200 (state changes it does not model).
@@ -171,6 +183,8 @@ class SocketTypes:
     #: ``{notification type: the subscription request type that brings it}``: the notifications
     #: :meth:`SocketHub.notify` sends only to a socket holding that subscription.
     subscribed_notifications: Mapping[str, str]
+    #: ``{unsubscribe request type: the subscription request type it ends}``.
+    unsubscribe: Mapping[str, str] = MappingProxyType({})
 
 
 #: The request types each socket kind (``SimSocket.kind``) answers.
@@ -183,6 +197,7 @@ TYPES_BY_KIND: dict[str, SocketTypes] = {
         init_connection=False,
         messaging_event=".ams.ms.MessagingEventNotification",
         subscribed_notifications=BRAND_SUBSCRIBED_NOTIFICATIONS,
+        unsubscribe=BRAND_UNSUBSCRIBE_TYPES,
     ),
     "consumer": SocketTypes(
         get_clock=CONSUMER_GET_CLOCK_TYPES,
@@ -192,6 +207,7 @@ TYPES_BY_KIND: dict[str, SocketTypes] = {
         init_connection=True,
         messaging_event="ms.MessagingEventNotification",
         subscribed_notifications=CONSUMER_SUBSCRIBED_NOTIFICATIONS,
+        unsubscribe=CONSUMER_UNSUBSCRIBE_TYPES,
     ),
 }
 
@@ -204,6 +220,11 @@ ACCEPTED_TYPES = BRAND_ACCEPTED_TYPES | CONSUMER_ACCEPTED_TYPES
 SUBSCRIBED_NOTIFICATIONS: Mapping[str, str] = MappingProxyType(
     {**BRAND_SUBSCRIBED_NOTIFICATIONS, **CONSUMER_SUBSCRIBED_NOTIFICATIONS}
 )
+#: How many subscribe and unsubscribe requests a socket keeps waiting for their answer (to learn
+#: from it whether the subscription holds): only an ``on()`` handler that answers late or never
+#: leaves any waiting, and past this many the oldest is forgotten (its answer, if it ever comes,
+#: then changes nothing).
+MAX_AWAITED_SUBSCRIPTION_ANSWERS = 1024
 
 
 @attrs.frozen
@@ -240,7 +261,13 @@ class SimSocket:
         factory=lambda: RecordLog(DEFAULT_MAX_RECORDS, name="simulator socket subscriptions")
     )
     #: The subscription types that hold on this socket: each subscription request of its kind
-    #: answered 2xx (by the simulator or an ``on()`` handler; not one a fault answered). What
+    #: once a 2xx answer to it is sent (matched on its ``reqId``), whoever sends it: the
+    #: simulator, an ``on()`` handler's return, or a handler's (or a test's) own :meth:`send`;
+    #: not a fault answering in its place. A 2xx answer to an unsubscribe request
+    #: (``.ams.aam.UnsubscribeExConversations``; the consumer socket has none) takes its type
+    #: out again. One subscription per type per socket: subscribing twice is still one,
+    #: and an unsubscribe ends it whatever ``subscriptionId`` it names (LiveEngage tells its
+    #: subscriptions apart by id; no test here needs two of one type). What
     #: :meth:`SocketHub.notify` delivers by. A set of its own, not read from ``subscriptions``,
     #: whose bound, shared by every socket, may have dropped a live socket's old frames.
     subscribed: set[str] = attrs.field(factory=set)
@@ -271,6 +298,9 @@ class SimSocket:
     #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
     #: at its first frame after the session ended (logged out, revoked, expired).
     session: LoginSession | None = None
+    # The subscribe and unsubscribe requests waiting for their answer: {request id: type}, in
+    # the order they came, at most MAX_AWAITED_SUBSCRIPTION_ANSWERS of them.
+    _awaited: dict[str | int, str] = attrs.field(factory=dict, init=False, repr=False)
 
     def __repr__(self) -> str:
         return f"SimSocket(id={self.id}, kind={self.kind!r}, account={self.account!r})"
@@ -294,6 +324,7 @@ class SimSocket:
         self.writer = None
         self.held.clear()
         self.after_resp.clear()
+        self._awaited.clear()
 
     async def send(self, frame: dict[str, Any]) -> None:
         """Send a frame (unless the socket is closed, closing or silent, or a fault drops or
@@ -308,6 +339,16 @@ class SimSocket:
         except ValueError as exc:
             what = f"a frame the simulator sends must be JSON ({str(frame.get('type'))[:80]!r})"
             raise ValueError(f"{what}: {exc}") from None
+        await self._send_text(frame, text)
+
+    async def _send_text(self, frame: dict[str, Any], text: str) -> None:
+        """Send ``frame``, already encoded as ``text`` (strict JSON)."""
+        ws = self._ws
+        if self.closed or self.closing or self.silent or ws is None or ws.closed:
+            return
+        # Sent by the server (a fault may still lose or hold it on its way): an answer to a
+        # subscription holds it from now on, whoever answered.
+        self._answer_sent(frame)
         hold = self.hub._outbound(self, frame)
         if hold is None:
             self.dropped.append(frame)
@@ -411,6 +452,38 @@ class SimSocket:
         """Stop answering anything (requests and pings); the connection stays open."""
         self.silent = True
 
+    def _await_answer(self, req_id: str | int, type_: str) -> None:
+        """Wait for the answer to a request about to be served, if it is a subscribe or an
+        unsubscribe request of this socket's kind (:meth:`_answer_sent` reads it)."""
+        types = TYPES_BY_KIND[self.kind]
+        if type_ not in types.subscribe and type_ not in types.unsubscribe:
+            return
+        awaited = self._awaited
+        awaited.pop(req_id, None)  # an id used again: the newest request is the one answered
+        awaited[req_id] = type_
+        while len(awaited) > MAX_AWAITED_SUBSCRIPTION_ANSWERS:
+            del awaited[next(iter(awaited))]
+
+    def _answer_sent(self, frame: dict[str, Any]) -> None:
+        """Keep :attr:`subscribed` by a frame being sent: a 2xx answer to a subscribe request
+        waiting for it adds its type, to an unsubscribe request takes out the type it ends;
+        any answer ends the wait."""
+        if not self._awaited or frame.get("kind") != "resp":
+            return
+        req_id = frame.get("reqId")
+        if not _valid_request_id(req_id):
+            return  # no request's id (and a list or a dict could not be looked up)
+        type_ = self._awaited.pop(req_id, None)
+        code = frame.get("code")
+        if type_ is None or not _status_2xx(code):
+            return
+        types = TYPES_BY_KIND[self.kind]
+        ended = types.unsubscribe.get(type_)
+        if ended is None:
+            self.subscribed.add(type_)
+        else:
+            self.subscribed.discard(ended)
+
     @property
     def subscription_types(self) -> list[str]:
         """The ``type`` of each subscription request, in order."""
@@ -470,7 +543,7 @@ class SocketHub:
         """Push a notification to the open sockets (of ``kind``: ``brand``/``consumer``) that
         would get it on LiveEngage. Returns how many sockets it was sent to.
 
-        A type a subscription brings (``TYPES_BY_KIND[kind].subscribed_notifications``:
+        A type a subscription brings (:data:`SUBSCRIBED_NOTIFICATIONS`:
         ``.ams.routing.RoutingTaskNotification`` after ``.ams.routing.SubscribeRoutingTasks``,
         ``.ams.cm.ExConversationChangeNotification`` after
         ``.ams.aam.SubscribeExConversations`` on the agent socket,
@@ -478,9 +551,12 @@ class SocketHub:
         consumer socket) goes only to the sockets holding that subscription
         (:attr:`SimSocket.subscribed`): subscriptions live only as long as their socket, so a
         client that forgot to subscribe again after a reconnect gets none, and a chaos test
-        catches it. Any other type (the messaging events, a type of your own) goes to every
-        open socket. ``to_all=True`` sends any type to every open socket, subscribed or not
-        (a test about something else than subscriptions)."""
+        catches it. Such a type never goes to a socket of the other kind, which has no
+        subscription bringing it (a routing task to a consumer socket, a ``cqm`` change to an
+        agent socket), ``kind=`` naming that kind included: ``kind`` only narrows the sockets
+        that may get it. Any other type (the messaging events, a type of your own) goes to every
+        open socket (of ``kind``). ``to_all=True`` sends any type to every open socket (of
+        ``kind``), subscribed or not (a test about something else than subscriptions)."""
         require_kind(to_all, bool, owner="SocketHub.notify", field="to_all", optional=False)
         targets = [
             s
@@ -788,29 +864,47 @@ class SocketHub:
                 return
             if isinstance(fault, Delay):
                 await sim.clock.sleep(injection.delay_s)
+        # Served, not answered by a fault: a subscription holds once a 2xx answer to it is
+        # sent, by whoever sends it (SimSocket._answer_sent), an on() handler's own send too.
+        sock._await_answer(req_id, type_)
         answer = await self._handle(sock, frame, type_)
         if answer is None:
             return
         code, body = answer
-        if 200 <= code < 300 and type_ in TYPES_BY_KIND[sock.kind].subscribe:
-            # Its notifications come from now on (SocketHub.notify), the simulator's answer or
-            # an on() handler's.
-            sock.subscribed.add(type_)
-        await self._resp(sock, req_id, type_, code, body)
+        resp = _resp_frame(req_id, type_, code, body)
         pending, sock.after_resp = sock.after_resp, []
-        for extra in pending:
-            await sock.send(extra)
+        try:
+            # Checked before anything goes out: raised from sock.send here, it ended the
+            # serving loop, so the socket (1006) and aiohttp's ERROR traceback for a NaN an
+            # on() handler answered (statistics.mean([]), say).
+            texts = [_strict_json(f) for f in (resp, *pending)]
+        except (ValueError, TypeError, RecursionError) as exc:
+            # Never the body in the log: it is what the client or the test put there.
+            _log.error(
+                "socket %d: the answer to %s is not JSON (%s: a NaN, an Infinity or a value "
+                "JSON cannot hold, from an on() handler?): answered code 500 instead",
+                sock.id,
+                type_[:80],
+                type(exc).__name__,
+                extra={"socket": sock.id, "account": sock.account},
+            )
+            await self._resp(
+                sock,
+                req_id,
+                type_,
+                500,
+                {
+                    "msg": "internal error: the simulator's answer to this request is not JSON"
+                    " (a NaN, an Infinity or a value JSON cannot hold); see its log"
+                },
+            )
+            return
+        await sock._send_text(resp, texts[0])
+        for extra, text in zip(pending, texts[1:], strict=True):
+            await sock._send_text(extra, text)
 
     async def _resp(self, sock: SimSocket, req_id: Any, type_: str, code: int, body: Any) -> None:
-        await sock.send(
-            {
-                "kind": "resp",
-                "reqId": req_id,
-                "code": code,
-                "body": body,
-                "type": f"{type_}$Response",
-            }
-        )
+        await sock.send(_resp_frame(req_id, type_, code, body))
 
     async def _handle(
         self, sock: SimSocket, frame: dict[str, Any], type_: str
@@ -829,8 +923,8 @@ class SocketHub:
             return 200, {"currentTime": int(sim.tokens.epoch_now() * 1000)}
         if type_ in types.subscribe:
             sock.subscriptions.append(frame)
-            # Subscribed once answered (_answer): a fault's answer in its place is no
-            # subscription.
+            # Subscribed once its 2xx answer is sent (SimSocket._answer_sent): a fault's answer
+            # in its place is no subscription.
             return 200, {"subscriptionId": f"sub-{sock.id}-{sock.subscriptions.total}"}
         if type_ in types.publish:
             return await self._publish(sock, frame)
@@ -894,9 +988,32 @@ class SocketHub:
 
 def _subscribed_to(sock: SimSocket, type_: str) -> bool:
     """Whether ``sock`` gets a notification of ``type_``: it holds the subscription that brings
-    it, or the type needs none on its kind."""
+    it, or the type needs none on any kind. A type a subscription brings on the other kind only
+    is not for this one, which can never subscribe to it."""
     needed = TYPES_BY_KIND[sock.kind].subscribed_notifications.get(type_)
-    return needed is None or needed in sock.subscribed
+    if needed is None:
+        return type_ not in SUBSCRIBED_NOTIFICATIONS
+    return needed in sock.subscribed
+
+
+def _resp_frame(req_id: Any, type_: str, code: int, body: Any) -> dict[str, Any]:
+    return {
+        "kind": "resp",
+        "reqId": req_id,
+        "code": code,
+        "body": body,
+        "type": f"{type_}$Response",
+    }
+
+
+def _strict_json(frame: dict[str, Any]) -> str:
+    """``frame`` as strict JSON (no NaN, no Infinity): ``ValueError`` or ``TypeError`` if it is
+    not JSON, ``RecursionError`` if nested too deep to encode."""
+    return json.dumps(frame, allow_nan=False)
+
+
+def _status_2xx(code: object) -> bool:
+    return isinstance(code, int) and not isinstance(code, bool) and 200 <= code < 300
 
 
 def _request_type(data: str) -> str | None:
@@ -916,7 +1033,7 @@ def _json_scalar(value: object) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _valid_request_id(value: object) -> bool:
+def _valid_request_id(value: object) -> TypeGuard[str | int]:
     """Whether ``value`` can identify a request: a non-empty str (protocol.md's
     ``"id": "<unique>"``), or an int (a number identifies as well, and a lenient reading costs a
     test nothing); not a bool, a float, null, an object or a list."""
