@@ -435,3 +435,52 @@ async def test_a_queue_written_ahead_of_the_servers_clock_keeps_its_order_only(
     finally:
         await close_client(client)
         await store.close()
+
+
+async def test_refused_by_a_fleet_break_adopted_in_its_tail_then_closed_never_opened(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Adopted after its break ended (the trip's half-open tail, the fleet's probe out
+    elsewhere), a break refused every call here with nothing reported open, then its close
+    was reported."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a_events: list[StateEvent] = []
+    b_events: list[StateEvent] = []
+    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
+    await _trip(a)  # A opens a 5 s break and publishes it (kept 5 s + the probe lease)
+    clock.advance(5.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None  # A's probe is out: A holds the fleet's lock
+    clock.advance(0.5)
+    caplog.set_level(logging.DEBUG, logger="le_transport")
+    caplog.clear()
+    # B's first calls since the break: B adopts the trip (ended: half-open) and fails fast.
+    refused = [await b.admit(_Call("svc", HOST), 1) for _ in range(20)]
+    assert all(isinstance(r, CircuitOpen) for r in refused)
+    assert b.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    await a.settle(probe, 1, Outcome.response(200))  # the fleet's probe succeeds
+    clock.advance(0.1)
+    assert await b.admit(_Call("svc", HOST), 1) is None  # B adopts the fleet's close
+    names = [e.name for e in b_events]
+    assert names[-1] == "circuit_closed"
+    assert "circuit_open" in names, f"20 calls refused with CircuitOpen, events: {names}"
+    assert _adopted_warnings(caplog), "no WARNING while failing calls fast"
+
+
+async def test_own_probe_on_a_break_adopted_in_its_tail_reports_a_close_never_opened() -> None:
+    """The same when this process takes the fleet's probe itself."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a_events: list[StateEvent] = []
+    b_events: list[StateEvent] = []
+    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
+    await _trip(a)
+    clock.advance(6.0)  # the break is over; nobody probed yet
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None  # B adopts the tail, half-open: B is the probe
+    assert b.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    await b.settle(probe, 1, Outcome.response(200))
+    names = [e.name for e in b_events]
+    assert names == ["circuit_closed"] or "circuit_open" in names, names
+    assert "circuit_open" in names, f"a close reported for a circuit never reported open: {names}"

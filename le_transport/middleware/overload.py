@@ -1257,11 +1257,14 @@ class OverloadGuard:
             # A break still on is adopted as open; one that has ended (the entry outlives it
             # by the probe lease) as half-open: this process then competes for the fleet's
             # probe lock rather than letting every call through while one probe is out.
+            was_closed = status.state is _CLOSED
             adopted = self._adopted(status, *trip)
             self._put(key, adopted)
-            if self._breaker.state_at(adopted, now) is BreakerState.OPEN:
+            if was_closed or self._breaker.state_at(adopted, now) is BreakerState.OPEN:
                 # Not open here before (see above): its calls fail fast from now on, which its
-                # hooks and logs are told of, as of an open here.
+                # hooks and logs are told of, as of an open here. So is a break adopted in its
+                # tail (half-open: calls refused while the fleet's probe is out elsewhere):
+                # else its close was reported for a circuit never reported open.
                 self._adopted_open(key, adopted, now, entry)
 
     def _unique(self) -> str:
@@ -1560,7 +1563,7 @@ class OverloadGuard:
         logs said nothing of an open circuit, and then reported closing it."""
         if not self._first_report(key, entry.value):
             return
-        brk = status.open_until - now
+        brk = max(0.0, status.open_until - now)  # 0: adopted in its tail, half-open
         _log.warning(
             "circuit open for %s at %s: the fleet's break, failing calls fast for %.3g s "
             "(opening %d)",
