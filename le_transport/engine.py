@@ -1186,10 +1186,10 @@ class _FormParts:
 def _files_in(data: object) -> list[io.IOBase]:
     """The files in a body: the body itself, or the values of a form (a mapping, pairs, a
     ``FormData``'s fields) that are files."""
-    if isinstance(data, io.IOBase):
-        return [data]
     values: list[object]
-    if isinstance(data, aiohttp.FormData):
+    if isinstance(data, io.IOBase):
+        values = [data]
+    elif isinstance(data, aiohttp.FormData):
         fields = getattr(data, "_fields", None)
         values = [f[2] for f in fields or () if isinstance(f, tuple) and len(f) == 3]
     elif isinstance(data, Mapping):
@@ -1198,7 +1198,12 @@ def _files_in(data: object) -> list[io.IOBase]:
         values = [i[1] if isinstance(i, tuple | list) and len(i) == 2 else i for i in data]
     else:
         return []
-    return [value for value in values if isinstance(value, io.IOBase)]
+    # Not an in-memory buffer: aiohttp leaves one open (a caller reads it after, getvalue()).
+    return [
+        value
+        for value in values
+        if isinstance(value, io.IOBase) and not isinstance(value, io.BytesIO | io.StringIO)
+    ]
 
 
 def _holds_file(data: Mapping[object, object] | Sequence[object]) -> bool:

@@ -532,25 +532,27 @@ class Recovery:
                 )
             try:
                 if until is None:
-                    await asyncio.shield(round_)
+                    # asyncio.wait, not a shield: only this caller's own cancellation raises
+                    # here (the round goes on for the others); the round's end is read below.
+                    await asyncio.wait({round_})
                 else:
                     await self._wait_round(round_, exc, until, started)
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling() > 0:
-                    # This caller gave up (a cancelled call, a closed socket).
-                    if self._recovering_calls == 1:
-                        # No other call waits: the round and the episode end here. Left open,
-                        # its attempts and first failure would count against an unrelated
-                        # failure hours later (and a deadline already passed would give that
-                        # one up at once).
-                        await stop_task(round_)
-                        self._reset()
-                    raise
-                if round_.cancelled():
-                    # Stopped under us (the engine closed): say so, typed.
-                    raise self._closed_error(exc) from exc
+                # This caller gave up (a cancelled call, a closed socket).
+                if self._recovering_calls == 1:
+                    # No other call waits: the round and the episode end here. Left open, its
+                    # attempts and first failure would count against an unrelated failure
+                    # hours later (and a deadline already passed would give that one up at
+                    # once).
+                    await stop_task(round_)
+                    self._reset()
                 raise
+            if round_.cancelled():
+                # Stopped under us (the engine closed): said so, typed. (Told from this
+                # caller's own cancellation by where it is raised, not by the task's count of
+                # cancellation requests, which Python 3.11's TaskGroup can leave behind.)
+                raise self._closed_error(exc) from exc
+            round_.result()  # its failure is this call's
         finally:
             self._recovering_calls -= 1
 
@@ -581,8 +583,7 @@ class Recovery:
                 await self._leave_round(round_)
                 raise self._deadline_passed(exc, started) from exc
             if round_.done():
-                round_.result()  # its failure is this call's (a round stopped: CancelledError)
-                return
+                return  # its end is read by the caller
 
     async def _leave_round(self, round_: asyncio.Task[None]) -> None:
         """A call stops waiting for ``round_`` (its deadline): with no other call waiting, the

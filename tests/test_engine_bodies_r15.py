@@ -375,14 +375,15 @@ async def test_a_multipart_field_with_a_lone_surrogate_is_said_to_be_one(
     assert bodies == []
 
 
-@pytest.mark.parametrize("recover", [False, True])
 @pytest.mark.parametrize("shape", ["file", "mapping", "form"])
 async def test_the_files_a_call_sends_are_closed_once_it_is_over_as_aiohttp_closes_them(
-    serve: ServerFactory, clock: VirtualClock, tmp_path: Path, recover: bool, shape: str
+    serve: ServerFactory, clock: VirtualClock, tmp_path: Path, shape: str
 ) -> None:
     """Read into memory under recover=True, a body's files were left open where aiohttp
-    closes a file it sends: a descriptor (and a ResourceWarning) per call of the usual
+    closes a file it sends (in a thread of its own, after the call: not checked here, as its
+    timing is aiohttp's): a descriptor (and a ResourceWarning) per call of the usual
     ``data={"f": open(...)}``."""
+    recover = True
     parts: list[list[Part]] = []
     bodies: list[bytes] = []
     host = await serve(_multipart_app(parts, [], bodies))
@@ -400,3 +401,29 @@ async def test_the_files_a_call_sends_are_closed_once_it_is_over_as_aiohttp_clos
     assert resp.status == 200
     assert file.closed
     assert bodies == [b'{"a": 1}'] if shape == "file" else len(parts) == 1
+
+
+@pytest.mark.parametrize("recover", [False, True])
+@pytest.mark.parametrize("shape", ["body", "mapping"])
+@pytest.mark.parametrize("kind", [io.BytesIO, io.StringIO])
+async def test_an_in_memory_buffer_stays_open_as_aiohttp_leaves_it(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    recover: bool,
+    shape: str,
+    kind: type[io.BytesIO] | type[io.StringIO],
+) -> None:
+    """d85e31c closed every file a recovering call read, a caller's BytesIO too, which
+    aiohttp leaves open: building a report in one, sending it, then reading getvalue() failed
+    with 'I/O operation on closed file'."""
+    parts: list[list[Part]] = []
+    bodies: list[bytes] = []
+    host = await serve(_multipart_app(parts, [], bodies))
+    buf = io.BytesIO(b"report") if kind is io.BytesIO else io.StringIO("report")
+    data: Any = buf if shape == "body" else {"report": buf}
+    retry = RetryPolicy(pauses=(), attempt_timeout=None)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=retry) as engine:
+        resp = await engine.request("PUT", "svc", "/f", data=data, recover=recover)
+    assert resp.status == 200
+    assert not buf.closed
+    assert buf.getvalue() in (b"report", "report")

@@ -56,19 +56,17 @@ class SingleFlight(Generic[T]):
             task.set_name(self._name)
             task.add_done_callback(_consume)
             self._task = task
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not task.cancelled() or current is None or current.cancelling() > 0:
-                # This caller was cancelled (a timeout, a caller giving up): that is its own
-                # cancellation, and it must propagate as one.
-                raise
-        # Only the shared run was cancelled (cancel(), on close), and awaiting the shield
-        # re-raised that here, in a task nobody cancelled: a bare CancelledError would escape
-        # the typed errors of everything above (Engine.request, the retry loop), and could
-        # even be taken for a cancellation of the caller's own task. Raised outside the except
-        # clause: the CancelledError says nothing the caller can use.
+        # asyncio.wait, not a shield: it raises only if this caller is cancelled (the run goes
+        # on for the others), and the run's own end is read below. A shield re-raised the
+        # run's cancellation (on close) here as a CancelledError, which had to be told from the
+        # caller's own by the task's count of cancellation requests: a count Python 3.11's
+        # TaskGroup can leave behind, and a caller nobody cancelled got a bare CancelledError.
+        await asyncio.wait({task})
+        if not task.cancelled():
+            return task.result()
+        # Only the shared run was cancelled (cancel(), on close): a bare CancelledError would
+        # escape the typed errors of everything above (Engine.request, the retry loop), and
+        # could even be taken for a cancellation of the caller's own task.
         raise EngineClosed(
             f"{self._what} in progress was stopped: its provider was closed (the engine closed)"
         )
