@@ -315,7 +315,10 @@ class _ClockTimeout(_WheelTimer):
         return self._disarm(exc_type)
 
     def _disarm(self, exc_type: type[BaseException] | None) -> bool:
-        watchdog = self._watchdog
+        # Let go of the watchdog: a timeout object its caller keeps (a socket's ready_timeout,
+        # in the frame that then reads for the connection's life) must not keep the finished
+        # task, its coroutine and its entry in asyncio's tasks alive with it.
+        watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()
         claimed = super()._disarm(exc_type)

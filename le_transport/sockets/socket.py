@@ -1287,18 +1287,7 @@ class ResilientSocket:
                     self._set_up(conn, epoch), name=f"le_transport socket on_connect {self._name}"
                 )
             else:
-                timeout = stall_timeout(
-                    self._clock,
-                    self._options.ready_timeout,
-                    functools.partial(self._progressed_at, epoch),
-                )
-                try:
-                    async with timeout:
-                        await self._open_up(conn, epoch)
-                except TimeoutError:
-                    if not timeout.expired:
-                        raise
-                    self._not_ready_in_time(conn)
+                await self._open_up_in_time(conn, epoch)
             # The read, here rather than in a coroutine of its own: one frame less per socket.
             error: str | None = None
             close_code: int | None = None
@@ -1414,6 +1403,21 @@ class ResilientSocket:
         if disconnect.kind is not DisconnectKind.BY_CALLER:
             self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
         return disconnect
+
+    async def _open_up_in_time(self, conn: Connection, epoch: int) -> None:
+        """:meth:`_open_up` in the owner, bounded by ``ready_timeout`` of no progress. A method
+        of its own: the timeout (a local of the frame that then reads for the connection's
+        life) kept its finished watchdog task alive with it, on every idle socket."""
+        timeout = stall_timeout(
+            self._clock, self._options.ready_timeout, functools.partial(self._progressed_at, epoch)
+        )
+        try:
+            async with timeout:
+                await self._open_up(conn, epoch)
+        except TimeoutError:
+            if not timeout.expired:
+                raise
+            self._not_ready_in_time(conn)
 
     async def _set_up(self, conn: Connection, epoch: int) -> None:
         """The ``on_connect`` callbacks, then the queue, while the owner reads."""
