@@ -203,7 +203,8 @@ async def _own_costs(calls: int, repeat: int) -> dict[str, float]:
 
 
 def run(size_name: str, raw_call_us: float | None = None) -> dict[str, Any]:
-    """Time every decision; ``raw_call_us`` (one raw aiohttp call) gives the comparison."""
+    """Time every decision; ``raw_call_us`` (the CPU time of one raw aiohttp call, at
+    concurrency 1) gives the comparison."""
     size = SIZES[size_name]
     rows: list[list[object]] = []
     data: dict[str, float] = {}
@@ -214,7 +215,7 @@ def run(size_name: str, raw_call_us: float | None = None) -> dict[str, Any]:
         data[name] = ns
         share = f"{ns / 1e3 / raw_call_us:.2%}" if raw_call_us else "-"
         rows.append([name, f"{ns:,.0f}", share])
-    head = ["decision", "ns per call", "of one raw aiohttp call"]
+    head = ["decision", "ns per call", "of one raw aiohttp call's CPU"]
     own = asyncio.run(_own_costs(size["calls"], size["repeat"]))
     own_rows = [
         [name, f"{us:.1f}", f"{us / raw_call_us:.1%}" if raw_call_us else "-"]

@@ -38,7 +38,14 @@ def test_every_http_client_completes_calls_and_the_retrying_ones_absorb_the_503s
     retrying = [name for name in http_calls.CLIENTS if name != "raw aiohttp"]
     sent = {name: faults["4"][name]["amplification"] for name in http_calls.CLIENTS}
     assert sent["raw aiohttp"] == pytest.approx(1.0)
-    assert all(sent[name] >= 1.0 for name in retrying)
+    # Each retrying client retries (>= 1.0 held for one that never did) and so fails far
+    # fewer calls than the 10% a client that does not retry fails.
+    calls = {name: sum(m["calls"] for m in faults["4"][name]["rounds"]) for name in retrying}
+    # (At 10% 503s, 100 calls without one are a chance of 3 in 100,000; a slow machine's run
+    # too short for that says nothing either way.)
+    assert all(sent[name] > 1.0 or calls[name] < 100 for name in retrying), (sent, calls)
+    failed = {name: faults["4"][name]["failed_share"] for name in retrying}
+    assert all(share < 0.05 for share in failed.values()), failed
     assert "vs raw" in result["text"]
 
 
