@@ -272,6 +272,23 @@ async def _trip(guard: OverloadGuard) -> None:
         await guard.settle(call, 1, Outcome.response(503))
 
 
+async def _fleet_of_two_tripped_by_a() -> tuple[
+    VirtualClock,
+    MemoryStore,
+    tuple[OverloadGuard, list[StateEvent]],
+    tuple[OverloadGuard, list[StateEvent]],
+]:
+    """Two processes' guards (A, B, each with the events it emits) on one store, A's breaker
+    opened by four 503s (its break published), on a clock that moves only when told."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a_events: list[StateEvent] = []
+    b_events: list[StateEvent] = []
+    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
+    await _trip(a)
+    return clock, store, (a, a_events), (b, b_events)
+
+
 def _adopted_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r
@@ -286,12 +303,7 @@ async def test_a_break_adopted_at_sync_is_reported_once_like_one_opened_here(
     """B adopted A's break at its sync and refused every call with CircuitOpen, but emitted no
     circuit_open and logged nothing above DEBUG; when the fleet's probe succeeded, it emitted
     circuit_closed (adopted=True) for a circuit it never reported open."""
-    clock = VirtualClock(start=100.0, autojump=False)
-    store = MemoryStore(clock)
-    a_events: list[StateEvent] = []
-    b_events: list[StateEvent] = []
-    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
-    await _trip(a)
+    clock, _store, (a, a_events), (b, b_events) = await _fleet_of_two_tripped_by_a()
     caplog.set_level(logging.DEBUG, logger="le_transport")
     caplog.clear()
     refused = [await b.admit(_Call("svc", HOST), 1) for _ in range(50)]
@@ -317,12 +329,7 @@ async def test_a_break_adopted_at_sync_is_reported_once_like_one_opened_here(
 async def test_a_break_read_again_with_a_later_end_is_not_reported_again() -> None:
     """Redis' TTLs are whole milliseconds: the same trip entry read again as the adopted break
     ends may end a millisecond later, and is adopted again; it is reported once, not twice."""
-    clock = VirtualClock(start=100.0, autojump=False)
-    store = MemoryStore(clock)
-    a_events: list[StateEvent] = []
-    b_events: list[StateEvent] = []
-    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
-    await _trip(a)
+    clock, store, (a, a_events), (b, b_events) = await _fleet_of_two_tripped_by_a()
     first = await b.admit(_Call("svc", HOST), 1)
     assert isinstance(first, CircuitOpen)
     clock.advance(first.retry_at - clock.now())  # the adopted break ends here
@@ -346,12 +353,7 @@ async def test_a_break_read_again_with_a_later_end_is_not_reported_again() -> No
 async def test_a_new_fleet_break_after_an_adopted_one_is_reported_again() -> None:
     """Once per break, not once per breaker: the fleet's failed probe opens a new break,
     which B adopts and reports too (after one more opening)."""
-    clock = VirtualClock(start=100.0, autojump=False)
-    store = MemoryStore(clock)
-    a_events: list[StateEvent] = []
-    b_events: list[StateEvent] = []
-    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
-    await _trip(a)
+    clock, _store, (a, _a_events), (b, b_events) = await _fleet_of_two_tripped_by_a()
     assert isinstance(await b.admit(_Call("svc", HOST), 1), CircuitOpen)
     clock.advance(5.0)
     probe = _Call("svc", HOST)
@@ -443,12 +445,14 @@ async def test_refused_by_a_fleet_break_adopted_in_its_tail_then_closed_never_op
     """Adopted after its break ended (the trip's half-open tail, the fleet's probe out
     elsewhere), a break refused every call here with nothing reported open, then its close
     was reported."""
-    clock = VirtualClock(start=100.0, autojump=False)
-    store = MemoryStore(clock)
-    a_events: list[StateEvent] = []
-    b_events: list[StateEvent] = []
-    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
-    await _trip(a)  # A opens a 5 s break and publishes it (kept 5 s + the probe lease)
+    (
+        clock,
+        _store,
+        (a, _a_events),
+        (b, b_events),
+    ) = (
+        await _fleet_of_two_tripped_by_a()
+    )  # A opens a 5 s break and publishes it (kept 5 s + the probe lease)
     clock.advance(5.0)
     probe = _Call("svc", HOST)
     assert await a.admit(probe, 1) is None  # A's probe is out: A holds the fleet's lock
@@ -470,12 +474,7 @@ async def test_refused_by_a_fleet_break_adopted_in_its_tail_then_closed_never_op
 
 async def test_own_probe_on_a_break_adopted_in_its_tail_reports_a_close_never_opened() -> None:
     """The same when this process takes the fleet's probe itself."""
-    clock = VirtualClock(start=100.0, autojump=False)
-    store = MemoryStore(clock)
-    a_events: list[StateEvent] = []
-    b_events: list[StateEvent] = []
-    a, b = _guard(store, clock, a_events), _guard(store, clock, b_events)
-    await _trip(a)
+    clock, _store, (_a, _a_events), (b, b_events) = await _fleet_of_two_tripped_by_a()
     clock.advance(6.0)  # the break is over; nobody probed yet
     probe = _Call("svc", HOST)
     assert await b.admit(probe, 1) is None  # B adopts the tail, half-open: B is the probe
