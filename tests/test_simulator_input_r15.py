@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -64,6 +65,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def _bearer(sim: Simulator) -> str:
     return sim.tokens.login(ACC, DEFAULT_USER, 3600, "user").bearer
+
+
+@contextlib.asynccontextmanager
+async def _agent_socket(
+    clock: VirtualClock, **options: Any
+) -> AsyncIterator[tuple[Simulator, aiohttp.ClientWebSocketResponse]]:
+    """A simulator (``options`` its own) and a raw agent (brand) socket to it, logged in."""
+    async with (
+        Simulator(clock=clock, **options) as sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
+    ):
+        yield sim, ws
 
 
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -292,11 +306,7 @@ async def test_messaging_events_and_other_types_reach_every_socket_and_to_all_an
     clock: VirtualClock,
 ) -> None:
     """What needs no subscription is not gated; ``to_all=True`` is the escape hatch."""
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         await sim.sockets.wait_open(1)
         for type_ in (".ams.ms.MessagingEventNotification", ".my.OwnNotification"):
             assert await sim.sockets.notify(type_, {}) == 1
@@ -320,11 +330,7 @@ async def test_a_subscription_refused_by_a_fault_brings_nothing_and_an_on_handle
         unit="ws_message",
         match=Match(path=".ams.routing.SubscribeRoutingTasks"),
     )
-    async with (
-        Simulator(clock=clock, plan=[rule]) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock, plan=[rule]) as (sim, ws):
         await _req(ws, "s1", ".ams.routing.SubscribeRoutingTasks")
         assert (await _frame(ws))["code"] == 429
         assert await sim.sockets.notify(ROUTING, {}) == 0
@@ -421,11 +427,7 @@ async def test_a_request_frame_with_a_number_json_has_not_is_refused_as_malforme
 ) -> None:
     """Before: served as if JSON: ``"reqId": NaN`` in the answer, a publish accepted and its
     Infinity echoed back; neither a client's parser (JSON.parse, Jackson) reads them."""
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         await ws.send_str(text)
         answer = await _frame(ws)  # strict: a NaN or an Infinity in it fails here
         # No echo behind the answer: the next frame answers the next request.
@@ -457,11 +459,7 @@ async def test_text_that_is_no_request_at_all_is_still_not_answered(
 ) -> None:
     """Unchanged: text no reading makes a request of (not JSON, a notification, a list) has
     no answer to get; only a request is refused as malformed."""
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (_sim, ws):
         for text in ("not json", '{"kind": "notification", "x": NaN}', "[NaN]"):
             await ws.send_str(text)
         await _next_is_answer(ws, "next")
@@ -471,11 +469,7 @@ async def test_a_frame_the_simulator_would_send_with_nan_is_a_value_error(
     clock: VirtualClock,
 ) -> None:
     """Before: sent as ``{"n": NaN}``, which the client could not parse."""
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         await sim.sockets.wait_open(1)
         with pytest.raises(ValueError, match="must be JSON"):
             await sim.sockets.notify(".my.Notification", {"n": float("nan")})
@@ -524,11 +518,7 @@ async def test_a_subscription_an_on_handler_answers_with_its_own_send_holds(
 ) -> None:
     """Before: only a handler returning ``(code, body)`` subscribed; one answering by itself
     with ``socket.send`` (as RequestHandler documents) got a 200 and no routing task ever."""
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
 
         async def answer_myself(sock: Any, frame: dict[str, Any]) -> None:
             await sock.send(
@@ -557,11 +547,7 @@ async def test_a_subscription_answered_later_holds_from_its_answer_and_a_refusal
     async def later(sock: Any, frame: dict[str, Any]) -> None:
         waiting.append((sock, frame))
 
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         sim.sockets.on(".ams.routing.SubscribeRoutingTasks", later)
         sim.sockets.on(".ams.aam.SubscribeExConversations", later)
         await _req(ws, "r", ".ams.routing.SubscribeRoutingTasks")
@@ -594,11 +580,7 @@ async def test_the_subscribe_requests_waiting_for_an_answer_are_bounded(
     async def never(sock: Any, frame: dict[str, Any]) -> None:
         return None
 
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         sim.sockets.on(".ams.routing.SubscribeRoutingTasks", never)
         for i in range(10):
             await _req(ws, f"s{i}", ".ams.routing.SubscribeRoutingTasks")
@@ -617,11 +599,7 @@ async def test_unsubscribing_ends_the_conversation_changes_and_only_them(
 ) -> None:
     """Before: ``.ams.aam.UnsubscribeExConversations`` was answered 200 and the conversation
     changes kept coming, so a test could not catch a client that relies on unsubscribing."""
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         await _subscribe(ws, ".ams.aam.SubscribeExConversations")
         await _subscribe(ws, ".ams.routing.SubscribeRoutingTasks")
         await _req(ws, "u", ".ams.aam.UnsubscribeExConversations", {"subscriptionId": "x"})
@@ -642,11 +620,7 @@ async def test_an_unsubscribe_refused_keeps_the_subscription_and_an_on_handlers_
     that accepts it (returned or sent by itself) ends it as the simulator's 200 does."""
     unsubscribe = ".ams.aam.UnsubscribeExConversations"
     rule = FaultRule("busy", WsAppError(429), unit="ws_message", match=Match(path=unsubscribe))
-    async with (
-        Simulator(clock=clock, plan=[rule]) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock, plan=[rule]) as (sim, ws):
         await _subscribe(ws, ".ams.aam.SubscribeExConversations")
         await _req(ws, "u1", unsubscribe)
         assert (await _frame(ws))["code"] == 429
@@ -736,11 +710,7 @@ async def test_a_subscription_answered_with_nan_holds_nothing(clock: VirtualCloc
     async def bad(sock: Any, frame: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"subscriptionId": float("inf")}
 
-    async with (
-        Simulator(clock=clock) as sim,
-        aiohttp.ClientSession() as http,
-        http.ws_connect(sim.brand_socket_url(_bearer(sim))) as ws,
-    ):
+    async with _agent_socket(clock) as (sim, ws):
         sim.sockets.on(".ams.routing.SubscribeRoutingTasks", bad)
         await _req(ws, "s", ".ams.routing.SubscribeRoutingTasks")
         assert (await _frame(ws))["code"] == 500
