@@ -544,14 +544,17 @@ class Recovery:
                     # attempts and first failure would count against an unrelated failure
                     # hours later (and a deadline already passed would give that one up at
                     # once).
-                    await stop_task(round_)
-                    self._reset()
+                    await self._stop_round(round_)
                 raise
             if round_.cancelled():
-                # Stopped under us (the engine closed): said so, typed. (Told from this
-                # caller's own cancellation by where it is raised, not by the task's count of
-                # cancellation requests, which Python 3.11's TaskGroup can leave behind.)
-                raise self._closed_error(exc) from exc
+                if self._closed:
+                    # Stopped under us (the engine closed): said so, typed. (Told from this
+                    # caller's own cancellation by where it is raised, not by the task's count
+                    # of cancellation requests, which Python 3.11's TaskGroup can leave.)
+                    raise self._closed_error(exc) from exc
+                # Stopped by its last waiter as this call joined it (that one gave up): this
+                # call is tried again, and starts a round of its own if it fails.
+                return
             round_.result()  # its failure is this call's
         finally:
             self._recovering_calls -= 1
@@ -591,9 +594,18 @@ class Recovery:
         if self._recovering_calls != 1 or round_.done():
             return
         attempts = self._attempt
-        await stop_task(round_)
-        self._reset()
+        await self._stop_round(round_)
         self._state(logging.WARNING, "gave_up", {"reason": "deadline", "attempts": attempts})
+
+    async def _stop_round(self, round_: asyncio.Task[None]) -> None:
+        """Stop ``round_`` and end the episode, its last waiter gone. Detached first: a call
+        failing while the round stops starts a round (and an episode) of its own, rather than
+        joining the dying one (it was told the engine had closed) and having its episode
+        wiped by the reset after."""
+        if self._round_task is round_:
+            self._round_task = None
+        self._reset()
+        await stop_task(round_)
 
     async def _shared_round(self, exc: Exception, first: float | None, elapsed: float) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
@@ -606,7 +618,9 @@ class Recovery:
             self._epoch += 1
             raise
         finally:
-            self._resume_at = None
+            if self._round_task in (None, asyncio.current_task()):
+                # (Not once detached and replaced: the next round's pause is its own.)
+                self._resume_at = None
         self._final = None
         self._epoch += 1
 

@@ -5,6 +5,7 @@ EngineClosed: the single flight and the recovery round read that count as it was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiohttp import web
@@ -147,3 +148,84 @@ async def test_a_call_waiting_on_a_recovery_round_when_the_engine_closes_gets_a_
 
 async def _unavailable(request: web.Request) -> web.Response:
     return web.Response(status=503)
+
+
+@pytest.mark.parametrize("attempt_timeout", [30.0, None])
+@pytest.mark.parametrize("leak", [False, True])
+async def test_a_call_waiting_for_a_pooled_connection_when_the_engine_closes(
+    serve: ServerFactory, clock: VirtualClock, leak: bool, attempt_timeout: float | None
+) -> None:
+    """The connector cancels the waits for a pooled connection as the engine closes: the
+    retry layer told that from the caller's own cancellation by a count of 0, and a caller
+    with a TaskGroup's leftover count got a bare CancelledError."""
+    arrived, never = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("GET", "/x", slow)
+    host = await serve(app)
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        retry=RetryPolicy(pauses=(5.0,), attempt_timeout=attempt_timeout),
+        connection_limit=1,
+    )
+    await engine.start()
+
+    async def worker() -> object:
+        if leak:
+            await _fan_out_with_a_failure()
+        try:
+            return await engine.request("GET", "svc", "/x")
+        except BaseException as exc:
+            return exc
+
+    first = asyncio.ensure_future(worker())
+    await arrived.wait()
+    second = asyncio.ensure_future(worker())  # waits for the one pooled connection
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await engine.close()
+    outcomes = [await first, await second]
+    never.set()
+    assert all(isinstance(o, EngineClosed) for o in outcomes), [repr(o) for o in outcomes]
+
+
+async def test_a_call_failing_as_the_last_waiter_gives_up_is_not_told_the_engine_closed(
+    clock: VirtualClock,
+) -> None:
+    """The last waiter of a recovery round stops it when it gives up; a call failing just
+    then joined the dying round and was told 'the recovery loop was closed (its engine
+    closed)', though nothing was (and the reset after wiped the episode it had joined)."""
+    from tests.test_recovery import _hour_long_recovery, exhausted
+
+    recovery = _hour_long_recovery(clock, [])
+    go = asyncio.Event()
+    runs = 0
+
+    async def first() -> str:
+        raise exhausted()
+
+    async def second() -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await go.wait()
+            raise exhausted()
+        return "ok"
+
+    a = asyncio.ensure_future(recovery.run(first))
+    b = asyncio.ensure_future(recovery.run(second))
+    await clock.sleep(10.0)  # a waits out the 120 s pause; b's call is in flight
+    a.cancel()  # a, the last waiter, stops the round
+    go.set()  # b's call fails just then
+    with contextlib.suppress(asyncio.CancelledError):
+        await a
+    await clock.sleep(1000.0)
+    assert not recovery.closed
+    assert await b == "ok"
