@@ -325,3 +325,16 @@ def answer_finite(value: object) -> float | None:
         return None
     assert isinstance(number, (int, float))
     return float(number)
+
+
+def check_domains_account(owner: str, domains: object, account: str) -> None:
+    """A :class:`~le_transport.providers.CsdsDomains` of another account than the provider's
+    is a :class:`~le_transport.errors.ConfigurationError`: the provider's credentials would go
+    to that account's hosts (and a login's map would be merged into it)."""
+    from .csds import CsdsDomains  # (here: csds builds on this module's neighbours)
+
+    if isinstance(domains, CsdsDomains) and domains.account != account:
+        raise ConfigurationError(
+            f"{owner} of account {account!r} was given the CsdsDomains of account "
+            f"{domains.account!r}: its credentials would go to that account's hosts"
+        )

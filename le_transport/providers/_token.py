@@ -88,6 +88,7 @@ from ._http import (
     ProviderHttp,
     ProviderResponse,
     answer_finite,
+    check_domains_account,
     emit_state,
     header_safe,
     require_attached,
@@ -183,8 +184,9 @@ def _transient(exc: Exception) -> bool:
     return is_provider_outage(exc)
 
 
-def check_token_options(owner: str, domains: object, service: object) -> None:
-    """The options every token provider shares: a domain provider and a service name."""
+def check_token_options(owner: str, domains: object, service: object, account: str) -> None:
+    """The options every token provider shares: a domain provider (of ``account``, when it
+    says whose it is) and a service name."""
     require_option(
         isinstance(domains, DomainProvider),
         domains,
@@ -192,6 +194,7 @@ def check_token_options(owner: str, domains: object, service: object) -> None:
         field="domains",
         wants="a DomainProvider",
     )
+    check_domains_account(owner, domains, account)
     require_option(
         isinstance(service, str) and bool(service),
         service,

@@ -76,7 +76,7 @@ class ConsumerJwt(TokenProvider):
             # An empty code would be sent to ``authenticate`` and refused there, far from here;
             # one UTF-8 cannot encode would fail there with the code in the error's arguments.
             auth_code = require_secret(auth_code, owner="ConsumerJwt", field="auth_code")
-        check_token_options("ConsumerJwt", domains, service)
+        check_token_options("ConsumerJwt", domains, service, self._account)
         self._auth_code = auth_code
         self._domains = domains
         self._service = service

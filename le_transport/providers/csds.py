@@ -334,9 +334,19 @@ class CsdsDomains:
             field="shared",
             wants="None or a SharedDomainMap",
         )
+        if shared is not None and shared.account != self._account:
+            # Its entry is keyed by its own account: this account's calls would go to that
+            # one's hosts, and this account's map would poison that one's fleet.
+            raise ConfigurationError(
+                f"CsdsDomains({self._account!r}) was given the SharedDomainMap of account "
+                f"{shared.account!r}: give each account a SharedDomainMap of its own"
+            )
         self._shared = shared
         self._ask_source = False
         self._closed = False
+        # Services a refresh left out whose cached host was kept (see _keep_known): kept once,
+        # so that a service LiveEngage retired does not linger.
+        self._carried: frozenset[str] = frozenset()
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -525,8 +535,39 @@ class CsdsDomains:
                 extra={"account": self._account, "error": type(exc).__name__},
             )
             return stale
+        if stale is not None:
+            entries = self._keep_known(entries, stale)
         self._install(entries, http.clock.now())
         return entries
+
+    def _keep_known(self, entries: dict[str, Entry], stale: dict[str, Entry]) -> dict[str, Entry]:
+        """A refresh's map, with the cached valid hosts it would lose: a host it names that
+        is refused never replaces a valid one (as :meth:`warm` keeps one); a service it leaves
+        out keeps its host for one more TTL (a partial answer failed every call to it for a
+        whole TTL), and is dropped if the next refresh leaves it out too."""
+        kept: dict[str, Entry] = {}
+        carried: set[str] = set()
+        for service, host in stale.items():
+            if not isinstance(host, str):
+                continue
+            if service in entries:
+                if not isinstance(entries[service], str):
+                    kept[service] = host
+            elif service not in self._carried:
+                kept[service] = host
+                carried.add(service)
+        self._carried = frozenset(carried)
+        if not kept:
+            return entries
+        _log.warning(
+            "Domain API answer for account %s refused or left out %d service(s) with a known "
+            "host (%s); their cached hosts are kept",
+            self._account,
+            len(kept),
+            ", ".join(sorted(kept)[:5]),
+            extra={"account": self._account, "kept": len(kept)},
+        )
+        return {**entries, **kept}
 
     async def _fetch(
         self, http: ProviderHttp, policy: RetryPolicy, *, stale: bool

@@ -98,6 +98,7 @@ from ._flight import SingleFlight
 from ._http import (
     ProviderHttp,
     answer_number,
+    check_domains_account,
     cookie_safe,
     emit_state,
     header_safe,
@@ -281,6 +282,7 @@ class LoginServiceAuth:
             field="retry",
             wants="None or a RetryPolicy",
         )
+        check_domains_account(owner, domains, self._account)
         self._domains = domains
         self._service = service
         self._version = version

@@ -67,7 +67,7 @@ class SentinelClientCredentials(TokenProvider):
         self._client_secret = require_secret(
             client_secret, owner="SentinelClientCredentials", field="client_secret"
         )
-        check_token_options("SentinelClientCredentials", domains, service)
+        check_token_options("SentinelClientCredentials", domains, service, self._account)
         require_option(
             isinstance(version, str) and bool(version),
             version,

@@ -69,6 +69,11 @@ class SharedDomainMap:
         self._key = state_key(account, "domains")
         self._ttl = float(ttl)
 
+    @property
+    def account(self) -> str:
+        """The account whose map this is (its key in the store)."""
+        return self._account
+
     async def get(self) -> dict[str, str] | None:
         """The shared map, or None if there is none (or it does not validate)."""
         found = await self.get_with_life()

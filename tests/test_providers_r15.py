@@ -1,0 +1,117 @@
+"""Regressions from the review of the domain and auth providers: a Domain API refresh keeps
+the valid hosts it would lose (refused, or left out once); a SharedDomainMap or CsdsDomains of
+another account is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from le_transport.chaos import Status
+from le_transport.errors import ConfigurationError
+from le_transport.providers import CsdsDomains
+from le_transport.state import MemoryStore, SharedDomainMap
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
+
+__all__ = ["sim"]
+
+CSDS_PATH = f"/api/account/{ACCOUNT}/service/baseURI.json"
+
+
+async def test_a_refresh_with_one_hostile_entry_does_not_replace_a_cached_valid_host(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """warm() never lets a hostile entry replace a cached valid host; a refresh does, and the
+    service then fails with HostileHostError for a whole TTL although a good host is known."""
+    domains = csds_for(sim, ttl=60)
+    async with sim_engine(sim, clock, domains=domains):
+        assert await domains.resolve("agentVep") == sim.host
+        await clock.sleep(61)
+        partly_bad = {
+            "baseURIs": [
+                {"service": "agentVep", "account": ACCOUNT, "baseURI": "evil.example/steal"},
+                {"service": "accountConfigReadOnly", "account": ACCOUNT, "baseURI": sim.host},
+            ]
+        }
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partly_bad))])
+        assert await domains.resolve("accountConfigReadOnly") == sim.host
+        # The last good host of agentVep should still be served (as warm() keeps it).
+        assert await domains.resolve("agentVep") == sim.host
+
+
+def test_a_shared_map_of_another_account_is_refused() -> None:
+    shared = SharedDomainMap(MemoryStore(), account="99999999")
+    try:
+        CsdsDomains(ACCOUNT, shared=shared)
+    except ConfigurationError:
+        return
+    raise AssertionError("CsdsDomains accepted a SharedDomainMap of another account")
+
+
+async def test_a_shared_map_of_another_account_is_never_served_nor_written(
+    sim: Simulator,
+) -> None:
+    """Taken, it served the other account's hosts to this one (its credentials went there)
+    and wrote this account's map under the other's key, for that fleet to read."""
+    store = MemoryStore()
+    other = SharedDomainMap(store, account="99999999")
+    await other.put({"agentVep": "other-zone.example"})
+    with pytest.raises(ConfigurationError, match="SharedDomainMap of account '99999999'"):
+        csds_for(sim, shared=SharedDomainMap(store, account="99999999"))
+    assert await other.get() == {"agentVep": "other-zone.example"}
+
+
+def test_a_provider_of_one_account_refuses_the_domain_map_of_another() -> None:
+    from le_transport.providers import ConsumerJwt, SentinelClientCredentials, UserLogin
+
+    other = CsdsDomains("99999999")
+    made = []
+    for build in (
+        lambda: UserLogin(ACCOUNT, "user", "pw", domains=other),
+        lambda: SentinelClientCredentials(ACCOUNT, "id", "secret", domains=other),
+        lambda: ConsumerJwt(ACCOUNT, domains=other),
+    ):
+        try:
+            build()
+        except ConfigurationError:
+            continue
+        made.append(build)
+    assert not made, f"{len(made)} providers accepted another account's CsdsDomains"
+
+
+async def test_a_refresh_answering_part_of_the_map_keeps_the_services_it_left_out(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    domains = csds_for(sim, ttl=60)
+    async with sim_engine(sim, clock, domains=domains):
+        assert await domains.resolve("agentVep") == sim.host
+        await clock.sleep(61)
+        partial = {"baseURIs": [{"service": "idp", "account": ACCOUNT, "baseURI": sim.host}]}
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))])
+        assert await domains.resolve("idp") == sim.host
+        assert await domains.resolve("agentVep") == sim.host
+
+
+async def test_a_service_left_out_of_two_refreshes_in_a_row_is_dropped(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Kept once, a service a refresh left out is not kept for ever (one LiveEngage retired
+    would linger)."""
+    from le_transport.errors import UnknownServiceError
+
+    domains = csds_for(sim, ttl=60)
+    partial = {"baseURIs": [{"service": "idp", "account": ACCOUNT, "baseURI": sim.host}]}
+    async with sim_engine(sim, clock, domains=domains):
+        assert await domains.resolve("agentVep") == sim.host
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))] * 2)
+        await clock.sleep(61)
+        assert await domains.resolve("agentVep") == sim.host  # kept once
+        await clock.sleep(61)
+        try:
+            await domains.resolve("agentVep")
+        except UnknownServiceError:
+            return
+        raise AssertionError("a service left out of two refreshes in a row was still served")
