@@ -81,7 +81,7 @@ from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
 from .policies.keepalive import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO, Keepalive
 from .policies.retry import RetryPolicy
 from .policies.retry_after import parse_retry_after
-from .providers._http import ProviderHttp
+from .providers._http import ProviderHttp, check_domains_account
 from .providers.auth import AuthProvider, Credentials, InvalidCredentials, as_credentials
 from .providers.domains import DomainProvider, StaticDomains, validate_host
 from .providers.login import AGENT_VEP, LoginServiceAuth
@@ -1610,6 +1610,10 @@ class Engine:
             raise ConfigurationError(
                 f"Engine.auth must be an AuthProvider or None, got {type(auth).__name__}"
             )
+        account = getattr(auth, "account", None)
+        if isinstance(account, str):
+            # The engine's calls go to its domain map's hosts with this provider's credentials.
+            check_domains_account("Engine", self._domains, account)
         self._auth = auth
         # Auth sits outside the retry middleware: once per logical call (and per redirect hop,
         # where it checks the host again), so a 401 replay gets the whole schedule again.

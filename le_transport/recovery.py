@@ -593,9 +593,10 @@ class Recovery:
         round stops and the episode ends, as when its last waiter is cancelled."""
         if self._recovering_calls != 1 or round_.done():
             return
-        attempts = self._attempt
+        # Said before the round is stopped: a call failing meanwhile starts an episode of its
+        # own, whose events must not come before this one's end.
+        self._state(logging.WARNING, "gave_up", {"reason": "deadline", "attempts": self._attempt})
         await self._stop_round(round_)
-        self._state(logging.WARNING, "gave_up", {"reason": "deadline", "attempts": attempts})
 
     async def _stop_round(self, round_: asyncio.Task[None]) -> None:
         """Stop ``round_`` and end the episode, its last waiter gone. Detached first: a call
@@ -605,7 +606,14 @@ class Recovery:
         if self._round_task is round_:
             self._round_task = None
         self._reset()
-        await stop_task(round_)
+        # Not counted as waiting while it waits for the round to stop: a call that fails
+        # meanwhile, starts a round and gives up too must know it is that round's last waiter
+        # (counted, it left its round running for nobody, re-logging in for ever).
+        self._recovering_calls -= 1
+        try:
+            await stop_task(round_)
+        finally:
+            self._recovering_calls += 1  # (the caller's own count, taken back in its finally)
 
     async def _shared_round(self, exc: Exception, first: float | None, elapsed: float) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""

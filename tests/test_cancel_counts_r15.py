@@ -10,7 +10,10 @@ import contextlib
 import pytest
 from aiohttp import web
 
-from le_transport import Engine, EngineClosed, RetryPolicy
+from le_transport import BackoffPolicy, Engine, EngineClosed, RetryPolicy
+from le_transport.errors import DomainResolutionError
+from le_transport.providers import StaticDomains
+from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.test_socket_core_r15 import _fan_out_with_a_failure
@@ -116,7 +119,7 @@ async def test_a_call_waiting_on_a_recovery_round_when_the_engine_closes_gets_a_
     """The recovery round's waiter tells a round stopped under it from its own cancellation
     by where the CancelledError is raised, not by that count (a guard: the engine's close
     ends a round without cancelling it)."""
-    from le_transport import BackoffPolicy, TransportError
+    from le_transport import TransportError
 
     app = web.Application()
     app.router.add_route("GET", "/x", _unavailable)
@@ -229,3 +232,44 @@ async def test_a_call_failing_as_the_last_waiter_gives_up_is_not_told_the_engine
     await clock.sleep(1000.0)
     assert not recovery.closed
     assert await b == "ok"
+
+
+class _DownDomains(StaticDomains):
+    """The Domain API is down: every round's re-resolution fails (recoverably)."""
+
+    refreshes = 0
+
+    async def refresh(self) -> None:
+        self.refreshes += 1
+        raise DomainResolutionError("the Domain API is down", account="1")
+
+
+async def test_a_round_started_while_the_last_waiter_stops_the_old_one_is_not_orphaned(
+    clock: VirtualClock,
+) -> None:
+    """The waiter stopping its round still counted as waiting: a call that failed meanwhile,
+    started a round and gave up too took itself for one of two waiters and left its round
+    running for nobody, re-logging in every few minutes for ever."""
+    from tests.test_recovery import exhausted
+
+    domains = _DownDomains({"svc": "127.0.0.1:1"})
+    recovery = Recovery(
+        domains=domains, auth=None, clock=clock, policy=BackoffPolicy.relogin(jitter=0)
+    )
+
+    async def failing() -> str:
+        raise exhausted()
+
+    a = asyncio.ensure_future(recovery.run(failing))
+    await clock.sleep(60)  # A waits out the round's first pause, alone
+    a.cancel()  # A gives up: its round's last waiter stops it
+    b = asyncio.ensure_future(recovery.run(failing))  # B fails meanwhile: a round of its own
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    b.cancel()  # B gives up too, while A still waits for its round to stop
+    for task in (a, b):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    before = domains.refreshes
+    await clock.sleep(3 * 3600)
+    assert domains.refreshes == before

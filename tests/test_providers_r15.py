@@ -115,3 +115,36 @@ async def test_a_service_left_out_of_two_refreshes_in_a_row_is_dropped(
         except UnknownServiceError:
             return
         raise AssertionError("a service left out of two refreshes in a row was still served")
+
+
+async def test_a_fleet_peer_keeps_the_host_a_partial_refresh_kept(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The fleet's copy was written from the raw answer: the process that refreshed kept the
+    host, the peers adopting the shared map lost it for a whole TTL."""
+    store = MemoryStore(clock)
+    a = csds_for(sim, ttl=60, shared=SharedDomainMap(store, account=ACCOUNT, ttl=60, clock=clock))
+    b = csds_for(sim, ttl=60, shared=SharedDomainMap(store, account=ACCOUNT, ttl=60, clock=clock))
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host  # A fetches, writes the shared map
+        await clock.sleep(1)
+        assert await b.resolve("agentVep") == sim.host  # B adopts it
+        await clock.sleep(60)  # A's map is stale; B's (adopted 1 s later) not yet
+        partial = {"baseURIs": [{"service": "idp", "account": ACCOUNT, "baseURI": sim.host}]}
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))])
+        assert await a.resolve("agentVep") == sim.host  # kept by A
+        await clock.sleep(1)  # B's map is stale now: it adopts the shared map A just wrote
+        assert await b.resolve("agentVep") == sim.host
+
+
+async def test_an_engine_refuses_auth_of_another_account_than_its_domains(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The engine's calls carried one account's credentials to another account's hosts."""
+    from le_transport import Engine
+    from le_transport.providers import UserLogin
+
+    other = CsdsDomains("99999999", csds_host=sim.host, scheme="http")
+    auth = UserLogin(ACCOUNT, "user", "pw", domains=csds_for(sim))
+    with pytest.raises(ConfigurationError, match="CsdsDomains of account '99999999'"):
+        Engine(other, scheme="http", clock=clock, auth=auth)

@@ -494,6 +494,8 @@ class CsdsDomains:
                 # Kept no longer than the shared entry lives: served for a TTL of its own on
                 # top, a fleet would pick up a host change up to twice the TTL late.
                 shared_entries: dict[str, Entry] = dict(found[0])
+                if stale is not None:
+                    shared_entries = self._keep_known(shared_entries, stale)
                 self._install(shared_entries, http.clock.now(), found[1])
                 return shared_entries
         try:
@@ -507,6 +509,9 @@ class CsdsDomains:
                     f"{self._account!r} ({len(entries)} entries, none valid)",
                     account=self._account,
                 )
+            if stale is not None:
+                # Before the fleet's copy is written: its processes would lose them too.
+                entries = self._keep_known(entries, stale)
             self._ask_source = False
             if self._shared is not None:
                 await self._shared.put({s: h for s, h in entries.items() if isinstance(h, str)})
@@ -535,8 +540,6 @@ class CsdsDomains:
                 extra={"account": self._account, "error": type(exc).__name__},
             )
             return stale
-        if stale is not None:
-            entries = self._keep_known(entries, stale)
         self._install(entries, http.clock.now())
         return entries
 
