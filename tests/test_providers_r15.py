@@ -9,7 +9,7 @@ import json
 import pytest
 
 from le_transport.chaos import Status
-from le_transport.errors import ConfigurationError
+from le_transport.errors import ConfigurationError, UnknownServiceError
 from le_transport.providers import CsdsDomains
 from le_transport.state import MemoryStore, SharedDomainMap
 from le_transport.testing import VirtualClock
@@ -148,3 +148,92 @@ async def test_an_engine_refuses_auth_of_another_account_than_its_domains(
     auth = UserLogin(ACCOUNT, "user", "pw", domains=csds_for(sim))
     with pytest.raises(ConfigurationError, match="CsdsDomains of account '99999999'"):
         Engine(other, scheme="http", clock=clock, auth=auth)
+
+
+async def test_a_retired_service_is_dropped_in_a_fleet_too(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A service LiveEngage retired is left out of every refresh from now on. One process
+    drops it at its second refresh; two processes taking turns to refresh (as a fleet does)
+    keep it for ever: the shared map is written with the carried host, a peer adopting it
+    sees it as a plain entry (its own _carried reset), and at its own refresh carries it
+    again and writes it back."""
+    store = MemoryStore(clock)
+    a = csds_for(sim, ttl=60, shared=SharedDomainMap(store, account=ACCOUNT, ttl=60, clock=clock))
+    b = csds_for(sim, ttl=60, shared=SharedDomainMap(store, account=ACCOUNT, ttl=60, clock=clock))
+    partial = {"baseURIs": [{"service": "idp", "account": ACCOUNT, "baseURI": sim.host}]}
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        await clock.sleep(1)
+        assert await b.resolve("agentVep") == sim.host
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))] * 50)
+        fetches = 0
+        served_after = []
+        for turn in range(10):
+            first, second = (a, b) if turn % 2 == 0 else (b, a)
+            await clock.sleep(60)
+            before = a.fetches + b.fetches
+            try:
+                await first.resolve("idp")  # refreshes from the Domain API (shared expired)
+                await second.resolve("idp")  # adopts the shared map
+            finally:
+                fetches += a.fetches + b.fetches - before
+            for p in (a, b):
+                try:
+                    await p.resolve("agentVep")
+                    served_after.append(turn)
+                except UnknownServiceError:
+                    pass
+        assert fetches >= 4
+        assert not any(t >= 2 for t in served_after), (
+            f"a service left out of {fetches} refreshes in a row was still served "
+            f"(turns {sorted(set(served_after))})"
+        )
+
+
+def test_an_engine_refuses_a_consumer_or_sentinel_provider_of_another_account() -> None:
+    """5b9896f refuses UserLogin/AppKeyAuth of another account than the engine's CsdsDomains
+    (their public ``account``); ConsumerJwt and SentinelClientCredentials have none, so the
+    same mistake is taken: the JWT/bearer of account A is sent to account B's hosts."""
+
+    from le_transport import Engine
+    from le_transport.errors import ConfigurationError
+    from le_transport.providers import ConsumerJwt, CsdsDomains, SentinelClientCredentials
+
+    mine = CsdsDomains(ACCOUNT)
+    other = CsdsDomains("99999999")
+    accepted = []
+    for auth in (
+        ConsumerJwt(ACCOUNT, domains=mine),
+        SentinelClientCredentials(ACCOUNT, "id", "secret", domains=mine),
+    ):
+        try:
+            Engine(other, auth=auth)
+        except ConfigurationError:
+            continue
+        accepted.append(type(auth).__name__)
+    assert not accepted, f"Engine accepted {accepted} of another account than its domains"
+
+
+async def test_a_retired_service_is_dropped_by_one_process_with_a_longer_shared_ttl(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """One process, provider ttl 60, shared ttl 180: it re-adopts its own shared map between
+    fetches, which resets its _carried, so every fetch carries the retired service again."""
+    store = MemoryStore(clock)
+    a = csds_for(sim, ttl=60, shared=SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock))
+    partial = {"baseURIs": [{"service": "idp", "account": ACCOUNT, "baseURI": sim.host}]}
+    async with sim_engine(sim, clock, domains=a):
+        assert await a.resolve("agentVep") == sim.host
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))] * 50)
+        await clock.sleep(181)
+        await a.resolve("idp")  # fetch 2: leaves agentVep out (carried once)
+        for _ in range(12):  # 12 minutes: fetches 3..6 all leave it out too
+            await clock.sleep(61)
+            await a.resolve("idp")
+        assert a.fetches >= 4
+        try:
+            await a.resolve("agentVep")
+        except UnknownServiceError:
+            return
+        raise AssertionError(f"still served after {a.fetches - 1} refreshes leaving it out")

@@ -83,6 +83,11 @@ class ConsumerJwt(TokenProvider):
         super().__init__(margin=margin, wall_clock=wall_clock)
 
     @property
+    def account(self) -> str:
+        """The account this provider's tokens are for."""
+        return self._account
+
+    @property
     def subject(self) -> str:
         """How events and logs name this provider."""
         return f"consumer_jwt[{self._account}]"

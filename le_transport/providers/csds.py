@@ -509,12 +509,18 @@ class CsdsDomains:
                     f"{self._account!r} ({len(entries)} entries, none valid)",
                     account=self._account,
                 )
+            answered = entries
             if stale is not None:
                 # Before the fleet's copy is written: its processes would lose them too.
                 entries = self._keep_known(entries, stale)
             self._ask_source = False
             if self._shared is not None:
-                await self._shared.put({s: h for s, h in entries.items() if isinstance(h, str)})
+                # The services the answer named (a refused host replaced by the kept one), not
+                # those it left out: kept once here, written for the fleet they lived for ever
+                # (each process that adopted them kept them once more at its next refresh).
+                await self._shared.put(
+                    {s: h for s, h in entries.items() if isinstance(h, str) and s in answered}
+                )
         except (RequestError, DomainResolutionError) as exc:
             if stale is None:
                 raise DomainResolutionError(
