@@ -15,7 +15,7 @@ from le_transport.errors import DomainResolutionError
 from le_transport.providers import StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, serve_hanging
 from tests.test_socket_core_r15 import _fan_out_with_a_failure
 
 
@@ -23,17 +23,7 @@ from tests.test_socket_core_r15 import _fan_out_with_a_failure
 async def test_a_call_in_flight_when_the_engine_closes_after_a_task_group_failure(
     serve: ServerFactory, clock: VirtualClock, leak: bool
 ) -> None:
-    arrived = asyncio.Event()
-    never = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        await never.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_route("GET", "/x", slow)
-    host = await serve(app)
+    host, arrived, never = await serve_hanging(serve, "/x")
     engine = Engine({"svc": host}, scheme="http", clock=clock, retry=RetryPolicy(pauses=(5.0,)))
     await engine.start()
 
@@ -87,7 +77,6 @@ async def test_engine_close_during_login_after_a_task_group_failure_in_the_calle
     """As tests/test_login.py's test_a_call_waiting_for_the_login_when_the_engine_closes_gets_
     engine_closed, but the calling task earlier ran a TaskGroup whose child failed."""
     from le_transport.providers import StaticDomains, UserLogin
-    from tests.conftest import serve_hanging
     from tests.known_secrets import PASSWORD
     from tests.test_providers import ACCOUNT, USER
 
@@ -161,16 +150,7 @@ async def test_a_call_waiting_for_a_pooled_connection_when_the_engine_closes(
     """The connector cancels the waits for a pooled connection as the engine closes: the
     retry layer told that from the caller's own cancellation by a count of 0, and a caller
     with a TaskGroup's leftover count got a bare CancelledError."""
-    arrived, never = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        await never.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_route("GET", "/x", slow)
-    host = await serve(app)
+    host, arrived, never = await serve_hanging(serve, "/x")
     engine = Engine(
         {"svc": host},
         scheme="http",
