@@ -237,3 +237,33 @@ async def test_a_retired_service_is_dropped_by_one_process_with_a_longer_shared_
         except UnknownServiceError:
             return
         raise AssertionError(f"still served after {a.fetches - 1} refreshes leaving it out")
+
+
+async def test_one_partial_answer_is_not_counted_twice_when_the_shared_map_outlives_the_ttl(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """ONE partial answer (agentVep left out once; the next Domain API answer is complete).
+    Keep-once promises agentVep its host until the next refresh *from LiveEngage* says
+    otherwise. With shared ttl 180 > provider ttl 60, the process re-adopts its own shared
+    copy of that same partial answer at +60 s; _keep_known takes it for a second refresh
+    leaving agentVep out and drops it: every call to it fails for ~120 s, although
+    LiveEngage left it out only once (before 334cfad the shared map carried it)."""
+    store = MemoryStore(clock)
+    a = csds_for(sim, ttl=60, shared=SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock))
+    partial = {"baseURIs": [{"service": "idp", "account": ACCOUNT, "baseURI": sim.host}]}
+    async with sim_engine(sim, clock, domains=a):
+        assert await a.resolve("agentVep") == sim.host
+        await clock.sleep(181)
+        sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))])  # once
+        assert await a.resolve("agentVep") == sim.host  # fetch 2 (partial): kept once
+        assert a.fetches == 2
+        await clock.sleep(61)
+        # No new answer from the Domain API (the shared copy of fetch 2 is adopted) ...
+        try:
+            host = await a.resolve("agentVep")
+        except UnknownServiceError as exc:
+            raise AssertionError(
+                f"agentVep dropped after {a.fetches} fetches, only one of which left it out "
+                "(the same partial answer, re-read from the shared map, counted twice)"
+            ) from exc
+        assert host == sim.host

@@ -347,6 +347,9 @@ class CsdsDomains:
         # Services a refresh left out whose cached host was kept (see _keep_known): kept once,
         # so that a service LiveEngage retired does not linger.
         self._carried: frozenset[str] = frozenset()
+        # When the last map this process wrote to the fleet ends (its clock's time): a shared
+        # entry adopted that ends then is that write, its left-out services already counted.
+        self._wrote_until: float | None = None
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -495,7 +498,21 @@ class CsdsDomains:
                 # top, a fleet would pick up a host change up to twice the TTL late.
                 shared_entries: dict[str, Entry] = dict(found[0])
                 if stale is not None:
-                    shared_entries = self._keep_known(shared_entries, stale)
+                    ends = http.clock.now() + found[1]
+                    wrote = self._wrote_until
+                    if wrote is not None and abs(ends - wrote) < 1.0:
+                        # This process's own write: the answer it came from was counted (its
+                        # left-out services kept once, here only); counted again, one partial
+                        # answer dropped them as two would.
+                        shared_entries.update(
+                            {
+                                s: h
+                                for s, h in stale.items()
+                                if s in self._carried and s not in shared_entries
+                            }
+                        )
+                    else:
+                        shared_entries = self._keep_known(shared_entries, stale)
                 self._install(shared_entries, http.clock.now(), found[1])
                 return shared_entries
         try:
@@ -521,6 +538,7 @@ class CsdsDomains:
                 await self._shared.put(
                     {s: h for s, h in entries.items() if isinstance(h, str) and s in answered}
                 )
+                self._wrote_until = http.clock.now() + self._shared.ttl
         except (RequestError, DomainResolutionError) as exc:
             if stale is None:
                 raise DomainResolutionError(

@@ -70,6 +70,11 @@ class SharedDomainMap:
         self._ttl = float(ttl)
 
     @property
+    def ttl(self) -> float:
+        """Seconds an entry this map writes is kept."""
+        return self._ttl
+
+    @property
     def account(self) -> str:
         """The account whose map this is (its key in the store)."""
         return self._account
