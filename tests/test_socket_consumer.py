@@ -64,6 +64,16 @@ async def _consumer_socket(
     )
 
 
+async def _open_on_each(
+    engines: tuple[Engine, ...], sim: Simulator, auth: AuthProvider
+) -> list[ResilientSocket]:
+    """The consumer socket on each of ``engines``, all with ``auth``, each open."""
+    sockets = [await _consumer_socket(engine, sim, auth=auth) for engine in engines]
+    for ws in sockets:
+        await ws.wait_open()
+    return sockets
+
+
 def consumer_engine(sim: Simulator, clock: VirtualClock, states: StateLog) -> Engine:
     domains = StaticDomains(sim.domains)
     return Engine(
@@ -464,11 +474,7 @@ async def test_a_provider_used_by_two_open_engines_is_handed_over_when_the_first
     await first.start()
     try:
         async with agent_engine(sim, clock, states) as second:
-            sockets = [
-                await _consumer_socket(engine, sim, auth=consumer) for engine in (first, second)
-            ]
-            for ws in sockets:
-                await ws.wait_open()
+            sockets = await _open_on_each((first, second), sim, consumer)
             if close_socket_first:
                 await sockets[0].close()
             await first.close()
@@ -538,11 +544,7 @@ async def test_a_handed_over_provider_keeps_the_domain_map_it_shares_with_the_fi
     await first.start()
     try:
         async with agent_engine(sim, clock, states) as second:
-            sockets = [
-                await _consumer_socket(engine, sim, auth=consumer) for engine in (first, second)
-            ]
-            for ws in sockets:
-                await ws.wait_open()
+            sockets = await _open_on_each((first, second), sim, consumer)
             await first.close()
             assert consumer.token is not None
             await clock.sleep(120)  # the domain map is due
