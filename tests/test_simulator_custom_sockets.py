@@ -434,3 +434,20 @@ async def test_every_send_call_of_the_handler_strikes_the_sessions_fault(
         got = [(msg.type, msg.data) async for msg in ws]
     assert got == []
     assert ws.close_code == 4000
+
+
+async def test_a_frame_with_nan_is_not_a_request_the_plan_answers(
+    sim: Simulator, stream: Stream
+) -> None:
+    # json.loads takes NaN: the plan answered such a frame "reqId": NaN, which no client's
+    # parser reads. Read strictly, as the simulator's own sockets read, it is not a request:
+    # the handler gets it, the rule injects nothing.
+    sim.faults.add(FaultRule("app-error", WsAppError(500), unit="ws_message"))
+    url = f"http://{sim.host}{PATH}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_str('{"kind": "req", "id": NaN, "type": "Echo", "body": {}}')
+        answer = await ws.receive(timeout=5)
+    assert answer.type is WSMsgType.TEXT
+    assert "NaN" in answer.data  # the handler's own answer (it reads with json.loads)
+    assert sim.faults.injected_counts() == {}
+    assert stream.seen == [ECHO]

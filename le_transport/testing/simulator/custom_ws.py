@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 from aiohttp.http import WS_CLOSED_MESSAGE, WSMessage
 
+from ..._json import loads_strict
 from ...chaos.plan import (
     WS_MESSAGE_FAULTS,
     WS_OUTBOUND_FAULTS,
@@ -392,13 +393,15 @@ CUSTOM_SOCKET_KEY: web.RequestKey[CustomSocket] = web.RequestKey(
 
 
 def _frame(data: object) -> dict[str, Any] | None:
-    """A text frame's JSON object, or None (not text, not JSON, not an object)."""
+    """A text frame's JSON object, or None (not text, not JSON, not an object). Read strictly,
+    as the simulator's own sockets read (``NaN`` and ``Infinity`` are not JSON: a plan that
+    answered such a frame sent ``"reqId": NaN``, which no client's parser reads)."""
     if isinstance(data, (bytes, bytearray)):
         data = bytes(data).decode("utf-8", "replace")
     if not isinstance(data, str):
         return None
     try:
-        frame = json.loads(data)
+        frame = loads_strict(data)
     except (ValueError, RecursionError):
         return None
     return frame if isinstance(frame, dict) else None
