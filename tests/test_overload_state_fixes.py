@@ -406,6 +406,35 @@ async def test_a_key_of_the_wrong_type_is_that_keys_damage_not_an_outage(
         await fallback.close()
 
 
+async def test_a_damaged_keys_error_names_the_key_redis_holds(redis_server: RedisServer) -> None:
+    # The message named the store's key ("evil:breaker:x:h"): neither the prefix nor, for a
+    # budget, the window's hash ("...:10x3.0s"), the key an operator has to inspect or delete.
+    raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    redis = RedisStore(redis_server.url, prefix="fix-named", op_timeout=OP)
+    policy = RetryBudget()
+    plain = state_key("evil", "breaker", "x", "h")
+    budget = state_key("evil", "budget", "svc")
+    window = redis._budget_key(budget, policy)
+    try:
+        await raw.lpush(redis.key(plain), "junk")
+        await raw.lpush(window, "junk")
+        with pytest.raises(StateDataError) as raised:
+            await redis.get(plain)
+        assert raised.value.key == plain
+        assert repr(redis.key(plain)) in str(raised.value)
+        for op in (
+            redis.budget(budget, policy, deposits=1),
+            redis.refund(budget, policy, age=0.0),
+        ):
+            with pytest.raises(StateDataError) as raised:
+                await op
+            assert raised.value.key == budget, "the store's key, which the fallback tracks"
+            assert repr(window) in str(raised.value)
+    finally:
+        await close_client(raw)
+        await redis.close()
+
+
 async def test_a_budget_field_that_is_no_number_is_dropped_not_an_outage(
     redis_server: RedisServer,
 ) -> None:

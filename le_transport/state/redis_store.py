@@ -420,19 +420,30 @@ class RedisStore:
             )
         return pending
 
-    def _failed(self, op: str, exc: BaseException, key: str | None = None) -> StateStoreError:
+    def _failed(
+        self, op: str, exc: BaseException, key: str | None = None, redis_key: str | None = None
+    ) -> StateStoreError:
         # redis-py raises its own errors, OSError and, on a cut connection, others (a TypeError
         # or AttributeError from asyncio's transport: redis-py#4287): every one of them is the
         # store failing, never the caller's fault. But an error Redis answered about the data
         # of the one key the command named is that key's damage (StateDataError): the server
-        # is up.
+        # is up. The message names the key as Redis holds it (``redis_key``: the prefix, and a
+        # budget's window), which is what an operator inspects or deletes; ``.key`` is the
+        # store's key, which the fallback tracks.
         text = f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
         if key is not None and _is_data_error(exc):
-            return StateDataError(f"{text} (the data at key {key!r})", key=key)
+            shown = self.key(key) if redis_key is None else redis_key
+            return StateDataError(f"{text} (the data at Redis key {shown!r})", key=key)
         return StateStoreError(text)
 
     async def _run(
-        self, op: str, coro_fn: Any, *args: Any, on_key: str | None = None, **kwargs: Any
+        self,
+        op: str,
+        coro_fn: Any,
+        *args: Any,
+        on_key: str | None = None,
+        redis_key: str | None = None,
+        **kwargs: Any,
     ) -> Any:
         if self._closed:
             raise StateStoreError(f"redis {op}: the store is closed")
@@ -453,7 +464,7 @@ class RedisStore:
                 f"redis {op} on {self._url} took longer than {self._op_timeout:g} s"
             ) from None
         except Exception as exc:
-            raise self._failed(op, exc, on_key) from None
+            raise self._failed(op, exc, on_key, redis_key) from None
 
     async def get(self, key: str) -> Entry | None:
         """The value at ``key`` and its remaining TTL, or None."""
@@ -512,10 +523,11 @@ class RedisStore:
         length; one hash per window)."""
         check_budget(policy)
         deposits = check_deposits(deposits)  # a caller's error, never taken for an outage
+        window_key = self._budget_key(key, policy)
         taken = await self._run(
             "budget",
             self._budget,
-            keys=[self._budget_key(key, policy)],
+            keys=[window_key],
             args=[
                 repr(policy.ratio),
                 repr(policy.floor),
@@ -525,6 +537,7 @@ class RedisStore:
                 1 if withdraw else 0,
             ],
             on_key=key,
+            redis_key=window_key,
         )
         return bool(int(taken))
 
@@ -535,12 +548,14 @@ class RedisStore:
         left as it is (the budget never goes below zero, nor gives back more than it took)."""
         check_budget(policy)
         age = check_seconds("RedisStore.refund", "age", age, zero=True)
+        window_key = self._budget_key(key, policy)
         done = await self._run(
             "refund",
             self._refund,
-            keys=[self._budget_key(key, policy)],
+            keys=[window_key],
             args=[repr(policy.slot_length), policy.slots, repr(age)],
             on_key=key,
+            redis_key=window_key,
         )
         return bool(int(done))
 
