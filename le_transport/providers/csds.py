@@ -270,7 +270,9 @@ class CsdsDomains:
     - ``shared``: a :class:`~le_transport.state.SharedDomainMap` (over a Redis store): a
       fleet asks the Domain API once per its TTL (600 s by default, as ``ttl``); a map read
       back is validated again, and served no longer than it has left in the store (nor than
-      ``ttl``), so no process serves one older than the shared TTL. After
+      ``ttl``), so no process serves one older than the shared TTL. A service the answer
+      named with a refused host is shared as such: a process adopting the map keeps a valid
+      host it holds, as its own fetch of that answer would. After
       :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer.
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
@@ -347,9 +349,10 @@ class CsdsDomains:
         # Services a refresh left out whose cached host was kept (see _keep_known): kept once,
         # so that a service LiveEngage retired does not linger.
         self._carried: frozenset[str] = frozenset()
-        # When the last map this process wrote to the fleet ends (its clock's time): a shared
-        # entry adopted that ends then is that write, its left-out services already counted.
-        self._wrote_until: float | None = None
+        # The last map this process wrote to the fleet: when it ends (its clock's time), its
+        # hosts and its refused services. A shared entry that ends then and holds just that is
+        # that write: nothing newer than this process's own map, its answer already counted.
+        self._written: tuple[float, dict[str, str], frozenset[str]] | None = None
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -417,6 +420,9 @@ class CsdsDomains:
         cached map, it becomes the map. The map's lifetime (``ttl``) starts over when it
         comes first or names every cached service with a valid host; a partial map leaves the
         expiry as it was, so that the services it did not confirm are fetched again in time.
+        A service a refresh left out (its cached host kept once) that it names, with any host,
+        is confirmed as a refresh naming it would confirm it: the next refresh leaving it out
+        keeps it once again, rather than dropping it.
 
         Returns whether it was taken. A malformed map is ignored, and so is one without a
         single valid host (it would fail every service it names, as a refresh answering such a
@@ -443,6 +449,10 @@ class CsdsDomains:
                 )
             return False
         now = require_attached(self._http, self).clock.now()
+        if self._carried:
+            # Named (even with a refused host, as a refresh naming it): no longer a service a
+            # refresh left out; the next refresh leaving it out keeps it once again.
+            self._carried = self._carried.difference(entries)
         cached = self._entries
         if cached is None:
             self._install(entries, now)
@@ -492,28 +502,27 @@ class CsdsDomains:
             # of a reconnect.
             policy = attrs.evolve(policy, pauses=())
         if self._shared is not None and not self._ask_source:
-            found = await self._shared.get_with_life()
+            found = await self._shared.read()
             if found is not None and found[0]:
+                hosts, refused, life = found
+                now = http.clock.now()
                 # Kept no longer than the shared entry lives: served for a TTL of its own on
                 # top, a fleet would pick up a host change up to twice the TTL late.
-                shared_entries: dict[str, Entry] = dict(found[0])
+                if stale is not None and self._is_own_write(hosts, refused, now + life):
+                    # Nothing newer than this process's own map, which came from that answer
+                    # (counted once: its left-out services kept once) and what login answers
+                    # said since; rebuilt from the write, a partial answer was counted twice,
+                    # and a service a login answer named since was dropped.
+                    self._install(stale, now, life)
+                    return stale
+                shared_entries: dict[str, Entry] = dict(hosts)
+                for service in refused:
+                    # Named with a refused host: as this process's own fetch of that answer,
+                    # never a host (a valid cached one is kept below, as a fetch keeps it).
+                    shared_entries.setdefault(service, self._refused_in_shared_map(service))
                 if stale is not None:
-                    ends = http.clock.now() + found[1]
-                    wrote = self._wrote_until
-                    if wrote is not None and abs(ends - wrote) < 1.0:
-                        # This process's own write: the answer it came from was counted (its
-                        # left-out services kept once, here only); counted again, one partial
-                        # answer dropped them as two would.
-                        shared_entries.update(
-                            {
-                                s: h
-                                for s, h in stale.items()
-                                if s in self._carried and s not in shared_entries
-                            }
-                        )
-                    else:
-                        shared_entries = self._keep_known(shared_entries, stale)
-                self._install(shared_entries, http.clock.now(), found[1])
+                    shared_entries = self._keep_known(shared_entries, stale)
+                self._install(shared_entries, now, life)
                 return shared_entries
         try:
             entries = await self._fetch(http, policy, stale=stale is not None)
@@ -532,13 +541,14 @@ class CsdsDomains:
                 entries = self._keep_known(entries, stale)
             self._ask_source = False
             if self._shared is not None:
-                # The services the answer named (a refused host replaced by the kept one), not
-                # those it left out: kept once here, written for the fleet they lived for ever
-                # (each process that adopted them kept them once more at its next refresh).
-                await self._shared.put(
-                    {s: h for s, h in entries.items() if isinstance(h, str) and s in answered}
-                )
-                self._wrote_until = http.clock.now() + self._shared.ttl
+                # The services the answer named (a refused host replaced by the kept one, else
+                # written as refused: a peer keeps its own valid host, as its own fetch would),
+                # not those it left out: kept once here, written for the fleet they lived for
+                # ever (each process that adopted them kept them once more at its next refresh).
+                hosts = {s: h for s, h in entries.items() if isinstance(h, str) and s in answered}
+                refused = frozenset(s for s in answered if s not in hosts)
+                await self._shared.put(hosts, refused=refused)
+                self._written = (http.clock.now() + self._shared.ttl, hosts, refused)
         except (RequestError, DomainResolutionError) as exc:
             if stale is None:
                 raise DomainResolutionError(
@@ -566,6 +576,28 @@ class CsdsDomains:
             return stale
         self._install(entries, http.clock.now())
         return entries
+
+    def _is_own_write(self, hosts: dict[str, str], refused: frozenset[str], ends: float) -> bool:
+        """Whether a shared entry ending at ``ends`` and holding ``hosts`` and ``refused`` is
+        the last map this process wrote (a peer's write ending within the same second but
+        holding another map is adopted as any peer's)."""
+        written = self._written
+        return (
+            written is not None
+            and abs(ends - written[0]) < 1.0
+            and written[2] == refused
+            and written[1] == hosts
+        )
+
+    def _refused_in_shared_map(self, service: str) -> HostileHostError:
+        """What resolving ``service`` raises when the fleet's map says the answer named it with
+        a refused host (and this process knows no valid one)."""
+        return HostileHostError(
+            f"refusing the host for service {service[:_NAME_SHOWN]!r}: the fleet's shared "
+            "domain map says the Domain API named it with a refused host (a bare hostname with "
+            "an optional port is required); no credential is sent to it",
+            account=self._account,
+        )
 
     def _keep_known(self, entries: dict[str, Entry], stale: dict[str, Entry]) -> dict[str, Entry]:
         """A refresh's map, with the cached valid hosts it would lose: a host it names that

@@ -5,13 +5,20 @@ fleet asks once per TTL. A process that reads the shared map keeps it no longer 
 has left to live (nor than its own provider's TTL), so no process serves a map older than the
 shared TTL. A map read back is validated host by host: a store that was written by
 someone else cannot redirect credentials to a host that is not a bare hostname.
+
+A service the Domain API's answer named with a refused host is written as a marker: its value
+is JSON ``null``, never a host. A process adopting the map treats it as its own fetch of that
+answer would (it keeps a valid host it holds; without one, resolving the service raises
+:class:`~le_transport.errors.HostileHostError`). A reader of an earlier release validates every
+value as a host, so it ignores a map holding a marker as one that does not validate (a WARNING)
+and asks the Domain API itself, as it does when the fleet has no map.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .._checks import require_kind
 from ..clock import Clock, RealClock
@@ -88,7 +95,16 @@ class SharedDomainMap:
         """The shared map and the seconds it has left to live in the store, or None if there
         is none (or it does not validate). A store that tells no life (Redis answers 0 for a
         key without an expiry, one set by something else; a caller's own store may answer
-        ``inf``) is taken to give it ``ttl``: taken as 0 s left, every resolve read the store."""
+        ``inf``) is taken to give it ``ttl``: taken as 0 s left, every resolve read the store.
+        The services written as refused (see :meth:`read`) are not in it."""
+        found = await self.read()
+        return None if found is None else (found[0], found[2])
+
+    async def read(self) -> tuple[dict[str, str], frozenset[str], float] | None:
+        """The shared map as written: its hosts, the services it names whose host was refused
+        (markers, never hosts), and the seconds it has left to live in the store (as
+        :meth:`get_with_life` tells them); None if there is none, or it does not validate (a
+        value that is neither a valid host nor a marker spoils the whole map)."""
         entry = await self._store.get(self._key)
         if entry is None:
             return None
@@ -104,10 +120,13 @@ class SharedDomainMap:
             raw = json.loads(text)
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
-            hosts = {
-                str(svc): validate_host(host, service=str(svc), account=self._account)
-                for svc, host in raw.items()
-            }
+            hosts: dict[str, str] = {}
+            refused: set[str] = set()
+            for svc, host in raw.items():
+                if host is None:
+                    refused.add(str(svc))
+                else:
+                    hosts[str(svc)] = validate_host(host, service=str(svc), account=self._account)
         except (ValueError, TypeError, RecursionError, HostileHostError) as exc:
             # TypeError too: a value that is no str (a caller's store of its own) is damaged.
             _log.warning(
@@ -116,13 +135,27 @@ class SharedDomainMap:
                 extra={"account": self._account},
             )
             return None
-        return hosts, min(float(life), self._ttl)
+        return hosts, frozenset(refused), min(float(life), self._ttl)
 
-    async def put(self, hosts: Mapping[str, str]) -> None:
-        """Share ``hosts`` (validated first) for ``ttl`` seconds."""
-        checked = {
+    async def put(self, hosts: Mapping[str, str], *, refused: Iterable[str] = ()) -> None:
+        """Share ``hosts`` (validated first) for ``ttl`` seconds, and the ``refused`` services
+        (those the answer named with a refused host) as markers; a service in both is written
+        with its host."""
+        checked: dict[str, str | None] = {
             svc: validate_host(h, service=svc, account=self._account) for svc, h in hosts.items()
         }
+        if isinstance(refused, str):
+            # Iterated, it would mark each of its characters.
+            raise ConfigurationError(
+                "SharedDomainMap.put: refused must be an iterable of service names, not a str"
+            )
+        for svc in refused:
+            if not isinstance(svc, str):
+                raise ConfigurationError(
+                    f"SharedDomainMap.put: a refused service must be a str, got "
+                    f"{type(svc).__name__}"
+                )
+            checked.setdefault(svc, None)
         await self._store.set(self._key, json.dumps(checked, sort_keys=True), ttl=self._ttl)
 
     def __repr__(self) -> str:
