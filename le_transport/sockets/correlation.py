@@ -6,14 +6,24 @@ fails with :class:`~le_transport.errors.SocketClosed` (the caller may retry), so
 ever left hanging. An answer that comes after its caller gave up (a timeout) is recognised by
 its id, which only this socket hands out, and is not mistaken for a frame the server sent on its
 own.
+
+Ids carry a prefix random to the process (``le-3f9a0c1d-7``): an application that sends request
+frames of its own with ``send()`` numbers them "1", "2"... as LivePerson's SDKs do, and bare
+counts collided with them (the answer to the caller's own frame went to a library request, a
+keepalive's ``GetClock`` among them, or was dropped as a late answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 __all__ = ["PendingRequests"]
+
+#: The prefix of the ids this process's sockets hand out (one str for every socket: a fleet of
+#: sockets pays nothing per socket for it).
+ID_PREFIX = f"le-{secrets.token_hex(4)}-"
 
 
 class PendingRequests:
@@ -21,7 +31,7 @@ class PendingRequests:
 
     __slots__ = ("_issued", "_pending", "_prefix")
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = ID_PREFIX) -> None:
         self._prefix = prefix
         # Both made on the first request: one per socket, and many sockets of a large fleet
         # send none between keepalives.
