@@ -189,7 +189,9 @@ def require_attached(http: ProviderHttp | None, owner: object) -> ProviderHttp:
         raise ConfigurationError(
             f"{type(owner).__name__} is not attached to an engine: pass it to "
             "Engine(..., auth=...) / Engine(domains=...) and start the engine, or call "
-            "attach(ProviderHttp(...)) yourself"
+            "attach(ProviderHttp(...)) yourself (inside a provider of your own that wraps it, "
+            "the wrapper must forward attach(): the engine attaches only the provider it is "
+            "given)"
         )
     return http
 

@@ -148,6 +148,14 @@ class AuthProvider(Protocol):
     ``credential_headers`` (a frozenset of lower-case names; the library's providers say
     ``{"authorization"}``): a call that passes one of them itself is then refused
     (:class:`~le_transport.errors.InvalidRequest`) rather than silently overwritten.
+
+    Optional members the engine looks for (by name) on the provider it is given:
+    ``attach(http)`` (the library's providers send their logins through the engine this way),
+    ``relogin()`` (the outer recovery loop's re-login), ``generation`` (an int that grows with
+    each login: recovery skips its re-login when one happened meanwhile) and ``account``
+    (checked against the domain provider's). A provider that wraps another forwards them: the
+    engine attaches only the provider it was given, so a library provider inside a wrapper
+    without ``attach`` is never attached (README, "Domains and auth").
     """
 
     async def credentials(self, method: str, url: URL) -> Credentials:
