@@ -75,15 +75,24 @@ def hang_guard(seconds: float) -> Iterator[None]:
     def _alarm(signum: int, frame: object) -> None:
         raise FuzzHang(f"a single call ran longer than {seconds} s")
 
+    # The handler and timer found are given back: in an atheris child they are libFuzzer's
+    # -timeout (a periodic timer), which bounds a hang in C code (zeroed here, such a hang
+    # stalled the child for ever). Not armed over a handler installed outside Python (None),
+    # which signal.signal could not put back.
+    armed = armed and signal.getsignal(signal.SIGALRM) is not None
+    timer: tuple[float, float] = (0.0, 0.0)
     if armed:
         previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        timer = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         if armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if timer[0] > 0 or timer[1] > 0:
+                left = timer[0] - (time.monotonic() - start)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), timer[1])
     elapsed = time.monotonic() - start
     if elapsed > seconds:
         raise FuzzHang(f"a single call took {elapsed:.1f} s (bound {seconds} s)")

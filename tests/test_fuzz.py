@@ -7,6 +7,8 @@ Hypothesis prints the shrunk input; ``python -m fuzz --target NAME --long`` expl
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from hypothesis import strategies as st
 
@@ -66,6 +68,49 @@ def _spin_forever() -> None:
 def test_hang_guard_turns_an_endless_loop_into_a_finding() -> None:
     with pytest.raises(FuzzHang):
         _spin_forever()
+
+
+def test_hang_guard_gives_back_the_timer_and_handler_it_found() -> None:
+    # In an atheris child, libFuzzer's -timeout is a periodic SIGALRM timer with a handler of
+    # its own: the guard zeroed the timer after every input, so a hang in C code stalled the
+    # child for ever.
+    def theirs(signum: int, frame: object) -> None:
+        raise AssertionError("the guard's timer should not have fired theirs")
+
+    previous = signal.signal(signal.SIGALRM, theirs)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 600, 600)
+        with hang_guard(5):
+            pass
+        delay, interval = signal.getitimer(signal.ITIMER_REAL)
+        assert signal.getsignal(signal.SIGALRM) is theirs
+        assert interval == 600
+        assert 500 < delay <= 600
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_atheris_child_instruments_what_is_already_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # le_transport is imported before the child runs (the runner's own imports bring it), and
+    # instrument_imports() instruments only what is imported inside it: libFuzzer got no
+    # coverage at all. A stand-in atheris records what the child asks of it.
+    import sys
+    import types
+
+    from fuzz.__main__ import _atheris_child
+
+    calls: list[str] = []
+    fake = types.ModuleType("atheris")
+    fake.instrument_all = lambda: calls.append("instrument_all")  # type: ignore[attr-defined]
+    fake.Setup = lambda argv, fn: calls.append("Setup")  # type: ignore[attr-defined]
+    fake.Fuzz = lambda: calls.append("Fuzz")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "atheris", fake)
+    assert "le_transport" in sys.modules
+    _atheris_child(sorted(TARGETS)[0], [])
+    assert calls == ["instrument_all", "Setup", "Fuzz"]
 
 
 def test_a_target_that_hangs_fails_its_fuzz_run() -> None:
