@@ -303,13 +303,37 @@ class _PrintableFormatter(logging.Formatter):
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+class _OutputHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that stops writing, quietly, once its output cannot be written: its
+    reader went away (``le-transport simulate -v | head -1``) or the disk is full. Each line
+    after that was a "--- Logging error ---" traceback on stderr, one per injected fault, for
+    as long as the simulator served; it goes on serving, as it does without ``-v``."""
+
+    gone = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.gone:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, BrokenPipeError) or (
+            isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
+        ):
+            self.gone = True
+            if self.stream is sys.stdout:
+                _drop_stdout()  # what is buffered must not fail again at exit
+            return
+        super().handleError(record)
+
+
 @contextlib.contextmanager
 def _shown(name: str, stream: TextIO, fmt: str, level: int) -> Iterator[None]:
     """While the block runs, write logger ``name``'s records from ``level`` up to ``stream``
     (the logger lowered to ``level`` if it was higher; each line escaped where it does not
     print, :class:`_PrintableFormatter`), then put it back as it was."""
     logger = logging.getLogger(name)
-    handler = logging.StreamHandler(stream)
+    handler = _OutputHandler(stream)
     handler.setFormatter(_PrintableFormatter(fmt))
     handler.setLevel(level)
     before = logger.level

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -342,6 +343,34 @@ def test_simulate_verbose_prints_each_fault_as_it_is_injected_with_its_path_reda
     )
     assert BEARER not in out
     assert lines[-len(SUMMARY) :] == SUMMARY
+
+
+class _GoneReader:
+    """An output whose reader went away (``| head -1``): every write is a broken pipe."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_fault_lines_stop_quietly_once_their_reader_is_gone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # With -v, every injected fault after the reader left printed a "--- Logging error ---"
+    # traceback of some 45 lines on stderr, for as long as the simulator served.
+    gone = _GoneReader()
+    log = logging.getLogger("le_transport.chaos.faults")
+    shown = cli._shown("le_transport.chaos.faults", gone, "fault: %(message)s", logging.DEBUG)  # type: ignore[arg-type]
+    with shown:
+        for n in range(3):
+            log.debug("injected status (rule burst, request #%d)", n)
+    assert gone.writes == 1, "nothing written after the first broken pipe"
+    assert "Logging error" not in capsys.readouterr().err
 
 
 def test_the_fault_summary_of_a_simulator_without_rules_is_empty() -> None:
