@@ -50,11 +50,13 @@ from ._redact import body_excerpt, is_auth_path, redact_text, redact_url
 from .clock import Clock, RealClock, timeout_after
 from .errors import (
     AttemptRecord,
+    BlockedError,
     ConfigurationError,
     DeadlineExceeded,
     EngineClosed,
     InvalidRequest,
     InvalidRetryAfter,
+    LoginRejected,
     Repeat,
     RequestError,
     ResponseDecodeError,
@@ -832,6 +834,22 @@ def _fields_fault(fields: object) -> str | None:
                 f"{type(value).__name__}"
             )
     return None
+
+
+def _resolve_at_once(domains: DomainProvider, service: str) -> None:
+    """Ask ``domains`` for ``service``'s host here, without awaiting: for
+    :meth:`Engine.keepalive`, which is no coroutine, what :meth:`Engine.websocket` awaits at
+    the call. A provider that answers at once (the engine's plain :class:`StaticDomains`,
+    whose ``resolve`` never suspends) raises its own error here (an
+    :class:`~le_transport.errors.UnknownServiceError` naming the services it knows); one that
+    would wait is left unasked, and closed."""
+    resolving = domains.resolve(service)
+    try:
+        resolving.send(None)
+    except StopIteration:
+        return
+    finally:
+        resolving.close()
 
 
 def _data_fault(data: object) -> str | None:
@@ -3016,6 +3034,22 @@ class Engine:
         it; so does ``await task.close()``. :class:`~le_transport.errors.EngineClosed` once the
         engine is closed.
 
+        ``service`` is checked at the call, as :meth:`websocket` checks it: one that names no
+        service (not a str, empty, with whitespace) is an
+        :class:`~le_transport.errors.InvalidRequest`; one the engine's static domain map does
+        not know (a typo) its :class:`~le_transport.errors.UnknownServiceError`. A domain
+        provider that fetches is asked at the first run instead.
+
+        The task goes on through outages (a run that fails after the engine's retries: a 5xx,
+        a reset, a timeout, the Domain API down), each logged at WARNING. A run that fails in a
+        way no later run can fix stops it: an unknown service, a 4xx but 401 or 407 (a chat
+        that ended, a blacklisted account), credentials refused, a setup mistake. One ERROR
+        line, a ``keepalive_failed`` event with ``stopped=True``, ``task.running`` False, and
+        ``task.error`` (also what ``await task.wait()`` returns) holds the error. Ask for a new
+        keepalive once the cause is fixed. The Login Service refresh (below) goes on after a
+        refused login: the provider drops the session, and later runs refresh nothing until a
+        call logs in again, then keep that session alive.
+
         ``headers`` go on every keepalive request, as :meth:`request`'s do: str names to str
         values without CR, LF or NUL, and none that the auth provider's credentials set (its
         ``credential_headers``: ``Authorization`` for the library's providers); anything else
@@ -3056,6 +3090,11 @@ class Engine:
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
+        refused = _service_fault(service)
+        if refused is not None:
+            # As websocket() refuses it: else any object went into the task's name and every
+            # log line, and failed only at the first run.
+            raise InvalidRequest(refused, method=policy.method)
         if fields is not None:
             # Checked as the headers beside them are (an InvalidRequest, nothing shown): else
             # a str or a mapping of other values failed as a raw TypeError, or went into the
@@ -3111,6 +3150,9 @@ class Engine:
                 await provider.refresh()
 
             action = refresh
+            # A refused fallback login drops the session: later runs refresh nothing (no
+            # login) until a call logs in again, and the schedule keeps that session alive.
+            not_final: tuple[type[Exception], ...] = (LoginRejected, BlockedError)
         else:
             method = policy.method
             if headers is not None:
@@ -3139,11 +3181,19 @@ class Engine:
                     "401, and each 401 costs a login): run it on an engine whose auth is "
                     "AppKeyAuth"
                 )
+            if self._resolves_at_once:
+                # A static map answers at once, as for websocket(): a service it does not know
+                # (a typo) is an UnknownServiceError here, at the call, not a failure at every
+                # run. A provider that fetches is asked at the first run; if it says the
+                # service does not exist, the task stops there (KeepaliveTask).
+                _resolve_at_once(self._domains, service)
 
             async def call() -> None:
                 await self.request(method, service, path, params=params, headers=headers)
 
             action = call
+            # Each run would ask again what was refused (a login at every run): it stops.
+            not_final = ()
 
         task = KeepaliveTask(
             policy,
@@ -3152,6 +3202,7 @@ class Engine:
             hooks=self._hooks,
             name=f"{service} {policy.action}",
             on_close=self._keepalives.discard,
+            not_final=not_final,
         )
         self._keepalives.add(task)
         return task.start()

@@ -3,7 +3,8 @@
 Two kinds of action share one policy: a socket request (``GetClock``), sent only when nothing
 arrived for a whole interval, whose silence past the timeout means the peer is dead; and an
 HTTP call through the engine (Server Chat API "retrieve chat information", Login Service
-``refresh``), run every interval. Both run on the injected clock.
+``refresh``), run every interval. Both run on the injected clock. An HTTP keepalive goes on
+through outages, and stops on a failure no later run can fix (see :class:`KeepaliveTask`).
 
 Socket keepalives are served by a :class:`KeepaliveScheduler`, one per engine: a heap of
 (deadline, socket) entries and one task sleeping until the earliest. An idle socket costs a heap
@@ -32,9 +33,16 @@ from .._redact import redact_text
 from .._shown import error_text, redacted_exc_info
 from .._tasks import stop_task
 from ..clock import Clock, timeout_after
-from ..errors import EngineClosed, KeepaliveClosed
+from ..errors import (
+    AuthenticationError,
+    ClientStatusError,
+    EngineClosed,
+    KeepaliveClosed,
+    Repeat,
+)
 from ..events import EventHooks, StateEvent, emit
 from ..policies.keepalive import Keepalive, KeepaliveStep
+from ..recovery import is_setup_error, repeat_of
 
 __all__ = [
     "KeepaliveFailureSubject",
@@ -355,13 +363,53 @@ def _read_outcome(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
+#: 4xx answers that say nothing final of a keepalive's own request: the stack handles them
+#: (the auth middleware answers a 401 with fresh credentials and one replay, and a second 401
+#: is an AuthenticationError; a 407 is the proxy's, its credentials not the call's; a 429 is
+#: never a ClientStatusError): met bare, they are logged and the schedule goes on.
+_STATUSES_THE_STACK_HANDLES = frozenset({401, 407, 429})
+
+
+def _final_failure(error: Exception) -> bool:
+    """Whether a failed run's ``error`` is final by nature: no later run of the same action can
+    succeed, so an HTTP keepalive stops on it rather than fail every interval for ever.
+
+    The recovery loop's own taxonomy: a mistake in what was asked for
+    (:func:`~le_transport.recovery.is_setup_error`: a malformed call, a
+    :class:`~le_transport.errors.ConfigurationError`, an unknown service, a hostile host, a
+    provider's bug, a 4xx that failed at once, such as a chat that ended or a blacklisted
+    account, or a Domain API refusing the account) but a 401 or 407, which the stack handles;
+    or credentials refused (an :class:`~le_transport.errors.AuthenticationError` whose
+    :func:`~le_transport.recovery.repeat_of` verdict is ``FINAL``:
+    :class:`~le_transport.errors.LoginRejected`, a second 401 after fresh credentials; not an
+    :class:`~le_transport.errors.UnexpectedAnswer`, a maintenance page). Not an outage: a 5xx
+    or a reset after the engine's retries, a timeout, the Domain API down."""
+    if isinstance(error, AuthenticationError):
+        return repeat_of(error) is Repeat.FINAL
+    if isinstance(error, ClientStatusError) and error.status in _STATUSES_THE_STACK_HANDLES:
+        return False
+    return is_setup_error(error)
+
+
 class KeepaliveTask:
     """Runs an HTTP keepalive action every interval until closed.
 
     A failed run (after the engine's own retries) is logged as a WARNING (the error's type and
     its text, redacted and cut to 200 characters) and reported as a ``keepalive_failed`` state
-    event; the schedule goes on. :attr:`runs` and :attr:`failures`
-    count what happened.
+    event; the schedule goes on: an outage (a 5xx or a reset after the retries, a timeout, the
+    Domain API down) is waited out. :attr:`runs` and :attr:`failures` count what happened.
+
+    A run that fails in a way no later run can fix stops the schedule instead of failing every
+    interval for ever: a mistake in what was asked for (an unknown service, a malformed call,
+    a :class:`~le_transport.errors.ConfigurationError`, a provider's bug), a 4xx but 401 or 407
+    (a chat that ended, answered 404 or 410; a blacklisted account, 451), or credentials
+    refused (:class:`~le_transport.errors.LoginRejected`, a second 401 after fresh
+    credentials). It is logged once at ERROR (the product, the task's name, which holds the
+    service, and the error's type and text, redacted and cut short), reported as a
+    ``keepalive_failed`` state event with ``stopped=True``, :attr:`running` turns False and
+    :attr:`error` holds the error; :meth:`wait` returns it. ``not_final`` names error types
+    that never stop it (the engine's Login Service refresh: a refused login drops the session,
+    and later runs refresh nothing until a call logs in again, then keep that session alive).
 
     A clock that fails (its ``now`` or ``sleep`` raises) cannot keep the schedule: rather than
     the task ending quietly, it is logged once at ERROR (the clock's and the error's types),
@@ -370,7 +418,8 @@ class KeepaliveTask:
     restarts it; :meth:`close` still returns quietly. So does an action that raises
     :class:`~le_transport.errors.EngineClosed` (its engine closed under it: every later run
     would fail alike): logged once at INFO, reported with ``stopped=True``, and
-    :attr:`error` holds it.
+    :attr:`error` holds it. A task that stopped by itself stays its engine's until closed
+    (closing it, or the engine, is quiet); ask the engine for a new one to start again.
 
     :meth:`close` is final: :meth:`start` afterwards raises
     :class:`~le_transport.errors.KeepaliveClosed` (a task started again was no longer its
@@ -386,8 +435,10 @@ class KeepaliveTask:
         hooks: EventHooks | None = None,
         name: str = "keepalive",
         on_close: Callable[[KeepaliveTask], object] | None = None,
+        not_final: tuple[type[Exception], ...] = (),
     ) -> None:
         self._policy = policy
+        self._not_final = not_final
         self._action = action
         self._clock = clock
         self._hooks = hooks or EventHooks()
@@ -396,6 +447,8 @@ class KeepaliveTask:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._error: Exception | None = None
+        # Set when the schedule ends, by itself or closed: what wait() waits for.
+        self._ended = asyncio.Event()
         #: Runs of the action so far.
         self.runs = 0
         #: Runs that failed (a clock failure is not one: see :attr:`error`).
@@ -413,8 +466,15 @@ class KeepaliveTask:
 
     @property
     def error(self) -> Exception | None:
-        """Why the schedule stopped by itself: the error its clock raised (None unless that
-        happened)."""
+        """Why the schedule stopped by itself: a run's failure that no later run can fix, the
+        :class:`~le_transport.errors.EngineClosed` of an engine closed under it, or the error
+        its clock raised. None while it runs, and when it was only closed."""
+        return self._error
+
+    async def wait(self) -> Exception | None:
+        """Wait until the schedule ends, by itself or closed; return :attr:`error` (None when
+        it was closed while running well). Cancelling the wait leaves the schedule running."""
+        await self._ended.wait()
         return self._error
 
     def start(self) -> KeepaliveTask:
@@ -440,6 +500,32 @@ class KeepaliveTask:
             # Only the clock's calls can get here (a run's own failure is caught where it
             # runs): with no time to keep, the schedule stops, and says so.
             self._clock_failed(exc)
+        finally:
+            self._ended.set()
+
+    def _failed_for_good(self, error: Exception) -> None:
+        self._error = error
+        product, action = self._policy.product, self._policy.action
+        # The error's type and its text, redacted and cut short, as a failed run's WARNING
+        # shows them; no traceback (the caller's own code is not at fault).
+        _log.error(
+            "%s: keepalive %s (%s) stopped: %s: %s; no later run can succeed, so it will not "
+            "run again (fix the cause and ask the engine for a new keepalive)",
+            self._name,
+            action,
+            product,
+            type(error).__name__,
+            error_text(error),
+            extra={"keepalive": action, "product": product, "error": type(error).__name__},
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "keepalive_failed",
+                self._name,
+                {"action": action, "error": type(error).__name__, "stopped": True},
+            ),
+        )
 
     def _engine_closed(self, error: EngineClosed) -> None:
         self._error = error
@@ -507,6 +593,11 @@ class KeepaliveTask:
                 return
             except Exception as exc:
                 self.failures += 1
+                if not isinstance(exc, self._not_final) and _final_failure(exc):
+                    # An unknown service, a chat that ended, credentials refused: every later
+                    # run would fail alike, 120 WARNINGs an hour that no caller would see.
+                    self._failed_for_good(exc)
+                    return
                 # The error's type and its text, redacted and cut short: the type alone
                 # ("TransportError") cannot tell an engine never started from an outage.
                 _log.warning(
@@ -532,6 +623,7 @@ class KeepaliveTask:
         task, self._task = self._task, None
         if task is not None and not task.done():
             await stop_task(task)
+        self._ended.set()
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
             on_close(self)
