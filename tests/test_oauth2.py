@@ -99,6 +99,10 @@ async def test_sentinel_token_is_refreshed_a_margin_before_the_jwt_expires(
         await clock.sleep(sim.config.jwt_ttl - 61)
         assert (await engine.login()).generation == first.generation
         await clock.sleep(2)  # now inside the margin: a new token, the old one still valid
+        # Sent at once while it is valid (the login does not wait for the token service):
+        # the new one is fetched meanwhile.
+        assert (await engine.login()).generation == first.generation
+        await _early_fetch_done(auth)
         second = await engine.login()
         assert second.generation == first.generation + 1
         resp = await engine.request("GET", "accountConfigReadOnly", USERS)
@@ -206,6 +210,14 @@ async def test_an_authenticated_consumer_exchanges_a_fresh_auth_code_each_time(
 # -- the early fetch meets an outage: the token still valid is used, and fetched again later ----
 
 
+async def _early_fetch_done(auth: TokenProvider) -> None:
+    """Wait for the early fetch a call inside the margin started in the background (the call
+    itself went on with the current token): it ends on its own, here it is only awaited."""
+    early = auth._early
+    if early is not None:
+        await asyncio.wait({early})
+
+
 async def _inside_the_margin(
     engine: Engine, auth: SentinelClientCredentials, clock: VirtualClock
 ) -> Token:
@@ -240,6 +252,7 @@ async def test_an_early_fetch_meeting_an_outage_is_logged_as_a_warning_never_an_
         caplog.clear()
         resp = await engine.request("GET", "accountConfigReadOnly", USERS)
         assert resp.status == 200
+        await _early_fetch_done(auth)
         assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [
             logging.WARNING,
             logging.WARNING,
@@ -285,6 +298,7 @@ async def test_a_consumer_jwt_fetched_early_says_too_that_it_handles_an_outage(
         sim.faults.script("POST", SIGNUP, [503])
         caplog.clear()
         assert (await engine.login()).generation == first.generation
+        await _early_fetch_done(auth)
     assert sim.count("POST", SIGNUP) == 2
     [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
     assert gave_up.levelno == logging.WARNING
@@ -310,6 +324,7 @@ async def test_an_early_fetch_meeting_an_outage_keeps_the_valid_token_and_tries_
         )
         assert {r.status for r in results} == {200}
         assert clock.now() == started
+        await _early_fetch_done(auth)
         assert sim.count("POST", TOKEN) == 2
         assert (await engine.login()).generation == token.generation
         # Not asked again on every call: after the schedule's pauses, 5, 10, 15 s.
@@ -317,6 +332,7 @@ async def test_an_early_fetch_meeting_an_outage_keeps_the_valid_token_and_tries_
             await clock.sleep(pause)
             resp = await engine.request("GET", "accountConfigReadOnly", USERS)
             assert resp.status == 200
+            await _early_fetch_done(auth)
             assert sim.count("POST", TOKEN) == asked
         # The outage is over: the fifth token request got a new token.
         assert (await engine.login()).generation == token.generation + 1
@@ -343,6 +359,7 @@ async def test_an_outage_that_outlasts_the_token_fails_the_first_call_after_its_
         for _ in range(5):  # at +0, 5, 15, 30 and 45 s; then it is the token's expiry
             resp = await engine.request("GET", "accountConfigReadOnly", USERS)
             assert resp.status == 200
+            await _early_fetch_done(auth)
             retry_at = auth.token.refresh_at if auth.token is not None else None
             assert retry_at is not None
             assert retry_at <= token.expires_at
@@ -361,32 +378,38 @@ async def test_an_outage_that_outlasts_the_token_fails_the_first_call_after_its_
     assert names[-1] == "login_failed"
 
 
-async def test_an_early_fetch_refused_with_a_4xx_fails_the_call_at_once(
+async def test_an_early_fetch_refused_with_a_4xx_fails_the_next_call_at_once(
     sim: Simulator,
     clock: VirtualClock,
     secret_values: set[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The call fails, so neither the give-up line nor the on_giveup hook says its failure is
-    handled (alerting built on the hook must see it)."""
+    """The call that started the early fetch went on with its valid token (the fetch runs in
+    the background); the refusal drops the token, and the next call fails with it at once.
+    Neither give-up line nor the on_giveup hook says the failure is handled (alerting built
+    on the hook must see it)."""
     caplog.set_level(logging.DEBUG, logger="le_transport")
     giveups: list[GiveUpEvent] = []
     auth = sentinel(sim, margin=60)
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth, giveups=giveups) as engine:
         await _inside_the_margin(engine, auth, clock)
         learn_session_secrets(auth, secret_values)
-        sim.faults.script("POST", TOKEN, [401])
+        sim.faults.script("POST", TOKEN, [401, 401])
         started = clock.now()
         caplog.clear()
+        assert (await engine.request("GET", "accountConfigReadOnly", USERS)).status == 200
+        await _early_fetch_done(auth)
+        assert auth.token is None
         with pytest.raises(LoginRejected, match="refused with 401"):
             await engine.request("GET", "accountConfigReadOnly", USERS)
         assert clock.now() == started
-        assert sim.count("POST", TOKEN) == 2
-    [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
-    assert gave_up.status == 401  # type: ignore[attr-defined]
-    assert "handle" not in gave_up.getMessage()
+        assert sim.count("POST", TOKEN) == 3
+    lines = [r for r in caplog.records if r.name == "le_transport.retry"]
+    assert [r.status for r in lines] == [401, 401]  # type: ignore[attr-defined]
+    assert not [r for r in lines if "handle" in r.getMessage()]
     assert [(g.outcome and g.outcome.status, g.handled_by_caller) for g in giveups] == [
-        (401, False)
+        (401, False),
+        (401, False),
     ]
 
 
@@ -448,6 +471,7 @@ async def test_an_early_fetch_that_cannot_resolve_its_host_keeps_the_token_and_l
         events.clear()
         resp = await engine.request("GET", "accountConfigReadOnly", USERS)
         assert resp.status == 200
+        await _early_fetch_done(auth)
         learn_session_secrets(auth, secret_values)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         if down == "resolve-raises":
@@ -477,10 +501,10 @@ async def _expired_during_the_early_fetch(
     then: Sequence[int],
     late_callers: int = 10,
 ) -> tuple[list[asyncio.Future[object]], float]:
-    """A call starts the early fetch 2 s before the token expires; Sentinel holds it 3 s and
-    drops the connection, then answers ``then``. Halfway, with the token expired, ``late_callers``
-    calls arrive and join the fetch in flight. Returns every call (the early one first), and
-    when the early fetch failed."""
+    """A call starts the early fetch 2 s before the token expires (and goes on with the token,
+    still valid); Sentinel holds it 3 s and drops the connection, then answers ``then``.
+    Halfway, with the token expired, ``late_callers`` calls arrive and join the fetch in flight.
+    Returns every call (the early one first), and when the early fetch failed."""
     token = await _inside_the_margin(engine, auth, clock)
     learn_session_secrets(auth, secret_values)
     assert token.expires_at is not None
@@ -530,6 +554,9 @@ async def test_callers_whose_token_expired_during_a_failing_early_fetch_share_it
             engine, auth, sim, clock, secret_values, then=[503] * 4
         )
         results = await asyncio.gather(*calls, return_exceptions=True)
+        # The first call had a valid token: it went on with it, and did not wait.
+        assert getattr(results[0], "status", results[0]) == 200
+        results = results[1:]
         assert all(isinstance(r, RetriesExhausted) for r in results), results
         # The whole schedule's four attempts, not the early fetch's one.
         assert {len(r.attempts) for r in results if isinstance(r, RetriesExhausted)} == {4}
@@ -557,7 +584,9 @@ async def test_an_early_fetch_failing_after_the_token_expired_says_a_whole_sched
         )
         caplog.clear()
         results = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(r, RetriesExhausted) for r in results), results
+        # The first call went on with its token, valid then; the late one shares the failure.
+        assert getattr(results[0], "status", results[0]) == 200
+        assert isinstance(results[1], RetriesExhausted), results
         learn_session_secrets(auth, secret_values)
     lines = [r for r in caplog.records if r.name == "le_transport.retry"]
     early, *retries, final = lines
@@ -584,7 +613,9 @@ async def test_a_cancelled_caller_does_not_stop_the_whole_schedule_fetch_the_oth
             engine, auth, sim, clock, secret_values, then=[503, 503], late_callers=3
         )
         await clock.sleep(1 + 2.5)  # the early fetch failed; the whole schedule's first pause
-        assert not any(call.done() for call in calls)
+        # The first call went on with its token, valid then; the late ones wait.
+        assert calls[0].done()
+        assert not any(call.done() for call in calls[1:])
         calls[1].cancel()
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert isinstance(results[1], asyncio.CancelledError)
@@ -603,7 +634,9 @@ async def test_closing_the_engine_during_the_whole_schedule_fetch_gives_its_call
         await clock.sleep(1 + 2.5)  # in the whole schedule's first pause
         await engine.close()
         results = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(r, EngineClosed) for r in results), results
+        # The first call went on with its token, valid then; the late ones wait for the fetch.
+        assert getattr(results[0], "status", results[0]) == 200
+        assert all(isinstance(r, EngineClosed) for r in results[1:]), results
         assert not any(call.cancelled() for call in calls)
 
 
@@ -814,6 +847,7 @@ async def test_a_cached_token_is_read_against_our_wall_clock_never_from_its_iat(
                 assert auth.token.refresh_at is not None
                 await clock.sleep(auth.token.refresh_at - clock.now())
             await auth.credentials("GET", ANY_URL)
+            await _early_fetch_done(auth)
             token = auth.token
             assert token is not None
             assert token.expires_at is not None

@@ -64,7 +64,7 @@ from le_transport.recovery import (
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import PASSWORD
-from tests.test_oauth2 import _inside_the_margin, sentinel
+from tests.test_oauth2 import _early_fetch_done, _inside_the_margin, sentinel
 from tests.test_providers import (
     ACCOUNT,
     USER,
@@ -228,6 +228,7 @@ async def test_an_early_fetch_meeting_an_odd_answer_keeps_the_valid_token_and_pu
         before = sim.count("POST", TOKEN)
         for _ in range(5):
             assert (await engine.request("GET", SERVICE, USERS)).status == 200
+        await _early_fetch_done(auth)
         assert sim.count("POST", TOKEN) - before == 1
         assert auth.token is not None
         assert auth.token.generation == token.generation
@@ -238,6 +239,7 @@ async def test_an_early_fetch_meeting_an_odd_answer_keeps_the_valid_token_and_pu
         # Tried again after the pause, and put off again.
         await clock.sleep(float(failed[0].details["retry_in"]))
         assert (await engine.request("GET", SERVICE, USERS)).status == 200
+        await _early_fetch_done(auth)
         assert sim.count("POST", TOKEN) - before == 2
         # Expired: nothing to fall back on, the answer is the call's error.
         await clock.sleep(token.expires_at - clock.now())
@@ -287,6 +289,7 @@ async def test_an_early_fetch_whose_auth_code_callable_meets_an_outage_keeps_the
         for _ in range(5):
             creds = await engine.login()
             assert creds.generation == first.generation
+        await _early_fetch_done(auth)
         assert codes == 2  # one early fetch, then put off
         assert sim.count("POST", AUTHENTICATE) == 1
         failed = [e for e in events if e.name == "refresh_failed"]

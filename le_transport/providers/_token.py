@@ -38,8 +38,12 @@ gets a token fetched no sooner than the life it claims (``exp - iat``, 2 s or mo
 ``iat`` always in the past by less than a day (one stamped in local time) cannot be told from
 our clock ahead, and tokens are believed to live that much longer; a 401 then replaces each.
 
-That early fetch is one attempt, not the request schedule: the current token still works, so a
-token service outage (a 5xx, a transport failure; an answer that is neither a refusal nor a
+That early fetch runs in the background: the call that finds the token due starts it (one for
+every caller, single flight with any other fetch) and goes on with the current token at once,
+as every call does while it is out; a slow or hung token service holds no call, up to its
+attempt timeout or past its deadline. :meth:`TokenProvider.close` stops it. It is one
+attempt, not the request schedule: the current token still works, so a token service outage
+(a 5xx, a transport failure; an answer that is neither a refusal nor a
 token, :class:`~le_transport.errors.UnexpectedAnswer`: a redirect, a proxy's HTML maintenance
 page; a consumer's auth-code callable failing on the network) must not fail calls, nor hold
 them through 5/10/15 s of pauses, nor send a token request for each. Its failure is logged as a
@@ -47,15 +51,19 @@ WARNING, not an ERROR, by the retry middleware: the fetch says it handles an out
 (the line ends with it, and the give-up event has ``handled_by_caller``). When it fails, the
 current token keeps being used (a ``refresh_failed`` event says so) and the fetch is tried
 again after a pause that grows like the request schedule; once the token has expired, the fetch
-follows the whole schedule and its failure is the call's. That includes the callers sharing an
-early fetch that fails after the token expired (or was dropped after a 401): the same shared
+follows the whole schedule and its failure is the call's. That includes the callers that join
+an early fetch that fails after the token expired (or was dropped after a 401): the same shared
 run goes on with a fetch on the whole schedule, as a caller without a token would get, and one
-for all of them. A refusal (a 4xx: bad credentials, a blacklisted account) fails the call at
-once either way, and is reported as any call's.
+for all of them. A refusal (a 4xx: bad credentials, a blacklisted account) is reported as any
+call's (``login_failed``); met by an early fetch, it fails no call holding a valid token, but
+drops that token (as :meth:`TokenProvider.relogin` does), so that the next call fetches one
+itself and fails with the refusal: it is never asked again in the background. So does any other
+failure that is no outage (a mistake: an auth-code callable returning nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -67,6 +75,7 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret
+from .._tasks import stop_task
 from ..errors import (
     BlockedError,
     ClientStatusError,
@@ -242,6 +251,8 @@ class TokenProvider:
             f"le_transport.{self._kind}", f"{self.subject}: the token request"
         )
         self._closed = False
+        # The background task of the early fetch last started (see _renew); stopped on close.
+        self._early: asyncio.Task[None] | None = None
         # Early fetches failed in a row while the current token still lived (the pause before
         # the next one grows with it); reset by a token.
         self._early_failures = 0
@@ -297,10 +308,14 @@ class TokenProvider:
     # -- AuthProvider -----------------------------------------------------------------------
 
     async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
-        """``Authorization: <scheme> <token>``, fetching a token first if it is missing or due.
+        """``Authorization: <scheme> <token>``, fetching a token first if it is missing or has
+        expired.
 
-        A token that is due but has not expired is still sent when the early fetch meets an
-        outage (see the module); a refused fetch fails the call at once.
+        A token that is due but has not expired is sent at once: the call starts the early
+        fetch in the background (one for all callers) and does not wait for it, whatever the
+        token service does (see the module). That goes for :meth:`Engine.login
+        <le_transport.Engine.login>` and a socket's connect too: the token they get is valid.
+        To wait for a new token, call :meth:`fetch`.
         """
         http = require_attached(self._http, self)
         token = self._token
@@ -357,8 +372,9 @@ class TokenProvider:
         return await self._flight.run(self._fetch)
 
     async def _renew(self, http: ProviderHttp, token: Token) -> Token:
-        """A new token in place of ``token``, which is due; ``token`` itself while it lives and
-        the token service is out (see the module)."""
+        """The token to send in place of ``token``, which is due: a new one fetched on the
+        whole schedule if it has expired; else ``token`` itself, at once, an early fetch
+        started in the background if none is out (see the module)."""
         if token.expired(http.clock.now()):
             return await self.fetch()
         if self._closed:
@@ -366,13 +382,56 @@ class TokenProvider:
             raise EngineClosed(
                 f"{self.subject}: the auth provider is closed (closing an engine closes it)"
             )
-        if self._flight.running:
+        early = self._early
+        if self._flight.running or (early is not None and not early.done()):
             # A fetch is out already (an early one another call started, or a re-login's on
             # its whole schedule): it will replace the token; meanwhile the token still works,
             # and a call that joined the fetch would wait for it (a re-login through an
             # outage: its whole schedule, then its failure), though it had a token to send.
             return token
-        return await self._flight.run(lambda: self._fetch_early(http, token))
+        # Not awaited: the token still works, and a slow or hung token service must not hold
+        # this call (up to its attempt timeout, or past its deadline) any more than the next.
+        self._early = asyncio.get_running_loop().create_task(
+            self._early_fetch(http, token), name=f"le_transport.early_fetch[{self.subject}]"
+        )
+        return token
+
+    async def _early_fetch(self, http: ProviderHttp, token: Token) -> None:
+        """The background task of an early fetch (single flight with every other fetch): its
+        outcome is taken here, never left for asyncio to report. An outage is handled inside
+        the shared run (:meth:`_fetch_early`: the token kept, or fetched on the whole schedule
+        once expired). Anything else (a refusal, reported already as ``login_failed``; a
+        mistake such as an auth-code callable returning nothing) drops the token if it is
+        still the one the fetch was to replace: the next call fetches in the foreground and
+        meets the failure itself, as a call did before the fetch went to the background;
+        nothing is asked again in the background."""
+        try:
+            await self._flight.run(lambda: self._fetch_early(http, token))
+        except Exception as exc:
+            if self._closed or _transient(exc):
+                # Closed (its EngineClosed), or an outage after the token expired: the next
+                # call fetches on the whole schedule (a failure of that fetch is its own).
+                return
+            current = self._token
+            dropped = current is not None and current.generation == token.generation
+            if dropped:
+                self._token = None
+            emit_state(
+                http.hooks,
+                _log,
+                logging.WARNING,
+                StateEvent(
+                    "refresh_failed",
+                    self.subject,
+                    {
+                        "error": type(exc).__name__,
+                        "generation": token.generation,
+                        "next": "token dropped: the next call fetches one itself"
+                        if dropped
+                        else "none: the token was replaced meanwhile",
+                    },
+                ),
+            )
 
     async def _fetch_early(self, http: ProviderHttp, token: Token) -> Token:
         """The shared run of an early fetch: the new token, or ``token`` kept through an outage,
@@ -432,9 +491,12 @@ class TokenProvider:
         return kept
 
     async def close(self) -> None:
-        """Stop a fetch in progress. Idempotent."""
+        """Stop a fetch in progress (an early one in the background included). Idempotent."""
         self._closed = True
         self._token = None
+        early, self._early = self._early, None
+        if early is not None and not early.done():
+            await stop_task(early)
         await self._flight.cancel()
 
     # -- internals --------------------------------------------------------------------------

@@ -6,7 +6,8 @@ host: ``POST /api/account/{id}/signup`` for an unauthenticated consumer, or
 provider) for an authenticated one; both answer ``{"jwt": "<token>"}``. The consumer socket
 sends it as ``Authorization: jwt <token>`` (or in its ``InitConnection`` frame: the socket layer
 takes it from ``Credentials.bearer``). A new token is fetched ``margin`` seconds before the
-JWT's ``exp``, and after the server rejects the current one.
+JWT's ``exp`` (in the background: a call or a connect holding the still-valid token never
+waits for it; see ``providers/_token.py``), and after the server rejects the current one.
 """
 
 from __future__ import annotations

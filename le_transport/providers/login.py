@@ -24,17 +24,19 @@ to a fresh login and nothing else: no socket is torn down, the new bearer is sim
 next request or connect gets; so does a refresh answered with anything but a 2xx (a 3xx
 included: provider calls never follow redirects). When that login fails after a refused (4xx)
 refresh, the session is dropped; after a 3xx, it is kept (it may still serve calls while the
-Login Service is down or redirects to a maintenance page) and the next tick tries again. A
-refused login (a changed password, a blacklisted account) is never retried in the background:
-the keepalive waits for the next successful login, whoever makes it. A refresh that failed
-and kept its session (a 5xx, a timeout, a 3xx whose login failed too) is tried again after
-half the TTL the session has left since it was last known alive (its login or last refresh),
-never later than the interval nor sooner than :data:`MIN_SESSION_REFRESH_INTERVAL`: one
-outage no longer lets a short-lived session expire (a whole interval after a refresh that
-gave up half-way through the TTL was past it). Its request says it handles an outage itself
-(``ProviderHttp.request(fallback=...)``): the retry middleware logs its giving up as a
-WARNING, not an ERROR. Logins and
-refreshes are single flight: a hundred concurrent callers without a token cause one login.
+Login Service is down or redirects to a maintenance page) and, if the login met an outage, the
+next tick tries again. A refused login (a changed password, a blacklisted account) is never
+retried in the background, whether its session was dropped or kept: the keepalive waits for
+the next successful login, whoever makes it (a caller, :meth:`LoginServiceAuth.relogin`, an
+adopted fleet session). A refresh that failed and kept its session (a 5xx, a timeout, a 2xx
+maintenance page: see :meth:`LoginServiceAuth.refresh`; a 3xx whose login met an outage) is
+tried again after half the TTL the session has left since it was last known alive (its login
+or last refresh), never later than the interval nor sooner than
+:data:`MIN_SESSION_REFRESH_INTERVAL`: one outage no longer lets a short-lived session expire (a
+whole interval after a refresh that gave up half-way through the TTL was past it). Its request
+says it handles an outage itself (``ProviderHttp.request(fallback=...)``): the retry
+middleware logs its giving up as a WARNING, not an ERROR. Logins and refreshes are single
+flight: a hundred concurrent callers without a token cause one login.
 
 **A login answered with neither a refusal nor a login** (a 3xx, or a 200 that is not the
 login's JSON: a proxy's HTML maintenance page) raises
@@ -225,7 +227,13 @@ class LoginServiceAuth:
       :class:`~le_transport.errors.ConfigurationError`. A process whose
       refresh meets the fleet's newer session refreshes and uses that one; a session the Login
       Service refused to refresh (a 4xx) is taken out of the store, so that the fleet logs in
-      once, anew.
+      once, anew. It must be the session of this account and of the user this provider logs
+      in as (:attr:`SharedSession.account <le_transport.state.SharedSession.account>`,
+      :attr:`~le_transport.state.SharedSession.user`): another one is a
+      :class:`~le_transport.errors.ConfigurationError`, which names neither user (a login
+      given it would adopt that session and act as its user). A subclass of its own that
+      logs in as a user checks it with ``_check_shared_user(username)``; without that, only
+      the account is checked.
     """
 
     #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
@@ -323,6 +331,14 @@ class LoginServiceAuth:
                 "would log out the session every process of the fleet shares; leave it out "
                 "(None: a shared session is not logged out on close) or pass False"
             )
+        if shared is not None and shared.account != self._account:
+            # Its entry is keyed by its own account: this login would adopt that account's
+            # session (acting as its user) and send its bearer to this account's hosts.
+            raise ConfigurationError(
+                f"{owner} of account {self._account!r} was given the SharedSession of "
+                f"{_shown_account(shared.account)}: it would adopt that account's session; give "
+                "each account and user a SharedSession of its own"
+            )
         # None: log out on close unless the session is shared by a fleet.
         self._logout_on_close = shared is None if logout_on_close is None else logout_on_close
         self._shared = shared
@@ -331,6 +347,20 @@ class LoginServiceAuth:
         self.logins = 0
         self.refreshes = 0
         self.login_attempts = 0
+
+    def _check_shared_user(self, user: str) -> None:
+        """A :class:`~le_transport.errors.ConfigurationError` if the ``shared`` session given
+        is not ``user``'s (the username this provider logs in as): it would adopt that user's
+        session, and act as that user. Neither name is shown (a password given in the
+        username's place must not show). The subclasses call it once their username is set."""
+        shared = self._shared
+        if shared is not None and shared.user != user:
+            owner = type(self).__name__
+            raise ConfigurationError(
+                f"{owner} of account {self._account!r} was given the SharedSession of another "
+                "user than the one it logs in as (neither name is shown): it would adopt that "
+                "user's session and act as that user; give each user a SharedSession of its own"
+            )
 
     # -- what the subclasses say ------------------------------------------------------------
 
@@ -484,7 +514,11 @@ class LoginServiceAuth:
         replaced it). Raises what the fallback login raises; after a refused refresh the
         session is then dropped: the next call logs in,
         and the keepalive waits for a successful login (it never retries a refused login on
-        its own). After a 3xx it is kept. A transient refresh failure (a 5xx, a timeout, a
+        its own). After a 3xx it is kept (calls go on with it), and a refused login leaves the
+        keepalive waiting for a successful login all the same. A refresh answered 2xx with a
+        body that is neither empty nor JSON (a proxy's HTML maintenance page) refreshed
+        nothing: it is an :class:`~le_transport.errors.UnexpectedAnswer`, an outage, the
+        session kept, as after a 5xx. A transient refresh failure (a 5xx, a timeout, a
         broken connection) is raised as is, the session kept and never logged out (the
         keepalive logs it and tries again sooner than an interval while the session lives: see
         the module).
@@ -536,7 +570,9 @@ class LoginServiceAuth:
                     # changed password, a blacklisted account), the dead session must not be
                     # refreshed, and the login tried again, at every tick. One a 3xx left
                     # alone is kept: it still serves calls while the Login Service is down
-                    # or redirects to a maintenance page, and the next tick tries again.
+                    # or redirects to a maintenance page. Either way a refused login is not
+                    # tried again by the keepalive (it waits for a successful login: see
+                    # _keepalive_loop); after an outage the next tick tries again.
                     if refused:
                         self._drop(session)
                     raise
@@ -850,7 +886,8 @@ class LoginServiceAuth:
     ) -> None:
         """POST ``action`` (refresh, logout) with the session's cookie and csrf; an answer
         other than 2xx is a :class:`_NotAccepted` (a 4xx: the retry middleware's
-        :class:`ClientStatusError`). ``fallback``: see :meth:`ProviderHttp.request`."""
+        :class:`ClientStatusError`), a refresh's 2xx whose body is neither empty nor JSON an
+        :class:`UnexpectedAnswer` (an outage). ``fallback``: see :meth:`ProviderHttp.request`."""
         host = await self._domains.resolve(self._service)
         headers = {}
         if session.session_id is not None:
@@ -873,6 +910,16 @@ class LoginServiceAuth:
                 f"{self.subject}: the Login Service answered {resp.status} to {action} "
                 "instead of 2xx",
                 status=resp.status,
+            )
+        if action == "refresh" and not _empty_or_json(resp.body):
+            # The Login Service answers a refresh 200 with an empty body: a page (a proxy's
+            # HTML maintenance page) refreshed nothing, and is no refusal either. An outage, as
+            # the login takes it (UnexpectedAnswer): the session is kept, tried again sooner.
+            raise UnexpectedAnswer(
+                f"{self.subject}: the Login Service answered {resp.status} to refresh with a "
+                "body that is not JSON (not its answer: a maintenance page?)",
+                status=resp.status,
+                service=self._service,
             )
 
     async def _logout(self, http: ProviderHttp, session: LoginSession) -> None:
@@ -930,17 +977,22 @@ class LoginServiceAuth:
         """Refresh the session every :meth:`refresh_interval_for` it, timed from its login (or
         last refresh). Without a session (dropped after a 401, or after a refused login) it
         waits for the next login, whoever makes it, and times the refresh from that: never
-        an interval measured from a session that is gone. After a refresh that failed and
-        kept the session (an outage), the next one comes sooner: :meth:`_retry_in`."""
+        an interval measured from a session that is gone. After a refused login (the fallback
+        of a refresh) it waits so too, even if the session was kept (a refresh answered with
+        a 3xx): the login would be refused again at every tick. After a refresh that failed
+        and kept the session (an outage), the next one comes sooner: :meth:`_retry_in`."""
         # The session last known alive (logged in, adopted or refreshed), and since when.
         alive: tuple[LoginSession, float] | None = None
         failed = False
+        # Whether the last fallback login was refused: nothing is tried until a login succeeds.
+        refused = False
         while True:
             # Cleared before the session is read: a login from here on wakes the wait below.
             self._logged_in.clear()
             session = self._session
-            if session is None:
+            if session is None or refused:
                 await self._logged_in.wait()
+                refused = False
                 continue
             if alive is None or alive[0] is not session:
                 alive, failed = (session, session.logged_in_at), False
@@ -971,10 +1023,13 @@ class LoginServiceAuth:
                 # blacklisted) is not retried: every tick, that would be a failed login
                 # every few minutes (an account lockout), or a blacklisted account hammered.
                 # Said once (the refusal itself was an ERROR, login_failed): the loop then
-                # waits for a caller's successful login (the session is dropped).
+                # waits for a successful login, whoever makes it, whether the session was
+                # dropped (a refused refresh) or kept (a redirected one): kept, it may still
+                # serve calls, but refreshing it would send the refused login again.
                 details: dict[str, object] = {"error": type(exc).__name__}
                 current = self._session
                 if isinstance(exc, (LoginRejected, BlockedError)):
+                    refused = True
                     details["status"] = exc.status
                     details["next"] = "none: the keepalive waits for a successful login"
                 elif current is not None:
@@ -1030,6 +1085,28 @@ class LoginServiceAuth:
             f"{type(self).__name__}(account={self._account!r}, service={self._service!r}, "
             f"logged_in={self._session is not None})"
         )
+
+
+def _empty_or_json(body: bytes) -> bool:
+    """Whether a refresh's 2xx body can be the Login Service's: empty (or only whitespace), as
+    it answers, or JSON."""
+    if not body.strip():
+        return True
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return False
+    return True
+
+
+def _shown_account(account: str) -> str:
+    """How an error names a shared session's ``account``: its id if it is one, else not at all
+    (a value given in the wrong place may be a credential)."""
+    try:
+        validate_account(account, owner="SharedSession")
+    except ConfigurationError:
+        return "another account (not shown: it is no account id)"
+    return f"account {account!r}"
 
 
 def _dump_session(session: LoginSession) -> str:
@@ -1101,6 +1178,7 @@ class UserLogin(LoginServiceAuth):
         )
         self._username = require_text(username, owner="UserLogin", field="username")
         self._password = require_secret(password, owner="UserLogin", field="password")
+        self._check_shared_user(self._username)
 
     def _body(self) -> dict[str, str]:
         return {"username": self._username, "password": self._password.reveal()}
@@ -1149,6 +1227,7 @@ class AppLogin(LoginServiceAuth):
         self._access_token_secret = require_secret(
             access_token_secret, owner=owner, field="access_token_secret"
         )
+        self._check_shared_user(self._username)
 
     def _body(self) -> dict[str, str]:
         return {

@@ -85,6 +85,11 @@ RefreshedFrom = tuple[str, float | None, SharedToken]
 class SharedSession:
     """The session of ``user`` on ``account``, shared through ``store``.
 
+    Give it to the login of that very account and user (:attr:`account`, :attr:`user`): a
+    :class:`~le_transport.providers.LoginServiceAuth` given the session of another account or
+    user is a :class:`~le_transport.errors.ConfigurationError` (it would adopt that session,
+    and act as its user).
+
     - ``lock_ttl``: how long a login or refresh may hold the lock (a crashed holder frees it
       after this). 60 s covers a login through the guide's whole 5/10/15 s schedule with
       quick answers; a login slower than that may let a second process log in too (two
@@ -160,6 +165,8 @@ class SharedSession:
             else FallbackStore(store, clock=self._clock)
         )
         self._key = state_key(account, "session", user)
+        self._account = account
+        self._user = user
         self._lock = state_key(account, "session-lock", user)
         self._lock_ttl = float(lock_ttl)
         self._margin = float(safety_margin)
@@ -171,6 +178,19 @@ class SharedSession:
         #: How many logins and refreshes this process made itself (not adopted).
         self.logins = 0
         self.refreshes = 0
+
+    @property
+    def account(self) -> str:
+        """The account whose session this is (part of its key in the store). A
+        :class:`~le_transport.providers.LoginServiceAuth` of another account refuses it."""
+        return self._account
+
+    @property
+    def user(self) -> str:
+        """The user whose session this is (part of its key in the store). A
+        :class:`~le_transport.providers.LoginServiceAuth` logging in as another user refuses
+        it: that login would adopt this user's session, and act as this user."""
+        return self._user
 
     async def current(self) -> SharedToken | None:
         """The fleet's current token, if one is stored."""

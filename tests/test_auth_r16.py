@@ -1,0 +1,346 @@
+"""Auth providers, review 16: a refused login is never retried by the keepalive, even after a
+redirected refresh kept its session (alone or in a fleet); an early token fetch never holds
+the call that starts it; a SharedSession of another account or user is refused; a refresh
+answered with a 200 maintenance page is no refresh."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from le_transport.chaos import Hang, Status
+from le_transport.errors import ConfigurationError, LoginRejected
+from le_transport.events import StateEvent
+from le_transport.providers import (
+    AppLogin,
+    ClientCredentialsLogin,
+    ConsumerJwt,
+    StaticDomains,
+    UserLogin,
+)
+from le_transport.providers._token import TokenProvider
+from le_transport.providers.login import LoginServiceAuth
+from le_transport.state import MemoryStore, SharedSession
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator, SimulatorConfig
+from le_transport.testing.simulator.config import Account
+from tests.known_secrets import (
+    ACCESS_TOKEN,
+    ACCESS_TOKEN_SECRET,
+    APP_SECRET,
+    CLIENT_SECRET,
+    PASSWORD,
+)
+from tests.test_login import LOGIN, REFRESH
+from tests.test_oauth2 import (
+    SIGNUP,
+    TOKEN,
+    USERS,
+    _early_fetch_done,
+    _inside_the_margin,
+    sentinel,
+)
+from tests.test_providers import (
+    ACCOUNT,
+    APP_KEY,
+    CLIENT_ID,
+    csds_for,
+    learn_session_secrets,
+    sim,
+    sim_engine,
+)
+
+__all__ = ["sim"]
+
+PASSWORD_2 = PASSWORD + "-second-user"
+ANY_URL = URL("http://example.invalid/")
+
+
+def bots(clock: VirtualClock) -> Simulator:
+    """A simulator whose account has two users, bot1 and bot2."""
+    account = Account(id=ACCOUNT, users={"bot1": PASSWORD, "bot2": PASSWORD_2})
+    return Simulator(SimulatorConfig(accounts=(account,)), clock=clock)
+
+
+def fleet(clock: VirtualClock, user: str = "bot1", account: str = ACCOUNT) -> SharedSession:
+    return SharedSession(MemoryStore(clock), account=account, user=user, clock=clock)
+
+
+# -- 1. a redirected refresh whose login is refused: the keepalive waits for a login ----------
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+@pytest.mark.parametrize("status", [401, 400, 451])
+async def test_the_keepalive_never_retries_a_login_refused_after_a_redirected_refresh(
+    clock: VirtualClock, secret_values: set[str], status: int, shared: bool
+) -> None:
+    """A refresh answered 302 falls back to a login, refused: the session is kept (it may still
+    serve calls), but the keepalive does not send that refused login again at every tick (an
+    account lockout, a blacklisted account hammered): one refused login in an hour, not 12."""
+    events: list[StateEvent] = []
+    async with bots(clock) as s:
+        options: dict[str, Any] = {"shared": fleet(clock)} if shared else {}
+        auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), **options)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth, events=events) as e:
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            s.faults.script("POST", REFRESH, [Status(302, headers={"Location": "/sso"})] * 1000)
+            s.faults.script("POST", LOGIN, [status] * 1000)
+            await clock.sleep(3600)
+            # The first login, and the one refused.
+            assert s.count("POST", LOGIN) == 2
+            assert s.count("POST", REFRESH) == 1
+            # Kept: it still serves calls.
+            assert auth.session is kept
+            resp = await e.request("GET", "accountConfigReadOnly", USERS)
+            assert resp.status == 200
+    [failed] = [x for x in events if x.name == "refresh_failed" and "error" in x.details]
+    assert failed.details["next"] == "none: the keepalive waits for a successful login"
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+async def test_after_a_refused_login_the_keepalive_resumes_with_the_next_successful_login(
+    clock: VirtualClock, secret_values: set[str], shared: bool
+) -> None:
+    async with bots(clock) as s:
+        options: dict[str, Any] = {"shared": fleet(clock)} if shared else {}
+        auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), **options)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await e.login()
+            s.faults.script("POST", REFRESH, [Status(302, headers={"Location": "/sso"})])
+            s.faults.script("POST", LOGIN, [401])
+            await clock.sleep(1800)
+            assert (s.count("POST", LOGIN), s.count("POST", REFRESH)) == (2, 1)
+            # A caller logs in (the password was fixed, say): the keepalive refreshes again.
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            await clock.sleep(301)
+            assert s.count("POST", REFRESH) == 2
+            assert auth.refreshes == 1
+
+
+# -- 2. an early token fetch never holds the call that starts it ------------------------------
+
+
+def _consumer(s: Simulator) -> ConsumerJwt:
+    return ConsumerJwt(ACCOUNT, domains=csds_for(s), wall_clock=s.tokens.epoch_now)
+
+
+async def test_a_hung_token_service_does_not_hold_a_call_whose_token_is_valid(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        token = await _inside_the_margin(engine, auth, clock)  # 59 s of life left
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script("POST", TOKEN, [Hang()])
+        started = clock.now()
+        # Before: it failed with DeadlineExceeded "while getting credentials".
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS, deadline=10)
+        assert resp.status == 200
+        assert clock.now() - started < 1
+        # The fetch is out, one for every call: the next ones go on with the token too.
+        for _ in range(3):
+            resp = await engine.request("GET", "accountConfigReadOnly", USERS, deadline=10)
+            assert resp.status == 200
+        assert clock.now() - started < 1
+        assert sim.count("POST", TOKEN) == 2
+        assert (await engine.login()).generation == token.generation
+        early = auth._early
+        assert early is not None
+        assert not early.done()
+    # Closed: the hung fetch was stopped, not left behind (no_leaked_tasks checks the rest).
+    assert early.done()
+
+
+@pytest.mark.parametrize("kind", ["sentinel", "consumer"])
+async def test_a_call_inside_the_margin_gets_the_current_token_and_the_new_one_follows(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str], kind: str
+) -> None:
+    auth: TokenProvider = sentinel(sim, margin=60) if kind == "sentinel" else _consumer(sim)
+    path = TOKEN if kind == "sentinel" else SIGNUP
+    async with sim_engine(sim, clock, domains=csds_for(sim), auth=auth) as engine:
+        first = await engine.login()
+        learn_session_secrets(auth, secret_values)
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at is not None
+        await clock.sleep(token.refresh_at + 1 - clock.now())
+        sim.faults.script("POST", path, [Hang()])
+        started = clock.now()
+        creds = await auth.credentials("GET", ANY_URL)
+        assert creds.generation == first.generation
+        assert clock.now() == started
+        # The hung fetch is stopped by its attempt timeout, and the token kept meanwhile.
+        await clock.sleep(31)
+        assert auth.token is not None
+        assert auth.token.generation == first.generation
+        # The next try (after the pause) gets a new token, again without holding the call.
+        retry_at = auth.token.refresh_at
+        assert retry_at is not None
+        await clock.sleep(retry_at - clock.now())
+        assert (await auth.credentials("GET", ANY_URL)).generation == first.generation
+        await _early_fetch_done(auth)
+        learn_session_secrets(auth, secret_values)
+        assert (await auth.credentials("GET", ANY_URL)).generation == first.generation + 1
+    assert sim.count("POST", path) == 3
+
+
+async def test_a_refused_early_fetch_fails_no_call_holding_a_valid_token_and_is_not_repeated(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """The early fetch refused (the client secret revoked): the call that started it went on
+    with its token; the token is dropped, so the next call fetches itself and fails with the
+    refusal (as before, a call at a time), and nothing asks again in the background."""
+    events: list[StateEvent] = []
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script("POST", TOKEN, [401] * 100)
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        await clock.sleep(1)
+        assert sim.count("POST", TOKEN) == 2
+        assert auth.token is None
+        with pytest.raises(LoginRejected):
+            await engine.login()
+        await clock.sleep(600)
+        assert sim.count("POST", TOKEN) == 3
+    assert [x.details.get("status") for x in events if x.name == "login_failed"] == [401, 401]
+
+
+async def test_closing_stops_an_early_fetch_in_progress(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await _inside_the_margin(engine, auth, clock)
+        learn_session_secrets(auth, secret_values)
+        sim.faults.script("POST", TOKEN, [Hang()])
+        await engine.login()
+        await asyncio.sleep(0)
+        early = auth._early
+        assert early is not None
+    assert early.done()
+    assert not auth._flight.running
+
+
+# -- 3. a SharedSession of another account or user -------------------------------------------
+
+
+LOGINS: dict[str, Callable[[StaticDomains, SharedSession, str], LoginServiceAuth]] = {
+    "user": lambda d, s, user: UserLogin(ACCOUNT, user, PASSWORD, domains=d, shared=s),
+    "app": lambda d, s, user: AppLogin(
+        ACCOUNT, user, APP_KEY, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET, domains=d, shared=s
+    ),
+    "client_credentials": lambda d, s, user: ClientCredentialsLogin(
+        ACCOUNT, user, CLIENT_ID, CLIENT_SECRET, domains=d, shared=s
+    ),
+}
+
+
+def test_a_shared_session_says_whose_it_is(clock: VirtualClock) -> None:
+    shared = fleet(clock, user="bot1", account="12345")
+    assert (shared.account, shared.user) == ("12345", "bot1")
+    with pytest.raises(AttributeError):
+        shared.user = "bot2"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kind", list(LOGINS))
+def test_a_shared_session_of_another_user_or_account_is_refused(
+    clock: VirtualClock, kind: str
+) -> None:
+    domains = StaticDomains({"agentVep": "va.example"})
+    make = LOGINS[kind]
+    # Its own: accepted.
+    make(domains, fleet(clock, user="bot1"), "bot1")
+    with pytest.raises(ConfigurationError, match="another user") as info:
+        make(domains, fleet(clock, user="bot1"), "bot2")
+    assert "bot1" not in str(info.value)
+    assert "bot2" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="of account '999'"):
+        make(domains, fleet(clock, user="bot1", account="999"), "bot1")
+
+
+async def test_a_shared_session_of_another_user_is_never_adopted(clock: VirtualClock) -> None:
+    """The copy-paste slip of the review: bot2 given bot1's SharedSession acted as bot1."""
+    async with bots(clock) as s:
+        bot1 = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), shared=fleet(clock))
+        async with sim_engine(s, clock, domains=bot1._domains, auth=bot1) as e1:
+            await e1.login()
+            with pytest.raises(ConfigurationError):
+                UserLogin(ACCOUNT, "bot2", PASSWORD_2, domains=csds_for(s), shared=fleet(clock))
+
+
+def test_a_custom_login_without_a_username_checks_the_account_of_its_shared_session(
+    clock: VirtualClock,
+) -> None:
+    class Custom(LoginServiceAuth):
+        def _body(self) -> dict[str, str]:
+            return {}
+
+    domains = StaticDomains({"agentVep": "va.example"})
+    Custom(ACCOUNT, domains=domains, shared=fleet(clock))
+    with pytest.raises(ConfigurationError, match="of account '999'"):
+        Custom(ACCOUNT, domains=domains, shared=fleet(clock, account="999"))
+
+
+# -- 4. a refresh answered with a 200 maintenance page ----------------------------------------
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+async def test_a_maintenance_page_answered_to_a_refresh_is_no_refresh(
+    clock: VirtualClock, secret_values: set[str], shared: bool
+) -> None:
+    events: list[StateEvent] = []
+    async with bots(clock) as s:
+        store = fleet(clock)
+        options: dict[str, Any] = {"shared": store} if shared else {}
+        auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), **options)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth, events=events) as e:
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            stored = await store.current()
+            page = Status(
+                200, body="<html>maintenance</html>", headers={"Content-Type": "text/html"}
+            )
+            s.faults.script("POST", REFRESH, [page])
+            await clock.sleep(301)
+            assert auth.refreshes == s.tokens.refreshes == 0
+            # An outage, not a refusal: the session is kept, no login made.
+            assert auth.session is kept
+            assert s.count("POST", LOGIN) == 1
+            if shared:
+                after = await store.current()
+                assert stored is not None
+                assert after is not None
+                assert after.version == stored.version
+            # The next try (sooner than an interval) refreshes.
+            await clock.sleep(300)
+            assert auth.refreshes == s.tokens.refreshes == 1
+    [failed] = [x for x in events if x.name == "refresh_failed"]
+    assert failed.details["error"] == "UnexpectedAnswer"
+    assert failed.details["next"] == "retry on the next tick"
+
+
+@pytest.mark.parametrize("body", ["", "  \r\n", "{}", '{"ok": true}'])
+async def test_an_empty_or_json_200_to_a_refresh_is_a_refresh(
+    clock: VirtualClock, secret_values: set[str], body: str
+) -> None:
+    """The Login Service answers a refresh 200 with an empty body (protocol.md); a JSON one is
+    taken too."""
+    async with bots(clock) as s:
+        auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), keepalive=False)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            s.faults.script("POST", REFRESH, [Status(200, body=body)])
+            assert await auth.refresh() is True
+            assert auth.refreshes == 1
