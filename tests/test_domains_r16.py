@@ -11,12 +11,24 @@
    the services it carried: a service a login answer had named since was dropped although no
    refresh had left it out. And it took for its own write any entry ending within a second of
    it: a peer's answer written then, leaving a service out, dropped it at once (no keep-once).
+4. Only a process's own write was protected from being counted twice: with a provider TTL
+   shorter than the shared one, a process re-reading a PEER's entry counted its answer again
+   (a service it left out dropped after one provider TTL, where the writer kept it until the
+   entry expired), and lost what a login answer had said since. The last shared entry counted
+   (written or adopted) is now recognised, and re-reading it keeps the process's map.
+5. ``RedisStore.get`` read PTTL 0 (a key in its last millisecond) as 0, "no expiry": the
+   shared domain map read then was served for a whole TTL more, and not recognised as the
+   entry counted. It reads as a little more than 0, as a MemoryStore tells a live key's life.
+6. A writer that kept its own host for a service the answer named with a refused host wrote
+   that kept host for the fleet as if the Domain API had named it: a peer whose login answer
+   had moved the service took the writer's older host. The service is written as refused.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -303,3 +315,215 @@ async def test_a_peers_partial_write_ending_within_a_second_of_its_own_keeps_the
         )
         assert await a.resolve("idp") == sim.host
         assert a.fetches == 1
+
+
+# -- 4. re-reading a peer's shared write ---------------------------------------------------------
+
+
+async def test_re_reading_a_peers_partial_write_does_not_count_its_answer_twice(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """One Domain API answer left agentVep out (B fetched it, for the fleet). A adopts it at
+    +66 s (agentVep kept once) and reads it again at +127 s: the SAME answer, counted a second
+    time, dropped agentVep, where A's own fetch of it keeps it until the next answer (and B,
+    the writer, keeps it until the entry expires). The next answer leaving it out drops it."""
+    store = MemoryStore(clock)
+
+    def shared() -> SharedDomainMap:
+        return SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
+
+    a = csds_for(sim, ttl=60, shared=shared())
+    b = csds_for(sim, ttl=60, shared=shared())
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host  # A's write ends at +180 s
+        assert await b.resolve("agentVep") == sim.host  # adopted
+        await clock.sleep(5)
+        await b.invalidate()
+        script(sim, answer(idp=sim.host))
+        assert await b.resolve("idp") == sim.host  # B's partial write, ends at +185 s
+        await clock.sleep(61)
+        assert await served(a, "agentVep") == sim.host  # adopted once: kept once
+        await clock.sleep(61)
+        assert await served(a, "agentVep") == sim.host, (
+            "one answer leaving agentVep out dropped it (read again, a peer's entry was "
+            "counted twice)"
+        )
+        assert await served(b, "agentVep") == sim.host  # the writer keeps it too
+        assert a.fetches == 1
+        await clock.sleep(60)  # B's entry has expired: A asks the Domain API itself
+        script(sim, answer(idp=sim.host))
+        assert await served(a, "agentVep") is None  # a second answer leaving it out
+        assert a.fetches == 2
+
+
+async def test_re_reading_a_peers_map_keeps_what_a_login_answer_said_since(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """B adopts A's map, then a login answer moves agentVep: the entry it reads again at +61 s
+    is older than that answer (nothing newer from the fleet), so B keeps the moved host and the
+    service the login answer added, as re-reading its own write does."""
+    store = MemoryStore(clock)
+
+    def shared() -> SharedDomainMap:
+        return SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
+
+    a = csds_for(sim, ttl=60, shared=shared())
+    b = csds_for(sim, ttl=60, shared=shared())
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host  # A's write ends at +180 s
+        assert await b.resolve("agentVep") == sim.host  # adopted
+        await clock.sleep(10)
+        assert b.warm(collection(agentVep="moved.example", newService=sim.host))
+        await clock.sleep(51)
+        assert await b.resolve("agentVep") == "moved.example", (
+            "reading again the map it had adopted, B lost the host a login answer named since"
+        )
+        assert await b.resolve("newService") == sim.host
+        assert b.fetches == 0
+        # A newer map from the fleet is adopted as ever.
+        await a.invalidate()
+        script(sim, answer(agentVep="newer.example", idp=sim.host, newService=sim.host))
+        assert await a.resolve("agentVep") == "newer.example"
+        await clock.sleep(61)
+        assert await b.resolve("agentVep") == "newer.example"
+        assert b.fetches == 0
+
+
+# -- 5. a Redis key in its last millisecond ------------------------------------------------------
+
+
+def _pttl_as(store: RedisStore, monkeypatch: pytest.MonkeyPatch, pttl: Any) -> None:
+    """Make ``store``'s reads answer their value with the PTTL ``pttl()`` tells, in place of
+    Redis' own answer for the key."""
+    real = store._get
+
+    async def get(*args: Any, **kwargs: Any) -> Any:
+        found = await real(*args, **kwargs)
+        return [found[0], pttl()] if found else found
+
+    monkeypatch.setattr(store, "_get", get)
+
+
+async def test_a_redis_key_in_its_last_millisecond_reads_as_alive_not_as_without_expiry(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, clock: VirtualClock
+) -> None:
+    store = RedisStore(redis_server.url, prefix="r16", op_timeout=OP)
+    try:
+        await store.set("k", "v", ttl=60)
+        answers = [0, -1, 1, 1500, 0]
+        _pttl_as(store, monkeypatch, lambda: answers.pop(0))
+        last = await store.get("k")
+        assert last is not None
+        assert 0 < last.ttl <= 0.001, "PTTL 0 (its last millisecond) read as 'no expiry'"
+        no_expiry = await store.get("k")
+        assert no_expiry is not None
+        assert no_expiry.ttl == 0  # PTTL -1: no expiry, as ever
+        one = await store.get("k")
+        assert one is not None
+        assert one.ttl == 0.001
+        more = await store.get("k")
+        assert more is not None
+        assert more.ttl == 1.5
+        # A MemoryStore tells a live key's life > 0 to its very end, as Redis' now does.
+        memory = MemoryStore(clock)
+        await memory.set("k", "v", ttl=1)
+        await clock.sleep(0.9999)
+        alive = await memory.get("k")
+        assert alive is not None
+        assert alive.ttl > 0
+        # The shared domain map read in its last millisecond lives no longer than that.
+        shared = SharedDomainMap(store, account=ACCOUNT, ttl=600)
+        await shared.put({"idp": "va.idp.liveperson.net"})
+        found = await shared.read()  # PTTL 0
+        assert found is not None
+        assert 0 < found[2] <= 0.001, f"a map in its last millisecond given {found[2]} s"
+    finally:
+        await store.close()
+
+
+async def test_re_reading_its_own_write_in_its_last_millisecond_counts_nothing(
+    sim: Simulator,
+    clock: VirtualClock,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partial answer left agentVep out (kept once) and was written for the fleet, to end at
+    +181 s. A re-reads that write in its last millisecond: read as 'no expiry', it was not
+    taken for A's own write (it ended a TTL later), so the answer was counted a second time
+    (agentVep dropped), and the map served for a whole provider TTL past the entry's end."""
+    store = RedisStore(redis_server.url, prefix="r16", op_timeout=OP)
+    ends = [0.0]
+    # The PTTL Redis would answer on the test's (virtual) clock: whole milliseconds, cut.
+    _pttl_as(store, monkeypatch, lambda: max(0, int((ends[0] - clock.now()) * 1000)))
+    try:
+        shared = SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
+        a = csds_for(sim, ttl=60, shared=shared)
+        async with sim_engine(sim, clock, domains=a):
+            start = clock.now()
+            ends[0] = start + 180
+            assert await a.resolve("agentVep") == sim.host  # fetch 1
+            await clock.sleep(1)
+            await a.invalidate()
+            script(sim, answer(idp=sim.host))
+            ends[0] = start + 181
+            assert await a.resolve("idp") == sim.host  # fetch 2: agentVep kept once
+            await clock.sleep(61)  # its own write, read again: nothing counted
+            assert await served(a, "agentVep") == sim.host
+            await clock.sleep(181 - 0.0004 - (clock.now() - start))  # its last millisecond
+            assert await served(a, "agentVep") == sim.host, (
+                "A's own write read in its last millisecond was counted a second time"
+            )
+            assert a.fetches == 2
+            await store.delete(state_key(ACCOUNT, "domains"))  # expired
+            await clock.sleep(0.5)
+            script(sim, answer(idp=sim.host))
+            assert await served(a, "agentVep") is None  # the next answer leaving it out
+            assert a.fetches == 3, "the map was served past the shared entry's end"
+    finally:
+        await store.close()
+
+
+# -- 6. a writer's kept host for a refused service -----------------------------------------------
+
+
+async def test_a_writer_shares_a_refused_service_as_refused_even_where_it_kept_its_host(
+    sim: Simulator, clock: VirtualClock, fleet_store: MemoryStore | RedisStore
+) -> None:
+    """The Domain API names agentVep with a refused host. A (cached: the old host) kept it, and
+    wrote it for the fleet as if the answer had named it; B, whose login answer had moved
+    agentVep to another valid host, adopted A's older one. The fleet's map now says agentVep
+    was refused: B keeps its own, as its own fetch of that answer would; A keeps its own too
+    (re-reading its write counts nothing); C, with no host, gets HostileHostError."""
+
+    def shared() -> SharedDomainMap:
+        return SharedDomainMap(fleet_store, account=ACCOUNT, ttl=600, clock=clock)
+
+    a = csds_for(sim, ttl=60, shared=shared())
+    b = csds_for(sim, ttl=60, shared=shared())
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        assert await b.resolve("agentVep") == sim.host  # adopted
+        assert b.warm(collection(agentVep="moved.example"))  # B's login answer: moved
+        await clock.sleep(5)
+        await a.invalidate()
+        script(sim, answer(agentVep="evil.example/steal", idp=sim.host))
+        assert await a.resolve("idp") == sim.host
+        assert await a.resolve("agentVep") == sim.host  # A keeps its own
+        found = await shared().read()
+        assert found is not None
+        assert found[0] == {"idp": sim.host}, "A's kept host was shared as the answer's"
+        assert found[1] == frozenset({"agentVep"})
+        await clock.sleep(61)
+        assert await b.resolve("agentVep") == "moved.example", (
+            "B's valid host was replaced by the one A kept"
+        )
+        assert b.fetches == 0
+        assert await a.resolve("agentVep") == sim.host
+        assert await a.resolve("idp") == sim.host
+        assert a.fetches == 2
+        c = csds_for(sim, ttl=60, shared=shared())
+        async with sim_engine(sim, clock, domains=c):
+            with pytest.raises(HostileHostError):
+                await c.resolve("agentVep")
+            assert await c.resolve("idp") == sim.host
+            assert c.fetches == 0

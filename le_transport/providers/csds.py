@@ -271,8 +271,11 @@ class CsdsDomains:
       fleet asks the Domain API once per its TTL (600 s by default, as ``ttl``); a map read
       back is validated again, and served no longer than it has left in the store (nor than
       ``ttl``), so no process serves one older than the shared TTL. A service the answer
-      named with a refused host is shared as such: a process adopting the map keeps a valid
-      host it holds, as its own fetch of that answer would. After
+      named with a refused host is shared as such (even by a process that kept a valid host
+      of its own for it): a process adopting the map keeps a valid host it holds, as its own
+      fetch of that answer would. A process reading again the map it last wrote or adopted
+      (its ``ttl`` shorter than the shared one) keeps its own map, which came from that
+      answer and what login answers said since: the answer is not counted twice. After
       :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer.
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
@@ -349,10 +352,11 @@ class CsdsDomains:
         # Services a refresh left out whose cached host was kept (see _keep_known): kept once,
         # so that a service LiveEngage retired does not linger.
         self._carried: frozenset[str] = frozenset()
-        # The last map this process wrote to the fleet: when it ends (its clock's time), its
-        # hosts and its refused services. A shared entry that ends then and holds just that is
-        # that write: nothing newer than this process's own map, its answer already counted.
-        self._written: tuple[float, dict[str, str], frozenset[str]] | None = None
+        # The last shared map this process counted (wrote, or adopted): when it ends (its
+        # clock's time), its hosts and its refused services. A shared entry that ends then and
+        # holds just that is that map, read again: nothing newer than this process's own map,
+        # its answer already counted (its left-out services kept once).
+        self._counted: tuple[float, dict[str, str], frozenset[str]] | None = None
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -506,13 +510,16 @@ class CsdsDomains:
             if found is not None and found[0]:
                 hosts, refused, life = found
                 now = http.clock.now()
+                ends = now + life
                 # Kept no longer than the shared entry lives: served for a TTL of its own on
                 # top, a fleet would pick up a host change up to twice the TTL late.
-                if stale is not None and self._is_own_write(hosts, refused, now + life):
-                    # Nothing newer than this process's own map, which came from that answer
-                    # (counted once: its left-out services kept once) and what login answers
-                    # said since; rebuilt from the write, a partial answer was counted twice,
-                    # and a service a login answer named since was dropped.
+                if stale is not None and self._is_counted(hosts, refused, ends):
+                    # The map this process wrote or adopted last, read again (its own TTL
+                    # shorter than the shared one): nothing newer than this process's own map,
+                    # which came from that answer (counted once: its left-out services kept
+                    # once) and what login answers said since. Counted again, a partial answer
+                    # dropped them as two would; rebuilt from it, a service or host a login
+                    # answer named since was lost.
                     self._install(stale, now, life)
                     return stale
                 shared_entries: dict[str, Entry] = dict(hosts)
@@ -522,6 +529,7 @@ class CsdsDomains:
                     shared_entries.setdefault(service, self._refused_in_shared_map(service))
                 if stale is not None:
                     shared_entries = self._keep_known(shared_entries, stale)
+                self._counted = (ends, hosts, refused)
                 self._install(shared_entries, now, life)
                 return shared_entries
         try:
@@ -541,14 +549,17 @@ class CsdsDomains:
                 entries = self._keep_known(entries, stale)
             self._ask_source = False
             if self._shared is not None:
-                # The services the answer named (a refused host replaced by the kept one, else
-                # written as refused: a peer keeps its own valid host, as its own fetch would),
-                # not those it left out: kept once here, written for the fleet they lived for
-                # ever (each process that adopted them kept them once more at its next refresh).
-                hosts = {s: h for s, h in entries.items() if isinstance(h, str) and s in answered}
+                # The answer as it came: the services it named, one with a refused host written
+                # as refused even where this process kept its own (a peer keeps its own valid
+                # host, as its own fetch would; written as this process's, a peer whose login
+                # answer had moved it took this older one); not those it left out: kept once
+                # here, written for the fleet they lived for ever (each process that adopted
+                # them kept them once more at its next refresh).
+                hosts = {s: h for s, h in answered.items() if isinstance(h, str)}
                 refused = frozenset(s for s in answered if s not in hosts)
                 await self._shared.put(hosts, refused=refused)
-                self._written = (http.clock.now() + self._shared.ttl, hosts, refused)
+                # What was written, not this process's map (which holds the hosts it kept).
+                self._counted = (http.clock.now() + self._shared.ttl, hosts, refused)
         except (RequestError, DomainResolutionError) as exc:
             if stale is None:
                 raise DomainResolutionError(
@@ -577,16 +588,16 @@ class CsdsDomains:
         self._install(entries, http.clock.now())
         return entries
 
-    def _is_own_write(self, hosts: dict[str, str], refused: frozenset[str], ends: float) -> bool:
+    def _is_counted(self, hosts: dict[str, str], refused: frozenset[str], ends: float) -> bool:
         """Whether a shared entry ending at ``ends`` and holding ``hosts`` and ``refused`` is
-        the last map this process wrote (a peer's write ending within the same second but
-        holding another map is adopted as any peer's)."""
-        written = self._written
+        the last map this process counted: wrote, or adopted (another write ending within the
+        same second but holding another map is adopted as any peer's)."""
+        counted = self._counted
         return (
-            written is not None
-            and abs(ends - written[0]) < 1.0
-            and written[2] == refused
-            and written[1] == hosts
+            counted is not None
+            and abs(ends - counted[0]) < 1.0
+            and counted[2] == refused
+            and counted[1] == hosts
         )
 
     def _refused_in_shared_map(self, service: str) -> HostileHostError:

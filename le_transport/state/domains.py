@@ -7,8 +7,9 @@ shared TTL. A map read back is validated host by host: a store that was written 
 someone else cannot redirect credentials to a host that is not a bare hostname.
 
 A service the Domain API's answer named with a refused host is written as a marker: its value
-is JSON ``null``, never a host. A process adopting the map treats it as its own fetch of that
-answer would (it keeps a valid host it holds; without one, resolving the service raises
+is JSON ``null``, never a host (even where the writer kept a valid host of its own for it). A
+process adopting the map treats it as its own fetch of that answer would (it keeps a valid
+host it holds; without one, resolving the service raises
 :class:`~le_transport.errors.HostileHostError`). A reader of an earlier release validates every
 value as a host, so it ignores a map holding a marker as one that does not validate (a WARNING)
 and asks the Domain API itself, as it does when the fleet has no map.
@@ -96,6 +97,8 @@ class SharedDomainMap:
         is none (or it does not validate). A store that tells no life (Redis answers 0 for a
         key without an expiry, one set by something else; a caller's own store may answer
         ``inf``) is taken to give it ``ttl``: taken as 0 s left, every resolve read the store.
+        A key in its last millisecond tells a little more than 0 (a RedisStore reads PTTL 0 so),
+        and lives no longer than that.
         The services written as refused (see :meth:`read`) are not in it."""
         found = await self.read()
         return None if found is None else (found[0], found[2])

@@ -467,14 +467,22 @@ class RedisStore:
             raise self._failed(op, exc, on_key, redis_key) from None
 
     async def get(self, key: str) -> Entry | None:
-        """The value at ``key`` and its remaining TTL, or None."""
+        """The value at ``key`` and its remaining TTL (0 for a key without an expiry; a key in
+        its last millisecond has a little more), or None."""
         found = await self._run("get", self._get, keys=[self.key(key)], on_key=key)
         if not found:
             return None
         value, pttl = found
+        ms = int(pttl)
+        # PTTL -1 (no expiry: a key set by something else) reads as 0, as Entry says; -2 (no
+        # key) cannot follow a GET in the same script, and would read as 0 too. PTTL 0 is a
+        # key in its last millisecond: read as 0, it was taken for one without an expiry (a
+        # shared domain map was then served for a whole TTL more). It reads as half a
+        # millisecond, as a MemoryStore tells a live key's life: always > 0.
+        life = 0.0005 if ms == 0 else max(0.0, ms / 1000.0)
         # A client without decode_responses answers bytes: str() of them was "b'...'", which
         # no reader took for the value (the fleet's breaker trips, its session: all damaged).
-        return Entry(_text(value), max(0.0, int(pttl) / 1000.0))
+        return Entry(_text(value), life)
 
     async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
         """``SET key value PX ttl``, or with ``only_if`` a compare-and-set (a script); ``value``,
