@@ -22,16 +22,32 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   timeout cancels it;
 - ``truncated_body``: sends, then hands back the real answer (status, headers, cookies) cut
   after ``keep_bytes``: a reader gets those bytes, then the payload error aiohttp raises for a
-  short body, as from the simulator;
-- ``malformed_body``: sends (the server processes it), reads the real answer, then hands back
-  ``code`` with a body that is not valid JSON instead;
+  short body, as from the simulator. Only the kept bytes are read, and one more (never more
+  than the call's limit and one): the whole body's length is announced when a
+  ``Content-Length`` of the decoded body tells it, else one byte more than is kept;
+- ``malformed_body``: sends (the server processes it), reads the real answer (and drops it,
+  chunk by chunk; past the call's limit, the connection), then hands back ``code`` with a
+  body that is not valid JSON instead;
 - ``quota``: keeps the sliding window on the injector's clock; a request over the limit is
   answered ``status`` (429) with ``Retry-After`` **without sending** it;
 - ``slow_body``: sends, reads the real answer, then hands it back with its status and headers
   (repeated ones and cookies included) at once and its body in ``chunk_bytes`` pieces,
   ``chunk_delay_ms`` apart on the injector's clock. The caller's read (and its attempt
   timeout) sees exactly a slow server; the real connection, read at full speed, is already
-  back in the pool.
+  back in the pool. The real answer is read as the engine reads one (the retry middleware's
+  own read): one over the call's ``max_body_bytes`` is handed on at once, its head with a
+  ``Content-Length`` past the limit, for the caller's retry loop to refuse as it would the real
+  one (:class:`~le_transport.errors.BodyTooLarge`, or a failed answer's excerpt).
+
+What it reads of a real answer is bounded by the call's limit: the ``max_body_bytes`` of the
+retry middleware the call runs in (found among the session's middlewares; without one, the
+default, :data:`~le_transport.middleware.retry.DEFAULT_MAX_BODY_BYTES`), counted as decoded, so
+a small compressed body that inflates to gigabytes is never held whole. Its waits (``delay``,
+``hang``, ``slow_body``'s pauses, a delayed upgrade) end when the engine's close begins: the
+call then fails as one whose answer the close cut on the wire
+(:class:`~le_transport.middleware.retry.ClosedInFlight`, which the retry loop makes
+:class:`~le_transport.errors.EngineClosed`). A wait that begins once the close has begun (the
+close's own calls: its logout) is waited out, as on the wire.
 
 The answers ``truncated_body`` and ``slow_body`` hand back carry the real answer's headers as
 they came (a :class:`~multidict.CIMultiDict`: a repeated ``Set-Cookie`` or ``Link`` stays
@@ -77,12 +93,12 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import aiohttp
 import attrs
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_reqrep import ClientResponse as _ClientResponse
 from aiohttp.typedefs import RawHeaders
@@ -90,9 +106,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .._checks import require_kind
 from ..clock import Clock, RealClock
-from ..errors import ConfigurationError
-from ..middleware.context import current_call
-from ..middleware.retry import is_websocket_upgrade
+from ..errors import BodyTooLarge, ConfigurationError
+from ..middleware.context import CallContext, current_call
+from ..middleware.retry import (
+    _CUT_SHORT,
+    ClosedInFlight,
+    RetryMiddleware,
+    _Call,
+    is_websocket_upgrade,
+)
 from ..sockets.wrapping import UPGRADE_PATH, UPGRADE_SERVICE
 from .plan import (
     DEFAULT_MAX_RECORDS,
@@ -474,9 +496,14 @@ class FaultInjector:
         ``ws_connect`` is wrapped by nothing: only a refusal is asked about for it.
         """
         _SESSION_DECIDED.set(None)
+        # A socket's path may carry its bearer where only its template says (a {bearer}
+        # anywhere): what is recorded and logged is the template's path, as for the socket's
+        # own faults.
+        template = UPGRADE_PATH.get()
         # First as a request (unit ``request``), as the simulator's middleware sees every
         # request, an upgrade too: with the kinds an upgrade can meet (UPGRADE_FAULTS, the
-        # simulator's set), on the request's own path. Only then, if it goes on, as a session.
+        # simulator's set), matched on the request's own path, as the simulator matches it
+        # (shown by its template). Only then, if it goes on, as a session.
         asked = self._run.decide(
             "request",
             method=request.method,
@@ -484,11 +511,12 @@ class FaultInjector:
             service=service,
             at=self.clock.now(),
             kinds=UPGRADE_FAULTS,
+            shown=template,
         )
         if asked is not None:
             struck = asked.fault
             if isinstance(struck, Delay):
-                await self.clock.sleep(asked.delay_s)
+                await self._wait(request, asked.delay_s)
             elif isinstance(struck, MalformedBody):
                 # The simulator answers the upgrade with it, the socket never served: so here,
                 # without sending the upgrade.
@@ -498,9 +526,8 @@ class FaultInjector:
                 # connection. None of them sends the upgrade.
                 assert isinstance(struck, (Status, Quota, Reset, EmptyResponse, Hang))
                 return await self._apply(asked, request, handler)
-        # A socket's path may carry its bearer where only its template says (a {bearer}
-        # anywhere): match and record the template's path, as the socket's own faults do.
-        template = UPGRADE_PATH.get()
+        # The session is matched and recorded on the template's path, as the socket's own
+        # faults are.
         path = template or request.url.path
         resp = await handler(request)
         if resp.status != 101:
@@ -540,7 +567,7 @@ class FaultInjector:
             headers = {"Retry-After": str(injection.retry_after)}
             return _made_up(request, fault.status, headers, fault.response_body(), json=True)
         if isinstance(fault, Delay):
-            await self.clock.sleep(injection.delay_s)
+            await self._wait(request, injection.delay_s)
             return await handler(request)
         if isinstance(fault, SlowBody):
             return await self._dribble(request, handler, fault)
@@ -552,11 +579,11 @@ class FaultInjector:
             # The connection closed (a FIN) before the status line.
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, Hang):
-            if fault.duration_ms is None:
-                # Forever: only the caller's attempt timeout or deadline ends it.
-                await asyncio.get_running_loop().create_future()
-            else:
-                await self.clock.sleep(fault.duration_ms / 1000.0)
+            # Forever (no duration): only the caller's attempt timeout or deadline ends it, or
+            # the engine's close.
+            await self._wait(
+                request, None if fault.duration_ms is None else fault.duration_ms / 1000.0
+            )
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, TruncatedBody):
             real = await handler(request)
@@ -566,13 +593,18 @@ class FaultInjector:
                 # connection closed, as for an EmptyResponse). Still injected, on both sides.
                 real.close()
                 raise aiohttp.ServerDisconnectedError()
-            try:
-                body = await real.read()
-            finally:
-                real.release()
-            cut = body[: fault.keep_bytes]
-            # The whole body's length is announced, as the simulator announces it.
-            kept, raw = _kept_headers(real, max(len(body), len(cut) + 1))
+            # Only what is kept is read, and one byte more to know whether there was more:
+            # never more than the call's limit and one byte (a gzip bomb is not inflated).
+            limit = _retry_of(request).max_body_bytes
+            data = await _read_start(real, min(fault.keep_bytes, limit) + 1)
+            cut = data[: fault.keep_bytes]
+            # The whole body's length is announced, as the simulator announces it, when the
+            # headers tell it (a Content-Length of the body as it is decoded); else one byte
+            # more than is kept, at least: the rest was not read.
+            whole = len(data)
+            if hdrs.CONTENT_ENCODING not in real.headers and real.content_length is not None:
+                whole = max(whole, real.content_length)
+            kept, raw = _kept_headers(real, max(whole, len(cut) + 1))
             return _synthetic(
                 request,
                 real.status,
@@ -588,10 +620,9 @@ class FaultInjector:
             # Sent and processed, as on the simulator (which runs its handler): only the
             # answer is replaced.
             real = await handler(request)
-            try:
-                await real.read()
-            finally:
-                real.release()
+            # Read (and dropped) as it comes, up to the call's limit: past it the connection
+            # is dropped rather than read on (a gzip bomb is not inflated).
+            await _drain(real, _retry_of(request).max_body_bytes)
             # A HEAD's answer has no body on the wire (the simulator's is dropped by aiohttp):
             # its Content-Length says what a GET would get (_made_up). Its code can carry a
             # body: MalformedBody refuses 204 and 304.
@@ -602,10 +633,23 @@ class FaultInjector:
         self, request: ClientRequest, handler: ClientHandlerType, fault: SlowBody
     ) -> ClientResponse:
         real = await handler(request)
+        # Read as the engine reads an answer (the retry middleware's own read): within the
+        # call's max_body_bytes, a compressed body held to it as it is decoded, a failed
+        # answer over it cut to its excerpt.
+        reader = _reader(request, handler)
         try:
-            body = await real.read()
+            await reader._buffer(real)
+        except BodyTooLarge:
+            # More than the call takes (the connection dropped): handed on unread, so that the
+            # caller's limit refuses it as it refuses the real answer.
+            return _over_limit(request, real, reader.mw.max_body_bytes, b"")
         finally:
             real.release()
+        body = real._body if real._body is not None else b""
+        if real in _CUT_SHORT:
+            # A failed answer over the limit, cut to its excerpt: handed on at once, announced
+            # as large as it was, for the caller's limit to cut it alike.
+            return _over_limit(request, real, reader.mw.max_body_bytes, body)
         # The body handed back is the decoded one, whole: its length is the one to announce.
         headers, raw = _kept_headers(real, len(body))
         pieces = fault.pieces(body)
@@ -619,19 +663,66 @@ class FaultInjector:
             reason=real.reason,
         )
         if len(pieces) > 1:
-            feeder = asyncio.get_running_loop().create_task(
-                self._feed(resp.content, pieces[1:], fault.chunk_delay_ms / 1000.0),
-                name="le_transport.chaos.slow_body",
-            )
             assert isinstance(resp, _DribbledResponse)
-            resp.feeder = feeder
+            resp.feed(
+                self._feed(request, resp.content, pieces[1:], fault.chunk_delay_ms / 1000.0),
+                _shutdown_of(request),
+            )
         return resp
 
-    async def _feed(self, content: aiohttp.StreamReader, pieces: list[bytes], pause: float) -> None:
+    async def _feed(
+        self,
+        request: ClientRequest,
+        content: aiohttp.StreamReader,
+        pieces: list[bytes],
+        pause: float,
+    ) -> None:
         for piece in pieces:
             await self.clock.sleep(pause)
+            if request.session.closed:
+                # Closed under the answer while it came (a close the feeding did not see
+                # begin): the rest never comes, as on a connection the close cut.
+                content.set_exception(_closed_in_flight())
+                return
             content.feed_data(piece)
         content.feed_eof()
+
+    async def _wait(self, request: ClientRequest, seconds: float | None) -> None:
+        """Wait ``seconds`` on the clock (None: until cancelled), as for an answer that takes
+        that long, unless the engine closes first: then :class:`ClosedInFlight`, as an answer
+        being waited for fails when the engine closes the session under it (the retry loop
+        stops the call with :class:`~le_transport.errors.EngineClosed`).
+
+        Cut when the engine's close begins (its retry middleware's ``shutdown``), as the retry
+        loop's own pauses are; a wait that began once the close had begun (the close's own
+        calls: the logout) is waited out, as on the wire, and fails only if the session is
+        closed by its end. Without an engine's retry middleware, only the session's close
+        (seen at the end of the wait) fails it."""
+        shutdown = _shutdown_of(request)
+        if shutdown is None or shutdown.is_set():
+            if seconds is None:
+                await asyncio.get_running_loop().create_future()
+            else:
+                await self.clock.sleep(seconds)
+        else:
+            # Two tasks per wait, as the retry loop's pause: only a fault's wait pays them.
+            loop = asyncio.get_running_loop()
+            closed = loop.create_task(shutdown.wait(), name="le_transport.chaos.closing")
+            waits: set[asyncio.Task[Any]] = {closed}
+            if seconds is not None:
+                waits.add(
+                    loop.create_task(self.clock.sleep(seconds), name="le_transport.chaos.wait")
+                )
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+            if not closed.cancelled():
+                raise _closed_in_flight()
+        if request.session.closed:
+            raise _closed_in_flight()
 
     # -- the hook for the socket layer -----------------------------------------------------
 
@@ -748,10 +839,33 @@ class _DribbledResponse(_ClientResponse):
     the task that feeds it, so an abandoned slow body leaves nothing running."""
 
     feeder: asyncio.Task[None] | None = None
+    #: Waits for the engine's close, to cut the body short then (ClosedInFlight).
+    watcher: asyncio.Task[bool] | None = None
+
+    def feed(self, feeding: Coroutine[Any, Any, None], shutdown: asyncio.Event | None) -> None:
+        """Feed the body with ``feeding``, in a task of its own; when ``shutdown`` is set
+        before it is done (the engine closes), it stops and a reader meets
+        :class:`ClosedInFlight`, as the reader of a body the close cut does. A close already
+        begun (the close's own call: its logout) does not stop it."""
+        loop = asyncio.get_running_loop()
+        self.feeder = loop.create_task(feeding, name="le_transport.chaos.slow_body")
+        if shutdown is None or shutdown.is_set():
+            return
+        self.watcher = loop.create_task(shutdown.wait(), name="le_transport.chaos.closing")
+        self.watcher.add_done_callback(self._cut_by_close)
+        self.feeder.add_done_callback(lambda _: self._stop_feeding())
+
+    def _cut_by_close(self, watcher: asyncio.Task[bool]) -> None:
+        feeder = self.feeder
+        if watcher.cancelled() or feeder is None or feeder.done():
+            return  # the body came whole, or the answer was closed or released
+        feeder.cancel()
+        self.content.set_exception(_closed_in_flight())
 
     def _stop_feeding(self) -> None:
-        if self.feeder is not None and not self.feeder.done():
-            self.feeder.cancel()
+        for task in (self.feeder, self.watcher):
+            if task is not None and not task.done():
+                task.cancel()
 
     def close(self) -> None:
         self._stop_feeding()
@@ -827,6 +941,108 @@ def _kept_headers(real: ClientResponse, length: int) -> tuple[CIMultiDict[str], 
         if name.decode("latin-1").lower() not in _WIRE_BODY_HEADERS
     )
     return headers, (*raw, (b"Content-Length", str(length).encode()))
+
+
+#: The limit an injector without an engine's retry middleware reads a real answer through (that
+#: of a RetryMiddleware made with none given: DEFAULT_MAX_BODY_BYTES), and how it reads it.
+_UNBOUND = RetryMiddleware()
+
+
+def _retry_of(request: ClientRequest) -> RetryMiddleware:
+    """The retry middleware ``request``'s call runs in: the first of its session's middlewares
+    that is one (an engine's session holds the engine's; a provider's call goes on that
+    session), else :data:`_UNBOUND`. Its ``max_body_bytes`` bounds what the injector reads of
+    a real answer, its ``shutdown`` cuts the injector's waits; asked only by a fault that reads
+    or waits."""
+    for middleware in getattr(request.session, "_middlewares", None) or ():
+        if isinstance(middleware, RetryMiddleware):
+            return middleware
+    return _UNBOUND
+
+
+def _shutdown_of(request: ClientRequest) -> asyncio.Event | None:
+    """The event set when the engine running ``request``'s call closes (None: no engine)."""
+    return _retry_of(request).shutdown
+
+
+def _closed_in_flight() -> ClosedInFlight:
+    """What an answer being waited for or read fails with when the engine closes under it,
+    as the engine fails those on its connections (the retry loop makes it EngineClosed)."""
+    return ClosedInFlight("the engine was closed with the call in flight")
+
+
+def _reader(request: ClientRequest, handler: ClientHandlerType) -> _Call:
+    """The retry middleware's reading of an answer to ``request`` (its limit, its excerpt of a
+    failed answer over it, its BodyTooLarge), for the call in progress: the injector reads a
+    real answer it holds whole as the engine reads it, not on its own terms."""
+    mw = _retry_of(request)
+    ctx = current_call()
+    if ctx is None:
+        ctx = CallContext()  # as the retry middleware makes one for a call without a context
+    return _Call(mw, ctx, ctx.retry or mw.policy, request, handler)
+
+
+async def _read_start(real: ClientResponse, size: int) -> bytes:
+    """The first ``size`` bytes of ``real``'s body (as decoded; fewer if it is shorter), the
+    rest not read: the connection goes back to the pool when the body ended, else is dropped."""
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        while got < size:
+            chunk = await real.content.read(size - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except BaseException:
+        real.close()
+        raise
+    if real.content.at_eof():
+        real.release()
+    else:
+        real.close()
+    return b"".join(chunks)
+
+
+async def _drain(real: ClientResponse, limit: int) -> None:
+    """Read ``real``'s body to its end and drop it, chunk by chunk (nothing held), so that its
+    connection goes back to the pool; past ``limit`` bytes (as decoded) the connection is
+    dropped instead."""
+    read = 0
+    try:
+        async for chunk in real.content.iter_any():
+            read += len(chunk)
+            if read > limit:
+                real.close()
+                return
+    except BaseException:
+        real.close()
+        raise
+    real.release()
+
+
+def _over_limit(
+    request: ClientRequest, real: ClientResponse, limit: int, kept: bytes
+) -> ClientResponse:
+    """``real``'s head, its body passing ``limit``, handed on with ``kept`` (its excerpt, or
+    nothing) and a ``Content-Length`` past the limit (its own, when it told the body's length),
+    then cut: the caller's retry middleware refuses it (BodyTooLarge) or keeps its excerpt (a
+    failed answer) as it would the real answer, and records its status."""
+    length = real.content_length
+    if hdrs.CONTENT_ENCODING in real.headers or length is None or length <= limit:
+        length = limit + 1
+    headers, raw = _kept_headers(real, max(length, len(kept) + 1))
+    return _synthetic(
+        request,
+        real.status,
+        headers,
+        kept,
+        raw_headers=raw,
+        reason=real.reason,
+        cut_short=aiohttp.ClientPayloadError(
+            "Response payload is not completed (the body passed the call's limit)"
+        ),
+    )
 
 
 def _bodiless(method: str, status: int) -> bool:

@@ -434,7 +434,9 @@ class Hang:
 
 @attrs.frozen
 class TruncatedBody:
-    """Send the request, then announce the real answer's whole body length and send only
+    """Send the request, then announce the real answer's whole body length (the client-side
+    injector, which reads no more of a compressed or chunked answer than it keeps, announces
+    one byte more than it keeps when no ``Content-Length`` tells the whole) and send only
     ``keep_bytes`` of it (its status, headers and cookies as they were), then close: a reader
     gets those bytes, then the payload error of a body cut short. On both sides the request
     is processed: its side effects happen. ``keep_bytes`` is an int in
@@ -1835,10 +1837,16 @@ class FaultRun:
         service: str | None = None,
         at: float | None = None,
         kinds: frozenset[str] | None = None,
+        shown: str | None = None,
     ) -> Injection | None:
         """Decide for one unit. ``kinds`` limits the fault kinds this caller can apply; a rule
-        whose fault is of another kind does not match. ``at`` is the clock time, logged."""
+        whose fault is of another kind does not match. ``at`` is the clock time, logged.
+        ``shown``: the path recorded and logged, when it is not ``path``, the one matched (a
+        socket's upgrade is matched on its real path and shown by its template, whose
+        ``{bearer}`` the real one fills in)."""
         chosen: Injection | None = None
+        if shown is None:
+            shown = path
         if self.origin is None and at is not None:
             self.origin = at
         elapsed_ms = 0.0 if at is None or self.origin is None else (at - self.origin) * 1000.0
@@ -1883,7 +1891,7 @@ class FaultRun:
                     outcome,
                     None if fault is None else fault.kind,
                     method.upper(),
-                    redact_url(path) if unit != "ws_message" else path,
+                    redact_url(shown) if unit != "ws_message" else shown,
                     at,
                 )
             )

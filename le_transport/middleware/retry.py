@@ -53,6 +53,7 @@ from ..errors import (
     InvalidRetryAfter,
     RequestError,
     RetriesExhausted,
+    TransportError,
     status_error,
 )
 from ..events import EventHooks, GiveUpEvent, RetryEvent, emit
@@ -478,17 +479,21 @@ class _Call(_WheelTimer):
                         raise
                     if isinstance(exc, ClosedInFlight) or (
                         not timed_out
-                        and isinstance(exc, asyncio.CancelledError)
-                        and self._closed_under_caller(
-                            timer._cancelling if timer is not None else cancels
+                        and (
+                            self._closed_under_caller(
+                                timer._cancelling if timer is not None else cancels
+                            )
+                            if isinstance(exc, asyncio.CancelledError)
+                            else self._closed_session_under(exc)
                         )
                     ):
                         # The engine closed the session under the attempt (a body being read
                         # is failed then; a call waiting for a pooled connection has its wait
-                        # cancelled by the connector, though nobody cancelled the call): not
-                        # the server's failure, and nothing to retry. Only that: anything
-                        # else failing while it closes (a logout reset by the server) is
-                        # still said as it is.
+                        # cancelled by the connector, though nobody cancelled the call; a wire
+                        # middleware that waited sends on the closed session): not the
+                        # server's failure, and nothing to retry. Only that: anything else
+                        # failing while it closes (a logout reset by the server, before the
+                        # session is closed) is still said as it is.
                         if gate is not None:
                             gate.abandon(self, attempt)
                         cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "EngineClosed")
@@ -641,6 +646,21 @@ class _Call(_WheelTimer):
             return False
         task = asyncio.current_task()
         return task is not None and before >= 0 and task.cancelling() <= before
+
+    def _closed_session_under(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by the attempt, is the session's close showing through: the
+        owner shut down and the session is closed (aiohttp's bare AssertionError for a request
+        that a wire middleware, having waited, sent on it; the connection's loss). Asked only
+        on a failure; a call the owner makes while it closes (its logout) runs before the
+        session is closed, and its failures are said as they are, as are typed errors."""
+        shutdown = self.mw.shutdown
+        return (
+            shutdown is not None
+            and shutdown.is_set()
+            and isinstance(exc, Exception)
+            and not isinstance(exc, TransportError)
+            and self.request.session.closed
+        )
 
     def _engine_closed(self, attempt: int | None, *, in_flight: bool = False) -> EngineClosed:
         """The session's owner closed it during the call: stop, with what was done so far."""

@@ -1,0 +1,378 @@
+"""Review round 16 of the client-side fault injector (:class:`~le_transport.chaos.FaultInjector`).
+
+1. A ``request`` rule striking a socket's upgrade recorded the upgrade's real path, which may
+   carry the bearer anywhere its template says (``/ws/{bearer}/events``): in the injector's log,
+   its report and the DEBUG line of ``le_transport.chaos.faults``. It records the template now
+   (as the ``ws_session`` decision does), and still matches on the real path, as the simulator
+   does.
+2. Its waits were not cut by ``Engine.close()``: a ``Delay`` ended after the close and sent on
+   the closed session (aiohttp's bare ``AssertionError`` reached the caller), a ``Hang`` or a
+   ``SlowBody`` kept the call alive after ``close()`` returned, until its attempt timeout (for
+   ever without one). They end at once with ``EngineClosed`` now, as on the simulator; a call
+   the close makes itself (the logout) still meets its delay and is sent.
+3. ``SlowBody``, ``TruncatedBody`` and ``MalformedBody`` read the whole real answer, decoded,
+   with no limit: a small gzip bomb held hundreds of MiB. They read through the engine's
+   ``max_body_bytes`` now (``TruncatedBody`` only what it keeps, and one byte more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import tracemalloc
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport import Engine, EngineClosed, RetryPolicy
+from le_transport.chaos import (
+    Delay,
+    FaultInjector,
+    FaultRule,
+    Hang,
+    MalformedBody,
+    Match,
+    Schedule,
+    SlowBody,
+    TruncatedBody,
+)
+from le_transport.errors import (
+    BodyTooLarge,
+    ConnectionFailed,
+    RequestError,
+    RetriesExhausted,
+    TransportError,
+)
+from le_transport.middleware import RetryMiddleware
+from le_transport.providers import StaticBearer, StaticDomains, UserLogin
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Simulator,
+)
+from tests.conftest import ServerFactory
+from tests.test_socket_support import quiet_peer
+
+USERS = f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users"
+
+# -- 1. the bearer in an upgrade's path -----------------------------------------------------------
+
+
+async def test_a_request_rule_striking_an_upgrade_records_the_path_template_not_the_bearer(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bearer = "r16-path-bearer-5c1e9a"
+    secret_values.add(bearer)  # any log record showing it fails the test
+    app = web.Application()
+    app.router.add_get("/ws/{bearer}/events", quiet_peer)
+    host = await serve(app)
+    injector = FaultInjector.seeded(
+        1,
+        # Latency on every request: the upgrade is one.
+        FaultRule("lag", Delay(10)),
+        # Matched on the real path, as the simulator matches it (shadowed by the first).
+        FaultRule("real", Delay(20), match=Match("GET", "/ws/r16-path-bearer-*/events")),
+        # The template's path (the bearer's place named) is what is shown, not what is matched.
+        FaultRule("template", Delay(30), match=Match("GET", "/ws/bearer/*")),
+        clock=clock,
+    )
+    caplog.set_level(logging.DEBUG, logger="le_transport.chaos.faults")
+    async with Engine(
+        {"agentVep": host},
+        scheme="http",
+        clock=clock,
+        wire_middlewares=[injector],
+        auth=StaticBearer(bearer),
+    ) as engine:
+        ws = await engine.websocket("agentVep", "/ws/{bearer}/events")
+        for _ in range(20):
+            if injector.log:
+                break
+            await clock.sleep(0.5)
+        await ws.close()
+    shown = json.dumps(injector.report()) + repr(list(injector.log)) + caplog.text
+    assert bearer not in shown, shown
+    # Shown as the socket's own records and log lines show its path: the template's, with the
+    # bearer's place named.
+    template = "/ws/bearer/events"
+    upgrade = [d for d in injector.log if d.unit == "request"]
+    assert [(d.rule_id, d.outcome, d.path) for d in upgrade] == [
+        ("lag", "inject", template),
+        ("real", "shadowed", template),
+    ]
+    assert injector.rule_counts()["template"].matched == 0
+    assert f"injected delay (rule lag, request #0) on GET {template} " in caplog.text
+
+
+# -- 2. the injector's waits and Engine.close() ---------------------------------------------------
+
+
+def _answering_app() -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"items": list(range(200))})
+
+    app = web.Application()
+    app.router.add_get("/x", answer)
+    return app
+
+
+async def _close_mid_fault(
+    serve: ServerFactory, fault: Any, wait: float | None, retry: RetryPolicy | None = None
+) -> BaseException:
+    """Close an engine while its one call is held by the injector's ``fault`` (on a clock that
+    moves only when told), in its sleep of ``wait`` seconds (None: a wait off the clock); then
+    move the clock past that wait. What the call raised."""
+    clock = VirtualClock(autojump=False)
+    host = await serve(_answering_app())
+    injector = FaultInjector.seeded(1, FaultRule("r", fault, schedule=Schedule(fail_next=1)))
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        wire_middlewares=[injector],
+        retry=retry,
+    )
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+    try:
+        for _ in range(10_000):  # loop turns, until the call is in the fault's wait
+            if injector.report() and (wait is None or wait in clock.sleeps):
+                break
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert injector.report()
+        assert not call.done()
+        await engine.close()
+        for _ in range(100):  # loop turns, not time: the close's cut reaching the call
+            if call.done():
+                break
+            await asyncio.sleep(0)
+        # Time the fault waited for passes: a call not cut by the close would now go on with
+        # its delay (and send on the closed session) or its slow body.
+        clock.advance(wait or 1.0)
+        try:
+            # Only a guard against a call left running for ever (the defect): never expected
+            # to take long, nothing measured.
+            await asyncio.wait_for(asyncio.shield(call), 30.0)
+        except BaseException as exc:
+            return exc
+        raise AssertionError("the call returned")
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "wait", "retry"),
+    [
+        pytest.param(Delay(delay_ms=2000), 2.0, None, id="delay"),
+        pytest.param(Hang(), None, RetryPolicy(attempt_timeout=None), id="hang-for-ever"),
+        pytest.param(Hang(duration_ms=60_000), 60.0, None, id="hang-a-minute"),
+        pytest.param(SlowBody(chunk_bytes=16, chunk_delay_ms=60_000), 60.0, None, id="slow-body"),
+    ],
+)
+async def test_a_call_held_by_the_injector_ends_with_engine_closed_when_the_engine_closes(
+    serve: ServerFactory, fault: Any, wait: float | None, retry: RetryPolicy | None
+) -> None:
+    err = await _close_mid_fault(serve, fault, wait, retry)
+    assert isinstance(err, EngineClosed), repr(err)
+    assert "while attempt 1 was in flight" in str(err)
+    assert [a.outcome.error for a in err.attempts] == ["EngineClosed"]
+
+
+async def test_a_logout_the_close_makes_still_meets_its_delay_and_is_sent(
+    clock: VirtualClock,
+) -> None:
+    """The close's own calls (the logout) run after it began: a delay on them is latency the
+    call waits out, as on the simulator, not a call to cut."""
+    async with Simulator(clock=clock) as sim:
+        injector = FaultInjector.seeded(1, FaultRule("lag", Delay(delay_ms=500)), clock=clock)
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(
+            sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+        )
+        async with Engine(
+            domains, scheme="http", clock=clock, auth=auth, wire_middlewares=[injector]
+        ) as engine:
+            await engine.request_json("GET", "accountConfigReadOnly", USERS, expect=list)
+        assert sim.tokens.logouts == 1
+    logout = injector.report()[-1]
+    assert (logout["method"], logout["path"].rsplit("/", 1)[-1]) == ("POST", "logout")
+
+
+# -- 3. the real answer read through the engine's limit -------------------------------------------
+
+#: 64 MiB of zeros, gzipped: about 64 KB on the wire.
+BOMB = gzip.compress(b"\0" * (64 * 2**20), compresslevel=9)
+LIMIT = 2**20
+
+
+async def _bomb_call(serve: ServerFactory, fault: Any) -> tuple[object, int]:
+    """One GET of the gzip bomb through an engine limited to 1 MiB (one attempt), ``fault``
+    on it: what the call returned or raised, and the peak of memory traced meanwhile."""
+
+    async def bomb(request: web.Request) -> web.Response:
+        return web.Response(
+            body=BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/big", bomb)
+    host = await serve(app)
+    middlewares = [] if fault is None else [FaultInjector.seeded(1, FaultRule("r", fault))]
+    outcome: object
+    tracemalloc.start()
+    try:
+        async with Engine(
+            {"svc": host},
+            scheme="http",
+            max_body_bytes=LIMIT,
+            retry=RetryPolicy(pauses=()),
+            wire_middlewares=middlewares,
+        ) as engine:
+            try:
+                outcome = await engine.request("GET", "svc", "/big")
+            except TransportError as exc:
+                outcome = exc
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return outcome, peak
+
+
+#: Far above what reading through the 1 MiB limit takes, far below the 64 MiB a whole read
+#: holds (twice, as bytes joined).
+PEAK_BOUND = 24 * 2**20
+
+
+async def test_without_a_fault_the_bomb_is_refused_within_the_limit(serve: ServerFactory) -> None:
+    outcome, peak = await _bomb_call(serve, None)
+    assert isinstance(outcome, BodyTooLarge)
+    assert peak < PEAK_BOUND
+
+
+async def test_a_slow_body_reads_the_real_answer_through_the_limit(serve: ServerFactory) -> None:
+    outcome, peak = await _bomb_call(serve, SlowBody(chunk_bytes=65536, chunk_delay_ms=0))
+    assert peak < PEAK_BOUND, f"{peak / 2**20:.0f} MiB"
+    # Refused as the answer without the fault is: the attempt recorded with its status.
+    assert isinstance(outcome, BodyTooLarge), repr(outcome)
+    assert [a.outcome.status for a in outcome.attempts] == [200]
+
+
+async def test_a_truncated_body_reads_only_what_it_keeps(serve: ServerFactory) -> None:
+    outcome, peak = await _bomb_call(serve, TruncatedBody(keep_bytes=10))
+    assert peak < PEAK_BOUND, f"{peak / 2**20:.0f} MiB"
+    # The cut reaches the caller: the kept bytes, then the payload error of a body cut short.
+    assert isinstance(outcome, (ConnectionFailed, RetriesExhausted)), repr(outcome)
+    assert "ClientPayloadError" in str(outcome)
+
+
+async def test_a_malformed_body_drains_the_real_answer_through_the_limit(
+    serve: ServerFactory,
+) -> None:
+    fault = MalformedBody()
+    outcome, peak = await _bomb_call(serve, fault)
+    assert peak < PEAK_BOUND, f"{peak / 2**20:.0f} MiB"
+    # The real answer is thrown away whatever its size: the fault's answer comes back.
+    assert not isinstance(outcome, BaseException), repr(outcome)
+    assert outcome.status == 200  # type: ignore[attr-defined]
+    assert outcome.body == fault.body.encode()  # type: ignore[attr-defined]
+
+
+async def test_a_wire_middleware_sending_on_the_closed_session_ends_with_engine_closed(
+    serve: ServerFactory,
+) -> None:
+    """Any wire middleware that waits (a caller's own latency) and then sends on the session the
+    close has closed met aiohttp's bare AssertionError, which the retry loop passed on as it
+    was: stopped with EngineClosed now, as a call in flight is."""
+    clock = VirtualClock(autojump=False)
+    host = await serve(_answering_app())
+    waiting = asyncio.Event()
+
+    async def lag(request: Any, handler: Any) -> Any:
+        waiting.set()
+        await clock.sleep(2.0)  # not cut by the close
+        return await handler(request)
+
+    engine = Engine({"svc": host}, scheme="http", clock=clock, wire_middlewares=[lag])
+    await engine.start()
+    call = asyncio.ensure_future(engine.request("GET", "svc", "/x"))
+    try:
+        await waiting.wait()
+        await engine.close()
+        clock.advance(2.0)
+        with pytest.raises(EngineClosed) as stopped:
+            await asyncio.wait_for(asyncio.shield(call), 30.0)  # a guard: nothing measured
+        assert "while attempt 1 was in flight" in str(stopped.value)
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+
+
+async def test_a_failure_while_the_owner_closes_with_the_session_open_is_said_as_it_is(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Only a session already closed makes a failure the close's: one met while the owner
+    closes, before it closes the session (its logout's), is reported as it is."""
+    host = await serve(_answering_app())
+    closing = asyncio.Event()
+    closing.set()  # the owner's close has begun; the session is still open
+
+    async def broken(request: Any, handler: Any) -> Any:
+        raise RuntimeError("a bug of the middleware's own")
+
+    retry = RetryMiddleware(clock=clock, shutdown=closing)
+    async with aiohttp.ClientSession(middlewares=[retry, broken]) as session:
+        with pytest.raises(RuntimeError, match="a bug of the middleware's own"):
+            await session.get(f"http://{host}/x")
+
+
+@pytest.mark.parametrize("status", [200, 503])
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_a_slow_body_over_the_limit_meets_the_callers_limit_as_the_real_answer_does(
+    serve: ServerFactory, status: int, encoding: str | None
+) -> None:
+    """A guard on the hand-on: an answer over the limit, with or without the fault, ends the
+    call the same way (a success refused as too large, a 503 judged by its status on its
+    excerpt), its attempt recorded with the real status."""
+    page = b"x" * (3 * LIMIT)
+    body = page if encoding is None else gzip.compress(page)
+
+    async def large(request: web.Request) -> web.Response:
+        headers = {} if encoding is None else {"Content-Encoding": encoding}
+        return web.Response(status=status, body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/large", large)
+    host = await serve(app)
+
+    async def call(fault: Any) -> tuple[str, list[int | None], str]:
+        middlewares = [] if fault is None else [FaultInjector.seeded(1, FaultRule("r", fault))]
+        async with Engine(
+            {"svc": host},
+            scheme="http",
+            max_body_bytes=LIMIT,
+            retry=RetryPolicy(pauses=()),
+            wire_middlewares=middlewares,
+        ) as engine:
+            with pytest.raises(RequestError) as failed:
+                await engine.request("GET", "svc", "/large")
+        err = failed.value
+        excerpt = str(getattr(getattr(err, "last", err), "body_excerpt", ""))[:40]
+        return type(err).__name__, [a.outcome.status for a in err.attempts], excerpt
+
+    without = await call(None)
+    assert without[1] == [status]
+    assert ("x" in without[2]) is (status == 503)
+    assert await call(SlowBody(chunk_bytes=4096, chunk_delay_ms=1)) == without
