@@ -26,7 +26,15 @@ _log = logging.getLogger("le_transport.clock")
 
 @runtime_checkable
 class Clock(Protocol):
-    """A source of monotonic time and of sleeping. Seconds, as floats."""
+    """A source of monotonic time and of sleeping. Seconds, as floats.
+
+    A clock may also have a ``wall()`` method (not required, so not part of the protocol's
+    check): Unix seconds that move with :meth:`now`. Where a wall clock is needed (a JWT's
+    ``iat``/``exp``, an OAuth1 ``oauth_timestamp``, a ``Retry-After`` HTTP-date), the engine,
+    its providers and the simulator read it from their clock's ``wall`` when it has one, so
+    that everything on one clock agrees on the date: :class:`RealClock`'s is
+    :func:`time.time`, :class:`~le_transport.testing.VirtualClock`'s its own virtual date.
+    """
 
     def now(self) -> float:
         """The current time, in seconds, on a monotonic scale."""
@@ -41,6 +49,10 @@ class RealClock:
     """The event loop's own time: ``time.monotonic`` and ``asyncio.sleep``."""
 
     __slots__ = ()
+
+    #: Unix seconds (:func:`time.time`): the wall clock that goes with this clock (see
+    #: :class:`Clock`).
+    wall = staticmethod(time.time)
 
     def now(self) -> float:
         """Seconds on the monotonic clock."""

@@ -20,7 +20,6 @@ import mimetypes
 import random
 import re
 import ssl as _ssl
-import time
 import types
 import typing
 import warnings
@@ -1371,6 +1370,13 @@ def split_host(host: str) -> tuple[str, int | None]:
 _ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine], bool]] = {}
 
 
+def _wall_of(clock: Clock) -> Callable[[], float]:
+    """The wall clock that goes with ``clock``: its ``wall`` if it has a callable one (a
+    VirtualClock's virtual date, the RealClock's ``time.time``), else the RealClock's."""
+    wall = getattr(clock, "wall", None)
+    return wall if callable(wall) else RealClock.wall
+
+
 def _claim(provider: object, engine: Engine) -> bool:
     """Note ``provider`` as attached to ``engine``; False if it cannot be held weakly."""
     key = id(provider)
@@ -1454,10 +1460,15 @@ class Engine:
     - ``scheme``: ``"https"`` (default) or ``"http"`` for loopback servers.
     - ``retry``: the default :class:`RetryPolicy` (the guide's 5/10/15 s).
     - ``clock``: the injected :class:`Clock` for every pause and timeout.
-    - ``wall_clock``: epoch seconds (default ``time.time``), only to read a ``Retry-After``
-      given as an HTTP-date when the answer carries no ``Date`` header: an HTTP answer's (the
-      retry middleware) and a refused socket upgrade's (every socket's dialer). Inject it
-      beside ``clock`` to make such dates deterministic.
+    - ``wall_clock``: epoch seconds, to read a ``Retry-After`` given as an HTTP-date when the
+      answer carries no ``Date`` header (an HTTP answer's, in the retry middleware, and a
+      refused socket upgrade's, in every socket's dialer), and for the providers made without
+      a ``wall_clock`` of their own (a JWT's ``iat``/``exp``, an OAuth1 ``oauth_timestamp``).
+      Default (None): the clock's ``wall`` when it has one (a
+      :class:`~le_transport.testing.VirtualClock`'s virtual date, which a
+      :class:`~le_transport.testing.Simulator` on the same clock dates its tokens by), else
+      :func:`time.time` (the :class:`RealClock`'s). Inject it beside ``clock`` to make such
+      dates deterministic.
     - ``hooks``: :class:`EventHooks` for retries and give-ups.
     - ``rng``: random source for jitter (seed it to reproduce a run).
     - ``outer_middlewares``: run around the retry middleware (once per logical call).
@@ -1507,7 +1518,7 @@ class Engine:
         scheme: str = "https",
         retry: RetryPolicy | None = None,
         clock: Clock | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
         hooks: EventHooks | None = None,
         rng: random.Random | None = None,
         outer_middlewares: Sequence[ClientMiddlewareType] = (),
@@ -1544,7 +1555,7 @@ class Engine:
         ):
             require_kind(value, kind, owner="Engine", field=name)
         require_option(
-            callable(wall_clock),
+            wall_clock is None or callable(wall_clock),
             wall_clock,
             owner="Engine",
             field="wall_clock",
@@ -1598,7 +1609,9 @@ class Engine:
         self._scheme = scheme
         self._retry = retry or RetryPolicy()
         self._clock = clock or RealClock()
-        self._wall_clock = wall_clock
+        self._wall_clock: Callable[[], float] = (
+            _wall_of(self._clock) if wall_clock is None else wall_clock
+        )
         self._hooks = hooks or EventHooks()
         self._rng = rng or random.Random()
         if tls is not None and not isinstance(tls, _ssl.SSLContext):
@@ -1714,8 +1727,10 @@ class Engine:
 
     @property
     def wall_clock(self) -> Callable[[], float]:
-        """The injected wall clock (epoch seconds), which dates a ``Retry-After`` HTTP-date
-        when the answer has no ``Date`` header."""
+        """The wall clock (epoch seconds): the one injected, else the clock's ``wall``, else
+        :func:`time.time`. It dates a ``Retry-After`` HTTP-date when the answer has no
+        ``Date`` header, and the attached providers that have no wall clock of their own read
+        token dates and date OAuth1 timestamps with it."""
         return self._wall_clock
 
     @property
@@ -1885,6 +1900,7 @@ class Engine:
             rng=self._rng,
             scheme=self._scheme,
             wire_middlewares=self._provider_wire,
+            wall_clock=self._wall_clock,
         )
         self._provider_http = http
         for provider in (self._domains, self._auth):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -97,6 +98,10 @@ class ProviderHttp:
       middleware, as they run on the engine's own calls: a
       :class:`~le_transport.chaos.FaultInjector` there applies its plan to the login, refresh,
       logout and Domain API calls too, as the simulator applies the same plan to them.
+    - ``wall_clock``: the engine's wall clock (Unix seconds; default :func:`time.time`):
+      what a provider made without a ``wall_clock`` of its own reads a JWT's ``iat``/``exp``
+      against and dates an OAuth1 ``oauth_timestamp`` with (on a
+      :class:`~le_transport.testing.VirtualClock`, the clock's virtual date).
     """
 
     session: Callable[[], aiohttp.ClientSession]
@@ -108,6 +113,7 @@ class ProviderHttp:
     wire_middlewares: tuple[ClientMiddlewareType, ...] = attrs.field(
         default=(), converter=_middleware_tuple
     )
+    wall_clock: Callable[[], float] = time.time
 
     @property
     def policy(self) -> RetryPolicy:

@@ -5,7 +5,11 @@ first use, reuses it until ``margin`` seconds before it expires (the JWT's ``exp
 answer's ``expires_in``), then fetches a new one; a token that lives less than twice the margin
 is fetched anew half-way through its life instead, so that it is never sent past its expiry.
 Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
-lifetime is read once, against the wall clock, when the token arrives. A token whose answer
+lifetime is read once, against the wall clock, when the token arrives. That wall clock is the
+provider's ``wall_clock`` if given one, else the engine's it is attached to
+(:attr:`Engine.wall_clock <le_transport.Engine.wall_clock>`: on a
+:class:`~le_transport.testing.VirtualClock`, its virtual date, which the simulator dates its
+tokens by; on the real clock, :func:`time.time`). A token whose answer
 gives it under :data:`MIN_TOKEN_LIFE` (a JWT already past its ``exp`` by our wall clock, an
 absurd ``expires_in``, 0 or less included) is not believed: it is used for
 :data:`MIN_TOKEN_REFRESH` seconds (or half the life the JWT was issued with, ``exp - iat``, if
@@ -67,7 +71,6 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -226,7 +229,7 @@ class TokenProvider:
         self,
         *,
         margin: float = DEFAULT_TOKEN_MARGIN,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if not (finite_number(margin) and margin >= 0):
             raise ConfigurationError(
@@ -234,13 +237,15 @@ class TokenProvider:
                 f"got {margin!r:.40}"
             )
         require_option(
-            callable(wall_clock),
+            wall_clock is None or callable(wall_clock),
             wall_clock,
             owner=type(self).__name__,
             field="wall_clock",
-            wants="a callable returning epoch seconds",
+            wants="a callable returning epoch seconds, or None (the engine's)",
         )
         self._margin = float(margin)
+        # None: the wall clock of the engine attached (ProviderHttp.wall_clock), read at each
+        # token; its clock's date on a VirtualClock, time.time on the real one.
         self._wall_clock = wall_clock
         self._http: ProviderHttp | None = None
         self._token: Token | None = None
@@ -294,7 +299,12 @@ class TokenProvider:
 
     def attach(self, http: ProviderHttp) -> None:
         """Use the engine's HTTP path (called by the engine on start), and attach the domain
-        provider this one resolves its host with, in case the engine does not own it."""
+        provider this one resolves its host with, in case the engine does not own it. Made
+        without a ``wall_clock``, it reads token dates on that engine's wall clock from now
+        on (a skew learned on another one is forgotten)."""
+        old = self._http
+        if self._wall_clock is None and old is not None and old.wall_clock != http.wall_clock:
+            self._skew, self._older = 0.0, None
         self._http = http
         attach_domains = getattr(getattr(self, "_domains", None), "attach", None)
         if callable(attach_domains):
@@ -574,7 +584,7 @@ class TokenProvider:
             exp = None
         if exp is None:
             return expires_in, MIN_TOKEN_REFRESH
-        wall = self._wall_clock()
+        wall = (http.wall_clock if self._wall_clock is None else self._wall_clock)()
         # Never more than it was issued with (the issuer made it at iat or later), if its iat
         # is believable; else nothing bounds it (see the module).
         bound = math.inf

@@ -13,7 +13,6 @@ waits for it; see ``providers/_token.py``), and after the server rejects the cur
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Awaitable, Callable
 
 from .._redact import Secret
@@ -46,8 +45,10 @@ class ConsumerJwt(TokenProvider):
       callable returning a fresh one (codes are usually single use), for ``authenticate``.
     - ``service``: the Domain API service that issues consumer tokens (:data:`IDP`, ``idp``).
     - ``margin``: fetch a new token this many seconds before the JWT's ``exp`` (60).
-    - ``wall_clock``: epoch seconds (default :func:`time.time`), to read the JWT's ``exp``
-      against; the refresh itself is timed on the engine's clock.
+    - ``wall_clock``: epoch seconds, to read the JWT's ``iat`` and ``exp`` against; the
+      refresh itself is timed on the engine's clock. Default (None): the engine's it is
+      attached to (:attr:`Engine.wall_clock <le_transport.Engine.wall_clock>`: a
+      VirtualClock's virtual date, else :func:`time.time`).
     """
 
     _kind = "consumer_jwt"
@@ -61,7 +62,7 @@ class ConsumerJwt(TokenProvider):
         auth_code: AuthCode | None = None,
         service: str = IDP,
         margin: float = DEFAULT_TOKEN_MARGIN,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self._account = validate_account(account, owner="ConsumerJwt")
         if auth_code is not None and not (

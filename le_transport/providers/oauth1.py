@@ -24,7 +24,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from yarl import URL
@@ -32,7 +32,7 @@ from yarl import URL
 from .._redact import Secret
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
-from ._http import require_option, require_secret, utf8_encodable
+from ._http import ProviderHttp, require_option, require_secret, utf8_encodable
 from .auth import Credentials
 
 __all__ = [
@@ -266,9 +266,15 @@ class OAuth1Auth:
     middleware's single replay is simply signed anew (over the same form, if the request has
     one). It is a :class:`~le_transport.providers.BodySigningAuth`:
     a form-encoded body's parameters are signed with the URL's.
+
+    ``wall_clock`` dates ``oauth_timestamp`` (epoch seconds). Default (None): the wall clock of
+    the engine it was last attached to (:attr:`Engine.wall_clock
+    <le_transport.Engine.wall_clock>`: on a :class:`~le_transport.testing.VirtualClock`, its
+    virtual date, which a :class:`~le_transport.testing.Simulator` on that clock checks
+    timestamps against), and :func:`time.time` until then. One given is always used.
     """
 
-    __slots__ = ("_signer",)
+    __slots__ = ("_own_wall", "_signer")
 
     #: Every request gets its own nonce and timestamp, each retry included: the auth middleware
     #: has the retry loop sign every attempt anew (a gateway refuses a nonce it has seen).
@@ -283,17 +289,24 @@ class OAuth1Auth:
         access_token: str | Secret,
         access_token_secret: str | Secret,
         *,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
         nonce: Callable[[], str] | None = None,
     ) -> None:
-        self._signer = OAuth1Signer(
-            app_key,
-            secret,
-            access_token,
-            access_token_secret,
-            wall_clock=wall_clock,
-            **({"nonce": nonce} if nonce is not None else {}),
-        )
+        # Only those given: the signer's defaults (time.time, a random nonce) otherwise.
+        options: dict[str, Callable[[], Any]] = {}
+        if wall_clock is not None:
+            options["wall_clock"] = wall_clock
+        if nonce is not None:
+            options["nonce"] = nonce
+        self._signer = OAuth1Signer(app_key, secret, access_token, access_token_secret, **options)
+        self._own_wall = wall_clock is not None
+
+    def attach(self, http: ProviderHttp) -> None:
+        """Called by the engine on start: without a ``wall_clock`` of its own, date
+        ``oauth_timestamp`` on the engine's wall clock (``http.wall_clock``) from now on.
+        Nothing else is sent through the engine: every request is signed here."""
+        if not self._own_wall:
+            self._signer._wall_clock = http.wall_clock
 
     @property
     def signer(self) -> OAuth1Signer:

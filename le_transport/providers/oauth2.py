@@ -12,7 +12,6 @@ keepalive) is :class:`~le_transport.providers.login.ClientCredentialsLogin`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from .._redact import Secret
@@ -43,7 +42,10 @@ class SentinelClientCredentials(TokenProvider):
       ``sentinel``).
     - ``version``: the token endpoint's API version, sent as ``?v=`` (``1.0``).
     - ``margin``: fetch a new token this many seconds before expiry (60).
-    - ``wall_clock``: epoch seconds, to read the JWT's ``exp`` against.
+    - ``wall_clock``: epoch seconds, to read the JWT's ``iat`` and ``exp`` against. Default
+      (None): the engine's it is attached to (:attr:`Engine.wall_clock
+      <le_transport.Engine.wall_clock>`: a VirtualClock's virtual date, else
+      :func:`time.time`).
     """
 
     _kind = "sentinel"
@@ -58,7 +60,7 @@ class SentinelClientCredentials(TokenProvider):
         service: str = SENTINEL,
         version: str = "1.0",
         margin: float = DEFAULT_TOKEN_MARGIN,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self._account = validate_account(account, owner="SentinelClientCredentials")
         self._client_id = require_secret(

@@ -16,6 +16,12 @@ Time stays finite: a sleep of ``inf`` seconds (or one whose deadline is past the
 float) is never jumped to; like ``asyncio.sleep(inf)`` it waits until it is cancelled, so
 ``timeout_after(clock, inf)`` is no timeout. A NaN sleep is a :class:`ValueError`.
 
+Its date moves with it: :meth:`VirtualClock.wall` is Unix seconds consistent with
+:meth:`~VirtualClock.now` (``epoch + now()``). The engine, its token providers and OAuth1
+signer, and the simulator read JWT ``iat``/``exp``, ``oauth_timestamp`` and ``Retry-After``
+dates against it when they run on this clock, so a test hours of virtual time long sees no
+clock skew and no token read against the real date.
+
 A long run on virtual time stays bounded: :attr:`VirtualClock.sleeps` and ``history`` keep the
 newest ``max_records`` sleeps (a :class:`~le_transport.chaos.plan.RecordLog`, read as a list),
 and sleeps cancelled before their deadline (a timeout that did not fire) leave the queue of
@@ -71,6 +77,10 @@ class VirtualClock:
       number >= 0 (default 0; ``inf`` would never jump, and every sleep would hang).
     - ``max_records``: how many sleeps :attr:`sleeps` and :attr:`history` keep, the newest
       (default 100,000; None: every one).
+    - ``epoch``: the Unix time at virtual time 0, so that :meth:`wall` is ``epoch + now()``:
+      a finite number (not a bool), or None (default) for the real time at construction less
+      ``start`` (the wall clock then reads the real date when made, and moves with virtual
+      time from there).
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class VirtualClock:
         idle_rounds: int = 3,
         autojump_threshold: float = 0.0,
         max_records: int | None = DEFAULT_MAX_RECORDS,
+        epoch: float | None = None,
     ) -> None:
         check_max_records(max_records, owner="VirtualClock")
         _check_settings(autojump, idle_rounds, autojump_threshold)
@@ -91,7 +102,17 @@ class VirtualClock:
             raise ConfigurationError(
                 f"VirtualClock.start must be a finite number, got {_number_or_type(start)}"
             )
+        if epoch is not None and not finite_number(epoch):
+            raise ConfigurationError(
+                "VirtualClock.epoch must be None or a finite number of Unix seconds, got "
+                f"{_number_or_type(epoch)}"
+            )
         self._now = float(start)
+        self._epoch = time.time() - self._now if epoch is None else float(epoch)
+        if not math.isfinite(self._epoch + self._now):
+            raise ConfigurationError(
+                f"VirtualClock: epoch {shown(epoch)} + start {shown(start)} is past a float's range"
+            )
         self._autojump = autojump
         self._idle_rounds = idle_rounds
         self._threshold = float(autojump_threshold)
@@ -122,6 +143,23 @@ class VirtualClock:
             if loop is not None:
                 self._mark(loop)
         return self._now
+
+    @property
+    def epoch(self) -> float:
+        """The Unix time at virtual time 0 (see :meth:`wall`)."""
+        return self._epoch
+
+    def wall(self) -> float:
+        """Unix seconds on this clock: ``epoch + now()``, moving only as virtual time moves.
+
+        The wall clock that goes with this clock (see :class:`~le_transport.clock.Clock`): an
+        :class:`~le_transport.Engine` on this clock reads ``Retry-After`` dates against it, its
+        token providers JWT ``iat``/``exp`` and its :class:`~le_transport.providers.OAuth1Auth`
+        dates ``oauth_timestamp`` with it, and a
+        :class:`~le_transport.testing.Simulator` on it dates its tokens and checks timestamps
+        by it, unless given a wall clock or an epoch of their own.
+        """
+        return self._epoch + self._now
 
     def _mark(self, loop: asyncio.AbstractEventLoop) -> None:
         """Note this clock as the one in use on ``loop`` (see :func:`virtual_clock_in_use`)."""

@@ -488,7 +488,11 @@ class Simulator:
     - ``ssl``: an ``ssl.SSLContext`` with the server certificate: serves https/wss.
     - ``plan``: a :class:`FaultPlan` (or a list of its rules: seed 0) to apply from the start;
       anything else is a :class:`~le_transport.errors.ConfigurationError`.
-    - ``epoch``: Unix time at clock 0 (default: now), for ``GetClock`` and JWT ``exp``.
+    - ``epoch``: Unix time at clock 0, for ``GetClock``, JWT ``iat``/``exp`` and the OAuth1
+      timestamp check (see :attr:`wall_clock`). Default: the clock's own, when it has a
+      ``wall()`` (a :class:`~le_transport.testing.VirtualClock`: ``clock.wall() -
+      clock.now()``, so the simulator's date is the one an engine on that clock reads); else
+      now.
     - ``routes``: routes of your own to serve beside LiveEngage's (:class:`SimRoute`; see
       :meth:`add_route`, which adds one).
 
@@ -543,7 +547,17 @@ class Simulator:
         self._served: dict[web.AbstractRoute, SimRoute] = {}
         # Time windows in the plan count from the simulator's creation.
         self.faults = SimFaults(plan, origin=self.clock.now(), max_records=self.config.max_records)
-        epoch = time.time() - self.clock.now() if epoch is None else epoch
+        if epoch is None:
+            # The clock's own date when it has one (a VirtualClock's wall): an engine and its
+            # token providers on the same clock read it too, and so agree with the simulator's
+            # tokens and its timestamp check however far virtual time runs.
+            wall = getattr(self.clock, "wall", None)
+            epoch = (wall() if callable(wall) else time.time()) - self.clock.now()
+            if not finite_number(epoch):
+                raise ConfigurationError(
+                    f"Simulator: the clock's wall() gave no finite Unix time ({epoch!r:.40}); "
+                    "pass epoch= (Unix seconds at clock 0)"
+                )
         self.tokens = TokenStore(self.clock, epoch, max_nonces=self.config.max_records)
         self.sockets = SocketHub(self)
         #: The requests received, in order: the newest ``config.max_records`` of them (reads
@@ -575,6 +589,16 @@ class Simulator:
         """``127.0.0.1:port`` (``[::1]:port`` on IPv6): what a domain provider should answer
         for every service."""
         return f"{_bracketed(self._bind_host)}:{self.port}"
+
+    @property
+    def wall_clock(self) -> Callable[[], float]:
+        """The simulator's wall clock: Unix seconds as its clock sees them (``epoch +
+        clock.now()``), by which it dates its JWTs (``iat``, ``exp``), answers ``GetClock``
+        and checks OAuth1 timestamps. On a :class:`~le_transport.testing.VirtualClock` (and
+        no ``epoch`` given) it is the clock's :meth:`~le_transport.testing.VirtualClock.wall`,
+        which an engine on that clock uses already; pass it as ``wall_clock=`` to a provider or
+        engine that runs on another clock."""
+        return self.tokens.epoch_now
 
     @property
     def scheme(self) -> str:
