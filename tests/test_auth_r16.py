@@ -1,11 +1,13 @@
-"""Auth providers, review 16: a refused login is never retried by the keepalive, even after a
-redirected refresh kept its session (alone or in a fleet); an early token fetch never holds
+"""Auth providers, review 16: a refused login is never sent again by a refresh (the provider's
+keepalive, the engine's, a caller's), even after a redirected refresh kept its session (alone
+or in a fleet), which is still refreshed; an early token fetch never holds
 the call that starts it; a SharedSession of another account or user is refused; a refresh
 answered with a 200 maintenance page is no refresh."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +15,9 @@ import pytest
 from yarl import URL
 
 from le_transport.chaos import Hang, Status
-from le_transport.errors import ConfigurationError, LoginRejected
+from le_transport.errors import BlockedError, ConfigurationError, LoginRejected
 from le_transport.events import StateEvent
+from le_transport.policies import CHAT_AGENT_API_REFRESH
 from le_transport.providers import (
     AppLogin,
     ClientCredentialsLogin,
@@ -70,57 +73,231 @@ def fleet(clock: VirtualClock, user: str = "bot1", account: str = ACCOUNT) -> Sh
     return SharedSession(MemoryStore(clock), account=account, user=user, clock=clock)
 
 
-# -- 1. a redirected refresh whose login is refused: the keepalive waits for a login ----------
+# -- 1. a redirected refresh whose login is refused: that login is never sent again ----------
+#
+# Refused once (a 3xx refresh, its fallback login refused), the login is not sent again for
+# that session by any refresh: the provider's keepalive, the engine's keepalive driving
+# refresh() (keepalive=False), a caller's refresh(). The session is still refreshed (a 2xx
+# keeps it alive once the Login Service is back), and a new session (any login, an adopted
+# fleet session) lifts the rule.
+
+REDIRECT = Status(302, headers={"Location": "/sso"})
+WITHHELD = "the login is not sent again until a caller logs in"
+
+
+def _withheld(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if WITHHELD in r.getMessage()]
+
+
+def _login(s: Simulator, clock: VirtualClock, shared: bool, **options: Any) -> UserLogin:
+    if shared:
+        options["shared"] = fleet(clock)
+    return UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), **options)
+
+
+def ttl_bots(clock: VirtualClock, ttl: float) -> Simulator:
+    """:func:`bots` whose sessions live ``ttl`` seconds without a refresh."""
+    account = Account(id=ACCOUNT, users={"bot1": PASSWORD, "bot2": PASSWORD_2})
+    return Simulator(SimulatorConfig(accounts=(account,), session_ttl=ttl), clock=clock)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
 @pytest.mark.parametrize("status", [401, 400, 451])
 async def test_the_keepalive_never_retries_a_login_refused_after_a_redirected_refresh(
-    clock: VirtualClock, secret_values: set[str], status: int, shared: bool
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    shared: bool,
 ) -> None:
     """A refresh answered 302 falls back to a login, refused: the session is kept (it may still
-    serve calls), but the keepalive does not send that refused login again at every tick (an
-    account lockout, a blacklisted account hammered): one refused login in an hour, not 12."""
+    serve calls), and still refreshed, but the refused login is not sent again at every tick
+    (an account lockout, a blacklisted account hammered): one refused login in an hour, not
+    12. Said once."""
+    caplog.set_level(logging.INFO, logger="le_transport")
     events: list[StateEvent] = []
     async with bots(clock) as s:
-        options: dict[str, Any] = {"shared": fleet(clock)} if shared else {}
-        auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), **options)
+        auth = _login(s, clock, shared)
         async with sim_engine(s, clock, domains=auth._domains, auth=auth, events=events) as e:
             await e.login()
             learn_session_secrets(auth, secret_values)
             kept = auth.session
-            s.faults.script("POST", REFRESH, [Status(302, headers={"Location": "/sso"})] * 1000)
+            s.faults.script("POST", REFRESH, [REDIRECT] * 1000)
             s.faults.script("POST", LOGIN, [status] * 1000)
             await clock.sleep(3600)
             # The first login, and the one refused.
             assert s.count("POST", LOGIN) == 2
-            assert s.count("POST", REFRESH) == 1
+            # Its refresh is still tried (harmless: a 2xx would keep it alive).
+            assert s.count("POST", REFRESH) > 1
             # Kept: it still serves calls.
             assert auth.session is kept
             resp = await e.request("GET", "accountConfigReadOnly", USERS)
             assert resp.status == 200
-    [failed] = [x for x in events if x.name == "refresh_failed" and "error" in x.details]
-    assert failed.details["next"] == "none: the keepalive waits for a successful login"
+    failed = [x for x in events if x.name == "refresh_failed" and "error" in x.details]
+    # One a refresh, but maybe the last one, on the hour.
+    assert len(failed) >= s.count("POST", REFRESH) - 1 >= 10
+    for event in failed:
+        assert event.details["status"] == status
+        assert event.details["next"] == "retry on the next tick"
+        assert event.details["error"] == ("BlockedError" if status == 451 else "LoginRejected")
+    assert len(_withheld(caplog)) == 1, "said once"
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
-async def test_after_a_refused_login_the_keepalive_resumes_with_the_next_successful_login(
-    clock: VirtualClock, secret_values: set[str], shared: bool
+@pytest.mark.parametrize("status", [401, 451])
+async def test_the_engines_refresh_keepalive_never_repeats_a_login_refused_after_a_redirect(
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    shared: bool,
 ) -> None:
+    """The provider's keepalive off, the engine's CHAT_AGENT_API_REFRESH keepalive calls
+    refresh() every run (a refusal is not final to it): after a 3xx whose login is refused,
+    no run sends that login again (it did, every run: 12 refused logins an hour)."""
+    caplog.set_level(logging.INFO, logger="le_transport")
     async with bots(clock) as s:
-        options: dict[str, Any] = {"shared": fleet(clock)} if shared else {}
-        auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), **options)
+        auth = _login(s, clock, shared, keepalive=False)
         async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
             await e.login()
-            s.faults.script("POST", REFRESH, [Status(302, headers={"Location": "/sso"})])
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            task = e.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            s.faults.script("POST", REFRESH, [REDIRECT] * 1000)
+            s.faults.script("POST", LOGIN, [status] * 1000)
+            await clock.sleep(3600)
+            assert s.count("POST", LOGIN) == 2, f"{task.runs} runs"
+            assert task.runs >= 11
+            assert s.count("POST", REFRESH) == task.runs
+            # Not judged final: the schedule goes on, the session kept alive if it can be.
+            assert task.running
+            assert auth.session is kept
+            await task.close()
+    assert len(_withheld(caplog)) == 1
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+async def test_a_kept_session_is_refreshed_again_once_the_login_service_recovers(
+    clock: VirtualClock, secret_values: set[str], shared: bool
+) -> None:
+    """One refresh answered 302, one refused login, then the Login Service is fine: the kept,
+    valid session is refreshed again (it was never refreshed again: it expired at its TTL,
+    and calls then met a 401 and a replay, sockets holding it were cut)."""
+    async with ttl_bots(clock, 900) as s:
+        auth = _login(s, clock, shared)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            s.faults.script("POST", REFRESH, [REDIRECT])
             s.faults.script("POST", LOGIN, [401])
-            await clock.sleep(1800)
-            assert (s.count("POST", LOGIN), s.count("POST", REFRESH)) == (2, 1)
-            # A caller logs in (the password was fixed, say): the keepalive refreshes again.
+            await clock.sleep(301)
+            assert auth.session is kept
+            await clock.sleep(1200)  # past the session's 900 s TTL, had it not been refreshed
+            assert s.tokens.refreshes >= 2
+            assert auth.session is kept
+            resp = await e.request("GET", "accountConfigReadOnly", USERS)
+            assert resp.status == 200
+            # One GET: no 401, no replay.
+            assert sum(1 for r in s.requests if r.path == USERS) == 1
+            assert s.count("POST", LOGIN) == 2
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+async def test_a_refused_login_stays_withheld_after_a_refresh_and_a_4xx_drops_its_session(
+    clock: VirtualClock, secret_values: set[str], shared: bool
+) -> None:
+    """Refresh by hand (keepalive=False): after the refusal a 2xx refresh keeps the session
+    and lifts nothing; a further 3xx raises the refusal again with no login; a 4xx too, and
+    drops the session (the next call logs in)."""
+    async with bots(clock) as s:
+        auth = _login(s, clock, shared, keepalive=False)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth):
             await auth.login()
             learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            await clock.sleep(300)  # past the fleet's "refreshed recently" window
+            s.faults.script("POST", REFRESH, [REDIRECT])
+            s.faults.script("POST", LOGIN, [451])
+            with pytest.raises(BlockedError):
+                await auth.refresh()
+            assert auth.session is kept
+            await clock.sleep(300)
+            assert await auth.refresh() is True
+            await clock.sleep(300)
+            s.faults.script("POST", REFRESH, [REDIRECT])
+            with pytest.raises(BlockedError, match="not sent again until a caller logs in"):
+                await auth.refresh()
+            assert auth.session is kept
+            await clock.sleep(300)
+            s.faults.script("POST", REFRESH, [401])
+            with pytest.raises(BlockedError) as refused:
+                await auth.refresh()
+            assert refused.value.status == 451
+            assert auth.session is None
+            assert (s.count("POST", LOGIN), s.count("POST", REFRESH)) == (2, 4)
+            # The next call logs in (a caller's login: sent).
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            assert s.count("POST", LOGIN) == 3
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+async def test_after_a_refused_login_a_new_login_lifts_the_rule(
+    clock: VirtualClock, secret_values: set[str], caplog: pytest.LogCaptureFixture, shared: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="le_transport")
+    async with bots(clock) as s:
+        auth = _login(s, clock, shared)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await e.login()
+            s.faults.script("POST", REFRESH, [REDIRECT] * 1000)
+            s.faults.script("POST", LOGIN, [401])
+            await clock.sleep(1750)  # between two ticks
+            assert s.count("POST", LOGIN) == 2
+            # A caller logs in (the password was fixed, say): its session's refresh falls back
+            # to a login again.
+            s.faults.clear()
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            relogged = auth.session
+            s.faults.script("POST", REFRESH, [REDIRECT])
             await clock.sleep(301)
-            assert s.count("POST", REFRESH) == 2
+            assert s.count("POST", LOGIN) == 4
+            assert auth.session is not relogged
+            learn_session_secrets(auth, secret_values)
+            await clock.sleep(301)
+            assert auth.refreshes == 1
+    assert len(_withheld(caplog)) == 1
+
+
+async def test_a_login_landing_as_a_refused_fallback_ends_is_not_lost(
+    clock: VirtualClock, secret_values: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login that lands between the refused fallback login and the keepalive's next look
+    (here: made at once by whoever got the refusal) is refreshed on its schedule. The
+    keepalive marked itself refused and cleared its wake-up after it: it waited for ever."""
+    async with bots(clock) as s:
+        auth = _login(s, clock, False)
+        refresh = auth._refresh
+
+        async def refresh_then_login(fallback: str | None = None) -> bool:
+            try:
+                return await refresh(fallback)
+            except LoginRejected:
+                s.faults.clear()
+                await auth.login()
+                learn_session_secrets(auth, secret_values)
+                raise
+
+        monkeypatch.setattr(auth, "_refresh", refresh_then_login)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await e.login()
+            s.faults.script("POST", REFRESH, [REDIRECT])
+            s.faults.script("POST", LOGIN, [401])
+            await clock.sleep(301)
+            assert s.count("POST", LOGIN) == 3
+            await clock.sleep(301)
             assert auth.refreshes == 1
 
 

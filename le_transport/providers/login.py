@@ -25,17 +25,23 @@ next request or connect gets; so does a refresh answered with anything but a 2xx
 included: provider calls never follow redirects). When that login fails after a refused (4xx)
 refresh, the session is dropped; after a 3xx, it is kept (it may still serve calls while the
 Login Service is down or redirects to a maintenance page) and, if the login met an outage, the
-next tick tries again. A refused login (a changed password, a blacklisted account) is never
-retried in the background, whether its session was dropped or kept: the keepalive waits for
-the next successful login, whoever makes it (a caller, :meth:`LoginServiceAuth.relogin`, an
-adopted fleet session). A refresh that failed and kept its session (a 5xx, a timeout, a 2xx
-maintenance page: see :meth:`LoginServiceAuth.refresh`; a 3xx whose login met an outage) is
-tried again after half the TTL the session has left since it was last known alive (its login
-or last refresh), never later than the interval nor sooner than
-:data:`MIN_SESSION_REFRESH_INTERVAL`: one outage no longer lets a short-lived session expire (a
-whole interval after a refresh that gave up half-way through the TTL was past it). Its request
-says it handles an outage itself (``ProviderHttp.request(fallback=...)``): the retry
-middleware logs its giving up as a WARNING, not an ERROR. Logins and refreshes are single
+next refresh tries it again. A refused login (a changed password, a blacklisted account) is
+never sent again by a refresh, whoever runs it (this keepalive, or the engine's
+``Engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")`` calling
+:meth:`LoginServiceAuth.refresh` with ``keepalive=False``, alone or with a ``shared``
+session): a dropped session is not refreshed, and the keepalive waits for the next login,
+whoever makes it (a caller, :meth:`LoginServiceAuth.relogin`, an adopted fleet session); a
+kept one is still refreshed (a 2xx keeps it alive, the Login Service back), but a refresh of
+it answered 3xx (or 4xx: then it is dropped) raises that refusal again, its type and status,
+with no login request, until a new session replaces it (a login, an adopted fleet session).
+That is said once, as a WARNING. A refresh that failed and kept its session (a 5xx, a
+timeout, a 2xx maintenance page: see :meth:`LoginServiceAuth.refresh`; a 3xx, whether its
+login met an outage or was refused) is tried again after half the TTL the session has left
+since it was last known alive (its login or last refresh), never later than the interval nor
+sooner than :data:`MIN_SESSION_REFRESH_INTERVAL`: one outage no longer lets a short-lived
+session expire (a whole interval after a refresh that gave up half-way through the TTL was past
+it). Its request says it handles an outage itself (``ProviderHttp.request(fallback=...)``): the
+retry middleware logs its giving up as a WARNING, not an ERROR. Logins and refreshes are single
 flight: a hundred concurrent callers without a token cause one login.
 
 **A login answered with neither a refusal nor a login** (a 3xx, or a 200 that is not the
@@ -312,6 +318,11 @@ class LoginServiceAuth:
         # Set by every login (and adopted session): wakes the keepalive, to time its next
         # refresh from the new session (see _keepalive_loop).
         self._logged_in = asyncio.Event()
+        # The session kept after a refresh answered 3xx whose fallback login was refused (its
+        # generation: a refresh adopted from the fleet keeps it), with that refusal's status:
+        # its refresh never falls back to a login again (see _refusal_again). Cleared by every
+        # new session (a login, an adopted fleet session).
+        self._login_refused: tuple[int, int] | None = None
         self._closed = False
         # Imported here: the state package builds on the providers.
         from ..state.session import SharedSession
@@ -514,8 +525,13 @@ class LoginServiceAuth:
         replaced it). Raises what the fallback login raises; after a refused refresh the
         session is then dropped: the next call logs in,
         and the keepalive waits for a successful login (it never retries a refused login on
-        its own). After a 3xx it is kept (calls go on with it), and a refused login leaves the
-        keepalive waiting for a successful login all the same. A refresh answered 2xx with a
+        its own). After a 3xx it is kept (calls go on with it, later refreshes keep it alive);
+        if its login was refused (:class:`~le_transport.errors.LoginRejected`,
+        :class:`~le_transport.errors.BlockedError`), no later refresh of that session sends
+        the login again: one answered 3xx (or 4xx, which drops it) raises that refusal again,
+        with no login request, until a new session replaces it. A caller refreshing on a
+        schedule (``Engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")``) so sends no
+        refused login in the background either. A refresh answered 2xx with a
         body that is neither empty nor JSON (a proxy's HTML maintenance page) refreshed
         nothing: it is an :class:`~le_transport.errors.UnexpectedAnswer`, an outage, the
         session kept, as after a 5xx. A transient refresh failure (a 5xx, a timeout, a
@@ -554,27 +570,39 @@ class LoginServiceAuth:
                 StateEvent(
                     "refresh_failed",
                     self.subject,
-                    {"status": exc.status, "next": "login", "generation": session.generation},
+                    {
+                        "status": exc.status,
+                        "next": self._next_after_refresh(session),
+                        "generation": session.generation,
+                    },
                 ),
             )
             # A 4xx: the Login Service refused the refresh. A 3xx says nothing of the session:
             # it may still serve calls in flight and sockets.
             refused = isinstance(exc, ClientStatusError)
             if self._session is session:
+                if self._login_refused_for(session):
+                    # Its fallback login was refused already: never sent again for it, by
+                    # whatever refreshes it (the keepalive, the engine's, a caller).
+                    if refused:
+                        self._drop(session)
+                    raise self._refusal_again(exc.status) from exc
                 # No socket or request is torn down, the session replaced not logged out (see
                 # the module): the new bearer is simply what the next request or connect gets.
                 try:
                     await self.login()
-                except Exception:
+                except Exception as login_exc:
                     # A refused session is dropped all the same: were the login refused (a
                     # changed password, a blacklisted account), the dead session must not be
                     # refreshed, and the login tried again, at every tick. One a 3xx left
                     # alone is kept: it still serves calls while the Login Service is down
-                    # or redirects to a maintenance page. Either way a refused login is not
-                    # tried again by the keepalive (it waits for a successful login: see
-                    # _keepalive_loop); after an outage the next tick tries again.
+                    # or redirects to a maintenance page, and is still refreshed; but a
+                    # refused login is not sent again for it (_mark_login_refused). After an
+                    # outage the next refresh tries the login again.
                     if refused:
                         self._drop(session)
+                    else:
+                        self._mark_login_refused(session, login_exc)
                     raise
             return False
         self.refreshes += 1
@@ -585,6 +613,56 @@ class LoginServiceAuth:
             StateEvent("refreshed", self.subject, {"generation": session.generation}),
         )
         return True
+
+    def _login_refused_for(self, session: LoginSession) -> bool:
+        """Whether ``session`` was kept after a refresh answered 3xx whose fallback login was
+        refused: its refresh then falls back to no login (:meth:`_refusal_again`)."""
+        mark = self._login_refused
+        return mark is not None and mark[0] == session.generation
+
+    def _next_after_refresh(self, session: LoginSession) -> str:
+        """What follows a refresh of ``session`` that was not accepted, in its event."""
+        return "no login: refused for this session" if self._login_refused_for(session) else "login"
+
+    def _mark_login_refused(self, session: LoginSession, exc: BaseException) -> None:
+        """After a refresh answered 3xx kept ``session``: if its fallback login was refused
+        (``exc`` a :class:`LoginRejected` or :class:`BlockedError`), no refresh of it sends
+        that login again, whoever asks for it (the keepalive, the engine's, a caller): at
+        every tick it would be a refused login (12 an hour: an account lockout, a blacklisted
+        account hammered). Said once, as a WARNING (the refusal itself was an ERROR,
+        ``login_failed``). The session is still refreshed: a 2xx keeps it alive."""
+        if not isinstance(exc, (LoginRejected, BlockedError)) or self._session is not session:
+            return
+        if self._login_refused_for(session):
+            return
+        self._login_refused = (session.generation, exc.status)
+        _log.warning(
+            "%s: the login was refused (%d) after a refresh answered with a redirect; the "
+            "session is kept and still refreshed, but the login is not sent again until a "
+            "caller logs in",
+            self.subject,
+            exc.status,
+            extra={
+                "subject": self.subject,
+                "status": exc.status,
+                "generation": session.generation,
+            },
+        )
+
+    def _refusal_again(self, status: int) -> LoginRejected | BlockedError:
+        """What a refresh of a session whose fallback login was refused raises when it is not
+        accepted again (``status``, a 3xx or a 4xx): the refusal's type and status, with no
+        login request made."""
+        mark = self._login_refused
+        assert mark is not None
+        message = (
+            f"{self.subject}: the Login Service answered {status} to refresh; the login it "
+            f"falls back to was refused with {mark[1]} for this session and is not sent again "
+            "until a caller logs in (check the credentials)"
+        )
+        if mark[1] == 451:
+            return BlockedError(message, status=451, service=self._service)
+        return LoginRejected(message, status=mark[1])
 
     # -- a session shared by a fleet (state.SharedSession) ----------------------------------
 
@@ -636,10 +714,12 @@ class LoginServiceAuth:
         # after it had expired.
         loaded = _load_session(token.value, self._generation + 1, http.clock.now() - token.age)
         if current is not None and current.bearer == loaded.bearer:
-            # A refresh elsewhere: same bearer, so the same generation.
+            # A refresh elsewhere: same bearer, so the same generation (a login refused for it
+            # stays so).
             loaded = attrs.evolve(loaded, generation=current.generation)
         else:
             self._generation += 1
+            self._login_refused = None
         self._session = loaded
         self._logged_in.set()
         emit_state(
@@ -690,7 +770,11 @@ class LoginServiceAuth:
                 http.hooks,
                 _log,
                 logging.WARNING,
-                StateEvent("refresh_failed", self.subject, {"status": exc.status, "next": "login"}),
+                StateEvent(
+                    "refresh_failed",
+                    self.subject,
+                    {"status": exc.status, "next": self._next_after_refresh(session)},
+                ),
             )
             await self._shared_refresh_failed(
                 session,
@@ -751,12 +835,19 @@ class LoginServiceAuth:
             if not (refused and current is not None and current.bearer == posted.bearer):
                 return
             session = current
+        if self._login_refused_for(session):
+            # Its fallback login was refused already: not sent again (see _refresh_once).
+            if refused:
+                self._drop(session)
+            raise self._refusal_again(exc.status) from exc
         try:
             self._check_open()
             await self._flight.run(lambda: self._shared_login(stale=version))
-        except Exception:
+        except Exception as login_exc:
             if refused:
                 self._drop(session)
+            else:
+                self._mark_login_refused(session, login_exc)
             raise
 
     def _policy(self, http: ProviderHttp) -> RetryPolicy:
@@ -808,6 +899,7 @@ class LoginServiceAuth:
         # a session lived (relogin(), login() called directly) says nothing of that session,
         # which calls in flight and sockets may still hold (see the module).
         self._session = session
+        self._login_refused = None
         self._logged_in.set()
         self.logins += 1
         emit_state(
@@ -977,22 +1069,22 @@ class LoginServiceAuth:
         """Refresh the session every :meth:`refresh_interval_for` it, timed from its login (or
         last refresh). Without a session (dropped after a 401, or after a refused login) it
         waits for the next login, whoever makes it, and times the refresh from that: never
-        an interval measured from a session that is gone. After a refused login (the fallback
-        of a refresh) it waits so too, even if the session was kept (a refresh answered with
-        a 3xx): the login would be refused again at every tick. After a refresh that failed
-        and kept the session (an outage), the next one comes sooner: :meth:`_retry_in`."""
+        an interval measured from a session that is gone. A session kept after a refresh
+        that failed (an outage, or a 3xx, whether its fallback login met an outage or was
+        refused) is refreshed again sooner: :meth:`_retry_in`. A refused fallback login is
+        never sent again for that session (the refresh raises the refusal without it: see
+        :meth:`_mark_login_refused`), so the keepalive needs no rule of its own for it, and
+        the session is kept alive once the Login Service answers its refresh again."""
         # The session last known alive (logged in, adopted or refreshed), and since when.
         alive: tuple[LoginSession, float] | None = None
         failed = False
-        # Whether the last fallback login was refused: nothing is tried until a login succeeds.
-        refused = False
         while True:
-            # Cleared before the session is read: a login from here on wakes the wait below.
+            # Cleared before the session is read: a login from here on wakes the wait below
+            # (one that landed before is read here).
             self._logged_in.clear()
             session = self._session
-            if session is None or refused:
+            if session is None:
                 await self._logged_in.wait()
-                refused = False
                 continue
             if alive is None or alive[0] is not session:
                 alive, failed = (session, session.logged_in_at), False
@@ -1018,26 +1110,25 @@ class LoginServiceAuth:
                 # The keepalive never dies: the next tick tries the refresh again (sooner
                 # than an interval, while the session lives), or, the session being gone,
                 # the next request's login starts it over; the outer recovery loop handles a
-                # lasting outage. But a refresh refused and the login after it too
-                # (LoginRejected, BlockedError: the password changed, or the account is
-                # blacklisted) is not retried: every tick, that would be a failed login
-                # every few minutes (an account lockout), or a blacklisted account hammered.
-                # Said once (the refusal itself was an ERROR, login_failed): the loop then
-                # waits for a successful login, whoever makes it, whether the session was
-                # dropped (a refused refresh) or kept (a redirected one): kept, it may still
-                # serve calls, but refreshing it would send the refused login again.
+                # lasting outage. A refused fallback login (LoginRejected, BlockedError: the
+                # password changed, or the account is blacklisted) is never tried again by
+                # it: a dropped session waits for a login, whoever makes it; a kept one (a
+                # 3xx) is still refreshed, and its refresh sends no login any more.
                 details: dict[str, object] = {"error": type(exc).__name__}
                 current = self._session
+                refused = False
                 if isinstance(exc, (LoginRejected, BlockedError)):
                     refused = True
                     details["status"] = exc.status
-                    details["next"] = "none: the keepalive waits for a successful login"
-                elif current is not None:
+                    details["login"] = "refused: not sent again until a caller logs in"
+                if current is not None:
                     details["next"] = "retry on the next tick"
                     if current is session:
                         details["retry_in"] = round(
                             self._retry_in(session, alive[1], http.clock.now()), 3
                         )
+                elif refused:
+                    details["next"] = "none: the keepalive waits for a successful login"
                 else:
                     details["next"] = "the next call logs in"
                 emit_state(
