@@ -3057,14 +3057,19 @@ class Engine:
         provider that fetches is asked at the first run instead.
 
         The task goes on through outages (a run that fails after the engine's retries: a 5xx,
-        a reset, a timeout, the Domain API down), each logged at WARNING. A run that fails in a
-        way no later run can fix stops it: an unknown service, a 4xx but 401 or 407 (a chat
-        that ended, a blacklisted account), credentials refused, a setup mistake. One ERROR
-        line, a ``keepalive_failed`` event with ``stopped=True``, ``task.running`` False, and
-        ``task.error`` (also what ``await task.wait()`` returns) holds the error. Ask for a new
-        keepalive once the cause is fixed. The Login Service refresh (below) goes on after a
-        refused login: the provider drops the session, and later runs refresh nothing until a
-        call logs in again, then keep that session alive.
+        a reset, a timeout, a 408, 425 or 429, the Domain API down), each logged at WARNING.
+        Failures that look final (an unknown service or refused host from a domain provider
+        that fetches, a 4xx but 401, 407, 408, 425 and 429: a chat that ended, a blacklisted
+        account; credentials refused; a setup mistake) stop it only once every run has failed
+        so for :attr:`~le_transport.sockets.keepalive.KeepaliveTask.STOP_AFTER_RUNS` runs in a
+        row and :attr:`~le_transport.sockets.keepalive.KeepaliveTask.STOP_AFTER_SECONDS`
+        (a gateway's hiccup or a Domain API's bad map a refetch cures is waited out): one
+        ERROR line, a ``keepalive_failed`` event with ``stopped=True``, ``task.running`` False,
+        ``task.error`` (also what ``await task.wait()`` returns) holding the error, and the
+        task leaves the engine. Ask for a new keepalive once the cause is fixed. The Login
+        Service refresh (below) is not stopped by a refused login: the provider marks the
+        session (or drops it), sends no login of its own again, and later runs keep whichever
+        session a call logs in with alive.
 
         ``headers`` go on every keepalive request, as :meth:`request`'s do: str names to str
         values without CR, LF or NUL, and none that the auth provider's credentials set (its
@@ -3166,8 +3171,8 @@ class Engine:
                 await provider.refresh()
 
             action = refresh
-            # A refused fallback login drops the session: later runs refresh nothing (no
-            # login) until a call logs in again, and the schedule keeps that session alive.
+            # A refused fallback login marks the session (no login sent again for it) or drops
+            # it: later runs refresh what is there, and keep a caller's next login alive.
             not_final: tuple[type[Exception], ...] = (LoginRejected, BlockedError)
         else:
             method = policy.method
@@ -3200,8 +3205,8 @@ class Engine:
             if self._resolves_at_once:
                 # A static map answers at once, as for websocket(): a service it does not know
                 # (a typo) is an UnknownServiceError here, at the call, not a failure at every
-                # run. A provider that fetches is asked at the first run; if it says the
-                # service does not exist, the task stops there (KeepaliveTask).
+                # run. A provider that fetches is asked at the runs; if it keeps saying the
+                # service does not exist, the task stops (KeepaliveTask's final streak).
                 _resolve_at_once(self._domains, service)
 
             async def call() -> None:

@@ -13,6 +13,23 @@
   and ``await task.wait()`` returning it. Outages (a 5xx after the retries, a timeout, a
   connection refused, the Domain API down) still go on as before.
 
+The review of that change (section 7 on):
+
+- It stopped at the first failure judged final, which is too eager: one 401 on an app key's
+  run and its replay (a gateway's hiccup, a key disabled and enabled again) stopped the chat
+  info keepalive for good, and the chat timed out though the next call worked; so did one bad
+  domain map a fetching provider (``CsdsDomains``) cures when its TTL runs out. The schedule
+  now stops only once every run failed so for ``STOP_AFTER_SECONDS`` (600 s, a fetched map's
+  default TTL) and ``STOP_AFTER_RUNS`` (3) runs at least; each such failure before is a
+  WARNING saying so. A success or an outage starts the count again.
+- One 408 or 425 (a ``ClientStatusError`` from the default classifier) stopped it for good:
+  both ask to try again (``RETRY_HANDSHAKE_STATUSES``), and are now outages.
+- A healthy keepalive closed with an engine that holds a socket (the engine's close cuts the
+  run in flight short with ``EngineClosed`` before it closes its keepalives) ended with that
+  error: ``wait()`` returned it. It now ends as a close does: ``error`` None.
+- A task that stopped by itself stayed in its engine's set until the engine closed: an engine
+  serving many chats grew without bound, and reported them as keepalives running.
+
 Against the simulator on loopback, on the virtual clock.
 """
 
@@ -22,6 +39,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import attrs
 import pytest
 
 from le_transport import AppKeyAuth, Engine, EventHooks, StateEvent, StaticDomains, UserLogin
@@ -35,6 +53,7 @@ from le_transport.errors import (
     ConfigurationError,
     ConnectionFailed,
     DomainResolutionError,
+    EngineClosed,
     HostileHostError,
     InvalidRequest,
     LoginRejected,
@@ -47,7 +66,9 @@ from le_transport.errors import (
     UnknownServiceError,
 )
 from le_transport.policies import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO
-from le_transport.sockets import KeepaliveTask
+from le_transport.providers import CsdsDomains
+from le_transport.providers.csds import DEFAULT_CSDS_TTL
+from le_transport.sockets import UMS_BRAND_SOCKET_QUERY, KeepaliveTask, ums_brand_path
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
     DEFAULT_APP_KEY,
@@ -59,6 +80,11 @@ from tests.known_secrets import BEARER
 
 CHAT_INFO = "*/chat/*/info"
 HOUR = 3600.0
+#: The runs of the chat info keepalive (every 30 s) until a failure judged final on every run
+#: stops it: the first at 30 s, the last 600 s later.
+STOP_RUNS = 21
+#: When that last run fails.
+STOPS_AT = 30.0 * STOP_RUNS
 
 
 @pytest.fixture
@@ -137,7 +163,7 @@ class _FetchingDomains(StaticDomains):
     __slots__ = ()
 
 
-async def test_a_provider_that_fetches_is_asked_at_the_first_run_and_its_verdict_stops_it(
+async def test_a_provider_that_fetches_is_asked_at_each_run_and_its_verdict_repeated_stops_it(
     sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     states: list[StateEvent] = []
@@ -147,18 +173,26 @@ async def test_a_provider_that_fetches_is_asked_at_the_first_run_and_its_verdict
         task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentvep", fields=_chat_fields(sim))
         await clock.sleep(HOUR)
         assert not task.running
-        assert (task.runs, task.failures) == (1, 1)
+        assert (task.runs, task.failures) == (STOP_RUNS, STOP_RUNS)
         assert isinstance(task.error, UnknownServiceError)
         assert await task.wait() is task.error
         await task.close()
     records = _keepalive_records(caplog)
-    assert [r.levelno for r in records] == [logging.ERROR]
-    message = records[0].getMessage()
+    assert [r.levelno for r in records] == [logging.WARNING] * (STOP_RUNS - 1) + [logging.ERROR]
+    message = records[-1].getMessage()
     assert "Server Chat API" in message
     assert "agentvep" in message
     assert "UnknownServiceError" in message
-    stopped = [s for s in states if s.name == "keepalive_failed"]
-    assert [s.details for s in stopped] == [
+    assert "600 s (21 runs in a row)" in message
+    failed = [s for s in states if s.name == "keepalive_failed"]
+    assert [s.details for s in failed] == [
+        {
+            "action": SERVER_CHAT_API_CHAT_INFO.action,
+            "error": "UnknownServiceError",
+            "final_in_a_row": n,
+        }
+        for n in range(1, STOP_RUNS)
+    ] + [
         {
             "action": SERVER_CHAT_API_CHAT_INFO.action,
             "error": "UnknownServiceError",
@@ -171,11 +205,12 @@ async def test_a_provider_that_fetches_is_asked_at_the_first_run_and_its_verdict
 
 
 @pytest.mark.parametrize("status", [404, 410, 403, 400])
-async def test_the_chat_info_keepalive_of_a_chat_that_ended_stops_at_the_first_refusal(
+async def test_the_chat_info_keepalive_of_a_chat_that_ended_stops_once_refused_for_10_minutes(
     sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture, status: int
 ) -> None:
     """A chat that ended (its info answered 404 or 410; 400 and 403 are as final): nothing
-    will keep it alive, so the schedule stops rather than asking 120 times an hour."""
+    will keep it alive, so the schedule stops rather than asking 120 times an hour (once the
+    refusal came back on every run for 10 minutes)."""
     states: list[StateEvent] = []
     caplog.set_level(logging.INFO, logger="le_transport.sockets")
     sim.faults.add(FaultRule("ended", Status(status), match=Match(method="GET", path=CHAT_INFO)))
@@ -183,19 +218,21 @@ async def test_the_chat_info_keepalive_of_a_chat_that_ended_stops_at_the_first_r
         task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=_chat_fields(sim))
         await clock.sleep(HOUR)
         assert not task.running
-        assert (task.runs, task.failures) == (1, 1)
+        assert (task.runs, task.failures) == (STOP_RUNS, STOP_RUNS)
         assert isinstance(task.error, ClientStatusError)
         assert task.error.status == status
         assert await task.wait() is task.error
-    assert sim.count("GET", CHAT_INFO) == 1
+    assert sim.count("GET", CHAT_INFO) == STOP_RUNS
     records = _keepalive_records(caplog)
-    assert [r.levelno for r in records] == [logging.ERROR]
-    message = records[0].getMessage()
+    assert [r.levelno for r in records] == [logging.WARNING] * (STOP_RUNS - 1) + [logging.ERROR]
+    message = records[-1].getMessage()
     assert "Server Chat API" in message
     assert "agentVep" in message
     assert f"ClientStatusError: {status}" in message
-    assert records[0].exc_info is None
-    assert [s.details.get("stopped") for s in states if s.name == "keepalive_failed"] == [True]
+    assert all(r.exc_info is None for r in records)
+    assert [s.details.get("stopped") for s in states if s.name == "keepalive_failed"] == [None] * (
+        STOP_RUNS - 1
+    ) + [True]
 
 
 async def test_a_refused_app_key_stops_the_keepalive_and_never_shows_the_key(
@@ -213,11 +250,10 @@ async def test_a_refused_app_key_stops_the_keepalive_and_never_shows_the_key(
         await clock.sleep(HOUR)
         assert not task.running
         assert isinstance(task.error, AuthenticationError)
-    assert sim.count("GET", CHAT_INFO) == 2  # the first run and its one replay
+    assert sim.count("GET", CHAT_INFO) == 2 * STOP_RUNS  # each run and its one replay
     stops = [r for r in _keepalive_records(caplog) if r.levelno >= logging.WARNING]
-    assert len(stops) == 1
-    assert stops[0].levelno == logging.ERROR
-    assert "AuthenticationError" in stops[0].getMessage()
+    assert [r.levelno for r in stops] == [logging.WARNING] * (STOP_RUNS - 1) + [logging.ERROR]
+    assert all("AuthenticationError" in r.getMessage() for r in stops)
 
 
 async def test_a_blacklisted_account_stops_the_keepalive(
@@ -229,7 +265,7 @@ async def test_a_blacklisted_account_stops_the_keepalive(
         await clock.sleep(HOUR)
         assert not task.running
         assert isinstance(task.error, BlockedError)
-    assert sim.count("GET", CHAT_INFO) == 1
+    assert sim.count("GET", CHAT_INFO) == STOP_RUNS
 
 
 # -- 3. outages still go on --------------------------------------------------------------------
@@ -284,10 +320,14 @@ def _refused(status: int) -> ClientStatusError:
     return ClientStatusError(f"{status} refused", status=status)
 
 
-def _domain_refused() -> DomainResolutionError:
+def _domain_refused_with(status: int) -> DomainResolutionError:
     err = DomainResolutionError("the Domain API refused the account")
-    err.__cause__ = _refused(400)
+    err.__cause__ = _refused(status)
     return err
+
+
+def _domain_refused() -> DomainResolutionError:
+    return _domain_refused_with(400)
 
 
 def _retried_503() -> RetriesExhausted:
@@ -327,6 +367,11 @@ TRANSIENT: dict[str, Callable[[], Exception]] = {
     "401-no-credentials": lambda: _refused(401),
     "407-proxy": lambda: _refused(407),
     "os-error": lambda: OSError("reset"),
+    # Statuses that ask to try again (RETRY_HANDSHAKE_STATUSES), bare or as a Domain API's.
+    "408": lambda: _refused(408),
+    "425": lambda: _refused(425),
+    "429": lambda: _refused(429),
+    "domain-api-408": lambda: _domain_refused_with(408),
 }
 
 
@@ -338,7 +383,7 @@ def _failing(errors: Callable[[], Exception]) -> Callable[[], Awaitable[None]]:
 
 
 @pytest.mark.parametrize("name", list(FINAL))
-async def test_a_failure_final_by_nature_stops_the_schedule_once(
+async def test_a_failure_final_by_nature_on_every_run_for_10_minutes_stops_the_schedule_once(
     clock: VirtualClock, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
     states: list[StateEvent] = []
@@ -352,14 +397,15 @@ async def test_a_failure_final_by_nature_stops_the_schedule_once(
     ).start()
     await clock.sleep(HOUR)
     assert not task.running
-    assert (task.runs, task.failures) == (1, 1)
+    assert (task.runs, task.failures) == (STOP_RUNS, STOP_RUNS)
     assert task.error is not None
     assert await task.wait() is task.error
     records = _keepalive_records(caplog)
-    assert [r.levelno for r in records] == [logging.ERROR]
-    assert type(task.error).__name__ in records[0].getMessage()
-    assert records[0].__dict__["error"] == type(task.error).__name__
-    assert [s.details.get("stopped") for s in states] == [True]
+    assert [r.levelno for r in records] == [logging.WARNING] * (STOP_RUNS - 1) + [logging.ERROR]
+    assert all(type(task.error).__name__ in r.getMessage() for r in records)
+    assert records[-1].__dict__["error"] == type(task.error).__name__
+    assert [r.__dict__["final_in_a_row"] for r in records] == list(range(1, STOP_RUNS + 1))
+    assert [s.details.get("stopped") for s in states] == [None] * (STOP_RUNS - 1) + [True]
     await task.close()
     assert task.error is not None  # close() keeps why it stopped
 
@@ -399,13 +445,14 @@ async def test_the_stop_line_shows_the_errors_text_redacted(
 
     caplog.set_level(logging.INFO, logger="le_transport.sockets")
     task = KeepaliveTask(SERVER_CHAT_API_CHAT_INFO, action, clock=clock).start()
-    await clock.sleep(35)
-    (record,) = _keepalive_records(caplog)
-    message = record.getMessage()
-    assert record.levelno == logging.ERROR
-    assert "ConfigurationError: refused Authorization: Bearer ***" in message
-    assert BEARER not in message
-    assert len(message) < 600
+    await clock.sleep(STOPS_AT + 5)
+    records = _keepalive_records(caplog)
+    assert [r.levelno for r in records] == [logging.WARNING] * (STOP_RUNS - 1) + [logging.ERROR]
+    for record in records:
+        message = record.getMessage()
+        assert "ConfigurationError: refused Authorization: Bearer ***" in message
+        assert BEARER not in message
+        assert len(message) < 600
     await task.close()
 
 
@@ -417,7 +464,7 @@ async def test_wait_returns_the_error_a_keepalive_stopped_on(clock: VirtualClock
         SERVER_CHAT_API_CHAT_INFO, _failing(lambda: _refused(410)), clock=clock
     ).start()
     waiter = asyncio.ensure_future(task.wait())
-    await clock.sleep(29)
+    await clock.sleep(STOPS_AT - 1)
     assert not waiter.done()
     await clock.sleep(2)
     error = await waiter
@@ -485,3 +532,384 @@ async def test_the_refresh_keepalive_goes_on_after_a_refused_login_and_refreshes
         assert auth.refreshes == refreshed + 1
         assert (task.runs, task.failures) == (3, 1)
         await task.close()
+
+
+# -- 7. a failure judged final stops the schedule only once it came back for 10 minutes ---------
+
+
+def _outcomes(
+    clock: VirtualClock, script: Callable[[int], Exception | None]
+) -> Callable[[], Awaitable[None]]:
+    """An action whose run ``n`` (from 1) raises ``script(n)``, or succeeds on None."""
+    runs = 0
+
+    async def action() -> None:
+        nonlocal runs
+        runs += 1
+        error = script(runs)
+        if error is not None:
+            raise error
+
+    return action
+
+
+def test_the_stop_waits_out_a_fetched_domain_maps_default_ttl() -> None:
+    assert KeepaliveTask.STOP_AFTER_SECONDS == DEFAULT_CSDS_TTL
+    assert KeepaliveTask.STOP_AFTER_RUNS == 3
+    assert DEFAULT_CSDS_TTL / SERVER_CHAT_API_CHAT_INFO.interval + 1 == STOP_RUNS
+
+
+async def test_one_final_failure_then_a_success_goes_on(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the first failure judged final stopped the schedule for good."""
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        _outcomes(clock, lambda n: _refused(404) if n == 1 else None),
+        clock=clock,
+    ).start()
+    await clock.sleep(HOUR + 5)
+    assert task.running
+    assert task.error is None
+    assert (task.runs, task.failures) == (120, 1)
+    (record,) = _keepalive_records(caplog)
+    assert record.levelno == logging.WARNING
+    await task.close()
+    assert await task.wait() is None
+
+
+async def test_a_success_starts_the_count_again(clock: VirtualClock) -> None:
+    # Refused on the first 20 runs (600 s less one interval), answered on the 21st, then
+    # refused for ever: the count starts again at run 22, and stops 600 s later, at run 42.
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        _outcomes(clock, lambda n: None if n == STOP_RUNS else _refused(410)),
+        clock=clock,
+    ).start()
+    await clock.sleep(2 * STOPS_AT - 5)
+    assert task.running
+    assert (task.runs, task.failures) == (2 * STOP_RUNS - 1, 2 * STOP_RUNS - 2)
+    await clock.sleep(HOUR)
+    assert not task.running
+    assert (task.runs, task.failures) == (2 * STOP_RUNS, 2 * STOP_RUNS - 1)
+    assert isinstance(task.error, ClientStatusError)
+    await task.close()
+
+
+async def test_an_outage_between_starts_the_count_again(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure judged final on every other run, an outage between: never 'every run'."""
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        _outcomes(clock, lambda n: _refused(404) if n % 2 else _retried_503()),
+        clock=clock,
+    ).start()
+    await clock.sleep(HOUR + 5)
+    assert task.running
+    assert task.error is None
+    assert (task.runs, task.failures) == (120, 120)
+    finals = [r.__dict__.get("final_in_a_row") for r in _keepalive_records(caplog)]
+    assert finals == [1, None] * 60
+    await task.close()
+
+
+@pytest.mark.parametrize(
+    ("interval", "runs"),
+    [(30.0, STOP_RUNS), (59.0, 12), (300.0, 3), (1000.0, 3)],
+)
+async def test_the_stop_takes_10_minutes_and_3_runs_at_least(
+    clock: VirtualClock, interval: float, runs: int
+) -> None:
+    """Three runs alone would stop the chat info keepalive 60 s after the first failure, before
+    a fetched domain map's TTL ran out; 10 minutes alone would stop a keepalive run every
+    1000 s on its second run."""
+    policy = attrs.evolve(SERVER_CHAT_API_CHAT_INFO, interval=interval, timeout=10.0)
+    task = KeepaliveTask(policy, _failing(lambda: _refused(404)), clock=clock).start()
+    await clock.sleep(interval * runs - 1)
+    assert task.running
+    assert task.runs == runs - 1
+    await clock.sleep(2)
+    assert not task.running
+    assert (task.runs, task.failures) == (runs, runs)
+    await task.close()
+
+
+async def test_the_login_refresh_keepalive_stops_on_its_third_final_failure(
+    clock: VirtualClock,
+) -> None:
+    """Every 5 min: three runs in a row take 10 minutes."""
+    task = KeepaliveTask(
+        CHAT_AGENT_API_REFRESH, _failing(lambda: _refused(403)), clock=clock
+    ).start()
+    await clock.sleep(3 * CHAT_AGENT_API_REFRESH.interval + 1)
+    assert not task.running
+    assert (task.runs, task.failures) == (3, 3)
+    await task.close()
+
+
+async def test_each_final_failure_before_the_stop_says_when_it_will_stop(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        _failing(lambda: _refused(404)),
+        clock=clock,
+        name="agentVep retrieve chat information",
+    ).start()
+    await clock.sleep(65)
+    first, second = _keepalive_records(caplog)
+    assert first.levelno == second.levelno == logging.WARNING
+    assert first.getMessage() == (
+        "agentVep retrieve chat information: keepalive retrieve chat information failed: "
+        "ClientStatusError: 404 refused; judged final (1 run(s) in a row, for 0 s): it stops "
+        "once every run has failed so for 600 s and 3 runs in a row"
+    )
+    assert "judged final (2 run(s) in a row, for 30 s)" in second.getMessage()
+    assert (first.__dict__["final_in_a_row"], second.__dict__["final_in_a_row"]) == (1, 2)
+    await task.close()
+
+
+# -- 8. through the engine: the review's repros -------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 425])
+async def test_one_408_or_425_on_the_chat_info_is_waited_out(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """A proxy's or a load balancer's request timeout, answered once: before, the keepalive
+    stopped for good (a ClientStatusError that failed at once), and the chat timed out."""
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    sim.faults.script("GET", CHAT_INFO, [status])
+    async with _chat_engine(sim, clock) as engine:
+        task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=_chat_fields(sim))
+        await clock.sleep(605)
+        assert task.running, task.error
+        assert task.error is None
+        assert (task.runs, task.failures) == (20, 1)
+        await task.close()
+    (record,) = _keepalive_records(caplog)
+    assert record.levelno == logging.WARNING
+    assert "final_in_a_row" not in record.__dict__
+
+
+async def test_an_app_key_refused_on_one_run_and_its_replay_is_waited_out(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Two 401s, the run and its one replay (a gateway's hiccup, a key disabled and enabled
+    again): an AuthenticationError judged final, which stopped the chat info keepalive for
+    good, though the next run works."""
+    sim.faults.script("GET", CHAT_INFO, [401, 401])
+    async with _chat_engine(sim, clock) as engine:
+        task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=_chat_fields(sim))
+        await clock.sleep(605)
+        assert task.running, task.error
+        assert task.error is None
+        assert (task.runs, task.failures) == (20, 1)
+        await task.close()
+    assert sim.count("GET", CHAT_INFO) == 21  # the first run's two, then one a run
+
+
+@pytest.mark.parametrize("ttl", [120.0, None])
+@pytest.mark.parametrize("bad", ["hostile", "missing"])
+async def test_a_bad_map_a_fetching_provider_cures_after_its_ttl_is_waited_out(
+    sim: Simulator, clock: VirtualClock, ttl: float | None, bad: str
+) -> None:
+    """One bad map (a login answer's, or the Domain API's during a bad deploy): a hostile host,
+    or no entry, for agentVep. Before, the keepalive stopped at its first run; the provider
+    fetches the map again once its TTL (600 s by default) runs out, and the runs work again."""
+    states: list[StateEvent] = []
+    domains = CsdsDomains(
+        sim.account.id,
+        csds_host=sim.host,
+        scheme="http",
+        ttl=DEFAULT_CSDS_TTL if ttl is None else ttl,
+    )
+    entries = [{"service": "other", "account": sim.account.id, "baseURI": sim.host}]
+    if bad == "hostile":
+        entries.append({"service": "agentVep", "account": sim.account.id, "baseURI": "evil/x?y"})
+    async with Engine(
+        domains,
+        scheme="http",
+        clock=clock,
+        auth=AppKeyAuth(sim.account.id, DEFAULT_APP_KEY.key),
+        hooks=EventHooks(on_state=states.append),
+    ) as engine:
+        assert domains.warm({"baseURIs": entries})  # at 0 s: the map's TTL runs from here
+        task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=_chat_fields(sim))
+        await clock.sleep(HOUR)
+        assert task.running, task.error
+        assert task.error is None
+        # Every run failed until the map's TTL ran out (at 120 s: 30, 60 and 90 s; at 600 s:
+        # 30 to 570 s), the provider's own verdict; none since.
+        assert task.failures == (ttl or DEFAULT_CSDS_TTL) // SERVER_CHAT_API_CHAT_INFO.interval - 1
+        assert sim.count("GET", CHAT_INFO) == task.runs - task.failures
+        await task.close()
+    expected = (HostileHostError if bad == "hostile" else UnknownServiceError).__name__
+    failed = [s.details for s in states if s.name == "keepalive_failed"]
+    assert failed == [
+        {"action": SERVER_CHAT_API_CHAT_INFO.action, "error": expected, "final_in_a_row": n}
+        for n in range(1, task.failures + 1)
+    ]
+
+
+# -- 9. an engine closed under a run ends the schedule as a close does -------------------------
+
+
+async def test_an_action_that_raises_engine_closed_ends_the_schedule_cleanly(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    states: list[StateEvent] = []
+    released: list[KeepaliveTask] = []
+
+    async def action() -> None:
+        raise EngineClosed("the engine was closed during a pause")
+
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        action,
+        clock=clock,
+        hooks=EventHooks(on_state=states.append),
+        on_close=released.append,
+    ).start()
+    waiter = asyncio.ensure_future(task.wait())
+    await clock.sleep(HOUR)
+    assert await waiter is None
+    assert not task.running
+    assert task.error is None
+    assert (task.runs, task.failures) == (1, 0)
+    assert states == []
+    assert released == [task]
+    (record,) = _keepalive_records(caplog)
+    assert record.levelno == logging.INFO
+    assert "its engine is closed" in record.getMessage()
+    await task.close()
+    assert released == [task]
+
+
+async def test_wait_of_a_healthy_keepalive_closed_with_an_engine_holding_a_socket_is_none(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine's close sets its shutdown before it closes its keepalives (its sockets close
+    first): a run in its retry pause ends with EngineClosed, which the task kept as its error,
+    and wait() returned it for a keepalive that was healthy."""
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    states: list[StateEvent] = []
+    sim.faults.script("GET", CHAT_INFO, [503])  # one 503: the first run pauses 5 s
+    engine = _chat_engine(sim, clock, states=states)
+    await engine.start()
+    try:
+        agent = UserLogin(
+            sim.account.id,
+            DEFAULT_USER,
+            DEFAULT_PASSWORD,
+            domains=StaticDomains(sim.domains),
+            keepalive=False,
+        )
+        ws = await engine.websocket(
+            "facadeMsg",
+            ums_brand_path(sim.account.id),
+            params=UMS_BRAND_SOCKET_QUERY,
+            auth=agent,
+        )
+        await ws.wait_open()
+        task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=_chat_fields(sim))
+        waiter = asyncio.ensure_future(task.wait())
+        await clock.sleep(32)  # the first run is in its 5 s retry pause
+        assert task.running
+        assert task.error is None
+    finally:
+        await engine.close()
+    assert await waiter is None
+    assert task.error is None
+    assert task.failures == 0
+    assert [s for s in states if s.name == "keepalive_failed"] == []
+    assert [r.levelno for r in _keepalive_records(caplog) if "keepalive" in r.getMessage()] == [
+        logging.INFO
+    ]
+
+
+# -- 10. a task that stops by itself leaves its engine --------------------------------------
+
+
+async def test_keepalives_that_stopped_by_themselves_leave_the_engine(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """An engine serving many chats kept every stopped keepalive until it closed, and reported
+    them as running."""
+    sim.faults.add(FaultRule("ended", Status(404), match=Match(method="GET", path=CHAT_INFO)))
+    async with _chat_engine(sim, clock) as engine:
+        tasks = [
+            engine.keepalive(
+                SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=_chat_fields(sim, f"c{i}")
+            )
+            for i in range(50)
+        ]
+        assert len(engine._keepalives) == 50
+        await clock.sleep(STOPS_AT + 5)
+        assert not any(t.running for t in tasks)
+        assert not engine._keepalives
+        assert not [line for line in engine._left_open() if "keepalive" in line]
+        # Each still says why it stopped, and closes quietly.
+        assert all(isinstance(t.error, ClientStatusError) for t in tasks)
+        for t in tasks:
+            await t.close()
+
+
+class _SleepFails:
+    """The virtual clock, whose sleeps raise once ``fail`` is set."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self.fail = False
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.fail:
+            raise OSError("the clock source went away")
+        await self._clock.sleep(seconds)
+
+
+async def test_a_keepalive_stopped_by_its_clock_leaves_its_owner(clock: VirtualClock) -> None:
+    released: list[KeepaliveTask] = []
+    broken = _SleepFails(clock)
+    broken.fail = True
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        _failing(lambda: _refused(404)),
+        clock=broken,
+        on_close=released.append,
+    ).start()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.running
+    assert isinstance(task.error, OSError)
+    assert released == [task]
+    await task.close()
+    assert released == [task]
+
+
+async def test_an_owner_that_fails_to_hear_the_end_is_logged_and_the_error_kept(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def owner(task: KeepaliveTask) -> None:
+        raise RuntimeError("the owner's bug")
+
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO, _failing(lambda: _refused(404)), clock=clock, on_close=owner
+    ).start()
+    await clock.sleep(STOPS_AT + 5)
+    assert not task.running
+    assert isinstance(task.error, ClientStatusError)
+    records = _keepalive_records(caplog)
+    assert records[-1].levelno == logging.ERROR
+    assert "its owner could not be told" in records[-1].getMessage()
+    assert "RuntimeError" in records[-1].getMessage()
+    await task.close()  # quiet: the owner is not told twice

@@ -4,7 +4,8 @@ Two kinds of action share one policy: a socket request (``GetClock``), sent only
 arrived for a whole interval, whose silence past the timeout means the peer is dead; and an
 HTTP call through the engine (Server Chat API "retrieve chat information", Login Service
 ``refresh``), run every interval. Both run on the injected clock. An HTTP keepalive goes on
-through outages, and stops on a failure no later run can fix (see :class:`KeepaliveTask`).
+through outages, and stops only once a failure no retry fixes came back on every run for
+10 minutes, 3 runs at least (see :class:`KeepaliveTask`).
 
 Socket keepalives are served by a :class:`KeepaliveScheduler`, one per engine: a heap of
 (deadline, socket) entries and one task sleeping until the earliest. An idle socket costs a heap
@@ -26,7 +27,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from .._checks import require_kind
 from .._redact import redact_text
@@ -41,8 +42,9 @@ from ..errors import (
     Repeat,
 )
 from ..events import EventHooks, StateEvent, emit
+from ..policies.close_codes import RETRY_HANDSHAKE_STATUSES
 from ..policies.keepalive import Keepalive, KeepaliveStep
-from ..recovery import is_setup_error, repeat_of
+from ..recovery import is_setup_error, refused_status, repeat_of
 
 __all__ = [
     "KeepaliveFailureSubject",
@@ -365,14 +367,15 @@ def _read_outcome(task: asyncio.Task[None]) -> None:
 
 #: 4xx answers that say nothing final of a keepalive's own request: the stack handles them
 #: (the auth middleware answers a 401 with fresh credentials and one replay, and a second 401
-#: is an AuthenticationError; a 407 is the proxy's, its credentials not the call's; a 429 is
-#: never a ClientStatusError): met bare, they are logged and the schedule goes on.
-_STATUSES_THE_STACK_HANDLES = frozenset({401, 407, 429})
+#: is an AuthenticationError; a 407 is the proxy's, its credentials not the call's): met bare,
+#: they are logged and the schedule goes on.
+_STATUSES_THE_STACK_HANDLES = frozenset({401, 407})
 
 
 def _final_failure(error: Exception) -> bool:
-    """Whether a failed run's ``error`` is final by nature: no later run of the same action can
-    succeed, so an HTTP keepalive stops on it rather than fail every interval for ever.
+    """Whether a failed run's ``error`` is judged final: no retry of the same action fixes it,
+    so an HTTP keepalive whose every run fails so for long enough stops (see
+    :class:`KeepaliveTask`) rather than fail every interval for ever.
 
     The recovery loop's own taxonomy: a mistake in what was asked for
     (:func:`~le_transport.recovery.is_setup_error`: a malformed call, a
@@ -383,9 +386,14 @@ def _final_failure(error: Exception) -> bool:
     :func:`~le_transport.recovery.repeat_of` verdict is ``FINAL``:
     :class:`~le_transport.errors.LoginRejected`, a second 401 after fresh credentials; not an
     :class:`~le_transport.errors.UnexpectedAnswer`, a maintenance page). Not an outage: a 5xx
-    or a reset after the engine's retries, a timeout, the Domain API down."""
+    or a reset after the engine's retries, a timeout, the Domain API down; nor a 408 or a 425
+    (nor a 429) wherever it was answered, the statuses that ask to try again as it was
+    (:data:`~le_transport.policies.close_codes.RETRY_HANDSHAKE_STATUSES`, as a socket's
+    upgrade treats them)."""
     if isinstance(error, AuthenticationError):
         return repeat_of(error) is Repeat.FINAL
+    if refused_status(error) in RETRY_HANDSHAKE_STATUSES:
+        return False
     if isinstance(error, ClientStatusError) and error.status in _STATUSES_THE_STACK_HANDLES:
         return False
     return is_setup_error(error)
@@ -396,35 +404,59 @@ class KeepaliveTask:
 
     A failed run (after the engine's own retries) is logged as a WARNING (the error's type and
     its text, redacted and cut to 200 characters) and reported as a ``keepalive_failed`` state
-    event; the schedule goes on: an outage (a 5xx or a reset after the retries, a timeout, the
-    Domain API down) is waited out. :attr:`runs` and :attr:`failures` count what happened.
+    event; the schedule goes on: an outage (a 5xx or a reset after the retries, a timeout, a
+    408 or 425, the Domain API down) is waited out. :attr:`runs` and :attr:`failures` count
+    what happened.
 
-    A run that fails in a way no later run can fix stops the schedule instead of failing every
-    interval for ever: a mistake in what was asked for (an unknown service, a malformed call,
-    a :class:`~le_transport.errors.ConfigurationError`, a provider's bug), a 4xx but 401 or 407
-    (a chat that ended, answered 404 or 410; a blacklisted account, 451), or credentials
-    refused (:class:`~le_transport.errors.LoginRejected`, a second 401 after fresh
-    credentials). It is logged once at ERROR (the product, the task's name, which holds the
-    service, and the error's type and text, redacted and cut short), reported as a
-    ``keepalive_failed`` state event with ``stopped=True``, :attr:`running` turns False and
-    :attr:`error` holds the error; :meth:`wait` returns it. ``not_final`` names error types
-    that never stop it (the engine's Login Service refresh: a refused login drops the session,
-    and later runs refresh nothing until a call logs in again, then keep that session alive).
+    A failure judged final (no retry of the run fixes it: a mistake in what was asked for, an
+    unknown service, a hostile host, a :class:`~le_transport.errors.ConfigurationError`, a
+    provider's bug; a 4xx but 401, 407, 408, 425 or 429, such as a chat that ended, answered
+    404 or 410, or a blacklisted account, 451; credentials refused,
+    :class:`~le_transport.errors.LoginRejected` or a second 401 after fresh credentials) is
+    still only a run that failed, once: an app key's 401 on a run and its replay may be a
+    gateway's hiccup, a domain map a provider fetched is cured when its TTL runs out. Its
+    WARNING says it was judged final, how many runs in a row failed so, and when the schedule
+    stops; its event carries ``final_in_a_row``. The schedule stops only once every run failed
+    so for :attr:`STOP_AFTER_SECONDS` (10 minutes, a fetched domain map's default TTL: a map
+    cured by then was fetched again within the runs that failed) and
+    :attr:`STOP_AFTER_RUNS` runs (3) at least: 21 runs of the Server Chat API's chat info (every
+    30 s), 3 of a Login Service refresh (every 5 min). A run that succeeds, or fails otherwise
+    (an outage), starts the count again. The stop is logged once at ERROR (the product, the
+    task's name, which holds the service, and the last error's type and text, redacted and cut
+    short), reported as a ``keepalive_failed`` state event with ``stopped=True``,
+    :attr:`running` turns False and :attr:`error` holds the last error; :meth:`wait` returns
+    it. ``not_final`` names error types never judged final (the engine's Login Service
+    refresh: a refused login drops the session, and later runs refresh nothing until a call
+    logs in again, then keep that session alive).
 
     A clock that fails (its ``now`` or ``sleep`` raises) cannot keep the schedule: rather than
     the task ending quietly, it is logged once at ERROR (the clock's and the error's types),
     reported as a ``keepalive_failed`` state event with ``stopped=True``, and the schedule
     stops: :attr:`running` turns False and :attr:`error` holds the clock's error. Nothing
-    restarts it; :meth:`close` still returns quietly. So does an action that raises
-    :class:`~le_transport.errors.EngineClosed` (its engine closed under it: every later run
-    would fail alike): logged once at INFO, reported with ``stopped=True``, and
-    :attr:`error` holds it. A task that stopped by itself stays its engine's until closed
-    (closing it, or the engine, is quiet); ask the engine for a new one to start again.
+    restarts it; :meth:`close` still returns quietly.
+
+    An action that raises :class:`~le_transport.errors.EngineClosed` (its engine closing: the
+    engine's close cuts the run in flight short before it closes its keepalives) ends the
+    schedule as a close does, not as a failure: one INFO line, no failure counted, no event,
+    :attr:`error` stays None and :meth:`wait` returns None.
+
+    A task that stops by itself, whichever way, leaves its engine at once (``on_close`` is
+    called, as by :meth:`close`): an engine serving many chats does not keep the keepalives of
+    those that ended, nor count them as left running. Ask the engine for a new one to start
+    again; closing a stopped task is quiet.
 
     :meth:`close` is final: :meth:`start` afterwards raises
     :class:`~le_transport.errors.KeepaliveClosed` (a task started again was no longer its
     engine's, and ran on after the engine closed).
     """
+
+    #: A failure judged final stops the schedule once every run failed so for this many runs
+    #: in a row at least ...
+    STOP_AFTER_RUNS: ClassVar[int] = 3
+    #: ... and for this long at least, from the first of them: the default TTL of a domain map
+    #: fetched from the Domain API (``DEFAULT_CSDS_TTL``), so that a bad map such a provider
+    #: holds is fetched again before the schedule gives up on it.
+    STOP_AFTER_SECONDS: ClassVar[float] = 600.0
 
     def __init__(
         self,
@@ -451,8 +483,14 @@ class KeepaliveTask:
         self._ended = asyncio.Event()
         #: Runs of the action so far.
         self.runs = 0
-        #: Runs that failed (a clock failure is not one: see :attr:`error`).
+        #: Runs that failed (a clock failure is not one: see :attr:`error`; nor a run cut
+        #: short by its engine's close).
         self.failures = 0
+        # The runs in a row that failed in a way judged final, when the first of them ran, and
+        # how long before the last one.
+        self._final_in_a_row = 0
+        self._final_since = 0.0
+        self._final_span = 0.0
 
     @property
     def policy(self) -> Keepalive:
@@ -466,14 +504,16 @@ class KeepaliveTask:
 
     @property
     def error(self) -> Exception | None:
-        """Why the schedule stopped by itself: a run's failure that no later run can fix, the
-        :class:`~le_transport.errors.EngineClosed` of an engine closed under it, or the error
-        its clock raised. None while it runs, and when it was only closed."""
+        """Why the schedule stopped by itself: the last of the runs whose failures, judged
+        final, came back on every run for :attr:`STOP_AFTER_SECONDS` and
+        :attr:`STOP_AFTER_RUNS` runs, or the error its clock raised. None while it runs, when
+        it was closed, and when its engine closed under it."""
         return self._error
 
     async def wait(self) -> Exception | None:
         """Wait until the schedule ends, by itself or closed; return :attr:`error` (None when
-        it was closed while running well). Cancelling the wait leaves the schedule running."""
+        it was closed while running well, by itself or with its engine). Cancelling the wait
+        leaves the schedule running."""
         await self._ended.wait()
         return self._error
 
@@ -502,6 +542,27 @@ class KeepaliveTask:
             self._clock_failed(exc)
         finally:
             self._ended.set()
+            # Stopped by itself (or cancelled): no longer its engine's, which would otherwise
+            # hold it, and count it as running, until the engine closed.
+            self._release()
+
+    def _release(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is None:
+            return
+        try:
+            on_close(self)
+        except Exception as exc:
+            # The owner's callback: its failure must not replace why the schedule ended.
+            _log.error(
+                "%s: keepalive %s: its owner could not be told that it ended (%s: %s)",
+                self._name,
+                self._policy.action,
+                type(exc).__name__,
+                error_text(exc),
+                exc_info=redacted_exc_info(exc),
+                extra={"keepalive": self._policy.action, "error": type(exc).__name__},
+            )
 
     def _failed_for_good(self, error: Exception) -> None:
         self._error = error
@@ -509,14 +570,22 @@ class KeepaliveTask:
         # The error's type and its text, redacted and cut short, as a failed run's WARNING
         # shows them; no traceback (the caller's own code is not at fault).
         _log.error(
-            "%s: keepalive %s (%s) stopped: %s: %s; no later run can succeed, so it will not "
-            "run again (fix the cause and ask the engine for a new keepalive)",
+            "%s: keepalive %s (%s) stopped: %s: %s; every run for %.0f s (%d runs in a row) "
+            "failed in a way no retry fixes, so it will not run again (fix the cause and ask "
+            "the engine for a new keepalive)",
             self._name,
             action,
             product,
             type(error).__name__,
             error_text(error),
-            extra={"keepalive": action, "product": product, "error": type(error).__name__},
+            self._final_span,
+            self._final_in_a_row,
+            extra={
+                "keepalive": action,
+                "product": product,
+                "error": type(error).__name__,
+                "final_in_a_row": self._final_in_a_row,
+            },
         )
         emit(
             self._hooks.on_state,
@@ -528,21 +597,14 @@ class KeepaliveTask:
         )
 
     def _engine_closed(self, error: EngineClosed) -> None:
-        self._error = error
-        # INFO: an engine closing while a run starts is a normal end, not a fault.
+        # INFO, and no error kept: an engine closing under a run (its close cuts the run short
+        # before it closes its keepalives) ends the schedule as that close would have, not as
+        # a failure; wait() returns None, as for any keepalive closed while healthy.
         _log.info(
             "%s: keepalive %s stopped: its engine is closed; it will not run again",
             self._name,
             self._policy.action,
             extra={"keepalive": self._policy.action, "error": type(error).__name__},
-        )
-        emit(
-            self._hooks.on_state,
-            StateEvent(
-                "keepalive_failed",
-                self._name,
-                {"action": self._policy.action, "error": type(error).__name__, "stopped": True},
-            ),
         )
 
     def _clock_failed(self, error: Exception) -> None:
@@ -587,35 +649,71 @@ class KeepaliveTask:
             except asyncio.CancelledError:
                 raise
             except EngineClosed as exc:
-                # Every later run would fail alike: the schedule stops, and says so once.
-                self.failures += 1
+                # Its engine is closing: the schedule ends, as that close would end it.
                 self._engine_closed(exc)
                 return
             except Exception as exc:
                 self.failures += 1
-                if not isinstance(exc, self._not_final) and _final_failure(exc):
-                    # An unknown service, a chat that ended, credentials refused: every later
-                    # run would fail alike, 120 WARNINGs an hour that no caller would see.
+                if self._judged_final(exc, now):
+                    # An unknown service, a chat that ended, credentials refused, on every run
+                    # for long enough: every later run would fail alike, 120 WARNINGs an hour
+                    # that no caller would see.
                     self._failed_for_good(exc)
                     return
-                # The error's type and its text, redacted and cut short: the type alone
-                # ("TransportError") cannot tell an engine never started from an outage.
-                _log.warning(
-                    "%s: keepalive %s failed: %s: %s",
-                    self._name,
-                    self._policy.action,
-                    type(exc).__name__,
-                    error_text(exc),
-                    extra={"keepalive": self._policy.action, "error": type(exc).__name__},
-                )
-                emit(
-                    self._hooks.on_state,
-                    StateEvent(
-                        "keepalive_failed",
-                        self._name,
-                        {"action": self._policy.action, "error": type(exc).__name__},
-                    ),
-                )
+                self._run_failed(exc)
+            else:
+                self._final_in_a_row = 0
+
+    def _judged_final(self, error: Exception, now: float) -> bool:
+        """Count a failed run that started at ``now``; whether the schedule stops on it."""
+        if isinstance(error, self._not_final) or not _final_failure(error):
+            # An outage: whatever failed before it is no longer failing alike on every run.
+            self._final_in_a_row = 0
+            return False
+        if self._final_in_a_row == 0:
+            self._final_since = now
+        self._final_in_a_row += 1
+        self._final_span = now - self._final_since
+        return (
+            self._final_in_a_row >= self.STOP_AFTER_RUNS
+            and self._final_span >= self.STOP_AFTER_SECONDS
+        )
+
+    def _run_failed(self, error: Exception) -> None:
+        action = self._policy.action
+        details: dict[str, object] = {"action": action, "error": type(error).__name__}
+        in_a_row = self._final_in_a_row
+        # The error's type and its text, redacted and cut short: the type alone
+        # ("TransportError") cannot tell an engine never started from an outage.
+        if in_a_row:
+            details["final_in_a_row"] = in_a_row
+            _log.warning(
+                "%s: keepalive %s failed: %s: %s; judged final (%d run(s) in a row, for %.0f "
+                "s): it stops once every run has failed so for %.0f s and %d runs in a row",
+                self._name,
+                action,
+                type(error).__name__,
+                error_text(error),
+                in_a_row,
+                self._final_span,
+                self.STOP_AFTER_SECONDS,
+                self.STOP_AFTER_RUNS,
+                extra={
+                    "keepalive": action,
+                    "error": type(error).__name__,
+                    "final_in_a_row": in_a_row,
+                },
+            )
+        else:
+            _log.warning(
+                "%s: keepalive %s failed: %s: %s",
+                self._name,
+                action,
+                type(error).__name__,
+                error_text(error),
+                extra={"keepalive": action, "error": type(error).__name__},
+            )
+        emit(self._hooks.on_state, StateEvent("keepalive_failed", self._name, details))
 
     async def close(self) -> None:
         """Stop the schedule (the run in flight is cancelled), for good. Idempotent."""
