@@ -13,6 +13,15 @@
 3. ``SlowBody``, ``TruncatedBody`` and ``MalformedBody`` read the whole real answer, decoded,
    with no limit: a small gzip bomb held hundreds of MiB. They read through the engine's
    ``max_body_bytes`` now (``TruncatedBody`` only what it keeps, and one byte more).
+4. Their review: an answer a middleware inside the injector had read already (the injector among
+   ``outer_middlewares``, a caller's body-logging wire middleware) was read again from its spent
+   stream: ``SlowBody`` handed back a 200 with an empty body, ``TruncatedBody`` kept nothing,
+   and both failed on a released one. ``SlowBody`` held the body to ``max_body_bytes`` where
+   the caller's stack holds it to nothing (a streaming ``RetryMiddleware(buffer_body=False)``,
+   no retry middleware): an answer that reads whole without the fault failed under it. And a
+   ``SlowBody`` on an answer with no body (to a HEAD, a 204) was not what it is without the
+   fault: the simulator wrote a body after a HEAD's headers (the client met a bad status
+   line), the injector announced ``Content-Length: 0`` for it and added one to a 204.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from le_transport.chaos import (
     SlowBody,
     TruncatedBody,
 )
+from le_transport.chaos.injector import _DribbledResponse
 from le_transport.errors import (
     BodyTooLarge,
     ConnectionFailed,
@@ -376,3 +386,338 @@ async def test_a_slow_body_over_the_limit_meets_the_callers_limit_as_the_real_an
     assert without[1] == [status]
     assert ("x" in without[2]) is (status == 503)
     assert await call(SlowBody(chunk_bytes=4096, chunk_delay_ms=1)) == without
+
+
+# -- 4. an answer read already, a caller without a limit, answers without a body ------------------
+
+PAYLOAD = json.dumps({"items": list(range(50))}).encode()
+
+
+def _payload_app() -> web.Application:
+    async def gz(request: web.Request) -> web.Response:
+        return web.Response(
+            body=gzip.compress(PAYLOAD),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(PAYLOAD[:100])
+        await resp.write(PAYLOAD[100:])
+        await resp.write_eof()
+        return resp
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        # ?mib=N, ?chunked=1: written a piece at a time, so the server holds no more than one.
+        size = int(request.query.get("mib", "3")) * 2**20
+        resp = web.StreamResponse()
+        if request.query.get("chunked"):
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = size
+        await resp.prepare(request)
+        piece = b"x" * 2**16
+        for _ in range(size // len(piece)):
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/gz", gz)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/big", big)
+    return app
+
+
+async def _read_until_cut(resp: aiohttp.ClientResponse) -> tuple[bytes, str | None]:
+    got = b""
+    try:
+        while chunk := await resp.content.read(4):
+            got += chunk
+    except aiohttp.ClientPayloadError as exc:
+        return got, type(exc).__name__
+    return got, None
+
+
+@pytest.mark.parametrize("path", ["/gz", "/chunked"])
+async def test_a_slow_body_outside_the_retry_middleware_dribbles_the_body_it_read(
+    serve: ServerFactory, path: str
+) -> None:
+    """The injector among the outer middlewares: the engine's retry middleware, inside it, has
+    read the body. Before: read again from the spent stream, a 200 with an empty body."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(1, FaultRule("r", SlowBody(chunk_bytes=64, chunk_delay_ms=1)))
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=VirtualClock(),
+        retry=RetryPolicy(pauses=()),
+        outer_middlewares=[injector],
+    ) as engine:
+        resp = await engine.request("GET", "svc", path)
+    assert resp.status == 200
+    assert resp.body == PAYLOAD
+    assert resp.headers["Content-Length"] == str(len(PAYLOAD))
+    assert injector.rule_counts()["r"].injected == 1
+
+
+def _body_logger(*, release: bool) -> Any:
+    """A caller's wire middleware that reads each answer's body (to log it), and then
+    ``release``s it or not."""
+
+    async def log_body(request: Any, handler: Any) -> Any:
+        resp = await handler(request)
+        await resp.read()
+        if release:
+            resp.release()
+        return resp
+
+    return log_body
+
+
+@pytest.mark.parametrize("release", [False, True], ids=["read", "read-released"])
+@pytest.mark.parametrize(
+    "fault",
+    [SlowBody(chunk_bytes=64, chunk_delay_ms=1), TruncatedBody(keep_bytes=10), MalformedBody()],
+    ids=["slow", "truncated", "malformed"],
+)
+async def test_a_body_fault_beside_a_middleware_that_read_the_body_works_on_that_body(
+    serve: ServerFactory, fault: Any, release: bool
+) -> None:
+    """Before: SlowBody handed back an empty body, TruncatedBody kept nothing; on an answer
+    released after its read, each (MalformedBody too) failed with aiohttp's 'Connection
+    closed', a failure the server never caused."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(1, FaultRule("r", fault), clock=VirtualClock())
+    async with (
+        aiohttp.ClientSession(middlewares=[injector, _body_logger(release=release)]) as session,
+        session.get(f"http://{host}/gz") as resp,
+    ):
+        got = await _read_until_cut(resp)
+    if isinstance(fault, SlowBody):
+        assert got == (PAYLOAD, None)
+    elif isinstance(fault, TruncatedBody):
+        assert got == (PAYLOAD[:10], "ClientPayloadError")
+        assert resp.headers["Content-Length"] == str(len(PAYLOAD))  # the whole body's
+    else:
+        assert got == (fault.body.encode(), None)
+
+
+async def test_a_truncated_body_outside_the_retry_middleware_keeps_its_bytes(
+    serve: ServerFactory,
+) -> None:
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(1, FaultRule("r", TruncatedBody(keep_bytes=10)))
+    async with (
+        aiohttp.ClientSession(middlewares=[injector, RetryMiddleware()]) as session,
+        session.get(f"http://{host}/gz") as resp,
+    ):
+        # Before: b"", nothing kept.
+        assert await _read_until_cut(resp) == (PAYLOAD[:10], "ClientPayloadError")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_slow_body_on_a_streaming_session_is_held_to_no_limit(
+    serve: ServerFactory, chunked: bool
+) -> None:
+    """RetryMiddleware(buffer_body=False) holds no body to its max_body_bytes: the 3 MiB answer
+    reads whole without the fault, and under it. Before: a ClientPayloadError (the body passed
+    the call's limit), a failure the server never caused."""
+    host = await serve(_payload_app())
+    url = f"http://{host}/big" + ("?chunked=1" if chunked else "")
+    got = []
+    for fault in (None, SlowBody(chunk_bytes=2**18, chunk_delay_ms=1)):
+        rules = [] if fault is None else [FaultRule("r", fault)]
+        injector = FaultInjector.seeded(1, *rules, clock=VirtualClock())
+        retry = RetryMiddleware(buffer_body=False, max_body_bytes=2**20)
+        async with (
+            aiohttp.ClientSession(middlewares=[retry, injector]) as session,
+            session.get(url) as resp,
+        ):
+            got.append((resp.status, len(await resp.read())))
+            if fault is not None:
+                # Its decoded length is announced when its headers tell it, else none (the
+                # body is not held whole to count it).
+                expected = None if chunked else str(3 * 2**20)
+                assert resp.headers.get("Content-Length") == expected
+                assert injector.rule_counts()["r"].injected == 1
+    assert got == [(200, 3 * 2**20)] * 2
+
+
+async def test_a_slow_body_without_a_retry_middleware_paces_the_live_body_in_bounded_memory(
+    serve: ServerFactory,
+) -> None:
+    """No retry middleware: no limit (before, the default 16 MiB one failed this 20 MiB answer
+    with a ClientPayloadError), and the body is not held whole: paced as it is read from the
+    connection, a piece at a time."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**16, chunk_delay_ms=1)), clock=VirtualClock()
+    )
+    size = 0
+    tracemalloc.start()
+    try:
+        async with (
+            aiohttp.ClientSession(middlewares=[injector]) as session,
+            session.get(f"http://{host}/big?mib=20") as resp,
+        ):
+            assert resp.headers["Content-Length"] == str(20 * 2**20)
+            async for chunk in resp.content.iter_chunked(2**16):
+                size += len(chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size == 20 * 2**20
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+async def test_a_slow_live_body_the_caller_does_not_read_is_not_read_on(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """What the caller has not read holds the real connection back (aiohttp's flow control),
+    as a slow reader holds a server back: before, the whole 4 MiB was fed to it."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**14, chunk_delay_ms=10)), clock=clock
+    )
+    async with (
+        aiohttp.ClientSession(middlewares=[injector]) as session,
+        session.get(f"http://{host}/big?mib=4") as resp,
+    ):
+        assert await resp.content.read(10) == b"x" * 10
+        # Virtual time enough for every piece's pause (400 s for 256 pieces).
+        await clock.sleep(3600)
+        held = resp.content.total_bytes
+        assert held <= 2**18, held  # aiohttp's high-water mark (128 KiB) and a piece or two
+        assert len(await resp.read()) == 4 * 2**20 - 10
+    assert isinstance(resp, _DribbledResponse)
+    assert resp.feeder is not None
+    assert resp.feeder.done()
+
+
+async def test_a_slow_live_body_keeps_its_pace(serve: ServerFactory, clock: VirtualClock) -> None:
+    """A guard: paced from the live connection, the pieces still come chunk_delay_ms apart on
+    the injector's clock, the first at once."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**18, chunk_delay_ms=500)), clock=clock
+    )
+    seen: list[tuple[float, int]] = []
+    async with aiohttp.ClientSession(middlewares=[injector]) as session:
+        started = clock.now()
+        async with session.get(f"http://{host}/big?mib=1") as resp:
+            async for chunk in resp.content.iter_chunked(2**18):
+                seen.append((clock.now() - started, len(chunk)))
+    assert seen == [(0.5 * i, 2**18) for i in range(4)]
+
+
+async def test_a_slow_live_body_released_mid_way_drops_its_connection(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A guard: the caller releasing the answer mid-body stops the feeding (no task left, the
+    leak check says) and drops the real connection, whose body was not read to its end."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**16, chunk_delay_ms=1000)), clock=clock
+    )
+    async with aiohttp.ClientSession(middlewares=[injector]) as session:
+        resp = await session.get(f"http://{host}/big?mib=1")
+        assert len(await resp.content.read(2**16)) == 2**16
+        assert isinstance(resp, _DribbledResponse)
+        source = resp.source
+        assert source is not None
+        assert source.connection is not None
+        resp.release()
+        await asyncio.sleep(0)
+        assert resp.feeder is not None
+        assert resp.feeder.cancelled()
+        assert source.connection is None
+        assert source.closed
+        assert resp.source is None
+
+
+# Both sides, one plan: a SlowBody on an answer with no body is the answer without the fault.
+
+CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+
+
+async def _no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+async def _gzipped(request: web.Request) -> web.Response:
+    return web.Response(
+        body=gzip.compress(PAYLOAD),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+
+
+async def _observed(
+    sim: Simulator, injector: FaultInjector | None, method: str, path: str, *, retry: bool
+) -> tuple[object, ...]:
+    middlewares: list[Any] = [RetryMiddleware(buffer_body=True)] if retry else []
+    if injector is not None:
+        middlewares.append(injector)
+    async with aiohttp.ClientSession(middlewares=middlewares) as session:
+        try:
+            async with session.request(method, sim.url + path) as resp:
+                body, error = await _read_until_cut(resp)
+                return (
+                    resp.status,
+                    resp.headers.get("Content-Length"),
+                    resp.headers.get("Content-Encoding"),
+                    body,
+                    error,
+                )
+        except aiohttp.ClientError as exc:
+            return ("raised", type(exc).__name__, str(exc)[:80])
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["bare", "retry-middleware"])
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        ("HEAD", "csds"),
+        ("HEAD", "gzip"),
+        ("HEAD", "204"),
+        ("GET", "204"),
+    ],
+)
+async def test_a_slow_body_on_an_answer_without_a_body_is_that_answer_on_either_side(
+    clock: VirtualClock, method: str, route: str, retry: bool
+) -> None:
+    """Before: the simulator wrote the body after a HEAD's headers (the client met '400 Bad
+    status line'); the injector announced 'Content-Length: 0' for a HEAD whose answer says
+    929, and added one to a 204. Now both hand on the answer as it is without the fault (its
+    headers, a HEAD's Content-Length the body a GET would get, no body; a 204 with no
+    Content-Length), and count the fault."""
+    sim = Simulator(clock=clock)
+    base = f"/api/account/{DEFAULT_ACCOUNT}"
+    for name, handler in (("nocontent", _no_content), ("gzipped", _gzipped)):
+        for verb in ("GET", "HEAD"):
+            sim.add_route(verb, f"{base}/{name}", handler, service="things")
+    path = {"csds": CSDS, "gzip": f"{base}/gzipped", "204": f"{base}/nocontent"}[route]
+    fault = SlowBody(chunk_bytes=16, chunk_delay_ms=5)
+    async with sim:
+        without = await _observed(sim, None, method, path, retry=retry)
+        sim.faults.load([FaultRule("sim", fault, schedule=Schedule(fail_next=1))])
+        served = await _observed(sim, None, method, path, retry=retry)
+        assert sim.faults.rule_counts()["sim"].injected == 1
+        sim.faults.load([])
+        injector = FaultInjector.seeded(
+            0, FaultRule("inj", fault, schedule=Schedule(fail_next=1)), clock=clock
+        )
+        injected = await _observed(sim, injector, method, path, retry=retry)
+        assert injector.rule_counts()["inj"].injected == 1
+    assert served == without
+    assert injected == without
+    status, length, _, body, error = without
+    assert (body, error) == (b"", None)
+    if route == "204":
+        assert (status, length) == (204, None)
+    else:
+        assert status == 200
+        assert isinstance(length, str)
+        assert int(length) > 0

@@ -30,19 +30,32 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   body that is not valid JSON instead;
 - ``quota``: keeps the sliding window on the injector's clock; a request over the limit is
   answered ``status`` (429) with ``Retry-After`` **without sending** it;
-- ``slow_body``: sends, reads the real answer, then hands it back with its status and headers
+- ``slow_body``: sends, then hands the real answer back with its status and headers
   (repeated ones and cookies included) at once and its body in ``chunk_bytes`` pieces,
   ``chunk_delay_ms`` apart on the injector's clock. The caller's read (and its attempt
-  timeout) sees exactly a slow server; the real connection, read at full speed, is already
-  back in the pool. The real answer is read as the engine reads one (the retry middleware's
-  own read): one over the call's ``max_body_bytes`` is handed on at once, its head with a
-  ``Content-Length`` past the limit, for the caller's retry loop to refuse as it would the real
-  one (:class:`~le_transport.errors.BodyTooLarge`, or a failed answer's excerpt).
+  timeout) sees exactly a slow server. Under a retry middleware that buffers bodies (the
+  engine's), the real answer is read first, as the engine reads one (the retry middleware's
+  own read), and the real connection, read at full speed, is already back in the pool: one
+  over the call's ``max_body_bytes`` is handed on at once, its head with a ``Content-Length``
+  past the limit, for the caller's retry loop to refuse as it would the real one
+  (:class:`~le_transport.errors.BodyTooLarge`, or a failed answer's excerpt). Where the
+  caller's stack holds a body to no limit (a streaming ``RetryMiddleware(buffer_body=False)``,
+  none at all), neither does the fault: the body is paced as it is read from the real
+  connection, a piece at a time (what the caller has not read holds the connection back, as
+  a slow reader holds a server back), and announced by its length when its headers tell it
+  (else read ahead up to ``max_body_bytes``, the default's without a retry middleware: a body
+  that ends within is announced by its length, a longer one by none). An answer with no body
+  (to a HEAD, a 204 or 304) is handed on as it came, as without the fault (and as from the
+  simulator).
 
-What it reads of a real answer is bounded by the call's limit: the ``max_body_bytes`` of the
-retry middleware the call runs in (found among the session's middlewares; without one, the
-default, :data:`~le_transport.middleware.retry.DEFAULT_MAX_BODY_BYTES`), counted as decoded, so
-a small compressed body that inflates to gigabytes is never held whole. Its waits (``delay``,
+An answer a middleware inside the injector has read already (the engine's retry middleware
+when the injector is among ``outer_middlewares``; a caller's middleware that logs bodies) is
+worked on as it was read: ``slow_body`` dribbles that body, ``truncated_body`` cuts it. Else
+what it reads of a real answer to hold it is bounded by the call's limit: the
+``max_body_bytes`` of the retry middleware the call runs in (found among the session's
+middlewares; without one, the default,
+:data:`~le_transport.middleware.retry.DEFAULT_MAX_BODY_BYTES`), counted as decoded, so a small
+compressed body that inflates to gigabytes is never held whole. Its waits (``delay``,
 ``hang``, ``slow_body``'s pauses, a delayed upgrade) end when the engine's close begins: the
 call then fails as one whose answer the close cut on the wire
 (:class:`~le_transport.middleware.retry.ClosedInFlight`, which the retry loop makes
@@ -54,7 +67,8 @@ they came (a :class:`~multidict.CIMultiDict`: a repeated ``Set-Cookie`` or ``Lin
 repeated), its raw headers and its cookies (``resp.cookies``, what a session's cookie jar
 takes), but ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding``, which described
 the body on the wire: the body handed back is the decoded one, announced by a
-``Content-Length`` of its own.
+``Content-Length`` of its own (none for a ``slow_body`` paced from the connection whose decoded
+length is not known).
 
 WebSocket upgrades pass through the middleware too. As on the simulator, an upgrade is a
 request first: a ``request`` rule that matches it strikes it, with the kinds an upgrade can meet
@@ -593,14 +607,22 @@ class FaultInjector:
                 # connection closed, as for an EmptyResponse). Still injected, on both sides.
                 real.close()
                 raise aiohttp.ServerDisconnectedError()
-            # Only what is kept is read, and one byte more to know whether there was more:
-            # never more than the call's limit and one byte (a gzip bomb is not inflated).
-            limit = _retry_of(request).max_body_bytes
-            data = await _read_start(real, min(fault.keep_bytes, limit) + 1)
+            if real._body is not None:
+                # Read already, by a middleware inside this one (the engine's retry middleware,
+                # the injector among the outer middlewares; a caller's that logs bodies): its
+                # stream is spent, its body held. The cut is made in it.
+                real.release()
+                data = real._body
+            else:
+                # Only what is kept is read, and one byte more to know whether there was
+                # more: never more than the call's limit and one byte (a gzip bomb is not
+                # inflated).
+                limit = _retry_of(request).max_body_bytes
+                data = await _read_start(real, min(fault.keep_bytes, limit) + 1)
             cut = data[: fault.keep_bytes]
-            # The whole body's length is announced, as the simulator announces it, when the
-            # headers tell it (a Content-Length of the body as it is decoded); else one byte
-            # more than is kept, at least: the rest was not read.
+            # The whole body's length is announced, as the simulator announces it, when it is
+            # known (held whole, or a Content-Length of the body as it is decoded tells it);
+            # else one byte more than is kept, at least: the rest was not read.
             whole = len(data)
             if hdrs.CONTENT_ENCODING not in real.headers and real.content_length is not None:
                 whole = max(whole, real.content_length)
@@ -620,9 +642,14 @@ class FaultInjector:
             # Sent and processed, as on the simulator (which runs its handler): only the
             # answer is replaced.
             real = await handler(request)
-            # Read (and dropped) as it comes, up to the call's limit: past it the connection
-            # is dropped rather than read on (a gzip bomb is not inflated).
-            await _drain(real, _retry_of(request).max_body_bytes)
+            if real._body is not None:
+                # Read already, by a middleware inside this one: nothing left to drain (its
+                # stream is spent; aiohttp's reader of it would raise once released).
+                real.release()
+            else:
+                # Read (and dropped) as it comes, up to the call's limit: past it the
+                # connection is dropped rather than read on (a gzip bomb is not inflated).
+                await _drain(real, _retry_of(request).max_body_bytes)
             # A HEAD's answer has no body on the wire (the simulator's is dropped by aiohttp):
             # its Content-Length says what a GET would get (_made_up). Its code can carry a
             # body: MalformedBody refuses 204 and 304.
@@ -633,23 +660,50 @@ class FaultInjector:
         self, request: ClientRequest, handler: ClientHandlerType, fault: SlowBody
     ) -> ClientResponse:
         real = await handler(request)
-        # Read as the engine reads an answer (the retry middleware's own read): within the
-        # call's max_body_bytes, a compressed body held to it as it is decoded, a failed
-        # answer over it cut to its excerpt.
-        reader = _reader(request, handler)
-        try:
-            await reader._buffer(real)
-        except BodyTooLarge:
-            # More than the call takes (the connection dropped): handed on unread, so that the
-            # caller's limit refuses it as it refuses the real answer.
-            return _over_limit(request, real, reader.mw.max_body_bytes, b"")
-        finally:
+        if _bodiless(request.method, real.status):
+            # No body on the wire (to a HEAD, a 204 or 304): nothing to dribble. Handed on as
+            # it came, as without the fault (and as the simulator hands it on): a HEAD's
+            # answer with the Content-Length a GET would get, a 204 or 304 with none.
+            return real
+        mw = _retry_of(request)
+        if real._body is not None:
+            # Read already, by a middleware inside this one (the engine's retry middleware,
+            # the injector among the outer middlewares; a caller's that logs bodies): its
+            # stream is spent, its body held. That body is dribbled.
             real.release()
-        body = real._body if real._body is not None else b""
-        if real in _CUT_SHORT:
-            # A failed answer over the limit, cut to its excerpt: handed on at once, announced
-            # as large as it was, for the caller's limit to cut it alike.
-            return _over_limit(request, real, reader.mw.max_body_bytes, body)
+            body = real._body
+            if real in _CUT_SHORT:
+                # A failed answer its limit cut to an excerpt, as below.
+                return _over_limit(request, real, mw.max_body_bytes, body)
+        elif mw is _UNBOUND or not mw.buffer_body:
+            # The caller's stack holds no body to a limit (no retry middleware; one that
+            # streams): nor does the fault, which would fail an answer the server sent whole.
+            return await self._dribble_unbounded(request, real, fault, mw.max_body_bytes)
+        else:
+            # Read as the engine reads an answer (the retry middleware's own read): within
+            # the call's max_body_bytes, a compressed body held to it as it is decoded, a
+            # failed answer over it cut to its excerpt.
+            reader = _reader(request, handler)
+            try:
+                await reader._buffer(real)
+            except BodyTooLarge:
+                # More than the call takes (the connection dropped): handed on unread, so
+                # that the caller's limit refuses it as it refuses the real answer.
+                return _over_limit(request, real, mw.max_body_bytes, b"")
+            finally:
+                real.release()
+            body = real._body if real._body is not None else b""
+            if real in _CUT_SHORT:
+                # A failed answer over the limit, cut to its excerpt: handed on at once,
+                # announced as large as it was, for the caller's limit to cut it alike.
+                return _over_limit(request, real, mw.max_body_bytes, body)
+        return self._dribbled(request, real, fault, body)
+
+    def _dribbled(
+        self, request: ClientRequest, real: ClientResponse, fault: SlowBody, body: bytes
+    ) -> ClientResponse:
+        """``real``'s status and headers at once, and ``body``, its body read whole, fed in
+        pieces on the clock."""
         # The body handed back is the decoded one, whole: its length is the one to announce.
         headers, raw = _kept_headers(real, len(body))
         pieces = fault.pieces(body)
@@ -669,6 +723,90 @@ class FaultInjector:
                 _shutdown_of(request),
             )
         return resp
+
+    async def _dribble_unbounded(
+        self, request: ClientRequest, real: ClientResponse, fault: SlowBody, ahead: int
+    ) -> ClientResponse:
+        """``real``'s status and headers at once, its body paced as it is read from the real
+        connection, held to no limit: ``chunk_bytes`` read, handed on, ``chunk_delay_ms``
+        before the next piece. What waits is a piece, and what the caller has not read yet
+        (past aiohttp's high-water mark, no more is read from the real connection, as a slow
+        reader holds a server back); the real connection is held until the body ends (then
+        back to the pool) or the answer is closed or released (then dropped).
+
+        A body whose headers tell its decoded length (a ``Content-Length``, no
+        ``Content-Encoding``) is announced with it and paced from its start. Another is read
+        ahead first, up to ``ahead`` bytes (the ``max_body_bytes`` of the caller's streaming
+        retry middleware, or the default): one that ends within is dribbled as a body read
+        whole is, announced by its length; a longer one is paced on from there, with no
+        length announced."""
+        length = None if hdrs.CONTENT_ENCODING in real.headers else real.content_length
+        start = b""
+        if length is None:
+            try:
+                start = await _read_piece(real.content, ahead + 1)
+            except BaseException:
+                real.close()
+                raise
+            if real.content.at_eof():
+                real.release()
+                return self._dribbled(request, real, fault, start)
+        headers, raw = _kept_headers(real, length)
+        resp = _synthetic(
+            request,
+            real.status,
+            headers,
+            b"",
+            eof=False,
+            content_length=False,
+            raw_headers=raw,
+            reason=real.reason,
+        )
+        assert isinstance(resp, _DribbledResponse)
+        resp.source = real
+        resp.feed(self._feed_live(request, real, resp, fault, start), _shutdown_of(request))
+        return resp
+
+    async def _feed_live(
+        self,
+        request: ClientRequest,
+        real: ClientResponse,
+        resp: _DribbledResponse,
+        fault: SlowBody,
+        start: bytes,
+    ) -> None:
+        """Feed ``resp``'s body from ``real``'s (``start``, read ahead of it, first)."""
+        content = resp.content
+        size = fault.chunk_bytes
+        pause = fault.chunk_delay_ms / 1000.0
+        ahead = memoryview(start)
+        first = True
+        while True:
+            # Only once the caller has read what it was handed (below aiohttp's low-water
+            # mark): the real connection waits meanwhile, its own flow control pausing it.
+            await resp.flowing.wait()
+            piece = bytes(ahead[:size])
+            ahead = ahead[size:]
+            if len(piece) < size:
+                try:
+                    piece += await _read_piece(real.content, size - len(piece))
+                except Exception as exc:
+                    # The real body failed (cut short, timed out): the caller's read fails
+                    # alike, after what came before.
+                    content.set_exception(exc)
+                    return
+            if not piece:
+                real.release()
+                content.feed_eof()
+                return
+            if not first:
+                await self.clock.sleep(pause)
+                if request.session.closed:
+                    # As in _feed: the rest never comes.
+                    content.set_exception(_closed_in_flight())
+                    return
+            first = False
+            content.feed_data(piece)
 
     async def _feed(
         self,
@@ -821,26 +959,42 @@ class _NoWriter:
 
 class _LocalProtocol(BaseProtocol):
     """The protocol behind a locally built body: no socket to pause, and "connected" for as
-    long as the body is being fed (aiohttp's reader refuses to wait on a closed connection)."""
+    long as the body is being fed (aiohttp's reader refuses to wait on a closed connection).
+    Its reader's flow control (more held than its high-water mark: paused; read down below its
+    low-water mark: resumed) is kept in :attr:`flowing`, which what feeds the body from a live
+    connection waits for (:meth:`FaultInjector._feed_live`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        #: Set while the reader takes more (cleared while it holds past its high-water mark).
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     @property
     def connected(self) -> bool:
         return True
 
     def pause_reading(self) -> None:
-        pass  # nothing to pause: the body is already here, fed from memory
+        # Nothing to pause but the feeding of a live body: one fed from memory ignores it.
+        self.flowing.clear()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
-        pass
+        self.flowing.set()
 
 
 class _DribbledResponse(_ClientResponse):
     """A locally built response whose body is still arriving: closing or releasing it stops
-    the task that feeds it, so an abandoned slow body leaves nothing running."""
+    the task that feeds it, so an abandoned slow body leaves nothing running (and a real
+    answer it is fed from, :attr:`source`, is closed: its connection dropped, unless its body
+    was read to its end and it went back to the pool)."""
 
     feeder: asyncio.Task[None] | None = None
     #: Waits for the engine's close, to cut the body short then (ClosedInFlight).
     watcher: asyncio.Task[bool] | None = None
+    #: The real answer the body is read from as it is fed (None: fed from memory).
+    source: ClientResponse | None = None
+    #: Set while the body's reader takes more (see _LocalProtocol).
+    flowing: asyncio.Event
 
     def feed(self, feeding: Coroutine[Any, Any, None], shutdown: asyncio.Event | None) -> None:
         """Feed the body with ``feeding``, in a task of its own; when ``shutdown`` is set
@@ -849,6 +1003,9 @@ class _DribbledResponse(_ClientResponse):
         begun (the close's own call: its logout) does not stop it."""
         loop = asyncio.get_running_loop()
         self.feeder = loop.create_task(feeding, name="le_transport.chaos.slow_body")
+        # However the feeding ends (its body's end, a failure, cancelled: even before it
+        # began), the real answer it read from is let go; at its end it was released already.
+        self.feeder.add_done_callback(lambda _: self._close_source())
         if shutdown is None or shutdown.is_set():
             return
         self.watcher = loop.create_task(shutdown.wait(), name="le_transport.chaos.closing")
@@ -866,6 +1023,13 @@ class _DribbledResponse(_ClientResponse):
         for task in (self.feeder, self.watcher):
             if task is not None and not task.done():
                 task.cancel()
+        # Closed or released mid-body: the real answer goes now, not once the feeding ends.
+        self._close_source()
+
+    def _close_source(self) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            source.close()  # (nothing left to do once it was released at its body's end)
 
     def close(self) -> None:
         self._stop_feeding()
@@ -925,21 +1089,23 @@ class _CutShortStream(aiohttp.StreamReader):
 _WIRE_BODY_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding"})
 
 
-def _kept_headers(real: ClientResponse, length: int) -> tuple[CIMultiDict[str], RawHeaders]:
+def _kept_headers(real: ClientResponse, length: int | None) -> tuple[CIMultiDict[str], RawHeaders]:
     """``real``'s headers and raw headers, every one kept as it came (a repeated ``Set-Cookie``
     or ``Link`` too) but those of :data:`_WIRE_BODY_HEADERS`, with ``Content-Length:
-    length`` in their place."""
+    length`` in their place (None: the length is not known, and none is said)."""
     headers = CIMultiDict(
         (name, value)
         for name, value in real.headers.items()
         if name.lower() not in _WIRE_BODY_HEADERS
     )
-    headers["Content-Length"] = str(length)
     raw = tuple(
         (name, value)
         for name, value in real.raw_headers
         if name.decode("latin-1").lower() not in _WIRE_BODY_HEADERS
     )
+    if length is None:
+        return headers, raw
+    headers["Content-Length"] = str(length)
     return headers, (*raw, (b"Content-Length", str(length).encode()))
 
 
@@ -982,18 +1148,24 @@ def _reader(request: ClientRequest, handler: ClientHandlerType) -> _Call:
     return _Call(mw, ctx, ctx.retry or mw.policy, request, handler)
 
 
+async def _read_piece(stream: aiohttp.StreamReader, size: int) -> bytes:
+    """The next ``size`` bytes of ``stream`` (fewer at its end; none: it has ended)."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = await stream.read(size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def _read_start(real: ClientResponse, size: int) -> bytes:
     """The first ``size`` bytes of ``real``'s body (as decoded; fewer if it is shorter), the
     rest not read: the connection goes back to the pool when the body ended, else is dropped."""
-    chunks: list[bytes] = []
-    got = 0
     try:
-        while got < size:
-            chunk = await real.content.read(size - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        data = await _read_piece(real.content, size)
     except BaseException:
         real.close()
         raise
@@ -1001,7 +1173,7 @@ async def _read_start(real: ClientResponse, size: int) -> bytes:
         real.release()
     else:
         real.close()
-    return b"".join(chunks)
+    return data
 
 
 async def _drain(real: ClientResponse, limit: int) -> None:
@@ -1135,6 +1307,8 @@ def _synthetic(
     if set_cookies:
         resp._raw_cookie_headers = tuple(set_cookies)
     protocol = _LocalProtocol(loop)
+    if isinstance(resp, _DribbledResponse):
+        resp.flowing = protocol.flowing
     content: aiohttp.StreamReader
     if cut_short is not None:
         content = _CutShortStream(protocol, 2**16, loop=loop, error=cut_short)

@@ -1197,7 +1197,12 @@ class Simulator:
         self, request: web.Request, real: web.StreamResponse, fault: SlowBody
     ) -> web.StreamResponse:
         """Send ``real``'s status and headers now and its body in pieces, pausing between them
-        on the simulator's clock."""
+        on the simulator's clock. An answer with no body on the wire (to a HEAD, a 204 or 304)
+        has nothing to dribble: it goes out as it would without the fault (aiohttp sends a
+        HEAD's headers, its Content-Length the body a GET would get, and no body; a 204 or 304
+        without a Content-Length), as the client-side injector hands it on."""
+        if bodiless(request.method, real.status):
+            return real
         body = real.body if isinstance(real, web.Response) else None
         if not isinstance(body, bytes):
             # A streamed answer (a socket upgrade, a payload object) is already on its way.
