@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from yarl import URL
 
@@ -121,6 +122,10 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # its credential and keeps the scheme readable.
 _FIELD = re.compile(r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)([\"']?\s*+[:=]\s*+[\"']?)")
 _FIELD_VALUE = re.compile(r"(?i)(?!(?:bearer|jwt|basic)\s)[^\"'&,\s}]++")
+_QUOTED = {
+    '"': re.compile(r'(?:[^"\\]|\\.)*+'),
+    "'": re.compile(r"(?:[^'\\]|\\.)*+"),
+}
 
 
 def _hide_secret_fields(text: str) -> str:
@@ -134,7 +139,13 @@ def _hide_secret_fields(text: str) -> str:
         name = match.group(1).lower()
         if not any(part in name for part in _SECRET_NAME_PARTS):
             continue
-        value = _FIELD_VALUE.match(text, match.end())
+        opener = match.group(2)[-1]
+        if opener in "\"'":
+            # A quoted value: hidden up to its closing quote (a backslash escapes one), spaces,
+            # commas and all; to the end of the text when it is cut before its close.
+            value = _QUOTED[opener].match(text, match.end())
+        else:
+            value = _FIELD_VALUE.match(text, match.end())
         if value is None:
             continue
         if match.start() < done:
@@ -198,6 +209,18 @@ def redact_path(path: str) -> str:
     for i in range(1, len(segments)):
         if segments[i - 1] in _SECRET_PATH_AFTER and segments[i]:
             segments[i] = REDACTED
+        elif ";" in segments[i]:
+            # Matrix parameters (";jsessionid=...", a Java server's URL rewriting).
+            head, *params = segments[i].split(";")
+            segments[i] = ";".join(
+                [head]
+                + [
+                    f"{p.partition('=')[0]}={REDACTED}"
+                    if "=" in p and is_secret_name(unquote(p.partition("=")[0]))
+                    else p
+                    for p in params
+                ]
+            )
     return "/".join(segments)
 
 
@@ -222,7 +245,8 @@ def _query_value(value: str) -> str:
     query ("redirect_uri=https://cb/?access_token=...") scrubbed as free text, a JWT hidden;
     any other as it is (free text's rules would garble "sort=key:asc", "q=Basic plan").
     Two substring checks for a plain value: a call with params pays for its URL's display."""
-    if "=" in value or "://" in value or "@" in value:
+    if "=" in value or "://" in value or "@" in value or '"' in value or "'" in value:
+        # A quote too: a JSON value ('{"access_token": "..."}') names its secrets quoted.
         return redact_text(value)
     if "eyJ" in value:
         value = _hide_jwts(value)

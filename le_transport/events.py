@@ -127,6 +127,15 @@ class EventHooks:
 E = TypeVar("E")
 
 
+def _hook_name(hook: object) -> str:
+    """A hook as a log line names it: its qualified name, not its ``repr`` (a
+    ``functools.partial(send, api_key=...)`` repeats its arguments, a credential among them)."""
+    func = getattr(hook, "func", hook)  # a partial: the function it wraps
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) else str(name)
+
+
 def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
     """Call each hook with ``event``; a hook that raises is logged, not propagated. One that
     returns an awaitable (a lambda around an async function: not refused when it was given,
@@ -134,11 +143,13 @@ def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
     for hook in hooks:
         try:
             result = hook(event)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            # A CancelledError too: a plain function cannot be the target of its task's
+            # cancellation (that lands at an await), so one it raises is its own error.
             # Its text and traceback redacted: a hook's error may quote what it was handling.
             _log.error(
-                "event hook %r raised; ignored: %s",
-                hook,
+                "event hook %s raised; ignored: %s",
+                _hook_name(hook),
                 error_text(exc),
                 exc_info=redacted_exc_info(exc),
             )
@@ -149,7 +160,7 @@ def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
             if inspect.iscoroutine(result):
                 result.close()  # no "never awaited" warning on top of this line
             _log.warning(
-                "event hook %r returned an awaitable, which nothing awaits: hooks are called "
+                "event hook %s returned an awaitable, which nothing awaits: hooks are called "
                 "synchronously; start a task in the hook if it must do I/O",
-                hook,
+                _hook_name(hook),
             )
