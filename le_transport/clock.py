@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from ._redact import redact_text
 from .errors import ConfigurationError
 
-__all__ = ["Clock", "RealClock", "stall_timeout", "timeout_after"]
+__all__ = ["Clock", "RealClock", "stall_timeout", "timeout_after", "wall_of"]
 
 _log = logging.getLogger("le_transport.clock")
 
@@ -28,12 +28,15 @@ _log = logging.getLogger("le_transport.clock")
 class Clock(Protocol):
     """A source of monotonic time and of sleeping. Seconds, as floats.
 
-    A clock may also have a ``wall()`` method (not required, so not part of the protocol's
-    check): Unix seconds that move with :meth:`now`. Where a wall clock is needed (a JWT's
+    A clock may also give a date (not required, so not part of the protocol's check): a
+    ``wall()`` method, Unix seconds that move with :meth:`now`, which the clock's class vouches
+    for with a class attribute ``wall_is_epoch = True``. Where a wall clock is needed (a JWT's
     ``iat``/``exp``, an OAuth1 ``oauth_timestamp``, a ``Retry-After`` HTTP-date), the engine,
-    its providers and the simulator read it from their clock's ``wall`` when it has one, so
-    that everything on one clock agrees on the date: :class:`RealClock`'s is
-    :func:`time.time`, :class:`~le_transport.testing.VirtualClock`'s its own virtual date.
+    its providers and the simulator read it from such a clock (:func:`wall_of`), so that
+    everything on one clock agrees on the date: :class:`RealClock`'s is :func:`time.time`,
+    :class:`~le_transport.testing.VirtualClock`'s its own virtual date. A ``wall`` that a class
+    does not vouch for is not read (it may mean something else: a ``datetime``, milliseconds);
+    such a clock's date is :func:`time.time`.
     """
 
     def now(self) -> float:
@@ -53,6 +56,7 @@ class RealClock:
     #: Unix seconds (:func:`time.time`): the wall clock that goes with this clock (see
     #: :class:`Clock`).
     wall = staticmethod(time.time)
+    wall_is_epoch = True
 
     def now(self) -> float:
         """Seconds on the monotonic clock."""
@@ -76,6 +80,16 @@ class RealClock:
 _SLOT = 0.01
 #: Where a real-clock timeout too long for the wheel's arithmetic is armed (about 31 years).
 _NEVER = 1e9
+
+
+def wall_of(clock: object) -> Callable[[], float]:
+    """The wall clock (Unix seconds) that goes with ``clock``: its ``wall`` when its class
+    vouches for it (``wall_is_epoch = True``: :class:`RealClock`, the testing ``VirtualClock``),
+    else :func:`time.time`."""
+    wall = getattr(clock, "wall", None)
+    if getattr(type(clock), "wall_is_epoch", False) is True and callable(wall):
+        return wall  # type: ignore[no-any-return]
+    return time.time
 
 
 class _WheelTimer:

@@ -46,7 +46,7 @@ from yarl import URL
 from ._checks import require_kind, require_option
 from ._json import loads_strict
 from ._redact import body_excerpt, is_auth_path, redact_text, redact_url
-from .clock import Clock, RealClock, timeout_after
+from .clock import Clock, RealClock, timeout_after, wall_of
 from .errors import (
     AttemptRecord,
     BlockedError,
@@ -1370,13 +1370,6 @@ def split_host(host: str) -> tuple[str, int | None]:
 _ATTACHED: dict[int, tuple[weakref.ref[object], weakref.ref[Engine], bool]] = {}
 
 
-def _wall_of(clock: Clock) -> Callable[[], float]:
-    """The wall clock that goes with ``clock``: its ``wall`` if it has a callable one (a
-    VirtualClock's virtual date, the RealClock's ``time.time``), else the RealClock's."""
-    wall = getattr(clock, "wall", None)
-    return wall if callable(wall) else RealClock.wall
-
-
 def _claim(provider: object, engine: Engine) -> bool:
     """Note ``provider`` as attached to ``engine``; False if it cannot be held weakly."""
     key = id(provider)
@@ -1610,7 +1603,7 @@ class Engine:
         self._retry = retry or RetryPolicy()
         self._clock = clock or RealClock()
         self._wall_clock: Callable[[], float] = (
-            _wall_of(self._clock) if wall_clock is None else wall_clock
+            wall_of(self._clock) if wall_clock is None else wall_clock
         )
         self._hooks = hooks or EventHooks()
         self._rng = rng or random.Random()

@@ -13,10 +13,14 @@ clock's, the engine's default ``wall_clock`` is its clock's ``wall``, and provid
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import email.utils
 import math
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from yarl import URL
 
@@ -25,9 +29,12 @@ from le_transport import (
     Engine,
     EventHooks,
     RealClock,
+    RetryMiddleware,
     SentinelClientCredentials,
     StaticDomains,
+    UserLogin,
 )
+from le_transport.chaos import Status
 from le_transport.errors import ConfigurationError
 from le_transport.providers import OAuth1Auth
 from le_transport.providers._http import ProviderHttp
@@ -37,6 +44,8 @@ from le_transport.testing.simulator import (
     DEFAULT_APP_KEY,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
     SimulatorConfig,
 )
 
@@ -167,7 +176,12 @@ def test_the_real_clock_default_is_time_time_as_before() -> None:
     assert Engine({"svc": "h"}).wall_clock is time.time
     assert Engine({"svc": "h"}, clock=RealClock()).wall_clock is time.time
     assert RealClock.wall is time.time
-    assert ProviderHttp.__attrs_attrs__.wall_clock.default is time.time
+    made = ProviderHttp(
+        session=lambda: aiohttp.ClientSession(),
+        retry_middleware=RetryMiddleware(),
+        clock=RealClock(),
+    )
+    assert made.wall_clock is time.time
 
 
 async def test_a_simulator_on_the_real_clock_keeps_the_real_date() -> None:
@@ -305,3 +319,94 @@ async def test_a_provider_moved_to_an_engine_on_another_date_forgets_its_skew() 
         assert auth._skew == 120.0  # the same wall clock: kept
     async with Engine(domains, auth=auth, clock=VirtualClock(epoch=1_700_000_000.0)):
         assert auth._skew == 0.0
+
+
+# -- review of 3d53e8b ------------------------------------------------------------------------
+
+
+class _DatedClock:
+    """A caller's own Clock whose ``wall`` means something else (a datetime for its own
+    logs), as it may: taken for Unix seconds, it failed the simulator with a bare TypeError
+    and every token call with a ProviderError."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def wall(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC)
+
+
+async def test_a_wall_a_clock_does_not_vouch_for_is_not_read() -> None:
+    async with Simulator(clock=_DatedClock()) as sim:
+        assert abs(sim.wall_clock() - time.time()) < 60
+        domains = StaticDomains(sim.domains)
+        auth = SentinelClientCredentials(
+            sim.account.id, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, domains=domains
+        )
+        async with Engine(domains, auth=auth, scheme="http", clock=_DatedClock()) as engine:
+            assert engine.wall_clock is time.time
+            assert await engine.request_json(
+                "GET", "accountConfigReadOnly", users_path(sim.account.id)
+            )
+
+
+async def test_a_wall_clock_that_gives_no_unix_seconds_is_said_as_such() -> None:
+    async with Simulator() as sim:
+        domains = StaticDomains(sim.domains)
+        auth = SentinelClientCredentials(
+            sim.account.id,
+            DEFAULT_CLIENT_ID,
+            DEFAULT_CLIENT_SECRET,
+            domains=domains,
+            wall_clock=lambda: float("nan"),
+        )
+        async with Engine(domains, auth=auth, scheme="http") as engine:
+            with pytest.raises(ConfigurationError, match="wall clock returned nan"):
+                await engine.request("GET", "accountConfigReadOnly", users_path(sim.account.id))
+
+
+async def test_the_simulators_date_header_is_its_own_date() -> None:
+    clock = VirtualClock()
+    async with Simulator(clock=clock) as sim:
+        clock.advance(7200.0)
+        url = f"http://{sim.domains['accountConfigReadOnly']}{users_path(sim.account.id)}"
+        async with aiohttp.ClientSession() as http, http.get(url) as answer:
+            date = email.utils.parsedate_to_datetime(answer.headers["Date"]).timestamp()
+        assert abs(date - sim.wall_clock()) <= 2
+
+
+async def test_a_retry_after_date_from_the_simulator_is_read_on_its_date() -> None:
+    clock = VirtualClock()
+    async with Simulator(clock=clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(
+            sim.account.id, DEFAULT_USER, DEFAULT_PASSWORD, domains=domains, keepalive=False
+        )
+        async with Engine(domains, auth=auth, scheme="http", clock=clock) as engine:
+            await engine.login()
+            await clock.sleep(7200.0)
+            when = email.utils.formatdate(sim.wall_clock() + 20, usegmt=True)
+            sim.faults.script("GET", "*/le-users/users", [Status(503, retry_after=when)])
+            start = clock.now()
+            await engine.request_json("GET", "accountConfigReadOnly", users_path(sim.account.id))
+            assert 15 <= clock.now() - start <= 25  # was the 60 s ceiling (a real-time Date)
+
+
+def test_a_provider_http_made_by_hand_takes_its_clocks_date() -> None:
+    clock = VirtualClock(epoch=1_000_000_000.0)
+    http = ProviderHttp(
+        session=lambda: aiohttp.ClientSession(),
+        retry_middleware=RetryMiddleware(clock=clock),
+        clock=clock,
+    )
+    assert http.wall_clock() == clock.wall()
+    with pytest.raises(ConfigurationError, match="wall_clock"):
+        ProviderHttp(
+            session=lambda: aiohttp.ClientSession(),
+            retry_middleware=RetryMiddleware(clock=clock),
+            clock=clock,
+            wall_clock=5,  # type: ignore[arg-type]
+        )

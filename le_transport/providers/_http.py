@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -36,7 +35,7 @@ from yarl import URL
 
 from .._checks import require_option
 from .._redact import Secret
-from ..clock import Clock
+from ..clock import Clock, wall_of
 from ..errors import ConfigurationError, TransportError
 from ..events import EventHooks, StateEvent, emit
 from ..middleware.context import (
@@ -98,7 +97,7 @@ class ProviderHttp:
       middleware, as they run on the engine's own calls: a
       :class:`~le_transport.chaos.FaultInjector` there applies its plan to the login, refresh,
       logout and Domain API calls too, as the simulator applies the same plan to them.
-    - ``wall_clock``: the engine's wall clock (Unix seconds; default :func:`time.time`):
+    - ``wall_clock``: the engine's wall clock (Unix seconds; default: the date of ``clock``):
       what a provider made without a ``wall_clock`` of its own reads a JWT's ``iat``/``exp``
       against and dates an OAuth1 ``oauth_timestamp`` with (on a
       :class:`~le_transport.testing.VirtualClock`, the clock's virtual date).
@@ -113,7 +112,20 @@ class ProviderHttp:
     wire_middlewares: tuple[ClientMiddlewareType, ...] = attrs.field(
         default=(), converter=_middleware_tuple
     )
-    wall_clock: Callable[[], float] = time.time
+    #: Unix seconds for the providers attached with it; default: the date that goes with
+    #: ``clock`` (:func:`~le_transport.clock.wall_of`: a VirtualClock's own, else
+    #: :func:`time.time`), as the engine's.
+    wall_clock: Callable[[], float] = attrs.field(
+        default=attrs.Factory(lambda self: wall_of(self.clock), takes_self=True)
+    )
+
+    @wall_clock.validator
+    def _check_wall_clock(self, attribute: object, value: object) -> None:
+        if not callable(value):
+            raise ConfigurationError(
+                f"ProviderHttp.wall_clock must be a function returning Unix seconds, got "
+                f"{type(value).__name__}"
+            )
 
     @property
     def policy(self) -> RetryPolicy:

@@ -585,6 +585,13 @@ class TokenProvider:
         if exp is None:
             return expires_in, MIN_TOKEN_REFRESH
         wall = (http.wall_clock if self._wall_clock is None else self._wall_clock)()
+        if not finite_number(wall):
+            # A wall clock that gives no Unix seconds (a datetime, NaN): said as such, not as
+            # a bug of this provider's (a TypeError from the arithmetic below).
+            raise ConfigurationError(
+                f"{type(self).__name__}: its wall clock returned {wall!r:.40}, not Unix "
+                "seconds (pass wall_clock= a function returning time.time()'s kind of number)"
+            )
         # Never more than it was issued with (the issuer made it at iat or later), if its iat
         # is believable; else nothing bounds it (see the module).
         bound = math.inf

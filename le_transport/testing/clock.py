@@ -144,6 +144,9 @@ class VirtualClock:
                 self._mark(loop)
         return self._now
 
+    #: Its :meth:`wall` is Unix seconds (see :class:`~le_transport.clock.Clock`).
+    wall_is_epoch = True
+
     @property
     def epoch(self) -> float:
         """The Unix time at virtual time 0 (see :meth:`wall`)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hmac
 import ipaddress
 import logging
@@ -46,13 +47,13 @@ import re
 import socket
 import ssl as _ssl
 import struct
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import attrs
 from aiohttp import hdrs, web
+from aiohttp.helpers import rfc822_formatted_time
 from yarl import URL
 
 from ..._checks import is_async_callable, require_kind
@@ -86,7 +87,7 @@ from ...chaos.plan import (
     WsSilence,
     as_plan,
 )
-from ...clock import Clock, RealClock, timeout_after
+from ...clock import Clock, RealClock, timeout_after, wall_of
 from ...errors import ConfigurationError
 from ...policies._validate import finite_number
 from . import oauth1
@@ -551,13 +552,13 @@ class Simulator:
             # The clock's own date when it has one (a VirtualClock's wall): an engine and its
             # token providers on the same clock read it too, and so agree with the simulator's
             # tokens and its timestamp check however far virtual time runs.
-            wall = getattr(self.clock, "wall", None)
-            epoch = (wall() if callable(wall) else time.time()) - self.clock.now()
-            if not finite_number(epoch):
+            date = wall_of(self.clock)()
+            if not finite_number(date) or not finite_number(date - self.clock.now()):
                 raise ConfigurationError(
-                    f"Simulator: the clock's wall() gave no finite Unix time ({epoch!r:.40}); "
+                    f"Simulator: the clock's wall() gave no finite Unix time ({date!r:.40}); "
                     "pass epoch= (Unix seconds at clock 0)"
                 )
+            epoch = date - self.clock.now()
         self.tokens = TokenStore(self.clock, epoch, max_nonces=self.config.max_records)
         self.sockets = SocketHub(self)
         #: The requests received, in order: the newest ``config.max_records`` of them (reads
@@ -1660,7 +1661,13 @@ class Simulator:
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """A response is being prepared: a custom route's WebSocket gets its socket faults, an
         answer a handler streams under a ``TruncatedBody`` or ``MalformedBody`` is cut, and
-        one under a ``SlowBody`` paced."""
+        one under a ``SlowBody`` paced. Every answer is dated by the simulator's own date
+        (``Date``, unless its handler set one): a ``Retry-After`` HTTP-date a plan dates from
+        :attr:`wall_clock` is read against it, as far as virtual time has run (aiohttp's own,
+        real time, put it hours off)."""
+        if response.headers.get("Date") == rfc822_formatted_time():
+            # aiohttp's own (real time, set before this hook runs), not one a handler set.
+            response.headers["Date"] = email.utils.formatdate(self.tokens.epoch_now(), usegmt=True)
         custom = request.get(CUSTOM_SOCKET_KEY)
         if custom is not None and isinstance(response, web.WebSocketResponse):
             custom.attach(response)
