@@ -568,9 +568,10 @@ class UnexpectedAnswer(AuthenticationError):
     """A credential service (the Login Service, Sentinel, ``idp``) answered with something
     that is neither a refusal nor a success: a redirect (a 3xx; provider calls never follow
     one), a 200 whose body is not the JSON expected (a proxy's HTML maintenance page, an
-    answer without the bearer or the token, one that no header can carry), or another status
-    that is no 4xx nor 5xx. It says nothing of the credentials: most likely the service is
-    in maintenance behind its proxy, an outage by another name.
+    answer without the bearer or the token, one that no header can carry), a 408 or 425 (a
+    proxy's "try again": no verdict on the credentials), or another status that is no 4xx
+    nor 5xx. It says nothing of the credentials: most likely the service is in maintenance
+    behind its proxy, an outage by another name.
 
     An :class:`AuthenticationError`, so that code catching that still catches it; but unlike
     a refusal (:class:`LoginRejected`, :class:`BlockedError`) it is not final: its verdict

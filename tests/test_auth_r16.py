@@ -2,11 +2,14 @@
 keepalive, the engine's, a caller's), even after a redirected refresh kept its session (alone
 or in a fleet), which is still refreshed; an early token fetch never holds
 the call that starts it; a SharedSession of another account or user is refused; a refresh
-answered with a 200 maintenance page is no refresh."""
+answered with a 200 maintenance page is no refresh. Then (review rw10): a 408 or 425 to a login
+is an outage, not a refusal; a fleet sends the refused login once, not once a process; what
+lifts the rule is named."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +18,13 @@ import pytest
 from yarl import URL
 
 from le_transport.chaos import Hang, Status
-from le_transport.errors import BlockedError, ConfigurationError, LoginRejected
+from le_transport.errors import (
+    BlockedError,
+    ConfigurationError,
+    LoginRejected,
+    Repeat,
+    UnexpectedAnswer,
+)
 from le_transport.events import StateEvent
 from le_transport.policies import CHAT_AGENT_API_REFRESH
 from le_transport.providers import (
@@ -27,6 +36,8 @@ from le_transport.providers import (
 )
 from le_transport.providers._token import TokenProvider
 from le_transport.providers.login import LoginServiceAuth
+from le_transport.recovery import repeat_of
+from le_transport.sockets.keepalive import _final_failure
 from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator, SimulatorConfig
@@ -56,6 +67,7 @@ from tests.test_providers import (
     sim,
     sim_engine,
 )
+from tests.test_shared_session_review import FlakyStore
 
 __all__ = ["sim"]
 
@@ -82,7 +94,7 @@ def fleet(clock: VirtualClock, user: str = "bot1", account: str = ACCOUNT) -> Sh
 # fleet session) lifts the rule.
 
 REDIRECT = Status(302, headers={"Location": "/sso"})
-WITHHELD = "the login is not sent again until a caller logs in"
+WITHHELD = "the session is kept and still refreshed, but its refresh sends that login no more"
 
 
 def _withheld(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -226,7 +238,7 @@ async def test_a_refused_login_stays_withheld_after_a_refresh_and_a_4xx_drops_it
             assert await auth.refresh() is True
             await clock.sleep(300)
             s.faults.script("POST", REFRESH, [REDIRECT])
-            with pytest.raises(BlockedError, match="not sent again until a caller logs in"):
+            with pytest.raises(BlockedError, match="sends that login no more"):
                 await auth.refresh()
             assert auth.session is kept
             await clock.sleep(300)
@@ -521,3 +533,260 @@ async def test_an_empty_or_json_200_to_a_refresh_is_a_refresh(
             s.faults.script("POST", REFRESH, [Status(200, body=body)])
             assert await auth.refresh() is True
             assert auth.refreshes == 1
+
+
+# -- 5. the refused-login mark (review rw10): only a refusal, once a fleet, lifted as it says ---
+
+
+def _fleet_login(
+    s: Simulator, store: MemoryStore, clock: VirtualClock, **options: Any
+) -> UserLogin:
+    shared = SharedSession(store, account=ACCOUNT, user="bot1", clock=clock)
+    return UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), shared=shared, **options)
+
+
+def _marks(store: MemoryStore) -> dict[str, tuple[str, float]]:
+    """The refusals a fleet's store records (key: value, expiry)."""
+    return {k: v for k, v in store._values.items() if ":session-refused:" in k}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+@pytest.mark.parametrize("status", [408, 425])
+async def test_a_408_or_425_to_the_fallback_login_is_an_outage_and_marks_nothing(
+    clock: VirtualClock, secret_values: set[str], status: int, shared: bool
+) -> None:
+    """A refresh answered 302, its fallback login answered 408 once (a load balancer): it was a
+    LoginRejected, the session marked refused for good ("check the credentials"), in the
+    fleet's store too; it is an outage: the next redirected refresh tries the login again."""
+    store = MemoryStore(clock)
+    async with bots(clock) as s:
+        auth = (
+            _fleet_login(s, store, clock, keepalive=False)
+            if shared
+            else _login(s, clock, False, keepalive=False)
+        )
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth):
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            await clock.sleep(300)
+            s.faults.script("POST", REFRESH, [REDIRECT, REDIRECT])
+            s.faults.script("POST", LOGIN, [status])  # once
+            with pytest.raises(UnexpectedAnswer) as first:
+                await auth.refresh()
+            assert first.value.status == status
+            assert not isinstance(first.value, LoginRejected)
+            assert repeat_of(first.value) is Repeat.RETRYABLE
+            assert auth.session is kept
+            assert _marks(store) == {}
+            await clock.sleep(300)
+            assert await auth.refresh() is False  # replaced by its fallback login
+            learn_session_secrets(auth, secret_values)
+            assert s.count("POST", LOGIN) == 3
+            assert auth.session is not kept
+
+
+@pytest.mark.parametrize("status", [408, 425])
+async def test_relogin_met_by_a_408_or_425_keeps_the_session(
+    clock: VirtualClock, secret_values: set[str], status: int
+) -> None:
+    """relogin() (the outer loop's step) dropped a valid session after a login answered 408."""
+    async with bots(clock) as s:
+        auth = _login(s, clock, False, keepalive=False)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            s.faults.script("POST", LOGIN, [status])
+            with pytest.raises(UnexpectedAnswer):
+                await auth.relogin()
+            assert auth.session is kept
+            resp = await e.request("GET", "accountConfigReadOnly", USERS)
+            assert resp.status == 200
+            assert s.count("POST", LOGIN) == 2
+
+
+@pytest.mark.parametrize("status", [408, 425])
+async def test_a_login_answered_408_or_425_is_no_final_failure_to_a_keepalive(
+    clock: VirtualClock, status: int
+) -> None:
+    """A login (for a keepalive's run, a caller's) answered 408 was a LoginRejected: judged
+    final, a keepalive whose runs met it for 10 minutes stopped."""
+    async with bots(clock) as s:
+        auth = _login(s, clock, False)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            s.faults.script("POST", LOGIN, [status])
+            with pytest.raises(UnexpectedAnswer) as err:
+                await e.login()
+            assert not _final_failure(err.value)
+            assert auth.session is None
+
+
+async def test_a_token_request_answered_408_is_an_outage(
+    sim: Simulator, clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """The token providers share the mapping: a 408 is no refused token request."""
+    auth = sentinel(sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        sim.faults.script("POST", TOKEN, [408])
+        with pytest.raises(UnexpectedAnswer):
+            await engine.login()
+        await engine.login()
+        learn_session_secrets(auth, secret_values)
+    assert sim.count("POST", TOKEN) == 2
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+async def test_a_withheld_login_names_what_lifts_it(
+    clock: VirtualClock, secret_values: set[str], caplog: pytest.LogCaptureFixture, shared: bool
+) -> None:
+    """The WARNING and the refusal said the login was not sent again "until a caller logs in";
+    engine.login() returns the current session and lifts nothing. They name what does: the
+    provider's login() or relogin() (each sends a login), a call's 401."""
+    caplog.set_level(logging.INFO, logger="le_transport")
+    async with bots(clock) as s:
+        auth = _login(s, clock, shared, keepalive=False)
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth) as e:
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            assert kept is not None
+            await clock.sleep(300)
+            s.faults.script("POST", REFRESH, [REDIRECT, REDIRECT])
+            s.faults.script("POST", LOGIN, [401])
+            with pytest.raises(LoginRejected):
+                await auth.refresh()
+            [warning] = _withheld(caplog)
+            said = warning.getMessage()
+            assert "until a caller logs in" not in said
+            assert "relogin()" in said
+            assert "Engine.login() returns the current session and lifts nothing" in said
+            # engine.login() returns the session held, as it says.
+            assert (await e.login()).generation == kept.generation
+            await clock.sleep(300)
+            with pytest.raises(LoginRejected, match=r"relogin\(\)") as again:
+                await auth.refresh()
+            assert "until a caller logs in" not in str(again.value)
+            assert s.count("POST", LOGIN) == 2
+            # The provider's relogin() sends a login: the new session's 3xx falls back to one.
+            await auth.relogin()
+            learn_session_secrets(auth, secret_values)
+            await clock.sleep(300)
+            s.faults.script("POST", REFRESH, [REDIRECT])
+            assert await auth.refresh() is False
+            learn_session_secrets(auth, secret_values)
+            assert s.count("POST", LOGIN) == 4
+
+
+async def test_a_fleet_sends_a_login_refused_after_a_redirect_once_not_once_a_process(
+    clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """Five processes share one session; the Login Service redirects refreshes and refuses
+    logins. Each process sent its own refused login (5: a lockout), and a process joining
+    later adopted the session without the mark and sent another. Now the refusal is recorded
+    beside the fleet's session: one refused login for the fleet, whoever joins. A new login
+    (a new session) is not withheld by it."""
+    store = MemoryStore(clock)
+    async with bots(clock) as s, contextlib.AsyncExitStack() as stack:
+        auths: list[UserLogin] = []
+        for _ in range(5):
+            auth = _fleet_login(s, store, clock)
+            e = await stack.enter_async_context(
+                sim_engine(s, clock, domains=auth._domains, auth=auth)
+            )
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            auths.append(auth)
+        assert s.count("POST", LOGIN) == 1
+        s.faults.script("POST", REFRESH, [REDIRECT] * 1000)
+        s.faults.script("POST", LOGIN, [401] * 1000)
+        await clock.sleep(3600)
+        assert all(a.session is not None for a in auths)
+        assert s.count("POST", LOGIN) == 2, "one refused login for the fleet's session"
+        # Recorded beside the session: its status only, for as long as the session is stored.
+        [(key, (value, expires))] = _marks(store).items()
+        assert value == "401"
+        session_entry = await auths[0]._shared.current()  # type: ignore[union-attr]
+        assert session_entry is not None
+        assert key.endswith(session_entry.login)
+        assert expires <= clock.now() + session_entry.ttl
+        assert not any(secret in key or secret in value for secret in secret_values)
+        # A process joining now adopts the session, and withholds the login as well.
+        late = _fleet_login(s, store, clock)
+        e = await stack.enter_async_context(sim_engine(s, clock, domains=late._domains, auth=late))
+        await e.login()
+        assert late.session is not None
+        assert auths[0].session is not None
+        assert late.session.bearer == auths[0].session.bearer
+        await clock.sleep(3600)
+        assert s.count("POST", LOGIN) == 2
+        # A new login (the password fixed; relogin() in one process) lifts it for the fleet:
+        # the new session's redirected refresh falls back to a login again.
+        s.faults.clear()
+        await auths[0].relogin()
+        learn_session_secrets(auths[0], secret_values)
+        s.faults.script("POST", REFRESH, [REDIRECT])
+        await clock.sleep(600)
+        assert s.count("POST", LOGIN) == 4
+        for a in (*auths, late):
+            learn_session_secrets(a, secret_values)
+            assert a.session is not None
+            assert a.session.bearer == auths[0].session.bearer
+
+
+async def test_a_fleet_whose_store_fails_withholds_the_refused_login_in_each_process(
+    clock: VirtualClock, secret_values: set[str]
+) -> None:
+    """The store down, the mark is each process's own (as without a fleet): one refused login
+    a process, none after it, and nothing fails for the store."""
+    flaky = FlakyStore(clock)
+    async with bots(clock) as s, contextlib.AsyncExitStack() as stack:
+        auths: list[UserLogin] = []
+        for _ in range(2):
+            shared = SharedSession(flaky, account=ACCOUNT, user="bot1", clock=clock)
+            auth = UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), shared=shared)
+            e = await stack.enter_async_context(
+                sim_engine(s, clock, domains=auth._domains, auth=auth)
+            )
+            await e.login()
+            learn_session_secrets(auth, secret_values)
+            auths.append(auth)
+        assert s.count("POST", LOGIN) == 1
+        flaky.down = True
+        s.faults.script("POST", REFRESH, [REDIRECT] * 1000)
+        s.faults.script("POST", LOGIN, [401] * 1000)
+        await clock.sleep(3600)
+        assert all(a.session is not None for a in auths)
+        assert s.count("POST", LOGIN) == 1 + 2
+
+
+async def test_a_shared_sessions_refusal_mark(clock: VirtualClock) -> None:
+    """mark_refused() / refused(): per login, the status only, a damaged mark or a failing
+    store is no mark."""
+    store = MemoryStore(clock)
+    shared = SharedSession(store, account=ACCOUNT, user="bot1", clock=clock)
+
+    async def do_login() -> tuple[str, float | None]:
+        return "the-session", 600.0
+
+    token = await shared.login(do_login)
+    assert await shared.refused(token.login) is None
+    await shared.mark_refused(token.login, 401)
+    assert await shared.refused(token.login) == 401
+    assert await shared.refused("another-login") is None
+    [(key, (value, expires))] = _marks(store).items()
+    assert value == "401"
+    assert expires == pytest.approx(clock.now() + token.ttl)
+    # No longer stored (or another login's): kept for unknown_life.
+    await shared.mark_refused("gone", 451)
+    assert await shared.refused("gone") == 451
+    assert _marks(store)[key.replace(token.login, "gone")][1] == clock.now() + 300.0
+    # Damaged: no mark.
+    await store.set(key, "nope", ttl=60)
+    assert await shared.refused(token.login) is None
+    await store.set(key, "9" * 5000, ttl=60)
+    assert await shared.refused(token.login) is None
+    # A failing store (a closed MemoryStore, not wrapped): no mark, nothing raised.
+    await store.close()
+    assert await shared.refused(token.login) is None
+    await shared.mark_refused(token.login, 401)

@@ -2,9 +2,14 @@
 
 A 451 becomes :class:`~le_transport.errors.BlockedError` and any other 4xx
 :class:`~le_transport.errors.LoginRejected`, both with the provider's own message and never
-retried; any other :class:`~le_transport.errors.RequestError` (an outage) passes unchanged.
-Each is reported as a ``login_failed`` state event first: ERROR for a refusal, WARNING for an
-outage.
+retried; but a 408, 425 or 429 that failed at once
+(:data:`~le_transport.policies.close_codes.RETRY_HANDSHAKE_STATUSES`: a load balancer's
+timeout, "too early", "too many") asks to try again as it was, and says nothing of the
+credentials: it becomes an :class:`~le_transport.errors.UnexpectedAnswer`, an outage whose
+verdict is ``RETRYABLE`` (``recover=True`` waits it out as a 503, a session or token that still
+lives is kept, a keepalive never judges it final). Any other
+:class:`~le_transport.errors.RequestError` (an outage) passes unchanged. Each is reported as a
+``login_failed`` state event first: ERROR for a refusal, WARNING for an outage.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ..errors import (
     UnexpectedAnswer,
 )
 from ..events import StateEvent
+from ..policies.close_codes import RETRY_HANDSHAKE_STATUSES
 from ._http import ProviderHttp, emit_state
 
 __all__ = ["credential_refusals", "report_login_failed"]
@@ -75,6 +81,20 @@ def credential_refusals(
             attempts=exc.attempts if keep_attempts else (),
         ) from None
     except ClientStatusError as exc:
+        if exc.status in RETRY_HANDSHAKE_STATUSES:
+            # Try again, as it was: an outage, not a refusal. Taken for one, a one-off 408 from
+            # a load balancer dropped a valid session (relogin) or had its login withheld for
+            # good after a redirected refresh ("check the credentials").
+            outage = UnexpectedAnswer(
+                f"{subject}: answered {exc.status} to the credential request (try again as it "
+                "was: a timeout or a request too early, most likely from something in "
+                "between); an outage, not a refusal of the credentials",
+                status=exc.status,
+                service=exc.service,
+            )
+            if report_outages:
+                report_login_failed(http, subject, outage, exc.status)
+            raise outage from None
         report_login_failed(http, subject, exc, exc.status)
         raise LoginRejected(refused(exc.status), status=exc.status) from None
     except RequestError as exc:

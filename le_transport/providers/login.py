@@ -11,7 +11,9 @@ call. One class does the session's whole life, the three login forms differ only
 
 Login answers follow their own rules: a 429 ("too many logins") waits at least 5 s
 (``LOGIN_RATE_LIMIT_FLOOR``); a 451 (blacklisted) raises :class:`~le_transport.errors.BlockedError`
-and any other 4xx :class:`~le_transport.errors.LoginRejected` at once, never retried; a 5xx or a
+and any other 4xx :class:`~le_transport.errors.LoginRejected` at once, never retried, but for a
+408 or 425 (a load balancer's timeout, "too early": try again as it was), an outage that says
+nothing of the credentials (:class:`~le_transport.errors.UnexpectedAnswer`); a 5xx or a
 transport failure follows the request schedule, and when that gives up the outer recovery loop
 (:mod:`le_transport.recovery`) takes over. A login answer that carries the account's domain map
 (``csdsCollectionResponse``) warms the domain cache.
@@ -33,8 +35,17 @@ session): a dropped session is not refreshed, and the keepalive waits for the ne
 whoever makes it (a caller, :meth:`LoginServiceAuth.relogin`, an adopted fleet session); a
 kept one is still refreshed (a 2xx keeps it alive, the Login Service back), but a refresh of
 it answered 3xx (or 4xx: then it is dropped) raises that refusal again, its type and status,
-with no login request, until a new session replaces it (a login, an adopted fleet session).
-That is said once, as a WARNING. A refresh that failed and kept its session (a 5xx, a
+with no login request, until a new session replaces it: the provider's
+:meth:`~LoginServiceAuth.login` or :meth:`~LoginServiceAuth.relogin` (each sends a login), a
+call answered 401 (its replay logs in), a session adopted from the fleet. ``Engine.login()``
+lifts nothing: it returns the current session. With a ``shared`` session the refusal is
+recorded for the fleet beside the session (:meth:`SharedSession.mark_refused
+<le_transport.state.SharedSession.mark_refused>`): no process holding or adopting that session
+sends that login again either (one refused login for the fleet, not one a process). That is
+said once, as a WARNING. A 408 or 425 answered to the login is no refusal but an outage
+(:class:`~le_transport.errors.UnexpectedAnswer`; a 429 follows the schedule): it marks nothing,
+and the next refresh tries the login again. A
+refresh that failed and kept its session (a 5xx, a
 timeout, a 2xx maintenance page: see :meth:`LoginServiceAuth.refresh`; a 3xx, whether its
 login met an outage or was refused) is tried again after half the TTL the session has left
 since it was last known alive (its login or last refresh), never later than the interval nor
@@ -159,6 +170,14 @@ CLIENT_CREDENTIALS_DUMMY = "dummy"
 #: What the keepalive does when its refresh meets an outage, in the retry middleware's give-up
 #: line (a WARNING, not an ERROR: nothing failed for a caller): true whatever happens next.
 _KEEPALIVE_FALLBACK = "the session is kept and the keepalive tries the refresh again"
+#: What becomes of a login refused after a redirected refresh, in its WARNING and in the
+#: refusal a later refresh raises again: what lifts it is named (``Engine.login()`` does not:
+#: it returns the current session).
+_WITHHELD = (
+    "its refresh sends that login no more; a new session lifts this: the provider's login() or "
+    "relogin() (each sends a login), a call answered 401 (its replay logs in), a session "
+    "adopted from the fleet (Engine.login() returns the current session and lifts nothing)"
+)
 
 
 def login_policy(base: RetryPolicy) -> RetryPolicy:
@@ -479,6 +498,9 @@ class LoginServiceAuth:
     async def login(self) -> LoginSession:
         """Log in now, or join the login in progress (single flight).
 
+        A login is sent whatever the current session (with a ``shared`` session: unless the
+        fleet already holds a newer session than this process's, which is adopted), so it
+        lifts a refused login withheld after a redirected refresh (see :meth:`refresh`).
         :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         self._check_open()
         if self._shared is not None:
@@ -501,7 +523,8 @@ class LoginServiceAuth:
         :class:`~le_transport.errors.BlockedError`: a changed password, a blacklisted
         account), the current session is dropped (the next call logs in, and is refused too).
         Any other failure says nothing of it, and it is kept: the Login Service down (a 5xx, a
-        reset, a timeout), or answering neither a refusal nor a login
+        reset, a timeout, a 408 or 425 from something in between), or answering neither a
+        refusal nor a login
         (:class:`~le_transport.errors.UnexpectedAnswer`: a redirect, a maintenance page), or
         the Domain API down; calls go on with it until its TTL, or a 401 says it ended. The
         session it replaces is never logged out: the recovery loop re-logs in after 5xx and
@@ -529,7 +552,12 @@ class LoginServiceAuth:
         if its login was refused (:class:`~le_transport.errors.LoginRejected`,
         :class:`~le_transport.errors.BlockedError`), no later refresh of that session sends
         the login again: one answered 3xx (or 4xx, which drops it) raises that refusal again,
-        with no login request, until a new session replaces it. A caller refreshing on a
+        with no login request, until a new session replaces it (:meth:`login` or
+        :meth:`relogin`, which send a login; a call answered 401, whose replay logs in; a
+        session adopted from the fleet; not ``Engine.login()``, which returns the current
+        session). With a ``shared`` session the fleet withholds it so: a process whose
+        refresh of that session is answered 3xx finds the refusal in the store and sends no
+        login either. A caller refreshing on a
         schedule (``Engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")``) so sends no
         refused login in the background either. A refresh answered 2xx with a
         body that is neither empty nor JSON (a proxy's HTML maintenance page) refreshed
@@ -626,22 +654,26 @@ class LoginServiceAuth:
 
     def _mark_login_refused(self, session: LoginSession, exc: BaseException) -> None:
         """After a refresh answered 3xx kept ``session``: if its fallback login was refused
-        (``exc`` a :class:`LoginRejected` or :class:`BlockedError`), no refresh of it sends
-        that login again, whoever asks for it (the keepalive, the engine's, a caller): at
-        every tick it would be a refused login (12 an hour: an account lockout, a blacklisted
-        account hammered). Said once, as a WARNING (the refusal itself was an ERROR,
-        ``login_failed``). The session is still refreshed: a 2xx keeps it alive."""
+        (``exc`` a :class:`LoginRejected` or :class:`BlockedError`; with a ``shared`` session,
+        maybe by another process, recorded in the store), no refresh of it sends that login
+        again, whoever asks for it (the keepalive, the engine's, a caller): at every tick it
+        would be a refused login (12 an hour: an account lockout, a blacklisted account
+        hammered). Said once, as a WARNING (the refusal itself was an ERROR,
+        ``login_failed``), which names what lifts it. The session is still refreshed: a 2xx
+        keeps it alive. (An :class:`UnexpectedAnswer`, a 408 or a 425 among them, is an outage
+        and marks nothing: the next refresh tries the login again.)"""
         if not isinstance(exc, (LoginRejected, BlockedError)) or self._session is not session:
             return
         if self._login_refused_for(session):
             return
         self._login_refused = (session.generation, exc.status)
         _log.warning(
-            "%s: the login was refused (%d) after a refresh answered with a redirect; the "
-            "session is kept and still refreshed, but the login is not sent again until a "
-            "caller logs in",
+            "%s: the login was refused (%d)%s after a refresh answered with a redirect; the "
+            "session is kept and still refreshed, but %s",
             self.subject,
             exc.status,
+            " for the fleet's session" if self._shared is not None else "",
+            _WITHHELD,
             extra={
                 "subject": self.subject,
                 "status": exc.status,
@@ -655,26 +687,56 @@ class LoginServiceAuth:
         login request made."""
         mark = self._login_refused
         assert mark is not None
-        message = (
+        return self._withheld(
             f"{self.subject}: the Login Service answered {status} to refresh; the login it "
-            f"falls back to was refused with {mark[1]} for this session and is not sent again "
-            "until a caller logs in (check the credentials)"
+            f"falls back to was refused with {mark[1]} for this session: {_WITHHELD} (check "
+            "the credentials)",
+            mark[1],
         )
-        if mark[1] == 451:
+
+    def _withheld(self, message: str, refused: int) -> LoginRejected | BlockedError:
+        """The refusal (its status ``refused``) raised again, with no login request made."""
+        if refused == 451:
             return BlockedError(message, status=451, service=self._service)
-        return LoginRejected(message, status=mark[1])
+        return LoginRejected(message, status=refused)
 
     # -- a session shared by a fleet (state.SharedSession) ----------------------------------
 
-    async def _shared_login(self, stale: str | None = None) -> LoginSession:
+    async def _shared_login(
+        self, stale: str | None = None, fallback_of: str | None = None
+    ) -> LoginSession:
         """The fleet's session, logging in for the fleet if there is none but ``stale``
         (default: the login of the session this process holds, refreshes of it included: see
-        :meth:`SharedSession.login <le_transport.state.SharedSession.login>`)."""
-        assert self._shared is not None
+        :meth:`SharedSession.login <le_transport.state.SharedSession.login>`).
+
+        ``fallback_of``: the login (:attr:`SharedToken.login`) of the session whose refresh
+        was answered 3xx, when this is its fallback login. Under the fleet's lock, before it is
+        sent, the store is asked whether that login was refused for that session (by any
+        process): then none is sent, and the refusal is raised again; refused here, it is
+        recorded there before the lock is let go (:meth:`SharedSession.mark_refused
+        <le_transport.state.SharedSession.mark_refused>`). A store that fails answers no
+        mark (each process goes on on its own, as without a fleet)."""
+        shared = self._shared
+        assert shared is not None
         own: list[LoginSession] = []
 
         async def fleet_login() -> tuple[str, float | None]:
-            session = await self._login()
+            if fallback_of is not None:
+                status = await shared.refused(fallback_of)
+                if status is not None:
+                    raise self._withheld(
+                        f"{self.subject}: the Login Service answered a redirect to refresh; "
+                        f"the login it falls back to was refused with {status} for the "
+                        f"fleet's session: {_WITHHELD} (check the credentials)",
+                        status,
+                    )
+            try:
+                session = await self._login()
+            except (LoginRejected, BlockedError) as exc:
+                if fallback_of is not None:
+                    # Before the lock is let go: the next process to take it reads it.
+                    await shared.mark_refused(fallback_of, exc.status)
+                raise
             own.append(session)
             return _dump_session(session), session.ttl
 
@@ -683,12 +745,12 @@ class LoginServiceAuth:
         # version, and adopting that met the same 401 again (the call failed).
         if stale is None and self._shared_token is not None:
             stale = self._shared_token.login
-        token = await self._shared.login(fleet_login, stale=stale)
+        token = await shared.login(fleet_login, stale=stale)
         if not own and self._unreadable(token):
             # Damaged, or written by something else: as stale as a rejected one. Without this
             # every process of the fleet failed every call until the entry's TTL ran out.
-            await self._shared.forget(token.version)
-            token = await self._shared.login(fleet_login, stale=token.version)
+            await shared.forget(token.version)
+            token = await shared.login(fleet_login, stale=token.version)
         self._shared_token = token
         return own[0] if own else self._adopt(token)
 
@@ -840,9 +902,15 @@ class LoginServiceAuth:
             if refused:
                 self._drop(session)
             raise self._refusal_again(exc.status) from exc
+        # After a 3xx the session lives on: a refusal of its login is the fleet's to know (one
+        # refused login for the fleet, not one a process, nor one more for every process that
+        # adopts the session later). A 4xx took it out of the store: its processes drop it.
+        fallback_of = None if refused else token.login
         try:
             self._check_open()
-            await self._flight.run(lambda: self._shared_login(stale=version))
+            await self._flight.run(
+                lambda: self._shared_login(stale=version, fallback_of=fallback_of)
+            )
         except Exception as login_exc:
             if refused:
                 self._drop(session)
@@ -1120,7 +1188,10 @@ class LoginServiceAuth:
                 if isinstance(exc, (LoginRejected, BlockedError)):
                     refused = True
                     details["status"] = exc.status
-                    details["login"] = "refused: not sent again until a caller logs in"
+                    details["login"] = (
+                        "refused: not sent again by a refresh of this session (the provider's "
+                        "login() or relogin() sends one)"
+                    )
                 if current is not None:
                     details["next"] = "retry on the next tick"
                     if current is session:

@@ -426,8 +426,9 @@ class KeepaliveTask:
     short), reported as a ``keepalive_failed`` state event with ``stopped=True``,
     :attr:`running` turns False and :attr:`error` holds the last error; :meth:`wait` returns
     it. ``not_final`` names error types never judged final (the engine's Login Service
-    refresh: a refused login drops the session, and later runs refresh nothing until a call
-    logs in again, then keep that session alive).
+    refresh: a refused login after a refused refresh drops the session, and later runs refresh
+    nothing until a call logs in again, then keep that session alive; after a refresh answered
+    3xx the session is kept and marked, later runs still refresh it, and send no login for it).
 
     A clock that fails (its ``now`` or ``sleep`` raises) cannot keep the schedule: rather than
     the task ending quietly, it is logged once at ERROR (the clock's and the error's types),

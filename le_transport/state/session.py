@@ -15,6 +15,13 @@ failed. Every refresh of a rejected login is as stale as the login itself.
 The stored value is opaque to the store (the auth provider serialises its session); it is kept
 only with a TTL no longer than its remaining life, minus ``safety_margin``. Whoever can read the
 store can read the token: see the threat model in docs/architecture.md.
+
+Beside it, a login the Login Service refused for a session (:meth:`SharedSession.mark_refused`:
+the fallback of a refresh answered with a redirect) is recorded for the fleet, under a key named
+by that session's login (:attr:`SharedToken.login`, no secret) and holding only the status, for
+as long as the session is stored: every process that holds or adopts that session reads it
+(:meth:`SharedSession.refused`) under the fleet's lock before it would send that login, and
+sends none; a new login is another session, with no such mark.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import attrs
 
 from .._checks import require_kind
 from ..clock import Clock, RealClock
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StateStoreError
 from ..policies._validate import finite_number
 from .fallback import FallbackStore, stored_text
 from .memory import MemoryStore
@@ -354,6 +361,50 @@ class SharedSession:
         entry, cur = await self._read()
         if entry is not None and cur is not None and version in (cur.version, cur.login):
             await self._store.delete(self._key, only_if=entry.value)
+
+    def _refused_key(self, login: str) -> str:
+        """Where a refusal of the login of the session ``login`` names is recorded: beside the
+        session's key, named by that login (a version, no secret)."""
+        return state_key(self._account, "session-refused", self._user, login)
+
+    async def mark_refused(self, login: str, status: int) -> None:
+        """Record for the fleet that a login sent for the session whose login is ``login``
+        (:attr:`SharedToken.login`) was refused with ``status``: the provider then sends it no
+        more for that session, in any process (see :meth:`refused`). Only the status is
+        stored, for as long as that session is still stored (its entry's TTL), or
+        ``unknown_life`` if it is no longer (processes may still hold it). Call it while the
+        lock of a login is held (inside ``do_login``), so that the next process to take the
+        lock reads it. A store that fails (a :class:`~le_transport.errors.StateStoreError`)
+        records nothing: each process then goes on on its own."""
+        try:
+            cur = await self.current()
+            ttl = (
+                cur.ttl
+                if cur is not None and cur.login == login and cur.ttl > 0
+                else self._unknown_life
+            )
+            await self._store.set(self._refused_key(login), str(int(status)), ttl=min(ttl, MAX_TTL))
+        except StateStoreError as exc:
+            _log.warning(
+                "a refused login could not be shared with the fleet (%s); each process "
+                "withholds it on its own",
+                type(exc).__name__,
+                extra={"key": self._key},
+            )
+
+    async def refused(self, login: str) -> int | None:
+        """The status a login sent for the session whose login is ``login`` was refused with,
+        by any process of the fleet (:meth:`mark_refused`); None if none was, if the mark is
+        unreadable, or if the store fails (each process then goes on on its own)."""
+        try:
+            entry = await self._store.get(self._refused_key(login))
+        except StateStoreError:
+            return None
+        text = None if entry is None else stored_text(entry.value)
+        if text is None or len(text) != 3 or not text.isascii() or not text.isdigit():
+            return None
+        status = int(text)
+        return status if 400 <= status < 500 else None
 
     def __repr__(self) -> str:
         return f"SharedSession(key={self._key!r})"
