@@ -310,7 +310,10 @@ def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> di
 
 
 def redact_json(value: Any) -> Any:
-    """A copy of a JSON value with every credential-named key's value replaced."""
+    """A copy of a JSON value with every credential-named key's value replaced, and every
+    string scrubbed as free text while its quotes are still quotes: written out, a string
+    holding JSON or ``password="..."`` has them escaped (``\\"``), which free text's rules do
+    not read as quotes (an echoed ``{"access_token": ...}`` filter was shown whole)."""
     if isinstance(value, dict):
         return {
             k: (REDACTED if isinstance(k, str) and is_secret_name(k) else redact_json(v))
@@ -318,6 +321,8 @@ def redact_json(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [redact_json(v) for v in value]
+    if isinstance(value, str) and not isinstance(value, _Number):  # (a number kept as written)
+        return redact_text(value)
     return value
 
 

@@ -9,6 +9,7 @@ never run (a hook that must do I/O starts a task of its own).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -130,10 +131,17 @@ E = TypeVar("E")
 def _hook_name(hook: object) -> str:
     """A hook as a log line names it: its qualified name, not its ``repr`` (a
     ``functools.partial(send, api_key=...)`` repeats its arguments, a credential among them)."""
-    func = getattr(hook, "func", hook)  # a partial: the function it wraps
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
-    module = getattr(func, "__module__", None)
-    return f"{module}.{name}" if isinstance(module, str) else str(name)
+    # Never fails: it names a hook that just failed (a weakref.proxy whose object is gone
+    # raises ReferenceError on every attribute; a __getattr__ may raise anything).
+    try:
+        func = hook.func if isinstance(hook, functools.partial) else hook
+        name = getattr(func, "__qualname__", None)
+        module = getattr(func, "__module__", None)
+    except Exception:
+        func, name, module = hook, None, None
+    if not isinstance(name, str):
+        name = type(func).__qualname__  # type() reads no attribute: it cannot fail
+    return f"{module}.{name}" if isinstance(module, str) else name
 
 
 def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:

@@ -20,6 +20,7 @@ from yarl import URL
 from le_transport.chaos import Hang, Status
 from le_transport.errors import (
     BlockedError,
+    ClientStatusError,
     ConfigurationError,
     LoginRejected,
     Repeat,
@@ -790,3 +791,41 @@ async def test_a_shared_sessions_refusal_mark(clock: VirtualClock) -> None:
     await store.close()
     assert await shared.refused(token.login) is None
     await shared.mark_refused(token.login, 401)
+
+
+# -- 6. a refresh answered 408 or 425 (review of f476392) --------------------------------------
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "fleet"])
+@pytest.mark.parametrize("status", [408, 425])
+async def test_a_refresh_answered_408_or_425_keeps_the_session_and_sends_no_login(
+    clock: VirtualClock, secret_values: set[str], status: int, shared: bool
+) -> None:
+    # A load balancer's "try again" on the refresh was taken for a refusal: the valid session
+    # was dropped (and, in a fleet, taken out of the store), and a login sent.
+    store = MemoryStore(clock)
+    async with bots(clock) as s:
+        auth = (
+            _fleet_login(s, store, clock, keepalive=False)
+            if shared
+            else _login(s, clock, False, keepalive=False)
+        )
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth):
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            kept = auth.session
+            assert kept is not None
+            logins = s.count("POST", LOGIN)
+            await clock.sleep(300)
+            s.faults.script("POST", REFRESH, [status])
+            with pytest.raises(ClientStatusError) as info:
+                await auth.refresh()
+            assert info.value.status == status
+            assert auth.session is kept, "the session is kept"
+            assert s.count("POST", LOGIN) == logins, "no login for a proxy's try-again"
+            if shared:
+                stored = [k for k in store._values if k.endswith(":session:bot1")]
+                assert stored, "not forgotten from the fleet's store"
+            assert await auth.refresh(), "the next refresh goes through"
+            assert auth.session is not None
+            assert auth.session.bearer == kept.bearer

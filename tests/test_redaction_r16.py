@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -182,3 +184,74 @@ def test_a_hooks_error_line_names_it_without_its_arguments(
     assert caplog.records, "the hook's failure is logged"
     assert all(key not in r.getMessage() for r in caplog.records)
     assert "send" in caplog.records[0].getMessage()
+
+
+# -- review of 45d9e13 -------------------------------------------------------------------------
+
+
+def _echoing(body: Callable[[web.Request], object]) -> SimRoute:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(body(request), status=400)
+
+    return SimRoute("GET", MINE, handler, service="mine")
+
+
+async def test_a_4xx_echoing_a_json_filter_hides_its_token(clock: VirtualClock) -> None:
+    # Written out as JSON, the echoed filter's quotes are escaped (\"), which free text's rules
+    # did not read as quotes: hidden in the URL, the token was shown in the excerpt.
+    token = "s3cr3t-ECHOED-do-not-log"
+    route = _echoing(lambda r: {"error": "invalid filter", "filter": r.query["filter"]})
+    async with _serving(clock, [route]) as (sim, engine):
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request(
+                "GET",
+                "mine",
+                MINE.format(account=sim.account.id),
+                params={"filter": json.dumps({"access_token": token})},
+            )
+    assert token not in info.value.body_excerpt, info.value.body_excerpt
+    assert token not in str(info.value)
+
+
+async def test_a_4xx_echoing_a_quoted_password_in_a_string_hides_all_of_it(
+    clock: VirtualClock,
+) -> None:
+    route = _echoing(lambda r: {"error": f'cannot parse the line: password="{PASSWORD}"'})
+    async with _serving(clock, [route]) as (sim, engine):
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("GET", "mine", MINE.format(account=sim.account.id))
+    assert PW_TAIL not in info.value.body_excerpt, info.value.body_excerpt
+
+
+class _Observer:
+    def __call__(self, event: object) -> None:
+        pass
+
+
+class _Lazy:
+    """A callable whose unknown attributes come from a mapping (a KeyError when missing)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, object] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return self._data[name]
+
+    def __call__(self, event: object) -> None:
+        raise RuntimeError("metrics down")
+
+
+def test_a_hook_that_cannot_even_be_named_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Naming a failed hook for its log line raised in turn (a dead weakref.proxy raises
+    # ReferenceError on every attribute; a __getattr__ a KeyError), out of emit().
+    observer = _Observer()
+    proxy = weakref.proxy(observer)
+    emit([proxy], object())
+    del observer
+    gc.collect()
+    with caplog.at_level(logging.ERROR, logger="le_transport"):
+        emit([proxy], object())
+        emit([_Lazy()], object())
+    assert len(caplog.records) == 2

@@ -112,6 +112,7 @@ from ..errors import (
 )
 from ..events import StateEvent
 from ..policies._validate import finite_number
+from ..policies.close_codes import RETRY_HANDSHAKE_STATUSES
 from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
 from ._flight import SingleFlight
 from ._http import (
@@ -591,6 +592,7 @@ class LoginServiceAuth:
                 http, session, "refresh", self._policy(http), fallback=fallback
             )
         except (ClientStatusError, _NotAccepted) as exc:
+            transient = _try_again(exc)
             emit_state(
                 http.hooks,
                 _log,
@@ -600,11 +602,17 @@ class LoginServiceAuth:
                     self.subject,
                     {
                         "status": exc.status,
-                        "next": self._next_after_refresh(session),
+                        "next": _KEEPALIVE_FALLBACK
+                        if transient
+                        else self._next_after_refresh(session),
                         "generation": session.generation,
                     },
                 ),
             )
+            if transient:
+                # A proxy's "try again" (408, 425): no verdict on the session, which is kept,
+                # nor a reason to log in; the refresh is tried again later, as after a 5xx.
+                raise
             # A 4xx: the Login Service refused the refresh. A 3xx says nothing of the session:
             # it may still serve calls in flight and sockets.
             refused = isinstance(exc, ClientStatusError)
@@ -828,6 +836,7 @@ class LoginServiceAuth:
                 fleet_refresh, held, min_interval=0.9 * self.refresh_interval_for(session)
             )
         except (ClientStatusError, _NotAccepted) as exc:
+            transient = _try_again(exc)
             emit_state(
                 http.hooks,
                 _log,
@@ -835,9 +844,17 @@ class LoginServiceAuth:
                 StateEvent(
                     "refresh_failed",
                     self.subject,
-                    {"status": exc.status, "next": self._next_after_refresh(session)},
+                    {
+                        "status": exc.status,
+                        "next": _KEEPALIVE_FALLBACK
+                        if transient
+                        else self._next_after_refresh(session),
+                    },
                 ),
             )
+            if transient:
+                # As alone: kept, in the store too (not forgotten), tried again later.
+                raise
             await self._shared_refresh_failed(
                 session,
                 posted[0][0] if posted else held,
@@ -1247,6 +1264,13 @@ class LoginServiceAuth:
             f"{type(self).__name__}(account={self._account!r}, service={self._service!r}, "
             f"logged_in={self._session is not None})"
         )
+
+
+def _try_again(exc: BaseException) -> bool:
+    """Whether a refresh's failed answer is a "try again" (408, 425): a proxy's timeout, no
+    refusal of the session (a refresh answered so dropped a valid session, and in a fleet
+    took it out of the store)."""
+    return isinstance(exc, ClientStatusError) and exc.status in RETRY_HANDSHAKE_STATUSES
 
 
 def _empty_or_json(body: bytes) -> bool:

@@ -53,7 +53,6 @@ from typing import Any
 
 import attrs
 from aiohttp import hdrs, web
-from aiohttp.helpers import rfc822_formatted_time
 from yarl import URL
 
 from ..._checks import is_async_callable, require_kind
@@ -189,6 +188,18 @@ def _host_arg(host: object) -> str:
             f"Simulator.host must be a host alone (an address or a name), got {host[:60]!r}"
         )
     return host
+
+
+def _real_time_date(value: str | None) -> bool:
+    """Whether a ``Date`` header is aiohttp's own, real time (within 2 s of it: aiohttp's
+    cached value may have been made in the second before), not one a handler set."""
+    if value is None:
+        return False
+    try:
+        date = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return abs(date - RealClock.wall()) <= 2.0
 
 
 def _is_decimal(text: str) -> bool:
@@ -1665,7 +1676,7 @@ class Simulator:
         (``Date``, unless its handler set one): a ``Retry-After`` HTTP-date a plan dates from
         :attr:`wall_clock` is read against it, as far as virtual time has run (aiohttp's own,
         real time, put it hours off)."""
-        if response.headers.get("Date") == rfc822_formatted_time():
+        if _real_time_date(response.headers.get("Date")):
             # aiohttp's own (real time, set before this hook runs), not one a handler set.
             response.headers["Date"] = email.utils.formatdate(self.tokens.epoch_now(), usegmt=True)
         custom = request.get(CUSTOM_SOCKET_KEY)
