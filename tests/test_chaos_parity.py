@@ -503,7 +503,12 @@ async def test_a_cut_or_paced_answer_keeps_repeated_headers_and_cookies(
         assert headers.getall("Link") == ["<x>; rel=next", "<y>; rel=prev"]
         assert raw_names.count(b"set-cookie") == 2
         assert raw_names.count(b"link") == 2
-        assert raw_names.count(b"content-length") == 1
+        # A SlowBody the injector paces from the live connection of a bare session: the body
+        # came gzipped (no fault on the server), so its headers do not tell its decoded length,
+        # and it is paced with none announced (learning it held the head back until the body
+        # ended). The simulator's fault writes the body uncompressed, announced by its length.
+        unannounced = side == "injector" and isinstance(fault, SlowBody)
+        assert raw_names.count(b"content-length") == (0 if unannounced else 1)
         # What described the body on the wire is gone: the body handed back is the decoded one.
         assert "Content-Encoding" not in headers
         assert "Transfer-Encoding" not in headers
@@ -511,7 +516,10 @@ async def test_a_cut_or_paced_answer_keeps_repeated_headers_and_cookies(
     whole = json.dumps({"ok": True, "pad": "x" * 200}).encode()
     if isinstance(fault, SlowBody):
         assert (body, error) == (whole, None)
-        assert int(headers["Content-Length"]) == len(whole)
+        if unannounced:
+            assert "Content-Length" not in headers
+        else:
+            assert int(headers["Content-Length"]) == len(whole)
     else:
         assert (body, error) == (whole[:10], "ClientPayloadError")
 

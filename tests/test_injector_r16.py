@@ -22,15 +22,26 @@
    ``SlowBody`` on an answer with no body (to a HEAD, a 204) was not what it is without the
    fault: the simulator wrote a body after a HEAD's headers (the client met a bad status
    line), the injector announced ``Content-Length: 0`` for it and added one to a 204.
+5. Its live ``SlowBody`` (no retry middleware, or a streaming one): a body whose length its
+   headers did not tell was read ahead (up to 16 MiB) before its head was handed on, so a
+   stream the server held open never got its head; the paced body carried no timer (the
+   caller's ``ClientTimeout`` ``total`` and ``sock_read`` never struck it, where they strike
+   the simulator's); with ``auto_decompress=False`` a gzipped body lost its
+   ``Content-Encoding`` (``TruncatedBody``'s too); the bytes of a piece were lost when the real
+   body failed; and an answer dropped unread and unreleased left its feeding task waiting for
+   ever, its connection held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
 import tracemalloc
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -50,6 +61,7 @@ from le_transport.chaos import (
     TruncatedBody,
 )
 from le_transport.chaos.injector import _DribbledResponse
+from le_transport.clock import RealClock, timeout_after
 from le_transport.errors import (
     BodyTooLarge,
     ConnectionFailed,
@@ -721,3 +733,295 @@ async def test_a_slow_body_on_an_answer_without_a_body_is_that_answer_on_either_
         assert status == 200
         assert isinstance(length, str)
         assert int(length) > 0
+
+
+# -- 5. the live slow body: its head at once, the caller's timeouts, its encoding, its leftovers --
+
+
+async def _until(condition: Callable[[], bool], *, pause: float = 0.0) -> None:
+    """Wait (looping on the event loop, ``pause`` s between looks) until ``condition`` holds;
+    the bound on the looks only guards against a hang."""
+    for _ in range(10**6):
+        if condition():
+            return
+        await asyncio.sleep(pause)
+    raise AssertionError("not reached")
+
+
+def _streaming_app(more: asyncio.Event, end: asyncio.Event) -> web.Application:
+    """``/events``: a chunked NDJSON stream whose server holds it open: line 0, then line 1
+    once ``more`` is set, then its end once ``end`` is set (a long poll, an event stream)."""
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b'{"row": 0}\n')
+        await more.wait()
+        await resp.write(b'{"row": 1}\n')
+        await end.wait()
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/events", events)
+    return app
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["bare", "streaming-retry"])
+async def test_a_slow_body_on_a_stream_the_server_holds_open_hands_its_head_on_at_once(
+    serve: ServerFactory, clock: VirtualClock, retry: bool
+) -> None:
+    """Before: where the caller's stack holds bodies to no limit, a body whose decoded length
+    its headers do not tell (chunked, any Content-Encoding) was read ahead up to
+    ``max_body_bytes`` + 1 before its head was handed on: a stream the server holds open never
+    got its head (under a streaming retry middleware, its attempt timeout struck instead). As
+    from the simulator, the head comes at once and the body is paced, with no length."""
+    more, end = asyncio.Event(), asyncio.Event()
+    host = await serve(_streaming_app(more, end))
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=11, chunk_delay_ms=10)), clock=clock
+    )
+    middlewares: list[Any] = [injector]
+    if retry:
+        policy = RetryPolicy(pauses=(), attempt_timeout=5.0)
+        middlewares.insert(0, RetryMiddleware(buffer_body=False, policy=policy, clock=clock))
+    try:
+        # (A guard on virtual time, which jumps once everything waits: before, the head never
+        # came on a bare session.)
+        async with (
+            timeout_after(clock, 60),
+            aiohttp.ClientSession(middlewares=middlewares) as session,
+            session.get(f"http://{host}/events") as resp,
+        ):
+            # The head, while the server still holds the stream open.
+            assert not more.is_set()
+            assert resp.status == 200
+            assert "Content-Length" not in resp.headers
+            assert await resp.content.readline() == b'{"row": 0}\n'
+            more.set()
+            assert await resp.content.readline() == b'{"row": 1}\n'
+            end.set()
+            assert await resp.read() == b""
+    finally:
+        more.set()
+        end.set()
+    assert injector.rule_counts()["r"].injected == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_slow_live_body_cut_on_the_wire_hands_on_what_came_then_the_cut(
+    serve: ServerFactory, clock: VirtualClock, chunked: bool
+) -> None:
+    """Before: the bytes read of a piece when the real body failed were thrown away (the caller
+    met the cut without them); a chunked body cut during the read-ahead failed at
+    ``session.get()``, with no head. Now the head comes at once, then every byte that came,
+    then the cut, as aiohttp hands on what arrived before a cut."""
+    close = asyncio.Event()
+    sent = b"x" * 1000
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        if chunked:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = 2**20
+        await resp.prepare(request)
+        await resp.write(sent)
+        await close.wait()
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/cut", cut)
+    host = await serve(app)
+    # A piece is larger than what comes before the cut: the cut ends it part-way.
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=4096, chunk_delay_ms=10)), clock=clock
+    )
+    try:
+        async with (
+            timeout_after(clock, 60),  # (a guard: before, a chunked one's head never came)
+            aiohttp.ClientSession(middlewares=[injector]) as session,
+        ):
+            resp = await session.get(f"http://{host}/cut")
+            assert resp.status == 200
+            assert isinstance(resp, _DribbledResponse)
+            real = resp.source
+            assert real is not None
+            # The server cuts the connection once the feeding has taken the bytes it sent
+            # from the real answer's stream (a bytes held there when the cut arrives are lost
+            # to any reader, with or without the fault).
+            await _until(lambda: real.content.total_bytes == len(sent) and not real.content._size)
+            close.set()
+            got, error = await _read_until_cut(resp)
+            resp.release()
+    finally:
+        close.set()
+    assert (got, error) == (sent, "ClientPayloadError")
+
+
+CSDS_BODY_PIECE = 256
+
+
+async def _read_under_timeout(
+    sim: Simulator, injector: FaultInjector, timeout: aiohttp.ClientTimeout
+) -> tuple[str, int]:
+    """The failure a read of the CSDS answer meets under ``timeout`` on a plain session (or
+    ``read whole``), and how many bytes it got before."""
+    got = 0
+    async with aiohttp.ClientSession(middlewares=[injector], timeout=timeout) as session:
+        try:
+            async with session.get(sim.url + CSDS) as resp:
+                while chunk := await resp.content.read(CSDS_BODY_PIECE):
+                    got += len(chunk)
+                return "read whole", got
+        except Exception as exc:
+            return type(exc).__name__, got
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [aiohttp.ClientTimeout(sock_read=0.5), aiohttp.ClientTimeout(total=0.5)],
+    ids=["sock_read", "total"],
+)
+async def test_a_slow_body_meets_the_callers_aiohttp_timeouts_on_either_side(
+    timeout: aiohttp.ClientTimeout,
+) -> None:
+    """Before: the body the injector paced carried no timer, so the caller's
+    ``ClientTimeout`` (``sock_read``, ``total``) never struck it, where the simulator's slow
+    body met it: the injector's caller read the whole body. Now both meet it, as aiohttp
+    raises it (``SocketTimeoutError``, a ``TimeoutError``), before the body's end.
+
+    On the real clock (aiohttp's timeouts run on the loop's time): 0.5 s against 5 s pauses."""
+    fault = SlowBody(chunk_bytes=CSDS_BODY_PIECE, chunk_delay_ms=5000)
+    real_clock = RealClock()
+    async with Simulator(clock=real_clock) as sim:
+        sim.faults.load([FaultRule("sim", fault, match=Match("GET", CSDS))])
+        served = await _read_under_timeout(sim, FaultInjector(clock=real_clock), timeout)
+        sim.faults.load([])
+        rule = FaultRule("inj", fault, match=Match("GET", CSDS))
+        injected = await _read_under_timeout(sim, FaultInjector([rule], clock=real_clock), timeout)
+    expected = "SocketTimeoutError" if timeout.sock_read else "TimeoutError"
+    assert served[0] == expected
+    assert injected[0] == expected
+    # Before the body's end: what came is at most the first piece (the next was 5 s away).
+    assert served[1] <= CSDS_BODY_PIECE
+    assert injected[1] <= CSDS_BODY_PIECE
+
+
+async def test_a_slow_body_whose_pieces_come_within_the_read_timeout_reads_whole(
+    serve: ServerFactory,
+) -> None:
+    """A guard: the read timeout is rearmed by each piece, as aiohttp's by each read from the
+    socket (3 s against 0.1 s pauses, on the real clock), and ends with the body: a body whose
+    pieces come well within it reads whole, and so does a read after its end."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**16, chunk_delay_ms=100)), clock=RealClock()
+    )
+    timeout = aiohttp.ClientTimeout(sock_read=3, total=60)
+    async with aiohttp.ClientSession(middlewares=[injector], timeout=timeout) as session:
+        for path in ("/big?mib=1", "/gz"):
+            async with session.get(f"http://{host}{path}") as resp:
+                body = await resp.read()
+                assert resp.connection is None  # its end reached: the timeouts are off
+                assert await resp.content.read() == b""
+            assert len(body) == (2**20 if path.startswith("/big") else len(PAYLOAD))
+
+
+async def test_a_slow_body_the_caller_holds_back_meets_no_read_timeout(
+    serve: ServerFactory,
+) -> None:
+    """A guard: as aiohttp's, the read timeout measures the server, not the reader: it stops
+    while the reader holds past its high-water mark what it was handed (1.5 s unread against a
+    0.5 s ``sock_read``; the pieces 1 ms apart), and the body then reads whole."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**16, chunk_delay_ms=1)), clock=RealClock()
+    )
+    timeout = aiohttp.ClientTimeout(sock_read=0.5)
+    async with (
+        aiohttp.ClientSession(middlewares=[injector], timeout=timeout) as session,
+        session.get(f"http://{host}/big?mib=1") as resp,
+    ):
+        flowing = resp.content._protocol.flowing  # type: ignore[attr-defined]
+        await _until(lambda: not flowing.is_set(), pause=0.001)  # fed until held back
+        await asyncio.sleep(1.5)
+        assert len(await resp.read()) == 2**20
+
+
+@pytest.mark.parametrize(
+    ("fault", "retry"),
+    [
+        (SlowBody(chunk_bytes=16, chunk_delay_ms=5), False),
+        (SlowBody(chunk_bytes=16, chunk_delay_ms=5), True),
+        (TruncatedBody(keep_bytes=10), False),
+    ],
+    ids=["slow-live", "slow-retry-middleware", "truncated"],
+)
+async def test_a_body_fault_keeps_the_encoding_of_a_body_the_caller_decodes_itself(
+    serve: ServerFactory, clock: VirtualClock, fault: Any, retry: bool
+) -> None:
+    """Before: with ``auto_decompress=False`` (the caller decodes the body itself, by its
+    ``Content-Encoding``), the body handed on was still gzipped but its ``Content-Encoding``
+    was dropped (and a ``SlowBody`` paced live was announced by no length): the caller could
+    not tell it had to inflate it. Now the encoding is kept and the wire's length announced,
+    as without the fault."""
+    host = await serve(_payload_app())
+    wire = gzip.compress(PAYLOAD)
+    seen = []
+    for rules in ([], [FaultRule("r", fault)]):
+        injector = FaultInjector.seeded(1, *rules, clock=clock)
+        # (A buffering retry middleware reads the body paced from memory, whole.)
+        middlewares: list[Any] = [RetryMiddleware(clock=clock)] if retry else []
+        middlewares.append(injector)
+        async with (
+            aiohttp.ClientSession(middlewares=middlewares, auto_decompress=False) as session,
+            session.get(f"http://{host}/gz") as resp,
+        ):
+            got = (await resp.read(), None) if retry else await _read_until_cut(resp)
+            seen.append((resp.headers.get("Content-Encoding"), resp.headers.get("Content-Length")))
+        if rules:
+            assert injector.rule_counts()["r"].injected == 1
+            if isinstance(fault, SlowBody):
+                assert got == (wire, None)
+                assert gzip.decompress(got[0]) == PAYLOAD
+            else:
+                assert got == (wire[:10], "ClientPayloadError")
+    assert seen == [("gzip", str(len(wire)))] * 2
+
+
+async def test_a_slow_live_body_dropped_unread_and_unreleased_stops_its_feeding(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Before: the task feeding a live body and the answer held each other, so an answer the
+    caller dropped unread and unreleased left the task waiting for ever for a reader, holding
+    the real connection, until a cyclic collection destroyed it pending ("Task was destroyed
+    but it is pending!"). Now nothing holds the answer but its caller: dropped, it is collected
+    at once, and the feeding stops, the real answer closed."""
+    host = await serve(_payload_app())
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=2**16, chunk_delay_ms=1)), clock=clock
+    )
+    async with aiohttp.ClientSession(middlewares=[injector]) as session:
+        resp = await session.get(f"http://{host}/big?mib=4")
+        assert resp.status == 200
+        assert isinstance(resp, _DribbledResponse)
+        feeder, real = resp.feeder, resp.source
+        assert feeder is not None
+        assert real is not None
+        # Virtual time enough for every piece's pause: fed until the unread body holds the
+        # feeding back (aiohttp's high-water mark), where it waits for a reader.
+        await clock.sleep(3600)
+        assert not resp.content._protocol.flowing.is_set()  # type: ignore[attr-defined]
+        assert not feeder.done()
+        dropped = weakref.ref(resp)
+        del resp
+        assert dropped() is None  # collected at once: nothing but the caller held it
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+        assert feeder.cancelled()
+        assert real.closed
+        assert real.connection is None

@@ -24,7 +24,7 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   after ``keep_bytes``: a reader gets those bytes, then the payload error aiohttp raises for a
   short body, as from the simulator. Only the kept bytes are read, and one more (never more
   than the call's limit and one): the whole body's length is announced when a
-  ``Content-Length`` of the decoded body tells it, else one byte more than is kept;
+  ``Content-Length`` of the body as it is read tells it, else one byte more than is kept;
 - ``malformed_body``: sends (the server processes it), reads the real answer (and drops it,
   chunk by chunk; past the call's limit, the connection), then hands back ``code`` with a
   body that is not valid JSON instead;
@@ -33,7 +33,13 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
 - ``slow_body``: sends, then hands the real answer back with its status and headers
   (repeated ones and cookies included) at once and its body in ``chunk_bytes`` pieces,
   ``chunk_delay_ms`` apart on the injector's clock. The caller's read (and its attempt
-  timeout) sees exactly a slow server. Under a retry middleware that buffers bodies (the
+  timeout) sees exactly a slow server, and so do the aiohttp timeouts of its call
+  (``ClientTimeout``): ``total`` runs until the body's end, as over a real body, and
+  ``sock_read`` (that of the connection the answer came on) is rearmed by each piece, as by
+  each read from a socket, and stopped while the caller holds back unread what it was handed:
+  a pause longer than it fails the read with aiohttp's ``SocketTimeoutError``. (They run on
+  the loop's time, as aiohttp's own do, not on the injector's clock.) Under a retry middleware
+  that buffers bodies (the
   engine's), the real answer is read first, as the engine reads one (the retry middleware's
   own read), and the real connection, read at full speed, is already back in the pool: one
   over the call's ``max_body_bytes`` is handed on at once, its head with a ``Content-Length``
@@ -42,11 +48,14 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   caller's stack holds a body to no limit (a streaming ``RetryMiddleware(buffer_body=False)``,
   none at all), neither does the fault: the body is paced as it is read from the real
   connection, a piece at a time (what the caller has not read holds the connection back, as
-  a slow reader holds a server back), and announced by its length when its headers tell it
-  (else read ahead up to ``max_body_bytes``, the default's without a retry middleware: a body
-  that ends within is announced by its length, a longer one by none). An answer with no body
-  (to a HEAD, a 204 or 304) is handed on as it came, as without the fault (and as from the
-  simulator).
+  a slow reader holds a server back). Its head is handed on at once, before any of its body is
+  read (a stream the server holds open, a long poll, gets it as it would without the fault),
+  announced by the body's length when its headers tell it (a ``Content-Length``, and no
+  ``Content-Encoding`` aiohttp decodes), else by none; a failure of the real body reaches
+  the reader after every byte that came before it. The real connection is held until the body
+  ends (then back to the pool) or the answer is closed, released or dropped unreleased (then
+  closed). An answer with no body (to a HEAD, a 204 or 304) is handed on as it came, as
+  without the fault (and as from the simulator).
 
 An answer a middleware inside the injector has read already (the engine's retry middleware
 when the injector is among ``outer_middlewares``; a caller's middleware that logs bodies) is
@@ -66,9 +75,12 @@ The answers ``truncated_body`` and ``slow_body`` hand back carry the real answer
 they came (a :class:`~multidict.CIMultiDict`: a repeated ``Set-Cookie`` or ``Link`` stays
 repeated), its raw headers and its cookies (``resp.cookies``, what a session's cookie jar
 takes), but ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding``, which described
-the body on the wire: the body handed back is the decoded one, announced by a
-``Content-Length`` of its own (none for a ``slow_body`` paced from the connection whose decoded
-length is not known).
+the body on the wire: the body handed back is the one aiohttp would hand on (decoded), announced
+by a ``Content-Length`` of its own (none for a ``slow_body`` paced from the connection whose
+decoded length is not known). A body aiohttp hands on as it came on the wire (the call made
+with ``auto_decompress=False``; an encoding aiohttp does not decode) keeps its
+``Content-Encoding``, for the caller to decode it by, and is announced by its length on the
+wire.
 
 WebSocket upgrades pass through the middleware too. As on the simulator, an upgrade is a
 request first: a ``request`` rule that matches it strikes it, with the kinds an upgrade can meet
@@ -107,7 +119,8 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import aiohttp
@@ -115,6 +128,8 @@ import attrs
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_reqrep import ClientResponse as _ClientResponse
+from aiohttp.connector import Connection
+from aiohttp.helpers import BaseTimerContext
 from aiohttp.typedefs import RawHeaders
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -621,11 +636,12 @@ class FaultInjector:
                 data = await _read_start(real, min(fault.keep_bytes, limit) + 1)
             cut = data[: fault.keep_bytes]
             # The whole body's length is announced, as the simulator announces it, when it is
-            # known (held whole, or a Content-Length of the body as it is decoded tells it);
+            # known (held whole, or a Content-Length of the body as it is read tells it);
             # else one byte more than is kept, at least: the rest was not read.
             whole = len(data)
-            if hdrs.CONTENT_ENCODING not in real.headers and real.content_length is not None:
-                whole = max(whole, real.content_length)
+            told = _told_length(real)
+            if told is not None:
+                whole = max(whole, told)
             kept, raw = _kept_headers(real, max(whole, len(cut) + 1))
             return _synthetic(
                 request,
@@ -666,6 +682,9 @@ class FaultInjector:
             # answer with the Content-Length a GET would get, a 204 or 304 with none.
             return real
         mw = _retry_of(request)
+        # The call's read timeout (ClientTimeout.sock_read, that of the connection the answer
+        # came on): the paced body keeps it, as a slow server's does.
+        read_timeout = _read_timeout_of(real)
         if real._body is not None:
             # Read already, by a middleware inside this one (the engine's retry middleware,
             # the injector among the outer middlewares; a caller's that logs bodies): its
@@ -678,7 +697,7 @@ class FaultInjector:
         elif mw is _UNBOUND or not mw.buffer_body:
             # The caller's stack holds no body to a limit (no retry middleware; one that
             # streams): nor does the fault, which would fail an answer the server sent whole.
-            return await self._dribble_unbounded(request, real, fault, mw.max_body_bytes)
+            return self._dribble_live(request, real, fault, read_timeout)
         else:
             # Read as the engine reads an answer (the retry middleware's own read): within
             # the call's max_body_bytes, a compressed body held to it as it is decoded, a
@@ -697,14 +716,19 @@ class FaultInjector:
                 # A failed answer over the limit, cut to its excerpt: handed on at once,
                 # announced as large as it was, for the caller's limit to cut it alike.
                 return _over_limit(request, real, mw.max_body_bytes, body)
-        return self._dribbled(request, real, fault, body)
+        return self._dribbled(request, real, fault, body, read_timeout)
 
     def _dribbled(
-        self, request: ClientRequest, real: ClientResponse, fault: SlowBody, body: bytes
+        self,
+        request: ClientRequest,
+        real: ClientResponse,
+        fault: SlowBody,
+        body: bytes,
+        read_timeout: float | None,
     ) -> ClientResponse:
         """``real``'s status and headers at once, and ``body``, its body read whole, fed in
         pieces on the clock."""
-        # The body handed back is the decoded one, whole: its length is the one to announce.
+        # The body handed back is the one read, whole: its length is the one to announce.
         headers, raw = _kept_headers(real, len(body))
         pieces = fault.pieces(body)
         resp = _synthetic(
@@ -715,43 +739,36 @@ class FaultInjector:
             eof=len(pieces) == 1,
             raw_headers=raw,
             reason=real.reason,
+            read_timeout=read_timeout,
         )
         if len(pieces) > 1:
             assert isinstance(resp, _DribbledResponse)
-            resp.feed(
-                self._feed(request, resp.content, pieces[1:], fault.chunk_delay_ms / 1000.0),
+            feeding = resp.feeding
+            feeding.start(
+                self._feed(request, feeding, pieces[1:], fault.chunk_delay_ms / 1000.0),
                 _shutdown_of(request),
             )
         return resp
 
-    async def _dribble_unbounded(
-        self, request: ClientRequest, real: ClientResponse, fault: SlowBody, ahead: int
+    def _dribble_live(
+        self,
+        request: ClientRequest,
+        real: ClientResponse,
+        fault: SlowBody,
+        read_timeout: float | None,
     ) -> ClientResponse:
         """``real``'s status and headers at once, its body paced as it is read from the real
         connection, held to no limit: ``chunk_bytes`` read, handed on, ``chunk_delay_ms``
         before the next piece. What waits is a piece, and what the caller has not read yet
         (past aiohttp's high-water mark, no more is read from the real connection, as a slow
         reader holds a server back); the real connection is held until the body ends (then
-        back to the pool) or the answer is closed or released (then dropped).
+        back to the pool) or the answer is closed, released or dropped (then closed).
 
-        A body whose headers tell its decoded length (a ``Content-Length``, no
-        ``Content-Encoding``) is announced with it and paced from its start. Another is read
-        ahead first, up to ``ahead`` bytes (the ``max_body_bytes`` of the caller's streaming
-        retry middleware, or the default): one that ends within is dribbled as a body read
-        whole is, announced by its length; a longer one is paced on from there, with no
-        length announced."""
-        length = None if hdrs.CONTENT_ENCODING in real.headers else real.content_length
-        start = b""
-        if length is None:
-            try:
-                start = await _read_piece(real.content, ahead + 1)
-            except BaseException:
-                real.close()
-                raise
-            if real.content.at_eof():
-                real.release()
-                return self._dribbled(request, real, fault, start)
-        headers, raw = _kept_headers(real, length)
+        Nothing of the body is read before the head is handed on (an endless stream, a long
+        poll, gets its head at once, as from the simulator): a body whose headers tell the
+        length of what the caller reads (a ``Content-Length``, and no ``Content-Encoding``
+        aiohttp decodes) is announced with it, another with no length."""
+        headers, raw = _kept_headers(real, _told_length(real))
         resp = _synthetic(
             request,
             real.status,
@@ -761,57 +778,53 @@ class FaultInjector:
             content_length=False,
             raw_headers=raw,
             reason=real.reason,
+            read_timeout=read_timeout,
         )
         assert isinstance(resp, _DribbledResponse)
-        resp.source = real
-        resp.feed(self._feed_live(request, real, resp, fault, start), _shutdown_of(request))
+        feeding = resp.feeding
+        feeding.source = real
+        feeding.start(self._feed_live(request, real, feeding, fault), _shutdown_of(request))
         return resp
 
     async def _feed_live(
-        self,
-        request: ClientRequest,
-        real: ClientResponse,
-        resp: _DribbledResponse,
-        fault: SlowBody,
-        start: bytes,
+        self, request: ClientRequest, real: ClientResponse, feeding: _Feeding, fault: SlowBody
     ) -> None:
-        """Feed ``resp``'s body from ``real``'s (``start``, read ahead of it, first)."""
-        content = resp.content
+        """Feed ``feeding``'s body from ``real``'s, a piece at a time. (It holds no reference
+        to the answer it feeds: see :class:`_Feeding`.)"""
         size = fault.chunk_bytes
         pause = fault.chunk_delay_ms / 1000.0
-        ahead = memoryview(start)
         first = True
         while True:
             # Only once the caller has read what it was handed (below aiohttp's low-water
             # mark): the real connection waits meanwhile, its own flow control pausing it.
-            await resp.flowing.wait()
-            piece = bytes(ahead[:size])
-            ahead = ahead[size:]
-            if len(piece) < size:
-                try:
-                    piece += await _read_piece(real.content, size - len(piece))
-                except Exception as exc:
-                    # The real body failed (cut short, timed out): the caller's read fails
-                    # alike, after what came before.
-                    content.set_exception(exc)
-                    return
-            if not piece:
-                real.release()
-                content.feed_eof()
+            await feeding.flowing.wait()
+            piece, error = await _read_piece(real.content, size)
+            if piece:
+                if not first:
+                    await self.clock.sleep(pause)
+                    if request.session.closed:
+                        # As in _feed: the rest never comes.
+                        feeding.fail(_closed_in_flight())
+                        return
+                first = False
+                feeding.put(piece)
+            if error is not None:
+                # The real body failed (cut short, timed out): the caller's read fails alike,
+                # after what came before it (the bytes of this piece too), as aiohttp hands
+                # on what arrived before a cut.
+                feeding.fail(error, after_fed=True)
                 return
-            if not first:
-                await self.clock.sleep(pause)
-                if request.session.closed:
-                    # As in _feed: the rest never comes.
-                    content.set_exception(_closed_in_flight())
-                    return
-            first = False
-            content.feed_data(piece)
+            if len(piece) < size or real.content.at_eof():
+                # Its end (a short piece is read only there): the connection goes back to
+                # the pool now, as aiohttp's goes once the body has come whole.
+                real.release()
+                feeding.finish()
+                return
 
     async def _feed(
         self,
         request: ClientRequest,
-        content: aiohttp.StreamReader,
+        feeding: _Feeding,
         pieces: list[bytes],
         pause: float,
     ) -> None:
@@ -820,10 +833,10 @@ class FaultInjector:
             if request.session.closed:
                 # Closed under the answer while it came (a close the feeding did not see
                 # begin): the rest never comes, as on a connection the close cut.
-                content.set_exception(_closed_in_flight())
+                feeding.fail(_closed_in_flight())
                 return
-            content.feed_data(piece)
-        content.feed_eof()
+            feeding.put(piece)
+        feeding.finish()
 
     async def _wait(self, request: ClientRequest, seconds: float | None) -> None:
         """Wait ``seconds`` on the clock (None: until cancelled), as for an answer that takes
@@ -962,13 +975,16 @@ class _LocalProtocol(BaseProtocol):
     long as the body is being fed (aiohttp's reader refuses to wait on a closed connection).
     Its reader's flow control (more held than its high-water mark: paused; read down below its
     low-water mark: resumed) is kept in :attr:`flowing`, which what feeds the body from a live
-    connection waits for (:meth:`FaultInjector._feed_live`)."""
+    connection waits for (:meth:`FaultInjector._feed_live`), and told to :attr:`feeding` (its
+    read timeout stops while the reader holds back, as aiohttp's own protocol stops it)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         #: Set while the reader takes more (cleared while it holds past its high-water mark).
         self.flowing = asyncio.Event()
         self.flowing.set()
+        #: What feeds the body, for one still arriving.
+        self.feeding: _Feeding | None = None
 
     @property
     def connected(self) -> bool:
@@ -977,67 +993,283 @@ class _LocalProtocol(BaseProtocol):
     def pause_reading(self) -> None:
         # Nothing to pause but the feeding of a live body: one fed from memory ignores it.
         self.flowing.clear()
+        if self.feeding is not None:
+            self.feeding.paused()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
+        # (aiohttp's reader calls it after each read below its low-water mark, paused or not.)
+        if self.flowing.is_set():
+            return
         self.flowing.set()
+        if self.feeding is not None:
+            self.feeding.resumed()
 
 
-class _DribbledResponse(_ClientResponse):
-    """A locally built response whose body is still arriving: closing or releasing it stops
-    the task that feeds it, so an abandoned slow body leaves nothing running (and a real
-    answer it is fed from, :attr:`source`, is closed: its connection dropped, unless its body
-    was read to its end and it went back to the pool)."""
+class _Feeding:
+    """What feeds the body of a :class:`_DribbledResponse` still arriving: the task that feeds
+    it (:attr:`feeder`), the one that waits for the engine's close (:attr:`watcher`), the real
+    answer it is read from (:attr:`source`, None: fed from memory), its read timeout, and what
+    waits for its end.
 
-    feeder: asyncio.Task[None] | None = None
-    #: Waits for the engine's close, to cut the body short then (ClosedInFlight).
-    watcher: asyncio.Task[bool] | None = None
-    #: The real answer the body is read from as it is fed (None: fed from memory).
-    source: ClientResponse | None = None
-    #: Set while the body's reader takes more (see _LocalProtocol).
-    flowing: asyncio.Event
+    Nothing here refers to the answer it feeds, so that an answer the caller drops unread and
+    unreleased is collected at once, and its collection stops the feeding (the real connection
+    closed): a task holding the answer waited for ever, on a connection never given back, and
+    was destroyed pending once a cyclic collection came.
 
-    def feed(self, feeding: Coroutine[Any, Any, None], shutdown: asyncio.Event | None) -> None:
+    Its end (the body whole, failed, or the answer closed, released or dropped) is what
+    aiohttp's session waits for through the answer's connection (:meth:`add_callback`): the
+    call's ``ClientTimeout.total`` runs until then, as it runs until a real body has come.
+    Its read timeout is the call's ``ClientTimeout.sock_read`` (None: none), kept as aiohttp's
+    own protocol keeps it: armed as the head is handed on, rearmed by each piece fed, stopped
+    while the reader holds past its high-water mark (the reader's pause, not the server's) and
+    at the body's end. When it fires, the body fails with aiohttp's
+    :class:`~aiohttp.SocketTimeoutError` and the feeding stops."""
+
+    def __init__(
+        self,
+        content: _FedStream,
+        protocol: _LocalProtocol,
+        read_timeout: float | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.content = content
+        self.flowing = protocol.flowing
+        protocol.feeding = self
+        self.read_timeout = read_timeout or None  # (0 is none, as for aiohttp)
+        self.feeder: asyncio.Task[None] | None = None
+        self.watcher: asyncio.Task[bool] | None = None
+        self.source: ClientResponse | None = None
+        self._loop = loop
+        self._read_timer: asyncio.TimerHandle | None = None
+        #: Called at its end; None once it ended.
+        self._at_end: list[Callable[[], None]] | None = []
+
+    @property
+    def ended(self) -> bool:
+        return self._at_end is None
+
+    def start(self, feeding: Coroutine[Any, Any, None], shutdown: asyncio.Event | None) -> None:
         """Feed the body with ``feeding``, in a task of its own; when ``shutdown`` is set
         before it is done (the engine closes), it stops and a reader meets
         :class:`ClosedInFlight`, as the reader of a body the close cut does. A close already
         begun (the close's own call: its logout) does not stop it."""
-        loop = asyncio.get_running_loop()
-        self.feeder = loop.create_task(feeding, name="le_transport.chaos.slow_body")
+        self.feeder = self._loop.create_task(feeding, name="le_transport.chaos.slow_body")
         # However the feeding ends (its body's end, a failure, cancelled: even before it
-        # began), the real answer it read from is let go; at its end it was released already.
-        self.feeder.add_done_callback(lambda _: self._close_source())
+        # began), what it holds is let go.
+        self.feeder.add_done_callback(self._fed)
+        self._rearm()
         if shutdown is None or shutdown.is_set():
             return
-        self.watcher = loop.create_task(shutdown.wait(), name="le_transport.chaos.closing")
+        self.watcher = self._loop.create_task(shutdown.wait(), name="le_transport.chaos.closing")
         self.watcher.add_done_callback(self._cut_by_close)
-        self.feeder.add_done_callback(lambda _: self._stop_feeding())
+
+    def put(self, piece: bytes) -> None:
+        """Hand ``piece`` on to the reader."""
+        self.content.feed_data(piece)
+        self._rearm()
+
+    def finish(self) -> None:
+        """The body has come whole: its end."""
+        self.content.feed_eof()
+        self.stop()
+
+    def fail(self, exc: BaseException, *, after_fed: bool = False) -> None:
+        """The body ends with ``exc``: at once (a reader's next read meets it, as aiohttp's
+        meets a timeout or a close), or with ``after_fed``, once what was handed on is read
+        (the real body's failure, after its last bytes). Its end."""
+        if after_fed:
+            self.content.end_with(exc)
+        else:
+            self.content.set_exception(exc)
+        self.stop()
+
+    def paused(self) -> None:
+        self._disarm()
+
+    def resumed(self) -> None:
+        if not self.ended:
+            self._rearm()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the body's end (at once, when it has ended)."""
+        if self._at_end is None:
+            callback()
+        else:
+            self._at_end.append(callback)
+
+    def stop(self) -> None:
+        """The body's end: stop feeding (nothing more is handed on), close the real answer (its
+        connection dropped; nothing to do once it went back to the pool at its body's end),
+        and call what waits for the end."""
+        current = asyncio.current_task(self._loop)
+        for task in (self.feeder, self.watcher):
+            # (The feeder ending the body itself returns at once.)
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        self._disarm()
+        source, self.source = self.source, None
+        if source is not None:
+            source.close()
+        at_end, self._at_end = self._at_end, None
+        for callback in at_end or ():
+            try:
+                callback()
+            except Exception:  # pragma: no cover - aiohttp's own callbacks do not raise
+                _log.exception("a callback at the end of a slow body failed")
+
+    def abandon(self) -> None:
+        """The answer was dropped, unreleased: stop, if its loop still runs (as aiohttp
+        closes the connection of an answer dropped unread)."""
+        if not self.ended and not self._loop.is_closed():
+            self.stop()
+
+    def _fed(self, feeder: asyncio.Task[None]) -> None:
+        self.stop()
 
     def _cut_by_close(self, watcher: asyncio.Task[bool]) -> None:
         feeder = self.feeder
         if watcher.cancelled() or feeder is None or feeder.done():
             return  # the body came whole, or the answer was closed or released
-        feeder.cancel()
-        self.content.set_exception(_closed_in_flight())
+        self.fail(_closed_in_flight())
 
-    def _stop_feeding(self) -> None:
-        for task in (self.feeder, self.watcher):
-            if task is not None and not task.done():
-                task.cancel()
-        # Closed or released mid-body: the real answer goes now, not once the feeding ends.
-        self._close_source()
+    def _rearm(self) -> None:
+        self._disarm()
+        if self.read_timeout is not None and self.flowing.is_set():
+            # (Not while the reader holds back: a piece that filled its buffer paused it.)
+            self._read_timer = self._loop.call_later(self.read_timeout, self._timed_out)
 
-    def _close_source(self) -> None:
-        source, self.source = self.source, None
-        if source is not None:
-            source.close()  # (nothing left to do once it was released at its body's end)
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _timed_out(self) -> None:
+        # As aiohttp's protocol fails the body of a connection silent for sock_read.
+        self._read_timer = None
+        if not self.ended:
+            self.fail(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+
+
+class _FedConnection:
+    """What a :class:`_DribbledResponse` says is its connection while its body is still being
+    fed. Once its middlewares have returned an answer, aiohttp's session hands its connection
+    the end of the call's ``ClientTimeout.total`` (:meth:`add_callback`, called when the
+    connection is released: at the body's end), and ends the timeout at once for an answer
+    with none: so the total keeps running over a paced body, as over a slow server's. No
+    socket is behind it (its protocol and transport are None)."""
+
+    __slots__ = ("_feeding",)
+
+    protocol = None
+    transport = None
+
+    def __init__(self, feeding: _Feeding) -> None:
+        self._feeding = feeding
+
+    @property
+    def closed(self) -> bool:
+        return self._feeding.ended
+
+    def add_callback(self, callback: Callable[[], None] | None) -> None:
+        if callback is not None:
+            self._feeding.add_callback(callback)
+
+
+class _DribbledResponse(_ClientResponse):
+    """A locally built response whose body is still arriving, fed by its :attr:`feeding`:
+    closing or releasing it stops the feeding, so an abandoned slow body leaves nothing
+    running (and a real answer it is fed from is closed: its connection dropped, unless its
+    body was read to its end and it went back to the pool); so does dropping it unreleased.
+    Its :attr:`connection` stands for the one the body comes on until the body's end
+    (:class:`_FedConnection`)."""
+
+    feeding: _Feeding
+
+    @property
+    def feeder(self) -> asyncio.Task[None] | None:
+        """The task feeding the body."""
+        return self.feeding.feeder
+
+    @property
+    def source(self) -> ClientResponse | None:
+        """The real answer the body is read from as it is fed (None: fed from memory, or
+        let go)."""
+        return self.feeding.source
+
+    @property
+    def connection(self) -> Connection | None:
+        if self.feeding.ended:
+            return None
+        return cast("Connection", _FedConnection(self.feeding))
 
     def close(self) -> None:
-        self._stop_feeding()
+        self.feeding.stop()
         super().close()
 
     def release(self) -> Any:
-        self._stop_feeding()
+        self.feeding.stop()
         return super().release()
+
+    def __del__(self, _warnings: Any = warnings) -> None:
+        # Dropped unreleased (read or not): what feeds it stops, its real connection closed,
+        # as aiohttp lets go of the connection of an answer dropped unread.
+        feeding = self.__dict__.get("feeding")
+        if feeding is not None:
+            feeding.abandon()
+        super().__del__(_warnings)
+
+
+class _FedStream(aiohttp.StreamReader):
+    """The body of a :class:`_DribbledResponse`, fed as it comes. A failure of the real body it
+    is fed from reaches its reader after what was fed before it (:meth:`end_with`): as from a
+    server that sent those bytes and then cut the connection, they are read first (aiohttp's
+    reads raise a stream's error before returning what it holds, and a piece and the failure
+    after it come together here)."""
+
+    def __init__(
+        self,
+        protocol: BaseProtocol,
+        limit: int,
+        *,
+        timer: BaseTimerContext | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(protocol, limit, timer=timer, loop=loop)
+        #: The error the body ends with once what it holds is read.
+        self._ending: BaseException | None = None
+
+    def end_with(self, exc: BaseException) -> None:
+        """End the body with ``exc`` once what it holds is read: at once if it holds none, or
+        if a reader waits for more already (one that wants a whole line, say: it meets the
+        error at once from aiohttp's reader too)."""
+        if self._buffer and self._waiter is None and self._eof_waiter is None:
+            self._ending = exc
+        else:
+            self.set_exception(exc)
+
+    def _end(self) -> None:
+        exc, self._ending = self._ending, None
+        if exc is not None and self.exception() is None:
+            self.set_exception(exc)
+
+    async def _wait(self, func_name: str) -> None:
+        # Every read waits here once what the stream holds is drained and it wants more: no
+        # more will come.
+        if self._ending is not None:
+            self._end()
+            raise cast(BaseException, self.exception())
+        await super()._wait(func_name)
+
+    async def wait_eof(self) -> None:
+        if self._ending is not None:
+            self._end()
+            raise cast(BaseException, self.exception())
+        await super().wait_eof()
+
+    def read_nowait(self, n: int = -1) -> bytes:
+        if self._ending is not None and not self._buffer:
+            self._end()
+        return super().read_nowait(n)
 
 
 class _CutShortStream(aiohttp.StreamReader):
@@ -1084,24 +1316,54 @@ class _CutShortStream(aiohttp.StreamReader):
         super().set_exception(self._cut_error, *args, **kwargs)
 
 
-#: The headers that described the body on the wire: a body handed back decoded (and whole, or
-#: cut) is announced by a Content-Length of its own.
+#: The headers that described the body on the wire: a body handed back (whole, or cut) is
+#: announced by a Content-Length of its own, and one handed back decoded by no Content-Encoding.
 _WIRE_BODY_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding"})
+#: Those of them a body handed back as it came on the wire (not decoded) keeps.
+_UNDECODED_KEEPS = frozenset({"content-encoding"})
+
+
+def _decoded(real: ClientResponse) -> bool:
+    """Whether the body aiohttp hands on of ``real`` is not the wire's but decoded from it: a
+    ``Content-Encoding`` aiohttp inflates (gzip, deflate, br, zstd), read with
+    ``auto_decompress`` (the session's, or the request's). Else (no encoding, one aiohttp does
+    not decode, a caller that decodes the body itself) its reader gets the wire's bytes, which
+    its ``Content-Length`` and ``Content-Encoding`` describe.
+
+    aiohttp's parser counts the wire's bytes of a body it decodes, and only of one
+    (``StreamReader.total_compressed_bytes``: None for a body it does not decode)."""
+    return hdrs.CONTENT_ENCODING in real.headers and real.content.total_compressed_bytes is not None
+
+
+def _told_length(real: ClientResponse) -> int | None:
+    """The length of ``real``'s body as its reader gets it, when its headers tell it: its
+    ``Content-Length``, unless aiohttp decodes the body (None: not told)."""
+    return None if _decoded(real) else real.content_length
+
+
+def _read_timeout_of(real: ClientResponse) -> float | None:
+    """The read timeout (``ClientTimeout.sock_read``) ``real`` was read under: that of the
+    connection it came on (which aiohttp's answer keeps once it has let the connection go: a
+    short body came whole with its head), None for none (or an answer that came on none)."""
+    protocol = real._protocol
+    return protocol.read_timeout if protocol is not None else None
 
 
 def _kept_headers(real: ClientResponse, length: int | None) -> tuple[CIMultiDict[str], RawHeaders]:
     """``real``'s headers and raw headers, every one kept as it came (a repeated ``Set-Cookie``
     or ``Link`` too) but those of :data:`_WIRE_BODY_HEADERS`, with ``Content-Length:
-    length`` in their place (None: the length is not known, and none is said)."""
+    length`` in their place (None: the length is not known, and none is said). A body aiohttp
+    does not decode (no encoding it knows; a caller with ``auto_decompress=False``) is handed
+    on as it came, still encoded: its ``Content-Encoding`` is kept, for the caller to decode
+    it by."""
+    dropped = _WIRE_BODY_HEADERS if _decoded(real) else _WIRE_BODY_HEADERS - _UNDECODED_KEEPS
     headers = CIMultiDict(
-        (name, value)
-        for name, value in real.headers.items()
-        if name.lower() not in _WIRE_BODY_HEADERS
+        (name, value) for name, value in real.headers.items() if name.lower() not in dropped
     )
     raw = tuple(
         (name, value)
         for name, value in real.raw_headers
-        if name.decode("latin-1").lower() not in _WIRE_BODY_HEADERS
+        if name.decode("latin-1").lower() not in dropped
     )
     if length is None:
         return headers, raw
@@ -1148,27 +1410,37 @@ def _reader(request: ClientRequest, handler: ClientHandlerType) -> _Call:
     return _Call(mw, ctx, ctx.retry or mw.policy, request, handler)
 
 
-async def _read_piece(stream: aiohttp.StreamReader, size: int) -> bytes:
-    """The next ``size`` bytes of ``stream`` (fewer at its end; none: it has ended)."""
+async def _read_piece(stream: aiohttp.StreamReader, size: int) -> tuple[bytes, Exception | None]:
+    """The next ``size`` bytes of ``stream`` (fewer at its end; none: it has ended), and the
+    error it failed with before they all came (None: it did not): what came before the error
+    is returned with it, not lost."""
     chunks: list[bytes] = []
     got = 0
+    error: Exception | None = None
     while got < size:
-        chunk = await stream.read(size - got)
+        try:
+            chunk = await stream.read(size - got)
+        except Exception as exc:
+            error = exc
+            break
         if not chunk:
             break
         chunks.append(chunk)
         got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), error
 
 
 async def _read_start(real: ClientResponse, size: int) -> bytes:
-    """The first ``size`` bytes of ``real``'s body (as decoded; fewer if it is shorter), the
+    """The first ``size`` bytes of ``real``'s body (as read; fewer if it is shorter), the
     rest not read: the connection goes back to the pool when the body ended, else is dropped."""
     try:
-        data = await _read_piece(real.content, size)
+        data, error = await _read_piece(real.content, size)
     except BaseException:
         real.close()
         raise
+    if error is not None:
+        real.close()
+        raise error
     if real.content.at_eof():
         real.release()
     else:
@@ -1200,8 +1472,8 @@ def _over_limit(
     nothing) and a ``Content-Length`` past the limit (its own, when it told the body's length),
     then cut: the caller's retry middleware refuses it (BodyTooLarge) or keeps its excerpt (a
     failed answer) as it would the real answer, and records its status."""
-    length = real.content_length
-    if hdrs.CONTENT_ENCODING in real.headers or length is None or length <= limit:
+    length = _told_length(real)
+    if length is None or length <= limit:
         length = limit + 1
     headers, raw = _kept_headers(real, max(length, len(kept) + 1))
     return _synthetic(
@@ -1260,10 +1532,13 @@ def _synthetic(
     eof: bool = True,
     raw_headers: RawHeaders | None = None,
     reason: str | None = None,
+    read_timeout: float | None = None,
 ) -> ClientResponse:
     """A complete :class:`aiohttp.ClientResponse` built locally, as if the server had sent it
-    (with ``eof=False``, one whose body is still to be fed; with ``cut_short``, one whose body
-    ends after ``body`` with that error, once a reader has taken ``body`` and wants more).
+    (with ``eof=False``, a :class:`_DribbledResponse`, whose body is still to be fed by its
+    :attr:`~_DribbledResponse.feeding`, under the call's timeouts: its ``ClientTimeout.total``
+    and ``read_timeout``, its ``sock_read``; with ``cut_short``, one whose body ends after
+    ``body`` with that error, once a reader has taken ``body`` and wants more).
 
     Its cookies (``resp.cookies``, and what the session's cookie jar takes) are read from its
     ``Set-Cookie`` headers, as aiohttp reads a real answer's; ``raw_headers`` are the ones the
@@ -1307,11 +1582,16 @@ def _synthetic(
     if set_cookies:
         resp._raw_cookie_headers = tuple(set_cookies)
     protocol = _LocalProtocol(loop)
-    if isinstance(resp, _DribbledResponse):
-        resp.flowing = protocol.flowing
     content: aiohttp.StreamReader
     if cut_short is not None:
         content = _CutShortStream(protocol, 2**16, loop=loop, error=cut_short)
+    elif isinstance(resp, _DribbledResponse):
+        # Read under the call's total timeout, as the real answer's body is (the timer
+        # aiohttp gave the request and its answer's stream: a reader waiting on the stream
+        # when it expires meets TimeoutError, and so does any read after).
+        fed = _FedStream(protocol, 2**16, timer=request._timer, loop=loop)
+        resp.feeding = _Feeding(fed, protocol, read_timeout, loop)
+        content = fed
     else:
         content = aiohttp.StreamReader(protocol, 2**16, loop=loop)
     if body:
