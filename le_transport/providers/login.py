@@ -593,22 +593,7 @@ class LoginServiceAuth:
             )
         except (ClientStatusError, _NotAccepted) as exc:
             transient = _try_again(exc)
-            emit_state(
-                http.hooks,
-                _log,
-                logging.WARNING,
-                StateEvent(
-                    "refresh_failed",
-                    self.subject,
-                    {
-                        "status": exc.status,
-                        "next": _KEEPALIVE_FALLBACK
-                        if transient
-                        else self._next_after_refresh(session),
-                        "generation": session.generation,
-                    },
-                ),
-            )
+            self._refresh_failed(http, session, exc, transient, generation=True)
             if transient:
                 # A proxy's "try again" (408, 425): no verdict on the session, which is kept,
                 # nor a reason to log in; the refresh is tried again later, as after a 5xx.
@@ -649,6 +634,27 @@ class LoginServiceAuth:
             StateEvent("refreshed", self.subject, {"generation": session.generation}),
         )
         return True
+
+    def _refresh_failed(
+        self,
+        http: ProviderHttp,
+        session: LoginSession,
+        exc: ClientStatusError | _NotAccepted,
+        transient: bool,
+        *,
+        generation: bool,
+    ) -> None:
+        """Report a refresh of ``session`` that was not accepted (``refresh_failed``): its
+        status and what follows it (with ``generation``, the session's too)."""
+        details: dict[str, object] = {
+            "status": exc.status,
+            "next": _KEEPALIVE_FALLBACK if transient else self._next_after_refresh(session),
+        }
+        if generation:
+            details["generation"] = session.generation
+        emit_state(
+            http.hooks, _log, logging.WARNING, StateEvent("refresh_failed", self.subject, details)
+        )
 
     def _login_refused_for(self, session: LoginSession) -> bool:
         """Whether ``session`` was kept after a refresh answered 3xx whose fallback login was
@@ -837,21 +843,7 @@ class LoginServiceAuth:
             )
         except (ClientStatusError, _NotAccepted) as exc:
             transient = _try_again(exc)
-            emit_state(
-                http.hooks,
-                _log,
-                logging.WARNING,
-                StateEvent(
-                    "refresh_failed",
-                    self.subject,
-                    {
-                        "status": exc.status,
-                        "next": _KEEPALIVE_FALLBACK
-                        if transient
-                        else self._next_after_refresh(session),
-                    },
-                ),
-            )
+            self._refresh_failed(http, session, exc, transient, generation=False)
             if transient:
                 # As alone: kept, in the store too (not forgotten), tried again later.
                 raise
