@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -94,6 +95,22 @@ async def fleet_store(
         yield store
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _two_processes(
+    sim: Simulator, clock: VirtualClock, store: Any, ttl: float
+) -> AsyncIterator[tuple[CsdsDomains, CsdsDomains]]:
+    """Two processes' CsdsDomains (provider ttl 60 s) sharing one map on ``store`` (its
+    ``ttl``), each attached to an engine of its own."""
+
+    def shared() -> SharedDomainMap:
+        return SharedDomainMap(store, account=ACCOUNT, ttl=ttl, clock=clock)
+
+    a = csds_for(sim, ttl=60, shared=shared())
+    b = csds_for(sim, ttl=60, shared=shared())
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        yield a, b
 
 
 async def test_a_peer_adopting_an_answer_with_a_refused_host_keeps_its_host_as_its_own_fetch(
@@ -271,14 +288,7 @@ async def test_a_peers_write_ending_within_a_second_of_its_own_is_adopted(
     """A shared entry that ends when this process's last write ends is taken for that write
     only if it holds what was written: a peer's answer written half a second later, naming
     another host, is adopted."""
-    store = MemoryStore(clock)
-
-    def shared() -> SharedDomainMap:
-        return SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
-
-    a = csds_for(sim, ttl=60, shared=shared())
-    b = csds_for(sim, ttl=60, shared=shared())
-    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+    async with _two_processes(sim, clock, MemoryStore(clock), 180) as (a, b):
         assert await a.resolve("agentVep") == sim.host  # A's write ends at +180 s
         await clock.sleep(0.5)
         await b.invalidate()
@@ -296,14 +306,7 @@ async def test_a_peers_partial_write_ending_within_a_second_of_its_own_keeps_the
     that write, and rebuilt its map from the entry and the services it carried: a peer's
     answer written then, leaving agentVep out, dropped agentVep at once, where adopting a
     peer's answer (or fetching it) keeps it once."""
-    store = MemoryStore(clock)
-
-    def shared() -> SharedDomainMap:
-        return SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
-
-    a = csds_for(sim, ttl=60, shared=shared())
-    b = csds_for(sim, ttl=60, shared=shared())
-    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+    async with _two_processes(sim, clock, MemoryStore(clock), 180) as (a, b):
         assert await a.resolve("agentVep") == sim.host  # A's write ends at +180 s
         await clock.sleep(0.5)
         await b.invalidate()
@@ -327,14 +330,7 @@ async def test_re_reading_a_peers_partial_write_does_not_count_its_answer_twice(
     +66 s (agentVep kept once) and reads it again at +127 s: the SAME answer, counted a second
     time, dropped agentVep, where A's own fetch of it keeps it until the next answer (and B,
     the writer, keeps it until the entry expires). The next answer leaving it out drops it."""
-    store = MemoryStore(clock)
-
-    def shared() -> SharedDomainMap:
-        return SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
-
-    a = csds_for(sim, ttl=60, shared=shared())
-    b = csds_for(sim, ttl=60, shared=shared())
-    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+    async with _two_processes(sim, clock, MemoryStore(clock), 180) as (a, b):
         assert await a.resolve("agentVep") == sim.host  # A's write ends at +180 s
         assert await b.resolve("agentVep") == sim.host  # adopted
         await clock.sleep(5)
@@ -362,14 +358,7 @@ async def test_re_reading_a_peers_map_keeps_what_a_login_answer_said_since(
     """B adopts A's map, then a login answer moves agentVep: the entry it reads again at +61 s
     is older than that answer (nothing newer from the fleet), so B keeps the moved host and the
     service the login answer added, as re-reading its own write does."""
-    store = MemoryStore(clock)
-
-    def shared() -> SharedDomainMap:
-        return SharedDomainMap(store, account=ACCOUNT, ttl=180, clock=clock)
-
-    a = csds_for(sim, ttl=60, shared=shared())
-    b = csds_for(sim, ttl=60, shared=shared())
-    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+    async with _two_processes(sim, clock, MemoryStore(clock), 180) as (a, b):
         assert await a.resolve("agentVep") == sim.host  # A's write ends at +180 s
         assert await b.resolve("agentVep") == sim.host  # adopted
         await clock.sleep(10)
@@ -498,9 +487,7 @@ async def test_a_writer_shares_a_refused_service_as_refused_even_where_it_kept_i
     def shared() -> SharedDomainMap:
         return SharedDomainMap(fleet_store, account=ACCOUNT, ttl=600, clock=clock)
 
-    a = csds_for(sim, ttl=60, shared=shared())
-    b = csds_for(sim, ttl=60, shared=shared())
-    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+    async with _two_processes(sim, clock, fleet_store, 600) as (a, b):
         assert await a.resolve("agentVep") == sim.host
         assert await b.resolve("agentVep") == sim.host  # adopted
         assert b.warm(collection(agentVep="moved.example"))  # B's login answer: moved
