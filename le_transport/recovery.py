@@ -107,11 +107,18 @@ from .errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
     ServerStatusError,
+    TransportError,
     UnexpectedAnswer,
     UnknownServiceError,
 )
 from .events import EventHooks, StateEvent
-from .middleware.context import _CALL_LEDGER, CallLedger, open_ledger
+from .middleware.context import (
+    _CALL_LEDGER,
+    CallLedger,
+    open_ledger,
+    provider_failed,
+    safe_cause,
+)
 from .policies._validate import finite_number
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
@@ -781,10 +788,20 @@ class Recovery:
         after 4401, a 401 replay): its credentials are fresh, so another login would only add
         load; the call is simply tried again with them.
         """
-        await self._domains.invalidate()
-        refresh = getattr(self._domains, "refresh", None)
-        if callable(refresh):
-            await refresh()
+
+        async def step(role: str, provider: object, operation: str) -> None:
+            # Typed as on a call's path: the provider's own outage (its network call failing)
+            # is a ConnectionFailed the round waits out; anything else a final ProviderError.
+            try:
+                await getattr(provider, operation)()
+            except TransportError:
+                raise
+            except Exception as exc:
+                raise provider_failed(role, provider, operation, exc) from safe_cause(exc)
+
+        await step("domain", self._domains, "invalidate")
+        if callable(getattr(self._domains, "refresh", None)):
+            await step("domain", self._domains, "refresh")
         if skip_login:
             _log.info(
                 "%s: a login succeeded during the pause; not logging in again",
@@ -792,10 +809,9 @@ class Recovery:
                 extra={"subject": self._subject},
             )
             return
-        relogin = getattr(self._auth, "relogin", None)
-        if callable(relogin):
+        if callable(getattr(self._auth, "relogin", None)):
             self.relogins += 1
-            await relogin()
+            await step("auth", self._auth, "relogin")
 
     def _give_up(self, last: Exception, elapsed: float) -> None:
         attempts = self._attempt

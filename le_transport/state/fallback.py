@@ -149,6 +149,9 @@ class FallbackStore:
         #: no write began or ended while it was on its way (else an older read would replace
         #: a newer write in the local copy).
         self._writes = 0
+        #: Writes begun and not yet ended: a read that starts while one is on its way may
+        #: answer what that write replaces, so it is not copied locally either.
+        self._writing = 0
         # The damaged keys warned of (StateDataError), until a write over one succeeds.
         self._damaged: dict[str, None] = {}
         #: How many times the store switched to local state, and back.
@@ -302,7 +305,7 @@ class FallbackStore:
         dropped the session it held and logged in again."""
         self._check_call("get", key)
         shared = True
-        writes = self._writes
+        writes = self._writes if not self._writing else None
 
         async def local() -> Entry | None:
             nonlocal shared
@@ -318,8 +321,9 @@ class FallbackStore:
             # A caller's store (primary, or a local MemoryStore of its own) answering no str.
             entry = self._as_text(key, entry)
         if shared and writes == self._writes:
-            # Not when this process wrote meanwhile (any key: counted once, cheaply): the
-            # answer may predate that write, which the local copy already holds.
+            # Not when this process wrote meanwhile, nor had a write on its way as the read
+            # began (any key: counted cheaply): the answer may predate that write, which the
+            # local copy already holds.
             await self._mirror(key, entry)
         return entry
 
@@ -362,9 +366,11 @@ class FallbackStore:
         """
         self._check_call("set", key)
         self._writes += 1
+        self._writing += 1
         try:
             return await self._set(key, value, ttl=ttl, only_if=only_if)
         finally:
+            self._writing -= 1
             self._writes += 1
 
     async def _set(self, key: str, value: str, *, ttl: float, only_if: str | None) -> bool:
@@ -409,9 +415,11 @@ class FallbackStore:
         """Set-if-absent on the primary; locally while it is out."""
         self._check_call("add", key)
         self._writes += 1
+        self._writing += 1
         try:
             return await self._add(key, value, ttl=ttl)
         finally:
+            self._writing -= 1
             self._writes += 1
 
     async def _add(self, key: str, value: str, *, ttl: float) -> bool:
@@ -431,9 +439,11 @@ class FallbackStore:
         """Delete on the primary and locally."""
         self._check_call("delete", key)
         self._writes += 1
+        self._writing += 1
         try:
             return await self._delete(key, only_if=only_if)
         finally:
+            self._writing -= 1
             self._writes += 1
 
     async def _delete(self, key: str, *, only_if: str | None) -> bool:
