@@ -856,12 +856,6 @@ class Recovery:
     def _recovered(self) -> None:
         if self._attempt == 0:
             return
-        round_ = self._round_task
-        if round_ is not None and not round_.done():
-            # Another call still waits in a later round of this episode: one call's success
-            # does not end it (its pauses planned afresh would shrink while the service still
-            # fails). The last call through ends it.
-            return
         attempts = self._attempt
         elapsed = self._clock.now() - (self._first_failure or self._clock.now())
         self._reset()

@@ -18,7 +18,6 @@ from le_transport.errors import (
     RetriesExhausted,
     ServerStatusError,
     StateStoreError,
-    UnexpectedAnswer,
 )
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
@@ -326,62 +325,3 @@ async def test_a_read_racing_an_own_write_with_a_real_redis(redis_server: RedisS
         assert got.value == "v2", got
     finally:
         await store.close()
-
-
-# -- one call's success and a later round others wait in ----------------------------------------
-
-
-class _RelogsTwice:
-    """An auth provider whose second re-login meets the Login Service still in trouble."""
-
-    credential_headers = frozenset({"authorization"})
-
-    def __init__(self) -> None:
-        self.relogins = 0
-
-    async def credentials(self, method: str, url: object) -> Credentials:
-        raise AssertionError("not asked: Recovery runs its callables only")
-
-    async def invalidate(self, rejected: Credentials) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def relogin(self) -> None:
-        self.relogins += 1
-        if self.relogins == 2:
-            raise UnexpectedAnswer("maintenance page", status=200)
-
-
-async def test_one_calls_success_does_not_end_the_episode_others_still_wait_in() -> None:
-    # A succeeded after round 1 while B failed again and waited in round 2: A's success reset
-    # the episode, and round 2's failed re-login planned its next pause from attempt 1
-    # (100, 200, then 100 s), shrinking while the Login Service still failed.
-    clock = VirtualClock()
-    recovery = Recovery(
-        domains=StaticDomains({"svc": "example.com"}),
-        auth=_RelogsTwice(),
-        clock=clock,
-        policy=BackoffPolicy(first=100, factor=2, cap=10_000, jitter=0, floor=0),
-        request_policy=RetryPolicy(pauses=()),
-    )
-    runs = {"a": 0, "b": 0}
-
-    async def a() -> str:
-        runs["a"] += 1
-        if runs["a"] == 1:
-            raise _spent()
-        await clock.sleep(1)
-        return "a"
-
-    async def b() -> str:
-        runs["b"] += 1
-        if runs["b"] <= 2:
-            raise _spent()
-        return "b"
-
-    assert list(await asyncio.gather(recovery.run(a), recovery.run(b))) == ["a", "b"]
-    pauses = list(recovery.pauses)
-    assert pauses == sorted(pauses), pauses
-    assert not recovery.recovering
