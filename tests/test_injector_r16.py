@@ -1025,3 +1025,47 @@ async def test_a_slow_live_body_dropped_unread_and_unreleased_stops_its_feeding(
         assert feeder.cancelled()
         assert real.closed
         assert real.connection is None
+
+
+async def test_a_total_timeout_over_a_paced_live_body_ends_the_read() -> None:
+    # The feeder and the caller's read share the request's total timer, which cancels one
+    # task: the feeder was cancelled and the caller's read waited for ever.
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1000):
+                await resp.write(b"x" * 10)
+                await asyncio.sleep(0.2)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/t", trickle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    injector = FaultInjector.seeded(
+        1, FaultRule("r", SlowBody(chunk_bytes=10, chunk_delay_ms=100)), clock=RealClock()
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(
+                middlewares=[injector], timeout=aiohttp.ClientTimeout(total=1.5)
+            ) as session,
+            session.get(f"http://127.0.0.1:{port}/t") as resp,
+        ):
+
+            async def drain() -> None:
+                while await resp.content.read(10):
+                    pass
+
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(drain(), 20)  # (the guard: a hang ends at 20 s)
+            assert loop.time() - started < 15, "the read hung past the 1.5 s total timeout"
+    finally:
+        await runner.cleanup()

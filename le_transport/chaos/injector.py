@@ -1124,6 +1124,11 @@ class _Feeding:
             self.stop()
 
     def _fed(self, feeder: asyncio.Task[None]) -> None:
+        content = self.content
+        if not self.ended and not content.is_eof() and content.exception() is None:
+            # Ended without ending the body (a foreign cancel: the call's total timer, which
+            # the feeder and the caller's read share): the read must end too, not hang.
+            content.set_exception(TimeoutError())
         self.stop()
 
     def _cut_by_close(self, watcher: asyncio.Task[bool]) -> None:
