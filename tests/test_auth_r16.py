@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -546,6 +546,24 @@ def _fleet_login(
     return UserLogin(ACCOUNT, "bot1", PASSWORD, domains=csds_for(s), shared=shared, **options)
 
 
+@contextlib.asynccontextmanager
+async def _logged_in_alone_or_fleet(
+    clock: VirtualClock, store: MemoryStore, shared: bool, secret_values: set[str]
+) -> AsyncIterator[tuple[Simulator, UserLogin]]:
+    """bot1 logged in on an engine, alone or sharing its session through ``store`` (no
+    keepalive of its own), its session's secrets learned."""
+    async with bots(clock) as s:
+        auth = (
+            _fleet_login(s, store, clock, keepalive=False)
+            if shared
+            else _login(s, clock, False, keepalive=False)
+        )
+        async with sim_engine(s, clock, domains=auth._domains, auth=auth):
+            await auth.login()
+            learn_session_secrets(auth, secret_values)
+            yield s, auth
+
+
 def _marks(store: MemoryStore) -> dict[str, tuple[str, float]]:
     """The refusals a fleet's store records (key: value, expiry)."""
     return {k: v for k, v in store._values.items() if ":session-refused:" in k}
@@ -560,31 +578,23 @@ async def test_a_408_or_425_to_the_fallback_login_is_an_outage_and_marks_nothing
     LoginRejected, the session marked refused for good ("check the credentials"), in the
     fleet's store too; it is an outage: the next redirected refresh tries the login again."""
     store = MemoryStore(clock)
-    async with bots(clock) as s:
-        auth = (
-            _fleet_login(s, store, clock, keepalive=False)
-            if shared
-            else _login(s, clock, False, keepalive=False)
-        )
-        async with sim_engine(s, clock, domains=auth._domains, auth=auth):
-            await auth.login()
-            learn_session_secrets(auth, secret_values)
-            kept = auth.session
-            await clock.sleep(300)
-            s.faults.script("POST", REFRESH, [REDIRECT, REDIRECT])
-            s.faults.script("POST", LOGIN, [status])  # once
-            with pytest.raises(UnexpectedAnswer) as first:
-                await auth.refresh()
-            assert first.value.status == status
-            assert not isinstance(first.value, LoginRejected)
-            assert repeat_of(first.value) is Repeat.RETRYABLE
-            assert auth.session is kept
-            assert _marks(store) == {}
-            await clock.sleep(300)
-            assert await auth.refresh() is False  # replaced by its fallback login
-            learn_session_secrets(auth, secret_values)
-            assert s.count("POST", LOGIN) == 3
-            assert auth.session is not kept
+    async with _logged_in_alone_or_fleet(clock, store, shared, secret_values) as (s, auth):
+        kept = auth.session
+        await clock.sleep(300)
+        s.faults.script("POST", REFRESH, [REDIRECT, REDIRECT])
+        s.faults.script("POST", LOGIN, [status])  # once
+        with pytest.raises(UnexpectedAnswer) as first:
+            await auth.refresh()
+        assert first.value.status == status
+        assert not isinstance(first.value, LoginRejected)
+        assert repeat_of(first.value) is Repeat.RETRYABLE
+        assert auth.session is kept
+        assert _marks(store) == {}
+        await clock.sleep(300)
+        assert await auth.refresh() is False  # replaced by its fallback login
+        learn_session_secrets(auth, secret_values)
+        assert s.count("POST", LOGIN) == 3
+        assert auth.session is not kept
 
 
 @pytest.mark.parametrize("status", [408, 425])
@@ -804,28 +814,20 @@ async def test_a_refresh_answered_408_or_425_keeps_the_session_and_sends_no_logi
     # A load balancer's "try again" on the refresh was taken for a refusal: the valid session
     # was dropped (and, in a fleet, taken out of the store), and a login sent.
     store = MemoryStore(clock)
-    async with bots(clock) as s:
-        auth = (
-            _fleet_login(s, store, clock, keepalive=False)
-            if shared
-            else _login(s, clock, False, keepalive=False)
-        )
-        async with sim_engine(s, clock, domains=auth._domains, auth=auth):
-            await auth.login()
-            learn_session_secrets(auth, secret_values)
-            kept = auth.session
-            assert kept is not None
-            logins = s.count("POST", LOGIN)
-            await clock.sleep(300)
-            s.faults.script("POST", REFRESH, [status])
-            with pytest.raises(ClientStatusError) as info:
-                await auth.refresh()
-            assert info.value.status == status
-            assert auth.session is kept, "the session is kept"
-            assert s.count("POST", LOGIN) == logins, "no login for a proxy's try-again"
-            if shared:
-                stored = [k for k in store._values if k.endswith(":session:bot1")]
-                assert stored, "not forgotten from the fleet's store"
-            assert await auth.refresh(), "the next refresh goes through"
-            assert auth.session is not None
-            assert auth.session.bearer == kept.bearer
+    async with _logged_in_alone_or_fleet(clock, store, shared, secret_values) as (s, auth):
+        kept = auth.session
+        assert kept is not None
+        logins = s.count("POST", LOGIN)
+        await clock.sleep(300)
+        s.faults.script("POST", REFRESH, [status])
+        with pytest.raises(ClientStatusError) as info:
+            await auth.refresh()
+        assert info.value.status == status
+        assert auth.session is kept, "the session is kept"
+        assert s.count("POST", LOGIN) == logins, "no login for a proxy's try-again"
+        if shared:
+            stored = [k for k in store._values if k.endswith(":session:bot1")]
+            assert stored, "not forgotten from the fleet's store"
+        assert await auth.refresh(), "the next refresh goes through"
+        assert auth.session is not None
+        assert auth.session.bearer == kept.bearer
