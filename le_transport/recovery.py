@@ -66,6 +66,13 @@ waiting with :class:`~le_transport.errors.DeadlineExceeded`.
 :func:`is_setup_error` tells which failures are mistakes in what was asked for, which a socket
 stops on rather than reconnecting.
 
+A call refused by an open circuit (:class:`~le_transport.errors.CircuitOpen`: nothing was sent)
+while no round is in progress waits for the breaker instead, when it lets a call try before the
+round's pause would end: until its ``retry_at``, in steps of the request schedule's first pause
+(its half-open probe's success closes it long before the probe's lease ends), then runs again;
+a re-login cannot close a circuit. A circuit shut longer than that pause, or a call that has
+waited so since its last round, gets the round.
+
 The loop is shared by every call of the session: a hundred calls failing together wait for one
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
 policy's jitter cannot make one shorter than the last), and none is shorter than the request
@@ -84,6 +91,7 @@ import asyncio
 import collections
 import inspect
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -146,6 +154,11 @@ KEPT_PAUSES = 1000
 #: Errors that say the request schedule would have tried again but could not: its attempts
 #: were spent (:class:`RetriesExhausted`), or the retry budget or the breaker refused.
 _RECOVERABLE = (RetriesExhausted, RetryBudgetExhausted, CircuitOpen)
+
+#: The shortest wait of a call refused by an open circuit before it asks again
+#: (:meth:`Recovery._breaker_wait`): a breaker's ``retry_at`` already passed, or a request
+#: schedule with a first pause of 0, must not make it ask in a busy loop.
+_LEAST_BREAKER_WAIT = 0.05
 
 #: Transient failures: their own ``repeat`` says (``RETRYABLE`` unless a schedule or the
 #: engine judged them: a 5xx on a POST, a reset after the server may have read the request, a
@@ -441,6 +454,7 @@ class Recovery:
             )
         started = self._clock.now()
         went_through_recovery = False
+        breaker_waited = 0.0  # waited on an open circuit since the last round (_breaker_wait)
         try:
             while True:
                 seen = self._epoch
@@ -468,10 +482,18 @@ class Recovery:
                         # come would hang the caller, and a re-login would outlive the
                         # logout.
                         raise self._closed_error(exc) from exc
-                    if not went_through_recovery:
-                        went_through_recovery = True
-                        self._episode_calls += 1
-                    await self._recover(exc, seen, until, started)
+                    wait = self._breaker_wait(exc, until, breaker_waited)
+                    if wait is not None:
+                        breaker_waited += wait
+                        await self._pause(wait)
+                        if self._closed:
+                            raise self._closed_error(exc) from exc
+                    else:
+                        breaker_waited = 0.0
+                        if not went_through_recovery:
+                            went_through_recovery = True
+                            self._episode_calls += 1
+                        await self._recover(exc, seen, until, started)
                     if not ledger.may_resend():
                         # Asked again just before running it again: a call the run left
                         # running (gather does not cancel the others) went on meanwhile.
@@ -501,6 +523,45 @@ class Recovery:
         finally:
             if went_through_recovery:
                 self._episode_calls -= 1
+
+    def _breaker_wait(self, exc: Exception, until: float | None, waited: float) -> float | None:
+        """How long a call refused by an open circuit (``exc``) waits before running again
+        with no round, or None: a round (a pause, a re-login) is in order.
+
+        A :class:`~le_transport.errors.CircuitOpen` sent nothing, and a re-login cannot close
+        a circuit: the breaker's own break is the backoff, and its half-open probe (often
+        already out, its answer a moment away) decides. So, when no round is in progress (a
+        call joins the one that is), the call waits on the clock until the circuit's
+        ``retry_at``, in steps of the request schedule's first pause (a probe that succeeds
+        closes the circuit long before its lease ends), and runs again: each step costs the
+        breaker's check, nothing is sent while it refuses. It starts a round instead when the
+        circuit stays shut longer than the round's next pause, once it has waited, since its
+        last round, as long as that pause (so an open circuit never delays the outer loop),
+        or when its deadline would pass first."""
+        if not isinstance(exc, CircuitOpen):
+            return None
+        round_ = self._round_task
+        if round_ is not None and not round_.done():
+            return None
+        pause, _ = self._plan(exc)
+        if pause is None:
+            return None
+        now = self._clock.now()
+        left = exc.retry_at - now
+        if not math.isfinite(left) or left > pause:
+            return None  # the circuit stays shut longer than the round's pause: a round
+        step = self._request_policy.pauses[0] if self._request_policy.pauses else left
+        wait = max(min(left, step), _LEAST_BREAKER_WAIT)
+        if waited + wait > pause or (until is not None and now + wait >= until):
+            return None
+        _log.debug(
+            "%s: %s; no re-login (it cannot close a circuit): trying again in %.3g s",
+            self._subject,
+            exc,
+            wait,
+            extra={"subject": self._subject, "error": _name(exc), "pause": round(wait, 3)},
+        )
+        return wait
 
     async def _recover(
         self, exc: Exception, seen: int, until: float | None, started: float

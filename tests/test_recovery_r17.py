@@ -1,0 +1,165 @@
+"""Round 17: a call refused by an open circuit waits for the breaker (its break, its half-open
+probe's verdict) rather than for a recovery round and a re-login, which cannot close a circuit;
+a circuit shut longer than the round's pause still gets the round."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from le_transport import Engine, EventHooks, RetryPolicy
+from le_transport.errors import RecoveryFailed, RetriesExhausted
+from le_transport.events import StateEvent
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker
+from le_transport.providers import Credentials
+from le_transport.testing import VirtualClock
+from tests.backends import Backend
+from tests.conftest import ServerFactory
+
+
+class HoldingBackend(Backend):
+    """Holds the first request that arrives from ``held_from`` on (clock time) for a few loop
+    turns: the half-open breaker's probe, still out while the other calls are admitted."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(503)
+        self.clock = clock
+        self.held_from = float("inf")
+        self.held = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.clock.now() >= self.held_from and not self.held:
+            self.held += 1
+            for _ in range(50):
+                await asyncio.sleep(0)
+        return await super().handle(request)
+
+
+class CountingAuth:
+    """Static credentials; counts the recovery loop's re-logins."""
+
+    credential_headers = frozenset({"authorization"})
+
+    def __init__(self) -> None:
+        self.relogins = 0
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials(headers={"Authorization": "Bearer t"})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def relogin(self) -> None:
+        self.relogins += 1
+
+    async def close(self) -> None:
+        return None
+
+
+class Setup:
+    def __init__(self, clock: VirtualClock, host: str, backend: HoldingBackend, brk: float):
+        self.backend = backend
+        self.states: list[StateEvent] = []
+        hooks = EventHooks(on_state=[self.states.append])
+        breaker = CircuitBreaker(
+            failure_ratio=0.5,
+            minimum_throughput=4,
+            sampling_window=300.0,
+            breaks=BackoffPolicy(first=brk, cap=600.0, jitter=0.0, floor=0.0),
+        )
+        self.guard = OverloadGuard(budget=None, breaker=breaker, clock=clock, hooks=hooks)
+        self.auth = CountingAuth()
+        self.engine = Engine(
+            {"svc": host},
+            scheme="http",
+            clock=clock,
+            auth=self.auth,
+            overload=self.guard,
+            hooks=hooks,
+            retry=RetryPolicy(attempt_timeout=None),
+            recovery=BackoffPolicy(first=100.0, cap=3600.0, jitter=0.0, floor=0.0),
+        )
+
+    def named(self, name: str) -> list[StateEvent]:
+        return [e for e in self.states if e.name == name]
+
+
+async def _setup(serve: ServerFactory, clock: VirtualClock, brk: float) -> Setup:
+    backend = HoldingBackend(clock)
+    host = await serve(backend.app())
+    setup = Setup(clock, host, backend, brk)
+    await setup.engine.start()
+    with pytest.raises(RetriesExhausted):
+        await setup.engine.request("GET", "svc", "/x")  # four 503s open the circuit
+    assert setup.guard.breaker_state("svc", host) is BreakerState.OPEN
+    return setup
+
+
+async def test_calls_turned_away_while_the_probe_is_out_wait_for_its_verdict(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    setup = await _setup(serve, clock, brk=5.0)
+    async with setup.engine as engine:
+        await clock.sleep(5.0)  # the break ends: half-open
+        setup.backend.status = 200
+        setup.backend.held_from = clock.now()
+        started = clock.now()
+        calls = [
+            asyncio.ensure_future(engine.request("GET", "svc", "/x", recover=True))
+            for _ in range(4)
+        ]
+        results = await asyncio.gather(*calls)
+        assert [r.status for r in results] == [200] * 4
+        assert setup.backend.held == 1, "the probe was out while the others were admitted"
+        # The three the probe's lease turned away (retry_at 30 s off) asked again after the
+        # schedule's first pause and found the circuit closed: no round of 100 s, no re-login.
+        assert clock.now() - started == 5.0
+        assert setup.auth.relogins == 0
+        assert setup.named("relogin_scheduled") == []
+        assert [e.name for e in setup.states] == ["circuit_open", "circuit_closed"]
+
+
+async def test_an_open_break_shorter_than_the_rounds_pause_is_waited_out_in_steps(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    setup = await _setup(serve, clock, brk=12.0)
+    async with setup.engine as engine:
+        setup.backend.status = 200
+        started = clock.now()
+        resp = await engine.request("GET", "svc", "/x", recover=True)
+        assert resp.status == 200
+        assert clock.now() - started == 12.0  # 5, 5, then the 2 s left of the break
+        assert setup.auth.relogins == 0
+        assert setup.named("relogin_scheduled") == []
+
+
+async def test_a_circuit_shut_longer_than_the_rounds_pause_gets_the_round(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    setup = await _setup(serve, clock, brk=300.0)
+    async with setup.engine as engine:
+        setup.backend.status = 200
+        started = clock.now()
+        call = asyncio.ensure_future(engine.request("GET", "svc", "/x", recover=True))
+        await clock.sleep(1.0)
+        # At once, as before: a round's pause (100 s) and re-login, not 300 s of waiting.
+        assert [e.details["pause"] for e in setup.named("relogin_scheduled")] == [100.0]
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        assert clock.now() - started == 1.0
+
+
+async def test_a_deadline_the_wait_would_pass_is_not_waited_for(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    setup = await _setup(serve, clock, brk=12.0)
+    async with setup.engine as engine:
+        started = clock.now()
+        with pytest.raises(RecoveryFailed, match="deadline"):
+            await engine.request("GET", "svc", "/x", recover=True, deadline=3.0)
+        assert clock.now() - started < 3.0
+        assert setup.auth.relogins == 0
