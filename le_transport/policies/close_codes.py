@@ -43,6 +43,7 @@ __all__ = [
     "ABNORMAL_CLOSURE",
     "FAST_DROP_RUN",
     "FAST_DROP_WITHIN",
+    "INTERNAL_ERROR",
     "NORMAL_CLOSURE",
     "RATE_LIMIT_PAUSE",
     "REAUTH_CLOSE_CODES",
@@ -60,6 +61,10 @@ GOING_AWAY = 1001
 ABNORMAL_CLOSURE = 1006
 #: UMS: 4401 token missing/expired, 4407 identity needs extending; LivePerson's SDK adds 1011.
 REAUTH_CLOSE_CODES = frozenset({4401, 4407, 1011})
+#: The server's internal error (RFC 6455). LivePerson's SDK logs in afresh on it, so the socket
+#: does, once in a run of failures; it says nothing of the credentials, so a run of them is
+#: an outage waited out on the backoff, never "credentials refused" (SocketAuthFailed).
+INTERNAL_ERROR = 1011
 #: An upgrade refused with 401: the bearer (or JWT) is no longer good.
 REAUTH_HANDSHAKE_STATUSES = frozenset({401})
 #: Upgrade statuses that are worth another try as they are (rate limit, timeout, server side).
@@ -216,7 +221,10 @@ class CloseVerdict:
     ``min_pause``: the reconnect waits at least this long, whatever the backoff says (a rate
     limit, a ``Retry-After`` asks for it); :meth:`pause` spreads it. ``escalates``: whether this
     failure counts towards escalating to a re-login (a rate limit does not: logging in again
-    only adds load).
+    only adds load). ``refused``: for ``REAUTHENTICATE``, whether the server refused the
+    credentials (4401, 4407, a 401 upgrade: counted towards the socket's
+    ``max_auth_failures``) or failed on its side (a 1011 close: re-authenticated once in a run
+    of failures, then reconnected on the backoff like any outage).
     """
 
     action: CloseAction
@@ -224,6 +232,7 @@ class CloseVerdict:
     fast_drops: int = 0
     min_pause: float = 0.0
     escalates: bool = True
+    refused: bool = True
 
     def pause(self, delay: float, *, jitter: float, rand: float = 0.5) -> float:
         """The reconnect's pause: the backoff's (jittered) ``delay``, or, when ``min_pause`` is
@@ -405,7 +414,11 @@ class ClosePolicy:
         if kind is DisconnectKind.CLOSE_FRAME:
             code = disconnect.code
             if code in self.reauth_codes:
-                return CloseVerdict(CloseAction.REAUTHENTICATE, f"close code {code}")
+                return CloseVerdict(
+                    CloseAction.REAUTHENTICATE,
+                    f"close code {code}",
+                    refused=code != INTERNAL_ERROR,
+                )
             if code in self.fail_codes:
                 return CloseVerdict(
                     CloseAction.FAIL,

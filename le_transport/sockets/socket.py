@@ -1026,6 +1026,7 @@ class ResilientSocket:
         failures = 0
         fast_drops = 0
         auth_failures = 0
+        server_errors = 0  # re-authenticating closes that refused nothing (1011), in a run
         first_failure_at: float | None = None
         try:
             handed: Connection | None = None
@@ -1062,23 +1063,32 @@ class ResilientSocket:
                     # up long enough. A connection whose on_connect failed (or never ended)
                     # is a failed connect like any other, however long it took to fail: else a
                     # resubscribe refused after a slow answer would reconnect every second.
-                    failures = fast_drops = auth_failures = 0
+                    failures = fast_drops = auth_failures = server_errors = 0
                     first_failure_at = None
                 verdict = opts.close_policy.classify(disconnect, fast_drops)
                 fast_drops = verdict.fast_drops
-                if verdict.action is not CloseAction.REAUTHENTICATE:
+                reauthenticate = verdict.action is CloseAction.REAUTHENTICATE
+                if not reauthenticate:
                     # Re-authentications in a row: any other end (a connection the server
                     # accepted, an outage's 503, a drop) breaks the run, so a gateway that
                     # flaps between 401 and 503 while every re-login works is not taken for
                     # credentials that keep being refused.
                     auth_failures = 0
+                elif not verdict.refused:
+                    # The server failed on its side (1011): a fresh login once in the run (as
+                    # LivePerson's SDK does), then an outage like any other, on the backoff:
+                    # a login per close would only add load, and a run of them is no refusal
+                    # (a backend hiccup must not stop every socket for good).
+                    reauthenticate = not server_errors
+                    server_errors += 1
                 if verdict.action is CloseAction.FAIL:
                     raise self._rejected(verdict.reason, disconnect)
                 if verdict.action is CloseAction.STOP:
                     self._emit("server_closed", reason=verdict.reason)
                     return
-                if verdict.action is CloseAction.REAUTHENTICATE:
-                    auth_failures += 1
+                if reauthenticate:
+                    if verdict.refused:
+                        auth_failures += 1
                     if auth_failures > opts.max_auth_failures:
                         raise SocketAuthFailed(
                             f"{self._name}: still rejected after {opts.max_auth_failures} "
