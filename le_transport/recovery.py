@@ -80,9 +80,12 @@ schedule's last pause, nor than the longest pause the failed call actually took 
 ``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule). An episode ends
 when a call that went through it succeeds, when the loop gives up, or when the last call that
 went through it ends with any other error (a 404 after the re-login, a cancellation): the next
-failure starts afresh. Every transition is logged (``le_transport.recovery``) and
-emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with the pause), ``relogin_failed``,
-``recovered``, ``gave_up``.
+failure starts afresh. A call that succeeds while a later round of the episode is in progress
+(another call failed again after the re-login it recovered with) does not end it: the round's
+pauses go on growing, and the episode ends with ``recovered`` when the last call through it is
+done, however that one ends, unless the loop gives up. Every transition is logged
+(``le_transport.recovery``) and emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with
+the pause), ``relogin_failed``, ``recovered``, ``gave_up``.
 """
 
 from __future__ import annotations
@@ -377,6 +380,9 @@ class Recovery:
         self._attempt = 0
         self._first_failure: float | None = None
         self._last_pause = 0.0
+        # A call through the episode succeeded while a round others wait in went on: the
+        # episode ends with "recovered" when the last of them is through (_end_recovered).
+        self._succeeded = False
         # When the pause of the round in progress ends (None: no pause under way), and what
         # tells a call with a deadline waiting for the round that a new pause was scheduled.
         self._resume_at: float | None = None
@@ -611,7 +617,9 @@ class Recovery:
                     # No other call waits: the round and the episode end here. Left open, its
                     # attempts and first failure would count against an unrelated failure
                     # hours later (and a deadline already passed would give that one up at
-                    # once).
+                    # once). Silently, unless a call recovered in it.
+                    if self._succeeded and self._attempt:
+                        self._end_recovered()
                     await self._stop_round(round_)
                 raise
             if round_.cancelled():
@@ -662,8 +670,14 @@ class Recovery:
         if self._recovering_calls != 1 or round_.done():
             return
         # Said before the round is stopped: a call failing meanwhile starts an episode of its
-        # own, whose events must not come before this one's end.
-        self._state(logging.WARNING, "gave_up", {"reason": "deadline", "attempts": self._attempt})
+        # own, whose events must not come before this one's end. An episode a call recovered
+        # in ends as such.
+        if self._succeeded:
+            self._end_recovered()
+        else:
+            self._state(
+                logging.WARNING, "gave_up", {"reason": "deadline", "attempts": self._attempt}
+            )
         await self._stop_round(round_)
 
     async def _stop_round(self, round_: asyncio.Task[None]) -> None:
@@ -897,6 +911,9 @@ class Recovery:
         deadline long passed."""
         if self._attempt == 0 or self._recovering_calls:
             return  # already ended (gave up, closed, recovered), or another call recovers
+        if self._succeeded:
+            self._end_recovered()  # a call recovered in it (_recovered)
+            return
         attempts = self._attempt
         self._reset()
         if isinstance(exc, Exception):
@@ -917,6 +934,19 @@ class Recovery:
     def _recovered(self) -> None:
         if self._attempt == 0:
             return
+        round_ = self._round_task
+        if round_ is not None and not round_.done():
+            # Another call waits in a later round of the episode (it failed again after the
+            # re-login this one recovered with): the episode goes on, its pauses still
+            # growing (planned afresh they would shrink while that call's failure lasts),
+            # and ends with "recovered" when the last of them is through, unless the loop
+            # gives up.
+            self._succeeded = True
+            return
+        self._end_recovered()
+
+    def _end_recovered(self) -> None:
+        """End the episode with "recovered": a call through it succeeded."""
         attempts = self._attempt
         elapsed = self._clock.now() - (self._first_failure or self._clock.now())
         self._reset()
@@ -927,6 +957,7 @@ class Recovery:
 
     def _reset(self) -> None:
         self._attempt = 0
+        self._succeeded = False
         self._first_failure = None
         self._last_pause = 0.0
 

@@ -5,17 +5,25 @@ a circuit shut longer than the round's pause still gets the round."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiohttp import web
 from yarl import URL
 
 from le_transport import Engine, EventHooks, RetryPolicy
-from le_transport.errors import RecoveryFailed, RetriesExhausted
+from le_transport.errors import (
+    DeadlineExceeded,
+    RecoveryFailed,
+    RetriesExhausted,
+    ServerStatusError,
+    UnexpectedAnswer,
+)
 from le_transport.events import StateEvent
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker
-from le_transport.providers import Credentials
+from le_transport.providers import Credentials, StaticDomains
+from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.conftest import ServerFactory
@@ -163,3 +171,108 @@ async def test_a_deadline_the_wait_would_pass_is_not_waited_for(
             await engine.request("GET", "svc", "/x", recover=True, deadline=3.0)
         assert clock.now() - started < 3.0
         assert setup.auth.relogins == 0
+
+
+# -- one call's success and a later round others wait in ----------------------------------------
+
+
+class _RelogsTwice:
+    """An auth provider whose second re-login meets the Login Service still in trouble."""
+
+    credential_headers = frozenset({"authorization"})
+
+    def __init__(self) -> None:
+        self.relogins = 0
+
+    async def credentials(self, method: str, url: object) -> Credentials:
+        raise AssertionError("not asked: Recovery runs its callables only")
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def relogin(self) -> None:
+        self.relogins += 1
+        if self.relogins == 2:
+            raise UnexpectedAnswer("maintenance page", status=200)
+
+
+def _spent() -> RetriesExhausted:
+    return RetriesExhausted("spent", last=ServerStatusError("503", status=503))
+
+
+def _two_calls(clock: VirtualClock) -> tuple[Recovery, list[StateEvent], Any, Any]:
+    """A succeeds after round 1 (a second later); B fails again after it and waits in round 2,
+    whose re-login fails once: A's success comes while round 2 is in progress."""
+    states: list[StateEvent] = []
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=_RelogsTwice(),
+        clock=clock,
+        policy=BackoffPolicy(first=100, factor=2, cap=10_000, jitter=0, floor=0),
+        request_policy=RetryPolicy(pauses=()),
+        hooks=EventHooks(on_state=[states.append]),
+    )
+    runs = {"a": 0, "b": 0}
+
+    async def a() -> str:
+        runs["a"] += 1
+        if runs["a"] == 1:
+            raise _spent()
+        await clock.sleep(1)
+        return "a"
+
+    async def b() -> str:
+        runs["b"] += 1
+        if runs["b"] <= 2:
+            raise _spent()
+        return "b"
+
+    return recovery, states, a, b
+
+
+async def test_one_calls_success_does_not_end_the_episode_others_still_wait_in() -> None:
+    # A's success used to reset the episode while B waited in round 2, and round 2's failed
+    # re-login planned its next pause from attempt 1: 100, 200, then 100 s, shrinking while the
+    # Login Service still failed (and relogin_failed said attempt 0).
+    clock = VirtualClock()
+    recovery, states, a, b = _two_calls(clock)
+    assert list(await asyncio.gather(recovery.run(a), recovery.run(b))) == ["a", "b"]
+    assert list(recovery.pauses) == [100, 200, 400]
+    assert not recovery.recovering
+    assert [(e.name, e.details.get("attempt")) for e in states] == [
+        ("relogin_scheduled", 1),
+        ("relogin_scheduled", 2),
+        ("relogin_failed", 2),
+        ("relogin_scheduled", 3),
+        ("recovered", None),
+    ]
+    assert states[-1].details["attempts"] == 3
+
+
+@pytest.mark.parametrize("end", ["cancelled", "deadline"])
+async def test_an_episode_a_call_recovered_in_ends_recovered_however_its_last_call_ends(
+    end: str,
+) -> None:
+    clock = VirtualClock()
+    recovery, states, a, b = _two_calls(clock)
+    until = None if end == "cancelled" else 500.0  # past round 2's pause, not its next
+    call_b = asyncio.ensure_future(recovery.run(b, until=until))
+    assert await recovery.run(a) == "a"
+    if end == "cancelled":
+        await clock.sleep(10)
+        call_b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call_b
+    else:
+        with pytest.raises((RecoveryFailed, DeadlineExceeded)):
+            await call_b
+    assert not recovery.recovering
+    names = [e.name for e in states]
+    assert names[-1] == "recovered", names
+    assert "gave_up" not in names
+    assert names.count("recovered") == 1
+    # The next failure starts a new episode from the first pause.
+    assert recovery._attempt == 0
