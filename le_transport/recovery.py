@@ -374,9 +374,11 @@ class Recovery:
         self._final: BaseException | None = None
         # Calls in _recover: running a round or waiting for the lock to run one.
         self._recovering_calls = 0
-        # Calls that went through recovery and have not ended yet (in _recover, or running
-        # again after a round): the episode is theirs, and ends with the last of them.
+        # Calls that went through the episode and have not ended yet (in _recover, or running
+        # again after a round): the episode is theirs, and ends with the last of them. The
+        # episode's id moves on at each end (_reset): a call of an ended one no longer counts.
         self._episode_calls = 0
+        self._episode = 0
         self._attempt = 0
         self._first_failure: float | None = None
         self._last_pause = 0.0
@@ -459,7 +461,9 @@ class Recovery:
                 f"call's deadline) or None, got {type(until).__name__}"
             )
         started = self._clock.now()
-        went_through_recovery = False
+        # The episode this call went through (its id, taken as it joined): a call of an
+        # episode already ended counts in, and speaks for, no later one.
+        counted_in: int | None = None
         breaker_waited = 0.0  # waited on an open circuit since the last round (_breaker_wait)
         try:
             while True:
@@ -488,7 +492,7 @@ class Recovery:
                         # come would hang the caller, and a re-login would outlive the
                         # logout.
                         raise self._closed_error(exc) from exc
-                    wait = self._breaker_wait(exc, until, breaker_waited)
+                    wait = self._breaker_wait(exc, seen, until, breaker_waited)
                     if wait is not None:
                         breaker_waited += wait
                         await self._pause(wait)
@@ -496,8 +500,8 @@ class Recovery:
                             raise self._closed_error(exc) from exc
                     else:
                         breaker_waited = 0.0
-                        if not went_through_recovery:
-                            went_through_recovery = True
+                        if counted_in != self._episode:
+                            counted_in = self._episode
                             self._episode_calls += 1
                         await self._recover(exc, seen, until, started)
                     if not ledger.may_resend():
@@ -519,18 +523,20 @@ class Recovery:
                     ledger.close()
                 if left is not None:
                     raise left
-                if went_through_recovery:
+                if counted_in == self._episode:
                     self._recovered()
                 return result
         except BaseException as exc:
-            if went_through_recovery and self._episode_calls == 1:
+            if counted_in == self._episode and self._episode_calls == 1:
                 self._episode_ended(exc)
             raise
         finally:
-            if went_through_recovery:
+            if counted_in == self._episode:
                 self._episode_calls -= 1
 
-    def _breaker_wait(self, exc: Exception, until: float | None, waited: float) -> float | None:
+    def _breaker_wait(
+        self, exc: Exception, seen: int, until: float | None, waited: float
+    ) -> float | None:
         """How long a call refused by an open circuit (``exc``) waits before running again
         with no round, or None: a round (a pause, a re-login) is in order.
 
@@ -544,20 +550,29 @@ class Recovery:
         circuit stays shut longer than the round's next pause, once it has waited, since its
         last round, as long as that pause (so an open circuit never delays the outer loop),
         or when its deadline would pass first."""
-        if not isinstance(exc, CircuitOpen):
-            return None
+        if not isinstance(exc, CircuitOpen) or self._epoch != seen:
+            return None  # (a round ended while it failed: _recover gives its outcome)
         round_ = self._round_task
         if round_ is not None and not round_.done():
             return None
-        pause, _ = self._plan(exc)
+        now = self._clock.now()
+        first_failure = self._first_failure
+        elapsed = 0.0 if first_failure is None else now - first_failure
+        # The shortest the round's pause can be (no draw taken from the rounds' jitter).
+        pause = self._next_pause(self._attempt + 1, elapsed, _longest_pause(exc), rand=0.0)
         if pause is None:
             return None
-        now = self._clock.now()
         left = exc.retry_at - now
         if not math.isfinite(left) or left > pause:
             return None  # the circuit stays shut longer than the round's pause: a round
-        step = self._request_policy.pauses[0] if self._request_policy.pauses else left
-        wait = max(min(left, step), _LEAST_BREAKER_WAIT)
+        step = next((p for p in self._request_policy.pauses if p > 0), None)
+        if left > 0:
+            wait = left if step is None else min(left, step)
+        elif step is not None:
+            wait = step  # a retry_at already come (a peer's probe lock): the schedule's step
+        else:
+            return None  # nothing to pace the asking by: a round
+        wait = max(wait, _LEAST_BREAKER_WAIT)
         if waited + wait > pause or (until is not None and now + wait >= until):
             return None
         _log.debug(
@@ -836,10 +851,14 @@ class Recovery:
             last=last,
         )
 
-    def _next_pause(self, attempt: int, elapsed: float, taken: float = 0.0) -> float | None:
+    def _next_pause(
+        self, attempt: int, elapsed: float, taken: float = 0.0, rand: float | None = None
+    ) -> float | None:
         """The pause before re-login ``attempt``; ``taken``: the longest pause the failure it
-        follows already waited. None: give up."""
-        pause = self._policy.next_delay(attempt, elapsed, self._rng.random())
+        follows already waited; ``rand``: the jitter's draw (None: the loop's own). None:
+        give up."""
+        draw = self._rng.random() if rand is None else rand
+        pause = self._policy.next_delay(attempt, elapsed, draw)
         if pause is None:
             return None
         # Jitter must not make a pause shorter than the one before it, and no outer pause is
@@ -956,6 +975,8 @@ class Recovery:
         emit_state(self._hooks, _log, level, StateEvent(name, self._subject, details))
 
     def _reset(self) -> None:
+        self._episode += 1
+        self._episode_calls = 0
         self._attempt = 0
         self._succeeded = False
         self._first_failure = None

@@ -13,6 +13,7 @@ from yarl import URL
 
 from le_transport import Engine, EventHooks, RetryPolicy
 from le_transport.errors import (
+    CircuitOpen,
     DeadlineExceeded,
     RecoveryFailed,
     RetriesExhausted,
@@ -276,3 +277,140 @@ async def test_an_episode_a_call_recovered_in_ends_recovered_however_its_last_ca
     assert names.count("recovered") == 1
     # The next failure starts a new episode from the first pause.
     assert recovery._attempt == 0
+
+
+class _Relogs:
+    """An auth provider whose re-login always works."""
+
+    credential_headers = frozenset({"authorization"})
+
+    async def credentials(self, method: str, url: object) -> Credentials:
+        raise AssertionError("not asked: Recovery runs its callables only")
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def relogin(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("end", ["cancelled", "deadline"])
+async def test_a_call_of_an_ended_episode_does_not_speak_for_the_next(end: str) -> None:
+    # W and X go through episode 1; W's success ends it. Z fails after that: episode 2, its
+    # round in progress, when X (episode 1's) succeeds. X's success is no recovery of episode
+    # 2, whose only call then is cancelled (no event) or gives up on its deadline (gave_up).
+    clock = VirtualClock()
+    states: list[StateEvent] = []
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=_Relogs(),
+        clock=clock,
+        policy=BackoffPolicy(first=100, factor=2, cap=10_000, jitter=0, floor=0),
+        request_policy=RetryPolicy(pauses=()),
+        hooks=EventHooks(on_state=[states.append]),
+    )
+    runs = {"w": 0, "x": 0}
+
+    async def w() -> str:
+        runs["w"] += 1
+        if runs["w"] == 1:
+            raise _spent()
+        return "w"
+
+    async def x() -> str:
+        runs["x"] += 1
+        if runs["x"] == 1:
+            raise _spent()
+        await clock.sleep(60)
+        return "x"
+
+    async def z() -> str:
+        raise _spent()
+
+    call_x = asyncio.ensure_future(recovery.run(x))
+    assert await recovery.run(w) == "w"
+    assert [e.name for e in states] == ["relogin_scheduled", "recovered"]
+    await clock.sleep(10)
+    until = None if end == "cancelled" else clock.now() + 150.0
+    call_z = asyncio.ensure_future(recovery.run(z, until=until))
+    assert await call_x == "x"
+    if end == "cancelled":
+        await clock.sleep(10)
+        call_z.cancel()
+        await asyncio.gather(call_z, return_exceptions=True)
+    else:
+        with pytest.raises(RecoveryFailed):
+            await call_z
+    names = [e.name for e in states]
+    assert names.count("recovered") == 1, names
+    assert names[-1] == ("relogin_scheduled" if end == "cancelled" else "gave_up"), names
+    assert not recovery.recovering
+
+
+# -- the breaker wait: paced by the schedule, never a busy loop ---------------------------------
+
+
+def _refused_recovery(clock: VirtualClock, pauses: tuple[float, ...]) -> Recovery:
+    return Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=None,
+        clock=clock,
+        policy=BackoffPolicy(first=100, factor=2, cap=10_000, jitter=0, floor=0),
+        request_policy=RetryPolicy(pauses=pauses),
+    )
+
+
+@pytest.mark.parametrize("retry_in", [0.0, -1.0, 1.0])
+async def test_a_retry_at_already_come_is_asked_again_at_the_schedules_pace(
+    retry_in: float,
+) -> None:
+    # A peer's probe lock (sync_interval 0) or a breaker with no retry_at gives a retry_at of
+    # now: the call asked again every 0.05 s for a whole round's pause (~2,000 runs).
+    clock = VirtualClock()
+    recovery = _refused_recovery(clock, (5, 10, 15))
+    runs = 0
+
+    async def call() -> None:
+        nonlocal runs
+        runs += 1
+        raise CircuitOpen("open", retry_at=clock.now() + retry_in)
+
+    task = asyncio.ensure_future(recovery.run(call))
+    await clock.sleep(99)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert runs <= 99 / 1 + 2 if retry_in == 1.0 else runs <= 99 / 5 + 2, runs
+
+
+async def test_no_schedule_to_pace_by_goes_to_the_round() -> None:
+    clock = VirtualClock()
+    recovery = _refused_recovery(clock, ())
+    runs = 0
+
+    async def call() -> None:
+        nonlocal runs
+        runs += 1
+        raise CircuitOpen("open", retry_at=clock.now())
+
+    task = asyncio.ensure_future(recovery.run(call))
+    await clock.sleep(99)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert runs == 1  # in the round's 100 s pause
+
+
+async def test_close_ends_a_breaker_wait() -> None:
+    clock = VirtualClock()
+    recovery = _refused_recovery(clock, (5, 10, 15))
+
+    async def call() -> None:
+        raise CircuitOpen("open", retry_at=clock.now() + 30)
+
+    task = asyncio.ensure_future(recovery.run(call))
+    await clock.sleep(7)
+    recovery.close()
+    with pytest.raises(RecoveryFailed, match="closed"):
+        await task

@@ -68,3 +68,22 @@ async def test_refused_credentials_still_stop_the_socket(
         ws = await brand_socket(engine, sim)
         with pytest.raises(SocketAuthFailed, match="still rejected after 3"):
             await ws.wait_open(timeout=600)
+
+
+async def test_1011s_between_4401s_break_the_run_of_refusals(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # Every re-login works; a UMS flapping 4401 / 1011 is no run of refused credentials, as a
+    # gateway flapping 401 / 503 is not.
+    sim.faults.add(
+        FaultRule(
+            "flap",
+            unit="ws_session",
+            match=Match(path="/ws_api/account/*"),
+            sequence=[WsClose(4401, reason="t"), WsClose(1011, reason="t")] * 4,
+        )
+    )
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open(timeout=600)
+        assert ws.error is None

@@ -1078,9 +1078,11 @@ class ResilientSocket:
                     # The server failed on its side (1011): a fresh login once in the run (as
                     # LivePerson's SDK does), then an outage like any other, on the backoff:
                     # a login per close would only add load, and a run of them is no refusal
-                    # (a backend hiccup must not stop every socket for good).
+                    # (a backend hiccup must not stop every socket for good). Being no refusal,
+                    # it breaks a run of them, as a 503 does.
                     reauthenticate = not server_errors
                     server_errors += 1
+                    auth_failures = 0
                 if verdict.action is CloseAction.FAIL:
                     raise self._rejected(verdict.reason, disconnect)
                 if verdict.action is CloseAction.STOP:
