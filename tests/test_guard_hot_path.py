@@ -108,8 +108,6 @@ class _PerCallGuard:
         self.status: dict[tuple[str, str], BreakerStatus] = {}
         self.budgets: dict[str, BudgetState] = {}
         self.probes: set[tuple[int, int]] = set()
-        #: Per breaker key, the probes out there (at most one).
-        self.probing: dict[tuple[str, str], set[tuple[int, int]]] = {}
         # When each granted retry was paid for, until its attempt is admitted: one the breaker
         # refuses is given back (one off the slot it was counted in, while in the window).
         self.granted: dict[tuple[int, int], float] = {}
@@ -119,11 +117,6 @@ class _PerCallGuard:
         now = self.clock.now()
         admission = BREAKER.admit(self.status.get(key) or BREAKER.closed(), now)
         paid_at = self.granted.pop((id(call), attempt), None)
-        if admission.probe and self.probing.get(key):
-            # This process's own probe there is still out, its lease over: no second one.
-            if paid_at is not None:
-                self._refund(call.service, paid_at)
-            return CircuitOpen, now + BREAKER.probe_lease
         if not admission.allowed:
             if paid_at is not None:
                 self._refund(call.service, paid_at)
@@ -131,7 +124,6 @@ class _PerCallGuard:
         self.status[key] = admission.status
         if admission.probe:
             self.probes.add((id(call), attempt))
-            self.probing.setdefault(key, set()).add((id(call), attempt))
         if attempt == 1:
             held = self.budgets.get(call.service) or BUDGET.empty()
             self.budgets[call.service] = BUDGET.record_request(held, now)
@@ -152,7 +144,6 @@ class _PerCallGuard:
         key = (call.service, _host(call))
         probe = (id(call), attempt) in self.probes
         self.probes.discard((id(call), attempt))
-        self.probing.get(key, set()).discard((id(call), attempt))
         before = self.status.get(key) or BREAKER.closed()
         failed = BREAKER.counts_as_failure(outcome)
         rand = self.rng.random()
@@ -165,7 +156,6 @@ class _PerCallGuard:
             return
         self.probes.discard((id(call), attempt))
         key = (call.service, _host(call))
-        self.probing.get(key, set()).discard((id(call), attempt))
         if key in self.status:
             self.status[key] = BREAKER.release(self.status[key], self.clock.now())
 

@@ -22,9 +22,7 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
   by its deadline or the engine's close, the breaker refusing it after the pause): to the slot
   of the window it was taken in, only while that slot is in the window and counts one.
 - Every attempt's outcome feeds the breaker; only 5xx, 429 and transport failures (timeouts
-  included) count as failures. An attempt the call's deadline cut in flight is a timeout too
-  (else a hung service never opened the breaker for calls bounded by a deadline), but for the
-  half-open probe: the caller's bound is no verdict on the service, and it is freed at once.
+  included) count as failures.
 
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
@@ -35,11 +33,7 @@ takes the fleet's probe lock reads the trip again before probing (a probe that j
 published a new break); a probe cancelled or cut by its caller's deadline frees the lock at once
 (cancelled while the guard still admits it, as the shared budget answers, too; and cancelled
 while the lock is taken or freed: the store may have run the command whose reply never came, so
-its value is compared-and-deleted, which is harmless if it never landed). A probe out longer
-than its lease (a hung service; an attempt timeout above the lease, or none) keeps its own
-process's half-open slot until it ends, but the fleet's lock is not renewed: it expires with the
-lease, and another process may then probe (the lease is the fleet's backstop for a probe whose
-process died, which nothing else would free). A trip entry asking a
+its value is compared-and-deleted, which is harmless if it never landed). A trip entry asking a
 longer break than this process's breaker ever takes (:attr:`CircuitBreaker.longest_break` plus
 its probe lease) is adopted for that long only, from the first read of that entry. With a store,
 ``account`` is required: guards of several accounts left on one default shared one breaker per
@@ -100,7 +94,7 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies._validate import finite_number
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
 from ..policies.budget import RetryBudget
-from ..policies.classify import Outcome, OutcomeKind
+from ..policies.classify import Outcome
 from ..state.fallback import FallbackStore
 from ..state.memory import MemoryStore
 from ..state.store import (
@@ -216,8 +210,7 @@ class RetryGate(Protocol):
         ...
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
-        """An admitted attempt ended with ``outcome`` (one the call's deadline cut in flight
-        included: a ``TIMEOUT`` whose ``error`` is ``"DeadlineExceeded"``)."""
+        """An admitted attempt ended with ``outcome``."""
         ...
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
@@ -466,13 +459,7 @@ class OverloadGuard:
         # delete, and nothing newer (None and None: no fleet). Each lock value and each trip
         # this process publishes is its own (_unique), so that a late release of one never
         # frees another's, and a trip another process published is never taken for ours.
-        # With each, the breaker key it was admitted at (_probing).
-        self._probes: dict[tuple[int, int], tuple[str | None, str | None, tuple[str, str]]] = {}
-        # Per breaker key, this process's own probe out there (its token in _probes, and its
-        # call): while it is, the half-open slot stays taken whatever its lease says (_admit).
-        # The lease is for a probe that never reports; here every probe does (settle or
-        # abandon), however late.
-        self._probing: dict[tuple[str, str], tuple[tuple[int, int], GatedCall]] = {}
+        self._probes: dict[tuple[int, int], tuple[str | None, str | None]] = {}
         self._owner = uuid.uuid4().hex
         self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
@@ -727,9 +714,7 @@ class OverloadGuard:
         return None
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
-        """Feed the attempt's outcome to the breaker: a timeout is a failure, one cut by the
-        call's deadline too, but for the half-open probe's, which is no verdict on the service
-        (the caller's bound ended it): that probe is freed at once, as if cancelled."""
+        """Feed the attempt's outcome to the breaker."""
         breaker = self._breaker
         if breaker is None:
             return
@@ -742,16 +727,7 @@ class OverloadGuard:
         if self._probes:
             token = (id(call), attempt)
             if token in self._probes:
-                if outcome.kind is OutcomeKind.TIMEOUT and outcome.error == "DeadlineExceeded":
-                    # Cut by its caller's deadline (the retry loop's outcome for it): no verdict
-                    # on the service, the caller's bound, not the service's, having ended it.
-                    # Freed at once, as a cancelled probe is, so that another call or process
-                    # probes now.
-                    self.abandon(call, attempt)
-                    return
-                lock, seen, probed = self._probes.pop(token)
-                if self._probing.get(probed, (None,))[0] == token:
-                    del self._probing[probed]
+                lock, seen = self._probes.pop(token)
                 if lock is not None:
                     self._probe_ended(token)
                 failed = breaker.counts_as_failure(outcome)
@@ -847,12 +823,9 @@ class OverloadGuard:
                 self._refund_soon(grant)
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
-        token = (id(call), attempt)
-        lock, _, probed = self._probes.pop(token)
-        if self._probing.get(probed, (None,))[0] == token:
-            del self._probing[probed]
+        lock, _ = self._probes.pop((id(call), attempt))
         if lock is not None:
-            self._probe_ended(token)
+            self._probe_ended((id(call), attempt))
         key = self._key_of(call)
         status = self._status_of(key)
         if status is not None:
@@ -1121,20 +1094,6 @@ class OverloadGuard:
         status = self._status_of(key) or self._breaker.closed()
         now = self._clock.now()
         admission = self._breaker.admit(status, now)
-        if admission.probe and key in self._probing:
-            token, prober = self._probing[key]
-            if _has_ended(prober):
-                # Its retry loop ended without reporting it (no path of the loop's does): the
-                # lease's backstop, here too. Forgotten as a cancelled probe is.
-                self.abandon(prober, token[1])
-            else:
-                # The lease of this process's own probe there has ended, but the probe has
-                # not: it is still in flight (a slow or hung service, an attempt timeout longer
-                # than the lease, or none). Its settle or abandon frees the slot; until then no
-                # second probe goes (only a probe never reporting, its process gone, is the
-                # lease's to free). Refused until a lease from now, when this is asked again.
-                self._put(key, status)
-                return self._circuit_open(call, now + self._breaker.probe_lease, now, status.opens)
         if not admission.allowed:
             assert admission.retry_at is not None
             self._put(key, status)  # a refused host is in use too: the last one to forget
@@ -1257,8 +1216,7 @@ class OverloadGuard:
             self._successes.pop(key, None)
         self._put(key, probing)
         if admission.probe:
-            self._probes[(id(call), attempt)] = (lock, seen, key)
-            self._probing[key] = ((id(call), attempt), call)
+            self._probes[(id(call), attempt)] = (lock, seen)
             if lock is not None:
                 # The session it goes through: what an engine's close cuts (aiohttp's own
                 # field; missing, the probe is waited for by no close, as before).

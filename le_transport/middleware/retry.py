@@ -263,10 +263,6 @@ _CUT_SHORT: weakref.WeakSet[ClientResponse] = weakref.WeakSet()
 #: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
 #: once per status: a successful call allocates none.
 _ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(100, 400)}
-#: The outcome of an attempt the call's deadline cut in flight: a timeout (the request was sent,
-#: the service did not answer in time), recorded and settled with the gate as one. An
-#: OverloadGuard tells it by its error and frees the half-open probe instead (no verdict).
-_DEADLINE_CUT = Outcome.failure(OutcomeKind.TIMEOUT, "DeadlineExceeded")
 
 
 class _Call(_WheelTimer):
@@ -472,11 +468,7 @@ class _Call(_WheelTimer):
                     timed_out = timer is not None and timer._disarm(type(exc))
                     if timed_out and by_deadline:
                         if gate is not None:
-                            # Sent, and unanswered when the deadline came: a timeout for the
-                            # breaker, as one cut by the attempt timeout is (abandoned, a hung
-                            # service never opened it for calls bounded by a deadline). The
-                            # guard frees a half-open probe cut so at once instead (settle).
-                            await gate.settle(self, attempt, _DEADLINE_CUT)
+                            gate.abandon(self, attempt)
                         raise self._deadline_passed(
                             (attempt, started), f"attempt {attempt} was cancelled in flight"
                         ) from None
@@ -697,7 +689,7 @@ class _Call(_WheelTimer):
         if in_flight is not None:
             # The cancelled attempt is an attempt too: the caller sees every one made.
             attempt, started = in_flight
-            cancelled = _DEADLINE_CUT
+            cancelled = Outcome.failure(OutcomeKind.TIMEOUT, "DeadlineExceeded")
             ctx.attempts.append(AttemptRecord(attempt, cancelled, None, started))
         deadline = self.policy.deadline
         err = DeadlineExceeded(

@@ -59,8 +59,7 @@ BREAKER_BREAK = 5.0
 #: Re-opens double the break up to the guide's outer "every 2 minutes".
 BREAKER_MAX_BREAK = 120.0
 #: A probe that never reports (its process died, its task was dropped) frees the half-open
-#: slot after this long: the default per-attempt timeout. (A process's OverloadGuard, which
-#: learns how each of its own probes ends, holds the slot past it while its probe is out.)
+#: slot after this long: the default per-attempt timeout.
 BREAKER_PROBE_LEASE = 30.0
 
 
@@ -141,9 +140,7 @@ class CircuitBreaker:
       (30 s, in ``slots`` buckets): when it opens.
     - ``breaks``: the break after the n-th consecutive opening, ``breaks.delay(n, rand)``:
       5 s, 10 s, 20 s ... up to 2 min, ±20% so that a fleet's probes do not arrive together.
-    - ``probe_lease`` (30 s): a probe that never reports frees the half-open slot after this
-      (an :class:`~le_transport.middleware.overload.OverloadGuard` keeps it taken while its own
-      probe is still out, however long: only a probe that never reports is the lease's to free).
+    - ``probe_lease`` (30 s): a probe that never reports frees the half-open slot after this.
     """
 
     failure_ratio: float = attrs.field(default=BREAKER_FAILURE_RATIO, validator=_ratio)
