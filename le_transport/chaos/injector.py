@@ -342,8 +342,9 @@ class FaultInjector:
         return self._run.plan
 
     def add(self, rule: FaultRule) -> FaultRule:
-        """Add a rule (its counter starts at 0)."""
-        self._run.plan = self._run.plan.with_rule(rule)
+        """Add a rule (its counter starts at 0, even under the id of a rule removed by
+        :meth:`clear`: nothing of that rule's is carried over)."""
+        self._run.change_plan(self._run.plan.with_rule(rule))
         return rule
 
     def extend(self, rules: Iterable[FaultRule]) -> None:
@@ -355,11 +356,14 @@ class FaultInjector:
                 f"FaultInjector.extend takes a list of FaultRule, got {type(rules).__name__}{hint}"
             )
         # All or nothing: checked as a plan first, so that a bad rule halfway adds none.
-        self._run.plan = FaultPlan(seed=self._run.plan.seed, rules=(*self._run.plan.rules, *rules))
+        self._run.change_plan(
+            FaultPlan(seed=self._run.plan.seed, rules=(*self._run.plan.rules, *rules))
+        )
 
     def clear(self) -> None:
-        """Remove every rule; the log is kept."""
-        self._run.plan = FaultPlan(seed=self._run.plan.seed)
+        """Remove every rule, and their counters and totals (:meth:`rule_counts`); the log is
+        kept."""
+        self._run.change_plan(FaultPlan(seed=self._run.plan.seed))
 
     @property
     def log(self) -> RecordLog[FaultDecision]:

@@ -321,7 +321,8 @@ class Status:
     ``TE``, ``Trailer``) is a :class:`~le_transport.errors.ConfigurationError`: the fault's
     answer frames its body itself. On a WebSocket message unit
     it becomes a ``resp`` frame with this ``code`` and :meth:`socket_body` as its ``body``, on
-    the simulator's side and the injector's alike.
+    the simulator's side and the injector's alike; a frame has no headers, so a rule on that
+    unit with ``retry_after`` or ``headers`` is refused.
 
     ``code`` is 200..599: a 1xx is not a final answer (the client would wait on for one).
     """
@@ -406,7 +407,8 @@ class Delay:
     On a socket request (unit ``ws_message``) it holds the frames the client sends after it
     too, on either side, as one TCP stream does: the simulator reads nothing more until it is
     done with the delayed one, and the client-side wrapper sends nothing more until it has
-    gone."""
+    gone. It is latency on a frame already written: the frame goes out late (the simulator
+    processes it late) even if its sender stopped waiting for its answer."""
 
     kind: ClassVar[str] = "delay"
     delay_ms: float = attrs.field(validator=_ms_in("delay_ms", positive=False))
@@ -426,7 +428,10 @@ class Reset:
 
 @attrs.frozen
 class Hang:
-    """Send nothing: for ``duration_ms`` then close, or (None) until the client gives up."""
+    """Send nothing: for ``duration_ms`` then close, or (None) until the client gives up.
+
+    On unit ``ws_message`` the matched message is lost and nothing answers it (the caller
+    waits out its own timeout): a ``duration_ms`` is refused there, since no close follows."""
 
     kind: ClassVar[str] = "hang"
     duration_ms: float | None = attrs.field(default=None, validator=_optional_ms_in("duration_ms"))
@@ -518,16 +523,36 @@ class WsClose:
         check_close_code(value, owner="WsClose", field="code")
 
 
+#: The close codes below 3000 a peer accepts in a close frame: those RFC 6455 §7.4.1 and the
+#: IANA registry define for sending, the set aiohttp's reader checks against (its
+#: ``WSCloseCode`` members) without 1006, which is never sent. 1004 is reserved (no meaning
+#: yet) and 1005/1006/1015 are never sent: aiohttp fails a frame carrying one as a protocol
+#: error (1002), so the simulator's close would reach the client as 1002 while the client-side
+#: injector's reached it as the code itself. Codes 3000..4999 are for libraries and
+#: applications.
+_SENDABLE_CLOSE_CODES: frozenset[int] = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+
+
 def check_close_code(value: object, *, owner: str, field: str) -> None:
-    """``value`` must be a close code a server or client may send: an int in 1000..1014 or
-    3000..4999, not 1005 or 1006 (reserved: never sent on the wire, RFC 6455 §7.4.1); else a
-    :class:`~le_transport.errors.ConfigurationError` naming ``owner.field``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value in (1005, 1006):
+    """``value`` must be a close code a server or client may send and its peer accepts: an int
+    in 1000..1003, 1007..1014 or 3000..4999; not 1004 (reserved), 1005, 1006 or 1015 (never
+    sent on the wire, RFC 6455 §7.4.1), which aiohttp's reader refuses as a protocol error;
+    else a :class:`~le_transport.errors.ConfigurationError` naming ``owner.field``."""
+    wants = "1000..1003, 1007..1014 or 3000..4999"
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(
-            f"{owner}.{field} must be a sendable close code, got {value!r:.40}"
+            f"{owner}.{field} must be a sendable close code ({wants}), got {value!r:.40}"
         )
-    if not (1000 <= value <= 1014 or 3000 <= value <= 4999):
-        raise ConfigurationError(f"{owner}.{field} must be a valid close code, got {value!r}")
+    if value in (1004, 1005, 1006, 1015):
+        raise ConfigurationError(
+            f"{owner}.{field} must be a sendable close code ({wants}), got {value}: it is "
+            "reserved by RFC 6455 and never sent in a close frame (a peer such as aiohttp "
+            "fails the connection with a protocol error, 1002, instead)"
+        )
+    if not (value in _SENDABLE_CLOSE_CODES or 3000 <= value <= 4999):
+        raise ConfigurationError(
+            f"{owner}.{field} must be a valid close code ({wants}), got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -940,8 +965,9 @@ class Schedule:
       fault the next ``fail_next`` (None: every one after), then pass.
     - Optionally a window in time, on the run's clock, measured from the run's origin (when
       the simulator or injector was made; for an injector that takes its engine's clock,
-      when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever).
-      Both windows must hold.
+      when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever), to the
+      microsecond (a unit exactly ``after_ms`` after the origin is in force, whatever the
+      origin). Both windows must hold.
     """
 
     skip_first: int = attrs.field(default=0, validator=_non_negative_int("skip_first"))
@@ -970,7 +996,8 @@ class Schedule:
         start = self.after_ms or 0.0
         if elapsed_ms < start:
             return False
-        return self.for_ms is None or elapsed_ms < start + self.for_ms
+        # Rounded: float noise in the sum (0.1 + 0.2) must not move the end of the window.
+        return self.for_ms is None or elapsed_ms < round(start + self.for_ms, 6)
 
 
 def _probability(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -1049,7 +1076,10 @@ class FaultRule:
     with ``fail_next=0`` or ``for_ms=0``; a sequence without a fault) is a
     :class:`~le_transport.errors.ConfigurationError` naming the kind, the unit and the units
     the kind works on. So is a ``ws_message`` rule whose ``WsClose``/``WsDrop``/``WsSilence``
-    has a non-zero ``after_messages``: that count is for unit ``ws_session`` only. In a plan,
+    has a non-zero ``after_messages``: that count is for unit ``ws_session`` only; a
+    ``ws_message`` rule whose ``Hang`` has a ``duration_ms`` or whose ``Status`` has a
+    ``retry_after`` or ``headers`` (a message applies neither); and a ``request`` or
+    ``ws_session`` rule whose ``Match.path`` starts with a literal other than ``/``. In a plan,
     the first rule that fires on a unit wins: a later one due on the same unit is
     ``shadowed``.
     """
@@ -1150,6 +1180,34 @@ class FaultRule:
                     "messages of a socket, put the rule on unit 'ws_session'; on "
                     "'ws_message', leave after_messages out (0)"
                 )
+            for f in (self.fault,) if self.sequence is None else self.sequence:
+                # Accepted before and ignored on both sides (the simulator and the injector):
+                # a message hang loses the message and nothing more, and a resp frame has no
+                # headers. A chaos test relying on them tested nothing.
+                if isinstance(f, Hang) and f.duration_ms is not None:
+                    raise ConfigurationError(
+                        f"rule {self.id!r}: Hang(duration_ms={f.duration_ms!r}) is not applied "
+                        "on unit 'ws_message', where a hang loses the matched message and "
+                        "nothing answers it (the connection is not closed after a while): "
+                        "leave duration_ms out, or to close the socket use WsClose/WsDrop"
+                    )
+                if isinstance(f, Status) and (f.retry_after is not None or f.headers):
+                    given = "retry_after" if f.retry_after is not None else "headers"
+                    raise ConfigurationError(
+                        f"rule {self.id!r}: Status({f.code}, {given}=...) on unit "
+                        "'ws_message' becomes a resp frame, which carries a code and a body "
+                        f"but no headers, so {given} would be dropped: leave it out (put "
+                        "what the client should read in body), or use WsAppError"
+                    )
+        path = self.match.path
+        if unit != "ws_message" and path and path[0] not in "/*?[":
+            # A URL path starts with "/": a glob starting with another literal ("api/*")
+            # matched nothing, and a chaos test passed having injected nothing.
+            raise ConfigurationError(
+                f"rule {self.id!r}: a rule on unit {unit!r} never fires with "
+                f"Match(path={path!r}): it is matched against the URL path, which starts "
+                f"with '/' (write {'/' + path!r}, or start the glob with '*')"
+            )
         if unit == "ws_message" and self.match.service is not None:
             raise ConfigurationError(
                 f"rule {self.id!r}: a rule on unit 'ws_message' never fires with "
@@ -1849,7 +1907,12 @@ class FaultRun:
             shown = path
         if self.origin is None and at is not None:
             self.origin = at
-        elapsed_ms = 0.0 if at is None or self.origin is None else (at - self.origin) * 1000.0
+        # Rounded to the microsecond, as a quota's wait is rounded: float noise must not put a
+        # unit exactly ``after_ms`` after the origin outside the window for some origins and
+        # not others (2.3 - 0.3 is 1.9999999999999998), even on a clock with a large origin.
+        elapsed_ms = (
+            0.0 if at is None or self.origin is None else round((at - self.origin) * 1000.0, 3)
+        )
         for rule in self.plan.rules:
             if rule.unit != unit or not rule.match.matches(method, path, service):
                 continue
@@ -1959,9 +2022,11 @@ class FaultRun:
 
     def rule_counts(self) -> dict[str, RuleCounts]:
         """``{rule id: RuleCounts}``: what each rule did over the whole run (exact, however many
-        records were dropped), for every rule of the plan in order, then any rule removed since
-        that had decided something. A rule with ``injected == 0`` and ``shadowed > 0`` was due
-        but an earlier rule fired first on every one of those units."""
+        records were dropped), for every rule of the plan in order, then any rule that had
+        decided something and left the plan by an assignment to :attr:`plan` (one removed by
+        :meth:`change_plan`, as ``clear()`` does, starts over and is not listed). A rule with
+        ``injected == 0`` and ``shadowed > 0`` was due but an earlier rule fired first on every
+        one of those units."""
         ids = [rule.id for rule in self.plan.rules]
         known = set(ids)
         ids += [rule_id for rule_id in self._outcomes if rule_id not in known]
@@ -1978,6 +2043,23 @@ class FaultRun:
                 forced=tally.get("forced", 0),
             )
         return out
+
+    def change_plan(self, plan: FaultPlan) -> None:
+        """Put ``plan`` in force in place of :attr:`plan`, the run going on (origin, log and
+        records kept, as are the counters of the rules in both): each rule it removes and each
+        rule it adds under an id the run does not have starts over, so that a rule added after
+        ``clear()`` under an id used before starts from 0 (its counter, hence its schedule's
+        window and its draws; its quota slots; its totals in :meth:`rule_counts`), as
+        ``FaultInjector.add`` and ``SimFaults.add`` say. What the injector's and the
+        simulator's ``add``/``clear`` go through."""
+        kept = {rule.id for rule in self.plan.rules}
+        new = {rule.id for rule in plan.rules}
+        self.plan = plan
+        for rule_id in kept ^ new:
+            self._counts.pop(rule_id, None)
+            self._injected_counts.pop(rule_id, None)
+            self._outcomes.pop(rule_id, None)
+            self._admitted.pop(rule_id, None)
 
     def reset(
         self, plan: FaultPlan | Sequence[FaultRule] | None = None, *, origin: float | None = None

@@ -71,7 +71,12 @@ sends never piles up in the wrapper.
 Frames the client sends go out one after another, as on one TCP stream: a request a ``delay``
 holds holds every frame sent after it too (each waits until the one before it has gone, and is
 only then counted and put to the plan), as the simulator, which sleeps in its receive loop,
-reads nothing behind a delayed frame until it is done with it.
+reads nothing behind a delayed frame until it is done with it. A ``delay`` is latency on a frame
+already written: the delayed frame, and each frame queued behind one, is sent by a task the
+wrapper owns, so that a sender that stops waiting (its request timed out) does not unsend it
+(it still reaches the server late, as the simulator still processes it late);
+:meth:`~FaultySocket.close` cancels and waits for those tasks, and a frame not written by then
+is dropped.
 
 aiohttp's ``receive()`` is not cancelled: :meth:`~FaultySocket.close` lets aiohttp's close end
 a read under way and waits for it (the frames still held are let go, and the task that hands
@@ -89,6 +94,7 @@ import collections
 import json
 import logging
 import math
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
@@ -190,9 +196,16 @@ class FaultySocket:
         self._read_end = False
         #: What the read raised, for the owner's next receive() to raise.
         self._failure: BaseException | None = None
-        #: Held by each send from its turn to its frame gone, so that sends go out in order,
-        #: one behind another, a delayed one holding those after it (see the module).
-        self._sending = asyncio.Lock()
+        #: The last frame sent or on its way (done: none is): each send waits for the one
+        #: before it, so that frames go out in order, one behind another, a delayed one
+        #: holding those after it (see the module). A future the caller's own send settles,
+        #: or one of the socket's tasks in :attr:`_sends`.
+        self._last_send: asyncio.Future[None] | None = None
+        #: The sends the socket runs in tasks of its own, so that a frame goes out in its turn
+        #: even if its sender stopped waiting: a delayed frame, and those queued behind one;
+        #: each with whether its sender still waits for it. close() cancels them (a frame not
+        #: written by then is dropped) and waits for them.
+        self._sends: dict[asyncio.Task[None], bool] = {}
         #: Ids of the requests sent whose answers have not been read, with their types and
         #: when they were sent (on the injector's clock), oldest first; at most
         #: _REMEMBERED_IDS of them.
@@ -219,8 +232,16 @@ class FaultySocket:
         more: after an injected end it still needs :meth:`close`, as a real drop leaves the
         socket to be closed; and while frames are held (``ws_delay``) with the connection's
         own end read behind them, it is not closed yet (a close must let them go: taken for
-        closed, it was skipped, and the owner waited out the delay)."""
-        return self._ws.closed and not self._line
+        closed, it was skipped, and the owner waited out the delay); nor while a frame whose
+        sender stopped waiting is on its way out (a ``delay`` holds it, or it waits behind
+        one): a close must drop it, else its task outlived the connection, and the engine. (A
+        frame whose sender still waits fails that sender at the end of its wait, as a write on
+        a closed connection does.)"""
+        return (
+            self._ws.closed
+            and not self._line
+            and not any(not waited and not task.done() for task, waited in self._sends.items())
+        )
 
     @property
     def close_code(self) -> int | None:
@@ -296,23 +317,92 @@ class FaultySocket:
         the simulator takes a frame: each in its turn, after the frames sent before it have
         gone (a delayed one included), then counted toward the session fault's
         ``after_messages`` (the frame meeting it is not put to the plan), then, unless the
-        socket is silenced, decided as a request."""
-        async with self._sending:
-            await self._send(data, compress)
+        socket is silenced, decided as a request.
 
-    async def _send(self, data: str, compress: int | None) -> None:
-        if self._ended():
+        A frame a ``delay`` holds, and one queued behind it, is sent by a task of the socket's
+        own: a caller that stops waiting (cancelled, e.g. by its request's timeout) ends its
+        wait only, and the frame still goes out in its turn, as a frame the client wrote
+        reaches the simulator applying the same rule late. :meth:`close` drops those not
+        written by then: their callers get :class:`aiohttp.ClientConnectionResetError`, as a
+        write to a closing socket does."""
+        ahead = self._last_send
+        if ahead is not None and not ahead.done():
+            # Behind a frame on its way (a delayed one, or one queued behind it).
+            task = self._spawn_send(self._send_behind(ahead, data, compress))
+            self._last_send = task
+            await self._wait_sent(task)
             return
+        turn = self._last_send = asyncio.get_running_loop().create_future()
+        late: asyncio.Task[None] | None = None
+        try:
+            held = await self._send(data, compress)
+            if held is not None:
+                late = self._spawn_send(self._send_late(*held, data, compress))
+                # Those behind this frame wait until the delayed write is over.
+                late.add_done_callback(lambda _: _settle(turn))
+        finally:
+            if late is None:
+                _settle(turn)
+        if late is not None:
+            await self._wait_sent(late)
+
+    def _spawn_send(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(
+            coro, name=f"le_transport.chaos send {self._name}"
+        )
+        self._sends[task] = True
+        task.add_done_callback(self._send_done)
+        return task
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self._sends.pop(task, None)
+        if not task.cancelled():
+            # Retrieved here: the sender may have stopped waiting (its own failure reaches it
+            # through _wait_sent when it did not).
+            failure = task.exception()
+            if failure is not None:
+                _log.debug("%s: a frame sent late failed: %r", self._name, failure)
+
+    async def _wait_sent(self, task: asyncio.Task[None]) -> None:
+        """Wait for a send the socket runs: the caller's cancellation ends its wait only
+        (asyncio.wait, unlike awaiting the task, does not cancel it)."""
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            if task in self._sends:
+                self._sends[task] = False
+                if self._closing or self._ws.closed:
+                    # The connection is gone: the frame can never go out, and no one waits.
+                    task.cancel()
+            raise
+        if task.cancelled():
+            # close() dropped it before it was written.
+            raise aiohttp.ClientConnectionResetError("the socket closed before the frame was sent")
+        task.result()
+
+    async def _send_behind(
+        self, ahead: asyncio.Future[None], data: str, compress: int | None
+    ) -> None:
+        await asyncio.wait({ahead})
+        held = await self._send(data, compress)
+        if held is not None:
+            await self._send_late(*held, data, compress)
+
+    async def _send(self, data: str, compress: int | None) -> tuple[float, dict[str, Any]] | None:
+        """Send ``data`` now, in its turn; or, when a ``delay`` holds it, say for how long and
+        what it holds (the parsed frame), for :meth:`_send_late` to send it."""
+        if self._ended():
+            return None
         if self._closing or self._ws.closed:
             # The connection is closing or gone (a send that waited its turn behind a delayed
             # one may find it so): the frame reaches no server, so it is neither counted nor
             # put to the plan, and aiohttp refuses it as it refuses any write on it.
             await self._ws.send_str(data, compress)
-            return
+            return None
         if self._striking is not None:
             # A fault is ending the connection: what the client writes goes nowhere, and is
             # neither counted nor decided (the simulator never sees it).
-            return
+            return None
         self._sent += 1
         session = self._session
         if session is not None and self._sent >= _after(session):
@@ -320,19 +410,30 @@ class FaultySocket:
             # simulator strikes as it arrives, without answering it).
             self._session = None
             self._strike_when_answered(session)
-            return
+            return None
         if self._silent:
             # A half-open socket: what the client writes goes nowhere, and is not put to the
             # plan (the simulator decides nothing on a silenced socket).
-            return
+            return None
         frame = _parse(data)
         injection = self._decide_sent(frame)
-        if (
-            injection is not None
-            and frame is not None
-            and not await self._apply_to_sent(injection, frame)
-        ):
-            return
+        if injection is not None and frame is not None:
+            if isinstance(injection.fault, Delay):
+                # In its turn: the frames sent after it wait behind it (send_str).
+                return injection.delay_s, frame
+            if not self._apply_to_sent(injection, frame):
+                return None
+        await self._write(frame, data, compress)
+        return None
+
+    async def _send_late(
+        self, delay_s: float, frame: dict[str, Any], data: str, compress: int | None
+    ) -> None:
+        """Send a frame a ``delay`` holds, once it is over (in a task of the socket's)."""
+        await self._injector.clock.sleep(delay_s)
+        await self._write(frame, data, compress)
+
+    async def _write(self, frame: dict[str, Any] | None, data: str, compress: int | None) -> None:
         if self._ended() or self._striking is not None or self._silent:
             # A fault struck while this one was delayed: it goes nowhere.
             self._forget(frame)
@@ -365,10 +466,17 @@ class FaultySocket:
             self._hand_over(WSMessage(WSMsgType.CLOSING, None, None), read=False)
         self._striking = None
         self._line.clear()
-        for task in (self._strike_timer, self._releasing):
-            if task is not None:
-                task.cancel()
-                await asyncio.wait({task})
+        # The frames a delay still holds, and those behind them, are dropped: not written
+        # before the close, they never will be (their senders get a reset error).
+        sends = [task for task in self._sends if not task.done()]
+        for task in sends:
+            task.cancel()
+        if sends:
+            await asyncio.wait(sends)
+        for timer in (self._strike_timer, self._releasing):
+            if timer is not None:
+                timer.cancel()
+                await asyncio.wait({timer})
         self._strike_timer = self._releasing = None
         reading = self._reading
         try:
@@ -523,14 +631,11 @@ class FaultySocket:
         if req_id is not None:
             self._types.pop(req_id, None)
 
-    async def _apply_to_sent(self, injection: Injection, frame: dict[str, Any]) -> bool:
-        """Apply a fault to a request the client is sending; whether to send it after all."""
+    def _apply_to_sent(self, injection: Injection, frame: dict[str, Any]) -> bool:
+        """Apply a fault other than a ``delay`` (:meth:`_send` holds the frame then) to a
+        request the client is sending; whether to send it after all."""
         fault = injection.fault
         type_ = str(frame.get("type", ""))
-        if isinstance(fault, Delay):
-            # In its turn (send_str): the frames sent after it wait behind it.
-            await self._injector.clock.sleep(injection.delay_s)
-            return True
         # Not sent: no answer comes from the connection (a strike does not wait for one).
         self._forget(frame)
         if isinstance(fault, (Status, WsAppError)):
@@ -725,6 +830,12 @@ class FaultySocket:
             return None
         assert isinstance(fault, WsDelay)
         return injection.delay_s
+
+
+def _settle(turn: asyncio.Future[None]) -> None:
+    """Mark a send the caller made itself as over: the sends behind it may go."""
+    if not turn.done():
+        turn.set_result(None)
 
 
 def _after(injection: Injection) -> int:

@@ -426,8 +426,9 @@ class SimFaults:
         self.run.reset(as_plan(plan, owner="SimFaults.load"), origin=origin)
 
     def add(self, rule: FaultRule) -> FaultRule:
-        """Add a rule to the plan (its counter starts at 0)."""
-        self.run.plan = self.run.plan.with_rule(rule)
+        """Add a rule to the plan (its counter starts at 0, even under the id of a rule removed
+        by :meth:`clear`: nothing of that rule's is carried over)."""
+        self.run.change_plan(self.run.plan.with_rule(rule))
         return rule
 
     def script(
@@ -471,8 +472,9 @@ class SimFaults:
         return self.add(rule)
 
     def clear(self) -> None:
-        """Remove every rule (the log is kept)."""
-        self.run.plan = FaultPlan(seed=self.run.plan.seed)
+        """Remove every rule, and their counters and totals (:meth:`rule_counts`); the log is
+        kept."""
+        self.run.change_plan(FaultPlan(seed=self.run.plan.seed))
 
     def injected(self) -> list[Any]:
         """The decisions that injected a fault: the newest ``max_records`` of them."""
