@@ -56,14 +56,30 @@ SERVICES: tuple[str, ...] = (
 )
 
 
+def _kind(value: object) -> str:
+    # What a refused field held, by type only: the fields are credentials.
+    return type(value).__name__
+
+
+def _secret_str(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        got = "an empty str" if isinstance(value, str) else _kind(value)
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a non-empty str, got {got}"
+        )
+
+
 @attrs.frozen(repr=False)
 class AppKey:
-    """An OAuth 1.0 API key: consumer key and secret, access token and its secret."""
+    """An OAuth 1.0 API key: consumer key and secret, access token and its secret.
 
-    key: str
-    secret: str
-    access_token: str
-    access_token_secret: str
+    Each a non-empty str, else a :class:`~le_transport.errors.ConfigurationError` naming the
+    field and the type it got (never the value: they are secrets)."""
+
+    key: str = attrs.field(validator=_secret_str)
+    secret: str = attrs.field(validator=_secret_str)
+    access_token: str = attrs.field(validator=_secret_str)
+    access_token_secret: str = attrs.field(validator=_secret_str)
 
     def __repr__(self) -> str:
         return "AppKey(key=***, secret=***, access_token=***, access_token_secret=***)"
@@ -79,28 +95,70 @@ DEFAULT_APP_KEY = AppKey(
 )
 
 
-def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
+def _str_map(value: object, field: str, what: str) -> dict[str, str]:
+    # An int password (a PIN written unquoted) was taken, then a 500 at the login comparing it.
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"Account.{field} must be a mapping of str to str ({what}), got {_kind(value)}"
+        )
+    for name, secret in value.items():
+        if not isinstance(name, str) or not isinstance(secret, str):
+            bad, part = (name, "key") if not isinstance(name, str) else (secret, "value")
+            raise ConfigurationError(
+                f"Account.{field} must be a mapping of str to str ({what}), got a {part} of "
+                f"type {_kind(bad)}"
+            )
     return dict(value)
 
 
+def _users(value: Mapping[str, str]) -> Mapping[str, str]:
+    return _str_map(value, "users", "username: password")
+
+
+def _clients(value: Mapping[str, str]) -> Mapping[str, str]:
+    return _str_map(value, "clients", "client id: client secret")
+
+
 def _app_keys(value: Iterable[AppKey]) -> tuple[AppKey, ...]:
-    return tuple(value)
+    if isinstance(value, (str, bytes, Mapping, AppKey)) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"Account.app_keys must be a list of AppKey, got {_kind(value)}")
+    keys = tuple(value)
+    for key in keys:
+        if not isinstance(key, AppKey):
+            # A bare consumer key where an AppKey belongs: every OAuth 1.0 request a 500.
+            raise ConfigurationError(
+                f"Account.app_keys must hold AppKey values (AppKey(key, secret, access_token, "
+                f"access_token_secret)), got {_kind(key)}"
+            )
+    return keys
+
+
+def _account_id(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    # Account ids are digits, and an int is the natural slip: the routes' ids are str, so no
+    # request would ever have reached it.
+    if not isinstance(value, str) or not value:
+        got = "an empty str" if isinstance(value, str) else _kind(value)
+        raise ConfigurationError(f"Account.id must be a non-empty str, got {got}")
 
 
 @attrs.frozen(repr=False)
 class Account:
     """One LiveEngage account: its users (``{username: password}``), OAuth 1.0 API keys, and
-    OAuth2 clients (``{client_id: client_secret}``, for Sentinel and the login's OAuth2 form)."""
+    OAuth2 clients (``{client_id: client_secret}``, for Sentinel and the login's OAuth2 form).
 
-    id: str = DEFAULT_ACCOUNT
+    ``id`` is a non-empty str, ``users`` and ``clients`` mappings of str to str, ``app_keys`` a
+    list of :class:`AppKey`; anything else is a :class:`~le_transport.errors.ConfigurationError`
+    naming the field and the type it got (never the value: they are secrets)."""
+
+    id: str = attrs.field(default=DEFAULT_ACCOUNT, validator=_account_id)
     users: Mapping[str, str] = attrs.field(
-        factory=lambda: {DEFAULT_USER: DEFAULT_PASSWORD}, converter=_str_map
+        factory=lambda: {DEFAULT_USER: DEFAULT_PASSWORD}, converter=_users
     )
     app_keys: tuple[AppKey, ...] = attrs.field(
         factory=lambda: (DEFAULT_APP_KEY,), converter=_app_keys
     )
     clients: Mapping[str, str] = attrs.field(
-        factory=lambda: {DEFAULT_CLIENT_ID: DEFAULT_CLIENT_SECRET}, converter=_str_map
+        factory=lambda: {DEFAULT_CLIENT_ID: DEFAULT_CLIENT_SECRET}, converter=_clients
     )
 
     def __repr__(self) -> str:
@@ -124,6 +182,12 @@ def _accounts(value: Iterable[Account]) -> tuple[Account, ...]:
                 "SimulatorConfig.accounts must hold Account values (Account(id=...)), got "
                 f"a {type(account).__name__}"
             )
+    ids = [account.id for account in accounts]
+    if len(set(ids)) != len(ids):
+        # config.account() answers the first: the second's credentials would never work.
+        raise ConfigurationError(
+            "SimulatorConfig.accounts must not hold two Account values with the same id"
+        )
     return accounts
 
 
@@ -202,8 +266,8 @@ class SimulatorConfig:
       most :data:`MAX_TTL_S` (ten years).
     - ``idle_timeout``: seconds a messaging socket may stay without a data frame from the
       client before the server closes it (LiveEngage: about 60).
-    - ``idle_close_code``: the close code it uses then: one a server may send (1000..1014 or
-      3000..4999, not the reserved 1005 and 1006).
+    - ``idle_close_code``: the close code it uses then: one a peer accepts (1000..1003,
+      1007..1014 or 3000..4999: not the reserved 1004, 1005, 1006, nor 1015).
     - ``public_address``: ``host:port`` the Domain API hands out instead of the address the
       client reached the simulator by (behind a proxy or a TLS front).
     - ``public_scheme``: the scheme clients use to reach it (for OAuth 1.0 base strings behind

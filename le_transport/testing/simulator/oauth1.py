@@ -2,7 +2,8 @@
 
 An independent implementation of the server side: it rebuilds the signature base string from
 what arrived (method, the URL the client reached, query and form parameters, the ``oauth_*``
-parameters of the ``Authorization`` header) and compares signatures in constant time.
+parameters of the ``Authorization`` header) and compares signatures in constant time. The
+base string URI (:func:`base_string_uri`, RFC 5849 §3.4.1.2) is the library signer's own.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from urllib.parse import quote, unquote
 
 from yarl import URL
 
+# RFC 5849 §3.4.1.2's base string URI is the one piece shared with the library's signer: one
+# copy, so the two cannot drift (this one wrote an IPv6 literal without its brackets, and every
+# correctly signed request to a simulator on [::1] was refused). Everything else here (header
+# parsing, parameter normalisation, the signature check) stays independent of the signer.
+from ...providers.oauth1 import base_string_uri
+
 __all__ = [
     "OAuth1Error",
+    "base_string_uri",
     "parse_oauth_header",
     "percent_encode",
     "sign",
@@ -58,18 +66,6 @@ def parse_oauth_header(header: str) -> dict[str, str]:
         pos = m.end()
     params.pop("realm", None)
     return params
-
-
-def base_string_uri(url: URL) -> str:
-    """RFC 5849 §3.4.1.2: scheme and host lower-cased, default port dropped, no query."""
-    scheme = (url.scheme or "http").lower()
-    host = (url.raw_host or "").lower()
-    port = url.explicit_port
-    if port is not None and not (
-        (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
-    ):
-        host = f"{host}:{port}"
-    return f"{scheme}://{host}{url.raw_path or '/'}"
 
 
 def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str]]) -> str:

@@ -53,6 +53,7 @@ from typing import Any
 
 import attrs
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ..._checks import is_async_callable, require_kind
@@ -111,10 +112,23 @@ class _UnreadableBodyFilter(logging.Filter):
     "lingering" read), meets the same error again, logs it at ERROR with a traceback
     ("Unhandled exception") and closes the connection. The close is right; the ERROR was not: a
     test that fails on ERROR records failed on its client's bug, which the simulator had
-    answered. Only that error is kept out; every other record passes as it is."""
+    answered.
+
+    A request aiohttp's parser refuses (an :class:`~aiohttp.http_exceptions.HttpProcessingError`:
+    a control character in a header value, a line too long, a bad request line) is answered 400
+    by aiohttp, which logs it at ERROR ("Error handling request"), the exception's message
+    holding the offending line as received: ``Authorization: Bearer <token>\x7f`` put the bearer
+    in the log. Such a record is dropped too, for a DEBUG line naming the exception's type only
+    (never its message). Every other record passes as it is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            _log.debug(
+                "a request aiohttp could not parse (%s): refused, its connection closed",
+                type(exc).__name__,
+            )
+            return False
         if not isinstance(exc, web.RequestPayloadError):
             return True
         cause = exc.__cause__
@@ -1361,7 +1375,17 @@ class Simulator:
                 return False  # a gateway cannot verify a form it cannot read
             extra.extend(form)
         scheme = self.config.public_scheme or self.scheme
-        url = URL.build(scheme=scheme, authority=self._public_host(request), path=request.path)
+        # The path as it was sent (rel_url.raw_path: the request line's target, query and any
+        # fragment dropped, an absolute-form target reduced to its path), never request.path,
+        # which is decoded: the client signed "/users/a%2Fb", not "/users/a/b". The authority
+        # is built apart, unencoded, so a host is normalised (lower case, IDNA) as yarl does on
+        # the client's side.
+        try:
+            url = URL.build(scheme=scheme, authority=self._public_host(request)).with_path(
+                request.rel_url.raw_path, encoded=True
+            )
+        except ValueError:
+            return False  # a Host header yarl cannot take ("h:99999"): nothing to verify against
         if not oauth1.verify(
             method=request.method,
             url=url,
