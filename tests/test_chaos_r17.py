@@ -64,17 +64,21 @@ def _slow_publish(times: int = 1) -> FaultRule:
     )
 
 
+def _on_side(side: str, sim: Simulator, clock: VirtualClock, rule: FaultRule) -> dict[str, Any]:
+    """``rule`` applied by the simulator, or by a client-side injector: the engine's keywords."""
+    if side == "simulator":
+        sim.faults.add(rule)
+        return {}
+    return {"wire_middlewares": [FaultInjector.seeded(1, rule, clock=clock)]}
+
+
 @pytest.mark.parametrize("side", ["simulator", "injector"])
 async def test_a_delayed_request_given_up_on_still_reaches_the_server_late(
     side: str, sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
     # Before: the injector's delay slept in the caller's send, so the caller's timeout
     # cancelled it and the frame was never sent, while the simulator processed it late.
-    kwargs: dict[str, Any] = {}
-    if side == "simulator":
-        sim.faults.add(_slow_publish())
-    else:
-        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, _slow_publish(), clock=clock)]
+    kwargs = _on_side(side, sim, clock, _slow_publish())
     async with agent_engine(sim, clock, states, **kwargs) as engine:
         ws = await brand_socket(engine, sim)
         await ws.wait_open()
@@ -90,11 +94,7 @@ async def test_a_delayed_request_given_up_on_still_reaches_the_server_late(
 async def test_frames_queued_behind_a_delayed_one_go_in_order_though_their_senders_gave_up(
     side: str, sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
-    kwargs: dict[str, Any] = {}
-    if side == "simulator":
-        sim.faults.add(_slow_publish())
-    else:
-        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, _slow_publish(), clock=clock)]
+    kwargs = _on_side(side, sim, clock, _slow_publish())
     async with agent_engine(sim, clock, states, **kwargs) as engine:
         ws = await brand_socket(engine, sim)
         await ws.wait_open()
@@ -310,11 +310,7 @@ async def test_a_close_code_accepted_reaches_the_client_as_itself_on_either_side
         match=Match(path="/ws_api/account/*"),
         schedule=Schedule(fail_next=1),
     )
-    kwargs: dict[str, Any] = {}
-    if side == "simulator":
-        sim.faults.add(rule)
-    else:
-        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, rule, clock=clock)]
+    kwargs = _on_side(side, sim, clock, rule)
     async with agent_engine(sim, clock, states, **kwargs) as engine:
         ws = await brand_socket(engine, sim)
         await ws.wait_open()

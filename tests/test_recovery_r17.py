@@ -177,13 +177,15 @@ async def test_a_deadline_the_wait_would_pass_is_not_waited_for(
 # -- one call's success and a later round others wait in ----------------------------------------
 
 
-class _RelogsTwice:
-    """An auth provider whose second re-login meets the Login Service still in trouble."""
+class _Relogs:
+    """An auth provider whose re-login works, but for the ``failing``-th (the Login Service
+    still in trouble then)."""
 
     credential_headers = frozenset({"authorization"})
 
-    def __init__(self) -> None:
+    def __init__(self, failing: int = 0) -> None:
         self.relogins = 0
+        self.failing = failing
 
     async def credentials(self, method: str, url: object) -> Credentials:
         raise AssertionError("not asked: Recovery runs its callables only")
@@ -196,7 +198,7 @@ class _RelogsTwice:
 
     async def relogin(self) -> None:
         self.relogins += 1
-        if self.relogins == 2:
+        if self.relogins == self.failing:
             raise UnexpectedAnswer("maintenance page", status=200)
 
 
@@ -204,18 +206,24 @@ def _spent() -> RetriesExhausted:
     return RetriesExhausted("spent", last=ServerStatusError("503", status=503))
 
 
-def _two_calls(clock: VirtualClock) -> tuple[Recovery, list[StateEvent], Any, Any]:
-    """A succeeds after round 1 (a second later); B fails again after it and waits in round 2,
-    whose re-login fails once: A's success comes while round 2 is in progress."""
+def _recovery(clock: VirtualClock, auth: _Relogs) -> tuple[Recovery, list[StateEvent]]:
+    """Re-logins after 100, 200, 400 ... s; no request schedule; its events kept."""
     states: list[StateEvent] = []
     recovery = Recovery(
         domains=StaticDomains({"svc": "example.com"}),
-        auth=_RelogsTwice(),
+        auth=auth,
         clock=clock,
         policy=BackoffPolicy(first=100, factor=2, cap=10_000, jitter=0, floor=0),
         request_policy=RetryPolicy(pauses=()),
         hooks=EventHooks(on_state=[states.append]),
     )
+    return recovery, states
+
+
+def _two_calls(clock: VirtualClock) -> tuple[Recovery, list[StateEvent], Any, Any]:
+    """A succeeds after round 1 (a second later); B fails again after it and waits in round 2,
+    whose re-login fails once: A's success comes while round 2 is in progress."""
+    recovery, states = _recovery(clock, _Relogs(failing=2))
     runs = {"a": 0, "b": 0}
 
     async def a() -> str:
@@ -279,39 +287,13 @@ async def test_an_episode_a_call_recovered_in_ends_recovered_however_its_last_ca
     assert recovery._attempt == 0
 
 
-class _Relogs:
-    """An auth provider whose re-login always works."""
-
-    credential_headers = frozenset({"authorization"})
-
-    async def credentials(self, method: str, url: object) -> Credentials:
-        raise AssertionError("not asked: Recovery runs its callables only")
-
-    async def invalidate(self, rejected: Credentials) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def relogin(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("end", ["cancelled", "deadline"])
 async def test_a_call_of_an_ended_episode_does_not_speak_for_the_next(end: str) -> None:
     # W and X go through episode 1; W's success ends it. Z fails after that: episode 2, its
     # round in progress, when X (episode 1's) succeeds. X's success is no recovery of episode
     # 2, whose only call then is cancelled (no event) or gives up on its deadline (gave_up).
     clock = VirtualClock()
-    states: list[StateEvent] = []
-    recovery = Recovery(
-        domains=StaticDomains({"svc": "example.com"}),
-        auth=_Relogs(),
-        clock=clock,
-        policy=BackoffPolicy(first=100, factor=2, cap=10_000, jitter=0, floor=0),
-        request_policy=RetryPolicy(pauses=()),
-        hooks=EventHooks(on_state=[states.append]),
-    )
+    recovery, states = _recovery(clock, _Relogs())
     runs = {"w": 0, "x": 0}
 
     async def w() -> str:
