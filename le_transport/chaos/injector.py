@@ -34,7 +34,9 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
   (repeated ones and cookies included) at once and its body in ``chunk_bytes`` pieces,
   ``chunk_delay_ms`` apart on the injector's clock. The caller's read (and its attempt
   timeout) sees exactly a slow server, and so do the aiohttp timeouts of its call
-  (``ClientTimeout``): ``total`` runs until the body's end, as over a real body, and
+  (``ClientTimeout``): ``total`` runs until the body's end, as over a real body (it strikes
+  the caller's read, the one waiting or the next, never its own work between reads, and ends
+  the feeding, a body its reader holds back included), and
   ``sock_read`` (that of the connection the answer came on) is rearmed by each piece, as by
   each read from a socket, and stopped while the caller holds back unread what it was handed:
   a pause longer than it fails the read with aiohttp's ``SocketTimeoutError``. (They run on
@@ -69,7 +71,10 @@ compressed body that inflates to gigabytes is never held whole. Its waits (``del
 call then fails as one whose answer the close cut on the wire
 (:class:`~le_transport.middleware.retry.ClosedInFlight`, which the retry loop makes
 :class:`~le_transport.errors.EngineClosed`). A wait that begins once the close has begun (the
-close's own calls: its logout) is waited out, as on the wire.
+close's own calls: its logout) is waited out, as on the wire. Without an engine, the session's
+close ends a ``slow_body`` still being fed (one its reader holds back too, seen within a tenth
+of a second): its reader's next read fails with ``ClosedInFlight`` saying the session was
+closed.
 
 The answers ``truncated_body`` and ``slow_body`` hand back carry the real answer's headers as
 they came (a :class:`~multidict.CIMultiDict`: a repeated ``Set-Cookie`` or ``Link`` stays
@@ -114,6 +119,7 @@ Its records are bounded, so a long run does not grow its memory: :attr:`FaultInj
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import errno
 import logging
@@ -129,7 +135,8 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_reqrep import ClientResponse as _ClientResponse
 from aiohttp.connector import Connection
-from aiohttp.helpers import BaseTimerContext
+from aiohttp.helpers import BaseTimerContext, TimerNoop
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.typedefs import RawHeaders
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -787,6 +794,14 @@ class FaultInjector:
         assert isinstance(resp, _DribbledResponse)
         feeding = resp.feeding
         feeding.source = real
+        # Only the caller's read runs under the call's total timer (the paced body's stream
+        # carries it): aiohttp's TimerContext keeps the tasks in it as a stack, so a second
+        # task reading under it (the feeder, reading the real connection) crossed their
+        # exits, and the timeout then cancelled the caller wherever it was, its own work
+        # between reads too. The feeder sees the timeout at its own steps (_cut) instead.
+        # (aiohttp's empty body, a shared reader, uses no timer: left alone.)
+        if real.content is not EMPTY_PAYLOAD:
+            real.content._timer = TimerNoop()
         feeding.start(self._feed_live(request, real, feeding, fault), _shutdown_of(request))
         return resp
 
@@ -801,15 +816,16 @@ class FaultInjector:
         while True:
             # Only once the caller has read what it was handed (below aiohttp's low-water
             # mark): the real connection waits meanwhile, its own flow control pausing it.
-            await feeding.flowing.wait()
+            if not await _until_flowing(request, feeding):
+                return
             piece, error = await _read_piece(real.content, size)
+            if piece and not first:
+                await self.clock.sleep(pause)
+            if _cut(request, feeding):
+                # As in _feed: the session closed (the rest never comes), or the call's
+                # total timeout struck.
+                return
             if piece:
-                if not first:
-                    await self.clock.sleep(pause)
-                    if request.session.closed:
-                        # As in _feed: the rest never comes.
-                        feeding.fail(_closed_in_flight())
-                        return
                 first = False
                 feeding.put(piece)
             if error is not None:
@@ -834,10 +850,10 @@ class FaultInjector:
     ) -> None:
         for piece in pieces:
             await self.clock.sleep(pause)
-            if request.session.closed:
+            if _cut(request, feeding):
                 # Closed under the answer while it came (a close the feeding did not see
-                # begin): the rest never comes, as on a connection the close cut.
-                feeding.fail(_closed_in_flight())
+                # begin): the rest never comes, as on a connection the close cut. (Or the
+                # call's total timeout struck: the body ends there.)
                 return
             feeding.put(piece)
         feeding.finish()
@@ -875,9 +891,9 @@ class FaultInjector:
                     task.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
             if not closed.cancelled():
-                raise _closed_in_flight()
+                raise _closed_in_flight(request)
         if request.session.closed:
-            raise _closed_in_flight()
+            raise _closed_in_flight(request)
 
     # -- the hook for the socket layer -----------------------------------------------------
 
@@ -1035,10 +1051,16 @@ class _Feeding:
         protocol: _LocalProtocol,
         read_timeout: float | None,
         loop: asyncio.AbstractEventLoop,
+        *,
+        timer: BaseTimerContext | None = None,
     ) -> None:
         self.content = content
+        content.feeding = self
         self.flowing = protocol.flowing
         protocol.feeding = self
+        #: The call's total timer (the one the caller's read runs under), which the feeding
+        #: does not enter: it asks it whether it struck (:attr:`struck`).
+        self.timer: BaseTimerContext = timer if timer is not None else TimerNoop()
         self.read_timeout = read_timeout or None  # (0 is none, as for aiohttp)
         self.feeder: asyncio.Task[None] | None = None
         self.watcher: asyncio.Task[bool] | None = None
@@ -1051,6 +1073,15 @@ class _Feeding:
     @property
     def ended(self) -> bool:
         return self._at_end is None
+
+    @property
+    def struck(self) -> bool:
+        """Whether the call's total timeout has struck (its reads fail with TimeoutError)."""
+        try:
+            self.timer.assert_timeout()
+        except TimeoutError:
+            return True
+        return False
 
     def start(self, feeding: Coroutine[Any, Any, None], shutdown: asyncio.Event | None) -> None:
         """Feed the body with ``feeding``, in a task of its own; when ``shutdown`` is set
@@ -1130,16 +1161,25 @@ class _Feeding:
     def _fed(self, feeder: asyncio.Task[None]) -> None:
         content = self.content
         if not self.ended and not content.is_eof() and content.exception() is None:
-            # Ended without ending the body (a foreign cancel: the call's total timer, which
-            # the feeder and the caller's read share): the read must end too, not hang.
-            content.set_exception(TimeoutError())
+            # Ended without ending the body (cancelled from outside: the loop's shutdown; or
+            # failed on a bug): the caller's read must end too, not wait for ever.
+            error = None if feeder.cancelled() else feeder.exception()
+            if error is None:
+                error = (
+                    TimeoutError()
+                    if self.struck
+                    else aiohttp.ClientConnectionError(
+                        "the feeding of the paced body was cancelled"
+                    )
+                )
+            content.set_exception(error)
         self.stop()
 
     def _cut_by_close(self, watcher: asyncio.Task[bool]) -> None:
         feeder = self.feeder
         if watcher.cancelled() or feeder is None or feeder.done():
             return  # the body came whole, or the answer was closed or released
-        self.fail(_closed_in_flight())
+        self.fail(_closed_in_flight(None))
 
     def _rearm(self) -> None:
         self._disarm()
@@ -1246,6 +1286,8 @@ class _FedStream(aiohttp.StreamReader):
         super().__init__(protocol, limit, timer=timer, loop=loop)
         #: The error the body ends with once what it holds is read.
         self._ending: BaseException | None = None
+        #: What feeds it (set by the :class:`_Feeding`).
+        self.feeding: _Feeding | None = None
 
     def end_with(self, exc: BaseException) -> None:
         """End the body with ``exc`` once what it holds is read: at once if it holds none, or
@@ -1267,7 +1309,11 @@ class _FedStream(aiohttp.StreamReader):
         if self._ending is not None:
             self._end()
             raise cast(BaseException, self.exception())
-        await super()._wait(func_name)
+        try:
+            await super()._wait(func_name)
+        except TimeoutError:
+            self._struck()
+            raise
 
     async def wait_eof(self) -> None:
         if self._ending is not None:
@@ -1279,6 +1325,20 @@ class _FedStream(aiohttp.StreamReader):
         if self._ending is not None and not self._buffer:
             self._end()
         return super().read_nowait(n)
+
+    def _read_nowait(self, n: int) -> bytes:
+        try:
+            return super()._read_nowait(n)
+        except TimeoutError:
+            self._struck()
+            raise
+
+    def _struck(self) -> None:
+        # A read met the call's total timeout (aiohttp's timer: the read that waits when it
+        # strikes, or any after it): the body ends there, and its feeding with it.
+        feeding = self.feeding
+        if feeding is not None and not feeding.ended:
+            feeding.fail(TimeoutError())
 
 
 class _CutShortStream(aiohttp.StreamReader):
@@ -1402,10 +1462,51 @@ def _shutdown_of(request: ClientRequest) -> asyncio.Event | None:
     return _retry_of(request).shutdown
 
 
-def _closed_in_flight() -> ClosedInFlight:
+def _closed_in_flight(request: ClientRequest | None) -> ClosedInFlight:
     """What an answer being waited for or read fails with when the engine closes under it,
-    as the engine fails those on its connections (the retry loop makes it EngineClosed)."""
-    return ClosedInFlight("the engine was closed with the call in flight")
+    as the engine fails those on its connections (the retry loop makes it EngineClosed); or,
+    the session closed by its owner without an engine's close (``request``'s call runs under
+    no engine's retry middleware, or its close has not begun): said so, not as an engine's
+    close, and still typed (an :class:`aiohttp.ClientConnectionError`; aiohttp's own reader of
+    a body the session's close cut meets a bare ``RuntimeError``). None: the engine's
+    close."""
+    shutdown = None if request is None else _shutdown_of(request)
+    if request is None or (shutdown is not None and shutdown.is_set()):
+        return ClosedInFlight("the engine was closed with the call in flight")
+    return ClosedInFlight("the session was closed with the call in flight")
+
+
+#: How often a feeding the reader holds back looks whether the session closed meanwhile (on
+#: the loop's time): aiohttp tells nothing else of a plain session's close.
+_HELD_BACK_CHECK_S = 0.1
+
+
+def _cut(request: ClientRequest, feeding: _Feeding) -> bool:
+    """Whether the body ``feeding`` feeds ends here, not fed on (then failed): the session
+    was closed (:class:`ClosedInFlight`: the rest never comes, as on a connection the close
+    cut), or the call's total timeout struck (``TimeoutError``, as aiohttp's reads meet it
+    once it has struck)."""
+    if request.session.closed:
+        feeding.fail(_closed_in_flight(request))
+        return True
+    if feeding.struck:
+        feeding.fail(TimeoutError())
+        return True
+    return False
+
+
+async def _until_flowing(request: ClientRequest, feeding: _Feeding) -> bool:
+    """Wait until the reader takes more (below its low-water mark); False if the body ended
+    meanwhile (:func:`_cut`): a reader holding back must not keep the feeding, the real answer
+    and what it holds alive past the session's close or the call's total timeout."""
+    flowing = feeding.flowing
+    while not flowing.is_set():
+        if _cut(request, feeding):
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_HELD_BACK_CHECK_S):
+                await flowing.wait()
+    return True
 
 
 def _reader(request: ClientRequest, handler: ClientHandlerType) -> _Call:
@@ -1599,7 +1700,7 @@ def _synthetic(
         # aiohttp gave the request and its answer's stream: a reader waiting on the stream
         # when it expires meets TimeoutError, and so does any read after).
         fed = _FedStream(protocol, 2**16, timer=request._timer, loop=loop)
-        resp.feeding = _Feeding(fed, protocol, read_timeout, loop)
+        resp.feeding = _Feeding(fed, protocol, read_timeout, loop, timer=request._timer)
         content = fed
     else:
         content = aiohttp.StreamReader(protocol, 2**16, loop=loop)
