@@ -113,7 +113,8 @@ attribute check.
 Its records are bounded, so a long run does not grow its memory: :attr:`FaultInjector.log` and
 :meth:`FaultInjector.report` keep the newest ``max_records`` entries each (default
 :data:`~le_transport.chaos.plan.DEFAULT_MAX_RECORDS`, 100,000; None keeps all), and
-:meth:`FaultInjector.injected_counts` keeps exact totals per rule over the whole run.
+:meth:`FaultInjector.injected_counts` keeps exact totals per rule of the plan (a rule removed by
+:meth:`FaultInjector.clear` takes its totals with it).
 """
 
 from __future__ import annotations
@@ -368,8 +369,9 @@ class FaultInjector:
         )
 
     def clear(self) -> None:
-        """Remove every rule, and their counters and totals (:meth:`rule_counts`); the log is
-        kept."""
+        """Remove every rule, and forget their counters and totals: :meth:`injected_counts`
+        and :meth:`rule_counts` no longer list them (a rule added again under one of their ids
+        starts from 0). The log and :meth:`report` keep their decisions."""
         self._run.change_plan(FaultPlan(seed=self._run.plan.seed))
 
     @property
@@ -386,7 +388,8 @@ class FaultInjector:
         the times match only on virtual clocks started at the same time.
 
         It lists the newest ``max_records`` injections: :attr:`records_dropped` says how many
-        older ones it no longer lists, and :meth:`injected_counts` has exact totals."""
+        older ones it no longer lists, and :meth:`injected_counts` has exact totals (of the
+        rules still in the plan: :meth:`clear` forgets those of the rules it removes)."""
         return [d.to_dict() for d in self._run.injected()]
 
     @property
@@ -396,15 +399,19 @@ class FaultInjector:
         return self._run.injections_dropped
 
     def injected_counts(self) -> dict[str, int]:
-        """``{rule id: faults injected}`` over the injector's whole life (forced ones
-        included): exact however many records were dropped. One entry per rule that injected,
-        so it stays as small as the plan."""
+        """``{rule id: faults injected}`` (forced ones included) for each rule of the plan
+        that injected, since it was added: exact however many records were dropped. Not over
+        the injector's whole life: :meth:`clear` forgets the totals of the rules it removes
+        (:meth:`report` still lists their newest injections). One entry per rule, so it stays
+        as small as the plan."""
         return self._run.injected_counts()
 
     def rule_counts(self) -> dict[str, RuleCounts]:
-        """``{rule id: RuleCounts}`` for every rule (matched, injected, shadowed, skipped ...),
-        exact over the injector's whole life: a rule that injected nothing shows why (its
-        ``shadowed`` count: an earlier rule fired first on the same unit)."""
+        """``{rule id: RuleCounts}`` for every rule of the plan (matched, injected, shadowed,
+        skipped ...), exact since the rule was added: a rule that injected nothing shows why
+        (its ``shadowed`` count: an earlier rule fired first on the same unit). :meth:`clear`
+        forgets the counts of the rules it removes, which are not listed then (:meth:`report`
+        keeps their decisions)."""
         return self._run.rule_counts()
 
     # -- the clock ------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Decisions are reproducible: the draw for a rule's n-th matching unit comes from 
 from ``(seed, rule.id, n)`` alone, so concurrency cannot reorder outcomes and adding a rule never
 shifts another rule's draws. A :class:`FaultRun` applies a plan and keeps the decision log: the
 newest ``max_records`` decisions (default :data:`DEFAULT_MAX_RECORDS`) in a :class:`RecordLog`,
-and exact per-rule totals of what it matched and injected over the whole run.
+and exact per-rule totals of what it matched and injected (kept while the rule is in the
+plan: :meth:`FaultRun.change_plan` starts a re-added or removed rule over).
 
 Units are explicit in every name: ``delay_ms``, ``after_messages``, ``keep_bytes``; a
 ``retry_after`` is seconds (a number) or an HTTP-date (a string), as RFC 9110 allows.
@@ -1832,7 +1833,8 @@ class FaultRun:
     ``max_records`` bounds the records kept (default :data:`DEFAULT_MAX_RECORDS`; None: no
     bound): :attr:`log` keeps the newest decisions and :meth:`injected` the newest injections,
     ``max_records`` of each. :meth:`count`, :meth:`injected_counts` and :meth:`rule_counts`
-    stay exact over the whole run: they are counters per rule, and a plan has few rules.
+    stay exact however many records are dropped: they are counters per rule, and a plan has
+    few rules (a rule :meth:`change_plan` removes or adds anew starts over).
 
     Each injection is also logged at DEBUG on ``le_transport.chaos.faults`` (rule, kind, unit,
     method and redacted path: what the decision log holds), which ``le-transport simulate
@@ -2012,16 +2014,17 @@ class FaultRun:
         return self._injections.dropped
 
     def injected_counts(self) -> dict[str, int]:
-        """``{rule id: faults injected}`` over the whole run (forced ones included), exact
-        however many records were dropped; rules that injected nothing are left out."""
+        """``{rule id: faults injected}`` (forced ones included), exact however many records
+        were dropped, since each rule was added (:meth:`change_plan`); rules that injected
+        nothing are left out."""
         return dict(self._injected_counts)
 
     def count(self, rule_id: str) -> int:
-        """How many units rule ``rule_id`` has matched so far (exact over the whole run)."""
+        """How many units rule ``rule_id`` has matched since it was added (exact)."""
         return self._counts.get(rule_id, 0)
 
     def rule_counts(self) -> dict[str, RuleCounts]:
-        """``{rule id: RuleCounts}``: what each rule did over the whole run (exact, however many
+        """``{rule id: RuleCounts}``: what each rule did since it was added (exact, however many
         records were dropped), for every rule of the plan in order, then any rule that had
         decided something and left the plan by an assignment to :attr:`plan` (one removed by
         :meth:`change_plan`, as ``clear()`` does, starts over and is not listed). A rule with

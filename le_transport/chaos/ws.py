@@ -74,9 +74,23 @@ only then counted and put to the plan), as the simulator, which sleeps in its re
 reads nothing behind a delayed frame until it is done with it. A ``delay`` is latency on a frame
 already written: the delayed frame, and each frame queued behind one, is sent by a task the
 wrapper owns, so that a sender that stops waiting (its request timed out) does not unsend it
-(it still reaches the server late, as the simulator still processes it late);
-:meth:`~FaultySocket.close` cancels and waits for those tasks, and a frame not written by then
-is dropped.
+(it still reaches the server late, as the simulator still processes it late). Such a frame is
+on the wire: once the socket accepted it, it is never refused as a frame not written. If its
+connection ends before it is through, whoever ended it, it is lost with the connection, in
+doubt, as it is at the simulator (there it may yet be processed: a server drop loses it, a
+close from the client waits for the server's sleep to end and it is processed first): its
+sender, if it still waits, gets an :class:`aiohttp.ClientConnectionResetError` "Connection
+lost", the error of a write whose frame may have reached the peer, which the socket layer
+never sends again (``write_never_began`` is False: the request fails with its connection, a
+:class:`~le_transport.SocketClosed` that says it may have been processed). So
+:meth:`~FaultySocket.close` (a drop the owner read, a close of its own, for good or to
+reconnect: the same) cancels those tasks and waits for them, and they fail so; a delay that
+ends after the connection ended fails so too, without writing; and
+:attr:`~FaultySocket.closed` stays False while any of them is under way, whether its sender
+still waits or not, so that the owner's close is never skipped and no task of the socket
+outlives it. A frame sent once the connection is known to be closing or gone is not on the wire
+and queues behind nothing: it is refused at once, as aiohttp refuses it ("Cannot write to
+closing transport": never written, sent again on the next connection).
 
 aiohttp's ``receive()`` is not cancelled: :meth:`~FaultySocket.close` lets aiohttp's close end
 a read under way and waits for it (the frames still held are let go, and the task that hands
@@ -130,6 +144,20 @@ _CLOSED = WSMessage(WSMsgType.CLOSED, None, None)
 
 #: The frames that carry data (a silenced socket hands none over).
 _DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+class _LostInDoubt(aiohttp.ClientConnectionResetError):
+    """A frame on the wire (an injected ``delay`` held it, or it queued behind one) lost with its
+    connection: it may have reached the server. Its first argument is aiohttp's "Connection
+    lost", that of a write whose drain failed, which the socket layer reads as in doubt and
+    never sends again (``le_transport.sockets.dial.write_never_began``); ``str()`` says why."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("Connection lost")
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"Connection lost: {self.why} (it may have reached the server)"
 
 
 class FaultySocket:
@@ -232,16 +260,13 @@ class FaultySocket:
         more: after an injected end it still needs :meth:`close`, as a real drop leaves the
         socket to be closed; and while frames are held (``ws_delay``) with the connection's
         own end read behind them, it is not closed yet (a close must let them go: taken for
-        closed, it was skipped, and the owner waited out the delay); nor while a frame whose
-        sender stopped waiting is on its way out (a ``delay`` holds it, or it waits behind
-        one): a close must drop it, else its task outlived the connection, and the engine. (A
-        frame whose sender still waits fails that sender at the end of its wait, as a write on
-        a closed connection does.)"""
-        return (
-            self._ws.closed
-            and not self._line
-            and not any(not waited and not task.done() for task, waited in self._sends.items())
-        )
+        closed, it was skipped, and the owner waited out the delay); nor while a frame is on
+        its way out in a task of the socket's (a ``delay`` holds it, or it waits behind one),
+        whether its sender still waits or not: only :meth:`close` ends it (its sender gets the
+        in-doubt error at once), and taken for closed, the owner skipped the close, and the task
+        and its sender outlived the connection, and the engine, by what was left of the
+        delay."""
+        return self._ws.closed and not self._line and not any(not t.done() for t in self._sends)
 
     @property
     def close_code(self) -> int | None:
@@ -322,11 +347,14 @@ class FaultySocket:
         A frame a ``delay`` holds, and one queued behind it, is sent by a task of the socket's
         own: a caller that stops waiting (cancelled, e.g. by its request's timeout) ends its
         wait only, and the frame still goes out in its turn, as a frame the client wrote
-        reaches the simulator applying the same rule late. :meth:`close` drops those not
-        written by then: their callers get :class:`aiohttp.ClientConnectionResetError`, as a
-        write to a closing socket does."""
+        reaches the simulator applying the same rule late. Those not through when their
+        connection ends (:meth:`close`, or a delay ending after the connection did) are lost in
+        doubt: their callers get :class:`aiohttp.ClientConnectionResetError` "Connection lost",
+        as a write whose frame may have reached the peer does (see the module). A frame sent
+        once the connection is closing or gone queues behind none: aiohttp refuses it at
+        once."""
         ahead = self._last_send
-        if ahead is not None and not ahead.done():
+        if ahead is not None and not ahead.done() and not self._gone():
             # Behind a frame on its way (a delayed one, or one queued behind it).
             task = self._spawn_send(self._send_behind(ahead, data, compress))
             self._last_send = task
@@ -376,14 +404,18 @@ class FaultySocket:
                     task.cancel()
             raise
         if task.cancelled():
-            # close() dropped it before it was written.
-            raise aiohttp.ClientConnectionResetError("the socket closed before the frame was sent")
+            # close() dropped it before it was through: on the wire, lost with the connection.
+            raise _LostInDoubt("the socket closed before the delayed frame was through")
         task.result()
 
     async def _send_behind(
         self, ahead: asyncio.Future[None], data: str, compress: int | None
     ) -> None:
         await asyncio.wait({ahead})
+        if self._gone():
+            # Accepted while the connection was up, behind a frame on its way: on the wire
+            # too, and lost with it (a frame sent once it was gone queues behind none).
+            raise _LostInDoubt("the connection ended while the frame waited behind a delayed one")
         held = await self._send(data, compress)
         if held is not None:
             await self._send_late(*held, data, compress)
@@ -431,6 +463,11 @@ class FaultySocket:
     ) -> None:
         """Send a frame a ``delay`` holds, once it is over (in a task of the socket's)."""
         await self._injector.clock.sleep(delay_s)
+        if self._gone():
+            # The connection ended during the delay: the frame was lost with it, in doubt, not
+            # refused as never written (aiohttp's refusal would have it sent again).
+            self._forget(frame)
+            raise _LostInDoubt("the connection ended while the frame was delayed")
         await self._write(frame, data, compress)
 
     async def _write(self, frame: dict[str, Any] | None, data: str, compress: int | None) -> None:
@@ -440,6 +477,11 @@ class FaultySocket:
             return
         self._mark_sent(frame)
         await self._ws.send_str(data, compress)
+
+    def _gone(self) -> bool:
+        """Whether the real connection is closing or gone (:meth:`close` began, or its end was
+        read): no frame reaches the server on it any more."""
+        return self._closing or self._ws.closed
 
     def _ended(self) -> bool:
         """Whether an injected end makes a frame the client writes go nowhere: after a close
@@ -466,8 +508,9 @@ class FaultySocket:
             self._hand_over(WSMessage(WSMsgType.CLOSING, None, None), read=False)
         self._striking = None
         self._line.clear()
-        # The frames a delay still holds, and those behind them, are dropped: not written
-        # before the close, they never will be (their senders get a reset error).
+        # The frames a delay still holds, and those behind them, are lost with the
+        # connection: on the wire, in doubt (their senders get "Connection lost", never a
+        # refusal that would have them sent again; see the module).
         sends = [task for task in self._sends if not task.done()]
         for task in sends:
             task.cancel()

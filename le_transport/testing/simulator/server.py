@@ -495,13 +495,14 @@ class SimFaults:
         return self.run.injected()
 
     def injected_counts(self) -> dict[str, int]:
-        """``{rule id: faults injected}`` since the plan was loaded, exact however many
-        records were dropped."""
+        """``{rule id: faults injected}`` since each rule was added (or the plan loaded),
+        exact however many records were dropped; :meth:`clear` forgets the removed rules'."""
         return self.run.injected_counts()
 
     def rule_counts(self) -> dict[str, RuleCounts]:
         """``{rule id: RuleCounts}`` for every rule (matched, injected, shadowed, skipped ...)
-        since the plan was loaded, exact: a rule that injected nothing shows why."""
+        since each rule was added (or the plan loaded), exact: a rule that injected nothing
+        shows why."""
         return self.run.rule_counts()
 
 
