@@ -47,6 +47,14 @@ def percent_encode(value: str) -> str:
     return quote(value.encode("utf-8"), safe=_UNRESERVED)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_oauth_header(header: str) -> dict[str, str]:
     """The decoded parameters of ``Authorization: OAuth k="v", ...`` (``realm`` dropped)."""
     scheme, _, rest = header.strip().partition(" ")
@@ -60,6 +68,10 @@ def parse_oauth_header(header: str) -> dict[str, str]:
         if m is None:
             raise OAuth1Error("malformed OAuth Authorization header")
         key, value = unquote(m.group(1)), unquote(m.group(2))
+        if not (key + value).isascii() and not _utf8(key + value):
+            # A raw byte that is no UTF-8 (aiohttp hands header bytes on surrogate-escaped):
+            # no client signed that; refused as any malformed header, not a 500.
+            raise OAuth1Error("an OAuth parameter that is not UTF-8")
         if key in params:
             raise OAuth1Error(f"OAuth parameter {key!r} given twice")
         params[key] = value

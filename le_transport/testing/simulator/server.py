@@ -119,7 +119,9 @@ class _UnreadableBodyFilter(logging.Filter):
     by aiohttp, which logs it at ERROR ("Error handling request"), the exception's message
     holding the offending line as received: ``Authorization: Bearer <token>\x7f`` put the bearer
     in the log. Such a record is dropped too, for a DEBUG line naming the exception's type only
-    (never its message). Every other record passes as it is."""
+    (never its message). (A handler raising one is no refusal: the simulator's own middleware
+    re-raises it as a RuntimeError, a 500 that reaches ERROR.) Every other record passes as it
+    is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -970,6 +972,15 @@ class Simulator:
             )
             answer.force_close()
             return answer
+        except HttpProcessingError as exc:
+            # Raised by a handler (aiohttp's multipart or line reader inside it), not by the
+            # parser: a 500 of the simulator's own, which must reach ERROR. Re-raised as
+            # such, so that _UnreadableBodyFilter, which drops the parser's refusals (their
+            # message holds a raw header line), lets it through.
+            raise RuntimeError(
+                f"a handler raised aiohttp's {type(exc).__name__} (a 500, not a refusal of "
+                "the request by aiohttp's parser)"
+            ) from exc
         broken = isinstance(request.content.exception(), web.RequestPayloadError)
         if broken and not response.prepared:
             # A body the handler never read, broken all the same: aiohttp closes the connection
@@ -1274,7 +1285,21 @@ class Simulator:
     # -- helpers ---------------------------------------------------------------------------
 
     def _public_host(self, request: web.Request) -> str:
-        return self.config.public_address or request.host or self.host
+        """The authority the client addressed: ``public_address`` if set, else the Host
+        header's; for an absolute-form target (``GET http://h:p/x``, as a proxy forwards), the
+        target's own authority, port and brackets included (aiohttp's ``request.host`` then
+        keeps neither)."""
+        if self.config.public_address:
+            return self.config.public_address
+        target = request.raw_path
+        if not target.startswith("/"):
+            try:
+                authority = URL(target, encoded=True).raw_authority
+            except ValueError:
+                authority = ""
+            if authority:
+                return authority
+        return request.host or self.host
 
     def _account(self, request: web.Request) -> Account | None:
         return self.config.account(request.match_info["account"])
