@@ -80,6 +80,7 @@ from aiohttp import WSMsgType, web
 
 from ..._checks import require_kind
 from ..._json import loads_strict
+from ..._shown import redacted_exc_info
 from ...chaos.plan import (
     DEFAULT_MAX_RECORDS,
     WS_MESSAGE_FAULTS,
@@ -534,7 +535,10 @@ class SocketHub:
 
     def on(self, type: str, handler: RequestHandler) -> None:
         """Answer requests of ``type`` with ``handler(socket, frame) -> (code, body)``; a
-        handler that returns None answers by itself (``socket.send``) or not at all."""
+        handler that returns None answers by itself (``socket.send``) or not at all. It serves
+        only a socket that has logged in (a consumer that has not is closed with 4401, as for
+        any request but ``InitConnection``); a handler that raises answers ``code`` 500 (logged
+        at ERROR with its traceback), the socket staying up."""
         self._handlers[type] = handler
 
     async def notify(
@@ -910,15 +914,35 @@ class SocketHub:
         self, sock: SimSocket, frame: dict[str, Any], type_: str
     ) -> tuple[int, Any] | None:
         sim = self._sim
-        handler = self._handlers.get(type_)
-        if handler is not None:
-            return await handler(sock, frame)
         types = TYPES_BY_KIND[sock.kind]
-        if type_ == "InitConnection" and types.init_connection:
-            return self._init_connection(sock, frame)
-        if not sock.authenticated:
+        init = type_ == "InitConnection" and types.init_connection
+        if not sock.authenticated and not init:
+            # Before any handler: an on() handler served a consumer that had not logged in
+            # (no JWT at the upgrade, no InitConnection), which LiveEngage never answers.
             await sock.close(4401, "authenticate first (InitConnection)")
             return 401, {"msg": "unauthenticated"}
+        handler = self._handlers.get(type_)
+        if handler is not None:
+            try:
+                return await handler(sock, frame)
+            except Exception as exc:
+                # A test's handler failing on a frame it did not expect ({} for a body): the
+                # service answers a request it fails on, it does not drop the connection. Left
+                # to the serving loop, it ended the socket (1006, put on the client) with
+                # aiohttp's traceback. Logged with its redacted traceback, never the frame.
+                _log.error(
+                    "socket %d: the on() handler for %s raised %s: answered code 500",
+                    sock.id,
+                    type_[:80],
+                    type(exc).__name__,
+                    exc_info=redacted_exc_info(exc),
+                    extra={"socket": sock.id, "account": sock.account},
+                )
+                return 500, {
+                    "msg": f"internal error: the simulator's handler raised {type(exc).__name__}"
+                }
+        if init:
+            return self._init_connection(sock, frame)
         if type_ in types.get_clock:
             return 200, {"currentTime": int(sim.tokens.epoch_now() * 1000)}
         if type_ in types.subscribe:
@@ -944,8 +968,11 @@ class SocketHub:
         if isinstance(jwt, str) and self._sim.tokens.valid_jwt(jwt, sock.account, "consumer"):
             sock.authenticated = True
             return 200, {}
-        if sock.authenticated:
-            return 200, {}
+        if sock.authenticated and jwt is None:
+            return 200, {}  # logged in already, and no new token to check
+        # A token given and not good (forged, expired, another account's) is refused, on a
+        # socket logged in already too: told it succeeded, a client renewing its login with a
+        # stale token learnt nothing until the socket was closed under it.
         return 401, {"msg": "invalid or expired consumer JWT"}
 
     async def _publish(self, sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
