@@ -377,3 +377,46 @@ async def test_a_non_utf8_byte_in_an_oauth_parameter_is_a_401_not_a_500(
         status = await _raw_get(sim.port, head)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert status.endswith(b" 401 Unauthorized"), status
+
+
+async def test_a_handlers_parse_error_logs_no_line_of_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its text is a raw line of what was received: here a form field's secret value.
+    async def upload(request: web.Request) -> web.Response:
+        form = await request.post()
+        return web.json_response({"fields": sorted(form)})
+
+    sim = Simulator(clock=VirtualClock())
+    sim.add_route("POST", "/api/account/{account}/upload", upload)
+    caplog.set_level(logging.DEBUG)
+    body = f'--b\r\nContent-Disposition: form-data; name="client_secret"\r\n{SECRET}\r\n--b--\r\n'
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{sim.url}/api/account/{sim.account.id}/upload",
+            data=body.encode(),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ) as resp,
+    ):
+        assert resp.status == 500
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert SECRET not in caplog.text
+
+
+async def test_an_absolute_form_targets_userinfo_is_no_part_of_the_host() -> None:
+    async with Simulator(clock=VirtualClock()) as sim:
+        target = (
+            f"http://admin:hunter2@127.0.0.1:{sim.port}/api/account/{DEFAULT_ACCOUNT}"
+            "/service/baseURI.json?version=1.0"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\n".encode())
+        writer.write(b"Connection: close\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    assert b"hunter2" not in body
+    assert f"127.0.0.1:{sim.port}".encode() in body

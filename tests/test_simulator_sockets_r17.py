@@ -102,3 +102,64 @@ async def test_a_consumer_jwt_sent_again_is_checked(clock: VirtualClock) -> None
                 headers=[{"type": ".ams.headers.ConsumerAuthentication", "jwt": jwt}],
             )
             assert (await _text(ws))["code"] == 200
+
+
+# -- review of the fixes above ------------------------------------------------------------------
+
+
+async def _brand(sim: Simulator, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+    return await http.ws_connect(sim.brand_socket_url(bearer))
+
+
+async def test_a_handler_that_answered_then_raised_gets_no_second_answer(
+    clock: VirtualClock,
+) -> None:
+    async with Simulator(clock=clock) as sim:
+
+        async def answers_then_fails(sock: SimSocket, frame: dict[str, Any]) -> None:
+            resp = {"kind": "resp", "reqId": frame["id"], "type": "x", "code": 200, "body": {}}
+            await sock.send(resp)
+            raise KeyError("audit")  # the test's own bookkeeping, after the answer
+
+        sim.sockets.on(".ams.cm.UpdateConversationField", answers_then_fails)
+        async with aiohttp.ClientSession() as http, await _brand(sim, http) as ws:
+            await _req(ws, "1", ".ams.cm.UpdateConversationField")
+            await _req(ws, "2", ".GetClock")
+            answers = [await _text(ws), await _text(ws)]
+    assert [(a["reqId"], a["code"]) for a in answers] == [("1", 200), ("2", 200)]
+
+
+async def test_a_handler_returning_no_code_is_a_500_not_a_dead_socket(clock: VirtualClock) -> None:
+    async with Simulator(clock=clock) as sim:
+
+        async def forgot_the_code(sock: SimSocket, frame: dict[str, Any]) -> Any:
+            return {"conversationId": "c1"}
+
+        sim.sockets.on(".ams.cm.UpdateConversationField", forgot_the_code)
+        async with aiohttp.ClientSession() as http, await _brand(sim, http) as ws:
+            await _req(ws, "1", ".ams.cm.UpdateConversationField")
+            assert (await _text(ws))["code"] == 500
+
+
+async def test_an_init_connection_handler_saying_yes_logs_the_consumer_in(
+    clock: VirtualClock,
+) -> None:
+    async with Simulator(clock=clock) as sim:
+
+        async def yes(sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
+            return 200, {}
+
+        async def conversation(sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
+            return 200, {"conversationId": "c1"}
+
+        sim.sockets.on("InitConnection", yes)
+        sim.sockets.on("cm.ConsumerRequestConversation", conversation)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.consumer_socket_url()) as ws,
+        ):
+            await _req(ws, "1", "InitConnection")
+            assert (await _text(ws))["code"] == 200
+            await _req(ws, "2", "cm.ConsumerRequestConversation")
+            assert (await _text(ws))["body"] == {"conversationId": "c1"}

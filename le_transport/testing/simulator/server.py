@@ -120,8 +120,8 @@ class _UnreadableBodyFilter(logging.Filter):
     holding the offending line as received: ``Authorization: Bearer <token>\x7f`` put the bearer
     in the log. Such a record is dropped too, for a DEBUG line naming the exception's type only
     (never its message). (A handler raising one is no refusal: the simulator's own middleware
-    re-raises it as a RuntimeError, a 500 that reaches ERROR.) Every other record passes as it
-    is."""
+    answers it 500 and logs it at ERROR, with its frames, not its text.) Every other record
+    passes as it is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -977,10 +977,19 @@ class Simulator:
             # parser: a 500 of the simulator's own, which must reach ERROR. Re-raised as
             # such, so that _UnreadableBodyFilter, which drops the parser's refusals (their
             # message holds a raw header line), lets it through.
-            raise RuntimeError(
-                f"a handler raised aiohttp's {type(exc).__name__} (a 500, not a refusal of "
-                "the request by aiohttp's parser)"
-            ) from exc
+            # Its text is a raw line of the request as received (a body's client_secret, as
+            # like as not): the frames are kept, the text is not.
+            _log.error(
+                "%s %s: a handler raised aiohttp's %s (its text, a raw line of the request, not "
+                "shown): answered 500",
+                request.method,
+                redact_url(request.rel_url.with_query(None)),
+                type(exc).__name__,
+                exc_info=(RuntimeError, RuntimeError(type(exc).__name__), exc.__traceback__),
+            )
+            answer = web.json_response({"error": "internal error"}, status=500)
+            answer.force_close()
+            return answer
         broken = isinstance(request.content.exception(), web.RequestPayloadError)
         if broken and not response.prepared:
             # A body the handler never read, broken all the same: aiohttp closes the connection
@@ -1294,7 +1303,8 @@ class Simulator:
         target = request.raw_path
         if not target.startswith("/"):
             try:
-                authority = URL(target, encoded=True).raw_authority
+                # (Never a userinfo: "user:pw@" echoed as every service's host.)
+                authority = URL(target, encoded=True).raw_authority.rpartition("@")[2]
             except ValueError:
                 authority = ""
             if authority:

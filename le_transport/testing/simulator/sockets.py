@@ -278,6 +278,10 @@ class SimSocket:
     #: How the socket ended: ``("close", code)``, ``("drop", None)``, ``("client", code)``.
     ended: tuple[str, int | None] | None = None
     session_fault: WsClose | WsDrop | WsSilence | None = None
+    #: While an ``on()`` handler runs, the ``reqId`` of every answer sent (by the handler's
+    #: own :meth:`send` too): a handler that answered and then raised gets no second answer.
+    #: None otherwise (nothing kept).
+    _answering: set[Any] | None = attrs.field(default=None, init=False, repr=False)
     transport: asyncio.Transport | None = None
     #: Frames to send right after the current ``resp`` (the echo of a published message).
     after_resp: list[dict[str, Any]] = attrs.field(factory=list)
@@ -350,6 +354,10 @@ class SimSocket:
         # Sent by the server (a fault may still lose or hold it on its way): an answer to a
         # subscription holds it from now on, whoever answered.
         self._answer_sent(frame)
+        if self._answering is not None and frame.get("kind") == "resp":
+            req_id = frame.get("reqId")
+            if isinstance(req_id, (str, int)):  # (a test may send any reqId: a list too)
+                self._answering.add(req_id)
         hold = self.hub._outbound(self, frame)
         if hold is None:
             self.dropped.append(frame)
@@ -923,24 +931,44 @@ class SocketHub:
             return 401, {"msg": "unauthenticated"}
         handler = self._handlers.get(type_)
         if handler is not None:
+            answered: set[Any] = set()
+            sock._answering = answered
             try:
-                return await handler(sock, frame)
+                answer = await handler(sock, frame)
+                if answer is not None and not (
+                    isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], int)
+                ):
+                    raise TypeError(
+                        f"an on() handler returns (code, body) or None, not {type(answer).__name__}"
+                    )
             except Exception as exc:
                 # A test's handler failing on a frame it did not expect ({} for a body): the
                 # service answers a request it fails on, it does not drop the connection. Left
                 # to the serving loop, it ended the socket (1006, put on the client) with
-                # aiohttp's traceback. Logged with its redacted traceback, never the frame.
+                # aiohttp's traceback. Logged with its redacted traceback, never the frame; no
+                # second answer if it had answered by itself before it raised.
+                already = frame.get("id") in answered
                 _log.error(
-                    "socket %d: the on() handler for %s raised %s: answered code 500",
+                    "socket %d: the on() handler for %s raised %s%s",
                     sock.id,
                     type_[:80],
                     type(exc).__name__,
+                    " after answering" if already else ": answered code 500",
                     exc_info=redacted_exc_info(exc),
                     extra={"socket": sock.id, "account": sock.account},
                 )
+                if already:
+                    return None
                 return 500, {
                     "msg": f"internal error: the simulator's handler raised {type(exc).__name__}"
                 }
+            finally:
+                sock._answering = None
+            if init and answer is not None and 200 <= answer[0] < 300:
+                # A handler of the login's own that says yes logs the consumer in, as the
+                # built-in check does: else its next request met 4401 for ever.
+                sock.authenticated = True
+            return answer
         if init:
             return self._init_connection(sock, frame)
         if type_ in types.get_clock:
