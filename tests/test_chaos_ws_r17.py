@@ -291,3 +291,42 @@ def test_clear_forgets_the_totals_of_the_rules_it_removes_and_report_keeps_them(
         assert doc is not None
         assert "forget" in doc
         assert "exact over the injector's whole life" not in doc
+
+
+# -- the owner busy (not reading) when the connection drops -------------------------------------
+
+
+@pytest.mark.parametrize("behind", [False, True], ids=["delayed", "and-one-behind-it"])
+@pytest.mark.parametrize("side", ["simulator", "injector"])
+async def test_delayed_frames_dropped_while_the_owner_is_in_on_frame_are_not_resent(
+    side: str, behind: bool, sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # aiohttp marks the connection closed only once its end is read, which the owner does not
+    # do while a slow on_frame runs: the late write was refused as never begun and sent again
+    # on the next connection (published), where the simulator loses it with the connection.
+    kwargs: dict[str, Any] = {}
+    if side == "simulator":
+        sim.faults.add(_slow(5000))
+    else:
+        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, _slow(5000), clock=clock)]
+
+    async def on_frame(frame: Any) -> None:
+        await clock.sleep(8)  # a slow handler: the owner reads nothing meanwhile
+
+    async with agent_engine(sim, clock, states, **kwargs) as engine:
+        ws = await brand_socket(engine, sim, on_frame=on_frame)
+        await ws.wait_open()
+        calls = [asyncio.create_task(ws.request(PUBLISH, publish("one"), timeout=60))]
+        await clock.sleep(0.1)
+        if behind:
+            calls.append(asyncio.create_task(ws.request(PUBLISH, publish("two"), timeout=60)))
+        await clock.sleep(0.4)
+        await sim.sockets.open[0].notify(".Busy", {})  # the owner goes into on_frame
+        await clock.sleep(0.5)
+        sim.sockets.open[0].drop()
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        await clock.sleep(10)
+    assert all(isinstance(o, SocketClosed) for o in outcomes), outcomes
+    assert [m.text for m in sim.sockets.published] == []

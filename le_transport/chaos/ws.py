@@ -416,7 +416,15 @@ class FaultySocket:
             # Accepted while the connection was up, behind a frame on its way: on the wire
             # too, and lost with it (a frame sent once it was gone queues behind none).
             raise _LostInDoubt("the connection ended while the frame waited behind a delayed one")
-        held = await self._send(data, compress)
+        try:
+            held = await self._send(data, compress)
+        except aiohttp.ClientConnectionResetError as exc:
+            if isinstance(exc, _LostInDoubt):
+                raise
+            # Refused by aiohttp as never begun (its end not read yet), or dropped by a fault:
+            # accepted while the connection was up, so lost in doubt, never sent again.
+            why = "the connection ended while the frame waited behind a delayed one"
+            raise _LostInDoubt(why) from exc
         if held is not None:
             await self._send_late(*held, data, compress)
 
@@ -468,7 +476,15 @@ class FaultySocket:
             # refused as never written (aiohttp's refusal would have it sent again).
             self._forget(frame)
             raise _LostInDoubt("the connection ended while the frame was delayed")
-        await self._write(frame, data, compress)
+        try:
+            await self._write(frame, data, compress)
+        except aiohttp.ClientConnectionResetError as exc:
+            # Its end not read yet (the owner busy in on_frame, not in receive()): aiohttp
+            # refuses the write as never begun, which would have it sent again.
+            self._forget(frame)
+            if isinstance(exc, _LostInDoubt):
+                raise
+            raise _LostInDoubt("the connection ended while the frame was delayed") from exc
 
     async def _write(self, frame: dict[str, Any] | None, data: str, compress: int | None) -> None:
         if self._ended() or self._striking is not None or self._silent:
