@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport.chaos import FaultInjector, FaultRule, SlowBody
+from le_transport.chaos import Delay, FaultInjector, FaultRule, Hang, SlowBody
 from le_transport.chaos.injector import _DribbledResponse
 from le_transport.clock import RealClock
 from le_transport.middleware.retry import ClosedInFlight
@@ -231,3 +231,20 @@ async def test_closing_the_session_under_a_held_back_slow_body_ends_its_feeding(
         assert "session was closed" in str(caught.value)
     finally:
         resp.release()
+
+
+@pytest.mark.parametrize("fault", [Hang(), Delay(3_600_000)], ids=["hang", "delay"])
+async def test_closing_a_plain_session_ends_a_request_an_injected_wait_holds(
+    host: str, fault: Hang | Delay
+) -> None:
+    """Before: with no engine, an injected Hang (or a long Delay) waited on for ever after the
+    session closed under it, where a real server's held request ends at once."""
+    injector = FaultInjector.seeded(1, FaultRule("r", fault), clock=RealClock())
+    session = aiohttp.ClientSession(
+        middlewares=[injector], timeout=aiohttp.ClientTimeout(total=None)
+    )
+    request = asyncio.ensure_future(session.get(f"http://{host}/b"))
+    await asyncio.sleep(0.05)
+    await session.close()
+    with pytest.raises(ClosedInFlight, match="session was closed"):
+        await asyncio.wait_for(request, 10)

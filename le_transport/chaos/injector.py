@@ -874,10 +874,27 @@ class FaultInjector:
         Cut when the engine's close begins (its retry middleware's ``shutdown``), as the retry
         loop's own pauses are; a wait that began once the close had begun (the close's own
         calls: the logout) is waited out, as on the wire, and fails only if the session is
-        closed by its end. Without an engine's retry middleware, only the session's close
-        (seen at the end of the wait) fails it."""
+        closed by its end. Without an engine's retry middleware, the session's close fails it
+        (seen within a tenth of a second)."""
         shutdown = _shutdown_of(request)
-        if shutdown is None or shutdown.is_set():
+        if shutdown is None:
+            # No engine's close to watch: the session's own close ends the wait (looked at every
+            # tenth of a second of loop time: aiohttp tells no one), as it ends a request a real
+            # server holds. A Hang() waited on a session closed under it for ever.
+            loop = asyncio.get_running_loop()
+            closing = loop.create_task(_session_closed(request), name="le_transport.chaos.closing")
+            waiting: set[asyncio.Task[Any]] = {closing}
+            if seconds is not None:
+                waiting.add(
+                    loop.create_task(self.clock.sleep(seconds), name="le_transport.chaos.wait")
+                )
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waiting:
+                    task.cancel()
+                await asyncio.gather(*waiting, return_exceptions=True)
+        elif shutdown.is_set():
             if seconds is None:
                 await asyncio.get_running_loop().create_future()
             else:
@@ -1500,6 +1517,14 @@ def _cut(request: ClientRequest, feeding: _Feeding) -> bool:
         feeding.fail(TimeoutError())
         return True
     return False
+
+
+async def _session_closed(request: ClientRequest) -> None:
+    """Return once ``request``'s session is closed (looked at every tenth of a second)."""
+    session = request.session
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    while not session.closed:
+        await asyncio.wait({never}, timeout=_HELD_BACK_CHECK_S)
 
 
 async def _until_flowing(request: ClientRequest, feeding: _Feeding) -> bool:
