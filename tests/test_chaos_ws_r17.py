@@ -27,10 +27,12 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from le_transport import SocketClosed
 from le_transport.chaos import Delay, FaultInjector, FaultRule, Match, Schedule, Status
 from le_transport.chaos.ws import FaultySocket
+from le_transport.clock import RealClock
 from le_transport.sockets.dial import write_never_began
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -330,3 +332,50 @@ async def test_delayed_frames_dropped_while_the_owner_is_in_on_frame_are_not_res
         await clock.sleep(10)
     assert all(isinstance(o, SocketClosed) for o in outcomes), outcomes
     assert [m.text for m in sim.sockets.published] == []
+
+
+# -- a frame taken once the connection has died is never begun, delayed or queued or not --------
+
+
+async def _dies_at_once(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await asyncio.sleep(0.2)
+    assert request.transport is not None
+    request.transport.abort()
+    return ws
+
+
+@pytest.mark.parametrize("case", ["alone", "behind-a-delayed-one", "delayed-itself"])
+async def test_a_frame_sent_once_the_connection_died_is_never_begun(case: str) -> None:
+    # aiohttp's closed turns only once the owner reads the end; the transport closes first.
+    # Taken then, a frame was queued behind a delayed one (or delayed itself) and its refusal
+    # called in doubt: the socket layer failed the request instead of sending it again.
+    app = web.Application()
+    app.router.add_get("/ws", _dies_at_once)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    rule = FaultRule("slow", Delay(1000), unit="ws_message", match=Match(path=".Slow"))
+    injector = FaultInjector.seeded(1, rule, clock=RealClock())
+    try:
+        async with aiohttp.ClientSession() as http:
+            raw = await http.ws_connect(f"http://127.0.0.1:{runner.addresses[0][1]}/ws")
+            sock = FaultySocket(raw, injector, None, name="t")
+            ahead = (
+                asyncio.create_task(sock.send_str(_req("a", ".Slow")))
+                if case == "behind-a-delayed-one"
+                else None
+            )
+            await asyncio.sleep(0.6)  # the transport closed, its end not read
+            with pytest.raises(aiohttp.ClientConnectionResetError) as refused:
+                await sock.send_str(_req("c", ".Slow" if case == "delayed-itself" else ".Fast"))
+            assert write_never_began(refused.value), refused.value
+            if ahead is not None:
+                with pytest.raises(aiohttp.ClientConnectionResetError) as lost:
+                    await ahead
+                assert not write_never_began(lost.value), "taken while up: in doubt"
+            await sock.close()
+    finally:
+        await runner.cleanup()

@@ -198,6 +198,14 @@ class FaultySocket:
         name: str,
     ) -> None:
         self._ws = ws
+        # The connection's transport (aiohttp shows it only through the response it keeps,
+        # while it holds its connection: read now): closing before the owner has read the
+        # end, which is when aiohttp's ``closed`` turns. None if it cannot be read.
+        connection = getattr(getattr(ws, "_response", None), "connection", None)
+        transport = getattr(connection, "transport", None)
+        self._transport: asyncio.BaseTransport | None = (
+            transport if isinstance(transport, asyncio.BaseTransport) else None
+        )
         self._injector = injector
         self._name = name
         self._session = session
@@ -399,7 +407,7 @@ class FaultySocket:
         except asyncio.CancelledError:
             if task in self._sends:
                 self._sends[task] = False
-                if self._closing or self._ws.closed:
+                if self._gone():
                     # The connection is gone: the frame can never go out, and no one waits.
                     task.cancel()
             raise
@@ -433,7 +441,7 @@ class FaultySocket:
         what it holds (the parsed frame), for :meth:`_send_late` to send it."""
         if self._ended():
             return None
-        if self._closing or self._ws.closed:
+        if self._gone():
             # The connection is closing or gone (a send that waited its turn behind a delayed
             # one may find it so): the frame reaches no server, so it is neither counted nor
             # put to the plan, and aiohttp refuses it as it refuses any write on it.
@@ -495,9 +503,14 @@ class FaultySocket:
         await self._ws.send_str(data, compress)
 
     def _gone(self) -> bool:
-        """Whether the real connection is closing or gone (:meth:`close` began, or its end was
-        read): no frame reaches the server on it any more."""
-        return self._closing or self._ws.closed
+        """Whether the real connection is closing or gone (:meth:`close` began, its end was
+        read, or its transport is closing though the owner has not read the end yet): no frame
+        reaches the server on it any more. Asked as a frame is taken: one taken so is refused
+        by aiohttp as never begun (sent again on the next connection), never held in doubt."""
+        if self._closing or self._ws.closed:
+            return True
+        transport = self._transport
+        return transport is not None and transport.is_closing()
 
     def _ended(self) -> bool:
         """Whether an injected end makes a frame the client writes go nowhere: after a close
