@@ -405,14 +405,17 @@ async def test_a_handlers_parse_error_logs_no_line_of_the_request(
     assert SECRET not in caplog.text
 
 
-async def test_an_absolute_form_targets_userinfo_is_no_part_of_the_host() -> None:
+@pytest.mark.parametrize("where", ["target", "host-header"])
+async def test_a_userinfo_is_no_part_of_the_host(where: str) -> None:
     async with Simulator(clock=VirtualClock()) as sim:
-        target = (
-            f"http://admin:hunter2@127.0.0.1:{sim.port}/api/account/{DEFAULT_ACCOUNT}"
-            "/service/baseURI.json?version=1.0"
-        )
+        path = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json?version=1.0"
+        host = f"127.0.0.1:{sim.port}"
+        if where == "target":
+            target = f"http://admin:hunter2@{host}{path}"
+        else:
+            target, host = path, f"admin:hunter2@{host}"
         reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\n".encode())
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n".encode())
         writer.write(b"Connection: close\r\n\r\n")
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 5)

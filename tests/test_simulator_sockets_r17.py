@@ -163,3 +163,27 @@ async def test_an_init_connection_handler_saying_yes_logs_the_consumer_in(
             assert (await _text(ws))["code"] == 200
             await _req(ws, "2", "cm.ConsumerRequestConversation")
             assert (await _text(ws))["body"] == {"conversationId": "c1"}
+
+
+async def test_an_init_connection_handler_saying_yes_by_itself_logs_the_consumer_in(
+    clock: VirtualClock,
+) -> None:
+    async with Simulator(clock=clock) as sim:
+
+        async def yes_by_itself(sock: SimSocket, frame: dict[str, Any]) -> None:
+            resp = {"kind": "resp", "reqId": frame["id"], "type": "x", "code": 200, "body": {}}
+            await sock.send(resp)
+
+        async def conversation(sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
+            return 200, {"conversationId": "c1"}
+
+        sim.sockets.on("InitConnection", yes_by_itself)
+        sim.sockets.on("cm.ConsumerRequestConversation", conversation)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.consumer_socket_url()) as ws,
+        ):
+            await _req(ws, "1", "InitConnection")
+            assert (await _text(ws))["code"] == 200
+            await _req(ws, "2", "cm.ConsumerRequestConversation")
+            assert (await _text(ws))["body"] == {"conversationId": "c1"}

@@ -1309,7 +1309,8 @@ class Simulator:
                 authority = ""
             if authority:
                 return authority
-        return request.host or self.host
+        # (Never a userinfo from the Host header either.)
+        return (request.host or self.host).rpartition("@")[2]
 
     def _account(self, request: web.Request) -> Account | None:
         return self.config.account(request.match_info["account"])

@@ -278,10 +278,10 @@ class SimSocket:
     #: How the socket ended: ``("close", code)``, ``("drop", None)``, ``("client", code)``.
     ended: tuple[str, int | None] | None = None
     session_fault: WsClose | WsDrop | WsSilence | None = None
-    #: While an ``on()`` handler runs, the ``reqId`` of every answer sent (by the handler's
-    #: own :meth:`send` too): a handler that answered and then raised gets no second answer.
-    #: None otherwise (nothing kept).
-    _answering: set[Any] | None = attrs.field(default=None, init=False, repr=False)
+    #: While an ``on()`` handler runs, the ``reqId`` and ``code`` of every answer sent (by the
+    #: handler's own :meth:`send` too): a handler that answered and then raised gets no second
+    #: answer, and an InitConnection handler's own 2xx logs the consumer in. None otherwise.
+    _answering: dict[Any, Any] | None = attrs.field(default=None, init=False, repr=False)
     transport: asyncio.Transport | None = None
     #: Frames to send right after the current ``resp`` (the echo of a published message).
     after_resp: list[dict[str, Any]] = attrs.field(factory=list)
@@ -357,7 +357,7 @@ class SimSocket:
         if self._answering is not None and frame.get("kind") == "resp":
             req_id = frame.get("reqId")
             if isinstance(req_id, (str, int)):  # (a test may send any reqId: a list too)
-                self._answering.add(req_id)
+                self._answering[req_id] = frame.get("code")
         hold = self.hub._outbound(self, frame)
         if hold is None:
             self.dropped.append(frame)
@@ -931,7 +931,7 @@ class SocketHub:
             return 401, {"msg": "unauthenticated"}
         handler = self._handlers.get(type_)
         if handler is not None:
-            answered: set[Any] = set()
+            answered: dict[Any, Any] = {}
             sock._answering = answered
             try:
                 answer = await handler(sock, frame)
@@ -964,9 +964,11 @@ class SocketHub:
                 }
             finally:
                 sock._answering = None
-            if init and answer is not None and 200 <= answer[0] < 300:
-                # A handler of the login's own that says yes logs the consumer in, as the
-                # built-in check does: else its next request met 4401 for ever.
+            code = answer[0] if answer is not None else answered.get(frame.get("id"))
+            if init and isinstance(code, int) and 200 <= code < 300:
+                # A handler of the login's own that says yes (returned, or sent by itself) logs
+                # the consumer in, as the built-in check does: else its next request met 4401
+                # for ever.
                 sock.authenticated = True
             return answer
         if init:
