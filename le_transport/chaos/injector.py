@@ -877,32 +877,21 @@ class FaultInjector:
         closed by its end. Without an engine's retry middleware, the session's close fails it
         (seen within a tenth of a second)."""
         shutdown = _shutdown_of(request)
-        if shutdown is None:
-            # No engine's close to watch: the session's own close ends the wait (looked at every
-            # tenth of a second of loop time: aiohttp tells no one), as it ends a request a real
-            # server holds. A Hang() waited on a session closed under it for ever.
-            loop = asyncio.get_running_loop()
-            closing = loop.create_task(_session_closed(request), name="le_transport.chaos.closing")
-            waiting: set[asyncio.Task[Any]] = {closing}
-            if seconds is not None:
-                waiting.add(
-                    loop.create_task(self.clock.sleep(seconds), name="le_transport.chaos.wait")
-                )
-            try:
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in waiting:
-                    task.cancel()
-                await asyncio.gather(*waiting, return_exceptions=True)
-        elif shutdown.is_set():
+        if shutdown is not None and shutdown.is_set():
             if seconds is None:
                 await asyncio.get_running_loop().create_future()
             else:
                 await self.clock.sleep(seconds)
         else:
-            # Two tasks per wait, as the retry loop's pause: only a fault's wait pays them.
+            # Two tasks per wait, as the retry loop's pause: only a fault's wait pays them. With
+            # no engine's close to watch, the session's own close ends the wait (looked at every
+            # tenth of a second of loop time: aiohttp tells no one), as it ends a request a real
+            # server holds: a Hang() waited on a session closed under it for ever.
             loop = asyncio.get_running_loop()
-            closed = loop.create_task(shutdown.wait(), name="le_transport.chaos.closing")
+            closed = loop.create_task(
+                _session_closed(request) if shutdown is None else shutdown.wait(),
+                name="le_transport.chaos.closing",
+            )
             waits: set[asyncio.Task[Any]] = {closed}
             if seconds is not None:
                 waits.add(
