@@ -134,8 +134,10 @@ class _Peer:
         return True
 
 
-def _wrapped(clock: VirtualClock) -> tuple[FaultySocket, _Peer]:
-    peer = _Peer()
+def _wrapped(clock: VirtualClock, peer: Any = None) -> tuple[FaultySocket, Any]:
+    """A FaultySocket over ``peer`` (default: a :class:`_Peer`) whose ``.Slow`` frames a
+    5 s ``Delay`` holds."""
+    peer = _Peer() if peer is None else peer
     rule = FaultRule("slow", Delay(5000), unit="ws_message", match=Match(path=".Slow"))
     injector = FaultInjector.seeded(1, rule, clock=clock)
     sock = FaultySocket(cast("aiohttp.ClientWebSocketResponse", peer), injector, None, name="r17")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
@@ -36,6 +36,8 @@ from le_transport.clock import RealClock
 from le_transport.sockets.dial import write_never_began
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.test_chaos_r17 import _req
+from tests.test_chaos_r17 import _wrapped as _wrapped_over
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -126,14 +128,8 @@ class _Peer:
 
 def _wrapped(clock: VirtualClock) -> tuple[FaultySocket, _Peer]:
     peer = _Peer()
-    rule = FaultRule("slow", Delay(5000), unit="ws_message", match=Match(path=".Slow"))
-    injector = FaultInjector.seeded(1, rule, clock=clock)
-    sock = FaultySocket(cast("aiohttp.ClientWebSocketResponse", peer), injector, None, name="r17")
+    sock, _ = _wrapped_over(clock, peer)
     return sock, peer
-
-
-def _req(req_id: str, type_: str) -> str:
-    return json.dumps({"kind": "req", "id": req_id, "type": type_, "body": {}})
 
 
 async def test_a_socket_is_not_closed_while_a_delayed_frame_its_sender_awaits_is_on_its_way(
