@@ -36,7 +36,7 @@ from le_transport.clock import RealClock
 from le_transport.sockets.dial import write_never_began
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
-from tests.test_chaos_r17 import _req
+from tests.test_chaos_r17 import _on_side, _req
 from tests.test_chaos_r17 import _wrapped as _wrapped_over
 from tests.test_socket_support import (
     StateLog,
@@ -156,11 +156,7 @@ async def test_a_socket_is_not_closed_while_a_delayed_frame_its_sender_awaits_is
 async def _drop_during_delay(
     side: str, sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> tuple[str, list[str]]:
-    kwargs: dict[str, Any] = {}
-    if side == "simulator":
-        sim.faults.add(_slow(5000))
-    else:
-        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, _slow(5000), clock=clock)]
+    kwargs = _on_side(side, sim, clock, _slow(5000))
     async with agent_engine(sim, clock, states, **kwargs) as engine:
         ws = await brand_socket(engine, sim)
         await ws.wait_open()
@@ -251,11 +247,7 @@ async def test_our_own_close_loses_a_delayed_frame_in_doubt_as_the_simulator_doe
 async def test_a_request_in_a_delay_when_the_socket_is_closed_fails_in_doubt_on_either_side(
     side: str, sim: Simulator, clock: VirtualClock, states: StateLog
 ) -> None:
-    kwargs: dict[str, Any] = {}
-    if side == "simulator":
-        sim.faults.add(_slow(5000))
-    else:
-        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, _slow(5000), clock=clock)]
+    kwargs = _on_side(side, sim, clock, _slow(5000))
     async with agent_engine(sim, clock, states, **kwargs) as engine:
         ws = await brand_socket(engine, sim)
         await ws.wait_open()
@@ -302,11 +294,7 @@ async def test_delayed_frames_dropped_while_the_owner_is_in_on_frame_are_not_res
     # aiohttp marks the connection closed only once its end is read, which the owner does not
     # do while a slow on_frame runs: the late write was refused as never begun and sent again
     # on the next connection (published), where the simulator loses it with the connection.
-    kwargs: dict[str, Any] = {}
-    if side == "simulator":
-        sim.faults.add(_slow(5000))
-    else:
-        kwargs["wire_middlewares"] = [FaultInjector.seeded(1, _slow(5000), clock=clock)]
+    kwargs = _on_side(side, sim, clock, _slow(5000))
 
     async def on_frame(frame: Any) -> None:
         await clock.sleep(8)  # a slow handler: the owner reads nothing meanwhile
