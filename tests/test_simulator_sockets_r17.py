@@ -187,3 +187,32 @@ async def test_an_init_connection_handler_saying_yes_by_itself_logs_the_consumer
             assert (await _text(ws))["code"] == 200
             await _req(ws, "2", "cm.ConsumerRequestConversation")
             assert (await _text(ws))["body"] == {"conversationId": "c1"}
+
+
+@pytest.mark.parametrize("then", ["raises", "returns-junk"])
+async def test_an_init_connection_handler_that_said_yes_then_failed_still_logs_in(
+    clock: VirtualClock, then: str
+) -> None:
+    async with Simulator(clock=clock) as sim:
+
+        async def yes_then_fails(sock: SimSocket, frame: dict[str, Any]) -> Any:
+            resp = {"kind": "resp", "reqId": frame["id"], "type": "x", "code": 200, "body": {}}
+            await sock.send(resp)
+            if then == "raises":
+                raise KeyError("oops")
+            return {"not": "a (code, body)"}
+
+        async def conversation(sock: SimSocket, frame: dict[str, Any]) -> tuple[int, Any]:
+            return 200, {"conversationId": "c1"}
+
+        sim.sockets.on("InitConnection", yes_then_fails)
+        sim.sockets.on("cm.ConsumerRequestConversation", conversation)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.consumer_socket_url()) as ws,
+        ):
+            await _req(ws, "1", "InitConnection")
+            assert (await _text(ws))["code"] == 200
+            await _req(ws, "2", "cm.ConsumerRequestConversation")
+            answer = await _text(ws)
+            assert (answer["reqId"], answer["body"]) == ("2", {"conversationId": "c1"})

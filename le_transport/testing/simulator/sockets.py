@@ -933,6 +933,7 @@ class SocketHub:
         if handler is not None:
             answered: dict[Any, Any] = {}
             sock._answering = answered
+            answer: tuple[int, Any] | None = None
             try:
                 answer = await handler(sock, frame)
                 if answer is not None and not (
@@ -957,18 +958,23 @@ class SocketHub:
                     exc_info=redacted_exc_info(exc),
                     extra={"socket": sock.id, "account": sock.account},
                 )
-                if already:
-                    return None
-                return 500, {
-                    "msg": f"internal error: the simulator's handler raised {type(exc).__name__}"
-                }
+                # (A malformed answer it returned is dropped: it answered by itself, or gets 500.)
+                answer = None
+                if not already:
+                    answer = (
+                        500,
+                        {
+                            "msg": "internal error: the simulator's handler raised "
+                            + type(exc).__name__
+                        },
+                    )
             finally:
                 sock._answering = None
             code = answer[0] if answer is not None else answered.get(frame.get("id"))
-            if init and isinstance(code, int) and 200 <= code < 300:
-                # A handler of the login's own that says yes (returned, or sent by itself) logs
-                # the consumer in, as the built-in check does: else its next request met 4401
-                # for ever.
+            if init and type(code) is int and 200 <= code < 300:
+                # A handler of the login's own that says yes (returned, or sent by itself, even
+                # if it raised after) logs the consumer in, as the built-in check does: else its
+                # next request met 4401 for ever.
                 sock.authenticated = True
             return answer
         if init:
