@@ -86,6 +86,8 @@ import random
 import uuid
 from typing import TYPE_CHECKING, Protocol
 
+import attrs
+
 from .._checks import require_kind, require_option
 from .._redact import redact_text
 from ..clock import Clock, RealClock, timeout_after
@@ -304,6 +306,26 @@ class _Grant:
         self.service = service
         self.at = at
         self.shared = shared
+
+
+#: What a probe's own bound is taken with: its attempt timeout fires, and the probe is
+#: settled, a moment after its admission's time plus that bound.
+_PROBE_HOLD_MARGIN = 1.0
+
+
+def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
+    """How long the half-open slot is kept for ``call``'s probe: the breaker's lease, or longer
+    when the probe's attempt has a bound of its own (its attempt timeout, else its call's
+    deadline) beyond it, by which it will surely have reported; never past the longest break
+    (a stuck probe with a long deadline does not shut its host for longer than a break)."""
+    policy = getattr(call, "policy", None)
+    bound = getattr(policy, "attempt_timeout", None)
+    if bound is None:
+        bound = getattr(policy, "deadline", None)
+    lease = breaker.probe_lease
+    if not isinstance(bound, (int, float)) or not finite_number(bound) or bound <= 0:
+        return lease
+    return max(lease, min(float(bound) + _PROBE_HOLD_MARGIN, breaker.longest_break))
 
 
 def _has_ended(call: GatedCall) -> bool:
@@ -1101,6 +1123,14 @@ class OverloadGuard:
         lock: str | None = None
         seen: str | None = None
         probing = admission.status
+        if admission.probe:
+            hold = _probe_hold(call, self._breaker)
+            if hold > self._breaker.probe_lease:
+                # The slot is kept until this probe has surely reported (its attempt's own
+                # bound), not only the lease: a probe with a 60 s attempt timeout let a second
+                # one through at 30 s. (The fleet's lock keeps the lease: another process may
+                # probe then, the lease being its backstop for a probe whose process died.)
+                probing = attrs.evolve(probing, probe_until=now + hold)
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
             stale = self._stale_locks.get(key)
