@@ -12,10 +12,20 @@ import pytest
 from le_transport import Engine, RetryPolicy
 from le_transport.errors import CircuitOpen, RetriesExhausted
 from le_transport.middleware.overload import OverloadGuard
-from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker
+from le_transport.policies import (
+    BackoffPolicy,
+    BreakerState,
+    CircuitBreaker,
+    Outcome,
+    OutcomeKind,
+)
+from le_transport.state import MemoryStore
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.conftest import ServerFactory
+from tests.test_guard_hot_path import _Call
+
+HOST = "127.0.0.1:8080"
 
 #: Four failures in five open it for 5 s; the probe lease is the default 30 s; breaks up to
 #: 120 s (the longest break).
@@ -95,3 +105,39 @@ async def test_a_probe_with_a_long_deadline_keeps_the_slot_no_longer_than_a_brea
     assert all(isinstance(error, CircuitOpen) for error in met)
     sent, _ = await _probes_sent(serve, clock, probe, wait=BREAKER.longest_break + 1.0)
     assert sent == 2
+
+
+async def test_in_a_fleet_a_slow_probe_keeps_the_lease_and_reads_the_fleets_verdict() -> None:
+    # Held past the fleet's lock, a slow probe kept its process from reading the close another
+    # process's probe published (refusing calls to a healthy host), and its late failure then
+    # re-opened the whole fleet. In a fleet the slot keeps the lease.
+    clock = VirtualClock(start=1000.0)
+    store = MemoryStore(clock)
+    a, b = (
+        OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+        for _ in range(2)
+    )
+
+    def call(attempt_timeout: float | None = None) -> Any:
+        made: Any = _Call("svc", HOST)
+        made.policy = RetryPolicy(attempt_timeout=attempt_timeout)
+        return made
+
+    for _ in range(BREAKER.minimum_throughput):
+        opening = call()
+        assert await a.admit(opening, 1) is None
+        await a.settle(opening, 1, Outcome.response(503))
+    assert isinstance(await b.admit(call(), 1), CircuitOpen)
+    clock.advance(5.0)
+    slow = call(attempt_timeout=60.0)  # a's probe hangs
+    assert await a.admit(slow, 1) is None
+    clock.advance(31.0)  # the fleet's lock (the lease) has expired
+    probe = call()
+    assert await b.admit(probe, 1) is None
+    await b.settle(probe, 1, Outcome.response(200))
+    clock.advance(2.0)
+    assert await a.admit(call(), 1) is None, "a read the fleet's close"
+    clock.advance(27.0)
+    await a.settle(slow, 1, Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"))
+    clock.advance(1.0)
+    assert await b.admit(call(), 1) is None, "the stale probe re-opened no one"

@@ -308,9 +308,10 @@ class _Grant:
         self.shared = shared
 
 
-#: What a probe's own bound is taken with: its attempt timeout fires, and the probe is
-#: settled, a moment after its admission's time plus that bound.
-_PROBE_HOLD_MARGIN = 1.0
+#: What a probe's own bound is taken with, as a share of the lease (a second by default):
+#: its attempt timeout fires, and the probe is settled, a moment after its admission's time
+#: plus that bound.
+_PROBE_HOLD_MARGIN = 1 / 30
 
 
 def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
@@ -325,7 +326,7 @@ def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
     lease = breaker.probe_lease
     if not isinstance(bound, (int, float)) or not finite_number(bound) or bound <= 0:
         return lease
-    return max(lease, min(float(bound) + _PROBE_HOLD_MARGIN, breaker.longest_break))
+    return max(lease, min(float(bound) + lease * _PROBE_HOLD_MARGIN, breaker.longest_break))
 
 
 def _has_ended(call: GatedCall) -> bool:
@@ -1123,13 +1124,14 @@ class OverloadGuard:
         lock: str | None = None
         seen: str | None = None
         probing = admission.status
-        if admission.probe:
+        if admission.probe and not self._shared:
             hold = _probe_hold(call, self._breaker)
             if hold > self._breaker.probe_lease:
                 # The slot is kept until this probe has surely reported (its attempt's own
                 # bound), not only the lease: a probe with a 60 s attempt timeout let a second
-                # one through at 30 s. (The fleet's lock keeps the lease: another process may
-                # probe then, the lease being its backstop for a probe whose process died.)
+                # one through at 30 s. Not in a fleet: there the lock keeps the lease (another
+                # process may probe then, the backstop for a probe whose process died), and a
+                # longer hold here kept this process from reading the fleet's verdict.
                 probing = attrs.evolve(probing, probe_until=now + hold)
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)

@@ -141,9 +141,9 @@ class CircuitBreaker:
     - ``breaks``: the break after the n-th consecutive opening, ``breaks.delay(n, rand)``:
       5 s, 10 s, 20 s ... up to 2 min, ±20% so that a fleet's probes do not arrive together.
     - ``probe_lease`` (30 s): a probe that never reports frees the half-open slot after this.
-      (An :class:`~le_transport.middleware.overload.OverloadGuard` holds its own probe's slot
-      longer when the probe's attempt has a longer bound of its own, its attempt timeout or
-      else its deadline, up to :attr:`longest_break`.)
+      (An :class:`~le_transport.middleware.overload.OverloadGuard` without a fleet store holds
+      its own probe's slot longer when the probe's attempt has a longer bound of its own, its
+      attempt timeout or else its deadline, up to :attr:`longest_break`.)
     """
 
     failure_ratio: float = attrs.field(default=BREAKER_FAILURE_RATIO, validator=_ratio)
