@@ -308,10 +308,12 @@ class _Grant:
         self.shared = shared
 
 
-#: What a probe's own bound is taken with, as a share of the lease (a second by default):
-#: its attempt timeout fires, and the probe is settled, a moment after its admission's time
-#: plus that bound.
+#: What a probe's own bound is taken with, as a share of the lease (a second by default), and
+#: at least: its attempt timeout fires, and the probe is settled, a moment after its
+#: admission's time plus that bound (the clock's wheel rounds a timer up to its 10 ms slot, and
+#: the loop may lag: a short lease's share alone let a second probe through).
 _PROBE_HOLD_MARGIN = 1 / 30
+_PROBE_HOLD_LEAST_MARGIN = 0.05
 
 
 def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
@@ -326,7 +328,8 @@ def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
     lease = breaker.probe_lease
     if not isinstance(bound, (int, float)) or not finite_number(bound) or bound <= 0:
         return lease
-    return max(lease, min(float(bound) + lease * _PROBE_HOLD_MARGIN, breaker.longest_break))
+    margin = max(lease * _PROBE_HOLD_MARGIN, _PROBE_HOLD_LEAST_MARGIN)
+    return max(lease, min(float(bound) + margin, breaker.longest_break))
 
 
 def _has_ended(call: GatedCall) -> bool:
