@@ -22,7 +22,6 @@ Against the simulator's UMS socket on loopback, and a recording peer, on the vir
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import aiohttp
@@ -37,6 +36,7 @@ from le_transport.sockets.dial import write_never_began
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_chaos_r17 import _on_side, _req
+from tests.test_chaos_r17 import _Peer as _RecordingPeer
 from tests.test_chaos_r17 import _wrapped as _wrapped_over
 from tests.test_socket_support import (
     StateLog,
@@ -98,32 +98,17 @@ async def test_engine_close_ends_a_delayed_send_whose_connection_dropped(
     assert sim.sockets.published == []
 
 
-class _Peer:
-    """What FaultySocket uses of aiohttp's socket, recording the frames written; it refuses a
-    write once closed, as aiohttp does."""
+class _Peer(_RecordingPeer):
+    """test_chaos_r17's recording peer, counting its closes (a test sets ``closed`` for a
+    connection whose end was read: a server drop)."""
 
     def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.closed = False
+        super().__init__()
         self.close_calls = 0
-
-    async def send_str(self, data: str, compress: int | None = None) -> None:
-        if self.closed:
-            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-        self.sent.append(json.loads(data)["id"])
-
-    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
-        await asyncio.Event().wait()
-        raise AssertionError("never")
-
-    @property
-    def close_code(self) -> int | None:
-        return 1006 if self.closed else None
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         self.close_calls += 1
-        self.closed = True
-        return True
+        return await super().close(code=code, message=message)
 
 
 def _wrapped(clock: VirtualClock) -> tuple[FaultySocket, _Peer]:
