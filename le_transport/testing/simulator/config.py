@@ -287,10 +287,13 @@ class SimulatorConfig:
       ``ms.MessagingEventNotification`` (the Messaging Window API's) on the consumer socket.
     - ``close_ended_sessions``: close a UMS agent (brand) socket with 4401 ("token
       missing/expired") at the first frame its client sends after the Login Service session
-      whose bearer is in its path ended (logged out, revoked, expired); that frame is not
-      answered. Off by default: protocol.md gives 4401's meaning, not when LiveEngage closes an
-      open socket (revocation is known to arrive as a 1006 too), so by default an open socket
-      outlives its session, as before. ``sim.expire_tokens()`` closes every socket with 4401
+      whose bearer is in its path ended (logged out, revoked, expired), and a consumer socket
+      at its first frame after the consumer JWT it logged in with (at the upgrade, or in its
+      last accepted ``InitConnection``) expired or was revoked (an ``InitConnection`` with a
+      new JWT renews the login instead); that frame is not answered. Off by default:
+      protocol.md gives 4401's meaning, not when LiveEngage closes an open socket (revocation
+      is known to arrive as a 1006 too), so by default an open socket outlives its session, as
+      before. ``sim.expire_tokens()`` closes every socket with 4401
       either way.
     - ``max_records``: how many entries each of the simulator's records keeps, the newest ones
       (:data:`DEFAULT_MAX_RECORDS`: 100,000; None: no bound, for short tests only): the

@@ -91,7 +91,7 @@ from ...clock import Clock, RealClock, timeout_after, wall_of
 from ...errors import ConfigurationError
 from ...policies._validate import finite_number
 from . import oauth1
-from .auth import LoginSession, TokenStore
+from .auth import LoginSession, Token, TokenStore
 from .body_cut import BODY_CUT_KEY, BODY_PACE_KEY, AnswerCut, BodyCut, BodyPace, bodiless
 from .config import SERVICES, Account, SimulatorConfig
 from .custom_ws import CUSTOM_SOCKET_KEY, CustomSocket
@@ -1717,7 +1717,13 @@ class Simulator:
         return fault
 
     async def _open_socket(
-        self, request: web.Request, *, kind: str, account: str, authenticated: bool
+        self,
+        request: web.Request,
+        *,
+        kind: str,
+        account: str,
+        authenticated: bool,
+        consumer_token: Token | None = None,
     ) -> web.StreamResponse:
         # The socket's service, as the client-side injector matches it (its route's prefix).
         name = request.match_info.route.name or ""
@@ -1730,6 +1736,7 @@ class Simulator:
             account=account,
             authenticated=authenticated,
             session_fault=fault,
+            consumer_token=consumer_token,
         )
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -1766,6 +1773,7 @@ class Simulator:
             return web.json_response({"error": "account not found"}, status=400)
         header = request.headers.get(hdrs.AUTHORIZATION)
         authenticated = False
+        token: Token | None = None
         if header is not None:
             scheme, _, value = header.partition(" ")
             # A consumer JWT only, as InitConnection takes: not a Sentinel (app) token.
@@ -1775,7 +1783,11 @@ class Simulator:
                 return self._unauthorized("invalid or expired consumer JWT")
             authenticated = True
         return await self._open_socket(
-            request, kind="consumer", account=acc.id, authenticated=authenticated
+            request,
+            kind="consumer",
+            account=acc.id,
+            authenticated=authenticated,
+            consumer_token=token,
         )
 
 

@@ -99,7 +99,7 @@ from ...chaos.plan import (
 )
 
 if TYPE_CHECKING:
-    from .auth import LoginSession
+    from .auth import LoginSession, Token
     from .server import Simulator
 
 __all__ = ["PublishedMessage", "SimSocket", "SocketHub"]
@@ -303,6 +303,11 @@ class SimSocket:
     #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
     #: at its first frame after the session ended (logged out, revoked, expired).
     session: LoginSession | None = None
+    #: The consumer JWT a consumer socket logged in with (at the upgrade, or its last
+    #: ``InitConnection`` that the built-in check accepted), or None (a brand socket, one not
+    #: logged in, or one an ``on()`` handler logged in). With ``config.close_ended_sessions``
+    #: the socket is closed with 4401 at its first frame after that JWT expired or was revoked.
+    consumer_token: Token | None = None
     # The subscribe and unsubscribe requests waiting for their answer: {request id: type}, in
     # the order they came, at most MAX_AWAITED_SUBSCRIPTION_ANSWERS of them.
     _awaited: dict[str | int, str] = attrs.field(factory=dict, init=False, repr=False)
@@ -337,14 +342,7 @@ class SimSocket:
         ws = self._ws
         if self.closed or self.closing or self.silent or ws is None or ws.closed:
             return
-        # Strict JSON, before a fault spends a turn on it: json.dumps writes NaN and Infinity,
-        # which no JSON parser of a client (JSON.parse, Jackson, loads_strict) reads.
-        try:
-            text = json.dumps(frame, allow_nan=False)
-        except ValueError as exc:
-            what = f"a frame the simulator sends must be JSON ({str(frame.get('type'))[:80]!r})"
-            raise ValueError(f"{what}: {exc}") from None
-        await self._send_text(frame, text)
+        await self._send_text(frame, _encode_sent(frame))
 
     async def _send_text(self, frame: dict[str, Any], text: str) -> None:
         """Send ``frame``, already encoded as ``text`` (strict JSON)."""
@@ -499,6 +497,17 @@ class SimSocket:
         return [str(s.get("type")) for s in self.subscriptions]
 
 
+def _encode_sent(frame: dict[str, Any]) -> str:
+    """A frame the simulator sends, as strict JSON, before a fault spends a turn on it:
+    json.dumps writes NaN and Infinity, which no JSON parser of a client (JSON.parse, Jackson,
+    loads_strict) reads."""
+    try:
+        return json.dumps(frame, allow_nan=False)
+    except ValueError as exc:
+        what = f"a frame the simulator sends must be JSON ({str(frame.get('type'))[:80]!r})"
+        raise ValueError(f"{what}: {exc}") from None
+
+
 class SocketHub:
     """Every messaging socket of one simulator, and the controls tests use on them."""
 
@@ -550,7 +559,13 @@ class SocketHub:
         self._handlers[type] = handler
 
     async def notify(
-        self, type: str, body: Any, *, kind: str | None = None, to_all: bool = False
+        self,
+        type: str,
+        body: Any,
+        *,
+        kind: str | None = None,
+        account: str | None = None,
+        to_all: bool = False,
     ) -> int:
         """Push a notification to the open sockets (of ``kind``: ``brand``/``consumer``) that
         would get it on LiveEngage. Returns how many sockets it was sent to.
@@ -568,15 +583,29 @@ class SocketHub:
         agent socket), ``kind=`` naming that kind included: ``kind`` only narrows the sockets
         that may get it. Any other type (the messaging events, a type of your own) goes to every
         open socket (of ``kind``). ``to_all=True`` sends any type to every open socket (of
-        ``kind``), subscribed or not (a test about something else than subscriptions)."""
+        ``kind``), subscribed or not (a test about something else than subscriptions).
+        ``account`` narrows them to that account's sockets (None: every account's).
+
+        It is sent to the sockets at once and returns when every one has taken it: a client
+        that stops reading holds up this call (its socket's backpressure), not the frame's
+        delivery to the others."""
         require_kind(to_all, bool, owner="SocketHub.notify", field="to_all", optional=False)
+        require_kind(account, str, owner="SocketHub.notify", field="account", optional=True)
         targets = [
             s
             for s in self.open
-            if (kind is None or s.kind == kind) and (to_all or _subscribed_to(s, type))
+            if (kind is None or s.kind == kind)
+            and (account is None or s.account == account)
+            and (to_all or _subscribed_to(s, type))
         ]
-        for s in targets:
-            await s.notify(type, body)
+        frame = {"kind": "notification", "type": type, "body": body}
+        text = _encode_sent(frame)
+        # To every socket at once: a client that stops reading holds back only its own socket
+        # (the send waits for its buffer to drain), not the others' notifications.
+        if len(targets) == 1:
+            await targets[0]._send_text(frame, text)  # (no task of its own: sent in turn)
+        else:
+            await asyncio.gather(*(s._send_text(frame, text) for s in targets))
         return len(targets)
 
     async def wait_open(self, count: int = 1) -> list[SimSocket]:
@@ -653,8 +682,10 @@ class SocketHub:
         account: str,
         authenticated: bool,
         session_fault: Any,
+        consumer_token: Token | None = None,
     ) -> web.StreamResponse:
-        """Run one accepted socket until it ends."""
+        """Run one accepted socket until it ends (a consumer socket that logged in at the
+        upgrade: with the JWT it gave, ``consumer_token``)."""
         sim = self._sim
         # autoping off: pongs are sent by hand, so a silenced socket can stop answering pings.
         ws = web.WebSocketResponse(autoping=False, heartbeat=None)
@@ -670,6 +701,7 @@ class SocketHub:
             last_activity=sim.clock.now(),
             session_fault=session_fault,
             session=self._session_of(request, kind, account),
+            consumer_token=consumer_token,
             transport=request.transport,
             received=self._new_records(self.received_bound, "simulator socket frames received"),
             subscriptions=self._new_records(
@@ -723,18 +755,32 @@ class SocketHub:
             return None
         return self._sim.tokens.valid_session(bearer, account)
 
-    async def _close_if_session_ended(self, sock: SimSocket) -> bool:
+    async def _close_if_session_ended(self, sock: SimSocket, frame: dict[str, Any]) -> bool:
         """With ``config.close_ended_sessions``: close a brand socket whose session ended
-        (logged out, revoked, expired) with 4401, LiveEngage's "token missing/expired" (the
-        frame that found it is not answered). True if the socket was closed."""
-        session = sock.session
-        if not self._sim.config.close_ended_sessions or session is None:
+        (logged out, revoked, expired), or a consumer socket whose consumer JWT did (expired,
+        revoked), with 4401, LiveEngage's "token missing/expired" (the frame that found it is
+        not answered). A consumer's ``InitConnection`` is its login renewed: its own JWT is
+        checked by it, not the old one's. True if the socket was closed."""
+        if not self._sim.config.close_ended_sessions:
             return False
-        if self._sim.tokens.valid_session(session.bearer, sock.account) is not None:
+        tokens = self._sim.tokens
+        session, token = sock.session, sock.consumer_token
+        if session is not None:
+            if tokens.valid_session(session.bearer, sock.account) is not None:
+                return False
+            what = "its session ended (logged out, revoked or expired)"
+        elif token is not None:
+            if frame.get("type") == "InitConnection":
+                return False
+            if tokens.valid_jwt(token.value, sock.account, "consumer") is not None:
+                return False
+            what = "its consumer JWT ended (expired or revoked)"
+        else:
             return False
         _log.info(
-            "socket %d: its session ended (logged out, revoked or expired): closing with 4401",
+            "socket %d: %s: closing with 4401",
             sock.id,
+            what,
             extra={"socket": sock.id, "account": sock.account},
         )
         await sock.close(4401, "token expired")
@@ -804,7 +850,7 @@ class SocketHub:
                 frame = {"raw": data[:200]}
             sock.received.append(frame)
             count += 1
-            if await self._close_if_session_ended(sock):
+            if await self._close_if_session_ended(sock, frame):
                 return
             if await self._apply_session_fault(sock, messages=count):
                 return
@@ -976,6 +1022,7 @@ class SocketHub:
                 # if it raised after) logs the consumer in, as the built-in check does: else its
                 # next request met 4401 for ever.
                 sock.authenticated = True
+                sock.consumer_token = None  # a login of the handler's: no JWT of ours to end
             return answer
         if init:
             return self._init_connection(sock, frame)
@@ -1001,8 +1048,14 @@ class SocketHub:
             for h in headers:
                 if isinstance(h, dict) and h.get("type") == ".ams.headers.ConsumerAuthentication":
                     jwt = h.get("jwt")
-        if isinstance(jwt, str) and self._sim.tokens.valid_jwt(jwt, sock.account, "consumer"):
+        token = (
+            self._sim.tokens.valid_jwt(jwt, sock.account, "consumer")
+            if isinstance(jwt, str)
+            else None
+        )
+        if token is not None:
             sock.authenticated = True
+            sock.consumer_token = token
             return 200, {}
         if sock.authenticated and jwt is None:
             return 200, {}  # logged in already, and no new token to check

@@ -1,0 +1,259 @@
+"""Round 18: the simulator's notifications and consumer logins as LiveEngage's: a client that
+stops reading holds back only its own socket, a notification can be aimed at one account, and
+with ``close_ended_sessions`` a consumer socket ends with its consumer JWT, as a brand socket
+ends with its Login Service session."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from le_transport.clock import timeout_after
+from le_transport.errors import ConfigurationError
+from le_transport.sockets import CONSUMER_SOCKET_QUERY, consumer_path
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Account,
+    Simulator,
+    SimulatorConfig,
+)
+from tests.test_simulator_sockets_r17 import _req, _text
+from tests.test_socket_consumer import consumer_engine
+from tests.test_socket_support import StateLog, no_open_connections, states
+
+__all__ = ["no_open_connections", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+NOTIFICATION = ".my.OwnNotification"
+OTHER_ACCOUNT = "22334455"
+
+
+async def _closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+    return ws.close_code
+
+
+def _jwt_header(sim: Simulator, ttl: float = 600.0) -> dict[str, str]:
+    jwt = sim.tokens.issue_jwt(DEFAULT_ACCOUNT, "consumer", ttl, "consumer").value
+    return {"Authorization": f"jwt {jwt}"}
+
+
+def _init(sim: Simulator, ttl: float = 600.0) -> dict[str, Any]:
+    jwt = sim.tokens.issue_jwt(DEFAULT_ACCOUNT, "consumer", ttl, "consumer").value
+    return {"headers": [{"type": ".ams.headers.ConsumerAuthentication", "jwt": jwt}]}
+
+
+# -- notifications --------------------------------------------------------------------------
+
+
+async def test_a_client_that_stops_reading_holds_back_only_its_own_socket() -> None:
+    # Time stands still: the waits here are the sockets' own (a send waiting for a client to
+    # read), on which a jumping clock would run the idle timeout out.
+    clock = VirtualClock(autojump=False)
+    # Random (base64): the connection's compression cannot shrink it to nothing.
+    payload = base64.b64encode(os.urandom(3 << 18)).decode()
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        session = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        url = sim.brand_socket_url(session.bearer)
+        async with http.ws_connect(url) as stalled, http.ws_connect(url) as reader:
+            first, second = await sim.sockets.wait_open(2)
+            assert first.opened_at <= second.opened_at
+
+            sent = 0
+
+            async def fill() -> None:
+                # Aimed at the first socket alone, whose client reads nothing: once its
+                # buffers and the kernel's are full, the simulator's send to it waits.
+                nonlocal sent
+                for n in range(256):
+                    await first.notify(".Fill", {"n": n, "payload": payload})
+                    sent += 1
+
+            filler = asyncio.get_running_loop().create_task(fill())
+            transport = first.transport
+            assert transport is not None
+            # Stalled: nothing more taken for a second of the loop's turns (the kernel takes
+            # what it can between them), with a frame waiting in the socket's buffer.
+            deadline = time.monotonic() + 60
+            seen, still = (-1, -1), 0
+            while still < 10:
+                assert not filler.done(), "the first socket's sends never had to wait"
+                assert time.monotonic() < deadline, "the first socket's sends never stalled"
+                await asyncio.sleep(0.1)
+                now = (sent, transport.get_write_buffer_size())
+                still = still + 1 if now == seen and now[1] > (64 << 10) else 0
+                seen = now
+            pushing = asyncio.get_running_loop().create_task(
+                sim.sockets.notify(NOTIFICATION, {"n": 1, "payload": payload})
+            )
+            try:
+                # The reading client gets it, while the call still waits on the stalled one.
+                got = await _text(reader)
+                assert (got["type"], got["body"]["n"]) == (NOTIFICATION, 1)
+                assert not pushing.done()
+            finally:
+                await stalled.close()
+                for task in (filler, pushing):
+                    task.cancel()
+                await asyncio.gather(filler, pushing, return_exceptions=True)
+
+
+async def test_a_notification_can_be_aimed_at_one_account(clock: VirtualClock) -> None:
+    config = SimulatorConfig(
+        accounts=(Account(), Account(id=OTHER_ACCOUNT, users={DEFAULT_USER: DEFAULT_PASSWORD}))
+    )
+    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+        mine = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        theirs = sim.tokens.login(OTHER_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        async with (
+            http.ws_connect(sim.brand_socket_url(mine.bearer)) as ws,
+            http.ws_connect(sim.brand_socket_url(theirs.bearer, OTHER_ACCOUNT)) as other,
+        ):
+            await sim.sockets.wait_open(2)
+            assert await sim.sockets.notify(NOTIFICATION, {"n": 1}, account=OTHER_ACCOUNT) == 1
+            assert (await _text(other))["body"] == {"n": 1}
+            # Every account's, without one.
+            assert await sim.sockets.notify(NOTIFICATION, {"n": 2}) == 2
+            assert (await _text(ws))["body"] == {"n": 2}
+            assert (await _text(other))["body"] == {"n": 2}
+            assert await sim.sockets.notify(NOTIFICATION, {}, account="99999999") == 0
+            with pytest.raises(ConfigurationError, match="account"):
+                await sim.sockets.notify(NOTIFICATION, {}, account=5)  # type: ignore[arg-type]
+
+
+async def test_a_notification_that_is_no_json_is_refused_before_any_socket_gets_it(
+    clock: VirtualClock,
+) -> None:
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        session = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        async with http.ws_connect(sim.brand_socket_url(session.bearer)) as ws:
+            await sim.sockets.wait_open(1)
+            with pytest.raises(ValueError, match="must be JSON"):
+                await sim.sockets.notify(NOTIFICATION, {"n": float("nan")})
+            assert await sim.sockets.notify(NOTIFICATION, {"n": 3}) == 1
+            assert (await _text(ws))["body"] == {"n": 3}
+
+
+# -- a consumer socket ends with its JWT ----------------------------------------------------
+
+
+@pytest.mark.parametrize("login", ["header", "init"])
+@pytest.mark.parametrize("end", ["expire", "revoke"])
+async def test_a_consumer_socket_is_closed_with_4401_once_its_jwt_ended(
+    clock: VirtualClock, login: str, end: str
+) -> None:
+    config = SimulatorConfig(close_ended_sessions=True, idle_timeout=3600.0)
+    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+        headers = _jwt_header(sim) if login == "header" else {}
+        async with (
+            http.ws_connect(sim.consumer_socket_url(), headers=headers) as ws,
+            http.ws_connect(sim.consumer_socket_url(), headers=_jwt_header(sim, 3600)) as ok,
+        ):
+            if login == "init":
+                await _req(ws, "0", "InitConnection", **_init(sim))
+                assert (await _text(ws))["code"] == 200
+            await _req(ws, "1", "GetClock")
+            assert (await _text(ws))["code"] == 200
+            (sock, _) = sim.sockets.open
+            assert sock.consumer_token is not None
+            if end == "expire":
+                await clock.sleep(601)
+            else:
+                sim.tokens.revoke(sock.consumer_token.value)
+            await _req(ws, "2", "GetClock")
+            assert await _closed_with(ws) == 4401
+            # Another consumer's socket, on a JWT still good, is untouched.
+            await _req(ok, "3", "GetClock")
+            assert (await _text(ok))["code"] == 200
+        assert sim.sockets.all[0].ended == ("close", 4401)
+
+
+async def test_an_init_connection_with_a_new_jwt_renews_a_consumer_login(
+    clock: VirtualClock,
+) -> None:
+    config = SimulatorConfig(close_ended_sessions=True, idle_timeout=3600.0)
+    async with (
+        Simulator(config, clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.consumer_socket_url(), headers=_jwt_header(sim)) as ws,
+    ):
+        await clock.sleep(601)  # the JWT it logged in with has expired
+        await _req(ws, "1", "InitConnection", **_init(sim, 600))
+        assert (await _text(ws))["code"] == 200
+        await clock.sleep(300)
+        await _req(ws, "2", "GetClock")
+        assert (await _text(ws))["code"] == 200
+        # A renewal with a bad JWT is refused; the socket ends at its next frame.
+        forged = [{"type": ".ams.headers.ConsumerAuthentication", "jwt": "a.b.c"}]
+        await _req(ws, "3", "InitConnection", headers=forged)
+        assert (await _text(ws))["code"] == 401
+        await clock.sleep(301)
+        await _req(ws, "4", "GetClock")
+        assert await _closed_with(ws) == 4401
+
+
+async def test_by_default_a_consumer_socket_outlives_its_jwt(clock: VirtualClock) -> None:
+    config = SimulatorConfig(idle_timeout=3600.0)
+    async with (
+        Simulator(config, clock=clock) as sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.consumer_socket_url(), headers=_jwt_header(sim)) as ws,
+    ):
+        await clock.sleep(601)
+        await _req(ws, "1", "GetClock")
+        assert (await _text(ws))["code"] == 200
+
+
+async def test_a_consumer_logged_in_by_an_on_handler_has_no_jwt_to_end(
+    clock: VirtualClock,
+) -> None:
+    config = SimulatorConfig(close_ended_sessions=True, idle_timeout=3600.0)
+    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+
+        async def login(sock: Any, frame: dict[str, Any]) -> tuple[int, Any]:
+            return 200, {}
+
+        sim.sockets.on("InitConnection", login)
+        async with http.ws_connect(sim.consumer_socket_url(), headers=_jwt_header(sim)) as ws:
+            await _req(ws, "1", "InitConnection")
+            assert (await _text(ws))["code"] == 200
+            assert sim.sockets.open[0].consumer_token is None
+            await clock.sleep(601)
+            await _req(ws, "2", "GetClock")
+            assert (await _text(ws))["code"] == 200
+
+
+async def test_the_client_logs_in_again_when_its_consumer_socket_ends_with_its_jwt(
+    clock: VirtualClock, states: StateLog, secret_values: set[str]
+) -> None:
+    config = SimulatorConfig(close_ended_sessions=True, jwt_ttl=120.0)
+    async with Simulator(config, clock=clock) as sim:
+        async with consumer_engine(sim, clock, states) as engine:
+            ws = await engine.websocket(
+                "asyncMessagingEnt", consumer_path(sim.account.id), params=CONSUMER_SOCKET_QUERY
+            )
+            await ws.wait_open()
+            # Its keepalive, after its JWT's 120 s, finds the login ended: 4401, a new JWT,
+            # and a new socket logged in with it.
+            async with timeout_after(clock, 300):
+                await sim.sockets.wait_accepted(2)
+            await ws.wait_open()
+            assert (await ws.request("GetClock"))["code"] == 200
+        first, second = list(sim.sockets.all)[:2]
+        assert first.ended == ("close", 4401)
+        assert first.consumer_token is not None
+        assert second.consumer_token is not None
+        assert second.consumer_token.value != first.consumer_token.value
+        assert "reauthenticating" in states.names("asyncMessagingEnt")
+        secret_values.update(t.value for t in sim.tokens.tokens.values())
