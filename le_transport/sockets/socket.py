@@ -1614,40 +1614,42 @@ class ResilientSocket:
 
         Probes (in a short-lived task) when the connection was idle an interval; when the
         probe went unanswered past its timeout, ends the connection as a dead peer (the
-        owner reconnects) and asks not to be watched any more. Does neither while the owner
-        is paused for a slow consumer. While the owner is awaiting an ``on_frame`` handler,
-        nothing is read: the peer is never declared dead (a probe's answer waits unread), and
-        a probe goes out only for the client's own silence (``outbound_idle``: the server
-        would close a connection whose client stays quiet). When the handler returns, a probe
-        still unanswered gets its whole timeout again (:meth:`_reading_again`).
+        owner reconnects) and asks not to be watched any more. While the owner is paused for
+        a slow consumer, or awaiting an ``on_frame`` handler, nothing is read: the peer is
+        never declared dead (a probe's answer waits unread), and a probe goes out only for
+        the client's own silence (``outbound_idle``: the server closes a connection whose
+        client stays quiet, paused or not). When reading resumes, a probe still unanswered
+        gets its whole timeout again (:meth:`_reading_again`).
         """
         policy = self._keepalive
         if policy is None or self._keepalive_ticket is None or self._ready_epoch is None:
             # The connection is ending: its owner has nothing left to unwatch.
             self._keepalive_ticket = None
             return None
-        if self._resume is not None:
-            # Paused for a slow consumer: the peer's frames wait unread, so its silence proves
-            # nothing and a probe's answer would wait behind them. Asked again an interval on;
-            # the idle clock starts over when reading resumes.
-            return now + policy.interval
         sent = self._probe_sent_at
         if sent is not None and self._last_activity >= sent:
             sent = self._probe_sent_at = None
-        # A handler is excused for HANDLER_EXCUSE at most: past it, a peer that died while it
-        # ran must not stay undetected for as long as the handler runs (for ever, if it hangs).
-        handling = self._handling is not None and now - self._handling < HANDLER_EXCUSE
+        # Paused for a slow consumer (the peer's frames wait unread behind the inbox's), or in
+        # a handler. A handler is excused for HANDLER_EXCUSE at most: past it, a peer that died
+        # while it ran must not stay undetected for as long as the handler runs (for ever, if
+        # it hangs). A pause is not cut short: judging the peer by the frames it could not
+        # deliver would drop the connection and what the kernel holds of them; a paused
+        # socket's own probes still meet a dead peer as a failed write.
+        handling = self._resume is not None or (
+            self._handling is not None and now - self._handling < HANDLER_EXCUSE
+        )
         decision = policy.decide(
             now,
-            # While a handler runs nothing is read: the peer's silence (an unanswered probe
-            # included, whose answer waits unread) proves nothing, so neither is counted.
-            # Only the client's own silence may still call for a probe (outbound_idle).
+            # While nothing is read, the peer's silence (an unanswered probe included, whose
+            # answer waits unread) proves nothing, so neither is counted. Only the client's
+            # own silence may still call for a probe (outbound_idle): put off an interval,
+            # a paused socket stayed quiet past the server's idle close (60 s).
             last_activity=now if handling else self._last_activity,
             probe_sent_at=sent,
             last_sent=self._last_sent,
         )
         if decision.step is KeepaliveStep.WAIT and handling:
-            # Asked again within a timeout: once the handler returns (and a probe's timeout
+            # Asked again within a timeout: once reading resumes (and a probe's timeout
             # starts over), a peer really gone is found as soon as it would have been.
             return min(decision.at, now + policy.timeout)
         if decision.step is KeepaliveStep.DEAD:
@@ -1855,10 +1857,10 @@ class ResilientSocket:
             )
 
     def _reading_again(self) -> None:
-        """The owner reads again after awaiting an ``on_frame`` handler, during which nothing
-        was read: the peer's silence meanwhile proves nothing. A keepalive probe still
-        unanswered gets its whole timeout from now (its answer, if the peer lives, is among
-        the frames read next); with none, the idle clock starts over, as after a pause."""
+        """The owner reads again after awaiting an ``on_frame`` handler or a pause for a slow
+        consumer, during which nothing was read: the peer's silence meanwhile proves nothing.
+        A keepalive probe still unanswered gets its whole timeout from now (its answer, if the
+        peer lives, is among the frames read next); with none, the idle clock starts over."""
         now = self._clock.now()
         sent = self._probe_sent_at
         if sent is not None and self._last_activity < sent:
@@ -1896,10 +1898,10 @@ class ResilientSocket:
             await resume
         finally:
             self._resume = None
-            # The keepalive's idle clock starts over: the peer's silence while we were not
-            # reading says nothing about it.
-            self._last_activity = self._clock.now()
-        paused = self._last_activity - paused_at
+            # The peer's silence while we were not reading says nothing about it: the idle
+            # clock starts over, or a probe sent meanwhile gets its whole timeout.
+            self._reading_again()
+        paused = self._clock.now() - paused_at
         if self._ended is None:
             _log.info(
                 "%s: reading resumed after %.3f s paused",
