@@ -436,7 +436,8 @@ class FallbackStore:
         )
 
     async def delete(self, key: str, *, only_if: str | None = None) -> bool:
-        """Delete on the primary and locally."""
+        """Delete on the primary and locally; whether the primary deleted (the local store,
+        only while the primary is out: its copy is no answer for the fleet's key)."""
         self._check_call("delete", key)
         self._writes += 1
         self._writing += 1
@@ -448,17 +449,33 @@ class FallbackStore:
 
     async def _delete(self, key: str, *, only_if: str | None) -> bool:
         check_only_if(only_if)
+        # The local copy first (a copy: deleting it where it matched is harmless either way).
         here = await self._local.delete(key, only_if=only_if)
+        shared = True
+
+        async def local() -> bool:
+            nonlocal shared
+            shared = False
+            return here
+
         there = await self._call(
             "delete",
             key,
             lambda: self._primary.delete(key, only_if=only_if),
-            lambda: self._local.delete(key, only_if=only_if),
+            local,
             # Read only for a compare-and-delete: an unconditional one may answer None.
             (_BOOL, "a bool") if only_if is not None else _ANY,
             _not_stored,
         )
-        return here or bool(there)
+        if not shared:
+            return here
+        if only_if is None and not isinstance(there, int):
+            # A store written before delete answered a bool (None): the local answer.
+            return here
+        # What the primary did, which decides: "here or there" answered True for a
+        # compare-and-delete that deleted nothing shared (another process's value there, the
+        # stale local copy matching), and the caller took the shared lock or trip for gone.
+        return bool(there)
 
     async def budget(
         self, key: str, policy: RetryBudget, *, deposits: int = 0, withdraw: bool = False

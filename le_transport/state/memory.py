@@ -343,8 +343,14 @@ class MemoryStore:
         held = self._buckets.get(key)
         if held is None:
             self._grow(self._buckets)
-        if held is None or (held.rate, held.burst) != (bucket.rate, bucket.burst):
             held = attrs.evolve(bucket, tokens=None, updated_at=None)
+        elif (held.rate, held.burst) != (bucket.rate, bucket.burst):
+            # Another caller's settings at this key (two pacers sharing a key, a deploy changing
+            # them): its queue is carried over, clamped to this burst (as available() clamps
+            # it), and refilled at this rate from its last update, as RedisStore's script does.
+            # Reset to full, a bucket used by both alternately paced nothing.
+            tokens = None if held.tokens is None else min(held.tokens, bucket.burst)
+            held = attrs.evolve(bucket, tokens=tokens, updated_at=held.updated_at)
         reservation = held.reserve(self._clock.now())
         self._buckets[key] = reservation.bucket
         return reservation.wait

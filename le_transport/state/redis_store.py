@@ -9,7 +9,8 @@ Every failure (refused, reset, timed out after ``op_timeout`` on the clock) is a
 :class:`~le_transport.errors.StateStoreError`, whose message never holds the password; wrap the
 store in :class:`~le_transport.state.FallbackStore` so that no call ever fails because Redis
 did. An error Redis answers about one key's data (``WRONGTYPE``: a key of another type; a script
-failing on a field it cannot count) is a :class:`~le_transport.errors.StateDataError`, a
+failing on a field it cannot count; a value that is no UTF-8, read on a client with
+``decode_responses``) is a :class:`~le_transport.errors.StateDataError`, a
 subclass naming the key: the store answered, so a ``FallbackStore`` treats it as that key's
 damage, not as an outage of every key. A store that cannot work (a wrong ``clock`` or
 ``client``, a URL its parser would misread) is a :class:`~le_transport.errors.ConfigurationError`
@@ -32,7 +33,7 @@ from .._redact import REDACTED, Secret, is_secret_name, redact_text, redact_url
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..policies.budget import RetryBudget
-from ..policies.pacing import TokenBucket
+from ..policies.pacing import MAX_QUEUE, TokenBucket
 from .store import (
     MAX_TTL,
     Entry,
@@ -183,12 +184,21 @@ return 1
 # wrote 'updated' ahead again. It is taken as now instead: no refill for the step, and no wait
 # added for it; a queue of reservations (tokens below 0) still queues the next one behind it, as
 # its waits are durations; and 'updated' is written as now.
+# Fields that are no state the pure policy can hold (written by something else, or damaged:
+# "nan", "inf", "-1e300", a queue deeper than MAX_QUEUE = 2**53 or tokens above the burst) are
+# taken as absent, a full bucket, as the budget script drops fields it cannot count: kept, such
+# a queue made every wait huge (or NaN), was written back, and re-armed the key's expiry to
+# MAX_TTL on every reservation, so it never healed. (Lua's tonumber reads "inf" and "nan".)
 _RESERVE = """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local h = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens, updated = tonumber(h[1]), tonumber(h[2])
+local function finite(x) return x ~= nil and x == x and x > -math.huge and x < math.huge end
+if not (finite(tokens) and finite(updated) and tokens >= -MAX_QUEUE and tokens <= burst) then
+  tokens, updated = nil, nil
+end
 local avail = burst
 if tokens ~= nil and updated ~= nil then
   if updated > now then updated = now end
@@ -203,7 +213,7 @@ local expire = math.ceil((burst / rate + wait) * 1000) + 1000
 if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
 redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
 return string.format('%.6f', wait)
-""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS))
+""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS)).replace("MAX_QUEUE", f"{int(MAX_QUEUE)}")
 
 
 def _ttl_ms(ttl: float) -> int:
@@ -430,8 +440,20 @@ class RedisStore:
         # is up. The message names the key as Redis holds it (``redis_key``: the prefix, and a
         # budget's window), which is what an operator inspects or deletes; ``.key`` is the
         # store's key, which the fallback tracks.
-        text = f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
-        if key is not None and _is_data_error(exc):
+        if isinstance(exc, UnicodeDecodeError):
+            # A value Redis answered that is no UTF-8, on a client with decode_responses (the
+            # store's own; a caller's): that key's data, not the server failing. Taken for an
+            # outage, one such value sent every key local. Its text quotes a byte of the value:
+            # not shown. (Not decoded with errors="replace": see stored_text.)
+            text = (
+                f"redis {op} on {self._url} failed: {type(exc).__name__}: the value is no "
+                "UTF-8 (not shown)"
+            )
+        else:
+            text = (
+                f"redis {op} on {self._url} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+            )
+        if key is not None and (isinstance(exc, UnicodeDecodeError) or _is_data_error(exc)):
             shown = self.key(key) if redis_key is None else redis_key
             return StateDataError(f"{text} (the data at Redis key {shown!r})", key=key)
         return StateStoreError(text)

@@ -9,10 +9,10 @@ process) and the Redis store (a fleet) implement the same thing:
   lives, and a crashed process's lock frees itself): :meth:`StateStore.get`,
   :meth:`StateStore.set` (optionally only if the value is still the one read: compare-and-set),
   :meth:`StateStore.add` (set if absent: a lock), :meth:`StateStore.delete` (optionally only if
-  the value is still ours: compare-and-delete). Values are str and
-  TTLs finite numbers of seconds > 0, checked alike by every store (:func:`check_value`,
-  :func:`check_ttl`) before anything is stored or sent; a TTL past :data:`MAX_TTL` is
-  stored for :data:`MAX_TTL`;
+  the value is still ours: compare-and-delete). Keys and values are str that UTF-8 can
+  encode (no lone surrogate) and TTLs finite numbers of seconds > 0, checked alike by every
+  store (:func:`check_key`, :func:`check_value`, :func:`check_ttl`) before anything is stored
+  or sent; a TTL past :data:`MAX_TTL` is stored for :data:`MAX_TTL`;
 - two atomic counters that run a pure policy's arithmetic where the state lives:
   :meth:`StateStore.budget` (:class:`~le_transport.policies.RetryBudget`) and
   :meth:`StateStore.reserve` (:class:`~le_transport.policies.TokenBucket`).
@@ -129,22 +129,53 @@ def check_ttl(ttl: object) -> float:
     return min(float(ttl), MAX_TTL)  # type: ignore[arg-type]
 
 
+def _encodes(text: str) -> bool:
+    """Whether ``text`` encodes to UTF-8, as Redis is sent it: not if it holds a lone
+    surrogate (``"\\udcff"``: what ``os.environ`` or ``sys.argv`` gives for a byte that is no
+    UTF-8). Cheap for the common case: ASCII is checked first."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_utf8(what: str) -> ConfigurationError:
+    """The refusal of a str that does not encode to UTF-8, naming ``what`` it is, never its
+    text (a key names an account and a user, a value may be a token)."""
+    return ConfigurationError(
+        f"{what} must be text that UTF-8 can encode, got a str holding a lone surrogate (not "
+        "shown): a MemoryStore kept it, and Redis could not be sent it"
+    )
+
+
 def check_value(value: object) -> None:
-    """A :class:`ConfigurationError` unless ``value`` is a str: what every store keeps and
-    hands back (Redis would store ``str(value)``, or refuse None, and the stores would
-    disagree). Only the type is shown: a value may be a token."""
+    """A :class:`ConfigurationError` unless ``value`` is a str that encodes to UTF-8: what
+    every store keeps and hands back (Redis would store ``str(value)``, or refuse None, and the
+    stores would disagree; a lone surrogate, kept by a MemoryStore, failed on Redis as it was
+    encoded, which a FallbackStore took for an outage). Only the type is shown: a value may be
+    a token."""
     if not isinstance(value, str):
         raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
+    if not _encodes(value):
+        raise _not_utf8("a stored value")
 
 
 def check_only_if(only_if: object) -> None:
     """A :class:`ConfigurationError` unless ``only_if`` (what a conditional write or delete
-    compares the stored value with) is None or a str: Redis would compare ``str(only_if)``,
-    the memory store the object itself, and the two would disagree. Only the type is shown."""
-    if only_if is not None and not isinstance(only_if, str):
+    compares the stored value with) is None or a str that encodes to UTF-8: Redis would compare
+    ``str(only_if)``, the memory store the object itself, and the two would disagree (a lone
+    surrogate: see :func:`check_value`). Only the type is shown."""
+    if only_if is None:
+        return
+    if not isinstance(only_if, str):
         raise ConfigurationError(
             f"a store's only_if must be None or a str, got {type(only_if).__name__}"
         )
+    if not _encodes(only_if):
+        raise _not_utf8("a store's only_if")
 
 
 def check_budget(policy: object) -> None:
@@ -191,14 +222,17 @@ def check_deposits(deposits: object) -> int:
 
 
 def check_key(key: object) -> None:
-    """A :class:`ConfigurationError` unless ``key`` is a str (made with :func:`state_key`),
-    checked alike by every store before anything is read or stored: the memory store kept any
-    hashable object, and Redis the text of its ``str()`` (``None`` became the key "None").
-    Only the type is shown."""
+    """A :class:`ConfigurationError` unless ``key`` is a str (made with :func:`state_key`)
+    that encodes to UTF-8, checked alike by every store before anything is read or stored: the
+    memory store kept any hashable object, and Redis the text of its ``str()`` (``None`` became
+    the key "None"); a lone surrogate (see :func:`check_value`) failed on Redis only. Only the
+    type is shown."""
     if not isinstance(key, str):
         raise ConfigurationError(
             f"a store key must be a str (made with state_key), got {type(key).__name__}"
         )
+    if not _encodes(key):
+        raise _not_utf8("a store key")
 
 
 def closed_error(owner: str, op: str) -> StateStoreError:
@@ -341,7 +375,8 @@ class StateStore(Protocol):
         overwritten. Without it, always stored (True).
 
         ``value`` must be a str and ``ttl`` a finite number > 0 (and ``only_if`` None or a
-        str), else a :class:`ConfigurationError` before anything is stored or sent (never a
+        str; ``key``, ``value`` and ``only_if`` text that UTF-8 can encode: no lone surrogate),
+        else a :class:`ConfigurationError` before anything is stored or sent (never a
         :class:`~le_transport.errors.StateStoreError`: a caller's mistake is no outage); a
         ``ttl`` past :data:`MAX_TTL` is stored for :data:`MAX_TTL`.
         """
