@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from le_transport.chaos import FaultRule, Schedule, WsAppError
 from le_transport.clock import timeout_after
 from le_transport.errors import ConfigurationError
 from le_transport.sockets import CONSUMER_SOCKET_QUERY, consumer_path
@@ -257,3 +258,21 @@ async def test_the_client_logs_in_again_when_its_consumer_socket_ends_with_its_j
         assert second.consumer_token.value != first.consumer_token.value
         assert "reauthenticating" in states.names("asyncMessagingEnt")
         secret_values.update(t.value for t in sim.tokens.tokens.values())
+
+
+async def test_a_consumer_that_has_not_logged_in_meets_4401_before_any_fault(
+    clock: VirtualClock,
+) -> None:
+    # A rule on every socket request: the frame of a consumer that never logged in is refused
+    # (4401) before the rule is asked, so it spends none of the rule's count.
+    rule = FaultRule("busy", WsAppError(503), unit="ws_message", schedule=Schedule(fail_next=1))
+    async with Simulator(clock=clock) as sim, aiohttp.ClientSession() as http:
+        sim.faults.add(rule)
+        async with http.ws_connect(sim.consumer_socket_url()) as ws:
+            await _req(ws, "1", "GetClock")
+            assert await _closed_with(ws) == 4401
+        async with http.ws_connect(sim.consumer_socket_url(), headers=_jwt_header(sim)) as ws:
+            await _req(ws, "2", "GetClock")
+            assert (await _text(ws))["code"] == 503  # the rule's one failure, unspent
+            await _req(ws, "3", "GetClock")
+            assert (await _text(ws))["code"] == 200

@@ -886,6 +886,13 @@ class SocketHub:
                 {"msg": "malformed request: 'id' must be a non-empty string or an integer"},
             )
             return
+        if not sock.authenticated and not self._is_login(sock, type_):
+            # Before any fault as before any handler: LiveEngage refuses a consumer that has
+            # not logged in whatever else goes on, and a rule's count (fail_next) is not spent
+            # on a frame that was never served.
+            await sock.close(4401, "authenticate first (InitConnection)")
+            await self._signal()
+            return
         injection = sim.faults.run.decide(
             "ws_message",
             method="WS",
@@ -964,17 +971,19 @@ class SocketHub:
     async def _resp(self, sock: SimSocket, req_id: Any, type_: str, code: int, body: Any) -> None:
         await sock.send(_resp_frame(req_id, type_, code, body))
 
+    @staticmethod
+    def _is_login(sock: SimSocket, type_: str) -> bool:
+        """Whether ``type_`` is the login request of ``sock``'s product (``InitConnection``
+        on the consumer socket)."""
+        return type_ == "InitConnection" and TYPES_BY_KIND[sock.kind].init_connection
+
     async def _handle(
         self, sock: SimSocket, frame: dict[str, Any], type_: str
     ) -> tuple[int, Any] | None:
         sim = self._sim
         types = TYPES_BY_KIND[sock.kind]
-        init = type_ == "InitConnection" and types.init_connection
-        if not sock.authenticated and not init:
-            # Before any handler: an on() handler served a consumer that had not logged in
-            # (no JWT at the upgrade, no InitConnection), which LiveEngage never answers.
-            await sock.close(4401, "authenticate first (InitConnection)")
-            return 401, {"msg": "unauthenticated"}
+        # (A consumer that has not logged in was closed with 4401 before this: _answer.)
+        init = self._is_login(sock, type_)
         handler = self._handlers.get(type_)
         if handler is not None:
             answered: dict[Any, Any] = {}
