@@ -276,3 +276,20 @@ async def test_a_consumer_that_has_not_logged_in_meets_4401_before_any_fault(
             assert (await _text(ws))["code"] == 503  # the rule's one failure, unspent
             await _req(ws, "3", "GetClock")
             assert (await _text(ws))["code"] == 200
+
+
+@pytest.mark.parametrize("account", ["123/456", ".", "..", "12\n34", "12\x0034"])
+def test_an_account_id_no_route_could_match_is_refused(account: str) -> None:
+    with pytest.raises(ConfigurationError, match="one path segment"):
+        Account(id=account)
+
+
+async def test_an_account_id_of_any_one_segment_is_served(clock: VirtualClock) -> None:
+    account = "le account-ü"
+    config = SimulatorConfig(accounts=(Account(id=account),))
+    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+        session = sim.tokens.login(account, DEFAULT_USER, 3600.0, "user")
+        async with http.ws_connect(sim.brand_socket_url(session.bearer, account)) as ws:
+            await _req(ws, "1", ".GetClock")
+            assert (await _text(ws))["code"] == 200
+        assert sim.sockets.all[0].account == account

@@ -139,6 +139,12 @@ def _account_id(instance: object, attribute: attrs.Attribute[str], value: object
     if not isinstance(value, str) or not value:
         got = "an empty str" if isinstance(value, str) else _kind(value)
         raise ConfigurationError(f"Account.id must be a non-empty str, got {got}")
+    # One path segment, as every route holds it ({account}): with a "/" (or as "." or "..",
+    # which a client's URL normalises away) no request could reach the account.
+    if "/" in value or value in (".", "..") or not value.isprintable():
+        raise ConfigurationError(
+            "Account.id must be one path segment (no '/', not '.' or '..', no control character)"
+        )
 
 
 @attrs.frozen(repr=False)
