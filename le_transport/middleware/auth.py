@@ -69,6 +69,7 @@ from ..clock import Clock, RealClock
 from ..errors import (
     AuthenticationError,
     ClientStatusError,
+    DeadlineExceeded,
     EngineClosed,
     TransportError,
     UnsignableBody,
@@ -204,6 +205,9 @@ class AuthMiddleware:
     _signs_each_request: bool = attrs.field(
         init=False, repr=False, default=attrs.Factory(_signs_each_request, takes_self=True)
     )
+    # Whether the first credentials are yet to be looked at (_check_signing): a list, as the
+    # middleware is frozen (hashable by identity for aiohttp's chain cache).
+    _unchecked: list[bool] = attrs.field(init=False, repr=False, factory=lambda: [True])
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if is_websocket_upgrade(request) or not await self._allowed(request.url):
@@ -321,8 +325,16 @@ class AuthMiddleware:
         if ctx is None or ctx.service is None:
             return any(same_host(h, url) for h in self.allowed_hosts)
         try:
-            host = await self.domains.resolve(ctx.service)
-        except EngineClosed:
+            step = self.domains.resolve(ctx.service)
+            retry = ctx.retry
+            if retry is None or retry.deadline is None:
+                host = await step
+            else:
+                # Asked again on every redirect hop, when the domain map may have gone stale
+                # and a Domain API fetch run its own attempt timeout: bounded by the call's
+                # deadline, as the engine's own lookup is (a 20 s call took 41 s).
+                host = await within_deadline(self.clock, ctx, step, "resolving its host", url=url)
+        except (EngineClosed, DeadlineExceeded):
             raise  # not a host to withhold credentials from: the call is over
         except TransportError:
             return False
@@ -418,6 +430,9 @@ class AuthMiddleware:
                 # Anything else (a dict, an object of the provider's own) carries headers no
                 # one checked: checked now, and the provider's bug when they cannot be sent.
                 creds = as_credentials(creds)
+            if self._unchecked[0]:
+                self._unchecked[0] = False
+                self._check_signing(creds)
             for name, value in creds.headers.items():
                 request.headers[name] = value
         except InvalidCredentials as exc:
@@ -445,6 +460,35 @@ class AuthMiddleware:
                 service=ctx.service if ctx is not None else None,
             ) from safe_cause(exc)
         return creds
+
+    def _check_signing(self, creds: Credentials) -> None:
+        """Warn once when ``creds`` carry an OAuth 1.0 signature (a nonce: good for one
+        request) from a provider that does not say it signs each request or signs forms: a
+        wrapper around :class:`~le_transport.providers.OAuth1Auth` that does not forward
+        ``signs_each_request`` and ``credentials_for_form``. Its retries would resend a spent
+        nonce (refused by a gateway that remembers them, costing the one 401 replay) and its
+        form bodies would go unsigned, with nothing saying why. Never the header's value."""
+        if self._signs_each_request and self._signs_forms:
+            return
+        value = next((v for k, v in creds.headers.items() if k.lower() == "authorization"), None)
+        if value is None or value[:6].lower() != "oauth " or "oauth_nonce" not in value:
+            return
+        missing = [
+            name
+            for name, has in (
+                ("signs_each_request = True", self._signs_each_request),
+                ("credentials_for_form", self._signs_forms),
+            )
+            if not has
+        ]
+        _log.warning(
+            "the auth provider %s gives OAuth 1.0 credentials (a nonce, good for one request) "
+            "but has no %s: a provider wrapping OAuth1Auth must forward them, or retries resend "
+            "a spent nonce (a gateway refuses the replay) and form bodies go unsigned",
+            type(self.auth).__name__,
+            " nor ".join(missing),
+            extra={"provider": type(self.auth).__name__},
+        )
 
     async def _invalidate(self, rejected: Credentials) -> None:
         """``auth.invalidate(rejected)``; the provider's own failure as a ProviderError."""

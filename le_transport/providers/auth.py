@@ -155,7 +155,10 @@ class AuthProvider(Protocol):
     each login: recovery skips its re-login when one happened meanwhile) and ``account``
     (checked against the domain provider's). A provider that wraps another forwards them: the
     engine attaches only the provider it was given, so a library provider inside a wrapper
-    without ``attach`` is never attached (README, "Domains and auth").
+    without ``attach`` is never attached (README, "Domains and auth"). One wrapping
+    :class:`~le_transport.providers.OAuth1Auth` also says ``signs_each_request = True`` and
+    forwards ``credentials_for_form`` (:class:`BodySigningAuth`): else its retries resend a
+    spent nonce and its form bodies go unsigned (the auth middleware warns once).
     """
 
     async def credentials(self, method: str, url: URL) -> Credentials:
