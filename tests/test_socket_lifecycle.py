@@ -25,6 +25,7 @@ from le_transport.sockets.correlation import PendingRequests
 from le_transport.sockets.lifecycle import Lifecycle
 from le_transport.sockets.outbox import Outbox, Outgoing
 from le_transport.testing import VirtualClock
+from tests.test_jitter_r18 import expected_delay
 
 RUNS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -152,7 +153,9 @@ def test_reconnect_pauses_follow_the_backoff_policy_and_one_connect_is_in_flight
     )
     sleeps, dialer = asyncio.run(_run_refused(policy, seed))
     rng = random.Random(seed)
-    expected = [policy.delay(n, rng.random()) for n in range(1, attempts + 1)]
+    # The documented formula, not policy.delay itself (which the pauses would then match
+    # whatever it computed).
+    expected = [expected_delay(policy, n, rng.random()) for n in range(1, attempts + 1)]
     assert sleeps == pytest.approx(expected)
     assert dialer.dials == attempts + 1
     assert dialer.max_in_flight == 1
