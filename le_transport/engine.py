@@ -364,7 +364,7 @@ def _check_headers(
     headers: Mapping[str, str], service: str, method: str, auth: object = None
 ) -> None:
     """Refuse headers that are not str to str, names that are no RFC 9110 token, values that
-    hold a CR, LF or NUL, and the headers that frame the body (``Content-Length``,
+    hold a control character but tab, and the headers that frame the body (``Content-Length``,
     ``Transfer-Encoding``: aiohttp's), before anything is sent (aiohttp would fail while
     writing some, inside the retry loop, after a login, and send the others as they are); and
     a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
@@ -396,7 +396,9 @@ def _header_fault(name: object, value: object) -> str | None:
     A name must be an RFC 9110 token (letters, digits and ``!#$%&'*+-.^_`|~``): a ``:`` or a
     space would make another header of it ("Authorization:Bearer x" past the check of a
     caller's own ``Authorization``), and an empty one a malformed line (ASCII only: no lone
-    surrogate either). A value may not hold a CR, LF or NUL, nor a character UTF-8 cannot
+    surrogate either). A value may not hold a control character but tab (RFC 9110 5.5: a CR,
+    LF or NUL would start a header of its own, and aiohttp's writer refuses them all, after the
+    host was resolved and a login made, with a bare ValueError), nor a character UTF-8 cannot
     encode (aiohttp would drop it, sending another value). ``Content-Length``
     and ``Transfer-Encoding`` are aiohttp's, which frames the body: a value of the caller's
     would cut it short, and the rest would be read as the next request on the connection."""
@@ -428,11 +430,21 @@ def _header_fault(name: object, value: object) -> str | None:
             "another length would cut the body short or desynchronise the connection; leave "
             "it out"
         )
-    if not value.isprintable() and _HEADER_BREAKERS.search(value):
-        return (
-            f"header {name[:40]!r} has a value holding a CR, LF or NUL, which would start a "
-            "header of its own; the value is not shown"
-        )
+    # isprintable() is False for every control character (tab included): a plain value is
+    # told by it alone.
+    if not value.isprintable():
+        if _HEADER_BREAKERS.search(value):
+            return (
+                f"header {name[:40]!r} has a value holding a CR, LF or NUL, which would start a "
+                "header of its own; the value is not shown"
+            )
+        control = _HEADER_CONTROLS.search(value)
+        if control is not None:
+            return (
+                f"header {name[:40]!r} has a value holding the control character "
+                f"U+{ord(control.group()):04X}, which a header may not hold (RFC 9110: tab is "
+                "the only one allowed); the value is not shown"
+            )
     # aiohttp's writer skips what UTF-8 cannot encode ('agent-\udcff7', as os.environ or
     # os.fsdecode give a byte that is not UTF-8, went out as 'agent-7'). An ASCII value (the
     # usual one) is told by isascii() alone, so that the check costs a plain call nothing.
@@ -447,6 +459,10 @@ def _header_fault(name: object, value: object) -> str | None:
 
 #: What ends a header line (aiohttp refuses these while writing the request).
 _HEADER_BREAKERS = re.compile("[\r\n\x00]")
+
+#: Every other control character but tab, which aiohttp's writer refuses too (its
+#: ``[\x00-\x08\x0a-\x1f\x7f]``; RFC 9110 5.5 allows tab alone in a field value).
+_HEADER_CONTROLS = re.compile("[\x01-\x08\x0b-\x1f\x7f]")
 
 #: A header name: an RFC 9110 token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -490,9 +506,9 @@ def _strict_json(value: Any) -> str:
 
 #: What a request's arguments may be, for the message of a request aiohttp could not build.
 _ARGUMENTS = (
-    "params values must be str, int or float; headers str names and values without CR or LF; "
-    "json a JSON-serialisable value without NaN or infinity; data bytes, str or a flat form "
-    "mapping"
+    "params values must be str, int or float; headers str names and values without control "
+    "characters; json a JSON-serialisable value without NaN or infinity; data bytes, str or a "
+    "flat form mapping"
 )
 
 
@@ -1704,6 +1720,8 @@ class Engine:
         # the same few endpoints all day, and checking, building and redacting them again cost
         # a successful call more than its policy decisions (benchmarks/README.md).
         self._checked_paths: set[str] = set()
+        #: Service names checked (_check_service) for a domain provider that may fetch.
+        self._checked_services: set[str] = set()
         self._urls: dict[tuple[str, str, str], tuple[URL, str]] = {}
         self._pacer = pacer or ReconnectPacer(self._clock)
         self._sockets: set[ResilientSocket] = set()
@@ -2138,6 +2156,17 @@ class Engine:
         self._urls[key] = built
         return built
 
+    def _check_service(self, service: object, method: str) -> None:
+        """Refuse a ``service`` that names no service (:func:`_service_fault`), as
+        :meth:`websocket` does, and keep a good one as checked."""
+        refused = _service_fault(service)
+        if refused is not None:
+            raise InvalidRequest(refused, method=method) from None
+        assert isinstance(service, str)
+        if len(self._checked_services) >= _URL_CACHE_SIZE:
+            self._checked_services.clear()
+        self._checked_services.add(service)
+
     def _check_path(self, service: str, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
             # Described, never shown: a URL given for a path may carry a token in any segment
@@ -2255,12 +2284,15 @@ class Engine:
           its names, filenames, content types and charset; an aiohttp ``Payload``, a closed
           file, and a form holding either or an async iterable are refused.
           Text UTF-8 cannot encode (a lone surrogate) is an
-          :class:`~le_transport.errors.InvalidRequest`.
+          :class:`~le_transport.errors.InvalidRequest`. A body that fails while it is sent (a
+          file that cannot be read, an async iterable that raises) is a
+          :class:`~le_transport.errors.RequestBodyError`: not retried, not the service's
+          failure (the overload guard does not count it), its exception the ``__cause__``.
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
-          str values without CR, LF, NUL or a character UTF-8 cannot encode; neither
-          ``Content-Length`` nor ``Transfer-Encoding`` (aiohttp frames the body); none that
-          the auth provider's credentials set and would replace (its ``credential_headers``: the
-          library's providers set ``Authorization``): each an
+          str values without a control character (tab allowed) or a character UTF-8 cannot
+          encode; neither ``Content-Length`` nor ``Transfer-Encoding`` (aiohttp frames the
+          body); none that the auth provider's credentials set and would replace (its
+          ``credential_headers``: the library's providers set ``Authorization``): each an
           :class:`~le_transport.errors.InvalidRequest`, before anything is sent.
         - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
           "no such user"): such an answer is returned as a :class:`Response`, as a success is,
@@ -2278,9 +2310,11 @@ class Engine:
         :class:`~le_transport.errors.RequestError` subclasses for what they name.
         """
         if type(method) is not str or method not in _UPPER_METHODS:
-            if not isinstance(method, str) or not method.isalpha():
+            # ASCII letters only, checked before upper(): any Unicode letter is alpha, and
+            # upper() makes some of them ASCII ('po\u017ft' became POST).
+            if not isinstance(method, str) or not method.isascii() or not method.isalpha():
                 raise InvalidRequest(
-                    "method must be an HTTP method name (letters only: 'GET'), got "
+                    "method must be an HTTP method name (ASCII letters only: 'GET'), got "
                     f"{_described(method)}"
                 )
             method = method.upper()
@@ -2299,6 +2333,10 @@ class Engine:
                     service=service,
                     method=method,
                 )
+            refused = _service_fault(service)
+            if refused is not None:
+                # Before the recovery loop reads a body into memory, or resolves anything.
+                raise InvalidRequest(refused, method=method)
             return await self._recovering(
                 method,
                 service,
@@ -2344,21 +2382,36 @@ class Engine:
         sent = False
         try:
             try:
-                if self._resolves_at_once or policy.deadline is None:
+                if self._resolves_at_once:
+                    # StaticDomains: a service it does not hold fails in it, at once, and is
+                    # checked there (below), on the error path only.
                     resolved = await self._domains.resolve(service)
                 else:
-                    # A Domain API fetch runs on its own schedule: the call's deadline bounds the
-                    # wait.
-                    resolved = await within_deadline(
-                        self._clock,
-                        ctx,
-                        self._domains.resolve(service),
-                        "resolving its host",
-                        method=method,
-                    )
+                    # Checked before a provider that may fetch (a Domain API call for a list,
+                    # then blamed on the provider), once per service name, as paths are.
+                    if type(service) is not str or service not in self._checked_services:
+                        self._check_service(service, method)
+                    if policy.deadline is None:
+                        resolved = await self._domains.resolve(service)
+                    else:
+                        # A Domain API fetch runs on its own schedule: the call's deadline
+                        # bounds the wait.
+                        resolved = await within_deadline(
+                            self._clock,
+                            ctx,
+                            self._domains.resolve(service),
+                            "resolving its host",
+                            method=method,
+                        )
             except TransportError:
+                if self._resolves_at_once:
+                    # (Its UnknownServiceError: a name websocket() refuses is said as there.)
+                    self._check_service(service, method)
                 raise
             except Exception as exc:
+                if self._resolves_at_once:
+                    # (StaticDomains' TypeError for an unhashable service.)
+                    self._check_service(service, method)
                 # The domain provider's own failure (a bug in a provider of the caller's): typed,
                 # with its exception as the cause; not the caller's arguments.
                 raise self._provider_failure(
@@ -2762,10 +2815,11 @@ class Engine:
           which a LiveEngage messaging path gets by default
           (:func:`~le_transport.sockets.query_for_path`: ``v=2.1`` on the UMS agent socket,
           ``v=3`` on the consumer's); sent on every connect.
-        - ``headers``: the upgrade request's own headers, str names to str values without CR,
-          LF or NUL; where the credentials go in the headers (``HEADER``), none that the auth
-          provider's credentials set and would replace (its ``credential_headers``:
-          ``Authorization`` for the library's providers), as for :meth:`request`.
+        - ``headers``: the upgrade request's own headers, str names to str values without a
+          control character (tab allowed); where the credentials go in the headers
+          (``HEADER``), none that the auth provider's credentials set and would replace (its
+          ``credential_headers``: ``Authorization`` for the library's providers), as for
+          :meth:`request`.
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
           client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used
           only with ``FIRST_FRAME``; default
@@ -3065,10 +3119,10 @@ class Engine:
         session a call logs in with alive.
 
         ``headers`` go on every keepalive request, as :meth:`request`'s do: str names to str
-        values without CR, LF or NUL, and none that the auth provider's credentials set (its
-        ``credential_headers``: ``Authorization`` for the library's providers); anything else
-        is an :class:`~le_transport.errors.InvalidRequest` here, before the task starts, rather
-        than a failure logged at every run.
+        values without a control character (tab allowed), and none that the auth provider's
+        credentials set (its ``credential_headers``: ``Authorization`` for the library's
+        providers); anything else is an :class:`~le_transport.errors.InvalidRequest` here,
+        before the task starts, rather than a failure logged at every run.
 
         The Server Chat API's chat info wants ``Authorization: LivePerson appKey=<key>``: run it
         on an engine whose ``auth`` is an :class:`~le_transport.providers.AppKeyAuth`. On an

@@ -42,6 +42,7 @@ __all__ = [
     "ProviderError",
     "RecoveryFailed",
     "Repeat",
+    "RequestBodyError",
     "RequestError",
     "ResponseDecodeError",
     "RetriesExhausted",
@@ -433,6 +434,16 @@ class BodyTooLarge(RequestError):
     ) -> None:
         super().__init__(message, **context)
         self.limit = limit
+
+
+class RequestBodyError(RequestError):
+    """The request's own body failed while it was being sent: a file that could not be read
+    (an ``OSError`` such as EIO), an async iterable of the caller's that raised. Neither the
+    connection's failure nor the service's: the call is not retried, and the overload guard
+    (the circuit breaker, the retry budget) does not count it against the service. The
+    message names the exception's type only (its text may be the caller's data); the
+    exception itself is the ``__cause__``. ``repeat`` is ``FINAL``: the same body would fail
+    again."""
 
 
 class UnsignableBody(RequestError, ValueError):

@@ -51,6 +51,8 @@ from ..errors import (
     EngineClosed,
     HTTPStatusError,
     InvalidRetryAfter,
+    Repeat,
+    RequestBodyError,
     RequestError,
     RetriesExhausted,
     TransportError,
@@ -129,6 +131,36 @@ def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return Outcome.failure(OutcomeKind.TIMEOUT, name), False
     return Outcome.failure(OutcomeKind.CONNECTION_LOST, name), False
+
+
+#: aiohttp's coroutine that writes a request's body: an exception whose traceback starts in
+#: it was raised while the body was sent (read from the traceback of a failure only).
+_WRITE_BYTES = getattr(getattr(aiohttp.ClientRequest, "write_bytes", None), "__code__", None)
+
+
+def _body_failure(exc: BaseException) -> BaseException | None:
+    """The exception the request's own body raised while aiohttp sent it, if ``exc`` is
+    aiohttp's wrapping of one; None for a failure of the connection.
+
+    aiohttp's ``ClientRequest.write_bytes`` wraps whatever writing the body raises: an
+    ``OSError`` in a ``ClientOSError``, anything else in a ``ClientConnectionError`` (whose
+    message repeats it), the original as ``__cause__``. What aiohttp's writer raises for the
+    connection is a ``ConnectionError`` (a reset, a broken pipe, "Connection lost"), and a
+    timeout a ``TimeoutError``: those are the transport's. Anything else raised in it (a file
+    that cannot be read, a caller's async iterable raising) is the body's. Told by the cause's
+    traceback, not by the message: the same wrappers, with an ``OSError`` cause, come from a
+    connection lost under a read (an ``SSLError``, ``EHOSTUNREACH``), never raised there."""
+    if not isinstance(exc, aiohttp.ClientConnectionError) or _WRITE_BYTES is None:
+        return None
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, ConnectionError | TimeoutError):
+        return None
+    tb = cause.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _WRITE_BYTES:
+            return cause
+        tb = tb.tb_next
+    return None
 
 
 def _body_limit(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
@@ -506,6 +538,14 @@ class _Call(_WheelTimer):
                         # call for one that sent nothing (CallContext.may_resend).
                         cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "CancelledError")
                         ctx.attempts.append(AttemptRecord(attempt, cut, None, started))
+                    if not timed_out:
+                        spoilt = _body_failure(exc)
+                        if spoilt is not None:
+                            # The caller's body, not the connection nor the service: final,
+                            # and no outcome for the gate (the breaker and the budget).
+                            if gate is not None:
+                                gate.abandon(self, attempt)
+                            raise self._body_failed(spoilt, attempt, started) from spoilt
                     outcome, error = self._failed(attempt, exc, timed_out, gate)
                     resp = None
                 else:
@@ -711,6 +751,23 @@ class _Call(_WheelTimer):
         self.ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
         too_large.attempts = tuple(self.ctx.attempts)
         self.log_final(too_large, outcome, "the response body is too large")
+
+    def _body_failed(self, cause: BaseException, attempt: int, started: float) -> RequestBodyError:
+        """The request's body raised ``cause`` while attempt ``attempt`` sent it: recorded (the
+        request may have been partly sent), logged without ``cause``'s text, and final."""
+        ctx = self.ctx
+        cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "RequestBodyError")
+        ctx.attempts.append(AttemptRecord(attempt, cut, None, started))
+        reason = f"the request body could not be read: {type(cause).__name__}"
+        err = RequestBodyError(
+            f"attempt {attempt} failed: {reason} (raised by the body itself, not the "
+            "connection; not retried)",
+            attempts=ctx.attempts,
+            **self._where(),
+        )
+        err.repeat = Repeat.FINAL
+        self.log_final(err, None, reason)
+        return err
 
     def _failed(
         self, attempt: int, exc: BaseException, timed_out: bool, gate: RetryGate | None
