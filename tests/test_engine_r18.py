@@ -47,6 +47,7 @@ from le_transport.policies import (
     KeepaliveTransport,
 )
 from le_transport.providers import CsdsDomains
+from le_transport.providers.auth import Credentials, InvalidCredentials
 from le_transport.recovery import repeat_of
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -351,3 +352,13 @@ async def test_a_service_that_names_no_service_asks_no_domain_api(
         assert (await engine.request("GET", "svc", "/x", deadline=30.0)).status == 200
     assert len(asked) == 1
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("control", ["\x01", "\x0b", "\x1b", "\x7f"])
+def test_credentials_holding_a_control_character_are_refused_when_made(control: str) -> None:
+    # aiohttp's writer refuses them mid-call with a bare ValueError: refused when the provider
+    # makes them, as a CR/LF is, the value never shown.
+    with pytest.raises(InvalidCredentials, match="U\\+00") as caught:
+        Credentials(headers={"Authorization": f"Bearer tok{control}en-secret"})
+    assert "secret" not in str(caught.value)
+    assert Credentials(headers={"X-Trace": "a\tb"}).headers["X-Trace"] == "a\tb"

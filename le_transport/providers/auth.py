@@ -41,6 +41,8 @@ class InvalidCredentials(ConfigurationError):
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: What ends a header line: a value holding one would write a header of its own.
 _HEADER_BREAKERS = re.compile("[\r\n\x00]")
+#: Every other control character but tab (aiohttp's writer refuses them all; RFC 9110 5.5).
+_HEADER_CONTROLS = re.compile("[\x01-\x08\x0b-\x1f\x7f]")
 
 
 def _frozen_headers(value: object) -> Mapping[str, str]:
@@ -68,8 +70,16 @@ def _credential_header_fault(name: object, value: object) -> str | None:
         return "a header name is not an RFC 9110 token (letters, digits, !#$%&'*+-.^_`|~)"
     if type(value) is not str and not isinstance(value, str):
         return f"header {name[:40]!r} has a value of type {type(value).__name__}, not a str"
-    if not value.isprintable() and _HEADER_BREAKERS.search(value):
-        return f"header {name[:40]!r} has a value holding a CR, LF or NUL"
+    if not value.isprintable():
+        if _HEADER_BREAKERS.search(value):
+            return f"header {name[:40]!r} has a value holding a CR, LF or NUL"
+        control = _HEADER_CONTROLS.search(value)
+        if control is not None:
+            # aiohttp's writer refuses it too, with a bare ValueError mid-call.
+            return (
+                f"header {name[:40]!r} has a value holding the control character "
+                f"U+{ord(control.group()):04X} (tab is the only one a header may hold)"
+            )
     if not value.isascii():
         try:
             value.encode("utf-8")
