@@ -103,6 +103,11 @@ async def test_a_client_that_stops_reading_holds_back_only_its_own_socket() -> N
                 got = await _text(reader)
                 assert (got["type"], got["body"]["n"]) == (NOTIFICATION, 1)
                 assert not pushing.done()
+                # Given up on (cancelled), it holds up no later send to the reading socket.
+                pushing.cancel()
+                await asyncio.gather(pushing, return_exceptions=True)
+                await second.notify(NOTIFICATION, {"n": 2})
+                assert (await _text(reader))["body"] == {"n": 2}
             finally:
                 await stalled.close()
                 for task in (filler, pushing):
@@ -131,6 +136,33 @@ async def test_a_notification_can_be_aimed_at_one_account(clock: VirtualClock) -
             assert await sim.sockets.notify(NOTIFICATION, {}, account="99999999") == 0
             with pytest.raises(ConfigurationError, match="account"):
                 await sim.sockets.notify(NOTIFICATION, {}, account=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("second", ["to one account", "to one socket"])
+async def test_sends_reach_a_socket_in_the_order_they_were_called(
+    clock: VirtualClock, second: str
+) -> None:
+    # A notify to several sockets sends from tasks of its own: a send called after it (from
+    # another task) still goes out after it on the socket both reach.
+    config = SimulatorConfig(
+        accounts=(Account(), Account(id=OTHER_ACCOUNT, users={DEFAULT_USER: DEFAULT_PASSWORD}))
+    )
+    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+        mine = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        theirs = sim.tokens.login(OTHER_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        async with (
+            http.ws_connect(sim.brand_socket_url(mine.bearer)) as ws,
+            http.ws_connect(sim.brand_socket_url(theirs.bearer, OTHER_ACCOUNT)),
+        ):
+            first, _ = await sim.sockets.wait_open(2)
+            assert first.account == DEFAULT_ACCOUNT
+            then = (
+                sim.sockets.notify(NOTIFICATION, {"n": 2}, account=DEFAULT_ACCOUNT)
+                if second == "to one account"
+                else first.notify(NOTIFICATION, {"n": 2})
+            )
+            await asyncio.gather(sim.sockets.notify(NOTIFICATION, {"n": 1}), then)
+            assert [(await _text(ws))["body"]["n"] for _ in range(2)] == [1, 2]
 
 
 async def test_a_notification_that_is_no_json_is_refused_before_any_socket_gets_it(

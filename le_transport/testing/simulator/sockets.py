@@ -299,6 +299,10 @@ class SimSocket:
     #: Set when no close is waiting for held frames (a second close waits for it, then looks
     #: again: the socket closed, or that close cut short and this one closes it).
     _flush_ended: asyncio.Event = attrs.field(factory=asyncio.Event, init=False, repr=False)
+    # The last send taken in turn (_take_turn): done once it has written its frame (or given
+    # up). Each send waits for the one before it, so frames go out in the order their sends
+    # were called, also when SocketHub.notify sends from tasks of its own.
+    _last_send: asyncio.Future[None] | None = attrs.field(default=None, init=False, repr=False)
     #: The brand socket's Login Service session (the one whose bearer is in its path), or None
     #: (a consumer socket). With ``config.close_ended_sessions`` the socket is closed with 4401
     #: at its first frame after the session ended (logged out, revoked, expired).
@@ -344,8 +348,38 @@ class SimSocket:
             return
         await self._send_text(frame, _encode_sent(frame))
 
+    def _take_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        """This send's place in the socket's order, taken now (synchronously): the send
+        before it, to wait for, and this one's, to end (:meth:`_sent_in_turn`)."""
+        before = self._last_send
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_send = mine
+        return (None if before is None or before.done() else before), mine
+
     async def _send_text(self, frame: dict[str, Any], text: str) -> None:
-        """Send ``frame``, already encoded as ``text`` (strict JSON)."""
+        """Send ``frame``, already encoded as ``text`` (strict JSON), after the sends called
+        before it."""
+        before, mine = self._take_turn()
+        await self._sent_in_turn(before, mine, frame, text)
+
+    async def _sent_in_turn(
+        self,
+        before: asyncio.Future[None] | None,
+        mine: asyncio.Future[None],
+        frame: dict[str, Any],
+        text: str,
+    ) -> None:
+        """Send ``frame`` once the send before it is done, then let the next one go."""
+        try:
+            if before is not None:
+                # (Waited, not awaited: a cancelled caller must not cancel the one before.)
+                await asyncio.wait({before})
+            await self._send_now(frame, text)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+
+    async def _send_now(self, frame: dict[str, Any], text: str) -> None:
         ws = self._ws
         if self.closed or self.closing or self.silent or ws is None or ws.closed:
             return
@@ -600,12 +634,22 @@ class SocketHub:
         ]
         frame = {"kind": "notification", "type": type, "body": body}
         text = _encode_sent(frame)
-        # To every socket at once: a client that stops reading holds back only its own socket
-        # (the send waits for its buffer to drain), not the others' notifications.
         if len(targets) == 1:
-            await targets[0]._send_text(frame, text)  # (no task of its own: sent in turn)
-        else:
-            await asyncio.gather(*(s._send_text(frame, text) for s in targets))
+            await targets[0]._send_text(frame, text)
+            return 1
+        # To every socket at once: a client that stops reading holds back only its own socket
+        # (the send waits for its buffer to drain), not the others' notifications. Each
+        # socket's turn is taken now, before the sends' tasks start: a send called after this
+        # (another notify, a socket's own) goes out after it, as it did when sent in turn.
+        turns = [(s, *s._take_turn()) for s in targets]
+        try:
+            await asyncio.gather(
+                *(s._sent_in_turn(before, mine, frame, text) for s, before, mine in turns)
+            )
+        finally:
+            for _, _, mine in turns:
+                if not mine.done():  # a send cancelled before it started: the next may go
+                    mine.set_result(None)
         return len(targets)
 
     async def wait_open(self, count: int = 1) -> list[SimSocket]:
