@@ -22,7 +22,16 @@ import redis.asyncio as aioredis
 
 from le_transport.errors import ConfigurationError, StateDataError, StateStoreError
 from le_transport.policies import RetryBudget, TokenBucket
-from le_transport.state import FallbackStore, MemoryStore, RedisStore, StateStore
+from le_transport.state import (
+    FallbackStore,
+    MemoryStore,
+    RedisStore,
+    SharedSession,
+    StateStore,
+    state_key,
+)
+from le_transport.state.fallback import stored_text
+from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
 
 from .redis_server import RedisServer, close_client, redis_server
@@ -305,3 +314,47 @@ async def test_fallback_compare_and_delete_answers_locally_while_out() -> None:
     assert not fallback.sharing
     await fallback.local.set("1:lock", "A", ttl=30)
     assert await fallback.delete("1:lock") is True  # while out, the local answer
+
+
+# -- a lone surrogate answered by a store is damage, not the caller's mistake ------------------
+
+
+class _SurrogatePrimary(MemoryStore):
+    """A caller's store whose text decoding keeps undecodable bytes (surrogateescape)."""
+
+    async def get(self, key: str) -> Entry | None:
+        return Entry("\udcff\udcfe{", 30.0)
+
+
+async def test_a_value_no_store_takes_back_reads_as_damaged_through_the_fallback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fallback = FallbackStore(_SurrogatePrimary())
+    try:
+        assert await fallback.get("1:breaker:svc:host") is None
+        assert fallback.sharing
+        assert "damaged" in caplog.text
+        assert "\udcff" not in caplog.text
+    finally:
+        await fallback.close()
+
+
+async def test_a_shared_session_read_through_surrogateescape_is_damaged_not_refused(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py's encoding_errors="surrogateescape" (a client option RedisStore passes on):
+    # another writer's session entry that is no UTF-8 made every read of the session a
+    # ConfigurationError (the fallback's mirror refused the value), where an unreadable entry
+    # is ignored and overwritten by the next login.
+    raw = aioredis.Redis.from_url(redis_server.url)
+    store = RedisStore(
+        redis_server.url, prefix="t", client_options={"encoding_errors": "surrogateescape"}
+    )
+    try:
+        await raw.set("t:" + state_key("1", "session", "u"), b"\xff\xfe{", px=600_000)
+        shared = SharedSession(store, account="1", user="u")
+        assert await shared.current() is None
+        assert stored_text("\udcff") is None
+    finally:
+        await close_client(raw)
+        await store.close()

@@ -48,6 +48,7 @@ from .store import (
     check_ttl,
     check_value,
     closed_error,
+    encodes,
     takes_only_if,
 )
 
@@ -317,8 +318,9 @@ class FallbackStore:
             return None
 
         entry = await self._call("get", key, lambda: self._primary.get(key), local, _ENTRY, damaged)
-        if entry is not None and type(entry.value) is not str:
-            # A caller's store (primary, or a local MemoryStore of its own) answering no str.
+        if entry is not None and (type(entry.value) is not str or not encodes(entry.value)):
+            # A caller's store (primary, or a local MemoryStore of its own) answering no str,
+            # or text no store takes back (a lone surrogate: a client's surrogateescape).
             entry = self._as_text(key, entry)
         if shared and writes == self._writes:
             # Not when this process wrote meanwhile, nor had a write on its way as the read
@@ -340,12 +342,16 @@ class FallbackStore:
             self._damaged[key] = None
             # The key's kind and the value's type only: the value may be anything (a session's
             # bytes), and the key names an account and a user.
+            what = (
+                "a str UTF-8 cannot encode (a lone surrogate)"
+                if isinstance(entry.value, str)
+                else f"a {type(entry.value).__name__} value, not a str (nor UTF-8 bytes)"
+            )
             _log.warning(
-                "shared state of kind %r answered a %s value, not a str (nor UTF-8 bytes): "
-                "that key is treated as damaged (kept locally by each process); every other "
-                "key is still shared",
+                "shared state of kind %r answered %s: that key is treated as damaged (kept "
+                "locally by each process); every other key is still shared",
                 _kind_of(key),
-                type(entry.value).__name__,
+                what,
                 extra={"store": repr(self._primary), "operation": "get", "key": key},
             )
         return None
@@ -568,9 +574,12 @@ def stored_text(value: object) -> str | None:
     byte): a value read as damaged is None here, so that a writer replaces it unconditionally,
     where a lossy text, compared as a compare-and-set's ``only_if``, matched the stored bytes
     never, and kept the damaged entry for its whole TTL. Nor is anything else made a str
-    (``str(5)``): it was never a value of the library's."""
+    (``str(5)``): it was never a value of the library's. A str UTF-8 cannot encode (a lone
+    surrogate: a client decoding with ``surrogateescape``, a caller's store) is damaged too:
+    no store takes it back (:func:`~le_transport.state.store.check_value`), so a mirror or a
+    writer comparing it failed with a caller's ConfigurationError."""
     if isinstance(value, str):
-        return value
+        return value if encodes(value) else None
     if isinstance(value, (bytes, bytearray)):
         try:
             return bytes(value).decode("utf-8")

@@ -50,6 +50,7 @@ __all__ = [
     "check_ttl",
     "check_value",
     "closed_error",
+    "encodes",
     "state_key",
 ]
 
@@ -129,7 +130,7 @@ def check_ttl(ttl: object) -> float:
     return min(float(ttl), MAX_TTL)  # type: ignore[arg-type]
 
 
-def _encodes(text: str) -> bool:
+def encodes(text: str) -> bool:
     """Whether ``text`` encodes to UTF-8, as Redis is sent it: not if it holds a lone
     surrogate (``"\\udcff"``: what ``os.environ`` or ``sys.argv`` gives for a byte that is no
     UTF-8). Cheap for the common case: ASCII is checked first."""
@@ -159,7 +160,7 @@ def check_value(value: object) -> None:
     a token."""
     if not isinstance(value, str):
         raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
-    if not _encodes(value):
+    if not encodes(value):
         raise _not_utf8("a stored value")
 
 
@@ -174,7 +175,7 @@ def check_only_if(only_if: object) -> None:
         raise ConfigurationError(
             f"a store's only_if must be None or a str, got {type(only_if).__name__}"
         )
-    if not _encodes(only_if):
+    if not encodes(only_if):
         raise _not_utf8("a store's only_if")
 
 
@@ -231,7 +232,7 @@ def check_key(key: object) -> None:
         raise ConfigurationError(
             f"a store key must be a str (made with state_key), got {type(key).__name__}"
         )
-    if not _encodes(key):
+    if not encodes(key):
         raise _not_utf8("a store key")
 
 
