@@ -572,6 +572,7 @@ async def test_a_partial_login_map_is_merged_and_does_not_extend_the_maps_life(
         # Not every service was confirmed: the map is fetched at its own expiry, t=600.
         await clock.sleep(100)
         assert await domains.resolve("accountConfigReadOnly") == sim.host
+        await domains.wait_refresh()  # the expired map is refreshed in the background
         assert sim.count("GET", CSDS_PATH) == 2
 
 

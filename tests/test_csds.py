@@ -54,7 +54,9 @@ async def test_domain_map_is_fetched_once_and_served_from_cache_within_the_ttl(
         assert await domains.resolve("accountConfigReadOnly") == sim.host
         assert sim.count("GET", CSDS_PATH) == 1
         await clock.sleep(2)
+        # Expired: served at once, refreshed in the background (stale-while-revalidate).
         assert await domains.resolve("agentVep") == sim.host
+        await domains.wait_refresh()
         assert sim.count("GET", CSDS_PATH) == 2
 
 
@@ -116,6 +118,7 @@ async def test_a_failed_refresh_keeps_serving_the_last_good_map_and_logs_it(
         sim.faults.script("GET", CSDS_PATH, [503, Reset()])
         with caplog.at_level(logging.WARNING, logger="le_transport.domains"):
             assert await domains.resolve("agentVep") == sim.host
+            await domains.wait_refresh()  # the refresh runs in the background
         # One attempt, no 5/10/15 s schedule in front of a caller that has a map.
         assert sim.count("GET", CSDS_PATH) == 2
         assert "serving the last good map" in caplog.text
@@ -127,9 +130,11 @@ async def test_a_failed_refresh_keeps_serving_the_last_good_map_and_logs_it(
         # ... after it, it is (and this time the Reset fault answers: still stale).
         await clock.sleep(2)
         assert await domains.resolve("agentVep") == sim.host
+        await domains.wait_refresh()
         assert sim.count("GET", CSDS_PATH) == 3
         await clock.sleep(31)
         assert await domains.resolve("agentVep") == sim.host
+        await domains.wait_refresh()
         assert sim.count("GET", CSDS_PATH) == 4
 
 
@@ -149,6 +154,7 @@ async def test_a_failed_refresh_gives_up_with_a_warning_saying_the_last_good_map
         sim.faults.script("GET", CSDS_PATH, [503 if fault == "503" else Reset()])
         caplog.clear()
         assert await domains.resolve("agentVep") == sim.host
+        await domains.wait_refresh()  # the refresh runs in the background
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     [gave_up] = [r for r in caplog.records if r.name == "le_transport.retry"]
     assert gave_up.levelno == logging.WARNING
@@ -293,6 +299,7 @@ async def test_a_refresh_answering_no_usable_service_keeps_serving_the_last_good
         sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(answer))])
         with caplog.at_level(logging.WARNING, logger="le_transport.domains"):
             assert await domains.resolve("agentVep") == sim.host
+            await domains.wait_refresh()  # the refresh runs in the background
         assert "without one usable service" in caplog.text
         assert "serving the last good map" in caplog.text
         assert [e.name for e in events] == ["domains_stale"]
@@ -300,6 +307,7 @@ async def test_a_refresh_answering_no_usable_service_keeps_serving_the_last_good
         # Asked again after stale_retry (the script is spent: a good map this time).
         await clock.sleep(31)
         assert await domains.resolve("accountConfigReadOnly") == sim.host
+        await domains.wait_refresh()
         assert sim.count("GET", CSDS_PATH) == 3
 
 

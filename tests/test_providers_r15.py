@@ -108,8 +108,13 @@ async def test_a_service_left_out_of_two_refreshes_in_a_row_is_dropped(
         assert await domains.resolve("agentVep") == sim.host
         sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))] * 2)
         await clock.sleep(61)
+        # Each expired map is refreshed in the background: waited for here.
+        assert await domains.resolve("agentVep") == sim.host
+        await domains.wait_refresh()
         assert await domains.resolve("agentVep") == sim.host  # kept once
         await clock.sleep(61)
+        assert await domains.resolve("agentVep") == sim.host  # the expired map, served
+        await domains.wait_refresh()
         try:
             await domains.resolve("agentVep")
         except UnknownServiceError:
@@ -174,8 +179,11 @@ async def test_a_retired_service_is_dropped_in_a_fleet_too(
             await clock.sleep(60)
             before = a.fetches + b.fetches
             try:
+                # Each expired map is refreshed in the background: waited for here.
                 await first.resolve("idp")  # refreshes from the Domain API (shared expired)
+                await first.wait_refresh()
                 await second.resolve("idp")  # adopts the shared map
+                await second.wait_refresh()
             finally:
                 fetches += a.fetches + b.fetches - before
             for p in (a, b):
@@ -255,10 +263,14 @@ async def test_one_partial_answer_is_not_counted_twice_when_the_shared_map_outli
         assert await a.resolve("agentVep") == sim.host
         await clock.sleep(181)
         sim.faults.script("GET", CSDS_PATH, [Status(200, body=json.dumps(partial))])  # once
+        assert await a.resolve("agentVep") == sim.host
+        await a.wait_refresh()  # the expired map is refreshed in the background
         assert await a.resolve("agentVep") == sim.host  # fetch 2 (partial): kept once
         assert a.fetches == 2
         await clock.sleep(61)
         # No new answer from the Domain API (the shared copy of fetch 2 is adopted) ...
+        assert await a.resolve("agentVep") == sim.host  # the expired map, served
+        await a.wait_refresh()
         try:
             host = await a.resolve("agentVep")
         except UnknownServiceError as exc:

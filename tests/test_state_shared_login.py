@@ -208,6 +208,9 @@ async def test_a_fleet_sharing_a_domain_map_asks_once_per_ttl_and_serves_no_olde
         for step in range(30):  # 3,000 virtual seconds, one resolve a 100 s per process
             for domains in providers:
                 assert await domains.resolve("agentVep") == sim.host
+                # An expired map is served and refreshed in the background: that refresh
+                # lands (and is shared) before the next process resolves.
+                await domains.wait_refresh()
             await clock.sleep(100)
             del step
         # One fetch per 600 s for the whole fleet (3,000 s: 5, not 1 for an hour's entry, and
@@ -218,6 +221,8 @@ async def test_a_fleet_sharing_a_domain_map_asks_once_per_ttl_and_serves_no_olde
         sim.config = attrs.evolve(sim.config, public_address=moved)
         await clock.sleep(600)
         for domains in providers:
+            await domains.resolve("agentVep")  # expired: served, refreshed in the background
+            await domains.wait_refresh()
             assert await domains.resolve("agentVep") == moved
 
 

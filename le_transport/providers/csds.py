@@ -8,14 +8,23 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
 - Concurrent callers share one fetch (single flight): a reconnect storm is one request.
 - The very first fetch follows the request schedule; when it still fails, the error is a
   :class:`~le_transport.errors.DomainResolutionError` naming the account.
-- Once a map exists, a failed refresh keeps serving it (stale-if-error) and logs so: the Domain
-  API sits on every reconnect path, and its outage must not stop one. Such a refresh is a single
-  attempt (no 5/10/15 s schedule in front of a reconnect), and it is not tried again for
-  ``stale_retry`` seconds. A refresh answering a map without one valid host (empty, or every
-  entry malformed or hostile) counts as failed: installed, it would fail every service. A
-  refresh with a map cached says it handles an outage itself, so the retry middleware logs its
-  giving up as a WARNING that says the last good map is served, not an ERROR, and its give-up
-  event has ``handled_by_caller``: nothing failed for a caller (a token fetched early, say).
+- Once a map exists, its expiry makes no caller wait (stale-while-revalidate): the caller that
+  finds it expired starts the refresh in the background (the single flight's run, which
+  :meth:`CsdsDomains.close` stops) and is served the cached map at once, as every caller is
+  until the refresh lands; a Domain API that hangs held every call and reconnect up to the
+  refresh's 30 s attempt timeout. Only a caller without a map, one asking for a service the
+  stale map has no valid host for (a service added since, a host fixed since), and one after
+  :meth:`~CsdsDomains.invalidate` or in :meth:`~CsdsDomains.refresh` wait for the refresh.
+- A failed refresh keeps serving the map (stale-if-error) and logs so: the Domain API sits on
+  every reconnect path, and its outage must not stop one. Such a refresh is a single attempt
+  (no 5/10/15 s schedule in front of a reconnect), and it is not tried again for
+  ``stale_retry`` seconds. There is no bound on a map's age: a map is served through an outage
+  however long, a refresh tried again each ``stale_retry`` seconds. A refresh answering a map
+  without one valid host (empty, or every entry malformed or hostile) counts as failed:
+  installed, it would fail every service. A refresh with a map cached says it handles an
+  outage itself, so the retry middleware logs its giving up as a WARNING that says the last
+  good map is served, not an ERROR, and its give-up event has ``handled_by_caller``: nothing
+  failed for a caller (a token fetched early, say).
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
@@ -34,11 +43,12 @@ configurable, so the whole stack can point at a local server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -54,7 +64,7 @@ from ..errors import (
 from ..events import StateEvent
 from ..policies._validate import finite_number
 from ..policies.retry import RetryPolicy
-from ._flight import SingleFlight
+from ._flight import SingleFlight, _consume
 from ._http import (
     ProviderHttp,
     emit_state,
@@ -253,6 +263,24 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
+class _MapFlight(SingleFlight[dict[str, Entry]]):
+    """The map's single flight, which a caller served the stale map starts without waiting
+    for it (:meth:`start`): the run is this flight's own, so callers that must wait join it,
+    and :meth:`~SingleFlight.cancel` (on close) stops it."""
+
+    __slots__ = ()
+
+    def start(self, fn: Callable[[], Awaitable[dict[str, Entry]]]) -> None:
+        """Start a run of ``fn`` if none is in progress; do not wait for it. Its end is
+        retrieved (nothing is reported as never retrieved); ``fn`` handles its own failure."""
+        if self.running:
+            return
+        task = asyncio.ensure_future(fn())
+        task.set_name(self._name)
+        task.add_done_callback(_consume)
+        self._task = task
+
+
 class CsdsDomains:
     """A :class:`~le_transport.providers.DomainProvider` backed by the Domain API (CSDS).
 
@@ -263,7 +291,8 @@ class CsdsDomains:
       of letters, digits, ``.``, ``_``, ``-``, none made only of dots (``..`` would change the
       path).
     - ``scheme``: ``https``/``http``; default: the engine's.
-    - ``ttl``: seconds a fetched map is served (600).
+    - ``ttl``: seconds a fetched map is served (600); then it is refreshed in the background,
+      callers served it until the refresh lands (stale-while-revalidate).
     - ``stale_retry``: after a failed refresh, seconds the stale map is served before asking
       again (30).
     - ``retry``: the request policy of the first fetch; default: the engine's.
@@ -323,7 +352,7 @@ class CsdsDomains:
         self._http: ProviderHttp | None = None
         self._entries: dict[str, Entry] | None = None
         self._expires_at = -math.inf
-        self._flight: SingleFlight[dict[str, Entry]] = SingleFlight(
+        self._flight = _MapFlight(
             f"le_transport.csds[{self._account}]",
             f"csds[{self._account}]: the Domain API fetch",
         )
@@ -379,15 +408,22 @@ class CsdsDomains:
     # -- DomainProvider ---------------------------------------------------------------------
 
     async def resolve(self, service: str) -> str:
-        """The host for ``service``; fetches the map first if it is missing or stale.
+        """The host for ``service``; fetches the map first if it is missing (or invalidated).
 
-        Raises :class:`UnknownServiceError` (listing the account's services),
-        :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can be had;
-        :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when the map
-        would have to be fetched (a fresh one still answers), until attached to another.
+        An expired map answers at once while a refresh runs in the background (one for all
+        callers); a service it has no valid host for waits for that refresh (a service added
+        since, a host fixed since). Raises :class:`UnknownServiceError` (listing the account's
+        services), :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can
+        be had; :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when
+        the map would have to be fetched (a fresh one still answers), until attached to another.
         """
         entries = await self._current()
         entry = entries.get(service)
+        if not isinstance(entry, str) and self._revalidating(entries):
+            # The stale map has no usable host for it: the refresh in flight may have one, as
+            # a caller awaiting the refresh found before stale-while-revalidate.
+            entries = await self._flight.run(self._revalidate)
+            entry = entries.get(service)
         if entry is None:
             known = sorted(entries)
             # Named in full up to a few dozen (a real account's map), counted beyond.
@@ -403,8 +439,9 @@ class CsdsDomains:
         return entry
 
     async def invalidate(self) -> None:
-        """Mark the map stale: the next :meth:`resolve` fetches it again (and still falls back
-        to it if that fails)."""
+        """Mark the map stale: the next :meth:`resolve` fetches it again, waiting for the
+        fetch (not served the map meanwhile, as after its mere expiry), and still falls back
+        to it if that fails."""
         self._expires_at = -math.inf
         self._ask_source = True
 
@@ -412,6 +449,15 @@ class CsdsDomains:
         """Fetch the map now (sharing a fetch in progress); return its valid entries."""
         await self.invalidate()
         await self._current()
+        return self.hosts
+
+    async def wait_refresh(self) -> Mapping[str, str]:
+        """Wait for the fetch in progress, if any (the refresh an expired map started in the
+        background, which callers are not kept waiting for); return the valid entries then.
+        Raises as waiting for that fetch in :meth:`resolve` would (``EngineClosed`` if it is
+        stopped by close)."""
+        if self._flight.running:
+            await self._flight.run(self._revalidate)
         return self.hosts
 
     def warm(self, collection: object) -> bool:
@@ -482,16 +528,49 @@ class CsdsDomains:
 
     async def _current(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
-        if self._entries is not None and http.clock.now() < self._expires_at:
+        entries = self._entries
+        if entries is not None and http.clock.now() < self._expires_at:
             # A fresh map answers even after close: reading it sends nothing.
-            return self._entries
+            return entries
         if self._closed:
             # As a closed auth provider: no fetch starts (nor outlives the engine) after close.
             raise EngineClosed(
                 f"csds[{self._account}]: the domain provider is closed (closing an engine "
                 "closes it) and its map is stale or missing: no fetch starts"
             )
+        if entries is not None and self._expires_at > -math.inf:
+            # Expired, not invalidated (-inf: invalidate(), refresh()): stale-while-revalidate.
+            # Waiting for the refresh held every call and reconnect up to its attempt timeout
+            # (30 s) whenever the Domain API hung, with a good map at hand.
+            self._flight.start(self._revalidate)
+            # The map as it is now: a run that ended at once (an eager task factory, a store
+            # answering without a pause) has installed its own.
+            return self._entries if self._entries is not None else entries
         return await self._flight.run(self._fetch_or_stale)
+
+    def _revalidating(self, entries: dict[str, Entry]) -> bool:
+        """Whether ``entries``, just served, is the cached map served expired while a
+        refresh runs in the background."""
+        http = require_attached(self._http, self)
+        return (
+            entries is self._entries
+            and self._flight.running
+            and http.clock.now() >= self._expires_at
+        )
+
+    async def _revalidate(self) -> dict[str, Entry]:
+        """The refresh of an expired map, run in the background (callers are served the map
+        meanwhile): :meth:`_fetch_or_stale`, the map kept on any failure, which no caller may
+        be there to see (a failure it lets through, unforeseen, is logged by its type alone,
+        and the map kept as after a failed refresh)."""
+        stale = self._entries
+        try:
+            return await self._fetch_or_stale()
+        except Exception as exc:
+            if stale is None:
+                raise
+            self._serve_stale(exc, type(exc).__name__)
+            return stale
 
     def _install(self, entries: dict[str, Entry], now: float, life: float | None = None) -> None:
         self._entries = entries
@@ -567,26 +646,32 @@ class CsdsDomains:
                     f"{self._account!r} and no cached map exists: {exc}",
                     account=self._account,
                 ) from exc
-            self._expires_at = http.clock.now() + self._stale_retry
-            emit_state(
-                http.hooks,
-                _log,
-                logging.WARNING,
-                StateEvent(
-                    "domains_stale",
-                    f"csds[{self._account}]",
-                    {"error": type(exc).__name__, "retry_in": self._stale_retry},
-                ),
-            )
-            _log.warning(
-                "Domain API refresh for account %s failed (%s); serving the last good map",
-                self._account,
-                exc,
-                extra={"account": self._account, "error": type(exc).__name__},
-            )
+            self._serve_stale(exc, exc)
             return stale
         self._install(entries, http.clock.now())
         return entries
+
+    def _serve_stale(self, exc: Exception, shown: object) -> None:
+        """A refresh failed with ``exc`` (``shown`` in the log line): the cached map is served
+        ``stale_retry`` s more, then refreshed again; logged, and a ``domains_stale`` event."""
+        http = require_attached(self._http, self)
+        self._expires_at = http.clock.now() + self._stale_retry
+        emit_state(
+            http.hooks,
+            _log,
+            logging.WARNING,
+            StateEvent(
+                "domains_stale",
+                f"csds[{self._account}]",
+                {"error": type(exc).__name__, "retry_in": self._stale_retry},
+            ),
+        )
+        _log.warning(
+            "Domain API refresh for account %s failed (%s); serving the last good map",
+            self._account,
+            shown,
+            extra={"account": self._account, "error": type(exc).__name__},
+        )
 
     def _is_counted(self, hosts: dict[str, str], refused: frozenset[str], ends: float) -> bool:
         """Whether a shared entry ending at ``ends`` and holding ``hosts`` and ``refused`` is
