@@ -21,7 +21,7 @@ from typing import Any
 
 from le_transport._args import positive_int
 
-from ._common import machine, write_json
+from ._common import PeerMissing, machine, write_json
 
 SECTIONS = ("http", "faults", "ws", "storm", "policy")
 #: Parts run only when ``--only`` names them: other modules of benchmarks/ with the same
@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"argument --client: unknown client {args.client[:60]!r}; the clients are "
                 + ", ".join(repr(name) for name in CLIENTS)
             )
-        print(profile(args.client, args.concurrency, args.seconds))
+        try:
+            text = profile(args.client, args.concurrency, args.seconds)
+        except PeerMissing as exc:
+            # The bench extra is not installed: said in one line, not a traceback.
+            print(exc, file=sys.stderr)
+            return 1
+        print(text)
         return 0
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     only: tuple[str, ...] = args.only

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import json
 import os
 import platform
@@ -24,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BENCH_EXTRA_HINT",
     "RESULTS_DIR",
+    "PeerMissing",
     "ServerProcess",
     "Spread",
     "cpu_seconds",
     "drive",
     "machine",
+    "missing_peer",
+    "not_measured",
     "percentile",
     "raise_fd_limit",
     "rss_bytes",
@@ -203,6 +208,40 @@ def run_child(module: str, args: Sequence[str], *, timeout: float = 600) -> dict
     if proc.stderr.strip():
         result["stderr"] = proc.stderr.strip()[-500:]
     return result
+
+
+#: How to install the peer libraries the benchmarks compare against (the bench extra).
+BENCH_EXTRA_HINT = "pip install -e '.[bench]'"
+
+
+class PeerMissing(RuntimeError):
+    """A peer library a measurement needs is not installed (the bench extra)."""
+
+
+def missing_peer(module: str) -> str | None:
+    """None if ``module`` (a peer library: tenacity, websockets...) imports here, else why not
+    (``"not installed (pip install -e '.[bench]')"``): a part measures what it can without it,
+    and says what it left out, instead of dying half-way with no JSON written."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        name = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if name is not None and name.split(".")[0] == module.split(".")[0]:
+            return f"not installed ({BENCH_EXTRA_HINT})"
+        return f"does not import ({type(exc).__name__}: {str(exc)[:80]})"
+    return None
+
+
+def not_measured(results: dict[str, Any], key: str = "error") -> str:
+    """The lines under a table naming what was not measured and why: ``"<name>: <why>; not
+    measured"`` for each entry of ``results`` whose ``key`` says what went wrong (an error
+    row in the table's own columns would put a sentence under a figure's heading)."""
+    lines = []
+    for name, entry in results.items():
+        why = entry.get(key) if isinstance(entry, dict) else None
+        if why:
+            lines.append(f"{name}: {str(why)[:200]}; not measured")
+    return "\n".join(lines)
 
 
 def _version(name: str) -> str | None:

@@ -53,12 +53,20 @@ def _real_clock() -> Any:
     return RealClock()
 
 
+#: The engine each fleet URL's sockets share: one per child process, made with its warm-up
+#: socket, so that no part of the fleet measured pays for an engine.
+_FLEET_ENGINES: dict[str, tuple[Engine, str]] = {}
+
+
 async def open_fleet(url: str, n: int, interval: float, fleet: Fleet) -> int:
-    """Open ``n`` of our sockets with keepalive every ``interval`` seconds."""
+    """Open ``n`` of our sockets with keepalive every ``interval`` seconds (on one engine per
+    ``url``, however many times it is called)."""
     from le_transport.policies.keepalive import Keepalive
     from le_transport.sockets import SocketOptions
 
-    engine, path = await _engine(url)
+    if url not in _FLEET_ENGINES:
+        _FLEET_ENGINES[url] = await _engine(url)
+    engine, path = _FLEET_ENGINES[url]
     options = SocketOptions(
         keepalive=Keepalive(
             product="benchmark", action=".GetClock", interval=interval, timeout=interval

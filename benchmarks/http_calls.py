@@ -28,9 +28,19 @@ from yarl import URL
 
 from le_transport import Engine, RetryPolicy
 
-from ._common import ServerProcess, cpu_seconds, percentile, server, spread, table
+from ._common import (
+    PeerMissing,
+    ServerProcess,
+    cpu_seconds,
+    missing_peer,
+    not_measured,
+    percentile,
+    server,
+    spread,
+    table,
+)
 
-__all__ = ["CLIENTS", "profile", "run"]
+__all__ = ["CLIENTS", "PEERS", "available_clients", "profile", "run", "unavailable_clients"]
 
 #: The guide's 5/10/15 s schedule, scaled a thousandfold so that a run takes seconds.
 PAUSES = (0.005, 0.010, 0.015)
@@ -197,6 +207,31 @@ CLIENTS: dict[str, ClientFactory] = {
     "aiohttp-retry": aiohttp_retry_client,
 }
 
+#: The clients that need a peer library (the bench extra), and the module each imports.
+PEERS: dict[str, str] = {
+    "tenacity": "tenacity",
+    "backoff": "backoff",
+    "stamina": "stamina",
+    "aiohttp-retry": "aiohttp_retry",
+}
+
+
+def unavailable_clients() -> dict[str, str]:
+    """Each client of :data:`CLIENTS` that cannot run here, and why (its peer library is not
+    installed): the run measures the others and records these as errors."""
+    out: dict[str, str] = {}
+    for name, module in PEERS.items():
+        why = missing_peer(module)
+        if why is not None:
+            out[name] = why
+    return out
+
+
+def available_clients() -> list[str]:
+    """The clients of :data:`CLIENTS` that can run here, in table order."""
+    missing = unavailable_clients()
+    return [name for name in CLIENTS if name not in missing]
+
 
 async def _measure(call: Call, concurrency: int, duration: float) -> dict[str, Any]:
     latencies: list[float] = []
@@ -234,12 +269,14 @@ async def _served(session: aiohttp.ClientSession, srv: ServerProcess) -> int:
         return int((await resp.json())["requests"])
 
 
-async def _workload(srv: ServerProcess, path: str, size: dict[str, Any]) -> dict[str, Any]:
+async def _workload(
+    srv: ServerProcess, path: str, size: dict[str, Any], clients: list[str]
+) -> dict[str, Any]:
     url = URL(srv.url(path))
     results: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
         admin = await stack.enter_async_context(aiohttp.ClientSession())
-        calls = {name: await stack.enter_async_context(f(url)) for name, f in CLIENTS.items()}
+        calls = {name: await stack.enter_async_context(CLIENTS[name](url)) for name in clients}
         names = list(calls)
         for concurrency in size["concurrency"]:
             for name in names:
@@ -284,6 +321,8 @@ def _rows(results: dict[str, Any], faults: bool) -> list[list[object]]:
     rows: list[list[object]] = []
     for concurrency, by_client in results.items():
         for name, r in by_client.items():
+            if "error" in r:
+                continue  # named under the table: "<name>: <why>; not measured"
             row: list[object] = [
                 name,
                 concurrency,
@@ -306,16 +345,20 @@ def run(size_name: str, workloads: tuple[str, ...] = ("http", "faults")) -> dict
     size = SIZES[size_name]
     happy: dict[str, Any] | None = None
     faults: dict[str, Any] | None = None
+    # A peer library that is not installed (the bench extra) leaves its client out; the rest
+    # is measured, and the JSON holds an error entry for it in each table.
+    missing = unavailable_clients()
+    clients = [name for name in CLIENTS if name not in missing]
     # Every library logs its retries and failures; a benchmark measures the work, not the
     # console (nor how a machine's logging is configured).
     logging.disable(logging.CRITICAL)
     try:
         if "http" in workloads:
             with server() as srv:
-                happy = asyncio.run(_workload(srv, "/ok", size))
+                happy = _with_errors(asyncio.run(_workload(srv, "/ok", size, clients)), missing)
         if "faults" in workloads:
             with server("--flaky-p", str(FAULT_RATE)) as srv:
-                faults = asyncio.run(_workload(srv, "/flaky", size))
+                faults = _with_errors(asyncio.run(_workload(srv, "/flaky", size, clients)), missing)
     finally:
         logging.disable(logging.NOTSET)
     head = ["client", "conc.", "calls/s median (range)", "vs raw", "p50 ms", "p99 ms"]
@@ -332,6 +375,9 @@ def run(size_name: str, workloads: tuple[str, ...] = ("http", "faults")) -> dict
             "raw aiohttp does not retry)",
             table([*head, "sent/call", "failed", *cpu], _rows(faults, faults=True)),
         ]
+    skipped = not_measured({name: {"error": why} for name, why in missing.items()})
+    if skipped:
+        parts.append(skipped)
     raw_call_us = None
     if happy is not None:
         # CPU, not wall time: the policy table divides CPU times by it (a call's wall time at
@@ -340,14 +386,39 @@ def run(size_name: str, workloads: tuple[str, ...] = ("http", "faults")) -> dict
     return {
         "text": "\n\n".join(parts),
         "raw_call_us": raw_call_us,
-        "data": {"size": size, "pauses": PAUSES, "happy": happy, "faults": faults},
+        "data": {
+            "size": size,
+            "pauses": PAUSES,
+            "happy": happy,
+            "faults": faults,
+            "not_measured": {name: {"error": why} for name, why in missing.items()},
+        },
+    }
+
+
+def _with_errors(results: dict[str, Any], missing: dict[str, str]) -> dict[str, Any]:
+    """``results`` (by concurrency, then client) with an error entry for each client that was
+    not measured, in table order."""
+    return {
+        concurrency: {
+            name: by_client[name] if name in by_client else {"error": missing[name]}
+            for name in CLIENTS
+            if name in by_client or name in missing
+        }
+        for concurrency, by_client in results.items()
     }
 
 
 def profile(client: str, concurrency: int, seconds: float) -> str:
     """A profile of ``client``'s happy-path calls: pyinstrument's tree if it is installed
-    (``pip install pyinstrument``), else cProfile's top functions by own time."""
+    (``pip install pyinstrument``), else cProfile's top functions by own time.
+
+    A client whose peer library is not installed is not profiled: :class:`PeerMissing`, with
+    ``"<client>: not installed (pip install -e '.[bench]'); not profiled"``."""
     factory = CLIENTS[client]
+    why = missing_peer(PEERS[client]) if client in PEERS else None
+    if why is not None:
+        raise PeerMissing(f"{client}: {why}; not profiled")
 
     async def calls(srv: ServerProcess) -> str:
         async with factory(URL(srv.url("/ok"))) as call:

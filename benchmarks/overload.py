@@ -52,14 +52,37 @@ from le_transport.state import FallbackStore, MemoryStore, RedisStore
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Account, Simulator, SimulatorConfig
 
-from ._common import machine, percentile, table, write_json
+from ._common import machine, missing_peer, not_measured, percentile, table, write_json
 
 __all__ = ["SIZES", "main", "run"]
 
+#: ``refresh``: the fleet's session refresh interval; each process lives ``lifetime`` seconds
+#: after its call, two intervals and a little (``tiny``, run by the tests, only proves it runs).
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"calls": 60, "rate": 2.0, "fleet": (1, 2), "cost_calls": 50},
-    "quick": {"calls": 600, "rate": 5.0, "fleet": (1, 10), "cost_calls": 1000},
-    "full": {"calls": 2000, "rate": 10.0, "fleet": (1, 10, 50), "cost_calls": 3000},
+    "tiny": {
+        "calls": 60,
+        "rate": 2.0,
+        "fleet": (1, 2),
+        "cost_calls": 50,
+        "refresh": 1.0,
+        "lifetime": 2.3,
+    },
+    "quick": {
+        "calls": 600,
+        "rate": 5.0,
+        "fleet": (1, 10),
+        "cost_calls": 1000,
+        "refresh": 2.0,
+        "lifetime": 4.5,
+    },
+    "full": {
+        "calls": 2000,
+        "rate": 10.0,
+        "fleet": (1, 10, 50),
+        "cost_calls": 3000,
+        "refresh": 2.0,
+        "lifetime": 4.5,
+    },
 }
 
 ACCOUNT = "11223344"
@@ -87,7 +110,10 @@ class FlakyService:
 
 
 @contextmanager
-def _stamina_testing() -> Iterator[None]:
+def _stamina_testing(variant: str) -> Iterator[None]:
+    if variant != "stamina":
+        yield  # stamina is a peer library (the bench extra): only its own variant needs it
+        return
     import stamina
     import stamina.instrumentation
 
@@ -132,7 +158,7 @@ async def _amplification(variant: str, p: float, calls: int, rate: float) -> dic
                     if type(exc).__name__ not in ("RetryError",):
                         raise
 
-            with _stamina_testing():
+            with _stamina_testing(variant):
                 await asyncio.gather(*(one(i) for i in range(calls)))
     finally:
         await runner.cleanup()
@@ -248,12 +274,20 @@ async def _client(variant: str, host: str, clock: VirtualClock) -> _Client:
 
 
 AMPLIFICATION_VARIANTS = ("bare schedule", "+ budget", "+ budget + breaker", "tenacity", "stamina")
+#: The variants that need a peer library (the bench extra), and the module each imports.
+PEERS = {"tenacity": "tenacity", "stamina": "stamina"}
 
 
 def amplification(size: dict[str, Any]) -> tuple[dict[str, Any], str]:
     data: dict[str, Any] = {}
     rows: list[list[object]] = []
+    skipped: dict[str, Any] = {}
     for variant in AMPLIFICATION_VARIANTS:
+        why = missing_peer(PEERS[variant]) if variant in PEERS else None
+        if why is not None:
+            # Not installed: recorded as an error, named under the table, the rest measured.
+            data[variant] = skipped[variant] = {"error": why}
+            continue
         row: list[object] = [variant]
         for p in (0.5, 1.0):
             r = asyncio.run(_amplification(variant, p, size["calls"], size["rate"]))
@@ -264,6 +298,8 @@ def amplification(size: dict[str, Any]) -> tuple[dict[str, Any], str]:
         ["client", "50% 5xx: sent/call", "ok", "100% 5xx: sent/call", "ok"],
         rows,
     )
+    if skipped:
+        text += "\n" + not_measured(skipped)
     return data, (
         f"Retry amplification, {size['calls']} calls at {size['rate']:g}/s on virtual time "
         "(the guide's 5/10/15 s; budget 10% + 0.1/s over 30 s; breaker 75% of 20 over 30 s)\n"
@@ -308,7 +344,20 @@ def redis_server() -> Iterator[str | None]:
             proc.wait(timeout=10)
 
 
-async def _fleet_logins(processes: int, redis_url: str | None) -> dict[str, Any]:
+@contextmanager
+def _redis(url: str | None) -> Iterator[str | None]:
+    """``url`` if one is given (a redis-server of the caller's: the tests'), else a
+    redis-server of our own for the duration (None if none is installed)."""
+    if url is not None:
+        yield url
+        return
+    with redis_server() as own:
+        yield own
+
+
+async def _fleet_logins(
+    processes: int, redis_url: str | None, refresh: float = 2.0, lifetime: float = 4.5
+) -> dict[str, Any]:
     config = SimulatorConfig(accounts=(Account(id=ACCOUNT, users={USER: PASSWORD}),))
     async with Simulator(config, clock=RealClock()) as sim:
         worker_config = {
@@ -317,8 +366,8 @@ async def _fleet_logins(processes: int, redis_url: str | None) -> dict[str, Any]
             "password": PASSWORD,
             "domains": sim.domains,
             "redis_url": redis_url,
-            "refresh_interval": 2.0,
-            "lifetime": 4.5,
+            "refresh_interval": refresh,
+            "lifetime": lifetime,
         }
         procs = []
         for _ in range(processes):
@@ -344,13 +393,16 @@ async def _fleet_logins(processes: int, redis_url: str | None) -> dict[str, Any]
         }
 
 
-def fleet(size: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def fleet(size: dict[str, Any], redis_url: str | None = None) -> tuple[dict[str, Any], str]:
+    """Logins per session lifetime for each fleet size of ``size``, without Redis and with the
+    session shared through ``redis_url`` (default: a redis-server started for the run)."""
     data: dict[str, Any] = {}
     rows: list[list[object]] = []
-    with redis_server() as url:
+    refresh, lifetime = size.get("refresh", 2.0), size.get("lifetime", 4.5)
+    with _redis(redis_url) as url:
         for n in size["fleet"]:
-            alone = asyncio.run(_fleet_logins(n, None))
-            shared = asyncio.run(_fleet_logins(n, url)) if url else None
+            alone = asyncio.run(_fleet_logins(n, None, refresh, lifetime))
+            shared = asyncio.run(_fleet_logins(n, url, refresh, lifetime)) if url else None
             data[str(n)] = {"without_redis": alone, "with_redis": shared}
             rows.append(
                 [
@@ -366,8 +418,8 @@ def fleet(size: dict[str, Any]) -> tuple[dict[str, Any], str]:
         rows,
     )
     return data, (
-        "Logins per session lifetime (each process: one call, two 2 s refresh intervals), "
-        "without and with the session shared through Redis\n" + text
+        f"Logins per session lifetime (each process: one call, two {refresh:g} s refresh "
+        "intervals), without and with the session shared through Redis\n" + text
     )
 
 
@@ -425,10 +477,12 @@ COST_VARIANTS = (
 )
 
 
-def cost(size: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def cost(size: dict[str, Any], redis_url: str | None = None) -> tuple[dict[str, Any], str]:
+    """Whole engine calls' p50/p99 on loopback for each of :data:`COST_VARIANTS`, the Redis
+    ones on ``redis_url`` (default: a redis-server started for the run; none: n/a)."""
     data: dict[str, Any] = {}
     rows: list[list[object]] = []
-    with redis_server() as url:
+    with _redis(redis_url) as url:
         for variant in COST_VARIANTS:
             r = asyncio.run(_cost(variant, size["cost_calls"], url))
             data[variant] = r

@@ -1,8 +1,13 @@
 """WebSocket scale: many idle sockets with keepalive in one process, memory and CPU per socket.
 
 Each client kind runs in a fresh child process (``python -m benchmarks.ws_scale --client ...``)
-so that its resident memory is its own: the child imports what it needs, settles, reads its
-RSS, opens every socket, settles again, and reports the difference per socket. Every socket has
+so that its resident memory is its own: the child imports what it needs and opens one socket,
+opens half the fleet, settles, reads its RSS, opens the other half, settles again, and reports
+the second half's difference per socket: a slope between two fleet sizes. (The difference over
+a baseline read before the whole fleet came out low on small fleets: the first sockets reuse
+memory the process freed but kept while it warmed up. It is kept in the JSON as
+``bytes_per_socket_from_baseline``.) Below :data:`MEMORY_MIN_SOCKETS` the figure is noise
+either way, and the table says so. Every socket has
 a consumer (a task reading its messages, as an application has), the same unlimited connector
 where the client uses aiohttp, and keepalive on. The server runs in its own process.
 
@@ -28,7 +33,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._common import cpu_seconds, raise_fd_limit, run_child, server, settle_memory, table
+from ._common import (
+    cpu_seconds,
+    missing_peer,
+    raise_fd_limit,
+    run_child,
+    server,
+    settle_memory,
+    table,
+)
 
 __all__ = ["KINDS", "run"]
 
@@ -50,14 +63,26 @@ IDLE_INTERVAL = 3600.0
 PRODUCTION_INTERVAL = 30.0
 #: Handshakes in flight at once while opening the fleet.
 OPENING_CONCURRENCY = 200
+#: Fewer sockets than this make the memory per socket noise (a few hundred KiB of the
+#: allocator's own slack against the fleet's whole cost): the table says so under it.
+MEMORY_MIN_SOCKETS = 1000
 
 Opener = Callable[[str, float], Awaitable[Callable[[], int]]]
 
 
+_SESSION: list[Any] = []
+#: Every socket's consumer task, kept alive until the child process exits.
+_TASKS: list[asyncio.Task[None]] = []
+
+
 def _unlimited_session() -> Any:
+    """The child's one aiohttp session (made by the warm-up socket, so that neither half of
+    the fleet pays for it)."""
     import aiohttp
 
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    if not _SESSION:
+        _SESSION.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+    return _SESSION[0]
 
 
 async def _fleet(n: int, connect_one: Callable[[], Awaitable[Any]], consume: Any) -> list[Any]:
@@ -81,8 +106,7 @@ async def _fleet(n: int, connect_one: Callable[[], Awaitable[Any]], consume: Any
             done.set()
         await consume(sock)
 
-    tasks = [asyncio.create_task(one()) for _ in range(n)]
-    _fleet.tasks = tasks  # type: ignore[attr-defined]  # kept alive until the process exits
+    _TASKS.extend(asyncio.create_task(one()) for _ in range(n))
     await done.wait()
     if failed:
         sys.stderr.write(f"{len(failed)} sockets failed to open, e.g. {failed[0]!r}\n")
@@ -148,11 +172,21 @@ async def _child(kind: str, url: str, n: int, interval: float, window: float) ->
     # so that the delta is the sockets', not the modules'.
     await opener(url, 1, interval)
     base = settle_memory()
+    # Memory per socket is the slope between half the fleet and the whole: the first half
+    # uses up what the allocator still held from the warm-up, which a delta over the
+    # baseline counted as free (a fleet of 20 came out at 0.6 KiB a socket).
+    first_n = n // 2
     t0 = time.perf_counter()
-    opened = await opener(url, n, interval)
+    first = await opener(url, first_n, interval) if first_n else 0
     connect_seconds = time.perf_counter() - t0
     await asyncio.sleep(0.2)
+    half = settle_memory()
+    t1 = time.perf_counter()
+    second = await opener(url, n - first_n, interval)
+    connect_seconds += time.perf_counter() - t1
+    await asyncio.sleep(0.2)
     rss = settle_memory()
+    opened = first + second
     cpu0, w0 = cpu_seconds(), time.perf_counter()
     await asyncio.sleep(window)
     cpu1, w1 = cpu_seconds(), time.perf_counter()
@@ -162,7 +196,9 @@ async def _child(kind: str, url: str, n: int, interval: float, window: float) ->
         "asked": n,
         "interval": interval,
         "connect_seconds": connect_seconds,
-        "bytes_per_socket": (rss - base) / max(1, opened),
+        "bytes_per_socket": (rss - half) / max(1, second),
+        "bytes_per_socket_from_baseline": (rss - base) / max(1, opened),
+        "memory_method": f"slope: second {second:,} sockets after {first:,}",
         "cpu_share": (cpu1 - cpu0) / (w1 - w0),
         "window": w1 - w0,
     }
@@ -175,6 +211,13 @@ def _spawn(kind: str, port: int, n: int, interval: float, window: float) -> dict
     )
     result.setdefault("kind", kind)
     return result
+
+
+#: The kinds that need a peer library (the bench extra), and the module each imports.
+PEERS = {
+    "websockets (no compression)": "websockets",
+    "websockets (deflate)": "websockets",
+}
 
 
 def available_kinds() -> list[str]:
@@ -194,6 +237,14 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
     kinds = available_kinds()
     with server() as srv:
         for kind in kinds:
+            why = missing_peer(PEERS[kind]) if kind in PEERS else None
+            if why is not None:
+                # Not installed: no child to spawn; recorded as the error a child's would be.
+                results[kind] = {
+                    "idle": {"kind": kind, "error": why},
+                    "keepalive": {"kind": kind, "error": why},
+                }
+                continue
             idle = _spawn(kind, srv.port, n, IDLE_INTERVAL, size["idle"])
             # One whole interval: in the steady state every socket probes once in it.
             busy = _spawn(kind, srv.port, busy_n, interval, interval)
@@ -211,12 +262,13 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
             results[kind] = entry
     base = results.get("raw aiohttp", {}).get("idle", {}).get("bytes_per_socket")
     rows: list[list[object]] = []
+    notes: list[str] = []
     for kind, entry in results.items():
         idle, busy = entry["idle"], entry["keepalive"]
         if "error" in idle or "error" in busy:
-            rows.append(
-                [kind, "-", "-", "-", "-", "-", "-", "-", idle.get("error") or busy["error"]]
-            )
+            # Under the table, not in a figure's column.
+            why = idle.get("error") or busy["error"]
+            notes.append(f"{kind}: {str(why)[:200]}; not measured")
             continue
         per = idle["bytes_per_socket"]
         rows.append(
@@ -232,7 +284,13 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
                 f"{entry['steady_cpu_share']:.1%}",
             ]
         )
-    missing = "" if "le_transport" in kinds else "\n(le_transport: Engine.websocket not available)"
+    if "le_transport" not in kinds:
+        notes.append("le_transport: Engine.websocket not available; not measured")
+    if n < MEMORY_MIN_SOCKETS:
+        notes.append(
+            f"KiB/socket from {n:,} sockets is noise (the allocator's slack is a few hundred "
+            f"KiB): quote it from {MEMORY_MIN_SOCKETS:,} sockets or more (--quick, full)"
+        )
     head = [
         "client",
         "sockets",
@@ -247,7 +305,7 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
     text = (
         f"WebSocket scale ({n:,} sockets, each with a consumer task; CPU is a share of one "
         f"core; the last column is idle + {n:,} / {PRODUCTION_INTERVAL:g} s x cost per probe)"
-        "\n\n" + table(head, rows) + missing
+        "\n\n" + table(head, rows) + "".join(f"\n{note}" for note in notes)
     )
     data = {
         "size": size,
