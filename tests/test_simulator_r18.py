@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import time
 from typing import Any
@@ -163,6 +164,87 @@ async def test_sends_reach_a_socket_in_the_order_they_were_called(
             )
             await asyncio.gather(sim.sockets.notify(NOTIFICATION, {"n": 1}), then)
             assert [(await _text(ws))["body"]["n"] for _ in range(2)] == [1, 2]
+
+
+async def test_a_send_given_up_on_lets_no_later_send_overtake_the_ones_before_it() -> None:
+    # Notifies called in order from tasks of their own, one cancelled (a test's timeout, a
+    # pusher torn down): it passed its turn on at once, and a later send overtook earlier
+    # notifies still waiting for theirs.
+    async with (
+        Simulator(clock=VirtualClock(autojump=False)) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        session = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        url = sim.brand_socket_url(session.bearer)
+        async with http.ws_connect(url) as ws, http.ws_connect(url):
+            first, _ = await sim.sockets.wait_open(2)
+            spawn = asyncio.get_running_loop().create_task
+            earlier = [spawn(sim.sockets.notify(NOTIFICATION, {"n": k})) for k in range(5)]
+            given_up = spawn(sim.sockets.notify(NOTIFICATION, {"n": "x"}))
+            later = spawn(first.notify(NOTIFICATION, {"n": 5}))
+            await asyncio.sleep(0)  # every one has taken its turn
+            given_up.cancel()
+            await asyncio.gather(*earlier, later, given_up, return_exceptions=True)
+            got = [(await _text(ws))["body"]["n"] for _ in range(6)]
+            assert [n for n in got if n != "x"][:5] == [0, 1, 2, 3, 4]
+            assert got[-1] == 5 or got[-2] == 5
+
+
+@pytest.mark.parametrize("then", ["notify", "request"])
+async def test_a_send_given_up_on_while_the_client_lags_breaks_no_later_send(then: str) -> None:
+    # aiohttp's writers waiting for a slow client share one drain future: the cancelled send
+    # cancelled it for all, and the socket's next send raised CancelledError in a task nobody
+    # cancelled (a test's notify; the serving loop answering a request, which ended the
+    # socket as if its client had left).
+    payload = base64.b64encode(os.urandom(3 << 18)).decode()
+    async with (
+        Simulator(clock=VirtualClock(autojump=False)) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        session = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
+        async with http.ws_connect(sim.brand_socket_url(session.bearer), max_msg_size=0) as ws:
+            (sock,) = await sim.sockets.wait_open(1)
+            filler = await _stalled(sock, payload)
+            filler.cancel()  # the send waiting for the client, given up on
+            await asyncio.gather(filler, return_exceptions=True)
+            if then == "notify":
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sock.notify(NOTIFICATION, {"p": payload}), 1)
+            else:
+                message = {"type": "ContentEvent", "message": payload[:300_000]}
+                await _req(ws, "1", ".ams.ms.PublishEvent", {"dialogId": "d", "event": message})
+                deadline = time.monotonic() + 30
+                while sim.sockets.published.total == 0:
+                    assert time.monotonic() < deadline, "the request was never served"
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)
+            assert not sock.closed, sock.ended
+
+
+async def _stalled(sock: Any, payload: str) -> asyncio.Task[None]:
+    """A task sending ``payload`` to ``sock`` (whose client reads nothing) until a send waits
+    for the client: returned still waiting."""
+    sent = 0
+
+    async def fill() -> None:
+        nonlocal sent
+        while True:
+            await sock.notify(".Fill", {"payload": payload})
+            sent += 1
+
+    filler = asyncio.get_running_loop().create_task(fill())
+    transport = sock.transport
+    assert transport is not None
+    deadline = time.monotonic() + 60
+    seen, still = (-1, -1), 0
+    while still < 10:
+        assert not filler.done()
+        assert time.monotonic() < deadline, "the socket's sends never stalled"
+        await asyncio.sleep(0.1)
+        now = (sent, transport.get_write_buffer_size())
+        still = still + 1 if now == seen and now[1] > (64 << 10) else 0
+        seen = now
+    return filler
 
 
 async def test_a_notification_that_is_no_json_is_refused_before_any_socket_gets_it(

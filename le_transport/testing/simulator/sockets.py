@@ -376,8 +376,7 @@ class SimSocket:
                 await asyncio.wait({before})
             await self._send_now(frame, text)
         finally:
-            if not mine.done():
-                mine.set_result(None)
+            _pass_turn(before, mine)
 
     async def _send_now(self, frame: dict[str, Any], text: str) -> None:
         ws = self._ws
@@ -395,8 +394,7 @@ class SimSocket:
             self.dropped.append(frame)
             return
         if hold <= 0 and not self.held:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(text)
+            await _write(ws, text)
             return
         clock = self.hub._sim.clock
         due = clock.now() + max(0.0, hold)
@@ -420,8 +418,7 @@ class SimSocket:
             if self.closed or self.silent or ws is None or ws.closed:
                 self.held.clear()
                 return
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(text)
+            await _write(ws, text)
             # Popped only once sent, so a frame sent meanwhile queues behind this one.
             self.held.popleft()
 
@@ -529,6 +526,40 @@ class SimSocket:
     def subscription_types(self) -> list[str]:
         """The ``type`` of each subscription request, in order."""
         return [str(s.get("type")) for s in self.subscriptions]
+
+
+def _pass_turn(before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    """A send is over (sent, or given up): the next may go once the send before it is done
+    too. Released at once, a send cancelled while it waited let the next overtake the ones
+    still queued before it."""
+    if mine.done():
+        return
+    if before is None or before.done():
+        mine.set_result(None)
+        return
+
+    def release(_: asyncio.Future[None]) -> None:
+        if not mine.done():
+            mine.set_result(None)
+
+    before.add_done_callback(release)
+
+
+async def _write(ws: web.WebSocketResponse, text: str) -> None:
+    """``ws.send_str(text)``: a connection that failed under it is the client's leaving (its
+    serving loop sees it). A CancelledError this task was not asked for is taken as the frame
+    written: aiohttp's writers waiting for a slow client share one drain future, which a
+    cancelled send cancels for every one of them (until the client catches up), after each
+    wrote its frame; raised, it ended the serving loop (the socket recorded as the client's
+    leaving) or failed a test's notify that nobody cancelled."""
+    try:
+        await ws.send_str(text)
+    except (ConnectionError, RuntimeError):
+        return
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
 
 
 def _encode_sent(frame: dict[str, Any]) -> str:
@@ -647,9 +678,8 @@ class SocketHub:
                 *(s._sent_in_turn(before, mine, frame, text) for s, before, mine in turns)
             )
         finally:
-            for _, _, mine in turns:
-                if not mine.done():  # a send cancelled before it started: the next may go
-                    mine.set_result(None)
+            for _, before, mine in turns:
+                _pass_turn(before, mine)  # a send cancelled before it started
         return len(targets)
 
     async def wait_open(self, count: int = 1) -> list[SimSocket]:
