@@ -438,7 +438,9 @@ class BodyTooLarge(RequestError):
 
 class RequestBodyError(RequestError):
     """The request's own body failed while it was being sent: a file that could not be read
-    (an ``OSError`` such as EIO), an async iterable of the caller's that raised. Neither the
+    (an ``OSError`` such as EIO, or ETIMEDOUT on a soft mount), an async iterable of the
+    caller's that raised (anything, its upstream's reset or its own timeout included: told by
+    where it was raised, not by its class). Neither the
     connection's failure nor the service's: the call is not retried, and the overload guard
     (the circuit breaker, the retry budget) does not count it against the service. The
     message names the exception's type only (its text may be the caller's data); the

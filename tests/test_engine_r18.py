@@ -234,6 +234,69 @@ async def test_a_file_body_that_cannot_be_read_is_not_retried_against_a_healthy_
     assert seen == []
 
 
+class _SoftMountFile(_Unreadable):
+    """A file on an NFS mount with 'softerr': a read that times out fails with ETIMEDOUT (an
+    OSError Python makes a TimeoutError)."""
+
+    def readinto(self, buffer: Any) -> int:
+        raise OSError(errno.ETIMEDOUT, "Connection timed out")
+
+
+async def test_a_file_failing_with_a_timeout_of_its_own_is_still_the_bodys_failure(
+    serve: ServerFactory,
+) -> None:
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    host = await serve(_recording_app(seen))
+    async with Engine(
+        {"svc": host}, scheme="http", clock=RealClock(), retry=RetryPolicy().scaled(0.01)
+    ) as engine:
+        with pytest.raises(RequestBodyError) as info:
+            async with asyncio.timeout(60):
+                await engine.request("PUT", "svc", "/x", data=io.BufferedReader(_SoftMountFile()))
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert len(info.value.attempts) == 1
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ConnectionResetError(errno.ECONNRESET, "upstream reset"),
+        BrokenPipeError(errno.EPIPE, "upstream gone"),
+        TimeoutError(),
+    ],
+    ids=["reset", "broken-pipe", "timeout"],
+)
+async def test_an_iterable_failing_with_a_connections_error_of_its_own_is_the_bodys(
+    serve: ServerFactory, clock: VirtualClock, raised: Exception
+) -> None:
+    """A body relayed from another stream fails with that stream's reset, or its own timeout:
+    the class of a connection's failure, raised by the body, not by this connection. Taken
+    for the connection's, it was retried and opened the breaker for everyone on the host."""
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    host = await serve(_recording_app(seen))
+    guard = OverloadGuard(budget=None, breaker=_breaker(), clock=clock)
+
+    async def relayed() -> AsyncIterator[bytes]:
+        yield b"part"
+        raise raised
+
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        overload=guard,
+        retry=RetryPolicy(attempt_timeout=None),
+    ) as engine:
+        with pytest.raises(RequestBodyError) as info:
+            await engine.request("PUT", "svc", "/x", data=relayed())
+        assert guard.breaker_state("svc", host) is BreakerState.CLOSED
+        assert (await engine.request("GET", "svc", "/y")).status == 200
+    assert info.value.__cause__ is raised
+    assert len(info.value.attempts) == 1
+    assert clock.sleeps == []
+
+
 async def test_a_connection_lost_while_the_body_is_sent_is_still_a_transport_failure(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:

@@ -138,29 +138,69 @@ def _failure_outcome(exc: BaseException) -> tuple[Outcome, bool]:
 _WRITE_BYTES = getattr(getattr(aiohttp.ClientRequest, "write_bytes", None), "__code__", None)
 
 
+def _connection_writers() -> frozenset[object]:
+    """The code of aiohttp's own connection writing (the request's stream writer and its
+    protocol's drain): a failure raised there, under ``write_bytes``, is the connection's."""
+    from aiohttp import base_protocol, http_writer
+
+    found = []
+    for owner, names in (
+        (
+            getattr(http_writer, "StreamWriter", None),
+            ("_write", "_writelines", "_write_chunked_payload", "write", "write_eof", "drain"),
+        ),
+        (getattr(base_protocol, "BaseProtocol", None), ("_drain_helper",)),
+    ):
+        for name in names:
+            code = getattr(getattr(owner, name, None), "__code__", None)
+            if code is not None:
+                found.append(code)
+    return frozenset(found)
+
+
+_CONNECTION_WRITERS = _connection_writers()
+
+
 def _body_failure(exc: BaseException) -> BaseException | None:
     """The exception the request's own body raised while aiohttp sent it, if ``exc`` is
-    aiohttp's wrapping of one; None for a failure of the connection.
+    aiohttp's report of one; None for a failure of the connection.
 
-    aiohttp's ``ClientRequest.write_bytes`` wraps whatever writing the body raises: an
-    ``OSError`` in a ``ClientOSError``, anything else in a ``ClientConnectionError`` (whose
-    message repeats it), the original as ``__cause__``. What aiohttp's writer raises for the
-    connection is a ``ConnectionError`` (a reset, a broken pipe, "Connection lost"), and a
-    timeout a ``TimeoutError``: those are the transport's. Anything else raised in it (a file
-    that cannot be read, a caller's async iterable raising) is the body's. Told by the cause's
-    traceback, not by the message: the same wrappers, with an ``OSError`` cause, come from a
-    connection lost under a read (an ``SSLError``, ``EHOSTUNREACH``), never raised there."""
-    if not isinstance(exc, aiohttp.ClientConnectionError) or _WRITE_BYTES is None:
+    aiohttp's ``ClientRequest.write_bytes`` reports whatever writing the body raises: an
+    ``OSError`` in a ``ClientOSError`` (a ``TimeoutError`` without an errno as it is),
+    anything else in a ``ClientConnectionError`` (whose message repeats it), the original as
+    ``__cause__``. Told by where the original was raised, never by its class or message:
+    under ``write_bytes`` and in aiohttp's connection writing (its stream writer, its
+    protocol's drain) it is the connection's; under ``write_bytes`` anywhere else it is the
+    body's, whatever its class (a file on a soft mount fails with ETIMEDOUT, one made of a
+    socket with ConnectionResetError, an iterable relaying another stream with that stream's
+    reset or its own timeout). The same wrappers come from a connection lost under a read (an
+    ``SSLError``, ``EHOSTUNREACH``), never raised under ``write_bytes``."""
+    if _WRITE_BYTES is None:
         return None
     cause = exc.__cause__
-    if cause is None or isinstance(cause, ConnectionError | TimeoutError):
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        if cause is None:
+            return None
+    elif isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+        # Reported as it is (no errno): its own traceback says where it was raised.
+        cause = exc if cause is None else cause
+    else:
         return None
     tb = cause.__traceback__
+    under = False
     while tb is not None:
-        if tb.tb_frame.f_code is _WRITE_BYTES:
-            return cause
+        code = tb.tb_frame.f_code
+        if code is _WRITE_BYTES:
+            under = True
+        elif under and code in _CONNECTION_WRITERS:
+            return None
         tb = tb.tb_next
-    return None
+    if not under:
+        return None
+    if not _CONNECTION_WRITERS and isinstance(cause, ConnectionError | TimeoutError):
+        # (aiohttp's writers not found by name: the class is all there is to go by.)
+        return None
+    return cause
 
 
 def _body_limit(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
