@@ -253,3 +253,45 @@ async def test_a_fleet_member_serves_its_expired_map_and_adopts_a_peers_refresh(
         await b.wait_refresh()
         assert await b.resolve("svc") == "moved.example"
         assert b.fetches == fetched, "b asked the Domain API instead of adopting a's write"
+
+
+async def test_a_background_refresh_that_never_ends_is_given_up_and_tried_again(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No attempt timeout (calls bounded by their own deadline=), one Domain API connection
+    # black-holed: the refresh hung for ever, the map served stale for ever with nothing
+    # said, though the Domain API answered again.
+    hosts = {"svc": "old.example"}
+    hang_next = asyncio.Event()
+    release = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        if hang_next.is_set():
+            hang_next.clear()
+            await release.wait()
+        return web.json_response(
+            {"baseURIs": [{"service": s, "baseURI": h} for s, h in hosts.items()]}
+        )
+
+    app = web.Application()
+    app.router.add_get(CSDS, answer)
+    csds_host = await serve(app)
+    domains = CsdsDomains(ACCOUNT, csds_host=csds_host, scheme="http", ttl=60, stale_retry=30)
+    try:
+        async with Engine(
+            domains, scheme="http", clock=clock, retry=RetryPolicy(attempt_timeout=None)
+        ):
+            assert await domains.resolve("svc") == "old.example"
+            await clock.sleep(61)
+            hang_next.set()
+            hosts["svc"] = "new.example"
+            assert await domains.resolve("svc") == "old.example"  # served; the refresh hangs
+            await clock.sleep(31)  # past its bound (stale_retry): given up, said
+            assert "no answer within 30 s" in caplog.text
+            assert await domains.resolve("svc") == "old.example"  # tried again after 30 s
+            await clock.sleep(31)
+            await domains.resolve("svc")
+            assert (await domains.wait_refresh())["svc"] == "new.example"
+            assert await domains.resolve("svc") == "new.example"
+    finally:
+        release.set()
