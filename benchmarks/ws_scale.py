@@ -187,6 +187,9 @@ async def _child(kind: str, url: str, n: int, interval: float, window: float) ->
     await asyncio.sleep(0.2)
     rss = settle_memory()
     opened = first + second
+    # A slope over a second half that mostly failed to open is no figure (20 failed connects'
+    # leftovers divided by 1 read as 200 KiB a socket): none, and said why.
+    measured = second >= max(1, (n - first_n) // 2)
     cpu0, w0 = cpu_seconds(), time.perf_counter()
     await asyncio.sleep(window)
     cpu1, w1 = cpu_seconds(), time.perf_counter()
@@ -196,9 +199,11 @@ async def _child(kind: str, url: str, n: int, interval: float, window: float) ->
         "asked": n,
         "interval": interval,
         "connect_seconds": connect_seconds,
-        "bytes_per_socket": (rss - half) / max(1, second),
+        "bytes_per_socket": (rss - half) / second if measured else None,
         "bytes_per_socket_from_baseline": (rss - base) / max(1, opened),
-        "memory_method": f"slope: second {second:,} sockets after {first:,}",
+        "memory_method": f"slope: second {second:,} sockets after {first:,}"
+        + ("" if measured else f" (of {n - first_n:,} asked: not measured)"),
+        "memory_noise": second < MEMORY_MIN_SOCKETS // 2,
         "cpu_share": (cpu1 - cpu0) / (w1 - w0),
         "window": w1 - w0,
     }
@@ -271,12 +276,14 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
             notes.append(f"{kind}: {str(why)[:200]}; not measured")
             continue
         per = idle["bytes_per_socket"]
+        if per is None:
+            notes.append(f"{kind}: {idle['memory_method']}: no KiB/socket")
         rows.append(
             [
                 kind,
                 f"{idle['sockets']:,}",
-                f"{per / 1024:.1f}",
-                f"{per / base:.2f}x" if base else "-",
+                "-" if per is None else f"{per / 1024:.1f}",
+                f"{per / base:.2f}x" if base and per is not None else "-",
                 f"{idle['connect_seconds']:.1f}",
                 f"{idle['cpu_share']:.1%}",
                 f"{busy['cpu_share']:.0%}",
@@ -286,7 +293,10 @@ def run(size_name: str, sockets: int | None = None) -> dict[str, Any]:
         )
     if "le_transport" not in kinds:
         notes.append("le_transport: Engine.websocket not available; not measured")
-    if n < MEMORY_MIN_SOCKETS:
+    noisy = n < MEMORY_MIN_SOCKETS or any(
+        entry["idle"].get("memory_noise") for entry in results.values()
+    )
+    if noisy:
         notes.append(
             f"KiB/socket from {n:,} sockets is noise (the allocator's slack is a few hundred "
             f"KiB): quote it from {MEMORY_MIN_SOCKETS:,} sockets or more (--quick, full)"

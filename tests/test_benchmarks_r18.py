@@ -309,6 +309,31 @@ async def test_memory_per_socket_is_the_slope_past_the_allocators_slack(
     assert result["bytes_per_socket_from_baseline"] < per_socket  # the old figure, kept
 
 
+async def test_a_second_half_that_did_not_open_gives_no_memory_figure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fleet's second half refused (EMFILE, the server): 20 failed connects' leftovers over
+    # "1 socket" read as 200 KiB a socket, printed for the sockets that did open.
+    opened = 0
+
+    async def opener(url: str, n: int, interval: float) -> int:
+        nonlocal opened
+        if opened >= 11:  # the warm-up socket and the first half open; the second, none
+            return 0
+        opened += n
+        return n
+
+    grown = iter(range(10_000_000, 20_000_000, 200_000))
+    monkeypatch.setitem(ws_scale.KINDS, "raw aiohttp", opener)
+    monkeypatch.setattr(ws_scale, "settle_memory", lambda: next(grown))
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    result = await ws_scale._child("raw aiohttp", "ws://unused", 20, 3600.0, 0.0)
+    assert result["sockets"] == 10
+    assert result["bytes_per_socket"] is None
+    assert "not measured" in result["memory_method"]
+    assert result["memory_noise"]
+
+
 _real_sleep = asyncio.sleep
 
 
