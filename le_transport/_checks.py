@@ -20,9 +20,25 @@ __all__ = [
     "optional_instance_of",
     "require_kind",
     "require_option",
+    "utf8_encodable",
 ]
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def utf8_encodable(text: str) -> bool:
+    """Whether UTF-8 can encode ``text``: not if it holds a lone surrogate (what
+    ``os.environ``, ``sys.argv`` and ``os.fsdecode`` make of a byte that is no UTF-8, or a
+    JSON document's ``\\udcff``), which aiohttp drops from a header, Redis cannot be sent, and
+    a ``UnicodeEncodeError`` would show whole. ASCII (the usual text) is told by
+    ``isascii()`` alone."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def require_option(ok: bool, value: object, *, owner: str, field: str, wants: str) -> None:

@@ -43,7 +43,7 @@ from aiohttp import ClientMiddlewareType
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 from yarl import URL
 
-from ._checks import require_kind, require_option
+from ._checks import require_kind, require_option, utf8_encodable
 from ._json import loads_strict
 from ._redact import body_excerpt, is_auth_path, redact_text, redact_url
 from .clock import Clock, RealClock, timeout_after, wall_of
@@ -448,7 +448,7 @@ def _header_fault(name: object, value: object) -> str | None:
     # aiohttp's writer skips what UTF-8 cannot encode ('agent-\udcff7', as os.environ or
     # os.fsdecode give a byte that is not UTF-8, went out as 'agent-7'). An ASCII value (the
     # usual one) is told by isascii() alone, so that the check costs a plain call nothing.
-    if not value.isascii() and not _encodes(value):
+    if not value.isascii() and not utf8_encodable(value):
         return (
             f"header {name[:40]!r} has a value holding a character UTF-8 cannot encode (a lone "
             "surrogate), which would be dropped from the header, silently sending another "
@@ -740,17 +740,6 @@ def _query_value_fault(value: object) -> str:
     return f"is a {type(value).__name__}, which is no query value: pass str, int or float"
 
 
-def _encodes(text: str) -> bool:
-    """Whether UTF-8 can encode ``text`` (a lone surrogate it cannot)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 #: Why a str with a lone surrogate cannot go into a URL.
 _DROPPED = (
     "holds a character UTF-8 cannot encode (a lone surrogate), which would be dropped from the "
@@ -779,7 +768,7 @@ def _params_text_fault(params: object) -> str | None:
         else:
             return None
     if isinstance(params, str):
-        return None if _encodes(params) else f"params (a query string) {_DROPPED}"
+        return None if utf8_encodable(params) else f"params (a query string) {_DROPPED}"
     if isinstance(params, Mapping):
         items: Iterable[object] = params.items()
     elif isinstance(params, list | tuple):
@@ -791,8 +780,8 @@ def _params_text_fault(params: object) -> str | None:
             return None  # not pairs: yarl refuses them (_params_fault says why)
         name, value = item
         values = value if isinstance(value, list | tuple) else (value,)
-        if (isinstance(name, str) and not _encodes(name)) or any(
-            isinstance(v, str) and not _encodes(v) for v in values
+        if (isinstance(name, str) and not utf8_encodable(name)) or any(
+            isinstance(v, str) and not utf8_encodable(v) for v in values
         ):
             shown = _shown_key(name, position, "parameter")
             where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
@@ -905,7 +894,7 @@ def _unencodable_data(data: object) -> str | None:
     """Where a body (a str, a form mapping or pairs, a ``FormData``'s fields) holds a str
     UTF-8 cannot encode, named, never shown; else None."""
     if isinstance(data, str):
-        if _encodes(data):
+        if utf8_encodable(data):
             return None
         return f"data (a str) {_UNENCODABLE}; the text is not shown: pass it as bytes"
     if isinstance(data, Mapping):
@@ -927,7 +916,7 @@ def _unencodable_data(data: object) -> str | None:
             name, value = item
             # A list of values is a value each (aiohttp's urlencode takes them so).
             texts = (name, *(value if isinstance(value, list | tuple) else (value,)))
-        if any(isinstance(text, str) and not _encodes(text) for text in texts):
+        if any(isinstance(text, str) and not utf8_encodable(text) for text in texts):
             shown = _shown_key(name, position, "field")
             where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
             return f"data{where} {_UNENCODABLE}; the value is not shown"
@@ -2195,7 +2184,7 @@ class Engine:
                 "would reach another endpoint of the host): quote or check what goes into it",
                 service=service,
             )
-        if not _encodes(path):
+        if not utf8_encodable(path):
             # yarl drops the character: "/users" + "\\ud800" went to /users, another endpoint,
             # with the service's credentials. Refused, and not kept as checked.
             raise InvalidRequest(f"path {_DROPPED}; the path is not shown", service=service)

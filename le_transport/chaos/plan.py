@@ -60,7 +60,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast, overload
 
 import attrs
 
-from .._checks import require_kind, require_option
+from .._checks import require_kind, require_option, utf8_encodable
 from .._redact import redact_url
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
@@ -202,7 +202,7 @@ def _wire_str(name: str, *, header: bool = False, max_bytes: int | None = None) 
         owner = f"{type(instance).__name__}.{name}"
         if not isinstance(value, str):
             raise ConfigurationError(f"{owner} must be a str, got {type(value).__name__}")
-        if not _encodes(value):
+        if not utf8_encodable(value):
             raise ConfigurationError(f"{owner} must be text that UTF-8 can encode")
         if header and any(c in value for c in "\r\n\0"):
             raise ConfigurationError(f"{owner} cannot be sent in a header: it holds CR, LF or NUL")
@@ -262,7 +262,7 @@ def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
         # and on one side only: the simulator's aiohttp refuses a control character in a
         # value (the client saw the connection drop), the client's parser a name that is no
         # token (a 400 of its own), where the injector's made-up answer carried either.
-        if not _TOKEN.fullmatch(name) or _CONTROL.search(text) or not _encodes(text):
+        if not _TOKEN.fullmatch(name) or _CONTROL.search(text) or not utf8_encodable(text):
             raise ConfigurationError(
                 f"header {name[:40]!r} cannot be sent: a name is an RFC 9110 token (ASCII "
                 "letters, digits and !#$%&'*+-.^_`|~), and a value holds no control character "
@@ -286,16 +286,6 @@ def _delta_seconds(seconds: float) -> str:
     # repr is the shortest text that reads back as this float; Decimal writes it without
     # an exponent ('1e-05' -> '0.00001').
     return format(decimal.Decimal(repr(seconds)), "f")
-
-
-def _encodes(text: str) -> bool:
-    """Whether UTF-8 can encode ``text`` (a JSON plan may hold a lone surrogate, which the
-    wire cannot carry)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _key_names(keys: Iterable[object]) -> str:

@@ -33,7 +33,7 @@ import attrs
 from aiohttp import ClientMiddlewareType
 from yarl import URL
 
-from .._checks import require_option
+from .._checks import require_option, utf8_encodable
 from .._redact import Secret
 from ..clock import Clock, wall_of
 from ..errors import ConfigurationError, TransportError
@@ -275,17 +275,6 @@ _NOT_UTF8 = (
     "for a byte that is not UTF-8): check how the value was read, e.g. the environment's "
     "encoding; the value is not shown"
 )
-
-
-def utf8_encodable(value: str) -> bool:
-    """Whether ``value`` encodes as UTF-8: no lone surrogate (what ``os.environ`` and
-    ``os.fsdecode`` make of a byte that is not UTF-8). A credential that cannot be encoded
-    would fail only when first sent, with a ``UnicodeEncodeError`` whose arguments hold it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def provider_url(scheme: str, host: str, path: str, query: Mapping[str, str] | None = None) -> URL:

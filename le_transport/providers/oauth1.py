@@ -29,10 +29,11 @@ from urllib.parse import quote
 
 from yarl import URL
 
+from .._checks import utf8_encodable
 from .._redact import Secret
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
-from ._http import ProviderHttp, require_option, require_secret, utf8_encodable
+from ._http import ProviderHttp, require_option, require_secret
 from .auth import Credentials
 
 __all__ = [

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .._checks import require_kind
+from .._checks import require_kind, utf8_encodable
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
@@ -48,7 +48,6 @@ from .store import (
     check_ttl,
     check_value,
     closed_error,
-    encodes,
     takes_only_if,
 )
 
@@ -318,7 +317,7 @@ class FallbackStore:
             return None
 
         entry = await self._call("get", key, lambda: self._primary.get(key), local, _ENTRY, damaged)
-        if entry is not None and (type(entry.value) is not str or not encodes(entry.value)):
+        if entry is not None and (type(entry.value) is not str or not utf8_encodable(entry.value)):
             # A caller's store (primary, or a local MemoryStore of its own) answering no str,
             # or text no store takes back (a lone surrogate: a client's surrogateescape).
             entry = self._as_text(key, entry)
@@ -579,7 +578,7 @@ def stored_text(value: object) -> str | None:
     no store takes it back (:func:`~le_transport.state.store.check_value`), so a mirror or a
     writer comparing it failed with a caller's ConfigurationError."""
     if isinstance(value, str):
-        return value if encodes(value) else None
+        return value if utf8_encodable(value) else None
     if isinstance(value, (bytes, bytearray)):
         try:
             return bytes(value).decode("utf-8")

@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from .._checks import utf8_encodable
 from ..errors import ConfigurationError, StateStoreError
 from ..policies._validate import finite_number
 from ..policies._validate import shown as shown_number
@@ -50,7 +51,6 @@ __all__ = [
     "check_ttl",
     "check_value",
     "closed_error",
-    "encodes",
     "state_key",
 ]
 
@@ -130,19 +130,6 @@ def check_ttl(ttl: object) -> float:
     return min(float(ttl), MAX_TTL)  # type: ignore[arg-type]
 
 
-def encodes(text: str) -> bool:
-    """Whether ``text`` encodes to UTF-8, as Redis is sent it: not if it holds a lone
-    surrogate (``"\\udcff"``: what ``os.environ`` or ``sys.argv`` gives for a byte that is no
-    UTF-8). Cheap for the common case: ASCII is checked first."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _not_utf8(what: str) -> ConfigurationError:
     """The refusal of a str that does not encode to UTF-8, naming ``what`` it is, never its
     text (a key names an account and a user, a value may be a token)."""
@@ -160,7 +147,7 @@ def check_value(value: object) -> None:
     a token."""
     if not isinstance(value, str):
         raise ConfigurationError(f"a stored value must be a str, got {type(value).__name__}")
-    if not encodes(value):
+    if not utf8_encodable(value):
         raise _not_utf8("a stored value")
 
 
@@ -175,7 +162,7 @@ def check_only_if(only_if: object) -> None:
         raise ConfigurationError(
             f"a store's only_if must be None or a str, got {type(only_if).__name__}"
         )
-    if not encodes(only_if):
+    if not utf8_encodable(only_if):
         raise _not_utf8("a store's only_if")
 
 
@@ -232,7 +219,7 @@ def check_key(key: object) -> None:
         raise ConfigurationError(
             f"a store key must be a str (made with state_key), got {type(key).__name__}"
         )
-    if not encodes(key):
+    if not utf8_encodable(key):
         raise _not_utf8("a store key")
 
 
