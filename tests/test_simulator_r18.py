@@ -72,30 +72,9 @@ async def test_a_client_that_stops_reading_holds_back_only_its_own_socket() -> N
             first, second = await sim.sockets.wait_open(2)
             assert first.opened_at <= second.opened_at
 
-            sent = 0
-
-            async def fill() -> None:
-                # Aimed at the first socket alone, whose client reads nothing: once its
-                # buffers and the kernel's are full, the simulator's send to it waits.
-                nonlocal sent
-                for n in range(256):
-                    await first.notify(".Fill", {"n": n, "payload": payload})
-                    sent += 1
-
-            filler = asyncio.get_running_loop().create_task(fill())
-            transport = first.transport
-            assert transport is not None
-            # Stalled: nothing more taken for a second of the loop's turns (the kernel takes
-            # what it can between them), with a frame waiting in the socket's buffer.
-            deadline = time.monotonic() + 60
-            seen, still = (-1, -1), 0
-            while still < 10:
-                assert not filler.done(), "the first socket's sends never had to wait"
-                assert time.monotonic() < deadline, "the first socket's sends never stalled"
-                await asyncio.sleep(0.1)
-                now = (sent, transport.get_write_buffer_size())
-                still = still + 1 if now == seen and now[1] > (64 << 10) else 0
-                seen = now
+            # Aimed at the first socket alone, whose client reads nothing: once its buffers
+            # and the kernel's are full, the simulator's send to it waits.
+            filler = await _stalled(first, payload)
             pushing = asyncio.get_running_loop().create_task(
                 sim.sockets.notify(NOTIFICATION, {"n": 1, "payload": payload})
             )
@@ -110,10 +89,10 @@ async def test_a_client_that_stops_reading_holds_back_only_its_own_socket() -> N
                 await second.notify(NOTIFICATION, {"n": 2})
                 assert (await _text(reader))["body"] == {"n": 2}
             finally:
-                await stalled.close()
                 for task in (filler, pushing):
                     task.cancel()
                 await asyncio.gather(filler, pushing, return_exceptions=True)
+                await stalled.close()
 
 
 async def test_a_notification_can_be_aimed_at_one_account(clock: VirtualClock) -> None:
@@ -223,7 +202,9 @@ async def test_a_send_given_up_on_while_the_client_lags_breaks_no_later_send(the
 
 async def _stalled(sock: Any, payload: str) -> asyncio.Task[None]:
     """A task sending ``payload`` to ``sock`` (whose client reads nothing) until a send waits
-    for the client: returned still waiting."""
+    for the client: returned still waiting. Stalled: nothing more taken for a second of the
+    loop's turns (the kernel takes what it can between them), with a frame waiting in the
+    socket's buffer."""
     sent = 0
 
     async def fill() -> None:
