@@ -287,7 +287,7 @@ async def test_a_background_refresh_that_never_ends_is_given_up_and_tried_again(
             hosts["svc"] = "new.example"
             assert await domains.resolve("svc") == "old.example"  # served; the refresh hangs
             await clock.sleep(31)  # past its bound (stale_retry): given up, said
-            assert "no answer within 30 s" in caplog.text
+            assert "serving the last good map" in caplog.text
             assert await domains.resolve("svc") == "old.example"  # tried again after 30 s
             await clock.sleep(31)
             await domains.resolve("svc")

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ..clock import timeout_after
 from ..errors import (
     ConfigurationError,
     DomainResolutionError,
@@ -565,27 +564,13 @@ class CsdsDomains:
         be there to see (a failure it lets through, unforeseen, is logged by its type alone,
         and the map kept as after a failed refresh)."""
         stale = self._entries
-        http = require_attached(self._http, self)
-        attempt = (self._retry or http.policy).attempt_timeout
-        # Bounded: no caller waits for it, so a refresh hanging for ever (no attempt timeout,
-        # a shared store's read that never answers) kept the stale map served for ever, with
-        # no refresh tried again, nothing logged, and wait_refresh() hanging.
-        bound = self._stale_retry + (attempt if attempt is not None else 0.0)
-        timeout = timeout_after(http.clock, bound)
-        entries: dict[str, Entry] | None = None
         try:
-            async with timeout:
-                entries = await self._fetch_or_stale()
+            return await self._fetch_or_stale()
         except Exception as exc:
             if stale is None:
                 raise
-            if isinstance(exc, TimeoutError) and timeout.expired:
-                self._serve_stale(exc, f"no answer within {bound:g} s")
-            else:
-                self._serve_stale(exc, type(exc).__name__)
+            self._serve_stale(exc, type(exc).__name__)
             return stale
-        assert entries is not None
-        return entries
 
     def _install(self, entries: dict[str, Entry], now: float, life: float | None = None) -> None:
         self._entries = entries
@@ -597,8 +582,17 @@ class CsdsDomains:
         policy = self._retry or http.policy
         if stale is not None:
             # A cached map exists: one attempt, then serve it; never 30 s of schedule in front
-            # of a reconnect.
-            policy = attrs.evolve(policy, pauses=())
+            # of a reconnect. Bounded even where the policy sets no attempt timeout (calls
+            # bounded by their own deadline=): no caller waits for a background refresh, and
+            # one hanging for ever kept the map stale for ever, nothing logged, no refresh
+            # tried again, wait_refresh() hanging.
+            policy = attrs.evolve(
+                policy,
+                pauses=(),
+                attempt_timeout=(
+                    self._stale_retry if policy.attempt_timeout is None else policy.attempt_timeout
+                ),
+            )
         if self._shared is not None and not self._ask_source:
             found = await self._shared.read()
             if found is not None and found[0]:
