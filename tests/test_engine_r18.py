@@ -297,6 +297,35 @@ async def test_an_iterable_failing_with_a_connections_error_of_its_own_is_the_bo
     assert clock.sleeps == []
 
 
+@pytest.mark.parametrize("chunk", ["text", 42, [1, 2]], ids=["str", "int", "list"])
+async def test_an_iterable_yielding_a_chunk_that_is_no_bytes_is_the_bodys_failure(
+    serve: ServerFactory, clock: VirtualClock, chunk: object
+) -> None:
+    """aiohttp's writer itself raises the TypeError for a chunk that is no bytes (``yield
+    json.dumps(x)``): raised in the connection's writing, but no failure of the connection.
+    Taken for one, one caller's mistake opened the host's breaker for everyone."""
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    host = await serve(_recording_app(seen))
+    guard = OverloadGuard(budget=None, breaker=_breaker(), clock=clock)
+
+    async def body() -> AsyncIterator[Any]:
+        yield b"part"
+        yield chunk
+
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        overload=guard,
+        retry=RetryPolicy(attempt_timeout=None),
+    ) as engine:
+        with pytest.raises(RequestBodyError) as info:
+            await engine.request("PUT", "svc", "/x", data=body())
+        assert guard.breaker_state("svc", host) is BreakerState.CLOSED
+    assert isinstance(info.value.__cause__, TypeError)
+    assert clock.sleeps == []
+
+
 async def test_a_connection_lost_while_the_body_is_sent_is_still_a_transport_failure(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:

@@ -160,6 +160,13 @@ def _connection_writers() -> frozenset[object]:
 
 _CONNECTION_WRITERS = _connection_writers()
 
+#: The files of aiohttp's connection writing: a frame in one is the connection's writing even
+#: where a later aiohttp renamed the functions above.
+_CONNECTION_FILES = frozenset(
+    code.co_filename  # type: ignore[attr-defined]
+    for code in _CONNECTION_WRITERS
+)
+
 
 def _body_failure(exc: BaseException) -> BaseException | None:
     """The exception the request's own body raised while aiohttp sent it, if ``exc`` is
@@ -192,7 +199,16 @@ def _body_failure(exc: BaseException) -> BaseException | None:
         code = tb.tb_frame.f_code
         if code is _WRITE_BYTES:
             under = True
-        elif under and code in _CONNECTION_WRITERS:
+        elif (
+            under
+            and (code in _CONNECTION_WRITERS or code.co_filename in _CONNECTION_FILES)
+            and isinstance(cause, OSError)
+        ):
+            # The connection's: what aiohttp's writer raises for it is an OSError (a reset,
+            # "Cannot write to closing transport", "Connection lost"). A TypeError or
+            # ValueError raised there is a chunk the body yielded that is no bytes (a str, an
+            # int, a released memoryview): the body's, or one caller's mistake opened the
+            # host's breaker for every caller.
             return None
         tb = tb.tb_next
     if not under:
