@@ -295,3 +295,47 @@ async def test_a_background_refresh_that_never_ends_is_given_up_and_tried_again(
             assert await domains.resolve("svc") == "new.example"
     finally:
         release.set()
+
+
+def _slow_answers(hosts: dict[str, str], clock: VirtualClock) -> tuple[web.Application, Any]:
+    """An app answering the Domain API with ``hosts``, each answer taking ``slow["s"]`` s."""
+    slow = {"s": 0.0}
+
+    async def answer(request: web.Request) -> web.Response:
+        if slow["s"]:
+            await clock.sleep(slow["s"])
+        return web.json_response(
+            {"baseURIs": [{"service": s, "baseURI": h} for s, h in hosts.items()]}
+        )
+
+    app = web.Application()
+    app.router.add_get(CSDS, answer)
+    return app, slow
+
+
+@pytest.mark.parametrize("how", ["refresh()", "in the background"])
+async def test_a_slow_domain_api_is_still_refreshed_under_a_deadline_only_policy(
+    serve: ServerFactory, clock: VirtualClock, how: str
+) -> None:
+    # No attempt timeout, 60 s for a whole call: an answer slower than stale_retry (8 s
+    # against 5) was cut at stale_retry every time, and the map never refreshed.
+    hosts = {"svc": "old.example"}
+    app, slow = _slow_answers(hosts, clock)
+    domains = CsdsDomains(
+        ACCOUNT,
+        csds_host=await serve(app),
+        scheme="http",
+        ttl=60,
+        stale_retry=5,
+        retry=RetryPolicy(attempt_timeout=None, deadline=60),
+    )
+    async with Engine(domains, scheme="http", clock=clock):
+        assert await domains.resolve("svc") == "old.example"
+        hosts["svc"] = "new.example"
+        slow["s"] = 8.0
+        if how == "refresh()":
+            assert (await domains.refresh())["svc"] == "new.example"
+        else:
+            await clock.sleep(61)
+            assert await domains.resolve("svc") == "old.example"  # served; refresh started
+            assert (await domains.wait_refresh())["svc"] == "new.example"

@@ -63,7 +63,7 @@ from ..errors import (
 )
 from ..events import StateEvent
 from ..policies._validate import finite_number
-from ..policies.retry import RetryPolicy
+from ..policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
 from ._flight import SingleFlight, _consume
 from ._http import (
     ProviderHttp,
@@ -565,7 +565,7 @@ class CsdsDomains:
         and the map kept as after a failed refresh)."""
         stale = self._entries
         try:
-            return await self._fetch_or_stale()
+            return await self._fetch_or_stale(background=True)
         except Exception as exc:
             if stale is None:
                 raise
@@ -576,23 +576,20 @@ class CsdsDomains:
         self._entries = entries
         self._expires_at = now + (self._ttl if life is None else min(self._ttl, life))
 
-    async def _fetch_or_stale(self) -> dict[str, Entry]:
+    async def _fetch_or_stale(self, *, background: bool = False) -> dict[str, Entry]:
         http = require_attached(self._http, self)
         stale = self._entries
         policy = self._retry or http.policy
         if stale is not None:
             # A cached map exists: one attempt, then serve it; never 30 s of schedule in front
-            # of a reconnect. Bounded even where the policy sets no attempt timeout (calls
-            # bounded by their own deadline=): no caller waits for a background refresh, and
-            # one hanging for ever kept the map stale for ever, nothing logged, no refresh
-            # tried again, wait_refresh() hanging.
-            policy = attrs.evolve(
-                policy,
-                pauses=(),
-                attempt_timeout=(
-                    self._stale_retry if policy.attempt_timeout is None else policy.attempt_timeout
-                ),
-            )
+            # of a reconnect.
+            policy = attrs.evolve(policy, pauses=())
+            if background and policy.attempt_timeout is None and policy.deadline is None:
+                # No caller waits for a background refresh to bound it: with neither bound of
+                # its own, one hanging for ever kept the map stale for ever (nothing logged, no
+                # refresh tried again, wait_refresh() hanging). The default attempt timeout,
+                # not stale_retry: an answer slower than that interval was cut every time.
+                policy = attrs.evolve(policy, attempt_timeout=DEFAULT_ATTEMPT_TIMEOUT)
         if self._shared is not None and not self._ask_source:
             found = await self._shared.read()
             if found is not None and found[0]:
