@@ -6,6 +6,7 @@ virtual time."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import threading
@@ -240,17 +241,20 @@ async def test_recover_refuses_a_multipart_form_aiohttp_built_already(
 
 
 class _SlowPipe(io.RawIOBase):
-    """A pipe whose content comes only once ``ready`` is set (or after 5 real seconds)."""
+    """A pipe whose content comes only once ``ready`` is set (or after 5 real seconds);
+    ``reading`` is set once a read is waiting for it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ready = threading.Event()
+        self.reading = threading.Event()
         self._left = b"late"
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.reading.set()
         self.ready.wait(5)
         n = min(len(buffer), len(self._left))
         buffer[:n] = self._left[:n]
@@ -259,7 +263,7 @@ class _SlowPipe(io.RawIOBase):
 
 
 async def test_recover_reads_the_files_of_a_form_within_the_calls_deadline(
-    serve: ServerFactory, clock: VirtualClock
+    serve: ServerFactory,
 ) -> None:
     """A form's file is read into memory as a file body is: within the call's deadline."""
     parts: list[list[Part]] = []
@@ -267,17 +271,23 @@ async def test_recover_reads_the_files_of_a_form_within_the_calls_deadline(
     pipe = _SlowPipe()
     form = aiohttp.FormData()
     form.add_field("upload", io.BufferedReader(pipe), filename="late.bin")
-    late = threading.Timer(0.3, pipe.ready.set)  # in real time; the call has 1 virtual s
-    late.start()
+    # Moved by hand: a VirtualClock's time waits for the read in the loop's thread pool.
+    clock = VirtualClock(autojump=False)
+    loop = asyncio.get_running_loop()
     try:
         async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
+            call = asyncio.ensure_future(
+                engine.request("PUT", "svc", "/f", data=form, deadline=1, recover=True)
+            )
+            assert await loop.run_in_executor(None, pipe.reading.wait, 5)
+            clock.advance(1)  # the call's deadline passes while the read is blocked
             with pytest.raises(
                 DeadlineExceeded, match="while the files of its multipart form were read"
             ):
-                await engine.request("PUT", "svc", "/f", data=form, deadline=1, recover=True)
+                await call
+            assert not pipe.ready.is_set()
     finally:
         pipe.ready.set()
-        late.cancel()
     assert clock.now() == 1.0
     assert parts == []
 

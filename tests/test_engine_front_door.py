@@ -446,17 +446,20 @@ async def test_recover_sends_a_binary_file_with_the_content_type_aiohttp_gives_i
 
 
 class _SlowPipe(io.RawIOBase):
-    """A pipe whose content comes only once ``ready`` is set (or after 5 real seconds)."""
+    """A pipe whose content comes only once ``ready`` is set (or after 5 real seconds);
+    ``reading`` is set once a read is waiting for it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ready = threading.Event()
+        self.reading = threading.Event()
         self._left = b"late"
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.reading.set()
         self.ready.wait(5)
         n = min(len(buffer), len(self._left))
         buffer[:n] = self._left[:n]
@@ -464,25 +467,29 @@ class _SlowPipe(io.RawIOBase):
         return n
 
 
-async def test_recover_reads_a_file_body_within_the_calls_deadline(
-    serve: ServerFactory, clock: VirtualClock
-) -> None:
+async def test_recover_reads_a_file_body_within_the_calls_deadline(serve: ServerFactory) -> None:
     """The file was read before the call's deadline was fixed, and without a bound: a pipe
     that took 3 s made a deadline=1 call last 3 s, then succeed."""
     seen: list[tuple[str, str, bytes]] = []
     host = await serve(_echo_app(seen))
     pipe = _SlowPipe()
-    late = threading.Timer(0.3, pipe.ready.set)  # in real time; the call has 1 virtual s
-    late.start()
+    # Moved by hand: a VirtualClock's time waits for the read in the loop's thread pool.
+    clock = VirtualClock(autojump=False)
+    loop = asyncio.get_running_loop()
     try:
         async with Engine({"svc": host}, scheme="http", clock=clock) as engine:
-            with pytest.raises(DeadlineExceeded, match="deadline passed while its file body"):
-                await engine.request(
+            call = asyncio.ensure_future(
+                engine.request(
                     "PUT", "svc", "/f", data=io.BufferedReader(pipe), deadline=1, recover=True
                 )
+            )
+            assert await loop.run_in_executor(None, pipe.reading.wait, 5)
+            clock.advance(1)  # the call's deadline passes while the read is blocked
+            with pytest.raises(DeadlineExceeded, match="deadline passed while its file body"):
+                await call
+            assert not pipe.ready.is_set()
     finally:
         pipe.ready.set()
-        late.cancel()
     assert clock.now() == 1.0
     assert seen == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import threading
 
 import aiohttp
 import pytest
@@ -90,6 +91,56 @@ async def test_a_real_idle_threshold_still_jumps() -> None:
     clock = VirtualClock(autojump_threshold=0.001)
     await clock.sleep(60)
     assert clock.now() == 60.0
+
+
+async def test_a_threshold_wait_leaves_the_loops_selector_as_it_was() -> None:
+    """The threshold watches the loop's turns at its selector only while it waits."""
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    clock = VirtualClock(autojump_threshold=0.001)
+    await clock.sleep(60)
+    assert "select" not in vars(selector)
+
+
+async def test_a_clock_moved_by_hand_neither_holds_nor_follows_one_that_jumps() -> None:
+    manual, auto = VirtualClock(autojump=False), VirtualClock()
+    waiting = asyncio.ensure_future(manual.sleep(5))
+    await auto.sleep(3)
+    assert auto.now() == 3.0
+    assert manual.now() == 0.0
+    assert not waiting.done()
+    manual.advance(5)
+    await waiting
+    assert (manual.now(), auto.now()) == (5.0, 3.0)
+
+
+async def test_the_driver_ends_with_the_last_sleep_though_a_job_of_the_pool_runs_on(
+    clock: VirtualClock,
+) -> None:
+    """Time waits for the pool's jobs: the driver waits with it, and must still end once no
+    sleep is left (cancelled, or woken by hand), not when the job ends."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    assert clock.now() == 0.0
+    job = loop.run_in_executor(None, release.wait, 5)
+    try:
+        for end in ("cancel", "advance"):
+            sleeper = asyncio.ensure_future(clock.sleep(1))
+            await asyncio.sleep(0.02)
+            assert not sleeper.done()
+            (driver,) = [
+                t for t in asyncio.all_tasks() if t.get_name() == "le_transport.VirtualClock"
+            ]
+            if end == "cancel":
+                sleeper.cancel()
+            else:
+                clock.advance(1)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert driver.done()
+            assert sleeper.done()
+    finally:
+        release.set()
+        await job
 
 
 async def test_virtual_clock_is_a_clock() -> None:

@@ -6,11 +6,25 @@ wall time, with no hand-advancing of time. Every sleep is recorded in :attr:`Vir
 
 "Every task is waiting" is read off the event loop: when, for ``idle_rounds`` consecutive loop
 iterations, no callback other than the clock's own is ready to run (so no task is runnable and
-no I/O event arrived), time jumps to the earliest pending sleep. Loopback I/O with a server in
-the same loop completes within an iteration, so a test may talk to a real aiohttp server without
-time jumping under it. Work in threads or other processes is invisible to the loop: for such
-tests set ``autojump_threshold`` (real seconds of idleness required before a jump), or advance
-time by hand with :meth:`VirtualClock.advance` and ``autojump=False``.
+no I/O event arrived) and no job the loop gave its thread pool is still running, time jumps to
+the earliest pending sleep. Loopback I/O with a server in the same loop completes within an
+iteration, so a test may talk to a real aiohttp server without time jumping under it. Jobs in
+the pool are those of ``loop.run_in_executor`` (so of ``asyncio.to_thread``,
+``loop.getaddrinfo`` and aiohttp reading a file body) started once a clock was first read or
+slept on in the loop: time waits for them, so a job that blocks until time moves waits for
+ever (advance such a test by hand), and a job given up (its future cancelled, say by a
+timeout) holds time no longer. Work in threads of one's own or in other
+processes is invisible to the loop: for such tests set ``autojump_threshold`` (real seconds
+the loop must stay quiet before a jump: any I/O event, callback or pool job in them starts
+the count again, as in trio), or advance time by hand with :meth:`VirtualClock.advance` and
+``autojump=False``.
+
+The clocks on one loop jump together: one task drives them all (a driver per clock saw the
+other's step ready at every turn, and none ever jumped), moving every clock with ``autojump``
+on by the same amount, to the earliest deadline among them. Each keeps its own reading and
+date (``epoch + now()``): a server's clock skewed from its client's, or a clock an earlier test
+left on a loop shared by a session, stays as far from the others as it was. A clock with
+``autojump=False`` moves only by :meth:`~VirtualClock.advance`.
 
 Time stays finite: a sleep of ``inf`` seconds (or one whose deadline is past the largest
 float) is never jumped to; like ``asyncio.sleep(inf)`` it waits until it is cancelled, so
@@ -27,17 +41,20 @@ newest ``max_records`` sleeps (a :class:`~le_transport.chaos.plan.RecordLog`, re
 and sleeps cancelled before their deadline (a timeout that did not fire) leave the queue of
 pending sleeps in bulk rather than only when time reaches them.
 
-Requires the standard asyncio event loop (it inspects the loop's ready queue).
+Requires the standard asyncio event loop (it inspects the loop's ready queue, and wraps the
+loop's ``run_in_executor`` to see the jobs in its pool).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import math
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._checks import require_kind
@@ -73,7 +90,8 @@ class VirtualClock:
       A bool (a truthy ``"no"`` from a config file is refused, not guessed).
     - ``idle_rounds``: loop iterations with nothing else ready before a jump: an int >= 1
       (default 3).
-    - ``autojump_threshold``: additionally, real seconds the loop must stay idle: a finite
+    - ``autojump_threshold``: additionally, real seconds the loop must stay quiet (no I/O
+      event, no callback, no job in its thread pool: any starts the count again): a finite
       number >= 0 (default 0; ``inf`` would never jump, and every sleep would hang).
     - ``max_records``: how many sleeps :attr:`sleeps` and :attr:`history` keep, the newest
       (default 100,000; None: every one).
@@ -122,9 +140,11 @@ class VirtualClock:
         self._forever: set[asyncio.Future[None]] = set()
         # Sleeps cancelled while still in _sleepers (they leave it in bulk: _forget_cancelled).
         self._cancelled = 0
-        self._driver: asyncio.Task[None] | None = None
-        # The loop this clock was last slept on or first read in (weakly), noted in _IN_USE.
+        # The loop this clock was last slept on or first read in (weakly), noted in _IN_USE,
+        # and the clocks on it, whose one driver jumps them together (None: a loop that is
+        # not the standard one).
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._group: _LoopClocks | None = None
         #: Every sleep requested, in seconds, in order (including the watchdog sleeps of
         #: ``timeout_after``: read a call's pauses from its attempt records instead); the
         #: newest ``max_records``.
@@ -165,9 +185,17 @@ class VirtualClock:
         return self._epoch + self._now
 
     def _mark(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Note this clock as the one in use on ``loop`` (see :func:`virtual_clock_in_use`)."""
+        """Note this clock as the one in use on ``loop`` (see :func:`virtual_clock_in_use`),
+        and as one of the clocks its driver jumps (no longer of the loop it was on before)."""
         self._loop = weakref.ref(loop)
         _IN_USE[loop] = weakref.ref(self)
+        group = _LoopClocks.of(loop)
+        if self._group is not group:
+            if self._group is not None:
+                self._group.leave(self)
+            if group is not None:
+                group.join(self)
+        self._group = group
 
     async def sleep(self, seconds: float) -> None:
         """Wait until the virtual time has moved on by ``seconds``.
@@ -192,16 +220,19 @@ class VirtualClock:
         if not math.isfinite(deadline):
             await self._sleep_forever(loop)
             return
+        group = self._group
         if self._autojump:
             # Checked here, not in the driver: a driver that died would leave every sleep hung.
-            _loop_idle(loop)
+            _check_loop(loop)
         fut: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
-        if self._autojump and (self._driver is None or self._driver.done()):
-            self._driver = loop.create_task(self._drive(), name="le_transport.VirtualClock")
+        if self._autojump and group is not None:
+            group.drive(loop)
         try:
             await fut
         except asyncio.CancelledError:
+            if group is not None:
+                group.poke()
             self._cancelled += 1
             if self._cancelled > 64 and self._cancelled * 2 > len(self._sleepers):
                 self._forget_cancelled()
@@ -246,6 +277,8 @@ class VirtualClock:
         if not math.isfinite(when):
             raise ConfigurationError(f"VirtualClock.advance({seconds!r}): time must stay finite")
         self._jump_to(when)
+        if self._group is not None:
+            self._group.poke()
 
     @property
     def pending(self) -> int:
@@ -263,35 +296,6 @@ class VirtualClock:
         while self._sleepers and self._sleepers[0][2].done():
             heapq.heappop(self._sleepers)  # cancelled sleeps
         return self._sleepers[0][0] if self._sleepers else None
-
-    async def _drive(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = 0
-        idle_since: float | None = None
-        while True:
-            await asyncio.sleep(0)
-            if self._next_deadline() is None:
-                return
-            if _loop_idle(loop):
-                idle += 1
-                if idle_since is None:
-                    idle_since = time.monotonic()
-            else:
-                idle, idle_since = 0, None
-                continue
-            if idle < self._idle_rounds:
-                continue
-            if (
-                self._threshold
-                and idle_since is not None
-                and time.monotonic() - idle_since < self._threshold
-            ):
-                await asyncio.sleep(min(self._threshold / 4, 0.01))
-                continue
-            deadline = self._next_deadline()
-            if deadline is not None:
-                self._jump_to(deadline)
-            idle, idle_since = 0, None
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now!r}, pending={self.pending})"
@@ -322,8 +326,219 @@ def _number_or_type(value: object) -> str:
     return type(value).__name__
 
 
-def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:
-    ready: Any = getattr(loop, "_ready", None)
-    if ready is None:  # pragma: no cover - not the standard loop
+def _check_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if getattr(loop, "_ready", None) is None:
         raise RuntimeError("VirtualClock autojump needs the standard asyncio event loop")
-    return len(ready) == 0
+
+
+#: The attribute of a loop holding its :class:`_LoopClocks` (it lives and dies with the loop).
+_GROUP_ATTR = "_le_transport_virtual_clocks"
+
+
+class _LoopClocks:
+    """The VirtualClocks on one event loop, the one task that jumps them, and the jobs the
+    loop gave its thread pool that are still running.
+
+    One driver per loop: each clock's own driver, spinning on ``sleep(0)``, always saw the
+    other's step in the loop's ready queue, so two clocks on a loop never jumped (a livelock).
+    """
+
+    __slots__ = ("clocks", "jobs", "task", "waiter")
+
+    def __init__(self) -> None:
+        # Held weakly; a list, not a WeakSet: the driver reads it at every turn of the loop.
+        self.clocks: list[weakref.ref[VirtualClock]] = []
+        # Futures of loop.run_in_executor not done yet: work the ready queue does not show.
+        self.jobs: set[asyncio.Future[Any]] = set()
+        self.task: asyncio.Task[None] | None = None
+        # Set while the driver waits for the pool: a sleep that ends without it wakes it.
+        self.waiter: asyncio.Future[None] | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _LoopClocks | None:
+        """The loop's clocks, made (and its ``run_in_executor`` wrapped) on the first call;
+        None for a loop that is not the standard one (autojump refuses it)."""
+        group: _LoopClocks | None = getattr(loop, _GROUP_ATTR, None)
+        if group is not None:
+            return group
+        if getattr(loop, "_ready", None) is None:
+            return None
+        group = cls()
+        jobs = group.jobs
+        original = loop.run_in_executor
+
+        def finished(fut: asyncio.Future[Any]) -> None:
+            jobs.discard(fut)
+            group.poke()
+
+        @functools.wraps(original)
+        def run_in_executor(executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+            fut = original(executor, func, *args)
+            jobs.add(fut)
+            fut.add_done_callback(finished)
+            return fut
+
+        try:
+            setattr(loop, _GROUP_ATTR, group)
+            loop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]
+        except AttributeError:  # pragma: no cover - a loop without instance attributes
+            return None
+        return group
+
+    def join(self, clock: VirtualClock) -> None:
+        self.clocks = [ref for ref in self.clocks if ref() is not None]
+        self.clocks.append(weakref.ref(clock))
+
+    def leave(self, clock: VirtualClock) -> None:
+        self.clocks = [ref for ref in self.clocks if ref() not in (None, clock)]
+
+    def driven(self) -> list[VirtualClock]:
+        """The clocks with autojump on."""
+        return [c for c in (ref() for ref in self.clocks) if c is not None and c._autojump]
+
+    def pending(self) -> bool:
+        """Whether a clock with autojump on has a finite sleep pending."""
+        for ref in self.clocks:
+            clock = ref()
+            if clock is not None and clock._autojump and clock._next_deadline() is not None:
+                return True
+        return False
+
+    def poke(self) -> None:
+        """A job of the pool ended, or a sleep ended without the driver (cancelled, or time
+        advanced by hand): the driver, if it waits for the pool, looks again (else it would
+        outlive the sleeps it jumps)."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the loop's driver unless it is running."""
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(_drive(self, loop), name="le_transport.VirtualClock")
+
+    def plan(self) -> tuple[int, float]:
+        """The idle rounds and real seconds of quiet a jump waits for: the most any clock
+        with autojump on asks for."""
+        rounds, threshold = 1, 0.0
+        for clock in self.driven():
+            rounds = max(rounds, clock._idle_rounds)
+            threshold = max(threshold, clock._threshold)
+        return rounds, threshold
+
+    def jump(self) -> None:
+        """Move every clock with autojump on by the same amount: to the earliest deadline
+        among them (each clock whose deadline that is lands on it exactly)."""
+        clocks = self.driven()
+        step: float | None = None
+        for clock in clocks:
+            deadline = clock._next_deadline()
+            if deadline is not None and (step is None or deadline - clock._now < step):
+                step = deadline - clock._now
+        if step is None:
+            return
+        for clock in clocks:
+            deadline = clock._next_deadline()
+            if deadline is not None and deadline - clock._now <= step:
+                clock._jump_to(deadline)
+            elif math.isfinite(clock._now + step):
+                clock._jump_to(clock._now + step)
+
+
+async def _drive(group: _LoopClocks, loop: asyncio.AbstractEventLoop) -> None:
+    """Jump the loop's clocks whenever the loop is idle; return once no clock with autojump
+    on has a finite sleep pending."""
+    ready: Any = loop._ready  # type: ignore[attr-defined]  # checked by the first sleep
+    jobs = group.jobs
+    idle, rounds, threshold = 0, 1, 0.0
+    while True:
+        await asyncio.sleep(0)
+        if not group.pending():
+            return
+        if ready:  # something else to run
+            idle = 0
+            continue
+        if jobs:
+            # Wait for the pool without spinning (time cannot move while a job runs).
+            idle = 0
+            group.waiter = waiter = loop.create_future()
+            try:
+                await waiter  # a job ended, or a sleep without the driver
+            finally:
+                group.waiter = None
+            if not group.pending():
+                return
+            continue
+        idle += 1
+        if idle == 1:
+            rounds, threshold = group.plan()
+        if idle < rounds:
+            continue
+        idle = 0
+        if threshold:
+            await _quiet_for(loop, group, threshold)
+            if ready or jobs:
+                continue
+        group.jump()
+
+
+async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, seconds: float) -> None:
+    """Return once the loop has been quiet for ``seconds`` of real time: no I/O event (a
+    thread's ``call_soon_threadsafe`` is one), no callback ready at a turn of the loop, no job
+    running in its pool. Each starts the count again, as trio's ``autojump_threshold`` does;
+    before, activity between two checks 10 ms apart went unseen."""
+    ready: Any = loop._ready  # type: ignore[attr-defined]
+    last = time.monotonic()
+
+    def woke() -> None:
+        nonlocal last
+        last = time.monotonic()
+
+    # The loop's turns, seen at its selector (only while this waits: no cost otherwise).
+    selector: Any = getattr(loop, "_selector", None)
+    own = getattr(selector, "__dict__", {}).get("select")
+    original = getattr(selector, "select", None)
+    hooked = False
+    if original is not None:
+
+        def select(timeout: float | None = None) -> Any:
+            if ready:  # a callback ran and scheduled another (this wait's checks do not)
+                woke()
+            events = original(timeout)
+            if events:
+                woke()
+            return events
+
+        try:
+            selector.select = select
+            hooked = True
+        except AttributeError:  # pragma: no cover - a selector without instance attributes
+            pass
+    done: asyncio.Future[None] = loop.create_future()
+    slice_ = min(seconds / 4, 0.01)
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal handle
+        now = time.monotonic()
+        if ready or group.jobs:
+            woke()
+            now = last
+        quiet = now - last
+        if quiet >= seconds:
+            if not done.done():
+                done.set_result(None)
+            return
+        handle = loop.call_later(min(slice_, seconds - quiet), check)
+
+    handle = loop.call_later(slice_, check)
+    try:
+        await done
+    finally:
+        if handle is not None:
+            handle.cancel()
+        if hooked:
+            if own is None:
+                del selector.select
+            else:
+                selector.select = own
