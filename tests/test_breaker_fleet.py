@@ -1319,6 +1319,20 @@ class SteppingStore(MemoryStore):
         return deleted
 
 
+class LockTimes(SteppingStore):
+    """A SteppingStore noting when each value of the fleet's probe lock was taken."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.taken: dict[str, float] = {}
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        stored = await super().add(key, value, ttl=ttl)
+        if stored and key == _probe_key():
+            self.taken.setdefault(value, self._clock.now())
+        return stored
+
+
 async def _waits(clock: VirtualClock, seconds: float) -> None:
     """A process idle for ``seconds`` of the clock (which only the scheduler moves)."""
     until = clock.now() + seconds
@@ -1404,29 +1418,20 @@ _SCRIPTS = (_trips_and_probes, _fails_unaware, _calls_now_and_then, _opens_on_it
 _STEPS = [0, 1, 2, 3, -1]
 
 
-@settings(max_examples=300, deadline=None)
-@given(data=st.data(), schedule=st.lists(st.sampled_from(_STEPS[:-1] * 2 + [-1]), max_size=200))
-def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
-    data: st.DataObject, schedule: list[int]
-) -> None:
-    """Four processes, each a script of calls (A trips and probes after each break, its first
-    probes failing, so that its breaks escalate; B's attempts fail unaware of A's trip; C calls
-    now and then; D's pairs of attempts fail, opening its breaker on its own whenever they both
-    went), run interleaved store operation by store operation in the order ``schedule`` draws
-    (a process's next step, or -1: a second passes), then in turn to their end. Whatever the
-    order: a break the fleet published is never lost nor shortened while it is on (no process
-    rewrites it as its own trip's half-open tail, deletes it or writes the fleet's closed mark
-    over it when its probe succeeds, or publishes a break of its own over it that ends
-    sooner), no trip is replaced by one after fewer openings while it lives, and at most one
-    probe is out."""
+def run_interleaved(plan: _Plan, schedule: list[int]) -> list[tuple[float, list[float]]]:
+    """Run the four processes on ``plan``, their store operations interleaved in the order
+    ``schedule`` draws (a process's next step, or -1: a second passes), then in turn to their
+    end. Checked after every step: no break lost, and every fleet probe holds the lock.
+    Returns, for each step after which more than one probe was out, the time and when each
+    one's lock was taken (oldest first)."""
     clock = VirtualClock(start=100.0, autojump=False)
-    store = SteppingStore(clock)
+    store = LockTimes(clock)
     guards = _fleet(clock, store, len(_SCRIPTS), FleetBreakerMachine.breaker)
-    plan = _Plan(data)
     running = [script(guard, clock, plan) for script, guard in zip(_SCRIPTS, guards, strict=True)]
     live = set(range(len(running)))
     # The drawn order, then each live process in turn with a second passing after each round.
     rest = itertools.chain.from_iterable(itertools.repeat(_STEPS, 200))
+    doubles: list[tuple[float, list[float]]] = []
     try:
         for choice in itertools.chain(schedule, rest):
             if not live:
@@ -1441,11 +1446,38 @@ def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
             except StopIteration:
                 live.discard(choice)
             assert not store.lost, store.lost
-            assert sum(len(guard._probes) for guard in guards) <= 1, "two probes out at once"
+            locks = [lock for guard in guards for lock, _ in guard._probes.values()]
+            assert all(lock is not None for lock in locks), "every fleet probe holds the lock"
+            if len(locks) > 1:
+                taken = sorted(store.taken[lock] for lock in locks if lock is not None)
+                doubles.append((clock.now(), taken))
         assert not live, "every process ends"
     finally:
         for coro in running:
             coro.close()
+    return doubles
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), schedule=st.lists(st.sampled_from(_STEPS[:-1] * 2 + [-1]), max_size=200))
+def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
+    data: st.DataObject, schedule: list[int]
+) -> None:
+    """Four processes, each a script of calls (A trips and probes after each break, its first
+    probes failing, so that its breaks escalate; B's attempts fail unaware of A's trip; C calls
+    now and then; D's pairs of attempts fail, opening its breaker on its own whenever they both
+    went), run interleaved store operation by store operation in the order ``schedule`` draws.
+    Whatever the order: a break the fleet published is never lost nor shortened while it is on
+    (no process rewrites it as its own trip's half-open tail, deletes it or writes the fleet's
+    closed mark over it when its probe succeeds, or publishes a break of its own over it that
+    ends sooner), no trip is replaced by one after fewer openings while it lives, and at most
+    one probe is out within its lease: a fleet probe holds the half-open slot for
+    ``probe_lease`` (the lock is not renewed), so one with no bound of its own that outlives it
+    lets a second through (documented; test_breaker_r18 replays such a case)."""
+    lease = FleetBreakerMachine.breaker.probe_lease
+    for now, taken in run_interleaved(_Plan(data), schedule):
+        # Every probe out but the newest took the lock a lease ago or more.
+        assert all(now >= at + lease for at in taken[:-1]), ("two probes in their leases", now)
 
 
 # -- a caller's own store, written to the protocol before or after only_if ---------------------
