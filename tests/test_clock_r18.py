@@ -251,3 +251,71 @@ async def test_the_threshold_starts_again_whenever_a_thread_wakes_the_loop() -> 
     await clock.sleep(1)
     assert clock.now() == 1.0
     assert time.monotonic() - last_wake >= 0.25
+
+
+# -- the review of the fix: the driver's end, an idle clock's settings, a later loop ----------
+
+
+def _drivers() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name() == "le_transport.VirtualClock" and not t.done()
+    ]
+
+
+async def test_under_a_threshold_the_driver_ends_with_the_last_sleep() -> None:
+    # A timeout_after whose block finished in time cancels its sleep: the driver waited out
+    # its threshold of quiet regardless (the suite's leaked-task check), and for ever on a
+    # loop something keeps busy, the selector hooked all along.
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    clock = VirtualClock(autojump_threshold=0.3)
+
+    async def ticker() -> None:  # the loop busy every 0.05 s: never quiet for 0.3 s
+        for _ in range(1000):
+            await asyncio.sleep(0.05)
+
+    tick = asyncio.ensure_future(ticker())
+    try:
+        async with timeout_after(clock, 10):
+            await asyncio.sleep(0.05)
+        assert clock.pending == 0
+        await asyncio.sleep(0.2)
+        assert _drivers() == []
+        assert "select" not in vars(selector)
+    finally:
+        tick.cancel()
+        await asyncio.gather(tick, return_exceptions=True)
+
+
+async def test_an_idle_clocks_threshold_does_not_hold_the_others_jumps() -> None:
+    from le_transport.testing.clock import _LoopClocks
+
+    idle = VirtualClock(autojump_threshold=0.5, idle_rounds=9)
+    assert idle.now() == 0.0  # read on this loop; never sleeps
+    fast = VirtualClock()
+    assert fast.now() == 0.0
+    group = _LoopClocks.of(asyncio.get_running_loop())
+    assert group is not None
+    sleeping = asyncio.ensure_future(fast.sleep(5))
+    await asyncio.sleep(0)
+    # Only the clocks with a sleep pending set how long a jump waits.
+    assert group.plan() == (3, 0.0)
+    await sleeping
+    assert fast.now() == 5.0
+
+
+async def _pool_job_under_a_timeout(clock: VirtualClock) -> None:
+    start = clock.now()
+    async with timeout_after(clock, 10) as limit:
+        await asyncio.to_thread(time.sleep, 0.05)
+    assert not limit.expired
+    assert clock.now() == start
+
+
+def test_a_clock_reused_on_a_later_loop_waits_for_its_pool_jobs_there() -> None:
+    # A module's clock under per-test loops: read on its second loop, it was not put on it
+    # (only a sleep did), so a pool job the timeout's body started was not waited for.
+    clock = VirtualClock()
+    asyncio.run(_pool_job_under_a_timeout(clock))
+    asyncio.run(_pool_job_under_a_timeout(clock))

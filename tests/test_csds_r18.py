@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine
+from le_transport.clock import timeout_after
 from le_transport.errors import EngineClosed
 from le_transport.events import EventHooks, StateEvent
 from le_transport.policies.retry import RetryPolicy
@@ -339,3 +340,43 @@ async def test_a_slow_domain_api_is_still_refreshed_under_a_deadline_only_policy
             await clock.sleep(61)
             assert await domains.resolve("svc") == "old.example"  # served; refresh started
             assert (await domains.wait_refresh())["svc"] == "new.example"
+
+
+async def test_a_hung_refresh_a_caller_started_does_not_keep_the_map_stuck(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # refresh() (or invalidate() then resolve, as a socket's escalation does) on a policy with
+    # neither bound: the caller's own timeout stopped only its wait, the shared fetch hung on,
+    # and every later resolve joined it, for ever.
+    hosts = {"svc": "old.example"}
+    hang_next = asyncio.Event()
+    release = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        if hang_next.is_set():
+            hang_next.clear()
+            await release.wait()
+        return web.json_response(
+            {"baseURIs": [{"service": s, "baseURI": h} for s, h in hosts.items()]}
+        )
+
+    app = web.Application()
+    app.router.add_get(CSDS, answer)
+    domains = CsdsDomains(
+        ACCOUNT, csds_host=await serve(app), scheme="http", ttl=60, stale_retry=30
+    )
+    try:
+        async with Engine(
+            domains, scheme="http", clock=clock, retry=RetryPolicy(attempt_timeout=None)
+        ):
+            assert await domains.resolve("svc") == "old.example"
+            hang_next.set()
+            hosts["svc"] = "new.example"
+            with pytest.raises(TimeoutError):
+                async with timeout_after(clock, 10):
+                    await domains.refresh()
+            await clock.sleep(3600)
+            async with timeout_after(clock, 60):
+                assert await domains.resolve("svc") in ("old.example", "new.example")
+    finally:
+        release.set()

@@ -565,7 +565,7 @@ class CsdsDomains:
         and the map kept as after a failed refresh)."""
         stale = self._entries
         try:
-            return await self._fetch_or_stale(background=True)
+            return await self._fetch_or_stale()
         except Exception as exc:
             if stale is None:
                 raise
@@ -576,7 +576,7 @@ class CsdsDomains:
         self._entries = entries
         self._expires_at = now + (self._ttl if life is None else min(self._ttl, life))
 
-    async def _fetch_or_stale(self, *, background: bool = False) -> dict[str, Entry]:
+    async def _fetch_or_stale(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
         stale = self._entries
         policy = self._retry or http.policy
@@ -584,11 +584,12 @@ class CsdsDomains:
             # A cached map exists: one attempt, then serve it; never 30 s of schedule in front
             # of a reconnect.
             policy = attrs.evolve(policy, pauses=())
-            if background and policy.attempt_timeout is None and policy.deadline is None:
-                # No caller waits for a background refresh to bound it: with neither bound of
-                # its own, one hanging for ever kept the map stale for ever (nothing logged, no
-                # refresh tried again, wait_refresh() hanging). The default attempt timeout,
-                # not stale_retry: an answer slower than that interval was cut every time.
+            if policy.attempt_timeout is None and policy.deadline is None:
+                # With neither bound of its own, a refresh hanging for ever kept the map stale
+                # for ever (nothing logged, no refresh tried again, wait_refresh() hanging): a
+                # caller's own timeout stops only its wait, the shared fetch runs on, and
+                # every later caller joins it. The default attempt timeout, not stale_retry:
+                # an answer slower than that interval was cut every time.
                 policy = attrs.evolve(policy, attempt_timeout=DEFAULT_ATTEMPT_TIMEOUT)
         if self._shared is not None and not self._ask_source:
             found = await self._shared.read()

@@ -156,11 +156,13 @@ class VirtualClock:
 
     def now(self) -> float:
         """The virtual time."""
-        if self._loop is None:
-            # Its first reading in a loop (later loops are noted by sleep): looking the loop up
-            # on every reading would cost more than the reading.
-            loop = asyncio._get_running_loop()
-            if loop is not None:
+        # Noted on the loop it is read in (a clock reused on a later loop too: a module's
+        # clock under per-test loops): a pool job started right after the reading (a
+        # timeout_after's body) is then waited for, and virtual_clock_in_use finds it.
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            seen = self._loop
+            if seen is None or seen() is not loop:
                 self._mark(loop)
         return self._now
 
@@ -419,9 +421,12 @@ class _LoopClocks:
 
     def plan(self) -> tuple[int, float]:
         """The idle rounds and real seconds of quiet a jump waits for: the most any clock
-        with autojump on asks for."""
+        with autojump on and a sleep pending asks for (an idle clock's threshold slowed every
+        jump of the others)."""
         rounds, threshold = 1, 0.0
         for clock in self.driven():
+            if clock._next_deadline() is None:
+                continue
             rounds = max(rounds, clock._idle_rounds)
             threshold = max(threshold, clock._threshold)
         return rounds, threshold
@@ -520,6 +525,12 @@ async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, second
 
     def check() -> None:
         nonlocal handle
+        if not group.pending():
+            # The last sleep ended without the driver (cancelled, advanced by hand): the
+            # driver ends with it, not a threshold later (or never, on a busy loop).
+            if not done.done():
+                done.set_result(None)
+            return
         now = time.monotonic()
         if ready or group.jobs:
             woke()
