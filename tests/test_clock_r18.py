@@ -319,3 +319,49 @@ def test_a_clock_reused_on_a_later_loop_waits_for_its_pool_jobs_there() -> None:
     clock = VirtualClock()
     asyncio.run(_pool_job_under_a_timeout(clock))
     asyncio.run(_pool_job_under_a_timeout(clock))
+
+
+def test_a_read_in_another_loop_leaves_the_sleeps_pending_on_the_first() -> None:
+    # A helper's own loop (asyncio.run) reading the clock moved it off the loop where a sleep
+    # of it waited, and that sleep was never jumped again.
+    clock = VirtualClock()
+    first = asyncio.new_event_loop()
+    try:
+
+        async def start() -> asyncio.Future[None]:
+            sleeping = asyncio.ensure_future(clock.sleep(5))
+            await asyncio.sleep(0)
+            return sleeping
+
+        sleeping = first.run_until_complete(start())
+
+        async def helper() -> float:
+            return clock.now()
+
+        assert asyncio.run(helper()) == 0.0
+
+        async def finish() -> None:
+            async with asyncio.timeout(10):  # real seconds: only a hang reaches it
+                await sleeping
+
+        first.run_until_complete(finish())
+        assert clock.now() == 5.0
+    finally:
+        first.close()
+
+
+async def test_a_sleep_that_follows_a_cancelled_one_still_waits_for_the_quiet() -> None:
+    # The driver, waiting for quiet, was told no sleep was left (the last one cancelled) and
+    # jumped at once to a sleep begun in the same turn, with no quiet at all.
+    clock = VirtualClock(autojump_threshold=0.3)
+    watchdog = asyncio.ensure_future(clock.sleep(100))
+    await asyncio.sleep(0.05)  # the driver waits for its quiet
+    time.sleep(0.03)  # noqa: ASYNC251  # its check falls due in the turn this task runs in
+    await asyncio.sleep(0)
+    watchdog.cancel()
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await clock.sleep(5)
+    assert clock.now() == 5.0
+    # Never sooner than the threshold (a lower bound: no machine makes real time run short).
+    assert time.monotonic() - started >= 0.3

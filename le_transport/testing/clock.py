@@ -162,9 +162,26 @@ class VirtualClock:
         loop = asyncio._get_running_loop()
         if loop is not None:
             seen = self._loop
-            if seen is None or seen() is not loop:
+            if seen is None:
                 self._mark(loop)
+            elif seen() is not loop:
+                self._read_in(loop, seen())
         return self._now
+
+    def _read_in(
+        self, loop: asyncio.AbstractEventLoop, before: asyncio.AbstractEventLoop | None
+    ) -> None:
+        """Read in ``loop``, another than the one it was last on (``before``): moved to it,
+        unless sleeps of it still wait on ``before`` (a helper's loop reading it, say): moved
+        away, those were never jumped again. The new loop's pool is watched either way."""
+        if (
+            before is None
+            or before.is_closed()
+            or (self._next_deadline() is None and not self._forever)
+        ):
+            self._mark(loop)
+        else:
+            _LoopClocks.of(loop)
 
     #: Its :meth:`wall` is Unix seconds (see :class:`~le_transport.clock.Clock`).
     wall_is_epoch = True
@@ -480,15 +497,16 @@ async def _drive(group: _LoopClocks, loop: asyncio.AbstractEventLoop) -> None:
         if idle < rounds:
             continue
         idle = 0
-        if threshold:
-            await _quiet_for(loop, group, threshold)
-            if ready or jobs:
-                continue
+        if threshold and (not await _quiet_for(loop, group, threshold) or ready or jobs):
+            # Not quiet for long enough (or no sleep left, and a new one may have come since):
+            # asked again from the top, the new sleep's plan included.
+            continue
         group.jump()
 
 
-async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, seconds: float) -> None:
-    """Return once the loop has been quiet for ``seconds`` of real time: no I/O event (a
+async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, seconds: float) -> bool:
+    """Return True once the loop has been quiet for ``seconds`` of real time, False once no
+    sleep is left to jump to (its last ended without the driver): no I/O event (a
     thread's ``call_soon_threadsafe`` is one), no callback ready at a turn of the loop, no job
     running in its pool. Each starts the count again, as trio's ``autojump_threshold`` does;
     before, activity between two checks 10 ms apart went unseen."""
@@ -519,7 +537,7 @@ async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, second
             hooked = True
         except AttributeError:  # pragma: no cover - a selector without instance attributes
             pass
-    done: asyncio.Future[None] = loop.create_future()
+    done: asyncio.Future[bool] = loop.create_future()
     slice_ = min(seconds / 4, 0.01)
     handle: asyncio.TimerHandle | None = None
 
@@ -529,7 +547,7 @@ async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, second
             # The last sleep ended without the driver (cancelled, advanced by hand): the
             # driver ends with it, not a threshold later (or never, on a busy loop).
             if not done.done():
-                done.set_result(None)
+                done.set_result(False)
             return
         now = time.monotonic()
         if ready or group.jobs:
@@ -538,13 +556,13 @@ async def _quiet_for(loop: asyncio.AbstractEventLoop, group: _LoopClocks, second
         quiet = now - last
         if quiet >= seconds:
             if not done.done():
-                done.set_result(None)
+                done.set_result(True)
             return
         handle = loop.call_later(min(slice_, seconds - quiet), check)
 
     handle = loop.call_later(slice_, check)
     try:
-        await done
+        return await done
     finally:
         if handle is not None:
             handle.cancel()
