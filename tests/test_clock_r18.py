@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from aiohttp import web
 from le_transport import Engine, RetryPolicy, timeout_after
 from le_transport.chaos import Delay
 from le_transport.testing import Simulator, VirtualClock
+from le_transport.testing.clock import virtual_clock_in_use
 from le_transport.testing.simulator import SimRoute, SimulatorConfig
 from tests.conftest import ServerFactory
 
@@ -365,3 +367,33 @@ async def test_a_sleep_that_follows_a_cancelled_one_still_waits_for_the_quiet() 
     assert clock.now() == 5.0
     # Never sooner than the threshold (a lower bound: no machine makes real time run short).
     assert time.monotonic() - started >= 0.3
+
+
+def test_a_forever_sleep_on_a_live_loop_does_not_pin_reads_elsewhere() -> None:
+    # A sleep of inf is never jumped to: keeping the clock on its loop protects nothing, yet
+    # it stops a read on another loop from noting the clock there (virtual_clock_in_use) and
+    # from joining that loop's clocks, which then jump without it.
+    clock, other = VirtualClock(), VirtualClock()
+    first = asyncio.new_event_loop()
+    try:
+
+        async def leave() -> asyncio.Future[None]:
+            t = asyncio.ensure_future(clock.sleep(math.inf))
+            await asyncio.sleep(0)
+            return t
+
+        stale = first.run_until_complete(leave())
+
+        async def later() -> tuple[object, float]:
+            clock.now()
+            found = virtual_clock_in_use()
+            await other.sleep(100)
+            return found, clock.now()
+
+        found, read = asyncio.run(later())
+        assert found is clock
+        assert read == 100.0  # moved with the loop's other clock, as on 25b658f~1
+    finally:
+        stale.cancel()
+        first.run_until_complete(asyncio.sleep(0))
+        first.close()

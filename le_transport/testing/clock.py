@@ -174,10 +174,13 @@ class VirtualClock:
         """Read in ``loop``, another than the one it was last on (``before``): moved to it,
         unless sleeps of it still wait on ``before`` (a helper's loop reading it, say): moved
         away, those were never jumped again. The new loop's pool is watched either way."""
+        # Only a finite sleep a driver will jump keeps it there (one of inf is never jumped,
+        # nor any of a clock without autojump).
         if (
             before is None
             or before.is_closed()
-            or (self._next_deadline() is None and not self._forever)
+            or not self._autojump
+            or self._next_deadline() is None
         ):
             self._mark(loop)
         else:
