@@ -2274,9 +2274,10 @@ class Engine:
           file, and a form holding either or an async iterable are refused.
           Text UTF-8 cannot encode (a lone surrogate) is an
           :class:`~le_transport.errors.InvalidRequest`. A body that fails while it is sent (a
-          file that cannot be read, an async iterable that raises) is a
-          :class:`~le_transport.errors.RequestBodyError`: not retried, not the service's
-          failure (the overload guard does not count it), its exception the ``__cause__``.
+          file that cannot be read, an async iterable that raises or yields a chunk that is
+          not bytes) is a :class:`~le_transport.errors.RequestBodyError`: not retried, not
+          the service's failure (the overload guard does not count it), its exception the
+          ``__cause__``.
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
           str values without a control character (tab allowed) or a character UTF-8 cannot
           encode; neither ``Content-Length`` nor ``Transfer-Encoding`` (aiohttp frames the

@@ -440,12 +440,12 @@ class RequestBodyError(RequestError):
     """The request's own body failed while it was being sent: a file that could not be read
     (an ``OSError`` such as EIO, or ETIMEDOUT on a soft mount), an async iterable of the
     caller's that raised (anything, its upstream's reset or its own timeout included: told by
-    where it was raised, not by its class). Neither the
-    connection's failure nor the service's: the call is not retried, and the overload guard
-    (the circuit breaker, the retry budget) does not count it against the service. The
-    message names the exception's type only (its text may be the caller's data); the
-    exception itself is the ``__cause__``. ``repeat`` is ``FINAL``: the same body would fail
-    again."""
+    where it was raised, not by its class) or yielded a chunk that is not bytes (a str, an int:
+    aiohttp's writer raises a ``TypeError`` for it). Neither the connection's failure nor the
+    service's: the call is not retried, and the overload guard (the circuit breaker, the retry
+    budget) does not count it against the service. The message names the exception's type
+    only (its text may be the caller's data); the exception itself is the ``__cause__``.
+    ``repeat`` is ``FINAL``: the same body would fail again."""
 
 
 class UnsignableBody(RequestError, ValueError):
@@ -509,7 +509,8 @@ class StateStoreError(TransportError):
 class StateDataError(StateStoreError):
     """One key of the shared state store holds data the operation cannot work on: the store
     answered, so it is up, but refused that key (on Redis, a ``ResponseError`` about the key's
-    data: ``WRONGTYPE``, a field a script cannot count, a number that is not one).
+    data: ``WRONGTYPE``, a field a script cannot count, a number that is not one; or a value
+    that is no UTF-8, read on a client with ``decode_responses``).
 
     Not an outage: :class:`le_transport.state.FallbackStore` treats it as that key's damage
     (a read answers None, a conditional write or delete does not store, a budget or a pace

@@ -170,7 +170,7 @@ async def test_an_async_iterable_body_that_raises_is_a_final_request_body_error(
         # The engine and the host are fine: the next call goes out.
         assert (await engine.request("GET", "svc", "/y")).status == 200
     err = info.value
-    assert "the request body could not be read: KeyError" in str(err)
+    assert "the request body failed while it was sent: KeyError" in str(err)
     assert BEARER not in str(err)
     assert isinstance(err.__cause__, KeyError)
     assert err.__cause__.args == (BEARER,)
@@ -181,7 +181,7 @@ async def test_an_async_iterable_body_that_raises_is_a_final_request_body_error(
     assert not isinstance(err, ConnectionFailed)
     [final] = [r for r in caplog.records if r.name == "le_transport.retry"]
     assert final.levelno == logging.ERROR
-    assert "the request body could not be read: KeyError" in final.getMessage()
+    assert "the request body failed while it was sent: KeyError" in final.getMessage()
     assert BEARER not in final.getMessage()
 
 
@@ -226,7 +226,7 @@ async def test_a_file_body_that_cannot_be_read_is_not_retried_against_a_healthy_
                 await engine.request("PUT", "svc", "/x", data=io.BufferedReader(_Unreadable()))
         assert guard.breaker_state("svc", host) is BreakerState.CLOSED
     err = info.value
-    assert "the request body could not be read: OSError" in str(err)
+    assert "the request body failed while it was sent: OSError" in str(err)
     assert isinstance(err.__cause__, OSError)
     assert err.__cause__.errno == errno.EIO
     assert len(err.attempts) == 1

@@ -809,15 +809,16 @@ class _Call(_WheelTimer):
         self.log_final(too_large, outcome, "the response body is too large")
 
     def _body_failed(self, cause: BaseException, attempt: int, started: float) -> RequestBodyError:
-        """The request's body raised ``cause`` while attempt ``attempt`` sent it: recorded (the
-        request may have been partly sent), logged without ``cause``'s text, and final."""
+        """The request's body failed with ``cause`` while attempt ``attempt`` sent it (it
+        raised, or yielded a chunk that is not bytes): recorded (the request may have been
+        partly sent), logged without ``cause``'s text, and final."""
         ctx = self.ctx
         cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "RequestBodyError")
         ctx.attempts.append(AttemptRecord(attempt, cut, None, started))
-        reason = f"the request body could not be read: {type(cause).__name__}"
+        reason = f"the request body failed while it was sent: {type(cause).__name__}"
         err = RequestBodyError(
-            f"attempt {attempt} failed: {reason} (raised by the body itself, not the "
-            "connection; not retried)",
+            f"attempt {attempt} failed: {reason} (the body's own failure, not the "
+            "connection's; not retried)",
             attempts=ctx.attempts,
             **self._where(),
         )

@@ -30,10 +30,10 @@ __all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "InvalidCredentials
 
 class InvalidCredentials(ConfigurationError):
     """:class:`Credentials` that cannot be sent (headers that are not str names, RFC 9110
-    tokens, to str values without CR, LF or NUL; a bearer that is no
-    :class:`~le_transport.Secret`). Raised where they are made, naming the field or
-    header and never showing a value. Made inside an auth provider's ``credentials()``, the
-    engine, the auth middleware and a socket's dialer turn it into a
+    tokens, to str values without a control character (tab allowed) or a character UTF-8
+    cannot encode; a bearer that is no :class:`~le_transport.Secret`). Raised where they are
+    made, naming the field or header and never showing a value. Made inside an auth provider's
+    ``credentials()``, the engine, the auth middleware and a socket's dialer turn it into a
     :class:`~le_transport.errors.ProviderError`: the provider's bug, not the caller's."""
 
 
@@ -111,7 +111,8 @@ class Credentials:
 
     ``generation`` identifies the login that produced them. The repr never shows a secret.
 
-    ``headers`` map str names (RFC 9110 tokens) to str values without CR, LF or NUL;
+    ``headers`` map str names (RFC 9110 tokens) to str values without a control character
+    (tab allowed) or a character UTF-8 cannot encode (a lone surrogate);
     ``bearer`` is a :class:`~le_transport.Secret` or None; ``generation`` an int. Anything
     else is an :class:`InvalidCredentials` (a
     :class:`~le_transport.errors.ConfigurationError`) here, naming the field or header,

@@ -298,8 +298,12 @@ class CsdsDomains:
     - ``retry``: the request policy of the first fetch; default: the engine's.
     - ``shared``: a :class:`~le_transport.state.SharedDomainMap` (over a Redis store): a
       fleet asks the Domain API once per its TTL (600 s by default, as ``ttl``); a map read
-      back is validated again, and served no longer than it has left in the store (nor than
-      ``ttl``), so no process serves one older than the shared TTL. A service the answer
+      back is validated again, and expires no later than the shared entry (nor than
+      ``ttl``); from then on it is refreshed in the background as any map is (the store read
+      first, then the Domain API), callers served it until the refresh lands: a host change
+      reaches every process within the shared TTL plus one refresh (at most its attempt
+      timeout, 30 s by default), later while the Domain API is down (stale-if-error). A
+      service the answer
       named with a refused host is shared as such (even by a process that kept a valid host
       of its own for it): a process adopting the map keeps a valid host it holds, as its own
       fetch of that answer would. A process reading again the map it last wrote or adopted
@@ -597,8 +601,8 @@ class CsdsDomains:
                 hosts, refused, life = found
                 now = http.clock.now()
                 ends = now + life
-                # Kept no longer than the shared entry lives: served for a TTL of its own on
-                # top, a fleet would pick up a host change up to twice the TTL late.
+                # Expires no later than the shared entry: given a TTL of its own on top, a
+                # fleet would pick up a host change up to twice the TTL late.
                 if stale is not None and self._is_counted(hosts, refused, ends):
                     # The map this process wrote or adopted last, read again (its own TTL
                     # shorter than the shared one): nothing newer than this process's own map,

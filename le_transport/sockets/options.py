@@ -208,8 +208,11 @@ class SocketOptions:
       no bound). When a frame arrives and the inbox is full, the socket stops reading the
       connection until the consumer has taken the inbox down to half the bound: aiohttp then
       stops reading the TCP socket, so the peer is slowed down, nothing is dropped and memory
-      stays bounded. While paused the keepalive neither probes nor declares the peer dead, and
-      answers to :meth:`ResilientSocket.request` wait behind the unread frames (a request
+      stays bounded. While paused the keepalive never declares the peer dead (the peer's answers
+      wait unread), but still probes for the client's own silence (``outbound_idle``: the server
+      closes a connection whose client stays quiet, paused or not); when reading resumes, a
+      probe still unanswered gets its whole timeout, and with none the idle clock starts over.
+      Answers to :meth:`ResilientSocket.request` wait behind the unread frames (a request
       ends with :class:`~le_transport.errors.SocketRequestTimeout` if the consumer never
       catches up). Sockets with an ``on_frame`` handler never pause, and a connection does
       not pause before it is ready: while ``on_connect`` runs, the inbox may pass the bound

@@ -1,10 +1,13 @@
 """The account's domain map (service -> host), shared by a fleet so it is resolved once.
 
 Every process needs the Domain API's map, on every start and every reconnect; through a store the
-fleet asks once per TTL. A process that reads the shared map keeps it no longer than the entry
-has left to live (nor than its own provider's TTL), so no process serves a map older than the
-shared TTL. A map read back is validated host by host: a store that was written by
-someone else cannot redirect credentials to a host that is not a bare hostname.
+fleet asks once per TTL. A map a process adopts from the store expires no later than the entry
+(nor than its own provider's TTL); from then on it is refreshed in the background (the store
+read first, then the Domain API), callers served it until the refresh lands: a host change
+reaches every process within the shared TTL plus one refresh (at most its attempt timeout, 30 s
+by default), later while the Domain API is down (stale-if-error). A map read back is validated
+host by host: a store that was written by someone else cannot redirect credentials to a host
+that is not a bare hostname.
 
 A service the Domain API's answer named with a refused host is written as a marker: its value
 is JSON ``null``, never a host (even where the writer kept a valid host of its own for it). A
@@ -38,7 +41,8 @@ _log = logging.getLogger("le_transport.state")
 class SharedDomainMap:
     """The domain map of ``account`` in ``store``, kept ``ttl`` seconds (600, as
     :class:`~le_transport.CsdsDomains` keeps its own: the fleet asks the Domain API once per
-    ``ttl``, and a host change reaches every process within it).
+    ``ttl``, and a host change reaches every process within it plus one background refresh,
+    later while the Domain API is down: see the module's docstring).
 
     A store that can fail (a :class:`~le_transport.state.RedisStore`, or a store of the
     caller's) is wrapped in a :class:`~le_transport.state.FallbackStore` running on ``clock``:

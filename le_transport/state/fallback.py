@@ -10,13 +10,15 @@ What going local trades away: while Redis is out, each process has its own sessi
 pace again (N processes: N logins, N budgets) - the behaviour without Redis, never worse.
 
 An error about one key's data (:class:`~le_transport.errors.StateDataError`: on Redis, a key of
-another type, a budget field a script cannot count) is no outage: the store answered. That key
-alone is treated as damaged (a read answers None, a conditional write or delete stores nothing,
-its budget or pace runs locally), a warning names it once, and every other key stays shared.
+another type, a budget field a script cannot count, a value that is no UTF-8, read on a client
+with ``decode_responses``) is no outage: the store answered. That key alone is treated as
+damaged (a read answers None, a conditional write or delete stores nothing, its budget or pace
+runs locally), a warning names it once, and every other key stays shared.
 
 What a read answers is a str, whatever the primary answered (:func:`stored_text`): bytes (a
 caller's store on a Redis client without ``decode_responses``) are decoded as UTF-8, and any
-other value (or bytes that are no UTF-8) makes the key read as damaged (None), as above.
+other value (or bytes that are no UTF-8, or a str UTF-8 cannot encode: a lone surrogate, as a
+client decoding with ``surrogateescape`` answers) makes the key read as damaged (None), as above.
 """
 
 from __future__ import annotations
@@ -96,18 +98,21 @@ class FallbackStore:
     anything is sent (the overload guard refuses such a store when it is made).
 
     A :class:`~le_transport.errors.StateDataError` from the primary (Redis answered that one
-    key's data cannot be worked on: ``WRONGTYPE``, a budget field that is no number) is that
-    key's damage, not an outage: :meth:`get` answers None for it, a conditional ``set``, an
-    ``add`` or a compare-and-delete answers False, ``budget`` and ``reserve`` run locally for
-    that key; a WARNING names the key (once, until a write over it succeeds), and every other
-    key stays shared.
+    key's data cannot be worked on: ``WRONGTYPE``, a budget field that is no number, a value
+    that is no UTF-8, read on a client with ``decode_responses``) is that key's damage, not
+    an outage: :meth:`get` answers None for it, a conditional ``set``, an ``add`` or a
+    compare-and-delete answers False, ``budget`` and ``reserve`` run locally for that key; a
+    WARNING names the key (once, until a write over it succeeds), and every other key stays
+    shared.
 
     What :meth:`get` answers holds a str, as the protocol says, whatever the primary answered
     (:func:`stored_text`): bytes are decoded as UTF-8 (a caller's store on a Redis client
     without ``decode_responses``: read as they are, every reader failed on them, or reused
-    them as a compare-and-set's ``only_if``, refused), and any other value, or bytes that are
-    no UTF-8, is that key's damage too: :meth:`get` answers None for it (a WARNING names the
-    key's kind and the value's type, never the value, once, until a write over it succeeds).
+    them as a compare-and-set's ``only_if``, refused), and any other value, bytes that are
+    no UTF-8, or a str UTF-8 cannot encode (a lone surrogate: a client decoding with
+    ``surrogateescape``), is that key's damage too: :meth:`get` answers None for it (a
+    WARNING names the key's kind and the value's type, never the value, once, until a write
+    over it succeeds).
 
     Any other exception from the primary is taken for an outage, whatever its type: a
     caller's own store may fail with its client's error rather than a ``StateStoreError``.
@@ -565,9 +570,10 @@ class FallbackStore:
 
 
 def stored_text(value: object) -> str | None:
-    """A value a store answered, as the library's readers take it: a str as it is; bytes (a
-    caller's store on a Redis client without ``decode_responses``) decoded as UTF-8, what every
-    client writes a str as; None (damaged) for anything else, or bytes that are no UTF-8.
+    """A value a store answered, as the library's readers take it: a str as it is, if UTF-8
+    can encode it; bytes (a caller's store on a Redis client without ``decode_responses``)
+    decoded as UTF-8, what every client writes a str as; None (damaged) for anything else,
+    bytes that are no UTF-8, or a str UTF-8 cannot encode (see below).
 
     Strict, unlike :class:`~le_transport.state.RedisStore`'s own decoding (U+FFFD for a bad
     byte): a value read as damaged is None here, so that a writer replaces it unconditionally,

@@ -24,7 +24,10 @@ other's step ready at every turn, and none ever jumped), moving every clock with
 on by the same amount, to the earliest deadline among them. Each keeps its own reading and
 date (``epoch + now()``): a server's clock skewed from its client's, or a clock an earlier test
 left on a loop shared by a session, stays as far from the others as it was. A clock with
-``autojump=False`` moves only by :meth:`~VirtualClock.advance`.
+``autojump=False`` moves only by :meth:`~VirtualClock.advance`. A clock read in another loop
+(a helper's ``asyncio.run``, a thread's loop) moves to it only when no finite sleep of it
+waits to be jumped on its former loop (or that loop is closed); a sleep moves it at once. A
+wait for ``autojump_threshold``'s quiet that ends because no sleep is left makes no jump.
 
 Time stays finite: a sleep of ``inf`` seconds (or one whose deadline is past the largest
 float) is never jumped to; like ``asyncio.sleep(inf)`` it waits until it is cancelled, so

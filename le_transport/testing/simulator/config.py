@@ -152,9 +152,11 @@ class Account:
     """One LiveEngage account: its users (``{username: password}``), OAuth 1.0 API keys, and
     OAuth2 clients (``{client_id: client_secret}``, for Sentinel and the login's OAuth2 form).
 
-    ``id`` is a non-empty str, ``users`` and ``clients`` mappings of str to str, ``app_keys`` a
-    list of :class:`AppKey`; anything else is a :class:`~le_transport.errors.ConfigurationError`
-    naming the field and the type it got (never the value: they are secrets)."""
+    ``id`` is a non-empty str that is one path segment, as every route holds it (no ``/``, not
+    ``.`` or ``..``, no control character), ``users`` and ``clients`` mappings of str to str,
+    ``app_keys`` a list of :class:`AppKey`; anything else is a
+    :class:`~le_transport.errors.ConfigurationError` naming the field and the type it got
+    (never the value: they are secrets)."""
 
     id: str = attrs.field(default=DEFAULT_ACCOUNT, validator=_account_id)
     users: Mapping[str, str] = attrs.field(
