@@ -256,15 +256,11 @@ async def test_a_fleet_member_serves_its_expired_map_and_adopts_a_peers_refresh(
         assert b.fetches == fetched, "b asked the Domain API instead of adopting a's write"
 
 
-async def test_a_background_refresh_that_never_ends_is_given_up_and_tried_again(
-    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    # No attempt timeout (calls bounded by their own deadline=), one Domain API connection
-    # black-holed: the refresh hung for ever, the map served stale for ever with nothing
-    # said, though the Domain API answered again.
-    hosts = {"svc": "old.example"}
-    hang_next = asyncio.Event()
-    release = asyncio.Event()
+def _hanging_once(
+    hosts: dict[str, str], hang_next: asyncio.Event, release: asyncio.Event
+) -> web.Application:
+    """The Domain API answering ``hosts``; the one request that finds ``hang_next`` set waits
+    for ``release`` (one connection black-holed), the others answer."""
 
     async def answer(request: web.Request) -> web.Response:
         if hang_next.is_set():
@@ -276,6 +272,19 @@ async def test_a_background_refresh_that_never_ends_is_given_up_and_tried_again(
 
     app = web.Application()
     app.router.add_get(CSDS, answer)
+    return app
+
+
+async def test_a_background_refresh_that_never_ends_is_given_up_and_tried_again(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No attempt timeout (calls bounded by their own deadline=), one Domain API connection
+    # black-holed: the refresh hung for ever, the map served stale for ever with nothing
+    # said, though the Domain API answered again.
+    hosts = {"svc": "old.example"}
+    hang_next = asyncio.Event()
+    release = asyncio.Event()
+    app = _hanging_once(hosts, hang_next, release)
     csds_host = await serve(app)
     domains = CsdsDomains(ACCOUNT, csds_host=csds_host, scheme="http", ttl=60, stale_retry=30)
     try:
@@ -351,17 +360,7 @@ async def test_a_hung_refresh_a_caller_started_does_not_keep_the_map_stuck(
     hosts = {"svc": "old.example"}
     hang_next = asyncio.Event()
     release = asyncio.Event()
-
-    async def answer(request: web.Request) -> web.Response:
-        if hang_next.is_set():
-            hang_next.clear()
-            await release.wait()
-        return web.json_response(
-            {"baseURIs": [{"service": s, "baseURI": h} for s, h in hosts.items()]}
-        )
-
-    app = web.Application()
-    app.router.add_get(CSDS, answer)
+    app = _hanging_once(hosts, hang_next, release)
     domains = CsdsDomains(
         ACCOUNT, csds_host=await serve(app), scheme="http", ttl=60, stale_retry=30
     )

@@ -258,6 +258,30 @@ async def test_a_file_failing_with_a_timeout_of_its_own_is_still_the_bodys_failu
     assert seen == []
 
 
+async def _body_fails_alone(
+    serve: ServerFactory, clock: VirtualClock, body: AsyncIterator[Any]
+) -> RequestBodyError:
+    """PUT ``body`` to a healthy host behind a breaker that opens on one failure: the call
+    fails with a RequestBodyError, unretried, the breaker closed and the next call served.
+    Returns the error."""
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    host = await serve(_recording_app(seen))
+    guard = OverloadGuard(budget=None, breaker=_breaker(), clock=clock)
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        overload=guard,
+        retry=RetryPolicy(attempt_timeout=None),
+    ) as engine:
+        with pytest.raises(RequestBodyError) as info:
+            await engine.request("PUT", "svc", "/x", data=body)
+        assert guard.breaker_state("svc", host) is BreakerState.CLOSED
+        assert (await engine.request("GET", "svc", "/y")).status == 200
+    assert clock.sleeps == []
+    return info.value
+
+
 @pytest.mark.parametrize(
     "raised",
     [
@@ -273,28 +297,14 @@ async def test_an_iterable_failing_with_a_connections_error_of_its_own_is_the_bo
     """A body relayed from another stream fails with that stream's reset, or its own timeout:
     the class of a connection's failure, raised by the body, not by this connection. Taken
     for the connection's, it was retried and opened the breaker for everyone on the host."""
-    seen: list[tuple[str, str, dict[str, str]]] = []
-    host = await serve(_recording_app(seen))
-    guard = OverloadGuard(budget=None, breaker=_breaker(), clock=clock)
 
     async def relayed() -> AsyncIterator[bytes]:
         yield b"part"
         raise raised
 
-    async with Engine(
-        {"svc": host},
-        scheme="http",
-        clock=clock,
-        overload=guard,
-        retry=RetryPolicy(attempt_timeout=None),
-    ) as engine:
-        with pytest.raises(RequestBodyError) as info:
-            await engine.request("PUT", "svc", "/x", data=relayed())
-        assert guard.breaker_state("svc", host) is BreakerState.CLOSED
-        assert (await engine.request("GET", "svc", "/y")).status == 200
-    assert info.value.__cause__ is raised
-    assert len(info.value.attempts) == 1
-    assert clock.sleeps == []
+    err = await _body_fails_alone(serve, clock, relayed())
+    assert err.__cause__ is raised
+    assert len(err.attempts) == 1
 
 
 @pytest.mark.parametrize("chunk", ["text", 42, [1, 2]], ids=["str", "int", "list"])
@@ -304,26 +314,13 @@ async def test_an_iterable_yielding_a_chunk_that_is_no_bytes_is_the_bodys_failur
     """aiohttp's writer itself raises the TypeError for a chunk that is no bytes (``yield
     json.dumps(x)``): raised in the connection's writing, but no failure of the connection.
     Taken for one, one caller's mistake opened the host's breaker for everyone."""
-    seen: list[tuple[str, str, dict[str, str]]] = []
-    host = await serve(_recording_app(seen))
-    guard = OverloadGuard(budget=None, breaker=_breaker(), clock=clock)
 
     async def body() -> AsyncIterator[Any]:
         yield b"part"
         yield chunk
 
-    async with Engine(
-        {"svc": host},
-        scheme="http",
-        clock=clock,
-        overload=guard,
-        retry=RetryPolicy(attempt_timeout=None),
-    ) as engine:
-        with pytest.raises(RequestBodyError) as info:
-            await engine.request("PUT", "svc", "/x", data=body())
-        assert guard.breaker_state("svc", host) is BreakerState.CLOSED
-    assert isinstance(info.value.__cause__, TypeError)
-    assert clock.sleeps == []
+    err = await _body_fails_alone(serve, clock, body())
+    assert isinstance(err.__cause__, TypeError)
 
 
 async def test_a_connection_lost_while_the_body_is_sent_is_still_a_transport_failure(

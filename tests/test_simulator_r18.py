@@ -38,6 +38,10 @@ pytestmark = pytest.mark.usefixtures("no_open_connections")
 
 NOTIFICATION = ".my.OwnNotification"
 OTHER_ACCOUNT = "22334455"
+#: The default account and another, whose users are the default account's.
+TWO_ACCOUNTS = SimulatorConfig(
+    accounts=(Account(), Account(id=OTHER_ACCOUNT, users={DEFAULT_USER: DEFAULT_PASSWORD}))
+)
 
 
 async def _closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
@@ -96,10 +100,7 @@ async def test_a_client_that_stops_reading_holds_back_only_its_own_socket() -> N
 
 
 async def test_a_notification_can_be_aimed_at_one_account(clock: VirtualClock) -> None:
-    config = SimulatorConfig(
-        accounts=(Account(), Account(id=OTHER_ACCOUNT, users={DEFAULT_USER: DEFAULT_PASSWORD}))
-    )
-    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+    async with Simulator(TWO_ACCOUNTS, clock=clock) as sim, aiohttp.ClientSession() as http:
         mine = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
         theirs = sim.tokens.login(OTHER_ACCOUNT, DEFAULT_USER, 3600.0, "user")
         async with (
@@ -124,10 +125,7 @@ async def test_sends_reach_a_socket_in_the_order_they_were_called(
 ) -> None:
     # A notify to several sockets sends from tasks of its own: a send called after it (from
     # another task) still goes out after it on the socket both reach.
-    config = SimulatorConfig(
-        accounts=(Account(), Account(id=OTHER_ACCOUNT, users={DEFAULT_USER: DEFAULT_PASSWORD}))
-    )
-    async with Simulator(config, clock=clock) as sim, aiohttp.ClientSession() as http:
+    async with Simulator(TWO_ACCOUNTS, clock=clock) as sim, aiohttp.ClientSession() as http:
         mine = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600.0, "user")
         theirs = sim.tokens.login(OTHER_ACCOUNT, DEFAULT_USER, 3600.0, "user")
         async with (
