@@ -325,9 +325,11 @@ class TokenProvider:
         fetch in the background (one for all callers) and does not wait for it, whatever the
         token service does (see the module). That goes for :meth:`Engine.login
         <le_transport.Engine.login>` and a socket's connect too: the token they get is valid.
-        To wait for a new token, call :meth:`fetch`.
+        To wait for a new token, call :meth:`fetch`. :class:`~le_transport.errors.EngineClosed`
+        once the provider is closed.
         """
         http = require_attached(self._http, self)
+        self._check_open()
         token = self._token
         if token is None:
             token = await self.fetch()
@@ -374,11 +376,7 @@ class TokenProvider:
         """Fetch a token now, or join the fetch in progress (single flight).
 
         :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
-        if self._closed:
-            # Not an AuthenticationError: nothing is wrong with the credentials.
-            raise EngineClosed(
-                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
-            )
+        self._check_open()
         return await self._flight.run(self._fetch)
 
     async def _renew(self, http: ProviderHttp, token: Token) -> Token:
@@ -387,11 +385,7 @@ class TokenProvider:
         started in the background if none is out (see the module)."""
         if token.expired(http.clock.now()):
             return await self.fetch()
-        if self._closed:
-            # Not an AuthenticationError: nothing is wrong with the credentials.
-            raise EngineClosed(
-                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
-            )
+        self._check_open()
         early = self._early
         if self._flight.running or (early is not None and not early.done()):
             # A fetch is out already (an early one another call started, or a re-login's on
@@ -501,13 +495,32 @@ class TokenProvider:
         return kept
 
     async def close(self) -> None:
-        """Stop a fetch in progress (an early one in the background included). Idempotent."""
+        """Stop a fetch in progress (an early one in the background included). Idempotent.
+
+        Closed is final: the provider holds no token from then on, and a fetch whose answer
+        arrives as it closes is discarded (no ``logged_in``); :meth:`credentials`,
+        :meth:`fetch` and :meth:`relogin` raise :class:`~le_transport.errors.EngineClosed`."""
         self._closed = True
         self._token = None
+        self._creds = None
+        # The shared fetch first: stopping the early task only stops its wait for the fetch,
+        # which would go on and answer meanwhile.
         early, self._early = self._early, None
+        await self._flight.cancel()
         if early is not None and not early.done():
             await stop_task(early)
-        await self._flight.cancel()
+        # Whatever was in hand as they stopped (a fetch ends with no await between its answer
+        # and its token) is dropped too.
+        self._token = None
+        self._creds = None
+
+    def _check_open(self) -> None:
+        """:class:`~le_transport.errors.EngineClosed` once the provider is closed."""
+        if self._closed:
+            # Not an AuthenticationError: nothing is wrong with the credentials.
+            raise EngineClosed(
+                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
+            )
 
     # -- internals --------------------------------------------------------------------------
 
@@ -534,6 +547,10 @@ class TokenProvider:
             resp, field = await self._request_token(
                 http, retry, fallback=_EARLY_FALLBACK if early else None
             )
+        # Closed while the answer was on its way (close() stops the fetch, but an answer in
+        # hand as it stops is not lost to a cancellation): a closed provider keeps no token
+        # and says nothing of one.
+        self._check_open()
         value, expires_in = self._parse(resp, field)
         now = http.clock.now()
         lifetime, floor = self._lifetime(http, value, expires_in, now - sent_at)
