@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
 
+from le_transport.chaos import Delay, FaultRule, Match
 from le_transport.errors import EngineClosed
 from le_transport.events import StateEvent
 from le_transport.providers._http import ProviderHttp, ProviderResponse
 from le_transport.providers._token import TokenProvider
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.test_login import LOGOUT, REFRESH, user_login
 from tests.test_providers import sim, sim_engine
 
 __all__ = ["sim"]
@@ -73,3 +76,75 @@ async def test_a_token_answered_as_the_provider_closes_is_discarded(
     assert [e.name for e in events if e.name == "logged_in"] == ["logged_in"], (
         "only the first token is announced; none after close"
     )
+
+
+async def test_two_concurrent_closes_log_the_session_out_once(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second close used to send its own logout of the session the first was logging
+    out: answered 401, it logged two WARNINGs after a successful ``logged_out``."""
+    events: list[StateEvent] = []
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await engine.login()
+        with caplog.at_level(logging.WARNING, logger="le_transport"):
+            await asyncio.gather(auth.close(), auth.close())
+        assert sim.count("POST", LOGOUT) == 1
+        assert auth.session is None
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [e.name for e in events] == ["logged_in", "logged_out"]
+
+
+async def test_a_close_waits_for_the_close_in_progress(sim: Simulator, clock: VirtualClock) -> None:
+    """A second close returns only once the first has logged out: closed means done."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+        first = asyncio.ensure_future(auth.close())
+        for _ in range(1_000):
+            if sim.count("POST", LOGOUT):
+                break
+            await asyncio.sleep(0)
+        assert sim.count("POST", LOGOUT) == 1, "the first close is logging out"
+        second = asyncio.ensure_future(auth.close())
+        await asyncio.sleep(0)
+        assert not second.done(), "the second close waits for the logout in progress"
+        await asyncio.gather(first, second)
+        assert sim.count("POST", LOGOUT) == 1
+        assert auth.session is None
+
+
+async def test_a_refresh_during_close_is_engine_closed_and_sends_nothing(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """refresh() checked only for a session: asked for while close() logged out, it sent a
+    refresh beside the logout, a flight started after close had stopped the last one."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+        closing = asyncio.ensure_future(auth.close())
+        for _ in range(1_000):
+            if sim.count("POST", LOGOUT):
+                break
+            await asyncio.sleep(0)
+        assert auth.session is not None, "the close is still logging the session out"
+        with pytest.raises(EngineClosed):
+            await auth.refresh()
+        await closing
+        assert sim.count("POST", REFRESH) == 0
+
+
+async def test_a_refresh_after_close_is_engine_closed(sim: Simulator, clock: VirtualClock) -> None:
+    """After close, refresh() said False (as if there were merely no session) where login()
+    and the token providers' fetch() say EngineClosed."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        await auth.close()
+        with pytest.raises(EngineClosed):
+            await auth.refresh()
+        with pytest.raises(EngineClosed):
+            await auth.credentials()
+        assert sim.count("POST", REFRESH) == 0

@@ -344,6 +344,9 @@ class LoginServiceAuth:
         # new session (a login, an adopted fleet session).
         self._login_refused: tuple[int, int] | None = None
         self._closed = False
+        # Held by the close in progress: a concurrent close waits for it (one logout per
+        # session), and one cancelled part-way lets the next finish it.
+        self._closing = asyncio.Lock()
         # Imported here: the state package builds on the providers.
         from ..state.session import SharedSession
 
@@ -480,19 +483,27 @@ class LoginServiceAuth:
         """Stop the keepalive and log out (if logged in and ``logout_on_close``: by default, not
         a session shared by a fleet; one attempt, within :data:`LOGOUT_TIMEOUT`). Idempotent;
         a close that was cancelled part-way is finished by the next one (the logout
-        included)."""
+        included); concurrent closes share one (one logout), each returning once it is done.
+        Closed is final: no session, no login, refresh or event from then on
+        (:meth:`credentials`, :meth:`login`, :meth:`relogin` and :meth:`refresh` raise
+        :class:`~le_transport.errors.EngineClosed`). A login in progress is stopped: one
+        whose answer was read is recorded (nothing awaits between the two), and logged out
+        here; one stopped before leaves a session at the Login Service whose bearer, csrf and
+        cookie nobody read, which expires at its TTL."""
         self._closed = True  # no new login from here on
-        task, self._keepalive = self._keepalive, None
-        if task is not None and not task.done():
-            await stop_task(task)
-        await self._refresh_flight.cancel()
-        await self._flight.cancel()
-        session = self._session
-        if session is not None and self._logout_on_close and self._http is not None:
-            await self._logout(self._http, session)
-        # Forgotten only once logged out (or not to be): a cancelled close leaves it for the
-        # next close to log out, instead of leaving it alive until its TTL.
-        self._session = None
+        async with self._closing:
+            task, self._keepalive = self._keepalive, None
+            if task is not None and not task.done():
+                await stop_task(task)
+            await self._refresh_flight.cancel()
+            await self._flight.cancel()
+            session = self._session
+            if session is not None and self._logout_on_close and self._http is not None:
+                await self._logout(self._http, session)
+            # Forgotten only once logged out (or not to be): a cancelled close leaves it for
+            # the next close to log out, instead of leaving it alive until its TTL.
+            self._session = None
+            self._creds = None
 
     # -- login, refresh, logout -------------------------------------------------------------
 
@@ -546,8 +557,9 @@ class LoginServiceAuth:
         hold its bearer: see the module): it expires on its own.
 
         Returns whether the session was refreshed (False: there was none, or a new login
-        replaced it). Raises what the fallback login raises; after a refused refresh the
-        session is then dropped: the next call logs in,
+        replaced it). :class:`~le_transport.errors.EngineClosed` once the provider is closed
+        (or closing), as :meth:`login`. Raises what the fallback login raises; after a
+        refused refresh the session is then dropped: the next call logs in,
         and the keepalive waits for a successful login (it never retries a refused login on
         its own). After a 3xx it is kept (calls go on with it, later refreshes keep it alive);
         if its login was refused (:class:`~le_transport.errors.LoginRejected`,
@@ -576,6 +588,9 @@ class LoginServiceAuth:
         outage (the keepalive's :data:`_KEEPALIVE_FALLBACK`), for the retry middleware's
         give-up line (see :meth:`ProviderHttp.request`)."""
         require_attached(self._http, self)
+        # Closed is final: a refresh asked for while the close logs out (or after) would send
+        # a refresh beside the logout, or say False as if there were merely no session.
+        self._check_open()
         if self._session is None:
             return False
         return await self._refresh_flight.run(lambda: self._refresh_once(fallback))
@@ -1183,6 +1198,8 @@ class LoginServiceAuth:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closed:
+                    return  # closing stops this task: nothing to report of a closed provider
                 failed = True
                 # The keepalive never dies: the next tick tries the refresh again (sooner
                 # than an interval, while the session lives), or, the session being gone,
