@@ -15,14 +15,18 @@ from typing import Any
 import pytest
 
 from le_transport.chaos import Delay, FaultRule, Match
+from le_transport.clock import timeout_after
 from le_transport.errors import EngineClosed
 from le_transport.events import StateEvent
+from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT
+from le_transport.providers import ConsumerJwt
 from le_transport.providers._http import ProviderHttp, ProviderResponse
 from le_transport.providers._token import TokenProvider
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_login import LOGOUT, REFRESH, user_login
-from tests.test_providers import sim, sim_engine
+from tests.test_oauth2 import AUTHENTICATE
+from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
 
 __all__ = ["sim"]
 
@@ -148,3 +152,35 @@ async def test_a_refresh_after_close_is_engine_closed(sim: Simulator, clock: Vir
         with pytest.raises(EngineClosed):
             await auth.credentials()
         assert sim.count("POST", REFRESH) == 0
+
+
+async def test_a_hung_auth_code_callable_is_cut_at_the_attempt_timeout(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """ConsumerJwt awaited its auth-code callable with no bound: one that never answered (an
+    identity provider's call without a timeout) held the shared fetch for ever. A call with a
+    deadline stopped waiting at it, but every later call joined the same hung fetch, and the
+    callable was never asked again; a call without a deadline hung. It is cut at the token
+    request's attempt timeout, an outage, and the next fetch asks for a code anew."""
+    asked = 0
+
+    async def auth_code() -> str:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            await asyncio.Event().wait()  # never answers
+        return "code-xyz"
+
+    auth = ConsumerJwt(ACCOUNT, domains=csds_for(sim), auth_code=auth_code)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        started = clock.now()
+        # A guard only: were the callable not cut, this raises outside pytest.raises.
+        async with timeout_after(clock, 10 * DEFAULT_ATTEMPT_TIMEOUT):
+            with pytest.raises(TimeoutError, match="auth_code"):
+                await auth.fetch()
+        assert clock.now() - started == pytest.approx(DEFAULT_ATTEMPT_TIMEOUT)
+        assert sim.count("POST", AUTHENTICATE) == 0
+        token = await auth.fetch()
+        assert token.generation == 1
+        assert asked == 2
+        assert sim.count("POST", AUTHENTICATE) == 1

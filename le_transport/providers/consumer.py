@@ -8,6 +8,10 @@ sends it as ``Authorization: jwt <token>`` (or in its ``InitConnection`` frame: 
 takes it from ``Credentials.bearer``). A new token is fetched ``margin`` seconds before the
 JWT's ``exp`` (in the background: a call or a connect holding the still-valid token never
 waits for it; see ``providers/_token.py``), and after the server rejects the current one.
+An ``auth_code`` callable is given the token request's attempt timeout to answer (its deadline
+without one, else :data:`~le_transport.policies.retry.DEFAULT_ATTEMPT_TIMEOUT`): one that
+never answers is cut there, a ``TimeoutError``, an outage like its own network failure, and
+the next fetch calls it anew.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 from .._redact import Secret
+from ..clock import timeout_after
 from ..errors import ConfigurationError
-from ..policies.retry import RetryPolicy
+from ..policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
 from ._http import (
     ProviderHttp,
     ProviderResponse,
@@ -42,7 +47,9 @@ class ConsumerJwt(TokenProvider):
     - ``account``: the LiveEngage account id (it goes into the ``idp`` path).
     - ``domains``: where the ``idp`` host comes from.
     - ``auth_code``: None for ``signup`` (unauthenticated consumer); a code, or an async
-      callable returning a fresh one (codes are usually single use), for ``authenticate``.
+      callable returning a fresh one (codes are usually single use), for ``authenticate``;
+      one that gives no code within the token request's attempt timeout is cut (see the
+      module).
     - ``service``: the Domain API service that issues consumer tokens (:data:`IDP`, ``idp``).
     - ``margin``: fetch a new token this many seconds before the JWT's ``exp`` (60).
     - ``wall_clock``: epoch seconds, to read the JWT's ``iat`` and ``exp`` against; the
@@ -94,7 +101,12 @@ class ConsumerJwt(TokenProvider):
         """How events and logs name this provider."""
         return f"consumer_jwt[{self._account}]"
 
-    async def _code(self) -> str | None:
+    async def _code(self, http: ProviderHttp, retry: RetryPolicy) -> str | None:
+        """The auth code to send (None: sign up). A callable's is awaited for no longer than
+        the token request's attempt timeout (its deadline, or the default attempt timeout,
+        without one): else one that never answers (an identity provider's call without a
+        timeout of its own) held the shared fetch for ever, and every call joining it. Cut,
+        it is a ``TimeoutError``, an outage (see ``_token.py``); the next fetch asks anew."""
         code = self._auth_code
         if code is None:
             return None
@@ -106,7 +118,19 @@ class ConsumerJwt(TokenProvider):
                 "ConsumerJwt.auth_code must be an async callable; calling it returned "
                 f"{type(pending).__name__}, not an awaitable"
             )
-        value: object = await pending
+        bound = retry.attempt_timeout
+        if bound is None:
+            bound = retry.deadline if retry.deadline is not None else DEFAULT_ATTEMPT_TIMEOUT
+        timeout = timeout_after(http.clock, bound)
+        try:
+            async with timeout:
+                value: object = await pending
+        except TimeoutError:
+            if not timeout.expired:
+                raise  # the callable's own
+            raise TimeoutError(
+                f"{self.subject}: the auth_code callable gave no code within {bound:g} s"
+            ) from None
         if isinstance(value, Secret):
             value = value.reveal()
         # None must not fall through to "no code": that would sign up an anonymous consumer in
@@ -122,7 +146,7 @@ class ConsumerJwt(TokenProvider):
         self, http: ProviderHttp, retry: RetryPolicy, *, fallback: str | None = None
     ) -> tuple[ProviderResponse, str]:
         host = await self._domains.resolve(self._service)
-        code = await self._code()
+        code = await self._code(http, retry)
         action = "signup" if code is None else "authenticate"
         url = provider_url(http.scheme, host, f"/api/account/{self._account}/{action}")
         resp = await http.request(
