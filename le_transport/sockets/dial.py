@@ -89,6 +89,12 @@ def _digits(account: object) -> object:
     return str(account) if type(account) is int and 0 <= account < 10**64 else account
 
 
+def _encoded_path(text: str) -> str:
+    """``text``, a piece of a checked path, percent-encoded as :meth:`Engine.url_for` encodes
+    a path (yarl's path quoting: a ``%`` is a literal ``%25``, ``/`` kept)."""
+    return URL.build(path="/" + text).raw_path[1:]
+
+
 def ums_brand_path(account: str) -> str:
     """The UMS agent socket's path for ``account``, with the bearer's place marked. The
     account is checked as ``UserLogin(account=...)`` checks it (a
@@ -612,10 +618,14 @@ class EngineDialer:
         shown = redact_url(url)
         headers = dict(self._headers)
         if self._placement is AuthPlacement.PATH:
-            bearer = _need_bearer(creds)
-            url = url.with_path(
-                self._path.replace(BEARER_FIELD, quote(bearer.reveal(), safe="")), encoded=True
-            ).with_query(self._params)
+            # The template's text percent-encoded exactly as url_for (and so a socket with the
+            # bearer in its headers, or an HTTP call) encodes a path, piece by piece around the
+            # bearer's place, which takes the bearer quoted whole (a "/" or "+" in a token is
+            # no separator). The template raw, sent as already encoded, put a non-ASCII
+            # character on the request line as UTF-8 bytes, refused by the server for good.
+            bearer = quote(_need_bearer(creds).reveal(), safe="")
+            encoded = bearer.join(_encoded_path(piece) for piece in self._path.split(BEARER_FIELD))
+            url = url.with_path(encoded, encoded=True).with_query(self._params)
         elif self._placement is AuthPlacement.HEADER and creds is not None:
             headers.update(creds.headers)
         return url, shown, headers, creds

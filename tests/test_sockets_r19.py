@@ -1,0 +1,146 @@
+"""The resilient socket's dial: the path it sends, what ``connect_timeout`` and
+``prepare_timeout`` bound, ``max_msg_size``, and a close while dialing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from le_transport import Engine, EventHooks, SocketClosed
+from le_transport.providers import StaticBearer, StaticDomains
+from le_transport.sockets import AuthPlacement, SocketOptions, SocketState
+from le_transport.testing import VirtualClock
+from tests.conftest import serve_hanging
+from tests.test_socket_support import StateLog, no_open_connections, states
+
+__all__ = ["no_open_connections", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+
+def _ws_app(seen: list[str]) -> web.Application:
+    """Accepts any upgrade, recording the path as it came on the request line."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.raw_path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+async def _dialed_path(
+    serve: Any, states: StateLog, path: str, placement: AuthPlacement, bearer: str = "tok123"
+) -> str:
+    """The raw path one socket to ``path`` dials, after it opened."""
+    seen: list[str] = []
+    host = await serve(_ws_app(seen))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        auth=StaticBearer(bearer),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", path, auth_placement=placement, options=SocketOptions(keepalive=None)
+        )
+        try:
+            await ws.wait_open(timeout=5)
+        except SocketClosed as exc:
+            pytest.fail(f"socket to {path!r} refused: {exc!r}; events {states.names()}")
+        finally:
+            await ws.close()
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    ("segment", "encoded"),
+    [
+        ("caf\u00e9", "caf%C3%A9"),
+        ("\u65e5\u672c", "%E6%97%A5%E6%9C%AC"),
+        ("50%off", "50%25off"),  # a literal '%', as a request's path takes it
+        ("a%20b", "a%2520b"),  # text, not an escape: the API takes paths unencoded
+        ("a+b;c=d@e:f", "a+b;c=d@e:f"),  # reserved characters kept, as yarl keeps them
+    ],
+)
+async def test_bearer_in_path_dials_the_path_encoded_as_a_header_placed_socket_does(
+    serve: Any, states: StateLog, segment: str, encoded: str
+) -> None:
+    """The template around ``{bearer}`` is percent-encoded exactly as url_for encodes it for a
+    socket with its bearer in the headers: a non-ASCII character went on the request line as
+    raw UTF-8, which the server refused with a 400 (final: the socket stopped)."""
+    in_header = await _dialed_path(serve, states, f"/ws/{segment}/x", AuthPlacement.HEADER)
+    in_path = await _dialed_path(serve, states, f"/ws/{segment}/{{bearer}}", AuthPlacement.PATH)
+    assert in_header == f"/ws/{encoded}/x"
+    assert in_path == f"/ws/{encoded}/tok123"
+
+
+async def test_bearer_in_path_is_quoted_whole_and_the_word_bearer_elsewhere_stays(
+    serve: Any, states: StateLog
+) -> None:
+    """A bearer's '/', '+' and '=' are quoted (no new segment), and only the ``{bearer}``
+    place takes it: a literal segment named "bearer" in the template is left as it is."""
+    path = await _dialed_path(
+        serve, states, "/bearer/caf\u00e9/{bearer}/tail", AuthPlacement.PATH, bearer="a/b+c="
+    )
+    assert path == "/bearer/caf%C3%A9/a%2Fb%2Bc%3D/tail"
+
+
+def _silent_ws_app(accepted: asyncio.Event) -> web.Application:
+    """Accepts the upgrade and reads, answering nothing (InitConnection never answered)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        accepted.set()
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+@pytest.mark.parametrize("where", ["init_connection", "upgrade"])
+async def test_close_while_dialing_is_prompt_and_clean(
+    serve: Any, clock: VirtualClock, states: StateLog, where: str
+) -> None:
+    """A close while the upgrade hangs, or while InitConnection waits for its answer, ends
+    the dial at once (well under connect_timeout), with nothing left unsent and the socket
+    CLOSED."""
+    if where == "upgrade":
+        host, arrived, release = await serve_hanging(serve, "/ws")
+        placement = AuthPlacement.HEADER
+    else:
+        arrived = asyncio.Event()
+        host = await serve(_silent_ws_app(arrived))
+        placement = AuthPlacement.FIRST_FRAME
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer("tok123"),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=placement, options=SocketOptions(keepalive=None)
+        )
+        await arrived.wait()
+        started = clock.now()
+        unsent = await asyncio.wait_for(ws.close(), 5)
+        took = clock.now() - started
+        if where == "upgrade":
+            release.set()
+    assert unsent == []
+    assert ws.state is SocketState.CLOSED
+    assert took < 1.0, took
