@@ -2906,6 +2906,7 @@ class Engine:
             placement=auth_placement,
             headers=headers if isinstance(headers, Mapping) else None,
             connect_timeout=opts.connect_timeout,
+            prepare_timeout=opts.prepare_timeout,
             client_properties=client_properties,
             wall_clock=self._wall_clock,
         )

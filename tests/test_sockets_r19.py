@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from le_transport import Engine, EventHooks, SocketClosed
+from le_transport import ConfigurationError, Engine, EventHooks, SocketClosed
 from le_transport.providers import StaticBearer, StaticDomains
 from le_transport.sockets import AuthPlacement, SocketOptions, SocketState
+from le_transport.sockets.options import PREPARE_TIMEOUT
 from le_transport.testing import VirtualClock
 from tests.conftest import serve_hanging
 from tests.test_socket_support import StateLog, no_open_connections, states
@@ -93,6 +94,94 @@ async def test_bearer_in_path_is_quoted_whole_and_the_word_bearer_elsewhere_stay
         serve, states, "/bearer/caf\u00e9/{bearer}/tail", AuthPlacement.PATH, bearer="a/b+c="
     )
     assert path == "/bearer/caf%C3%A9/a%2Fb%2Bc%3D/tail"
+
+
+class _SlowAuth(StaticBearer):
+    """A provider whose credentials() takes ``delay`` seconds of ``clock`` (None: never
+    returns, as a vault that hangs)."""
+
+    def __init__(self, clock: VirtualClock, delay: float | None) -> None:
+        super().__init__("tok123")
+        self._clock = clock
+        self._delay = delay
+        self.asked = 0
+
+    async def credentials(self, method: str, url: Any) -> Any:
+        self.asked += 1
+        if self._delay is None:
+            await asyncio.Event().wait()
+        else:
+            await self._clock.sleep(self._delay)
+        return await super().credentials(method, url)
+
+
+async def test_a_provider_that_hangs_fails_the_connect_after_prepare_timeout(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """connect_timeout does not bound getting credentials (a login runs its own schedule);
+    prepare_timeout does: a credentials() that never returns kept the socket CONNECTING for
+    ever, with no connect_failed, no reconnect and no escalation. Now the connect fails
+    once prepare_timeout has passed, and the socket reconnects (asking again)."""
+    host = await serve(_ws_app([]))
+    auth = _SlowAuth(clock, None)
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=auth,
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            options=SocketOptions(keepalive=None, connect_timeout=5.0, prepare_timeout=60.0),
+        )
+        await clock.sleep(59)  # many connect timeouts, not one prepare_timeout
+        before = states.names().count("connect_failed")
+        await clock.sleep(2)
+        failed = states.of("connect_failed")
+        await clock.sleep(30)  # the backoff's first pause (about 1 s), then a new connect
+        asked = auth.asked
+        state = ws.state
+        await ws.close()
+    assert before == 0
+    assert len(failed) == 1, states.names()
+    assert failed[0].details["reason"] == "connect failed (prepare timeout)", failed[0].details
+    assert asked == 2
+    assert state is SocketState.CONNECTING
+
+
+async def test_a_slow_login_is_not_cut_by_connect_timeout(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """Credentials that take longer than connect_timeout (a login through its 5/10/15 s
+    retries) but less than prepare_timeout open the socket on the first connect."""
+    seen: list[str] = []
+    host = await serve(_ws_app(seen))
+    auth = _SlowAuth(clock, 20.0)
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=auth,
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", options=SocketOptions(keepalive=None, connect_timeout=5.0)
+        )
+        await ws.wait_open(timeout=60)
+        await ws.close()
+    assert "connect_failed" not in states.names()
+    assert auth.asked == 1
+    assert seen == ["/ws"]
+
+
+def test_prepare_timeout_takes_none_or_a_positive_number() -> None:
+    assert SocketOptions().prepare_timeout == PREPARE_TIMEOUT
+    assert SocketOptions(prepare_timeout=None).prepare_timeout is None
+    for bad in (0, -1.0, float("nan"), "10"):
+        with pytest.raises(ConfigurationError, match="prepare_timeout"):
+            SocketOptions(prepare_timeout=bad)  # type: ignore[arg-type]
 
 
 def _silent_ws_app(accepted: asyncio.Event) -> web.Application:

@@ -49,6 +49,7 @@ from ..providers.auth import AuthProvider, Credentials, InvalidCredentials, as_c
 from ..recovery import is_setup_error, repeat_of
 from .options import (
     CONSUMER_SOCKET_QUERY,
+    PREPARE_TIMEOUT,
     UMS_BRAND_SOCKET_QUERY,
     keepalive_for_path,
     query_for_path,
@@ -423,6 +424,7 @@ class EngineDialer:
         "_params",
         "_path",
         "_placement",
+        "_prepare_timeout",
         "_service",
         "_wall_clock",
     )
@@ -439,6 +441,7 @@ class EngineDialer:
         headers: Mapping[str, str] | None = None,
         client_properties: Mapping[str, Any] | None = None,
         connect_timeout: float = 30.0,
+        prepare_timeout: float | None = PREPARE_TIMEOUT,
         max_msg_size: int = 16 * 1024 * 1024,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
@@ -475,6 +478,7 @@ class EngineDialer:
         self._headers = dict(headers or {})
         self._client_properties = client_properties or DEFAULT_CLIENT_PROPERTIES
         self._connect_timeout = connect_timeout
+        self._prepare_timeout = prepare_timeout
         self._max_msg_size = max_msg_size
         # Epoch seconds, only to read a refused upgrade's Retry-After given as an HTTP-date
         # when the answer has no Date header: the engine's unless told otherwise, so that it is
@@ -515,9 +519,21 @@ class EngineDialer:
 
         ``connect_timeout`` bounds the upgrade and the first-frame auth; resolving the host and
         logging in run on their own schedules (a login that retries for 30 s must not be cut
-        short and started over by every reconnect).
+        short and started over by every reconnect), bounded together only by the far longer
+        ``prepare_timeout`` (None: no bound), against a provider that hangs: past it, a
+        :class:`DialFailed` the socket retries.
         """
-        url, shown, headers, creds = await self._prepare()
+        try:
+            async with timeout_after(self._engine.clock, self._prepare_timeout):
+                url, shown, headers, creds = await self._prepare()
+        except TimeoutError:
+            # A provider that never answers (a vault that hangs): no schedule of its own ends
+            # it, and the socket stayed CONNECTING for ever, neither failing nor escalating.
+            raise DialFailed(
+                f"resolving the host and getting credentials for {self._name} took longer "
+                f"than {self._prepare_timeout} s",
+                disconnect=Disconnect.connect_failed("prepare timeout"),
+            ) from None
         try:
             async with timeout_after(self._engine.clock, self._connect_timeout):
                 conn = await self._connect(url, shown, headers, creds)

@@ -11,7 +11,7 @@ import attrs
 
 from .._checks import instance_of
 from ..errors import ConfigurationError
-from ..policies._validate import positive
+from ..policies._validate import optional_positive, positive
 from ..policies.backoff import BackoffPolicy
 from ..policies.close_codes import ClosePolicy
 from ..policies.keepalive import (
@@ -28,6 +28,7 @@ __all__ = [
     "MAX_INBOX_BYTES",
     "MESSAGING_AGENT_KEEPALIVE",
     "MESSAGING_CONSUMER_KEEPALIVE",
+    "PREPARE_TIMEOUT",
     "READY_TIMEOUT",
     "UMS_BRAND_SOCKET_QUERY",
     "KeepaliveByPath",
@@ -48,6 +49,10 @@ MAX_INBOX_BYTES = 16 * 1024 * 1024
 #: progress (no frame read, none written whole) while it runs its ``on_connect`` callbacks and
 #: flushes the queue, before it is ended as a dead peer.
 READY_TIMEOUT = 60.0
+
+#: :attr:`SocketOptions.prepare_timeout`'s default: 10 min for resolving the host and getting
+#: the credentials of one connect, which run on their own schedules.
+PREPARE_TIMEOUT = 600.0
 
 
 class KeepaliveByPath(enum.Enum):
@@ -201,7 +206,19 @@ class SocketOptions:
       once in a run of failures and is never counted).
     - ``max_queued``: messages held while the socket is down; past it, sends are refused with
       :class:`~le_transport.errors.SocketQueueFull` (0: refuse every send while down).
-    - ``connect_timeout``: one connect (resolve, credentials, upgrade, first-frame auth).
+    - ``connect_timeout``: one connect's upgrade and first-frame auth (``InitConnection``
+      and its answer).
+    - ``prepare_timeout``: resolving the host and getting the credentials before a connect's
+      upgrade (None: no bound). They run on their own schedules, which ``connect_timeout``
+      does not cut: the library's providers retry on the engine's 5/10/15 s schedule, each
+      attempt under its own timeout, and a login through an outage may take minutes. This
+      bounds only what no schedule does (an auth or domain provider of the caller's own that
+      hangs, a vault that never answers): past it the connect fails (``connect_failed``)
+      and the socket backs off, reconnects and escalates as after any failed connect,
+      instead of staying CONNECTING for ever. The default, 10 min
+      (:data:`PREPARE_TIMEOUT`), covers the engine's default schedule run to its end (four
+      attempts of 30 s, its pauses stretched to the 60 s ``Retry-After`` ceiling) for the
+      host and then for the credentials.
     - ``close_timeout``: how long a close handshake may take before the connection is cut.
     - ``request_timeout``: the default timeout of :meth:`ResilientSocket.request`.
     - ``max_inbox``: unsolicited frames held for a caller that reads with ``async for`` (0:
@@ -255,3 +272,6 @@ class SocketOptions:
     max_inbox: int = attrs.field(default=10_000, validator=_inbox_bound)
     max_inbox_bytes: int = attrs.field(default=MAX_INBOX_BYTES, validator=_inbox_bytes_bound)
     ready_timeout: float = attrs.field(default=READY_TIMEOUT, validator=positive)
+    prepare_timeout: float | None = attrs.field(
+        default=PREPARE_TIMEOUT, validator=optional_positive
+    )
