@@ -2907,6 +2907,7 @@ class Engine:
             headers=headers if isinstance(headers, Mapping) else None,
             connect_timeout=opts.connect_timeout,
             prepare_timeout=opts.prepare_timeout,
+            max_msg_size=opts.max_msg_size,
             client_properties=client_properties,
             wall_clock=self._wall_clock,
         )

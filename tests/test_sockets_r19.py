@@ -184,6 +184,67 @@ def test_prepare_timeout_takes_none_or_a_positive_number() -> None:
             SocketOptions(prepare_timeout=bad)  # type: ignore[arg-type]
 
 
+def _big_frame_app(size: int, connects: list[int]) -> web.Application:
+    """Sends one text frame of ``size`` characters on each connect, then reads."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connects.append(1)
+        await ws.send_str("x" * size)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    return app
+
+
+@pytest.mark.parametrize("max_msg_size", [2048, 8192])
+async def test_max_msg_size_reaches_the_connection(
+    serve: Any, clock: VirtualClock, states: StateLog, max_msg_size: int
+) -> None:
+    """SocketOptions.max_msg_size is the bound aiohttp applies: engine.websocket() left it
+    out, so every socket took frames up to 16 MiB whatever it was told. A 4 KiB frame is
+    taken under an 8 KiB bound, and ends the connection with 1009 under a 2 KiB one."""
+    connects: list[int] = []
+    host = await serve(_big_frame_app(4096, connects))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", options=SocketOptions(keepalive=None, max_msg_size=max_msg_size)
+        )
+        if max_msg_size > 4096:
+            await ws.wait_open(timeout=5)
+            frame = await asyncio.wait_for(anext(aiter(ws)), 5)
+            assert frame == "x" * 4096
+        else:
+            for _ in range(60):  # the backoff's first two pauses are about 1 s and 2 s
+                if len(states.of("lost")) >= 2:
+                    break
+                await clock.sleep(1)
+        await ws.close()
+    reasons = {event.details["reason"] for event in states.of("lost")}
+    if max_msg_size > 4096:
+        assert reasons == set(), reasons
+        assert len(connects) == 1
+    else:
+        assert reasons == {"failed by the client with code 1009 (a message over max_msg_size)"}
+        assert len(connects) >= 2
+
+
+def test_max_msg_size_takes_a_positive_int() -> None:
+    assert SocketOptions().max_msg_size == 16 * 1024 * 1024
+    for bad in (0, -1, 1.5, True, "4096"):
+        with pytest.raises(ConfigurationError, match="max_msg_size"):
+            SocketOptions(max_msg_size=bad)  # type: ignore[arg-type]
+
+
 def _silent_ws_app(accepted: asyncio.Event) -> web.Application:
     """Accepts the upgrade and reads, answering nothing (InitConnection never answered)."""
 

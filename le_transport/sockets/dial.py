@@ -49,6 +49,7 @@ from ..providers.auth import AuthProvider, Credentials, InvalidCredentials, as_c
 from ..recovery import is_setup_error, repeat_of
 from .options import (
     CONSUMER_SOCKET_QUERY,
+    MAX_MSG_SIZE,
     PREPARE_TIMEOUT,
     UMS_BRAND_SOCKET_QUERY,
     keepalive_for_path,
@@ -442,7 +443,7 @@ class EngineDialer:
         client_properties: Mapping[str, Any] | None = None,
         connect_timeout: float = 30.0,
         prepare_timeout: float | None = PREPARE_TIMEOUT,
-        max_msg_size: int = 16 * 1024 * 1024,
+        max_msg_size: int = MAX_MSG_SIZE,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if placement is not None and not isinstance(placement, AuthPlacement):

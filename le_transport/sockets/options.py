@@ -26,6 +26,7 @@ __all__ = [
     "HEALTHY_AFTER",
     "KEEPALIVE_BY_PATH",
     "MAX_INBOX_BYTES",
+    "MAX_MSG_SIZE",
     "MESSAGING_AGENT_KEEPALIVE",
     "MESSAGING_CONSUMER_KEEPALIVE",
     "PREPARE_TIMEOUT",
@@ -44,6 +45,9 @@ HEALTHY_AFTER = 30.0
 #: :attr:`SocketOptions.max_inbox_bytes`'s default: 16 MiB of unread frames (as characters of
 #: their wire text) per socket.
 MAX_INBOX_BYTES = 16 * 1024 * 1024
+
+#: :attr:`SocketOptions.max_msg_size`'s default: the largest frame a socket takes, 16 MiB.
+MAX_MSG_SIZE = 16 * 1024 * 1024
 
 #: :attr:`SocketOptions.ready_timeout`'s default: seconds a new connection may go without
 #: progress (no frame read, none written whole) while it runs its ``on_connect`` callbacks and
@@ -240,10 +244,15 @@ class SocketOptions:
       on the wire: the characters of a text frame, the bytes of a binary one. The socket pauses
       as for ``max_inbox`` when a frame arrives and the inbox holds this much already, and
       resumes once the consumer has taken it down to half of both bounds; so the inbox holds at
-      most this much plus one frame (at most the dialer's ``max_msg_size``). The frame count
+      most this much plus one frame (at most ``max_msg_size``). The frame count
       alone let a consumer that fell behind hold 10,000 frames of up to 16 MiB each; the
       default, 16 MiB (:data:`MAX_INBOX_BYTES`), caps what a stuck consumer holds per socket
       (parsed JSON takes a few times its text) rather than letting it take the whole process.
+    - ``max_msg_size``: the largest frame the socket takes, in bytes as it came on the wire
+      (an int >= 1; default 16 MiB, :data:`MAX_MSG_SIZE`). A larger one ends the connection
+      with 1009 (aiohttp refuses it unread) and the socket reconnects; it never counts as a
+      fast 1006. It also bounds, in all, the frames held while ``InitConnection`` waits for
+      its answer.
     - ``ready_timeout``: how long a new connection may go without progress (no frame read,
       none written whole, no request waiting for its answer) while it becomes ready: its
       ``on_connect`` callbacks and the flush of the queue. Each frame starts it over, and a
@@ -272,6 +281,7 @@ class SocketOptions:
     max_inbox: int = attrs.field(default=10_000, validator=_inbox_bound)
     max_inbox_bytes: int = attrs.field(default=MAX_INBOX_BYTES, validator=_inbox_bytes_bound)
     ready_timeout: float = attrs.field(default=READY_TIMEOUT, validator=positive)
+    max_msg_size: int = attrs.field(default=MAX_MSG_SIZE, validator=_count(1))
     prepare_timeout: float | None = attrs.field(
         default=PREPARE_TIMEOUT, validator=optional_positive
     )
