@@ -245,6 +245,120 @@ def test_max_msg_size_takes_a_positive_int() -> None:
             SocketOptions(max_msg_size=bad)  # type: ignore[arg-type]
 
 
+def _recording_ws_app(got: list[str]) -> web.Application:
+    """A WebSocket at /ws (and /moved) that records the Authorization header, then frames."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        got.append(request.headers.get("Authorization", "-"))
+        async for message in ws:
+            got.append(message.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    app.router.add_get("/moved", handler)
+    return app
+
+
+def _redirecting_app(location: str) -> web.Application:
+    """Answers the upgrade at /ws with a 302 to ``location``; /page is a plain page."""
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(location)
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="down for maintenance")
+
+    app = web.Application()
+    app.router.add_get("/ws", redirect)
+    app.router.add_get("/page", page)
+    return app
+
+
+@pytest.mark.parametrize("placement", [AuthPlacement.FIRST_FRAME, AuthPlacement.HEADER])
+async def test_an_upgrade_redirected_to_another_host_is_final_and_sends_no_credentials(
+    serve: Any, states: StateLog, placement: AuthPlacement
+) -> None:
+    """aiohttp follows an upgrade's redirects: to another host it drops Authorization (a
+    socket opened there, ready, without its credentials) and InitConnection sent the JWT
+    there. The socket now closes such a connection before sending anything and stops: its
+    credentials go only to its service's host, as over HTTP."""
+    elsewhere: list[str] = []
+    other = await serve(_recording_ws_app(elsewhere))
+    host = await serve(_redirecting_app(f"http://{other}/ws"))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        auth=StaticBearer("tok123"),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=placement, options=SocketOptions(keepalive=None)
+        )
+        with pytest.raises(SocketClosed) as stopped:
+            await ws.wait_open(timeout=5)
+        await ws.close()
+    assert "redirected to another host" in str(stopped.value.__cause__)
+    assert f"http://{other}" in str(stopped.value.__cause__)
+    assert "tok123" not in str(stopped.value.__cause__)
+    assert not any("tok123" in item for item in elsewhere), elsewhere
+    assert "ready" not in states.names()
+    assert "reconnecting" not in states.names()
+
+
+async def test_an_upgrade_redirected_on_its_own_host_opens_with_its_credentials(
+    serve: Any, states: StateLog
+) -> None:
+    """A redirect to another path of the service's host is followed, credentials and all,
+    as an HTTP call's redirect hops on its own host are."""
+    got: list[str] = []
+    app = _recording_ws_app(got)
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/moved")
+
+    app.router.add_get("/old", redirect)
+    host = await serve(app)
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        auth=StaticBearer("tok123"),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket("svc", "/old", options=SocketOptions(keepalive=None))
+        await ws.wait_open(timeout=5)
+        await ws.close()
+    assert got[:1] == ["Bearer tok123"]
+
+
+async def test_an_upgrade_redirected_to_a_page_is_an_outage_reconnected_into(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """A redirect to a plain page (a maintenance page) is no refusal: the connect fails and
+    the socket backs off and reconnects, as the providers treat a redirect."""
+    host = await serve(_redirecting_app("/page"))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer("tok123"),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket("svc", "/ws", options=SocketOptions(keepalive=None))
+        for _ in range(60):
+            if len(states.of("connect_failed")) >= 2:
+                break
+            await clock.sleep(1)
+        state = ws.state
+        await ws.close()
+    reasons = {event.details["reason"] for event in states.of("connect_failed")}
+    assert reasons == {"upgrade refused with HTTP 200"}, reasons
+    assert len(states.of("connect_failed")) >= 2
+    assert state is not SocketState.CLOSED
+
+
 def _silent_ws_app(accepted: asyncio.Event) -> web.Application:
     """Accepts the upgrade and reads, answering nothing (InitConnection never answered)."""
 

@@ -277,6 +277,27 @@ def _transport_of(ws: WireSocket) -> asyncio.Transport | None:
     return transport if isinstance(transport, asyncio.Transport) else None
 
 
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}
+
+
+def _redirected_elsewhere(ws: aiohttp.ClientWebSocketResponse, dialed: URL) -> str | None:
+    """The origin an upgrade to ``dialed`` was redirected to and opened at, if it is not
+    ``dialed``'s own (another host, port or scheme); None if it opened where it was sent."""
+    # aiohttp shows the upgrade's answer, its redirects and final URL, only privately.
+    response = getattr(ws, "_response", None)
+    final = getattr(response, "url", None)
+    if not getattr(response, "history", ()) or not isinstance(final, URL):
+        return None
+
+    def origin(url: URL) -> tuple[str, str | None, int | None]:
+        scheme = url.scheme.lower()
+        return (_HTTP_SCHEME.get(scheme, scheme), url.host, url.port)
+
+    if origin(final) == origin(dialed):
+        return None
+    return str(final.origin())
+
+
 def _unsent_bytes(transport: asyncio.Transport) -> int:
     try:
         return transport.get_write_buffer_size()
@@ -516,7 +537,8 @@ class EngineDialer:
         :class:`~le_transport.errors.AuthenticationError` for credentials that cannot be had,
         and, as is, a mistake no reconnect can fix (:func:`~le_transport.recovery.is_setup_error`:
         a path that is not an absolute path, an unknown service, a hostile host, an account the
-        Domain API refuses with a 4xx), on which the socket stops.
+        Domain API refuses with a 4xx; an upgrade redirected to another host, where the
+        credentials must not go), on which the socket stops.
 
         ``connect_timeout`` bounds the upgrade and the first-frame auth; resolving the host and
         logging in run on their own schedules (a login that retries for 30 s must not be cut
@@ -673,8 +695,12 @@ class EngineDialer:
             )
         except aiohttp.WSServerHandshakeError as exc:
             retry_after = _retry_after_of(exc.headers, self._wall_clock, shown=shown)
+            # Redirected to a page that is no WebSocket (a maintenance page, often): an outage
+            # by another name, reconnected into as the providers treat a redirect; named so.
+            hops = exc.history
+            via = f" after a redirect (HTTP {hops[0].status})" if hops else ""
             failure = DialFailed(
-                f"upgrade of {shown} refused with HTTP {exc.status}",
+                f"upgrade of {shown} refused with HTTP {exc.status}{via}",
                 disconnect=Disconnect.handshake_rejected(exc.status, retry_after),
                 credentials=creds,
             )
@@ -700,6 +726,22 @@ class EngineDialer:
             UPGRADE_PATH.reset(shown_path)
         if failure is not None:
             raise failure
+        moved = _redirected_elsewhere(ws, url)
+        if moved is not None:
+            # aiohttp follows an upgrade's redirects: to another host it drops Authorization
+            # (a socket open there without its credentials) but not the rest, and
+            # InitConnection would send the JWT there. Credentials go only to the service's
+            # host, as over HTTP; a socket without them is of no use, and reconnecting meets
+            # the same redirect: final, closed before anything more is sent.
+            await Connection(ws, creds).close(engine.clock, 0.1)
+            refused = ConnectionFailed(
+                f"upgrade of {shown} was redirected to another host ({moved}): a socket's "
+                "credentials go only to its service's host; check the host the domain "
+                f"provider gives for {self._service!r}",
+                service=self._service,
+            )
+            refused.repeat = Repeat.FINAL
+            raise refused
         wire: WireSocket = ws
         wrapper = socket_wrapper(engine.middlewares)
         if wrapper is not None:
