@@ -15,8 +15,10 @@ from typing import Any
 from hypothesis import strategies as st
 
 __all__ = [
+    "AUTH_SCHEMES",
     "HOSTILE_HOST_CHARS",
     "SECRET_KEYS",
+    "credential_headers",
     "hostile_host",
     "http_dates",
     "json_values",
@@ -55,6 +57,62 @@ SECRET_KEYS = (
 def secret_values() -> st.SearchStrategy[str]:
     """A credential: distinctive, so that finding it in output is never a coincidence."""
     return st.text(alphabet=_SECRET_ALPHABET, min_size=6, max_size=40).map(lambda s: f"S3CR3T{s}")
+
+
+#: Authorization schemes a request (or a server's echo of one) may carry: the standard ones and
+#: the kinds of name a vendor's or a proxy's scheme has.
+AUTH_SCHEMES = (
+    "Bearer",
+    "bearer",
+    "Basic",
+    "Token",
+    "LivePerson",
+    "Negotiate",
+    "NTLM",
+    "MAC",
+    "Key",
+    "Bearer-Token",
+    "OAuth",
+    "Hawk",
+    "AWS4-HMAC-SHA256",
+)
+
+#: The names a session cookie goes by.
+_COOKIE_NAMES = ("LE_SESSION", "LPSID", "sess", "JSESSIONID", "session-id", "a")
+
+
+def credential_headers() -> st.SearchStrategy[str]:
+    """A request header line carrying a credential, as a log or a 5xx body echoes one: a
+    template with ``{s}`` where the credential goes. Authorization and Proxy-Authorization
+    under any scheme (a token, Digest's and MAC's parameters, no scheme at all), Cookie and
+    Set-Cookie with the session among other cookies and attributes."""
+    authorization = st.sampled_from(
+        ["Authorization", "authorization", "AUTHORIZATION", "Proxy-Authorization"]
+    )
+    scheme = st.one_of(st.sampled_from(AUTH_SCHEMES), st.from_regex(r"\A[A-Za-z][A-Za-z-]{0,15}\Z"))
+    credential = st.sampled_from(
+        [
+            "{s}",
+            '{s}, realm="r"',
+            'username="bob", realm="r", nonce="n", uri="/x", response="{s}", qop=auth',
+            'id="h480djs93hd8", ts="1336363200", nonce="dj83hs9s", mac="{s}"',
+            'oauth_consumer_key="k", oauth_nonce="n", oauth_signature="{s}"',
+            "Credential=AKIA/20260101/us-east-1/s3/aws4_request, Signature={s}",
+            "token={s}",
+        ]
+    )
+    with_scheme = st.tuples(authorization, scheme, credential).map(
+        lambda t: f"{t[0]}: {t[1]} {t[2]}"
+    )
+    bare = authorization.map(lambda name: f"{name}: {{s}}")
+    cookie = st.tuples(
+        st.sampled_from(["Cookie", "cookie", "Set-Cookie", "set-cookie"]),
+        st.sampled_from(_COOKIE_NAMES),
+        st.sampled_from(
+            ["{n}={{s}}", "theme=dark; {n}={{s}}", '{n}="{{s}}"', "{n}={{s}}; Path=/; HttpOnly"]
+        ),
+    ).map(lambda t: f"{t[0]}: " + t[2].format(n=t[1]))
+    return st.one_of(with_scheme, bare, cookie, st.just("cookie={s}"))
 
 
 def _label() -> st.SearchStrategy[str]:

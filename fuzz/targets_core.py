@@ -5,6 +5,7 @@ Each check's docstring states its invariant; the check asserts it for one input.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -23,6 +24,7 @@ from ._harness import Target
 from .strategies import (
     HOSTILE_HOST_CHARS,
     SECRET_KEYS,
+    credential_headers,
     hostile_host,
     near_json_bytes,
     retry_after_values,
@@ -142,26 +144,31 @@ def check_redact_url(case: tuple[str, str | None]) -> None:
 def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
     secret = draw(secret_values())
     key = draw(st.sampled_from(SECRET_KEYS))
+    # A credential under a name or a scheme, or in a request header a log or a 5xx body
+    # echoes (an authorization under any scheme, a cookie).
     form = draw(
-        st.sampled_from(
-            [
-                "Bearer {s}",
-                "bearer {s}",
-                "BEARER {s}",
-                "jwt {s}",
-                "Basic {s}",
-                "Authorization: Bearer {s}",
-                "{k}={s}",
-                "{k}: {s}",
-                "{k} = {s}",
-                '"{k}": "{s}"',
-                '"{k}":"{s}"',
-                # A Python dict's repr: what logging a dict with %r shows.
-                "'{k}': '{s}'",
-                'oauth_signature="{s}"',
-                'oauth_token="{s}"',
-                "https://h.example/x?{k}={s}&v=1",
-            ]
+        st.one_of(
+            credential_headers(),
+            st.sampled_from(
+                [
+                    "Bearer {s}",
+                    "bearer {s}",
+                    "BEARER {s}",
+                    "jwt {s}",
+                    "Basic {s}",
+                    "Authorization: Bearer {s}",
+                    "{k}={s}",
+                    "{k}: {s}",
+                    "{k} = {s}",
+                    '"{k}": "{s}"',
+                    '"{k}":"{s}"',
+                    # A Python dict's repr: what logging a dict with %r shows.
+                    "'{k}': '{s}'",
+                    'oauth_signature="{s}"',
+                    'oauth_token="{s}"',
+                    "https://h.example/x?{k}={s}&v=1",
+                ]
+            ),
         )
     )
     sep = st.sampled_from([" ", "\n", ", ", "; ", " (", "\t"])
@@ -179,6 +186,24 @@ def check_redact_text(case: tuple[str, str | None]) -> None:
     assert isinstance(shown, str)
     if secret is not None:
         assert secret not in shown, f"{secret!r} survived in {shown!r}"
+
+
+@st.composite
+def _body_echoing_headers(draw: st.DrawFn) -> tuple[bytes, str, int, str]:
+    """A 5xx body echoing the request's headers, a credential among them: as text, as a JSON
+    object of headers, or as a JSON message."""
+    secret = draw(secret_values())
+    line = draw(credential_headers()).format(s=secret)
+    name, _, value = line.partition(": ")
+    shape = draw(st.sampled_from(["text", "headers", "message"]))
+    if shape == "text" or not value:
+        body = f"upstream error; request headers:\nAccept: */*\n{line}\nHost: h\n".encode()
+    elif shape == "headers":
+        headers = {"Accept": "*/*", name: value}
+        body = json.dumps({"error": "bad gateway", "headers": headers}).encode()
+    else:
+        body = json.dumps({"message": f"upstream refused {line}", "code": 502}).encode()
+    return body, "/api/x", draw(st.integers(1, 1000)), secret
 
 
 @st.composite
@@ -294,6 +319,7 @@ TARGETS: tuple[Target, ...] = (
         "body_excerpt",
         st.one_of(
             _body_with_secret(),
+            _body_echoing_headers(),
             st.tuples(
                 near_json_bytes(),
                 st.sampled_from(["", "/api/x", "/api/account/1/login"]),

@@ -119,13 +119,52 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # the name is a whole run (no backtracking into it: a long run costs one pass) and its
 # secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
 # name. Not an auth scheme's name ("Authorization: Bearer x"): the scheme pattern has hidden
-# its credential and keeps the scheme readable.
+# its credential and keeps the scheme readable. An authorization's or a cookie's unquoted
+# value is read by its header's grammar (_AUTH_VALUE, _COOKIE_VALUE): hidden whole, whatever
+# its scheme or its cookies' names.
 _FIELD = re.compile(r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)([\"']?\s*+[:=]\s*+[\"']?)")
 _FIELD_VALUE = re.compile(r"(?i)(?!(?:bearer|jwt|basic)\s)[^\"'&,\s}]++")
+#: An authorization's value (RFC 9110 credentials): a scheme, then after blanks a credential:
+#: a run (token68, a first auth-param, or any run a server's echo may hold; a quoted string
+#: in it taken whole, spaces and commas and all, where a value starts: first, or after "="),
+#: then any auth-params after commas
+#: (``username="bob", realm="r", response="..."``: Digest, OAuth, MAC). The scheme stays
+#: readable when it looks like one (:func:`_is_scheme`); the credential is hidden to its end.
+_QUOTED_STRING = r'"(?:[^"\\\r\n]|\\.)*+"?'
+_AUTH_RUN = rf"(?:(?<=[=\s]){_QUOTED_STRING}|[^\s,\"'<>&}}])++"
+_AUTH_PARAM = rf"[A-Za-z0-9!#$%*+.^_`|~-]++\s*+=\s*+(?:{_QUOTED_STRING}|[^\s,\"'<>&}}]*+)"
+_AUTH_VALUE = re.compile(
+    rf"(?P<scheme>[^\s,\"'<>&}}]++)"
+    rf"(?:(?P<blank>[ \t]++)(?P<credential>{_AUTH_RUN}(?:\s*+,\s*+{_AUTH_PARAM})*+))?"
+)
+#: A scheme's name shown as it is: a known one, or letters and hyphens ("LivePerson",
+#: "Bearer-Token"); a run with digits may be a credential given without a scheme.
+_SCHEME_WORD = re.compile(r"[A-Za-z][A-Za-z-]{0,23}")
+_KNOWN_SCHEMES = frozenset({"aws4-hmac-sha256", "scram-sha-1", "scram-sha-256"})
+#: A cookie header's value: ``name=value`` pairs (a value possibly quoted) and attributes
+#: ("HttpOnly"), separated by semicolons: a Cookie's every pair, a Set-Cookie's and its
+#: attributes, hidden whole.
+_COOKIE_ITEM = r'[^=;\s"\',&}]++(?:=(?:"[^"\r\n]*+"?|[^;\s"\',&}]*+))?+'
+_COOKIE_VALUE = re.compile(rf"{_COOKIE_ITEM}(?:;[ \t]*+{_COOKIE_ITEM})*+")
 _QUOTED = {
     '"': re.compile(r'(?:[^"\\]|\\.)*+'),
     "'": re.compile(r"(?:[^'\\]|\\.)*+"),
 }
+
+
+def _is_scheme(word: str) -> bool:
+    """Whether ``word``, first in an authorization's value, reads as an auth scheme's name."""
+    return _SCHEME_WORD.fullmatch(word) is not None or word.lower() in _KNOWN_SCHEMES
+
+
+def _header_kind(name: str) -> str | None:
+    """ "authorization" or "cookie" when a field called ``name`` (lower-cased) is such a header
+    (``Proxy-Authorization``, ``Set-Cookie``), whose value has a grammar of its own."""
+    if "authorization" in name:
+        return "authorization"
+    if name.endswith(("cookie", "cookie2")):
+        return "cookie"
+    return None
 
 
 def _hide_secret_fields(text: str) -> str:
@@ -137,13 +176,24 @@ def _hide_secret_fields(text: str) -> str:
             # Wholly inside a value hidden already: its own value ends where that one does.
             continue
         name = match.group(1).lower()
-        if not any(part in name for part in _SECRET_NAME_PARTS):
+        kind = _header_kind(name)
+        if kind is None and not any(part in name for part in _SECRET_NAME_PARTS):
             continue
         opener = match.group(2)[-1]
+        shown = match.end()  # what is kept: up to the value, or up to its scheme's end
         if opener in "\"'":
             # A quoted value: hidden up to its closing quote (a backslash escapes one), spaces,
             # commas and all; to the end of the text when it is cut before its close.
             value = _QUOTED[opener].match(text, match.end())
+        elif kind == "authorization":
+            # "Authorization: <scheme> <credential>", whatever the scheme ("Token", "Digest
+            # username=..., response=..."): the credential hidden to its end, the scheme shown
+            # when it reads as one; a lone value (no scheme) hidden whole.
+            value = _AUTH_VALUE.match(text, match.end())
+            if value is not None and value.group("credential") and _is_scheme(value["scheme"]):
+                shown = value.end("blank")
+        elif kind == "cookie":
+            value = _COOKIE_VALUE.match(text, match.end())
         else:
             value = _FIELD_VALUE.match(text, match.end())
         if value is None:
@@ -152,7 +202,7 @@ def _hide_secret_fields(text: str) -> str:
             # Inside a value hidden already ("api_key=abc;password=x"): hidden to its end.
             done = max(done, value.end())
             continue
-        out.append(text[done : match.end()])
+        out.append(text[done:shown])
         out.append(REDACTED)
         done = value.end()
     if not out:
@@ -165,7 +215,9 @@ def _hide_secret_fields(text: str) -> str:
 # OAuth params (then the fields, above), the short names, the UMS path's bearer, a URL's
 # userinfo, and a JWT anywhere.
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), rf"\1 {REDACTED}"),
+    # (Not a parameter's name: "Bearer realm=" followed by its quoted value is the
+    # authorization's parameters, hidden with it by the fields' pass.)
+    (re.compile(r'(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}+(?!")'), rf"\1 {REDACTED}"),
     (
         re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
         rf'\1="{REDACTED}"',
@@ -316,7 +368,7 @@ def redact_json(value: Any) -> Any:
     not read as quotes (an echoed ``{"access_token": ...}`` filter was shown whole)."""
     if isinstance(value, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and is_secret_name(k) else redact_json(v))
+            k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else redact_json(v))
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -326,8 +378,17 @@ def redact_json(value: Any) -> Any:
     return value
 
 
+def _is_secret_key(key: str) -> bool:
+    """Whether a JSON key names a credential: as a parameter's name would, or as a header's
+    (a body echoing a request's headers: ``"Cookie"``, ``"Set-Cookie"``)."""
+    return is_secret_name(key) or key.lower() in SECRET_HEADERS
+
+
 def redact_text(text: str) -> str:
-    """Free text with credential-looking fragments replaced."""
+    """Free text with credential-looking fragments replaced: a name's value that says secret,
+    an ``Authorization`` or ``Proxy-Authorization`` value under any scheme (the scheme shown,
+    its credential and parameters hidden), a ``Cookie`` or ``Set-Cookie`` value, a scheme's
+    credential ("Bearer x"), OAuth parameters, a URL's userinfo, the UMS path's bearer, a JWT."""
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)
     text = _hide_secret_fields(text)
