@@ -20,15 +20,17 @@ and the client-side :class:`~le_transport.chaos.FaultInjector`, from one seeded
 
 Each thing the library did is printed as it happens, then a summary table. Every schedule is
 the guide's multiplied by ``time_scale``. The exit code is 0 only if every invariant held
-(retries as scheduled, the 404 sent once, a refresh, a re-login, a reconnect with its
-subscription renewed, nothing lost, keepalives sent, no secret printed).
+(retries as scheduled: the Users API call's two after the guide's 5 and 10 s and the Domain
+API's after 5 s, each pause announced and waited, and each re-login's pause within the
+backoff's bounds, 2, 4, 8 min ±20 %; the 404 sent once, a refresh, a re-login, a reconnect
+with its subscription renewed, nothing lost, keepalives sent, no secret printed).
 
 With an account (``--account`` with a user and its password or an API key, or the ``LE_*``
 environment variables), a shorter workload runs against LiveEngage itself, with client-side
 faults only (nothing is injected on LiveEngage's side, and no socket is opened): steps 1 to 3,
 resolving the domains, logging in, one Users API call through two injected 503s (retried
-twice), and the missing user's 404 (not retried). Its checks are those two, and that no
-secret was printed.
+twice, after 5 and 10 s scaled), and the missing user's 404 (not retried). Its checks are
+those two, and that no secret was printed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
+import math
 import os
 import signal
 import sys
@@ -54,7 +58,7 @@ from .errors import ClientStatusError, SocketClosed, SocketRequestError, Transpo
 from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import MESSAGING_AGENT_SDK_GETCLOCK
-from .policies.retry import RetryPolicy
+from .policies.retry import GUIDE_5XX_PAUSES, RetryPolicy
 from .providers import AppLogin, CsdsDomains, LoginServiceAuth, LoginSession, UserLogin
 from .sockets import UMS_BRAND_SOCKET_QUERY, ResilientSocket, SocketOptions, ums_brand_path
 
@@ -167,6 +171,10 @@ class Timeline:
     broken: bool = False
     #: Why: the error writing to ``out`` raised (a closed pipe, a full disk).
     write_error: OSError | None = None
+    #: Every retry, in order: what its pause was, to check it against the guide's schedule.
+    retries: list[RetryEvent] = attrs.field(factory=list)
+    #: Every outer re-login scheduled, in order: its attempt and its pause.
+    relogin_pauses: list[tuple[int, float]] = attrs.field(factory=list)
 
     def say(self, what: str, detail: str = "") -> None:
         """Print one line of the timeline. Never raises for an output that cannot be written
@@ -209,6 +217,7 @@ class Timeline:
 
     def on_retry(self, ev: RetryEvent) -> None:
         """Hook: an attempt failed and another follows."""
+        self.retries.append(ev)
         self._bump("retry")
         self.say(
             "retry",
@@ -223,6 +232,10 @@ class Timeline:
 
     def on_state(self, ev: StateEvent) -> None:
         """Hook: a session or socket changed state."""
+        if ev.name == "relogin_scheduled":
+            attempt, pause = ev.details.get("attempt"), ev.details.get("pause")
+            if isinstance(attempt, int) and isinstance(pause, int | float):
+                self.relogin_pauses.append((attempt, float(pause)))
         self._bump(ev.name)
         label = _STATE_LABELS.get(ev.name)
         if label is None:
@@ -450,14 +463,25 @@ async def _simulated(
     served = [s for s in brand if s.received]
     getclocks = sum(1 for s in brand for f in s.received if f.get("type") == ".GetClock")
     checks = agent.checks
+    csds_retries = [ev for ev in timeline.retries if ev.service == "csds"]
+    relogin = BackoffPolicy.relogin().scaled(scale)
     checks += [
         ("the Domain API's 503 was retried", sim.count("GET", "*/baseURI.json") >= 2),
+        (
+            f"the Domain API's retry paused the guide's {GUIDE_5XX_PAUSES[0]:g} s (scaled)",
+            bool(csds_retries) and _on_schedule(csds_retries[:1], scale),
+        ),
         ("the 404 reached the server exactly once", sim.count("GET", "*/users/999999") == 1),
         (
             "the simulator saw the refresh and the second login",
             sim.tokens.refreshes >= 1 and sim.tokens.logins >= 2,
         ),
         ("the outer loop scheduled a re-login", timeline.count("relogin_scheduled") >= 1),
+        (
+            "each re-login paused within the guide's backoff (2, 4, 8 min ±20%, scaled)",
+            bool(timeline.relogin_pauses)
+            and all(_within(pause, relogin.bounds(n)) for n, pause in timeline.relogin_pauses),
+        ),
         ("the socket reconnected (after a drop, and after the outage)", len(served) >= 3),
         (
             "every connection was subscribed again",
@@ -499,6 +523,38 @@ async def _simulated(
     return checks, summary, secrets
 
 
+def _check_users_retries(agent: _Agent, retries: list[RetryEvent]) -> None:
+    """The Users API call's retries (``retries``: those since it started): two, after the
+    guide's first two pauses (5 and 10 s, scaled), each waited."""
+    agent.check("the Users API call was retried twice", len(retries) == 2)
+    pauses = " and ".join(f"{p:g}" for p in GUIDE_5XX_PAUSES[:2])
+    agent.check(
+        f"the Users API call's retries paused the guide's {pauses} s (scaled)",
+        len(retries) == 2 and _on_schedule(retries, agent.scale),
+    )
+
+
+def _on_schedule(retries: list[RetryEvent], scale: float) -> bool:
+    """Whether each of one call's ``retries`` paused the guide's pause for its attempt (5,
+    10, 15 s) times ``scale``, and the call really waited it: the next retry came that much
+    later at least (a timer may fire up to the clock's resolution early)."""
+    for ev in retries:
+        if not 1 <= ev.attempt <= len(GUIDE_5XX_PAUSES):
+            return False
+        if not math.isclose(ev.pause, GUIDE_5XX_PAUSES[ev.attempt - 1] * scale, rel_tol=1e-9):
+            return False
+    early = max(time.get_clock_info("monotonic").resolution, 1e-3)
+    return all(
+        later.elapsed - ev.elapsed >= ev.pause - early for ev, later in itertools.pairwise(retries)
+    )
+
+
+def _within(pause: float, bounds: tuple[float, float]) -> bool:
+    """Whether ``pause`` (as an event tells it, to the millisecond) is within ``bounds``."""
+    low, high = bounds
+    return low - 5e-4 <= pause <= high + 5e-4
+
+
 async def _workload(agent: _Agent, sim: Any, scale: float) -> None:
     timeline, clock, engine = agent.timeline, agent.clock, agent.engine
     # 1-2. Domains, login, a REST call through two injected 503s.
@@ -508,9 +564,7 @@ async def _workload(agent: _Agent, sim: Any, scale: float) -> None:
     retries_before = timeline.count("retry")
     users = await agent.users()
     timeline.say("ok", f"GET users: {len(users)} user(s)")
-    agent.check(
-        "the Users API call was retried twice", timeline.count("retry") - retries_before == 2
-    )
+    _check_users_retries(agent, timeline.retries[retries_before:])
     # 3. A 4xx is the caller's bug: one attempt.
     attempts = await agent.missing_user()
     agent.check("the 404 was not retried", attempts == 1)
@@ -628,9 +682,7 @@ async def _real(
         retries_before = timeline.count("retry")
         users = await agent.users()
         timeline.say("ok", f"GET users: {len(users)} user(s)")
-        agent.check(
-            "the Users API call was retried twice", timeline.count("retry") - retries_before == 2
-        )
+        _check_users_retries(agent, timeline.retries[retries_before:])
         agent.check("the 404 was not retried", await agent.missing_user() == 1)
         keep_session()  # the session the close logs out
     summary = [

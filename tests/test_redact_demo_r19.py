@@ -1,11 +1,22 @@
-"""Redaction of authorizations under any scheme and of cookies."""
+"""Redaction of authorizations under any scheme and of cookies; the demo's retry-schedule
+verdict.
+
+The demo runs here on the real clock at a small scale (as ``le-transport demo`` does); nothing
+asserts on how fast anything went.
+"""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 
 from fuzz import all_targets, hypothesis_runner
+from le_transport import demo
 from le_transport._redact import body_excerpt, redact_json, redact_text
+from le_transport.events import RetryEvent
+from le_transport.policies.classify import Outcome, OutcomeKind
+from le_transport.policies.retry import RetryPolicy
 
 CRED = "S3CR3Tcredential0123456789"
 
@@ -109,3 +120,52 @@ def test_the_redaction_fuzz_targets_pass(name: str) -> None:
     """The targets' inputs include authorizations under other schemes and cookies (what they
     found on the redaction before these forms were hidden)."""
     hypothesis_runner(all_targets()[name], examples=400, seed=0)()
+
+
+# -- the demo checks that retries follow the schedule --------------------------------------------
+
+
+def _retry(attempt: int, pause: float, elapsed: float) -> RetryEvent:
+    return RetryEvent(
+        service="accountConfigReadOnly",
+        method="GET",
+        url="https://h/api",
+        attempt=attempt,
+        outcome=Outcome(OutcomeKind.RESPONSE, status=503),
+        pause=pause,
+        elapsed=elapsed,
+    )
+
+
+def test_the_schedule_check_wants_the_guide_s_pauses_scaled_and_waited() -> None:
+    scale = 0.01
+    assert demo._on_schedule([_retry(1, 0.05, 0.01), _retry(2, 0.1, 0.07)], scale)
+    # No pause, or another schedule's.
+    assert not demo._on_schedule([_retry(1, 0.0, 0.01), _retry(2, 0.0, 0.02)], scale)
+    assert not demo._on_schedule([_retry(1, 0.05, 0.01), _retry(2, 0.05, 0.07)], scale)
+    # The pause announced, not waited: the next attempt failed before it ended.
+    assert not demo._on_schedule([_retry(1, 0.05, 0.01), _retry(2, 0.1, 0.02)], scale)
+    # Past the schedule.
+    assert not demo._on_schedule([_retry(4, 0.15, 0.01)], scale)
+
+
+class _NoPauses:
+    """A retry policy that ignores the guide's 5/10/15 s schedule: every retry at once."""
+
+    def scaled(self, factor: float) -> RetryPolicy:
+        return RetryPolicy(pauses=(0.0, 0.0, 0.0))
+
+
+def test_the_demo_fails_when_retries_do_not_follow_the_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Exit 0 only if every invariant held (retries as scheduled, ...)": retries that went
+    without their pauses, as many as scheduled, are a failed run."""
+    monkeypatch.setattr(demo, "RetryPolicy", _NoPauses)
+    out = io.StringIO()
+    code = demo.run_demo(time_scale=0.01, seed=7, out=out)
+    text = out.getvalue()
+    assert "pausing 0 s" in text  # the retries really went without their pauses
+    assert code == 1, text[-1500:]
+    assert "[FAILED] the Users API call's retries paused the guide's 5 and 10 s (scaled)" in text
+    assert "[FAILED] the Domain API's retry paused the guide's 5 s (scaled)" in text
