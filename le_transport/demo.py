@@ -30,7 +30,8 @@ environment variables), a shorter workload runs against LiveEngage itself, with 
 faults only (nothing is injected on LiveEngage's side, and no socket is opened): steps 1 to 3,
 resolving the domains, logging in, one Users API call through two injected 503s (retried
 twice, after 5 and 10 s scaled), and the missing user's 404 (not retried). Its checks are
-those two, and that no secret was printed.
+those two, and that no secret was printed. A ``--csds-host`` (or ``LE_CSDS_HOST``) that is
+not a bare hostname with an optional port is a usage error, as a missing option is.
 """
 
 from __future__ import annotations
@@ -54,12 +55,25 @@ from ._tasks import stop_task
 from .chaos import FaultInjector, FaultRule, Match, Reset, Schedule, Status, WsDrop
 from .clock import Clock, RealClock, timeout_after
 from .engine import Engine
-from .errors import ClientStatusError, SocketClosed, SocketRequestError, TransportError
+from .errors import (
+    ClientStatusError,
+    HostileHostError,
+    SocketClosed,
+    SocketRequestError,
+    TransportError,
+)
 from .events import EventHooks, GiveUpEvent, RetryEvent, StateEvent
 from .policies.backoff import BackoffPolicy
 from .policies.keepalive import MESSAGING_AGENT_SDK_GETCLOCK
 from .policies.retry import GUIDE_5XX_PAUSES, RetryPolicy
-from .providers import AppLogin, CsdsDomains, LoginServiceAuth, LoginSession, UserLogin
+from .providers import (
+    AppLogin,
+    CsdsDomains,
+    LoginServiceAuth,
+    LoginSession,
+    UserLogin,
+    validate_host,
+)
 from .sockets import UMS_BRAND_SOCKET_QUERY, ResilientSocket, SocketOptions, ums_brand_path
 
 __all__ = ["AccountOptionsError", "DemoAccount", "account_from", "run_demo"]
@@ -863,8 +877,9 @@ def run_demo(
 
 class AccountOptionsError(ValueError):
     """The real account's options do not make a run: one given without the account, or an
-    account without the credentials of one login form. The message names what is missing
-    (the options and their ``LE_*`` variables), never a value."""
+    account without the credentials of one login form, or a ``--csds-host`` that is no host.
+    The message names what is missing or wrong (the options and their ``LE_*`` variables),
+    never a value (of a refused host, only its host-like start)."""
 
 
 #: A real account's options (``--csds-scheme`` has only its variable), each with its variable.
@@ -910,7 +925,8 @@ def account_from(
     :class:`AccountOptionsError` when a real account's option is given without the account
     (it would be ignored, and the run pass against the simulator), or when the account comes
     without a username, or without the credentials of either login form: a password (user
-    login) or the API key's four values (application login)."""
+    login) or the API key's four values (application login), or with a ``--csds-host`` (or
+    ``LE_CSDS_HOST``) that is not a bare hostname with an optional port."""
     environ = os.environ if env is None else env
     account = DemoAccount.from_env(environ, **args)
     if account is None:
@@ -930,6 +946,13 @@ def account_from(
         )
     if account.scheme not in ("https", "http"):
         raise AccountOptionsError("LE_CSDS_SCHEME must be https (LiveEngage) or http")
+    try:
+        # A host that can never be one is the command line's mistake, told before any run
+        # starts (as a run, it was a FAILED verdict, exit 1). The message shows only the
+        # value's host-like start: what follows may be a secret pasted by mistake.
+        validate_host(account.csds_host, service="csds", account=account.account)
+    except HostileHostError as exc:
+        raise AccountOptionsError(f"{_named(['csds_host'])}: {exc}") from None
     if account.password:
         return account
     app_key = {n: getattr(account, n) for n in _APP_KEY_OPTIONS}

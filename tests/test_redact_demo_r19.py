@@ -1,5 +1,5 @@
 """Redaction of authorizations under any scheme and of cookies; the demo's retry-schedule
-verdict.
+verdict; a malformed ``--csds-host`` as a usage error.
 
 The demo runs here on the real clock at a small scale (as ``le-transport demo`` does); nothing
 asserts on how fast anything went.
@@ -8,12 +8,15 @@ asserts on how fast anything went.
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
 from fuzz import all_targets, hypothesis_runner
 from le_transport import demo
 from le_transport._redact import body_excerpt, redact_json, redact_text
+from le_transport.cli import main
+from le_transport.demo import AccountOptionsError, account_from
 from le_transport.events import RetryEvent
 from le_transport.policies.classify import Outcome, OutcomeKind
 from le_transport.policies.retry import RetryPolicy
@@ -169,3 +172,34 @@ def test_the_demo_fails_when_retries_do_not_follow_the_schedule(
     assert code == 1, text[-1500:]
     assert "[FAILED] the Users API call's retries paused the guide's 5 and 10 s (scaled)" in text
     assert "[FAILED] the Domain API's retry paused the guide's 5 s (scaled)" in text
+
+
+# -- a malformed --csds-host -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_le_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("LE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_le_env")
+def test_a_malformed_csds_host_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2 before any run, as every other usage error, not a FAILED run (exit 1)."""
+    argv = ["demo", "--account", "1", "--username", "u", "--password", "pw"]
+    assert main([*argv, "--csds-host", "a b"]) == 2
+    err = capsys.readouterr().err
+    assert "--csds-host (or LE_CSDS_HOST)" in err
+    assert main([*argv, "--csds-host", f"h.example/?token={CRED}"]) == 2
+    assert CRED not in capsys.readouterr().err, "what follows a host is never echoed"
+
+
+def test_account_from_refuses_a_csds_host_that_is_no_host() -> None:
+    given = {"account": "1", "username": "u", "password": "pw"}
+    env = {"LE_CSDS_HOST": "https://api.liveperson.net"}
+    with pytest.raises(AccountOptionsError, match="LE_CSDS_HOST"):
+        account_from(given, env=env)
+    account = account_from({**given, "csds_host": "api.liveperson.net:443"}, env={})
+    assert account is not None
+    assert account.csds_host == "api.liveperson.net:443"
