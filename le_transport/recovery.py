@@ -71,7 +71,10 @@ while no round is in progress waits for the breaker instead, when it lets a call
 round's pause would end: until its ``retry_at``, in steps of the request schedule's first pause
 (its half-open probe's success closes it long before the probe's lease ends), then runs again;
 a re-login cannot close a circuit. A circuit shut longer than that pause, or a call that has
-waited so since its last round, gets the round.
+waited so since its last round, gets the round, and what it waited counts toward that round's
+pause (the round sleeps the rest, never less than the request schedule's last pause nor the
+longest pause the failed call took): re-logins stay the policy's pause apart, 2, 4, 8 min,
+not the pause plus the breaker waits before it.
 
 The loop is shared by every call of the session: a hundred calls failing together wait for one
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
@@ -464,10 +467,15 @@ class Recovery:
         # The episode this call went through (its id, taken as it joined): a call of an
         # episode already ended counts in, and speaks for, no later one.
         counted_in: int | None = None
-        breaker_waited = 0.0  # waited on an open circuit since the last round (_breaker_wait)
+        # Waited on an open circuit since the last round (_breaker_wait), and the round epoch
+        # it was waited in: what a round ends (its re-login) is no longer since the last one.
+        breaker_waited = 0.0
+        breaker_epoch = self._epoch
         try:
             while True:
                 seen = self._epoch
+                if seen != breaker_epoch:
+                    breaker_waited, breaker_epoch = 0.0, seen
                 ledger, token = open_ledger()
                 left: BaseException | None = None
                 try:
@@ -499,11 +507,11 @@ class Recovery:
                         if self._closed:
                             raise self._closed_error(exc) from exc
                     else:
-                        breaker_waited = 0.0
+                        waited, breaker_waited = breaker_waited, 0.0
                         if counted_in != self._episode:
                             counted_in = self._episode
                             self._episode_calls += 1
-                        await self._recover(exc, seen, until, started)
+                        await self._recover(exc, seen, until, started, waited)
                     if not ledger.may_resend():
                         # Asked again just before running it again: a call the run left
                         # running (gather does not cancel the others) went on meanwhile.
@@ -548,18 +556,21 @@ class Recovery:
         closes the circuit long before its lease ends), and runs again: each step costs the
         breaker's check, nothing is sent while it refuses. It starts a round instead when the
         circuit stays shut longer than the round's next pause, once it has waited, since its
-        last round, as long as that pause (so an open circuit never delays the outer loop),
-        or when its deadline would pass first."""
+        last round, as long as that pause, or when its deadline would pass first. What it
+        waited (``waited``) counts toward the pause of the round it then starts
+        (:meth:`_wait_for`), so an open circuit never delays the outer loop: the re-logins
+        stay the policy's pause apart, not that pause plus the breaker waits before it."""
         if not isinstance(exc, CircuitOpen) or self._epoch != seen:
             return None  # (a round ended while it failed: _recover gives its outcome)
         round_ = self._round_task
         if round_ is not None and not round_.done():
             return None
         now = self._clock.now()
-        first_failure = self._first_failure
-        elapsed = 0.0 if first_failure is None else now - first_failure
+        elapsed = self._elapsed(waited)
         # The shortest the round's pause can be (no draw taken from the rounds' jitter).
-        pause = self._next_pause(self._attempt + 1, elapsed, _longest_pause(exc), rand=0.0)
+        pause = self._next_pause(
+            self._attempt + 1, elapsed, _longest_pause(exc), rand=0.0, waited=waited
+        )
         if pause is None:
             return None
         left = exc.retry_at - now
@@ -585,13 +596,15 @@ class Recovery:
         return wait
 
     async def _recover(
-        self, exc: Exception, seen: int, until: float | None, started: float
+        self, exc: Exception, seen: int, until: float | None, started: float, waited: float = 0.0
     ) -> None:
         """Wait for a recovery round: the one in progress, or a new one if none has run since
         this call failed (``seen``). The round is a task of its own that every waiting call
         shares: a waiter that is cancelled, or whose deadline (``until``) the round's pause
         would pass, stops waiting, and the round (its pause already spent) goes on for the
-        others; it is cancelled only with its last waiter."""
+        others; it is cancelled only with its last waiter. ``waited``: how long this call
+        waited on an open circuit since the last round (:meth:`_breaker_wait`), which a round
+        it starts counts toward its first pause (:meth:`_wait_for`)."""
         self._recovering_calls += 1
         try:
             if self._closed:
@@ -603,10 +616,13 @@ class Recovery:
                     if self._final is not None:
                         raise self._final
                     return
-                first, elapsed = self._plan(exc)
-                if first is not None and until is not None and self._clock.now() + first >= until:
+                first, elapsed = self._plan(exc, waited)
+                sleep = (
+                    None if first is None else self._wait_for(first, waited, _longest_pause(exc))
+                )
+                if sleep is not None and until is not None and self._clock.now() + sleep >= until:
                     # A pause the call's deadline cannot wait out: no round is started for it.
-                    err = self._past_deadline(exc, first, until)
+                    err = self._past_deadline(exc, sleep, until)
                     if self._attempt == 0:
                         # No episode under way, whose end would say it: said here, as a
                         # give-up at a later round is.
@@ -617,7 +633,8 @@ class Recovery:
                         )
                     raise err from exc
                 round_ = self._round_task = asyncio.get_running_loop().create_task(
-                    self._shared_round(exc, first, elapsed), name="le_transport recovery round"
+                    self._shared_round(exc, first, elapsed, waited),
+                    name="le_transport recovery round",
                 )
             try:
                 if until is None:
@@ -712,10 +729,12 @@ class Recovery:
         finally:
             self._recovering_calls += 1  # (the caller's own count, taken back in its finally)
 
-    async def _shared_round(self, exc: Exception, first: float | None, elapsed: float) -> None:
+    async def _shared_round(
+        self, exc: Exception, first: float | None, elapsed: float, waited: float
+    ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
         try:
-            await self._round(exc, first, elapsed)
+            await self._round(exc, first, elapsed, waited)
         except asyncio.CancelledError:
             raise  # its last waiter gave up: no outcome to share
         except BaseException as final:
@@ -729,36 +748,66 @@ class Recovery:
         self._final = None
         self._epoch += 1
 
-    def _plan(self, last: Exception) -> tuple[float | None, float]:
-        """The pause before the next re-login after ``last`` (None: give up), and the time
-        since the episode's first failure."""
+    def _elapsed(self, waited: float = 0.0) -> float:
+        """The time since the episode's first failure; with no episode yet, what the failed
+        call already ``waited`` on an open circuit (it failed first that long ago)."""
         first_failure = self._first_failure
-        elapsed = 0.0 if first_failure is None else self._clock.now() - first_failure
-        return self._next_pause(self._attempt + 1, elapsed, _longest_pause(last)), elapsed
+        return waited if first_failure is None else self._clock.now() - first_failure
 
-    async def _round(self, exc: Exception, first: float | None, elapsed: float) -> None:
+    def _plan(self, last: Exception, waited: float = 0.0) -> tuple[float | None, float]:
+        """The pause before the next re-login after ``last`` (None: give up), and the time
+        since the episode's first failure. ``waited``: what the call that starts the round
+        waited on an open circuit since the last one (counted toward the pause)."""
+        elapsed = self._elapsed(waited)
+        pause = self._next_pause(self._attempt + 1, elapsed, _longest_pause(last), waited=waited)
+        return pause, elapsed
+
+    def _wait_for(self, pause: float, waited: float, taken: float) -> float:
+        """How long a round sleeps before a re-login planned ``pause`` after the last one (or
+        after the failure), when the call that starts it already waited ``waited`` on an open
+        circuit since: the rest of the pause, so the re-logins stay ``pause`` apart (the
+        breaker waits and this sleep add up to it; the call's own runs in between only add).
+        Never less than the request schedule's last pause, nor than ``taken``, the longest
+        pause the failed call itself took: the guide's floor between a failure and its outer
+        retry."""
+        if waited <= 0.0:
+            return pause
+        return min(pause, max(pause - waited, self._request_policy.last_pause, taken))
+
+    async def _round(
+        self, exc: Exception, first: float | None, elapsed: float, waited: float = 0.0
+    ) -> None:
         """Pause, then re-resolve and re-login, until one re-login succeeds (or give up).
-        ``first``: the first pause, planned when the round was started (None: give up)."""
+        ``first``: the first pause, planned when the round was started (None: give up);
+        ``waited``: what the call that started it already waited on an open circuit, counted
+        toward that first pause (:meth:`_wait_for`)."""
         last: Exception = exc
         if self._first_failure is None:
-            self._first_failure = self._clock.now()
+            self._first_failure = self._clock.now() - elapsed
         pause = first
         while True:
             if pause is None:
                 self._give_up(last, elapsed)
             assert pause is not None
             self._attempt += 1
-            self._state(
-                logging.WARNING,
-                "relogin_scheduled",
-                {"attempt": self._attempt, "pause": round(pause, 3), "error": _name(last)},
-            )
+            sleep = self._wait_for(pause, waited, _longest_pause(last))
+            details: dict[str, object] = {
+                "attempt": self._attempt,
+                "pause": round(pause, 3),
+                "error": _name(last),
+            }
+            if sleep < pause:
+                # Part of the pause already spent waiting on the circuit: the re-login comes
+                # after the rest.
+                details["waited"] = round(pause - sleep, 3)
+            self._state(logging.WARNING, "relogin_scheduled", details)
+            waited = 0.0  # (only the first pause follows the breaker waits)
             self.pauses.append(pause)
             self._last_pause = pause
             generation = self._auth_generation()
-            self._scheduled(pause)
+            self._scheduled(sleep)
             try:
-                await self._pause(pause)
+                await self._pause(sleep)
             finally:
                 self._resume_at = None
             if self._closed:
@@ -852,13 +901,20 @@ class Recovery:
         )
 
     def _next_pause(
-        self, attempt: int, elapsed: float, taken: float = 0.0, rand: float | None = None
+        self,
+        attempt: int,
+        elapsed: float,
+        taken: float = 0.0,
+        rand: float | None = None,
+        waited: float = 0.0,
     ) -> float | None:
         """The pause before re-login ``attempt``; ``taken``: the longest pause the failure it
-        follows already waited; ``rand``: the jitter's draw (None: the loop's own). None:
-        give up."""
+        follows already waited; ``rand``: the jitter's draw (None: the loop's own);
+        ``waited``: how much of it was already spent on an open circuit (the round sleeps only
+        the rest, :meth:`_wait_for`: the policy's deadline is checked against the re-login's
+        time). None: give up."""
         draw = self._rng.random() if rand is None else rand
-        pause = self._policy.next_delay(attempt, elapsed, draw)
+        pause = self._policy.next_delay(attempt, max(0.0, elapsed - waited), draw)
         if pause is None:
             return None
         # Jitter must not make a pause shorter than the one before it, and no outer pause is
@@ -867,7 +923,8 @@ class Recovery:
         # honoured, or a schedule of its own (retry=) longer than the engine's.
         pause = max(pause, self._last_pause, self._request_policy.last_pause, taken)
         deadline = self._policy.deadline
-        if deadline is not None and elapsed + pause > deadline:
+        sleep = self._wait_for(pause, waited, taken)
+        if deadline is not None and elapsed + sleep > deadline:
             return None
         return pause
 
