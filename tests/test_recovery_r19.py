@@ -12,17 +12,22 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from le_transport import Engine, EventHooks, RetryPolicy
-from le_transport.errors import RecoveryFailed
+from le_transport.errors import CircuitOpen, RecoveryFailed
 from le_transport.events import StateEvent
 from le_transport.middleware.overload import OverloadGuard
-from le_transport.policies import BackoffPolicy, CircuitBreaker
+from le_transport.policies import BackoffPolicy, CircuitBreaker, Outcome
+from le_transport.state import MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.conftest import ServerFactory
+from tests.test_guard_hot_path import _Call
 
 
 async def test_breaker_waits_count_toward_the_rounds_pause(
@@ -106,3 +111,96 @@ async def test_breaker_waits_never_shorten_the_pause_below_the_request_schedules
     for details in scheduled:
         sleep = float(details["pause"]) - float(details.get("waited", 0.0))
         assert sleep >= RetryPolicy().last_pause == 15.0, scheduled
+
+
+def _reopens(breaker: CircuitBreaker, draws: list[float]) -> list[float]:
+    """The breaks of ``breaker`` opened by one failure, then re-opened by a failed probe at the
+    end of each break, with the jitter's ``draws`` in turn."""
+    status = breaker.record(breaker.closed(), 0.0, failed=True, rand=draws[0])
+    now, breaks = 0.0, [status.open_until]
+    for rand in draws[1:]:
+        now = status.open_until
+        admitted = breaker.admit(status, now)
+        assert admitted.probe
+        status = breaker.record(admitted.status, now, failed=True, rand=rand, probe=True)
+        assert status.open_until - now == pytest.approx(status.last_break)
+        breaks.append(status.last_break)
+    return breaks
+
+
+def test_a_reopened_breaker_never_takes_a_shorter_break() -> None:
+    """At the cap (120 s ±20%) a re-open's fresh draw could be shorter than the break before:
+    144 s, then 96 s. Each re-open's break is at least the last, which the status keeps
+    (``last_break``); it grows as documented (5 s doubling) until the cap's draws."""
+    breaker = CircuitBreaker(minimum_throughput=1)
+    breaks = _reopens(breaker, [0.5] * 5 + [0.999, 0.0, 0.5])
+    assert breaks[:5] == pytest.approx([5.0, 10.0, 20.0, 40.0, 80.0])
+    top = breaker.breaks.delay(6, 0.999)  # 143.95 s
+    assert breaks[5:] == pytest.approx([top, top, top]), "not 96 s after 144 s"
+
+
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=12))
+def test_reopened_breaks_never_shrink_whatever_the_draws(draws: list[float]) -> None:
+    """Invariant: the breaks of one escalation never shrink, and stay within longest_break."""
+    breaker = CircuitBreaker(minimum_throughput=1)
+    breaks = _reopens(breaker, draws)
+    assert all(a <= b for a, b in itertools.pairwise(breaks))
+    assert max(breaks) <= breaker.longest_break
+
+
+def test_a_close_starts_the_escalation_over() -> None:
+    """A probe's success closes the breaker: its next opening is the first break again."""
+    breaker = CircuitBreaker(minimum_throughput=1)
+    status = breaker.record(breaker.closed(), 0.0, failed=True, rand=0.999)
+    for _ in range(6):
+        now = status.open_until
+        status = breaker.record(
+            breaker.admit(status, now).status, now, failed=True, rand=0.999, probe=True
+        )
+    now = status.open_until
+    closed = breaker.record(breaker.admit(status, now).status, now, failed=False, probe=True)
+    assert (closed.opens, closed.last_break) == (0, 0.0)
+    reopened = breaker.record(closed, now, failed=True, rand=0.5)
+    assert reopened.open_until - now == pytest.approx(5.0)
+
+
+FLEET_BREAKER = CircuitBreaker(
+    minimum_throughput=4,
+    sampling_window=30.0,
+    breaks=BackoffPolicy(first=5.0, factor=2.0, cap=120.0, jitter=0.0, floor=0.0),
+)
+HOST = "127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("published", "expected"),
+    [
+        # The fleet's last break was 100 s: this process's failed probe re-opens for no less.
+        ({"opens": 1, "half_open": 30.0, "break": 100.0}, 100.0),
+        # An entry written before the break was published in it: read, the schedule's 10 s.
+        ({"opens": 1, "half_open": 30.0}, 10.0),
+    ],
+)
+async def test_a_fleet_probe_reopens_for_no_shorter_a_break_than_the_fleets(
+    published: dict[str, float], expected: float
+) -> None:
+    """The trip entry the fleet shares carries the break's length (``break``): a process that
+    adopted the fleet's break and whose probe fails re-opens for at least that long, as the
+    process that opened it would. An entry without it (an older process's) is still read."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    guard = OverloadGuard(budget=None, breaker=FLEET_BREAKER, store=store, account="1", clock=clock)
+    trip_key = state_key("1", "breaker", "svc", HOST)
+    # A break that has just ended: the entry outlives it by its half-open tail.
+    await store.set(trip_key, json.dumps({**published, "id": "other:1"}), ttl=30.0)
+    probe = _Call("svc", HOST)
+    assert await guard.admit(probe, 1) is None, "half-open on the fleet's trip: the probe goes"
+    await guard.settle(probe, 1, Outcome.response(503))
+    refused = await guard.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert refused.retry_at - clock.now() == pytest.approx(expected)
+    entry = await store.get(trip_key)
+    assert entry is not None
+    data = json.loads(entry.value)
+    assert data["opens"] == 2
+    assert data["break"] == pytest.approx(expected), "published for the fleet's next re-open"

@@ -1187,17 +1187,21 @@ class OverloadGuard:
                     # What the probe answers for: its success replaces this entry (with the
                     # fleet's closed mark), none newer.
                     seen = None if entry is None else entry.value
-                    if trip is not None and trip[0] > probing.opens:
-                        # The fleet's count of openings, ahead of what this process read (up
-                        # to sync_interval ago): a failed probe's break grows from the fleet's.
+                    if trip is not None and (
+                        trip[0] > probing.opens or trip[2] > probing.last_break
+                    ):
+                        # The fleet's count of openings and last break, ahead of what this
+                        # process read (up to sync_interval ago): a failed probe's break grows
+                        # from the fleet's, and is no shorter than its last.
                         probing = BreakerStatus(
                             probing.state,
                             probing.slot,
                             probing.successes,
                             probing.failures,
                             probing.open_until,
-                            trip[0],
+                            max(trip[0], probing.opens),
                             probing.probe_until,
+                            max(trip[2], probing.last_break),
                         )
                     if trip is None or entry is None or entry.ttl >= lease:
                         break
@@ -1206,8 +1210,8 @@ class OverloadGuard:
                     # unchanged). Only if the entry is still the one read (compare-and-set):
                     # another process whose own attempts failed before it read this trip may
                     # have published a new break since, which a plain write would replace.
-                    opens, ended = trip
-                    tail = self._trip_value(opens, lease + (read_at - ended))
+                    opens, ended, last = trip
+                    tail = self._trip_value(opens, lease + (read_at - ended), last)
                     if await self._store.set(trip_key, tail, ttl=lease, only_if=seen):
                         seen = tail
                         break
@@ -1307,15 +1311,22 @@ class OverloadGuard:
         self._serial += 1
         return f"{self._owner}:{self._serial}"
 
-    def _trip_value(self, opens: int, half_open: float) -> str:
-        """A trip entry: the openings, how long it outlives the break (``half_open``), and a
-        mark of its own (``id``): two processes' breaks after as many openings would otherwise
-        read alike, and a compare-and-set or compare-and-delete of the one read could replace or
-        delete the other (readers ignore it; an entry without one is still read)."""
-        return json.dumps({"opens": opens, "half_open": half_open, "id": self._unique()})
+    def _trip_value(self, opens: int, half_open: float, last_break: float) -> str:
+        """A trip entry: the openings, how long it outlives the break (``half_open``), how
+        long the break was (``break``: a re-open's is never shorter, whichever process's
+        probe fails), and a mark of its own (``id``): two processes' breaks after as many
+        openings would otherwise read alike, and a compare-and-set or compare-and-delete of the
+        one read could replace or delete the other (readers ignore it; an entry without one is
+        still read)."""
+        return json.dumps(
+            {"opens": opens, "half_open": half_open, "break": last_break, "id": self._unique()}
+        )
 
-    def _adopted(self, status: BreakerStatus, opens: int, until: float) -> BreakerStatus:
-        """``status`` with the fleet's break until ``until`` (after ``opens`` openings)."""
+    def _adopted(
+        self, status: BreakerStatus, opens: int, until: float, last_break: float = 0.0
+    ) -> BreakerStatus:
+        """``status`` with the fleet's break until ``until`` (after ``opens`` openings, the
+        last break ``last_break`` long)."""
         return BreakerStatus(
             BreakerState.OPEN,
             status.slot,
@@ -1324,12 +1335,14 @@ class OverloadGuard:
             until,
             max(opens, status.opens),
             None,
+            max(last_break, status.last_break),
         )
 
     def _trip(
         self, key: tuple[str, str], entry: Entry, now: float
-    ) -> tuple[int, float] | _FleetClosed | None:
-        """The fleet's trip entry at ``key``, read at ``now``: (openings, when the break ends),
+    ) -> tuple[int, float, float] | _FleetClosed | None:
+        """The fleet's trip entry at ``key``, read at ``now``: (openings, when the break ends,
+        how long it was: 0 in an entry without it, and at most this breaker's longest break),
         the fleet's closed mark (:class:`_FleetClosed`: when it closed), or None if it is
         damaged (logged once: a bad entry must not fail every call there).
 
@@ -1361,6 +1374,9 @@ class OverloadGuard:
                 raise _Damaged("opens is not an int >= 1")
             if not finite_number(tail) or tail < 0:
                 raise _Damaged("half_open is not a finite number >= 0")
+            last = data.get("break", 0)
+            if not finite_number(last) or last < 0:
+                raise _Damaged("break is not a finite number >= 0")
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # OverflowError and RecursionError too: a 1e999 or thousands of nested brackets.
             self._damaged_trip(key, entry, exc)
@@ -1372,7 +1388,8 @@ class OverloadGuard:
             until = self._overlong_trip(key, entry, now, until)
         elif self._overlong:
             self._overlong.pop(key, None)
-        return min(opens, _MAX_ADOPTED_OPENS), until
+        longest = self._breaker.longest_break if self._breaker is not None else 0.0
+        return min(opens, _MAX_ADOPTED_OPENS), until, min(float(last), longest)
 
     def _overlong_trip(self, key: tuple[str, str], entry: Entry, now: float, until: float) -> float:
         """The end of the break of a trip entry at ``key`` that asks a longer one (ending at
@@ -1509,18 +1526,21 @@ class OverloadGuard:
             found = None if entry is None else self._trip(key, entry, now)
             opens = status.opens
             # (The fleet's closed mark, or a damaged entry, holds no break: written over.)
+            last = status.last_break
             if isinstance(found, tuple):
-                theirs, until = found
+                theirs, until, their_break = found
                 if until > now and (until >= status.open_until or theirs > opens):
                     # Reported by _opened: reading this entry again reports nothing more.
                     assert entry is not None
                     self._first_report(key, entry.value)
-                    return self._keep(key, status, self._adopted(status, theirs, until)), True
+                    kept = self._adopted(status, theirs, until, their_break)
+                    return self._keep(key, status, kept), True
                 opens = max(opens, theirs)
+                last = max(last, their_break)
             brk = status.open_until - now
             if brk <= 0:
                 return status, False  # over while the store answered: nothing to publish
-            value = self._trip_value(opens, lease)
+            value = self._trip_value(opens, lease, last)
             if entry is None:
                 stored = await self._store.add(trip_key, value, ttl=brk + lease)
             else:
@@ -1531,11 +1551,11 @@ class OverloadGuard:
                 # This process's own break, reported by _opened: read back from the fleet's
                 # entry (its end a millisecond later), it is not reported again as adopted.
                 self._first_report(key, value)
-                if opens == status.opens:
+                if opens == status.opens and last == status.last_break:
                     return status, False
-                # The same break, after the fleet's count of openings.
+                # The same break, after the fleet's count of openings (and its last break).
                 return self._keep(
-                    key, status, self._adopted(status, opens, status.open_until)
+                    key, status, self._adopted(status, opens, status.open_until, last)
                 ), False
         _log.debug(
             "the fleet's circuit breaker trip changed at every read: this break is not published",

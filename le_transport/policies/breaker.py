@@ -5,7 +5,8 @@ Per service and host: **closed** lets every attempt through and counts failures 
 failures reaches ``failure_ratio``, it **opens**. Open refuses every attempt until the break
 ends (the caller gets ``CircuitOpen`` with the time to try again). Then it is **half-open**:
 exactly one probe goes through; a success closes the breaker, a failure opens it again for a
-longer break, on a :class:`~le_transport.policies.BackoffPolicy`. Only the probe's own answer
+longer break, on a :class:`~le_transport.policies.BackoffPolicy` (never a shorter one than the
+last: at the cap, the break's jitter could otherwise draw one shorter). Only the probe's own answer
 decides there: an attempt admitted before the break that ends after it is ignored.
 
 Only 5xx, 429 and transport failures count as failures (:meth:`CircuitBreaker.counts_as_failure`);
@@ -93,6 +94,8 @@ class BreakerStatus:
     - ``open_until``: when the current break ends.
     - ``opens``: how many times it opened since it last closed (the break grows with it).
     - ``probe_until``: while a half-open probe is out, when its lease ends (None: no probe).
+    - ``last_break``: how long the latest break was (0: none since it last closed); a re-open's
+      break is never shorter.
     """
 
     state: BreakerState = BreakerState.CLOSED
@@ -102,6 +105,7 @@ class BreakerStatus:
     open_until: float = 0.0
     opens: int = 0
     probe_until: float | None = None
+    last_break: float = 0.0
 
 
 def _min_throughput(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -139,7 +143,9 @@ class CircuitBreaker:
     - ``failure_ratio`` (0.75), ``minimum_throughput`` (20 attempts) and ``sampling_window``
       (30 s, in ``slots`` buckets): when it opens.
     - ``breaks``: the break after the n-th consecutive opening, ``breaks.delay(n, rand)``:
-      5 s, 10 s, 20 s ... up to 2 min, ±20% so that a fleet's probes do not arrive together.
+      5 s, 10 s, 20 s ... up to 2 min, ±20% so that a fleet's probes do not arrive together;
+      a re-open's break is never shorter than the one before it (at the cap the jitter's
+      draw could make it so: 144 s, then 96 s).
     - ``probe_lease`` (30 s): a probe that never reports frees the half-open slot after this.
       (An :class:`~le_transport.middleware.overload.OverloadGuard` without a fleet store holds
       its own probe's slot longer when the probe's attempt has a longer bound of its own, its
@@ -319,6 +325,7 @@ class CircuitBreaker:
                 open_until=aged.open_until,
                 opens=aged.opens,
                 probe_until=aged.probe_until,
+                last_break=aged.last_break,
             )
         aged = attrs.evolve(aged, failures=(aged.failures[0] + 1, *aged.failures[1:]))
         failures = sum(aged.failures)
@@ -349,6 +356,7 @@ class CircuitBreaker:
             open_until=aged.open_until,
             opens=aged.opens,
             probe_until=aged.probe_until,
+            last_break=aged.last_break,
         )
 
     def release(self, status: BreakerStatus, now: float) -> BreakerStatus:
@@ -359,7 +367,12 @@ class CircuitBreaker:
 
     def _open(self, status: BreakerStatus, now: float, rand: float) -> BreakerStatus:
         opens = status.opens + 1
+        # A re-open's break is never shorter than the last (the docstring's "longer break"):
+        # at the cap, a fresh draw of the jitter was as likely shorter. Still at most
+        # longest_break: the last break was drawn, or adopted, within it.
         pause = self.breaks.delay(opens, rand)
+        if status.opens:
+            pause = max(pause, min(status.last_break, self.longest_break))
         return BreakerStatus(
             BreakerState.OPEN,
             self.slot_of(now),
@@ -368,4 +381,5 @@ class CircuitBreaker:
             now + pause,
             opens,
             None,
+            pause,
         )
