@@ -204,3 +204,22 @@ async def test_a_fleet_probe_reopens_for_no_shorter_a_break_than_the_fleets(
     data = json.loads(entry.value)
     assert data["opens"] == 2
     assert data["break"] == pytest.approx(expected), "published for the fleet's next re-open"
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (BackoffPolicy(first=1.0, factor=2.0, cap=120.0, floor=15.0), [15, 30, 60, 120, 120]),
+        (BackoffPolicy.relogin(first=5.0), [15, 30, 60, 120, 240]),
+        (BackoffPolicy.relogin(), [120, 240, 480, 960, 960]),
+    ],
+)
+def test_backoff_base_delays_grow_from_the_floor(
+    policy: BackoffPolicy, expected: list[float]
+) -> None:
+    """A floor above ``first`` is where the growth starts, not a plateau: the un-jittered delays
+    strictly grow until the cap (the documented relogin schedule is unchanged)."""
+    delays = [policy.base_delay(n) for n in range(1, 6)]
+    assert delays == expected
+    below_cap = [d for d in delays if d < policy.cap]
+    assert all(a < b for a, b in itertools.pairwise(below_cap))

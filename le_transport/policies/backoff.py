@@ -6,9 +6,10 @@ that it keeps an overloaded service down. :class:`BackoffPolicy` is that schedul
 value: :meth:`BackoffPolicy.delay` maps an attempt number and a random draw to a pause, and
 :meth:`BackoffPolicy.next_delay` adds the attempt and deadline limits.
 
-The formula is one line (``first * factor ** (n - 1)``, capped, then jittered), so we write it
-here rather than take the ``backoff`` package's generators: they are stateful iterators with no
-floor and no deadline, and the package is unmaintained.
+The formula is one line (``start * factor ** (n - 1)``, capped, then jittered, where ``start``
+is ``first``, or the floor if that is higher), so we write it here rather than take the
+``backoff`` package's generators: they are stateful iterators with no floor and no deadline,
+and the package is unmaintained.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _max_attempts(instance: object, attribute: attrs.Attribute[Any], value: obje
 class BackoffPolicy:
     """Exponential backoff: ``first``, ``first * factor``, ... up to ``cap``, jittered.
 
-    - Un-jittered delays (:meth:`base_delay`) strictly grow until they reach ``cap``.
+    - Un-jittered delays (:meth:`base_delay`) strictly grow until they reach ``cap``: they
+      start from ``max(first, floor)``, ``start * factor ** (n - 1)`` capped.
     - ``first`` and ``cap``: finite numbers of seconds > 0, ``cap >= first``; ``factor``: a
       finite number > 1.
     - ``jitter`` spreads each delay uniformly within ``±jitter`` of its value, so a fleet
@@ -71,7 +73,9 @@ class BackoffPolicy:
       within a jitter of float's range (1.7e308) made delays infinite.
     - ``floor``: no delay, jittered or not, is ever shorter. For re-login it is the request
       schedule's last pause (15 s): the guide's rule that each outer retry is longer than the
-      one before it.
+      one before it. A floor above ``first`` is where the growth starts (``relogin(first=5)``:
+      15, 30, 60 s ...), not a plateau the first delays sit on (it gave 15, 15, 20 s: outer
+      retries no longer than the one before).
     - ``max_attempts`` (None: unlimited) and ``deadline`` (seconds since the first failure;
       None: none) end the loop: :meth:`next_delay` then returns None.
     """
@@ -110,7 +114,8 @@ class BackoffPolicy:
 
     @classmethod
     def relogin(cls, **overrides: object) -> BackoffPolicy:
-        """LivePerson's re-login schedule: 2, 4, 8, 16 min (capped), ±20%, never under 15 s."""
+        """LivePerson's re-login schedule: 2, 4, 8, 16 min (capped), ±20%, never under 15 s
+        (a ``first`` below 15 s starts from 15 s and doubles from there)."""
         return cls(**overrides)  # type: ignore[arg-type]
 
     @classmethod
@@ -139,13 +144,15 @@ class BackoffPolicy:
         """The un-jittered delay before outer attempt ``attempt`` (1-based)."""
         if attempt < 1:
             raise ConfigurationError(f"attempt is 1-based, got {attempt}")
-        # Compare exponents rather than computing factor ** n, which overflows for large n.
-        delay = self.first
+        # Multiply step by step rather than computing factor ** n, which overflows for large
+        # n. The floor is where the growth starts (it is at most the cap), so each delay below
+        # the cap is longer than the one before it.
+        delay = max(self.first, self.floor)
         for _ in range(attempt - 1):
             delay *= self.factor
             if delay >= self.cap:
-                return max(self.cap, self.floor)
-        return max(min(delay, self.cap), self.floor)
+                return self.cap
+        return min(delay, self.cap)
 
     def bounds(self, attempt: int) -> tuple[float, float]:
         """The lowest and highest delay :meth:`delay` can return for ``attempt``."""
