@@ -32,6 +32,9 @@ def test_only_5xx_429_and_transport_failures_count_never_other_4xx() -> None:
     assert counts(Outcome.response(429))
     assert counts(Outcome.failure(OutcomeKind.CONNECTION_LOST, "ServerDisconnectedError"))
     assert counts(Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"))
+    assert counts(Outcome.failure(OutcomeKind.CONNECT_FAILED, "ClientConnectorError"))
+    # A refused certificate: final and the caller's, not the service's failure.
+    assert not counts(Outcome.failure(OutcomeKind.TLS_REJECTED, "ClientConnectorCertificateError"))
     assert not counts(Outcome.response(404))
     assert not counts(Outcome.response(401))
     assert not counts(Outcome.response(451))

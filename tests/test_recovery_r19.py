@@ -7,22 +7,26 @@
   the cap drew 144 s, then 96 s).
 - BackoffPolicy's un-jittered delays strictly grow until the cap, a floor above ``first``
   included (it gave 15, 15, 15, 15, 16 s).
+- A refused certificate does not count against the service: it never opens the circuit, so it
+  surfaces as the final TLS error, never as a retryable ``CircuitOpen``.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
 from le_transport import Engine, EventHooks, RetryPolicy
-from le_transport.errors import CircuitOpen, RecoveryFailed
+from le_transport.errors import CircuitOpen, ConnectionFailed, RecoveryFailed
 from le_transport.events import StateEvent
 from le_transport.middleware.overload import OverloadGuard
-from le_transport.policies import BackoffPolicy, CircuitBreaker, Outcome
+from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome, OutcomeKind
 from le_transport.state import MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
@@ -223,3 +227,35 @@ def test_backoff_base_delays_grow_from_the_floor(
     assert delays == expected
     below_cap = [d for d in delays if d < policy.cap]
     assert all(a < b for a, b in itertools.pairwise(below_cap))
+
+
+async def test_a_refused_certificate_never_opens_the_circuit(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    """A refused certificate is final and the caller's to fix (a wrong CA, a host that is not
+    who it claims): it must surface as itself, never looped. Counted as a breaker failure, a
+    few of them opened the circuit, and the next calls failed with ``CircuitOpen`` (retryable:
+    ``recover=True`` then waited through re-login rounds) instead of the TLS error."""
+    from le_transport.testing.simulator.serve import self_signed_certificate, server_tls_context
+
+    cert, key = self_signed_certificate(tmp_path)
+    backend = Backend(200)
+    runner = web.AppRunner(backend.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls_context(cert, key))
+    await site.start()
+    host = f"127.0.0.1:{runner.addresses[0][1]}"
+    breaker = CircuitBreaker(failure_ratio=0.5, minimum_throughput=2)
+    guard = OverloadGuard(budget=None, breaker=breaker, clock=clock)
+    try:
+        async with Engine({"svc": host}, clock=clock, overload=guard) as engine:
+            for recover in (False, False, False, True, True):
+                with pytest.raises(ConnectionFailed) as info:
+                    await engine.request("GET", "svc", "/x", recover=recover)
+                kinds = [a.outcome.kind for a in info.value.attempts]
+                assert kinds == [OutcomeKind.TLS_REJECTED]
+            assert guard.breaker_state("svc", host) is BreakerState.CLOSED
+    finally:
+        await runner.cleanup()
+    assert backend.hits == 0
+    assert clock.now() == 0.0, "no pause, no round: the refusal is final"

@@ -10,7 +10,9 @@ last: at the cap, the break's jitter could otherwise draw one shorter). Only the
 decides there: an attempt admitted before the break that ends after it is ignored.
 
 Only 5xx, 429 and transport failures count as failures (:meth:`CircuitBreaker.counts_as_failure`);
-any other answer, 4xx included, proves the service is up and counts as a success.
+any other answer, 4xx included, proves the service is up and counts as a success, and so does a
+refused certificate: the host answered the handshake, and the refusal is final and the caller's
+to fix, to surface as itself, never as a retryable ``CircuitOpen``.
 
 :class:`CircuitBreaker` is the configuration; :class:`BreakerStatus` the state, replaced and never
 mutated. Time and the random draw for the break's jitter come in as arguments.
@@ -177,7 +179,12 @@ class CircuitBreaker:
     def counts_as_failure(outcome: Outcome) -> bool:
         """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport
         failure (a status below 100 too: no HTTP answer). Any other answer, 4xx included,
-        shows the service is up."""
+        shows the service is up; so does a refused certificate (``TLS_REJECTED``): the host
+        answered the handshake, and the refusal is final and the caller's (a wrong CA, a host
+        that is not who it claims). Counted, a few of them opened the circuit, and the calls
+        after failed with ``CircuitOpen``, retryable, instead of the final TLS error."""
+        if outcome.kind is OutcomeKind.TLS_REJECTED:
+            return False
         if outcome.kind is not OutcomeKind.RESPONSE:
             return True
         status = outcome.status or 0
