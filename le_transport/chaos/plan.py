@@ -195,8 +195,10 @@ def _optional_ms_in(name: str) -> Any:
 
 def _wire_str(name: str, *, header: bool = False, max_bytes: int | None = None) -> Any:
     """A str that can go on the wire as it is: UTF-8 encodable (a JSON plan may hold a lone
-    surrogate, ``"\\ud800"``), at most ``max_bytes`` of it, and with ``header``, free of CR,
-    LF and NUL (which would end the header and start another)."""
+    surrogate, ``"\\ud800"``), at most ``max_bytes`` of it, and with ``header``, free of the
+    control characters a header value cannot carry (a tab it can), as :func:`_str_map` checks
+    ``headers``: CR, LF and NUL would end the header and start another, and the simulator's
+    aiohttp refuses any other where the injector's made-up answer would carry it."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         owner = f"{type(instance).__name__}.{name}"
@@ -204,8 +206,11 @@ def _wire_str(name: str, *, header: bool = False, max_bytes: int | None = None) 
             raise ConfigurationError(f"{owner} must be a str, got {type(value).__name__}")
         if not utf8_encodable(value):
             raise ConfigurationError(f"{owner} must be text that UTF-8 can encode")
-        if header and any(c in value for c in "\r\n\0"):
-            raise ConfigurationError(f"{owner} cannot be sent in a header: it holds CR, LF or NUL")
+        if header and _CONTROL.search(value):
+            raise ConfigurationError(
+                f"{owner} cannot be sent in a header: a value holds no control character "
+                "(but a tab)"
+            )
         if max_bytes is not None and len(value.encode()) > max_bytes:
             raise ConfigurationError(
                 f"{owner} must be at most {max_bytes} bytes of UTF-8, got {len(value.encode())}"
@@ -300,10 +305,11 @@ def _key_names(keys: Iterable[object]) -> str:
 class Status:
     """Answer with ``code`` instead of the real response (nothing reaches the real handler).
 
-    ``retry_after`` (a finite number of seconds >= 0, or an HTTP-date string without CR, LF
-    or NUL) becomes a ``Retry-After`` header: a number written as plain digits, with a decimal
-    fraction when it is not whole (``1000000``, ``0.00001``; never an exponent, which RFC 9110's
-    delta-seconds does not allow and the client's parser refuses), and refused if that takes
+    ``retry_after`` (a finite number of seconds >= 0, or an HTTP-date string without a control
+    character but a tab, as a value in ``headers``) becomes a ``Retry-After`` header: a number
+    written as plain digits, with a decimal fraction when it is not whole (``1000000``,
+    ``0.00001``; never an exponent, which RFC 9110's delta-seconds does not allow and the
+    client's parser refuses), and refused if that takes
     more than :data:`~le_transport.policies.retry_after.MAX_RETRY_AFTER_CHARS` characters (no
     client reads it: pass a string to send such a header on purpose); a string is sent as is.
     ``body`` (a str) is sent as is (a short JSON error by default). ``headers`` (str to str)
@@ -338,7 +344,8 @@ class Status:
         self, attribute: attrs.Attribute[float | str | None], value: object
     ) -> None:
         # Checked here, not when the fault fires: a list or a huge int would fail formatting
-        # the header mid-run, and a CR/LF would smuggle a header of its own into the answer.
+        # the header mid-run, a CR/LF would smuggle a header of its own into the answer, and
+        # any other control character fails the simulator's answer but not the injector's.
         if value is None or isinstance(value, str):
             if value is not None:
                 _wire_str("retry_after", header=True)(self, attribute, value)

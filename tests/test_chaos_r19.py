@@ -1,0 +1,63 @@
+"""Round 19 of the chaos plan and the client-side socket wrapper.
+
+- ``Status.retry_after`` given as a str is checked as a header value in ``headers`` is: a
+  control character (but a tab) is refused, where it was accepted and then answered 503 by the
+  injector but failed the simulator's answer (the client saw the connection drop).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from le_transport.chaos import FaultInjector, FaultRule, Status
+from le_transport.errors import ConfigurationError
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
+
+_CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+
+# -- Status.retry_after: a header value, checked as one ------------------------------------------
+
+_DATE_WITH_CONTROL = "Fri, 01 Jan 2100 00:00:00\x01GMT"
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x1b", "\x7f", "\r", "\n", "\0"])
+def test_a_retry_after_str_with_a_control_character_is_refused_as_a_header_value_is(
+    char: str,
+) -> None:
+    """The same text is refused whether it is given as ``retry_after`` or as the
+    ``Retry-After`` of ``headers``, which it becomes."""
+    value = f"Fri, 01 Jan 2100 00:00:00{char}GMT"
+    with pytest.raises(ConfigurationError, match="control character"):
+        Status(503, headers={"Retry-After": value})
+    with pytest.raises(ConfigurationError, match=r"Status\.retry_after.*control character"):
+        Status(503, retry_after=value)
+
+
+def test_a_retry_after_str_with_a_tab_is_accepted_as_a_header_value_is() -> None:
+    """A tab is the one control character a header value may hold."""
+    assert Status(503, retry_after="Fri, 01 Jan 2100\t00:00:00 GMT").response_headers() == {
+        "Retry-After": "Fri, 01 Jan 2100\t00:00:00 GMT"
+    }
+
+
+@pytest.mark.parametrize("side", ["simulator", "injector"])
+async def test_a_retry_after_str_reaches_the_client_alike_on_both_sides(
+    side: str, clock: VirtualClock
+) -> None:
+    """A plan the library accepts gives the client the same answer whichever side applies
+    it: an HTTP-date ``retry_after`` is a 503 with that header on both."""
+    date = "Fri, 01 Jan 2100 00:00:00 GMT"
+    rule = FaultRule("ra", Status(503, retry_after=date))
+    async with Simulator(clock=clock) as sim:
+        if side == "simulator":
+            sim.faults.load([rule])
+            injector = FaultInjector(clock=clock)
+        else:
+            injector = FaultInjector([rule], clock=clock)
+        async with (
+            aiohttp.ClientSession(middlewares=[injector]) as session,
+            session.get(sim.url + _CSDS) as resp,
+        ):
+            assert (resp.status, resp.headers["Retry-After"]) == (503, date)
