@@ -3,6 +3,9 @@
 - ``Status.retry_after`` given as a str is checked as a header value in ``headers`` is: a
   control character (but a tab) is refused, where it was accepted and then answered 503 by the
   injector but failed the simulator's answer (the client saw the connection drop).
+- A plan's error messages echo what the plan file wrote cut short (a megabyte of seed, unit,
+  id or probability reached the message whole), and an int too long to write (past 4300
+  digits) is named by its size: it made the message itself fail with a bare ``ValueError``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from le_transport.chaos import FaultInjector, FaultRule, Status
+from le_transport.chaos import Delay, FaultInjector, FaultPlan, FaultRule, Schedule, Status
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -61,3 +64,45 @@ async def test_a_retry_after_str_reaches_the_client_alike_on_both_sides(
             session.get(sim.url + _CSDS) as resp,
         ):
             assert (resp.status, resp.headers["Retry-After"]) == (503, date)
+
+
+# -- error messages: a plan file's hostile value is not echoed whole -----------------------------
+
+_HUGE = "x" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"seed": _HUGE},
+        {"rules": [{"id": "a", "fault": 503, "unit": _HUGE}]},
+        {"rules": [{"id": "a", "fault": 503, "p": _HUGE}]},
+        {"rules": [{"id": _HUGE, "fault": 503}, {"id": _HUGE, "fault": 503}]},
+        {"rules": [{"id": _HUGE, "fault": 503, "schedule": {"for_ms": 0}}]},
+        {"rules": [{"id": "a", "fault": {"kind": _HUGE}}]},
+        {"rules": [{"id": "a", "fault": 503, "match": {"path": "a" + _HUGE}}]},
+    ],
+    ids=["seed", "unit", "p", "duplicate-id", "id-of-a-refused-rule", "kind", "path"],
+)
+def test_a_hostile_plan_file_is_not_echoed_whole_in_the_error(plan: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        FaultPlan.from_dict(plan)
+    assert len(str(info.value)) < 500, str(info.value)[:500]
+    assert "xxxxxxxx..." in str(info.value) or "aaaaaaaa..." in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Status(10**5000),
+        lambda: Delay(10**5000),
+        lambda: Schedule(skip_first=-(10**5000)),
+        lambda: FaultRule("a", Status(503), p=10**5000),
+        lambda: FaultPlan.from_dict({"rules": [{"id": "a", "fault": 10**5000}]}),
+    ],
+    ids=["status-code", "delay", "skip-first", "p", "status-shorthand"],
+)
+def test_an_int_too_long_to_write_is_refused_by_its_size(make: object) -> None:
+    """``repr`` of such an int raises ``ValueError``: the message names its size instead."""
+    with pytest.raises(ConfigurationError, match="an int of 16610 bits"):
+        make()  # type: ignore[operator]

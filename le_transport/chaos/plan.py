@@ -108,6 +108,24 @@ __all__ = [
     "fault_from_dict",
 ]
 
+#: How much of a value an error message echoes by default.
+_SHOWN_CHARS = 40
+
+
+def _shown(value: object, limit: int = _SHOWN_CHARS) -> str:
+    """``value`` for an error message: its ``repr``, cut to ``limit`` characters ("..." marks
+    the cut). A plan file's value reaches a message, a log line or a terminal, so a hostile one
+    (a megabyte of id) must not reach it whole; an int too long to write (``repr`` raises
+    ``ValueError`` past 4300 digits) is named by its size, so the message itself cannot fail."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # a container holding such an int
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 Unit = Literal["request", "ws_session", "ws_message"]
 #: What one decision is about: an HTTP request (also a WebSocket upgrade seen as a request),
 #: a WebSocket session (decided at its handshake), or one message received on a socket.
@@ -118,7 +136,7 @@ def _non_negative_int(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigurationError(
-                f"{type(instance).__name__}.{name} must be an int >= 0, got {value!r}"
+                f"{type(instance).__name__}.{name} must be an int >= 0, got {_shown(value)}"
             )
 
     return check
@@ -130,7 +148,8 @@ def _non_negative_number(name: str) -> Any:
         # JSON plan) compares below inf, then fails untyped when the fault's arithmetic runs.
         if not finite_number(value) or value < 0:  # type: ignore[operator]
             raise ConfigurationError(
-                f"{type(instance).__name__}.{name} must be a finite number >= 0, got {value!r:.40}"
+                f"{type(instance).__name__}.{name} must be a finite number >= 0, "
+                f"got {_shown(value)}"
             )
 
     return check
@@ -160,7 +179,8 @@ def _int_in(name: str, low: int, high: int) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigurationError(
-                f"{type(instance).__name__}.{name} must be an int in {low}..{high}, got {value!r}"
+                f"{type(instance).__name__}.{name} must be an int in {low}..{high}, "
+                f"got {_shown(value)}"
             )
 
     return check
@@ -179,7 +199,7 @@ def _ms_in(name: str, *, positive: bool) -> Any:
             floor = "> 0" if positive else ">= 0"
             raise ConfigurationError(
                 f"{type(instance).__name__}.{name} must be a finite number of milliseconds "
-                f"{floor} and at most {MAX_FAULT_MS:.0f} (a day), got {value!r:.40}"
+                f"{floor} and at most {MAX_FAULT_MS:.0f} (a day), got {_shown(value)}"
             )
 
     return check
@@ -336,7 +356,7 @@ class Status:
         if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
             raise ConfigurationError(
                 f"Status.code must be an int in 200..599 (a 1xx is not a final answer), "
-                f"got {value!r}"
+                f"got {_shown(value)}"
             )
 
     @retry_after.validator
@@ -353,12 +373,12 @@ class Status:
         if not finite_number(value) or value < 0:  # type: ignore[operator]
             raise ConfigurationError(
                 "Status.retry_after must be None, a finite number of seconds >= 0 or an "
-                f"HTTP-date str, got {value!r:.40}"
+                f"HTTP-date str, got {_shown(value)}"
             )
         written = _delta_seconds(value)  # type: ignore[arg-type]
         if len(written) > MAX_RETRY_AFTER_CHARS:
             raise ConfigurationError(
-                f"Status.retry_after {value!r:.40} takes {len(written)} characters as plain "
+                f"Status.retry_after {_shown(value)} takes {len(written)} characters as plain "
                 f"digits, and no client reads a Retry-After over {MAX_RETRY_AFTER_CHARS}: pass "
                 "the header's text as a str to send it on purpose"
             )
@@ -474,7 +494,7 @@ class MalformedBody:
             # fault, counted injected, would reach the client as a well-formed empty answer.
             raise ConfigurationError(
                 f"MalformedBody.code must be a status that carries a body (200..599 but 204 "
-                f"and 304), got {value!r}"
+                f"and 304), got {_shown(value)}"
             )
 
 
@@ -539,7 +559,7 @@ def check_close_code(value: object, *, owner: str, field: str) -> None:
     wants = "1000..1003, 1007..1014 or 3000..4999"
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(
-            f"{owner}.{field} must be a sendable close code ({wants}), got {value!r:.40}"
+            f"{owner}.{field} must be a sendable close code ({wants}), got {_shown(value)}"
         )
     if value in (1004, 1005, 1006, 1015):
         raise ConfigurationError(
@@ -549,7 +569,7 @@ def check_close_code(value: object, *, owner: str, field: str) -> None:
         )
     if not (value in _SENDABLE_CLOSE_CODES or 3000 <= value <= 4999):
         raise ConfigurationError(
-            f"{owner}.{field} must be a valid close code ({wants}), got {value!r}"
+            f"{owner}.{field} must be a valid close code ({wants}), got {_shown(value)}"
         )
 
 
@@ -702,8 +722,8 @@ class WsDelay:
     def __attrs_post_init__(self) -> None:
         if self.jitter_ms > self.delay_ms:
             raise ConfigurationError(
-                f"WsDelay.jitter_ms ({self.jitter_ms!r}) must not exceed delay_ms "
-                f"({self.delay_ms!r}): a message cannot leave before it was sent"
+                f"WsDelay.jitter_ms ({_shown(self.jitter_ms)}) must not exceed delay_ms "
+                f"({_shown(self.delay_ms)}): a message cannot leave before it was sent"
             )
 
 
@@ -838,31 +858,35 @@ def fault_from_dict(data: Mapping[str, Any] | int | None) -> Fault | None:
     if data is None:
         return None
     if isinstance(data, bool):
-        raise ConfigurationError(f"a fault must be a mapping, a status code or null, not {data!r}")
+        raise ConfigurationError(
+            f"a fault must be a mapping, a status code or null, not {_shown(data)}"
+        )
     if isinstance(data, int):
         if not 100 <= data <= 599:
-            raise ConfigurationError(f"a status code shorthand must be in 100..599, got {data}")
+            raise ConfigurationError(
+                f"a status code shorthand must be in 100..599, got {_shown(data)}"
+            )
         return None if data < 300 else Status(data)
     if not isinstance(data, Mapping):
-        raise ConfigurationError(f"a fault must be a mapping with a 'kind', got {data!r:.80}")
+        raise ConfigurationError(f"a fault must be a mapping with a 'kind', got {_shown(data, 80)}")
     params = dict(data)
     kind = params.pop("kind", None)
     cls = _KINDS.get(str(kind))
     if cls is None:
         raise ConfigurationError(
-            f"unknown fault kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}"
+            f"unknown fault kind {_shown(kind)}; known kinds: {', '.join(sorted(_KINDS))}"
         )
     names = {f.name for f in attrs.fields(cls)}
     unknown = set(params) - names
     if unknown:
         raise ConfigurationError(
-            f"fault kind {kind!r} has no parameter(s) [{_key_names(unknown)}]; "
+            f"fault kind {_shown(kind)} has no parameter(s) [{_key_names(unknown)}]; "
             f"it takes {sorted(names)}"
         )
     try:
         fault: Fault = cls(**params)
     except TypeError as exc:
-        raise ConfigurationError(f"fault kind {kind!r}: {exc}") from None
+        raise ConfigurationError(f"fault kind {_shown(kind)}: {exc}") from None
     return fault
 
 
@@ -879,7 +903,7 @@ def _as_fault(value: Fault | Mapping[str, Any] | int | None) -> Fault | None:
         return fault_from_dict(value)
     if type(value) in _KINDS.values():
         return value
-    raise ConfigurationError(f"not a fault: {value!r:.80}")
+    raise ConfigurationError(f"not a fault: {_shown(value, 80)}")
 
 
 # -- rules ---------------------------------------------------------------------------------------
@@ -897,7 +921,7 @@ def _method_or_none(value: object) -> str | None:
     if not isinstance(value, str) or not _METHOD_TOKEN.fullmatch(value):
         raise ConfigurationError(
             "Match.method must be one HTTP method, like 'GET' or 'POST' (None or '*': any "
-            f"method; one rule per method), got {value!r:.40}"
+            f"method; one rule per method), got {_shown(value)}"
         )
     return value.upper()
 
@@ -1000,12 +1024,12 @@ class Schedule:
 
 def _probability(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigurationError(f"FaultRule.p must be a number in [0, 1], got {value!r}")
+        raise ConfigurationError(f"FaultRule.p must be a number in [0, 1], got {_shown(value)}")
 
 
 def _unit(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in UNITS:
-        raise ConfigurationError(f"FaultRule.unit must be one of {UNITS}, got {value!r}")
+        raise ConfigurationError(f"FaultRule.unit must be one of {UNITS}, got {_shown(value)}")
 
 
 class _BarePass:
@@ -1093,25 +1117,29 @@ class FaultRule:
     @id.validator
     def _check_id(self, attribute: attrs.Attribute[str], value: str) -> None:
         if not isinstance(value, str) or not value:
-            raise ConfigurationError(f"FaultRule.id must be a non-empty string, got {value!r}")
+            raise ConfigurationError(
+                f"FaultRule.id must be a non-empty string, got {_shown(value)}"
+            )
 
     def __attrs_post_init__(self) -> None:
+        # The id as error messages name it: a plan file's id may be a megabyte long.
+        named = f"rule {_shown(self.id, 60)}"
         bare: object = self.fault
         if isinstance(bare, _BarePass):
             raise ConfigurationError(
-                f"rule {self.id!r}: 'fault' {bare.code} is a bare code below 300, meaning "
+                f"{named}: 'fault' {bare.code} is a bare code below 300, meaning "
                 "'pass', which only a 'sequence' may hold: give a fault (a bare code of "
                 "300..599 is a Status of that code) or a 'sequence'"
             )
         if (self.fault is None) == (self.sequence is None):
             raise ConfigurationError(
-                f"rule {self.id!r}: give exactly one of 'fault' (with a schedule) or 'sequence'"
+                f"{named}: give exactly one of 'fault' (with a schedule) or 'sequence'"
             )
         schedule = self.schedule
         if self.sequence is not None and (schedule.skip_first or schedule.fail_next is not None):
             # The sequence names each unit's fault itself: the count window was ignored.
             raise ConfigurationError(
-                f"rule {self.id!r}: a 'sequence' names the fault of each matching unit, so its "
+                f"{named}: a 'sequence' names the fault of each matching unit, so its "
                 f"schedule cannot have a count window (skip_first={schedule.skip_first}, "
                 f"fail_next={schedule.fail_next}): put null entries first to skip units, or "
                 "give 'fault' with that schedule (a sequence's schedule may hold only "
@@ -1119,14 +1147,14 @@ class FaultRule:
             )
         if self.sequence is not None and all(f is None for f in self.sequence):
             raise ConfigurationError(
-                f"rule {self.id!r}: a 'sequence' with no fault in it never fires: give at "
+                f"{named}: a 'sequence' with no fault in it never fires: give at "
                 "least one fault (null entries pass their unit)"
             )
         if schedule.fail_next == 0 or schedule.for_ms == 0:
             # An empty window: the rule would be accepted and inject nothing.
             empty = "fail_next=0" if schedule.fail_next == 0 else "for_ms=0"
             raise ConfigurationError(
-                f"rule {self.id!r}: a schedule with {empty} never fires: leave the rule out, "
+                f"{named}: a schedule with {empty} never fires: leave the rule out, "
                 "or give it a window that holds something"
             )
         kinds = _kinds_of(self)
@@ -1134,7 +1162,7 @@ class FaultRule:
             # Messages from the server and from the client are decided apart: such a rule
             # would match neither.
             raise ConfigurationError(
-                f"rule {self.id!r}: {sorted(kinds & WS_OUTBOUND_FAULTS)} are about messages "
+                f"{named}: {sorted(kinds & WS_OUTBOUND_FAULTS)} are about messages "
                 f"the server sends and {sorted(kinds - WS_OUTBOUND_FAULTS)} are not: "
                 "put them in two rules"
             )
@@ -1145,20 +1173,20 @@ class FaultRule:
                 # nothing (a WsDrop left on the default unit, a Status on ws_session).
                 default = " (the default)" if unit == "request" else ""
                 raise ConfigurationError(
-                    f"rule {self.id!r}: a {kind!r} fault never fires on unit {unit!r}{default}: "
+                    f"{named}: a {kind!r} fault never fires on unit {unit!r}{default}: "
                     f"it works on unit {_quoted(_units_of(kind))}"
                 )
         method = _UNIT_METHOD.get(unit)
         if unit == "request" and self.match.method == _UNIT_METHOD["ws_message"]:
             raise ConfigurationError(
-                f"rule {self.id!r}: a rule on unit 'request' never fires with "
+                f"{named}: a rule on unit 'request' never fires with "
                 f"Match(method={self.match.method!r}): that is a socket message's method (put "
                 "the rule on unit 'ws_message')"
             )
         if method is not None and self.match.method not in (None, method):
             raise ConfigurationError(
-                f"rule {self.id!r}: a rule on unit {unit!r} never fires with "
-                f"Match(method={self.match.method!r}): its units are decided as {method!r} "
+                f"{named}: a rule on unit {unit!r} never fires with "
+                f"Match(method={_shown(self.match.method)}): its units are decided as {method!r} "
                 "(leave method out)"
             )
         if unit == "ws_message":
@@ -1172,7 +1200,7 @@ class FaultRule:
                 # before it was accepted and silently ignored.
                 first = counted[0]
                 raise ConfigurationError(
-                    f"rule {self.id!r}: {type(first).__name__}(after_messages="
+                    f"{named}: {type(first).__name__}(after_messages="
                     f"{first.after_messages}) is not counted on unit 'ws_message', where the "
                     "fault strikes on the matched message itself: to strike after that many "
                     "messages of a socket, put the rule on unit 'ws_session'; on "
@@ -1184,7 +1212,7 @@ class FaultRule:
                 # headers. A chaos test relying on them tested nothing.
                 if isinstance(f, Hang) and f.duration_ms is not None:
                     raise ConfigurationError(
-                        f"rule {self.id!r}: Hang(duration_ms={f.duration_ms!r}) is not applied "
+                        f"{named}: Hang(duration_ms={f.duration_ms!r}) is not applied "
                         "on unit 'ws_message', where a hang loses the matched message and "
                         "nothing answers it (the connection is not closed after a while): "
                         "leave duration_ms out, or to close the socket use WsClose/WsDrop"
@@ -1192,7 +1220,7 @@ class FaultRule:
                 if isinstance(f, Status) and (f.retry_after is not None or f.headers):
                     given = "retry_after" if f.retry_after is not None else "headers"
                     raise ConfigurationError(
-                        f"rule {self.id!r}: Status({f.code}, {given}=...) on unit "
+                        f"{named}: Status({f.code}, {given}=...) on unit "
                         "'ws_message' becomes a resp frame, which carries a code and a body "
                         f"but no headers, so {given} would be dropped: leave it out (put "
                         "what the client should read in body), or use WsAppError"
@@ -1202,14 +1230,14 @@ class FaultRule:
             # A URL path starts with "/": a glob starting with another literal ("api/*")
             # matched nothing, and a chaos test passed having injected nothing.
             raise ConfigurationError(
-                f"rule {self.id!r}: a rule on unit {unit!r} never fires with "
-                f"Match(path={path!r}): it is matched against the URL path, which starts "
-                f"with '/' (write {'/' + path!r}, or start the glob with '*')"
+                f"{named}: a rule on unit {unit!r} never fires with "
+                f"Match(path={_shown(path)}): it is matched against the URL path, which "
+                f"starts with '/' (write {_shown('/' + path)}, or start the glob with '*')"
             )
         if unit == "ws_message" and self.match.service is not None:
             raise ConfigurationError(
-                f"rule {self.id!r}: a rule on unit 'ws_message' never fires with "
-                f"Match(service={self.match.service!r}): a message has no service "
+                f"{named}: a rule on unit 'ws_message' never fires with "
+                f"Match(service={_shown(self.match.service)}): a message has no service "
                 "(match the socket's messages on their type, in Match.path)"
             )
 
@@ -1250,11 +1278,11 @@ class FaultRule:
     def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
         """A rule from its JSON form (as :meth:`to_dict` writes it)."""
         if not isinstance(data, Mapping):
-            raise ConfigurationError(f"a fault rule must be a mapping, got {data!r:.80}")
+            raise ConfigurationError(f"a fault rule must be a mapping, got {_shown(data, 80)}")
         unknown = set(data) - set(_RULE_FIELDS)
         if unknown:
             rule_id = data.get("id")
-            named = f" {rule_id!r:.60}" if isinstance(rule_id, str) else ""
+            named = f" {_shown(rule_id, 60)}" if isinstance(rule_id, str) else ""
             raise ConfigurationError(
                 f"fault rule{named} has unknown field(s) [{_key_names(unknown)}]; a rule takes "
                 f"{', '.join(repr(f) for f in _RULE_FIELDS)}{_misplaced(unknown)} "
@@ -1273,7 +1301,7 @@ class FaultRule:
                 p=data.get("p", 1.0),
             )
         except TypeError as exc:
-            raise ConfigurationError(f"fault rule {data.get('id')!r}: {exc}") from None
+            raise ConfigurationError(f"fault rule {_shown(data.get('id'), 60)}: {exc}") from None
 
 
 #: The fields of a rule's JSON form, and of its ``match`` and ``schedule``.
@@ -1304,13 +1332,13 @@ def _sub_mapping(data: Mapping[str, Any], field: str, known: tuple[str, ...]) ->
         value = {}
     if not isinstance(value, Mapping):
         raise ConfigurationError(
-            f"fault rule {data.get('id')!r:.60}: {field!r} must be a mapping of "
+            f"fault rule {_shown(data.get('id'), 60)}: {_shown(field)} must be a mapping of "
             f"{', '.join(repr(k) for k in known)}, got {type(value).__name__}"
         )
     unknown = set(value) - set(known)
     if unknown:
         raise ConfigurationError(
-            f"fault rule {data.get('id')!r:.60}: {field!r} has unknown field(s) "
+            f"fault rule {_shown(data.get('id'), 60)}: {_shown(field)} has unknown field(s) "
             f"[{_key_names(unknown)}]; it takes {', '.join(repr(k) for k in known)}"
         )
     return dict(value)
@@ -1329,7 +1357,7 @@ def _rules(value: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
                 f"FaultPlan.rules must hold FaultRule values, got {type(rule).__name__}"
             )
         if rule.id in seen:
-            raise ConfigurationError(f"FaultPlan has two rules with the id {rule.id!r}")
+            raise ConfigurationError(f"FaultPlan has two rules with the id {_shown(rule.id, 60)}")
         seen.add(rule.id)
     return rules
 
@@ -1376,7 +1404,7 @@ class FaultPlan:
         An unknown field anywhere is a
         :class:`~le_transport.errors.ConfigurationError` saying which fields are known."""
         if not isinstance(data, Mapping):
-            raise ConfigurationError(f"a fault plan must be a mapping, got {data!r:.80}")
+            raise ConfigurationError(f"a fault plan must be a mapping, got {_shown(data, 80)}")
         # As a rule's: a misspelt key ("rule") would otherwise load as a plan with no rules,
         # and a chaos run would silently inject nothing.
         unknown = set(data) - {"seed", "rules"}
@@ -1387,7 +1415,7 @@ class FaultPlan:
             )
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigurationError(f"FaultPlan.seed must be an int, got {seed!r}")
+            raise ConfigurationError(f"FaultPlan.seed must be an int, got {_shown(seed)}")
         rules = data.get("rules", [])
         if not isinstance(rules, Sequence) or isinstance(rules, (str, bytes)):
             raise ConfigurationError("FaultPlan.rules must be a list")
