@@ -6,14 +6,29 @@
 - A plan's error messages echo what the plan file wrote cut short (a megabyte of seed, unit,
   id or probability reached the message whole), and an int too long to write (past 4300
   digits) is named by its size: it made the message itself fail with a bare ``ValueError``.
+- A plan's seed is an int of 64 bits, signed or not, refused outside that range when the plan
+  is made: a seed past 4300 digits was accepted, then the first draw raised a bare
+  ``ValueError`` inside a request, and ``json.dumps(plan.to_dict())`` failed.
 """
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import pytest
 
-from le_transport.chaos import Delay, FaultInjector, FaultPlan, FaultRule, Schedule, Status
+from le_transport.chaos import (
+    MAX_SEED,
+    MIN_SEED,
+    Delay,
+    FaultInjector,
+    FaultPlan,
+    FaultRule,
+    FaultRun,
+    Schedule,
+    Status,
+)
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -106,3 +121,31 @@ def test_an_int_too_long_to_write_is_refused_by_its_size(make: object) -> None:
     """``repr`` of such an int raises ``ValueError``: the message names its size instead."""
     with pytest.raises(ConfigurationError, match="an int of 16610 bits"):
         make()  # type: ignore[operator]
+
+
+# -- the seed: an int of 64 bits ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [MIN_SEED, -1, 0, 7, 2**63, MAX_SEED])
+def test_a_seed_of_64_bits_draws_and_round_trips_through_json(seed: int) -> None:
+    plan = FaultPlan(seed=seed, rules=[FaultRule("r", Status(503), p=0.5)])
+    run = FaultRun(plan)
+    run.decide("request", method="GET", path="/x", at=0.0)
+    assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+_SEED_REFUSED = r"FaultPlan\.seed must be an int of 64 bits"
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [MIN_SEED - 1, MAX_SEED + 1, 10**5000, -(10**5000)],
+    ids=["below", "above", "past-4300-digits", "negative-past-4300-digits"],
+)
+def test_a_seed_outside_64_bits_is_refused_when_the_plan_is_made(seed: int) -> None:
+    with pytest.raises(ConfigurationError, match=_SEED_REFUSED):
+        FaultPlan(seed=seed, rules=[FaultRule("r", Status(503), p=0.5)])
+    with pytest.raises(ConfigurationError, match=_SEED_REFUSED):
+        FaultPlan.from_dict({"seed": seed})
+    with pytest.raises(ConfigurationError, match=_SEED_REFUSED):
+        FaultInjector.seeded(seed)

@@ -8,6 +8,8 @@ The library never imports this package.
 from .injector import FaultInjector
 from .plan import (
     HTTP_FAULTS,
+    MAX_SEED,
+    MIN_SEED,
     UNIT_KINDS,
     UNITS,
     UPGRADE_FAULTS,
@@ -46,6 +48,8 @@ from .plan import (
 
 __all__ = [
     "HTTP_FAULTS",
+    "MAX_SEED",
+    "MIN_SEED",
     "UNITS",
     "UNIT_KINDS",
     "UPGRADE_FAULTS",

@@ -69,6 +69,8 @@ from ..policies.retry_after import MAX_RETRY_AFTER_CHARS
 __all__ = [
     "DEFAULT_MAX_RECORDS",
     "HTTP_FAULTS",
+    "MAX_SEED",
+    "MIN_SEED",
     "UNITS",
     "UNIT_KINDS",
     "UPGRADE_FAULTS",
@@ -107,6 +109,10 @@ __all__ = [
     "check_max_records",
     "fault_from_dict",
 ]
+
+#: The range of a :class:`FaultPlan`'s seed: an int of 64 bits, signed or not.
+MIN_SEED = -(2**63)
+MAX_SEED = 2**64 - 1
 
 #: How much of a value an error message echoes by default.
 _SHOWN_CHARS = 40
@@ -1368,6 +1374,9 @@ class FaultPlan:
 
     Rules are consulted in order, and on each unit the first one that fires wins: a later
     rule due on the same unit is ``shadowed`` and injects nothing (see the module's docs).
+
+    ``seed`` is an int of 64 bits, signed or not: :data:`MIN_SEED` (-2**63) to
+    :data:`MAX_SEED` (2**64 - 1), which any JSON reader of 64-bit ints keeps exact.
     """
 
     seed: int = attrs.field(default=0)
@@ -1381,6 +1390,14 @@ class FaultPlan:
             hint = " (rules go in rules=[...])" if isinstance(value, (list, tuple)) else ""
             raise ConfigurationError(
                 f"FaultPlan.seed must be an int, got {type(value).__name__}{hint}"
+            )
+        # Bounded when the plan is made: a seed past 4300 digits was accepted, then the
+        # first draw (which writes it) raised a bare ValueError inside a request, and
+        # to_dict's JSON could not be written.
+        if not MIN_SEED <= value <= MAX_SEED:
+            raise ConfigurationError(
+                f"FaultPlan.seed must be an int of 64 bits, in {MIN_SEED}..{MAX_SEED}, "
+                f"got {_shown(value)}"
             )
 
     def with_rule(self, rule: FaultRule) -> FaultPlan:
