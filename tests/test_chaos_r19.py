@@ -9,6 +9,9 @@
 - A plan's seed is an int of 64 bits, signed or not, refused outside that range when the plan
   is made: a seed past 4300 digits was accepted, then the first draw raised a bare
   ``ValueError`` inside a request, and ``json.dumps(plan.to_dict())`` failed.
+- A time window under a microsecond (the run's resolution) is refused as ``for_ms=0`` is: a
+  ``for_ms`` of ``1e-7`` rounded the window's end onto its start and never fired. Its
+  ``after_ms`` and ``for_ms`` are each at most a year (``1e308`` was accepted).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from le_transport.chaos import (
     Schedule,
     Status,
 )
+from le_transport.chaos.plan import MAX_SCHEDULE_MS, MIN_WINDOW_MS
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -149,3 +153,36 @@ def test_a_seed_outside_64_bits_is_refused_when_the_plan_is_made(seed: int) -> N
         FaultPlan.from_dict({"seed": seed})
     with pytest.raises(ConfigurationError, match=_SEED_REFUSED):
         FaultInjector.seeded(seed)
+
+
+# -- time windows: at least a microsecond, at most a year ------------------------------------------
+
+
+@pytest.mark.parametrize("for_ms", [1e-7, 4e-7, 0.0005, 0.000999])
+def test_a_time_window_under_a_microsecond_is_refused_as_for_ms_0_is(for_ms: float) -> None:
+    with pytest.raises(ConfigurationError, match=r"rule 'w': a schedule with for_ms=.* never"):
+        FaultRule("w", Status(503), schedule=Schedule(for_ms=for_ms))
+    with pytest.raises(ConfigurationError, match=r"rule 'w': a schedule with for_ms=.* never"):
+        FaultPlan.from_dict({"rules": [{"id": "w", "fault": 503, "schedule": {"for_ms": for_ms}}]})
+
+
+@pytest.mark.parametrize("after_ms", [None, 0.0, 2.5, 1000.0, MAX_SCHEDULE_MS])
+def test_a_window_of_one_microsecond_fires_at_its_start_and_not_after(
+    after_ms: float | None,
+) -> None:
+    rule = FaultRule("w", Status(503), schedule=Schedule(after_ms=after_ms, for_ms=MIN_WINDOW_MS))
+    run = FaultRun(FaultPlan(rules=[rule]), origin=100.0)
+    start_s = 100.0 + (after_ms or 0.0) / 1000.0
+    assert run.decide("request", method="GET", path="/x", at=start_s) is not None
+    assert run.decide("request", method="GET", path="/x", at=start_s + 1e-6) is None
+
+
+@pytest.mark.parametrize("field", ["after_ms", "for_ms"])
+@pytest.mark.parametrize(
+    "value", [MAX_SCHEDULE_MS * 1.000001, 1e308], ids=["just-past-a-year", "1e308"]
+)
+def test_a_window_past_a_year_is_refused(field: str, value: float) -> None:
+    with pytest.raises(
+        ConfigurationError, match=rf"Schedule\.{field} must be at most .* \(a year\)"
+    ):
+        Schedule(**{field: value})  # type: ignore[arg-type]

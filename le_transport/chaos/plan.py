@@ -69,8 +69,10 @@ from ..policies.retry_after import MAX_RETRY_AFTER_CHARS
 __all__ = [
     "DEFAULT_MAX_RECORDS",
     "HTTP_FAULTS",
+    "MAX_SCHEDULE_MS",
     "MAX_SEED",
     "MIN_SEED",
+    "MIN_WINDOW_MS",
     "UNITS",
     "UNIT_KINDS",
     "UPGRADE_FAULTS",
@@ -171,6 +173,15 @@ MAX_KEEP_BYTES = 2**40
 #: The longest time any new kind may name: a day, far past any test's horizon. Anything
 #: longer is a unit mistake (seconds written as milliseconds times a thousand).
 MAX_FAULT_MS = 24 * 3600 * 1000.0
+#: The longest ``after_ms`` or ``for_ms`` a :class:`Schedule`'s time window may have: a
+#: year, far past any run (a soak of days of virtual time included). Anything later is a unit
+#: mistake, and past it float arithmetic would lose the window's microseconds (``1e308``
+#: plus an hour is ``1e308``).
+MAX_SCHEDULE_MS = 365 * MAX_FAULT_MS
+#: The shortest time window a :class:`Schedule` may hold: a microsecond, the resolution of a
+#: run's time. A shorter one holds at most one instant of it, or none (a ``for_ms`` of
+#: ``1e-7`` rounded to nothing and never fired).
+MIN_WINDOW_MS = 0.001
 #: The most requests a :class:`Quota` may allow per window.
 MAX_QUOTA_LIMIT = 10**6
 #: The largest ``body`` a :class:`WsAppError` may carry, as JSON text.
@@ -979,8 +990,14 @@ class Match:
 
 def _optional_ms(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is not None:
-            _non_negative_number(name)(instance, attribute, value)
+        if value is None:
+            return
+        _non_negative_number(name)(instance, attribute, value)
+        if value > MAX_SCHEDULE_MS:  # type: ignore[operator]
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{name} must be at most {MAX_SCHEDULE_MS:.0f} ms "
+                f"(a year), got {_shown(value)}"
+            )
 
     return check
 
@@ -995,7 +1012,10 @@ class Schedule:
       the simulator or injector was made; for an injector that takes its engine's clock,
       when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever), to the
       microsecond (a unit exactly ``after_ms`` after the origin is in force, whatever the
-      origin). Both windows must hold.
+      origin). Both windows must hold. ``after_ms`` and ``for_ms`` are each at most
+      :data:`MAX_SCHEDULE_MS` (a year); a rule refuses a ``for_ms`` under
+      :data:`MIN_WINDOW_MS` (a microsecond, the resolution of the run's time), which would
+      never fire, or at most at one instant.
     """
 
     skip_first: int = attrs.field(default=0, validator=_non_negative_int("skip_first"))
@@ -1162,6 +1182,15 @@ class FaultRule:
             raise ConfigurationError(
                 f"{named}: a schedule with {empty} never fires: leave the rule out, "
                 "or give it a window that holds something"
+            )
+        if schedule.for_ms is not None and schedule.for_ms < MIN_WINDOW_MS:
+            # As for_ms=0: the window's end, rounded, fell on its start (1e-7), or it held
+            # one microsecond of the run's time at most, depending on where it started.
+            raise ConfigurationError(
+                f"{named}: a schedule with for_ms={_shown(schedule.for_ms)} never fires: "
+                f"the run's time counts in microseconds, and a window under {MIN_WINDOW_MS} "
+                "ms holds none of them (or one, by chance): leave the rule out, or give it "
+                "a window that holds something"
             )
         kinds = _kinds_of(self)
         if kinds & WS_OUTBOUND_FAULTS and kinds - WS_OUTBOUND_FAULTS:
