@@ -340,6 +340,7 @@ _EDITS = st.lists(
         st.tuples(st.just("del first"), st.integers(0, 2)),
         st.tuples(st.just("del last two"), st.integers(0, 2)),
         st.tuples(st.just("insert"), st.integers(0, 2)),
+        st.tuples(st.just("keep even"), st.integers(0, 2)),
     ),
     max_size=120,
 )
@@ -350,27 +351,28 @@ _EDITS = st.lists(
 def test_logs_under_a_shared_bound_keep_the_groups_newest_records(
     maxlen: int, own: int | None, edits: list[tuple[str, int]]
 ) -> None:
-    """Against a model. A log's records age by their place in it (as a log's own bound has
-    it); the group counts its records in the order they came (``order``: which log each is
-    in, oldest first). Past the group's bound, the log the oldest counted record is in drops
-    its first record. A log's own bound and a caller's edits take records out of the count
-    too. With appends alone, the logs hold the newest ``maxlen`` records of the group."""
+    """Against a model. The group counts its records in the order they came (``order``: the
+    log and the token of each, oldest first; an inserted record comes when it is inserted).
+    Past the group's bound, the oldest counted record goes, from whichever log holds it and
+    wherever it is in that log. A log's own bound (its first record) and a caller's edits take
+    records out of the count too; a record an edit keeps keeps its age. With appends alone,
+    the logs hold the newest ``maxlen`` records of the group."""
     shared = SharedBound(maxlen, name="group")
     logs: list[RecordLog[int]] = [RecordLog(own, name=f"log {i}", shared=shared) for i in range(3)]
-    model: list[list[int]] = [[], [], []]
-    order: list[int] = []
+    model: list[list[tuple[int, int]]] = [[], [], []]  # (record, token)
+    order: list[tuple[int, int]] = []  # (log, token)
     dropped = [0, 0, 0]
     appended: list[int] = []
 
-    def uncount(i: int, count: int) -> None:
-        for _ in range(count):
-            order.remove(i)
+    def uncount(i: int, gone: list[tuple[int, int]]) -> None:
+        for _, token in gone:
+            order.remove((i, token))
 
-    def count(i: int) -> None:
-        order.append(i)
+    def count(i: int, token: int) -> None:
+        order.append((i, token))
         if len(order) > maxlen:
-            j = order.pop(0)
-            model[j].pop(0)
+            j, oldest = order.pop(0)
+            model[j] = [entry for entry in model[j] if entry[1] != oldest]
             dropped[j] += 1
 
     for n, (edit, i) in enumerate(edits):
@@ -379,37 +381,41 @@ def test_logs_under_a_shared_bound_keep_the_groups_newest_records(
             logs[i].append(n)
             appended.append(n)
             if own is not None and len(mine) == own:
-                mine.pop(0)
+                uncount(i, [mine.pop(0)])
                 dropped[i] += 1
-                uncount(i, 1)
-            mine.append(n)
-            count(i)
+            mine.append((n, n))
+            count(i, n)
         elif edit == "clear":
             logs[i].clear()
-            uncount(i, len(mine))
+            uncount(i, mine)
             mine.clear()
             dropped[i] = 0
         elif edit == "del first" and mine:
             del logs[i][0]
-            mine.pop(0)
-            uncount(i, 1)
+            uncount(i, [mine.pop(0)])
         elif edit == "del last two" and mine:
             del logs[i][-2:]
-            gone = min(2, len(mine))
-            del mine[-gone:]
-            uncount(i, gone)
+            uncount(i, mine[-2:])
+            del mine[-2:]
         elif edit == "insert":
-            logs[i].insert(0, -n)
+            # A value no other record has: records are told apart by identity.
+            logs[i].insert(0, -(n + 1))
             if own is not None and len(mine) == own:
                 dropped[i] += 1  # the log was full: its first record, the one inserted, goes
             else:
-                mine.insert(0, -n)
-                count(i)
+                mine.insert(0, (-(n + 1), n))
+                count(i, n)
+        elif edit == "keep even":
+            # A filter, as a caller writes one: the records kept are the same objects, and
+            # keep their age.
+            logs[i][:] = [r for r in logs[i] if r % 2 == 0]
+            uncount(i, [entry for entry in mine if entry[0] % 2])
+            mine[:] = [entry for entry in mine if entry[0] % 2 == 0]
         for k in range(3):
-            assert list(logs[k]) == model[k]
+            assert list(logs[k]) == [record for record, _ in model[k]]
             assert logs[k].dropped == dropped[k]
         assert shared.kept == len(order) <= maxlen
-        assert len(shared._order) <= 2 * maxlen + 3
+        assert len(shared._order_seqs) <= 2 * maxlen + 3
     if own is None and all(edit == "append" for edit, _ in edits):
         assert sorted(r for log in logs for r in log) == appended[-maxlen:]
 

@@ -12,6 +12,12 @@
 - A time window under a microsecond (the run's resolution) is refused as ``for_ms=0`` is: a
   ``for_ms`` of ``1e-7`` rounded the window's end onto its start and never fired. Its
   ``after_ms`` and ``for_ms`` are each at most a year (``1e308`` was accepted).
+- A :class:`SharedBound` drops the oldest record of all whatever was edited out of its logs
+  before: it took a log's oldest entry for the one an edit removed, so after a log deleted its
+  newest record, a younger record of another log went first.
+- ``RecordLog.total`` counts every record added since the last clear: it was its length plus
+  its drops, so an edit lowered it, and a number made from it could come again (the
+  simulator numbers a socket's subscriptions with it).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from le_transport.chaos import (
     Schedule,
     Status,
 )
-from le_transport.chaos.plan import MAX_SCHEDULE_MS, MIN_WINDOW_MS
+from le_transport.chaos.plan import MAX_SCHEDULE_MS, MIN_WINDOW_MS, RecordLog, SharedBound
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -186,3 +192,59 @@ def test_a_window_past_a_year_is_refused(field: str, value: float) -> None:
         ConfigurationError, match=rf"Schedule\.{field} must be at most .* \(a year\)"
     ):
         Schedule(**{field: value})  # type: ignore[arg-type]
+
+
+# -- a shared bound: the oldest record of all goes first, after any edit -------------------------
+
+
+def test_a_shared_bound_drops_the_oldest_record_of_all_after_a_log_deletes_its_newest() -> None:
+    bound = SharedBound(3, name="frames")
+    a: RecordLog[str] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[str] = RecordLog(None, name="b", shared=bound)
+    a.append("a1")  # the oldest record of all
+    b.append("b1")
+    a.append("a2")
+    del a[-1]  # a's newest: a1 and b1 remain
+    b.append("b2")
+    b.append("b3")  # four records for three places: a1 goes
+    assert (list(a), list(b)) == ([], ["b1", "b2", "b3"])
+    assert (a.dropped, b.dropped, bound.dropped, bound.kept) == (1, 0, 1, 3)
+
+
+def test_a_shared_bound_keeps_the_age_of_the_records_a_filter_keeps() -> None:
+    """``log[:] = kept`` (the same records) leaves them their place in the group's order; a
+    record an edit puts in counts as the newest."""
+    bound = SharedBound(4, name="frames")
+    a: RecordLog[dict[str, int]] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[dict[str, int]] = RecordLog(None, name="b", shared=bound)
+    a1, a2, a3, b1, b2 = {"a": 1}, {"a": 2}, {"a": 3}, {"b": 1}, {"b": 2}
+    a.append(a1)
+    a.append(a2)
+    b.append(b1)
+    a.append(a3)
+    a[:] = [a1, a3]  # a2 removed; a1 is still the oldest of all, a3 younger than b1
+    a.insert(0, {"new": 1})  # the newest, wherever it stands
+    assert bound.kept == 4
+    b.append(b2)  # a1 goes
+    assert (list(a), list(b)) == ([{"new": 1}, a3], [b1, b2])
+    b.append({"b": 3})  # then b1
+    assert list(b) == [b2, {"b": 3}]
+    b.append({"b": 4})  # then a3, though it stands after the inserted record
+    assert list(a) == [{"new": 1}]
+
+
+# -- RecordLog.total: every record added since the last clear -------------------------------------
+
+
+def test_record_log_total_is_not_lowered_by_an_edit() -> None:
+    log: RecordLog[int] = RecordLog(2, name="t")
+    for i in range(3):
+        log.append(i)  # 0 dropped for the bound
+    del log[0]
+    log[:] = []
+    assert (log.total, log.dropped, len(log)) == (3, 1, 0)
+    log.insert(0, 7)
+    log[:] = [7, 8, 9]  # 7 kept, 8 and 9 added (and 7 dropped for the bound)
+    assert (log.total, log.dropped, list(log)) == (6, 2, [8, 9])
+    log.clear()
+    assert (log.total, log.dropped) == (0, 0)

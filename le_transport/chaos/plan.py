@@ -1549,7 +1549,8 @@ def _notice_dropping(name: str, maxlen: int) -> None:
 
 class SharedBound:
     """One bound over several :class:`RecordLog`\\ s: together they keep their newest ``maxlen``
-    records, whichever log each is in (the oldest record of all goes first).
+    records, whichever log each is in (the oldest record of all goes first, whatever was
+    edited out of which log before).
 
     For records kept per item of something that comes and goes (the frames of each of the
     simulator's sockets): a bound per log alone multiplies by how many logs are kept. Each log
@@ -1566,12 +1567,17 @@ class SharedBound:
         self.name = name
         #: How many records the bound has dropped from its logs so far.
         self.dropped = 0
-        # One entry per record still counted, naming its log, oldest first. A log's records
-        # that were removed otherwise (edits, its own bound) are its oldest entries here, taken
-        # out when they come up (_stale) or when they pile up (_compact).
-        self._order: collections.deque[RecordLog[Any]] = collections.deque()
+        # Every record the logs were given gets the next number of the group's order; each
+        # log keeps its records' numbers beside them. Two parallel queues, oldest first: the
+        # log of each number still counted, and the number. A record removed otherwise (an
+        # edit, its log's own bound, a clear) has its number in _gone, taken out when it comes
+        # up or when they pile up (_compact): the record dropped for the bound is always the
+        # oldest of all, whichever log held it and whatever was removed before.
+        self._order_logs: collections.deque[RecordLog[Any]] = collections.deque()
+        self._order_seqs: collections.deque[int] = collections.deque()
+        self._next = 0
+        self._gone: set[int] = set()
         self._live = 0
-        self._stale = 0
         self._told = False
 
     @property
@@ -1579,39 +1585,51 @@ class SharedBound:
         """How many records the logs hold together."""
         return self._live
 
-    def _added(self, log: RecordLog[Any], count: int = 1) -> None:
-        self._order.extend(itertools.repeat(log, count))
+    def _numbers(self, log: RecordLog[Any], count: int) -> range:
+        """Numbers for ``count`` new records of ``log``, the newest of the group; the log
+        keeps them beside its records, then calls :meth:`_enforce`."""
+        first = self._next
+        self._next += count
+        self._order_logs.extend(itertools.repeat(log, count))
+        self._order_seqs.extend(range(first, self._next))
         self._live += count
+        return range(first, self._next)
+
+    def _enforce(self) -> None:
+        """Drop the oldest records of all until the group is within its bound."""
         while self._live > self.maxlen:
-            oldest = self._order.popleft()
-            if oldest._stale:
-                oldest._stale -= 1
-                self._stale -= 1
+            log = self._order_logs.popleft()
+            seq = self._order_seqs.popleft()
+            if seq in self._gone:
+                self._gone.discard(seq)
                 continue
-            oldest._pop_oldest()
-            oldest.dropped += 1
+            log._drop_number(seq)
+            log.dropped += 1
             self.dropped += 1
             self._live -= 1
             if not self._told:
                 self._told = True
                 _notice_dropping(self.name, self.maxlen)
 
-    def _removed(self, log: RecordLog[Any], count: int) -> None:
-        log._stale += count
-        self._stale += count
-        self._live -= count
-        if self._stale > self.maxlen:
+    def _removed(self, seqs: Iterable[int]) -> None:
+        """Records removed from their log otherwise than by the bound."""
+        gone = self._gone
+        before = len(gone)
+        gone.update(seqs)
+        self._live -= len(gone) - before
+        if len(gone) > self.maxlen:
             self._compact()
 
     def _compact(self) -> None:
-        kept: collections.deque[RecordLog[Any]] = collections.deque()
-        for log in self._order:
-            if log._stale:
-                log._stale -= 1
-            else:
-                kept.append(log)
-        self._order = kept
-        self._stale = 0
+        gone = self._gone
+        logs: collections.deque[RecordLog[Any]] = collections.deque()
+        seqs: collections.deque[int] = collections.deque()
+        for log, seq in zip(self._order_logs, self._order_seqs, strict=True):
+            if seq not in gone:
+                logs.append(log)
+                seqs.append(seq)
+        self._order_logs, self._order_seqs = logs, seqs
+        gone.clear()
 
 
 class RecordLog(MutableSequence[_T], Generic[_T]):
@@ -1622,12 +1640,14 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     ``clear()``, and takes a list's edits (``log[:] = kept``, ``del log[0]``). Appending is
     O(1); other edits copy the log. When full, appending a record drops the oldest one (as does
     an edit that leaves more than ``maxlen``: the oldest go); :attr:`dropped` counts
-    the records dropped so far and :attr:`total` every record ever appended (both exact). The
+    the records dropped so far and :attr:`total` every record ever added (both exact). The
     first drop is logged once, at INFO on ``le_transport.records``, with the log's ``name`` and
     bound only (never a record: records may be requests).
 
     ``shared``: a :class:`SharedBound` this log is one of (its records count against the
     group's bound too, and the group's oldest record goes first, from whichever log holds it).
+    A record an edit keeps (the same object, as in ``log[:] = [r for r in log if ...]``) keeps
+    its age; one it puts in counts as the newest.
     """
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
@@ -1649,13 +1669,16 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         # block of 64 slots (~0.6 KiB), and the simulator keeps three logs per socket for the
         # newest max_records sockets, most of them with few records or none.
         self._items: collections.deque[_T] | tuple[()] = ()
+        # With a shared bound: each record's number in the group's order, beside it.
+        self._seqs: collections.deque[int] | tuple[()] = ()
         self.name = name
         #: How many records were dropped to keep the bound (since the last :meth:`clear`).
         self.dropped = 0
+        # Every record added since the last clear: an edit that removes some does not lower
+        # it (it numbers the simulator's subscriptions, which must not repeat).
+        self._added = 0
         self._told = False
         self._shared = shared
-        # This log's oldest entries in the shared bound's order whose records are gone.
-        self._stale = 0
 
     @property
     def maxlen(self) -> int | None:
@@ -1664,8 +1687,9 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
 
     @property
     def total(self) -> int:
-        """Every record appended since the last :meth:`clear`, kept or dropped."""
-        return len(self._items) + self.dropped
+        """Every record added since the last :meth:`clear` (appended, or put in by an edit),
+        whether it is kept, was dropped for the bound or was removed by an edit since."""
+        return self._added
 
     def append(self, record: _T) -> None:
         """Add ``record`` as the newest; the oldest is dropped if the log is full (or, with a
@@ -1674,24 +1698,29 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         if type(items) is tuple:
             items = self._items = collections.deque(maxlen=self._maxlen)
         assert isinstance(items, collections.deque)
+        self._added += 1
         shared = self._shared
         if items.maxlen is not None and len(items) == items.maxlen:
             self.dropped += 1
             if shared is not None:
-                shared._removed(self, 1)
+                shared._removed((self._seq_deque()[0],))
             if not self._told:
                 self._told = True
                 _notice_dropping(self.name, items.maxlen)
         items.append(record)
         if shared is not None:
-            shared._added(self)
+            seqs = self._seq_deque()
+            seqs.append(shared._numbers(self, 1)[0])
+            shared._enforce()
 
     def clear(self) -> None:
-        """Forget every record, and the count of dropped ones."""
-        if self._shared is not None and self._items:
-            self._shared._removed(self, len(self._items))
+        """Forget every record, and the counts of dropped and added ones."""
+        if self._shared is not None and self._seqs:
+            self._shared._removed(self._seqs)
         self._items = ()
+        self._seqs = ()
         self.dropped = 0
+        self._added = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -1728,6 +1757,7 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             items[index] = value
             self._replace(items)
         else:
+            # The record in that place is replaced, and keeps its place in the group's order.
             self._deque(index)[index] = value
 
     def __delitem__(self, index: int | slice) -> None:
@@ -1738,10 +1768,14 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         else:
             kept = self._deque(index)
             del kept[index]
+            if self._shared is not None:
+                seqs = self._seq_deque()
+                seq = seqs[index]
+                del seqs[index]
+                self._shared._removed((seq,))
             if not kept:
                 self._items = ()
-            if self._shared is not None:
-                self._shared._removed(self, 1)
+                self._seqs = ()
 
     def insert(self, index: int, value: _T) -> None:
         """Insert ``value`` before ``index``, as a list does (the oldest record goes if the
@@ -1751,19 +1785,37 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         self._replace(items)
 
     def _replace(self, items: list[_T]) -> None:
-        before = len(self._items)
+        """Hold ``items``, an edit of the records: those of them that were records before
+        (the same objects) keep their place in the group's order, the others are new."""
+        shared = self._shared
+        # Each old record's number (-1 without a shared bound), by identity: a record the
+        # edit kept is the same object, and one held twice keeps its numbers in order.
+        by_id: dict[int, collections.deque[int]] = {}
+        numbers: Iterable[int] = self._seqs if shared is not None else itertools.repeat(-1)
+        for record, seq in zip(self._items, numbers, strict=False):
+            by_id.setdefault(id(record), collections.deque()).append(seq)
+        seqs: list[int | None] = []  # None: a new record
+        for record in items:
+            slot = by_id.get(id(record))
+            seqs.append(slot.popleft() if slot else None)
+        self._added += seqs.count(None)
+        # The old records the edit left out, then those the bound cuts.
+        gone = [seq for slot in by_id.values() for seq in slot]
         maxlen = self._maxlen
         if maxlen is not None and len(items) > maxlen:
-            self.dropped += len(items) - maxlen
+            # The first places go, as appending to a full log drops its first record.
+            cut = len(items) - maxlen
+            self.dropped += cut
+            gone.extend(seq for seq in seqs[:cut] if seq is not None)
+            del items[:cut]
+            del seqs[:cut]
         self._items = collections.deque(items, maxlen=maxlen) if items else ()
-        shared = self._shared
         if shared is not None:
-            # Records an edit added count as the newest; those it removed are gone.
-            change = len(self._items) - before
-            if change > 0:
-                shared._added(self, change)
-            elif change < 0:
-                shared._removed(self, -change)
+            shared._removed(gone)
+            fresh = iter(shared._numbers(self, seqs.count(None)))
+            numbered = [next(fresh) if seq is None else seq for seq in seqs]
+            self._seqs = collections.deque(numbered, maxlen=maxlen) if items else ()
+            shared._enforce()
 
     def _deque(self, index: int) -> collections.deque[_T]:
         """The records, for an edit at ``index``: an empty log has no such index."""
@@ -1773,12 +1825,29 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         assert isinstance(items, collections.deque)
         return items
 
-    def _pop_oldest(self) -> None:
-        """Drop the oldest record (the shared bound's doing; the log holds one)."""
+    def _seq_deque(self) -> collections.deque[int]:
+        """The records' numbers in the shared bound's order (made with the first)."""
+        seqs = self._seqs
+        if type(seqs) is tuple:
+            seqs = self._seqs = collections.deque(maxlen=self._maxlen)
+        assert isinstance(seqs, collections.deque)
+        return seqs
+
+    def _drop_number(self, seq: int) -> None:
+        """Drop the record numbered ``seq`` (the shared bound's doing; the log holds it):
+        the oldest, unless an edit put records before it."""
         items = self._deque(0)
-        items.popleft()
+        seqs = self._seq_deque()
+        if seqs[0] == seq:
+            items.popleft()
+            seqs.popleft()
+        else:
+            at = seqs.index(seq)
+            del items[at]
+            del seqs[at]
         if not items:
             self._items = ()
+            self._seqs = ()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (RecordLog, list, tuple, collections.deque)):
