@@ -18,11 +18,16 @@
 - ``RecordLog.total`` counts every record added since the last clear: it was its length plus
   its drops, so an edit lowered it, and a number made from it could come again (the
   simulator numbers a socket's subscriptions with it).
+- The client-side socket wrapper logs a rule's id (a plan file's text) and a server frame's
+  ``type`` escaped, as the plan's decision log does: they were logged as they are, so a
+  newline in either forged a log line of its own.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from typing import cast
 
 import aiohttp
 import pytest
@@ -35,10 +40,15 @@ from le_transport.chaos import (
     FaultPlan,
     FaultRule,
     FaultRun,
+    Injection,
+    Match,
     Schedule,
     Status,
+    WsClose,
+    WsDropMessage,
 )
 from le_transport.chaos.plan import MAX_SCHEDULE_MS, MIN_WINDOW_MS, RecordLog, SharedBound
+from le_transport.chaos.ws import FaultySocket
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -248,3 +258,53 @@ def test_record_log_total_is_not_lowered_by_an_edit() -> None:
     assert (log.total, log.dropped, list(log)) == (6, 2, [8, 9])
     log.clear()
     assert (log.total, log.dropped) == (0, 0)
+
+
+# -- the socket wrapper's log lines: a plan's and a server's text, escaped ----------------------
+
+_FORGED = "r\n2026-11-28 CRITICAL le_transport: forged line\x1b[2J"
+
+
+class _IdlePeer:
+    """What FaultySocket uses of an aiohttp client socket, doing nothing."""
+
+    closed = False
+    close_code = None
+
+
+def _chaos_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "le_transport.chaos"]
+
+
+async def test_a_socket_fault_logs_its_rule_id_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    injector = FaultInjector([FaultRule(_FORGED, WsClose(4401), unit="ws_session")])
+    sock = FaultySocket(
+        cast("aiohttp.ClientWebSocketResponse", _IdlePeer()),
+        injector,
+        Injection(_FORGED, 0, WsClose(4401)),
+        name="/ws_api/x",
+    )
+    caplog.set_level(logging.INFO, logger="le_transport.chaos")
+    sock.strike_if_due()
+    (line,) = _chaos_lines(caplog)
+    assert line.getMessage() == f"/ws_api/x: injecting ws_close (rule {_FORGED!r})"
+    assert line.rule == repr(_FORGED)  # type: ignore[attr-defined]
+
+
+async def test_a_fault_on_a_server_frame_logs_its_type_and_rule_id_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rule = FaultRule(_FORGED, WsDropMessage(), unit="ws_message", match=Match(path="*"))
+    sock = FaultySocket(
+        cast("aiohttp.ClientWebSocketResponse", _IdlePeer()),
+        FaultInjector([rule]),
+        None,
+        name="/ws_api/x",
+    )
+    caplog.set_level(logging.DEBUG, logger="le_transport.chaos")
+    type_ = "ms.Event\nCRITICAL forged\x1b[2J"
+    assert sock._hold(json.dumps({"kind": "notification", "type": type_})) is None  # lost
+    (line,) = _chaos_lines(caplog)
+    message = line.getMessage()
+    assert message == f"/ws_api/x: ws_drop_message on an incoming {type_!r} (rule {_FORGED!r})"
+    assert not any(c in message for c in "\n\x1b")

@@ -126,6 +126,7 @@ from .plan import (
     WsDrop,
     WsDropMessage,
     WsSilence,
+    _printable,
 )
 
 if TYPE_CHECKING:
@@ -622,12 +623,15 @@ class FaultySocket:
     def _strike(self, injection: Injection) -> None:
         """A connection-level fault: a close frame, a drop, or silence from now on."""
         fault = injection.fault
+        # The rule id is a plan file's text, escaped as the plan's decision log escapes it: it
+        # must not start a log line of its own or move a terminal's cursor.
+        rule = _printable(injection.rule_id)
         _log.info(
             "%s: injecting %s (rule %s)",
             self._name,
             fault.kind,
-            injection.rule_id,
-            extra={"socket": self._name, "rule": injection.rule_id, "fault": fault.kind},
+            rule,
+            extra={"socket": self._name, "rule": rule, "fault": fault.kind},
         )
         if isinstance(fault, WsSilence):
             # The data frames still held are not handed over (_release_due).
@@ -890,13 +894,15 @@ class FaultySocket:
         if injection is None:
             return 0.0
         fault = injection.fault
+        # Escaped: the type is the server's text, the rule id a plan file's.
+        rule = _printable(injection.rule_id)
         _log.debug(
             "%s: %s on an incoming %s (rule %s)",
             self._name,
             fault.kind,
-            type_[:80],
-            injection.rule_id,
-            extra={"socket": self._name, "rule": injection.rule_id, "fault": fault.kind},
+            _printable(type_[:80]),
+            rule,
+            extra={"socket": self._name, "rule": rule, "fault": fault.kind},
         )
         if isinstance(fault, WsDropMessage):
             return None
