@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         "0.001 to 10 (default 0.01 against the simulator: the whole run takes a few seconds; 1 "
         "against a real account)",
     )
-    demo.add_argument("--seed", type=int, default=7, help="seed of the fault plan (default 7)")
+    demo.add_argument(
+        "--seed", type=int, default=7, help="seed of the fault plan, 64 bits (default 7)"
+    )
     demo.add_argument(
         "--verbose", action="store_true", help="also show the library's own (redacted) log lines"
     )
@@ -201,6 +203,7 @@ def _drop_stdout() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
+        from .chaos.plan import MAX_SEED, MIN_SEED
         from .demo import DEFAULT_TIME_SCALE, AccountOptionsError, account_from, run_demo
 
         try:
@@ -229,6 +232,14 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"le-transport demo: --time-scale must be between {MIN_TIME_SCALE:g} and "
                 f"{MAX_TIME_SCALE:g}, got {scale:g}",
+                file=sys.stderr,
+            )
+            return 2
+        if not MIN_SEED <= args.seed <= MAX_SEED:
+            # The plan refuses it: said here, before the demo starts, as a usage error.
+            print(
+                f"le-transport demo: --seed must be an int of 64 bits, between {MIN_SEED} and "
+                f"{MAX_SEED}",
                 file=sys.stderr,
             )
             return 2

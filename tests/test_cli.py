@@ -68,6 +68,18 @@ def test_demo_refuses_a_time_scale_it_cannot_run_at(
     assert "--time-scale must be between 0.001 and 10" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", [str(2**64), str(-(2**63) - 1), "9" * 4000])
+def test_demo_refuses_a_seed_past_64_bits_with_a_usage_error(
+    seed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The plan refuses such a seed: the demo started, then failed with exit 1 mid-run.
+    assert cli.main(["demo", "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("le-transport demo: --seed must be an int of 64 bits, between ")
+    assert len(err) < 200  # the seed given is not echoed
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("bound", ["0", "-3", "1.5", "many"])
 def test_simulate_refuses_a_record_bound_that_is_not_a_positive_whole_number(
     bound: str, capsys: pytest.CaptureFixture[str]
