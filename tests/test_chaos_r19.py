@@ -20,7 +20,8 @@
   simulator numbers a socket's subscriptions with it).
 - The client-side socket wrapper logs a rule's id (a plan file's text) and a server frame's
   ``type`` escaped, as the plan's decision log does: they were logged as they are, so a
-  newline in either forged a log line of its own.
+  newline in either forged a log line of its own. So does the simulator, on its HTTP fault
+  line and its sockets' (a client's frame ``type``, a rule id of ``simulate --plan``'s file).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from le_transport.chaos import (
     Match,
     Schedule,
     Status,
+    WsAppError,
     WsClose,
     WsDropMessage,
 )
@@ -51,7 +53,7 @@ from le_transport.chaos.plan import MAX_SCHEDULE_MS, MIN_WINDOW_MS, RecordLog, S
 from le_transport.chaos.ws import FaultySocket
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_USER, Simulator
 
 _CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
 
@@ -289,6 +291,51 @@ async def test_a_socket_fault_logs_its_rule_id_escaped(caplog: pytest.LogCapture
     (line,) = _chaos_lines(caplog)
     assert line.getMessage() == f"/ws_api/x: injecting ws_close (rule {_FORGED!r})"
     assert line.rule == repr(_FORGED)  # type: ignore[attr-defined]
+
+
+def _simulator_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "le_transport.simulator"]
+
+
+def _assert_escaped(line: logging.LogRecord) -> None:
+    message = line.getMessage()
+    assert not any(c in message for c in "\n\x1b"), message
+    assert line.rule == repr(_FORGED)  # type: ignore[attr-defined]
+    assert repr(_FORGED) in message
+
+
+async def test_the_simulator_logs_a_rule_id_escaped_on_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport.simulator")
+    async with (
+        Simulator(clock=VirtualClock(), plan=[FaultRule(_FORGED, Status(503))]) as sim,
+        aiohttp.ClientSession() as http,
+        http.get(sim.url + _CSDS) as resp,
+    ):
+        assert resp.status == 503
+    (line,) = [r for r in _simulator_lines(caplog) if "injecting" in r.getMessage()]
+    _assert_escaped(line)
+
+
+async def test_the_simulator_logs_a_clients_frame_type_and_a_rule_id_escaped_on_a_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rule = FaultRule(_FORGED, WsAppError(429), unit="ws_message", match=Match(path="*"))
+    type_ = ".ams.Forged\nCRITICAL forged\x1b[2J"
+    caplog.set_level(logging.DEBUG, logger="le_transport.simulator")
+    async with Simulator(clock=VirtualClock(), plan=[rule]) as sim:
+        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.brand_socket_url(bearer)) as ws,
+        ):
+            await ws.send_str(json.dumps({"kind": "req", "id": "1", "type": type_, "body": {}}))
+            answer = json.loads((await ws.receive(timeout=10)).data)
+            assert answer["code"] == 429
+    (line,) = [r for r in _simulator_lines(caplog) if "answering" in r.getMessage()]
+    _assert_escaped(line)
+    assert repr(type_) in line.getMessage()
 
 
 async def test_a_fault_on_a_server_frame_logs_its_type_and_rule_id_escaped(

@@ -54,6 +54,7 @@ from ...chaos.plan import (
     WsDrop,
     WsDropMessage,
     WsSilence,
+    _printable,
 )
 
 if TYPE_CHECKING:
@@ -179,13 +180,15 @@ class CustomSocket:
         if injection is None:
             return "deliver"
         fault = injection.fault
+        # Escaped: the type is the client's text, the rule id a plan file's.
+        rule = _printable(injection.rule_id)
         _log.debug(
             "custom socket %s: %s on %s (rule %s)",
             self._name,
             fault.kind,
-            type_[:80],
-            injection.rule_id,
-            extra={"rule": injection.rule_id, "fault": fault.kind},
+            _printable(type_[:80]),
+            rule,
+            extra={"rule": rule, "fault": fault.kind},
         )
         req_id = frame.get("id")
         if isinstance(fault, Status):
@@ -353,13 +356,15 @@ class CustomSocket:
         if injection is None:
             return 0.0
         fault = injection.fault
+        # Escaped: the type is the handler's text, the rule id a plan file's.
+        rule = _printable(injection.rule_id)
         _log.debug(
             "custom socket %s: %s on an outgoing %s (rule %s)",
             self._name,
             fault.kind,
-            type_[:80],
-            injection.rule_id,
-            extra={"rule": injection.rule_id, "fault": fault.kind},
+            _printable(type_[:80]),
+            rule,
+            extra={"rule": rule, "fault": fault.kind},
         )
         if isinstance(fault, WsDropMessage):
             return None

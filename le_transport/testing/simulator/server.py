@@ -85,6 +85,7 @@ from ...chaos.plan import (
     WsDrop,
     WsRejectHandshake,
     WsSilence,
+    _printable,
     as_plan,
 )
 from ...clock import Clock, RealClock, timeout_after, wall_of
@@ -1061,14 +1062,16 @@ class Simulator:
         if injection is None:
             return await handler(request)
         fault = injection.fault
+        # The rule id is a plan file's text: escaped, it cannot start a log line of its own.
+        rule = _printable(injection.rule_id)
         _log.debug(
             "injecting %s on %s %s (rule %s, unit %d)",
             fault.kind,
             request.method,
             path,
-            injection.rule_id,
+            rule,
             injection.index,
-            extra={"rule": injection.rule_id, "fault": fault.kind},
+            extra={"rule": rule, "fault": fault.kind},
         )
         if isinstance(fault, Status):
             if fault.code >= 500 and not await self._gateway_passes(request):

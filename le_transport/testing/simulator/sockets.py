@@ -96,6 +96,7 @@ from ...chaos.plan import (
     WsDrop,
     WsDropMessage,
     WsSilence,
+    _printable,
 )
 
 if TYPE_CHECKING:
@@ -733,13 +734,15 @@ class SocketHub:
         if injection is None:
             return 0.0
         fault = injection.fault
+        # Escaped: the type is the handler's text, the rule id a plan file's.
+        rule = _printable(injection.rule_id)
         _log.debug(
             "socket %d: %s on an outgoing %s (rule %s)",
             sock.id,
             fault.kind,
-            type_[:80],
-            injection.rule_id,
-            extra={"socket": sock.id, "rule": injection.rule_id, "fault": fault.kind},
+            _printable(type_[:80]),
+            rule,
+            extra={"socket": sock.id, "rule": rule, "fault": fault.kind},
         )
         if isinstance(fault, WsDropMessage):
             return None
@@ -980,13 +983,15 @@ class SocketHub:
                 await self._resp(sock, req_id, type_, fault.code, fault.socket_body())
                 return
             if isinstance(fault, WsAppError):
+                # Escaped: the type is the client's text, the rule id a plan file's.
+                rule = _printable(injection.rule_id)
                 _log.debug(
                     "socket %d: answering %s with code %d (rule %s)",
                     sock.id,
-                    type_[:80],
+                    _printable(type_[:80]),
                     fault.code,
-                    injection.rule_id,
-                    extra={"socket": sock.id, "rule": injection.rule_id, "fault": fault.kind},
+                    rule,
+                    extra={"socket": sock.id, "rule": rule, "fault": fault.kind},
                 )
                 await self._resp(sock, req_id, type_, fault.code, fault.response_body())
                 return
