@@ -22,6 +22,8 @@
   ``type`` escaped, as the plan's decision log does: they were logged as they are, so a
   newline in either forged a log line of its own. So does the simulator, on its HTTP fault
   line and its sockets' (a client's frame ``type``, a rule id of ``simulate --plan``'s file).
+- A time window's ``after_ms`` is taken to the microsecond, as the run's time is: a window of
+  a microsecond starting between two instants (``after_ms=4e-7``) was accepted and held none.
 """
 
 from __future__ import annotations
@@ -193,6 +195,22 @@ def test_a_window_of_one_microsecond_fires_at_its_start_and_not_after(
     start_s = 100.0 + (after_ms or 0.0) / 1000.0
     assert run.decide("request", method="GET", path="/x", at=start_s) is not None
     assert run.decide("request", method="GET", path="/x", at=start_s + 1e-6) is None
+
+
+@pytest.mark.parametrize("after_ms", [4e-7, 0.0004, 0.0006, 0.0009999, 2.4996, 2.5004])
+def test_a_window_of_one_microsecond_starting_between_two_instants_holds_one(
+    after_ms: float,
+) -> None:
+    """The start is taken to the nearest microsecond, as the run's time is: the window holds
+    that instant (it held none when its end was rounded and its start was not)."""
+    rule = FaultRule("w", Status(503), schedule=Schedule(after_ms=after_ms, for_ms=MIN_WINDOW_MS))
+    run = FaultRun(FaultPlan(rules=[rule]), origin=100.0)
+    fired = [
+        k
+        for k in range(4000)  # every instant of the run's first 4 ms
+        if run.decide("request", method="GET", path="/x", at=100.0 + k * 1e-6) is not None
+    ]
+    assert fired == [round(after_ms * 1000)]
 
 
 @pytest.mark.parametrize("field", ["after_ms", "for_ms"])

@@ -1012,7 +1012,9 @@ class Schedule:
       the simulator or injector was made; for an injector that takes its engine's clock,
       when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever), to the
       microsecond (a unit exactly ``after_ms`` after the origin is in force, whatever the
-      origin). Both windows must hold. ``after_ms`` and ``for_ms`` are each at most
+      origin; an ``after_ms`` between two microseconds is taken to the nearest, as the run's
+      time is, so a window of at least a microsecond holds at least one instant of it). Both
+      windows must hold. ``after_ms`` and ``for_ms`` are each at most
       :data:`MAX_SCHEDULE_MS` (a year); a rule refuses a ``for_ms`` under
       :data:`MIN_WINDOW_MS` (a microsecond, the resolution of the run's time), which would
       never fire, or at most at one instant.
@@ -1041,7 +1043,10 @@ class Schedule:
 
     def in_time(self, elapsed_ms: float) -> bool:
         """Whether ``elapsed_ms`` since the run's origin is inside the time window."""
-        start = self.after_ms or 0.0
+        # The start to the microsecond, as the run's time is (FaultRun.decide): a window
+        # starting between two instants would otherwise lose the first, and one of a
+        # microsecond (MIN_WINDOW_MS) hold none.
+        start = round(self.after_ms or 0.0, 3)
         if elapsed_ms < start:
             return False
         # Rounded: float noise in the sum (0.1 + 0.2) must not move the end of the window.
