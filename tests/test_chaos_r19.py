@@ -22,6 +22,10 @@
   ``type`` escaped, as the plan's decision log does: they were logged as they are, so a
   newline in either forged a log line of its own. So does the simulator, on its HTTP fault
   line and its sockets' (a client's frame ``type``, a rule id of ``simulate --plan``'s file).
+- An edit of a :class:`RecordLog` by index is a slice edit of one place: ``log[0] = y`` left
+  ``y`` out of ``total`` and gave it the age of the record it replaced, and ``reverse()``
+  (a list's, by index) moved the records but not their ages, so a shared bound then dropped
+  a younger record first. ``reverse()`` keeps each record's age, as ``log[:] = log[::-1]``.
 - A time window's ``after_ms`` is taken to the microsecond, as the run's time is: a window of
   a microsecond starting between two instants (``after_ms=4e-7``) was accepted and held none.
 """
@@ -261,6 +265,99 @@ def test_a_shared_bound_keeps_the_age_of_the_records_a_filter_keeps() -> None:
     assert list(b) == [b2, {"b": 3}]
     b.append({"b": 4})  # then a3, though it stands after the inserted record
     assert list(a) == [{"new": 1}]
+
+
+class _Rec:
+    """A record compared by identity, as the simulator's frames (dicts) are kept."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("how", ["slice assignment", "reverse()"])
+def test_a_reversed_log_keeps_each_records_age_under_a_shared_bound(how: str) -> None:
+    bound = SharedBound(3)
+    a: RecordLog[_Rec] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[_Rec] = RecordLog(None, name="b", shared=bound)
+    a1, a2, a3, b1, b2 = _Rec("a1"), _Rec("a2"), _Rec("a3"), _Rec("b1"), _Rec("b2")
+    a.append(a1)
+    a.append(a2)
+    b.append(b1)
+    if how == "reverse()":
+        a.reverse()
+    else:
+        a[:] = a[::-1]
+    assert list(a) == [a2, a1]
+    assert (a.total, bound.kept) == (2, 3)  # nothing added, nothing lost
+    b.append(b2)  # over the bound: the oldest record of all, a1, goes (last in a)
+    assert (list(a), list(b)) == ([a2], [b1, b2])
+    a.append(a3)  # then a2
+    assert (list(a), list(b), bound.dropped) == ([a3], [b1, b2], 2)
+
+
+@pytest.mark.parametrize("how", ["slice", "index"])
+def test_a_record_put_in_by_index_is_the_newest_and_counts_in_total(how: str) -> None:
+    """``log[0] = y`` is ``log[0:1] = [y]``: ``y`` is added (total) and is the newest."""
+    bound = SharedBound(3)
+    a: RecordLog[_Rec] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[_Rec] = RecordLog(None, name="b", shared=bound)
+    a1, a2, b1, y = _Rec("a1"), _Rec("a2"), _Rec("b1"), _Rec("y")
+    a.append(a1)  # the oldest place, taken by y
+    a.append(a2)
+    b.append(b1)
+    if how == "slice":
+        a[0:1] = [y]
+    else:
+        a[0] = y
+    assert (list(a), a.total, bound.kept) == ([y, a2], 3, 3)
+    b.append(_Rec("b2"))  # a2 goes, then b1: y is younger than both
+    b.append(_Rec("b3"))
+    assert list(a) == [y]
+    assert [r.name for r in b] == ["b2", "b3"]
+
+
+def test_a_record_set_again_in_its_own_place_keeps_its_age() -> None:
+    bound = SharedBound(2)
+    a: RecordLog[_Rec] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[_Rec] = RecordLog(None, name="b", shared=bound)
+    a1, b1 = _Rec("a1"), _Rec("b1")
+    a.append(a1)
+    b.append(b1)
+    a[0] = a1
+    a[-1] = a[-1]
+    assert a.total == 1
+    b.append(_Rec("b2"))  # a1 is still the oldest
+    assert (list(a), len(b)) == ([], 2)
+
+
+def test_a_list_edit_by_index_on_an_empty_log_is_an_index_error() -> None:
+    log: RecordLog[int] = RecordLog(None, name="t")
+    with pytest.raises(IndexError, match="the log is empty"):
+        log[0] = 1
+    log.append(1)
+    with pytest.raises(IndexError):
+        log[1] = 2
+    assert (list(log), log.total) == ([1], 1)
+
+
+def test_the_other_list_edits_keep_total_and_ages_alike() -> None:
+    """extend, +=, pop, remove and clear, a list's edits by way of append and del."""
+    bound = SharedBound(4)
+    a: RecordLog[_Rec] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[_Rec] = RecordLog(None, name="b", shared=bound)
+    a1, a2, a3, a4 = (_Rec(f"a{i}") for i in range(1, 5))
+    a.extend([a1, a2])
+    a += [a3, a4]
+    assert a.pop() is a4
+    a.remove(a2)
+    assert (list(a), a.total, bound.kept) == ([a1, a3], 4, 2)
+    b.extend(_Rec(f"b{i}") for i in range(3))  # five for four places: a1 goes
+    assert list(a) == [a3]
+    a.clear()
+    assert (a.total, bound.kept) == (0, 3)
 
 
 # -- RecordLog.total: every record added since the last clear -------------------------------------

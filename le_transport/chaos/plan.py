@@ -1652,7 +1652,9 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     ``shared``: a :class:`SharedBound` this log is one of (its records count against the
     group's bound too, and the group's oldest record goes first, from whichever log holds it).
     A record an edit keeps (the same object, as in ``log[:] = [r for r in log if ...]``) keeps
-    its age; one it puts in counts as the newest.
+    its age; one it puts in counts as the newest (and in :attr:`total`). An edit by index is
+    the slice edit of that place (``log[i] = r`` is ``log[i:i + 1] = [r]``), and
+    :meth:`reverse` moves the records with their ages (``log[:] = log[::-1]``).
     """
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
@@ -1757,13 +1759,16 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
 
     def __setitem__(self, index: int | slice, value: Any) -> None:
+        items = list(self._items)
         if isinstance(index, slice):
-            items = list(self._items)
             items[index] = value
-            self._replace(items)
         else:
-            # The record in that place is replaced, and keeps its place in the group's order.
-            self._deque(index)[index] = value
+            # As ``log[i:i + 1] = [value]``: the record put in is the newest (and counts in
+            # total) unless it is the one in that place, which keeps its age.
+            if not items:
+                raise IndexError(f"{self.name}: index {index} out of range (the log is empty)")
+            items[index] = value
+        self._replace(items)
 
     def __delitem__(self, index: int | slice) -> None:
         if isinstance(index, slice):
@@ -1781,6 +1786,13 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             if not kept:
                 self._items = ()
                 self._seqs = ()
+
+    def reverse(self) -> None:
+        """Reverse the records in place; each keeps its age (as ``log[:] = log[::-1]``)."""
+        if self._items:
+            self._items.reverse()
+            if self._seqs:
+                self._seqs.reverse()
 
     def insert(self, index: int, value: _T) -> None:
         """Insert ``value`` before ``index``, as a list does (the oldest record goes if the
@@ -1846,6 +1858,10 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         if seqs[0] == seq:
             items.popleft()
             seqs.popleft()
+        elif seqs[-1] == seq:
+            # Reversed (or the oldest put last by an edit): as cheap as the first.
+            items.pop()
+            seqs.pop()
         else:
             at = seqs.index(seq)
             del items[at]
