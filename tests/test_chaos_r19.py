@@ -28,6 +28,8 @@
   a younger record first. ``reverse()`` keeps each record's age, as ``log[:] = log[::-1]``.
 - A time window's ``after_ms`` is taken to the microsecond, as the run's time is: a window of
   a microsecond starting between two instants (``after_ms=4e-7``) was accepted and held none.
+- ``le-transport demo --seed N`` past 64 bits is a usage error (2): the plan refused it only
+  once the demo had started (exit 1).
 """
 
 from __future__ import annotations
