@@ -1,17 +1,23 @@
 """The resilient socket's dial: the path it sends, what ``connect_timeout`` and
-``prepare_timeout`` bound, ``max_msg_size``, and a close while dialing."""
+``prepare_timeout`` bound, ``max_msg_size``, where a redirected upgrade may go, and a close
+while dialing."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from le_transport import ConfigurationError, Engine, EventHooks, SocketClosed
+from le_transport.middleware.upgrade import same_wire_host
 from le_transport.providers import StaticBearer, StaticDomains
+from le_transport.providers.auth import Credentials
 from le_transport.sockets import AuthPlacement, SocketOptions, SocketState
+from le_transport.sockets.dial import _redirected_elsewhere
 from le_transport.sockets.options import PREPARE_TIMEOUT
 from le_transport.testing import VirtualClock
 from tests.conftest import serve_hanging
@@ -357,6 +363,243 @@ async def test_an_upgrade_redirected_to_a_page_is_an_outage_reconnected_into(
     assert reasons == {"upgrade refused with HTTP 200"}, reasons
     assert len(states.of("connect_failed")) >= 2
     assert state is not SocketState.CLOSED
+
+
+class _KeyHeaderAuth(StaticBearer):
+    """A provider whose credential is a header of its own (``credential_headers`` allows it),
+    which aiohttp does not drop on a redirect to another origin as it drops Authorization."""
+
+    credential_headers = frozenset({"x-api-key"})
+
+    async def credentials(self, method: str, url: Any) -> Credentials:
+        return Credentials(headers={"X-Api-Key": "SECRETKEY"})
+
+
+def _anything_app(got: list[str]) -> web.Application:
+    """Records every request (path, X-Api-Key, Authorization), then accepts the upgrade, or
+    answers a plain page to a request that asks none."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        got.append(
+            f"{request.raw_path} key={request.headers.get('X-Api-Key', '-')} "
+            f"auth={request.headers.get('Authorization', '-')}"
+        )
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.Response(text="down for maintenance")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+def _path_keeping_redirect(target: str) -> web.Application:
+    """Redirects every request to ``target`` with its path (as a DC move keeps it)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(f"{target}{request.raw_path}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("auth", "path", "placement"),
+    [
+        (_KeyHeaderAuth("unused"), "/ws", AuthPlacement.HEADER),
+        (StaticBearer("SECRETKEY"), "/ws/{bearer}", AuthPlacement.PATH),
+        (StaticBearer("SECRETKEY"), "/ws", AuthPlacement.FIRST_FRAME),
+    ],
+    ids=["own-header", "bearer-in-path", "first-frame"],
+)
+async def test_a_hop_to_another_host_is_refused_before_it_is_sent(
+    serve: Any,
+    clock: VirtualClock,
+    states: StateLog,
+    auth: StaticBearer,
+    path: str,
+    placement: AuthPlacement,
+) -> None:
+    """Checked only after aiohttp had followed the redirect, an upgrade sent the other host
+    every header but Authorization and Cookie (a provider's own credential header) and a
+    path that kept the bearer. The engine's stack now refuses the hop before it is sent:
+    the other host sees no request at all, the socket stops (no reconnect resending them),
+    and the error names the other origin only."""
+    elsewhere: list[str] = []
+    other = await serve(_anything_app(elsewhere))
+    host = await serve(_path_keeping_redirect(f"http://{other}"))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=auth,
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", path, auth_placement=placement, options=SocketOptions(keepalive=None)
+        )
+        with pytest.raises(SocketClosed) as stopped:
+            await ws.wait_open(timeout=5)
+        await clock.sleep(60)  # no reconnect follows
+        await ws.close()
+    cause = str(stopped.value.__cause__)
+    assert elsewhere == []
+    assert f"redirected to another host (http://{other})" in cause, cause
+    assert "SECRETKEY" not in cause
+    assert "reconnecting" not in states.names()
+    assert "ready" not in states.names()
+
+
+async def test_a_redirect_to_a_page_on_another_host_is_final_and_sends_it_nothing(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """A redirect to another host's plain page was an outage reconnected into: each
+    reconnect sent the provider's credential header there again. The hop is refused before
+    it is sent, as any hop to another host: final, nothing reaches that host."""
+    elsewhere: list[str] = []
+    other = await serve(_anything_app(elsewhere))
+    host = await serve(_redirecting_app(f"http://{other}/page"))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=_KeyHeaderAuth("unused"),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        with pytest.raises(SocketClosed):
+            await ws.wait_open(timeout=5)
+        await clock.sleep(60)
+        await ws.close()
+    assert elsewhere == []
+    assert "reconnecting" not in states.names()
+
+
+@pytest.mark.parametrize("form", ["http://{host}/moved", "HTTP://{host}/moved", "//{host}/moved"])
+@pytest.mark.parametrize("auth", [StaticBearer("tok123"), _KeyHeaderAuth("unused")])
+async def test_a_same_host_redirect_with_an_absolute_location_keeps_the_credentials(
+    serve: Any, states: StateLog, form: str, auth: StaticBearer
+) -> None:
+    """A server's absolute Location on its own host (``http://host/moved``, as nginx writes
+    it) is another origin to aiohttp than the ``ws://`` URL dialed, so it dropped
+    Authorization and the socket opened without its credentials. A hop to the dialed host
+    gets back the headers the upgrade was sent with."""
+    got: list[str] = []
+    app = _anything_app(got)
+    location: list[str] = []
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(location[0])
+
+    app.router.add_get("/old", redirect)
+    host = await serve(app)
+    location.append(form.format(host=host))
+    async with Engine(
+        StaticDomains({"svc": host}),
+        scheme="http",
+        auth=auth,
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/old",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        await ws.wait_open(timeout=5)
+        await ws.close()
+    if isinstance(auth, _KeyHeaderAuth):
+        assert got[:1] == ["/moved key=SECRETKEY auth=-"], got
+    else:
+        assert got[:1] == ["/moved key=- auth=Bearer tok123"], got
+
+
+async def test_a_session_without_the_stack_still_stops_a_socket_redirected_elsewhere(
+    serve: Any, states: StateLog
+) -> None:
+    """With a caller's own session that lacks the engine's stack, nothing checks a hop
+    before it is sent: the check after the upgrade remains, and closes the socket opened on
+    another host before anything more goes there (InitConnection's JWT): final."""
+    elsewhere: list[str] = []
+    other = await serve(_anything_app(elsewhere))
+    host = await serve(_redirecting_app(f"http://{other}/ws"))
+    async with (
+        aiohttp.ClientSession() as session,
+        Engine(
+            StaticDomains({"svc": host}),
+            scheme="http",
+            auth=StaticBearer("tok123"),
+            session=session,
+            hooks=EventHooks(on_state=[states]),
+        ) as engine,
+    ):
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            auth_placement=AuthPlacement.FIRST_FRAME,
+            options=SocketOptions(keepalive=None),
+        )
+        with pytest.raises(SocketClosed) as stopped:
+            await ws.wait_open(timeout=5)
+        await ws.close()
+    assert "redirected to another host" in str(stopped.value.__cause__)
+    assert len(elsewhere) == 1, elsewhere
+    assert "tok123" not in elsewhere[0], elsewhere
+    assert "ready" not in states.names()
+
+
+@pytest.mark.parametrize(
+    ("dialed", "hop"),
+    [
+        ("wss://h.example.com/ws", "https://h.example.com./x"),
+        ("wss://h.example.com/ws", "wss://H.Example.COM:443/x"),
+        ("ws://h.example.com/ws", "http://h.example.com:80/x"),
+        ("wss://xn--caf-dma.example/ws", "https://caf\u00e9.example/x"),
+        ("wss://[::1]:8443/ws", "https://[0:0::1]:8443/x"),
+    ],
+)
+def test_the_same_host_in_any_wire_form_is_the_same_host(dialed: str, hop: str) -> None:
+    """A trailing dot, case, an IDN name decoded, an IPv6 literal long, a default port
+    written: the same host on the wire, as ``same_host`` compares an HTTP call's."""
+    assert same_wire_host(URL(dialed), URL(hop))
+
+
+@pytest.mark.parametrize(
+    "hop",
+    [
+        "https://other.example.com/ws",
+        "https://h.example.com:8443/ws",
+        "http://h.example.com:443/ws",  # TLS to plain text, on the same port
+        "https://h.example.com.evil.example/ws",
+    ],
+)
+def test_another_host_port_or_plain_text_is_another_host(hop: str) -> None:
+    assert not same_wire_host(URL("wss://h.example.com/ws"), URL(hop))
+
+
+def test_the_check_after_the_upgrade_fails_closed_on_a_final_url_it_cannot_read() -> None:
+    """A redirect (history) whose final URL aiohttp no longer shows is taken as one to
+    another host; a trailing dot on the dialed host is no other host."""
+
+    class _Response:
+        def __init__(self, url: object) -> None:
+            self.history = (object(),)
+            self.url = url
+
+    class _Socket:
+        def __init__(self, url: object) -> None:
+            self._response = _Response(url)
+
+    dialed = URL("wss://h.example.com/ws")
+    assert _redirected_elsewhere(_Socket(URL("https://h.example.com./x")), dialed) is None  # type: ignore[arg-type]
+    assert _redirected_elsewhere(_Socket(None), dialed) is not None  # type: ignore[arg-type]
 
 
 def _silent_ws_app(accepted: asyncio.Event) -> web.Application:

@@ -17,6 +17,8 @@ How it answers aiohttp's middleware contract (see docs/architecture.md):
   :class:`~le_transport.errors.TransportError`), so aiohttp never replays behind our back and the
   attempt count is exact.
 - WebSocket upgrades pass straight through: the socket's reconnect policy owns their retries.
+  A resilient socket's upgrade hop is first checked against the host it dialed
+  (:mod:`~le_transport.middleware.upgrade`): refused to another host before it is sent.
 - Redirect hops each run the chain again; each hop is its own attempt loop on the same call.
 """
 
@@ -70,6 +72,7 @@ from ..policies.classify import (
 from ..policies.retry import Action, Decision, RetryPolicy
 from ..policies.retry_after import parse_retry_after
 from .context import _CALL_LEDGER, _CURRENT, CallContext, CallLedger, HandledCallContext
+from .upgrade import UPGRADE_GUARD
 
 if TYPE_CHECKING:
     from .overload import RetryGate
@@ -303,6 +306,11 @@ class RetryMiddleware:
         # layer of its own on every resume of the request (benchmarks/README.md).
         upgrade = request.headers.get(hdrs.UPGRADE)
         if upgrade is not None and upgrade.lower() == "websocket":
+            # Not retried here (the socket reconnects), but checked: a resilient socket's
+            # upgrade hop goes to the host it dialed, with its credentials, or nowhere.
+            guard = UPGRADE_GUARD.get()
+            if guard is not None:
+                guard.check(request)
             return handler(request)
         ctx = _CURRENT.get()
         if ctx is None:

@@ -41,6 +41,13 @@ from ..errors import (
 )
 from ..middleware.context import provider_failed, safe_cause
 from ..middleware.retry import parse_retry_after_date
+from ..middleware.upgrade import (
+    UPGRADE_GUARD,
+    RedirectedElsewhere,
+    UpgradeGuard,
+    same_wire_host,
+    shown_origin,
+)
 from ..policies.close_codes import Disconnect
 from ..policies.keepalive import Keepalive
 from ..policies.retry_after import parse_retry_after
@@ -277,25 +284,25 @@ def _transport_of(ws: WireSocket) -> asyncio.Transport | None:
     return transport if isinstance(transport, asyncio.Transport) else None
 
 
-_HTTP_SCHEME = {"ws": "http", "wss": "https"}
-
-
 def _redirected_elsewhere(ws: aiohttp.ClientWebSocketResponse, dialed: URL) -> str | None:
     """The origin an upgrade to ``dialed`` was redirected to and opened at, if it is not
-    ``dialed``'s own (another host, port or scheme); None if it opened where it was sent."""
-    # aiohttp shows the upgrade's answer, its redirects and final URL, only privately.
+    ``dialed``'s host (:func:`~le_transport.middleware.upgrade.same_wire_host`); None if it
+    opened there, or was not redirected.
+
+    The second line, after the fact, for a session without the engine's stack (whose retry
+    middleware refuses such a hop before it is sent). aiohttp shows the upgrade's answer, its
+    redirects and final URL, only privately: a redirect whose final URL cannot be read is
+    taken as one elsewhere (closed, never used), and an answer that cannot be read at all as
+    no redirect (nothing tells one happened)."""
     response = getattr(ws, "_response", None)
+    if not getattr(response, "history", ()):
+        return None
     final = getattr(response, "url", None)
-    if not getattr(response, "history", ()) or not isinstance(final, URL):
+    if not isinstance(final, URL):
+        return "an origin aiohttp does not show"
+    if same_wire_host(dialed, final):
         return None
-
-    def origin(url: URL) -> tuple[str, str | None, int | None]:
-        scheme = url.scheme.lower()
-        return (_HTTP_SCHEME.get(scheme, scheme), url.host, url.port)
-
-    if origin(final) == origin(dialed):
-        return None
-    return str(final.origin())
+    return shown_origin(final)
 
 
 def _unsent_bytes(transport: asyncio.Transport) -> int:
@@ -679,6 +686,10 @@ class EngineDialer:
         # which carries the bearer wherever the template put it.
         shown_path = UPGRADE_PATH.set(template_path)
         of_service = UPGRADE_SERVICE.set(self._service)
+        # Each hop of the upgrade is checked by the engine's retry middleware before it is
+        # sent: to this host (credentials put back where aiohttp dropped them), or refused.
+        guard = UpgradeGuard(url, headers)
+        guarded = UPGRADE_GUARD.set(guard)
         # Raised after the clauses, not in them: aiohttp's error would be its __context__, and
         # a refused upgrade's holds the URL with the bearer in its path (suppressed from
         # tracebacks, but reachable by code that walks __context__).
@@ -693,10 +704,13 @@ class EngineDialer:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=None),
                 max_msg_size=self._max_msg_size,
             )
+        except RedirectedElsewhere as exc:
+            failure = self._elsewhere(shown, exc.origin)
         except aiohttp.WSServerHandshakeError as exc:
             retry_after = _retry_after_of(exc.headers, self._wall_clock, shown=shown)
-            # Redirected to a page that is no WebSocket (a maintenance page, often): an outage
-            # by another name, reconnected into as the providers treat a redirect; named so.
+            # Redirected on the service's host (a hop elsewhere is refused before it is sent)
+            # to a page that is no WebSocket, a maintenance page often: an outage by another
+            # name, reconnected into as the providers treat a redirect; named so.
             hops = exc.history
             via = f" after a redirect (HTTP {hops[0].status})" if hops else ""
             failure = DialFailed(
@@ -722,26 +736,18 @@ class EngineDialer:
                 credentials=creds,
             )
         finally:
+            UPGRADE_GUARD.reset(guarded)
             UPGRADE_SERVICE.reset(of_service)
             UPGRADE_PATH.reset(shown_path)
         if failure is not None:
             raise failure
-        moved = _redirected_elsewhere(ws, url)
+        moved = None if guard.checked else _redirected_elsewhere(ws, url)
         if moved is not None:
-            # aiohttp follows an upgrade's redirects: to another host it drops Authorization
-            # (a socket open there without its credentials) but not the rest, and
-            # InitConnection would send the JWT there. Credentials go only to the service's
-            # host, as over HTTP; a socket without them is of no use, and reconnecting meets
-            # the same redirect: final, closed before anything more is sent.
+            # A session without the engine's stack: nothing checked the hops, aiohttp followed
+            # one to another host with every header but Authorization and Cookie. Too late to
+            # unsend; at least nothing more goes there (InitConnection's JWT, frames).
             await Connection(ws, creds).close(engine.clock, 0.1)
-            refused = ConnectionFailed(
-                f"upgrade of {shown} was redirected to another host ({moved}): a socket's "
-                "credentials go only to its service's host; check the host the domain "
-                f"provider gives for {self._service!r}",
-                service=self._service,
-            )
-            refused.repeat = Repeat.FINAL
-            raise refused
+            raise self._elsewhere(shown, moved)
         wire: WireSocket = ws
         wrapper = socket_wrapper(engine.middlewares)
         if wrapper is not None:
@@ -761,6 +767,22 @@ class EngineDialer:
                 await conn.close(engine.clock, 0.1)
                 raise
         return conn
+
+    def _elsewhere(self, shown: str, origin: str) -> ConnectionFailed:
+        """The final failure of an upgrade redirected to ``origin``, another host's.
+
+        A socket's credentials (a header, a bearer in the path, InitConnection's JWT) go only
+        to its service's host, as over HTTP; a socket there without them is of no use, and
+        reconnecting meets the same redirect: final. Named by its origin only: the path of
+        the ``Location`` may carry the bearer."""
+        refused = ConnectionFailed(
+            f"upgrade of {shown} was redirected to another host ({origin}): a socket's "
+            "credentials go only to its service's host; check the host the domain "
+            f"provider gives for {self._service!r}",
+            service=self._service,
+        )
+        refused.repeat = Repeat.FINAL
+        return refused
 
     async def _init_connection(self, conn: Connection, jwt: Secret) -> None:
         frame = init_connection_frame(jwt, self._client_properties)
