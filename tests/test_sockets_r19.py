@@ -602,6 +602,39 @@ def test_the_check_after_the_upgrade_fails_closed_on_a_final_url_it_cannot_read(
     assert _redirected_elsewhere(_Socket(None), dialed) is not None  # type: ignore[arg-type]
 
 
+async def test_a_provider_waiting_on_another_process_opens_under_autojump_threshold(
+    serve: Any, states: StateLog
+) -> None:
+    """prepare_timeout is a pending sleep on a VirtualClock: a provider waiting on work the
+    loop does not see leaves it idle, and autojump jumps there (documented). A clock given
+    autojump_threshold waits for that much real quiet first: the socket opens."""
+    seen: list[str] = []
+    host = await serve(_ws_app(seen))
+
+    class _SlowDomains(StaticDomains):
+        async def resolve(self, service: str) -> str:
+            await asyncio.sleep(0.05)  # real time: another process answering
+            return await super().resolve(service)
+
+    clock = VirtualClock(autojump_threshold=1.0)
+    async with Engine(
+        _SlowDomains({"svc": host}),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer("tok123"),
+        hooks=EventHooks(on_state=[states]),
+    ) as engine:
+        ws = await engine.websocket("svc", "/ws", options=SocketOptions(keepalive=None))
+        await ws.wait_open(timeout=30)
+        await ws.close()
+    for _ in range(500):  # the clock's driver ends with the last sleep, a few turns later
+        if not [t for t in asyncio.all_tasks() if t.get_name() == "le_transport.VirtualClock"]:
+            break
+        await asyncio.sleep(0.01)
+    assert "connect_failed" not in states.names()
+    assert seen == ["/ws"]
+
+
 def _silent_ws_app(accepted: asyncio.Event) -> web.Application:
     """Accepts the upgrade and reads, answering nothing (InitConnection never answered)."""
 

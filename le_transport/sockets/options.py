@@ -222,7 +222,11 @@ class SocketOptions:
       instead of staying CONNECTING for ever. The default, 10 min
       (:data:`PREPARE_TIMEOUT`), covers the engine's default schedule run to its end (four
       attempts of 30 s, its pauses stretched to the 60 s ``Retry-After`` ceiling) for the
-      host and then for the credentials.
+      host and then for the credentials. On a :class:`~le_transport.testing.VirtualClock`
+      it is a pending sleep like any other: a provider of a test that waits on something
+      the loop does not see (another process, a thread of its own) leaves the loop idle,
+      and autojump jumps to this deadline (the connect fails as timed out). Give such a
+      clock ``autojump_threshold`` (real seconds of quiet before a jump), or None here.
     - ``close_timeout``: how long a close handshake may take before the connection is cut.
     - ``request_timeout``: the default timeout of :meth:`ResilientSocket.request`.
     - ``max_inbox``: unsolicited frames held for a caller that reads with ``async for`` (0:

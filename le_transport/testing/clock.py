@@ -17,7 +17,10 @@ timeout) holds time no longer. Work in threads of one's own or in other
 processes is invisible to the loop: for such tests set ``autojump_threshold`` (real seconds
 the loop must stay quiet before a jump: any I/O event, callback or pool job in them starts
 the count again, as in trio), or advance time by hand with :meth:`VirtualClock.advance` and
-``autojump=False``.
+``autojump=False``. The library's own bounds are pending sleeps too: a socket's
+``prepare_timeout`` (10 min) waits while its providers resolve the host and log in, so a
+provider that waits on another process (a vault, a Redis) without ``autojump_threshold`` sees
+time jump to it, and the connect fail as timed out.
 
 The clocks on one loop jump together: one task drives them all (a driver per clock saw the
 other's step ready at every turn, and none ever jumped), moving every clock with ``autojump``
