@@ -2,7 +2,8 @@
 
 Token providers (``providers/_token.py``) and Login Service auth (``providers/login.py``)
 racing their own close: a fetch answering as the provider closes, two closes at once, a refresh
-asked for during or after close.
+asked for during or after close. A consumer's auth-code callable is bounded as the token
+request's HTTP call is, and no more.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from le_transport.chaos import Delay, FaultRule, Match
 from le_transport.clock import timeout_after
 from le_transport.errors import EngineClosed
 from le_transport.events import StateEvent
-from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT
+from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
 from le_transport.providers import ConsumerJwt
 from le_transport.providers._http import ProviderHttp, ProviderResponse
 from le_transport.providers._token import TokenProvider
@@ -184,3 +185,76 @@ async def test_a_hung_auth_code_callable_is_cut_at_the_attempt_timeout(
         assert token.generation == 1
         assert asked == 2
         assert sim.count("POST", AUTHENTICATE) == 1
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        RetryPolicy(attempt_timeout=None),
+        RetryPolicy(attempt_timeout=None, deadline=120.0),
+        RetryPolicy(attempt_timeout=90.0),
+    ],
+    ids=["no-limit", "deadline-120", "attempt-90"],
+)
+async def test_a_slow_auth_code_within_the_policy_s_limits_is_waited_for(
+    sim: Simulator, clock: VirtualClock, retry: RetryPolicy
+) -> None:
+    """The callable is given the policy's limits, no others: with ``attempt_timeout=None`` and
+    no deadline ("no limit", the token request's HTTP call uncut) it used to be cut at the
+    default 30 s all the same, so an identity provider that always takes longer failed every
+    fetch."""
+
+    async def auth_code() -> str:
+        await clock.sleep(45)
+        return "code-xyz"
+
+    auth = ConsumerJwt(ACCOUNT, domains=csds_for(sim), auth_code=auth_code)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, retry=retry):
+        async with timeout_after(clock, 1_000):  # a guard only
+            token = await auth.fetch()
+        assert token.generation == 1
+        assert sim.count("POST", AUTHENTICATE) == 1
+
+
+async def test_with_no_limit_a_slow_token_service_is_waited_for_too(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The HTTP side of the same policy: the token request's answer taking 45 s is waited for
+    (``attempt_timeout=None``), as the callable now is."""
+    sim.faults.add(FaultRule("slow-idp", Delay(45_000), match=Match("POST", AUTHENTICATE)))
+    auth = ConsumerJwt(ACCOUNT, domains=csds_for(sim), auth_code="code-xyz")
+    async with sim_engine(
+        sim, clock, domains=auth._domains, auth=auth, retry=RetryPolicy(attempt_timeout=None)
+    ):
+        async with timeout_after(clock, 1_000):  # a guard only
+            token = await auth.fetch()
+        assert token.generation == 1
+
+
+@pytest.mark.parametrize(
+    ("retry", "bound"),
+    [
+        (RetryPolicy(deadline=10.0), 10.0),
+        (RetryPolicy(attempt_timeout=5.0, deadline=10.0), 5.0),
+        (RetryPolicy(attempt_timeout=None, deadline=10.0), 10.0),
+    ],
+    ids=["deadline-under-default-attempt", "attempt-under-deadline", "deadline-alone"],
+)
+async def test_a_hung_auth_code_is_cut_at_the_shorter_of_attempt_timeout_and_deadline(
+    sim: Simulator, clock: VirtualClock, retry: RetryPolicy, bound: float
+) -> None:
+    """A deadline of 10 s under the default 30 s attempt timeout: a hung callable used to hold
+    the fetch for the attempt timeout, three times the deadline the caller set."""
+
+    async def auth_code() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    auth = ConsumerJwt(ACCOUNT, domains=csds_for(sim), auth_code=auth_code)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, retry=retry):
+        started = clock.now()
+        async with timeout_after(clock, 1_000):  # a guard only
+            with pytest.raises(TimeoutError, match=f"within {bound:g} s"):
+                await auth.fetch()
+        assert clock.now() - started == pytest.approx(bound)
+        assert sim.count("POST", AUTHENTICATE) == 0

@@ -8,10 +8,11 @@ sends it as ``Authorization: jwt <token>`` (or in its ``InitConnection`` frame: 
 takes it from ``Credentials.bearer``). A new token is fetched ``margin`` seconds before the
 JWT's ``exp`` (in the background: a call or a connect holding the still-valid token never
 waits for it; see ``providers/_token.py``), and after the server rejects the current one.
-An ``auth_code`` callable is given the token request's attempt timeout to answer (its deadline
-without one, else :data:`~le_transport.policies.retry.DEFAULT_ATTEMPT_TIMEOUT`): one that
-never answers is cut there, a ``TimeoutError``, an outage like its own network failure, and
-the next fetch calls it anew.
+An ``auth_code`` callable is given the token request's attempt timeout or its deadline to
+answer, whichever is shorter (the retry policy's: 30 s by default): one that never answers is
+cut there, a ``TimeoutError``, an outage like its own network failure, and the next fetch
+calls it anew. A policy with neither (``attempt_timeout=None``, no ``deadline``: no limit)
+leaves it unbounded, as it leaves the token request's HTTP call.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from .._redact import Secret
 from ..clock import timeout_after
 from ..errors import ConfigurationError
-from ..policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
+from ..policies.retry import RetryPolicy
 from ._http import (
     ProviderHttp,
     ProviderResponse,
@@ -48,8 +49,8 @@ class ConsumerJwt(TokenProvider):
     - ``domains``: where the ``idp`` host comes from.
     - ``auth_code``: None for ``signup`` (unauthenticated consumer); a code, or an async
       callable returning a fresh one (codes are usually single use), for ``authenticate``;
-      one that gives no code within the token request's attempt timeout is cut (see the
-      module).
+      one that gives no code within the token request's attempt timeout or deadline is cut
+      (see the module).
     - ``service``: the Domain API service that issues consumer tokens (:data:`IDP`, ``idp``).
     - ``margin``: fetch a new token this many seconds before the JWT's ``exp`` (60).
     - ``wall_clock``: epoch seconds, to read the JWT's ``iat`` and ``exp`` against; the
@@ -103,10 +104,12 @@ class ConsumerJwt(TokenProvider):
 
     async def _code(self, http: ProviderHttp, retry: RetryPolicy) -> str | None:
         """The auth code to send (None: sign up). A callable's is awaited for no longer than
-        the token request's attempt timeout (its deadline, or the default attempt timeout,
-        without one): else one that never answers (an identity provider's call without a
-        timeout of its own) held the shared fetch for ever, and every call joining it. Cut,
-        it is a ``TimeoutError``, an outage (see ``_token.py``); the next fetch asks anew."""
+        the token request's attempt timeout or deadline, whichever is shorter: else one that
+        never answers (an identity provider's call without a timeout of its own) held the
+        shared fetch for ever, and every call joining it. Cut, it is a ``TimeoutError``, an
+        outage (see ``_token.py``); the next fetch asks anew. A policy with neither limit
+        leaves it unbounded, as it leaves the HTTP call: an identity provider that always
+        takes longer than 30 s is waited for there, so here too."""
         code = self._auth_code
         if code is None:
             return None
@@ -118,19 +121,22 @@ class ConsumerJwt(TokenProvider):
                 "ConsumerJwt.auth_code must be an async callable; calling it returned "
                 f"{type(pending).__name__}, not an awaitable"
             )
-        bound = retry.attempt_timeout
-        if bound is None:
-            bound = retry.deadline if retry.deadline is not None else DEFAULT_ATTEMPT_TIMEOUT
-        timeout = timeout_after(http.clock, bound)
-        try:
-            async with timeout:
-                value: object = await pending
-        except TimeoutError:
-            if not timeout.expired:
-                raise  # the callable's own
-            raise TimeoutError(
-                f"{self.subject}: the auth_code callable gave no code within {bound:g} s"
-            ) from None
+        limits = [t for t in (retry.attempt_timeout, retry.deadline) if t is not None]
+        if not limits:
+            # No limit asked for: the token request's HTTP call is not cut either.
+            value: object = await pending
+        else:
+            bound = min(limits)
+            timeout = timeout_after(http.clock, bound)
+            try:
+                async with timeout:
+                    value = await pending
+            except TimeoutError:
+                if not timeout.expired:
+                    raise  # the callable's own
+                raise TimeoutError(
+                    f"{self.subject}: the auth_code callable gave no code within {bound:g} s"
+                ) from None
         if isinstance(value, Secret):
             value = value.reveal()
         # None must not fall through to "no code": that would sign up an anonymous consumer in
