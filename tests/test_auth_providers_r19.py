@@ -2,8 +2,9 @@
 
 Token providers (``providers/_token.py``) and Login Service auth (``providers/login.py``)
 racing their own close: a fetch answering as the provider closes, two closes at once, a refresh
-asked for during or after close. A consumer's auth-code callable is bounded as the token
-request's HTTP call is, and no more.
+asked for during or after close, a close cancelled during its logout. The providers without a
+session (app key, static bearer, OAuth1) are closed for good too. A consumer's auth-code
+callable is bounded as the token request's HTTP call is, and no more.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import logging
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from le_transport.chaos import Delay, FaultRule, Match
 from le_transport.clock import timeout_after
 from le_transport.errors import EngineClosed
 from le_transport.events import StateEvent
 from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
-from le_transport.providers import ConsumerJwt
+from le_transport.providers import AppKeyAuth, ConsumerJwt, OAuth1Auth, StaticBearer
 from le_transport.providers._http import ProviderHttp, ProviderResponse
 from le_transport.providers._token import TokenProvider
 from le_transport.testing import VirtualClock
@@ -38,17 +40,27 @@ class _GatedTokens(TokenProvider):
 
     _kind = "gated"
 
-    def __init__(self) -> None:
+    def __init__(self, *, stubborn: bool = False) -> None:
         super().__init__(margin=60.0)
         self.gate = asyncio.Event()
         self.sent = 0
+        #: Whether a later request waits for its answer through a cancellation (a client
+        #: that finishes reading an answer already on its way).
+        self.stubborn = stubborn
+        self.answered = 0
 
     async def _request_token(
         self, http: ProviderHttp, retry: Any, *, fallback: str | None = None
     ) -> tuple[ProviderResponse, str]:
         self.sent += 1
         if self.sent > 1:
-            await self.gate.wait()
+            while not self.gate.is_set():
+                try:
+                    await self.gate.wait()
+                except asyncio.CancelledError:
+                    if not self.stubborn:
+                        raise
+        self.answered += 1
         body = json.dumps({"access_token": f"tok{self.sent}", "expires_in": 120}).encode()
         return ProviderResponse(status=200, body=body), "access_token"
 
@@ -81,6 +93,40 @@ async def test_a_token_answered_as_the_provider_closes_is_discarded(
     assert [e.name for e in events if e.name == "logged_in"] == ["logged_in"], (
         "only the first token is announced; none after close"
     )
+
+
+async def test_a_token_answered_after_close_began_is_discarded(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A fetch that close() cannot stop at once (its request reads the answer already on its
+    way, whatever cancels it) answers after close began: the provider, closed, keeps no token
+    from it and says nothing of it, and the caller waiting for it gets EngineClosed, not a
+    live bearer from a closed provider. (Unlike the test above, this does not hang on the
+    order in which close stops the fetch and the early task.)"""
+    events: list[StateEvent] = []
+    auth = _GatedTokens(stubborn=True)
+    async with sim_engine(sim, clock, auth=auth, events=events):
+        await auth.credentials()  # tok1
+        fetching = asyncio.ensure_future(auth.fetch())
+        for _ in range(100):
+            if auth.sent == 2:
+                break
+            await asyncio.sleep(0)
+        assert auth.sent == 2, "the fetch is out"
+        closing = asyncio.ensure_future(auth.close())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not closing.done(), "close waits for the fetch it stopped"
+        auth.gate.set()  # the answer arrives, close having begun
+        await closing
+        assert auth.answered == 2, "the token service did answer"
+        with pytest.raises(EngineClosed):
+            await fetching
+        assert auth.token is None
+        assert auth.fetches == 1, "the late answer is not counted as a fetch"
+        with pytest.raises(EngineClosed):
+            await auth.credentials()
+    assert [e.name for e in events if e.name == "logged_in"] == ["logged_in"]
 
 
 async def test_two_concurrent_closes_log_the_session_out_once(
@@ -258,3 +304,163 @@ async def test_a_hung_auth_code_is_cut_at_the_shorter_of_attempt_timeout_and_dea
                 await auth.fetch()
         assert clock.now() - started == pytest.approx(bound)
         assert sim.count("POST", AUTHENTICATE) == 0
+
+
+# -- providers without a session: closed for good too ------------------------------------------
+
+
+def _sessionless(kind: str) -> AppKeyAuth | StaticBearer | OAuth1Auth:
+    if kind == "app_key":
+        return AppKeyAuth(ACCOUNT, "app-key-under-test")
+    if kind == "static_bearer":
+        return StaticBearer("bearer-under-test")
+    return OAuth1Auth("ck-under-test", "cs-under-test", "tk-under-test", "ts-under-test")
+
+
+@pytest.mark.parametrize("kind", ["app_key", "static_bearer", "oauth1"])
+async def test_a_closed_provider_without_a_session_hands_out_no_credentials(kind: str) -> None:
+    """README: a closed auth provider is closed for good, its credentials() raise
+    EngineClosed. The app key, static bearer and OAuth1 providers went on handing out
+    credentials (OAuth1 signing requests) after close. The error names no secret."""
+    auth = _sessionless(kind)
+    url = URL("https://example.invalid/x")
+    assert (await auth.credentials("GET", url)).headers["Authorization"]
+    await auth.close()
+    await auth.close()  # idempotent
+    with pytest.raises(EngineClosed) as closed:
+        await auth.credentials("GET", url)
+    assert "under-test" not in str(closed.value)
+    if isinstance(auth, OAuth1Auth):
+        with pytest.raises(EngineClosed):
+            await auth.credentials_for_form("POST", url, [("a", "b")])
+
+
+@pytest.mark.parametrize("kind", ["app_key", "static_bearer", "oauth1"])
+async def test_an_engine_s_close_closes_its_provider_without_a_session(
+    sim: Simulator, clock: VirtualClock, kind: str
+) -> None:
+    """An engine closes its auth provider with it: reused afterwards, it says EngineClosed."""
+    auth = _sessionless(kind)
+    async with sim_engine(sim, clock, auth=auth):
+        pass
+    with pytest.raises(EngineClosed):
+        await auth.credentials("GET", URL("https://example.invalid/x"))
+
+
+# -- Login Service auth: a close cancelled during its logout -----------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+    ]
+
+
+async def _close_cancelled_during_logout(sim: Simulator, auth: Any) -> None:
+    """Start ``auth.close()`` with a slow logout, and cancel it once the logout is out."""
+    sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+    first = asyncio.ensure_future(auth.close())
+    for _ in range(1_000):
+        if sim.count("POST", LOGOUT):
+            break
+        await asyncio.sleep(0)
+    assert sim.count("POST", LOGOUT) == 1, "the close is logging out"
+    first.cancel()
+    await asyncio.wait({first})
+    assert first.cancelled()
+
+
+async def test_a_provider_whose_close_was_cancelled_serves_no_bearer(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The session is kept for the next close to log out, but the provider is closed:
+    credentials() used to hand out that session's bearer, where login() and refresh() said
+    EngineClosed."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        await _close_cancelled_during_logout(sim, auth)
+        assert auth.session is not None, "kept for the next close"
+        with pytest.raises(EngineClosed):
+            await auth.credentials()
+        with pytest.raises(EngineClosed):
+            await auth.refresh()
+        await auth.close()
+        assert auth.session is None
+        assert sim.count("POST", LOGOUT) == 2, "the next close logs it out"
+
+
+async def test_a_close_waiting_for_a_cancelled_one_finishes_its_logout(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A second close waiting for the first, which is then cancelled: the second does the
+    logout the first could not finish."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+        first = asyncio.ensure_future(auth.close())
+        for _ in range(1_000):
+            if sim.count("POST", LOGOUT):
+                break
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(auth.close())
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.wait({first})
+        assert first.cancelled()
+        await second
+        assert auth.session is None
+        assert sim.count("POST", LOGOUT) == 2
+
+
+async def test_a_cancelled_waiting_close_leaves_the_logout_to_the_first(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Three closes, the middle one (waiting) cancelled: the first logs out, once, and the
+    third returns when it has."""
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+        first = asyncio.ensure_future(auth.close())
+        for _ in range(1_000):
+            if sim.count("POST", LOGOUT):
+                break
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(auth.close())
+        third = asyncio.ensure_future(auth.close())
+        await asyncio.sleep(0)
+        second.cancel()
+        async with timeout_after(clock, 100):
+            await asyncio.wait({first, second, third})
+        assert not first.cancelled()
+        assert first.exception() is None
+        assert not third.cancelled()
+        assert third.exception() is None
+        assert auth.session is None
+        assert sim.count("POST", LOGOUT) == 1
+
+
+async def test_an_engine_close_cancelled_during_the_logout_is_finished_by_the_next(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = user_login(sim, keepalive=False)
+    engine = sim_engine(sim, clock, domains=auth._domains, auth=auth)
+    await engine.start()
+    await engine.login()
+    sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+    first = asyncio.ensure_future(engine.close())
+    for _ in range(1_000):
+        if sim.count("POST", LOGOUT):
+            break
+        await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.wait({first})
+    assert auth.session is not None
+    await engine.close()
+    assert auth.session is None
+    assert sim.count("POST", LOGOUT) == 2
+    assert _warnings(caplog) == []

@@ -107,7 +107,7 @@ from ._http import (
     require_option,
 )
 from ._refusals import credential_refusals
-from .auth import Credentials
+from .auth import Credentials, closed_error
 from .domains import DomainProvider
 from .jwt import jwt_times
 from .login import login_policy
@@ -517,10 +517,7 @@ class TokenProvider:
     def _check_open(self) -> None:
         """:class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         if self._closed:
-            # Not an AuthenticationError: nothing is wrong with the credentials.
-            raise EngineClosed(
-                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
-            )
+            raise closed_error(self.subject)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import attrs
 from yarl import URL
 
 from .._redact import Secret, redact_headers
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, EngineClosed
 from ._http import header_safe
 
 __all__ = ["AuthProvider", "BodySigningAuth", "Credentials", "InvalidCredentials", "StaticBearer"]
@@ -226,6 +226,14 @@ def _bearer(token: object) -> Secret:
     )
 
 
+def closed_error(subject: str) -> EngineClosed:
+    """What a closed provider's :meth:`~AuthProvider.credentials` raises: closed is final (an
+    engine closes its auth provider with it), and nothing is wrong with the credentials, so no
+    :class:`~le_transport.errors.AuthenticationError`. ``subject`` names the provider, never
+    a secret of it."""
+    return EngineClosed(f"{subject}: the auth provider is closed (closing an engine closes it)")
+
+
 def _unsendable(text: str) -> str:
     """What keeps ``text`` out of a header, said without showing any of it."""
     if not text:
@@ -254,10 +262,12 @@ class StaticBearer:
     """A caller-managed bearer token: ``Authorization: Bearer <token>``.
 
     It cannot re-authenticate: after :meth:`invalidate`, :meth:`credentials` still returns the
-    same token (the caller is expected to replace it with :meth:`update`).
+    same token (the caller is expected to replace it with :meth:`update`). Closed (by its
+    engine's close, or its own :meth:`close`) is final, as for every provider of the library:
+    :meth:`credentials` raises :class:`~le_transport.errors.EngineClosed`.
     """
 
-    __slots__ = ("_credentials", "_generation", "_token")
+    __slots__ = ("_closed", "_credentials", "_generation", "_token")
     #: The header its credentials set (see :class:`AuthProvider`).
     credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
@@ -265,6 +275,7 @@ class StaticBearer:
         self._token = _bearer(token)
         self._generation = 0
         self._credentials = self._make()
+        self._closed = False
 
     def update(self, token: str | Secret) -> None:
         """Replace the token (e.g. after the caller refreshed it elsewhere).
@@ -284,14 +295,18 @@ class StaticBearer:
         )
 
     async def credentials(self, method: str, url: URL) -> Credentials:
-        """``Authorization: Bearer <token>``."""
+        """``Authorization: Bearer <token>``; :class:`~le_transport.errors.EngineClosed` once
+        closed."""
+        if self._closed:
+            raise closed_error("StaticBearer")
         return self._credentials
 
     async def invalidate(self, rejected: Credentials) -> None:
         """Nothing to do: the caller owns the token."""
 
     async def close(self) -> None:
-        """Nothing to close."""
+        """Closed for good: no credentials from here on. Idempotent."""
+        self._closed = True
 
     def __repr__(self) -> str:
         return f"StaticBearer({self._token!r})"

@@ -106,7 +106,6 @@ from ..errors import (
     BlockedError,
     ClientStatusError,
     ConfigurationError,
-    EngineClosed,
     LoginRejected,
     UnexpectedAnswer,
 )
@@ -130,7 +129,7 @@ from ._http import (
     validate_account,
 )
 from ._refusals import credential_refusals, report_login_failed
-from .auth import Credentials
+from .auth import Credentials, closed_error
 from .domains import DomainProvider
 
 if TYPE_CHECKING:
@@ -453,7 +452,10 @@ class LoginServiceAuth:
     # -- AuthProvider -----------------------------------------------------------------------
 
     async def credentials(self, method: str = "GET", url: URL | None = None) -> Credentials:
-        """``Authorization: Bearer <token>``, logging in first if there is no session."""
+        """``Authorization: Bearer <token>``, logging in first if there is no session.
+        :class:`~le_transport.errors.EngineClosed` once the provider is closed (or closing),
+        even while it still holds a session a cancelled close left for the next to log out."""
+        self._check_open()
         session = self._session
         if session is None:
             session = await self.login()
@@ -522,10 +524,7 @@ class LoginServiceAuth:
     def _check_open(self) -> None:
         """:class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         if self._closed:
-            # Not an AuthenticationError: nothing is wrong with the credentials.
-            raise EngineClosed(
-                f"{self.subject}: the auth provider is closed (closing an engine closes it)"
-            )
+            raise closed_error(self.subject)
 
     async def relogin(self) -> Credentials:
         """A fresh login, whatever the current session (the outer recovery loop's step).
