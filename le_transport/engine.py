@@ -46,6 +46,7 @@ from yarl import URL
 from ._checks import require_kind, require_option, utf8_encodable
 from ._json import loads_strict
 from ._redact import body_excerpt, is_auth_path, redact_text, redact_url
+from ._shown import error_text
 from .clock import Clock, RealClock, timeout_after, wall_of
 from .errors import (
     AttemptRecord,
@@ -63,7 +64,7 @@ from .errors import (
     WrongEventLoop,
     status_error,
 )
-from .events import EventHooks
+from .events import EventHooks, StateEvent, emit
 from .middleware.auth import AuthMiddleware, charset_of
 from .middleware.context import (
     _CALL_LEDGER,
@@ -103,6 +104,7 @@ from .sockets.socket import FrameHandler, OnConnect, check_on_connect
 __all__ = ["Engine", "InvalidRequest", "RequestOptions", "Response"]
 
 _log = logging.getLogger("le_transport.engine")
+_keepalive_log = logging.getLogger("le_transport.sockets")
 
 T = TypeVar("T")
 
@@ -1449,6 +1451,72 @@ class _SocketAuth:
         self.recovery = recovery
         #: How many of the engine's sockets use it.
         self.sockets = 0
+
+
+class _EngineKeepalive(KeepaliveTask):
+    """An engine's HTTP keepalive, told apart from its engine's close.
+
+    A run's :class:`~le_transport.errors.EngineClosed` ends a :class:`KeepaliveTask` quietly,
+    as its engine's close would: one INFO line, no error. The engine's runs raise it also when
+    its engine is still open but what the run needs was closed on its own (``auth.close()``,
+    the engine left open; a caller's aiohttp session the engine was given): a closed provider
+    is final, so the schedule stops all the same, but
+    that stop is no close anybody asked of the schedule. It is logged once as a WARNING saying
+    so (the error's type and its redacted text, which names the provider), reported as a
+    ``keepalive_failed`` event with ``stopped=True``, and :attr:`error` (what :meth:`wait`
+    returns) holds the ``EngineClosed``.
+    """
+
+    def __init__(
+        self,
+        policy: Keepalive,
+        action: Callable[[], Awaitable[object]],
+        *,
+        engine_closed: Callable[[], bool],
+        what: str,
+        clock: Clock,
+        hooks: EventHooks,
+        name: str,
+        on_close: Callable[[KeepaliveTask], object],
+        not_final: tuple[type[Exception], ...],
+    ) -> None:
+        super().__init__(
+            policy,
+            action,
+            clock=clock,
+            hooks=hooks,
+            name=name,
+            on_close=on_close,
+            not_final=not_final,
+        )
+        self._engine_is_closed = engine_closed
+        self._needs = what
+
+    def _engine_closed(self, error: EngineClosed) -> None:
+        if self._engine_is_closed():
+            super()._engine_closed(error)
+            return
+        self._error = error
+        action = self._policy.action
+        # On the keepalive's own logger, beside its other lines.
+        _keepalive_log.warning(
+            "%s: keepalive %s stopped: %s was closed on its own, its engine still open (%s: "
+            "%s); it will not run again",
+            self._name,
+            action,
+            self._needs,
+            type(error).__name__,
+            error_text(error),
+            extra={"keepalive": action, "error": type(error).__name__},
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "keepalive_failed",
+                self._name,
+                {"action": action, "error": type(error).__name__, "stopped": True},
+            ),
+        )
 
 
 class Engine:
@@ -3210,6 +3278,9 @@ class Engine:
                 await provider.refresh()
 
             action = refresh
+            # Its EngineClosed with the engine open: the provider was closed on its own (or a
+            # session the caller gave the engine: the error's text tells which).
+            what = f"its auth provider {owner} (or the aiohttp session the engine was given)"
             # A refused fallback login marks the session (no login sent again for it) or drops
             # it: later runs refresh what is there, and keep a caller's next login alive.
             not_final: tuple[type[Exception], ...] = (LoginRejected, BlockedError)
@@ -3252,12 +3323,15 @@ class Engine:
                 await self.request(method, service, path, params=params, headers=headers)
 
             action = call
+            what = "its engine's auth or domain provider (or the aiohttp session it was given)"
             # Each run would ask again what was refused (a login at every run): it stops.
             not_final = ()
 
-        task = KeepaliveTask(
+        task = _EngineKeepalive(
             policy,
             action,
+            engine_closed=lambda: self._closed,
+            what=what,
             clock=self._clock,
             hooks=self._hooks,
             name=f"{service} {policy.action}",

@@ -3,8 +3,9 @@
 Token providers (``providers/_token.py``) and Login Service auth (``providers/login.py``)
 racing their own close: a fetch answering as the provider closes, two closes at once, a refresh
 asked for during or after close, a close cancelled during its logout. The providers without a
-session (app key, static bearer, OAuth1) are closed for good too. A consumer's auth-code
-callable is bounded as the token request's HTTP call is, and no more.
+session (app key, static bearer, OAuth1) are closed for good too. An engine's keepalive whose
+provider was closed alone says so. A consumer's auth-code callable is bounded as the token
+request's HTTP call is, and no more.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from le_transport import Engine
 from le_transport.chaos import Delay, FaultRule, Match
 from le_transport.clock import timeout_after
 from le_transport.errors import EngineClosed
 from le_transport.events import StateEvent
+from le_transport.policies import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO
 from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
-from le_transport.providers import AppKeyAuth, ConsumerJwt, OAuth1Auth, StaticBearer
+from le_transport.providers import AppKeyAuth, ConsumerJwt, OAuth1Auth, StaticBearer, StaticDomains
 from le_transport.providers._http import ProviderHttp, ProviderResponse
 from le_transport.providers._token import TokenProvider
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_login import LOGOUT, REFRESH, user_login
 from tests.test_oauth2 import AUTHENTICATE
-from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
+from tests.test_providers import ACCOUNT, APP_KEY, csds_for, sim, sim_engine
 
 __all__ = ["sim"]
 
@@ -464,3 +467,99 @@ async def test_an_engine_close_cancelled_during_the_logout_is_finished_by_the_ne
     assert auth.session is None
     assert sim.count("POST", LOGOUT) == 2
     assert _warnings(caplog) == []
+
+
+# -- the engine's keepalive whose provider was closed alone ------------------------------------
+
+
+async def test_a_refresh_keepalive_whose_provider_was_closed_alone_says_so(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider closed on its own, the engine open: the next run's refresh() raises
+    EngineClosed, and the schedule used to end as if its engine had closed (INFO "its engine
+    is closed", error None, wait() None): the caller could not tell it had stopped. It stops
+    once, with a WARNING naming the closed provider, a stopped ``keepalive_failed`` event,
+    and the error kept."""
+    events: list[StateEvent] = []
+    auth = user_login(sim, keepalive=False)
+    caplog.set_level(logging.INFO, logger="le_transport")
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events) as engine:
+        await engine.login()
+        task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+        await clock.sleep(CHAT_AGENT_API_REFRESH.interval + 1)
+        assert (task.runs, task.failures) == (1, 0)
+        caplog.clear()
+        await auth.close()
+        await clock.sleep(5 * CHAT_AGENT_API_REFRESH.interval)
+        assert not task.running, "stopped at the next run"
+        assert task.runs == 2
+        assert isinstance(task.error, EngineClosed)
+        assert await task.wait() is task.error
+        assert task not in engine._keepalives, "it left its engine"
+        lines = [r for r in caplog.records if r.name == "le_transport.sockets"]
+        assert [r.levelno for r in lines] == [logging.WARNING]
+        message = lines[0].getMessage()
+        assert "its auth provider UserLogin" in message
+        assert "closed on its own, its engine still open" in message
+        assert "user_login[" in message, "the error's text names the provider"
+        assert not any("its engine is closed" in r.getMessage() for r in caplog.records)
+    stopped = [e.details for e in events if e.name == "keepalive_failed"]
+    assert stopped == [
+        {"action": CHAT_AGENT_API_REFRESH.action, "error": "EngineClosed", "stopped": True}
+    ]
+
+
+async def test_a_chat_info_keepalive_whose_app_key_was_closed_alone_says_so(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a plain keepalive, now that a closed app key hands out no credentials."""
+    caplog.set_level(logging.INFO, logger="le_transport")
+    auth = AppKeyAuth(ACCOUNT, APP_KEY)
+    fields = {"account": ACCOUNT, "chat_id": "c1"}
+    async with Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=auth) as engine:
+        task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=fields)
+        await clock.sleep(SERVER_CHAT_API_CHAT_INFO.interval + 1)
+        assert (task.runs, task.failures) == (1, 0)
+        caplog.clear()
+        await auth.close()
+        await clock.sleep(5 * SERVER_CHAT_API_CHAT_INFO.interval)
+        assert not task.running
+        assert task.runs == 2
+        assert isinstance(task.error, EngineClosed)
+        assert [r.levelno for r in caplog.records if r.name == "le_transport.sockets"] == [
+            logging.WARNING
+        ]
+
+
+async def test_an_engine_close_with_a_refresh_keepalive_is_quiet(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """engine.close() (keepalives first, then the provider's close and logout): no WARNING,
+    no ERROR, one logout; the schedule ends closed, no error."""
+    auth = user_login(sim, keepalive=False)
+    caplog.set_level(logging.INFO, logger="le_transport")
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+        await clock.sleep(CHAT_AGENT_API_REFRESH.interval + 1)
+        assert task.runs == 1
+    assert task.error is None
+    assert _warnings(caplog) == []
+    assert sim.count("POST", LOGOUT) == 1
+
+
+async def test_an_engine_close_during_a_refresh_run_is_quiet(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = user_login(sim, keepalive=False)
+    caplog.set_level(logging.INFO, logger="le_transport")
+    sim.faults.add(FaultRule("slow-refresh", Delay(5_000), match=Match("POST", REFRESH)))
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.login()
+        task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+        await clock.sleep(CHAT_AGENT_API_REFRESH.interval + 1)
+        assert sim.count("POST", REFRESH) == 1, "a refresh is in flight"
+        assert task.running
+    assert task.error is None
+    assert _warnings(caplog) == []
+    assert sim.count("POST", LOGOUT) == 1
