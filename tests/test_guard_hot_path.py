@@ -59,6 +59,8 @@ OUTCOMES = [
     Outcome.response(503),
     Outcome.response(429),
     Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"),
+    # No verdict: recorded neither way; a probe meeting one is released.
+    Outcome.failure(OutcomeKind.TLS_REJECTED, "ClientConnectorCertificateError"),
 ]
 SERVICES = ["msgHist", "agentVep"]
 HOSTS = ["127.0.0.1:8080", "127.0.0.2:8443"]
@@ -145,6 +147,10 @@ class _PerCallGuard:
         probe = (id(call), attempt) in self.probes
         self.probes.discard((id(call), attempt))
         before = self.status.get(key) or BREAKER.closed()
+        if BREAKER.gives_no_verdict(outcome):
+            if probe:
+                self.status[key] = BREAKER.release(before, self.clock.now())
+            return
         failed = BREAKER.counts_as_failure(outcome)
         rand = self.rng.random()
         self.status[key] = BREAKER.record(

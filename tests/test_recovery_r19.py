@@ -7,8 +7,10 @@
   the cap drew 144 s, then 96 s).
 - BackoffPolicy's un-jittered delays strictly grow until the cap, a floor above ``first``
   included (it gave 15, 15, 15, 15, 16 s).
-- A refused certificate does not count against the service: it never opens the circuit, so it
-  surfaces as the final TLS error, never as a retryable ``CircuitOpen``.
+- A refused certificate says nothing about the service: it never opens the circuit, so it
+  surfaces as the final TLS error, never as a retryable ``CircuitOpen``; nor does it close one,
+  or count as a success in a closed one: a half-open probe meeting it is released, as a
+  cancelled probe is, and the fleet is told nothing.
 """
 
 from __future__ import annotations
@@ -259,3 +261,114 @@ async def test_a_refused_certificate_never_opens_the_circuit(
         await runner.cleanup()
     assert backend.hits == 0
     assert clock.now() == 0.0, "no pause, no round: the refusal is final"
+
+
+# -- A refused certificate gives no verdict ----------------------------------------------------
+
+CERT_REFUSED = Outcome.failure(OutcomeKind.TLS_REJECTED, "ClientConnectorCertificateError")
+
+
+def test_a_refused_certificate_is_neither_a_failure_nor_a_success() -> None:
+    """The breaker's three results: a failure (5xx, 429, transport), a success (any other
+    answer) and no verdict (a refused certificate, recorded neither way)."""
+    assert CircuitBreaker.gives_no_verdict(CERT_REFUSED)
+    assert not CircuitBreaker.counts_as_failure(CERT_REFUSED)
+    for outcome in (
+        Outcome.response(503),
+        Outcome.response(404),
+        Outcome.response(200),
+        Outcome.failure(OutcomeKind.CONNECT_FAILED, "ClientConnectorSSLError"),
+        Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"),
+    ):
+        assert not CircuitBreaker.gives_no_verdict(outcome), outcome
+
+
+async def _open_breaker(guard: OverloadGuard, failures: int) -> None:
+    for _ in range(failures):
+        call = _Call("svc", HOST)
+        assert await guard.admit(call, 1) is None
+        await guard.settle(call, 1, Outcome.response(503))
+
+
+async def test_a_fleet_probe_meeting_a_refused_certificate_leaves_the_circuit_half_open() -> None:
+    """Process A sees the service down (503s) and opens the fleet's breaker. Process B (a wrong
+    CA bundle) takes the fleet's half-open probe and meets a certificate refusal: that says
+    nothing about the service behind the TLS terminator. Recorded as the probe's success, it
+    closed B's breaker and published the fleet's closed mark, A closed too and sent everything
+    at the service that had just failed. The probe is released instead, as a cancelled one is:
+    both stay half-open, the trip entry stays the fleet's trip (no closed mark), and A takes
+    the next probe at once (the fleet's probe lock is freed)."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+
+    def guard() -> OverloadGuard:
+        return OverloadGuard(
+            budget=None,
+            breaker=FLEET_BREAKER,
+            store=store,
+            account="1",
+            clock=clock,
+            sync_interval=0.0,
+        )
+
+    a, b = guard(), guard()
+    await _open_breaker(a, 4)
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    trip_key = state_key("1", "breaker", "svc", HOST)
+    trip = await store.get(trip_key)
+    assert trip is not None
+    assert "opens" in json.loads(trip.value)
+    clock.advance(6.0)  # the 5 s break is over: half-open
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None, "B takes the fleet's probe"
+    await b.settle(probe, 1, CERT_REFUSED)
+    assert b.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    after = await store.get(trip_key)
+    assert after is not None
+    assert "closed" not in json.loads(after.value), "no closed mark published"
+    assert json.loads(after.value)["opens"] == 1
+    assert await store.get(state_key("1", "breaker-probe", "svc", HOST)) is None, "lock freed"
+    # A reads the fleet's entry: still half-open, and its call is the next probe, not an
+    # ordinary attempt on a closed breaker. Its 503 re-opens the fleet's breaker, longer.
+    second = _Call("svc", HOST)
+    assert await a.admit(second, 1) is None
+    assert a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    await a.settle(second, 1, Outcome.response(503))
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    refused = await a.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert refused.retry_at - clock.now() == pytest.approx(10.0), "the second break"
+
+
+async def test_a_local_probe_meeting_a_refused_certificate_frees_the_half_open_slot() -> None:
+    """Without a fleet: the probe meeting a refused certificate neither closes nor re-opens the
+    breaker; the half-open slot is free, so the next call is the probe (not refused for the
+    probe's lease), and its answer decides."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = OverloadGuard(budget=None, breaker=FLEET_BREAKER, clock=clock)
+    await _open_breaker(guard, 4)
+    clock.advance(6.0)
+    probe = _Call("svc", HOST)
+    assert await guard.admit(probe, 1) is None
+    await guard.settle(probe, 1, CERT_REFUSED)
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    second = _Call("svc", HOST)
+    assert await guard.admit(second, 1) is None, "the slot is free: the next call probes"
+    assert isinstance(await guard.admit(_Call("svc", HOST), 1), CircuitOpen), "one probe out"
+    await guard.settle(second, 1, Outcome.response(200))
+    assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED
+
+
+async def test_refused_certificates_do_not_dilute_a_closed_breakers_failures() -> None:
+    """In a closed breaker a refused certificate is not counted at all: taken for a success,
+    refusals in the window kept a down service's failure ratio under the threshold."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = OverloadGuard(budget=None, breaker=FLEET_BREAKER, clock=clock)
+    await _open_breaker(guard, 3)
+    for _ in range(10):
+        call = _Call("svc", HOST)
+        assert await guard.admit(call, 1) is None
+        await guard.settle(call, 1, CERT_REFUSED)
+    assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED, "3 attempts of 4 needed"
+    await _open_breaker(guard, 1)
+    assert guard.breaker_state("svc", HOST) is BreakerState.OPEN, "4 failures in 4"

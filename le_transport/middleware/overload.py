@@ -740,7 +740,9 @@ class OverloadGuard:
         return None
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
-        """Feed the attempt's outcome to the breaker."""
+        """Feed the attempt's outcome to the breaker: a failure or a success; one that gives
+        no verdict (a refused certificate, :meth:`CircuitBreaker.gives_no_verdict`) records
+        nothing, and if it was the half-open probe's, frees the probe as :meth:`abandon` does."""
         breaker = self._breaker
         if breaker is None:
             return
@@ -756,6 +758,13 @@ class OverloadGuard:
                 lock, seen = self._probes.pop(token)
                 if lock is not None:
                     self._probe_ended(token)
+                if breaker.gives_no_verdict(outcome):
+                    # (A refused certificate.) Nothing learnt of the service: the probe is
+                    # released as a cancelled one is, the breaker still half-open and the fleet
+                    # told nothing. Taken for a success, it closed the breaker, and published
+                    # the fleet's closed mark, over a service whose last answers were 5xx.
+                    await self._release_probe(key, lock)
+                    return
                 failed = breaker.counts_as_failure(outcome)
                 await self._record(
                     call, key, outcome, failed, self._clock.now(), probe=True, lock=lock, seen=seen
@@ -766,6 +775,8 @@ class OverloadGuard:
             if breaker.counts_as_failure(outcome):
                 await self._record(call, key, outcome, True, self._clock.now())
                 return
+            if breaker.gives_no_verdict(outcome):
+                return  # neither a failure nor a success: nothing recorded
             self._success = outcome
         # A success, not the probe's (in half-open, _record ignores it: only the probe decides).
         now = self._clock.now()
@@ -858,6 +869,27 @@ class OverloadGuard:
             self._put(key, self._breaker.release(status, self._clock.now()))
         if lock is not None:
             self._release_lock(key, lock)
+
+    async def _release_probe(self, key: tuple[str, str], lock: str | None) -> None:
+        """Free the half-open slot at ``key`` of a probe that ended without a verdict, and the
+        fleet's probe lock ``lock`` it held (what :meth:`abandon` does, the lock's delete
+        awaited here: the next prober, in this process or another, may go at once)."""
+        breaker = self._breaker
+        assert breaker is not None
+        status = self._status_of(key)
+        if status is not None:
+            self._put(key, breaker.release(status, self._clock.now()))
+        if lock is None:
+            return
+        # Kept until the delete answered: a store failing or too slow leaves it to the next
+        # probe here (_admit), or to its lease.
+        self._stale_locks[key] = lock
+        try:
+            await self._free_lock(key, lock, breaker.probe_lease)
+        except BaseException:
+            # Cancelled while the store answered: a task frees it (as abandon's does).
+            self._release_lock(key, lock)
+            raise
 
     def _release_lock(self, key: tuple[str, str], lock: str) -> None:
         """Free the fleet's probe lock ``lock`` at ``key`` soon: abandon cannot wait (it runs as

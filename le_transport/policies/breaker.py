@@ -9,10 +9,14 @@ longer break, on a :class:`~le_transport.policies.BackoffPolicy` (never a shorte
 last: at the cap, the break's jitter could otherwise draw one shorter). Only the probe's own answer
 decides there: an attempt admitted before the break that ends after it is ignored.
 
-Only 5xx, 429 and transport failures count as failures (:meth:`CircuitBreaker.counts_as_failure`);
-any other answer, 4xx included, proves the service is up and counts as a success, and so does a
-refused certificate: the host answered the handshake, and the refusal is final and the caller's
-to fix, to surface as itself, never as a retryable ``CircuitOpen``.
+An outcome is one of three things to the breaker. A failure: 5xx, 429 and transport failures
+(:meth:`CircuitBreaker.counts_as_failure`). A success: any other answer, 4xx included, proves the
+service is up. No verdict: a refused certificate (:meth:`CircuitBreaker.gives_no_verdict`) says
+nothing about the service behind the TLS terminator (often one client's wrong CA bundle): it is
+recorded neither way, so it never opens the circuit (the refusal is final and the caller's to
+fix, to surface as itself, never as a retryable ``CircuitOpen``) and never closes it either (a
+half-open probe meeting one frees the half-open slot, as a cancelled probe does:
+:meth:`CircuitBreaker.release`).
 
 :class:`CircuitBreaker` is the configuration; :class:`BreakerStatus` the state, replaced and never
 mutated. Time and the random draw for the break's jitter come in as arguments.
@@ -179,10 +183,8 @@ class CircuitBreaker:
     def counts_as_failure(outcome: Outcome) -> bool:
         """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport
         failure (a status below 100 too: no HTTP answer). Any other answer, 4xx included,
-        shows the service is up; so does a refused certificate (``TLS_REJECTED``): the host
-        answered the handshake, and the refusal is final and the caller's (a wrong CA, a host
-        that is not who it claims). Counted, a few of them opened the circuit, and the calls
-        after failed with ``CircuitOpen``, retryable, instead of the final TLS error."""
+        shows the service is up, and is a success, but for a refused certificate, which is
+        neither (:meth:`gives_no_verdict`)."""
         if outcome.kind is OutcomeKind.TLS_REJECTED:
             return False
         if outcome.kind is not OutcomeKind.RESPONSE:
@@ -190,6 +192,18 @@ class CircuitBreaker:
         status = outcome.status or 0
         # Above 599: a 5xx (RFC 9110 15); below 100: no HTTP status at all (a proxy's 000).
         return status == 429 or status < 100 or 500 <= status <= 999
+
+    @staticmethod
+    def gives_no_verdict(outcome: Outcome) -> bool:
+        """Whether ``outcome`` says nothing about the service, to be recorded neither as a
+        failure nor as a success: a refused certificate (``TLS_REJECTED``). The refusal is the
+        client's view of the host's certificate (a wrong CA bundle, a host that is not who it
+        claims), final and the caller's to fix. Counted as a failure, a few of them opened the
+        circuit, and the calls after failed with ``CircuitOpen``, retryable, instead of the
+        final TLS error; counted as a success, a half-open probe meeting one closed the circuit
+        of a service whose last answers were 5xx (and, in a fleet, everyone's with it). A probe
+        with no verdict frees the half-open slot (:meth:`release`) for the next one."""
+        return outcome.kind is OutcomeKind.TLS_REJECTED
 
     def scaled(self, factor: float) -> CircuitBreaker:
         """The same breaker with every duration multiplied by ``factor`` (tests, demos)."""
@@ -367,7 +381,8 @@ class CircuitBreaker:
         )
 
     def release(self, status: BreakerStatus, now: float) -> BreakerStatus:
-        """The probe ended without a verdict (cancelled): free the half-open slot."""
+        """The probe ended without a verdict (cancelled, or an outcome that
+        :meth:`gives_no_verdict`): free the half-open slot, the breaker still half-open."""
         if status.probe_until is None:
             return status
         return attrs.evolve(status, probe_until=None)
