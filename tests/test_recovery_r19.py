@@ -11,6 +11,8 @@
   surfaces as the final TLS error, never as a retryable ``CircuitOpen``; nor does it close one,
   or count as a success in a closed one: a half-open probe meeting it is released, as a
   cancelled probe is, and the fleet is told nothing.
+- A fleet trip entry with a bad ``break`` is still the fleet's trip: adopted, its break read
+  as 0.
 """
 
 from __future__ import annotations
@@ -372,3 +374,52 @@ async def test_refused_certificates_do_not_dilute_a_closed_breakers_failures() -
     assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED, "3 attempts of 4 needed"
     await _open_breaker(guard, 1)
     assert guard.breaker_state("svc", HOST) is BreakerState.OPEN, "4 failures in 4"
+
+
+# -- A fleet trip entry's bad "break" ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "read_as"),
+    [
+        ("NaN", 0.0),
+        ("Infinity", 0.0),
+        ("-Infinity", 0.0),
+        ("1e999", 0.0),  # inf to json
+        ("1" + "0" * 400, 0.0),  # an int past float's range
+        ("-1", 0.0),
+        ("true", 0.0),
+        ('"10"', 0.0),
+        ("null", 0.0),
+        ("[]", 0.0),
+        ("{}", 0.0),
+        ("-0.0", 0.0),
+        ("100", 100.0),
+        ("1e308", FLEET_BREAKER.longest_break),  # longer than this breaker ever takes
+    ],
+)
+async def test_a_trip_with_a_bad_break_is_still_adopted(raw: str, read_as: float) -> None:
+    """A trip entry whose ``break`` is not a finite number >= 0 is still the fleet's trip: this
+    process adopts it (half-open on it: the probe goes, and its failure re-opens the breaker
+    for the fleet's second break), the bad break read as 0, as in an entry without one. Taken
+    for a damaged entry, the live trip was ignored entirely, and a probe's 503 opened nothing.
+    A good break still sets the floor of the re-open, at most this breaker's longest break."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    guard = OverloadGuard(budget=None, breaker=FLEET_BREAKER, store=store, account="1", clock=clock)
+    trip_key = state_key("1", "breaker", "svc", HOST)
+    await store.set(
+        trip_key, f'{{"opens": 1, "half_open": 30.0, "break": {raw}, "id": "o:1"}}', ttl=30.0
+    )
+    probe = _Call("svc", HOST)
+    assert await guard.admit(probe, 1) is None
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN, "the trip is adopted"
+    await guard.settle(probe, 1, Outcome.response(503))
+    refused = await guard.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen)
+    assert refused.retry_at - clock.now() == pytest.approx(max(10.0, read_as))
+    entry = await store.get(trip_key)
+    assert entry is not None
+    data = json.loads(entry.value)
+    assert data["opens"] == 2
+    assert data["break"] == pytest.approx(max(10.0, read_as))

@@ -1374,7 +1374,8 @@ class OverloadGuard:
         self, key: tuple[str, str], entry: Entry, now: float
     ) -> tuple[int, float, float] | _FleetClosed | None:
         """The fleet's trip entry at ``key``, read at ``now``: (openings, when the break ends,
-        how long it was: 0 in an entry without it, and at most this breaker's longest break),
+        how long it was: 0 in an entry without it or with one that is not a finite number
+        >= 0, and at most this breaker's longest break),
         the fleet's closed mark (:class:`_FleetClosed`: when it closed), or None if it is
         damaged (logged once: a bad entry must not fail every call there).
 
@@ -1408,7 +1409,10 @@ class OverloadGuard:
                 raise _Damaged("half_open is not a finite number >= 0")
             last = data.get("break", 0)
             if not finite_number(last) or last < 0:
-                raise _Damaged("break is not a finite number >= 0")
+                # Only the floor of a re-open's break: a bad one (null, NaN, a string) reads
+                # as none, as in an entry without it. The trip itself is still the fleet's,
+                # adopted: taken for damage, a live break was ignored.
+                last = 0
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # OverflowError and RecursionError too: a 1e999 or thousands of nested brackets.
             self._damaged_trip(key, entry, exc)
