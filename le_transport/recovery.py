@@ -72,9 +72,10 @@ round's pause would end: until its ``retry_at``, in steps of the request schedul
 (its half-open probe's success closes it long before the probe's lease ends), then runs again;
 a re-login cannot close a circuit. A circuit shut longer than that pause, or a call that has
 waited so since its last round, gets the round, and what it waited counts toward that round's
-pause (the round sleeps the rest, never less than the request schedule's last pause nor the
-longest pause the failed call took): re-logins stay the policy's pause apart, 2, 4, 8 min,
-not the pause plus the breaker waits before it.
+pause (the round sleeps the rest, never less than the request schedule's last pause, the
+longest pause the failed call took, nor the policy's ``floor``): re-logins stay the policy's
+pause apart, 2, 4, 8 min, not the pause plus the breaker waits before it (a floor on the rest,
+and the call's own runs between breaker waits, only make them further apart).
 
 The loop is shared by every call of the session: a hundred calls failing together wait for one
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
@@ -88,7 +89,9 @@ failure starts afresh. A call that succeeds while a later round of the episode i
 pauses go on growing, and the episode ends with ``recovered`` when the last call through it is
 done, however that one ends, unless the loop gives up. Every transition is logged
 (``le_transport.recovery``) and emitted to ``EventHooks.on_state``: ``relogin_scheduled`` (with
-the pause), ``relogin_failed``, ``recovered``, ``gave_up``.
+the ``pause`` planned since the last re-login, or since the failure for the first; after breaker
+waits also ``waited``, what the call waited on the open circuit since, and ``sleep``, what the
+round sleeps now before the re-login), ``relogin_failed``, ``recovered``, ``gave_up``.
 """
 
 from __future__ import annotations
@@ -769,10 +772,15 @@ class Recovery:
         breaker waits and this sleep add up to it; the call's own runs in between only add).
         Never less than the request schedule's last pause, nor than ``taken``, the longest
         pause the failed call itself took: the guide's floor between a failure and its outer
-        retry."""
+        retry; nor than the policy's own ``floor`` (the re-logins' "never under 15 s", which a
+        request schedule without pauses no longer kept: the round re-logged in at once after
+        the breaker waits). So the re-login may come later than ``pause`` after the last."""
         if waited <= 0.0:
             return pause
-        return min(pause, max(pause - waited, self._request_policy.last_pause, taken))
+        return min(
+            pause,
+            max(pause - waited, self._request_policy.last_pause, taken, self._policy.floor),
+        )
 
     async def _round(
         self, exc: Exception, first: float | None, elapsed: float, waited: float = 0.0
@@ -796,10 +804,12 @@ class Recovery:
                 "pause": round(pause, 3),
                 "error": _name(last),
             }
-            if sleep < pause:
+            if waited > 0.0:
                 # Part of the pause already spent waiting on the circuit: the re-login comes
-                # after the rest.
-                details["waited"] = round(pause - sleep, 3)
+                # after the rest, ``sleep`` (no less than the floors of _wait_for: with one,
+                # more than ``pause - waited``).
+                details["waited"] = round(waited, 3)
+                details["sleep"] = round(sleep, 3)
             self._state(logging.WARNING, "relogin_scheduled", details)
             waited = 0.0  # (only the first pause follows the breaker waits)
             self.pauses.append(pause)

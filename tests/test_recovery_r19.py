@@ -11,31 +11,44 @@
   surfaces as the final TLS error, never as a retryable ``CircuitOpen``; nor does it close one,
   or count as a success in a closed one: a half-open probe meeting it is released, as a
   cancelled probe is, and the fleet is told nothing.
+- The rest of a round's pause after breaker waits keeps the re-login policy's floor, and the
+  ``relogin_scheduled`` event says exactly what was waited and what the round sleeps.
 - A fleet trip entry with a bad ``break`` is still the fleet's trip: adopted, its break read
   as 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from le_transport import Engine, EventHooks, RetryPolicy
-from le_transport.errors import CircuitOpen, ConnectionFailed, RecoveryFailed
+from le_transport.errors import (
+    CircuitOpen,
+    ConnectionFailed,
+    RecoveryFailed,
+    RetriesExhausted,
+    ServerStatusError,
+)
 from le_transport.events import StateEvent
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome, OutcomeKind
+from le_transport.providers import StaticDomains
+from le_transport.recovery import Recovery
 from le_transport.state import MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.conftest import ServerFactory
 from tests.test_guard_hot_path import _Call
+from tests.test_recovery import CountingAuth
 
 
 async def test_breaker_waits_count_toward_the_rounds_pause(
@@ -70,8 +83,8 @@ async def test_breaker_waits_count_toward_the_rounds_pause(
             await engine.request("GET", "svc", "/x", recover=True)
     scheduled = [(at, e.details) for at, e in seen if e.name == "relogin_scheduled"]
     assert [d["pause"] for _, d in scheduled] == [120.0, 240.0, 480.0]
-    # When each re-login ran: the rest of its pause after what the call waited on the breaker.
-    relogins = [at + d["pause"] - float(d.get("waited", 0.0)) for at, d in scheduled]
+    # When each re-login ran: what the round slept (the rest of its pause) after its event.
+    relogins = [at + float(d.get("sleep", d["pause"])) for at, d in scheduled]
     gaps = [b - a for a, b in itertools.pairwise(relogins)]
     # Never shorter than the pause (the calls' own runs between breaker waits only add).
     assert gaps[0] >= 240.0
@@ -117,8 +130,8 @@ async def test_breaker_waits_never_shorten_the_pause_below_the_request_schedules
     scheduled = [e.details for _, e in seen if e.name == "relogin_scheduled"]
     assert len(scheduled) == 3
     for details in scheduled:
-        sleep = float(details["pause"]) - float(details.get("waited", 0.0))
-        assert sleep >= RetryPolicy().last_pause == 15.0, scheduled
+        assert float(details.get("sleep", details["pause"])) >= RetryPolicy().last_pause == 15.0
+        assert details.get("waited", 0.0) <= details["pause"], scheduled
 
 
 def _reopens(breaker: CircuitBreaker, draws: list[float]) -> list[float]:
@@ -374,6 +387,165 @@ async def test_refused_certificates_do_not_dilute_a_closed_breakers_failures() -
     assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED, "3 attempts of 4 needed"
     await _open_breaker(guard, 1)
     assert guard.breaker_state("svc", HOST) is BreakerState.OPEN, "4 failures in 4"
+
+
+# -- The rest of a pause after breaker waits ---------------------------------------------------
+
+
+class TimedAuth(CountingAuth):
+    """Counts re-logins, and keeps when each ran."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.at: list[float] = []
+
+    async def relogin(self):  # type: ignore[no-untyped-def]
+        self.at.append(self.clock.now())
+        return await super().relogin()
+
+
+async def test_the_rest_of_a_pause_after_breaker_waits_keeps_the_policys_floor() -> None:
+    """A request schedule without pauses (``RetryPolicy(pauses=())``): the call waits on the
+    breaker (50 + 50 s) up to the round's whole pause (100 s), and the round slept 0 s,
+    re-logging in at once, below the re-login policy's floor (15 s, "never under 15 s"). The
+    event says what the call waited (100 s) and what the round sleeps (15 s)."""
+    clock = VirtualClock()
+    auth = TimedAuth(clock)
+    events: list[tuple[float, StateEvent]] = []
+    recovery = Recovery(
+        domains=StaticDomains({}),
+        auth=auth,
+        clock=clock,
+        policy=BackoffPolicy(first=100.0, cap=1000.0, jitter=0.0, floor=15.0, max_attempts=1),
+        request_policy=RetryPolicy(pauses=()),
+        hooks=EventHooks(on_state=(lambda e: events.append((clock.now(), e)),)),
+    )
+    runs = 0
+
+    async def call() -> str:
+        nonlocal runs
+        runs += 1
+        if runs <= 2:
+            raise CircuitOpen("open", retry_at=clock.now() + 50.0)
+        if runs == 3:
+            raise CircuitOpen("open", retry_at=clock.now() + 500.0)
+        return "ok"
+
+    assert await recovery.run(call) == "ok"
+    ((at, details),) = [(at, e.details) for at, e in events if e.name == "relogin_scheduled"]
+    assert details["pause"] == 100.0
+    assert details["waited"] == 100.0, "what the call really waited on the circuit"
+    assert details["sleep"] == 15.0
+    assert auth.at == [at + 15.0]
+
+
+step = st.tuples(
+    st.floats(0.0, 20.0),  # the call's own run time
+    st.sampled_from(["open", "open", "open", "exhausted", "ok"]),
+    st.floats(-5.0, 400.0),  # retry_at - now
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    first=st.floats(15.0, 200.0),
+    jitter=st.floats(0.0, 0.3),
+    pauses=st.lists(st.floats(0.0, 30.0), max_size=3),
+    scripts=st.lists(st.lists(step, min_size=1, max_size=12), min_size=1, max_size=4),
+    cancels=st.lists(st.one_of(st.none(), st.floats(0.0, 2000.0)), min_size=4, max_size=4),
+    deadlines=st.lists(st.one_of(st.none(), st.floats(1.0, 3000.0)), min_size=4, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_relogins_are_never_closer_than_their_pause(
+    first: float,
+    jitter: float,
+    pauses: list[float],
+    scripts: list[list[tuple[float, str, float]]],
+    cancels: list[float | None],
+    deadlines: list[float | None],
+    seed: int,
+) -> None:
+    """Invariant, whatever the calls (refused by an open circuit, failing, succeeding, cancelled,
+    with deadlines): each re-login runs what its event says after it (``sleep``, else the whole
+    ``pause``), never sooner than the request schedule's last pause and the policy's floor
+    after breaker waits, and within an episode no sooner than ``pause`` after the last."""
+    clock = VirtualClock()
+    auth = TimedAuth(clock)
+    events: list[tuple[float, StateEvent]] = []
+    request_policy = RetryPolicy(pauses=tuple(sorted(pauses)))
+    policy = BackoffPolicy(first=first, cap=2000.0, jitter=jitter, floor=15.0)
+
+    async def scenario() -> None:
+        recovery = Recovery(
+            domains=StaticDomains({}),
+            auth=auth,
+            clock=clock,
+            policy=policy,
+            request_policy=request_policy,
+            rng=random.Random(seed),
+            hooks=EventHooks(on_state=(lambda e: events.append((clock.now(), e)),)),
+        )
+
+        def caller(script: list[tuple[float, str, float]]):  # type: ignore[no-untyped-def]
+            it = iter(script)
+
+            async def call() -> str:
+                run, kind, retry_in = next(it, (1.0, "ok", 0.0))
+                await clock.sleep(run)
+                if kind == "open":
+                    raise CircuitOpen("open", retry_at=clock.now() + retry_in)
+                if kind == "exhausted":
+                    raise RetriesExhausted("gave up", last=ServerStatusError("503", status=503))
+                return "ok"
+
+            return call
+
+        tasks = [
+            asyncio.ensure_future(
+                recovery.run(caller(s), until=None if d is None else clock.now() + d)
+            )
+            for s, d in zip(scripts, deadlines, strict=False)
+        ]
+
+        async def cancel_later(task: asyncio.Task[str], at: float) -> None:
+            await clock.sleep(at)
+            task.cancel()
+
+        killers = [
+            asyncio.ensure_future(cancel_later(t, c))
+            for t, c in zip(tasks, cancels, strict=False)
+            if c is not None
+        ]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for k in killers:
+            k.cancel()
+        await asyncio.gather(*killers, return_exceptions=True)
+
+    asyncio.run(scenario())
+    used: set[float] = set()
+    last_relogin: float | None = None
+    for at, e in events:
+        if e.name in ("recovered", "gave_up"):
+            last_relogin = None
+        if e.name != "relogin_scheduled":
+            continue
+        pause = float(e.details["pause"])
+        sleep = float(e.details.get("sleep", pause))
+        assert 0.0 <= sleep <= pause, e.details
+        if "waited" in e.details:
+            # (What the call really waited: more than the pause when its waits were measured
+            # against a later round's longer pause, the episode having ended meanwhile.)
+            assert float(e.details["waited"]) > 0.0, e.details
+            assert sleep >= max(request_policy.last_pause, policy.floor) - 1e-3, e.details
+        # The re-login of this scheduling, if it ran (a cancelled round's never does).
+        match = [t for t in auth.at if abs(t - (at + sleep)) <= 1e-6 and t not in used]
+        if not match:
+            continue
+        used.add(match[0])
+        if last_relogin is not None:
+            assert match[0] - last_relogin >= pause - 1e-3, (last_relogin, match[0], e.details)
+        last_relogin = match[0]
 
 
 # -- A fleet trip entry's bad "break" ------------------------------------------------------------
