@@ -118,38 +118,80 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # list, so an api_key or a signature hidden in a URL is hidden in an error's text as well):
 # the name is a whole run (no backtracking into it: a long run costs one pass) and its
 # secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
-# name. Not an auth scheme's name ("Authorization: Bearer x"): the scheme pattern has hidden
-# its credential and keeps the scheme readable. An authorization's or a cookie's unquoted
-# value is read by its header's grammar (_AUTH_VALUE, _COOKIE_VALUE): hidden whole, whatever
-# its scheme or its cookies' names.
-_FIELD = re.compile(r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)([\"']?\s*+[:=]\s*+[\"']?)")
-_FIELD_VALUE = re.compile(r"(?i)(?!(?:bearer|jwt|basic)\s)[^\"'&,\s}]++")
+# name. The quotes around the name and the value may be escaped (``{\"password\": \"x\"}``:
+# JSON held in a JSON string, as a truncated body shows it). Not an auth scheme's name
+# ("Authorization: Bearer x"): the scheme pattern has hidden its credential and keeps the
+# scheme readable. An authorization's or a cookie's unquoted value is read by its header's
+# grammar (_AUTH_VALUE, _COOKIE_LINE, _COOKIE_VALUE): hidden whole, whatever its scheme or
+# its cookies' names.
+_FIELD = re.compile(
+    r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)"
+    r"((?:\\*+[\"'])?\s*+[:=]\s*+(?:\\*+[\"'])?|\\*+[\"'],\s*+\\*+[\"'])"
+)
+#: Backslashes that are not the escape of a line break or of a quote (``\r``, ``\n``, ``\"``
+#: as a JSON string writes them, in an excerpt or a log of one; ``\\\"`` in a JSON string
+#: held in another): taken with the character they escape. Those end a value, as the line
+#: break or the quote they stand for would. Pairs escape themselves (``\\r`` is a backslash
+#: and an "r": taken).
+_ESCAPED = r"(?:(?:\\\\)++(?:\\[^rn\"'\s\\])?|\\[^rn\"'\s\\])"
+_FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_ESCAPED})++")
 #: An authorization's value (RFC 9110 credentials): a scheme, then after blanks a credential:
-#: a run (token68, a first auth-param, or any run a server's echo may hold; a quoted string
-#: in it taken whole, spaces and commas and all, where a value starts: first, or after "="),
-#: then any auth-params after commas
-#: (``username="bob", realm="r", response="..."``: Digest, OAuth, MAC). The scheme stays
-#: readable when it looks like one (:func:`_is_scheme`); the credential is hidden to its end.
+#: either auth-params after commas (``username="bob", realm="r", response="..."``: Digest,
+#: OAuth, MAC, AWS; a quoted value taken whole, spaces and commas and all), or one run (a
+#: token68, or any run a server's echo may hold; a quoted string in it taken whole where a
+#: value starts: first, or after "="), never both: what follows a token68 after a comma is
+#: the text around it ("Token x, status=401"). The scheme stays readable when it looks like
+#: one (:func:`_is_scheme`); the credential is hidden to its end.
 _QUOTED_STRING = r'"(?:[^"\\\r\n]|\\.)*+"?'
-_AUTH_RUN = rf"(?:(?<=[=\s]){_QUOTED_STRING}|[^\s,\"'<>&}}])++"
-_AUTH_PARAM = rf"[A-Za-z0-9!#$%*+.^_`|~-]++\s*+=\s*+(?:{_QUOTED_STRING}|[^\s,\"'<>&}}]*+)"
+#: A quoted string whose quotes are escaped (``response=\"...\"`` in a JSON string, more
+#: backslashes in a JSON string held in another): up to the next escaped quote or line break.
+_ESCAPED_QUOTED_STRING = (
+    r'\\++"(?:[^\\\r\n]|(?:\\\\)++(?:\\[^"rn\\\r\n])?|\\[^"rn\\\r\n])*+(?:\\++")?'
+)
+_AUTH_CHAR = rf"(?:[^\s,\"'<>&}}\\]|{_ESCAPED})"
+_AUTH_RUN = rf"(?:(?<=[=\s])(?:{_QUOTED_STRING}|{_ESCAPED_QUOTED_STRING})|{_AUTH_CHAR})++"
+# A parameter's value is quoted, or a run not starting with "=" (so that a token68's padding,
+# "dXNl==", is not read as a parameter).
+_AUTH_PARAM = (
+    r"[A-Za-z0-9!#$%*+.^_`|~-]++[ \t]*+=[ \t]*+"
+    rf"(?:{_QUOTED_STRING}|{_ESCAPED_QUOTED_STRING}|(?!=){_AUTH_CHAR}++)"
+)
 _AUTH_VALUE = re.compile(
-    rf"(?P<scheme>[^\s,\"'<>&}}]++)"
-    rf"(?:(?P<blank>[ \t]++)(?P<credential>{_AUTH_RUN}(?:\s*+,\s*+{_AUTH_PARAM})*+))?"
+    rf"(?P<scheme>{_AUTH_CHAR}++)"
+    rf"(?:(?P<blank>[ \t]++)"
+    rf"(?P<credential>{_AUTH_PARAM}(?:[ \t]*+,[ \t]*+{_AUTH_PARAM})*+(?:{_AUTH_RUN})?"
+    rf"|{_AUTH_RUN}))?"
 )
 #: A scheme's name shown as it is: a known one, or letters and hyphens ("LivePerson",
 #: "Bearer-Token"); a run with digits may be a credential given without a scheme.
 _SCHEME_WORD = re.compile(r"[A-Za-z][A-Za-z-]{0,23}")
 _KNOWN_SCHEMES = frozenset({"aws4-hmac-sha256", "scram-sha-1", "scram-sha-256"})
-#: A cookie header's value: ``name=value`` pairs (a value possibly quoted) and attributes
-#: ("HttpOnly"), separated by semicolons: a Cookie's every pair, a Set-Cookie's and its
-#: attributes, hidden whole.
-_COOKIE_ITEM = r'[^=;\s"\',&}]++(?:=(?:"[^"\r\n]*+"?|[^;\s"\',&}]*+))?+'
-_COOKIE_VALUE = re.compile(rf"{_COOKIE_ITEM}(?:;[ \t]*+{_COOKIE_ITEM})*+")
-_QUOTED = {
-    '"': re.compile(r'(?:[^"\\]|\\.)*+'),
-    "'": re.compile(r"(?:[^'\\]|\\.)*+"),
-}
+#: A cookie header's value ("Cookie: ...", "Set-Cookie: ..."): the rest of its line, up to
+#: a line break, a quote closing the text around it, or their escapes (``\r\n`` and ``\"`` as
+#: a JSON string writes them): every cookie, however they are joined (``; ``, `` ;``, a
+#: folded Set-Cookie's ``, ``), and every attribute (``Expires=Wed, 21 Oct ...``). A quoted
+#: cookie value (``sess="..."``, ``sess=\"...\"``) is taken whole.
+_COOKIE_LINE = re.compile(
+    rf"(?:(?<==)(?:{_QUOTED_STRING}|{_ESCAPED_QUOTED_STRING})|{_ESCAPED}|[^\r\n\"'\\}}&])++"
+)
+#: A cookie given as a name's value ("cookie=..."): ``name=value`` pairs (a value possibly
+#: quoted) and attributes ("HttpOnly"), separated by semicolons.
+_COOKIE_ITEM = r'[^=;\s"\',&}\\]++(?:=(?:"[^"\r\n]*+"?|[^;\s"\',&}\\]*+))?+'
+_COOKIE_VALUE = re.compile(rf"{_COOKIE_ITEM}(?:[ \t]*+;[ \t]*+{_COOKIE_ITEM})*+")
+#: A quote with the backslashes before it, for :func:`_quoted_end`.
+#: (From a run's first backslash only: one try per run, never one per backslash.)
+_QUOTE_RUNS = {'"': re.compile(r'(?<!\\)\\*+"'), "'": re.compile(r"(?<!\\)\\*+'")}
+#: A value given as a JSON array (``"Set-Cookie": ["a=b", "c=d"]``, Go's ``http.Header``):
+#: hidden up to its closing bracket (brackets in its quoted strings are theirs), to the end
+#: of the text when it is cut before it.
+_ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
+#: What precedes a "value" field that is a named header's or parameter's (HAR's
+#: ``{"name": "Authorization", "value": "..."}``, a ``{"key": ..., "value": ...}`` list): the
+#: name, looked for in a short window before the field (:func:`_named_by`).
+_NAME_OF_VALUE = re.compile(
+    r"(?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']\s*+,\s*+\\*+[\"']"
+)
+_NAMED_WINDOW = 120
 
 
 def _is_scheme(word: str) -> bool:
@@ -167,6 +209,48 @@ def _header_kind(name: str) -> str | None:
     return None
 
 
+def _named_by(text: str, end: int) -> str | None:
+    """The name a ``"value"`` field ending its key at ``end`` belongs to, when an object gives
+    its name first (``"name": "Authorization", "value"``); bounded work per field."""
+    start = max(0, end - _NAMED_WINDOW)
+    window = text[start:end].lower()
+    for word in ("name", "key"):
+        at = window.rfind(word)
+        if at >= 0 and (found := _NAME_OF_VALUE.fullmatch(window, at)) is not None:
+            return found.group(1)
+    return None
+
+
+def _quote_depth(backslashes: int) -> int:
+    """How deep in strings held in strings a quote after ``backslashes`` backslashes closes
+    one: none, a string's own; one (``\\"``), a JSON string's in a JSON string; three, one
+    more level; an even number escape themselves, and the quote is a string's own."""
+    depth = 0
+    while backslashes % 2:
+        depth += 1
+        backslashes //= 2
+    return depth
+
+
+def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
+    """Where a value in quotes starting at ``start`` ends: at the first quote closing a string
+    as deep as its own or shallower (an escaped quote inside it is deeper); at the text's end
+    when it is cut before its close."""
+    for found in _QUOTE_RUNS[quote].finditer(text, start):
+        if _quote_depth(found.end() - found.start() - 1) <= depth:
+            return found.start()
+    return len(text)
+
+
+def _opens_pair(text: str, name_start: int) -> bool:
+    """Whether the quoted name starting at ``name_start`` is the first of a pair (a list's or
+    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``)."""
+    at = name_start - 1  # the name's quote
+    while at > 0 and text[at - 1] == "\\":
+        at -= 1
+    return at > 0 and text[at - 1] in "[("
+
+
 def _hide_secret_fields(text: str) -> str:
     """``text`` with the value of each field whose name says secret hidden; one pass."""
     out: list[str] = []
@@ -176,15 +260,32 @@ def _hide_secret_fields(text: str) -> str:
             # Wholly inside a value hidden already: its own value ends where that one does.
             continue
         name = match.group(1).lower()
+        if name == "value" and (named := _named_by(text, match.start(1))) is not None:
+            # HAR's {"name": "Authorization", "value": "..."}: the value is the header's.
+            if not is_secret_header(named):
+                continue
+            name = named.lower()
         kind = _header_kind(name)
-        if kind is None and not any(part in name for part in _SECRET_NAME_PARTS):
+        punctuation = match.group(2)
+        if punctuation[-1] not in ":=" and "," in punctuation:
+            # A pair of strings: only a credential header and its value, as a header list
+            # writes them ('[("Authorization", "Token x")]', '["Cookie", "a=b"]').
+            if kind is None or not _opens_pair(text, match.start(1)):
+                continue
+        elif kind is None and not any(part in name for part in _SECRET_NAME_PARTS):
             continue
-        opener = match.group(2)[-1]
-        shown = match.end()  # what is kept: up to the value, or up to its scheme's end
+        opener = punctuation[-1]
+        shown = end = match.end()  # what is kept: up to the value, or up to its scheme's end
+        value: re.Match[str] | None = None
         if opener in "\"'":
             # A quoted value: hidden up to its closing quote (a backslash escapes one), spaces,
-            # commas and all; to the end of the text when it is cut before its close.
-            value = _QUOTED[opener].match(text, match.end())
+            # commas and all; to the end of the text when it is cut before its close. Its
+            # quotes may be escaped (JSON in a JSON string: '{\\"password\\": \\"x\\"}').
+            escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
+            end = _quoted_end(text, match.end(), opener, _quote_depth(escapes))
+        elif text.startswith("[", match.end()):
+            # A list of values ("Cookie": ["a=b"]): hidden whole.
+            value = _ARRAY.match(text, match.end())
         elif kind == "authorization":
             # "Authorization: <scheme> <credential>", whatever the scheme ("Token", "Digest
             # username=..., response=..."): the credential hidden to its end, the scheme shown
@@ -193,34 +294,67 @@ def _hide_secret_fields(text: str) -> str:
             if value is not None and value.group("credential") and _is_scheme(value["scheme"]):
                 shown = value.end("blank")
         elif kind == "cookie":
-            value = _COOKIE_VALUE.match(text, match.end())
+            # A header ("Cookie: ...") to its line's end; a name's value ("cookie=...") by
+            # the cookies' grammar.
+            grammar = _COOKIE_LINE if ":" in punctuation else _COOKIE_VALUE
+            value = grammar.match(text, match.end())
         else:
             value = _FIELD_VALUE.match(text, match.end())
-        if value is None:
+        if value is not None:
+            end = value.end()
+        elif opener not in "\"'":
             continue
         if match.start() < done:
             # Inside a value hidden already ("api_key=abc;password=x"): hidden to its end.
-            done = max(done, value.end())
+            done = max(done, end)
             continue
         out.append(text[done:shown])
         out.append(REDACTED)
-        done = value.end()
+        done = end
     if not out:
         return text
     out.append(text[done:])
     return "".join(out)
 
 
+#: An element whose name says secret, in XML or HTML (``<Authorization>Token x</...>``,
+#: ``<password>x</password>``): its text hidden, up to the next tag. The name is decided in
+#: Python (:func:`_hide_element`).
+_ELEMENT = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)>([^<]++)")
+
+
+def _hide_element(match: re.Match[str]) -> str:
+    name = match.group(1).rpartition(":")[2]  # (a namespace's prefix is no part of it)
+    if not is_secret_header(name):
+        return match.group(0)
+    return f"<{match.group(1)}>{REDACTED}"
+
+
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
 # OAuth params (then the fields, above), the short names, the UMS path's bearer, a URL's
 # userinfo, and a JWT anywhere.
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # (Not a parameter's name: "Bearer realm=" followed by its quoted value is the
-    # authorization's parameters, hidden with it by the fields' pass.)
-    (re.compile(r'(?i)\b(bearer|jwt|basic)\s+[A-Za-z0-9._~+/=-]{4,}+(?!")'), rf"\1 {REDACTED}"),
+    # Whatever follows the credential (a quote closing it: '"Bearer x"'). Not parameters
+    # ('Bearer realm="api"': a challenge, or an authorization's parameters, which the fields'
+    # pass hides with their values): a name then "=" then a value (a token68 has "=" only as
+    # its padding, at its end), or a lower-case name (as every scheme's parameters are named)
+    # then '="', never the end of a padded token68 ('"Basic dXNl...Q="').
     (
-        re.compile(r'(?i)(oauth_(?:signature|token|consumer_key|nonce))="?[^",\s]*"?'),
-        rf'\1="{REDACTED}"',
+        re.compile(
+            r"(?i)\b(bearer|jwt|basic)\s+"
+            r"(?![A-Za-z0-9._~+/-]++[ \t]*+=[ \t]*+[A-Za-z0-9_~+/-])"
+            r"(?-i:(?![a-z_-]++[ \t]*+=[ \t]*+\\?\"))"
+            r"[A-Za-z0-9._~+/=-]{4,}+"
+        ),
+        rf"\1 {REDACTED}",
+    ),
+    # Quoted as the quotes around it are: escaped ('\\"', '\\\\\\"') in a JSON string.
+    (
+        re.compile(
+            r'(?i)(oauth_(?:signature|token|consumer_key|nonce))=(\\*+"|)'
+            r'[^"\\,\s]*+(?:\2)?'
+        ),
+        rf"\1=\2{REDACTED}\2",
     ),
 )
 _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -230,7 +364,7 @@ _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(
             r"(?i)(?<![a-z0-9_.-])("
             + "|".join(sorted(_SECRET_NAMES))
-            + r")(\s*=\s*[\"']?)([^\"'&,\s}]+)"
+            + r")(\s*=\s*(?:\\*+[\"'])?)([^\"'&,\s}\\]+)"
         ),
         rf"\1\2{REDACTED}",
     ),
@@ -367,8 +501,16 @@ def redact_json(value: Any) -> Any:
     holding JSON or ``password="..."`` has them escaped (``\\"``), which free text's rules do
     not read as quotes (an echoed ``{"access_token": ...}`` filter was shown whole)."""
     if isinstance(value, dict):
+        # A header or a parameter as an object of its own (HAR's {"name": "Authorization",
+        # "value": "..."}, a {"key": ..., "value": ...} list): its value is the named one's.
+        named = value.get("name", value.get("key"))
+        named_secret = isinstance(named, str) and is_secret_header(named)
         return {
-            k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else redact_json(v))
+            k: (
+                REDACTED
+                if isinstance(k, str) and (_is_secret_key(k) or (named_secret and k == "value"))
+                else redact_json(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -388,9 +530,15 @@ def redact_text(text: str) -> str:
     """Free text with credential-looking fragments replaced: a name's value that says secret,
     an ``Authorization`` or ``Proxy-Authorization`` value under any scheme (the scheme shown,
     its credential and parameters hidden), a ``Cookie`` or ``Set-Cookie`` value, a scheme's
-    credential ("Bearer x"), OAuth parameters, a URL's userinfo, the UMS path's bearer, a JWT."""
+    credential ("Bearer x"), OAuth parameters, a URL's userinfo, the UMS path's bearer, a JWT.
+    A value is found as JSON writes it too: quoted with escaped quotes (JSON in a JSON
+    string), as an array (``"Cookie": ["..."]``), as HAR's ``{"name": "Authorization",
+    "value": "..."}``, and as an XML element's text (``<Authorization>...</Authorization>``).
+    A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)
+    if "<" in text:
+        text = _ELEMENT.sub(_hide_element, text)
     text = _hide_secret_fields(text)
     for pattern, replacement in _TEXT_AFTER_FIELDS:
         text = pattern.sub(replacement, text)

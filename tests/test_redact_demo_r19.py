@@ -1,5 +1,6 @@
-"""Redaction of authorizations under any scheme and of cookies; the demo's retry-schedule
-verdict; a malformed ``--csds-host`` as a usage error.
+"""Redaction of authorizations under any scheme and of cookies, however a log or a body writes
+them (quoted, JSON arrays, HAR, JSON inside a JSON string, escaped CRLFs, folded cookies); the
+demo's retry-schedule verdict; a malformed ``--csds-host`` as a usage error.
 
 The demo runs here on the real clock at a small scale (as ``le-transport demo`` does); nothing
 asserts on how fast anything went.
@@ -8,6 +9,7 @@ asserts on how fast anything went.
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import pytest
@@ -113,6 +115,167 @@ def test_cookie_headers_in_a_json_body_are_hidden() -> None:
     assert CRED not in repr(shown), shown
     assert shown["headers"]["Accept"] == "*/*"
     assert shown["cookieConsent"] is True, "a key merely mentioning cookies is no credential"
+
+
+# -- however the header is written ------------------------------------------------------------
+
+SECRET = "S3CR3T0123456789abcdef"
+
+
+def _cut_json_body(obj: dict[str, object]) -> bytes:
+    """A JSON body longer than body_excerpt's window (limit * 4 bytes), so that it is scrubbed
+    as text rather than parsed: the credential first, padding after it."""
+    body = json.dumps({**obj, "padding": "x" * 2000}).encode()
+    assert len(body) > 1200
+    return body
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'["Authorization", "Bearer {SECRET}"]',  # a header pair as JSON, a tuple's repr
+        f'{{"name":"Authorization","value":"Bearer {SECRET}"}}',  # HAR
+        f'header value "Bearer {SECRET}" rejected',
+        f'"Authorization":["Bearer {SECRET}"]',  # Go's http.Header
+        f'{{"name":"Authorization","value":"Basic {SECRET}Q="}}',  # padding, then a quote
+    ],
+)
+def test_a_quoted_bearer_or_basic_credential_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+def test_a_quoted_bearer_in_a_cut_body_excerpt_is_hidden() -> None:
+    body = _cut_json_body({"headers": [{"name": "Authorization", "value": f"Bearer {SECRET}"}]})
+    shown = body_excerpt(body)
+    assert SECRET not in shown, shown
+
+
+def test_a_bearer_challenge_s_parameters_stay_readable() -> None:
+    """'Bearer realm="..."' is parameters, not a credential: a challenge shows them, an
+    authorization hides them with the rest of its value."""
+    challenge = 'WWW-Authenticate: Bearer realm="api", error="invalid_token"'
+    assert redact_text(challenge) == challenge
+    shown = redact_text(f'Authorization: Bearer realm="r", response="{SECRET}"\nHost: h')
+    assert shown == "Authorization: Bearer ***\nHost: h"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"Authorization":["Token {SECRET}"]}}',
+        f'{{"Cookie":["LPSESSION={SECRET}"]}}',
+        f'{{"Set-Cookie":["theme=dark; Path=/","LPSESSION={SECRET}; HttpOnly"]}}',
+        f'[("Accept", "*/*"), ("Authorization", "Token {SECRET}")]',  # headers.items()
+        f'["Cookie", "LPSESSION={SECRET}"]',
+    ],
+)
+def test_credential_headers_written_as_lists_are_hidden_in_text(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+    assert '"Token' not in shown, "the list is hidden whole"
+    assert "theme=dark" not in shown, "the list is hidden whole"
+
+
+def test_a_set_cookie_list_in_a_cut_body_excerpt_is_hidden() -> None:
+    body = _cut_json_body(
+        {"echo": {"Set-Cookie": ["theme=dark; Path=/", f"LPSESSION={SECRET}; HttpOnly"]}}
+    )
+    shown = body_excerpt(body)
+    assert SECRET not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Set-Cookie: theme=dark; Path=/, LPSESSION={SECRET}; HttpOnly",
+        f"Set-Cookie: a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT, LPSESSION={SECRET}",
+        f"Cookie: theme=dark, LPSESSION={SECRET}",
+        f"Cookie: theme=dark ;LPSESSION={SECRET}",
+    ],
+)
+def test_every_cookie_of_a_folded_or_comma_joined_header_is_hidden(line: str) -> None:
+    shown = redact_text(f"{line}\r\nX-Request-Id: abc-123")
+    assert SECRET not in shown, shown
+    assert shown.endswith("\r\nX-Request-Id: abc-123"), shown
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        {"Authorization": f"Token {SECRET}"},
+        {"password": SECRET, "user": "bob"},
+        {"name": "Cookie", "value": f"LPSESSION={SECRET}"},
+    ],
+)
+def test_a_credential_in_json_held_in_a_json_string_is_hidden(inner: dict[str, str]) -> None:
+    """An upstream's error quoted in ours: its quotes are escaped; once in a cut body excerpt,
+    once more when that excerpt is itself quoted in JSON."""
+    text = json.dumps({"error": f"upstream refused {json.dumps(inner)}"})
+    for shown in (
+        redact_text(text),
+        redact_text(json.dumps(text)),
+        body_excerpt(_cut_json_body({"error": f"upstream refused {json.dumps(inner)}"})),
+    ):
+        assert SECRET not in shown, shown
+
+
+def test_a_field_after_an_escaped_hidden_one_stays_readable() -> None:
+    text = json.dumps({"error": json.dumps({"password": SECRET, "user": "bob"})})
+    assert redact_text(text) == '{"error": "{\\"password\\": \\"***\\", \\"user\\": \\"bob\\"}"}'
+
+
+def test_the_next_header_of_an_echoed_request_stays_readable_in_an_excerpt() -> None:
+    """A JSON string writes CRLF as the four characters \\r\\n: they end a credential or a
+    cookie as the line break does."""
+    echo = f"GET /api HTTP/1.1\r\nAuthorization: Token {SECRET}\r\nHost: z1.acr.example.net\r\n"
+    shown = body_excerpt(json.dumps({"error": "bad gateway", "request": echo}).encode())
+    assert SECRET not in shown
+    assert "Authorization: Token ***\\r\\nHost: z1.acr.example.net" in shown, shown
+    echo = "HTTP/1.1 503 Service Unavailable\r\nSet-Cookie: a=b\r\nX-Request-Id: abc-123\r\n"
+    shown = body_excerpt(json.dumps({"upstream": echo}).encode())
+    assert "Set-Cookie: ***\\r\\nX-Request-Id: abc-123" in shown, shown
+
+
+def test_diagnostics_after_a_token68_credential_stay_readable() -> None:
+    """RFC 9110: a scheme has a token68 or auth-params, never both; what follows a token68
+    after a comma is the text around it."""
+    text = f"refused: authorization=Token {SECRET}, status=401, host=z1.example.net, code=E401"
+    assert redact_text(text) == (
+        "refused: authorization=Token ***, status=401, host=z1.example.net, code=E401"
+    )
+    text = "refused: authorization=Basic dXNlcjpwYXNzd29yZA==, status=401"
+    assert redact_text(text) == "refused: authorization=Basic ***, status=401"
+
+
+def test_a_har_header_object_has_its_value_hidden_in_parsed_json() -> None:
+    har = {
+        "headers": [
+            {"name": "Authorization", "value": f"Token {SECRET}"},
+            {"name": "cookie", "value": f"LPSESSION={SECRET}"},
+            {"key": "X-Api-Key", "value": SECRET},
+            {"name": "Host", "value": "z1.example.net"},
+            {"name": "WWW-Authenticate", "value": 'Bearer error="invalid_token"'},
+        ]
+    }
+    shown = redact_json(har)
+    assert SECRET not in repr(shown), shown
+    assert shown["headers"][3]["value"] == "z1.example.net"
+    assert shown["headers"][4]["value"] == 'Bearer error="invalid_token"', "a challenge is shown"
+
+
+def test_an_xml_element_named_like_a_credential_has_its_text_hidden() -> None:
+    shown = redact_text(f"<request><Authorization>Token {SECRET}</Authorization><Host>h</Host>")
+    assert shown == "<request><Authorization>***</Authorization><Host>h</Host>"
+
+
+def test_an_escaped_oauth_parameter_keeps_the_text_around_it_whole() -> None:
+    """Hiding 'oauth_signature=\\"x\\"' keeps its escaped quotes: an unescaped one ended the
+    HAR value it is in, and the credential after it was shown."""
+    value = f'OAuth oauth_consumer_key="k", oauth_signature="{SECRET}"'
+    text = json.dumps(json.dumps({"name": "Authorization", "value": value}))
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
 
 
 # -- the fuzz targets generate these forms ---------------------------------------------------
