@@ -19,6 +19,7 @@ __all__ = [
     "HOSTILE_HOST_CHARS",
     "SECRET_KEYS",
     "credential_headers",
+    "echoed_credentials",
     "hostile_host",
     "http_dates",
     "json_values",
@@ -99,6 +100,9 @@ def credential_headers() -> st.SearchStrategy[str]:
             'oauth_consumer_key="k", oauth_nonce="n", oauth_signature="{s}"',
             "Credential=AKIA/20260101/us-east-1/s3/aws4_request, Signature={s}",
             "token={s}",
+            # A token68 with its padding, which a quote may follow ('"Basic dXNl...Q="').
+            "{s}=",
+            "{s}==",
         ]
     )
     with_scheme = st.tuples(authorization, scheme, credential).map(
@@ -109,10 +113,66 @@ def credential_headers() -> st.SearchStrategy[str]:
         st.sampled_from(["Cookie", "cookie", "Set-Cookie", "set-cookie"]),
         st.sampled_from(_COOKIE_NAMES),
         st.sampled_from(
-            ["{n}={{s}}", "theme=dark; {n}={{s}}", '{n}="{{s}}"', "{n}={{s}}; Path=/; HttpOnly"]
+            [
+                "{n}={{s}}",
+                "theme=dark; {n}={{s}}",
+                '{n}="{{s}}"',
+                "{n}={{s}}; Path=/; HttpOnly",
+                # Cookies joined otherwise: a folded Set-Cookie (", "), an Expires date's
+                # comma, " ;".
+                "theme=dark; Path=/, {n}={{s}}; HttpOnly",
+                "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT, {n}={{s}}",
+                "theme=dark, {n}={{s}}",
+                "theme=dark ;{n}={{s}}",
+            ]
         ),
     ).map(lambda t: f"{t[0]}: " + t[2].format(n=t[1]))
     return st.one_of(with_scheme, bare, cookie, st.just("cookie={s}"))
+
+
+#: Ways a header, its name and its value, is written where a log or a 5xx body echoes it:
+#: each a function of the name and the value giving the text.
+_ECHO_SHAPES: dict[str, Any] = {
+    "line": lambda n, v: f"{n}: {v}\nX-Request-Id: rid-7",
+    # A JSON string holding the request: its CRLFs written "\\r\\n".
+    "json string": lambda n, v: json.dumps(f"GET /a HTTP/1.1\r\n{n}: {v}\r\nX-Request-Id: rid-7"),
+    "pair": lambda n, v: json.dumps([n, v]),
+    "tuple": lambda n, v: repr((n, v)),
+    "har": lambda n, v: json.dumps({"name": n, "value": v}, separators=(",", ":")),
+    "har spaced": lambda n, v: json.dumps({"name": n, "value": v}),
+    "postman": lambda n, v: json.dumps({"key": n, "value": v, "type": "text"}),
+    "array": lambda n, v: json.dumps({n: [v]}, separators=(",", ":")),
+    "array of many": lambda n, v: json.dumps({"Accept": ["*/*"], n: ["theme=dark", v]}),
+    "go header": lambda n, v: f"header={json.dumps({n: [v]})[1:-1]}",
+    # JSON in a JSON string (an upstream's error quoted in ours): its quotes escaped.
+    "escaped json": lambda n, v: json.dumps({"error": f"upstream said {json.dumps({n: v})}"}),
+    "escaped har": lambda n, v: json.dumps(json.dumps({"name": n, "value": v})),
+    "xml": lambda n, v: f"<request><{n}>{v}</{n}><Host>h</Host></request>",
+}
+
+
+@st.composite
+def echoed_credentials(draw: st.DrawFn) -> tuple[str, str, str]:
+    """A credential header echoed in one of the ways a log or a 5xx body writes it
+    (:data:`_ECHO_SHAPES`: a header line, a JSON string with its CRLFs escaped, a pair, HAR,
+    a JSON array, Go's ``http.Header``, JSON inside a JSON string, XML): the text, the
+    credential, and the shape's name."""
+    secret = draw(secret_values())
+    if draw(st.integers(0, 4)) == 0:
+        # A scheme's credential quoted with no header's name: only the scheme says what it is.
+        scheme = draw(st.sampled_from(["Bearer", "bearer", "Basic", "jwt"]))
+        padding = draw(st.sampled_from(["", "=", "=="]))
+        return (
+            f"header value {json.dumps(f'{scheme} {secret}{padding}')} rejected",
+            secret,
+            "quoted",
+        )
+    line = draw(credential_headers()).format(s=secret)
+    name, sep, value = line.partition(": ")
+    if not sep:  # ("cookie=..." is no header)
+        return line, secret, "bare"
+    shape = draw(st.sampled_from(sorted(_ECHO_SHAPES)))
+    return _ECHO_SHAPES[shape](name, value), secret, shape
 
 
 def _label() -> st.SearchStrategy[str]:

@@ -25,6 +25,7 @@ from .strategies import (
     HOSTILE_HOST_CHARS,
     SECRET_KEYS,
     credential_headers,
+    echoed_credentials,
     hostile_host,
     near_json_bytes,
     retry_after_values,
@@ -146,6 +147,10 @@ def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
     key = draw(st.sampled_from(SECRET_KEYS))
     # A credential under a name or a scheme, or in a request header a log or a 5xx body
     # echoes (an authorization under any scheme, a cookie).
+    if draw(st.integers(0, 3)) == 0:
+        # A header echoed as a log or a body writes it: quoted, in JSON, in HAR, in XML.
+        text, secret, _ = draw(echoed_credentials())
+        return text, secret
     form = draw(
         st.one_of(
             credential_headers(),
@@ -180,12 +185,34 @@ def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
 def check_redact_text(case: tuple[str, str | None]) -> None:
     """redact_text never raises, and hides a credential written as 'Bearer x', 'jwt x',
     'key=x', 'key: x', '"key": "x"', "'key': 'x'" or an OAuth parameter, whatever surrounds
-    it."""
+    it, and a credential header's value however it is echoed (quoted, in a JSON array, in
+    HAR, in JSON inside a JSON string, in XML)."""
     text, secret = case
     shown = redact_text(text)
     assert isinstance(shown, str)
     if secret is not None:
         assert secret not in shown, f"{secret!r} survived in {shown!r}"
+
+
+#: What follows a credential header, in an echo's shape, that must stay readable (the next
+#: header of an echoed request, the next element).
+_ECHO_AFTER = {
+    "line": "X-Request-Id: rid-7",
+    "json string": "X-Request-Id: rid-7",
+    "xml": "<Host>h</Host>",
+}
+
+
+def check_redact_echo(case: tuple[str, str, str]) -> None:
+    """A credential header however a log or a body echoes it (a header line, a JSON string
+    with its CRLFs escaped, a pair, HAR, a JSON array, Go's http.Header, JSON inside a JSON
+    string, XML): redact_text hides its value, and the header after it stays readable."""
+    text, secret, shape = case
+    shown = redact_text(text)
+    assert secret not in shown, f"{secret!r} survived in {shown!r}"
+    after = _ECHO_AFTER.get(shape)
+    if after is not None:
+        assert after in shown, f"{after!r} was hidden in {shown!r}"
 
 
 @st.composite
@@ -195,7 +222,17 @@ def _body_echoing_headers(draw: st.DrawFn) -> tuple[bytes, str, int, str]:
     secret = draw(secret_values())
     line = draw(credential_headers()).format(s=secret)
     name, _, value = line.partition(": ")
-    shape = draw(st.sampled_from(["text", "headers", "message"]))
+    shape = draw(st.sampled_from(["text", "headers", "message", "echo", "echo cut"]))
+    if shape in ("echo", "echo cut"):
+        # Echoed in any of the ways a body writes a header; "cut": past the excerpt's window,
+        # so that it is scrubbed as text rather than parsed.
+        echoed, secret, _ = draw(echoed_credentials())
+        padding = "x" * 1300 if shape == "echo cut" else ""
+        if draw(st.booleans()):
+            body = f"{echoed}\n{padding}".encode()
+        else:
+            body = json.dumps({"error": "bad gateway", "echo": echoed, "pad": padding}).encode()
+        return body, "/api/x", draw(st.integers(1, 1000)), secret
     if shape == "text" or not value:
         body = f"upstream error; request headers:\nAccept: */*\n{line}\nHost: h\n".encode()
     elif shape == "headers":
@@ -314,6 +351,14 @@ TARGETS: tuple[Target, ...] = (
         st.one_of(_text_with_secret(), st.tuples(st.text(max_size=2000), st.none())),
         check_redact_text,
         examples=(("body {'password': 'S3CR3Tabcdefgh'}", "S3CR3Tabcdefgh"),),
+    ),
+    Target(
+        "redact_echo",
+        echoed_credentials(),
+        check_redact_echo,
+        examples=(
+            ('{"name":"Authorization","value":"Bearer S3CR3Tabcdefgh"}', "S3CR3Tabcdefgh", "har"),
+        ),
     ),
     Target(
         "body_excerpt",

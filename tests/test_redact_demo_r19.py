@@ -281,10 +281,11 @@ def test_an_escaped_oauth_parameter_keeps_the_text_around_it_whole() -> None:
 # -- the fuzz targets generate these forms ---------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["redact_text", "body_excerpt"])
+@pytest.mark.parametrize("name", ["redact_text", "redact_echo", "body_excerpt"])
 def test_the_redaction_fuzz_targets_pass(name: str) -> None:
-    """The targets' inputs include authorizations under other schemes and cookies (what they
-    found on the redaction before these forms were hidden)."""
+    """The targets' inputs include authorizations under other schemes and cookies, echoed as
+    header lines, JSON strings, lists, HAR, JSON inside JSON strings and XML (what they found
+    on the redaction before these forms were hidden)."""
     hypothesis_runner(all_targets()[name], examples=400, seed=0)()
 
 
