@@ -17,8 +17,9 @@ How it answers aiohttp's middleware contract (see docs/architecture.md):
   :class:`~le_transport.errors.TransportError`), so aiohttp never replays behind our back and the
   attempt count is exact.
 - WebSocket upgrades pass straight through: the socket's reconnect policy owns their retries.
-  A resilient socket's upgrade hop is first checked against the host it dialed
-  (:mod:`~le_transport.middleware.upgrade`): refused to another host before it is sent.
+  A resilient socket's upgrade hop is first checked against the host its first hop went to
+  (after the outer middlewares; :mod:`~le_transport.middleware.upgrade`): a redirect to
+  another host is refused before it is sent.
 - Redirect hops each run the chain again; each hop is its own attempt loop on the same call.
 """
 
@@ -307,7 +308,8 @@ class RetryMiddleware:
         upgrade = request.headers.get(hdrs.UPGRADE)
         if upgrade is not None and upgrade.lower() == "websocket":
             # Not retried here (the socket reconnects), but checked: a resilient socket's
-            # upgrade hop goes to the host it dialed, with its credentials, or nowhere.
+            # upgrade redirect goes to the host its first hop went to, with its credentials,
+            # or nowhere.
             guard = UPGRADE_GUARD.get()
             if guard is not None:
                 guard.check(request)

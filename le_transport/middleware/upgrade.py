@@ -9,9 +9,12 @@ absolute ``Location``) lost the credentials on the very host they belong to.
 
 So a socket's dialer sets :data:`UPGRADE_GUARD` while it upgrades, and the retry middleware,
 always in an engine's stack, hands each upgrade hop to it before the hop is sent
-(:meth:`UpgradeGuard.check`): a hop to another host is refused (:class:`RedirectedElsewhere`,
-which the dialer makes a final failure), and a hop to the dialed host gets back the headers
-aiohttp dropped from it. An HTTP request never looks at it.
+(:meth:`UpgradeGuard.check`). The first hop sets where the upgrade goes: its URL as the retry
+middleware sees it, after the caller's outer middlewares (one may route a service's name to a
+gateway or a sidecar: no redirect, and not refused). Each later hop is a redirect aiohttp
+follows: to another host than the first hop's it is refused (:class:`RedirectedElsewhere`,
+which the dialer makes a final failure), and to that host it gets back the headers aiohttp
+dropped from it. An HTTP request never looks at it.
 """
 
 from __future__ import annotations
@@ -41,12 +44,25 @@ def same_wire_host(dialed: URL, hop: URL) -> bool:
     """Whether ``hop`` goes to the host and port ``dialed`` went to, compared as written on the
     wire (any case, a trailing dot, an IDN name decoded or not, an IPv6 literal long or
     compressed, a default port written or not; ``ws``/``http`` and ``wss``/``https`` share
-    their default ports), and not from TLS to plain text."""
+    their default ports), and not from TLS to plain text.
+
+    From plain text to TLS on the same host, each at its scheme's default port (``ws://h`` to
+    ``https://h``, as a server moving its clients to TLS writes it: port 80 to port 443,
+    written or not), is the same host: the credentials go on to it encrypted. Any other port
+    is compared as it is."""
     if not hop.raw_host:
         return False
-    if dialed.scheme.lower() in _SECURE and hop.scheme.lower() not in _SECURE:
+    dialed_secure = dialed.scheme.lower() in _SECURE
+    hop_secure = hop.scheme.lower() in _SECURE
+    if dialed_secure and not hop_secure:
         return False
-    return _wire_key(dialed) == _wire_key(hop)
+    dialed_host, dialed_port = _wire_key(dialed)
+    hop_host, hop_port = _wire_key(hop)
+    if dialed_host != hop_host:
+        return False
+    if hop_secure and not dialed_secure:
+        return dialed_port == 80 and hop_port == 443
+    return dialed_port == hop_port
 
 
 def shown_origin(url: URL) -> str:
@@ -68,27 +84,40 @@ class RedirectedElsewhere(Exception):
 
 
 class UpgradeGuard:
-    """One upgrade's bounds: the URL dialed, and the headers it was sent with (credentials
-    among them), to put back on a hop to the same host.
+    """One upgrade's bounds: the host its first hop went to, and the headers that hop carried
+    (credentials among them), to put back on a redirect to that host.
 
-    ``checked`` says whether any hop was checked: False after the upgrade when the session
-    had not the engine's stack (a caller's own session), whose hops went unchecked."""
+    ``dialed`` is the URL the dialer built; ``first`` the first hop's as the retry middleware
+    saw it (None until then), the host every later hop is held to. A reconnect dials with a
+    guard of its own. ``checked`` says whether any hop was checked: False after the upgrade
+    when the session had not the engine's stack (a caller's own session), whose hops went
+    unchecked."""
 
-    __slots__ = ("_headers", "checked", "dialed")
+    __slots__ = ("_headers", "checked", "dialed", "first")
 
     def __init__(self, dialed: URL, headers: Mapping[str, str]) -> None:
         self.dialed = dialed
         self._headers = dict(headers)
+        self.first: URL | None = None
         self.checked = False
 
     def check(self, request: ClientRequest) -> None:
-        """Before ``request``, a hop of the upgrade, is sent: raise
-        :class:`RedirectedElsewhere` if it goes to another host; else put back the headers
-        the upgrade was sent with that aiohttp dropped on a change of origin (``ws`` to
-        ``http`` on the same host is one)."""
+        """Before ``request``, a hop of the upgrade, is sent. The first is where the caller's
+        outer middlewares sent the upgrade: taken as it is. A later one, a redirect: raise
+        :class:`RedirectedElsewhere` if it goes to another host than the first; else put back
+        the headers the upgrade was sent with that aiohttp dropped on a change of origin
+        (``ws`` to ``http`` on the same host is one)."""
         self.checked = True
         url = request.url
-        if not same_wire_host(self.dialed, url):
+        first = self.first
+        if first is None:
+            self.first = url
+            # What to put back is what the first hop carried of the socket's headers, as the
+            # outer middlewares left them: one they took out is not sent again.
+            sent = request.headers
+            self._headers = {name: sent[name] for name in self._headers if name in sent}
+            return
+        if not same_wire_host(first, url):
             raise RedirectedElsewhere(shown_origin(url))
         headers = request.headers
         for name, value in self._headers.items():

@@ -284,23 +284,34 @@ def _transport_of(ws: WireSocket) -> asyncio.Transport | None:
     return transport if isinstance(transport, asyncio.Transport) else None
 
 
+def _sent_url(response: object) -> URL | None:
+    """The URL ``response``'s request was sent to, after the session's middlewares (aiohttp's
+    ``url`` is the one before them); None if it does not show one."""
+    url = getattr(getattr(response, "request_info", None), "url", None)
+    return url if isinstance(url, URL) else None
+
+
 def _redirected_elsewhere(ws: aiohttp.ClientWebSocketResponse, dialed: URL) -> str | None:
-    """The origin an upgrade to ``dialed`` was redirected to and opened at, if it is not
-    ``dialed``'s host (:func:`~le_transport.middleware.upgrade.same_wire_host`); None if it
+    """The origin an upgrade was redirected to and opened at, if it is not the host its first
+    hop was sent to (:func:`~le_transport.middleware.upgrade.same_wire_host`); None if it
     opened there, or was not redirected.
 
     The second line, after the fact, for a session without the engine's stack (whose retry
-    middleware refuses such a hop before it is sent). aiohttp shows the upgrade's answer, its
-    redirects and final URL, only privately: a redirect whose final URL cannot be read is
-    taken as one elsewhere (closed, never used), and an answer that cannot be read at all as
-    no redirect (nothing tells one happened)."""
+    middleware refuses such a hop before it is sent), held to the same bounds: the first
+    hop's URL as sent (the session's own middlewares may route it), or ``dialed`` if aiohttp
+    does not show it, against the last's. aiohttp shows the upgrade's answer, its redirects
+    and URLs, only privately: a redirect whose final URL cannot be read is taken as one
+    elsewhere (closed, never used), and an answer that cannot be read at all as no redirect
+    (nothing tells one happened)."""
     response = getattr(ws, "_response", None)
-    if not getattr(response, "history", ()):
+    history = getattr(response, "history", ())
+    if not history:
         return None
-    final = getattr(response, "url", None)
-    if not isinstance(final, URL):
+    final = _sent_url(response)
+    if final is None:
         return "an origin aiohttp does not show"
-    if same_wire_host(dialed, final):
+    first = _sent_url(history[0]) or dialed
+    if same_wire_host(first, final):
         return None
     return shown_origin(final)
 
@@ -687,7 +698,8 @@ class EngineDialer:
         shown_path = UPGRADE_PATH.set(template_path)
         of_service = UPGRADE_SERVICE.set(self._service)
         # Each hop of the upgrade is checked by the engine's retry middleware before it is
-        # sent: to this host (credentials put back where aiohttp dropped them), or refused.
+        # sent: a redirect to the first hop's host (this one, or where the caller's outer
+        # middlewares routed it) gets back the credentials aiohttp dropped; elsewhere, refused.
         guard = UpgradeGuard(url, headers)
         guarded = UPGRADE_GUARD.set(guard)
         # Raised after the clauses, not in them: aiohttp's error would be its __context__, and
