@@ -3,8 +3,9 @@
 Token providers (``providers/_token.py``) and Login Service auth (``providers/login.py``)
 racing their own close: a fetch answering as the provider closes, two closes at once, a refresh
 asked for during or after close, a close cancelled during its logout. The providers without a
-session (app key, static bearer, OAuth1) are closed for good too. An engine's keepalive whose
-provider was closed alone says so. A consumer's auth-code callable is bounded as the token
+session (app key, static bearer, OAuth1) have nothing to close: shared by engines, or reused by
+the next, they survive an engine's close. An engine's keepalive whose provider was closed alone
+says so. A consumer's auth-code callable is bounded as the token
 request's HTTP call is, and no more.
 """
 
@@ -35,6 +36,8 @@ from tests.test_oauth2 import AUTHENTICATE
 from tests.test_providers import ACCOUNT, APP_KEY, csds_for, sim, sim_engine
 
 __all__ = ["sim"]
+
+_CHAT_INFO = f"/api/account/{ACCOUNT}/chat/c1/info"
 
 
 class _GatedTokens(TokenProvider):
@@ -309,7 +312,7 @@ async def test_a_hung_auth_code_is_cut_at_the_shorter_of_attempt_timeout_and_dea
         assert sim.count("POST", AUTHENTICATE) == 0
 
 
-# -- providers without a session: closed for good too ------------------------------------------
+# -- providers without a session: shared and reused, never closed --------------------------
 
 
 def _sessionless(kind: str) -> AppKeyAuth | StaticBearer | OAuth1Auth:
@@ -321,33 +324,73 @@ def _sessionless(kind: str) -> AppKeyAuth | StaticBearer | OAuth1Auth:
 
 
 @pytest.mark.parametrize("kind", ["app_key", "static_bearer", "oauth1"])
-async def test_a_closed_provider_without_a_session_hands_out_no_credentials(kind: str) -> None:
-    """README: a closed auth provider is closed for good, its credentials() raise
-    EngineClosed. The app key, static bearer and OAuth1 providers went on handing out
-    credentials (OAuth1 signing requests) after close. The error names no secret."""
+async def test_a_provider_without_a_session_still_hands_out_credentials_after_close(
+    kind: str,
+) -> None:
+    """The app key, static bearer and OAuth1 providers hold no session: close() ends nothing.
+    An engine closes its auth provider as it closes, whoever else uses it, so made final
+    they broke every other engine sharing them and could not serve the next engine."""
     auth = _sessionless(kind)
     url = URL("https://example.invalid/x")
-    assert (await auth.credentials("GET", url)).headers["Authorization"]
+    before = (await auth.credentials("GET", url)).headers["Authorization"]
     await auth.close()
-    await auth.close()  # idempotent
-    with pytest.raises(EngineClosed) as closed:
-        await auth.credentials("GET", url)
-    assert "under-test" not in str(closed.value)
+    await auth.close()
+    after = (await auth.credentials("GET", url)).headers["Authorization"]
     if isinstance(auth, OAuth1Auth):
-        with pytest.raises(EngineClosed):
-            await auth.credentials_for_form("POST", url, [("a", "b")])
+        assert after.startswith("OAuth "), "still signing"
+        form = await auth.credentials_for_form("POST", url, [("a", "b")])
+        assert form.headers["Authorization"].startswith("OAuth ")
+    else:
+        assert after == before
 
 
 @pytest.mark.parametrize("kind", ["app_key", "static_bearer", "oauth1"])
-async def test_an_engine_s_close_closes_its_provider_without_a_session(
+async def test_a_provider_without_a_session_serves_the_next_engine(
     sim: Simulator, clock: VirtualClock, kind: str
 ) -> None:
-    """An engine closes its auth provider with it: reused afterwards, it says EngineClosed."""
+    """Reused by the next ``async with Engine(...)`` after the first one closed it."""
     auth = _sessionless(kind)
     async with sim_engine(sim, clock, auth=auth):
         pass
-    with pytest.raises(EngineClosed):
-        await auth.credentials("GET", URL("https://example.invalid/x"))
+    async with sim_engine(sim, clock, auth=auth):
+        creds = await auth.credentials("GET", URL("https://example.invalid/x"))
+        assert creds.headers["Authorization"]
+
+
+async def test_an_app_key_shared_by_two_engines_survives_one_closing(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """One app key for two open engines: closing A (which closes its auth provider) leaves
+    B's calls working."""
+    auth = AppKeyAuth(ACCOUNT, APP_KEY)
+    a = Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=auth)
+    b = Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=auth)
+    async with b:
+        async with a:
+            await a.request("GET", "agentVep", _CHAT_INFO, params={"v": "1", "NC": "true"})
+        resp = await b.request("GET", "agentVep", _CHAT_INFO, params={"v": "1", "NC": "true"})
+        assert resp.status == 200
+
+
+async def test_a_keepalive_on_a_shared_app_key_goes_on_when_the_other_engine_closes(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """B's keepalive, its engine open, keeps running through engine A's close of the key they
+    share: no WARNING, no error."""
+    caplog.set_level(logging.INFO, logger="le_transport")
+    auth = AppKeyAuth(ACCOUNT, APP_KEY)
+    fields = {"account": ACCOUNT, "chat_id": "c1"}
+    a = Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=auth)
+    async with Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=auth) as b:
+        task = b.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=fields)
+        async with a:
+            pass
+        await clock.sleep(3 * SERVER_CHAT_API_CHAT_INFO.interval)
+        assert task.running
+        assert task.error is None
+        assert task.runs >= 2
+        assert task.failures == 0
+    assert _warnings(caplog) == []
 
 
 # -- Login Service auth: a close cancelled during its logout -----------------------------------
@@ -507,28 +550,6 @@ async def test_a_refresh_keepalive_whose_provider_was_closed_alone_says_so(
     assert stopped == [
         {"action": CHAT_AGENT_API_REFRESH.action, "error": "EngineClosed", "stopped": True}
     ]
-
-
-async def test_a_chat_info_keepalive_whose_app_key_was_closed_alone_says_so(
-    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The same for a plain keepalive, now that a closed app key hands out no credentials."""
-    caplog.set_level(logging.INFO, logger="le_transport")
-    auth = AppKeyAuth(ACCOUNT, APP_KEY)
-    fields = {"account": ACCOUNT, "chat_id": "c1"}
-    async with Engine(StaticDomains(sim.domains), scheme="http", clock=clock, auth=auth) as engine:
-        task = engine.keepalive(SERVER_CHAT_API_CHAT_INFO, "agentVep", fields=fields)
-        await clock.sleep(SERVER_CHAT_API_CHAT_INFO.interval + 1)
-        assert (task.runs, task.failures) == (1, 0)
-        caplog.clear()
-        await auth.close()
-        await clock.sleep(5 * SERVER_CHAT_API_CHAT_INFO.interval)
-        assert not task.running
-        assert task.runs == 2
-        assert isinstance(task.error, EngineClosed)
-        assert [r.levelno for r in caplog.records if r.name == "le_transport.sockets"] == [
-            logging.WARNING
-        ]
 
 
 async def test_an_engine_close_with_a_refresh_keepalive_is_quiet(

@@ -21,7 +21,7 @@ from yarl import URL
 from .._redact import Secret
 from ..errors import ConfigurationError
 from ._http import header_safe, validate_account
-from .auth import Credentials, _unsendable, closed_error
+from .auth import Credentials, _unsendable
 
 __all__ = ["AppKeyAuth"]
 
@@ -72,11 +72,12 @@ class AppKeyAuth:
     and its second 401 is an :class:`~le_transport.errors.AuthenticationError`), it has no
     ``relogin`` (the outer recovery loop re-resolves the domains only), and :meth:`update`
     replaces the key. It gives no bearer: a socket that needs one (the UMS path, a consumer
-    JWT) cannot use it. Closed (by its engine's close, or its own :meth:`close`) is final:
-    :meth:`credentials` raises :class:`~le_transport.errors.EngineClosed`.
+    JWT) cannot use it. It holds no session: :meth:`close` ends nothing, and one instance may
+    serve several engines, one after another or at once (each closes its auth provider as it
+    closes).
     """
 
-    __slots__ = ("_account", "_closed", "_generation", "_key")
+    __slots__ = ("_account", "_generation", "_key")
     #: The header its credentials set (see :class:`~le_transport.providers.AuthProvider`).
     credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
@@ -84,7 +85,6 @@ class AppKeyAuth:
         self._account = validate_account(account, owner="AppKeyAuth")
         self._key = _app_key(app_key)
         self._generation = 0
-        self._closed = False
 
     @property
     def account(self) -> str:
@@ -98,10 +98,7 @@ class AppKeyAuth:
         self._generation += 1
 
     async def credentials(self, method: str, url: URL) -> Credentials:
-        """``Authorization: LivePerson appKey=<key>``; :class:`~le_transport.errors.EngineClosed`
-        once closed."""
-        if self._closed:
-            raise closed_error(f"AppKeyAuth[{self._account}]")
+        """``Authorization: LivePerson appKey=<key>``."""
         return Credentials(
             headers={"Authorization": _PREFIX + self._key.reveal()},
             generation=self._generation,
@@ -111,8 +108,7 @@ class AppKeyAuth:
         """Nothing to drop: the key is the caller's, and no login can replace it."""
 
     async def close(self) -> None:
-        """No session to end: closed for good, no credentials from here on. Idempotent."""
-        self._closed = True
+        """Nothing to close: no session (the key stays the caller's, usable again)."""
 
     def __repr__(self) -> str:
         return f"AppKeyAuth(account={self._account!r}, app_key={self._key!r})"

@@ -262,12 +262,12 @@ class StaticBearer:
     """A caller-managed bearer token: ``Authorization: Bearer <token>``.
 
     It cannot re-authenticate: after :meth:`invalidate`, :meth:`credentials` still returns the
-    same token (the caller is expected to replace it with :meth:`update`). Closed (by its
-    engine's close, or its own :meth:`close`) is final, as for every provider of the library:
-    :meth:`credentials` raises :class:`~le_transport.errors.EngineClosed`.
+    same token (the caller is expected to replace it with :meth:`update`). It holds no session:
+    :meth:`close` ends nothing, and one instance may serve several engines, one after another
+    or at once (each closes its auth provider as it closes).
     """
 
-    __slots__ = ("_closed", "_credentials", "_generation", "_token")
+    __slots__ = ("_credentials", "_generation", "_token")
     #: The header its credentials set (see :class:`AuthProvider`).
     credential_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
@@ -275,7 +275,6 @@ class StaticBearer:
         self._token = _bearer(token)
         self._generation = 0
         self._credentials = self._make()
-        self._closed = False
 
     def update(self, token: str | Secret) -> None:
         """Replace the token (e.g. after the caller refreshed it elsewhere).
@@ -295,18 +294,14 @@ class StaticBearer:
         )
 
     async def credentials(self, method: str, url: URL) -> Credentials:
-        """``Authorization: Bearer <token>``; :class:`~le_transport.errors.EngineClosed` once
-        closed."""
-        if self._closed:
-            raise closed_error("StaticBearer")
+        """``Authorization: Bearer <token>``."""
         return self._credentials
 
     async def invalidate(self, rejected: Credentials) -> None:
         """Nothing to do: the caller owns the token."""
 
     async def close(self) -> None:
-        """Closed for good: no credentials from here on. Idempotent."""
-        self._closed = True
+        """Nothing to close: no session (the token stays the caller's, usable again)."""
 
     def __repr__(self) -> str:
         return f"StaticBearer({self._token!r})"

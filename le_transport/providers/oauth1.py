@@ -34,7 +34,7 @@ from .._redact import Secret
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
 from ._http import ProviderHttp, require_option, require_secret
-from .auth import Credentials, closed_error
+from .auth import Credentials
 
 __all__ = [
     "OAuth1Auth",
@@ -274,11 +274,11 @@ class OAuth1Auth:
     virtual date, which a :class:`~le_transport.testing.Simulator` on that clock checks
     timestamps against), and :func:`time.time` until then. One given is always used.
 
-    Closed (by its engine's close, or its own :meth:`close`) is final: :meth:`credentials` and
-    :meth:`credentials_for_form` raise :class:`~le_transport.errors.EngineClosed`.
+    It holds no session: :meth:`close` ends nothing, and one instance may serve several
+    engines, one after another or at once (each closes its auth provider as it closes).
     """
 
-    __slots__ = ("_closed", "_own_wall", "_signer")
+    __slots__ = ("_own_wall", "_signer")
 
     #: Every request gets its own nonce and timestamp, each retry included: the auth middleware
     #: has the retry loop sign every attempt anew (a gateway refuses a nonce it has seen).
@@ -304,7 +304,6 @@ class OAuth1Auth:
             options["nonce"] = nonce
         self._signer = OAuth1Signer(app_key, secret, access_token, access_token_secret, **options)
         self._own_wall = wall_clock is not None
-        self._closed = False
 
     def attach(self, http: ProviderHttp) -> None:
         """Called by the engine on start: without a ``wall_clock`` of its own, date
@@ -319,20 +318,14 @@ class OAuth1Auth:
         return self._signer
 
     async def credentials(self, method: str, url: URL) -> Credentials:
-        """``Authorization: OAuth ...`` signed over ``method`` and the final ``url``;
-        :class:`~le_transport.errors.EngineClosed` once closed."""
-        if self._closed:
-            raise closed_error("OAuth1Auth")
+        """``Authorization: OAuth ...`` signed over ``method`` and the final ``url``."""
         return Credentials(headers={"Authorization": self._signer.header(method, url)})
 
     async def credentials_for_form(
         self, method: str, url: URL, form: Sequence[tuple[str, str]]
     ) -> Credentials:
         """``Authorization: OAuth ...`` signed over ``method``, ``url`` and the form body's
-        decoded parameters ``form`` (RFC 5849 3.4.1.3.1); :class:`~le_transport.errors.EngineClosed`
-        once closed."""
-        if self._closed:
-            raise closed_error("OAuth1Auth")
+        decoded parameters ``form`` (RFC 5849 3.4.1.3.1)."""
         return Credentials(
             headers={"Authorization": self._signer.header(method, url, body_params=form)}
         )
@@ -341,8 +334,7 @@ class OAuth1Auth:
         """Nothing to drop: every request is signed anew."""
 
     async def close(self) -> None:
-        """No session to end: closed for good, nothing signed from here on. Idempotent."""
-        self._closed = True
+        """Nothing to close."""
 
     def __repr__(self) -> str:
         return "OAuth1Auth(***)"
