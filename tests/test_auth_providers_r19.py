@@ -17,9 +17,10 @@ import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
 from yarl import URL
 
-from le_transport import Engine
+from le_transport import Engine, SocketClosed
 from le_transport.chaos import Delay, FaultRule, Match
 from le_transport.clock import timeout_after
 from le_transport.errors import EngineClosed
@@ -29,6 +30,7 @@ from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
 from le_transport.providers import AppKeyAuth, ConsumerJwt, OAuth1Auth, StaticBearer, StaticDomains
 from le_transport.providers._http import ProviderHttp, ProviderResponse
 from le_transport.providers._token import TokenProvider
+from le_transport.sockets import AuthPlacement, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_login import LOGOUT, REFRESH, user_login
@@ -584,3 +586,72 @@ async def test_an_engine_close_during_a_refresh_run_is_quiet(
     assert task.error is None
     assert _warnings(caplog) == []
     assert sim.count("POST", LOGOUT) == 1
+
+
+# -- a socket whose auth provider was closed alone ----------------------------------------------
+
+
+def _dropping_app(got: list[str], open_sockets: list[web.WebSocketResponse]) -> web.Application:
+    """Accepts every upgrade (recording its Authorization) and keeps it until the test drops
+    it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        got.append(request.headers.get("Authorization", "-"))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        open_sockets.append(ws)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+async def test_a_socket_whose_provider_was_closed_alone_stops_instead_of_reconnecting(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider closed on its own, the engine and the socket open: the next connect's
+    credentials() raises EngineClosed. The socket took that for a failed connect like an
+    outage (a connect_failed WARNING, a backoff pause, escalations) and reconnected for ever.
+    Closed is final: it stops at once, with one WARNING and a SocketClosed caused by the
+    EngineClosed."""
+    caplog.set_level(logging.INFO, logger="le_transport")
+    clock = VirtualClock(autojump_threshold=0.05)  # the server's I/O is real
+    got: list[str] = []
+    server_side: list[web.WebSocketResponse] = []
+    host = await serve(_dropping_app(got, server_side))
+    auth = _GatedTokens()
+    auth.gate.set()
+    async with Engine(StaticDomains({"svc": host}), scheme="http", clock=clock, auth=auth) as e:
+        ws = await e.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        await ws.wait_open(timeout=30)
+        assert got == ["Bearer tok1"]
+        await auth.close()  # closed alone
+        caplog.clear()
+        await server_side[0].close()  # the connection is lost: the socket reconnects
+        async with timeout_after(clock, 600):  # reconnecting, it would never close
+            while not ws.closed:
+                await clock.sleep(0.1)
+        with pytest.raises(SocketClosed):
+            await ws.wait_open(timeout=1)
+        assert ws.error is not None
+        assert isinstance(ws.error.__cause__, EngineClosed)
+        assert "closed on its own" in str(ws.error)
+        assert got == ["Bearer tok1"], "nothing sent without credentials"
+        assert ws.reconnects == 1, "the one reconnect that met the closed provider"
+    messages = [r.getMessage() for r in caplog.records if r.name == "le_transport.sockets"]
+    # The pause after the loss, and no other: the connect after it stops the socket.
+    assert len([m for m in messages if m.startswith("svc/ws: reconnecting")]) == 1, messages
+    assert not any("connect_failed" in m for m in messages), messages
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # The loss itself, then the stop: one WARNING for it, not one per attempt for ever.
+    assert [" ".join(r.getMessage().split()[:2]) for r in warnings] == [
+        "svc/ws: lost",
+        "socket stopped:",
+    ]
+    assert "closed on its own" in warnings[1].getMessage()
+    assert not [r for r in warnings if r.levelno >= logging.ERROR]

@@ -58,6 +58,7 @@ from ..clock import Clock, RealClock, stall_timeout, timeout_after
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
+    EngineClosed,
     InvalidMessage,
     SocketAuthFailed,
     SocketClosed,
@@ -104,6 +105,10 @@ OnConnect = Callable[["ResilientSocket"], Awaitable[object]]
 FrameHandler = Callable[[Any], "Awaitable[object] | object"]
 
 _WARNING_STATES = frozenset({"lost", "connect_failed", "escalating", "reauthenticating"})
+
+# The failed connect's facts (``Disconnect.error``) when the auth provider's ``credentials()``
+# raised EngineClosed: the dialer names the step and the error's type, never its text.
+_CLOSED_CREDENTIALS = f"credentials: {EngineClosed.__name__}"
 
 # Set inside the on_connect callbacks' task: (socket id, epoch). Their sends bypass the queue,
 # which must wait until they are done.
@@ -1028,6 +1033,8 @@ class ResilientSocket:
         auth_failures = 0
         server_errors = 0  # re-authenticating closes that refused nothing (1011), in a run
         first_failure_at: float | None = None
+        # How the owner's end is logged: an ERROR, but for a stop nothing is wrong with.
+        stop_level = logging.ERROR
         try:
             handed: Connection | None = None
             while not self._closing:
@@ -1037,6 +1044,17 @@ class ResilientSocket:
                 try:
                     conn, handed = handed or await self._dialer.dial(), None
                 except DialFailed as exc:
+                    closed = self._provider_closed(exc)
+                    if closed is not None:
+                        # Closed is final for a provider: every reconnect would meet it again
+                        # (a WARNING at each, for ever). One WARNING, as the engine's keepalive
+                        # says of the same.
+                        stop_level = logging.WARNING
+                        raise SocketClosed(
+                            f"{self._name}: cannot connect: its auth provider was closed on its "
+                            f"own, not with the socket ({type(closed).__name__}: "
+                            f"{error_text(closed)}); reconnecting cannot help"
+                        ) from closed
                     disconnect, rejected = exc.disconnect, exc.credentials
                     self._life.to(SocketState.RECONNECTING)
                     self._emit("connect_failed", reason=disconnect.describe())
@@ -1180,13 +1198,31 @@ class ResilientSocket:
             else:
                 self._error = SocketClosed(f"{self._name}: stopped on {type(exc).__name__}")
                 self._error.__cause__ = exc
-            _log.error(
+            _log.log(
+                stop_level,
                 "socket stopped: %s",
                 self._error,
                 extra={"socket": self._name, "error": type(exc).__name__},
             )
         finally:
             await self._finish()
+
+    def _provider_closed(self, failed: DialFailed) -> EngineClosed | None:
+        """The :class:`~le_transport.errors.EngineClosed` the auth provider's ``credentials()``
+        raised, when that is why the connect ``failed`` and the socket is not closing: the
+        provider was closed on its own (``auth.close()``, or another engine's close of a
+        provider they share), its engine and this socket left open. An engine closes its
+        sockets before its providers, so its own close never gets here; and an EngineClosed
+        from resolving the host (the engine's own, in the instant its close begins and before
+        it reaches this socket) is not this one."""
+        cause = failed.__cause__
+        if (
+            isinstance(cause, EngineClosed)
+            and failed.disconnect.error == _CLOSED_CREDENTIALS
+            and not self._closing
+        ):
+            return cause
+        return None
 
     async def _escalate_to_relogin(
         self, failures: int, last: Disconnect, *, paused: float | None
