@@ -23,7 +23,7 @@ from yarl import URL
 from le_transport import Engine, SocketClosed
 from le_transport.chaos import Delay, FaultRule, Match
 from le_transport.clock import timeout_after
-from le_transport.errors import EngineClosed
+from le_transport.errors import DeadlineExceeded, EngineClosed
 from le_transport.events import StateEvent
 from le_transport.policies import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO
 from le_transport.policies.retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy
@@ -655,3 +655,25 @@ async def test_a_socket_whose_provider_was_closed_alone_stops_instead_of_reconne
     ]
     assert "closed on its own" in warnings[1].getMessage()
     assert not [r for r in warnings if r.levelno >= logging.ERROR]
+
+
+async def test_the_auth_code_s_time_counts_against_the_token_request_s_deadline(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """deadline=10: a 9 s auth-code callable leaves the token request 1 s. Its HTTP call was
+    given a deadline of its own after the callable, and a 9 s token service answered at 18 s."""
+
+    async def auth_code() -> str:
+        await clock.sleep(9)
+        return "code-xyz"
+
+    sim.faults.add(FaultRule("slow-idp", Delay(9_000), match=Match("POST", AUTHENTICATE)))
+    auth = ConsumerJwt(ACCOUNT, domains=csds_for(sim), auth_code=auth_code)
+    retry = RetryPolicy(attempt_timeout=None, deadline=10.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, retry=retry):
+        started = clock.now()
+        async with timeout_after(clock, 1_000):  # a guard only
+            with pytest.raises(DeadlineExceeded):
+                await auth.fetch()
+        assert clock.now() - started == pytest.approx(10.0, abs=0.01)
+        assert auth.token is None

@@ -12,13 +12,17 @@ An ``auth_code`` callable is given the token request's attempt timeout or its de
 answer, whichever is shorter (the retry policy's: 30 s by default): one that never answers is
 cut there, a ``TimeoutError``, an outage like its own network failure, and the next fetch
 calls it anew. A policy with neither (``attempt_timeout=None``, no ``deadline``: no limit)
-leaves it unbounded, as it leaves the token request's HTTP call.
+leaves it unbounded, as it leaves the token request's HTTP call. The deadline is the whole
+token request's, from its start: the callable's time (and the host's resolution) counts
+against it, and the HTTP call is given what is left.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+
+import attrs
 
 from .._redact import Secret
 from ..clock import timeout_after
@@ -102,14 +106,15 @@ class ConsumerJwt(TokenProvider):
         """How events and logs name this provider."""
         return f"consumer_jwt[{self._account}]"
 
-    async def _code(self, http: ProviderHttp, retry: RetryPolicy) -> str | None:
+    async def _code(self, http: ProviderHttp, retry: RetryPolicy, left: float | None) -> str | None:
         """The auth code to send (None: sign up). A callable's is awaited for no longer than
         the token request's attempt timeout or deadline, whichever is shorter: else one that
         never answers (an identity provider's call without a timeout of its own) held the
         shared fetch for ever, and every call joining it. Cut, it is a ``TimeoutError``, an
         outage (see ``_token.py``); the next fetch asks anew. A policy with neither limit
         leaves it unbounded, as it leaves the HTTP call: an identity provider that always
-        takes longer than 30 s is waited for there, so here too."""
+        takes longer than 30 s is waited for there, so here too. ``left``: what is left of the
+        deadline, which the callable's time counts against."""
         code = self._auth_code
         if code is None:
             return None
@@ -121,7 +126,7 @@ class ConsumerJwt(TokenProvider):
                 "ConsumerJwt.auth_code must be an async callable; calling it returned "
                 f"{type(pending).__name__}, not an awaitable"
             )
-        limits = [t for t in (retry.attempt_timeout, retry.deadline) if t is not None]
+        limits = [t for t in (retry.attempt_timeout, left) if t is not None]
         if not limits:
             # No limit asked for: the token request's HTTP call is not cut either.
             value: object = await pending
@@ -151,8 +156,16 @@ class ConsumerJwt(TokenProvider):
     async def _request_token(
         self, http: ProviderHttp, retry: RetryPolicy, *, fallback: str | None = None
     ) -> tuple[ProviderResponse, str]:
+        # One deadline for the whole token request, taken as it starts: the callable's time
+        # counts against it, and the HTTP call gets what is left (a 9 s callable and a 9 s
+        # token service under deadline=10 took 18 s).
+        started = http.clock.now()
         host = await self._domains.resolve(self._service)
-        code = await self._code(http, retry)
+        deadline = retry.deadline
+        code = await self._code(http, retry, self._left(http, deadline, started))
+        left = self._left(http, deadline, started)
+        if left is not None:
+            retry = attrs.evolve(retry, deadline=left)
         action = "signup" if code is None else "authenticate"
         url = provider_url(http.scheme, host, f"/api/account/{self._account}/{action}")
         resp = await http.request(
@@ -166,6 +179,19 @@ class ConsumerJwt(TokenProvider):
             idempotent=code is None,
         )
         return resp, "jwt"
+
+    def _left(self, http: ProviderHttp, deadline: float | None, started: float) -> float | None:
+        """Seconds left of ``deadline`` (None: no deadline) since ``started``; a
+        ``TimeoutError`` (an outage, as a callable cut) once none is."""
+        if deadline is None:
+            return None
+        left = deadline - (http.clock.now() - started)
+        if left <= 0:
+            raise TimeoutError(
+                f"{self.subject}: the token request's {deadline:g} s deadline passed before it "
+                "was sent"
+            )
+        return left
 
     def __repr__(self) -> str:
         mode = "signup" if self._auth_code is None else "authenticate"
