@@ -362,6 +362,51 @@ def test_the_other_list_edits_keep_total_and_ages_alike() -> None:
     assert (a.total, bound.kept) == (0, 3)
 
 
+def test_setting_one_place_leaves_the_age_of_the_same_record_in_another_place() -> None:
+    """``log[0] = y`` with the same object in places 0 and 1 replaces place 0 only: the
+    record in place 1 keeps its own age (it took the replaced one's, so the shared bound
+    dropped it instead of the oldest record of the group)."""
+    bound = SharedBound(3)
+    a: RecordLog[_Rec] = RecordLog(None, name="a", shared=bound)
+    b: RecordLog[_Rec] = RecordLog(None, name="b", shared=bound)
+    r, b1, y = _Rec("r"), _Rec("b1"), _Rec("y")
+    a.append(r)  # age 0
+    b.append(b1)  # age 1
+    a.append(r)  # age 2: the same object again (a frame recorded twice)
+    a[0] = y  # the newest (age 3); the r in place 1 keeps age 2
+    assert list(a) == [y, r]
+    assert a.total == 3
+    assert bound.kept == 3
+    b.append(_Rec("b2"))  # over the bound: the oldest of all is b1
+    assert list(a) == [y, r]
+    assert [x.name for x in b] == ["b2"]
+    assert (a.dropped, b.dropped, bound.dropped) == (0, 1, 1)
+    a.append(_Rec("a3"))  # next: the r in place 1 (age 2), before y (age 3)
+    assert [x.name for x in a] == ["y", "a3"]
+
+
+def test_setting_a_place_out_of_range_is_an_index_error_and_changes_nothing() -> None:
+    bound = SharedBound(3)
+    log: RecordLog[_Rec] = RecordLog(None, name="a", shared=bound)
+    log.append(_Rec("r"))
+    with pytest.raises(IndexError):
+        log[1] = _Rec("y")
+    assert (len(log), log.total, bound.kept) == (1, 1, 1)
+
+
+def test_a_reversed_full_log_drops_its_first_place_on_append_as_documented() -> None:
+    """A log's own bound goes by place, as a deque's does: after ``reverse()`` the first place
+    holds the newest record, and that one goes (a shared bound still goes by age)."""
+    log: RecordLog[_Rec] = RecordLog(2, name="t")
+    a1, a2, a3 = _Rec("a1"), _Rec("a2"), _Rec("a3")
+    log.append(a1)
+    log.append(a2)
+    log.reverse()
+    log.append(a3)
+    assert list(log) == [a1, a3]
+    assert (log.dropped, log.total) == (1, 3)
+
+
 # -- RecordLog.total: every record added since the last clear -------------------------------------
 
 

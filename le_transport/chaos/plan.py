@@ -1638,16 +1638,19 @@ class SharedBound:
 
 
 class RecordLog(MutableSequence[_T], Generic[_T]):
-    """A log that keeps its newest ``maxlen`` records (every record when ``maxlen`` is None).
+    """A log that keeps its last ``maxlen`` records, the newest unless reordered (every record
+    when ``maxlen`` is None).
 
     It reads as a list does: ``len``, iteration, indexing (``log[-1]``), slicing (a list),
     ``log == [...]`` (equal to any list or tuple holding the same records in the same order),
     ``clear()``, and takes a list's edits (``log[:] = kept``, ``del log[0]``). Appending is
-    O(1); other edits copy the log. When full, appending a record drops the oldest one (as does
-    an edit that leaves more than ``maxlen``: the oldest go); :attr:`dropped` counts
-    the records dropped so far and :attr:`total` every record ever added (both exact). The
-    first drop is logged once, at INFO on ``le_transport.records``, with the log's ``name`` and
-    bound only (never a record: records may be requests).
+    O(1); ``log[i] = r`` and ``del log[i]`` do not copy the log, other edits do. The log's own
+    bound goes by place, as a ``deque(maxlen=...)``'s does: when full, appending a record
+    drops the one in the first place (the oldest, unless an edit or :meth:`reverse` put
+    another there), and an edit that leaves more than ``maxlen`` drops its first places.
+    :attr:`dropped` counts the records dropped so far and :attr:`total` every record ever
+    added (both exact). The first drop is logged once, at INFO on ``le_transport.records``,
+    with the log's ``name`` and bound only (never a record: records may be requests).
 
     ``shared``: a :class:`SharedBound` this log is one of (its records count against the
     group's bound too, and the group's oldest record goes first, from whichever log holds it).
@@ -1699,8 +1702,9 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         return self._added
 
     def append(self, record: _T) -> None:
-        """Add ``record`` as the newest; the oldest is dropped if the log is full (or, with a
-        shared bound, the oldest of the group if the group is)."""
+        """Add ``record`` as the newest, in the last place. If the log is full, the record in
+        its first place is dropped (the oldest, unless an edit or :meth:`reverse` put another
+        there); with a shared bound, if the group is full, the oldest record of the group."""
         items = self._items
         if type(items) is tuple:
             items = self._items = collections.deque(maxlen=self._maxlen)
@@ -1759,16 +1763,27 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
 
     def __setitem__(self, index: int | slice, value: Any) -> None:
-        items = list(self._items)
         if isinstance(index, slice):
+            items = list(self._items)
             items[index] = value
-        else:
-            # As ``log[i:i + 1] = [value]``: the record put in is the newest (and counts in
-            # total) unless it is the one in that place, which keeps its age.
-            if not items:
-                raise IndexError(f"{self.name}: index {index} out of range (the log is empty)")
-            items[index] = value
-        self._replace(items)
+            self._replace(items)
+            return
+        # As ``log[i:i + 1] = [value]``: the record put in is the newest (and counts in total)
+        # unless it is the one in that place, which keeps its age. By place, not through
+        # _replace: that pairs records by identity, so with the same object twice in the log
+        # an untouched one would take the replaced place's age.
+        kept = self._deque(index)
+        if kept[index] is value:
+            return
+        kept[index] = value
+        self._added += 1
+        shared = self._shared
+        if shared is not None:
+            seqs = self._seq_deque()
+            old = seqs[index]
+            seqs[index] = shared._numbers(self, 1)[0]
+            shared._removed((old,))
+            shared._enforce()
 
     def __delitem__(self, index: int | slice) -> None:
         if isinstance(index, slice):
@@ -1788,7 +1803,11 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
                 self._seqs = ()
 
     def reverse(self) -> None:
-        """Reverse the records in place; each keeps its age (as ``log[:] = log[::-1]``)."""
+        """Reverse the records in place; each keeps its age (as ``log[:] = log[::-1]``).
+
+        The newest is then in the first place, the one the log's own bound drops next when
+        a record is appended to it full (a shared bound still drops the oldest of its group).
+        """
         if self._items:
             self._items.reverse()
             if self._seqs:
