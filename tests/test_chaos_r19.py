@@ -203,12 +203,16 @@ def test_a_window_of_one_microsecond_fires_at_its_start_and_not_after(
     assert run.decide("request", method="GET", path="/x", at=start_s + 1e-6) is None
 
 
-@pytest.mark.parametrize("after_ms", [4e-7, 0.0004, 0.0006, 0.0009999, 2.4996, 2.5004])
+@pytest.mark.parametrize(
+    ("after_ms", "first_us"),
+    [(4e-7, 1), (0.0004, 1), (0.0006, 1), (0.0009999, 1), (2.4996, 2500), (2.5004, 2501)],
+)
 def test_a_window_of_one_microsecond_starting_between_two_instants_holds_one(
-    after_ms: float,
+    after_ms: float, first_us: int
 ) -> None:
-    """The start is taken to the nearest microsecond, as the run's time is: the window holds
-    that instant (it held none when its end was rounded and its start was not)."""
+    """The start is the first microsecond at or after ``after_ms``, as the run's time counts
+    in microseconds: the window holds that instant (it held none when its end was rounded
+    and its start was not), and none before ``after_ms``."""
     rule = FaultRule("w", Status(503), schedule=Schedule(after_ms=after_ms, for_ms=MIN_WINDOW_MS))
     run = FaultRun(FaultPlan(rules=[rule]), origin=100.0)
     fired = [
@@ -216,7 +220,32 @@ def test_a_window_of_one_microsecond_starting_between_two_instants_holds_one(
         for k in range(4000)  # every instant of the run's first 4 ms
         if run.decide("request", method="GET", path="/x", at=100.0 + k * 1e-6) is not None
     ]
-    assert fired == [round(after_ms * 1000)]
+    assert fired == [first_us]
+
+
+@pytest.mark.parametrize(
+    ("after_ms", "unit_ms"), [(2.5004, 2.5), (1.0005, 1.0), (2.5005, 2.5), (0.0004, 0.0)]
+)
+def test_a_time_window_never_fires_before_the_after_ms_written(
+    after_ms: float, unit_ms: float
+) -> None:
+    """Taken to the nearest microsecond, ``after_ms=2.5004`` fired on a unit at 2.500 ms,
+    before it, and the ties rounded either way (1.0005 down, 2.5005 up)."""
+    rule = FaultRule("w", Status(503), schedule=Schedule(after_ms=after_ms))
+    run = FaultRun(FaultPlan(rules=[rule]), origin=100.0)
+    assert run.decide("request", method="GET", path="/x", at=100.0 + unit_ms / 1000.0) is None
+    next_us = 100.001 + unit_ms / 1000.0
+    assert run.decide("request", method="GET", path="/x", at=next_us) is not None
+
+
+@pytest.mark.parametrize("after_ms", [0.001, 2.007, 1000.0, 86_400_000.123])
+def test_a_time_window_on_a_microsecond_starts_on_it_whatever_the_float_noise(
+    after_ms: float,
+) -> None:
+    """``2.007 * 1000`` is ``2007.0000000000002``: the start is still 2007 us, not 2008."""
+    rule = FaultRule("w", Status(503), schedule=Schedule(after_ms=after_ms, for_ms=MIN_WINDOW_MS))
+    run = FaultRun(FaultPlan(rules=[rule]), origin=0.0)
+    assert run.decide("request", method="GET", path="/x", at=after_ms / 1000.0) is not None
 
 
 @pytest.mark.parametrize("field", ["after_ms", "for_ms"])

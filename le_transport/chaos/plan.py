@@ -1012,8 +1012,9 @@ class Schedule:
       the simulator or injector was made; for an injector that takes its engine's clock,
       when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever), to the
       microsecond (a unit exactly ``after_ms`` after the origin is in force, whatever the
-      origin; an ``after_ms`` between two microseconds is taken to the nearest, as the run's
-      time is, so a window of at least a microsecond holds at least one instant of it). Both
+      origin; the window starts at the first microsecond at or after ``after_ms``, as the
+      run's time counts in microseconds, so a window of at least a microsecond holds at
+      least one instant of it and none fires before ``after_ms``). Both
       windows must hold. ``after_ms`` and ``for_ms`` are each at most
       :data:`MAX_SCHEDULE_MS` (a year); a rule refuses a ``for_ms`` under
       :data:`MIN_WINDOW_MS` (a microsecond, the resolution of the run's time), which would
@@ -1041,12 +1042,25 @@ class Schedule:
         """Whether there is a time window."""
         return self.after_ms is not None or self.for_ms is not None
 
+    @property
+    def _start_ms(self) -> float:
+        """The start of the time window: the first microsecond at or after ``after_ms``.
+
+        The run's time counts in microseconds (FaultRun.decide): a start between two instants
+        is taken up to the next, so that a window of at least a microsecond (MIN_WINDOW_MS)
+        holds one instant and nothing fires before the ``after_ms`` written. A start within a
+        few units of float rounding of a microsecond is that microsecond (``2.007 * 1000`` is
+        ``2007.0000000000002``, not past 2007).
+        """
+        us = (self.after_ms or 0.0) * 1000.0
+        nearest = round(us)
+        if math.isclose(us, nearest, rel_tol=4 * sys.float_info.epsilon):
+            return nearest / 1000.0
+        return math.ceil(us) / 1000.0
+
     def in_time(self, elapsed_ms: float) -> bool:
         """Whether ``elapsed_ms`` since the run's origin is inside the time window."""
-        # The start to the microsecond, as the run's time is (FaultRun.decide): a window
-        # starting between two instants would otherwise lose the first, and one of a
-        # microsecond (MIN_WINDOW_MS) hold none.
-        start = round(self.after_ms or 0.0, 3)
+        start = self._start_ms
         if elapsed_ms < start:
             return False
         # Rounded: float noise in the sum (0.1 + 0.2) must not move the end of the window.
