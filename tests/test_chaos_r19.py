@@ -26,8 +26,17 @@
   ``y`` out of ``total`` and gave it the age of the record it replaced, and ``reverse()``
   (a list's, by index) moved the records but not their ages, so a shared bound then dropped
   a younger record first. ``reverse()`` keeps each record's age, as ``log[:] = log[::-1]``.
-- A time window's ``after_ms`` is taken to the microsecond, as the run's time is: a window of
-  a microsecond starting between two instants (``after_ms=4e-7``) was accepted and held none.
+- A time window starts at the first microsecond at or after its ``after_ms``, as the run's
+  time counts in microseconds: a window of a microsecond starting between two instants
+  (``after_ms=4e-7``) was accepted and held none, and then, taken to the nearest microsecond,
+  a window fired before its ``after_ms`` (``2.5004`` at 2.500 ms; ties rounded either way).
+- ``log[i] = r`` replaces that place only: it paired records by identity, so with the same
+  object twice in a log the untouched one took the replaced one's age, and a shared bound
+  dropped it before the oldest record of the group. A log's own bound goes by place, as a
+  deque's does (after ``reverse()``, the newest is the first to go): documented so.
+- The simulator's ERROR lines for an ``on()`` handler that raised or answered what JSON
+  cannot hold log the request's ``type`` (the client's text) escaped, as its other socket
+  lines do.
 - ``le-transport demo --seed N`` past 64 bits is a usage error (2): the plan refused it only
   once the demo had started (exit 1).
 """
@@ -40,6 +49,7 @@ from typing import cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from le_transport.chaos import (
     MAX_SEED,
@@ -546,3 +556,114 @@ async def test_a_fault_on_a_server_frame_logs_its_type_and_rule_id_escaped(
     message = line.getMessage()
     assert message == f"/ws_api/x: ws_drop_message on an incoming {type_!r} (rule {_FORGED!r})"
     assert not any(c in message for c in "\n\x1b")
+
+
+# -- the simulator's other socket log lines: a handler's and a client's text, escaped -----------
+
+_TYPE = ".ams.Forged\nCRITICAL forged\x1b[2J"
+
+
+def _assert_type_escaped(line: logging.LogRecord) -> None:
+    message = line.getMessage()
+    assert not any(c in message for c in "\n\x1b"), message
+    assert repr(_TYPE) in message
+
+
+async def _brand_request(sim: Simulator, type_: str) -> dict[str, object]:
+    """One request of ``type_`` on a brand socket of the simulator's; its answer."""
+    bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.brand_socket_url(bearer)) as ws,
+    ):
+        await ws.send_str(json.dumps({"kind": "req", "id": "1", "type": type_, "body": {}}))
+        return cast("dict[str, object]", json.loads((await ws.receive(timeout=10)).data))
+
+
+async def test_the_simulator_logs_a_fault_on_an_outgoing_frame_with_its_type_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rule = FaultRule(_FORGED, WsDropMessage(), unit="ws_message", match=Match(path="*Forged*"))
+    caplog.set_level(logging.DEBUG, logger="le_transport.simulator")
+    async with Simulator(clock=VirtualClock(), plan=[rule]) as sim:
+        bearer = sim.tokens.login(DEFAULT_ACCOUNT, DEFAULT_USER, 3600, "user").bearer
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(sim.brand_socket_url(bearer)),
+        ):
+            await sim.sockets.wait_open()
+            assert await sim.sockets.notify(_TYPE, {}, to_all=True) == 1
+    (line,) = [r for r in _simulator_lines(caplog) if "on an outgoing" in r.getMessage()]
+    _assert_type_escaped(line)
+    _assert_escaped(line)
+
+
+async def test_the_simulator_logs_a_handler_that_raised_with_the_type_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(sock: object, frame: dict[str, object]) -> tuple[int, object]:
+        raise RuntimeError("boom")
+
+    caplog.set_level(logging.ERROR, logger="le_transport.simulator")
+    async with Simulator(clock=VirtualClock()) as sim:
+        sim.sockets.on(_TYPE, broken)
+        assert (await _brand_request(sim, _TYPE))["code"] == 500
+    (line,) = [r for r in _simulator_lines(caplog) if "raised" in r.getMessage()]
+    _assert_type_escaped(line)
+
+
+async def test_the_simulator_logs_an_answer_that_is_not_json_with_the_type_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def nan(sock: object, frame: dict[str, object]) -> tuple[int, object]:
+        return 200, {"mean": float("nan")}
+
+    caplog.set_level(logging.ERROR, logger="le_transport.simulator")
+    async with Simulator(clock=VirtualClock()) as sim:
+        sim.sockets.on(_TYPE, nan)
+        assert (await _brand_request(sim, _TYPE))["code"] == 500
+    (line,) = [r for r in _simulator_lines(caplog) if "not JSON" in r.getMessage()]
+    _assert_type_escaped(line)
+
+
+async def _echo(request: web.Request) -> web.StreamResponse:
+    """A custom route's socket: answers each request frame with its type + ``$Response``."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            frame = json.loads(msg.data)
+            await ws.send_json(
+                {"kind": "resp", "reqId": frame["id"], "code": 200, "type": frame["type"] + "$R"}
+            )
+    return ws
+
+
+@pytest.mark.parametrize(
+    ("rule", "said"),
+    [
+        (FaultRule(_FORGED, WsAppError(429), unit="ws_message"), "on "),
+        (
+            FaultRule(_FORGED, WsDropMessage(), unit="ws_message", match=Match(path="*$R")),
+            "on an outgoing",
+        ),
+    ],
+    ids=["incoming", "outgoing"],
+)
+async def test_a_custom_socket_logs_a_fault_with_the_type_and_rule_id_escaped(
+    caplog: pytest.LogCaptureFixture, rule: FaultRule, said: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="le_transport.simulator")
+    sim = Simulator(clock=VirtualClock(), plan=[rule])
+    sim.add_route("GET", "/ws/stream", _echo, service="myStream")
+    async with sim, aiohttp.ClientSession() as http, http.ws_connect(sim.url + "/ws/stream") as ws:
+        await ws.send_str(json.dumps({"kind": "req", "id": "1", "type": _TYPE, "body": {}}))
+        if isinstance(rule.fault, WsAppError):
+            assert json.loads((await ws.receive(timeout=10)).data)["code"] == 429
+        else:
+            # Dropped: the next frame the client gets is the close.
+            await ws.close()
+    lines = [r for r in _simulator_lines(caplog) if "custom socket" in r.getMessage()]
+    (line,) = [r for r in lines if said in r.getMessage()]
+    _assert_escaped(line)
+    assert repr(_TYPE if said == "on " else _TYPE + "$R") in line.getMessage()

@@ -1028,7 +1028,7 @@ class SocketHub:
                 "socket %d: the answer to %s is not JSON (%s: a NaN, an Infinity or a value "
                 "JSON cannot hold, from an on() handler?): answered code 500 instead",
                 sock.id,
-                type_[:80],
+                _printable(type_[:80]),  # the client's text, escaped
                 type(exc).__name__,
                 extra={"socket": sock.id, "account": sock.account},
             )
@@ -1086,7 +1086,7 @@ class SocketHub:
                 _log.error(
                     "socket %d: the on() handler for %s raised %s%s",
                     sock.id,
-                    type_[:80],
+                    _printable(type_[:80]),  # the client's text, escaped
                     type(exc).__name__,
                     " after answering" if already else ": answered code 500",
                     exc_info=redacted_exc_info(exc),
