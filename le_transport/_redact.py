@@ -333,18 +333,24 @@ def _hide_element(match: re.Match[str]) -> str:
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
 # OAuth params (then the fields, above), the short names, the UMS path's bearer, a URL's
 # userinfo, and a JWT anywhere.
+# One "name=value" after a credential's scheme: the value quoted (escaped in a JSON string, or
+# not), or a run. (A quote that closes the text around it is not a value: '"Basic dXNl=", ...'.)
+_B_PARAM = (
+    r"[A-Za-z0-9_.~+/-]++[ \t]*+=[ \t]*+"
+    r"(?:\\*+\"(?=[^\s,\]}:])[^\"\\]*+(?:\\*+\")?|[^\s\"',;&}\\]*+)"
+)
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Whatever follows the credential (a quote closing it: '"Bearer x"'). Not parameters
-    # ('Bearer realm="api"': a challenge, or an authorization's parameters, which the fields'
-    # pass hides with their values): a name then "=" then a value (a token68 has "=" only as
-    # its padding, at its end), or a lower-case name (as every scheme's parameters are named)
-    # then '="', never the end of a padded token68 ('"Basic dXNl...Q="').
+    # The credential, whatever its shape: "name=value" pairs after the scheme ('Bearer
+    # Token="x"', 'Bearer username="bob", response="x"', 'Bearer x = y') hidden whole, else a
+    # token68 (padding and all). A quote closing the text around it ('"Bearer x"') stays. A
+    # challenge's parameters ('Bearer realm="api", error=...') are hidden too: a leak costs
+    # more than a hidden realm.
     (
         re.compile(
-            r"(?i)\b(bearer|jwt|basic)\s+"
-            r"(?![A-Za-z0-9._~+/-]++[ \t]*+=[ \t]*+[A-Za-z0-9_~+/-])"
-            r"(?-i:(?![a-z_-]++[ \t]*+=[ \t]*+\\?\"))"
-            r"[A-Za-z0-9._~+/=-]{4,}+"
+            r"(?i)\b(bearer|jwt|basic)\s+(?:"
+            r"[A-Za-z0-9._~+/-]{4,}+=++(?=[ \t]*+(?:[,;]|\s|$|\\*+\"(?![A-Za-z0-9])))"
+            rf"|{_B_PARAM}(?:[ \t]*+,[ \t]*+{_B_PARAM})*+"
+            r"|[A-Za-z0-9._~+/-]{4,}+=*+(?:[ \t]*+=)?+)"
         ),
         rf"\1 {REDACTED}",
     ),
