@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -40,6 +41,20 @@ from tests.test_providers import ACCOUNT, APP_KEY, csds_for, sim, sim_engine
 __all__ = ["sim"]
 
 _CHAT_INFO = f"/api/account/{ACCOUNT}/chat/c1/info"
+
+
+async def _slow_logout_under_way(
+    sim: Simulator, close: Callable[[], Awaitable[None]]
+) -> asyncio.Future[None]:
+    """Slow the logout down, start ``close()``, and hand back its task once the logout is out
+    (or after a thousand turns, for the caller to check)."""
+    sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
+    closing = asyncio.ensure_future(close())
+    for _ in range(1_000):
+        if sim.count("POST", LOGOUT):
+            break
+        await asyncio.sleep(0)
+    return closing
 
 
 class _GatedTokens(TokenProvider):
@@ -159,12 +174,7 @@ async def test_a_close_waits_for_the_close_in_progress(sim: Simulator, clock: Vi
     auth = user_login(sim, keepalive=False)
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
         await engine.login()
-        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
-        first = asyncio.ensure_future(auth.close())
-        for _ in range(1_000):
-            if sim.count("POST", LOGOUT):
-                break
-            await asyncio.sleep(0)
+        first = await _slow_logout_under_way(sim, auth.close)
         assert sim.count("POST", LOGOUT) == 1, "the first close is logging out"
         second = asyncio.ensure_future(auth.close())
         await asyncio.sleep(0)
@@ -182,12 +192,7 @@ async def test_a_refresh_during_close_is_engine_closed_and_sends_nothing(
     auth = user_login(sim, keepalive=False)
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
         await engine.login()
-        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
-        closing = asyncio.ensure_future(auth.close())
-        for _ in range(1_000):
-            if sim.count("POST", LOGOUT):
-                break
-            await asyncio.sleep(0)
+        closing = await _slow_logout_under_way(sim, auth.close)
         assert auth.session is not None, "the close is still logging the session out"
         with pytest.raises(EngineClosed):
             await auth.refresh()
@@ -408,12 +413,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 async def _close_cancelled_during_logout(sim: Simulator, auth: Any) -> None:
     """Start ``auth.close()`` with a slow logout, and cancel it once the logout is out."""
-    sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
-    first = asyncio.ensure_future(auth.close())
-    for _ in range(1_000):
-        if sim.count("POST", LOGOUT):
-            break
-        await asyncio.sleep(0)
+    first = await _slow_logout_under_way(sim, auth.close)
     assert sim.count("POST", LOGOUT) == 1, "the close is logging out"
     first.cancel()
     await asyncio.wait({first})
@@ -448,12 +448,7 @@ async def test_a_close_waiting_for_a_cancelled_one_finishes_its_logout(
     auth = user_login(sim, keepalive=False)
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
         await engine.login()
-        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
-        first = asyncio.ensure_future(auth.close())
-        for _ in range(1_000):
-            if sim.count("POST", LOGOUT):
-                break
-            await asyncio.sleep(0)
+        first = await _slow_logout_under_way(sim, auth.close)
         second = asyncio.ensure_future(auth.close())
         await asyncio.sleep(0)
         first.cancel()
@@ -472,12 +467,7 @@ async def test_a_cancelled_waiting_close_leaves_the_logout_to_the_first(
     auth = user_login(sim, keepalive=False)
     async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
         await engine.login()
-        sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
-        first = asyncio.ensure_future(auth.close())
-        for _ in range(1_000):
-            if sim.count("POST", LOGOUT):
-                break
-            await asyncio.sleep(0)
+        first = await _slow_logout_under_way(sim, auth.close)
         second = asyncio.ensure_future(auth.close())
         third = asyncio.ensure_future(auth.close())
         await asyncio.sleep(0)
@@ -499,12 +489,7 @@ async def test_an_engine_close_cancelled_during_the_logout_is_finished_by_the_ne
     engine = sim_engine(sim, clock, domains=auth._domains, auth=auth)
     await engine.start()
     await engine.login()
-    sim.faults.add(FaultRule("slow-logout", Delay(2_000), match=Match("POST", LOGOUT)))
-    first = asyncio.ensure_future(engine.close())
-    for _ in range(1_000):
-        if sim.count("POST", LOGOUT):
-            break
-        await asyncio.sleep(0)
+    first = await _slow_logout_under_way(sim, engine.close)
     first.cancel()
     await asyncio.wait({first})
     assert auth.session is not None

@@ -51,6 +51,31 @@ from tests.test_guard_hot_path import _Call
 from tests.test_recovery import CountingAuth
 
 
+def _engine_behind_a_breaker(
+    host: str,
+    clock: VirtualClock,
+    seen: list[tuple[float, StateEvent]],
+    *,
+    breaks: BackoffPolicy,
+    recovery: BackoffPolicy,
+) -> Engine:
+    """An engine to ``svc`` at ``host`` behind a breaker opening at half of 4 calls with
+    ``breaks``, re-logging in on ``recovery``, that logs each event with its time in ``seen``."""
+    breaker = CircuitBreaker(
+        failure_ratio=0.5, minimum_throughput=4, sampling_window=300.0, breaks=breaks
+    )
+    guard = OverloadGuard(budget=None, breaker=breaker, clock=clock)
+    return Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        overload=guard,
+        retry=RetryPolicy(attempt_timeout=None),
+        recovery=recovery,
+        hooks=EventHooks(on_state=(lambda e: seen.append((clock.now(), e)),)),
+    )
+
+
 async def test_breaker_waits_count_toward_the_rounds_pause(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
@@ -61,22 +86,13 @@ async def test_breaker_waits_count_toward_the_rounds_pause(
     again (120, 240 + 240, 480 + 480 s before)."""
     backend = Backend(503)
     seen: list[tuple[float, StateEvent]] = []
-    breaker = CircuitBreaker(
-        failure_ratio=0.5,
-        minimum_throughput=4,
-        sampling_window=300.0,
-        breaks=BackoffPolicy(first=5.0, cap=600.0, jitter=0.0, floor=0.0),
-    )
-    guard = OverloadGuard(budget=None, breaker=breaker, clock=clock)
     host = await serve(backend.app())
-    engine = Engine(
-        {"svc": host},
-        scheme="http",
-        clock=clock,
-        overload=guard,
-        retry=RetryPolicy(attempt_timeout=None),
+    engine = _engine_behind_a_breaker(
+        host,
+        clock,
+        seen,
+        breaks=BackoffPolicy(first=5.0, cap=600.0, jitter=0.0, floor=0.0),
         recovery=BackoffPolicy.relogin(jitter=0.0, max_attempts=3),
-        hooks=EventHooks(on_state=(lambda e: seen.append((clock.now(), e)),)),
     )
     async with engine:
         with pytest.raises(RecoveryFailed):
@@ -107,22 +123,13 @@ async def test_breaker_waits_never_shorten_the_pause_below_the_request_schedules
     and the round's sleep is never below 15 s."""
     backend = Backend(503)
     seen: list[tuple[float, StateEvent]] = []
-    breaker = CircuitBreaker(
-        failure_ratio=0.5,
-        minimum_throughput=4,
-        sampling_window=300.0,
-        breaks=BackoffPolicy(first=5.0, factor=1.01, cap=6.0, jitter=0.0, floor=0.0),
-    )
-    guard = OverloadGuard(budget=None, breaker=breaker, clock=clock)
     host = await serve(backend.app())
-    engine = Engine(
-        {"svc": host},
-        scheme="http",
-        clock=clock,
-        overload=guard,
-        retry=RetryPolicy(attempt_timeout=None),
+    engine = _engine_behind_a_breaker(
+        host,
+        clock,
+        seen,
+        breaks=BackoffPolicy(first=5.0, factor=1.01, cap=6.0, jitter=0.0, floor=0.0),
         recovery=BackoffPolicy(first=20.0, factor=1.01, cap=21.0, jitter=0.0, max_attempts=3),
-        hooks=EventHooks(on_state=(lambda e: seen.append((clock.now(), e)),)),
     )
     async with engine:
         with pytest.raises(RecoveryFailed):

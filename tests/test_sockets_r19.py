@@ -30,6 +30,13 @@ __all__ = ["no_open_connections", "states"]
 pytestmark = pytest.mark.usefixtures("no_open_connections")
 
 
+def _engine(host: str, states: StateLog, **kwargs: Any) -> Engine:
+    """An engine over plain HTTP to ``svc`` at ``host``, its socket states logged."""
+    return Engine(
+        StaticDomains({"svc": host}), scheme="http", hooks=EventHooks(on_state=[states]), **kwargs
+    )
+
+
 def _ws_app(seen: list[str]) -> web.Application:
     """Accepts any upgrade, recording the path as it came on the request line."""
 
@@ -52,12 +59,7 @@ async def _dialed_path(
     """The raw path one socket to ``path`` dials, after it opened."""
     seen: list[str] = []
     host = await serve(_ws_app(seen))
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        auth=StaticBearer(bearer),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, auth=StaticBearer(bearer)) as engine:
         ws = await engine.websocket(
             "svc", path, auth_placement=placement, options=SocketOptions(keepalive=None)
         )
@@ -132,13 +134,7 @@ async def test_a_provider_that_hangs_fails_the_connect_after_prepare_timeout(
     once prepare_timeout has passed, and the socket reconnects (asking again)."""
     host = await serve(_ws_app([]))
     auth = _SlowAuth(clock, None)
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        auth=auth,
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock, auth=auth) as engine:
         ws = await engine.websocket(
             "svc",
             "/ws",
@@ -167,13 +163,7 @@ async def test_a_slow_login_is_not_cut_by_connect_timeout(
     seen: list[str] = []
     host = await serve(_ws_app(seen))
     auth = _SlowAuth(clock, 20.0)
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        auth=auth,
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock, auth=auth) as engine:
         ws = await engine.websocket(
             "svc", "/ws", options=SocketOptions(keepalive=None, connect_timeout=5.0)
         )
@@ -218,12 +208,7 @@ async def test_max_msg_size_reaches_the_connection(
     taken under an 8 KiB bound, and ends the connection with 1009 under a 2 KiB one."""
     connects: list[int] = []
     host = await serve(_big_frame_app(4096, connects))
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock) as engine:
         ws = await engine.websocket(
             "svc", "/ws", options=SocketOptions(keepalive=None, max_msg_size=max_msg_size)
         )
@@ -296,12 +281,7 @@ async def test_an_upgrade_redirected_to_another_host_is_final_and_sends_no_crede
     elsewhere: list[str] = []
     other = await serve(_recording_ws_app(elsewhere))
     host = await serve(_redirecting_app(f"http://{other}/ws"))
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        auth=StaticBearer("tok123"),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, auth=StaticBearer("tok123")) as engine:
         ws = await engine.websocket(
             "svc", "/ws", auth_placement=placement, options=SocketOptions(keepalive=None)
         )
@@ -329,12 +309,7 @@ async def test_an_upgrade_redirected_on_its_own_host_opens_with_its_credentials(
 
     app.router.add_get("/old", redirect)
     host = await serve(app)
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        auth=StaticBearer("tok123"),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, auth=StaticBearer("tok123")) as engine:
         ws = await engine.websocket("svc", "/old", options=SocketOptions(keepalive=None))
         await ws.wait_open(timeout=5)
         await ws.close()
@@ -347,13 +322,7 @@ async def test_an_upgrade_redirected_to_a_page_is_an_outage_reconnected_into(
     """A redirect to a plain page (a maintenance page) is no refusal: the connect fails and
     the socket backs off and reconnects, as the providers treat a redirect."""
     host = await serve(_redirecting_app("/page"))
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        auth=StaticBearer("tok123"),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock, auth=StaticBearer("tok123")) as engine:
         ws = await engine.websocket("svc", "/ws", options=SocketOptions(keepalive=None))
         for _ in range(60):
             if len(states.of("connect_failed")) >= 2:
@@ -435,13 +404,7 @@ async def test_a_hop_to_another_host_is_refused_before_it_is_sent(
     elsewhere: list[str] = []
     other = await serve(_anything_app(elsewhere))
     host = await serve(_path_keeping_redirect(f"http://{other}"))
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        auth=auth,
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock, auth=auth) as engine:
         ws = await engine.websocket(
             "svc", path, auth_placement=placement, options=SocketOptions(keepalive=None)
         )
@@ -466,13 +429,7 @@ async def test_a_redirect_to_a_page_on_another_host_is_final_and_sends_it_nothin
     elsewhere: list[str] = []
     other = await serve(_anything_app(elsewhere))
     host = await serve(_redirecting_app(f"http://{other}/page"))
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        auth=_KeyHeaderAuth("unused"),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock, auth=_KeyHeaderAuth("unused")) as engine:
         ws = await engine.websocket(
             "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
         )
@@ -505,12 +462,7 @@ async def test_a_same_host_redirect_with_an_absolute_location_keeps_the_credenti
     location.append(form.format(host=host))
     # A provider of its own per case: an engine's close closes it for good.
     auth = _KeyHeaderAuth("unused") if key_header else StaticBearer("tok123")
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        auth=auth,
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, auth=auth) as engine:
         ws = await engine.websocket(
             "svc",
             "/old",
@@ -536,13 +488,7 @@ async def test_a_session_without_the_stack_still_stops_a_socket_redirected_elsew
     host = await serve(_redirecting_app(f"http://{other}/ws"))
     async with (
         aiohttp.ClientSession() as session,
-        Engine(
-            StaticDomains({"svc": host}),
-            scheme="http",
-            auth=StaticBearer("tok123"),
-            session=session,
-            hooks=EventHooks(on_state=[states]),
-        ) as engine,
+        _engine(host, states, auth=StaticBearer("tok123"), session=session) as engine,
     ):
         ws = await engine.websocket(
             "svc",
@@ -671,12 +617,11 @@ async def test_an_outer_middleware_routing_the_upgrade_opens_it_with_its_credent
     app.router.add_get("/old", redirect)
     real = await serve(app)
     port = real.split(":")[1]
-    async with Engine(
-        StaticDomains({"svc": f"svc.test:{port}"}),
-        scheme="http",
+    async with _engine(
+        f"svc.test:{port}",
+        states,
         auth=StaticBearer("tok123"),
         outer_middlewares=[_gateway_route(real)],
-        hooks=EventHooks(on_state=[states]),
     ) as engine:
         for path in ("/ws", "/old"):
             ws = await engine.websocket(
@@ -699,12 +644,11 @@ async def test_a_routed_upgrade_redirected_to_another_host_is_still_refused(
     other = await serve(_anything_app(elsewhere))
     real = await serve(_redirecting_app(f"http://{other}/ws"))
     port = real.split(":")[1]
-    async with Engine(
-        StaticDomains({"svc": f"svc.test:{port}"}),
-        scheme="http",
+    async with _engine(
+        f"svc.test:{port}",
+        states,
         auth=_KeyHeaderAuth("unused"),
         outer_middlewares=[_gateway_route(real)],
-        hooks=EventHooks(on_state=[states]),
     ) as engine:
         ws = await engine.websocket(
             "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
@@ -735,13 +679,7 @@ async def test_a_session_of_your_own_routing_the_upgrade_is_not_taken_for_a_redi
     port = real.split(":")[1]
     async with (
         aiohttp.ClientSession(middlewares=(_gateway_route(real),)) as session,
-        Engine(
-            StaticDomains({"svc": f"svc.test:{port}"}),
-            scheme="http",
-            auth=StaticBearer("tok123"),
-            session=session,
-            hooks=EventHooks(on_state=[states]),
-        ) as engine,
+        _engine(f"svc.test:{port}", states, auth=StaticBearer("tok123"), session=session) as engine,
     ):
         ws = await engine.websocket(
             "svc",
@@ -817,13 +755,7 @@ async def test_close_while_dialing_is_prompt_and_clean(
         arrived = asyncio.Event()
         host = await serve(_silent_ws_app(arrived))
         placement = AuthPlacement.FIRST_FRAME
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        clock=clock,
-        auth=StaticBearer("tok123"),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, clock=clock, auth=StaticBearer("tok123")) as engine:
         ws = await engine.websocket(
             "svc", "/ws", auth_placement=placement, options=SocketOptions(keepalive=None)
         )
@@ -857,12 +789,11 @@ async def test_a_redirect_injected_on_the_upgrade_is_checked_as_a_real_one(
         match=Match(path="/ws"),
         schedule=Schedule(fail_next=1),
     )
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
+    async with _engine(
+        host,
+        states,
         clock=clock,
         auth=StaticBearer("tok123"),
-        hooks=EventHooks(on_state=[states]),
         wire_middlewares=[FaultInjector([rule], clock=clock)],
     ) as engine:
         ws = await engine.websocket(
@@ -920,12 +851,7 @@ async def test_a_path_bearer_is_not_carried_into_a_same_host_redirect(
 
     app.router.add_get("/old/{tail}", redirect)
     host = await serve(app)
-    async with Engine(
-        StaticDomains({"svc": host}),
-        scheme="http",
-        auth=StaticBearer("SECRETTOK"),
-        hooks=EventHooks(on_state=[states]),
-    ) as engine:
+    async with _engine(host, states, auth=StaticBearer("SECRETTOK")) as engine:
         ws = await engine.websocket(
             "svc",
             "/old/{bearer}",
