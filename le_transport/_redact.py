@@ -132,8 +132,12 @@ _FIELD = re.compile(
 #: as a JSON string writes them, in an excerpt or a log of one; ``\\\"`` in a JSON string
 #: held in another): taken with the character they escape. Those end a value, as the line
 #: break or the quote they stand for would. Pairs escape themselves (``\\r`` is a backslash
-#: and an "r": taken).
-_ESCAPED = r"(?:(?:\\\\)++(?:\\[^rn\"'\s\\])?|\\[^rn\"'\s\\])"
+#: and an "r": taken). An escaped line break ends a value only where a header line follows it
+#: (``\r\nHost:``): elsewhere (``password=Pa\rS``, a Windows path) it is the value's own text.
+_ESCAPED = (
+    r"(?:(?:\\\\)++(?:\\[^rn\"'\s\\])?|\\[^rn\"'\s\\]"
+    r"|\\[rn](?!(?:\\[rn])*+[A-Za-z0-9_-]++:))"
+)
 _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_ESCAPED})++")
 #: An authorization's value (RFC 9110 credentials): a scheme, then after blanks a credential:
 #: either auth-params after commas (``username="bob", realm="r", response="..."``: Digest,
@@ -370,7 +374,7 @@ _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(
             r"(?i)(?<![a-z0-9_.-])("
             + "|".join(sorted(_SECRET_NAMES))
-            + r")(\s*=\s*(?:\\*+[\"'])?)([^\"'&,\s}\\]+)"
+            + rf")(\s*=\s*(?:\\*+[\"'])?)((?:[^\"'&,\s}}\\]|{_ESCAPED})++)"
         ),
         rf"\1\2{REDACTED}",
     ),

@@ -373,3 +373,25 @@ def test_account_from_refuses_a_csds_host_that_is_no_host() -> None:
     account = account_from({**given, "csds_host": "api.liveperson.net:443"}, env={})
     assert account is not None
     assert account.csds_host == "api.liveperson.net:443"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"password=Pa\\r{SECRET}",
+        f"password=C:\\new\\{SECRET}",
+        f"pw=abc\\{SECRET}",
+        f"token=ab\\n{SECRET}",
+        f"Cookie: a=x\\n{SECRET}",
+        f"Authorization: Token abc\\n{SECRET}",
+    ],
+)
+def test_a_backslash_inside_an_unquoted_value_does_not_end_it(text: str) -> None:
+    """An escaped line break ends a value only where a header line follows it ('\\r\\nHost:');
+    elsewhere a backslash is the value's own text (a Windows path, a password)."""
+    assert SECRET not in redact_text(text)
+
+
+def test_an_escaped_line_break_before_a_header_line_still_ends_the_value() -> None:
+    shown = redact_text(f"Set-Cookie: a={SECRET}\\r\\nX-Request-Id: abc-123")
+    assert shown == "Set-Cookie: ***\\r\\nX-Request-Id: abc-123"
