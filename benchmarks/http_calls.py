@@ -16,6 +16,7 @@ round and the median over rounds is reported.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -236,6 +237,7 @@ def available_clients() -> list[str]:
 async def _measure(call: Call, concurrency: int, duration: float) -> dict[str, Any]:
     latencies: list[float] = []
     failures = 0
+    errors: collections.Counter[str] = collections.Counter()
     clock = time.perf_counter
     stop_at = clock() + duration
 
@@ -247,8 +249,9 @@ async def _measure(call: Call, concurrency: int, duration: float) -> dict[str, A
                 return
             try:
                 await call()
-            except Exception:
+            except Exception as exc:
                 failures += 1
+                errors[type(exc).__name__] += 1
             latencies.append(clock() - t0)
 
     start = clock()
@@ -257,6 +260,7 @@ async def _measure(call: Call, concurrency: int, duration: float) -> dict[str, A
     return {
         "calls": len(latencies),
         "failures": failures,
+        "errors": dict(errors),
         "seconds": elapsed,
         "rps": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 50) * 1e3,
@@ -309,6 +313,11 @@ def _summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "p99_ms": spread([m["p99_ms"] for m in ms]),
             "amplification": sum(m["sent"] for m in ms) / calls if calls else float("nan"),
             "failed_share": sum(m["failures"] for m in ms) / calls if calls else float("nan"),
+            # Failed calls by exception type: the overload guard's refusals (a spent retry
+            # budget, an open breaker) are its design working, not a lost call to explain.
+            "errors": dict(
+                sum((collections.Counter(m["errors"]) for m in ms), collections.Counter())
+            ),
             "server_cpu": spread([m["server_cpu"] for m in ms]),
             "client_cpu": spread([m["client_cpu"] for m in ms]),
             "cpu_us_per_call": spread([m["client_cpu"] * 1e6 / m["rps"] for m in ms]),

