@@ -29,8 +29,9 @@ __all__ = [
     "valid_hosts",
 ]
 
-#: Characters that a token, a password or a bearer is made of in practice.
-_SECRET_ALPHABET = string.ascii_letters + string.digits + "-._~"
+#: Characters that a token, a password or a bearer is made of in practice: a token68's, and
+#: "=" (padding, or anywhere in a password) and a backslash (a Windows path, a password).
+_SECRET_ALPHABET = string.ascii_letters + string.digits + "-._~=\\"
 
 #: JSON keys and parameter names that hold credentials, as LiveEngage and OAuth spell them.
 SECRET_KEYS = (

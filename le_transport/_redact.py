@@ -134,9 +134,18 @@ _FIELD = re.compile(
 #: break or the quote they stand for would. Pairs escape themselves (``\\r`` is a backslash
 #: and an "r": taken). An escaped line break ends a value only where a header line follows it
 #: (``\r\nHost:``): elsewhere (``password=Pa\rS``, a Windows path) it is the value's own text.
+#: A run of them is taken or left whole, looked past once (one look per line break made the
+#: pattern quadratic: 16 KB of ``\r`` after "password=" took seconds).
 _ESCAPED = (
     r"(?:(?:\\\\)++(?:\\[^rn\"'\s\\])?|\\[^rn\"'\s\\]"
-    r"|\\[rn](?!(?:\\[rn])*+[A-Za-z0-9_-]++:))"
+    r"|(?:\\[rn])++(?![A-Za-z0-9_-]++:))"
+)
+#: The same, for a value in quotes: pairs of backslashes before an escaped quote are left to
+#: it (``abc\\\"``: the close of a string held in a JSON string), so that the quote is found
+#: as it is written.
+_ESCAPED_IN_QUOTES = (
+    r"(?:(?:\\\\)++(?!\\[\"'])(?:\\[^rn\"'\s\\])?|\\[^rn\"'\s\\]"
+    r"|(?:\\[rn])++(?![A-Za-z0-9_-]++:))"
 )
 _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_ESCAPED})++")
 #: An authorization's value (RFC 9110 credentials): a scheme, then after blanks a credential:
@@ -180,7 +189,10 @@ _COOKIE_LINE = re.compile(
 )
 #: A cookie given as a name's value ("cookie=..."): ``name=value`` pairs (a value possibly
 #: quoted) and attributes ("HttpOnly"), separated by semicolons.
-_COOKIE_ITEM = r'[^=;\s"\',&}\\]++(?:=(?:"[^"\r\n]*+"?|[^;\s"\',&}\\]*+))?+'
+_COOKIE_ITEM = (
+    rf"(?:[^=;\s\"',&}}\\]|{_ESCAPED})++"
+    rf"(?:=(?:\"[^\"\r\n]*+\"?|(?:[^;\s\"',&}}\\]|{_ESCAPED})*+))?+"
+)
 _COOKIE_VALUE = re.compile(rf"{_COOKIE_ITEM}(?:[ \t]*+;[ \t]*+{_COOKIE_ITEM})*+")
 #: A quote with the backslashes before it, for :func:`_quoted_end`.
 #: (From a run's first backslash only: one try per run, never one per backslash.)
@@ -337,11 +349,16 @@ def _hide_element(match: re.Match[str]) -> str:
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
 # OAuth params (then the fields, above), the short names, the UMS path's bearer, a URL's
 # userinfo, and a JWT anywhere.
+# A character of a credential after its scheme: a token68's, or a backslash (as in any value:
+# its own text, but for the escape of a quote or of a line break before a header line).
+_B_CHAR = rf"(?:[A-Za-z0-9._~+/-]|{_ESCAPED})"
 # One "name=value" after a credential's scheme: the value quoted (escaped in a JSON string, or
-# not), or a run. (A quote that closes the text around it is not a value: '"Basic dXNl=", ...'.)
+# not; backslashes inside it taken, but for those escaping its closing quote), or a run. (A
+# quote that closes the text around it is not a value: '"Basic dXNl=", ...'.)
 _B_PARAM = (
-    r"[A-Za-z0-9_.~+/-]++[ \t]*+=[ \t]*+"
-    r"(?:\\*+\"(?=[^\s,\]}:])[^\"\\]*+(?:\\*+\")?|[^\s\"',;&}\\]*+)"
+    rf"{_B_CHAR}++[ \t]*+=[ \t]*+"
+    r"(?:\\*+\"(?=[^\s,\]}:])(?:[^\"\\]|\\++(?!\"))*+(?:\\*+\")?"
+    rf"|(?:[^\s\"',;&}}\\]|{_ESCAPED})*+)"
 )
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The credential, whatever its shape: "name=value" pairs after the scheme ('Bearer
@@ -352,9 +369,9 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
             r"(?i)\b(bearer|jwt|basic)\s+(?:"
-            r"[A-Za-z0-9._~+/-]{4,}+=++(?=[ \t]*+(?:[,;]|\s|$|\\*+\"(?![A-Za-z0-9])))"
+            rf"{_B_CHAR}{{4,}}+=++(?=[ \t]*+(?:[,;]|\s|$|\\*+\"(?![A-Za-z0-9])))"
             rf"|{_B_PARAM}(?:[ \t]*+,[ \t]*+{_B_PARAM})*+"
-            r"|[A-Za-z0-9._~+/-]{4,}+=*+(?:[ \t]*+=)?+)"
+            rf"|{_B_CHAR}{{4,}}+=*+(?:[ \t]*+=)?+)"
         ),
         rf"\1 {REDACTED}",
     ),
@@ -362,7 +379,7 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
             r'(?i)(oauth_(?:signature|token|consumer_key|nonce))=(\\*+"|)'
-            r'[^"\\,\s]*+(?:\2)?'
+            rf'(?:[^"\\,\s]|{_ESCAPED_IN_QUOTES})*+(?:\2)?'
         ),
         rf"\1=\2{REDACTED}\2",
     ),

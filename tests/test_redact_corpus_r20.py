@@ -1,0 +1,201 @@
+"""A corpus of the forms a secret takes in a log line or a body, each with secrets of the shapes
+they have in practice ("=" inside or as padding, "_", "-", backslashes), through redact_text and
+body_excerpt, plain and inside a JSON string: none may survive.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from le_transport._redact import body_excerpt, redact_text
+
+PROBE = "S3CR3Tprobe\\back\\slash"
+
+#: Credentials of the shapes a secret has in practice: "=" inside or as padding, "_", "-",
+#: backslashes (a Windows path, a password).
+CORPUS_SECRETS = [
+    "S3CR3Tplain0123456789",
+    "S3CR3T_under_score",
+    "S3CR3T=eq=inside",
+    "S3CR3Tpadded==",
+    "S3CR3T-dash-y",
+    "S3CR3T\\back\\slash",
+]
+
+#: Every form: ``{s}`` is where the secret goes.
+CORPUS = [
+    # Request headers, as a log or an echo writes them.
+    "Authorization: Bearer {s}",
+    "authorization: bearer {s}",
+    "Proxy-Authorization: Basic {s}",
+    "Authorization: Token {s}",
+    "Authorization: LivePerson {s}",
+    "Authorization: {s}",
+    'Authorization: Bearer Token="{s}"',
+    "X-Api-Key: {s}",
+    "X-Auth-Token: {s}",
+    "X-CSRF-Token: {s}",
+    # A scheme's credential in free text.
+    "request failed: Bearer {s}",
+    'header value "Bearer {s}" rejected',
+    "refused 'Bearer {s}'",
+    'request failed: Bearer Token="{s}"',
+    'jwt Token="{s}"',
+    "jwt {s}",
+    "Basic {s}",
+    "Bearer abc={s}",
+    "Bearer a_b={s}",
+    "Bearer {s}=abc",
+    "Bearer {s} =",
+    'Bearer {s}, realm="r"',
+    # Query strings and fragments.
+    "GET /x?access_token={s}&a=1",
+    "https://h/cb#access_token={s}&token_type=bearer",
+    "GET /oauth?refresh_token={s}",
+    "redirect_uri=https://cb/?access_token={s}",
+    "X-Amz-Signature={s}",
+    # Forms.
+    "username=bob&password={s}&grant_type=password",
+    "password={s}",
+    "pw={s}",
+    "sig={s}",
+    "client_secret={s}",
+    "session_id={s}",
+    "api_key={s};password=x",
+    'password="{s}"',
+    "password: {s}",
+    # JSON, HAR, header lists.
+    '{{"password": "{s}"}}',
+    '{{"access_token":"{s}","expires_in":3600}}',
+    '{{"Authorization": "Bearer {s}"}}',
+    '{{"headers": {{"Cookie": "LPSESSION={s}"}}}}',
+    '{{"name": "Authorization", "value": "Bearer {s}"}}',
+    '[("Accept", "*/*"), ("Authorization", "Token {s}")]',
+    '["Cookie", "LPSESSION={s}"]',
+    '{{"Set-Cookie":["theme=dark; Path=/","LPSESSION={s}; HttpOnly"]}}',
+    # OAuth 1.0a.
+    'Authorization: OAuth oauth_consumer_key="k", oauth_token="{s}", oauth_signature="{s}"',
+    'signed with OAuth oauth_nonce="n", oauth_signature="{s}"',
+    # Cookies.
+    "Cookie: theme=dark; LPSESSION={s}",
+    "Set-Cookie: LPSESSION={s}; Path=/; HttpOnly",
+    "Set-Cookie: theme=dark; Path=/, LPSESSION={s}; HttpOnly",
+    "cookie=LPSESSION={s}",
+    # A URL's userinfo, the UMS socket's path.
+    "https://bob:{s}@example.com/x",
+    "amqp://user:{s}@mq.local/vhost",
+    "wss://h/ws_api/account/123/messaging/brand/{s}?v=3",
+    # Digest, AWS Signature 4.
+    'Authorization: Digest username="bob", realm="r", nonce="n", uri="/x", response="{s}"',
+    "Authorization: AWS4-HMAC-SHA256 Credential=AKIA/20260101/us-east-1/s3/aws4_request, "
+    "SignedHeaders=host, Signature={s}",
+    # XML.
+    "<password>{s}</password>",
+    # Backslashes in plain text.
+    "password=C:\\new\\{s}",
+    "token=ab\\n{s}",
+    "Cookie: a=x\\n{s}",
+    "Authorization: Token abc\\n{s}",
+]
+
+
+def _escaped(secret: str) -> str:
+    """The secret as a JSON string writes it (its backslashes doubled)."""
+    return json.dumps(secret)[1:-1]
+
+
+def _fragments(secret: str) -> list[str]:
+    """What of a secret must not be shown: itself, as a JSON string writes it, and (a secret
+    with a backslash or an "=" in it) its tail after the last of them: a value cut at its
+    backslash or its "=" shows that tail."""
+    found = [secret, _escaped(secret)]
+    for sep in ("\\", "="):
+        tail = secret.rstrip("=").rpartition(sep)[2]
+        if sep in secret.rstrip("=") and len(tail) >= 4:
+            found.append(tail)
+    return found
+
+
+@pytest.mark.parametrize("secret", CORPUS_SECRETS)
+@pytest.mark.parametrize("form", CORPUS)
+def test_a_secret_in_any_known_form_never_survives(form: str, secret: str) -> None:
+    text = form.format(s=secret)
+    for shown in (
+        redact_text(text),
+        body_excerpt(text.encode()),
+        # As a JSON body carries it: in a string, escaped.
+        body_excerpt(json.dumps({"error": text}).encode()),
+        redact_text(json.dumps({"error": text})),
+    ):
+        for fragment in _fragments(secret):
+            assert fragment not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "invalid token {jwt}: expired",
+        "Authorization: Bearer {jwt}",
+        '{{"id_token": "{jwt}"}}',
+        "GET /x?jwt={jwt}",
+        "consumer jwt={jwt}&x=1",
+        '{{"error": "jwt {jwt} refused"}}',
+        '{{"error": "{{\\"id_token\\": \\"{jwt}\\"}}"}}',
+    ],
+)
+def test_a_jwt_in_any_known_form_never_survives(form: str) -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNlY3JldA"
+    text = form.format(jwt=jwt)
+    for shown in (redact_text(text), body_excerpt(text.encode())):
+        assert "c2lnbmF0dXJlLXNlY3JldA" not in shown, shown
+        assert "eyJzdWIiOiJhZ2VudCJ9" not in shown, shown
+
+
+# -- a backslash is a credential's own after a scheme, in OAuth 1 and in a cookie ----------------
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "request failed: Bearer {s}",
+        "jwt {s}",
+        "Basic {s}",
+        'header value "Bearer {s}" rejected',
+        "Bearer {s}=abc",
+        'Bearer {s}, realm="r"',
+        "Bearer abc={s}",
+        'request failed: Bearer Token="{s}"',
+        'signed with OAuth oauth_nonce="n", oauth_signature="{s}"',
+        "cookie=LPSESSION={s}",
+    ],
+)
+def test_a_backslash_in_a_credential_does_not_end_it(form: str) -> None:
+    """As in any value outside a JSON string's escapes, a backslash after "Bearer", in an
+    OAuth 1 parameter or in a cookie given as a name's value is the credential's own text: it
+    showed what followed it ('Bearer ***\\back\\slash')."""
+    for text in (form.format(s=PROBE), json.dumps({"error": form.format(s=PROBE)})):
+        shown = redact_text(text)
+        assert "slash" not in shown, shown
+        assert "S3CR3T" not in shown, shown
+
+
+def test_a_credential_s_escaped_end_stays_the_text_s() -> None:
+    """In a JSON string the escapes of a quote and of a line break before a header line still
+    end a credential after its scheme, so that the text around it stays whole."""
+    text = json.dumps({"e": 'refused "Bearer abc\\def" for\r\nHost: h'})
+    assert redact_text(text) == '{"e": "refused \\"Bearer ***\\" for\\r\\nHost: h"}'
+    text = json.dumps(json.dumps({"e": 'OAuth oauth_token="a\\b", x=1'}))
+    shown = redact_text(text)
+    assert shown == json.dumps(json.dumps({"e": 'OAuth oauth_token="***", x=1'})), shown
+
+
+@pytest.mark.parametrize("prefix", ["password=", "Cookie: a", "Authorization: Token a", "pw="])
+def test_a_long_run_of_escaped_line_breaks_is_read_once(prefix: str) -> None:
+    """Whether an escaped line break ends a value (a header line follows it) was looked for
+    again at each of a run of them: quadratic, 16 KB of them took seconds, this one would
+    outlast the suite's timeout. A run is now looked past once."""
+    text = prefix + "\\r" * 300_000
+    shown = redact_text(text)
+    assert "\\r" not in shown, shown[:80]
