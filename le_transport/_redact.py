@@ -207,6 +207,12 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 _NAME_OF_VALUE = re.compile(
     r"(?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']\s*+,\s*+\\*+[\"']"
 )
+#: What follows a "value" field's value when the object names it after (``"value": "...",
+#: "name": "Authorization"``, as HAR's writers may order it): the name, for
+#: :func:`_named_after`.
+_NAME_AFTER_VALUE = re.compile(
+    r"(?i)\\*+[\"']\s*+,\s*+\\*+[\"'](?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)"
+)
 _NAMED_WINDOW = 120
 
 
@@ -235,6 +241,13 @@ def _named_by(text: str, end: int) -> str | None:
         if at >= 0 and (found := _NAME_OF_VALUE.fullmatch(window, at)) is not None:
             return found.group(1)
     return None
+
+
+def _named_after(text: str, close: int) -> str | None:
+    """The name an object gives after its ``"value"`` (``{"value": "...", "name":
+    "Authorization"}``), the value's closing quote at ``close``; bounded work per field."""
+    found = _NAME_AFTER_VALUE.match(text, close, min(len(text), close + _NAMED_WINDOW))
+    return None if found is None else found.group(1)
 
 
 def _quote_depth(backslashes: int) -> int:
@@ -276,13 +289,20 @@ def _hide_secret_fields(text: str) -> str:
             # Wholly inside a value hidden already: its own value ends where that one does.
             continue
         name = match.group(1).lower()
-        if name == "value" and (named := _named_by(text, match.start(1))) is not None:
-            # HAR's {"name": "Authorization", "value": "..."}: the value is the header's.
-            if not is_secret_header(named):
-                continue
-            name = named.lower()
-        kind = _header_kind(name)
         punctuation = match.group(2)
+        if name == "value":
+            # HAR's {"name": "Authorization", "value": "..."}, or the name after the value:
+            # the value is the header's.
+            named = _named_by(text, match.start(1))
+            if named is None and punctuation[-1] in "\"'":
+                escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
+                close = _quoted_end(text, match.end(), punctuation[-1], _quote_depth(escapes))
+                named = _named_after(text, close)
+            if named is not None:
+                if not is_secret_header(named):
+                    continue
+                name = named.lower()
+        kind = _header_kind(name)
         if punctuation[-1] not in ":=" and "," in punctuation:
             # A pair of strings: only a credential header and its value, as a header list
             # writes them ('[("Authorization", "Token x")]', '["Cookie", "a=b"]').
@@ -334,16 +354,21 @@ def _hide_secret_fields(text: str) -> str:
 
 
 #: An element whose name says secret, in XML or HTML (``<Authorization>Token x</...>``,
-#: ``<password>x</password>``): its text hidden, up to the next tag. The name is decided in
-#: Python (:func:`_hide_element`).
-_ELEMENT = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)>([^<]++)")
+#: ``<password>x</password>``, ``<Authorization type="x">``, ``<![CDATA[x]]>``): its text
+#: hidden, up to the next tag, or a CDATA section whole (to the text's end when it is cut
+#: before its close). The name is decided in Python (:func:`_hide_element`); attributes are
+#: kept (the fields' pass reads those named like a secret's).
+_ELEMENT = re.compile(
+    r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)((?:\s[^<>]*+)?+)>"
+    r"(<!\[CDATA\[(?:[^\]]|\](?!\]>))*+(?:\]\]>)?|[^<]++)"
+)
 
 
 def _hide_element(match: re.Match[str]) -> str:
     name = match.group(1).rpartition(":")[2]  # (a namespace's prefix is no part of it)
     if not is_secret_header(name):
         return match.group(0)
-    return f"<{match.group(1)}>{REDACTED}"
+    return f"<{match.group(1)}{match.group(2)}>{REDACTED}"
 
 
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
@@ -560,7 +585,8 @@ def redact_text(text: str) -> str:
     credential ("Bearer x"), OAuth parameters, a URL's userinfo, the UMS path's bearer, a JWT.
     A value is found as JSON writes it too: quoted with escaped quotes (JSON in a JSON
     string), as an array (``"Cookie": ["..."]``), as HAR's ``{"name": "Authorization",
-    "value": "..."}``, and as an XML element's text (``<Authorization>...</Authorization>``).
+    "value": "..."}`` (the name before or after the value), and as an XML element's text
+    (``<Authorization>...</Authorization>``, with attributes, or a CDATA section).
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)

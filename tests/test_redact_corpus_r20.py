@@ -72,6 +72,7 @@ CORPUS = [
     '{{"Authorization": "Bearer {s}"}}',
     '{{"headers": {{"Cookie": "LPSESSION={s}"}}}}',
     '{{"name": "Authorization", "value": "Bearer {s}"}}',
+    '{{"value": "Token {s}", "name": "Authorization"}}',
     '[("Accept", "*/*"), ("Authorization", "Token {s}")]',
     '["Cookie", "LPSESSION={s}"]',
     '{{"Set-Cookie":["theme=dark; Path=/","LPSESSION={s}; HttpOnly"]}}',
@@ -93,6 +94,8 @@ CORPUS = [
     "SignedHeaders=host, Signature={s}",
     # XML.
     "<password>{s}</password>",
+    '<Authorization type="x">Token {s}</Authorization>',
+    "<password><![CDATA[{s}]]></password>",
     # Backslashes in plain text.
     "password=C:\\new\\{s}",
     "token=ab\\n{s}",
@@ -199,3 +202,53 @@ def test_a_long_run_of_escaped_line_breaks_is_read_once(prefix: str) -> None:
     text = prefix + "\\r" * 300_000
     shown = redact_text(text)
     assert "\\r" not in shown, shown[:80]
+
+
+# -- HAR with the value before its name; XML with attributes or CDATA ----------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"value": "Token {PROBE}", "name": "Authorization"}}',
+        f'{{"value": "LPSESSION={PROBE}", "name": "Cookie"}}',
+        f'[{{"value":"Bearer {PROBE}","name":"authorization"}}]',
+        json.dumps(json.dumps({"value": f"Token {PROBE}", "name": "Authorization"})),
+    ],
+)
+def test_a_har_value_named_after_it_is_hidden(text: str) -> None:
+    """HAR's writers may put "value" before "name": the value was read as a plain one."""
+    shown = redact_text(text)
+    assert "S3CR3T" not in shown, shown
+    assert "Authorization" in shown or "Cookie" in shown or "authorization" in shown
+
+
+def test_a_har_value_named_after_it_by_a_plain_header_is_shown() -> None:
+    text = '[{"value": "gzip", "name": "Accept-Encoding"}, {"value": "h", "name": "Host"}]'
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f'<Authorization type="x">Token {PROBE}</Authorization><Host a="b">h</Host>',
+            '<Authorization type="x">***</Authorization><Host a="b">h</Host>',
+        ),
+        (
+            f"<password><![CDATA[{PROBE}]]></password><user>bob</user>",
+            "<password>***</password><user>bob</user>",
+        ),
+        (
+            f"<password><![CDATA[a<b>{PROBE}]]></password>",
+            "<password>***</password>",
+        ),
+        (f"<ns:Password\txml:lang='en'><![CDATA[{PROBE}", "<ns:Password\txml:lang='en'>***"),
+    ],
+)
+def test_an_xml_element_with_attributes_or_cdata_has_its_text_hidden(
+    text: str, expected: str
+) -> None:
+    """An element named like a credential was read only bare: with an attribute, or with its
+    text in a CDATA section (which starts with "<"), the secret was shown."""
+    assert redact_text(text) == expected
