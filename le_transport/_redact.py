@@ -273,9 +273,11 @@ def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
 
 def _opens_pair(text: str, name_start: int) -> bool:
     """Whether the quoted name starting at ``name_start`` is the first of a pair (a list's or
-    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``)."""
+    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``, ``[ "Cookie", ...]``)."""
     at = name_start - 1  # the name's quote
     while at > 0 and text[at - 1] == "\\":
+        at -= 1
+    while at > 0 and text[at - 1] in " \t\r\n":
         at -= 1
     return at > 0 and text[at - 1] in "[("
 

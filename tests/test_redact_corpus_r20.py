@@ -75,6 +75,8 @@ CORPUS = [
     '{{"value": "Token {s}", "name": "Authorization"}}',
     '[("Accept", "*/*"), ("Authorization", "Token {s}")]',
     '["Cookie", "LPSESSION={s}"]',
+    '( "Authorization", "Bearer {s}")',
+    '[ "Cookie", "a={s}"]',
     '{{"Set-Cookie":["theme=dark; Path=/","LPSESSION={s}; HttpOnly"]}}',
     # OAuth 1.0a.
     'Authorization: OAuth oauth_consumer_key="k", oauth_token="{s}", oauth_signature="{s}"',
@@ -252,3 +254,24 @@ def test_an_xml_element_with_attributes_or_cdata_has_its_text_hidden(
     """An element named like a credential was read only bare: with an attribute, or with its
     text in a CDATA section (which starts with "<"), the secret was shown."""
     assert redact_text(text) == expected
+
+
+# -- a (name, value) pair with a blank after its bracket -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'( "Authorization", "Token {PROBE}")',
+        f'( "Authorization", "Bearer {PROBE}")',
+        f'[ "Cookie", "a={PROBE}"]',
+        f"[\n  'Cookie',\n  'LPSESSION={PROBE}'\n]",
+        json.dumps(f'[ "Cookie", "LPSESSION={PROBE}"]'),
+    ],
+)
+def test_a_pair_with_a_blank_after_its_bracket_has_its_value_hidden(text: str) -> None:
+    """A pair was read only with its first quote right after the bracket: a blank (a
+    pretty-printed list, a tuple written by hand) showed the credential."""
+    shown = redact_text(text)
+    assert "S3CR3T" not in shown, shown
+    assert "Authorization" in shown or "Cookie" in shown, shown
