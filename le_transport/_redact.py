@@ -44,6 +44,102 @@ SECRET_HEADERS = frozenset(
     }
 )
 
+#: Header names (lower-cased) that a list of names may hold after a credential header's
+#: (``["Authorization", "X-Request-Id"]``, ``Vary: ["Cookie", "Accept-Encoding"]``): the
+#: registered ones a client or a server commonly sends, and the common unregistered ones. Only
+#: these are read as a name where a (name, value) pair's value may be: a value merely shaped
+#: like a name ('("Authorization", "Secretword")', a password "Correct-Horse-Battery") stays
+#: hidden, and so does a flat list of names and values (Node's rawHeaders: '["Authorization",
+#: "Token x", "Host", "h"]') however many items it has.
+_HEADER_NAMES = frozenset(
+    {
+        "a-im",
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "access-control-allow-credentials",
+        "access-control-allow-headers",
+        "access-control-allow-methods",
+        "access-control-allow-origin",
+        "access-control-expose-headers",
+        "access-control-max-age",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "age",
+        "allow",
+        "alt-svc",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-security-policy",
+        "content-type",
+        "cookie",
+        "date",
+        "etag",
+        "expect",
+        "expires",
+        "forwarded",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "keep-alive",
+        "last-modified",
+        "link",
+        "location",
+        "max-forwards",
+        "origin",
+        "pragma",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "referrer-policy",
+        "retry-after",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "sec-websocket-key",
+        "sec-websocket-protocol",
+        "sec-websocket-version",
+        "server",
+        "set-cookie",
+        "strict-transport-security",
+        "te",
+        "trailer",
+        "traceparent",
+        "tracestate",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "vary",
+        "via",
+        "warning",
+        "www-authenticate",
+        "x-api-key",
+        "x-content-type-options",
+        "x-correlation-id",
+        "x-csrf-token",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-frame-options",
+        "x-real-ip",
+        "x-request-id",
+        "x-requested-with",
+    }
+)
+
 # Headers whose names look like credentials' but whose values are a server's challenge: what a
 # log needs to say why a credential was refused (the scheme, the realm, the error).
 _CHALLENGE_HEADERS = frozenset({"www-authenticate", "proxy-authenticate"})
@@ -305,7 +401,8 @@ def _hide_secret_fields(text: str) -> str:
                     continue
                 name = named.lower()
         kind = _header_kind(name)
-        if punctuation[-1] not in ":=" and "," in punctuation:
+        is_pair = punctuation[-1] not in ":=" and "," in punctuation
+        if is_pair:
             # A pair of strings: only a credential header and its value, as a header list
             # writes them ('[("Authorization", "Token x")]', '["Cookie", "a=b"]').
             if kind is None or not _opens_pair(text, match.start(1)):
@@ -321,6 +418,10 @@ def _hide_secret_fields(text: str) -> str:
             # quotes may be escaped (JSON in a JSON string: '{\\"password\\": \\"x\\"}').
             escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
             end = _quoted_end(text, match.end(), opener, _quote_depth(escapes))
+            if is_pair and text[match.end() : end].lower() in _HEADER_NAMES:
+                # A list of header names ('["Authorization", "X-Request-Id"]', 'Vary:
+                # ["Cookie", "Accept-Encoding"]'): the second is a name, no credential.
+                continue
         elif text.startswith("[", match.end()):
             # A list of values ("Cookie": ["a=b"]): hidden whole.
             value = _ARRAY.match(text, match.end())

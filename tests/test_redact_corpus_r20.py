@@ -275,3 +275,39 @@ def test_a_pair_with_a_blank_after_its_bracket_has_its_value_hidden(text: str) -
     shown = redact_text(text)
     assert "S3CR3T" not in shown, shown
     assert "Authorization" in shown or "Cookie" in shown, shown
+
+
+# -- a list of header names is no (name, value) pair ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"missing": ["Authorization", "X-Request-Id"], "status": 401}',
+        'Vary: ["Cookie", "Accept-Encoding"]',
+        '["Authorization", "Content-Type", "Host"]',
+        "('proxy-authorization', 'user-agent')",
+        json.dumps({"error": 'Vary: ["Cookie", "Accept-Encoding"]'}),
+    ],
+)
+def test_a_list_of_header_names_keeps_every_name(text: str) -> None:
+    """The name after a credential header's was hidden as its value."""
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '("Authorization", "Secretword")',
+        '["Authorization", "Correct-Horse-Battery"]',
+        '["Cookie", "Accept-Encodings"]',
+        '["Authorization", "Secretword", "Host", "h"]',  # Node's rawHeaders
+        '["Authorization", "Secretword"',  # cut before its close
+    ],
+)
+def test_a_value_shaped_like_a_header_name_stays_hidden(text: str) -> None:
+    """Only a known header's name is read as a name where a pair's value may be: a value
+    merely shaped like one, or a flat list of names and values, is hidden."""
+    shown = redact_text(text)
+    for word in ("Secretword", "Correct-Horse-Battery", "Accept-Encodings"):
+        assert word not in shown, shown
