@@ -369,13 +369,15 @@ def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
 
 def _opens_pair(text: str, name_start: int) -> bool:
     """Whether the quoted name starting at ``name_start`` is the first of a pair (a list's or
-    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``, ``[ "Cookie", ...]``)."""
+    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``, ``[ "Cookie", ...]``), or an
+    item of a flat list of names and values (Node's rawHeaders: ``["Host", "h", "Cookie",
+    ...]``)."""
     at = name_start - 1  # the name's quote
     while at > 0 and text[at - 1] == "\\":
         at -= 1
     while at > 0 and text[at - 1] in " \t\r\n":
         at -= 1
-    return at > 0 and text[at - 1] in "[("
+    return at > 0 and text[at - 1] in "[(,"
 
 
 def _hide_secret_fields(text: str) -> str:

@@ -77,6 +77,7 @@ CORPUS = [
     '["Cookie", "LPSESSION={s}"]',
     '( "Authorization", "Bearer {s}")',
     '[ "Cookie", "a={s}"]',
+    '["Accept", "*/*", "Authorization", "Token {s}"]',
     '{{"Set-Cookie":["theme=dark; Path=/","LPSESSION={s}; HttpOnly"]}}',
     # OAuth 1.0a.
     'Authorization: OAuth oauth_consumer_key="k", oauth_token="{s}", oauth_signature="{s}"',
@@ -311,3 +312,19 @@ def test_a_value_shaped_like_a_header_name_stays_hidden(text: str) -> None:
     shown = redact_text(text)
     for word in ("Secretword", "Correct-Horse-Battery", "Accept-Encodings"):
         assert word not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'["Accept", "*/*", "Authorization", "Token {PROBE}"]',
+        f'["Host", "h",\n "Cookie", "a={PROBE}"]',
+        json.dumps({"rawHeaders": ["Host", "h", "Proxy-Authorization", f"Basic {PROBE}"]}),
+    ],
+)
+def test_a_flat_list_of_names_and_values_has_the_credential_hidden(text: str) -> None:
+    """Node's rawHeaders (names and values in one list): a credential header's name after a
+    comma was not read as a pair's, and its value was shown."""
+    shown = redact_text(text)
+    assert "S3CR3T" not in shown, shown
+    assert "h" in shown
