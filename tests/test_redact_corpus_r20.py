@@ -328,3 +328,20 @@ def test_a_flat_list_of_names_and_values_has_the_credential_hidden(text: str) ->
     shown = redact_text(text)
     assert "S3CR3T" not in shown, shown
     assert "h" in shown
+
+
+# -- a short secret name after an escaped line break ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pw", "pass", "sig", "otp", "pin", "sid", "ticket"])
+def test_a_short_name_after_an_escaped_line_break_has_its_value_hidden(name: str) -> None:
+    """In a JSON string a form or a header block writes its line breaks "\\r\\n": the short
+    names ("pw", "sig") were read only after a character that is no name's, and the "n" of
+    "\\n" is one, so their values were shown."""
+    text = json.dumps(
+        {"request": f"POST /x\r\n{name}={PROBE}\r\nX: y", "tab": f"a=1\t{name}=x1y2z3"}
+    )
+    shown = redact_text(text)
+    assert "S3CR3T" not in shown, shown
+    assert "x1y2z3" not in shown, shown
+    assert "\\r\\nX: y" in shown, shown
