@@ -498,7 +498,7 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # more than a hidden realm.
     (
         re.compile(
-            r"(?i)\b(bearer|jwt|basic)\s+(?:"
+            r"(?i)(?:\b|(?<=\\[rnt]))(bearer|jwt|basic)\s+(?:"
             rf"{_B_CHAR}{{4,}}+=++(?=[ \t]*+(?:[,;]|\s|$|\\*+\"(?![A-Za-z0-9])))"
             rf"|{_B_PARAM}(?:[ \t]*+,[ \t]*+{_B_PARAM})*+"
             rf"|{_B_CHAR}{{4,}}+=*+(?:[ \t]*+=)?+)"
@@ -720,8 +720,13 @@ def _hide_jwts(text: str) -> str:
     while (match := _DOTTED.search(text, pos)) is not None:
         first, start = match.group(1), match.start(1)
         at = first.find("eyJ")
-        # At a word's start, as the pattern's \b: not inside a word ("xeyJ...").
-        while at > 0 and (first[at - 1].isalnum() or first[at - 1] == "_"):
+        # At a word's start, as the pattern's \b: not inside a word ("xeyJ..."); after an
+        # escaped line break or tab too ("\\r\\neyJ...", in a JSON string).
+        while (
+            at > 0
+            and (first[at - 1].isalnum() or first[at - 1] == "_")
+            and not (at == 1 and first[0] in "rnt" and text[start - 1 : start] == "\\")
+        ):
             at = first.find("eyJ", at + 1)
         if at < 0 or len(first) - at < 4:
             pos = match.end(1) + 1  # not this one: its second run may start one

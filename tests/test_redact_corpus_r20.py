@@ -134,6 +134,10 @@ def test_a_secret_in_any_known_form_never_survives(form: str, secret: str) -> No
         # As a JSON body carries it: in a string, escaped.
         body_excerpt(json.dumps({"error": text}).encode()),
         redact_text(json.dumps({"error": text})),
+        # A line of a header block in a JSON string (its line breaks escaped), and JSON held
+        # in a JSON string.
+        redact_text(json.dumps({"request": f"GET / HTTP/1.1\r\n{text}\r\nHost: h"})),
+        redact_text(json.dumps(json.dumps({"error": text}))),
     ):
         for fragment in _fragments(secret):
             assert fragment not in shown, shown
@@ -345,3 +349,25 @@ def test_a_short_name_after_an_escaped_line_break_has_its_value_hidden(name: str
     assert "S3CR3T" not in shown, shown
     assert "x1y2z3" not in shown, shown
     assert "\\r\\nX: y" in shown, shown
+
+
+# -- a scheme or a JWT at the start of an escaped line --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Bearer {PROBE}",
+        f"jwt {PROBE}",
+        f"Basic {PROBE}",
+        f"Bearer abc={PROBE}",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.S3CR3Tc2lnbmF0dXJl",
+    ],
+)
+def test_a_credential_at_the_start_of_an_escaped_line_is_hidden(line: str) -> None:
+    """A scheme's name and a JWT were looked for at a word's start only, and in a JSON string
+    the "n" of an escaped line break ("\\r\\nBearer x") is a word's: the credential showed."""
+    for sep in ("\r\n", "\t"):
+        shown = redact_text(json.dumps({"request": f"refused:{sep}{line}\r\nHost: h"}))
+        assert "S3CR3T" not in shown, shown
+        assert "\\r\\nHost: h" in shown, shown
