@@ -21,7 +21,6 @@ broken for good), and its task ends with the error; the next watched socket star
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -71,7 +70,11 @@ async def watch_socket(
     The single-connection form of what :class:`KeepaliveScheduler` does for a fleet, in the
     caller's task. ``probe`` sends the keepalive request (its answer, like any frame, moves
     ``last_activity``); it runs in its own task so that a slow answer never delays the
-    schedule. Cancel the watcher to stop it: the probe in flight is cancelled with it.
+    schedule. One probe runs at a time: each is given ``policy.timeout`` (on ``clock``) and
+    then cancelled, as is one still running when the next goes out, so that probes stuck on a
+    peer whose frames still arrive do not pile up. Cancel the watcher to stop it: the probe in
+    flight is cancelled with it, and waited for; a cancellation of the watcher while it waits
+    for it goes through.
     """
     probe_sent_at: float | None = None
     probes: set[asyncio.Task[object]] = set()
@@ -96,7 +99,12 @@ async def watch_socket(
             at = decision.at
             if decision.step is KeepaliveStep.PROBE:
                 probe_sent_at = now
-                task: asyncio.Task[object] = asyncio.get_running_loop().create_task(_quiet(probe()))
+                for previous in probes:
+                    # Answered long ago by other traffic, and its own timeout not yet seen.
+                    previous.cancel()
+                task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+                    _quiet(probe, clock, policy.timeout)
+                )
                 probes.add(task)
                 task.add_done_callback(probes.discard)
                 # Asked again when the answer is due, as the scheduler does: deciding at once
@@ -107,22 +115,28 @@ async def watch_socket(
             if probe_sent_at is not None and last_activity() >= probe_sent_at:
                 probe_sent_at = None
     finally:
-        for task in list(probes):
-            task.cancel()
-        for task in list(probes):
-            with contextlib.suppress(BaseException):
-                await task
+        if probes:
+            for task in probes:
+                task.cancel()
+            # asyncio.wait, not an await of each under suppress(BaseException): that ate a
+            # cancellation of the watcher itself arriving meanwhile (a caller's timeout, a task
+            # group shutting down), and the watcher returned as if nobody had cancelled it.
+            await asyncio.wait(set(probes))
 
 
-async def _quiet(awaitable: Awaitable[object]) -> object:
+async def _quiet(probe: Callable[[], Awaitable[object]], clock: Clock, timeout: float) -> object:
     # The probe's own failure (timeout, connection lost) is not the watcher's to report: a
-    # timeout shows as silence, a loss is seen by the socket's reader.
+    # timeout shows as silence, a loss is seen by the socket's reader. Past its timeout the
+    # answer is too late to count (the peer is found dead, or its other frames answered).
+    answer: object = None
     try:
-        return await awaitable
+        async with timeout_after(clock, timeout):
+            answer = await probe()
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         return exc
+    return answer
 
 
 class KeepaliveSubject(Protocol):

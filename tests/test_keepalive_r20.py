@@ -1,0 +1,112 @@
+"""The keepalive runners: watch_socket's probes, a close made while another one stops the task,
+a scheduler task started inside watch(), and Engine.keepalive's refusals at the call."""
+
+from __future__ import annotations
+
+import asyncio
+
+from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
+from le_transport.sockets import watch_socket
+from le_transport.testing import VirtualClock
+
+# -- watch_socket: at most one probe in flight ------------------------------------------------
+
+
+async def test_watch_socket_keeps_at_most_one_probe_in_flight(clock: VirtualClock) -> None:
+    """A probe that does not return (a send stuck on a peer that stopped reading while its own
+    frames still arrive) is ended at its timeout, or by the next probe: one task per interval
+    no longer piles up for as long as the peer lives."""
+    frames = [0.0]
+    in_flight: set[asyncio.Task[object]] = set()
+    most = 0
+    started = 0
+
+    async def probe() -> None:
+        nonlocal started, most
+        started += 1
+        me = asyncio.current_task()
+        assert me is not None
+        in_flight.add(me)
+        most = max(most, len(in_flight))
+        try:
+            await asyncio.Event().wait()  # stuck: never returns
+        finally:
+            in_flight.discard(me)
+
+    async def peer() -> None:
+        while True:
+            await clock.sleep(35.0)  # alive: a frame every 35 s answers every probe in time
+            frames.append(clock.now())
+
+    loop = asyncio.get_running_loop()
+    peer_task = loop.create_task(peer())
+    watcher = loop.create_task(
+        watch_socket(
+            MESSAGING_AGENT_SDK_GETCLOCK, clock=clock, probe=probe, last_activity=lambda: frames[-1]
+        )
+    )
+    await clock.sleep(3600.0)
+    try:
+        assert not watcher.done()  # the peer was never found dead
+        assert started > 10  # probes went out all along
+        assert most == 1, f"{most} probe tasks were in flight at once"
+        assert len(in_flight) <= 1
+    finally:
+        watcher.cancel()
+        peer_task.cancel()
+        await asyncio.gather(watcher, peer_task, return_exceptions=True)
+    assert not in_flight  # the probe in flight ended with the watcher
+
+
+async def test_watch_socket_honours_a_cancellation_while_it_ends_its_probes(
+    clock: VirtualClock,
+) -> None:
+    """Once the peer is found dead, watch_socket cancels its probe and waits for it: a
+    cancellation of the watcher arriving then (a caller's timeout, a task group shutting down)
+    goes through, rather than being eaten and the watcher returning as if not cancelled."""
+    probes: list[asyncio.Task[object] | None] = []
+
+    async def probe() -> None:
+        probes.append(asyncio.current_task())
+        try:
+            await asyncio.Event().wait()  # never answered: the peer is dead
+        except asyncio.CancelledError:
+            await clock.sleep(1.0)  # tidies up before it ends
+            raise
+
+    watcher = asyncio.get_running_loop().create_task(
+        watch_socket(
+            MESSAGING_AGENT_SDK_GETCLOCK, clock=clock, probe=probe, last_activity=lambda: 0.0
+        )
+    )
+    await clock.sleep(40.5)  # probe at 30, dead at 40; the watcher now waits for its probe
+    assert not watcher.done()
+    watcher.cancel()
+    await asyncio.wait({watcher})
+    outcome = "cancelled" if watcher.cancelled() else f"returned {watcher.result()!r}"
+    assert watcher.cancelled(), f"the watcher was cancelled but {outcome}"
+    # The probe, cancelled already, still ends on its own once it has tidied up.
+    await clock.sleep(1.0)
+    (ended,) = probes
+    assert ended is not None
+    assert ended.done()
+
+
+async def test_watch_socket_returns_once_its_probe_has_ended(clock: VirtualClock) -> None:
+    """The peer found dead: watch_socket returns when the probe went out, after the probe it
+    cancelled has ended (its tidying up waited for, not left running)."""
+    tidied: list[float] = []
+
+    async def probe() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await clock.sleep(1.0)
+            tidied.append(clock.now())
+            raise
+
+    sent_at = await watch_socket(
+        MESSAGING_AGENT_SDK_GETCLOCK, clock=clock, probe=probe, last_activity=lambda: 0.0
+    )
+    assert sent_at == 30.0
+    assert len(tidied) == 1
