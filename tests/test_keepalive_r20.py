@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK
-from le_transport.sockets import watch_socket
+from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
+from le_transport.sockets import KeepaliveScheduler, KeepaliveTask, watch_socket
 from le_transport.testing import VirtualClock
 
 # -- watch_socket: at most one probe in flight ------------------------------------------------
@@ -110,3 +110,76 @@ async def test_watch_socket_returns_once_its_probe_has_ended(clock: VirtualClock
     )
     assert sent_at == 30.0
     assert len(tidied) == 1
+
+
+# -- KeepaliveTask / KeepaliveScheduler: a second close ---------------------------------------
+
+
+async def test_a_second_close_returns_only_once_the_schedule_has_ended(
+    clock: VirtualClock,
+) -> None:
+    """A second close() made while the first still stops the task (the engine's close beside
+    the caller's own), and wait(), return only once the run has ended (here: tidied up after
+    its cancellation), and do not cancel the run's tidying up a second time."""
+    tidied = False
+
+    async def action() -> None:
+        nonlocal tidied
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await clock.sleep(5.0)  # a run cut short tidies up (a flush, a logout)
+            tidied = True
+
+    task = KeepaliveTask(SERVER_CHAT_API_CHAT_INFO, action, clock=clock).start()
+    await clock.sleep(31.0)  # the first run is in flight
+    first = asyncio.get_running_loop().create_task(task.close())
+    await asyncio.sleep(0)  # the first close has begun
+    try:
+        await task.close()
+        assert tidied, "close() returned while the run was still running"
+        assert await task.wait() is None
+        assert not task.running
+    finally:
+        await first
+    await task.close()  # and once more, with nothing left to stop
+
+
+def _scheduler_tasks() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name() == "le_transport socket keepalives" and not t.done()
+    ]
+
+
+class _Owner:
+    """A subject that, as a socket, knows its ticket only once watch() has returned it, and
+    asks not to be watched when asked without one."""
+
+    def __init__(self) -> None:
+        self.ticket: int | None = None
+        self.asked: list[float] = []
+        self.asked_without_ticket = 0
+
+    def _keepalive_due(self, now: float) -> float | None:
+        if self.ticket is None:
+            self.asked_without_ticket += 1
+            return None
+        self.asked.append(now)
+        return now + 30.0
+
+
+async def test_a_second_scheduler_close_returns_only_once_its_task_has_ended(
+    clock: VirtualClock,
+) -> None:
+    scheduler = KeepaliveScheduler(clock)
+    owner = _Owner()
+    owner.ticket = scheduler.watch(owner, at=30.0)
+    await asyncio.sleep(0)
+    (running,) = _scheduler_tasks()
+    first = asyncio.get_running_loop().create_task(scheduler.close())
+    await asyncio.sleep(0)  # the first close has cancelled the task
+    await scheduler.close()
+    assert running.done(), "the second close returned while the task still ran"
+    await first

@@ -31,7 +31,6 @@ from typing import ClassVar, Protocol, runtime_checkable
 from .._checks import require_kind
 from .._redact import redact_text
 from .._shown import error_text, redacted_exc_info
-from .._tasks import stop_task
 from ..clock import Clock, timeout_after
 from ..errors import (
     AuthenticationError,
@@ -185,6 +184,7 @@ class KeepaliveScheduler:
         "_heap",
         "_live",
         "_stale",
+        "_stopping",
         "_task",
         "_tickets",
         "_wake",
@@ -210,6 +210,8 @@ class KeepaliveScheduler:
         self._stale = 0
         self._tickets = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        # Tasks a close cancelled that have not ended yet: what every close waits for.
+        self._stopping: set[asyncio.Task[None]] = set()
         # The task's wait, and the deadline it waits for: an earlier deadline wakes it.
         self._wake: asyncio.Future[None] | None = None
         self._wake_at = math.inf
@@ -259,11 +261,19 @@ class KeepaliveScheduler:
             self._stale = 0
 
     async def close(self) -> None:
-        """Stop serving: forget every subject and end the task. Idempotent."""
+        """Stop serving: forget every subject and end the task. Idempotent: every close returns
+        once the task has ended, a close made while another one stops it included."""
         self._forget_all()
         task, self._task = self._task, None
+        stopping = self._stopping
         if task is not None and not task.done():
-            await stop_task(task)
+            task.cancel()
+            stopping.add(task)
+            task.add_done_callback(stopping.discard)
+        if stopping:
+            # Kept until they end: a second close found no task, and returned while the one
+            # the first close cancelled still ran. (A watch() meanwhile starts a new task.)
+            await asyncio.wait(set(stopping))
 
     def _forget_all(self) -> None:
         self._live.clear()
@@ -293,7 +303,10 @@ class KeepaliveScheduler:
                 except TimeoutError:
                     pass
                 finally:
-                    self._wake, self._wake_at = None, math.inf
+                    if self._wake is wake:
+                        # Not a new task's wait (a watch() after a close, which under an eager
+                        # task factory runs inside watch() before this one ended).
+                        self._wake, self._wake_at = None, math.inf
         except Exception as exc:
             # The clock failed (timeout_after raises the error of a sleep that failed): no
             # deadline can be kept, for any subject. Silently ending here would leave every
@@ -493,6 +506,8 @@ class KeepaliveTask:
         self._on_close = on_close
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # Whether a close has cancelled the task: a second close waits, and cancels no more.
+        self._stopping = False
         self._error: Exception | None = None
         # Set when the schedule ends, by itself or closed: what wait() waits for.
         self._ended = asyncio.Event()
@@ -731,11 +746,21 @@ class KeepaliveTask:
         emit(self._hooks.on_state, StateEvent("keepalive_failed", self._name, details))
 
     async def close(self) -> None:
-        """Stop the schedule (the run in flight is cancelled), for good. Idempotent."""
+        """Stop the schedule (the run in flight is cancelled), for good. Idempotent: every
+        close returns once the schedule has ended, a close made while another one stops it
+        included (it waits for that one's run to end, and cancels it no second time)."""
         self._closed = True
-        task, self._task = self._task, None
+        task = self._task
         if task is not None and not task.done():
-            await stop_task(task)
+            if not self._stopping:
+                self._stopping = True
+                task.cancel()
+            # The task is kept (start() refuses once closed): a second close, or wait(), made
+            # while the run still ends (a run cut short may tidy up: a flush, a logout) found
+            # none, and returned before the run had ended.
+            await asyncio.wait({task})
+        if task is not None and not task.cancelled():
+            task.exception()  # read, so that asyncio does not report it as never retrieved
         self._ended.set()
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
