@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
 from le_transport.sockets import KeepaliveScheduler, KeepaliveTask, watch_socket
 from le_transport.testing import VirtualClock
@@ -183,3 +185,27 @@ async def test_a_second_scheduler_close_returns_only_once_its_task_has_ended(
     await scheduler.close()
     assert running.done(), "the second close returned while the task still ran"
     await first
+
+
+async def test_a_subject_due_at_once_is_asked_only_once_watch_returned_its_ticket(
+    clock: VirtualClock,
+) -> None:
+    """Under an eager task factory (Python 3.12+) the scheduler's task starts inside watch():
+    a subject due at once was asked there, before its owner held its ticket (a socket's
+    ``_ready`` stores it when watch returns), answered None, and was never watched again."""
+    eager = getattr(asyncio, "eager_task_factory", None)
+    if eager is None:
+        pytest.skip("asyncio.eager_task_factory is Python 3.12+")
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(eager)
+    scheduler = KeepaliveScheduler(clock)
+    owner = _Owner()
+    try:
+        owner.ticket = scheduler.watch(owner, at=clock.now())
+        await clock.sleep(61.0)
+        assert owner.asked_without_ticket == 0
+        assert owner.asked == [0.0, 30.0, 60.0]
+        assert scheduler.watched == 1
+    finally:
+        await scheduler.close()
+        loop.set_task_factory(None)

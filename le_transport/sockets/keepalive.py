@@ -288,6 +288,11 @@ class KeepaliveScheduler:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         clock = self._clock
+        # A step of the loop before any subject is asked, no time: under an eager task factory
+        # (Python 3.12+) this runs inside watch(), and a subject due at once was asked before
+        # its owner held the ticket watch() returns (a socket, asked without one, answers None:
+        # its connection was never watched again).
+        await asyncio.sleep(0)
         try:
             while self._live:
                 now = clock.now()
