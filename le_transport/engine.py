@@ -3155,7 +3155,8 @@ class Engine:
         ``policy.path`` (its ``{account}``-style fields filled from ``fields``) every
         ``policy.interval`` seconds, through the engine's whole stack. Closing the engine stops
         it; so does ``await task.close()``. :class:`~le_transport.errors.EngineClosed` once the
-        engine is closed.
+        engine is closed; :class:`~le_transport.errors.WrongEventLoop` with no event loop running
+        (called from plain code) or on another loop than the engine's.
 
         ``service`` is checked at the call, as :meth:`websocket` checks it: one that names no
         service (not a str, empty, with whitespace) is an
@@ -3218,6 +3219,16 @@ class Engine:
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # Before the engine started (no loop of its own to compare with): the task cannot
+            # start, and asyncio's bare RuntimeError said nothing of the engine.
+            raise WrongEventLoop(
+                "Engine.keepalive needs a running event loop: call it from a coroutine on the "
+                "loop the engine runs on ('async with Engine(...)' inside the coroutine "
+                "asyncio.run runs)"
+            ) from None
         refused = _service_fault(service)
         if refused is not None:
             # As websocket() refuses it: else any object went into the task's name and every
@@ -3338,8 +3349,13 @@ class Engine:
             on_close=self._keepalives.discard,
             not_final=not_final,
         )
-        self._keepalives.add(task)
-        return task.start()
+        task.start()
+        if task.running:
+            # Held once started, not before: a start that failed left a task that never ran
+            # held (counted as running, warned of at collection). One that ended inside
+            # start() (an eager task factory, a clock failing at once) has left already.
+            self._keepalives.add(task)
+        return task
 
     def __repr__(self) -> str:
         return f"Engine(domains={self._domains!r}, scheme={self._scheme!r}, retry={self._retry!r})"

@@ -1,5 +1,5 @@
 """The keepalive runners: watch_socket's probes, a close made while another one stops the task,
-a scheduler task started inside watch(), and Engine.keepalive's refusals at the call."""
+a scheduler task started inside watch(), and Engine.keepalive called with no loop running."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from le_transport import AppKeyAuth, Engine, TransportError, WrongEventLoop
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
 from le_transport.sockets import KeepaliveScheduler, KeepaliveTask, watch_socket
 from le_transport.testing import VirtualClock
@@ -209,3 +210,21 @@ async def test_a_subject_due_at_once_is_asked_only_once_watch_returned_its_ticke
     finally:
         await scheduler.close()
         loop.set_task_factory(None)
+
+
+# -- Engine.keepalive: refused at the call ----------------------------------------------------
+
+
+def test_keepalive_called_without_a_running_loop_is_refused_cleanly() -> None:
+    """Engine.keepalive() is no coroutine, so it can be called from plain code: with no loop
+    running it raises the library's WrongEventLoop (a TransportError, and a RuntimeError as
+    before), and the engine keeps no task that never ran (``_left_open`` would report it as a
+    keepalive running, and warn at collection)."""
+    engine = Engine({"agentVep": "127.0.0.1:9"}, scheme="http", auth=AppKeyAuth("1", "k-1"))
+    with pytest.raises(WrongEventLoop, match="running event loop") as caught:
+        engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO, "agentVep", fields={"account": "1", "chat_id": "c"}
+        )
+    assert isinstance(caught.value, TransportError)
+    assert isinstance(caught.value, RuntimeError)
+    assert engine._left_open() == []
