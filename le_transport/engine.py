@@ -80,7 +80,12 @@ from .middleware.overload import OverloadGuard, is_retry_gate
 from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
 from .policies.backoff import BackoffPolicy
 from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
-from .policies.keepalive import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO, Keepalive
+from .policies.keepalive import (
+    CHAT_AGENT_API_REFRESH,
+    SERVER_CHAT_API_CHAT_INFO,
+    Keepalive,
+    KeepaliveTransport,
+)
 from .policies.retry import RetryPolicy
 from .policies.retry_after import parse_retry_after
 from .providers._http import ProviderHttp, check_domains_account
@@ -3156,7 +3161,8 @@ class Engine:
         ``policy.interval`` seconds, through the engine's whole stack. Closing the engine stops
         it; so does ``await task.close()``. :class:`~le_transport.errors.EngineClosed` once the
         engine is closed; :class:`~le_transport.errors.WrongEventLoop` with no event loop running
-        (called from plain code) or on another loop than the engine's.
+        (called from plain code) or on another loop than the engine's. A ``policy`` whose
+        ``transport`` is not HTTP is a :class:`~le_transport.errors.ConfigurationError`.
 
         ``service`` is checked at the call, as :meth:`websocket` checks it: one that names no
         service (not a str, empty, with whitespace) is an
@@ -3212,7 +3218,13 @@ class Engine:
                 f"Engine.keepalive needs an HTTP Keepalive (SERVER_CHAT_API_CHAT_INFO, "
                 f"CHAT_AGENT_API_REFRESH...), got a {type(policy).__name__}"
             )
-        if policy.method is None or policy.path is None:
+        if (
+            policy.transport is not KeepaliveTransport.HTTP
+            or policy.method is None
+            or policy.path is None
+        ):
+            # A socket's keepalive, whatever method and path it also holds: run as a request,
+            # it was an HTTP call the policy never asked for.
             raise ConfigurationError(
                 f"Engine.keepalive needs an HTTP Keepalive, got the socket keepalive {policy!r}"
             )

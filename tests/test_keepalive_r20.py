@@ -1,5 +1,5 @@
 """The keepalive runners: watch_socket's probes, a close made while another one stops the task,
-a scheduler task started inside watch(), and Engine.keepalive called with no loop running."""
+a scheduler task started inside watch(), and Engine.keepalive's refusals at the call."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import asyncio
 import pytest
 
 from le_transport import AppKeyAuth, Engine, TransportError, WrongEventLoop
-from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
+from le_transport.errors import ConfigurationError
+from le_transport.policies import (
+    MESSAGING_AGENT_SDK_GETCLOCK,
+    SERVER_CHAT_API_CHAT_INFO,
+    Keepalive,
+    KeepaliveTransport,
+)
 from le_transport.sockets import KeepaliveScheduler, KeepaliveTask, watch_socket
 from le_transport.testing import VirtualClock
 
@@ -228,3 +234,23 @@ def test_keepalive_called_without_a_running_loop_is_refused_cleanly() -> None:
     assert isinstance(caught.value, TransportError)
     assert isinstance(caught.value, RuntimeError)
     assert engine._left_open() == []
+
+
+async def test_a_socket_keepalive_with_a_method_and_path_is_refused(clock: VirtualClock) -> None:
+    """A Keepalive whose transport says SOCKET is a socket's, whatever method and path it
+    also holds: Engine.keepalive refuses it rather than run it as an HTTP call."""
+    on_socket = Keepalive(
+        product="test",
+        action="ping",
+        interval=30.0,
+        timeout=10.0,
+        transport=KeepaliveTransport.SOCKET,
+        method="GET",
+        path="/x",
+    )
+    async with Engine(
+        {"agentVep": "127.0.0.1:9"}, scheme="http", clock=clock, auth=AppKeyAuth("1", "k-1")
+    ) as engine:
+        with pytest.raises(ConfigurationError, match="socket keepalive"):
+            engine.keepalive(on_socket, "agentVep")
+        assert not any("keepalive" in left for left in engine._left_open())
