@@ -3203,13 +3203,17 @@ class Engine:
         them is answered 401, which would cost a login at every run. It runs the engine's
         :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` every
         ``policy.interval`` instead (no session yet: nothing to refresh, no login), on the
-        provider's own host. A :class:`~le_transport.errors.ConfigurationError`, before the
-        task starts: without such a provider; with one that refreshes its session itself
-        (``keepalive=True``, the default: that built-in keepalive is the usual way, timed from
-        each login and within half the session's TTL, and a second schedule would only refresh
-        twice; build the provider with ``keepalive=False`` to have this one drive it); a
-        ``service`` or ``fields["account"]`` other than the provider's; ``headers`` (the
-        provider's request carries none of the caller's).
+        provider's own host. That interval is the policy's, whatever TTL the session's login
+        answered: for a session that lives less than twice the interval, keep the provider's own
+        keepalive, or pass a policy scaled down
+        (:meth:`~le_transport.policies.Keepalive.scaled`). A
+        :class:`~le_transport.errors.ConfigurationError`, before the task starts: without such a
+        provider; with one that refreshes its session itself (``keepalive=True``, the default:
+        that built-in keepalive is the usual way, timed from each login and within half the
+        session's TTL, and a second schedule would only refresh twice; build the provider with
+        ``keepalive=False`` to have this one drive it); a ``service`` or ``fields["account"]``
+        other than the provider's; ``headers`` (the provider's request carries none of the
+        caller's).
         """
         if self._closed:
             raise EngineClosed("Engine.keepalive: the engine is closed", service=service)
