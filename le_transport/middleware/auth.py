@@ -13,6 +13,10 @@ It sits outside the retry middleware (once per logical call, and once per redire
   them would only cost another login. So a call to an endpoint that keeps answering 401 costs
   at most one re-authentication.
   This is the only 4xx that leads to a replay: every other 4xx is the caller's to fix.
+  A 401 that will be replayed is not the call's end: the retry middleware inside logs no
+  failure and fires no give-up for it (:class:`~le_transport.middleware.retry.AuthReplay`).
+  The replay's outcome is what is reported, or that 401, once, if fresh credentials cannot
+  be had.
 - WebSocket upgrades pass through untouched: the socket layer puts its own credentials on them
   (the bearer in the UMS path, ``Authorization: jwt`` for the consumer socket) and owns their
   retries.
@@ -93,7 +97,7 @@ from .context import (
     safe_cause,
     within_deadline,
 )
-from .retry import body_spent, is_websocket_upgrade
+from .retry import AUTH_REPLAY, AuthReplay, body_spent, is_websocket_upgrade
 
 __all__ = ["AuthMiddleware", "charset_of", "form_charset", "parse_form", "same_host"]
 
@@ -273,12 +277,21 @@ class AuthMiddleware:
             if ctx is not None and ctx.active is None:
                 ctx.active = False
             raise
-        resp = await self._send(request, handler)
+        # Said to the retry loop inside: a 401 to this request is not the call's end (it logs
+        # no failure and fires no give-up for it), the replay below is.
+        replay = AuthReplay(request)
+        marked = AUTH_REPLAY.set(replay)
+        try:
+            resp = await self._send(request, handler)
+        finally:
+            AUTH_REPLAY.reset(marked)
         if resp is not None:
             return resp
         if body_spent(request):
             # A replay would send an empty body (a server that accepts it answers a success
-            # for a request that carried nothing).
+            # for a request that carried nothing). The retry loop, seeing it spent, reported
+            # the 401 itself; if it did not, it is reported now.
+            replay.report("its body was a stream, already sent")
             await self._invalidate(sent)
             err = AuthenticationError(
                 f"{method} {redact_url(request.url)}: rejected with 401; the credentials were "
@@ -295,8 +308,13 @@ class AuthMiddleware:
             sent.generation,
             extra={"method": method, "status": 401, "generation": sent.generation},
         )
-        await self._invalidate(sent)
-        await self._apply(request, method, form)
+        try:
+            await self._invalidate(sent)
+            await self._apply(request, method, form)
+        except Exception as exc:
+            # The call ends here, on its 401: reported as the retry loop would have.
+            replay.report(f"fresh credentials could not be had ({type(exc).__name__})")
+            raise
         resp = await self._send(request, handler)
         if resp is not None:
             return resp

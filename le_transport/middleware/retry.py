@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import email.utils
+import functools
 import logging
 import random
 import time
@@ -79,7 +81,9 @@ if TYPE_CHECKING:
     from .overload import RetryGate
 
 __all__ = [
+    "AUTH_REPLAY",
     "DEFAULT_MAX_BODY_BYTES",
+    "AuthReplay",
     "ClosedInFlight",
     "RetryMiddleware",
     "body_spent",
@@ -357,6 +361,40 @@ _NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
 _FAILED_BODY_KEPT = 64 * 1024
 #: The answers whose body was cut so: never returned as an answer.
 _CUT_SHORT: weakref.WeakSet[ClientResponse] = weakref.WeakSet()
+
+
+class AuthReplay:
+    """An auth middleware's word, from around the retry middleware, that it sends ``request``
+    once more with fresh credentials if it is answered 401 (unless its body was a stream,
+    already sent): set in :data:`AUTH_REPLAY` while it first sends it.
+
+    Such a 401 does not end the call, so the retry loop that meets it as its final answer
+    logs no failure and fires no give-up for it: it leaves that report here (``deferred``).
+    The replay's own outcome is what is reported (by its own retry loop); only when the
+    replay cannot be made after all (fresh credentials could not be had) does the auth
+    middleware make the report left here (:meth:`report`). Either way the call's end is
+    reported once."""
+
+    __slots__ = ("deferred", "request")
+
+    def __init__(self, request: ClientRequest) -> None:
+        self.request = request
+        #: The report of the 401 the retry loop left, taking why it was not replayed.
+        self.deferred: Callable[[str], None] | None = None
+
+    def report(self, why: str) -> None:
+        """The 401 was not replayed after all (``why``): report it as the call's end, as the
+        retry loop would have (once; nothing if no 401 was left here)."""
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None:
+            deferred(why)
+
+
+#: The request the auth middleware around the retry middleware replays on a 401
+#: (:class:`AuthReplay`), while it is first sent.
+AUTH_REPLAY: contextvars.ContextVar[AuthReplay | None] = contextvars.ContextVar(
+    "le_transport_auth_replay", default=None
+)
 
 #: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
 #: once per status: a successful call allocates none.
@@ -679,7 +717,13 @@ class _Call(_WheelTimer):
                         raise closed from error
                     continue
                 if resp is not None and not mw.raise_for_status:
-                    self._log_final_status(outcome, decision.reason)
+                    replay = self._replayed_by_auth(outcome)
+                    if replay is None:
+                        self._log_final_status(outcome, decision.reason)
+                    else:
+                        replay.deferred = functools.partial(
+                            self._unreplayed_status, outcome, decision.reason
+                        )
                     return resp
                 assert error is not None
                 if decision.action is Action.GIVE_UP:
@@ -700,7 +744,14 @@ class _Call(_WheelTimer):
                 # status the Classifier makes final, a refused certificate). The recovery loop
                 # repeats the former only within a call that may be sent again.
                 error.repeat = repeat_verdict(classifier, outcome, idempotent=self.idempotent)
-                self.log_final(error, outcome, decision.reason)
+                replay = self._replayed_by_auth(outcome)
+                if replay is None:
+                    self.log_final(error, outcome, decision.reason)
+                else:
+                    # Not the call's end: the auth middleware replays it with fresh credentials.
+                    replay.deferred = functools.partial(
+                        self._unreplayed, error, outcome, decision.reason
+                    )
                 raise error
         finally:
             self.ctx.active = False
@@ -1073,6 +1124,25 @@ class _Call(_WheelTimer):
             reason,
             extra=self._extra(attempt=len(self.ctx.attempts), status=outcome.status),
         )
+
+    def _replayed_by_auth(self, outcome: Outcome) -> AuthReplay | None:
+        """The auth middleware's word that it replays this final answer, if it is a 401 it
+        replays (:class:`AuthReplay`: this very request, its body not a spent stream)."""
+        if outcome.status != 401:
+            return None
+        replay = AUTH_REPLAY.get()
+        if replay is None or replay.request is not self.request or body_spent(self.request):
+            return None
+        return replay
+
+    def _unreplayed(self, err: RequestError, outcome: Outcome, reason: str, why: str) -> None:
+        """Report a 401 left to the auth middleware's replay, which was not made (``why``)."""
+        self.log_final(err, outcome, f"{reason}; not replayed: {why}")
+
+    def _unreplayed_status(self, outcome: Outcome, reason: str, why: str) -> None:
+        """As :meth:`_unreplayed`, for a 401 returned as an answer (``raise_for_status``
+        off)."""
+        self._log_final_status(outcome, f"{reason}; not replayed: {why}")
 
     def _fallback(self, err: RequestError) -> str | None:
         """What the call's maker falls back on when it fails with ``err`` (its words), or None

@@ -1,0 +1,155 @@
+"""The auth middleware's 401 replay as the retry middleware reports it, the host check's
+handling of a domain provider's outage, allowed_hosts' checks, and ProviderHttp's bound on a
+provider answer read without the retry middleware's buffering."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from le_transport import Engine
+from le_transport.errors import (
+    AuthenticationError,
+    LoginRejected,
+)
+from le_transport.events import EventHooks, GiveUpEvent
+from le_transport.middleware.auth import AuthMiddleware
+from le_transport.middleware.retry import RetryMiddleware
+from le_transport.providers import Credentials, StaticBearer, StaticDomains
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
+from tests.test_auth_middleware import USERS, login_for
+from tests.test_providers import learn_session_secrets, sim, sim_engine
+from tests.test_retry_middleware import Script
+
+__all__ = ["sim"]
+
+
+# -- a 401 the auth middleware replays is not the call's end ------------------------------------
+
+
+async def test_a_401_cured_by_the_replay_is_neither_a_give_up_event_nor_a_failure_log(
+    sim: Simulator,
+    clock: VirtualClock,
+    secret_values: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """GiveUpEvent is documented as "A call failed for good". A session that expired (the
+    most ordinary 401) is cured by the auth middleware's one replay and the call returns 200,
+    yet the retry middleware inside it has already logged "failed after 1 attempt(s)" and
+    fired on_giveup: alerting on give-ups pages on every token expiry."""
+    caplog.set_level(logging.WARNING, logger="le_transport.retry")
+    auth = login_for(sim)
+    giveups: list[GiveUpEvent] = []
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, giveups=giveups) as engine:
+        first = await engine.login()
+        learn_session_secrets(auth, secret_values)
+        assert first.bearer is not None
+        sim.tokens.revoke(first.bearer.reveal())  # the session ended server-side
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        learn_session_secrets(auth, secret_values)
+    assert resp.status == 200  # the call succeeded
+    failed_lines = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+    assert (giveups, failed_lines) == ([], [])
+
+
+def _failed_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+
+
+def _hooks(giveups: list[GiveUpEvent]) -> EventHooks:
+    return EventHooks(on_giveup=(giveups.append,))
+
+
+async def test_a_401_the_replay_does_not_cure_is_reported_once_by_the_replay(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first 401 is the replay's to judge; the second ends the call: one give-up, one
+    "failed after" line, counting both attempts."""
+    caplog.set_level(logging.WARNING, logger="le_transport.retry")
+    script = Script(401, 401)
+    host = await serve(script.app())
+    giveups: list[GiveUpEvent] = []
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        hooks=_hooks(giveups),
+        auth=StaticBearer("tok-abcdefgh-12345"),
+    ) as engine:
+        with pytest.raises(AuthenticationError, match="401 again"):
+            await engine.request("GET", "svc", "/x")
+    assert script.hits == 2
+    assert [(g.attempts, g.outcome.status if g.outcome else None) for g in giveups] == [(2, 401)]
+    assert len(_failed_lines(caplog)) == 1
+
+
+class _NoSecondToken:
+    """An auth provider whose token, once refused, cannot be replaced: its login is refused."""
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        if self.dropped:
+            raise LoginRejected("the login was refused (403)", status=403)
+        return Credentials(headers={"Authorization": "Bearer tok-abcdefgh-12345"}, generation=1)
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        self.dropped = True
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+async def test_a_401_not_replayed_for_want_of_fresh_credentials_is_the_calls_give_up(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replay the 401 was left to is never made: the call ends on that 401, reported
+    once, saying why it was not replayed."""
+    caplog.set_level(logging.WARNING, logger="le_transport.retry")
+    script = Script(401, 200)
+    host = await serve(script.app())
+    giveups: list[GiveUpEvent] = []
+    async with Engine(
+        {"svc": host}, scheme="http", clock=clock, hooks=_hooks(giveups), auth=_NoSecondToken()
+    ) as engine:
+        with pytest.raises(LoginRejected):
+            await engine.request("GET", "svc", "/x")
+    assert script.hits == 1
+    assert [(g.service, g.outcome.status if g.outcome else None) for g in giveups] == [("svc", 401)]
+    assert giveups[0].reason.endswith(
+        "not replayed: fresh credentials could not be had (LoginRejected)"
+    )
+    assert len(_failed_lines(caplog)) == 1
+
+
+@pytest.mark.parametrize("raise_for_status", [True, False], ids=["raising", "returning"])
+async def test_on_a_foreign_session_a_401_cured_by_the_replay_is_not_reported_either(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    raise_for_status: bool,
+) -> None:
+    """A caller's session with the stack: no engine call context, the retry middleware makes
+    its own; a 401 raised or returned to the auth middleware is still its to replay."""
+    caplog.set_level(logging.WARNING, logger="le_transport.retry")
+    script = Script(401, 200)
+    host = await serve(script.app())
+    giveups: list[GiveUpEvent] = []
+    auth = AuthMiddleware(
+        auth=StaticBearer("tok-abcdefgh-12345"), domains=StaticDomains({}), allowed_hosts={host}
+    )
+    retry = RetryMiddleware(clock=clock, hooks=_hooks(giveups), raise_for_status=raise_for_status)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{host}/x", middlewares=(auth, retry)) as resp,
+    ):
+        assert resp.status == 200
+    assert script.hits == 2
+    assert giveups == []
+    assert [r.getMessage() for r in caplog.records] == []
