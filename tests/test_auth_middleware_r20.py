@@ -5,15 +5,22 @@ provider answer read without the retry middleware's buffering."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
-from le_transport import Engine
+from le_transport import BackoffPolicy, Engine
 from le_transport.errors import (
     AuthenticationError,
+    ConnectionFailed,
+    DomainResolutionError,
+    HostileHostError,
     LoginRejected,
+    TransportError,
+    UnknownServiceError,
 )
 from le_transport.events import EventHooks, GiveUpEvent
 from le_transport.middleware.auth import AuthMiddleware
@@ -153,3 +160,108 @@ async def test_on_a_foreign_session_a_401_cured_by_the_replay_is_not_reported_ei
     assert script.hits == 2
     assert giveups == []
     assert [r.getMessage() for r in caplog.records] == []
+
+
+# -- the host check: a typed outage of the domain provider is the call's failure ---------------
+
+
+def _unreachable(service: str) -> TransportError:
+    return ConnectionFailed("service registry unreachable", service=service)
+
+
+def _map_down(service: str) -> TransportError:
+    return DomainResolutionError("the Domain API is down and no map is cached")
+
+
+class _FlakyRegistry:
+    """A domain provider of the caller's own (a service registry): it answers the engine's
+    lookup, then fails once, with what ``error`` makes of the service (by default an outage,
+    typed as the library types one)."""
+
+    def __init__(self, host: str, error: Callable[[str], TransportError] = _unreachable) -> None:
+        self.host = host
+        self.error = error
+        self.asked = 0
+
+    async def resolve(self, service: str) -> str:
+        self.asked += 1
+        if self.asked == 2:
+            raise self.error(service)
+        return self.host
+
+    async def invalidate(self) -> None:
+        """Nothing cached."""
+
+
+async def _bearer_server(serve: ServerFactory, seen: list[dict[str, str]]) -> str:
+    """A loopback API that answers 401 without an Authorization header (as LiveEngage does)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        if "Authorization" not in request.headers:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return await serve(app)
+
+
+@pytest.mark.parametrize("outage", [_unreachable, _map_down], ids=["registry", "domain_api"])
+@pytest.mark.parametrize("recover", [False, True], ids=["fail_fast", "recover"])
+async def test_a_domain_provider_outage_in_the_host_check_never_sends_the_call_unauthenticated(
+    serve: ServerFactory,
+    clock: VirtualClock,
+    recover: bool,
+    outage: Callable[[str], TransportError],
+) -> None:
+    """The auth middleware asks the domain provider again for the call's host; an outage
+    raised there typed (a TransportError) is the call's failure, raised as it is, nothing
+    sent (fail fast), or waited out and the call sent with its credentials (recover). Taken
+    for a host to withhold credentials from, the call went out without them and failed as a
+    final 401, which recover=True does not wait out."""
+    seen: list[dict[str, str]] = []
+    host = await _bearer_server(serve, seen)
+    async with Engine(
+        _FlakyRegistry(host, outage),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer("tok-abcdefgh-12345"),
+        recovery=BackoffPolicy.relogin(first=15, max_attempts=3),
+    ) as engine:
+        try:
+            await engine.request("GET", "svc", "/api/x", recover=recover)
+            outcome = "ok"
+        except TransportError as exc:
+            outcome = type(exc).__name__
+    unauthenticated = sum("Authorization" not in h for h in seen)
+    expected = "ok" if recover else type(outage("svc")).__name__
+    assert (outcome, unauthenticated) == (expected, 0)
+
+
+def _unknown(service: str) -> TransportError:
+    return UnknownServiceError("no such service", service=service)
+
+
+def _hostile(service: str) -> TransportError:
+    return HostileHostError("refusing the host: not a bare hostname")
+
+
+@pytest.mark.parametrize("refusal", [_unknown, _hostile], ids=["unknown", "hostile"])
+async def test_a_service_the_domain_provider_now_refuses_gets_no_credentials(
+    serve: ServerFactory, clock: VirtualClock, refusal: Callable[[str], TransportError]
+) -> None:
+    """No host of ours for the service: whatever the URL names is not one, so the request
+    goes without credentials (and is answered 401 here, unreplayed)."""
+    seen: list[dict[str, str]] = []
+    host = await _bearer_server(serve, seen)
+    async with Engine(
+        _FlakyRegistry(host, refusal),
+        scheme="http",
+        clock=clock,
+        auth=StaticBearer("tok-abcdefgh-12345"),
+    ) as engine:
+        with pytest.raises(TransportError) as info:
+            await engine.request("GET", "svc", "/api/x")
+    assert getattr(info.value, "status", None) == 401
+    assert ["Authorization" in h for h in seen] == [False]

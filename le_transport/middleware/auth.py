@@ -3,8 +3,13 @@
 It sits outside the retry middleware (once per logical call, and once per redirect hop):
 
 - Credentials go only to the host the domain provider named for the call's service. A request
-  to any other host, such as a redirect hop to somewhere else, gets none. A foreign session
-  without the engine's call context gets none either, unless ``allowed_hosts`` names the host.
+  to any other host, such as a redirect hop to somewhere else, gets none, nor does one for a
+  service the provider now refuses (:class:`~le_transport.errors.UnknownServiceError`,
+  :class:`~le_transport.errors.HostileHostError`). A provider that cannot answer (the Domain
+  API down) fails the call with its error, nothing sent: an outage, for the retry and
+  recovery policies to judge, not a host to send the call to without credentials. A foreign
+  session without the engine's call context gets none either, unless ``allowed_hosts`` names
+  the host.
 - A 401 invalidates the credentials that were sent (the provider re-authenticates once even if
   a hundred calls see the 401 together: credentials carry a generation), fetches fresh ones and
   replays the request once. A second 401 is an :class:`~le_transport.errors.AuthenticationError`,
@@ -73,9 +78,9 @@ from ..clock import Clock, RealClock
 from ..errors import (
     AuthenticationError,
     ClientStatusError,
-    DeadlineExceeded,
-    EngineClosed,
+    HostileHostError,
     TransportError,
+    UnknownServiceError,
     UnsignableBody,
 )
 from ..providers._http import split_host
@@ -170,6 +175,14 @@ def parse_form(body: bytes, charset: str) -> list[tuple[str, str]]:
 
 def _host_set(value: Iterable[str]) -> frozenset[str]:
     return frozenset(value)
+
+
+def _unsent(ctx: CallContext | None) -> None:
+    """Say on the call's context that nothing of it was sent, if no retry loop ran it yet: so
+    that a recovery loop does not take a call on a caller's session (the stack on it) for one
+    sent with no schedule judging it (CallLedger.finish's ``unjudged``)."""
+    if ctx is not None and ctx.active is None:
+        ctx.active = False
 
 
 def _signs_forms(middleware: AuthMiddleware) -> bool:
@@ -273,9 +286,7 @@ class AuthMiddleware:
             # Nothing of the request was sent: said on the call's context, so that a recovery
             # loop does not take a call on a caller's session (the stack on it) for one sent
             # with no schedule judging it (CallLedger.finish's ``unjudged``).
-            ctx = current_call()
-            if ctx is not None and ctx.active is None:
-                ctx.active = False
+            _unsent(current_call())
             raise
         # Said to the retry loop inside: a 401 to this request is not the call's end (it logs
         # no failure and fires no give-up for it), the replay below is.
@@ -352,11 +363,27 @@ class AuthMiddleware:
                 # and a Domain API fetch run its own attempt timeout: bounded by the call's
                 # deadline, as the engine's own lookup is (a 20 s call took 41 s).
                 host = await within_deadline(self.clock, ctx, step, "resolving its host", url=url)
-        except (EngineClosed, DeadlineExceeded):
-            raise  # not a host to withhold credentials from: the call is over
-        except TransportError:
+        except (HostileHostError, UnknownServiceError) as exc:
+            # The provider names no host of ours for the service now (a redirect hop may meet
+            # a map that changed): whatever the URL names is not one.
+            _log.warning(
+                "%s: not sending credentials: the domain provider has no host for service %r "
+                "that may have them (%s)",
+                redact_url(url),
+                ctx.service,
+                type(exc).__name__,
+                extra={"service": ctx.service, "error": type(exc).__name__},
+            )
             return False
+        except TransportError:
+            # Not a host to withhold credentials from, but an outage (the Domain API down) or
+            # the call over (a closing engine, its deadline): the call fails with it, unsent,
+            # for the retry and recovery policies to judge. Sent without credentials, it would
+            # only come back a 401 that no one waits out.
+            _unsent(ctx)
+            raise
         except Exception as exc:
+            _unsent(ctx)
             # A bug in the domain provider: neither the caller's arguments nor an outage.
             raise provider_failed(
                 "domain", self.domains, "resolve", exc, service=ctx.service
