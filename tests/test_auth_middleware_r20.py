@@ -15,8 +15,10 @@ from yarl import URL
 from le_transport import BackoffPolicy, Engine
 from le_transport.errors import (
     AuthenticationError,
+    ConfigurationError,
     ConnectionFailed,
     DomainResolutionError,
+    HostConfigurationError,
     HostileHostError,
     LoginRejected,
     TransportError,
@@ -265,3 +267,52 @@ async def test_a_service_the_domain_provider_now_refuses_gets_no_credentials(
             await engine.request("GET", "svc", "/api/x")
     assert getattr(info.value, "status", None) == 401
     assert ["Authorization" in h for h in seen] == [False]
+
+
+# -- allowed_hosts: a collection of hosts, checked when built ---------------------------------
+
+
+def test_allowed_hosts_as_a_single_str_is_refused_not_taken_as_its_characters() -> None:
+    with pytest.raises(ConfigurationError, match="allowed_hosts"):
+        AuthMiddleware(
+            auth=StaticBearer("tok-abcdefgh-12345"),
+            domains=StaticDomains({}),
+            allowed_hosts="api.example.com",
+        )
+
+
+@pytest.mark.parametrize("hosts", [None, 42, [42], [""], [b"api.example.com"]])
+def test_allowed_hosts_that_are_not_host_names_are_refused(hosts: object) -> None:
+    with pytest.raises(ConfigurationError, match="allowed_hosts"):
+        AuthMiddleware(
+            auth=StaticBearer("tok-abcdefgh-12345"),
+            domains=StaticDomains({}),
+            allowed_hosts=hosts,  # type: ignore[arg-type]
+        )
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://api.example.com/q?k=hidden-part",
+        "api.example.com/hidden-part",
+        "user:hidden-part@api.example.com",
+    ],
+)
+def test_an_allowed_host_with_more_than_a_host_is_refused_without_showing_it(host: str) -> None:
+    with pytest.raises(HostConfigurationError, match="allowed_hosts") as info:
+        AuthMiddleware(
+            auth=StaticBearer("tok-abcdefgh-12345"),
+            domains=StaticDomains({}),
+            allowed_hosts=[host],
+        )
+    assert "hidden-part" not in str(info.value)
+
+
+def test_allowed_hosts_keeps_host_names_in_any_iterable() -> None:
+    middleware = AuthMiddleware(
+        auth=StaticBearer("tok-abcdefgh-12345"),
+        domains=StaticDomains({}),
+        allowed_hosts=(h for h in ["api.example.com", "127.0.0.1:8080", "[::1]:443"]),
+    )
+    assert middleware.allowed_hosts == {"api.example.com", "127.0.0.1:8080", "[::1]:443"}

@@ -78,6 +78,8 @@ from ..clock import Clock, RealClock
 from ..errors import (
     AuthenticationError,
     ClientStatusError,
+    ConfigurationError,
+    HostConfigurationError,
     HostileHostError,
     TransportError,
     UnknownServiceError,
@@ -91,7 +93,7 @@ from ..providers.auth import (
     InvalidCredentials,
     as_credentials,
 )
-from ..providers.domains import DomainProvider
+from ..providers.domains import DomainProvider, _shown_host, validate_host
 from .context import (
     _CALL_LEDGER,
     _CURRENT,
@@ -174,7 +176,32 @@ def parse_form(body: bytes, charset: str) -> list[tuple[str, str]]:
 
 
 def _host_set(value: Iterable[str]) -> frozenset[str]:
-    return frozenset(value)
+    """``allowed_hosts`` checked: a collection of hosts (``name`` or ``name:port``), each a
+    bare host (:func:`~le_transport.providers.domains.validate_host`); a ConfigurationError
+    naming the field otherwise, never showing more of a value than its host-like start."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        # A str is an iterable of its characters: "api.example.com" would allow "a", "p"...
+        raise ConfigurationError(
+            "AuthMiddleware.allowed_hosts must be a collection of hosts (a set or list of "
+            f"'name' or 'name:port'), got {type(value).__name__}"
+            + (": a single host goes in a set or a list too" if isinstance(value, str) else "")
+        )
+    hosts = set()
+    for host in value:
+        if not isinstance(host, str) or not host:
+            shown = "an empty str" if isinstance(host, str) else type(host).__name__
+            raise ConfigurationError(
+                f"AuthMiddleware.allowed_hosts must hold non-empty str hosts, got {shown}"
+            )
+        try:
+            hosts.add(validate_host(host))
+        except HostileHostError:
+            raise HostConfigurationError(
+                f"AuthMiddleware.allowed_hosts holds {_shown_host(host)}, which is not a bare "
+                "hostname with an optional port (no scheme, path, userinfo, whitespace or "
+                "control characters)"
+            ) from None
+    return frozenset(hosts)
 
 
 def _unsent(ctx: CallContext | None) -> None:
@@ -201,7 +228,11 @@ class AuthMiddleware:
     - ``domains``: the :class:`~le_transport.providers.DomainProvider` the engine resolved the
       call's service with; the request's host must be the one it names.
     - ``allowed_hosts``: further hosts (``name`` or ``name:port``) that may receive
-      credentials on calls without an engine call context (a foreign session).
+      credentials on calls without an engine call context (a foreign session): a collection
+      of them (a set, a list), checked when built. A str alone (which would be taken for its
+      characters) or anything but non-empty str hosts is a
+      :class:`~le_transport.errors.ConfigurationError`; a host with more than a host in it
+      (a scheme, a path, userinfo) a :class:`~le_transport.errors.HostConfigurationError`.
     - ``scheme``: the scheme credentials may travel over (the engine's); a redirect from
       ``https`` down to ``http`` on the right host still gets none. None: any.
     - ``clock``: the engine's clock; getting credentials (which may log in) is bounded by the
