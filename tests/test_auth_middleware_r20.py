@@ -15,6 +15,7 @@ from yarl import URL
 from le_transport import BackoffPolicy, Engine
 from le_transport.errors import (
     AuthenticationError,
+    BodyTooLarge,
     ConfigurationError,
     ConnectionFailed,
     DomainResolutionError,
@@ -28,6 +29,7 @@ from le_transport.events import EventHooks, GiveUpEvent
 from le_transport.middleware.auth import AuthMiddleware
 from le_transport.middleware.retry import RetryMiddleware
 from le_transport.providers import Credentials, StaticBearer, StaticDomains
+from le_transport.providers._http import ProviderHttp
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
@@ -316,3 +318,62 @@ def test_allowed_hosts_keeps_host_names_in_any_iterable() -> None:
         allowed_hosts=(h for h in ["api.example.com", "127.0.0.1:8080", "[::1]:443"]),
     )
     assert middleware.allowed_hosts == {"api.example.com", "127.0.0.1:8080", "[::1]:443"}
+
+
+# -- ProviderHttp holds a provider answer to max_body_bytes, buffered or not ---------------------
+
+
+def _streaming_login(size: int) -> web.Application:
+    """A login endpoint answering ``size`` bytes, chunked (no Content-Length)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for start in range(0, size, 65536):
+            await resp.write(b"x" * min(65536, size - start))
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/api/account/1/login", answer)
+    return app
+
+
+async def _provider_call(host: str, clock: VirtualClock, *, buffer_body: bool) -> int:
+    """The size of the body ProviderHttp returns for the login endpoint on ``host``."""
+    async with aiohttp.ClientSession() as session:
+        http = ProviderHttp(
+            session=lambda: session,
+            retry_middleware=RetryMiddleware(
+                clock=clock, hooks=EventHooks(), buffer_body=buffer_body, max_body_bytes=1024
+            ),
+            clock=clock,
+            scheme="http",
+        )
+        resp = await http.request(
+            "POST", URL(f"http://{host}/api/account/1/login"), service="agentVep"
+        )
+        return len(resp.body)
+
+
+@pytest.mark.parametrize("buffer_body", [False, True], ids=["streaming", "buffered"])
+async def test_provider_http_holds_a_provider_answer_to_max_body_bytes(
+    serve: ServerFactory, clock: VirtualClock, buffer_body: bool
+) -> None:
+    """ProviderHttp documents that a provider used on its own "can be given one built from any
+    session and RetryMiddleware". With RetryMiddleware(buffer_body=False) the answer was read
+    by ProviderHttp's own ``await resp.read()``, to no limit: a login endpoint (or anything in
+    between) streaming a huge body was read whole into memory."""
+    host = await serve(_streaming_login(4 * 1024 * 1024))
+    with pytest.raises(BodyTooLarge) as info:
+        await _provider_call(host, clock, buffer_body=buffer_body)
+    assert info.value.limit == 1024
+    assert info.value.service == "agentVep"
+
+
+@pytest.mark.parametrize("buffer_body", [False, True], ids=["streaming", "buffered"])
+async def test_provider_http_returns_an_answer_within_max_body_bytes_whole(
+    serve: ServerFactory, clock: VirtualClock, buffer_body: bool
+) -> None:
+    host = await serve(_streaming_login(1024))
+    assert await _provider_call(host, clock, buffer_body=buffer_body) == 1024

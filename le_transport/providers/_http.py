@@ -34,9 +34,9 @@ from aiohttp import ClientMiddlewareType
 from yarl import URL
 
 from .._checks import require_option, utf8_encodable
-from .._redact import Secret
+from .._redact import Secret, redact_url
 from ..clock import Clock, wall_of
-from ..errors import ConfigurationError, TransportError
+from ..errors import BodyTooLarge, ConfigurationError, TransportError
 from ..events import EventHooks, StateEvent, emit
 from ..middleware.context import (
     CallContext,
@@ -65,6 +65,8 @@ __all__ = [
     "split_host",
     "validate_account",
 ]
+
+_log = logging.getLogger("le_transport.retry")
 
 
 @attrs.frozen(repr=False)
@@ -154,6 +156,10 @@ class ProviderHttp:
         kept ..."): the retry middleware then logs its giving up as a WARNING, not an ERROR,
         ending with those words, and its give-up event has ``handled_by_caller`` (see
         :class:`~le_transport.middleware.context.HandledCallContext`).
+
+        The answer's body is held to the retry middleware's ``max_body_bytes`` whether or not
+        it buffers bodies (``buffer_body``): past it,
+        :class:`~le_transport.errors.BodyTooLarge`.
         """
         ctx = (
             CallContext(service, idempotent, retry)
@@ -172,7 +178,11 @@ class ProviderHttp:
                     allow_redirects=False,
                     middlewares=(self.retry_middleware, *self.wire_middlewares),
                 ) as resp:
-                    body = await resp.read()
+                    # The retry middleware has read the body (within its limit), unless it was
+                    # built with buffer_body=False: then it is read here, to the same limit.
+                    body = resp._body
+                    if body is None:
+                        body = await self._read_bounded(resp, method, url, ctx)
                     return ProviderResponse(
                         status=resp.status, body=body, cookies=_cookies(resp.cookies)
                     )
@@ -182,6 +192,34 @@ class ProviderHttp:
             unsent = unsent_request_error(exc, ctx, method, url), safe_cause(exc)
         # Raised here, so that an aiohttp error that shows the URL is not its context.
         raise unsent[0] from unsent[1]
+
+    async def _read_bounded(
+        self, resp: aiohttp.ClientResponse, method: str, url: URL, ctx: CallContext
+    ) -> bytes:
+        """``resp``'s body, read to the retry middleware's ``max_body_bytes`` at most: past it,
+        the connection is dropped and :class:`~le_transport.errors.BodyTooLarge` raised,
+        logged (a login endpoint, or anything in between, streaming without end)."""
+        limit = self.retry_middleware.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        # Counted as it decompresses: a Content-Length counts compressed bytes.
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                resp.close()
+                err = BodyTooLarge(
+                    f"the provider call's answer exceeds the {limit}-byte limit "
+                    f"(more than {limit} bytes read); not read further",
+                    limit=limit,
+                    service=ctx.service,
+                    method=method,
+                    url=redact_url(url),
+                    attempts=ctx.attempts,
+                )
+                _log.warning("%s", err, extra={"service": ctx.service, "method": method})
+                raise err
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def _cookies(jar: SimpleCookie) -> dict[str, str]:
