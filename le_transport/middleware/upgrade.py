@@ -9,12 +9,15 @@ absolute ``Location``) lost the credentials on the very host they belong to.
 
 So a socket's dialer sets :data:`UPGRADE_GUARD` while it upgrades, and the retry middleware,
 always in an engine's stack, hands each upgrade hop to it before the hop is sent
-(:meth:`UpgradeGuard.check`). The first hop sets where the upgrade goes: its URL as the retry
-middleware sees it, after the caller's outer middlewares (one may route a service's name to a
-gateway or a sidecar: no redirect, and not refused). Each later hop is a redirect aiohttp
-follows: to another host than the first hop's it is refused (:class:`RedirectedElsewhere`,
-which the dialer makes a final failure), and to that host it gets back the headers aiohttp
-dropped from it. An HTTP request never looks at it.
+(:meth:`UpgradeGuard.check`). A first hop is one aiohttp built for the URL the dialer gave it
+(its ``original_url``, which an outer middleware's rewrite of ``url`` leaves alone); it sets
+where the upgrade goes: its URL as the retry middleware sees it, after the caller's outer
+middlewares (one may route a service's name to a gateway or a sidecar, or fail over to another
+one, sending the first hop again: no redirect, and not refused). Any other hop is a redirect
+aiohttp follows: to another host than the first hop's (than the dialed URL's, when an outer
+middleware answered the first hop itself and no first hop came by) it is refused
+(:class:`RedirectedElsewhere`, which the dialer makes a final failure), and to that host it
+gets back the headers aiohttp dropped from it. An HTTP request never looks at it.
 """
 
 from __future__ import annotations
@@ -87,40 +90,50 @@ class UpgradeGuard:
     """One upgrade's bounds: the host its first hop went to, and the headers that hop carried
     (credentials among them), to put back on a redirect to that host.
 
-    ``dialed`` is the URL the dialer built; ``first`` the first hop's as the retry middleware
-    saw it (None until then), the host every later hop is held to. A reconnect dials with a
-    guard of its own. ``checked`` says whether any hop was checked: False after the upgrade
-    when the session had not the engine's stack (a caller's own session), whose hops went
-    unchecked."""
+    ``dialed`` is the URL the dialer built; ``first`` the latest first hop's as the retry
+    middleware saw it (None until then). Every redirect hop is held to :attr:`reference`. A
+    reconnect dials with a guard of its own. ``checked`` says whether any hop was checked:
+    False after the upgrade when the session had not the engine's stack (a caller's own
+    session), whose hops went unchecked."""
 
-    __slots__ = ("_headers", "checked", "dialed", "first")
+    __slots__ = ("_restore", "_socket_headers", "checked", "dialed", "first")
 
     def __init__(self, dialed: URL, headers: Mapping[str, str]) -> None:
         self.dialed = dialed
-        self._headers = dict(headers)
+        self._socket_headers = dict(headers)
+        self._restore = dict(headers)
         self.first: URL | None = None
         self.checked = False
 
+    @property
+    def reference(self) -> URL:
+        """The URL whose host a redirect hop must go to: the first hop's as sent, or the dialed
+        URL's while no first hop came by (an outer middleware answered it with a redirect)."""
+        return self.first if self.first is not None else self.dialed
+
     def check(self, request: ClientRequest) -> None:
-        """Before ``request``, a hop of the upgrade, is sent. The first is where the caller's
-        outer middlewares sent the upgrade: taken as it is. A later one, a redirect: raise
-        :class:`RedirectedElsewhere` if it goes to another host than the first; else put back
-        the headers the upgrade was sent with that aiohttp dropped on a change of origin
-        (``ws`` to ``http`` on the same host is one)."""
+        """Before ``request``, a hop of the upgrade, is sent. A first hop (aiohttp built it
+        for the dialed URL; an outer middleware may have routed it elsewhere, or be sending it
+        again to another gateway) is taken as it is, and sets :attr:`reference`. Any other, a
+        redirect: raise :class:`RedirectedElsewhere` if it goes to another host than the
+        reference's; else put back the headers the upgrade was sent with that aiohttp dropped
+        on a change of origin (``ws`` to ``http`` on the same host is one)."""
         self.checked = True
         url = request.url
-        first = self.first
-        if first is None:
+        if request.original_url == self.dialed:
+            # aiohttp builds each redirect hop as a request of its own, for its Location: only
+            # the first (or that one again) was built for the dialed URL. Its URL here is where
+            # the caller's outer middlewares sent it: the host for the redirects that follow.
             self.first = url
-            # What to put back is what the first hop carried of the socket's headers, as the
-            # outer middlewares left them: one they took out is not sent again.
+            # What to put back is what this hop carried of the socket's headers, as the outer
+            # middlewares left them: one they took out is not sent again.
             sent = request.headers
-            self._headers = {name: sent[name] for name in self._headers if name in sent}
+            self._restore = {name: sent[name] for name in self._socket_headers if name in sent}
             return
-        if not same_wire_host(first, url):
+        if not same_wire_host(self.reference, url):
             raise RedirectedElsewhere(shown_origin(url))
         headers = request.headers
-        for name, value in self._headers.items():
+        for name, value in self._restore.items():
             if name not in headers:
                 headers[name] = value
 
