@@ -57,6 +57,18 @@ def _anything_app(got: list[str]) -> web.Application:
     return app
 
 
+def _redirecting_app(got: list[str], location: list[str]) -> web.Application:
+    """``_anything_app``, but ``/old`` answers a 302 to ``location[0]`` (recorded too)."""
+    app = _anything_app(got)
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        got.append(f"{request.raw_path} -> 302")
+        raise web.HTTPFound(location[0])
+
+    app.router.add_get("/old", redirect)
+    return app
+
+
 def _engine(host: str, states: StateLog, **kwargs: Any) -> Engine:
     return Engine(
         StaticDomains({"svc": host}), scheme="http", hooks=EventHooks(on_state=[states]), **kwargs
@@ -213,3 +225,32 @@ async def test_outer_failover_is_not_taken_for_a_redirect(serve: Any, states: St
         cause = await _stop_cause(ws)
     assert cause is None, repr(cause)
     assert got == ["/ws key=- auth=Bearer tok123"], got
+
+
+# -- A same-host redirect whose Location carries userinfo ------------------------------------
+
+
+async def test_same_host_redirect_with_userinfo_fails_typed(serve: Any, states: StateLog) -> None:
+    """A scheme-relative Location with userinfo on the socket's own host (``//u:p@host/x``)
+    is the same origin to aiohttp, which then raises a bare ValueError (it cannot combine the
+    socket's Authorization header with the Location's credentials) out of ws_connect: the
+    socket stopped on that untyped error. Now a final ConnectionFailed, naming no Location."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_redirecting_app(got, location))
+    location.append(f"//u:p@{host}/moved")
+    async with _engine(host, states, auth=StaticBearer("tok123")) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/old",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        cause = await _stop_cause(ws)
+    refused = _final_refusal(cause)
+    assert "user name or password" in str(refused)
+    assert "u:p" not in str(refused)
+    assert "/moved" not in str(refused)
+    assert refused.__cause__ is None
+    assert refused.__context__ is None
+    assert got == ["/old -> 302"], got

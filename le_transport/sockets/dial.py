@@ -747,6 +747,20 @@ class EngineDialer:
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
                 credentials=creds,
             )
+        except ValueError as exc:
+            # Not one of aiohttp's errors (those are ClientErrors, above) but its refusal to
+            # build a hop: a redirect on the socket's host whose Location carries a user name
+            # or password, which cannot go with the socket's own Authorization header. The
+            # server sends the same Location on every reconnect: final. Its text is not shown
+            # (a Location's path may carry the bearer).
+            failed = ConnectionFailed(
+                f"upgrade of {shown} could not go on: aiohttp refused to send it "
+                f"({type(exc).__name__}); a redirect whose Location carries a user name or "
+                "password is not followed",
+                service=self._service,
+            )
+            failed.repeat = Repeat.FINAL
+            failure = failed
         finally:
             UPGRADE_GUARD.reset(guarded)
             UPGRADE_SERVICE.reset(of_service)
