@@ -254,3 +254,109 @@ async def test_same_host_redirect_with_userinfo_fails_typed(serve: Any, states: 
     assert refused.__cause__ is None
     assert refused.__context__ is None
     assert got == ["/old -> 302"], got
+
+
+# -- A redirect whose Location is written ws:// or wss:// ------------------------------------
+
+
+async def test_same_host_redirect_written_with_ws_scheme_is_followed(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """A server answering a ws:// upgrade with ``Location: ws://host/moved`` (its own
+    scheme) made aiohttp raise NonHttpUrlRedirectClientError before any middleware ran: the
+    socket never opened and reconnected for ever, sending its credentials every time. The
+    Location is followed as http://host/moved, with the socket's credentials."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_redirecting_app(got, location))
+    location.append(f"ws://{host}/moved")
+    async with _engine(host, states, clock=clock, auth=StaticBearer("tok123")) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/old",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        cause = await _stop_cause(ws)
+    assert cause is None, repr(cause)
+    assert got == ["/old -> 302", "/moved key=- auth=Bearer tok123"], got
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+async def test_redirect_written_with_ws_scheme_to_another_host_is_final(
+    serve: Any, clock: VirtualClock, states: StateLog, own_session: bool
+) -> None:
+    """``Location: ws://other/ws``: refused before anything is sent there, and final (a
+    reconnect meets the same Location), with the engine's stack (the guard) as on a session
+    of the caller's own (checked against the dialed host before dialing)."""
+    got: list[str] = []
+    elsewhere: list[str] = []
+    location: list[str] = []
+    host = await serve(_redirecting_app(got, location))
+    other = await serve(_anything_app(elsewhere))
+    location.append(f"ws://{other}/ws")
+    async with aiohttp.ClientSession() as session:
+        extra: dict[str, Any] = {"session": session} if own_session else {}
+        async with _engine(
+            host, states, clock=clock, auth=StaticBearer("tok123"), **extra
+        ) as engine:
+            ws = await engine.websocket(
+                "svc",
+                "/old",
+                auth_placement=AuthPlacement.HEADER,
+                options=SocketOptions(keepalive=None),
+            )
+            cause = await _stop_cause(ws)
+    refused = _final_refusal(cause)
+    assert "another host" in str(refused)
+    assert elsewhere == []
+    assert got == ["/old -> 302"], got
+
+
+async def test_redirect_to_another_scheme_is_final(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """A Location no HTTP or WebSocket URL (``ftp://``) cannot be followed, and a reconnect
+    meets it again: final, naming the scheme only."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_redirecting_app(got, location))
+    location.append(f"ftp://{host}/SECRETPATH")
+    async with _engine(host, states, clock=clock, auth=StaticBearer("tok123")) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/old",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        cause = await _stop_cause(ws)
+    refused = _final_refusal(cause)
+    assert "'ftp'" in str(refused)
+    assert "SECRETPATH" not in str(refused)
+    assert got == ["/old -> 302"], got
+
+
+async def test_a_loop_of_ws_scheme_redirects_is_bounded(
+    serve: Any, clock: VirtualClock, states: StateLog
+) -> None:
+    """A Location written ws:// that leads back to itself: each connect attempt follows it a
+    bounded number of times, then fails as a redirect loop does (and is reconnected later)."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_redirecting_app(got, location))
+    location.append(f"ws://{host}/old")
+    async with _engine(host, states, clock=clock, auth=StaticBearer("tok123")) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/old",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        with pytest.raises(TimeoutError):
+            await ws.wait_open(timeout=1)
+        await ws.close()
+    reasons = [event.details.get("reason") for event in states.of("connect_failed")]
+    assert reasons, "no connect attempt failed"
+    assert all("TooManyRedirects" in str(reason) for reason in reasons), reasons
+    # 1 dial and 10 follows per attempt.
+    assert len(got) == 11 * len(reasons), (len(got), reasons)

@@ -90,6 +90,11 @@ BEARER_FIELD = "{bearer}"
 #: Frames held that arrive before ``InitConnection`` is answered (besides the bound on their
 #: size, ``max_msg_size`` in all): a server that sends more is failed, not buffered for ever.
 MAX_EARLY_FRAMES = 1000
+#: How many redirects written ``ws``/``wss`` one upgrade follows (aiohttp's own bound on
+#: the ``http``/``https`` ones it follows applies between them).
+_MAX_WS_LOCATIONS = 10
+#: The scheme a ``Location`` written for a WebSocket is followed over.
+_WS_SCHEMES = {"ws": "http", "wss": "https"}
 
 
 def _digits(account: object) -> object:
@@ -707,15 +712,7 @@ class EngineDialer:
         # tracebacks, but reachable by code that walks __context__).
         failure: TransportError | None = None
         try:
-            ws = await session.ws_connect(
-                url,
-                headers=headers,
-                heartbeat=None,  # dead peers are found by the keepalive, on the injected clock
-                autoping=True,
-                autoclose=True,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=None),
-                max_msg_size=self._max_msg_size,
-            )
+            upgraded = await self._upgrade(session, url, shown, headers, creds, guard)
         except RedirectedElsewhere as exc:
             failure = self._elsewhere(shown, exc.origin)
         except aiohttp.WSServerHandshakeError as exc:
@@ -767,6 +764,9 @@ class EngineDialer:
             UPGRADE_PATH.reset(shown_path)
         if failure is not None:
             raise failure
+        if isinstance(upgraded, TransportError):
+            raise upgraded
+        ws = upgraded
         moved = None if guard.checked else _redirected_elsewhere(ws, url)
         if moved is not None:
             # A session without the engine's stack: nothing checked the hops, aiohttp followed
@@ -793,6 +793,82 @@ class EngineDialer:
                 await conn.close(engine.clock, 0.1)
                 raise
         return conn
+
+    async def _upgrade(
+        self,
+        session: aiohttp.ClientSession,
+        url: URL,
+        shown: str,
+        headers: dict[str, str],
+        creds: Credentials | None,
+        guard: UpgradeGuard,
+    ) -> aiohttp.ClientWebSocketResponse | TransportError:
+        """The upgrade to ``url``, its redirects followed: the socket, or the final failure of
+        a redirect that cannot be followed (returned, so that aiohttp's error, whose text is
+        the ``Location``, is neither its cause nor its context).
+
+        aiohttp follows only a ``Location`` written ``http``/``https``; one written ``ws``
+        or ``wss`` (a server naming its own scheme) it refuses outright, before any middleware
+        sees it, and a socket reconnected into that refusal for ever. Such a redirect is
+        followed here as ``http``/``https`` (:meth:`_ws_location`), dialed again under the same
+        guard, which holds it to the upgrade's host as it holds any redirect hop."""
+        target = url
+        for _ in range(_MAX_WS_LOCATIONS + 1):
+            try:
+                return await session.ws_connect(
+                    target,
+                    headers=headers,
+                    heartbeat=None,  # dead peers are found by the keepalive, on the clock
+                    autoping=True,
+                    autoclose=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=None),
+                    max_msg_size=self._max_msg_size,
+                )
+            except aiohttp.NonHttpUrlRedirectClientError as exc:
+                # The Location as the server wrote it: aiohttp's only argument.
+                location = str(exc.args[0]) if exc.args else ""
+            followed = self._ws_location(location, guard, shown)
+            if isinstance(followed, TransportError):
+                return followed
+            target = followed
+        return DialFailed(
+            f"upgrade of {shown} was redirected to a ws/wss Location more than "
+            f"{_MAX_WS_LOCATIONS} times",
+            disconnect=Disconnect.connect_failed("TooManyRedirects"),
+            credentials=creds,
+        )
+
+    def _ws_location(
+        self, location: str, guard: UpgradeGuard, shown: str
+    ) -> URL | ConnectionFailed:
+        """Where to follow a redirect aiohttp would not, its ``Location`` not written
+        ``http``/``https``: one written ``ws``/``wss`` as ``http``/``https`` (the same
+        port, the same ``Location`` otherwise); anything else (another scheme, no host), a
+        final :class:`ConnectionFailed`, as reconnecting meets it again.
+
+        With the engine's stack the guard checks the hop as it checks any redirect's (so a
+        caller's outer middleware routes it first); without it (nothing checked the first
+        hop), a ``Location`` on another host than the dialed one's is refused here, before
+        anything is sent there: final, as a redirect elsewhere is."""
+        try:
+            target: URL | None = URL(location)
+        except ValueError:
+            target = None
+        scheme = target.scheme.lower() if target is not None else ""
+        mapped = _WS_SCHEMES.get(scheme)
+        if target is None or mapped is None or not target.raw_host:
+            written = scheme if scheme.isascii() and 0 < len(scheme) <= 20 else "?"
+            refused = ConnectionFailed(
+                f"upgrade of {shown} was redirected to a Location that is neither an HTTP nor "
+                f"a WebSocket URL with a host (scheme {written!r}): not followed",
+                service=self._service,
+            )
+            refused.repeat = Repeat.FINAL
+            return refused
+        target = target.with_scheme(mapped)
+        if not guard.checked and not same_wire_host(guard.reference, target):
+            return self._elsewhere(shown, shown_origin(target))
+        return target
 
     def _elsewhere(self, shown: str, origin: str) -> ConnectionFailed:
         """The final failure of an upgrade redirected to ``origin``, another host's.
