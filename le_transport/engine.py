@@ -17,6 +17,7 @@ import json as _json
 import logging
 import math
 import mimetypes
+import numbers
 import random
 import re
 import ssl as _ssl
@@ -183,10 +184,18 @@ class Response:
     """A complete answer: status, headers and the whole body, already read.
 
     ``url`` is redacted; ``attempts`` has every attempt the call took.
+
+    A value: it can be copied (``copy.deepcopy``) and pickled (its headers as a fresh
+    read-only ``CIMultiDictProxy`` of the same items, in order), as the errors can. Two
+    responses are equal when all their fields are (headers by their items, attempts by
+    identity); the hash leaves the headers out (a ``CIMultiDictProxy`` has none), so a
+    response can be a set member or a dict key, and equal responses hash alike.
     """
 
     status: int
-    headers: CIMultiDictProxy[str]
+    # Compared, not hashed: a CIMultiDictProxy is unhashable (equal responses still hash
+    # alike: the hash is over a part of what equality compares).
+    headers: CIMultiDictProxy[str] = attrs.field(hash=False)
     body: bytes
     method: str
     url: str
@@ -197,6 +206,21 @@ class Response:
     def ok(self) -> bool:
         """Whether the status is below 400."""
         return self.status < 400
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A CIMultiDictProxy cannot be pickled (nor so deep-copied): its items can.
+        return (
+            _rebuilt_response,
+            (
+                self.status,
+                [(str(name), value) for name, value in self.headers.items()],
+                self.body,
+                self.method,
+                self.url,
+                self.service,
+                self.attempts,
+            ),
+        )
 
     def __repr__(self) -> str:
         # Headers may carry Set-Cookie and bodies tokens: show neither, only their shape.
@@ -287,7 +311,8 @@ class Response:
         (``expect=dict`` for an object, ``list`` for an array, ``int`` for an integer); each
         is logged as a WARNING (``le_transport.engine``: the service, method, redacted URL,
         status and a scrubbed excerpt of the body). A JSON ``true`` or ``false``
-        is a boolean, never an ``int`` or a ``float``. JSON has one number type: with
+        is a boolean, never an ``int``, a ``float`` or a ``numbers.Integral``, ``Real`` or
+        ``Number`` (unless ``bool`` is asked for too). JSON has one number type: with
         ``expect=float`` any number is accepted, an integer (``1``) returned as a float
         (``1.0``); with ``expect=int``, a number written with a fraction or an exponent
         (``1.5``, ``1.0``, ``1e2``: Python reads each as a float) is refused.
@@ -365,6 +390,21 @@ class Response:
             },
         )
         return err
+
+
+def _rebuilt_response(
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    method: str,
+    url: str,
+    service: str,
+    attempts: tuple[AttemptRecord, ...],
+) -> Response:
+    """A :class:`Response` from what :meth:`Response.__reduce__` keeps of one."""
+    return Response(
+        status, CIMultiDictProxy(CIMultiDict(headers)), body, method, url, service, attempts
+    )
 
 
 def _check_headers(
@@ -1116,6 +1156,9 @@ _JSON_KINDS: dict[object, str] = {
     float: "number",
     bool: "boolean",
     type(None): "null",
+    numbers.Integral: "integer",
+    numbers.Real: "number",
+    numbers.Number: "number",
 }
 
 
@@ -1129,12 +1172,18 @@ def _members(expect: object) -> tuple[object, ...]:
 
 
 def _accepts_bool(expect: object) -> bool:
-    """Whether ``expect`` takes a bool for itself, not merely as an int (``bool``, ``object``)."""
+    """Whether ``expect`` takes a bool for itself, not merely as a number (``bool``,
+    ``object``): not ``int``, ``float``, nor a numeric ABC (``numbers.Integral``,
+    ``numbers.Real``), under which bool is registered as an int."""
     return any(
-        member is not int
-        and member is not float
-        and isinstance(member, type)
-        and (issubclass(bool, member))
+        member is bool
+        or (
+            isinstance(member, type)
+            and issubclass(bool, member)
+            and not issubclass(member, numbers.Number)
+            and member is not int
+            and member is not float
+        )
         for member in _members(expect)
     )
 
