@@ -2210,12 +2210,18 @@ class Engine:
         :class:`~le_transport.errors.ProviderError` when the domain provider fails with an
         exception that is not a :class:`~le_transport.errors.TransportError`, or a
         :class:`~le_transport.errors.ConnectionFailed` when that exception is its own network
-        call's failure (an outage: a socket's dialer reconnects into it)."""
+        call's failure (an outage: a socket's dialer reconnects into it). A ``service`` that
+        names no service (not a str, empty, holding whitespace) is an
+        :class:`~le_transport.errors.InvalidRequest`, as in :meth:`request`."""
         if self._closed:
             raise EngineClosed("Engine.url_for: the engine is closed", service=service)
         wrong = self._wrong_loop()
         if wrong is not None:
             raise wrong
+        if type(service) is not str or service not in self._checked_services:
+            # The caller's argument, said as such, not blamed on the domain provider (a list
+            # made StaticDomains fail with a TypeError, a ProviderError logged at ERROR).
+            self._check_service(service, None)
         if scheme is not None and scheme not in _URL_SCHEMES:
             # As Engine(scheme=...) refuses it: an ftp:// (or any other) URL for a service.
             raise InvalidRequest(
@@ -2267,7 +2273,7 @@ class Engine:
         self._urls[key] = built
         return built
 
-    def _check_service(self, service: object, method: str) -> None:
+    def _check_service(self, service: object, method: str | None) -> None:
         """Refuse a ``service`` that names no service (:func:`_service_fault`), as
         :meth:`websocket` does, and keep a good one as checked."""
         refused = _service_fault(service)
@@ -2477,13 +2483,16 @@ class Engine:
         policy = retry or self._retry
         if deadline is not None or attempt_timeout is not None:
             policy = _per_call_policy(policy, deadline, attempt_timeout, service, method)
-        ctx = (
-            CallContext(service, idempotent, policy)
-            if not accept
-            else AcceptingCallContext(
-                service, idempotent, policy, accept=_accepted(accept, service, method)
+        if type(accept) is tuple and not accept:  # the default: nothing accepted
+            ctx = CallContext(service, idempotent, policy)
+        else:
+            # Checked whatever it is: a falsy non-collection (0, False) is refused too.
+            accepted = _accepted(accept, service, method)
+            ctx = (
+                AcceptingCallContext(service, idempotent, policy, accept=accepted)
+                if accepted
+                else CallContext(service, idempotent, policy)
             )
-        )
         # Under a recovery loop, the call is noted for it when it starts (record_call, inline)
         # and when it ends (the ``except`` below, and before returning): the loop asks whether
         # running its callable again may send twice what was acted on. Outside one, this read
