@@ -46,7 +46,7 @@ from yarl import URL
 
 from ._checks import require_kind, require_option, utf8_encodable
 from ._json import loads_strict
-from ._redact import body_excerpt, is_auth_path, redact_text, redact_url
+from ._redact import Secret, body_excerpt, is_auth_path, redact_text, redact_url
 from ._shown import error_text
 from .clock import Clock, RealClock, timeout_after, wall_of
 from .errors import (
@@ -785,6 +785,87 @@ def _query_value_fault(value: object) -> str:
                 )
         return "holds a float that is NaN or infinite, which is no query value"
     return f"is a {type(value).__name__}, which is no query value: pass str, int or float"
+
+
+def _form_fault(data: object) -> str | None:
+    """Why a form body's field cannot be sent, naming the field, never showing its value; None
+    when each can (or ``data`` is no form: bytes, a str, a file...).
+
+    aiohttp url-encodes a mapping, pairs or a url-encoded ``FormData`` with ``str()`` of any
+    value: None went out as ``None``, a bool as ``True``, NaN as ``nan``, a dict as its keys,
+    a :class:`~le_transport.Secret` as its mask, any object as its repr. A value is a str, an
+    int or a finite float (or a list or tuple of them, for a repeated field), bytes, or, for
+    a multipart form, a file (aiohttp refuses anything else in one)."""
+    if isinstance(data, aiohttp.FormData):
+        if data.is_multipart:
+            return None  # each field made a payload by aiohttp, which refuses what is none
+        items: Iterable[object] = [
+            (options.get("name"), value)
+            for options, _, value in getattr(data, "_fields", ())
+            if isinstance(options, Mapping)
+        ]
+    elif isinstance(data, Mapping):
+        items = data.items()
+    elif isinstance(data, list | tuple):
+        items = data
+    else:
+        return None
+    for position, item in enumerate(items, 1):
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            return None  # not pairs: aiohttp refuses them (_data_fault says why)
+        name, value = item
+        fault = _form_value_fault(value)
+        if fault is not None:
+            shown = _shown_key(name, position, "field")
+            where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{name!r}]"
+            return f"data{where} {fault}"
+    return None
+
+
+def _form_value_fault(value: object) -> str | None:
+    """Why ``value`` cannot be a form field's value (never showing it), or None."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bytes:
+        return None  # the usual values, told at once
+    if isinstance(value, float) and math.isfinite(value):
+        return None
+    if isinstance(value, str | bytes | bytearray | memoryview | io.IOBase):
+        return None  # (a file or bytes makes the form multipart, as aiohttp makes it)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if isinstance(value, list | tuple) and all(
+        isinstance(item, str | bytes)
+        or (isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item))
+        for item in value
+    ):
+        return None
+    if value is None:
+        return "is None, which is no form value: leave the field out, or pass ''"
+    if isinstance(value, bool):
+        return "is a bool, which is no form value: pass the text the service expects ('true')"
+    if isinstance(value, float):
+        return "is a float that is NaN or infinite, which is no form value"
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if (
+                item is None
+                or isinstance(item, bool)
+                or not isinstance(item, str | bytes | int | float)
+            ):
+                return (
+                    f"holds a {type(item).__name__} at index {index}, which is no form value: "
+                    "each item must be str, int or float"
+                )
+        return "holds a float that is NaN or infinite, which is no form value"
+    if isinstance(value, Secret):
+        return (
+            "is a Secret, which would be sent as its mask: pass its reveal() where the value "
+            "must go on the wire (it is not shown)"
+        )
+    return (
+        f"is a {type(value).__name__}, which is no form value (it would be sent as its str()): "
+        "pass str, int or float, or a file in a multipart form"
+    )
 
 
 #: Why a str with a lone surrogate cannot go into a URL.
@@ -2389,22 +2470,26 @@ class Engine:
           pause would pass the deadline. True or False only.
         - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
           (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
-          charset is unknown or cannot hold the text); a mapping form-encoded in UTF-8; an
-          async iterable of bytes streamed as it comes, and so sent at most once: not retried
-          once it went out (a connect failure still is), not replayed after a 401, refused
-          with ``recover=True``; a file object (``BytesIO``, an open file) from where it
-          stands (aiohttp closes it once sent). With ``recover=True`` a file's remaining
-          content is read into memory once, within ``deadline``, before anything is sent, and
-          sent whole on every run (a text file's as a str is; a binary file's with the
-          ``Content-Type`` aiohttp gives the file); so are the files of a multipart form (a
-          ``FormData``, or a mapping or pairs holding a file), made afresh for every run with
-          its names, filenames, content types and charset; an aiohttp ``Payload``, a closed
-          file, and a form holding either or an async iterable are refused.
-          Text UTF-8 cannot encode (a lone surrogate) is an
+          charset is unknown or cannot hold the text); a mapping (or pairs) form-encoded in
+          UTF-8, each value a str, an int or a finite float (or a list of them, for a repeated
+          field), or a file or bytes in a multipart form: any other (None, a bool, NaN, a dict,
+          a :class:`~le_transport.Secret`, which aiohttp would send as its ``str()``) is an
+          :class:`~le_transport.errors.InvalidRequest` naming the field, never showing its value
+          (so in a url-encoded ``FormData``); an async iterable of bytes streamed as it comes,
+          and so sent at most once: not retried once it went out (a connect failure still is),
+          not replayed after a 401, refused with ``recover=True``; a file object (``BytesIO``,
+          an open file) from where it stands (aiohttp closes it once sent). With
+          ``recover=True`` a file's remaining content is read into memory once, within
+          ``deadline``, before anything is sent, and sent whole on every run (a text file's as a
+          str is; a binary file's with the ``Content-Type`` aiohttp gives the file); so are the
+          files of a multipart form (a ``FormData``, or a mapping or pairs holding a file), made
+          afresh for every run with its names, filenames, content types and charset; an aiohttp
+          ``Payload``, a closed file, and a form holding either or an async iterable are
+          refused. Text UTF-8 cannot encode (a lone surrogate) is an
           :class:`~le_transport.errors.InvalidRequest`. A body that fails while it is sent (a
-          file that cannot be read, an async iterable that raises or yields a chunk that is
-          not bytes) is a :class:`~le_transport.errors.RequestBodyError`: not retried, not
-          the service's failure (the overload guard does not count it), its exception the
+          file that cannot be read, an async iterable that raises or yields a chunk that is not
+          bytes) is a :class:`~le_transport.errors.RequestBodyError`: not retried, not the
+          service's failure (the overload guard does not count it), its exception the
           ``__cause__``.
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
           str values without a control character (tab allowed) or a character UTF-8 cannot
@@ -2438,6 +2523,11 @@ class Engine:
             method = method.upper()
         if json is not _NO_JSON and data is not None:
             raise InvalidRequest("pass either json= or data=, not both")
+        if data is not None and type(data) is not bytes and type(data) is not str:
+            refused = _form_fault(data)
+            if refused is not None:
+                # Before anything is read (recover=True reads files) or sent.
+                raise InvalidRequest(refused, service=service, method=method)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidRequest(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         if idempotent is not None and not isinstance(idempotent, bool):
