@@ -569,7 +569,12 @@ def redact_path(path: str) -> str:
 
 
 def redact_url(url: URL | str) -> str:
-    """The URL with userinfo dropped, secret query values and in-path bearers replaced."""
+    """The URL with userinfo dropped, secret query values and in-path bearers replaced.
+
+    The query is shown decoded (``q=café``, ``sort=key:asc``), but for a character that is
+    not printable (a CR, LF or any other control character, a line or paragraph separator),
+    which stays percent-encoded as it was sent (``%0D%0A``): a query value taken from outside
+    cannot start a line of its own in a log or an error message."""
     try:
         u = url if isinstance(url, URL) else URL(url)
     except (ValueError, TypeError):
@@ -578,10 +583,22 @@ def redact_url(url: URL | str) -> str:
         u = u.with_user(None)
     path = redact_path(u.raw_path)
     query = "&".join(
-        f"{k}={REDACTED if is_secret_name(k) else _query_value(v)}" for k, v in u.query.items()
+        f"{_printable(k)}={REDACTED if is_secret_name(k) else _printable(_query_value(v))}"
+        for k, v in u.query.items()
     )
     origin = f"{u.scheme}://{u.raw_authority}" if u.is_absolute() else ""
     return f"{origin}{path}" + (f"?{query}" if query else "")
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable percent-encoded (in UTF-8), as a
+    URL sends it; a printable ``text`` (the usual one) as it is."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in text
+    )
 
 
 def _query_value(value: str) -> str:
