@@ -52,6 +52,7 @@ from .clock import Clock, RealClock, timeout_after, wall_of
 from .errors import (
     AttemptRecord,
     BlockedError,
+    BodyTooLarge,
     ConfigurationError,
     DeadlineExceeded,
     EngineClosed,
@@ -78,7 +79,12 @@ from .middleware.context import (
     within_deadline,
 )
 from .middleware.overload import OverloadGuard, is_retry_gate
-from .middleware.retry import DEFAULT_MAX_BODY_BYTES, ClosedInFlight, RetryMiddleware
+from .middleware.retry import (
+    _FAILED_BODY_KEPT,
+    DEFAULT_MAX_BODY_BYTES,
+    ClosedInFlight,
+    RetryMiddleware,
+)
 from .policies.backoff import BackoffPolicy
 from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
 from .policies.keepalive import (
@@ -1690,6 +1696,8 @@ class Engine:
     - ``max_body_bytes``: larger responses raise :class:`~le_transport.errors.BodyTooLarge`.
       A failed answer (4xx/5xx) over it is judged by its status as any other, its body cut
       to its start (at most 64 KiB, for the error's excerpt) and the connection dropped.
+      The same holds on a ``session`` passed in without the stack on it: the engine then
+      reads the body itself, to the limit.
     - ``session``: an existing ``aiohttp.ClientSession`` to use as is (the caller then owns
       its middlewares; take ours from :meth:`middlewares`). Otherwise the engine makes one.
     - ``tls``: an ``ssl.SSLContext`` for a private CA or client certificates; default: the
@@ -2401,6 +2409,46 @@ class Engine:
             self._checked_paths.clear()
         self._checked_paths.add(path)
 
+    async def _read_within_limit(
+        self,
+        resp: aiohttp.ClientResponse,
+        ctx: CallContext,
+        method: str,
+        shown: str,
+        service: str,
+    ) -> bytes:
+        """``resp``'s body, read to at most ``max_body_bytes``: beyond it, a failed answer the
+        call is judged by (a 4xx/5xx not accepted) keeps its start, for its error's excerpt,
+        and any other raises :class:`~le_transport.errors.BodyTooLarge`; either way the
+        connection is dropped, the rest not read."""
+        limit = self._retry_mw.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > limit:
+                break
+        else:
+            return b"".join(chunks)
+        resp.close()
+        if resp.status >= 400 and _unseen_failure(resp.status, ctx):
+            # Judged by its status (raised by the caller), as the retry middleware judges it.
+            return b"".join(chunks)[: min(limit, _FAILED_BODY_KEPT)]
+        err = BodyTooLarge(
+            f"response body exceeds the {limit}-byte limit (more than {limit} bytes read); "
+            "not read further",
+            limit=limit,
+            service=service,
+            method=method,
+            url=shown,
+            attempts=tuple(ctx.attempts),
+        )
+        _log.error(
+            "%s %s: %s", method, shown, err.message, extra={"service": service, "method": method}
+        )
+        raise err
+
     async def request(
         self,
         method: str,
@@ -2681,10 +2729,12 @@ class Engine:
                     # The retry middleware has read the body into aiohttp's own field (and released
                     # the connection): a second read() would only await the release again.
                     body = resp._body
-                    if body is None:
-                        body = await resp.read()
                     final = resp.url
                     shown = redacted if final is url or final == url else redact_url(final)
+                    if body is None:
+                        # Not read by the retry middleware (a caller's session without the
+                        # stack): read here, held to max_body_bytes as the middleware holds it.
+                        body = await self._read_within_limit(resp, ctx, method, shown, service)
                     if resp.status >= 400 and _unseen_failure(resp.status, ctx):
                         # The retry middleware raises for every failed answer it sees, or records
                         # it (one the call accepts, or the caller's classifier calls a success):
