@@ -1057,8 +1057,9 @@ def _unencodable_data(data: object) -> str | None:
     return None
 
 
-#: 4xx answers a call may not take as answers: the auth middleware cures a 401 or 407 (fresh
-#: credentials, one replay), and a 429 is a rate limit, retried after its pause.
+#: 4xx answers a call may not take as answers: the auth middleware cures a 401 (fresh
+#: credentials, one replay); a 407 is a proxy's, asking for the session's proxy credentials,
+#: never the service's answer; and a 429 is a rate limit, retried after its pause.
 _NEVER_ACCEPTED = frozenset({401, 407, 429})
 
 
@@ -1217,7 +1218,8 @@ def _accepted(accept: object, service: str, method: str) -> frozenset[int]:
         )
         raise InvalidRequest(
             "accept takes the 4xx statuses this call expects as answers (e.g. accept={404}), "
-            f"not 401, 407 or 429, which the stack handles; got {shown[:80]}",
+            "not 401 (the auth middleware's), 407 (a proxy's) or 429 (a rate limit, retried); "
+            f"got {shown[:80]}",
             service=service,
             method=method,
         )
@@ -2547,9 +2549,10 @@ class Engine:
           :class:`~le_transport.errors.InvalidRequest`, before anything is sent.
         - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
           "no such user"): such an answer is returned as a :class:`Response`, as a success is,
-          with no error, no retry and no log line. Any 4xx but 401, 407 (the auth middleware's
-          to cure) and 429 (a rate limit, retried); anything else is an
-          :class:`~le_transport.errors.InvalidRequest`.
+          with no error, no retry and no log line. Any 4xx but 401 (the auth middleware's to
+          cure), 407 (a proxy asking for the session's proxy credentials, never the service's
+          answer: it fails as a :class:`~le_transport.errors.ClientStatusError`) and 429 (a rate
+          limit, retried); anything else is an :class:`~le_transport.errors.InvalidRequest`.
 
         Raises :class:`~le_transport.errors.ClientStatusError` for a 4xx (never retried; with an
         auth provider, a 401 that fresh credentials do not cure is
