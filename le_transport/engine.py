@@ -1057,6 +1057,11 @@ def _unencodable_data(data: object) -> str | None:
     return None
 
 
+#: Successes whose answer need carry no body (RFC 9110 15.3): request_json returns None for
+#: one that has none, rather than the decode error of an empty body.
+_NO_CONTENT_NEEDED = frozenset({201, 202, 204, 205})
+
+
 #: 4xx answers a call may not take as answers: the auth middleware cures a 401 (fresh
 #: credentials, one replay); a 407 is a proxy's, asking for the session's proxy credentials,
 #: never the service's answer; and a 429 is a rate limit, retried after its pause.
@@ -3005,8 +3010,9 @@ class Engine:
         come back as if it were the resource. Use :meth:`request` with ``accept`` and look at
         the answer's ``status``.
 
-        A ``204 No Content`` answer (a DELETE, say) returns None without ``expect``: the call
-        succeeded and there is no body to read (with ``expect``, it is the
+        A ``204 No Content`` answer (a DELETE, say), and a ``201 Created``, ``202 Accepted`` or
+        ``205 Reset Content`` with an empty body (a POST), return None without ``expect``: the
+        call succeeded and there is no body to read (with ``expect``, it is the
         :class:`~le_transport.errors.ResponseDecodeError` of an empty body, as for any other
         status)."""
         if expect is not None:
@@ -3022,7 +3028,7 @@ class Engine:
         resp = await self.request(method, service, path, **kwargs)
         if expect is not None:
             return resp.json(expect)
-        if resp.status == 204 and not resp.body:
+        if resp.status in _NO_CONTENT_NEEDED and not resp.body:
             # The call succeeded: a decode error here would read as a failure, and a caller
             # might send a DELETE or a POST again.
             return None

@@ -290,3 +290,32 @@ def test_a_json_boolean_is_never_an_integral_or_real_number(expect: type) -> Non
     resp = Response(200, headers, b"true", "GET", "https://h/x", "svc")
     with pytest.raises(ResponseDecodeError, match="boolean"):
         resp.json(expect)
+
+
+# -- request_json: a success without a body ---------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [201, 202, 204, 205])
+async def test_request_json_returns_none_for_a_success_that_needs_no_body(
+    status: int, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A POST answered ``201 Created`` or ``202 Accepted`` with no body succeeded: it was a
+    ResponseDecodeError ("expected a JSON body, got an empty body"), read as a failure, and a
+    caller sending it again would create the resource twice. Only 204 returned None."""
+    bodies: list[bytes] = []
+    host = await serve(_recording_app(bodies, status=status, body=b""))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        assert await engine.request_json("POST", "svc", "/things", json={"a": 1}) is None
+        with pytest.raises(ResponseDecodeError, match="empty body"):
+            await engine.request_json("POST", "svc", "/things", json={"a": 1}, expect=dict)
+    assert len(bodies) == 2
+
+
+async def test_request_json_still_refuses_an_empty_200(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A 200 is expected to carry the representation: empty, it is still the decode error."""
+    host = await serve(_recording_app([], body=b""))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        with pytest.raises(ResponseDecodeError, match="empty body"):
+            await engine.request_json("GET", "svc", "/things")
