@@ -804,6 +804,11 @@ class ResilientSocket:
                     # it failed: it may have arrived. Never sent again (at most once).
                     return self._written_in_doubt(request_id)
                 if request_id is not None:
+                    if not self._pending.waiting(request_id):
+                        # Failed meanwhile with the connection it went out on (SocketClosed:
+                        # "retry if that is safe"): its caller was told, and decides. Sent
+                        # now, on the next connection, it would go out behind its back.
+                        return False
                     self._pending.sent(request_id, None)
                 if self._closing:
                     # Closed for good while the write waited (a peer that stopped reading):

@@ -1,0 +1,83 @@
+"""Request/response over a resilient socket: a request failed with its connection is not sent
+later, one caller's cancellation ends only its own write, requests failed together each get
+an exception of their own, only ids the socket handed out are late answers, and an error code
+is an error whichever JSON number spells it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from le_transport import SocketClosed
+from le_transport.sockets import SocketOptions
+from le_transport.sockets.dial import Connection
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+ORDER = ".ams.ms.PublishEvent"
+
+
+def slow_first_write(
+    monkeypatch: pytest.MonkeyPatch, clock: VirtualClock, type_: str, delay_s: float
+) -> None:
+    """The first write of a ``type_`` frame waits ``delay_s`` (virtual clock) before anything of
+    it is handed to aiohttp (a wrapper's delay, a busy loop): if its connection ended meanwhile,
+    aiohttp refuses it with "Cannot write to closing transport" (never written)."""
+    left = [1]
+    real = Connection.send_text
+
+    async def send_text(self: Connection, text: str) -> None:
+        if left[0] and json.loads(text).get("type") == type_:
+            left[0] = 0
+            await clock.sleep(delay_s)
+        await real(self, text)
+
+    monkeypatch.setattr(Connection, "send_text", send_text)
+
+
+def publish_body(text: str) -> dict[str, Any]:
+    return {
+        "dialogId": "dialog-1",
+        "event": {"type": "ContentEvent", "contentType": "text/plain", "message": text},
+    }
+
+
+# -- 1: a request already failed with SocketClosed is still sent, on the next connection -------
+
+
+async def test_request_failed_with_socketclosed_is_not_sent_afterwards(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_first_write(monkeypatch, clock, ORDER, delay_s=5)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        call = asyncio.create_task(ws.request(ORDER, publish_body("pay 100"), timeout=20))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        sim.sockets.open[0].drop()  # the connection is lost with the request in flight
+        await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        with pytest.raises(SocketClosed):
+            await call  # "may or may not have been processed: retry if that is safe"
+        await ws.request(".GetClock")
+    first, second = sim.sockets.all
+    published = [f for s in (first, second) for f in s.received if f.get("type") == ORDER]
+    # The caller was told the request failed with its connection (and retries it, as told):
+    # the library must not have sent it on the next connection behind the caller's back.
+    assert published == [], published
