@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from le_transport import SocketClosed
+from le_transport.clock import timeout_after
 from le_transport.sockets import SocketOptions
 from le_transport.sockets.dial import Connection
 from le_transport.testing import VirtualClock
@@ -81,3 +82,43 @@ async def test_request_failed_with_socketclosed_is_not_sent_afterwards(
     # The caller was told the request failed with its connection (and retries it, as told):
     # the library must not have sent it on the next connection behind the caller's back.
     assert published == [], published
+
+
+# -- 5: a reqId the socket never handed out is dropped as a "late answer" -----------------------
+
+
+async def test_a_resp_with_an_id_never_handed_out_reaches_async_for(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    from le_transport.sockets.correlation import ID_PREFIX
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        answer = await ws.request(".GetClock")  # the socket's id 1: "<prefix>1"
+        assert answer["reqId"] == f"{ID_PREFIX}1"
+        # A resp naming "<prefix>01": no request of this socket ever had that id (README: a
+        # resp matching no request goes to async for; only a late answer is dropped).
+        await sim.sockets.open[0].send(
+            {"kind": "resp", "reqId": f"{ID_PREFIX}01", "code": 200, "type": "X", "body": {}}
+        )
+        got: Any = None
+        try:
+            async with timeout_after(clock, 5):
+                got = await ws.__anext__()
+        except TimeoutError:
+            pass
+    assert got is not None, "dropped as a late answer"
+    assert got.get("reqId") == f"{ID_PREFIX}01", got
+
+
+async def test_only_canonical_ids_handed_out_are_late_answers() -> None:
+    from le_transport.sockets.correlation import PendingRequests
+
+    pending = PendingRequests(prefix="p-")
+    for _ in range(10):
+        pending.discard(pending.open()[0])
+    for late in ("p-1", "p-7", "p-10"):
+        assert pending.abandoned({"reqId": late}), late
+    for never in ("p-01", "p-007", "p-010", "p-0", "p-00", "p-11", "p-+1", "p- 1"):
+        assert not pending.abandoned({"reqId": never}), never

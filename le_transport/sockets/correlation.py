@@ -90,11 +90,15 @@ class PendingRequests:
             return False
         number = request_id[len(self._prefix) :]
         # ASCII digits only, and no longer than the count could be: str.isdigit() accepts
-        # other scripts' digits, and int() of a huge string is slow.
+        # other scripts' digits, and int() of a huge string is slow. Written as the socket
+        # writes its ids, too: "01" or "007" is no id it handed out, whatever int() makes of it.
         if not (number.isascii() and number.isdigit()) or len(number) > 19:
             return False
-        return 0 < int(number) <= self._issued and (
-            self._pending is None or request_id not in self._pending
+        count = int(number)
+        return (
+            0 < count <= self._issued
+            and str(count) == number
+            and (self._pending is None or request_id not in self._pending)
         )
 
     def discard(self, request_id: str) -> None:
