@@ -122,3 +122,58 @@ async def test_only_canonical_ids_handed_out_are_late_answers() -> None:
         assert pending.abandoned({"reqId": late}), late
     for never in ("p-01", "p-007", "p-010", "p-0", "p-00", "p-11", "p-+1", "p- 1"):
         assert not pending.abandoned({"reqId": never}), never
+
+
+# -- 6: an error code written as a JSON number with a fraction part is taken for a success ------
+
+
+@pytest.mark.parametrize("code", [500.0, 429.0])
+async def test_an_error_code_sent_as_a_json_float_is_a_socket_request_error(
+    sim: Simulator, clock: VirtualClock, states: StateLog, code: float
+) -> None:
+    from le_transport import SocketRequestError
+
+    async def failing(sock: Any, frame: dict[str, Any]) -> None:
+        # JSON has one number type: 500.0 is the number 500 (a server that serialises its
+        # codes as doubles writes it so).
+        await sock.send(
+            {"kind": "resp", "reqId": frame["id"], "code": code, "type": "X$Response", "body": {}}
+        )
+
+    sim.sockets.on(".ams.ms.PublishEvent", failing)
+    outcome: object
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        try:
+            outcome = await ws.request(".ams.ms.PublishEvent", publish_body("hi"))
+        except SocketRequestError as exc:
+            outcome = exc
+    # README: "a `code` of 400 or more is a `SocketRequestError`".
+    assert isinstance(outcome, SocketRequestError), outcome
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (400, 400),
+        (503.0, 503),
+        (429.9, 429),
+        (10**30, 10**30),
+        (399, None),
+        (399.99, None),
+        (200.0, None),
+        (True, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        (float("-inf"), None),
+        ("500", None),
+        (None, None),
+    ],
+)
+def test_which_codes_are_errors(code: object, error: int | None) -> None:
+    from le_transport.sockets.socket import _failure_code
+
+    got = _failure_code(code)
+    assert got == error, (code, got)
+    assert type(got) is type(error), (code, got)

@@ -279,6 +279,25 @@ def _check_frame_headers(headers: object) -> None:
         )
 
 
+def _failure_code(code: object) -> int | None:
+    """The error code an answer's ``code`` says, or None when it says no error.
+
+    JSON has one kind of number: a server that writes its codes as doubles sends 500 as
+    ``500.0``, which is the same code. So an error is any number of 400 or more, an int or a
+    float (as an int: a fraction part, which no code has, is dropped); not a bool (JSON's
+    ``true`` is no number), nor NaN or an infinity (Python's JSON parser reads them, but they
+    are no code at all: such an answer, as one whose ``code`` is missing or a str, is returned
+    as it came).
+    """
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code if code >= 400 else None
+    if isinstance(code, float) and math.isfinite(code) and code >= 400:
+        return int(code)
+    return None
+
+
 def _check_timeout(timeout: object) -> None:
     """Refuse a timeout that is not None or a positive, finite number of seconds."""
     if timeout is not None and (
@@ -678,8 +697,10 @@ class ResilientSocket:
         (default: the options' ``request_timeout``; the time spent queued counts),
         :class:`SocketClosed` when the connection it went out on was lost (it may or may not
         have been processed: retry if that is safe) or the socket closed, and
-        :class:`SocketRequestError` when the answer's ``code`` is 400 or more (a 429 asks for
-        at least a second's pause before retrying).
+        :class:`SocketRequestError` when the answer's ``code`` is a number of 400 or more, an
+        int or a float such as ``500.0`` (a 429 asks for at least a second's pause before
+        retrying); a ``code`` that is no number (a str, a bool, NaN, an infinity) or is
+        missing is no error: the answer is returned as it came.
 
         Answers arrive in order behind the unsolicited frames: while the socket is paused
         because the ``async for`` consumer left ``max_inbox`` frames unread, the answer waits
@@ -740,8 +761,8 @@ class ResilientSocket:
                     # with the write in progress, the socket closing): retrieved here, or
                     # asyncio logs "Future exception was never retrieved".
                     fut.exception()
-        code = answer.get("code")
-        if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
+        code = _failure_code(answer.get("code"))
+        if code is not None:
             raise SocketRequestError(
                 f"{type!r} (id {request_id}) answered with code {code}",
                 code=code,
