@@ -84,6 +84,68 @@ async def test_request_failed_with_socketclosed_is_not_sent_afterwards(
     assert published == [], published
 
 
+# -- 4: every request failed together shares one exception object --------------------------------
+
+
+async def test_requests_failed_together_do_not_share_one_exception_and_its_context(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    async def hang(sock: Any, frame: dict[str, Any]) -> tuple[int, Any]:
+        await clock.sleep(3600)
+        return 200, {}
+
+    sim.sockets.on(".slow", hang)
+    caught: dict[str, BaseException] = {}
+
+    async def caller_a(ws: Any) -> None:
+        try:
+            raise ValueError("payment card 4111-1111-1111-1111 refused")  # caller A's own error
+        except ValueError:
+            try:
+                await ws.request(".slow", {"who": "a"}, timeout=60)
+            except SocketClosed as exc:
+                caught["a"] = exc
+
+    async def caller_b(ws: Any) -> None:
+        try:
+            await ws.request(".slow", {"who": "b"}, timeout=60)
+        except SocketClosed as exc:
+            caught["b"] = exc
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        tasks = [asyncio.create_task(caller_a(ws)), asyncio.create_task(caller_b(ws))]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        sim.sockets.open[0].drop()
+        await asyncio.gather(*tasks)
+    a, b = caught["a"], caught["b"]
+    # Caller B never handled A's error: its SocketClosed must not say "During handling of the
+    # above exception (ValueError: payment card ...)". One shared instance carries whatever
+    # context the first caller to raise it gave it to every other caller.
+    assert b.__context__ is None, (a is b, repr(b.__context__))
+
+
+async def test_pending_requests_fail_each_with_an_exception_of_its_own() -> None:
+    from le_transport.sockets.correlation import PendingRequests
+
+    pending = PendingRequests()
+    futures = []
+    for _ in range(2):
+        rid, fut = pending.open()
+        pending.sent(rid, 1)
+        futures.append(fut)
+    _, queued = pending.open()
+    rid, last = pending.open()
+    pending.sent(rid, 2)
+    assert pending.fail_epoch(1, lambda: SocketClosed("lost")) == 2
+    assert pending.fail_all(lambda: SocketClosed("closed")) == 2
+    errors = [f.exception() for f in (*futures, queued, last)]
+    assert all(isinstance(e, SocketClosed) for e in errors)
+    assert len({id(e) for e in errors}) == 4
+
+
 # -- 5: a reqId the socket never handed out is dropped as a "late answer" -----------------------
 
 

@@ -109,12 +109,12 @@ async def test_pending_requests_resolve_by_req_id_and_fail_with_their_connection
     pending.sent(rid2, 2)
     assert pending.resolve({"kind": "resp", "reqId": rid2, "code": 200})
     assert not pending.resolve({"kind": "resp", "reqId": "unknown"})
-    assert pending.fail_epoch(1, SocketClosed("lost")) == 1
+    assert pending.fail_epoch(1, lambda: SocketClosed("lost")) == 1
     with pytest.raises(SocketClosed):
         await fut1
     assert (await fut2)["code"] == 200
     assert not fut3.done()  # queued, not sent: not failed by a lost connection
-    pending.fail_all(SocketClosed("closed"))
+    pending.fail_all(lambda: SocketClosed("closed"))
     with pytest.raises(SocketClosed):
         await fut3
 

@@ -922,7 +922,7 @@ async def test_a_request_failed_twice_leaves_no_unretrieved_future(
     ) -> bool:
         assert request_id is not None
         self._pending.sent(request_id, 7)
-        self._pending.fail_epoch(7, SocketClosed("lost with the request in flight"))
+        self._pending.fail_epoch(7, lambda: SocketClosed("lost with the request in flight"))
         raise SocketClosed("closed while the message was being written; it was not sent")
 
     async with agent_engine(sim, clock, states) as engine:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["PendingRequests"]
@@ -106,8 +107,14 @@ class PendingRequests:
         if self._pending is not None:
             self._pending.pop(request_id, None)
 
-    def fail_epoch(self, epoch: int, error: BaseException) -> int:
-        """Fail every request sent on connection ``epoch``; how many were failed."""
+    def fail_epoch(self, epoch: int, error: Callable[[], BaseException]) -> int:
+        """Fail every request sent on connection ``epoch`` with an exception ``error`` makes,
+        a fresh one for each request; how many were failed.
+
+        Fresh, not one for all: each caller raises its own, and raising sets an exception's
+        ``__context__`` and ``__traceback__``. One shared, every caller's would show what the
+        first to raise it was handling (another caller's error, its data with it), and the
+        traceback would grow with each caller."""
         pending = self._pending
         if not pending:
             return 0
@@ -115,17 +122,18 @@ class PendingRequests:
         for rid in failed:
             fut, _ = pending.pop(rid)
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(error())
         return len(failed)
 
-    def fail_all(self, error: BaseException) -> int:
-        """Fail every request, sent or queued; how many were failed."""
+    def fail_all(self, error: Callable[[], BaseException]) -> int:
+        """Fail every request, sent or queued, each with a fresh exception ``error`` makes (see
+        :meth:`fail_epoch`); how many were failed."""
         pending = self._pending
         if not pending:
             return 0
         count = len(pending)
         for fut, _ in pending.values():
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(error())
         pending.clear()
         return count

@@ -1450,13 +1450,11 @@ class ResilientSocket:
             if helpers:
                 await asyncio.gather(*helpers, return_exceptions=True)
             self._probe = self._setup = None
-            failed = self._pending.fail_epoch(
-                epoch,
-                SocketClosed(
-                    f"the connection of {self._name} was lost with the request in flight; it "
-                    "may or may not have been processed: retry if that is safe"
-                ),
+            lost = (
+                f"the connection of {self._name} was lost with the request in flight; it may or "
+                "may not have been processed: retry if that is safe"
             )
+            failed = self._pending.fail_epoch(epoch, functools.partial(SocketClosed, lost))
             if failed:
                 _log.info(
                     "%s: %d requests in flight failed with the connection",
@@ -1989,13 +1987,19 @@ class ResilientSocket:
             self._life.to(SocketState.CLOSING)
         error = self._error
         reason = (
-            SocketClosed(f"the socket {self._name} stopped: {error}")
+            f"the socket {self._name} stopped: {error}"
             if error is not None
-            else SocketClosed(f"the socket {self._name} was closed")
+            else f"the socket {self._name} was closed"
         )
-        if error is not None:
-            reason.__cause__ = error
-        self._pending.fail_all(reason)
+
+        def closed() -> SocketClosed:
+            # One for each request (PendingRequests.fail_all): each caller raises its own.
+            failed = SocketClosed(reason)
+            if error is not None:
+                failed.__cause__ = error
+            return failed
+
+        self._pending.fail_all(closed)
         self._unpause()
         unsent = self._outbox.clear()
         self._unsent = tuple(item.text for item in unsent)
