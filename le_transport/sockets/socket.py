@@ -45,7 +45,15 @@ import math
 import random
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -149,6 +157,67 @@ def _cancelled_since(before: int) -> bool:
     """Whether the running task was asked to cancel since :func:`_cancels` gave ``before``."""
     task = asyncio.current_task()
     return task is None or before < 0 or task.cancelling() > before
+
+
+class _WriteCancelledElsewhere(ConnectionError):
+    """A write ended by a cancellation that was not its own task's: something else cancelled
+    what it waited on. Its frame may have gone out (in doubt, never sent again), and the
+    connection's writer cannot be trusted: the connection is failed (1011), and the socket
+    reconnects. Never seen by a caller: a request fails with :class:`SocketClosed`."""
+
+
+async def _go_on_sparing_waits(step: Generator[Any, None, None], waits_on: Any) -> None:
+    """Go on with a write whose first step (``step.send(None)``, taken by the caller) yielded
+    ``waits_on``, as the task's ``await`` would, but for one thing: when the running task is
+    cancelled, what the write waits on is not cancelled with it; the cancellation is thrown
+    into the write where it waits, and ends it there.
+
+    aiohttp's WebSocket writer makes every write that waits for the transport to drain await
+    one future, the protocol's, shared by them all. A plain ``await`` that is cancelled (a
+    request's timeout, a caller's cancellation) cancels that future, and so ends every other
+    write waiting on it with a CancelledError that is not theirs (the flush of the queue
+    among them: a connection left up and never ready); and every later write on that
+    connection meets the cancelled future again until the buffer drains. Here a caller's
+    cancellation ends its own write only.
+    """
+    throw: BaseException | None = None
+    cancelled: asyncio.CancelledError | None = None
+    try:
+        while True:
+            waited: asyncio.Future[Any] | None = None
+            try:
+                if waits_on is None:
+                    # A bare yield (asyncio.sleep(0)): a turn of the loop.
+                    await asyncio.sleep(0)
+                elif asyncio.isfuture(waits_on) and waits_on._asyncio_future_blocking:
+                    # What a task does with a future its coroutine yields; then waited for
+                    # without being cancelled when this task is (asyncio.wait leaves it be).
+                    waits_on._asyncio_future_blocking = False
+                    waited = waits_on
+                    await asyncio.wait((waited,))
+                else:
+                    throw = RuntimeError(f"a write yielded {builtins.type(waits_on).__name__}")
+            except asyncio.CancelledError as exc:
+                throw = cancelled = exc
+                if waited is not None and not waited.done():
+                    # Left waiting: when it fails (the drain's "Connection lost"), this write
+                    # is no longer there to take the error, and asyncio would log it.
+                    waited.add_done_callback(_retrieve)
+            try:
+                waits_on = step.send(None) if throw is None else step.throw(throw)
+            except StopIteration:
+                break
+            throw = None
+    finally:
+        step.close()
+    if cancelled is not None:
+        # The write returned although its task was cancelled: the cancellation still stands.
+        raise cancelled
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
@@ -657,7 +726,11 @@ class ResilientSocket:
         one handed to the connection whose wait for the peer to take it failed with the
         connection may have arrived, so it is not sent again; it is logged as in doubt
         (WARNING) and counts as sent (True), as any frame written just before its connection
-        dropped. Sends made while this connection's ``on_connect``
+        dropped. A caller's timeout or cancellation ends its own write only: the writes that
+        wait beside it for the peer to take the buffer (aiohttp's writers share that wait), the
+        flush of the queue among them, go on; a write ended by a cancellation that is not its
+        caller's fails its connection (1011, and the socket reconnects), the frame in doubt as
+        above. Sends made while this connection's ``on_connect``
         callbacks run, by them or by tasks they started, go straight out ahead of the queue
         (lost with the connection: :class:`SocketClosed`, as the callbacks run again on the
         next one); once the callbacks are done, such a task sends as any other.
@@ -902,13 +975,42 @@ class ResilientSocket:
         )
 
     async def _write(self, conn: Connection, text: str) -> None:
-        await conn.send_text(text)
+        """Write ``text`` on ``conn``. The caller's own cancellation ends this write only
+        (:func:`_go_on_sparing_waits`), and raises as it came; a cancellation that is not the
+        caller's (something else cancelled what the write waited on) is a connection failure,
+        :class:`_WriteCancelledElsewhere`, never a bare CancelledError."""
+        step = conn.send_text(text).__await__()
+        try:
+            # The first step at once, as ``await`` takes it: a write that need not wait (the
+            # usual case) ends here, written in its caller's step (writes go out in the order
+            # they were made), for the cost of a generator step.
+            waits_on = step.send(None)
+        except StopIteration:
+            self._last_sent = self._clock.now()
+            return
+        # Nothing could cancel the task during that step: counted now, as before it.
+        before = _cancels()
+        try:
+            await _go_on_sparing_waits(step, waits_on)
+        except asyncio.CancelledError:
+            if _cancelled_since(before):
+                raise
+            _log.warning(
+                "%s: a write was cancelled by something other than its caller; its frame may "
+                "or may not have gone out, and the connection is failed (1011)",
+                self._name,
+                extra={"socket": self._name},
+            )
+            raise _WriteCancelledElsewhere("the write was cancelled from outside") from None
         self._last_sent = self._clock.now()
 
     def _connection_broke(self, epoch: int, exc: BaseException) -> None:
         if self._life.is_current(epoch):
             self._end_connection(
-                Disconnect.abnormal(error=type(exc).__name__), self._lost_peer_grace()
+                Disconnect.failed_by_client(1011, "a write cancelled from outside its task")
+                if isinstance(exc, _WriteCancelledElsewhere)
+                else Disconnect.abnormal(error=type(exc).__name__),
+                self._lost_peer_grace(),
             )
 
     def _end_connection(self, disconnect: Disconnect, grace: float) -> None:
