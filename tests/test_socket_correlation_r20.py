@@ -397,6 +397,33 @@ async def test_a_flush_write_cancelled_from_outside_fails_the_connection_and_rec
         ]
 
 
+async def test_a_foreign_cancellation_making_the_connection_ready_fails_it_with_1011(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from le_transport.sockets import ResilientSocket
+
+    real = ResilientSocket._flush
+    left = [1]
+
+    async def flush(self: ResilientSocket, conn: Connection, epoch: int) -> None:
+        if left[0]:
+            left[0] = 0
+            raise asyncio.CancelledError  # not the set-up task's own cancellation
+        await real(self, conn, epoch)
+
+    monkeypatch.setattr(ResilientSocket, "_flush", flush)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        assert await ws.send({"kind": "msg", "n": "queued"}) is False
+        await ws.wait_open(timeout=60)
+        assert ws.epoch == 2
+        assert [e.details.get("reason") for e in states.events if e.name == "lost"] == [
+            "failed by the client with code 1011 (CancelledError making the connection ready)"
+        ]
+        await ws.request(".GetClock")
+        assert [f["n"] for f in sim.sockets.all[1].received if f.get("kind") == "msg"] == ["queued"]
+
+
 # -- 4: every request failed together shares one exception object --------------------------------
 
 

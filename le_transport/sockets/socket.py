@@ -1723,14 +1723,19 @@ class ResilientSocket:
 
         Whatever goes wrong here must end this connection (the owner reconnects), never the
         owner (a socket stopped for good) nor the ``on_connect`` task alone (a connection that
-        stays up but never becomes ready, with ``wait_open`` waiting for ever).
+        stays up but never becomes ready, with ``wait_open`` waiting for ever). A
+        cancellation that is not this task's own (a write's is made a connection failure by
+        :meth:`_write` already) is such a failure too; this task's own ends it as asked.
         """
+        before = _cancels()
         try:
             if self._ended is None:
                 await self._flush(conn, epoch)
             if self._ended is None:
                 self._ready(epoch)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_since(before):
+                raise
             _log.error(
                 "%s: the connection could not be made ready (%s: %s); reconnecting",
                 self._name,
