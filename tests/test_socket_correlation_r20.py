@@ -58,7 +58,7 @@ def publish_body(text: str) -> dict[str, Any]:
     }
 
 
-# -- 1: a request already failed with SocketClosed is still sent, on the next connection -------
+# -- a request already failed with SocketClosed is not sent later, on the next connection ----
 
 
 async def test_request_failed_with_socketclosed_is_not_sent_afterwards(
@@ -84,7 +84,7 @@ async def test_request_failed_with_socketclosed_is_not_sent_afterwards(
     assert published == [], published
 
 
-# -- 2: one caller's timeout (or cancellation) cancels other callers' sends -------------------
+# -- one caller's timeout (or cancellation) does not end other callers' writes ----------------
 
 
 async def test_one_requests_timeout_does_not_cancel_another_callers_request(
@@ -158,7 +158,7 @@ async def test_one_requests_timeout_does_not_cancel_another_callers_request(
     assert blocked_outcome in ("still waiting", True), blocked_outcome
 
 
-# -- 3: ... and when the other writer is the queue's flush, the connection never becomes ready --
+# -- ... nor the queue's flush beside it: the connection becomes ready -------------------------
 
 
 async def test_a_timed_out_request_started_by_on_connect_does_not_leave_the_socket_never_ready(
@@ -219,7 +219,7 @@ async def test_a_timed_out_request_started_by_on_connect_does_not_leave_the_sock
     assert opened, f"never ready after 300 s: state, is_open, queued = {state}"
 
 
-# -- 2 and 3, step by step: aiohttp's shared drain, modelled ------------------------------
+# -- the same, step by step, on a model of aiohttp's shared drain ------------------------------
 
 
 class SharedDrain:
@@ -424,7 +424,7 @@ async def test_a_foreign_cancellation_making_the_connection_ready_fails_it_with_
         assert [f["n"] for f in sim.sockets.all[1].received if f.get("kind") == "msg"] == ["queued"]
 
 
-# -- 4: every request failed together shares one exception object --------------------------------
+# -- requests failed together do not share one exception object --------------------------------
 
 
 async def test_requests_failed_together_do_not_share_one_exception_and_its_context(
@@ -486,7 +486,7 @@ async def test_pending_requests_fail_each_with_an_exception_of_its_own() -> None
     assert len({id(e) for e in errors}) == 4
 
 
-# -- 5: a reqId the socket never handed out is dropped as a "late answer" -----------------------
+# -- a reqId the socket never handed out is no late answer ---------------------------------------
 
 
 async def test_a_resp_with_an_id_never_handed_out_reaches_async_for(
@@ -526,7 +526,7 @@ async def test_only_canonical_ids_handed_out_are_late_answers() -> None:
         assert not pending.abandoned({"reqId": never}), never
 
 
-# -- 6: an error code written as a JSON number with a fraction part is taken for a success ------
+# -- an error code written as a JSON float is a SocketRequestError ------------------------------
 
 
 @pytest.mark.parametrize("code", [500.0, 429.0])
