@@ -574,8 +574,8 @@ async def test_an_error_code_sent_as_a_json_float_is_a_socket_request_error(
     ],
 )
 def test_which_codes_are_errors(code: object, error: int | None) -> None:
-    from le_transport.sockets.socket import _failure_code
+    from le_transport.sockets.correlation import failure_code
 
-    got = _failure_code(code)
+    got = failure_code(code)
     assert got == error, (code, got)
     assert type(got) is type(error), (code, got)

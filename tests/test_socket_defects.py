@@ -893,3 +893,33 @@ async def test_a_session_delay_cut_short_by_the_connect_timeout_closes_the_opene
         await asyncio.wait_for(two_ended.wait(), 10)
         assert ended[:2] == [1000, 1000]
         assert ws.connects == 0
+
+
+async def test_an_init_connection_refused_with_a_float_code_is_a_refusal(
+    clock: VirtualClock, serve: ServerFactory, states: StateLog
+) -> None:
+    # JSON has one kind of number: a server writing its codes as doubles refuses with 401.0,
+    # the code 401 (it was taken as an answer and the socket opened unauthenticated).
+    connects = 0
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connects
+        connects += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            if frame.get("type") == "InitConnection" and connects == 1:
+                await ws.send_str(json.dumps({"kind": "resp", "reqId": "0", "code": 401.0}))
+            elif frame.get("kind") == "req":
+                await ws.send_str(_answer(frame))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    async with _consumer_engine(host, clock, states) as engine:
+        ws = await engine.websocket("svc", "/ws", auth_placement=AuthPlacement.FIRST_FRAME)
+        await ws.wait_open(timeout=60)
+    assert connects == 2
+    assert "reauthenticating" in states.names()

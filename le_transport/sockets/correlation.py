@@ -16,11 +16,12 @@ keepalive's ``GetClock`` among them, or was dropped as a late answer).
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PendingRequests"]
+__all__ = ["PendingRequests", "failure_code"]
 
 #: The prefix of the ids this process's sockets hand out (one str for every socket: a fleet of
 #: sockets pays nothing per socket for it).
@@ -137,3 +138,22 @@ class PendingRequests:
                 fut.set_exception(error())
         pending.clear()
         return count
+
+
+def failure_code(code: object) -> int | None:
+    """The error code an answer's ``code`` says, or None when it says no error.
+
+    JSON has one kind of number: a server that writes its codes as doubles sends 500 as
+    ``500.0``, which is the same code. So an error is any number of 400 or more, an int or a
+    float (as an int: a fraction part, which no code has, is dropped); not a bool (JSON's
+    ``true`` is no number), nor NaN or an infinity (Python's JSON parser reads them, but they
+    are no code at all: such an answer, as one whose ``code`` is missing or a str, is returned
+    as it came).
+    """
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code if code >= 400 else None
+    if isinstance(code, float) and math.isfinite(code) and code >= 400:
+        return int(code)
+    return None

@@ -54,6 +54,7 @@ from ..policies.retry_after import parse_retry_after
 from ..providers._http import validate_account
 from ..providers.auth import AuthProvider, Credentials, InvalidCredentials, as_credentials
 from ..recovery import is_setup_error, repeat_of
+from .correlation import failure_code
 from .options import (
     CONSUMER_SOCKET_QUERY,
     MAX_MSG_SIZE,
@@ -931,8 +932,8 @@ class EngineDialer:
                 disconnect=Disconnect.abnormal(lifetime=0.0, error=type(exc).__name__),
                 credentials=conn.credentials,
             ) from None
-        status = answer.get("code")
-        if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
+        status = failure_code(answer.get("code"))
+        if status is not None:
             disconnect = Disconnect.handshake_rejected(status)
             raise DialFailed(
                 f"InitConnection refused with code {status}",

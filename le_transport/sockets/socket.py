@@ -80,7 +80,7 @@ from ..events import EventHooks, StateEvent, check_hooks, emit
 from ..policies.close_codes import CloseAction, Disconnect, DisconnectKind
 from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
-from .correlation import PendingRequests
+from .correlation import PendingRequests, failure_code
 from .dial import Connection, Dialer, DialFailed, read_error_disconnect, write_never_began
 from .keepalive import KeepaliveScheduler
 from .lifecycle import Lifecycle, SocketState
@@ -346,25 +346,6 @@ def _check_frame_headers(headers: object) -> None:
             f"'type' (as {{'type': '.ams.headers.ClientProperties', ...}}): {problem}; no value "
             "is shown"
         )
-
-
-def _failure_code(code: object) -> int | None:
-    """The error code an answer's ``code`` says, or None when it says no error.
-
-    JSON has one kind of number: a server that writes its codes as doubles sends 500 as
-    ``500.0``, which is the same code. So an error is any number of 400 or more, an int or a
-    float (as an int: a fraction part, which no code has, is dropped); not a bool (JSON's
-    ``true`` is no number), nor NaN or an infinity (Python's JSON parser reads them, but they
-    are no code at all: such an answer, as one whose ``code`` is missing or a str, is returned
-    as it came).
-    """
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code if code >= 400 else None
-    if isinstance(code, float) and math.isfinite(code) and code >= 400:
-        return int(code)
-    return None
 
 
 def _check_timeout(timeout: object) -> None:
@@ -834,7 +815,7 @@ class ResilientSocket:
                     # with the write in progress, the socket closing): retrieved here, or
                     # asyncio logs "Future exception was never retrieved".
                     fut.exception()
-        code = _failure_code(answer.get("code"))
+        code = failure_code(answer.get("code"))
         if code is not None:
             raise SocketRequestError(
                 f"{type!r} (id {request_id}) answered with code {code}",
