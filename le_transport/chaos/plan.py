@@ -61,6 +61,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast, overload
 import attrs
 
 from .._checks import require_kind, require_option, utf8_encodable
+from .._json import loads_strict
 from .._redact import redact_url
 from ..errors import ConfigurationError
 from ..policies._validate import finite_number
@@ -426,11 +427,13 @@ class Status:
     def socket_body(self) -> Any:
         """The ``body`` of the ``resp`` frame that answers a socket request (unit
         ``ws_message``): ``body`` read as JSON (as it is, if it is not JSON), by default
-        ``{"msg": "injected fault"}``."""
+        ``{"msg": "injected fault"}``. Read strictly: ``NaN``, ``Infinity`` or a number past
+        a float's range is not JSON (no frame could carry it), so such a body goes out as
+        the string it is."""
         if self.body is not None:
             try:
-                return json.loads(self.body)
-            except ValueError:
+                return loads_strict(self.body)
+            except (ValueError, RecursionError):
                 return self.body
         return {"msg": "injected fault"}
 
