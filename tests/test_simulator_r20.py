@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from le_transport.chaos import FaultRule, Match, Status
+from le_transport.chaos import Delay, FaultRule, Hang, Match, Status
+from le_transport.clock import RealClock
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
     DEFAULT_ACCOUNT,
     DEFAULT_PASSWORD,
     DEFAULT_USER,
+    SimRoute,
     Simulator,
 )
 
@@ -74,3 +79,134 @@ async def test_a_ws_message_status_fault_with_a_nan_body_answers_instead_of_kill
             await ws.send_json({"kind": "req", "id": "2", "type": ".GetClock", "body": {}})
             assert (await asyncio.wait_for(ws.receive_json(), 10))["code"] == 500
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- 2. stop() is prompt: during a delay, with a custom route's socket, with a close under way --
+#
+# What is measured is real time: aiohttp's shutdown timeout (1 s) is, and a stop that leaves a
+# request or a socket to it takes that long.
+
+
+class _TellingClock(RealClock):
+    """The real clock, telling when something first sleeps on it."""
+
+    def __init__(self) -> None:
+        self.slept = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.set()
+        await super().sleep(seconds)
+
+
+async def _stop_time_during(fault: Any) -> float:
+    rule = FaultRule(id="slow", match=Match(path="/api/account/*/service/*"), fault=fault)
+    clock = _TellingClock()
+    sim = Simulator(plan=[rule], clock=clock)
+    await sim.start()
+    async with aiohttp.ClientSession() as http:
+        pending = asyncio.ensure_future(http.get(f"{sim.url}{CSDS}"))
+        await asyncio.wait_for(clock.slept.wait(), 10)  # the fault is waiting
+        started = time.monotonic()
+        await sim.stop()
+        took = time.monotonic() - started
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(pending, 10)  # no answer: its connection closed
+    return took
+
+
+async def test_stop_during_a_delay_fault_is_as_prompt_as_during_a_hang() -> None:
+    # A Delay slept on the clock, not on the simulator's closing: left to aiohttp's shutdown.
+    hang = await _stop_time_during(Hang(duration_ms=600_000))
+    delay = await _stop_time_during(Delay(delay_ms=600_000))
+    assert hang < 0.5
+    assert delay < 0.5, f"stop() took {delay:.2f} s during a Delay (during a Hang: {hang:.2f} s)"
+
+
+async def test_stop_during_a_delayed_socket_handshake_is_prompt() -> None:
+    rule = FaultRule(
+        id="slow", unit="ws_session", match=Match(path="/ws_api/*"), fault=Delay(600_000)
+    )
+    clock = _TellingClock()
+    sim = Simulator(plan=[rule], clock=clock)
+    await sim.start()
+    async with aiohttp.ClientSession() as http:
+        bearer = await _bearer(http, sim)
+        pending = asyncio.ensure_future(http.ws_connect(sim.brand_socket_url(bearer)))
+        await asyncio.wait_for(clock.slept.wait(), 10)
+        started = time.monotonic()
+        await sim.stop()
+        took = time.monotonic() - started
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(pending, 10)
+    assert took < 0.5, f"stop() took {took:.2f} s during a delayed handshake"
+    assert not sim.sockets.all
+
+
+async def _echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        await ws.send_str(msg.data)
+    return ws
+
+
+async def test_stop_drops_a_custom_routes_websocket_promptly() -> None:
+    # The simulator's own sockets were dropped at once (drop_all), a custom route's was left
+    # to aiohttp's shutdown timeout.
+    sim = Simulator(routes=[SimRoute("GET", "/custom/ws", _echo, service="echo")])
+    await sim.start()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws") as ws,
+    ):
+        await ws.send_str("hi")
+        assert (await ws.receive()).data == "hi"
+        started = time.monotonic()
+        await sim.stop()
+        took = time.monotonic() - started
+        assert (await asyncio.wait_for(ws.receive(), 10)).type in (
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        )
+    assert took < 0.5, f"stop() took {took:.2f} s with a custom route's WebSocket open"
+
+
+async def _close_at_once(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.close(code=1000)  # waits for the client's close frame
+    return ws
+
+
+async def test_stop_drops_a_custom_routes_websocket_whose_close_waits_for_its_client() -> None:
+    sim = Simulator(routes=[SimRoute("GET", "/custom/ws", _close_at_once)])
+    await sim.start()
+    async with (
+        aiohttp.ClientSession() as http,
+        # autoclose off: the client reads the close frame and answers nothing.
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws", autoclose=False) as ws,
+    ):
+        assert (await asyncio.wait_for(ws.receive(), 10)).type is aiohttp.WSMsgType.CLOSE
+        started = time.monotonic()
+        await sim.stop()
+        took = time.monotonic() - started
+    assert took < 0.5, f"stop() took {took:.2f} s over a custom socket's close under way"
+
+
+async def test_stop_drops_a_simulator_socket_whose_close_waits_for_its_client() -> None:
+    # A consumer that has not logged in is closed with 4401 by the socket's own serving loop,
+    # which then waits for the client's close frame: closed, it was no longer "open", so
+    # drop_all passed it by and stop() waited out aiohttp's shutdown timeout.
+    sim = Simulator()
+    await sim.start()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sim.consumer_socket_url(), autoclose=False) as ws,
+    ):
+        await ws.send_json({"kind": "req", "id": "1", "type": "cm.Anything", "body": {}})
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4401)
+        started = time.monotonic()
+        await sim.stop()
+        took = time.monotonic() - started
+    assert took < 0.5, f"stop() took {took:.2f} s over a socket's close under way"

@@ -141,6 +141,15 @@ class CustomSocket:
         self._held.clear()
         self._ws = None
 
+    def drop(self) -> None:
+        """The simulator is stopping: drop the connection without a close frame, as its own
+        sockets are dropped, whatever the handler is doing (waiting on a frame, a delay, or
+        its own close, which would wait for the client's close frame)."""
+        self._held.clear()
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
     # -- what the handler reads ----------------------------------------------------------------
 
     async def receive(self, timeout: float | None = None) -> WSMessage:

@@ -599,6 +599,8 @@ class Simulator:
         )
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
+        #: The custom routes' WebSockets being served (their handlers running).
+        self._custom_sockets: set[CustomSocket] = set()
         self.starts = 0
         for route in routes:
             if not isinstance(route, SimRoute):
@@ -709,13 +711,16 @@ class Simulator:
         _log.info("simulator listening on %s", self.url, extra={"port": self._port})
 
     async def stop(self) -> None:
-        """Stop listening: open sockets are dropped, hanging requests end. The port, sessions
-        and fault counters are kept, so :meth:`start` resumes where it was."""
+        """Stop listening: open sockets are dropped (the simulator's own and those of custom
+        routes, a close under way included), hanging and delayed requests end. The port,
+        sessions and fault counters are kept, so :meth:`start` resumes where it was."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
         self._closing.set()
         await self.sockets.drop_all()
+        for custom in list(self._custom_sockets):
+            custom.drop()
         await runner.cleanup()
         _log.info("simulator stopped", extra={"port": self._port})
 
@@ -901,12 +906,17 @@ class Simulator:
                 return fault
             custom = CustomSocket(self, request, fault, name=where[:80])
             request[CUSTOM_SOCKET_KEY] = custom
+            # Known to stop(), which drops it as it drops the simulator's own sockets.
+            self._custom_sockets.add(custom)
             try:
-                answer = await handler(request)
-            except BaseException:
-                await custom.finish(flush=False)  # failed or cancelled (a stop): forgotten
-                raise
-            await custom.finish()  # returned: what is held still goes out, when due
+                try:
+                    answer = await handler(request)
+                except BaseException:
+                    await custom.finish(flush=False)  # failed or cancelled (a stop): forgotten
+                    raise
+                await custom.finish()  # returned: what is held still goes out, when due
+            finally:
+                self._custom_sockets.discard(custom)
             return answer
 
         return serve
@@ -1093,7 +1103,8 @@ class Simulator:
                 content_type="application/json",
             )
         if isinstance(fault, Delay):
-            await self.clock.sleep(injection.delay_s)
+            if not await self._pause(injection.delay_s):
+                return self._ended_by_stop(request)
             return await handler(request)
         if isinstance(fault, SlowBody):
             # An answer the handler streams itself is paced as it is written (BodyPace).
@@ -1287,6 +1298,15 @@ class Simulator:
             async with timeout_after(self.clock, seconds):
                 await self._closing.wait()
         return not self._closing.is_set()
+
+    def _ended_by_stop(self, request: web.Request) -> web.Response:
+        """The answer to a request whose fault was waiting when the simulator began stopping:
+        none, its connection closed (as a hanging request's is), at once rather than at
+        aiohttp's shutdown timeout."""
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+        return web.Response(status=500)
 
     async def _hang(self, fault: Hang) -> None:
         seconds = None if fault.duration_ms is None else fault.duration_ms / 1000.0
@@ -1714,7 +1734,8 @@ class Simulator:
             self.sockets.rejected.append(fault.status)
             return web.Response(status=fault.status, text=fault.body)
         if isinstance(fault, Delay):
-            await self.clock.sleep(injection.delay_s)
+            if not await self._pause(injection.delay_s):
+                return self._ended_by_stop(request)  # stopping: no socket is opened
             return None
         assert isinstance(fault, (WsClose, WsDrop, WsSilence))
         return fault

@@ -702,9 +702,14 @@ class SocketHub:
         return [m.req_id for m in self.published]
 
     async def drop_all(self) -> None:
-        """Drop every open socket (as a server crash would)."""
-        for s in self.open:
-            s.drop()
+        """Drop every open socket (as a server crash would), and the connection of a socket
+        whose close is under way (its close frame sent, its client's not back yet: aiohttp
+        would wait for it up to its close timeout)."""
+        for s in list(self._serving.values()):
+            if not s.closed:
+                s.drop()
+            elif s.transport is not None:
+                s.transport.abort()
         await self._signal()
 
     async def close_all(self, code: int = 1001, reason: str = "") -> None:
@@ -1006,8 +1011,8 @@ class SocketHub:
             if isinstance(fault, WsSilence):
                 sock.silence()
                 return
-            if isinstance(fault, Delay):
-                await sim.clock.sleep(injection.delay_s)
+            if isinstance(fault, Delay) and not await sim._pause(injection.delay_s):
+                return  # the simulator is stopping: the socket is being dropped
         # Served, not answered by a fault: a subscription holds once a 2xx answer to it is
         # sent, by whoever sends it (SimSocket._answer_sent), an on() handler's own send too.
         sock._await_answer(req_id, type_)
