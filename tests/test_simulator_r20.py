@@ -210,3 +210,23 @@ async def test_stop_drops_a_simulator_socket_whose_close_waits_for_its_client() 
         await sim.stop()
         took = time.monotonic() - started
     assert took < 0.5, f"stop() took {took:.2f} s over a socket's close under way"
+
+
+# -- 3. Two concurrent start() calls ------------------------------------------------------------
+
+
+async def test_concurrent_starts_make_one_listener_and_leave_none_after_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="le_transport.simulator")
+    sim = Simulator()
+    await asyncio.gather(sim.start(), sim.start())
+    ports = sorted(
+        {r.port for r in caplog.records if r.getMessage().startswith("simulator listening")}  # type: ignore[attr-defined]
+    )
+    assert sim.starts == 1
+    assert ports == [sim.port]
+    await sim.stop()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", ports[0])
+    assert not sim.running

@@ -599,6 +599,9 @@ class Simulator:
         )
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
+        # start() and stop() one at a time (two starts at once made two listeners), on the
+        # loop they run on: made again for another loop (a simulator started again there).
+        self._lifecycle: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         #: The custom routes' WebSockets being served (their handlers running).
         self._custom_sockets: set[CustomSocket] = set()
         self.starts = 0
@@ -679,8 +682,20 @@ class Simulator:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _lifecycle_lock(self) -> asyncio.Lock:
+        """The lock :meth:`start` and :meth:`stop` take, for the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._lifecycle is None or self._lifecycle[0] is not loop:
+            self._lifecycle = (loop, asyncio.Lock())
+        return self._lifecycle[1]
+
     async def start(self) -> None:
-        """Start listening (on the same port as before, after a :meth:`stop`)."""
+        """Start listening (on the same port as before, after a :meth:`stop`). A call while
+        another is starting it waits for that one, and finds it started."""
+        async with self._lifecycle_lock():
+            await self._start()
+
+    async def _start(self) -> None:
         if self._runner is not None:
             return
         self._closing = asyncio.Event()
@@ -714,14 +729,15 @@ class Simulator:
         """Stop listening: open sockets are dropped (the simulator's own and those of custom
         routes, a close under way included), hanging and delayed requests end. The port,
         sessions and fault counters are kept, so :meth:`start` resumes where it was."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await self.sockets.drop_all()
-        for custom in list(self._custom_sockets):
-            custom.drop()
-        await runner.cleanup()
+        async with self._lifecycle_lock():
+            runner, self._runner = self._runner, None
+            if runner is None:
+                return
+            self._closing.set()
+            await self.sockets.drop_all()
+            for custom in list(self._custom_sockets):
+                custom.drop()
+            await runner.cleanup()
         _log.info("simulator stopped", extra={"port": self._port})
 
     async def restart(self, down_for: float = 0.0) -> None:
