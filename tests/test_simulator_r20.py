@@ -230,3 +230,24 @@ async def test_concurrent_starts_make_one_listener_and_leave_none_after_stop(
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", ports[0])
     assert not sim.running
+
+
+# -- 4. A simulator stopped and started again on another event loop -----------------------------
+
+
+def test_a_simulator_restarted_on_a_new_event_loop_still_waits_for_sockets() -> None:
+    # SocketHub's Condition was made once and bound to the first loop that waited on it:
+    # wait_open() on the second loop raised RuntimeError.
+    sim = Simulator()
+
+    async def phase() -> int:
+        async with sim, aiohttp.ClientSession() as http:
+            bearer = await _bearer(http, sim)
+            waiter = asyncio.ensure_future(sim.sockets.wait_open(1))
+            async with http.ws_connect(sim.brand_socket_url(bearer)):
+                opened = await asyncio.wait_for(waiter, 10)
+        return len(opened)
+
+    assert asyncio.run(phase()) == 1
+    assert asyncio.run(phase()) == 1
+    assert sim.starts == 2

@@ -691,7 +691,8 @@ class Simulator:
 
     async def start(self) -> None:
         """Start listening (on the same port as before, after a :meth:`stop`). A call while
-        another is starting it waits for that one, and finds it started."""
+        another is starting it waits for that one, and finds it started. It may be started
+        again on another event loop once stopped (an ``asyncio.run`` per phase)."""
         async with self._lifecycle_lock():
             await self._start()
 

@@ -581,7 +581,9 @@ class SocketHub:
         self._sim = sim
         self._ids = itertools.count(1)
         self._sequence = itertools.count(1)
-        self._changed = asyncio.Condition()
+        # Made for the loop that first waits on it, and again for another loop (an asyncio
+        # Condition is bound to one): a simulator may be stopped and started again there.
+        self._changed_on: tuple[asyncio.AbstractEventLoop, asyncio.Condition] | None = None
         self._handlers: dict[str, RequestHandler] = {}
         bound = sim.config.max_records
         #: The sockets accepted, in order: the newest ``config.max_records`` (``all.total``:
@@ -683,17 +685,27 @@ class SocketHub:
                 _pass_turn(before, mine)  # a send cancelled before it started
         return len(targets)
 
+    @property
+    def _changed(self) -> asyncio.Condition:
+        """The condition the waits for sockets wait on, for the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._changed_on is None or self._changed_on[0] is not loop:
+            self._changed_on = (loop, asyncio.Condition())
+        return self._changed_on[1]
+
     async def wait_open(self, count: int = 1) -> list[SimSocket]:
         """Wait until at least ``count`` sockets are open; returns the open sockets."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self.open) >= count)
+        changed = self._changed
+        async with changed:
+            await changed.wait_for(lambda: len(self.open) >= count)
         return self.open
 
     async def wait_accepted(self, count: int) -> list[SimSocket]:
         """Wait until ``count`` sockets have been accepted in all (reconnects included); returns
         the accepted sockets kept in :attr:`all`."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.all.total >= count)
+        changed = self._changed
+        async with changed:
+            await changed.wait_for(lambda: self.all.total >= count)
         return list(self.all)
 
     def published_ids(self) -> list[str]:
@@ -720,8 +732,9 @@ class SocketHub:
         await self._signal()
 
     async def _signal(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        changed = self._changed
+        async with changed:
+            changed.notify_all()
 
     def _outbound(self, sock: SimSocket, frame: dict[str, Any]) -> float | None:
         """Seconds to hold a frame the server sends (0: at once), or None to drop it."""
