@@ -18,6 +18,7 @@ from aiohttp import web
 
 from le_transport.chaos import Delay, FaultRule, Hang, Match, Status
 from le_transport.clock import RealClock
+from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
     DEFAULT_ACCOUNT,
@@ -251,3 +252,42 @@ def test_a_simulator_restarted_on_a_new_event_loop_still_waits_for_sockets() -> 
     assert asyncio.run(phase()) == 1
     assert asyncio.run(phase()) == 1
     assert sim.starts == 2
+
+
+# -- 5. add_route and a path whose variable spans segments --------------------------------------
+
+
+async def _mine(request: web.Request) -> web.Response:
+    return web.json_response({"mine": True})
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/{rest:.*}",
+        "/{rest:.+}",
+        "/api/{rest:.*}/login",
+        "/api/account/{account}/{rest:[^x]+}",
+        r"/api/{rest:\S+}",
+    ],
+)
+def test_add_route_refuses_a_catch_all_path_a_built_in_route_also_matches(path: str) -> None:
+    # Counted by segments, a variable matching across '/' slipped through: the route was
+    # taken, and POST /api/account/<id>/login never reached it.
+    sim = Simulator()
+    with pytest.raises(ConfigurationError, match="collides with the built-in route POST"):
+        sim.add_route("POST", path, _mine)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/mine/{rest:.*}",
+        "/api/account/{account}/widgets/{rest:.*}",
+        r"/api/{id:\d+}/login",
+        r"/api/account/{account}/widgets/{name:\w+}",
+        "/api/account/{account}/{name:[^{}/]+}/x",
+    ],
+)
+def test_add_route_takes_a_variable_path_no_built_in_route_matches(path: str) -> None:
+    assert Simulator().add_route("POST", path, _mine).path == path

@@ -283,18 +283,76 @@ _BUILTIN_ROUTES: tuple[tuple[str, str, str, str], ...] = (
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+#: A ``{name:regex}`` variable of an aiohttp path template (its regex may hold braces once).
+_REGEX_VARIABLE = re.compile(r"\{[^{}:]*:((?:[^{}]|\{[^{}]*\})*)\}")
+#: A character class in a variable's regex (escapes inside it included).
+_REGEX_CLASS = re.compile(r"\[\^?\]?(?:\\.|[^\]\\])*\]")
+#: What a variable's regex may be made of, classes aside, and still never match a '/':
+#: word characters, ``\d``, ``\w``, an escaped ``.``/``-``/``_``, quantifiers, groups and
+#: alternation. Anything else (``.``, ``\S``, ``[^x]``, a lookaround) may match one.
+_NO_SLASH_REGEX = re.compile(r"(?:\\[dw.\-_]|[\w\-+*?{},()|:]|\x00)*")
+
+_SPAN = "/"
+"""A segment whose variable may match across ``/``: it stands for one segment or more."""
+
+
+def _spans(regex: str) -> bool:
+    """Whether a variable's ``regex`` may match a ``/`` (so a request path's segments
+    beyond its own): judged from what it is made of, erring on "it may"."""
+    classes: list[str] = []
+
+    def _class(found: re.Match[str]) -> str:
+        classes.append(found.group(0))
+        return "\x00"
+
+    rest = _REGEX_CLASS.sub(_class, regex)
+    if not _NO_SLASH_REGEX.fullmatch(rest):
+        return True
+    for cls in classes:
+        try:
+            if re.fullmatch(cls, "/") is not None:
+                return True
+        except re.error:
+            return True
+    return False
+
+
 def _segments(path: str) -> list[str | None]:
-    """A route path's segments, a ``{variable}`` one as None (it matches any segment)."""
-    return [None if "{" in part else part for part in path.split("/")]
+    """A route path's segments: a ``{variable}`` one as None (it matches any segment), one
+    whose variable's regex may match a ``/`` (``{rest:.*}``) as :data:`_SPAN` (it matches one
+    segment or more)."""
+    parts: list[str | None] = []
+    for part in path.split("/"):
+        if "{" not in part:
+            parts.append(part)
+        elif any(_spans(found.group(1)) for found in _REGEX_VARIABLE.finditer(part)):
+            parts.append(_SPAN)
+        else:
+            parts.append(None)
+    return parts
 
 
-def _overlaps(a: str, b: str) -> bool:
-    """Whether some request path could match both route paths ``a`` and ``b``: as many
-    segments, each equal or a variable on either side."""
-    sa, sb = _segments(a), _segments(b)
-    if len(sa) != len(sb):
-        return False
-    return all(x is None or y is None or x == y for x, y in zip(sa, sb, strict=True))
+def _overlaps(custom: str, builtin: str) -> bool:
+    """Whether some request path could match both the ``custom`` route path and the
+    ``builtin`` one (whose variables are plain ``{name}`` ones): segment by segment, each
+    equal or a variable on either side, a custom variable that may match a ``/`` standing for
+    one segment or more. Errs on "it could": such a route is refused, not shadowed."""
+    sa, sb = _segments(custom), _segments(builtin)
+    # reach[j]: whether the custom segments so far can match the first j built-in ones.
+    reach = [True] + [False] * len(sb)
+    for x in sa:
+        nxt = [False] * (len(sb) + 1)
+        for j, ok in enumerate(reach):
+            if not ok:
+                continue
+            if x == _SPAN:
+                for k in range(j + 1, len(sb) + 1):
+                    nxt[k] = True
+                break  # every later j is covered by this one
+            if j < len(sb) and (x is None or sb[j] is None or x == sb[j]):
+                nxt[j + 1] = True
+        reach = nxt
+    return reach[len(sb)]
 
 
 def _methods_overlap(custom: str, builtin: str) -> bool:
@@ -844,7 +902,9 @@ class Simulator:
         :class:`SimRoute`: a path not starting with ``/``, a handler that is not an async
         function, ``auth=True`` without ``{account}`` in the path), a route added while the
         simulator runs, a second route for the same method and path, and a path that a
-        built-in route of the same method could also match (the built-in one would answer).
+        built-in route of the same method could also match (the built-in one would answer; a
+        variable whose regex may match a ``/``, as ``{rest:.*}``, stands for one segment or
+        more).
 
         Example::
 
