@@ -26,6 +26,7 @@ from le_transport.testing.simulator import (
     DEFAULT_USER,
     SimRoute,
     Simulator,
+    SimulatorConfig,
 )
 
 CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
@@ -291,3 +292,24 @@ def test_add_route_refuses_a_catch_all_path_a_built_in_route_also_matches(path: 
 )
 def test_add_route_takes_a_variable_path_no_built_in_route_matches(path: str) -> None:
     assert Simulator().add_route("POST", path, _mine).path == path
+
+
+# -- 6. agentSession's Location and public_scheme ------------------------------------------------
+
+
+async def test_agent_session_location_uses_the_public_scheme_behind_a_tls_front() -> None:
+    # It paired the public host with the simulator's own scheme: "http://le.example.test:443/".
+    config = SimulatorConfig(public_address="le.example.test:443", public_scheme="https")
+    async with Simulator(config, clock=VirtualClock()) as sim, aiohttp.ClientSession() as http:
+        bearer = await _bearer(http, sim)
+        async with http.post(
+            f"{sim.url}/api/account/{DEFAULT_ACCOUNT}/agentSession?v=1&NC=true",
+            json={"loginData": ""},
+            headers={"Authorization": f"Bearer {bearer}"},
+        ) as resp:
+            assert resp.status == 201
+            location = resp.headers["Location"]
+            body = await resp.json()
+    expected = f"https://le.example.test:443/api/account/{DEFAULT_ACCOUNT}/agentSession/1"
+    assert location == expected
+    assert body["agentSessionLocation"]["link"]["@href"] == expected

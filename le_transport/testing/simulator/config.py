@@ -278,8 +278,9 @@ class SimulatorConfig:
       1007..1014 or 3000..4999: not the reserved 1004, 1005, 1006, nor 1015).
     - ``public_address``: ``host:port`` the Domain API hands out instead of the address the
       client reached the simulator by (behind a proxy or a TLS front).
-    - ``public_scheme``: the scheme clients use to reach it (for OAuth 1.0 base strings behind
-      a TLS front), ``"http"`` or ``"https"``; default: the simulator's own.
+    - ``public_scheme``: the scheme clients use to reach it (for OAuth 1.0 base strings and
+      the Chat Agent session's link behind a TLS front), ``"http"`` or ``"https"``; default:
+      the simulator's own.
     - ``oauth1_timestamp_window``: if set (seconds, >= 0), OAuth 1.0 timestamps further than
       this many seconds from the simulator's time are refused. Off by default: a virtual
       clock's time need not match the client's wall clock. Either way a timestamp must be

@@ -1756,7 +1756,9 @@ class Simulator:
         acc = self._account(request)
         if acc is None or self._authorize(request, acc.id) != "user":
             return self._unauthorized()
-        link = f"{self.scheme}://{self._public_host(request)}/api/account/{acc.id}/agentSession/1"
+        # The scheme clients use (public_scheme behind a TLS front) with the host they address.
+        scheme = self.config.public_scheme or self.scheme
+        link = f"{scheme}://{self._public_host(request)}/api/account/{acc.id}/agentSession/1"
         return web.json_response(
             {"agentSessionLocation": {"link": {"@href": link, "@rel": "location"}}},
             status=201,
