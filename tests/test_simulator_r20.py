@@ -313,3 +313,50 @@ async def test_agent_session_location_uses_the_public_scheme_behind_a_tls_front(
     expected = f"https://le.example.test:443/api/account/{DEFAULT_ACCOUNT}/agentSession/1"
     assert location == expected
     assert body["agentSessionLocation"]["link"]["@href"] == expected
+
+
+# -- 7. A custom socket's receive(timeout=...) under a ws_message Delay ---------------------------
+
+
+async def test_a_custom_handlers_receive_timeout_holds_under_a_delayed_frame(
+    clock: VirtualClock,
+) -> None:
+    # The wrapper slept a delay out inside the handler's receive, once the inner read had
+    # returned: receive(timeout=0.3) returned the frame 3 s later. The frame is not lost: the
+    # next receive() hands it over when it is due.
+    outcome: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        started = clock.now()
+        try:
+            await ws.receive(timeout=0.3)
+            outcome["first"] = "message"
+        except TimeoutError:
+            outcome["first"] = "timeout"
+        outcome["first_at"] = clock.now() - started
+        msg = await ws.receive(timeout=10)
+        outcome["second"] = msg.json()["id"]
+        outcome["second_at"] = clock.now() - started
+        await ws.close()
+        return ws
+
+    rule = FaultRule(
+        id="late",
+        unit="ws_message",
+        match=Match(method="WS", path="my.Request"),
+        fault=Delay(delay_ms=3000),
+    )
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/custom/ws", handler)])
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws") as ws,
+    ):
+        await ws.send_json({"kind": "req", "id": "1", "type": "my.Request", "body": {}})
+        assert (await asyncio.wait_for(ws.receive(), 10)).type is aiohttp.WSMsgType.CLOSE
+    assert outcome["first"] == "timeout"
+    assert outcome["first_at"] == pytest.approx(0.3)
+    assert outcome["second"] == "1"
+    assert outcome["second_at"] == pytest.approx(3.0)

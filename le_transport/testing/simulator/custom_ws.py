@@ -100,6 +100,10 @@ class CustomSocket:
         #: Frames waiting behind a held one, in order: (when due, opcode, payload).
         self._held: collections.deque[tuple[float, WSMsgType, str | bytes]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
+        #: A frame from the client a ``delay`` holds: (when due on the clock, the frame). It
+        #: stays across ``receive()`` calls that time out first, as aiohttp keeps a frame its
+        #: ``receive(timeout=...)`` did not wait for.
+        self._late: tuple[float, WSMessage] | None = None
 
     # -- wrapping ------------------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class CustomSocket:
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
         self._held.clear()
+        self._late = None
         self._ws = None
 
     def drop(self) -> None:
@@ -146,6 +151,7 @@ class CustomSocket:
         sockets are dropped, whatever the handler is doing (waiting on a frame, a delay, or
         its own close, which would wait for the client's close frame)."""
         self._held.clear()
+        self._late = None
         transport = self._request.transport
         if transport is not None:
             transport.abort()
@@ -153,11 +159,30 @@ class CustomSocket:
     # -- what the handler reads ----------------------------------------------------------------
 
     async def receive(self, timeout: float | None = None) -> WSMessage:
-        """The handler's ``ws.receive()``: the client's frames, through the plan."""
+        """The handler's ``ws.receive()``: the client's frames, through the plan.
+
+        ``timeout`` bounds the whole call, a ``delay`` on a frame included (on the
+        simulator's clock): :class:`TimeoutError` once it has passed with no frame handed
+        over, as aiohttp's own; a delayed frame is then handed over by a later call, when
+        due."""
+        clock = self._sim.clock
+        deadline = None if not timeout else clock.now() + timeout
         while True:
             if self.ended or await self._strike_session():
                 return await self._after_end(timeout)
-            msg: WSMessage = await self._receive(timeout)
+            if self._late is not None:
+                due, late = self._late
+                due_now = await self._wait_late(due, deadline)
+                self._late = None
+                if not due_now:  # the simulator is stopping: the connection is dropped
+                    return await self._after_end(timeout)
+                return late
+            left = timeout
+            if deadline is not None:
+                left = deadline - clock.now()
+                if left <= 0:
+                    raise TimeoutError  # (0 would be no timeout to aiohttp)
+            msg: WSMessage = await self._receive(left)
             if msg.type not in _DATA:
                 return msg
             self.received += 1
@@ -168,17 +193,30 @@ class CustomSocket:
             frame = _frame(msg.data)
             if frame is None or frame.get("kind") != "req":
                 return msg
-            answer = await self._request_fault(frame)
+            answer = await self._request_fault(frame, msg)
             if answer == "end":
                 return await self._after_end(timeout)
             if answer == "deliver":
                 return msg
-            # "answered": the fault took the frame's place; read the next one.
+            # "answered": the fault took the frame's place, read the next one; "late": a
+            # delay holds it, handed over when due.
 
-    async def _request_fault(self, frame: dict[str, Any]) -> str:
-        """Apply the plan (unit ``ws_message``) to a request frame from the client: "deliver"
-        it to the handler, "answered" (the fault answered or lost it), or "end" (the fault
-        ended the socket)."""
+    async def _wait_late(self, due: float, deadline: float | None) -> bool:
+        """Wait on the clock until a delayed frame is ``due``: True then, False if the
+        simulator began stopping first; :class:`TimeoutError` if ``deadline`` (the handler's
+        ``receive`` timeout) comes first, the frame kept for a later call."""
+        clock = self._sim.clock
+        until = due if deadline is None else min(due, deadline)
+        if not await self._sim._pause(until - clock.now()):
+            return False
+        if deadline is not None and deadline < due:
+            raise TimeoutError
+        return True
+
+    async def _request_fault(self, frame: dict[str, Any], msg: WSMessage) -> str:
+        """Apply the plan (unit ``ws_message``) to a request frame from the client (``msg``):
+        "deliver" it to the handler, "answered" (the fault answered or lost it), "late" (a
+        delay holds it: :attr:`_late`), or "end" (the fault ended the socket)."""
         sim = self._sim
         if not sim.faults.run.plan.rules:
             return "deliver"
@@ -215,8 +253,8 @@ class CustomSocket:
             self.silent = True
             return "deliver"
         assert isinstance(fault, Delay)
-        await sim.clock.sleep(injection.delay_s)
-        return "deliver"
+        self._late = (sim.clock.now() + injection.delay_s, msg)
+        return "late"
 
     async def _resp(self, req_id: Any, type_: str, code: int, body: Any) -> None:
         frame = {"kind": "resp", "reqId": req_id, "code": code, "body": body}
