@@ -71,6 +71,31 @@ _ANY: tuple[tuple[type, ...], str] = ((object,), "anything")
 _SECONDS: tuple[tuple[type, ...], str] = ((int, float), "a number of seconds")
 
 
+class _KeyOps:
+    """What :class:`FallbackStore` knows of one key's operations on their way: how many
+    (``running``), how many of them are writes (``writing``: set, add, delete), and the number
+    of the newest news of the key (``newest``): the latest write begun, or the latest read
+    whose answer was copied locally.
+
+    Every get, set, add and delete takes the next number of one counter as it begins. A read
+    numbered ``n`` copies the primary's answer only if no write of the key was on its way as
+    it began and ``newest`` is still below ``n`` when it is answered: no write of the key began
+    since (a write changes the local copy as it begins, or decides it as it ends), and no read
+    begun after it was copied already. A write takes ``newest`` as it begins, so an answer to
+    a read begun before it is never copied over what it wrote. Per key: a write of another
+    key on its way stops no copy. An answer dropped so may be news the local copy misses until
+    the next read of the key, never an older value copied over a newer one. The record is
+    dropped when the key's last operation ends: any later one is numbered above everything
+    before it."""
+
+    __slots__ = ("newest", "running", "writing")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.writing = 0
+        self.newest = 0
+
+
 class FallbackStore:
     """A :class:`~le_transport.state.StateStore` over ``primary`` that falls back to ``local``.
 
@@ -87,7 +112,8 @@ class FallbackStore:
     Writes (``set``) also go to ``local``, and so does what the primary answers a ``get``
     (deleted locally where it holds nothing), so that what this process last shared or read is
     still there if the primary goes away: the fleet's value as this process last knew it,
-    never its own older write in place of a newer one it read since.
+    never its own older write in place of a newer one it read since, nor an answer that came
+    back late in place of a newer one (see :meth:`get`).
 
     A primary that does not keep to the protocol's signatures is a mistake in the code, not an
     outage: a TypeError from calling it is raised as a :class:`ConfigurationError` (the
@@ -150,13 +176,12 @@ class FallbackStore:
         self._hooks = EventHooks() if hooks is None else hooks
         self._down = False
         self._next_try = 0.0
-        #: Writes begun and ended so far: a primary's answer to a get is copied locally only if
-        #: no write began or ended while it was on its way (else an older read would replace
-        #: a newer write in the local copy).
-        self._writes = 0
-        #: Writes begun and not yet ended: a read that starts while one is on its way may
-        #: answer what that write replaces, so it is not copied locally either.
-        self._writing = 0
+        #: Every get, set, add and delete takes the next number (see _KeyOps): a primary's
+        #: answer to a get is copied locally only if it is still the newest news of its key.
+        self._seq = 0
+        #: The keys with an operation on its way, and what the mirror needs of each (dropped
+        #: when the key's last operation ends: a later one's number is above all before it).
+        self._ops: dict[str, _KeyOps] = {}
         # The damaged keys warned of (StateDataError), until a write over one succeeds.
         self._damaged: dict[str, None] = {}
         #: How many times the store switched to local state, and back.
@@ -307,10 +332,30 @@ class FallbackStore:
         primary holds nothing, or data it cannot read), so that during a later outage this
         process reads the fleet's value as it last saw it, not its own last write: a process
         that adopted the fleet's new session read back its own old one, refreshed it (a 401),
-        dropped the session it held and logged in again."""
+        dropped the session it held and logged in again.
+
+        Only the newest news of the key is copied: not an answer that may predate what the
+        local copy holds (a write of the key on its way as the read began, or begun since),
+        nor one to a read begun before another read of the key whose answer was copied
+        already (answers that come back out of order: the older is dropped)."""
         self._check_call("get", key)
+        ops, seq = self._begin(key, write=False)
+        try:
+            # Read before the primary is asked: a write of the key on its way now may land
+            # after the primary answered, which the answer then predates.
+            busy = ops.writing > 0
+            entry, shared = await self._get(key)
+            if shared and not busy and ops.newest < seq:
+                # The newest news of the key (see _KeyOps).
+                ops.newest = seq
+                await self._mirror(key, entry)
+        finally:
+            self._end(key, ops, write=False)
+        return entry
+
+    async def _get(self, key: str) -> tuple[Entry | None, bool]:
+        """The answer to a get (as a str: :meth:`_as_text`), and whether the primary gave it."""
         shared = True
-        writes = self._writes if not self._writing else None
 
         async def local() -> Entry | None:
             nonlocal shared
@@ -326,12 +371,27 @@ class FallbackStore:
             # A caller's store (primary, or a local MemoryStore of its own) answering no str,
             # or text no store takes back (a lone surrogate: a client's surrogateescape).
             entry = self._as_text(key, entry)
-        if shared and writes == self._writes:
-            # Not when this process wrote meanwhile, nor had a write on its way as the read
-            # began (any key: counted cheaply): the answer may predate that write, which the
-            # local copy already holds.
-            await self._mirror(key, entry)
-        return entry
+        return entry, shared
+
+    def _begin(self, key: str, *, write: bool) -> tuple[_KeyOps, int]:
+        """An operation on ``key`` begins: its number, and the key's record."""
+        self._seq += 1
+        ops = self._ops.get(key)
+        if ops is None:
+            ops = self._ops[key] = _KeyOps()
+        ops.running += 1
+        if write:
+            ops.writing += 1
+            ops.newest = self._seq
+        return ops, self._seq
+
+    def _end(self, key: str, ops: _KeyOps, *, write: bool) -> None:
+        """An operation on ``key`` ended (answered, failed or cancelled)."""
+        ops.running -= 1
+        if write:
+            ops.writing -= 1
+        if not ops.running and self._ops.get(key) is ops:
+            del self._ops[key]
 
     def _as_text(self, key: str, entry: Entry) -> Entry | None:
         """``entry`` with its value as a str (:func:`stored_text`), or None (warned of once per
@@ -375,13 +435,11 @@ class FallbackStore:
         compare-and-set on the primary (locally while it is out), copied locally if it stored.
         """
         self._check_call("set", key)
-        self._writes += 1
-        self._writing += 1
+        ops, _ = self._begin(key, write=True)
         try:
             return await self._set(key, value, ttl=ttl, only_if=only_if)
         finally:
-            self._writing -= 1
-            self._writes += 1
+            self._end(key, ops, write=True)
 
     async def _set(self, key: str, value: str, *, ttl: float, only_if: str | None) -> bool:
         if only_if is None:
@@ -424,13 +482,11 @@ class FallbackStore:
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
         """Set-if-absent on the primary; locally while it is out."""
         self._check_call("add", key)
-        self._writes += 1
-        self._writing += 1
+        ops, _ = self._begin(key, write=True)
         try:
             return await self._add(key, value, ttl=ttl)
         finally:
-            self._writing -= 1
-            self._writes += 1
+            self._end(key, ops, write=True)
 
     async def _add(self, key: str, value: str, *, ttl: float) -> bool:
         # Checked here, whatever the primary: a caller's bad value must raise as it is, not
@@ -449,13 +505,11 @@ class FallbackStore:
         """Delete on the primary and locally; whether the primary deleted (the local store,
         only while the primary is out: its copy is no answer for the fleet's key)."""
         self._check_call("delete", key)
-        self._writes += 1
-        self._writing += 1
+        ops, _ = self._begin(key, write=True)
         try:
             return await self._delete(key, only_if=only_if)
         finally:
-            self._writing -= 1
-            self._writes += 1
+            self._end(key, ops, write=True)
 
     async def _delete(self, key: str, *, only_if: str | None) -> bool:
         check_only_if(only_if)
