@@ -809,7 +809,7 @@ async def test_a_percent_encoded_password_before_a_socket_path_holding_an_at(
         "redis://127.0.0.1:6379?password=s3cr3t@PW",
         "redis://user:s3cr3t%2FPW@127.0.0.1:6379/0?client_name=svc@pod-7&lib_name=a@b",
         "rediss://:s3cr3t@PW@[::1]:6380/0?username=me@example.com",
-        "redis://127.0.0.1:6379/0?ssl_password=s3cr3t%40PW",
+        "rediss://127.0.0.1:6379/0?ssl_password=s3cr3t%40PW",
     ],
 )
 def test_urls_redis_py_reads_are_taken_and_their_password_never_shown(url: str) -> None:

@@ -1,15 +1,24 @@
-"""The state layer: a late reply mirrored over a newer one. On the virtual clock."""
+"""The state layer: a late reply mirrored over a newer one, an option in a Redis URL's
+query. Redis tests use a real redis-server (tests/redis_server.py) on
+the real clock; the others run on the virtual clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from le_transport.errors import StateStoreError
+import pytest
+
+from le_transport.errors import ConfigurationError, StateStoreError
 from le_transport.policies import RetryBudget, TokenBucket
-from le_transport.state import FallbackStore, MemoryStore, SharedSession, state_key
+from le_transport.state import FallbackStore, MemoryStore, RedisStore, SharedSession, state_key
 from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
+
+from .redis_server import RedisServer, redis_server
+
+__all__ = ["redis_server"]
+
 
 # -- 1. FallbackStore: two reads answered out of order mirror the older one ----------------
 
@@ -145,3 +154,51 @@ async def test_a_read_during_a_write_of_another_key_still_replaces_an_older_loca
         f"during the outage the process reads {during.version!r}: its read of t2 was not "
         "mirrored because a write of another key was out"
     )
+
+
+# -- 3. RedisStore: an option in the URL's query that a connection refuses is an outage -----
+
+
+@pytest.mark.parametrize(
+    ("query", "option"),
+    [
+        ("socket_timout=1", "socket_timout"),  # a misspelt socket_timeout
+        ("protocol=4", "protocol"),  # a value redis-py's connection refuses
+        ("db=0&password=hunter2-secret&retry_on_timout=yes", "retry_on_timout"),
+    ],
+)
+async def test_an_option_in_the_url_a_connection_refuses_is_refused_when_the_store_is_made(
+    redis_server: RedisServer, query: str, option: str
+) -> None:
+    """RedisStore refuses, when it is made, client_options= that a connection would not take,
+    and its docstring promises that a store that cannot work is a ConfigurationError when it
+    is made, never an outage. The same options given in the URL's query (redis-py passes them
+    to each connection alike) were not checked: the store was made, and every operation failed
+    against a live Redis with a StateStoreError, which a FallbackStore took for an outage, for
+    good. Refused now, naming the option, never a value of the URL."""
+    url = f"{redis_server.url}?{query}"
+    with pytest.raises(ConfigurationError) as refused:
+        RedisStore(url, prefix="t", op_timeout=5.0)
+    text = str(refused.value)
+    assert repr(option) in text
+    assert "URL" in text or "url" in text
+    assert "hunter2" not in text
+    assert "=4" not in text
+    assert "=1" not in text
+
+
+async def test_the_options_redis_py_reads_from_a_url_query_are_taken(
+    redis_server: RedisServer,
+) -> None:
+    """What redis-py does take in a URL's query (a db, timeouts, a client name) still makes a
+    store that works."""
+    url = f"{redis_server.url}?db=1&socket_timeout=2&client_name=svc@pod&health_check_interval=0"
+    store = RedisStore(url, prefix="t", op_timeout=5.0)
+    try:
+        key = state_key("1", "domains")
+        await store.set(key, "{}", ttl=30)
+        entry = await store.get(key)
+        assert entry is not None
+        assert entry.value == "{}"
+    finally:
+        await store.close()

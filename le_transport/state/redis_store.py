@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import parse_qs, unquote, unquote_plus
 
 from .._checks import is_async_callable, require_kind
 from .._redact import REDACTED, Secret, is_secret_name, redact_text, redact_url
@@ -240,7 +240,10 @@ class RedisStore:
       and, in a ``unix://`` URL with a userinfo (which ends at the first ``@/``: a socket path
       is absolute), a second ``@/`` or a userinfo holding ``/``, ``?`` or ``#``. Any of those
       ``@`` can be written ``%40``. A URL redis-py cannot parse is refused too (its message not
-      quoted: it may quote the password).
+      quoted: it may quote the password). redis-py passes each option in the query to every
+      connection, as it does ``client_options``: one a connection does not take, or whose
+      value it refuses, is a :class:`ConfigurationError` naming the option (never a value of
+      the URL), as for ``client_options`` below.
     - ``password``: passed through to Redis ``AUTH`` (a str or a :class:`Secret`).
     - ``prefix``: every key starts with it (default ``le_transport``).
     - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed.
@@ -343,8 +346,10 @@ class RedisStore:
                     f"RedisStore.url {self._url!r} is no URL redis-py can read "
                     f"({type(exc).__name__}; {_URL_FORMS})"
                 ) from None
-            if client_options:
-                _check_options(client, client_options)
+            # Always: the URL's query passes options to each connection too (redis-py hands a
+            # name it does not parse on as text), and one a connection refuses failed every
+            # operation, an outage for good, Redis up.
+            _check_options(client, client_options or {}, _query_names(bare))
         else:
             _check_client(client)
             # What errors and the repr name: the client's own server, not the unused url.
@@ -678,11 +683,14 @@ def _hide_credential(text: str, secret: str) -> str:
     return re.sub(rf"(?<![\w.-])([\w.-]+)([\"']?\s*[:=]\s*[\"']?){s}{_VALUE_END}", field, text)
 
 
-def _check_options(client: Any, client_options: Mapping[str, Any]) -> None:
-    """Refuse ``client_options`` a connection would not take: redis-py hands them to each
-    connection it opens, so a misspelt one failed the first operation with a TypeError, taken
-    for an outage (the fleet went local for good, Redis up). A connection is made here, not
-    opened, to ask; named by the options' names, never their values.
+def _check_options(
+    client: Any, client_options: Mapping[str, Any], query: frozenset[str] = frozenset()
+) -> None:
+    """Refuse ``client_options``, or options in the URL's query (``query``: their names), that
+    a connection would not take: redis-py hands both to each connection it opens, so a
+    misspelt one failed the first operation with a TypeError, taken for an outage (the fleet
+    went local for good, Redis up). A connection is made here, not opened, to ask; named by
+    the options' names, never their values.
 
     A value it refuses (``protocol="x"``, an unknown ``ssl_cert_reqs``: redis-py raises its
     ConnectionError, RedisError or a ValueError) is refused the same way: it escaped here
@@ -693,32 +701,61 @@ def _check_options(client: Any, client_options: Mapping[str, Any]) -> None:
     if make is None or not isinstance(kwargs, Mapping):
         return
     kind = getattr(make, "__name__", type(make).__name__)
+    # The URL's query wins over client_options in redis-py (from_url): named as the URL's.
+    given = [*sorted(query), *(str(k) for k in client_options if str(k) not in query)]
     try:
         make(**kwargs)
     except TypeError as exc:
         # The option's name, when the error names one of those given (a name, not a value).
-        named = [str(k) for k in client_options if f"'{k}'" in str(exc)]
+        named = [k for k in given if f"'{k}'" in str(exc)]
         raise ConfigurationError(
-            f"RedisStore.client_options: redis-py's {kind} does not take "
-            f"{_which(named, client_options)} (a misspelt option, or one of another kind of "
+            f"{_where(named, query)}: redis-py's {kind} does not take "
+            f"{_which(named, given)} (a misspelt option, or one of another kind of "
             "connection: TLS options need rediss://)"
         ) from None
     except Exception as exc:
         # Named as above, by a name its text holds as a word (never the text itself).
         text = str(exc)
-        named = [str(k) for k in client_options if re.search(rf"\b{re.escape(str(k))}\b", text)]
+        named = [k for k in given if re.search(rf"\b{re.escape(k)}\b", text)]
         raise ConfigurationError(
-            f"RedisStore.client_options: redis-py's {kind} refused the value of "
-            f"{_which(named, client_options)} ({type(exc).__name__}; the value is not shown)"
+            f"{_where(named, query)}: redis-py's {kind} refused the value of "
+            f"{_which(named, given)} ({type(exc).__name__}; the value is not shown)"
         ) from None
 
 
-def _which(named: list[str], client_options: Mapping[str, Any]) -> str:
-    """The option an error is about, if it named one, else every option given."""
+#: An option's name as an error may show it: a word (anything else in a URL's query is not
+#: shown: a URL may be written wrongly, with its password where a name should be).
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _query_names(bare: str) -> frozenset[str]:
+    """The names of the options in a URL's query (its userinfo split off), as redis-py reads
+    them (``parse_qs``: those with an empty value are dropped)."""
+    query = bare.partition("?")[2].partition("#")[0]
+    return frozenset(parse_qs(query))
+
+
+def _where(named: list[str], query: frozenset[str]) -> str:
+    """Where the option an error is about was given: the URL's query or client_options."""
     if named:
-        return repr(named[0])
-    names = sorted(map(str, client_options))
-    return repr(names[0]) if len(names) == 1 else "one of " + ", ".join(names)
+        return "RedisStore.url's query" if named[0] in query else "RedisStore.client_options"
+    return "RedisStore.url's query or client_options" if query else "RedisStore.client_options"
+
+
+def _which(named: list[str], given: list[str]) -> str:
+    """The option an error is about, if it named one, else every option given (by name, only
+    those that are words)."""
+    if named:
+        return _shown_name(named[0])
+    names = sorted({_shown_name(n) for n in given})
+    if not names:
+        return "the options made from the URL (none given)"
+    return names[0] if len(names) == 1 else "one of " + ", ".join(names)
+
+
+def _shown_name(name: str) -> str:
+    """An option's name, quoted, if it is a word; else a mention that one is not shown."""
+    return repr(name) if _OPTION_NAME.fullmatch(name) else "an option whose name is not shown"
 
 
 def _client_shown(client: Any) -> str:
