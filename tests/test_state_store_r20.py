@@ -1,5 +1,5 @@
-"""The state layer: a late reply mirrored over a newer one, an option in a Redis URL's
-query. Redis tests use a real redis-server (tests/redis_server.py) on
+"""The state layer: a late reply mirrored over a newer one, a script replayed after a lost reply,
+an option in a Redis URL's query. Redis tests use a real redis-server (tests/redis_server.py) on
 the real clock; the others run on the virtual clock."""
 
 from __future__ import annotations
@@ -8,6 +8,10 @@ import asyncio
 import json
 
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from le_transport.errors import ConfigurationError, StateStoreError
 from le_transport.policies import RetryBudget, TokenBucket
@@ -15,7 +19,7 @@ from le_transport.state import FallbackStore, MemoryStore, RedisStore, SharedSes
 from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
 
-from .redis_server import RedisServer, redis_server
+from .redis_server import RedisServer, close_client, redis_server
 
 __all__ = ["redis_server"]
 
@@ -154,6 +158,183 @@ async def test_a_read_during_a_write_of_another_key_still_replaces_an_older_loca
         f"during the outage the process reads {during.version!r}: its read of t2 was not "
         "mirrored because a write of another key was out"
     )
+
+
+# -- 2. RedisStore: a compare-and-set / compare-and-delete replayed by the client's Retry ---
+
+
+class _ReplyCutter:
+    """A loopback TCP proxy to Redis that, once armed, passes the next EVALSHA to the server
+    and then resets the client's connection instead of passing the server's reply back (the
+    server ran the script; its reply was lost)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.cuts = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+        cut = False
+
+        async def up() -> None:
+            nonlocal cut
+            try:
+                while data := await cr.read(65536):
+                    if self.armed and b"EVALSHA" in data.upper():
+                        self.armed = False
+                        cut = True
+                    uw.write(data)
+                    await uw.drain()
+            except OSError:
+                pass
+            finally:
+                uw.close()
+
+        async def down() -> None:
+            try:
+                while data := await ur.read(65536):
+                    if cut:
+                        self.cuts += 1
+                        cw.transport.abort()
+                        return
+                    cw.write(data)
+                    await cw.drain()
+            except OSError:
+                pass
+            finally:
+                cw.close()
+
+        await asyncio.gather(up(), down())
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.parametrize("op", ["set", "delete", "budget", "withdraw", "refund", "reserve"])
+async def test_a_conditional_write_replayed_after_a_lost_reply_reports_what_it_did(
+    redis_server: RedisServer, op: str
+) -> None:
+    """RedisStore.add was made idempotent because a client's Retry (on by default for a
+    redis.asyncio.Redis the caller makes, which RedisStore(client=...) documents) sends a
+    command again after a connection reset that lost its reply. set(only_if=...) and
+    delete(only_if=...) were not: the replayed script finds the key no longer holding
+    ``only_if`` (the first run changed it) and answers 0, so a compare-and-set that stored
+    answers False ("another process wrote in between"), and a compare-and-delete that deleted
+    answers False. The counters counted twice: deposits and a withdrawal, a refund given back
+    twice, a token reserved twice."""
+    cutter = _ReplyCutter(redis_server.port)
+    port = await cutter.start()
+    # Retries asked for (the default since redis-py 6; before, retry_on_error too).
+    client = aioredis.Redis(
+        host="127.0.0.1",
+        port=port,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_error=[RedisConnectionError],
+    )
+    store = RedisStore(client=client, prefix="t", op_timeout=5.0)
+    key = state_key("1", "breaker", "svc", "host")
+    try:
+        # Load the scripts first (a NOSCRIPT reply would be cut instead of the real one).
+        assert await store.set(key, "x", ttl=60, only_if="absent") is False
+        assert await store.delete(key, only_if="absent") is False
+        policy = RetryBudget()
+        assert await store.budget(key, policy) is False
+        assert await store.refund(key, policy, age=0) is False
+        bucket = TokenBucket(rate=1.0, burst=5.0)
+        assert await store.reserve(state_key("1", "pace", "other"), bucket) == 0
+        await store.set(key, "old", ttl=60)
+        if op == "refund":
+            assert await store.budget(key, policy, deposits=10, withdraw=True) is True
+        cutter.armed = True
+        if op == "set":
+            did = await store.set(key, "new", ttl=60, only_if="old")
+            entry = await store.get(key)
+            assert cutter.cuts == 1
+            assert entry is not None
+            assert entry.value == "new"  # it stored
+            assert did is True, "set(only_if=...) stored 'new' and answered False"
+        elif op == "budget":
+            # Five first attempts counted once, replayed: counted twice (a looser budget).
+            await store.budget(key, policy, deposits=5)
+            assert cutter.cuts == 1
+            counted = await _counted(client, store._budget_key(key, policy), "q:")
+            assert counted == 5, f"5 first attempts deposited once were counted {counted}"
+        elif op == "withdraw":
+            # One retry taken, replayed: counted twice (a stricter budget), or refused.
+            assert await store.budget(key, policy, withdraw=True) is True
+            assert cutter.cuts == 1
+            assert await _counted(client, store._budget_key(key, policy), "r:") == 1
+        elif op == "refund":
+            # Given back once, replayed: the slot counts none, and the refund answers False.
+            assert await store.refund(key, policy, age=0) is True
+            assert cutter.cuts == 1
+            assert await _counted(client, store._budget_key(key, policy), "r:") == 0
+        elif op == "reserve":
+            # One token from a full bucket (burst 5), replayed: two taken.
+            pace = state_key("1", "pace", "svc")
+            assert await store.reserve(pace, bucket) == 0
+            assert cutter.cuts == 1
+            tokens = float(await client.hget(store.key(pace), "tokens"))  # type: ignore[arg-type]
+            assert tokens > 3.5, f"one reservation took {5 - tokens:.3f} tokens"
+        else:
+            did = await store.delete(key, only_if="old")
+            assert cutter.cuts == 1
+            assert await store.get(key) is None  # it deleted
+            assert did is True, "delete(only_if=...) deleted the key and answered False"
+    finally:
+        await store.close()
+        await close_client(client)
+        await cutter.close()
+
+
+async def _counted(client: aioredis.Redis, redis_key: str, kind: str) -> int:
+    """What a budget's hash counts of ``kind`` (``q:`` first attempts, ``r:`` retries)."""
+    fields = await client.hgetall(redis_key)
+    return sum(int(n) for f, n in fields.items() if str(f).startswith(kind))
+
+
+@pytest.mark.parametrize("prefix", ["t", "app{fleet}", "a{", "a}", "{}"])
+def test_an_operation_record_is_in_its_key_s_cluster_slot_under_the_prefix(prefix: str) -> None:
+    """A script's keys must share one Redis Cluster slot: the record is named with the key's
+    hash tag, under the prefix (what an ACL allowing the prefix's keys allows). Where a prefix
+    holding a brace keeps the record's name from that tag, the script gets no record."""
+    from redis.crc import key_slot
+
+    store = RedisStore("redis://127.0.0.1:1/0", prefix=prefix)
+    for redis_key in (store.key(state_key("1", "breaker", "s{v}c", "h")), f"{prefix}:x"):
+        keys = store._once_keys(redis_key)
+        assert keys[0] == redis_key
+        if prefix in ("a{", "a}", "{}"):
+            assert keys == [redis_key]
+            continue
+        assert len(keys) == 2
+        assert keys[1].startswith(f"{prefix}:op:")
+        assert key_slot(keys[1].encode()) == key_slot(redis_key.encode())
+        assert store._once_keys(redis_key)[1] != keys[1]  # one per operation
+
+
+async def test_a_prefix_without_operation_records_still_stores(redis_server: RedisServer) -> None:
+    """A store whose scripts get no record (a prefix with a brace) works as before."""
+    store = RedisStore(redis_server.url, prefix="a{", op_timeout=5.0)
+    key = state_key("1", "breaker", "svc", "host")
+    try:
+        assert store._once_keys(store.key(key)) == [store.key(key)]
+        assert await store.add(key, "old", ttl=60) is True
+        assert await store.set(key, "new", ttl=60, only_if="old") is True
+        assert await store.set(key, "newer", ttl=60, only_if="old") is False
+        assert await store.delete(key, only_if="new") is True
+        assert await store.budget(key, RetryBudget(), deposits=3, withdraw=True) is True
+    finally:
+        await store.close()
 
 
 # -- 3. RedisStore: an option in the URL's query that a connection refuses is an outage -----

@@ -16,14 +16,45 @@ damage, not as an outage of every key. A store that cannot work (a wrong ``clock
 ``client``, a URL its parser would misread) is a :class:`~le_transport.errors.ConfigurationError`
 when it is made, never an outage. Keys are ``{prefix}:{account}:{kind}:...``; a retry budget's
 has its window after that (``...:10x3.0s``: its slot count and slot length), one per window.
+
+A command sent twice. A client that retries (redis-py's ``Retry``: on by default for a
+``redis.asyncio.Redis`` made by its constructor in recent redis-py releases, though not in 5.0,
+the oldest the extra allows, so perhaps for a caller's ``client``; the store's own, made with
+``from_url``, retries only if ``client_options`` or the URL ask for it) sends a command again
+when its connection was reset before the reply came back, though the server may have run it.
+Each operation is safe so, each as suits it:
+
+- ``get`` and ``set`` without ``only_if`` change nothing, or the same, when run twice.
+- ``add`` answers True when the key already holds exactly its value (a lock's value is unique
+  per holder and attempt): no record is needed.
+- A compare-and-set, a compare-and-delete, ``budget``, ``refund`` and ``reserve`` each carry
+  an operation record: a key of their own, ``{prefix}:op:{<key>}:<store mark>:<n>`` (under the
+  prefix, in the Redis Cluster slot of the key it is about), that the script writes in the same
+  atomic step as its change, kept for ``op_timeout`` and a second (the longest a client sends
+  a command again: the store stops waiting for it then). A run that finds it changes nothing
+  and answers what the first answered: a compare-and-set that stored answers True (a value
+  the key holds could be another writer's equal one; the record is this operation's), a
+  compare-and-delete that deleted answers True (its key is gone: only a record can tell), and
+  deposits, a withdrawal, a refund or a token are counted once, not twice (a counter keeps no
+  trace of who added to it). A run that changed nothing writes no record: run again, it is
+  the same operation a little later. (A prefix holding a brace, ``{`` or ``}``, that keeps the
+  record's name from the key's hash tag gets no record: its scripts run as often as sent.)
+- An unconditional ``delete`` sent again answers False: its key is gone either way.
+
+Retries are not turned off instead: a caller's client is the caller's to configure, and a
+caller may ask the store's own for them (they spare an outage for a connection reset once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
+import math
 import re
+import secrets
+import warnings
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_plus
@@ -63,14 +94,38 @@ if not v then return false end
 return {v, redis.call('PTTL', KEYS[1])}
 """
 
+# What a script that changes state does first and last, with KEYS[2] its operation's record
+# (see the module's docstring: a command sent again after its reply was lost) and its last ARGV
+# how long the record is kept (ms). Without a KEYS[2], it runs as before (no record).
+_SEEN = """
+if KEYS[2] then
+  local done = redis.call('GET', KEYS[2])
+  if done then return RESULT end
+end
+"""
+_NOTE = """
+if KEYS[2] then redis.call('SET', KEYS[2], NOTED, 'PX', ARGV[#ARGV]) end
+"""
+
+
+def _once(body: str, result: str = "tonumber(done)", noted: str = "'1'") -> str:
+    """A script made idempotent: ``body`` (``NOTE`` where its change was made, before it
+    answers; the record's PX an ARGV after its own) takes effect at most once per operation
+    record, and a run after the one that did answers what that one answered (``result``, from
+    what it noted: ``noted``)."""
+    note = _NOTE.replace("NOTED", noted)
+    return _SEEN.replace("RESULT", result) + body.replace("NOTE\n", note.lstrip("\n"))
+
+
 # Compare-and-set: ARGV[1] the value expected, ARGV[2] the new one, ARGV[3] its PX.
-_SET_IF = """
+_SET_IF = _once("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  NOTE
   return 1
 end
 return 0
-"""
+""")
 
 # Set-if-absent, idempotent: ARGV[1] the value, ARGV[2] its PX. A key already holding exactly
 # that value answers 1: a client that sends the command again after losing the reply (redis-py's
@@ -84,10 +139,15 @@ if redis.pcall('GET', KEYS[1]) == ARGV[1] then return 1 end
 return 0
 """
 
-_DELETE_IF = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+# Compare-and-delete: ARGV[1] the value expected.
+_DELETE_IF = _once("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  NOTE
+  return 1
+end
 return 0
-"""
+""")
 
 #: The longest PEXPIRE the scripts set, in milliseconds: MAX_TTL, as every stored value. A
 #: budget's window or a bucket's refill may be far longer (a valid RetryBudget(window=1e16),
@@ -111,7 +171,8 @@ _MAX_EXPIRE_MS = round(MAX_TTL * 1000)
 # newest slot. A field that is none of these (another prefix, a value that is no whole number
 # >= 0) is dropped, not counted: it failed the script (an outage of every key, through a
 # FallbackStore) or counted as a retry.
-_BUDGET = """
+_BUDGET = _once(
+    """
 local ratio, floor = tonumber(ARGV[1]), tonumber(ARGV[2])
 local slot_len, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
 local deposits, withdraw = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -154,14 +215,19 @@ end
 local expire = math.ceil(slot_len * slots * 1000) + 1000
 if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
 redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
+if deposits > 0 or taken > 0 then
+  NOTE
+end
 return taken
-""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS))
+""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS)),
+    noted="tostring(taken)",
+)
 
 # A retry taken ARGV[3] seconds ago and never sent, given back: one off the r: field of the slot
 # it was taken in (on the server's clock: now minus the age), only if that slot is still in the
 # window and counts one. A slot that aged out (or holds none: the age landed across a slot's
 # edge) is left as it is: the refund is dropped, never taken from another slot.
-_REFUND = """
+_REFUND = _once("""
 local slot_len, slots, age = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -173,8 +239,9 @@ local f = 'r:' .. string.format('%d', s)
 local n = tonumber(redis.call('HGET', KEYS[1], f))
 if n == nil or n < 1 or n ~= math.floor(n) then return 0 end
 if n == 1 then redis.call('HDEL', KEYS[1], f) else redis.call('HINCRBY', KEYS[1], f, -1) end
+NOTE
 return 1
-"""
+""")
 
 # TokenBucket.reserve (see policies/pacing.py) on the server's clock. Every writer runs on that
 # one clock, so an 'updated' ahead of it is no caller's stale reading (which the pure policy
@@ -189,7 +256,8 @@ return 1
 # taken as absent, a full bucket, as the budget script drops fields it cannot count: kept, such
 # a queue made every wait huge (or NaN), was written back, and re-armed the key's expiry to
 # MAX_TTL on every reservation, so it never healed. (Lua's tonumber reads "inf" and "nan".)
-_RESERVE = """
+_RESERVE = _once(
+    """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -212,8 +280,29 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
 local expire = math.ceil((burst / rate + wait) * 1000) + 1000
 if not (expire < MAX_EXPIRE_MS) then expire = MAX_EXPIRE_MS end
 redis.call('PEXPIRE', KEYS[1], string.format('%d', expire))
-return string.format('%.6f', wait)
-""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS)).replace("MAX_QUEUE", f"{int(MAX_QUEUE)}")
+local answer = string.format('%.6f', wait)
+NOTE
+return answer
+""".replace("MAX_EXPIRE_MS", str(_MAX_EXPIRE_MS)).replace("MAX_QUEUE", f"{int(MAX_QUEUE)}"),
+    result="done",
+    noted="answer",
+)
+
+
+#: Seconds an operation record is kept after ``op_timeout``: the time a command sent again
+#: takes on the wire, at most (a second is ages on a network a Redis is shared on).
+_OP_MARGIN = 1.0
+
+
+def _hash_tag(key: str) -> str:
+    """What Redis Cluster hashes of ``key`` to find its slot: the text between its first ``{``
+    and the first ``}`` after it, if that is not empty; else all of it."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def _ttl_ms(ttl: float) -> int:
@@ -256,7 +345,8 @@ class RedisStore:
       use instead (the caller closes it), with or without ``decode_responses``: answers that
       come back as bytes are decoded as UTF-8. redis-py's synchronous ``redis.Redis`` (each
       command would block the event loop, and be taken for an outage) or anything else whose
-      registered scripts are not coroutines is a :class:`ConfigurationError` here.
+      registered scripts are not coroutines is a :class:`ConfigurationError` here. A client
+      that sends a command again after a lost reply is fine: see the module's docstring.
 
     A wrong ``clock`` or ``client`` is refused here, not found at the first operation: there it
     failed every one, which a :class:`~le_transport.state.FallbackStore` took for an outage, and
@@ -314,6 +404,12 @@ class RedisStore:
         self._url = _url_shown(bare)
         self._prefix = prefix
         self._op_timeout = float(op_timeout)
+        # The operation records (see the module's docstring): this store's mark, a number per
+        # operation, and how long a record is kept (ms): a client sends a command again only
+        # while the store still waits for it (op_timeout), and a second on top for the wire.
+        self._op_mark = secrets.token_hex(8)
+        self._op_numbers = itertools.count(1)
+        self._op_kept = min(_MAX_EXPIRE_MS, math.ceil((self._op_timeout + _OP_MARGIN) * 1000))
         self._clock = clock or RealClock()
         secret = password.reveal() if isinstance(password, Secret) else password
         option = (client_options or {}).get("password")
@@ -403,6 +499,17 @@ class RedisStore:
         was written). Budgets whose windows are alike share one, whatever their ratio and
         floor: each holds the same counts to its own allowance."""
         return f"{self.key(key)}:{policy.slots}x{policy.slot_length!r}s"
+
+    def _once_keys(self, redis_key: str) -> list[str]:
+        """The keys of a script that runs once per operation: ``redis_key`` and a new record of
+        the operation, in the same Redis Cluster slot (its hash tag ``redis_key``'s: a script's
+        keys must share one), under the prefix (a Redis ACL that allows the prefix's keys
+        allows it). Only ``redis_key`` if no such record can be named (a prefix holding a
+        brace that keeps the record's name from the key's hash tag): the script then runs as
+        often as it is sent."""
+        tag = _hash_tag(redis_key)
+        record = f"{self._prefix}:op:{{{tag}}}:{self._op_mark}:{next(self._op_numbers)}"
+        return [redis_key, record] if _hash_tag(record) == tag else [redis_key]
 
     def _scrub(self, text: str) -> str:
         for secret in self._hide:
@@ -522,7 +629,11 @@ class RedisStore:
             return True
         check_only_if(only_if)
         done = await self._run(
-            "set", self._set_if, keys=[self.key(key)], args=[only_if, value, px], on_key=key
+            "set",
+            self._set_if,
+            keys=self._once_keys(self.key(key)),
+            args=[only_if, value, px, self._op_kept],
+            on_key=key,
         )
         return bool(done)
 
@@ -546,7 +657,11 @@ class RedisStore:
         if only_if is None:
             return bool(await self._run("delete", self._client.delete, self.key(key)))
         done = await self._run(
-            "delete", self._delete_if, keys=[self.key(key)], args=[only_if], on_key=key
+            "delete",
+            self._delete_if,
+            keys=self._once_keys(self.key(key)),
+            args=[only_if, self._op_kept],
+            on_key=key,
         )
         return bool(done)
 
@@ -562,7 +677,7 @@ class RedisStore:
         taken = await self._run(
             "budget",
             self._budget,
-            keys=[window_key],
+            keys=self._once_keys(window_key),
             args=[
                 repr(policy.ratio),
                 repr(policy.floor),
@@ -570,6 +685,7 @@ class RedisStore:
                 policy.slots,
                 int(deposits),
                 1 if withdraw else 0,
+                self._op_kept,
             ],
             on_key=key,
             redis_key=window_key,
@@ -587,8 +703,8 @@ class RedisStore:
         done = await self._run(
             "refund",
             self._refund,
-            keys=[window_key],
-            args=[repr(policy.slot_length), policy.slots, repr(age)],
+            keys=self._once_keys(window_key),
+            args=[repr(policy.slot_length), policy.slots, repr(age), self._op_kept],
             on_key=key,
             redis_key=window_key,
         )
@@ -600,8 +716,8 @@ class RedisStore:
         wait = await self._run(
             "reserve",
             self._reserve,
-            keys=[self.key(key)],
-            args=[repr(bucket.rate), repr(bucket.burst)],
+            keys=self._once_keys(self.key(key)),
+            args=[repr(bucket.rate), repr(bucket.burst), self._op_kept],
             on_key=key,
         )
         return max(0.0, float(_text(wait)))
@@ -704,7 +820,11 @@ def _check_options(
     # The URL's query wins over client_options in redis-py (from_url): named as the URL's.
     given = [*sorted(query), *(str(k) for k in client_options if str(k) not in query)]
     try:
-        make(**kwargs)
+        with warnings.catch_warnings():
+            # A probe: what a connection warns of (a deprecated option), it warns of when the
+            # pool makes one, not twice.
+            warnings.simplefilter("ignore")
+            make(**kwargs)
     except TypeError as exc:
         # The option's name, when the error names one of those given (a name, not a value).
         named = [k for k in given if f"'{k}'" in str(exc)]
