@@ -479,16 +479,23 @@ def _hide_element(match: re.Match[str]) -> str:
 # Credential-looking fragments in free text, each with its replacement: "Bearer x", "jwt x",
 # OAuth params (then the fields, above), the short names, the UMS path's bearer, a URL's
 # userinfo, and a JWT anywhere.
-# A character of a credential after its scheme: a token68's, or a backslash (as in any value:
-# its own text, but for the escape of a quote or of a line break before a header line).
-_B_CHAR = rf"(?:[A-Za-z0-9._~+/-]|{_ESCAPED})"
+# A run of backslashes in a credential after its scheme or in an OAuth 1 parameter's value:
+# the credential's own text only where a credential's character follows the run (``\/``, a
+# JSON string's escaped slash), never where the run escapes a line break, a tab or a quote at
+# any depth (``\n``, ``\\r\\n``, ``\t``, ``\\\"``), nor before a header's name
+# (``abc\Cookie:``). The run is looked at whole and once (a pair of it is never read as an
+# escaped backslash with the escape after it as the credential's text, which ate the next
+# header's name and showed its value), so that a long run costs one pass.
+_B_ESCAPED = r"\\++(?=[A-Za-z0-9._~+/=-])(?![rnt])(?![A-Za-z0-9_-]++:)"
+# A character of a credential after its scheme: a token68's, or a backslash run as above.
+_B_CHAR = rf"(?:[A-Za-z0-9._~+/-]|{_B_ESCAPED})"
 # One "name=value" after a credential's scheme: the value quoted (escaped in a JSON string, or
 # not; backslashes inside it taken, but for those escaping its closing quote), or a run. (A
 # quote that closes the text around it is not a value: '"Basic dXNl=", ...'.)
 _B_PARAM = (
     rf"{_B_CHAR}++[ \t]*+=[ \t]*+"
     r"(?:\\*+\"(?=[^\s,\]}:])(?:[^\"\\]|\\++(?!\"))*+(?:\\*+\")?"
-    rf"|(?:[^\s\"',;&}}\\]|{_ESCAPED})*+)"
+    rf"|(?:[^\s\"',;&}}\\]|{_B_ESCAPED})*+)"
 )
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The credential, whatever its shape: "name=value" pairs after the scheme ('Bearer
@@ -509,7 +516,7 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
             r'(?i)(oauth_(?:signature|token|consumer_key|nonce))=(\\*+"|)'
-            rf'(?:[^"\\,\s]|{_ESCAPED_IN_QUOTES})*+(?:\2)?'
+            rf'(?:[^"\\,\s]|{_B_ESCAPED})*+(?:\2)?'
         ),
         rf"\1=\2{REDACTED}\2",
     ),

