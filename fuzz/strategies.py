@@ -131,6 +131,12 @@ def credential_headers() -> st.SearchStrategy[str]:
     return st.one_of(with_scheme, bare, cookie, st.just("cookie={s}"))
 
 
+def _dump(name: str, value: str, joiner: str) -> str:
+    """A request's headers joined by ``joiner``, a scheme's credential first and the header
+    ``name: value`` after it."""
+    return joiner.join(["GET /a HTTP/1.1", "Authorization: Bearer abcd", f"{name}: {value}"])
+
+
 #: Ways a header, its name and its value, is written where a log or a 5xx body echoes it:
 #: each a function of the name and the value giving the text.
 _ECHO_SHAPES: dict[str, Any] = {
@@ -148,6 +154,14 @@ _ECHO_SHAPES: dict[str, Any] = {
     # JSON in a JSON string (an upstream's error quoted in ours): its quotes escaped.
     "escaped json": lambda n, v: json.dumps({"error": f"upstream said {json.dumps({n: v})}"}),
     "escaped har": lambda n, v: json.dumps(json.dumps({"name": n, "value": v})),
+    # A request dump in JSON held in a JSON string (its CRLFs written "\\\\r\\\\n"), and as
+    # Python's repr of that JSON writes it: another credential's line before the header's, so
+    # that a run taking the escapes would take the header's name too.
+    "depth 2": lambda n, v: json.dumps(json.dumps({"request": _dump(n, v, "\r\n")})),
+    "depth 2 repr": lambda n, v: repr(json.dumps({"request": _dump(n, v, "\r\n")})),
+    # Headers joined by a tab (in a JSON string: "\\t"), or by a literal backslash.
+    "tab joined": lambda n, v: json.dumps({"headers": _dump(n, v, "\t")}),
+    "backslash joined": lambda n, v: _dump(n, v, "\\"),
     "xml": lambda n, v: f"<request><{n}>{v}</{n}><Host>h</Host></request>",
 }
 
@@ -163,11 +177,14 @@ def echoed_credentials(draw: st.DrawFn) -> tuple[str, str, str]:
         # A scheme's credential quoted with no header's name: only the scheme says what it is.
         scheme = draw(st.sampled_from(["Bearer", "bearer", "Basic", "jwt"]))
         padding = draw(st.sampled_from(["", "=", "=="]))
-        return (
-            f"header value {json.dumps(f'{scheme} {secret}{padding}')} rejected",
-            secret,
-            "quoted",
-        )
+        credential = f"{scheme} {secret}{padding}"
+        if draw(st.booleans()):
+            return f"header value {json.dumps(credential)} rejected", secret, "quoted"
+        # At the start of a line after another credential's, in a JSON string ("\\n"), or
+        # in JSON held in one ("\\\\r\\\\n").
+        lines = "tried Bearer abcd" + draw(st.sampled_from(["\n", "\r\n"])) + credential
+        text = json.dumps({"e": lines})
+        return (json.dumps(text) if draw(st.booleans()) else text), secret, "lines"
     line = draw(credential_headers()).format(s=secret)
     name, sep, value = line.partition(": ")
     if not sep:  # ("cookie=..." is no header)

@@ -128,3 +128,12 @@ def test_a_long_run_of_escapes_after_a_credential_is_read_once(prefix: str, run:
     started = time.process_time()
     redact_text(prefix + run * (256_000 // len(run)))
     assert time.process_time() - started < 2.0
+
+
+def test_a_scheme_parameter_in_an_element_ends_at_the_tag() -> None:
+    """A parameter's value after a scheme ended at a blank only: in XML it took the closing tag
+    and the next element with it."""
+    text = "<request><Authorization>Bearer Signature=S3CR3T</Authorization><Host>h</Host></request>"
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+    assert "<Host>h</Host>" in shown, shown
