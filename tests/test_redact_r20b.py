@@ -137,3 +137,38 @@ def test_a_scheme_parameter_in_an_element_ends_at_the_tag() -> None:
     shown = redact_text(text)
     assert SECRET not in shown, shown
     assert "<Host>h</Host>" in shown, shown
+
+
+# -- XML: CDATA after a blank; an empty element --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Pretty-printed XML: a blank or a line break before the CDATA section.
+        f"<password>\n  <![CDATA[{SECRET}]]>\n</password>",
+        f"<password> <![CDATA[{SECRET}]]></password>",
+        f'<Authorization type="x">\n  <![CDATA[Token {SECRET}]]>\n</Authorization>',
+        f"<password>\n  <![CDATA[a<b {SECRET}]]>\n</password>",
+    ],
+)
+def test_cdata_after_a_blank_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<Token type="opaque"/>Request failed for account 123<br/>',
+        "<password/>Request failed<br/>",
+        '<Token type="opaque" />Request failed',
+    ],
+)
+def test_an_empty_element_named_like_a_secret_keeps_the_text_after_it(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_an_element_with_a_slash_in_an_attribute_still_hides_its_text() -> None:
+    shown = redact_text(f'<Authorization href="/a/">Token {SECRET}</Authorization>')
+    assert SECRET not in shown, shown
