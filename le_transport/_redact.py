@@ -297,19 +297,14 @@ _QUOTE_RUNS = {'"': re.compile(r'(?<!\\)\\*+"'), "'": re.compile(r"(?<!\\)\\*+'"
 #: hidden up to its closing bracket (brackets in its quoted strings are theirs), to the end
 #: of the text when it is cut before it.
 _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
-#: What precedes a "value" field that is a named header's or parameter's (HAR's
-#: ``{"name": "Authorization", "value": "..."}``, a ``{"key": ..., "value": ...}`` list): the
-#: name, looked for in a short window before the field (:func:`_named_by`).
-_NAME_OF_VALUE = re.compile(
-    r"(?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']\s*+,\s*+\\*+[\"']"
+#: A name given in the object a "value" field is in (HAR's ``{"name": "Authorization", "value":
+#: "..."}``, a ``{"key": ..., "value": ...}`` list, in any order and with other fields between:
+#: HAR's "comment", Postman's "type"): looked for in a short window before the field and
+#: after its value, up to the object's brace (:func:`_object_names`).
+_NAME_FIELD = re.compile(
+    r"(?i)\\*+[\"'](?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
 )
-#: What follows a "value" field's value when the object names it after (``"value": "...",
-#: "name": "Authorization"``, as HAR's writers may order it): the name, for
-#: :func:`_named_after`.
-_NAME_AFTER_VALUE = re.compile(
-    r"(?i)\\*+[\"']\s*+,\s*+\\*+[\"'](?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)"
-)
-_NAMED_WINDOW = 120
+_NAMED_WINDOW = 256
 
 
 def _is_scheme(word: str) -> bool:
@@ -327,23 +322,24 @@ def _header_kind(name: str) -> str | None:
     return None
 
 
-def _named_by(text: str, end: int) -> str | None:
-    """The name a ``"value"`` field ending its key at ``end`` belongs to, when an object gives
-    its name first (``"name": "Authorization", "value"``); bounded work per field."""
-    start = max(0, end - _NAMED_WINDOW)
-    window = text[start:end].lower()
-    for word in ("name", "key"):
-        at = window.rfind(word)
-        if at >= 0 and (found := _NAME_OF_VALUE.fullmatch(window, at)) is not None:
-            return found.group(1)
-    return None
+def _object_names(text: str, start: int, end: int) -> list[str]:
+    """The names (:data:`_NAME_FIELD`) given in ``text[start:end]``: a window before a
+    ``"value"`` key or after its value, cut at its object's brace."""
+    return [found.group(1) for found in _NAME_FIELD.finditer(text, start, end)]
 
 
-def _named_after(text: str, close: int) -> str | None:
-    """The name an object gives after its ``"value"`` (``{"value": "...", "name":
-    "Authorization"}``), the value's closing quote at ``close``; bounded work per field."""
-    found = _NAME_AFTER_VALUE.match(text, close, min(len(text), close + _NAMED_WINDOW))
-    return None if found is None else found.group(1)
+def _names_before(text: str, key: int) -> list[str]:
+    """The names an object gives before its ``"value"`` key, which starts at ``key``."""
+    start = max(0, key - _NAMED_WINDOW)
+    brace = max(text.rfind("{", start, key), text.rfind("}", start, key))
+    return _object_names(text, max(start, brace + 1), key)
+
+
+def _names_after(text: str, close: int) -> list[str]:
+    """The names an object gives after its ``"value"``'s value, which ends at ``close``."""
+    end = min(len(text), close + _NAMED_WINDOW)
+    braces = [at for at in (text.find("{", close, end), text.find("}", close, end)) if at >= 0]
+    return _object_names(text, close, min(braces, default=end))
 
 
 def _quote_depth(backslashes: int) -> int:
@@ -365,6 +361,23 @@ def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
         if _quote_depth(found.end() - found.start() - 1) <= depth:
             return found.start()
     return len(text)
+
+
+def _value_end(text: str, start: int, punctuation: str) -> int | None:
+    """Where a ``"value"`` field's value starting at ``start`` ends, to look for its name
+    after it: a quoted one's close, or a short array's (``["Token x"]``); None for any other.
+    """
+    opener = punctuation[-1]
+    if opener in "\"'":
+        escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
+        return _quoted_end(text, start, opener, _quote_depth(escapes))
+    if text.startswith("[", start):
+        # (Bounded: a list cut before its close, "value": [ after "value": [, is not read
+        # to the text's end again for each.)
+        found = _ARRAY.match(text, start, min(len(text), start + 4 * _NAMED_WINDOW))
+        if found is not None and found.group().endswith("]"):
+            return found.end()
+    return None
 
 
 def _opens_pair(text: str, name_start: int) -> bool:
@@ -391,17 +404,16 @@ def _hide_secret_fields(text: str) -> str:
         name = match.group(1).lower()
         punctuation = match.group(2)
         if name == "value":
-            # HAR's {"name": "Authorization", "value": "..."}, or the name after the value:
-            # the value is the header's.
-            named = _named_by(text, match.start(1))
-            if named is None and punctuation[-1] in "\"'":
-                escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
-                close = _quoted_end(text, match.end(), punctuation[-1], _quote_depth(escapes))
-                named = _named_after(text, close)
-            if named is not None:
-                if not is_secret_header(named):
-                    continue
-                name = named.lower()
+            # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,
+            # other fields between: the value is the header's.
+            names = _names_before(text, match.start(1))
+            if not names:
+                close = _value_end(text, match.end(), punctuation)
+                names = [] if close is None else _names_after(text, close)
+            secret = next((n for n in names if is_secret_header(n)), None)
+            if secret is None:
+                continue
+            name = secret.lower()
         kind = _header_kind(name)
         is_pair = punctuation[-1] not in ":=" and "," in punctuation
         if is_pair:
@@ -717,7 +729,8 @@ def redact_text(text: str) -> str:
     credential ("Bearer x"), OAuth parameters, a URL's userinfo, the UMS path's bearer, a JWT.
     A value is found as JSON writes it too: quoted with escaped quotes (JSON in a JSON
     string), as an array (``"Cookie": ["..."]``), as HAR's ``{"name": "Authorization",
-    "value": "..."}`` (the name before or after the value), and as an XML element's text
+    "value": "..."}`` (the name before or after the value, other fields between), and as an
+    XML element's text
     (``<Authorization>...</Authorization>``, with attributes, or a CDATA section).
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""
     for pattern, replacement in _TEXT_BEFORE_FIELDS:

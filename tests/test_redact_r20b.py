@@ -172,3 +172,48 @@ def test_an_empty_element_named_like_a_secret_keeps_the_text_after_it(text: str)
 def test_an_element_with_a_slash_in_an_attribute_still_hides_its_text() -> None:
     shown = redact_text(f'<Authorization href="/a/">Token {SECRET}</Authorization>')
     assert SECRET not in shown, shown
+
+
+# -- HAR and Postman: a value whose name is not next to it ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # HAR's header object may carry "comment" (HAR 1.2), between value and name.
+        f'{{"value": "Token {SECRET}", "comment": "", "name": "Authorization"}}',
+        f'{{"name": "Authorization", "comment": "from the proxy", "value": "Token {SECRET}"}}',
+        # A value given as a list, named after it.
+        f'{{"value": ["Token {SECRET}"], "name": "Authorization"}}',
+        # Postman's header objects written with sorted keys: key, type, value.
+        f'{{"key": "Authorization", "type": "text", "value": "Token {SECRET}"}}',
+        json.dumps(json.dumps({"key": "Cookie", "type": "text", "value": f"a={SECRET}"})),
+        json.dumps({"value": f"Token {SECRET}", "comment": "", "name": "X-Api-Key"}),
+    ],
+)
+def test_a_har_value_with_its_name_not_next_to_it_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"name": "Authorization", "value": "***"},'
+        ' {"value": "h", "comment": "", "name": "Host"}]',
+        '[{"value": "gzip", "comment": "", "name": "Accept-Encoding"},'
+        ' {"name": "Host", "value": "h"}]',
+        '{"value": ["a", "b"], "name": "Accept"}',
+    ],
+)
+def test_a_har_value_named_by_a_plain_header_is_shown(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize("run", ['"value": [', '{"value": "', '"value": "x", "comment": "'])
+def test_many_unnamed_values_are_read_once(run: str) -> None:
+    """The name after a value is looked for in a bounded window, never to the text's end again
+    for each value."""
+    started = time.process_time()
+    redact_text(run * (256_000 // len(run)))
+    assert time.process_time() - started < 2.0
