@@ -145,6 +145,11 @@ _ECHO_SHAPES: dict[str, Any] = {
     "json string": lambda n, v: json.dumps(f"GET /a HTTP/1.1\r\n{n}: {v}\r\nX-Request-Id: rid-7"),
     "pair": lambda n, v: json.dumps([n, v]),
     "tuple": lambda n, v: repr((n, v)),
+    # aiohttp's raw_headers as repr prints them; Node's rawHeaders; a pretty-printed pair in a
+    # JSON string (its blanks escaped).
+    "bytes pairs": lambda n, v: repr([(b"Host", b"h"), (n.encode(), v.encode())]),
+    "raw headers": lambda n, v: json.dumps(["Host", "h", n, v]),
+    "pretty pair": lambda n, v: json.dumps({"e": json.dumps([n, v], indent=2)}),
     "har": lambda n, v: json.dumps({"name": n, "value": v}, separators=(",", ":")),
     "har spaced": lambda n, v: json.dumps({"name": n, "value": v}),
     "postman": lambda n, v: json.dumps({"key": n, "value": v, "type": "text"}),

@@ -222,7 +222,8 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # its cookies' names.
 _FIELD = re.compile(
     r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)"
-    r"((?:\\*+[\"'])?\s*+[:=]\s*+(?:\\*+[\"'])?|\\*+[\"'],\s*+\\*+[\"'])"
+    r"((?:\\*+[\"'])?\s*+[:=]\s*+(?:\\*+[\"'])?"
+    r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
 )
 #: Backslashes that are not the escape of a line break or of a quote (``\r``, ``\n``, ``\"``
 #: as a JSON string writes them, in an excerpt or a log of one; ``\\\"`` in a JSON string
@@ -374,23 +375,58 @@ def _value_end(text: str, start: int, punctuation: str) -> int | None:
     if text.startswith("[", start):
         # (Bounded: a list cut before its close, "value": [ after "value": [, is not read
         # to the text's end again for each.)
-        found = _ARRAY.match(text, start, min(len(text), start + 4 * _NAMED_WINDOW))
-        if found is not None and found.group().endswith("]"):
-            return found.end()
+        end = min(len(text), start + 4 * _NAMED_WINDOW)
+        if text.find("]", start, end) >= 0:
+            found = _ARRAY.match(text, start, end)
+            if found is not None and found.group().endswith("]"):
+                return found.end()
     return None
 
 
 def _opens_pair(text: str, name_start: int) -> bool:
     """Whether the quoted name starting at ``name_start`` is the first of a pair (a list's or
-    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``, ``[ "Cookie", ...]``), or an
-    item of a flat list of names and values (Node's rawHeaders: ``["Host", "h", "Cookie",
-    ...]``)."""
-    at = name_start - 1  # the name's quote
-    while at > 0 and text[at - 1] == "\\":
-        at -= 1
-    while at > 0 and text[at - 1] in " \t\r\n":
-        at -= 1
-    return at > 0 and text[at - 1] in "[(,"
+    a tuple's: ``["Authorization", ...]``, ``('Cookie', ...)``, ``[ "Cookie", ...]``, bytes
+    as aiohttp's raw_headers print: ``(b'Cookie', ...)``), or an item of a flat list of names
+    and values at an even place (Node's rawHeaders: ``["Host", "h", "Cookie", ...]``). Blanks
+    may be escaped (``[\\n  \\"Cookie\\"``: a list pretty-printed in a JSON string)."""
+    quote = name_start - 1  # the name's quote
+    while quote > 0 and text[quote - 1] == "\\":
+        quote -= 1
+    if text[quote - 1 : quote] == "b" and not _FIELD_NAME_CHAR.match(text[quote - 2 : quote - 1]):
+        quote -= 1  # (a bytes literal's prefix)
+    at = quote
+    while at > 0:
+        if text[at - 1] in " \t\r\n":
+            at -= 1
+        elif at > 1 and text[at - 1] in "rnt" and text[at - 2] == "\\":
+            at -= 2
+            while at > 0 and text[at - 1] == "\\":
+                at -= 1
+        else:
+            break
+    if at == 0 or text[at - 1] not in "[(,":
+        return False
+    if text[at - 1] != ",":
+        return True
+    # After a comma: a pair's first only at an even place of a list of strings, counted from
+    # its bracket in a bounded window; at an odd place it is an item of a list of names or
+    # words ('["Content-Type", "Authorization", "X-LP-Account"]'). A list that cannot be read
+    # so (longer than the window, not of plain strings) is taken as pairs: a leak costs more.
+    bracket = text.rfind("[", max(0, quote - _LIST_WINDOW), quote)
+    return bracket < 0 or _AT_ODD_PLACE.fullmatch(text, bracket, quote) is None
+
+
+_FIELD_NAME_CHAR = re.compile(r"[A-Za-z0-9_.-]")
+_LIST_WINDOW = 512
+# A list's items so far, an odd number of them: its bracket, then strings (plain, escaped in a
+# JSON string, or bytes) each followed by a comma, blanks (escaped or not) anywhere between.
+# Possessive throughout, so one pass reads it.
+_LIST_BLANKS = r"(?:\s|\\++[rnt])*+"
+_LIST_ITEM = (
+    r"b?(?:\\*+\"(?:[^\"\\]|\\++[^\"\\])*+\\*+\"|\\*+'(?:[^'\\]|\\++[^'\\])*+\\*+')"
+    rf"{_LIST_BLANKS},{_LIST_BLANKS}"
+)
+_AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_LIST_ITEM}{_LIST_ITEM})*+{_LIST_ITEM}")
 
 
 def _hide_secret_fields(text: str) -> str:
@@ -417,9 +453,10 @@ def _hide_secret_fields(text: str) -> str:
         kind = _header_kind(name)
         is_pair = punctuation[-1] not in ":=" and "," in punctuation
         if is_pair:
-            # A pair of strings: only a credential header and its value, as a header list
-            # writes them ('[("Authorization", "Token x")]', '["Cookie", "a=b"]').
-            if kind is None or not _opens_pair(text, match.start(1)):
+            # A pair of strings: only a credential header (or parameter) and its value, as a
+            # header list writes them ('[("Authorization", "Token x")]', '["Cookie", "a=b"]',
+            # '[("X-Api-Key", "x")]', a form's '[("password", "x")]').
+            if not is_secret_header(name) or not _opens_pair(text, match.start(1)):
                 continue
         elif kind is None and not any(part in name for part in _SECRET_NAME_PARTS):
             continue
