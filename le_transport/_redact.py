@@ -575,10 +575,11 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
 _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The whole-name ones, only as name=value (a query string, a form): in "name: value" they
     # are as often a field's label in a message. A name may follow an escaped line break or
-    # tab ("\\r\\npw=x": a form or a header block in a JSON string).
+    # tab ("\\r\\npw=x": a form or a header block in a JSON string), or an escaped "&" as
+    # Go's encoding/json writes it ("user=bob\\u0026pw=x", an Azure SAS URL's "\\u0026sig=").
     (
         re.compile(
-            r"(?i)(?:(?<![a-z0-9_.-])|(?<=\\[rnt]))("
+            r"(?i)(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=\\u0026))("
             + "|".join(sorted(_SECRET_NAMES))
             + rf")(\s*=\s*(?:\\*+[\"'])?)((?:[^\"'&,\s}}\\]|{_ESCAPED})++)"
         ),

@@ -307,3 +307,25 @@ def test_a_long_list_of_credential_header_names_is_read_in_bounded_work(run: str
     started = time.process_time()
     redact_text("[" + run * (100_000 // len(run)))
     assert time.process_time() - started < 2.0
+
+
+# -- short names after Go's escaped "&" -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Go's encoding/json writes "&" as "\\u0026" (an Azure SAS URL's "sig", a form's "pw").
+        f'{{"url": "https://acct.blob.core.windows.net/c/b?sv=2022-11-02\\u0026sig={SECRET}"}}',
+        f'{{"form": "user=bob\\u0026pw={SECRET}"}}',
+        json.dumps({"e": f'{{"form": "user=bob\\u0026pin={SECRET}"}}'}),
+    ],
+)
+def test_a_short_name_after_an_escaped_ampersand_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+def test_a_word_ending_like_a_short_name_after_an_escaped_ampersand_is_shown() -> None:
+    text = '{"url": "https://h/x?a=1\\u0026design=blue\\u0026spin=2"}'
+    assert redact_text(text) == text
