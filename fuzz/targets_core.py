@@ -192,22 +192,10 @@ def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
 #: Pieces of secrets' names, schemes and the punctuation around them, whose joins may make one
 #: (or a text redact_url shows without the passes, :func:`check_redact_text`).
 _PIECES = (
-    *(
-        "pa",
-        "ss",
-        "word",
-        "to",
-        "ken",
-        "sig",
-        "pw",
-        "\u017fig",
-        "\u212aEY",
-        "auth",
-        "Cookie",
-        "value",
-    ),
-    *("Bearer", "eyJ", "oauth_", "brand", "x", "b", "=", ":", '"', "'", "[", "]", ",", " "),
-    *("\\", "\\n", "\\u0026", "<", ">", "/", "@", "-", ".", "_", "://"),
+    *("pa", "ss", "word", "to", "ken", "sig", "pw", "auth", "Cookie", "value", "Bearer", "eyJ"),
+    # A long s and a Kelvin sign: case-folded, an "s" and a "k".
+    *("\u017fig", "\u212aEY", "oauth_", "brand", "x", "b", "=", ":", '"', "'", "[", "]", ","),
+    *(" ", "\\", "\\n", "\\u0026", "<", ">", "/", "@", "-", ".", "_", "://"),
 )
 
 

@@ -419,14 +419,22 @@ def _opens_pair(text: str, name_start: int) -> bool:
 _FIELD_NAME_CHAR = re.compile(r"[A-Za-z0-9_.-]")
 _LIST_WINDOW = 512
 # A list's items so far, an odd number of them: its bracket, then strings (plain, escaped in a
-# JSON string, or bytes) each followed by a comma, blanks (escaped or not) anywhere between.
-# Possessive throughout, so one pass reads it.
+# JSON string, or bytes) each followed by a comma, blanks (escaped or not) anywhere between. A
+# string closes with as many backslashes as it opens with: a bracket inside a string
+# ('"[\\", "'), found as the list's, then reads as no list at all. Possessive throughout, so one
+# pass reads it.
 _LIST_BLANKS = r"(?:\s|\\++[rnt])*+"
-_LIST_ITEM = (
-    r"b?(?:\\*+\"(?:[^\"\\]|\\++[^\"\\])*+\\*+\"|\\*+'(?:[^'\\]|\\++[^'\\])*+\\*+')"
-    rf"{_LIST_BLANKS},{_LIST_BLANKS}"
-)
-_AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_LIST_ITEM}{_LIST_ITEM})*+{_LIST_ITEM}")
+
+
+def _list_item(group: int) -> str:
+    return (
+        rf"b?(?:(\\*+)\"(?:[^\"\\]|\\++[^\"\\])*+\{group}\""
+        rf"|(\\*+)'(?:[^'\\]|\\++[^'\\])*+\{group + 1}')"
+        rf"{_LIST_BLANKS},{_LIST_BLANKS}"
+    )
+
+
+_AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_list_item(1)}{_list_item(3)})*+{_list_item(5)}")
 
 
 def _hide_secret_fields(text: str) -> str:

@@ -293,6 +293,9 @@ def test_a_list_of_words_after_a_credential_header_name_is_shown(text: str) -> N
         # Not a list of plain strings (a nested list, a number): read as pairs, hidden.
         f'["Host", ["h"], "Cookie", "a={SECRET}"]',
         f'["Host", 1, "Cookie", "a={SECRET}"]',
+        # A bracket inside a string, found as the list's: what follows it is no list.
+        f'["X-A", "[\\", ", "Cookie", "a={SECRET}"]',
+        f'["X-A", "v", "[\\\\", "Y\\\\", "Cookie", "a={SECRET}"]',
         # Longer than the window it is counted in.
         '["Accept", "' + "x" * 2000 + f'", "Host", "h", "Cookie", "a={SECRET}"]',
     ],
