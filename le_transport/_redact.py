@@ -517,13 +517,14 @@ def _hide_secret_fields(text: str) -> str:
 
 #: An element whose name says secret, in XML or HTML (``<Authorization>Token x</...>``,
 #: ``<password>x</password>``, ``<Authorization type="x">``, ``<![CDATA[x]]>``): its text
-#: hidden, up to the next tag, or a CDATA section whole, blanks before it and all (to the
-#: text's end when it is cut before its close). An empty element (``<Token type="x"/>``) has
-#: no text: what follows it is not its. The name is decided in Python (:func:`_hide_element`);
-#: attributes are kept (the fields' pass reads those named like a secret's).
+#: hidden, up to the next tag, or a CDATA section whole, blanks before it and all (escaped
+#: ones too, in a JSON string; to the text's end when it is cut before its close). An empty
+#: element (``<Token type="x"/>``) has no text: what follows it is not its. The name is
+#: decided in Python (:func:`_hide_element`); attributes are kept (the fields' pass reads
+#: those named like a secret's).
 _ELEMENT = re.compile(
     r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)((?:\s[^<>]*+)?+)(?<!/)>"
-    r"(\s*+<!\[CDATA\[(?:[^\]]|\](?!\]>))*+(?:\]\]>)?|[^<]++)"
+    r"((?:\s|\\++[rnt])*+<!\[CDATA\[(?:[^\]]|\](?!\]>))*+(?:\]\]>)?|[^<]++)"
 )
 
 

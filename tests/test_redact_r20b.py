@@ -152,6 +152,9 @@ def test_a_scheme_parameter_in_an_element_ends_at_the_tag() -> None:
         f"<password> <![CDATA[{SECRET}]]></password>",
         f'<Authorization type="x">\n  <![CDATA[Token {SECRET}]]>\n</Authorization>',
         f"<password>\n  <![CDATA[a<b {SECRET}]]>\n</password>",
+        # In a JSON string, its blanks escaped ("\\n  "), or in JSON held in one.
+        json.dumps({"e": f"<password>\n  <![CDATA[{SECRET}]]>\n</password>"}),
+        json.dumps(json.dumps({"e": f"<password>\r\n\t<![CDATA[a<b {SECRET}]]></password>"})),
     ],
 )
 def test_cdata_after_a_blank_is_hidden(text: str) -> None:
