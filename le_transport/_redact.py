@@ -364,6 +364,30 @@ def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
     return len(text)
 
 
+#: An element's name, from its tag's "<"; a "name" or "key" attribute's value.
+_TAG_NAME = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)")
+_NAME_ATTRIBUTE = re.compile(
+    r"(?i)(?<![A-Za-z0-9_.:-])(?:name|key)\s*+=\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
+)
+
+
+def _tag_names(text: str, key: int, close: int | None) -> list[str]:
+    """When the ``value`` attribute whose name starts at ``key`` is in an element's tag: the
+    element's name and its "name" and "key" attributes' (before it, and after its value,
+    which ends at ``close``, up to the tag's end); bounded work per field."""
+    lt = text.rfind("<", max(0, key - _NAMED_WINDOW), key)
+    if lt < 0 or text.find(">", lt, key) >= 0 or (tag := _TAG_NAME.match(text, lt)) is None:
+        return []
+    names = [tag.group(1).rpartition(":")[2]]
+    names.extend(found.group(1) for found in _NAME_ATTRIBUTE.finditer(text, tag.end(), key))
+    if close is not None:
+        end = min(len(text), close + _NAMED_WINDOW)
+        gt = text.find(">", close, end)
+        after = _NAME_ATTRIBUTE.finditer(text, close, end if gt < 0 else gt)
+        names.extend(found.group(1) for found in after)
+    return names
+
+
 def _value_end(text: str, start: int, punctuation: str) -> int | None:
     """Where a ``"value"`` field's value starting at ``start`` ends, to look for its name
     after it: a quoted one's close, or a short array's (``["Token x"]``); None for any other.
@@ -451,9 +475,14 @@ def _hide_secret_fields(text: str) -> str:
             # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,
             # other fields between: the value is the header's.
             names = _names_before(text, match.start(1))
+            close = None
             if not names:
                 close = _value_end(text, match.end(), punctuation)
                 names = [] if close is None else _names_after(text, close)
+            if not names:
+                # An XML element's attribute: '<header name="Authorization" value="..."/>',
+                # '<password value="..."/>'.
+                names = _tag_names(text, match.start(1), close)
             secret = next((n for n in names if is_secret_header(n)), None)
             if secret is None:
                 continue

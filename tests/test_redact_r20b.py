@@ -380,3 +380,41 @@ def test_a_query_value_holding_a_secret_is_still_scrubbed(value: str, expected: 
 def test_a_query_value_with_a_control_character_stays_percent_encoded() -> None:
     shown = redact_url(URL("https://h/x").with_query({"q": "a=b\r\nX-Injected: 1"}))
     assert shown == "https://h/x?q=a=b%0D%0AX-Injected: 1"
+
+
+# -- XML and HTML: a value attribute named by its element or its name attribute ----------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'<header name="Authorization" value="Token {SECRET}"/>',
+        f'<header value="Token {SECRET}" name="Authorization"/>',
+        f'<password value="{SECRET}"/>',
+        f'<ns:Cookie value="a={SECRET}"/>',
+        f'<input type="hidden" name="password" value="{SECRET}">',
+        json.dumps({"e": f'<header name="X-Api-Key" value="{SECRET}"/>'}),
+    ],
+)
+def test_a_value_attribute_named_like_a_secret_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert SECRET not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<h name="Host" value="h"/><h value="x" name="Accept"/>',
+        '<option value="3">three</option>',
+        '<param name="x" value="y"/> password',
+    ],
+)
+def test_a_value_attribute_named_otherwise_is_shown(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize("run", ['<a value="', '<a b="c" value="x"', "< value="])
+def test_many_value_attributes_are_read_in_bounded_work(run: str) -> None:
+    started = time.process_time()
+    redact_text(run * (100_000 // len(run)))
+    assert time.process_time() - started < 2.0
