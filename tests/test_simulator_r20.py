@@ -294,6 +294,45 @@ def test_add_route_takes_a_variable_path_no_built_in_route_matches(path: str) ->
     assert Simulator().add_route("POST", path, _mine).path == path
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        # A spanning variable whose text no built-in path has after /api/account/<id>/.
+        "/api/account/{account}/{rest:gone.*}",
+        "/api/account/{account}/{r:chat/[0-9]+}/infox",
+        "/api/account/{account}/chat/{c}/{i:in[a-z]x}",
+        # A '/' inside a variable's regex does not split the path into segments.
+        "/api/account/{account}/{r:[a-z]+/[0-9]+}/x",
+        # A '?' inside a variable's regex is not a query.
+        "/api/account/{account}/widgets/{w:(?:a|b)x?}",
+    ],
+)
+def test_add_route_takes_a_spanning_variable_whose_text_no_built_in_path_has(path: str) -> None:
+    # Every spanning variable counted as "any segments": GET .../{rest:gone.*} was refused as
+    # colliding with GET .../service/baseURI.json, which no path starting "gone" reaches.
+    assert Simulator().add_route("GET", path, _mine).path == path
+
+
+@pytest.mark.parametrize(
+    ("path", "builtin"),
+    [
+        ("/api/account/{account}/{x:serv.*}", "service/baseURI.json"),
+        ("/api/account/{account}/{r:chat/[0-9]+}/info", "chat/{chat}/info"),
+        ("/api/account/{account}/chat/{c}/{i:inf.}", "chat/{chat}/info"),
+        # users/{user} takes any last segment, x.csv too: the built-in route answers first.
+        (r"/api/account/{account}/{name:.+\.csv}", "users/{user}"),
+        ("/api/account/{account}/{r:(?:a|service)/.*}", "service/"),
+    ],
+)
+def test_add_route_still_refuses_a_spanning_variable_that_can_match_a_built_in_path(
+    path: str, builtin: str
+) -> None:
+    with pytest.raises(
+        ConfigurationError, match=f"collides with the built-in route GET .*{builtin}"
+    ):
+        Simulator().add_route("GET", path, _mine)
+
+
 # -- 6. agentSession's Location and public_scheme ------------------------------------------------
 
 

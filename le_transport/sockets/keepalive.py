@@ -31,7 +31,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 from .._checks import require_kind
 from .._redact import redact_text
 from .._shown import error_text, redacted_exc_info
-from ..clock import Clock, timeout_after
+from ..clock import Clock, next_turn, timeout_after
 from ..errors import (
     AuthenticationError,
     ClientStatusError,
@@ -292,7 +292,7 @@ class KeepaliveScheduler:
         # (Python 3.12+) this runs inside watch(), and a subject due at once was asked before
         # its owner held the ticket watch() returns (a socket, asked without one, answers None:
         # its connection was never watched again).
-        await asyncio.sleep(0)
+        await next_turn()
         try:
             while self._live:
                 now = clock.now()

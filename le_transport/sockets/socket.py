@@ -62,7 +62,7 @@ import attrs
 
 from .._checks import is_async_callable
 from .._shown import error_text, redacted_exc_info
-from ..clock import Clock, RealClock, stall_timeout, timeout_after
+from ..clock import Clock, RealClock, next_turn, stall_timeout, timeout_after
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
@@ -187,8 +187,8 @@ async def _go_on_sparing_waits(step: Generator[Any, None, None], waits_on: Any) 
             waited: asyncio.Future[Any] | None = None
             try:
                 if waits_on is None:
-                    # A bare yield (asyncio.sleep(0)): a turn of the loop.
-                    await asyncio.sleep(0)
+                    # A bare yield (what asyncio.sleep(0) yields): a turn of the loop.
+                    await next_turn()
                 elif asyncio.isfuture(waits_on) and waits_on._asyncio_future_blocking:
                     # What a task does with a future its coroutine yields; then waited for
                     # without being cancelled when this task is (asyncio.wait leaves it be).

@@ -292,9 +292,6 @@ _REGEX_CLASS = re.compile(r"\[\^?\]?(?:\\.|[^\]\\])*\]")
 #: alternation. Anything else (``.``, ``\S``, ``[^x]``, a lookaround) may match one.
 _NO_SLASH_REGEX = re.compile(r"(?:\\[dw.\-_]|[\w\-+*?{},()|:]|\x00)*")
 
-_SPAN = "/"
-"""A segment whose variable may match across ``/``: it stands for one segment or more."""
-
 
 def _spans(regex: str) -> bool:
     """Whether a variable's ``regex`` may match a ``/`` (so a request path's segments
@@ -317,26 +314,132 @@ def _spans(regex: str) -> bool:
     return False
 
 
-def _segments(path: str) -> list[str | None]:
-    """A route path's segments: a ``{variable}`` one as None (it matches any segment), one
-    whose variable's regex may match a ``/`` (``{rest:.*}``) as :data:`_SPAN` (it matches one
-    segment or more)."""
-    parts: list[str | None] = []
-    for part in path.split("/"):
-        if "{" not in part:
-            parts.append(part)
-        elif any(_spans(found.group(1)) for found in _REGEX_VARIABLE.finditer(part)):
-            parts.append(_SPAN)
+#: aiohttp's path variables: ``{name}`` (one segment: ``[^{}/]+``) and ``{name:regex}``.
+_PATH_VARIABLE = re.compile(
+    r"\{(?P<var>[_a-zA-Z][_a-zA-Z0-9]*)(?::(?P<re>(?:[^{}]|\{[^{}]*\})+))?\}"
+)
+#: One token of a variable's regex, for its literal ends: an escape, a class, a counted
+#: quantifier, or one character.
+_REGEX_TOKEN = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\{\d*(?:,\d*)?\}|.", re.DOTALL)
+
+
+@attrs.frozen
+class _Part:
+    """A route path segment that holds a variable: what it matches, and for one that may
+    span segments, the literal text every match starts and ends with."""
+
+    pattern: re.Pattern[str] | None  # None: not compiled here (counted as matching anything)
+    spans: bool
+    head: str = ""
+    tail: str = ""
+
+
+def _regex_ends(tokens: list[str]) -> tuple[str, str]:
+    """The literal text a regex's every match starts and ends with ('' where not known)."""
+    if any(tok in ("|", "(") for tok in tokens):
+        # Alternation, groups and inline flags ((?i)) make the ends a guess: none is known.
+        return "", ""
+    literal: list[str | None] = []
+    for tok in tokens:
+        if tok[0] in "*+?" or (tok[0] == "{" and len(tok) > 1):
+            if literal:
+                literal[-1] = None  # a quantified character is not certain
+            literal.append(None)
+        elif len(tok) == 2 and tok[0] == "\\" and not tok[1].isalnum():
+            literal.append(tok[1])
+        elif len(tok) == 1 and tok not in ".^$[]{}()\\":
+            literal.append(tok)
         else:
-            parts.append(None)
-    return parts
+            literal.append(None)
+    head = ""
+    for ch in literal:
+        if ch is None:
+            break
+        head += ch
+    tail = ""
+    for ch in reversed(literal):
+        if ch is None:
+            break
+        tail = ch + tail
+    return head, tail
+
+
+def _part(part: str) -> _Part:
+    """A segment with variables, as aiohttp compiles it."""
+    pattern, tokens, spans, pos = "", [], False, 0
+    for found in _PATH_VARIABLE.finditer(part):
+        text = part[pos : found.start()]
+        pattern += re.escape(text)
+        tokens += [re.escape(ch) if not ch.isalnum() else ch for ch in text]
+        regex = found.group("re")
+        if regex is None:
+            pattern += "[^{}/]+"
+            tokens.append("[^{}/]")
+            tokens.append("+")
+        else:
+            pattern += f"(?:{regex})"
+            spans = spans or _spans(regex)
+            tokens += _REGEX_TOKEN.findall(regex)
+        pos = found.end()
+    text = part[pos:]
+    pattern += re.escape(text)
+    tokens += [re.escape(ch) if not ch.isalnum() else ch for ch in text]
+    head, tail = _regex_ends(tokens) if spans else ("", "")
+    try:
+        return _Part(re.compile(pattern), spans, head, tail)
+    except re.error:
+        return _Part(None, True)
+
+
+def _segments(path: str) -> list[str | _Part]:
+    """A route path's segments: literal ones as text, one with a variable as a :class:`_Part`
+    (a ``{variable}`` matches one segment; one whose regex may match a ``/``, as ``{rest:.*}``
+    does, one segment or more)."""
+    parts, depth, start = [], 0, 0
+    for at, ch in enumerate(path):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(depth - 1, 0)
+        elif ch == "/" and depth == 0:  # a '/' inside a variable's regex splits nothing
+            parts.append(path[start:at])
+            start = at + 1
+    parts.append(path[start:])
+    return [part if "{" not in part else _part(part) for part in parts]
+
+
+def _part_may_match(part: _Part, segments: Sequence[str | _Part]) -> bool:
+    """Whether a request's ``segments`` (built-in ones: text, or a ``{name}`` variable) could
+    be matched by the custom ``part``. Errs on "it could"."""
+    if part.pattern is None:
+        return True
+    if all(isinstance(seg, str) for seg in segments):
+        return part.pattern.fullmatch("/".join(map(str, segments))) is not None
+    # A built-in variable among them: compare the literal text at either end only.
+    lead: list[str] = []
+    for seg in segments:
+        if not isinstance(seg, str):
+            lead.append("")  # a variable follows this '/': the lead ends with it
+            break
+        lead.append(seg)
+    trail: list[str] = []
+    for seg in reversed(segments):
+        if not isinstance(seg, str):
+            trail.append("")
+            break
+        trail.append(seg)
+    head, tail = "/".join(lead), "/".join(reversed(trail))
+    if not (head.startswith(part.head) or part.head.startswith(head)):
+        return False
+    return tail.endswith(part.tail) or part.tail.endswith(tail)
 
 
 def _overlaps(custom: str, builtin: str) -> bool:
     """Whether some request path could match both the ``custom`` route path and the
     ``builtin`` one (whose variables are plain ``{name}`` ones): segment by segment, each
-    equal or a variable on either side, a custom variable that may match a ``/`` standing for
-    one segment or more. Errs on "it could": such a route is refused, not shadowed."""
+    equal, or matched by the other side's variable; a custom variable that may match a ``/``
+    stands for one segment or more, and must be able to match their text. Errs on "it could":
+    such a route is refused, not shadowed."""
     sa, sb = _segments(custom), _segments(builtin)
     # reach[j]: whether the custom segments so far can match the first j built-in ones.
     reach = [True] + [False] * len(sb)
@@ -345,12 +448,16 @@ def _overlaps(custom: str, builtin: str) -> bool:
         for j, ok in enumerate(reach):
             if not ok:
                 continue
-            if x == _SPAN:
+            if isinstance(x, _Part) and x.spans:
                 for k in range(j + 1, len(sb) + 1):
-                    nxt[k] = True
-                break  # every later j is covered by this one
-            if j < len(sb) and (x is None or sb[j] is None or x == sb[j]):
-                nxt[j + 1] = True
+                    nxt[k] = nxt[k] or _part_may_match(x, sb[j:k])
+            elif j < len(sb):
+                y = sb[j]
+                if isinstance(x, str):
+                    fits = not isinstance(y, str) or x == y
+                else:
+                    fits = _part_may_match(x, [y])
+                nxt[j + 1] = nxt[j + 1] or fits
         reach = nxt
     return reach[len(sb)]
 
@@ -409,7 +516,8 @@ class SimRoute:
                 f"SimRoute.path must start with '/' (a path on the simulator, not a URL), "
                 f"got {value!r:.80}"
             )
-        if "?" in value or "#" in value:
+        outside = _PATH_VARIABLE.sub("", value)  # a variable's regex may hold '?': (?:a|b)
+        if "?" in outside or "#" in outside:
             raise ConfigurationError(
                 f"SimRoute.path must be a path without a query or fragment, got {value!r:.80}"
             )
