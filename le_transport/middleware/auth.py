@@ -175,6 +175,24 @@ def parse_form(body: bytes, charset: str) -> list[tuple[str, str]]:
     )
 
 
+def _allowed_host(host: str) -> str:
+    """``host`` in its wire form (an IDN name as xn--, lower case; an IPv6 literal compressed),
+    or HostileHostError for an attack shape (scheme, path, userinfo, whitespace, control
+    characters). An underscore is allowed (internal DNS, container service names)."""
+    if host.startswith("["):
+        return validate_host(host)
+    name, sep, port = host.rpartition(":")
+    if not (sep and port.isdigit()):
+        name, sep, port = host, "", ""
+    wire = _wire_name(name) if name else None
+    if wire is None:
+        raise HostileHostError("refused")
+    wire_host = f"{wire}{sep}{port}"
+    # The LDH check, an underscore standing for a letter: the shape check stays the same.
+    validate_host(wire_host.replace("_", "u"))
+    return wire_host
+
+
 def _host_set(value: Iterable[str]) -> frozenset[str]:
     """``allowed_hosts`` checked: a collection of hosts (``name`` or ``name:port``), each a
     bare host (:func:`~le_transport.providers.domains.validate_host`); a ConfigurationError
@@ -194,7 +212,7 @@ def _host_set(value: Iterable[str]) -> frozenset[str]:
                 f"AuthMiddleware.allowed_hosts must hold non-empty str hosts, got {shown}"
             )
         try:
-            hosts.add(validate_host(host))
+            hosts.add(_allowed_host(host))
         except HostileHostError:
             raise HostConfigurationError(
                 f"AuthMiddleware.allowed_hosts holds {_shown_host(host)}, which is not a bare "
