@@ -375,6 +375,10 @@ class AuthMiddleware:
             # The call ends here, on its 401: reported as the retry loop would have.
             replay.report(f"fresh credentials could not be had ({type(exc).__name__})")
             raise
+        except BaseException:
+            # Cancelled (or interrupted) before the replay: the 401 is still the call's end.
+            replay.report("cancelled while fresh credentials were fetched")
+            raise
         resp = await self._send(request, handler)
         if resp is not None:
             return resp
