@@ -37,7 +37,7 @@ from .._checks import require_option, utf8_encodable
 from .._redact import Secret, redact_url
 from ..clock import Clock, wall_of
 from ..errors import BodyTooLarge, ConfigurationError, TransportError
-from ..events import EventHooks, StateEvent, emit
+from ..events import EventHooks, GiveUpEvent, StateEvent, emit
 from ..middleware.context import (
     CallContext,
     HandledCallContext,
@@ -217,6 +217,21 @@ class ProviderHttp:
                     attempts=ctx.attempts,
                 )
                 _log.warning("%s", err, extra={"service": ctx.service, "method": method})
+                # The call's end, as the retry loop reports one it gives up on when buffering.
+                started = ctx.started_at
+                clock = self.retry_middleware.clock
+                emit(
+                    self.retry_middleware.hooks.on_giveup,
+                    GiveUpEvent(
+                        service=ctx.service or "?",
+                        method=method,
+                        url=redact_url(url),
+                        attempts=len(ctx.attempts),
+                        outcome=None,
+                        reason=str(err),
+                        elapsed=0.0 if started is None else clock.now() - started,
+                    ),
+                )
                 raise err
             chunks.append(chunk)
         return b"".join(chunks)
