@@ -198,7 +198,8 @@ class ProviderHttp:
     ) -> bytes:
         """``resp``'s body, read to the retry middleware's ``max_body_bytes`` at most: past it,
         the connection is dropped and :class:`~le_transport.errors.BodyTooLarge` raised,
-        logged (a login endpoint, or anything in between, streaming without end)."""
+        logged and fired as a GiveUpEvent (a login endpoint, or anything in between, streaming
+        without end)."""
         limit = self.retry_middleware.max_body_bytes
         chunks: list[bytes] = []
         size = 0
