@@ -182,6 +182,7 @@ async def _go_on_sparing_waits(step: Generator[Any, None, None], waits_on: Any) 
     """
     throw: BaseException | None = None
     cancelled: asyncio.CancelledError | None = None
+    before = _cancels()
     try:
         while True:
             waited: asyncio.Future[Any] | None = None
@@ -199,10 +200,13 @@ async def _go_on_sparing_waits(step: Generator[Any, None, None], waits_on: Any) 
                     throw = RuntimeError(f"a write yielded {builtins.type(waits_on).__name__}")
             except asyncio.CancelledError as exc:
                 throw = cancelled = exc
-                if waited is not None and not waited.done():
+                if waited is not None:
                     # Left waiting: when it fails (the drain's "Connection lost"), this write
                     # is no longer there to take the error, and asyncio would log it.
-                    waited.add_done_callback(_retrieve)
+                    if waited.done():
+                        _retrieve(waited)
+                    else:
+                        waited.add_done_callback(_retrieve)
             try:
                 waits_on = step.send(None) if throw is None else step.throw(throw)
             except StopIteration:
@@ -210,8 +214,9 @@ async def _go_on_sparing_waits(step: Generator[Any, None, None], waits_on: Any) 
             throw = None
     finally:
         step.close()
-    if cancelled is not None:
+    if cancelled is not None and _cancelled_since(before):
         # The write returned although its task was cancelled: the cancellation still stands.
+        # (A write that handled its own timeout, asyncio.timeout, uncancelled it: it ended.)
         raise cancelled
 
 
@@ -961,6 +966,7 @@ class ResilientSocket:
         caller's (something else cancelled what the write waited on) is a connection failure,
         :class:`_WriteCancelledElsewhere`, never a bare CancelledError."""
         step = conn.send_text(text).__await__()
+        before = _cancels()
         try:
             # The first step at once, as ``await`` takes it: a write that need not wait (the
             # usual case) ends here, written in its caller's step (writes go out in the order
@@ -969,8 +975,18 @@ class ResilientSocket:
         except StopIteration:
             self._last_sent = self._clock.now()
             return
-        # Nothing could cancel the task during that step: counted now, as before it.
-        before = _cancels()
+        except asyncio.CancelledError:
+            # Nothing could cancel the task during that step: this is a shared drain future
+            # someone else cancelled, met before the write could wait on it.
+            if _cancelled_since(before):
+                raise
+            _log.warning(
+                "%s: a write met a wait cancelled by something other than its caller; its "
+                "frame may or may not have gone out, and the connection is failed (1011)",
+                self._name,
+                extra={"socket": self._name},
+            )
+            raise _WriteCancelledElsewhere("the write was cancelled from outside") from None
         try:
             await _go_on_sparing_waits(step, waits_on)
         except asyncio.CancelledError:
