@@ -594,7 +594,8 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # more than a hidden realm.
     (
         re.compile(
-            r"(?i)(?:\b|(?<=\\[rnt]))(bearer|jwt|basic)\s+(?:"
+            r"(?i)(?:\b|(?<=\\[rnt])|(?<=\\[ux]00[01][0-9a-f])|(?<=\\x[01][0-9a-f]))"
+            r"(bearer|jwt|basic)\s+(?:"
             rf"{_B_CHAR}{{4,}}+=++(?=[ \t]*+(?:[,;]|\s|$|\\*+\"(?![A-Za-z0-9])))"
             rf"|{_B_PARAM}(?:[ \t]*+,[ \t]*+{_B_PARAM})*+"
             rf"|{_B_CHAR}{{4,}}+=*+(?:[ \t]*+=)?+)"
@@ -617,7 +618,8 @@ _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Go's encoding/json writes it ("user=bob\\u0026pw=x", an Azure SAS URL's "\\u0026sig=").
     (
         re.compile(
-            r"(?i)(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=\\u0026))("
+            r"(?i)(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=\\u0026)|(?<=\\[ux]00[01][0-9a-f])"
+            r"|(?<=\\x[01][0-9a-f]))("
             + "|".join(sorted(_SECRET_NAMES))
             + rf")(\s*=\s*(?:\\*+[\"'])?)((?:[^\"'&,\s}}\\]|{_ESCAPED})++)"
         ),

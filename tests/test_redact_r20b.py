@@ -418,3 +418,22 @@ def test_many_value_attributes_are_read_in_bounded_work(run: str) -> None:
     started = time.process_time()
     redact_text(run * (100_000 // len(run)))
     assert time.process_time() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A JSON string's \u escape of a line break or tab before the scheme or the name: its
+        # last hex digit ("a") touched the word, which read as no word boundary.
+        '{"m": "line\\u000aBearer abcdefghijklmnop"}',
+        '{"m": "line\\u000ABearer abcdefghijklmnop"}',
+        "headers:\\u000d\\u000aAuthorization: Basic dXNlcjpwYXNzd29yZA==",
+        "dump\\x0abearer abcdefghijklmnop",
+        '{"form": "user=bob\\u0009password=abcdefghijklmnop"}',
+    ],
+)
+def test_a_credential_after_a_unicode_escaped_line_break_is_hidden(text: str) -> None:
+    out = redact_text(text)
+    assert "abcdefghijklmnop" not in out
+    assert "dXNlcjpwYXNzd29yZA" not in out
+    assert "***" in out
