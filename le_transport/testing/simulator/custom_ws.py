@@ -161,10 +161,12 @@ class CustomSocket:
     async def receive(self, timeout: float | None = None) -> WSMessage:
         """The handler's ``ws.receive()``: the client's frames, through the plan.
 
-        ``timeout`` bounds the whole call, a ``delay`` on a frame included (on the
-        simulator's clock): :class:`TimeoutError` once it has passed with no frame handed
-        over, as aiohttp's own; a delayed frame is then handed over by a later call, when
-        due."""
+        ``timeout`` (None: the response's own ``receive_timeout``, as aiohttp reads it)
+        bounds the whole call, a ``delay`` on a frame included (on the simulator's clock):
+        :class:`TimeoutError` once it has passed with no frame handed over, as aiohttp's own;
+        a delayed frame is then handed over by a later call, when due."""
+        if not timeout:
+            timeout = getattr(self._ws, "_receive_timeout", None)
         clock = self._sim.clock
         deadline = None if not timeout else clock.now() + timeout
         while True:
