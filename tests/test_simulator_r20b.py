@@ -24,16 +24,16 @@ async def _mine(request: web.Request) -> web.Response:
 @pytest.mark.parametrize(
     "path",
     [
-        # tests/test_redaction_r16.py uses this one: it now fails at SimRoute registration.
+        # As tests/test_redaction_r16.py registers it.
         "/api/account/{account}/{rest:gone.*}",
     ],
 )
 def test_add_route_takes_a_spanning_variable_whose_literal_text_no_built_in_route_has(
     path: str,
 ) -> None:
-    # No built-in GET path has a segment after /api/account/<id>/ that starts with "gone" (or
-    # a last segment ending in ".csv"), so no request could reach both routes; the
-    # segment-wise check counts the variable as "any one segment or more" and refuses it.
+    # No built-in GET path has a segment after /api/account/<id>/ that starts with "gone", so
+    # no request could reach both routes. (A "{name:.+\.csv}" variable is refused, rightly:
+    # GET .../configuration/le-users/users/{user} matches .../users/x.csv.)
     assert Simulator().add_route("GET", path, _mine).path == path
 
 
@@ -43,8 +43,8 @@ def test_add_route_takes_a_spanning_variable_whose_literal_text_no_built_in_rout
 async def test_a_custom_handlers_receive_timeout_from_the_response_holds_under_a_delay(
     clock: VirtualClock,
 ) -> None:
-    # aiohttp: receive(timeout=None) uses WebSocketResponse(receive_timeout=...). The wrapper
-    # only bounds the delay by an explicit timeout: here it waits the whole 3 s delay out.
+    # aiohttp: receive(timeout=None) uses WebSocketResponse(receive_timeout=...); so does the
+    # wrapper, a delayed frame included, rather than waiting the whole 3 s delay out.
     outcome: dict[str, Any] = {}
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -76,3 +76,56 @@ async def test_a_custom_handlers_receive_timeout_from_the_response_holds_under_a
         assert (await asyncio.wait_for(ws.receive(), 10)).type is aiohttp.WSMsgType.CLOSE
     assert outcome["first"] == "timeout", outcome
     assert outcome["first_at"] == pytest.approx(0.3)
+
+
+# -- 3. a kept late frame does not outlive the handler's close() ---------------------------
+
+
+async def test_a_frame_kept_by_a_timed_out_receive_is_not_handed_over_after_close(
+    clock: VirtualClock,
+) -> None:
+    # aiohttp: once the handler closed the socket, receive() answers CLOSED at once (frames
+    # still buffered were read away by close()). Waiting for the kept frame (due 3 s later) on
+    # the closed socket instead, the handler was cancelled there once close() had closed the
+    # transport, rather than seeing CLOSED and returning.
+    outcome: dict[str, Any] = {}
+    done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            try:
+                await ws.receive(timeout=0.3)  # the delayed frame is kept
+            except TimeoutError:
+                outcome["timed_out"] = True
+            await ws.close()
+            started = clock.now()
+            msg = await ws.receive()
+            outcome["after_close"] = msg.type
+            outcome["waited"] = clock.now() - started
+        except BaseException as exc:
+            outcome["error"] = repr(exc)
+            raise
+        finally:
+            done.set()
+        return ws
+
+    rule = FaultRule(
+        id="late",
+        unit="ws_message",
+        match=Match(method="WS", path="my.Request"),
+        fault=Delay(delay_ms=3000),
+    )
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/custom/ws", handler)])
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws") as ws,
+    ):
+        await ws.send_json({"kind": "req", "id": "1", "type": "my.Request", "body": {}})
+        assert (await asyncio.wait_for(ws.receive(), 10)).type is aiohttp.WSMsgType.CLOSE
+        await asyncio.wait_for(done.wait(), 10)
+    assert outcome.get("timed_out"), outcome
+    assert outcome.get("after_close") is aiohttp.WSMsgType.CLOSED, outcome
+    assert outcome["waited"] == 0.0

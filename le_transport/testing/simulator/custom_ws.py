@@ -173,8 +173,11 @@ class CustomSocket:
             if self.ended or await self._strike_session():
                 return await self._after_end(timeout)
             if self._late is not None:
-                due, late = self._late
+                kept = self._late
+                due, late = kept
                 due_now = await self._wait_late(due, deadline)
+                if self._late is not kept:  # closed or dropped meanwhile: the frame is gone
+                    return await self._after_end(timeout)
                 self._late = None
                 if not due_now:  # the simulator is stopping: the connection is dropped
                     return await self._after_end(timeout)
@@ -372,10 +375,12 @@ class CustomSocket:
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         """The handler's ``ws.close()``: after the frames still held are sent (a delay is not
-        a drop)."""
+        a drop). A client frame a ``delay`` still holds is forgotten, as aiohttp's close reads
+        away what is buffered: the next ``receive()`` answers ``CLOSED`` at once."""
         writer = self._writer
         if writer is not None and not writer.done() and self._may_still_send():
             await writer
+        self._late = None
         return await self._close(code=code, message=message, drain=drain)
 
     def _may_still_send(self) -> bool:
