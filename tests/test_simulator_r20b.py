@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport.chaos import Delay, FaultRule, Match
+from le_transport.chaos import Delay, FaultRule, Match, WsDelay
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import SimRoute, Simulator
 
@@ -105,7 +105,10 @@ async def test_a_frame_kept_by_a_timed_out_receive_is_not_handed_over_after_clos
             outcome["after_close"] = msg.type
             outcome["waited"] = clock.now() - started
         except BaseException as exc:
+            import traceback
+
             outcome["error"] = repr(exc)
+            print("TB", traceback.format_exc())
             raise
         finally:
             done.set()
@@ -129,3 +132,52 @@ async def test_a_frame_kept_by_a_timed_out_receive_is_not_handed_over_after_clos
     assert outcome.get("timed_out"), outcome
     assert outcome.get("after_close") is aiohttp.WSMsgType.CLOSED, outcome
     assert outcome["waited"] == 0.0
+
+
+# -- 4. a socket the simulator's stop dropped is ended for the handler ----------------------
+
+
+async def test_a_custom_socket_dropped_by_stop_is_ended_for_the_handlers_cleanup(
+    clock: VirtualClock,
+) -> None:
+    # stop() aborts the connection under a handler waiting on receive() with a frame held by a
+    # ws_delay; aiohttp cancels the handler, whose cleanup still sends, closes and reads. The
+    # socket is ended as by a ws_drop: the send is discarded, close() does not wait for the
+    # held frame (due 30 s later, then sent on the dropped connection) and receive() answers
+    # CLOSED at once, as on a closed aiohttp socket.
+    outcome: dict[str, Any] = {}
+    waiting = asyncio.Event()
+    done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            await ws.send_json({"type": "held"})
+            waiting.set()
+            await ws.receive()
+        finally:
+            started = clock.now()
+            try:
+                await ws.send_json({"type": "goodbye"})
+                await ws.close()
+                outcome["after"] = (await ws.receive()).type
+            except BaseException as exc:
+                outcome["error"] = repr(exc)
+                raise
+            finally:
+                outcome["waited"] = clock.now() - started
+                done.set()
+        return ws
+
+    rule = FaultRule("held", WsDelay(delay_ms=30_000), unit="ws_message", match=Match(path="held"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/custom/ws", handler)])
+    async with sim, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws")
+        await asyncio.wait_for(waiting.wait(), 10)
+        await sim.stop()
+        await asyncio.wait_for(done.wait(), 10)
+        await ws.close()
+    assert "error" not in outcome, outcome
+    assert outcome["after"] is aiohttp.WSMsgType.CLOSED, outcome
+    assert outcome["waited"] == 0.0, outcome

@@ -149,7 +149,10 @@ class CustomSocket:
     def drop(self) -> None:
         """The simulator is stopping: drop the connection without a close frame, as its own
         sockets are dropped, whatever the handler is doing (waiting on a frame, a delay, or
-        its own close, which would wait for the client's close frame)."""
+        its own close, which would wait for the client's close frame). The socket is ended
+        as by a ``ws_drop`` fault: the handler's next ``receive()`` answers the end, what it
+        sends is discarded, and its ``close()`` waits for no held frame."""
+        self.ended = True
         self._held.clear()
         self._late = None
         transport = self._request.transport
@@ -441,8 +444,10 @@ class CustomSocket:
                 else:
                     payload = data.encode() if isinstance(data, str) else data
                     await self._send_frame(payload, opcode, None)
-            # Popped only once sent, so a frame sent meanwhile queues behind this one.
-            self._held.popleft()
+            # Popped only once sent, so a frame sent meanwhile queues behind this one (unless
+            # a drop or a fault emptied the queue while it was being sent).
+            if self._held:
+                self._held.popleft()
 
 
 #: Where the simulator keeps a custom route's :class:`CustomSocket` on its upgrade request.
