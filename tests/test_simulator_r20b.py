@@ -105,10 +105,7 @@ async def test_a_frame_kept_by_a_timed_out_receive_is_not_handed_over_after_clos
             outcome["after_close"] = msg.type
             outcome["waited"] = clock.now() - started
         except BaseException as exc:
-            import traceback
-
             outcome["error"] = repr(exc)
-            print("TB", traceback.format_exc())
             raise
         finally:
             done.set()
