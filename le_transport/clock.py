@@ -135,14 +135,7 @@ class _WheelTimer:
 
     def _arm_real(self, seconds: float) -> None:
         """Arm on the running loop's wheel: cancel the current task in ``seconds`` (>= 0)."""
-        # _take_task, inline: one frame less on every attempt of every call.
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:  # pragma: no cover - only outside a task
-            raise RuntimeError("timeout_after must be used inside a task")
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._expired = False
+        loop = self._take_task()
         last = _LAST_WHEEL
         wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
         try:
