@@ -28,8 +28,10 @@ Each operation is safe so, each as suits it:
 - ``add`` answers True when the key already holds exactly its value (a lock's value is unique
   per holder and attempt): no record is needed.
 - A compare-and-set, a compare-and-delete, ``budget``, ``refund`` and ``reserve`` each carry
-  an operation record: a key of their own, ``{prefix}:op:{<key>}:<store mark>:<n>`` (under the
-  prefix, in the Redis Cluster slot of the key it is about), that the script writes in the same
+  an operation record: a key of their own, ``{prefix}:op:{<key>}:<mark>:<n>`` (under the
+  prefix, in the Redis Cluster slot of the key it is about; ``<mark>`` is random, the store's
+  in one process: a child of ``os.fork()`` makes its own, or it took its parent's records of
+  other operations for its own and skipped them), that the script writes in the same
   atomic step as its change, kept for ``op_timeout`` and a second (the longest a client sends
   a command again: the store stops waiting for it then). A run that finds it changes nothing
   and answers what the first answered: a compare-and-set that stored answers True (a value
@@ -52,6 +54,7 @@ import inspect
 import itertools
 import logging
 import math
+import os
 import re
 import secrets
 import warnings
@@ -407,7 +410,9 @@ class RedisStore:
         # The operation records (see the module's docstring): this store's mark, a number per
         # operation, and how long a record is kept (ms): a client sends a command again only
         # while the store still waits for it (op_timeout), and a second on top for the wire.
+        # The mark is this process's (see _op_mark_now): a child of os.fork() makes its own.
         self._op_mark = secrets.token_hex(8)
+        self._op_pid = os.getpid()
         self._op_numbers = itertools.count(1)
         self._op_kept = min(_MAX_EXPIRE_MS, math.ceil((self._op_timeout + _OP_MARGIN) * 1000))
         self._clock = clock or RealClock()
@@ -500,6 +505,18 @@ class RedisStore:
         floor: each holds the same counts to its own allowance."""
         return f"{self.key(key)}:{policy.slots}x{policy.slot_length!r}s"
 
+    def _op_mark_now(self) -> str:
+        """This process's mark for its operation records, made anew in a child of
+        ``os.fork()``: a child went on with its parent's mark and numbers, so parent and child
+        named the same records, and one took the other's record of a different operation for
+        its own (that operation then never ran: a lost compare-and-set, a token not taken). A
+        pid compared per operation (``os.getpid``: no fork hook to miss a fork made elsewhere)."""
+        pid = os.getpid()
+        if pid != self._op_pid:
+            self._op_pid = pid
+            self._op_mark = secrets.token_hex(8)
+        return self._op_mark
+
     def _once_keys(self, redis_key: str) -> list[str]:
         """The keys of a script that runs once per operation: ``redis_key`` and a new record of
         the operation, in the same Redis Cluster slot (its hash tag ``redis_key``'s: a script's
@@ -508,7 +525,7 @@ class RedisStore:
         brace that keeps the record's name from the key's hash tag): the script then runs as
         often as it is sent."""
         tag = _hash_tag(redis_key)
-        record = f"{self._prefix}:op:{{{tag}}}:{self._op_mark}:{next(self._op_numbers)}"
+        record = f"{self._prefix}:op:{{{tag}}}:{self._op_mark_now()}:{next(self._op_numbers)}"
         return [redis_key, record] if _hash_tag(record) == tag else [redis_key]
 
     def _scrub(self, text: str) -> str:
