@@ -10,10 +10,16 @@ import os
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from le_transport.policies import RetryBudget, TokenBucket
 from le_transport.state import RedisStore, state_key
+from le_transport.state.redis_store import _slot_tag
 
 from .redis_server import RedisServer, close_client, redis_server
+from .test_state_store_r20 import _ReplyCutter
 
 __all__ = ["redis_server"]
 
@@ -107,3 +113,88 @@ def test_a_forked_child_does_not_take_its_parent_s_record_for_its_own(
     assert done is True
     assert asyncio.run(stored()) == "c", "the child's compare-and-set answered True, stored none"
     assert child_mark != mark
+
+
+# -- 2. Every key gets its record, in its own slot -----------------------------------------
+
+
+def test_every_slot_has_a_surrogate_tag() -> None:
+    """The surrogate hash tag solved for a slot hashes into that slot, for each of the 16384,
+    and holds no brace (it is a whole hash tag)."""
+    from redis.crc import key_slot
+
+    for slot in range(16384):
+        tag = _slot_tag(slot)
+        assert len(tag) == 4
+        assert not set(tag) & set("{}")
+        assert key_slot(f"x:{{{tag}}}:y".encode()) == slot
+
+
+_ODD_KEYS = ["a}b", "}", "{}", "{a}b}", "}{", "x{}y}", "{}}", "{{}}", "a{b}}c", "\u00e9}\u00e8"]
+
+
+@pytest.mark.parametrize("prefix", ["t", "a}", "app{fleet}"])
+@pytest.mark.parametrize("key", _ODD_KEYS)
+def test_a_key_holding_a_brace_gets_a_record_in_its_slot(prefix: str, key: str) -> None:
+    """A key whose hash tag the record's name could not carry (one holding a '}', or any key
+    under a prefix ending in one) got no record: a compare-and-set, a deposit, a token sent
+    again by a client's Retry ran twice. Its record now has a surrogate hash tag in the key's
+    slot; a budget's window key too."""
+    from redis.crc import key_slot
+
+    store = RedisStore("redis://127.0.0.1:1/0", prefix=prefix)
+    for redis_key in (store.key(key), store._budget_key(key, RetryBudget())):
+        keys = store._once_keys(redis_key)
+        assert len(keys) == 2, f"no record for {redis_key!r}"
+        assert keys[0] == redis_key
+        assert keys[1].startswith(f"{prefix}:op:")
+        assert key_slot(keys[1].encode()) == key_slot(redis_key.encode())
+        assert store._once_keys(redis_key)[1] != keys[1]  # one per operation
+
+
+@pytest.mark.parametrize("op", ["set", "budget", "reserve"])
+@pytest.mark.parametrize("key", ["a}b", "{}", "{a}b}"])
+async def test_a_key_holding_a_brace_is_changed_once_when_its_command_is_sent_again(
+    redis_server: RedisServer, op: str, key: str
+) -> None:
+    """The record of a key holding a brace works: a command whose reply was lost, sent again
+    by the client's Retry, is applied once and answers what the first run answered."""
+    cutter = _ReplyCutter(redis_server.port)
+    port = await cutter.start()
+    client = aioredis.Redis(
+        host="127.0.0.1",
+        port=port,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_error=[RedisConnectionError],
+    )
+    store = RedisStore(client=client, prefix="t", op_timeout=5.0)
+    policy = RetryBudget()
+    bucket = TokenBucket(rate=1.0, burst=5.0)
+    try:
+        # The scripts loaded first (a NOSCRIPT reply would be cut instead of the real one).
+        assert await store.set("other", "x", ttl=60, only_if="absent") is False
+        assert await store.budget("other", policy) is False
+        assert await store.reserve("other", bucket) == 0
+        await store.set(key, "old", ttl=60)
+        cutter.armed = True
+        if op == "set":
+            assert await store.set(key, "new", ttl=60, only_if="old") is True
+            entry = await store.get(key)
+            assert entry is not None
+            assert entry.value == "new"
+        elif op == "budget":
+            await store.budget(key, policy, deposits=5)
+            fields = await client.hgetall(store._budget_key(key, policy))
+            counted = sum(int(n) for f, n in fields.items() if str(f).startswith("q:"))
+            assert counted == 5, f"5 first attempts deposited once were counted {counted}"
+        else:
+            pace = f"{key}:pace"
+            assert await store.reserve(pace, bucket) == 0
+            tokens = float(await client.hget(store.key(pace), "tokens"))  # type: ignore[arg-type]
+            assert tokens > 3.5, f"one reservation took {5 - tokens:.3f} tokens"
+        assert cutter.cuts == 1
+    finally:
+        await store.close()
+        await close_client(client)
+        await cutter.close()

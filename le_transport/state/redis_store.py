@@ -39,8 +39,11 @@ Each operation is safe so, each as suits it:
   compare-and-delete that deleted answers True (its key is gone: only a record can tell), and
   deposits, a withdrawal, a refund or a token are counted once, not twice (a counter keeps no
   trace of who added to it). A run that changed nothing writes no record: run again, it is
-  the same operation a little later. (A prefix holding a brace, ``{`` or ``}``, that keeps the
-  record's name from the key's hash tag gets no record: its scripts run as often as sent.)
+  the same operation a little later. A key whose hash tag a record's name cannot carry (a
+  tag holding a ``}``: a key ``a}b``, or any key under a prefix ``a}``) has its records named
+  with a surrogate tag instead, four characters from ``@`` to ``O`` whose slot is the key's:
+  ``{prefix}:op:{@KAN}:<mark>:<n>``. (A prefix holding a ``{`` that keeps the record's name
+  from either tag, ``a{`` or ``{}``, gets no record: its scripts run as often as sent.)
 - An unconditional ``delete`` sent again answers False: its key is gone either way.
 
 Retries are not turned off instead: a caller's client is the caller's to configure, and a
@@ -50,6 +53,7 @@ caller may ask the store's own for them (they spare an outage for a connection r
 from __future__ import annotations
 
 import asyncio
+import binascii
 import inspect
 import itertools
 import logging
@@ -308,6 +312,64 @@ def _hash_tag(key: str) -> str:
     return key
 
 
+#: Redis Cluster's slots: a key's is the CRC16 (XMODEM, ``binascii.crc_hqx`` from 0, as
+#: redis-py's ``redis.crc.key_slot``) of its hash tag's UTF-8, modulo this.
+_SLOTS = 16384
+
+
+def _slot(key: str) -> int:
+    """The Redis Cluster slot of ``key``. (A brace is one byte in UTF-8, and no other
+    character's bytes hold one: its hash tag is found in the text as in the bytes.)"""
+    return binascii.crc_hqx(_hash_tag(key).encode(), 0) % _SLOTS
+
+
+#: A surrogate hash tag (see :func:`_slot_tag`) is four characters from ``@`` (0x40) to ``O``
+#: (0x4F): each holds a nibble, none is a brace.
+_TAG_BASE = b"@@@@"
+
+
+def _tag_bytes(bits: int) -> bytes:
+    """The surrogate tag holding the 16 ``bits``, a nibble per character."""
+    return bytes(0x40 | (bits >> shift) & 0xF for shift in (0, 4, 8, 12))
+
+
+def _tag_pivots() -> dict[int, tuple[int, int]]:
+    """What :func:`_slot_tag` solves with: for each bit of a slot, as its highest, a change of a
+    tag's slot (from ``@@@@``'s) and the tag bits that make it. CRC16 is linear over GF(2), so
+    a tag's slot is ``@@@@``'s XOR a linear map of its bits: eliminated here, once, from the
+    16 one-bit tags."""
+    base = binascii.crc_hqx(_TAG_BASE, 0)
+    pivots: dict[int, tuple[int, int]] = {}
+    for i in range(16):
+        bits = 1 << i
+        change = (binascii.crc_hqx(_tag_bytes(bits), 0) ^ base) % _SLOTS
+        while change:
+            top = change.bit_length() - 1
+            if top not in pivots:
+                pivots[top] = (change, bits)
+                break
+            change ^= pivots[top][0]
+            bits ^= pivots[top][1]
+    return pivots
+
+
+#: One per bit of a slot (14): every slot has a surrogate tag (a test checks each).
+_TAG_PIVOTS = _tag_pivots()
+
+
+def _slot_tag(slot: int) -> str:
+    """A hash tag whose Redis Cluster slot is ``slot``: four characters, ``@`` to ``O``, the
+    same for the same slot. Solved, not searched: a change of slot is a combination of the
+    pivots' changes, and its tag the combination of their bits."""
+    change = (slot ^ binascii.crc_hqx(_TAG_BASE, 0)) % _SLOTS
+    bits = 0
+    while change:
+        step, tag_bits = _TAG_PIVOTS[change.bit_length() - 1]
+        change ^= step
+        bits ^= tag_bits
+    return _tag_bytes(bits).decode("ascii")
+
+
 def _ttl_ms(ttl: float) -> int:
     """``PX`` for ``ttl`` seconds, checked and capped as every store does (``MAX_TTL``): a
     caller's bad TTL is a ConfigurationError here, not a refusal from Redis that a
@@ -519,14 +581,24 @@ class RedisStore:
 
     def _once_keys(self, redis_key: str) -> list[str]:
         """The keys of a script that runs once per operation: ``redis_key`` and a new record of
-        the operation, in the same Redis Cluster slot (its hash tag ``redis_key``'s: a script's
-        keys must share one), under the prefix (a Redis ACL that allows the prefix's keys
-        allows it). Only ``redis_key`` if no such record can be named (a prefix holding a
-        brace that keeps the record's name from the key's hash tag): the script then runs as
-        often as it is sent."""
+        the operation, in the same Redis Cluster slot (a script's keys must share one), under
+        the prefix (a Redis ACL that allows the prefix's keys allows it). The record's hash tag
+        is ``redis_key``'s; where its name cannot carry that tag (a tag holding a ``}``: a key
+        ``a}b``, or any key under a prefix ``a}``), a surrogate whose slot is the key's
+        (:func:`_slot_tag`): such a key got no record, and a command sent again ran twice.
+        Only ``redis_key`` if no record can be named (a prefix holding a ``{`` that keeps the
+        record's name from either tag, ``a{`` or ``{}``): the script then runs as often as it
+        is sent."""
+        mark, number = self._op_mark_now(), next(self._op_numbers)
         tag = _hash_tag(redis_key)
-        record = f"{self._prefix}:op:{{{tag}}}:{self._op_mark_now()}:{next(self._op_numbers)}"
-        return [redis_key, record] if _hash_tag(record) == tag else [redis_key]
+        record = f"{self._prefix}:op:{{{tag}}}:{mark}:{number}"
+        if _hash_tag(record) == tag:
+            return [redis_key, record]
+        if "{" in self._prefix:
+            return [redis_key]
+        # The prefix holds no '{': the record's hash tag is the surrogate, whole.
+        surrogate = _slot_tag(_slot(redis_key))
+        return [redis_key, f"{self._prefix}:op:{{{surrogate}}}:{mark}:{number}"]
 
     def _scrub(self, text: str) -> str:
         for secret in self._hide:
