@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import sys
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,9 +16,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from le_transport.errors import ConfigurationError
 from le_transport.policies import RetryBudget, TokenBucket
 from le_transport.state import RedisStore, state_key
 from le_transport.state.redis_store import _slot_tag
+from le_transport.state.store import MAX_TTL
 
 from .redis_server import RedisServer, close_client, redis_server
 from .test_state_store_r20 import _ReplyCutter
@@ -198,3 +202,45 @@ async def test_a_key_holding_a_brace_is_changed_once_when_its_command_is_sent_ag
         await store.close()
         await close_client(client)
         await cutter.close()
+
+
+# -- 3. An op_timeout past MAX_TTL ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("op_timeout", [1e13, 10**20, 1e300, 1e306, sys.float_info.max])
+async def test_an_op_timeout_past_max_ttl_is_taken_as_max_ttl(
+    redis_server: RedisServer, op_timeout: float
+) -> None:
+    """A huge op_timeout (a finite number > 0, so accepted) failed to make the store past
+    a float's range (the record's lifetime in ms overflowed: OverflowError), and made socket
+    timeouts past any clock's. It is taken as MAX_TTL, and so is everything derived from it:
+    the store works, its records kept no longer than MAX_TTL."""
+    store = RedisStore(redis_server.url, prefix="t", op_timeout=op_timeout)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    key = state_key("1", "breaker", "svc", "host")
+    try:
+        assert store._op_timeout == MAX_TTL
+        assert store._op_kept == round(MAX_TTL * 1000)
+        options = store._client.connection_pool.connection_kwargs
+        assert options["socket_timeout"] == MAX_TTL
+        assert options["socket_connect_timeout"] == MAX_TTL
+        await store.set(key, "old", ttl=60)
+        assert await store.set(key, "new", ttl=60, only_if="old") is True
+        assert await store.budget(key, RetryBudget(), deposits=3, withdraw=True) is True
+        records = [k async for k in client.scan_iter(match="t:op:*")]
+        assert len(records) == 2
+        for record in records:
+            assert 0 < await client.pttl(record) <= MAX_TTL * 1000
+    finally:
+        await store.close()
+        await close_client(client)
+
+
+@pytest.mark.parametrize("op_timeout", [math.inf, -math.inf, math.nan, 0, -1.0, 10**400, "1"])
+def test_an_op_timeout_that_is_no_finite_number_above_zero_is_still_refused(
+    op_timeout: object,
+) -> None:
+    """The cap is no license: an infinite, NaN, zero, negative or non-number op_timeout is a
+    ConfigurationError, as before."""
+    with pytest.raises(ConfigurationError, match="op_timeout"):
+        RedisStore("redis://127.0.0.1:1/0", op_timeout=op_timeout)  # type: ignore[arg-type]

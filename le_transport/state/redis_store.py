@@ -400,7 +400,10 @@ class RedisStore:
       the URL), as for ``client_options`` below.
     - ``password``: passed through to Redis ``AUTH`` (a str or a :class:`Secret`).
     - ``prefix``: every key starts with it (default ``le_transport``).
-    - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed.
+    - ``op_timeout``: seconds (on ``clock``) before one operation counts as failed: a finite
+      number > 0 (else a :class:`ConfigurationError`); one past
+      :data:`~le_transport.state.store.MAX_TTL` (over 31,000 years) is taken as ``MAX_TTL``,
+      as are the socket timeouts and the operation records' lifetime made from it.
     - ``clock``: a :class:`~le_transport.clock.Clock` (default: the real one).
     - ``client_options``: passed through to ``redis.asyncio.Redis.from_url`` (TLS files such
       as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``; ``username``; pool sizes). One
@@ -456,7 +459,9 @@ class RedisStore:
                 f"RedisStore.prefix must be a non-empty word of printable characters, "
                 f"got {prefix!r:.40}"
             )
-        op_timeout = check_seconds("RedisStore", "op_timeout", op_timeout)
+        # Capped: what is derived from it (the socket timeouts, how long an operation record is
+        # kept, in ms) overflowed past a float's range (1e306 s: OverflowError, not a store).
+        op_timeout = min(check_seconds("RedisStore", "op_timeout", op_timeout), MAX_TTL)
         # Checked here: a wrong clock failed every operation (in the timeout), an outage.
         require_kind(clock, Clock, owner="RedisStore", field="clock")
         if client_options is not None and not isinstance(client_options, Mapping):
