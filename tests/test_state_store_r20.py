@@ -305,8 +305,9 @@ async def _counted(client: aioredis.Redis, redis_key: str, kind: str) -> int:
 @pytest.mark.parametrize("prefix", ["t", "app{fleet}", "a{", "a}", "{}"])
 def test_an_operation_record_is_in_its_key_s_cluster_slot_under_the_prefix(prefix: str) -> None:
     """A script's keys must share one Redis Cluster slot: the record is named with the key's
-    hash tag, under the prefix (what an ACL allowing the prefix's keys allows). Where a prefix
-    holding a brace keeps the record's name from that tag, the script gets no record."""
+    hash tag, under the prefix (what an ACL allowing the prefix's keys allows), or a surrogate
+    tag in the same slot (a prefix ``a}``). Where a prefix holding a ``{`` keeps the record's
+    name from either tag, the script gets no record."""
     from redis.crc import key_slot
 
     store = RedisStore("redis://127.0.0.1:1/0", prefix=prefix)
