@@ -7,7 +7,7 @@ store is an optional extra (``pip install 'le_transport[redis]'``); wrap it in
 """
 
 from .domains import SharedDomainMap
-from .fallback import DEFAULT_RETRY_INTERVAL, FallbackStore
+from .fallback import DEFAULT_PRIMARY_TIMEOUT, DEFAULT_RETRY_INTERVAL, FallbackStore
 from .memory import MemoryStore
 from .pacing import FleetPacer
 from .redis_store import DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, RedisStore
@@ -17,6 +17,7 @@ from .store import Entry, StateStore, state_key
 __all__ = [
     "DEFAULT_OP_TIMEOUT",
     "DEFAULT_PREFIX",
+    "DEFAULT_PRIMARY_TIMEOUT",
     "DEFAULT_RETRY_INTERVAL",
     "Entry",
     "FallbackStore",

@@ -23,13 +23,14 @@ client decoding with ``surrogateescape`` answers) makes the key read as damaged 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .._checks import require_kind, utf8_encodable
-from ..clock import Clock, RealClock
+from ..clock import Clock, RealClock, _ClockTimeout, timeout_after
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
 from ..policies._validate import finite_number
@@ -37,6 +38,7 @@ from ..policies.budget import RetryBudget
 from ..policies.pacing import TokenBucket
 from .memory import MemoryStore
 from .store import (
+    MAX_TTL,
     Entry,
     StateStore,
     _no_only_if,
@@ -53,12 +55,16 @@ from .store import (
     takes_only_if,
 )
 
-__all__ = ["DEFAULT_RETRY_INTERVAL", "FallbackStore"]
+__all__ = ["DEFAULT_PRIMARY_TIMEOUT", "DEFAULT_RETRY_INTERVAL", "FallbackStore"]
 
 _log = logging.getLogger("le_transport.state")
 
 #: How long a process stays local after the primary failed before it tries the primary again.
 DEFAULT_RETRY_INTERVAL = 1.0
+#: How long one operation of a primary that keeps no bound of its own (a caller's store) may
+#: take before it counts as an outage. A primary that tells its own ``op_timeout`` (a
+#: :class:`~le_transport.state.RedisStore`) gets that and a second, so its own error comes first.
+DEFAULT_PRIMARY_TIMEOUT = 2.0
 #: How many damaged keys a FallbackStore remembers having warned of (then it starts over).
 _DAMAGED_KEPT = 1024
 
@@ -107,6 +113,14 @@ class FallbackStore:
       arguments refused) are raised, as a ``ConfigurationError``.
     - ``local``: where state lives while the primary is out (a fresh ``MemoryStore``).
     - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
+    - ``op_timeout``: seconds one operation of the primary may take (on the primary's own
+      ``clock`` where it has one, as a ``RedisStore`` has, else on ``clock``); past it the
+      operation is cancelled and taken for an outage (state goes local, as for any failure),
+      so that a store that hangs (a caller's own, whose client has no timeout) hangs no call.
+      Default: the primary's own ``op_timeout`` and a second, where it tells one (a
+      :class:`~le_transport.state.RedisStore`'s, whose own timeout then answers first), else
+      :data:`DEFAULT_PRIMARY_TIMEOUT` (2 s). A finite number > 0, else a
+      :class:`ConfigurationError`.
     - ``hooks``: ``on_state`` gets ``state_store_fallback`` and ``state_store_resumed``.
 
     Writes (``set``) also go to ``local``, and so does what the primary answers a ``get``
@@ -156,9 +170,21 @@ class FallbackStore:
         clock: Clock | None = None,
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
         hooks: EventHooks | None = None,
+        op_timeout: float | None = None,
     ) -> None:
         check_store("FallbackStore", "primary", primary)
         self._retry_interval = check_seconds("FallbackStore", "retry_interval", retry_interval)
+        if op_timeout is None:
+            own: object = getattr(primary, "op_timeout", None)
+            op_timeout = (
+                min(float(own) + 1.0, MAX_TTL)
+                if isinstance(own, int | float)
+                and not isinstance(own, bool)
+                and finite_number(own)
+                and own > 0
+                else DEFAULT_PRIMARY_TIMEOUT
+            )
+        self._op_timeout = min(check_seconds("FallbackStore", "op_timeout", op_timeout), MAX_TTL)
         # Checked here, by name: a wrong local failed at the first write, and wrong hooks
         # raised AttributeError from inside _call when the primary failed, turning the outage
         # this store exists to absorb into a failed call.
@@ -172,6 +198,15 @@ class FallbackStore:
         # Whether the primary's set takes only_if (None: its signature could not be read).
         self._conditional = takes_only_if(primary.set) is not False
         self._clock = RealClock() if clock is None else clock
+        # op_timeout runs where the primary's time runs: a RedisStore's own clock (a real one,
+        # while this store's may be a test's virtual clock, which would jump past a wait on
+        # the wire at once), else this store's.
+        own_clock: object = getattr(primary, "clock", None)
+        self._op_clock: Clock = (
+            own_clock
+            if isinstance(own_clock, Clock) and not isinstance(own_clock, type)
+            else self._clock
+        )
         self._local = MemoryStore(self._clock) if local is None else local
         self._hooks = EventHooks() if hooks is None else hooks
         self._down = False
@@ -207,6 +242,11 @@ class FallbackStore:
         return self._clock
 
     @property
+    def op_timeout(self) -> float:
+        """Seconds one operation of the primary may take before it counts as an outage."""
+        return self._op_timeout
+
+    @property
     def primary(self) -> StateStore:
         """The shared store."""
         return self._primary
@@ -215,6 +255,16 @@ class FallbackStore:
     def local(self) -> MemoryStore:
         """The fallback store."""
         return self._local
+
+    def _bound(self) -> _ClockTimeout | None:
+        """``op_timeout`` for the primary's next operation; None where nothing can cut it: a
+        coroutine driven by hand, outside any task (a test's step-by-step scheduler)."""
+        try:
+            if asyncio.current_task() is None:
+                return None
+        except RuntimeError:  # no loop running
+            return None
+        return timeout_after(self._op_clock, self._op_timeout)
 
     async def _call(
         self,
@@ -230,8 +280,13 @@ class FallbackStore:
         damaged (StateDataError: no outage, see the class)."""
         if self._down and self._clock.now() < self._next_try:
             return await local()
+        bound = self._bound()
         try:
-            result = await shared()
+            if bound is None:
+                result = await shared()
+            else:
+                async with bound:
+                    result = await shared()
         except StateDataError as exc:
             self._damaged_key(op, key, exc)
             return await (local if damaged is None else damaged)()
@@ -250,7 +305,13 @@ class FallbackStore:
             # client's error instead (redis-py's ConnectionError is no OSError). Either is
             # taken for an outage: state goes local, which keeps every process working, and
             # the line below names the type. Raised through here, it failed the caller's call.
-            if not isinstance(exc, StateStoreError):
+            if isinstance(exc, TimeoutError) and bound is not None and bound.expired:
+                # Cut by op_timeout: a store that hangs is out, as one that fails is.
+                exc = StateStoreError(
+                    f"{type(self._primary).__name__}.{op} did not answer within "
+                    f"{self._op_timeout:g} s (FallbackStore.op_timeout)"
+                )
+            elif not isinstance(exc, StateStoreError):
                 # Possibly a bug in the caller's store: its traceback, at every retry that
                 # meets it (every retry_interval at most), never only a type logged once.
                 # Where it was raised, frame by frame, but not its text: a store's values are

@@ -551,6 +551,12 @@ class RedisStore:
         return self._prefix
 
     @property
+    def op_timeout(self) -> float:
+        """Seconds (on :attr:`clock`) before one operation counts as failed (a wrapping
+        :class:`~le_transport.state.FallbackStore` bounds each at this and a second)."""
+        return self._op_timeout
+
+    @property
     def clock(self) -> Clock:
         """The clock ``op_timeout`` runs on (what a wrapping FallbackStore is given by default
         by :class:`~le_transport.state.SharedDomainMap`)."""
