@@ -354,7 +354,9 @@ class TokenProvider:
     async def relogin(self) -> Credentials:
         """Fetch a new token whatever the current one (the outer recovery loop's step).
 
-        Calls keep using the current token while the fetch is out. A refused fetch
+        Calls keep using the current token while the fetch is out. One that joins an early
+        fetch in the background which keeps the current token through an outage fetches
+        anew, on the whole schedule: it answers a new token or fails. A refused fetch
         (:class:`~le_transport.errors.LoginRejected`, :class:`~le_transport.errors.BlockedError`)
         drops it; any other failure (the token service or the Domain API down, an answer that
         is neither a refusal nor a token: :class:`~le_transport.errors.UnexpectedAnswer`) says
@@ -362,6 +364,11 @@ class TokenProvider:
         replaced = self._token
         try:
             token = await self.fetch()
+            if replaced is not None and token.generation == replaced.generation:
+                # Joined an early fetch that kept the current token through an outage: no
+                # re-login, and the recovery loop would take it for one. Fetched anew, on the
+                # whole schedule: its token, or its failure, is this re-login's.
+                token = await self.fetch()
         except (LoginRejected, BlockedError):
             if self._token is replaced:
                 self._token = None
