@@ -840,8 +840,9 @@ def _form_fault(data: object) -> str | None:
     aiohttp url-encodes a mapping, pairs or a url-encoded ``FormData`` with ``str()`` of any
     value: None went out as ``None``, a bool as ``True``, NaN as ``nan``, a dict as its keys,
     a :class:`~le_transport.Secret` as its mask, any object as its repr. A value is a str, an
-    int or a finite float (or a list or tuple of them, for a repeated field), bytes, or, for
-    a multipart form, a file (aiohttp refuses anything else in one)."""
+    int (one Python writes as text: an int past ``sys.get_int_max_str_digits()`` made
+    ``str()`` raise ValueError inside aiohttp) or a finite float (or a list or tuple of them,
+    for a repeated field), bytes, or, for a multipart form, a file."""
     if isinstance(data, aiohttp.FormData):
         if data.is_multipart:
             return None  # each field made a payload by aiohttp, which refuses what is none
@@ -871,28 +872,20 @@ def _form_fault(data: object) -> str | None:
 def _form_value_fault(value: object) -> str | None:
     """Why ``value`` cannot be a form field's value (never showing it), or None."""
     kind = type(value)
-    if kind is str or kind is int or kind is bytes:
+    if kind is str or kind is bytes:
         return None  # the usual values, told at once
+    if type(value) is int:
+        return None if value.bit_length() < _TEXT_BITS else _long_int_fault(value)
     if isinstance(value, float) and math.isfinite(value):
         return None
     if isinstance(value, str | bytes | bytearray | memoryview | io.IOBase):
         return None  # (a file or bytes makes the form multipart, as aiohttp makes it)
     if isinstance(value, int) and not isinstance(value, bool):
-        return None
-    if isinstance(value, list | tuple) and all(
-        isinstance(item, str | bytes)
-        or (isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item))
-        for item in value
-    ):
-        return None
-    if value is None:
-        return "is None, which is no form value: leave the field out, or pass ''"
-    if isinstance(value, bool):
-        return "is a bool, which is no form value: pass the text the service expects ('true')"
-    if isinstance(value, float):
-        return "is a float that is NaN or infinite, which is no form value"
+        return _long_int_fault(value)
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
+            if isinstance(item, str | bytes):
+                continue
             if (
                 item is None
                 or isinstance(item, bool)
@@ -902,7 +895,25 @@ def _form_value_fault(value: object) -> str | None:
                     f"holds a {type(item).__name__} at index {index}, which is no form value: "
                     "each item must be str, int or float"
                 )
-        return "holds a float that is NaN or infinite, which is no form value"
+            if isinstance(item, float):
+                if not math.isfinite(item):
+                    return (
+                        f"holds a float that is NaN or infinite at index {index}, which is no "
+                        "form value"
+                    )
+            elif (
+                isinstance(item, int)
+                and item.bit_length() >= _TEXT_BITS
+                and _long_int_fault(item) is not None
+            ):
+                return f"holds an int at index {index} {_TOO_MANY_DIGITS}"
+        return None
+    if value is None:
+        return "is None, which is no form value: leave the field out, or pass ''"
+    if isinstance(value, bool):
+        return "is a bool, which is no form value: pass the text the service expects ('true')"
+    if isinstance(value, float):
+        return "is a float that is NaN or infinite, which is no form value"
     if isinstance(value, Secret):
         return (
             "is a Secret, which would be sent as its mask: pass its reveal() where the value "
@@ -912,6 +923,27 @@ def _form_value_fault(value: object) -> str | None:
         f"is a {type(value).__name__}, which is no form value (it would be sent as its str()): "
         "pass str, int or float, or a file in a multipart form"
     )
+
+
+#: Ints of fewer bits than this have fewer than 640 digits, which Python always writes as
+#: text (``sys.set_int_max_str_digits`` takes no limit under 640).
+_TEXT_BITS = 2000
+
+#: Why an int is no form value when Python will not write it as text.
+_TOO_MANY_DIGITS = (
+    "of more digits than Python writes as text (sys.get_int_max_str_digits()), which is no "
+    "form value: pass its digits as a str"
+)
+
+
+def _long_int_fault(value: int) -> str | None:
+    """Why an int of :data:`_TEXT_BITS` bits or more cannot be a form value (``str()`` of it
+    raises ValueError past the interpreter's digit limit, deep inside aiohttp), or None."""
+    try:
+        str(value)
+    except ValueError:
+        return f"is an int {_TOO_MANY_DIGITS}"
+    return None
 
 
 #: Why a str with a lone surrogate cannot go into a URL.

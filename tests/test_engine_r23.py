@@ -1,0 +1,98 @@
+"""Engine.request's form bodies, the attempt records and a body read on a caller's session:
+
+- An int too long for Python to write as text (``sys.get_int_max_str_digits()``) in a form
+  field, alone or in a list, escaped as an ``OverflowError`` from the engine's own check (a
+  list) or aiohttp's ``ValueError`` said as "data must be bytes, str, a form mapping...";
+  an :class:`InvalidRequest` naming the field, never its value, before anything is sent.
+- :class:`AttemptRecord` compared and hashed by identity: two records of the same attempt
+  were unequal (so were two Responses or errors carrying them, a copy and its original).
+- A multipart form (a mapping or pairs holding a file) with an int or float beside the file
+  was refused by aiohttp ("Can not serialize value type"), said as a wrong body type; numbers
+  are sent as their text, as in a url-encoded form.
+- A body over ``max_body_bytes`` read by the engine on a caller's session (no retry loop)
+  raised :class:`BodyTooLarge` with no attempt record of the answer; and the engine's read
+  skipped the session's ``on_response_chunk_received`` trace hooks.
+
+Real loopback servers (the conftest's ``serve``), virtual time.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from le_transport import Engine, InvalidRequest, RetryPolicy
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+#: One attempt, no pause: a failed answer is final at once.
+ONCE = RetryPolicy(pauses=(), attempt_timeout=None)
+
+#: An int of 5,001 digits: more than Python writes as text by default (4,300).
+HUGE = 10**5000
+
+
+def _recording_app(bodies: list[tuple[str, bytes]]) -> web.Application:
+    """Records each request's Content-Type and body; answers 200."""
+
+    async def record(request: web.Request) -> web.Response:
+        bodies.append((request.headers.get("Content-Type", ""), await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    return app
+
+
+# -- 1. an int too long to write as text in a form field ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"n": [HUGE]},
+        [("n", [HUGE])],
+        {"n": ["a", 3, HUGE]},
+        {"n": HUGE},
+        [("note", "x"), ("n", HUGE)],
+        {"f": io.BytesIO(b"abc"), "n": HUGE},
+    ],
+    ids=["list", "pairs-list", "list-third", "single", "pairs-single", "multipart"],
+)
+@pytest.mark.parametrize("recover", [False, True], ids=["plain", "recover"])
+async def test_an_int_too_long_to_write_as_text_is_refused_naming_its_field(
+    data: Any, recover: bool, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """``str()`` of an int past ``sys.get_int_max_str_digits()`` raises ValueError: a list
+    holding one escaped the engine's own check as an ``OverflowError`` (``math.isfinite``
+    of it); a single one was aiohttp's ValueError, said as "data must be bytes, str...".
+    """
+    bodies: list[tuple[str, bytes]] = []
+    host = await serve(_recording_app(bodies))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        with pytest.raises(InvalidRequest, match=r"data\['n'\] (is|holds) an int") as caught:
+            await engine.request("POST", "svc", "/form", data=data, recover=recover)
+    assert "digits" in str(caught.value)
+    assert "00000" not in str(caught.value)
+    assert bodies == []
+
+
+async def test_long_ints_python_writes_as_text_are_sent_as_their_digits(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    bodies: list[tuple[str, bytes]] = []
+    host = await serve(_recording_app(bodies))
+    # 1,001 digits: within the default limit; math.isfinite() of it in a list overflowed.
+    long = 10**1000
+    data: Any = {"n": long, "m": [long, -long]}
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        await engine.request("POST", "svc", "/form", data=data)
+    assert bodies == [
+        (
+            "application/x-www-form-urlencoded",
+            f"n={long}&m={long}&m=-{long}".encode(),
+        )
+    ]
