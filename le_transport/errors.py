@@ -12,6 +12,8 @@ import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
+import attrs
+
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
@@ -102,24 +104,18 @@ class ConfigurationError(TransportError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
+@attrs.frozen
 class AttemptRecord:
-    """What one attempt of a call ended with, and the pause taken after it (if any)."""
+    """What one attempt of a call ended with, and the pause taken after it (if any).
 
-    __slots__ = ("attempt", "outcome", "pause", "started_at")
+    A value: frozen, and two records of the same attempt, outcome, pause and start compare
+    and hash equal (an error's ``attempts`` can be compared with, or looked up by, another's
+    records; a copy or an unpickled error's records equal the original's)."""
 
-    def __init__(
-        self, attempt: int, outcome: Outcome, pause: float | None, started_at: float
-    ) -> None:
-        self.attempt = attempt
-        self.outcome = outcome
-        self.pause = pause
-        self.started_at = started_at
-
-    def __repr__(self) -> str:
-        return (
-            f"AttemptRecord(attempt={self.attempt}, outcome={self.outcome!r}, "
-            f"pause={self.pause!r}, started_at={self.started_at!r})"
-        )
+    attempt: int
+    outcome: Outcome
+    pause: float | None
+    started_at: float
 
 
 class Repeat(enum.Enum):

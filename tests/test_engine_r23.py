@@ -18,13 +18,17 @@ Real loopback servers (the conftest's ``serve``), virtual time.
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from le_transport import Engine, InvalidRequest, RetryPolicy
+from le_transport.errors import AttemptRecord, RetriesExhausted
+from le_transport.policies.classify import Outcome, OutcomeKind
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 
@@ -96,3 +100,50 @@ async def test_long_ints_python_writes_as_text_are_sent_as_their_digits(
             f"n={long}&m={long}&m=-{long}".encode(),
         )
     ]
+
+
+# -- 2. AttemptRecord is a value ---------------------------------------------------------------
+
+
+def _record(status: int = 503, pause: float | None = 1.5) -> AttemptRecord:
+    return AttemptRecord(2, Outcome.response(status), pause, 10.0)
+
+
+def test_attempt_records_of_equal_fields_are_equal_and_hash_equal() -> None:
+    assert _record() == _record()
+    assert hash(_record()) == hash(_record())
+    assert len({_record(), _record()}) == 1
+    assert _record() != _record(pause=None)
+    assert _record() != _record(status=502)
+    cut = Outcome.failure(OutcomeKind.CONNECTION_LOST, "CancelledError")
+    assert AttemptRecord(1, cut, None, 0.0) == AttemptRecord(1, cut, None, 0.0)
+
+
+def test_an_attempt_record_is_frozen_and_survives_a_copy_and_a_pickle() -> None:
+    record = _record()
+    with pytest.raises(AttributeError):
+        record.pause = None  # type: ignore[misc]
+    assert copy.deepcopy(record) == record
+    assert pickle.loads(pickle.dumps(record)) == record
+    assert repr(record) == (
+        "AttemptRecord(attempt=2, outcome=Outcome(kind=<OutcomeKind.RESPONSE: 'response'>, "
+        "status=503, error=None, retry_after=None), pause=1.5, started_at=10.0)"
+    )
+
+
+async def test_the_attempts_of_a_failed_call_equal_those_of_its_pickled_copy(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    async def down(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/down", down)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        with pytest.raises(RetriesExhausted) as caught:
+            await engine.request("GET", "svc", "/down")
+    attempts = caught.value.attempts
+    assert len(attempts) == 1
+    assert pickle.loads(pickle.dumps(caught.value)).attempts == attempts
+    assert attempts[0] == AttemptRecord(1, Outcome.response(503), None, attempts[0].started_at)
