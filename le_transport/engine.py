@@ -2503,8 +2503,21 @@ class Engine:
         """``resp``'s body, read to at most ``max_body_bytes``: beyond it, a failed answer the
         call is judged by (a 4xx/5xx not accepted) keeps its start, for its error's excerpt,
         and any other raises :class:`~le_transport.errors.BodyTooLarge`; either way the
-        connection is dropped, the rest not read."""
+        connection is dropped, the rest not read. A body read whole is given to the session's
+        ``on_response_chunk_received`` trace hooks, as ``resp.read()`` gives it: by
+        ``resp.read()`` itself when ``Content-Length`` is within the limit (and no
+        ``Content-Encoding`` inflates it), else once read. The ``BodyTooLarge`` of a call no
+        retry loop ran for carries the answer's attempt record (and its redirect hops'), as
+        the retry middleware's carries the attempts it ran."""
         limit = self._retry_mw.max_body_bytes
+        length = resp.content_length
+        if (
+            length is not None
+            and length <= limit
+            and aiohttp.hdrs.CONTENT_ENCODING not in resp.headers
+        ):
+            # The parser stops at Content-Length, within the limit.
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_any():
@@ -2513,11 +2526,23 @@ class Engine:
             if size > limit:
                 break
         else:
-            return b"".join(chunks)
+            body = b"".join(chunks)
+            # What resp.read() does once it has the body (aiohttp's own, private, list).
+            for trace in getattr(resp, "_traces", ()):
+                await trace.send_response_chunk_received(resp.method, resp.url, body)
+            return body
         resp.close()
         if resp.status >= 400 and _unseen_failure(resp.status, ctx):
             # Judged by its status (raised by the caller), as the retry middleware judges it.
             return b"".join(chunks)[: min(limit, _FAILED_BODY_KEPT)]
+        if ctx.active is None:
+            # No retry loop recorded the answer (a caller's session without the stack), nor
+            # the redirects before it: attempts of the call, acted on.
+            now = self._clock.now()
+            for status in (*(hop.status for hop in resp.history), resp.status):
+                ctx.attempts.append(
+                    AttemptRecord(len(ctx.attempts) + 1, Outcome.response(status), None, now)
+                )
         err = BodyTooLarge(
             f"response body exceeds the {limit}-byte limit (more than {limit} bytes read); "
             "not read further",

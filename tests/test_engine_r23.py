@@ -23,11 +23,12 @@ import io
 import pickle
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from le_transport import Engine, InvalidRequest, RetryPolicy
-from le_transport.errors import AttemptRecord, RetriesExhausted
+from le_transport.errors import AttemptRecord, BodyTooLarge, RetriesExhausted
 from le_transport.policies.classify import Outcome, OutcomeKind
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -147,3 +148,93 @@ async def test_the_attempts_of_a_failed_call_equal_those_of_its_pickled_copy(
     assert len(attempts) == 1
     assert pickle.loads(pickle.dumps(caught.value)).attempts == attempts
     assert attempts[0] == AttemptRecord(1, Outcome.response(503), None, attempts[0].started_at)
+
+
+# -- 4. a body the engine reads on a caller's session ------------------------------------------
+
+
+def _bodies_app() -> web.Application:
+    """``/big`` 50 KB (chunked with ``?chunked=1``), ``/small`` 1 KB (chunked likewise),
+    ``/hop`` redirects to ``/big``."""
+
+    async def sized(request: web.Request, body: bytes) -> web.StreamResponse:
+        if not request.query.get("chunked"):
+            return web.Response(body=body)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for start in range(0, len(body), 500):
+            await resp.write(body[start : start + 500])
+        await resp.write_eof()
+        return resp
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        return await sized(request, b"x" * 50_000)
+
+    async def small(request: web.Request) -> web.StreamResponse:
+        return await sized(request, b"z" * 1000)
+
+    async def hop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.rel_url.with_path("/big"))
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    app.router.add_get("/small", small)
+    app.router.add_get("/hop", hop)
+    return app
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_too_large_on_a_callers_session_carries_the_answers_attempt_record(
+    chunked: bool, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """As the retry middleware's BodyTooLarge carries the attempts it ran (the last one the
+    answer too large): on a session without the stack no loop ran, and ``attempts`` was
+    empty, as if nothing had been sent."""
+    host = await serve(_bodies_app())
+    query = {"chunked": "1"} if chunked else None
+    async with (
+        aiohttp.ClientSession() as session,
+        Engine(
+            {"svc": host}, scheme="http", clock=clock, session=session, max_body_bytes=1000
+        ) as engine,
+    ):
+        with pytest.raises(BodyTooLarge) as caught:
+            await engine.request("GET", "svc", "/big", params=query)
+        with pytest.raises(BodyTooLarge) as hopped:
+            await engine.request("GET", "svc", "/hop", params=query)
+    now = clock.now()
+    assert caught.value.attempts == (AttemptRecord(1, Outcome.response(200), None, now),)
+    assert hopped.value.attempts == (
+        AttemptRecord(1, Outcome.response(302), None, now),
+        AttemptRecord(2, Outcome.response(200), None, now),
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_callers_trace_hooks_get_the_body_the_engine_reads(
+    chunked: bool, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """``on_response_chunk_received`` is fired by aiohttp's ``resp.read()`` with the whole
+    body; the engine's own read (``iter_any``, to hold ``max_body_bytes``) skipped it."""
+    host = await serve(_bodies_app())
+    seen: list[bytes] = []
+
+    async def chunk_received(
+        session: aiohttp.ClientSession,
+        context: Any,
+        params: aiohttp.TraceResponseChunkReceivedParams,
+    ) -> None:
+        seen.append(params.chunk)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_response_chunk_received.append(chunk_received)
+    query = {"chunked": "1"} if chunked else None
+    async with (
+        aiohttp.ClientSession(trace_configs=[trace]) as session,
+        Engine(
+            {"svc": host}, scheme="http", clock=clock, session=session, max_body_bytes=5000
+        ) as engine,
+    ):
+        resp = await engine.request("GET", "svc", "/small", params=query)
+    assert resp.body == b"z" * 1000
+    assert b"".join(seen) == b"z" * 1000
