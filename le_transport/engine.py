@@ -1072,6 +1072,24 @@ def _data_fault(data: object) -> str | None:
         # A file payload is made of it, and fails only when it is read: said as the same
         # body is said under recover=True.
         return f"data is a {type(data).__name__} that is closed: nothing can be read from it"
+    if _multipart_as_sent(data) is not data:
+        # A number (or a list) beside a file, given to aiohttp as it is (not through
+        # _multipart_as_sent): aiohttp puts no number in a part.
+        assert isinstance(data, Mapping | list | tuple)  # (so says _multipart_as_sent)
+        pairs = list(data.items()) if isinstance(data, Mapping) else list(data)
+        for position, pair in enumerate(pairs, 1):
+            if (
+                isinstance(pair, tuple | list)
+                and len(pair) == 2
+                and (_is_number(pair[1]) or isinstance(pair[1], list | tuple))
+            ):
+                shown = _shown_key(pair[0], position, "field")
+                where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{pair[0]!r}]"
+                kind = type(pair[1]).__name__
+                return (
+                    f"data{where} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} beside a "
+                    "file in a multipart form, which aiohttp cannot put in a part: pass its text"
+                )
     try:
         try:
             aiohttp.payload.get_payload(data, disposition=None)
@@ -1493,9 +1511,10 @@ async def _form_parts(form: aiohttp.FormData) -> _FormParts | str:
     for position, (options, headers, value) in enumerate(fields, 1):
         what: str | None = None
         if isinstance(value, aiohttp.payload.Payload):
-            what = f"an aiohttp payload ({type(value).__name__}), which aiohttp closes once sent"
+            what = f"is an aiohttp payload ({type(value).__name__}), which aiohttp closes once sent"
         elif isinstance(value, io.IOBase):
-            content, what = await _read_whole(value)
+            content, read_fault = await _read_whole(value)
+            what = None if read_fault is None else f"is {read_fault}"
             if isinstance(content, bytes) and aiohttp.hdrs.CONTENT_TYPE not in headers:
                 # What aiohttp would have sent for the file (image/png for a .png), not the
                 # octet-stream bytes get.
@@ -1504,16 +1523,63 @@ async def _form_parts(form: aiohttp.FormData) -> _FormParts | str:
                     headers = {**headers, aiohttp.hdrs.CONTENT_TYPE: guessed}
             value = content
         elif isinstance(value, AsyncIterable):
-            what = f"an async iterable ({type(value).__name__}), read as it is sent"
+            what = f"is an async iterable ({type(value).__name__}), read as it is sent"
         elif isinstance(value, bytearray | memoryview):
             value = bytes(value)  # as it is now, on every run
+        elif _is_number(value) or isinstance(value, list | tuple):
+            # As sent by _multipart_as_sent, for a form aiohttp was given without it.
+            what = _form_value_fault(value)
+            if what is None:
+                parts.extend(
+                    (MultiDict(options), dict(headers), text) for text in _part_values(value)
+                )
+                continue
         if what is not None:
             name = options.get("name")
             shown = _shown_key(name, position, "field")
             where = str(shown) if isinstance(shown, _HiddenKey) else repr(name)
-            return f"a multipart form whose field {where} is {what}"
+            return f"a multipart form whose field {where} {what}"
         parts.append((MultiDict(options), dict(headers), value))
     return _FormParts(tuple(parts), quote_fields, charset)
+
+
+def _is_number(value: object) -> bool:
+    """Whether ``value`` is an int (not a bool) or a float: what a form sends as its text."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _part_values(value: object) -> list[object]:
+    """A multipart form field's value as aiohttp can put it in parts: a number as its text
+    (``str()``, as a url-encoded form writes it), a list or tuple as a part per item (a
+    repeated field, as a url-encoded form repeats it); anything else as it is."""
+    values = value if isinstance(value, list | tuple) else (value,)
+    return [str(item) if _is_number(item) else item for item in values]
+
+
+def _multipart_as_sent(data: object) -> object:
+    """``data`` as aiohttp can send it: a mapping or pairs holding a file (which aiohttp
+    makes a multipart form) whose other values hold a number (or a list) made a ``FormData``
+    of the same fields, each number as its text and each list a field per item, as a
+    url-encoded form sends them (aiohttp refuses a number in a part: "Can not serialize
+    value type"). Anything else is returned as it is, the same object. The values are
+    checked first (:func:`_form_fault`)."""
+    if not isinstance(data, Mapping | list | tuple) or not _holds_file(data):
+        return data
+    pairs = list(data.items()) if isinstance(data, Mapping) else list(data)
+    if not any(
+        isinstance(pair, tuple | list)
+        and len(pair) == 2
+        and (_is_number(pair[1]) or isinstance(pair[1], list | tuple))
+        for pair in pairs
+    ):
+        return data
+    fields: list[object] = []
+    for pair in pairs:
+        if isinstance(pair, tuple | list) and len(pair) == 2:
+            fields.extend((pair[0], value) for value in _part_values(pair[1]))
+        else:
+            fields.append(pair)  # a bare file: aiohttp names it by its filename
+    return aiohttp.FormData(fields)
 
 
 async def _replayable(data: object, service: str, method: str) -> tuple[object, str | None]:
@@ -1528,8 +1594,10 @@ async def _replayable(data: object, service: str, method: str) -> tuple[object, 
 
     A multipart form (a ``FormData`` with a file, a filename or a content type, or made so;
     a mapping or pairs holding a file) gives a :class:`_FormParts`, its files read the same
-    way: aiohttp builds such a form once, and closes it (with its files) once sent, so a
-    fresh ``FormData`` is made of it for each run (:meth:`_FormParts.form`). Bytes, a str, a
+    way, each number beside them as its text and each list a field per item (as a
+    url-encoded form sends them; aiohttp puts no number in a part): aiohttp builds such a
+    form once, and closes it (with its files) once sent, so a fresh ``FormData`` is made of
+    it for each run (:meth:`_FormParts.form`). Bytes, a str, a
     url-encoded ``FormData`` and a mapping or pairs without a file are returned as they are:
     aiohttp encodes them again each run.
 

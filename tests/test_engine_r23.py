@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, InvalidRequest, RetryPolicy
+from le_transport.engine import _multipart_as_sent
 from le_transport.errors import AttemptRecord, BodyTooLarge, RetriesExhausted
 from le_transport.policies.classify import Outcome, OutcomeKind
 from le_transport.testing import VirtualClock
@@ -238,3 +239,83 @@ async def test_a_callers_trace_hooks_get_the_body_the_engine_reads(
         resp = await engine.request("GET", "svc", "/small", params=query)
     assert resp.body == b"z" * 1000
     assert b"".join(seen) == b"z" * 1000
+
+
+# -- 3. numbers beside a file in a multipart form ----------------------------------------------
+
+
+def _parts(body: bytes) -> list[tuple[str, bytes]]:
+    """A multipart body's (name, content) parts, in order."""
+    boundary = body.split(b"\r\n", 1)[0]
+    parts: list[tuple[str, bytes]] = []
+    for chunk in body.split(boundary)[1:-1]:
+        head, _, content = chunk.strip(b"\r\n").partition(b"\r\n\r\n")
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        parts.append((name, content))
+    return parts
+
+
+_NUMBERS_BESIDE_A_FILE: list[Any] = [
+    lambda: {"f": io.BytesIO(b"abc"), "n": 3, "x": 1.5, "tags": ["a", 4]},
+    lambda: [("f", io.BytesIO(b"abc")), ("n", 3), ("x", 1.5), ("tags", ("a", 4))],
+]
+
+#: What the forms above send: each number as its text, a list a part per item.
+_SENT = [("f", b"abc"), ("n", b"3"), ("x", b"1.5"), ("tags", b"a"), ("tags", b"4")]
+
+
+@pytest.mark.parametrize("make", _NUMBERS_BESIDE_A_FILE, ids=["mapping", "pairs"])
+async def test_numbers_beside_a_file_are_sent_as_their_text_with_recover(
+    make: Any, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The documented form values ("a str, an int or a finite float ... (or a list of them)")
+    hold in a multipart form too: aiohttp refused a number in a part ("Can not serialize
+    value type: int"), said as "invalid request (TypeError)"."""
+    bodies: list[tuple[str, bytes]] = []
+    host = await serve(_recording_app(bodies))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        await engine.request("POST", "svc", "/form", data=make(), recover=True)
+    [(content_type, body)] = bodies
+    assert content_type.startswith("multipart/form-data")
+    assert _parts(body) == _SENT
+
+
+@pytest.mark.parametrize("make", _NUMBERS_BESIDE_A_FILE, ids=["mapping", "pairs"])
+async def test_numbers_beside_a_file_as_sent_by_the_multipart_helper(
+    make: Any, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """``_multipart_as_sent`` makes such a form one aiohttp sends, numbers as their text; a
+    form it need not change is the same object."""
+    bodies: list[tuple[str, bytes]] = []
+    host = await serve(_recording_app(bodies))
+    plain: Any = {"f": io.BytesIO(b"abc"), "note": "x"}
+    assert _multipart_as_sent(plain) is plain
+    assert _multipart_as_sent({"n": 3}) == {"n": 3}
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        await engine.request("POST", "svc", "/form", data=_multipart_as_sent(make()))  # type: ignore[arg-type]
+    [(content_type, body)] = bodies
+    assert content_type.startswith("multipart/form-data")
+    assert _parts(body) == _SENT
+
+
+@pytest.mark.parametrize("make", _NUMBERS_BESIDE_A_FILE, ids=["mapping", "pairs"])
+async def test_numbers_beside_a_file_given_as_they_are_name_the_field_not_the_body_type(
+    make: Any, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Given to aiohttp as it is (without recover=True), such a form is refused by aiohttp;
+    the refusal named no field ("data must be bytes, str, a form mapping or an async
+    iterable of bytes, got a dict": a form mapping is what it was)."""
+    bodies: list[tuple[str, bytes]] = []
+    host = await serve(_recording_app(bodies))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        refused: InvalidRequest | None = None
+        try:
+            await engine.request("POST", "svc", "/form", data=make())
+        except InvalidRequest as exc:
+            refused = exc
+    if refused is not None:
+        assert "data['n'] is an int beside a file" in str(refused)
+        assert bodies == []
+    else:  # sent (numbers as their text), once Engine.request sends it as the helper does
+        [(_, body)] = bodies
+        assert _parts(body) == _SENT
