@@ -194,7 +194,7 @@ class Response:
     A value: it can be copied (``copy.deepcopy``) and pickled (its headers as a fresh
     read-only ``CIMultiDictProxy`` of the same items, in order), as the errors can. Two
     responses are equal when all their fields are (headers by their items, attempts by
-    identity); the hash leaves the headers out (a ``CIMultiDictProxy`` has none), so a
+    value); the hash leaves the headers out (a ``CIMultiDictProxy`` has none), so a
     response can be a set member or a dict key, and equal responses hash alike.
     """
 
@@ -1072,24 +1072,6 @@ def _data_fault(data: object) -> str | None:
         # A file payload is made of it, and fails only when it is read: said as the same
         # body is said under recover=True.
         return f"data is a {type(data).__name__} that is closed: nothing can be read from it"
-    if _multipart_as_sent(data) is not data:
-        # A number (or a list) beside a file, given to aiohttp as it is (not through
-        # _multipart_as_sent): aiohttp puts no number in a part.
-        assert isinstance(data, Mapping | list | tuple)  # (so says _multipart_as_sent)
-        pairs = list(data.items()) if isinstance(data, Mapping) else list(data)
-        for position, pair in enumerate(pairs, 1):
-            if (
-                isinstance(pair, tuple | list)
-                and len(pair) == 2
-                and (_is_number(pair[1]) or isinstance(pair[1], list | tuple))
-            ):
-                shown = _shown_key(pair[0], position, "field")
-                where = f"[{shown}]" if isinstance(shown, _HiddenKey) else f"[{pair[0]!r}]"
-                kind = type(pair[1]).__name__
-                return (
-                    f"data{where} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} beside a "
-                    "file in a multipart form, which aiohttp cannot put in a part: pass its text"
-                )
     try:
         try:
             aiohttp.payload.get_payload(data, disposition=None)
@@ -2695,8 +2677,9 @@ class Engine:
         - ``data``: bytes as they are; a str in the charset the ``Content-Type`` header names
           (UTF-8 when it names none; :class:`~le_transport.errors.InvalidRequest` when the
           charset is unknown or cannot hold the text); a mapping (or pairs) form-encoded in
-          UTF-8, each value a str, an int or a finite float (or a list of them, for a repeated
-          field), or a file or bytes in a multipart form: any other (None, a bool, NaN, a dict,
+          UTF-8, each value a str, an int Python can write as text or a finite float (or a
+          list of them, for a repeated field; sent as their text in a multipart form too), or
+          a file or bytes in a multipart form: any other (None, a bool, NaN, a dict,
           a :class:`~le_transport.Secret`, which aiohttp would send as its ``str()``) is an
           :class:`~le_transport.errors.InvalidRequest` naming the field, never showing its value
           (so in a url-encoded ``FormData``); an async iterable of bytes streamed as it comes,
@@ -2753,6 +2736,8 @@ class Engine:
             if refused is not None:
                 # Before anything is read (recover=True reads files) or sent.
                 raise InvalidRequest(refused, service=service, method=method)
+            # Numbers beside a file, which aiohttp puts in no multipart part, as their text.
+            data = typing.cast(Any, _multipart_as_sent(data))
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidRequest(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         if idempotent is not None and not isinstance(idempotent, bool):
