@@ -822,6 +822,10 @@ def _query_value_fault(value: object) -> str:
         return "is a bool, which is no query value: pass the text the service expects ('true')"
     if isinstance(value, float):
         return "is a float that is NaN or infinite, which is no query value"
+    if isinstance(value, int) and value.bit_length() >= _TEXT_BITS:
+        too_long = _long_int_fault(value, "query")
+        if too_long is not None:
+            return too_long
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
             if item is None or isinstance(item, bool) or not isinstance(item, str | int | float):
@@ -829,6 +833,10 @@ def _query_value_fault(value: object) -> str:
                     f"holds a {type(item).__name__} at index {index}, which is no query value: "
                     "each item must be str, int or float"
                 )
+            if isinstance(item, int) and item.bit_length() >= _TEXT_BITS:
+                too_long = _long_int_fault(item, "query")
+                if too_long is not None:
+                    return f"holds at index {index} an int{too_long[len('is an int') :]}"
         return "holds a float that is NaN or infinite, which is no query value"
     return f"is a {type(value).__name__}, which is no query value: pass str, int or float"
 
@@ -906,7 +914,7 @@ def _form_value_fault(value: object) -> str | None:
                 and item.bit_length() >= _TEXT_BITS
                 and _long_int_fault(item) is not None
             ):
-                return f"holds an int at index {index} {_TOO_MANY_DIGITS}"
+                return f"holds an int at index {index} {_TOO_MANY_DIGITS.format(kind='form')}"
         return None
     if value is None:
         return "is None, which is no form value: leave the field out, or pass ''"
@@ -929,20 +937,21 @@ def _form_value_fault(value: object) -> str | None:
 #: text (``sys.set_int_max_str_digits`` takes no limit under 640).
 _TEXT_BITS = 2000
 
-#: Why an int is no form value when Python will not write it as text.
+#: Why an int is no form (or query) value when Python will not write it as text.
 _TOO_MANY_DIGITS = (
     "of more digits than Python writes as text (sys.get_int_max_str_digits()), which is no "
-    "form value: pass its digits as a str"
+    "{kind} value: pass its digits as a str"
 )
 
 
-def _long_int_fault(value: int) -> str | None:
-    """Why an int of :data:`_TEXT_BITS` bits or more cannot be a form value (``str()`` of it
-    raises ValueError past the interpreter's digit limit, deep inside aiohttp), or None."""
+def _long_int_fault(value: int, kind: str = "form") -> str | None:
+    """Why an int of :data:`_TEXT_BITS` bits or more cannot be a ``kind`` ("form" or "query")
+    value (``str()`` of it raises ValueError past the interpreter's digit limit, deep inside
+    aiohttp or yarl), or None."""
     try:
         str(value)
     except ValueError:
-        return f"is an int {_TOO_MANY_DIGITS}"
+        return f"is an int {_TOO_MANY_DIGITS.format(kind=kind)}"
     return None
 
 

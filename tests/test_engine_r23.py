@@ -312,3 +312,21 @@ async def test_numbers_beside_a_file_given_as_they_are_are_sent_as_their_text(
     assert resp.status == 200
     [(_, body)] = bodies
     assert _parts(body) == _SENT
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"n": 10**5000}, "params['n'] is an int of more digits than Python writes as text"),
+        ({"n": [1, 10**5000]}, "params['n'] holds at index 1 an int of more digits"),
+    ],
+)
+async def test_an_int_too_long_for_text_in_the_query_is_refused_naming_the_parameter(
+    params: dict[str, object], said: str
+) -> None:
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http") as engine:
+        with pytest.raises(InvalidRequest) as caught:
+            await engine.request("GET", "svc", "/x", params=params)  # type: ignore[arg-type]
+    assert said in str(caught.value)
+    assert "no query value: pass its digits as a str" in str(caught.value)
+    assert "00000" not in str(caught.value)
