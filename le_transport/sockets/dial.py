@@ -96,6 +96,10 @@ MAX_EARLY_FRAMES = 1000
 _MAX_WS_LOCATIONS = 10
 #: The scheme a ``Location`` written for a WebSocket is followed over.
 _WS_SCHEMES = {"ws": "http", "wss": "https"}
+#: How aiohttp (3.14, ``ClientSession._request``) begins the ValueError it raises, before the
+#: hop is built, for a request whose own Authorization header would go beside other credentials:
+#: a same-origin redirect's ``Location`` user name and password, or the session's ``auth=``.
+_COMBINED_CREDENTIALS = "Cannot combine AUTHORIZATION header"
 
 
 def _digits(account: object) -> object:
@@ -320,6 +324,12 @@ def _redirected_elsewhere(ws: aiohttp.ClientWebSocketResponse, dialed: URL) -> s
     if same_wire_host(first, final):
         return None
     return shown_origin(final)
+
+
+def _combined_credentials(exc: ValueError) -> bool:
+    """Whether ``exc`` is aiohttp's refusal to send a request's own Authorization header
+    beside other credentials, and not some other ValueError (a bug, to be seen as one)."""
+    return type(exc) is ValueError and str(exc).startswith(_COMBINED_CREDENTIALS)
 
 
 def _unsent_bytes(transport: asyncio.Transport) -> int:
@@ -746,19 +756,13 @@ class EngineDialer:
                 credentials=creds,
             )
         except ValueError as exc:
-            # Not one of aiohttp's errors (those are ClientErrors, above) but its refusal to
-            # build a hop: a redirect on the socket's host whose Location carries a user name
-            # or password, which cannot go with the socket's own Authorization header. The
-            # server sends the same Location on every reconnect: final. Its text is not shown
-            # (a Location's path may carry the bearer).
-            failed = ConnectionFailed(
-                f"upgrade of {shown} could not go on: aiohttp refused to send it "
-                f"({type(exc).__name__}); a redirect whose Location carries a user name or "
-                "password is not followed",
-                service=self._service,
-            )
-            failed.repeat = Repeat.FINAL
-            failure = failed
+            # Not one of aiohttp's errors (those are ClientErrors, above). Its refusal to send
+            # the socket's own Authorization header beside other credentials is a failure of
+            # this dial, final (a reconnect meets it again); any other ValueError is a bug
+            # (a caller's middleware's, or this library's), raised as itself.
+            if not _combined_credentials(exc):
+                raise
+            failure = self._combined(shown, session)
         finally:
             UPGRADE_GUARD.reset(guarded)
             UPGRADE_SERVICE.reset(of_service)
@@ -886,6 +890,27 @@ class EngineDialer:
         )
         refused.repeat = Repeat.FINAL
         return refused
+
+    def _combined(self, shown: str, session: aiohttp.ClientSession) -> ConnectionFailed:
+        """The final failure of an upgrade aiohttp would not send, its Authorization header
+        beside other credentials: the session's own ``auth=``, else (a session without one)
+        a same-origin redirect's ``Location`` user name and password, or with ``trust_env`` a
+        ``.netrc`` entry for the host."""
+        if session.auth is not None:
+            why = (
+                "the session's own auth= cannot be sent beside the socket's Authorization "
+                "header; dial the socket on a session without auth="
+            )
+        else:
+            why = "a redirect whose Location carries a user name or password is not followed"
+            if session.trust_env:
+                why += " (or a .netrc entry for the host, read under trust_env, clashes)"
+        failed = ConnectionFailed(
+            f"upgrade of {shown} could not go on: aiohttp refused to send it: {why}",
+            service=self._service,
+        )
+        failed.repeat = Repeat.FINAL
+        return failed
 
     async def _init_connection(self, conn: Connection, jwt: Secret) -> None:
         frame = init_connection_frame(jwt, self._client_properties)

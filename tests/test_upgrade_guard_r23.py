@@ -1,0 +1,149 @@
+"""A socket's upgrade redirects: a Location carrying a user name or password (in any of the
+ways aiohttp follows it) ends the dial as a final ConnectionFailed; only aiohttp's own refusal
+to combine credentials is read as that, any other ValueError is no dial failure; a redirect
+built for the dialed host before any first hop reached the guard is that first hop."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport import ConnectionFailed, Engine, EventHooks, SocketClosed
+from le_transport.errors import Repeat
+from le_transport.providers import StaticBearer, StaticDomains
+from le_transport.providers.auth import Credentials
+from le_transport.sockets import AuthPlacement, SocketOptions
+from tests.test_socket_support import StateLog, no_open_connections, states
+
+__all__ = ["no_open_connections", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+#: The Basic credentials aiohttp makes of a Location's ``u:p``, as they would go on the wire.
+_BASIC_UP = base64.b64encode(b"u:p").decode()
+
+
+class _KeyHeaderAuth(StaticBearer):
+    """A provider whose credential is a header of its own: the socket sends no Authorization,
+    so aiohttp raises nothing and sends a Location's user name and password as Basic."""
+
+    credential_headers = frozenset({"x-api-key"})
+
+    async def credentials(self, method: str, url: Any) -> Credentials:
+        return Credentials(headers={"X-Api-Key": "SECRETKEY"})
+
+
+def _app(got: list[str], location: list[str] | None = None) -> web.Application:
+    """Records every request (path, X-Api-Key, Authorization) and accepts the upgrade; with
+    ``location``, ``/old`` answers a 302 to ``location[0]`` instead."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        got.append(
+            f"{request.raw_path} key={request.headers.get('X-Api-Key', '-')} "
+            f"auth={request.headers.get('Authorization', '-')}"
+        )
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        got.append(f"{request.raw_path} -> 302")
+        assert location is not None
+        raise web.HTTPFound(location[0])
+
+    app = web.Application()
+    if location is not None:
+        app.router.add_get("/old", redirect)
+        app.router.add_get("/old/{bearer}", redirect)
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+def _engine(host: str, states: StateLog, **kwargs: Any) -> Engine:
+    return Engine(
+        StaticDomains({"svc": host}), scheme="http", hooks=EventHooks(on_state=[states]), **kwargs
+    )
+
+
+async def _stop_cause(ws: Any) -> BaseException | None:
+    """What stopped ``ws`` (its SocketClosed's cause), None if it opened; ``ws`` closed."""
+    try:
+        await ws.wait_open(timeout=5)
+    except SocketClosed as exc:
+        return exc.__cause__
+    finally:
+        await ws.close()
+    return None
+
+
+def _credentials_refusal(cause: BaseException | None) -> ConnectionFailed:
+    """``cause`` is the final ConnectionFailed of a Location with userinfo, showing none."""
+    assert isinstance(cause, ConnectionFailed), repr(cause)
+    assert cause.repeat is Repeat.FINAL
+    text = str(cause)
+    assert "user name or password" in text, text
+    for secret in ("u:p", _BASIC_UP, "/moved", "SECRETKEY", "tok123"):
+        assert secret not in text, text
+    assert cause.__cause__ is None
+    assert cause.__context__ is None
+    return cause
+
+
+def _auth_for(placement: AuthPlacement) -> StaticBearer:
+    return _KeyHeaderAuth("unused") if placement is AuthPlacement.HEADER else StaticBearer("tok123")
+
+
+# -- 2. Only aiohttp's refusal to combine credentials is read as one -------------------------
+
+
+async def test_other_value_error_is_not_a_redirect_refusal(serve: Any, states: StateLog) -> None:
+    """A ValueError out of the upgrade that is not aiohttp's refusal to combine credentials (a
+    bug in a caller's outer middleware here) was taken for a redirect whose Location carries
+    a user name or password: a final ConnectionFailed saying so. It is the bug's own error
+    now, the cause of the socket's stop."""
+    got: list[str] = []
+    host = await serve(_app(got))
+
+    async def buggy(request: Any, handler: Any) -> Any:
+        raise ValueError("a bug in the caller's middleware")
+
+    async with _engine(host, states, auth=StaticBearer("tok123"), outer_middlewares=[buggy]) as e:
+        ws = await e.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    assert type(cause) is ValueError, repr(cause)
+    assert str(cause) == "a bug in the caller's middleware"
+    assert got == []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # aiohttp 3.14: session auth=
+async def test_session_auth_beside_the_socket_header_is_named(serve: Any, states: StateLog) -> None:
+    """A caller's session with ``auth=`` of its own: aiohttp refuses to send the socket's
+    Authorization header beside it on the very first hop (no redirect at all). Final, as
+    before, but said so: it was blamed on a redirect's Location."""
+    got: list[str] = []
+    host = await serve(_app(got))
+    async with (
+        aiohttp.ClientSession(auth=aiohttp.BasicAuth("user", "SECRETPW")) as session,
+        _engine(host, states, auth=StaticBearer("tok123"), session=session) as eng,
+    ):
+        ws = await eng.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    assert isinstance(cause, ConnectionFailed), repr(cause)
+    assert cause.repeat is Repeat.FINAL
+    text = str(cause)
+    assert "session's own auth=" in text, text
+    assert "Location" not in text, text
+    assert "SECRETPW" not in text
+    assert "tok123" not in text
+    assert cause.__context__ is None
+    assert got == []
