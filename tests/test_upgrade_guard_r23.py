@@ -13,10 +13,13 @@ import pytest
 from aiohttp import web
 
 from le_transport import ConnectionFailed, Engine, EventHooks, SocketClosed
+from le_transport.chaos import FaultInjector, FaultRule, Status
+from le_transport.chaos.plan import Match, Schedule
 from le_transport.errors import Repeat
 from le_transport.providers import StaticBearer, StaticDomains
 from le_transport.providers.auth import Credentials
 from le_transport.sockets import AuthPlacement, SocketOptions
+from le_transport.testing import VirtualClock
 from tests.test_socket_support import StateLog, no_open_connections, states
 
 __all__ = ["no_open_connections", "states"]
@@ -146,4 +149,85 @@ async def test_session_auth_beside_the_socket_header_is_named(serve: Any, states
     assert "SECRETPW" not in text
     assert "tok123" not in text
     assert cause.__context__ is None
+    assert got == []
+
+
+# -- 3. A redirect built for the dialed host before any first hop is the first hop ----------
+
+
+async def test_outer_redirect_to_dialed_host_then_routed_is_the_first_hop(
+    serve: Any, states: StateLog
+) -> None:
+    """Outer middlewares: a FaultInjector answering the first hop with a 302 to the dialed
+    host, then a router sending the service's name to a gateway. The hop aiohttp builds for
+    the Location, built for the dialed host, reaches the guard routed to the gateway before
+    any first hop did: it was held to the dialed host's name and refused as a redirect to
+    another host, a final stop. It is the first hop: sent to the gateway with the socket's
+    credentials, as the first hop would have been."""
+    got: list[str] = []
+    gateway = await serve(_app(got))
+    gw_host, gw_port = gateway.split(":")
+    clock = VirtualClock()
+    rule = FaultRule(
+        "redirect",
+        Status(302, headers={"Location": "http://svc.test:1/moved"}),
+        match=Match(path="/ws"),
+        schedule=Schedule(fail_next=1),
+    )
+
+    async def route(request: Any, handler: Any) -> Any:
+        if request.url.raw_host == "svc.test":
+            request.url = request.url.with_host(gw_host).with_port(int(gw_port))
+        return await handler(request)
+
+    async with _engine(
+        "svc.test:1",
+        states,
+        clock=clock,
+        auth=StaticBearer("tok123"),
+        outer_middlewares=[FaultInjector([rule], clock=clock), route],
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    assert cause is None, repr(cause)
+    assert got == ["/moved key=- auth=Bearer tok123"], got
+
+
+async def test_outer_redirect_elsewhere_then_routed_is_still_refused(
+    serve: Any, states: StateLog
+) -> None:
+    """The same, the Location on another host than the dialed one: no first hop, and refused
+    before it is sent, even though the router sends it to the same gateway."""
+    got: list[str] = []
+    gateway = await serve(_app(got))
+    gw_host, gw_port = gateway.split(":")
+    clock = VirtualClock()
+    rule = FaultRule(
+        "redirect",
+        Status(302, headers={"Location": "http://other.test:1/moved"}),
+        match=Match(path="/ws"),
+        schedule=Schedule(fail_next=1),
+    )
+
+    async def route(request: Any, handler: Any) -> Any:
+        if request.url.raw_host in ("svc.test", "other.test"):
+            request.url = request.url.with_host(gw_host).with_port(int(gw_port))
+        return await handler(request)
+
+    async with _engine(
+        "svc.test:1",
+        states,
+        clock=clock,
+        auth=StaticBearer("tok123"),
+        outer_middlewares=[FaultInjector([rule], clock=clock), route],
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    assert isinstance(cause, ConnectionFailed), repr(cause)
+    assert cause.repeat is Repeat.FINAL
+    assert "another host" in str(cause)
     assert got == []

@@ -17,7 +17,10 @@ one, sending the first hop again: no redirect, and not refused). Any other hop i
 aiohttp follows: to another host than the first hop's (than the dialed URL's, when an outer
 middleware answered the first hop itself and no first hop came by) it is refused
 (:class:`RedirectedElsewhere`, which the dialer makes a final failure), and to that host it
-gets back the headers aiohttp dropped from it. An HTTP request never looks at it.
+gets back the headers aiohttp dropped from it. Before any first hop came by, a redirect aiohttp
+built for the dialed host is that first hop: its URL as sent sets where the upgrade goes (an
+outer middleware that answered the first hop with a redirect to the dialed host, and one that
+routes the service's name, together). An HTTP request never looks at it.
 """
 
 from __future__ import annotations
@@ -114,10 +117,13 @@ class UpgradeGuard:
     def check(self, request: ClientRequest) -> None:
         """Before ``request``, a hop of the upgrade, is sent. A first hop (aiohttp built it
         for the dialed URL; an outer middleware may have routed it elsewhere, or be sending it
-        again to another gateway) is taken as it is, and sets :attr:`reference`. Any other, a
-        redirect: raise :class:`RedirectedElsewhere` if it goes to another host than the
-        reference's; else put back the headers the upgrade was sent with that aiohttp dropped
-        on a change of origin (``ws`` to ``http`` on the same host is one)."""
+        again to another gateway) is taken as it is, and sets :attr:`reference`; so is, before
+        any first hop came by, a redirect aiohttp built for the dialed host (an outer
+        middleware answered the first hop with it), which also gets back what aiohttp
+        dropped. Any other, a redirect: raise :class:`RedirectedElsewhere` if it goes to
+        another host than the reference's; else put back the headers the upgrade was sent
+        with that aiohttp dropped on a change of origin (``ws`` to ``http`` on the same host
+        is one)."""
         self.checked = True
         url = request.url
         if request.original_url == self.dialed:
@@ -130,7 +136,14 @@ class UpgradeGuard:
             sent = request.headers
             self._restore = {name: sent[name] for name in self._socket_headers if name in sent}
             return
-        if not same_wire_host(self.reference, url):
+        if self.first is None and same_wire_host(self.dialed, request.original_url):
+            # No first hop came by (an outer middleware answered it with a redirect), and
+            # aiohttp built this one for the dialed host: the first hop, in effect. Where the
+            # outer middlewares sent it (a gateway they route the service's name to) is where
+            # the upgrade goes, as it would have been for the first hop itself; it gets back
+            # the socket's headers aiohttp dropped, as a redirect on that host does.
+            self.first = url
+        elif not same_wire_host(self.reference, url):
             raise RedirectedElsewhere(shown_origin(url))
         headers = request.headers
         for name, value in self._restore.items():
