@@ -102,6 +102,122 @@ def _auth_for(placement: AuthPlacement) -> StaticBearer:
     return _KeyHeaderAuth("unused") if placement is AuthPlacement.HEADER else StaticBearer("tok123")
 
 
+# -- 1. A Location with a user name or password: a final ConnectionFailed, whatever its form --
+
+
+@pytest.mark.parametrize(
+    ("written", "placement"),
+    [
+        # Absolute http:// on the socket's host: another origin than ws:// to aiohttp, which
+        # drops the socket's Authorization and sends the Location's user name and password.
+        ("http://u:p@{host}/moved", AuthPlacement.HEADER),
+        ("http://u:p@{host}/moved", AuthPlacement.PATH),
+        # Scheme-relative (the same origin): with no Authorization of the socket's own,
+        # aiohttp raises nothing and sends them beside the socket's credential.
+        ("//u:p@{host}/moved", AuthPlacement.HEADER),
+        ("//u:p@{host}/moved", AuthPlacement.PATH),
+        # A user name alone is credentials too (aiohttp sends it as Basic "u:").
+        ("http://u@{host}/moved", AuthPlacement.HEADER),
+    ],
+)
+async def test_same_host_location_with_userinfo_is_final(
+    serve: Any, states: StateLog, written: str, placement: AuthPlacement
+) -> None:
+    """The hop to the Location went out with the Location's user name and password as Basic
+    credentials (beside the socket's own, or in place of its Authorization), and the socket
+    opened on them, or was refused by a server that wanted its own and reconnected for ever.
+    Now refused before that hop is sent: a final ConnectionFailed that shows neither the user
+    name and password nor the Location."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_app(got, location))
+    location.append(written.format(host=host))
+    path = "/old" if placement is AuthPlacement.HEADER else "/old/{bearer}"
+    async with _engine(host, states, auth=_auth_for(placement)) as engine:
+        ws = await engine.websocket(
+            "svc", path, auth_placement=placement, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    _credentials_refusal(cause)
+    assert [line for line in got if not line.endswith("-> 302")] == [], got
+    assert not states.of("connect_failed"), "retried as a failed connect"
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+@pytest.mark.parametrize("placement", [AuthPlacement.HEADER, AuthPlacement.PATH])
+async def test_ws_scheme_location_with_userinfo_is_final(
+    serve: Any, clock: VirtualClock, states: StateLog, own_session: bool, placement: AuthPlacement
+) -> None:
+    """``Location: ws://u:p@host/moved``, which the dialer follows itself as http://: refused
+    before it is dialed, on the engine's stack and on a session of the caller's own (whose
+    hops no guard sees)."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_app(got, location))
+    location.append(f"ws://u:p@{host}/moved")
+    path = "/old" if placement is AuthPlacement.HEADER else "/old/{bearer}"
+    async with aiohttp.ClientSession() as session:
+        extra: dict[str, Any] = {"session": session} if own_session else {}
+        async with _engine(host, states, clock=clock, auth=_auth_for(placement), **extra) as eng:
+            ws = await eng.websocket(
+                "svc", path, auth_placement=placement, options=SocketOptions(keepalive=None)
+            )
+            cause = await _stop_cause(ws)
+    _credentials_refusal(cause)
+    assert [line for line in got if not line.endswith("-> 302")] == [], got
+
+
+async def test_outer_injector_location_with_userinfo_is_final(serve: Any, states: StateLog) -> None:
+    """An outer FaultInjector answering the first hop with a 302 to the dialed host with
+    userinfo: the hop aiohttp builds for it carries them, and is refused at the guard."""
+    got: list[str] = []
+    host = await serve(_app(got))
+    clock = VirtualClock()
+    rule = FaultRule(
+        "redirect",
+        Status(302, headers={"Location": f"http://u:p@{host}/moved"}),
+        match=Match(path="/ws"),
+        schedule=Schedule(fail_next=1),
+    )
+    async with _engine(
+        host,
+        states,
+        clock=clock,
+        auth=_KeyHeaderAuth("unused"),
+        outer_middlewares=[FaultInjector([rule], clock=clock)],
+    ) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    _credentials_refusal(cause)
+    assert got == [], got
+
+
+async def test_own_session_followed_location_with_userinfo_is_closed(
+    serve: Any, states: StateLog
+) -> None:
+    """On a session of the caller's own, no guard sees the hops: aiohttp follows an absolute
+    Location with userinfo on the socket's host. The socket it opened there is closed and the
+    dial ends as final, as a redirect elsewhere does: nothing more goes on it."""
+    got: list[str] = []
+    location: list[str] = []
+    host = await serve(_app(got, location))
+    location.append(f"http://u:p@{host}/moved")
+    async with (
+        aiohttp.ClientSession() as session,
+        _engine(host, states, auth=_KeyHeaderAuth("unused"), session=session) as eng,
+    ):
+        ws = await eng.websocket(
+            "svc",
+            "/old",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        cause = await _stop_cause(ws)
+    _credentials_refusal(cause)
+
+
 # -- 2. Only aiohttp's refusal to combine credentials is read as one -------------------------
 
 

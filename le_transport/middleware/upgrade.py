@@ -20,7 +20,10 @@ middleware answered the first hop itself and no first hop came by) it is refused
 gets back the headers aiohttp dropped from it. Before any first hop came by, a redirect aiohttp
 built for the dialed host is that first hop: its URL as sent sets where the upgrade goes (an
 outer middleware that answered the first hop with a redirect to the dialed host, and one that
-routes the service's name, together). An HTTP request never looks at it.
+routes the service's name, together). A redirect hop carrying a user name or password its
+``Location`` gave (aiohttp sends them as ``Basic`` credentials, in place of the socket's
+``Authorization`` or beside its own credential header) is refused too
+(:class:`RedirectedWithCredentials`, final as well). An HTTP request never looks at it.
 """
 
 from __future__ import annotations
@@ -28,10 +31,17 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping
 
-from aiohttp import ClientRequest
+from aiohttp import ClientRequest, hdrs
 from yarl import URL
 
-__all__ = ["UPGRADE_GUARD", "RedirectedElsewhere", "UpgradeGuard", "same_wire_host"]
+__all__ = [
+    "UPGRADE_GUARD",
+    "RedirectedElsewhere",
+    "RedirectedWithCredentials",
+    "UpgradeGuard",
+    "has_userinfo",
+    "same_wire_host",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _SECURE = frozenset({"https", "wss"})
@@ -71,6 +81,12 @@ def same_wire_host(dialed: URL, hop: URL) -> bool:
     return dialed_port == hop_port
 
 
+def has_userinfo(url: URL) -> bool:
+    """Whether ``url`` carries a user name or a password, which aiohttp sends as ``Basic``
+    credentials (an empty user name is one too, as aiohttp reads it)."""
+    return url.raw_user is not None or url.raw_password is not None
+
+
 def shown_origin(url: URL) -> str:
     """``url``'s origin (scheme, host, port: no user, path or query) to name in an error."""
     try:
@@ -89,6 +105,20 @@ class RedirectedElsewhere(Exception):
         self.origin = origin
 
 
+class RedirectedWithCredentials(Exception):
+    """An upgrade redirect hop carrying a user name or password its ``Location`` gave, refused
+    before it was sent.
+
+    Says nothing of them, nor of the ``Location`` (its path may carry the bearer)."""
+
+    def __init__(self) -> None:
+        super().__init__("upgrade redirected to a Location carrying a user name or password")
+
+
+#: How aiohttp writes the credentials of a URL's user name and password.
+_BASIC = "basic "
+
+
 class UpgradeGuard:
     """One upgrade's bounds: the host its first hop went to, and the headers that hop carried
     (credentials among them), to put back on a redirect to that host.
@@ -99,12 +129,17 @@ class UpgradeGuard:
     False after the upgrade when the session had not the engine's stack (a caller's own
     session), whose hops went unchecked."""
 
-    __slots__ = ("_restore", "_socket_headers", "checked", "dialed", "first")
+    __slots__ = ("_authorization", "_restore", "_socket_headers", "checked", "dialed", "first")
 
     def __init__(self, dialed: URL, headers: Mapping[str, str]) -> None:
         self.dialed = dialed
         self._socket_headers = dict(headers)
         self._restore = dict(headers)
+        # The Authorization the upgrade itself sends: the socket's own until a first hop comes
+        # by, then that hop's as sent (an outer middleware may set one of its own).
+        self._authorization = next(
+            (value for name, value in headers.items() if name.lower() == "authorization"), None
+        )
         self.first: URL | None = None
         self.checked = False
 
@@ -119,14 +154,17 @@ class UpgradeGuard:
         for the dialed URL; an outer middleware may have routed it elsewhere, or be sending it
         again to another gateway) is taken as it is, and sets :attr:`reference`; so is, before
         any first hop came by, a redirect aiohttp built for the dialed host (an outer
-        middleware answered the first hop with it), which also gets back what aiohttp
-        dropped. Any other, a redirect: raise :class:`RedirectedElsewhere` if it goes to
-        another host than the reference's; else put back the headers the upgrade was sent
+        middleware answered the first hop with it), once it passes the checks below. Any
+        other, a redirect: raise :class:`RedirectedElsewhere` if it goes to another host than
+        the reference's. A redirect to that host carrying ``Basic`` credentials the upgrade
+        does not send (a ``Location``'s user name and password) raises
+        :class:`RedirectedWithCredentials`; else it gets back the headers the upgrade was sent
         with that aiohttp dropped on a change of origin (``ws`` to ``http`` on the same host
         is one)."""
         self.checked = True
         url = request.url
-        if request.original_url == self.dialed:
+        original = request.original_url
+        if original == self.dialed:
             # aiohttp builds each redirect hop as a request of its own, for its Location: only
             # the first (or that one again) was built for the dialed URL. Its URL here is where
             # the caller's outer middlewares sent it: the host for the redirects that follow.
@@ -135,17 +173,35 @@ class UpgradeGuard:
             # middlewares left them: one they took out is not sent again.
             sent = request.headers
             self._restore = {name: sent[name] for name in self._socket_headers if name in sent}
+            self._authorization = sent.get(hdrs.AUTHORIZATION)
             return
-        if self.first is None and same_wire_host(self.dialed, request.original_url):
+        if self.first is None and same_wire_host(self.dialed, original):
             # No first hop came by (an outer middleware answered it with a redirect), and
             # aiohttp built this one for the dialed host: the first hop, in effect. Where the
             # outer middlewares sent it (a gateway they route the service's name to) is where
             # the upgrade goes, as it would have been for the first hop itself; it gets back
             # the socket's headers aiohttp dropped, as a redirect on that host does.
+            self._restore_on(request)
             self.first = url
-        elif not same_wire_host(self.reference, url):
+            return
+        if not same_wire_host(self.reference, url):
             raise RedirectedElsewhere(shown_origin(url))
+        self._restore_on(request)
+
+    def _restore_on(self, request: ClientRequest) -> None:
+        """Refuse a redirect hop with credentials of a ``Location``'s own; else put back on it
+        the socket's headers aiohttp dropped."""
         headers = request.headers
+        authorization = headers.get(hdrs.AUTHORIZATION)
+        if (
+            authorization is not None
+            and authorization != self._authorization
+            and authorization[: len(_BASIC)].lower() == _BASIC
+        ):
+            # aiohttp took them from the Location's user name and password (stripped from the
+            # hop's URLs by then): the server's credentials, in place of the socket's own or
+            # beside them. Followed, the socket opened on them, or was refused for ever.
+            raise RedirectedWithCredentials
         for name, value in self._restore.items():
             if name not in headers:
                 headers[name] = value

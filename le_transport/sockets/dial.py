@@ -44,7 +44,9 @@ from ..middleware.retry import parse_retry_after_date
 from ..middleware.upgrade import (
     UPGRADE_GUARD,
     RedirectedElsewhere,
+    RedirectedWithCredentials,
     UpgradeGuard,
+    has_userinfo,
     same_wire_host,
     shown_origin,
 )
@@ -324,6 +326,24 @@ def _redirected_elsewhere(ws: aiohttp.ClientWebSocketResponse, dialed: URL) -> s
     if same_wire_host(first, final):
         return None
     return shown_origin(final)
+
+
+def _redirected_with_credentials(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """Whether aiohttp followed a redirect whose ``Location`` carries a user name or password
+    on the way to ``ws`` (the second line, after the fact, for a session without the engine's
+    stack, as :func:`_redirected_elsewhere` is). A ``Location`` that cannot be read is left to
+    that check."""
+    for hop in getattr(getattr(ws, "_response", None), "history", ()):
+        headers = getattr(hop, "headers", None)
+        location = headers.get(hdrs.LOCATION) if isinstance(headers, Mapping) else None
+        if not isinstance(location, str):
+            continue
+        try:
+            if has_userinfo(URL(location)):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _combined_credentials(exc: ValueError) -> bool:
@@ -726,6 +746,8 @@ class EngineDialer:
             upgraded = await self._upgrade(session, url, shown, headers, creds, guard)
         except RedirectedElsewhere as exc:
             failure = self._elsewhere(shown, exc.origin)
+        except RedirectedWithCredentials:
+            failure = self._with_credentials(shown)
         except aiohttp.WSServerHandshakeError as exc:
             retry_after = _retry_after_of(exc.headers, self._wall_clock, shown=shown)
             # Redirected on the service's host (a hop elsewhere is refused before it is sent)
@@ -779,6 +801,11 @@ class EngineDialer:
             # unsend; at least nothing more goes there (InitConnection's JWT, frames).
             await Connection(ws, creds).close(engine.clock, 0.1)
             raise self._elsewhere(shown, moved)
+        if not guard.checked and _redirected_with_credentials(ws):
+            # The same, on the socket's host, with a Location's user name and password sent as
+            # Basic credentials: opened on the server's credentials, not the socket's.
+            await Connection(ws, creds).close(engine.clock, 0.1)
+            raise self._with_credentials(shown)
         wire: WireSocket = ws
         wrapper = socket_wrapper(engine.middlewares)
         if wrapper is not None:
@@ -870,6 +897,10 @@ class EngineDialer:
             )
             refused.repeat = Repeat.FINAL
             return refused
+        if has_userinfo(target):
+            # aiohttp would send them as Basic credentials (or refuse to, beside the socket's
+            # Authorization header): refused before anything is dialed, final.
+            return self._with_credentials(shown)
         target = target.with_scheme(mapped)
         if not guard.checked and not same_wire_host(guard.reference, target):
             return self._elsewhere(shown, shown_origin(target))
@@ -886,6 +917,20 @@ class EngineDialer:
             f"upgrade of {shown} was redirected to another host ({origin}): a socket's "
             "credentials go only to its service's host; check the host the domain "
             f"provider gives for {self._service!r}",
+            service=self._service,
+        )
+        refused.repeat = Repeat.FINAL
+        return refused
+
+    def _with_credentials(self, shown: str) -> ConnectionFailed:
+        """The final failure of an upgrade redirected to a ``Location`` carrying a user name or
+        password: aiohttp would send them as Basic credentials, in place of the socket's own
+        ``Authorization`` or beside its credentials. The server sends the same ``Location`` on
+        every reconnect. Neither they nor the ``Location`` are shown."""
+        refused = ConnectionFailed(
+            f"upgrade of {shown} was redirected to a Location carrying a user name or "
+            "password: not followed (a socket sends only its own credentials, to its "
+            "service's host)",
             service=self._service,
         )
         refused.repeat = Repeat.FINAL
