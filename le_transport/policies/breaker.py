@@ -7,7 +7,10 @@ ends (the caller gets ``CircuitOpen`` with the time to try again). Then it is **
 exactly one probe goes through; a success closes the breaker, a failure opens it again for a
 longer break, on a :class:`~le_transport.policies.BackoffPolicy` (never a shorter one than the
 last: at the cap, the break's jitter could otherwise draw one shorter). Only the probe's own answer
-decides there: an attempt admitted before the break that ends after it is ignored.
+decides there: an attempt admitted before the break that ends after it is ignored. So is a probe
+that outlived its lease and ends after a newer probe took the slot: each probe is known by the
+lease end it was admitted with (``probe_until``), and only the one the status still holds decides
+or frees the slot.
 
 An outcome is one of three things to the breaker. A failure: 5xx, 429 and transport failures
 (:meth:`CircuitBreaker.counts_as_failure`). A success: any other answer, 4xx included, proves the
@@ -81,7 +84,12 @@ class BreakerState(enum.Enum):
 @attrs.frozen
 class Admission:
     """The breaker's answer to "may this attempt go?": ``allowed``, whether it is the
-    half-open ``probe``, ``retry_at`` (when refused: the time to try again), and the new status."""
+    half-open ``probe``, ``retry_at`` (when refused: the time to try again), and the new status.
+
+    A probe's ``status.probe_until`` (its lease's end) is its identity: what the caller hands
+    back to :meth:`CircuitBreaker.record` and :meth:`CircuitBreaker.release` when it ends, so
+    that a probe that outlived its lease, a newer probe out in its place, neither decides nor
+    frees the newer one's slot."""
 
     allowed: bool
     status: BreakerStatus
@@ -99,7 +107,8 @@ class BreakerStatus:
       (index 0 is slot ``slot``, the newest).
     - ``open_until``: when the current break ends.
     - ``opens``: how many times it opened since it last closed (the break grows with it).
-    - ``probe_until``: while a half-open probe is out, when its lease ends (None: no probe).
+    - ``probe_until``: while a half-open probe is out, when its lease ends (None: no probe);
+      also the probe's identity (each probe admitted gets a later one than the last).
     - ``last_break``: how long the latest break was (0: none since it last closed); a re-open's
       break is never shorter.
     """
@@ -312,22 +321,30 @@ class CircuitBreaker:
         failed: bool,
         rand: float = 0.5,
         probe: bool = False,
+        probe_until: float | None = None,
     ) -> BreakerStatus:
         """``status`` after an admitted attempt ended at ``now`` as a failure or a success.
 
-        ``probe``: whether the attempt was the half-open probe (its :class:`Admission` said so).
+        ``probe``: whether the attempt was the half-open probe (its :class:`Admission` said so);
+        ``probe_until``: the lease end it was admitted with (its admission's
+        ``status.probe_until``), which tells whether it is still the probe: a probe stuck past
+        its lease may end after a newer probe took the slot, and is then one of the "any other
+        attempt" below. (None: the caller vouches it is still the probe, as it is when a caller
+        never lets a second probe go while one is out.)
+
         In half-open only the probe's answer decides: a success closes, a failure opens again
         for the next, longer break. Any other attempt ending then was admitted before the break
-        began (a slow one, outliving it) and is ignored, as it would be during the break: its
-        failure is already accounted for, and it says nothing the probe's answer will not say
-        better. (Taken as the verdict, it re-opened the breaker for a longer break, with the
-        probe out or none sent, or closed it with no probe sent.) Closed: the outcome is
-        counted and the breaker opens if the window's failure ratio reaches the threshold at
-        the minimum throughput.
+        began (a slow one, outliving it), or is a probe whose place a newer one took, and is
+        ignored, as it would be during the break: its failure is already accounted for, and it
+        says nothing the probe's answer will not say better. (Taken as the verdict, it
+        re-opened the breaker for a longer break, with the probe out or none sent, or closed it
+        with no probe sent, or with the newer probe's answer still to come.) Closed: the
+        outcome is counted and the breaker opens if the window's failure ratio reaches the
+        threshold at the minimum throughput.
         """
         state = self.state_at(status, now)
         if state is BreakerState.HALF_OPEN:
-            if not probe:
+            if not probe or (probe_until is not None and probe_until != status.probe_until):
                 return status
             if failed:
                 return self._open(status, now, rand)
@@ -380,10 +397,19 @@ class CircuitBreaker:
             last_break=aged.last_break,
         )
 
-    def release(self, status: BreakerStatus, now: float) -> BreakerStatus:
+    def release(
+        self, status: BreakerStatus, now: float, *, probe_until: float | None = None
+    ) -> BreakerStatus:
         """The probe ended without a verdict (cancelled, or an outcome that
-        :meth:`gives_no_verdict`): free the half-open slot, the breaker still half-open."""
+        :meth:`gives_no_verdict`): free the half-open slot, the breaker still half-open.
+
+        ``probe_until``: the lease end the probe was admitted with (its admission's
+        ``status.probe_until``). A probe whose lease passed and whose slot a newer probe took
+        frees nothing: freed, the slot let a third probe go while the second was out. (None:
+        the caller vouches it is the probe the status holds.)"""
         if status.probe_until is None:
+            return status
+        if probe_until is not None and probe_until != status.probe_until:
             return status
         return attrs.evolve(status, probe_until=None)
 

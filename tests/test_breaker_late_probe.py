@@ -1,0 +1,171 @@
+"""A half-open probe that ends after its lease passed and a newer probe took the slot.
+
+The breaker lets one probe through in half-open and holds the slot for the probe's lease; a
+probe stuck past it no longer holds the slot, and the next attempt goes as the new probe. When
+the stuck one ends at last it is no longer the probe: its cancellation (or an outcome with no
+verdict) must not free the slot the newer probe holds, and its answer must not decide the
+half-open breaker's verdict, which is the newer probe's to give. Each probe is known by the
+lease end it was admitted with (its admission's ``status.probe_until``), on the pure policy, the
+single-process guard and the guard of a fleet alike.
+"""
+
+from __future__ import annotations
+
+import attrs
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from le_transport.policies import (
+    BackoffPolicy,
+    BreakerState,
+    BreakerStatus,
+    CircuitBreaker,
+    Outcome,
+    OutcomeKind,
+)
+
+BREAKER = CircuitBreaker(
+    failure_ratio=0.5,
+    minimum_throughput=2,
+    sampling_window=10.0,
+    slots=5,
+    breaks=BackoffPolicy(first=5.0, factor=2.0, cap=40.0, jitter=0.0, floor=0.0),
+    probe_lease=30.0,
+)
+HOST = "127.0.0.1:8080"
+DOWN = Outcome.response(503)
+OK = Outcome.response(200)
+NO_VERDICT = Outcome.failure(OutcomeKind.TLS_REJECTED, "ClientConnectorCertificateError")
+
+
+def _half_open() -> tuple[BreakerStatus, float]:
+    """A breaker opened at 0 by two failures, half-open from its break's end (5 s)."""
+    status = BREAKER.closed()
+    for _ in range(BREAKER.minimum_throughput):
+        status = BREAKER.record(status, 0.0, failed=True)
+    assert BREAKER.state_at(status, 0.0) is BreakerState.OPEN
+    return status, status.open_until
+
+
+def _two_probes() -> tuple[BreakerStatus, float, float, float]:
+    """The first probe admitted at the break's end, stuck past its lease; the second admitted
+    then: the status, when, and each probe's lease end (its identity)."""
+    status, start = _half_open()
+    first = BREAKER.admit(status, start)
+    assert first.probe
+    now = start + BREAKER.probe_lease + 1.0
+    second = BREAKER.admit(first.status, now)
+    assert second.probe, "the first probe's lease passed: the next attempt probes"
+    assert first.status.probe_until is not None
+    assert second.status.probe_until is not None
+    return second.status, now, first.status.probe_until, second.status.probe_until
+
+
+# -- the pure policy ---------------------------------------------------------------------------
+
+
+def test_a_stale_probes_release_leaves_the_newer_probes_slot() -> None:
+    status, now, first, second = _two_probes()
+    after = BREAKER.release(status, now + 1.0, probe_until=first)
+    assert after == status, "the stuck probe freed nothing"
+    third = BREAKER.admit(after, now + 1.0)
+    assert not third.allowed, "one probe out at a time"
+    assert third.retry_at == second
+    assert BREAKER.release(status, now + 1.0, probe_until=second).probe_until is None
+
+
+def test_a_stale_probes_failure_does_not_reopen_the_breaker() -> None:
+    status, now, first, second = _two_probes()
+    after = BREAKER.record(status, now + 1.0, failed=True, probe=True, probe_until=first)
+    assert after == status, "the stuck probe's 503 is no verdict: the newer probe decides"
+    closed = BREAKER.record(after, now + 2.0, failed=False, probe=True, probe_until=second)
+    assert BREAKER.state_at(closed, now + 2.0) is BreakerState.CLOSED
+
+
+def test_a_stale_probes_success_does_not_close_the_breaker() -> None:
+    status, now, first, second = _two_probes()
+    after = BREAKER.record(status, now + 1.0, failed=False, probe=True, probe_until=first)
+    assert after == status, "the stuck probe's 200 is no verdict: the newer probe decides"
+    assert BREAKER.state_at(after, now + 1.0) is BreakerState.HALF_OPEN
+    reopened = BREAKER.record(after, now + 2.0, failed=True, probe=True, probe_until=second)
+    assert BREAKER.state_at(reopened, now + 2.0) is BreakerState.OPEN
+    assert reopened.opens == status.opens + 1
+
+
+def test_a_probe_past_its_lease_still_decides_while_no_other_took_its_place() -> None:
+    status, start = _half_open()
+    probe = BREAKER.admit(status, start)
+    late = start + BREAKER.probe_lease + 10.0
+    ident = probe.status.probe_until
+    closed = BREAKER.record(probe.status, late, failed=False, probe=True, probe_until=ident)
+    assert BREAKER.state_at(closed, late) is BreakerState.CLOSED
+    reopened = BREAKER.record(probe.status, late, failed=True, probe=True, probe_until=ident)
+    assert BREAKER.state_at(reopened, late) is BreakerState.OPEN
+    assert BREAKER.release(probe.status, late, probe_until=ident).probe_until is None
+
+
+class LateProbes(RuleBasedStateMachine):
+    """Any interleaving of admissions, outcomes and cancellations of stale and current probes,
+    and of ordinary attempts, over time: at most one probe is out within its lease, and in
+    half-open only the current probe's outcome changes the status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status, self.now = _half_open()
+        # Attempts admitted and not yet ended: the lease end each probe was admitted with
+        # (None: an ordinary attempt).
+        self.in_flight: list[float | None] = []
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 4.0, 29.0, 30.0, 31.0, 60.0]))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def an_attempt(self) -> None:
+        admission = BREAKER.admit(self.status, self.now)
+        self.status = admission.status
+        if admission.allowed:
+            self.in_flight.append(admission.status.probe_until if admission.probe else None)
+
+    @rule(pick=st.integers(0, 20), failed=st.booleans(), rand=st.floats(0.0, 0.999))
+    def an_attempt_ends(self, pick: int, failed: bool, rand: float) -> None:
+        if not self.in_flight:
+            return
+        ident = self.in_flight.pop(pick % len(self.in_flight))
+        before = self.status
+        half_open = BREAKER.state_at(before, self.now) is BreakerState.HALF_OPEN
+        current = ident is not None and ident == before.probe_until
+        self.status = BREAKER.record(
+            before, self.now, failed=failed, rand=rand, probe=ident is not None, probe_until=ident
+        )
+        if half_open and not current:
+            assert self.status == before, "only the current probe decides in half-open"
+        if half_open and current:
+            expected = BreakerState.OPEN if failed else BreakerState.CLOSED
+            assert BREAKER.state_at(self.status, self.now) is expected
+
+    @rule(pick=st.integers(0, 20))
+    def an_attempt_is_cancelled(self, pick: int) -> None:
+        if not self.in_flight:
+            return
+        ident = self.in_flight.pop(pick % len(self.in_flight))
+        if ident is None:
+            return  # (the guard releases only a probe)
+        before = self.status
+        self.status = BREAKER.release(before, self.now, probe_until=ident)
+        if ident != before.probe_until:
+            assert self.status == before, "a stale probe's release frees nothing"
+        else:
+            assert self.status == attrs.evolve(before, probe_until=None)
+
+    @invariant()
+    def at_most_one_probe_is_out(self) -> None:
+        live = [ident for ident in self.in_flight if ident is not None and self.now < ident]
+        assert len(live) <= 1, f"two probes out within their leases: {live}"
+        if live:
+            assert self.status.probe_until == live[0], "the live probe holds the slot"
+
+
+TestLateProbes = LateProbes.TestCase
+TestLateProbes.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
