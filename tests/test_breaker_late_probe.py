@@ -11,11 +11,15 @@ single-process guard and the guard of a fleet alike.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import attrs
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from le_transport.errors import CircuitOpen
+from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
     BreakerState,
@@ -24,6 +28,9 @@ from le_transport.policies import (
     Outcome,
     OutcomeKind,
 )
+from le_transport.state import MemoryStore, state_key
+from le_transport.testing import VirtualClock
+from tests.test_guard_hot_path import _Call
 
 BREAKER = CircuitBreaker(
     failure_ratio=0.5,
@@ -169,3 +176,155 @@ class LateProbes(RuleBasedStateMachine):
 
 TestLateProbes = LateProbes.TestCase
 TestLateProbes.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+# -- the guard, one process --------------------------------------------------------------------
+
+
+async def _tripped(guard: OverloadGuard, clock: VirtualClock) -> None:
+    """Open the guard's breaker and wait out its break: half-open."""
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await guard.admit(call, 1) is None
+        await guard.settle(call, 1, DOWN)
+    assert guard.breaker_state("svc", HOST) is BreakerState.OPEN
+    clock.advance(BREAKER.breaks.first)
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+
+
+async def _stuck_then_second(guard: OverloadGuard, clock: VirtualClock) -> tuple[_Call, _Call]:
+    """The first probe goes and is stuck past its lease; the second goes then."""
+    await _tripped(guard, clock)
+    first = _Call("svc", HOST)
+    assert await guard.admit(first, 1) is None
+    assert isinstance(await guard.admit(_Call("svc", HOST), 1), CircuitOpen), "one probe"
+    clock.advance(BREAKER.probe_lease + 1.0)
+    second = _Call("svc", HOST)
+    assert await guard.admit(second, 1) is None, "the first's lease passed: a new probe goes"
+    return first, second
+
+
+async def _refuses_a_third(guard: OverloadGuard) -> None:
+    refused = await guard.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen), "a third probe went while the second is out"
+
+
+def _guard(clock: VirtualClock, store: MemoryStore | None = None) -> OverloadGuard:
+    return OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+
+
+async def test_a_stale_probe_abandoned_keeps_the_newer_probes_slot() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = _guard(clock)
+    first, second = await _stuck_then_second(guard, clock)
+    guard.abandon(first, 1)
+    await _refuses_a_third(guard)
+    await guard.settle(second, 1, OK)
+    assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED
+
+
+async def test_a_stale_probe_with_no_verdict_keeps_the_newer_probes_slot() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = _guard(clock)
+    first, _ = await _stuck_then_second(guard, clock)
+    await guard.settle(first, 1, NO_VERDICT)
+    await _refuses_a_third(guard)
+
+
+async def test_a_stale_probes_failure_leaves_the_verdict_to_the_newer_probe() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = _guard(clock)
+    first, second = await _stuck_then_second(guard, clock)
+    await guard.settle(first, 1, DOWN)
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    await _refuses_a_third(guard)
+    await guard.settle(second, 1, OK)
+    assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED
+
+
+async def test_a_stale_probes_success_leaves_the_verdict_to_the_newer_probe() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = _guard(clock)
+    first, second = await _stuck_then_second(guard, clock)
+    await guard.settle(first, 1, OK)
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    await _refuses_a_third(guard)
+    await guard.settle(second, 1, DOWN)
+    assert guard.breaker_state("svc", HOST) is BreakerState.OPEN
+
+
+class _TimedCall(_Call):
+    """A call whose retry policy bounds each attempt (what the guard's probe hold reads)."""
+
+    def __init__(self, service: str, host: str, *, attempt_timeout: float) -> None:
+        super().__init__(service, host)
+        self.policy = SimpleNamespace(attempt_timeout=attempt_timeout)
+
+
+async def test_a_probe_held_past_the_lease_by_its_attempt_timeout_still_decides() -> None:
+    """The guard holds the slot past the lease for a probe whose attempt timeout is longer
+    (it rewrites the admitted lease end): that probe is still the one that decides."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = _guard(clock)
+    await _tripped(guard, clock)
+    probe = _TimedCall("svc", HOST, attempt_timeout=35.0)
+    assert await guard.admit(probe, 1) is None
+    clock.advance(BREAKER.probe_lease + 3.0)  # its hold: 35 s and a second
+    await _refuses_a_third(guard)
+    guard.abandon(probe, 1)
+    assert await guard.admit(_Call("svc", HOST), 1) is None, "its release freed the slot"
+
+
+async def test_a_probe_held_past_the_lease_settles_the_breaker() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    guard = _guard(clock)
+    await _tripped(guard, clock)
+    probe = _TimedCall("svc", HOST, attempt_timeout=35.0)
+    assert await guard.admit(probe, 1) is None
+    clock.advance(BREAKER.probe_lease + 3.0)
+    await guard.settle(probe, 1, OK)
+    assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED
+
+
+# -- the guard of a fleet ----------------------------------------------------------------------
+
+
+def _probe_key() -> str:
+    return state_key("1", "breaker-probe", "svc", HOST)
+
+
+def _trip_key() -> str:
+    return state_key("1", "breaker", "svc", HOST)
+
+
+async def test_in_a_fleet_a_stale_probe_neither_decides_nor_frees_the_newer_probes_lock() -> None:
+    """The fleet's lock holds a value per probe: the stuck probe's lease passed with its lock's,
+    the second took both. The stuck one's late 503 publishes no break and frees neither the
+    slot nor the lock; its cancellation neither."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    guard = _guard(clock, store)
+    first, second = await _stuck_then_second(guard, clock)
+    lock = await store.get(_probe_key())
+    assert lock is not None
+    trip = await store.get(_trip_key())
+    await guard.settle(first, 1, DOWN)
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    assert await store.get(_trip_key()) == trip, "no break published for the stale probe"
+    assert await store.get(_probe_key()) == lock, "the second probe's lock is held"
+    await _refuses_a_third(guard)
+    await guard.settle(second, 1, OK)
+    assert guard.breaker_state("svc", HOST) is BreakerState.CLOSED
+    assert await store.get(_probe_key()) is None
+
+
+async def test_in_a_fleet_a_stale_probe_abandoned_keeps_the_newer_probes_slot() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    guard = _guard(clock, store)
+    first, _ = await _stuck_then_second(guard, clock)
+    lock = await store.get(_probe_key())
+    guard.abandon(first, 1)
+    await guard.drain()
+    assert await store.get(_probe_key()) == lock, "the second probe's lock is held"
+    await _refuses_a_third(guard)

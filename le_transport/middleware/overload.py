@@ -486,6 +486,11 @@ class OverloadGuard:
         # this process publishes is its own (_unique), so that a late release of one never
         # frees another's, and a trip another process published is never taken for ours.
         self._probes: dict[tuple[int, int], tuple[str | None, str | None]] = {}
+        # And the lease end each probe out was admitted with (its slot's probe_until, with the
+        # hold _admit gave it): its identity. A probe stuck past it may end after a newer probe
+        # took the slot, and must then neither decide nor free that one's slot
+        # (CircuitBreaker.record, release). Set and popped with _probes.
+        self._probe_leases: dict[tuple[int, int], float | None] = {}
         self._owner = uuid.uuid4().hex
         self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
@@ -756,6 +761,7 @@ class OverloadGuard:
             token = (id(call), attempt)
             if token in self._probes:
                 lock, seen = self._probes.pop(token)
+                probe_until = self._probe_leases.pop(token, None)
                 if lock is not None:
                     self._probe_ended(token)
                 if breaker.gives_no_verdict(outcome):
@@ -763,11 +769,19 @@ class OverloadGuard:
                     # released as a cancelled one is, the breaker still half-open and the fleet
                     # told nothing. Taken for a success, it closed the breaker, and published
                     # the fleet's closed mark, over a service whose last answers were 5xx.
-                    await self._release_probe(key, lock)
+                    await self._release_probe(key, lock, probe_until)
                     return
                 failed = breaker.counts_as_failure(outcome)
                 await self._record(
-                    call, key, outcome, failed, self._clock.now(), probe=True, lock=lock, seen=seen
+                    call,
+                    key,
+                    outcome,
+                    failed,
+                    self._clock.now(),
+                    probe=True,
+                    lock=lock,
+                    seen=seen,
+                    probe_until=probe_until,
                 )
                 return
         if outcome is not self._success:
@@ -810,15 +824,19 @@ class OverloadGuard:
         probe: bool = False,
         lock: str | None = None,
         seen: str | None = None,
+        probe_until: float | None = None,
     ) -> None:
         """Feed an outcome at ``now`` to the breaker at ``key`` (what settle does with all but a
         success counted in a closed breaker's tally); log and publish what it opens or closes.
 
-        ``probe``: the outcome is the half-open probe's, the only one that decides there
-        (:meth:`CircuitBreaker.record`); ``lock``: the fleet's probe lock it held, freed after
-        the verdict is published (so the next holder finds the new trip, _admit); ``seen``: the
-        fleet's trip entry the probe was admitted on, the only one its success replaces (with
-        the fleet's closed mark).
+        ``probe``: the outcome is a half-open probe's, the only one that decides there
+        (:meth:`CircuitBreaker.record`) while it is still the probe: ``probe_until``, the lease
+        end it was admitted with, is still the slot's (a probe stuck past its lease, a newer one
+        out in its place, decides nothing, and publishes nothing); ``lock``: the fleet's probe
+        lock it held, freed after the verdict is published (so the next holder finds the new
+        trip, _admit; a stale probe's lock went with its lease, and the compare-and-delete of
+        its value leaves the newer probe's); ``seen``: the fleet's trip entry the probe was
+        admitted on, the only one its success replaces (with the fleet's closed mark).
         """
         breaker = self._breaker
         assert breaker is not None
@@ -826,7 +844,12 @@ class OverloadGuard:
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
         after = breaker.record(
-            before, now, failed=failed, rand=self._rng.random() if failed else 0.5, probe=probe
+            before,
+            now,
+            failed=failed,
+            rand=self._rng.random() if failed else 0.5,
+            probe=probe,
+            probe_until=probe_until,
         )
         self._put(key, after)
         new_state = breaker.state_at(after, now)
@@ -848,7 +871,9 @@ class OverloadGuard:
     def abandon(self, call: GatedCall, attempt: int) -> None:
         """Free the half-open slot if the cancelled attempt was the probe, and the fleet's
         probe lock it held: left to its lease, it kept every process of the fleet (this one
-        included) from probing for ``probe_lease`` (30 s) with no probe out.
+        included) from probing for ``probe_lease`` (30 s) with no probe out. (A probe stuck past
+        its lease, a newer probe out in its place, frees neither: the slot and the lock are the
+        newer one's, :meth:`CircuitBreaker.release` and the lock's compare-and-delete.)
 
         Also: a retry the budget granted before its pause (:meth:`before_retry`) whose attempt
         ``attempt`` was never admitted is given back (the retry loop tells so of a pause cut
@@ -861,24 +886,30 @@ class OverloadGuard:
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
         lock, _ = self._probes.pop((id(call), attempt))
+        probe_until = self._probe_leases.pop((id(call), attempt), None)
         if lock is not None:
             self._probe_ended((id(call), attempt))
         key = self._key_of(call)
         status = self._status_of(key)
         if status is not None:
-            self._put(key, self._breaker.release(status, self._clock.now()))
+            self._put(
+                key, self._breaker.release(status, self._clock.now(), probe_until=probe_until)
+            )
         if lock is not None:
             self._release_lock(key, lock)
 
-    async def _release_probe(self, key: tuple[str, str], lock: str | None) -> None:
+    async def _release_probe(
+        self, key: tuple[str, str], lock: str | None, probe_until: float | None
+    ) -> None:
         """Free the half-open slot at ``key`` of a probe that ended without a verdict, and the
         fleet's probe lock ``lock`` it held (what :meth:`abandon` does, the lock's delete
-        awaited here: the next prober, in this process or another, may go at once)."""
+        awaited here: the next prober, in this process or another, may go at once). The slot
+        only if the probe admitted with lease end ``probe_until`` still holds it."""
         breaker = self._breaker
         assert breaker is not None
         status = self._status_of(key)
         if status is not None:
-            self._put(key, breaker.release(status, self._clock.now()))
+            self._put(key, breaker.release(status, self._clock.now(), probe_until=probe_until))
         if lock is None:
             return
         # Kept until the delete answered: a store failing or too slow leaves it to the next
@@ -1288,6 +1319,7 @@ class OverloadGuard:
         self._put(key, probing)
         if admission.probe:
             self._probes[(id(call), attempt)] = (lock, seen)
+            self._probe_leases[(id(call), attempt)] = probing.probe_until
             if lock is not None:
                 # The session it goes through: what an engine's close cuts (aiohttp's own
                 # field; missing, the probe is waited for by no close, as before).
