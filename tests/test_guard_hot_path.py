@@ -102,14 +102,15 @@ def _host(call: _Call) -> str:
 class _PerCallGuard:
     """The guard's decisions as it made them before the shortcut: every success and every first
     attempt recorded at once through the pure policies, a random draw per settled attempt, and
-    each outcome recorded as the probe's only if that attempt was admitted as the probe."""
+    each outcome recorded as the probe's only if that attempt was admitted as the probe (known by
+    the lease end it was admitted with: a probe a newer one replaced decides nothing)."""
 
     def __init__(self, clock: VirtualClock, rng: random.Random) -> None:
         self.clock = clock
         self.rng = rng
         self.status: dict[tuple[str, str], BreakerStatus] = {}
         self.budgets: dict[str, BudgetState] = {}
-        self.probes: set[tuple[int, int]] = set()
+        self.probes: dict[tuple[int, int], float | None] = {}
         # When each granted retry was paid for, until its attempt is admitted: one the breaker
         # refuses is given back (one off the slot it was counted in, while in the window).
         self.granted: dict[tuple[int, int], float] = {}
@@ -125,7 +126,7 @@ class _PerCallGuard:
             return CircuitOpen, admission.retry_at
         self.status[key] = admission.status
         if admission.probe:
-            self.probes.add((id(call), attempt))
+            self.probes[(id(call), attempt)] = admission.status.probe_until
         if attempt == 1:
             held = self.budgets.get(call.service) or BUDGET.empty()
             self.budgets[call.service] = BUDGET.record_request(held, now)
@@ -145,25 +146,34 @@ class _PerCallGuard:
     def settle(self, call: _Call, attempt: int, outcome: Outcome) -> None:
         key = (call.service, _host(call))
         probe = (id(call), attempt) in self.probes
-        self.probes.discard((id(call), attempt))
+        probe_until = self.probes.pop((id(call), attempt), None)
         before = self.status.get(key) or BREAKER.closed()
         if BREAKER.gives_no_verdict(outcome):
             if probe:
-                self.status[key] = BREAKER.release(before, self.clock.now())
+                self.status[key] = BREAKER.release(
+                    before, self.clock.now(), probe_until=probe_until
+                )
             return
         failed = BREAKER.counts_as_failure(outcome)
         rand = self.rng.random()
         self.status[key] = BREAKER.record(
-            before, self.clock.now(), failed=failed, rand=rand, probe=probe
+            before,
+            self.clock.now(),
+            failed=failed,
+            rand=rand,
+            probe=probe,
+            probe_until=probe_until,
         )
 
     def abandon(self, call: _Call, attempt: int) -> None:
         if (id(call), attempt) not in self.probes:
             return
-        self.probes.discard((id(call), attempt))
+        probe_until = self.probes.pop((id(call), attempt))
         key = (call.service, _host(call))
         if key in self.status:
-            self.status[key] = BREAKER.release(self.status[key], self.clock.now())
+            self.status[key] = BREAKER.release(
+                self.status[key], self.clock.now(), probe_until=probe_until
+            )
 
     def before_retry(
         self, call: _Call, pause: float, call_attempt: int
