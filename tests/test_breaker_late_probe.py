@@ -328,3 +328,33 @@ async def test_in_a_fleet_a_stale_probe_abandoned_keeps_the_newer_probes_slot() 
     await guard.drain()
     assert await store.get(_probe_key()) == lock, "the second probe's lock is held"
     await _refuses_a_third(guard)
+
+
+async def test_in_a_fleet_a_probe_another_process_replaced_leaves_the_verdict_to_that_one() -> None:
+    """A's probe is stuck past its lease, and with it its lock's: B takes the fleet's lock and
+    probes. A's probe is no longer the fleet's: its late 503 publishes no break (which B's
+    success could not replace, the fleet left open on a stale answer) and B's answer decides."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b = _guard(clock, store), _guard(clock, store)
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    assert isinstance(await b.admit(_Call("svc", HOST), 1), CircuitOpen), "B adopts the break"
+    clock.advance(BREAKER.breaks.first)
+    stuck = _Call("svc", HOST)
+    assert await a.admit(stuck, 1) is None
+    clock.advance(BREAKER.probe_lease + 1.0)
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None, "A's lock went with its lease: B probes"
+    lock = await store.get(_probe_key())
+    await a.settle(stuck, 1, DOWN)
+    assert a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN, "A's stale 503 decided"
+    assert await store.get(_trip_key()) is None, "no break published for the stale probe"
+    assert await store.get(_probe_key()) == lock, "B's lock is held"
+    await b.settle(probe, 1, OK)
+    assert b.breaker_state("svc", HOST) is BreakerState.CLOSED
+    clock.advance(1.0)
+    assert await a.admit(_Call("svc", HOST), 1) is None
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED, "A took the fleet's close"

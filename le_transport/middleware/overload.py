@@ -837,9 +837,24 @@ class OverloadGuard:
         trip, _admit; a stale probe's lock went with its lease, and the compare-and-delete of
         its value leaves the newer probe's); ``seen``: the fleet's trip entry the probe was
         admitted on, the only one its success replaces (with the fleet's closed mark).
+
+        In a fleet, a probe that outlived its lease may have been replaced by another
+        process's, which took the lock once this one's expired: this process's slot cannot
+        tell, so the lock is read (only then: within its lease a probe's lock is its own). Held
+        with another value, the lock is a newer probe's, and this answer is no verdict, as a
+        stale probe's is in one process; taken for one, a late 503 published a break that the
+        newer probe's success could not replace (its compare-and-set found another entry).
         """
         breaker = self._breaker
         assert breaker is not None
+        if probe and lock is not None and probe_until is not None and now >= probe_until:
+            try:
+                held = await self._store.get(self._probe_key(key))
+            except BaseException:
+                self._release_lock(key, lock)
+                raise
+            if held is not None and held.value != lock:
+                probe = False  # another process's probe holds the fleet's slot: it decides
         before = self._status_of(key) or breaker.closed()
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
