@@ -33,7 +33,10 @@ takes the fleet's probe lock reads the trip again before probing (a probe that j
 published a new break); a probe cancelled or cut by its caller's deadline frees the lock at once
 (cancelled while the guard still admits it, as the shared budget answers, too; and cancelled
 while the lock is taken or freed: the store may have run the command whose reply never came, so
-its value is compared-and-deleted, which is harmless if it never landed). A trip entry asking a
+its value is compared-and-deleted, which is harmless if it never landed). A probe stuck past its
+lease, its lock gone with it and a newer probe out, here or in another process, neither frees
+the newer one's slot or lock nor decides when it ends at last (its process reads the lock first:
+held with another value, it is another process's probe's). A trip entry asking a
 longer break than this process's breaker ever takes (:attr:`CircuitBreaker.longest_break` plus
 its probe lease) is adopted for that long only, from the first read of that entry. With a store,
 ``account`` is required: guards of several accounts left on one default shared one breaker per
