@@ -358,3 +358,54 @@ async def test_in_a_fleet_a_probe_another_process_replaced_leaves_the_verdict_to
     clock.advance(1.0)
     assert await a.admit(_Call("svc", HOST), 1) is None
     assert a.breaker_state("svc", HOST) is BreakerState.CLOSED, "A took the fleet's close"
+
+
+async def test_in_a_fleet_a_probe_ending_after_the_newer_ones_verdict_leaves_it() -> None:
+    """As above, but A's stuck probe ends after B's probe succeeded: B's lock is gone, and the
+    fleet's entry is B's closed mark. A's late 503 is no verdict either: taken for one, it
+    re-opened A's breaker and published a break over the fleet's close, on an answer older
+    than B's."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b = _guard(clock, store), _guard(clock, store)
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    assert isinstance(await b.admit(_Call("svc", HOST), 1), CircuitOpen), "B adopts the break"
+    clock.advance(BREAKER.breaks.first)
+    stuck = _Call("svc", HOST)
+    assert await a.admit(stuck, 1) is None
+    clock.advance(BREAKER.probe_lease + 1.0)
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None, "A's lock went with its lease: B probes"
+    await b.settle(probe, 1, OK)
+    assert b.breaker_state("svc", HOST) is BreakerState.CLOSED
+    closed = await store.get(_trip_key())
+    assert closed is not None
+    assert "closed" in closed.value
+    await a.settle(stuck, 1, DOWN)
+    assert a.breaker_state("svc", HOST) is not BreakerState.OPEN, "A's stale 503 decided"
+    after = await store.get(_trip_key())
+    assert after is not None
+    assert after.value == closed.value, "a break published over the fleet's close"
+    assert await b.admit(_Call("svc", HOST), 1) is None
+
+
+async def test_in_a_fleet_a_probe_past_its_lease_no_other_sent_still_decides() -> None:
+    """A probe stuck past its lease, no other process probing nor publishing since: its
+    answer is still the fleet's verdict (its trip entry gone with its TTL is no news)."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a = _guard(clock, store)
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    clock.advance(BREAKER.breaks.first)
+    stuck = _Call("svc", HOST)
+    assert await a.admit(stuck, 1) is None
+    clock.advance(BREAKER.probe_lease + 1.0)
+    await a.settle(stuck, 1, DOWN)
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    assert await store.get(_trip_key()) is not None, "the re-open is published"

@@ -846,18 +846,19 @@ class OverloadGuard:
         tell, so the lock is read (only then: within its lease a probe's lock is its own). Held
         with another value, the lock is a newer probe's, and this answer is no verdict, as a
         stale probe's is in one process; taken for one, a late 503 published a break that the
-        newer probe's success could not replace (its compare-and-set found another entry).
+        newer probe's success could not replace (its compare-and-set found another entry). So
+        is it when the trip entry is no longer ``seen``: the newer probe may have ended
+        already, its lock freed, its verdict (the closed mark, or a new break) the fleet's
+        (:meth:`_still_the_fleets_probe`).
         """
         breaker = self._breaker
         assert breaker is not None
         if probe and lock is not None and probe_until is not None and now >= probe_until:
             try:
-                held = await self._store.get(self._probe_key(key))
+                probe = await self._still_the_fleets_probe(key, lock, seen)
             except BaseException:
                 self._release_lock(key, lock)
                 raise
-            if held is not None and held.value != lock:
-                probe = False  # another process's probe holds the fleet's slot: it decides
         before = self._status_of(key) or breaker.closed()
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
@@ -885,6 +886,22 @@ class OverloadGuard:
             if lock is not None:
                 self._release_lock(key, lock)
             raise
+
+    async def _still_the_fleets_probe(
+        self, key: tuple[str, str], lock: str, seen: str | None
+    ) -> bool:
+        """Whether a probe at ``key`` that outlived its lease (its fleet lock ``lock``, admitted
+        on the trip entry ``seen``) still answers for the fleet: no other process's probe holds
+        the lock, and the trip entry is still the one it was admitted on (or gone with its
+        TTL). Another value there is news newer than this probe's answer: another process's
+        probe decided since (its closed mark, or its new break), or a break was published over
+        it. Taken for a verdict, a late 503 then re-opened the breaker and published a break
+        over the fleet's close that the newer probe's success had just published."""
+        held = await self._store.get(self._probe_key(key))
+        if held is not None and held.value != lock:
+            return False  # another process's probe holds the fleet's slot: it decides
+        entry = await self._store.get(self._trip_key(key))
+        return entry is None or entry.value == seen
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
         """Free the half-open slot if the cancelled attempt was the probe, and the fleet's
