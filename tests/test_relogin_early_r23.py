@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from le_transport.chaos import Hang
+from le_transport.errors import LoginRejected
 from le_transport.events import StateEvent
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -37,3 +40,22 @@ async def test_relogin_joining_an_early_fetch_that_kept_the_token_fetches_a_new_
         assert sim.count("POST", TOKEN) == 3  # the login, the early fetch, the re-login's
     kept = [e for e in events if e.name == "refresh_failed"]
     assert [e.details["next"] for e in kept] == ["keep the current token"]
+
+
+async def test_relogin_refused_after_joining_an_early_fetch_that_kept_the_token_drops_it(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    auth = sentinel(sim, margin=60)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await _inside_the_margin(engine, auth, clock)
+        # The early fetch hangs, then fails (the token kept, as a copy with a later
+        # refresh_at); the re-login's own fetch is refused.
+        sim.faults.script("POST", TOKEN, [Hang(duration_ms=2000), 401, 401])
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS)
+        assert resp.status == 200
+        assert auth._flight.running
+        with pytest.raises(LoginRejected, match="refused with 401"):
+            await auth.relogin()
+        await _early_fetch_done(auth)
+        # A refused re-login drops the token it was to replace, kept copy or not.
+        assert auth.token is None

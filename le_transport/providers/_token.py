@@ -367,7 +367,10 @@ class TokenProvider:
             if replaced is not None and token.generation == replaced.generation:
                 # Joined an early fetch that kept the current token through an outage: no
                 # re-login, and the recovery loop would take it for one. Fetched anew, on the
-                # whole schedule: its token, or its failure, is this re-login's.
+                # whole schedule: its token, or its failure, is this re-login's. The token it
+                # replaces is now the kept copy (a later refresh_at), not the one read above: a
+                # refusal must drop that one, or calls went on with a token the service refused.
+                replaced = self._token
                 token = await self.fetch()
         except (LoginRejected, BlockedError):
             if self._token is replaced:
