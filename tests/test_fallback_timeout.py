@@ -146,3 +146,32 @@ async def test_a_shared_domain_map_on_a_hanging_store_answers_none() -> None:
     assert await shared.get() is None
     assert clock.now() - started == pytest.approx(DEFAULT_PRIMARY_TIMEOUT)
     assert primary.cancelled == 1
+
+
+class _FailsWhenCancelled(MemoryStore):
+    """A caller's store whose client turns a cancellation into its own error (as a Redis
+    client may, dropping the connection it was cancelled on)."""
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ConnectionError("connection dropped") from None
+        return None  # pragma: no cover
+
+
+@pytest.mark.parametrize("clock", [None, VirtualClock()], ids=["real", "virtual"])
+async def test_a_caller_s_cancel_the_store_turns_into_its_error_is_no_outage(
+    clock: VirtualClock | None,
+) -> None:
+    primary = _FailsWhenCancelled(clock)
+    store = FallbackStore(primary, clock=clock, op_timeout=60.0)
+    task = asyncio.ensure_future(store.get("1:k"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()
+    # The caller's cancellation stands: not answered locally as if the store were out.
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.sharing
+    assert store.fallbacks == 0

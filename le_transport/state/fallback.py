@@ -281,12 +281,23 @@ class FallbackStore:
         if self._down and self._clock.now() < self._next_try:
             return await local()
         bound = self._bound()
+        task = asyncio.current_task() if bound is not None else None
+        cancelling = task.cancelling() if task is not None else 0
         try:
-            if bound is None:
-                result = await shared()
-            else:
-                async with bound:
+            try:
+                if bound is None:
                     result = await shared()
+                else:
+                    async with bound:
+                        result = await shared()
+            except Exception:
+                if task is not None and task.cancelling() > cancelling:
+                    # The caller's cancellation (op_timeout's is taken back by now), which the
+                    # primary turned into an error of its own (a client dropping the connection
+                    # it was cancelled on): the caller's still, not an outage answered locally
+                    # as if nothing had been asked to stop.
+                    raise asyncio.CancelledError from None
+                raise
         except StateDataError as exc:
             self._damaged_key(op, key, exc)
             return await (local if damaged is None else damaged)()
