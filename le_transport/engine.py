@@ -853,12 +853,24 @@ def _form_fault(data: object) -> str | None:
     for a repeated field), bytes, or, for a multipart form, a file."""
     if isinstance(data, aiohttp.FormData):
         if data.is_multipart:
-            return None  # each field made a payload by aiohttp, which refuses what is none
-        items: Iterable[object] = [
-            (options.get("name"), value)
-            for options, _, value in getattr(data, "_fields", ())
-            if isinstance(options, Mapping)
-        ]
+            # Each field made a payload by aiohttp, which refuses what is none; a number or a
+            # list is sent as its text (_multipart_as_sent), so checked as a url-encoded
+            # form's is (a NaN, an int too long to write as text).
+            numbers = {id(field) for field in _multipart_numbers(data)}
+            items: Iterable[object] = [
+                (field[0].get("name"), field[2] if id(field) in numbers else "")
+                for field in getattr(data, "_fields", ())
+                if numbers
+                and isinstance(field, tuple)
+                and len(field) == 3
+                and isinstance(field[0], Mapping)
+            ]
+        else:
+            items = [
+                (options.get("name"), value)
+                for options, _, value in getattr(data, "_fields", ())
+                if isinstance(options, Mapping)
+            ]
     elif isinstance(data, Mapping):
         items = data.items()
     elif isinstance(data, list | tuple):
@@ -1547,13 +1559,47 @@ def _part_values(value: object) -> list[object]:
     return [str(item) if _is_number(item) else item for item in values]
 
 
+def _multipart_numbers(form: aiohttp.FormData) -> list[tuple[object, object, object]]:
+    """The fields of a multipart ``form`` (as aiohttp keeps them: options, headers, value)
+    whose value is a number or a list or tuple, which aiohttp puts in no part; none where its
+    fields cannot be read (``_form_parts`` says so, or aiohttp refuses them)."""
+    fields = getattr(form, "_fields", None)
+    if not isinstance(fields, list):
+        return []
+    return [
+        field
+        for field in fields
+        if isinstance(field, tuple)
+        and len(field) == 3
+        and (_is_number(field[2]) or isinstance(field[2], list | tuple))
+    ]
+
+
 def _multipart_as_sent(data: object) -> object:
     """``data`` as aiohttp can send it: a mapping or pairs holding a file (which aiohttp
     makes a multipart form) whose other values hold a number (or a list) made a ``FormData``
     of the same fields, each number as its text and each list a field per item, as a
     url-encoded form sends them (aiohttp refuses a number in a part: "Can not serialize
     value type"). Anything else is returned as it is, the same object. The values are
-    checked first (:func:`_form_fault`)."""
+    checked first (:func:`_form_fault`).
+
+    A caller's multipart ``FormData`` holding such a value is not changed: a new one is made of
+    its fields (names, filenames, content types, charset, quoting, in order), each number as
+    its text and each list a field per item, as ``recover=True`` sends it (the caller's was
+    refused without it, as a TypeError naming nothing)."""
+    if isinstance(data, aiohttp.FormData):
+        if not data.is_multipart or not _multipart_numbers(data):
+            return data
+        form = aiohttp.FormData(
+            quote_fields=getattr(data, "_quote_fields", True),
+            charset=getattr(data, "_charset", None),
+            default_to_multipart=True,
+        )
+        for options, headers, value in data._fields:
+            form._fields.extend(
+                (MultiDict(options), dict(headers), item) for item in _part_values(value)
+            )
+        return form
     if not isinstance(data, Mapping | list | tuple) or not _holds_file(data):
         return data
     pairs = list(data.items()) if isinstance(data, Mapping) else list(data)

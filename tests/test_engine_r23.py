@@ -330,3 +330,45 @@ async def test_an_int_too_long_for_text_in_the_query_is_refused_naming_the_param
     assert said in str(caught.value)
     assert "no query value: pass its digits as a str" in str(caught.value)
     assert "00000" not in str(caught.value)
+
+
+def _callers_form(value: object) -> aiohttp.FormData:
+    """A caller's multipart FormData: a file with its filename and type, then ``value``."""
+    form = aiohttp.FormData()
+    form.add_field("f", io.BytesIO(b"abc"), filename="a.txt", content_type="text/plain")
+    form.add_field("n", value)
+    form.add_field("note", "x")
+    return form
+
+
+@pytest.mark.parametrize("recover", [False, True])
+async def test_a_callers_multipart_form_data_sends_its_numbers_as_text_either_way(
+    recover: bool, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """With recover=True a number in a caller's multipart FormData went as its text; without
+    it, the same form was refused as "invalid request (TypeError)", naming nothing. Either
+    way now as its text, the caller's FormData left as it was given."""
+    bodies: list[tuple[str, bytes]] = []
+    host = await serve(_recording_app(bodies))
+    form = _callers_form(3)
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        resp = await engine.request("POST", "svc", "/form", data=form, recover=recover)
+    assert resp.status == 200
+    [(content_type, body)] = bodies
+    assert content_type.startswith("multipart/form-data")
+    assert _parts(body) == [("f", b"abc"), ("n", b"3"), ("note", b"x")]
+    assert b'filename="a.txt"' in body
+    assert b"Content-Type: text/plain" in body
+    assert [field[2] for field in form._fields][1:] == [3, "x"]  # not changed
+
+
+@pytest.mark.parametrize("recover", [False, True])
+async def test_a_nan_in_a_callers_multipart_form_data_is_refused_naming_it(
+    recover: bool, serve: ServerFactory, clock: VirtualClock
+) -> None:
+    host = await serve(_recording_app([]))
+    async with Engine({"svc": host}, scheme="http", clock=clock, retry=ONCE) as engine:
+        with pytest.raises(InvalidRequest, match=r"\['n'\] is a float that is NaN|field 'n'"):
+            await engine.request(
+                "POST", "svc", "/form", data=_callers_form(float("nan")), recover=recover
+            )
