@@ -347,3 +347,40 @@ async def test_outer_redirect_elsewhere_then_routed_is_still_refused(
     assert cause.repeat is Repeat.FINAL
     assert "another host" in str(cause)
     assert got == []
+
+
+# -- 4. A redirect to the dialed URL itself, with a user name and password -----------------
+
+
+async def test_location_back_to_dialed_url_with_userinfo_is_final(
+    serve: Any, states: StateLog
+) -> None:
+    """``Location: //u:p@host/ws`` on the dialed URL's own path: aiohttp strips the userinfo,
+    so the hop it builds is for the dialed URL exactly, which the guard took for the first hop
+    sent again, unchecked: it went out with the Location's user name and password as Basic
+    credentials. A hop built for the dialed URL after the first one carries no other
+    Authorization than the first did: refused, final."""
+    got: list[str] = []
+    served: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        got.append(f"auth={request.headers.get('Authorization', '-')}")
+        if not served:
+            served.append(1)
+            raise web.HTTPFound(f"//u:p@{request.host}/ws")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    async with _engine(host, states, auth=_KeyHeaderAuth("unused")) as engine:
+        ws = await engine.websocket(
+            "svc", "/ws", auth_placement=AuthPlacement.HEADER, options=SocketOptions(keepalive=None)
+        )
+        cause = await _stop_cause(ws)
+    assert got == ["auth=-"], got
+    _credentials_refusal(cause)

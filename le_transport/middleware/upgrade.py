@@ -168,10 +168,15 @@ class UpgradeGuard:
             # aiohttp builds each redirect hop as a request of its own, for its Location: only
             # the first (or that one again) was built for the dialed URL. Its URL here is where
             # the caller's outer middlewares sent it: the host for the redirects that follow.
+            sent = request.headers
+            if self.first is not None and self._foreign_basic(sent.get(hdrs.AUTHORIZATION)):
+                # That one again, but with Basic credentials the first did not carry: a
+                # Location back to the dialed URL with a user name and password (aiohttp
+                # strips them from the URL, which then equals the dialed one).
+                raise RedirectedWithCredentials
             self.first = url
             # What to put back is what this hop carried of the socket's headers, as the outer
             # middlewares left them: one they took out is not sent again.
-            sent = request.headers
             self._restore = {name: sent[name] for name in self._socket_headers if name in sent}
             self._authorization = sent.get(hdrs.AUTHORIZATION)
             return
@@ -188,16 +193,20 @@ class UpgradeGuard:
             raise RedirectedElsewhere(shown_origin(url))
         self._restore_on(request)
 
+    def _foreign_basic(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` is ``Basic`` credentials other than those the upgrade
+        itself sends."""
+        return (
+            authorization is not None
+            and authorization != self._authorization
+            and authorization[: len(_BASIC)].lower() == _BASIC
+        )
+
     def _restore_on(self, request: ClientRequest) -> None:
         """Refuse a redirect hop with credentials of a ``Location``'s own; else put back on it
         the socket's headers aiohttp dropped."""
         headers = request.headers
-        authorization = headers.get(hdrs.AUTHORIZATION)
-        if (
-            authorization is not None
-            and authorization != self._authorization
-            and authorization[: len(_BASIC)].lower() == _BASIC
-        ):
+        if self._foreign_basic(headers.get(hdrs.AUTHORIZATION)):
             # aiohttp took them from the Location's user name and password (stripped from the
             # hop's URLs by then): the server's credentials, in place of the socket's own or
             # beside them. Followed, the socket opened on them, or was refused for ever.
