@@ -12,15 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport import ConnectionFailed, Engine, EventHooks, SocketClosed
+from le_transport import ConnectionFailed
 from le_transport.chaos import FaultInjector, FaultRule, Status
 from le_transport.chaos.plan import Match, Schedule
 from le_transport.errors import Repeat
-from le_transport.providers import StaticBearer, StaticDomains
+from le_transport.providers import StaticBearer
 from le_transport.providers.auth import Credentials
 from le_transport.sockets import AuthPlacement, SocketOptions
 from le_transport.testing import VirtualClock
 from tests.test_socket_support import StateLog, no_open_connections, states
+from tests.test_upgrade_guard_r20 import _engine, _stop_cause
 
 __all__ = ["no_open_connections", "states"]
 
@@ -66,23 +67,6 @@ def _app(got: list[str], location: list[str] | None = None) -> web.Application:
         app.router.add_get("/old/{bearer}", redirect)
     app.router.add_get("/{tail:.*}", handler)
     return app
-
-
-def _engine(host: str, states: StateLog, **kwargs: Any) -> Engine:
-    return Engine(
-        StaticDomains({"svc": host}), scheme="http", hooks=EventHooks(on_state=[states]), **kwargs
-    )
-
-
-async def _stop_cause(ws: Any) -> BaseException | None:
-    """What stopped ``ws`` (its SocketClosed's cause), None if it opened; ``ws`` closed."""
-    try:
-        await ws.wait_open(timeout=5)
-    except SocketClosed as exc:
-        return exc.__cause__
-    finally:
-        await ws.close()
-    return None
 
 
 def _credentials_refusal(cause: BaseException | None) -> ConnectionFailed:
