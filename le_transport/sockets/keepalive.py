@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar, Protocol, runtime_checkable
 
 from .._checks import require_kind
-from .._redact import redact_text
 from .._shown import error_text, redacted_exc_info
 from ..clock import Clock, next_turn, timeout_after
 from ..errors import (
@@ -334,7 +333,10 @@ class KeepaliveScheduler:
             "of which ended so that their sockets reconnect: %d",
             clock,
             type(error).__name__,
-            redact_text(str(error))[:200],
+            # error_text, not str(): an error whose __str__ raises made this line raise, after
+            # every subject was forgotten and before any was told (each stayed connected with
+            # nothing probing it). It never raises, and redacts before it cuts.
+            error_text(error),
             len(subjects),
             len(told),
             extra={
