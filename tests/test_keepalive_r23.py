@@ -4,13 +4,28 @@ inside an HTTP keepalive's own run, and the scheduler's bookkeeping across recon
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
+from le_transport.errors import ConfigurationError
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
-from le_transport.sockets import KeepaliveTask, watch_socket
+from le_transport.sockets import KeepaliveTask, SocketOptions, watch_socket
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+GUIDE = MESSAGING_AGENT_SDK_GETCLOCK
 
 
 class _Subject:
@@ -132,4 +147,86 @@ async def test_the_heap_stays_bounded_across_reconnects(clock: VirtualClock) -> 
         await clock.sleep(0.5)
     assert scheduler.watched == 2
     assert len(scheduler._heap) < 200
+    await scheduler.close()
+
+
+# -- a socket on the simulator: found dead on every connection, watched once ------------------
+
+
+async def test_a_socket_is_watched_again_after_each_reconnect_and_only_once(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    """Each connection's silent peer is found dead in two intervals; across reconnects the
+    engine's scheduler watches the socket once (no ticket left behind per reconnect)."""
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options=SocketOptions(keepalive=GUIDE))
+        await ws.wait_open()
+        scheduler = engine._socket_keepalives
+        for n in range(1, 6):
+            await clock.sleep(45.0)
+            assert scheduler.watched == 1
+            sim.sockets.open[0].silence()
+            await sim.sockets.wait_accepted(n + 1)
+            await ws.wait_open()
+            dead = sim.sockets.all[n - 1]
+            getclocks = [f for f in dead.received if f.get("type") == GUIDE.action]
+            assert len(getclocks) >= 1
+        assert scheduler.watched == 1
+        assert len(scheduler._heap) <= 2
+        lost = states.of("lost")
+        assert len(lost) == 5
+        assert all(e.details["reason"] == "peer dead: keepalive unanswered" for e in lost)
+
+
+# -- one bad deadline must not stop every socket's keepalive ----------------------------------
+
+
+@pytest.mark.parametrize("at", [math.nan, "30", True, None, 10**400])
+async def test_a_deadline_that_is_no_time_is_refused_at_the_watch(
+    clock: VirtualClock, at: object
+) -> None:
+    """Before: a NaN deadline reached the task's wait (timeout_after refuses NaN), which took
+    it for its clock failing: every socket watched was told and ended its connection, and the
+    scheduler stopped; a str broke the heap's order the same way."""
+    scheduler = KeepaliveScheduler(clock)
+    steady = _Subject()
+    scheduler.watch(steady, at=30.0)
+    await clock.sleep(1.0)
+    with pytest.raises(ConfigurationError, match=r"KeepaliveScheduler\.watch"):
+        scheduler.watch(_Subject(), at=at)  # type: ignore[arg-type]
+    await clock.sleep(100.0)
+    assert steady.asked == [30.0, 60.0, 90.0]
+    assert steady.failed == []
+    assert scheduler.watched == 1
+    assert scheduler.running
+    await scheduler.close()
+
+
+class _Answers(_Subject):
+    def __init__(self, answer: object) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def _keepalive_due(self, now: float) -> float | None:
+        self.asked.append(now)
+        return self.answer  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("answer", [math.nan, "later", False, 10**400])
+async def test_a_subject_answering_no_time_is_that_subjects_failure_alone(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, answer: object
+) -> None:
+    """Before: a str answer raised comparing it with the time, outside the guard around the
+    subject's check, and was taken for the clock failing (every socket told, the task gone);
+    a NaN answer had the subject asked again at every next representable instant."""
+    scheduler = KeepaliveScheduler(clock)
+    steady, odd = _Subject(), _Answers(answer)
+    scheduler.watch(steady, at=30.0)
+    scheduler.watch(odd, at=30.5)
+    await clock.sleep(100.0)
+    assert steady.asked == [30.0, 60.0, 90.0]
+    assert steady.failed == []
+    assert odd.asked == [30.5]
+    assert scheduler.running
+    assert any("not a time" in r.getMessage() for r in caplog.records)
     await scheduler.close()

@@ -34,6 +34,7 @@ from ..clock import Clock, next_turn, timeout_after
 from ..errors import (
     AuthenticationError,
     ClientStatusError,
+    ConfigurationError,
     EngineClosed,
     KeepaliveClosed,
     Repeat,
@@ -226,7 +227,19 @@ class KeepaliveScheduler:
         return self._task is not None and not self._task.done()
 
     def watch(self, subject: KeepaliveSubject, at: float) -> int:
-        """Ask ``subject`` at ``at`` (clock time), and then when it says; returns its ticket."""
+        """Ask ``subject`` at ``at`` (clock time), and then when it says; returns its ticket.
+
+        ``at`` that is no time (NaN, not a real number) is a
+        :class:`~le_transport.errors.ConfigurationError` here, at the call: on the heap it broke
+        the task's wait or the heap's order, which the task took for its clock failing, and
+        every socket watched was ended."""
+        time = _as_time(at)
+        if time is None:
+            raise ConfigurationError(
+                f"KeepaliveScheduler.watch: at must be a clock time (a real number, not NaN), "
+                f"got {_kind_of(at)}"
+            )
+        at = time
         ticket = next(self._tickets)
         heapq.heappush(self._heap, (at, ticket, subject))
         self._live[ticket] = subject
@@ -383,13 +396,41 @@ class KeepaliveScheduler:
             if at is None:
                 live.pop(ticket, None)
                 continue
+            time = _as_time(at)
+            if time is None:
+                # Compared with the time below, a str raised outside the guard above and was
+                # taken for the clock failing (every socket ended); a NaN had the subject asked
+                # again at every next representable instant. That subject's failure alone.
+                _log.error(
+                    "a socket keepalive check answered %s, not a time; that socket is not watched",
+                    _kind_of(at),
+                    extra={"error": "NotATime"},
+                )
+                continue
             if ticket not in live:
                 # Its owner unwatched it while it was asked.
                 continue
             # Never due again at the same instant: that would spin without time passing.
             heapq.heappush(
-                heap, (at if at > now else math.nextafter(now, math.inf), ticket, subject)
+                heap, (time if time > now else math.nextafter(now, math.inf), ticket, subject)
             )
+
+
+def _as_time(at: object) -> float | None:
+    """``at`` as a clock time (an int or a float, not a bool, NaN, nor an int past float's
+    range), or None when it is none."""
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return None
+    try:
+        time = float(at)
+    except OverflowError:
+        return None
+    return time if time == time else None  # NaN != NaN
+
+
+def _kind_of(at: object) -> str:
+    # The type, and the value of a float only (NaN): never a caller's object's repr.
+    return repr(at) if isinstance(at, float) else type(at).__name__
 
 
 def _read_outcome(task: asyncio.Task[None]) -> None:
