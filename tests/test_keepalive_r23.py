@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from le_transport import EventHooks, StateEvent
 from le_transport.errors import ConfigurationError
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
 from le_transport.sockets import KeepaliveTask, SocketOptions, watch_socket
@@ -230,3 +231,56 @@ async def test_a_subject_answering_no_time_is_that_subjects_failure_alone(
     assert scheduler.running
     assert any("not a time" in r.getMessage() for r in caplog.records)
     await scheduler.close()
+
+
+# -- an HTTP keepalive whose clock fails during a run -----------------------------------------
+
+
+class _SleepBreaks:
+    """The virtual clock until ``fail``: then every sleep raises."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self.fail = False
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.fail:
+            raise OSError("the clock source went away")
+        await self._clock.sleep(seconds)
+
+
+async def test_a_clock_failing_during_a_run_is_the_clocks_failure_not_the_runs(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run's timeout sleeps on the clock: when that sleep raised, the clock's error came out
+    of the run's block and was counted as the action failing (a WARNING "keepalive ... failed:
+    OSError" blaming the service, an event, a failure counted) before the next sleep stopped
+    the schedule as the clock's failure. It is the clock's failure at once."""
+    events: list[StateEvent] = []
+    broken = _SleepBreaks(clock)
+    started = asyncio.Event()
+
+    async def action() -> None:
+        broken.fail = True  # the clock breaks as the run starts: its timeout cannot be kept
+        started.set()
+        await asyncio.Event().wait()
+
+    task = KeepaliveTask(
+        SERVER_CHAT_API_CHAT_INFO,
+        action,
+        clock=broken,
+        hooks=EventHooks(on_state=[events.append]),
+    ).start()
+    await clock.sleep(31.0)
+    assert started.is_set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.running
+    assert isinstance(task.error, OSError)
+    assert task.failures == 0
+    assert [e.details.get("stopped") for e in events] == [True]
+    assert not [r for r in caplog.records if "failed: OSError" in r.getMessage()]
+    await task.close()

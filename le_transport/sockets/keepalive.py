@@ -721,16 +721,29 @@ class KeepaliveTask:
                 continue
             last = now
             self.runs += 1
+            # What the action itself raised: anything else out of the block but the timeout is
+            # the clock's (its sleep failed, and the run was cut short for it).
+            own: Exception | None = None
+            timeout = timeout_after(self._clock, self._policy.timeout)
             try:
-                async with timeout_after(self._clock, self._policy.timeout):
-                    await self._action()
+                async with timeout:
+                    try:
+                        await self._action()
+                    except Exception as exc:
+                        own = exc
+                        raise
             except asyncio.CancelledError:
                 raise
-            except EngineClosed as exc:
-                # Its engine is closing: the schedule ends, as that close would end it.
-                self._engine_closed(exc)
-                return
             except Exception as exc:
+                if exc is not own and not (timeout.expired and isinstance(exc, TimeoutError)):
+                    # The clock failed under the run: the clock's failure (_run stops the
+                    # schedule and says so), not a run of the action that failed (a WARNING
+                    # blaming the service, an event, a failure counted).
+                    raise
+                if isinstance(exc, EngineClosed):
+                    # Its engine is closing: the schedule ends, as that close would end it.
+                    self._engine_closed(exc)
+                    return
                 self.failures += 1
                 if self._judged_final(exc, now):
                     # An unknown service, a chat that ended, credentials refused, on every run
