@@ -9,12 +9,13 @@ import math
 import pytest
 
 from le_transport import EventHooks, StateEvent
+from le_transport.clock import timeout_after
 from le_transport.errors import ConfigurationError
 from le_transport.policies import MESSAGING_AGENT_SDK_GETCLOCK, SERVER_CHAT_API_CHAT_INFO
-from le_transport.sockets import KeepaliveTask, SocketOptions, watch_socket
+from le_transport.sockets import KeepaliveTask, ResilientSocket, SocketOptions, watch_socket
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import Simulator
+from le_transport.testing.simulator import Simulator, SimulatorConfig
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -230,6 +231,46 @@ async def test_a_subject_answering_no_time_is_that_subjects_failure_alone(
     assert odd.asked == [30.5]
     assert scheduler.running
     assert any("not a time" in r.getMessage() for r in caplog.records)
+    # That subject is forgotten and told, as one whose check raises.
+    assert scheduler.watched == 1
+    assert len(odd.failed) == 1
+    assert isinstance(odd.failed[0], ConfigurationError)
+    await scheduler.close()
+
+
+class _Raises(_Subject):
+    def __init__(self, at_ask: int) -> None:
+        super().__init__()
+        self.at_ask = at_ask
+
+    def _keepalive_due(self, now: float) -> float | None:
+        self.asked.append(now)
+        if len(self.asked) == self.at_ask:
+            raise LookupError("a bug in one socket's check")
+        return now + self.every
+
+
+async def test_a_subject_whose_check_raises_is_forgotten_and_told(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: it stayed watched (counted) but was asked no more, and was not told: its socket
+    stayed connected with nothing probing it or finding its peer dead, for as long as the
+    connection lasted. Now it is forgotten and told (a socket ends the connection, and its
+    owner reconnects and is watched afresh); the others are served as ever."""
+    scheduler = KeepaliveScheduler(clock)
+    steady, buggy = _Subject(), _Raises(at_ask=2)
+    scheduler.watch(steady, at=30.0)
+    ticket = scheduler.watch(buggy, at=30.5)
+    await clock.sleep(100.0)
+    assert steady.asked == [30.0, 60.0, 90.0]
+    assert buggy.asked == [30.5, 60.5]
+    assert [type(e) for e in buggy.failed] == [LookupError]
+    assert steady.failed == []
+    assert scheduler.watched == 1
+    scheduler.unwatch(ticket)  # the owner's own unwatch afterwards forgets nothing else
+    assert scheduler.watched == 1
+    assert scheduler.running
+    assert any("keepalive check failed" in r.getMessage() for r in caplog.records)
     await scheduler.close()
 
 
@@ -284,3 +325,38 @@ async def test_a_clock_failing_during_a_run_is_the_clocks_failure_not_the_runs(
     assert [e.details.get("stopped") for e in events] == [True]
     assert not [r for r in caplog.records if "failed: OSError" in r.getMessage()]
     await task.close()
+
+
+async def test_a_socket_whose_keepalive_check_raises_reconnects_and_is_watched_again(
+    clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the connection stayed up, unwatched: a peer that then fell silent was never
+    found dead. Now it is ended, and the new connection is probed and watched as usual. (The
+    simulator's own idle close, which would end the first connection anyway, is put off.)"""
+    original = ResilientSocket._keepalive_due
+    raised: list[float] = []
+
+    def once(self: ResilientSocket, now: float) -> float | None:
+        if not raised:
+            raised.append(now)
+            raise LookupError("a bug in the check")
+        return original(self, now)
+
+    monkeypatch.setattr(ResilientSocket, "_keepalive_due", once)
+    async with (
+        Simulator(SimulatorConfig(idle_timeout=3600.0), clock=clock) as sim,
+        agent_engine(sim, clock, states) as engine,
+    ):
+        ws = await brand_socket(engine, sim, options=SocketOptions(keepalive=GUIDE))
+        await ws.wait_open()
+        await clock.sleep(31.0)
+        assert raised == [30.0]
+        sim.sockets.all[0].silence()  # and its peer falls silent
+        # Ended when its check failed, not left up with nothing finding its peer dead.
+        async with timeout_after(clock, 30.0):
+            await sim.sockets.wait_accepted(2)
+        await ws.wait_open()
+        assert engine._socket_keepalives.watched == 1
+        sim.sockets.open[0].silence()
+        await sim.sockets.wait_accepted(3)
+        assert states.of("lost")[-1].details["reason"] == "peer dead: keepalive unanswered"

@@ -149,11 +149,13 @@ class KeepaliveSubject(Protocol):
 
 @runtime_checkable
 class KeepaliveFailureSubject(KeepaliveSubject, Protocol):
-    """A subject that wants to know when its scheduler stopped on a failed clock (a socket
-    does: it ends the connection, which nothing would keep alive or find dead any more)."""
+    """A subject that wants to know when its scheduler stopped watching it: on a failed clock,
+    or because its own check failed (a socket does: it ends the connection, which nothing would
+    keep alive or find dead any more)."""
 
     def _keepalive_failed(self, error: Exception) -> None:
-        """The scheduler stopped watching this subject because its clock raised ``error``."""
+        """The scheduler stopped watching this subject because its clock raised ``error``, or
+        its own ``_keepalive_due`` did (or answered no time: a ConfigurationError)."""
         ...
 
 
@@ -169,7 +171,10 @@ class KeepaliveScheduler:
     when it comes up, and the heap is rebuilt when forgotten entries outnumber live ones.
 
     A ticket is good until it is forgotten, whichever way: :meth:`unwatch`, its subject
-    answering None, :meth:`close`, or a failed clock. Forgetting a ticket that is no longer
+    answering None, :meth:`close`, a failed clock, or its subject's check failing (raising, or
+    answering no time): that subject alone is forgotten, and told
+    (:class:`KeepaliveFailureSubject`), so that its socket reconnects rather than stay
+    connected with nothing watching it. Forgetting a ticket that is no longer
     good does nothing, so an owner that unwatches after any of these never forgets another
     subject (nor the count of those watched).
 
@@ -383,15 +388,16 @@ class KeepaliveScheduler:
             try:
                 at = subject._keepalive_due(now)
             except Exception as exc:
-                # One subject's failure must not stop every other socket's keepalive. It is
-                # asked no more, and stays counted until its owner unwatches it.
+                # One subject's failure must not stop every other socket's keepalive.
                 _log.error(
-                    "a socket keepalive check failed (%s: %s); that socket is not watched",
+                    "a socket keepalive check failed (%s: %s); that connection is no longer "
+                    "watched, and is ended so that its socket reconnects",
                     type(exc).__name__,
                     error_text(exc),
                     exc_info=redacted_exc_info(exc),
                     extra={"error": type(exc).__name__},
                 )
+                self._give_up(ticket, subject, exc)
                 continue
             if at is None:
                 live.pop(ticket, None)
@@ -402,9 +408,17 @@ class KeepaliveScheduler:
                 # taken for the clock failing (every socket ended); a NaN had the subject asked
                 # again at every next representable instant. That subject's failure alone.
                 _log.error(
-                    "a socket keepalive check answered %s, not a time; that socket is not watched",
+                    "a socket keepalive check answered %s, not a time; that connection is no "
+                    "longer watched, and is ended so that its socket reconnects",
                     _kind_of(at),
                     extra={"error": "NotATime"},
+                )
+                self._give_up(
+                    ticket,
+                    subject,
+                    ConfigurationError(
+                        f"a keepalive check answered {_kind_of(at)}, not a clock time or None"
+                    ),
                 )
                 continue
             if ticket not in live:
@@ -413,6 +427,28 @@ class KeepaliveScheduler:
             # Never due again at the same instant: that would spin without time passing.
             heapq.heappush(
                 heap, (time if time > now else math.nextafter(now, math.inf), ticket, subject)
+            )
+
+    def _give_up(self, ticket: int, subject: KeepaliveSubject, error: Exception) -> None:
+        """Forget ``ticket``, whose subject's check failed with ``error``, and tell the subject.
+
+        Before, it stayed watched but was asked no more: its socket stayed connected with
+        nothing probing it or finding its peer dead, for as long as that connection lasted (a
+        half-open path: for ever). Told, a socket ends the connection, and its owner
+        reconnects; the new connection is watched afresh."""
+        if self._live.pop(ticket, None) is None:
+            return  # its owner unwatched it while it was asked
+        if not isinstance(subject, KeepaliveFailureSubject):
+            return
+        try:
+            subject._keepalive_failed(error)
+        except Exception as exc:
+            _log.error(
+                "a socket could not be told that its keepalive stopped (%s: %s)",
+                type(exc).__name__,
+                error_text(exc),
+                exc_info=redacted_exc_info(exc),
+                extra={"error": type(exc).__name__},
             )
 
 
