@@ -360,3 +360,13 @@ async def test_a_socket_whose_keepalive_check_raises_reconnects_and_is_watched_a
         sim.sockets.open[0].silence()
         await sim.sockets.wait_accepted(3)
         assert states.of("lost")[-1].details["reason"] == "peer dead: keepalive unanswered"
+
+
+def test_a_watch_refused_for_want_of_a_running_loop_leaves_nothing_watched() -> None:
+    """Before: the subject went on the heap and was counted before the task could be made, and
+    the RuntimeError left it there with no ticket in its owner's hands to unwatch it with."""
+    scheduler = KeepaliveScheduler(VirtualClock())
+    with pytest.raises(RuntimeError):
+        scheduler.watch(_Subject(), at=30.0)
+    assert scheduler.watched == 0
+    assert scheduler._heap == []

@@ -245,14 +245,15 @@ class KeepaliveScheduler:
                 f"got {_kind_of(at)}"
             )
         at = time
+        task = self._task
+        # The loop first: without one (called from plain code) the RuntimeError came after the
+        # subject was on the heap and counted, with no ticket in its owner's hands to unwatch.
+        loop = asyncio.get_running_loop() if task is None or task.done() else None
         ticket = next(self._tickets)
         heapq.heappush(self._heap, (at, ticket, subject))
         self._live[ticket] = subject
-        task = self._task
-        if task is None or task.done():
-            task = self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="le_transport socket keepalives"
-            )
+        if loop is not None:
+            task = self._task = loop.create_task(self._run(), name="le_transport socket keepalives")
             task.add_done_callback(_read_outcome)
         elif at < self._wake_at:
             self._poke()
