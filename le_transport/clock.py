@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from ._redact import redact_text
+from ._shown import error_text
 from .errors import ConfigurationError
 
 __all__ = ["Clock", "RealClock", "next_turn", "stall_timeout", "timeout_after", "wall_of"]
@@ -323,8 +323,10 @@ class _ClockTimeout(_WheelTimer):
                 seconds,
                 type(exc).__name__,
                 # A clock is the caller's object and its error's text is the caller's too:
-                # shown as any other text we log, secret-named values hidden, and cut short.
-                redact_text(str(exc))[:200],
+                # shown as any other text we log, secret-named values hidden, and cut short;
+                # its type's name when its __str__ fails (that killed this watcher, and the
+                # block ran on with no limit).
+                error_text(exc, 200),
                 extra={"clock": type(self._clock).__name__, "error": type(exc).__name__},
             )
             self._failure = exc

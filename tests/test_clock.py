@@ -286,3 +286,29 @@ def test_a_closed_loop_is_freed_with_its_wheel_after_real_clock_timeouts() -> No
     # The last loop may stay remembered (weakly) as the last one asked for, never more.
     assert sum(ref() is not None for ref in loops) == 0
     assert not any(ref() in _WHEELS for ref in loops if ref() is not None)
+
+
+class _Unreadable(RuntimeError):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+class _MuteClock(_BrokenClock):
+    """A clock whose error cannot be written as text."""
+
+    async def sleep(self, seconds: float) -> None:
+        raise _Unreadable
+
+
+async def test_a_clock_error_whose_text_cannot_be_read_still_ends_the_block(
+    caplog: pytest.LogCaptureFixture, unretrieved: list[dict[str, Any]]
+) -> None:
+    # Reading its text raised inside the watcher: the watcher died, and the block it guards
+    # ran on with no limit.
+    caplog.set_level(logging.ERROR, logger="le_transport.clock")
+    with pytest.raises(_Unreadable):
+        async with timeout_after(_MuteClock(), 5):
+            await asyncio.wait_for(asyncio.get_running_loop().create_future(), 10)
+    [message] = _clock_errors(caplog)
+    assert "failed (_Unreadable: _Unreadable)" in message
+    assert unretrieved == []
