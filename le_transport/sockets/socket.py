@@ -1847,18 +1847,17 @@ class ResilientSocket:
         return decision.at
 
     def _keepalive_failed(self, error: Exception) -> None:
-        """The keepalive scheduler stopped on a clock that raised ``error``: nothing would probe
-        this connection or find its peer dead any more, so it ends (failed by the client, 1011)
-        and the owner reconnects (its new connection is watched by a new scheduler task), or
-        stops with the clock's error if the clock is broken for good."""
+        """The keepalive scheduler stopped watching this socket on ``error`` (its clock raised,
+        or this socket's own check did): nothing would probe this connection or find its peer
+        dead any more, so it ends (failed by the client, 1011) and the owner reconnects (its new
+        connection is watched again), or stops with the clock's error if the clock is broken
+        for good."""
         # The scheduler has forgotten the ticket already: nothing to unwatch.
         self._keepalive_ticket = None
         if self._ready_epoch is None:
             return
         self._end_connection(
-            Disconnect.failed_by_client(
-                1011, f"the keepalive stopped: its clock failed ({type(error).__name__})"
-            ),
+            Disconnect.failed_by_client(1011, f"the keepalive stopped ({type(error).__name__})"),
             self._lost_peer_grace(),
         )
 
