@@ -366,16 +366,7 @@ class KeepaliveScheduler:
             },
         )
         for subject in told:
-            try:
-                subject._keepalive_failed(error)
-            except Exception as exc:
-                _log.error(
-                    "a socket could not be told that its keepalive stopped (%s: %s)",
-                    type(exc).__name__,
-                    error_text(exc),
-                    exc_info=redacted_exc_info(exc),
-                    extra={"error": type(exc).__name__},
-                )
+            _tell(subject, error)
 
     def _serve_due(self, now: float) -> None:
         heap = self._heap
@@ -439,18 +430,23 @@ class KeepaliveScheduler:
         reconnects; the new connection is watched afresh."""
         if self._live.pop(ticket, None) is None:
             return  # its owner unwatched it while it was asked
-        if not isinstance(subject, KeepaliveFailureSubject):
-            return
-        try:
-            subject._keepalive_failed(error)
-        except Exception as exc:
-            _log.error(
-                "a socket could not be told that its keepalive stopped (%s: %s)",
-                type(exc).__name__,
-                error_text(exc),
-                exc_info=redacted_exc_info(exc),
-                extra={"error": type(exc).__name__},
-            )
+        if isinstance(subject, KeepaliveFailureSubject):
+            _tell(subject, error)
+
+
+def _tell(subject: KeepaliveFailureSubject, error: Exception) -> None:
+    """Tell ``subject`` that its keepalive stopped on ``error``; a subject that fails to hear
+    it is logged (its error redacted), never raised into the scheduler."""
+    try:
+        subject._keepalive_failed(error)
+    except Exception as exc:
+        _log.error(
+            "a socket could not be told that its keepalive stopped (%s: %s)",
+            type(exc).__name__,
+            error_text(exc),
+            exc_info=redacted_exc_info(exc),
+            extra={"error": type(exc).__name__},
+        )
 
 
 def _as_time(at: object) -> float | None:
