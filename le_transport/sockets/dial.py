@@ -763,14 +763,11 @@ class EngineDialer:
         except aiohttp.ClientConnectorCertificateError as exc:
             # The socket's host refused by its certificate: final, as the same refusal is for
             # an HTTP call or the socket's own login (reconnecting cannot make it valid).
-            failed = ConnectionFailed(
+            failure = self._final_failure(
                 f"could not connect to {shown}: its TLS certificate was refused "
                 f"({type(exc).__name__})",
-                service=self._service,
                 never_sent=True,
             )
-            failed.repeat = Repeat.FINAL
-            failure = failed
         except (aiohttp.ClientError, OSError) as exc:
             failure = DialFailed(
                 f"could not connect to {shown}: {type(exc).__name__}{_os_detail(exc)}",
@@ -890,13 +887,10 @@ class EngineDialer:
         mapped = _WS_SCHEMES.get(scheme)
         if target is None or mapped is None or not target.raw_host:
             written = scheme if scheme.isascii() and 0 < len(scheme) <= 20 else "?"
-            refused = ConnectionFailed(
+            return self._final_failure(
                 f"upgrade of {shown} was redirected to a Location that is neither an HTTP nor "
-                f"a WebSocket URL with a host (scheme {written!r}): not followed",
-                service=self._service,
+                f"a WebSocket URL with a host (scheme {written!r}): not followed"
             )
-            refused.repeat = Repeat.FINAL
-            return refused
         if has_userinfo(target):
             # aiohttp would send them as Basic credentials (or refuse to, beside the socket's
             # Authorization header): refused before anything is dialed, final.
@@ -913,28 +907,22 @@ class EngineDialer:
         to its service's host, as over HTTP; a socket there without them is of no use, and
         reconnecting meets the same redirect: final. Named by its origin only: the path of
         the ``Location`` may carry the bearer."""
-        refused = ConnectionFailed(
+        return self._final_failure(
             f"upgrade of {shown} was redirected to another host ({origin}): a socket's "
             "credentials go only to its service's host; check the host the domain "
-            f"provider gives for {self._service!r}",
-            service=self._service,
+            f"provider gives for {self._service!r}"
         )
-        refused.repeat = Repeat.FINAL
-        return refused
 
     def _with_credentials(self, shown: str) -> ConnectionFailed:
         """The final failure of an upgrade redirected to a ``Location`` carrying a user name or
         password: aiohttp would send them as Basic credentials, in place of the socket's own
         ``Authorization`` or beside its credentials. The server sends the same ``Location`` on
         every reconnect. Neither they nor the ``Location`` are shown."""
-        refused = ConnectionFailed(
+        return self._final_failure(
             f"upgrade of {shown} was redirected to a Location carrying a user name or "
             "password: not followed (a socket sends only its own credentials, to its "
-            "service's host)",
-            service=self._service,
+            "service's host)"
         )
-        refused.repeat = Repeat.FINAL
-        return refused
 
     def _combined(self, shown: str, session: aiohttp.ClientSession) -> ConnectionFailed:
         """The final failure of an upgrade aiohttp would not send, its Authorization header
@@ -950,10 +938,13 @@ class EngineDialer:
             why = "a redirect whose Location carries a user name or password is not followed"
             if session.trust_env:
                 why += " (or a .netrc entry for the host, read under trust_env, clashes)"
-        failed = ConnectionFailed(
-            f"upgrade of {shown} could not go on: aiohttp refused to send it: {why}",
-            service=self._service,
+        return self._final_failure(
+            f"upgrade of {shown} could not go on: aiohttp refused to send it: {why}"
         )
+
+    def _final_failure(self, message: str, *, never_sent: bool = False) -> ConnectionFailed:
+        """A :class:`ConnectionFailed` of this dial that a reconnect would meet again: final."""
+        failed = ConnectionFailed(message, service=self._service, never_sent=never_sent)
         failed.repeat = Repeat.FINAL
         return failed
 
