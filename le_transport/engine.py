@@ -822,10 +822,9 @@ def _query_value_fault(value: object) -> str:
         return "is a bool, which is no query value: pass the text the service expects ('true')"
     if isinstance(value, float):
         return "is a float that is NaN or infinite, which is no query value"
-    if isinstance(value, int) and value.bit_length() >= _TEXT_BITS:
-        too_long = _long_int_fault(value, "query")
-        if too_long is not None:
-            return too_long
+    too_long = _long_int_fault(value, "query") if isinstance(value, int) else None
+    if too_long is not None:
+        return too_long
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
             if item is None or isinstance(item, bool) or not isinstance(item, str | int | float):
@@ -833,10 +832,9 @@ def _query_value_fault(value: object) -> str:
                     f"holds a {type(item).__name__} at index {index}, which is no query value: "
                     "each item must be str, int or float"
                 )
-            if isinstance(item, int) and item.bit_length() >= _TEXT_BITS:
-                too_long = _long_int_fault(item, "query")
-                if too_long is not None:
-                    return f"holds at index {index} an int{too_long[len('is an int') :]}"
+            too_long = _long_int_fault(item, "query") if isinstance(item, int) else None
+            if too_long is not None:
+                return f"holds at index {index} an int{too_long[len('is an int') :]}"
         return "holds a float that is NaN or infinite, which is no query value"
     return f"is a {type(value).__name__}, which is no query value: pass str, int or float"
 
@@ -857,13 +855,14 @@ def _form_fault(data: object) -> str | None:
             # list is sent as its text (_multipart_as_sent), so checked as a url-encoded
             # form's is (a NaN, an int too long to write as text).
             numbers = {id(field) for field in _multipart_numbers(data)}
+            if not numbers:
+                return None
+            # Every field in its place (a hidden name is told by its position), only the
+            # numbers and lists checked.
             items: Iterable[object] = [
                 (field[0].get("name"), field[2] if id(field) in numbers else "")
-                for field in getattr(data, "_fields", ())
-                if numbers
-                and isinstance(field, tuple)
-                and len(field) == 3
-                and isinstance(field[0], Mapping)
+                for field in data._fields
+                if isinstance(field, tuple) and len(field) == 3 and isinstance(field[0], Mapping)
             ]
         else:
             items = [
@@ -895,7 +894,7 @@ def _form_value_fault(value: object) -> str | None:
     if kind is str or kind is bytes:
         return None  # the usual values, told at once
     if type(value) is int:
-        return None if value.bit_length() < _TEXT_BITS else _long_int_fault(value)
+        return _long_int_fault(value)
     if isinstance(value, float) and math.isfinite(value):
         return None
     if isinstance(value, str | bytes | bytearray | memoryview | io.IOBase):
@@ -921,11 +920,7 @@ def _form_value_fault(value: object) -> str | None:
                         f"holds a float that is NaN or infinite at index {index}, which is no "
                         "form value"
                     )
-            elif (
-                isinstance(item, int)
-                and item.bit_length() >= _TEXT_BITS
-                and _long_int_fault(item) is not None
-            ):
+            elif isinstance(item, int) and _long_int_fault(item) is not None:
                 return f"holds an int at index {index} {_TOO_MANY_DIGITS.format(kind='form')}"
         return None
     if value is None:
@@ -957,9 +952,11 @@ _TOO_MANY_DIGITS = (
 
 
 def _long_int_fault(value: int, kind: str = "form") -> str | None:
-    """Why an int of :data:`_TEXT_BITS` bits or more cannot be a ``kind`` ("form" or "query")
-    value (``str()`` of it raises ValueError past the interpreter's digit limit, deep inside
-    aiohttp or yarl), or None."""
+    """Why an int cannot be a ``kind`` ("form" or "query") value (``str()`` of one of
+    :data:`_TEXT_BITS` bits or more raises ValueError past the interpreter's digit limit,
+    deep inside aiohttp or yarl), or None."""
+    if value.bit_length() < _TEXT_BITS:
+        return None
     try:
         str(value)
     except ValueError:
@@ -2597,6 +2594,14 @@ class Engine:
             self._checked_paths.clear()
         self._checked_paths.add(path)
 
+    def _record_unseen(self, ctx: CallContext, statuses: list[int]) -> None:
+        """Record answers no retry loop saw (``statuses``, in order) as attempts of the call."""
+        now = self._clock.now()
+        for status in statuses:
+            ctx.attempts.append(
+                AttemptRecord(len(ctx.attempts) + 1, Outcome.response(status), None, now)
+            )
+
     async def _read_within_limit(
         self,
         resp: aiohttp.ClientResponse,
@@ -2643,11 +2648,7 @@ class Engine:
         if ctx.active is None:
             # No retry loop recorded the answer (a caller's session without the stack), nor
             # the redirects before it: attempts of the call, acted on.
-            now = self._clock.now()
-            for status in (*(hop.status for hop in resp.history), resp.status):
-                ctx.attempts.append(
-                    AttemptRecord(len(ctx.attempts) + 1, Outcome.response(status), None, now)
-                )
+            self._record_unseen(ctx, [*(hop.status for hop in resp.history), resp.status])
         err = BodyTooLarge(
             f"response body exceeds the {limit}-byte limit (more than {limit} bytes read); "
             "not read further",
@@ -2963,15 +2964,7 @@ class Engine:
                         if ctx.active is None and resp.history:
                             # No retry loop recorded the redirects before it either (a POST
                             # answered 303): attempts of the call, acted on.
-                            for hop in resp.history:
-                                ctx.attempts.append(
-                                    AttemptRecord(
-                                        len(ctx.attempts) + 1,
-                                        Outcome.response(hop.status),
-                                        None,
-                                        self._clock.now(),
-                                    )
-                                )
+                            self._record_unseen(ctx, [hop.status for hop in resp.history])
                         raise _unscheduled_failure(
                             resp.status,
                             body,
