@@ -1446,7 +1446,7 @@ def run_interleaved(plan: _Plan, schedule: list[int]) -> list[tuple[float, list[
             except StopIteration:
                 live.discard(choice)
             assert not store.lost, store.lost
-            locks = [lock for guard in guards for lock, _ in guard._probes.values()]
+            locks = [lock for guard in guards for lock, _, _ in guard._probes.values()]
             assert all(lock is not None for lock in locks), "every fleet probe holds the lock"
             if len(locks) > 1:
                 taken = sorted(store.taken[lock] for lock in locks if lock is not None)

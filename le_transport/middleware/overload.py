@@ -488,12 +488,11 @@ class OverloadGuard:
         # delete, and nothing newer (None and None: no fleet). Each lock value and each trip
         # this process publishes is its own (_unique), so that a late release of one never
         # frees another's, and a trip another process published is never taken for ours.
-        self._probes: dict[tuple[int, int], tuple[str | None, str | None]] = {}
-        # And the lease end each probe out was admitted with (its slot's probe_until, with the
+        # Third, the lease end the probe was admitted with (its slot's probe_until, with the
         # hold _admit gave it): its identity. A probe stuck past it may end after a newer probe
         # took the slot, and must then neither decide nor free that one's slot
-        # (CircuitBreaker.record, release). Set and popped with _probes.
-        self._probe_leases: dict[tuple[int, int], float | None] = {}
+        # (CircuitBreaker.record, release).
+        self._probes: dict[tuple[int, int], tuple[str | None, str | None, float | None]] = {}
         self._owner = uuid.uuid4().hex
         self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
@@ -763,8 +762,7 @@ class OverloadGuard:
         if self._probes:
             token = (id(call), attempt)
             if token in self._probes:
-                lock, seen = self._probes.pop(token)
-                probe_until = self._probe_leases.pop(token, None)
+                lock, seen, probe_until = self._probes.pop(token)
                 if lock is not None:
                     self._probe_ended(token)
                 if breaker.gives_no_verdict(outcome):
@@ -920,8 +918,7 @@ class OverloadGuard:
                 self._refund_soon(grant)
         if self._breaker is None or (id(call), attempt) not in self._probes:
             return
-        lock, _ = self._probes.pop((id(call), attempt))
-        probe_until = self._probe_leases.pop((id(call), attempt), None)
+        lock, _, probe_until = self._probes.pop((id(call), attempt))
         if lock is not None:
             self._probe_ended((id(call), attempt))
         key = self._key_of(call)
@@ -1353,8 +1350,7 @@ class OverloadGuard:
             self._successes.pop(key, None)
         self._put(key, probing)
         if admission.probe:
-            self._probes[(id(call), attempt)] = (lock, seen)
-            self._probe_leases[(id(call), attempt)] = probing.probe_until
+            self._probes[(id(call), attempt)] = (lock, seen, probing.probe_until)
             if lock is not None:
                 # The session it goes through: what an engine's close cuts (aiohttp's own
                 # field; missing, the probe is waited for by no close, as before).
