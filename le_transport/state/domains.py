@@ -31,7 +31,7 @@ from ..policies._validate import finite_number
 from ..providers.domains import validate_host
 from .fallback import FallbackStore, stored_text
 from .memory import MemoryStore
-from .store import StateStore, check_seconds, check_store, state_key
+from .store import StateStore, check_seconds, check_store, state_key, store_clock
 
 __all__ = ["SharedDomainMap"]
 
@@ -69,8 +69,7 @@ class SharedDomainMap:
             )
         require_kind(clock, Clock, owner="SharedDomainMap", field="clock")
         if clock is None:
-            own = getattr(store, "clock", None)
-            clock = own if isinstance(own, Clock) and not isinstance(own, type) else RealClock()
+            clock = store_clock(store) or RealClock()
         # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
         self._store: StateStore = (
             store

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .._checks import require_kind, utf8_encodable
-from ..clock import Clock, RealClock, _ClockTimeout, timeout_after
+from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..events import EventHooks, StateEvent, emit
 from ..policies._validate import finite_number
@@ -52,6 +52,7 @@ from .store import (
     check_ttl,
     check_value,
     closed_error,
+    store_clock,
     takes_only_if,
 )
 
@@ -175,13 +176,10 @@ class FallbackStore:
         check_store("FallbackStore", "primary", primary)
         self._retry_interval = check_seconds("FallbackStore", "retry_interval", retry_interval)
         if op_timeout is None:
-            own: object = getattr(primary, "op_timeout", None)
+            own = getattr(primary, "op_timeout", 0)
             op_timeout = (
                 min(float(own) + 1.0, MAX_TTL)
-                if isinstance(own, int | float)
-                and not isinstance(own, bool)
-                and finite_number(own)
-                and own > 0
+                if finite_number(own) and own > 0
                 else DEFAULT_PRIMARY_TIMEOUT
             )
         self._op_timeout = min(check_seconds("FallbackStore", "op_timeout", op_timeout), MAX_TTL)
@@ -201,12 +199,7 @@ class FallbackStore:
         # op_timeout runs where the primary's time runs: a RedisStore's own clock (a real one,
         # while this store's may be a test's virtual clock, which would jump past a wait on
         # the wire at once), else this store's.
-        own_clock: object = getattr(primary, "clock", None)
-        self._op_clock: Clock = (
-            own_clock
-            if isinstance(own_clock, Clock) and not isinstance(own_clock, type)
-            else self._clock
-        )
+        self._op_clock: Clock = store_clock(primary) or self._clock
         self._local = MemoryStore(self._clock) if local is None else local
         self._hooks = EventHooks() if hooks is None else hooks
         self._down = False
@@ -256,16 +249,6 @@ class FallbackStore:
         """The fallback store."""
         return self._local
 
-    def _bound(self) -> _ClockTimeout | None:
-        """``op_timeout`` for the primary's next operation; None where nothing can cut it: a
-        coroutine driven by hand, outside any task (a test's step-by-step scheduler)."""
-        try:
-            if asyncio.current_task() is None:
-                return None
-        except RuntimeError:  # no loop running
-            return None
-        return timeout_after(self._op_clock, self._op_timeout)
-
     async def _call(
         self,
         op: str,
@@ -280,8 +263,10 @@ class FallbackStore:
         damaged (StateDataError: no outage, see the class)."""
         if self._down and self._clock.now() < self._next_try:
             return await local()
-        bound = self._bound()
-        task = asyncio.current_task() if bound is not None else None
+        task = _running_task()
+        # op_timeout, where something can cut the operation: not in a coroutine driven by
+        # hand, outside any task (a test's step-by-step scheduler).
+        bound = None if task is None else timeout_after(self._op_clock, self._op_timeout)
         cancelling = task.cancelling() if task is not None else 0
         try:
             try:
@@ -693,6 +678,14 @@ class FallbackStore:
 
     def __repr__(self) -> str:
         return f"FallbackStore({self._primary!r}, sharing={self.sharing})"
+
+
+def _running_task() -> asyncio.Task[object] | None:
+    """The task running now, or None (no loop running, or a coroutine driven by hand)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no loop running
+        return None
 
 
 def stored_text(value: object) -> str | None:

@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from .._checks import utf8_encodable
+from ..clock import Clock
 from ..errors import ConfigurationError, StateStoreError
 from ..policies._validate import finite_number
 from ..policies._validate import shown as shown_number
@@ -226,6 +227,13 @@ def check_key(key: object) -> None:
 def closed_error(owner: str, op: str) -> StateStoreError:
     """What a store's operation raises once the store is closed, as every store says it."""
     return StateStoreError(f"{owner} {op}: the store is closed")
+
+
+def store_clock(store: object) -> Clock | None:
+    """The clock ``store`` tells it runs on (its ``clock`` attribute, as a ``RedisStore`` made
+    with ``clock=`` has), or None when it tells none."""
+    own = getattr(store, "clock", None)
+    return own if isinstance(own, Clock) and not isinstance(own, type) else None
 
 
 def check_store(owner: str, field: str, store: object) -> None:
