@@ -313,14 +313,8 @@ def _hash_tag(key: str) -> str:
 
 
 #: Redis Cluster's slots: a key's is the CRC16 (XMODEM, ``binascii.crc_hqx`` from 0, as
-#: redis-py's ``redis.crc.key_slot``) of its hash tag's UTF-8, modulo this.
+#: redis-py's ``redis.crc.key_slot`` computes it) of its hash tag's UTF-8, modulo this.
 _SLOTS = 16384
-
-
-def _slot(key: str) -> int:
-    """The Redis Cluster slot of ``key``. (A brace is one byte in UTF-8, and no other
-    character's bytes hold one: its hash tag is found in the text as in the bytes.)"""
-    return binascii.crc_hqx(_hash_tag(key).encode(), 0) % _SLOTS
 
 
 #: A surrogate hash tag (see :func:`_slot_tag`) is four characters from ``@`` (0x40) to ``O``
@@ -607,8 +601,11 @@ class RedisStore:
             return [redis_key, record]
         if "{" in self._prefix:
             return [redis_key]
-        # The prefix holds no '{': the record's hash tag is the surrogate, whole.
-        surrogate = _slot_tag(_slot(redis_key))
+        # The prefix holds no '{': the record's hash tag is the surrogate, whole. (redis-py is
+        # imported where a store is used, not with this module.)
+        from redis.crc import key_slot
+
+        surrogate = _slot_tag(key_slot(redis_key.encode()))
         return [redis_key, f"{self._prefix}:op:{{{surrogate}}}:{mark}:{number}"]
 
     def _scrub(self, text: str) -> str:
