@@ -265,7 +265,8 @@ class RetryMiddleware:
       answers (default). With False, a final answer is returned as is, unretried.
     - ``buffer_body``: read the body inside the attempt (default), so body failures are
       retried and the connection is released before any pause; ``resp.read()``/``json()``
-      then return the buffered bytes.
+      then return the buffered bytes. The session's ``on_response_chunk_received`` trace
+      hooks get the whole body once, as aiohttp's own ``resp.read()`` gives it.
     - ``max_body_bytes``: bodies larger than this raise :class:`BodyTooLarge`.
     - ``wall_clock``: epoch seconds, only to read a ``Retry-After`` HTTP-date when the answer
       has no ``Date`` header.
@@ -976,7 +977,12 @@ class _Call(_WheelTimer):
         # Reading to EOF has already returned the connection to the pool (aiohttp's own
         # end-of-payload hook). read()/text()/json() serve _body once set: the same field its
         # own read() fills. Calling release() here would make a later read() fail.
-        resp._body = b"".join(chunks)
+        body = resp._body = b"".join(chunks)
+        # What read() does once it has the body (aiohttp's own, private, list): the session's
+        # on_response_chunk_received hooks get it whole, once (a later read() serves _body
+        # without firing them again).
+        for trace in getattr(resp, "_traces", ()):
+            await trace.send_response_chunk_received(resp.method, resp.url, body)
 
     def _judged_failed(self, status: int) -> bool:
         """Whether an answer of ``status`` is a failure the call is judged by (its body then
