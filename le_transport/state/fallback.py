@@ -103,6 +103,24 @@ class _KeyOps:
         self.newest = 0
 
 
+def _from_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a timeout's, or was raised for a cancellation: a
+    :class:`TimeoutError`, or a :class:`asyncio.CancelledError` in its chain of causes and
+    contexts (a client's ``raise ConnectionError(...) from None`` in its handler of the
+    cancellation keeps the context)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 32:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, TimeoutError | asyncio.CancelledError):
+            return True
+        seen.add(id(current))
+        todo += (current.__cause__, current.__context__)
+    return False
+
+
 class FallbackStore:
     """A :class:`~le_transport.state.StateStore` over ``primary`` that falls back to ``local``.
 
@@ -118,6 +136,8 @@ class FallbackStore:
       ``clock`` where it has one, as a ``RedisStore`` has, else on ``clock``); past it the
       operation is cancelled and taken for an outage (state goes local, as for any failure),
       so that a store that hangs (a caller's own, whose client has no timeout) hangs no call.
+      Logged as such (a WARNING that it did not answer in time) also when the store's client
+      turns the cancellation into an error of its own.
       Default: the primary's own ``op_timeout`` and a second, where it tells one (a
       :class:`~le_transport.state.RedisStore`'s, whose own timeout then answers first), else
       :data:`DEFAULT_PRIMARY_TIMEOUT` (2 s). A finite number > 0, else a
@@ -301,8 +321,11 @@ class FallbackStore:
             # client's error instead (redis-py's ConnectionError is no OSError). Either is
             # taken for an outage: state goes local, which keeps every process working, and
             # the line below names the type. Raised through here, it failed the caller's call.
-            if isinstance(exc, TimeoutError) and bound is not None and bound.expired:
-                # Cut by op_timeout: a store that hangs is out, as one that fails is.
+            if bound is not None and bound.expired and _from_cancellation(exc):
+                # Cut by op_timeout: a store that hangs is out, as one that fails is. The cut's
+                # TimeoutError, or the store's own error raised for the cancellation (a client
+                # dropping the connection it was cancelled on): ours either way, no bug of the
+                # store's. (An error with no cancellation behind it is the store's own.)
                 exc = StateStoreError(
                     f"{type(self._primary).__name__}.{op} did not answer within "
                     f"{self._op_timeout:g} s (FallbackStore.op_timeout)"
