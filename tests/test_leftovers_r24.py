@@ -7,6 +7,10 @@ scheduler:
 - ``FallbackStore``'s own ``op_timeout`` cut of its primary, turned by the store's client into
   an error of its own (a connection dropped on cancellation), was logged as an ERROR "it may be
   a bug in the store", with its traceback, rather than as the outage it is.
+- ``OverloadGuard`` kept one abandoned probe's fleet lock per breaker awaiting its release:
+  a second release at the same key, its store failing, overwrote the first, whose lock was
+  then never freed by this process and kept it (and the fleet) from probing until its lease
+  ended.
 
 Real loopback servers (the conftest's ``serve``), virtual time.
 """
@@ -23,9 +27,13 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine
-from le_transport.state import Entry, FallbackStore, MemoryStore
+from le_transport.errors import CircuitOpen
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome
+from le_transport.state import Entry, FallbackStore, MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
+from tests.test_guard_hot_path import _Call
 
 # -- 1. the retry middleware's read and the session's trace hooks -------------------------------
 
@@ -145,3 +153,88 @@ async def test_an_error_no_cut_caused_is_still_the_stores_own(
     assert "failed with KeyError, which is not a StateStoreError" in error.getMessage()
     assert warning.levelno == logging.WARNING
     assert "op_timeout" not in warning.getMessage()
+
+
+# -- 3. abandoned probes' fleet locks, released back to back on a failing store ----------------
+
+_HOST = "127.0.0.1:8080"
+_KEY = ("svc", _HOST)
+_PROBE_KEY = state_key("1", "breaker-probe", "svc", _HOST)
+
+
+class _SlowDeletes(MemoryStore):
+    """A caller's store whose deletes hang while ``hang`` is set (cut by the guard's own bound
+    on a release, the lock's lease, before the FallbackStore's op_timeout); it notes each
+    delete that answered."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.hang = True
+        self.deleted: list[str | None] = []
+
+    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+        if self.hang:
+            await asyncio.Event().wait()
+        self.deleted.append(only_if)
+        return await super().delete(key, only_if=only_if)
+
+
+async def test_two_releases_at_one_key_on_a_failing_store_keep_both_locks() -> None:
+    """Both locks stay this process's to free: the next probe here frees each (the earlier,
+    still held in the store, no longer keeps this process from probing)."""
+    clock = VirtualClock(start=100.0)
+    primary = _SlowDeletes(clock)
+    breaker = CircuitBreaker(
+        minimum_throughput=4,
+        breaks=BackoffPolicy(first=5.0, cap=60.0, jitter=0.0, floor=0.0),
+        probe_lease=1.0,
+    )
+    guard = OverloadGuard(
+        budget=None,
+        breaker=breaker,
+        store=FallbackStore(primary, clock=clock, op_timeout=10.0),
+        account="1",
+        clock=clock,
+    )
+    for _ in range(breaker.minimum_throughput):
+        call = _Call("svc", _HOST)
+        assert await guard.admit(call, 1) is None
+        await guard.settle(call, 1, Outcome.response(503))
+    assert guard.breaker_state("svc", _HOST) is BreakerState.OPEN
+    # The earlier lock is still held in the store; the later one's add went elsewhere.
+    await primary.set(_PROBE_KEY, "lock-a", ttl=3600.0)
+    guard._release_lock(_KEY, "lock-a")
+    guard._release_lock(_KEY, "lock-b")
+    await clock.sleep(1.5)  # both releases cut at the lease
+    assert not guard._releases
+    assert sorted(guard._stale_locks[_KEY]) == ["lock-a", "lock-b"]
+    primary.hang = False
+    await clock.sleep(5.0)  # the break is over: half-open
+    probe = _Call("svc", _HOST)
+    refused = await guard.admit(probe, 1)
+    assert not isinstance(refused, CircuitOpen), "this process's own old lock kept it waiting"
+    assert refused is None
+    assert sorted(primary.deleted[:2], key=str) == ["lock-a", "lock-b"]
+    assert _KEY not in guard._stale_locks
+    await guard.settle(probe, 1, Outcome.response(200))
+    await guard.drain()
+
+
+async def test_the_locks_kept_per_key_are_bounded() -> None:
+    """A store that never answers: the locks kept for one key stay few (each one's lease frees
+    it anyway), however many probes are abandoned."""
+    clock = VirtualClock(start=100.0)
+    primary = _SlowDeletes(clock)
+    guard = OverloadGuard(
+        budget=None,
+        breaker=CircuitBreaker(probe_lease=1.0),
+        store=FallbackStore(primary, clock=clock, op_timeout=10.0),
+        account="1",
+        clock=clock,
+    )
+    for n in range(100):
+        guard._release_lock(_KEY, f"lock-{n}")
+    await clock.sleep(1.5)
+    kept = guard._stale_locks[_KEY]
+    assert 2 <= len(kept) <= 8
+    assert kept[-1] == "lock-99", "the newest (whose lease ends last) is kept"

@@ -154,6 +154,11 @@ _FLUSH_STEPS = 16
 #: half-open tail finds it changed (a new break: adopted at the second read); a trip changing at
 #: every read refuses the attempt.
 _TRIP_READS = 2
+
+#: Abandoned probes' fleet locks kept per breaker for this process to free (the newest: each
+#: one's lease frees it anyway, the oldest's first). More than one: a probe stuck past its
+#: lease and the newer one that took its slot may both be abandoned while the store fails.
+_STALE_LOCKS_KEPT = 4
 #: How often a process that opened its breaker reads the fleet's trip to publish its break: again
 #: after the conditional write finds the entry changed since it was read (another process
 #: published meanwhile: the next read adopts that break or writes over it, as it decides); a trip
@@ -496,8 +501,9 @@ class OverloadGuard:
         self._owner = uuid.uuid4().hex
         self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
-        # _release_lock's task, or by the next probe here), and those tasks.
-        self._stale_locks: dict[tuple[str, str], str] = {}
+        # _release_lock's task, or by the next probe here), oldest first (at most
+        # _STALE_LOCKS_KEPT a breaker), and those tasks.
+        self._stale_locks: dict[tuple[str, str], list[str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         # Waiting in drain(probes_of=...) for the fleet's probes out to end; and through which
         # session each fleet probe out goes (an engine closing waits for those it cut).
@@ -946,7 +952,7 @@ class OverloadGuard:
             return
         # Kept until the delete answered: a store failing or too slow leaves it to the next
         # probe here (_admit), or to its lease.
-        self._stale_locks[key] = lock
+        self._keep_stale(key, lock)
         try:
             await self._free_lock(key, lock, breaker.probe_lease)
         except BaseException:
@@ -961,7 +967,7 @@ class OverloadGuard:
         left to free. Until it is done, the next probe of this process frees the lock itself
         (_admit), so that this process is never kept waiting by its own lock."""
         assert self._breaker is not None
-        self._stale_locks[key] = lock
+        self._keep_stale(key, lock)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -972,6 +978,26 @@ class OverloadGuard:
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
+
+    def _keep_stale(self, key: tuple[str, str], lock: str) -> None:
+        """Note ``lock`` at ``key`` as this process's to free, beside any other still noted
+        there (a second release while the first's store fails must not lose the first: its
+        lock, still held, kept this process and the fleet from probing until its lease ended);
+        the oldest dropped past :data:`_STALE_LOCKS_KEPT` (its lease ends first)."""
+        locks = self._stale_locks.setdefault(key, [])
+        if lock in locks:
+            return
+        if len(locks) >= _STALE_LOCKS_KEPT:
+            del locks[0]
+        locks.append(lock)
+
+    def _drop_stale(self, key: tuple[str, str], lock: str) -> None:
+        """``lock`` at ``key`` freed: no longer this process's to free."""
+        locks = self._stale_locks.get(key)
+        if locks is not None and lock in locks:
+            locks.remove(lock)
+            if not locks:
+                del self._stale_locks[key]
 
     def _refund_soon(self, grant: _Grant) -> None:
         """Give back ``grant``'s retry from a synchronous caller (:meth:`abandon`): at once on
@@ -1099,8 +1125,7 @@ class OverloadGuard:
                 extra={"service": key[0], "host": key[1]},
             )
             return
-        if self._stale_locks.get(key) == lock:
-            del self._stale_locks[key]
+        self._drop_stale(key, lock)
 
     async def before_retry(
         self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
@@ -1234,13 +1259,13 @@ class OverloadGuard:
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
             stale = self._stale_locks.get(key)
-            if stale is not None:
-                # This process's own abandoned probe's lock, its release not yet done. Kept
-                # in _stale_locks until the delete answered: cancelled before, it is still
-                # this process's to free (its release task, or the next probe here).
-                await self._store.delete(probe_key, only_if=stale)
-                if self._stale_locks.get(key) == stale:
-                    del self._stale_locks[key]
+            if stale:
+                # This process's own abandoned probes' locks, their release not yet done.
+                # Each kept in _stale_locks until its delete answered: cancelled before, it is
+                # still this process's to free (its release task, or the next probe here).
+                for old in tuple(stale):
+                    await self._store.delete(probe_key, only_if=old)
+                    self._drop_stale(key, old)
             lock = self._unique()
             try:
                 # Taken inside the try: cancelled while the add is out, the store may hold the
