@@ -11,6 +11,9 @@ scheduler:
   a second release at the same key, its store failing, overwrote the first, whose lock was
   then never freed by this process and kept it (and the fleet) from probing until its lease
   ended.
+- ``KeepaliveScheduler``'s task cancelled from outside (not by its ``close()``) left every
+  socket watched by a task that was gone: never probed, never found dead, until the next
+  ``watch()``. Each is now forgotten and told, as on a failed clock, so that it reconnects.
 
 Real loopback servers (the conftest's ``serve``), virtual time.
 """
@@ -30,6 +33,7 @@ from le_transport import Engine
 from le_transport.errors import CircuitOpen
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome
+from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.state import Entry, FallbackStore, MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -238,3 +242,82 @@ async def test_the_locks_kept_per_key_are_bounded() -> None:
     kept = guard._stale_locks[_KEY]
     assert 2 <= len(kept) <= 8
     assert kept[-1] == "lock-99", "the newest (whose lease ends last) is kept"
+
+
+# -- 4. the keepalive scheduler's task cancelled from outside -----------------------------------
+
+
+class _Subject:
+    """Asked at each deadline; answers the next one an interval on, for ever; notes being told
+    that it is watched no more (as a socket is, which then ends its connection)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.asked: list[float] = []
+        self.failed: list[Exception] = []
+
+    def _keepalive_due(self, now: float) -> float | None:
+        self.asked.append(now)
+        return now + self.every
+
+    def _keepalive_failed(self, error: Exception) -> None:
+        self.failed.append(error)
+
+
+async def test_a_scheduler_task_cancelled_from_outside_tells_every_socket(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = KeepaliveScheduler(clock)
+    subjects = [_Subject(), _Subject(), _Subject()]
+    tickets = [scheduler.watch(subject, at=30.0 + i) for i, subject in enumerate(subjects)]
+    scheduler.unwatch(tickets[2])  # gone: not told
+    await clock.sleep(40.0)
+    task = scheduler._task
+    assert task is not None
+    task.cancel()  # not by close(): a caller's "cancel every task", say
+    await asyncio.wait({task})
+    assert task.cancelled()
+    # Not left watched by a task that is gone: each told (its socket ends the connection and
+    # reconnects, watched afresh), the stop logged once.
+    assert [len(s.failed) for s in subjects] == [1, 1, 0]
+    assert scheduler.watched == 0
+    assert not scheduler.running
+    [line] = [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
+    assert line.levelno == logging.ERROR
+    assert "cancelled" in line.getMessage()
+    assert line.getMessage().endswith(
+        "watched connections forgotten: 2, of which ended so that their sockets reconnect: 2"
+    )
+    # The next socket watched starts a new task, served as ever.
+    again = _Subject()
+    scheduler.watch(again, at=clock.now() + 5.0)
+    assert scheduler.running
+    await clock.sleep(10.0)
+    assert again.asked == [45.0]
+    await scheduler.close()
+
+
+async def test_a_scheduler_closed_tells_no_socket(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its own close() (the engine's) forgets them quietly, as before: the sockets are closing
+    with their engine."""
+    scheduler = KeepaliveScheduler(clock)
+    subject = _Subject()
+    scheduler.watch(subject, at=30.0)
+    await clock.sleep(1.0)
+    await scheduler.close()
+    # ... and a close with a new watch made while the task it cancelled still ends.
+    scheduler.watch(subject, at=60.0)
+    closing = asyncio.ensure_future(scheduler.close())
+    await asyncio.sleep(0)
+    assert not closing.done()
+    second = _Subject()
+    scheduler.watch(second, at=70.0)
+    await closing
+    await clock.sleep(80.0)
+    assert subject.failed == []
+    assert second.failed == []
+    assert second.asked == [70.0]
+    assert not [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
+    await scheduler.close()

@@ -16,6 +16,8 @@ when the connection ends. A scheduler whose clock fails (its ``now`` or ``sleep`
 keep any socket alive: it logs the error, tells every socket it watched (each ends its
 connection, so that its owner reconnects, or stops with the clock's error if that clock is
 broken for good), and its task ends with the error; the next watched socket starts a new one.
+A scheduler's task cancelled from outside (not by its ``close()``) is taken alike: logged, every
+socket told, rather than left watched by a task that is gone.
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ class KeepaliveScheduler:
     (the engine's close) stops it at once. If the clock fails (``now`` or ``sleep`` raises),
     the task ends with the clock's error, logged once: every subject watched is forgotten, and
     told (:class:`KeepaliveFailureSubject`), rather than left watched by a task that is gone.
+    So is its task cancelled from outside (not by :meth:`close`: a caller cancelling every
+    task), each subject told with a :class:`~le_transport.errors.KeepaliveClosed`; the next
+    watched subject starts a new task.
     """
 
     __slots__ = (
@@ -304,6 +309,24 @@ class KeepaliveScheduler:
             wake.set_result(None)
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            if self._live and self._task is asyncio.current_task():
+                # Cancelled from outside (close() lets go of its task before cancelling it):
+                # a caller's "cancel every task", say. Ended quietly, it left every socket
+                # watched by a task that is gone (never probed, never found dead) until the
+                # next watch(). Stopped as on a failed clock instead: each told, so that it
+                # reconnects, and its new connection's watch() starts a new task.
+                self._stop_all(
+                    KeepaliveClosed(
+                        "the socket keepalive scheduler's task was cancelled, not by its close()"
+                    ),
+                    "its task was cancelled (not by KeepaliveScheduler.close)",
+                )
+            raise
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         clock = self._clock
         # A step of the loop before any subject is asked, no time: under an eager task factory
@@ -341,25 +364,30 @@ class KeepaliveScheduler:
 
     def _clock_failed(self, error: Exception) -> None:
         """Forget every subject, log once, and tell each that it is no longer watched."""
+        # The clock's type, and its error's type and text redacted and cut short: a clock is
+        # the caller's object, and its repr or its error's text may carry anything.
+        # (error_text, not str(): an error whose __str__ raises made the line raise, after
+        # every subject was forgotten and before any was told, each left connected with
+        # nothing probing it. It never raises, and redacts before it cuts.)
+        self._stop_all(
+            error,
+            f"{type(self._clock).__name__} failed ({type(error).__name__}: {error_text(error)})",
+        )
+
+    def _stop_all(self, error: Exception, why: str) -> None:
+        """Forget every subject, log once (``why`` the scheduler stopped), and tell each that
+        it is no longer watched, with ``error``."""
         subjects = list(self._live.values())
         self._forget_all()
         told = [s for s in subjects if isinstance(s, KeepaliveFailureSubject)]
-        clock = type(self._clock).__name__
-        # The clock's type, and its error's type and text redacted and cut short: a clock is
-        # the caller's object, and its repr or its error's text may carry anything.
         _log.error(
-            "socket keepalives stopped: %s failed (%s: %s); watched connections forgotten: %d, "
-            "of which ended so that their sockets reconnect: %d",
-            clock,
-            type(error).__name__,
-            # error_text, not str(): an error whose __str__ raises made this line raise, after
-            # every subject was forgotten and before any was told (each stayed connected with
-            # nothing probing it). It never raises, and redacts before it cuts.
-            error_text(error),
+            "socket keepalives stopped: %s; watched connections forgotten: %d, of which ended "
+            "so that their sockets reconnect: %d",
+            why,
             len(subjects),
             len(told),
             extra={
-                "clock": clock,
+                "clock": type(self._clock).__name__,
                 "error": type(error).__name__,
                 "watched": len(subjects),
                 "ended": len(told),
