@@ -14,6 +14,8 @@ scheduler:
 - ``KeepaliveScheduler``'s task cancelled from outside (not by its ``close()``) left every
   socket watched by a task that was gone: never probed, never found dead, until the next
   ``watch()``. Each is now forgotten and told, as on a failed clock, so that it reconnects.
+- ``watch_socket`` started the next probe while the one it cancelled was still tidying up: two
+  probes of one connection at once.
 
 Real loopback servers (the conftest's ``serve``), virtual time.
 """
@@ -21,6 +23,7 @@ Real loopback servers (the conftest's ``serve``), virtual time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 from typing import Any
@@ -32,7 +35,8 @@ from aiohttp import web
 from le_transport import Engine
 from le_transport.errors import CircuitOpen
 from le_transport.middleware.overload import OverloadGuard
-from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome
+from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Keepalive, Outcome
+from le_transport.sockets import watch_socket
 from le_transport.sockets.keepalive import KeepaliveScheduler
 from le_transport.state import Entry, FallbackStore, MemoryStore, state_key
 from le_transport.testing import VirtualClock
@@ -321,3 +325,47 @@ async def test_a_scheduler_closed_tells_no_socket(
     assert second.asked == [70.0]
     assert not [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
     await scheduler.close()
+
+
+# -- 5. watch_socket: a cancelled probe still tidying up -----------------------------------------
+
+
+async def test_watch_socket_starts_no_probe_while_the_last_one_tidies_up(
+    clock: VirtualClock,
+) -> None:
+    """A probe stuck until it is cut (its timeout, or the next probe), whose tidy-up takes a
+    moment and cannot be cut short: the next one waits for it, one probe at a time."""
+    policy = Keepalive(product="test", action="GetClock", interval=10.0, timeout=10.0)
+    frames = [0.0]
+    in_flight: set[asyncio.Task[object] | None] = set()
+    most = 0
+    started = 0
+
+    async def probe() -> None:
+        nonlocal started, most
+        started += 1
+        me = asyncio.current_task()
+        in_flight.add(me)
+        most = max(most, len(in_flight))
+        frames.append(clock.now())  # the peer answers (its frame is read elsewhere)
+        try:
+            await asyncio.Event().wait()  # but this send never returns
+        finally:
+            end = clock.now() + 2.0
+            while clock.now() < end:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await clock.sleep(end - clock.now())
+            in_flight.discard(me)
+
+    watcher = asyncio.get_running_loop().create_task(
+        watch_socket(policy, clock=clock, probe=probe, last_activity=lambda: frames[-1])
+    )
+    await clock.sleep(600.0)
+    try:
+        assert not watcher.done()  # the peer was never found dead
+        assert started > 10  # probes went out all along
+        assert most == 1, f"{most} probes of one connection at once"
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert not in_flight

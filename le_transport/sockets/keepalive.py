@@ -73,9 +73,10 @@ async def watch_socket(
     ``last_activity``); it runs in its own task so that a slow answer never delays the
     schedule. One probe runs at a time: each is given ``policy.timeout`` (on ``clock``) and
     then cancelled, as is one still running when the next goes out, so that probes stuck on a
-    peer whose frames still arrive do not pile up. Cancel the watcher to stop it: the probe in
-    flight is cancelled with it, and waited for; a cancellation of the watcher while it waits
-    for it goes through.
+    peer whose frames still arrive do not pile up; the next one is sent once the one cancelled
+    has ended (a probe may tidy up when cancelled), within its own timeout. Cancel the watcher
+    to stop it: the probe in flight is cancelled with it, and waited for; a cancellation of the
+    watcher while it waits for it goes through.
     """
     probe_sent_at: float | None = None
     probes: set[asyncio.Task[object]] = set()
@@ -100,11 +101,13 @@ async def watch_socket(
             at = decision.at
             if decision.step is KeepaliveStep.PROBE:
                 probe_sent_at = now
-                for previous in probes:
-                    # Answered long ago by other traffic, and its own timeout not yet seen.
-                    previous.cancel()
+                previous = set(probes)
+                for earlier in previous:
+                    # Answered long ago by other traffic, and its own timeout not yet seen (or
+                    # seen, and still tidying up).
+                    earlier.cancel()
                 task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-                    _quiet(probe, clock, policy.timeout)
+                    _quiet(probe, clock, policy.timeout, after=previous)
                 )
                 probes.add(task)
                 task.add_done_callback(probes.discard)
@@ -125,13 +128,24 @@ async def watch_socket(
             await asyncio.wait(set(probes))
 
 
-async def _quiet(probe: Callable[[], Awaitable[object]], clock: Clock, timeout: float) -> object:
+async def _quiet(
+    probe: Callable[[], Awaitable[object]],
+    clock: Clock,
+    timeout: float,
+    *,
+    after: set[asyncio.Task[object]] | None = None,
+) -> object:
     # The probe's own failure (timeout, connection lost) is not the watcher's to report: a
     # timeout shows as silence, a loss is seen by the socket's reader. Past its timeout the
     # answer is too late to count (the peer is found dead, or its other frames answered).
     answer: object = None
     try:
         async with timeout_after(clock, timeout):
+            tidying = None if not after else {task for task in after if not task.done()}
+            if tidying:
+                # One probe at a time: the ones cancelled for this one may still be tidying
+                # up (within this one's timeout: one that never ends holds up no other).
+                await asyncio.wait(tidying)
             answer = await probe()
     except asyncio.CancelledError:
         raise
