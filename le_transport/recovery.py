@@ -421,15 +421,20 @@ class Recovery:
         return self._closed
 
     def close(self) -> None:
-        """Stop for good (the engine closing): the pause in progress ends now, no re-login
-        follows, and every call waiting through the loop fails with
-        :class:`~le_transport.errors.RecoveryFailed`. Idempotent."""
+        """Stop for good (the engine closing): the pause in progress ends now, a re-login in
+        progress is cancelled, none follows, and every call waiting through the loop fails
+        with :class:`~le_transport.errors.RecoveryFailed`. Idempotent."""
         if self._closed:
             return
         self._closed = True
         stop = self._stop
         if stop is not None and not stop.done():
             stop.set_result(None)
+        round_ = self._round_task
+        if round_ is not None and not round_.done():
+            # Its re-login must not outlive the logout that follows, nor its success run the
+            # waiting calls again on a closed session: they fail now, as from a pause.
+            round_.cancel()
         if self._attempt:
             attempts = self._attempt
             self._reset()
@@ -842,6 +847,9 @@ class Recovery:
                 )
                 pause, elapsed = self._plan(last)
                 continue
+            if self._closed:
+                # Closed as the re-login ended: no call runs again on the closed session.
+                raise self._closed_error(last) from last
             return
 
     def _scheduled(self, pause: float) -> None:

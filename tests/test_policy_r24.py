@@ -1,0 +1,77 @@
+"""Policies and the outer recovery loop: edge cases of the schedules, the Retry-After and the
+loop's close, on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from yarl import URL
+
+from le_transport.errors import RecoveryFailed, RetriesExhausted, ServerStatusError
+from le_transport.policies import BackoffPolicy
+from le_transport.providers import Credentials, StaticDomains
+from le_transport.recovery import Recovery
+from le_transport.testing import VirtualClock
+
+
+def _exhausted() -> RetriesExhausted:
+    return RetriesExhausted("gave up", last=ServerStatusError("503", status=503))
+
+
+class _BlockingAuth:
+    """Static credentials; its re-login waits until ``release`` is set, then succeeds."""
+
+    credential_headers = frozenset({"authorization"})
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = 0
+        self.finished = 0
+
+    async def credentials(self, method: str, url: URL) -> Credentials:
+        return Credentials(headers={"Authorization": "Bearer t"})
+
+    async def invalidate(self, rejected: Credentials) -> None:
+        return None
+
+    async def relogin(self) -> None:
+        self.started += 1
+        await self.release.wait()
+        self.finished += 1
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_close_during_a_relogin_fails_the_waiting_call_and_runs_nothing_again() -> None:
+    clock = VirtualClock()
+    auth = _BlockingAuth()
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=auth,
+        clock=clock,
+        policy=BackoffPolicy(first=100, cap=1000, jitter=0, floor=0),
+    )
+    runs = 0
+
+    async def call() -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise _exhausted()
+        return "ran again"
+
+    task = asyncio.ensure_future(recovery.run(call))
+    while not auth.started:
+        await clock.sleep(1)
+    recovery.close()  # the engine closes while the re-login is out
+    for _ in range(20):
+        await asyncio.sleep(0)
+    done_at_close = task.done()
+    auth.release.set()
+    with pytest.raises(RecoveryFailed, match="closed"):
+        await task
+    assert runs == 1  # never run again on the closed session
+    assert done_at_close  # at once, not when the re-login ends
+    assert auth.finished == 0  # the re-login did not outlive the close
