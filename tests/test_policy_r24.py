@@ -8,7 +8,12 @@ import asyncio
 import pytest
 from yarl import URL
 
-from le_transport.errors import RecoveryFailed, RetriesExhausted, ServerStatusError
+from le_transport.errors import (
+    ConfigurationError,
+    RecoveryFailed,
+    RetriesExhausted,
+    ServerStatusError,
+)
 from le_transport.policies import BackoffPolicy
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
@@ -75,3 +80,22 @@ async def test_close_during_a_relogin_fails_the_waiting_call_and_runs_nothing_ag
     assert runs == 1  # never run again on the closed session
     assert done_at_close  # at once, not when the re-login ends
     assert auth.finished == 0  # the re-login did not outlive the close
+
+
+# -- BackoffPolicy: the attempt number --------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", ["3", 2.5, None, True, False, 3.0])
+@pytest.mark.parametrize("method", ["base_delay", "delay", "bounds", "next_delay"])
+def test_a_backoff_attempt_that_is_no_int_is_refused_typed(method: str, attempt: object) -> None:
+    policy = BackoffPolicy()
+    args: tuple[object, ...] = (attempt, 0.0) if method == "next_delay" else (attempt,)
+    with pytest.raises(ConfigurationError, match="attempt must be an int"):
+        getattr(policy, method)(*args)
+
+
+def test_a_backoff_attempt_of_an_int_subclass_is_taken() -> None:
+    class Attempt(int):
+        pass
+
+    assert BackoffPolicy(jitter=0).delay(Attempt(2)) == 240.0

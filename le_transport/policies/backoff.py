@@ -141,7 +141,15 @@ class BackoffPolicy:
         )
 
     def base_delay(self, attempt: int) -> float:
-        """The un-jittered delay before outer attempt ``attempt`` (1-based)."""
+        """The un-jittered delay before outer attempt ``attempt`` (an int, 1-based; anything
+        else is a :class:`ConfigurationError`, as for :meth:`delay`, :meth:`bounds` and
+        :meth:`next_delay`)."""
+        if type(attempt) is not int and (isinstance(attempt, bool) or not isinstance(attempt, int)):
+            # A str or None failed on the comparison below with a TypeError, a float in range(),
+            # and True passed as attempt 1.
+            raise ConfigurationError(
+                f"BackoffPolicy: attempt must be an int (1-based), got {type(attempt).__name__}"
+            )
         if attempt < 1:
             raise ConfigurationError(f"attempt is 1-based, got {attempt}")
         # Multiply step by step rather than computing factor ** n, which overflows for large
