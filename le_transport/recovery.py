@@ -431,9 +431,11 @@ class Recovery:
         if stop is not None and not stop.done():
             stop.set_result(None)
         round_ = self._round_task
-        if round_ is not None and not round_.done():
+        if round_ is not None and not round_.done() and round_ is not _running_task():
             # Its re-login must not outlive the logout that follows, nor its success run the
-            # waiting calls again on a closed session: they fail now, as from a pause.
+            # waiting calls again on a closed session: they fail now, as from a pause. (Not
+            # from inside the round itself, a re-login closing the engine: that close would be
+            # cut short; the round ends closed once its re-login returns.)
             round_.cancel()
         if self._attempt:
             attempts = self._attempt
@@ -1118,6 +1120,14 @@ def _own_copy(exc: E) -> E | None:
     copy.__context__ = exc.__context__
     copy.__suppress_context__ = exc.__suppress_context__
     return copy.with_traceback(exc.__traceback__)
+
+
+def _running_task() -> asyncio.Task[object] | None:
+    """The task running now, or None (no loop running: a close from synchronous code)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 def _name(exc: BaseException) -> str:

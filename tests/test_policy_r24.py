@@ -99,3 +99,36 @@ def test_a_backoff_attempt_of_an_int_subclass_is_taken() -> None:
         pass
 
     assert BackoffPolicy(jitter=0).delay(Attempt(2)) == 240.0
+
+
+async def test_a_close_from_inside_the_relogin_is_not_cut_short_and_runs_nothing_again() -> None:
+    clock = VirtualClock()
+    recovery: Recovery
+    closed_through = []
+
+    class ClosingAuth(_BlockingAuth):
+        async def relogin(self) -> None:
+            # The session closing from inside the re-login (a provider's own teardown).
+            recovery.close()
+            await asyncio.sleep(0)
+            closed_through.append(True)
+
+    recovery = Recovery(
+        domains=StaticDomains({"svc": "example.com"}),
+        auth=ClosingAuth(),
+        clock=clock,
+        policy=BackoffPolicy(first=100, cap=1000, jitter=0, floor=0),
+    )
+    runs = 0
+
+    async def call() -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise _exhausted()
+        return "ran again"
+
+    with pytest.raises(RecoveryFailed, match="closed"):
+        await recovery.run(call)
+    assert closed_through == [True]
+    assert runs == 1
