@@ -81,7 +81,9 @@ The loop is shared by every call of the session: a hundred calls failing togethe
 recovery round (one login), not a hundred. Its pauses never shrink within an episode (the
 policy's jitter cannot make one shorter than the last), and none is shorter than the request
 schedule's last pause, nor than the longest pause the failed call actually took (a
-``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule). An episode ends
+``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule), nor than a
+``Retry-After`` one of its answers asked for (up to the ceiling; the one that ended the
+schedule included, which no pause of the call waited for). An episode ends
 when a call that went through it succeeds, when the loop gives up, or when the last call that
 went through it ends with any other error (a 404 after the re-login, a cancellation): the next
 failure starts afresh. A call that succeeds while a later round of the episode is in progress
@@ -579,7 +581,11 @@ class Recovery:
         elapsed = self._elapsed(waited)
         # The shortest the round's pause can be (no draw taken from the rounds' jitter).
         pause = self._next_pause(
-            self._attempt + 1, elapsed, _longest_pause(exc), rand=0.0, waited=waited
+            self._attempt + 1,
+            elapsed,
+            _longest_pause(exc, self._request_policy.retry_after_ceiling),
+            rand=0.0,
+            waited=waited,
         )
         if pause is None:
             return None
@@ -628,7 +634,11 @@ class Recovery:
                     return
                 first, elapsed = self._plan(exc, waited)
                 sleep = (
-                    None if first is None else self._wait_for(first, waited, _longest_pause(exc))
+                    None
+                    if first is None
+                    else self._wait_for(
+                        first, waited, _longest_pause(exc, self._request_policy.retry_after_ceiling)
+                    )
                 )
                 if sleep is not None and until is not None and self._clock.now() + sleep >= until:
                     # A pause the call's deadline cannot wait out: no round is started for it.
@@ -769,7 +779,12 @@ class Recovery:
         since the episode's first failure. ``waited``: what the call that starts the round
         waited on an open circuit since the last one (counted toward the pause)."""
         elapsed = self._elapsed(waited)
-        pause = self._next_pause(self._attempt + 1, elapsed, _longest_pause(last), waited=waited)
+        pause = self._next_pause(
+            self._attempt + 1,
+            elapsed,
+            _longest_pause(last, self._request_policy.retry_after_ceiling),
+            waited=waited,
+        )
         return pause, elapsed
 
     def _wait_for(self, pause: float, waited: float, taken: float) -> float:
@@ -805,7 +820,9 @@ class Recovery:
                 self._give_up(last, elapsed)
             assert pause is not None
             self._attempt += 1
-            sleep = self._wait_for(pause, waited, _longest_pause(last))
+            sleep = self._wait_for(
+                pause, waited, _longest_pause(last, self._request_policy.retry_after_ceiling)
+            )
             details: dict[str, object] = {
                 "attempt": self._attempt,
                 "pause": round(pause, 3),
@@ -929,7 +946,8 @@ class Recovery:
         waited: float = 0.0,
     ) -> float | None:
         """The pause before re-login ``attempt``; ``taken``: the longest pause the failure it
-        follows already waited; ``rand``: the jitter's draw (None: the loop's own);
+        follows already waited, or a ``Retry-After`` it was asked (:func:`_longest_pause`);
+        ``rand``: the jitter's draw (None: the loop's own);
         ``waited``: how much of it was already spent on an open circuit (the round sleeps only
         the rest, :meth:`_wait_for`: the policy's deadline is checked against the re-login's
         time). None: give up."""
@@ -940,7 +958,8 @@ class Recovery:
         # Jitter must not make a pause shorter than the one before it, and no outer pause is
         # shorter than the request schedule's last (the guide: "a longer interval than the
         # previous one"), nor than what the failed call actually waited: a Retry-After it
-        # honoured, or a schedule of its own (retry=) longer than the engine's.
+        # honoured, or a schedule of its own (retry=) longer than the engine's; nor than the
+        # Retry-After of the answer that ended its schedule.
         pause = max(pause, self._last_pause, self._request_policy.last_pause, taken)
         deadline = self._policy.deadline
         sleep = self._wait_for(pause, waited, taken)
@@ -1134,9 +1153,20 @@ def _name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _longest_pause(exc: BaseException) -> float:
-    """The longest pause the failed call took between its attempts (0 if none, or if it is no
-    request error): what its schedule, or a Retry-After within the ceiling, made it wait."""
+def _longest_pause(exc: BaseException, ceiling: float) -> float:
+    """The longest pause the failed call took between its attempts, or a ``Retry-After`` one
+    of its answers asked for (cut to ``ceiling``, the request schedule's
+    ``retry_after_ceiling``) if longer (0 if none, or if it is no request error): what its
+    schedule, or the server, made it wait. The answer that ended the schedule is waited for by
+    no pause of its own: its ask (a 503's ``Retry-After: 50`` after pauses of 1, 2 and 3 s)
+    was ignored, and the outer retry re-sent the call sooner than the server asked."""
     if not isinstance(exc, RequestError):
         return 0.0
-    return max((a.pause for a in exc.attempts if a.pause is not None), default=0.0)
+    longest = 0.0
+    for record in exc.attempts:
+        if record.pause is not None and record.pause > longest:
+            longest = record.pause
+        asked = record.outcome.retry_after
+        if asked is not None and min(asked, ceiling) > longest:
+            longest = min(asked, ceiling)
+    return longest

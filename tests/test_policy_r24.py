@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import web
 from yarl import URL
 
+from le_transport import Engine, RetryPolicy
 from le_transport.errors import (
     ConfigurationError,
     RecoveryFailed,
@@ -18,6 +20,7 @@ from le_transport.policies import BackoffPolicy
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
 
 
 def _exhausted() -> RetriesExhausted:
@@ -132,3 +135,39 @@ async def test_a_close_from_inside_the_relogin_is_not_cut_short_and_runs_nothing
         await recovery.run(call)
     assert closed_through == [True]
     assert runs == 1
+
+
+# -- Recovery: the last answer's Retry-After ---------------------------------------------------
+
+
+async def test_the_outer_retry_waits_at_least_the_retry_after_of_the_answer_that_ended_the_schedule(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # The schedule's last answer (a 503 asking for 50 s) is one it no longer waits for: the
+    # outer loop re-sent the call after its own 20 s, 30 s before the server asked.
+    arrivals: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        arrivals.append(clock.now())
+        if len(arrivals) <= 3:
+            return web.Response(status=503, text="{}")
+        if len(arrivals) == 4:
+            return web.Response(status=503, text="{}", headers={"Retry-After": "50"})
+        return web.Response(status=200, text="{}")
+
+    app = web.Application()
+    app.router.add_route("GET", "/x", handler)
+    host = await serve(app)
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        retry=RetryPolicy(pauses=(1.0, 2.0, 3.0), attempt_timeout=None),
+        recovery=BackoffPolicy(first=20, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    async with engine:
+        resp = await engine.request("GET", "svc", "/x", recover=True)
+        assert resp.status == 200
+    assert len(arrivals) == 5
+    assert arrivals[4] - arrivals[3] >= 50.0
+    assert list(engine.recovery.pauses) == [50.0]
