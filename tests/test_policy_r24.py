@@ -4,6 +4,8 @@ loop's close, on virtual time."""
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
 
 import pytest
 from aiohttp import web
@@ -16,7 +18,7 @@ from le_transport.errors import (
     RetriesExhausted,
     ServerStatusError,
 )
-from le_transport.policies import BackoffPolicy
+from le_transport.policies import BackoffPolicy, Outcome
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
@@ -171,3 +173,18 @@ async def test_the_outer_retry_waits_at_least_the_retry_after_of_the_answer_that
     assert len(arrivals) == 5
     assert arrivals[4] - arrivals[3] >= 50.0
     assert list(engine.recovery.pauses) == [50.0]
+
+
+# -- RetryPolicy: a Retry-After spread by the jitter ------------------------------------------
+
+
+@pytest.mark.parametrize("rand", [0.5, 0.99, 1.0])
+def test_a_retry_after_near_floats_range_spread_by_the_jitter_stays_finite(rand: float) -> None:
+    # An ask within a ceiling that high was spread to an infinite pause.
+    policy = RetryPolicy(jitter=0.5, retry_after_ceiling=sys.float_info.max)
+    outcome = Outcome.response(503, retry_after=1.7e308)
+    pause = policy.pause_for(1, outcome, rand=rand)
+    assert math.isfinite(pause)
+    assert pause >= 1.7e308
+    decision = policy.decide(1, outcome, idempotent=True, rand=rand)
+    assert math.isfinite(decision.pause)

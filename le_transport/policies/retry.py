@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
@@ -71,6 +72,9 @@ class Decision:
     pause: float = 0.0
     reason: str = ""
 
+
+#: The longest pause a Retry-After spread by the jitter may become: the largest finite float.
+_LONGEST = sys.float_info.max
 
 #: The most pauses a schedule may hold (a retry after each).
 MAX_PAUSES = 10_000
@@ -147,7 +151,8 @@ class RetryPolicy:
     - ``retry_after_ceiling``: a ``Retry-After`` longer than the scheduled pause lengthens it,
       up to this ceiling; it never shortens a pause. With ``jitter`` on, such a pause is
       spread above the ask by up to ``jitter`` of it, so that clients told the same
-      ``Retry-After`` do not all come back at one instant.
+      ``Retry-After`` do not all come back at one instant (never past the largest finite
+      float).
     - ``attempt_timeout``: each attempt is cancelled after this many seconds (None: no limit).
     - ``deadline``: the whole call, pauses included, is cancelled after this many seconds.
     - ``classifier``: what is retryable (see :class:`Classifier`).
@@ -226,7 +231,9 @@ class RetryPolicy:
                 # Never sooner than the server asked; with jitter on, later by up to the same
                 # share, so that clients refused together with one Retry-After do not all come
                 # back at the instant it names (jitter off: exactly the ask, as chosen).
-                pause = asked * (1.0 + self.jitter * rand) if self.jitter else asked
+                # (Never past float's range: an ask near it, within a ceiling as high, was
+                # spread to an infinite pause.)
+                pause = min(asked * (1.0 + self.jitter * rand), _LONGEST) if self.jitter else asked
         return pause
 
     def decide(
