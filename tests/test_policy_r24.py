@@ -4,6 +4,7 @@ loop's close, on virtual time."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import sys
 
@@ -188,3 +189,12 @@ def test_a_retry_after_near_floats_range_spread_by_the_jitter_stays_finite(rand:
     assert pause >= 1.7e308
     decision = policy.decide(1, outcome, idempotent=True, rand=rand)
     assert math.isfinite(decision.pause)
+
+
+@pytest.mark.parametrize("first", [5e-324, 1e-323, 2e-322])
+def test_backoff_delays_from_a_subnormal_first_still_grow_to_the_cap(first: float) -> None:
+    # 5e-324 * 1.2 rounds back to 5e-324: the delays never grew, at any attempt.
+    policy = BackoffPolicy(first=first, factor=1.2, cap=1.0, jitter=0, floor=0)
+    delays = [policy.base_delay(n) for n in range(1, 40)]
+    assert all(a < b for a, b in itertools.pairwise(delays))
+    assert policy.base_delay(10_000) == 1.0

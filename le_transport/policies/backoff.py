@@ -157,7 +157,12 @@ class BackoffPolicy:
         # the cap is longer than the one before it.
         delay = max(self.first, self.floor)
         for _ in range(attempt - 1):
-            delay *= self.factor
+            grown = delay * self.factor
+            if grown <= delay:
+                # A subnormal delay (5e-324 s) times a factor under 1.5 rounds back to itself:
+                # the delays never grew. One float up, until they are long enough to grow.
+                grown = math.nextafter(delay, math.inf)
+            delay = grown
             if delay >= self.cap:
                 return self.cap
         return min(delay, self.cap)
