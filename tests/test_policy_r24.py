@@ -10,6 +10,8 @@ import sys
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from le_transport import Engine, RetryPolicy
@@ -198,3 +200,70 @@ def test_backoff_delays_from_a_subnormal_first_still_grow_to_the_cap(first: floa
     delays = [policy.base_delay(n) for n in range(1, 40)]
     assert all(a < b for a, b in itertools.pairwise(delays))
     assert policy.base_delay(10_000) == 1.0
+
+
+# -- schedule invariants ----------------------------------------------------------------------
+
+_SECONDS = st.floats(min_value=0.0, max_value=1e300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pauses=st.lists(_SECONDS, min_size=1, max_size=5),
+    jitter=st.floats(0.0, 0.99),
+    floor=_SECONDS,
+    ceiling=st.floats(min_value=0.0, max_value=sys.float_info.max),
+    status=st.sampled_from([429, 500, 503, 599, 600, 999, 0]),
+    retry_after=st.one_of(st.none(), st.floats(min_value=0.0, max_value=sys.float_info.max)),
+    rand=st.floats(0.0, 1.0),
+)
+def test_a_request_pause_stays_within_its_bounds(
+    pauses: list[float],
+    jitter: float,
+    floor: float,
+    ceiling: float,
+    status: int,
+    retry_after: float | None,
+    rand: float,
+) -> None:
+    try:
+        policy = RetryPolicy(
+            pauses=pauses, jitter=jitter, rate_limit_floor=floor, retry_after_ceiling=ceiling
+        )
+    except ConfigurationError:
+        return  # a jittered pause past float's range
+    outcome = Outcome.response(status, retry_after=retry_after)
+    for attempt in range(1, len(pauses) + 1):
+        pause = policy.pause_for(attempt, outcome, rand)
+        scheduled = pauses[attempt - 1]
+        asked = 0.0 if retry_after is None else min(retry_after, ceiling)
+        least = max(scheduled * (1 - jitter), floor if status == 429 else 0.0, asked)
+        most = max(scheduled * (1 + jitter), floor if status == 429 else 0.0, asked * (1 + jitter))
+        assert math.isfinite(pause)
+        assert least * (1 - 1e-12) <= pause <= min(most * (1 + 1e-12), sys.float_info.max)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.floats(min_value=5e-324, max_value=1e6),
+    factor=st.floats(min_value=1.01, max_value=1e3),
+    cap=st.floats(min_value=1e-300, max_value=1e300),
+    jitter=st.floats(0.0, 0.99),
+    floor=st.floats(min_value=0.0, max_value=1e6),
+    attempt=st.integers(1, 200),
+    rand=st.floats(0.0, 1.0),
+)
+def test_backoff_delays_grow_to_the_cap_and_stay_within_their_bounds(
+    first: float, factor: float, cap: float, jitter: float, floor: float, attempt: int, rand: float
+) -> None:
+    try:
+        policy = BackoffPolicy(first=first, factor=factor, cap=cap, jitter=jitter, floor=floor)
+    except ConfigurationError:
+        return
+    now, after = policy.base_delay(attempt), policy.base_delay(attempt + 1)
+    assert now < after or now == after == cap
+    low, high = policy.bounds(attempt)
+    delay = policy.delay(attempt, rand)
+    assert low <= delay <= high
+    assert delay >= floor
+    assert delay <= max(cap * (1 + jitter), floor)
