@@ -57,7 +57,10 @@ class _BlockingAuth:
         return None
 
 
-async def test_close_during_a_relogin_fails_the_waiting_call_and_runs_nothing_again() -> None:
+@pytest.mark.parametrize("deadline", [None, 10_000.0])
+async def test_close_during_a_relogin_fails_the_waiting_call_and_runs_nothing_again(
+    deadline: float | None,
+) -> None:
     clock = VirtualClock()
     auth = _BlockingAuth()
     recovery = Recovery(
@@ -75,7 +78,8 @@ async def test_close_during_a_relogin_fails_the_waiting_call_and_runs_nothing_ag
             raise _exhausted()
         return "ran again"
 
-    task = asyncio.ensure_future(recovery.run(call))
+    until = None if deadline is None else clock.now() + deadline
+    task = asyncio.ensure_future(recovery.run(call, until=until))
     while not auth.started:
         await clock.sleep(1)
     recovery.close()  # the engine closes while the re-login is out
