@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import math
 import sys
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -21,7 +22,7 @@ from le_transport.errors import (
     RetriesExhausted,
     ServerStatusError,
 )
-from le_transport.policies import BackoffPolicy, Outcome
+from le_transport.policies import BackoffPolicy, Classifier, ClosePolicy, Outcome
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
@@ -271,3 +272,26 @@ def test_backoff_delays_grow_to_the_cap_and_stay_within_their_bounds(
     assert low <= delay <= high
     assert delay >= floor
     assert delay <= max(cap * (1 + jitter), floor)
+
+
+# -- code sets: an endless iterable ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda codes: Classifier(retry_statuses=codes), "retry_statuses"),
+        (lambda codes: Classifier(final_statuses=codes), "final_statuses"),
+        (lambda codes: ClosePolicy(fail_codes=codes), "fail_codes"),
+        (lambda codes: ClosePolicy(reauth_codes=codes), "reauth_codes"),
+        (lambda codes: ClosePolicy(reauth_statuses=codes), "reauth_statuses"),
+    ],
+)
+def test_an_endless_code_set_is_refused_not_read_for_ever(
+    make: Callable[[object], object], field: str
+) -> None:
+    # itertools.repeat filled memory: the request schedule's pauses were refused so already.
+    code = 403 if "status" in field else 4000
+    with pytest.raises(ConfigurationError, match=f"{field} must hold at most"):
+        make(itertools.repeat(code))
+    make([code] * 10)  # a few repeats are fine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,6 +14,7 @@ from ..errors import ConfigurationError
 __all__ = [
     "CLOSE_CODES",
     "HTTP_STATUSES",
+    "MAX_CODES",
     "at_least",
     "check_scale",
     "clamp_draw",
@@ -108,17 +110,27 @@ HTTP_STATUSES = (100, 999)
 CLOSE_CODES = (1000, 4999)
 
 
+#: The most codes a status or close code set may be given (each code once or more): more than
+#: the HTTP statuses and the close codes there are.
+MAX_CODES = 10_000
+
+
 def int_codes(field: str, value: object, *, bounds: tuple[int, int], kind: str) -> frozenset[int]:
     """``value`` as a frozenset of ints, for the status and close code sets; ``field`` is
     ``Class.name``, for the message. A str, a bare number, a bool or a float in it is refused:
     ``"429"`` would otherwise become the set of its characters and never match a status. So is
     a code outside ``bounds`` (inclusive; :data:`HTTP_STATUSES` or :data:`CLOSE_CODES`, named
-    ``kind`` in the message): a typo such as 4510 for a status, or -1, can never match."""
+    ``kind`` in the message): a typo such as 4510 for a status, or -1, can never match; and so
+    are more than :data:`MAX_CODES` items (an endless iterable is read no further)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ConfigurationError(
             f"{field} must be a collection of int codes, got {type(value).__name__}"
         )
-    items = tuple(value)
+    # Read no further than a code set can be long: an endless iterable (itertools.repeat)
+    # filled memory, where the request schedule's pauses are refused.
+    items = tuple(itertools.islice(value, MAX_CODES + 1))
+    if len(items) > MAX_CODES:
+        raise ConfigurationError(f"{field} must hold at most {MAX_CODES:,} codes, got more")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ConfigurationError(f"{field} must hold int codes, got {shown(item)}")
