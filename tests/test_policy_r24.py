@@ -22,7 +22,7 @@ from le_transport.errors import (
     RetriesExhausted,
     ServerStatusError,
 )
-from le_transport.policies import BackoffPolicy, Classifier, ClosePolicy, Outcome
+from le_transport.policies import BackoffPolicy, Classifier, ClosePolicy, Keepalive, Outcome
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
@@ -295,3 +295,16 @@ def test_an_endless_code_set_is_refused_not_read_for_ever(
     with pytest.raises(ConfigurationError, match=f"{field} must hold at most"):
         make(itertools.repeat(code))
     make([code] * 10)  # a few repeats are fine
+
+
+def test_endless_keepalive_params_are_refused_not_read_for_ever() -> None:
+    with pytest.raises(ConfigurationError, match=r"Keepalive\.params must hold at most"):
+        Keepalive(
+            product="p",
+            action="a",
+            interval=30.0,
+            timeout=10.0,
+            params=itertools.repeat(("v", "1")),
+        )
+    kept = Keepalive(product="p", action="a", interval=30.0, timeout=10.0, params=[("v", 1)] * 3)
+    assert kept.params == (("v", "1"),) * 3

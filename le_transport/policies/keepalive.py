@@ -16,6 +16,7 @@ The per-product table (LivePerson's retry and keepalive page) ships as named val
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -71,6 +72,10 @@ class KeepaliveDecision:
     reason: str
 
 
+#: The most query parameters a keepalive may send.
+MAX_PARAMS = 1000
+
+
 def _params(value: object) -> tuple[tuple[str, str], ...]:
     pairs: list[object]
     if isinstance(value, Mapping):
@@ -80,7 +85,13 @@ def _params(value: object) -> tuple[tuple[str, str], ...]:
             f"Keepalive.params must be a mapping or (name, value) pairs, got {type(value).__name__}"
         )
     else:
-        pairs = list(value)
+        # Read no further than a query can be long: an endless iterable (itertools.repeat)
+        # filled memory.
+        pairs = list(itertools.islice(value, MAX_PARAMS + 1))
+        if len(pairs) > MAX_PARAMS:
+            raise ConfigurationError(
+                f"Keepalive.params must hold at most {MAX_PARAMS:,} pairs, got more"
+            )
     out: list[tuple[str, str]] = []
     for pair in pairs:
         if not isinstance(pair, tuple | list) or len(pair) != 2:
@@ -134,7 +145,8 @@ class Keepalive:
       peer is declared dead within two intervals of its last frame.
     - ``transport``: :class:`KeepaliveTransport`; for HTTP, ``method``, ``path`` (a template
       with ``{account}``-style fields filled in by the caller) and ``params`` (query: str
-      names to str or int values; an int too long for ``str``, past 4,300 digits, is refused).
+      names to str or int values, at most :data:`MAX_PARAMS` pairs; an int too long for
+      ``str``, past 4,300 digits, is refused).
     - ``outbound_idle``: also probe when the client sent nothing for an interval, even while
       frames arrive (off by default: the guide's rule is "only when nothing arrived"). For a
       server that closes a socket whose client stays quiet, as the simulator does after 60 s.
