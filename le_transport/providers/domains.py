@@ -36,8 +36,9 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
 
     An IPv6 literal is returned compressed, as a URL built with it names its host (yarl's
     ``URL.host``, to which the engine's credential check compares it): ``[0:0:0:0:0:0:0:1]``
-    is ``[::1]``. A name with an ``xn--`` (internationalised) label that does not decode is
-    refused (a URL built with it cannot name its host).
+    is ``[::1]``. A name's trailing dot is dropped (``name.:8443`` is ``name:8443``). A name
+    with an ``xn--`` (internationalised) label that does not decode is refused (a URL built
+    with it cannot name its host).
 
     The value is never echoed whole in the error (it may be an attacker's payload): only its
     length and a short, printable prefix.
@@ -69,10 +70,13 @@ def _canonical(host: str) -> str | None:
         inside, _, rest = host[1:].partition("]")
         compressed = _url_host(inside) if _is_ipv6(inside) else None
         return None if compressed is None else f"[{compressed}]{rest}"
-    name = host.partition(":")[0]
-    if "xn--" in name.lower() and _url_host(name.rstrip(".")) is None:
+    name, colon, port = host.partition(":")
+    name = name.rstrip(".")
+    if "xn--" in name.lower() and _url_host(name) is None:
         return None
-    return host.rstrip(".")
+    # The trailing dot goes before a port too: "name.:8443" is "name:8443", as "name." is
+    # "name" (else one host was two, and a URL named a host its certificate does not carry).
+    return f"{name}{colon}{port}"
 
 
 def _url_host(name: str) -> str | None:

@@ -1,0 +1,39 @@
+"""Providers: a host's trailing dot before a port, a refused host's userinfo cut by a '/'."""
+
+from __future__ import annotations
+
+import pytest
+
+from le_transport.providers.csds import parse_base_uris
+from le_transport.providers.domains import validate_host
+
+
+@pytest.mark.parametrize(
+    ("host", "canonical"),
+    [
+        ("va.example.net.:8443", "va.example.net:8443"),
+        ("va.example.net.:443", "va.example.net:443"),
+        ("va.example.net.", "va.example.net"),
+    ],
+)
+def test_a_trailing_dot_is_dropped_before_a_port_too(host: str, canonical: str) -> None:
+    """``name.`` was returned as ``name`` but ``name.:8443`` kept its dot: the same host was
+    two hosts, one of them a name the TLS certificate does not carry."""
+    assert validate_host(host) == canonical
+
+
+def test_one_host_listed_with_and_without_its_trailing_dot_is_no_conflict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="le_transport.domains")
+    entries = parse_base_uris(
+        {
+            "baseURIs": [
+                {"service": "agentVep", "baseURI": "va.example.net:443"},
+                {"service": "agentVep", "baseURI": "va.example.net.:443"},
+            ]
+        },
+        account="123",
+    )
+    assert entries == {"agentVep": "va.example.net:443"}
+    assert "listed more than once" not in caplog.text
