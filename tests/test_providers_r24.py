@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from le_transport.errors import HostileHostError
 from le_transport.providers.csds import parse_base_uris
 from le_transport.providers.domains import validate_host
 
@@ -37,3 +38,23 @@ def test_one_host_listed_with_and_without_its_trailing_dot_is_no_conflict(
     )
     assert entries == {"agentVep": "va.example.net:443"}
     assert "listed more than once" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("host", "hidden"),
+    [
+        ("bot:90210/x@evil.example", "90210"),
+        ("bot:4711?x@evil.example", "4711"),
+        ("bot:8080#frag@evil.example", "8080"),
+        ("https://bot:31337/x@evil.example/p", "31337"),
+    ],
+)
+def test_a_refused_host_never_shows_digits_of_a_password_cut_short_by_a_slash(
+    host: str, hidden: str
+) -> None:
+    """A password holding a '/', '?' or '#' ends the authority where it stands: what came
+    before it (``user:`` and the password's leading digits) looked like a host and its port,
+    and was shown, though an '@' after it says it was userinfo."""
+    with pytest.raises(HostileHostError) as info:
+        validate_host(host, service="svc")
+    assert hidden not in str(info.value)
