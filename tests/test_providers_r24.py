@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from le_transport.errors import HostileHostError
+from le_transport.errors import ConfigurationError, HostileHostError
+from le_transport.providers import CsdsDomains, StaticDomains
 from le_transport.providers.csds import parse_base_uris
 from le_transport.providers.domains import validate_host
 
@@ -58,3 +59,18 @@ def test_a_refused_host_never_shows_digits_of_a_password_cut_short_by_a_slash(
     with pytest.raises(HostileHostError) as info:
         validate_host(host, service="svc")
     assert hidden not in str(info.value)
+
+
+@pytest.mark.parametrize("service", [["agentVep"], {"agentVep": 1}, {"agentVep"}])
+async def test_resolving_a_service_that_is_no_str_is_a_configuration_error(
+    service: object,
+) -> None:
+    """A list or a dict for a service name met ``dict.get``: an untyped ``TypeError``
+    (unhashable type), after a Domain API fetch for a ``CsdsDomains``."""
+    static = StaticDomains({"agentVep": "va.example.net"})
+    with pytest.raises(ConfigurationError, match="service must be a str"):
+        await static.resolve(service)  # type: ignore[arg-type]
+    csds = CsdsDomains("123")
+    # Not attached: refused before any fetch is tried (which would say "not attached").
+    with pytest.raises(ConfigurationError, match="service must be a str"):
+        await csds.resolve(service)  # type: ignore[arg-type]

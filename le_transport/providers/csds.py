@@ -74,7 +74,7 @@ from ._http import (
     split_host,
     validate_account,
 )
-from .domains import validate_host
+from .domains import require_service, validate_host
 
 if TYPE_CHECKING:
     from ..state.domains import SharedDomainMap
@@ -420,7 +420,10 @@ class CsdsDomains:
         services), :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can
         be had; :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when
         the map would have to be fetched (a fresh one still answers), until attached to another.
+        A ``service`` that is no str is a :class:`~le_transport.errors.ConfigurationError`,
+        before anything is fetched.
         """
+        require_service("CsdsDomains", service)
         entries = await self._current()
         entry = entries.get(service)
         if not isinstance(entry, str) and self._revalidating(entries):

@@ -131,6 +131,16 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
+def require_service(owner: str, service: object) -> None:
+    """A :class:`~le_transport.errors.ConfigurationError` if ``service`` is no str (a list or
+    a dict made ``dict.get`` raise an untyped ``TypeError``); its value is not shown."""
+    if not isinstance(service, str):
+        raise ConfigurationError(
+            f"{owner}.resolve: the service must be a str naming a service, got "
+            f"{type(service).__name__}"
+        )
+
+
 @runtime_checkable
 class DomainProvider(Protocol):
     """Resolves a service name to its host (``name`` or ``name:port``)."""
@@ -164,7 +174,9 @@ class StaticDomains:
             raise HostConfigurationError(str(exc)) from None
 
     async def resolve(self, service: str) -> str:
-        """The configured host for ``service``."""
+        """The configured host for ``service``; a ``service`` that is no str is a
+        :class:`~le_transport.errors.ConfigurationError`."""
+        require_service("StaticDomains", service)
         try:
             return self._hosts[service]
         except KeyError:
