@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
+from yarl import URL
 
 from le_transport.errors import ConfigurationError, HostileHostError
-from le_transport.providers import CsdsDomains, StaticDomains
+from le_transport.providers import CsdsDomains, OAuth1Auth, OAuth1Signer, StaticDomains
 from le_transport.providers.csds import parse_base_uris
 from le_transport.providers.domains import validate_host
+from le_transport.sockets import AuthPlacement, SocketOptions
+from le_transport.testing import VirtualClock
+from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET
+from tests.test_providers import ACCOUNT, APP_KEY, make_sim, sim_engine
 
 
 @pytest.mark.parametrize(
@@ -74,3 +80,51 @@ async def test_resolving_a_service_that_is_no_str_is_a_configuration_error(
     # Not attached: refused before any fetch is tried (which would say "not attached").
     with pytest.raises(ConfigurationError, match="service must be a str"):
         await csds.resolve(service)  # type: ignore[arg-type]
+
+
+async def test_an_oauth1_signed_websocket_upgrade_is_signed_over_its_http_scheme(
+    clock: VirtualClock,
+) -> None:
+    """A WebSocket upgrade is an HTTP(S) GET: a gateway verifies its signature over the
+    ``http``/``https`` URL it received. It was signed over ``ws://``/``wss://`` (the URL the
+    socket dials): every upgrade was refused with 401, and a 443 given for ``wss`` was
+    signed as a port of its own."""
+    got: list[str] = []
+
+    async def upgrade(request: web.Request) -> web.StreamResponse:
+        got.append("upgraded")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    sim = make_sim(clock)
+    sim.add_route("GET", "/api/account/{account}/r24ws", upgrade, auth=True)
+    auth = OAuth1Auth(APP_KEY, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
+    async with sim, sim_engine(sim, clock, domains=StaticDomains(sim.domains), auth=auth) as e:
+        ws = await e.websocket(
+            "accountConfigReadOnly",
+            f"/api/account/{ACCOUNT}/r24ws",
+            auth_placement=AuthPlacement.HEADER,
+            options=SocketOptions(keepalive=None),
+        )
+        await ws.wait_open(timeout=30)
+        await ws.close()
+    assert got == ["upgraded"]
+
+
+@pytest.mark.parametrize(
+    ("ws_url", "http_url"),
+    [
+        ("wss://va.example.net/p?a=1", "https://va.example.net/p?a=1"),
+        ("wss://va.example.net:443/p", "https://va.example.net/p"),
+        ("ws://va.example.net:80/p", "http://va.example.net/p"),
+        ("ws://127.0.0.1:8080/p", "http://127.0.0.1:8080/p"),
+    ],
+)
+def test_a_websocket_url_is_signed_as_the_http_request_of_its_upgrade(
+    ws_url: str, http_url: str
+) -> None:
+    signer = OAuth1Signer("ck", "cs", "tk", "ts", wall_clock=lambda: 1.0, nonce=lambda: "n")
+    assert signer.header("GET", URL(ws_url)) == signer.header("GET", URL(http_url))

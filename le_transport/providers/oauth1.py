@@ -51,10 +51,18 @@ def percent_encode(value: str) -> str:
     return quote(value.encode("utf-8"), safe="-._~")
 
 
+#: A WebSocket URL's scheme as the HTTP request of its upgrade has it (RFC 6455 3): the
+#: gateway verifies the upgrade's signature over the ``http``/``https`` URL it received.
+_UPGRADE_SCHEMES = {"ws": "http", "wss": "https"}
+
+
 def base_string_uri(url: URL) -> str:
     """RFC 5849 3.4.1.2: lower-case scheme and host, the port only if not the default, the path;
-    no query, no fragment. An IPv6 literal keeps its brackets (``http://[::1]:8080/x``)."""
+    no query, no fragment. An IPv6 literal keeps its brackets (``http://[::1]:8080/x``). A
+    WebSocket URL is signed as its upgrade, the GET it is sent as: ``wss://h/x`` as
+    ``https://h/x``, ``ws://`` as ``http://``."""
     scheme = (url.scheme or "").lower()
+    scheme = _UPGRADE_SCHEMES.get(scheme, scheme)
     host = (url.raw_host or "").lower()
     if ":" in host:
         # yarl's raw_host drops an IPv6 literal's brackets, and the RFC wants the authority as
