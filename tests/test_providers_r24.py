@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -12,8 +14,11 @@ from le_transport.providers.csds import parse_base_uris
 from le_transport.providers.domains import validate_host
 from le_transport.sockets import AuthPlacement, SocketOptions
 from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
 from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET
-from tests.test_providers import ACCOUNT, APP_KEY, make_sim, sim_engine
+from tests.test_providers import ACCOUNT, APP_KEY, csds_for, make_sim, sim, sim_engine
+
+__all__ = ["sim"]
 
 
 @pytest.mark.parametrize(
@@ -128,3 +133,25 @@ def test_a_websocket_url_is_signed_as_the_http_request_of_its_upgrade(
 ) -> None:
     signer = OAuth1Signer("ck", "cs", "tk", "ts", wall_clock=lambda: 1.0, nonce=lambda: "n")
     assert signer.header("GET", URL(ws_url)) == signer.header("GET", URL(http_url))
+
+
+async def test_a_left_out_service_kept_by_a_refresh_is_named_quoted_and_cut_short(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The WARNING naming the services a refresh left out (their cached hosts kept) wrote
+    their names raw and whole, as an answer gave them: a name holding a line break wrote a
+    log line of the answer's making, and a 10,000-character name went in whole. Each is
+    quoted and cut short now, as in the module's other lines."""
+    caplog.set_level(logging.WARNING, logger="le_transport.domains")
+    csds = csds_for(sim)
+    evil = "x\nCRITICAL forged line " + "y" * 10_000
+    async with sim_engine(sim, clock, domains=csds):
+        await csds.refresh()
+        assert csds.warm({"baseURIs": [{"service": evil, "baseURI": "va.example.net"}]})
+        caplog.clear()
+        await csds.refresh()  # the Domain API's answer leaves it out: kept once, and logged
+        assert evil in csds.hosts
+    kept = [r.getMessage() for r in caplog.records if "cached hosts are kept" in r.getMessage()]
+    assert len(kept) == 1
+    assert "\n" not in kept[0]
+    assert len(kept[0]) < 1_000

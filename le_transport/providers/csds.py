@@ -733,7 +733,9 @@ class CsdsDomains:
             "host (%s); their cached hosts are kept",
             self._account,
             len(kept),
-            ", ".join(sorted(kept)[:5]),
+            # Quoted and cut short: the names came from an answer (a line break in one wrote
+            # a log line of the answer's making).
+            _names(sorted(kept)),
             extra={"account": self._account, "kept": len(kept)},
         )
         return {**entries, **kept}
