@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 from aiohttp import web
 from yarl import URL
 
+from le_transport.chaos import Status
 from le_transport.errors import ConfigurationError, HostileHostError
-from le_transport.providers import CsdsDomains, OAuth1Auth, OAuth1Signer, StaticDomains
+from le_transport.events import StateEvent
+from le_transport.providers import (
+    CsdsDomains,
+    OAuth1Auth,
+    OAuth1Signer,
+    StaticDomains,
+    UserLogin,
+)
 from le_transport.providers.csds import parse_base_uris
 from le_transport.providers.domains import validate_host
 from le_transport.sockets import AuthPlacement, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
-from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET
-from tests.test_providers import ACCOUNT, APP_KEY, csds_for, make_sim, sim, sim_engine
+from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET, PASSWORD
+from tests.test_providers import ACCOUNT, APP_KEY, USER, csds_for, make_sim, sim, sim_engine
 
 __all__ = ["sim"]
 
@@ -155,3 +164,25 @@ async def test_a_left_out_service_kept_by_a_refresh_is_named_quoted_and_cut_shor
     assert len(kept) == 1
     assert "\n" not in kept[0]
     assert len(kept[0]) < 1_000
+
+
+async def test_a_user_id_a_login_answer_gives_cannot_write_a_log_line_of_its_own(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``logged_in`` line wrote the answer's ``config.userId`` raw: a line break in it
+    wrote a log line of the answer's making. A detail that is not printable is shown quoted
+    (the event keeps it as it came)."""
+    caplog.set_level(logging.INFO, logger="le_transport.auth")
+    events: list[StateEvent] = []
+    forged = "7\nCRITICAL le_transport: forged"
+    auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=csds_for(sim), keepalive=False)
+    answer = {"bearer": "b3arer-tok", "csrf": "c", "config": {"userId": forged}}
+    sim.faults.script(
+        "POST", f"/api/account/{ACCOUNT}/login", [Status(200, body=json.dumps(answer))]
+    )
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events):
+        await auth.login()
+    logged = [r.getMessage() for r in caplog.records if "logged in" in r.getMessage()]
+    assert len(logged) == 1
+    assert "\n" not in logged[0]
+    assert [e.details["user_id"] for e in events if e.name == "logged_in"] == [forged]

@@ -243,16 +243,23 @@ def _cookies(jar: SimpleCookie) -> dict[str, str]:
 
 
 def emit_state(hooks: EventHooks, log: logging.Logger, level: int, event: StateEvent) -> None:
-    """Log a state transition (details are never secrets) and hand it to ``on_state`` hooks."""
+    """Log a state transition (details are never secrets) and hand it to ``on_state`` hooks.
+    A str detail that is not printable (a user id from a login answer holding a line break)
+    is logged quoted, so that it cannot write a log line of its own; the event keeps it."""
     log.log(
         level,
         "%s: %s %s",
         event.subject,
         event.name.replace("_", " "),
-        " ".join(f"{k}={v}" for k, v in event.details.items()),
+        " ".join(f"{k}={_shown_detail(v)}" for k, v in event.details.items()),
         extra={"event": event.name, "subject": event.subject, "details": event.details},
     )
     emit(hooks.on_state, event)
+
+
+def _shown_detail(value: object) -> object:
+    """A state event's detail as its log line shows it: a str that is not printable quoted."""
+    return repr(value) if isinstance(value, str) and not value.isprintable() else value
 
 
 def require_attached(http: ProviderHttp | None, owner: object) -> ProviderHttp:
