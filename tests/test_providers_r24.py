@@ -186,3 +186,14 @@ async def test_a_user_id_a_login_answer_gives_cannot_write_a_log_line_of_its_own
     assert len(logged) == 1
     assert "\n" not in logged[0]
     assert [e.details["user_id"] for e in events if e.name == "logged_in"] == [forged]
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [("", "got an empty str"), ("h" * 300, "got a str of 300 characters"), (None, "got NoneType")],
+)
+def test_a_host_refused_for_its_type_or_length_says_which(host: object, said: str) -> None:
+    """An empty or over-long str was refused as "not a non-empty string of at most 260
+    characters (got str)": it was a str."""
+    with pytest.raises(HostileHostError, match=said):
+        validate_host(host)

@@ -44,9 +44,16 @@ def validate_host(host: object, *, service: str = "?", account: str | None = Non
     length and a short, printable prefix.
     """
     if not isinstance(host, str) or not host or len(host) > 260:
+        got = (
+            type(host).__name__
+            if not isinstance(host, str)
+            else "an empty str"
+            if not host
+            else f"a str of {len(host)} characters"
+        )
         raise HostileHostError(
             f"refusing the host for service {service!r}: not a non-empty string of at most 260 "
-            f"characters (got {type(host).__name__})",
+            f"characters (got {got})",
             account=account,
         )
     canonical = _canonical(host)
