@@ -187,6 +187,9 @@ class Timeline:
     write_error: OSError | None = None
     #: Every retry, in order: what its pause was, to check it against the guide's schedule.
     retries: list[RetryEvent] = attrs.field(factory=list)
+    #: When each of :attr:`retries` was announced, on the demo's clock (``time.monotonic()``,
+    #: :class:`~le_transport.clock.RealClock`'s): to check that its pause was waited.
+    retried_at: list[float] = attrs.field(factory=list)
     #: Every outer re-login scheduled, in order: its attempt and its pause.
     relogin_pauses: list[tuple[int, float]] = attrs.field(factory=list)
 
@@ -232,6 +235,7 @@ class Timeline:
     def on_retry(self, ev: RetryEvent) -> None:
         """Hook: an attempt failed and another follows."""
         self.retries.append(ev)
+        self.retried_at.append(time.monotonic())
         self._bump("retry")
         self.say(
             "retry",
@@ -477,14 +481,9 @@ async def _simulated(
     served = [s for s in brand if s.received]
     getclocks = sum(1 for s in brand for f in s.received if f.get("type") == ".GetClock")
     checks = agent.checks
-    csds_retries = [ev for ev in timeline.retries if ev.service == "csds"]
     relogin = BackoffPolicy.relogin().scaled(scale)
     checks += [
         ("the Domain API's 503 was retried", sim.count("GET", "*/baseURI.json") >= 2),
-        (
-            f"the Domain API's retry paused the guide's {GUIDE_5XX_PAUSES[0]:g} s (scaled)",
-            bool(csds_retries) and _on_schedule(csds_retries[:1], scale),
-        ),
         ("the 404 reached the server exactly once", sim.count("GET", "*/users/999999") == 1),
         (
             "the simulator saw the refresh and the second login",
@@ -537,21 +536,37 @@ async def _simulated(
     return checks, summary, secrets
 
 
-def _check_users_retries(agent: _Agent, retries: list[RetryEvent]) -> None:
-    """The Users API call's retries (``retries``: those since it started): two, after the
-    guide's first two pauses (5 and 10 s, scaled), each waited."""
+def _check_users_retries(agent: _Agent, since: int, ended_at: float) -> None:
+    """The Users API call's retries (those of ``agent.timeline`` from index ``since``; the
+    call returned at ``ended_at``): two, after the guide's first two pauses (5 and 10 s,
+    scaled), each waited."""
+    retries = agent.timeline.retries[since:]
     agent.check("the Users API call was retried twice", len(retries) == 2)
     pauses = " and ".join(f"{p:g}" for p in GUIDE_5XX_PAUSES[:2])
     agent.check(
         f"the Users API call's retries paused the guide's {pauses} s (scaled)",
-        len(retries) == 2 and _on_schedule(retries, agent.scale),
+        len(retries) == 2
+        and _on_schedule(retries, agent.scale)
+        and _last_pause_waited(agent.timeline, since, ended_at),
     )
+
+
+def _last_pause_waited(timeline: Timeline, since: int, ended_at: float) -> bool:
+    """Whether the last of one call's retries (those of ``timeline`` from index ``since``)
+    had its pause waited before the call ended at ``ended_at`` (``time.monotonic()``):
+    :func:`_on_schedule` sees each pause but the last waited by the gap to the next retry;
+    the last one's is the gap to the call's end. False when there was no retry."""
+    if len(timeline.retries) <= since:
+        return False
+    early = max(time.get_clock_info("monotonic").resolution, 1e-3)
+    return ended_at - timeline.retried_at[-1] >= timeline.retries[-1].pause - early
 
 
 def _on_schedule(retries: list[RetryEvent], scale: float) -> bool:
     """Whether each of one call's ``retries`` paused the guide's pause for its attempt (5,
     10, 15 s) times ``scale``, and the call really waited it: the next retry came that much
-    later at least (a timer may fire up to the clock's resolution early)."""
+    later at least (a timer may fire up to the clock's resolution early). The last retry's
+    pause has no next retry to show it: :func:`_last_pause_waited` checks it."""
     for ev in retries:
         if not 1 <= ev.attempt <= len(GUIDE_5XX_PAUSES):
             return False
@@ -571,14 +586,24 @@ def _within(pause: float, bounds: tuple[float, float]) -> bool:
 
 async def _workload(agent: _Agent, sim: Any, scale: float) -> None:
     timeline, clock, engine = agent.timeline, agent.clock, agent.engine
-    # 1-2. Domains, login, a REST call through two injected 503s.
+    # 1-2. Domains (through an injected 503), login, a REST call through two injected 503s.
+    since = len(timeline.retries)
     host = await engine.domains.resolve("accountConfigReadOnly")
+    resolved_at = time.monotonic()
     timeline.say("domains", f"accountConfigReadOnly is at {host} (from the Domain API)")
+    csds_retries = [ev for ev in timeline.retries[since:] if ev.service == "csds"]
+    agent.check(
+        f"the Domain API's retry paused the guide's {GUIDE_5XX_PAUSES[0]:g} s (scaled)",
+        len(csds_retries) == 1
+        and len(timeline.retries) == since + 1
+        and _on_schedule(csds_retries, scale)
+        and _last_pause_waited(timeline, since, resolved_at),
+    )
     await engine.login()
-    retries_before = timeline.count("retry")
+    since = len(timeline.retries)
     users = await agent.users()
+    _check_users_retries(agent, since, time.monotonic())
     timeline.say("ok", f"GET users: {len(users)} user(s)")
-    _check_users_retries(agent, timeline.retries[retries_before:])
     # 3. A 4xx is the caller's bug: one attempt.
     attempts = await agent.missing_user()
     agent.check("the 404 was not retried", attempts == 1)
@@ -693,10 +718,10 @@ async def _real(
         timeline.say("domains", f"accountConfigReadOnly is at {host}")
         await engine.login()
         # Only the Users API call's retries: the Domain API or the login may have retried too.
-        retries_before = timeline.count("retry")
+        since = len(timeline.retries)
         users = await agent.users()
+        _check_users_retries(agent, since, time.monotonic())
         timeline.say("ok", f"GET users: {len(users)} user(s)")
-        _check_users_retries(agent, timeline.retries[retries_before:])
         agent.check("the 404 was not retried", await agent.missing_user() == 1)
         keep_session()  # the session the close logs out
     summary = [
