@@ -62,9 +62,18 @@ if [ -e .venv ] || [ -L .venv ]; then
     have=""
   fi
 fi
+# The advice when a venv cannot have pip: Debian and Ubuntu ship ensurepip's wheels apart.
+NO_PIP_HINT="on Debian or Ubuntu, install the python3-venv package (python3.X-venv for a \
+python3.X), then run again"
 if [ ! -e .venv ]; then
   [ -n "$PY" ] || choose_python
-  "$PY" -m venv .venv
+  if ! "$PY" -m venv .venv; then
+    # Debian's venv, without python3-venv, makes .venv and then fails for want of ensurepip:
+    # the half-made one (no pip) would be taken for a made one by the next run.
+    rm -rf .venv
+    echo "could not make .venv with $PY: $NO_PIP_HINT" >&2
+    exit 2
+  fi
   have="$(identity .venv/bin/python)"
 fi
 stamp=".venv/.le_transport_stamp"
@@ -76,6 +85,15 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$project" ]; then
   echo "$want" > "$stamp"
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  if ! .venv/bin/python -c 'import pip' >/dev/null 2>&1; then
+    # A .venv made without pip (by hand, or half-made by a venv that failed before this
+    # script removed it): given pip, else every run failed with "No module named pip".
+    echo "== the .venv here has no pip: installing it with ensurepip" >&2
+    if ! .venv/bin/python -m ensurepip --upgrade --default-pip >/dev/null; then
+      echo "the .venv here has no pip and ensurepip cannot give it one: $NO_PIP_HINT" >&2
+      exit 2
+    fi
+  fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
   echo "$want" > "$stamp"

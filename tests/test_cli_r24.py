@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +56,78 @@ def test_the_demo_fails_when_the_domain_api_s_pause_is_not_waited(
     text = out.getvalue()
     assert "[FAILED] the Domain API's retry paused the guide's 5 s (scaled)" in text
     assert code == 1, text[-1500:]
+
+
+# -- scripts/_env.sh: a .venv left without pip is repaired, not a dead end ----------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+#: This test run's own interpreter (the one behind its venv).
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def _env_project(tmp_path: Path) -> Path:
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "_env.sh", tmp_path / "scripts" / "_env.sh")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def _source_env(project: Path, python: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    env["PIP_NO_INDEX"] = "1"  # never the network: the install itself fails offline
+    env["PATH"] = f"{Path(BASE_PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"
+    if python is not None:
+        env["PYTHON"] = python
+    return subprocess.run(
+        ["bash", "-c", "source scripts/_env.sh"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def _has_pip(project: Path) -> bool:
+    python = project / ".venv" / "bin" / "python"
+    found = subprocess.run(
+        [str(python), "-c", "import pip"], capture_output=True, timeout=60, check=False
+    )
+    return found.returncode == 0
+
+
+def test_env_script_gives_pip_to_a_venv_that_has_none(tmp_path: Path) -> None:
+    """A .venv without pip (what Debian's ``python3 -m venv`` leaves when python3-venv is
+    missing, before it fails): every later run failed with "No module named pip" until the
+    .venv was removed by hand."""
+    project = _env_project(tmp_path)
+    subprocess.run(
+        [BASE_PYTHON, "-m", "venv", "--without-pip", str(project / ".venv")],
+        check=True,
+        timeout=120,
+    )
+    done = _source_env(project)
+    assert "No module named pip" not in done.stderr, done.stderr
+    assert _has_pip(project), done.stderr
+
+
+def test_env_script_leaves_no_half_made_venv_when_making_it_fails(tmp_path: Path) -> None:
+    """Debian without python3-venv: ``python3 -m venv`` makes .venv, then fails for want of
+    ensurepip. The half-made .venv must not be taken for a made one by the next run."""
+    project = _env_project(tmp_path)
+    broken = tmp_path / "python-without-ensurepip"
+    broken.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
+        f'  "{BASE_PYTHON}" -m venv --without-pip "$3"\n'
+        '  echo "The virtual environment was not successfully created because ensurepip is '
+        'not available." >&2\n'
+        "  exit 1\n"
+        "fi\n"
+        f'exec "{BASE_PYTHON}" "$@"\n'
+    )
+    broken.chmod(0o755)
+    first = _source_env(project, str(broken))
+    assert first.returncode != 0
+    assert "ensurepip is not available" in first.stderr
+    assert not (project / ".venv").exists(), "a half-made .venv was left behind"
