@@ -85,11 +85,14 @@ def check_hooks(value: object, *, owner: str = "EventHooks") -> tuple[Callable[[
         hooks = (value,)  # refused below
     else:
         hooks = tuple(value)
-    if not all(callable(hook) for hook in hooks):
+    refused = [hook for hook in hooks if not callable(hook)]
+    if refused:
         # Found here, not by the first event: emit() would log the TypeError and go on.
-        raise ConfigurationError(
-            f"{owner} take a callable or a sequence of callables, got {value!r:.60}"
-        )
+        # Named by its type only: a value given in the wrong place may be a credential.
+        got = type(value).__name__
+        if refused[0] is not value:
+            got += f" holding a {type(refused[0]).__name__}"
+        raise ConfigurationError(f"{owner} take a callable or a sequence of callables, got {got}")
     for hook in hooks:
         # Not through functools.wraps: a plain wrapper of an async function may start a task
         # for it and return (a fire-and-forget decorator), which is what a hook should do.

@@ -15,6 +15,8 @@ import pytest
 
 from le_transport import demo
 from le_transport.clock import RealClock
+from le_transport.errors import ConfigurationError
+from le_transport.events import EventHooks
 
 # -- the demo checks that every retry's pause was waited, the last one too ----------------------
 
@@ -131,3 +133,19 @@ def test_env_script_leaves_no_half_made_venv_when_making_it_fails(tmp_path: Path
     assert first.returncode != 0
     assert "ensurepip is not available" in first.stderr
     assert not (project / ".venv").exists(), "a half-made .venv was left behind"
+
+
+# -- event hooks: a refused value is named by its type, never shown ---------------------------
+
+SECRET = "s3cret-token-value"
+
+
+@pytest.mark.parametrize("value", [SECRET, [SECRET], (print, SECRET), SECRET.encode()])
+def test_refused_hooks_are_named_by_type_never_shown(value: object) -> None:
+    """A value given where hooks go may be a credential put in the wrong place: the message
+    says what kind of value it was, as every other option check does, not the value."""
+    with pytest.raises(ConfigurationError) as caught:
+        EventHooks(on_retry=value)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "s3cret" not in message, message
+    assert "str" in message or "bytes" in message, message
