@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from le_transport import demo
 from le_transport.clock import RealClock
 from le_transport.errors import ConfigurationError
 from le_transport.events import EventHooks
+from le_transport.testing import VirtualClock
 
 # -- the demo checks that every retry's pause was waited, the last one too ----------------------
 
@@ -149,3 +151,23 @@ def test_refused_hooks_are_named_by_type_never_shown(value: object) -> None:
     message = str(caught.value)
     assert "s3cret" not in message, message
     assert "str" in message or "bytes" in message, message
+
+
+# -- VirtualClock.sleep refuses what RealClock.sleep refuses ------------------------------------
+
+
+@pytest.mark.parametrize("seconds", ["1", b"1", Decimal("1")])
+def test_virtual_sleep_refuses_what_the_real_clock_refuses(seconds: object) -> None:
+    """A str (or bytes, or a Decimal) pause is a TypeError on the real clock; the virtual one
+    took it as a number, so a test on virtual time passed where production fails."""
+
+    async def sleep(clock: object) -> None:
+        await asyncio.wait_for(clock.sleep(seconds), 5)  # type: ignore[attr-defined]
+
+    with pytest.raises(TypeError):
+        asyncio.run(sleep(RealClock()))
+    clock = VirtualClock()
+    with pytest.raises(TypeError):
+        asyncio.run(sleep(clock))
+    assert clock.now() == 0.0
+    assert list(clock.sleeps) == []

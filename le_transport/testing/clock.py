@@ -58,6 +58,7 @@ import functools
 import heapq
 import itertools
 import math
+import numbers
 import time
 import weakref
 from collections.abc import Callable
@@ -229,8 +230,15 @@ class VirtualClock:
         """Wait until the virtual time has moved on by ``seconds``.
 
         ``inf`` (or a deadline past the largest float) waits until cancelled, as
-        ``asyncio.sleep(inf)`` does; NaN is a :class:`ValueError`.
+        ``asyncio.sleep(inf)`` does; NaN is a :class:`ValueError`. What is no real number (a
+        str, bytes, a ``Decimal``, None) is a :class:`TypeError`, as on the real clock.
         """
+        if not isinstance(seconds, numbers.Real):
+            # float() took "5" and Decimal("5"), which the real clock's asyncio.sleep refuses:
+            # a test on virtual time passed where production fails.
+            raise TypeError(
+                f"VirtualClock.sleep: seconds must be a number, got {type(seconds).__name__}"
+            )
         seconds = float(seconds)
         if math.isnan(seconds):
             # max(0.0, nan) is 0.0: a NaN would pass for "no wait" and hide the caller's bug.
