@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out), SIGTERM with 143 and SIGHUP (unless ignored) with 129 likewise; an output
     whose reader went away (``le-transport demo | head -1``) ends either command quietly with
     1 (Python's "Note on SIGPIPE"), and one that cannot be written (a full disk) with 1 and
-    one line on stderr."""
+    one line on stderr; so does a demo started with no output at all (``>&-``)."""
     args = _parser().parse_args(argv)
     try:
         return _run(args)
@@ -243,6 +243,14 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        if sys.stdout is None:
+            # Started with its output closed (``le-transport demo >&-``): the run would go
+            # nowhere, then fail on None.flush() with a traceback.
+            print(
+                "le-transport demo: no standard output to write the timeline to (it is closed)",
+                file=sys.stderr,
+            )
+            return 1
         return run_demo(time_scale=scale, seed=args.seed, account=account, verbose=args.verbose)
     if args.command == "simulate":
         from .testing.simulator.serve import serve_forever

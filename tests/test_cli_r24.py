@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from le_transport import demo
+from le_transport.cli import main
 from le_transport.clock import RealClock
 from le_transport.errors import ConfigurationError
 from le_transport.events import EventHooks
@@ -171,3 +172,21 @@ def test_virtual_sleep_refuses_what_the_real_clock_refuses(seconds: object) -> N
         asyncio.run(sleep(clock))
     assert clock.now() == 0.0
     assert list(clock.sleeps) == []
+
+
+# -- the demo with its standard output closed --------------------------------------------------
+
+
+def test_the_demo_with_no_standard_output_says_so_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``le-transport demo >&-``: Python's sys.stdout is None. The whole run went to nowhere,
+    then ended in an AttributeError traceback (``None.flush()``)."""
+    for name in list(os.environ):
+        if name.startswith("LE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "le-transport demo: no standard output" in err, err
+    assert "Traceback" not in err
