@@ -822,6 +822,10 @@ class Terminated(Exception):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own calls cls(*args), the message: taken for the signal, it was said twice.
+        return (type(self), (self.signum,), self.__dict__)
+
 
 _Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
 

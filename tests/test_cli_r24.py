@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -190,3 +193,19 @@ def test_the_demo_with_no_standard_output_says_so_without_a_traceback(
     err = capsys.readouterr().err
     assert "le-transport demo: no standard output" in err, err
     assert "Traceback" not in err
+
+
+# -- the demo's Terminated survives a copy or a pickle -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "again", [copy.copy, copy.deepcopy, lambda e: pickle.loads(pickle.dumps(e))]
+)
+def test_terminated_copies_and_pickles_as_itself(again: Callable[[object], object]) -> None:
+    """Its __init__ takes the signal, not the message: a copy was made from the message,
+    "stopped by signal stopped by signal 15"."""
+    made = again(demo.Terminated(15))
+    assert isinstance(made, demo.Terminated)
+    assert made.signum == 15
+    assert str(made) == "stopped by signal 15"
+    assert made.args == demo.Terminated(15).args
