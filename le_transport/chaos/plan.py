@@ -1149,9 +1149,9 @@ class FaultRule:
     has a non-zero ``after_messages``: that count is for unit ``ws_session`` only; a
     ``ws_message`` rule whose ``Hang`` has a ``duration_ms`` or whose ``Status`` has a
     ``retry_after`` or ``headers`` (a message applies neither); and a ``request`` or
-    ``ws_session`` rule whose ``Match.path`` starts with a literal other than ``/``. In a plan,
-    the first rule that fires on a unit wins: a later one due on the same unit is
-    ``shadowed``.
+    ``ws_session`` rule whose ``Match.path`` is empty or starts with a literal other than
+    ``/``. In a plan, the first rule that fires on a unit wins: a later one due on the same
+    unit is ``shadowed``.
     """
 
     id: str = attrs.field()
@@ -1283,9 +1283,10 @@ class FaultRule:
                         "what the client should read in body), or use WsAppError"
                     )
         path = self.match.path
-        if unit != "ws_message" and path and path[0] not in "/*?[":
-            # A URL path starts with "/": a glob starting with another literal ("api/*")
-            # matched nothing, and a chaos test passed having injected nothing.
+        if unit != "ws_message" and (not path or path[0] not in "/*?["):
+            # A URL path starts with "/": a glob starting with another literal ("api/*"), or
+            # an empty one (a URL path is "/" at least), matched nothing, and a chaos test
+            # passed having injected nothing.
             raise ConfigurationError(
                 f"{named}: a rule on unit {unit!r} never fires with "
                 f"Match(path={_shown(path)}): it is matched against the URL path, which "
