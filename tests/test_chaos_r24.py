@@ -3,16 +3,33 @@ and faults do what their docs say."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
+from le_transport import Engine
 from le_transport.chaos import (
+    FaultInjector,
     FaultPlan,
     FaultRule,
     Match,
+    Quota,
     Status,
     WsClose,
 )
+from le_transport.chaos.plan import FaultRun
 from le_transport.errors import ConfigurationError
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
+
+CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with Simulator(clock=clock) as s:
+        yield s
+
 
 # -- a path glob no URL path can match ----------------------------------------------------------
 
@@ -30,3 +47,37 @@ def test_an_empty_path_glob_is_refused_on_a_unit_matched_on_the_url_path(unit: s
         FaultPlan.from_dict(plan)
     # A message is matched on its type, which may be empty.
     FaultRule("r", Status(503), unit="ws_message", match=Match(path=""))
+
+
+# -- a quota's window, to the microsecond ------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", [0.1, 0.3, 1.1, 0.7])
+def test_a_request_one_quota_window_after_the_admitted_one_takes_its_slot(start: float) -> None:
+    # Before: admitted at 0.1 s, a request at 0.1 + 5 s was refused (5.1 - 5.0 is
+    # 0.09999999999999964, before 0.1): with a Retry-After of 1, a second more.
+    run = FaultRun(FaultPlan(rules=[FaultRule("q", Quota(limit=1, window_ms=5000))]), origin=0.0)
+    assert run.decide("request", method="GET", path="/x", at=start) is None
+    refused = run.decide("request", method="GET", path="/x", at=start + 1)
+    assert refused is not None
+    assert refused.retry_after == 4
+    assert run.decide("request", method="GET", path="/x", at=start + 1 + 4) is None
+    assert [d.outcome for d in run.log] == ["admitted", "inject", "admitted"]
+
+
+async def test_a_client_honouring_an_injected_quotas_retry_after_gets_in_at_once(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    injector = FaultInjector.seeded(
+        1, FaultRule("q", Quota(limit=1, window_ms=10_000), match=Match("GET", CSDS)), clock=clock
+    )
+    async with Engine(
+        sim.domains, scheme="http", clock=clock, wire_middlewares=[injector]
+    ) as engine:
+        await clock.sleep(0.1)
+        await engine.request("GET", "agentVep", CSDS)
+        await clock.sleep(1)
+        # Refused at 1.1 s with Retry-After: 9; the retry at 10.1 s is one window after 0.1 s.
+        await engine.request("GET", "agentVep", CSDS)
+    assert [r.at for r in sim.requests] == [pytest.approx(0.1), pytest.approx(10.1)]
+    assert [d.outcome for d in injector.log] == ["admitted", "inject", "admitted"]

@@ -2166,7 +2166,10 @@ class FaultRun:
         admitted = self._admitted.setdefault(rule_id, collections.deque())
         # The window is (now - window, now]: a request exactly one window after the oldest
         # admitted one gets that one's slot, so a client that honours Retry-After gets in.
-        while admitted and admitted[0] <= now - window:
+        # To the microsecond, as the wait below: float noise must not keep the slot taken
+        # (admitted at 0.1 s, 5.1 - 5.0 is 0.09999999999999964), which sent a client that
+        # waited its Retry-After away again for one more second.
+        while admitted and round(now - admitted[0], 6) >= window:
             admitted.popleft()
         if len(admitted) < quota.limit:
             admitted.append(now)
