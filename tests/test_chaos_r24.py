@@ -3,7 +3,8 @@ and faults do what their docs say."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from le_transport.chaos import (
     Quota,
     Status,
     WsClose,
+    fault_from_dict,
 )
 from le_transport.chaos.plan import FaultRun
 from le_transport.errors import ConfigurationError
@@ -81,3 +83,34 @@ async def test_a_client_honouring_an_injected_quotas_retry_after_gets_in_at_once
         await engine.request("GET", "agentVep", CSDS)
     assert [r.at for r in sim.requests] == [pytest.approx(0.1), pytest.approx(10.1)]
     assert [d.outcome for d in injector.log] == ["admitted", "inject", "admitted"]
+
+
+# -- a plan made in Python with an int too long to write ---------------------------------------
+
+_BIG = 10**5000
+#: Keys a plan made in Python may hold (its type says str; a caller's dict need not).
+_BIG_KEY: Any = _BIG
+
+
+@pytest.mark.parametrize(
+    ("make", "wants"),
+    [
+        (lambda: fault_from_dict({"kind": _BIG}), "unknown fault kind an int of 16610 bits"),
+        (lambda: fault_from_dict({"kind": "status", "code": 503, _BIG_KEY: 1}), "no parameter"),
+        (lambda: FaultRule.from_dict({"id": "a", "fault": 503, _BIG_KEY: 1}), "unknown field"),
+        (lambda: FaultPlan.from_dict({_BIG_KEY: 1}), "unknown field"),
+        (
+            lambda: FaultRule.from_dict({"id": "a", "fault": 503, "match": {_BIG_KEY: 1}}),
+            "unknown field",
+        ),
+    ],
+    ids=["kind", "fault-key", "rule-key", "plan-key", "match-key"],
+)
+def test_an_int_too_long_to_write_as_a_kind_or_a_key_is_refused_by_its_size(
+    make: Callable[[], object], wants: str
+) -> None:
+    # Before: str() or repr() of it raised a bare ValueError (past 4300 digits) while the
+    # error message was being written.
+    with pytest.raises(ConfigurationError, match=wants) as info:
+        make()
+    assert "an int of 16610 bits" in str(info.value)

@@ -332,8 +332,9 @@ def _delta_seconds(seconds: float) -> str:
 
 
 def _key_names(keys: Iterable[object]) -> str:
-    """Unknown keys for a message, sorted and short whatever their type."""
-    return ", ".join(sorted(repr(k)[:40] for k in keys))
+    """Unknown keys for a message, sorted and short whatever their type (an int too long to
+    write is named by its size: :func:`_shown`)."""
+    return ", ".join(sorted(_shown(k) for k in keys))
 
 
 # -- fault kinds ---------------------------------------------------------------------------------
@@ -891,7 +892,8 @@ def fault_from_dict(data: Mapping[str, Any] | int | None) -> Fault | None:
         raise ConfigurationError(f"a fault must be a mapping with a 'kind', got {_shown(data, 80)}")
     params = dict(data)
     kind = params.pop("kind", None)
-    cls = _KINDS.get(str(kind))
+    # Not str(kind): an int past 4300 digits cannot be written (a bare ValueError).
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ConfigurationError(
             f"unknown fault kind {_shown(kind)}; known kinds: {', '.join(sorted(_KINDS))}"
