@@ -6,23 +6,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
-from le_transport import Engine
+from le_transport import Engine, SocketRequestError
 from le_transport.chaos import (
     FaultInjector,
     FaultPlan,
     FaultRule,
     Match,
     Quota,
+    Schedule,
     Status,
+    WsAppError,
     WsClose,
+    WsDrop,
     fault_from_dict,
 )
 from le_transport.chaos.plan import FaultRun
+from le_transport.chaos.ws import FaultySocket
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    publish,
+    states,
+)
+
+__all__ = ["no_open_connections", "states"]
 
 CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
 
@@ -114,3 +129,78 @@ def test_an_int_too_long_to_write_as_a_kind_or_a_key_is_refused_by_its_size(
     with pytest.raises(ConfigurationError, match=wants) as info:
         make()
     assert "an int of 16610 bits" in str(info.value)
+
+
+# -- several injectors among an engine's middlewares --------------------------------------------
+
+PUBLISH = ".ams.ms.PublishEvent"
+
+
+def _http_only(clock: VirtualClock) -> FaultInjector:
+    return FaultInjector.seeded(
+        1, FaultRule("h", Status(503), match=Match(path="/nowhere")), clock=clock
+    )
+
+
+def _app_error(rule_id: str, code: int, type_: str, clock: VirtualClock) -> FaultInjector:
+    rule = FaultRule(rule_id, WsAppError(code), unit="ws_message", match=Match(path=type_))
+    return FaultInjector.seeded(1, rule, clock=clock)
+
+
+@pytest.mark.usefixtures("no_open_connections")
+@pytest.mark.parametrize("order", ["http-first", "socket-first"])
+async def test_a_second_injectors_message_rules_strike_the_socket(
+    sim: Simulator, clock: VirtualClock, states: StateLog, order: str
+) -> None:
+    # Before: the dialer had the first active injector wrap the socket; listed first, one with
+    # HTTP rules only left it unwrapped, and the socket injector's rules were never asked.
+    http, sock = _http_only(clock), _app_error("m", 500, ".GetClock", clock)
+    middlewares = [http, sock] if order == "http-first" else [sock, http]
+    async with agent_engine(sim, clock, states, wire_middlewares=middlewares) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestError, match="code 500"):
+            await ws.request(".GetClock", {})
+    assert sock.injected_counts() == {"m": 1}
+
+
+@pytest.mark.usefixtures("no_open_connections")
+async def test_a_second_injectors_session_fault_decided_at_the_upgrade_is_applied(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # Before: the outer injector's decision (none) took the place of the inner one's: its drop
+    # was counted as injected and never struck.
+    drop = FaultInjector.seeded(
+        1,
+        FaultRule("d", WsDrop(), unit="ws_session", schedule=Schedule(fail_next=1)),
+        clock=clock,
+    )
+    async with agent_engine(
+        sim, clock, states, wire_middlewares=[_http_only(clock), drop]
+    ) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        await ws.request(".GetClock", {})
+    assert drop.injected_counts() == {"d": 1}
+    assert len(sim.sockets.all) == 2  # dropped as it opened, then opened again
+
+
+@pytest.mark.usefixtures("no_open_connections")
+async def test_two_injectors_with_socket_rules_both_strike_the_socket(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    outer = _app_error("clock", 500, ".GetClock", clock)
+    inner = _app_error("publish", 429, PUBLISH, clock)
+    async with agent_engine(sim, clock, states, wire_middlewares=[outer, inner]) as engine:
+        ws = await brand_socket(engine, sim)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestError, match="code 500"):
+            await ws.request(".GetClock", {})
+        with pytest.raises(SocketRequestError, match="code 429"):
+            await ws.request(PUBLISH, publish("one"))
+        # The socket layer still reads the TCP transport under both wrappers.
+        wire = ws._conn.ws if ws._conn is not None else None
+        assert isinstance(wire, FaultySocket)
+        assert isinstance(wire.wrapped, aiohttp.ClientWebSocketResponse)
+    assert outer.injected_counts() == {"clock": 1}
+    assert inner.injected_counts() == {"publish": 1}

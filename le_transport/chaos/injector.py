@@ -101,7 +101,8 @@ only refusals are decided for it.) Faults on an open socket (``ws_close``,
 ``ws_drop``, ``ws_silence``, ``ws_app_error``, ``ws_delay``, ``ws_drop_message``; unit
 ``ws_session`` or ``ws_message``) strike the open socket: an engine whose middlewares include an
 active injector has each of its sockets, as it opens, wrapped by
-:meth:`FaultInjector.wrap_socket` (:class:`~le_transport.chaos.ws.FaultySocket`), which asks
+:meth:`FaultInjector.wrap_socket` (:class:`~le_transport.chaos.ws.FaultySocket`; once for each
+injector among them, the one nearest the wire innermost), which asks
 :meth:`FaultInjector.socket_opened` once and :meth:`FaultInjector.message_sent` /
 :meth:`FaultInjector.message_arriving` for each request sent and each frame received, and
 acts on the answers as the simulator does on its side.
@@ -202,10 +203,12 @@ class _SessionDecided:
 
 #: Set by the middleware when a resilient socket's upgrade succeeded (101), in the dialing
 #: task's context (the middleware runs in that task, inside its ``ws_connect``), and taken by
-#: :meth:`FaultInjector.wrap_socket` right after: one decision per session, as the simulator
-#: makes it.
-_SESSION_DECIDED: contextvars.ContextVar[_SessionDecided | None] = contextvars.ContextVar(
-    "le_transport_session_decided", default=None
+#: :meth:`FaultInjector.wrap_socket` right after: one decision per session and injector, as
+#: the simulator makes it. One per injector the upgrade passed through, the one nearest the
+#: wire first (the dialer asks only the first active one to wrap the socket: it wraps it for
+#: each of them).
+_SESSION_DECIDED: contextvars.ContextVar[tuple[_SessionDecided, ...]] = contextvars.ContextVar(
+    "le_transport_session_decided", default=()
 )
 
 _SOCKET_KINDS = frozenset({"ws_close", "ws_drop", "ws_silence", "delay"})
@@ -542,7 +545,9 @@ class FaultInjector:
         rule) fires in the order the simulator fires it, each session counted once. A plain
         ``ws_connect`` is wrapped by nothing: only a refusal is asked about for it.
         """
-        _SESSION_DECIDED.set(None)
+        # Cleared for this upgrade (an injector nearer the wire, which runs inside this one,
+        # adds its own decision after this).
+        _SESSION_DECIDED.set(())
         # A socket's path may carry its bearer where only its template says (a {bearer}
         # anywhere): what is recorded and logged is the template's path, as for the socket's
         # own faults.
@@ -598,7 +603,7 @@ class FaultInjector:
             fault = injection.fault
             return _made_up(request, fault.status, {}, fault.body.encode())
         if template is not None:
-            _SESSION_DECIDED.set(_SessionDecided(self, path, injection))
+            _SESSION_DECIDED.set((*_SESSION_DECIDED.get(), _SessionDecided(self, path, injection)))
         return resp
 
     async def _apply(
@@ -943,12 +948,35 @@ class FaultInjector:
         ``after_messages`` frames. Each request the client sends and each frame the server
         sends is then asked about as well (:mod:`le_transport.chaos.ws`). With no rule for a
         socket unit (``ws_session``, ``ws_message``), ``ws`` is returned as it is.
+
+        The dialer asks the first active injector among the engine's middlewares: it wraps
+        the socket for every other injector the upgrade passed through too (each with the
+        session it decided), the one nearest the wire innermost, so that the socket rules of
+        each injector strike it, whichever is listed first.
         """
-        decided = _SESSION_DECIDED.get()
-        if decided is not None:
-            _SESSION_DECIDED.set(None)
-            if decided.injector is not self or decided.path != path:
-                decided = None
+        decisions = [d for d in _SESSION_DECIDED.get() if d.path == path]
+        _SESSION_DECIDED.set(())
+        # The dialer asks only the first active injector among the engine's middlewares: each
+        # other injector the upgrade passed through (and decided its session) wraps the socket
+        # too, the one nearest the wire innermost, as their middlewares nest. Else a second
+        # injector's socket rules were decided at the upgrade (counted as injected) and never
+        # applied, or never asked at all.
+        wire: aiohttp.ClientWebSocketResponse | FaultySocket = ws
+        for decided in decisions:
+            wire = await decided.injector._wrap(wire, path, service, decided)
+        if any(decided.injector is self for decided in decisions):
+            return wire
+        return await self._wrap(wire, path, service, None)
+
+    async def _wrap(
+        self,
+        ws: aiohttp.ClientWebSocketResponse | FaultySocket,
+        path: str,
+        service: str | None,
+        decided: _SessionDecided | None,
+    ) -> aiohttp.ClientWebSocketResponse | FaultySocket:
+        """``ws`` with this injector's socket faults applied: the session's fault ``decided``
+        at the upgrade, else (None) asked of :meth:`socket_opened` now."""
         if not any(rule.unit in _SOCKET_UNITS for rule in self._run.plan.rules):
             return ws
         if not self._clock_checked:

@@ -192,7 +192,7 @@ class FaultySocket:
 
     def __init__(
         self,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: aiohttp.ClientWebSocketResponse | FaultySocket,
         injector: FaultInjector,
         session: Injection | None,
         *,
@@ -202,7 +202,7 @@ class FaultySocket:
         # The connection's transport (aiohttp shows it only through the response it keeps,
         # while it holds its connection: read now): closing before the owner has read the
         # end, which is when aiohttp's ``closed`` turns. None if it cannot be read.
-        connection = getattr(getattr(ws, "_response", None), "connection", None)
+        connection = getattr(getattr(self.wrapped, "_response", None), "connection", None)
         transport = getattr(connection, "transport", None)
         self._transport: asyncio.BaseTransport | None = (
             transport if isinstance(transport, asyncio.BaseTransport) else None
@@ -260,8 +260,11 @@ class FaultySocket:
     @property
     def wrapped(self) -> aiohttp.ClientWebSocketResponse:
         """The aiohttp socket under the faults (the socket layer reads its TCP transport from
-        it, to cut a connection whose peer stopped reading)."""
-        return self._ws
+        it, to cut a connection whose peer stopped reading): under every wrapper, when this
+        one wraps another injector's (each injector among an engine's middlewares wraps the
+        socket)."""
+        ws = self._ws
+        return ws.wrapped if isinstance(ws, FaultySocket) else ws
 
     @property
     def closed(self) -> bool:
