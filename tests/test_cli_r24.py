@@ -11,9 +11,11 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
@@ -27,13 +29,32 @@ from le_transport.testing import VirtualClock
 # -- the demo checks that every retry's pause was waited, the last one too ----------------------
 
 
-def _skipping(pause: float) -> type[RealClock]:
+class _DemoTime:
+    """The demo's ``time`` module, its ``monotonic()`` set back a long way by each pause a
+    :func:`_skipping` clock skips: the skipped pause reads as not waited however long the
+    rest of the call takes (a loaded machine), not only when it takes less than the pause."""
+
+    def __init__(self) -> None:
+        self.set_back = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() - self.set_back
+
+    def get_clock_info(self, name: Literal["monotonic"]) -> Any:
+        return time.get_clock_info(name)
+
+
+def _skipping(pause: float, monkeypatch: pytest.MonkeyPatch) -> type[RealClock]:
     """A RealClock whose sleeps of ``pause`` seconds end at once: a retry schedule that
-    announces that pause and does not wait it."""
+    announces that pause and does not wait it (the demo's time set back, see
+    :class:`_DemoTime`)."""
+    demo_time = _DemoTime()
+    monkeypatch.setattr(demo, "time", demo_time)
 
     class Skipping(RealClock):
         async def sleep(self, seconds: float) -> None:
             if math.isclose(seconds, pause, rel_tol=1e-9):
+                demo_time.set_back += 1000.0
                 await asyncio.sleep(0)
                 return
             await super().sleep(seconds)
@@ -46,7 +67,7 @@ def test_the_demo_fails_when_the_users_call_s_last_pause_is_not_waited(
 ) -> None:
     """The Users API call's second pause (10 s scaled: 0.1 s) announced, not waited: only
     the first was checked (the gap to the next retry), the last never was."""
-    monkeypatch.setattr(demo, "RealClock", _skipping(10 * 0.01))
+    monkeypatch.setattr(demo, "RealClock", _skipping(10 * 0.01, monkeypatch))
     out = io.StringIO()
     code = demo.run_demo(time_scale=0.01, seed=7, out=out)
     text = out.getvalue()
@@ -58,7 +79,7 @@ def test_the_demo_fails_when_the_domain_api_s_pause_is_not_waited(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The Domain API's one retry: its 5 s (scaled) pause announced, not waited."""
-    monkeypatch.setattr(demo, "RealClock", _skipping(5 * 0.01))
+    monkeypatch.setattr(demo, "RealClock", _skipping(5 * 0.01, monkeypatch))
     out = io.StringIO()
     code = demo.run_demo(time_scale=0.01, seed=7, out=out)
     text = out.getvalue()
