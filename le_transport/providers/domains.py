@@ -105,8 +105,9 @@ def _shown_host(host: str) -> str:
     """A refused host as its message shows it: only the hostname-like part it starts with (up
     to 40 characters) and the first character that cannot be in a host. Userinfo (before an
     ``@``: a password, an access key) and what follows a host (a token in a query or a path)
-    may be secrets and are never shown; nor is a port before a ``/``, ``?`` or ``#`` that an
-    ``@`` follows (``user:4711/x@host``: a password's first digits, cut short there)."""
+    may be secrets and are never shown; nor is a name and port before a ``/``, ``?`` or ``#``
+    that an ``@`` follows (``key:4711/x@host``: an access key and a password's first digits,
+    cut short there): only the value's length is."""
     prefix = ""
     # Userinfo is what stands before an '@' in the authority only: one in a path, a query or a
     # fragment (an e-mail address in a parameter) is not, and what follows it is no host.
@@ -120,8 +121,8 @@ def _shown_host(host: str) -> str:
     if userinfo_like and "@" in host[end:] and ":" in host[:end]:
         # A '/', '?' or '#' in a password ends the authority where it stands ("bot:4711/x@h"):
         # what stands before it, read as a name and a port, may be a username and the
-        # password's first digits. Its name alone is shown, never what follows the ':'.
-        end = host.index(":")
+        # password's first digits, and the name an access key: none of it is shown.
+        return f"'***' ({len(host)} characters, maybe userinfo, not shown)"
     shown = repr(prefix + host[: min(end, _SHOWN)])
     if end > _SHOWN:
         return f"{shown}... ({len(host) - _SHOWN} more characters, not shown)"
