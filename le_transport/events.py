@@ -96,7 +96,7 @@ def check_hooks(value: object, *, owner: str = "EventHooks") -> tuple[Callable[[
     for hook in hooks:
         # Not through functools.wraps: a plain wrapper of an async function may start a task
         # for it and return (a fire-and-forget decorator), which is what a hook should do.
-        if is_async_callable(hook, follow_wrapped=False):
+        if is_async_callable(hook, follow_wrapped=False) or _is_async_generator_function(hook):
             raise ConfigurationError(
                 f"{owner} are called synchronously, where the event happens: "
                 f"{getattr(hook, '__qualname__', type(hook).__name__)!s:.60} is async, and its "
@@ -104,6 +104,16 @@ def check_hooks(value: object, *, owner: str = "EventHooks") -> tuple[Callable[[
                 "can start a task of its own (asyncio.get_running_loop().create_task(...))"
             )
     return hooks  # type: ignore[return-value]
+
+
+def _is_async_generator_function(hook: object) -> bool:
+    """An ``async def`` with ``yield`` (or a partial of one): its call returns an async
+    generator that nothing would iterate, so its body would never run."""
+    while isinstance(hook, functools.partial):
+        hook = hook.func
+    return inspect.isasyncgenfunction(hook) or inspect.isasyncgenfunction(
+        getattr(hook, "__call__", None)  # noqa: B004 - the method itself is wanted
+    )
 
 
 def _callables(
@@ -167,6 +177,13 @@ def emit(hooks: Sequence[Callable[[E], object]], event: E) -> None:
             continue
         if result is None or asyncio.isfuture(result):
             continue  # a Task or Future the hook started is scheduled already
+        if inspect.isasyncgen(result):
+            _log.warning(
+                "event hook %s returned an async generator, which nothing iterates: hooks are "
+                "called synchronously; start a task in the hook if it must do I/O",
+                _hook_name(hook),
+            )
+            continue
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()  # no "never awaited" warning on top of this line
