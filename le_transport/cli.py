@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         help="serve https/wss; with no --cert/--key, a self-signed certificate for 127.0.0.1, "
         "::1 and localhost is generated with the openssl command",
     )
-    sim.add_argument("--cert", help="PEM certificate chain for --tls")
-    sim.add_argument("--key", help="PEM private key for --tls")
+    sim.add_argument("--cert", help="PEM certificate chain: serves https/wss (implies --tls)")
+    sim.add_argument("--key", help="PEM private key for --cert")
     sim.add_argument(
         "--plan",
         metavar="FILE",

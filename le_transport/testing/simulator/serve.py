@@ -267,7 +267,15 @@ def serve_forever(
     # certificate) is removed when the simulator stops, however it stops.
     with contextlib.ExitStack() as stack:
         ctx = None
-        if tls or cert or key:
+        if cert == "" or key == "":
+            # An empty --cert= or --key= (an unset shell variable) names no file: refused, not
+            # taken as "no certificate" and served as plain HTTP.
+            print(
+                "le-transport simulate: --cert and --key name files; got an empty value",
+                file=sys.stderr,
+            )
+            return 2
+        if tls or cert is not None or key is not None:
             if (cert is None) != (key is None):
                 print("le-transport simulate: give both --cert and --key", file=sys.stderr)
                 return 2
