@@ -216,7 +216,19 @@ class OAuth1Signer:
         timestamp: str,
         body_params: Iterable[tuple[str, str]] = (),
     ) -> str:
-        """The HMAC-SHA1 signature of ``method url`` for the given nonce and timestamp."""
+        """The HMAC-SHA1 signature of ``method url`` for the given nonce and timestamp.
+
+        Arguments it cannot sign raise :class:`ConfigurationError` naming their type, as
+        :meth:`header`'s do (never a ``UnicodeEncodeError`` quoting the value)."""
+        _check_signable(method, url)
+        body_params = _pairs(body_params)
+        _require(isinstance(nonce, str) and utf8_encodable(nonce), "signature", "nonce", nonce)
+        _require(
+            isinstance(timestamp, str) and utf8_encodable(timestamp),
+            "signature",
+            "timestamp",
+            timestamp,
+        )
         base = signature_base_string(
             method, url, [*self.protocol_params(nonce=nonce, timestamp=timestamp), *body_params]
         )
