@@ -205,6 +205,16 @@ class LoginSession:
         )
 
 
+def _user_id(value: object) -> str | None:
+    """The login answer's ``config.userId`` as text: a str, or an int written out; anything
+    else (a bool, which is an int to Python, a float, a list) is no user id."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 def _ttl_seconds(value: object) -> float | None:
     """``sessionTTl`` (milliseconds, as a string or a number) in seconds, if it is one.
 
@@ -1053,7 +1063,7 @@ class LoginServiceAuth:
             csrf=Secret(csrf) if isinstance(csrf, str) and csrf else None,
             session_id=Secret(session_id) if session_id else None,
             ttl=_ttl_seconds(payload.get("sessionTTl")),
-            user_id=str(user_id) if isinstance(user_id, (str, int)) else None,
+            user_id=_user_id(user_id),
             generation=self._generation,
             logged_in_at=http.clock.now(),
         )
