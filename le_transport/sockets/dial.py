@@ -643,11 +643,14 @@ class EngineDialer:
                 f"could not resolve {self._service!r}: {type(exc).__name__}",
                 disconnect=Disconnect.connect_failed(type(exc).__name__),
             ) from exc
+        # The URL dialed, its query included: the credentials are asked for over it, as a
+        # signature (OAuth 1.0) covers the query a gateway checks it against.
+        url = base.with_query(self._params) if self._params else base
         creds: Credentials | None = None
         if self._auth is not None and self._placement is not AuthPlacement.NONE:
             bug: tuple[Exception, TransportError] | None = None
             try:
-                creds = await self._auth.credentials("GET", base)
+                creds = await self._auth.credentials("GET", url)
                 if type(creds) is not Credentials:
                     # An answer that is no Credentials (a dict, a str), or one whose headers
                     # or bearer cannot be sent: the provider's bug, typed below.
@@ -705,7 +708,6 @@ class EngineDialer:
                     disconnect=Disconnect.connect_failed(f"credentials: {type(error).__name__}"),
                 ) from failed
             self._last = creds
-        url = base.with_query(self._params) if self._params else base
         # Shown in errors from the template, before the bearer goes in: redact_url knows only
         # the UMS path's place for it (after /brand/), and a path template may put it anywhere.
         shown = redact_url(url)
