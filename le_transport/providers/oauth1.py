@@ -220,14 +220,23 @@ class OAuth1Signer:
 
         Arguments it cannot sign raise :class:`ConfigurationError` naming their type, as
         :meth:`header`'s do (never a ``UnicodeEncodeError`` quoting the value)."""
+        return self._signed("signature", method, url, nonce, timestamp, body_params)
+
+    def _signed(
+        self,
+        caller: str,
+        method: str,
+        url: URL,
+        nonce: str,
+        timestamp: str,
+        body_params: Iterable[tuple[str, str]],
+    ) -> str:
+        # Checked here for both public ways in, each error named by the method called.
         _check_signable(method, url)
         body_params = _pairs(body_params)
-        _require(isinstance(nonce, str) and utf8_encodable(nonce), "signature", "nonce", nonce)
+        _require(isinstance(nonce, str) and utf8_encodable(nonce), caller, "nonce", nonce)
         _require(
-            isinstance(timestamp, str) and utf8_encodable(timestamp),
-            "signature",
-            "timestamp",
-            timestamp,
+            isinstance(timestamp, str) and utf8_encodable(timestamp), caller, "timestamp", timestamp
         )
         base = signature_base_string(
             method, url, [*self.protocol_params(nonce=nonce, timestamp=timestamp), *body_params]
@@ -248,8 +257,7 @@ class OAuth1Signer:
         Arguments it cannot sign (a method that is not a str, a URL that is not a
         :class:`~yarl.URL`, pairs that are not two str) raise :class:`ConfigurationError`.
         """
-        _check_signable(method, url)
-        body_params = _pairs(body_params)
+        _check_signable(method, url)  # before a nonce is made for it
         if nonce is None:
             nonce = self._nonce()
             _require(isinstance(nonce, str) and bool(nonce), "nonce", "returned", nonce)
@@ -257,16 +265,7 @@ class OAuth1Signer:
             now = self._wall_clock()
             _require(finite_number(now), "wall_clock", "returned", now)
             timestamp = str(int(now))
-        _require(isinstance(nonce, str) and utf8_encodable(nonce), "header", "nonce", nonce)
-        _require(
-            isinstance(timestamp, str) and utf8_encodable(timestamp),
-            "header",
-            "timestamp",
-            timestamp,
-        )
-        signature = self.signature(
-            method, url, nonce=nonce, timestamp=timestamp, body_params=body_params
-        )
+        signature = self._signed("header", method, url, nonce, timestamp, body_params)
         params = [
             *self.protocol_params(nonce=nonce, timestamp=timestamp),
             ("oauth_signature", signature),
