@@ -96,17 +96,19 @@ async def test_resolving_a_service_that_is_no_str_is_a_configuration_error(
         await csds.resolve(service)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("params", [{}, {"v": "1"}], ids=["bare", "with-a-query"])
 async def test_an_oauth1_signed_websocket_upgrade_is_signed_over_its_http_scheme(
-    clock: VirtualClock,
+    clock: VirtualClock, params: dict[str, str]
 ) -> None:
     """A WebSocket upgrade is an HTTP(S) GET: a gateway verifies its signature over the
     ``http``/``https`` URL it received. It was signed over ``ws://``/``wss://`` (the URL the
     socket dials): every upgrade was refused with 401, and a 443 given for ``wss`` was
-    signed as a port of its own."""
+    signed as a port of its own. With a query: the signature was made over the URL without
+    it, then the URL with it dialed (refused with 401 too)."""
     got: list[str] = []
 
     async def upgrade(request: web.Request) -> web.StreamResponse:
-        got.append("upgraded")
+        got.append(request.query.get("v", "upgraded"))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         async for _ in ws:
@@ -120,12 +122,13 @@ async def test_an_oauth1_signed_websocket_upgrade_is_signed_over_its_http_scheme
         ws = await e.websocket(
             "accountConfigReadOnly",
             f"/api/account/{ACCOUNT}/r24ws",
+            params=params,
             auth_placement=AuthPlacement.HEADER,
             options=SocketOptions(keepalive=None),
         )
         await ws.wait_open(timeout=30)
         await ws.close()
-    assert got == ["upgraded"]
+    assert got == [params.get("v", "upgraded")]
 
 
 @pytest.mark.parametrize(
