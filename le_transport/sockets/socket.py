@@ -1837,9 +1837,10 @@ class ResilientSocket:
             )
             previous = self._probe
             if previous is not None:
-                # Answered long ago by other traffic, and its own timeout not yet seen.
+                # Answered long ago by other traffic, and its own timeout not yet seen (or
+                # seen, and its write still tidying up): the new probe waits for it to end.
                 previous.cancel()
-            probe = asyncio.get_running_loop().create_task(self._keepalive_probe(policy))
+            probe = asyncio.get_running_loop().create_task(self._keepalive_probe(policy, previous))
             probe.add_done_callback(self._probe_done)
             self._probe = probe
             # Next: the probe's answer is due within its timeout.
@@ -1861,11 +1862,22 @@ class ResilientSocket:
             self._lost_peer_grace(),
         )
 
-    async def _keepalive_probe(self, policy: Keepalive) -> None:
+    async def _keepalive_probe(
+        self, policy: Keepalive, previous: asyncio.Task[None] | None = None
+    ) -> None:
+        """One probe, within ``policy.timeout``. One probe of a connection at a time: one
+        cancelled for this one (``previous``) may still be tidying up (a write that a
+        middleware's socket ends only after a while), and this one goes out once it has
+        ended, within this one's own timeout (one that never ends holds up no other)."""
         # Its own failure is not the keepalive's to report: a timeout shows as silence (and
         # the peer is declared dead), a loss is seen by the owner's read.
         with contextlib.suppress(Exception):
-            await self.request(policy.action, {}, timeout=policy.timeout)
+            if previous is None or previous.done():
+                await self.request(policy.action, {}, timeout=policy.timeout)
+                return
+            async with timeout_after(self._clock, policy.timeout):
+                await asyncio.wait({previous})
+                await self.request(policy.action, {}, timeout=policy.timeout)
 
     def _probe_done(self, task: asyncio.Task[None]) -> None:
         if self._probe is task:
