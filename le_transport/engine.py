@@ -3169,7 +3169,11 @@ class Engine:
             )
 
         try:
-            return await self._recovery.run(again, until=until)
+            # A Retry-After its answers asked for counts toward the outer pause up to the
+            # call's own ceiling (its retry= policy's), as its own schedule honoured it.
+            return await self._recovery.run(
+                again, until=until, retry_after_ceiling=policy.retry_after_ceiling
+            )
         finally:
             # Read into memory, they are closed once the call is over, as aiohttp closes a
             # file it sent (they were left open: a descriptor per call).

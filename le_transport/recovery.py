@@ -82,8 +82,9 @@ recovery round (one login), not a hundred. Its pauses never shrink within an epi
 policy's jitter cannot make one shorter than the last), and none is shorter than the request
 schedule's last pause, nor than the longest pause the failed call actually took (a
 ``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule), nor than a
-``Retry-After`` one of its answers asked for (up to the ceiling; the one that ended the
-schedule included, which no pause of the call waited for). An episode ends
+``Retry-After`` one of its answers asked for (up to the call's own ceiling, its ``retry=``
+policy's when it has one, else the request schedule's; the one that ended the schedule
+included, which no pause of the call waited for). An episode ends
 when a call that went through it succeeds, when the loop gives up, or when the last call that
 went through it ends with any other error (a 404 after the re-login, a cancellation): the next
 failure starts afresh. A call that succeeds while a later round of the episode is in progress
@@ -138,7 +139,7 @@ from .middleware.context import (
     provider_failed,
     safe_cause,
 )
-from .policies._validate import finite_number
+from .policies._validate import finite_number, shown
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
 from .providers._http import emit_state
@@ -444,7 +445,13 @@ class Recovery:
             self._reset()
             self._state(logging.WARNING, "gave_up", {"reason": "closed", "attempts": attempts})
 
-    async def run(self, call: Callable[[], Awaitable[T]], *, until: float | None = None) -> T:
+    async def run(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        until: float | None = None,
+        retry_after_ceiling: float | None = None,
+    ) -> T:
         """``await call()``, recovering and calling again while it fails recoverably.
 
         ``until``: the clock time (the loop's clock's :meth:`~le_transport.clock.Clock.now`)
@@ -455,6 +462,11 @@ class Recovery:
         other calls); if it passes while a re-login is in progress, the call stops waiting
         with :class:`~le_transport.errors.DeadlineExceeded`. Each run of ``call`` is the
         caller's to bound by the time left.
+
+        ``retry_after_ceiling``: the ceiling of the call's own request schedule (an engine
+        call's ``retry=`` policy's), up to which a ``Retry-After`` one of its answers asked for
+        counts toward the pause of a round it starts; None: the loop's ``request_policy``'s. A
+        number of seconds >= 0, else a :class:`~le_transport.errors.ConfigurationError`.
 
         ``call`` is run again only as the module docstring's rule says: its failure is not
         ``FINAL`` (:func:`repeat_of`), and nothing the run's ledger saw may have been acted on
@@ -474,6 +486,15 @@ class Recovery:
             raise ConfigurationError(
                 "Recovery.run until must be a finite clock time (the clock's now() plus the "
                 f"call's deadline) or None, got {type(until).__name__}"
+            )
+        if retry_after_ceiling is None:
+            ceiling = self._request_policy.retry_after_ceiling
+        elif finite_number(retry_after_ceiling) and retry_after_ceiling >= 0:
+            ceiling = float(retry_after_ceiling)
+        else:
+            raise ConfigurationError(
+                "Recovery.run retry_after_ceiling must be None or a finite number of seconds "
+                f">= 0, got {shown(retry_after_ceiling)}"
             )
         started = self._clock.now()
         # The episode this call went through (its id, taken as it joined): a call of an
@@ -512,7 +533,7 @@ class Recovery:
                         # come would hang the caller, and a re-login would outlive the
                         # logout.
                         raise self._closed_error(exc) from exc
-                    wait = self._breaker_wait(exc, seen, until, breaker_waited)
+                    wait = self._breaker_wait(exc, seen, until, breaker_waited, ceiling)
                     if wait is not None:
                         breaker_waited += wait
                         await self._pause(wait)
@@ -523,7 +544,7 @@ class Recovery:
                         if counted_in != self._episode:
                             counted_in = self._episode
                             self._episode_calls += 1
-                        await self._recover(exc, seen, until, started, waited)
+                        await self._recover(exc, seen, until, started, waited, ceiling)
                     if not ledger.may_resend():
                         # Asked again just before running it again: a call the run left
                         # running (gather does not cancel the others) went on meanwhile.
@@ -555,7 +576,7 @@ class Recovery:
                 self._episode_calls -= 1
 
     def _breaker_wait(
-        self, exc: Exception, seen: int, until: float | None, waited: float
+        self, exc: Exception, seen: int, until: float | None, waited: float, ceiling: float
     ) -> float | None:
         """How long a call refused by an open circuit (``exc``) waits before running again
         with no round, or None: a round (a pause, a re-login) is in order.
@@ -571,7 +592,8 @@ class Recovery:
         last round, as long as that pause, or when its deadline would pass first. What it
         waited (``waited``) counts toward the pause of the round it then starts
         (:meth:`_wait_for`), so an open circuit never delays the outer loop: the re-logins
-        stay the policy's pause apart, not that pause plus the breaker waits before it."""
+        stay the policy's pause apart, not that pause plus the breaker waits before it.
+        ``ceiling``: the call's own ``Retry-After`` ceiling (:meth:`run`)."""
         if not isinstance(exc, CircuitOpen) or self._epoch != seen:
             return None  # (a round ended while it failed: _recover gives its outcome)
         round_ = self._round_task
@@ -583,7 +605,7 @@ class Recovery:
         pause = self._next_pause(
             self._attempt + 1,
             elapsed,
-            _longest_pause(exc, self._request_policy.retry_after_ceiling),
+            _longest_pause(exc, ceiling),
             rand=0.0,
             waited=waited,
         )
@@ -612,7 +634,13 @@ class Recovery:
         return wait
 
     async def _recover(
-        self, exc: Exception, seen: int, until: float | None, started: float, waited: float = 0.0
+        self,
+        exc: Exception,
+        seen: int,
+        until: float | None,
+        started: float,
+        waited: float = 0.0,
+        ceiling: float | None = None,
     ) -> None:
         """Wait for a recovery round: the one in progress, or a new one if none has run since
         this call failed (``seen``). The round is a task of its own that every waiting call
@@ -620,7 +648,10 @@ class Recovery:
         would pass, stops waiting, and the round (its pause already spent) goes on for the
         others; it is cancelled only with its last waiter. ``waited``: how long this call
         waited on an open circuit since the last round (:meth:`_breaker_wait`), which a round
-        it starts counts toward its first pause (:meth:`_wait_for`)."""
+        it starts counts toward its first pause (:meth:`_wait_for`); ``ceiling``: the call's
+        own ``Retry-After`` ceiling (:meth:`run`; None: the request schedule's)."""
+        if ceiling is None:
+            ceiling = self._request_policy.retry_after_ceiling
         self._recovering_calls += 1
         try:
             if self._closed:
@@ -632,13 +663,11 @@ class Recovery:
                     if self._final is not None:
                         raise self._final
                     return
-                first, elapsed = self._plan(exc, waited)
+                first, elapsed = self._plan(exc, waited, ceiling)
                 sleep = (
                     None
                     if first is None
-                    else self._wait_for(
-                        first, waited, _longest_pause(exc, self._request_policy.retry_after_ceiling)
-                    )
+                    else self._wait_for(first, waited, _longest_pause(exc, ceiling))
                 )
                 if sleep is not None and until is not None and self._clock.now() + sleep >= until:
                     # A pause the call's deadline cannot wait out: no round is started for it.
@@ -653,7 +682,7 @@ class Recovery:
                         )
                     raise err from exc
                 round_ = self._round_task = asyncio.get_running_loop().create_task(
-                    self._shared_round(exc, first, elapsed, waited),
+                    self._shared_round(exc, first, elapsed, waited, ceiling),
                     name="le_transport recovery round",
                 )
             try:
@@ -750,11 +779,11 @@ class Recovery:
             self._recovering_calls += 1  # (the caller's own count, taken back in its finally)
 
     async def _shared_round(
-        self, exc: Exception, first: float | None, elapsed: float, waited: float
+        self, exc: Exception, first: float | None, elapsed: float, waited: float, ceiling: float
     ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
         try:
-            await self._round(exc, first, elapsed, waited)
+            await self._round(exc, first, elapsed, waited, ceiling)
         except asyncio.CancelledError:
             raise  # its last waiter gave up: no outcome to share
         except BaseException as final:
@@ -774,15 +803,21 @@ class Recovery:
         first_failure = self._first_failure
         return waited if first_failure is None else self._clock.now() - first_failure
 
-    def _plan(self, last: Exception, waited: float = 0.0) -> tuple[float | None, float]:
+    def _plan(
+        self, last: Exception, waited: float = 0.0, ceiling: float | None = None
+    ) -> tuple[float | None, float]:
         """The pause before the next re-login after ``last`` (None: give up), and the time
         since the episode's first failure. ``waited``: what the call that starts the round
-        waited on an open circuit since the last one (counted toward the pause)."""
+        waited on an open circuit since the last one (counted toward the pause);
+        ``ceiling``: up to which a ``Retry-After`` ``last`` was asked counts (None: the
+        request schedule's ``retry_after_ceiling``; a call's own, :meth:`run`)."""
         elapsed = self._elapsed(waited)
+        if ceiling is None:
+            ceiling = self._request_policy.retry_after_ceiling
         pause = self._next_pause(
             self._attempt + 1,
             elapsed,
-            _longest_pause(last, self._request_policy.retry_after_ceiling),
+            _longest_pause(last, ceiling),
             waited=waited,
         )
         return pause, elapsed
@@ -805,13 +840,22 @@ class Recovery:
         )
 
     async def _round(
-        self, exc: Exception, first: float | None, elapsed: float, waited: float = 0.0
+        self,
+        exc: Exception,
+        first: float | None,
+        elapsed: float,
+        waited: float = 0.0,
+        ceiling: float | None = None,
     ) -> None:
         """Pause, then re-resolve and re-login, until one re-login succeeds (or give up).
         ``first``: the first pause, planned when the round was started (None: give up);
         ``waited``: what the call that started it already waited on an open circuit, counted
-        toward that first pause (:meth:`_wait_for`)."""
+        toward that first pause (:meth:`_wait_for`); ``ceiling``: the ``Retry-After`` ceiling
+        of the call that started it (:meth:`run`), for its failure ``exc`` (a re-login's
+        failure after it is judged by the request schedule's)."""
         last: Exception = exc
+        if ceiling is None:
+            ceiling = self._request_policy.retry_after_ceiling
         if self._first_failure is None:
             self._first_failure = self._clock.now() - elapsed
         pause = first
@@ -820,9 +864,7 @@ class Recovery:
                 self._give_up(last, elapsed)
             assert pause is not None
             self._attempt += 1
-            sleep = self._wait_for(
-                pause, waited, _longest_pause(last, self._request_policy.retry_after_ceiling)
-            )
+            sleep = self._wait_for(pause, waited, _longest_pause(last, ceiling))
             details: dict[str, object] = {
                 "attempt": self._attempt,
                 "pause": round(pause, 3),
@@ -859,6 +901,7 @@ class Recovery:
                     )
                     raise
                 last = err
+                ceiling = self._request_policy.retry_after_ceiling
                 self._state(
                     logging.WARNING,
                     "relogin_failed",

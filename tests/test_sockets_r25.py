@@ -4,8 +4,12 @@ call's own ceiling, an invalidate that a refresh in flight does not undo.
 - ``ResilientSocket``'s keepalive (the scheduler's path) started the next probe while the one
   it cancelled (or whose timeout cut it) was still tidying up: two probes of one connection at
   once, as ``watch_socket`` did before it waited for the last one.
+- ``recover=True``: the outer pause counted the ``Retry-After`` of the answer that ended the
+  call's schedule up to the engine's ``retry_after_ceiling``, not the call's own ``retry=``
+  ceiling: a call that allows a longer ask was sent again too soon, one that allows a shorter
+  one waited longer than it asked.
 
-The real simulator on loopback, virtual time.
+The real simulator (or a loopback server) on loopback, virtual time.
 """
 
 from __future__ import annotations
@@ -15,11 +19,17 @@ import contextlib
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from le_transport import BackoffPolicy, Engine, RetryPolicy
+from le_transport.errors import ConfigurationError
 from le_transport.policies import Keepalive
+from le_transport.providers import StaticDomains
+from le_transport.recovery import Recovery
 from le_transport.sockets import SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -108,3 +118,63 @@ async def test_a_socket_starts_no_probe_while_the_last_one_tidies_up(
         assert wire.most == 1, f"{wire.most} probes of one connection at once"
         assert "lost" not in states.names()
         await ws.close()
+
+
+# -- 2. recover=True: the outer pause under the call's own Retry-After ceiling ------------------
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "asked", "expected"),
+    [
+        (1000.0, 600.0, 600.0),  # the call allows a longer ask than the engine's 60 s
+        (5.0, 50.0, 5.0),  # the call allows a shorter one
+    ],
+)
+async def test_the_outer_pause_honours_the_calls_own_retry_after_ceiling(
+    serve: ServerFactory, clock: VirtualClock, ceiling: float, asked: float, expected: float
+) -> None:
+    """A 503 whose Retry-After ended the call's schedule: the re-sent call comes after the
+    ask as the call's own ``retry=`` policy caps it, not as the engine's does."""
+    gets: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        gets.append(clock.now())
+        if len(gets) == 1:
+            return web.Response(status=503, headers={"Retry-After": f"{asked:g}"})
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    host = await serve(app)
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        # The engine's schedule: one short pause, the default 60 s ceiling.
+        retry=RetryPolicy(pauses=(1.0,)),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    ) as engine:
+        answer = await engine.request(
+            "GET",
+            "svc",
+            "/x",
+            retry=RetryPolicy(pauses=(), retry_after_ceiling=ceiling),
+            recover=True,
+        )
+    assert answer.status == 200
+    assert gets == [0.0, expected]
+
+
+@pytest.mark.parametrize("ceiling", [-1.0, float("nan"), float("inf"), "60", True])
+async def test_recovery_run_refuses_a_ceiling_that_is_no_number_of_seconds(
+    clock: VirtualClock, ceiling: object
+) -> None:
+    recovery = Recovery(domains=StaticDomains({"svc": "127.0.0.1:1"}), auth=None, clock=clock)
+    ran: list[int] = []
+
+    async def call() -> None:
+        ran.append(1)
+
+    with pytest.raises(ConfigurationError, match="retry_after_ceiling"):
+        await recovery.run(call, retry_after_ceiling=ceiling)  # type: ignore[arg-type]
+    assert not ran
