@@ -8,6 +8,10 @@ call's own ceiling, an invalidate that a refresh in flight does not undo.
   call's schedule up to the engine's ``retry_after_ceiling``, not the call's own ``retry=``
   ceiling: a call that allows a longer ask was sent again too soon, one that allows a shorter
   one waited longer than it asked.
+- ``CsdsDomains``: an ``invalidate()`` made while a background refresh had already read the
+  fleet's shared map was undone by that refresh, which installed the map it read (the very
+  entry the invalidate meant to drop) for one more TTL. The refresh now asks the Domain API
+  itself when the map was invalidated meanwhile.
 
 The real simulator (or a loopback server) on loopback, virtual time.
 """
@@ -16,20 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from le_transport import BackoffPolicy, Engine, RetryPolicy
+from le_transport.chaos import Status
 from le_transport.errors import ConfigurationError
 from le_transport.policies import Keepalive
-from le_transport.providers import StaticDomains
+from le_transport.providers import CsdsDomains, StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.sockets import SocketOptions
+from le_transport.state import Entry, MemoryStore, SharedDomainMap
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
+from tests.test_providers import sim_engine
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -178,3 +186,64 @@ async def test_recovery_run_refuses_a_ceiling_that_is_no_number_of_seconds(
     with pytest.raises(ConfigurationError, match="retry_after_ceiling"):
         await recovery.run(call, retry_after_ceiling=ceiling)  # type: ignore[arg-type]
     assert not ran
+
+
+# -- 3. CsdsDomains: an invalidate during a refresh that has read the shared map ---------------
+
+
+class _GatedStore(MemoryStore):
+    """A MemoryStore whose reads, while ``hold`` is set, answer only once ``gate`` is opened
+    (``reached`` tells a read has been made): a refresh caught between its read and its
+    write-back."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.hold = False
+        self.reached = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def get(self, key: str) -> Entry | None:
+        entry = await super().get(key)
+        if self.hold:
+            self.reached.set()
+            await self.gate.wait()
+        return entry
+
+
+async def test_an_invalidate_during_a_refresh_that_read_the_shared_map_wins(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """B's map is the fleet's shared one, expired for B: a resolve starts B's refresh in the
+    background, which reads the shared map; B is invalidated then (a host failed). The refresh
+    must not install the map it read for a TTL more: it asks the Domain API itself, whose
+    answer every caller waiting for it gets."""
+    store = _GatedStore(clock)
+    account = sim.account.id
+
+    def domains() -> CsdsDomains:
+        shared = SharedDomainMap(store, account=account, ttl=600, clock=clock)
+        return CsdsDomains(account, csds_host=sim.host, scheme="http", ttl=60, shared=shared)
+
+    a, b = domains(), domains()
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host  # A fetches the map, shares it
+        assert await b.resolve("agentVep") == sim.host  # B adopts it
+        assert b.fetches == 0
+        moved = "moved.example.com"
+        answer = {"baseURIs": [{"service": "agentVep", "account": account, "baseURI": moved}]}
+        sim.faults.script(
+            "GET",
+            f"/api/account/{account}/service/baseURI.json",
+            [Status(200, body=json.dumps(answer))],
+        )
+        await clock.sleep(61)  # B's map expired: the next resolve refreshes it
+        store.hold = True
+        assert await b.resolve("agentVep") == sim.host  # served stale; the refresh starts
+        await store.reached.wait()  # the refresh has read the shared map
+        await b.invalidate()
+        joined = asyncio.get_running_loop().create_task(b.resolve("agentVep"))
+        store.hold = False
+        store.gate.set()
+        assert await joined == moved
+        assert b.fetches == 1, "B asked the Domain API itself"
+        assert await b.resolve("agentVep") == moved

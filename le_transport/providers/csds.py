@@ -309,7 +309,9 @@ class CsdsDomains:
       fetch of that answer would. A process reading again the map it last wrote or adopted
       (its ``ttl`` shorter than the shared one) keeps its own map, which came from that
       answer and what login answers said since: the answer is not counted twice. After
-      :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer.
+      :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer (a
+      refresh in progress that read the fleet's map before the invalidate asks it too, rather
+      than installing the map it read).
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
     """
@@ -381,6 +383,9 @@ class CsdsDomains:
             )
         self._shared = shared
         self._ask_source = False
+        # Counts invalidate() calls: a refresh that read the fleet's map before the latest one
+        # does not install what it read (the invalidate would be undone for a TTL).
+        self._generation = 0
         self._closed = False
         # Services a refresh left out whose cached host was kept (see _keep_known): kept once,
         # so that a service LiveEngage retired does not linger.
@@ -451,6 +456,7 @@ class CsdsDomains:
         to it if that fails."""
         self._expires_at = -math.inf
         self._ask_source = True
+        self._generation += 1
 
     async def refresh(self) -> Mapping[str, str]:
         """Fetch the map now (sharing a fetch in progress); return its valid entries."""
@@ -599,8 +605,11 @@ class CsdsDomains:
                 # an answer slower than that interval was cut every time.
                 policy = attrs.evolve(policy, attempt_timeout=DEFAULT_ATTEMPT_TIMEOUT)
         if self._shared is not None and not self._ask_source:
+            generation = self._generation
             found = await self._shared.read()
-            if found is not None and found[0]:
+            if found is not None and found[0] and self._generation == generation:
+                # (Invalidated while it read: the map read may be the very one to drop, and
+                # installing it undid the invalidate for a TTL. The Domain API is asked.)
                 hosts, refused, life = found
                 now = http.clock.now()
                 ends = now + life
