@@ -1125,7 +1125,18 @@ class OverloadGuard:
                 extra={"service": key[0], "host": key[1]},
             )
             return
-        self._drop_stale(key, lock)
+        if self._shared_answered():
+            self._drop_stale(key, lock)
+
+    def _shared_answered(self) -> bool:
+        """Whether the store's last answer was the shared store's, not a FallbackStore's local
+        stand-in's (its primary out): a lock's delete answered locally freed nothing in the
+        shared store, which still holds the lock (for its lease) against this process's next
+        probe and the fleet's, so it stays this process's to free. (The store's last answer:
+        another operation may have ended meanwhile; one taken for local only has its lock
+        deleted once more, a harmless compare-and-delete.)"""
+        store = self._store
+        return store.sharing if isinstance(store, FallbackStore) else True
 
     async def before_retry(
         self, call: GatedCall, attempt: int, outcome: Outcome, pause: float, last: RequestError
@@ -1265,7 +1276,8 @@ class OverloadGuard:
                 # still this process's to free (its release task, or the next probe here).
                 for old in tuple(stale):
                     await self._store.delete(probe_key, only_if=old)
-                    self._drop_stale(key, old)
+                    if self._shared_answered():
+                        self._drop_stale(key, old)
             lock = self._unique()
             try:
                 # Taken inside the try: cancelled while the add is out, the store may hold the
