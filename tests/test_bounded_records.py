@@ -401,10 +401,11 @@ def test_logs_under_a_shared_bound_keep_the_groups_newest_records(
             # A value no other record has: records are told apart by identity.
             logs[i].insert(0, -(n + 1))
             if own is not None and len(mine) == own:
-                dropped[i] += 1  # the log was full: its first record, the one inserted, goes
-            else:
-                mine.insert(0, (-(n + 1), n))
-                count(i, n)
+                # The log was full: its old first record goes, never the one inserted.
+                uncount(i, [mine.pop(0)])
+                dropped[i] += 1
+            mine.insert(0, (-(n + 1), n))
+            count(i, n)
         elif edit == "keep even":
             # A filter, as a caller writes one: the records kept are the same objects, and
             # keep their age.

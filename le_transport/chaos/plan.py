@@ -52,6 +52,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
@@ -1667,7 +1668,8 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
     O(1); ``log[i] = r`` and ``del log[i]`` do not copy the log, other edits do. The log's own
     bound goes by place, as a ``deque(maxlen=...)``'s does: when full, appending a record
     drops the one in the first place (the oldest, unless an edit or :meth:`reverse` put
-    another there), and an edit that leaves more than ``maxlen`` drops its first places.
+    another there), and an edit that leaves more than ``maxlen`` drops its first places
+    (:meth:`insert` drops the old first record, never the one it inserts).
     :attr:`dropped` counts the records dropped so far and :attr:`total` every record ever
     added (both exact). The first drop is logged once, at INFO on ``le_transport.records``,
     with the log's ``name`` and bound only (never a record: records may be requests).
@@ -1834,10 +1836,25 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
                 self._seqs.reverse()
 
     def insert(self, index: int, value: _T) -> None:
-        """Insert ``value`` before ``index``, as a list does (the oldest record goes if the
-        log was full)."""
+        """Insert ``value`` before ``index``, as a list does. If the log was full, the record
+        that was in its first place (the oldest, unless an edit or :meth:`reverse` put another
+        there) is dropped to make room, as appending drops it, and counted in :attr:`dropped`:
+        never ``value`` itself, wherever it goes (``insert(0, r)`` on a full log keeps ``r``
+        first). Unlike ``collections.deque.insert``, which raises ``IndexError`` on a full
+        bounded deque, a log makes room: it is the newest record, as an appended one is."""
         items = list(self._items)
+        size, maxlen = len(items), self._maxlen
         items.insert(index, value)
+        if maxlen is not None and size >= maxlen:
+            # The old first record goes: the one after value if list.insert put value first
+            # (index 0, or one at or before -size). The bound's cut in _replace, which drops
+            # the first places, dropped value itself there.
+            at = operator.index(index)
+            del items[1 if at == 0 or at <= -size else 0]
+            self.dropped += 1
+            if not self._told:
+                self._told = True
+                _notice_dropping(self.name, maxlen)
         self._replace(items)
 
     def _replace(self, items: list[_T]) -> None:
