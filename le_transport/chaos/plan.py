@@ -2181,20 +2181,22 @@ class FaultRun:
 
     def _quota_wait(self, rule_id: str, quota: Quota, now: float) -> int | None:
         """Admit a request at ``now`` (None) or say how many whole seconds until a slot frees."""
-        window = quota.window_ms / 1000.0
+        window = _whole_us(quota.window_ms * 1000.0)
         admitted = self._admitted.setdefault(rule_id, collections.deque())
         # The window is (now - window, now]: a request exactly one window after the oldest
         # admitted one gets that one's slot, so a client that honours Retry-After gets in.
-        # To the microsecond, as the wait below: float noise must not keep the slot taken
-        # (admitted at 0.1 s, 5.1 - 5.0 is 0.09999999999999964), which sent a client that
-        # waited its Retry-After away again for one more second.
-        while admitted and round(now - admitted[0], 6) >= window:
+        # In whole microseconds, the window and the time since each admission alike: float
+        # noise on either side must not keep the slot taken (admitted at 0.1 s, 5.1 - 0.1 is
+        # 4.999999999999999; a window of 1000.147 ms is 1.0001470000000001 s), which sent a
+        # client that waited its Retry-After away again for one more second.
+        while admitted and round((now - admitted[0]) * 1e6) >= window:
             admitted.popleft()
         if len(admitted) < quota.limit:
             admitted.append(now)
             return None
-        # Rounded first: float noise must not turn an exact 5 s into a Retry-After of 6.
-        return max(1, math.ceil(round(admitted[0] + window - now, 6)))
+        # Whole seconds, rounded up: an exact 5 s is a Retry-After of 5, not 6.
+        left = window - round((now - admitted[0]) * 1e6)
+        return max(1, -(-left // 1_000_000))
 
     def force(
         self, rule_id: str, *, unit: str, method: str, path: str, at: float | None = None
@@ -2299,6 +2301,16 @@ class FaultRun:
         self._admitted.clear()
         self.log.clear()
         self._injections.clear()
+
+
+def _whole_us(us: float) -> int:
+    """``us`` microseconds as a whole number of them: the nearest when ``us`` is one but for
+    float noise (``1000.147 * 1000`` is ``1000147.0000000001``), else the next one up, as
+    :attr:`Schedule._start_ms` takes a window's start."""
+    nearest = round(us)
+    if math.isclose(us, nearest, rel_tol=4 * sys.float_info.epsilon):
+        return nearest
+    return math.ceil(us)
 
 
 def _check_origin(origin: object, *, owner: str) -> None:
