@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from le_transport.chaos import FaultPlan, FaultRule, Quota
+from le_transport.chaos import Delay, FaultInjector, FaultPlan, FaultRule, Hang, Match, Quota
 from le_transport.chaos.plan import FaultRun, RecordLog, SharedBound
+from le_transport.clock import Clock, RealClock
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
+from tests.conftest import ServerFactory
 
 # -- RecordLog.insert on a full log -------------------------------------------------------------
 
@@ -117,3 +125,130 @@ def test_a_quota_slot_stays_taken_until_its_window_ends() -> None:
     assert tiny.decide("request", method="GET", path="/x", at=3.0) is None
     assert tiny.decide("request", method="GET", path="/x", at=3.0) is not None
     assert tiny.decide("request", method="GET", path="/x", at=3.000001) is None
+
+
+# -- an injected Delay or Hang meets the call's sock_read, as the simulator's does ------------
+
+CSDS = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+
+
+async def _passing(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A caller's middleware between the injector and the wire."""
+    return await handler(request)
+
+
+async def _get(
+    sim: Simulator,
+    injector: FaultInjector,
+    *,
+    session: aiohttp.ClientTimeout,
+    call: aiohttp.ClientTimeout | None = None,
+    between: Sequence[Any] = (),
+) -> str:
+    """What a plain session's GET of the CSDS answer meets: ``read whole`` or the failure."""
+    async with aiohttp.ClientSession(middlewares=[injector, *between], timeout=session) as http:
+        try:
+            kwargs: dict[str, Any] = {} if call is None else {"timeout": call}
+            async with http.get(sim.url + CSDS, **kwargs) as resp:
+                await resp.read()
+                return "read whole"
+        except Exception as exc:
+            return type(exc).__name__
+
+
+async def _served_and_injected(
+    clock: Clock, fault: Delay | Hang, **how: Any
+) -> tuple[str, str, int]:
+    """The simulator's fault, then the injector's, on one route: what each call met, and how
+    many requests reached the simulator in all."""
+    async with Simulator(clock=clock) as sim:
+        sim.faults.load([FaultRule("sim", fault, match=Match("GET", CSDS))])
+        served = await _get(sim, FaultInjector(clock=clock), **how)
+        sim.faults.load([])
+        injector = FaultInjector([FaultRule("inj", fault, match=Match("GET", CSDS))], clock=clock)
+        injected = await _get(sim, injector, **how)
+        return served, injected, len(sim.requests)
+
+
+@pytest.mark.parametrize(
+    "fault", [Delay(5000), Hang(), Hang(duration_ms=5000)], ids=["delay", "hang", "hang-5s"]
+)
+async def test_an_injected_wait_meets_the_calls_sock_read_as_the_simulators(
+    fault: Delay | Hang,
+) -> None:
+    """Before: the injector's Delay and Hang waited before the request was sent, where
+    aiohttp's ``sock_read`` timer is not running yet: a plain session's read timeout never
+    struck them (the Delay was read whole after 5 s, the Hang ran to ``total``), where the
+    simulator's struck at once. Now both meet it, as aiohttp raises it.
+
+    On the real clock (aiohttp's timeouts run on the loop's time, as the injector's emulation
+    of them does): 0.2 s against 5 s, an order the loop's timers keep however loaded."""
+    served, injected, reached = await _served_and_injected(
+        RealClock(), fault, session=aiohttp.ClientTimeout(sock_read=0.2, total=60)
+    )
+    assert (served, injected) == ("SocketTimeoutError", "SocketTimeoutError")
+    # The injector's request was never sent (the simulator's handler was cancelled unrun).
+    assert reached == 1
+
+
+async def test_the_sock_read_of_the_call_is_the_one_met_through_other_middlewares() -> None:
+    """A ``timeout=`` given to the call replaces the session's, behind a caller's middleware
+    too: a 0.2 s ``sock_read`` of the call strikes a 5 s Delay the session's (none) did not;
+    a call with none of its own reads a 0.1 s Delay whole, past the session's 0.05 s."""
+    clock = RealClock()
+    async with Simulator(clock=clock) as sim:
+        for delay, session, call, wants in [
+            (5000, aiohttp.ClientTimeout(total=60), aiohttp.ClientTimeout(sock_read=0.2), "Sock"),
+            (100, aiohttp.ClientTimeout(sock_read=0.05), aiohttp.ClientTimeout(), "read whole"),
+        ]:
+            injector = FaultInjector([FaultRule("d", Delay(delay))], clock=clock)
+            got = await _get(sim, injector, session=session, call=call, between=[_passing])
+            assert got.startswith(wants)
+
+
+async def test_a_wait_shorter_than_the_sock_read_reads_whole() -> None:
+    """A guard: a Delay well within the call's read timeout is waited, then sent and read."""
+    clock = RealClock()
+    async with Simulator(clock=clock) as sim:
+        injector = FaultInjector([FaultRule("d", Delay(20))], clock=clock)
+        got = await _get(sim, injector, session=aiohttp.ClientTimeout(sock_read=5))
+        assert got == "read whole"
+        assert len(sim.requests) == 1
+
+
+async def test_on_a_virtual_clock_a_wait_does_not_move_the_loops_time(
+    clock: VirtualClock,
+) -> None:
+    """A guard: aiohttp's timeouts run on the loop's time, which a virtual wait does not move:
+    a 60 s Delay on a VirtualClock does not meet a 5 s ``sock_read``, on the simulator's side
+    as on the injector's (an engine's attempt timeout, on its clock, is the one to use)."""
+    served, injected, reached = await _served_and_injected(
+        clock, Delay(60_000), session=aiohttp.ClientTimeout(sock_read=5)
+    )
+    assert (served, injected, reached) == ("read whole", "read whole", 2)
+    assert clock.now() >= 120
+
+
+async def test_a_delayed_upgrade_meets_the_sessions_sock_read(serve: ServerFactory) -> None:
+    """A WebSocket upgrade a ``request`` rule delays waits for its 101 under the session's
+    ``sock_read``, as one a server is slow to accept: before, the upgrade went on after the
+    whole delay (5 s against 0.2 s, on the real clock)."""
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    host = await serve(app)
+    clock = RealClock()
+    injector = FaultInjector([FaultRule("d", Delay(5000), match=Match("GET", "/ws"))], clock=clock)
+    timeout = aiohttp.ClientTimeout(sock_read=0.2, total=60)
+    async with aiohttp.ClientSession(middlewares=[injector], timeout=timeout) as http:
+        with pytest.raises(aiohttp.SocketTimeoutError):
+            await http.ws_connect(f"http://{host}/ws")
+    assert injector.rule_counts()["d"].injected == 1

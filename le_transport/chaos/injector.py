@@ -12,14 +12,19 @@ For each request it asks the plan (unit ``request``) and, when a rule fires:
 - ``status``: answers with that status (and ``Retry-After``, body) **without sending** the
   request: the server never saw it. As from the simulator, a 204 or 304 comes without a body
   (or ``Content-Length``), and the answer to a HEAD announces its body's length without it;
-- ``delay``: waits on the injected clock, then sends;
+- ``delay``: waits on the injected clock, then sends. The call's aiohttp ``ClientTimeout``
+  strikes the wait as it strikes a server slow to answer (the simulator's ``delay``):
+  ``total``, and ``sock_read``, which fails it with aiohttp's ``SocketTimeoutError`` (both on
+  the loop's time, as aiohttp's own; the ``sock_read`` is the call's ``timeout=`` or the
+  session's, read from aiohttp's handler chain before anything is sent). Nothing is sent
+  when the caller gives up meanwhile, as the simulator cancels its handler unrun;
 - ``reset``: raises :class:`aiohttp.ClientOSError` (``ECONNRESET``, "Connection reset by
   peer") without sending, as a connection the peer reset (the simulator sends an RST) fails;
 - ``empty_response``: raises :class:`aiohttp.ServerDisconnectedError` without sending, as a
   connection the peer closed before answering fails;
 - ``hang``: waits on the clock for ``duration_ms`` and then fails as a connection closed
   without an answer (``ServerDisconnectedError``), or (no duration) until the caller's attempt
-  timeout cancels it;
+  timeout cancels it; the call's ``sock_read`` and ``total`` strike it as a ``delay``'s;
 - ``truncated_body``: sends, then hands back the real answer (status, headers, cookies) cut
   after ``keep_bytes``: a reader gets those bytes, then the payload error aiohttp raises for a
   short body, as from the simulator. Only the kept bytes are read, and one more (never more
@@ -568,7 +573,7 @@ class FaultInjector:
         if asked is not None:
             struck = asked.fault
             if isinstance(struck, Delay):
-                await self._wait(request, asked.delay_s)
+                await self._wait(request, asked.delay_s, read_timeout=_sock_read_of(handler))
             elif isinstance(struck, MalformedBody):
                 # The simulator answers the upgrade with it, the socket never served: so here,
                 # without sending the upgrade.
@@ -619,7 +624,8 @@ class FaultInjector:
             headers = {"Retry-After": str(injection.retry_after)}
             return _made_up(request, fault.status, headers, fault.response_body(), json=True)
         if isinstance(fault, Delay):
-            await self._wait(request, injection.delay_s)
+            # The call's sock_read runs over the wait, as over a server slow to answer.
+            await self._wait(request, injection.delay_s, read_timeout=_sock_read_of(handler))
             return await handler(request)
         if isinstance(fault, SlowBody):
             return await self._dribble(request, handler, fault)
@@ -634,7 +640,9 @@ class FaultInjector:
             # Forever (no duration): only the caller's attempt timeout or deadline ends it, or
             # the engine's close.
             await self._wait(
-                request, None if fault.duration_ms is None else fault.duration_ms / 1000.0
+                request,
+                None if fault.duration_ms is None else fault.duration_ms / 1000.0,
+                read_timeout=_sock_read_of(handler),
             )
             raise aiohttp.ServerDisconnectedError()
         if isinstance(fault, TruncatedBody):
@@ -870,7 +878,9 @@ class FaultInjector:
             feeding.put(piece)
         feeding.finish()
 
-    async def _wait(self, request: ClientRequest, seconds: float | None) -> None:
+    async def _wait(
+        self, request: ClientRequest, seconds: float | None, *, read_timeout: float | None = None
+    ) -> None:
         """Wait ``seconds`` on the clock (None: until cancelled), as for an answer that takes
         that long, unless the engine closes first: then :class:`ClosedInFlight`, as an answer
         being waited for fails when the engine closes the session under it (the retry loop
@@ -880,9 +890,15 @@ class FaultInjector:
         loop's own pauses are; a wait that began once the close had begun (the close's own
         calls: the logout) is waited out, as on the wire, and fails only if the session is
         closed by its end. Without an engine's retry middleware, the session's close fails it
-        (seen within a tenth of a second)."""
+        (seen within a tenth of a second).
+
+        ``read_timeout``: the call's ``ClientTimeout.sock_read`` (None or 0: none), which
+        fails the wait with aiohttp's :class:`aiohttp.SocketTimeoutError` once that long has
+        passed on the loop's time, as aiohttp's own timer fails a call whose answer is that
+        late (a ``Delay`` or a ``Hang`` on the simulator meets it so)."""
         shutdown = _shutdown_of(request)
-        if shutdown is not None and shutdown.is_set():
+        cut_by_close = shutdown is None or not shutdown.is_set()
+        if not cut_by_close and not read_timeout:
             if seconds is None:
                 await asyncio.get_running_loop().create_future()
             else:
@@ -893,23 +909,38 @@ class FaultInjector:
             # tenth of a second of loop time: aiohttp tells no one), as it ends a request a real
             # server holds: a Hang() waited on a session closed under it for ever.
             loop = asyncio.get_running_loop()
-            closed = loop.create_task(
-                _session_closed(request) if shutdown is None else shutdown.wait(),
-                name="le_transport.chaos.closing",
-            )
-            waits: set[asyncio.Task[Any]] = {closed}
-            if seconds is not None:
-                waits.add(
-                    loop.create_task(self.clock.sleep(seconds), name="le_transport.chaos.wait")
+            waits: set[asyncio.Future[Any]] = set()
+            closed: asyncio.Task[Any] | None = None
+            if cut_by_close:
+                closed = loop.create_task(
+                    _session_closed(request) if shutdown is None else shutdown.wait(),
+                    name="le_transport.chaos.closing",
                 )
+                waits.add(closed)
+            waited: asyncio.Task[None] | None = None
+            if seconds is not None:
+                waited = loop.create_task(self.clock.sleep(seconds), name="le_transport.chaos.wait")
+                waits.add(waited)
+            # aiohttp's read timer, on the loop's time as aiohttp's own (not the clock's).
+            late: asyncio.Future[None] | None = None
+            timer: asyncio.TimerHandle | None = None
+            if read_timeout:
+                late = loop.create_future()
+                timer = loop.call_later(read_timeout, _settle, late)
+                waits.add(late)
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                if timer is not None:
+                    timer.cancel()
                 for task in waits:
                     task.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
-            if not closed.cancelled():
+            if closed is not None and not closed.cancelled():
                 raise _closed_in_flight(request)
+            if late is not None and not late.cancelled() and (waited is None or waited.cancelled()):
+                # As aiohttp's protocol fails a call whose answer is late for sock_read.
+                raise aiohttp.SocketTimeoutError("Timeout on reading data from socket")
         if request.session.closed:
             raise _closed_in_flight(request)
 
@@ -1496,6 +1527,47 @@ def _retry_of(request: ClientRequest) -> RetryMiddleware:
         if isinstance(middleware, RetryMiddleware):
             return middleware
     return _UNBOUND
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """Set ``future``'s result, unless it is done already (cancelled)."""
+    if not future.done():
+        future.set_result(None)
+
+
+#: How many of aiohttp's middleware wrappers :func:`_sock_read_of` follows: far more than any
+#: session has middlewares.
+_MAX_HANDLER_CHAIN = 256
+
+
+def _sock_read_of(handler: ClientHandlerType) -> float | None:
+    """The ``ClientTimeout.sock_read`` of the call ``handler`` sends (None: none, or not
+    found), before anything is sent: aiohttp hands it to the connection only as it sends.
+
+    Read from aiohttp's handler chain, as :func:`build_client_middlewares` makes it: each
+    middleware's wrapper holds the next handler (``next_h``), and the last, the one that
+    connects and sends, the call's timeout (``real_timeout``, a per-call ``timeout=`` or the
+    session's). A chain of another shape (another aiohttp) gives None: no read timeout is
+    applied to a fault's wait, as before."""
+    fn: object = handler
+    for _ in range(_MAX_HANDLER_CHAIN):
+        code = getattr(fn, "__code__", None)
+        cells = getattr(fn, "__closure__", None)
+        if code is None or not cells:
+            return None
+        free = dict(zip(code.co_freevars, cells, strict=False))
+        try:
+            if "real_timeout" in free:
+                timeout = free["real_timeout"].cell_contents
+                if isinstance(timeout, aiohttp.ClientTimeout):
+                    return timeout.sock_read
+                return None
+            if "next_h" not in free:
+                return None
+            fn = free["next_h"].cell_contents
+        except ValueError:  # a cell not filled yet
+            return None
+    return None
 
 
 def _shutdown_of(request: ClientRequest) -> asyncio.Event | None:

@@ -448,7 +448,15 @@ class Delay:
     too, on either side, as one TCP stream does: the simulator reads nothing more until it is
     done with the delayed one, and the client-side wrapper sends nothing more until it has
     gone. It is latency on a frame already written: the frame goes out late (the simulator
-    processes it late) even if its sender stopped waiting for its answer."""
+    processes it late) even if its sender stopped waiting for its answer.
+
+    On a request (and an upgrade), it is an answer that late, under the call's aiohttp
+    ``ClientTimeout`` on either side: ``total`` and ``sock_read`` strike the wait (aiohttp's
+    ``SocketTimeoutError`` for the latter, as a server that slow raises it), and a request
+    its caller gave up on meanwhile is not processed (the client-side injector had not sent
+    it yet; the simulator's handler is cancelled before it runs). aiohttp's timeouts run on
+    the loop's time, which a wait on a :class:`~le_transport.testing.VirtualClock` does not
+    move: there, the engine's attempt timeout, on that clock, is the one a wait meets."""
 
     kind: ClassVar[str] = "delay"
     delay_ms: float = attrs.field(validator=_ms_in("delay_ms", positive=False))
@@ -471,7 +479,9 @@ class Hang:
     """Send nothing: for ``duration_ms`` then close, or (None) until the client gives up.
 
     On unit ``ws_message`` the matched message is lost and nothing answers it (the caller
-    waits out its own timeout): a ``duration_ms`` is refused there, since no close follows."""
+    waits out its own timeout): a ``duration_ms`` is refused there, since no close follows.
+    On a request, the call's aiohttp ``ClientTimeout`` strikes the wait as a :class:`Delay`'s
+    (``sock_read`` and ``total``, on the loop's time), on either side."""
 
     kind: ClassVar[str] = "hang"
     duration_ms: float | None = attrs.field(default=None, validator=_optional_ms_in("duration_ms"))
