@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -10,9 +11,24 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport.chaos import Delay, FaultInjector, FaultPlan, FaultRule, Hang, Match, Quota
-from le_transport.chaos.plan import FaultRun, RecordLog, SharedBound
+from le_transport.chaos import (
+    Delay,
+    FaultInjector,
+    FaultPlan,
+    FaultRule,
+    Hang,
+    Match,
+    Quota,
+    Schedule,
+    Status,
+    WsClose,
+    WsDrop,
+    WsSilence,
+    fault_from_dict,
+)
+from le_transport.chaos.plan import MAX_COUNT, FaultRun, RecordLog, SharedBound
 from le_transport.clock import Clock, RealClock
+from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
 from tests.conftest import ServerFactory
@@ -252,3 +268,32 @@ async def test_a_delayed_upgrade_meets_the_sessions_sock_read(serve: ServerFacto
         with pytest.raises(aiohttp.SocketTimeoutError):
             await http.ws_connect(f"http://{host}/ws")
     assert injector.rule_counts()["d"].injected == 1
+
+
+# -- counts of 64 bits --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2**63, 10**5000], ids=["2**63", "10**5000"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: Schedule(skip_first=n),
+        lambda n: Schedule(fail_next=n),
+        lambda n: WsDrop(after_messages=n),
+        lambda n: WsClose(4401, after_messages=n),
+        lambda n: WsSilence(after_messages=n),
+        lambda n: fault_from_dict({"kind": "ws_drop", "after_messages": n}),
+    ],
+    ids=["skip_first", "fail_next", "ws_drop", "ws_close", "ws_silence", "from_dict"],
+)
+def test_a_count_past_64_bits_is_refused(make: Any, count: int) -> None:
+    # Before: accepted (a rule that never fires), and one past 4300 digits made the plan's
+    # JSON fail to write with a bare ValueError.
+    with pytest.raises(ConfigurationError, match=r"must be an int in 0\.\.9223372036854775807"):
+        make(count)
+
+
+def test_the_largest_count_is_kept_and_written() -> None:
+    rule = FaultRule("r", Status(503), schedule=Schedule(skip_first=MAX_COUNT, fail_next=MAX_COUNT))
+    plan = FaultPlan(rules=[rule])
+    assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan

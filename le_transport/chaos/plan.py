@@ -71,6 +71,7 @@ from ..policies.retry_after import MAX_RETRY_AFTER_CHARS
 __all__ = [
     "DEFAULT_MAX_RECORDS",
     "HTTP_FAULTS",
+    "MAX_COUNT",
     "MAX_SCHEDULE_MS",
     "MAX_SEED",
     "MIN_SEED",
@@ -142,11 +143,19 @@ Unit = Literal["request", "ws_session", "ws_message"]
 UNITS: tuple[str, ...] = ("request", "ws_session", "ws_message")
 
 
+#: The largest count a plan may hold (a :class:`Schedule`'s ``skip_first`` and ``fail_next``,
+#: an ``after_messages``): an int of 64 bits, which any JSON reader keeps exact, as the seed.
+#: Far past any run; a larger one never fires, and one past 4300 digits made the plan's JSON
+#: fail to write (a bare ``ValueError`` from ``json.dumps``).
+MAX_COUNT = 2**63 - 1
+
+
 def _non_negative_int(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
             raise ConfigurationError(
-                f"{type(instance).__name__}.{name} must be an int >= 0, got {_shown(value)}"
+                f"{type(instance).__name__}.{name} must be an int in 0..{MAX_COUNT} (2**63 - "
+                f"1), got {_shown(value)}"
             )
 
     return check
@@ -1023,7 +1032,8 @@ class Schedule:
     """When a rule is in force.
 
     - A window over its matching units (0-based count): skip the first ``skip_first``, then
-      fault the next ``fail_next`` (None: every one after), then pass.
+      fault the next ``fail_next`` (None: every one after), then pass. Each is an int in
+      0..:data:`MAX_COUNT` (2**63 - 1).
     - Optionally a window in time, on the run's clock, measured from the run's origin (when
       the simulator or injector was made; for an injector that takes its engine's clock,
       when that engine was made): from ``after_ms`` for ``for_ms`` (None: for ever), to the
