@@ -297,3 +297,25 @@ def test_the_largest_count_is_kept_and_written() -> None:
     rule = FaultRule("r", Status(503), schedule=Schedule(skip_first=MAX_COUNT, fail_next=MAX_COUNT))
     plan = FaultPlan(rules=[rule])
     assert FaultPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+# -- a path glob no URL path can match: a class without "/" -------------------------------------
+
+
+@pytest.mark.parametrize("glob", ["[a-z]*", "[!/]*", "[abc", "[", "[]"])
+@pytest.mark.parametrize("unit", ["request", "ws_session"])
+def test_a_path_glob_whose_first_class_cannot_be_a_slash_is_refused(glob: str, unit: str) -> None:
+    # Before: only its first character was looked at, and "[" let any class through: a rule
+    # on "[a-z]*" (or a "[" fnmatch reads as a literal) was accepted and never fired.
+    fault = Status(503) if unit == "request" else WsClose(4401)
+    with pytest.raises(ConfigurationError, match=r"never fires with Match\(path="):
+        FaultRule("r", fault, unit=unit, match=Match(path=glob))
+    # A message is matched on its type, which needs no "/".
+    FaultRule("r", Status(503), unit="ws_message", match=Match(path=glob))
+
+
+@pytest.mark.parametrize("glob", ["[/]api*", "[!a]*", "[]/]*", "[!]]*", "[.-0]api"])
+def test_a_path_glob_whose_first_class_holds_a_slash_is_taken(glob: str) -> None:
+    rule = FaultRule("r", Status(503), match=Match(path=glob))
+    run = FaultRun(FaultPlan(rules=[rule]))
+    assert run.decide("request", method="GET", path="/api", at=0.0) is not None

@@ -1093,6 +1093,24 @@ class Schedule:
         return self.for_ms is None or elapsed_ms < round(start + self.for_ms, 6)
 
 
+def _may_start_with_slash(glob: str) -> bool:
+    """Whether ``glob`` (``fnmatch``) matches some text starting with ``/``: whether its first
+    piece matches ``/`` (a ``/``, ``*``, ``?``, or a ``[...]`` class holding it), read as
+    ``fnmatch`` reads it (a ``[`` with no ``]`` to close it is a literal ``[``)."""
+    if not glob:
+        return False
+    first = glob[0]
+    if first != "[":
+        return first in "/*?"
+    end = 1
+    if end < len(glob) and glob[end] == "!":
+        end += 1
+    if end < len(glob) and glob[end] == "]":
+        end += 1
+    end = glob.find("]", end)
+    return end != -1 and fnmatch.fnmatchcase("/", glob[: end + 1])
+
+
 def _probability(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigurationError(f"FaultRule.p must be a number in [0, 1], got {_shown(value)}")
@@ -1172,9 +1190,10 @@ class FaultRule:
     has a non-zero ``after_messages``: that count is for unit ``ws_session`` only; a
     ``ws_message`` rule whose ``Hang`` has a ``duration_ms`` or whose ``Status`` has a
     ``retry_after`` or ``headers`` (a message applies neither); and a ``request`` or
-    ``ws_session`` rule whose ``Match.path`` is empty or starts with a literal other than
-    ``/``. In a plan, the first rule that fires on a unit wins: a later one due on the same
-    unit is ``shadowed``.
+    ``ws_session`` rule whose ``Match.path`` matches nothing that starts with ``/`` (empty,
+    or starting with a literal other than ``/`` or a ``[...]`` class without it). In a plan,
+    the first rule that fires on a unit wins: a later one due on the same unit is
+    ``shadowed``.
     """
 
     id: str = attrs.field()
@@ -1306,10 +1325,11 @@ class FaultRule:
                         "what the client should read in body), or use WsAppError"
                     )
         path = self.match.path
-        if unit != "ws_message" and (not path or path[0] not in "/*?["):
-            # A URL path starts with "/": a glob starting with another literal ("api/*"), or
-            # an empty one (a URL path is "/" at least), matched nothing, and a chaos test
-            # passed having injected nothing.
+        if unit != "ws_message" and not _may_start_with_slash(path):
+            # A URL path starts with "/": a glob starting with another literal ("api/*"), a
+            # class without "/" ("[a-z]*") or an unclosed "[" (a literal), or an empty one (a
+            # URL path is "/" at least), matched nothing, and a chaos test passed having
+            # injected nothing.
             raise ConfigurationError(
                 f"{named}: a rule on unit {unit!r} never fires with "
                 f"Match(path={_shown(path)}): it is matched against the URL path, which "
