@@ -429,6 +429,7 @@ class ResilientSocket:
         "_pending",
         "_probe",
         "_probe_sent_at",
+        "_probes_ending",
         "_readied",
         "_ready_epoch",
         "_resume",
@@ -500,6 +501,9 @@ class ResilientSocket:
         self._keepalive = _chosen_keepalive(self._options, dialer)
         self._keepalive_ticket: int | None = None
         self._probe: asyncio.Task[None] | None = None
+        # The probes cancelled for a newer one and not yet ended (None: none), which the next
+        # probe waits for: one probe of a connection at a time.
+        self._probes_ending: set[asyncio.Task[None]] | None = None
         self._probe_sent_at: float | None = None
         self._ready_epoch: int | None = None
         # Whether the current (or last) connection became ready: only such a connection can
@@ -1536,6 +1540,8 @@ class ResilientSocket:
             if not self._closing:
                 self._life.to(SocketState.RECONNECTING)
             helpers = [task for task in (setup, self._probe) if task is not None]
+            if self._probes_ending:
+                helpers.extend(self._probes_ending)
             for task in helpers:
                 task.cancel()
             closer = self._closer
@@ -1548,7 +1554,7 @@ class ResilientSocket:
                     closer.exception()
             if helpers:
                 await asyncio.gather(*helpers, return_exceptions=True)
-            self._probe = self._setup = None
+            self._probe = self._setup = self._probes_ending = None
             lost = (
                 f"the connection of {self._name} was lost with the request in flight; it may or "
                 "may not have been processed: retry if that is safe"
@@ -1836,11 +1842,19 @@ class ResilientSocket:
                 extra={"socket": self._name, "keepalive": policy.action},
             )
             previous = self._probe
+            ending: set[asyncio.Task[None]] | None = None
             if previous is not None:
                 # Answered long ago by other traffic, and its own timeout not yet seen (or
-                # seen, and its write still tidying up): the new probe waits for it to end.
+                # seen, and its write still tidying up): the new probe waits for it to end,
+                # and for every one cancelled before it that has not ended either (one that
+                # was cancelled while it still waited for those ended at once).
                 previous.cancel()
-            probe = asyncio.get_running_loop().create_task(self._keepalive_probe(policy, previous))
+                ending = self._probes_ending
+                if ending is None:
+                    ending = self._probes_ending = set()
+                ending.add(previous)
+                ending = set(ending)
+            probe = asyncio.get_running_loop().create_task(self._keepalive_probe(policy, ending))
             probe.add_done_callback(self._probe_done)
             self._probe = probe
             # Next: the probe's answer is due within its timeout.
@@ -1863,25 +1877,32 @@ class ResilientSocket:
         )
 
     async def _keepalive_probe(
-        self, policy: Keepalive, previous: asyncio.Task[None] | None = None
+        self, policy: Keepalive, previous: set[asyncio.Task[None]] | None = None
     ) -> None:
-        """One probe, within ``policy.timeout``. One probe of a connection at a time: one
-        cancelled for this one (``previous``) may still be tidying up (a write that a
-        middleware's socket ends only after a while), and this one goes out once it has
-        ended, within this one's own timeout (one that never ends holds up no other)."""
+        """One probe, within ``policy.timeout``. One probe of a connection at a time: the ones
+        cancelled before this one (``previous``) may still be tidying up (a write that a
+        middleware's socket ends only after a while), and this one goes out once they have
+        all ended, within this one's own timeout (one that never ends holds up no other)."""
         # Its own failure is not the keepalive's to report: a timeout shows as silence (and
         # the peer is declared dead), a loss is seen by the owner's read.
         with contextlib.suppress(Exception):
-            if previous is None or previous.done():
+            tidying = None if not previous else {task for task in previous if not task.done()}
+            if not tidying:
                 await self.request(policy.action, {}, timeout=policy.timeout)
                 return
             async with timeout_after(self._clock, policy.timeout):
-                await asyncio.wait({previous})
+                await asyncio.wait(tidying)
                 await self.request(policy.action, {}, timeout=policy.timeout)
 
     def _probe_done(self, task: asyncio.Task[None]) -> None:
         if self._probe is task:
             self._probe = None
+            return
+        ending = self._probes_ending
+        if ending is not None:
+            ending.discard(task)
+            if not ending:
+                self._probes_ending = None
 
     def _take_back(self, item: Outgoing) -> None:
         """A message the flush took but whose write was refused before any of it went out goes
