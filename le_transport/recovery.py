@@ -1198,11 +1198,12 @@ def _name(exc: BaseException) -> str:
 
 def _longest_pause(exc: BaseException, ceiling: float) -> float:
     """The longest pause the failed call took between its attempts, or a ``Retry-After`` one
-    of its answers asked for (cut to ``ceiling``, the request schedule's
-    ``retry_after_ceiling``) if longer (0 if none, or if it is no request error): what its
-    schedule, or the server, made it wait. The answer that ended the schedule is waited for by
-    no pause of its own: its ask (a 503's ``Retry-After: 50`` after pauses of 1, 2 and 3 s)
-    was ignored, and the outer retry re-sent the call sooner than the server asked."""
+    of its answers asked for (cut to ``ceiling``: the call's own ``retry=`` policy's
+    ``retry_after_ceiling`` when it passed one, else the engine's) if longer (0 if none, or
+    if it is no request error): what its schedule, or the server, made it wait. The answer
+    that ended the schedule is waited for by no pause of its own: its ask (a 503's
+    ``Retry-After: 50`` after pauses of 1, 2 and 3 s) was ignored, and the outer retry
+    re-sent the call sooner than the server asked."""
     if not isinstance(exc, RequestError):
         return 0.0
     longest = 0.0
