@@ -463,7 +463,10 @@ class InvalidRetryAfter(TransportError, ValueError):
 class RetryBudgetExhausted(RequestError):
     """The service's retry budget is spent: the call failed at once instead of retrying.
 
-    ``last`` is the outcome that would have been retried.
+    ``last`` is the :class:`RequestError` of the attempt that would have been retried (an
+    :class:`HTTPStatusError` for a status, a :class:`ConnectionFailed` or an
+    :class:`AttemptTimeout` for no answer); it is also the ``__cause__``. ``attempts`` has
+    every attempt's outcome.
     """
 
     def __init__(
@@ -634,7 +637,8 @@ class ProviderError(TransportError):
 class RecoveryFailed(TransportError):
     """The outer recovery loop (re-resolve domains, re-login) ran out of attempts or time.
 
-    ``last`` is the error of the last recovery attempt.
+    ``last`` is the latest error of the recovery: the last re-login's failure, or, when no
+    re-login failed, the call's own failure that started the recovery (None when not given).
     """
 
     def __init__(self, message: str, *, last: BaseException | None = None) -> None:
