@@ -43,6 +43,14 @@ def _app_key(value: object) -> Secret:
                 "it starts with the header's own words: pass the key alone (AppKeyAuth "
                 "writes 'Authorization: LivePerson appKey=<key>' itself)"
             )
+        elif text[:7].lower() == "bearer ":
+            # Told as StaticBearer's mistake, it named the wrong class: an app key is no
+            # bearer, and the header AppKeyAuth writes is its own.
+            problem = (
+                "it starts with 'Bearer ': an app key is sent as 'Authorization: LivePerson "
+                "appKey=<key>', not as a bearer; pass the key alone (a bearer token goes to "
+                "StaticBearer)"
+            )
         elif header_safe(text):
             return value
         else:
