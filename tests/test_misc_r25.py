@@ -3,12 +3,14 @@ key's refusal of a bearer, read-only state event details, and the demo with no s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from le_transport import Secret
 from le_transport.errors import ConfigurationError, RecoveryFailed, RetryBudgetExhausted
+from le_transport.policies import Action, BackoffPolicy, Outcome, RetryPolicy
 from le_transport.providers import AppKeyAuth
 
 # -- what ``last`` holds -----------------------------------------------------------------------
@@ -41,3 +43,63 @@ def test_app_key_that_is_a_bearer_is_refused_naming_app_key_auth_not_static_bear
     assert "StaticBearer writes" not in message  # AppKeyAuth writes its own header
     assert "LivePerson appKey=<key>" in message
     assert "bearer" in message.lower()
+
+
+# -- attempt numbers: any integer type -----------------------------------------------------------
+
+
+class _Index:
+    """An integer type that is no int subclass (as numpy.int64): it has ``__index__``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+class _BadIndex:
+    def __index__(self) -> int:
+        raise ValueError("no")
+
+
+def test_backoff_takes_an_attempt_of_any_integer_type() -> None:
+    policy = BackoffPolicy(jitter=0)
+    assert policy.base_delay(_Index(2)) == 240.0  # type: ignore[arg-type]
+    assert policy.delay(_Index(3)) == 480.0  # type: ignore[arg-type]
+    assert policy.bounds(_Index(1)) == (120.0, 120.0)  # type: ignore[arg-type]
+    assert policy.next_delay(_Index(2), 0.0) == 240.0  # type: ignore[arg-type]
+    limited = BackoffPolicy(jitter=0, max_attempts=2)
+    assert limited.next_delay(_Index(3), 0.0) is None  # type: ignore[arg-type]
+
+
+def test_the_request_schedule_takes_an_attempt_of_any_integer_type() -> None:
+    policy = RetryPolicy(jitter=0)
+    outcome = Outcome.response(503)
+    assert policy.pause_for(_Index(2), outcome) == 10.0  # type: ignore[arg-type]
+    decision = policy.decide(_Index(1), outcome, idempotent=True)  # type: ignore[arg-type]
+    assert decision.action is Action.RETRY
+    assert decision.pause == 5.0
+    last = policy.decide(_Index(4), outcome, idempotent=True)  # type: ignore[arg-type]
+    assert last.action is Action.GIVE_UP
+    assert "after 4 attempts" in last.reason
+
+
+@pytest.mark.parametrize("attempt", [True, 2.0, "2", None, _BadIndex()])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: BackoffPolicy().base_delay(a),
+        lambda a: BackoffPolicy().delay(a),
+        lambda a: BackoffPolicy().bounds(a),
+        lambda a: BackoffPolicy(max_attempts=1).next_delay(a, 0.0),
+        lambda a: RetryPolicy().pause_for(a, Outcome.response(503)),
+        lambda a: RetryPolicy().decide(a, Outcome.response(503), idempotent=True),
+    ],
+)
+def test_an_attempt_that_is_no_integer_is_still_refused_typed(
+    call: Callable[[object], object], attempt: object
+) -> None:
+    with pytest.raises(ConfigurationError, match="attempt must be an int") as info:
+        call(attempt)
+    assert type(attempt).__name__ in str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "HTTP_STATUSES",
     "MAX_CODES",
     "at_least",
+    "attempt_number",
     "check_scale",
     "clamp_draw",
     "finite_number",
@@ -97,6 +99,23 @@ def instance_of(cls: type, wants: str) -> Callable[[Any, Any, Any], None]:
             )
 
     return validator
+
+
+def attempt_number(owner: str, attempt: object) -> int:
+    """``attempt`` (an attempt number, given to ``owner``: ``Class.method``) as a plain int.
+
+    An int will do, and so will any integer type (one with ``__index__``: an IntEnum, a
+    ``numpy.int64`` read from an array); a bool, a float, a str or None is a
+    :class:`ConfigurationError` naming ``owner`` and the type (never the value)."""
+    if not isinstance(attempt, bool):  # a bool has __index__, but True is no attempt 1
+        try:
+            return operator.index(attempt)  # type: ignore[arg-type]  # a TypeError if not
+        except Exception:  # no integer type, or one whose __index__ fails: refused below
+            pass
+    raise ConfigurationError(
+        f"{owner}: attempt must be an int (1-based; an integer type such as numpy.int64 will "
+        f"do), got {type(attempt).__name__}"
+    )
 
 
 #: A validator: the value must be True or False (a truthy 1 or "no" is refused, not guessed).

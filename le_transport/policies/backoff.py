@@ -21,6 +21,7 @@ import attrs
 
 from ..errors import ConfigurationError
 from ._validate import (
+    attempt_number,
     check_scale,
     clamp_draw,
     finite_number,
@@ -141,15 +142,14 @@ class BackoffPolicy:
         )
 
     def base_delay(self, attempt: int) -> float:
-        """The un-jittered delay before outer attempt ``attempt`` (an int, 1-based; anything
-        else is a :class:`ConfigurationError`, as for :meth:`delay`, :meth:`bounds` and
+        """The un-jittered delay before outer attempt ``attempt`` (an int, 1-based, or any
+        integer type with ``__index__``, such as ``numpy.int64``; a bool, a float, a str or
+        None is a :class:`ConfigurationError`, as for :meth:`delay`, :meth:`bounds` and
         :meth:`next_delay`)."""
-        if type(attempt) is not int and (isinstance(attempt, bool) or not isinstance(attempt, int)):
+        if type(attempt) is not int:
             # A str or None failed on the comparison below with a TypeError, a float in range(),
-            # and True passed as attempt 1.
-            raise ConfigurationError(
-                f"BackoffPolicy: attempt must be an int (1-based), got {type(attempt).__name__}"
-            )
+            # and True passed as attempt 1; a numpy.int64 was refused.
+            attempt = attempt_number("BackoffPolicy.base_delay", attempt)
         if attempt < 1:
             raise ConfigurationError(f"attempt is 1-based, got {attempt}")
         # Multiply step by step rather than computing factor ** n, which overflows for large
@@ -187,6 +187,9 @@ class BackoffPolicy:
         It stops when ``attempt`` passes ``max_attempts`` or when the delay would end past
         ``deadline`` (``elapsed`` is the time since the first failure).
         """
+        if type(attempt) is not int:
+            # Before the comparison: a str or None failed on it with a TypeError.
+            attempt = attempt_number("BackoffPolicy.next_delay", attempt)
         if self.max_attempts is not None and attempt > self.max_attempts:
             return None
         delay = self.delay(attempt, rand)

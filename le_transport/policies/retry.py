@@ -19,6 +19,7 @@ import attrs
 
 from ..errors import ConfigurationError
 from ._validate import (
+    attempt_number,
     check_scale,
     clamp_draw,
     finite_number,
@@ -112,19 +113,6 @@ def _pauses(value: object) -> tuple[float, ...]:
     return tuple(float(p) for p in items)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_attempt(method: str, attempt: object) -> None:
-    """``attempt`` must be an int (an int subclass but a bool will do): else a
-    ConfigurationError naming it (None failed on a comparison, with a TypeError)."""
-    if not _is_int(attempt):
-        raise ConfigurationError(
-            f"RetryPolicy.{method}: attempt must be an int (1-based), got {type(attempt).__name__}"
-        )
-
-
 def _check_outcome_arg(method: str, outcome: object) -> None:
     """``outcome`` must be an :class:`Outcome` (a subclass will do)."""
     if not isinstance(outcome, Outcome):
@@ -211,12 +199,14 @@ class RetryPolicy:
         (capped at ``retry_after_ceiling``) longer than the schedule's pause replaces it; with
         ``jitter`` on, lengthened by up to ``jitter`` of itself, never shortened.
         """
-        if type(attempt) is not int or not 1 <= attempt <= len(self.pauses):
-            _check_attempt("pause_for", attempt)  # an int subclass (not a bool) will do
-            if not 1 <= attempt <= len(self.pauses):
-                raise ConfigurationError(
-                    f"attempt {attempt} has no pause after it: the schedule has {len(self.pauses)}"
-                )
+        if type(attempt) is not int:
+            # Any integer type (an IntEnum, a numpy.int64) will do; a bool, None (which failed
+            # on the comparison with a TypeError) or a float will not.
+            attempt = attempt_number("RetryPolicy.pause_for", attempt)
+        if not 1 <= attempt <= len(self.pauses):
+            raise ConfigurationError(
+                f"attempt {attempt} has no pause after it: the schedule has {len(self.pauses)}"
+            )
         if outcome.__class__ is not Outcome:
             _check_outcome_arg("pause_for", outcome)
         pause = self.pauses[attempt - 1]
@@ -249,12 +239,14 @@ class RetryPolicy:
 
         ``elapsed`` is the time since the call started; a pause that would end past
         ``deadline`` gives up now instead of sleeping for nothing. ``attempt`` must be an int
-        and ``outcome`` an :class:`Outcome`, else a :class:`ConfigurationError`.
+        (or any integer type with ``__index__``, such as ``numpy.int64``; not a bool) and
+        ``outcome`` an :class:`Outcome`, else a :class:`ConfigurationError`.
         """
         # Two tests on identity and type: this runs once per failed attempt (a success never
         # asks), and anything else is told apart off that path.
         if type(attempt) is not int or outcome.__class__ is not Outcome:
-            _check_attempt("decide", attempt)
+            if type(attempt) is not int:
+                attempt = attempt_number("RetryPolicy.decide", attempt)
             _check_outcome_arg("decide", outcome)
         verdict = self.classifier.classify(outcome)
         if verdict is Verdict.SUCCESS:
