@@ -12,8 +12,8 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 
@@ -64,14 +64,61 @@ class GiveUpEvent:
     handled_by_caller: bool = False
 
 
+class _Details(dict[str, Any]):
+    """A :class:`StateEvent`'s details: a dict that cannot be changed (every hook is handed
+    the same one, so one hook's change was what the next hook saw). Read as a dict (``get``,
+    ``items``, ``json.dumps``, a log record's ``extra``); copy it (``dict(event.details)``) to
+    change it."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            "a StateEvent's details are read-only (every hook sees the same): copy them, "
+            "dict(event.details), to change them"
+        )
+
+    __setitem__ = _refuse
+    __delitem__ = _refuse
+    __ior__ = _refuse
+    clear = _refuse
+    pop = _refuse
+    popitem = _refuse
+    setdefault = _refuse
+    update = _refuse
+
+    def __reduce__(self) -> tuple[type[_Details], tuple[dict[str, Any]]]:
+        # Not dict's: a copy or an unpickling would fill the new one item by item, refused.
+        return (type(self), (dict(self),))
+
+
+def _details(value: object) -> _Details:
+    """``value`` (a mapping) as read-only details, copied: the caller's dict may change after."""
+    if isinstance(value, _Details):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"StateEvent.details must be a mapping, got {type(value).__name__}"
+        )
+    return _Details(value)
+
+
 @attrs.frozen
 class StateEvent:
     """A state change of a session or socket: ``name`` (e.g. ``relogin_scheduled``,
-    ``reconnecting``), the subject (service or socket), and details (no secrets)."""
+    ``reconnecting``), the subject (service or socket), and details (no secrets).
+
+    ``details`` is a read-only copy of the mapping given (a dict that refuses every change
+    with a :class:`TypeError`): every hook is handed the same event, so a hook that changed
+    it changed what the next hook saw. The copy is shallow: a list among its values is the
+    one given. A mapping it must be, else a :class:`~le_transport.errors.ConfigurationError`.
+    The event hashes (equal events alike) on its name and subject: details may hold a value
+    that does not hash (a list), so they count only for equality.
+    """
 
     name: str
     subject: str
-    details: dict[str, Any] = attrs.field(factory=dict)
+    details: Mapping[str, Any] = attrs.field(factory=_Details, converter=_details, hash=False)
 
 
 def check_hooks(value: object, *, owner: str = "EventHooks") -> tuple[Callable[[Any], object], ...]:

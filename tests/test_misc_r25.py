@@ -3,6 +3,9 @@ key's refusal of a bearer, read-only state event details, and the demo with no s
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 from le_transport import Secret
 from le_transport.errors import ConfigurationError, RecoveryFailed, RetryBudgetExhausted
+from le_transport.events import StateEvent, emit
 from le_transport.policies import Action, BackoffPolicy, Outcome, RetryPolicy
 from le_transport.providers import AppKeyAuth
 
@@ -103,3 +107,74 @@ def test_an_attempt_that_is_no_integer_is_still_refused_typed(
     with pytest.raises(ConfigurationError, match="attempt must be an int") as info:
         call(attempt)
     assert type(attempt).__name__ in str(info.value)
+
+
+# -- StateEvent: details no hook can change -----------------------------------------------------
+
+
+def test_a_hook_cannot_change_the_details_the_next_hook_sees() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def meddler(event: StateEvent) -> None:
+        event.details["attempt"] = 99  # type: ignore[index]
+
+    def clearer(event: StateEvent) -> None:
+        event.details.clear()  # type: ignore[attr-defined]
+
+    given = {"attempt": 1, "pause": 2.5}
+    event = StateEvent("relogin_scheduled", "svc", given)
+    emit([meddler, clearer, lambda e: seen.append(dict(e.details))], event)
+    assert seen == [{"attempt": 1, "pause": 2.5}]
+    given["attempt"] = 7  # nor can the dict it was made from, changed afterwards
+    assert event.details == {"attempt": 1, "pause": 2.5}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.__setitem__("a", 2),
+        lambda d: d.__delitem__("a"),
+        lambda d: d.update(a=2),
+        lambda d: d.pop("a"),
+        lambda d: d.popitem(),
+        lambda d: d.setdefault("b", 1),
+        lambda d: d.clear(),
+        lambda d: d.__ior__({"a": 2}),
+    ],
+)
+def test_every_way_to_change_the_details_is_refused(change: Callable[[Any], object]) -> None:
+    event = StateEvent("open", "socket", {"a": 1})
+    with pytest.raises(TypeError, match="read-only"):
+        change(event.details)
+    assert event.details == {"a": 1}
+
+
+def test_a_state_event_hashes_equal_events_alike_even_with_unhashable_details() -> None:
+    one = StateEvent("lost", "socket", {"codes": [1006], "reason": "x"})
+    two = StateEvent("lost", "socket", {"codes": [1006], "reason": "x"})
+    assert one == two
+    assert hash(one) == hash(two)
+    assert len({one, two, StateEvent("lost", "socket")}) == 2
+    assert one != StateEvent("lost", "socket", {"codes": [1006], "reason": "y"})
+
+
+def test_state_event_details_still_read_as_a_dict_and_survive_copy_and_pickle() -> None:
+    event = StateEvent("open", "socket", {"attempt": 2, "url": "wss://x"})
+    assert isinstance(event.details, dict)
+    assert json.loads(json.dumps(event.details)) == {"attempt": 2, "url": "wss://x"}
+    assert event.details.get("attempt") == 2
+    assert (
+        repr(event)
+        == "StateEvent(name='open', subject='socket', details={'attempt': 2, 'url': 'wss://x'})"
+    )
+    for again in (copy.copy(event), copy.deepcopy(event), pickle.loads(pickle.dumps(event))):
+        assert again == event
+        with pytest.raises(TypeError, match="read-only"):
+            again.details["attempt"] = 3  # type: ignore[index]
+    assert StateEvent("x", "y").details == {}
+
+
+@pytest.mark.parametrize("details", [None, 3, "ab", [1, 2]])
+def test_state_event_details_that_are_no_mapping_are_refused_typed(details: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"StateEvent\.details must be a mapping"):
+        StateEvent("x", "y", details)
