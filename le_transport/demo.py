@@ -888,13 +888,27 @@ def run_demo(
     Raises :class:`BrokenPipeError` when ``out`` is a pipe its reader closed (the workload is
     stopped and cleaned up first), and :class:`KeyboardInterrupt` on Ctrl-C (likewise). On
     SIGTERM, and SIGHUP unless ignored, it cleans up likewise and returns 128 + the signal's
-    number (143, 129), as a shell reports a process that signal ended."""
+    number (143, 129), as a shell reports a process that signal ended.
+
+    With no ``out`` and no ``sys.stdout`` (``pythonw``, a process started with its output
+    closed) it says so in one line on ``sys.stderr`` (if there is one) and returns 1 without
+    running, as ``le-transport demo >&-`` does: the run went nowhere, then failed on
+    ``None.flush()`` with an AttributeError."""
+    stream = sys.stdout if out is None else out
+    if stream is None:
+        if sys.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken stderr too
+                print(
+                    "le-transport demo: no standard output to write the timeline to (it is closed)",
+                    file=sys.stderr,
+                )
+        return 1
     try:
         ok = asyncio.run(
             _main(
                 time_scale=time_scale,
                 seed=seed,
-                out=out or sys.stdout,
+                out=stream,
                 account=account,
                 verbose=verbose,
             )

@@ -4,14 +4,16 @@ key's refusal of a bearer, read-only state event details, and the demo with no s
 from __future__ import annotations
 
 import copy
+import io
 import json
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from le_transport import Secret
+from le_transport import Secret, demo
 from le_transport.errors import ConfigurationError, RecoveryFailed, RetryBudgetExhausted
 from le_transport.events import StateEvent, emit
 from le_transport.policies import Action, BackoffPolicy, Outcome, RetryPolicy
@@ -178,3 +180,23 @@ def test_state_event_details_still_read_as_a_dict_and_survive_copy_and_pickle() 
 def test_state_event_details_that_are_no_mapping_are_refused_typed(details: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"StateEvent\.details must be a mapping"):
         StateEvent("x", "y", details)
+
+
+# -- run_demo with no standard output -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stderr", [io.StringIO(), None])
+def test_run_demo_with_no_stdout_says_so_and_returns_1_without_running(
+    monkeypatch: pytest.MonkeyPatch, stderr: io.StringIO | None
+) -> None:
+    def never(**kwargs: object) -> object:
+        raise AssertionError("the demo ran with nowhere to write its timeline")
+
+    monkeypatch.setattr(demo, "_main", never)
+    monkeypatch.setattr(sys, "stdout", None)  # pythonw, or a closed stdout
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert demo.run_demo(time_scale=0.01, seed=1) == 1
+    if stderr is not None:
+        assert stderr.getvalue() == (
+            "le-transport demo: no standard output to write the timeline to (it is closed)\n"
+        )
