@@ -6,12 +6,15 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from le_transport import Secret, demo
 from le_transport.errors import ConfigurationError, RecoveryFailed, RetryBudgetExhausted
@@ -200,3 +203,102 @@ def test_run_demo_with_no_stdout_says_so_and_returns_1_without_running(
         assert stderr.getvalue() == (
             "le-transport demo: no standard output to write the timeline to (it is closed)\n"
         )
+
+
+# -- BackoffPolicy: a factor a hair above 1 ------------------------------------------------------
+
+
+class _CountingFactor(float):
+    """A factor that counts the delays multiplied by it (``delay * factor`` asks the subclass
+    first) and refuses to be multiplied more than ``limit`` times: a base delay's cost."""
+
+    limit = 1_000
+    used = 0
+
+    def __rmul__(self, other: object) -> float:
+        type(self).used += 1
+        if type(self).used > self.limit:
+            raise AssertionError(f"more than {self.limit} multiplications for one base delay")
+        return float(self) * float(other)  # type: ignore[arg-type]
+
+
+def _stepped(policy: BackoffPolicy, attempt: int) -> float:
+    """The base delay multiplied step by step, as it always was (the reference)."""
+    delay = max(policy.first, policy.floor)
+    for _ in range(attempt - 1):
+        grown = delay * policy.factor
+        delay = grown if grown > delay else math.nextafter(delay, math.inf)
+        if delay >= policy.cap:
+            return policy.cap
+    return min(delay, policy.cap)
+
+
+@pytest.mark.parametrize("factor", [1.0000001, 1 + 1e-12, 1 + 2**-52])
+@pytest.mark.parametrize("attempt", [10**6, 10**9, 10**18, 10**40])
+def test_a_factor_a_hair_above_1_gives_a_base_delay_in_a_bounded_number_of_steps(
+    factor: float, attempt: int
+) -> None:
+    # Step by step, 1.0000001 took ~2 * 10**7 multiplications from 120 s to the 960 s cap,
+    # and 1 + 2**-52 about 10**16: a recovery loop asking for its next delay hung.
+    _CountingFactor.used = 0
+    policy = BackoffPolicy(factor=_CountingFactor(factor), jitter=0)
+    delay = policy.base_delay(attempt)
+    assert 120.0 <= delay <= 960.0
+    assert _CountingFactor.used <= 100
+    assert policy.next_delay(attempt, 0.0) == delay
+
+
+def test_a_factor_a_hair_above_1_reaches_the_cap_where_the_formula_says() -> None:
+    policy = BackoffPolicy(factor=1.0000001, jitter=0)
+    steps = math.log(960 / 120) / math.log(1.0000001)  # ~2.08 * 10**7
+    below, past = policy.base_delay(int(steps * 0.999)), policy.base_delay(int(steps * 1.001))
+    assert below == pytest.approx(120 * 1.0000001 ** int(steps * 0.999 - 1), rel=1e-9)
+    assert below < 960.0
+    assert past == 960.0
+
+
+@pytest.mark.parametrize("first", [0.001, 1.0, 15.0, 120.0, 5e-324, 1e-310])
+@pytest.mark.parametrize("factor", [1.01, 1.2, 1.5, 2.0, 3.0, 10.0])
+def test_the_base_delays_of_the_first_attempts_are_the_step_by_step_products(
+    first: float, factor: float
+) -> None:
+    policy = BackoffPolicy(first=first, factor=factor, cap=1e6, jitter=0, floor=0)
+    for attempt in range(1, 66):
+        assert policy.base_delay(attempt) == _stepped(policy, attempt)
+    for attempt in range(66, 3000, 7):
+        assert policy.base_delay(attempt) == pytest.approx(_stepped(policy, attempt), rel=1e-12)
+
+
+_NEAR_ONE = st.one_of(
+    st.integers(1, 2**20).map(lambda m: 1 + m * 2**-52),
+    st.floats(1 + 2**-40, 1.001),
+    st.floats(1.001, 1e3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    first=st.floats(min_value=5e-324, max_value=1e6),
+    factor=_NEAR_ONE,
+    cap=st.floats(min_value=1e-300, max_value=1e300),
+    floor=st.floats(min_value=0.0, max_value=1e6),
+    attempt=st.one_of(st.integers(1, 200), st.integers(1, 10**40)),
+    later=st.one_of(st.integers(1, 3), st.integers(1, 10**40)),
+)
+def test_base_delays_stay_finite_capped_and_monotone_for_any_factor_and_attempt(
+    first: float, factor: float, cap: float, floor: float, attempt: int, later: int
+) -> None:
+    try:
+        policy = BackoffPolicy(first=first, factor=factor, cap=cap, jitter=0.2, floor=floor)
+    except ConfigurationError:
+        return
+    now, then = policy.base_delay(attempt), policy.base_delay(attempt + later)
+    assert math.isfinite(now)
+    assert 0.0 < now <= policy.cap
+    assert now <= then <= policy.cap
+    if factor >= 1 + 2**-51:  # grows by more than float's rounding at every attempt
+        following = policy.base_delay(attempt + 1)
+        assert now < following or now == following == policy.cap
+    low, high = policy.bounds(attempt)
+    assert math.isfinite(high)
+    assert low <= policy.delay(attempt, 0.0) <= policy.delay(attempt, 0.999) <= high

@@ -15,6 +15,7 @@ and the package is unmaintained.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import attrs
@@ -60,12 +61,64 @@ def _max_attempts(instance: object, attribute: attrs.Attribute[Any], value: obje
         )
 
 
+#: How many growth steps :meth:`BackoffPolicy.base_delay` multiplies one by one; past them,
+#: one power covers the rest.
+_STEPPED = 64
+
+
+def _float_bits(value: float) -> int:
+    """A positive float's bits as an int: positive floats sort as their bits do, and the
+    next float up is one more."""
+    bits: int = struct.unpack("<q", struct.pack("<d", value))[0]
+    return bits
+
+
+def _bits_float(bits: int) -> float:
+    """The float whose bits are ``bits`` (the inverse of :func:`_float_bits`)."""
+    value: float = struct.unpack("<d", struct.pack("<q", bits))[0]
+    return value
+
+
+def _grown(delay: float, factor: float, steps: int, cap: float) -> float:
+    """``delay`` grown ``steps`` more times by ``factor``, capped, in O(1): ``delay * factor
+    ** steps``, and never fewer than ``steps`` floats above ``delay`` (the step-by-step
+    growth's "at least one float up", for delays too small to grow by a factor)."""
+    least = _float_bits(delay) + steps
+    if least >= _float_bits(cap):
+        return cap  # also bounds ``steps`` below 2**63 for the powers below
+    growth = steps * math.log2(factor)  # the power's binary exponent
+    if growth > math.log2(cap) - math.log2(delay) + 1.0:
+        return cap  # past the cap by more than twice over: no rounding brings it back
+    # At most 2099 (float spans 2**-1074 to 2**1024): the power in parts of at most 2**1000,
+    # so that none overflows where the product does not (a subnormal delay times 1.5**2000).
+    # Each part's exponent is cut where float holds it exactly: float ** int converts the
+    # int to a float, which past 2**53 lost the low bits (consecutive attempts, one delay).
+    grown = delay
+    left = steps
+    for parts in range(max(1, math.ceil(growth / 1000.0)), 0, -1):
+        part = left // parts
+        left -= part
+        shift = max(0, part.bit_length() - 53)
+        high = (part >> shift) << shift
+        try:
+            grown = grown * factor**high * factor ** (part - high)
+        except OverflowError:
+            return cap
+    if grown >= cap:
+        return cap
+    return max(grown, _bits_float(least))
+
+
 @attrs.frozen
 class BackoffPolicy:
     """Exponential backoff: ``first``, ``first * factor``, ... up to ``cap``, jittered.
 
     - Un-jittered delays (:meth:`base_delay`) strictly grow until they reach ``cap``: they
-      start from ``max(first, floor)``, ``start * factor ** (n - 1)`` capped.
+      start from ``max(first, floor)``, ``start * factor ** (n - 1)`` capped, each at least
+      one float longer than the one before (a subnormal ``first``). Any attempt number costs
+      the same few operations, however close ``factor`` is to 1. The one factor that grows a
+      delay by no more than float's rounding, ``1 + 2**-52``, gives delays that never shrink
+      but may repeat one.
     - ``first`` and ``cap``: finite numbers of seconds > 0, ``cap >= first``; ``factor``: a
       finite number > 1.
     - ``jitter`` spreads each delay uniformly within ``±jitter`` of its value, so a fleet
@@ -152,11 +205,13 @@ class BackoffPolicy:
             attempt = attempt_number("BackoffPolicy.base_delay", attempt)
         if attempt < 1:
             raise ConfigurationError(f"attempt is 1-based, got {attempt}")
-        # Multiply step by step rather than computing factor ** n, which overflows for large
-        # n. The floor is where the growth starts (it is at most the cap), so each delay below
-        # the cap is longer than the one before it.
+        # Multiply step by step for the first attempts (exactly the products they always
+        # were), then in one power from there: stepping all the way, a factor a hair above 1
+        # (1.0000001) took ~10**7 steps from 120 s to a 960 s cap, and a huge attempt number
+        # with a factor of 1 + 2**-52 never ended. The floor is where the growth starts (it is
+        # at most the cap), so each delay below the cap is longer than the one before it.
         delay = max(self.first, self.floor)
-        for _ in range(attempt - 1):
+        for _ in range(min(attempt - 1, _STEPPED)):
             grown = delay * self.factor
             if grown <= delay:
                 # A subnormal delay (5e-324 s) times a factor under 1.5 rounds back to itself:
@@ -165,7 +220,10 @@ class BackoffPolicy:
             delay = grown
             if delay >= self.cap:
                 return self.cap
-        return min(delay, self.cap)
+        left = attempt - 1 - _STEPPED
+        if left <= 0:
+            return min(delay, self.cap)
+        return _grown(delay, self.factor, left, self.cap)
 
     def bounds(self, attempt: int) -> tuple[float, float]:
         """The lowest and highest delay :meth:`delay` can return for ``attempt``."""
