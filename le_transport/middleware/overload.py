@@ -882,7 +882,7 @@ class OverloadGuard:
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
                 await self._closed(call, key, seen)
             if lock is not None:
-                await self._store.delete(self._probe_key(key), only_if=lock)
+                await self._delete_lock(key, lock)
         except BaseException:
             # Cancelled while publishing the verdict, or while freeing the lock (the delete
             # may not have reached the store): the lock must still go, or the fleet would wait
@@ -1128,6 +1128,16 @@ class OverloadGuard:
         if self._shared_answered():
             self._drop_stale(key, lock)
 
+    async def _delete_lock(self, key: tuple[str, str], lock: str) -> None:
+        """Delete this process's fleet probe lock ``lock`` at ``key`` (a probe's verdict given,
+        or an admission given up). One whose delete a FallbackStore answered locally (its
+        primary out) is noted as this process's to free, by its next probe here: the shared
+        store still holds it, for its lease, against this process's next probe and the
+        fleet's (a failed probe's new break is shorter than the lease)."""
+        await self._store.delete(self._probe_key(key), only_if=lock)
+        if not self._shared_answered():
+            self._keep_stale(key, lock)
+
     def _shared_answered(self) -> bool:
         """Whether the store's last answer was the shared store's, not a FallbackStore's local
         stand-in's (its primary out): a lock's delete answered locally freed nothing in the
@@ -1308,7 +1318,7 @@ class OverloadGuard:
                         break
                     trip = found if isinstance(found, tuple) else None
                     if trip is not None and trip[1] > read_at:
-                        await self._store.delete(probe_key, only_if=lock)
+                        await self._delete_lock(key, lock)
                         adopted = self._adopted(status, *trip)
                         self._successes.pop(key, None)  # (as below: the status is replaced whole)
                         self._put(key, adopted)
@@ -1351,7 +1361,7 @@ class OverloadGuard:
                 else:
                     # Changed under this process at every read: the fleet's trip is moving;
                     # this call does not probe, a later one reads it again.
-                    await self._store.delete(probe_key, only_if=lock)
+                    await self._delete_lock(key, lock)
                     self._put(key, status)
                     at = self._clock.now()
                     return self._circuit_open(call, at + self._sync_interval, at, status.opens)
@@ -1366,13 +1376,13 @@ class OverloadGuard:
                     and current is not status
                     and self._breaker.state_at(current, at) is BreakerState.OPEN
                 ):
-                    await self._store.delete(probe_key, only_if=lock)
+                    await self._delete_lock(key, lock)
                     retry_at = self._breaker.retry_at(current, at)
                     return self._circuit_open(
                         call, at if retry_at is None else retry_at, at, current.opens
                     )
                 if fleet_closed:
-                    await self._store.delete(probe_key, only_if=lock)
+                    await self._delete_lock(key, lock)
                     self._successes.pop(key, None)
                     self._put(key, self._breaker.closed())
                     self._adopt_close(key)
