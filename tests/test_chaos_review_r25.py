@@ -3,6 +3,13 @@ earlier fixes left out."""
 
 from __future__ import annotations
 
+from typing import Any
+from unittest import mock
+
+import aiohttp
+import pytest
+
+from le_transport.chaos.injector import _sock_read_of
 from le_transport.errors import CircuitOpen, StateStoreError
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome
@@ -74,3 +81,91 @@ async def test_a_probe_lock_whose_verdicts_delete_was_answered_locally_is_freed_
     await guard.settle(nxt, 1, Outcome.response(200))
     assert guard.breaker_state("svc", _HOST) is BreakerState.CLOSED
     await guard.drain()
+
+
+# -- the call's sock_read, read from aiohttp's handler chain only --------------------------------
+
+
+async def _send(request: Any) -> Any:
+    """A stand-in for the handler that sends (never awaited here)."""
+    raise AssertionError("not sent")
+
+
+def _caller_handler(handler: Any) -> Any:
+    """A caller's own handler around ``handler``, with a ``real_timeout`` of its own (not the
+    call's: a deadline it keeps for something else), as a caller composing middlewares by hand
+    may write one."""
+    real_timeout = aiohttp.ClientTimeout(sock_read=0.05)
+
+    async def next_step(request: Any) -> Any:
+        assert real_timeout.sock_read
+        return await handler(request)
+
+    return next_step
+
+
+def _caller_chain(handler: Any) -> Any:
+    """A caller's chain naming its next handler ``next_h``, as aiohttp's own does."""
+
+    async def wrapped(request: Any) -> Any:
+        return await next_h(request)
+
+    next_h = _caller_handler(handler)
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        mock.AsyncMock(spec=_send),
+        mock.MagicMock(spec=_send),
+        _caller_handler(_send),
+        _caller_chain(_send),
+    ],
+    ids=["async-mock", "magic-mock", "caller-real_timeout", "caller-next_h"],
+)
+def test_a_handler_aiohttp_did_not_make_gives_no_sock_read(handler: Any) -> None:
+    # Before: a mock spec'd on a function raised TypeError out of the injector's Delay (its
+    # __code__ a mock), and a caller's closure holding a ``real_timeout`` (or a ``next_h``
+    # leading to one) was read as the call's timeout: its 0.05 s struck a Delay the call's
+    # own timeout allowed.
+    assert _sock_read_of(handler) is None
+
+
+class _Seen(Exception):
+    """Raised by :func:`_reading` with what it read, before anything is sent."""
+
+
+async def _reading(request: Any, handler: Any) -> Any:
+    raise _Seen(_sock_read_of(handler))
+
+
+async def _passing(request: Any, handler: Any) -> Any:
+    return await handler(request)
+
+
+@pytest.mark.parametrize("before", [0, 2])
+async def test_the_sock_read_is_read_through_aiohttps_own_chain(before: int) -> None:
+    # A guard: aiohttp's chain, one middleware or more, is still read (the call's timeout=,
+    # else the session's). Nothing is sent: the reading middleware raises first.
+    middlewares = [*[_passing] * before, _reading, _passing]
+    session_timeout = aiohttp.ClientTimeout(sock_read=7.0)
+    async with aiohttp.ClientSession(middlewares=middlewares, timeout=session_timeout) as http:
+        for timeout, wants in [
+            (None, 7.0),
+            (aiohttp.ClientTimeout(sock_read=3.0), 3.0),
+            (aiohttp.ClientTimeout(total=9.0), None),
+        ]:
+            call = (
+                http.get("http://127.0.0.1:9/")
+                if timeout is None
+                else http.get("http://127.0.0.1:9/", timeout=timeout)
+            )
+            with pytest.raises(_Seen) as seen:
+                await call
+            assert seen.value.args == (wants,)
+    # Alone in the chain: handed aiohttp's sending handler itself.
+    async with aiohttp.ClientSession(middlewares=[_reading], timeout=session_timeout) as http:
+        with pytest.raises(_Seen) as seen:
+            await http.get("http://127.0.0.1:9/")
+        assert seen.value.args == (7.0,)

@@ -132,6 +132,7 @@ import errno
 import logging
 import os
 import sys
+import types
 import warnings
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
@@ -1539,6 +1540,10 @@ def _settle(future: asyncio.Future[None]) -> None:
 #: session has middlewares.
 _MAX_HANDLER_CHAIN = 256
 
+#: What :func:`_sock_read_of` reads in a function of aiohttp's module: a middleware's wrapper
+#: (its next handler), or the handler that connects and sends (the call's timeout).
+_AIOHTTP_CHAIN = {"aiohttp.client_middlewares": "next_h", "aiohttp.client": "real_timeout"}
+
 
 def _sock_read_of(handler: ClientHandlerType) -> float | None:
     """The ``ClientTimeout.sock_read`` of the call ``handler`` sends (None: none, or not
@@ -1547,26 +1552,34 @@ def _sock_read_of(handler: ClientHandlerType) -> float | None:
     Read from aiohttp's handler chain, as :func:`build_client_middlewares` makes it: each
     middleware's wrapper holds the next handler (``next_h``), and the last, the one that
     connects and sends, the call's timeout (``real_timeout``, a per-call ``timeout=`` or the
-    session's). A chain of another shape (another aiohttp) gives None: no read timeout is
-    applied to a fault's wait, as before."""
+    session's). Only aiohttp's own functions are read (a caller's closure holding a
+    ``real_timeout`` or a ``next_h`` of its own is no part of the call's chain, and a mock
+    handler has no closure to read); a chain of another shape (another aiohttp, a handler a
+    caller made) gives None: no read timeout is applied to a fault's wait, as before. Never
+    raises."""
     fn: object = handler
     for _ in range(_MAX_HANDLER_CHAIN):
-        code = getattr(fn, "__code__", None)
-        cells = getattr(fn, "__closure__", None)
-        if code is None or not cells:
+        if not isinstance(fn, types.FunctionType):
             return None
-        free = dict(zip(code.co_freevars, cells, strict=False))
+        wants = _AIOHTTP_CHAIN.get(fn.__module__)
+        cells = fn.__closure__
+        if wants is None or not cells:
+            return None
+        free = dict(zip(fn.__code__.co_freevars, cells, strict=False))
+        cell = free.get(wants)
+        if cell is None:
+            return None
         try:
-            if "real_timeout" in free:
-                timeout = free["real_timeout"].cell_contents
-                if isinstance(timeout, aiohttp.ClientTimeout):
-                    return timeout.sock_read
-                return None
-            if "next_h" not in free:
-                return None
-            fn = free["next_h"].cell_contents
+            value = cell.cell_contents
         except ValueError:  # a cell not filled yet
             return None
+        if wants == "next_h":
+            fn = value
+            continue
+        if isinstance(value, aiohttp.ClientTimeout):
+            sock_read = value.sock_read
+            return sock_read if isinstance(sock_read, (int, float)) else None
+        return None
     return None
 
 
