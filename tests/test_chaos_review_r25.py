@@ -3,6 +3,7 @@ earlier fixes left out."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from unittest import mock
 
@@ -10,6 +11,7 @@ import aiohttp
 import pytest
 
 from le_transport.chaos.injector import _sock_read_of
+from le_transport.chaos.plan import RecordLog
 from le_transport.errors import CircuitOpen, StateStoreError
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome
@@ -169,3 +171,25 @@ async def test_the_sock_read_is_read_through_aiohttps_own_chain(before: int) -> 
         with pytest.raises(_Seen) as seen:
             await http.get("http://127.0.0.1:9/")
         assert seen.value.args == (7.0,)
+
+
+# -- a RecordLog's first drop is told, whichever edit dropped it --------------------------------
+
+
+def test_an_edit_past_the_bound_tells_of_the_first_drop(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: appending and inserting told of the first drop (once, at INFO), but an edit
+    # that left more than maxlen (log[:] = ..., log[3:] = ...) dropped records silently,
+    # against the class's word that the first drop is logged.
+    log: RecordLog[object] = RecordLog(3, name="frames")
+    with caplog.at_level(logging.INFO, logger="le_transport.records"):
+        log[:] = [1, 2, 3, 4, 5]
+        told = [r for r in caplog.records if r.name == "le_transport.records"]
+        log[3:] = [6]
+        log.append(7)
+    assert (list(log), log.dropped) == ([5, 6, 7], 4)
+    # Told at the first drop, and only once.
+    assert told
+    told = [r for r in caplog.records if r.name == "le_transport.records"]
+    assert [r.getMessage() for r in told] == [
+        "frames: keeping the newest 3 records, dropping older ones"
+    ]

@@ -1891,11 +1891,17 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
             # the first places, dropped value itself there.
             at = operator.index(index)
             del items[1 if at == 0 or at <= -size else 0]
-            self.dropped += 1
-            if not self._told:
-                self._told = True
-                _notice_dropping(self.name, maxlen)
+            self._dropping(1)
         self._replace(items)
+
+    def _dropping(self, count: int) -> None:
+        """``count`` records dropped for the log's own bound: counted, and the first drop told
+        (once), whichever edit dropped it."""
+        self.dropped += count
+        if not self._told:
+            self._told = True
+            assert self._maxlen is not None
+            _notice_dropping(self.name, self._maxlen)
 
     def _replace(self, items: list[_T]) -> None:
         """Hold ``items``, an edit of the records: those of them that were records before
@@ -1918,7 +1924,7 @@ class RecordLog(MutableSequence[_T], Generic[_T]):
         if maxlen is not None and len(items) > maxlen:
             # The first places go, as appending to a full log drops its first record.
             cut = len(items) - maxlen
-            self.dropped += cut
+            self._dropping(cut)
             gone.extend(seq for seq in seqs[:cut] if seq is not None)
             del items[:cut]
             del seqs[:cut]
