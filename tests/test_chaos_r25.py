@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from le_transport.chaos import (
+    MAX_COUNT,
     Delay,
     FaultInjector,
     FaultPlan,
@@ -26,7 +27,7 @@ from le_transport.chaos import (
     WsSilence,
     fault_from_dict,
 )
-from le_transport.chaos.plan import MAX_COUNT, FaultRun, RecordLog, SharedBound
+from le_transport.chaos.plan import FaultRun, RecordLog, SharedBound
 from le_transport.clock import Clock, RealClock
 from le_transport.errors import ConfigurationError
 from le_transport.testing import VirtualClock

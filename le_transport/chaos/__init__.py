@@ -8,6 +8,7 @@ The library never imports this package.
 from .injector import FaultInjector
 from .plan import (
     HTTP_FAULTS,
+    MAX_COUNT,
     MAX_SEED,
     MIN_SEED,
     UNIT_KINDS,
@@ -48,6 +49,7 @@ from .plan import (
 
 __all__ = [
     "HTTP_FAULTS",
+    "MAX_COUNT",
     "MAX_SEED",
     "MIN_SEED",
     "UNITS",
