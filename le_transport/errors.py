@@ -637,8 +637,11 @@ class ProviderError(TransportError):
 class RecoveryFailed(TransportError):
     """The outer recovery loop (re-resolve domains, re-login) ran out of attempts or time.
 
-    ``last`` is the latest error of the recovery: the last re-login's failure, or, when no
-    re-login failed, the call's own failure that started the recovery (None when not given).
+    ``last`` is the failure it ends on. When the loop gives up (its attempts or deadline
+    spent), the last re-login's failure, or the call's own failure when no re-login failed.
+    When the call's own deadline stops it waiting on a round that goes on for other calls (the
+    round's next pause would end past it), the call's own failure, whatever the round's
+    re-logins failed with. None when not given.
     """
 
     def __init__(self, message: str, *, last: BaseException | None = None) -> None:
