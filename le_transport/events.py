@@ -70,7 +70,15 @@ class _Details(dict[str, Any]):
     ``items``, ``json.dumps``, a log record's ``extra``); copy it (``dict(event.details)``) to
     change it."""
 
-    __slots__ = ()
+    # Set once it is filled: dict's own __init__, called again on it, filled it past every
+    # method refused below.
+    __slots__ = ("_filled",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "_filled", False):
+            self._refuse()
+        super().__init__(*args, **kwargs)
+        self._filled = True
 
     def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError(

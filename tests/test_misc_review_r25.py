@@ -3,6 +3,10 @@ a call its deadline stopped while a round's re-logins failed. Virtual time."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
+import attr
 import pytest
 from yarl import URL
 
@@ -13,6 +17,7 @@ from le_transport.errors import (
     RetriesExhausted,
     ServerStatusError,
 )
+from le_transport.events import StateEvent
 from le_transport.providers import Credentials, StaticDomains
 from le_transport.recovery import Recovery
 from le_transport.testing import VirtualClock
@@ -79,3 +84,32 @@ async def test_recovery_failed_last_is_what_its_docstring_says_for_each_way_it_e
     doc = " ".join((RecoveryFailed.__doc__ or "").split())
     assert "deadline" in doc
     assert "whatever the round's re-logins failed with" in doc
+
+
+# -- StateEvent details: __init__ called again ------------------------------------------------
+
+
+def test_state_event_details_refuse_being_filled_again_through_init() -> None:
+    """``details.__init__(...)`` is dict's own fill: called again on an event's details, it
+    wrote into them past every refused method (the next hook saw the change)."""
+    event = StateEvent("relogin_scheduled", "svc", {"attempt": 1})
+    empty = StateEvent("open", "socket")
+    with pytest.raises(TypeError, match="read-only"):
+        event.details.__init__({"attempt": 99})  # type: ignore[misc]
+    with pytest.raises(TypeError, match="read-only"):
+        empty.details.__init__(attempt=99)  # type: ignore[misc]
+    assert event.details == {"attempt": 1}
+    assert empty.details == {}
+    # Still made, copied and pickled as before, and read-only after each.
+    for again in (
+        copy.copy(event.details),
+        copy.deepcopy(event.details),
+        pickle.loads(pickle.dumps(event.details)),
+        pickle.loads(pickle.dumps(event)).details,
+    ):
+        assert again == {"attempt": 1}
+        with pytest.raises(TypeError, match="read-only"):
+            again.__init__({"attempt": 2})  # type: ignore[misc]
+        with pytest.raises(TypeError, match="read-only"):
+            again["attempt"] = 2  # type: ignore[index]
+    assert attr.asdict(event, retain_collection_types=True)["details"] == {"attempt": 1}
