@@ -1040,17 +1040,11 @@ class Schedule:
       microsecond (a unit exactly ``after_ms`` after the origin is in force, whatever the
       origin; the window starts at the first microsecond at or after ``after_ms``, as the
       run's time counts in microseconds, so a window of at least a microsecond holds at
-      least one instant of it and none fires before ``after_ms``).
-    - With a time window, the count window counts only the units inside it: it starts when
-      the time window opens, and a unit before or after the time window passes without
-      spending a turn. ``Schedule(fail_next=2, after_ms=10_000)`` is "after 10 s, fail the
-      next 2", however many units came before; ``skip_first=1`` beside it skips the first
-      unit at or after 10 s. (A rule's matching-unit index, which its decisions log and its
-      draws are keyed by, still counts every matching unit.)
-
-    ``after_ms`` and ``for_ms`` are each at most :data:`MAX_SCHEDULE_MS` (a year); a rule
-    refuses a ``for_ms`` under :data:`MIN_WINDOW_MS` (a microsecond, the resolution of the
-    run's time), which would never fire, or at most at one instant.
+      least one instant of it and none fires before ``after_ms``). Both
+      windows must hold. ``after_ms`` and ``for_ms`` are each at most
+      :data:`MAX_SCHEDULE_MS` (a year); a rule refuses a ``for_ms`` under
+      :data:`MIN_WINDOW_MS` (a microsecond, the resolution of the run's time), which would
+      never fire, or at most at one instant.
     """
 
     skip_first: int = attrs.field(default=0, validator=_non_negative_int("skip_first"))
@@ -1064,8 +1058,7 @@ class Schedule:
             _non_negative_int("fail_next")(self, attribute, value)
 
     def covers(self, index: int) -> bool:
-        """Whether the unit with this 0-based index is inside the count window (with a time
-        window, ``index`` counts only the units inside it: see the class)."""
+        """Whether the unit with this 0-based index is inside the count window."""
         if index < self.skip_first:
             return False
         return self.fail_next is None or index < self.skip_first + self.fail_next
@@ -1182,10 +1175,9 @@ class FaultRule:
 
     Either ``fault`` with a ``schedule`` (default: every matching unit), or ``sequence``: one
     entry per matching unit in order (a fault, or None to pass), passing after its end; its
-    ``schedule`` may hold a time window (``after_ms``/``for_ms``), whose units alone the
-    sequence's entries go to (its first entry is for the first unit inside the window), but no
-    count window (a ``skip_first`` or ``fail_next`` beside a sequence is refused: put None
-    entries first to skip units). The
+    ``schedule`` may hold a time window (``after_ms``/``for_ms``) but no count window (a
+    ``skip_first`` or ``fail_next`` beside a sequence is refused: put None entries first to
+    skip units). The
     probability ``p`` (default 1.0: a scripted fault fires) is drawn last, per unit, from the
     rule's own stream.
 
@@ -1351,9 +1343,7 @@ class FaultRule:
             )
 
     def scheduled(self, index: int) -> Fault | None:
-        """The fault the schedule or sequence names for the ``index``-th matching unit (with a
-        time window, the ``index``-th inside it: :class:`Schedule`); its time window is
-        judged apart (:meth:`Schedule.in_time`)."""
+        """The fault the schedule or sequence names for the ``index``-th matching unit."""
         if self.sequence is not None:
             return self.sequence[index] if index < len(self.sequence) else None
         return self.fault if self.schedule.covers(index) else None
@@ -2129,9 +2119,6 @@ class FaultRun:
         #: The clock time time windows are measured from (default: the first decision's).
         self.origin = origin
         self._counts: dict[str, int] = {}
-        #: Per rule with a time window: how many of its matching units fell inside it (its
-        #: count window's, or its sequence's, counter).
-        self._turns: dict[str, int] = {}
         #: Per rule: how many faults it injected (forced ones included), over the whole run.
         self._injected_counts: dict[str, int] = {}
         #: Per rule: how many of its decisions had each outcome, over the whole run.
@@ -2198,15 +2185,8 @@ class FaultRun:
                 continue
             index = self._counts.get(rule.id, 0)
             self._counts[rule.id] = index + 1
-            if not rule.schedule.timed:
-                fault = rule.scheduled(index)
-            elif rule.schedule.in_time(elapsed_ms):
-                # The count window (or the sequence) starts when the time window opens: a
-                # unit before it spends no turn, so "after 10 s, fail the next 2" fails two.
-                turn = self._turns.get(rule.id, 0)
-                self._turns[rule.id] = turn + 1
-                fault = rule.scheduled(turn)
-            else:
+            fault = rule.scheduled(index)
+            if fault is not None and rule.schedule.timed and not rule.schedule.in_time(elapsed_ms):
                 fault = None
             if fault is None:
                 outcome = "pass"
@@ -2348,7 +2328,6 @@ class FaultRun:
         self.plan = plan
         for rule_id in kept ^ new:
             self._counts.pop(rule_id, None)
-            self._turns.pop(rule_id, None)
             self._injected_counts.pop(rule_id, None)
             self._outcomes.pop(rule_id, None)
             self._admitted.pop(rule_id, None)
@@ -2363,7 +2342,6 @@ class FaultRun:
             self.plan = as_plan(plan, owner="FaultRun.reset")
         self.origin = origin
         self._counts.clear()
-        self._turns.clear()
         self._injected_counts.clear()
         self._outcomes.clear()
         self._admitted.clear()
