@@ -1041,7 +1041,14 @@ class Schedule:
       origin; the window starts at the first microsecond at or after ``after_ms``, as the
       run's time counts in microseconds, so a window of at least a microsecond holds at
       least one instant of it and none fires before ``after_ms``). Both
-      windows must hold. ``after_ms`` and ``for_ms`` are each at most
+      windows must hold, composed as the fault reference prescribes (match, count window,
+      time window, draw; MockServer's ``succeedFirst``/``failRequestCount`` beside its outage
+      window): the count window counts every matching unit, in the time window or not, so
+      ``fail_next=2, after_ms=10000`` faults the first two units only if they come after
+      10 s (a ``sequence`` likewise counts its entries over every matching unit). To fault
+      what comes after 10 s, leave ``fail_next`` out and bound the fault in time with
+      ``for_ms``, or count from where the units before 10 s end with ``skip_first``.
+      ``after_ms`` and ``for_ms`` are each at most
       :data:`MAX_SCHEDULE_MS` (a year); a rule refuses a ``for_ms`` under
       :data:`MIN_WINDOW_MS` (a microsecond, the resolution of the run's time), which would
       never fire, or at most at one instant.
