@@ -27,8 +27,8 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .._checks import require_kind
 from .._shown import error_text, redacted_exc_info
@@ -47,6 +47,7 @@ from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error, refused_status, repeat_of
 
 __all__ = [
+    "TIDY_UP_GRACE",
     "KeepaliveFailureSubject",
     "KeepaliveScheduler",
     "KeepaliveSubject",
@@ -55,6 +56,67 @@ __all__ = [
 ]
 
 _log = logging.getLogger("le_transport.sockets")
+
+#: Seconds of the clock that the end of a connection waits for the tasks it cancelled (a
+#: socket's ``on_connect`` task and keepalive probes) to end: a cancelled write may tidy up for
+#: a while (a middleware's socket ends it only then). One that is still running past it (a
+#: callback that catches its cancellation, a write that swallows it) is logged (WARNING, its
+#: task's name) and left to run, held until it ends, and the socket goes on: it held up the
+#: reconnect, and the socket's close, for ever.
+TIDY_UP_GRACE = 30.0
+
+# The tasks let go of past TIDY_UP_GRACE, held until they end: the loop holds a task only
+# weakly, and one waiting on something only it holds would be collected mid-run.
+_LEFT_RUNNING: set[asyncio.Task[Any]] = set()
+
+
+async def wait_tidy_up(tasks: Iterable[asyncio.Task[Any]], clock: Clock, *, owner: str) -> None:
+    """Wait for ``tasks`` (cancelled by ``owner``, a socket's name) to end, for
+    :data:`TIDY_UP_GRACE` seconds of ``clock`` at most; those still running then are logged
+    (WARNING: their task names, never a value) and left to run, held until they end. Their
+    outcomes are read (a task's error was its own to report). A clock that fails cuts the wait
+    short (its error is logged where it failed): what is left is let go of alike. A
+    cancellation of the caller goes through (the tasks are held all the same)."""
+    tasks = list(tasks)
+    waited = f"{TIDY_UP_GRACE:g} s"
+    try:
+        pending = {task for task in tasks if not task.done()}
+        if pending:
+            async with timeout_after(clock, TIDY_UP_GRACE):
+                await asyncio.wait(pending)
+    except TimeoutError:
+        pass
+    except Exception:
+        waited = "the wait its clock could keep (the clock failed)"
+    finally:
+        for task in tasks:
+            if task.done():
+                _read_any(task)
+            elif task not in _LEFT_RUNNING:
+                _LEFT_RUNNING.add(task)
+                task.add_done_callback(_let_go)
+    stuck = [task.get_name() for task in tasks if not task.done()]
+    if stuck:
+        _log.warning(
+            "%s: %d task(s) did not end within %s of their cancellation (%s); left running, "
+            "and the socket goes on without them",
+            owner,
+            len(stuck),
+            waited,
+            ", ".join(stuck),
+            extra={"socket": owner, "tasks": stuck},
+        )
+
+
+def _let_go(task: asyncio.Task[Any]) -> None:
+    _LEFT_RUNNING.discard(task)
+    _read_any(task)
+
+
+def _read_any(task: asyncio.Task[Any]) -> None:
+    # Read, so that asyncio does not report a task's error as never retrieved.
+    if not task.cancelled():
+        task.exception()
 
 
 async def watch_socket(

@@ -22,7 +22,10 @@ flight and a superseded connection cannot act:
    (backpressure on the peer).
 3. When the connection ends (close frame, drop, dead peer, ``on_connect`` failure, the
    caller's close), fail the requests in flight on it with
-   :class:`~le_transport.errors.SocketClosed`, close it, and go to ``RECONNECTING``.
+   :class:`~le_transport.errors.SocketClosed`, close it, and go to ``RECONNECTING``. The
+   ``on_connect`` task and keepalive probes it cancels are waited for
+   :data:`~le_transport.sockets.keepalive.TIDY_UP_GRACE` at most: one that outlives its
+   cancellation is logged (WARNING) and left to run, never holding up the reconnect.
 4. ``CLOSING`` → ``CLOSED`` on :meth:`ResilientSocket.close` or a final failure.
 
 aiohttp's ``receive()`` must not be cancelled (it marks the connection abnormally closed), so
@@ -82,7 +85,7 @@ from ..policies.keepalive import Keepalive, KeepaliveStep
 from ..recovery import is_setup_error
 from .correlation import PendingRequests, failure_code
 from .dial import Connection, Dialer, DialFailed, read_error_disconnect, write_never_began
-from .keepalive import KeepaliveScheduler
+from .keepalive import KeepaliveScheduler, wait_tidy_up
 from .lifecycle import Lifecycle, SocketState
 from .options import KEEPALIVE_BY_PATH, SocketOptions
 from .outbox import Outbox, Outgoing
@@ -649,7 +652,9 @@ class ResilientSocket:
         ``on_connect`` callback, it returns at once with the queue as it stands, and the socket
         closes when the handler returns (a callback is cancelled at its next await). A
         handler still running ``close_timeout`` seconds after the connection was closed (one
-        that hangs) is cancelled: a close never waits for it for ever.
+        that hangs) is cancelled: a close never waits for it for ever; nor for an
+        ``on_connect`` callback or a keepalive probe that outlives its cancellation (waited
+        for :data:`~le_transport.sockets.keepalive.TIDY_UP_GRACE` at most, then left to run).
         """
         self._closing = True
         owner = self._owner
@@ -1553,7 +1558,11 @@ class ResilientSocket:
                 if not closer.cancelled():
                     closer.exception()
             if helpers:
-                await asyncio.gather(*helpers, return_exceptions=True)
+                # Bounded (TIDY_UP_GRACE): a callback that catches its cancellation, or a
+                # probe's write that a middleware never ends, held up the reconnect (and
+                # close()) for ever. What is still running then is logged and left to run; a
+                # stale task meets a connection that is no longer current and acts on none.
+                await wait_tidy_up(helpers, self._clock, owner=self._name)
             self._probe = self._setup = self._probes_ending = None
             lost = (
                 f"the connection of {self._name} was lost with the request in flight; it may or "
@@ -1699,7 +1708,9 @@ class ResilientSocket:
                     self._lost_peer_grace(),
                 )
             return
-        if self._ended is None:
+        if self._ended is None and self._conn is conn:
+            # Not a connection left behind: callbacks that outlived their cancellation (past
+            # TIDY_UP_GRACE) must not flush the queue to it nor make it ready.
             await self._open_up(conn, epoch)
 
     def _not_awaitable(self, conn: Connection, callback: OnConnect, result: object) -> None:
@@ -1732,9 +1743,11 @@ class ResilientSocket:
         """
         before = _cancels()
         try:
-            if self._ended is None:
+            # Only while ``conn`` is the current connection: a task left running past its
+            # connection's end (TIDY_UP_GRACE) sees a later connection's _ended, None.
+            if self._ended is None and self._conn is conn:
                 await self._flush(conn, epoch)
-            if self._ended is None:
+            if self._ended is None and self._conn is conn:
                 self._ready(epoch)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and _cancelled_since(before):
@@ -1854,7 +1867,10 @@ class ResilientSocket:
                     ending = self._probes_ending = set()
                 ending.add(previous)
                 ending = set(ending)
-            probe = asyncio.get_running_loop().create_task(self._keepalive_probe(policy, ending))
+            probe = asyncio.get_running_loop().create_task(
+                self._keepalive_probe(policy, ending),
+                name=f"le_transport socket keepalive probe {self._name}",
+            )
             probe.add_done_callback(self._probe_done)
             self._probe = probe
             # Next: the probe's answer is due within its timeout.
@@ -1926,7 +1942,7 @@ class ResilientSocket:
     async def _flush(self, conn: Connection, epoch: int) -> None:
         sent = 0
         # Not past the connection's end: what is left waits for the next one.
-        while self._ended is None:
+        while self._ended is None and self._conn is conn:
             item = self._outbox.take()
             if item is None:
                 break
