@@ -6,6 +6,8 @@
   it) stopped the socket from ever reconnecting, and its close() from returning. The wait is
   now bounded (``TIDY_UP_GRACE`` of the clock): what did not end is logged (its task's name)
   and left to run, and the owner goes on.
+- ``watch_socket``: its wait for its probe when it is cancelled had no limit either: a probe
+  that never ends kept the watcher (and whoever waits for it) for ever. Bounded alike.
 
 The real simulator on loopback, virtual time.
 """
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from le_transport.policies import Keepalive
-from le_transport.sockets import ResilientSocket, SocketOptions
+from le_transport.sockets import ResilientSocket, SocketOptions, watch_socket
 from le_transport.sockets.keepalive import TIDY_UP_GRACE
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -186,3 +188,36 @@ async def test_close_returns_though_a_probe_outlives_its_cancellation(
         finally:
             release.set()
         await clock.sleep(1.0)
+
+
+# -- 3. watch_socket cancelled while its probe outlives its cancellation ----------------------
+
+
+async def test_watch_socket_cancelled_waits_for_a_stuck_probe_for_the_grace_only(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = Keepalive(product="test", action="GetClock", interval=10.0, timeout=5.0)
+    release = asyncio.Event()
+    frames = [0.0]
+
+    async def probe() -> None:
+        frames.append(clock.now())  # the peer answers; the send never returns
+        await _never_ends_until(release)
+
+    watcher = asyncio.get_running_loop().create_task(
+        watch_socket(policy, clock=clock, probe=probe, last_activity=lambda: frames[-1])
+    )
+    try:
+        await clock.sleep(12.0)
+        assert len(frames) == 2
+        watcher.cancel()
+        await clock.sleep(TIDY_UP_GRACE + 1.0)
+        assert watcher.done(), "the watcher never ended"
+        assert watcher.cancelled()
+        [line] = _left_running(caplog)
+        assert line.levelno == logging.WARNING
+        assert "keepalive probe" in line.getMessage()
+    finally:
+        release.set()
+        await asyncio.gather(watcher, return_exceptions=True)
+    await clock.sleep(1.0)

@@ -58,11 +58,11 @@ __all__ = [
 _log = logging.getLogger("le_transport.sockets")
 
 #: Seconds of the clock that the end of a connection waits for the tasks it cancelled (a
-#: socket's ``on_connect`` task and keepalive probes) to end: a cancelled write may tidy up for
-#: a while (a middleware's socket ends it only then). One that is still running past it (a
-#: callback that catches its cancellation, a write that swallows it) is logged (WARNING, its
-#: task's name) and left to run, held until it ends, and the socket goes on: it held up the
-#: reconnect, and the socket's close, for ever.
+#: socket's ``on_connect`` task and keepalive probes, :func:`watch_socket`'s probe) to end: a
+#: cancelled write may tidy up for a while (a middleware's socket ends it only then). One that
+#: is still running past it (a callback that catches its cancellation, a write that swallows
+#: it) is logged (WARNING, its task's name) and left to run, held until it ends, and the socket
+#: goes on: it held up the reconnect, and the socket's close, for ever.
 TIDY_UP_GRACE = 30.0
 
 # The tasks let go of past TIDY_UP_GRACE, held until they end: the loop holds a task only
@@ -137,8 +137,10 @@ async def watch_socket(
     then cancelled, as is one still running when the next goes out, so that probes stuck on a
     peer whose frames still arrive do not pile up; the next one is sent once the one cancelled
     has ended (a probe may tidy up when cancelled), within its own timeout. Cancel the watcher
-    to stop it: the probe in flight is cancelled with it, and waited for; a cancellation of the
-    watcher while it waits for it goes through.
+    to stop it: the probe in flight is cancelled with it, and waited for, for
+    :data:`TIDY_UP_GRACE` seconds of ``clock`` at most (one still running then is logged and
+    left to run: a probe that never ends must not keep the watcher from ending); a
+    cancellation of the watcher while it waits for it goes through.
     """
     probe_sent_at: float | None = None
     probes: set[asyncio.Task[object]] = set()
@@ -169,7 +171,8 @@ async def watch_socket(
                     # seen, and still tidying up).
                     earlier.cancel()
                 task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-                    _quiet(probe, clock, policy.timeout, after=previous)
+                    _quiet(probe, clock, policy.timeout, after=previous),
+                    name=f"le_transport keepalive probe {name}",
                 )
                 probes.add(task)
                 task.add_done_callback(probes.discard)
@@ -187,7 +190,9 @@ async def watch_socket(
             # asyncio.wait, not an await of each under suppress(BaseException): that ate a
             # cancellation of the watcher itself arriving meanwhile (a caller's timeout, a task
             # group shutting down), and the watcher returned as if nobody had cancelled it.
-            await asyncio.wait(set(probes))
+            # Bounded: a probe that never ends (its write swallows the cancellation) kept the
+            # watcher, and whoever waits for it, for ever.
+            await wait_tidy_up(set(probes), clock, owner=name)
 
 
 async def _quiet(
