@@ -8,6 +8,11 @@
   and left to run, and the owner goes on.
 - ``watch_socket``: its wait for its probe when it is cancelled had no limit either: a probe
   that never ends kept the watcher (and whoever waits for it) for ever. Bounded alike.
+- ``KeepaliveScheduler``: a program whose ``asyncio.run()`` ended without closing its engine
+  got an ERROR at exit, "socket keepalives stopped ... ended so that their sockets reconnect",
+  though nothing could reconnect: ``asyncio.run()`` cancels every task, the sockets' own
+  among them. When every socket watched has its own task ending too, the scheduler forgets
+  them quietly (DEBUG).
 
 The real simulator on loopback, virtual time.
 """
@@ -221,3 +226,80 @@ async def test_watch_socket_cancelled_waits_for_a_stuck_probe_for_the_grace_only
         release.set()
         await asyncio.gather(watcher, return_exceptions=True)
     await clock.sleep(1.0)
+
+
+# -- 4. the keepalive scheduler cancelled with every socket's own task -------------------------
+
+
+def _scheduler_stopped(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "socket keepalives stopped" in r.getMessage()]
+
+
+@pytest.mark.usefixtures("no_open_connections")
+async def test_a_scheduler_cancelled_with_every_socket_says_no_error(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ``asyncio.run()`` does at its end to a program that did not close its engine: it
+    cancels every task, the scheduler's and each socket's own among them, the scheduler's
+    first here. Nothing can reconnect then: no ERROR telling that the sockets were ended so
+    that they reconnect."""
+    policy = Keepalive(product="test", action=".GetClock", interval=10.0, timeout=5.0)
+    async with agent_engine(sim, clock, states) as engine:
+        sockets = [
+            await brand_socket(engine, sim, options=SocketOptions(keepalive=policy))
+            for _ in range(3)
+        ]
+        for ws in sockets:
+            await ws.wait_open()
+        await clock.sleep(1.0)
+        scheduler = sockets[0]._keepalives
+        assert scheduler is not None
+        assert scheduler.watched == 3
+        task = scheduler._task
+        owners = [ws._owner for ws in sockets]
+        assert task is not None
+        assert all(owner is not None for owner in owners)
+        everything = {task, *(owner for owner in owners if owner is not None)}
+        for each in (task, *owners):
+            assert each is not None
+            each.cancel()
+        await asyncio.wait(everything)
+        assert scheduler.watched == 0
+        lines = _scheduler_stopped(caplog)
+        assert all(line.levelno < logging.WARNING for line in lines), [
+            line.getMessage() for line in lines
+        ]
+        for ws in sockets:
+            await ws.close()
+
+
+@pytest.mark.usefixtures("no_open_connections")
+async def test_a_scheduler_cancelled_alone_still_ends_every_connection(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scheduler's task alone cancelled, the sockets' own tasks running: an ERROR, and each
+    connection ends so that its socket reconnects, watched by a new task."""
+    policy = Keepalive(product="test", action=".GetClock", interval=10.0, timeout=5.0)
+    async with agent_engine(sim, clock, states) as engine:
+        sockets = [
+            await brand_socket(engine, sim, options=SocketOptions(keepalive=policy))
+            for _ in range(2)
+        ]
+        for ws in sockets:
+            await ws.wait_open()
+        await clock.sleep(1.0)
+        scheduler = sockets[0]._keepalives
+        assert scheduler is not None
+        task = scheduler._task
+        assert task is not None
+        task.cancel()
+        await asyncio.wait({task})
+        [line] = _scheduler_stopped(caplog)
+        assert line.levelno == logging.ERROR
+        await clock.sleep(30.0)
+        assert [ws.connects for ws in sockets] == [2, 2]
+        assert all(ws.is_open for ws in sockets)
+        assert scheduler.running
+        assert scheduler.watched == 2
+        for ws in sockets:
+            await ws.close()

@@ -265,9 +265,13 @@ class KeepaliveScheduler:
     (the engine's close) stops it at once. If the clock fails (``now`` or ``sleep`` raises),
     the task ends with the clock's error, logged once: every subject watched is forgotten, and
     told (:class:`KeepaliveFailureSubject`), rather than left watched by a task that is gone.
-    So is its task cancelled from outside (not by :meth:`close`: a caller cancelling every
-    task), each subject told with a :class:`~le_transport.errors.KeepaliveClosed`; the next
-    watched subject starts a new task.
+    So is its task cancelled from outside (not by :meth:`close`: a caller cancelling it),
+    each subject told with a :class:`~le_transport.errors.KeepaliveClosed`; the next
+    watched subject starts a new task. Unless every subject watched says that its own task is
+    ending too (a subject's optional ``_keepalive_ending()``: a socket's owner task done or
+    asked to cancel): the event loop shutting down (``asyncio.run()`` ending without the
+    engine's close cancels every task at once), or a caller cancelling every task. Nothing
+    could reconnect then: the subjects are forgotten, untold, with a DEBUG line, not an ERROR.
     """
 
     __slots__ = (
@@ -394,6 +398,18 @@ class KeepaliveScheduler:
             await self._serve()
         except asyncio.CancelledError:
             if self._live and self._task is asyncio.current_task():
+                if all(_ending(subject) for subject in self._live.values()):
+                    # Every socket's own task is being cancelled too: asyncio.run() ending a
+                    # program that did not close its engine (it cancels every task at once,
+                    # before any runs), or a caller cancelling every task. Nothing can
+                    # reconnect: an ERROR saying the sockets were ended "so that they
+                    # reconnect" was false at every such exit. Each owner unwatches as it ends.
+                    self._forget_all()
+                    _log.debug(
+                        "socket keepalives stopped: its task was cancelled with every watched "
+                        "socket's own task (the event loop shutting down, say)"
+                    )
+                    raise
                 # Cancelled from outside (close() lets go of its task before cancelling it):
                 # a caller's "cancel every task", say. Ended quietly, it left every socket
                 # watched by a task that is gone (never probed, never found dead) until the
@@ -541,6 +557,19 @@ class KeepaliveScheduler:
             return  # its owner unwatched it while it was asked
         if isinstance(subject, KeepaliveFailureSubject):
             _tell(subject, error)
+
+
+def _ending(subject: KeepaliveSubject) -> bool:
+    """Whether ``subject`` says that its own task is ending (``_keepalive_ending()``, as a
+    socket does: its owner task done, or asked to cancel); a subject that cannot say, or fails
+    to, is not."""
+    ending = getattr(subject, "_keepalive_ending", None)
+    if ending is None:
+        return False
+    try:
+        return ending() is True
+    except Exception:
+        return False
 
 
 def _tell(subject: KeepaliveFailureSubject, error: Exception) -> None:

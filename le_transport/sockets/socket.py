@@ -1892,6 +1892,13 @@ class ResilientSocket:
             self._lost_peer_grace(),
         )
 
+    def _keepalive_ending(self) -> bool:
+        """Whether this socket's owner task is ending (done, or asked to cancel): its
+        keepalive scheduler, cancelled with it (the event loop shutting down), need not end
+        its connection so that it reconnects, which it never would."""
+        owner = self._owner
+        return owner is not None and (owner.done() or owner.cancelling() > 0)
+
     async def _keepalive_probe(
         self, policy: Keepalive, previous: set[asyncio.Task[None]] | None = None
     ) -> None:
