@@ -28,9 +28,10 @@ import pytest
 
 from le_transport.policies import Keepalive
 from le_transport.sockets import ResilientSocket, SocketOptions, watch_socket
-from le_transport.sockets.keepalive import TIDY_UP_GRACE
+from le_transport.sockets.keepalive import TIDY_UP_GRACE, wait_tidy_up
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.test_keepalive import _FailingClock
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -303,3 +304,31 @@ async def test_a_scheduler_cancelled_alone_still_ends_every_connection(
         assert scheduler.watched == 2
         for ws in sockets:
             await ws.close()
+
+
+# -- 5. the bounded wait on a clock that fails ------------------------------------------------
+
+
+async def test_the_bounded_wait_lets_go_at_once_when_its_clock_fails(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no time to keep, the wait neither hangs nor raises: what is still running is let
+    go of (held, and logged) at once."""
+    failing = _FailingClock(clock)
+    failing.fail = "sleep"
+    release = asyncio.Event()
+    stuck = asyncio.get_running_loop().create_task(
+        _never_ends_until(release), name="le_transport test stuck"
+    )
+    try:
+        await asyncio.sleep(0)
+        stuck.cancel()
+        await wait_tidy_up([stuck], failing, owner="a socket")
+        assert not stuck.done()
+        [line] = _left_running(caplog)
+        assert line.levelno == logging.WARNING
+        assert "clock failed" in line.getMessage()
+        assert "le_transport test stuck" in line.getMessage()
+    finally:
+        release.set()
+        await asyncio.wait({stuck})
