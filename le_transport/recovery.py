@@ -84,7 +84,11 @@ schedule's last pause, nor than the longest pause the failed call actually took 
 ``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule), nor than a
 ``Retry-After`` one of its answers asked for (up to the call's own ceiling, its ``retry=``
 policy's when it has one, else the request schedule's; the one that ended the schedule
-included, which no pause of the call waited for). An episode ends
+included, which no pause of the call waited for). A call that joins a round in progress (or
+that a round ended while it failed) was not asked when its pause was planned: once the round
+is through, it waits alone what is left of its own longest pause or ask, counted from its
+failure, before it runs again (the other calls of the round are not held up, no re-login is
+added; past its deadline it gives up at once with ``RecoveryFailed``). An episode ends
 when a call that went through it succeeds, when the loop gives up, or when the last call that
 went through it ends with any other error (a 404 after the re-login, a cancellation): the next
 failure starts afresh. A call that succeeds while a later round of the episode is in progress
@@ -465,7 +469,9 @@ class Recovery:
 
         ``retry_after_ceiling``: the ceiling of the call's own request schedule (an engine
         call's ``retry=`` policy's), up to which a ``Retry-After`` one of its answers asked for
-        counts toward the pause of a round it starts; None: the loop's ``request_policy``'s. A
+        counts toward the pause of a round it starts, and, when it joins a round another call
+        started, how long after its failure it is run again at the soonest (it waits the rest
+        alone once the round is through); None: the loop's ``request_policy``'s. A
         number of seconds >= 0, else a :class:`~le_transport.errors.ConfigurationError`.
 
         ``call`` is run again only as the module docstring's rule says: its failure is not
@@ -540,11 +546,16 @@ class Recovery:
                         if self._closed:
                             raise self._closed_error(exc) from exc
                     else:
+                        failed_at = self._clock.now()
                         waited, breaker_waited = breaker_waited, 0.0
                         if counted_in != self._episode:
                             counted_in = self._episode
                             self._episode_calls += 1
                         await self._recover(exc, seen, until, started, waited, ceiling)
+                        # A round it joined (or one that ended while it failed) was paced by
+                        # the call that started it: this call's own answers may have asked
+                        # for longer.
+                        await self._own_ask(exc, failed_at, until, ceiling)
                     if not ledger.may_resend():
                         # Asked again just before running it again: a call the run left
                         # running (gather does not cancel the others) went on meanwhile.
@@ -574,6 +585,34 @@ class Recovery:
         finally:
             if counted_in == self._episode:
                 self._episode_calls -= 1
+
+    async def _own_ask(
+        self, exc: Exception, failed_at: float, until: float | None, ceiling: float
+    ) -> None:
+        """After a round, wait until ``failed_at`` (when the call failed with ``exc``) plus the
+        longest pause the call took or a ``Retry-After`` one of its answers asked for, up to
+        its own ``ceiling`` (:func:`_longest_pause`), if that is still ahead: the round's
+        pause was planned by the call that started it, and a call that joined it (or that a
+        round ended while it failed) was re-sent sooner than its own server asked. The round
+        starter's pause already covers its own ask (nothing left to wait); the other calls of
+        the round are not held up, and no re-login is added. A wait that would end at or past
+        the call's deadline (``until``) gives up at once with ``RecoveryFailed``; the loop
+        closing ends it with ``RecoveryFailed``."""
+        rest = failed_at + _longest_pause(exc, ceiling) - self._clock.now()
+        if rest <= 0.0:
+            return
+        if until is not None and self._clock.now() + rest >= until:
+            raise self._past_deadline(exc, rest, until) from exc
+        _log.info(
+            "%s: re-login done; the call waits %.3g s more, as its own answers asked, "
+            "before it is sent again",
+            self._subject,
+            rest,
+            extra={"subject": self._subject, "error": _name(exc), "pause": round(rest, 3)},
+        )
+        await self._pause(rest)
+        if self._closed:
+            raise self._closed_error(exc) from exc
 
     def _breaker_wait(
         self, exc: Exception, seen: int, until: float | None, waited: float, ceiling: float
