@@ -105,6 +105,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import inspect
 import logging
 import math
@@ -166,6 +167,14 @@ E = TypeVar("E", bound=BaseException)
 
 #: How many of its latest pauses a :class:`Recovery` keeps in :attr:`Recovery.pauses`.
 KEPT_PAUSES = 1000
+
+#: The recovery round whose task runs now, or started the task that runs now (a task copies
+#: its creator's context): set by the round's own task (:meth:`Recovery._shared_round`), so a
+#: task its re-login started (a provider's teardown it waits for) is inside the round as the
+#: round itself is, and a close from it does not cancel the round, and itself with it.
+_ROUND: contextvars.ContextVar[asyncio.Task[None] | None] = contextvars.ContextVar(
+    "le_transport_recovery_round", default=None
+)
 
 #: Errors that say the request schedule would have tried again but could not: its attempts
 #: were spent (:class:`RetriesExhausted`), or the retry budget or the breaker refused.
@@ -406,6 +415,11 @@ class Recovery:
         # Resolved by close(): ends the pause the round is waiting out. Made on first use (it
         # needs the running loop).
         self._stop: asyncio.Future[None] | None = None
+        # The round close() left to end alone (closed from inside it: its re-login, or a task
+        # the re-login started, closed the engine), and what tells the calls waiting for it to
+        # stop waiting (made by a waiter, on its loop).
+        self._left_alone: asyncio.Task[None] | None = None
+        self._release: asyncio.Future[None] | None = None
         #: The pauses taken, in order, across episodes: the newest :data:`KEPT_PAUSES` (a
         #: client that lives for months recovers now and then; its history stays bounded).
         self.pauses: collections.deque[float] = collections.deque(maxlen=KEPT_PAUSES)
@@ -430,7 +444,13 @@ class Recovery:
     def close(self) -> None:
         """Stop for good (the engine closing): the pause in progress ends now, a re-login in
         progress is cancelled, none follows, and every call waiting through the loop fails
-        with :class:`~le_transport.errors.RecoveryFailed`. Idempotent."""
+        with :class:`~le_transport.errors.RecoveryFailed`. Idempotent.
+
+        Called from inside the round (its re-login, or a task the re-login started, which
+        the round may be waiting for: an auth provider's teardown closing the engine), the
+        re-login is not cancelled, which would cancel that close with it: the calls waiting
+        for the round fail at once all the same, and the round ends by itself, closed, once
+        its re-login returns (nothing is run again)."""
         if self._closed:
             return
         self._closed = True
@@ -438,12 +458,22 @@ class Recovery:
         if stop is not None and not stop.done():
             stop.set_result(None)
         round_ = self._round_task
-        if round_ is not None and not round_.done() and round_ is not _running_task():
-            # Its re-login must not outlive the logout that follows, nor its success run the
-            # waiting calls again on a closed session: they fail now, as from a pause. (Not
-            # from inside the round itself, a re-login closing the engine: that close would be
-            # cut short; the round ends closed once its re-login returns.)
-            round_.cancel()
+        if round_ is not None and not round_.done():
+            if not _inside(round_):
+                # Its re-login must not outlive the logout that follows, nor its success run
+                # the waiting calls again on a closed session: they fail now, as from a pause.
+                round_.cancel()
+            else:
+                # From inside the round (a re-login closing the engine, itself or in a task it
+                # started and may wait for): cancelled, the round would cancel that close
+                # with it, cut short before its logout. It ends closed by itself once its
+                # re-login returns (its outcome read by nobody); the calls waiting for it fail
+                # now all the same.
+                self._left_alone = round_
+                round_.add_done_callback(_outcome_read)
+                release = self._release
+                if release is not None and not release.done():
+                    release.set_result(None)
         if self._attempt:
             attempts = self._attempt
             self._reset()
@@ -728,7 +758,7 @@ class Recovery:
                 if until is None:
                     # asyncio.wait, not a shield: only this caller's own cancellation raises
                     # here (the round goes on for the others); the round's end is read below.
-                    await asyncio.wait({round_})
+                    await self._await_round(round_)
                 else:
                     await self._wait_round(round_, exc, until, started)
             except asyncio.CancelledError:
@@ -742,6 +772,9 @@ class Recovery:
                         self._end_recovered()
                     await self._stop_round(round_)
                 raise
+            if not round_.done():
+                # Closed from inside the round, left to end alone: this call fails now.
+                raise self._closed_error(exc) from exc
             if round_.cancelled():
                 if self._closed:
                     # Stopped under us (the engine closed): said so, typed. (Told from this
@@ -773,16 +806,28 @@ class Recovery:
             timeout = timeout_after(self._clock, max(0.0, until - self._clock.now()))
             try:
                 async with timeout:
-                    # asyncio.wait, not await: neither the round nor the shared future is
-                    # cancelled with this caller.
-                    await asyncio.wait({round_, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    # Neither the round nor the shared future is cancelled with this caller.
+                    await self._await_round(round_, changed)
             except TimeoutError:
                 if not timeout.expired:
                     raise
                 await self._leave_round(round_)
                 raise self._deadline_passed(exc, started) from exc
-            if round_.done():
-                return  # its end is read by the caller
+            if round_.done() or self._left_alone is round_:
+                return  # its end (or the close) is read by the caller
+
+    async def _await_round(self, round_: asyncio.Task[None], *also: asyncio.Future[None]) -> None:
+        """Wait until ``round_`` ends, one of ``also`` is done, or the loop closes from inside
+        ``round_`` (:meth:`close`: the round is left to end alone, its waiters stop waiting).
+        With :func:`asyncio.wait`, not ``await``: neither the round nor a shared future is
+        cancelled with this caller; only its own cancellation raises."""
+        loop = asyncio.get_running_loop()
+        release = self._release
+        if release is None or release.done() or release.get_loop() is not loop:
+            release = self._release = loop.create_future()
+        if self._left_alone is round_:
+            return
+        await asyncio.wait({round_, release, *also}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _leave_round(self, round_: asyncio.Task[None]) -> None:
         """A call stops waiting for ``round_`` (its deadline): with no other call waiting, the
@@ -821,6 +866,8 @@ class Recovery:
         self, exc: Exception, first: float | None, elapsed: float, waited: float, ceiling: float
     ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
+        # Its own context (a task's copy): the tasks its re-login starts are inside it.
+        _ROUND.set(asyncio.current_task())
         try:
             await self._round(exc, first, elapsed, waited, ceiling)
         except asyncio.CancelledError:
@@ -1229,6 +1276,19 @@ def _running_task() -> asyncio.Task[object] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
+
+
+def _inside(round_: asyncio.Task[None]) -> bool:
+    """Whether the code running now is inside ``round_``: its own task, or a task started
+    from it (the round's context copied, :data:`_ROUND`), as a task a re-login waits for."""
+    return round_ is _running_task() or _ROUND.get() is round_
+
+
+def _outcome_read(task: asyncio.Task[None]) -> None:
+    """Read the outcome of a round no call waits for any more (left to end alone by a close
+    from inside it): its closed error is no "exception never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _name(exc: BaseException) -> str:

@@ -5,6 +5,12 @@
   call that started the round set the pause, and a joiner asked to wait 50 s was re-sent
   with the others after 2 s. The other calls of the round are not held up, and there is one
   re-login.
+- An auth provider whose re-login closes the engine from a task of its own (and waits for it):
+  the close cancelled the round, and with it the re-login's child running the close, cut
+  short before its logout and the session's close. A task the round started is inside it as
+  the round itself is: the close completes, the callers fail with ``RecoveryFailed`` at once
+  (not when the re-login ends: it may go on long after the close), the round ends closed by
+  itself, nothing is re-sent, no task is left.
 
 Loopback servers on virtual time.
 """
@@ -15,9 +21,11 @@ import asyncio
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from le_transport import BackoffPolicy, Engine, RetryPolicy
 from le_transport.errors import RecoveryFailed
+from le_transport.providers import Credentials
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.test_recovery import CountingAuth
@@ -151,3 +159,145 @@ async def test_a_joiner_waiting_its_own_ask_fails_at_once_when_the_engine_closes
     assert first.status == 200
     assert failed_at == 10.0
     assert hits == {"a": [0.0, 2.0], "b": [1.0]}
+
+
+# -- 2. a close from a task the re-login started --------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["await", "gather", "taskgroup", "wait_for"])
+async def test_a_close_from_a_task_the_relogin_started_completes(
+    serve: ServerFactory, clock: VirtualClock, how: str
+) -> None:
+    """The re-login of a custom auth provider closes the engine in a child task and waits for
+    it: the close runs to its end (the provider's logout, the session closed), the round
+    ends closed and the waiting call fails with ``RecoveryFailed`` at once, never re-sent;
+    nothing is left running."""
+    hits: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    host = await serve(app)
+    engine: Engine
+    children: list[asyncio.Task[None]] = []
+    closes: list[str] = []
+
+    class TeardownAuth:
+        """Its re-login tears the engine down from a task of its own, and waits for it."""
+
+        async def credentials(self, method: str, url: URL) -> Credentials:
+            return Credentials()
+
+        async def invalidate(self, rejected: Credentials) -> None:
+            return None
+
+        async def relogin(self) -> None:
+            async def teardown() -> None:
+                await engine.close()
+                closes.append("close returned")
+
+            if how == "await":
+                child = asyncio.get_running_loop().create_task(teardown())
+                children.append(child)
+                await child
+            elif how == "gather":
+                await asyncio.gather(teardown())
+            elif how == "taskgroup":
+                async with asyncio.TaskGroup() as group:
+                    children.append(group.create_task(teardown()))
+            else:
+                await asyncio.wait_for(teardown(), 1000)
+            closes.append("relogin returned")
+
+        async def close(self) -> None:
+            closes.append("logout")
+
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=TeardownAuth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    async with engine:
+        session = engine.session
+        with pytest.raises(RecoveryFailed, match="closed"):
+            await engine.request("GET", "svc", "/x", recover=True)
+        failed_at = clock.now()
+        round_ = engine.recovery._round_task
+        assert round_ is not None
+        await asyncio.wait({round_})  # it ends by itself, its re-login returned
+        assert closes == ["logout", "close returned", "relogin returned"]
+        assert session.closed
+    assert failed_at == 2.0  # when the re-login ran: at once
+    assert hits == [0.0]  # never re-sent on the closed engine
+    assert all(child.done() and not child.cancelled() for child in children)
+    assert isinstance(round_.exception(), RecoveryFailed)
+    assert not engine.recovery.recovering
+
+
+@pytest.mark.parametrize("deadline", [None, 5000.0])
+async def test_a_relogin_going_on_after_closing_the_engine_holds_no_caller(
+    serve: ServerFactory, clock: VirtualClock, deadline: float | None
+) -> None:
+    """The re-login starts the engine's close in a task it does not wait for, then goes on
+    (a slow call of its own, 1000 s): the close completes, and the waiting call fails with
+    ``RecoveryFailed`` as soon as the loop is closed, not when the re-login ends; the round
+    ends closed when it does, nothing re-sent."""
+    hits: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    host = await serve(app)
+    engine: Engine
+    closes: list[tuple[str, float]] = []
+    children: list[asyncio.Task[None]] = []
+
+    class SlowTeardownAuth:
+        async def credentials(self, method: str, url: URL) -> Credentials:
+            return Credentials()
+
+        async def invalidate(self, rejected: Credentials) -> None:
+            return None
+
+        async def relogin(self) -> None:
+            async def teardown() -> None:
+                await engine.close()
+                closes.append(("close returned", clock.now()))
+
+            children.append(asyncio.get_running_loop().create_task(teardown()))
+            await clock.sleep(1000.0)
+            closes.append(("relogin returned", clock.now()))
+
+        async def close(self) -> None:
+            closes.append(("logout", clock.now()))
+
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=SlowTeardownAuth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    async with engine:
+        session = engine.session
+        with pytest.raises(RecoveryFailed, match="closed"):
+            await engine.request("GET", "svc", "/x", recover=True, deadline=deadline)
+        assert clock.now() == 2.0  # at the close, not when the re-login ends
+        round_ = engine.recovery._round_task
+        assert round_ is not None
+        await asyncio.wait({round_})
+    assert closes == [("logout", 2.0), ("close returned", 2.0), ("relogin returned", 1002.0)]
+    assert session.closed
+    assert hits == [0.0]
+    assert all(child.done() and not child.cancelled() for child in children)
+    assert isinstance(round_.exception(), RecoveryFailed)
