@@ -1192,7 +1192,10 @@ class Recovery:
     def _end_recovered(self) -> None:
         """End the episode with "recovered": a call through it succeeded."""
         attempts = self._attempt
-        elapsed = self._clock.now() - (self._first_failure or self._clock.now())
+        now = self._clock.now()
+        first_failure = self._first_failure
+        # (0.0 is a time: a virtual clock's start, not "no first failure".)
+        elapsed = now - (now if first_failure is None else first_failure)
         self._reset()
         self._state(logging.INFO, "recovered", {"attempts": attempts, "elapsed": round(elapsed, 3)})
 

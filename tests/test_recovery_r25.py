@@ -11,6 +11,8 @@
   the round itself is: the close completes, the callers fail with ``RecoveryFailed`` at once
   (not when the re-login ends: it may go on long after the close), the round ends closed by
   itself, nothing is re-sent, no task is left.
+- The ``recovered`` event counted its ``elapsed`` from now when the episode's first failure
+  was at the clock's 0.0 (a virtual clock's start): ``elapsed=0`` for a 2 s episode.
 
 Loopback servers on virtual time.
 """
@@ -23,8 +25,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from le_transport import BackoffPolicy, Engine, RetryPolicy
+from le_transport import BackoffPolicy, Engine, EventHooks, RetryPolicy
 from le_transport.errors import RecoveryFailed
+from le_transport.events import StateEvent
 from le_transport.providers import Credentials
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -301,3 +304,36 @@ async def test_a_relogin_going_on_after_closing_the_engine_holds_no_caller(
     assert hits == [0.0]
     assert all(child.done() and not child.cancelled() for child in children)
     assert isinstance(round_.exception(), RecoveryFailed)
+
+
+# -- 3. the "recovered" event's elapsed ---------------------------------------------------------
+
+
+async def test_the_recovered_event_counts_from_a_first_failure_at_clock_zero(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A first failure at the clock's 0.0 (a virtual clock's start) is a time, not "none":
+    the ``recovered`` event said ``elapsed=0`` for an episode of 2 s."""
+    hits: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503 if len(hits) == 1 else 200)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    host = await serve(app)
+    events: list[StateEvent] = []
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=CountingAuth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+        hooks=EventHooks(on_state=(events.append,)),
+    ) as engine:
+        assert (await engine.request("GET", "svc", "/x", recover=True)).status == 200
+    assert hits == [0.0, 2.0]
+    (recovered,) = [e for e in events if e.name == "recovered"]
+    assert recovered.details == {"attempts": 1, "elapsed": 2.0}
