@@ -450,7 +450,8 @@ class Recovery:
         the round may be waiting for: an auth provider's teardown closing the engine), the
         re-login is not cancelled, which would cancel that close with it: the calls waiting
         for the round fail at once all the same, and the round ends by itself, closed, once
-        its re-login returns (nothing is run again)."""
+        its re-login returns (nothing is run again), or is cancelled once the task that
+        closed (the close in it done) is: the re-login does not outlive it."""
         if self._closed:
             return
         self._closed = True
@@ -471,6 +472,13 @@ class Recovery:
                 # now all the same.
                 self._left_alone = round_
                 round_.add_done_callback(_outcome_read)
+                closing = _running_task()
+                if closing is not None and closing is not round_:
+                    # A task the re-login started: the round is stopped once that task is
+                    # done (its close with it), not left re-logging in after the logout.
+                    # Awaited directly, the round has already gone on by then (its wake-up
+                    # comes first), and ends closed.
+                    closing.add_done_callback(lambda _: _stop_left(round_))
                 release = self._release
                 if release is not None and not release.done():
                     release.set_result(None)
@@ -1285,6 +1293,13 @@ def _inside(round_: asyncio.Task[None]) -> bool:
     """Whether the code running now is inside ``round_``: its own task, or a task started
     from it (the round's context copied, :data:`_ROUND`), as a task a re-login waits for."""
     return round_ is _running_task() or _ROUND.get() is round_
+
+
+def _stop_left(round_: asyncio.Task[None]) -> None:
+    """Cancel a round left to end alone (:meth:`Recovery.close` from a task it started) once
+    that task is done: its re-login must not outlive the close."""
+    if not round_.done():
+        round_.cancel()
 
 
 def _outcome_read(task: asyncio.Task[None]) -> None:
