@@ -110,6 +110,7 @@ import inspect
 import logging
 import math
 import random
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -171,8 +172,10 @@ KEPT_PAUSES = 1000
 #: The recovery round whose task runs now, or started the task that runs now (a task copies
 #: its creator's context): set by the round's own task (:meth:`Recovery._shared_round`), so a
 #: task its re-login started (a provider's teardown it waits for) is inside the round as the
-#: round itself is, and a close from it does not cancel the round, and itself with it.
-_ROUND: contextvars.ContextVar[asyncio.Task[None] | None] = contextvars.ContextVar(
+#: round itself is, and a close from it does not cancel the round, and itself with it. A weak
+#: reference: a task the re-login started may outlive the round by far (a token refresher),
+#: and must not keep the ended round, its error and traceback, alive.
+_ROUND: contextvars.ContextVar[weakref.ref[asyncio.Task[None]] | None] = contextvars.ContextVar(
     "le_transport_recovery_round", default=None
 )
 
@@ -875,7 +878,9 @@ class Recovery:
     ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
         # Its own context (a task's copy): the tasks its re-login starts are inside it.
-        _ROUND.set(asyncio.current_task())
+        current = asyncio.current_task()
+        if current is not None:
+            _ROUND.set(weakref.ref(current))
         try:
             await self._round(exc, first, elapsed, waited, ceiling)
         except asyncio.CancelledError:
@@ -1292,7 +1297,10 @@ def _running_task() -> asyncio.Task[object] | None:
 def _inside(round_: asyncio.Task[None]) -> bool:
     """Whether the code running now is inside ``round_``: its own task, or a task started
     from it (the round's context copied, :data:`_ROUND`), as a task a re-login waits for."""
-    return round_ is _running_task() or _ROUND.get() is round_
+    if round_ is _running_task():
+        return True
+    started_in = _ROUND.get()
+    return started_in is not None and started_in() is round_
 
 
 def _stop_left(round_: asyncio.Task[None]) -> None:

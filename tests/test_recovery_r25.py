@@ -11,6 +11,8 @@
   the round itself is: the close completes, the callers fail with ``RecoveryFailed`` at once
   (not when the re-login ends: it may go on long after the close), the round ends closed by
   itself, nothing is re-sent, no task is left.
+- A task a re-login started that lives on kept the ended round alive (its mark in the
+  task's context): a weak mark.
 - The ``recovered`` event counted its ``elapsed`` from now when the episode's first failure
   was at the clock's 0.0 (a virtual clock's start): ``elapsed=0`` for a 2 s episode.
 
@@ -20,6 +22,8 @@ Loopback servers on virtual time.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 from aiohttp import web
@@ -346,3 +350,47 @@ async def test_the_recovered_event_counts_from_a_first_failure_at_clock_zero(
     assert hits == [0.0, 2.0]
     (recovered,) = [e for e in events if e.name == "recovered"]
     assert recovered.details == {"attempts": 1, "elapsed": 2.0}
+
+
+async def test_a_task_the_relogin_started_does_not_keep_its_round_alive(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A task a re-login starts that lives on (a token refresher) carries the round's mark in
+    its context: a weak one, which keeps no ended round (its error, its traceback) alive."""
+    hits: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503 if len(hits) % 2 else 200)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    host = await serve(app)
+    forever = asyncio.Event()
+    children: list[asyncio.Task[bool]] = []
+
+    class RefresherAuth(CountingAuth):
+        async def relogin(self) -> Credentials:
+            children.append(asyncio.get_running_loop().create_task(forever.wait()))
+            return await super().relogin()
+
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=RefresherAuth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    ) as engine:
+        assert (await engine.request("GET", "svc", "/x", recover=True)).status == 200
+        first = engine.recovery._round_task
+        assert first is not None
+        assert first.done()
+        gone = weakref.ref(first)
+        del first
+        # A second episode: its round replaces the first as the loop's last.
+        assert (await engine.request("GET", "svc", "/x", recover=True)).status == 200
+        gc.collect()
+        assert gone() is None
+        forever.set()
+        await asyncio.gather(*children)
