@@ -33,6 +33,7 @@ __all__ = [
     "HTTPStatusError",
     "HostConfigurationError",
     "HostileHostError",
+    "InterimStatusError",
     "InvalidMessage",
     "InvalidRequest",
     "InvalidRetryAfter",
@@ -282,6 +283,14 @@ class ServerStatusError(HTTPStatusError):
     """
 
 
+class InterimStatusError(ServerStatusError):
+    """A final 1xx answer: the server gave an interim status (RFC 9110 15.2), a 101 Switching
+    Protocols to a request that asked no upgrade, say, as the answer. A protocol error of the
+    server's, not a success: retried as a 5xx is (only an idempotent request), and raised, as
+    a :class:`ServerStatusError`, once final (usually wrapped in :class:`RetriesExhausted`).
+    """
+
+
 def status_error(
     status: int,
     reason: str,
@@ -291,8 +300,9 @@ def status_error(
     note: str = "",
     **context: Unpack[_RequestContext],
 ) -> HTTPStatusError:
-    """The error a final answer of ``status`` (400 or more) raises: :class:`BlockedError` for a
-    451, :class:`ClientStatusError` for another 4xx but 429, else :class:`ServerStatusError`.
+    """The error a final answer of ``status`` (400 or more, or a 1xx) raises:
+    :class:`BlockedError` for a 451, :class:`ClientStatusError` for another 4xx but 429,
+    :class:`InterimStatusError` for a 1xx, else :class:`ServerStatusError`.
     ``tries`` is how many attempts the call made (a 4xx sent more than once was retried by
     the caller's own classifier); ``excerpt`` is already scrubbed; ``note``, if given, ends
     the message (said of a 4xx instead of whether it was retried)."""
@@ -318,6 +328,11 @@ def status_error(
             status=status,
             body_excerpt=excerpt,
             **context,
+        )
+    if 100 <= status < 200:
+        head = f"{head}: an interim status given as the final answer (the server's protocol error)"
+        return InterimStatusError(
+            f"{head}; {note}" if note else head, status=status, body_excerpt=excerpt, **context
         )
     return ServerStatusError(
         f"{head}; {note}" if note else head, status=status, body_excerpt=excerpt, **context

@@ -1,14 +1,29 @@
-"""Policies: an HTTP-date's two-digit year read by RFC 9110's 50-year rule."""
+"""Policies: an HTTP-date's two-digit year read by RFC 9110's 50-year rule; a final 1xx answer
+is the server's protocol error, not a success."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
+from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from le_transport.policies import parse_retry_after
+from le_transport import Engine
+from le_transport.errors import (
+    InterimStatusError,
+    Repeat,
+    RetriesExhausted,
+    ServerStatusError,
+    status_error,
+)
+from le_transport.policies import Classifier, Outcome, Verdict, parse_retry_after
+from le_transport.policies.breaker import CircuitBreaker
+from le_transport.testing import VirtualClock
 
 _UTC = datetime.UTC
 _YEAR = 365.2425 * 86400
@@ -79,3 +94,117 @@ def test_two_digit_year_with_a_reference_beyond_any_calendar_is_still_read(
     # A reference time no datetime holds: the date is read as email.utils reads it, and the
     # answer is still a number of seconds (0, or a very long wait the ceiling cuts).
     assert parse_retry_after("Monday, 01-Jan-70 00:00:00 GMT", now_epoch=now_epoch) >= 0.0
+
+
+# --- A final 1xx: aiohttp hands back a 101 as the answer; it is no success ---
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+@contextlib.asynccontextmanager
+async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A raw loopback server answering its requests with ``answers`` in turn (the last one
+    for ever after); a connection it answered 101 on is left open and never read again, as a
+    server that switched protocols would. Yields ``host:port`` and the request heads."""
+    heads: list[bytes] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                answer = answers[min(len(heads), len(answers)) - 1]
+                writer.write(answer)
+                await writer.drain()
+                if answer.startswith(b"HTTP/1.1 101"):
+                    held.append(writer)
+                    return
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", heads
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def _acquired(engine: Engine) -> int:
+    connector = engine.session.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    return len(connector._acquired)
+
+
+@pytest.mark.parametrize("status", [100, 101, 102, 103, 199])
+def test_a_final_1xx_is_retried_as_the_servers_fault_never_a_success(status: int) -> None:
+    classifier = Classifier()
+    outcome = Outcome.response(status)
+    assert classifier.classify(outcome) is Verdict.RETRY
+    # As a 5xx: the server may have acted on it, so a POST is not repeated.
+    assert classifier.retryable_for(outcome, idempotent=True)
+    assert not classifier.retryable_for(outcome, idempotent=False)
+    assert CircuitBreaker.counts_as_failure(outcome)
+
+
+def test_a_final_1xx_can_still_be_made_final_or_a_success_by_the_caller() -> None:
+    assert Classifier(final_statuses={101}).classify(Outcome.response(101)) is Verdict.FAIL
+    assert Classifier(retry_statuses={101}).classify(Outcome.response(101)) is Verdict.RETRY
+
+
+def test_a_final_1xx_raises_a_typed_server_status_error() -> None:
+    err = status_error(101, "Switching Protocols", "", tries=1)
+    assert type(err) is InterimStatusError
+    assert isinstance(err, ServerStatusError)
+    assert err.status == 101
+    assert "101 Switching Protocols" in str(err)
+    assert "interim" in str(err)
+
+
+async def test_a_101_to_a_call_that_asked_no_upgrade_is_retried_on_a_fresh_connection(
+    clock: VirtualClock,
+) -> None:
+    async with (
+        _answering(_SWITCHING, _OK) as (host, heads),
+        Engine({"svc": host}, scheme="http", clock=clock) as engine,
+    ):
+        resp = await engine.request("GET", "svc", "/x")
+        assert (resp.status, resp.body) == (200, b"ok")
+        assert [a.outcome.status for a in resp.attempts] == [101, 200]
+        assert [a.pause for a in resp.attempts] == [5.0, None]
+        assert _acquired(engine) == 0
+    assert len(heads) == 2
+
+
+async def test_a_101_every_time_runs_the_schedule_out_with_a_typed_error(
+    clock: VirtualClock,
+) -> None:
+    async with (
+        _answering(_SWITCHING) as (host, heads),
+        Engine({"svc": host}, scheme="http", clock=clock) as engine,
+    ):
+        with pytest.raises(RetriesExhausted) as info:
+            await engine.request("GET", "svc", "/x")
+        assert _acquired(engine) == 0
+    assert len(heads) == 4
+    assert clock.now() == 30.0
+    assert isinstance(info.value.last, InterimStatusError)
+    assert info.value.last.status == 101
+
+
+async def test_a_101_to_a_post_is_not_repeated_and_says_it_may_be_if_idempotent(
+    clock: VirtualClock,
+) -> None:
+    async with (
+        _answering(_SWITCHING) as (host, heads),
+        Engine({"svc": host}, scheme="http", clock=clock) as engine,
+    ):
+        with pytest.raises(InterimStatusError) as info:
+            await engine.request("POST", "svc", "/x", json={"a": 1})
+        assert _acquired(engine) == 0
+    assert len(heads) == 1
+    assert info.value.repeat is Repeat.RETRYABLE_IF_IDEMPOTENT
+    assert clock.now() == 0.0

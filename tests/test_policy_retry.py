@@ -325,11 +325,11 @@ def test_pause_for_an_attempt_outside_the_schedule_is_an_error() -> None:
 
 @given(statuses)
 def test_classifier_default_verdicts(status: int) -> None:
-    """Invariant: 5xx and 429 retry; 451 and other 4xx fail; below 400 succeeds."""
+    """Invariant: 5xx, 429 and a final 1xx retry; 451 and other 4xx fail; 2xx/3xx succeed."""
     verdict = Classifier().classify(Outcome.response(status))
     if status == 451:
         assert verdict is Verdict.FAIL
-    elif status == 429 or status >= 500:
+    elif status == 429 or status >= 500 or status < 200:
         assert verdict is Verdict.RETRY
     elif status >= 400:
         assert verdict is Verdict.FAIL

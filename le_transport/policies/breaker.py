@@ -191,7 +191,8 @@ class CircuitBreaker:
     @staticmethod
     def counts_as_failure(outcome: Outcome) -> bool:
         """Whether ``outcome`` is a failure for the breaker: a 5xx, a 429, or a transport
-        failure (a status below 100 too: no HTTP answer). Any other answer, 4xx included,
+        failure (a status below 100 too: no HTTP answer; and a final 1xx, the server's protocol
+        error). Any other answer, 4xx included,
         shows the service is up, and is a success, but for a refused certificate, which is
         neither (:meth:`gives_no_verdict`)."""
         if outcome.kind is OutcomeKind.TLS_REJECTED:
@@ -199,8 +200,9 @@ class CircuitBreaker:
         if outcome.kind is not OutcomeKind.RESPONSE:
             return True
         status = outcome.status or 0
-        # Above 599: a 5xx (RFC 9110 15); below 100: no HTTP status at all (a proxy's 000).
-        return status == 429 or status < 100 or 500 <= status <= 999
+        # Above 599: a 5xx (RFC 9110 15); below 100: no HTTP status at all (a proxy's 000);
+        # 1xx: an interim status given as the final answer.
+        return status == 429 or status < 200 or 500 <= status <= 999
 
     @staticmethod
     def gives_no_verdict(outcome: Outcome) -> bool:

@@ -3,7 +3,9 @@
 The I/O layer turns a response or an exception into an :class:`Outcome` (a plain value); a
 :class:`Classifier` answers whether it is a success, worth retrying, or final. LivePerson's guide:
 4xx is the caller's bug (never retried), 5xx is retried. Its retry page adds two exceptions:
-429 is retried (never sooner than a floor), 451 ("blacklisted") is final.
+429 is retried (never sooner than a floor), 451 ("blacklisted") is final. A final 1xx (an
+interim status given as the answer: aiohttp hands back a 101 to a request that asked no
+upgrade) is a protocol error of the server's, retried as a 5xx is.
 """
 
 from __future__ import annotations
@@ -166,6 +168,9 @@ class _LeftOut(frozenset[int]):
         return repr(frozenset(self))
 
 
+#: Interim statuses (RFC 9110 15.2): never a success when one is the final answer.
+_INTERIM = frozenset(range(100, 200))
+
 _DEFAULT_RETRY = _LeftOut("_DEFAULT_RETRY", frozenset({429}))
 _DEFAULT_FINAL = _LeftOut("_DEFAULT_FINAL", frozenset({451}))
 
@@ -189,7 +194,9 @@ class Classifier:
     """Decides whether an outcome is a success, retryable, or final; replaceable as a policy.
 
     Defaults follow the guide and LivePerson's retry page: 2xx/3xx succeed; 5xx, 429 and every
-    transport failure are retryable; 451 and every other 4xx are final. ``retry_statuses`` adds
+    transport failure are retryable; 451 and every other 4xx are final. A final 1xx is the
+    server's protocol error (an interim status is no answer), retryable as a 5xx is, and
+    raised as :class:`~le_transport.errors.InterimStatusError` when final. ``retry_statuses`` adds
     statuses to retry (e.g. 409 for an API known to answer it transiently); ``final_statuses``
     removes some (e.g. 501 Not Implemented, which no retry can fix). Each holds HTTP statuses
     (three digits: 100 to 999; a client treats one above 599 as a 5xx, RFC 9110 15), and no
@@ -205,7 +212,8 @@ class Classifier:
 
     retry_statuses: frozenset[int] = attrs.field(default=_DEFAULT_RETRY, converter=_retry_statuses)
     final_statuses: frozenset[int] = attrs.field(default=_DEFAULT_FINAL, converter=_final_statuses)
-    #: The statuses below 400 that are not a success here (retried or final): every other
+    #: The statuses below 400 that are not a success here (retried or final: every 1xx, and
+    #: those the sets given name): every other
     #: status below 400 is a success, which the retry loop checks without calling
     #: :meth:`classify` on the path every call takes.
     _not_success_below_400: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
@@ -231,7 +239,7 @@ class Classifier:
                 )
         object.__setattr__(self, "_retried", retried)
         object.__setattr__(self, "_final", final)
-        irregular = frozenset(status for status in retried | final if status < 400)
+        irregular = _INTERIM | frozenset(status for status in retried | final if status < 400)
         object.__setattr__(self, "_not_success_below_400", irregular)
 
     def __repr__(self) -> str:
@@ -257,8 +265,9 @@ class Classifier:
         if status in self._final:
             return Verdict.FAIL
         # Above 599 too: a client treats a status it does not know as a 5xx (RFC 9110 15).
-        if status in self._retried or 500 <= status <= 999 or status < 100:
-            # Below 100: no HTTP status at all (a proxy's 000), retried as a 5xx is.
+        if status in self._retried or 500 <= status <= 999 or status < 200:
+            # Below 100: no HTTP status at all (a proxy's 000); 1xx: an interim status given
+            # as the final answer (RFC 9110 15.2). Each the server's fault, retried as a 5xx is.
             return Verdict.RETRY
         if status < 400:
             return Verdict.SUCCESS
