@@ -271,7 +271,10 @@ class KeepaliveScheduler:
     ending too (a subject's optional ``_keepalive_ending()``: a socket's owner task done or
     asked to cancel): the event loop shutting down (``asyncio.run()`` ending without the
     engine's close cancels every task at once), or a caller cancelling every task. Nothing
-    could reconnect then: the subjects are forgotten, untold, with a DEBUG line, not an ERROR.
+    could reconnect then: a turn of the loop later, when each owner has taken its cancellation
+    and unwatched, a DEBUG line says so, not an ERROR. A subject still watched then (its owner
+    goes on: a task may carry a cancellation request it never acts on, as Python 3.11's
+    ``TaskGroup`` leaves behind when a child fails) is told as above, all those left alike.
     """
 
     __slots__ = (
@@ -397,18 +400,20 @@ class KeepaliveScheduler:
         try:
             await self._serve()
         except asyncio.CancelledError:
-            if self._live and self._task is asyncio.current_task():
+            task = asyncio.current_task()
+            if self._live and task is not None and self._task is task:
                 if all(_ending(subject) for subject in self._live.values()):
-                    # Every socket's own task is being cancelled too: asyncio.run() ending a
-                    # program that did not close its engine (it cancels every task at once,
-                    # before any runs), or a caller cancelling every task. Nothing can
+                    # Every socket's own task says it is being cancelled too: asyncio.run()
+                    # ending a program that did not close its engine (it cancels every task at
+                    # once, before any runs), or a caller cancelling every task. Nothing can
                     # reconnect: an ERROR saying the sockets were ended "so that they
-                    # reconnect" was false at every such exit. Each owner unwatches as it ends.
-                    self._forget_all()
-                    _log.debug(
-                        "socket keepalives stopped: its task was cancelled with every watched "
-                        "socket's own task (the event loop shutting down, say)"
-                    )
+                    # reconnect" was false at every such exit. Not taken on its word: an owner
+                    # task may carry a cancellation request it never acts on (Python 3.11's
+                    # TaskGroup leaves one behind when a child fails in an on_frame handler),
+                    # and its socket, forgotten untold, was never probed again. A turn of the
+                    # loop later, each owner really cancelled has taken its cancellation and
+                    # unwatched; whoever is still watched then is told.
+                    asyncio.get_running_loop().call_soon(self._cancelled_with_owners, task)
                     raise
                 # Cancelled from outside (close() lets go of its task before cancelling it):
                 # a caller's "cancel every task", say. Ended quietly, it left every socket
@@ -422,6 +427,26 @@ class KeepaliveScheduler:
                     "its task was cancelled (not by KeepaliveScheduler.close)",
                 )
             raise
+
+    def _cancelled_with_owners(self, task: asyncio.Task[None]) -> None:
+        """A turn of the loop after ``task`` was cancelled from outside while every subject
+        said that its own task was ending: those still watched (their owner goes on after
+        all) are stopped as on any cancellation from outside, told so that they reconnect."""
+        if self._task is not task:
+            # Closed since, or a watch() started a new task, which serves what is left.
+            return
+        if not self._live:
+            _log.debug(
+                "socket keepalives stopped: its task was cancelled with every watched "
+                "socket's own task (the event loop shutting down, say)"
+            )
+            return
+        self._stop_all(
+            KeepaliveClosed(
+                "the socket keepalive scheduler's task was cancelled, not by its close()"
+            ),
+            "its task was cancelled (not by KeepaliveScheduler.close)",
+        )
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1895,7 +1895,9 @@ class ResilientSocket:
     def _keepalive_ending(self) -> bool:
         """Whether this socket's owner task is ending (done, or asked to cancel): its
         keepalive scheduler, cancelled with it (the event loop shutting down), need not end
-        its connection so that it reconnects, which it never would."""
+        its connection so that it reconnects, which it never would. A hint only: the owner
+        may carry a cancellation request it never acts on, so the scheduler checks a turn of
+        the loop later that the owner did unwatch."""
         owner = self._owner
         return owner is not None and (owner.done() or owner.cancelling() > 0)
 
