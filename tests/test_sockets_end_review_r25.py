@@ -14,13 +14,15 @@ The real simulator on loopback, virtual time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import pytest
 
 from le_transport.policies import Keepalive
-from le_transport.sockets import SocketOptions
+from le_transport.sockets import ResilientSocket, SocketOptions
+from le_transport.sockets.keepalive import TIDY_UP_GRACE
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_socket_support import (
@@ -88,4 +90,51 @@ async def test_a_socket_whose_owner_carries_a_stale_cancel_request_is_still_told
         assert scheduler.watched == 1
         [line] = _scheduler_stopped(caplog)
         assert line.levelno == logging.ERROR
+        await ws.close()
+
+
+async def _never_ends_until(release: asyncio.Event) -> None:
+    """Wait for ``release``, swallowing every cancellation meanwhile."""
+    while not release.is_set():
+        with contextlib.suppress(asyncio.CancelledError):
+            await release.wait()
+
+
+@pytest.mark.usefixtures("no_open_connections")
+async def test_an_on_connect_task_left_running_calls_no_further_callback(
+    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first connection's first callback catches its cancellation and outlives the
+    grace: the socket reconnects without it, and runs both callbacks on the new connection.
+    Let go later, the old task must not go on to the next callback: it ran it again, on the
+    new connection (a second subscription, every notification twice)."""
+    release = asyncio.Event()
+    stubborn_calls = 0
+    subscribed: list[int] = []
+
+    async def stubborn(ws: ResilientSocket) -> None:
+        nonlocal stubborn_calls
+        stubborn_calls += 1
+        if stubborn_calls == 1:
+            await _never_ends_until(release)
+
+    async def subscribe(ws: ResilientSocket) -> None:
+        subscribed.append(ws.epoch)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(
+            engine, sim, options=SocketOptions(keepalive=None), on_connect=[stubborn, subscribe]
+        )
+        try:
+            await sim.sockets.wait_open()
+            await clock.sleep(1.0)
+            assert stubborn_calls == 1
+            await sim.sockets.drop_all()
+            await ws.wait_open(timeout=TIDY_UP_GRACE + 30.0)
+            assert ws.connects == 2
+            assert subscribed == [2]
+        finally:
+            release.set()
+        await clock.sleep(1.0)
+        assert subscribed == [2], "the task left running called the next callback again"
         await ws.close()

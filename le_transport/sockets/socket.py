@@ -25,7 +25,8 @@ flight and a superseded connection cannot act:
    :class:`~le_transport.errors.SocketClosed`, close it, and go to ``RECONNECTING``. The
    ``on_connect`` task and keepalive probes it cancels are waited for
    :data:`~le_transport.sockets.keepalive.TIDY_UP_GRACE` at most: one that outlives its
-   cancellation is logged (WARNING) and left to run, never holding up the reconnect.
+   cancellation is logged (WARNING) and left to run, never holding up the reconnect; it
+   calls no further ``on_connect`` callback.
 4. ``CLOSING`` → ``CLOSED`` on :meth:`ResilientSocket.close` or a final failure.
 
 aiohttp's ``receive()`` must not be cancelled (it marks the connection abnormally closed), so
@@ -1666,6 +1667,12 @@ class ResilientSocket:
         before = _cancels()
         try:
             for callback in self._on_connect:
+                if self._ended is not None or self._conn is not conn:
+                    # The connection ended while an earlier callback ran, which returned all
+                    # the same (it caught its cancellation): the rest run on the next one. A
+                    # task left running past TIDY_UP_GRACE went on to them here, and ran them
+                    # again on the connection after (a second subscription, say).
+                    return
                 pending = callback(self)
                 if not inspect.isawaitable(pending):
                     self._not_awaitable(conn, callback, pending)
