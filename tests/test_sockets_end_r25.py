@@ -62,9 +62,11 @@ def _left_running(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 async def test_an_on_connect_that_outlives_its_cancellation_holds_up_no_reconnect(
     sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The first connection's callback hangs and catches its cancellation: ended by the
-    ready_timeout, the connection is left behind once the grace is out, and the socket
-    reconnects; the callback, let go later, makes no old connection ready."""
+    """The first connection's callback hangs and catches its cancellation: the connection
+    ends (by the simulator's idle close: a ready_timeout acts through the cancellation the
+    callback swallows, so it cannot end it), the callback's task is left behind once the
+    grace is out, and the socket reconnects; the callback, let go later, makes no old
+    connection ready."""
     release = asyncio.Event()
     calls = 0
 
