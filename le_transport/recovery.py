@@ -169,15 +169,28 @@ E = TypeVar("E", bound=BaseException)
 #: How many of its latest pauses a :class:`Recovery` keeps in :attr:`Recovery.pauses`.
 KEPT_PAUSES = 1000
 
-#: The recovery round whose task runs now, or started the task that runs now (a task copies
-#: its creator's context): set by the round's own task (:meth:`Recovery._shared_round`), so a
-#: task its re-login started (a provider's teardown it waits for) is inside the round as the
-#: round itself is, and a close from it does not cancel the round, and itself with it. A weak
-#: reference: a task the re-login started may outlive the round by far (a token refresher),
-#: and must not keep the ended round, its error and traceback, alive.
-_ROUND: contextvars.ContextVar[weakref.ref[asyncio.Task[None]] | None] = contextvars.ContextVar(
-    "le_transport_recovery_round", default=None
+#: The re-login running now, or that started the task that runs now (a task copies its
+#: creator's context): set by the round's own task around each re-login
+#: (:meth:`Recovery._round`), so a task that re-login started (a provider's teardown it waits
+#: for) is inside the round as the round itself is, and a close from it does not cancel the
+#: round, and itself with it. That re-login only: a task it started that lives on (a watchdog,
+#: a token refresher) is outside the round's later re-logins, which do not wait for it, and
+#: outside the round's pauses. A weak reference: such a task must not keep the re-login, its
+#: round, error and traceback, alive.
+_RELOGIN: contextvars.ContextVar[weakref.ref[_Relogin] | None] = contextvars.ContextVar(
+    "le_transport_recovery_relogin", default=None
 )
+
+
+class _Relogin:
+    """One re-login of a round, in progress: what the tasks it starts carry in their context
+    (:data:`_RELOGIN`)."""
+
+    __slots__ = ("__weakref__", "round")
+
+    def __init__(self, round_: asyncio.Task[object] | None) -> None:
+        self.round = round_
+
 
 #: Errors that say the request schedule would have tried again but could not: its attempts
 #: were spent (:class:`RetriesExhausted`), or the retry budget or the breaker refused.
@@ -422,6 +435,9 @@ class Recovery:
         # the re-login started, closed the engine), and what tells the calls waiting for it to
         # stop waiting (made by a waiter, on its loop).
         self._left_alone: asyncio.Task[None] | None = None
+        # The re-login of the round running now (None: none runs), which the tasks it starts
+        # carry in their context (_RELOGIN): a close from one of them is from inside the round.
+        self._relogin_running: _Relogin | None = None
         self._release: asyncio.Future[None] | None = None
         #: The pauses taken, in order, across episodes: the newest :data:`KEPT_PAUSES` (a
         #: client that lives for months recovers now and then; its history stays bounded).
@@ -449,8 +465,10 @@ class Recovery:
         progress is cancelled, none follows, and every call waiting through the loop fails
         with :class:`~le_transport.errors.RecoveryFailed`. Idempotent.
 
-        Called from inside the round (its re-login, or a task the re-login started, which
-        the round may be waiting for: an auth provider's teardown closing the engine), the
+        Called from inside the round (its re-login, or a task that re-login started while it
+        runs, which it may be waiting for: an auth provider's teardown closing the engine;
+        not a task an earlier re-login of the round started, nor one started during a
+        pause, which the round never waits for: from those, the round is cancelled), the
         re-login is not cancelled, which would cancel that close with it: the calls waiting
         for the round fail at once all the same, and the round ends by itself, closed, once
         its re-login returns (nothing is run again), or is cancelled once the task that
@@ -463,7 +481,7 @@ class Recovery:
             stop.set_result(None)
         round_ = self._round_task
         if round_ is not None and not round_.done():
-            if not _inside(round_):
+            if not _inside(round_, self._relogin_running):
                 # Its re-login must not outlive the logout that follows, nor its success run
                 # the waiting calls again on a closed session: they fail now, as from a pause.
                 round_.cancel()
@@ -877,10 +895,6 @@ class Recovery:
         self, exc: Exception, first: float | None, elapsed: float, waited: float, ceiling: float
     ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
-        # Its own context (a task's copy): the tasks its re-login starts are inside it.
-        current = asyncio.current_task()
-        if current is not None:
-            _ROUND.set(weakref.ref(current))
         try:
             await self._round(exc, first, elapsed, waited, ceiling)
         except asyncio.CancelledError:
@@ -987,8 +1001,17 @@ class Recovery:
                 self._resume_at = None
             if self._closed:
                 raise self._closed_error(last) from last
+            # Marked in the round task's own context (a task's copy), for this re-login only:
+            # the tasks it starts are inside the round while it runs (close()).
+            running = self._relogin_running = _Relogin(asyncio.current_task())
+            mark = _RELOGIN.set(weakref.ref(running))
             try:
-                await self._relogin(skip_login=self._auth_generation() != generation)
+                try:
+                    await self._relogin(skip_login=self._auth_generation() != generation)
+                finally:
+                    _RELOGIN.reset(mark)
+                    if self._relogin_running is running:
+                        self._relogin_running = None
             except Exception as err:
                 if self._closed:
                     # The session closed under the re-login: what it raised says only that.
@@ -1294,13 +1317,18 @@ def _running_task() -> asyncio.Task[object] | None:
         return None
 
 
-def _inside(round_: asyncio.Task[None]) -> bool:
-    """Whether the code running now is inside ``round_``: its own task, or a task started
-    from it (the round's context copied, :data:`_ROUND`), as a task a re-login waits for."""
+def _inside(round_: asyncio.Task[None], running: _Relogin | None) -> bool:
+    """Whether the code running now is inside ``round_``: its own task, or a task its re-login
+    in progress (``running``) started (that re-login's mark copied with its context,
+    :data:`_RELOGIN`), as a task the re-login waits for. A task an earlier re-login of the
+    round started, or one started while the round paused, is not: nothing of the round waits
+    for it."""
     if round_ is _running_task():
         return True
-    started_in = _ROUND.get()
-    return started_in is not None and started_in() is round_
+    if running is None or running.round is not round_:
+        return False
+    started_in = _RELOGIN.get()
+    return started_in is not None and started_in() is running
 
 
 def _stop_left(round_: asyncio.Task[None]) -> None:

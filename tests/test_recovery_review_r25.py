@@ -1,0 +1,100 @@
+"""Recovery: what counts as a close from inside a round, and how closing ends it.
+
+- A task a round's re-login starts is inside the round only while that re-login runs: a task
+  the first re-login started (a watchdog, a refresher) that closes the engine during a later
+  re-login of the same round was taken for one the round waits for; the round was left to
+  end alone and its re-login went on long after the close (until the task ended, which a
+  task that lives on never does).
+
+Loopback servers on virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from le_transport import BackoffPolicy, Engine, RetryPolicy
+from le_transport.errors import ConnectionFailed, RecoveryFailed
+from le_transport.providers import Credentials
+from le_transport.testing import VirtualClock
+from tests.conftest import ServerFactory
+
+
+async def _always_503(serve: ServerFactory, hits: list[float], clock: VirtualClock) -> str:
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    return await serve(app)
+
+
+async def test_a_task_an_earlier_relogin_started_closing_during_a_later_one_stops_the_round(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Re-login 1 (at 2 s) starts a watchdog that lives on, and fails (an outage); re-login 2
+    (at 6 s) is slow (1000 s). The watchdog closes the engine at 10 s, then lives on: the
+    close is from outside re-login 2, which is cancelled with the round then, not left
+    re-logging in on the closed engine until 1006 s."""
+    hits: list[float] = []
+    host = await _always_503(serve, hits, clock)
+    engine: Engine
+    log: list[tuple[str, float]] = []
+    forever = asyncio.Event()
+    children: list[asyncio.Task[None]] = []
+
+    class WatchdogAuth:
+        relogins = 0
+
+        async def credentials(self, method: str, url: URL) -> Credentials:
+            return Credentials()
+
+        async def invalidate(self, rejected: Credentials) -> None:
+            return None
+
+        async def relogin(self) -> None:
+            self.relogins += 1
+            if self.relogins == 1:
+
+                async def watchdog() -> None:
+                    await clock.sleep(8.0)
+                    await engine.close()
+                    log.append(("close returned", clock.now()))
+                    await forever.wait()
+
+                children.append(asyncio.get_running_loop().create_task(watchdog()))
+                raise ConnectionFailed("login service down")
+            await clock.sleep(1000.0)
+            log.append(("relogin 2 returned", clock.now()))
+
+        async def close(self) -> None:
+            log.append(("logout", clock.now()))
+
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=WatchdogAuth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    try:
+        async with engine:
+            with pytest.raises(RecoveryFailed, match="closed"):
+                await engine.request("GET", "svc", "/x", recover=True)
+            assert clock.now() == 10.0
+            round_ = engine.recovery._round_task
+            assert round_ is not None
+            await asyncio.wait({round_})
+            assert clock.now() == 10.0  # stopped with the close, not at 1006 s
+            assert round_.cancelled()
+    finally:
+        forever.set()
+        await asyncio.gather(*children)
+    assert log == [("logout", 10.0), ("close returned", 10.0)]
+    assert hits == [0.0]
