@@ -661,7 +661,7 @@ class Recovery:
         if rest <= 0.0:
             return
         if until is not None and self._clock.now() + rest >= until:
-            raise self._past_deadline(exc, rest, until) from exc
+            raise self._past_deadline(exc, rest, until, own=True) from exc
         _log.info(
             "%s: re-login done; the call waits %.3g s more, as its own answers asked, "
             "before it is sent again",
@@ -1062,13 +1062,23 @@ class Recovery:
         except TimeoutError:
             pass
 
-    def _past_deadline(self, last: Exception, pause: float, until: float) -> RecoveryFailed:
+    def _past_deadline(
+        self, last: Exception, pause: float, until: float, *, own: bool = False
+    ) -> RecoveryFailed:
         """A call gives up because the next pause would end at or past its deadline (as the
-        request schedule gives up rather than pause past one): logged, to raise."""
+        request schedule gives up rather than pause past one): logged, to raise. ``own``: the
+        pause is the call's own wait after a round (:meth:`_own_ask`), not one before a
+        re-login, and the message says so."""
         left = max(0.0, until - self._clock.now())
+        what = (
+            "wait its own answers still ask for after the re-login (a Retry-After, or its "
+            "longest pause, counted from its failure)"
+            if own
+            else "pause before the next re-login"
+        )
         err = RecoveryFailed(
-            f"{self._subject}: gave up recovering: a {pause:.3g} s pause before the next "
-            f"re-login would pass the call's deadline ({left:.3g} s left); last error: {last}",
+            f"{self._subject}: gave up recovering: a {pause:.3g} s {what} would pass the "
+            f"call's deadline ({left:.3g} s left); last error: {last}",
             last=last,
         )
         _log.warning(

@@ -5,6 +5,9 @@
   re-login of the same round was taken for one the round waits for; the round was left to
   end alone and its re-login went on long after the close (until the task ended, which a
   task that lives on never does).
+- A call that joined a round and gives up because its own ``Retry-After`` would pass its
+  deadline said "a 49 s pause before the next re-login": there is none; it is the call's own
+  wait after the re-login, as its answers asked.
 
 Loopback servers on virtual time.
 """
@@ -22,6 +25,7 @@ from le_transport.errors import ConnectionFailed, RecoveryFailed
 from le_transport.providers import Credentials
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
+from tests.test_recovery import CountingAuth
 
 
 async def _always_503(serve: ServerFactory, hits: list[float], clock: VirtualClock) -> str:
@@ -98,3 +102,47 @@ async def test_a_task_an_earlier_relogin_started_closing_during_a_later_one_stop
         await asyncio.gather(*children)
     assert log == [("logout", 10.0), ("close returned", 10.0)]
     assert hits == [0.0]
+
+
+async def test_a_joiner_giving_up_on_its_own_ask_says_so_not_a_relogin_pause(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Call A starts a round (2 s); B fails at 1 s on a 503 asking 50 s, with a 20 s deadline:
+    once the round is through it gives up, and its error says its own ask is what would pass
+    the deadline (49 s left of it, 19 s to its deadline at 21 s), not a pause before a re-login."""
+    hits: dict[str, list[float]] = {"a": [], "b": []}
+
+    async def handler(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        hits[name].append(clock.now())
+        if len(hits[name]) == 1:
+            headers = {"Retry-After": "50"} if name == "b" else {}
+            return web.Response(status=503, headers=headers)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    host = await serve(app)
+    async with Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=CountingAuth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    ) as engine:
+
+        async def b() -> RecoveryFailed:
+            await clock.sleep(1.0)
+            with pytest.raises(RecoveryFailed) as info:
+                await engine.request("GET", "svc", "/b", recover=True, deadline=20.0)
+            return info.value
+
+        first, err = await asyncio.gather(engine.request("GET", "svc", "/a", recover=True), b())
+    assert first.status == 200
+    message = str(err)
+    assert "before the next re-login" not in message
+    assert "49 s" in message
+    assert "Retry-After" in message
+    assert "19 s left" in message
+    assert hits == {"a": [0.0, 2.0], "b": [1.0]}
