@@ -2324,7 +2324,10 @@ class Engine:
         done. Calls waiting through the recovery loop fail with
         :class:`~le_transport.errors.RecoveryFailed`. Called from a socket's ``on_frame``
         handler or ``on_connect`` callback, it starts the close and returns at once: closing
-        that socket waits for the callback to return.
+        that socket waits for the callback to return. Called from inside a re-login round (a
+        task an auth provider's re-login started and waits for: its teardown), it runs to its
+        end, the logout and the session's close too (the round, left to end alone, ends closed
+        once that re-login returns), even when the round's only waiter is a socket it closes.
 
         Raises :class:`~le_transport.errors.WrongEventLoop`, closing nothing, on another loop
         than the one the engine started on: its session and logout can run only there."""
@@ -2349,6 +2352,17 @@ class Engine:
             await asyncio.wait({closing})
         done = self._closing = asyncio.get_running_loop().create_future()
         try:
+            # A close from inside a re-login round (a task the round's re-login started and
+            # waits for: an auth provider's teardown) closes that loop first, which leaves the
+            # round to end alone. After the sockets, too late: a socket escalated to the round
+            # was its last waiter, and closing the socket stopped the round, which cancelled
+            # the re-login and this close with it, before its logout.
+            for recovery in [
+                self._recovery,
+                *(held.recovery for held in self._socket_auth.values()),
+            ]:
+                if recovery._inside_round():
+                    recovery.close()
             # Sockets and keepalives first: they use the session and the credentials. All at
             # once: each may wait close_timeout for an unanswered close handshake, and one
             # after another that would be minutes for a fleet.

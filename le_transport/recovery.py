@@ -472,7 +472,8 @@ class Recovery:
         re-login is not cancelled, which would cancel that close with it: the calls waiting
         for the round fail at once all the same, and the round ends by itself, closed, once
         its re-login returns (nothing is run again), or is cancelled once the task that
-        closed (the close in it done) is: the re-login does not outlive it."""
+        closed (the close in it done) is: the re-login does not outlive it. A waiter cancelled
+        then (a socket escalated to the round, closed by that close) does not stop it."""
         if self._closed:
             return
         self._closed = True
@@ -507,6 +508,14 @@ class Recovery:
             attempts = self._attempt
             self._reset()
             self._state(logging.WARNING, "gave_up", {"reason": "closed", "attempts": attempts})
+
+    def _inside_round(self) -> bool:
+        """Whether the code running now is inside the round in progress (:func:`_inside`):
+        a :meth:`close` from here leaves the round to end alone. The engine closes such a
+        loop before its sockets: a socket's close cancels its wait for the round, which, the
+        last waiter gone, would otherwise stop the round (and the close inside it)."""
+        round_ = self._round_task
+        return round_ is not None and not round_.done() and _inside(round_, self._relogin_running)
 
     async def run(
         self,
@@ -744,10 +753,11 @@ class Recovery:
         this call failed (``seen``). The round is a task of its own that every waiting call
         shares: a waiter that is cancelled, or whose deadline (``until``) the round's pause
         would pass, stops waiting, and the round (its pause already spent) goes on for the
-        others; it is cancelled only with its last waiter. ``waited``: how long this call
-        waited on an open circuit since the last round (:meth:`_breaker_wait`), which a round
-        it starts counts toward its first pause (:meth:`_wait_for`); ``ceiling``: the call's
-        own ``Retry-After`` ceiling (:meth:`run`; None: the request schedule's)."""
+        others; it is cancelled only with its last waiter (not once :meth:`close` left it to end
+        alone). ``waited``: how long this call waited on an open circuit since the last round
+        (:meth:`_breaker_wait`), which a round it starts counts toward its first pause
+        (:meth:`_wait_for`); ``ceiling``: the call's own ``Retry-After`` ceiling (:meth:`run`;
+        None: the request schedule's)."""
         if ceiling is None:
             ceiling = self._request_policy.retry_after_ceiling
         self._recovering_calls += 1
@@ -792,7 +802,7 @@ class Recovery:
                     await self._wait_round(round_, exc, until, started)
             except asyncio.CancelledError:
                 # This caller gave up (a cancelled call, a closed socket).
-                if self._recovering_calls == 1:
+                if self._recovering_calls == 1 and self._left_alone is not round_:
                     # No other call waits: the round and the episode end here. Left open, its
                     # attempts and first failure would count against an unrelated failure
                     # hours later (and a deadline already passed would give that one up at
@@ -861,8 +871,8 @@ class Recovery:
     async def _leave_round(self, round_: asyncio.Task[None]) -> None:
         """A call stops waiting for ``round_`` (its deadline): with no other call waiting, the
         round stops and the episode ends, as when its last waiter is cancelled."""
-        if self._recovering_calls != 1 or round_.done():
-            return
+        if self._recovering_calls != 1 or round_.done() or self._left_alone is round_:
+            return  # (a round left to end alone is stopped by the close's task, not here)
         # Said before the round is stopped: a call failing meanwhile starts an episode of its
         # own, whose events must not come before this one's end. An episode a call recovered
         # in ends as such.
