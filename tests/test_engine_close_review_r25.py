@@ -9,6 +9,8 @@ round's own tests leave out.
 - The re-login starts the close in a child it does not wait for, and goes on (a slow
   re-login): the close completes, and the re-login is cancelled by the time that child is
   done: it does not outlive the close.
+- With another socket connected, such a close keeps the engine's order: that socket's close
+  frame reaches the server before the logout.
 
 Loopback servers on virtual time.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import WSMsgType, web
 
 from le_transport import BackoffPolicy, Engine, RetryPolicy
 from le_transport.errors import RecoveryFailed
@@ -133,3 +136,61 @@ async def test_a_close_from_a_child_the_relogin_leaves_stops_the_relogin_after_i
     await clock.sleep(2000)
     assert hits == [0.0, 0.1]
     assert events[-1] == "relogin cancelled at 2.1"
+
+
+@pytest.mark.parametrize("how", ["direct", "child"])
+async def test_a_close_from_a_relogin_sends_the_close_frames_before_the_logout(
+    serve: ServerFactory, clock: VirtualClock, how: str
+) -> None:
+    """Closed from inside the round (its only waiter a socket escalated to it), with another
+    socket connected: the engine's order holds, the connected socket's close frame reaches
+    the server before the logout, and the session is closed after both."""
+    order: list[str] = []
+    hits: list[float] = []
+    engine: Engine
+
+    async def refuse(request: web.Request) -> web.Response:
+        hits.append(clock.now())
+        return web.Response(status=503)
+
+    async def accept(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoclose=False)
+        await ws.prepare(request)
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.CLOSE:
+                order.append("close frame")
+                await ws.close()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return ws
+
+    app = web.Application()
+    app.router.add_get("/bad", refuse)
+    app.router.add_get("/ok", accept)
+    host = await serve(app)
+
+    async def relogin() -> None:
+        if how == "direct":
+            await engine.close()
+        else:
+            await asyncio.get_running_loop().create_task(engine.close())
+        order.append("relogin returned")
+
+    engine = _engine(host, clock, _Auth(order, relogin))
+    await engine.start()
+    session = engine.session
+    connected = await engine.websocket(
+        "svc", "/ok", options=_OPTIONS, auth_placement=AuthPlacement.NONE
+    )
+    await connected.wait_open()
+    escalated = await engine.websocket(
+        "svc", "/bad", options=_OPTIONS, auth_placement=AuthPlacement.NONE
+    )
+    await clock.sleep(30)
+    assert order == ["close frame", "logout", "relogin returned"]
+    assert session.closed
+    assert connected.closed
+    assert escalated.closed
+    assert connected.error is None
+    assert escalated.error is None
+    assert hits == [0.0, 0.1]
