@@ -73,7 +73,7 @@ from ..policies.classify import (
     repeat_verdict,
 )
 from ..policies.retry import Action, Decision, RetryPolicy
-from ..policies.retry_after import parse_retry_after
+from ..policies.retry_after import dated_two_digit_year, parse_retry_after
 from .context import _CALL_LEDGER, _CURRENT, CallContext, CallLedger, HandledCallContext
 from .upgrade import UPGRADE_GUARD
 
@@ -1022,7 +1022,7 @@ class _Call(_WheelTimer):
         date = resp.headers.get(hdrs.DATE)
         if date is not None:
             with contextlib.suppress(InvalidRetryAfter):
-                now_epoch = parse_retry_after_date(date)
+                now_epoch = parse_retry_after_date(date, now_epoch=now_epoch)
         try:
             return parse_retry_after(value, now_epoch=now_epoch)
         except InvalidRetryAfter as exc:
@@ -1211,11 +1211,15 @@ class _Call(_WheelTimer):
         )
 
 
-def parse_retry_after_date(value: str) -> float:
+def parse_retry_after_date(value: str, *, now_epoch: float | None = None) -> float:
     """Epoch seconds of an HTTP-date (the ``Date`` header), or :class:`InvalidRetryAfter`.
 
     An HTTP-date is always GMT (RFC 9110 §5.6.7); a date without a zone (or ``-0000``) is read
-    as UTC, never as the machine's local time.
+    as UTC, never as the machine's local time. A two-digit year (the obsolete RFC 850 form)
+    is dated by RFC 9110's 50-year rule against ``now_epoch``, the injected wall clock's epoch
+    seconds (the retry middleware and the socket dialer pass theirs), as a ``Retry-After``
+    date's is (:func:`~le_transport.policies.parse_retry_after`); without one (None) it is
+    read by email.utils' fixed cutoff (69-99: 19xx, 00-68: 20xx), never the machine's clock.
     """
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -1223,6 +1227,8 @@ def parse_retry_after_date(value: str) -> float:
         raise InvalidRetryAfter(f"not an HTTP-date: {value[:64]!r}") from exc
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
+    if now_epoch is not None:
+        when = dated_two_digit_year(when, value, now_epoch)
     return when.timestamp()
 
 

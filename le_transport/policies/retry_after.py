@@ -75,9 +75,20 @@ def parse_retry_after(value: str, *, now_epoch: float) -> float:
         # Every HTTP-date is GMT (RFC 9110 §5.6.7), including the obsolete RFC 850 and asctime
         # forms, which carry no zone; never read one as the machine's local time.
         when = when.replace(tzinfo=datetime.UTC)
-    if 1969 <= when.year <= 2068 and not _year_in_full(text, when.year):
-        when = _dated_by_now(when, now_epoch)
+    when = dated_two_digit_year(when, text, now_epoch)
     return max(0.0, when.timestamp() - now_epoch)
+
+
+def dated_two_digit_year(when: datetime.datetime, text: str, now_epoch: float) -> datetime.datetime:
+    """``when``, which email.utils read from the HTTP-date ``text``, with a two-digit year
+    (RFC 850's) dated by RFC 9110 §5.6.7 against ``now_epoch``: the year with those last two
+    digits at most 50 years after it, never email.utils' fixed 1969 cutoff. A year written in
+    full, or a ``now_epoch`` no calendar holds (non-finite, beyond year 9999), leaves ``when``
+    as it is. Shared by every reader of an HTTP-date (a ``Retry-After``, the ``Date`` it is
+    measured against)."""
+    if 1969 <= when.year <= 2068 and not _year_in_full(text, when.year):
+        return _dated_by_now(when, now_epoch)
+    return when
 
 
 def _year_in_full(text: str, year: int) -> bool:

@@ -241,12 +241,13 @@ def _retry_after_of(
     if value is None:
         return None
     date = headers.get(hdrs.DATE)
-    now_epoch: float | None = None
+    now_epoch = wall_clock()
     if date is not None:
         with contextlib.suppress(InvalidRetryAfter):
-            now_epoch = parse_retry_after_date(date)
+            # A two-digit year in it is dated against the wall clock (RFC 9110's rule).
+            now_epoch = parse_retry_after_date(date, now_epoch=now_epoch)
     try:
-        return parse_retry_after(value, now_epoch=wall_clock() if now_epoch is None else now_epoch)
+        return parse_retry_after(value, now_epoch=now_epoch)
     except InvalidRetryAfter as exc:
         _log.warning(
             "upgrade of %s: ignoring invalid Retry-After (%s); following the reconnect schedule",

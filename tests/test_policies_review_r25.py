@@ -1,0 +1,111 @@
+"""Policies: the ``Date`` header a Retry-After HTTP-date is measured against has its two-digit
+year read by RFC 9110's 50-year rule against the injected wall clock; a final 1xx handed back
+(``raise_for_status=False``) is no success."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import math
+from collections.abc import AsyncIterator
+
+import pytest
+
+from le_transport import Engine
+from le_transport.errors import InvalidRetryAfter
+from le_transport.middleware.retry import parse_retry_after_date
+from le_transport.sockets.dial import _retry_after_of
+from le_transport.testing import VirtualClock
+
+_UTC = datetime.UTC
+
+
+def _epoch(year: int, month: int, day: int, second: int = 0) -> float:
+    return datetime.datetime(year, month, day, 0, 0, second, tzinfo=_UTC).timestamp()
+
+
+@contextlib.asynccontextmanager
+async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A raw loopback server answering its requests with ``answers`` in turn (the last one for
+    ever after), on one connection or many. Yields ``host:port`` and the request heads."""
+    heads: list[bytes] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(answers[min(len(heads), len(answers)) - 1])
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", heads
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# --- The Date header: a two-digit year dated against the wall clock, by the 50-year rule ---
+
+#: The wall clock of these tests: 1 January 2070, past email.utils' fixed 1969 cutoff.
+_WALL_2070 = _epoch(2070, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("date", "wall", "meant"),
+    [
+        # email.utils reads 70 as 1970 whatever the date; by the rule, against 2070, it is 2070.
+        ("Wednesday, 01-Jan-70 00:00:00 GMT", _WALL_2070, _WALL_2070),
+        ("Wed, 01 Jan 70 00:00:00 GMT", _WALL_2070, _WALL_2070),
+        # And 50 (email.utils: 2050) against 1990 is 1950 (2050 is more than 50 years ahead).
+        ("Sunday, 01-Jan-50 00:00:00 GMT", _epoch(1990, 1, 1), _epoch(1950, 1, 1)),
+        # A year written in full is as written, whatever the wall clock.
+        ("Wed, 01 Jan 1970 00:00:00 GMT", _WALL_2070, 0.0),
+    ],
+)
+def test_a_date_headers_two_digit_year_is_read_against_the_wall_clock(
+    date: str, wall: float, meant: float
+) -> None:
+    assert parse_retry_after_date(date, now_epoch=wall) == meant
+
+
+def test_a_date_header_with_a_reference_no_calendar_holds_is_still_read() -> None:
+    for wall in (math.nan, math.inf, 1e300):
+        assert parse_retry_after_date("Wed, 01 Jan 70 00:00:00 GMT", now_epoch=wall) == 0.0
+    with pytest.raises(InvalidRetryAfter, match="HTTP-date"):
+        parse_retry_after_date("yesterday", now_epoch=_WALL_2070)
+
+
+_RETRY_AFTER_7S = "Wed, 01 Jan 2070 00:00:07 GMT"
+
+
+async def test_a_retry_after_date_is_measured_from_a_date_header_with_a_two_digit_year() -> None:
+    # The answer's Date is RFC 850's (two-digit year), its Retry-After an IMF-fixdate 7 s later.
+    # Read by email.utils' cutoff, the Date was 1970 and the wait a century (the ceiling).
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+        b"Date: Wednesday, 01-Jan-70 00:00:00 GMT\r\n"
+        b"Retry-After: " + _RETRY_AFTER_7S.encode() + b"\r\n\r\n"
+    )
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    clock = VirtualClock(epoch=_WALL_2070)
+    async with (
+        _answering(busy, ok) as (host, heads),
+        Engine({"svc": host}, scheme="http", clock=clock) as engine,
+    ):
+        resp = await engine.request("GET", "svc", "/x")
+        assert (resp.status, resp.body) == (200, b"ok")
+        assert [a.outcome.status for a in resp.attempts] == [503, 200]
+        assert resp.attempts[0].outcome.retry_after == 7.0
+        assert clock.now() == 7.0
+    assert len(heads) == 2
+
+
+def test_a_refused_upgrades_retry_after_is_measured_from_a_two_digit_date_alike() -> None:
+    headers = {"Date": "Wednesday, 01-Jan-70 00:00:00 GMT", "Retry-After": _RETRY_AFTER_7S}
+    assert _retry_after_of(headers, lambda: _WALL_2070, shown="ws://svc/x") == 7.0
+    # Without a Date, the wall clock itself is the reference.
+    assert _retry_after_of({"Retry-After": _RETRY_AFTER_7S}, lambda: _WALL_2070, shown="") == 7.0
