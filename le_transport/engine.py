@@ -210,8 +210,10 @@ class Response:
 
     @property
     def ok(self) -> bool:
-        """Whether the status is below 400."""
-        return self.status < 400
+        """Whether the status is a success or a redirect (200 to 399): a 4xx or 5xx is not,
+        nor a final 1xx (an interim status given as the answer, the server's protocol error,
+        which a retry middleware without ``raise_for_status`` hands back once it ran out)."""
+        return 200 <= self.status < 400
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # A CIMultiDictProxy cannot be pickled (nor so deep-copied): its items can.
@@ -237,12 +239,15 @@ class Response:
         )
 
     def raise_for_status(self) -> None:
-        """Raise, for a status of 400 or more, the error the call would have raised had it not
-        accepted the status (``accept=``): :class:`~le_transport.errors.ClientStatusError` for a
+        """Raise, for a status that is not :attr:`ok`, the error the call would have raised had
+        it not accepted the status (``accept=``) or been handed it back (a retry middleware
+        without ``raise_for_status``): :class:`~le_transport.errors.ClientStatusError` for a
         4xx, :class:`~le_transport.errors.BlockedError` for a 451,
-        :class:`~le_transport.errors.ServerStatusError` for a 5xx or a 429, each with the
-        status, a scrubbed excerpt of the body and the call's attempts. Nothing below 400."""
-        if self.status < 400:
+        :class:`~le_transport.errors.ServerStatusError` for a 5xx or a 429,
+        :class:`~le_transport.errors.InterimStatusError` (a ``ServerStatusError``) for a final
+        1xx, each with the status, a scrubbed excerpt of the body and the call's attempts.
+        Nothing for a 2xx or 3xx."""
+        if 200 <= self.status < 400:
             return
         raise status_error(
             self.status,

@@ -10,10 +10,17 @@ import datetime
 import math
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from le_transport import Engine
-from le_transport.errors import InvalidRetryAfter
+from le_transport import Engine, Response, RetryMiddleware
+from le_transport.errors import (
+    ClientStatusError,
+    InterimStatusError,
+    InvalidRetryAfter,
+    ServerStatusError,
+)
 from le_transport.middleware.retry import parse_retry_after_date
 from le_transport.sockets.dial import _retry_after_of
 from le_transport.testing import VirtualClock
@@ -30,13 +37,19 @@ async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
     """A raw loopback server answering its requests with ``answers`` in turn (the last one for
     ever after), on one connection or many. Yields ``host:port`` and the request heads."""
     heads: list[bytes] = []
+    held: list[asyncio.StreamWriter] = []
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 heads.append(await reader.readuntil(b"\r\n\r\n"))
-                writer.write(answers[min(len(heads), len(answers)) - 1])
+                answer = answers[min(len(heads), len(answers)) - 1]
+                writer.write(answer)
                 await writer.drain()
+                if answer.startswith(b"HTTP/1.1 101"):
+                    # Switched protocols: the connection is no HTTP one any more.
+                    held.append(writer)
+                    return
         writer.close()
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
@@ -44,6 +57,8 @@ async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
     try:
         yield f"127.0.0.1:{port}", heads
     finally:
+        for writer in held:
+            writer.close()
         server.close()
         await server.wait_closed()
 
@@ -109,3 +124,69 @@ def test_a_refused_upgrades_retry_after_is_measured_from_a_two_digit_date_alike(
     assert _retry_after_of(headers, lambda: _WALL_2070, shown="ws://svc/x") == 7.0
     # Without a Date, the wall clock itself is the reference.
     assert _retry_after_of({"Retry-After": _RETRY_AFTER_7S}, lambda: _WALL_2070, shown="") == 7.0
+
+
+# --- A final 1xx handed back (a retry middleware without raise_for_status) is no success ---
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+def _response(status: int) -> Response:
+    return Response(
+        status=status,
+        headers=CIMultiDictProxy(CIMultiDict()),
+        body=b"",
+        method="GET",
+        url="http://svc/x",
+        service="svc",
+    )
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199])
+def test_a_1xx_response_is_not_ok_and_raises_its_interim_status_error(status: int) -> None:
+    resp = _response(status)
+    assert not resp.ok
+    with pytest.raises(InterimStatusError) as info:
+        resp.raise_for_status()
+    assert info.value.status == status
+    assert isinstance(info.value, ServerStatusError)
+
+
+@pytest.mark.parametrize("status", [200, 204, 302, 399])
+def test_a_2xx_or_3xx_response_is_ok_and_raises_nothing(status: int) -> None:
+    resp = _response(status)
+    assert resp.ok
+    resp.raise_for_status()
+
+
+def test_a_4xx_or_5xx_response_is_still_not_ok_and_raises_as_before() -> None:
+    assert not _response(404).ok
+    with pytest.raises(ClientStatusError):
+        _response(404).raise_for_status()
+    assert not _response(503).ok
+    with pytest.raises(ServerStatusError):
+        _response(503).raise_for_status()
+
+
+async def test_a_101_that_ran_out_its_retries_without_raise_for_status_is_no_success(
+    clock: VirtualClock,
+) -> None:
+    # A caller's session with a retry middleware that hands every final answer back.
+    mw = RetryMiddleware(clock=clock, raise_for_status=False)
+    async with (
+        _answering(_SWITCHING) as (host, heads),
+        aiohttp.ClientSession(
+            middlewares=[mw], timeout=aiohttp.ClientTimeout(total=None)
+        ) as session,
+        Engine({"svc": host}, scheme="http", clock=clock, session=session) as engine,
+    ):
+        resp = await engine.request("GET", "svc", "/x")
+    assert len(heads) == 4
+    assert clock.now() == 30.0
+    assert resp.status == 101
+    assert [a.outcome.status for a in resp.attempts] == [101] * 4
+    assert not resp.ok
+    with pytest.raises(InterimStatusError) as info:
+        resp.raise_for_status()
+    assert info.value.status == 101
+    assert info.value.attempts == resp.attempts
