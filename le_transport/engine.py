@@ -2975,11 +2975,12 @@ class Engine:
                         # Not read by the retry middleware (a caller's session without the
                         # stack): read here, held to max_body_bytes as the middleware holds it.
                         body = await self._read_within_limit(resp, ctx, method, shown, service)
-                    if resp.status >= 400 and _unseen_failure(resp.status, ctx):
-                        # The retry middleware raises for every failed answer it sees, or records
-                        # it (one the call accepts, or the caller's classifier calls a success):
-                        # this one came from around it (an outer middleware's, or a caller's
-                        # session without the stack). Never passed off as an answer.
+                    if not 200 <= resp.status < 400 and _unseen_failure(resp.status, ctx):
+                        # The retry middleware raises for every failed answer it sees (a final
+                        # 1xx too), or records it (one the call accepts, or the caller's
+                        # classifier calls a success): this one came from around it (an outer
+                        # middleware's, or a caller's session without the stack). Never passed
+                        # off as an answer.
                         if ctx.active is None and resp.history:
                             # No retry loop recorded the redirects before it either (a POST
                             # answered 303): attempts of the call, acted on.

@@ -190,3 +190,21 @@ async def test_a_101_that_ran_out_its_retries_without_raise_for_status_is_no_suc
         resp.raise_for_status()
     assert info.value.status == 101
     assert info.value.attempts == resp.attempts
+
+
+async def test_a_101_from_a_session_without_the_stack_is_raised_as_a_4xx_or_5xx_is(
+    clock: VirtualClock,
+) -> None:
+    # A caller's session without the engine's middlewares: no retry loop judged the answer,
+    # so the engine does, as it does a 503 (unretried, said so, logged).
+    async with (
+        _answering(_SWITCHING) as (host, heads),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
+        Engine({"svc": host}, scheme="http", clock=clock, session=session) as engine,
+    ):
+        with pytest.raises(InterimStatusError) as info:
+            await engine.request("GET", "svc", "/x")
+    assert len(heads) == 1
+    assert info.value.status == 101
+    assert "not retried" in str(info.value)
+    assert [a.outcome.status for a in info.value.attempts] == [101]
