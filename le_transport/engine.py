@@ -84,6 +84,7 @@ from .middleware.retry import (
     DEFAULT_MAX_BODY_BYTES,
     ClosedInFlight,
     RetryMiddleware,
+    parse_retry_after_date,
 )
 from .policies.backoff import BackoffPolicy
 from .policies.classify import IDEMPOTENT_METHODS, Outcome, repeat_verdict
@@ -1243,6 +1244,7 @@ def _unscheduled_failure(
     retry_after: str | None = None,
     now: float = 0.0,
     epoch: float = 0.0,
+    date: str | None = None,
 ) -> RequestError:
     """The error for a failed answer that reached :meth:`Engine.request` past the retry
     middleware (which raises for every one it sees): made by a middleware around it, or by a
@@ -1257,10 +1259,15 @@ def _unscheduled_failure(
     it (a POST's 5xx: the server may have processed it), ``FINAL`` for what the
     ``Classifier`` makes final (a 4xx, a 501 it names). Its ``Retry-After`` (within the
     policy's ceiling) is kept as the pause of that attempt record, which the recovery loop
-    never waits less than."""
+    never waits less than; an HTTP-date one is measured from the answer's ``Date`` when it
+    has one (its own two-digit year dated against ``epoch``, the wall clock), else from
+    ``epoch``, as the retry middleware measures it."""
     policy = ctx.retry if ctx.retry is not None else RetryPolicy()
     asked: float | None = None
     if retry_after is not None:
+        if date is not None:
+            with contextlib.suppress(InvalidRetryAfter):
+                epoch = parse_retry_after_date(date, now_epoch=epoch)
         with contextlib.suppress(InvalidRetryAfter):
             asked = min(parse_retry_after(retry_after, now_epoch=epoch), policy.retry_after_ceiling)
     tries = len(ctx.attempts)
@@ -2995,6 +3002,7 @@ class Engine:
                             resp.headers.get("Retry-After"),
                             self._clock.now(),
                             self._wall_clock(),
+                            resp.headers.get("Date"),
                         )
                     if ledger is not None:
                         ledger.finish(ctx, unjudged=ctx.active is None and not self._owns_session)

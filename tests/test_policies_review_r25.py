@@ -208,3 +208,26 @@ async def test_a_101_from_a_session_without_the_stack_is_raised_as_a_4xx_or_5xx_
     assert info.value.status == 101
     assert "not retried" in str(info.value)
     assert [a.outcome.status for a in info.value.attempts] == [101]
+
+
+async def test_an_unjudged_answers_retry_after_date_is_measured_from_its_date_header() -> None:
+    # A caller's session without the stack: the engine keeps the answer's Retry-After as its
+    # attempt's pause (the least the recovery loop waits). Measured, as the retry middleware
+    # measures it, from the answer's Date, not from a wall clock years off the server's.
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+        b"Date: Wed, 01 Jan 2070 00:00:00 GMT\r\n"
+        b"Retry-After: " + _RETRY_AFTER_7S.encode() + b"\r\n\r\n"
+    )
+    clock = VirtualClock(epoch=_epoch(2026, 11, 29))
+    async with (
+        _answering(busy) as (host, heads),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
+        Engine({"svc": host}, scheme="http", clock=clock, session=session) as engine,
+    ):
+        with pytest.raises(ServerStatusError) as info:
+            await engine.request("GET", "svc", "/x")
+    assert len(heads) == 1
+    (attempt,) = info.value.attempts
+    assert attempt.outcome.retry_after == 7.0
+    assert attempt.pause == 7.0
