@@ -12,14 +12,14 @@ that outlived its lease and ends after a newer probe took the slot: each probe i
 lease end it was admitted with (``probe_until``), and only the one the status still holds decides
 or frees the slot.
 
-An outcome is one of three things to the breaker. A failure: 5xx, 429 and transport failures
-(:meth:`CircuitBreaker.counts_as_failure`). A success: any other answer, 4xx included, proves the
-service is up. No verdict: a refused certificate (:meth:`CircuitBreaker.gives_no_verdict`) says
-nothing about the service behind the TLS terminator (often one client's wrong CA bundle): it is
-recorded neither way, so it never opens the circuit (the refusal is final and the caller's to
-fix, to surface as itself, never as a retryable ``CircuitOpen``) and never closes it either (a
-half-open probe meeting one frees the half-open slot, as a cancelled probe does:
-:meth:`CircuitBreaker.release`).
+An outcome is one of three things to the breaker. A failure: 5xx, 429, a final 1xx (the server's
+protocol error) and transport failures (:meth:`CircuitBreaker.counts_as_failure`). A success: any
+other answer, 4xx included, proves the service is up. No verdict: a refused certificate
+(:meth:`CircuitBreaker.gives_no_verdict`) says nothing about the service behind the TLS terminator
+(often one client's wrong CA bundle): it is recorded neither way, so it never opens the circuit (the
+refusal is final and the caller's to fix, to surface as itself, never as a retryable
+``CircuitOpen``) and never closes it either (a half-open probe meeting one frees the half-open slot,
+as a cancelled probe does: :meth:`CircuitBreaker.release`).
 
 :class:`CircuitBreaker` is the configuration; :class:`BreakerStatus` the state, replaced and never
 mutated. Time and the random draw for the break's jitter come in as arguments.
