@@ -88,7 +88,9 @@ included, which no pause of the call waited for). A call that joins a round in p
 that a round ended while it failed) was not asked when its pause was planned: once the round
 is through, it waits alone what is left of its own longest pause or ask, counted from its
 failure, before it runs again (the other calls of the round are not held up, no re-login is
-added; past its deadline it gives up at once with ``RecoveryFailed``). An episode ends
+added; past its deadline it gives up at once with ``RecoveryFailed``, as it joins when its ask
+already ends at or past the deadline then: it keeps no round alive for a re-login nobody
+uses). An episode ends
 when a call that went through it succeeds, when the loop gives up, or when the last call that
 went through it ends with any other error (a 404 after the re-login, a cancellation): the next
 failure starts afresh. A call that succeeds while a later round of the episode is in progress
@@ -664,7 +666,8 @@ class Recovery:
         round ended while it failed) was re-sent sooner than its own server asked. The round
         starter's pause already covers its own ask (nothing left to wait); the other calls of
         the round are not held up, and no re-login is added. A wait that would end at or past
-        the call's deadline (``until``) gives up at once with ``RecoveryFailed``; the loop
+        the call's deadline (``until``) gives up at once with ``RecoveryFailed`` (a joiner
+        whose ask already did so as it joined gave up then, :meth:`_recover`); the loop
         closing ends it with ``RecoveryFailed``."""
         rest = failed_at + _longest_pause(exc, ceiling) - self._clock.now()
         if rest <= 0.0:
@@ -757,7 +760,10 @@ class Recovery:
         alone). ``waited``: how long this call waited on an open circuit since the last round
         (:meth:`_breaker_wait`), which a round it starts counts toward its first pause
         (:meth:`_wait_for`); ``ceiling``: the call's own ``Retry-After`` ceiling (:meth:`run`;
-        None: the request schedule's)."""
+        None: the request schedule's). A call that would join a round in progress whose own
+        ask (:meth:`_own_ask`, counted from now, its failure) already ends at or past
+        ``until`` gives up at once with the ``RecoveryFailed`` it would raise after the round,
+        and does not wait for it."""
         if ceiling is None:
             ceiling = self._request_policy.retry_after_ceiling
         self._recovering_calls += 1
@@ -793,6 +799,15 @@ class Recovery:
                     self._shared_round(exc, first, elapsed, waited, ceiling),
                     name="le_transport recovery round",
                 )
+            else:
+                # Joining a round another call started: once it is through, this call waits
+                # what is left of its own ask (:meth:`_own_ask`). When that already ends at or
+                # past its deadline, it is doomed whatever the round does: it gives up now, as
+                # it would then, rather than wait through the round (and, its last waiter,
+                # keep it alive for a re-login nobody uses).
+                ask = _longest_pause(exc, ceiling)
+                if ask > 0.0 and until is not None and self._clock.now() + ask >= until:
+                    raise self._past_deadline(exc, ask, until, own=True) from exc
             try:
                 if until is None:
                     # asyncio.wait, not a shield: only this caller's own cancellation raises

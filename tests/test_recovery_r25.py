@@ -81,11 +81,11 @@ async def test_a_call_joining_a_round_is_not_resent_before_its_own_retry_after(
     assert engine.recovery.relogins == 1
 
 
-async def test_a_joiner_whose_own_ask_passes_its_deadline_gives_up_after_the_round(
+async def test_a_joiner_whose_own_ask_passes_its_deadline_gives_up_as_it_joins(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
     """The same, B with a 20 s deadline: its own ask (50 s) would pass it, so B gives up with
-    ``RecoveryFailed`` once the round is through, never re-sent; A recovers as before."""
+    ``RecoveryFailed`` as it joins (at 1 s), never re-sent; A recovers as before."""
     hits: dict[str, list[float]] = {"a": [], "b": []}
 
     async def handler(request: web.Request) -> web.Response:
@@ -118,7 +118,7 @@ async def test_a_joiner_whose_own_ask_passes_its_deadline_gives_up_after_the_rou
             engine.request("GET", "svc", "/a", recover=True), b()
         )
     assert first.status == 200
-    assert gave_up_at == 2.0
+    assert gave_up_at == 1.0
     assert hits == {"a": [0.0, 2.0], "b": [1.0]}
 
 

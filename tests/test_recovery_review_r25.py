@@ -108,8 +108,8 @@ async def test_a_joiner_giving_up_on_its_own_ask_says_so_not_a_relogin_pause(
     serve: ServerFactory, clock: VirtualClock
 ) -> None:
     """Call A starts a round (2 s); B fails at 1 s on a 503 asking 50 s, with a 20 s deadline:
-    once the round is through it gives up, and its error says its own ask is what would pass
-    the deadline (49 s left of it, 19 s to its deadline at 21 s), not a pause before a re-login."""
+    as it joins the round it gives up, and its error says its own ask is what would pass the
+    deadline (50 s of it, 20 s to its deadline at 21 s), not a pause before a re-login."""
     hits: dict[str, list[float]] = {"a": [], "b": []}
 
     async def handler(request: web.Request) -> web.Response:
@@ -142,7 +142,7 @@ async def test_a_joiner_giving_up_on_its_own_ask_says_so_not_a_relogin_pause(
     assert first.status == 200
     message = str(err)
     assert "before the next re-login" not in message
-    assert "49 s" in message
+    assert "50 s" in message
     assert "Retry-After" in message
-    assert "19 s left" in message
+    assert "20 s left" in message
     assert hits == {"a": [0.0, 2.0], "b": [1.0]}
