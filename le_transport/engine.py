@@ -463,8 +463,9 @@ def _check_headers(
     headers: Mapping[str, str], service: str, method: str, auth: object = None
 ) -> None:
     """Refuse headers that are not str to str, names that are no RFC 9110 token, values that
-    hold a control character but tab, and the headers that frame the body (``Content-Length``,
-    ``Transfer-Encoding``: aiohttp's), before anything is sent (aiohttp would fail while
+    hold a control character but tab, the headers that frame the body (``Content-Length``,
+    ``Transfer-Encoding``: aiohttp's), and those that ask for a protocol upgrade (``Upgrade``,
+    a ``Connection`` naming ``upgrade``), before anything is sent (aiohttp would fail while
     writing some, inside the retry loop, after a login, and send the others as they are); and
     a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
     library's providers set ``Authorization``), which they would replace without a word."""
@@ -500,7 +501,11 @@ def _header_fault(name: object, value: object) -> str | None:
     host was resolved and a login made, with a bare ValueError), nor a character UTF-8 cannot
     encode (aiohttp would drop it, sending another value). ``Content-Length``
     and ``Transfer-Encoding`` are aiohttp's, which frames the body: a value of the caller's
-    would cut it short, and the rest would be read as the next request on the connection."""
+    would cut it short, and the rest would be read as the next request on the connection.
+    ``Upgrade``, and a ``Connection`` naming ``upgrade`` (``Upgrade: h2c``), ask the server to
+    switch protocols: the engine reads HTTP answers only, and a server that agreed would answer
+    101, the server's protocol error to the retry loop though the caller asked for it (on a
+    socket, aiohttp sets the WebSocket upgrade's own, which a caller's would replace)."""
     if not isinstance(name, str):
         return f"header names must be str, got a {type(name).__name__}"
     if _TOKEN.fullmatch(name) is None:
@@ -522,12 +527,22 @@ def _header_fault(name: object, value: object) -> str | None:
     if not isinstance(value, str):
         # The name only: the value may be a credential.
         return f"header {name[:40]!r} must have a str value"
-    if name.lower() in _FRAMING_HEADERS:
+    lowered = name.lower()
+    if lowered in _FRAMING_HEADERS:
         return (
             f"header {name[:40]!r} is not the caller's to set: aiohttp frames the body "
             "(Content-Length, Transfer-Encoding) from the body it sends, and a value of "
             "another length would cut the body short or desynchronise the connection; leave "
             "it out"
+        )
+    if lowered in _UPGRADE_HEADERS and (lowered == "upgrade" or _names_upgrade(value)):
+        # The value is not shown: the name and the protocol's token say it all.
+        return (
+            f"header {name[:40]!r} asks the server to switch protocols (an HTTP upgrade, "
+            "'Upgrade' or a 'Connection' naming 'upgrade'), which the engine cannot use: it "
+            "reads an HTTP answer, and a server that agreed would answer 101, taken for its "
+            "protocol error; leave it out (a WebSocket is opened with Engine.websocket, which "
+            "sets the upgrade's headers itself)"
         )
     # isprintable() is False for every control character (tab included): a plain value is
     # told by it alone.
@@ -568,6 +583,16 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: Headers that frame the body, which aiohttp sets from the body itself.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+#: Headers that ask for a protocol upgrade (RFC 9110 7.8): ``Upgrade``, and a ``Connection``
+#: that names ``upgrade``.
+_UPGRADE_HEADERS = frozenset({"upgrade", "connection"})
+
+
+def _names_upgrade(connection: str) -> bool:
+    """Whether a ``Connection`` header's value lists the ``upgrade`` option (case-insensitive,
+    as RFC 9110 7.6.1 compares connection options)."""
+    return any(option.strip(" \t").lower() == "upgrade" for option in connection.split(","))
 
 
 def _encode_text(data: str, headers: Mapping[str, str]) -> str | bytes:
@@ -2783,7 +2808,9 @@ class Engine:
         - ``headers``: str names (RFC 9110 tokens: no space, ``:`` or control character) to
           str values without a control character (tab allowed) or a character UTF-8 cannot
           encode; neither ``Content-Length`` nor ``Transfer-Encoding`` (aiohttp frames the
-          body); none that the auth provider's credentials set and would replace (its
+          body); no protocol upgrade (``Upgrade``, a ``Connection`` naming ``upgrade``: the
+          engine reads HTTP answers, and a WebSocket is opened with :meth:`websocket`); none
+          that the auth provider's credentials set and would replace (its
           ``credential_headers``: the library's providers set ``Authorization``): each an
           :class:`~le_transport.errors.InvalidRequest`, before anything is sent.
         - ``accept``: 4xx statuses that are answers, not failures, for this call (a 404 for
