@@ -2693,6 +2693,8 @@ class Engine:
                 await trace.send_response_chunk_received(resp.method, resp.url, body)
             return body
         resp.close()
+        # A final 1xx is a failure too (raised by the caller, as below), but never gets here:
+        # aiohttp reads no body for any 1xx (RFC 9112 6.3), so none is over the limit.
         if resp.status >= 400 and _unseen_failure(resp.status, ctx):
             # Judged by its status (raised by the caller), as the retry middleware judges it.
             return b"".join(chunks)[: min(limit, _FAILED_BODY_KEPT)]

@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 from aiohttp import web
 
@@ -106,3 +110,70 @@ async def test_the_engines_own_websocket_upgrade_is_not_refused(
         ws = await brand_socket(engine, sim, headers={"X-Note": "a"})
         await ws.wait_open()
         await ws.close()
+
+
+# -- 2. a final 1xx's Retry-After is heeded as a 5xx's is --------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A raw loopback server answering its requests with ``answers`` in turn (the last one for
+    ever after). A 101 leaves its connection held open (no HTTP one any more). Yields
+    ``host:port`` and the request heads."""
+    heads: list[bytes] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                answer = answers[min(len(heads), len(answers)) - 1]
+                writer.write(answer)
+                await writer.drain()
+                if answer.startswith(b"HTTP/1.1 101"):
+                    held.append(writer)
+                    return
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", heads
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Retry-After: 12\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 12\r\n\r\n",
+    ],
+    ids=["101", "503"],
+)
+async def test_a_final_1xxs_retry_after_sets_the_pause_as_a_5xxs_does(
+    clock: VirtualClock, failed: bytes
+) -> None:
+    """The retry loop retries a final 1xx (aiohttp hands back a 101 only: it waits past any
+    other) as a 5xx, the server's protocol error, but read its ``Retry-After`` for 400 and over
+    only: the 101 was retried after the schedule's 5 s, the 503 after the 12 s it asked (and
+    the engine kept the 101's where no retry loop judged it, a caller's session without the
+    stack)."""
+    async with (
+        _answering(failed, _OK) as (host, heads),
+        Engine({"svc": host}, scheme="http", clock=clock) as engine,
+    ):
+        answer = await engine.request("GET", "svc", "/x")
+    assert answer.status == 200
+    assert len(heads) == 2
+    first = answer.attempts[0]
+    assert first.outcome.retry_after == 12.0
+    assert first.pause == 12.0
+    assert clock.now() == 12.0

@@ -397,9 +397,10 @@ AUTH_REPLAY: contextvars.ContextVar[AuthReplay | None] = contextvars.ContextVar(
     "le_transport_auth_replay", default=None
 )
 
-#: The outcome of an answer below 400 (which never carries a Retry-After for the loop), made
-#: once per status: a successful call allocates none.
-_ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(100, 400)}
+#: The outcome of a 2xx or 3xx answer (which never carries a Retry-After for the loop), made
+#: once per status: a successful call allocates none. A final 1xx is not here: it is the
+#: server's protocol error, retried as a 5xx is, and its Retry-After is read as a 5xx's is.
+_ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(200, 400)}
 
 
 class _Call(_WheelTimer):
@@ -658,7 +659,11 @@ class _Call(_WheelTimer):
                         timer._disarm(None)
                     status = resp.status
                     if status < 400:
-                        outcome = _ANSWERS.get(status) or Outcome.response(status)
+                        # A 2xx/3xx's outcome is made once; a final 1xx (not in _ANSWERS) is
+                        # a failure, whose Retry-After is read as a 5xx's.
+                        outcome = _ANSWERS.get(status) or Outcome.response(
+                            status, self._retry_after(resp)
+                        )
                     else:
                         outcome = Outcome.response(status, self._retry_after(resp))
                 if gate is not None:
@@ -988,6 +993,8 @@ class _Call(_WheelTimer):
         """Whether an answer of ``status`` is a failure the call is judged by (its body then
         only an error's excerpt): 4xx/5xx, unless the caller accepts it (``accept``) or the
         policy's classifier makes it a success; those are returned whole, or not at all."""
+        # A final 1xx is a failure too, but never has a body to hold to the limit (aiohttp
+        # reads none for any 1xx, RFC 9112 6.3), so it never gets here: below 400 is a 2xx/3xx.
         if status < 400 or status in self.ctx.accept or not self.mw.raise_for_status:
             # (Without raise_for_status, a failed answer is returned to the caller too.)
             return False
@@ -1012,7 +1019,10 @@ class _Call(_WheelTimer):
         )
 
     def _retry_after(self, resp: ClientResponse) -> float | None:
-        if resp.status < 400:
+        """The pause ``resp``'s ``Retry-After`` asks, for a failed answer: 400 and over, or a
+        final 1xx (the server's protocol error, retried as a 5xx is); None without one, or for
+        a 2xx/3xx, whose header asks nothing of the retry loop."""
+        if 200 <= resp.status < 400:
             # On a success or a redirect the header asks nothing of the retry loop.
             return None
         value = resp.headers.get(hdrs.RETRY_AFTER)
