@@ -3355,7 +3355,8 @@ class Engine:
           control character (tab allowed); where the credentials go in the headers
           (``HEADER``), none that the auth provider's credentials set and would replace (its
           ``credential_headers``: ``Authorization`` for the library's providers), as for
-          :meth:`request`.
+          :meth:`request`; no ``Upgrade`` nor ``Connection`` (the upgrade's own, which aiohttp
+          sets).
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
           client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used
           only with ``FIRST_FRAME``; default
@@ -3462,6 +3463,18 @@ class Engine:
             # credentials go in the headers.
             owner = provider if dialer.placement is AuthPlacement.HEADER else None
             _check_headers(headers, service, "GET", owner)
+            # Names are str now. aiohttp sends the handshake's Connection: Upgrade only where
+            # the caller's headers hold no Connection (its setdefault): any other value of the
+            # caller's would have the server refuse every upgrade.
+            for name in headers:
+                if name.lower() == "connection":
+                    raise InvalidRequest(
+                        f"header {name[:40]!r} is the WebSocket upgrade's own (aiohttp sends "
+                        "'Connection: Upgrade'), which a caller's would replace, and the "
+                        "server would refuse the upgrade; leave it out",
+                        service=service,
+                        method="GET",
+                    )
         # Taken last, once nothing more can refuse the call: given back when the socket closes.
         own = None if provider is None or provider is self._auth else self._socket_auth_of(provider)
         recovery = self._recovery if own is None else own.recovery

@@ -177,3 +177,18 @@ async def test_a_final_1xxs_retry_after_sets_the_pause_as_a_5xxs_does(
     assert first.outcome.retry_after == 12.0
     assert first.pause == 12.0
     assert clock.now() == 12.0
+
+
+# -- 3. a socket's Connection header is the upgrade's own --------------------------------------
+
+
+@pytest.mark.parametrize("value", ["keep-alive", "close", "Upgrade"])
+async def test_a_connection_header_on_a_socket_is_refused_at_the_call(
+    sim: Simulator, clock: VirtualClock, states: StateLog, value: str
+) -> None:
+    """aiohttp sends the handshake's ``Connection: Upgrade`` unless the caller's headers hold a
+    ``Connection``: a caller's ``keep-alive`` replaced it, and the server refused every upgrade
+    (400), the socket blaming the path and the credentials. Refused at the call now."""
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(InvalidRequest, match="'connection'"):
+            await brand_socket(engine, sim, headers={"connection": value})
