@@ -258,6 +258,14 @@ def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
     return callbacks
 
 
+def _is_recovery_escalation(escalate: object) -> bool:
+    """Whether ``escalate`` is the library's :class:`~le_transport.sockets.RecoveryEscalation`
+    (imported here, late: its module imports this one)."""
+    from .escalation import RecoveryEscalation
+
+    return isinstance(escalate, RecoveryEscalation)
+
+
 def _chosen_keepalive(options: SocketOptions, dialer: Dialer) -> Keepalive | None:
     """The keepalive a socket runs: its options' own, or, left to the default, the one its
     dialer knows for its path (an :class:`~le_transport.sockets.EngineDialer`'s
@@ -656,6 +664,11 @@ class ResilientSocket:
         that hangs) is cancelled: a close never waits for it for ever; nor for an
         ``on_connect`` callback or a keepalive probe that outlives its cancellation (waited
         for :data:`~le_transport.sockets.keepalive.TIDY_UP_GRACE` at most, then left to run).
+        Called from inside the re-login round the socket escalated to (its auth provider's
+        re-login closing it, itself or in a task it waits for), it returns once the socket is
+        closed: the socket's wait for the round ends without stopping the round (and the
+        re-login and this close with it), which ends by itself after its re-login
+        (:meth:`~le_transport.recovery.Recovery.spare`).
         """
         self._closing = True
         owner = self._owner
@@ -676,6 +689,12 @@ class ResilientSocket:
                 return self._outbox.texts()
         elif not owner.done():
             # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
+            # Escalated, and closed from inside the re-login round it waits for (its auth
+            # provider's re-login closing it): that wait's end must not stop the round, which
+            # would cancel this close with the re-login.
+            closing = getattr(self._escalate, "closing", None)
+            if _is_recovery_escalation(self._escalate) and callable(closing):
+                closing(owner)
             owner.cancel()
         while not owner.done():
             try:
