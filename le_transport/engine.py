@@ -584,6 +584,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Headers that frame the body, which aiohttp sets from the body itself.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
+#: The WebSocket handshake's headers aiohttp sets only where the caller's headers hold none
+#: (``Upgrade`` is refused with the protocol upgrades, :data:`_UPGRADE_HEADERS`): a caller's
+#: would replace aiohttp's, and the server would refuse the upgrade.
+_HANDSHAKE_HEADERS = frozenset({"connection", "sec-websocket-version"})
+
 #: Headers that ask for a protocol upgrade (RFC 9110 7.8): ``Upgrade``, and a ``Connection``
 #: that names ``upgrade``.
 _UPGRADE_HEADERS = frozenset({"upgrade", "connection"})
@@ -3355,8 +3360,8 @@ class Engine:
           control character (tab allowed); where the credentials go in the headers
           (``HEADER``), none that the auth provider's credentials set and would replace (its
           ``credential_headers``: ``Authorization`` for the library's providers), as for
-          :meth:`request`; no ``Upgrade`` nor ``Connection`` (the upgrade's own, which aiohttp
-          sets).
+          :meth:`request`; no ``Upgrade``, ``Connection`` nor ``Sec-WebSocket-Version`` (the
+          upgrade's own, which aiohttp sets).
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
           client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used
           only with ``FIRST_FRAME``; default
@@ -3463,15 +3468,17 @@ class Engine:
             # credentials go in the headers.
             owner = provider if dialer.placement is AuthPlacement.HEADER else None
             _check_headers(headers, service, "GET", owner)
-            # Names are str now. aiohttp sends the handshake's Connection: Upgrade only where
-            # the caller's headers hold no Connection (its setdefault): any other value of the
-            # caller's would have the server refuse every upgrade.
+            # Names are str now. aiohttp sends the handshake's Connection: Upgrade and
+            # Sec-WebSocket-Version: 13 only where the caller's headers hold neither (its
+            # setdefault): any other value of the caller's would have the server refuse every
+            # upgrade.
             for name in headers:
-                if name.lower() == "connection":
+                if name.lower() in _HANDSHAKE_HEADERS:
                     raise InvalidRequest(
                         f"header {name[:40]!r} is the WebSocket upgrade's own (aiohttp sends "
-                        "'Connection: Upgrade'), which a caller's would replace, and the "
-                        "server would refuse the upgrade; leave it out",
+                        "'Connection: Upgrade' and 'Sec-WebSocket-Version: 13'), which a "
+                        "caller's would replace, and the server would refuse the upgrade; "
+                        "leave it out",
                         service=service,
                         method="GET",
                     )

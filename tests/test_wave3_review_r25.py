@@ -1,0 +1,57 @@
+"""Headers a caller may not set on the engine's calls.
+
+- ``Engine.websocket``: aiohttp sends the handshake's ``Sec-WebSocket-Version: 13`` only where
+  the caller's headers hold none (as it does ``Connection: Upgrade``): a caller's version
+  replaced it, and a server that speaks 13 only refused every upgrade, the socket blaming
+  the path and the credentials. Refused at the call, as ``Connection`` is, its value unshown.
+- ``Engine.request``: a protocol upgrade is refused however the headers are given (a
+  multidict holding a second ``Connection``), and one without is sent as it is.
+"""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from le_transport import Engine, InvalidRequest, RetryPolicy
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+ONCE = RetryPolicy(pauses=(), attempt_timeout=None)
+
+
+@pytest.mark.parametrize("name", ["Sec-WebSocket-Version", "sec-websocket-version"])
+async def test_a_websocket_version_on_a_socket_is_refused_at_the_call(
+    sim: Simulator, clock: VirtualClock, states: StateLog, name: str
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(InvalidRequest) as info:
+            await brand_socket(engine, sim, headers={name: "secret-version-12"})
+        text = str(info.value)
+        assert repr(name) in text
+        assert "secret-version-12" not in text
+        # Nothing was left behind: a socket without it still opens.
+        ws = await brand_socket(engine, sim, headers={"X-Note": "a"})
+        await ws.wait_open()
+        await ws.close()
+
+
+async def test_a_second_connection_naming_upgrade_in_a_multidict_is_refused(
+    clock: VirtualClock,
+) -> None:
+    headers: CIMultiDict[str] = CIMultiDict(
+        [("Connection", "keep-alive"), ("connection", "close, Upgrade")]
+    )
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, retry=ONCE) as engine:
+        with pytest.raises(InvalidRequest, match="'connection'"):
+            await engine.request("GET", "svc", "/x", headers=headers)
