@@ -3361,7 +3361,8 @@ class Engine:
           (``HEADER``), none that the auth provider's credentials set and would replace (its
           ``credential_headers``: ``Authorization`` for the library's providers), as for
           :meth:`request`; no ``Upgrade``, ``Connection`` nor ``Sec-WebSocket-Version`` (the
-          upgrade's own, which aiohttp sets).
+          upgrade's own, which aiohttp sets), nor ``Sec-WebSocket-Extensions`` (the socket
+          speaks none: a server that agreed to compress would send frames it cannot read).
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
           client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used
           only with ``FIRST_FRAME``; default
@@ -3479,6 +3480,16 @@ class Engine:
                         "'Connection: Upgrade' and 'Sec-WebSocket-Version: 13'), which a "
                         "caller's would replace, and the server would refuse the upgrade; "
                         "leave it out",
+                        service=service,
+                        method="GET",
+                    )
+                if name.lower() == "sec-websocket-extensions":
+                    # The value is not shown: the name says it all.
+                    raise InvalidRequest(
+                        f"header {name[:40]!r} asks the server for a WebSocket extension, "
+                        "which the socket cannot speak (it asks none, and reads its frames "
+                        "uncompressed): a server that agreed to permessage-deflate would send "
+                        "frames the socket fails on, at every reconnect; leave it out",
                         service=service,
                         method="GET",
                     )

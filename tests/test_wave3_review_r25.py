@@ -55,3 +55,19 @@ async def test_a_second_connection_naming_upgrade_in_a_multidict_is_refused(
     async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock, retry=ONCE) as engine:
         with pytest.raises(InvalidRequest, match="'connection'"):
             await engine.request("GET", "svc", "/x", headers=headers)
+
+
+@pytest.mark.parametrize("name", ["Sec-WebSocket-Extensions", "SEC-WEBSOCKET-EXTENSIONS"])
+async def test_a_websocket_extension_on_a_socket_is_refused_at_the_call(
+    sim: Simulator, clock: VirtualClock, states: StateLog, name: str
+) -> None:
+    """The engine's upgrade asks no extension (aiohttp reads frames uncompressed): a caller's
+    ``Sec-WebSocket-Extensions: permessage-deflate`` went out as it was, a server that agreed
+    compressed its frames, and the socket failed on the first one (reserved bits set) and on
+    every reconnect's. Refused at the call, its value unshown."""
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(InvalidRequest) as info:
+            await brand_socket(engine, sim, headers={name: "permessage-deflate; secret-x"})
+        text = str(info.value)
+        assert repr(name) in text
+        assert "secret-x" not in text
