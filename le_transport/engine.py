@@ -460,7 +460,12 @@ def _answer(
 
 
 def _check_headers(
-    headers: Mapping[str, str], service: str, method: str, auth: object = None
+    headers: Mapping[str, str],
+    service: str,
+    method: str,
+    auth: object = None,
+    *,
+    socket: bool = False,
 ) -> None:
     """Refuse headers that are not str to str, names that are no RFC 9110 token, values that
     hold a control character but tab, the headers that frame the body (``Content-Length``,
@@ -468,7 +473,9 @@ def _check_headers(
     a ``Connection`` naming ``upgrade``), before anything is sent (aiohttp would fail while
     writing some, inside the retry loop, after a login, and send the others as they are); and
     a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
-    library's providers set ``Authorization``), which they would replace without a word."""
+    library's providers set ``Authorization``), which they would replace without a word.
+    ``socket``: the headers of a WebSocket upgrade (:meth:`Engine.websocket`), whose own
+    ``Upgrade`` and ``Connection`` a caller's would replace (said so)."""
     refused: str | None = None
     # Compared in lower case, whatever case the provider named them in.
     owned = {h.lower() for h in getattr(auth, "credential_headers", ()) if isinstance(h, str)}
@@ -476,7 +483,7 @@ def _check_headers(
         refused = f"headers must be a mapping, got {type(headers).__name__}"
     else:
         for name, value in headers.items():
-            refused = _header_fault(name, value)
+            refused = _header_fault(name, value, socket=socket)
             if refused is None and owned and name.lower() in owned:
                 refused = (
                     f"headers[{name!r}] would be replaced by the credentials of the engine's "
@@ -490,7 +497,7 @@ def _check_headers(
         raise InvalidRequest(refused, service=service, method=method)
 
 
-def _header_fault(name: object, value: object) -> str | None:
+def _header_fault(name: object, value: object, *, socket: bool = False) -> str | None:
     """Why a header cannot be sent, or None; never showing its value.
 
     A name must be an RFC 9110 token (letters, digits and ``!#$%&'*+-.^_`|~``): a ``:`` or a
@@ -505,7 +512,8 @@ def _header_fault(name: object, value: object) -> str | None:
     ``Upgrade``, and a ``Connection`` naming ``upgrade`` (``Upgrade: h2c``), ask the server to
     switch protocols: the engine reads HTTP answers only, and a server that agreed would answer
     101, the server's protocol error to the retry loop though the caller asked for it (on a
-    socket, aiohttp sets the WebSocket upgrade's own, which a caller's would replace)."""
+    socket, aiohttp sets the WebSocket upgrade's own, which a caller's would replace: said so
+    for ``socket``, a WebSocket upgrade's headers)."""
     if not isinstance(name, str):
         return f"header names must be str, got a {type(name).__name__}"
     if _TOKEN.fullmatch(name) is None:
@@ -537,6 +545,8 @@ def _header_fault(name: object, value: object) -> str | None:
         )
     if lowered in _UPGRADE_HEADERS and (lowered == "upgrade" or _names_upgrade(value)):
         # The value is not shown: the name and the protocol's token say it all.
+        if socket:
+            return _HANDSHAKE_OWN.format(name=name[:40])
         return (
             f"header {name[:40]!r} asks the server to switch protocols (an HTTP upgrade, "
             "'Upgrade' or a 'Connection' naming 'upgrade'), which the engine cannot use: it "
@@ -588,6 +598,13 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 #: (``Upgrade`` is refused with the protocol upgrades, :data:`_UPGRADE_HEADERS`): a caller's
 #: would replace aiohttp's, and the server would refuse the upgrade.
 _HANDSHAKE_HEADERS = frozenset({"connection", "sec-websocket-version"})
+
+#: Why a caller's handshake header is refused on a WebSocket upgrade (``name`` the header's).
+_HANDSHAKE_OWN = (
+    "header {name!r} is the WebSocket upgrade's own (aiohttp sends 'Upgrade: websocket', "
+    "'Connection: Upgrade' and 'Sec-WebSocket-Version: 13'), which a caller's would replace, "
+    "and the server would refuse the upgrade; leave it out"
+)
 
 #: Headers that ask for a protocol upgrade (RFC 9110 7.8): ``Upgrade``, and a ``Connection``
 #: that names ``upgrade``.
@@ -3468,7 +3485,7 @@ class Engine:
             # The provider's credential headers replace the caller's only where the
             # credentials go in the headers.
             owner = provider if dialer.placement is AuthPlacement.HEADER else None
-            _check_headers(headers, service, "GET", owner)
+            _check_headers(headers, service, "GET", owner, socket=True)
             # Names are str now. aiohttp sends the handshake's Connection: Upgrade and
             # Sec-WebSocket-Version: 13 only where the caller's headers hold neither (its
             # setdefault): any other value of the caller's would have the server refuse every
@@ -3476,10 +3493,7 @@ class Engine:
             for name in headers:
                 if name.lower() in _HANDSHAKE_HEADERS:
                     raise InvalidRequest(
-                        f"header {name[:40]!r} is the WebSocket upgrade's own (aiohttp sends "
-                        "'Connection: Upgrade' and 'Sec-WebSocket-Version: 13'), which a "
-                        "caller's would replace, and the server would refuse the upgrade; "
-                        "leave it out",
+                        _HANDSHAKE_OWN.format(name=name[:40]),
                         service=service,
                         method="GET",
                     )

@@ -71,3 +71,25 @@ async def test_a_websocket_extension_on_a_socket_is_refused_at_the_call(
         text = str(info.value)
         assert repr(name) in text
         assert "secret-x" not in text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Upgrade": "websocket"}, {"connection": "keep-alive, Upgrade"}],
+    ids=["upgrade", "connection"],
+)
+async def test_an_upgrade_header_on_a_socket_is_refused_as_the_upgrades_own(
+    sim: Simulator, clock: VirtualClock, states: StateLog, headers: dict[str, str]
+) -> None:
+    """On ``Engine.websocket`` a caller's ``Upgrade`` (or a ``Connection`` naming it) is refused
+    as the upgrade's own header, not with ``Engine.request``'s reason (an engine reading HTTP
+    answers only, to be told to open its WebSocket with the very call it made)."""
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(InvalidRequest) as info:
+            await brand_socket(engine, sim, headers=headers)
+    text = str(info.value)
+    [name] = headers
+    assert repr(name) in text
+    assert "WebSocket upgrade's own" in text
+    assert "Engine.websocket" not in text
+    assert "HTTP answer" not in text
