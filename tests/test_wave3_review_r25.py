@@ -4,6 +4,10 @@
   the caller's headers hold none (as it does ``Connection: Upgrade``): a caller's version
   replaced it, and a server that speaks 13 only refused every upgrade, the socket blaming
   the path and the credentials. Refused at the call, as ``Connection`` is, its value unshown.
+- ``Engine.websocket``: a caller's ``Sec-WebSocket-Extensions`` went out as it was, and a
+  server that agreed to compress sent frames the socket failed on. Refused at the call.
+- ``Engine.websocket``: a caller's ``Upgrade`` is refused as the upgrade's own header, not
+  with ``Engine.request``'s reason.
 - ``Engine.request``: a protocol upgrade is refused however the headers are given (a
   multidict holding a second ``Connection``), and one without is sent as it is.
 """
