@@ -3704,10 +3704,12 @@ class Engine:
         session a call logs in with alive.
 
         ``headers`` go on every keepalive request, as :meth:`request`'s do: str names to str
-        values without a control character (tab allowed), and none that the auth provider's
-        credentials set (its ``credential_headers``: ``Authorization`` for the library's
-        providers); anything else is an :class:`~le_transport.errors.InvalidRequest` here,
-        before the task starts, rather than a failure logged at every run.
+        values without a control character (tab allowed), neither ``Content-Length`` nor
+        ``Transfer-Encoding``, no protocol upgrade (``Upgrade``, a ``Connection`` naming
+        ``upgrade``), and none that the auth provider's credentials set (its
+        ``credential_headers``: ``Authorization`` for the library's providers); anything else
+        is an :class:`~le_transport.errors.InvalidRequest` here, before the task starts, rather
+        than a failure logged at every run.
 
         The Server Chat API's chat info wants ``Authorization: LivePerson appKey=<key>``: run it
         on an engine whose ``auth`` is an :class:`~le_transport.providers.AppKeyAuth`. On an

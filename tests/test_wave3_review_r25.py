@@ -97,3 +97,22 @@ async def test_an_upgrade_header_on_a_socket_is_refused_as_the_upgrades_own(
     assert "WebSocket upgrade's own" in text
     assert "Engine.websocket" not in text
     assert "HTTP answer" not in text
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Upgrade": "h2c"}, {"CONNECTION": "close, upgrade"}], ids=["upgrade", "conn"]
+)
+async def test_a_keepalive_refuses_a_protocol_upgrade_before_it_starts(
+    clock: VirtualClock, headers: dict[str, str]
+) -> None:
+    """As its docstring says: the request's header rules, the upgrade's refusal included."""
+    from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
+
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(InvalidRequest, match="switch protocols"):
+            engine.keepalive(
+                SERVER_CHAT_API_CHAT_INFO,
+                "svc",
+                fields={"account": "1", "chat": "c"},
+                headers=headers,
+            )
