@@ -504,9 +504,13 @@ class Recovery:
             inside = _inside(round_, self._relogin_running)
             # Closed by the end of the socket whose close from inside the round made it its
             # last waiter (spare(): the socket was its provider's last).
-            orphan = self._orphan is round_ and _running_task() is self._orphan_waiter
+            orphaned = self._orphan is round_
+            orphan = orphaned and _running_task() is self._orphan_waiter
             closer = self._orphan_closer
             self._orphan = self._orphan_closer = self._orphan_waiter = None
+            if orphaned:
+                # No call waits for it: its episode ends silently, as with its last waiter.
+                self._end_orphan_episode()
             if not inside and not orphan:
                 # Its re-login must not outlive the logout that follows, nor its success run
                 # the waiting calls again on a closed session: they fail now, as from a pause.
@@ -1135,11 +1139,18 @@ class Recovery:
         self._orphan = self._orphan_closer = self._orphan_waiter = None
         if self._round_task is round_:
             self._round_task = None
+        self._end_orphan_episode()
+        return True
+
+    def _end_orphan_episode(self) -> None:
+        """End the episode of a round no call waits for (:meth:`spare`): silently, unless a
+        call recovered in it. Its last waiter's leaving did not end it (:meth:`_episode_ended`):
+        a call that joins the round meanwhile goes on in it, its attempts and first failure
+        counted on."""
         if self._succeeded and self._attempt:
             self._end_recovered()
         else:
             self._reset()
-        return True
 
     def _scheduled(self, pause: float) -> None:
         """Note that the round waits ``pause`` from now, and tell the calls with a deadline
@@ -1306,6 +1317,12 @@ class Recovery:
         deadline long passed."""
         if self._attempt == 0 or self._recovering_calls:
             return  # already ended (gave up, closed, recovered), or another call recovers
+        round_ = self._round_task
+        if round_ is not None and self._orphan is round_ and not round_.done():
+            # Its round goes on to the end of its re-login (spare(): this call, its last
+            # waiter, left from inside it), which ends the episode (_end_orphan), or for a
+            # call that joins it meanwhile: that call's episode, its attempts counted on.
+            return
         if self._succeeded:
             self._end_recovered()  # a call recovered in it (_recovered)
             return
