@@ -869,15 +869,20 @@ class Recovery:
                 # (Spared once: this cancellation.)
                 spared = None if waiter is None else self._spared.pop(waiter, None)
                 closer = None if spared is None else spared()
+                relogin = self._relogin_running
                 if (
                     closer is not None
                     and self._recovering_calls == 1
                     and self._left_alone is not round_
                     and not round_.done()
+                    and relogin is not None
+                    and relogin.round is round_
                 ):
                     # Cancelled from inside the round (its re-login closing this socket):
                     # stopped now, the round would cancel that close. It ends by itself once
-                    # its re-login is through (_end_orphan).
+                    # its re-login is through (_end_orphan). (A re-login already through, a
+                    # task it started closing the socket as it ended, waits for no close: the
+                    # round, in its pause, stops with its last waiter, as below.)
                     self._orphan = round_
                     self._orphan_closer = closer
                     self._orphan_waiter = waiter

@@ -172,3 +172,52 @@ async def test_a_round_a_socket_left_ends_its_episode_with_it(
         await asyncio.sleep(0)
     finally:
         await engine.close()
+
+
+async def test_a_socket_closed_by_a_task_of_a_relogin_that_then_fails_stops_its_round(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The re-login starts a task that closes the socket, the round's last waiter, and fails
+    before the socket's task has left the round: its re-login over, nothing of the round waits
+    for the close, and the round stops with its last waiter, as from outside: no pause and no
+    re-login for nobody."""
+    ws_hits: list[float] = []
+    api_hits: list[float] = []
+    relogins: list[float] = []
+    closes: list[asyncio.Task[list[str]]] = []
+    ws: ResilientSocket
+    host = await _server(serve, clock, ws_hits, api_hits, ok=1)
+
+    async def relogin() -> None:
+        relogins.append(clock.now())
+        if not closes:
+            closes.append(asyncio.create_task(ws.close()))
+            await asyncio.sleep(0)  # the close starts: the socket's task is cancelled
+        raise ConnectionFailed("the login service is down", never_sent=True)
+
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=_Auth(relogin),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    await engine.start()
+    try:
+        ws = await engine.websocket(
+            "svc", "/ws", options=_OPTIONS, auth_placement=AuthPlacement.NONE
+        )
+        await clock.sleep(3)
+        assert ws.closed
+        (close,) = closes
+        assert close.done()
+        close.result()
+        round_ = engine.recovery._round_task
+        assert round_ is None or round_.done()
+        assert not engine.recovery.recovering
+        await clock.sleep(100)
+        assert relogins == [2.1]
+        assert ws_hits == [0.0, 0.1]
+    finally:
+        await engine.close()
