@@ -556,8 +556,9 @@ class Recovery:
         provider closing the socket it re-logs in for), that cancellation does not stop the
         round even when ``waiter`` is its last waiter: stopped, the round would cancel its
         re-login and the close inside it. The round then ends by itself once its re-login
-        returns or fails (nothing is run again; a call that joins it meanwhile keeps it
-        going). From outside the round this does nothing: the last waiter's cancellation
+        returns or fails (nothing is run again; failed, it has no outcome: a call failing
+        after it starts a round of its own; a call that joins it meanwhile keeps it going, in
+        the same episode). From outside the round this does nothing: the last waiter's cancellation
         stops the round, as always."""
         closer = _running_task()
         if closer is not None and self._inside_round():
@@ -990,7 +991,7 @@ class Recovery:
     ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
         try:
-            await self._round(exc, first, elapsed, waited, ceiling)
+            logged_in = await self._round(exc, first, elapsed, waited, ceiling)
         except asyncio.CancelledError:
             raise  # its last waiter gave up: no outcome to share
         except BaseException as final:
@@ -1001,6 +1002,11 @@ class Recovery:
             if self._round_task in (None, asyncio.current_task()):
                 # (Not once detached and replaced: the next round's pause is its own.)
                 self._resume_at = None
+        if not logged_in:
+            # Ended with no waiter and no login (_end_orphan): as a round its last waiter
+            # stopped, no outcome to share; a call that failed during it, its failure
+            # after, starts a round of its own rather than run again at once.
+            return
         self._final = None
         self._epoch += 1
 
@@ -1053,8 +1059,10 @@ class Recovery:
         elapsed: float,
         waited: float = 0.0,
         ceiling: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Pause, then re-resolve and re-login, until one re-login succeeds (or give up).
+        Returns whether a re-login succeeded: False when its last waiter left from inside
+        the round (:meth:`spare`) and its re-login then failed (:meth:`_end_orphan`).
         ``first``: the first pause, planned when the round was started (None: give up);
         ``waited``: what the call that started it already waited on an open circuit, counted
         toward that first pause (:meth:`_wait_for`); ``ceiling``: the ``Retry-After`` ceiling
@@ -1111,7 +1119,7 @@ class Recovery:
                     # The session closed under the re-login: what it raised says only that.
                     raise self._closed_error(last) from err
                 if self._end_orphan():
-                    return  # no waiter left to try again for
+                    return False  # no waiter left to try again for
                 if not _relogin_recoverable(err):
                     self._reset()
                     self._state(
@@ -1131,7 +1139,7 @@ class Recovery:
                 # Closed as the re-login ended: no call runs again on the closed session.
                 raise self._closed_error(last) from last
             self._end_orphan()
-            return
+            return True
 
     def _end_orphan(self) -> bool:
         """End the round running now, and its episode, if its last waiter left from inside it

@@ -221,3 +221,62 @@ async def test_a_socket_closed_by_a_task_of_a_relogin_that_then_fails_stops_its_
         assert ws_hits == [0.0, 0.1]
     finally:
         await engine.close()
+
+
+async def test_a_round_a_socket_left_whose_relogin_failed_gives_no_result_to_retry_with(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The re-login closes the socket, the round's last waiter, and fails; a call in flight
+    meanwhile fails after the round ended: no login came of that round, so the call is not run
+    again at once as after a round that logged in (its 503 re-sent with no pause): it starts a
+    round of its own, paused, and its re-login."""
+    ws_hits: list[float] = []
+    api_hits: list[float] = []
+    relogins: list[float] = []
+    ws: ResilientSocket
+
+    async def ws_handler(request: web.Request) -> web.Response:
+        ws_hits.append(clock.now())
+        return web.Response(status=503)
+
+    async def api_handler(request: web.Request) -> web.Response:
+        api_hits.append(clock.now())
+        if len(api_hits) == 1:
+            await clock.sleep(12)  # answered at 15, the round over by then
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    app.router.add_get("/api", api_handler)
+    host = await serve(app)
+
+    async def relogin() -> None:
+        relogins.append(clock.now())
+        if len(relogins) == 1:
+            await ws.close()
+            await clock.sleep(10)
+            raise ConnectionFailed("the login service is down", never_sent=True)
+
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=_Auth(relogin),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    await engine.start()
+    try:
+        ws = await engine.websocket(
+            "svc", "/ws", options=_OPTIONS, auth_placement=AuthPlacement.NONE
+        )
+        await clock.sleep(3)
+        assert ws.closed
+        answer = await engine.request("GET", "svc", "/api", recover=True)
+        assert answer.status == 200
+        assert relogins == [2.1, 17.0]  # its own round: 2 s after its failure at 15
+        assert api_hits == [3.0, 17.0]
+        assert not engine.recovery.recovering
+    finally:
+        await engine.close()
