@@ -505,8 +505,16 @@ class Recovery:
             # Closed by the end of the socket whose close from inside the round made it its
             # last waiter (spare(): the socket was its provider's last).
             orphaned = self._orphan is round_
-            orphan = orphaned and _running_task() is self._orphan_waiter
-            closer = self._orphan_closer
+            running = _running_task()
+            closer: asyncio.Task[object] | None = None
+            if orphaned and running is self._orphan_waiter:
+                closer = self._orphan_closer
+            elif running is not None:
+                # The end of another socket closed from inside the round (spare(): one
+                # connected, not waiting for it), the provider's last.
+                spared = self._spared.get(running)
+                closer = None if spared is None else spared()
+            orphan = closer is not None
             self._orphan = self._orphan_closer = self._orphan_waiter = None
             if orphaned:
                 # No call waits for it: its episode ends silently, as with its last waiter.
@@ -550,16 +558,19 @@ class Recovery:
         return round_ is not None and not round_.done() and _inside(round_, self._relogin_running)
 
     def spare(self, waiter: asyncio.Task[object]) -> None:
-        """``waiter`` (a socket's task, waiting for the round through :meth:`run`) is about to be
-        cancelled by the code running now (the socket's close). From inside the round in
+        """``waiter`` (a socket's task, waiting for the round through :meth:`run`, or connected)
+        is about to be cancelled or ended by the code running now (the socket's close). From
+        inside the round in
         progress (its re-login, or a task that re-login started and waits for: an auth
         provider closing the socket it re-logs in for), that cancellation does not stop the
         round even when ``waiter`` is its last waiter: stopped, the round would cancel its
         re-login and the close inside it. The round then ends by itself once its re-login
         returns or fails (nothing is run again; failed, it has no outcome: a call failing
         after it starts a round of its own; a call that joins it meanwhile keeps it going, in
-        the same episode). From outside the round this does nothing: the last waiter's cancellation
-        stops the round, as always."""
+        the same episode). So too when that socket's end closes the loop (:meth:`close`: the
+        socket, connected or waiting, was its provider's last): the round is left alone,
+        stopped once the closing task is done. From outside the round this does nothing: the
+        last waiter's cancellation stops the round, as always."""
         closer = _running_task()
         if closer is not None and self._inside_round():
             self._spared[waiter] = weakref.ref(closer)

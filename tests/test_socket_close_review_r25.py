@@ -280,3 +280,81 @@ async def test_a_round_a_socket_left_whose_relogin_failed_gives_no_result_to_ret
         assert not engine.recovery.recovering
     finally:
         await engine.close()
+
+
+async def test_a_provider_relogin_closing_its_sockets_closes_the_connected_last(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A socket auth provider of two sockets: one escalated to its re-login loop (the round's
+    only waiter), one connected. The re-login closes both, the escalated one first: the
+    connected one's end, the provider's last, closes the loop from inside the round as the
+    other's did (both closed by the re-login): both closes return, the round is not stopped
+    under them."""
+    ws_hits: list[float] = []
+    events: list[str] = []
+    failing: ResilientSocket
+    connected: ResilientSocket
+
+    async def refuse(request: web.Request) -> web.Response:
+        ws_hits.append(clock.now())
+        return web.Response(status=503)
+
+    async def accept(request: web.Request) -> web.WebSocketResponse:
+        peer = web.WebSocketResponse()
+        await peer.prepare(request)
+        async for _ in peer:
+            pass
+        return peer
+
+    app = web.Application()
+    app.router.add_get("/ws", refuse)
+    app.router.add_get("/ok", accept)
+    host = await serve(app)
+
+    async def relogin() -> None:
+        for ws in (failing, connected):
+            try:
+                await ws.close()
+            except BaseException as exc:
+                events.append(f"close raised {type(exc).__name__}")
+                raise
+            events.append("close returned")
+        events.append("relogin returned")
+
+    tearing = _Auth(relogin)
+    engine = Engine(
+        {"svc": host},
+        scheme="http",
+        clock=clock,
+        auth=_Auth(),
+        retry=RetryPolicy(pauses=()),
+        recovery=BackoffPolicy(first=2, factor=2, cap=1000, jitter=0, floor=0),
+    )
+    await engine.start()
+    try:
+        connected = await engine.websocket(
+            "svc",
+            "/ok",
+            auth=tearing,
+            options=SocketOptions(keepalive=None),
+            auth_placement=AuthPlacement.NONE,
+        )
+        await connected.wait_open(timeout=10)
+        failing = await engine.websocket(
+            "svc", "/ws", auth=tearing, options=_OPTIONS, auth_placement=AuthPlacement.NONE
+        )
+        (held,) = engine._socket_auth.values()
+        recovery = held.recovery
+        await clock.sleep(1)
+        round_ = recovery._round_task
+        assert round_ is not None
+        await clock.sleep(100)
+        assert events == ["close returned", "close returned", "relogin returned"]
+        assert failing.closed
+        assert connected.closed
+        assert recovery.closed
+        assert round_.done()
+        assert not round_.cancelled()
+        round_.exception()  # read (a closed loop's round ends RecoveryFailed)
+    finally:
+        await engine.close()

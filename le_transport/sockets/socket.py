@@ -677,6 +677,14 @@ class ResilientSocket:
                 self._life.to(SocketState.CLOSING)
                 await self._finish()
             return list(self._unsent)
+        if not owner.done() and _is_recovery_escalation(self._escalate):
+            # Closed from inside the re-login round the socket escalates to (its auth
+            # provider's re-login closing it): the owner's wait for the round ending (or its
+            # end closing the loop, the provider's last socket) must not stop the round, which
+            # would cancel this close with the re-login.
+            closing = getattr(self._escalate, "closing", None)
+            if callable(closing):
+                closing(owner)
         if self._conn is not None:
             # Connected (or cleaning a connection up): the owner is reading, or about to; a
             # read must end by the connection closing, never by a cancellation.
@@ -689,12 +697,6 @@ class ResilientSocket:
                 return self._outbox.texts()
         elif not owner.done():
             # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
-            # Escalated, and closed from inside the re-login round it waits for (its auth
-            # provider's re-login closing it): that wait's end must not stop the round, which
-            # would cancel this close with the re-login.
-            closing = getattr(self._escalate, "closing", None)
-            if _is_recovery_escalation(self._escalate) and callable(closing):
-                closing(owner)
             owner.cancel()
         while not owner.done():
             try:
