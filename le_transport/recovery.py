@@ -441,20 +441,6 @@ class Recovery:
         # carry in their context (_RELOGIN): a close from one of them is from inside the round.
         self._relogin_running: _Relogin | None = None
         self._release: asyncio.Future[None] | None = None
-        # The waiters (a socket's task) whose cancellation comes from inside the round they
-        # wait for (spare(): its re-login closing the socket), and the round its last such
-        # waiter left: it ends once its re-login is through (_end_orphan), not stopped then.
-        # (Each with the task that closes, weakly: a close of the loop then stops the round
-        # once that task is done, as a close from inside it would. A waiter whose cancellation
-        # lands elsewhere, not waiting for the round then, keeps nothing of it alive.)
-        self._spared: weakref.WeakKeyDictionary[
-            asyncio.Task[object], weakref.ref[asyncio.Task[object]]
-        ] = weakref.WeakKeyDictionary()
-        # (And that waiter: a close of the loop from its task, the socket's own end, leaves
-        # the round alone too.)
-        self._orphan: asyncio.Task[None] | None = None
-        self._orphan_closer: asyncio.Task[object] | None = None
-        self._orphan_waiter: asyncio.Task[object] | None = None
         #: The pauses taken, in order, across episodes: the newest :data:`KEPT_PAUSES` (a
         #: client that lives for months recovers now and then; its history stays bounded).
         self.pauses: collections.deque[float] = collections.deque(maxlen=KEPT_PAUSES)
@@ -489,10 +475,7 @@ class Recovery:
         for the round fail at once all the same, and the round ends by itself, closed, once
         its re-login returns (nothing is run again), or is cancelled once the task that
         closed (the close in it done) is: the re-login does not outlive it. A waiter cancelled
-        then (a socket escalated to the round, closed by that close) does not stop it. So too
-        when the end of a socket closed from inside the round (:meth:`spare`), its last
-        waiter, closes the loop (the socket was its provider's last): the round is stopped
-        once the task that closed the socket is done."""
+        then (a socket escalated to the round, closed by that close) does not stop it."""
         if self._closed:
             return
         self._closed = True
@@ -501,25 +484,7 @@ class Recovery:
             stop.set_result(None)
         round_ = self._round_task
         if round_ is not None and not round_.done():
-            inside = _inside(round_, self._relogin_running)
-            # Closed by the end of the socket whose close from inside the round made it its
-            # last waiter (spare(): the socket was its provider's last).
-            orphaned = self._orphan is round_
-            running = _running_task()
-            closer: asyncio.Task[object] | None = None
-            if orphaned and running is self._orphan_waiter:
-                closer = self._orphan_closer
-            elif running is not None:
-                # The end of another socket closed from inside the round (spare(): one
-                # connected, not waiting for it), the provider's last.
-                spared = self._spared.get(running)
-                closer = None if spared is None else spared()
-            orphan = closer is not None
-            self._orphan = self._orphan_closer = self._orphan_waiter = None
-            if orphaned:
-                # No call waits for it: its episode ends silently, as with its last waiter.
-                self._end_orphan_episode()
-            if not inside and not orphan:
+            if not _inside(round_, self._relogin_running):
                 # Its re-login must not outlive the logout that follows, nor its success run
                 # the waiting calls again on a closed session: they fail now, as from a pause.
                 round_.cancel()
@@ -531,10 +496,7 @@ class Recovery:
                 # now all the same.
                 self._left_alone = round_
                 round_.add_done_callback(_outcome_read)
-                # A round whose last waiter a close from inside it cancelled (spare(): its
-                # re-login closing a socket, whose close then closes this loop from the
-                # socket's task) is left alone as well, stopped once that close's task is done.
-                closing = _running_task() if inside else closer
+                closing = _running_task()
                 if closing is not None and closing is not round_:
                     # A task the re-login started: the round is stopped once that task is
                     # done (its close with it), not left re-logging in after the logout.
@@ -556,24 +518,6 @@ class Recovery:
         last waiter gone, would otherwise stop the round (and the close inside it)."""
         round_ = self._round_task
         return round_ is not None and not round_.done() and _inside(round_, self._relogin_running)
-
-    def spare(self, waiter: asyncio.Task[object]) -> None:
-        """``waiter`` (a socket's task, waiting for the round through :meth:`run`, or connected)
-        is about to be cancelled or ended by the code running now (the socket's close). From
-        inside the round in
-        progress (its re-login, or a task that re-login started and waits for: an auth
-        provider closing the socket it re-logs in for), that cancellation does not stop the
-        round even when ``waiter`` is its last waiter: stopped, the round would cancel its
-        re-login and the close inside it. The round then ends by itself once its re-login
-        returns or fails (nothing is run again; failed, it has no outcome: a call failing
-        after it starts a round of its own; a call that joins it meanwhile keeps it going, in
-        the same episode). So too when that socket's end closes the loop (:meth:`close`: the
-        socket, connected or waiting, was its provider's last): the round is left alone,
-        stopped once the closing task is done. From outside the round this does nothing: the
-        last waiter's cancellation stops the round, as always."""
-        closer = _running_task()
-        if closer is not None and self._inside_round():
-            self._spared[waiter] = weakref.ref(closer)
 
     async def run(
         self,
@@ -813,14 +757,13 @@ class Recovery:
         shares: a waiter that is cancelled, or whose deadline (``until``) the round's pause
         would pass, stops waiting, and the round (its pause already spent) goes on for the
         others; it is cancelled only with its last waiter (not once :meth:`close` left it to end
-        alone, nor when that waiter's cancellation comes from inside it, :meth:`spare`: it
-        ends after its re-login). ``waited``: how long this call waited on an open circuit
-        since the last round (:meth:`_breaker_wait`), which a round it starts counts toward its
-        first pause (:meth:`_wait_for`); ``ceiling``: the call's own ``Retry-After`` ceiling
-        (:meth:`run`; None: the request schedule's). A call that would join a round in
-        progress whose own ask (:meth:`_own_ask`, counted from now, its failure) already ends
-        at or past ``until`` gives up at once with the ``RecoveryFailed`` it would raise after
-        the round, and does not wait for it."""
+        alone). ``waited``: how long this call waited on an open circuit since the last round
+        (:meth:`_breaker_wait`), which a round it starts counts toward its first pause
+        (:meth:`_wait_for`); ``ceiling``: the call's own ``Retry-After`` ceiling (:meth:`run`;
+        None: the request schedule's). A call that would join a round in progress whose own
+        ask (:meth:`_own_ask`, counted from now, its failure) already ends at or past
+        ``until`` gives up at once with the ``RecoveryFailed`` it would raise after the round,
+        and does not wait for it."""
         if ceiling is None:
             ceiling = self._request_policy.retry_after_ceiling
         self._recovering_calls += 1
@@ -828,9 +771,6 @@ class Recovery:
             if self._closed:
                 raise self._closed_error(exc) from exc
             round_ = self._round_task
-            if round_ is not None and self._orphan is round_:
-                # A waiter again: the round goes on for this call.
-                self._orphan = self._orphan_closer = self._orphan_waiter = None
             if round_ is None or round_.done():
                 if self._epoch != seen:
                     # A round finished while this call was failing: retry with its result.
@@ -877,28 +817,7 @@ class Recovery:
                     await self._wait_round(round_, exc, until, started)
             except asyncio.CancelledError:
                 # This caller gave up (a cancelled call, a closed socket).
-                waiter = asyncio.current_task()
-                # (Spared once: this cancellation.)
-                spared = None if waiter is None else self._spared.pop(waiter, None)
-                closer = None if spared is None else spared()
-                relogin = self._relogin_running
-                if (
-                    closer is not None
-                    and self._recovering_calls == 1
-                    and self._left_alone is not round_
-                    and not round_.done()
-                    and relogin is not None
-                    and relogin.round is round_
-                ):
-                    # Cancelled from inside the round (its re-login closing this socket):
-                    # stopped now, the round would cancel that close. It ends by itself once
-                    # its re-login is through (_end_orphan). (A re-login already through, a
-                    # task it started closing the socket as it ended, waits for no close: the
-                    # round, in its pause, stops with its last waiter, as below.)
-                    self._orphan = round_
-                    self._orphan_closer = closer
-                    self._orphan_waiter = waiter
-                elif self._recovering_calls == 1 and self._left_alone is not round_:
+                if self._recovering_calls == 1 and self._left_alone is not round_:
                     # No other call waits: the round and the episode end here. Left open, its
                     # attempts and first failure would count against an unrelated failure
                     # hours later (and a deadline already passed would give that one up at
@@ -1002,7 +921,7 @@ class Recovery:
     ) -> None:
         """One round, run in a task of its own; its outcome is every waiter's."""
         try:
-            logged_in = await self._round(exc, first, elapsed, waited, ceiling)
+            await self._round(exc, first, elapsed, waited, ceiling)
         except asyncio.CancelledError:
             raise  # its last waiter gave up: no outcome to share
         except BaseException as final:
@@ -1013,11 +932,6 @@ class Recovery:
             if self._round_task in (None, asyncio.current_task()):
                 # (Not once detached and replaced: the next round's pause is its own.)
                 self._resume_at = None
-        if not logged_in:
-            # Ended with no waiter and no login (_end_orphan): as a round its last waiter
-            # stopped, no outcome to share; a call that failed during it, its failure
-            # after, starts a round of its own rather than run again at once.
-            return
         self._final = None
         self._epoch += 1
 
@@ -1070,10 +984,8 @@ class Recovery:
         elapsed: float,
         waited: float = 0.0,
         ceiling: float | None = None,
-    ) -> bool:
+    ) -> None:
         """Pause, then re-resolve and re-login, until one re-login succeeds (or give up).
-        Returns whether a re-login succeeded: False when its last waiter left from inside
-        the round (:meth:`spare`) and its re-login then failed (:meth:`_end_orphan`).
         ``first``: the first pause, planned when the round was started (None: give up);
         ``waited``: what the call that started it already waited on an open circuit, counted
         toward that first pause (:meth:`_wait_for`); ``ceiling``: the ``Retry-After`` ceiling
@@ -1129,8 +1041,6 @@ class Recovery:
                 if self._closed:
                     # The session closed under the re-login: what it raised says only that.
                     raise self._closed_error(last) from err
-                if self._end_orphan():
-                    return False  # no waiter left to try again for
                 if not _relogin_recoverable(err):
                     self._reset()
                     self._state(
@@ -1149,32 +1059,7 @@ class Recovery:
             if self._closed:
                 # Closed as the re-login ended: no call runs again on the closed session.
                 raise self._closed_error(last) from last
-            self._end_orphan()
-            return True
-
-    def _end_orphan(self) -> bool:
-        """End the round running now, and its episode, if its last waiter left from inside it
-        (:meth:`spare`: its re-login closed that waiter's socket), now that its re-login is
-        through: nobody waits for another pause or re-login. Silently, as when its last
-        waiter's cancellation stops a round, unless a call recovered in it."""
-        round_ = asyncio.current_task()
-        if self._orphan is None or self._orphan is not round_:
-            return False
-        self._orphan = self._orphan_closer = self._orphan_waiter = None
-        if self._round_task is round_:
-            self._round_task = None
-        self._end_orphan_episode()
-        return True
-
-    def _end_orphan_episode(self) -> None:
-        """End the episode of a round no call waits for (:meth:`spare`): silently, unless a
-        call recovered in it. Its last waiter's leaving did not end it (:meth:`_episode_ended`):
-        a call that joins the round meanwhile goes on in it, its attempts and first failure
-        counted on."""
-        if self._succeeded and self._attempt:
-            self._end_recovered()
-        else:
-            self._reset()
+            return
 
     def _scheduled(self, pause: float) -> None:
         """Note that the round waits ``pause`` from now, and tell the calls with a deadline
@@ -1341,12 +1226,6 @@ class Recovery:
         deadline long passed."""
         if self._attempt == 0 or self._recovering_calls:
             return  # already ended (gave up, closed, recovered), or another call recovers
-        round_ = self._round_task
-        if round_ is not None and self._orphan is round_ and not round_.done():
-            # Its round goes on to the end of its re-login (spare(): this call, its last
-            # waiter, left from inside it), which ends the episode (_end_orphan), or for a
-            # call that joins it meanwhile: that call's episode, its attempts counted on.
-            return
         if self._succeeded:
             self._end_recovered()  # a call recovered in it (_recovered)
             return

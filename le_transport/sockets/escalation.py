@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from ..errors import ConnectionFailed
@@ -32,13 +31,6 @@ class RecoveryEscalation:
     def __init__(self, recovery: Recovery, close_policy: ClosePolicy | None = None) -> None:
         self._recovery = recovery
         self._close_policy = close_policy or ClosePolicy()
-
-    def closing(self, owner: asyncio.Task[None]) -> None:
-        """The socket whose task is ``owner`` is closing from the code running now, and will
-        cancel ``owner``'s wait for the re-login loop: from inside the loop's round (its
-        auth provider's re-login closing the socket), that wait's end does not stop the round
-        and the close with it (:meth:`~le_transport.recovery.Recovery.spare`)."""
-        self._recovery.spare(owner)
 
     async def __call__(
         self, request: EscalationRequest, connect: Callable[[], Awaitable[Connection]]

@@ -258,14 +258,6 @@ def check_on_connect(on_connect: object) -> tuple[OnConnect, ...]:
     return callbacks
 
 
-def _is_recovery_escalation(escalate: object) -> bool:
-    """Whether ``escalate`` is the library's :class:`~le_transport.sockets.RecoveryEscalation`
-    (imported here, late: its module imports this one)."""
-    from .escalation import RecoveryEscalation
-
-    return isinstance(escalate, RecoveryEscalation)
-
-
 def _chosen_keepalive(options: SocketOptions, dialer: Dialer) -> Keepalive | None:
     """The keepalive a socket runs: its options' own, or, left to the default, the one its
     dialer knows for its path (an :class:`~le_transport.sockets.EngineDialer`'s
@@ -664,11 +656,6 @@ class ResilientSocket:
         that hangs) is cancelled: a close never waits for it for ever; nor for an
         ``on_connect`` callback or a keepalive probe that outlives its cancellation (waited
         for :data:`~le_transport.sockets.keepalive.TIDY_UP_GRACE` at most, then left to run).
-        Called from inside the re-login round the socket escalated to (its auth provider's
-        re-login closing it, itself or in a task it waits for), it returns once the socket is
-        closed: the socket's wait for the round ends without stopping the round (and the
-        re-login and this close with it), which ends by itself after its re-login
-        (:meth:`~le_transport.recovery.Recovery.spare`).
         """
         self._closing = True
         owner = self._owner
@@ -677,14 +664,6 @@ class ResilientSocket:
                 self._life.to(SocketState.CLOSING)
                 await self._finish()
             return list(self._unsent)
-        if not owner.done() and _is_recovery_escalation(self._escalate):
-            # Closed from inside the re-login round the socket escalates to (its auth
-            # provider's re-login closing it): the owner's wait for the round ending (or its
-            # end closing the loop, the provider's last socket) must not stop the round, which
-            # would cancel this close with the re-login.
-            closing = getattr(self._escalate, "closing", None)
-            if callable(closing):
-                closing(owner)
         if self._conn is not None:
             # Connected (or cleaning a connection up): the owner is reading, or about to; a
             # read must end by the connection closing, never by a cancellation.
