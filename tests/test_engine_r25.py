@@ -10,10 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 import pytest
 from aiohttp import web
 
@@ -21,6 +17,7 @@ from le_transport import Engine, InvalidRequest, RetryPolicy
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
+from tests.test_policies_r25 import _answering
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -113,37 +110,6 @@ async def test_the_engines_own_websocket_upgrade_is_not_refused(
 
 
 # -- 2. a final 1xx's Retry-After is heeded as a 5xx's is --------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A raw loopback server answering its requests with ``answers`` in turn (the last one for
-    ever after). A 101 leaves its connection held open (no HTTP one any more). Yields
-    ``host:port`` and the request heads."""
-    heads: list[bytes] = []
-    held: list[asyncio.StreamWriter] = []
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                heads.append(await reader.readuntil(b"\r\n\r\n"))
-                answer = answers[min(len(heads), len(answers)) - 1]
-                writer.write(answer)
-                await writer.drain()
-                if answer.startswith(b"HTTP/1.1 101"):
-                    held.append(writer)
-                    return
-        writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}", heads
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

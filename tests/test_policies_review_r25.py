@@ -4,11 +4,8 @@ year read by RFC 9110's 50-year rule against the injected wall clock; a final 1x
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import math
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -24,43 +21,13 @@ from le_transport.errors import (
 from le_transport.middleware.retry import parse_retry_after_date
 from le_transport.sockets.dial import _retry_after_of
 from le_transport.testing import VirtualClock
+from tests.test_policies_r25 import _answering
 
 _UTC = datetime.UTC
 
 
 def _epoch(year: int, month: int, day: int, second: int = 0) -> float:
     return datetime.datetime(year, month, day, 0, 0, second, tzinfo=_UTC).timestamp()
-
-
-@contextlib.asynccontextmanager
-async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A raw loopback server answering its requests with ``answers`` in turn (the last one for
-    ever after), on one connection or many. Yields ``host:port`` and the request heads."""
-    heads: list[bytes] = []
-    held: list[asyncio.StreamWriter] = []
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                heads.append(await reader.readuntil(b"\r\n\r\n"))
-                answer = answers[min(len(heads), len(answers)) - 1]
-                writer.write(answer)
-                await writer.drain()
-                if answer.startswith(b"HTTP/1.1 101"):
-                    # Switched protocols: the connection is no HTTP one any more.
-                    held.append(writer)
-                    return
-        writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}", heads
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 # --- The Date header: a two-digit year dated against the wall clock, by the 50-year rule ---
