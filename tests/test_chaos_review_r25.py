@@ -12,30 +12,13 @@ import pytest
 
 from le_transport.chaos.injector import _sock_read_of
 from le_transport.chaos.plan import RecordLog
-from le_transport.errors import CircuitOpen, StateStoreError
-from le_transport.middleware.overload import OverloadGuard
-from le_transport.policies import BackoffPolicy, BreakerState, CircuitBreaker, Outcome
-from le_transport.state import FallbackStore, MemoryStore, state_key
+from le_transport.errors import CircuitOpen
+from le_transport.policies import BreakerState, Outcome
 from le_transport.testing import VirtualClock
 from tests.test_guard_hot_path import _Call
+from tests.test_leftovers_r25 import _HOST, _PROBE_KEY, _guard_half_open
 
 # -- a probe's lock whose final delete a FallbackStore answered locally ----------------------
-
-_HOST = "127.0.0.1:8080"
-_PROBE_KEY = state_key("1", "breaker-probe", "svc", _HOST)
-
-
-class _FailingDeletes(MemoryStore):
-    """A shared store whose deletes fail at once while ``fail`` is set."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__(clock)
-        self.fail = False
-
-    async def delete(self, key: str, *, only_if: str | None = None) -> bool:
-        if self.fail:
-            raise StateStoreError("connection refused")
-        return await super().delete(key, only_if=only_if)
 
 
 async def test_a_probe_lock_whose_verdicts_delete_was_answered_locally_is_freed_later() -> None:
@@ -45,25 +28,7 @@ async def test_a_probe_lock_whose_verdicts_delete_was_answered_locally_is_freed_
     was back and the new 10 s break over, this process's next probe was refused by its own old
     lock (CircuitOpen) until the lease ended. Now it stays this process's to free."""
     clock = VirtualClock(start=100.0)
-    primary = _FailingDeletes(clock)
-    breaker = CircuitBreaker(
-        minimum_throughput=4,
-        breaks=BackoffPolicy(first=5.0, cap=60.0, jitter=0.0, floor=0.0),
-        probe_lease=30.0,
-    )
-    guard = OverloadGuard(
-        budget=None,
-        breaker=breaker,
-        store=FallbackStore(primary, clock=clock, retry_interval=1.0),
-        account="1",
-        clock=clock,
-    )
-    for _ in range(breaker.minimum_throughput):
-        call = _Call("svc", _HOST)
-        assert await guard.admit(call, 1) is None
-        await guard.settle(call, 1, Outcome.response(503))
-    assert guard.breaker_state("svc", _HOST) is BreakerState.OPEN
-    await clock.sleep(5.0)
+    guard, primary = await _guard_half_open(clock)
     probe = _Call("svc", _HOST)
     assert await guard.admit(probe, 1) is None
     held = await primary.get(_PROBE_KEY)
