@@ -37,15 +37,10 @@ from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.test_recovery import CountingAuth
 
-# -- 1. a call joining a round waits what its own answers asked ---------------------------------
 
-
-async def test_a_call_joining_a_round_is_not_resent_before_its_own_retry_after(
-    serve: ServerFactory, clock: VirtualClock
-) -> None:
-    """Call A fails (a 503, no ask) and starts a round whose pause is 2 s; call B fails a
-    second later on a 503 asking ``Retry-After: 50`` and joins it. The one re-login runs at
-    2 s and A is re-sent then; B is re-sent 50 s after its 503, not with A."""
+async def _a_and_b(serve: ServerFactory, clock: VirtualClock) -> tuple[str, dict[str, list[float]]]:
+    """A loopback server whose ``/a`` and ``/b`` answer their first request 503 (``/b``'s
+    asking ``Retry-After: 50``), then 200; its host, and each path's request times."""
     hits: dict[str, list[float]] = {"a": [], "b": []}
 
     async def handler(request: web.Request) -> web.Response:
@@ -58,7 +53,19 @@ async def test_a_call_joining_a_round_is_not_resent_before_its_own_retry_after(
 
     app = web.Application()
     app.router.add_get("/{name}", handler)
-    host = await serve(app)
+    return await serve(app), hits
+
+
+# -- 1. a call joining a round waits what its own answers asked ---------------------------------
+
+
+async def test_a_call_joining_a_round_is_not_resent_before_its_own_retry_after(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """Call A fails (a 503, no ask) and starts a round whose pause is 2 s; call B fails a
+    second later on a 503 asking ``Retry-After: 50`` and joins it. The one re-login runs at
+    2 s and A is re-sent then; B is re-sent 50 s after its 503, not with A."""
+    host, hits = await _a_and_b(serve, clock)
     auth = CountingAuth()
     async with Engine(
         {"svc": host},
@@ -86,19 +93,7 @@ async def test_a_joiner_whose_own_ask_passes_its_deadline_gives_up_as_it_joins(
 ) -> None:
     """The same, B with a 20 s deadline: its own ask (50 s) would pass it, so B gives up with
     ``RecoveryFailed`` as it joins (at 1 s), never re-sent; A recovers as before."""
-    hits: dict[str, list[float]] = {"a": [], "b": []}
-
-    async def handler(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        hits[name].append(clock.now())
-        if len(hits[name]) == 1:
-            headers = {"Retry-After": "50"} if name == "b" else {}
-            return web.Response(status=503, headers=headers)
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_get("/{name}", handler)
-    host = await serve(app)
+    host, hits = await _a_and_b(serve, clock)
     async with Engine(
         {"svc": host},
         scheme="http",
@@ -127,19 +122,7 @@ async def test_a_joiner_waiting_its_own_ask_fails_at_once_when_the_engine_closes
 ) -> None:
     """B waits its own ask after the round; the engine closing at 10 s ends the wait with
     ``RecoveryFailed`` then, B never re-sent."""
-    hits: dict[str, list[float]] = {"a": [], "b": []}
-
-    async def handler(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        hits[name].append(clock.now())
-        if len(hits[name]) == 1:
-            headers = {"Retry-After": "50"} if name == "b" else {}
-            return web.Response(status=503, headers=headers)
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_get("/{name}", handler)
-    host = await serve(app)
+    host, hits = await _a_and_b(serve, clock)
     engine = Engine(
         {"svc": host},
         scheme="http",

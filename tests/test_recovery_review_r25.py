@@ -26,6 +26,7 @@ from le_transport.providers import Credentials
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.test_recovery import CountingAuth
+from tests.test_recovery_r25 import _a_and_b
 
 
 async def _always_503(serve: ServerFactory, hits: list[float], clock: VirtualClock) -> str:
@@ -110,19 +111,7 @@ async def test_a_joiner_giving_up_on_its_own_ask_says_so_not_a_relogin_pause(
     """Call A starts a round (2 s); B fails at 1 s on a 503 asking 50 s, with a 20 s deadline:
     as it joins the round it gives up, and its error says its own ask is what would pass the
     deadline (50 s of it, 20 s to its deadline at 21 s), not a pause before a re-login."""
-    hits: dict[str, list[float]] = {"a": [], "b": []}
-
-    async def handler(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        hits[name].append(clock.now())
-        if len(hits[name]) == 1:
-            headers = {"Retry-After": "50"} if name == "b" else {}
-            return web.Response(status=503, headers=headers)
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_get("/{name}", handler)
-    host = await serve(app)
+    host, hits = await _a_and_b(serve, clock)
     async with Engine(
         {"svc": host},
         scheme="http",
