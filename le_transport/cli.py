@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "against a real account)",
     )
     demo.add_argument(
-        "--seed", type=int, default=7, help="seed of the fault plan, 64 bits (default 7)"
+        "--seed", type=_seed, default=7, help="seed of the fault plan, 64 bits (default 7)"
     )
     demo.add_argument(
         "--verbose", action="store_true", help="also show the library's own (redacted) log lines"
@@ -141,6 +141,23 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
     return port
+
+
+def _seed(text: str) -> int:
+    """A seed for argparse: any int, its 64-bit range checked with the demo's other options.
+
+    Past Python's limit on an int's digits (4,300), ``int()`` refuses it and argparse would
+    show the whole text: such a seed is as far past 64 bits as a shorter one, said as one.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        digits = text.strip().lstrip("+-").replace("_", "")
+        if digits.isascii() and digits.isdigit():
+            from .chaos.plan import MAX_SEED, MIN_SEED
+
+            return MIN_SEED - 1 if text.strip().startswith("-") else MAX_SEED + 1
+        raise argparse.ArgumentTypeError(f"not an int: {text!r:.20}") from None
 
 
 def _max_records(text: str) -> int:
