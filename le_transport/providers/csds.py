@@ -18,13 +18,17 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
 - A failed refresh keeps serving the map (stale-if-error) and logs so: the Domain API sits on
   every reconnect path, and its outage must not stop one. Such a refresh is a single attempt
   (no 5/10/15 s schedule in front of a reconnect), and it is not tried again for
-  ``stale_retry`` seconds. There is no bound on a map's age: a map is served through an outage
-  however long, a refresh tried again each ``stale_retry`` seconds. A refresh answering a map
-  without one valid host (empty, or every entry malformed or hostile) counts as failed:
-  installed, it would fail every service. A refresh with a map cached says it handles an
-  outage itself, so the retry middleware logs its giving up as a WARNING that says the last
-  good map is served, not an ERROR, and its give-up event has ``handled_by_caller``: nothing
-  failed for a caller (a token fetched early, say).
+  ``stale_retry`` seconds. By default there is no bound on a map's age: a map is served through
+  an outage however long, a refresh tried again each ``stale_retry`` seconds. With
+  ``max_stale`` set, a map expired longer ago than that is no longer served: a caller waits for
+  a refresh (one attempt), and while every refresh fails, :meth:`~CsdsDomains.resolve` raises
+  :class:`~le_transport.errors.DomainResolutionError` saying how old the map is and why the
+  last refresh failed (logged once, as an ERROR, until a refresh succeeds). A refresh
+  answering a map without one valid host (empty, or every entry malformed or hostile) counts
+  as failed: installed, it would fail every service. A refresh with a map cached (within
+  ``max_stale``) says it handles an outage itself, so the retry middleware logs its giving up
+  as a WARNING that says the last good map is served, not an ERROR, and its give-up event has
+  ``handled_by_caller``: nothing failed for a caller (a token fetched early, say).
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
@@ -295,6 +299,14 @@ class CsdsDomains:
       callers served it until the refresh lands (stale-while-revalidate).
     - ``stale_retry``: after a failed refresh, seconds the stale map is served before asking
       again (30).
+    - ``max_stale``: seconds an expired map may still be served while every refresh fails
+      (as HTTP's ``max-stale``: counted from the end of its ``ttl``), or None (the default):
+      no bound, the last good map is served through an outage however long (the Domain API
+      sits on every reconnect path, and LiveEngage's hosts seldom move). Past it a caller
+      waits for a refresh (one attempt), and when that fails, or within ``stale_retry`` of
+      the last failed one, :meth:`resolve` raises :class:`DomainResolutionError` (logged once
+      as an ERROR); a successful refresh (or adopted fleet map, or a login answer confirming
+      every cached service) starts it over. 0: an expired map is never served.
     - ``retry``: the request policy of the first fetch; default: the engine's.
     - ``shared``: a :class:`~le_transport.state.SharedDomainMap` (over a Redis store): a
       fleet asks the Domain API once per its TTL (600 s by default, as ``ttl``); a map read
@@ -327,6 +339,7 @@ class CsdsDomains:
         stale_retry: float = DEFAULT_STALE_RETRY,
         retry: RetryPolicy | None = None,
         shared: SharedDomainMap | None = None,
+        max_stale: float | None = None,
     ) -> None:
         self._account = validate_account(account, owner="CsdsDomains")
         try:
@@ -347,6 +360,12 @@ class CsdsDomains:
         self._scheme = scheme
         self._ttl = _positive("ttl", ttl)
         self._stale_retry = _positive("stale_retry", stale_retry)
+        if max_stale is not None and not (finite_number(max_stale) and max_stale >= 0):
+            raise ConfigurationError(
+                "CsdsDomains.max_stale must be None (no bound) or a finite number >= 0, got "
+                f"{max_stale!r:.40}"
+            )
+        self._max_stale = None if max_stale is None else float(max_stale)
         require_option(
             retry is None or isinstance(retry, RetryPolicy),
             retry,
@@ -358,6 +377,15 @@ class CsdsDomains:
         self._http: ProviderHttp | None = None
         self._entries: dict[str, Entry] | None = None
         self._expires_at = -math.inf
+        # When the map was last refreshed (fetched, adopted, or confirmed by a login answer),
+        # and when that made it expire: _expires_at moves on with a failed refresh
+        # (stale_retry) or invalidate(), these do not. max_stale counts from _fresh_until.
+        self._refreshed_at = -math.inf
+        self._fresh_until = -math.inf
+        # Why the last refresh failed (shown when the map is past max_stale), and whether
+        # that has been logged since the map was last refreshed.
+        self._last_failure = "no refresh was tried"
+        self._past_bound_logged = False
         self._flight = _MapFlight(
             f"le_transport.csds[{self._account}]",
             f"csds[{self._account}]: the Domain API fetch",
@@ -527,7 +555,7 @@ class CsdsDomains:
             self._entries = merged
             if valid.issuperset(cached):
                 # Every service the cache holds is confirmed: as good as a fetch.
-                self._expires_at = now + self._ttl
+                self._install(merged, now)
         _log.debug(
             "domain map for account %s warmed from a login answer (%d services, %d valid)",
             self._account,
@@ -540,6 +568,36 @@ class CsdsDomains:
     # -- internals --------------------------------------------------------------------------
 
     async def _current(self) -> dict[str, Entry]:
+        entries = await self._map()
+        if self._max_stale is not None and entries is self._entries:
+            now = require_attached(self._http, self).clock.now()
+            if self._past_bound(now):
+                raise self._past_bound_error(now)
+        return entries
+
+    def _past_bound(self, now: float) -> bool:
+        """Whether the cached map expired longer than ``max_stale`` ago."""
+        return self._max_stale is not None and now > self._fresh_until + self._max_stale
+
+    def _past_bound_error(self, now: float) -> DomainResolutionError:
+        """The error of a resolve with only a map past ``max_stale`` at hand; logged once
+        (until a refresh succeeds)."""
+        message = (
+            f"the domain map of account {self._account!r} is too old to serve: last refreshed "
+            f"{now - self._refreshed_at:.0f} s ago, expired {now - self._fresh_until:.0f} s "
+            f"ago, past max_stale ({self._max_stale:g} s); the Domain API at {self._csds_host} "
+            f"still fails (last refresh: {self._last_failure})"
+        )
+        if not self._past_bound_logged:
+            self._past_bound_logged = True
+            _log.error(
+                "%s; resolve raises DomainResolutionError until a refresh succeeds",
+                message,
+                extra={"account": self._account},
+            )
+        return DomainResolutionError(message, account=self._account)
+
+    async def _map(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
         entries = self._entries
         if entries is not None and http.clock.now() < self._expires_at:
@@ -551,7 +609,11 @@ class CsdsDomains:
                 f"csds[{self._account}]: the domain provider is closed (closing an engine "
                 "closes it) and its map is stale or missing: no fetch starts"
             )
-        if entries is not None and self._expires_at > -math.inf:
+        if (
+            entries is not None
+            and self._expires_at > -math.inf
+            and not self._past_bound(http.clock.now())
+        ):
             # Expired, not invalidated (-inf: invalidate(), refresh()): stale-while-revalidate.
             # Waiting for the refresh held every call and reconnect up to its attempt timeout
             # (30 s) whenever the Domain API hung, with a good map at hand.
@@ -588,6 +650,9 @@ class CsdsDomains:
     def _install(self, entries: dict[str, Entry], now: float, life: float | None = None) -> None:
         self._entries = entries
         self._expires_at = now + (self._ttl if life is None else min(self._ttl, life))
+        self._refreshed_at = now
+        self._fresh_until = self._expires_at
+        self._past_bound_logged = False
 
     async def _fetch_or_stale(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
@@ -635,7 +700,9 @@ class CsdsDomains:
                 self._install(shared_entries, now, life)
                 return shared_entries
         try:
-            entries = await self._fetch(http, policy, stale=stale is not None)
+            # Past max_stale, the map is not served: the caller sees the failure.
+            serving = stale is not None and not self._past_bound(http.clock.now())
+            entries = await self._fetch(http, policy, stale=serving)
             if stale is not None and not any(isinstance(h, str) for h in entries.values()):
                 # Installed, it would fail every service with UnknownServiceError (or
                 # HostileHostError) for a whole TTL; as a failed refresh, the last good map
@@ -679,6 +746,9 @@ class CsdsDomains:
         ``stale_retry`` s more, then refreshed again; logged, and a ``domains_stale`` event."""
         http = require_attached(self._http, self)
         self._expires_at = http.clock.now() + self._stale_retry
+        # Cut short: it is shown in an error message (the Domain API's request carries no
+        # credential, and a RequestError's message shows none).
+        self._last_failure = str(shown)[:_REASON_SHOWN]
         emit_state(
             http.hooks,
             _log,
@@ -690,9 +760,12 @@ class CsdsDomains:
             ),
         )
         _log.warning(
-            "Domain API refresh for account %s failed (%s); serving the last good map",
+            "Domain API refresh for account %s failed (%s); %s",
             self._account,
             shown,
+            "the last good map is past max_stale and is not served"
+            if self._past_bound(http.clock.now())
+            else "serving the last good map",
             extra={"account": self._account, "error": type(exc).__name__},
         )
 
