@@ -5,6 +5,7 @@ Against the simulator on loopback, on the virtual clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -13,6 +14,9 @@ import pytest
 from le_transport.chaos import FaultRule, Match
 from le_transport.errors import ConfigurationError, DomainResolutionError
 from le_transport.providers import CsdsDomains
+from le_transport.state import MemoryStore, SharedDomainMap
+from le_transport.state.fallback import DEFAULT_PRIMARY_TIMEOUT
+from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
@@ -144,3 +148,49 @@ async def test_invalidate_past_max_stale_with_the_domain_api_down_raises(
 def test_max_stale_must_be_none_or_a_finite_number_at_least_zero(bad: object) -> None:
     with pytest.raises(ConfigurationError, match="max_stale"):
         CsdsDomains(ACCOUNT, max_stale=bad)  # type: ignore[arg-type]
+
+
+# -- a caller's domain store that hangs ------------------------------------------------------
+
+
+class _HangingMemoryStore(MemoryStore):
+    """A caller's own store built on MemoryStore whose reads (``hang_get``) or writes
+    (``hang_set``) never answer (its client has no timeout)."""
+
+    def __init__(self, clock: VirtualClock, *, hang_get: bool, hang_set: bool) -> None:
+        super().__init__(clock)
+        self.hang_get = hang_get
+        self.hang_set = hang_set
+
+    async def get(self, key: str) -> Entry | None:
+        if self.hang_get:
+            await asyncio.Event().wait()
+        return await super().get(key)
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        if self.hang_set:
+            await asyncio.Event().wait()
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+
+@pytest.mark.parametrize(("hang_get", "hang_set"), [(True, False), (False, True)])
+async def test_a_caller_s_memory_store_that_hangs_is_cut_and_the_domain_api_answers(
+    sim: Simulator,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    hang_get: bool,
+    hang_set: bool,
+) -> None:
+    """A MemoryStore subclass was used as it is (no FallbackStore around it, so no bound):
+    a read or write that never answered held every resolve, and every reconnect, for ever."""
+    store = _HangingMemoryStore(clock, hang_get=hang_get, hang_set=hang_set)
+    domains = csds_for(sim, shared=SharedDomainMap(store, account=ACCOUNT, clock=clock))
+    async with sim_engine(sim, clock, domains=domains):
+        started = clock.now()
+        with caplog.at_level(logging.WARNING, logger="le_transport.state"):
+            # A real-time guard: without a bound the resolve never ends.
+            async with asyncio.timeout(30):
+                assert await domains.resolve("agentVep") == sim.host
+        assert clock.now() - started == pytest.approx(DEFAULT_PRIMARY_TIMEOUT)
+        assert sim.count("GET", CSDS_PATH) == 1
+        assert "did not answer within" in caplog.text

@@ -47,9 +47,11 @@ class SharedDomainMap:
     A store that can fail (a :class:`~le_transport.state.RedisStore`, or a store of the
     caller's) is wrapped in a :class:`~le_transport.state.FallbackStore` running on ``clock``:
     the local copy a process falls back to expires, and its ``retry_interval`` runs, on that
-    clock. Default: the store's own (its ``clock`` attribute, as a ``RedisStore`` made with
-    ``clock=`` has), else the real clock. (A ``MemoryStore`` or a ``FallbackStore`` is used as
-    it is, on its own clock.)"""
+    clock; an operation that does not answer within its ``op_timeout`` (2 s for a caller's
+    store) is cut and taken for an outage (logged; the Domain API is asked instead of the
+    store). Default: the store's own (its ``clock`` attribute, as a ``RedisStore`` made with
+    ``clock=`` has), else the real clock. (A ``MemoryStore``, not a subclass of one, or a
+    ``FallbackStore`` is used as it is, on its own clock.)"""
 
     def __init__(
         self,
@@ -70,10 +72,13 @@ class SharedDomainMap:
         require_kind(clock, Clock, owner="SharedDomainMap", field="clock")
         if clock is None:
             clock = store_clock(store) or RealClock()
-        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
+        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises,
+        # and so that an operation that never answers is cut (FallbackStore.op_timeout). A
+        # MemoryStore of the caller's own making (a subclass) is such a store too: used as it
+        # is, one whose read or write hung held every resolve and reconnect for ever.
         self._store: StateStore = (
             store
-            if isinstance(store, (MemoryStore, FallbackStore))
+            if type(store) is MemoryStore or isinstance(store, FallbackStore)
             else FallbackStore(store, clock=clock)
         )
         self._account = account
@@ -118,8 +123,8 @@ class SharedDomainMap:
         if not finite_number(life) or life <= 0:
             life = self._ttl
         try:
-            # A caller's MemoryStore of its own is not wrapped: its answer may be no str
-            # (bytes decoded as UTF-8, as a FallbackStore does; anything else is damaged).
+            # A MemoryStore is not wrapped: what a caller stored in it may be no str (bytes
+            # decoded as UTF-8, as a FallbackStore does; anything else is damaged).
             text = stored_text(entry.value)
             if text is None:
                 raise TypeError("not a str")
