@@ -11,15 +11,17 @@ import math
 
 import pytest
 
+from le_transport import Engine
 from le_transport.chaos import FaultRule, Match
 from le_transport.errors import ConfigurationError, DomainResolutionError
-from le_transport.providers import CsdsDomains
-from le_transport.state import MemoryStore, SharedDomainMap
+from le_transport.providers import CsdsDomains, UserLogin
+from le_transport.state import MemoryStore, SharedDomainMap, SharedSession
 from le_transport.state.fallback import DEFAULT_PRIMARY_TIMEOUT
 from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
-from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
+from tests.known_secrets import PASSWORD
+from tests.test_providers import ACCOUNT, USER, csds_for, sim, sim_engine
 
 __all__ = ["sim"]
 
@@ -194,3 +196,37 @@ async def test_a_caller_s_memory_store_that_hangs_is_cut_and_the_domain_api_answ
         assert clock.now() - started == pytest.approx(DEFAULT_PRIMARY_TIMEOUT)
         assert sim.count("GET", CSDS_PATH) == 1
         assert "did not answer within" in caplog.text
+
+
+class _HangingAddStore(_HangingMemoryStore):
+    """As :class:`_HangingMemoryStore`, its ``add`` (a lock's) never answering either."""
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        await asyncio.Event().wait()
+        return False  # pragma: no cover
+
+
+async def test_a_caller_s_memory_store_that_hangs_under_a_shared_session_holds_no_login(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """SharedSession used a MemoryStore subclass as it is too: a login waited for ever on its
+    read of the fleet's session (or its lock)."""
+    store = _HangingAddStore(clock, hang_get=True, hang_set=True)
+    domains = csds_for(sim)
+    auth = UserLogin(
+        ACCOUNT,
+        USER,
+        PASSWORD,
+        domains=domains,
+        logout_on_close=False,
+        shared=SharedSession(store, account=ACCOUNT, user=USER, clock=clock),
+    )
+    async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+        async with asyncio.timeout(30):
+            resp = await engine.request(
+                "GET",
+                "accountConfigReadOnly",
+                f"/api/account/{ACCOUNT}/configuration/le-users/users",
+            )
+        assert resp.status == 200
+        assert sim.count("POST") >= 1

@@ -97,6 +97,13 @@ class SharedSession:
     user is a :class:`~le_transport.errors.ConfigurationError` (it would adopt that session,
     and act as its user).
 
+    A store that can fail (a :class:`~le_transport.state.RedisStore`, a store of the caller's,
+    a ``MemoryStore`` subclass included) is wrapped in a
+    :class:`~le_transport.state.FallbackStore` on ``clock``: a failure, or an operation that
+    does not answer within its ``op_timeout``, is an outage (each process logs in on its
+    own), never a call failed or held. A plain ``MemoryStore`` or a ``FallbackStore`` is used
+    as it is.
+
     - ``lock_ttl``: how long a login or refresh may hold the lock (a crashed holder frees it
       after this). 60 s covers a login through the guide's whole 5/10/15 s schedule with
       quick answers; a login slower than that may let a second process log in too (two
@@ -165,10 +172,13 @@ class SharedSession:
         if not isinstance(user, str) or not user:
             raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
         self._clock = clock if clock is not None else RealClock()
-        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
+        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises,
+        # and an operation that never answers is cut (FallbackStore.op_timeout). A MemoryStore
+        # of the caller's own making (a subclass) is such a store too: used as it is, one whose
+        # read or lock hung held every login for ever.
         self._store: StateStore = (
             store
-            if isinstance(store, (MemoryStore, FallbackStore))
+            if type(store) is MemoryStore or isinstance(store, FallbackStore)
             else FallbackStore(store, clock=self._clock)
         )
         self._key = state_key(account, "session", user)
@@ -209,7 +219,7 @@ class SharedSession:
         if entry is None:
             return None, None
         try:
-            # A caller's MemoryStore of its own is not wrapped: its answer may be no str. Bytes
+            # A MemoryStore is not wrapped: what a caller stored in it may be no str. Bytes
             # are decoded (as a FallbackStore does), and the entry kept as text: read as they
             # were, they parsed, and forget() reused them as its only_if, refused.
             text = stored_text(entry.value)
