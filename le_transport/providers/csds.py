@@ -451,9 +451,10 @@ class CsdsDomains:
         callers); a service it has no valid host for waits for that refresh (a service added
         since, a host fixed since). Raises :class:`UnknownServiceError` (listing the account's
         services), :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can
-        be had; :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when
-        the map would have to be fetched (a fresh one still answers), until attached to another.
-        A ``service`` that is no str is a :class:`~le_transport.errors.ConfigurationError`,
+        be had (or only one expired longer than ``max_stale`` ago, every refresh failing);
+        :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when the map
+        would have to be fetched (a fresh one still answers), until attached to another. A
+        ``service`` that is no str is a :class:`~le_transport.errors.ConfigurationError`,
         before anything is fetched.
         """
         require_service("CsdsDomains", service)
