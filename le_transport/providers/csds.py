@@ -569,8 +569,15 @@ class CsdsDomains:
     # -- internals --------------------------------------------------------------------------
 
     async def _current(self) -> dict[str, Entry]:
-        entries = await self._map()
-        if self._max_stale is not None and entries is self._entries:
+        return self._within_bound(await self._map())
+
+    def _within_bound(self, entries: dict[str, Entry]) -> dict[str, Entry]:
+        """``entries``, unless the cached map is past ``max_stale``
+        (:class:`DomainResolutionError`). Whatever map ``entries`` is: a refresh that
+        succeeded has just started the bound over, so past it ``entries`` is an old map (a
+        failed refresh's, which a login answer merged into the cache meanwhile may have
+        replaced as the cached map, its age left as it was)."""
+        if self._max_stale is not None:
             now = require_attached(self._http, self).clock.now()
             if self._past_bound(now):
                 raise self._past_bound_error(now)

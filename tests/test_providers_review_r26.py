@@ -1,0 +1,55 @@
+"""CsdsDomains ``max_stale``: a map past the bound is never what a resolve answers from.
+
+Against the simulator on loopback, on the virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from le_transport.chaos import FaultRule, Hang, Match
+from le_transport.errors import DomainResolutionError
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
+from tests.test_providers_r26 import CSDS_PATH
+
+__all__ = ["sim"]
+
+
+def _login_answer_naming(host: str, *services: str) -> dict[str, object]:
+    """A login answer's ``csdsCollectionResponse`` naming only ``services`` (at ``host``)."""
+    return {
+        "baseURIs": [
+            {"service": service, "account": ACCOUNT, "baseURI": host} for service in services
+        ]
+    }
+
+
+async def test_a_partial_login_answer_during_a_refresh_past_max_stale_serves_no_old_host(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A login answer naming some services (merged, the map's age left as it was) landed
+    while a refresh past max_stale was on its way: that refresh's failure handed its callers
+    the old map, which was no longer the cached one, so its host for a service the login
+    answer did not name was served, past the bound."""
+    domains = csds_for(sim, ttl=60, stale_retry=30, max_stale=100)
+    async with sim_engine(sim, clock, domains=domains):
+        assert await domains.resolve("accountConfigReadOnly") == sim.host
+        # The Domain API hangs: the refresh past the bound ends at its attempt timeout (30 s).
+        sim.faults.add(
+            FaultRule(id="csds-hangs", fault=Hang(), match=Match(method="GET", path=CSDS_PATH))
+        )
+        await clock.sleep(200)
+        resolving = asyncio.ensure_future(domains.resolve("accountConfigReadOnly"))
+        await clock.sleep(10)
+        assert not resolving.done()
+        # Partial: the map's age is not started over, and the service asked for not named.
+        assert domains.warm(_login_answer_naming(sim.host, "agentVep"))
+        with pytest.raises(DomainResolutionError, match="max_stale"):
+            await resolving
+        # And so it stays for every later caller (within stale_retry: nothing asked).
+        with pytest.raises(DomainResolutionError, match="max_stale"):
+            await domains.resolve("accountConfigReadOnly")
