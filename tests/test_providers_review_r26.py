@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from le_transport.chaos import FaultRule, Hang, Match
-from le_transport.errors import DomainResolutionError
+from le_transport.errors import DomainResolutionError, Repeat
+from le_transport.recovery import repeat_of
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
@@ -53,3 +54,28 @@ async def test_a_partial_login_answer_during_a_refresh_past_max_stale_serves_no_
         # And so it stays for every later caller (within stale_retry: nothing asked).
         with pytest.raises(DomainResolutionError, match="max_stale"):
             await domains.resolve("accountConfigReadOnly")
+
+
+async def test_a_service_waiting_for_a_refresh_that_ends_past_max_stale_gets_the_outage(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """A service the expired map has no host for waits for the refresh in the background;
+    when that refresh failed past max_stale, the old map answered for it: an
+    UnknownServiceError (final: no recovery loop or socket tries again) from a map too old to
+    serve, where a caller arriving a moment later gets the outage (DomainResolutionError,
+    retryable)."""
+    domains = csds_for(sim, ttl=60, stale_retry=30, max_stale=100)
+    async with sim_engine(sim, clock, domains=domains):
+        assert await domains.resolve("agentVep") == sim.host
+        sim.faults.add(
+            FaultRule(id="csds-hangs", fault=Hang(), match=Match(method="GET", path=CSDS_PATH))
+        )
+        # Expired, within the bound (160 s): a refresh starts in the background, and hangs
+        # up to its attempt timeout (30 s), past the bound.
+        await clock.sleep(150)
+        with pytest.raises(DomainResolutionError) as info:
+            await domains.resolve("newService")
+        assert clock.now() == pytest.approx(180)
+        assert type(info.value) is DomainResolutionError
+        assert "max_stale" in str(info.value)
+        assert repeat_of(info.value) is Repeat.RETRYABLE

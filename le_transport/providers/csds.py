@@ -462,8 +462,9 @@ class CsdsDomains:
         entry = entries.get(service)
         if not isinstance(entry, str) and self._revalidating(entries):
             # The stale map has no usable host for it: the refresh in flight may have one, as
-            # a caller awaiting the refresh found before stale-while-revalidate.
-            entries = await self._flight.run(self._revalidate)
+            # a caller awaiting the refresh found before stale-while-revalidate. Failed past
+            # max_stale, it hands back a map too old to answer from.
+            entries = self._within_bound(await self._flight.run(self._revalidate))
             entry = entries.get(service)
         if entry is None:
             known = sorted(entries)
