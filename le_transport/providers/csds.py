@@ -483,13 +483,18 @@ class CsdsDomains:
     async def invalidate(self) -> None:
         """Mark the map stale: the next :meth:`resolve` fetches it again, waiting for the
         fetch (not served the map meanwhile, as after its mere expiry), and still falls back
-        to it if that fails."""
+        to it if that fails (unless it expired longer than ``max_stale`` ago: then that
+        resolve raises :class:`DomainResolutionError`)."""
         self._expires_at = -math.inf
         self._ask_source = True
         self._generation += 1
 
     async def refresh(self) -> Mapping[str, str]:
-        """Fetch the map now (sharing a fetch in progress); return its valid entries."""
+        """Fetch the map now (sharing a fetch in progress); return its valid entries.
+
+        A failed fetch with a map cached returns that map's entries, as :meth:`resolve` falls
+        back to it; past ``max_stale`` it raises :class:`DomainResolutionError` instead (no map
+        at all: :class:`DomainResolutionError` too)."""
         await self.invalidate()
         await self._current()
         return self.hosts
