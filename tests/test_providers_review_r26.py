@@ -79,3 +79,20 @@ async def test_a_service_waiting_for_a_refresh_that_ends_past_max_stale_gets_the
         assert type(info.value) is DomainResolutionError
         assert "max_stale" in str(info.value)
         assert repeat_of(info.value) is Repeat.RETRYABLE
+
+
+async def test_max_stale_zero_serves_no_expired_map_even_at_the_instant_it_expires(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """``max_stale=0``: an expired map is never served. At the very instant of its expiry
+    (expired: a refresh is due, yet no time past its expiry) it was served, the refresh in
+    the background, its failure handled as if the map were served."""
+    domains = csds_for(sim, ttl=60, max_stale=0)
+    async with sim_engine(sim, clock, domains=domains):
+        assert await domains.resolve("agentVep") == sim.host
+        sim.faults.add(
+            FaultRule(id="csds-down", fault=503, match=Match(method="GET", path=CSDS_PATH))
+        )
+        await clock.sleep(60)
+        with pytest.raises(DomainResolutionError, match="max_stale"):
+            await domains.resolve("agentVep")

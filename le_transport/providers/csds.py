@@ -590,8 +590,9 @@ class CsdsDomains:
         return entries
 
     def _past_bound(self, now: float) -> bool:
-        """Whether the cached map expired longer than ``max_stale`` ago."""
-        return self._max_stale is not None and now > self._fresh_until + self._max_stale
+        """Whether the cached map expired ``max_stale`` ago or longer: an expired map is
+        served for less than ``max_stale`` (0: never, not even at the instant it expires)."""
+        return self._max_stale is not None and now >= self._fresh_until + self._max_stale
 
     def _past_bound_error(self, now: float) -> DomainResolutionError:
         """The error of a resolve with only a map past ``max_stale`` at hand; logged once
