@@ -6,16 +6,18 @@ Against the simulator on loopback, on the virtual clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from le_transport.chaos import FaultRule, Hang, Match
 from le_transport.errors import DomainResolutionError, Repeat
+from le_transport.events import GiveUpEvent
 from le_transport.recovery import repeat_of
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_providers import ACCOUNT, csds_for, sim, sim_engine
-from tests.test_providers_r26 import CSDS_PATH
+from tests.test_providers_r26 import CSDS_PATH, domain_api_down
 
 __all__ = ["sim"]
 
@@ -96,3 +98,29 @@ async def test_max_stale_zero_serves_no_expired_map_even_at_the_instant_it_expir
         await clock.sleep(60)
         with pytest.raises(DomainResolutionError, match="max_stale"):
             await domains.resolve("agentVep")
+
+
+@pytest.mark.parametrize("max_stale", [None, 86_400])
+async def test_an_outage_within_max_stale_or_without_one_logs_no_error(
+    sim: Simulator,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    max_stale: float | None,
+) -> None:
+    """Without max_stale (the default), or within it, a refresh that fails is handled (the
+    last good map is served): a WARNING each, never an ERROR, and its give-up event says
+    so, however long the outage."""
+    domains = csds_for(sim, ttl=60, stale_retry=30, max_stale=max_stale)
+    giveups: list[GiveUpEvent] = []
+    async with sim_engine(sim, clock, domains=domains, giveups=giveups):
+        assert await domains.resolve("agentVep") == sim.host
+        domain_api_down(sim)
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(40):
+                await clock.sleep(35)
+                assert await domains.resolve("agentVep") == sim.host
+                await domains.wait_refresh()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert len(giveups) >= 30
+    assert all(giveup.handled_by_caller for giveup in giveups)
+    assert "handled: the last good map is served" in caplog.text
