@@ -30,7 +30,10 @@ class FleetPacer(ReconnectPacer):
     """A :class:`ReconnectPacer` whose bucket ``name`` of ``account`` lives in ``store``.
 
     With a :class:`~le_transport.state.FallbackStore`, a process whose Redis is out paces
-    itself on a local bucket of the same rate and burst. :meth:`acquire` is the per-process
+    itself on a local bucket of the same rate and burst. Any store but a plain ``MemoryStore``
+    or a ``FallbackStore`` (a Redis store, a caller's own, a ``MemoryStore`` subclass) is
+    wrapped in one, so a reservation that does not answer within its ``op_timeout`` (2 s for
+    a caller's store) is cut, logged, and paced locally. :meth:`acquire` is the per-process
     one, on the fleet's bucket: a process that wakes more than the bucket's ``grace`` after its
     turn (a stalled loop) forfeits it and takes a new one.
 
@@ -61,10 +64,13 @@ class FleetPacer(ReconnectPacer):
         # and failed at the first reconnect.
         require_kind(clock, Clock, owner="FleetPacer", field="clock")
         super().__init__(RealClock() if clock is None else clock, bucket)
-        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises.
+        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises,
+        # and so that an operation that never answers is cut (FallbackStore.op_timeout). A
+        # MemoryStore of the caller's own making (a subclass) is such a store too: used as it
+        # is, one whose reserve hung held every paced reconnect for ever.
         self._store: StateStore = (
             store
-            if isinstance(store, (MemoryStore, FallbackStore))
+            if type(store) is MemoryStore or isinstance(store, FallbackStore)
             else FallbackStore(store, clock=self._clock)
         )
         self._key = state_key(account, "pace", name)
