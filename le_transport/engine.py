@@ -474,8 +474,9 @@ def _check_headers(
     writing some, inside the retry loop, after a login, and send the others as they are); and
     a header the ``auth`` provider says its credentials set (its ``credential_headers``: the
     library's providers set ``Authorization``), which they would replace without a word.
-    ``socket``: the headers of a WebSocket upgrade (:meth:`Engine.websocket`), whose own
-    ``Upgrade`` and ``Connection`` a caller's would replace (said so)."""
+    ``socket``: the headers of a WebSocket upgrade (:meth:`Engine.websocket`, and any
+    :class:`~le_transport.sockets.EngineDialer`, which checks them when built), which may carry
+    none of the upgrade's own (:data:`_SOCKET_OWN_HEADERS`)."""
     refused: str | None = None
     # Compared in lower case, whatever case the provider named them in.
     owned = {h.lower() for h in getattr(auth, "credential_headers", ()) if isinstance(h, str)}
@@ -511,9 +512,10 @@ def _header_fault(name: object, value: object, *, socket: bool = False) -> str |
     would cut it short, and the rest would be read as the next request on the connection.
     ``Upgrade``, and a ``Connection`` naming ``upgrade`` (``Upgrade: h2c``), ask the server to
     switch protocols: the engine reads HTTP answers only, and a server that agreed would answer
-    101, the server's protocol error to the retry loop though the caller asked for it (on a
-    socket, aiohttp sets the WebSocket upgrade's own, which a caller's would replace: said so
-    for ``socket``, a WebSocket upgrade's headers)."""
+    101, the server's protocol error to the retry loop though the caller asked for it.
+    ``socket``: the headers of a WebSocket upgrade, which may carry none of the upgrade's own
+    (:data:`_SOCKET_OWN_HEADERS`: ``Upgrade``, ``Connection`` whatever its value,
+    ``Sec-WebSocket-Version``, ``-Extensions``)."""
     if not isinstance(name, str):
         return f"header names must be str, got a {type(name).__name__}"
     if _TOKEN.fullmatch(name) is None:
@@ -543,10 +545,11 @@ def _header_fault(name: object, value: object, *, socket: bool = False) -> str |
             "another length would cut the body short or desynchronise the connection; leave "
             "it out"
         )
+    if socket and lowered in _SOCKET_OWN_HEADERS:
+        # The value is not shown: the name says it all.
+        return _SOCKET_OWN_HEADERS[lowered].format(name=name[:40])
     if lowered in _UPGRADE_HEADERS and (lowered == "upgrade" or _names_upgrade(value)):
         # The value is not shown: the name and the protocol's token say it all.
-        if socket:
-            return _HANDSHAKE_OWN.format(name=name[:40])
         return (
             f"header {name[:40]!r} asks the server to switch protocols (an HTTP upgrade, "
             "'Upgrade' or a 'Connection' naming 'upgrade'), which the engine cannot use: it "
@@ -594,16 +597,30 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Headers that frame the body, which aiohttp sets from the body itself.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
-#: The WebSocket handshake's headers aiohttp sets only where the caller's headers hold none
-#: (``Upgrade`` is refused with the protocol upgrades, :data:`_UPGRADE_HEADERS`): a caller's
-#: would replace aiohttp's, and the server would refuse the upgrade.
-_HANDSHAKE_HEADERS = frozenset({"connection", "sec-websocket-version"})
-
 #: Why a caller's handshake header is refused on a WebSocket upgrade (``name`` the header's).
 _HANDSHAKE_OWN = (
     "header {name!r} is the WebSocket upgrade's own (aiohttp sends 'Upgrade: websocket', "
     "'Connection: Upgrade' and 'Sec-WebSocket-Version: 13'), which a caller's would replace, "
     "and the server would refuse the upgrade; leave it out"
+)
+
+#: The headers a WebSocket upgrade's caller may not set (lower case), each with why (``name``
+#: the header's; its value never shown). aiohttp sends ``Upgrade``, ``Connection`` and
+#: ``Sec-WebSocket-Version`` only where the caller's headers hold none (its setdefault): any
+#: other value would have the server refuse every upgrade. The socket speaks no extension (it
+#: reads its frames uncompressed).
+_SOCKET_OWN_HEADERS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "upgrade": _HANDSHAKE_OWN,
+        "connection": _HANDSHAKE_OWN,
+        "sec-websocket-version": _HANDSHAKE_OWN,
+        "sec-websocket-extensions": (
+            "header {name!r} asks the server for a WebSocket extension, which the socket "
+            "cannot speak (it asks none, and reads its frames uncompressed): a server that "
+            "agreed to permessage-deflate would send frames the socket fails on, at every "
+            "reconnect; leave it out"
+        ),
+    }
 )
 
 #: Headers that ask for a protocol upgrade (RFC 9110 7.8): ``Upgrade``, and a ``Connection``
@@ -3380,6 +3397,8 @@ class Engine:
           :meth:`request`; no ``Upgrade``, ``Connection`` nor ``Sec-WebSocket-Version`` (the
           upgrade's own, which aiohttp sets), nor ``Sec-WebSocket-Extensions`` (the socket
           speaks none: a server that agreed to compress would send frames it cannot read).
+          The :class:`~le_transport.sockets.EngineDialer` checks them, as one built directly
+          does.
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
           client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used
           only with ``FIRST_FRAME``; default
@@ -3474,39 +3493,14 @@ class Engine:
             params=query,
             auth=provider,
             placement=auth_placement,
-            headers=headers if isinstance(headers, Mapping) else None,
+            # Checked by the dialer, as one built without the engine's help checks them.
+            headers=headers,
             connect_timeout=opts.connect_timeout,
             prepare_timeout=opts.prepare_timeout,
             max_msg_size=opts.max_msg_size,
             client_properties=client_properties,
             wall_clock=self._wall_clock,
         )
-        if headers is not None:
-            # The provider's credential headers replace the caller's only where the
-            # credentials go in the headers.
-            owner = provider if dialer.placement is AuthPlacement.HEADER else None
-            _check_headers(headers, service, "GET", owner, socket=True)
-            # Names are str now. aiohttp sends the handshake's Connection: Upgrade and
-            # Sec-WebSocket-Version: 13 only where the caller's headers hold neither (its
-            # setdefault): any other value of the caller's would have the server refuse every
-            # upgrade.
-            for name in headers:
-                if name.lower() in _HANDSHAKE_HEADERS:
-                    raise InvalidRequest(
-                        _HANDSHAKE_OWN.format(name=name[:40]),
-                        service=service,
-                        method="GET",
-                    )
-                if name.lower() == "sec-websocket-extensions":
-                    # The value is not shown: the name says it all.
-                    raise InvalidRequest(
-                        f"header {name[:40]!r} asks the server for a WebSocket extension, "
-                        "which the socket cannot speak (it asks none, and reads its frames "
-                        "uncompressed): a server that agreed to permessage-deflate would send "
-                        "frames the socket fails on, at every reconnect; leave it out",
-                        service=service,
-                        method="GET",
-                    )
         # Taken last, once nothing more can refuse the call: given back when the socket closes.
         own = None if provider is None or provider is self._auth else self._socket_auth_of(provider)
         recovery = self._recovery if own is None else own.recovery

@@ -481,6 +481,12 @@ class EngineDialer:
     default one. The URL is only ever shown (logs, errors, :attr:`name`) with the bearer's
     place, never its value.
 
+    ``headers``, the upgrade's own, are checked when the dialer is built, as
+    :meth:`~le_transport.Engine.websocket` checks them: one that cannot be sent, one the
+    credentials would replace (in the headers), or one of the upgrade's own (``Upgrade``,
+    ``Connection``, ``Sec-WebSocket-Version``, ``-Extensions``) is an
+    :class:`~le_transport.errors.InvalidRequest` naming the header, never showing its value.
+
     An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
     :class:`~le_transport.policies.Disconnect` (``retry_after``, seconds), for the close policy
     to make the reconnect wait; ``wall_clock`` (epoch seconds; default: the engine's
@@ -543,6 +549,15 @@ class EngineDialer:
             raise ConfigurationError(
                 f"AuthPlacement.PATH needs '{BEARER_FIELD}' in the path, where the bearer goes"
             )
+        if headers is not None:
+            # Engine.websocket's own check, one function for both (imported here: the engine
+            # imports this module): at construction, so that a header the upgrade cannot carry
+            # fails at once, not at the first connect (or, for one a server tolerates once,
+            # every reconnect). The credentials replace the caller's only in the headers.
+            from ..engine import _check_headers
+
+            owner = auth if placement is AuthPlacement.HEADER else None
+            _check_headers(headers, service, "GET", owner, socket=True)
         self._engine = engine
         self._service = service
         self._path = path

@@ -1,0 +1,101 @@
+"""WebSocket dialing: the upgrade's headers, whoever builds the dialer.
+
+- ``EngineDialer`` is public, and applied none of ``Engine.websocket``'s header rules: a
+  caller's ``Connection``, ``Upgrade``, ``Sec-WebSocket-Version`` or
+  ``Sec-WebSocket-Extensions`` (which break the handshake, or every reconnect), a value with a
+  CR or LF, a header the credentials replace, all went out (or failed) at the first connect.
+  The dialer now applies the same rules, at construction.
+
+Loopback servers (and the simulator's UMS socket), on the virtual clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from le_transport import Engine, InvalidRequest, StaticBearer
+from le_transport.providers import StaticDomains
+from le_transport.sockets import AuthPlacement, EngineDialer
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+#: A value no message may show.
+_SECRET = "r26-header-value-7f3a"
+
+#: Headers the upgrade cannot carry, each with a word its refusal says.
+_REFUSED = [
+    ({"Connection": "keep-alive"}, "upgrade's own"),
+    ({"connection": "Upgrade"}, "upgrade's own"),
+    ({"Upgrade": "websocket"}, "upgrade's own"),
+    ({"Sec-WebSocket-Version": "8"}, "upgrade's own"),
+    ({"Sec-WebSocket-Extensions": "permessage-deflate"}, "extension"),
+    ({"X-Trace": f"{_SECRET}\r\nX-Other: 1"}, "CR, LF or NUL"),
+    ({"X-Trace": 5}, "str value"),
+]
+
+
+def _engine(host: str, clock: VirtualClock, **kwargs: Any) -> Engine:
+    return Engine(StaticDomains({"svc": host}), scheme="http", clock=clock, **kwargs)
+
+
+# -- 1. the dialer applies Engine.websocket's header rules, at construction ------------------
+
+
+@pytest.mark.parametrize(("headers", "says"), _REFUSED, ids=lambda v: repr(v)[:40])
+async def test_an_engine_dialer_refuses_a_header_the_upgrade_cannot_carry_at_construction(
+    clock: VirtualClock, headers: dict[str, Any], says: str
+) -> None:
+    async with _engine("127.0.0.1:9", clock) as engine:
+        with pytest.raises(InvalidRequest) as refused:
+            EngineDialer(engine, "svc", "/ws", headers=headers)
+    assert says in str(refused.value)
+    assert _SECRET not in str(refused.value)
+    assert refused.value.__cause__ is None
+
+
+async def test_an_engine_dialer_refuses_a_header_its_credentials_would_replace(
+    clock: VirtualClock,
+) -> None:
+    async with _engine("127.0.0.1:9", clock) as engine:
+        bearer = StaticBearer("t")
+        with pytest.raises(InvalidRequest) as refused:
+            EngineDialer(engine, "svc", "/ws", auth=bearer, headers={"authorization": _SECRET})
+        # In the path, or nowhere, they replace nothing: the caller's header is kept.
+        EngineDialer(engine, "svc", "/ws/{bearer}", auth=bearer, headers={"Authorization": "x"})
+        EngineDialer(
+            engine,
+            "svc",
+            "/ws",
+            auth=bearer,
+            placement=AuthPlacement.NONE,
+            headers={"Authorization": "x"},
+        )
+    assert "would be replaced by the credentials" in str(refused.value)
+    assert _SECRET not in str(refused.value)
+
+
+@pytest.mark.parametrize(("headers", "says"), _REFUSED, ids=lambda v: repr(v)[:40])
+async def test_engine_websocket_refuses_the_same_headers_at_the_call(
+    sim: Simulator, clock: VirtualClock, states: StateLog, headers: dict[str, Any], says: str
+) -> None:
+    async with agent_engine(sim, clock, states) as engine:
+        with pytest.raises(InvalidRequest) as refused:
+            await brand_socket(engine, sim, headers=headers)
+    assert says in str(refused.value)
+    assert _SECRET not in str(refused.value)
+    assert states.names() == []
+    assert sim.count("GET", "*") == 0
