@@ -3397,7 +3397,8 @@ class Engine:
           :meth:`request`; no ``Upgrade``, ``Connection`` nor ``Sec-WebSocket-Version`` (the
           upgrade's own, which aiohttp sets), nor ``Sec-WebSocket-Extensions`` (the socket
           speaks none: a server that agreed to compress would send frames it cannot read).
-          The :class:`~le_transport.sockets.EngineDialer` checks them, as one built directly
+          A repeated header (a ``CIMultiDict``'s) sends every value, on every connect. The
+          :class:`~le_transport.sockets.EngineDialer` checks them, as one built directly
           does.
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the
           client (its ``.ams.headers.ClientProperties`` header, a mapping of JSON values; used

@@ -5,6 +5,9 @@
   ``Sec-WebSocket-Extensions`` (which break the handshake, or every reconnect), a value with a
   CR or LF, a header the credentials replace, all went out (or failed) at the first connect.
   The dialer now applies the same rules, at construction.
+- The dialer kept the headers as a ``dict``: a header repeated in a ``CIMultiDict`` lost all
+  values but one, on the first connect and every reconnect (and aiohttp kept only the last of
+  two spelt differently, "X-Tag" and "x-tag").
 
 Loopback servers (and the simulator's UMS socket), on the virtual clock.
 """
@@ -14,12 +17,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
 from le_transport import Engine, InvalidRequest, StaticBearer
 from le_transport.providers import StaticDomains
-from le_transport.sockets import AuthPlacement, EngineDialer
+from le_transport.sockets import (
+    AuthPlacement,
+    EngineDialer,
+    ResilientSocket,
+    SocketOptions,
+)
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -50,6 +61,27 @@ _REFUSED = [
 
 def _engine(host: str, clock: VirtualClock, **kwargs: Any) -> Engine:
     return Engine(StaticDomains({"svc": host}), scheme="http", clock=clock, **kwargs)
+
+
+def _recording_app(seen: list[list[str]], *, close_first: bool = False) -> web.Application:
+    """Accepts any upgrade, recording every ``X-Tag`` value it came with; with
+    ``close_first``, closes the first connection at once (going away), so that the socket
+    reconnects."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.getall("X-Tag", []))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        if close_first and len(seen) == 1:
+            await ws.close(code=1001)
+            return ws
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
 
 
 # -- 1. the dialer applies Engine.websocket's header rules, at construction ------------------
@@ -99,3 +131,31 @@ async def test_engine_websocket_refuses_the_same_headers_at_the_call(
     assert _SECRET not in str(refused.value)
     assert states.names() == []
     assert sim.count("GET", "*") == 0
+
+
+# -- 2. a repeated header keeps every value, on every connect --------------------------------
+
+
+@pytest.mark.parametrize("spelt", ["X-Tag", "x-tag"])
+@pytest.mark.parametrize("through", ["engine", "dialer"])
+async def test_a_repeated_header_keeps_every_value_on_the_first_connect_and_a_reconnect(
+    serve: ServerFactory, clock: VirtualClock, through: str, spelt: str
+) -> None:
+    seen: list[list[str]] = []
+    host = await serve(_recording_app(seen, close_first=True))
+    headers = CIMultiDict([("X-Tag", "a"), (spelt, "b")])
+    opts = SocketOptions(keepalive=None)
+    async with _engine(host, clock) as engine:
+        if through == "engine":
+            ws = await engine.websocket("svc", "/ws", headers=headers, options=opts)
+        else:
+            dialer = EngineDialer(engine, "svc", "/ws", headers=headers)
+            ws = ResilientSocket(dialer, options=opts, clock=engine.clock).start()
+        try:
+            for _ in range(200):
+                if len(seen) >= 2 and ws.is_open:
+                    break
+                await clock.sleep(0.5)
+        finally:
+            await ws.close()
+    assert seen[:2] == [["a", "b"], ["a", "b"]]

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import hdrs
+from multidict import CIMultiDict
 from yarl import URL
 
 from .._redact import Secret, redact_url
@@ -481,7 +482,8 @@ class EngineDialer:
     default one. The URL is only ever shown (logs, errors, :attr:`name`) with the bearer's
     place, never its value.
 
-    ``headers``, the upgrade's own, are checked when the dialer is built, as
+    ``headers``, the upgrade's own (every value of a repeated one, as a ``CIMultiDict``
+    holds them, sent on every connect), are checked when the dialer is built, as
     :meth:`~le_transport.Engine.websocket` checks them: one that cannot be sent, one the
     credentials would replace (in the headers), or one of the upgrade's own (``Upgrade``,
     ``Connection``, ``Sec-WebSocket-Version``, ``-Extensions``) is an
@@ -567,7 +569,13 @@ class EngineDialer:
         self._params = {**query_for_path(path), **(params or {})}
         self._auth = auth
         self._placement = placement
-        self._headers = dict(headers or {})
+        # Every value of a repeated header (a CIMultiDict's), on every connect: a dict kept
+        # one alone. Each under the name's first spelling: aiohttp tells a repeat by its exact
+        # spelling, and the last of two spelt differently ("X-Tag", "x-tag") replaced the first.
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        spelt: dict[str, str] = {}
+        for name, value in (headers or {}).items():
+            self._headers.add(spelt.setdefault(name.lower(), name), value)
         self._client_properties = client_properties or DEFAULT_CLIENT_PROPERTIES
         self._connect_timeout = connect_timeout
         self._prepare_timeout = prepare_timeout
@@ -638,7 +646,7 @@ class EngineDialer:
             ) from None
         return conn
 
-    async def _prepare(self) -> tuple[URL, str, dict[str, str], Credentials | None]:
+    async def _prepare(self) -> tuple[URL, str, CIMultiDict[str], Credentials | None]:
         """The URL to dial, the same URL as it may be shown (the template's path: no bearer,
         wherever the path puts it), the upgrade's headers, and the credentials."""
         engine = self._engine
@@ -727,7 +735,7 @@ class EngineDialer:
         # Shown in errors from the template, before the bearer goes in: redact_url knows only
         # the UMS path's place for it (after /brand/), and a path template may put it anywhere.
         shown = redact_url(url)
-        headers = dict(self._headers)
+        headers = self._headers.copy()
         if self._placement is AuthPlacement.PATH:
             # The template's text percent-encoded exactly as url_for (and so a socket with the
             # bearer in its headers, or an HTTP call) encodes a path, piece by piece around the
@@ -742,7 +750,7 @@ class EngineDialer:
         return url, shown, headers, creds
 
     async def _connect(
-        self, url: URL, shown: str, headers: dict[str, str], creds: Credentials | None
+        self, url: URL, shown: str, headers: CIMultiDict[str], creds: Credentials | None
     ) -> Connection:
         engine = self._engine
         session = engine.session
@@ -846,7 +854,7 @@ class EngineDialer:
         session: aiohttp.ClientSession,
         url: URL,
         shown: str,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
         creds: Credentials | None,
         guard: UpgradeGuard,
     ) -> aiohttp.ClientWebSocketResponse | TransportError:
