@@ -515,7 +515,7 @@ def _header_fault(name: object, value: object, *, socket: bool = False) -> str |
     101, the server's protocol error to the retry loop though the caller asked for it.
     ``socket``: the headers of a WebSocket upgrade, which may carry none of the upgrade's own
     (:data:`_SOCKET_OWN_HEADERS`: ``Upgrade``, ``Connection`` whatever its value,
-    ``Sec-WebSocket-Version``, ``-Extensions``)."""
+    ``Sec-WebSocket-Version``, ``-Key``, ``-Extensions``, ``-Protocol``)."""
     if not isinstance(name, str):
         return f"header names must be str, got a {type(name).__name__}"
     if _TOKEN.fullmatch(name) is None:
@@ -607,18 +607,31 @@ _HANDSHAKE_OWN = (
 #: The headers a WebSocket upgrade's caller may not set (lower case), each with why (``name``
 #: the header's; its value never shown). aiohttp sends ``Upgrade``, ``Connection`` and
 #: ``Sec-WebSocket-Version`` only where the caller's headers hold none (its setdefault): any
-#: other value would have the server refuse every upgrade. The socket speaks no extension (it
-#: reads its frames uncompressed).
+#: other value would have the server refuse every upgrade. It makes a fresh
+#: ``Sec-WebSocket-Key`` for each upgrade, and checks the answer against it: a caller's is
+#: replaced without a word. The socket speaks no extension (it reads its frames uncompressed)
+#: and negotiates no subprotocol (aiohttp checks the server's choice only against its own
+#: ``protocols=``, which the socket does not use: a raw header's would go unchecked).
 _SOCKET_OWN_HEADERS: Mapping[str, str] = types.MappingProxyType(
     {
         "upgrade": _HANDSHAKE_OWN,
         "connection": _HANDSHAKE_OWN,
         "sec-websocket-version": _HANDSHAKE_OWN,
+        "sec-websocket-key": (
+            "header {name!r} is the WebSocket upgrade's own: aiohttp makes a fresh key for "
+            "every upgrade (and checks the server's answer against it), which would replace "
+            "the caller's without a word; leave it out"
+        ),
         "sec-websocket-extensions": (
             "header {name!r} asks the server for a WebSocket extension, which the socket "
             "cannot speak (it asks none, and reads its frames uncompressed): a server that "
             "agreed to permessage-deflate would send frames the socket fails on, at every "
             "reconnect; leave it out"
+        ),
+        "sec-websocket-protocol": (
+            "header {name!r} offers the server a WebSocket subprotocol, which the socket does "
+            "not negotiate: the server's choice would never be checked against the offer, "
+            "nor told to the caller (LiveEngage's sockets use none); leave it out"
         ),
     }
 )
@@ -3394,10 +3407,12 @@ class Engine:
           control character (tab allowed); where the credentials go in the headers
           (``HEADER``), none that the auth provider's credentials set and would replace (its
           ``credential_headers``: ``Authorization`` for the library's providers), as for
-          :meth:`request`; no ``Upgrade``, ``Connection`` nor ``Sec-WebSocket-Version`` (the
-          upgrade's own, which aiohttp sets), nor ``Sec-WebSocket-Extensions`` (the socket
-          speaks none: a server that agreed to compress would send frames it cannot read).
-          A repeated header (a ``CIMultiDict``'s) sends every value, on every connect. The
+          :meth:`request`; no ``Upgrade``, ``Connection``, ``Sec-WebSocket-Version`` nor
+          ``Sec-WebSocket-Key`` (the upgrade's own, which aiohttp sets), nor
+          ``Sec-WebSocket-Extensions`` (the socket speaks none: a server that agreed to
+          compress would send frames it cannot read), nor ``Sec-WebSocket-Protocol`` (the
+          socket negotiates no subprotocol: the server's choice would go unchecked). A
+          repeated header (a ``CIMultiDict``'s) sends every value, on every connect. The
           :class:`~le_transport.sockets.EngineDialer` checks them, as one built directly
           does.
         - ``client_properties``: what the consumer socket's ``InitConnection`` says about the

@@ -8,6 +8,11 @@
 - The dialer kept the headers as a ``dict``: a header repeated in a ``CIMultiDict`` lost all
   values but one, on the first connect and every reconnect (and aiohttp kept only the last of
   two spelt differently, "X-Tag" and "x-tag").
+- A caller's ``Sec-WebSocket-Protocol`` (or ``Sec-WebSocket-Key``) went out as is: the socket
+  negotiates no subprotocol (aiohttp checks the server's choice only against its own
+  ``protocols=``, which the socket does not pass), so the server's choice was never checked
+  nor told (the simulator, as aiohttp's server, just warned it knows none and opened), and the
+  key is aiohttp's own, which replaced the caller's without a word. Both are refused.
 
 Loopback servers (and the simulator's UMS socket), on the virtual clock.
 """
@@ -54,6 +59,8 @@ _REFUSED = [
     ({"Upgrade": "websocket"}, "upgrade's own"),
     ({"Sec-WebSocket-Version": "8"}, "upgrade's own"),
     ({"Sec-WebSocket-Extensions": "permessage-deflate"}, "extension"),
+    ({"Sec-WebSocket-Protocol": "chat"}, "subprotocol"),
+    ({"sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}, "upgrade's own"),
     ({"X-Trace": f"{_SECRET}\r\nX-Other: 1"}, "CR, LF or NUL"),
     ({"X-Trace": 5}, "str value"),
 ]

@@ -486,7 +486,7 @@ class EngineDialer:
     holds them, sent on every connect), are checked when the dialer is built, as
     :meth:`~le_transport.Engine.websocket` checks them: one that cannot be sent, one the
     credentials would replace (in the headers), or one of the upgrade's own (``Upgrade``,
-    ``Connection``, ``Sec-WebSocket-Version``, ``-Extensions``) is an
+    ``Connection``, ``Sec-WebSocket-Version``, ``-Key``, ``-Extensions``, ``-Protocol``) is an
     :class:`~le_transport.errors.InvalidRequest` naming the header, never showing its value.
 
     An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
