@@ -370,13 +370,38 @@ class _StallTimeout(_ClockTimeout):
     """A :class:`_ClockTimeout` whose time starts over at each sign of progress: the block is
     cancelled once ``seconds`` pass with no progress (``progress()`` answers the clock time of
     the last). Always a watchdog task on the clock (it must look at the progress when its time
-    is up), so it is for blocks that run once in a while, not per call."""
+    is up), so it is for blocks that run once in a while, not per call. ``on_expiry``, if
+    given, is called when the time is up, before the block is cancelled (not when the clock
+    failed): what must happen then even if the block swallows its cancellation."""
 
-    __slots__ = ("_progress",)
+    __slots__ = ("_on_expiry", "_progress")
 
-    def __init__(self, clock: Clock, seconds: float | None, progress: Callable[[], float]):
+    def __init__(
+        self,
+        clock: Clock,
+        seconds: float | None,
+        progress: Callable[[], float],
+        on_expiry: Callable[[], object] | None = None,
+    ):
         super().__init__(clock, seconds)
         self._progress = progress
+        self._on_expiry = on_expiry
+
+    def _fire(self) -> None:
+        on_expiry = self._on_expiry
+        try:
+            if on_expiry is not None and self._failure is None:
+                on_expiry()
+        except Exception as exc:
+            # Not the block's to meet (it is cancelled all the same, below): said here, by its
+            # type alone, since it ran in the watchdog where no one would read it.
+            _log.error(
+                "stall_timeout: its on_expiry failed (%s); the block is cancelled all the same",
+                type(exc).__name__,
+                extra={"error": type(exc).__name__},
+            )
+        finally:
+            super()._fire()
 
     def start(self) -> _ClockTimeout:
         if self._seconds is None:
@@ -398,14 +423,23 @@ class _StallTimeout(_ClockTimeout):
 
 
 def stall_timeout(
-    clock: Clock, seconds: float | None, progress: Callable[[], float]
+    clock: Clock,
+    seconds: float | None,
+    progress: Callable[[], float],
+    *,
+    on_expiry: Callable[[], object] | None = None,
 ) -> _ClockTimeout:
     """``async with stall_timeout(clock, 60, progress):`` raises :class:`TimeoutError` once 60 s
     of clock time pass with no progress: ``progress()`` answers the clock time of the last
     (a frame read or written), and each one starts the 60 s over. Otherwise as
-    :func:`timeout_after` (``None`` or infinite: none; NaN: a :class:`ValueError`)."""
+    :func:`timeout_after` (``None`` or infinite: none; NaN: a :class:`ValueError`).
+
+    The block is only cancelled, and one that swallows its cancellation runs on: what must
+    happen when the time is up all the same (end the connection the block waits on) is
+    ``on_expiry``, called then, before the cancellation (an error it raises is logged, by
+    type)."""
     checked = timeout_after(clock, seconds)
-    return _StallTimeout(clock, checked._seconds, progress)
+    return _StallTimeout(clock, checked._seconds, progress, on_expiry)
 
 
 def timeout_after(clock: Clock, seconds: float | None) -> _ClockTimeout:

@@ -63,8 +63,8 @@ async def test_an_on_connect_that_outlives_its_cancellation_holds_up_no_reconnec
     sim: Simulator, clock: VirtualClock, states: StateLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first connection's callback hangs and catches its cancellation: the connection
-    ends (by the simulator's idle close: a ready_timeout acts through the cancellation the
-    callback swallows, so it cannot end it), the callback's task is left behind once the
+    ends (its ready_timeout ends it when the time is up, whatever the callback does with its
+    cancellation: tests/test_sockets_r26.py), the callback's task is left behind once the
     grace is out, and the socket reconnects; the callback, let go later, makes no old
     connection ready."""
     release = asyncio.Event()

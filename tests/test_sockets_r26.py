@@ -13,12 +13,19 @@
   ``protocols=``, which the socket does not pass), so the server's choice was never checked
   nor told (the simulator, as aiohttp's server, just warned it knows none and opened), and the
   key is aiohttp's own, which replaced the caller's without a word. Both are refused.
+- ``ready_timeout`` acted only through the cancellation of the ``on_connect`` task: a callback
+  that swallowed it kept the connection open and never ready for as long as the server kept
+  it (for ever, on a quiet one), the socket never reconnecting. The connection now ends when
+  the time is up, whatever the callback does with its cancellation (named in the log).
 
 Loopback servers (and the simulator's UMS socket), on the virtual clock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import pytest
@@ -26,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from le_transport import Engine, InvalidRequest, StaticBearer
+from le_transport.clock import stall_timeout
 from le_transport.providers import StaticDomains
 from le_transport.sockets import (
     AuthPlacement,
@@ -33,6 +41,7 @@ from le_transport.sockets import (
     ResilientSocket,
     SocketOptions,
 )
+from le_transport.sockets.keepalive import TIDY_UP_GRACE
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
@@ -166,3 +175,104 @@ async def test_a_repeated_header_keeps_every_value_on_the_first_connect_and_a_re
         finally:
             await ws.close()
     assert seen[:2] == [["a", "b"], ["a", "b"]]
+
+
+# -- 4. ready_timeout ends a connection whose on_connect swallows its cancellation -----------
+
+
+async def _swallows_cancellation_until(release: asyncio.Event) -> None:
+    """Wait for ``release``, swallowing every cancellation meanwhile."""
+    while not release.is_set():
+        with contextlib.suppress(asyncio.CancelledError):
+            await release.wait()
+
+
+async def test_ready_timeout_ends_a_connection_whose_on_connect_swallows_its_cancellation(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quiet server never ends the first connection itself: only ready_timeout can, and its
+    cancellation of the callback is swallowed. The connection ends at the expiry all the same
+    (the server sees it closed), the socket reconnects once the tidy-up grace is out, and the
+    callback is named in the log."""
+    seen: list[list[str]] = []
+    ended: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append([])
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        ended.append(len(seen))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    release = asyncio.Event()
+    calls = 0
+
+    async def stubborn_subscribe(ws: ResilientSocket) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await _swallows_cancellation_until(release)
+
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    async with _engine(host, clock) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            options=SocketOptions(ready_timeout=10.0, keepalive=None),
+            on_connect=[stubborn_subscribe],
+        )
+        try:
+            started = clock.now()
+            await ws.wait_open(timeout=10.0 + TIDY_UP_GRACE + 60.0)
+            assert ws.epoch == 2
+            assert clock.now() - started >= 10.0
+            # The server saw the first connection end.
+            assert ended[:1] == [1]
+            named = [r.getMessage() for r in caplog.records if "ready_timeout" in r.getMessage()]
+            assert named, caplog.text
+            assert "stubborn_subscribe" in named[0]
+        finally:
+            release.set()
+        await clock.sleep(1.0)
+        assert ws.is_open
+        await ws.close()
+
+
+async def test_stall_timeouts_on_expiry_runs_when_the_time_is_up_though_the_block_swallows(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``on_expiry`` runs at the expiry, before the cancellation, whatever the block does with
+    it; one that raises is logged, by type, and the block is cancelled all the same."""
+    release = asyncio.Event()
+    fired: list[float] = []
+
+    async def block(on_expiry: Any) -> bool:
+        timeout = stall_timeout(clock, 5.0, lambda: 0.0, on_expiry=on_expiry)
+        with contextlib.suppress(TimeoutError):
+            async with timeout:
+                await _swallows_cancellation_until(release)
+        return timeout.expired
+
+    task = asyncio.create_task(block(lambda: fired.append(clock.now())))
+    await clock.sleep(6.0)
+    assert fired == [5.0]
+    assert not task.done()  # the block swallowed its cancellation, and runs on
+    release.set()
+    assert await task
+
+    def fails() -> None:
+        raise RuntimeError(_SECRET)
+
+    release.clear()
+    task = asyncio.create_task(block(fails))
+    await clock.sleep(6.0)
+    release.set()
+    assert await task
+    [line] = [r for r in caplog.records if "on_expiry failed" in r.getMessage()]
+    assert "RuntimeError" in line.getMessage()
+    assert _SECRET not in caplog.text

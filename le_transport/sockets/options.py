@@ -264,7 +264,8 @@ class SocketOptions:
       long the callbacks take. A peer that accepts the upgrade and then stops reading would
       otherwise hold the socket open but never ready for ever (the keepalive watches only a
       ready connection, and a write waits for the peer to take it). Past it the connection is
-      ended as a dead peer and the socket reconnects (a failed connect for the backoff). Above
+      ended as a dead peer and the socket reconnects (a failed connect for the backoff), even
+      if a callback swallows its cancellation (it is left to run, and logged). Above
       ``request_timeout`` by default, so that a callback's request gets its own timeout first.
     """
 

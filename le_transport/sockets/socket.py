@@ -1595,8 +1595,13 @@ class ResilientSocket:
         """:meth:`_open_up` in the owner, bounded by ``ready_timeout`` of no progress. A method
         of its own: the timeout (a local of the frame that then reads for the connection's
         life) kept its finished watchdog task alive with it, on every idle socket."""
+        # The connection ends when the time is up (on_expiry), not once the cancellation is
+        # through: a write that swallowed it held the connection open and never ready.
         timeout = stall_timeout(
-            self._clock, self._options.ready_timeout, functools.partial(self._progressed_at, epoch)
+            self._clock,
+            self._options.ready_timeout,
+            functools.partial(self._progressed_at, epoch),
+            on_expiry=functools.partial(self._not_ready_in_time, conn),
         )
         try:
             async with timeout:
@@ -1604,7 +1609,6 @@ class ResilientSocket:
         except TimeoutError:
             if not timeout.expired:
                 raise
-            self._not_ready_in_time(conn)
 
     async def _set_up(self, conn: Connection, epoch: int) -> None:
         """The ``on_connect`` callbacks, then the queue, while the owner reads."""
@@ -1613,16 +1617,23 @@ class ResilientSocket:
         # the owner to store, and a close() from a callback must know where it runs.
         self._setup = asyncio.current_task()
         _ON_CONNECT.set((id(self), epoch))
+        # The callback running (a list of one at most), for the ready_timeout's log to name.
+        running: list[OnConnect] = []
+        # The connection ends when the time is up (on_expiry), not once the cancellation is
+        # through: a callback that caught it held the connection open and never ready for as
+        # long as the server kept it (for ever, on a quiet one), the socket never reconnecting.
         timeout = stall_timeout(
-            self._clock, self._options.ready_timeout, functools.partial(self._progressed_at, epoch)
+            self._clock,
+            self._options.ready_timeout,
+            functools.partial(self._progressed_at, epoch),
+            on_expiry=functools.partial(self._not_ready_in_time, conn, running),
         )
         try:
             async with timeout:
-                await self._call_on_connect(conn, epoch)
+                await self._call_on_connect(conn, epoch, running)
         except TimeoutError:
             if not timeout.expired:
                 raise
-            self._not_ready_in_time(conn)
         except Exception as exc:
             # The clock failed (the timeout could not be kept; logged where it failed): this
             # connection ends, and the owner's own use of the clock decides what follows.
@@ -1643,17 +1654,25 @@ class ResilientSocket:
             return self._clock.now()
         return max(self._last_activity, self._last_sent)
 
-    def _not_ready_in_time(self, conn: Connection) -> None:
+    def _not_ready_in_time(self, conn: Connection, running: Sequence[OnConnect] = ()) -> None:
         """The connection made no progress for ``ready_timeout`` while becoming ready (its
         ``on_connect`` callbacks and the flush of the queue): a peer that accepted the upgrade
         and stopped reading, or callbacks that hang with nothing read or written. Nothing else
         would end it (the keepalive watches only a ready connection), so it ends as a dead
-        peer, and the owner reconnects."""
+        peer, and the owner reconnects. Called when the time is up, before the set-up is
+        cancelled (which a callback may swallow); ``running``: the callback then running, if
+        any, named in the log."""
+        during = (
+            f"on_connect callback {_callable_name(running[0])} running"
+            if running
+            else "on_connect and the queue's flush"
+        )
         _log.warning(
             "%s: the connection made no progress for %g s while becoming ready (ready_timeout: "
-            "on_connect and the queue's flush); taken for a dead peer, reconnecting",
+            "%s); taken for a dead peer, reconnecting",
             self._name,
             self._options.ready_timeout,
+            during,
             extra={"socket": self._name, "ready_timeout": self._options.ready_timeout},
         )
         if self._conn is conn:
@@ -1662,8 +1681,11 @@ class ResilientSocket:
                 self._lost_peer_grace(),
             )
 
-    async def _call_on_connect(self, conn: Connection, epoch: int) -> None:
-        """The callbacks one after the other, then the queue; a failure ends the connection."""
+    async def _call_on_connect(
+        self, conn: Connection, epoch: int, running: list[OnConnect] | None = None
+    ) -> None:
+        """The callbacks one after the other, then the queue; a failure ends the connection.
+        ``running`` holds the callback running, while one runs."""
         before = _cancels()
         try:
             for callback in self._on_connect:
@@ -1677,7 +1699,13 @@ class ResilientSocket:
                 if not inspect.isawaitable(pending):
                     self._not_awaitable(conn, callback, pending)
                     return
-                await pending
+                if running is not None:
+                    running[:] = (callback,)
+                try:
+                    await pending
+                finally:
+                    if running is not None:
+                        running.clear()
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and _cancelled_since(before):
                 raise
