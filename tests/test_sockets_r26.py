@@ -7,7 +7,9 @@
   The dialer now applies the same rules, at construction.
 - The dialer kept the headers as a ``dict``: a header repeated in a ``CIMultiDict`` lost all
   values but one, on the first connect and every reconnect (and aiohttp kept only the last of
-  two spelt differently, "X-Tag" and "x-tag").
+  two spelt differently, "X-Tag" and "x-tag"); and a same-host redirect that changes origin
+  (aiohttp drops Cookie and Authorization there) got back the first value of a repeated
+  header alone.
 - A caller's ``Sec-WebSocket-Protocol`` (or ``Sec-WebSocket-Key``) went out as is: the socket
   negotiates no subprotocol (aiohttp checks the server's choice only against its own
   ``protocols=``, which the socket does not pass), so the server's choice was never checked
@@ -276,3 +278,44 @@ async def test_stall_timeouts_on_expiry_runs_when_the_time_is_up_though_the_bloc
     [line] = [r for r in caplog.records if "on_expiry failed" in r.getMessage()]
     assert "RuntimeError" in line.getMessage()
     assert _SECRET not in caplog.text
+
+
+# -- 2b. a same-host redirect puts back every value aiohttp dropped --------------------------
+
+
+async def test_a_same_host_redirect_puts_back_every_value_of_a_repeated_dropped_header(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """An absolute Location on the socket's own host is another origin to aiohttp than the
+    ``ws://`` URL dialed: it drops Cookie (and Authorization), which the upgrade's guard puts
+    back; a repeated one came back with its first value alone."""
+    seen: list[list[str]] = []
+    app = web.Application()
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.getall("Cookie", []))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    location: list[str] = []
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(location[0])
+
+    app.router.add_get("/old", redirect)
+    app.router.add_get("/moved", moved)
+    host = await serve(app)
+    location.append(f"http://{host}/moved")
+    headers = CIMultiDict([("Cookie", "a=1"), ("Cookie", "b=2")])
+    async with _engine(host, clock) as engine:
+        ws = await engine.websocket(
+            "svc", "/old", headers=headers, options=SocketOptions(keepalive=None)
+        )
+        try:
+            await ws.wait_open(timeout=60.0)
+        finally:
+            await ws.close()
+    assert seen[:1] == [["a=1", "b=2"]]

@@ -17,12 +17,12 @@ one, sending the first hop again: no redirect, and not refused). Any other hop i
 aiohttp follows: to another host than the first hop's (than the dialed URL's, when an outer
 middleware answered the first hop itself and no first hop came by) it is refused
 (:class:`RedirectedElsewhere`, which the dialer makes a final failure), and to that host it
-gets back the headers aiohttp dropped from it. Before any first hop came by, a redirect aiohttp
-built for the dialed host is that first hop: its URL as sent sets where the upgrade goes (an
-outer middleware that answered the first hop with a redirect to the dialed host, and one that
-routes the service's name, together). A redirect hop carrying a user name or password its
-``Location`` gave (aiohttp sends them as ``Basic`` credentials, in place of the socket's
-``Authorization`` or beside its own credential header) is refused too
+gets back the headers aiohttp dropped from it (every value of a repeated one). Before any first
+hop came by, a redirect aiohttp built for the dialed host is that first hop: its URL as sent
+sets where the upgrade goes (an outer middleware that answered the first hop with a redirect to
+the dialed host, and one that routes the service's name, together). A redirect hop carrying a
+user name or password its ``Location`` gave (aiohttp sends them as ``Basic`` credentials, in
+place of the socket's ``Authorization`` or beside its own credential header) is refused too
 (:class:`RedirectedWithCredentials`, final as well). An HTTP request never looks at it.
 """
 
@@ -32,6 +32,7 @@ import contextvars
 from collections.abc import Mapping
 
 from aiohttp import ClientRequest, hdrs
+from multidict import CIMultiDict
 from yarl import URL
 
 __all__ = [
@@ -129,12 +130,14 @@ class UpgradeGuard:
     False after the upgrade when the session had not the engine's stack (a caller's own
     session), whose hops went unchecked."""
 
-    __slots__ = ("_authorization", "_restore", "_socket_headers", "checked", "dialed", "first")
+    __slots__ = ("_authorization", "_names", "_restore", "checked", "dialed", "first")
 
     def __init__(self, dialed: URL, headers: Mapping[str, str]) -> None:
         self.dialed = dialed
-        self._socket_headers = dict(headers)
-        self._restore = dict(headers)
+        # The socket's header names, each once (in any case), and what to put back: every
+        # value of a repeated one (a dict kept the first alone).
+        self._names = tuple({name.lower(): name for name in headers}.values())
+        self._restore: CIMultiDict[str] = CIMultiDict(headers)
         # The Authorization the upgrade itself sends: the socket's own until a first hop comes
         # by, then that hop's as sent (an outer middleware may set one of its own).
         self._authorization = next(
@@ -177,7 +180,9 @@ class UpgradeGuard:
             self.first = url
             # What to put back is what this hop carried of the socket's headers, as the outer
             # middlewares left them: one they took out is not sent again.
-            self._restore = {name: sent[name] for name in self._socket_headers if name in sent}
+            self._restore = CIMultiDict(
+                (name, value) for name in self._names for value in sent.getall(name, ())
+            )
             self._authorization = sent.get(hdrs.AUTHORIZATION)
             return
         if self.first is None and same_wire_host(self.dialed, original):
@@ -211,9 +216,11 @@ class UpgradeGuard:
             # hop's URLs by then): the server's credentials, in place of the socket's own or
             # beside them. Followed, the socket opened on them, or was refused for ever.
             raise RedirectedWithCredentials
-        for name, value in self._restore.items():
-            if name not in headers:
-                headers[name] = value
+        # Every value of a name the hop lacks: picked before any goes back, or a repeated
+        # one's first would hide the rest.
+        dropped = [(name, value) for name, value in self._restore.items() if name not in headers]
+        for name, value in dropped:
+            headers.add(name, value)
 
 
 #: While a resilient socket's dialer upgrades: the :class:`UpgradeGuard` its hops pass. Unset
