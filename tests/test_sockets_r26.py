@@ -319,3 +319,56 @@ async def test_a_same_host_redirect_puts_back_every_value_of_a_repeated_dropped_
         finally:
             await ws.close()
     assert seen[:1] == [["a=1", "b=2"]]
+
+
+async def test_ready_timeout_says_nothing_of_a_connection_that_ended_otherwise(
+    serve: ServerFactory, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server ends the first connection once its callback runs, which then hangs
+    swallowing its cancellation: the ready_timeout that runs out later (the callback still
+    running in the tidy-up grace) has no connection to end, and says nothing of one."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+    upgrades = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal upgrades
+        upgrades += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        if upgrades == 1:
+            await started.wait()
+            await ws.close(code=1001)
+            return ws
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    host = await serve(app)
+    calls = 0
+
+    async def stubborn_subscribe(ws: ResilientSocket) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await _swallows_cancellation_until(release)
+
+    caplog.set_level(logging.INFO, logger="le_transport.sockets")
+    async with _engine(host, clock) as engine:
+        ws = await engine.websocket(
+            "svc",
+            "/ws",
+            options=SocketOptions(ready_timeout=10.0, keepalive=None),
+            on_connect=[stubborn_subscribe],
+        )
+        try:
+            await ws.wait_open(timeout=TIDY_UP_GRACE + 60.0)
+            assert ws.epoch == 2
+            assert calls == 2
+        finally:
+            release.set()
+        await ws.close()
+    assert not [r for r in caplog.records if "ready_timeout" in r.getMessage()], caplog.text

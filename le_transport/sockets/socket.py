@@ -1662,6 +1662,10 @@ class ResilientSocket:
         peer, and the owner reconnects. Called when the time is up, before the set-up is
         cancelled (which a callback may swallow); ``running``: the callback then running, if
         any, named in the log."""
+        if self._conn is not conn or self._ended is not None:
+            # Ended already, for another reason (its set-up, cancelled then, swallowed it and
+            # ran on into this timeout): nothing to end, and nothing to say.
+            return
         during = (
             f"on_connect callback {_callable_name(running[0])} running"
             if running
@@ -1675,11 +1679,9 @@ class ResilientSocket:
             during,
             extra={"socket": self._name, "ready_timeout": self._options.ready_timeout},
         )
-        if self._conn is conn:
-            self._end_connection(
-                Disconnect.dead_peer(error="not ready within ready_timeout"),
-                self._lost_peer_grace(),
-            )
+        self._end_connection(
+            Disconnect.dead_peer(error="not ready within ready_timeout"), self._lost_peer_grace()
+        )
 
     async def _call_on_connect(
         self, conn: Connection, epoch: int, running: list[OnConnect] | None = None
