@@ -8,6 +8,7 @@ microseconds. :func:`timeout_after` is ``asyncio.timeout`` driven by any clock.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
@@ -391,7 +392,20 @@ class _StallTimeout(_ClockTimeout):
         on_expiry = self._on_expiry
         try:
             if on_expiry is not None and self._failure is None:
-                on_expiry()
+                answered = on_expiry()
+                if inspect.isawaitable(answered):
+                    # An object with an async __call__ (a coroutine function is refused when
+                    # the timeout is made): nothing here can await it. Closed, so that it does
+                    # not warn as never awaited, and said: what it was to do was not done.
+                    if inspect.iscoroutine(answered):
+                        answered.close()
+                    _log.error(
+                        "stall_timeout: its on_expiry answered an awaitable (%s), which is not "
+                        "awaited (on_expiry must do its work when called); the block is "
+                        "cancelled all the same",
+                        type(answered).__name__,
+                        extra={"error": type(answered).__name__},
+                    )
         except Exception as exc:
             # Not the block's to meet (it is cancelled all the same, below): said here, by its
             # type alone, since it ran in the watchdog where no one would read it.
@@ -437,7 +451,18 @@ def stall_timeout(
     The block is only cancelled, and one that swallows its cancellation runs on: what must
     happen when the time is up all the same (end the connection the block waits on) is
     ``on_expiry``, called then, before the cancellation (an error it raises is logged, by
-    type)."""
+    type): a plain callable, which does its work when called (the watchdog awaits nothing it
+    answers). One that is not callable, or a coroutine function (its coroutine would be
+    dropped unawaited, nothing done at the expiry), is a
+    :class:`~le_transport.errors.ConfigurationError` here, as a bad ``seconds`` is."""
+    if on_expiry is not None and (
+        not callable(on_expiry) or inspect.iscoroutinefunction(on_expiry)
+    ):
+        what = "a coroutine function" if callable(on_expiry) else type(on_expiry).__name__
+        raise ConfigurationError(
+            f"stall_timeout: on_expiry must be a plain callable, called when the time is up "
+            f"(an async one's coroutine would never be awaited), got {what}"
+        )
     checked = timeout_after(clock, seconds)
     return _StallTimeout(clock, checked._seconds, progress, on_expiry)
 
