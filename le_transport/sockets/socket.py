@@ -1538,6 +1538,10 @@ class ResilientSocket:
             else:
                 read_end = Disconnect.abnormal(error=error)
         finally:
+            # The connection's end: its lifetime is counted to here, not to after the waits
+            # below (a callback slow to end, up to TIDY_UP_GRACE, made a fast 1006 drop a slow
+            # one for the close policy, and a connection the ready_timeout ended live 30 s on).
+            ended_at = self._clock.now()
             self._ready_epoch = None
             self._stop_keepalive()
             if self._ended is None:
@@ -1579,7 +1583,7 @@ class ResilientSocket:
                 )
             disconnect = self._ended
             self._conn = self._closer = self._ended = None
-        lifetime = self._clock.now() - opened_at
+        lifetime = ended_at - opened_at
         disconnect = attrs.evolve(disconnect, lifetime=lifetime)
         # A peer the keepalive found dead was alive only until the last frame it sent: counted
         # to the end (interval + timeout, 40 s for messaging), a peer silent from the start
