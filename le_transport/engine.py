@@ -487,10 +487,20 @@ def _check_headers(
             refused = _header_fault(name, value, socket=socket)
             if refused is None and owned and name.lower() in owned:
                 refused = (
-                    f"headers[{name!r}] would be replaced by the credentials of the engine's "
-                    f"auth provider ({type(auth).__name__}), which go on every call to the "
-                    "service's host: leave it out, or make this call through an engine "
-                    "without an auth provider (StaticBearer gives one a token of your own)"
+                    (
+                        f"headers[{name!r}] would be replaced by the credentials of the "
+                        f"socket's auth provider ({type(auth).__name__}), which go in the "
+                        "upgrade's headers: leave it out, or place the credentials elsewhere "
+                        "(auth_placement: PATH, FIRST_FRAME, or NONE to send this one instead)"
+                    )
+                    if socket
+                    else (
+                        f"headers[{name!r}] would be replaced by the credentials of the "
+                        f"engine's auth provider ({type(auth).__name__}), which go on every "
+                        "call to the service's host: leave it out, or make this call through "
+                        "an engine without an auth provider (StaticBearer gives one a token of "
+                        "your own)"
+                    )
                 )
             if refused is not None:
                 break

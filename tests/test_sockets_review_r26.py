@@ -13,6 +13,11 @@ upgrade's headers: what was still wrong.
   cancellation, was said to have lived 40 s; and a 1006 drop a second after the upgrade, its
   callback slow to end, was no fast drop (a revoked token's sign), so the socket never
   re-authenticated. It is how long the connection lived, to its end.
+- A socket header its credentials would replace was refused with a request's words: "the
+  credentials of the engine's auth provider ... make this call through an engine without an
+  auth provider", for a socket given a provider of its own (``auth=``, or an
+  ``EngineDialer``'s, which has no engine's to speak of), where the way out is the
+  credentials' placement. Said in the socket's terms now.
 
 On the virtual clock; loopback servers.
 """
@@ -29,10 +34,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from le_transport import ConfigurationError, Engine, EventHooks
+from le_transport import ConfigurationError, Engine, EventHooks, InvalidRequest, StaticBearer
 from le_transport.clock import stall_timeout
 from le_transport.providers import StaticDomains
-from le_transport.sockets import ResilientSocket, SocketOptions
+from le_transport.sockets import EngineDialer, ResilientSocket, SocketOptions
 from le_transport.sockets.keepalive import TIDY_UP_GRACE
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
@@ -221,3 +226,30 @@ async def test_a_fast_1006_drop_is_fast_however_long_its_callback_takes_to_end(
     assert all(e.details["lifetime"] < 10.0 for e in lost), [e.details for e in lost]
     [reauth] = states.of("reauthenticating")
     assert "fast 1006 drops" in reauth.details["reason"]
+
+
+# -- a header the socket's credentials would replace ------------------------------------------
+
+#: A value no message may show.
+_SECRET = "r26-review-header-value-41c9"
+
+
+@pytest.mark.parametrize("through", ["engine", "dialer"])
+async def test_a_socket_header_its_credentials_replace_is_refused_in_the_sockets_terms(
+    clock: VirtualClock, through: str
+) -> None:
+    bearer = StaticBearer("t")
+    headers = {"authorization": _SECRET}
+    async with Engine(StaticDomains({"svc": "127.0.0.1:9"}), scheme="http", clock=clock) as engine:
+        if through == "engine":
+            with pytest.raises(InvalidRequest) as refused:
+                await engine.websocket("svc", "/ws", auth=bearer, headers=headers)
+        else:
+            with pytest.raises(InvalidRequest) as refused:
+                EngineDialer(engine, "svc", "/ws", auth=bearer, headers=headers)
+    said = str(refused.value)
+    assert "would be replaced by the credentials" in said
+    assert "StaticBearer" in said
+    assert "engine" not in said  # no engine's provider, nor an engine without one, to speak of
+    assert "auth_placement" in said
+    assert _SECRET not in said
