@@ -440,7 +440,9 @@ class ClosePolicy:
                 return CloseVerdict(CloseAction.RECONNECT, "abnormal drop (1006)", run)
             return CloseVerdict(CloseAction.RECONNECT, "abnormal drop (1006)")
         if kind is DisconnectKind.DEAD_PEER:
-            return CloseVerdict(CloseAction.RECONNECT, "keepalive unanswered")
+            # Why it was taken for dead: its keepalive went unanswered, or (the socket's
+            # ready_timeout) it never became ready, which sent no keepalive at all.
+            return CloseVerdict(CloseAction.RECONNECT, disconnect.error or "keepalive unanswered")
         if kind is DisconnectKind.SETUP_FAILED:
             # The server accepted the connection: a failed resubscribe says nothing about the
             # transport, so it is no fast drop either way.
