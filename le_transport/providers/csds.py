@@ -758,12 +758,15 @@ class CsdsDomains:
 
     def _serve_stale(self, exc: Exception, shown: object) -> None:
         """A refresh failed with ``exc`` (``shown`` in the log line): the cached map is served
-        ``stale_retry`` s more, then refreshed again; logged, and a ``domains_stale`` event."""
+        ``stale_retry`` s more, then refreshed again; logged, and a ``domains_stale`` event
+        (``served``: False once the map is past ``max_stale``, and resolve fails instead)."""
         http = require_attached(self._http, self)
-        self._expires_at = http.clock.now() + self._stale_retry
+        now = http.clock.now()
+        self._expires_at = now + self._stale_retry
         # Cut short: it is shown in an error message (the Domain API's request carries no
         # credential, and a RequestError's message shows none).
         self._last_failure = str(shown)[:_REASON_SHOWN]
+        served = not self._past_bound(now)
         emit_state(
             http.hooks,
             _log,
@@ -771,16 +774,16 @@ class CsdsDomains:
             StateEvent(
                 "domains_stale",
                 f"csds[{self._account}]",
-                {"error": type(exc).__name__, "retry_in": self._stale_retry},
+                {"error": type(exc).__name__, "retry_in": self._stale_retry, "served": served},
             ),
         )
         _log.warning(
             "Domain API refresh for account %s failed (%s); %s",
             self._account,
             shown,
-            "the last good map is past max_stale and is not served"
-            if self._past_bound(http.clock.now())
-            else "serving the last good map",
+            "serving the last good map"
+            if served
+            else "the last good map is past max_stale and is not served",
             extra={"account": self._account, "error": type(exc).__name__},
         )
 
