@@ -26,7 +26,14 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
 
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
-break, the others adopt it at their next sync, and in half-open one probe goes for the whole fleet.
+break, the others adopt it at their next sync, and in half-open one probe goes for the whole fleet
+(the fleet's probe lock, taken for the probe lease; a probe whose attempt has a bound of its own
+beyond the lease, its attempt timeout or else its call's deadline, at most the longest break, has
+its lock renewed on the clock every third of the lease, a compare-and-set of its own value, until
+that bound: no other process probes while it is out, and the lock still ends a lease after the
+last renewal, so a process that died holds it no longer than before. Renewing stops as the probe
+ends in any way, and, logged once, when the lock is no longer its own or the store fails, does not
+answer in time, or answers locally: another process may then probe once the lease ends).
 The trip is kept for the break and then the probe lease, so a process that missed the break (no
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
@@ -159,6 +166,10 @@ _TRIP_READS = 2
 #: one's lease frees it anyway, the oldest's first). More than one: a probe stuck past its
 #: lease and the newer one that took its slot may both be abandoned while the store fails.
 _STALE_LOCKS_KEPT = 4
+#: How many times per probe lease a fleet probe with a bound of its own beyond the lease renews
+#: its lock (:meth:`OverloadGuard._renew`): a renewal that is late, or one that the store is
+#: slow to answer, still lands before the lock's lease ends.
+_RENEWALS_PER_LEASE = 3
 #: How often a process that opened its breaker reads the fleet's trip to publish its break: again
 #: after the conditional write finds the entry changed since it was read (another process
 #: published meanwhile: the next read adopts that break or writes over it, as it decides); a trip
@@ -328,7 +339,8 @@ def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
     """How long the half-open slot is kept for ``call``'s probe: the breaker's lease, or longer
     when the probe's attempt has a bound of its own (its attempt timeout, else its call's
     deadline) beyond it, by which it will surely have reported; never past the longest break
-    (a stuck probe with a long deadline does not shut its host for longer than a break)."""
+    (a stuck probe with a long deadline does not shut its host for longer than a break). In a
+    fleet, how long the fleet's probe lock is renewed (OverloadGuard._renew)."""
     policy = getattr(call, "policy", None)
     bound = getattr(policy, "attempt_timeout", None)
     if bound is None:
@@ -509,6 +521,9 @@ class OverloadGuard:
         # session each fleet probe out goes (an engine closing waits for those it cut).
         self._probe_waiters: list[asyncio.Future[None]] = []
         self._probe_owners: dict[tuple[int, int], object] = {}
+        # Per fleet probe out whose own bound outlasts the lease: the task renewing its lock
+        # (_renew), cancelled as the probe ends (_probe_ended).
+        self._renewals: dict[tuple[int, int], asyncio.Task[None]] = {}
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
         self._damaged: dict[tuple[str, str], int] = {}
         # The longest break this process adopts from the fleet's trip entry (_trip), and per
@@ -1094,6 +1109,17 @@ class OverloadGuard:
                         with contextlib.suppress(ValueError):
                             self._probe_waiters.remove(waiter)
                         waiter.cancel()
+        if probes:
+            # The renewals of the session's probes still out after the grace: the session is
+            # closed, so they are not renewed past the close (each lock ends with its lease).
+            cut = [
+                self._renewals.pop(token)
+                for token, made_by in list(self._probe_owners.items())
+                if made_by is probes_of and token in self._renewals
+            ]
+            for task in cut:
+                task.cancel()
+            await asyncio.gather(*cut, return_exceptions=True)
         while self._releases:
             pending = set(self._releases)
             for task in pending:
@@ -1106,11 +1132,91 @@ class OverloadGuard:
         return any(made_by is owner for made_by in self._probe_owners.values())
 
     def _probe_ended(self, token: tuple[int, int]) -> None:
-        """A fleet probe ended: forget whose it was, and wake drain() to look again."""
+        """A fleet probe ended: stop renewing its lock, forget whose it was, and wake drain()
+        to look again."""
+        renewal = self._renewals.pop(token, None)
+        if renewal is not None:
+            renewal.cancel()
         self._probe_owners.pop(token, None)
         for waiter in self._probe_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _renew_soon(
+        self, token: tuple[int, int], key: tuple[str, str], lock: str, taken: float, until: float
+    ) -> None:
+        """Renew the fleet's probe lock ``lock`` at ``key``, taken at ``taken`` for the lease,
+        until ``until`` (the probe's hold, :func:`_probe_hold`), by a task that the probe's end
+        (``token``) cancels. With no loop running, not at all: the lock keeps its lease."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(
+            self._renew(key, lock, taken, until), name="le_transport probe lock renewal"
+        )
+        self._renewals[token] = task
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if self._renewals.get(token) is done:
+                del self._renewals[token]
+
+        task.add_done_callback(ended)
+
+    async def _renew(self, key: tuple[str, str], lock: str, taken: float, until: float) -> None:
+        """Keep the fleet's probe lock ``lock`` at ``key`` (taken at ``taken``) while its probe
+        is out, as a distributed lock's watchdog does: every lease / :data:`_RENEWALS_PER_LEASE`
+        of the clock, a compare-and-set of its own value for another lease, never past ``until``
+        (the probe's own bound: a stuck probe does not shut the fleet's host for longer). The
+        lock still ends one lease after the last renewal: a process that died, or stopped
+        renewing, holds it no longer than before.
+
+        Stops, with one WARNING, when the lock is no longer this process's (its lease ended
+        first, or another value is there), when the store fails or does not answer before the
+        lock's lease would end, or when a :class:`~le_transport.state.FallbackStore` answered
+        locally (its primary out: the shared lock was not renewed). Another process may then
+        probe once the lease ends, as without renewal; this probe's late answer is checked
+        against the lock and the trip before it counts (:meth:`_record`)."""
+        breaker = self._breaker
+        assert breaker is not None
+        lease = breaker.probe_lease
+        every = lease / _RENEWALS_PER_LEASE
+        held_until = taken + lease
+        while held_until < until:
+            await self._clock.sleep(max(0.0, held_until - lease + every - self._clock.now()))
+            now = self._clock.now()
+            ttl = min(lease, until - now)
+            if ttl <= 0:
+                return
+            reason = None
+            try:
+                if now >= held_until:
+                    reason = "its lease ended before it could be renewed"
+                else:
+                    async with timeout_after(self._clock, held_until - now):
+                        ours = await self._store.set(
+                            self._probe_key(key), lock, ttl=ttl, only_if=lock
+                        )
+                    if not self._shared_answered():
+                        # A FallbackStore's local copy answered: the shared lock is not renewed.
+                        reason = "the shared store is out"
+                    elif not ours:
+                        reason = "it is no longer this process's"
+            except TimeoutError:
+                reason = "the store did not answer before its lease would end"
+            except Exception as exc:
+                reason = f"the store failed: {type(exc).__name__}"
+            if reason is not None:
+                _log.warning(
+                    "could not renew the fleet's probe lock for %s at %s while its probe is "
+                    "out (%s): another process may probe once its lease ends",
+                    key[0],
+                    key[1],
+                    reason,
+                    extra={"service": key[0], "host": key[1]},
+                )
+                return
+            held_until = now + ttl
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
@@ -1273,9 +1379,10 @@ class OverloadGuard:
             if hold > self._breaker.probe_lease:
                 # The slot is kept until this probe has surely reported (its attempt's own
                 # bound), not only the lease: a probe with a 60 s attempt timeout let a second
-                # one through at 30 s. Not in a fleet: there the lock keeps the lease (another
-                # process may probe then, the backstop for a probe whose process died), and a
-                # longer hold here kept this process from reading the fleet's verdict.
+                # one through at 30 s. Not in a fleet: there the slot keeps the lease and the
+                # fleet's lock is renewed until that bound instead (_renew): a renewal lost, or
+                # a process that died, lets another process probe once the lease ends, and a
+                # longer hold here kept this process from reading that probe's verdict.
                 probing = attrs.evolve(probing, probe_until=now + hold)
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
@@ -1402,6 +1509,11 @@ class OverloadGuard:
                 # The session it goes through: what an engine's close cuts (aiohttp's own
                 # field; missing, the probe is waited for by no close, as before).
                 self._probe_owners[(id(call), attempt)] = getattr(call.request, "_session", None)
+                hold = _probe_hold(call, self._breaker)
+                if hold > self._breaker.probe_lease:
+                    # Its attempt may outlive the lock's lease: renewed until then, so that no
+                    # other process's probe goes while this one is out.
+                    self._renew_soon((id(call), attempt), key, lock, now, now + hold)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
