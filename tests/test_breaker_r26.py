@@ -10,18 +10,28 @@ from typing import Any
 
 import pytest
 
-from le_transport import RetryPolicy
-from le_transport.errors import CircuitOpen, StateStoreError
+from le_transport import Engine, RetryPolicy
+from le_transport.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    RetriesExhausted,
+    StateStoreError,
+)
 from le_transport.policies import BreakerState, Outcome, OutcomeKind
 from le_transport.state import Entry, FallbackStore, MemoryStore, StateStore
 from le_transport.testing import VirtualClock
+from tests.backends import Backend
+from tests.conftest import ServerFactory
 from tests.test_breaker_fleet import (
     BREAKER,
     DOWN,
     HOST,
     OK,
+    POLICY,
     ForwardingStore,
+    _breaker,
     _fleet,
+    _holds_the_fleets_close,
     _probe_key,
     _trip,
 )
@@ -150,6 +160,28 @@ async def test_renewing_stops_at_once_when_the_probe_ends(how: str) -> None:
     assert not a._renewals
     assert not _renewals()
     assert await store.get(_probe_key()) is None
+
+
+async def test_a_process_that_missed_the_break_finds_the_trip_while_a_slow_probe_is_out() -> None:
+    # The trip outlives the break by the lease; kept no longer while a renewed probe was out, a
+    # process that missed the break found nothing once it ended, went closed, and sent its
+    # calls alongside the probe. It is kept in its tail (the break's end unchanged), and the
+    # probe's success still writes the fleet's closed mark over it.
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, _, probe = await _probing(store, clock)
+    await _advance(clock, 45.0)  # the trip's own TTL (the 5 s break and the lease) is over
+    (late,) = _fleet(clock, store, 1)
+    refused = await late.admit(_call(), 1)
+    assert isinstance(refused, CircuitOpen), "half-open on the fleet's trip, A's probe out"
+    assert late.breaker_state("svc", HOST) is BreakerState.HALF_OPEN
+    await a.settle(probe, 1, OK)
+    await _turns()
+    await _holds_the_fleets_close(store)
+    clock.advance(1.0)
+    assert await late.admit(_call(), 1) is None, "the fleet's close read"
+    assert late.breaker_state("svc", HOST) is BreakerState.CLOSED
+    assert not _renewals()
 
 
 class _OwnedSession:
@@ -313,3 +345,59 @@ async def test_a_renewal_the_fallback_answered_locally_is_none(
     await _turns()
     await a.drain(0.5)
     await store.close()
+
+
+# -- through the engine, on loopback -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ends", ["answer", "deadline"])
+async def test_an_engines_slow_probe_keeps_the_fleet_out_until_it_ends(
+    serve: ServerFactory, clock: VirtualClock, ends: str
+) -> None:
+    # A's probe (a 60 s attempt timeout) is held by the service past the 30 s lease: B is
+    # refused meanwhile, and probes at once when A's ends, by its answer or cut by its
+    # caller's deadline (no verdict: the slot and the lock freed, the renewal stopped).
+    backend = Backend()
+    host = await serve(backend.app())
+    store = MemoryStore(clock)
+    guards = _fleet(clock, store, 2, _breaker())
+    slow = RetryPolicy(pauses=(), attempt_timeout=60.0)
+    once = RetryPolicy(pauses=(), attempt_timeout=None)
+    short = RetryPolicy(pauses=(), attempt_timeout=1.0)
+    async with (
+        Engine({"svc": host}, scheme="http", clock=clock, overload=guards[0], retry=POLICY) as a,
+        Engine({"svc": host}, scheme="http", clock=clock, overload=guards[1], retry=POLICY) as b,
+    ):
+        with pytest.raises(RetriesExhausted):
+            await a.request("GET", "svc", "/x")
+        await clock.sleep(20.0)
+        hang = backend.gate = asyncio.Event()
+        backend.arrived.clear()
+        deadline = 45.0 if ends == "deadline" else None
+        probe = asyncio.ensure_future(a.request("GET", "svc", "/x", retry=slow, deadline=deadline))
+        await backend.arrived.wait()
+        started = clock.now()
+        await clock.sleep(40.0)  # past the lease
+        # (B read no trip before: it finds A's, kept in its tail while A's probe is out.)
+        with pytest.raises(CircuitOpen):
+            await b.request("GET", "svc", "/x", retry=short)
+        assert guards[0]._renewals, "A's probe is out, its lock renewed"
+        backend.status = 200
+        if ends == "answer":
+            hang.set()
+            response = await probe
+            assert response.status == 200
+        else:
+            with pytest.raises(DeadlineExceeded):
+                await probe
+            assert clock.now() - started < 46.0
+        await _turns()
+        assert not guards[0]._renewals
+        assert not _renewals()
+        backend.gate = None
+        hang.set()
+        hits = backend.hits
+        response = await b.request("GET", "svc", "/x", retry=once)
+        assert response.status == 200
+        assert backend.hits == hits + 1
+    assert not _renewals()

@@ -30,7 +30,8 @@ break, the others adopt it at their next sync, and in half-open one probe goes f
 (the fleet's probe lock, taken for the probe lease; a probe whose attempt has a bound of its own
 beyond the lease, its attempt timeout or else its call's deadline, at most the longest break, has
 its lock renewed on the clock every third of the lease, a compare-and-set of its own value, until
-that bound: no other process probes while it is out, and the lock still ends a lease after the
+that bound, and the trip it answers for kept as long in its half-open tail: no other process probes
+while it is out, nor goes closed for want of the trip, and the lock still ends a lease after the
 last renewal, so a process that died holds it no longer than before. Renewing stops as the probe
 ends in any way, and, logged once, when the lock is no longer its own or the store fails, does not
 answer in time, or answers locally: another process may then probe once the lease ends).
@@ -1143,17 +1144,25 @@ class OverloadGuard:
                 waiter.set_result(None)
 
     def _renew_soon(
-        self, token: tuple[int, int], key: tuple[str, str], lock: str, taken: float, until: float
+        self,
+        token: tuple[int, int],
+        key: tuple[str, str],
+        lock: str,
+        taken: float,
+        until: float,
+        kept: tuple[int, float, float, float] | None,
     ) -> None:
         """Renew the fleet's probe lock ``lock`` at ``key``, taken at ``taken`` for the lease,
-        until ``until`` (the probe's hold, :func:`_probe_hold`), by a task that the probe's end
-        (``token``) cancels. With no loop running, not at all: the lock keeps its lease."""
+        until ``until`` (the probe's hold, :func:`_probe_hold`), and the trip ``kept`` the
+        probe answers for, by a task that the probe's end (``token``) cancels. With no loop
+        running, not at all: the lock keeps its lease."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         task = loop.create_task(
-            self._renew(key, lock, taken, until), name="le_transport probe lock renewal"
+            self._renew(token, key, lock, taken, until, kept),
+            name="le_transport probe lock renewal",
         )
         self._renewals[token] = task
 
@@ -1163,13 +1172,29 @@ class OverloadGuard:
 
         task.add_done_callback(ended)
 
-    async def _renew(self, key: tuple[str, str], lock: str, taken: float, until: float) -> None:
+    async def _renew(
+        self,
+        token: tuple[int, int],
+        key: tuple[str, str],
+        lock: str,
+        taken: float,
+        until: float,
+        kept: tuple[int, float, float, float] | None,
+    ) -> None:
         """Keep the fleet's probe lock ``lock`` at ``key`` (taken at ``taken``) while its probe
         is out, as a distributed lock's watchdog does: every lease / :data:`_RENEWALS_PER_LEASE`
         of the clock, a compare-and-set of its own value for another lease, never past ``until``
         (the probe's own bound: a stuck probe does not shut the fleet's host for longer). The
         lock still ends one lease after the last renewal: a process that died, or stopped
         renewing, holds it no longer than before.
+
+        The fleet's trip the probe answers for (``kept``: its openings, the end of its break,
+        its last break, and when the entry ends) is kept as long, in its half-open tail (the
+        break's end unchanged), as the probe's admission keeps a trip late in its tail: else a
+        process that missed the break found no trip once it ended, went closed, and sent its
+        calls while the probe was out. Only over the entry the probe answers for (a
+        compare-and-set; the probe then answers for the new one): a newer entry there (a break
+        published since) is the fleet's, left as it is.
 
         Stops, with one WARNING, when the lock is no longer this process's (its lease ended
         first, or another value is there), when the store fails or does not answer before the
@@ -1206,6 +1231,8 @@ class OverloadGuard:
                 reason = "the store did not answer before its lease would end"
             except Exception as exc:
                 reason = f"the store failed: {type(exc).__name__}"
+            if reason is None and kept is not None and kept[3] < now + ttl:
+                kept = await self._keep_trip(token, key, kept, now, ttl, now + every)
             if reason is not None:
                 _log.warning(
                     "could not renew the fleet's probe lock for %s at %s while its probe is "
@@ -1217,6 +1244,36 @@ class OverloadGuard:
                 )
                 return
             held_until = now + ttl
+
+    async def _keep_trip(
+        self,
+        token: tuple[int, int],
+        key: tuple[str, str],
+        kept: tuple[int, float, float, float],
+        now: float,
+        ttl: float,
+        bound: float,
+    ) -> tuple[int, float, float, float] | None:
+        """Keep the trip ``kept`` at ``key`` for ``ttl`` more from ``now`` in its half-open
+        tail, over the entry probe ``token`` answers for (see :meth:`_renew`), within
+        ``bound``: the trip kept, or None once it is not (another entry there, the probe
+        ended, the store failing: left as it is, never logged, the lock's renewal goes on)."""
+        out = self._probes.get(token)
+        if out is None or out[1] is None:
+            return None
+        lock, seen, probe_until = out
+        opens, ended, last, _ = kept
+        tail = self._trip_value(opens, ttl + (now - ended), last)
+        try:
+            async with timeout_after(self._clock, max(0.0, bound - now)):
+                stored = await self._store.set(self._trip_key(key), tail, ttl=ttl, only_if=seen)
+        except Exception:
+            return None
+        if not stored or not self._shared_answered():
+            return None
+        if self._probes.get(token) == out:
+            self._probes[token] = (lock, tail, probe_until)
+        return opens, ended, last, now + ttl
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
@@ -1373,6 +1430,9 @@ class OverloadGuard:
             return self._circuit_open(call, admission.retry_at, now, status.opens)
         lock: str | None = None
         seen: str | None = None
+        # The fleet's trip the probe answers for, to keep while it is out (_renew): its
+        # openings, the end of its break, its last break, and when the entry ends.
+        kept: tuple[int, float, float, float] | None = None
         probing = admission.status
         if admission.probe and not self._shared:
             hold = _probe_hold(call, self._breaker)
@@ -1453,6 +1513,8 @@ class OverloadGuard:
                             max(trip[2], probing.last_break),
                         )
                     if trip is None or entry is None or entry.ttl >= lease:
+                        if trip is not None and entry is not None:
+                            kept = (*trip, read_at + entry.ttl)
                         break
                     # A probe taken late in the trip's tail: keep the trip while it is out, so
                     # that a process arriving meanwhile still goes half-open (the break's end
@@ -1463,6 +1525,7 @@ class OverloadGuard:
                     tail = self._trip_value(opens, lease + (read_at - ended), last)
                     if await self._store.set(trip_key, tail, ttl=lease, only_if=seen):
                         seen = tail
+                        kept = (opens, ended, last, read_at + lease)
                         break
                     # Changed since it was read: read it again (a new break on is adopted).
                 else:
@@ -1513,7 +1576,7 @@ class OverloadGuard:
                 if hold > self._breaker.probe_lease:
                     # Its attempt may outlive the lock's lease: renewed until then, so that no
                     # other process's probe goes while this one is out.
-                    self._renew_soon((id(call), attempt), key, lock, now, now + hold)
+                    self._renew_soon((id(call), attempt), key, lock, now, now + hold, kept)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
