@@ -184,6 +184,21 @@ async def test_a_process_that_missed_the_break_finds_the_trip_while_a_slow_probe
     assert not _renewals()
 
 
+async def test_a_renewed_probe_still_decides_after_its_process_reads_the_kept_trip() -> None:
+    # Past the lease, another call of the prober's process syncs and reads the trip its own
+    # probe keeps: taken for the fleet's (adopted), it replaced the probe's slot, and the
+    # probe's success then closed nothing, nor told the fleet (no closed mark).
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, _, probe = await _probing(store, clock)
+    await _advance(clock, 45.0)
+    assert isinstance(await a.admit(_call(), 1), CircuitOpen), "its own probe is out"
+    await a.settle(probe, 1, OK)
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED, "the probe's verdict"
+    await _holds_the_fleets_close(store)
+    await _turns()
+
+
 class _OwnedSession:
     """Stands for the aiohttp session a probe goes through (what the engine's close cuts)."""
 

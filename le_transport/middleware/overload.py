@@ -1599,6 +1599,10 @@ class OverloadGuard:
             return
         if status.probe_until is not None and now < status.probe_until:
             return  # our own probe is out; its verdict decides
+        if self._probes and any(seen == entry.value for _, seen, _ in self._probes.values()):
+            # The trip our own probe keeps while it is out past its lease (_renew): no news,
+            # and adopted, it replaced the probe's slot, whose verdict then decided nothing.
+            return
         trip = self._trip(key, entry, now)
         if isinstance(trip, _FleetClosed):
             # Half-open here, and the fleet's one probe succeeded after this process's break
