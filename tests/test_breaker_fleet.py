@@ -1512,6 +1512,12 @@ def _interleaved(
             if len(locks) > 1:
                 taken = sorted(store.taken[lock] for lock in locks if lock is not None)
                 doubles.append((clock.now(), taken))
+                if plan.b_bounded:
+                    # B's probe, bounded (and ending within its bound), renews its lock while
+                    # it is out: no other probe goes after it took the lock.
+                    for lock, _, _ in guards[1]._probes.values():
+                        assert lock is not None
+                        assert store.taken[lock] == taken[-1], ("a probe went past B's", taken)
         assert not live, "every process ends"
         assert not any(guard._renewals for guard in guards), "no renewal outlives its probe"
     finally:
