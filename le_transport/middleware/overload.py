@@ -525,6 +525,11 @@ class OverloadGuard:
         # Per fleet probe out whose own bound outlasts the lease: the task renewing its lock
         # (_renew), cancelled as the probe ends (_probe_ended).
         self._renewals: dict[tuple[int, int], asyncio.Task[None]] = {}
+        # Per such probe: the trip entry its renewal sent to keep the trip (_keep_trip) whose
+        # answer has not made it the one the probe answers for (not yet in, or cut by the
+        # probe's end): it may land in the store all the same, so the probe's verdict also
+        # counts it as its own (_record).
+        self._trip_sent: dict[tuple[int, int], str] = {}
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
         self._damaged: dict[tuple[str, str], int] = {}
         # The longest break this process adopts from the fleet's trip entry (_trip), and per
@@ -785,8 +790,7 @@ class OverloadGuard:
             token = (id(call), attempt)
             if token in self._probes:
                 lock, seen, probe_until = self._probes.pop(token)
-                if lock is not None:
-                    self._probe_ended(token)
+                sent = self._probe_ended(token) if lock is not None else None
                 if breaker.gives_no_verdict(outcome):
                     # (A refused certificate.) Nothing learnt of the service: the probe is
                     # released as a cancelled one is, the breaker still half-open and the fleet
@@ -805,6 +809,7 @@ class OverloadGuard:
                     lock=lock,
                     seen=seen,
                     probe_until=probe_until,
+                    sent=sent,
                 )
                 return
         if outcome is not self._success:
@@ -848,6 +853,7 @@ class OverloadGuard:
         lock: str | None = None,
         seen: str | None = None,
         probe_until: float | None = None,
+        sent: str | None = None,
     ) -> None:
         """Feed an outcome at ``now`` to the breaker at ``key`` (what settle does with all but a
         success counted in a closed breaker's tally); log and publish what it opens or closes.
@@ -859,7 +865,9 @@ class OverloadGuard:
         lock it held, freed after the verdict is published (so the next holder finds the new
         trip, _admit; a stale probe's lock went with its lease, and the compare-and-delete of
         its value leaves the newer probe's); ``seen``: the fleet's trip entry the probe was
-        admitted on, the only one its success replaces (with the fleet's closed mark).
+        admitted on, the only one its success replaces (with the fleet's closed mark);
+        ``sent``: the trip entry its lock's renewal sent to keep that trip, which may have
+        landed as the probe ended (:meth:`_keep_trip`), taken for it as well.
 
         In a fleet, a probe that outlived its lease may have been replaced by another
         process's, which took the lock once this one's expired: this process's slot cannot
@@ -875,7 +883,7 @@ class OverloadGuard:
         assert breaker is not None
         if probe and lock is not None and probe_until is not None and now >= probe_until:
             try:
-                probe = await self._still_the_fleets_probe(key, lock, seen)
+                probe = await self._still_the_fleets_probe(key, lock, seen, sent)
             except BaseException:
                 self._release_lock(key, lock)
                 raise
@@ -896,7 +904,7 @@ class OverloadGuard:
             if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
                 await self._opened(call, key, after, outcome)
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
-                await self._closed(call, key, seen)
+                await self._closed(call, key, seen, sent)
             if lock is not None:
                 await self._delete_lock(key, lock)
         except BaseException:
@@ -908,20 +916,21 @@ class OverloadGuard:
             raise
 
     async def _still_the_fleets_probe(
-        self, key: tuple[str, str], lock: str, seen: str | None
+        self, key: tuple[str, str], lock: str, seen: str | None, sent: str | None = None
     ) -> bool:
         """Whether a probe at ``key`` that outlived its lease (its fleet lock ``lock``, admitted
         on the trip entry ``seen``) still answers for the fleet: no other process's probe holds
         the lock, and the trip entry is still the one it was admitted on (or gone with its
-        TTL). Another value there is news newer than this probe's answer: another process's
-        probe decided since (its closed mark, or its new break), or a break was published over
-        it. Taken for a verdict, a late 503 then re-opened the breaker and published a break
+        TTL), or the one its lock's renewal sent to keep it (``sent``, :meth:`_keep_trip`).
+        Another value there is news newer than this probe's answer: another process's probe
+        decided since (its closed mark, or its new break), or a break was published over it.
+        Taken for a verdict, a late 503 then re-opened the breaker and published a break
         over the fleet's close that the newer probe's success had just published."""
         held = await self._store.get(self._probe_key(key))
         if held is not None and held.value != lock:
             return False  # another process's probe holds the fleet's slot: it decides
         entry = await self._store.get(self._trip_key(key))
-        return entry is None or entry.value == seen
+        return entry is None or entry.value == seen or (sent is not None and entry.value == sent)
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
         """Free the half-open slot if the cancelled attempt was the probe, and the fleet's
@@ -1132,9 +1141,10 @@ class OverloadGuard:
         lock."""
         return any(made_by is owner for made_by in self._probe_owners.values())
 
-    def _probe_ended(self, token: tuple[int, int]) -> None:
+    def _probe_ended(self, token: tuple[int, int]) -> str | None:
         """A fleet probe ended: stop renewing its lock, forget whose it was, and wake drain()
-        to look again."""
+        to look again. Returns the trip entry its renewal sent that may land yet
+        (:meth:`_keep_trip`), if any."""
         renewal = self._renewals.pop(token, None)
         if renewal is not None:
             renewal.cancel()
@@ -1142,6 +1152,7 @@ class OverloadGuard:
         for waiter in self._probe_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        return self._trip_sent.pop(token, None) if self._trip_sent else None
 
     def _renew_soon(
         self,
@@ -1257,22 +1268,39 @@ class OverloadGuard:
         """Keep the trip ``kept`` at ``key`` for ``ttl`` more from ``now`` in its half-open
         tail, over the entry probe ``token`` answers for (see :meth:`_renew`), within
         ``bound``: the trip kept, or None once it is not (another entry there, the probe
-        ended, the store failing: left as it is, never logged, the lock's renewal goes on)."""
+        ended, the store failing: left as it is, never logged, the lock's renewal goes on).
+
+        The write, once sent, may land whatever becomes of its answer (Redis ran the command,
+        its reply cut by the probe's end, late, or lost): until it is answered, it is noted
+        (``_trip_sent``) for the probe's verdict to take as the trip it answers for too. Else,
+        landing after the probe's success was sent, it left the fleet the kept trip instead of
+        the closed mark (the mark's compare-and-set found it, not the entry it replaced), and
+        read by this process before its answer came, it was adopted over the probe's slot."""
         out = self._probes.get(token)
         if out is None or out[1] is None:
             return None
         lock, seen, probe_until = out
         opens, ended, last, _ = kept
         tail = self._trip_value(opens, ttl + (now - ended), last)
+        self._trip_sent[token] = tail
         try:
             async with timeout_after(self._clock, max(0.0, bound - now)):
                 stored = await self._store.set(self._trip_key(key), tail, ttl=ttl, only_if=seen)
         except Exception:
+            return None  # it may land yet: still noted
+        if not self._shared_answered():
+            # A FallbackStore answered locally: its primary may have run it all the same (cut
+            # by its op_timeout), so it stays noted.
             return None
-        if not stored or not self._shared_answered():
+        if not stored:
+            # The shared store's answer: not written, nothing of it to count.
+            if self._trip_sent.get(token) == tail:
+                del self._trip_sent[token]
             return None
         if self._probes.get(token) == out:
             self._probes[token] = (lock, tail, probe_until)
+            if self._trip_sent.get(token) == tail:
+                del self._trip_sent[token]
         return opens, ended, last, now + ttl
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
@@ -1599,9 +1627,13 @@ class OverloadGuard:
             return
         if status.probe_until is not None and now < status.probe_until:
             return  # our own probe is out; its verdict decides
-        if self._probes and any(seen == entry.value for _, seen, _ in self._probes.values()):
-            # The trip our own probe keeps while it is out past its lease (_renew): no news,
-            # and adopted, it replaced the probe's slot, whose verdict then decided nothing.
+        if self._probes and (
+            any(seen == entry.value for _, seen, _ in self._probes.values())
+            or entry.value in self._trip_sent.values()
+        ):
+            # The trip our own probe keeps while it is out past its lease (_renew; or the
+            # write keeping it, landed before its answer came): no news, and adopted, it
+            # replaced the probe's slot, whose verdict then decided nothing.
             return
         trip = self._trip(key, entry, now)
         if isinstance(trip, _FleetClosed):
@@ -1898,12 +1930,16 @@ class OverloadGuard:
             self._put(key, kept)
         return kept
 
-    async def _closed(self, call: GatedCall, key: tuple[str, str], seen: str | None) -> None:
+    async def _closed(
+        self, call: GatedCall, key: tuple[str, str], seen: str | None, sent: str | None = None
+    ) -> None:
         """The probe succeeded: the breaker closed. In a fleet, the trip entry the probe was
         admitted on (``seen``) is replaced by the fleet's closed mark, and only that one: a
         break another process published while the probe was out (its own attempts failed
         before it read this trip) is newer than what the probe answered for, and stays for the
-        fleet to adopt (a compare-and-set; set-if-absent when the probe found no entry).
+        fleet to adopt (a compare-and-set; set-if-absent when the probe found no entry). Or
+        the entry its lock's renewal sent to keep that trip (``sent``, :meth:`_keep_trip`),
+        which may have landed first: the same trip, this probe's to answer for.
 
         The mark is what tells the processes that adopted the break, half-open now, that the
         fleet's one probe succeeded (:meth:`_sync`): a deleted entry told them nothing, and
@@ -1927,8 +1963,12 @@ class OverloadGuard:
         mark = json.dumps({"closed": kept, "id": self._unique()})
         if seen is None:
             await self._store.add(self._trip_key(key), mark, ttl=kept)
-        else:
-            await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=seen)
+        elif (
+            not await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=seen)
+            and sent is not None
+        ):
+            # The renewal's write keeping the trip landed first (a new value only it writes).
+            await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=sent)
 
     def _adopted_open(
         self, key: tuple[str, str], status: BreakerStatus, now: float, entry: Entry
