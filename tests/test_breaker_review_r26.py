@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from le_transport import Engine, RetryPolicy
-from le_transport.errors import RetriesExhausted
+from le_transport.errors import CircuitOpen, RetriesExhausted
 from le_transport.policies import BreakerState
 from le_transport.state import Entry, MemoryStore, StateStore
 from le_transport.testing import VirtualClock
@@ -26,7 +26,9 @@ from tests.test_breaker_fleet import (
     _holds_the_fleets_close,
     _trip,
     _trip_key,
+    run_interleaved,
 )
+from tests.test_breaker_r18 import _seed_8999_plan
 from tests.test_breaker_r26 import _call, _turns
 
 
@@ -196,3 +198,71 @@ async def test_an_engine_closed_while_its_renewed_probe_is_out_leaves_no_renewal
     hang.set()
     with pytest.raises(BaseException):  # noqa: B017, PT011 (cut by the close, however told)
         await probe
+
+
+# -- the fleet's interleaving property: B's bounded probe -------------------------------------
+
+
+def test_a_probe_of_bs_admitted_slowly_in_the_interleaving_keeps_the_lock_for_its_bound() -> None:
+    # The fleet's interleaving (B's bounded probe, its attempt timeout 17 s): B's admission
+    # began at 106, and its lock's add was answered at 146 (the schedule held B meanwhile).
+    # Its lock was renewed until 17 s after 106, so it ended at 156 with the probe just
+    # admitted, and C probed at 157 while B's was out within its bound.
+    plan = _seed_8999_plan()
+    plan.b_bounded = True
+    schedule = [0] * 4 + [-1] * 6 + [1] * 2 + [-1] * 40 + [2] * 10
+    for now, taken in run_interleaved(plan, schedule):
+        assert now >= taken[0] + 17.0, (now, taken)
+
+
+class _Slow(ForwardingStore):
+    """A store whose reads and writes take ``lag`` seconds of the clock once armed (a Redis
+    slow to answer, within the FallbackStore's op_timeout)."""
+
+    def __init__(self, inner: StateStore, clock: VirtualClock, lag: float) -> None:
+        super().__init__(inner)
+        self.clock = clock
+        self.lag = lag
+        self.armed = False
+
+    async def _lags(self) -> None:
+        if self.armed:
+            await self.clock.sleep(self.lag)
+
+    async def get(self, key: str) -> Entry | None:
+        await self._lags()
+        return await super().get(key)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        await self._lags()
+        return await super().add(key, value, ttl=ttl)
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        await self._lags()
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+
+async def test_a_probe_admitted_slowly_keeps_the_fleets_lock_for_its_whole_bound() -> None:
+    # The probe's admission waited on the store (its trip read, its lock taken, the trip read
+    # again: 4.5 s), and its attempt's 60 s timeout starts only once it is admitted; the lock
+    # was renewed until 61 s after the admission began, so it ended 3.5 s before the probe's
+    # own bound, and another process probed while it was out.
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _Slow(MemoryStore(clock), clock, lag=1.5)
+    a, b = _fleet(clock, store)  # type: ignore[arg-type]
+    await _trip(a)
+    assert await b.admit(_call(), 1) is not None
+    await _advance(clock, 5.0)
+    store.armed = True
+    probe = _call()
+    admitting = asyncio.ensure_future(a.admit(probe, 1))
+    while not admitting.done():
+        await _advance(clock, 0.5)
+    assert admitting.result() is None
+    admitted = clock.now()
+    assert admitted - 105.0 > 3.0, "a slow admission"
+    store.armed = False
+    await _advance(clock, 59.5)  # within the probe's own bound (its attempt timeout, 60 s)
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen), "a second probe went"
+    a.abandon(probe, 1)
+    await _turns()

@@ -1164,9 +1164,9 @@ class OverloadGuard:
         kept: tuple[int, float, float, float] | None,
     ) -> None:
         """Renew the fleet's probe lock ``lock`` at ``key``, taken at ``taken`` for the lease,
-        until ``until`` (the probe's hold, :func:`_probe_hold`), and the trip ``kept`` the
-        probe answers for, by a task that the probe's end (``token``) cancels. With no loop
-        running, not at all: the lock keeps its lease."""
+        until ``until`` (the probe's hold, :func:`_probe_hold`, from its admission's end), and
+        the trip ``kept`` the probe answers for, by a task that the probe's end (``token``)
+        cancels. With no loop running, not at all: the lock keeps its lease."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -1494,6 +1494,9 @@ class OverloadGuard:
                     # Another process of the fleet is probing: wait for its verdict.
                     self._put(key, status)
                     return self._circuit_open(call, now + self._sync_interval, now, status.opens)
+                # When the lock's lease began, near enough (the add's reply: a renewal's
+                # compare-and-set, not this time, is what tells whether it is still ours).
+                locked_at = self._clock.now()
                 # The lock is ours, but what this process knows of the fleet's trip may be up to
                 # sync_interval old: the probe that held the lock before may have failed, and its
                 # process re-opened the breaker (publishing the new trip before freeing the lock).
@@ -1603,8 +1606,13 @@ class OverloadGuard:
                 hold = _probe_hold(call, self._breaker)
                 if hold > self._breaker.probe_lease:
                     # Its attempt may outlive the lock's lease: renewed until then, so that no
-                    # other process's probe goes while this one is out.
-                    self._renew_soon((id(call), attempt), key, lock, now, now + hold, kept)
+                    # other process's probe goes while this one is out. Its bound counted from
+                    # now, as its attempt's timeout starts once it is admitted: from when the
+                    # admission began, a store slow to answer it (the trip read, the lock
+                    # taken, the trip read again) ate into the hold, and the lock ended while
+                    # the probe was still within its bound.
+                    at = self._clock.now()
+                    self._renew_soon((id(call), attempt), key, lock, locked_at, at + hold, kept)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
