@@ -32,6 +32,7 @@ def _seed_8999_plan() -> _Plan:
     plan.d_fails_after = 1.0
     plan.back = False
     plan.b_bounded = False  # B's attempts have no bound of their own
+    plan.b_starts_after = 0.0
     return plan
 
 
