@@ -890,6 +890,38 @@ def _params_fault(params: object) -> str | None:
     )
 
 
+def _socket_query(params: object, service: str) -> Mapping[str, str | int | float]:
+    """A socket's ``params`` as the query its dialer keeps by name, or an
+    :class:`~le_transport.errors.InvalidRequest` naming what cannot be sent, never a value.
+
+    A mapping, or a list or tuple of (name, value) pairs (taken as a mapping, as they always
+    were): the dialer lays the query over the path's version by name (a str query failed there
+    as a raw error); each value sendable, as a request's; a name given twice is refused (one
+    value per name: a repeat would be dropped silently)."""
+    pairs = isinstance(params, (list, tuple)) and all(
+        isinstance(pair, tuple) and len(pair) == 2 for pair in params
+    )
+    fault = (
+        _params_fault(params) or _params_text_fault(params)
+        if isinstance(params, Mapping) or pairs
+        else "params must be a mapping of names to str, int or float values (or a "
+        f"list of (name, value) pairs), got a {type(params).__name__}"
+    )
+    if fault is None and pairs:
+        names = [pair[0] for pair in typing.cast(Sequence[tuple[str, Any]], params)]
+        repeated = next((i for i, n in enumerate(names, 1) if n in names[: i - 1]), 0)
+        if repeated:
+            fault = (
+                f"params repeats a name (pair {repeated}): a socket's query takes one "
+                "value per name"
+            )
+    if fault is not None:
+        raise InvalidRequest(redact_text(fault), service=service, method="GET")
+    if isinstance(params, Mapping):
+        return params
+    return dict(typing.cast(Sequence[tuple[str, Any]], params))
+
+
 def _check_client_properties(properties: object, service: str) -> None:
     """Refuse ``client_properties`` that are not a mapping of JSON values (they go into the
     consumer socket's ``InitConnection`` frame, which would fail at every connect), naming
@@ -3476,33 +3508,7 @@ class Engine:
         # the first connect, where it would stop the socket.
         if type(path) is not str or path not in self._checked_paths:
             self._check_path(service, path)
-        query: Mapping[str, str | int | float] | None = None
-        if params is not None:
-            # A mapping, or a list or tuple of (name, value) pairs (taken as a mapping, as
-            # they always were): the dialer keeps the query by name, over the path's version
-            # (a str query failed there as a raw error); each value sendable, as a request's.
-            pairs = isinstance(params, (list, tuple)) and all(
-                isinstance(pair, tuple) and len(pair) == 2 for pair in params
-            )
-            fault = (
-                _params_fault(params) or _params_text_fault(params)
-                if isinstance(params, Mapping) or pairs
-                else "params must be a mapping of names to str, int or float values (or a "
-                f"list of (name, value) pairs), got a {type(params).__name__}"
-            )
-            if fault is None and pairs:
-                names = [pair[0] for pair in params if isinstance(pair, tuple)]
-                repeated = next((i for i, n in enumerate(names, 1) if n in names[: i - 1]), 0)
-                if repeated:
-                    # A socket's query keeps one value a name (laid over the protocol's
-                    # version by name): a repeated one would be dropped silently.
-                    fault = (
-                        f"params repeats a name (pair {repeated}): a socket's query takes one "
-                        "value per name"
-                    )
-            if fault is not None:
-                raise InvalidRequest(redact_text(fault), service=service, method="GET")
-            query = params if isinstance(params, Mapping) else dict(params)
+        query = None if params is None else _socket_query(params, service)
         if client_properties is not None:
             _check_client_properties(client_properties, service)
         if self._resolves_at_once:

@@ -51,6 +51,8 @@ from ..middleware.upgrade import (
     same_wire_host,
     shown_origin,
 )
+from ..policies._validate import finite_number
+from ..policies._validate import shown as shown_value
 from ..policies.close_codes import Disconnect
 from ..policies.keepalive import Keepalive
 from ..policies.retry_after import parse_retry_after
@@ -488,6 +490,11 @@ class EngineDialer:
     credentials would replace (in the headers), or one of the upgrade's own (``Upgrade``,
     ``Connection``, ``Sec-WebSocket-Version``, ``-Key``, ``-Extensions``, ``-Protocol``) is an
     :class:`~le_transport.errors.InvalidRequest` naming the header, never showing its value.
+    So are ``params`` (a mapping or (name, value) pairs, one value a name, each sendable) and
+    ``client_properties`` (a mapping of JSON values), as :meth:`~le_transport.Engine.websocket`
+    checks them; a ``connect_timeout`` or ``prepare_timeout`` that is no finite number of
+    seconds > 0, or a ``max_msg_size`` that is no int >= 0 (0: no bound), is a
+    :class:`~le_transport.errors.ConfigurationError`.
 
     An upgrade refused with a ``Retry-After`` reports it in the :class:`DialFailed`'s
     :class:`~le_transport.policies.Disconnect` (``retry_after``, seconds), for the close policy
@@ -551,15 +558,36 @@ class EngineDialer:
             raise ConfigurationError(
                 f"AuthPlacement.PATH needs '{BEARER_FIELD}' in the path, where the bearer goes"
             )
-        if headers is not None:
-            # Engine.websocket's own check, one function for both (imported here: the engine
-            # imports this module): at construction, so that a header the upgrade cannot carry
-            # fails at once, not at the first connect (or, for one a server tolerates once,
-            # every reconnect). The credentials replace the caller's only in the headers.
-            from ..engine import _check_headers
+        # Engine.websocket's own checks, one function each for both (imported here: the engine
+        # imports this module): at construction, so that what the upgrade cannot carry fails
+        # at once, not at the first connect (or, for a header a server tolerates once, every
+        # reconnect). The credentials replace the caller's headers only in the headers.
+        from ..engine import _check_client_properties, _check_headers, _socket_query
 
+        if headers is not None:
             owner = auth if placement is AuthPlacement.HEADER else None
             _check_headers(headers, service, "GET", owner, socket=True)
+        if params is not None:
+            params = _socket_query(params, service)
+        if client_properties is not None:
+            _check_client_properties(client_properties, service)
+        # As SocketOptions checks them (Engine.websocket's come from there): else a bad one
+        # failed at the first connect, as the clock's or aiohttp's raw error.
+        for field, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("prepare_timeout", 1.0 if prepare_timeout is None else prepare_timeout),
+        ):
+            if not finite_number(seconds) or seconds <= 0:
+                none = " or None" if field == "prepare_timeout" else ""
+                raise ConfigurationError(
+                    f"EngineDialer.{field} must be a finite number of seconds > 0{none}, got "
+                    f"{shown_value(seconds)}"
+                )
+        if isinstance(max_msg_size, bool) or not isinstance(max_msg_size, int) or max_msg_size < 0:
+            raise ConfigurationError(
+                "EngineDialer.max_msg_size must be an int >= 1 (bytes), or 0 for no bound, got "
+                f"{shown_value(max_msg_size)}"
+            )
         self._engine = engine
         self._service = service
         self._path = path
