@@ -280,15 +280,19 @@ _KNOWN_SCHEMES = frozenset({"aws4-hmac-sha256", "scram-sha-1", "scram-sha-256"})
 #: a line break, a quote closing the text around it, or their escapes (``\r\n`` and ``\"`` as
 #: a JSON string writes them): every cookie, however they are joined (``; ``, `` ;``, a
 #: folded Set-Cookie's ``, ``), and every attribute (``Expires=Wed, 21 Oct ...``). A quoted
-#: cookie value (``sess="..."``, ``sess=\"...\"``) is taken whole.
+#: cookie value (``sess="..."``, ``sess=\"...\"``, ``sess='...'`` as Python's SimpleCookie
+#: prints it: aiohttp's ``response.cookies``) is taken whole; a single quote before a letter
+#: or a digit is a value's own (``it's``, a cookie-octet), any other closes the text around.
+_SINGLE_QUOTED = r"'(?:[^'\\\r\n]|\\.)*+'?"
 _COOKIE_LINE = re.compile(
-    rf"(?:(?<==)(?:{_QUOTED_STRING}|{_ESCAPED_QUOTED_STRING})|{_ESCAPED}|[^\r\n\"'\\}}&])++"
+    rf"(?:(?<==)(?:{_QUOTED_STRING}|{_SINGLE_QUOTED}|{_ESCAPED_QUOTED_STRING})|{_ESCAPED}"
+    rf"|'(?=[A-Za-z0-9])|[^\r\n\"'\\}}&])++"
 )
 #: A cookie given as a name's value ("cookie=..."): ``name=value`` pairs (a value possibly
 #: quoted) and attributes ("HttpOnly"), separated by semicolons.
 _COOKIE_ITEM = (
     rf"(?:[^=;\s\"',&}}\\]|{_ESCAPED})++"
-    rf"(?:=(?:\"[^\"\r\n]*+\"?|(?:[^;\s\"',&}}\\]|{_ESCAPED})*+))?+"
+    rf"(?:=(?:\"[^\"\r\n]*+\"?|'[^'\r\n]*+'?|(?:[^;\s\"',&}}\\]|{_ESCAPED})*+))?+"
 )
 _COOKIE_VALUE = re.compile(rf"{_COOKIE_ITEM}(?:[ \t]*+;[ \t]*+{_COOKIE_ITEM})*+")
 #: A quote with the backslashes before it, for :func:`_quoted_end`.
