@@ -305,10 +305,22 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 #: A name given in the object a "value" field is in (HAR's ``{"name": "Authorization", "value":
 #: "..."}``, a ``{"key": ..., "value": ...}`` list, in any order and with other fields between:
 #: HAR's "comment", Postman's "type"): looked for in a short window before the field and
-#: after its value, up to the object's brace (:func:`_object_names`).
+#: after its value, up to the object's brace, or up to the next object's "value" where no
+#: brace bounds it (:func:`_object_names`). Its key may be unquoted (a Python class's repr,
+#: ``Header(name='Authorization', value='...')``; Node's ``{ name: 'Authorization', ... }``;
+#: YAML's ``- name: Authorization``; ``name=Authorization value=...``), and so may its value
+#: then (a whole run).
+_BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 _NAME_FIELD = re.compile(
-    r"(?i)\\*+[\"'](?:name|key)\\*+[\"']\s*+:\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
+    r"(?i)(?:\\*+[\"'](?:name|key)\\*+[\"']\s*+:|(?<![A-Za-z0-9_.-])(?:name|key)\s*+[:=])\s*+"
+    rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE}{{1,64}}+)(?!{_BARE}))"
 )
+#: A "value" field's key (as :data:`_FIELD` reads one), and the same read backwards (in a
+#: reversed window: the last one before a field found by one search).
+_VALUE_KEY = re.compile(r"(?i)(?<![a-z0-9_.-])value(?:\\*+[\"'])?\s*+[:=]")
+_VALUE_KEY_REVERSED = re.compile(r"(?i)[:=]\s*+(?:[\"']\\*+)?eulav(?![a-z0-9_.-])")
+#: An unquoted value's run, to look for its name after it (``value=x name=X-Api-Key``).
+_BARE_VALUE = re.compile(rf"{_BARE}++")
 _NAMED_WINDOW = 256
 
 
@@ -330,20 +342,29 @@ def _header_kind(name: str) -> str | None:
 def _object_names(text: str, start: int, end: int) -> list[str]:
     """The names (:data:`_NAME_FIELD`) given in ``text[start:end]``: a window before a
     ``"value"`` key or after its value, cut at its object's brace."""
-    return [found.group(1) for found in _NAME_FIELD.finditer(text, start, end)]
+    return [found.group(1) or found.group(2) for found in _NAME_FIELD.finditer(text, start, end)]
 
 
-def _names_before(text: str, key: int) -> list[str]:
-    """The names an object gives before its ``"value"`` key, which starts at ``key``."""
+def _names_before(text: str, key: int) -> tuple[list[str], bool]:
+    """The names an object gives before its ``"value"`` key, which starts at ``key``, and
+    whether a brace bounds the window (the names are then the object's own; else they may be
+    the previous object's, after its value: ``H(name='Accept', value='a'), H(value=...``)."""
     start = max(0, key - _NAMED_WINDOW)
     brace = max(text.rfind("{", start, key), text.rfind("}", start, key))
-    return _object_names(text, max(start, brace + 1), key)
+    previous = _VALUE_KEY_REVERSED.search(text[start:key][::-1])
+    if previous is not None:
+        start = key - previous.start()
+    return _object_names(text, max(start, brace + 1), key), brace >= start
 
 
 def _names_after(text: str, close: int) -> list[str]:
-    """The names an object gives after its ``"value"``'s value, which ends at ``close``."""
+    """The names an object gives after its ``"value"``'s value, which ends at ``close``: up to
+    a brace, or the next object's ``"value"``."""
     end = min(len(text), close + _NAMED_WINDOW)
     braces = [at for at in (text.find("{", close, end), text.find("}", close, end)) if at >= 0]
+    following = _VALUE_KEY.search(text, close, end)
+    if following is not None:
+        braces.append(following.start())
     return _object_names(text, close, min(braces, default=end))
 
 
@@ -394,8 +415,8 @@ def _tag_names(text: str, key: int, close: int | None) -> list[str]:
 
 def _value_end(text: str, start: int, punctuation: str) -> int | None:
     """Where a ``"value"`` field's value starting at ``start`` ends, to look for its name
-    after it: a quoted one's close, or a short array's (``["Token x"]``); None for any other.
-    """
+    after it: a quoted one's close, a short array's (``["Token x"]``), an unquoted run's
+    (``value: Token x``: its scheme's); None for any other (an object)."""
     opener = punctuation[-1]
     if opener in "\"'":
         escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
@@ -408,7 +429,9 @@ def _value_end(text: str, start: int, punctuation: str) -> int | None:
             found = _ARRAY.match(text, start, end)
             if found is not None and found.group().endswith("]"):
                 return found.end()
-    return None
+        return None
+    bare = _BARE_VALUE.match(text, start)
+    return None if bare is None else bare.end()
 
 
 def _opens_pair(text: str, name_start: int) -> bool:
@@ -478,11 +501,13 @@ def _hide_secret_fields(text: str) -> str:
         if name == "value":
             # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,
             # other fields between: the value is the header's.
-            names = _names_before(text, match.start(1))
+            names, bounded = _names_before(text, match.start(1))
             close = None
-            if not names:
+            if not (bounded and names) and not any(is_secret_header(n) for n in names):
+                # No name, or one that may be the previous object's (no brace between):
+                # the names after the value too, either may be its own.
                 close = _value_end(text, match.end(), punctuation)
-                names = [] if close is None else _names_after(text, close)
+                names = names if close is None else names + _names_after(text, close)
             if not names:
                 # An XML element's attribute: '<header name="Authorization" value="..."/>',
                 # '<password value="..."/>'.
@@ -848,7 +873,8 @@ def redact_text(text: str) -> str:
     credential ("Bearer x"), OAuth parameters, a URL's userinfo, the UMS path's bearer, a JWT.
     A value is found as JSON writes it too: quoted with escaped quotes (JSON in a JSON
     string), as an array (``"Cookie": ["..."]``), as HAR's ``{"name": "Authorization",
-    "value": "..."}`` (the name before or after the value, other fields between), and as an
+    "value": "..."}`` (the name before or after the value, other fields between, its keys
+    quoted or not: ``Header(name='Authorization', value='...')``), and as an
     XML element's text
     (``<Authorization>...</Authorization>``, with attributes, or a CDATA section).
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""

@@ -9,12 +9,13 @@ The credentials are those of ``tests/known_secrets.py``.
 
 from __future__ import annotations
 
+import time
 from http.cookies import SimpleCookie
 
 import pytest
 
 from le_transport._redact import redact_text
-from tests.known_secrets import SESSION_ID
+from tests.known_secrets import BEARER, SESSION_ID
 
 # -- a cookie's value in single quotes ----------------------------------------------------------
 
@@ -49,3 +50,67 @@ def test_a_cookie_value_in_single_quotes_is_hidden(text: str) -> None:
 def test_a_cookie_line_in_a_single_quoted_string_still_ends_at_its_quote() -> None:
     # Python's repr of a list of header lines: the quote after the value closes the string.
     assert redact_text("['Cookie: a=b', 'Host: h']") == "['Cookie: ***', 'Host: h']"
+
+
+# -- a header as an object whose keys are not quoted ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A Python class's repr (attrs, a dataclass, a NamedTuple), the name first or last.
+        f"Header(name='Authorization', value='Token {BEARER}')",
+        f'Header(name="Authorization", value="Token {BEARER}")',
+        f"Header(value='Token {BEARER}', name='Authorization')",
+        f"Param(key='X-Api-Key', value='{BEARER}')",
+        f"[Header(name='Accept', value='*/*'), Header(name='Cookie', value='sess={BEARER}')]",
+        # Node's util.inspect of a HAR header.
+        f"{{ name: 'Authorization', value: 'Bearer {BEARER}' }}",
+        f"{{ value: '{BEARER}', name: 'X-Api-Key' }}",
+        # YAML, a list of headers.
+        f"headers:\n- name: Accept\n  value: '*/*'\n- name: Authorization\n  value: Token {BEARER}",
+        f"- name: X-Api-Key\n  value: {BEARER}\n",
+        f"- value: Token {BEARER}\n  name: Authorization\n",
+        # key=value text (logfmt).
+        f"header name=Authorization value={BEARER} rejected",
+        f"header value={BEARER} name=X-Api-Key rejected",
+    ],
+)
+def test_a_header_object_with_unquoted_keys_hides_its_value(text: str) -> None:
+    # Only quoted keys ('"name": ...') were read as the object's name: the value was shown.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The next object's value is no credential's: its own name says so.
+        "[Header(name='Authorization', value='***'), Header(name='Accept', value='text/plain')]",
+        "[Header(value='text/plain', name='Accept'), Header(value='***', name='Authorization')]",
+        "- name: Authorization\n  value: '***'\n- name: Accept\n  value: text/plain\n",
+        '[{"name": "Authorization", "value": "***"}, {"name": "Accept", "value": "text/plain"}]',
+    ],
+)
+def test_a_value_is_read_with_its_own_objects_name_only(text: str) -> None:
+    assert "text/plain" in redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        "name=Authorization value=",
+        "value=x name=Accept ",
+        "value: ",
+        "{ name: 'X-Api-Key', value: '",
+        "H(value='a', name='Authorization'), ",
+        "name: " + "a" * 70 + " value: ",
+    ],
+)
+def test_a_long_run_of_unquoted_objects_is_read_in_bounded_work(run: str) -> None:
+    """Each value's name is looked for in a bounded window on either side: a long run of them
+    costs a pass per window, never one over the whole text per value (CPU time, not the
+    wall clock's: a quadratic read of 100 KB takes minutes)."""
+    started = time.process_time()
+    redact_text(run * (100_000 // len(run)))
+    assert time.process_time() - started < 2.0
