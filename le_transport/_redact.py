@@ -8,6 +8,7 @@ value (:class:`Secret` wraps a credential so its repr never shows it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -312,13 +313,18 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 #: then (a whole run).
 _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?:\\*+[\"'](?:name|key)\\*+[\"']\s*+:|(?<![A-Za-z0-9_.-])(?:name|key)\s*+[:=])\s*+"
+    r"(?i)(?<![A-Za-z0-9_.-])(?:name|key)(?:\\*+[\"'])?\s*+[:=]\s*+"
     rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE}{{1,64}}+)(?!{_BARE}))"
 )
-#: A "value" field's key (as :data:`_FIELD` reads one), and the same read backwards (in a
-#: reversed window: the last one before a field found by one search).
-_VALUE_KEY = re.compile(r"(?i)(?<![a-z0-9_.-])value(?:\\*+[\"'])?\s*+[:=]")
-_VALUE_KEY_REVERSED = re.compile(r"(?i)[:=]\s*+(?:[\"']\\*+)?eulav(?![a-z0-9_.-])")
+#: What bounds the object a "value" field is in, around it: a brace (a nested object's, or
+#: one in a string, balanced, is passed over), or the next or the previous object's "value"
+#: key (as :data:`_FIELD` reads one) outside any nested object. Read backwards in a reversed
+#: window, so that one pass finds the nearest before a field.
+_OBJECT_BOUND_AFTER = re.compile(r"(?i)[{}]|(?<![a-z0-9_.-])value(?:\\*+[\"'])?\s*+[:=]")
+_OBJECT_BOUND_BEFORE = re.compile(r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+)?eulav(?![a-z0-9_.-])")
+#: How many of those are read around a field: past them (a window crowded with braces, a
+#: hostile run's), the whole window is read as the object's (more names, never fewer).
+_BOUNDS_READ = 8
 #: An unquoted value's run, to look for its name after it (``value=x name=X-Api-Key``).
 _BARE_VALUE = re.compile(rf"{_BARE}++")
 _NAMED_WINDOW = 256
@@ -347,25 +353,41 @@ def _object_names(text: str, start: int, end: int) -> list[str]:
 
 def _names_before(text: str, key: int) -> tuple[list[str], bool]:
     """The names an object gives before its ``"value"`` key, which starts at ``key``, and
-    whether a brace bounds the window (the names are then the object's own; else they may be
-    the previous object's, after its value: ``H(name='Accept', value='a'), H(value=...``)."""
+    whether the object's brace bounds the window (the names are then the object's own; else
+    they may be the previous object's, after its value: ``H(value='a', name='Accept'),
+    H(value=...``). A nested object between (``"meta": {"a": 1}``), or braces in a string
+    that balance (``"comment": "{x}"``), are passed over (:data:`_OBJECT_BOUND_BEFORE`)."""
     start = max(0, key - _NAMED_WINDOW)
-    brace = max(text.rfind("{", start, key), text.rfind("}", start, key))
-    previous = _VALUE_KEY_REVERSED.search(text[start:key][::-1])
-    if previous is not None:
-        start = key - previous.start()
-    return _object_names(text, max(start, brace + 1), key), brace >= start
+    depth = 0
+    bounds = _OBJECT_BOUND_BEFORE.finditer(text[start:key][::-1])
+    for bound in itertools.islice(bounds, _BOUNDS_READ):
+        token = bound.group()
+        if token == "}":
+            depth += 1
+        elif token == "{" and depth:
+            depth -= 1
+        elif token == "{" or not depth:
+            # The object's own brace, or the previous object's value: the names after it.
+            return _object_names(text, key - bound.start(), key), token == "{"
+    return _object_names(text, start, key), False
 
 
 def _names_after(text: str, close: int) -> list[str]:
     """The names an object gives after its ``"value"``'s value, which ends at ``close``: up to
-    a brace, or the next object's ``"value"``."""
+    its object's closing brace (a nested object passed over), or the next object's
+    ``"value"``."""
     end = min(len(text), close + _NAMED_WINDOW)
-    braces = [at for at in (text.find("{", close, end), text.find("}", close, end)) if at >= 0]
-    following = _VALUE_KEY.search(text, close, end)
-    if following is not None:
-        braces.append(following.start())
-    return _object_names(text, close, min(braces, default=end))
+    depth = 0
+    for bound in itertools.islice(_OBJECT_BOUND_AFTER.finditer(text, close, end), _BOUNDS_READ):
+        token = bound.group()
+        if token == "{":
+            depth += 1
+        elif token == "}" and depth:
+            depth -= 1
+        elif token == "}" or not depth:
+            # The object's own brace, or the next object's value: the names before it.
+            return _object_names(text, close, bound.start())
+    return _object_names(text, close, end)
 
 
 def _quote_depth(backslashes: int) -> int:

@@ -114,3 +114,50 @@ def test_a_long_run_of_unquoted_objects_is_read_in_bounded_work(run: str) -> Non
     started = time.process_time()
     redact_text(run * (100_000 // len(run)))
     assert time.process_time() - started < 2.0
+
+
+# -- a nested object, or a brace in a string, between a header's name and its value --------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Postman's description as an object; HAR's or a tool's own fields.
+        f'{{"key": "X-Api-Key", "description": {{"content": "k", "type": "text/plain"}}, '
+        f'"value": "{BEARER}"}}',
+        f'{{"name": "Authorization", "meta": {{"a": 1}}, "value": "Token {BEARER}"}}',
+        f'{{"value": "Token {BEARER}", "meta": {{"a": {{"b": 1}}}}, "name": "Authorization"}}',
+        f'{{"name": "Authorization", "meta": {{"value": 1}}, "value": "Token {BEARER}"}}',
+        f"Header(name='Authorization', meta={{'value': 1}}, value='Token {BEARER}')",
+        # Braces in a string between them.
+        f'{{"name": "Cookie", "comment": "{{x}}", "value": "sess={BEARER}"}}',
+        f'{{"value": "Token {BEARER}", "comment": "{{x}}", "name": "Authorization"}}',
+        f'{{"name": "Authorization", "comment": "}}", "value": "Token {BEARER}"}}',
+        f'{{"value": "Token {BEARER}", "comment": "{{", "name": "Authorization"}}',
+    ],
+)
+def test_a_header_object_with_an_object_or_braces_between_hides_its_value(text: str) -> None:
+    # The window the name was looked for in was cut at the nearest brace: the nested object's.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"name": "Authorization", "value": "***"}, {"meta": {"a": 1}, "value": "text/plain"}]',
+        '[{"value": "text/plain", "meta": {"a": 1}}, {"value": "***", "name": "Authorization"}]',
+    ],
+)
+def test_an_objects_brace_still_bounds_its_names(text: str) -> None:
+    assert "text/plain" in redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "run", ['{"value": "a", ', '}, "value": "a", ', '{"x": {"value": ', "{}" * 8]
+)
+def test_a_long_run_of_nested_objects_is_read_in_bounded_work(run: str) -> None:
+    # The braces around each value are counted in a bounded window, never the whole text.
+    started = time.process_time()
+    redact_text('"name": "Authorization", ' + run * (100_000 // len(run)))
+    assert time.process_time() - started < 2.0
