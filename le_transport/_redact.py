@@ -285,8 +285,10 @@ _KNOWN_SCHEMES = frozenset({"aws4-hmac-sha256", "scram-sha-1", "scram-sha-256"})
 #: prints it: aiohttp's ``response.cookies``) is taken whole; a single quote before a letter
 #: or a digit is a value's own (``it's``, a cookie-octet), any other closes the text around.
 _SINGLE_QUOTED = r"'(?:[^'\\\r\n]|\\.)*+'?"
+_ESCAPED_SINGLE_QUOTED = _ESCAPED_QUOTED_STRING.replace('"', "'")
 _COOKIE_LINE = re.compile(
-    rf"(?:(?<==)(?:{_QUOTED_STRING}|{_SINGLE_QUOTED}|{_ESCAPED_QUOTED_STRING})|{_ESCAPED}"
+    rf"(?:(?<==)(?:{_QUOTED_STRING}|{_SINGLE_QUOTED}|{_ESCAPED_QUOTED_STRING}"
+    rf"|{_ESCAPED_SINGLE_QUOTED})|{_ESCAPED}"
     rf"|'(?=[A-Za-z0-9])|[^\r\n\"'\\}}&])++"
 )
 #: A cookie given as a name's value ("cookie=..."): ``name=value`` pairs (a value possibly

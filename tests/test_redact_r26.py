@@ -161,3 +161,13 @@ def test_a_long_run_of_nested_objects_is_read_in_bounded_work(run: str) -> None:
     started = time.process_time()
     redact_text('"name": "Authorization", ' + run * (100_000 // len(run)))
     assert time.process_time() - started < 2.0
+
+
+def test_a_cookie_value_in_escaped_single_quotes_is_hidden() -> None:
+    # A request dump in JSON, as Python's repr of that text writes it: the quotes "\\'".
+    import json
+
+    text = repr(json.dumps({"request": f"GET / HTTP/1.1\r\nCookie: sess='{SESSION_ID}'"}))
+    shown = redact_text(text)
+    assert SESSION_ID not in shown, shown
+
