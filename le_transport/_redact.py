@@ -532,6 +532,13 @@ def _hide_secret_fields(text: str) -> str:
                 # the names after the value too, either may be its own.
                 close = _value_end(text, match.end(), punctuation)
                 names = names if close is None else names + _names_after(text, close)
+                quoted = close is not None and punctuation[-1] in "\"'"
+                raw = text.find(punctuation[-1], match.end(), close) if quoted else -1
+                if raw >= 0:
+                    # A quote before the close, read as escaped: a backslash may escape
+                    # nothing there (an XML attribute's, '<header value="x\\"
+                    # name="Authorization"/>'), and the value end at that quote.
+                    names += _names_after(text, raw)
             if not names:
                 # An XML element's attribute: '<header name="Authorization" value="..."/>',
                 # '<password value="..."/>'.

@@ -171,3 +171,13 @@ def test_a_cookie_value_in_escaped_single_quotes_is_hidden() -> None:
     shown = redact_text(text)
     assert SESSION_ID not in shown, shown
 
+
+# -- the fuzz target's findings ------------------------------------------------------------------
+
+
+def test_a_value_attribute_ending_in_a_backslash_is_hidden() -> None:
+    # An XML attribute's backslash escapes nothing: its closing quote was read as escaped, the
+    # value as running to the text's end, and the name after it was never looked for.
+    text = f'<header value="{BEARER}\\" name="Authorization"/>'
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
