@@ -640,11 +640,12 @@ _B_CHAR = rf"(?:[A-Za-z0-9._~+/-]|{_B_ESCAPED})"
 # One "name=value" after a credential's scheme: the value quoted (escaped in a JSON string, or
 # not; backslashes inside it taken, but for those escaping its closing quote), or a run. (A
 # quote that closes the text around it is not a value: '"Basic dXNl=", ...'. A run ends at a
-# tag, as an authorization's does: '<Authorization>Bearer x=y</Authorization><Host>'.)
+# tag, as an authorization's does: '<Authorization>Bearer x=y</Authorization><Host>', and at
+# a CDATA section's close, "]]>".)
 _B_PARAM = (
     rf"{_B_CHAR}++[ \t]*+=[ \t]*+"
     r"(?:\\*+\"(?=[^\s,\]}:])(?:[^\"\\]|\\++(?!\"))*+(?:\\*+\")?"
-    rf"|(?:[^\s\"',;&}}<\\]|{_B_ESCAPED})*+)"
+    rf"|(?:[^\s\"',;&}}<\\\]]|\](?!\]>)|{_B_ESCAPED})*+)"
 )
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The credential, whatever its shape: "name=value" pairs after the scheme ('Bearer

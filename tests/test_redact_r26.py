@@ -181,3 +181,13 @@ def test_a_value_attribute_ending_in_a_backslash_is_hidden() -> None:
     text = f'<header value="{BEARER}\\" name="Authorization"/>'
     shown = redact_text(text)
     assert BEARER not in shown, shown
+
+
+def test_a_credential_in_a_cdata_section_leaves_the_next_element_readable() -> None:
+    text = (
+        "<request><Authorization><![CDATA[Basic Credential=AKIA/x, Signature="
+        f"{BEARER}]]></Authorization><Host>h</Host></request>"
+    )
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+    assert "<Host>h</Host>" in shown, shown
