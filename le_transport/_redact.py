@@ -522,7 +522,8 @@ def _hide_secret_fields(text: str) -> str:
             continue
         name = match.group(1).lower()
         punctuation = match.group(2)
-        if name == "value":
+        named = name == "value"
+        if named:
             # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,
             # other fields between: the value is the header's.
             names, bounded = _names_before(text, match.start(1))
@@ -581,9 +582,9 @@ def _hide_secret_fields(text: str) -> str:
             if value is not None and value.group("credential") and _is_scheme(value["scheme"]):
                 shown = value.end("blank")
         elif kind == "cookie":
-            # A header ("Cookie: ...") to its line's end; a name's value ("cookie=...") by
-            # the cookies' grammar.
-            grammar = _COOKIE_LINE if ":" in punctuation else _COOKIE_VALUE
+            # A header ("Cookie: ...", or a header object's value: "name=Cookie value=...")
+            # to its line's end; a name's value ("cookie=...") by the cookies' grammar.
+            grammar = _COOKIE_LINE if ":" in punctuation or named else _COOKIE_VALUE
             value = grammar.match(text, match.end())
         else:
             value = _FIELD_VALUE.match(text, match.end())

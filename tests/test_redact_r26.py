@@ -191,3 +191,14 @@ def test_a_credential_in_a_cdata_section_leaves_the_next_element_readable() -> N
     shown = redact_text(text)
     assert BEARER not in shown, shown
     assert "<Host>h</Host>" in shown, shown
+
+
+def test_a_cookie_header_objects_value_is_read_as_the_header_line() -> None:
+    # "value=" read as a cookie parameter's value: its cookies end at a comma, and a folded
+    # Set-Cookie's next cookie was shown.
+    text = (
+        "refused header name=Set-Cookie value=a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT, "
+        f"sess={SESSION_ID}"
+    )
+    shown = redact_text(text)
+    assert SESSION_ID not in shown, shown
