@@ -7,6 +7,7 @@ because parsers break at the edges of what they accept, not in the middle of ran
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import string
 from datetime import UTC, datetime, timedelta, timezone
@@ -125,6 +126,9 @@ def credential_headers() -> st.SearchStrategy[str]:
                 "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT, {n}={{s}}",
                 "theme=dark, {n}={{s}}",
                 "theme=dark ;{n}={{s}}",
+                # A value in single quotes (a cookie-octet may be one; SimpleCookie's repr).
+                "{n}='{{s}}'",
+                "theme='dark'; {n}='{{s}}'",
             ]
         ),
     ).map(lambda t: f"{t[0]}: " + t[2].format(n=t[1]))
@@ -168,15 +172,37 @@ _ECHO_SHAPES: dict[str, Any] = {
     "tab joined": lambda n, v: json.dumps({"headers": _dump(n, v, "\t")}),
     "backslash joined": lambda n, v: _dump(n, v, "\\"),
     "xml": lambda n, v: f"<request><{n}>{v}</{n}><Host>h</Host></request>",
+    # An element with attributes, its text in a CDATA section; a header as an element's
+    # attributes, the value first.
+    "xml attributes": lambda n, v: f'<request><{n} type="x">{v}</{n}><Host>h</Host></request>',
+    "xml cdata": lambda n, v: f"<request><{n}>\n  <![CDATA[{v}]]></{n}><Host>h</Host></request>",
+    "xml header": lambda n, v: f'<header value="{html.escape(v)}" name="{n}"/>',
+    # HAR with the value first, or other fields between (a string with braces in it, a nested
+    # object), the name on either side.
+    "har value first": lambda n, v: json.dumps({"value": v, "name": n}),
+    "har comment": lambda n, v: json.dumps({"name": n, "comment": "see {x}", "value": v}),
+    "har nested": lambda n, v: json.dumps({"value": v, "meta": {"a": {"b": 1}}, "name": n}),
+    # A header as an object whose keys are unquoted: a Python class's repr, Node's inspect,
+    # YAML (a list of headers, the next one's value readable), a key=value log line.
+    "python repr": lambda n, v: (
+        f"[Header(name='Accept', value='*/*'), Header(name={n!r}, value={v!r})]"
+    ),
+    "python repr value first": lambda n, v: f"Header(value={v!r}, name={n!r})",
+    "node inspect": lambda n, v: f"[ {{ name: {n!r}, value: {v!r} }} ]",
+    "yaml": lambda n, v: (
+        f"headers:\n- name: {n}\n  value: {v}\n- name: X-Request-Id\n  value: rid-7\n"
+    ),
+    "key=value": lambda n, v: f"refused header name={n} value={v}",
 }
 
 
 @st.composite
 def echoed_credentials(draw: st.DrawFn) -> tuple[str, str, str]:
     """A credential header echoed in one of the ways a log or a 5xx body writes it
-    (:data:`_ECHO_SHAPES`: a header line, a JSON string with its CRLFs escaped, a pair, HAR,
-    a JSON array, Go's ``http.Header``, JSON inside a JSON string, XML): the text, the
-    credential, and the shape's name."""
+    (:data:`_ECHO_SHAPES`: a header line, a JSON string with its CRLFs escaped, a pair, HAR
+    in any order and with fields between, a JSON array, Go's ``http.Header``, JSON inside a
+    JSON string, XML with attributes or CDATA, a Python repr, Node's inspect, YAML, key=value):
+    the text, the credential, and the shape's name."""
     secret = draw(secret_values())
     if draw(st.integers(0, 4)) == 0:
         # A scheme's credential quoted with no header's name: only the scheme says what it is.

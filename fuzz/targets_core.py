@@ -178,6 +178,8 @@ def _text_with_secret(draw: st.DrawFn) -> tuple[str, str]:
                     "'{k}': '{s}'",
                     'oauth_signature="{s}"',
                     'oauth_token="{s}"',
+                    # aiohttp's response.cookies as a log line's %r prints it.
+                    "<SimpleCookie: sess='{s}'>",
                     "https://h.example/x?{k}={s}&v=1",
                 ]
             ),
@@ -223,13 +225,17 @@ _ECHO_AFTER = {
     "line": "X-Request-Id: rid-7",
     "json string": "X-Request-Id: rid-7",
     "xml": "<Host>h</Host>",
+    "xml attributes": "<Host>h</Host>",
+    "xml cdata": "<Host>h</Host>",
+    "yaml": "value: rid-7",
 }
 
 
 def check_redact_echo(case: tuple[str, str, str]) -> None:
     """A credential header however a log or a body echoes it (a header line, a JSON string
-    with its CRLFs escaped, a pair, HAR, a JSON array, Go's http.Header, JSON inside a JSON
-    string, XML): redact_text hides its value, and the header after it stays readable."""
+    with its CRLFs escaped, a pair, HAR in any order, a JSON array, Go's http.Header, JSON
+    inside a JSON string, XML, an object with unquoted keys): redact_text hides its value, and
+    the header after it stays readable."""
     text, secret, shape = case
     shown = redact_text(text)
     _assert_hidden(secret, shown)
