@@ -216,14 +216,16 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # the name is a whole run (no backtracking into it: a long run costs one pass) and its
 # secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
 # name. The quotes around the name and the value may be escaped (``{\"password\": \"x\"}``:
-# JSON held in a JSON string, as a truncated body shows it). Not an auth scheme's name
+# JSON held in a JSON string, as a truncated body shows it), and so may blanks around the
+# colon (``{\"password\":\n\"x\"}``; before it, two at most: each escape's letter starts
+# a run of its own, and a long run of them is read once). Not an auth scheme's name
 # ("Authorization: Bearer x"): the scheme pattern has hidden its credential and keeps the
 # scheme readable. An authorization's or a cookie's unquoted value is read by its header's
 # grammar (_AUTH_VALUE, _COOKIE_LINE, _COOKIE_VALUE): hidden whole, whatever its scheme or
 # its cookies' names.
 _FIELD = re.compile(
     r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)"
-    r"((?:\\*+[\"'])?\s*+[:=]\s*+(?:\\*+[\"'])?"
+    r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+(?:(?:\s|\\++[rnt])*+\\*+[\"'])?"
     r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
 )
 #: Backslashes that are not the escape of a line break or of a quote (``\r``, ``\n``, ``\"``
@@ -315,15 +317,19 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 #: then (a whole run).
 _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?<![A-Za-z0-9_.-])(?:name|key)(?:\\*+[\"'])?\s*+[:=]\s*+"
+    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt]))(?:name|key)(?:\\*+[\"'])?\s*+[:=]\s*+"
     rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE}{{1,64}}+)(?!{_BARE}))"
 )
 #: What bounds the object a "value" field is in, around it: a brace (a nested object's, or
 #: one in a string, balanced, is passed over), or the next or the previous object's "value"
 #: key (as :data:`_FIELD` reads one) outside any nested object. Read backwards in a reversed
 #: window, so that one pass finds the nearest before a field.
-_OBJECT_BOUND_AFTER = re.compile(r"(?i)[{}]|(?<![a-z0-9_.-])value(?:\\*+[\"'])?\s*+[:=]")
-_OBJECT_BOUND_BEFORE = re.compile(r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+)?eulav(?![a-z0-9_.-])")
+_OBJECT_BOUND_AFTER = re.compile(
+    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt]))value(?:\\*+[\"'])?\s*+[:=]"
+)
+_OBJECT_BOUND_BEFORE = re.compile(
+    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+)?eulav(?:(?![a-z0-9_.-])|(?=[rnt]\\))"
+)
 #: How many of those are read around a field: past them (a window crowded with braces, a
 #: hostile run's), the whole window is read as the object's (more names, never fewer).
 _BOUNDS_READ = 8
@@ -467,8 +473,11 @@ def _opens_pair(text: str, name_start: int) -> bool:
     quote = name_start - 1  # the name's quote
     while quote > 0 and text[quote - 1] == "\\":
         quote -= 1
-    if text[quote - 1 : quote] == "b" and not _FIELD_NAME_CHAR.match(text[quote - 2 : quote - 1]):
-        quote -= 1  # (a bytes literal's prefix)
+    if text[quote - 1 : quote] == "b" and (
+        not _FIELD_NAME_CHAR.match(text[quote - 2 : quote - 1])
+        or _ESCAPED_BLANK.fullmatch(text, max(0, quote - 3), quote - 1) is not None
+    ):
+        quote -= 1  # (a bytes literal's prefix, after a blank, escaped or not)
     at = quote
     while at > 0:
         if text[at - 1] in " \t\r\n":
@@ -492,6 +501,7 @@ def _opens_pair(text: str, name_start: int) -> bool:
 
 
 _FIELD_NAME_CHAR = re.compile(r"[A-Za-z0-9_.-]")
+_ESCAPED_BLANK = re.compile(r"\\[rnt]")
 _LIST_WINDOW = 512
 # A list's items so far, an odd number of them: its bracket, then strings (plain, escaped in a
 # JSON string, or bytes) each followed by a comma, blanks (escaped or not) anywhere between. A
@@ -522,6 +532,12 @@ def _hide_secret_fields(text: str) -> str:
             continue
         name = match.group(1).lower()
         punctuation = match.group(2)
+        if (
+            name[1:] == "value"
+            and name[0] in "rnt"
+            and text[match.start(1) - 1 : match.start(1)] == "\\"
+        ):
+            name = "value"  # after an escaped line break or tab ("\\nvalue=": a JSON string's)
         named = name == "value"
         if named:
             # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,

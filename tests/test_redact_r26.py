@@ -202,3 +202,56 @@ def test_a_cookie_header_objects_value_is_read_as_the_header_line() -> None:
     )
     shown = redact_text(text)
     assert SESSION_ID not in shown, shown
+
+
+# -- escaped blanks around a pair's or a field's punctuation, in a JSON string -------------------
+
+
+def _in_json_string(text: str) -> str:
+    import json
+
+    return json.dumps({"e": text})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A blank after the colon, before the value's quote; before the colon.
+        f'{{"password":\n"{BEARER}"}}',
+        f'{{"password":\t"{BEARER}"}}',
+        f'{{"X-Api-Key"\n: "{BEARER}"}}',
+        f'{{"name": "Authorization",\n"value":\r\n"Token {BEARER}"}}',
+        f"{{'password':\n'{BEARER}'}}",
+        # A bare key after a line break or a tab: a pretty-printed repr, key=value lines.
+        f"Header(\nname='Authorization',\nvalue='Token {BEARER}')",
+        f"Header(name='X-Api-Key',\tvalue='{BEARER}')",
+        f"name=Authorization\nvalue=Token {BEARER}",
+        f"value={BEARER}\nname=X-Api-Key",
+        # A bytes pair after a line break (aiohttp's raw_headers, pretty-printed).
+        f"(\nb'Authorization', b'Token {BEARER}')",
+        f"[\n\tb'X-Api-Key',\n\tb'{BEARER}']",
+    ],
+)
+def test_a_field_with_escaped_blanks_in_a_json_string_is_hidden(text: str) -> None:
+    # A blank in a JSON string is escaped ("\\n", "\\t"): the field's punctuation read only
+    # real blanks, and a bare "value" after "\\n" was read as a field called "nvalue".
+    shown = redact_text(_in_json_string(text))
+    assert BEARER not in shown, shown
+
+
+def test_an_escaped_line_break_after_an_empty_value_keeps_the_next_header() -> None:
+    shown = redact_text(_in_json_string("password=\r\nHost: h\r\nX-Request-Id: rid-7"))
+    assert "Host: h" in shown, shown
+    assert "rid-7" in shown, shown
+
+
+@pytest.mark.parametrize("prefix", ["", "password", "value", '"password":', "name=Authorization "])
+@pytest.mark.parametrize("run", ["\\t", "\\n", "\\r\\n", "\\\\n", "\\t=", ":\\t"])
+def test_a_long_run_of_escaped_blanks_around_punctuation_is_read_once(
+    prefix: str, run: str
+) -> None:
+    # Each escaped blank's letter starts a name run: a punctuation taking any number of them
+    # read the rest of the run again from each (50,000 of "\\t" after "Bearer abcd": minutes).
+    started = time.process_time()
+    redact_text(prefix + run * (100_000 // len(run)))
+    assert time.process_time() - started < 2.0
