@@ -225,7 +225,8 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # its cookies' names.
 _FIELD = re.compile(
     r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)"
-    r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+(?:(?:\s|\\++[rnt])*+\\*+[\"'])?"
+    r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+"
+    r"(?:(?:\s|\\++[rnt])*+(?:\\*+[\"']|(?=\[)))?"
     r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
 )
 #: Backslashes that are not the escape of a line break or of a quote (``\r``, ``\n``, ``\"``
@@ -317,7 +318,8 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 #: then (a whole run).
 _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt]))(?:name|key)(?:\\*+[\"'])?\s*+[:=]\s*+"
+    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt]))(?:name|key)(?:\\*+[\"'])?\s*+[:=]"
+    r"(?:\s|\\++[rnt])*+"
     rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE}{{1,64}}+)(?!{_BARE}))"
 )
 #: What bounds the object a "value" field is in, around it: a brace (a nested object's, or
@@ -422,7 +424,7 @@ def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
 #: An element's name, from its tag's "<"; a "name" or "key" attribute's value.
 _TAG_NAME = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)")
 _NAME_ATTRIBUTE = re.compile(
-    r"(?i)(?<![A-Za-z0-9_.:-])(?:name|key)\s*+=\s*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
+    r"(?i)(?<![A-Za-z0-9_.:-])(?:name|key)\s*+=(?:\s|\\++[rnt])*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
 )
 
 

@@ -255,3 +255,20 @@ def test_a_long_run_of_escaped_blanks_around_punctuation_is_read_once(
     started = time.process_time()
     redact_text(prefix + run * (100_000 // len(run)))
     assert time.process_time() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # An escaped blank after a name key's colon or "=", before the name.
+        f'{{"key":\n"X-Api-Key", "value": "{BEARER}"}}',
+        f"H(name=\n'Authorization', value='Token {BEARER}')",
+        f'<header name=\n"Authorization" value="Token {BEARER}"/>',
+        # An array after an escaped blank.
+        f'{{"Cookie":\n["sess={BEARER}"]}}',
+        f'{{"Set-Cookie":\r\n\t["a=1", "sess={BEARER}"]}}',
+    ],
+)
+def test_a_name_or_an_array_after_an_escaped_blank_is_read(text: str) -> None:
+    shown = redact_text(_in_json_string(text))
+    assert BEARER not in shown, shown
