@@ -193,6 +193,14 @@ _ECHO_SHAPES: dict[str, Any] = {
         f"headers:\n- name: {n}\n  value: {v}\n- name: X-Request-Id\n  value: rid-7\n"
     ),
     "key=value": lambda n, v: f"refused header name={n} value={v}",
+    # Pretty-printed in a JSON string (a structured log's message): its blanks escaped.
+    "pretty escaped": lambda n, v: json.dumps({"e": json.dumps({n: [v]}, indent="\t")}),
+    "pretty escaped har": lambda n, v: json.dumps(
+        {"e": json.dumps([{"value": v, "name": n}], indent=1)}
+    ),
+    "pretty escaped repr": lambda n, v: json.dumps(
+        {"e": f"[\n\tHeader(\n\t\tname={n!r},\n\t\tvalue={v!r}\n\t)\n]"}
+    ),
 }
 
 
