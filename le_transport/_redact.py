@@ -315,10 +315,12 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 #: brace bounds it (:func:`_object_names`). Its key may be unquoted (a Python class's repr,
 #: ``Header(name='Authorization', value='...')``; Node's ``{ name: 'Authorization', ... }``;
 #: YAML's ``- name: Authorization``; ``name=Authorization value=...``), and so may its value
-#: then (a whole run).
+#: then (a whole run). Other keys give a name too (:data:`_NAME_KEYS`: a validation error's
+#: ``{"field": "password", "value": "..."}``, ``{"header": "Authorization", ...}``).
 _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt]))(?:name|key)(?:\\*+[\"'])?\s*+[:=]"
+    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt]))(?:name|key|header|field|param(?:eter)?)"
+    r"(?:\\*+[\"'])?\s*+[:=]"
     r"(?:\s|\\++[rnt])*+"
     rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE}{{1,64}}+)(?!{_BARE}))"
 )
@@ -338,6 +340,8 @@ _BOUNDS_READ = 8
 #: An unquoted value's run, to look for its name after it (``value=x name=X-Api-Key``).
 _BARE_VALUE = re.compile(rf"{_BARE}++")
 _NAMED_WINDOW = 256
+#: The keys that give the name of the object a "value" is in, in parsed JSON (any case).
+_NAME_KEYS = frozenset({"name", "key", "header", "field", "param", "parameter"})
 
 
 def _is_scheme(word: str) -> bool:
@@ -421,10 +425,12 @@ def _quoted_end(text: str, start: int, quote: str, depth: int) -> int:
     return len(text)
 
 
-#: An element's name, from its tag's "<"; a "name" or "key" attribute's value.
+#: An element's name, from its tag's "<"; a "name" or "key" attribute's value (or another
+#: of the keys that give one, :data:`_NAME_KEYS`).
 _TAG_NAME = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:-]{0,63}+)")
 _NAME_ATTRIBUTE = re.compile(
-    r"(?i)(?<![A-Za-z0-9_.:-])(?:name|key)\s*+=(?:\s|\\++[rnt])*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
+    r"(?i)(?<![A-Za-z0-9_.:-])(?:name|key|header|field|param(?:eter)?)\s*+="
+    r"(?:\s|\\++[rnt])*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
 )
 
 
@@ -894,12 +900,20 @@ def redact_json(value: Any) -> Any:
     if isinstance(value, dict):
         # A header or a parameter as an object of its own (HAR's {"name": "Authorization",
         # "value": "..."}, a {"key": ..., "value": ...} list): its value is the named one's.
-        named = value.get("name", value.get("key"))
-        named_secret = isinstance(named, str) and is_secret_header(named)
+        # (Its name under any of the keys that give one, in any case: .NET's KeyValuePair
+        # writes {"Key": ..., "Value": ...}; a validation error, {"field": "password", ...}.)
+        named_secret = any(
+            isinstance(k, str)
+            and k.lower() in _NAME_KEYS
+            and isinstance(v, str)
+            and is_secret_header(v)
+            for k, v in value.items()
+        )
         return {
             k: (
                 REDACTED
-                if isinstance(k, str) and (_is_secret_key(k) or (named_secret and k == "value"))
+                if isinstance(k, str)
+                and (_is_secret_key(k) or (named_secret and k.lower() == "value"))
                 else redact_json(v)
             )
             for k, v in value.items()

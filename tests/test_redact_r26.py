@@ -14,7 +14,7 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from le_transport._redact import redact_text
+from le_transport._redact import body_excerpt, redact_text
 from tests.known_secrets import BEARER, SESSION_ID
 
 # -- a cookie's value in single quotes ----------------------------------------------------------
@@ -271,4 +271,30 @@ def test_a_long_run_of_escaped_blanks_around_punctuation_is_read_once(
 )
 def test_a_name_or_an_array_after_an_escaped_blank_is_read(text: str) -> None:
     shown = redact_text(_in_json_string(text))
+    assert BEARER not in shown, shown
+
+
+# -- a header or a field named by another key, or capitalised, in a parsed body ------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # .NET's KeyValuePair, as ASP.NET writes a list of headers.
+        {"headers": [{"Key": "X-Api-Key", "Value": BEARER}]},
+        {"Headers": [{"Key": "Authorization", "Value": f"Token {BEARER}"}]},
+        {"NAME": "Authorization", "VALUE": f"Token {BEARER}"},
+        # A validation error echoing the value it refused; a header named by "header".
+        {"errors": [{"field": "password", "message": "too short", "value": BEARER}]},
+        {"header": "Authorization", "value": f"Token {BEARER}"},
+        {"param": "client_secret", "value": BEARER},
+    ],
+)
+def test_a_parsed_bodys_named_value_is_hidden(body: object) -> None:
+    import json
+
+    shown = body_excerpt(json.dumps(body).encode(), path="/api/x", limit=1000)
+    assert BEARER not in shown, shown
+    # The same as free text (a body too long to parse, an error's message).
+    shown = redact_text(json.dumps(body))
     assert BEARER not in shown, shown
