@@ -193,6 +193,11 @@ _ECHO_SHAPES: dict[str, Any] = {
         f"headers:\n- name: {n}\n  value: {v}\n- name: X-Request-Id\n  value: rid-7\n"
     ),
     "key=value": lambda n, v: f"refused header name={n} value={v}",
+    # .NET's KeyValuePair list; a validation error echoing the value it refused.
+    "dotnet pairs": lambda n, v: json.dumps({"Headers": [{"Key": n, "Value": v}]}),
+    "validation error": lambda n, v: json.dumps(
+        {"errors": [{"field": n, "message": "invalid", "value": v}]}
+    ),
     # Pretty-printed in a JSON string (a structured log's message): its blanks escaped.
     "pretty escaped": lambda n, v: json.dumps({"e": json.dumps({n: [v]}, indent="\t")}),
     "pretty escaped har": lambda n, v: json.dumps(
