@@ -339,6 +339,11 @@ _OBJECT_BOUND_BEFORE = re.compile(
 _BOUNDS_READ = 8
 #: An unquoted value's run, to look for its name after it (``value=x name=X-Api-Key``).
 _BARE_VALUE = re.compile(rf"{_BARE}++")
+#: A name given under a quoted key (``"name": "Authorization"``), for :func:`_braced_names`.
+_QUOTED_NAME_FIELD = re.compile(
+    r"(?i)\\*+[\"'](?:name|key|header|field|param(?:eter)?)\\*+[\"']\s*+:"
+    r"(?:\s|\\++[rnt])*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
+)
 _NAMED_WINDOW = 256
 #: The keys that give the name of the object a "value" is in, in parsed JSON (any case).
 _NAME_KEYS = frozenset({"name", "key", "header", "field", "param", "parameter"})
@@ -402,6 +407,25 @@ def _names_after(text: str, close: int) -> list[str]:
             # The object's own brace, or the next object's value: the names before it.
             return _object_names(text, close, bound.start())
     return _object_names(text, close, end)
+
+
+def _braced_names(text: str, key: int, close: int | None) -> list[str]:
+    """The names quoted keys give between a ``"value"`` key and the nearest brace before it,
+    or, when none, between its value's end (``close``) and the nearest brace after it,
+    whatever lies between: a "value" word in another field's string (``"comment": "value:
+    none"``) reads as an object's bound to :func:`_names_before` and :func:`_names_after`,
+    and the header's name beyond it was not read."""
+    start = max(0, key - _NAMED_WINDOW)
+    brace = max(text.rfind("{", start, key), text.rfind("}", start, key))
+    names = [
+        found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, max(start, brace + 1), key)
+    ]
+    if names or close is None:
+        return names
+    end = min(len(text), close + _NAMED_WINDOW)
+    braces = [at for at in (text.find("{", close, end), text.find("}", close, end)) if at >= 0]
+    after = _QUOTED_NAME_FIELD.finditer(text, close, min(braces, default=end))
+    return [found.group(1) for found in after]
 
 
 def _quote_depth(backslashes: int) -> int:
@@ -569,6 +593,11 @@ def _hide_secret_fields(text: str) -> str:
                 # '<password value="..."/>'.
                 names = _tag_names(text, match.start(1), close)
             secret = next((n for n in names if is_secret_header(n)), None)
+            if secret is None:
+                # A "value" word in a string may have cut the windows short: the names the
+                # object's quoted keys give up to its braces, whatever lies between.
+                braced = _braced_names(text, match.start(1), close)
+                secret = next((n for n in braced if is_secret_header(n)), None)
             if secret is None:
                 continue
             name = secret.lower()

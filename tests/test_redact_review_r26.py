@@ -1,0 +1,49 @@
+"""Redaction: a header object's value stays hidden wherever it was hidden before its keys
+could be unquoted: a "value" word inside another field's string between the header's name
+and its value (a description, a hint) bounds no object, and an element's own name
+(``<Cookie name="session" value="..."/>``) still names its value when an attribute gives
+another, non-secret name.
+
+The credentials are those of ``tests/known_secrets.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from le_transport._redact import body_excerpt, redact_text
+from tests.known_secrets import BEARER
+
+# -- a "value" in a string between a header's name and its value ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A tool's description of the header (Postman, an API spec), or a hint, between.
+        f'{{"name": "Authorization", "comment": "value: none", "value": "Token {BEARER}"}}',
+        f'{{"key": "Authorization", "type": "text", "description": "value: the bearer", '
+        f'"value": "Token {BEARER}"}}',
+        f'{{"name": "X-Api-Key", "hint": "value=1", "value": "{BEARER}"}}',
+        # The name after the value, the word between.
+        f'{{"value": "Token {BEARER}", "comment": "a value: b", "name": "Authorization"}}',
+        f'{{"value": "{BEARER}", "hint": "value=1", "name": "X-Api-Key"}}',
+        # In a JSON string (a structured log's message).
+        json.dumps({"e": json.dumps({"name": "Cookie", "c": "value: x", "value": BEARER})}),
+    ],
+)
+def test_a_value_word_in_a_string_between_name_and_value_bounds_no_object(text: str) -> None:
+    # The word was read as another object's "value" key: the window the name was looked for
+    # in ended there, and the value was shown.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+def test_a_value_word_in_a_string_is_hidden_in_a_body_too_long_to_parse() -> None:
+    # An excerpt of a body cut before its end is read as free text.
+    har = {"name": "Authorization", "comment": "value: see docs", "value": f"Token {BEARER}"}
+    body = json.dumps({"entries": [har], "pad": "x" * 5000}).encode()
+    shown = body_excerpt(body, path="/api/x", limit=300)
+    assert BEARER not in shown, shown
