@@ -588,10 +588,11 @@ def _hide_secret_fields(text: str) -> str:
                     # nothing there (an XML attribute's, '<header value="x\\"
                     # name="Authorization"/>'), and the value end at that quote.
                     names += _names_after(text, raw)
-            if not names:
+            if not any(is_secret_header(n) for n in names):
                 # An XML element's attribute: '<header name="Authorization" value="..."/>',
-                # '<password value="..."/>'.
-                names = _tag_names(text, match.start(1), close)
+                # '<password value="..."/>', the element's own name beside an attribute's
+                # ('<Cookie name="session" value="..."/>').
+                names = names + _tag_names(text, match.start(1), close)
             secret = next((n for n in names if is_secret_header(n)), None)
             if secret is None:
                 # A "value" word in a string may have cut the windows short: the names the

@@ -47,3 +47,22 @@ def test_a_value_word_in_a_string_is_hidden_in_a_body_too_long_to_parse() -> Non
     body = json.dumps({"entries": [har], "pad": "x" * 5000}).encode()
     shown = body_excerpt(body, path="/api/x", limit=300)
     assert BEARER not in shown, shown
+
+
+# -- an element's name with another name attribute --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'<Cookie name="session" value="{BEARER}"/>',
+        f'<Authorization key="primary" value="Token {BEARER}"/>',
+        f'<X-Api-Key field="k" value="{BEARER}"/>',
+        f'<request><Cookie name="s" value="{BEARER}"/><Host>h</Host></request>',
+    ],
+)
+def test_an_elements_secret_name_names_its_value_beside_another_name(text: str) -> None:
+    # The attribute's name ("session") was read as the value's, and the element's own
+    # ("Cookie") no longer looked at.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
