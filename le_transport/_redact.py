@@ -589,16 +589,19 @@ def _hide_secret_fields(text: str) -> str:
                     # name="Authorization"/>'), and the value end at that quote.
                     names += _names_after(text, raw)
             if not any(is_secret_header(n) for n in names):
+                if close is None:
+                    close = _value_end(text, match.end(), punctuation)
                 # An XML element's attribute: '<header name="Authorization" value="..."/>',
                 # '<password value="..."/>', the element's own name beside an attribute's
-                # ('<Cookie name="session" value="..."/>').
-                names = names + _tag_names(text, match.start(1), close)
+                # ('<Cookie name="session" value="..."/>'). And a "value" word in a string
+                # may have cut the windows short: the names the object's quoted keys give
+                # up to its braces, whatever lies between, before the value and after it.
+                names = (
+                    names
+                    + _tag_names(text, match.start(1), close)
+                    + _braced_names(text, match.start(1), close)
+                )
             secret = next((n for n in names if is_secret_header(n)), None)
-            if secret is None:
-                # A "value" word in a string may have cut the windows short: the names the
-                # object's quoted keys give up to its braces, whatever lies between.
-                braced = _braced_names(text, match.start(1), close)
-                secret = next((n for n in braced if is_secret_header(n)), None)
             if secret is None:
                 continue
             name = secret.lower()

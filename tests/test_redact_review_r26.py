@@ -66,3 +66,21 @@ def test_an_elements_secret_name_names_its_value_beside_another_name(text: str) 
     # ("Cookie") no longer looked at.
     shown = redact_text(text)
     assert BEARER not in shown, shown
+
+
+# -- a plain name before the value, the header's own after it ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{{ name='Accept' 'value': 'sess={BEARER}', 'name': 'Cookie'}}",
+        f'{{headers: name=Accept "value": "Token {BEARER}", "name": "Authorization"}}',
+        f'{{"c": "{{", name=Accept, "value": "{BEARER}", "name": "X-Api-Key"}}',
+    ],
+)
+def test_a_plain_name_before_the_value_leaves_the_quoted_name_after_it_read(text: str) -> None:
+    # An unquoted name before the value, in the object's brace, was taken as its only name:
+    # the quoted one after the value, which named it, was no longer read.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
