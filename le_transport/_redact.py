@@ -345,6 +345,9 @@ _QUOTED_NAME_FIELD = re.compile(
     r"(?:\s|\\++[rnt])*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
 )
 _NAMED_WINDOW = 256
+#: Which of a value's secret names reads it (:func:`_hide_secret_fields`): a cookie header's
+#: grammar takes the most, then an authorization's, then a plain field's.
+_NAMED_KIND_ORDER = {"cookie": 0, "authorization": 1, None: 2}
 #: The keys that give the name of the object a "value" is in, in parsed JSON (any case).
 _NAME_KEYS = frozenset({"name", "key", "header", "field", "param", "parameter"})
 
@@ -588,7 +591,8 @@ def _hide_secret_fields(text: str) -> str:
                     # nothing there (an XML attribute's, '<header value="x\\"
                     # name="Authorization"/>'), and the value end at that quote.
                     names += _names_after(text, raw)
-            if not any(is_secret_header(n) for n in names):
+            if not any(_header_kind(n.lower()) == "cookie" for n in names):
+                # (Past a cookie header's name, no other name reads the value further.)
                 if close is None:
                     close = _value_end(text, match.end(), punctuation)
                 # An XML element's attribute: '<header name="Authorization" value="..."/>',
@@ -601,10 +605,13 @@ def _hide_secret_fields(text: str) -> str:
                     + _tag_names(text, match.start(1), close)
                     + _braced_names(text, match.start(1), close)
                 )
-            secret = next((n for n in names if is_secret_header(n)), None)
-            if secret is None:
+            secrets = [n.lower() for n in names if is_secret_header(n)]
+            if not secrets:
                 continue
-            name = secret.lower()
+            # A header's name with a grammar of its own reads the value whole (a cookie
+            # line; an authorization's credential after its scheme): another beside it (a
+            # validation error's "field": "password") would take its first word only.
+            name = min(secrets, key=lambda n: _NAMED_KIND_ORDER[_header_kind(n)])
         kind = _header_kind(name)
         is_pair = punctuation[-1] not in ":=" and "," in punctuation
         if is_pair:

@@ -84,3 +84,34 @@ def test_a_plain_name_before_the_value_leaves_the_quoted_name_after_it_read(text
     # the quoted one after the value, which named it, was no longer read.
     shown = redact_text(text)
     assert BEARER not in shown, shown
+
+
+# -- a header's name beside another secret name ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'[{{"field": "password", "key": "Authorization", value: Token {BEARER}}}]',
+        f"- field: password\n  header: Authorization\n  value: Token {BEARER}\n",
+        f"Header(field='password', name='Cookie', value=theme=dark; sess={BEARER})",
+        f'{{"field": "api_key", "name": "Set-Cookie", value: a=1, sess={BEARER}}}',
+    ],
+)
+def test_a_headers_name_reads_its_value_beside_another_secret_name(text: str) -> None:
+    # The first secret name was taken ("password"): its value read as a plain field's, its
+    # first word only, and the credential after the scheme or the first cookie shown.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'"field": "password"\n<Cookie\nvalue: Token {BEARER}',
+        f'<Cookie field="password" value: a=1; sess={BEARER}',
+    ],
+)
+def test_an_elements_header_name_reads_its_value_beside_another_secret_name(text: str) -> None:
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
