@@ -182,6 +182,14 @@ _ECHO_SHAPES: dict[str, Any] = {
     "har value first": lambda n, v: json.dumps({"value": v, "name": n}),
     "har comment": lambda n, v: json.dumps({"name": n, "comment": "see {x}", "value": v}),
     "har nested": lambda n, v: json.dumps({"value": v, "meta": {"a": {"b": 1}}, "name": n}),
+    # A "value" word in another field's string between the name and the value (a tool's
+    # description), on either side.
+    "har described": lambda n, v: json.dumps({"key": n, "description": "value: a", "value": v}),
+    "har described after": lambda n, v: json.dumps({"value": v, "hint": "value=1", "name": n}),
+    # An element named by the header, a name attribute naming something else; a validation
+    # error's field beside the header's name, the value unquoted.
+    "xml named element": lambda n, v: f'<{n} name="s" value="{html.escape(v)}"/>',
+    "field beside": lambda n, v: f"- field: password\n  header: {n}\n  value: {v}\n",
     # A header as an object whose keys are unquoted: a Python class's repr, Node's inspect,
     # YAML (a list of headers, the next one's value readable), a key=value log line.
     "python repr": lambda n, v: (
