@@ -706,11 +706,12 @@ _B_CHAR = rf"(?:[A-Za-z0-9._~+/-]|{_B_ESCAPED})"
 # not; backslashes inside it taken, but for those escaping its closing quote), or a run. (A
 # quote that closes the text around it is not a value: '"Basic dXNl=", ...'. A run ends at a
 # tag, as an authorization's does: '<Authorization>Bearer x=y</Authorization><Host>', and at
-# a CDATA section's close, "]]>".)
+# a CDATA section's close, "]]>" before a tag, a blank, a quote or the text's end; elsewhere
+# it is the run's own text, 'x=ab]]>cd'.)
 _B_PARAM = (
     rf"{_B_CHAR}++[ \t]*+=[ \t]*+"
     r"(?:\\*+\"(?=[^\s,\]}:])(?:[^\"\\]|\\++(?!\"))*+(?:\\*+\")?"
-    rf"|(?:[^\s\"',;&}}<\\\]]|\](?!\]>)|{_B_ESCAPED})*+)"
+    rf"|(?:[^\s\"',;&}}<\\\]]|\](?!\]>(?:[\s<\\\"']|$))|{_B_ESCAPED})*+)"
 )
 _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The credential, whatever its shape: "name=value" pairs after the scheme ('Bearer

@@ -115,3 +115,26 @@ def test_a_headers_name_reads_its_value_beside_another_secret_name(text: str) ->
 def test_an_elements_header_name_reads_its_value_beside_another_secret_name(text: str) -> None:
     shown = redact_text(text)
     assert BEARER not in shown, shown
+
+
+# -- a CDATA section's close inside a credential's parameter ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Authorization: Basic x={BEARER[:6]}]]>{BEARER[6:]}",
+        f"Authorization: Basic realm={BEARER[:6]}]]>{BEARER[6:]}, status=401",
+    ],
+)
+def test_a_cdata_close_inside_a_parameter_ends_it_only_before_a_tag(text: str) -> None:
+    # "]]>" ended the parameter wherever it stood: the credential's text after it was shown.
+    shown = redact_text(text)
+    assert BEARER[6:] not in shown, shown
+
+
+def test_a_cdata_close_before_a_tag_still_ends_the_parameter() -> None:
+    text = f"<r><Authorization><![CDATA[Basic x={BEARER}]]></Authorization><Host>h</Host></r>"
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+    assert "<Host>h</Host>" in shown, shown
