@@ -591,7 +591,7 @@ def _hide_secret_fields(text: str) -> str:
                     # nothing there (an XML attribute's, '<header value="x\\"
                     # name="Authorization"/>'), and the value end at that quote.
                     names += _names_after(text, raw)
-            if not any(_header_kind(n.lower()) == "cookie" for n in names):
+            if not any(_header_kind(n.lower()) == "cookie" and is_secret_header(n) for n in names):
                 # (Past a cookie header's name, no other name reads the value further.)
                 if close is None:
                     close = _value_end(text, match.end(), punctuation)

@@ -59,6 +59,8 @@ def test_a_value_word_in_a_string_is_hidden_in_a_body_too_long_to_parse() -> Non
         f'<Authorization key="primary" value="Token {BEARER}"/>',
         f'<X-Api-Key field="k" value="{BEARER}"/>',
         f'<request><Cookie name="s" value="{BEARER}"/><Host>h</Host></request>',
+        # A name shaped like a cookie header's that names no credential.
+        f'<Cookie name="My-Cookie" value="{BEARER}"/>',
     ],
 )
 def test_an_elements_secret_name_names_its_value_beside_another_name(text: str) -> None:
