@@ -24,6 +24,7 @@ __all__ = [
     "is_auth_path",
     "is_secret_header",
     "is_secret_name",
+    "redact_cut",
     "redact_headers",
     "redact_json",
     "redact_path",
@@ -993,6 +994,20 @@ def redact_text(text: str) -> str:
         text = pattern.sub(replacement, text)
     # Three base64url segments, the first starting like a JSON header.
     return _hide_jwts(text)
+
+
+#: How far past what is shown :func:`redact_cut` reads: a value's name is looked for within
+#: a few hundred characters either side of it (a bracket's list within 512), so 16 KB more
+#: hides what the whole text would, and bounds the work of a text of any length.
+CUT_MARGIN = 16_384
+
+
+def redact_cut(text: str, limit: int) -> str:
+    """``text`` as shown cut to ``limit`` characters: :func:`redact_text` of its first
+    ``limit`` + :data:`CUT_MARGIN` characters (never the whole: a caller's exception text of a
+    megabyte took seconds of the loop's CPU a line), then cut, so that the cut never leaves
+    half a secret unrecognised."""
+    return redact_text(text[: limit + CUT_MARGIN])[:limit]
 
 
 #: Three dot-separated base64url runs, each a whole run (a JWT is looked for in the first).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from ._redact import redact_text
+from ._redact import redact_cut
 
 __all__ = ["SHOWN_LIMIT", "ExcInfo", "error_text", "redacted_exc_info"]
 
@@ -27,16 +27,17 @@ _CACHED_CLASSES = 256
 
 
 def error_text(error: BaseException, limit: int = SHOWN_LIMIT) -> str:
-    """``error``'s text with credential-looking fragments replaced (redacted whole, then cut to
-    ``limit`` characters, so that a cut never leaves half a secret unrecognised); its type's
-    name when it has no text, or when its ``__str__`` fails."""
+    """``error``'s text with credential-looking fragments replaced (redacted, then cut to
+    ``limit`` characters, so that a cut never leaves half a secret unrecognised: see
+    :func:`~le_transport._redact.redact_cut`); its type's name when it has no text, or when
+    its ``__str__`` fails."""
     try:
         text = str(error)
     except Exception:
         return type(error).__name__
     if not text:
         return type(error).__name__
-    shown = redact_text(text)
+    shown = redact_cut(text, limit + 1)
     return shown if len(shown) <= limit else shown[:limit] + "…"
 
 
@@ -72,7 +73,7 @@ def _stand_in(
         notes = getattr(error, "__notes__", None)
         if isinstance(notes, list):
             stand_in.__notes__ = [
-                redact_text(note)[:SHOWN_LIMIT] if isinstance(note, str) else "?" for note in notes
+                redact_cut(note, SHOWN_LIMIT) if isinstance(note, str) else "?" for note in notes
             ]
         stand_in.__traceback__ = error.__traceback__
         for link in ("__cause__", "__context__"):

@@ -44,7 +44,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from aiohttp.payload import Payload
 
 from .._checks import instance_of, optional_instance_of, require_option
-from .._redact import body_excerpt, redact_path, redact_text, redact_url
+from .._redact import body_excerpt, redact_cut, redact_path, redact_url
 from ..clock import Clock, RealClock, _ClockTimeout, _WheelTimer
 from ..errors import (
     AttemptRecord,
@@ -1244,4 +1244,4 @@ def parse_retry_after_date(value: str, *, now_epoch: float | None = None) -> flo
 
 def _safe_message(exc: BaseException) -> str:
     """An exception's message with any URL in it redacted (aiohttp puts URLs in messages)."""
-    return redact_text(str(exc))[:300]
+    return redact_cut(str(exc), 300)

@@ -67,7 +67,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_plus
 
 from .._checks import is_async_callable, require_kind
-from .._redact import REDACTED, Secret, is_secret_name, redact_text, redact_url
+from .._redact import REDACTED, Secret, is_secret_name, redact_cut, redact_url
 from ..clock import Clock, RealClock, timeout_after
 from ..errors import ConfigurationError, StateDataError, StateStoreError
 from ..policies.budget import RetryBudget
@@ -616,7 +616,7 @@ class RedisStore:
                 # Replaced everywhere, a short password blanked unrelated text ("a": every "a"
                 # of the message): it is hidden only where it stands as a credential.
                 text = _hide_credential(text, secret)
-        return redact_text(text)[:300]
+        return redact_cut(text, 300)
 
     def _start(self, op: str, coro_fn: Any, args: Any, kwargs: Any) -> Any:
         """``coro_fn(*args, **kwargs)``, the awaitable of one command. A TypeError from the call
