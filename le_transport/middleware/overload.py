@@ -34,7 +34,9 @@ that bound, and the trip it answers for kept as long in its half-open tail: no o
 while it is out, nor goes closed for want of the trip, and the lock still ends a lease after the
 last renewal, so a process that died holds it no longer than before. Renewing stops as the probe
 ends in any way, and, logged once, when the lock is no longer its own or the store fails, does not
-answer in time, or answers locally: another process may then probe once the lease ends).
+answer in time, or answers locally, or when a break was published over the trip it keeps (its
+late answer no longer counts while that break's entry lives): another process may then probe once
+the lease ends).
 The trip is kept for the break and then the probe lease, so a process that missed the break (no
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
@@ -1205,7 +1207,10 @@ class OverloadGuard:
         process that missed the break found no trip once it ended, went closed, and sent its
         calls while the probe was out. Only over the entry the probe answers for (a
         compare-and-set; the probe then answers for the new one): a newer entry there (a break
-        published since) is the fleet's, left as it is.
+        published since) is the fleet's, left as it is, and the lock is no longer renewed (logged
+        at INFO): past its lease the probe's answer no longer counts while that entry lives
+        (:meth:`_record`), and renewed on, the lock kept the fleet from probing once that
+        break ended, until the probe's own bound.
 
         Stops, with one WARNING, when the lock is no longer this process's (its lease ended
         first, or another value is there), when the store fails or does not answer before the
@@ -1243,7 +1248,21 @@ class OverloadGuard:
             except Exception as exc:
                 reason = f"the store failed: {type(exc).__name__}"
             if reason is None and kept is not None and kept[3] < now + ttl:
-                kept = await self._keep_trip(token, key, kept, now, ttl, now + every)
+                kept, superseded = await self._keep_trip(token, key, kept, now, ttl, now + every)
+                if superseded:
+                    # A break published over the trip the probe answers for: the fleet's, newer
+                    # than its answer, which no longer counts past its lease while it lives
+                    # (_record). Renewed on, its lock kept every process from probing once that
+                    # break ended, until the probe's own bound, for an answer thrown away.
+                    _log.info(
+                        "the fleet's circuit breaker trip for %s at %s changed while its probe "
+                        "is out (a break published since): its probe lock is no longer renewed "
+                        "and ends with its lease",
+                        key[0],
+                        key[1],
+                        extra={"service": key[0], "host": key[1]},
+                    )
+                    return
             if reason is not None:
                 _log.warning(
                     "could not renew the fleet's probe lock for %s at %s while its probe is "
@@ -1264,11 +1283,13 @@ class OverloadGuard:
         now: float,
         ttl: float,
         bound: float,
-    ) -> tuple[int, float, float, float] | None:
+    ) -> tuple[tuple[int, float, float, float] | None, bool]:
         """Keep the trip ``kept`` at ``key`` for ``ttl`` more from ``now`` in its half-open
         tail, over the entry probe ``token`` answers for (see :meth:`_renew`), within
-        ``bound``: the trip kept, or None once it is not (another entry there, the probe
-        ended, the store failing: left as it is, never logged, the lock's renewal goes on).
+        ``bound``: the trip kept, or None once it is not (the probe ended, the entry gone, the
+        store failing: left as it is, never logged, the lock's renewal goes on); and whether
+        the shared store holds another entry there instead (a break published since, newer
+        than the probe's answer: its lock is then no longer renewed).
 
         The write, once sent, may land whatever becomes of its answer (Redis ran the command,
         its reply cut by the probe's end, late, or lost): until it is answered, it is noted
@@ -1278,30 +1299,39 @@ class OverloadGuard:
         read by this process before its answer came, it was adopted over the probe's slot."""
         out = self._probes.get(token)
         if out is None or out[1] is None:
-            return None
+            return None, False
         lock, seen, probe_until = out
         opens, ended, last, _ = kept
+        trip_key = self._trip_key(key)
         tail = self._trip_value(opens, ttl + (now - ended), last)
         self._trip_sent[token] = tail
         try:
             async with timeout_after(self._clock, max(0.0, bound - now)):
-                stored = await self._store.set(self._trip_key(key), tail, ttl=ttl, only_if=seen)
+                stored = await self._store.set(trip_key, tail, ttl=ttl, only_if=seen)
         except Exception:
-            return None  # it may land yet: still noted
+            return None, False  # it may land yet: still noted
         if not self._shared_answered():
             # A FallbackStore answered locally: its primary may have run it all the same (cut
             # by its op_timeout), so it stays noted.
-            return None
+            return None, False
         if not stored:
             # The shared store's answer: not written, nothing of it to count.
             if self._trip_sent.get(token) == tail:
                 del self._trip_sent[token]
-            return None
+            # Gone (its TTL; the probe's answer still counts) or replaced (by the fleet's
+            # newer news: it no longer does)?
+            try:
+                async with timeout_after(self._clock, max(0.0, bound - self._clock.now())):
+                    entry = await self._store.get(trip_key)
+            except Exception:
+                return None, False
+            replaced = entry is not None and entry.value != seen and self._shared_answered()
+            return None, replaced
         if self._probes.get(token) == out:
             self._probes[token] = (lock, tail, probe_until)
             if self._trip_sent.get(token) == tail:
                 del self._trip_sent[token]
-        return opens, ended, last, now + ttl
+        return (opens, ended, last, now + ttl), False
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:

@@ -1,0 +1,62 @@
+"""A renewed fleet probe against the fleet's other writes: a break another process publishes
+over the trip the probe keeps."""
+
+from __future__ import annotations
+
+import json
+
+from le_transport.errors import CircuitOpen
+from le_transport.policies import BreakerState
+from le_transport.state import MemoryStore
+from le_transport.testing import VirtualClock
+from tests.test_breaker_fleet import BREAKER, DOWN, HOST, OK, _fleet, _probe_key, _trip, _trip_key
+from tests.test_breaker_r26 import _advance, _call, _turns
+from tests.test_guard_hot_path import _Call
+
+
+async def test_a_probe_whose_trip_a_newer_break_replaced_holds_the_fleet_no_longer() -> None:
+    # A's probe (a 60 s attempt timeout) goes at 105; C, which missed A's break, had four
+    # calls out since before it, which fail at 108: C opens and publishes its own break over
+    # the trip A's probe keeps (the fleet's, newer: A's late answer no longer counts). A's
+    # renewal found that at 115, and went on renewing the lock until the probe's own bound
+    # (166): the fleet, half-open again once C's break ended at 113, refused every call for
+    # a probe whose answer would be thrown away, 20 s longer than a lease after it knew.
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b, c = _fleet(clock, store, 3)
+    early = [_Call("svc", HOST) for _ in range(BREAKER.minimum_throughput)]
+    for call in early:
+        assert await c.admit(call, 1) is None
+    await _trip(a)
+    await _advance(clock, 5.0)
+    probe = _call()
+    assert await a.admit(probe, 1) is None
+    assert a._renewals
+    await _advance(clock, 3.0)  # 108
+    for call in early:
+        await c.settle(call, 1, DOWN)
+    assert c.breaker_state("svc", HOST) is BreakerState.OPEN
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    newer = entry.value
+    await _advance(clock, 8.0)  # 116: A's renewal ran at 115
+    found = await store.get(_trip_key())
+    assert found is not None
+    assert found.value == newer, "C's break stays the fleet's"
+    assert not a._renewals, "no longer renewed"
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen)  # B adopts it, half-open
+    await _advance(clock, 24.0)  # 140: the lock's last renewal (115) holds it for its lease
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen), "A's lock, within its lease"
+    await _advance(clock, 6.0)  # 146: a lease after A's renewal found C's break
+    taken = _call()
+    assert await b.admit(taken, 1) is None, "the fleet probes again, A's lock gone"
+    held = await store.get(_probe_key())
+    assert held is not None
+    await b.settle(taken, 1, OK)
+    assert b.breaker_state("svc", HOST) is BreakerState.CLOSED
+    await a.settle(probe, 1, OK)  # A's late answer: not the fleet's verdict
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    assert "closed" in json.loads(entry.value)
+    assert not a._renewals
+    await _turns()
