@@ -3,13 +3,24 @@ over the trip the probe keeps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from le_transport.errors import CircuitOpen
 from le_transport.policies import BreakerState
-from le_transport.state import MemoryStore
+from le_transport.state import MemoryStore, StateStore
 from le_transport.testing import VirtualClock
-from tests.test_breaker_fleet import BREAKER, DOWN, HOST, OK, _fleet, _probe_key, _trip, _trip_key
+from tests.test_breaker_fleet import (
+    BREAKER,
+    DOWN,
+    HOST,
+    OK,
+    ForwardingStore,
+    _fleet,
+    _probe_key,
+    _trip,
+    _trip_key,
+)
 from tests.test_breaker_r26 import _advance, _call, _turns
 from tests.test_guard_hot_path import _Call
 
@@ -60,3 +71,45 @@ async def test_a_probe_whose_trip_a_newer_break_replaced_holds_the_fleet_no_long
     assert "closed" in json.loads(entry.value)
     assert not a._renewals
     await _turns()
+
+
+class _SlowToCancel(ForwardingStore):
+    """A store whose renewals of the probe lock (a compare-and-set of it) hang once armed, and,
+    cancelled, take a few turns of the loop to unwind (redis-py gives its connection back to
+    the pool, or drops it, before the cancellation goes on)."""
+
+    def __init__(self, inner: StateStore) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.hanging = 0
+
+    async def set(self, key: str, value: str, *, ttl: float, only_if: str | None = None) -> bool:
+        if self.armed and key == _probe_key() and only_if is not None:
+            self.hanging += 1
+            try:
+                await asyncio.Event().wait()
+            finally:
+                for _ in range(5):
+                    await asyncio.sleep(0)
+        return await super().set(key, value, ttl=ttl, only_if=only_if)
+
+
+async def test_the_drain_waits_for_a_renewal_its_probes_end_cut_in_the_store() -> None:
+    # The probe ends (abandoned, as an engine's close cuts it) while its renewal waits on the
+    # store: the renewal, told to cancel, was still unwinding its store call when the drain
+    # returned, a task of the guard outliving the engine's close (destroyed pending with a
+    # loop closed right after).
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _SlowToCancel(MemoryStore(clock))
+    a, _ = _fleet(clock, store)  # type: ignore[arg-type]
+    await _trip(a)
+    await _advance(clock, 5.0)
+    probe = _call()
+    assert await a.admit(probe, 1) is None
+    store.armed = True
+    await _advance(clock, 10.0)  # 115: the renewal's compare-and-set hangs
+    assert store.hanging == 1
+    (renewal,) = a._renewals.values()
+    a.abandon(probe, 1)
+    await a.drain()
+    assert renewal.done(), "a renewal outlived the drain"

@@ -517,7 +517,8 @@ class OverloadGuard:
         self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
         # _release_lock's task, or by the next probe here), oldest first (at most
-        # _STALE_LOCKS_KEPT a breaker), and those tasks.
+        # _STALE_LOCKS_KEPT a breaker), and those tasks (with the refunds' tasks, and the
+        # renewals of ended probes still unwinding: what drain() waits for).
         self._stale_locks: dict[tuple[str, str], list[str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         # Waiting in drain(probes_of=...) for the fleet's probes out to end; and through which
@@ -1087,7 +1088,8 @@ class OverloadGuard:
                 await self._refund(grant)
 
     async def drain(self, grace: float = 1.0, *, probes_of: object = None) -> None:
-        """Let the releases of abandoned probes' locks (and the refunds of retries never sent)
+        """Let the releases of abandoned probes' locks (and the refunds of retries never sent,
+        and the renewals of ended probes' locks, cancelled, still unwinding a store call)
         finish (up to ``grace`` seconds of the clock), then cancel what is left: its lock then
         frees itself at its lease's end. The engine calls it as it closes, so that no task of
         the guard outlives it.
@@ -1148,8 +1150,13 @@ class OverloadGuard:
         to look again. Returns the trip entry its renewal sent that may land yet
         (:meth:`_keep_trip`), if any."""
         renewal = self._renewals.pop(token, None)
-        if renewal is not None:
+        if renewal is not None and not renewal.done():
             renewal.cancel()
+            # Kept with the locks' releases until it has unwound (a store call it was in may
+            # take a few turns of the loop to give up): drain() waits for it, so it does not
+            # outlive an engine's close, to be destroyed pending with the loop.
+            self._releases.add(renewal)
+            renewal.add_done_callback(self._releases.discard)
         self._probe_owners.pop(token, None)
         for waiter in self._probe_waiters:
             if not waiter.done():
