@@ -1,5 +1,6 @@
-"""A renewed fleet probe against the fleet's other writes: a break another process publishes
-over the trip the probe keeps."""
+"""A renewed fleet probe against the fleet's other writes (a break another process publishes
+over the trip the probe keeps; a failed probe's new break with the renewal's write still on the
+wire), its end while the renewal waits on the store, and its process dying."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from tests.test_breaker_fleet import (
     _trip_key,
 )
 from tests.test_breaker_r26 import _advance, _call, _turns
+from tests.test_breaker_review_r26 import _advance as _advance_late
+from tests.test_breaker_review_r26 import _Late, _renewing
 from tests.test_guard_hot_path import _Call
+
+LEASE = BREAKER.probe_lease  # 30 s
 
 
 async def test_a_probe_whose_trip_a_newer_break_replaced_holds_the_fleet_no_longer() -> None:
@@ -113,3 +118,63 @@ async def test_the_drain_waits_for_a_renewal_its_probes_end_cut_in_the_store() -
     a.abandon(probe, 1)
     await a.drain()
     assert renewal.done(), "a renewal outlived the drain"
+
+
+async def test_a_failed_probe_with_the_renewals_trip_write_on_the_wire_keeps_its_new_break() -> (
+    None
+):
+    # The renewal's write keeping the trip (sent at 115, landing at 115.5) and the failed
+    # probe's new break (115.2; its writes land half a second after they are sent): the
+    # write keeping the trip, a compare-and-set of the entry the probe answered for, must not
+    # replace the new break (the fleet would lose the re-open and probe again at once).
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = _Late(MemoryStore(clock), clock)
+    a, b, probe = await _renewing(store, clock)
+    await _advance_late(clock, 10.2)  # 115.2
+    assert store.wire
+    assert not store.wire[0].done()
+    settling = asyncio.ensure_future(a.settle(probe, 1, DOWN))
+    await _advance_late(clock, 6.0)
+    await settling
+    await asyncio.gather(*store.wire)
+    store.armed = False
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    entry = await store.get(_trip_key())
+    assert entry is not None
+    data = json.loads(entry.value)
+    assert data["opens"] == 2, data
+    assert entry.ttl > data["half_open"], "the new break is on"
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen), "the fleet takes the re-open"
+    assert not a._renewals
+    await _turns()
+
+
+async def test_a_renewed_probe_whose_process_died_holds_the_lock_and_trip_a_lease_at_most() -> None:
+    # The renewal stops with no word (the process died): the lock and the trip it kept end
+    # within a lease of their last write, and another process probes then.
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b = _fleet(clock, store)
+    await _trip(a)
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen)
+    await _advance(clock, 5.0)
+    probe = _call()
+    assert await a.admit(probe, 1) is None
+    await _advance(clock, 20.5)  # renewed (and the trip kept) at 115 and 125
+    (renewal,) = a._renewals.values()
+    renewal.cancel()  # dies: nothing more is written
+    await _turns()
+    lock = await store.get(_probe_key())
+    trip = await store.get(_trip_key())
+    assert lock is not None
+    assert trip is not None
+    assert lock.ttl <= LEASE
+    assert trip.ttl <= LEASE
+    await _advance(clock, LEASE)
+    assert await store.get(_probe_key()) is None
+    assert await store.get(_trip_key()) is None
+    second = _call()
+    assert await b.admit(second, 1) is None, "another process probes"
+    await b.settle(second, 1, OK)
+    a.abandon(probe, 1)
+    await _turns()
