@@ -178,3 +178,61 @@ async def test_a_renewed_probe_whose_process_died_holds_the_lock_and_trip_a_leas
     await b.settle(second, 1, OK)
     a.abandon(probe, 1)
     await _turns()
+
+
+async def test_a_probe_admitted_on_no_trip_stops_renewing_once_a_break_is_published() -> None:
+    # A's trip entry ended at 135 (no call in its tail); A's probe goes at 140 on no entry,
+    # with no trip to keep. C's calls, out since before A's trip, fail at 143: C publishes a
+    # break, the fleet's news, newer than A's probe, whose late answer then no longer counts.
+    # Only a renewal keeping a trip looked: A's lock was renewed until the probe's own bound
+    # (202), the fleet waiting on it long after C's break ended (148).
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b, c = _fleet(clock, store, 3)
+    early = [_Call("svc", HOST) for _ in range(BREAKER.minimum_throughput)]
+    for call in early:
+        assert await c.admit(call, 1) is None
+    await _trip(a)
+    await _advance(clock, 40.0)  # 140
+    assert await store.get(_trip_key()) is None
+    probe = _call()
+    assert await a.admit(probe, 1) is None
+    assert a._renewals
+    await _advance(clock, 3.0)  # 143
+    for call in early:
+        await c.settle(call, 1, DOWN)
+    assert c.breaker_state("svc", HOST) is BreakerState.OPEN
+    await _advance(clock, 8.0)  # 151: A's renewal ran at 150
+    assert not a._renewals, "no longer renewed"
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen)  # B adopts C's break
+    await _advance(clock, 28.0)  # 179: the lock's last renewal (150) holds it for its lease
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen), "A's lock, within its lease"
+    await _advance(clock, 2.0)  # 181
+    taken = _call()
+    assert await b.admit(taken, 1) is None, "the fleet probes again, A's lock gone"
+    await b.settle(taken, 1, OK)
+    a.abandon(probe, 1)
+    await _turns()
+
+
+async def test_a_renewed_probe_whose_trip_is_unchanged_renews_to_its_bound() -> None:
+    # The look at the trip finds it as the probe left it (its own keep, or none yet): renewed
+    # on, and the fleet kept out, until the probe reports.
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b = _fleet(clock, store)
+    await _trip(a)
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen)  # B adopts A's break
+    await _advance(clock, 40.0)  # 140: no entry left
+    probe = _call()
+    assert await a.admit(probe, 1) is None
+    held = await store.get(_probe_key())
+    assert held is not None
+    await _advance(clock, 55.0)  # 195: within the probe's bound
+    assert isinstance(await b.admit(_call(), 1), CircuitOpen)
+    now = await store.get(_probe_key())
+    assert now is not None
+    assert now.value == held.value, "A's lock, renewed"
+    await a.settle(probe, 1, OK)
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED
+    await _turns()

@@ -34,9 +34,9 @@ that bound, and the trip it answers for kept as long in its half-open tail: no o
 while it is out, nor goes closed for want of the trip, and the lock still ends a lease after the
 last renewal, so a process that died holds it no longer than before. Renewing stops as the probe
 ends in any way, and, logged once, when the lock is no longer its own or the store fails, does not
-answer in time, or answers locally, or when a break was published over the trip it keeps (its
-late answer no longer counts while that break's entry lives): another process may then probe once
-the lease ends).
+answer in time, or answers locally, or when a break was published over the trip it answers for
+(its late answer no longer counts while that break's entry lives): another process may then probe
+once the lease ends).
 The trip is kept for the break and then the probe lease, so a process that missed the break (no
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
@@ -1215,9 +1215,10 @@ class OverloadGuard:
         calls while the probe was out. Only over the entry the probe answers for (a
         compare-and-set; the probe then answers for the new one): a newer entry there (a break
         published since) is the fleet's, left as it is, and the lock is no longer renewed (logged
-        at INFO): past its lease the probe's answer no longer counts while that entry lives
-        (:meth:`_record`), and renewed on, the lock kept the fleet from probing once that
-        break ended, until the probe's own bound.
+        at INFO), as when a renewal with no trip to keep then reads another entry there than
+        the one the probe answers for (:meth:`_replaced`): past its lease the probe's answer no
+        longer counts while that entry lives (:meth:`_record`), and renewed on, the lock kept
+        the fleet from probing once that break ended, until the probe's own bound.
 
         Stops, with one WARNING, when the lock is no longer this process's (its lease ended
         first, or another value is there), when the store fails or does not answer before the
@@ -1254,8 +1255,16 @@ class OverloadGuard:
                 reason = "the store did not answer before its lease would end"
             except Exception as exc:
                 reason = f"the store failed: {type(exc).__name__}"
-            if reason is None and kept is not None and kept[3] < now + ttl:
-                kept, superseded = await self._keep_trip(token, key, kept, now, ttl, now + every)
+            if reason is None:
+                if kept is not None and kept[3] < now + ttl:
+                    kept, superseded = await self._keep_trip(
+                        token, key, kept, now, ttl, now + every
+                    )
+                else:
+                    # No trip to keep now (none when it was admitted, one that needs no keeping
+                    # yet, or a keep that failed): the fleet's may have been replaced all the
+                    # same.
+                    superseded = await self._replaced(token, key, now + every)
                 if superseded:
                     # A break published over the trip the probe answers for: the fleet's, newer
                     # than its answer, which no longer counts past its lease while it lives
@@ -1327,18 +1336,33 @@ class OverloadGuard:
                 del self._trip_sent[token]
             # Gone (its TTL; the probe's answer still counts) or replaced (by the fleet's
             # newer news: it no longer does)?
-            try:
-                async with timeout_after(self._clock, max(0.0, bound - self._clock.now())):
-                    entry = await self._store.get(trip_key)
-            except Exception:
-                return None, False
-            replaced = entry is not None and entry.value != seen and self._shared_answered()
-            return None, replaced
+            return None, await self._replaced(token, key, bound)
         if self._probes.get(token) == out:
             self._probes[token] = (lock, tail, probe_until)
             if self._trip_sent.get(token) == tail:
                 del self._trip_sent[token]
         return (opens, ended, last, now + ttl), False
+
+    async def _replaced(self, token: tuple[int, int], key: tuple[str, str], bound: float) -> bool:
+        """Whether the shared store holds, within ``bound``, another trip entry at ``key`` than
+        the one probe ``token`` answers for (:meth:`_renew`): news newer than its answer (a
+        break published since). Not when the entry is gone (its TTL: the probe's late answer
+        still counts), nor when it is the one the probe's renewal sent that may land yet
+        (``_trip_sent``), nor when the store fails or answers locally (unknown)."""
+        out = self._probes.get(token)
+        if out is None:
+            return False
+        try:
+            async with timeout_after(self._clock, max(0.0, bound - self._clock.now())):
+                entry = await self._store.get(self._trip_key(key))
+        except Exception:
+            return False
+        return (
+            entry is not None
+            and entry.value != out[1]
+            and entry.value != self._trip_sent.get(token)
+            and self._shared_answered()
+        )
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
