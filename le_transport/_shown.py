@@ -7,7 +7,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from ._redact import redact_cut
+from ._redact import CUT_MARGIN, redact_cut
 
 __all__ = ["SHOWN_LIMIT", "ExcInfo", "error_text", "redacted_exc_info"]
 
@@ -29,8 +29,8 @@ _CACHED_CLASSES = 256
 def error_text(error: BaseException, limit: int = SHOWN_LIMIT) -> str:
     """``error``'s text with credential-looking fragments replaced (redacted, then cut to
     ``limit`` characters, so that a cut never leaves half a secret unrecognised: see
-    :func:`~le_transport._redact.redact_cut`); its type's name when it has no text, or when
-    its ``__str__`` fails."""
+    :func:`~le_transport._redact.redact_cut`), ending in "…" whenever it is not the whole
+    text; its type's name when it has no text, or when its ``__str__`` fails."""
     try:
         text = str(error)
     except Exception:
@@ -38,7 +38,11 @@ def error_text(error: BaseException, limit: int = SHOWN_LIMIT) -> str:
     if not text:
         return type(error).__name__
     shown = redact_cut(text, limit + 1)
-    return shown if len(shown) <= limit else shown[:limit] + "…"
+    if len(shown) <= limit and len(text) <= limit + 1 + CUT_MARGIN:
+        return shown
+    # Longer than the limit, or cut before it was redacted: a long secret shrunk to its
+    # marker left a short text whose tail was never read, which must not pass for the whole.
+    return shown[:limit] + "…"
 
 
 def redacted_exc_info(error: BaseException) -> ExcInfo:
