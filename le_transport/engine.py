@@ -896,8 +896,9 @@ def _socket_query(params: object, service: str) -> Mapping[str, str | int | floa
 
     A mapping, or a list or tuple of (name, value) pairs (taken as a mapping, as they always
     were): the dialer lays the query over the path's version by name (a str query failed there
-    as a raw error); each value sendable, as a request's; a name given twice is refused (one
-    value per name: a repeat would be dropped silently)."""
+    as a raw error); each value sendable, as a request's; a name given twice (in pairs, or in
+    a mapping that can repeat one, a ``MultiDict``) is refused (one value per name: a repeat
+    would be dropped silently)."""
     pairs = isinstance(params, (list, tuple)) and all(
         isinstance(pair, tuple) and len(pair) == 2 for pair in params
     )
@@ -907,14 +908,25 @@ def _socket_query(params: object, service: str) -> Mapping[str, str | int | floa
         else "params must be a mapping of names to str, int or float values (or a "
         f"list of (name, value) pairs), got a {type(params).__name__}"
     )
-    if fault is None and pairs:
-        names = [pair[0] for pair in typing.cast(Sequence[tuple[str, Any]], params)]
-        repeated = next((i for i, n in enumerate(names, 1) if n in names[: i - 1]), 0)
-        if repeated:
-            fault = (
-                f"params repeats a name (pair {repeated}): a socket's query takes one "
-                "value per name"
-            )
+    if fault is None and type(params) is not dict:
+        # Pairs, or a mapping that can hold a name twice (a MultiDict, whose repeat the
+        # dialer's query by name kept the first value of, dropping the others silently). The
+        # names are str by now (_params_fault): a set tells the first repeat in one pass.
+        names: Iterable[str] = (
+            (pair[0] for pair in typing.cast(Sequence[tuple[str, Any]], params))
+            if pairs
+            # Its items, not its keys: a MultiDict's keys() names a repeated name once.
+            else (name for name, _ in typing.cast(Mapping[str, Any], params).items())
+        )
+        seen: set[str] = set()
+        for position, name in enumerate(names, 1):
+            if name in seen:
+                fault = (
+                    f"params repeats a name ({'pair' if pairs else 'entry'} {position}): a "
+                    "socket's query takes one value per name"
+                )
+                break
+            seen.add(name)
     if fault is not None:
         raise InvalidRequest(redact_text(fault), service=service, method="GET")
     if isinstance(params, Mapping):
@@ -3440,7 +3452,8 @@ class Engine:
           characters, ``?``, ``#`` or ``.``/``..`` segments, as for :meth:`request`;
           ``{bearer}`` marks where the bearer goes (:func:`~le_transport.sockets.ums_brand_path`).
         - ``params``: the upgrade URL's query, names to str, int or float values (a mapping,
-          or a list of (name, value) pairs, each name once), laid name by name over the
+          or a list of (name, value) pairs, each name once, as in a ``MultiDict``), laid name
+          by name over the
           protocol's version,
           which a LiveEngage messaging path gets by default
           (:func:`~le_transport.sockets.query_for_path`: ``v=2.1`` on the UMS agent socket,
