@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
@@ -143,6 +144,11 @@ def _port(text: str) -> int:
     return port
 
 
+#: An int's text as ``int()`` reads it: ``\d`` is any decimal digit (category Nd), as for
+#: ``int()``; the digits' runs are unambiguous, so it matches in one pass at any length.
+_INT_TEXT = re.compile(r"\s*[+-]?\d+(?:_\d+)*\s*")
+
+
 def _seed(text: str) -> int:
     """A seed for argparse: any int, its 64-bit range checked with the demo's other options.
 
@@ -152,8 +158,9 @@ def _seed(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        digits = text.strip().lstrip("+-").replace("_", "")
-        if digits.isascii() and digits.isdigit():
+        # An int's text as int() reads it (any decimal digit, "_" between two, one sign,
+        # blanks around), refused only for its length; else no int at any length.
+        if _INT_TEXT.fullmatch(text):
             from .chaos.plan import MAX_SEED, MIN_SEED
 
             return MIN_SEED - 1 if text.strip().startswith("-") else MAX_SEED + 1
