@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Generator
 
 import pytest
 from aiohttp import web
@@ -1340,20 +1340,9 @@ async def _waits(clock: VirtualClock, seconds: float) -> None:
         await _RoundTrip()
 
 
-def _bounded_call(bound: float | None) -> _Call:
-    """A call whose attempt has ``bound`` for its timeout (None: no bound of its own)."""
+async def _attempt(guard: OverloadGuard, clock: VirtualClock, lasts: float, ok: bool) -> None:
+    """One call's attempt: admitted (or refused), and ending ``lasts`` seconds later."""
     call = _Call("svc", HOST)
-    if bound is not None:
-        call.policy = RetryPolicy(attempt_timeout=bound)  # type: ignore[attr-defined]
-    return call
-
-
-async def _attempt(
-    guard: OverloadGuard, clock: VirtualClock, lasts: float, ok: bool, bound: float | None = None
-) -> None:
-    """One call's attempt (``bound``: its attempt timeout, if any): admitted (or refused), and
-    ending ``lasts`` seconds later."""
-    call = _bounded_call(bound)
     if await guard.admit(call, 1) is None:
         await _waits(clock, lasts)
         await guard.settle(call, 1, OK if ok else DOWN)
@@ -1363,12 +1352,8 @@ class _Plan:
     """When each process acts, drawn: A's first attempts, how many of its probes fail before
     the last (each re-opening it for a longer break) and how long each lasts, how long B's
     attempts last (admitted at once: before A's trip is published, if B goes first), when C
-    calls, how often D's pairs of attempts go and how long they last, whether the service
-    is back for the last probes, whether B's attempts have a bound of their own (an attempt
-    timeout a second past how long they last: a probe of B's then renews the fleet's lock while
-    it is out), and when B's first attempts go (at once, or once A's break may have ended: one
-    of them is then the fleet's probe, out as long as B's attempts last, past the lease when
-    they last long)."""
+    calls, how often D's pairs of attempts go and how long they last, and whether the service
+    is back for the last probes."""
 
     def __init__(self, data: st.DataObject) -> None:
         self.a_fails_after = data.draw(st.sampled_from([0.0, 1.0]))
@@ -1381,13 +1366,6 @@ class _Plan:
         self.d_every = data.draw(st.sampled_from([0.0, 2.0, 5.0, 11.0]))
         self.d_fails_after = data.draw(st.sampled_from([0.0, 1.0, 4.0]))
         self.back = data.draw(st.booleans())
-        self.b_bounded = data.draw(st.booleans())
-        self.b_starts_after = data.draw(st.sampled_from([0.0, 6.0, 12.0]))
-
-    @property
-    def b_bound(self) -> float | None:
-        """B's attempt timeout, if its attempts have one."""
-        return self.b_fails_after + 1.0 if self.b_bounded else None
 
 
 async def _trips_and_probes(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
@@ -1404,18 +1382,14 @@ async def _trips_and_probes(guard: OverloadGuard, clock: VirtualClock, plan: _Pl
 
 
 async def _fails_unaware(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
-    """Process B: two attempts admitted at once (after ``b_starts_after``), which fail later.
-    Going only at once, B was admitted before A's break ended in all but a few schedules, so
-    that its probe, the one whose lock is renewed, was almost never drawn: the check of it
-    found no double probe even with the renewal removed."""
-    await _waits(clock, plan.b_starts_after)
-    calls = [_bounded_call(plan.b_bound) for _ in range(2)]
+    """Process B: two attempts admitted at once, which fail later."""
+    calls = [_Call("svc", HOST) for _ in range(2)]
     admitted = [call for call in calls if await guard.admit(call, 1) is None]
     await _waits(clock, plan.b_fails_after)
     for call in admitted:
         await guard.settle(call, 1, DOWN)
     await _waits(clock, 6.0)
-    await _attempt(guard, clock, 0.0, ok=plan.back, bound=plan.b_bound)
+    await _attempt(guard, clock, 0.0, ok=plan.back)
 
 
 async def _calls_now_and_then(guard: OverloadGuard, clock: VirtualClock, plan: _Plan) -> None:
@@ -1449,47 +1423,7 @@ def run_interleaved(plan: _Plan, schedule: list[int]) -> list[tuple[float, list[
     ``schedule`` draws (a process's next step, or -1: a second passes), then in turn to their
     end. Checked after every step: no break lost, and every fleet probe holds the lock.
     Returns, for each step after which more than one probe was out, the time and when each
-    one's lock was taken (oldest first).
-
-    The processes are stepped by hand, outside any task (so that nothing, no store's
-    op_timeout, cancels the scheduler), with an event loop set as the running one: the guards'
-    own tasks (a probe lock's renewal) are made on it, and run between the steps as their
-    timers on the clock come due."""
-    loop = asyncio.new_event_loop()
-    try:
-        return _interleaved(loop, plan, schedule)
-    finally:
-        leftover = asyncio.all_tasks(loop)
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-        loop.close()
-
-
-async def _turns() -> None:
-    for _ in range(10):
-        await asyncio.sleep(0)
-
-
-def _loop_turns(loop: asyncio.AbstractEventLoop) -> None:
-    """Let the guards' own tasks run (a renewal due wakes, and its store operation answers)."""
-    loop.run_until_complete(_turns())
-
-
-def _step(loop: asyncio.AbstractEventLoop, process: Coroutine[None, None, None]) -> None:
-    """One step of ``process``, by hand, with ``loop`` as the running loop. Raises
-    StopIteration when it ends."""
-    asyncio._set_running_loop(loop)
-    try:
-        process.send(None)
-    finally:
-        asyncio._set_running_loop(None)
-
-
-def _interleaved(
-    loop: asyncio.AbstractEventLoop, plan: _Plan, schedule: list[int]
-) -> list[tuple[float, list[float]]]:
+    one's lock was taken (oldest first)."""
     clock = VirtualClock(start=100.0, autojump=False)
     store = LockTimes(clock)
     guards = _fleet(clock, store, len(_SCRIPTS), FleetBreakerMachine.breaker)
@@ -1498,55 +1432,26 @@ def _interleaved(
     # The drawn order, then each live process in turn with a second passing after each round.
     rest = itertools.chain.from_iterable(itertools.repeat(_STEPS, 200))
     doubles: list[tuple[float, list[float]]] = []
-    # B's probes (their locks) over whose trip another entry was written while they were out
-    # (a break published since): their answers no longer count, nor are their locks renewed.
-    superseded: set[str] = set()
-
-    def note_superseded() -> None:
-        item = store._live(_trip_key())
-        if item is None:
-            return
-        for lock, seen, _ in guards[1]._probes.values():
-            if (
-                lock is not None
-                and item[0] != seen
-                and item[0] not in guards[1]._trip_sent.values()
-            ):
-                superseded.add(lock)
-
     try:
         for choice in itertools.chain(schedule, rest):
             if not live:
                 break
             if choice == -1:
                 clock.advance(1.0)
-                _loop_turns(loop)
-                note_superseded()
                 continue
             if choice not in live:
                 continue
             try:
-                _step(loop, running[choice])
+                running[choice].send(None)
             except StopIteration:
                 live.discard(choice)
-            _loop_turns(loop)
-            note_superseded()
             assert not store.lost, store.lost
             locks = [lock for guard in guards for lock, _, _ in guard._probes.values()]
             assert all(lock is not None for lock in locks), "every fleet probe holds the lock"
             if len(locks) > 1:
                 taken = sorted(store.taken[lock] for lock in locks if lock is not None)
                 doubles.append((clock.now(), taken))
-                if plan.b_bounded:
-                    # B's probe, bounded (and ending within its bound), renews its lock while
-                    # it is out: no other probe goes after it took the lock (unless a break
-                    # was published over its trip since: its lock then ends with its lease).
-                    for lock, _, _ in guards[1]._probes.values():
-                        assert lock is not None
-                        if lock not in superseded:
-                            assert store.taken[lock] == taken[-1], ("a probe went past B's", taken)
         assert not live, "every process ends"
-        assert not any(guard._renewals for guard in guards), "no renewal outlives its probe"
     finally:
         for coro in running:
             coro.close()
@@ -1566,10 +1471,9 @@ def test_no_break_is_lost_in_any_interleaving_of_the_fleets_store_operations(
     (no process rewrites it as its own trip's half-open tail, deletes it or writes the fleet's
     closed mark over it when its probe succeeds, or publishes a break of its own over it that
     ends sooner), no trip is replaced by one after fewer openings while it lives, and at most
-    one probe is out within its lease: a fleet probe with no bound of its own holds the
-    half-open slot for ``probe_lease`` (its lock is not renewed), so one that outlives it lets a
-    second through (documented; test_breaker_r18 replays such a case); one with a bound past
-    the lease (B's, when bounded) renews its lock until then."""
+    one probe is out within its lease: a fleet probe holds the half-open slot for
+    ``probe_lease`` (the lock is not renewed), so one with no bound of its own that outlives it
+    lets a second through (documented; test_breaker_r18 replays such a case)."""
     lease = FleetBreakerMachine.breaker.probe_lease
     for now, taken in run_interleaved(_Plan(data), schedule):
         # Every probe out but the newest took the lock a lease ago or more.

@@ -110,9 +110,7 @@ async def test_a_probe_with_a_long_deadline_keeps_the_slot_no_longer_than_a_brea
 async def test_in_a_fleet_a_slow_probe_keeps_the_lease_and_reads_the_fleets_verdict() -> None:
     # Held past the fleet's lock, a slow probe kept its process from reading the close another
     # process's probe published (refusing calls to a healthy host), and its late failure then
-    # re-opened the whole fleet. In a fleet the slot keeps the lease; the lock is renewed while
-    # the probe is out (test_breaker_r26), but here the clock jumps past the lease at once, so
-    # the renewal finds it over, and another process probes.
+    # re-opened the whole fleet. In a fleet the slot keeps the lease.
     clock = VirtualClock(start=1000.0)
     store = MemoryStore(clock)
     a, b = (

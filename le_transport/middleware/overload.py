@@ -26,17 +26,7 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
 
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
-break, the others adopt it at their next sync, and in half-open one probe goes for the whole fleet
-(the fleet's probe lock, taken for the probe lease; a probe whose attempt has a bound of its own
-beyond the lease, its attempt timeout or else its call's deadline, at most the longest break, has
-its lock renewed on the clock every third of the lease, a compare-and-set of its own value, until
-that bound, and the trip it answers for kept as long in its half-open tail: no other process probes
-while it is out, nor goes closed for want of the trip, and the lock still ends a lease after the
-last renewal, so a process that died holds it no longer than before. Renewing stops as the probe
-ends in any way, and, logged once, when the lock is no longer its own or the store fails, does not
-answer in time, or answers locally, or when a break was published over the trip it answers for
-(its late answer no longer counts while that break's entry lives): another process may then probe
-once the lease ends).
+break, the others adopt it at their next sync, and in half-open one probe goes for the whole fleet.
 The trip is kept for the break and then the probe lease, so a process that missed the break (no
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
@@ -169,10 +159,6 @@ _TRIP_READS = 2
 #: one's lease frees it anyway, the oldest's first). More than one: a probe stuck past its
 #: lease and the newer one that took its slot may both be abandoned while the store fails.
 _STALE_LOCKS_KEPT = 4
-#: How many times per probe lease a fleet probe with a bound of its own beyond the lease renews
-#: its lock (:meth:`OverloadGuard._renew`): a renewal that is late, or one that the store is
-#: slow to answer, still lands before the lock's lease ends.
-_RENEWALS_PER_LEASE = 3
 #: How often a process that opened its breaker reads the fleet's trip to publish its break: again
 #: after the conditional write finds the entry changed since it was read (another process
 #: published meanwhile: the next read adopts that break or writes over it, as it decides); a trip
@@ -342,8 +328,7 @@ def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
     """How long the half-open slot is kept for ``call``'s probe: the breaker's lease, or longer
     when the probe's attempt has a bound of its own (its attempt timeout, else its call's
     deadline) beyond it, by which it will surely have reported; never past the longest break
-    (a stuck probe with a long deadline does not shut its host for longer than a break). In a
-    fleet, how long the fleet's probe lock is renewed (OverloadGuard._renew)."""
+    (a stuck probe with a long deadline does not shut its host for longer than a break)."""
     policy = getattr(call, "policy", None)
     bound = getattr(policy, "attempt_timeout", None)
     if bound is None:
@@ -517,22 +502,13 @@ class OverloadGuard:
         self._serial = 0
         # Fleet probe locks of abandoned probes whose release has not yet been done (by
         # _release_lock's task, or by the next probe here), oldest first (at most
-        # _STALE_LOCKS_KEPT a breaker), and those tasks (with the refunds' tasks, and the
-        # renewals of ended probes still unwinding: what drain() waits for).
+        # _STALE_LOCKS_KEPT a breaker), and those tasks.
         self._stale_locks: dict[tuple[str, str], list[str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         # Waiting in drain(probes_of=...) for the fleet's probes out to end; and through which
         # session each fleet probe out goes (an engine closing waits for those it cut).
         self._probe_waiters: list[asyncio.Future[None]] = []
         self._probe_owners: dict[tuple[int, int], object] = {}
-        # Per fleet probe out whose own bound outlasts the lease: the task renewing its lock
-        # (_renew), cancelled as the probe ends (_probe_ended).
-        self._renewals: dict[tuple[int, int], asyncio.Task[None]] = {}
-        # Per such probe: the trip entry its renewal sent to keep the trip (_keep_trip) whose
-        # answer has not made it the one the probe answers for (not yet in, or cut by the
-        # probe's end): it may land in the store all the same, so the probe's verdict also
-        # counts it as its own (_record).
-        self._trip_sent: dict[tuple[int, int], str] = {}
         # Per breaker key: the damaged trip entry last logged (its hash), so it is logged once.
         self._damaged: dict[tuple[str, str], int] = {}
         # The longest break this process adopts from the fleet's trip entry (_trip), and per
@@ -793,7 +769,8 @@ class OverloadGuard:
             token = (id(call), attempt)
             if token in self._probes:
                 lock, seen, probe_until = self._probes.pop(token)
-                sent = self._probe_ended(token) if lock is not None else None
+                if lock is not None:
+                    self._probe_ended(token)
                 if breaker.gives_no_verdict(outcome):
                     # (A refused certificate.) Nothing learnt of the service: the probe is
                     # released as a cancelled one is, the breaker still half-open and the fleet
@@ -812,7 +789,6 @@ class OverloadGuard:
                     lock=lock,
                     seen=seen,
                     probe_until=probe_until,
-                    sent=sent,
                 )
                 return
         if outcome is not self._success:
@@ -856,7 +832,6 @@ class OverloadGuard:
         lock: str | None = None,
         seen: str | None = None,
         probe_until: float | None = None,
-        sent: str | None = None,
     ) -> None:
         """Feed an outcome at ``now`` to the breaker at ``key`` (what settle does with all but a
         success counted in a closed breaker's tally); log and publish what it opens or closes.
@@ -868,9 +843,7 @@ class OverloadGuard:
         lock it held, freed after the verdict is published (so the next holder finds the new
         trip, _admit; a stale probe's lock went with its lease, and the compare-and-delete of
         its value leaves the newer probe's); ``seen``: the fleet's trip entry the probe was
-        admitted on, the only one its success replaces (with the fleet's closed mark);
-        ``sent``: the trip entry its lock's renewal sent to keep that trip, which may have
-        landed as the probe ended (:meth:`_keep_trip`), taken for it as well.
+        admitted on, the only one its success replaces (with the fleet's closed mark).
 
         In a fleet, a probe that outlived its lease may have been replaced by another
         process's, which took the lock once this one's expired: this process's slot cannot
@@ -886,7 +859,7 @@ class OverloadGuard:
         assert breaker is not None
         if probe and lock is not None and probe_until is not None and now >= probe_until:
             try:
-                probe = await self._still_the_fleets_probe(key, lock, seen, sent)
+                probe = await self._still_the_fleets_probe(key, lock, seen)
             except BaseException:
                 self._release_lock(key, lock)
                 raise
@@ -907,7 +880,7 @@ class OverloadGuard:
             if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
                 await self._opened(call, key, after, outcome)
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
-                await self._closed(call, key, seen, sent)
+                await self._closed(call, key, seen)
             if lock is not None:
                 await self._delete_lock(key, lock)
         except BaseException:
@@ -919,21 +892,20 @@ class OverloadGuard:
             raise
 
     async def _still_the_fleets_probe(
-        self, key: tuple[str, str], lock: str, seen: str | None, sent: str | None = None
+        self, key: tuple[str, str], lock: str, seen: str | None
     ) -> bool:
         """Whether a probe at ``key`` that outlived its lease (its fleet lock ``lock``, admitted
         on the trip entry ``seen``) still answers for the fleet: no other process's probe holds
         the lock, and the trip entry is still the one it was admitted on (or gone with its
-        TTL), or the one its lock's renewal sent to keep it (``sent``, :meth:`_keep_trip`).
-        Another value there is news newer than this probe's answer: another process's probe
-        decided since (its closed mark, or its new break), or a break was published over it.
-        Taken for a verdict, a late 503 then re-opened the breaker and published a break
+        TTL). Another value there is news newer than this probe's answer: another process's
+        probe decided since (its closed mark, or its new break), or a break was published over
+        it. Taken for a verdict, a late 503 then re-opened the breaker and published a break
         over the fleet's close that the newer probe's success had just published."""
         held = await self._store.get(self._probe_key(key))
         if held is not None and held.value != lock:
             return False  # another process's probe holds the fleet's slot: it decides
         entry = await self._store.get(self._trip_key(key))
-        return entry is None or entry.value == seen or (sent is not None and entry.value == sent)
+        return entry is None or entry.value == seen
 
     def abandon(self, call: GatedCall, attempt: int) -> None:
         """Free the half-open slot if the cancelled attempt was the probe, and the fleet's
@@ -1088,8 +1060,7 @@ class OverloadGuard:
                 await self._refund(grant)
 
     async def drain(self, grace: float = 1.0, *, probes_of: object = None) -> None:
-        """Let the releases of abandoned probes' locks (and the refunds of retries never sent,
-        and the renewals of ended probes' locks, cancelled, still unwinding a store call)
+        """Let the releases of abandoned probes' locks (and the refunds of retries never sent)
         finish (up to ``grace`` seconds of the clock), then cancel what is left: its lock then
         frees itself at its lease's end. The engine calls it as it closes, so that no task of
         the guard outlives it.
@@ -1123,17 +1094,6 @@ class OverloadGuard:
                         with contextlib.suppress(ValueError):
                             self._probe_waiters.remove(waiter)
                         waiter.cancel()
-        if probes:
-            # The renewals of the session's probes still out after the grace: the session is
-            # closed, so they are not renewed past the close (each lock ends with its lease).
-            cut = [
-                self._renewals.pop(token)
-                for token, made_by in list(self._probe_owners.items())
-                if made_by is probes_of and token in self._renewals
-            ]
-            for task in cut:
-                task.cancel()
-            await asyncio.gather(*cut, return_exceptions=True)
         while self._releases:
             pending = set(self._releases)
             for task in pending:
@@ -1145,224 +1105,12 @@ class OverloadGuard:
         lock."""
         return any(made_by is owner for made_by in self._probe_owners.values())
 
-    def _probe_ended(self, token: tuple[int, int]) -> str | None:
-        """A fleet probe ended: stop renewing its lock, forget whose it was, and wake drain()
-        to look again. Returns the trip entry its renewal sent that may land yet
-        (:meth:`_keep_trip`), if any."""
-        renewal = self._renewals.pop(token, None)
-        if renewal is not None and not renewal.done():
-            renewal.cancel()
-            # Kept with the locks' releases until it has unwound (a store call it was in may
-            # take a few turns of the loop to give up): drain() waits for it, so it does not
-            # outlive an engine's close, to be destroyed pending with the loop.
-            self._releases.add(renewal)
-            renewal.add_done_callback(self._releases.discard)
+    def _probe_ended(self, token: tuple[int, int]) -> None:
+        """A fleet probe ended: forget whose it was, and wake drain() to look again."""
         self._probe_owners.pop(token, None)
         for waiter in self._probe_waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        return self._trip_sent.pop(token, None) if self._trip_sent else None
-
-    def _renew_soon(
-        self,
-        token: tuple[int, int],
-        key: tuple[str, str],
-        lock: str,
-        taken: float,
-        until: float,
-        kept: tuple[int, float, float, float] | None,
-    ) -> None:
-        """Renew the fleet's probe lock ``lock`` at ``key``, taken at ``taken`` for the lease,
-        until ``until`` (the probe's hold, :func:`_probe_hold`, from its admission's end), and
-        the trip ``kept`` the probe answers for, by a task that the probe's end (``token``)
-        cancels. With no loop running, not at all: the lock keeps its lease."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(
-            self._renew(token, key, lock, taken, until, kept),
-            name="le_transport probe lock renewal",
-        )
-        self._renewals[token] = task
-
-        def ended(done: asyncio.Task[None]) -> None:
-            if self._renewals.get(token) is done:
-                del self._renewals[token]
-
-        task.add_done_callback(ended)
-
-    async def _renew(
-        self,
-        token: tuple[int, int],
-        key: tuple[str, str],
-        lock: str,
-        taken: float,
-        until: float,
-        kept: tuple[int, float, float, float] | None,
-    ) -> None:
-        """Keep the fleet's probe lock ``lock`` at ``key`` (taken at ``taken``) while its probe
-        is out, as a distributed lock's watchdog does: every lease / :data:`_RENEWALS_PER_LEASE`
-        of the clock, a compare-and-set of its own value for another lease, never past ``until``
-        (the probe's own bound: a stuck probe does not shut the fleet's host for longer). The
-        lock still ends one lease after the last renewal: a process that died, or stopped
-        renewing, holds it no longer than before.
-
-        The fleet's trip the probe answers for (``kept``: its openings, the end of its break,
-        its last break, and when the entry ends) is kept as long, in its half-open tail (the
-        break's end unchanged), as the probe's admission keeps a trip late in its tail: else a
-        process that missed the break found no trip once it ended, went closed, and sent its
-        calls while the probe was out. Only over the entry the probe answers for (a
-        compare-and-set; the probe then answers for the new one): a newer entry there (a break
-        published since) is the fleet's, left as it is, and the lock is no longer renewed (logged
-        at INFO), as when a renewal with no trip to keep then reads another entry there than
-        the one the probe answers for (:meth:`_replaced`): past its lease the probe's answer no
-        longer counts while that entry lives (:meth:`_record`), and renewed on, the lock kept
-        the fleet from probing once that break ended, until the probe's own bound.
-
-        Stops, with one WARNING, when the lock is no longer this process's (its lease ended
-        first, or another value is there), when the store fails or does not answer before the
-        lock's lease would end, or when a :class:`~le_transport.state.FallbackStore` answered
-        locally (its primary out: the shared lock was not renewed). Another process may then
-        probe once the lease ends, as without renewal; this probe's late answer is checked
-        against the lock and the trip before it counts (:meth:`_record`)."""
-        breaker = self._breaker
-        assert breaker is not None
-        lease = breaker.probe_lease
-        every = lease / _RENEWALS_PER_LEASE
-        held_until = taken + lease
-        while held_until < until:
-            await self._clock.sleep(max(0.0, held_until - lease + every - self._clock.now()))
-            now = self._clock.now()
-            ttl = min(lease, until - now)
-            if ttl <= 0:
-                return
-            reason = None
-            try:
-                if now >= held_until:
-                    reason = "its lease ended before it could be renewed"
-                else:
-                    async with timeout_after(self._clock, held_until - now):
-                        ours = await self._store.set(
-                            self._probe_key(key), lock, ttl=ttl, only_if=lock
-                        )
-                    if not self._shared_answered():
-                        # A FallbackStore's local copy answered: the shared lock is not renewed.
-                        reason = "the shared store is out"
-                    elif not ours:
-                        reason = "it is no longer this process's"
-            except TimeoutError:
-                reason = "the store did not answer before its lease would end"
-            except Exception as exc:
-                reason = f"the store failed: {type(exc).__name__}"
-            if reason is None:
-                if kept is not None and kept[3] < now + ttl:
-                    kept, superseded = await self._keep_trip(
-                        token, key, kept, now, ttl, now + every
-                    )
-                else:
-                    # No trip to keep now (none when it was admitted, one that needs no keeping
-                    # yet, or a keep that failed): the fleet's may have been replaced all the
-                    # same.
-                    superseded = await self._replaced(token, key, now + every)
-                if superseded:
-                    # A break published over the trip the probe answers for: the fleet's, newer
-                    # than its answer, which no longer counts past its lease while it lives
-                    # (_record). Renewed on, its lock kept every process from probing once that
-                    # break ended, until the probe's own bound, for an answer thrown away.
-                    _log.info(
-                        "the fleet's circuit breaker trip for %s at %s changed while its probe "
-                        "is out (a break published since): its probe lock is no longer renewed "
-                        "and ends with its lease",
-                        key[0],
-                        key[1],
-                        extra={"service": key[0], "host": key[1]},
-                    )
-                    return
-            if reason is not None:
-                _log.warning(
-                    "could not renew the fleet's probe lock for %s at %s while its probe is "
-                    "out (%s): another process may probe once its lease ends",
-                    key[0],
-                    key[1],
-                    reason,
-                    extra={"service": key[0], "host": key[1]},
-                )
-                return
-            held_until = now + ttl
-
-    async def _keep_trip(
-        self,
-        token: tuple[int, int],
-        key: tuple[str, str],
-        kept: tuple[int, float, float, float],
-        now: float,
-        ttl: float,
-        bound: float,
-    ) -> tuple[tuple[int, float, float, float] | None, bool]:
-        """Keep the trip ``kept`` at ``key`` for ``ttl`` more from ``now`` in its half-open
-        tail, over the entry probe ``token`` answers for (see :meth:`_renew`), within
-        ``bound``: the trip kept, or None once it is not (the probe ended, the entry gone, the
-        store failing: left as it is, never logged, the lock's renewal goes on); and whether
-        the shared store holds another entry there instead (a break published since, newer
-        than the probe's answer: its lock is then no longer renewed).
-
-        The write, once sent, may land whatever becomes of its answer (Redis ran the command,
-        its reply cut by the probe's end, late, or lost): until it is answered, it is noted
-        (``_trip_sent``) for the probe's verdict to take as the trip it answers for too. Else,
-        landing after the probe's success was sent, it left the fleet the kept trip instead of
-        the closed mark (the mark's compare-and-set found it, not the entry it replaced), and
-        read by this process before its answer came, it was adopted over the probe's slot."""
-        out = self._probes.get(token)
-        if out is None or out[1] is None:
-            return None, False
-        lock, seen, probe_until = out
-        opens, ended, last, _ = kept
-        trip_key = self._trip_key(key)
-        tail = self._trip_value(opens, ttl + (now - ended), last)
-        self._trip_sent[token] = tail
-        try:
-            async with timeout_after(self._clock, max(0.0, bound - now)):
-                stored = await self._store.set(trip_key, tail, ttl=ttl, only_if=seen)
-        except Exception:
-            return None, False  # it may land yet: still noted
-        if not self._shared_answered():
-            # A FallbackStore answered locally: its primary may have run it all the same (cut
-            # by its op_timeout), so it stays noted.
-            return None, False
-        if not stored:
-            # The shared store's answer: not written, nothing of it to count.
-            if self._trip_sent.get(token) == tail:
-                del self._trip_sent[token]
-            # Gone (its TTL; the probe's answer still counts) or replaced (by the fleet's
-            # newer news: it no longer does)?
-            return None, await self._replaced(token, key, bound)
-        if self._probes.get(token) == out:
-            self._probes[token] = (lock, tail, probe_until)
-            if self._trip_sent.get(token) == tail:
-                del self._trip_sent[token]
-        return (opens, ended, last, now + ttl), False
-
-    async def _replaced(self, token: tuple[int, int], key: tuple[str, str], bound: float) -> bool:
-        """Whether the shared store holds, within ``bound``, another trip entry at ``key`` than
-        the one probe ``token`` answers for (:meth:`_renew`): news newer than its answer (a
-        break published since). Not when the entry is gone (its TTL: the probe's late answer
-        still counts), nor when it is the one the probe's renewal sent that may land yet
-        (``_trip_sent``), nor when the store fails or answers locally (unknown)."""
-        out = self._probes.get(token)
-        if out is None:
-            return False
-        try:
-            async with timeout_after(self._clock, max(0.0, bound - self._clock.now())):
-                entry = await self._store.get(self._trip_key(key))
-        except Exception:
-            return False
-        return (
-            entry is not None
-            and entry.value != out[1]
-            and entry.value != self._trip_sent.get(token)
-            and self._shared_answered()
-        )
 
     async def _free_lock(self, key: tuple[str, str], lock: str, lease: float) -> None:
         try:
@@ -1519,19 +1267,15 @@ class OverloadGuard:
             return self._circuit_open(call, admission.retry_at, now, status.opens)
         lock: str | None = None
         seen: str | None = None
-        # The fleet's trip the probe answers for, to keep while it is out (_renew): its
-        # openings, the end of its break, its last break, and when the entry ends.
-        kept: tuple[int, float, float, float] | None = None
         probing = admission.status
         if admission.probe and not self._shared:
             hold = _probe_hold(call, self._breaker)
             if hold > self._breaker.probe_lease:
                 # The slot is kept until this probe has surely reported (its attempt's own
                 # bound), not only the lease: a probe with a 60 s attempt timeout let a second
-                # one through at 30 s. Not in a fleet: there the slot keeps the lease and the
-                # fleet's lock is renewed until that bound instead (_renew): a renewal lost, or
-                # a process that died, lets another process probe once the lease ends, and a
-                # longer hold here kept this process from reading that probe's verdict.
+                # one through at 30 s. Not in a fleet: there the lock keeps the lease (another
+                # process may probe then, the backstop for a probe whose process died), and a
+                # longer hold here kept this process from reading the fleet's verdict.
                 probing = attrs.evolve(probing, probe_until=now + hold)
         if admission.probe and self._shared:
             probe_key = self._probe_key(key)
@@ -1555,9 +1299,6 @@ class OverloadGuard:
                     # Another process of the fleet is probing: wait for its verdict.
                     self._put(key, status)
                     return self._circuit_open(call, now + self._sync_interval, now, status.opens)
-                # When the lock's lease began, near enough (the add's reply: a renewal's
-                # compare-and-set, not this time, is what tells whether it is still ours).
-                locked_at = self._clock.now()
                 # The lock is ours, but what this process knows of the fleet's trip may be up to
                 # sync_interval old: the probe that held the lock before may have failed, and its
                 # process re-opened the breaker (publishing the new trip before freeing the lock).
@@ -1605,8 +1346,6 @@ class OverloadGuard:
                             max(trip[2], probing.last_break),
                         )
                     if trip is None or entry is None or entry.ttl >= lease:
-                        if trip is not None and entry is not None:
-                            kept = (*trip, read_at + entry.ttl)
                         break
                     # A probe taken late in the trip's tail: keep the trip while it is out, so
                     # that a process arriving meanwhile still goes half-open (the break's end
@@ -1617,7 +1356,6 @@ class OverloadGuard:
                     tail = self._trip_value(opens, lease + (read_at - ended), last)
                     if await self._store.set(trip_key, tail, ttl=lease, only_if=seen):
                         seen = tail
-                        kept = (opens, ended, last, read_at + lease)
                         break
                     # Changed since it was read: read it again (a new break on is adopted).
                 else:
@@ -1664,16 +1402,6 @@ class OverloadGuard:
                 # The session it goes through: what an engine's close cuts (aiohttp's own
                 # field; missing, the probe is waited for by no close, as before).
                 self._probe_owners[(id(call), attempt)] = getattr(call.request, "_session", None)
-                hold = _probe_hold(call, self._breaker)
-                if hold > self._breaker.probe_lease:
-                    # Its attempt may outlive the lock's lease: renewed until then, so that no
-                    # other process's probe goes while this one is out. Its bound counted from
-                    # now, as its attempt's timeout starts once it is admitted: from when the
-                    # admission began, a store slow to answer it (the trip read, the lock
-                    # taken, the trip read again) ate into the hold, and the lock ended while
-                    # the probe was still within its bound.
-                    at = self._clock.now()
-                    self._renew_soon((id(call), attempt), key, lock, locked_at, at + hold, kept)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:
@@ -1696,14 +1424,6 @@ class OverloadGuard:
             return
         if status.probe_until is not None and now < status.probe_until:
             return  # our own probe is out; its verdict decides
-        if self._probes and (
-            any(seen == entry.value for _, seen, _ in self._probes.values())
-            or entry.value in self._trip_sent.values()
-        ):
-            # The trip our own probe keeps while it is out past its lease (_renew; or the
-            # write keeping it, landed before its answer came): no news, and adopted, it
-            # replaced the probe's slot, whose verdict then decided nothing.
-            return
         trip = self._trip(key, entry, now)
         if isinstance(trip, _FleetClosed):
             # Half-open here, and the fleet's one probe succeeded after this process's break
@@ -1999,16 +1719,12 @@ class OverloadGuard:
             self._put(key, kept)
         return kept
 
-    async def _closed(
-        self, call: GatedCall, key: tuple[str, str], seen: str | None, sent: str | None = None
-    ) -> None:
+    async def _closed(self, call: GatedCall, key: tuple[str, str], seen: str | None) -> None:
         """The probe succeeded: the breaker closed. In a fleet, the trip entry the probe was
         admitted on (``seen``) is replaced by the fleet's closed mark, and only that one: a
         break another process published while the probe was out (its own attempts failed
         before it read this trip) is newer than what the probe answered for, and stays for the
-        fleet to adopt (a compare-and-set; set-if-absent when the probe found no entry). Or
-        the entry its lock's renewal sent to keep that trip (``sent``, :meth:`_keep_trip`),
-        which may have landed first: the same trip, this probe's to answer for.
+        fleet to adopt (a compare-and-set; set-if-absent when the probe found no entry).
 
         The mark is what tells the processes that adopted the break, half-open now, that the
         fleet's one probe succeeded (:meth:`_sync`): a deleted entry told them nothing, and
@@ -2032,12 +1748,8 @@ class OverloadGuard:
         mark = json.dumps({"closed": kept, "id": self._unique()})
         if seen is None:
             await self._store.add(self._trip_key(key), mark, ttl=kept)
-        elif (
-            not await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=seen)
-            and sent is not None
-        ):
-            # The renewal's write keeping the trip landed first (a new value only it writes).
-            await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=sent)
+        else:
+            await self._store.set(self._trip_key(key), mark, ttl=kept, only_if=seen)
 
     def _adopted_open(
         self, key: tuple[str, str], status: BreakerStatus, now: float, entry: Entry
