@@ -374,12 +374,13 @@ def _object_names(text: str, start: int, end: int) -> list[str]:
     return [found.group(1) or found.group(2) for found in _NAME_FIELD.finditer(text, start, end)]
 
 
-def _names_before(text: str, key: int) -> tuple[list[str], bool]:
-    """The names an object gives before its ``"value"`` key, which starts at ``key``, and
-    whether the object's brace bounds the window (the names are then the object's own; else
-    they may be the previous object's, after its value: ``H(value='a', name='Accept'),
-    H(value=...``). A nested object between (``"meta": {"a": 1}``), or braces in a string
-    that balance (``"comment": "{x}"``), are passed over (:data:`_OBJECT_BOUND_BEFORE`)."""
+def _names_before(text: str, key: int) -> list[str]:
+    """The names an object gives before its ``"value"`` key, which starts at ``key``: up to
+    the object's brace, or to the previous object's value where no brace bounds it (the
+    names may then be the previous object's, after its value: ``H(value='a',
+    name='Accept'), H(value=...``). A nested object between (``"meta": {"a": 1}``), or braces
+    in a string that balance (``"comment": "{x}"``), are passed over
+    (:data:`_OBJECT_BOUND_BEFORE`)."""
     start = max(0, key - _NAMED_WINDOW)
     depth = 0
     bounds = _OBJECT_BOUND_BEFORE.finditer(text[start:key][::-1])
@@ -391,8 +392,8 @@ def _names_before(text: str, key: int) -> tuple[list[str], bool]:
             depth -= 1
         elif token == "{" or not depth:
             # The object's own brace, or the previous object's value: the names after it.
-            return _object_names(text, key - bound.start(), key), token == "{"
-    return _object_names(text, start, key), False
+            return _object_names(text, key - bound.start(), key)
+    return _object_names(text, start, key)
 
 
 def _names_after(text: str, close: int) -> list[str]:
@@ -578,11 +579,12 @@ def _hide_secret_fields(text: str) -> str:
         if named:
             # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,
             # other fields between: the value is the header's.
-            names, bounded = _names_before(text, match.start(1))
+            names = _names_before(text, match.start(1))
             close = None
-            if not (bounded and names) and not any(is_secret_header(n) for n in names):
-                # No name, or one that may be the previous object's (no brace between):
-                # the names after the value too, either may be its own.
+            if not any(is_secret_header(n) for n in names):
+                # No name, one that may be the previous object's (no brace between), or a
+                # plain one beside the header's ('{"field": "email", "value": "...", "name":
+                # "X-Api-Key"}'): the names after the value too, either may be its own.
                 close = _value_end(text, match.end(), punctuation)
                 names = names if close is None else names + _names_after(text, close)
                 quoted = close is not None and punctuation[-1] in "\"'"
