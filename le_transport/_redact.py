@@ -416,21 +416,22 @@ def _names_after(text: str, close: int) -> list[str]:
 
 def _braced_names(text: str, key: int, close: int | None) -> list[str]:
     """The names quoted keys give between a ``"value"`` key and the nearest brace before it,
-    or, when none, between its value's end (``close``) and the nearest brace after it,
-    whatever lies between: a "value" word in another field's string (``"comment": "value:
-    none"``) reads as an object's bound to :func:`_names_before` and :func:`_names_after`,
-    and the header's name beyond it was not read."""
+    and, when none of those names a secret (a plain one may be beside the header's:
+    ``"field": "email"``), between its value's end (``close``) and the nearest brace after
+    it, whatever lies between: a "value" word in another field's string (``"comment":
+    "value: none"``) reads as an object's bound to :func:`_names_before` and
+    :func:`_names_after`, and the header's name beyond it was not read."""
     start = max(0, key - _NAMED_WINDOW)
     brace = max(text.rfind("{", start, key), text.rfind("}", start, key))
     names = [
         found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, max(start, brace + 1), key)
     ]
-    if names or close is None:
+    if close is None or any(is_secret_header(name) for name in names):
         return names
     end = min(len(text), close + _NAMED_WINDOW)
     braces = [at for at in (text.find("{", close, end), text.find("}", close, end)) if at >= 0]
     after = _QUOTED_NAME_FIELD.finditer(text, close, min(braces, default=end))
-    return [found.group(1) for found in after]
+    return names + [found.group(1) for found in after]
 
 
 def _quote_depth(backslashes: int) -> int:

@@ -45,3 +45,26 @@ def test_a_plain_objects_value_beside_a_secret_objects_stays_readable() -> None:
     shown = redact_text(text)
     assert BEARER not in shown, shown
     assert "bob@example.com" in shown, shown
+
+
+# -- a plain name before the value, a "value" word and the header's name after it -----------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"header": "Accept", "value": "{BEARER}", "description": "value: the header", '
+        f'"name": "X-Api-Key"}}',
+        f'{{"field": "email", "value": "Token {BEARER}", "hint": "value=1", '
+        f'"key": "Authorization"}}',
+        f"{{'param': 'q', 'value': 'sess={BEARER}', 'comment': 'a value: b', 'name': 'Cookie'}}",
+    ],
+)
+def test_a_plain_name_before_the_value_leaves_the_headers_name_past_a_value_word_read(
+    text: str,
+) -> None:
+    # The "value" word in the string after the value bounded the object's names after it,
+    # and the quoted names up to its brace were read after the value only when none was
+    # before it: the plain name before was taken as the only one, and the value shown.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
