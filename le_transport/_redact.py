@@ -351,6 +351,8 @@ _NAMED_WINDOW = 256
 _NAMED_KIND_ORDER = {"cookie": 0, "authorization": 1, None: 2}
 #: The keys that give the name of the object a "value" is in, in parsed JSON (any case).
 _NAME_KEYS = frozenset({"name", "key", "header", "field", "param", "parameter"})
+#: The name a header object's value cut before its end is read under: a plain credential's.
+_UNREAD_NAME = "x-api-key"
 
 
 def _is_scheme(word: str) -> bool:
@@ -560,8 +562,11 @@ def _list_item(group: int) -> str:
 _AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_list_item(1)}{_list_item(3)})*+{_list_item(5)}")
 
 
-def _hide_secret_fields(text: str) -> str:
-    """``text`` with the value of each field whose name says secret hidden; one pass."""
+def _hide_secret_fields(text: str, cut: bool = False) -> str:
+    """``text`` with the value of each field whose name says secret hidden; one pass. When
+    ``text`` is ``cut`` short of the text it is shown of (:func:`redact_cut`), a header
+    object's value that ends near its end is hidden whatever its names: the name after it
+    (``{"value": "...", "name": "Authorization"}``) may be past the cut, unread."""
     out: list[str] = []
     done = 0
     for match in _FIELD.finditer(text):
@@ -611,7 +616,11 @@ def _hide_secret_fields(text: str) -> str:
                 )
             secrets = [n.lower() for n in names if is_secret_header(n)]
             if not secrets:
-                continue
+                if not (cut and close is not None and close + _NAMED_WINDOW > len(text)):
+                    continue
+                # Its names after it may be past the cut (a value as long as the margin):
+                # read as a plain credential's.
+                secrets = [_UNREAD_NAME]
             # A header's name with a grammar of its own reads the value whole (a cookie
             # line; an authorization's credential after its scheme): another beside it (a
             # validation error's "field": "password") would take its first word only.
@@ -988,11 +997,12 @@ def redact_text(text: str) -> str:
     XML element's text
     (``<Authorization>...</Authorization>``, with attributes, or a CDATA section).
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""
+    cut = isinstance(text, _CutText)  # (redact_cut's: see _hide_secret_fields)
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)
     if "<" in text:
         text = _ELEMENT.sub(_hide_element, text)
-    text = _hide_secret_fields(text)
+    text = _hide_secret_fields(text, cut)
     for pattern, replacement in _TEXT_AFTER_FIELDS:
         text = pattern.sub(replacement, text)
     # Three base64url segments, the first starting like a JSON header.
@@ -1009,8 +1019,17 @@ def redact_cut(text: str, limit: int) -> str:
     """``text`` as shown cut to ``limit`` characters: :func:`redact_text` of its first
     ``limit`` + :data:`CUT_MARGIN` characters (never the whole: a caller's exception text of a
     megabyte took seconds of the loop's CPU a line), then cut, so that the cut never leaves
-    half a secret unrecognised."""
-    return redact_text(text[: limit + CUT_MARGIN])[:limit]
+    half a secret unrecognised. A header object's value that ends near the margin's end, or
+    runs past it, is hidden whatever its names: its name may follow it, past what is read
+    (``{"value": "<16 KB>", "name": "Authorization"}``)."""
+    head = text[: limit + CUT_MARGIN]
+    return redact_text(_CutText(head) if len(head) < len(text) else head)[:limit]
+
+
+class _CutText(str):
+    """A text :func:`redact_cut` has cut short of the text it shows a part of."""
+
+    __slots__ = ()
 
 
 #: Three dot-separated base64url runs, each a whole run (a JWT is looked for in the first).

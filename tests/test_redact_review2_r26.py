@@ -9,8 +9,10 @@ The credentials are those of ``tests/known_secrets.py``.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from le_transport._redact import redact_text
+from le_transport._redact import CUT_MARGIN, redact_cut, redact_text
 from tests.known_secrets import BEARER
 
 # -- a plain name under another key before the value, the header's own after it -----------------
@@ -68,3 +70,76 @@ def test_a_plain_name_before_the_value_leaves_the_headers_name_past_a_value_word
     # before it: the plain name before was taken as the only one, and the value shown.
     shown = redact_text(text)
     assert BEARER not in shown, shown
+
+
+# -- redact_cut: what is shown of a cut text is what the whole text's redaction shows ------------
+
+#: A credential as the texts redact_cut is given (an exception's text, a note, a store's error)
+#: may hold it; ``{s}`` is the credential.
+_FORMS = (
+    "Authorization: Bearer {s}",
+    "Authorization: Token {s}\r\nHost: h",
+    "password={s}&user=bob",
+    '{{"access_token": "{s}", "n": 1}}',
+    '{{"name": "Authorization", "value": "Token {s}"}}',
+    '{{"value": "Token {s}", "name": "Authorization"}}',
+    "Header(value='{s}', name='X-Api-Key')",
+    '<header value="{s}" name="X-Api-Key"/>',
+    "Cookie: a=1; sess={s}",
+    "<Authorization><![CDATA[Basic {s}]]></Authorization>",
+    "https://bob:{s}@h.example/x",
+    '[("Authorization", "Token {s}")]',
+    "{{'password': '{s}'}}",
+)
+
+
+def _shown_grams(secret: str, shown: str) -> set[str]:
+    return {secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8] in shown}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    form=st.sampled_from(_FORMS),
+    limit=st.integers(1, 400),
+    near=st.sampled_from(["cut", "margin"]),
+    offset=st.integers(-80, 80),
+    padding=st.sampled_from(["x", " ", "a=b ", "\n", "value "]),
+    value_pad=st.sampled_from([0, 300, CUT_MARGIN, 2 * CUT_MARGIN]),
+)
+def test_redact_cut_never_shows_what_the_whole_texts_redaction_hides(
+    form: str, limit: int, near: str, offset: int, padding: str, value_pad: int
+) -> None:
+    # The credential near what is shown's end, or near the margin's; a value may be long.
+    secret = "s3cr3t" + "Q" * (value_pad if "value" in form else 0) + "-do-not-log"
+    at = max(0, (limit if near == "cut" else limit + CUT_MARGIN) + offset)
+    before = (padding * (at // len(padding) + 1))[:at]
+    text = before + form.format(s=secret) + " tail=1" * 40
+    cut = redact_cut(text, limit)
+    whole = redact_text(text)[:limit]
+    assert len(cut) <= limit
+    assert _shown_grams(secret, cut) <= _shown_grams(secret, whole), (cut, whole)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        '{{"value": "Token {s}", "name": "Authorization"}}',
+        "Header(value='{s}', name='X-Api-Key')",
+        '<header value="{s}" name="X-Api-Key"/>',
+        "value={s} name=X-Api-Key",
+    ],
+)
+def test_a_header_objects_value_past_the_margin_is_hidden_though_its_name_is_unread(
+    form: str,
+) -> None:
+    # The name after a value longer than the margin was past what redact_cut read: the value
+    # was taken for a plain one and its start shown, where the whole text's redaction hid it.
+    secret = "s3cr3t-" + "Q" * (2 * CUT_MARGIN)
+    shown = redact_cut("error: " + form.format(s=secret), 200)
+    assert "s3cr3t" not in shown, shown
+
+
+def test_a_plain_value_cut_by_the_margin_only_is_hidden() -> None:
+    # A value that ends before the margin keeps the whole text's reading.
+    text = '{"value": "text/html", "name": "Accept"} ' + "x" * (2 * CUT_MARGIN)
+    assert redact_cut(text, 60) == redact_text(text)[:60]
