@@ -417,23 +417,41 @@ def _names_after(text: str, close: int) -> list[str]:
 
 
 def _braced_names(text: str, key: int, close: int | None) -> list[str]:
-    """The names quoted keys give between a ``"value"`` key and the nearest brace before it,
+    """The names quoted keys give between a ``"value"`` key and its object's brace before it,
     and, when none of those names a secret (a plain one may be beside the header's:
-    ``"field": "email"``), between its value's end (``close``) and the nearest brace after
+    ``"field": "email"``), between its value's end (``close``) and its object's brace after
     it, whatever lies between: a "value" word in another field's string (``"comment":
     "value: none"``) reads as an object's bound to :func:`_names_before` and
-    :func:`_names_after`, and the header's name beyond it was not read."""
+    :func:`_names_after`, and the header's name beyond it was not read. A nested object
+    between, or braces in a string that balance (``"hint": "{x}"``), are passed over."""
     start = max(0, key - _NAMED_WINDOW)
-    brace = max(text.rfind("{", start, key), text.rfind("}", start, key))
-    names = [
-        found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, max(start, brace + 1), key)
-    ]
+    brace = _object_brace(_BRACE.finditer(text[start:key][::-1]), "}")
+    begin = start if brace is None else key - brace
+    names = [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, begin, key)]
     if close is None or any(is_secret_header(name) for name in names):
         return names
     end = min(len(text), close + _NAMED_WINDOW)
-    braces = [at for at in (text.find("{", close, end), text.find("}", close, end)) if at >= 0]
-    after = _QUOTED_NAME_FIELD.finditer(text, close, min(braces, default=end))
+    brace = _object_brace(_BRACE.finditer(text, close, end), "{")
+    after = _QUOTED_NAME_FIELD.finditer(text, close, end if brace is None else brace)
     return names + [found.group(1) for found in after]
+
+
+_BRACE = re.compile(r"[{}]")
+
+
+def _object_brace(braces: Iterable[re.Match[str]], opener: str) -> int | None:
+    """Where, among ``braces`` (read away from a value, an ``opener`` opening a nested
+    object), the first that is no nested object's is; None past :data:`_BOUNDS_READ` of them
+    or when there is none (the whole window is then read: more names, never fewer)."""
+    depth = 0
+    for brace in itertools.islice(braces, _BOUNDS_READ):
+        if brace.group() == opener:
+            depth += 1
+        elif depth:
+            depth -= 1
+        else:
+            return brace.start()
+    return None
 
 
 def _quote_depth(backslashes: int) -> int:

@@ -143,3 +143,27 @@ def test_a_plain_value_cut_by_the_margin_only_is_hidden() -> None:
     # A value that ends before the margin keeps the whole text's reading.
     text = '{"value": "text/html", "name": "Accept"} ' + "x" * (2 * CUT_MARGIN)
     assert redact_cut(text, 60) == redact_text(text)[:60]
+
+
+# -- a "value" word in a string and braces between a header's name and its value -----------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"name": "X-Api-Key", "description": "value: the key", "hint": "{{x}}", '
+        f'"value": "{BEARER}"}}',
+        f'{{"key": "Authorization", "meta": {{"a": 1}}, "description": "value: the header", '
+        f'"value": "Token {BEARER}"}}',
+        f'{{"value": "sess={BEARER}", "description": "value: a cookie", "meta": {{"a": 1}}, '
+        f'"name": "Cookie"}}',
+        f"{{'Key': 'X-Api-Key', 'meta': {{'a': 1}}, 'description': 'value: x', "
+        f"'value': '{BEARER}'}}",
+    ],
+)
+def test_a_value_word_and_a_nested_brace_between_name_and_value_hide_the_value(text: str) -> None:
+    # The "value" word bounded the object's names read beside the value, and the quoted names
+    # read up to its brace stopped at the nested object's or the string's brace: the header's
+    # name beyond both was not read, and the value was shown.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
