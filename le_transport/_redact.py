@@ -417,23 +417,28 @@ def _names_after(text: str, close: int) -> list[str]:
 
 
 def _braced_names(text: str, key: int, close: int | None) -> list[str]:
-    """The names quoted keys give between a ``"value"`` key and its object's brace before it,
+    """The names keys give between a ``"value"`` key and its object's brace before it,
     and, when none of those names a secret (a plain one may be beside the header's:
     ``"field": "email"``), between its value's end (``close``) and its object's brace after
     it, whatever lies between: a "value" word in another field's string (``"comment":
     "value: none"``) reads as an object's bound to :func:`_names_before` and
     :func:`_names_after`, and the header's name beyond it was not read. A nested object
-    between, or braces in a string that balance (``"hint": "{x}"``), are passed over."""
+    between, or braces in a string that balance (``"hint": "{x}"``), are passed over. Within
+    the object's brace, unquoted keys give names too (Node's ``{ key: 'X-Api-Key', ... }``);
+    where none bounds the window, quoted ones only (YAML's list items are not the object's)."""
     start = max(0, key - _NAMED_WINDOW)
     brace = _object_brace(_BRACE.finditer(text[start:key][::-1]), "}")
-    begin = start if brace is None else key - brace
-    names = [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, begin, key)]
+    if brace is None:
+        names = [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, start, key)]
+    else:
+        names = _object_names(text, key - brace, key)
     if close is None or any(is_secret_header(name) for name in names):
         return names
     end = min(len(text), close + _NAMED_WINDOW)
     brace = _object_brace(_BRACE.finditer(text, close, end), "{")
-    after = _QUOTED_NAME_FIELD.finditer(text, close, end if brace is None else brace)
-    return names + [found.group(1) for found in after]
+    if brace is None:
+        return names + [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, close, end)]
+    return names + _object_names(text, close, brace)
 
 
 _BRACE = re.compile(r"[{}]")

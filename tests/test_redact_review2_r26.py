@@ -167,3 +167,37 @@ def test_a_value_word_and_a_nested_brace_between_name_and_value_hide_the_value(t
     # name beyond both was not read, and the value was shown.
     shown = redact_text(text)
     assert BEARER not in shown, shown
+
+
+# -- unquoted keys, a "value" word in another field's string between ------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Node's util.inspect of a Postman header, its description between.
+        f"{{ key: 'X-Api-Key', description: 'value: x', value: '{BEARER}' }}",
+        f"[ {{ name: 'Authorization', description: 'value: the bearer', type: 'text', "
+        f"value: 'Token {BEARER}' }} ]",
+        f"{{ value: 'sess={BEARER}', description: 'a value: b', name: 'Cookie' }}",
+        f"{{ name: 'Proxy-Authorization', hint: '{{x}}', description: 'value: x', "
+        f"value: 'Token {BEARER}' }}",
+    ],
+)
+def test_unquoted_keys_with_a_value_word_between_name_and_value_hide_the_value(
+    text: str,
+) -> None:
+    # The "value" word bounded the names read beside the value, and the names read up to the
+    # object's brace were the quoted keys' only: the header's unquoted name was not read.
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+def test_unquoted_keys_of_a_plain_object_beside_a_secret_one_stay_readable() -> None:
+    text = (
+        f"[ {{ name: 'Authorization', value: 'Token {BEARER}' }}, "
+        "{ name: 'Accept', description: 'value: x', value: 'text/html' } ]"
+    )
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+    assert "text/html" in shown, shown
