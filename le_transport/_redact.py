@@ -327,13 +327,16 @@ _NAME_FIELD = re.compile(
 )
 #: What bounds the object a "value" field is in, around it: a brace (a nested object's, or
 #: one in a string, balanced, is passed over), or the next or the previous object's "value"
-#: key (as :data:`_FIELD` reads one) outside any nested object. Read backwards in a reversed
-#: window, so that one pass finds the nearest before a field.
+#: key (as :data:`_FIELD` reads one) outside any nested object; not a "value" word that opens
+#: a quoted string with no quote after it (``description: 'value: x'``: a string's text, not a
+#: key). Read backwards in a reversed window, so that one pass finds the nearest before a
+#: field.
 _OBJECT_BOUND_AFTER = re.compile(
-    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt]))value(?:\\*+[\"'])?\s*+[:=]"
+    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt]))"
+    r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"'])?)\s*+[:=]"
 )
 _OBJECT_BOUND_BEFORE = re.compile(
-    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+)?eulav(?:(?![a-z0-9_.-])|(?=[rnt]\\))"
+    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+eulav|eulav(?![\"']))(?:(?![a-z0-9_.-])|(?=[rnt]\\))"
 )
 #: How many of those are read around a field: past them (a window crowded with braces, a
 #: hostile run's), the whole window is read as the object's (more names, never fewer).

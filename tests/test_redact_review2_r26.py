@@ -201,3 +201,31 @@ def test_unquoted_keys_of_a_plain_object_beside_a_secret_one_stay_readable() -> 
     shown = redact_text(text)
     assert BEARER not in shown, shown
     assert "text/html" in shown, shown
+
+
+# -- YAML: a "value" word opening another field's string ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"headers:\n- name: X-Api-Key\n  description: 'value: x'\n  value: '{BEARER}'\n",
+        f"- value: 'sess={BEARER}'\n  description: \"value: a cookie\"\n  name: Cookie\n",
+        f"- name: Authorization\n  hint: 'value=1'\n  value: Token {BEARER}\n- name: Host\n",
+    ],
+)
+def test_a_value_word_opening_a_string_bounds_no_object(text: str) -> None:
+    # The word, first in a quoted string, was read as a "value" key: the previous or the next
+    # object's bound, and the header's name beyond it was not read (no brace bounds YAML's).
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+def test_a_yaml_list_of_headers_keeps_its_plain_values_readable() -> None:
+    text = (
+        f"- name: Authorization\n  value: Token {BEARER}\n"
+        "- name: Accept\n  description: 'value: x'\n  value: text/html\n"
+    )
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+    assert "text/html" in shown, shown
