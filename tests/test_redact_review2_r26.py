@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from le_transport._redact import CUT_MARGIN, redact_cut, redact_text
+from tests.bounded_work import assert_bounded_work
 from tests.known_secrets import BEARER
 
 # -- a plain name under another key before the value, the header's own after it -----------------
@@ -229,3 +230,13 @@ def test_a_yaml_list_of_headers_keeps_its_plain_values_readable() -> None:
     shown = redact_text(text)
     assert BEARER not in shown, shown
     assert "text/html" in shown, shown
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["'value=", "{ key: x, value: ", '{"value": "a", "hint": "{", ', "}value: '", "- value: 'v"],
+)
+def test_a_run_of_header_objects_words_is_read_in_linear_work(unit: str) -> None:
+    # Each "value" reads a bounded window around it, whatever bounds it or fails to.
+    text = unit * (100_000 // len(unit))
+    assert_bounded_work(lambda: redact_text(text))
