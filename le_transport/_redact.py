@@ -721,8 +721,20 @@ _ELEMENT = re.compile(
 )
 
 
-def _hide_element(match: re.Match[str]) -> str:
+#: A key element's text, the last in a window before a value element (``<key>Authorization
+#: </key><value>...``, .NET's ``<a:Key>...</a:Key><a:Value>``): the value's name.
+_KEY_ELEMENT = re.compile(
+    r"(?i)<(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}+:)?(?:key|name)>\s*+([^<\s]{1,64}+)\s*+"
+    r"</(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}+:)?(?:key|name)>\s*+\Z"
+)
+
+
+def _hide_element(match: re.Match[str], text: str) -> str:
     name = match.group(1).rpartition(":")[2]  # (a namespace's prefix is no part of it)
+    if name.lower() == "value":
+        # Named by the key element just before it: a dictionary's entry as XML.
+        key = _KEY_ELEMENT.search(text[max(0, match.start() - _NAMED_WINDOW) : match.start()])
+        name = "" if key is None else key.group(1)
     if not is_secret_header(name):
         return match.group(0)
     return f"<{match.group(1)}{match.group(2)}>{REDACTED}"
@@ -1021,13 +1033,14 @@ def redact_text(text: str) -> str:
     "value": "..."}`` (the name before or after the value, other fields between, its keys
     quoted or not: ``Header(name='Authorization', value='...')``), and as an
     XML element's text
-    (``<Authorization>...</Authorization>``, with attributes, or a CDATA section).
+    (``<Authorization>...</Authorization>``, with attributes, or a CDATA section; a
+    ``<value>`` element after a ``<key>`` or ``<name>`` one naming it, a dictionary's entry).
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""
     cut = isinstance(text, _CutText)  # (redact_cut's: see _hide_secret_fields)
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)
     if "<" in text:
-        text = _ELEMENT.sub(_hide_element, text)
+        text = _ELEMENT.sub(lambda match: _hide_element(match, text), text)
     text = _hide_secret_fields(text, cut)
     for pattern, replacement in _TEXT_AFTER_FIELDS:
         text = pattern.sub(replacement, text)

@@ -234,9 +234,45 @@ def test_a_yaml_list_of_headers_keeps_its_plain_values_readable() -> None:
 
 @pytest.mark.parametrize(
     "unit",
-    ["'value=", "{ key: x, value: ", '{"value": "a", "hint": "{", ', "}value: '", "- value: 'v"],
+    [
+        "'value=",
+        "{ key: x, value: ",
+        '{"value": "a", "hint": "{", ',
+        "}value: '",
+        "- value: 'v",
+        "<key>a</key><value>",
+        "<value>x",
+    ],
 )
 def test_a_run_of_header_objects_words_is_read_in_linear_work(unit: str) -> None:
     # Each "value" reads a bounded window around it, whatever bounds it or fails to.
     text = unit * (100_000 // len(unit))
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- XML: a key element's name for the value element after it ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"<entry><key>Authorization</key><value>Token {BEARER}</value></entry>",
+        # .NET's DataContractSerializer of a Dictionary<string, string>.
+        f"<a:KeyValueOfstringstring><a:Key>X-Api-Key</a:Key><a:Value>{BEARER}</a:Value>"
+        "</a:KeyValueOfstringstring>",
+        f"<header>\n  <name>Cookie</name>\n  <value>sess={BEARER}</value>\n</header>",
+    ],
+)
+def test_a_value_element_named_by_the_key_element_before_it_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+
+
+def test_a_value_element_named_by_a_plain_key_stays_readable() -> None:
+    text = (
+        f"<e><key>Authorization</key><value>Token {BEARER}</value></e>"
+        "<e><key>Accept</key><value>text/html</value></e>"
+    )
+    shown = redact_text(text)
+    assert BEARER not in shown, shown
+    assert "text/html" in shown, shown
