@@ -1049,9 +1049,12 @@ def redact_text(text: str) -> str:
 
 
 #: How far past what is shown :func:`redact_cut` reads: a value's name is looked for within
-#: a few hundred characters either side of it (a bracket's list within 512), so 16 KB more
-#: hides what the whole text would, and bounds the work of a text of any length.
-CUT_MARGIN = 16_384
+#: a few hundred characters either side of it (a bracket's list within 512), and a credential
+#: whose end marks it (a URL's userinfo by its "@") is no longer than a header line a server
+#: takes (8 KB by default, aiohttp's and most servers'), so 32 KB more hides what the whole
+#: text would, and bounds the work of a text of any length (about 0.5 s of CPU for the most
+#: hostile text, a few ms for a plain one).
+CUT_MARGIN = 32_768
 
 
 def redact_cut(text: str, limit: int) -> str:
@@ -1060,7 +1063,7 @@ def redact_cut(text: str, limit: int) -> str:
     megabyte took seconds of the loop's CPU a line), then cut, so that the cut never leaves
     half a secret unrecognised. A header object's value that ends near the margin's end, or
     runs past it, is hidden whatever its names: its name may follow it, past what is read
-    (``{"value": "<16 KB>", "name": "Authorization"}``)."""
+    (``{"value": "<32 KB>", "name": "Authorization"}``)."""
     head = text[: limit + CUT_MARGIN]
     return redact_text(_CutText(head) if len(head) < len(text) else head)[:limit]
 

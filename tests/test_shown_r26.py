@@ -60,3 +60,11 @@ def test_an_aiohttp_message_of_a_megabyte_is_redacted_within_a_bound(
     shown: Any = retry._safe_message(OSError(f"cookie: sess={BEARER} " + "w" * _HUGE))
     assert BEARER not in shown
     assert max(redacted_lengths) <= 300 + _redact.CUT_MARGIN
+
+
+def test_a_url_password_longer_than_any_header_line_is_still_hidden() -> None:
+    # A URL's userinfo is known by its "@": a password past the margin left its "@" unread,
+    # and its first characters were shown. The margin is past any line a server takes (8 KB).
+    password = "P" * 17_000
+    shown = error_text(ValueError(f"https://user:{password}@host.example/x"))
+    assert "PPPP" not in shown
