@@ -7,7 +7,19 @@ import pytest
 from le_transport import cli
 
 
-@pytest.mark.parametrize("seed", ["9" * 5000, "-" + "9" * 5000, "1_" * 3000 + "1"])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        "9" * 5000,
+        "-" + "9" * 5000,
+        "1_" * 3000 + "1",
+        # int() reads any decimal digit (Arabic-Indic, full-width): a shorter such seed is an
+        # int, so a longer one is as far past 64 bits as 5,000 nines, not "not an int".
+        "\u0669" * 5000,
+        "-" + "\u0669" * 5000,
+        " " + "\uff19" * 5000,
+    ],
+)
 def test_a_seed_past_pythons_int_digit_limit_is_the_64_bit_usage_error(
     seed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -19,7 +31,20 @@ def test_a_seed_past_pythons_int_digit_limit_is_the_64_bit_usage_error(
     assert len(err) < 200
 
 
-@pytest.mark.parametrize("seed", ["x" * 5000, "1" * 5000 + "x", "seven"])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        "x" * 5000,
+        "1" * 5000 + "x",
+        "seven",
+        # A misplaced "_" or a second sign: int() refuses it at any length, so it is no int,
+        # not a seed past 64 bits.
+        "9" * 5000 + "_",
+        "_" + "9" * 5000,
+        "1__" + "1" * 5000,
+        "+-" + "9" * 5000,
+    ],
+)
 def test_a_seed_that_is_no_int_is_refused_without_its_whole_text(
     seed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import MultiDict
 
-from le_transport import Engine, StaticDomains, _redact, cli
+from le_transport import Engine, StaticDomains, _redact
 from le_transport._shown import SHOWN_LIMIT, error_text
 from le_transport.errors import InvalidRequest
 from le_transport.sockets import EngineDialer
@@ -69,30 +69,3 @@ async def test_a_socket_query_mapping_of_distinct_names_is_kept(clock: VirtualCl
     async with Engine(StaticDomains({"svc": "127.0.0.1:1"}), scheme="http", clock=clock) as engine:
         dialer = EngineDialer(engine, "svc", "/ws", params=MultiDict([("a", "1"), ("b", "2")]))
         assert dialer._params == {"a": "1", "b": "2"}
-
-
-@pytest.mark.parametrize("seed", ["\u0669" * 5000, "-" + "\u0669" * 5000, " " + "\uff19" * 5000])
-def test_a_seed_in_other_digits_past_the_int_limit_is_the_64_bit_usage_error(
-    seed: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # int() reads any decimal digit (Arabic-Indic, full-width): a shorter such seed is an int,
-    # so a longer one is as far past 64 bits as 5,000 nines, not "not an int".
-    assert cli.main(["demo", "--seed", seed]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("le-transport demo: --seed must be an int of 64 bits, between ")
-
-
-@pytest.mark.parametrize(
-    "seed", ["9" * 5000 + "_", "_" + "9" * 5000, "1__" + "1" * 5000, "+-" + "9" * 5000]
-)
-def test_a_long_seed_that_int_would_refuse_anyway_is_no_int(
-    seed: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # A misplaced "_" or a second sign: int() refuses it at any length, so it is no int, not
-    # a seed past 64 bits.
-    with pytest.raises(SystemExit) as ended:
-        cli.main(["demo", "--seed", seed])
-    assert ended.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --seed: not an int" in err
-    assert len(err.splitlines()[-1]) < 120
