@@ -100,7 +100,7 @@ from ..policies._validate import finite_number
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
 from ..policies.budget import RetryBudget
 from ..policies.classify import Outcome
-from ..state.fallback import FallbackStore
+from ..state.fallback import FallbackStore, guarded
 from ..state.memory import MemoryStore
 from ..state.store import (
     MAX_TTL,
@@ -460,13 +460,11 @@ class OverloadGuard:
         self._max_breakers = max_breakers
         self._keys_kept = max(_KEYS_KEPT, max_breakers)
         self._shared = store is not None
-        if store is None:
-            store = MemoryStore(self._clock)
-        elif type(store) is not MemoryStore and not isinstance(store, FallbackStore):
-            # A subclass of MemoryStore is the caller's code too: wrapped alike, so that a
-            # TypeError from it reaches a call as a ConfigurationError, never raw.
-            store = FallbackStore(store, clock=self._clock, hooks=self._hooks)
-        self._store: StateStore = store
+        # A subclass of MemoryStore is the caller's code too: wrapped alike, so that a
+        # TypeError from it reaches a call as a ConfigurationError, never raw.
+        self._store: StateStore = (
+            MemoryStore(self._clock) if store is None else guarded(store, self._clock, self._hooks)
+        )
         # A local store costs nothing: count first attempts at once, no batching.
         self._flush_interval = flush_interval if self._shared else 0.0
         self._budget_keys: dict[str, str] = {}
@@ -485,7 +483,9 @@ class OverloadGuard:
         # fleet (its admit always asks the store).
         self._last_admits = False
         # A process's own MemoryStore takes first attempts without a coroutine (_deposit_unchecked).
-        self._local = store if isinstance(store, MemoryStore) and not self._shared else None
+        self._local = (
+            self._store if isinstance(self._store, MemoryStore) and not self._shared else None
+        )
         self._slot_length = breaker.sampling_window / breaker.slots if breaker is not None else 1.0
         self._synced_at: dict[tuple[str, str], float] = {}
         # The probes out, by (call, attempt): the value of the fleet's probe lock each holds,

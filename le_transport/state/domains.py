@@ -29,8 +29,7 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, HostileHostError
 from ..policies._validate import finite_number
 from ..providers.domains import validate_host
-from .fallback import FallbackStore, stored_text
-from .memory import MemoryStore
+from .fallback import guarded, stored_text
 from .store import StateStore, check_seconds, check_store, state_key, store_clock
 
 __all__ = ["SharedDomainMap"]
@@ -72,15 +71,9 @@ class SharedDomainMap:
         require_kind(clock, Clock, owner="SharedDomainMap", field="clock")
         if clock is None:
             clock = store_clock(store) or RealClock()
-        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises,
-        # and so that an operation that never answers is cut (FallbackStore.op_timeout). A
-        # MemoryStore of the caller's own making (a subclass) is such a store too: used as it
-        # is, one whose read or write hung held every resolve and reconnect for ever.
-        self._store: StateStore = (
-            store
-            if type(store) is MemoryStore or isinstance(store, FallbackStore)
-            else FallbackStore(store, clock=clock)
-        )
+        # Wrapped unless it cannot fail (guarded): a MemoryStore subclass too, as one whose
+        # read or write hung held every resolve and reconnect for ever.
+        self._store: StateStore = guarded(store, clock)
         self._account = account
         self._key = state_key(account, "domains")
         self._ttl = float(ttl)

@@ -703,6 +703,17 @@ class FallbackStore:
         return f"FallbackStore({self._primary!r}, sharing={self.sharing})"
 
 
+def guarded(store: StateStore, clock: Clock, hooks: EventHooks | None = None) -> StateStore:
+    """``store`` as the library's shared-state users hold it: a plain :class:`MemoryStore`
+    (which cannot fail or hang) or a :class:`FallbackStore` as it is; any other (a Redis store,
+    a caller's own, a ``MemoryStore`` subclass, which is a caller's code too) wrapped in a
+    FallbackStore on ``clock``, so that a failure falls back, never raises, and an operation
+    that never answers is cut at its ``op_timeout``."""
+    if type(store) is MemoryStore or isinstance(store, FallbackStore):
+        return store
+    return FallbackStore(store, clock=clock, hooks=hooks)
+
+
 def _running_task() -> asyncio.Task[object] | None:
     """The task running now, or None (no loop running, or a coroutine driven by hand)."""
     try:

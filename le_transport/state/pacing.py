@@ -17,8 +17,7 @@ from ..clock import Clock, RealClock
 from ..policies._validate import finite_number
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
-from .fallback import FallbackStore
-from .memory import MemoryStore
+from .fallback import guarded
 from .store import StateStore, check_store, state_key
 
 __all__ = ["FleetPacer"]
@@ -64,15 +63,9 @@ class FleetPacer(ReconnectPacer):
         # and failed at the first reconnect.
         require_kind(clock, Clock, owner="FleetPacer", field="clock")
         super().__init__(RealClock() if clock is None else clock, bucket)
-        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises,
-        # and so that an operation that never answers is cut (FallbackStore.op_timeout). A
-        # MemoryStore of the caller's own making (a subclass) is such a store too: used as it
-        # is, one whose reserve hung held every paced reconnect for ever.
-        self._store: StateStore = (
-            store
-            if type(store) is MemoryStore or isinstance(store, FallbackStore)
-            else FallbackStore(store, clock=self._clock)
-        )
+        # Wrapped unless it cannot fail (guarded): a MemoryStore subclass too, as one whose
+        # reserve hung held every paced reconnect for ever.
+        self._store: StateStore = guarded(store, self._clock)
         self._key = state_key(account, "pace", name)
         # Whether a store's answer that is no wait has been logged (once is enough).
         self._bad_wait_logged = False

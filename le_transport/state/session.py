@@ -38,8 +38,7 @@ from .._checks import require_kind
 from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, StateStoreError
 from ..policies._validate import finite_number
-from .fallback import FallbackStore, stored_text
-from .memory import MemoryStore
+from .fallback import guarded, stored_text
 from .store import MAX_TTL, Entry, StateStore, check_seconds, check_store, state_key
 
 __all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
@@ -172,15 +171,9 @@ class SharedSession:
         if not isinstance(user, str) or not user:
             raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
         self._clock = clock if clock is not None else RealClock()
-        # A store that can fail (Redis) is wrapped so that a failure falls back, never raises,
-        # and an operation that never answers is cut (FallbackStore.op_timeout). A MemoryStore
-        # of the caller's own making (a subclass) is such a store too: used as it is, one whose
+        # Wrapped unless it cannot fail (guarded): a MemoryStore subclass too, as one whose
         # read or lock hung held every login for ever.
-        self._store: StateStore = (
-            store
-            if type(store) is MemoryStore or isinstance(store, FallbackStore)
-            else FallbackStore(store, clock=self._clock)
-        )
+        self._store: StateStore = guarded(store, self._clock)
         self._key = state_key(account, "session", user)
         self._account = account
         self._user = user
