@@ -1108,26 +1108,32 @@ _DROPPED = (
 )
 
 
+def _plain_params(params: object) -> bool:
+    """Whether ``params`` is the usual call's: a dict of ASCII names to ASCII text or numbers,
+    which yarl takes as it is (told at once: the walks of :func:`_params_fault` and
+    :func:`_params_text_fault` cost ~1 us a parameter on every call that passes params)."""
+    if type(params) is not dict:
+        return False
+    for name, value in params.items():
+        if type(name) is not str or not name.isascii():
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                return False
+        elif kind is not int and kind is not float:
+            return False
+    return True
+
+
 def _params_text_fault(params: object) -> str | None:
     """Where ``params`` holds a str UTF-8 cannot encode, named, never shown; else None.
 
     yarl drops such a character from the query (``select=\\ud800`` went out as ``select=``):
     another query than the one given, with the service's credentials. What else is wrong with
     ``params`` is :func:`_params_fault`'s to say."""
-    if type(params) is dict:
-        # The usual call (a dict of ASCII names to ASCII text or numbers) told at once: the
-        # walk below cost ~1 us a parameter on every call that passes params.
-        for name, value in params.items():
-            if type(name) is not str or not name.isascii():
-                break
-            kind = type(value)
-            if kind is str:
-                if not value.isascii():
-                    break
-            elif kind is not int and kind is not float:
-                break
-        else:
-            return None
+    if _plain_params(params):
+        return None
     if isinstance(params, str):
         return None if utf8_encodable(params) else f"params (a query string) {_DROPPED}"
     if isinstance(params, Mapping):
@@ -2961,6 +2967,33 @@ class Engine:
             raise InvalidRequest(
                 f"idempotent must be True, False or None, got {type(idempotent).__name__}"
             )
+        # The call's own options, checked before anything is resolved or sent: a caller's
+        # mistake is said as such whatever the host's lookup would say (a service a static map
+        # lacks, a Domain API outage retried first), as Engine.websocket says it.
+        plain = (
+            params is None
+            and data is None
+            and headers is None
+            and allow_redirects is True
+            and json is _NO_JSON
+        )
+        if not plain:
+            if allow_redirects is not True and allow_redirects is not False:
+                raise InvalidRequest(
+                    f"allow_redirects must be True or False, got {type(allow_redirects).__name__}",
+                    service=service,
+                    method=method,
+                )
+            if headers is not None:
+                _check_headers(headers, service, method, self._auth)
+                if type(data) is str:
+                    data = _encode_text(data, headers)
+            if params is not None and not _plain_params(params):
+                # What yarl refuses (a value of another type), or would send altered (a str
+                # UTF-8 cannot encode): named, never shown.
+                dropped = _params_fault(params) or _params_text_fault(params)
+                if dropped is not None:
+                    raise InvalidRequest(dropped, service=service, method=method)
         if recover is not False:
             if recover is not True:
                 raise InvalidRequest(
@@ -3069,30 +3102,9 @@ class Engine:
             token = _CURRENT.set(ctx)
             sent = True
             try:
-                if (
-                    params is None
-                    and data is None
-                    and headers is None
-                    and allow_redirects is True
-                    and json is _NO_JSON
-                ):
+                if plain:
                     call = session.request(method, url)
                 else:
-                    if allow_redirects is not True and allow_redirects is not False:
-                        raise InvalidRequest(
-                            "allow_redirects must be True or False, got "
-                            f"{type(allow_redirects).__name__}",
-                            service=service,
-                            method=method,
-                        )
-                    if headers is not None:
-                        _check_headers(headers, service, method, self._auth)
-                        if type(data) is str:
-                            data = _encode_text(data, headers)
-                    if params is not None:
-                        dropped = _params_text_fault(params)
-                        if dropped is not None:
-                            raise InvalidRequest(dropped, service=service, method=method)
                     options: dict[str, Any] = {
                         "params": params,
                         "data": data,
