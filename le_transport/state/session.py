@@ -39,7 +39,15 @@ from ..clock import Clock, RealClock
 from ..errors import ConfigurationError, StateStoreError
 from ..policies._validate import finite_number
 from .fallback import guarded, stored_text
-from .store import MAX_TTL, Entry, StateStore, check_seconds, check_store, state_key
+from .store import (
+    MAX_TTL,
+    Entry,
+    StateStore,
+    check_seconds,
+    check_store,
+    state_key,
+    store_clock,
+)
 
 __all__ = ["DEFAULT_UNKNOWN_LIFE", "SharedSession", "SharedToken"]
 
@@ -114,7 +122,10 @@ class SharedSession:
     - ``poll``, ``max_poll``: how often a waiter looks for the new token (growing from
       ``poll`` to ``max_poll``, by default 0.5 s or ``poll`` if longer; a ``max_poll`` given
       may not be shorter than ``poll``).
-    - ``clock``: a :class:`~le_transport.clock.Clock` instance (default: the real clock).
+    - ``clock``: a :class:`~le_transport.clock.Clock` instance: the waits for another
+      process's token, and the wrapping ``FallbackStore``, run on it. Default: the store's own
+      (its ``clock`` attribute: a ``MemoryStore``'s, a ``RedisStore`` made with ``clock=``),
+      else the real clock, as :class:`~le_transport.state.SharedDomainMap` picks it.
     """
 
     def __init__(
@@ -170,7 +181,10 @@ class SharedSession:
         require_kind(clock, Clock, owner="SharedSession", field="clock")
         if not isinstance(user, str) or not user:
             raise ConfigurationError(f"SharedSession.user must be a non-empty str, got {user!r}")
-        self._clock = clock if clock is not None else RealClock()
+        # The store's own by default, as SharedDomainMap's: on a store running on a virtual
+        # clock, the real one polled for another process's token in real time, while the
+        # lock's TTL ran on the store's.
+        self._clock = clock if clock is not None else store_clock(store) or RealClock()
         # Wrapped unless it cannot fail (guarded): a MemoryStore subclass too, as one whose
         # read or lock hung held every login for ever.
         self._store: StateStore = guarded(store, self._clock)
