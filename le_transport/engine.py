@@ -3495,7 +3495,10 @@ class Engine:
         path, and has none) a :class:`~le_transport.errors.ConfigurationError`: both at the
         call, before anything is made, and never showing a credential (a refused path is
         shown with an in-path bearer hidden; params, headers and properties are named, not
-        shown). A setup mistake only a
+        shown). They come first: a plain
+        :class:`~le_transport.providers.StaticDomains` map is asked only then, its
+        :class:`~le_transport.errors.UnknownServiceError` raised at the call for a service it
+        does not hold. A setup mistake only a
         connect finds (an unknown service, a 4xx from the Domain API, a provider's own bug)
         stops the socket at once, typed, as the same call over HTTP fails.
         """
@@ -3536,11 +3539,6 @@ class Engine:
         query = None if params is None else _socket_query(params, service)
         if client_properties is not None:
             _check_client_properties(client_properties, service)
-        if self._resolves_at_once:
-            # A static map answers at once, as for a request: a service it does not know is an
-            # UnknownServiceError here, at the call (a provider that fetches is asked at the
-            # first connect, which an outage only delays).
-            await self._domains.resolve(service)
         opts = options or SocketOptions()
         provider = auth if auth is not None else self._auth
         dialer = EngineDialer(
@@ -3558,6 +3556,13 @@ class Engine:
             client_properties=client_properties,
             wall_clock=self._wall_clock,
         )
+        if self._resolves_at_once:
+            # A static map answers at once, as for a request: a service it does not know is an
+            # UnknownServiceError here, at the call (a provider that fetches is asked at the
+            # first connect, which an outage only delays). After the dialer's checks: the
+            # caller's headers and placement are wrong whatever the map holds, and a service
+            # it lacked was an UnknownServiceError that hid them.
+            await self._domains.resolve(service)
         # Taken last, once nothing more can refuse the call: given back when the socket closes.
         own = None if provider is None or provider is self._auth else self._socket_auth_of(provider)
         recovery = self._recovery if own is None else own.recovery
