@@ -3,15 +3,29 @@
 1. ``SharedSession`` ran on the real clock unless told otherwise, where ``SharedDomainMap``
    takes the store's own clock: a ``SharedSession`` on a store running on a ``VirtualClock``
    polled for another process's login on the real clock.
+3. Whether a Domain API refresh's give-up was "handled" (a WARNING saying the last good map is
+   served, ``handled_by_caller``) was decided when the refresh started: one that started
+   within ``max_stale`` and gave up past it said the map was served, though resolve failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
+
+from le_transport.chaos import Hang
+from le_transport.errors import DomainResolutionError
+from le_transport.events import GiveUpEvent
 from le_transport.state import MemoryStore, SharedSession, state_key
 from le_transport.testing import VirtualClock
-from tests.test_providers import ACCOUNT, USER
+from le_transport.testing.simulator import Simulator
+from tests.test_providers import ACCOUNT, USER, csds_for, sim, sim_engine
+
+__all__ = ["sim"]
+
+CSDS_PATH = f"/api/account/{ACCOUNT}/service/baseURI.json"
 
 # -- 1. SharedSession defaults to the store's clock, as SharedDomainMap does ----------------------
 
@@ -39,3 +53,39 @@ async def test_a_shared_session_without_a_clock_waits_on_the_stores_clock(
         waiter.cancel()
     assert token.value == "session"
     assert session.logins == 1
+
+
+# -- 3. a refresh's give-up is "handled" only if the map is still served when it ends ----------
+
+
+@pytest.mark.parametrize(("max_stale", "handled"), [(10.0, False), (100.0, True)])
+async def test_a_refresh_giving_up_past_max_stale_is_not_logged_as_handled(
+    sim: Simulator,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    max_stale: float,
+    handled: bool,
+) -> None:
+    """The map expires at 60 s; a refresh starts at 65 s (within a max_stale of 10 s) and hangs
+    until its 30 s attempt timeout, past the bound: nothing is served then, and its give-up
+    is reported as any failed call's (with a max_stale of 100 s, the map is still served)."""
+    giveups: list[GiveUpEvent] = []
+    domains = csds_for(sim, ttl=60, stale_retry=30, max_stale=max_stale)
+    async with sim_engine(sim, clock, domains=domains, giveups=giveups):
+        assert await domains.resolve("agentVep") == sim.host
+        sim.faults.script("GET", CSDS_PATH, [Hang()])
+        await clock.sleep(65)
+        # Within the bound: served while the refresh runs in the background.
+        assert await domains.resolve("agentVep") == sim.host
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            await domains.wait_refresh()
+        assert clock.now() >= 60 + 10
+        if not handled:
+            with pytest.raises(DomainResolutionError):
+                await domains.resolve("agentVep")
+    assert [g.handled_by_caller for g in giveups] == [handled]
+    gave_up = [r for r in caplog.records if "failed after" in r.getMessage()]
+    assert len(gave_up) == 1
+    assert ("handled: the last good map is served" in gave_up[0].getMessage()) is handled
+    assert gave_up[0].levelno == (logging.WARNING if handled else logging.ERROR)

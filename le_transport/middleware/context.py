@@ -152,7 +152,10 @@ class CallContext:
 
 class HandledCallContext(CallContext):
     """A call whose maker handles an outage of it itself, and says how: ``fallback``, a few
-    words ("the last good map is served"), true whatever the call's outcome.
+    words ("the last good map is served"), true whatever the call's outcome; or a callable
+    asked for them when the call gives up, which returns None when by then the maker has
+    nothing to fall back on (a Domain API refresh that gave up with its map past
+    ``max_stale``): the give-up is then reported as any call's.
 
     When such a call gives up on an outage (a 5xx, a transport failure, a spent schedule, an
     open breaker), the retry loop logs it as a WARNING, not an ERROR, ending with
@@ -177,10 +180,16 @@ class HandledCallContext(CallContext):
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         *,
-        fallback: str,
+        fallback: str | Callable[[], str | None],
     ) -> None:
         super().__init__(service, idempotent, retry)
         self.fallback = fallback
+
+    def handled(self) -> str | None:
+        """The words of :attr:`fallback` as they stand now (a callable asked), or None if the
+        maker no longer handles the outage."""
+        fallback = self.fallback
+        return fallback() if callable(fallback) else fallback
 
 
 class AcceptingCallContext(CallContext):

@@ -1163,13 +1163,15 @@ class _Call(_WheelTimer):
     def _fallback(self, err: RequestError) -> str | None:
         """What the call's maker falls back on when it fails with ``err`` (its words), or None
         when it does not handle it: an ordinary call, or a refusal (a 4xx) or a closing engine,
-        which no fallback makes good. Read only when a call gives up."""
+        which no fallback makes good. Read only when a call gives up: a fallback decided then
+        (a callable: a Domain API refresh past ``max_stale`` by the time it gives up serves
+        nothing)."""
         ctx = self.ctx
         if not isinstance(ctx, HandledCallContext) or isinstance(
             err, (ClientStatusError, EngineClosed)
         ):
             return None
-        return ctx.fallback
+        return ctx.handled()
 
     def log_final(self, err: RequestError, outcome: Outcome | None, reason: str) -> None:
         elapsed = self._elapsed()

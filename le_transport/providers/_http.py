@@ -145,7 +145,7 @@ class ProviderHttp:
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         idempotent: bool | None = None,
-        fallback: str | None = None,
+        fallback: str | Callable[[], str | None] | None = None,
     ) -> ProviderResponse:
         """Send one provider call on ``retry`` (default: the engine's policy); return the answer.
 
@@ -155,7 +155,9 @@ class ProviderHttp:
         few words true whatever happens next (a token fetched early: "the current token is
         kept ..."): the retry middleware then logs its giving up as a WARNING, not an ERROR,
         ending with those words, and its give-up event has ``handled_by_caller`` (see
-        :class:`~le_transport.middleware.context.HandledCallContext`).
+        :class:`~le_transport.middleware.context.HandledCallContext`). A callable is asked for
+        them when the call gives up, and returns None if by then nothing is handled (a Domain
+        API refresh whose map went past ``max_stale`` meanwhile).
 
         The answer's body is held to the retry middleware's ``max_body_bytes`` whether or not
         it buffers bodies (``buffer_body``): past it,

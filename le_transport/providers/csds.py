@@ -25,10 +25,12 @@ seconds on the injected clock (LivePerson's own SDKs cache it for 60 s and 600 s
   :class:`~le_transport.errors.DomainResolutionError` saying how old the map is and why the
   last refresh failed (logged once, as an ERROR, until a refresh succeeds). A refresh
   answering a map without one valid host (empty, or every entry malformed or hostile) counts
-  as failed: installed, it would fail every service. A refresh with a map cached (within
-  ``max_stale``) says it handles an outage itself, so the retry middleware logs its giving up
-  as a WARNING that says the last good map is served, not an ERROR, and its give-up event has
-  ``handled_by_caller``: nothing failed for a caller (a token fetched early, say).
+  as failed: installed, it would fail every service. A refresh with a map cached says it
+  handles an outage itself, so the retry middleware logs its giving up as a WARNING that says
+  the last good map is served, not an ERROR, and its give-up event has ``handled_by_caller``:
+  nothing failed for a caller (a token fetched early, say); unless the map is past
+  ``max_stale`` when the refresh gives up (decided then, not when it starts: one that started
+  within the bound and gave up past it serves nothing).
 - Every host is validated (:func:`~le_transport.providers.domains.validate_host`). A hostile
   entry does not spoil the others: resolving that one service raises
   :class:`~le_transport.errors.HostileHostError`, so no request, and no credential, goes there.
@@ -715,9 +717,7 @@ class CsdsDomains:
                 self._install(shared_entries, now, life)
                 return shared_entries
         try:
-            # Past max_stale, the map is not served: the caller sees the failure.
-            serving = stale is not None and not self._past_bound(http.clock.now())
-            entries = await self._fetch(http, policy, stale=serving)
+            entries = await self._fetch(http, policy, stale=stale is not None)
             if stale is not None and not any(isinstance(h, str) for h in entries.values()):
                 # Installed, it would fail every service with UnknownServiceError (or
                 # HostileHostError) for a whole TTL; as a failed refresh, the last good map
@@ -855,8 +855,10 @@ class CsdsDomains:
             url,
             service="csds",
             retry=policy,
-            # With a map to fall back on, an outage fails no caller.
-            fallback=_STALE_FALLBACK if stale else None,
+            # With a map to fall back on, an outage fails no caller: unless it is past
+            # max_stale when the refresh gives up (decided then: a refresh that started within
+            # the bound and gave up past it serves nothing, and a caller sees the failure).
+            fallback=self._stale_fallback if stale else None,
         )
         if resp.status != 200:
             raise DomainResolutionError(
@@ -878,6 +880,12 @@ class CsdsDomains:
             extra={"account": self._account},
         )
         return entries
+
+    def _stale_fallback(self) -> str | None:
+        """What a refresh that gives up falls back on, decided when it gives up: the last good
+        map, unless it is past ``max_stale`` by then (None: nothing is served)."""
+        http = require_attached(self._http, self)
+        return None if self._past_bound(http.clock.now()) else _STALE_FALLBACK
 
     async def close(self) -> None:
         """Stop a fetch in progress; from then on no fetch starts on the closed engine's
