@@ -6,6 +6,9 @@
 3. Whether a Domain API refresh's give-up was "handled" (a WARNING saying the last good map is
    served, ``handled_by_caller``) was decided when the refresh started: one that started
    within ``max_stale`` and gave up past it said the map was served, though resolve failed.
+4. An unknown service's ``UnknownServiceError`` said the account has no such service whatever
+   map it checked: after a failed refresh that is the last good map, an old one, and the
+   Domain API was not heard; it now says so, and why the refresh failed.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import logging
 import pytest
 
 from le_transport.chaos import Hang
-from le_transport.errors import DomainResolutionError
+from le_transport.errors import DomainResolutionError, UnknownServiceError
 from le_transport.events import GiveUpEvent
 from le_transport.state import MemoryStore, SharedSession, state_key
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_providers import ACCOUNT, USER, csds_for, sim, sim_engine
+from tests.test_providers_r26 import domain_api_down
 
 __all__ = ["sim"]
 
@@ -89,3 +93,41 @@ async def test_a_refresh_giving_up_past_max_stale_is_not_logged_as_handled(
     assert len(gave_up) == 1
     assert ("handled: the last good map is served" in gave_up[0].getMessage()) is handled
     assert gave_up[0].levelno == (logging.WARNING if handled else logging.ERROR)
+
+
+# -- 4. an unknown service's message says which map was checked ---------------------------------
+
+
+async def test_an_unknown_service_after_a_failed_refresh_says_the_map_is_the_last_good_one(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    domains = csds_for(sim, ttl=60, stale_retry=30)
+    async with sim_engine(sim, clock, domains=domains):
+        with pytest.raises(UnknownServiceError) as fresh:
+            await domains.resolve("noSuchService")
+        # Just fetched: the Domain API does not list it.
+        assert f"account {ACCOUNT!r} has no service 'noSuchService'" in str(fresh.value)
+        domain_api_down(sim)
+        await clock.sleep(61)
+        # Expired: the caller waits for the refresh, which fails; the old map is checked.
+        with pytest.raises(UnknownServiceError) as stale:
+            await domains.resolve("noSuchService")
+        # Within stale_retry of that failure: the same old map, no refresh tried.
+        await clock.sleep(5)
+        with pytest.raises(UnknownServiceError) as again:
+            await domains.resolve("noSuchService")
+        # invalidate(): the refresh awaited fails too.
+        await domains.invalidate()
+        with pytest.raises(UnknownServiceError) as invalidated:
+            await domains.resolve("noSuchService")
+    for err in (stale.value, again.value, invalidated.value):
+        message = str(err)
+        assert not message.startswith("account ")
+        assert "last good domain map" in message
+        assert "the refresh since failed" in message
+        assert "503" in message
+        assert "'agentVep'" in message
+        assert err.service == "noSuchService"
+        assert "agentVep" in err.known
+    assert "refreshed 61 s ago" in str(stale.value)
+    assert "refreshed 66 s ago" in str(again.value)

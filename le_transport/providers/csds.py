@@ -388,6 +388,9 @@ class CsdsDomains:
         # that has been logged since the map was last refreshed.
         self._last_failure = "no refresh was tried"
         self._past_bound_logged = False
+        # Whether a refresh failed since the map was last refreshed (the map served is then
+        # the last good one: an unknown service's error says so).
+        self._refresh_failed = False
         self._flight = _MapFlight(
             f"le_transport.csds[{self._account}]",
             f"csds[{self._account}]: the Domain API fetch",
@@ -452,7 +455,9 @@ class CsdsDomains:
         An expired map answers at once while a refresh runs in the background (one for all
         callers); a service it has no valid host for waits for that refresh (a service added
         since, a host fixed since). Raises :class:`UnknownServiceError` (listing the account's
-        services), :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can
+        services; after a failed refresh, saying that the map it checked is the last good one,
+        how old, and why the refresh failed, not that the Domain API lists no such service),
+        :class:`HostileHostError`, or :class:`DomainResolutionError` when no map can
         be had (or only one expired longer than ``max_stale`` ago, every refresh failing);
         :class:`~le_transport.errors.EngineClosed` once closed (with its engine) when the map
         would have to be fetched (a fresh one still answers), until attached to another. A
@@ -472,7 +477,7 @@ class CsdsDomains:
             known = sorted(entries)
             # Named in full up to a few dozen (a real account's map), counted beyond.
             raise UnknownServiceError(
-                f"account {self._account!r} has no service {service!r}; its services: "
+                f"{self._unknown_in(service)}; its services: "
                 f"{_names(known, _LISTED) if known else 'none'} (names are case sensitive)",
                 service=service,
                 known=known,
@@ -481,6 +486,21 @@ class CsdsDomains:
         if isinstance(entry, HostileHostError):
             raise HostileHostError(str(entry), account=self._account)
         return entry
+
+    def _unknown_in(self, service: str) -> str:
+        """What an unknown ``service``'s error says of the map it was looked up in: the
+        account has no such service, as the Domain API (or the fleet's map, or a login answer)
+        said it last; or, served after a failed refresh, only that the last good map, how old,
+        lacks it (the Domain API was not heard since), and why the refresh failed."""
+        http = require_attached(self._http, self)
+        now = http.clock.now()
+        if not self._refresh_failed or now < self._fresh_until:
+            return f"account {self._account!r} has no service {service!r}"
+        return (
+            f"the last good domain map of account {self._account!r}, refreshed "
+            f"{now - self._refreshed_at:.0f} s ago, has no service {service!r} (the refresh "
+            f"since failed: {self._last_failure}; the Domain API may list it now)"
+        )
 
     async def invalidate(self) -> None:
         """Mark the map stale: the next :meth:`resolve` fetches it again, waiting for the
@@ -670,6 +690,7 @@ class CsdsDomains:
         self._refreshed_at = now
         self._fresh_until = self._expires_at
         self._past_bound_logged = False
+        self._refresh_failed = False
 
     async def _fetch_or_stale(self) -> dict[str, Entry]:
         http = require_attached(self._http, self)
@@ -766,6 +787,7 @@ class CsdsDomains:
         # Cut short: it is shown in an error message (the Domain API's request carries no
         # credential, and a RequestError's message shows none).
         self._last_failure = str(shown)[:_REASON_SHOWN]
+        self._refresh_failed = True
         served = not self._past_bound(now)
         emit_state(
             http.hooks,
