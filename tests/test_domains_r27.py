@@ -9,19 +9,26 @@
 4. An unknown service's ``UnknownServiceError`` said the account has no such service whatever
    map it checked: after a failed refresh that is the last good map, an old one, and the
    Domain API was not heard; it now says so, and why the refresh failed.
+2. After ``invalidate()`` a refresh asks the Domain API and skips the fleet's shared map; when
+   the Domain API failed with the map past ``max_stale``, resolve raised though the store held
+   a live map (a peer's, just fetched) that the same refresh without the invalidate would have
+   adopted. The store is read when the Domain API fails: a live map is adopted past the bound,
+   and a peer's newer one within it too, rather than serving this process's older map.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
 
-from le_transport.chaos import Hang
+from le_transport.chaos import Hang, Status
 from le_transport.errors import DomainResolutionError, UnknownServiceError
 from le_transport.events import GiveUpEvent
-from le_transport.state import MemoryStore, SharedSession, state_key
+from le_transport.providers import CsdsDomains
+from le_transport.state import MemoryStore, SharedDomainMap, SharedSession, state_key
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_providers import ACCOUNT, USER, csds_for, sim, sim_engine
@@ -131,3 +138,110 @@ async def test_an_unknown_service_after_a_failed_refresh_says_the_map_is_the_las
         assert "agentVep" in err.known
     assert "refreshed 61 s ago" in str(stale.value)
     assert "refreshed 66 s ago" in str(again.value)
+
+
+# -- 2. after invalidate(), a failed Domain API falls back on the fleet's live map ---------------
+
+
+def _fleet_member(sim: Simulator, store: MemoryStore, **options: float) -> CsdsDomains:
+    shared = SharedDomainMap(store, account=ACCOUNT, ttl=600)
+    return csds_for(sim, ttl=60, stale_retry=30, shared=shared, **options)
+
+
+async def test_past_max_stale_an_invalidated_refresh_adopts_a_peers_fresh_map(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    store = MemoryStore(clock)
+    a = _fleet_member(sim, store)
+    b = _fleet_member(sim, store, max_stale=10)
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        assert await b.resolve("agentVep") == sim.host
+        assert sim.count("GET", CSDS_PATH) == 1  # B adopted A's write
+        await clock.sleep(100)  # B's map expired at 60 s, past max_stale at 70 s
+        # A asks the Domain API again, and shares its answer.
+        assert await a.refresh()
+        assert sim.count("GET", CSDS_PATH) == 2
+        domain_api_down(sim)
+        await b.invalidate()
+        # The Domain API fails; the fleet's map, fetched just now, serves.
+        assert await b.resolve("agentVep") == sim.host
+        assert sim.count("GET", CSDS_PATH) == 3
+        # Served from then on without a failure, the Domain API asked again in stale_retry.
+        await clock.sleep(20)
+        assert await b.resolve("agentVep") == sim.host
+        assert sim.count("GET", CSDS_PATH) == 3
+        await clock.sleep(15)
+        assert await b.resolve("agentVep") == sim.host
+        await b.wait_refresh()
+        assert sim.count("GET", CSDS_PATH) == 4
+        assert await b.resolve("agentVep") == sim.host
+
+
+async def test_past_max_stale_an_invalidated_refresh_adopts_the_live_map_it_read_before(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The shared entry is the one B adopted (its own ttl shorter than the entry's): without the
+    invalidate, B's refresh past max_stale takes it again; with it, it used to raise."""
+    store = MemoryStore(clock)
+    a = _fleet_member(sim, store)
+    b = _fleet_member(sim, store, max_stale=10)
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        assert await b.resolve("agentVep") == sim.host
+        domain_api_down(sim)
+        await clock.sleep(100)
+        await b.invalidate()
+        assert await b.resolve("agentVep") == sim.host
+        assert sim.count("GET", CSDS_PATH) == 2  # the Domain API was asked, and failed
+
+
+async def test_an_invalidated_refresh_without_a_shared_map_still_fails_past_max_stale(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    store = MemoryStore(clock)
+    b = _fleet_member(sim, store, max_stale=10)
+    async with sim_engine(sim, clock, domains=b):
+        assert await b.resolve("agentVep") == sim.host
+        await store.delete(state_key(ACCOUNT, "domains"))
+        domain_api_down(sim)
+        await clock.sleep(100)
+        await b.invalidate()
+        with pytest.raises(DomainResolutionError):
+            await b.resolve("agentVep")
+
+
+async def test_within_max_stale_an_invalidated_refresh_prefers_a_peers_newer_map(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Within the bound B served its own older map after the failed refresh, the very map the
+    invalidate meant to drop, though a peer had shared a newer answer."""
+    store = MemoryStore(clock)
+    a = _fleet_member(sim, store)
+    b = _fleet_member(sim, store)
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        assert await b.resolve("agentVep") == sim.host
+        await clock.sleep(10)
+        # The Domain API moves agentVep; A shares the new answer.
+        moved = "moved.example.test"
+        sim.faults.script(
+            "GET",
+            CSDS_PATH,
+            [
+                Status(
+                    200,
+                    body=json.dumps(
+                        {
+                            "baseURIs": [
+                                {"service": "agentVep", "account": ACCOUNT, "baseURI": moved}
+                            ]
+                        }
+                    ),
+                )
+            ],
+        )
+        assert (await a.refresh())["agentVep"] == moved
+        domain_api_down(sim)
+        await b.invalidate()
+        assert await b.resolve("agentVep") == moved

@@ -325,7 +325,10 @@ class CsdsDomains:
       answer and what login answers said since: the answer is not counted twice. After
       :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer (a
       refresh in progress that read the fleet's map before the invalidate asks it too, rather
-      than installing the map it read).
+      than installing the map it read); when the Domain API fails, the fleet's live map is
+      read then and adopted if the cached map is past ``max_stale`` (which the same refresh
+      without the invalidate would have adopted), or if it is a peer's newer write, the
+      Domain API asked again within ``stale_retry``.
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
     """
@@ -506,7 +509,9 @@ class CsdsDomains:
         """Mark the map stale: the next :meth:`resolve` fetches it again, waiting for the
         fetch (not served the map meanwhile, as after its mere expiry), and still falls back
         to it if that fails (unless it expired longer than ``max_stale`` ago: then that
-        resolve raises :class:`DomainResolutionError`)."""
+        resolve raises :class:`DomainResolutionError`). With a ``shared`` map, the fleet's map
+        is not read first; when the fetch fails it is read, and a live one adopted past
+        ``max_stale``, or when a peer wrote it since this process's map."""
         self._expires_at = -math.inf
         self._ask_source = True
         self._generation += 1
@@ -727,14 +732,7 @@ class CsdsDomains:
                     # answer named since was lost.
                     self._install(stale, now, life)
                     return stale
-                shared_entries: dict[str, Entry] = dict(hosts)
-                for service in refused:
-                    # Named with a refused host: as this process's own fetch of that answer,
-                    # never a host (a valid cached one is kept below, as a fetch keeps it).
-                    shared_entries.setdefault(service, self._refused_in_shared_map(service))
-                if stale is not None:
-                    shared_entries = self._keep_known(shared_entries, stale)
-                self._counted = (ends, hosts, refused)
+                shared_entries = self._adopt_shared(hosts, refused, ends, stale)
                 self._install(shared_entries, now, life)
                 return shared_entries
         try:
@@ -772,10 +770,79 @@ class CsdsDomains:
                     f"{self._account!r} and no cached map exists: {exc}",
                     account=self._account,
                 ) from exc
+            adopted = await self._adopt_after_failure(stale, exc)
+            if adopted is not None:
+                return adopted
             self._serve_stale(exc, exc)
             return stale
         self._install(entries, http.clock.now())
         return entries
+
+    async def _adopt_after_failure(
+        self, stale: dict[str, Entry], exc: Exception
+    ) -> dict[str, Entry] | None:
+        """After :meth:`invalidate` a refresh asks the Domain API without reading the fleet's
+        map; when that fails (``exc``), the fleet's live map is read then, and adopted if it
+        serves better than the cached one: past ``max_stale`` (the cached map would not be
+        served at all: the same refresh without the invalidate would have adopted it), or a
+        peer's newer write (not the map this process counted last, which the invalidate is
+        about). Adopted, it is served as the fleet's map (``max_stale`` counts from its
+        expiry), and the Domain API asked again within ``stale_retry``, as the invalidate
+        asked. None: nothing adopted (no shared map, none live, or an invalidate meanwhile)."""
+        if self._shared is None or not self._ask_source:
+            # Without an invalidate the fleet's map was read before the Domain API was asked.
+            return None
+        http = require_attached(self._http, self)
+        generation = self._generation
+        found = await self._shared.read()
+        if found is None or not found[0] or self._generation != generation:
+            return None
+        hosts, refused, life = found
+        now = http.clock.now()
+        ends = now + life
+        if self._is_counted(hosts, refused, ends):
+            if not self._past_bound(now):
+                # The map the invalidate is about: served as the last good one, stale.
+                return None
+            # Read again past the bound, as the refresh without the invalidate takes it:
+            # this process's own map, which came from that entry (not counted twice).
+            entries = stale
+        else:
+            entries = self._adopt_shared(hosts, refused, ends, stale)
+        self._install(entries, now, life)
+        # Served as the fleet's map, but not taken for the answer the invalidate asked for.
+        self._expires_at = min(self._expires_at, now + self._stale_retry)
+        self._last_failure = str(exc)[:_REASON_SHOWN]
+        _log.warning(
+            "Domain API refresh for account %s failed (%s); the fleet's shared map is served, "
+            "and the Domain API asked again in %.3g s",
+            self._account,
+            exc,
+            self._expires_at - now,
+            extra={"account": self._account, "error": type(exc).__name__},
+        )
+        return entries
+
+    def _adopt_shared(
+        self,
+        hosts: dict[str, str],
+        refused: frozenset[str],
+        ends: float,
+        stale: dict[str, Entry] | None,
+    ) -> dict[str, Entry]:
+        """The map to install from the fleet's entry (``hosts``, ``refused``, ending at
+        ``ends``), counted as the last one adopted: a refused service as this process's own
+        fetch of that answer would hold it, and the cached valid hosts it would lose kept (see
+        :meth:`_keep_known`)."""
+        shared_entries: dict[str, Entry] = dict(hosts)
+        for service in refused:
+            # Named with a refused host: as this process's own fetch of that answer, never a
+            # host (a valid cached one is kept below, as a fetch keeps it).
+            shared_entries.setdefault(service, self._refused_in_shared_map(service))
+        if stale is not None:
+            shared_entries = self._keep_known(shared_entries, stale)
+        self._counted = (ends, hosts, refused)
+        return shared_entries
 
     def _serve_stale(self, exc: Exception, shown: object) -> None:
         """A refresh failed with ``exc`` (``shown`` in the log line): the cached map is served
