@@ -3,17 +3,17 @@
 1. ``SharedSession`` ran on the real clock unless told otherwise, where ``SharedDomainMap``
    takes the store's own clock: a ``SharedSession`` on a store running on a ``VirtualClock``
    polled for another process's login on the real clock.
+2. After ``invalidate()`` a refresh asks the Domain API and skips the fleet's shared map; when
+   the Domain API failed with the map past ``max_stale``, resolve raised though the store held
+   a live map (a peer's, just fetched) that the same refresh without the invalidate would have
+   adopted. The store is read when the Domain API fails: a live map is adopted past the bound,
+   and a peer's newer one within it too, rather than serving this process's older map.
 3. Whether a Domain API refresh's give-up was "handled" (a WARNING saying the last good map is
    served, ``handled_by_caller``) was decided when the refresh started: one that started
    within ``max_stale`` and gave up past it said the map was served, though resolve failed.
 4. An unknown service's ``UnknownServiceError`` said the account has no such service whatever
    map it checked: after a failed refresh that is the last good map, an old one, and the
    Domain API was not heard; it now says so, and why the refresh failed.
-2. After ``invalidate()`` a refresh asks the Domain API and skips the fleet's shared map; when
-   the Domain API failed with the map past ``max_stale``, resolve raised though the store held
-   a live map (a peer's, just fetched) that the same refresh without the invalidate would have
-   adopted. The store is read when the Domain API fails: a live map is adopted past the bound,
-   and a peer's newer one within it too, rather than serving this process's older map.
 """
 
 from __future__ import annotations
