@@ -8,6 +8,7 @@ its defaults.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextvars
 import errno
@@ -155,7 +156,8 @@ class HandledCallContext(CallContext):
     words ("the last good map is served"), true whatever the call's outcome; or a callable
     asked for them when the call gives up, which returns None when by then the maker has
     nothing to fall back on (a Domain API refresh that gave up with its map past
-    ``max_stale``): the give-up is then reported as any call's.
+    ``max_stale``): the give-up is then reported as any call's, as it is when the callable
+    raises or answers anything but a str or None (a WARNING names its failure's type).
 
     When such a call gives up on an outage (a 5xx, a transport failure, a spent schedule, an
     open breaker), the retry loop logs it as a WARNING, not an ERROR, ending with
@@ -187,9 +189,34 @@ class HandledCallContext(CallContext):
 
     def handled(self) -> str | None:
         """The words of :attr:`fallback` as they stand now (a callable asked), or None if the
-        maker no longer handles the outage."""
+        maker no longer handles the outage. A callable that raises, or answers anything but a
+        str or None, handles nothing: it is asked while the call gives up, and its failure
+        must not replace the call's own error (logged by its type alone, never its text)."""
         fallback = self.fallback
-        return fallback() if callable(fallback) else fallback
+        if not callable(fallback):
+            return fallback
+        try:
+            words: object = fallback()
+        except Exception as exc:
+            _log.warning(
+                "the fallback of a call to %r failed when asked (%s); its give-up is reported "
+                "as not handled",
+                self.service,
+                type(exc).__name__,
+            )
+            return None
+        if words is None or isinstance(words, str):
+            return words
+        if asyncio.iscoroutine(words):
+            # An async callable's coroutine, never awaited: closed, not left to warn.
+            words.close()
+        _log.warning(
+            "the fallback of a call to %r answered a %s, not a str or None; its give-up is "
+            "reported as not handled",
+            self.service,
+            type(words).__name__,
+        )
+        return None
 
 
 class AcceptingCallContext(CallContext):
