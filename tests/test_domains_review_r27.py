@@ -3,10 +3,14 @@
 1. A call's ``fallback`` may be a callable asked when the call gives up: one that raised (or
    answered no str) turned the give-up into its own exception, escaping the retry middleware
    in place of the call's typed error, with no give-up event; it now counts as not handled.
+2. After ``invalidate()``, a Domain API fetch that failed then adopted the fleet's shared map
+   built from the map cached when the fetch started: a login answer taken while the fetch ran
+   (its hosts merged into the cached map) was lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -15,12 +19,17 @@ import pytest
 from yarl import URL
 
 from le_transport import EventHooks, RetriesExhausted, RetryPolicy
+from le_transport.chaos import Hang
 from le_transport.events import GiveUpEvent
 from le_transport.middleware import RetryMiddleware
 from le_transport.providers import ProviderHttp
+from le_transport.state import MemoryStore
 from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
-from tests.test_providers import sim
+from tests.test_domains_r27 import CSDS_PATH, _fleet_member
+from tests.test_providers import ACCOUNT, sim, sim_engine
+from tests.test_providers_r26 import domain_api_down
 from tests.test_retry_middleware import Script
 
 __all__ = ["sim"]
@@ -64,3 +73,41 @@ async def test_a_fallback_that_fails_when_asked_leaves_the_give_up_as_any_calls(
     assert final.levelno == logging.ERROR
     assert "handled" not in final.getMessage()
     assert all(_SECRET not in r.getMessage() for r in caplog.records)
+
+
+# -- 2. the fleet's map adopted after a failed fetch keeps what a login answer said meanwhile ---
+
+
+@pytest.mark.parametrize("peer_wrote", [False, True], ids=["own-entry", "peer-entry"])
+async def test_a_login_answer_taken_during_a_failed_fetch_survives_the_fleet_map_adopted(
+    sim: Simulator, clock: VirtualClock, peer_wrote: bool
+) -> None:
+    """B's map is past max_stale; invalidated, its Domain API fetch hangs to its attempt
+    timeout, and a login answer naming a new service arrives meanwhile; the fetch fails and
+    the fleet's live map (the entry B adopted, or a peer's newer write) is adopted: the login
+    answer's service is still there."""
+    store = MemoryStore(clock)
+    a = _fleet_member(sim, store)
+    b = _fleet_member(sim, store, max_stale=10)
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        assert await b.resolve("agentVep") == sim.host
+        await clock.sleep(100)
+        if peer_wrote:
+            assert await a.refresh()
+        sim.faults.script("GET", CSDS_PATH, [Hang()])
+        await b.invalidate()
+        waiter = asyncio.ensure_future(b.resolve("agentVep"))
+        await clock.sleep(5)
+        assert not waiter.done()
+        assert b.warm(
+            {
+                "baseURIs": [
+                    {"service": "newService", "account": ACCOUNT, "baseURI": "new.example.test"}
+                ]
+            }
+        )
+        domain_api_down(sim)
+        assert await waiter == sim.host
+        assert await b.resolve("newService") == "new.example.test"
+        assert await b.resolve("agentVep") == sim.host

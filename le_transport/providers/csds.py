@@ -800,15 +800,19 @@ class CsdsDomains:
         hosts, refused, life = found
         now = http.clock.now()
         ends = now + life
+        # The cached map as it is now, not as the fetch found it: a login answer taken while
+        # the fetch ran (warm) merged its hosts into it, and they were lost.
+        held = stale if self._entries is None else self._entries
         if self._is_counted(hosts, refused, ends):
             if not self._past_bound(now):
                 # The map the invalidate is about: served as the last good one, stale.
                 return None
             # Read again past the bound, as the refresh without the invalidate takes it:
-            # this process's own map, which came from that entry (not counted twice).
-            entries = stale
+            # this process's own map, which came from that entry (not counted twice), and
+            # what login answers said since.
+            entries = held
         else:
-            entries = self._adopt_shared(hosts, refused, ends, stale)
+            entries = self._adopt_shared(hosts, refused, ends, held)
         self._install(entries, now, life)
         # Served as the fleet's map, but not taken for the answer the invalidate asked for.
         self._expires_at = min(self._expires_at, now + self._stale_retry)
