@@ -6,6 +6,9 @@
 2. After ``invalidate()``, a Domain API fetch that failed then adopted the fleet's shared map
    built from the map cached when the fetch started: a login answer taken while the fetch ran
    (its hosts merged into the cached map) was lost.
+3. With no map cached (a first ``refresh()``, which invalidates), a failed Domain API fetch
+   raised though the fleet's store held a live map, and every resolve after it asked the
+   Domain API first, and raised, until the Domain API answered.
 """
 
 from __future__ import annotations
@@ -111,3 +114,31 @@ async def test_a_login_answer_taken_during_a_failed_fetch_survives_the_fleet_map
         assert await waiter == sim.host
         assert await b.resolve("newService") == "new.example.test"
         assert await b.resolve("agentVep") == sim.host
+
+
+# -- 3. with no map cached yet, an invalidated refresh that fails adopts the fleet's live map ---
+
+
+async def test_a_first_refresh_that_fails_adopts_the_fleets_live_map(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """B's first call is refresh() (an invalidate, then a fetch) while the Domain API is down,
+    with a peer's live map in the store: it raised, and, asking the Domain API first from then
+    on, every resolve raised too until the Domain API answered, where a resolve without the
+    refresh adopted the fleet's map at once."""
+    store = MemoryStore(clock)
+    a = _fleet_member(sim, store)
+    b = _fleet_member(sim, store)
+    async with sim_engine(sim, clock, domains=a), sim_engine(sim, clock, domains=b):
+        assert await a.resolve("agentVep") == sim.host
+        domain_api_down(sim)
+        assert (await b.refresh())["agentVep"] == sim.host
+        assert b.fetches == 1  # the Domain API was asked, and failed
+        assert await b.resolve("agentVep") == sim.host
+        assert b.fetches == 1
+        # Served as the fleet's map; the Domain API asked again within stale_retry (30 s).
+        sim.faults.clear()
+        await clock.sleep(31)
+        assert await b.resolve("agentVep") == sim.host
+        await b.wait_refresh()
+        assert b.fetches == 2

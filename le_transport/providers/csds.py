@@ -326,9 +326,10 @@ class CsdsDomains:
       :meth:`invalidate` the next fetch asks the Domain API itself, and shares its answer (a
       refresh in progress that read the fleet's map before the invalidate asks it too, rather
       than installing the map it read); when the Domain API fails, the fleet's live map is
-      read then and adopted if the cached map is past ``max_stale`` (which the same refresh
-      without the invalidate would have adopted), or if it is a peer's newer write, the
-      Domain API asked again within ``stale_retry``.
+      read then and adopted if no map is cached (a first :meth:`refresh`) or the cached one
+      is past ``max_stale`` (which the same refresh without the invalidate would have
+      adopted), or if it is a peer's newer write, the Domain API asked again within
+      ``stale_retry``.
 
     It needs the engine's HTTP path: pass it to ``Engine(domains=...)``, which attaches it.
     """
@@ -510,8 +511,8 @@ class CsdsDomains:
         fetch (not served the map meanwhile, as after its mere expiry), and still falls back
         to it if that fails (unless it expired longer than ``max_stale`` ago: then that
         resolve raises :class:`DomainResolutionError`). With a ``shared`` map, the fleet's map
-        is not read first; when the fetch fails it is read, and a live one adopted past
-        ``max_stale``, or when a peer wrote it since this process's map."""
+        is not read first; when the fetch fails it is read, and a live one adopted with no map
+        cached or one past ``max_stale``, or when a peer wrote it since this process's map."""
         self._expires_at = -math.inf
         self._ask_source = True
         self._generation += 1
@@ -521,7 +522,8 @@ class CsdsDomains:
 
         A failed fetch with a map cached returns that map's entries, as :meth:`resolve` falls
         back to it; past ``max_stale`` it raises :class:`DomainResolutionError` instead (no map
-        at all: :class:`DomainResolutionError` too)."""
+        at all: :class:`DomainResolutionError` too). With a ``shared`` map, a failed fetch
+        adopts the fleet's live map in those two cases (see :meth:`invalidate`)."""
         await self.invalidate()
         await self._current()
         return self.hosts
@@ -764,31 +766,32 @@ class CsdsDomains:
                 # What was written, not this process's map (which holds the hosts it kept).
                 self._counted = (http.clock.now() + self._shared.ttl, hosts, refused)
         except (RequestError, DomainResolutionError) as exc:
+            adopted = await self._adopt_after_failure(stale, exc)
+            if adopted is not None:
+                return adopted
             if stale is None:
                 raise DomainResolutionError(
                     f"the Domain API at {self._csds_host} could not resolve account "
                     f"{self._account!r} and no cached map exists: {exc}",
                     account=self._account,
                 ) from exc
-            adopted = await self._adopt_after_failure(stale, exc)
-            if adopted is not None:
-                return adopted
             self._serve_stale(exc, exc)
             return stale
         self._install(entries, http.clock.now())
         return entries
 
     async def _adopt_after_failure(
-        self, stale: dict[str, Entry], exc: Exception
+        self, stale: dict[str, Entry] | None, exc: Exception
     ) -> dict[str, Entry] | None:
         """After :meth:`invalidate` a refresh asks the Domain API without reading the fleet's
         map; when that fails (``exc``), the fleet's live map is read then, and adopted if it
-        serves better than the cached one: past ``max_stale`` (the cached map would not be
-        served at all: the same refresh without the invalidate would have adopted it), or a
-        peer's newer write (not the map this process counted last, which the invalidate is
-        about). Adopted, it is served as the fleet's map (``max_stale`` counts from its
-        expiry), and the Domain API asked again within ``stale_retry``, as the invalidate
-        asked. None: nothing adopted (no shared map, none live, or an invalidate meanwhile)."""
+        serves better than the cached one: none cached (a first :meth:`refresh`), or past
+        ``max_stale`` (the cached map would not be served at all: the same refresh without
+        the invalidate would have adopted it), or a peer's newer write (not the map this
+        process counted last, which the invalidate is about). Adopted, it is served as the
+        fleet's map (``max_stale`` counts from its expiry), and the Domain API asked again
+        within ``stale_retry``, as the invalidate asked. None: nothing adopted (no shared
+        map, none live, or an invalidate meanwhile)."""
         if self._shared is None or not self._ask_source:
             # Without an invalidate the fleet's map was read before the Domain API was asked.
             return None
@@ -803,7 +806,7 @@ class CsdsDomains:
         # The cached map as it is now, not as the fetch found it: a login answer taken while
         # the fetch ran (warm) merged its hosts into it, and they were lost.
         held = stale if self._entries is None else self._entries
-        if self._is_counted(hosts, refused, ends):
+        if held is not None and self._is_counted(hosts, refused, ends):
             if not self._past_bound(now):
                 # The map the invalidate is about: served as the last good one, stale.
                 return None
