@@ -9,6 +9,8 @@
 3. With no map cached (a first ``refresh()``, which invalidates), a failed Domain API fetch
    raised though the fleet's store held a live map, and every resolve after it asked the
    Domain API first, and raised, until the Domain API answered.
+4. The fleet's store read after an invalidated refresh's failed fetch raised (a closed
+   store): the resolve failed with the store's error where the last good map was served.
 """
 
 from __future__ import annotations
@@ -142,3 +144,22 @@ async def test_a_first_refresh_that_fails_adopts_the_fleets_live_map(
         assert await b.resolve("agentVep") == sim.host
         await b.wait_refresh()
         assert b.fetches == 2
+
+
+# -- 4. a store that fails when read after the failed fetch leaves the stale map served ---------
+
+
+async def test_a_closed_store_read_after_a_failed_invalidated_fetch_serves_the_stale_map(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Within max_stale an invalidated refresh whose Domain API fetch fails served the last
+    good map; reading the fleet's store then, one that raised (closed) failed the resolve
+    with the store's error instead."""
+    store = MemoryStore(clock)
+    b = _fleet_member(sim, store)
+    async with sim_engine(sim, clock, domains=b):
+        assert await b.resolve("agentVep") == sim.host
+        await store.close()
+        domain_api_down(sim)
+        await b.invalidate()
+        assert await b.resolve("agentVep") == sim.host

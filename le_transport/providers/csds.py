@@ -65,6 +65,7 @@ from ..errors import (
     EngineClosed,
     HostileHostError,
     RequestError,
+    StateStoreError,
     UnknownServiceError,
 )
 from ..events import StateEvent
@@ -791,13 +792,26 @@ class CsdsDomains:
         process counted last, which the invalidate is about). Adopted, it is served as the
         fleet's map (``max_stale`` counts from its expiry), and the Domain API asked again
         within ``stale_retry``, as the invalidate asked. None: nothing adopted (no shared
-        map, none live, or an invalidate meanwhile)."""
+        map, none live, a store that fails when read, or an invalidate meanwhile)."""
         if self._shared is None or not self._ask_source:
             # Without an invalidate the fleet's map was read before the Domain API was asked.
             return None
         http = require_attached(self._http, self)
         generation = self._generation
-        found = await self._shared.read()
+        try:
+            found = await self._shared.read()
+        except StateStoreError as unread:
+            # A store that fails (a closed one: a plain MemoryStore or a FallbackStore is not
+            # wrapped) must not turn the failed refresh into its error: as if nothing is
+            # shared, the cached map is served.
+            _log.warning(
+                "the fleet's shared domain map for account %s could not be read after the "
+                "failed refresh (%s)",
+                self._account,
+                type(unread).__name__,
+                extra={"account": self._account, "error": type(unread).__name__},
+            )
+            return None
         if found is None or not found[0] or self._generation != generation:
             return None
         hosts, refused, life = found
