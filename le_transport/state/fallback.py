@@ -131,6 +131,9 @@ class FallbackStore:
       protocol not kept: a compare-and-set answering None) and a ``ConfigurationError`` (the
       arguments refused) are raised, as a ``ConfigurationError``.
     - ``local``: where state lives while the primary is out (a fresh ``MemoryStore``).
+    - ``clock``: what ``retry_interval`` and the local store run on; by default the primary's
+      own (its ``clock`` attribute: a ``MemoryStore``'s, a ``RedisStore`` made with
+      ``clock=``), else the real clock, as :class:`~le_transport.state.SharedSession` picks it.
     - ``retry_interval``: seconds on ``clock`` before a failed primary is tried again.
     - ``op_timeout``: seconds one operation of the primary may take (on the primary's own
       ``clock`` where it has one, as a ``RedisStore`` has, else on ``clock``); past it the
@@ -215,7 +218,9 @@ class FallbackStore:
         self._primary = primary
         # Whether the primary's set takes only_if (None: its signature could not be read).
         self._conditional = takes_only_if(primary.set) is not False
-        self._clock = RealClock() if clock is None else clock
+        # By default the primary's own clock (a MemoryStore's, a RedisStore made with clock=):
+        # the local mirror keeps the primary's TTLs, so it expires them on the same time.
+        self._clock = clock if clock is not None else store_clock(primary) or RealClock()
         # op_timeout runs where the primary's time runs: a RedisStore's own clock (a real one,
         # while this store's may be a test's virtual clock, which would jump past a wait on
         # the wire at once), else this store's.

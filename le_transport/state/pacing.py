@@ -18,7 +18,7 @@ from ..policies._validate import finite_number
 from ..policies.pacing import TokenBucket
 from ..sockets.pacing import ReconnectPacer
 from .fallback import guarded
-from .store import StateStore, check_store, state_key
+from .store import StateStore, check_store, state_key, store_clock
 
 __all__ = ["FleetPacer"]
 
@@ -34,7 +34,9 @@ class FleetPacer(ReconnectPacer):
     wrapped in one, so a reservation that does not answer within its ``op_timeout`` (2 s for
     a caller's store) is cut, logged, and paced locally. :meth:`acquire` is the per-process
     one, on the fleet's bucket: a process that wakes more than the bucket's ``grace`` after its
-    turn (a stalled loop) forfeits it and takes a new one.
+    turn (a stalled loop) forfeits it and takes a new one. It waits on ``clock``, by default the
+    store's own (its ``clock`` attribute: a ``MemoryStore``'s, a ``RedisStore`` made with
+    ``clock=``), else the real clock, as :class:`~le_transport.state.SharedSession` picks it.
 
     The store's bucket is written by every process of the fleet, so what it answers is not
     trusted blindly: a wait that is no number of seconds >= 0 (inf, NaN, a negative) paces this
@@ -62,7 +64,10 @@ class FleetPacer(ReconnectPacer):
         # Checked before the default replaces a missing one: FleetPacer(clock="x") was taken,
         # and failed at the first reconnect.
         require_kind(clock, Clock, owner="FleetPacer", field="clock")
-        super().__init__(RealClock() if clock is None else clock, bucket)
+        # By default the store's own clock (a MemoryStore's, a RedisStore made with clock=),
+        # as SharedSession and SharedDomainMap pick it: the turns its bucket hands out are
+        # on that clock, and waiting for them on another one waited the wrong time.
+        super().__init__(clock if clock is not None else store_clock(store) or RealClock(), bucket)
         # Wrapped unless it cannot fail (guarded): a MemoryStore subclass too, as one whose
         # reserve hung held every paced reconnect for ever.
         self._store: StateStore = guarded(store, self._clock)
