@@ -22,7 +22,12 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
   by its deadline or the engine's close, the breaker refusing it after the pause): to the slot
   of the window it was taken in, only while that slot is in the window and counts one.
 - Every attempt's outcome feeds the breaker; only 5xx, 429 and transport failures (timeouts
-  included) count as failures.
+  included) count as failures. An attempt the call's deadline cuts, with no answer, is a timeout
+  too once it ran the breaker's ``slow_call`` (5 s) or longer (:meth:`OverloadGuard.cut`): a
+  service that never answers opens the circuit even when every caller's deadline is shorter
+  than the attempt timeout. Cut sooner, it gives no verdict (a caller's short deadline says
+  nothing of the service). The breaker decides at once; what the fleet's store must hear is
+  sent by a task, so the caller's ``DeadlineExceeded`` never waits for it.
 
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
@@ -30,10 +35,12 @@ break, the others adopt it at their next sync, and in half-open one probe goes f
 The trip is kept for the break and then the probe lease, so a process that missed the break (no
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
-published a new break); a probe cancelled or cut by its caller's deadline frees the lock at once
-(cancelled while the guard still admits it, as the shared budget answers, too; and cancelled
-while the lock is taken or freed: the store may have run the command whose reply never came, so
-its value is compared-and-deleted, which is harmless if it never landed). A probe stuck past its
+published a new break); a probe cancelled, or cut by its caller's deadline before the breaker's
+``slow_call``, frees the lock at once (one cut later is a failure verdict, published as a
+timed-out probe's, and frees the lock after it; cancelled while the guard still admits it, as
+the shared budget answers, too; and cancelled while the lock is taken or freed: the store may
+have run the command whose reply never came, so its value is compared-and-deleted, which is
+harmless if it never landed). A probe stuck past its
 lease, its lock gone with it and a newer probe out, here or in another process, neither frees
 the newer one's slot or lock nor decides when it ends at last (its process reads the lock first:
 held with another value, it is another process's probe's). A trip entry asking a
@@ -87,7 +94,7 @@ import logging
 import math
 import random
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -99,7 +106,7 @@ from ..events import EventHooks, StateEvent, emit
 from ..policies._validate import finite_number
 from ..policies.breaker import BreakerState, BreakerStatus, CircuitBreaker
 from ..policies.budget import RetryBudget
-from ..policies.classify import Outcome
+from ..policies.classify import Outcome, OutcomeKind
 from ..state.fallback import FallbackStore, guarded
 from ..state.memory import MemoryStore
 from ..state.store import (
@@ -112,6 +119,8 @@ from ..state.store import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from aiohttp import ClientRequest
     from yarl import URL
 
@@ -154,6 +163,10 @@ _FLUSH_STEPS = 16
 #: half-open tail finds it changed (a new break: adopted at the second read); a trip changing at
 #: every read refuses the attempt.
 _TRIP_READS = 2
+
+#: The outcome of an attempt cut by its call's deadline after the breaker's ``slow_call``
+#: (:meth:`OverloadGuard.cut`): the timeout a per-attempt timeout gives, named for its cause.
+_SLOW_CUT = Outcome.failure(OutcomeKind.TIMEOUT, "DeadlineExceeded")
 
 #: Abandoned probes' fleet locks kept per breaker for this process to free (the newest: each
 #: one's lease frees it anyway, the oldest's first). More than one: a probe stuck past its
@@ -213,7 +226,12 @@ def is_retry_gate(value: object) -> bool:
 
 
 class RetryGate(Protocol):
-    """The retry loop's questions to overload protection (see the module's description)."""
+    """The retry loop's questions to overload protection (see the module's description).
+
+    One more is optional: ``cut(call, attempt, ran)``, told (never awaited: the caller's
+    error is due now) of an admitted attempt that the call's deadline cut after ``ran``
+    seconds with no answer (:meth:`OverloadGuard.cut`); a gate without it has that attempt
+    abandoned (:meth:`abandon`), as every such attempt was before."""
 
     async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
         """Before an attempt: None to let it go, or the error that fails the call now."""
@@ -863,6 +881,22 @@ class OverloadGuard:
             except BaseException:
                 self._release_lock(key, lock)
                 raise
+        old_state, after = self._note(key, failed, now, probe=probe, probe_until=probe_until)
+        await self._announce(call, key, outcome, old_state, after, now, lock, seen)
+
+    def _note(
+        self,
+        key: tuple[str, str],
+        failed: bool,
+        now: float,
+        *,
+        probe: bool,
+        probe_until: float | None,
+    ) -> tuple[BreakerState, BreakerStatus]:
+        """Record an outcome at ``now`` in the breaker at ``key`` (:meth:`CircuitBreaker.record`);
+        returns the state before and the status after."""
+        breaker = self._breaker
+        assert breaker is not None
         before = self._status_of(key) or breaker.closed()
         old_state = breaker.state_at(before, now)
         # The draw only matters to a failure: only a failure opens the breaker.
@@ -875,7 +909,23 @@ class OverloadGuard:
             probe_until=probe_until,
         )
         self._put(key, after)
-        new_state = breaker.state_at(after, now)
+        return old_state, after
+
+    async def _announce(
+        self,
+        call: GatedCall,
+        key: tuple[str, str],
+        outcome: Outcome,
+        old_state: BreakerState,
+        after: BreakerStatus,
+        now: float,
+        lock: str | None,
+        seen: str | None,
+    ) -> None:
+        """Log and publish what an outcome recorded at ``now`` opened or closed (the breaker at
+        ``key`` was ``old_state``, is ``after``); then free the fleet's probe lock ``lock``."""
+        assert self._breaker is not None
+        new_state = self._breaker.state_at(after, now)
         try:
             if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
                 await self._opened(call, key, after, outcome)
@@ -935,6 +985,105 @@ class OverloadGuard:
             )
         if lock is not None:
             self._release_lock(key, lock)
+
+    def cut(self, call: GatedCall, attempt: int, ran: float) -> None:
+        """An admitted attempt was cut by its call's deadline (not by its own attempt timeout:
+        the deadline came first) after running ``ran`` seconds, with no answer.
+
+        Cut after the breaker's :attr:`~CircuitBreaker.slow_call` or later, it is a timeout to
+        the breaker, as an attempt timeout is (a TIMEOUT failure): counted toward the failure
+        ratio, and, the half-open probe's, a failure verdict that re-opens the breaker and, in a
+        fleet, is published as a timed-out probe's is (:meth:`settle`). Abandoned, a service
+        that accepts connections and never answers never opened the circuit while its callers'
+        deadlines were shorter than the attempt timeout: each caller sat out its deadline, for
+        ever. Cut sooner (or with no ``slow_call``), it is abandoned (:meth:`abandon`): a
+        caller's short deadline says nothing of the service. The budget is told nothing: the
+        attempt was paid for when admitted, and no retry follows a deadline.
+
+        Never waits: the breaker decides at once, and what the fleet's store must hear (the
+        break, then the probe lock freed) is sent by a task, kept with the locks' releases
+        (:meth:`drain` waits for it, then cancels it)."""
+        breaker = self._breaker
+        slow = None if breaker is None else breaker.slow_call
+        if breaker is None or slow is None or not ran >= slow:
+            self.abandon(call, attempt)
+            return
+        token = (id(call), attempt)
+        if self._grants:
+            grant = self._grants.pop(token, None)
+            if grant is not None:
+                self._refund_soon(grant)
+        key = self._key_of(call)
+        now = self._clock.now()
+        lock: str | None = None
+        seen: str | None = None
+        probe_until: float | None = None
+        probe = token in self._probes
+        if probe:
+            lock, seen, probe_until = self._probes.pop(token)
+            if lock is not None:
+                self._probe_ended(token)
+                # This process's to free until its delete answered: a task cancelled before
+                # it ran (the guard drained at once) leaves it to the next probe here.
+                self._keep_stale(key, lock)
+                if probe_until is not None and now >= probe_until:
+                    # Past its lease: whether it still answers for the fleet is the store's
+                    # to say (_record reads it first), so the whole verdict is the task's.
+                    job = self._record(
+                        call,
+                        key,
+                        _SLOW_CUT,
+                        True,
+                        now,
+                        probe=True,
+                        lock=lock,
+                        seen=seen,
+                        probe_until=probe_until,
+                    )
+                    self._spawn(self._cut_told(job, key, lock), "le_transport slow probe")
+                    return
+        old_state, after = self._note(key, True, now, probe=probe, probe_until=probe_until)
+        opened = (
+            old_state is not BreakerState.OPEN and breaker.state_at(after, now) is BreakerState.OPEN
+        )
+        if not self._shared:
+            if opened:
+                self._report_open(call, key, after, False, _SLOW_CUT)
+            return
+        if opened or lock is not None:
+            job = self._announce(call, key, _SLOW_CUT, old_state, after, now, lock, seen)
+            self._spawn(self._cut_told(job, key, lock), "le_transport slow call verdict")
+
+    async def _cut_told(
+        self, job: Coroutine[Any, Any, None], key: tuple[str, str], lock: str | None
+    ) -> None:
+        """Run ``job``, what the fleet's store must hear of an attempt :meth:`cut` counted (its
+        break published, its probe lock ``lock`` freed after it). A failure is logged, never
+        raised: nobody awaits this task."""
+        try:
+            await job
+        except Exception as exc:
+            _log.warning(
+                "could not tell the fleet of a call cut by its deadline at %s: %s",
+                key[1],
+                type(exc).__name__,
+                extra={"service": key[0], "host": key[1], "error": type(exc).__name__},
+            )
+            return
+        if lock is not None and self._shared_answered():
+            self._drop_stale(key, lock)
+
+    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``job`` in a task kept with the locks' releases (:meth:`drain` waits for it, then
+        cancels it); with no loop running, not at all."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            job.close()
+            return
+        task = loop.create_task(job, name=name)
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _release_probe(
         self, key: tuple[str, str], lock: str | None, probe_until: float | None
@@ -1060,9 +1209,10 @@ class OverloadGuard:
                 await self._refund(grant)
 
     async def drain(self, grace: float = 1.0, *, probes_of: object = None) -> None:
-        """Let the releases of abandoned probes' locks (and the refunds of retries never sent)
-        finish (up to ``grace`` seconds of the clock), then cancel what is left: its lock then
-        frees itself at its lease's end. The engine calls it as it closes, so that no task of
+        """Let the releases of abandoned probes' locks (and the refunds of retries never sent,
+        and what the fleet's store is told of attempts a deadline cut, :meth:`cut`) finish (up
+        to ``grace`` seconds of the clock), then cancel what is left: its lock then frees
+        itself at its lease's end. The engine calls it as it closes, so that no task of
         the guard outlives it.
 
         It returns only once no release is pending, those started while it waits included (a
@@ -1606,31 +1756,43 @@ class OverloadGuard:
                 taken, adopted = await self._publish(key, status)
         finally:
             # Logged even if publishing was cancelled: the breaker opened all the same.
-            brk = taken.open_until - self._clock.now()
-            _log.warning(
-                "circuit open for %s at %s after %s: failing calls fast for %.3g s (opening %d%s)",
-                call.service,
-                key[1],
-                outcome.describe(),
-                brk,
-                taken.opens,
-                ", the fleet's break" if adopted else "",
-                extra={
-                    "service": call.service,
-                    "host": key[1],
-                    "pause": brk,
-                    "opens": taken.opens,
-                    "adopted": adopted,
-                },
-            )
-            emit(
-                self._hooks.on_state,
-                StateEvent(
-                    "circuit_open",
-                    f"{call.service}@{key[1]}",
-                    {"retry_in": brk, "opens": taken.opens, "adopted": adopted},
-                ),
-            )
+            self._report_open(call, key, taken, adopted, outcome)
+
+    def _report_open(
+        self,
+        call: GatedCall,
+        key: tuple[str, str],
+        taken: BreakerStatus,
+        adopted: bool,
+        outcome: Outcome,
+    ) -> None:
+        """Log the breaker at ``key`` open (``taken``: the break this process keeps; ``adopted``:
+        the fleet's, taken instead of its own) after ``outcome``, and emit ``circuit_open``."""
+        brk = taken.open_until - self._clock.now()
+        _log.warning(
+            "circuit open for %s at %s after %s: failing calls fast for %.3g s (opening %d%s)",
+            call.service,
+            key[1],
+            outcome.describe(),
+            brk,
+            taken.opens,
+            ", the fleet's break" if adopted else "",
+            extra={
+                "service": call.service,
+                "host": key[1],
+                "pause": brk,
+                "opens": taken.opens,
+                "adopted": adopted,
+            },
+        )
+        emit(
+            self._hooks.on_state,
+            StateEvent(
+                "circuit_open",
+                f"{call.service}@{key[1]}",
+                {"retry_in": brk, "opens": taken.opens, "adopted": adopted},
+            ),
+        )
 
     async def _publish(
         self, key: tuple[str, str], status: BreakerStatus

@@ -606,7 +606,7 @@ class _Call(_WheelTimer):
                     timed_out = timer is not None and timer._disarm(type(exc))
                     if timed_out and by_deadline:
                         if gate is not None:
-                            gate.abandon(self, attempt)
+                            self._cut_by_deadline(gate, attempt, started)
                         raise self._deadline_passed(
                             (attempt, started), f"attempt {attempt} was cancelled in flight"
                         ) from None
@@ -824,6 +824,17 @@ class _Call(_WheelTimer):
             and not isinstance(exc, TransportError)
             and self.request.session.closed
         )
+
+    def _cut_by_deadline(self, gate: RetryGate, attempt: int, started: float) -> None:
+        """Tell ``gate`` that attempt ``attempt`` (admitted at ``started``) was cut by the
+        call's deadline with no answer: its ``cut`` weighs how long it ran (a breaker counts a
+        long one as a timeout, :attr:`~le_transport.policies.CircuitBreaker.slow_call`); a gate
+        without one abandons it. Never awaited: the caller's DeadlineExceeded is due now."""
+        cut = getattr(gate, "cut", None)
+        if cut is None:
+            gate.abandon(self, attempt)
+            return
+        cut(self, attempt, self.mw.clock.now() - started)
 
     def _engine_closed(self, attempt: int | None, *, in_flight: bool = False) -> EngineClosed:
         """The session's owner closed it during the call: stop, with what was done so far."""

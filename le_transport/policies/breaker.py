@@ -13,7 +13,10 @@ lease end it was admitted with (``probe_until``), and only the one the status st
 or frees the slot.
 
 An outcome is one of three things to the breaker. A failure: 5xx, 429, a final 1xx (the server's
-protocol error) and transport failures (:meth:`CircuitBreaker.counts_as_failure`). A success: any
+protocol error) and transport failures (:meth:`CircuitBreaker.counts_as_failure`), timeouts
+included; and so is an attempt its call's deadline cut with no answer once it ran
+``slow_call`` (5 s) or longer (a shorter cut is no verdict: the caller's deadline, not the
+service, ended it). A success: any
 other answer, 4xx included, proves the service is up. No verdict: a refused certificate
 (:meth:`CircuitBreaker.gives_no_verdict`) says nothing about the service behind the TLS terminator
 (often one client's wrong CA bundle): it is recorded neither way, so it never opens the circuit (the
@@ -34,7 +37,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ._validate import check_scale, instance_of, positive
+from ._validate import check_scale, instance_of, optional_positive, positive
 from .backoff import BackoffPolicy
 from .budget import check_slot_length, slot_end
 from .classify import Outcome, OutcomeKind
@@ -45,6 +48,7 @@ __all__ = [
     "BREAKER_MAX_BREAK",
     "BREAKER_MINIMUM_THROUGHPUT",
     "BREAKER_SAMPLING_WINDOW",
+    "BREAKER_SLOW_CALL",
     "Admission",
     "BreakerState",
     "BreakerStatus",
@@ -71,6 +75,13 @@ BREAKER_MAX_BREAK = 120.0
 #: A probe that never reports (its process died, its task was dropped) frees the half-open
 #: slot after this long: the default per-attempt timeout.
 BREAKER_PROBE_LEASE = 30.0
+#: An attempt cut by its call's deadline after this long with no answer is a timeout to the
+#: breaker (:attr:`CircuitBreaker.slow_call`): the guide's first pause. A healthy LiveEngage
+#: service answers in well under a second, so a caller's sub-second (or few-second) deadline
+#: that cuts an attempt says nothing of it; five seconds of silence is what a per-attempt
+#: timeout would call a failure anyway, and callers with deadlines of 5 s or more to a service
+#: that never answers then open the circuit instead of each sitting out its deadline.
+BREAKER_SLOW_CALL = 5.0
 
 
 class BreakerState(enum.Enum):
@@ -165,6 +176,18 @@ class CircuitBreaker:
       (An :class:`~le_transport.middleware.overload.OverloadGuard` without a fleet store holds
       its own probe's slot longer when the probe's attempt has a longer bound of its own, its
       attempt timeout or else its deadline, up to :attr:`longest_break`.)
+    - ``slow_call`` (5 s, :data:`BREAKER_SLOW_CALL`; None: off): an attempt cut by its call's
+      deadline (not by its own attempt timeout) after running at least this long with no
+      answer is a failure, a TIMEOUT, as an attempt timeout is: counted toward the failure
+      ratio, and for the half-open probe a failure verdict (the breaker re-opens). A shorter
+      cut gives no verdict (the caller chose a short deadline; it says nothing of the service).
+      Without it, a service that accepts connections and never answers never opened the
+      circuit while every caller's deadline was shorter than the attempt timeout: each caller
+      sat out its whole deadline, for ever. The default, the guide's first pause, is far above
+      what a healthy service takes, so callers that give it sub-second deadlines never count
+      against it; with None, only attempt timeouts count (callers with short deadlines to a
+      hanging service are then never failed fast). A positive finite number or None, else
+      :class:`~le_transport.errors.ConfigurationError`.
     """
 
     failure_ratio: float = attrs.field(default=BREAKER_FAILURE_RATIO, validator=_ratio)
@@ -177,6 +200,7 @@ class CircuitBreaker:
         factory=_default_breaks, validator=instance_of(BackoffPolicy, "a BackoffPolicy")
     )
     probe_lease: float = attrs.field(default=BREAKER_PROBE_LEASE, validator=positive)
+    slow_call: float | None = attrs.field(default=BREAKER_SLOW_CALL, validator=optional_positive)
 
     def __attrs_post_init__(self) -> None:
         check_slot_length("CircuitBreaker", "sampling_window", self.sampling_window, self.slots)
@@ -224,6 +248,7 @@ class CircuitBreaker:
             sampling_window=self.sampling_window * factor,
             breaks=self.breaks.scaled(factor),
             probe_lease=self.probe_lease * factor,
+            slow_call=None if self.slow_call is None else self.slow_call * factor,
         )
 
     def closed(self) -> BreakerStatus:
