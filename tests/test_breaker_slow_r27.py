@@ -344,3 +344,56 @@ async def test_in_a_fleet_a_probe_cut_past_its_lease_asks_the_store_before_it_de
         assert info.value.retry_at == pytest.approx(now + 10.0)
         assert backend.hits == hits + 1
     await _ended(backend)
+
+
+class _OlderGate:
+    """A gate of the caller's own, written before ``cut``: told of a cut as an abandon."""
+
+    def __init__(self) -> None:
+        self.abandoned: list[int] = []
+        self.cut: object = 0.5  # a setting of its own named "cut", not the method
+
+    async def admit(self, call: object, attempt: int) -> None:
+        return None
+
+    async def settle(self, call: object, attempt: int, outcome: object) -> None:
+        raise AssertionError("no attempt here ends with an outcome")
+
+    def abandon(self, call: object, attempt: int) -> None:
+        self.abandoned.append(attempt)
+
+    async def before_retry(
+        self, call: object, attempt: int, outcome: object, pause: float, last: object
+    ) -> None:
+        raise AssertionError("no retry here")
+
+
+class _CuttingGate(_OlderGate):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cuts: list[tuple[int, float]] = []
+        self.cut = lambda call, attempt, ran: self.cuts.append((attempt, ran))
+
+
+@pytest.mark.parametrize("gate_kind", [_OlderGate, _CuttingGate])
+async def test_a_gate_without_cut_has_the_attempt_abandoned_and_one_with_it_is_told_how_long(
+    hanging: tuple[Hanging, str], clock: VirtualClock, gate_kind: type[_OlderGate]
+) -> None:
+    import aiohttp
+
+    from le_transport import RetryMiddleware
+
+    backend, host = hanging
+    gate = gate_kind()
+    mw = RetryMiddleware(policy=RetryPolicy(pauses=(), deadline=7.0), clock=clock, gate=gate)
+    async with aiohttp.ClientSession(middlewares=[mw]) as session:
+        with pytest.raises(DeadlineExceeded, match="7 s deadline passed after 1 attempt"):
+            await session.get(f"http://{host}/x")
+    if isinstance(gate, _CuttingGate):
+        [(attempt, ran)] = gate.cuts
+        assert attempt == 1
+        assert ran == pytest.approx(7.0)
+        assert gate.abandoned == []
+    else:
+        assert gate.abandoned == [1]
+    await _ended(backend)

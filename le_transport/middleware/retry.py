@@ -831,7 +831,7 @@ class _Call(_WheelTimer):
         long one as a timeout, :attr:`~le_transport.policies.CircuitBreaker.slow_call`); a gate
         without one abandons it. Never awaited: the caller's DeadlineExceeded is due now."""
         cut = getattr(gate, "cut", None)
-        if cut is None:
+        if not callable(cut):
             gate.abandon(self, attempt)
             return
         cut(self, attempt, self.mw.clock.now() - started)
