@@ -829,12 +829,25 @@ class _Call(_WheelTimer):
         """Tell ``gate`` that attempt ``attempt`` (admitted at ``started``) was cut by the
         call's deadline with no answer: its ``cut`` weighs how long it ran (a breaker counts a
         long one as a timeout, :attr:`~le_transport.policies.CircuitBreaker.slow_call`); a gate
-        without one abandons it. Never awaited: the caller's DeadlineExceeded is due now."""
+        without one abandons it. Never awaited: the caller's DeadlineExceeded is due now. A
+        ``cut`` that raises (a gate's own bug) is logged by its type and the attempt abandoned:
+        its error took the place of the caller's DeadlineExceeded."""
         cut = getattr(gate, "cut", None)
         if not callable(cut):
             gate.abandon(self, attempt)
             return
-        cut(self, attempt, self.mw.clock.now() - started)
+        try:
+            cut(self, attempt, self.mw.clock.now() - started)
+        except Exception as exc:
+            # Only its type: its text may quote what the gate was handling.
+            _log.warning(
+                "%s %s: the retry gate's cut raised %s; the attempt is abandoned instead",
+                self.method,
+                self.url,
+                type(exc).__name__,
+                extra=self._extra(attempt=attempt, error=type(exc).__name__),
+            )
+            gate.abandon(self, attempt)
 
     def _engine_closed(self, attempt: int | None, *, in_flight: bool = False) -> EngineClosed:
         """The session's owner closed it during the call: stop, with what was done so far."""
