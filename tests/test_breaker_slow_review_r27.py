@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp import web
 
 from le_transport import RetryMiddleware, RetryPolicy
-from le_transport.errors import DeadlineExceeded
+from le_transport.errors import CircuitOpen, DeadlineExceeded
+from le_transport.middleware.overload import OverloadGuard
 from le_transport.testing import VirtualClock
+from tests.test_breaker_late_probe import BREAKER, HOST, _tripped
+from tests.test_guard_hot_path import _Call
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
@@ -110,3 +115,42 @@ async def test_a_gate_whose_cut_raises_still_gives_the_caller_its_deadline_error
     assert "RuntimeError" in record.getMessage()
     assert "hunter2" not in record.getMessage()
     await _ended(backend)
+
+
+class _BoundCall(_Call):
+    """A call whose retry policy bounds its attempts by a timeout and the call by a deadline
+    (what the guard's probe hold reads)."""
+
+    def __init__(self, *, attempt_timeout: float | None, deadline: float | None) -> None:
+        super().__init__("svc", HOST)
+        self.policy = SimpleNamespace(attempt_timeout=attempt_timeout, deadline=deadline)
+
+
+@pytest.mark.parametrize(
+    ("attempt_timeout", "deadline"), [(60.0, 10.0), (60.0, 25.0), (None, 10.0), (60.0, None)]
+)
+async def test_a_lone_probe_is_held_no_longer_than_its_calls_deadline_bounds_it(
+    attempt_timeout: float | None, deadline: float | None
+) -> None:
+    """Without a fleet store the slot is held past the lease for a probe whose attempt has a
+    longer bound of its own; its call's deadline bounds it too (the retry loop cuts the attempt
+    there and tells the gate: cut or abandon). Read from the attempt timeout alone, a probe with
+    a 60 s attempt timeout and a 10 s deadline held the slot 61 s: every other caller was told
+    to come back a minute later (CircuitOpen.retry_at), and a probe that never reported kept
+    the host shut twice the lease."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    breaker = attrs.evolve(BREAKER, probe_lease=5.0)  # (its longest break: 40 s)
+    guard = OverloadGuard(budget=None, breaker=breaker, clock=clock)
+    await _tripped(guard, clock)
+    probe = _BoundCall(attempt_timeout=attempt_timeout, deadline=deadline)
+    assert await guard.admit(probe, 1) is None
+    now = clock.now()
+    refused = await guard.admit(_Call("svc", HOST), 1)
+    assert isinstance(refused, CircuitOpen), "one probe at a time"
+    bounds = [b for b in (attempt_timeout, deadline) if b is not None]
+    bound = min(bounds)
+    margin = max(breaker.probe_lease / 30, 0.05)
+    held = max(breaker.probe_lease, min(bound + margin, breaker.longest_break))
+    assert refused.retry_at == pytest.approx(now + held)
+    clock.advance(held)
+    assert await guard.admit(_Call("svc", HOST), 1) is None, "the slot freed at its hold's end"

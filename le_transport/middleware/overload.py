@@ -345,16 +345,22 @@ _PROBE_HOLD_LEAST_MARGIN = 0.05
 
 def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
     """How long the half-open slot is kept for ``call``'s probe: the breaker's lease, or longer
-    when the probe's attempt has a bound of its own (its attempt timeout, else its call's
-    deadline) beyond it, by which it will surely have reported; never past the longest break
-    (a stuck probe with a long deadline does not shut its host for longer than a break)."""
+    when the probe's attempt has a bound of its own (the shorter of its attempt timeout and its
+    call's deadline: the retry loop cuts it at either, and tells the gate) beyond it, by which
+    it will surely have reported; never past the longest break (a stuck probe with a long
+    deadline does not shut its host for longer than a break). Read from the attempt timeout
+    alone, a probe with a 60 s one and a 10 s deadline held the slot 61 s: every other caller
+    was told to come back a minute later (``CircuitOpen.retry_at``)."""
     policy = getattr(call, "policy", None)
-    bound = getattr(policy, "attempt_timeout", None)
-    if bound is None:
-        bound = getattr(policy, "deadline", None)
+    bounds = [
+        bound
+        for bound in (getattr(policy, "attempt_timeout", None), getattr(policy, "deadline", None))
+        if isinstance(bound, (int, float)) and finite_number(bound) and bound > 0
+    ]
     lease = breaker.probe_lease
-    if not isinstance(bound, (int, float)) or not finite_number(bound) or bound <= 0:
+    if not bounds:
         return lease
+    bound = min(bounds)
     margin = max(lease * _PROBE_HOLD_MARGIN, _PROBE_HOLD_LEAST_MARGIN)
     return max(lease, min(float(bound) + margin, breaker.longest_break))
 
