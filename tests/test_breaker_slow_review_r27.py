@@ -18,8 +18,18 @@ from aiohttp import web
 from le_transport import RetryMiddleware, RetryPolicy
 from le_transport.errors import CircuitOpen, DeadlineExceeded
 from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import BreakerState
+from le_transport.state import MemoryStore
 from le_transport.testing import VirtualClock
-from tests.test_breaker_late_probe import BREAKER, HOST, _tripped
+from tests.test_breaker_late_probe import (
+    BREAKER,
+    DOWN,
+    HOST,
+    OK,
+    _probe_key,
+    _trip_key,
+    _tripped,
+)
 from tests.test_guard_hot_path import _Call
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
@@ -154,3 +164,78 @@ async def test_a_lone_probe_is_held_no_longer_than_its_calls_deadline_bounds_it(
     assert refused.retry_at == pytest.approx(now + held)
     clock.advance(held)
     assert await guard.admit(_Call("svc", HOST), 1) is None, "the slot freed at its hold's end"
+
+
+# -- a fleet probe cut past its lease: the store decides whether it still answers -------------
+
+
+async def _told(guard: OverloadGuard) -> None:
+    """Let the guard's tasks tell the fleet's store (the caller's error never waits for it)."""
+    for _ in range(50):
+        if not guard._releases:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the store was never told")
+
+
+async def _a_stuck_past_its_lease(
+    clock: VirtualClock, store: MemoryStore
+) -> tuple[OverloadGuard, OverloadGuard, _Call]:
+    """A opens the fleet's breaker; B adopts it; A's probe goes at the break's end and is still
+    out past its lease (its lock gone with it). Returns A, B and A's probe."""
+    a, b = (
+        OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+        for _ in range(2)
+    )
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    assert isinstance(await b.admit(_Call("svc", HOST), 1), CircuitOpen), "B adopts the break"
+    clock.advance(BREAKER.breaks.first)
+    stuck = _Call("svc", HOST)
+    assert await a.admit(stuck, 1) is None
+    clock.advance(BREAKER.probe_lease + 1.0)
+    return a, b, stuck
+
+
+async def test_a_fleet_probe_cut_past_its_lease_after_anothers_close_leaves_the_close() -> None:
+    """A's probe outlived its lease; B's probe took the lock and succeeded (the fleet's closed
+    mark). A's probe cut by its deadline then, long after slow_call, is no verdict: taken for
+    one (decided at once, as a cut within its lease is), it re-opened A's breaker and published
+    a break over the fleet's close, on an answer older than B's."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b, stuck = await _a_stuck_past_its_lease(clock, store)
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None, "A's lock went with its lease: B probes"
+    await b.settle(probe, 1, OK)
+    closed = await store.get(_trip_key())
+    assert closed is not None
+    assert "closed" in closed.value
+    a.cut(stuck, 1, BREAKER.probe_lease + 1.0)
+    await _told(a)
+    assert a.breaker_state("svc", HOST) is not BreakerState.OPEN, "A's stale cut decided"
+    assert await store.get(_trip_key()) == closed, "a break published over the fleet's close"
+    assert not a._stale_locks
+    assert await b.admit(_Call("svc", HOST), 1) is None
+
+
+async def test_a_fleet_probe_cut_past_its_lease_leaves_the_newer_probe_its_verdict() -> None:
+    """As above, with B's probe still out when A's is cut: A's cut publishes nothing, frees
+    neither B's lock nor its slot, and B's answer decides (A takes the fleet's close)."""
+    clock = VirtualClock(start=100.0, autojump=False)
+    store = MemoryStore(clock)
+    a, b, stuck = await _a_stuck_past_its_lease(clock, store)
+    probe = _Call("svc", HOST)
+    assert await b.admit(probe, 1) is None, "A's lock went with its lease: B probes"
+    lock = await store.get(_probe_key())
+    a.cut(stuck, 1, BREAKER.probe_lease + 1.0)
+    await _told(a)
+    assert a.breaker_state("svc", HOST) is BreakerState.HALF_OPEN, "A's stale cut decided"
+    assert await store.get(_trip_key()) is None, "no break published for the stale probe"
+    assert await store.get(_probe_key()) == lock, "B's lock is held"
+    await b.settle(probe, 1, OK)
+    clock.advance(1.0)
+    assert await a.admit(_Call("svc", HOST), 1) is None
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED, "A took the fleet's close"
