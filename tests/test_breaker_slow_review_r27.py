@@ -239,3 +239,30 @@ async def test_a_fleet_probe_cut_past_its_lease_leaves_the_newer_probe_its_verdi
     clock.advance(1.0)
     assert await a.admit(_Call("svc", HOST), 1) is None
     assert a.breaker_state("svc", HOST) is BreakerState.CLOSED, "A took the fleet's close"
+
+
+class _AsyncCutGate(_FailingCutGate):
+    """A gate of the caller's own whose ``cut`` is a coroutine function, as its other methods
+    are (the retry loop never awaits ``cut``: the caller's error is due now)."""
+
+    async def cut(self, call: object, attempt: int, ran: float) -> None:  # type: ignore[override]
+        self.cuts += 1
+
+
+async def test_a_gate_whose_cut_is_async_has_the_attempt_abandoned_and_is_told_so(
+    hanging: tuple[Hanging, str], clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its coroutine never ran: the gate was told nothing of the attempt (a probe's slot of its
+    own held until its lease), and Python warned of a coroutine never awaited. The coroutine is
+    closed, a warning says why, and the attempt abandoned, as a gate without ``cut`` has it."""
+    backend, host = hanging
+    gate = _AsyncCutGate()
+    mw = RetryMiddleware(policy=RetryPolicy(pauses=(), deadline=7.0), clock=clock, gate=gate)
+    with caplog.at_level(logging.WARNING, logger="le_transport"):
+        async with aiohttp.ClientSession(middlewares=[mw]) as session:
+            with pytest.raises(DeadlineExceeded, match="7 s deadline passed after 1 attempt"):
+                await session.get(f"http://{host}/x")
+    assert gate.cuts == 0
+    assert gate.abandoned == [1], "abandoned instead, as a gate without cut has it"
+    assert any("never awaited" in r.getMessage() for r in caplog.records)
+    await _ended(backend)

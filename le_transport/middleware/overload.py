@@ -232,7 +232,8 @@ class RetryGate(Protocol):
     error is due now) of an admitted attempt that the call's deadline cut after ``ran``
     seconds with no answer (:meth:`OverloadGuard.cut`); a gate without it has that attempt
     abandoned (:meth:`abandon`), as every such attempt was before, and so does one whose
-    ``cut`` raises (logged by the error's type; the caller still gets its DeadlineExceeded)."""
+    ``cut`` raises (logged by the error's type; the caller still gets its DeadlineExceeded)
+    or returns a coroutine (an ``async def cut``: nothing awaits it; logged)."""
 
     async def admit(self, call: GatedCall, attempt: int) -> RequestError | None:
         """Before an attempt: None to let it go, or the error that fails the call now."""

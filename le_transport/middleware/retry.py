@@ -831,13 +831,15 @@ class _Call(_WheelTimer):
         long one as a timeout, :attr:`~le_transport.policies.CircuitBreaker.slow_call`); a gate
         without one abandons it. Never awaited: the caller's DeadlineExceeded is due now. A
         ``cut`` that raises (a gate's own bug) is logged by its type and the attempt abandoned:
-        its error took the place of the caller's DeadlineExceeded."""
+        its error took the place of the caller's DeadlineExceeded. So is one that returns a
+        coroutine (an ``async def cut``, as the gate's other methods are): nothing would await
+        it, so the gate was told nothing of the attempt."""
         cut = getattr(gate, "cut", None)
         if not callable(cut):
             gate.abandon(self, attempt)
             return
         try:
-            cut(self, attempt, self.mw.clock.now() - started)
+            told = cut(self, attempt, self.mw.clock.now() - started)
         except Exception as exc:
             # Only its type: its text may quote what the gate was handling.
             _log.warning(
@@ -846,6 +848,18 @@ class _Call(_WheelTimer):
                 self.url,
                 type(exc).__name__,
                 extra=self._extra(attempt=attempt, error=type(exc).__name__),
+            )
+            gate.abandon(self, attempt)
+            return
+        if asyncio.iscoroutine(told):
+            told.close()  # no "never awaited" warning on top of this one
+            _log.warning(
+                "%s %s: the retry gate's cut returned a coroutine, which is never awaited (it "
+                "is called synchronously: the caller's error is due now); the attempt is "
+                "abandoned instead",
+                self.method,
+                self.url,
+                extra=self._extra(attempt=attempt),
             )
             gate.abandon(self, attempt)
 
