@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import aiohttp
@@ -30,53 +30,12 @@ from tests.test_breaker_late_probe import (
     _trip_key,
     _tripped,
 )
+from tests.test_breaker_slow_r27 import Hanging, _ended, hanging
 from tests.test_guard_hot_path import _Call
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
-
-class Hanging:
-    """A loopback route that accepts the request and never answers (until the test ends)."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.active = 0
-        self.release = asyncio.Event()
-
-    def app(self) -> web.Application:
-        async def hang(request: web.Request) -> web.Response:
-            self.hits += 1
-            self.active += 1
-            try:
-                await self.release.wait()
-            finally:
-                self.active -= 1
-            return web.Response()
-
-        app = web.Application()
-        app.router.add_get("/x", hang)
-        return app
-
-
-@pytest.fixture
-async def hanging(serve: ServerFactory) -> AsyncIterator[tuple[Hanging, str]]:
-    backend = Hanging()
-    host = await serve(backend.app())
-    yield backend, host
-    backend.release.set()
-
-
-async def _ended(backend: Hanging) -> None:
-    """Let the server's handlers end (they are cut as their clients go): none left running."""
-    backend.release.set()
-    for _ in range(100):
-        if not backend.active:
-            break
-        await asyncio.sleep(0)
-    else:
-        raise AssertionError("a handler still runs")
-    for _ in range(5):
-        await asyncio.sleep(0)
+__all__ = ["hanging"]  # the fixture, used by name
 
 
 class _FailingCutGate:
