@@ -2,8 +2,10 @@
 
 A token provider (OAuth2 client credentials, the consumer JWT) holds one token. It fetches it on
 first use, reuses it until ``margin`` seconds before it expires (the JWT's ``exp``, else the
-answer's ``expires_in``), then fetches a new one; a token that lives less than twice the margin
-is fetched anew half-way through its life instead, so that it is never sent past its expiry.
+answer's ``expires_in``; with both, never later than ``expires_in``, which is read on no wall
+clock, and by it alone when the ``exp`` reads as dead), then fetches a new one; a token that
+lives less than twice the margin is fetched anew half-way through its life instead, so that it
+is never sent past its expiry.
 Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
 lifetime is read once, against the wall clock, when the token arrives. That wall clock is the
 provider's ``wall_clock`` if given one, else the engine's it is attached to
@@ -642,6 +644,13 @@ class TokenProvider:
             self._older = None
             self._set_skew(http, 0.0, "skew dropped: a token dead by it lives by our wall clock")
             lifetime = ours
+        if expires_in is not None and expires_in >= MIN_TOKEN_LIFE:
+            # The answer's own word, read on no wall clock: a life read from exp never outlasts
+            # it (our clock behind, no iat to tell: each token was sent past its expiry, a 401
+            # for every one), and it stands for an exp that reads as dead (our clock ahead by
+            # more than a token's life, no iat: a fetch every 5 s, each call past it waiting).
+            # One under MIN_TOKEN_LIFE (0, absurd) is not believed, and the exp stands.
+            lifetime = expires_in if lifetime < MIN_TOKEN_LIFE else min(lifetime, expires_in)
         return lifetime, floor
 
     def _ignore_exp(self, exp: float) -> None:

@@ -4,7 +4,8 @@
 ``client_secret``, ``grant_type=client_credentials`` answers ``{"access_token": "<JWT>",
 "token_type": "Bearer", "expires_in"?}``. The token is sent as ``Authorization: Bearer <JWT>``
 and fetched anew ``margin`` seconds before the JWT's ``exp`` (read without verifying it; the
-answer's ``expires_in`` when the token carries no ``exp``).
+answer's ``expires_in`` when the token carries no ``exp``; with both, never later than
+``expires_in``, which no skew of our wall clock can misread).
 
 The Login Service's own client-credentials form (which yields a Login Service session, with its
 keepalive) is :class:`~le_transport.providers.login.ClientCredentialsLogin`.
