@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import contextvars
 import functools
 import io
 import json as _json
@@ -73,6 +74,7 @@ from .middleware.context import (
     _CURRENT,
     AcceptingCallContext,
     CallContext,
+    HandledCallContext,
     provider_failed,
     safe_cause,
     unsent_request_error,
@@ -118,6 +120,14 @@ __all__ = ["Engine", "InvalidRequest", "RequestOptions", "Response"]
 
 _log = logging.getLogger("le_transport.engine")
 _keepalive_log = logging.getLogger("le_transport.sockets")
+#: What an HTTP keepalive falls back on when its run's request gives up on an outage, in the
+#: retry middleware's give-up line (a WARNING, not an ERROR: nothing failed for a caller).
+_KEEPALIVE_FALLBACK = "the keepalive goes on and runs again at its next interval"
+#: Set by an HTTP keepalive's run around its request: :meth:`Engine.request` then makes the
+#: call a :class:`HandledCallContext` with these words (see ``Engine.keepalive``).
+_HANDLED_BY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "le_transport_handled_by", default=None
+)
 
 T = TypeVar("T")
 
@@ -1950,6 +1960,7 @@ class _EngineKeepalive(KeepaliveTask):
         name: str,
         on_close: Callable[[KeepaliveTask], object],
         not_final: tuple[type[Exception], ...],
+        retry_after_ceiling: float,
     ) -> None:
         super().__init__(
             policy,
@@ -1959,6 +1970,7 @@ class _EngineKeepalive(KeepaliveTask):
             name=name,
             on_close=on_close,
             not_final=not_final,
+            retry_after_ceiling=retry_after_ceiling,
         )
         self._engine_is_closed = engine_closed
         self._needs = what
@@ -3034,7 +3046,12 @@ class Engine:
         if deadline is not None or attempt_timeout is not None:
             policy = _per_call_policy(policy, deadline, attempt_timeout, service, method)
         if type(accept) is tuple and not accept:  # the default: nothing accepted
-            ctx = CallContext(service, idempotent, policy)
+            handled = _HANDLED_BY.get()
+            ctx = (
+                CallContext(service, idempotent, policy)
+                if handled is None
+                else HandledCallContext(service, idempotent, policy, fallback=handled)
+            )
         else:
             # Checked whatever it is: a falsy non-collection (0, False) is refused too.
             accepted = _accepted(accept, service, method)
@@ -3746,6 +3763,10 @@ class Engine:
 
         The task goes on through outages (a run that fails after the engine's retries: a 5xx,
         a reset, a timeout, a 408, 425 or 429, the Domain API down), each logged at WARNING.
+        A run's request has ``policy.timeout`` as its deadline: the engine's retry schedule
+        gives up within it with the service's own answer (its give-up a WARNING, handled by
+        the keepalive, not an ERROR), and a run whose answers asked for rest (``Retry-After``,
+        up to the engine's ``retry_after_ceiling``) is followed by none sooner.
         Failures that look final (an unknown service or refused host from a domain provider
         that fetches, a 4xx but 401, 407, 408, 425 and 429: a chat that ended, a blacklisted
         account; credentials refused; a setup mistake) stop it only once every run has failed
@@ -3922,8 +3943,21 @@ class Engine:
                 # service does not exist, the task stops (KeepaliveTask's final streak).
                 _resolve_at_once(self._domains, service)
 
+            # The run's timeout is its request's deadline: the engine's retry schedule gives
+            # up within it, with the service's own answer (a 503; a 429 and the Retry-After
+            # it asked for, which the task then waits before its next run), rather than
+            # being cut in a pause as a bare TimeoutError; a WARNING, the keepalive handling
+            # the outage, not an ERROR at every run.
+            timeout = policy.timeout
+
             async def call() -> None:
-                await self.request(method, service, path, params=params, headers=headers)
+                token = _HANDLED_BY.set(_KEEPALIVE_FALLBACK)
+                try:
+                    await self.request(
+                        method, service, path, params=params, headers=headers, deadline=timeout
+                    )
+                finally:
+                    _HANDLED_BY.reset(token)
 
             action = call
             what = "its engine's auth or domain provider (or the aiohttp session it was given)"
@@ -3940,6 +3974,7 @@ class Engine:
             name=f"{service} {policy.action}",
             on_close=self._keepalives.discard,
             not_final=not_final,
+            retry_after_ceiling=self._retry.retry_after_ceiling,
         )
         task.start()
         if task.running:

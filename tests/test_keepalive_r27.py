@@ -8,6 +8,13 @@
   behind, each token looked to outlive its real expiry and was sent expired (a 401 and a
   replay for every token). The ``expires_in`` now bounds the life read from ``exp``, and
   stands for it when ``exp`` reads as dead.
+- An HTTP keepalive's run (the Server Chat API's chat info, every 30 s, 10 s to answer) was
+  cut at its timeout inside the engine's retry schedule: a 503 then a 10 s pause, a 429 then
+  the ``Retry-After`` pause. Its WARNING said ``TimeoutError`` whatever the service answered,
+  and a service asking for a minute's rest with 429 and ``Retry-After`` got the keepalive
+  again 30 s later, and every 30 s after. A run now gives up within its timeout with the
+  service's own answer (a WARNING, handled: the keepalive goes on, no ERROR every 30 s), and
+  the next run waits as long as the answer asked (up to the engine's ``retry_after_ceiling``).
 
 Against the simulator on loopback, on the virtual clock.
 """
@@ -15,15 +22,18 @@ Against the simulator on loopback, on the virtual clock.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
-from le_transport.chaos import Status
+from le_transport import AppKeyAuth, Engine, StaticDomains
+from le_transport.chaos import FaultRule, Match, Status
+from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
 from le_transport.providers import SentinelClientCredentials
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import CLIENT_SECRET
-from tests.test_providers import ACCOUNT, CLIENT_ID, csds_for, jwt_with, sim, sim_engine
+from tests.test_providers import ACCOUNT, APP_KEY, CLIENT_ID, csds_for, jwt_with, sim, sim_engine
 
 __all__ = ["sim"]
 
@@ -109,3 +119,77 @@ async def test_an_absurd_expires_in_beside_a_good_exp_is_not_believed(
         held = auth.token
         assert held is not None
         assert held.expires_at == pytest.approx(3600.0, abs=1)
+
+
+# -- an HTTP keepalive's run cut inside the engine's retry schedule ---------------------------
+
+
+def _chat_engine(sim: Simulator, clock: VirtualClock) -> Engine:
+    return Engine(
+        StaticDomains(sim.domains),
+        scheme="http",
+        clock=clock,
+        auth=AppKeyAuth(sim.account.id, APP_KEY),
+    )
+
+
+def _chat_info(sim: Simulator) -> str:
+    return f"/api/account/{sim.account.id}/chat/c1/info"
+
+
+def _answer_chat_info_with(sim: Simulator, status: Status) -> None:
+    sim.faults.add(FaultRule("down", status, match=Match(method="GET", path=_chat_info(sim))))
+
+
+async def test_a_chat_info_outage_is_logged_as_the_services_answer_and_never_as_an_error(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    _answer_chat_info_with(sim, Status(503))
+    async with _chat_engine(sim, clock) as engine:
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO,
+            "agentVep",
+            fields={"account": sim.account.id, "chat_id": "c1"},
+        )
+        await clock.sleep(101)
+        assert (task.runs, task.failures) == (3, 3)
+        assert task.running
+        await task.close()
+    failed = [r.getMessage() for r in caplog.records if r.name == "le_transport.sockets"]
+    assert len(failed) == 3
+    for message in failed:
+        assert "keepalive retrieve chat information failed" in message
+        assert "TimeoutError" not in message
+        assert "503" in message
+    # The keepalive handles the outage: nothing is an ERROR, at every run.
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("status", "asked"), [(429, "120"), (503, "45")], ids=["429-120", "503-45"]
+)
+async def test_a_chat_info_answer_asking_for_rest_is_given_it_before_the_next_run(
+    sim: Simulator, clock: VirtualClock, status: int, asked: str
+) -> None:
+    _answer_chat_info_with(sim, Status(status, headers={"Retry-After": asked}))
+    async with _chat_engine(sim, clock) as engine:
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO,
+            "agentVep",
+            fields={"account": sim.account.id, "chat_id": "c1"},
+        )
+        await clock.sleep(241)
+        # Runs at 30 s, then each after the rest asked (120 s capped at the engine's 60 s
+        # retry_after_ceiling; 45 s): 30, 90, 150, 210; 30, 75, 120, 165, 210. Before, at every
+        # 30 s: 8 runs, a request each.
+        wait = min(float(asked), 60.0)
+        expected = 1 + int((241 - 30) // wait)
+        assert sim.count("GET", _chat_info(sim)) == expected
+        assert task.runs == task.failures == expected
+        assert task.running
+        sim.faults.clear()
+        # Back: the schedule goes on as before, every 30 s.
+        await clock.sleep(wait + 61)
+        assert task.runs - task.failures >= 2
+        await task.close()

@@ -40,10 +40,13 @@ from ..errors import (
     EngineClosed,
     KeepaliveClosed,
     Repeat,
+    RequestError,
 )
 from ..events import EventHooks, StateEvent, emit
+from ..policies._validate import finite_number, shown
 from ..policies.close_codes import RETRY_HANDSHAKE_STATUSES
 from ..policies.keepalive import Keepalive, KeepaliveStep
+from ..policies.retry import DEFAULT_RETRY_AFTER_CEILING
 from ..recovery import is_setup_error, refused_status, repeat_of
 
 __all__ = [
@@ -670,6 +673,19 @@ def _final_failure(error: Exception) -> bool:
     return is_setup_error(error)
 
 
+def _rest_asked(error: Exception, ceiling: float) -> float:
+    """The longest rest a failed run's answers asked for (``Retry-After``, cut to
+    ``ceiling``), 0 if none did or ``error`` carries no attempts."""
+    if not isinstance(error, RequestError):
+        return 0.0
+    longest = 0.0
+    for record in error.attempts:
+        asked = record.outcome.retry_after
+        if asked is not None and min(asked, ceiling) > longest:
+            longest = min(asked, ceiling)
+    return longest
+
+
 class KeepaliveTask:
     """Runs an HTTP keepalive action every interval until closed.
 
@@ -677,7 +693,10 @@ class KeepaliveTask:
     its text, redacted and cut to 200 characters) and reported as a ``keepalive_failed`` state
     event; the schedule goes on: an outage (a 5xx or a reset after the retries, a timeout, a
     408 or 425, the Domain API down) is waited out. :attr:`runs` and :attr:`failures` count
-    what happened.
+    what happened. A failed run whose answers asked for rest (a 429 or a 503 with
+    ``Retry-After``, cut to ``retry_after_ceiling``: the engine's retry policy's, 60 s by
+    default) is followed by none sooner than that rest after it ended, even when an interval
+    comes first.
 
     A failure judged final (no retry of the run fixes it: a mistake in what was asked for, an
     unknown service, a hostile host, a :class:`~le_transport.errors.ConfigurationError`, a
@@ -740,9 +759,16 @@ class KeepaliveTask:
         name: str = "keepalive",
         on_close: Callable[[KeepaliveTask], object] | None = None,
         not_final: tuple[type[Exception], ...] = (),
+        retry_after_ceiling: float = DEFAULT_RETRY_AFTER_CEILING,
     ) -> None:
+        if not (finite_number(retry_after_ceiling) and retry_after_ceiling >= 0):
+            raise ConfigurationError(
+                "KeepaliveTask.retry_after_ceiling must be a finite number of seconds >= 0, "
+                f"got {shown(retry_after_ceiling)}"
+            )
         self._policy = policy
         self._not_final = not_final
+        self._retry_after_ceiling = float(retry_after_ceiling)
         self._action = action
         self._clock = clock
         self._hooks = hooks or EventHooks()
@@ -909,11 +935,16 @@ class KeepaliveTask:
 
     async def _schedule(self) -> None:
         last = self._clock.now()
+        # No run before this: the rest a failed run's answers asked for (Retry-After).
+        rested = -math.inf
         while True:
             now = self._clock.now()
             decision = self._policy.decide(now, last_activity=last)
             if decision.step is not KeepaliveStep.PROBE:
                 await self._clock.sleep(decision.at - now)
+                continue
+            if now < rested:
+                await self._clock.sleep(rested - now)
                 continue
             last = now
             self.runs += 1
@@ -948,6 +979,12 @@ class KeepaliveTask:
                     self._failed_for_good(exc)
                     return
                 self._run_failed(exc)
+                asked = _rest_asked(exc, self._retry_after_ceiling)
+                if asked > 0:
+                    # A 429 or 503 that asked for a minute's rest: the next run one interval
+                    # after this one's start came back sooner than the service asked, and
+                    # again at every interval while it asked.
+                    rested = self._clock.now() + asked
             else:
                 self._final_in_a_row = 0
 
