@@ -8,6 +8,10 @@
   behind, each token looked to outlive its real expiry and was sent expired (a 401 and a
   replay for every token). The ``expires_in`` now bounds the life read from ``exp``, and
   stands for it when ``exp`` reads as dead.
+- A token fetched early (in the background, the current one still valid for minutes) whose
+  answer asked for rest (a 429 or 503 with ``Retry-After: 45``) was asked again 5, 10 and
+  15 s later, the request schedule's pauses: three requests within the rest asked for. It
+  now waits at least as long as asked (up to the policy's ``retry_after_ceiling``).
 - An HTTP keepalive's run (the Server Chat API's chat info, every 30 s, 10 s to answer) was
   cut at its timeout inside the engine's retry schedule: a 503 then a 10 s pause, a 429 then
   the ``Retry-After`` pause. Its WARNING said ``TimeoutError`` whatever the service answered,
@@ -21,12 +25,13 @@ Against the simulator on loopback, on the virtual clock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import pytest
 
-from le_transport import AppKeyAuth, Engine, StaticDomains
+from le_transport import AppKeyAuth, Engine, StateEvent, StaticDomains
 from le_transport.chaos import FaultRule, Match, Status
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
 from le_transport.providers import SentinelClientCredentials
@@ -40,13 +45,14 @@ __all__ = ["sim"]
 TOKEN = f"/sentinel/api/account/{ACCOUNT}/app/token"
 
 
-def _sentinel(sim: Simulator, offset: float) -> SentinelClientCredentials:
+def _sentinel(sim: Simulator, offset: float, margin: float = 60.0) -> SentinelClientCredentials:
     """A Sentinel provider whose wall clock is ``offset`` seconds off the issuer's."""
     return SentinelClientCredentials(
         ACCOUNT,
         CLIENT_ID,
         CLIENT_SECRET,
         domains=csds_for(sim),
+        margin=margin,
         wall_clock=lambda: sim.tokens.epoch_now() + offset,
     )
 
@@ -193,3 +199,45 @@ async def test_a_chat_info_answer_asking_for_rest_is_given_it_before_the_next_ru
         await clock.sleep(wait + 61)
         assert task.runs - task.failures >= 2
         await task.close()
+
+
+# -- a token fetched early, answered with a request for rest ----------------------------------
+
+
+async def _early_fetch_done(auth: SentinelClientCredentials) -> None:
+    early = auth._early
+    if early is not None:
+        await asyncio.wait({early})
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_an_early_fetch_told_to_rest_is_not_tried_again_sooner(
+    sim: Simulator, clock: VirtualClock, status: int
+) -> None:
+    """Sentinel answers the early fetch with Retry-After: 45 while the token lives 10 more
+    minutes: it was asked again 5, 10 and 15 s later (the request schedule's pauses), three
+    requests within the rest it asked for."""
+    events: list[StateEvent] = []
+    auth = _sentinel(sim, offset=0.0, margin=900.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth, events=events):
+        await auth.credentials()
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at is not None
+        await clock.sleep(token.refresh_at + 1 - clock.now())
+        rest = Status(status, headers={"Retry-After": "45"})
+        sim.faults.script("POST", TOKEN, [rest] * 3)
+        asked: list[float] = []
+        started = clock.now()
+        for _ in range(100):
+            before = sim.count("POST", TOKEN)
+            await auth.credentials()
+            await _early_fetch_done(auth)
+            if sim.count("POST", TOKEN) > before:
+                asked.append(clock.now() - started)
+            await clock.sleep(1)
+        # At once, then each after the 45 s asked for; before, at 0, 5, 15 and 30 s.
+        assert asked == [0.0, 45.0, 90.0]
+        assert auth.generation == token.generation
+    failed = [e for e in events if e.name == "refresh_failed"]
+    assert [e.details["retry_in"] for e in failed] == [45.0, 45.0, 45.0]

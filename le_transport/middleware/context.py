@@ -55,6 +55,7 @@ __all__ = [
     "open_ledger",
     "provider_failed",
     "record_call",
+    "rest_asked",
     "safe_cause",
     "unsent_request_error",
     "within_deadline",
@@ -477,6 +478,22 @@ _PROVIDER_LOGGERS = {
 _NETWORK_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ENETRESET}
 )
+
+
+def rest_asked(error: BaseException, ceiling: float) -> float:
+    """The longest rest the answers to a failed call asked for (``Retry-After``, cut to
+    ``ceiling``), in seconds; 0 if none did, or ``error`` is no :class:`RequestError` (which
+    carries the call's attempts). What a caller that tries the call again later on a schedule
+    of its own (a keepalive, a token fetched early) waits at least: its own schedule came back
+    sooner than the service asked."""
+    if not isinstance(error, RequestError):
+        return 0.0
+    longest = 0.0
+    for record in error.attempts:
+        asked = record.outcome.retry_after
+        if asked is not None and min(asked, ceiling) > longest:
+            longest = min(asked, ceiling)
+    return longest
 
 
 def is_provider_outage(exc: BaseException) -> bool:

@@ -56,9 +56,11 @@ them through 5/10/15 s of pauses, nor send a token request for each. Its failure
 WARNING, not an ERROR, by the retry middleware: the fetch says it handles an outage, and how
 (the line ends with it, and the give-up event has ``handled_by_caller``). When it fails, the
 current token keeps being used (a ``refresh_failed`` event says so) and the fetch is tried
-again after a pause that grows like the request schedule; once the token has expired, the fetch
-follows the whole schedule and its failure is the call's. That includes the callers that join
-an early fetch that fails after the token expired (or was dropped after a 401): the same shared
+again after a pause that grows like the request schedule (never shorter than the
+``Retry-After`` the answer asked for, up to the policy's ``retry_after_ceiling``); once the
+token has expired, the fetch follows the whole schedule and its failure is the call's. That
+includes the callers that join an early fetch that fails after the token expired (or was
+dropped after a 401): the same shared
 run goes on with a fetch on the whole schedule, as a caller without a token would get, and one
 for all of them. A refusal (a 4xx: bad credentials, a blacklisted account) is reported as any
 call's (``login_failed``); met by an early fetch, it fails no call holding a valid token, but
@@ -94,7 +96,7 @@ from ..errors import (
     UnknownServiceError,
 )
 from ..events import StateEvent
-from ..middleware.context import is_provider_outage
+from ..middleware.context import is_provider_outage, rest_asked
 from ..policies._validate import finite_number
 from ..policies.retry import RetryPolicy
 from ._flight import SingleFlight
@@ -480,7 +482,10 @@ class TokenProvider:
         # The request schedule's pauses, spread over calls instead of held inside one: 5, 10,
         # 15, 15 ... s by default, and never sooner than a token is fetched on its own.
         pause = pauses[min(self._early_failures, len(pauses)) - 1] if pauses else 0.0
-        pause = max(pause, MIN_TOKEN_REFRESH)
+        # Never sooner than the token service asked (a 429 or 503 with Retry-After, up to the
+        # policy's ceiling): the schedule's 5, 10, 15 s came back three times within a minute
+        # it asked for.
+        pause = max(pause, MIN_TOKEN_REFRESH, rest_asked(exc, http.policy.retry_after_ceiling))
         retry_at = now + pause
         if token.expires_at is not None:
             retry_at = min(retry_at, token.expires_at)

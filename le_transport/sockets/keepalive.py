@@ -40,9 +40,9 @@ from ..errors import (
     EngineClosed,
     KeepaliveClosed,
     Repeat,
-    RequestError,
 )
 from ..events import EventHooks, StateEvent, emit
+from ..middleware.context import rest_asked
 from ..policies._validate import finite_number, shown
 from ..policies.close_codes import RETRY_HANDSHAKE_STATUSES
 from ..policies.keepalive import Keepalive, KeepaliveStep
@@ -673,19 +673,6 @@ def _final_failure(error: Exception) -> bool:
     return is_setup_error(error)
 
 
-def _rest_asked(error: Exception, ceiling: float) -> float:
-    """The longest rest a failed run's answers asked for (``Retry-After``, cut to
-    ``ceiling``), 0 if none did or ``error`` carries no attempts."""
-    if not isinstance(error, RequestError):
-        return 0.0
-    longest = 0.0
-    for record in error.attempts:
-        asked = record.outcome.retry_after
-        if asked is not None and min(asked, ceiling) > longest:
-            longest = min(asked, ceiling)
-    return longest
-
-
 class KeepaliveTask:
     """Runs an HTTP keepalive action every interval until closed.
 
@@ -979,7 +966,7 @@ class KeepaliveTask:
                     self._failed_for_good(exc)
                     return
                 self._run_failed(exc)
-                asked = _rest_asked(exc, self._retry_after_ceiling)
+                asked = rest_asked(exc, self._retry_after_ceiling)
                 if asked > 0:
                     # A 429 or 503 that asked for a minute's rest: the next run one interval
                     # after this one's start came back sooner than the service asked, and
