@@ -123,10 +123,12 @@ _keepalive_log = logging.getLogger("le_transport.sockets")
 #: What an HTTP keepalive falls back on when its run's request gives up on an outage, in the
 #: retry middleware's give-up line (a WARNING, not an ERROR: nothing failed for a caller).
 _KEEPALIVE_FALLBACK = "the keepalive goes on and runs again at its next interval"
-#: Set by an HTTP keepalive's run around its request: :meth:`Engine.request` then makes the
-#: call a :class:`HandledCallContext` with these words (see ``Engine.keepalive``).
-_HANDLED_BY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "le_transport_handled_by", default=None
+#: Set by an HTTP keepalive's run around its request, with the run's task: :meth:`Engine.request`
+#: made in that task then makes the call a :class:`HandledCallContext` with these words (see
+#: ``Engine.keepalive``); a task started meanwhile (a provider's) inherits it, and is not that
+#: task.
+_HANDLED_BY: contextvars.ContextVar[tuple[str, asyncio.Task[Any] | None] | None] = (
+    contextvars.ContextVar("le_transport_handled_by", default=None)
 )
 
 T = TypeVar("T")
@@ -3049,8 +3051,8 @@ class Engine:
             handled = _HANDLED_BY.get()
             ctx = (
                 CallContext(service, idempotent, policy)
-                if handled is None
-                else HandledCallContext(service, idempotent, policy, fallback=handled)
+                if handled is None or handled[1] is not asyncio.current_task()
+                else HandledCallContext(service, idempotent, policy, fallback=handled[0])
             )
         else:
             # Checked whatever it is: a falsy non-collection (0, False) is refused too.
@@ -3951,7 +3953,7 @@ class Engine:
             timeout = policy.timeout
 
             async def call() -> None:
-                token = _HANDLED_BY.set(_KEEPALIVE_FALLBACK)
+                token = _HANDLED_BY.set((_KEEPALIVE_FALLBACK, asyncio.current_task()))
                 try:
                     await self.request(
                         method, service, path, params=params, headers=headers, deadline=timeout

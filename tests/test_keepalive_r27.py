@@ -31,7 +31,7 @@ import logging
 
 import pytest
 
-from le_transport import AppKeyAuth, Engine, StateEvent, StaticDomains
+from le_transport import AppKeyAuth, Engine, EventHooks, RetryPolicy, StateEvent, StaticDomains
 from le_transport.chaos import FaultRule, Match, Status
 from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
 from le_transport.providers import SentinelClientCredentials
@@ -241,3 +241,47 @@ async def test_an_early_fetch_told_to_rest_is_not_tried_again_sooner(
         assert auth.generation == token.generation
     failed = [e for e in events if e.name == "refresh_failed"]
     assert [e.details["retry_in"] for e in failed] == [45.0, 45.0, 45.0]
+
+
+async def test_a_call_a_task_started_during_a_keepalive_run_makes_is_not_the_keepalives(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keepalive's run marks its own request as handled by it; a task started meanwhile (a
+    hook's, a provider's) inherits the mark with the run's context, and its own call, giving up
+    on an outage, was logged as handled by the keepalive: a WARNING, not the ERROR it is."""
+    caplog.set_level(logging.WARNING, logger="le_transport.retry")
+    other = f"/api/account/{sim.account.id}/other"
+    _answer_chat_info_with(sim, Status(503))
+    sim.faults.add(FaultRule("other", Status(503), match=Match(method="GET", path=other)))
+    spawned: list[asyncio.Task[object]] = []
+    engine = Engine(
+        StaticDomains(sim.domains),
+        scheme="http",
+        clock=clock,
+        auth=AppKeyAuth(sim.account.id, APP_KEY),
+        hooks=EventHooks(on_giveup=lambda event: spawned.append(_spawn(engine, other))),
+    )
+
+    def _spawn(engine: Engine, path: str) -> asyncio.Task[object]:
+        if spawned:
+            return spawned[0]
+        return asyncio.get_running_loop().create_task(
+            engine.request("GET", "agentVep", path, retry=RetryPolicy(pauses=()))
+        )
+
+    async with engine:
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO,
+            "agentVep",
+            fields={"account": sim.account.id, "chat_id": "c1"},
+        )
+        await clock.sleep(36)
+        await task.close()
+        assert spawned
+        await asyncio.wait({spawned[0]})
+        assert spawned[0].exception() is not None
+    [line] = [
+        r for r in caplog.records if other in r.getMessage() and "failed after" in r.getMessage()
+    ]
+    assert line.levelno == logging.ERROR
+    assert "handled" not in line.getMessage()
