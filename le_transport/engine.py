@@ -101,6 +101,7 @@ from .policies.retry_after import parse_retry_after
 from .providers._http import ProviderHttp, check_domains_account
 from .providers.auth import AuthProvider, Credentials, InvalidCredentials, as_credentials
 from .providers.domains import DomainProvider, StaticDomains, validate_host
+from .providers.login import _KEEPALIVE_FALLBACK as _LOGIN_KEEPALIVE_FALLBACK
 from .providers.login import AGENT_VEP, LoginServiceAuth
 from .recovery import Recovery
 from .sockets import (
@@ -3802,9 +3803,10 @@ class Engine:
         them is answered 401, which would cost a login at every run. It runs the engine's
         :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` every
         ``policy.interval`` instead (no session yet: nothing to refresh, no login), on the
-        provider's own host. That interval is the policy's, whatever TTL the session's login
-        answered: for a session that lives less than twice the interval, keep the provider's own
-        keepalive, or pass a policy scaled down
+        provider's own host; a refresh that gives up on an outage is logged as handled (a
+        WARNING), as the provider's own keepalive logs it. That interval is the policy's,
+        whatever TTL the session's login answered: for a session that lives less than twice the
+        interval, keep the provider's own keepalive, or pass a policy scaled down
         (:meth:`~le_transport.policies.Keepalive.scaled`). A
         :class:`~le_transport.errors.ConfigurationError`, before the task starts: without such a
         provider; with one that refreshes its session itself (``keepalive=True``, the default:
@@ -3901,7 +3903,10 @@ class Engine:
             provider = auth
 
             async def refresh() -> None:
-                await provider.refresh()
+                # Saying, as the provider's own keepalive does, that an outage is handled (the
+                # session kept, the refresh tried again): its give-up is a WARNING ending so,
+                # not an ERROR at every run while the Login Service is down.
+                await provider._refresh(_LOGIN_KEEPALIVE_FALLBACK)
 
             action = refresh
             # Its EngineClosed with the engine open: the provider was closed on its own (or a

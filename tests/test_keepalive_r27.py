@@ -12,6 +12,10 @@
   answer asked for rest (a 429 or 503 with ``Retry-After: 45``) was asked again 5, 10 and
   15 s later, the request schedule's pauses: three requests within the rest asked for. It
   now waits at least as long as asked (up to the policy's ``retry_after_ceiling``).
+- ``Engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")`` ran the provider's public
+  ``refresh()``, which does not say that an outage is handled: a Login Service answering 503
+  made an ERROR every 5 minutes, where the provider's own keepalive logs the same give-up as
+  a WARNING ending "handled".
 - An HTTP keepalive's run (the Server Chat API's chat info, every 30 s, 10 s to answer) was
   cut at its timeout inside the engine's retry schedule: a 503 then a 10 s pause, a 429 then
   the ``Retry-After`` pause. Its WARNING said ``TimeoutError`` whatever the service answered,
@@ -31,14 +35,32 @@ import logging
 
 import pytest
 
-from le_transport import AppKeyAuth, Engine, EventHooks, RetryPolicy, StateEvent, StaticDomains
+from le_transport import (
+    AppKeyAuth,
+    Engine,
+    EventHooks,
+    RetryPolicy,
+    StateEvent,
+    StaticDomains,
+    UserLogin,
+)
 from le_transport.chaos import FaultRule, Match, Status
-from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
+from le_transport.policies import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO
 from le_transport.providers import SentinelClientCredentials
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
-from tests.known_secrets import CLIENT_SECRET
-from tests.test_providers import ACCOUNT, APP_KEY, CLIENT_ID, csds_for, jwt_with, sim, sim_engine
+from tests.known_secrets import CLIENT_SECRET, PASSWORD
+from tests.test_providers import (
+    ACCOUNT,
+    APP_KEY,
+    CLIENT_ID,
+    USER,
+    csds_for,
+    jwt_with,
+    make_sim,
+    sim,
+    sim_engine,
+)
 
 __all__ = ["sim"]
 
@@ -285,3 +307,37 @@ async def test_a_call_a_task_started_during_a_keepalive_run_makes_is_not_the_kee
     ]
     assert line.levelno == logging.ERROR
     assert "handled" not in line.getMessage()
+
+
+# -- the engine's Login Service refresh keepalive through an outage --------------------------
+
+
+async def test_the_engines_login_refresh_keepalive_handles_an_outage_as_the_providers_own_does(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")`` (a provider built with
+    ``keepalive=False``) refreshed without saying that it handles an outage: each refresh
+    that gave up on a Login Service answering 503 was an ERROR, every 5 minutes, where the
+    provider's own keepalive logs the same give-up as a WARNING ending "handled"."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            refresh = Match(method="POST", path="*/refresh")
+            sim.faults.add(FaultRule("down", Status(503), match=refresh))
+            await clock.sleep(2 * CHAT_AGENT_API_REFRESH.interval + 60)
+            assert task.running
+            assert task.failures == 2
+            assert sim.count("POST", "*/refresh") == 8
+            await task.close()
+    gave_up = [r for r in caplog.records if "failed after 4 attempt(s)" in r.getMessage()]
+    assert len(gave_up) == 2
+    for record in gave_up:
+        assert record.levelno == logging.WARNING
+        assert record.getMessage().endswith(
+            "; handled: the session is kept and the keepalive tries the refresh again"
+        )
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
