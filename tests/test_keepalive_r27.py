@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 
 import pytest
 
@@ -45,8 +46,10 @@ from le_transport import (
     UserLogin,
 )
 from le_transport.chaos import FaultRule, Match, Status
+from le_transport.errors import ConfigurationError
 from le_transport.policies import CHAT_AGENT_API_REFRESH, SERVER_CHAT_API_CHAT_INFO
 from le_transport.providers import SentinelClientCredentials
+from le_transport.sockets import KeepaliveTask
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import CLIENT_SECRET, PASSWORD
@@ -341,3 +344,19 @@ async def test_the_engines_login_refresh_keepalive_handles_an_outage_as_the_prov
             "; handled: the session is kept and the keepalive tries the refresh again"
         )
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("ceiling", [-1.0, math.nan, math.inf, "60", True])
+async def test_a_retry_after_ceiling_that_is_no_time_is_refused(
+    clock: VirtualClock, ceiling: object
+) -> None:
+    async def action() -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="retry_after_ceiling"):
+        KeepaliveTask(
+            SERVER_CHAT_API_CHAT_INFO,
+            action,
+            clock=clock,
+            retry_after_ceiling=ceiling,  # type: ignore[arg-type]
+        )

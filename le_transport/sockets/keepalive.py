@@ -683,7 +683,8 @@ class KeepaliveTask:
     what happened. A failed run whose answers asked for rest (a 429 or a 503 with
     ``Retry-After``, cut to ``retry_after_ceiling``: the engine's retry policy's, 60 s by
     default) is followed by none sooner than that rest after it ended, even when an interval
-    comes first.
+    comes first. A ``retry_after_ceiling`` that is no finite number of seconds >= 0 is a
+    :class:`~le_transport.errors.ConfigurationError`.
 
     A failure judged final (no retry of the run fixes it: a mistake in what was asked for, an
     unknown service, a hostile host, a :class:`~le_transport.errors.ConfigurationError`, a
