@@ -3,7 +3,8 @@
 A token provider (OAuth2 client credentials, the consumer JWT) holds one token. It fetches it on
 first use, reuses it until ``margin`` seconds before it expires (the JWT's ``exp``, else the
 answer's ``expires_in``; with both, never later than ``expires_in``, which is read on no wall
-clock, and by it alone when the ``exp`` reads as dead), then fetches a new one; a token that
+clock, and by it alone when the ``exp`` reads as dead, never longer than the JWT was issued for,
+``exp - iat``, if it has a believable ``iat``), then fetches a new one; a token that
 lives less than twice the margin is fetched anew half-way through its life instead, so that it
 is never sent past its expiry.
 Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
@@ -633,7 +634,11 @@ class TokenProvider:
         floor = MIN_TOKEN_REFRESH
         # Whether this token's own iat tells the skew believed (then it is no evidence against).
         tells = False
+        # The life the JWT was issued with (exp - iat, on the issuer's clock alone, which no
+        # skew of ours misreads), if its iat is believable: no life it is read to have is longer.
+        issued = math.inf
         if iat is not None and self._believable(http, exp, iat, wall):
+            issued = exp - iat
             bound = wall - iat
             low = bound - took - _IAT_RESOLUTION
             self._read_skew(http, iat, low, bound)
@@ -654,8 +659,12 @@ class TokenProvider:
             # it (our clock behind, no iat to tell: each token was sent past its expiry, a 401
             # for every one), and it stands for an exp that reads as dead (our clock ahead by
             # more than a token's life, no iat: a fetch every 5 s, each call past it waiting).
-            # One under MIN_TOKEN_LIFE (0, absurd) is not believed, and the exp stands.
-            lifetime = expires_in if lifetime < MIN_TOKEN_LIFE else min(lifetime, expires_in)
+            # One under MIN_TOKEN_LIFE (0, absurd) is not believed, and the exp stands. Standing
+            # alone it is still no longer than the JWT was issued for (exp - iat): an answer of
+            # an hour for a token issued for 10 minutes had it sent expired for 50.
+            lifetime = (
+                min(expires_in, issued) if lifetime < MIN_TOKEN_LIFE else min(lifetime, expires_in)
+            )
         return lifetime, floor
 
     def _ignore_exp(self, exp: float) -> None:

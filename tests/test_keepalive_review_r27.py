@@ -1,0 +1,82 @@
+"""Token lives read from an answer's ``exp`` and ``expires_in``: what was still wrong.
+
+- An ``exp`` that reads as dead (our wall clock ahead) let the answer's ``expires_in`` stand
+  alone, past the life the JWT itself was issued with (``exp - iat``, read on the issuer's
+  clock alone): an answer of an hour for a token issued for 10 minutes had it sent expired
+  for 50 minutes.
+
+Against the simulator on loopback, on the virtual clock.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from le_transport.chaos import Status
+from le_transport.providers import SentinelClientCredentials
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.known_secrets import CLIENT_SECRET
+from tests.test_providers import (
+    ACCOUNT,
+    CLIENT_ID,
+    csds_for,
+    jwt_with,
+    sim,
+    sim_engine,
+)
+
+__all__ = ["sim"]
+
+TOKEN = f"/sentinel/api/account/{ACCOUNT}/app/token"
+
+
+def _sentinel(sim: Simulator, offset: float) -> SentinelClientCredentials:
+    """A Sentinel provider whose wall clock is ``offset`` seconds off the issuer's."""
+    return SentinelClientCredentials(
+        ACCOUNT,
+        CLIENT_ID,
+        CLIENT_SECRET,
+        domains=csds_for(sim),
+        wall_clock=lambda: sim.tokens.epoch_now() + offset,
+    )
+
+
+def _answer(claims: dict[str, int], expires_in: object) -> Status:
+    body = {"access_token": jwt_with(claims), "token_type": "Bearer", "expires_in": expires_in}
+    return Status(200, body=json.dumps(body))
+
+
+# -- expires_in standing for a dead exp, past exp - iat ---------------------------------------
+
+
+async def test_an_expires_in_standing_for_a_dead_exp_never_outlasts_the_jwts_own_life(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Our clock two hours ahead; the JWT was issued for 10 minutes (exp - iat, which no wall
+    clock skews), the answer says an hour: it lived an hour, sent expired for 50 minutes."""
+    auth = _sentinel(sim, offset=7200.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        issued = int(sim.tokens.epoch_now())
+        sim.faults.script("POST", TOKEN, [_answer({"iat": issued, "exp": issued + 600}, 3600)])
+        await auth.credentials()
+        held = auth.token
+        assert held is not None
+        assert held.expires_at is not None
+        assert held.expires_at <= 600.0 + 1
+
+
+async def test_an_expires_in_standing_for_a_dead_exp_without_iat_still_stands(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """No iat: nothing bounds the answer's word; it stands, as it did."""
+    auth = _sentinel(sim, offset=7200.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        issued = int(sim.tokens.epoch_now())
+        sim.faults.script("POST", TOKEN, [_answer({"exp": issued + 600}, 3600)])
+        await auth.credentials()
+        held = auth.token
+        assert held is not None
+        assert held.expires_at == pytest.approx(3600.0, abs=1)
