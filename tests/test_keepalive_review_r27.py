@@ -4,6 +4,9 @@
   alone, past the life the JWT itself was issued with (``exp - iat``, read on the issuer's
   clock alone): an answer of an hour for a token issued for 10 minutes had it sent expired
   for 50 minutes.
+- An ``expires_in`` of 1 s beside a JWT whose ``exp`` says an hour cut its life to 1 s, a token
+  request every half second while calls went on, where one of 0 was not believed and the
+  ``exp`` stood; it now cuts a life no lower than a token not believed is used for.
 
 Against the simulator on loopback, on the virtual clock.
 """
@@ -80,3 +83,38 @@ async def test_an_expires_in_standing_for_a_dead_exp_without_iat_still_stands(
         held = auth.token
         assert held is not None
         assert held.expires_at == pytest.approx(3600.0, abs=1)
+
+
+# -- a tiny expires_in beside a long exp ------------------------------------------------------
+
+
+@pytest.mark.parametrize("expires_in", [1, "1", 2.5, 4])
+async def test_a_tiny_expires_in_beside_a_long_exp_fetches_no_sooner_than_the_floor(
+    sim: Simulator, clock: VirtualClock, expires_in: object
+) -> None:
+    """A call every half second for a minute: a token request every half second (120), where
+    an expires_in of 0 is not believed at all; now no more than one per 5 s."""
+    auth = _sentinel(sim, offset=0.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        answers = [
+            _answer({"exp": int(sim.tokens.epoch_now()) + 3600 + 60 * i}, expires_in)
+            for i in range(200)
+        ]
+        sim.faults.script("POST", TOKEN, answers)
+        for _ in range(120):
+            await auth.credentials()
+            await clock.sleep(0.5)
+        assert sim.count("POST", TOKEN) <= 13
+
+
+async def test_a_short_expires_in_beside_a_longer_exp_still_bounds_it(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """Our clock behind: 30 s said by expires_in, 10 minutes read from exp: 30 s it is."""
+    auth = _sentinel(sim, offset=0.0)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth):
+        sim.faults.script("POST", TOKEN, [_answer({"exp": int(sim.tokens.epoch_now()) + 600}, 30)])
+        await auth.credentials()
+        held = auth.token
+        assert held is not None
+        assert held.expires_at == pytest.approx(30.0, abs=1)

@@ -4,7 +4,9 @@ A token provider (OAuth2 client credentials, the consumer JWT) holds one token. 
 first use, reuses it until ``margin`` seconds before it expires (the JWT's ``exp``, else the
 answer's ``expires_in``; with both, never later than ``expires_in``, which is read on no wall
 clock, and by it alone when the ``exp`` reads as dead, never longer than the JWT was issued for,
-``exp - iat``, if it has a believable ``iat``), then fetches a new one; a token that
+``exp - iat``, if it has a believable ``iat``; an ``expires_in`` shorter than the ``exp`` says
+cuts the life no lower than ``2 * MIN_TOKEN_REFRESH``, so that a broken one, 1 s beside an hour,
+makes no fetch sooner than a token not believed), then fetches a new one; a token that
 lives less than twice the margin is fetched anew half-way through its life instead, so that it
 is never sent past its expiry.
 Concurrent callers share one fetch. Expiry is kept on the engine's clock: the token's remaining
@@ -661,9 +663,14 @@ class TokenProvider:
             # more than a token's life, no iat: a fetch every 5 s, each call past it waiting).
             # One under MIN_TOKEN_LIFE (0, absurd) is not believed, and the exp stands. Standing
             # alone it is still no longer than the JWT was issued for (exp - iat): an answer of
-            # an hour for a token issued for 10 minutes had it sent expired for 50.
+            # an hour for a token issued for 10 minutes had it sent expired for 50. Beside an
+            # exp that reads longer, it cuts the life no lower than twice the floor (a token not
+            # believed is used that long): an expires_in of 1 s (a broken answer's unit) beside
+            # an hour's exp made a token request every half second, where 0 was not believed.
             lifetime = (
-                min(expires_in, issued) if lifetime < MIN_TOKEN_LIFE else min(lifetime, expires_in)
+                min(expires_in, issued)
+                if lifetime < MIN_TOKEN_LIFE
+                else min(lifetime, max(expires_in, 2.0 * floor))
             )
         return lifetime, floor
 
