@@ -3766,9 +3766,10 @@ class Engine:
 
         The task goes on through outages (a run that fails after the engine's retries: a 5xx,
         a reset, a timeout, a 408, 425 or 429, the Domain API down), each logged at WARNING.
-        A run's request has ``policy.timeout`` as its deadline: the engine's retry schedule
-        gives up within it with the service's own answer (its give-up a WARNING, handled by
-        the keepalive, not an ERROR), and a run whose answers asked for rest (``Retry-After``,
+        A run's request has ``policy.timeout`` as its deadline (the engine's retry policy's
+        if that is shorter): the engine's retry schedule gives up within it with the service's
+        own answer (its give-up a WARNING, handled by the keepalive, not an ERROR), and a run
+        whose answers asked for rest (``Retry-After``,
         up to the engine's ``retry_after_ceiling``) is followed by none sooner.
         Failures that look final (an unknown service or refused host from a domain provider
         that fetches, a 4xx but 401, 407, 408, 425 and 429: a chat that ended, a blacklisted
@@ -3954,8 +3955,13 @@ class Engine:
             # up within it, with the service's own answer (a 503; a 429 and the Retry-After
             # it asked for, which the task then waits before its next run), rather than
             # being cut in a pause as a bare TimeoutError; a WARNING, the keepalive handling
-            # the outage, not an ERROR at every run.
-            timeout = policy.timeout
+            # the outage, not an ERROR at every run. Never longer than the deadline the
+            # engine's retry policy gives every call: a 3 s one made a 10 s one, and a 503 was
+            # answered again 5 s later where every other call gives up at once.
+            engine_deadline = self._retry.deadline
+            timeout = (
+                policy.timeout if engine_deadline is None else min(policy.timeout, engine_deadline)
+            )
 
             async def call() -> None:
                 token = _HANDLED_BY.set((_KEEPALIVE_FALLBACK, asyncio.current_task()))

@@ -1,4 +1,5 @@
-"""Token lives read from an answer's ``exp`` and ``expires_in``: what was still wrong.
+"""Token lives read from an answer's ``exp`` and ``expires_in``, and an HTTP keepalive's
+deadline: what was still wrong.
 
 - An ``exp`` that reads as dead (our wall clock ahead) let the answer's ``expires_in`` stand
   alone, past the life the JWT itself was issued with (``exp - iat``, read on the issuer's
@@ -7,6 +8,9 @@
 - An ``expires_in`` of 1 s beside a JWT whose ``exp`` says an hour cut its life to 1 s, a token
   request every half second while calls went on, where one of 0 was not believed and the
   ``exp`` stood; it now cuts a life no lower than a token not believed is used for.
+- An HTTP keepalive's run took the keepalive's timeout as its request's deadline even when the
+  engine's retry policy gave calls a shorter one: its request was retried past the deadline
+  every other call of the engine keeps.
 
 Against the simulator on loopback, on the virtual clock.
 """
@@ -17,13 +21,16 @@ import json
 
 import pytest
 
-from le_transport.chaos import Status
+from le_transport import AppKeyAuth, Engine, RetryPolicy, StaticDomains
+from le_transport.chaos import FaultRule, Match, Status
+from le_transport.policies import SERVER_CHAT_API_CHAT_INFO
 from le_transport.providers import SentinelClientCredentials
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.known_secrets import CLIENT_SECRET
 from tests.test_providers import (
     ACCOUNT,
+    APP_KEY,
     CLIENT_ID,
     csds_for,
     jwt_with,
@@ -118,3 +125,36 @@ async def test_a_short_expires_in_beside_a_longer_exp_still_bounds_it(
         held = auth.token
         assert held is not None
         assert held.expires_at == pytest.approx(30.0, abs=1)
+
+
+# -- an HTTP keepalive's deadline and the engine's ---------------------------------------------
+
+
+def _chat_info(sim: Simulator) -> str:
+    return f"/api/account/{sim.account.id}/chat/c1/info"
+
+
+async def test_a_keepalive_request_keeps_the_engines_shorter_deadline(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    """The engine's calls have a 3 s deadline, the chat info keepalive a 10 s timeout: its
+    request was given 10 s, a 503 answered again 5 s later, where every call gives up at
+    once (a 5 s pause would pass its deadline)."""
+    sim.faults.add(FaultRule("down", Status(503), match=Match(method="GET", path=_chat_info(sim))))
+    engine = Engine(
+        StaticDomains(sim.domains),
+        scheme="http",
+        clock=clock,
+        auth=AppKeyAuth(sim.account.id, APP_KEY),
+        retry=RetryPolicy(deadline=3.0),
+    )
+    async with engine:
+        task = engine.keepalive(
+            SERVER_CHAT_API_CHAT_INFO,
+            "agentVep",
+            fields={"account": sim.account.id, "chat_id": "c1"},
+        )
+        await clock.sleep(45)
+        assert task.runs == task.failures == 1
+        assert sim.count("GET", _chat_info(sim)) == 1
+        await task.close()
