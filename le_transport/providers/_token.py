@@ -60,7 +60,10 @@ WARNING, not an ERROR, by the retry middleware: the fetch says it handles an out
 (the line ends with it, and the give-up event has ``handled_by_caller``). When it fails, the
 current token keeps being used (a ``refresh_failed`` event says so) and the fetch is tried
 again after a pause that grows like the request schedule (never shorter than the
-``Retry-After`` the answer asked for, up to the policy's ``retry_after_ceiling``); once the
+``Retry-After`` the answer asked for, up to the policy's ``retry_after_ceiling``; a rest that
+runs past the token's expiry is cut there: asked sooner, within the rest, the token service
+would only answer 429 again, and the calls that need a token after its expiry wait for it
+anyway); once the
 token has expired, the fetch follows the whole schedule and its failure is the call's. That
 includes the callers that join an early fetch that fails after the token expired (or was
 dropped after a 401): the same shared
