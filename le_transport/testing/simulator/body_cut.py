@@ -98,7 +98,7 @@ class BodyPace:
     prepares itself, if it does, goes out as the fault says, its status and headers at once
     and its body in ``chunk_bytes`` pieces, ``pause`` seconds apart (``wait(pause)`` on the
     simulator's clock, False once it is stopping: the rest is dropped, the body cut short), as
-    a returned answer's body is dribbled."""
+    a returned answer's body is dribbled; bytes it hands ``write_eof`` too."""
 
     def __init__(
         self, chunk_bytes: int, pause: float, wait: Callable[[float], Awaitable[bool]]
@@ -118,6 +118,7 @@ class BodyPace:
         self.armed = False
         self.attached = True
         write = response.write
+        write_eof = response.write_eof
 
         async def paced_write(data: bytes | bytearray | memoryview) -> None:
             data = bytes(data)
@@ -130,7 +131,15 @@ class BodyPace:
                 self._sent_any = True
                 await write(data[i : i + self._chunk])
 
+        async def paced_write_eof(data: bytes = b"") -> None:
+            # aiohttp's write_eof writes its data straight to the connection, not through
+            # write: a handler ending its answer with ``write_eof(body)`` sent it all at once.
+            if data:
+                await paced_write(data)
+            await write_eof()
+
         response.write = paced_write  # type: ignore[method-assign]
+        response.write_eof = paced_write_eof  # type: ignore[method-assign]
 
 
 BODY_CUT_KEY: web.RequestKey[BodyCut] = web.RequestKey("le_transport_simulator_body_cut", BodyCut)
