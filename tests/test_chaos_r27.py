@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport.chaos import FaultRule, Match, SlowBody
+from le_transport.chaos import FaultRule, Match, SlowBody, TruncatedBody
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
 
@@ -54,3 +56,44 @@ async def test_a_slow_body_paces_what_a_streaming_handler_hands_write_eof(
     assert (counts.matched, counts.injected) == (1, 1)
     # Twelve bytes, four a piece: three pieces, two pauses between them.
     assert took == pytest.approx(2.0)
+
+
+async def _answers_a_payload(request: web.Request) -> web.Response:
+    """A handler whose answer's body is a payload object (a file-like body), not bytes."""
+    return web.Response(body=io.BytesIO(BODY), content_type="application/json")
+
+
+async def test_a_slow_body_paces_an_answer_whose_body_is_a_payload(clock: VirtualClock) -> None:
+    """A web.Response whose body is a payload (a file object, an async iterable) was returned
+    as it was, sent at full speed, while the SlowBody counted injected."""
+    sim = _simulator(clock, _answers_a_payload)
+    rule = FaultRule("s", SlowBody(chunk_bytes=4, chunk_delay_ms=1000), match=Match(path="*/thing"))
+    async with sim:
+        sim.faults.load([rule])
+        body, took = await _slow_read(sim, clock)
+        counts = sim.faults.rule_counts()["s"]
+    assert body == BODY
+    assert (counts.matched, counts.injected) == (1, 1)
+    assert took == pytest.approx(2.0)
+
+
+async def test_a_truncated_body_keeps_its_bytes_of_an_answer_whose_body_is_a_payload(
+    clock: VirtualClock,
+) -> None:
+    """A payload body was taken for no body: the TruncatedBody kept none of its keep_bytes and
+    announced a Content-Length of 1, not the whole body's length."""
+    sim = _simulator(clock, _answers_a_payload)
+    async with sim:
+        sim.faults.load([FaultRule("t", TruncatedBody(keep_bytes=5), match=Match(path="*/thing"))])
+        # Read raw, to the connection's end: aiohttp hands a read that starts once the close
+        # has arrived the payload error before the bytes it holds.
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        writer.write(f"GET {PATH} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+        raw = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        counts = sim.faults.rule_counts()["t"]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert f"Content-Length: {len(BODY)}".encode() in head.split(b"\r\n")
+    assert body == BODY[:5]
+    assert counts.injected == 1

@@ -1373,8 +1373,7 @@ class Simulator:
             if transport is not None:
                 transport.close()
             return web.Response(status=500)
-        body = real.body if isinstance(real, web.Response) else b""
-        data = body if isinstance(body, bytes) else b""
+        data = await _unsent_body(real) or b""
         resp = web.StreamResponse(status=real.status, reason=real.reason, headers=real.headers)
         # The cookies too: aiohttp writes a response's cookies into its headers only when
         # it is sent, so real.headers does not hold them (the login's Session_id).
@@ -1451,9 +1450,9 @@ class Simulator:
         without a Content-Length), as the client-side injector hands it on."""
         if bodiless(request.method, real.status):
             return real
-        body = real.body if isinstance(real, web.Response) else None
-        if not isinstance(body, bytes):
-            # A streamed answer (a socket upgrade, a payload object) is already on its way.
+        body = await _unsent_body(real)
+        if body is None:
+            # Not a web.Response (a socket upgrade, a file): sent as it is.
             return real
         resp = web.StreamResponse(status=real.status, reason=real.reason)
         for name, value in real.headers.items():
@@ -2000,6 +1999,24 @@ class Simulator:
             authenticated=authenticated,
             consumer_token=token,
         )
+
+
+async def _unsent_body(real: web.StreamResponse) -> bytes | None:
+    """The body of ``real``, an answer its handler returned unsent, as the client would get
+    it: its bytes, or those of its payload (a ``body=`` given as a file object, an async
+    iterable: read whole, the payload then closed, since ``real`` is not sent); None for an
+    answer that is not a :class:`web.Response` (a ``FileResponse``, a socket)."""
+    if not isinstance(real, web.Response):
+        return None
+    body = real.body
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if body is None:
+        return b""
+    try:
+        return await body.as_bytes()
+    finally:
+        await body.close()
 
 
 #: The most characters of an ``X-LE-Fault`` value a log line shows.
