@@ -97,3 +97,47 @@ async def test_a_truncated_body_keeps_its_bytes_of_an_answer_whose_body_is_a_pay
     assert f"Content-Length: {len(BODY)}".encode() in head.split(b"\r\n")
     assert body == BODY[:5]
     assert counts.injected == 1
+
+
+async def _raises_conflict(request: web.Request) -> web.Response:
+    raise web.HTTPConflict(text='{"error": "a conflict"}', content_type="application/json")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        (PATH, 409, b'{"error": "a conflict"}'),
+        ("/no/route/here", 404, b"404: Not Found"),
+    ],
+)
+async def test_a_slow_body_paces_an_answer_raised_as_an_http_exception(
+    path: str, status: int, body: bytes, clock: VirtualClock
+) -> None:
+    """An answer raised (a handler's web.HTTPException, the 404 of a path no route serves)
+    went out at full speed while the SlowBody counted injected; the client-side injector
+    paces it as any answer."""
+    sim = _simulator(clock, _raises_conflict)
+    rule = FaultRule("s", SlowBody(chunk_bytes=4, chunk_delay_ms=1000))
+    async with sim:
+        sim.faults.load([rule])
+        start = clock.now()
+        async with aiohttp.ClientSession() as session, session.get(sim.url + path) as resp:
+            got = await resp.read()
+        counts = sim.faults.rule_counts()["s"]
+    assert (resp.status, got) == (status, body)
+    assert (counts.matched, counts.injected) == (1, 1)
+    # ceil(len / 4) pieces, one pause fewer between them.
+    assert clock.now() - start == pytest.approx(-(-len(body) // 4) - 1)
+
+
+async def test_a_slow_body_over_a_raised_answer_without_a_body_sends_it_as_it_is(
+    clock: VirtualClock,
+) -> None:
+    async def no_content(request: web.Request) -> web.Response:
+        raise web.HTTPNoContent()
+
+    sim = _simulator(clock, no_content)
+    async with sim:
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=4, chunk_delay_ms=1000))])
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            assert (resp.status, await resp.read()) == (204, b"")

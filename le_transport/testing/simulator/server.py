@@ -1295,11 +1295,23 @@ class Simulator:
             # An answer the handler streams itself is paced as it is written (BodyPace).
             pace = BodyPace(fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause)
             request[BODY_PACE_KEY] = pace
+            raised: web.HTTPException | None = None
             try:
                 real = await handler(request)
+            except web.HTTPException as exc:
+                # An answer raised (a custom handler's, the 404 of a path no route serves) is
+                # an answer like any other: paced, as the client-side injector paces it.
+                if pace.attached:
+                    raise
+                real = raised = exc
             finally:
                 pace.armed = False
-            return real if pace.attached else await self._dribble(request, real, fault)
+            if pace.attached:
+                return real
+            paced = await self._dribble(request, real, fault)
+            if paced is raised:
+                raise raised  # nothing to pace (no body): aiohttp sends it as it would
+            return paced
         if isinstance(fault, MalformedBody):
             return await self._malformed(request, handler, fault, upgrade=upgrade)
         transport = request.transport
