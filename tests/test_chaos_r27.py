@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport.chaos import FaultRule, Match, SlowBody, TruncatedBody
+from le_transport.chaos import FaultRule, MalformedBody, Match, SlowBody, TruncatedBody
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
 
@@ -141,3 +141,26 @@ async def test_a_slow_body_over_a_raised_answer_without_a_body_sends_it_as_it_is
         sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=4, chunk_delay_ms=1000))])
         async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
             assert (resp.status, await resp.read()) == (204, b"")
+
+
+async def test_a_malformed_body_closes_the_file_of_the_answer_it_replaces(
+    clock: VirtualClock, tmp_path: Any
+) -> None:
+    """The answer MalformedBody throws away was dropped with its payload open: a file a
+    handler answered with stayed open (a ResourceWarning, a descriptor held) until collected."""
+    path = tmp_path / "answer.json"
+    path.write_bytes(BODY)
+    opened: list[Any] = []
+
+    async def answers_a_file(request: web.Request) -> web.Response:
+        opened.append(path.open("rb"))
+        return web.Response(body=opened[-1], content_type="application/json")
+
+    sim = _simulator(clock, answers_a_file)
+    rule = FaultRule("m", MalformedBody(code=200, body="{no"), match=Match(path="*/thing"))
+    async with sim:
+        sim.faults.load([rule])
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            assert await resp.read() == b"{no"
+    assert len(opened) == 1
+    assert opened[0].closed

@@ -1382,6 +1382,7 @@ class Simulator:
             return real if real is not None and real.prepared else web.Response(status=500)
         if bodiless(request.method, real.status):
             # Nothing to cut after the headers: cut before them, as the injector does.
+            await _discard(real)
             if transport is not None:
                 transport.close()
             return web.Response(status=500)
@@ -1421,6 +1422,7 @@ class Simulator:
                 if transport is not None:
                     transport.close()
                 return real if real is not None and real.prepared else web.Response(status=500)
+            await _discard(real)
         # As bytes: ``text=`` would add "; charset=utf-8", which the injector's does not say.
         return web.Response(
             status=fault.code, body=fault.body.encode(), content_type="application/json"
@@ -2029,6 +2031,15 @@ async def _unsent_body(real: web.StreamResponse) -> bytes | None:
         return await body.as_bytes()
     finally:
         await body.close()
+
+
+async def _discard(real: web.StreamResponse | None) -> None:
+    """Close the payload of ``real``, an answer its handler returned that is thrown away
+    unsent (a file object given as its body stays open otherwise, until collected)."""
+    if isinstance(real, web.Response):
+        body = real.body
+        if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+            await body.close()
 
 
 #: The most characters of an ``X-LE-Fault`` value a log line shows.
