@@ -164,3 +164,57 @@ async def test_a_malformed_body_closes_the_file_of_the_answer_it_replaces(
             assert await resp.read() == b"{no"
     assert len(opened) == 1
     assert opened[0].closed
+
+
+def _long_stream(produced: list[int], chunks: int = 1000) -> Any:
+    """A handler answering with an async iterable of ``chunks`` pieces of 10 bytes (a stream
+    held open, as far as a test reads), counting in ``produced`` the pieces it has made."""
+
+    async def stream(request: web.Request) -> web.Response:
+        async def pieces() -> Any:
+            for _ in range(chunks):
+                produced[0] += 1
+                yield b"0123456789"
+                await asyncio.sleep(0)
+
+        return web.Response(body=pieces(), content_type="text/plain")
+
+    return stream
+
+
+async def test_a_slow_body_paces_a_payload_as_it_comes_not_read_whole_first(
+    clock: VirtualClock,
+) -> None:
+    """A payload body is paced as it is written: read whole first, a stream the server holds
+    open (an async iterable that does not end) would never have been answered."""
+    produced = [0]
+    sim = _simulator(clock, _long_stream(produced))
+    async with sim:
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=4, chunk_delay_ms=1000))])
+        start = clock.now()
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            assert await resp.content.readexactly(8) == b"01234567"
+            took = clock.now() - start
+            made = produced[0]
+    assert took == pytest.approx(1.0)
+    assert made <= 2
+
+
+async def test_a_truncated_body_cuts_a_payload_as_it_comes_not_read_whole_first(
+    clock: VirtualClock,
+) -> None:
+    produced = [0]
+    sim = _simulator(clock, _long_stream(produced))
+    async with sim:
+        sim.faults.load([FaultRule("t", TruncatedBody(keep_bytes=8))])
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        writer.write(f"GET {PATH} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+        raw = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head.split(b"\r\n")
+    # Its first 8 bytes, then the connection closed without the chunked body's end.
+    assert body == b"8\r\n01234567\r\n"
+    assert produced[0] == 1

@@ -50,6 +50,11 @@ class BodyCut:
         self._sent = 0
         self._closed = False
 
+    @property
+    def ended(self) -> bool:
+        """Whether the cut was made: nothing more the handler writes is sent."""
+        return self._closed
+
     def attach(self, response: web.StreamResponse) -> None:
         """Cut ``response``, being prepared: its headers are not on the wire yet."""
         self.armed = False
@@ -112,6 +117,11 @@ class BodyPace:
         self.attached = False
         self._sent_any = False
         self._stopped = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the pace stopped (the simulator stopping): nothing more is sent."""
+        return self._stopped
 
     def attach(self, response: web.StreamResponse) -> None:
         """Pace ``response``'s body, being prepared."""

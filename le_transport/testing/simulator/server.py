@@ -49,11 +49,13 @@ import ssl as _ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.payload import Payload
 from yarl import URL
 
 from ..._checks import is_async_callable, require_kind
@@ -1386,7 +1388,11 @@ class Simulator:
             if transport is not None:
                 transport.close()
             return web.Response(status=500)
-        data = await _unsent_body(real) or b""
+        body = real.body if isinstance(real, web.Response) else b""
+        if isinstance(body, Payload):
+            # Streamed through the cut as it is written (it may not end: a stream held open).
+            return await _shaped_payload(request, real, body, BodyCut(request, fault.keep_bytes))
+        data = body if isinstance(body, bytes) else b""
         resp = web.StreamResponse(status=real.status, reason=real.reason, headers=real.headers)
         # The cookies too: aiohttp writes a response's cookies into its headers only when
         # it is sent, so real.headers does not hold them (the login's Session_id).
@@ -1464,9 +1470,13 @@ class Simulator:
         without a Content-Length), as the client-side injector hands it on."""
         if bodiless(request.method, real.status):
             return real
-        body = await _unsent_body(real)
-        if body is None:
-            # Not a web.Response (a socket upgrade, a file): sent as it is.
+        body = real.body if isinstance(real, web.Response) else None
+        if isinstance(body, Payload):
+            # Paced as it is written (it may not end: a stream held open).
+            pace = BodyPace(fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause)
+            return await _shaped_payload(request, real, body, pace)
+        if not isinstance(body, bytes):
+            # A streamed answer (a socket upgrade, a FileResponse) is sent as it is.
             return real
         resp = web.StreamResponse(status=real.status, reason=real.reason)
         for name, value in real.headers.items():
@@ -2015,22 +2025,54 @@ class Simulator:
         )
 
 
-async def _unsent_body(real: web.StreamResponse) -> bytes | None:
-    """The body of ``real``, an answer its handler returned unsent, as the client would get
-    it: its bytes, or those of its payload (a ``body=`` given as a file object, an async
-    iterable: read whole, the payload then closed, since ``real`` is not sent); None for an
-    answer that is not a :class:`web.Response` (a ``FileResponse``, a socket)."""
-    if not isinstance(real, web.Response):
-        return None
-    body = real.body
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        return bytes(body)
-    if body is None:
-        return b""
+class _PayloadEnded(Exception):
+    """Raised into a payload writing itself once its shaped answer wants no more of it."""
+
+
+class _PayloadSink:
+    """What a payload writes itself to (``Payload.write(writer)`` calls ``writer.write``):
+    ``resp``'s write, shaped by ``shaper``, until the shaper has ended the answer."""
+
+    def __init__(self, resp: web.StreamResponse, shaper: BodyCut | BodyPace) -> None:
+        self._resp = resp
+        self._shaper = shaper
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._shaper.ended:
+            raise _PayloadEnded
+        await self._resp.write(chunk)
+        if self._shaper.ended:
+            raise _PayloadEnded
+
+
+async def _shaped_payload(
+    request: web.Request, real: web.StreamResponse, body: Payload, shaper: BodyCut | BodyPace
+) -> web.StreamResponse:
+    """``real``, an answer its handler returned unsent whose body is a payload object (a file
+    object, an async iterable given as ``body=``), sent with its status, headers and cookies
+    and its payload written as it comes through ``shaper`` (a ``TruncatedBody``'s cut, a
+    ``SlowBody``'s pace), as an answer the handler streams itself is: never read whole first,
+    which a payload that does not end (a stream held open) would never let go. Announced by
+    its size when the payload knows it (else as aiohttp sends one of unknown length:
+    chunked). The payload is closed at the end."""
+    resp = web.StreamResponse(status=real.status, reason=real.reason)
+    for name, value in real.headers.items():
+        if name.lower() not in ("content-length", "transfer-encoding"):
+            resp.headers.add(name, value)
+    for name, morsel in real.cookies.items():
+        resp.cookies[name] = morsel
+    if body.size is not None:
+        resp.content_length = body.size  # else chunked, as aiohttp sends an unknown length
+    shaper.attach(resp)
     try:
-        return await body.as_bytes()
+        await resp.prepare(request)
+        await body.write(cast("AbstractStreamWriter", _PayloadSink(resp, shaper)))
+        await resp.write_eof()
+    except (_PayloadEnded, ConnectionError):
+        pass  # cut, the simulator stopping, or the client gone: no more of it is wanted
     finally:
         await body.close()
+    return resp
 
 
 async def _discard(real: web.StreamResponse | None) -> None:
