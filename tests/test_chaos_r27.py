@@ -289,3 +289,42 @@ async def test_a_socket_rule_added_once_the_unwrapped_sockets_closed_warns_nothi
         await ws.close()
         injector.extend([_late_rule()])
     assert [r for r in caplog.records if r.name == "le_transport.chaos"] == []
+
+
+async def _streams_chunked(request: web.Request) -> web.StreamResponse:
+    """A handler streaming five pieces of 10 bytes, chunked (no length announced)."""
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    for _ in range(5):
+        await resp.write(b"0123456789")
+    await resp.write_eof()
+    return resp
+
+
+async def _answers_an_iterable(request: web.Request) -> web.Response:
+    async def pieces() -> Any:
+        for _ in range(5):
+            yield b"0123456789"
+
+    return web.Response(body=pieces())
+
+
+@pytest.mark.parametrize("handler", [_streams_chunked, _answers_an_iterable])
+async def test_a_slow_chunked_body_cut_by_the_simulators_stop_reads_as_cut_not_whole(
+    handler: Any, clock: VirtualClock
+) -> None:
+    """A SlowBody pacing a chunked body when the simulator stopped sent the chunked body's
+    end: the client read the first piece as the whole answer, no error, where the pace says
+    the stop cuts the body short. Now the connection is closed without that end."""
+    sim = _simulator(clock, handler)
+    await sim.start()
+    try:
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=10, chunk_delay_ms=1000))])
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            assert await resp.content.readexactly(10) == b"0123456789"
+            stopping = asyncio.ensure_future(sim.stop())
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+            await stopping
+    finally:
+        await sim.stop()

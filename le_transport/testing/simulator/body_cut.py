@@ -102,12 +102,19 @@ class BodyPace:
     """A ``SlowBody`` in force on one request while its handler runs: the answer the handler
     prepares itself, if it does, goes out as the fault says, its status and headers at once
     and its body in ``chunk_bytes`` pieces, ``pause`` seconds apart (``wait(pause)`` on the
-    simulator's clock, False once it is stopping: the rest is dropped, the body cut short), as
-    a returned answer's body is dribbled; bytes it hands ``write_eof`` too."""
+    simulator's clock, False once it is stopping: the rest is dropped and the connection of
+    ``request`` closed, the body cut short, never ended as if whole), as a returned answer's
+    body is dribbled; bytes it hands ``write_eof`` too."""
 
     def __init__(
-        self, chunk_bytes: int, pause: float, wait: Callable[[float], Awaitable[bool]]
+        self,
+        chunk_bytes: int,
+        pause: float,
+        wait: Callable[[float], Awaitable[bool]],
+        *,
+        request: web.Request,
     ) -> None:
+        self._request = request
         self._chunk = chunk_bytes
         self._pause = pause
         self._wait = wait
@@ -136,7 +143,7 @@ class BodyPace:
                 if self._stopped:
                     return
                 if self._sent_any and not await self._wait(self._pause):
-                    self._stopped = True  # stopping: the client sees the body cut short
+                    self._stop()
                     return
                 self._sent_any = True
                 await write(data[i : i + self._chunk])
@@ -146,10 +153,19 @@ class BodyPace:
             # write: a handler ending its answer with ``write_eof(body)`` sent it all at once.
             if data:
                 await paced_write(data)
-            await write_eof()
+            if not self._stopped:  # else the body is cut: its end (a chunked one's) not sent
+                await write_eof()
 
         response.write = paced_write  # type: ignore[method-assign]
         response.write_eof = paced_write_eof  # type: ignore[method-assign]
+
+    def _stop(self) -> None:
+        """The simulator is stopping: the rest is dropped, and the connection closed, so that
+        the client sees the body cut short (a chunked body's end is never sent)."""
+        self._stopped = True
+        transport = self._request.transport
+        if transport is not None:
+            transport.close()
 
 
 BODY_CUT_KEY: web.RequestKey[BodyCut] = web.RequestKey("le_transport_simulator_body_cut", BodyCut)

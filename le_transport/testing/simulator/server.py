@@ -1295,7 +1295,9 @@ class Simulator:
             return await handler(request)
         if isinstance(fault, SlowBody):
             # An answer the handler streams itself is paced as it is written (BodyPace).
-            pace = BodyPace(fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause)
+            pace = BodyPace(
+                fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause, request=request
+            )
             request[BODY_PACE_KEY] = pace
             raised: web.HTTPException | None = None
             try:
@@ -1473,7 +1475,9 @@ class Simulator:
         body = real.body if isinstance(real, web.Response) else None
         if isinstance(body, Payload):
             # Paced as it is written (it may not end: a stream held open).
-            pace = BodyPace(fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause)
+            pace = BodyPace(
+                fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause, request=request
+            )
             return await _shaped_payload(request, real, body, pace)
         if not isinstance(body, bytes):
             # A streamed answer (a socket upgrade, a FileResponse) is sent as it is.
