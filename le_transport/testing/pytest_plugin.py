@@ -15,7 +15,9 @@ It only defines fixtures, so it changes nothing until a test asks for one:
   since it is running; override ``le_simulator_routes`` instead.)
 - ``le_fault_seed``: the seed of ``le_fault_injector`` (0; override the fixture to change it).
 - ``le_fault_injector``: a seeded :class:`~le_transport.chaos.FaultInjector` on ``le_clock``,
-  with no rules until the test adds some (``le_fault_injector.add(FaultRule(...))``).
+  with no rules until the test adds some (``le_fault_injector.add(FaultRule(...))``; a socket
+  rule before ``le_engine`` opens the socket it is for: a socket opened while the injector had
+  no socket rule is not wrapped, and the rule strikes only sockets opened after it).
 - ``le_engine``: an :class:`~le_transport.Engine` pointed at ``le_simulator``, on ``le_clock``,
   logged in (on first use) as the simulator account's first user, with ``le_fault_injector`` as its
   wire middleware. Build your own ``Engine(le_simulator.domains, ...)`` for another setup.
