@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from le_transport import SocketRequestError
-from le_transport.chaos import (
-    FaultInjector,
-    FaultRule,
-    MalformedBody,
-    Match,
-    SlowBody,
-    Status,
-    TruncatedBody,
-    WsAppError,
-)
+from le_transport.chaos import FaultRule, MalformedBody, Match, SlowBody, TruncatedBody
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
-from tests.test_socket_support import StateLog, agent_engine, brand_socket, sim, states
-
-__all__ = ["sim", "states"]
 
 BODY = b'{"ok": true}'
 PATH = f"/api/account/{DEFAULT_ACCOUNT}/thing"
@@ -232,63 +218,6 @@ async def test_a_truncated_body_cuts_a_payload_as_it_comes_not_read_whole_first(
     # Its first 8 bytes, then the connection closed without the chunked body's end.
     assert body == b"8\r\n01234567\r\n"
     assert produced[0] == 1
-
-
-# -- socket rules added to an injector after its engine's sockets opened ------------------------
-
-
-def _late_rule() -> FaultRule:
-    return FaultRule("late", WsAppError(429), unit="ws_message", match=Match(path=".GetClock"))
-
-
-@pytest.mark.parametrize("start", ["no rule", "request rules only"])
-async def test_a_socket_rule_added_after_an_unwrapped_socket_opened_says_it_will_not_strike_it(
-    start: str, sim: Simulator, clock: VirtualClock, states: StateLog, caplog: Any
-) -> None:
-    """A socket opened while the injector had no socket rule is not wrapped: a socket rule
-    added later never struck it (matched nothing), silently, where the simulator's plan
-    strikes its open sockets at once. Now the addition says so."""
-    rules = [] if start == "no rule" else [FaultRule("r", Status(503), match=Match(path="/x"))]
-    injector = FaultInjector(rules, clock=clock)
-    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
-        ws = await brand_socket(engine, sim)
-        await ws.wait_open()
-        with caplog.at_level(logging.WARNING, logger="le_transport.chaos"):
-            injector.add(_late_rule())
-        answer = await ws.request(".GetClock", {})
-    assert answer["code"] == 200  # not struck: the socket is not wrapped
-    (record,) = [r for r in caplog.records if r.name == "le_transport.chaos"]
-    assert record.levelno == logging.WARNING
-    assert "socket rule(s) late added" in record.getMessage()
-    assert "1 socket(s) still open" in record.getMessage()
-
-
-async def test_a_socket_rule_added_before_the_socket_opens_strikes_it_without_a_warning(
-    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: Any
-) -> None:
-    injector = FaultInjector(clock=clock)
-    caplog.set_level(logging.WARNING, logger="le_transport.chaos")
-    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
-        injector.add(_late_rule())
-        ws = await brand_socket(engine, sim)
-        await ws.wait_open()
-        with pytest.raises(SocketRequestError) as info:
-            await ws.request(".GetClock", {})
-    assert info.value.code == 429
-    assert [r for r in caplog.records if r.name == "le_transport.chaos"] == []
-
-
-async def test_a_socket_rule_added_once_the_unwrapped_sockets_closed_warns_nothing(
-    sim: Simulator, clock: VirtualClock, states: StateLog, caplog: Any
-) -> None:
-    injector = FaultInjector(clock=clock)
-    caplog.set_level(logging.WARNING, logger="le_transport.chaos")
-    async with agent_engine(sim, clock, states, wire_middlewares=[injector]) as engine:
-        ws = await brand_socket(engine, sim)
-        await ws.wait_open()
-        await ws.close()
-        injector.extend([_late_rule()])
-    assert [r for r in caplog.records if r.name == "le_transport.chaos"] == []
 
 
 async def _streams_chunked(request: web.Request) -> web.StreamResponse:

@@ -105,14 +105,12 @@ order on either side. (A plain ``session.ws_connect`` is wrapped by nothing:
 only refusals are decided for it.) Faults on an open socket (``ws_close``,
 ``ws_drop``, ``ws_silence``, ``ws_app_error``, ``ws_delay``, ``ws_drop_message``; unit
 ``ws_session`` or ``ws_message``) strike the open socket: an engine whose middlewares include an
-injector with socket rules has each of its sockets, as it opens, wrapped by
+active injector has each of its sockets, as it opens, wrapped by
 :meth:`FaultInjector.wrap_socket` (:class:`~le_transport.chaos.ws.FaultySocket`; once for each
 injector among them, the one nearest the wire innermost), which asks
 :meth:`FaultInjector.socket_opened` once and :meth:`FaultInjector.message_sent` /
 :meth:`FaultInjector.message_arriving` for each request sent and each frame received, and
-acts on the answers as the simulator does on its side. A socket that opened while the
-injector had no socket rule is not wrapped: a socket rule added later strikes the sockets
-opened from then on only (:meth:`FaultInjector.add` warns while such a socket is open).
+acts on the answers as the simulator does on its side.
 
 Same seed and plan, same faults: each rule draws from its own stream keyed by the n-th unit it
 matched. :meth:`FaultInjector.report` says what was injected. With no rules, a call costs one
@@ -136,7 +134,6 @@ import os
 import sys
 import types
 import warnings
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
@@ -187,7 +184,6 @@ from .plan import (
     Status,
     TruncatedBody,
     WsRejectHandshake,
-    _printable,
     as_plan,
     check_max_records,
 )
@@ -320,9 +316,6 @@ class FaultInjector:
     _clock_checked: bool = attrs.field(init=False, default=False)
     #: Whether it was found around an engine's retry loop (an outer middleware), and said so.
     _outer_told: bool = attrs.field(init=False, default=False)
-    #: The engine sockets it handed back unwrapped, having no socket rule when they opened:
-    #: a socket rule added later does not strike them (:meth:`add` says so while one is open).
-    _unwrapped: weakref.WeakSet[Any] = attrs.field(init=False, factory=weakref.WeakSet)
 
     @max_records.validator
     def _check_max_records(self, attribute: attrs.Attribute[int | None], value: object) -> None:
@@ -367,16 +360,8 @@ class FaultInjector:
 
     def add(self, rule: FaultRule) -> FaultRule:
         """Add a rule (its counter starts at 0, even under the id of a rule removed by
-        :meth:`clear`: nothing of that rule's is carried over).
-
-        A socket rule (unit ``ws_session`` or ``ws_message``) strikes the engine sockets that
-        open from then on (reconnects included), not one already open that this injector
-        left unwrapped, having no socket rule when it opened (nothing reads that socket's
-        frames): added while such a socket is open, it logs a WARNING on
-        ``le_transport.chaos`` saying so. Add socket rules before the sockets open (or give
-        the injector one from the start)."""
+        :meth:`clear`: nothing of that rule's is carried over)."""
         self._run.change_plan(self._run.plan.with_rule(rule))
-        self._tell_unwrapped((rule,))
         return rule
 
     def extend(self, rules: Iterable[FaultRule]) -> None:
@@ -388,26 +373,8 @@ class FaultInjector:
                 f"FaultInjector.extend takes a list of FaultRule, got {type(rules).__name__}{hint}"
             )
         # All or nothing: checked as a plan first, so that a bad rule halfway adds none.
-        added = tuple(rules)
-        plan = FaultPlan(seed=self._run.plan.seed, rules=(*self._run.plan.rules, *added))
-        self._run.change_plan(plan)
-        self._tell_unwrapped(added)
-
-    def _tell_unwrapped(self, rules: Iterable[FaultRule]) -> None:
-        """Warn when socket rules among ``rules`` cannot strike open sockets left unwrapped."""
-        if not self._unwrapped:
-            return
-        ids = [rule.id for rule in rules if rule.unit in _SOCKET_UNITS]
-        still_open = sum(1 for ws in self._unwrapped if not ws.closed)
-        if not ids or not still_open:
-            return
-        _log.warning(
-            "socket rule(s) %s added to a FaultInjector that had no socket rule when %d "
-            "socket(s) still open were opened: those sockets are not wrapped, so the rules "
-            "strike only sockets opened from now on (a reconnect included). Add socket rules "
-            "before the engine opens its sockets",
-            ", ".join(_printable(rule_id[:60]) for rule_id in ids[:5]),
-            still_open,
+        self._run.change_plan(
+            FaultPlan(seed=self._run.plan.seed, rules=(*self._run.plan.rules, *rules))
         )
 
     def clear(self) -> None:
@@ -1043,7 +1010,6 @@ class FaultInjector:
         """``ws`` with this injector's socket faults applied: the session's fault ``decided``
         at the upgrade, else (None) asked of :meth:`socket_opened` now."""
         if not any(rule.unit in _SOCKET_UNITS for rule in self._run.plan.rules):
-            self._unwrapped.add(ws)
             return ws
         if not self._clock_checked:
             self._check_clock()

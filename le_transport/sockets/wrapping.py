@@ -40,9 +40,8 @@ class SocketWrapper(Protocol):
 
     @property
     def active(self) -> bool:
-        """Whether it has anything to do (a fault injector: whether it holds any rule). The
-        dialer asks the first active one; when none is, the first one, which hands the socket
-        back as it is (nothing wrapped) and may note that it did."""
+        """Whether it has anything to do (a fault injector: whether it holds any rule). When
+        False the dialer skips it: the socket is used as it was opened, nothing wrapped."""
         ...
 
     async def wrap_socket(self, ws: Any, path: str, *, service: str | None = None) -> Any:
@@ -62,14 +61,8 @@ class SocketWrapper(Protocol):
 
 
 def socket_wrapper(middlewares: Iterable[object]) -> SocketWrapper | None:
-    """The first active :class:`SocketWrapper` among ``middlewares``; else the first one,
-    inactive (asked all the same, so that it knows the sockets it left as they were: a fault
-    injector given socket rules later says they do not strike those); else None."""
-    first: SocketWrapper | None = None
+    """The first active :class:`SocketWrapper` among ``middlewares``, or None."""
     for middleware in middlewares:
-        if isinstance(middleware, SocketWrapper):
-            if middleware.active:
-                return middleware
-            if first is None:
-                first = middleware
-    return first
+        if isinstance(middleware, SocketWrapper) and middleware.active:
+            return middleware
+    return None
