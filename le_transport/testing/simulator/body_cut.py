@@ -64,8 +64,10 @@ class BodyCut:
             raise AnswerCut("the answer was cut before its headers (injected fault)")
         if hdrs.CONTENT_LENGTH in response.headers:
             length = int(response.headers[hdrs.CONTENT_LENGTH])
-            keep = length if self._keep is None else self._keep
-            # At least one byte more than is sent: the client sees the body end short.
+            keep = length if self._keep is None else min(self._keep, length)
+            # At least one byte more than is sent, so that the client sees the body end short:
+            # the whole body's length, or one byte more when all of it is kept (as the
+            # client-side injector announces it), never keep_bytes + 1 (up to a terabyte).
             response.headers[hdrs.CONTENT_LENGTH] = str(max(length, keep + 1))
         # Else chunked: the last chunk is never sent, which the client sees as the cut.
         write = response.write
