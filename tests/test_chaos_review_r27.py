@@ -7,9 +7,10 @@ import asyncio
 import io
 from typing import Any
 
+import pytest
 from aiohttp import web
 
-from le_transport.chaos import FaultRule, TruncatedBody
+from le_transport.chaos import FaultRule, SlowBody, TruncatedBody
 from le_transport.chaos.plan import MAX_KEEP_BYTES
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -25,9 +26,10 @@ def _simulator(clock: VirtualClock, handler: Any) -> Simulator:
 
 
 async def _raw_get(sim: Simulator) -> tuple[list[bytes], bytes]:
-    """The head lines and body of a GET of PATH, read raw to the connection's end."""
+    """The head lines and body of a GET of PATH, read raw to the connection's end (closed
+    after the answer, or by a cut)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
-    writer.write(f"GET {PATH} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+    writer.write(f"GET {PATH} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n".encode())
     raw = await reader.read()
     writer.close()
     await writer.wait_closed()
@@ -63,3 +65,50 @@ async def test_a_truncated_body_keeping_more_than_a_known_length_announces_one_b
         assert f"Content-Length: {len(BODY) + 1}".encode() in head, handler.__name__
         assert body == BODY
         assert counts.injected == 1
+
+
+async def _answers_a_stream_of_told_length(request: web.Request) -> web.Response:
+    """A payload of unknown size (an async iterable) whose length the handler announces."""
+
+    async def pieces() -> Any:
+        for _ in range(3):
+            yield b"0123456789"
+
+    return web.Response(body=pieces(), headers={"Content-Length": "30"})
+
+
+async def _answers_a_file_object_chunked(request: web.Request) -> web.Response:
+    """A payload of known size the handler sends chunked all the same."""
+    resp = web.Response(body=io.BytesIO(b"0123456789" * 3))
+    resp.enable_chunked_encoding()
+    return resp
+
+
+def _framing(head: list[bytes]) -> list[bytes]:
+    return [
+        line for line in head if line.split(b":")[0] in (b"Content-Length", b"Transfer-Encoding")
+    ]
+
+
+@pytest.mark.parametrize(
+    "handler", [_answers_a_stream_of_told_length, _answers_a_file_object_chunked]
+)
+@pytest.mark.parametrize(
+    "fault", [SlowBody(chunk_bytes=10, chunk_delay_ms=1000), TruncatedBody(keep_bytes=15)]
+)
+async def test_a_shaped_payload_answer_keeps_the_framing_its_handler_gave_it(
+    handler: Any, fault: Any, clock: VirtualClock
+) -> None:
+    """A payload answer paced or cut was framed by the payload's size alone: a Content-Length
+    the handler announced was dropped (the answer sent chunked) and a chunked answer of known
+    size went out with a Content-Length, where the fault keeps an answer's headers."""
+    sim = _simulator(clock, handler)
+    async with sim:
+        plain, whole = await _raw_get(sim)
+        sim.faults.load([FaultRule("f", fault)])
+        shaped, body = await _raw_get(sim)
+        counts = sim.faults.rule_counts()["f"]
+    assert _framing(shaped) == _framing(plain)
+    assert counts.injected == 1
+    if isinstance(fault, SlowBody) and handler is _answers_a_stream_of_told_length:
+        assert body == whole  # all of it, paced (a chunked one's pieces framed otherwise)

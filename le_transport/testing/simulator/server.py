@@ -2056,16 +2056,22 @@ async def _shaped_payload(
     object, an async iterable given as ``body=``), sent with its status, headers and cookies
     and its payload written as it comes through ``shaper`` (a ``TruncatedBody``'s cut, a
     ``SlowBody``'s pace), as an answer the handler streams itself is: never read whole first,
-    which a payload that does not end (a stream held open) would never let go. Announced by
-    its size when the payload knows it (else as aiohttp sends one of unknown length:
-    chunked). The payload is closed at the end."""
+    which a payload that does not end (a stream held open) would never let go. Framed as
+    aiohttp frames ``real``: by the ``Content-Length`` its handler announced, else chunked if
+    its handler asked for that, else by the payload's size when it knows it, else chunked.
+    The payload is closed at the end."""
     resp = web.StreamResponse(status=real.status, reason=real.reason)
     for name, value in real.headers.items():
         if name.lower() not in ("content-length", "transfer-encoding"):
             resp.headers.add(name, value)
     for name, morsel in real.cookies.items():
         resp.cookies[name] = morsel
-    if body.size is not None:
+    told = real.headers.get(hdrs.CONTENT_LENGTH)
+    if told is not None:
+        resp.content_length = int(told)
+    elif real.chunked:
+        resp.enable_chunked_encoding()
+    elif body.size is not None:
         resp.content_length = body.size  # else chunked, as aiohttp sends an unknown length
     shaper.attach(resp)
     try:
