@@ -8,7 +8,7 @@ import io
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import payload, web
 
 from le_transport.chaos import FaultRule, SlowBody, TruncatedBody
 from le_transport.chaos.plan import MAX_KEEP_BYTES
@@ -112,3 +112,37 @@ async def test_a_shaped_payload_answer_keeps_the_framing_its_handler_gave_it(
     assert counts.injected == 1
     if isinstance(fault, SlowBody) and handler is _answers_a_stream_of_told_length:
         assert body == whole  # all of it, paced (a chunked one's pieces framed otherwise)
+
+
+async def _closes_scheduled() -> None:
+    """Wait for the file closes aiohttp's payloads scheduled (in its executor): a payload's
+    close() hands the file's close() to a thread, not awaited."""
+    await asyncio.gather(*list(payload._CLOSE_FUTURES))
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (TruncatedBody(keep_bytes=5), 200),
+        (TruncatedBody(keep_bytes=5), 204),  # no body: cut before its headers, thrown away
+        (SlowBody(chunk_bytes=5, chunk_delay_ms=1000), 200),
+    ],
+)
+async def test_a_file_answered_under_a_body_fault_is_closed(
+    fault: Any, status: int, clock: VirtualClock, tmp_path: Any
+) -> None:
+    path = tmp_path / "answer.json"
+    path.write_bytes(BODY)
+    opened: list[Any] = []
+
+    async def answers_a_file(request: web.Request) -> web.Response:
+        opened.append(path.open("rb"))
+        return web.Response(status=status, body=opened[-1], content_type="application/json")
+
+    sim = _simulator(clock, answers_a_file)
+    async with sim:
+        sim.faults.load([FaultRule("f", fault)])
+        await _raw_get(sim)
+        await _closes_scheduled()
+        assert len(opened) == 1
+        assert opened[0].closed
