@@ -7,6 +7,7 @@ import asyncio
 import io
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import payload, web
 
@@ -146,3 +147,52 @@ async def test_a_file_answered_under_a_body_fault_is_closed(
         await _closes_scheduled()
         assert len(opened) == 1
         assert opened[0].closed
+
+
+def _prepares_a_response(body: Any, *, write_eof: bool) -> Any:
+    """A handler that prepares a ``web.Response`` itself (and ends it, if ``write_eof``):
+    aiohttp's Response.write_eof writes its body straight to the connection."""
+
+    async def handler(request: web.Request) -> web.Response:
+        resp = web.Response(body=body() if callable(body) else body)
+        await resp.prepare(request)
+        if write_eof:
+            await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def _thirty_bytes_iterable() -> Any:
+    async def pieces() -> Any:
+        for _ in range(3):
+            yield b"0123456789"
+
+    return pieces()
+
+
+_PREPARED_BODIES = [
+    pytest.param(b"0123456789" * 3, id="bytes"),
+    pytest.param(lambda: io.BytesIO(b"0123456789" * 3), id="file-object"),
+    pytest.param(_thirty_bytes_iterable, id="async-iterable"),
+]
+
+
+@pytest.mark.parametrize("write_eof", [False, True])
+@pytest.mark.parametrize("body", _PREPARED_BODIES)
+async def test_a_slow_body_paces_a_response_its_handler_prepared(
+    body: Any, write_eof: bool, clock: VirtualClock
+) -> None:
+    """A web.Response its handler prepared itself went out at full speed while the SlowBody
+    counted injected: its body is written by Response.write_eof, not through write."""
+    sim = _simulator(clock, _prepares_a_response(body, write_eof=write_eof))
+    async with sim:
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=10, chunk_delay_ms=1000))])
+        start = clock.now()
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            got = await resp.read()
+        took = clock.now() - start
+        counts = sim.faults.rule_counts()["s"]
+    assert (resp.status, got) == (200, b"0123456789" * 3)
+    assert counts.injected == 1
+    assert took == pytest.approx(2.0)  # three pieces, two pauses

@@ -20,8 +20,11 @@ fault that was never delivered. So, while such a fault is in force, the simulato
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 
 class AnswerCut(Exception):
@@ -32,6 +35,62 @@ def bodiless(method: str, status: int) -> bool:
     """Whether an answer to ``method`` with ``status`` has no body on the wire (RFC 9112
     6.3): a cut after its headers would leave it whole."""
     return method.upper() == "HEAD" or 100 <= status < 200 or status in (204, 304)
+
+
+class _Ended(Exception):
+    """Raised into a payload writing itself once its shaped answer wants no more of it."""
+
+
+class _Sink:
+    """What a payload writes itself to (``Payload.write(writer)`` calls ``writer.write``):
+    ``write``, a shaped write, until ``ended()`` says the answer wants no more."""
+
+    def __init__(
+        self,
+        write: Callable[[bytes | bytearray | memoryview], Awaitable[None]],
+        ended: Callable[[], bool],
+    ) -> None:
+        self._write = write
+        self._ended = ended
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._ended():
+            raise _Ended
+        await self._write(chunk)
+        if self._ended():
+            raise _Ended
+
+
+def _held_body(
+    request: web.Request, response: web.StreamResponse
+) -> bytes | bytearray | Payload | None:
+    """The body ``response`` holds if it is a ``web.Response`` (its handler prepared it):
+    aiohttp's ``Response.write_eof`` writes it straight to the connection, not through
+    ``write``, so a shaped ``write`` never saw it. Compressed if the answer compresses it
+    (aiohttp did so as it prepared it, and announced that length); None if it has none."""
+    if not isinstance(response, web.Response) or bodiless(request.method, response.status):
+        return None
+    compressed = getattr(response, "_compressed_body", None)  # aiohttp's, once compressed
+    body = compressed if compressed is not None else response.body
+    return body if isinstance(body, Payload) or body else None
+
+
+async def _write_held(
+    body: bytes | bytearray | Payload,
+    write: Callable[[bytes | bytearray | memoryview], Awaitable[None]],
+    ended: Callable[[], bool],
+) -> None:
+    """Write ``body`` (:func:`_held_body`) through ``write``, a shaped write, until ``ended()``
+    (a payload as it comes, never read whole first: it may not end); a payload is closed."""
+    if not isinstance(body, Payload):
+        await write(body)
+        return
+    try:
+        await body.write(cast("AbstractStreamWriter", _Sink(write, ended)))
+    except _Ended:
+        pass  # cut, or the simulator stopping: no more of it is wanted
+    finally:
+        await body.close()
 
 
 class BodyCut:
@@ -106,7 +165,8 @@ class BodyPace:
     and its body in ``chunk_bytes`` pieces, ``pause`` seconds apart (``wait(pause)`` on the
     simulator's clock, False once it is stopping: the rest is dropped and the connection of
     ``request`` closed, the body cut short, never ended as if whole), as a returned answer's
-    body is dribbled; bytes it hands ``write_eof`` too."""
+    body is dribbled; bytes it hands ``write_eof`` too, and the body of a ``web.Response`` it
+    prepared (which aiohttp's ``Response.write_eof`` writes itself)."""
 
     def __init__(
         self,
@@ -150,12 +210,26 @@ class BodyPace:
                 self._sent_any = True
                 await write(data[i : i + self._chunk])
 
+        finished = False
+
         async def paced_write_eof(data: bytes = b"") -> None:
             # aiohttp's write_eof writes its data straight to the connection, not through
-            # write: a handler ending its answer with ``write_eof(body)`` sent it all at once.
+            # write: a handler ending its answer with ``write_eof(body)`` sent it all at once,
+            # and a web.Response it prepared its body.
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            held = None if data else _held_body(self._request, response)
             if data:
                 await paced_write(data)
-            if not self._stopped:  # else the body is cut: its end (a chunked one's) not sent
+            elif held is not None:
+                await _write_held(held, paced_write, lambda: self._stopped)
+            if self._stopped:
+                return  # the body is cut: its end (a chunked one's) not sent
+            if held is not None:
+                await web.StreamResponse.write_eof(response)  # its body is sent: only the end
+            else:
                 await write_eof()
 
         response.write = paced_write  # type: ignore[method-assign]
