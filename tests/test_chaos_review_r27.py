@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import payload, web
 
-from le_transport.chaos import FaultRule, SlowBody, TruncatedBody
+from le_transport.chaos import FaultRule, MalformedBody, SlowBody, TruncatedBody
 from le_transport.chaos.plan import MAX_KEEP_BYTES
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, Simulator
@@ -196,3 +196,42 @@ async def test_a_slow_body_paces_a_response_its_handler_prepared(
     assert (resp.status, got) == (200, b"0123456789" * 3)
     assert counts.injected == 1
     assert took == pytest.approx(2.0)  # three pieces, two pauses
+
+
+@pytest.mark.parametrize("write_eof", [False, True])
+@pytest.mark.parametrize("body", _PREPARED_BODIES)
+async def test_a_truncated_body_cuts_a_response_its_handler_prepared_after_its_bytes(
+    body: Any, write_eof: bool, clock: VirtualClock
+) -> None:
+    """A web.Response its handler prepared itself was closed before anything was sent, its
+    status and headers included (a disconnect, as an EmptyResponse), not cut after
+    keep_bytes: its body is written by Response.write_eof, which the cut never let run."""
+    sim = _simulator(clock, _prepares_a_response(body, write_eof=write_eof))
+    async with sim:
+        sim.faults.load([FaultRule("t", TruncatedBody(keep_bytes=15))])
+        head, got = await _raw_get(sim)
+        counts = sim.faults.rule_counts()["t"]
+    assert head[0] == b"HTTP/1.1 200 OK"
+    if b"Transfer-Encoding: chunked" in head:
+        assert got == b"a\r\n0123456789\r\n5\r\n01234\r\n"  # no chunked end
+    else:
+        assert b"Content-Length: 30" in head
+        assert got == b"012345678901234"
+    assert counts.injected == 1
+
+
+@pytest.mark.parametrize("write_eof", [False, True])
+async def test_a_malformed_body_cuts_a_response_its_handler_prepared_after_its_headers(
+    write_eof: bool, clock: VirtualClock
+) -> None:
+    """As a TruncatedBody's: a web.Response its handler prepared was closed before its
+    status and headers went out, where the fault cuts an answer it cannot replace (a payload
+    error, not a connection closed before any answer)."""
+    body = b"0123456789" * 3
+    sim = _simulator(clock, _prepares_a_response(body, write_eof=write_eof))
+    async with sim:
+        sim.faults.load([FaultRule("m", MalformedBody())])
+        head, got = await _raw_get(sim)
+    assert head[0] == b"HTTP/1.1 200 OK"
+    assert f"Content-Length: {len(body) + 1}".encode() in head
+    assert got == body

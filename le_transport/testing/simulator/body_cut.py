@@ -19,6 +19,7 @@ fault that was never delivered. So, while such a fault is in force, the simulato
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -108,11 +109,21 @@ class BodyCut:
         self.attached = False
         self._sent = 0
         self._closed = False
+        self._response: web.StreamResponse | None = None
 
     @property
     def ended(self) -> bool:
         """Whether the cut was made: nothing more the handler writes is sent."""
         return self._closed
+
+    async def finish(self) -> None:
+        """Make the cut, if not made yet, once the handler has returned: an answer it prepared
+        and did not end (a ``web.Response`` holds its body until then) is ended through the
+        cut, its bytes as the fault keeps them, then the connection closed."""
+        if self._response is not None and not self._closed:
+            with contextlib.suppress(ConnectionError):
+                await self._response.write_eof()
+        self._close()
 
     def attach(self, response: web.StreamResponse) -> None:
         """Cut ``response``, being prepared: its headers are not on the wire yet."""
@@ -121,6 +132,7 @@ class BodyCut:
         if bodiless(self._request.method, response.status):
             self._close()
             raise AnswerCut("the answer was cut before its headers (injected fault)")
+        self._response = response
         if hdrs.CONTENT_LENGTH in response.headers:
             length = int(response.headers[hdrs.CONTENT_LENGTH])
             keep = length if self._keep is None else min(self._keep, length)
@@ -146,6 +158,12 @@ class BodyCut:
         async def cut_write_eof(data: bytes = b"") -> None:
             if data:
                 await cut_write(data)
+            elif not self._closed and (held := _held_body(self._request, response)) is not None:
+                # A web.Response it prepared: aiohttp's write_eof would write its body past
+                # cut_write, and closing first sent nothing, its status and headers included.
+                await _write_held(held, cut_write, lambda: self._closed)
+            if not self._closed:
+                await write(b"")  # its headers, if held back until its body (a web.Response's)
             self._close()
 
         response.write = cut_write  # type: ignore[method-assign]

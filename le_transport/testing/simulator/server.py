@@ -1381,6 +1381,7 @@ class Simulator:
         transport = request.transport
         real, cut = await self._run_cut(request, handler, fault.keep_bytes, kind=fault.kind)
         if real is None or cut.attached or real.prepared:
+            await cut.finish()  # the answer it cut, if not ended: its kept bytes first
             if transport is not None:
                 transport.close()  # cut already, or as it ended; this closes the rest
             return real if real is not None and real.prepared else web.Response(status=500)
@@ -1426,6 +1427,7 @@ class Simulator:
         if not upgrade:
             real, cut = await self._run_cut(request, handler, None, kind=fault.kind)
             if cut.attached or (real is not None and real.prepared):
+                await cut.finish()  # the answer it cut, if not ended: its bytes first
                 transport = request.transport
                 if transport is not None:
                     transport.close()
