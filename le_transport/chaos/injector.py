@@ -110,7 +110,9 @@ active injector has each of its sockets, as it opens, wrapped by
 injector among them, the one nearest the wire innermost), which asks
 :meth:`FaultInjector.socket_opened` once and :meth:`FaultInjector.message_sent` /
 :meth:`FaultInjector.message_arriving` for each request sent and each frame received, and
-acts on the answers as the simulator does on its side.
+acts on the answers as the simulator does on its side. A socket that opened while the
+injector had no socket rule is not wrapped: a socket rule added later strikes only the sockets
+opened from then on (reconnects included), so add socket rules before the sockets open.
 
 Same seed and plan, same faults: each rule draws from its own stream keyed by the n-th unit it
 matched. :meth:`FaultInjector.report` says what was injected. With no rules, a call costs one
@@ -360,7 +362,10 @@ class FaultInjector:
 
     def add(self, rule: FaultRule) -> FaultRule:
         """Add a rule (its counter starts at 0, even under the id of a rule removed by
-        :meth:`clear`: nothing of that rule's is carried over)."""
+        :meth:`clear`: nothing of that rule's is carried over). A socket rule (unit
+        ``ws_session`` or ``ws_message``) strikes the engine sockets opened from then on, not
+        one already open that this injector left unwrapped, having no socket rule when it
+        opened."""
         self._run.change_plan(self._run.plan.with_rule(rule))
         return rule
 
