@@ -235,3 +235,23 @@ async def test_a_malformed_body_cuts_a_response_its_handler_prepared_after_its_h
     assert head[0] == b"HTTP/1.1 200 OK"
     assert f"Content-Length: {len(body) + 1}".encode() in head
     assert got == body
+
+
+async def test_a_slow_body_over_a_prepared_response_cut_by_the_stop_reads_as_cut(
+    clock: VirtualClock,
+) -> None:
+    """The stop cuts a paced web.Response its handler prepared as any paced answer: the
+    connection closed without the chunked body's end, the payload closed."""
+    sim = _simulator(clock, _prepares_a_response(_thirty_bytes_iterable, write_eof=False))
+    await sim.start()
+    try:
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=10, chunk_delay_ms=1000))])
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            assert await resp.content.readexactly(10) == b"0123456789"
+            stopping = asyncio.ensure_future(sim.stop())
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+            await stopping
+    finally:
+        await sim.stop()
