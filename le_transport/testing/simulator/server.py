@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hmac
 import ipaddress
 import logging
@@ -1391,6 +1392,12 @@ class Simulator:
             if transport is not None:
                 transport.close()
             return web.Response(status=500)
+        if isinstance(real, web.FileResponse):
+            # Its file is cut as aiohttp sends it: its status and headers as aiohttp makes them.
+            file_cut = BodyCut(request, fault.keep_bytes)
+            shaped = await _shaped_file(request, real, file_cut)
+            if shaped is not None:
+                return shaped
         body = real.body if isinstance(real, web.Response) else b""
         if isinstance(body, Payload):
             # Streamed through the cut as it is written (it may not end: a stream held open).
@@ -1474,6 +1481,14 @@ class Simulator:
         without a Content-Length), as the client-side injector hands it on."""
         if bodiless(request.method, real.status):
             return real
+        if isinstance(real, web.FileResponse):
+            # Its file is paced as aiohttp sends it (past write, with sendfile, otherwise).
+            pace = BodyPace(
+                fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause, request=request
+            )
+            shaped = await _shaped_file(request, real, pace)
+            if shaped is not None:
+                return shaped
         body = real.body if isinstance(real, web.Response) else None
         if isinstance(body, Payload):
             # Paced as it is written (it may not end: a stream held open).
@@ -1482,7 +1497,7 @@ class Simulator:
             )
             return await _shaped_payload(request, real, body, pace)
         if not isinstance(body, bytes):
-            # A streamed answer (a socket upgrade, a FileResponse) is sent as it is.
+            # A streamed answer (a socket upgrade) is sent as it is.
             return real
         resp = web.StreamResponse(status=real.status, reason=real.reason)
         for name, value in real.headers.items():
@@ -2085,6 +2100,59 @@ async def _shaped_payload(
     finally:
         await body.close()
     return resp
+
+
+#: How much of a file :func:`_shaped_file` reads at a time (aiohttp's own chunk size).
+_FILE_READ_BYTES = 256 * 1024
+
+
+async def _shaped_file(
+    request: web.Request, real: web.FileResponse, shaper: BodyCut | BodyPace
+) -> web.StreamResponse | None:
+    """``real``, a ``web.FileResponse`` its handler returned unsent, sent now with ``shaper``
+    (a ``TruncatedBody``'s cut, a ``SlowBody``'s pace) on it, as on an answer its handler
+    prepares itself (found through ``on_response_prepare``): its status and
+    headers as aiohttp makes them (a 206 for a range, a 304, a 404 for a missing file), and
+    its file written through the shaped ``write``, where aiohttp sends it past ``write``
+    (``loop.sendfile``, or its writer). Returns the answer, for aiohttp to find sent; a
+    placeholder if the cut came before its headers (a 304: the connection is closed); None if
+    this aiohttp has no ``FileResponse._sendfile`` to take over (the answer goes out unshaped,
+    as the caller's own path has it)."""
+    if not callable(getattr(real, "_sendfile", None)):  # aiohttp's, 3.12 to 3.14 at least
+        return None
+    loop = asyncio.get_running_loop()
+
+    async def shaped_sendfile(
+        req: web.BaseRequest, fobj: Any, offset: int, count: int
+    ) -> AbstractStreamWriter:
+        writer = await web.StreamResponse.prepare(real, req)  # the shaper attaches here
+        assert writer is not None
+        await loop.run_in_executor(None, fobj.seek, offset)
+        while count > 0 and not shaper.ended:
+            chunk = await loop.run_in_executor(None, fobj.read, min(_FILE_READ_BYTES, count))
+            if not chunk:
+                break
+            count -= len(chunk)
+            await real.write(chunk)
+        return writer
+
+    real._sendfile = shaped_sendfile  # type: ignore[method-assign,assignment]
+    if isinstance(shaper, BodyCut):
+        request[BODY_CUT_KEY] = shaper
+    else:
+        request[BODY_PACE_KEY] = shaper
+    try:
+        await real.prepare(request)  # aiohttp closes the file it opened once it returns
+        await real.write_eof()
+    except AnswerCut:
+        return web.Response(status=500)  # cut before its headers: the connection is closed
+    except ConnectionError:
+        pass  # the client gone (its attempt timeout, most likely)
+    finally:
+        shaper.armed = False
+    # Sent: aiohttp's own prepare of it would open and send the file again.
+    real.prepare = functools.partial(web.StreamResponse.prepare, real)  # type: ignore[method-assign]
+    return real
 
 
 async def _discard(real: web.StreamResponse | None) -> None:
