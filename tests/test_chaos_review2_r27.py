@@ -4,7 +4,9 @@ reaches the wire is what the fault's name says (aiohttp sends such a file past `
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -135,3 +137,49 @@ async def test_a_slow_file_response_cut_by_the_simulators_stop_reads_as_cut(
         await _files_closed()
     finally:
         await sim.stop()
+
+
+def _closing_answer(kind: str) -> Any:
+    """A handler whose answer asks for its connection to be closed after it
+    (``force_close``): its body bytes or a payload (a file object)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        resp = web.Response(body=BODY if kind == "bytes" else io.BytesIO(BODY))
+        resp.force_close()
+        return resp
+
+    return handler
+
+
+async def _two_pipelined(sim: Simulator) -> bytes:
+    """What a connection carries back for two GETs of PATH sent at once, the second asking
+    for the connection to be closed after it: one answer if the first closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    try:
+        first = f"GET {PATH} HTTP/1.1\r\nHost: sim\r\n\r\n"
+        writer.write((first + first.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).encode())
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("kind", ["bytes", "payload"])
+async def test_a_slow_body_keeps_an_answers_connection_close(
+    kind: str, clock: VirtualClock
+) -> None:
+    """A paced answer whose handler asked for its connection to be closed after it went out
+    without its ``Connection: close``, and the connection stayed open, where the fault keeps
+    an answer's status and headers."""
+    sim = Simulator(clock=clock)
+    sim.add_route("GET", "/api/account/{account}/thing", _closing_answer(kind), service="x")
+    async with sim:
+        plain = await _two_pipelined(sim)
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=10, chunk_delay_ms=1000))])
+        shaped = await _two_pipelined(sim)
+        counts = sim.faults.rule_counts()["s"]
+    for raw in (plain, shaped):
+        assert raw.count(b"HTTP/1.1 200 OK") == 1
+        assert b"\r\nConnection: close\r\n" in raw
+        assert raw.endswith(BODY)
+    assert counts.injected == 1

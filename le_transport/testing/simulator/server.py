@@ -1505,6 +1505,8 @@ class Simulator:
                 resp.headers.add(name, value)
         for name, morsel in real.cookies.items():
             resp.cookies[name] = morsel
+        if real.keep_alive is False:
+            resp.force_close()  # its handler's: the connection closed after it, as it said
         resp.content_length = len(body)
         pause = fault.chunk_delay_ms / 1000.0
         try:
@@ -2075,14 +2077,17 @@ async def _shaped_payload(
     ``SlowBody``'s pace), as an answer the handler streams itself is: never read whole first,
     which a payload that does not end (a stream held open) would never let go. Framed as
     aiohttp frames ``real``: by the ``Content-Length`` its handler announced, else chunked if
-    its handler asked for that, else by the payload's size when it knows it, else chunked.
-    The payload is closed at the end."""
+    its handler asked for that, else by the payload's size when it knows it, else chunked;
+    its connection closed after it if its handler said so (``force_close``). The payload is
+    closed at the end."""
     resp = web.StreamResponse(status=real.status, reason=real.reason)
     for name, value in real.headers.items():
         if name.lower() not in ("content-length", "transfer-encoding"):
             resp.headers.add(name, value)
     for name, morsel in real.cookies.items():
         resp.cookies[name] = morsel
+    if real.keep_alive is False:
+        resp.force_close()  # its handler's: the connection closed after it, as it said
     told = real.headers.get(hdrs.CONTENT_LENGTH)
     if told is not None:
         resp.content_length = int(told)
