@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import payload, web
+from aiohttp import payload, web, web_fileresponse
 
 from le_transport.chaos import FaultRule, SlowBody, TruncatedBody
 from le_transport.testing import VirtualClock
@@ -52,8 +52,9 @@ def _without_dates(head: list[bytes]) -> list[bytes]:
 
 
 async def _files_closed() -> None:
-    """Wait for the file closes aiohttp scheduled in its executor (not awaited by it)."""
-    await asyncio.gather(*list(payload._CLOSE_FUTURES))
+    """Wait for the file closes aiohttp scheduled in its executor (not awaited by it): a
+    payload's, and a FileResponse's (its own set of them)."""
+    await asyncio.gather(*list(payload._CLOSE_FUTURES), *list(web_fileresponse._CLOSE_FUTURES))
 
 
 async def test_a_slow_body_paces_a_file_response(clock: VirtualClock, answer_file: Path) -> None:
