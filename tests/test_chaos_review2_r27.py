@@ -184,3 +184,34 @@ async def test_a_slow_body_keeps_an_answers_connection_close(
         assert b"\r\nConnection: close\r\n" in raw
         assert raw.endswith(BODY)
     assert counts.injected == 1
+
+
+LARGE = bytes(range(250)) * 2400  # 600000 bytes: more than aiohttp reads of a file at once
+
+
+@pytest.mark.parametrize("kind", ["file-object", "file-response"])
+async def test_a_slow_body_over_a_large_file_pauses_as_its_contract_says(
+    kind: str, clock: VirtualClock, tmp_path: Path
+) -> None:
+    """A SlowBody makes ceil(len / chunk_bytes) - 1 pauses: a file's body, written in the
+    pieces aiohttp (or the simulator) reads it in, was cut into chunk_bytes pieces read by
+    read, each read's last piece short, one pause more for each read."""
+    path = tmp_path / "large.bin"
+    path.write_bytes(LARGE)
+
+    async def answers(request: web.Request) -> web.StreamResponse:
+        if kind == "file-response":
+            return web.FileResponse(path)
+        return web.Response(body=path.open("rb"))
+
+    sim = Simulator(clock=clock)
+    sim.add_route("GET", "/api/account/{account}/thing", answers, service="x")
+    async with sim:
+        sim.faults.load([FaultRule("s", SlowBody(chunk_bytes=100_000, chunk_delay_ms=1000))])
+        start = clock.now()
+        async with aiohttp.ClientSession() as session, session.get(sim.url + PATH) as resp:
+            got = await resp.read()
+        took = clock.now() - start
+        await _files_closed()
+    assert got == LARGE
+    assert took == pytest.approx(5.0)  # ceil(600000 / 100000) - 1

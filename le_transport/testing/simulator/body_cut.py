@@ -202,7 +202,13 @@ class BodyPace:
         self.armed = True
         #: Whether the handler prepared an answer, which this paced.
         self.attached = False
+        #: Whether the writes continue one another's pieces: the body of a payload or a file,
+        #: which aiohttp (or the simulator) writes in the pieces it reads it in, not the
+        #: handler: a pause only every ``chunk_bytes`` of the body, as a returned answer's
+        #: (``ceil(len / chunk_bytes) - 1`` of them). Else each write starts a piece of its own.
+        self.whole_pieces = False
         self._sent_any = False
+        self._in_piece = 0  # bytes sent of the current piece
         self._stopped = False
 
     @property
@@ -219,14 +225,23 @@ class BodyPace:
 
         async def paced_write(data: bytes | bytearray | memoryview) -> None:
             data = bytes(data)
-            for i in range(0, len(data), self._chunk):
+            if not self.whole_pieces:
+                # A piece of its own: after a pause, unless it is the answer's first.
+                self._in_piece = self._chunk if self._sent_any else 0
+            i = 0
+            while i < len(data):
                 if self._stopped:
                     return
-                if self._sent_any and not await self._wait(self._pause):
-                    self._stop()
-                    return
+                if self._in_piece >= self._chunk:
+                    if not await self._wait(self._pause):
+                        self._stop()
+                        return
+                    self._in_piece = 0
+                piece = data[i : i + self._chunk - self._in_piece]
                 self._sent_any = True
-                await write(data[i : i + self._chunk])
+                await write(piece)
+                self._in_piece += len(piece)
+                i += len(piece)
 
         finished = False
 
@@ -242,6 +257,7 @@ class BodyPace:
             if data:
                 await paced_write(data)
             elif held is not None:
+                self.whole_pieces = True  # its body, in the pieces aiohttp reads a payload in
                 await _write_held(held, paced_write, lambda: self._stopped)
             if self._stopped:
                 return  # the body is cut: its end (a chunked one's) not sent

@@ -2096,6 +2096,8 @@ async def _shaped_payload(
     elif body.size is not None:
         resp.content_length = body.size  # else chunked, as aiohttp sends an unknown length
     shaper.attach(resp)
+    if isinstance(shaper, BodyPace):
+        shaper.whole_pieces = True  # paced by its bytes, not by the pieces aiohttp reads
     try:
         await resp.prepare(request)
         await body.write(cast("AbstractStreamWriter", _PayloadSink(resp, shaper)))
@@ -2145,6 +2147,7 @@ async def _shaped_file(
     if isinstance(shaper, BodyCut):
         request[BODY_CUT_KEY] = shaper
     else:
+        shaper.whole_pieces = True  # paced by its bytes, not by the pieces it is read in
         request[BODY_PACE_KEY] = shaper
     try:
         await real.prepare(request)  # aiohttp closes the file it opened once it returns
