@@ -1499,14 +1499,7 @@ class Simulator:
         if not isinstance(body, bytes):
             # A streamed answer (a socket upgrade) is sent as it is.
             return real
-        resp = web.StreamResponse(status=real.status, reason=real.reason)
-        for name, value in real.headers.items():
-            if name.lower() not in ("content-length", "transfer-encoding"):
-                resp.headers.add(name, value)
-        for name, morsel in real.cookies.items():
-            resp.cookies[name] = morsel
-        if real.keep_alive is False:
-            resp.force_close()  # its handler's: the connection closed after it, as it said
+        resp = _head_of(real)
         resp.content_length = len(body)
         pause = fault.chunk_delay_ms / 1000.0
         try:
@@ -2068,6 +2061,21 @@ class _PayloadSink:
             raise _PayloadEnded
 
 
+def _head_of(real: web.StreamResponse) -> web.StreamResponse:
+    """A new, unsent answer with ``real``'s status, reason, headers (but its framing:
+    ``Content-Length``, ``Transfer-Encoding``, which the shaped body sets anew) and cookies,
+    closing its connection after it if ``real``'s handler said so (``force_close``)."""
+    resp = web.StreamResponse(status=real.status, reason=real.reason)
+    for name, value in real.headers.items():
+        if name.lower() not in ("content-length", "transfer-encoding"):
+            resp.headers.add(name, value)
+    for name, morsel in real.cookies.items():
+        resp.cookies[name] = morsel
+    if real.keep_alive is False:
+        resp.force_close()  # its handler's: the connection closed after it, as it said
+    return resp
+
+
 async def _shaped_payload(
     request: web.Request, real: web.StreamResponse, body: Payload, shaper: BodyCut | BodyPace
 ) -> web.StreamResponse:
@@ -2080,14 +2088,7 @@ async def _shaped_payload(
     its handler asked for that, else by the payload's size when it knows it, else chunked;
     its connection closed after it if its handler said so (``force_close``). The payload is
     closed at the end."""
-    resp = web.StreamResponse(status=real.status, reason=real.reason)
-    for name, value in real.headers.items():
-        if name.lower() not in ("content-length", "transfer-encoding"):
-            resp.headers.add(name, value)
-    for name, morsel in real.cookies.items():
-        resp.cookies[name] = morsel
-    if real.keep_alive is False:
-        resp.force_close()  # its handler's: the connection closed after it, as it said
+    resp = _head_of(real)
     told = real.headers.get(hdrs.CONTENT_LENGTH)
     if told is not None:
         resp.content_length = int(told)
