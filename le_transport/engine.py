@@ -3805,7 +3805,11 @@ class Engine:
         :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` every
         ``policy.interval`` instead (no session yet: nothing to refresh, no login), on the
         provider's own host; a refresh that gives up on an outage is logged as handled (a
-        WARNING), as the provider's own keepalive logs it. That interval is the policy's,
+        WARNING), as the provider's own keepalive logs it. Its request too has
+        ``policy.timeout`` as its deadline (the provider's retry policy's if shorter): the
+        refresh gives up within the run with the Login Service's own answer (a 503 after the
+        attempts at 0, 5 and 15 s), never cut in a pause as a bare ``TimeoutError``. That
+        interval is the policy's,
         whatever TTL the session's login answered: for a session that lives less than twice the
         interval, keep the provider's own keepalive, or pass a policy scaled down
         (:meth:`~le_transport.policies.Keepalive.scaled`). A
@@ -3903,11 +3907,17 @@ class Engine:
                 )
             provider = auth
 
+            refresh_timeout = policy.timeout
+
             async def refresh() -> None:
                 # Saying, as the provider's own keepalive does, that an outage is handled (the
                 # session kept, the refresh tried again): its give-up is a WARNING ending so,
-                # not an ERROR at every run while the Login Service is down.
-                await provider._refresh(_LOGIN_KEEPALIVE_FALLBACK)
+                # not an ERROR at every run while the Login Service is down. The run's timeout
+                # is the refresh request's deadline (as for an HTTP keepalive's call below,
+                # never longer than the provider's policy's own): its schedule gives up within
+                # the run with the Login Service's answer (a 503, the Retry-After it asked
+                # for), not cut in a pause as a bare TimeoutError.
+                await provider._refresh(_LOGIN_KEEPALIVE_FALLBACK, deadline=refresh_timeout)
 
             action = refresh
             # Its EngineClosed with the engine open: the provider was closed on its own (or a

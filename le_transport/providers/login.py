@@ -106,6 +106,7 @@ from ..errors import (
     BlockedError,
     ClientStatusError,
     ConfigurationError,
+    DeadlineExceeded,
     LoginRejected,
     UnexpectedAnswer,
 )
@@ -592,28 +593,36 @@ class LoginServiceAuth:
         """
         return await self._refresh()
 
-    async def _refresh(self, fallback: str | None = None) -> bool:
+    async def _refresh(self, fallback: str | None = None, *, deadline: float | None = None) -> bool:
         """:meth:`refresh`; ``fallback``: what the caller does when the refresh meets an
         outage (the keepalive's :data:`_KEEPALIVE_FALLBACK`), for the retry middleware's
-        give-up line (see :meth:`ProviderHttp.request`)."""
-        require_attached(self._http, self)
+        give-up line (see :meth:`ProviderHttp.request`). ``deadline``: seconds from now
+        within which the refresh's request gives up (the engine's keepalive run's timeout):
+        its schedule then ends with the Login Service's own answer (a 503, and the
+        ``Retry-After`` it asked for) rather than being cut in a pause as a bare
+        ``TimeoutError``; never longer than the policy's own deadline. A refresh already in
+        flight (another caller's) is joined as it is."""
+        http = require_attached(self._http, self)
         # Closed is final: a refresh asked for while the close logs out (or after) would send
         # a refresh beside the logout, or say False as if there were merely no session.
         self._check_open()
         if self._session is None:
             return False
-        return await self._refresh_flight.run(lambda: self._refresh_once(fallback))
+        until = None if deadline is None else http.clock.now() + deadline
+        return await self._refresh_flight.run(lambda: self._refresh_once(fallback, until))
 
-    async def _refresh_once(self, fallback: str | None = None) -> bool:
+    async def _refresh_once(self, fallback: str | None = None, until: float | None = None) -> bool:
         http = require_attached(self._http, self)
         session = self._session
         if session is None:
             return False
         if self._shared is not None and self._shared_token is not None:
-            return await self._shared_refresh(http, session, self._shared_token, fallback)
+            return await self._shared_refresh(
+                http, session, self._shared_token, fallback, until=until
+            )
         try:
             await self._post_session(
-                http, session, "refresh", self._policy(http), fallback=fallback
+                http, session, "refresh", self._policy(http), fallback=fallback, until=until
             )
         except (ClientStatusError, _NotAccepted) as exc:
             transient = _try_again(exc)
@@ -837,6 +846,8 @@ class LoginServiceAuth:
         session: LoginSession,
         held: SharedToken,
         fallback: str | None = None,
+        *,
+        until: float | None = None,
     ) -> bool:
         assert self._shared is not None
         done: list[bool] = []
@@ -854,7 +865,9 @@ class LoginServiceAuth:
                 )
                 token = newest
             posted.append((token, base))
-            await self._post_session(http, base, "refresh", self._policy(http), fallback=fallback)
+            await self._post_session(
+                http, base, "refresh", self._policy(http), fallback=fallback, until=until
+            )
             done.append(True)
             # The token refreshed: ``held`` when the newest entry could not be read as a
             # session (its login is not the one refreshed).
@@ -1076,12 +1089,27 @@ class LoginServiceAuth:
         policy: RetryPolicy,
         *,
         fallback: str | None = None,
+        until: float | None = None,
     ) -> None:
         """POST ``action`` (refresh, logout) with the session's cookie and csrf; an answer
         other than 2xx is a :class:`_NotAccepted` (a 4xx: the retry middleware's
         :class:`ClientStatusError`), a refresh's 2xx whose body is neither empty nor JSON an
-        :class:`UnexpectedAnswer` (an outage). ``fallback``: see :meth:`ProviderHttp.request`."""
+        :class:`UnexpectedAnswer` (an outage). ``fallback``: see :meth:`ProviderHttp.request`.
+        ``until``: the clock time by which the request gives up (what is left of it once the
+        host is resolved is the request's deadline, never longer than ``policy``'s own); past
+        it already, a :class:`~le_transport.errors.DeadlineExceeded` and nothing sent."""
         host = await self._domains.resolve(self._service)
+        if until is not None:
+            left = until - http.clock.now()
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"{self.subject}: the {action}'s deadline passed before it was sent",
+                    elapsed=0.0,
+                    service=self._service,
+                    method="POST",
+                )
+            if policy.deadline is None or left < policy.deadline:
+                policy = attrs.evolve(policy, deadline=left)
         headers = {}
         if session.session_id is not None:
             headers["Cookie"] = f"Session_id={session.session_id.reveal()}"
