@@ -51,7 +51,9 @@ login met an outage or was refused) is tried again after half the TTL the sessio
 since it was last known alive (its login or last refresh), never later than the interval nor
 sooner than :data:`MIN_SESSION_REFRESH_INTERVAL`: one outage no longer lets a short-lived
 session expire (a whole interval after a refresh that gave up half-way through the TTL was past
-it). Its request says it handles an outage itself (``ProviderHttp.request(fallback=...)``): the
+it). Nor sooner than the Login Service asked (a 429's or 503's ``Retry-After``, up to the retry
+policy's ``retry_after_ceiling``), but never past the session's expiry. Its request says it
+handles an outage itself (``ProviderHttp.request(fallback=...)``): the
 retry middleware logs its giving up as a WARNING, not an ERROR. Logins and refreshes are single
 flight: a hundred concurrent callers without a token cause one login.
 
@@ -111,6 +113,7 @@ from ..errors import (
     UnexpectedAnswer,
 )
 from ..events import StateEvent
+from ..middleware.context import rest_asked
 from ..policies._validate import finite_number
 from ..policies.close_codes import RETRY_HANDSHAKE_STATUSES
 from ..policies.retry import LOGIN_RATE_LIMIT_FLOOR, RetryPolicy
@@ -1207,6 +1210,9 @@ class LoginServiceAuth:
         # The session last known alive (logged in, adopted or refreshed), and since when.
         alive: tuple[LoginSession, float] | None = None
         failed = False
+        # After a failed refresh: the clock time before which the Login Service asked for no
+        # other (its 429's or 503's Retry-After, cut to the policy's ceiling).
+        rest_until = 0.0
         while True:
             # Cleared before the session is read: a login from here on wakes the wait below
             # (one that landed before is read here).
@@ -1219,7 +1225,7 @@ class LoginServiceAuth:
                 alive, failed = (session, session.logged_in_at), False
             now = http.clock.now()
             wait = (
-                self._retry_in(session, alive[1], now)
+                self._retry_in(session, alive[1], now, rest_until=rest_until)
                 if failed
                 else max(0.0, alive[1] + self.refresh_interval_for(session) - now)
             )
@@ -1238,6 +1244,9 @@ class LoginServiceAuth:
                 if self._closed:
                     return  # closing stops this task: nothing to report of a closed provider
                 failed = True
+                rest_until = http.clock.now() + rest_asked(
+                    exc, self._policy(http).retry_after_ceiling
+                )
                 # The keepalive never dies: the next tick tries the refresh again (sooner
                 # than an interval, while the session lives), or, the session being gone,
                 # the next request's login starts it over; the outer recovery loop handles a
@@ -1259,7 +1268,10 @@ class LoginServiceAuth:
                     details["next"] = "retry on the next tick"
                     if current is session:
                         details["retry_in"] = round(
-                            self._retry_in(session, alive[1], http.clock.now()), 3
+                            self._retry_in(
+                                session, alive[1], http.clock.now(), rest_until=rest_until
+                            ),
+                            3,
                         )
                 elif refused:
                     details["next"] = "none: the keepalive waits for a successful login"
@@ -1278,20 +1290,28 @@ class LoginServiceAuth:
                     # as of now. A login that replaced it is timed from its own login.
                     alive = (session, http.clock.now())
 
-    def _retry_in(self, session: LoginSession, alive_at: float, now: float) -> float:
+    def _retry_in(
+        self, session: LoginSession, alive_at: float, now: float, *, rest_until: float = 0.0
+    ) -> float:
         """How long the keepalive waits before trying again a refresh that failed and kept
         ``session`` (last known alive at ``alive_at``): half the TTL it has left, so that a
         few tries fit before it expires, never more than :meth:`refresh_interval_for` it nor
         less than :data:`MIN_SESSION_REFRESH_INTERVAL` (no tight loop against a Login Service
         that is down). A whole interval when its TTL is unknown, or already over (a refresh
-        can no longer save it: the next one meets a 401 and logs in)."""
+        can no longer save it: the next one meets a 401 and logs in). Never sooner than
+        ``rest_until``, the clock time before which the Login Service asked for no other
+        request (a 429's or 503's ``Retry-After``, cut to the policy's
+        ``retry_after_ceiling``), but never past the session's expiry either: a refresh then
+        can no longer keep it, and its 401 logs in."""
         interval = self.refresh_interval_for(session)
+        rest = max(0.0, rest_until - now)
         if session.ttl is None:
-            return interval
+            return max(interval, rest)
         left = alive_at + session.ttl - now
         if left <= 0:
             return interval
-        return min(interval, max(MIN_SESSION_REFRESH_INTERVAL, left / 2.0))
+        wait = min(interval, max(MIN_SESSION_REFRESH_INTERVAL, left / 2.0))
+        return max(wait, min(rest, left))
 
     def _credentials(self, session: LoginSession) -> Credentials:
         cached = self._creds
