@@ -7,6 +7,8 @@ governs besides the run itself:
 - a Login Service that does not answer: the refresh ends at the run's deadline, where its
   schedule used to go on in the background (the refresh is a shared run, which the run's
   timeout does not cancel) long after the run had failed;
+- a caller's ``refresh()`` that joins the keepalive's refresh shares its one schedule (no
+  second one is sent beside it) and its outcome;
 - with a session shared by a fleet, a refresh that waited for another process's past its
   deadline sends nothing, and lets the fleet's lock go.
 
@@ -52,6 +54,33 @@ async def test_a_silent_login_service_is_not_refreshed_past_the_runs_deadline(
             await clock.sleep(INTERVAL - TIMEOUT - 10)
             assert sim.count("POST", "*/refresh") == 1, "nothing sent between the runs"
             assert task.running
+            await task.close()
+
+
+async def test_a_callers_refresh_joining_the_keepalives_shares_its_one_schedule(
+    clock: VirtualClock,
+) -> None:
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("down", Status(503), match=REFRESH))
+            await clock.sleep(INTERVAL + 1)
+            assert sim.count("POST", "*/refresh") == 1
+            caller = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(TIMEOUT)
+            assert caller.done()
+            # The keepalive's run: attempts at 0, 5 and 15 s, within its 30 s; the caller gets
+            # its outcome, an outage (the session kept), and no schedule of its own was sent.
+            error = caller.exception()
+            assert isinstance(error, RetriesExhausted)
+            assert error.status == 503
+            assert len(error.attempts) == 3
+            assert sim.count("POST", "*/refresh") == 3
+            assert task.failures == 1
+            assert auth.session is not None
             await task.close()
 
 

@@ -592,7 +592,10 @@ class LoginServiceAuth:
         broken connection) is raised as is, the session kept and never logged out (the
         keepalive logs it and tries again sooner than an interval while the session lives: see
         the module).
-        Concurrent callers share one refresh.
+        Concurrent callers share one refresh, its schedule and outcome included: one joined
+        while ``Engine.keepalive(CHAT_AGENT_API_REFRESH, ...)`` runs its refresh ends with
+        that run's, whose request has the run's timeout as its deadline (a 503 is tried at 0,
+        5 and 15 s, not also at 30 s), rather than sending a schedule of its own beside it.
         """
         return await self._refresh()
 
