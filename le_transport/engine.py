@@ -37,7 +37,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar, Unpack, overload
+from typing import Any, ClassVar, TypedDict, TypeVar, Unpack, overload
 
 import aiohttp
 import attrs
@@ -1949,7 +1949,14 @@ class _EngineKeepalive(KeepaliveTask):
     so (the error's type and its redacted text, which names the provider), reported as a
     ``keepalive_failed`` event with ``stopped=True``, and :attr:`error` (what :meth:`wait`
     returns) holds the ``EngineClosed``.
+
+    Its runs bound their request by the keepalive's ``timeout`` (its deadline, or the Login
+    Service refresh's), so the run's own bound waits :attr:`RUN_GRACE` (1 s) longer: a service
+    that hangs ends the run with the request's own give-up (a deadline passed in its attempt,
+    the keepalive's handled WARNING), not the backstop's bare TimeoutError at the same instant.
     """
+
+    RUN_GRACE: ClassVar[float] = 1.0
 
     def __init__(
         self,

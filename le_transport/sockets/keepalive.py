@@ -736,6 +736,12 @@ class KeepaliveTask:
     #: fetched from the Domain API (``DEFAULT_CSDS_TTL``), so that a bad map such a provider
     #: holds is fetched again before the schedule gives up on it.
     STOP_AFTER_SECONDS: ClassVar[float] = 600.0
+    #: How much longer than the keepalive's ``timeout`` a run may take before it is cut: none
+    #: here. An action that bounds itself by that timeout (the engine's runs give their
+    #: request it as its deadline) is given a moment more (:class:`Engine.keepalive`'s runs:
+    #: 1 s), so that its own give-up, which says what the service did, ends the run rather
+    #: than this backstop's bare TimeoutError at the same instant.
+    RUN_GRACE: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -939,7 +945,7 @@ class KeepaliveTask:
             # What the action itself raised: anything else out of the block but the timeout is
             # the clock's (its sleep failed, and the run was cut short for it).
             own: Exception | None = None
-            timeout = timeout_after(self._clock, self._policy.timeout)
+            timeout = timeout_after(self._clock, self._policy.timeout + self.RUN_GRACE)
             try:
                 async with timeout:
                     try:
