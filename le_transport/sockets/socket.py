@@ -411,6 +411,7 @@ class ResilientSocket:
         "_ended",
         "_error",
         "_escalate",
+        "_flushing",
         "_handling",
         "_hooks",
         "_inbox",
@@ -513,6 +514,9 @@ class ResilientSocket:
         # Whether the current (or last) connection became ready: only such a connection can
         # count as healthy (one whose on_connect failed never served the caller).
         self._readied = False
+        # Whether the current connection's on_connect callbacks are done and its queue is
+        # being flushed (the callbacks' tasks lose their straight-out sends then).
+        self._flushing = False
         self._owner: asyncio.Task[None] | None = None
         # The task running the on_connect callbacks of the current connection, if any.
         self._setup: asyncio.Task[None] | None = None
@@ -729,7 +733,8 @@ class ResilientSocket:
         above. Sends made while this connection's ``on_connect``
         callbacks run, by them or by tasks they started, go straight out ahead of the queue
         (lost with the connection: :class:`SocketClosed`, as the callbacks run again on the
-        next one); once the callbacks are done, such a task sends as any other.
+        next one); once the callbacks are done, such a task sends as any other (queued behind
+        what the flush of the queue has still to send).
 
         Raises :class:`~le_transport.errors.SocketQueueFull` when the queue is full,
         :class:`SocketClosed` when the socket is closed, and
@@ -1130,10 +1135,12 @@ class ResilientSocket:
                 self._subscribers.discard(queue)
 
     def _setting_up(self) -> bool:
-        """Whether the current connection's ``on_connect`` callbacks (and the queue after
-        them) are still running: the only time their sends go straight out."""
+        """Whether the current connection's ``on_connect`` callbacks are still running: the
+        only time their sends go straight out. Not once the queue after them is being
+        flushed: a task a callback started then sends as any other, behind the queue (straight
+        out, it went out in the middle of what was sent before it)."""
         setup = self._setup
-        return setup is not None and not setup.done()
+        return setup is not None and not self._flushing and not setup.done()
 
     def _runs_callbacks_in(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether ``task`` runs this socket's callbacks (the owner runs ``on_frame``, a task of
@@ -1454,7 +1461,7 @@ class ResilientSocket:
         opened_at = self._clock.now()
         self._last_activity = self._last_sent = opened_at
         self._conn, self._ended = conn, None
-        self._readied = False
+        self._readied = self._flushing = False
         self._emit("open", epoch=epoch)
         setup: asyncio.Task[None] | None = None
         read_end: Disconnect | None = None
@@ -1752,6 +1759,8 @@ class ResilientSocket:
         if self._ended is None and self._conn is conn:
             # Not a connection left behind: callbacks that outlived their cancellation (past
             # TIDY_UP_GRACE) must not flush the queue to it nor make it ready.
+            # The callbacks are done: the sends of the tasks they started queue from here on.
+            self._flushing = True
             await self._open_up(conn, epoch)
 
     def _not_awaitable(self, conn: Connection, callback: OnConnect, result: object) -> None:
