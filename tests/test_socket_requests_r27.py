@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from le_transport.sockets import SocketOptions
+from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.sockets.dial import Connection
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -67,3 +67,45 @@ async def test_a_task_started_by_on_connect_sends_behind_the_queue_once_the_call
     # Sent after the three queued ones, it goes out after them, never in the middle.
     assert received == ["queued-0", "queued-1", "queued-2", "background"]
     assert outcome == [False]  # queued behind the flush, as any send before the socket is ready
+
+
+# -- an answer read in the same turn as the request's timeout fires is the caller's -------------
+
+
+async def test_an_answer_read_as_the_timeout_fires_is_returned_not_lost(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer is read exactly at the deadline, just before the timeout fires in the same turn
+    # of the loop: the request was answered within its timeout, and the answer, taken off the
+    # pending requests, must reach its caller (a timeout then, and the caller of a
+    # non-idempotent request sends it again, though it was done and answered).
+    real = ResilientSocket._dispatch
+    held: list[tuple[str, int]] = []
+
+    async def dispatch(self: ResilientSocket, text: str, epoch: int) -> None:
+        if '"reqId"' in text and "GetClock" in text:
+            held.append((text, epoch))  # read; handed over at the deadline, below
+            return
+        await real(self, text, epoch)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        monkeypatch.setattr(ResilientSocket, "_dispatch", dispatch)
+
+        async def at_the_deadline() -> None:
+            # Its sleep is queued before the request's timeout, for the same instant: woken
+            # first, it hands the answer over in the turn the timeout fires.
+            await clock.sleep(5)
+            assert held, "the answer did not come before the deadline"
+            text, epoch = held.pop()
+            await real(ws, text, epoch)
+
+        deliver = asyncio.create_task(at_the_deadline())
+        try:
+            answer = await ws.request(".GetClock", timeout=5)
+        finally:
+            await deliver
+            await ws.close()
+    assert answer["code"] == 200
+    assert "currentTime" in answer["body"]

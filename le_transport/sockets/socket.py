@@ -768,7 +768,9 @@ class ResilientSocket:
         leaves the queue: it is never sent late, and no longer counts against ``max_queued``.
 
         Raises :class:`SocketRequestTimeout` when no answer came within ``timeout`` seconds
-        (default: the options' ``request_timeout``; the time spent queued counts),
+        (default: the options' ``request_timeout``; the time spent queued counts; an answer
+        read by then is returned, even one read in the turn the time ran out, or while the
+        request's own write still waited for the peer to take the buffer),
         :class:`SocketClosed` when the connection it went out on was lost (it may or may not
         have been processed: retry if that is safe) or the socket closed, and
         :class:`SocketRequestError` when the answer's ``code`` is a number of 400 or more, an
@@ -823,9 +825,16 @@ class ResilientSocket:
                 answer = await fut
             answered = True
         except TimeoutError:
-            raise SocketRequestTimeout(
-                f"no answer to {type!r} (id {request_id}) within {limit:g} s"
-            ) from None
+            if not (fut.done() and not fut.cancelled() and fut.exception() is None):
+                raise SocketRequestTimeout(
+                    f"no answer to {type!r} (id {request_id}) within {limit:g} s"
+                ) from None
+            # Answered in the turn the time ran out (read before the timeout fired, its
+            # caller not yet woken): the answer came in time and was taken off the pending
+            # requests, so it is this caller's. Lost here, the caller of a request that was
+            # done (a publish) was told none came, and may send it again.
+            answer = fut.result()
+            answered = True
         finally:
             if not answered:
                 self._pending.discard(request_id)
