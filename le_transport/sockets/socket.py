@@ -652,7 +652,8 @@ class ResilientSocket:
         """Close for good: no reconnect. Idempotent.
 
         Requests still waiting fail with :class:`SocketClosed`. Returns the messages that were
-        still queued (never sent) — they are also logged — so that nothing goes silently.
+        still queued (never sent), so that nothing goes silently; how many is logged (WARNING),
+        never their text, which may carry a credential.
         Called from an ``on_frame`` handler (which the socket's own task runs) or an
         ``on_connect`` callback, it returns at once with the queue as it stands, and the socket
         closes when the handler returns (a callback is cancelled at its next await). A
