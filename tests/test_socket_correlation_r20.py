@@ -181,7 +181,7 @@ async def test_a_timed_out_request_started_by_on_connect_does_not_leave_the_sock
 
     async def on_connect(sock: Any) -> None:
         # README: a task an on_connect callback starts and does not wait for "may request as
-        # it likes". Its request, a second later, goes straight out while the queue is flushed.
+        # it likes". Its request, a second later (the callbacks done), queues behind the flush.
         async def later() -> Any:
             await clock.sleep(1)
             return await sock.request(".bg", big, timeout=5)
