@@ -84,13 +84,15 @@ schedule's last pause, nor than the longest pause the failed call actually took 
 ``Retry-After`` honoured up to its ceiling, a per-call ``retry=`` schedule), nor than a
 ``Retry-After`` one of its answers asked for (up to the call's own ceiling, its ``retry=``
 policy's when it has one, else the request schedule's; the one that ended the schedule
-included, which no pause of the call waited for). A call that joins a round in progress (or
-that a round ended while it failed) was not asked when its pause was planned: once the round
-is through, it waits alone what is left of its own longest pause or ask, counted from its
-failure, before it runs again (the other calls of the round are not held up, no re-login is
-added; past its deadline it gives up at once with ``RecoveryFailed``, as it joins when its ask
-already ends at or past the deadline then: it keeps no round alive for a re-login nobody
-uses). An episode ends
+included, which no pause of the call waited for). Such a floor above the policy's drawn pause
+is spread above by up to the policy's jitter, as the request schedule spreads a ``Retry-After``
+(a fleet told one ``Retry-After`` does not re-login at one instant). A call that joins a round
+in progress (or that a round ended while it failed) was not asked when its pause was planned:
+once the round is through, it waits alone what is left of its own longest pause or ask, counted
+from its failure, before it runs again (the other calls of the round are not held up, no
+re-login is added; past its deadline it gives up at once with ``RecoveryFailed``, as it joins
+when its ask already ends at or past the deadline then: it keeps no round alive for a re-login
+nobody uses). An episode ends
 when a call that went through it succeeds, when the loop gives up, or when the last call that
 went through it ends with any other error (a 404 after the re-login, a cancellation): the next
 failure starts afresh. A call that succeeds while a later round of the episode is in progress
@@ -147,7 +149,7 @@ from .middleware.context import (
     provider_failed,
     safe_cause,
 )
-from .policies._validate import finite_number, shown
+from .policies._validate import clamp_draw, finite_number, shown
 from .policies.backoff import BackoffPolicy
 from .policies.retry import RetryPolicy
 from .providers._http import emit_state
@@ -1159,8 +1161,15 @@ class Recovery:
         # shorter than the request schedule's last (the guide: "a longer interval than the
         # previous one"), nor than what the failed call actually waited: a Retry-After it
         # honoured, or a schedule of its own (retry=) longer than the engine's; nor than the
-        # Retry-After of the answer that ended its schedule.
-        pause = max(pause, self._last_pause, self._request_policy.last_pause, taken)
+        # Retry-After of the answer that ended its schedule. Such a floor above the drawn pause
+        # is spread above by up to the policy's jitter (the draw's share of it), as the request
+        # schedule spreads a Retry-After above the ask: taken as it is, every client of a
+        # fleet told the same Retry-After re-logged in at the one instant it named.
+        least = max(self._request_policy.last_pause, taken)
+        if pause < least:
+            spread = least * (1.0 + self._policy.jitter * clamp_draw(draw))
+            pause = spread if math.isfinite(spread) else least
+        pause = max(pause, self._last_pause)
         deadline = self._policy.deadline
         sleep = self._wait_for(pause, waited, taken)
         if deadline is not None and elapsed + sleep > deadline:
