@@ -21,10 +21,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import quote
 
 from yarl import URL
@@ -82,7 +83,9 @@ def normalized_parameters(params: Iterable[tuple[str, str]]) -> str:
 
 
 def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str]]) -> str:
-    """RFC 5849 3.4.1: ``METHOD&uri&params``, each part percent-encoded.
+    """RFC 5849 3.4.1: ``METHOD&uri&params``: the method upper-cased as it is (3.4.1.1 does not
+    encode it: ``M!SEARCH``, never ``M%21SEARCH``), the base string URI and the normalised
+    parameters percent-encoded.
 
     ``params`` are the protocol parameters and any form body parameters; the URL's own query
     parameters are added here (decoded first, as the RFC says).
@@ -90,7 +93,7 @@ def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str
     query = list(url.query.items())
     return "&".join(
         (
-            percent_encode(method.upper()),
+            method.upper(),
             percent_encode(base_string_uri(url)),
             percent_encode(normalized_parameters([*query, *params])),
         )
@@ -119,6 +122,11 @@ def _require(ok: bool, field: str, what: str, value: object) -> None:
         )
 
 
+#: RFC 9110 5.6.2's token: what an HTTP method may be. RFC 5849 3.4.1.1 puts the method in the
+#: base string unencoded, so only these characters can be signed (and sent).
+_METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def _check_signable(method: object, url: object) -> None:
     _require(
         isinstance(method, str) and bool(method) and utf8_encodable(method),
@@ -126,6 +134,11 @@ def _check_signable(method: object, url: object) -> None:
         "the method",
         method,
     )
+    if _METHOD_TOKEN.fullmatch(cast(str, method)) is None:
+        raise ConfigurationError(
+            "OAuth1Signer.header: the method must be an HTTP method token (ASCII letters, "
+            "digits and !#$%&'*+.^_`|~-, as 'GET'); the value is not shown"
+        )
     # A relative URL is allowed: Engine.login() asks for credentials for URL("/").
     if not isinstance(url, URL):
         raise ConfigurationError(
@@ -254,8 +267,9 @@ class OAuth1Signer:
     ) -> str:
         """The ``Authorization`` header value, on one line (the guide's Step 7 form).
 
-        Arguments it cannot sign (a method that is not a str, a URL that is not a
-        :class:`~yarl.URL`, pairs that are not two str) raise :class:`ConfigurationError`.
+        Arguments it cannot sign (a method that is not a str or not an HTTP method token, a
+        URL that is not a :class:`~yarl.URL`, pairs that are not two str) raise
+        :class:`ConfigurationError`.
         """
         _check_signable(method, url)  # before a nonce is made for it
         if nonce is None:
