@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
+import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,8 @@ from yarl import URL
 from le_transport.errors import ConfigurationError
 from le_transport.providers import OAuth1Signer
 from le_transport.providers.oauth1 import signature_base_string
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_APP_KEY, Simulator
 from le_transport.testing.simulator import oauth1 as verifier
 
 KEY, SECRET, TOKEN, TOKEN_SECRET = "ck-r27", "cs r27&+", "tk-r27", "ts/r27="
@@ -191,3 +194,48 @@ def test_a_method_that_is_no_http_token_is_a_configuration_error_not_shown(metho
             getattr(signer, kind)(method, url, nonce="n", timestamp="1")
         assert TOKEN not in str(caught.value)
         assert method not in str(caught.value)
+
+
+USERS = f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users"
+
+
+@pytest.fixture
+async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
+    async with Simulator(clock=clock) as s:
+        yield s
+
+
+def _header_without(url: URL, nonce: str | None) -> str:
+    """A header signed correctly (by the verifier's own signer) whose nonce is ``nonce``, or
+    absent when None."""
+    k = DEFAULT_APP_KEY
+    params = {
+        "oauth_consumer_key": k.key,
+        "oauth_token": k.access_token,
+        "oauth_signature_method": "HMAC-SHA1",
+        "oauth_timestamp": "1700000000",
+        "oauth_version": "1.0",
+    }
+    if nonce is not None:
+        params["oauth_nonce"] = nonce
+    base = verifier.signature_base_string(
+        "GET", url.with_query(None), [*params.items(), *url.query.items()]
+    )
+    params["oauth_signature"] = verifier.sign(base, k.secret, k.access_token_secret)
+    return "OAuth " + ", ".join(f'{n}="{verifier.percent_encode(v)}"' for n, v in params.items())
+
+
+@pytest.mark.parametrize("nonce", [None, ""])
+async def test_the_simulator_refuses_a_signature_without_a_nonce(
+    sim: Simulator, nonce: str | None
+) -> None:
+    """RFC 5849 3.1: ``oauth_nonce`` is REQUIRED with HMAC-SHA1, and 3.2/3.3 have the server
+    refuse a nonce/timestamp/token it has seen: a header without one (or with an empty one)
+    was accepted, so a client that never sent a nonce passed every test against the
+    simulator and would be refused by LiveEngage's gateway. A good nonce still passes."""
+    url = URL(f"{sim.url}{USERS}").with_query({"v": "4.0"})
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async with http.get(url, headers={"Authorization": _header_without(url, nonce)}) as r:
+            assert r.status == 401
+        async with http.get(url, headers={"Authorization": _header_without(url, "n-4")}) as r:
+            assert r.status == 200

@@ -1638,6 +1638,10 @@ class Simulator:
         stamp = params.get("oauth_timestamp", "")
         if not _is_decimal(stamp):
             return False  # RFC 5849 §3.3: a positive integer, in decimal
+        if not params.get("oauth_nonce"):
+            # RFC 5849 §3.1: REQUIRED with HMAC-SHA1 (only PLAINTEXT may omit it), and §3.3's
+            # replay check has nothing to hold a request without one to.
+            return False
         window = self.config.oauth1_timestamp_window
         if window is not None:
             try:
