@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from le_transport.errors import ConfigurationError
-from le_transport.providers import OAuth1Signer
+from le_transport.providers import OAuth1Auth, OAuth1Signer, StaticDomains
 from le_transport.providers.oauth1 import signature_base_string
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_APP_KEY, Simulator
 from le_transport.testing.simulator import oauth1 as verifier
+from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET
+from tests.test_providers import ACCOUNT, APP_KEY, make_sim, sim_engine
 
 KEY, SECRET, TOKEN, TOKEN_SECRET = "ck-r27", "cs r27&+", "tk-r27", "ts/r27="
 
@@ -197,6 +199,7 @@ def test_a_method_that_is_no_http_token_is_a_configuration_error_not_shown(metho
 
 
 USERS = f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users"
+PROVIDER_USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
 
 
 @pytest.fixture
@@ -239,3 +242,22 @@ async def test_the_simulator_refuses_a_signature_without_a_nonce(
             assert r.status == 401
         async with http.get(url, headers={"Authorization": _header_without(url, "n-4")}) as r:
             assert r.status == 200
+
+
+@pytest.mark.parametrize("host", ["Other.Example", "127.0.0.1", "other.example:8080"])
+async def test_a_request_with_its_own_host_header_is_signed_over_that_host(
+    clock: VirtualClock, host: str
+) -> None:
+    """RFC 5849 3.4.1.2: the base string URI's host and port are the Host header's, which is
+    what the gateway verifies. A request given its own Host header was signed over the URL's
+    host (even one that only dropped the port): refused twice, an AuthenticationError."""
+    auth = OAuth1Auth(APP_KEY, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
+    async with (
+        make_sim(clock) as simulator,
+        sim_engine(simulator, clock, domains=StaticDomains(simulator.domains), auth=auth) as engine,
+    ):
+        resp = await engine.request(
+            "GET", "accountConfigReadOnly", PROVIDER_USERS, headers={"Host": host}
+        )
+        assert resp.status == 200
+        assert simulator.count("GET", PROVIDER_USERS) == 1

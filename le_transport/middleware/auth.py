@@ -39,7 +39,9 @@ It sits outside the retry middleware (once per logical call, and once per redire
   retry loop, through the call context, a way to sign the same request again over the same
   form, and the loop uses it before every attempt after the first. A retry sent with the first
   attempt's nonce would be refused as a replay by a gateway that already saw it (RFC 5849 3.3).
-  A bearer is put on once per call and sent as is on every attempt.
+  A bearer is put on once per call and sent as is on every attempt. Such a provider (and a
+  body-signing one) is handed the URL the server rebuilds: a request that carries its own
+  ``Host`` header is signed over that host and port (RFC 5849 3.4.1.2), not the URL's.
 
 - A provider that fails with an exception of its own, not a
   :class:`~le_transport.errors.TransportError` (a bug in a provider of the caller's, an answer
@@ -149,6 +151,25 @@ def charset_of(content_type: str) -> str | None:
         if name.strip().lower() == "charset":
             return value.strip().strip('"') or None
     return None
+
+
+def _as_host_sees_it(request: ClientRequest) -> URL:
+    """``request.url`` with the authority of the request's own ``Host`` header, if it has one
+    (the URL's otherwise, or when the header is no authority yarl takes)."""
+    url = request.url
+    host = request.headers.get(hdrs.HOST)
+    if host is None or not url.is_absolute():
+        return url
+    try:
+        return URL.build(
+            scheme=url.scheme,
+            authority=host.strip(),
+            path=url.raw_path,
+            query_string=url.raw_query_string,
+            encoded=True,
+        )
+    except (ValueError, TypeError):
+        return url
 
 
 def form_charset(content_type: str) -> str | None:
@@ -511,11 +532,18 @@ class AuthMiddleware:
     ) -> Credentials:
         ctx = current_call()
         try:
+            # A signer signs the URL as the server rebuilds it: host and port from the Host
+            # header the request carries (RFC 5849 3.4.1.2), the caller's own if it set one.
+            url = (
+                _as_host_sees_it(request)
+                if self._signs_each_request or self._signs_forms
+                else request.url
+            )
             if form is None:
-                step = self.auth.credentials(method, request.url)
+                step = self.auth.credentials(method, url)
             else:
                 signer = cast(BodySigningAuth, self.auth)
-                step = signer.credentials_for_form(method, request.url, form)
+                step = signer.credentials_for_form(method, url, form)
             if ctx is None or ctx.retry is None or ctx.retry.deadline is None:
                 creds = await step
             else:
