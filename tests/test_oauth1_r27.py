@@ -208,17 +208,18 @@ async def sim(clock: VirtualClock) -> AsyncIterator[Simulator]:
         yield s
 
 
-def _header_without(url: URL, nonce: str | None) -> str:
+def _header_without(url: URL, nonce: str | None, version: str | None = "1.0") -> str:
     """A header signed correctly (by the verifier's own signer) whose nonce is ``nonce``, or
-    absent when None."""
+    absent when None, and whose ``oauth_version`` is ``version`` (absent when None)."""
     k = DEFAULT_APP_KEY
     params = {
         "oauth_consumer_key": k.key,
         "oauth_token": k.access_token,
         "oauth_signature_method": "HMAC-SHA1",
         "oauth_timestamp": "1700000000",
-        "oauth_version": "1.0",
     }
+    if version is not None:
+        params["oauth_version"] = version
     if nonce is not None:
         params["oauth_nonce"] = nonce
     base = verifier.signature_base_string(
@@ -261,3 +262,20 @@ async def test_a_request_with_its_own_host_header_is_signed_over_that_host(
         )
         assert resp.status == 200
         assert simulator.count("GET", PROVIDER_USERS) == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "status"), [(None, 200), ("1.0", 200), ("2.0", 401), ("", 401)]
+)
+async def test_the_simulator_takes_oauth_version_only_as_1_0_or_absent(
+    sim: Simulator, version: str | None, status: int
+) -> None:
+    """RFC 5849 3.1: ``oauth_version`` is OPTIONAL, and if present MUST be "1.0". A header
+    naming another version was verified like a 1.0 one."""
+    url = URL(f"{sim.url}{USERS}")
+    header = _header_without(url, f"n-v-{version}", version)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+        http.get(url, headers={"Authorization": header}) as r,
+    ):
+        assert r.status == status

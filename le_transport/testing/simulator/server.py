@@ -1624,6 +1624,8 @@ class Simulator:
             return False
         if params.get("oauth_signature_method") != "HMAC-SHA1":
             return False
+        if params.get("oauth_version", "1.0") != "1.0":
+            return False  # RFC 5849 §3.1: OPTIONAL, and if present MUST be "1.0"
         key = next(
             (
                 k
