@@ -69,8 +69,8 @@ def _rfc_signature(
     normalised = "&".join(
         f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in [*pairs, *oauth, *body])
     )
-    # 3.4.1.1: the method in upper case, as it is (not encoded); the URI and parameters encoded.
-    base = f"{method.upper()}&{_encode(f'{scheme}://{host}{path}')}&{_encode(normalised)}"
+    # 3.4.1.1: the method in upper case, encoded ("a custom HTTP method MUST be encoded").
+    base = f"{_encode(method.upper())}&{_encode(f'{scheme}://{host}{path}')}&{_encode(normalised)}"
     key = f"{_encode(SECRET)}&{_encode(TOKEN_SECRET)}"
     return base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest()).decode()
 
@@ -138,14 +138,13 @@ def test_an_already_encoded_query_is_signed_as_the_rfc_decodes_it(
 
 
 @pytest.mark.parametrize("method", ["M!SEARCH", "X*Y", "A+B", "GET'", "PATCH"])
-def test_the_method_enters_the_base_string_as_it_is_not_percent_encoded(method: str) -> None:
-    """RFC 5849 3.4.1.1: the base string starts with the method in upper case, unencoded (only
-    the base string URI and the parameters are encoded). A method holding a token character
-    outside the unreserved set ('!', '*', '+', "'") was encoded by the signer but not by the
-    verifier: a valid signature, refused."""
+def test_the_method_enters_the_base_string_percent_encoded(method: str) -> None:
+    """RFC 5849 3.4.1.1: the base string starts with the method in upper case, and a custom
+    method "MUST be encoded (Section 3.6)". A method holding a token character outside the
+    unreserved set ('!', '*', '+', "'") is signed and verified encoded."""
     url = URL("https://va.example.net/api/x?v=1")
     signer = _signer()
-    assert signature_base_string(method, url, []).startswith(f"{method}&https%3A%2F%2F")
+    assert signature_base_string(method, url, []).startswith(f"{_encode(method)}&https%3A%2F%2F")
     header = signer.header(method.lower(), url, nonce="n-2", timestamp="1")
     oauth = signer.protocol_params(nonce="n-2", timestamp="1")
     assert verifier.parse_oauth_header(header)["oauth_signature"] == _rfc_signature(
@@ -187,7 +186,7 @@ def test_any_query_and_form_agree_with_the_rfc_and_the_verifier(
 
 @pytest.mark.parametrize("method", ["G\u00c9T", "GET POST", "GET\r\nX", "(GET)"])
 def test_a_method_that_is_no_http_token_is_a_configuration_error_not_shown(method: str) -> None:
-    """A method the base string cannot carry unencoded (not an RFC 9110 token) is refused as
+    """A method that is no RFC 9110 token (no request can be sent with it) is refused as
     bad input, never a UnicodeEncodeError quoting the base string (which holds the token)."""
     signer = _signer()
     url = URL("https://va.example.net/api/x")

@@ -83,9 +83,9 @@ def normalized_parameters(params: Iterable[tuple[str, str]]) -> str:
 
 
 def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str]]) -> str:
-    """RFC 5849 3.4.1: ``METHOD&uri&params``: the method upper-cased as it is (3.4.1.1 does not
-    encode it: ``M!SEARCH``, never ``M%21SEARCH``), the base string URI and the normalised
-    parameters percent-encoded.
+    """RFC 5849 3.4.1: ``METHOD&uri&params``, each part percent-encoded: the method upper-cased
+    (3.4.1.1: a custom method "MUST be encoded", ``M!SEARCH`` as ``M%21SEARCH``), the base
+    string URI and the normalised parameters.
 
     ``params`` are the protocol parameters and any form body parameters; the URL's own query
     parameters are added here (decoded first, as the RFC says).
@@ -93,7 +93,7 @@ def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str
     query = list(url.query.items())
     return "&".join(
         (
-            method.upper(),
+            percent_encode(method.upper()),
             percent_encode(base_string_uri(url)),
             percent_encode(normalized_parameters([*query, *params])),
         )
@@ -122,8 +122,8 @@ def _require(ok: bool, field: str, what: str, value: object) -> None:
         )
 
 
-#: RFC 9110 5.6.2's token: what an HTTP method may be. RFC 5849 3.4.1.1 puts the method in the
-#: base string unencoded, so only these characters can be signed (and sent).
+#: RFC 9110 5.6.2's token: what an HTTP method may be (ASCII only, so upper-casing it is
+#: aiohttp's own). Anything else is no request that can be sent, hence none to sign.
 _METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 

@@ -81,7 +81,7 @@ def parse_oauth_header(header: str) -> dict[str, str]:
 
 
 def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str]]) -> str:
-    """RFC 5849 §3.4.1: ``METHOD&enc(base URI)&enc(normalised parameters)``.
+    """RFC 5849 §3.4.1: ``enc(METHOD)&enc(base URI)&enc(normalised parameters)``.
 
     ``params`` holds every query, form-body and ``oauth_*`` parameter (decoded), except
     ``oauth_signature``.
@@ -89,7 +89,12 @@ def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str
     encoded = sorted((percent_encode(k), percent_encode(v)) for k, v in params)
     normalised = "&".join(f"{k}={v}" for k, v in encoded)
     return "&".join(
-        (method.upper(), percent_encode(base_string_uri(url)), percent_encode(normalised))
+        # §3.4.1.1: a custom method "MUST be encoded" too (M!SEARCH as M%21SEARCH).
+        (
+            percent_encode(method.upper()),
+            percent_encode(base_string_uri(url)),
+            percent_encode(normalised),
+        )
     )
 
 
