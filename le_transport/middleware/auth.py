@@ -41,7 +41,9 @@ It sits outside the retry middleware (once per logical call, and once per redire
   attempt's nonce would be refused as a replay by a gateway that already saw it (RFC 5849 3.3).
   A bearer is put on once per call and sent as is on every attempt. Such a provider (and a
   body-signing one) is handed the URL the server rebuilds: a request that carries its own
-  ``Host`` header is signed over that host and port (RFC 5849 3.4.1.2), not the URL's.
+  ``Host`` header is signed over that host and port (RFC 5849 3.4.1.2), not the URL's; a
+  header that is no host and port (userinfo, a path, a port out of range) is not taken, and
+  the request's URL is signed.
 
 - A provider that fails with an exception of its own, not a
   :class:`~le_transport.errors.TransportError` (a bug in a provider of the caller's, an answer
@@ -67,6 +69,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from typing import cast
 from urllib.parse import parse_qsl
@@ -153,23 +156,34 @@ def charset_of(content_type: str) -> str | None:
     return None
 
 
+#: A Host header's value as RFC 9110 7.2 has it: ``uri-host [":" port]``, an IP literal in
+#: brackets or a reg-name; no userinfo, path, query, fragment or whitespace.
+_HOST_HEADER = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
+
+
 def _as_host_sees_it(request: ClientRequest) -> URL:
     """``request.url`` with the authority of the request's own ``Host`` header, if it has one
-    (the URL's otherwise, or when the header is no authority yarl takes)."""
+    (the URL's otherwise, or when the header is no host and port: userinfo, a path, a query,
+    a port out of range)."""
     url = request.url
     host = request.headers.get(hdrs.HOST)
     if host is None or not url.is_absolute():
         return url
+    host = host.strip()
+    if _HOST_HEADER.fullmatch(host) is None:
+        return url
     try:
-        return URL.build(
+        built = URL.build(
             scheme=url.scheme,
-            authority=host.strip(),
+            authority=host,
             path=url.raw_path,
             query_string=url.raw_query_string,
             encoded=True,
         )
+        built.explicit_port  # noqa: B018 - yarl checks the port only when it is read
     except (ValueError, TypeError):
         return url
+    return built
 
 
 def form_charset(content_type: str) -> str | None:
