@@ -216,7 +216,10 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # list, so an api_key or a signature hidden in a URL is hidden in an error's text as well):
 # the name is a whole run (no backtracking into it: a long run costs one pass) and its
 # secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
-# name. The quotes around the name and the value may be escaped (``{\"password\": \"x\"}``:
+# name. A form's name may be bracketed (PHP's, Rails', qs': ``auth[password]=x``,
+# ``headers[Authorization]=Bearer%20x``, percent-encoded ``headers%5BAuthorization%5D=``): the
+# last name in its brackets is the field's (:func:`_bracketed_name`). The quotes around the
+# name and the value may be escaped (``{\"password\": \"x\"}``:
 # JSON held in a JSON string, as a truncated body shows it), and so may blanks around the
 # colon (``{\"password\":\n\"x\"}``; before it, two at most: each escape's letter starts
 # a run of its own, and a long run of them is read once). Not an auth scheme's name
@@ -225,7 +228,7 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # grammar (_AUTH_VALUE, _COOKIE_LINE, _COOKIE_VALUE): hidden whole, whatever its scheme or
 # its cookies' names.
 _FIELD = re.compile(
-    r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++)"
+    r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++(?:(?:\[|%5b)[a-z0-9_.-]*+(?:\]|%5d))*+)"
     r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+"
     r"(?:(?:\s|\\++[rnt])*+(?:\\*+[\"']|(?=\[)))?"
     r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
@@ -588,6 +591,16 @@ def _list_item(group: int) -> str:
 _AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_list_item(1)}{_list_item(3)})*+{_list_item(5)}")
 
 
+_BRACKET = re.compile(r"\[|\]|%5b|%5d")
+
+
+def _bracketed_name(name: str) -> str:
+    """The name a form's bracketed field gives its value (``name`` lower-cased): the last in
+    its brackets (``options[headers][x-api-key]``: "x-api-key", as PHP and qs read it), or
+    the name before them when they are empty (``password[]``)."""
+    return next((part for part in reversed(_BRACKET.split(name)) if part), name)
+
+
 def _hide_secret_fields(text: str, cut: bool = False) -> str:
     """``text`` with the value of each field whose name says secret hidden; one pass. When
     ``text`` is ``cut`` short of the text it is shown of (:func:`redact_cut`), a header
@@ -601,6 +614,9 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             continue
         name = match.group(1).lower()
         punctuation = match.group(2)
+        bracketed = name.endswith(("]", "%5d"))
+        if bracketed:
+            name = _bracketed_name(name)
         if (
             name[1:] == "value"
             and name[0] in "rnt"
@@ -659,7 +675,9 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             # '[("X-Api-Key", "x")]', a form's '[("password", "x")]').
             if not is_secret_header(name) or not _opens_pair(text, match.start(1)):
                 continue
-        elif kind is None and not any(part in name for part in _SECRET_NAME_PARTS):
+        elif kind is None and not (
+            is_secret_name(name) if bracketed else any(part in name for part in _SECRET_NAME_PARTS)
+        ):
             continue
         opener = punctuation[-1]
         shown = end = match.end()  # what is kept: up to the value, or up to its scheme's end

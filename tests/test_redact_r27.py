@@ -1,0 +1,53 @@
+"""Redaction: a form's bracketed names (PHP's, Rails', qs': ``headers[Authorization]=...``,
+``auth[password]=...``, percent-encoded as ``headers%5BAuthorization%5D=...``), a brace
+alone in a string between a header object's name and its value, a header object given as JSON
+escaped many times over, and a URL with a huge query.
+
+The credentials are those of ``tests/known_secrets.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from le_transport._redact import REDACTED, redact_cut, redact_text
+from tests.bounded_work import assert_bounded_work
+from tests.known_secrets import BEARER, PASSWORD, SESSION_ID
+
+# -- a form's bracketed names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"headers[Authorization]=Bearer%20{BEARER}&page=2",
+        f"headers%5BAuthorization%5D=Bearer%20{BEARER}&page=2",
+        f"headers%5bauthorization%5d=Token%20{BEARER}",
+        f"options[headers][X-Api-Key]={BEARER}&page=2",
+        f"auth[password]={PASSWORD}&auth[user]=bob",
+        f"user[pw]={PASSWORD}&page=2",
+        f"POST /session failed: 422 user[password]={PASSWORD}",
+        f"headers[Cookie]=LPSESSION={SESSION_ID}; theme=dark",
+        f'{{"headers[Authorization]": "Bearer {BEARER}"}}',
+        f"credentials[][password]={PASSWORD}",
+    ],
+)
+def test_a_bracketed_form_name_has_its_value_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown
+        assert PASSWORD not in shown
+        assert SESSION_ID not in shown
+        assert REDACTED in shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["page[size]=10&page[number]=2", "filter[status]=open", "sort[0]=name", "a[b][c]=d"],
+)
+def test_a_bracketed_plain_name_keeps_its_value(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_a_long_run_of_brackets_is_read_once() -> None:
+    text = "a[" * 50_000 + "password]=x" + "[a]" * 20_000 + "=" + "%5Ba" * 20_000
+    assert_bounded_work(lambda: redact_text(text))
