@@ -386,12 +386,17 @@ def _names_before(text: str, key: int) -> list[str]:
     """The names an object gives before its ``"value"`` key, which starts at ``key``: up to
     the object's brace, or to the previous object's value where no brace bounds it (the
     names may then be the previous object's, after its value: ``H(value='a',
-    name='Accept'), H(value=...``). A nested object between (``"meta": {"a": 1}``), or braces
-    in a string that balance (``"comment": "{x}"``), are passed over
+    name='Accept'), H(value=...``). A nested object between (``"meta": {"a": 1}``), braces
+    in a string that balance (``"comment": "{x}"``), and a brace that is a string's whole
+    text (``"note": "{"``, :func:`_lone_brace`), are passed over
     (:data:`_OBJECT_BOUND_BEFORE`)."""
     start = max(0, key - _NAMED_WINDOW)
     depth = 0
-    bounds = _OBJECT_BOUND_BEFORE.finditer(text[start:key][::-1])
+    bounds = (
+        bound
+        for bound in _OBJECT_BOUND_BEFORE.finditer(text[start:key][::-1])
+        if not _lone_brace(text, key - bound.start() - 1)
+    )
     for bound in itertools.islice(bounds, _BOUNDS_READ):
         token = bound.group()
         if token == "}":
@@ -410,7 +415,12 @@ def _names_after(text: str, close: int) -> list[str]:
     ``"value"``."""
     end = min(len(text), close + _NAMED_WINDOW)
     depth = 0
-    for bound in itertools.islice(_OBJECT_BOUND_AFTER.finditer(text, close, end), _BOUNDS_READ):
+    bounds = (
+        bound
+        for bound in _OBJECT_BOUND_AFTER.finditer(text, close, end)
+        if not _lone_brace(text, bound.start())
+    )
+    for bound in itertools.islice(bounds, _BOUNDS_READ):
         token = bound.group()
         if token == "{":
             depth += 1
@@ -433,7 +443,8 @@ def _braced_names(text: str, key: int, close: int | None) -> list[str]:
     the object's brace, unquoted keys give names too (Node's ``{ key: 'X-Api-Key', ... }``);
     where none bounds the window, quoted ones only (YAML's list items are not the object's)."""
     start = max(0, key - _NAMED_WINDOW)
-    brace = _object_brace(_BRACE.finditer(text[start:key][::-1]), "}")
+    braces = _BRACE.finditer(text[start:key][::-1])
+    brace = _object_brace((b for b in braces if not _lone_brace(text, key - b.start() - 1)), "}")
     if brace is None:
         names = [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, start, key)]
     else:
@@ -441,13 +452,32 @@ def _braced_names(text: str, key: int, close: int | None) -> list[str]:
     if close is None or any(is_secret_header(name) for name in names):
         return names
     end = min(len(text), close + _NAMED_WINDOW)
-    brace = _object_brace(_BRACE.finditer(text, close, end), "{")
+    braces = _BRACE.finditer(text, close, end)
+    brace = _object_brace((b for b in braces if not _lone_brace(text, b.start())), "{")
     if brace is None:
         return names + [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, close, end)]
     return names + _object_names(text, close, brace)
 
 
 _BRACE = re.compile(r"[{}]")
+
+
+def _lone_brace(text: str, at: int) -> bool:
+    """Whether the brace at ``text[at]`` (if any: a bound may be a "value" key) is a string's
+    whole text (``"note": "{"``, ``'}'``, ``\\"{\\"`` in a JSON string): in quotes alike on
+    both sides, as deep (as many backslashes before each), so no object's brace."""
+    quote = text[at - 1 : at]
+    if text[at : at + 1] not in ("{", "}") or quote not in ('"', "'"):
+        return False
+    after = at + 1
+    while text[after : after + 1] == "\\":
+        after += 1
+    if text[after : after + 1] != quote:
+        return False
+    before = at - 1
+    while before > 0 and text[before - 1] == "\\":
+        before -= 1
+    return at - 1 - before == after - at - 1
 
 
 def _object_brace(braces: Iterable[re.Match[str]], opener: str) -> int | None:

@@ -51,3 +51,39 @@ def test_a_bracketed_plain_name_keeps_its_value(text: str) -> None:
 def test_a_long_run_of_brackets_is_read_once() -> None:
     text = "a[" * 50_000 + "password]=x" + "[a]" * 20_000 + "=" + "%5Ba" * 20_000
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a brace alone in a string between a header object's name and its value -----------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"name": "Authorization", "note": "{{", "value": "Token {BEARER}"}}',
+        f'{{"name": "X-Api-Key", "note": "}}", "value": "{BEARER}"}}',
+        f'{{"value": "{BEARER}", "note": "}}", "name": "X-Api-Key"}}',
+        f'{{"value": "{BEARER}", "note": "{{", "name": "Authorization"}}',
+        f'[{{"name": "Cookie", "note": "{{", "value": "LPSESSION={SESSION_ID}"}}]',
+        f"{{ name: 'password', note: '{{', value: '{PASSWORD}' }}",
+        f"Header(name='X-Api-Key', note='}}', value='{BEARER}')",
+        f'{{\\"name\\": \\"X-Api-Key\\", \\"note\\": \\"{{\\", \\"value\\": \\"{BEARER}\\"}}',
+    ],
+)
+def test_a_lone_brace_in_a_string_does_not_bound_a_header_object(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown
+        assert PASSWORD not in shown
+        assert SESSION_ID not in shown
+
+
+def test_a_lone_brace_keeps_a_neighbour_s_plain_value() -> None:
+    text = (
+        '[{"name": "Authorization", "value": "x"}, '
+        '{"name": "Accept", "note": "{", "value": "application/json"}]'
+    )
+    assert "application/json" in redact_text(text)
+
+
+def test_many_lone_braces_are_read_once() -> None:
+    text = '"value": "x", "n": "{", ' * 5_000
+    assert_bounded_work(lambda: redact_text(text))
