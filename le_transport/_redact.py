@@ -893,13 +893,22 @@ def redact_path(path: str) -> str:
     return "/".join(segments)
 
 
+#: How much of a URL's query (as sent, percent-encoded) :func:`redact_url` reads and shows:
+#: four times a request line most servers take (8 KB), so that any URL a server answered is
+#: shown whole, and one of megabytes (a caller's own) costs what 32 KB does.
+URL_QUERY_LIMIT = 32_768
+
+
 def redact_url(url: URL | str) -> str:
     """The URL with userinfo dropped, secret query values and in-path bearers replaced.
 
     The query is shown decoded (``q=café``, ``sort=key:asc``), but for a character that is
     not printable (a CR, LF or any other control character, a line or paragraph separator),
     which stays percent-encoded as it was sent (``%0D%0A``): a query value taken from outside
-    cannot start a line of its own in a log or an error message."""
+    cannot start a line of its own in a log or an error message. A query longer than
+    :data:`URL_QUERY_LIMIT` (as sent) is shown up to the last of its items that ends within
+    it, then ``&…``: an item is shown whole or not at all (never half a credential), and a
+    URL of any length costs what one of that limit does."""
     try:
         u = url if isinstance(url, URL) else URL(url)
     except (ValueError, TypeError):
@@ -907,10 +916,20 @@ def redact_url(url: URL | str) -> str:
     if u.user is not None or u.password is not None:
         u = u.with_user(None)
     path = redact_path(u.raw_path)
+    cut = len(u.raw_query_string) > URL_QUERY_LIMIT
+    items: Iterable[tuple[str, str]] = ()
+    if not cut:
+        items = u.query.items()
+    elif (end := u.raw_query_string.rfind("&", 0, URL_QUERY_LIMIT + 1)) > 0:
+        # Only the items that end within the limit are read (the rest is never decoded).
+        raw = u.raw_query_string[:end]
+        items = URL.build(query_string=raw, encoded=True).query.items()
     query = "&".join(
         f"{_printable(k)}={REDACTED if is_secret_name(k) else _printable(_query_value(v))}"
-        for k, v in u.query.items()
+        for k, v in items
     )
+    if cut:
+        query = f"{query}&…" if query else "…"
     origin = f"{u.scheme}://{u.raw_authority}" if u.is_absolute() else ""
     return f"{origin}{path}" + (f"?{query}" if query else "")
 

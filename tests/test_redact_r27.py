@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from le_transport._redact import REDACTED, redact_cut, redact_text
+from le_transport._redact import REDACTED, URL_QUERY_LIMIT, redact_cut, redact_text, redact_url
 from tests.bounded_work import assert_bounded_work
 from tests.known_secrets import BEARER, PASSWORD, SESSION_ID
 
@@ -87,3 +87,46 @@ def test_a_lone_brace_keeps_a_neighbour_s_plain_value() -> None:
 def test_many_lone_braces_are_read_once() -> None:
     text = '"value": "x", "n": "{", ' * 5_000
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a URL with a huge query ------------------------------------------------------------------
+
+
+def test_a_huge_query_is_shown_cut_at_an_item_s_end() -> None:
+    items = [f"a{i}=b{i}" for i in range(1_000_000)]
+    url = "https://h.example/p?" + "&".join(items)  # ~11 MB
+    url += f"&access_token={BEARER}&q=Bearer%20{BEARER}"
+    shown: list[str] = []
+    assert_bounded_work(lambda: shown.append(redact_url(url)))
+    assert len(shown[0]) <= URL_QUERY_LIMIT + 100
+    assert shown[0].startswith("https://h.example/p?a0=b0&a1=b1&")
+    assert shown[0].endswith("&…")
+    assert BEARER not in shown[0]
+    # Every item shown is whole: the last before the cut is one of the query's own.
+    last = shown[0].removesuffix("&…").rpartition("&")[2]
+    assert last in items
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q=" + "Bearer%20" + "x" * 50_000 + f"&token={BEARER}",
+        f"a=1&q={'x' * (URL_QUERY_LIMIT - 20)}Bearer%20{BEARER}{'y' * 40_000}",
+        "p=" + "a" * 100 + f"&password={BEARER}" + "&b=c" * 20_000,
+    ],
+)
+def test_a_huge_query_never_shows_a_credential(query: str) -> None:
+    shown = redact_url("https://h.example/p?" + query)
+    assert BEARER not in shown
+    assert len(shown) <= URL_QUERY_LIMIT + 100
+
+
+def test_a_query_within_the_limit_is_shown_whole() -> None:
+    query = "&".join(f"k{i}=v{i}" for i in range(2_000))
+    assert len(query) < URL_QUERY_LIMIT
+    assert redact_url(f"https://h.example/p?{query}") == f"https://h.example/p?{query}"
+
+
+def test_a_huge_single_item_is_not_shown() -> None:
+    shown = redact_url("https://h.example/p?q=" + "x" * 100_000)
+    assert shown == "https://h.example/p?…"
