@@ -352,6 +352,9 @@ _QUOTED_NAME_FIELD = re.compile(
     r"(?:\s|\\++[rnt])*+\\*+[\"']([^\"'\\\s]{1,64}+)\\*+[\"']"
 )
 _NAMED_WINDOW = 256
+#: How many escapes of a "value" field's quote widen its windows (8 characters each: the keys
+#: around it are escaped alike): JSON held in JSON 12 levels deep, 2047 backslashes a quote.
+_NAMED_WINDOW_ESCAPES = 2047
 #: Which of a value's secret names reads it (:func:`_hide_secret_fields`): a cookie header's
 #: grammar takes the most, then an authorization's, then a plain field's.
 _NAMED_KIND_ORDER = {"cookie": 0, "authorization": 1, None: 2}
@@ -382,7 +385,7 @@ def _object_names(text: str, start: int, end: int) -> list[str]:
     return [found.group(1) or found.group(2) for found in _NAME_FIELD.finditer(text, start, end)]
 
 
-def _names_before(text: str, key: int) -> list[str]:
+def _names_before(text: str, key: int, window: int = _NAMED_WINDOW) -> list[str]:
     """The names an object gives before its ``"value"`` key, which starts at ``key``: up to
     the object's brace, or to the previous object's value where no brace bounds it (the
     names may then be the previous object's, after its value: ``H(value='a',
@@ -390,7 +393,7 @@ def _names_before(text: str, key: int) -> list[str]:
     in a string that balance (``"comment": "{x}"``), and a brace that is a string's whole
     text (``"note": "{"``, :func:`_lone_brace`), are passed over
     (:data:`_OBJECT_BOUND_BEFORE`)."""
-    start = max(0, key - _NAMED_WINDOW)
+    start = max(0, key - window)
     depth = 0
     bounds = (
         bound
@@ -409,11 +412,11 @@ def _names_before(text: str, key: int) -> list[str]:
     return _object_names(text, start, key)
 
 
-def _names_after(text: str, close: int) -> list[str]:
+def _names_after(text: str, close: int, window: int = _NAMED_WINDOW) -> list[str]:
     """The names an object gives after its ``"value"``'s value, which ends at ``close``: up to
     its object's closing brace (a nested object passed over), or the next object's
     ``"value"``."""
-    end = min(len(text), close + _NAMED_WINDOW)
+    end = min(len(text), close + window)
     depth = 0
     bounds = (
         bound
@@ -432,7 +435,7 @@ def _names_after(text: str, close: int) -> list[str]:
     return _object_names(text, close, end)
 
 
-def _braced_names(text: str, key: int, close: int | None) -> list[str]:
+def _braced_names(text: str, key: int, close: int | None, window: int = _NAMED_WINDOW) -> list[str]:
     """The names keys give between a ``"value"`` key and its object's brace before it,
     and, when none of those names a secret (a plain one may be beside the header's:
     ``"field": "email"``), between its value's end (``close``) and its object's brace after
@@ -442,7 +445,7 @@ def _braced_names(text: str, key: int, close: int | None) -> list[str]:
     between, or braces in a string that balance (``"hint": "{x}"``), are passed over. Within
     the object's brace, unquoted keys give names too (Node's ``{ key: 'X-Api-Key', ... }``);
     where none bounds the window, quoted ones only (YAML's list items are not the object's)."""
-    start = max(0, key - _NAMED_WINDOW)
+    start = max(0, key - window)
     braces = _BRACE.finditer(text[start:key][::-1])
     brace = _object_brace((b for b in braces if not _lone_brace(text, key - b.start() - 1)), "}")
     if brace is None:
@@ -451,7 +454,7 @@ def _braced_names(text: str, key: int, close: int | None) -> list[str]:
         names = _object_names(text, key - brace, key)
     if close is None or any(is_secret_header(name) for name in names):
         return names
-    end = min(len(text), close + _NAMED_WINDOW)
+    end = min(len(text), close + window)
     braces = _BRACE.finditer(text, close, end)
     brace = _object_brace((b for b in braces if not _lone_brace(text, b.start())), "{")
     if brace is None:
@@ -657,21 +660,26 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
         if named:
             # HAR's {"name": "Authorization", "value": "..."}, or the name after the value,
             # other fields between: the value is the header's.
-            names = _names_before(text, match.start(1))
+            # (The windows widen with the value's escapes: the keys around it are escaped
+            # alike, in JSON held in JSON held in JSON..., 2**depth - 1 backslashes a quote.
+            # Bounded: each field's escapes are text it has read.)
+            escapes = len(punctuation) - len(punctuation[:-1].rstrip("\\")) - 1
+            window = _NAMED_WINDOW + 8 * min(escapes, _NAMED_WINDOW_ESCAPES)
+            names = _names_before(text, match.start(1), window)
             close = None
             if not any(is_secret_header(n) for n in names):
                 # No name, one that may be the previous object's (no brace between), or a
                 # plain one beside the header's ('{"field": "email", "value": "...", "name":
                 # "X-Api-Key"}'): the names after the value too, either may be its own.
                 close = _value_end(text, match.end(), punctuation)
-                names = names if close is None else names + _names_after(text, close)
+                names = names if close is None else names + _names_after(text, close, window)
                 quoted = close is not None and punctuation[-1] in "\"'"
                 raw = text.find(punctuation[-1], match.end(), close) if quoted else -1
                 if raw >= 0:
                     # A quote before the close, read as escaped: a backslash may escape
                     # nothing there (an XML attribute's, '<header value="x\\"
                     # name="Authorization"/>'), and the value end at that quote.
-                    names += _names_after(text, raw)
+                    names += _names_after(text, raw, window)
             if not any(_header_kind(n.lower()) == "cookie" and is_secret_header(n) for n in names):
                 # (Past a cookie header's name, no other name reads the value further.)
                 if close is None:
@@ -684,7 +692,7 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
                 names = (
                     names
                     + _tag_names(text, match.start(1), close)
-                    + _braced_names(text, match.start(1), close)
+                    + _braced_names(text, match.start(1), close, window)
                 )
             secrets = [n.lower() for n in names if is_secret_header(n)]
             if not secrets:

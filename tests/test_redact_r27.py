@@ -8,6 +8,8 @@ The credentials are those of ``tests/known_secrets.py``.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from le_transport._redact import REDACTED, URL_QUERY_LIMIT, redact_cut, redact_text, redact_url
@@ -130,3 +132,44 @@ def test_a_query_within_the_limit_is_shown_whole() -> None:
 def test_a_huge_single_item_is_not_shown() -> None:
     shown = redact_url("https://h.example/p?q=" + "x" * 100_000)
     assert shown == "https://h.example/p?…"
+
+
+# -- a header object as JSON escaped many times over ------------------------------------------
+
+
+def _dumped(value: object, times: int) -> str:
+    text = json.dumps(value)
+    for _ in range(times - 1):
+        text = json.dumps(text)
+    return text
+
+
+@pytest.mark.parametrize("times", range(1, 11))
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"Authorization": "Bearer abc"},
+        {"Authorization": f"Token {BEARER}"},
+        {"password": PASSWORD},
+        {"name": "Authorization", "value": f"Token {BEARER}"},
+        {"name": "X-Api-Key", "value": BEARER},
+        {"value": BEARER, "name": "X-Api-Key"},
+        {"name": "Cookie", "comment": "session", "value": f"LPSESSION={SESSION_ID}"},
+    ],
+)
+def test_json_escaped_any_number_of_times_has_its_credential_hidden(
+    value: dict[str, str], times: int
+) -> None:
+    text = _dumped({"log": [value]}, times)
+    for shown in (redact_text(text), redact_cut(text, 100_000)):
+        assert BEARER not in shown
+        assert PASSWORD not in shown
+        assert SESSION_ID not in shown
+        assert "abc" not in shown
+
+
+def test_deeply_escaped_value_keys_are_read_once() -> None:
+    # (A quote escaped as deep as the windows widen for: each field reads ~16 KB around it.)
+    run = "\\" * 2_047
+    text = f'{run}"value{run}": {run}"x{run}", ' * 24 + ("\\" * 10 + '"value": "x", ') * 5_000
+    assert_bounded_work(lambda: redact_text(text))
