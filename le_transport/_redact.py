@@ -332,8 +332,9 @@ _NAME_FIELD = re.compile(
 #: one in a string, balanced, is passed over), or the next or the previous object's "value"
 #: key (as :data:`_FIELD` reads one) outside any nested object; not a "value" word that opens
 #: a quoted string with no quote after it (``description: 'value: x'``: a string's text, not a
-#: key). Read backwards in a reversed window, so that one pass finds the nearest before a
-#: field.
+#: key), nor one inside a string whose value closes it, nor a brace in a string
+#: (:func:`_string_bound`). Read backwards in a reversed window, so that one pass finds the
+#: nearest before a field.
 _OBJECT_BOUND_AFTER = re.compile(
     r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt]))"
     r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"'])?)\s*+[:=]"
@@ -398,7 +399,7 @@ def _names_before(text: str, key: int, window: int = _NAMED_WINDOW) -> list[str]
     bounds = (
         bound
         for bound in _OBJECT_BOUND_BEFORE.finditer(text[start:key][::-1])
-        if not _lone_brace(text, key - bound.start() - 1)
+        if not _string_bound(text, key - bound.start() - 1, "{", key - bound.start())
     )
     for bound in itertools.islice(bounds, _BOUNDS_READ):
         token = bound.group()
@@ -421,7 +422,7 @@ def _names_after(text: str, close: int, window: int = _NAMED_WINDOW) -> list[str
     bounds = (
         bound
         for bound in _OBJECT_BOUND_AFTER.finditer(text, close, end)
-        if not _lone_brace(text, bound.start())
+        if not _string_bound(text, bound.start(), "}", bound.end())
     )
     for bound in itertools.islice(bounds, _BOUNDS_READ):
         token = bound.group()
@@ -447,7 +448,10 @@ def _braced_names(text: str, key: int, close: int | None, window: int = _NAMED_W
     where none bounds the window, quoted ones only (YAML's list items are not the object's)."""
     start = max(0, key - window)
     braces = _BRACE.finditer(text[start:key][::-1])
-    brace = _object_brace((b for b in braces if not _lone_brace(text, key - b.start() - 1)), "}")
+    brace = _object_brace(
+        (b for b in braces if not _string_bound(text, key - b.start() - 1, "{", key - b.start())),
+        "}",
+    )
     if brace is None:
         names = [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, start, key)]
     else:
@@ -456,13 +460,43 @@ def _braced_names(text: str, key: int, close: int | None, window: int = _NAMED_W
         return names
     end = min(len(text), close + window)
     braces = _BRACE.finditer(text, close, end)
-    brace = _object_brace((b for b in braces if not _lone_brace(text, b.start())), "{")
+    brace = _object_brace(
+        (b for b in braces if not _string_bound(text, b.start(), "}", b.end())), "{"
+    )
     if brace is None:
         return names + [found.group(1) for found in _QUOTED_NAME_FIELD.finditer(text, close, end)]
     return names + _object_names(text, close, brace)
 
 
 _BRACE = re.compile(r"[{}]")
+
+
+#: What follows a string's close in a list of keys and values: a separator, a close, the end.
+_AFTER_STRING = re.compile(r"(?:\\*+[\"'])[ \t]*+(?:[,;)\]}\r\n]|\\[rnt]|\Z)")
+
+
+def _string_bound(text: str, at: int, own: str, end: int) -> bool:
+    """Whether the object bound at ``text[at]`` (a brace, or a "value" key whose ":" or "="
+    ends before ``end``), read away from a value, is a string's text and bounds no object: a
+    lone brace (:func:`_lone_brace`); the brace that would be the value's object's own
+    (``own``) closing a string (``hint="a {", ...``); a "value" word whose value, a bare run
+    or a brace, closes a string (``hint='x, value: y', ...``, ``"value: {"``)."""
+    char = text[at : at + 1]
+    if char in ("{", "}"):
+        return _lone_brace(text, at) or (
+            char == own and _AFTER_STRING.match(text, at + 1) is not None
+        )
+    after = end
+    while text[after : after + 1] in (" ", "\t"):
+        after += 1
+    if text[after : after + 1] in ("{", "}"):
+        after += 1
+    elif (bare := _BARE_VALUE.match(text, after, after + _NAMED_WINDOW)) is not None:
+        # (Bounded: a run longer than a window is a key's value, its end never read.)
+        after = bare.end()
+    else:
+        return False  # a quoted value, or none: a key's
+    return _AFTER_STRING.match(text, after) is not None
 
 
 def _lone_brace(text: str, at: int) -> bool:

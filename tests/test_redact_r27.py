@@ -173,3 +173,39 @@ def test_deeply_escaped_value_keys_are_read_once() -> None:
     run = "\\" * 2_047
     text = f'{run}"value{run}": {run}"x{run}", ' * 24 + ("\\" * 10 + '"value": "x", ') * 5_000
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a "value" word or a brace in another field's string --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'Header(name="Authorization", hint="x, value: y", value="Token {BEARER}")',
+        f"Header(name='X-Api-Key', hint='x, value: y', value='{BEARER}')",
+        f"Header(value='{BEARER}', hint='x, value: y', name='X-Api-Key')",
+        f"- name: X-Api-Key\n  hint: 'x, value: y'\n  value: {BEARER}\n",
+        f'Header(name="Authorization", hint="value: {{", value="Token {BEARER}")',
+        f'{{"name": "X-Api-Key", "hint": "value: {{", "value": "{BEARER}"}}',
+        f"{{ name: 'password', hint: 'value: {{', value: '{PASSWORD}' }}",
+        f'{{"value": "{BEARER}", "hint": "value: }}", "name": "X-Api-Key"}}',
+        f"Header(value='{BEARER}', hint='value: }}', name='X-Api-Key')",
+        f'{{"name": "Cookie", "hint": "a {{", "value": "LPSESSION={SESSION_ID}"}}',
+    ],
+)
+def test_a_value_word_or_a_brace_in_a_string_bounds_no_object(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown
+        assert PASSWORD not in shown
+        assert SESSION_ID not in shown
+
+
+def test_a_previous_object_s_value_still_bounds_a_plain_one() -> None:
+    text = "H(name='Authorization', value='x'), H(name='Accept', value='application/json')"
+    assert "application/json" in redact_text(text)
+
+
+def test_value_words_before_a_long_bare_run_are_read_once() -> None:
+    text = '{"value": "x", "h": "value: y", ' * 2_000 + "value: " + "a" * 200_000
+    text += ("!value: x!" * 20 + "value: " + "b" * 5_000) * 20
+    assert_bounded_work(lambda: redact_text(text))
