@@ -7,11 +7,13 @@ because parsers break at the edges of what they accept, not in the middle of ran
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import json
 import string
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import strategies as st
 
@@ -213,6 +215,17 @@ _ECHO_SHAPES: dict[str, Any] = {
     ),
     "pretty escaped repr": lambda n, v: json.dumps(
         {"e": f"[\n\tHeader(\n\t\tname={n!r},\n\t\tvalue={v!r}\n\t)\n]"}
+    ),  # A form's bracketed name (PHP's, Rails', qs'), in a query or a form body, its brackets
+    # percent-encoded or not, the value percent-encoded as a form sends it.
+    "form brackets": lambda n, v: f"page=2&options[headers][{n}]={quote(v, safe='')}&x=1",
+    "form brackets encoded": lambda n, v: f"headers%5B{n}%5D={quote(v, safe='')}&x=1",
+    # A brace alone in another field's string, a "value" word inside one, on either side.
+    "har lone brace": lambda n, v: json.dumps({"name": n, "note": "{", "value": v}),
+    "har lone brace after": lambda n, v: json.dumps({"value": v, "note": "}", "name": n}),
+    "python repr hint": lambda n, v: f"Header(name={n!r}, hint='x, value: {{', value={v!r})",
+    # HAR held in JSON held in JSON..., 7 levels deep (63 backslashes a quote).
+    "har 7 deep": lambda n, v: functools.reduce(
+        lambda text, _: json.dumps(text), range(6), json.dumps({"name": n, "value": v})
     ),
 }
 
