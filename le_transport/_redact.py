@@ -322,11 +322,13 @@ _ARRAY = re.compile(r'\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*+"?)*+\]?')
 #: then (a whole run). Other keys give a name too (:data:`_NAME_KEYS`: a validation error's
 #: ``{"field": "password", "value": "..."}``, ``{"header": "Authorization", ...}``).
 _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
+#: An unquoted name: up to a form's "&" too (``h[0][key]=Cookie&h[0][value]=...``).
+_BARE_NAME = r"[^\"'\\\s,;:=(){}\[\]<>&]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt]))(?:name|key|header|field|param(?:eter)?)"
-    r"(?:\\*+[\"'])?\s*+[:=]"
+    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt])|(?<=%5b))(?:name|key|header|field|param(?:eter)?)"
+    r"(?:\\*+[\"']|\]|%5d)?\s*+[:=]"
     r"(?:\s|\\++[rnt])*+"
-    rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE}{{1,64}}+)(?!{_BARE}))"
+    rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE_NAME}{{1,64}}+)(?!{_BARE_NAME}))"
 )
 #: What bounds the object a "value" field is in, around it: a brace (a nested object's, or
 #: one in a string, balanced, is passed over), or the next or the previous object's "value"
@@ -336,11 +338,12 @@ _NAME_FIELD = re.compile(
 #: (:func:`_string_bound`). Read backwards in a reversed window, so that one pass finds the
 #: nearest before a field.
 _OBJECT_BOUND_AFTER = re.compile(
-    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt]))"
-    r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"'])?)\s*+[:=]"
+    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=%5b))"
+    r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"']|\]|%5d)?)\s*+[:=]"
 )
 _OBJECT_BOUND_BEFORE = re.compile(
-    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+eulav|eulav(?![\"']))(?:(?![a-z0-9_.-])|(?=[rnt]\\))"
+    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+eulav|(?:\]|d5%)?eulav(?![\"']))"
+    r"(?:(?![a-z0-9_.-])|(?=[rnt]\\)|(?=b5%))"
 )
 #: How many of those are read around a field: past them (a window crowded with braces, a
 #: hostile run's), the whole window is read as the object's (more names, never fewer).
@@ -966,8 +969,22 @@ def redact_url(url: URL | str) -> str:
         # Only the items that end within the limit are read (the rest is never decoded).
         raw = u.raw_query_string[:end]
         items = URL.build(query_string=raw, encoded=True).query.items()
+    items = list(items)
+    # A header object as a form's bracketed fields ("h[0][name]=Authorization&h[0][value]=...",
+    # the name under any key that gives one): the value is the named header's.
+    named = {
+        _form_field(k)[0]
+        for k, v in items
+        if _form_field(k)[1].lower() in _NAME_KEYS and is_secret_header(v)
+    }
     query = "&".join(
-        f"{_printable(k)}={REDACTED if is_secret_name(k) else _printable(_query_value(v))}"
+        f"{_printable(k)}="
+        + (
+            REDACTED
+            if is_secret_name(k)
+            or (_form_field(k)[1].lower() == "value" and _form_field(k)[0] in named)
+            else _printable(_query_value(v))
+        )
         for k, v in items
     )
     if cut:
@@ -1009,6 +1026,16 @@ def _may_hide(text: str) -> bool:
     """Whether :func:`redact_text` may hide anything of ``text``: False only when it shows
     ``text`` as it is; one pass."""
     return _MAY_HIDE.search(text.casefold().translate(_NO_SEPARATORS)) is not None
+
+
+def _form_field(key: str) -> tuple[str, str]:
+    """A form's bracketed key as its object's prefix and its last name (``h[0][value]``:
+    ``("h[0]", "value")``); ``("", key)`` for a key with no brackets."""
+    if key.endswith("]"):
+        prefix, bracket, last = key[:-1].rpartition("[")
+        if bracket and "]" not in last:
+            return prefix, last
+    return "", key
 
 
 def _printable(text: str) -> str:

@@ -209,3 +209,36 @@ def test_value_words_before_a_long_bare_run_are_read_once() -> None:
     text = '{"value": "x", "h": "value: y", ' * 2_000 + "value: " + "a" * 200_000
     text += ("!value: x!" * 20 + "value: " + "b" * 5_000) * 20
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a header object as a form's bracketed fields ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"headers[0][name]=Authorization&headers[0][value]=Token%20{BEARER}&x=1",
+        f"headers%5B0%5D%5Bname%5D=X-Api-Key&headers%5B0%5D%5Bvalue%5D={BEARER}&x=1",
+        f"headers[0][value]={BEARER}&headers[0][name]=X-Api-Key&x=1",
+        f"h[1][key]=Cookie&h[1][value]=LPSESSION%3D{SESSION_ID}",
+        f"fields[field]=password&fields[value]={PASSWORD}",
+    ],
+)
+def test_a_header_object_as_bracketed_form_fields_has_its_value_hidden(query: str) -> None:
+    for shown in (
+        redact_text(query),
+        redact_cut(query, 1000),
+        redact_url(f"https://h.example/p?{query}"),
+    ):
+        assert BEARER not in shown
+        assert PASSWORD not in shown
+        assert SESSION_ID not in shown
+
+
+def test_a_plain_header_object_as_bracketed_form_fields_keeps_its_value() -> None:
+    query = (
+        "headers[0][name]=Authorization&headers[0][value]=x"
+        "&headers[1][name]=Accept&headers[1][value]=application/json"
+    )
+    assert "headers[1][value]=application/json" in redact_url(f"https://h.example/p?{query}")
+    assert "headers[1][value]=application/json" in redact_text(query)
