@@ -238,12 +238,13 @@ _FIELD = re.compile(
 #: held in another): taken with the character they escape. Those end a value, as the line
 #: break or the quote they stand for would. Pairs escape themselves (``\\r`` is a backslash
 #: and an "r": taken). An escaped line break ends a value only where a header line follows it
-#: (``\r\nHost:``): elsewhere (``password=Pa\rS``, a Windows path) it is the value's own text.
+#: (``\r\nHost:``; an escaped tab too, headers joined by tabs: ``\tHost:``): elsewhere
+#: (``password=Pa\rS``, a Windows path) it is the value's own text.
 #: A run of them is taken or left whole, looked past once (one look per line break made the
 #: pattern quadratic: 16 KB of ``\r`` after "password=" took seconds).
 _ESCAPED = (
-    r"(?:(?:\\\\)++(?:\\[^rn\"'\s\\])?|\\[^rn\"'\s\\]"
-    r"|(?:\\[rn])++(?![A-Za-z0-9_-]++:))"
+    r"(?:(?:\\\\)++(?:\\[^rnt\"'\s\\])?|\\[^rnt\"'\s\\]"
+    r"|(?:\\[rnt])++(?![A-Za-z0-9_-]++:))"
 )
 #: The same, for a value in quotes: pairs of backslashes before an escaped quote are left to
 #: it (``abc\\\"``: the close of a string held in a JSON string), so that the quote is found

@@ -242,3 +242,29 @@ def test_a_plain_header_object_as_bracketed_form_fields_keeps_its_value() -> Non
     )
     assert "headers[1][value]=application/json" in redact_url(f"https://h.example/p?{query}")
     assert "headers[1][value]=application/json" in redact_text(query)
+
+
+# -- an escaped tab before the next header's name ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        f"Authorization: Basic\tAuthorization: Token {BEARER}",
+        f"Authorization: none\tCookie: LPSESSION={BEARER}",
+        f"Header(name='Authorization', hint='{{', value=none\tAuthorization: Token {BEARER})",
+        f"password=x\tAuthorization: Token {BEARER}",
+    ],
+)
+def test_an_escaped_tab_before_a_header_s_name_ends_a_value(dump: str) -> None:
+    # (As a JSON string writes a tab, "\\t": the escape a line break has, "\\r\\n".)
+    assert BEARER not in redact_text(json.dumps(dump))
+
+
+def test_an_escaped_tab_inside_a_value_is_its_own() -> None:
+    assert redact_text(json.dumps("password=C:\tools\tmy-pass")) == '"password=***"'
+
+
+def test_a_long_run_of_escaped_tabs_is_read_once() -> None:
+    text = ("password=" + "\\t" * 50_000 + "x ") * 2 + "Authorization: " + "\\t" * 50_000
+    assert_bounded_work(lambda: redact_text(text))
