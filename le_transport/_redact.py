@@ -783,6 +783,18 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             # to its line's end; a name's value ("cookie=...") by the cookies' grammar.
             grammar = _COOKIE_LINE if ":" in punctuation or named else _COOKIE_VALUE
             value = grammar.match(text, match.end())
+        elif (
+            (named or (":" in punctuation and "-" in name))
+            and is_secret_header(name)
+            and (scheme := _AUTH_VALUE.match(text, match.end())) is not None
+            and scheme.group("credential")
+            and _is_scheme(scheme["scheme"])
+        ):
+            # Another credential header's value, as a header object's or a header line
+            # ("X-Auth-Token: Token x", "name=X-Auth-Token value=Digest username=...,
+            # response=..."): a scheme's, read as an authorization's (the scheme shown).
+            value = scheme
+            shown = scheme.end("blank")
         else:
             value = _FIELD_VALUE.match(text, match.end())
         if value is not None:
