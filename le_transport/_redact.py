@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -679,10 +679,29 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
     (``{"value": "...", "name": "Authorization"}``) may be past the cut, unread."""
     out: list[str] = []
     done = 0
-    for match in _FIELD.finditer(text):
-        if match.end() < done:
-            # Wholly inside a value hidden already: its own value ends where that one does.
-            continue
+
+    def fields() -> Iterator[re.Match[str]]:
+        # A field wholly inside a value hidden already mostly has its value end where that
+        # one does, and is passed over (read, a run of them made the pass quadratic); the last
+        # of them is read, once that value is hidden, as its own may run past it (a cookie
+        # line ends at a quote: 'value: none; header="Set-Cookie": ["sess=..."]', the
+        # list's "Set-Cookie" is read then).
+        inside = None
+        for found in _FIELD.finditer(text):
+            if found.end() < done:
+                inside = found
+                continue
+            if inside is not None:
+                yield inside
+                inside = None
+                if found.end() < done:
+                    inside = found
+                    continue
+            yield found
+        if inside is not None:
+            yield inside
+
+    for match in fields():
         name = match.group(1).lower()
         punctuation = match.group(2)
         bracketed = name.endswith(("]", "%5d"))

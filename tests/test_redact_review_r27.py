@@ -1,16 +1,20 @@
 """Redaction: a credential header's value read through its scheme where the header's name is a
 secret's but no authorization's (``X-Auth-Token: Token ...``, HAR's ``name=X-Auth-Token
-value=Digest username=..., response=...``).
+value=Digest username=..., response=...``), and a field whose value runs past the end of a
+value hidden before it.
 
 The credentials are those of ``tests/known_secrets.py``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from le_transport._redact import redact_cut, redact_text
-from tests.known_secrets import BEARER
+from tests.bounded_work import assert_bounded_work
+from tests.known_secrets import BEARER, SESSION_ID
 
 
 @pytest.mark.parametrize(
@@ -40,3 +44,28 @@ def test_a_secret_header_s_scheme_is_shown() -> None:
 def test_a_plain_field_s_next_word_is_kept() -> None:
     # A field named like a secret's, no header's: its value is one word, the next is shown.
     assert redact_text("token=abc123 status=401") == "token=*** status=401"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'value: none; header="Set-Cookie": ["sess={SESSION_ID}"]',
+        f'status=401 value: none; header="Set-Cookie": ["sess=Token {SESSION_ID}"]; x=1',
+        f"sort=key:asc&Proxy-Authorization: Basic {BEARER}\\back\\slashstatus=401 value: none; "
+        f'header="Set-Cookie": ["sess=Token {SESSION_ID}\\\\back"]; Cookie: theme=dark',
+    ],
+)
+def test_a_field_whose_value_runs_past_a_hidden_one_is_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert SESSION_ID not in shown
+        assert BEARER not in shown
+
+
+def test_fields_in_hidden_values_are_read_once() -> None:
+    for unit in ('value: none; header="Set-Cookie": [', 'Cookie: a; "Set-Cookie": ["x'):
+        assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
+
+
+def test_secret_headers_given_schemes_are_read_once() -> None:
+    for unit in ("X-Auth-Token: Token ", 'name=X-Auth-Token value=Digest username="b", '):
+        assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
