@@ -668,8 +668,11 @@ _BRACKET = re.compile(r"\[|\]|%5b|%5d")
 def _bracketed_name(name: str) -> str:
     """The name a form's bracketed field gives its value (``name`` lower-cased): the last in
     its brackets (``options[headers][x-api-key]``: "x-api-key", as PHP and qs read it), or
-    the name before them when they are empty (``password[]``)."""
-    return next((part for part in reversed(_BRACKET.split(name)) if part), name)
+    the name before them when they are empty or an index (``password[]``,
+    ``password[0]``, ``user[password][1]``: a list of values, each the name's)."""
+    return next(
+        (part for part in reversed(_BRACKET.split(name)) if part and not part.isdigit()), name
+    )
 
 
 def _hide_secret_fields(text: str, cut: bool = False) -> str:
@@ -1062,7 +1065,17 @@ def _may_hide(text: str) -> bool:
 
 def _form_field(key: str) -> tuple[str, str]:
     """A form's bracketed key as its object's prefix and its last name (``h[0][value]``:
-    ``("h[0]", "value")``); ``("", key)`` for a key with no brackets."""
+    ``("h[0]", "value")``, ``h[0][value][]`` and ``h[0][value][1]`` alike: a list of
+    values, each the name's); ``("", key)`` for a key with no brackets."""
+    end = len(key)
+    while key.endswith("]", 0, end):
+        # (Read from the end, once: a key of many indexes costs one pass.)
+        opener = key.rfind("[", 0, end)
+        index = key[opener + 1 : end - 1]
+        if opener <= 0 or not (index == "" or index.isdigit()):
+            break
+        end = opener
+    key = key[:end]
     if key.endswith("]"):
         prefix, bracket, last = key[:-1].rpartition("[")
         if bracket and "]" not in last:

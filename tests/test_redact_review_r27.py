@@ -12,7 +12,7 @@ import functools
 
 import pytest
 
-from le_transport._redact import redact_cut, redact_text
+from le_transport._redact import _form_field, redact_cut, redact_text, redact_url
 from tests.bounded_work import assert_bounded_work
 from tests.known_secrets import BEARER, SESSION_ID
 
@@ -69,3 +69,46 @@ def test_fields_in_hidden_values_are_read_once() -> None:
 def test_secret_headers_given_schemes_are_read_once() -> None:
     for unit in ("X-Auth-Token: Token ", 'name=X-Auth-Token value=Digest username="b", '):
         assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
+
+
+# -- a form's bracketed name ending in an index -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"password[0]={BEARER}&x=1",
+        f"token[1]={BEARER}",
+        f"user[password][0]={BEARER}&page=2",
+        f"headers[Authorization][0]=Bearer%20{BEARER}&page=2",
+        f"headers%5BAuthorization%5D%5B0%5D=Token%20{BEARER}",
+    ],
+)
+def test_a_bracketed_name_s_index_is_no_name(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown
+
+
+def test_a_plain_bracketed_name_with_an_index_keeps_its_value() -> None:
+    assert redact_text("items[0]=open&page[2]=x") == "items[0]=open&page[2]=x"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"h[0][name]=Authorization&h[0][value][]={BEARER}",
+        f"h[0][name]=Authorization&h[0][value][0]=Token%20{BEARER}",
+        f"h[0][value][1]={BEARER}&h[0][name]=X-Api-Key",
+    ],
+)
+def test_a_header_object_s_indexed_value_field_is_hidden_in_a_url(query: str) -> None:
+    shown = redact_url(f"https://h.example/p?{query}")
+    assert BEARER not in shown
+    assert "Authorization" in shown or "X-Api-Key" in shown
+
+
+def test_a_url_key_of_many_indexes_is_read_once() -> None:
+    for key in ("a" + "[0]" * 10_000 + "x", "a" + "[0]" * 10_000, "[]" * 15_000):
+        url = f"https://h.example/p?{key}=1&" * 2
+        assert_bounded_work(functools.partial(redact_url, url))
+        assert_bounded_work(functools.partial(_form_field, key))
