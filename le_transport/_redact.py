@@ -506,19 +506,34 @@ def _string_bound(text: str, at: int, own: str, end: int) -> bool:
 def _lone_brace(text: str, at: int) -> bool:
     """Whether the brace at ``text[at]`` (if any: a bound may be a "value" key) is a string's
     whole text (``"note": "{"``, ``'}'``, ``\\"{\\"`` in a JSON string): in quotes alike on
-    both sides, as deep (as many backslashes before each), so no object's brace."""
-    quote = text[at - 1 : at]
-    if text[at : at + 1] not in ("{", "}") or quote not in ('"', "'"):
+    both sides, as deep (as many backslashes before each), so no object's brace. Braces and
+    blanks around it may be the string's too (``"{{"``, ``"{ "``, ``"} "``: a few, so that a
+    run of braces costs one pass)."""
+    if text[at : at + 1] not in ("{", "}"):
         return False
-    after = at + 1
+    first = at
+    while first > 0 and at - first < _LONE_RUN and text[first - 1] in _LONE_TEXT:
+        first -= 1
+    last = at + 1
+    while last - at <= _LONE_RUN and text[last : last + 1] in _LONE_TEXT:
+        last += 1
+    quote = text[first - 1 : first] if first > 0 else ""
+    if quote not in ('"', "'"):
+        return False
+    after = last
     while text[after : after + 1] == "\\":
         after += 1
     if text[after : after + 1] != quote:
         return False
-    before = at - 1
+    before = first - 1
     while before > 0 and text[before - 1] == "\\":
         before -= 1
-    return at - 1 - before == after - at - 1
+    return first - 1 - before == after - last
+
+
+#: What a lone brace's string may hold besides it, and how much of it on either side.
+_LONE_TEXT = frozenset("{} \t")
+_LONE_RUN = 8
 
 
 def _object_brace(braces: Iterable[re.Match[str]], opener: str) -> int | None:

@@ -9,6 +9,7 @@ The credentials are those of ``tests/known_secrets.py``.
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 
@@ -112,3 +113,33 @@ def test_a_url_key_of_many_indexes_is_read_once() -> None:
         url = f"https://h.example/p?{key}=1&" * 2
         assert_bounded_work(functools.partial(redact_url, url))
         assert_bounded_work(functools.partial(_form_field, key))
+
+
+# -- braces and blanks that are a string's whole text ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"name": "X-Api-Key", "note": "{{ ", "value": "{BEARER}"}}',
+        f'{{"name": "X-Api-Key", "note": "{{{{", "value": "{BEARER}"}}',
+        f'{{"name": "X-Api-Key", "note": " {{ }}", "value": "{BEARER}"}}',
+        f'{{"value": "{BEARER}", "note": "}} ", "name": "X-Api-Key"}}',
+        f'{{"value": "{BEARER}", "note": "}}}}", "name": "X-Api-Key"}}',
+        f"{{ name: 'Authorization', note: '{{ ', value: 'Token {BEARER}' }}",
+    ],
+)
+def test_braces_and_blanks_in_a_string_do_not_bound_a_header_object(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown
+    assert BEARER not in redact_text(json.dumps(text))
+
+
+def test_braces_and_blanks_keep_a_neighbour_s_plain_value() -> None:
+    text = '[{"name": "Accept", "note": "{ ", "value": "json"}]'
+    assert redact_text(text) == text
+
+
+def test_many_brace_strings_are_read_once() -> None:
+    for unit in ('"{{ " ', '"{ {" "value": ', "{" * 7 + '"'):
+        assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
