@@ -1002,8 +1002,10 @@ def redact_url(url: URL | str) -> str:
     which stays percent-encoded as it was sent (``%0D%0A``): a query value taken from outside
     cannot start a line of its own in a log or an error message. A query longer than
     :data:`URL_QUERY_LIMIT` (as sent) is shown up to the last of its items that ends within
-    it, then ``&…``: an item is shown whole or not at all (never half a credential), and a
-    URL of any length costs what one of that limit does."""
+    it, then ``&…``: an item is shown whole or not at all (never half a credential), a
+    header object's ``value`` whose name is not among those shown is hidden (its name may be
+    past the cut: ``value=...&name=Authorization``), and a URL of any length costs what one of
+    that limit does."""
     try:
         u = url if isinstance(url, URL) else URL(url)
     except (ValueError, TypeError):
@@ -1022,20 +1024,28 @@ def redact_url(url: URL | str) -> str:
     items = list(items)
     # A header object as a form's bracketed fields ("h[0][name]=Authorization&h[0][value]=...",
     # the name under any key that gives one): the value is the named header's.
+    # (In a query cut short, a value whose object's name is not among the items shown may
+    # have it past the cut, unread: hidden, as a plain credential's.)
+    fields = [_form_field(k) for k, _ in items]
     named = {
-        _form_field(k)[0]
-        for k, v in items
-        if _form_field(k)[1].lower() in _NAME_KEYS and is_secret_header(v)
+        prefix
+        for (prefix, last), (_, v) in zip(fields, items, strict=True)
+        if last.lower() in _NAME_KEYS and is_secret_header(v)
     }
+    unnamed = set()
+    if cut:
+        unnamed = {prefix for prefix, _ in fields} - {
+            prefix for prefix, last in fields if last.lower() in _NAME_KEYS
+        }
     query = "&".join(
         f"{_printable(k)}="
         + (
             REDACTED
             if is_secret_name(k)
-            or (_form_field(k)[1].lower() == "value" and _form_field(k)[0] in named)
+            or (last.lower() == "value" and (prefix in named or prefix in unnamed))
             else _printable(_query_value(v))
         )
-        for k, v in items
+        for (k, v), (prefix, last) in zip(items, fields, strict=True)
     )
     if cut:
         query = f"{query}&…" if query else "…"

@@ -12,8 +12,15 @@ import functools
 import json
 
 import pytest
+from yarl import URL
 
-from le_transport._redact import _form_field, redact_cut, redact_text, redact_url
+from le_transport._redact import (
+    URL_QUERY_LIMIT,
+    _form_field,
+    redact_cut,
+    redact_text,
+    redact_url,
+)
 from tests.bounded_work import assert_bounded_work
 from tests.known_secrets import BEARER, SESSION_ID
 
@@ -143,3 +150,30 @@ def test_braces_and_blanks_keep_a_neighbour_s_plain_value() -> None:
 def test_many_brace_strings_are_read_once() -> None:
     for unit in ('"{{ " ', '"{ {" "value": ', "{" * 7 + '"'):
         assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
+
+
+# -- a query cut short ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        f"&value={BEARER}&name=Authorization",
+        f"&h[0][value]={BEARER}&h[0][name]=X-Api-Key",
+        f"&h%5B0%5D%5Bvalue%5D=Token%20{BEARER}&h%5B0%5D%5Bname%5D=Authorization",
+    ],
+)
+def test_a_cut_query_hides_a_value_whose_name_is_past_the_cut(tail: str) -> None:
+    head, _, name = tail.rpartition("&")
+    sent = len(URL(f"https://h.example/p?p=a{head}").raw_query_string) - 3  # (as sent)
+    query = "p=" + "a" * (URL_QUERY_LIMIT - sent - 2) + head + "&" + name
+    shown = redact_url(f"https://h.example/p?{query}")
+    assert shown.endswith("=***&…")
+    assert BEARER not in shown
+
+
+def test_a_cut_query_shows_a_plain_object_s_value_with_its_name() -> None:
+    query = "p=" + "a" * (URL_QUERY_LIMIT - 40) + "&name=Accept&value=json&" + "x=1&" * 20
+    shown = redact_url(f"https://h.example/p?{query}")
+    assert "&name=Accept&value=json&" in shown
+    assert shown.endswith("&…")
