@@ -506,16 +506,23 @@ def _string_bound(text: str, at: int, own: str, end: int) -> bool:
 def _lone_brace(text: str, at: int) -> bool:
     """Whether the brace at ``text[at]`` (if any: a bound may be a "value" key) is a string's
     whole text (``"note": "{"``, ``'}'``, ``\\"{\\"`` in a JSON string): in quotes alike on
-    both sides, as deep (as many backslashes before each), so no object's brace. Braces and
-    blanks around it may be the string's too (``"{{"``, ``"{ "``, ``"} "``: a few, so that a
-    run of braces costs one pass)."""
-    if text[at : at + 1] not in ("{", "}"):
+    both sides, as deep (as many backslashes before each), so no object's brace. A few more
+    of its kind may be the string's too (``"{{"``, ``"}}"``), and blanks on the side where an
+    object's keys would be (``"{ "``, ``" }"``): not on the other (``"x"} "y"`` is an
+    object's close between two strings)."""
+    brace = text[at : at + 1]
+    if brace not in ("{", "}"):
         return False
+    inner = (brace, " ", "\t")
     first = at
-    while first > 0 and at - first < _LONE_RUN and text[first - 1] in _LONE_TEXT:
+    while (
+        first > 0
+        and at - first < _LONE_RUN
+        and text[first - 1] in (brace if brace == "{" else inner)
+    ):
         first -= 1
     last = at + 1
-    while last - at <= _LONE_RUN and text[last : last + 1] in _LONE_TEXT:
+    while last - at <= _LONE_RUN and text[last : last + 1] in (inner if brace == "{" else (brace,)):
         last += 1
     quote = text[first - 1 : first] if first > 0 else ""
     if quote not in ('"', "'"):
@@ -531,8 +538,7 @@ def _lone_brace(text: str, at: int) -> bool:
     return first - 1 - before == after - last
 
 
-#: What a lone brace's string may hold besides it, and how much of it on either side.
-_LONE_TEXT = frozenset("{} \t")
+#: How many more braces or blanks a lone brace's string may hold on either side.
 _LONE_RUN = 8
 
 
