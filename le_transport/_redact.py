@@ -285,6 +285,16 @@ _AUTH_VALUE = re.compile(
 #: "Bearer-Token"); a run with digits may be a credential given without a scheme.
 _SCHEME_WORD = re.compile(r"[A-Za-z][A-Za-z-]{0,23}")
 _KNOWN_SCHEMES = frozenset({"aws4-hmac-sha256", "scram-sha-1", "scram-sha-256"})
+#: The schemes shown before a credential in a secret header that is no authorization's
+#: (``X-Auth-Token: Token ***``): there, the value's first word may be the credential itself.
+_SHOWN_SCHEMES = frozenset(
+    {
+        *_KNOWN_SCHEMES,
+        *("basic", "bearer", "bearer-token", "concealed", "digest", "dpop", "gnap", "hawk"),
+        *("hoba", "jwt", "key", "liveperson", "mac", "mutual", "negotiate", "ntlm", "oauth"),
+        *("privatetoken", "token", "vapid"),
+    }
+)
 #: A cookie header's value ("Cookie: ...", "Set-Cookie: ..."): the rest of its line, up to
 #: a line break, a quote closing the text around it, or their escapes (``\r\n`` and ``\"`` as
 #: a JSON string writes them): every cookie, however they are joined (``; ``, `` ;``, a
@@ -835,9 +845,13 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
         ):
             # Another credential header's value, as a header object's or a header line
             # ("X-Auth-Token: Token x", "name=X-Auth-Token value=Digest username=...,
-            # response=..."): a scheme's, read as an authorization's (the scheme shown).
+            # response=..."): a scheme's, read as an authorization's, the scheme shown when
+            # it is a known one (:data:`_SHOWN_SCHEMES`). Another first word may be the
+            # credential itself (a password of letters: "X-Api-Key: Opensesame status=401")
+            # or a vendor's scheme before it: hidden with the rest.
             value = scheme
-            shown = scheme.end("blank")
+            if scheme["scheme"].lower() in _SHOWN_SCHEMES:
+                shown = scheme.end("blank")
         else:
             value = _FIELD_VALUE.match(text, match.end())
         if value is not None:

@@ -1,0 +1,64 @@
+"""Redaction: a credential header's value whose first word reads as a scheme's name though it
+is the credential itself (a password or a key of letters only: ``X-Api-Key: Opensesame
+status=401``): hidden with what follows it, a known scheme's name alone shown.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from le_transport._redact import redact_cut, redact_text
+from tests.bounded_work import assert_bounded_work
+from tests.known_secrets import BEARER
+
+#: A credential of letters only: it reads as a scheme's name ("LivePerson", "Bearer-Token").
+LETTERS = "Opensesame"
+
+# -- a credential header's first word, no known scheme ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"X-Api-Key: {LETTERS} status=401",
+        f"Api-Key: {LETTERS} 401 Unauthorized",
+        f"name=password value={LETTERS} status=401",
+        f"name=X-Api-Key value={LETTERS} status=401",
+        f"- name: X-Api-Key\n  value: {LETTERS} rejected",
+        f"X-Auth-Token: {LETTERS}, retry=3",
+    ],
+)
+def test_a_credential_of_letters_before_another_word_is_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert LETTERS not in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (f"X-Auth-Token: Token {BEARER}\r\nHost: h", "X-Auth-Token: Token ***\r\nHost: h"),
+        (f"X-Api-Key: bearer {BEARER} status=401", "X-Api-Key: bearer *** status=401"),
+        (
+            f'name=X-Auth-Token value=Digest username="b", response="{BEARER}"',
+            "name=X-Auth-Token value=Digest ***",
+        ),
+        (f"X-Auth-Token: LivePerson {BEARER}", "X-Auth-Token: LivePerson ***"),
+    ],
+)
+def test_a_known_scheme_of_a_credential_header_is_shown(text: str, shown: str) -> None:
+    assert redact_text(text) == shown
+
+
+@pytest.mark.parametrize("scheme", ["Acme", "Vendor-Auth", "Opensesame"])
+def test_an_unknown_scheme_and_its_credential_are_hidden(scheme: str) -> None:
+    shown = redact_text(f"X-Auth-Token: {scheme} {BEARER}\r\nHost: h")
+    assert BEARER not in shown
+    assert scheme not in shown
+    assert shown.endswith("\r\nHost: h")
+
+
+def test_credential_headers_of_unknown_schemes_are_read_once() -> None:
+    for unit in ("X-Api-Key: Acme ", "name=X-Api-Key value=Acme a=b, ", "X-Api-Key: Bearer "):
+        assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
