@@ -1024,8 +1024,9 @@ def redact_url(url: URL | str) -> str:
     :data:`URL_QUERY_LIMIT` (as sent) is shown up to the last of its items that ends within
     it, then ``&…``: an item is shown whole or not at all (never half a credential), a
     header object's ``value`` whose name is not among those shown is hidden (its name may be
-    past the cut: ``value=...&name=Authorization``), and a URL of any length costs what one of
-    that limit does."""
+    past the cut: ``value=...&name=Authorization``), as are its values when they outnumber its
+    names shown (``value=json&name=Accept&value=...``), and a URL of any length costs what one
+    of that limit does."""
     try:
         u = url if isinstance(url, URL) else URL(url)
     except (ValueError, TypeError):
@@ -1045,7 +1046,9 @@ def redact_url(url: URL | str) -> str:
     # A header object as a form's bracketed fields ("h[0][name]=Authorization&h[0][value]=...",
     # the name under any key that gives one): the value is the named header's.
     # (In a query cut short, a value whose object's name is not among the items shown may
-    # have it past the cut, unread: hidden, as a plain credential's.)
+    # have it past the cut, unread: hidden, as a plain credential's; so are an object's
+    # values when they outnumber its names shown, "value=json&name=Accept&value=..." then
+    # the cut: one of them has its name past it.)
     fields = [_form_field(k) for k, _ in items]
     named = {
         prefix
@@ -1054,9 +1057,13 @@ def redact_url(url: URL | str) -> str:
     }
     unnamed = set()
     if cut:
-        unnamed = {prefix for prefix, _ in fields} - {
-            prefix for prefix, last in fields if last.lower() in _NAME_KEYS
-        }
+        unpaired: dict[str, int] = {}
+        for prefix, last in fields:
+            if last.lower() == "value":
+                unpaired[prefix] = unpaired.get(prefix, 0) + 1
+            elif last.lower() in _NAME_KEYS:
+                unpaired[prefix] = unpaired.get(prefix, 0) - 1
+        unnamed = {prefix for prefix, count in unpaired.items() if count > 0}
     query = "&".join(
         f"{_printable(k)}="
         + (

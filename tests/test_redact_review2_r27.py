@@ -1,6 +1,8 @@
 """Redaction: a credential header's value whose first word reads as a scheme's name though it
 is the credential itself (a password or a key of letters only: ``X-Api-Key: Opensesame
-status=401``): hidden with what follows it, a known scheme's name alone shown.
+status=401``): hidden with what follows it, a known scheme's name alone shown; and in a
+query cut short, a header object's values more than its names shown (``value=json&name=Accept&
+value=...`` then the cut): one's name may be past the cut.
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 import functools
 
 import pytest
+from yarl import URL
 
-from le_transport._redact import redact_cut, redact_text
+from le_transport._redact import URL_QUERY_LIMIT, redact_cut, redact_text, redact_url
 from tests.bounded_work import assert_bounded_work
 from tests.known_secrets import BEARER
 
@@ -62,3 +65,35 @@ def test_an_unknown_scheme_and_its_credential_are_hidden(scheme: str) -> None:
 def test_credential_headers_of_unknown_schemes_are_read_once() -> None:
     for unit in ("X-Api-Key: Acme ", "name=X-Api-Key value=Acme a=b, ", "X-Api-Key: Bearer "):
         assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
+
+
+# -- a query cut short: more values than names shown ------------------------------------------
+
+
+def _cut_query(head: str, tail: str) -> str:
+    """A URL whose query is cut right after ``head``'s items, ``tail`` past the cut."""
+    sent = len(URL(f"https://h.example/p?p=a&{head}").raw_query_string) - 3  # (as sent)
+    query = "p=" + "a" * (URL_QUERY_LIMIT - sent - 2) + "&" + head + "&" + tail
+    return f"https://h.example/p?{query}"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        f"value=json&name=Accept&value={BEARER}",
+        f"name=Accept&value=json&value={BEARER}",
+        f"h[0][value]=json&h[0][name]=Accept&h[0][value]={BEARER}",
+    ],
+)
+def test_a_cut_query_hides_values_more_than_their_names(head: str) -> None:
+    tail = "h[0][name]=Authorization" if head.startswith("h[") else "name=Authorization"
+    shown = redact_url(_cut_query(head, tail))
+    assert shown.endswith("&…")
+    assert BEARER not in shown
+    assert "=Accept&" in shown
+
+
+def test_a_cut_query_shows_each_object_s_value_beside_its_name() -> None:
+    head = "name=Accept&value=json&name=Content-Type&value=text"
+    shown = redact_url(_cut_query(head, "name=Authorization"))
+    assert f"&{head}&…" in shown
