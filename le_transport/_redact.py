@@ -719,19 +719,30 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
         # one does, and is passed over (read, a run of them made the pass quadratic); the last
         # of them is read, once that value is hidden, as its own may run past it (a cookie
         # line ends at a quote: 'value: none; header="Set-Cookie": ["sess=..."]', the
-        # list's "Set-Cookie" is read then).
-        inside = None
+        # list's "Set-Cookie" is read then). So is the first header line's among them, before
+        # it, whose value runs to its line's end ('...=Bearer%20x\\\\tcookie: a=1; sess=...',
+        # a value in JSON held in a JSON string ending at the first cookie): two reads a
+        # value hidden, each within it or past it.
+        inside = header = None
         for found in _FIELD.finditer(text):
             if found.end() < done:
+                if header is None and _header_kind(found.group(1).lower()) is not None:
+                    header = found
                 inside = found
                 continue
             if inside is not None:
+                if header is not None and header is not inside:
+                    yield header
                 yield inside
-                inside = None
+                inside = header = None
                 if found.end() < done:
+                    if _header_kind(found.group(1).lower()) is not None:
+                        header = found
                     inside = found
                     continue
             yield found
+        if header is not None and header is not inside:
+            yield header
         if inside is not None:
             yield inside
 

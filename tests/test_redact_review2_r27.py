@@ -2,19 +2,22 @@
 is the credential itself (a password or a key of letters only: ``X-Api-Key: Opensesame
 status=401``): hidden with what follows it, a known scheme's name alone shown; and in a
 query cut short, a header object's values more than its names shown (``value=json&name=Accept&
-value=...`` then the cut): one's name may be past the cut.
+value=...`` then the cut): one's name may be past the cut; and a cookie line inside a value
+hidden before it, not last there (``...=Bearer%20x\\\\tcookie: a=1; sess=...`` in JSON held
+in a JSON string).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 from yarl import URL
 
 from le_transport._redact import URL_QUERY_LIMIT, redact_cut, redact_text, redact_url
 from tests.bounded_work import assert_bounded_work
-from tests.known_secrets import BEARER
+from tests.known_secrets import BEARER, SESSION_ID
 
 #: A credential of letters only: it reads as a scheme's name ("LivePerson", "Bearer-Token").
 LETTERS = "Opensesame"
@@ -97,3 +100,31 @@ def test_a_cut_query_shows_each_object_s_value_beside_its_name() -> None:
     head = "name=Accept&value=json&name=Content-Type&value=text"
     shown = redact_url(_cut_query(head, "name=Authorization"))
     assert f"&{head}&…" in shown
+
+
+# -- a header line inside a value hidden before it --------------------------------------------
+
+
+@pytest.mark.parametrize("sep", ["\t", "\r\n", "\n"])
+@pytest.mark.parametrize(
+    "before",
+    [f"headers[Authorization]=Bearer%20{BEARER}", f"h[Authorization][0]=Token%20{BEARER}"],
+)
+def test_a_cookie_line_inside_a_hidden_value_is_read(before: str, sep: str) -> None:
+    # JSON held in a JSON string: the escaped break is no blank, and the authorization's
+    # value runs into the cookie line, up to its first cookie.
+    line = f"{before}{sep}cookie: a=1; sess={SESSION_ID}; b=2{sep}Host: h"
+    text = json.dumps(json.dumps(line))
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown
+        assert SESSION_ID not in shown
+
+
+def test_header_lines_inside_hidden_values_are_read_once() -> None:
+    for unit in (
+        "cookie: a=1 ",
+        "password=x Cookie: a; ",
+        "headers[Authorization]=Bearer%20x\\\\tcookie: a=1; ",
+        "Authorization: Basic x; Cookie: ",
+    ):
+        assert_bounded_work(functools.partial(redact_text, unit * (100_000 // len(unit))))
