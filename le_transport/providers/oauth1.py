@@ -268,8 +268,8 @@ class OAuth1Signer:
         """The ``Authorization`` header value, on one line (the guide's Step 7 form).
 
         Arguments it cannot sign (a method that is not a str or not an HTTP method token, a
-        URL that is not a :class:`~yarl.URL`, pairs that are not two str) raise
-        :class:`ConfigurationError`.
+        URL that is not a :class:`~yarl.URL`, pairs that are not two str), and a wall clock
+        that gives no positive epoch second, raise :class:`ConfigurationError`.
         """
         _check_signable(method, url)  # before a nonce is made for it
         if nonce is None:
@@ -278,6 +278,14 @@ class OAuth1Signer:
         if timestamp is None:
             now = self._wall_clock()
             _require(finite_number(now), "wall_clock", "returned", now)
+            if int(now) < 1:
+                # RFC 5849 3.3: a positive integer of seconds since 1970. Signed as it was, the
+                # server refused it (a 401, then an AuthenticationError blaming credentials).
+                raise ConfigurationError(
+                    f"OAuth1Signer.wall_clock returned {float(now):.6g}, not epoch seconds: "
+                    "oauth_timestamp must be a positive number of seconds since 1970 (RFC 5849 "
+                    "3.3); give the signer a wall clock (time.time)"
+                )
             timestamp = str(int(now))
         signature = self._signed("header", method, url, nonce, timestamp, body_params)
         params = [
