@@ -717,7 +717,7 @@ class CsdsDomains:
                 policy = attrs.evolve(policy, attempt_timeout=DEFAULT_ATTEMPT_TIMEOUT)
         if self._shared is not None and not self._ask_source:
             generation = self._generation
-            found = await self._shared.read()
+            found = await self._read_shared("before asking the Domain API")
             if found is not None and found[0] and self._generation == generation:
                 # (Invalidated while it read: the map read may be the very one to drop, and
                 # installing it undid the invalidate for a TTL. The Domain API is asked.)
@@ -763,9 +763,22 @@ class CsdsDomains:
                 # them kept them once more at its next refresh).
                 hosts = {s: h for s, h in answered.items() if isinstance(h, str)}
                 refused = frozenset(s for s in answered if s not in hosts)
-                await self._shared.put(hosts, refused=refused)
-                # What was written, not this process's map (which holds the hosts it kept).
-                self._counted = (http.clock.now() + self._shared.ttl, hosts, refused)
+                try:
+                    await self._shared.put(hosts, refused=refused)
+                except StateStoreError as unwritten:
+                    # A store that fails (a closed plain MemoryStore) must not fail the
+                    # resolve the Domain API has just answered: the answer is served, and the
+                    # fleet's peers fetch their own.
+                    _log.warning(
+                        "the Domain API's answer for account %s could not be shared with the "
+                        "fleet (%s)",
+                        self._account,
+                        type(unwritten).__name__,
+                        extra={"account": self._account, "error": type(unwritten).__name__},
+                    )
+                else:
+                    # What was written, not this process's map (which holds the hosts it kept).
+                    self._counted = (http.clock.now() + self._shared.ttl, hosts, refused)
         except (RequestError, DomainResolutionError) as exc:
             adopted = await self._adopt_after_failure(stale, exc)
             if adopted is not None:
@@ -780,6 +793,26 @@ class CsdsDomains:
             return stale
         self._install(entries, http.clock.now())
         return entries
+
+    async def _read_shared(self, when: str) -> tuple[dict[str, str], frozenset[str], float] | None:
+        """The fleet's shared map (:meth:`SharedDomainMap.read`), or None when its store fails
+        (a closed one: a plain MemoryStore or a FallbackStore is not wrapped), logged as a
+        WARNING saying ``when``: as if nothing is shared, the Domain API answers, or the
+        cached map is served, never the store's error in place of either."""
+        shared = self._shared
+        if shared is None:
+            return None
+        try:
+            return await shared.read()
+        except StateStoreError as unread:
+            _log.warning(
+                "the fleet's shared domain map for account %s could not be read %s (%s)",
+                self._account,
+                when,
+                type(unread).__name__,
+                extra={"account": self._account, "error": type(unread).__name__},
+            )
+            return None
 
     async def _adopt_after_failure(
         self, stale: dict[str, Entry] | None, exc: Exception
@@ -798,20 +831,7 @@ class CsdsDomains:
             return None
         http = require_attached(self._http, self)
         generation = self._generation
-        try:
-            found = await self._shared.read()
-        except StateStoreError as unread:
-            # A store that fails (a closed one: a plain MemoryStore or a FallbackStore is not
-            # wrapped) must not turn the failed refresh into its error: as if nothing is
-            # shared, the cached map is served.
-            _log.warning(
-                "the fleet's shared domain map for account %s could not be read after the "
-                "failed refresh (%s)",
-                self._account,
-                type(unread).__name__,
-                extra={"account": self._account, "error": type(unread).__name__},
-            )
-            return None
+        found = await self._read_shared("after the failed refresh")
         if found is None or not found[0] or self._generation != generation:
             return None
         hosts, refused, life = found
