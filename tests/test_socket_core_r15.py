@@ -23,7 +23,7 @@ import pytest
 
 from le_transport.chaos import WsSilence
 from le_transport.policies import BackoffPolicy
-from le_transport.sockets import ResilientSocket
+from le_transport.sockets import ResilientSocket, SocketOptions
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator, SimulatorConfig
 from tests.test_socket_support import (
@@ -48,7 +48,9 @@ async def test_a_queue_flushed_without_callbacks_goes_out_beside_the_read(
     delivered, close() returning [] (the rest counted written)."""
     count, size = 1000, 40_000
     async with agent_engine(sim, clock, states) as engine:
-        ws = await brand_socket(engine, sim, on_frame=lambda frame: None)  # no on_connect
+        ws = await brand_socket(  # no on_connect; a queue of 40 MB: no bound on its size
+            engine, sim, options=SocketOptions(max_queued_bytes=0), on_frame=lambda frame: None
+        )
         await ws.wait_open()
         await sim.sockets.close_all(1001)
         while not states.of("lost"):

@@ -196,7 +196,11 @@ async def test_a_timed_out_request_started_by_on_connect_does_not_leave_the_sock
     big = {"blob": "x" * 1_000_000}
     async with simulator, Engine(simulator.domains, scheme="http", clock=clock) as engine:
         ws = await engine.websocket(
-            "slow", "/slow", options=SocketOptions(keepalive=None), on_connect=[on_connect]
+            "slow",
+            "/slow",
+            # A queue of 40 MB: no bound on its size.
+            options=SocketOptions(keepalive=None, max_queued_bytes=0),
+            on_connect=[on_connect],
         )
         for n in range(40):  # queued: the socket is not open yet
             assert await ws.send({"kind": "msg", "n": n, **big}) is False

@@ -27,6 +27,7 @@ __all__ = [
     "KEEPALIVE_BY_PATH",
     "MAX_INBOX_BYTES",
     "MAX_MSG_SIZE",
+    "MAX_QUEUED_BYTES",
     "MESSAGING_AGENT_KEEPALIVE",
     "MESSAGING_CONSUMER_KEEPALIVE",
     "PREPARE_TIMEOUT",
@@ -45,6 +46,10 @@ HEALTHY_AFTER = 30.0
 #: :attr:`SocketOptions.max_inbox_bytes`'s default: 16 MiB of unread frames (as characters of
 #: their wire text) per socket.
 MAX_INBOX_BYTES = 16 * 1024 * 1024
+
+#: :attr:`SocketOptions.max_queued_bytes`'s default: 16 MiB of queued messages (as characters
+#: of their wire text) per socket.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
 
 #: :attr:`SocketOptions.max_msg_size`'s default: the largest frame a socket takes, 16 MiB.
 MAX_MSG_SIZE = 16 * 1024 * 1024
@@ -158,6 +163,14 @@ def _inbox_bytes_bound(instance: object, attribute: attrs.Attribute[int], value:
         )
 
 
+def _queued_bytes_bound(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            "SocketOptions.max_queued_bytes must be an int >= 1 (characters of the messages "
+            f"queued), or 0 for no bound on their size, got {value!r}"
+        )
+
+
 def _keepalive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None or value is KEEPALIVE_BY_PATH:
         return
@@ -210,6 +223,14 @@ class SocketOptions:
       once in a run of failures and is never counted).
     - ``max_queued``: messages held while the socket is down; past it, sends are refused with
       :class:`~le_transport.errors.SocketQueueFull` (0: refuse every send while down).
+    - ``max_queued_bytes``: the size of those messages held (0: no bound), counted as
+      ``max_inbox_bytes`` counts: the characters of their wire text. A send that would take
+      the queue past it is refused with :class:`~le_transport.errors.SocketQueueFull`, as is
+      a message larger than it on its own, even into an empty queue (only while the socket is
+      down: an open socket sends it straight out). Writes a failed connection gives back to
+      the queue are never refused, but count. The message count alone let a socket that was
+      down hold 1,000 frames of up to any size each; the default, 16 MiB
+      (:data:`MAX_QUEUED_BYTES`), caps what a socket holds while it is down.
     - ``connect_timeout``: one connect's upgrade and first-frame auth (``InitConnection``
       and its answer).
     - ``prepare_timeout``: resolving the host and getting the credentials before a connect's
@@ -290,3 +311,4 @@ class SocketOptions:
     prepare_timeout: float | None = attrs.field(
         default=PREPARE_TIMEOUT, validator=optional_positive
     )
+    max_queued_bytes: int = attrs.field(default=MAX_QUEUED_BYTES, validator=_queued_bytes_bound)

@@ -1,5 +1,9 @@
 """The outgoing queue: messages sent while the socket is down, held in order, bounded.
 
+Bounded twice: by the number of messages (``max_queued``) and by their size
+(``max_queued_bytes``, the characters of their wire text), so that a queue of large frames
+cannot take the process's memory while the socket is down.
+
 Nothing is silently dropped: a message either goes into the queue or is refused with
 :class:`~le_transport.errors.SocketQueueFull`. A queued request whose caller gave up (timeout,
 cancellation) is withdrawn: taken out of the queue, never sent late, and no longer counted
@@ -37,14 +41,23 @@ class Outgoing:
 
 
 class Outbox:
-    """A bounded FIFO of :class:`Outgoing` messages, in the order they were sent."""
+    """A bounded FIFO of :class:`Outgoing` messages, in the order they were sent.
 
-    __slots__ = ("_items", "_limit")
+    ``limit``: how many messages it may hold. ``max_bytes``: how many characters of wire text
+    they may hold in all (0: no bound on their size). A :meth:`put` past either bound is
+    refused with :class:`SocketQueueFull`, a message larger than ``max_bytes`` on its own
+    too (even into an empty queue); :meth:`put_back` is never refused, but counts.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_bytes", "_items", "_limit", "_max_bytes")
+
+    def __init__(self, limit: int, max_bytes: int = 0) -> None:
         self._limit = limit
+        self._max_bytes = max_bytes
         # Made on the first message: most sockets of a large fleet never queue one.
         self._items: deque[Outgoing] | None = None
+        # The characters of the queued messages' texts, in all.
+        self._bytes = 0
 
     def __len__(self) -> int:
         return 0 if self._items is None else len(self._items)
@@ -53,6 +66,16 @@ class Outbox:
     def limit(self) -> int:
         """How many messages the queue may hold."""
         return self._limit
+
+    @property
+    def max_bytes(self) -> int:
+        """How many characters of wire text the queue may hold in all (0: no bound)."""
+        return self._max_bytes
+
+    @property
+    def queued_bytes(self) -> int:
+        """The characters of wire text the queue holds now."""
+        return self._bytes
 
     def put(self, item: Outgoing) -> None:
         """Queue ``item`` last, or raise :class:`SocketQueueFull`."""
@@ -64,7 +87,17 @@ class Outbox:
                 "the message was refused (not sent, not lost); retry after the socket is open "
                 "or raise max_queued"
             )
+        size = len(item.text)
+        bound = self._max_bytes
+        if bound and self._bytes + size > bound:
+            raise SocketQueueFull(
+                f"the socket is down and its queue may hold {bound} characters of messages "
+                f"(max_queued_bytes), {self._bytes} already: the message ({size} characters) "
+                "was refused (not sent, not lost); retry after the socket is open or raise "
+                "max_queued_bytes"
+            )
         self._items.append(item)
+        self._bytes += size
 
     def put_back(self, item: Outgoing) -> None:
         """Return ``item``, which was taken, or written straight out, but could not be written.
@@ -84,6 +117,7 @@ class Outbox:
         # the caller's own): one put back goes first, and one queued is taken as made after
         # any numbered one, as the queue did before it numbered them.
         order = item.order or 0
+        self._bytes += len(item.text)
         # From the head: a write put back was made before nearly everything queued.
         for index, queued in enumerate(items):
             if not queued.order or queued.order >= order:
@@ -94,7 +128,11 @@ class Outbox:
     def take(self) -> Outgoing | None:
         """The next message, or None when the queue is empty."""
         items = self._items
-        return items.popleft() if items else None
+        if not items:
+            return None
+        item = items.popleft()
+        self._bytes -= len(item.text)
+        return item
 
     def withdraw(self, request_id: str) -> bool:
         """Take the queued request ``request_id`` out of the queue: it is no longer wanted.
@@ -105,6 +143,7 @@ class Outbox:
         for index, item in enumerate(items):
             if item.request_id == request_id:
                 del items[index]
+                self._bytes -= len(item.text)
                 item.withdrawn = True
                 return True
         return False
@@ -117,4 +156,5 @@ class Outbox:
         """Empty the queue; the messages it held."""
         items = list(self._items or ())
         self._items = None
+        self._bytes = 0
         return items

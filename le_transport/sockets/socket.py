@@ -480,7 +480,7 @@ class ResilientSocket:
         self._name = dialer.name
         self._life = Lifecycle()
         self._pending = PendingRequests()
-        self._outbox = Outbox(self._options.max_queued)
+        self._outbox = Outbox(self._options.max_queued, self._options.max_queued_bytes)
         # Each unread frame with its size on the wire (characters of text, bytes of binary),
         # and the sum of those sizes (max_inbox_bytes).
         self._inbox: deque[tuple[Any, int]] | None = None
@@ -766,7 +766,8 @@ class ResilientSocket:
           :class:`~le_transport.errors.InvalidMessage`).
 
         A request whose caller gave up (its timeout, a cancellation) while it was queued
-        leaves the queue: it is never sent late, and no longer counts against ``max_queued``.
+        leaves the queue: it is never sent late, and no longer counts against ``max_queued`` and
+        ``max_queued_bytes``.
 
         Raises :class:`SocketRequestTimeout` when no answer came within ``timeout`` seconds
         (default: the options' ``request_timeout``; the time spent queued counts; an answer
