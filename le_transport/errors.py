@@ -679,7 +679,9 @@ class SocketClosed(SocketError):
 
 
 class SocketQueueFull(SocketError):
-    """The socket is down and its outgoing queue is full: the message was refused, not lost."""
+    """The socket is down and its outgoing queue is full (``SocketOptions.max_queued`` messages,
+    or ``max_queued_bytes`` of their text, which a message larger than it passes on its own):
+    the message was refused, not lost."""
 
 
 class SocketRequestTimeout(SocketError):
