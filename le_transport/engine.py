@@ -1122,9 +1122,10 @@ _DROPPED = (
 
 
 def _plain_params(params: object) -> bool:
-    """Whether ``params`` is the usual call's: a dict of ASCII names to ASCII text or numbers,
-    which yarl takes as it is (told at once: the walks of :func:`_params_fault` and
-    :func:`_params_text_fault` cost ~1 us a parameter on every call that passes params)."""
+    """Whether ``params`` is the usual call's: a dict of ASCII names to ASCII text or numbers
+    yarl can write (a finite float, an int short of :data:`_TEXT_BITS`), which yarl takes as it
+    is (told at once: the walks of :func:`_params_fault` and :func:`_params_text_fault` cost
+    ~1 us a parameter on every call that passes params)."""
     if type(params) is not dict:
         return False
     for name, value in params.items():
@@ -1134,7 +1135,10 @@ def _plain_params(params: object) -> bool:
         if kind is str:
             if not value.isascii():
                 return False
-        elif kind is not int and kind is not float:
+        elif kind is int:
+            if value.bit_length() >= _TEXT_BITS:
+                return False
+        elif kind is not float or not math.isfinite(value):
             return False
     return True
 
