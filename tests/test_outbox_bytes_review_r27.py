@@ -37,8 +37,11 @@ async def test_a_withdrawn_request_frees_its_size_and_close_returns_the_rest(
         with pytest.raises(SocketRequestTimeout):
             await ws.request(".Slow", {"pad": pad}, timeout=1.0)
         assert ws.queued == 0
+        assert ws.queued_bytes == 0
         # The request left the queue, and its size with it: a message as large fits.
         assert await ws.send({"n": 1, "pad": pad}) is False
+        # The socket says how much it holds, as it says its inbox's (inbox_bytes).
+        assert 6000 < ws.queued_bytes < 10_000
         with pytest.raises(SocketQueueFull, match="max_queued_bytes") as info:
             await ws.send({"n": 2, "pad": pad})
         assert pad not in str(info.value)

@@ -562,6 +562,13 @@ class ResilientSocket:
         return len(self._outbox)
 
     @property
+    def queued_bytes(self) -> int:
+        """The size of the messages waiting for the socket to be open, in characters of their
+        wire text: at most the options' ``max_queued_bytes`` (0: no bound), and more only by
+        writes a lost connection gave back, which are never refused."""
+        return self._outbox.queued_bytes
+
+    @property
     def inbox_size(self) -> int:
         """Unsolicited frames waiting to be taken with ``async for`` (at most the options'
         ``max_inbox``, and one more once the connection ended during a pause)."""
