@@ -18,6 +18,7 @@ from tests.test_socket_support import (
     StateLog,
     agent_engine,
     brand_socket,
+    down_with_sim,
     no_open_connections,
     sim,
     states,
@@ -150,11 +151,7 @@ async def test_a_socket_down_refuses_sends_past_its_byte_bound_and_sends_the_res
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim, options=SocketOptions(max_queued_bytes=10_000))
         await ws.wait_open()
-        lost = ws.states()
-        await sim.stop()
-        async for event in lost:
-            if event.name == "lost":
-                break
+        await down_with_sim(ws, sim)
         assert await ws.send({"n": 1, "pad": big}) is False
         assert await ws.send({"n": 2, "pad": big}) is False
         with pytest.raises(SocketQueueFull, match="max_queued_bytes") as info:

@@ -13,6 +13,7 @@ from tests.test_socket_support import (
     StateLog,
     agent_engine,
     brand_socket,
+    down_with_sim,
     no_open_connections,
     sim,
     states,
@@ -29,11 +30,7 @@ async def test_a_withdrawn_request_frees_its_size_and_close_returns_the_rest(
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim, options=SocketOptions(max_queued_bytes=10_000))
         await ws.wait_open()
-        lost = ws.states()
-        await sim.stop()
-        async for event in lost:
-            if event.name == "lost":
-                break
+        await down_with_sim(ws, sim)
         with pytest.raises(SocketRequestTimeout):
             await ws.request(".Slow", {"pad": pad}, timeout=1.0)
         assert ws.queued == 0

@@ -139,6 +139,15 @@ async def brand_socket(
     )
 
 
+async def down_with_sim(ws: ResilientSocket, sim: Simulator) -> None:
+    """Stop the simulator under the open socket ``ws`` and wait until ``ws`` says it is lost."""
+    lost = ws.states()
+    await sim.stop()
+    async for event in lost:
+        if event.name == "lost":
+            break
+
+
 async def quiet_peer(request: web.Request) -> web.WebSocketResponse:
     """A WebSocket peer that accepts the upgrade and reads until the client closes, answering
     nothing."""
