@@ -631,6 +631,12 @@ def test_an_output_that_cannot_be_written_ends_either_command_in_one_line(comman
     assert "Exception ignored" not in proc.stderr
 
 
+def _hear_ctrl_c() -> None:
+    # A suite started in the background by a shell without job control (``cmd &`` in a
+    # script) inherits SIGINT ignored, and Python keeps it so: the demo ran to its end.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
     # It printed a KeyboardInterrupt traceback.
     proc = subprocess.Popen(
@@ -640,6 +646,7 @@ def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
         text=True,
         cwd=ROOT,
         env=_no_le_variables(),
+        preexec_fn=_hear_ctrl_c,  # as a terminal's Ctrl-C finds it, however the suite started
     )
     try:
         assert proc.stdout is not None
