@@ -2892,7 +2892,11 @@ class Engine:
         - ``allow_redirects``: follow a 3xx answer's ``Location`` (default), as aiohttp does
           (up to its ``max_redirects``; a loop is a :class:`~le_transport.errors.RequestError`),
           and return the last answer; each hop goes through the stack again, and credentials
-          go only to the service's own host, never to a hop elsewhere. False returns the 3xx
+          go only to the service's own host, never to a hop elsewhere. A hop to another origin
+          than the call's (scheme, host or port) carries none of ``headers``' secret ones
+          either (``X-Api-Key``, ``X-Auth-Token``, any name that says it holds a credential;
+          aiohttp alone drops only ``Authorization`` and ``Cookie``), with a WARNING naming
+          them; a hop on the call's origin keeps them. False returns the 3xx
           answer itself, as a :class:`Response`. Anything but True or False is an
           :class:`~le_transport.errors.InvalidRequest`.
         - ``idempotent``: whether repeating the request is safe. Default: by method (GET, PUT,

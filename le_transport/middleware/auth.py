@@ -9,7 +9,8 @@ It sits outside the retry middleware (once per logical call, and once per redire
   API down) fails the call with its error, nothing sent: an outage, for the retry and
   recovery policies to judge, not a host to send the call to without credentials. A foreign
   session without the engine's call context gets none either, unless ``allowed_hosts`` names
-  the host.
+  the host. A hop to another origin loses the caller's own secret headers too (the retry
+  middleware's :func:`~le_transport.middleware.context.drop_secret_headers`).
 - A 401 invalidates the credentials that were sent (the provider re-authenticates once even if
   a hundred calls see the 401 together: credentials carry a generation), fetches fresh ones and
   replays the request once. A second 401 is an :class:`~le_transport.errors.AuthenticationError`,

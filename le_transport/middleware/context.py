@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import aiohttp
 from yarl import URL
 
-from .._redact import redact_url
+from .._redact import is_secret_header, redact_url
 from ..clock import Clock, timeout_after
 from ..errors import (
     AttemptRecord,
@@ -51,6 +51,7 @@ __all__ = [
     "call_context",
     "close_ledger",
     "current_call",
+    "drop_secret_headers",
     "is_provider_outage",
     "open_ledger",
     "provider_failed",
@@ -81,6 +82,9 @@ class CallContext:
       each further attempt of that same request, so that no attempt repeats a nonce.
     - ``caller_handles_failure``: whether whoever made the call handles an outage of it itself,
       so that the call failing fails nothing yet (see :class:`HandledCallContext`). False here.
+    - ``first_url``: the URL of the call's first request as the retry middleware saw it (None
+      until then): the origin its redirect hops are held to. A hop to another origin (scheme,
+      host or port) is sent without any secret header (:func:`drop_secret_headers`).
     """
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
@@ -91,6 +95,7 @@ class CallContext:
         "active",
         "attempts",
         "first_method",
+        "first_url",
         "idempotent",
         "resign",
         "retry",
@@ -125,6 +130,7 @@ class CallContext:
         self.started_at = started_at
         self.active = active
         self.resign: tuple[ClientRequest, Resign] | None = None
+        self.first_url: URL | None = None
 
     def may_resend(self) -> bool:
         """Whether the whole call may be sent again, by what the engine saw of it (asked by the
@@ -150,6 +156,40 @@ class CallContext:
             f"attempts={len(self.attempts)}, started_at={self.started_at!r}, "
             f"active={self.active!r})"
         )
+
+
+def drop_secret_headers(ctx: CallContext, request: ClientRequest) -> None:
+    """Take every secret header off ``request``, a redirect hop of the call ``ctx``, if it goes
+    to another origin (scheme, host or effective port) than the call's first request
+    (:attr:`CallContext.first_url`), whoever put the header there: the caller's ``headers``
+    (``X-Api-Key``, ``X-Auth-Token``, any name :func:`~le_transport._redact.is_secret_header`
+    calls a credential's), an outer middleware. aiohttp takes off only ``Authorization``,
+    ``Cookie`` and ``Proxy-Authorization`` on such a hop, and the auth middleware puts no
+    credentials on it. A hop on the call's own origin keeps them all (a hop back to it too:
+    the auth middleware's credentials go back on it as well). Logged as a WARNING naming the
+    headers, never their values."""
+    first = ctx.first_url
+    url = request.url
+    if first is None or (url.scheme, url.raw_host, url.port) == (
+        first.scheme,
+        first.raw_host,
+        first.port,
+    ):
+        return
+    headers = request.headers
+    dropped = sorted({name for name in headers if is_secret_header(name)}, key=str.lower)
+    if not dropped:
+        return
+    for name in dropped:
+        headers.popall(name, None)
+    _log.warning(
+        "%s: redirected to another origin than the call's (%s): not sending its %s header%s",
+        redact_url(url),
+        f"{first.scheme}://{first.raw_host}:{first.port}",
+        ", ".join(dropped),
+        "" if len(dropped) == 1 else "s",
+        extra={"service": ctx.service, "dropped": dropped},
+    )
 
 
 class HandledCallContext(CallContext):

@@ -21,6 +21,9 @@ How it answers aiohttp's middleware contract (see docs/architecture.md):
   (after the outer middlewares; :mod:`~le_transport.middleware.upgrade`): a redirect to
   another host is refused before it is sent.
 - Redirect hops each run the chain again; each hop is its own attempt loop on the same call.
+  A hop of an engine call to another origin (scheme, host or port) than its first request's
+  is sent without any secret header (:func:`~le_transport.middleware.context.drop_secret_headers`):
+  aiohttp drops only ``Authorization``, ``Cookie`` and ``Proxy-Authorization``.
 """
 
 from __future__ import annotations
@@ -74,7 +77,14 @@ from ..policies.classify import (
 )
 from ..policies.retry import Action, Decision, RetryPolicy
 from ..policies.retry_after import dated_two_digit_year, parse_retry_after
-from .context import _CALL_LEDGER, _CURRENT, CallContext, CallLedger, HandledCallContext
+from .context import (
+    _CALL_LEDGER,
+    _CURRENT,
+    CallContext,
+    CallLedger,
+    HandledCallContext,
+    drop_secret_headers,
+)
 from .upgrade import UPGRADE_GUARD
 
 if TYPE_CHECKING:
@@ -333,6 +343,13 @@ class RetryMiddleware:
         elif ctx.active:
             # A request made from inside an engine call's retry loop (re-entrant): its own.
             ctx = CallContext()
+        elif ctx.first_url is None:
+            # The call's first request: the origin its redirect hops are held to.
+            ctx.first_url = request.url
+        elif request.url is not ctx.first_url:
+            # A redirect hop (or an outer middleware's request to another URL): no secret
+            # header goes to another origin, the caller's own included.
+            drop_secret_headers(ctx, request)
         # The loop notes when the call started (``ctx.started_at``) as it begins.
         return _Call(self, ctx, ctx.retry or self.policy, request, handler).run()
 

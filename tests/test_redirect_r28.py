@@ -1,0 +1,166 @@
+"""Redirects and the request path's credentials: a hop to another origin (scheme, host or port)
+carries none of the caller's own secret headers, a hop on the call's origin keeps them."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiohttp import web
+
+from le_transport.chaos import Status
+from le_transport.errors import ClientStatusError
+from le_transport.providers import OAuth1Auth, StaticBearer, StaticDomains
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.conftest import ServerFactory
+from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET, BEARER
+from tests.test_auth_middleware import login_for
+from tests.test_providers import ACCOUNT, USER, sim, sim_engine
+
+__all__ = ["sim"]
+
+USERS = f"/api/account/{ACCOUNT}/configuration/le-users/users"
+
+#: The caller's own headers: three a credential's name gives away, one that is no secret.
+CALLER_HEADERS = {
+    "X-Api-Key": "caller-api-key-1",
+    "X-Auth-Token": "caller-auth-token-2",
+    "X-Partner-Secret": "caller-partner-3",
+    "X-Request-Id": "trace-4",
+}
+SECRET_NAMES = ("X-Api-Key", "X-Auth-Token", "X-Partner-Secret")
+
+
+async def _recorder(serve: ServerFactory) -> tuple[str, list[dict[str, str]]]:
+    """A plain loopback app (another origin) recording the headers of every request."""
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    return await serve(app), seen
+
+
+async def test_a_redirect_to_another_origin_drops_the_callers_secret_headers(
+    sim: Simulator, clock: VirtualClock, serve: ServerFactory
+) -> None:
+    elsewhere, seen = await _recorder(serve)
+    sim.faults.script(
+        "GET", USERS, [Status(302, headers={"Location": f"http://{elsewhere}/steal"}, body="")]
+    )
+    async with sim_engine(
+        sim, clock, domains=StaticDomains(sim.domains), auth=StaticBearer(BEARER)
+    ) as engine:
+        resp = await engine.request("GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS)
+    assert resp.status == 200
+    assert len(seen) == 1
+    got = {k.lower() for k in seen[0]}
+    for name in (*SECRET_NAMES, "Authorization"):
+        assert name.lower() not in got, name
+    # Not a secret: still sent.
+    assert {k.lower(): v for k, v in seen[0].items()}["x-request-id"] == "trace-4"
+    # The service's own host did get them (the test would prove nothing otherwise).
+    first = sim.requests[0].headers
+    assert all(name in first for name in SECRET_NAMES)
+
+
+async def test_an_oauth1_call_redirected_elsewhere_is_neither_signed_nor_given_caller_secrets(
+    sim: Simulator, clock: VirtualClock, serve: ServerFactory
+) -> None:
+    elsewhere, seen = await _recorder(serve)
+    sim.faults.script(
+        "GET", USERS, [Status(307, headers={"Location": f"http://{elsewhere}/steal"}, body="")]
+    )
+    auth = OAuth1Auth("app-key", APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
+    async with sim_engine(sim, clock, domains=StaticDomains(sim.domains), auth=auth) as engine:
+        await engine.request("GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS)
+    assert len(seen) == 1
+    got = {k.lower() for k in seen[0]}
+    assert not got & {n.lower() for n in (*SECRET_NAMES, "Authorization")}
+
+
+async def test_a_redirect_to_another_port_of_the_same_host_is_another_origin(
+    sim: Simulator, clock: VirtualClock, serve: ServerFactory
+) -> None:
+    """Both servers are 127.0.0.1: only the port differs."""
+    elsewhere, seen = await _recorder(serve)
+    assert elsewhere.split(":")[0] == sim.host.split(":")[0]
+    sim.faults.script(
+        "GET", USERS, [Status(301, headers={"Location": f"http://{elsewhere}/x"}, body="")]
+    )
+    async with sim_engine(sim, clock, domains=StaticDomains(sim.domains)) as engine:
+        await engine.request("GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS)
+    assert len(seen) == 1
+    assert not {k.lower() for k in seen[0]} & {n.lower() for n in SECRET_NAMES}
+
+
+async def test_a_redirect_on_the_same_origin_keeps_the_callers_secret_headers(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    moved = f"/api/account/{ACCOUNT}/configuration/le-users/users/1"
+    sim.faults.script("GET", USERS, [Status(302, headers={"Location": moved}, body="")])
+    auth = login_for(sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        await engine.request("GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS)
+    gets = [r for r in sim.requests if r.method == "GET" and r.path.startswith(USERS)]
+    assert [r.path for r in gets] == [USERS, moved]
+    for request in gets:
+        assert all(name in request.headers for name in SECRET_NAMES)
+        assert "Authorization" in request.headers
+
+
+async def test_a_redirect_to_another_name_of_the_same_server_is_another_origin(
+    sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``localhost`` and ``127.0.0.1`` on the same port: the same server, but another host, so
+    another origin. The WARNING names the headers it did not send, never their values."""
+    port = sim.host.rpartition(":")[2]
+    moved = f"http://localhost:{port}{USERS}/1"
+    sim.faults.script("GET", USERS, [Status(302, headers={"Location": moved}, body="")])
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with sim_engine(sim, clock, domains=StaticDomains(sim.domains)) as engine:
+        with pytest.raises(ClientStatusError) as info:
+            await engine.request("GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS)
+    assert info.value.status == 401  # the simulator wants a bearer: the engine has none
+    first, hop = [r for r in sim.requests if r.path.startswith(USERS)]
+    assert all(name in first.headers for name in SECRET_NAMES)
+    assert not {k.lower() for k in hop.headers} & {n.lower() for n in SECRET_NAMES}
+    shown = "\n".join(r.getMessage() for r in caplog.records)
+    assert "X-Api-Key, X-Auth-Token, X-Partner-Secret" in shown
+    assert not any(value in shown for value in CALLER_HEADERS.values())
+
+
+async def test_a_hop_back_to_the_calls_origin_is_sent_them_again(
+    sim: Simulator, clock: VirtualClock, serve: ServerFactory
+) -> None:
+    """Service host → elsewhere → the service host: the foreign hop gets none, the hop back
+    gets the caller's headers and the credentials again, as the first did."""
+    seen: list[dict[str, str]] = []
+    back = f"http://{sim.host}{USERS}/1"
+
+    async def bounce(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(status=302, headers={"Location": back})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", bounce)
+    elsewhere = await serve(app)
+    sim.faults.script(
+        "GET", USERS, [Status(302, headers={"Location": f"http://{elsewhere}/x"}, body="")]
+    )
+    auth = login_for(sim)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        user = await engine.request_json(
+            "GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS
+        )
+    assert user["loginName"] == USER
+    assert len(seen) == 1
+    assert not {k.lower() for k in seen[0]} & {n.lower() for n in (*SECRET_NAMES, "Authorization")}
+    gets = [r for r in sim.requests if r.path.startswith(USERS)]
+    assert [r.path for r in gets] == [USERS, f"{USERS}/1"]
+    for request in gets:
+        assert all(name in request.headers for name in (*SECRET_NAMES, "Authorization"))
