@@ -1,5 +1,6 @@
-"""Redirects and the request path's credentials: a hop to another origin (scheme, host or port)
-carries none of the caller's own secret headers, a hop on the call's origin keeps them."""
+"""The request path's credentials: a redirect hop to another origin (scheme, host or port)
+carries none of the caller's own secret headers, a hop on the call's origin keeps them; an
+OAuth 1.0 signature leaves a caller's ``oauth_signature`` parameter out of its base string."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import logging
 
 import pytest
 from aiohttp import web
+from oauthlib import oauth1 as independent  # type: ignore[import-untyped]
+from yarl import URL
 
 from le_transport.chaos import Status
 from le_transport.errors import ClientStatusError
-from le_transport.providers import OAuth1Auth, StaticBearer, StaticDomains
+from le_transport.providers import OAuth1Auth, OAuth1Signer, StaticBearer, StaticDomains
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from le_transport.testing.simulator.oauth1 import parse_oauth_header, verify
 from tests.conftest import ServerFactory
 from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET, BEARER
 from tests.test_auth_middleware import login_for
-from tests.test_providers import ACCOUNT, USER, sim, sim_engine
+from tests.test_providers import ACCOUNT, APP_KEY, USER, sim, sim_engine
 
 __all__ = ["sim"]
 
@@ -164,3 +168,76 @@ async def test_a_hop_back_to_the_calls_origin_is_sent_them_again(
     assert [r.path for r in gets] == [USERS, f"{USERS}/1"]
     for request in gets:
         assert all(name in request.headers for name in (*SECRET_NAMES, "Authorization"))
+
+
+# -- OAuth 1.0: a parameter of the caller's named oauth_signature ------------------------------
+
+_CK, _CS, _TK, _TS = "ck-1", "cs-1 &x", "tk-1", "ts-1/=+"
+
+
+def _independent() -> independent.Client:
+    return independent.Client(
+        _CK,
+        client_secret=_CS,
+        resource_owner_key=_TK,
+        resource_owner_secret=_TS,
+        nonce="n0nce",
+        timestamp="1700000000",
+    )
+
+
+def _oauth_params(header: str) -> dict[str, str]:
+    return parse_oauth_header(header)
+
+
+def test_the_signer_leaves_a_query_oauth_signature_out_of_the_base_string() -> None:
+    """RFC 5849 3.4.1.3.1: ``oauth_signature`` is excluded from the base string wherever it
+    is found; oauthlib (an independent signer) leaves it out, and so must ours."""
+    url = URL("https://va.example.net/x?a=1&oauth_signature=zzz")
+    signer = OAuth1Signer(_CK, _CS, _TK, _TS)
+    ours = _oauth_params(signer.header("GET", url, nonce="n0nce", timestamp="1700000000"))
+    _, headers, _ = _independent().sign(str(url), http_method="GET")
+    assert ours == _oauth_params(headers["Authorization"])
+
+
+def test_the_signer_leaves_a_form_fields_oauth_signature_out_of_the_base_string() -> None:
+    url = URL("https://va.example.net/x")
+    form = [("b", "2"), ("oauth_signature", "zzz")]
+    signer = OAuth1Signer(_CK, _CS, _TK, _TS)
+    ours = signer.signature("POST", url, nonce="n0nce", timestamp="1700000000", body_params=form)
+    without = signer.signature(
+        "POST", url, nonce="n0nce", timestamp="1700000000", body_params=[("b", "2")]
+    )
+    assert ours == without
+    _, headers, _ = _independent().sign(
+        str(url),
+        http_method="POST",
+        body="b=2&oauth_signature=zzz",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert _oauth_params(headers["Authorization"])["oauth_signature"] == ours
+
+
+def test_the_simulators_verifier_leaves_a_query_oauth_signature_out_of_the_base_string() -> None:
+    """The verifier, as the gateway does, accepts what an RFC signer signed over such a URL."""
+    url = URL("https://va.example.net/x?a=1&oauth_signature=zzz")
+    _, headers, _ = _independent().sign(str(url), http_method="GET")
+    assert verify(
+        method="GET",
+        url=url.with_query(None),
+        oauth=_oauth_params(headers["Authorization"]),
+        extra_params=list(url.query.items()),
+        consumer_secret=_CS,
+        token_secret=_TS,
+    )
+
+
+async def test_an_oauth1_call_with_a_query_oauth_signature_is_accepted_by_the_simulator(
+    sim: Simulator, clock: VirtualClock
+) -> None:
+    auth = OAuth1Auth(APP_KEY, APP_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
+    async with sim_engine(sim, clock, domains=StaticDomains(sim.domains), auth=auth) as engine:
+        users = await engine.request_json(
+            "GET", "accountConfigReadOnly", USERS, params={"oauth_signature": "the-callers"}
+        )
+    assert isinstance(users, list)

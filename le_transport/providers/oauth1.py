@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 
+#: The one parameter RFC 5849 3.4.1.3.1 leaves out of the base string, wherever it is found.
+_SIGNATURE_PARAM = "oauth_signature"
+
+
 def percent_encode(value: str) -> str:
     """RFC 5849 3.6: UTF-8, then every byte but ``A-Z a-z 0-9 - . _ ~`` as ``%XX`` (upper)."""
     return quote(value.encode("utf-8"), safe="-._~")
@@ -88,14 +92,20 @@ def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str
     string URI and the normalised parameters.
 
     ``params`` are the protocol parameters and any form body parameters; the URL's own query
-    parameters are added here (decoded first, as the RFC says).
+    parameters are added here (decoded first, as the RFC says). A parameter named
+    ``oauth_signature``, wherever it is (a caller's query or form field), is left out, as RFC
+    5849 3.4.1.3.1 says: the gateway leaves it out of the base string it verifies against.
     """
-    query = list(url.query.items())
+    collected = [*url.query.items(), *params]
     return "&".join(
         (
             percent_encode(method.upper()),
             percent_encode(base_string_uri(url)),
-            percent_encode(normalized_parameters([*query, *params])),
+            percent_encode(
+                normalized_parameters(
+                    (name, value) for name, value in collected if name != _SIGNATURE_PARAM
+                )
+            ),
         )
     )
 

@@ -83,8 +83,8 @@ def parse_oauth_header(header: str) -> dict[str, str]:
 def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str]]) -> str:
     """RFC 5849 §3.4.1: ``enc(METHOD)&enc(base URI)&enc(normalised parameters)``.
 
-    ``params`` holds every query, form-body and ``oauth_*`` parameter (decoded), except
-    ``oauth_signature``.
+    ``params`` holds every query, form-body and ``oauth_*`` parameter (decoded), except any
+    named ``oauth_signature`` (:func:`verify` leaves them out).
     """
     encoded = sorted((percent_encode(k), percent_encode(v)) for k, v in params)
     normalised = "&".join(f"{k}={v}" for k, v in encoded)
@@ -114,9 +114,13 @@ def verify(
     consumer_secret: str,
     token_secret: str,
 ) -> bool:
-    """Whether ``oauth["oauth_signature"]`` signs this request with these secrets."""
+    """Whether ``oauth["oauth_signature"]`` signs this request with these secrets.
+
+    ``extra_params`` are the request's query and form parameters; one named
+    ``oauth_signature`` there (a client's own) is left out of the base string, as the header's
+    is (RFC 5849 §3.4.1.3.1: excluded wherever it is found)."""
     given = oauth.get("oauth_signature", "")
     params = [(k, v) for k, v in oauth.items() if k != "oauth_signature"]
-    params.extend(extra_params)
+    params.extend((k, v) for k, v in extra_params if k != "oauth_signature")
     expected = sign(signature_base_string(method, url, params), consumer_secret, token_secret)
     return hmac.compare_digest(given.encode(), expected.encode())
