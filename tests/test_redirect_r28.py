@@ -4,13 +4,17 @@ OAuth 1.0 signature leaves a caller's ``oauth_signature`` parameter out of its b
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 from oauthlib import oauth1 as independent  # type: ignore[import-untyped]
 from yarl import URL
 
+from le_transport import RealClock, RetryMiddleware, RetryPolicy
 from le_transport.chaos import Status
 from le_transport.errors import ClientStatusError
 from le_transport.providers import OAuth1Auth, OAuth1Signer, StaticBearer, StaticDomains
@@ -21,6 +25,7 @@ from tests.conftest import ServerFactory
 from tests.known_secrets import ACCESS_TOKEN, ACCESS_TOKEN_SECRET, APP_SECRET, BEARER
 from tests.test_auth_middleware import login_for
 from tests.test_providers import ACCOUNT, APP_KEY, USER, sim, sim_engine
+from tests.test_retry_middleware import Script, _reply_with
 
 __all__ = ["sim"]
 
@@ -241,3 +246,35 @@ async def test_an_oauth1_call_with_a_query_oauth_signature_is_accepted_by_the_si
             "GET", "accountConfigReadOnly", USERS, params={"oauth_signature": "the-callers"}
         )
     assert isinstance(users, list)
+
+
+# -- Retry-After HTTP-dates: read on the injected clock's date ---------------------------------
+
+
+async def test_a_retry_middleware_on_a_virtual_clock_dates_retry_after_by_that_clock(
+    serve: ServerFactory,
+) -> None:
+    """Without a ``wall_clock`` of its own, a RetryMiddleware reads a ``Retry-After`` date
+    (on an answer with no valid ``Date``) against its clock's date, as the engine and
+    ProviderHttp do: never the machine's, which a virtual clock's is not."""
+    clock = VirtualClock(epoch=1_700_000_000.0)
+    headers = {
+        "Date": "not a date",
+        "Retry-After": email.utils.formatdate(clock.wall() + 12, usegmt=True),
+    }
+    host = await serve(Script(_reply_with(503, headers), 200).app())
+    mw = RetryMiddleware(policy=RetryPolicy(), clock=clock)
+    assert mw.wall_clock == clock.wall
+    async with (
+        aiohttp.ClientSession(middlewares=[mw], timeout=aiohttp.ClientTimeout(total=None)) as s,
+        s.get(f"http://{host}/x") as resp,
+    ):
+        assert resp.status == 200
+    assert clock.now() == 12.0
+
+
+def test_a_retry_middleware_on_the_real_clock_reads_the_real_date() -> None:
+    assert RetryMiddleware().wall_clock is time.time
+    assert RetryMiddleware(clock=RealClock()).wall_clock is time.time
+    mine = lambda: 1.0e9  # noqa: E731
+    assert RetryMiddleware(clock=VirtualClock(), wall_clock=mine).wall_clock is mine

@@ -36,7 +36,6 @@ import email.utils
 import functools
 import logging
 import random
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -48,7 +47,7 @@ from aiohttp.payload import Payload
 
 from .._checks import instance_of, optional_instance_of, require_option
 from .._redact import body_excerpt, redact_cut, redact_path, redact_url
-from ..clock import Clock, RealClock, _ClockTimeout, _WheelTimer
+from ..clock import Clock, RealClock, _ClockTimeout, _WheelTimer, wall_of
 from ..errors import (
     AttemptRecord,
     AttemptTimeout,
@@ -279,7 +278,9 @@ class RetryMiddleware:
       hooks get the whole body once, as aiohttp's own ``resp.read()`` gives it.
     - ``max_body_bytes``: bodies larger than this raise :class:`BodyTooLarge`.
     - ``wall_clock``: epoch seconds, only to read a ``Retry-After`` HTTP-date when the answer
-      has no ``Date`` header.
+      has no (valid) ``Date`` header. Default: the date of ``clock``
+      (:func:`~le_transport.clock.wall_of`: a :class:`~le_transport.testing.VirtualClock`'s
+      virtual date, :func:`time.time` for :class:`RealClock`), as the engine's.
     - ``gate``: overload protection asked before each attempt and each retry (the breaker and
       the retry budget, :class:`~le_transport.middleware.overload.OverloadGuard`); a refusal
       fails the call at once, without pausing.
@@ -298,7 +299,11 @@ class RetryMiddleware:
     raise_for_status: bool = attrs.field(default=True, validator=instance_of(bool))
     buffer_body: bool = attrs.field(default=True, validator=instance_of(bool))
     max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=_body_limit)
-    wall_clock: Callable[[], float] = time.time
+    # The date of ``clock`` unless given (a VirtualClock's own, RealClock's time.time), as the
+    # engine's and ProviderHttp's: never the machine's behind a virtual clock.
+    wall_clock: Callable[[], float] = attrs.field(
+        default=attrs.Factory(lambda self: wall_of(self.clock), takes_self=True)
+    )
     gate: RetryGate | None = attrs.field(default=None, validator=_gate)
     shutdown: asyncio.Event | None = attrs.field(
         default=None, validator=optional_instance_of(asyncio.Event)
