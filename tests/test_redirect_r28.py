@@ -54,8 +54,9 @@ async def _recorder(serve: ServerFactory) -> tuple[str, list[dict[str, str]]]:
     return await serve(app), seen
 
 
+@pytest.mark.parametrize("recover", [False, True])
 async def test_a_redirect_to_another_origin_drops_the_callers_secret_headers(
-    sim: Simulator, clock: VirtualClock, serve: ServerFactory
+    sim: Simulator, clock: VirtualClock, serve: ServerFactory, recover: bool
 ) -> None:
     elsewhere, seen = await _recorder(serve)
     sim.faults.script(
@@ -64,7 +65,9 @@ async def test_a_redirect_to_another_origin_drops_the_callers_secret_headers(
     async with sim_engine(
         sim, clock, domains=StaticDomains(sim.domains), auth=StaticBearer(BEARER)
     ) as engine:
-        resp = await engine.request("GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS)
+        resp = await engine.request(
+            "GET", "accountConfigReadOnly", USERS, headers=CALLER_HEADERS, recover=recover
+        )
     assert resp.status == 200
     assert len(seen) == 1
     got = {k.lower() for k in seen[0]}
