@@ -2896,7 +2896,8 @@ class Engine:
           than the call's (scheme, host or port) carries none of ``headers``' secret ones
           either (``X-Api-Key``, ``X-Auth-Token``, any name that says it holds a credential;
           aiohttp alone drops only ``Authorization`` and ``Cookie``), with a WARNING naming
-          them; a hop on the call's origin keeps them. False returns the 3xx
+          them; a hop on the call's origin keeps them (on a caller's ``session`` without the
+          engine's stack, aiohttp's rule alone holds). False returns the 3xx
           answer itself, as a :class:`Response`. Anything but True or False is an
           :class:`~le_transport.errors.InvalidRequest`.
         - ``idempotent``: whether repeating the request is safe. Default: by method (GET, PUT,
