@@ -1276,6 +1276,7 @@ def test_whether_the_caller_handles_a_failure_costs_an_ordinary_call_nothing() -
         "active",
         "attempts",
         "first_method",
+        "first_original",
         "first_url",
         "idempotent",
         "resign",

@@ -84,7 +84,10 @@ class CallContext:
       so that the call failing fails nothing yet (see :class:`HandledCallContext`). False here.
     - ``first_url``: the URL of the call's first request as the retry middleware saw it (None
       until then): the origin its redirect hops are held to. A hop to another origin (scheme,
-      host or port) is sent without any secret header (:func:`drop_secret_headers`).
+      host or port) is sent without any secret header (:func:`drop_secret_headers`). That
+      first request sent again (its :attr:`first_original`, aiohttp's ``original_url``, the
+      same: an outer middleware failing over to another gateway) is no hop: where it goes
+      then is the call's origin.
     """
 
     # A plain slotted class: one is made per call, and attrs' generated __init__ with a list
@@ -95,6 +98,7 @@ class CallContext:
         "active",
         "attempts",
         "first_method",
+        "first_original",
         "first_url",
         "idempotent",
         "resign",
@@ -105,6 +109,10 @@ class CallContext:
     #: The method of the call's first request, before any redirect's hop (set by the engine
     #: for a call a recovery loop runs: :class:`CallLedger`; unset on any other).
     first_method: str
+    #: The ``original_url`` aiohttp built the call's first request for (before an outer
+    #: middleware's rewrite of its ``url``): set with :attr:`first_url`, unset before. A
+    #: redirect hop is built for its ``Location``; that request sent again keeps this one.
+    first_original: URL
 
     #: A class attribute, not a slot: an ordinary call neither sets nor stores it, and only the
     #: retry loop's give-up path reads it.
@@ -167,7 +175,9 @@ def drop_secret_headers(ctx: CallContext, request: ClientRequest) -> None:
     ``Cookie`` and ``Proxy-Authorization`` on such a hop, and the auth middleware puts no
     credentials on it. A hop on the call's own origin keeps them all (a hop back to it too:
     the auth middleware's credentials go back on it as well). Logged as a WARNING naming the
-    headers, never their values."""
+    headers, never their values. The retry middleware calls it for a redirect hop only: the
+    call's first request sent again by an outer middleware (a failover to another gateway)
+    is not one."""
     first = ctx.first_url
     url = request.url
     if first is None or (url.scheme, url.raw_host, url.port) == (

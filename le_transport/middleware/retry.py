@@ -351,10 +351,17 @@ class RetryMiddleware:
         elif ctx.first_url is None:
             # The call's first request: the origin its redirect hops are held to.
             ctx.first_url = request.url
+            ctx.first_original = request.original_url
         elif request.url is not ctx.first_url:
-            # A redirect hop (or an outer middleware's request to another URL): no secret
-            # header goes to another origin, the caller's own included.
-            drop_secret_headers(ctx, request)
+            if request.original_url == ctx.first_original:
+                # The first request sent again, elsewhere (an outer middleware failing over to
+                # another gateway: aiohttp built it, for the call's URL; a redirect hop is built
+                # for its Location): no hop, and where it goes now is the call's origin.
+                ctx.first_url = request.url
+            else:
+                # A redirect hop: no secret header goes to another origin, the caller's own
+                # included.
+                drop_secret_headers(ctx, request)
         # The loop notes when the call started (``ctx.started_at``) as it begins.
         return _Call(self, ctx, ctx.retry or self.policy, request, handler).run()
 
