@@ -166,12 +166,21 @@ class CallContext:
         )
 
 
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    """``url``'s origin as the wire names it: yarl's ``raw_host`` (lower case, an IDN name in
+    its xn-- form, an IPv6 literal compressed) without a trailing dot, which names the same
+    host (as the auth middleware's ``same_host`` and a socket's upgrade guard compare it),
+    and the port, written or the scheme's default."""
+    return url.scheme, (url.raw_host or "").rstrip(".").lower(), url.port
+
+
 def drop_secret_headers(ctx: CallContext, request: ClientRequest) -> None:
     """Take every secret header off ``request``, a redirect hop of the call ``ctx``, if it goes
     to another origin (scheme, host or effective port) than the call's first request
-    (:attr:`CallContext.first_url`), whoever put the header there: the caller's ``headers``
-    (``X-Api-Key``, ``X-Auth-Token``, any name :func:`~le_transport._redact.is_secret_header`
-    calls a credential's), an outer middleware. aiohttp takes off only ``Authorization``,
+    (:attr:`CallContext.first_url`; a trailing dot or another case names the same host),
+    whoever put the header there: the caller's ``headers`` (``X-Api-Key``, ``X-Auth-Token``,
+    any name :func:`~le_transport._redact.is_secret_header` calls a credential's), an outer
+    middleware. aiohttp takes off only ``Authorization``,
     ``Cookie`` and ``Proxy-Authorization`` on such a hop, and the auth middleware puts no
     credentials on it. A hop on the call's own origin keeps them all (a hop back to it too:
     the auth middleware's credentials go back on it as well). Logged as a WARNING naming the
@@ -180,11 +189,7 @@ def drop_secret_headers(ctx: CallContext, request: ClientRequest) -> None:
     is not one."""
     first = ctx.first_url
     url = request.url
-    if first is None or (url.scheme, url.raw_host, url.port) == (
-        first.scheme,
-        first.raw_host,
-        first.port,
-    ):
+    if first is None or _origin(url) == _origin(first):
         return
     headers = request.headers
     dropped = sorted({name for name in headers if is_secret_header(name)}, key=str.lower)
