@@ -4,19 +4,21 @@ OAuth 1.0 signature leaves a caller's ``oauth_signature`` parameter out of its b
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import time
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import ClientRequest, web
 from oauthlib import oauth1 as independent  # type: ignore[import-untyped]
 from yarl import URL
 
 from le_transport import RealClock, RetryMiddleware, RetryPolicy
 from le_transport.chaos import Status
 from le_transport.errors import ClientStatusError
+from le_transport.middleware.context import CallContext, drop_secret_headers
 from le_transport.providers import OAuth1Auth, OAuth1Signer, StaticBearer, StaticDomains
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -281,3 +283,23 @@ def test_a_retry_middleware_on_the_real_clock_reads_the_real_date() -> None:
     assert RetryMiddleware(clock=RealClock()).wall_clock is time.time
     mine = lambda: 1.0e9  # noqa: E731
     assert RetryMiddleware(clock=VirtualClock(), wall_clock=mine).wall_clock is mine
+
+
+async def test_the_warning_names_an_ipv6_origin_bracketed(caplog: pytest.LogCaptureFixture) -> None:
+    """The origin the WARNING names is written as a URL is: an IPv6 host bracketed (it read
+    ``http://::1:8080``), and never with userinfo."""
+    ctx = CallContext(service="svc")
+    ctx.first_url = URL("http://user:pw@[::1]:8080/start")
+    hop = ClientRequest(
+        "GET",
+        URL("http://elsewhere.test/next"),
+        headers={"X-Api-Key": "caller-api-key-1"},
+        loop=asyncio.get_running_loop(),
+    )
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    drop_secret_headers(ctx, hop)
+    assert "X-Api-Key" not in hop.headers
+    shown = "\n".join(r.getMessage() for r in caplog.records)
+    assert "(http://[::1]:8080)" in shown, shown
+    assert "pw" not in shown
+    assert "caller-api-key-1" not in shown

@@ -182,8 +182,10 @@ def drop_secret_headers(ctx: CallContext, request: ClientRequest) -> None:
     any name :func:`~le_transport._redact.is_secret_header` calls a credential's), an outer
     middleware. aiohttp takes off only ``Authorization``,
     ``Cookie`` and ``Proxy-Authorization`` on such a hop, and the auth middleware puts no
-    credentials on it. A hop on the call's own origin keeps them all (a hop back to it too:
-    the auth middleware's credentials go back on it as well). Logged as a WARNING naming the
+    credentials on it. A hop on the call's own origin keeps them all, and a hop back to it
+    gets them again, the auth middleware's credentials too; but not a caller's own
+    ``Authorization``, ``Cookie`` or ``Proxy-Authorization``, which aiohttp drops for the rest
+    of the call at the first change of origin. Logged as a WARNING naming the
     headers, never their values. The retry middleware calls it for a redirect hop only: the
     call's first request sent again by an outer middleware (a failover to another gateway)
     is not one."""
@@ -200,7 +202,7 @@ def drop_secret_headers(ctx: CallContext, request: ClientRequest) -> None:
     _log.warning(
         "%s: redirected to another origin than the call's (%s): not sending its %s header%s",
         redact_url(url),
-        f"{first.scheme}://{first.raw_host}:{first.port}",
+        str(first.origin()),  # an IPv6 host bracketed; no userinfo
         ", ".join(dropped),
         "" if len(dropped) == 1 else "s",
         extra={"service": ctx.service, "dropped": dropped},
