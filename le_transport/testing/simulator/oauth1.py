@@ -3,7 +3,9 @@
 An independent implementation of the server side: it rebuilds the signature base string from
 what arrived (method, the URL the client reached, query and form parameters, the ``oauth_*``
 parameters of the ``Authorization`` header) and compares signatures in constant time. The
-base string URI (:func:`base_string_uri`, RFC 5849 §3.4.1.2) is the library signer's own.
+base string URI of a received request is built from its ``Host`` as received
+(:func:`received_base_string_uri`); the one of a URL (:func:`base_string_uri`, RFC 5849
+§3.4.1.2) is the library signer's own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "base_string_uri",
     "parse_oauth_header",
     "percent_encode",
+    "received_base_string_uri",
     "sign",
     "signature_base_string",
     "verify",
@@ -80,11 +83,39 @@ def parse_oauth_header(header: str) -> dict[str, str]:
     return params
 
 
-def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str]]) -> str:
+#: RFC 5849 §3.4.1.2's default ports, whose port the base string URI leaves out.
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def received_base_string_uri(scheme: str, authority: str, raw_path: str) -> str:
+    """RFC 5849 §3.4.1.2's base string URI of a request received for ``authority`` (its
+    ``Host``) under ``scheme``, at ``raw_path`` (as sent, still encoded): scheme and host in
+    lower case, the port left out when it is the scheme's default, and otherwise the
+    authority as it was received ("The host and port values MUST match the content of the
+    HTTP request Host header field"): never normalised, so ``[0:0::1]`` stays as the client
+    wrote, and signed, it (yarl's ``[::1]`` was another string, and the request refused)."""
+    scheme = scheme.lower()
+    authority = authority.lower()
+    host, port = authority, ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end >= 0 and authority[end + 1 : end + 2] == ":":
+            host, port = authority[: end + 1], authority[end + 2 :]
+    elif ":" in authority:
+        host, _, port = authority.rpartition(":")
+    # An empty port is the default one (RFC 3986 §6.2.3), as is a written-out default.
+    if port and port.lstrip("0") != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{raw_path or '/'}"
+
+
+def signature_base_string(method: str, url: URL | str, params: Iterable[tuple[str, str]]) -> str:
     """RFC 5849 §3.4.1: ``enc(METHOD)&enc(base URI)&enc(normalised parameters)``.
 
-    ``params`` holds every query, form-body and ``oauth_*`` parameter (decoded), except any
-    named ``oauth_signature`` (:func:`verify` leaves them out).
+    ``url``: the URL the request was sent to, or its base string URI already made (a str,
+    :func:`received_base_string_uri`). ``params`` holds every query, form-body and
+    ``oauth_*`` parameter (decoded), except any named ``oauth_signature`` (:func:`verify`
+    leaves them out).
     """
     encoded = sorted((percent_encode(k), percent_encode(v)) for k, v in params)
     normalised = "&".join(f"{k}={v}" for k, v in encoded)
@@ -92,7 +123,7 @@ def signature_base_string(method: str, url: URL, params: Iterable[tuple[str, str
         # §3.4.1.1: a custom method "MUST be encoded" too (M!SEARCH as M%21SEARCH).
         (
             percent_encode(method.upper()),
-            percent_encode(base_string_uri(url)),
+            percent_encode(url if isinstance(url, str) else base_string_uri(url)),
             percent_encode(normalised),
         )
     )
@@ -108,13 +139,14 @@ def sign(base_string: str, consumer_secret: str, token_secret: str) -> str:
 def verify(
     *,
     method: str,
-    url: URL,
+    url: URL | str,
     oauth: Mapping[str, str],
     extra_params: Iterable[tuple[str, str]],
     consumer_secret: str,
     token_secret: str,
 ) -> bool:
-    """Whether ``oauth["oauth_signature"]`` signs this request with these secrets.
+    """Whether ``oauth["oauth_signature"]`` signs this request with these secrets (``url``:
+    as :func:`signature_base_string` takes it).
 
     ``extra_params`` are the request's query and form parameters; one named
     ``oauth_signature`` there (a client's own) is left out of the base string, as the header's

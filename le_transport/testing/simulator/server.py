@@ -1668,14 +1668,11 @@ class Simulator:
         # The path as it was sent (rel_url.raw_path: the request line's target, query and any
         # fragment dropped, an absolute-form target reduced to its path), never request.path,
         # which is decoded: the client signed "/users/a%2Fb", not "/users/a/b". The authority
-        # is built apart, unencoded, so a host is normalised (lower case, IDNA) as yarl does on
-        # the client's side.
-        try:
-            url = URL.build(scheme=scheme, authority=self._public_host(request)).with_path(
-                request.rel_url.raw_path, encoded=True
-            )
-        except ValueError:
-            return False  # a Host header yarl cannot take ("h:99999"): nothing to verify against
+        # as received (RFC 5849 §3.4.1.2: lower case, a default port left out, else as sent),
+        # never normalised: a client that wrote, and signed, "[0:0::1]" is verified as such.
+        url = oauth1.received_base_string_uri(
+            scheme, self._public_host(request), request.rel_url.raw_path
+        )
         if not oauth1.verify(
             method=request.method,
             url=url,

@@ -1,0 +1,131 @@
+"""Simulator: body faults an HTTP/1.0 client sees, a handler's compression and prepared file
+under them, a forced delay's jitter, a forced rule that cannot apply, a custom socket's
+silence, and OAuth 1.0 against the Host as received."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_APP_KEY,
+    Simulator,
+)
+from le_transport.testing.simulator import oauth1 as sim_oauth1
+
+K = DEFAULT_APP_KEY
+USERS = f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users"
+CSDS_ALL = f"/api/account/{DEFAULT_ACCOUNT}/service/baseURI.json"
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Every record logged anywhere, DEBUG up, while the test runs."""
+    kept: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    keep = Keep(level=logging.DEBUG)
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(keep)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield kept
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(old)
+
+
+async def _raw(sim: Simulator, request: str) -> tuple[str, dict[str, str], bytes]:
+    """Send ``request`` as it is; the status line, the headers (lower-cased names) and the
+    body, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    try:
+        writer.write(request.encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, body
+
+
+async def _streamer(request: web.Request) -> web.StreamResponse:
+    """An answer of unknown length, streamed by the handler."""
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    await resp.write(b"0123456789")
+    await resp.write(b"abcdefghij")
+    await resp.write_eof()
+    return resp
+
+
+# -- 7. OAuth 1.0: the base string URI from the Host as received --------------------------------
+
+
+def _oauth_header(method: str, base_uri: str, nonce: str) -> str:
+    params = {
+        "oauth_consumer_key": K.key,
+        "oauth_token": K.access_token,
+        "oauth_signature_method": "HMAC-SHA1",
+        "oauth_timestamp": "1",
+        "oauth_nonce": nonce,
+        "oauth_version": "1.0",
+    }
+    enc = sim_oauth1.percent_encode
+    normalised = "&".join(
+        f"{k}={v}" for k, v in sorted((enc(k), enc(v)) for k, v in params.items())
+    )
+    base = "&".join((method, enc(base_uri), enc(normalised)))
+    params["oauth_signature"] = sim_oauth1.sign(base, K.secret, K.access_token_secret)
+    return "OAuth " + ", ".join(f'{k}="{enc(v)}"' for k, v in params.items())
+
+
+@pytest.mark.parametrize(
+    ("host", "signed"),
+    [
+        ("[0:0::1]:{port}", "http://[0:0::1]:{port}"),
+        ("[0:0::1]:80", "http://[0:0::1]"),
+        ("Example.COM:{port}", "http://example.com:{port}"),
+    ],
+)
+async def test_an_oauth1_request_is_verified_against_its_host_as_received(
+    clock: VirtualClock, host: str, signed: str
+) -> None:
+    async with Simulator(clock=clock) as sim:
+        host = host.format(port=sim.port)
+        header = _oauth_header("GET", signed.format(port=sim.port) + USERS, "n1")
+        status, _, _ = await _raw(
+            sim,
+            f"GET {USERS} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {header}\r\n"
+            "Connection: close\r\n\r\n",
+        )
+    assert status.endswith(" 200 OK"), status
+
+
+async def test_an_oauth1_request_signed_for_another_host_form_is_refused(
+    clock: VirtualClock,
+) -> None:
+    # As received, not normalised: "[::1]" signed, "[0:0::1]" sent is another request.
+    async with Simulator(clock=clock) as sim:
+        header = _oauth_header("GET", f"http://[::1]:{sim.port}{USERS}", "n2")
+        status, _, _ = await _raw(
+            sim,
+            f"GET {USERS} HTTP/1.1\r\nHost: [0:0::1]:{sim.port}\r\nAuthorization: {header}\r\n"
+            "Connection: close\r\n\r\n",
+        )
+    assert status.endswith(" 401 Unauthorized"), status
