@@ -8,14 +8,21 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from le_transport.chaos import (
+    Delay,
+    FaultRule,
+    Match,
+)
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
     DEFAULT_ACCOUNT,
     DEFAULT_APP_KEY,
     Simulator,
+    SimulatorConfig,
 )
 from le_transport.testing.simulator import oauth1 as sim_oauth1
 
@@ -72,6 +79,24 @@ async def _streamer(request: web.Request) -> web.StreamResponse:
     await resp.write(b"abcdefghij")
     await resp.write_eof()
     return resp
+
+
+# -- 4. a forced Delay draws its jitter --------------------------------------------------------
+
+
+async def test_a_forced_delay_draws_its_rules_jitter(clock: VirtualClock) -> None:
+    rule = FaultRule("slow", Delay(delay_ms=1000, jitter_ms=500), match=Match(path="/nowhere"))
+    config = SimulatorConfig(fault_header=True)
+    waits = []
+    async with Simulator(config, clock=clock, plan=[rule]) as sim, aiohttp.ClientSession() as h:
+        for _ in range(4):
+            started = clock.now()
+            async with h.get(sim.url + CSDS_ALL, headers={"X-LE-Fault": "slow"}) as resp:
+                assert resp.status == 200
+            waits.append(clock.now() - started)
+    assert all(1.0 <= w <= 1.5 + 1e-6 for w in waits), waits
+    assert any(w > 1.0 + 1e-6 for w in waits), waits  # the jitter was drawn
+    assert len(set(waits)) > 1, waits  # a draw of its own each time
 
 
 # -- 7. OAuth 1.0: the base string URI from the Host as received --------------------------------

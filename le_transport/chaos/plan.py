@@ -2126,6 +2126,8 @@ class FaultRun:
         #: The clock time time windows are measured from (default: the first decision's).
         self.origin = origin
         self._counts: dict[str, int] = {}
+        #: Per rule: how many times it was forced (its forced delays' jitter draws).
+        self._forced: dict[str, int] = {}
         #: Per rule: how many faults it injected (forced ones included), over the whole run.
         self._injected_counts: dict[str, int] = {}
         #: Per rule: how many of its decisions had each outcome, over the whole run.
@@ -2256,7 +2258,11 @@ class FaultRun:
     ) -> Injection | None:
         """Inject rule ``rule_id``'s fault now, whatever its schedule and ``p`` say (the
         per-request override a simulator or proxy may allow); None if there is no such rule.
-        Logged as ``forced``; the rule's counter does not move."""
+        Logged as ``forced``; the rule's counter does not move. A ``Delay``'s ``jitter_ms``
+        (a ``WsDelay``'s spread) is drawn as for a scheduled unit, from a stream of the rule's
+        own for its forced units (``"forced-jitter"``, the n-th forcing of the rule): the
+        same plan forced the same way waits the same, and a forced delay is not a fixed
+        ``delay_ms``."""
         rule = next((r for r in self.plan.rules if r.id == rule_id), None)
         if rule is None:
             return None
@@ -2265,7 +2271,15 @@ class FaultRun:
             fault = next((f for f in rule.sequence if f is not None), None)
         if fault is None:
             return None
-        delay = fault.delay_ms / 1000.0 if isinstance(fault, (Delay, WsDelay)) else 0.0
+        delay = 0.0
+        if isinstance(fault, (Delay, WsDelay)):
+            nth = self._forced.get(rule.id, 0)
+            self._forced[rule.id] = nth + 1
+            jitter = draw(self.plan.seed, rule.id, nth, "forced-jitter")
+            if isinstance(fault, Delay):
+                delay = (fault.delay_ms + fault.jitter_ms * jitter) / 1000.0
+            else:
+                delay = (fault.delay_ms + fault.jitter_ms * (2.0 * jitter - 1.0)) / 1000.0
         # A forced quota refusal takes no slot; its Retry-After is a whole window.
         retry_after = (
             max(1, math.ceil(fault.window_ms / 1000.0)) if isinstance(fault, Quota) else None
@@ -2335,6 +2349,7 @@ class FaultRun:
         self.plan = plan
         for rule_id in kept ^ new:
             self._counts.pop(rule_id, None)
+            self._forced.pop(rule_id, None)
             self._injected_counts.pop(rule_id, None)
             self._outcomes.pop(rule_id, None)
             self._admitted.pop(rule_id, None)
@@ -2349,6 +2364,7 @@ class FaultRun:
             self.plan = as_plan(plan, owner="FaultRun.reset")
         self.origin = origin
         self._counts.clear()
+        self._forced.clear()
         self._injected_counts.clear()
         self._outcomes.clear()
         self._admitted.clear()
