@@ -16,6 +16,7 @@ from le_transport.chaos import (
     Delay,
     FaultRule,
     Match,
+    WsClose,
 )
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
@@ -97,6 +98,28 @@ async def test_a_forced_delay_draws_its_rules_jitter(clock: VirtualClock) -> Non
     assert all(1.0 <= w <= 1.5 + 1e-6 for w in waits), waits
     assert any(w > 1.0 + 1e-6 for w in waits), waits  # the jitter was drawn
     assert len(set(waits)) > 1, waits  # a draw of its own each time
+
+
+# -- 5. a forced rule that cannot apply to the request is logged -------------------------------
+
+
+async def test_a_forced_rule_that_cannot_apply_to_the_request_is_logged_with_why(
+    clock: VirtualClock, records: list[logging.LogRecord]
+) -> None:
+    rule = FaultRule("closer", WsClose(code=4000), unit="ws_session", match=Match(path="/x"))
+    config = SimulatorConfig(fault_header=True)
+    async with (
+        Simulator(config, clock=clock, plan=[rule]) as sim,
+        aiohttp.ClientSession() as h,
+        h.get(sim.url + CSDS_ALL, headers={"X-LE-Fault": "closer"}) as resp,
+    ):
+        assert resp.status == 200
+    warned = [
+        r.getMessage()
+        for r in records
+        if r.levelno == logging.WARNING and r.name == "le_transport.simulator"
+    ]
+    assert any("closer" in m and "ws_close" in m for m in warned), warned
 
 
 # -- 7. OAuth 1.0: the base string URI from the Host as received --------------------------------

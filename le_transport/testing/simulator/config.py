@@ -287,8 +287,10 @@ class SimulatorConfig:
       decimal digits (RFC 5849's positive integer), else the request is refused.
     - ``fault_header``: honour ``X-LE-Fault: <rule id>`` on a request: that rule's fault is
       injected whatever its schedule says (Envoy's header faults). A request carrying the header
-      is not put to the plan's schedules: a header that names no rule of the plan forces
-      nothing, and is logged at WARNING on ``le_transport.simulator``. Off by default: any
+      is not put to the plan's schedules: a header that names no rule of the plan, or a rule
+      whose fault cannot strike that request (a socket kind on an HTTP request, a body kind
+      on a WebSocket upgrade, a sequence of no fault), forces nothing, and is logged at
+      WARNING on ``le_transport.simulator`` (with the rule and why). Off by default: any
       client could then fail the simulator's answers on purpose.
     - ``echo_published``: after a ``PublishEvent`` the server also sends the message back on the
       same socket, as LiveEngage does for the conversation's subscribers: a

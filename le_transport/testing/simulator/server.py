@@ -1228,13 +1228,28 @@ class Simulator:
                     extra={"fault_header": True},
                 )
             # Checked first: force() logs the rule as forced, whether or not it can apply here.
-            if self._forced_kind(forced) in kinds:
+            elif (forced_kind := self._forced_kind(forced)) in kinds:
                 injection = self.faults.run.force(
                     forced,
                     unit="request",
                     method=request.method,
                     path=request.path,
                     at=self.clock.now(),
+                )
+            else:
+                # A rule of the plan that cannot strike this request: said, as a typo is.
+                _log.warning(
+                    "the %s header names rule %s, %s: nothing is forced on %s %s, and the "
+                    "request is not put to the plan either",
+                    FAULT_HEADER,
+                    _shown_rule_id(forced),
+                    "which injects no fault (its sequence holds none)"
+                    if forced_kind is None
+                    else f"whose {forced_kind} cannot strike "
+                    + ("a WebSocket upgrade" if upgrade else "an HTTP request"),
+                    request.method,
+                    path,
+                    extra={"fault_header": True},
                 )
         else:
             injection = self.faults.run.decide(
