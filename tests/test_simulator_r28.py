@@ -17,11 +17,13 @@ from le_transport.chaos import (
     FaultRule,
     Match,
     WsClose,
+    WsSilence,
 )
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import (
     DEFAULT_ACCOUNT,
     DEFAULT_APP_KEY,
+    SimRoute,
     Simulator,
     SimulatorConfig,
 )
@@ -120,6 +122,68 @@ async def test_a_forced_rule_that_cannot_apply_to_the_request_is_logged_with_why
         if r.levelno == logging.WARNING and r.name == "le_transport.simulator"
     ]
     assert any("closer" in m and "ws_close" in m for m in warned), warned
+
+
+# -- 6. a silenced custom socket hands the handler nothing -------------------------------------
+
+
+async def test_a_silenced_custom_socket_hands_its_handler_no_frame(clock: VirtualClock) -> None:
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            async for msg in ws:
+                seen.append(msg.data)
+                await ws.send_str("echo")
+        finally:
+            done.set()
+        return ws
+
+    rule = FaultRule("quiet", WsSilence(after_messages=2), unit="ws_session", match=Match())
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/custom/ws", handler)])
+    async with sim, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws") as ws:
+            await ws.send_str("one")
+            assert (await asyncio.wait_for(ws.receive(), 10)).data == "echo"
+            await ws.send_str("two")
+            await ws.send_str("three")
+        # Closed after them: the handler reads both frames (or not) before the close.
+        await asyncio.wait_for(done.wait(), 10)
+    # The second frame met the silence: neither it nor any after it is processed, as on the
+    # simulator's own sockets (and as the client-side injector never sends them).
+    assert seen == ["one"]
+
+
+async def test_a_request_frame_that_meets_a_silence_never_reaches_the_custom_handler(
+    clock: VirtualClock,
+) -> None:
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            async for msg in ws:
+                seen.append(msg.data)
+        finally:
+            done.set()
+        return ws
+
+    rule = FaultRule(
+        "quiet", WsSilence(), unit="ws_message", match=Match(method="WS", path="my.Request")
+    )
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/custom/ws", handler)])
+    async with sim, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{sim.ws_scheme}://{sim.host}/custom/ws") as ws:
+            await ws.send_str("plain")
+            await ws.send_json({"kind": "req", "id": "1", "type": "my.Request", "body": {}})
+            await ws.send_str("after")
+        await asyncio.wait_for(done.wait(), 10)
+    assert seen == ["plain"]
 
 
 # -- 7. OAuth 1.0: the base string URI from the Host as received --------------------------------

@@ -19,9 +19,12 @@ socket rules as the simulator's own sockets are (:mod:`.sockets`):
 
 How a struck socket looks to the handler: after a close or a drop its next ``receive()`` (and
 so its ``async for``) ends the socket (a ``CLOSED`` message) and whatever it sends is
-discarded; a silenced socket still hands the handler what the client sends, but sends nothing
-back (answers, pushes, pongs). This is done by wrapping the handler's own
-:class:`aiohttp.web.WebSocketResponse` (its ``receive``, ``send_str``, ``send_bytes``,
+discarded; a silenced socket (a half-open one, as :class:`~le_transport.chaos.WsSilence` defines
+it) sends nothing back (answers, pushes, pongs) and hands the handler nothing more the client
+sends, the frame that met the silence included (its ``receive()`` waits on, for the client's
+close or its own timeout), as the simulator's own sockets leave a silenced socket's frames
+unprocessed and the client-side injector never sends them. This is done by wrapping the
+handler's own :class:`aiohttp.web.WebSocketResponse` (its ``receive``, ``send_str``, ``send_bytes``,
 ``send_frame``, ``ping``, ``pong`` and ``close``), found through the application's
 ``on_response_prepare`` signal when the handler prepares it; the handler's code is unchanged.
 Binary frames the handler sends are not asked about (LiveEngage frames are text), but wait
@@ -92,7 +95,7 @@ class CustomSocket:
         self.received = 0
         #: Whether a fault ended the socket (a close or a drop).
         self.ended = False
-        #: Whether a fault silenced it (nothing more is sent; frames still arrive).
+        #: Whether a fault silenced it (nothing more is sent, nor handed to the handler).
         self.silent = False
         #: Text frames a ``ws_drop_message`` fault kept from the client, in order.
         self.dropped: list[str] = []
@@ -167,7 +170,9 @@ class CustomSocket:
         ``timeout`` (None: the response's own ``receive_timeout``, as aiohttp reads it)
         bounds the whole call, a ``delay`` on a frame included (on the simulator's clock):
         :class:`TimeoutError` once it has passed with no frame handed over, as aiohttp's own;
-        a delayed frame is then handed over by a later call, when due."""
+        a delayed frame is then handed over by a later call, when due. A silenced socket's
+        data frames are not handed over: the call waits on for a control frame (the client's
+        close) or its timeout."""
         if not timeout:
             timeout = getattr(self._ws, "_receive_timeout", None)
         clock = self._sim.clock
@@ -197,7 +202,7 @@ class CustomSocket:
             if await self._strike_session():
                 return await self._after_end(timeout)
             if self.silent:
-                return msg  # handed over; whatever the handler answers is not sent
+                continue  # half-open: the frame goes nowhere, the handler never sees it
             frame = _frame(msg.data)
             if frame is None or frame.get("kind") != "req":
                 return msg
@@ -259,7 +264,7 @@ class CustomSocket:
             return "end"
         if isinstance(fault, WsSilence):
             self.silent = True
-            return "deliver"
+            return "answered"  # the first frame never answered: not handed over either
         assert isinstance(fault, Delay)
         self._late = (sim.clock.now() + injection.delay_s, msg)
         return "late"
