@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -15,7 +15,9 @@ from aiohttp import web
 from le_transport.chaos import (
     Delay,
     FaultRule,
+    MalformedBody,
     Match,
+    TruncatedBody,
     WsClose,
     WsSilence,
 )
@@ -82,6 +84,55 @@ async def _streamer(request: web.Request) -> web.StreamResponse:
     await resp.write(b"abcdefghij")
     await resp.write_eof()
     return resp
+
+
+# -- 1. an HTTP/1.0 client sees the cut of a streamed answer of unknown length ----------------
+
+
+async def test_an_http10_client_sees_a_truncated_streamed_answer_of_unknown_length_cut(
+    clock: VirtualClock,
+) -> None:
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match(path="/stream"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/stream", _streamer)])
+    async with sim:
+        status, headers, body = await _raw(sim, "GET /stream HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert status.endswith(" 200 OK"), status
+    assert body == b"01234"
+    # Without a length, an HTTP/1.0 body ends where the connection does: whole to the client.
+    assert "content-length" in headers, headers
+    assert int(headers["content-length"]) > len(body)
+
+
+async def test_an_http10_client_sees_a_truncated_payload_of_unknown_length_cut(
+    clock: VirtualClock,
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"0123456789"
+        yield b"abcdefghij"
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=chunks())
+
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match(path="/payload"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/payload", handler)])
+    async with sim:
+        status, headers, body = await _raw(sim, "GET /payload HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert status.endswith(" 200 OK"), status
+    assert body == b"01234"
+    assert int(headers.get("content-length", "0")) > len(body), headers
+
+
+async def test_an_http10_client_sees_a_malformed_streamed_answer_of_unknown_length_broken(
+    clock: VirtualClock,
+) -> None:
+    rule = FaultRule("bad", MalformedBody(), match=Match(path="/stream"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/stream", _streamer)])
+    async with sim:
+        status, headers, body = await _raw(sim, "GET /stream HTTP/1.0\r\nHost: x\r\n\r\n")
+    # Cut before its headers (nothing arrives), or a length it never reaches.
+    if status:
+        assert "content-length" in headers, (status, headers, body)
+        assert int(headers["content-length"]) > len(body)
 
 
 # -- 4. a forced Delay draws its jitter --------------------------------------------------------

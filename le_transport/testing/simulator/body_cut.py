@@ -14,7 +14,14 @@ fault that was never delivered. So, while such a fault is in force, the simulato
   byte more than is sent), so the client meets the payload error;
 - an answer with no body (to a ``HEAD``, a 1xx, 204 or 304) has nothing to cut after its
   headers: the connection is closed before them (as ``EmptyResponse`` does), and the handler's
-  ``prepare`` raises :class:`AnswerCut`.
+  ``prepare`` raises :class:`AnswerCut`;
+- an answer of unknown length to an HTTP/1.0 request has no chunked framing whose missing end
+  would show the cut: its body ends where the connection does, so the client would take the
+  cut one as whole. A ``TruncatedBody`` announces ``keep_bytes + 1`` (at most ``keep_bytes``
+  are sent, as the client-side injector announces one byte more than it keeps); where no
+  length can be announced (a ``MalformedBody``, which sends every byte the handler writes, or
+  an answer compressed as it is written, whose bytes on the wire no one counts beforehand)
+  it is cut before its headers, as an answer with no body is.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
 from aiohttp.payload import Payload
 
 
@@ -140,6 +148,16 @@ class BodyCut:
             # the whole body's length, or one byte more when all of it is kept (as the
             # client-side injector announces it), never keep_bytes + 1 (up to a terabyte).
             response.headers[hdrs.CONTENT_LENGTH] = str(max(length, keep + 1))
+        elif self._request.version < HttpVersion11:
+            # No chunked framing (HTTP/1.0): the body would end where the connection does, and
+            # the cut one look whole. A length longer than what is sent, or no answer at all.
+            if self._keep is None or response.compression:
+                self._close()
+                raise AnswerCut(
+                    "an HTTP/1.0 answer of unknown length was cut before its headers "
+                    "(injected fault)"
+                )
+            response.headers[hdrs.CONTENT_LENGTH] = str(self._keep + 1)
         # Else chunked: the last chunk is never sent, which the client sees as the cut.
         write = response.write
 

@@ -2114,7 +2114,12 @@ async def _shaped_payload(
         resp.enable_chunked_encoding()
     elif body.size is not None:
         resp.content_length = body.size  # else chunked, as aiohttp sends an unknown length
-    shaper.attach(resp)
+    try:
+        shaper.attach(resp)
+    except AnswerCut:
+        # Cut before its headers (an HTTP/1.0 answer of unknown length): the connection closed.
+        await body.close()
+        return web.Response(status=500)
     if isinstance(shaper, BodyPace):
         shaper.whole_pieces = True  # paced by its bytes, not by the pieces aiohttp reads
     try:
