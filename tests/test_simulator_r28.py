@@ -17,6 +17,7 @@ from le_transport.chaos import (
     FaultRule,
     MalformedBody,
     Match,
+    SlowBody,
     TruncatedBody,
     WsClose,
     WsSilence,
@@ -133,6 +134,77 @@ async def test_an_http10_client_sees_a_malformed_streamed_answer_of_unknown_leng
     if status:
         assert "content-length" in headers, (status, headers, body)
         assert int(headers["content-length"]) > len(body)
+
+
+# -- 2. a handler's compression under a body fault --------------------------------------------
+
+BIG = b'{"text": "' + b"abcdefghij" * 300 + b'"}'
+
+
+async def _compressed(request: web.Request) -> web.Response:
+    resp = web.Response(body=BIG, content_type="application/json")
+    resp.enable_compression()
+    return resp
+
+
+async def test_a_truncated_answer_keeps_its_handlers_compression(clock: VirtualClock) -> None:
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=10), match=Match(path="/zip"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/zip", _compressed)])
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.get(sim.url + "/zip", headers={"Accept-Encoding": "gzip"}) as resp,
+    ):
+        assert resp.headers.get("Content-Encoding") == "gzip"
+        assert int(resp.headers["Content-Length"]) < len(BIG)  # the compressed length
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_a_slow_answer_keeps_its_handlers_compression(clock: VirtualClock) -> None:
+    rule = FaultRule("slow", SlowBody(chunk_bytes=20, chunk_delay_ms=100), match=Match(path="/zip"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/zip", _compressed)])
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.get(sim.url + "/zip", headers={"Accept-Encoding": "gzip"}) as resp,
+    ):
+        assert resp.headers.get("Content-Encoding") == "gzip"
+        assert await resp.read() == BIG
+
+
+async def _compressed_payload(request: web.Request) -> web.Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield BIG[:1000]
+        yield BIG[1000:]
+
+    resp = web.Response(body=chunks(), content_type="application/json")
+    resp.enable_compression()
+    return resp
+
+
+async def test_a_compressed_payload_keeps_its_compression_slow_or_cut(clock: VirtualClock) -> None:
+    rules = [
+        FaultRule("slow", SlowBody(chunk_bytes=500, chunk_delay_ms=100), match=Match(path="/a")),
+        FaultRule("cut", TruncatedBody(keep_bytes=10), match=Match(path="/b")),
+    ]
+    routes = [
+        SimRoute("GET", "/a", _compressed_payload),
+        SimRoute("GET", "/b", _compressed_payload),
+    ]
+    gzip = {"Accept-Encoding": "gzip"}
+    async with (
+        Simulator(clock=clock, plan=rules, routes=routes) as sim,
+        aiohttp.ClientSession() as h,
+    ):
+        async with h.get(sim.url + "/a", headers=gzip) as resp:
+            assert resp.headers.get("Content-Encoding") == "gzip"
+            assert await resp.read() == BIG
+        async with h.get(sim.url + "/b", headers=gzip) as resp:
+            assert resp.headers.get("Content-Encoding") == "gzip"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    assert sim.faults.injected_counts() == {"slow": 1, "cut": 1}
 
 
 # -- 4. a forced Delay draws its jitter --------------------------------------------------------

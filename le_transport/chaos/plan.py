@@ -504,7 +504,10 @@ class TruncatedBody:
     ``keep_bytes`` of it (its status, headers and cookies as they were), then close: a reader
     gets those bytes, then the payload error of a body cut short. On both sides the request
     is processed: its side effects happen. ``keep_bytes`` is an int in
-    0..``MAX_KEEP_BYTES`` (1 TiB)."""
+    0..``MAX_KEEP_BYTES`` (1 TiB). An answer its simulator handler compresses
+    (``enable_compression()``) goes out compressed, as it would without the fault, and is cut
+    in the bytes on the wire (a body held whole: ``keep_bytes`` of its compressed bytes); the
+    client-side injector, which reads the answer decoded, keeps decoded bytes."""
 
     kind: ClassVar[str] = "truncated_body"
     keep_bytes: int = attrs.field(default=0, validator=_int_in("keep_bytes", 0, MAX_KEEP_BYTES))

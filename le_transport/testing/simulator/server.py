@@ -1407,6 +1407,9 @@ class Simulator:
             if transport is not None:
                 transport.close()
             return web.Response(status=500)
+        if isinstance(real, web.Response) and real.compression:
+            # Its handler's enable_compression(): sent as aiohttp compresses it, cut on the wire.
+            return await _shaped_compressed(request, real, BodyCut(request, fault.keep_bytes))
         if isinstance(real, web.FileResponse):
             # Its file is cut as aiohttp sends it: its status and headers as aiohttp makes them.
             file_cut = BodyCut(request, fault.keep_bytes)
@@ -1496,6 +1499,12 @@ class Simulator:
         without a Content-Length), as the client-side injector hands it on."""
         if bodiless(request.method, real.status):
             return real
+        if isinstance(real, web.Response) and real.compression:
+            # Its handler's enable_compression(): sent as aiohttp compresses it, paced.
+            pace = BodyPace(
+                fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause, request=request
+            )
+            return await _shaped_compressed(request, real, pace)
         if isinstance(real, web.FileResponse):
             # Its file is paced as aiohttp sends it (past write, with sendfile, otherwise).
             pace = BodyPace(
@@ -2131,6 +2140,36 @@ async def _shaped_payload(
     finally:
         await body.close()
     return resp
+
+
+async def _shaped_compressed(
+    request: web.Request, real: web.Response, shaper: BodyCut | BodyPace
+) -> web.StreamResponse:
+    """``real``, an answer its handler returned unsent with compression enabled
+    (``enable_compression()``), sent now with ``shaper`` (a ``TruncatedBody``'s cut, a
+    ``SlowBody``'s pace) on it, as on an answer its handler prepares itself: aiohttp
+    compresses it as it would without the fault (its ``Content-Encoding``, the compressed
+    ``Content-Length``, or chunked for a payload), and the shaper cuts or paces the body
+    aiohttp sends (the compressed bytes of a body held whole; a payload's as it is written,
+    ``keep_bytes`` counting them before aiohttp compresses them). A copy of its status and
+    headers would drop the compression its handler asked for. Returns the answer, sent, or a
+    placeholder if it was cut before its headers (the connection closed)."""
+    if isinstance(shaper, BodyCut):
+        request[BODY_CUT_KEY] = shaper
+    else:
+        request[BODY_PACE_KEY] = shaper
+    try:
+        await real.prepare(request)  # the shaper attaches here
+        await real.write_eof()
+    except AnswerCut:
+        return web.Response(status=500)  # cut before its headers: the connection is closed
+    except ConnectionError:
+        pass  # the client gone (its attempt timeout, most likely)
+    finally:
+        shaper.armed = False
+    if isinstance(shaper, BodyCut):
+        await shaper.finish()  # the connection closed: the cut made, whatever was sent
+    return real
 
 
 #: How much of a file :func:`_shaped_file` reads at a time (aiohttp's own chunk size).
