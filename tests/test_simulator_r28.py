@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -205,6 +206,53 @@ async def test_a_compressed_payload_keeps_its_compression_slow_or_cut(clock: Vir
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
     assert sim.faults.injected_counts() == {"slow": 1, "cut": 1}
+
+
+# -- 3. a file its handler prepares itself, under a body fault --------------------------------
+
+
+async def test_a_file_its_handler_prepares_is_cut_by_a_truncated_body(
+    clock: VirtualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(path)
+        await resp.prepare(request)
+        return resp
+
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=10), match=Match(path="/file"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/file", handler)])
+    async with sim:
+        status, headers, body = await _raw(
+            sim, "GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert status.endswith(" 200 OK"), status
+    assert body == bytes(range(10))
+    assert int(headers["content-length"]) > len(body)
+
+
+async def test_a_file_its_handler_prepares_is_paced_by_a_slow_body(
+    clock: VirtualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(path)
+        await resp.prepare(request)
+        return resp
+
+    rule = FaultRule(
+        "slow", SlowBody(chunk_bytes=100, chunk_delay_ms=1000), match=Match(path="/file")
+    )
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/file", handler)])
+    async with sim, aiohttp.ClientSession() as http:
+        started = clock.now()
+        async with http.get(sim.url + "/file") as resp:
+            assert await resp.read() == b"x" * 1000
+        assert clock.now() - started == pytest.approx(9.0)
 
 
 # -- 4. a forced Delay draws its jitter --------------------------------------------------------

@@ -22,6 +22,10 @@ fault that was never delivered. So, while such a fault is in force, the simulato
   length can be announced (a ``MalformedBody``, which sends every byte the handler writes, or
   an answer compressed as it is written, whose bytes on the wire no one counts beforehand)
   it is cut before its headers, as an answer with no body is.
+
+A ``web.FileResponse`` the handler prepares itself sends its file past ``write``
+(``loop.sendfile``): it is made to write it through its payload writer, whose ``write`` the cut
+(or the pace) takes over.
 """
 
 from __future__ import annotations
@@ -102,6 +106,39 @@ async def _write_held(
         await body.close()
 
 
+def _file_write(
+    response: web.StreamResponse,
+) -> Callable[[bytes | bytearray | memoryview], Awaitable[None]] | None:
+    """For a ``web.FileResponse`` its handler is preparing (its headers made, not sent): once
+    ``prepare`` returns, aiohttp sends its file past ``write`` (``loop.sendfile``, or its
+    payload writer's ``write`` when it compresses). It is made to take the second way (the
+    compression flag it reads then: its headers are made, and the flag changes nothing else),
+    and the payload writer's own ``write`` is returned, for the shaper to route it through its
+    shaped ``write`` (:func:`_route_file`). None for any other answer."""
+    if not isinstance(response, web.FileResponse):
+        return None
+    writer = response._payload_writer  # aiohttp's, set as it prepares the answer
+    if writer is None:  # pragma: no cover - always set by then
+        return None
+    response._compression = True  # aiohttp's: past the headers, only picks the writer's way
+    return cast("Callable[[bytes | bytearray | memoryview], Awaitable[None]]", writer.write)
+
+
+def _route_file(
+    response: web.StreamResponse,
+    shaped: Callable[[bytes | bytearray | memoryview], Awaitable[None]],
+) -> None:
+    """Route what ``response`` (a ``web.FileResponse``, :func:`_file_write`) writes, its file
+    and the handler's own writes alike, through ``shaped``."""
+
+    async def write(chunk: bytes | bytearray | memoryview, **_: object) -> None:
+        await shaped(chunk)
+
+    writer = response._payload_writer
+    assert writer is not None
+    writer.write = write  # type: ignore[method-assign]
+
+
 class BodyCut:
     """A ``TruncatedBody`` (``keep``: its ``keep_bytes``) or ``MalformedBody`` (``keep``:
     None) in force on one request while its handler runs: the answer the handler prepares
@@ -159,7 +196,8 @@ class BodyCut:
                 )
             response.headers[hdrs.CONTENT_LENGTH] = str(self._keep + 1)
         # Else chunked: the last chunk is never sent, which the client sees as the cut.
-        write = response.write
+        file_write = _file_write(response)
+        write = response.write if file_write is None else file_write
 
         async def cut_write(data: bytes | bytearray | memoryview) -> None:
             if self._closed:
@@ -184,7 +222,10 @@ class BodyCut:
                 await write(b"")  # its headers, if held back until its body (a web.Response's)
             self._close()
 
-        response.write = cut_write  # type: ignore[method-assign]
+        if file_write is None:
+            response.write = cut_write  # type: ignore[method-assign]
+        else:
+            _route_file(response, cut_write)  # its file, sent past response.write
         response.write_eof = cut_write_eof  # type: ignore[method-assign]
 
     def _close(self) -> None:
@@ -238,7 +279,10 @@ class BodyPace:
         """Pace ``response``'s body, being prepared."""
         self.armed = False
         self.attached = True
-        write = response.write
+        file_write = _file_write(response)
+        write = response.write if file_write is None else file_write
+        if file_write is not None:
+            self.whole_pieces = True  # a file: paced by its bytes, as a returned one's
         write_eof = response.write_eof
 
         async def paced_write(data: bytes | bytearray | memoryview) -> None:
@@ -284,7 +328,10 @@ class BodyPace:
             else:
                 await write_eof()
 
-        response.write = paced_write  # type: ignore[method-assign]
+        if file_write is None:
+            response.write = paced_write  # type: ignore[method-assign]
+        else:
+            _route_file(response, paced_write)  # its file, sent past response.write
         response.write_eof = paced_write_eof  # type: ignore[method-assign]
 
     def _stop(self) -> None:
