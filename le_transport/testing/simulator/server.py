@@ -1240,7 +1240,7 @@ class Simulator:
                 # A rule of the plan that cannot strike this request: said, as a typo is.
                 _log.warning(
                     "the %s header names rule %s, %s: nothing is forced on %s %s, and the "
-                    "request is not put to the plan either",
+                    "request is not put to the plan's request rules either",
                     FAULT_HEADER,
                     _shown_rule_id(forced),
                     "which injects no fault (its sequence holds none)"
