@@ -412,3 +412,31 @@ async def test_an_oauth1_request_signed_for_another_host_form_is_refused(
             "Connection: close\r\n\r\n",
         )
     assert status.endswith(" 401 Unauthorized"), status
+
+
+# -- 8. a body given as a bytearray is cut and paced as bytes are ------------------------------
+
+
+async def _bytearray_body(request: web.Request) -> web.Response:
+    return web.Response(body=bytearray(b"x" * 100))
+
+
+async def test_a_bytearray_body_is_paced_by_a_slow_body(clock: VirtualClock) -> None:
+    rule = FaultRule("slow", SlowBody(chunk_bytes=10, chunk_delay_ms=1000), match=Match())
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/ba", _bytearray_body)])
+    async with sim, aiohttp.ClientSession() as http:
+        started = clock.now()
+        async with http.get(sim.url + "/ba") as resp:
+            assert await resp.read() == b"x" * 100
+        assert clock.now() - started == pytest.approx(9.0)
+
+
+async def test_a_bytearray_body_is_cut_by_a_truncated_body(clock: VirtualClock) -> None:
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match())
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/ba", _bytearray_body)])
+    async with sim:
+        status, headers, body = await _raw(
+            sim, "GET /ba HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert status.endswith(" 200 OK"), status
+    assert (headers["content-length"], body) == ("100", b"xxxxx")

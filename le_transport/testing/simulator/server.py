@@ -1420,7 +1420,8 @@ class Simulator:
         if isinstance(body, Payload):
             # Streamed through the cut as it is written (it may not end: a stream held open).
             return await _shaped_payload(request, real, body, BodyCut(request, fault.keep_bytes))
-        data = body if isinstance(body, bytes) else b""
+        # A bytearray too (aiohttp keeps one as it was given): its bytes, not an empty body.
+        data = bytes(body) if isinstance(body, (bytes, bytearray)) else b""
         resp = web.StreamResponse(status=real.status, reason=real.reason, headers=real.headers)
         # The cookies too: aiohttp writes a response's cookies into its headers only when
         # it is sent, so real.headers does not hold them (the login's Session_id).
@@ -1520,9 +1521,10 @@ class Simulator:
                 fault.chunk_bytes, fault.chunk_delay_ms / 1000.0, self._pause, request=request
             )
             return await _shaped_payload(request, real, body, pace)
-        if not isinstance(body, bytes):
+        if not isinstance(body, (bytes, bytearray)):
             # A streamed answer (a socket upgrade) is sent as it is.
             return real
+        body = bytes(body)  # a bytearray too (aiohttp keeps one as it was given): paced
         resp = _head_of(real)
         resp.content_length = len(body)
         pause = fault.chunk_delay_ms / 1000.0
