@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -440,3 +441,42 @@ async def test_a_bytearray_body_is_cut_by_a_truncated_body(clock: VirtualClock) 
         )
     assert status.endswith(" 200 OK"), status
     assert (headers["content-length"], body) == ("100", b"xxxxx")
+
+
+# -- 9. a body compressed as it is written is paced on the wire ---------------------------------
+
+
+async def _compressed_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_compression(web.ContentCoding.gzip)
+    await resp.prepare(request)
+    await resp.write(BIG)
+    await resp.write_eof()
+    return resp
+
+
+@pytest.mark.parametrize("handler", [_compressed_payload, _compressed_stream])
+async def test_a_body_compressed_as_it_is_written_arrives_in_paced_pieces(
+    clock: VirtualClock, handler: Any
+) -> None:
+    # zlib holds what it is given until it has enough (or the end): each piece is flushed, so
+    # that the client gets it as it is paced, not the whole body after the last pause.
+    rule = FaultRule("slow", SlowBody(chunk_bytes=1000, chunk_delay_ms=1000), match=Match())
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/z", handler)])
+    arrivals: list[tuple[float, int]] = []
+    got = b""
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.get(sim.url + "/z", headers={"Accept-Encoding": "gzip"}) as resp,
+    ):
+        assert resp.headers.get("Content-Encoding") == "gzip"
+        started = clock.now()
+        while chunk := await resp.content.readany():
+            got += chunk
+            arrivals.append((clock.now() - started, len(got)))
+    assert got == BIG
+    # 3012 bytes in pieces of 1000: 1000 of them at once, the rest 1 s apart.
+    assert arrivals[0][0] == pytest.approx(0.0), arrivals
+    assert arrivals[0][1] == 1000, arrivals
+    assert arrivals[-1][0] == pytest.approx(3.0), arrivals

@@ -31,12 +31,14 @@ A ``web.FileResponse`` the handler prepares itself sends its file past ``write``
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion11
+from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import Payload
 
 
@@ -236,6 +238,31 @@ class BodyCut:
                 transport.close()
 
 
+async def _flush_compressed(
+    response: web.StreamResponse,
+    write: Callable[[bytes | bytearray | memoryview], Awaitable[None]],
+) -> None:
+    """Send what ``response``'s compressor holds of the body written so far, if its body is
+    compressed as it is written (a ``StreamResponse``'s, or a payload's, ``enable_compression``):
+    zlib keeps what it is given until it has enough or the body ends, so a paced piece would
+    reach the wire only with the last one. A sync flush (valid mid-stream in a deflate or gzip
+    body) sends it now, written past the compressor (``write``: the one the pace wraps)."""
+    writer = response._payload_writer  # aiohttp's, once the answer is prepared
+    if not isinstance(writer, StreamWriter):
+        return
+    compressor = writer._compress  # aiohttp's: None when not compressing
+    if compressor is None:
+        return
+    flushed = compressor.flush(zlib.Z_SYNC_FLUSH)
+    if not flushed:
+        return
+    writer._compress = None  # these bytes are compressed already
+    try:
+        await write(flushed)
+    finally:
+        writer._compress = compressor
+
+
 class BodyPace:
     """A ``SlowBody`` in force on one request while its handler runs: the answer the handler
     prepares itself, if it does, goes out as the fault says, its status and headers at once
@@ -243,7 +270,9 @@ class BodyPace:
     simulator's clock, False once it is stopping: the rest is dropped and the connection of
     ``request`` closed, the body cut short, never ended as if whole), as a returned answer's
     body is dribbled; bytes it hands ``write_eof`` too, and the body of a ``web.Response`` it
-    prepared (which aiohttp's ``Response.write_eof`` writes itself)."""
+    prepared (which aiohttp's ``Response.write_eof`` writes itself). A body compressed as it
+    is written is flushed out of the compressor after each piece, so that each reaches the
+    wire as it is paced."""
 
     def __init__(
         self,
@@ -302,6 +331,7 @@ class BodyPace:
                 piece = data[i : i + self._chunk - self._in_piece]
                 self._sent_any = True
                 await write(piece)
+                await _flush_compressed(response, write)
                 self._in_piece += len(piece)
                 i += len(piece)
 
