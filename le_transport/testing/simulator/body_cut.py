@@ -211,6 +211,9 @@ class BodyCut:
             piece = data[: self._keep - self._sent]
             self._sent += len(piece)
             await write(piece)
+            # A body compressed as it is written: the kept bytes out of the compressor, which
+            # would hold them past the close (the client got none of them).
+            await _flush_compressed(response, write)
             self._close()
 
         async def cut_write_eof(data: bytes = b"") -> None:
@@ -222,6 +225,7 @@ class BodyCut:
                 await _write_held(held, cut_write, lambda: self._closed)
             if not self._closed:
                 await write(b"")  # its headers, if held back until its body (a web.Response's)
+                await _flush_compressed(response, write)  # what the compressor holds of it
             self._close()
 
         if file_write is None:

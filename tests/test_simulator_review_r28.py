@@ -1,0 +1,109 @@
+"""Simulator body faults on compressed answers, and OAuth 1.0 against a received Host."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from le_transport.chaos import FaultRule, MalformedBody, Match, TruncatedBody
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import SimRoute, Simulator
+
+BIG = b'{"text": "' + b"abcdefghij" * 300 + b'"}'
+
+
+async def _raw(sim: Simulator, request: str) -> tuple[str, dict[str, str], bytes]:
+    """Send ``request`` as it is; the status line, the headers (lower-cased names) and the
+    body, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    try:
+        writer.write(request.encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, body
+
+
+async def _read_cut(resp: aiohttp.ClientResponse) -> bytes:
+    """The (decoded) body ``resp`` delivers before the payload error of its cut."""
+    got = b""
+    try:
+        while chunk := await resp.content.readany():
+            got += chunk
+    except aiohttp.ClientPayloadError:
+        return got
+    raise AssertionError(f"the body ended whole, after {len(got)} bytes")
+
+
+async def _compressed_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_compression()
+    await resp.prepare(request)
+    await resp.write(BIG)
+    await resp.write_eof()
+    return resp
+
+
+async def _compressed_payload(request: web.Request) -> web.Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield BIG[:1000]
+        yield BIG[1000:]
+
+    resp = web.Response(body=chunks(), content_type="application/json")
+    resp.enable_compression()
+    return resp
+
+
+@pytest.mark.parametrize("handler", [_compressed_stream, _compressed_payload])
+async def test_a_cut_body_compressed_as_it_is_written_delivers_its_kept_bytes(
+    clock: VirtualClock, handler: Any
+) -> None:
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=1000), match=Match(path="/z"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/z", handler)])
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.get(sim.url + "/z", headers={"Accept-Encoding": "gzip"}) as resp,
+    ):
+        assert resp.headers.get("Content-Encoding") == "gzip"
+        got = await _read_cut(resp)
+    assert got == BIG[:1000]
+
+
+@pytest.mark.parametrize(
+    ("handler", "fault"),
+    [
+        (_compressed_stream, TruncatedBody(keep_bytes=len(BIG) + 10)),
+        (_compressed_payload, TruncatedBody(keep_bytes=len(BIG) + 10)),
+        # (A returned answer is replaced by a MalformedBody: only a streamed one is cut.)
+        (_compressed_stream, MalformedBody()),
+    ],
+    ids=["stream-kept", "payload-kept", "stream-malformed"],
+)
+async def test_a_compressed_body_cut_at_its_end_delivers_all_it_wrote(
+    clock: VirtualClock, handler: Any, fault: Any
+) -> None:
+    # Every byte the handler wrote is sent (a MalformedBody's, or a TruncatedBody keeping
+    # more than there is), then the cut: none of them left behind in the compressor.
+    rule = FaultRule("cut", fault, match=Match(path="/z"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/z", handler)])
+    async with (
+        sim,
+        aiohttp.ClientSession() as http,
+        http.get(sim.url + "/z", headers={"Accept-Encoding": "gzip"}) as resp,
+    ):
+        assert resp.headers.get("Content-Encoding") == "gzip"
+        got = await _read_cut(resp)
+    assert got == BIG
