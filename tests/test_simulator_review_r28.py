@@ -107,3 +107,29 @@ async def test_a_compressed_body_cut_at_its_end_delivers_all_it_wrote(
         assert resp.headers.get("Content-Encoding") == "gzip"
         got = await _read_cut(resp)
     assert got == BIG
+
+
+@pytest.mark.parametrize("handler", [_compressed_stream, _compressed_payload])
+async def test_an_http10_answer_its_handler_would_compress_goes_out_identity_cut(
+    clock: VirtualClock, handler: object
+) -> None:
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match(path="/z"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/z", handler)])  # type: ignore[arg-type]
+    async with sim:
+        status, headers, body = await _raw(sim, "GET /z HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert status.endswith(" 200 OK"), (status, headers, body)
+    assert "content-encoding" not in headers
+    assert body == BIG[:5]
+    assert int(headers["content-length"]) > len(body)
+
+
+async def test_an_http10_answer_compressed_as_it_is_written_is_cut_before_its_headers(
+    clock: VirtualClock,
+) -> None:
+    # Its bytes on the wire are counted by no one beforehand: no length to announce.
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match(path="/z"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/z", _compressed_stream)])
+    async with sim:
+        answer = await _raw(sim, "GET /z HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+    assert answer == ("", {}, b"")
+    assert sim.faults.injected_counts() == {"cut": 1}

@@ -20,8 +20,9 @@ fault that was never delivered. So, while such a fault is in force, the simulato
   cut one as whole. A ``TruncatedBody`` announces ``keep_bytes + 1`` (at most ``keep_bytes``
   are sent, as the client-side injector announces one byte more than it keeps); where no
   length can be announced (a ``MalformedBody``, which sends every byte the handler writes, or
-  an answer compressed as it is written, whose bytes on the wire no one counts beforehand)
-  it is cut before its headers, as an answer with no body is.
+  an answer compressed as it is written, whose bytes on the wire no one counts beforehand;
+  one whose handler enabled compression for a client that accepts none goes out uncompressed,
+  its bytes counted as any) it is cut before its headers, as an answer with no body is.
 
 A ``web.FileResponse`` the handler prepares itself sends its file past ``write``
 (``loop.sendfile``): it is made to write it through its payload writer, whose ``write`` the cut
@@ -190,7 +191,7 @@ class BodyCut:
         elif self._request.version < HttpVersion11:
             # No chunked framing (HTTP/1.0): the body would end where the connection does, and
             # the cut one look whole. A length longer than what is sent, or no answer at all.
-            if self._keep is None or response.compression:
+            if self._keep is None or _compresses(response):
                 self._close()
                 raise AnswerCut(
                     "an HTTP/1.0 answer of unknown length was cut before its headers "
@@ -240,6 +241,22 @@ class BodyCut:
             transport = self._request.transport
             if transport is not None:
                 transport.close()
+
+
+def _compresses(response: web.StreamResponse) -> bool:
+    """Whether ``response`` (prepared: its headers made) has its body compressed as it is
+    written: its ``enable_compression()`` took (the client accepts the coding, or it was
+    forced), not merely asked for, for a client that sent no ``Accept-Encoding`` gets it
+    whole. An aiohttp that keeps its compressor elsewhere: as asked for."""
+    writer = getattr(response, "_payload_writer", None)  # aiohttp's, once prepared
+    compressor = getattr(writer, "_compress", _UNKNOWN)  # aiohttp's: None when not compressing
+    if compressor is _UNKNOWN:
+        return response.compression
+    return compressor is not None
+
+
+#: What :func:`_compresses` reads when aiohttp's compressor is not where it looks.
+_UNKNOWN = object()
 
 
 async def _flush_compressed(
