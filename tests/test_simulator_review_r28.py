@@ -9,10 +9,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from le_transport.chaos import FaultRule, MalformedBody, Match, TruncatedBody
+from le_transport.providers.oauth1 import base_string_uri
 from le_transport.testing import VirtualClock
-from le_transport.testing.simulator import SimRoute, Simulator
+from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_APP_KEY, SimRoute, Simulator
+from le_transport.testing.simulator import oauth1 as sim_oauth1
 
 BIG = b'{"text": "' + b"abcdefghij" * 300 + b'"}'
 
@@ -133,3 +136,66 @@ async def test_an_http10_answer_compressed_as_it_is_written_is_cut_before_its_he
         answer = await _raw(sim, "GET /z HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
     assert answer == ("", {}, b"")
     assert sim.faults.injected_counts() == {"cut": 1}
+
+
+# -- OAuth 1.0: a Host that is no authority verifies nothing ----------------------------------
+
+K = DEFAULT_APP_KEY
+USERS = f"/api/account/{DEFAULT_ACCOUNT}/configuration/le-users/users"
+
+
+def _oauth_header(base_uri: str, nonce: str) -> str:
+    """A GET's Authorization header, signed with the default key over ``base_uri``."""
+    params = {
+        "oauth_consumer_key": K.key,
+        "oauth_token": K.access_token,
+        "oauth_signature_method": "HMAC-SHA1",
+        "oauth_timestamp": "1",
+        "oauth_nonce": nonce,
+        "oauth_version": "1.0",
+    }
+    base = sim_oauth1.signature_base_string("GET", base_uri, params.items())
+    params["oauth_signature"] = sim_oauth1.sign(base, K.secret, K.access_token_secret)
+    enc = sim_oauth1.percent_encode
+    return "OAuth " + ", ".join(f'{k}="{enc(v)}"' for k, v in params.items())
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:{port}/x", "127.0.0.1/x", "127.0.0.1:{port}?", "127.0.0.1:{port}#"]
+)
+async def test_an_oauth1_signature_for_another_path_never_verifies_through_a_forged_host(
+    clock: VirtualClock, host: str
+) -> None:
+    # Signed for ".../x/api/...": sent to "/api/..." with the "/x" moved into the Host, the
+    # base string the verifier builds would be the signed one, were the Host taken as it is.
+    async with Simulator(clock=clock) as sim:
+        host = host.format(port=sim.port)
+        header = _oauth_header(f"http://{host}{USERS}", "n1")
+        status, _, _ = await _raw(
+            sim,
+            f"GET {USERS} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {header}\r\n"
+            "Connection: close\r\n\r\n",
+        )
+    assert not status.endswith(" 200 OK"), status
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}",
+        "http://[::ffff:127.0.0.1]:{port}",
+        "http://LOCALHOST:{port}",
+        "http://localhost:{port}",
+    ],
+)
+async def test_an_oauth1_request_its_signer_built_verifies(clock: VirtualClock, url: str) -> None:
+    # The library's signer and the Host aiohttp sends for the same URL: always the same URI.
+    async with Simulator(clock=clock) as sim:
+        target = URL(url.format(port=sim.port) + USERS)
+        header = _oauth_header(base_string_uri(target), "n2")
+        status, _, _ = await _raw(
+            sim,
+            f"GET {USERS} HTTP/1.1\r\nHost: {target.host_port_subcomponent}\r\n"
+            f"Authorization: {header}\r\nConnection: close\r\n\r\n",
+        )
+    assert status.endswith(" 200 OK"), status

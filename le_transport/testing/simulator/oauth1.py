@@ -42,7 +42,8 @@ _PARAM = re.compile(r'\s*([A-Za-z0-9_.~%-]+)\s*=\s*"([^"]*)"\s*(?:,|$)')
 
 
 class OAuth1Error(ValueError):
-    """The ``Authorization`` header is not a well-formed OAuth 1.0 header."""
+    """The ``Authorization`` header is not a well-formed OAuth 1.0 header, or the ``Host`` a
+    base string URI is built from is not an authority (:func:`received_base_string_uri`)."""
 
 
 def percent_encode(value: str) -> str:
@@ -86,6 +87,14 @@ def parse_oauth_header(header: str) -> dict[str, str]:
 #: RFC 5849 §3.4.1.2's default ports, whose port the base string URI leaves out.
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
+#: RFC 3986 §3.2's host [":" port]: an IP literal in brackets (an IPv6 address, its zone
+#: (RFC 6874) or an IPvFuture), or a reg-name (an IPv4 address is one); then digits. No "/",
+#: "?", "#", "@" nor blank: nothing that could move part of the path into the authority.
+_AUTHORITY = re.compile(
+    r"(?:\[[A-Za-z0-9._~%!$&'()*+,;=:-]+\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)"
+    r"(?::[0-9]*)?"
+)
+
 
 def received_base_string_uri(scheme: str, authority: str, raw_path: str) -> str:
     """RFC 5849 §3.4.1.2's base string URI of a request received for ``authority`` (its
@@ -93,7 +102,13 @@ def received_base_string_uri(scheme: str, authority: str, raw_path: str) -> str:
     lower case, the port left out when it is the scheme's default, and otherwise the
     authority as it was received ("The host and port values MUST match the content of the
     HTTP request Host header field"): never normalised, so ``[0:0::1]`` stays as the client
-    wrote, and signed, it (yarl's ``[::1]`` was another string, and the request refused)."""
+    wrote, and signed, it (yarl's ``[::1]`` was another string, and the request refused).
+
+    :class:`OAuth1Error` if ``authority`` is not one (RFC 3986 §3.2: a host, then an optional
+    ``:`` and digits): taken as it is, a ``Host`` of ``h/x`` made a request for ``/y`` verify
+    against a signature of ``http://h/x/y``, another request."""
+    if _AUTHORITY.fullmatch(authority) is None:
+        raise OAuth1Error("the Host the request was sent with is not a host[:port]")
     scheme = scheme.lower()
     authority = authority.lower()
     host, port = authority, ""

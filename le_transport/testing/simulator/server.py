@@ -1696,9 +1696,12 @@ class Simulator:
         # which is decoded: the client signed "/users/a%2Fb", not "/users/a/b". The authority
         # as received (RFC 5849 §3.4.1.2: lower case, a default port left out, else as sent),
         # never normalised: a client that wrote, and signed, "[0:0::1]" is verified as such.
-        url = oauth1.received_base_string_uri(
-            scheme, self._public_host(request), request.rel_url.raw_path
-        )
+        try:
+            url = oauth1.received_base_string_uri(
+                scheme, self._public_host(request), request.rel_url.raw_path
+            )
+        except oauth1.OAuth1Error:
+            return False  # a Host that is no authority ("h/x"): nothing to verify against
         if not oauth1.verify(
             method=request.method,
             url=url,
