@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -199,3 +200,27 @@ async def test_an_oauth1_request_its_signer_built_verifies(clock: VirtualClock, 
             f"Authorization: {header}\r\nConnection: close\r\n\r\n",
         )
     assert status.endswith(" 200 OK"), status
+
+
+async def test_a_compressed_payload_cut_before_its_headers_is_closed(clock: VirtualClock) -> None:
+    # An HTTP/1.0 answer compressed as it is written, cut before its headers: its payload (a
+    # file object) is closed, not left open until collected.
+    loop = asyncio.get_running_loop()
+    closed = asyncio.Event()
+
+    class File(io.BufferedReader):
+        def close(self) -> None:
+            super().close()
+            loop.call_soon_threadsafe(closed.set)  # aiohttp closes it in an executor
+
+    async def handler(request: web.Request) -> web.Response:
+        resp = web.Response(body=File(io.BytesIO(BIG)), content_type="application/json")
+        resp.enable_compression()
+        return resp
+
+    rule = FaultRule("cut", TruncatedBody(keep_bytes=5), match=Match(path="/z"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/z", handler)])
+    async with sim:
+        answer = await _raw(sim, "GET /z HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        assert answer == ("", {}, b"")
+        await asyncio.wait_for(closed.wait(), 10)

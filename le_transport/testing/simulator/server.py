@@ -2167,7 +2167,10 @@ async def _shaped_compressed(
         await real.prepare(request)  # the shaper attaches here
         await real.write_eof()
     except AnswerCut:
-        return web.Response(status=500)  # cut before its headers: the connection is closed
+        # Cut before its headers (the connection is closed): its payload is never written,
+        # and is closed (a file object stays open otherwise, until collected).
+        await _discard(real)
+        return web.Response(status=500)
     except ConnectionError:
         pass  # the client gone (its attempt timeout, most likely)
     finally:
