@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,7 +14,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from le_transport.chaos import FaultRule, MalformedBody, Match, TruncatedBody
+from le_transport.chaos import FaultRule, MalformedBody, Match, SlowBody, TruncatedBody
 from le_transport.providers.oauth1 import base_string_uri
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_ACCOUNT, DEFAULT_APP_KEY, SimRoute, Simulator
@@ -224,3 +226,77 @@ async def test_a_compressed_payload_cut_before_its_headers_is_closed(clock: Virt
         answer = await _raw(sim, "GET /z HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
         assert answer == ("", {}, b"")
         await asyncio.wait_for(closed.wait(), 10)
+
+
+# -- aiohttp's internals the body faults lean on, moved: unshaped and said, never broken ------
+
+
+@pytest.mark.parametrize("fault", [TruncatedBody(keep_bytes=10), SlowBody(100, 1000)])
+async def test_a_prepared_file_an_aiohttp_cannot_reroute_goes_out_unshaped_with_a_warning(
+    clock: VirtualClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fault: Any,
+) -> None:
+    # An aiohttp whose FileResponse no longer reads the compression flag the simulator sets:
+    # its file goes past the shaped write (loop.sendfile). Sent whole, and said; nothing of
+    # the simulator's breaks it.
+    monkeypatch.setattr(web.FileResponse, "compression", property(lambda self: False))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(path)
+        await resp.prepare(request)
+        return resp
+
+    rule = FaultRule("shaped", fault, match=Match(path="/file"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/file", handler)])
+    with caplog.at_level(logging.WARNING, logger="le_transport.simulator"):
+        async with sim:
+            status, _, body = await _raw(
+                sim, "GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+    assert status.endswith(" 200 OK"), status
+    assert body == b"x" * 1000
+    assert any(
+        "FileResponse" in r.getMessage() and "unshaped" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    ), caplog.records
+
+
+@pytest.mark.parametrize("fault", [TruncatedBody(keep_bytes=10), SlowBody(100, 1000)])
+async def test_a_returned_file_is_shaped_without_rerouting_its_writer(
+    clock: VirtualClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fault: Any,
+) -> None:
+    # A file its handler returns is sent by the simulator through write: shaped, and no
+    # warning, whatever the flag the prepared one's rerouting leans on.
+    monkeypatch.setattr(web.FileResponse, "compression", property(lambda self: False))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path)
+
+    rule = FaultRule("shaped", fault, match=Match(path="/file"))
+    sim = Simulator(clock=clock, plan=[rule], routes=[SimRoute("GET", "/file", handler)])
+    with caplog.at_level(logging.WARNING, logger="le_transport.simulator"):
+        async with sim:
+            started = clock.now()
+            status, headers, body = await _raw(
+                sim, "GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+    assert status.endswith(" 200 OK"), status
+    assert headers["content-length"] == "1000"
+    if isinstance(fault, TruncatedBody):
+        assert body == b"x" * 10
+    else:
+        assert body == b"x" * 1000
+        assert clock.now() - started == pytest.approx(9.0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records

@@ -32,6 +32,7 @@ A ``web.FileResponse`` the handler prepares itself sends its file past ``write``
 from __future__ import annotations
 
 import contextlib
+import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -41,6 +42,8 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion11
 from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import Payload
+
+_log = logging.getLogger("le_transport.simulator")
 
 
 class AnswerCut(Exception):
@@ -110,21 +113,27 @@ async def _write_held(
 
 
 def _file_write(
-    response: web.StreamResponse,
+    response: web.FileResponse,
 ) -> Callable[[bytes | bytearray | memoryview], Awaitable[None]] | None:
     """For a ``web.FileResponse`` its handler is preparing (its headers made, not sent): once
     ``prepare`` returns, aiohttp sends its file past ``write`` (``loop.sendfile``, or its
     payload writer's ``write`` when it compresses). It is made to take the second way (the
     compression flag it reads then: its headers are made, and the flag changes nothing else),
     and the payload writer's own ``write`` is returned, for the shaper to route it through its
-    shaped ``write`` (:func:`_route_file`). None for any other answer."""
-    if not isinstance(response, web.FileResponse):
-        return None
-    writer = response._payload_writer  # aiohttp's, set as it prepares the answer
-    if writer is None:  # pragma: no cover - always set by then
-        return None
-    response._compression = True  # aiohttp's: past the headers, only picks the writer's way
-    return cast("Callable[[bytes | bytearray | memoryview], Awaitable[None]]", writer.write)
+    shaped ``write`` (:func:`_route_file`). None if this aiohttp keeps these elsewhere and
+    would send the file past the shaped ``write``: logged at WARNING, and the caller leaves
+    the answer alone (it goes out unshaped, as aiohttp sends it, never a broken answer)."""
+    writer = getattr(response, "_payload_writer", None)  # aiohttp's, set as it prepares it
+    write = getattr(writer, "write", None)
+    if callable(write):
+        response._compression = True  # aiohttp's: past the headers, only picks the writer's way
+        if response.compression:
+            return cast("Callable[[bytes | bytearray | memoryview], Awaitable[None]]", write)
+    _log.warning(
+        "a web.FileResponse its handler prepared itself goes out unshaped: this aiohttp "
+        "cannot be made to send its file through its payload writer"
+    )
+    return None
 
 
 def _route_file(
@@ -155,6 +164,9 @@ class BodyCut:
         self.armed = True
         #: Whether the handler prepared an answer, which this cut.
         self.attached = False
+        #: Whether a ``web.FileResponse``'s file comes through ``write`` (the simulator sends
+        #: the one a handler returned so), not past it as aiohttp sends it (:func:`_file_write`).
+        self.file_through_write = False
         self._sent = 0
         self._closed = False
         self._response: web.StreamResponse | None = None
@@ -199,7 +211,11 @@ class BodyCut:
                 )
             response.headers[hdrs.CONTENT_LENGTH] = str(self._keep + 1)
         # Else chunked: the last chunk is never sent, which the client sees as the cut.
-        file_write = _file_write(response)
+        file_write = None
+        if isinstance(response, web.FileResponse) and not self.file_through_write:
+            file_write = _file_write(response)
+            if file_write is None:
+                return  # its file goes past any write (logged): sent as aiohttp sends it
         write = response.write if file_write is None else file_write
 
         async def cut_write(data: bytes | bytearray | memoryview) -> None:
@@ -268,10 +284,10 @@ async def _flush_compressed(
     zlib keeps what it is given until it has enough or the body ends, so a paced piece would
     reach the wire only with the last one. A sync flush (valid mid-stream in a deflate or gzip
     body) sends it now, written past the compressor (``write``: the one the pace wraps)."""
-    writer = response._payload_writer  # aiohttp's, once the answer is prepared
+    writer = getattr(response, "_payload_writer", None)  # aiohttp's, once it is prepared
     if not isinstance(writer, StreamWriter):
         return
-    compressor = writer._compress  # aiohttp's: None when not compressing
+    compressor = getattr(writer, "_compress", None)  # aiohttp's: None when not compressing
     if compressor is None:
         return
     flushed = compressor.flush(zlib.Z_SYNC_FLUSH)
@@ -316,6 +332,8 @@ class BodyPace:
         #: handler: a pause only every ``chunk_bytes`` of the body, as a returned answer's
         #: (``ceil(len / chunk_bytes) - 1`` of them). Else each write starts a piece of its own.
         self.whole_pieces = False
+        #: As :attr:`BodyCut.file_through_write`.
+        self.file_through_write = False
         self._sent_any = False
         self._in_piece = 0  # bytes sent of the current piece
         self._stopped = False
@@ -329,7 +347,11 @@ class BodyPace:
         """Pace ``response``'s body, being prepared."""
         self.armed = False
         self.attached = True
-        file_write = _file_write(response)
+        file_write = None
+        if isinstance(response, web.FileResponse) and not self.file_through_write:
+            file_write = _file_write(response)
+            if file_write is None:
+                return  # its file goes past any write (logged): sent as aiohttp sends it
         write = response.write if file_write is None else file_write
         if file_write is not None:
             self.whole_pieces = True  # a file: paced by its bytes, as a returned one's

@@ -2215,6 +2215,7 @@ async def _shaped_file(
         return writer
 
     real._sendfile = shaped_sendfile  # type: ignore[method-assign,assignment]
+    shaper.file_through_write = True  # its file comes through write: nothing to reroute
     if isinstance(shaper, BodyCut):
         request[BODY_CUT_KEY] = shaper
     else:
