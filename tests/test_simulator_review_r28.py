@@ -300,3 +300,35 @@ async def test_a_returned_file_is_shaped_without_rerouting_its_writer(
         assert body == b"x" * 1000
         assert clock.now() - started == pytest.approx(9.0)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+async def test_a_file_its_handler_prepares_is_sent_once_under_a_slow_body(
+    clock: VirtualClock, tmp_path: Path
+) -> None:
+    # aiohttp prepares the answer a handler returns once more: a FileResponse's prepare opens
+    # and sends its file again. Paced twice, the connection was held ten more pauses, and
+    # the next request on it waited for a body no one reads.
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(path)
+        await resp.prepare(request)
+        return resp
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    rule = FaultRule("slow", SlowBody(100, 1000), match=Match(path="/file"))
+    routes = [SimRoute("GET", "/file", handler), SimRoute("GET", "/ok", ok)]
+    async with (
+        Simulator(clock=clock, plan=[rule], routes=routes) as sim,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http,
+    ):
+        started = clock.now()
+        async with http.get(sim.url + "/file") as resp:
+            assert await resp.read() == b"x" * 1000
+        assert clock.now() - started == pytest.approx(9.0)
+        async with http.get(sim.url + "/ok") as resp:
+            assert await resp.text() == "ok"
+        assert clock.now() - started == pytest.approx(9.0)

@@ -32,6 +32,7 @@ A ``web.FileResponse`` the handler prepares itself sends its file past ``write``
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -141,7 +142,10 @@ def _route_file(
     shaped: Callable[[bytes | bytearray | memoryview], Awaitable[None]],
 ) -> None:
     """Route what ``response`` (a ``web.FileResponse``, :func:`_file_write`) writes, its file
-    and the handler's own writes alike, through ``shaped``."""
+    and the handler's own writes alike, through ``shaped``; and send its file once: aiohttp
+    prepares the answer a handler returns once more, and a ``FileResponse``'s ``prepare``
+    opens and writes its file again (paced a second time, it held the connection, and the
+    next request on it, as long again)."""
 
     async def write(chunk: bytes | bytearray | memoryview, **_: object) -> None:
         await shaped(chunk)
@@ -149,6 +153,8 @@ def _route_file(
     writer = response._payload_writer
     assert writer is not None
     writer.write = write  # type: ignore[method-assign]
+    # Its file sent, it is prepared as any answer is: a second prepare returns its writer.
+    response.prepare = functools.partial(web.StreamResponse.prepare, response)  # type: ignore[method-assign]
 
 
 class BodyCut:
