@@ -505,9 +505,12 @@ class TruncatedBody:
     gets those bytes, then the payload error of a body cut short. On both sides the request
     is processed: its side effects happen. ``keep_bytes`` is an int in
     0..``MAX_KEEP_BYTES`` (1 TiB). An answer its simulator handler compresses
-    (``enable_compression()``) goes out compressed, as it would without the fault, and is cut
-    in the bytes on the wire (a body held whole: ``keep_bytes`` of its compressed bytes); the
-    client-side injector, which reads the answer decoded, keeps decoded bytes."""
+    (``enable_compression()``, for a client that accepts the coding) goes out compressed, as
+    it would without the fault: a body held whole (``web.Response(body=b"...")``) is cut in
+    its compressed bytes, ``keep_bytes`` of them; a body compressed as it is written (a
+    payload's, a streamed answer's) after ``keep_bytes`` of the handler's bytes, all of them
+    flushed out of the compressor, as the client-side injector, which reads the answer
+    decoded, keeps decoded bytes."""
 
     kind: ClassVar[str] = "truncated_body"
     keep_bytes: int = attrs.field(default=0, validator=_int_in("keep_bytes", 0, MAX_KEEP_BYTES))
@@ -524,7 +527,15 @@ class MalformedBody:
     its answer away, the client-side injector sends it and reads the real answer before handing
     back this one. Only the status and the body (with ``Content-Type: application/json``) are
     the fault's: the real answer's headers and cookies are not kept. A WebSocket upgrade, whose
-    real answer would be a socket, is answered with it without being sent, on both sides."""
+    real answer would be a socket, is answered with it without being sent, on both sides.
+
+    On the simulator, an answer a custom route's handler streams itself (prepares) is on its
+    way before the handler returns and cannot be replaced: it is cut instead, its status and
+    headers, then every byte the handler writes, short of what they announce, then the
+    connection closed (the client meets a payload error, not this body). To an HTTP/1.0
+    client such an answer of unknown length has no framing to show the cut, and is cut before
+    its headers: the client sees the connection closed with no answer, as with
+    :class:`EmptyResponse`."""
 
     kind: ClassVar[str] = "malformed_body"
     code: int = attrs.field(default=200)
