@@ -358,7 +358,9 @@ class ConnectionFailed(RequestError):
 
 
 class AttemptTimeout(RequestError):
-    """One attempt took longer than the per-attempt timeout and was cancelled."""
+    """One attempt took longer than the per-attempt timeout and was cancelled; or, a fleet's
+    half-open circuit breaker probe, longer than its probe lock's lease allows (its message
+    says so: see :class:`~le_transport.middleware.overload.OverloadGuard`)."""
 
 
 class DeadlineExceeded(RequestError):

@@ -92,6 +92,13 @@ class _Call:
         self.method = "GET"
         self.url = f"http://{host}/x"
         self.request = cast("ClientRequest", SimpleNamespace(url=url or URL(self.url)))
+        #: When the gate asked the attempt to be cut (limit_attempt: a fleet's probe), if it did.
+        self.until: float | None = None
+
+    def limit_attempt(self, until: float) -> None:
+        """What the retry loop's call does: cut the attempt at ``until`` (here only noted; a
+        test that runs attempts honours it)."""
+        self.until = until
 
 
 def _host(call: _Call) -> str:

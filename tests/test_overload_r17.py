@@ -107,10 +107,11 @@ async def test_a_probe_with_a_long_deadline_keeps_the_slot_no_longer_than_a_brea
     assert sent == 2
 
 
-async def test_in_a_fleet_a_slow_probe_keeps_the_lease_and_reads_the_fleets_verdict() -> None:
-    # Held past the fleet's lock, a slow probe kept its process from reading the close another
-    # process's probe published (refusing calls to a healthy host), and its late failure then
-    # re-opened the whole fleet. In a fleet the slot keeps the lease.
+async def test_in_a_fleet_a_slow_probe_holds_the_lock_until_its_own_bound() -> None:
+    # Held by the lease alone (30 s), a probe with a 60 s attempt timeout let another process
+    # send a second probe while it was out. In a fleet the probe's lock is held until its own
+    # bound has passed (and a margin, for its verdict to reach the store): the other processes
+    # wait for its verdict, which decides for the fleet.
     clock = VirtualClock(start=1000.0)
     store = MemoryStore(clock)
     a, b = (
@@ -131,13 +132,12 @@ async def test_in_a_fleet_a_slow_probe_keeps_the_lease_and_reads_the_fleets_verd
     clock.advance(5.0)
     slow = call(attempt_timeout=60.0)  # a's probe hangs
     assert await a.admit(slow, 1) is None
-    clock.advance(31.0)  # the fleet's lock (the lease) has expired
-    probe = call()
-    assert await b.admit(probe, 1) is None
-    await b.settle(probe, 1, Outcome.response(200))
-    clock.advance(2.0)
-    assert await a.admit(call(), 1) is None, "a read the fleet's close"
-    clock.advance(27.0)
+    clock.advance(31.0)  # past the lease: the lock is still held for a's probe
+    assert isinstance(await b.admit(call(), 1), CircuitOpen), "no second probe while it is out"
+    clock.advance(29.0)
     await a.settle(slow, 1, Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"))
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN, "its verdict decided"
     clock.advance(1.0)
-    assert await b.admit(call(), 1) is None, "the stale probe re-opened no one"
+    refused = await b.admit(call(), 1)
+    assert isinstance(refused, CircuitOpen), "b adopted the break a's probe published"
+    assert refused.retry_at == a._status[("svc", HOST)].open_until

@@ -32,6 +32,12 @@ Why inside the retry loop, and in this order (docs/architecture.md has the pictu
 Shared through a :class:`~le_transport.state.StateStore` (Redis), a fleet shares the budget (one
 window for every process) and the breaker's trips: a process that opens its breaker publishes the
 break, the others adopt it at their next sync, and in half-open one probe goes for the whole fleet.
+A fleet probe is bounded by its lock (the fleet's probe lock, never renewed): the lock is held
+for the probe's own bound (its attempt timeout or deadline) and a margin if that is longer than
+the probe lease, at most the longest break; a probe with no bound of its own (or a longer one)
+is cut by the retry loop (``limit_attempt``) a margin before the lease ends, a timeout that is
+its failure verdict, published before the lock is freed: no second probe goes, in another
+process, while it is out.
 The trip is kept for the break and then the probe lease, so a process that missed the break (no
 call during it, or started after it) goes half-open when it ends, not closed; the process that
 takes the fleet's probe lock reads the trip again before probing (a probe that just failed has
@@ -228,6 +234,12 @@ def is_retry_gate(value: object) -> bool:
 class RetryGate(Protocol):
     """The retry loop's questions to overload protection (see the module's description).
 
+    A gate may also bound the attempt it admits: its ``admit`` calls the call's
+    ``limit_attempt(until)`` (optional: a call without it is not bounded), and the retry loop
+    cuts that attempt once the clock reaches ``until``, as an attempt timeout (a TIMEOUT
+    outcome, settled as any), unless its own timeout or the call's deadline ends it sooner. The
+    overload guard bounds a fleet's half-open probe so, by its probe lock's lease.
+
     One more is optional: ``cut(call, attempt, ran)``, told (never awaited: the caller's
     error is due now) of an admitted attempt that the call's deadline cut after ``ran``
     seconds with no answer (:meth:`OverloadGuard.cut`); a gate without it has that attempt
@@ -342,6 +354,53 @@ class _Grant:
 #: the loop may lag: a short lease's share alone let a second probe through).
 _PROBE_HOLD_MARGIN = 1 / 30
 _PROBE_HOLD_LEAST_MARGIN = 0.05
+#: How long before its lock's lease ends a fleet probe is cut, as a share of the lease, and at
+#: least (_fleet_probe_margin).
+_FLEET_PROBE_MARGIN = 0.1
+_FLEET_PROBE_LEAST_MARGIN = 1.0
+
+
+def _own_bound(call: GatedCall) -> float | None:
+    """The bound of ``call``'s attempt of its own: the shorter of its attempt timeout and its
+    call's deadline (the retry loop cuts it at either, and tells the gate); None if it has
+    neither (a policy without them, or a call that tells nothing of its policy)."""
+    policy = getattr(call, "policy", None)
+    bounds = [
+        bound
+        for bound in (getattr(policy, "attempt_timeout", None), getattr(policy, "deadline", None))
+        if isinstance(bound, (int, float)) and finite_number(bound) and bound > 0
+    ]
+    return float(min(bounds)) if bounds else None
+
+
+def _fleet_probe_margin(breaker: CircuitBreaker) -> float:
+    """How long before its fleet lock's lease ends a fleet probe is cut: a tenth of the lease,
+    at least a second (the probe's verdict, a break published, then the lock deleted, must reach
+    the store before the lease ends), and at most half the lease (a breaker scaled down for a
+    test or a demo)."""
+    lease = breaker.probe_lease
+    return min(max(lease * _FLEET_PROBE_MARGIN, _FLEET_PROBE_LEAST_MARGIN), lease / 2)
+
+
+def _fleet_probe_hold(call: GatedCall, breaker: CircuitBreaker) -> tuple[float, float]:
+    """How long the fleet's probe lock is taken for ``call``'s probe (its lease), and how long
+    after its admission the probe is cut at the latest (the lease less
+    :func:`_fleet_probe_margin`): a fleet probe never outlives its lock, so that no second
+    probe goes, in another process, while it is out.
+
+    A probe with no bound of its own holds the breaker's ``probe_lease``, and is cut before it
+    ends. One with a bound (:func:`_own_bound`) holds the lock until that bound and the margin
+    have passed, if that is longer than the lease (its own timeout then ends it first, as
+    without a fleet), but never past the longest break (a probe with a longer bound is cut
+    before that ends): cut at the lease, a probe with a 60 s attempt timeout to a service slow
+    by design failed every time, and the fleet's breaker never closed."""
+    lease = breaker.probe_lease
+    margin = _fleet_probe_margin(breaker)
+    bound = _own_bound(call)
+    hold = lease
+    if bound is not None:
+        hold = max(lease, min(bound + margin, max(lease, breaker.longest_break)))
+    return hold, hold - margin
 
 
 def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
@@ -352,16 +411,10 @@ def _probe_hold(call: GatedCall, breaker: CircuitBreaker) -> float:
     deadline does not shut its host for longer than a break). Read from the attempt timeout
     alone, a probe with a 60 s one and a 10 s deadline held the slot 61 s: every other caller
     was told to come back a minute later (``CircuitOpen.retry_at``)."""
-    policy = getattr(call, "policy", None)
-    bounds = [
-        bound
-        for bound in (getattr(policy, "attempt_timeout", None), getattr(policy, "deadline", None))
-        if isinstance(bound, (int, float)) and finite_number(bound) and bound > 0
-    ]
+    bound = _own_bound(call)
     lease = breaker.probe_lease
-    if not bounds:
+    if bound is None:
         return lease
-    bound = min(bounds)
     margin = max(lease * _PROBE_HOLD_MARGIN, _PROBE_HOLD_LEAST_MARGIN)
     return max(lease, min(float(bound) + margin, breaker.longest_break))
 
@@ -1431,11 +1484,21 @@ class OverloadGuard:
             if hold > self._breaker.probe_lease:
                 # The slot is kept until this probe has surely reported (its attempt's own
                 # bound), not only the lease: a probe with a 60 s attempt timeout let a second
-                # one through at 30 s. Not in a fleet: there the lock keeps the lease (another
-                # process may probe then, the backstop for a probe whose process died), and a
-                # longer hold here kept this process from reading the fleet's verdict.
+                # one through at 30 s. (In a fleet, below: the lock, and the slot, are held as
+                # long, and the probe cut before the lock's lease ends.)
                 probing = attrs.evolve(probing, probe_until=now + hold)
+        cut_at: float | None = None
         if admission.probe and self._shared:
+            # The fleet's probe is bounded by its lock (_fleet_probe_hold): the lock, the trip's
+            # half-open tail and this process's slot are held for ``hold`` from now (the lock
+            # is taken after now: it lasts at least that long), and the attempt is cut at
+            # ``cut_at`` (the retry loop's, told by limit_attempt below), so that its verdict
+            # is published and the lock freed before the lease ends: no second probe goes,
+            # here or in another process, while it is out.
+            hold, cut_after = _fleet_probe_hold(call, self._breaker)
+            cut_at = now + cut_after
+            if hold != self._breaker.probe_lease:
+                probing = attrs.evolve(probing, probe_until=now + hold)
             probe_key = self._probe_key(key)
             stale = self._stale_locks.get(key)
             if stale:
@@ -1453,7 +1516,7 @@ class OverloadGuard:
                 # else would free it: the whole fleet waited out the lease with no probe out.
                 # Its release is a compare-and-delete of this value: harmless if it never
                 # landed.
-                if not await self._store.add(probe_key, lock, ttl=self._breaker.probe_lease):
+                if not await self._store.add(probe_key, lock, ttl=hold):
                     # Another process of the fleet is probing: wait for its verdict.
                     self._put(key, status)
                     return self._circuit_open(call, now + self._sync_interval, now, status.opens)
@@ -1462,7 +1525,7 @@ class OverloadGuard:
                 # process re-opened the breaker (publishing the new trip before freeing the lock).
                 # A second probe to a service that just failed one must not go: read it now.
                 trip_key = self._trip_key(key)
-                lease = self._breaker.probe_lease
+                lease = hold
                 fleet_closed = False
                 for _ in range(_TRIP_READS):
                     entry = await self._store.get(trip_key)
@@ -1545,6 +1608,12 @@ class OverloadGuard:
                     self._put(key, self._breaker.closed())
                     self._adopt_close(key)
                     return None  # an ordinary attempt, on the fleet's closed breaker
+                if at >= cut_at:
+                    # The store took so long to answer that the probe would be cut before it
+                    # went: it does not go (its lock freed), a later call probes.
+                    await self._delete_lock(key, lock)
+                    self._put(key, status)
+                    return self._circuit_open(call, at + self._sync_interval, at, status.opens)
             except BaseException:
                 # Cancelled (or failed) with the lock held and no probe recorded: nothing
                 # else would free it, and the whole fleet would wait out its lease.
@@ -1560,6 +1629,13 @@ class OverloadGuard:
                 # The session it goes through: what an engine's close cuts (aiohttp's own
                 # field; missing, the probe is waited for by no close, as before).
                 self._probe_owners[(id(call), attempt)] = getattr(call.request, "_session", None)
+            if cut_at is not None:
+                # The retry loop cuts the attempt there, as an attempt timeout (a TIMEOUT
+                # failure: the probe's failure verdict). A call that cannot be told so (not the
+                # retry loop's) is not cut: its probe may outlive the lock, as before.
+                limit_attempt = getattr(call, "limit_attempt", None)
+                if callable(limit_attempt):
+                    limit_attempt(cut_at)
         return None
 
     async def _sync(self, key: tuple[str, str]) -> None:

@@ -443,6 +443,7 @@ class _Call(_WheelTimer):
     """
 
     __slots__ = (
+        "_gate_until",
         "_idempotent",
         "_service",
         "_url",
@@ -472,6 +473,18 @@ class _Call(_WheelTimer):
         self._service: str | None = None
         self._idempotent: bool | None = None
         self._url: str | None = None
+        # When the attempt being admitted must have ended by, as its gate asked
+        # (limit_attempt); taken (and cleared) as the attempt starts.
+        self._gate_until: float | None = None
+
+    def limit_attempt(self, until: float) -> None:
+        """Cut the attempt the gate is admitting once the clock reaches ``until``, if its own
+        attempt timeout or the call's deadline does not end it sooner: an attempt timeout
+        (``AttemptTimeout``, a TIMEOUT outcome for the gate). The overload guard bounds a
+        fleet's half-open probe so, by its probe lock's lease (see
+        :class:`~le_transport.middleware.overload.OverloadGuard`). Called from the gate's
+        ``admit`` only; it bounds that one attempt."""
+        self._gate_until = until
 
     @property
     def method(self) -> str:
@@ -568,12 +581,21 @@ class _Call(_WheelTimer):
                     started = clock.now()
                 else:
                     started = first
+                limit = policy.attempt_timeout
+                # Whether the gate's bound (limit_attempt) is the attempt's: its timeout then
+                # says so.
+                by_gate = False
                 if gate is not None:
                     refused = await gate.admit(self, attempt)
                     if refused is not None:
                         raise self._refused(refused, attempt)
                     started = clock.now()
-                limit = policy.attempt_timeout
+                    until = self._gate_until
+                    if until is not None:
+                        self._gate_until = None
+                        if limit is None or until - started < limit:
+                            limit = max(0.0, until - started)
+                            by_gate = True
                 by_deadline = False
                 if deadline is not None:
                     remaining = deadline - (started - call_started)
@@ -584,6 +606,7 @@ class _Call(_WheelTimer):
                     if limit is None or remaining <= limit:
                         limit = remaining
                         by_deadline = True
+                        by_gate = False
                 # On the real clock the call is its own timer, armed on the loop's wheel.
                 timer: _WheelTimer | None
                 # The task's count of cancellation requests as the attempt starts (a timer
@@ -681,7 +704,9 @@ class _Call(_WheelTimer):
                             if gate is not None:
                                 gate.abandon(self, attempt)
                             raise self._body_failed(spoilt, attempt, started) from spoilt
-                    outcome, error = self._failed(attempt, exc, timed_out, gate)
+                    outcome, error = self._failed(
+                        attempt, exc, timed_out, gate, limit if by_gate else None
+                    )
                     resp = None
                 else:
                     if timer is not None:
@@ -961,18 +986,34 @@ class _Call(_WheelTimer):
         return err
 
     def _failed(
-        self, attempt: int, exc: BaseException, timed_out: bool, gate: RetryGate | None
+        self,
+        attempt: int,
+        exc: BaseException,
+        timed_out: bool,
+        gate: RetryGate | None,
+        gate_limit: float | None = None,
     ) -> tuple[Outcome, RequestError]:
         """The outcome and error of an attempt that raised ``exc``; re-raise what is no fault.
 
         A cancellation from outside (the caller's), an error of the caller's own making and
         anything unexpected propagate as they are; the gate forgets the attempt first.
+        ``gate_limit``: the gate's bound on the attempt (:meth:`limit_attempt`), when that
+        bound, not the attempt timeout, was the attempt's.
         """
         if timed_out:
+            if gate_limit is not None:
+                said = (
+                    f"attempt {attempt} took longer than {gate_limit:.4g} s, the most the "
+                    "circuit breaker's half-open probe may take (its fleet lock's lease), "
+                    "and was cancelled"
+                )
+            else:
+                said = (
+                    f"attempt {attempt} took longer than {self.policy.attempt_timeout:g} s "
+                    "and was cancelled"
+                )
             return Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout"), AttemptTimeout(
-                f"attempt {attempt} took longer than {self.policy.attempt_timeout:g} s "
-                "and was cancelled",
-                **self._where(),
+                said, **self._where()
             )
         if isinstance(
             exc, TimeoutError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError

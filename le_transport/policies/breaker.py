@@ -173,9 +173,11 @@ class CircuitBreaker:
       a re-open's break is never shorter than the one before it (at the cap the jitter's
       draw could make it so: 144 s, then 96 s).
     - ``probe_lease`` (30 s): a probe that never reports frees the half-open slot after this.
-      (An :class:`~le_transport.middleware.overload.OverloadGuard` without a fleet store holds
-      its own probe's slot longer when the probe's attempt has a longer bound of its own, the
-      shorter of its attempt timeout and its call's deadline, up to :attr:`longest_break`.)
+      (An :class:`~le_transport.middleware.overload.OverloadGuard` holds its probe's slot
+      longer when the probe's attempt has a longer bound of its own, the shorter of its attempt
+      timeout and its call's deadline, up to :attr:`longest_break`; with a fleet store, the
+      fleet's probe lock as long, and a fleet probe with no bound of its own is cut a tenth of
+      the lease, at least a second, before the lease ends, a timeout: its failure verdict.)
     - ``slow_call`` (5 s, :data:`BREAKER_SLOW_CALL`; None: off): an attempt cut by its call's
       deadline (not by its own attempt timeout) after running at least this long with no
       answer is a failure, a TIMEOUT, as an attempt timeout is: counted toward the failure
