@@ -498,7 +498,9 @@ class RetryBudgetExhausted(RequestError):
 
 
 class CircuitOpen(RequestError):
-    """The circuit breaker for this service is open: nothing was sent.
+    """The circuit breaker for this service is open: nothing was sent. (Or, refusing a call's
+    retry, the retry was not sent: the attempts before it were, as its ``attempts`` show, and
+    its message says so.)
 
     ``retry_at`` is the clock time at which a probe will be let through.
     """

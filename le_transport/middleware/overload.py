@@ -1377,7 +1377,7 @@ class OverloadGuard:
                     and retry_at is not None
                     and retry_at > now + pause
                 ):
-                    return self._circuit_open(call, retry_at, now, status.opens)
+                    return self._circuit_open(call, retry_at, now, status.opens, retry=True)
         if self._budget is None:
             return None
         if not await self._withdraw(call.service):
@@ -2062,11 +2062,14 @@ class OverloadGuard:
         )
 
     def _circuit_open(
-        self, call: GatedCall, retry_at: float, now: float, opens: int
+        self, call: GatedCall, retry_at: float, now: float, opens: int, *, retry: bool = False
     ) -> CircuitOpen:
+        """The refusal of ``call``'s attempt; ``retry``: of its retry (before_retry), after
+        attempts that were sent (in its ``attempts``): "nothing was sent" would say otherwise."""
+        refused = "the retry was not sent" if retry else "nothing was sent"
         return CircuitOpen(
-            f"the circuit breaker for {call.service!r} at {_host_of(call)} is open: nothing "
-            f"was sent; try again in {max(0.0, retry_at - now):.3g} s",
+            f"the circuit breaker for {call.service!r} at {_host_of(call)} is open: {refused}; "
+            f"try again in {max(0.0, retry_at - now):.3g} s",
             retry_at=retry_at,
             service=call.service,
             method=call.method,

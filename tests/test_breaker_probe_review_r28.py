@@ -1,0 +1,79 @@
+"""A fleet's half-open probe bounded by its lock: what the caller is told of a cut probe, and
+what an abandoned or late-admitted probe leaves of the lock.
+
+Two engines stand for two processes sharing a store and a loopback service, on virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from le_transport import Engine, RetryPolicy
+from le_transport.errors import AttemptTimeout, CircuitOpen
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import BackoffPolicy, CircuitBreaker
+from le_transport.state import MemoryStore, state_key
+from le_transport.testing import VirtualClock
+from tests.backends import Backend
+from tests.conftest import ServerFactory
+
+#: Four failures in five open it for 5 s, then 10 s; the default 30 s probe lease.
+BREAKER = CircuitBreaker(
+    failure_ratio=0.5,
+    minimum_throughput=4,
+    sampling_window=300.0,
+    breaks=BackoffPolicy(first=5.0, cap=120.0, jitter=0.0, floor=0.0),
+)
+LEASE = BREAKER.probe_lease
+#: A tenth of the lease, at least a second: an unbounded probe is cut that long before it ends.
+MARGIN = 3.0
+ONCE = RetryPolicy(pauses=(), attempt_timeout=None)
+UNBOUNDED = RetryPolicy(attempt_timeout=None)
+
+
+async def _settle_loop() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def _lock_key(host: str) -> str:
+    return state_key("1", "breaker-probe", "svc", host)
+
+
+async def _trip(engine: Engine, backend: Backend, clock: VirtualClock) -> None:
+    """Open the breaker (published), let the break end, and hold every request from now on."""
+    for _ in range(BREAKER.minimum_throughput):
+        with pytest.raises(Exception):  # noqa: B017, PT011 - RetriesExhausted, the 503s
+            await engine.request("GET", "svc", "/x", retry=ONCE)
+    await clock.sleep(5.0)
+    backend.gate = asyncio.Event()
+    backend.arrived.clear()
+
+
+async def test_a_cut_probes_refused_retry_does_not_say_nothing_was_sent(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # The probe went (and was cut, a timeout): the CircuitOpen that fails the call refuses
+    # its retry, and must not tell the caller that nothing was sent.
+    backend = Backend(503)
+    store = MemoryStore(clock)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    host = await serve(backend.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, overload=guard) as engine:
+        await _trip(engine, backend, clock)
+        probe = asyncio.ensure_future(engine.request("GET", "svc", "/x", retry=UNBOUNDED))
+        try:
+            await backend.arrived.wait()
+            await clock.sleep(LEASE - MARGIN + 0.5)
+            await _settle_loop()
+        finally:
+            assert backend.gate is not None
+            backend.gate.set()
+        error = probe.exception()
+        assert isinstance(error, CircuitOpen), error
+        assert isinstance(error.__cause__, AttemptTimeout)
+        assert len(error.attempts) == 1, "the probe was sent"
+        assert "nothing was sent" not in str(error), str(error)
+        assert "the retry was not sent" in str(error), str(error)
