@@ -7,17 +7,25 @@ Two engines stand for two processes sharing a store and a loopback service, on v
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from le_transport import Engine, RetryPolicy
 from le_transport.errors import AttemptTimeout, CircuitOpen
 from le_transport.middleware.overload import OverloadGuard
-from le_transport.policies import BackoffPolicy, CircuitBreaker
+from le_transport.policies import (
+    BackoffPolicy,
+    BreakerState,
+    CircuitBreaker,
+    Outcome,
+    RetryBudget,
+)
 from le_transport.state import MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.conftest import ServerFactory
+from tests.test_guard_hot_path import _Call
 
 #: Four failures in five open it for 5 s, then 10 s; the default 30 s probe lease.
 BREAKER = CircuitBreaker(
@@ -31,6 +39,7 @@ LEASE = BREAKER.probe_lease
 MARGIN = 3.0
 ONCE = RetryPolicy(pauses=(), attempt_timeout=None)
 UNBOUNDED = RetryPolicy(attempt_timeout=None)
+HOST = "127.0.0.1:8080"
 
 
 async def _settle_loop() -> None:
@@ -77,3 +86,41 @@ async def test_a_cut_probes_refused_retry_does_not_say_nothing_was_sent(
         assert len(error.attempts) == 1, "the probe was sent"
         assert "nothing was sent" not in str(error), str(error)
         assert "the retry was not sent" in str(error), str(error)
+
+
+async def test_a_probe_whose_budget_deposit_answered_past_its_cut_does_not_go() -> None:
+    # The first attempt's deposit to the fleet's budget is the store's last answer before the
+    # probe goes: one that came back past the probe's cut left it nothing (an attempt timeout of
+    # zero), a TIMEOUT that re-opened the fleet's breaker with no probe of the service made. As
+    # a slow lock or trip read does, it does not go: its lock freed, the call refused.
+    clock = VirtualClock(start=100.0, autojump=False)
+
+    class Slow(MemoryStore):
+        delay = 0.0
+
+        async def budget(self, *args: Any, **kwargs: Any) -> bool:
+            clock.advance(self.delay)
+            return await super().budget(*args, **kwargs)
+
+    store = Slow(clock)
+    guard = OverloadGuard(
+        budget=RetryBudget(), breaker=BREAKER, store=store, account="1", clock=clock
+    )
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await guard.admit(call, 1) is None
+        await guard.settle(call, 1, Outcome.response(503))
+    assert guard.breaker_state("svc", HOST) is BreakerState.OPEN
+    clock.advance(6.0)
+    store.delay = LEASE - MARGIN  # the deposit answers that late
+    late = _Call("svc", HOST)
+    refused = await guard.admit(late, 1)
+    assert isinstance(refused, CircuitOpen), "not sent with no time left"
+    assert not guard._probes, "no probe out"
+    await _settle_loop()
+    assert store._values.get(_lock_key(HOST)) is None, "its lock freed"
+    assert guard.breaker_state("svc", HOST) is BreakerState.HALF_OPEN, "no verdict"
+    store.delay = 0.0
+    probe = _Call("svc", HOST)
+    assert await guard.admit(probe, 1) is None, "the next call probes"
+    assert probe.until == pytest.approx(clock.now() + LEASE - MARGIN)

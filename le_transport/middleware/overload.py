@@ -829,7 +829,30 @@ class OverloadGuard:
                     if self._probes:
                         self.abandon(call, attempt)
                     raise
+                if self._probes:
+                    return self._deposited_too_late(call, attempt)
         return None
+
+    def _deposited_too_late(self, call: GatedCall, attempt: int) -> CircuitOpen | None:
+        """The refusal of attempt ``attempt`` of ``call`` if it is the fleet's probe and the
+        shared budget's deposit (its admission's last store answer) came back past its cut
+        (_fleet_probe_hold: its slot's lease end less the margin): it does not go, its slot and
+        lock freed (:meth:`abandon`), as one whose lock or trip read came back that late
+        (_admit). Sent, it had no time left: cut at once, a timeout that re-opened the fleet's
+        breaker with no probe of the service made. (The deposit stays counted: a first attempt
+        not sent, the budget only a retry more generous.)"""
+        held = self._probes.get((id(call), attempt))
+        if held is None or held[0] is None or held[2] is None:
+            return None
+        assert self._breaker is not None
+        now = self._clock.now()
+        if now < held[2] - _fleet_probe_margin(self._breaker):
+            return None
+        self.abandon(call, attempt)
+        status = self._status_of(self._key_of(call))
+        return self._circuit_open(
+            call, now + self._sync_interval, now, 0 if status is None else status.opens
+        )
 
     async def settle(self, call: GatedCall, attempt: int, outcome: Outcome) -> None:
         """Feed the attempt's outcome to the breaker: a failure or a success; one that gives
