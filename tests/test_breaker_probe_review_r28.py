@@ -19,9 +19,10 @@ from le_transport.policies import (
     BreakerState,
     CircuitBreaker,
     Outcome,
+    OutcomeKind,
     RetryBudget,
 )
-from le_transport.state import MemoryStore, state_key
+from le_transport.state import FallbackStore, MemoryStore, state_key
 from le_transport.testing import VirtualClock
 from tests.backends import Backend
 from tests.conftest import ServerFactory
@@ -124,3 +125,50 @@ async def test_a_probe_whose_budget_deposit_answered_past_its_cut_does_not_go() 
     probe = _Call("svc", HOST)
     assert await guard.admit(probe, 1) is None, "the next call probes"
     assert probe.until == pytest.approx(clock.now() + LEASE - MARGIN)
+
+
+class _Bounded(_Call):
+    """A call whose policy bounds its attempts: a 60 s attempt timeout."""
+
+    def __init__(self, service: str, host: str) -> None:
+        super().__init__(service, host)
+        self.policy = RetryPolicy(pauses=(), attempt_timeout=60.0)
+
+
+@pytest.mark.parametrize("ended", ["abandoned", "no verdict"])
+async def test_a_bounded_probes_lock_is_freed_by_a_delete_slower_than_the_lease(
+    clock: VirtualClock, ended: str
+) -> None:
+    # A probe with a 60 s attempt timeout holds the fleet's lock 63 s, not the 30 s lease. Its
+    # release gave the store's delete the lease only: one answering in 40 s was cut, and the
+    # lock, still held, refused every process of the fleet until its 63 s were over.
+    class SlowDelete(MemoryStore):
+        delay = 0.0
+
+        async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+            await clock.sleep(self.delay)
+            return await super().delete(key, only_if=only_if)
+
+    inner = SlowDelete(clock)
+    store = FallbackStore(inner, clock=clock, op_timeout=100.0)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await guard.admit(call, 1) is None
+        await guard.settle(call, 1, Outcome.response(503))
+    await clock.sleep(6.0)
+    probe = _Bounded("svc", HOST)
+    assert await guard.admit(probe, 1) is None
+    held = inner._values.get(_lock_key(HOST))
+    assert held is not None
+    assert held[1] == pytest.approx(clock.now() + 60.0 + MARGIN), "held for its own bound"
+    inner.delay = LEASE + 10.0
+    if ended == "abandoned":
+        guard.abandon(probe, 1)
+        await clock.sleep(LEASE + 15.0)
+        await _settle_loop()
+    else:
+        # A refused certificate: no verdict, the probe released, its lock's delete awaited.
+        await guard.settle(probe, 1, Outcome.failure(OutcomeKind.TLS_REJECTED, "SSLError"))
+    assert inner._values.get(_lock_key(HOST)) is None, "freed once the store answered"
+    await guard.drain()

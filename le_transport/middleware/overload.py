@@ -963,10 +963,12 @@ class OverloadGuard:
             try:
                 probe = await self._still_the_fleets_probe(key, lock, seen)
             except BaseException:
-                self._release_lock(key, lock)
+                self._release_lock(key, lock, probe_until)
                 raise
         old_state, after = self._note(key, failed, now, probe=probe, probe_until=probe_until)
-        await self._announce(call, key, outcome, old_state, after, now, lock, seen)
+        await self._announce(
+            call, key, outcome, old_state, after, now, lock, seen, probe_until=probe_until
+        )
 
     def _note(
         self,
@@ -1005,9 +1007,12 @@ class OverloadGuard:
         now: float,
         lock: str | None,
         seen: str | None,
+        *,
+        probe_until: float | None = None,
     ) -> None:
         """Log and publish what an outcome recorded at ``now`` opened or closed (the breaker at
-        ``key`` was ``old_state``, is ``after``); then free the fleet's probe lock ``lock``."""
+        ``key`` was ``old_state``, is ``after``); then free the fleet's probe lock ``lock`` (of
+        the probe whose slot's lease ended at ``probe_until``)."""
         assert self._breaker is not None
         new_state = self._breaker.state_at(after, now)
         try:
@@ -1022,7 +1027,7 @@ class OverloadGuard:
             # may not have reached the store): the lock must still go, or the fleet would wait
             # out its lease with no probe out. (A compare-and-delete: harmless if it went.)
             if lock is not None:
-                self._release_lock(key, lock)
+                self._release_lock(key, lock, probe_until)
             raise
 
     async def _still_the_fleets_probe(
@@ -1068,7 +1073,7 @@ class OverloadGuard:
                 key, self._breaker.release(status, self._clock.now(), probe_until=probe_until)
             )
         if lock is not None:
-            self._release_lock(key, lock)
+            self._release_lock(key, lock, probe_until)
 
     def cut(self, call: GatedCall, attempt: int, ran: float) -> None:
         """An admitted attempt was cut by its call's deadline (not by its own attempt timeout:
@@ -1135,7 +1140,9 @@ class OverloadGuard:
                 self._report_open(call, key, after, False, _SLOW_CUT)
             return
         if opened or lock is not None:
-            job = self._announce(call, key, _SLOW_CUT, old_state, after, now, lock, seen)
+            job = self._announce(
+                call, key, _SLOW_CUT, old_state, after, now, lock, seen, probe_until=probe_until
+            )
             self._spawn(self._cut_told(job, key, lock), "le_transport slow call verdict")
 
     async def _cut_told(
@@ -1184,20 +1191,35 @@ class OverloadGuard:
         if lock is None:
             return
         # Kept until the delete answered: a store failing or too slow leaves it to the next
-        # probe here (_admit), or to its lease.
+        # probe here (_admit), or to its lease (_lock_left).
         self._keep_stale(key, lock)
         try:
-            await self._free_lock(key, lock, breaker.probe_lease)
+            await self._free_lock(key, lock, self._lock_left(probe_until))
         except BaseException:
             # Cancelled while the store answered: a task frees it (as abandon's does).
-            self._release_lock(key, lock)
+            self._release_lock(key, lock, probe_until)
             raise
 
-    def _release_lock(self, key: tuple[str, str], lock: str) -> None:
+    def _lock_left(self, probe_until: float | None) -> float:
+        """How long the fleet's probe lock of a probe whose slot's lease ends at
+        ``probe_until`` may still be held: the probe lease, or what is left of a bounded
+        probe's longer hold (_fleet_probe_hold: the lock and the slot are held as long).
+        Its release gives the store's delete that long: cut at the lease, the delete of a
+        bounded probe's lock left it refusing the fleet until its hold ended."""
+        assert self._breaker is not None
+        lease = self._breaker.probe_lease
+        if probe_until is None:
+            return lease
+        return max(lease, probe_until - self._clock.now())
+
+    def _release_lock(
+        self, key: tuple[str, str], lock: str, probe_until: float | None = None
+    ) -> None:
         """Free the fleet's probe lock ``lock`` at ``key`` soon: abandon cannot wait (it runs as
         the attempt is cancelled), so a task does it. The task is kept (a set of them) and
-        ends within the lock's lease whatever the store does: past the lease it has nothing
-        left to free. Until it is done, the next probe of this process frees the lock itself
+        ends within the lock's lease whatever the store does (:meth:`_lock_left`, of a probe
+        whose slot's lease ends at ``probe_until``): past the lease it has nothing left to
+        free. Until it is done, the next probe of this process frees the lock itself
         (_admit), so that this process is never kept waiting by its own lock."""
         assert self._breaker is not None
         self._keep_stale(key, lock)
@@ -1206,7 +1228,7 @@ class OverloadGuard:
         except RuntimeError:
             return  # no loop to run it: the next probe here frees it, or its lease does
         task = loop.create_task(
-            self._free_lock(key, lock, self._breaker.probe_lease),
+            self._free_lock(key, lock, self._lock_left(probe_until)),
             name="le_transport probe lock release",
         )
         self._releases.add(task)
@@ -1640,7 +1662,7 @@ class OverloadGuard:
             except BaseException:
                 # Cancelled (or failed) with the lock held and no probe recorded: nothing
                 # else would free it, and the whole fleet would wait out its lease.
-                self._release_lock(key, lock)
+                self._release_lock(key, lock, now + hold)
                 raise
             # The status read before those awaits is what gets replaced, whole: successes
             # counted meanwhile go with the status they were counted on.
