@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from le_transport import Engine, RetryPolicy
-from le_transport.errors import AttemptTimeout, CircuitOpen
+from le_transport.errors import AttemptTimeout, CircuitOpen, RetriesExhausted
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
@@ -172,3 +172,43 @@ async def test_a_bounded_probes_lock_is_freed_by_a_delete_slower_than_the_lease(
         await guard.settle(probe, 1, Outcome.failure(OutcomeKind.TLS_REJECTED, "SSLError"))
     assert inner._values.get(_lock_key(HOST)) is None, "freed once the store answered"
     await guard.drain()
+
+
+async def test_a_bounded_probe_cut_at_its_own_timeout_says_so(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # A probe with a 60 s attempt timeout is cut 60 s after its admission began (the lock is
+    # held 63 s from then): that is its own timeout, counted from its admission, and the
+    # caller is told so, as without a fleet. Any time the admission took (here the lock's add,
+    # 1 s) made the gate's bound the shorter by that much, and the timeout was said to be the
+    # half-open probe's most, its lock's lease, which it was not.
+    backend = Backend(503)
+
+    class SlowAdd(MemoryStore):
+        delay = 0.0
+
+        async def add(self, key: str, value: str, *, ttl: float) -> bool:
+            clock.advance(self.delay)
+            return await super().add(key, value, ttl=ttl)
+
+    store = SlowAdd(clock)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    host = await serve(backend.app())
+    async with Engine({"svc": host}, scheme="http", clock=clock, overload=guard) as engine:
+        await _trip(engine, backend, clock)
+        store.delay = 1.0
+        own = RetryPolicy(pauses=(), attempt_timeout=60.0)
+        began = clock.now()
+        probe = asyncio.ensure_future(engine.request("GET", "svc", "/x", retry=own))
+        try:
+            await backend.arrived.wait()
+            await clock.sleep(60.5 - (clock.now() - began))
+            await _settle_loop()
+        finally:
+            assert backend.gate is not None
+            backend.gate.set()
+        error = probe.exception()
+        assert isinstance(error, RetriesExhausted), error
+        assert isinstance(error.last, AttemptTimeout)
+        assert "longer than 60 s and was cancelled" in str(error.last), str(error.last)
+        assert "half-open probe" not in str(error.last)

@@ -483,7 +483,9 @@ class _Call(_WheelTimer):
         (``AttemptTimeout``, a TIMEOUT outcome for the gate). The overload guard bounds a
         fleet's half-open probe so, by its probe lock's lease (see
         :class:`~le_transport.middleware.overload.OverloadGuard`). Called from the gate's
-        ``admit`` only; it bounds that one attempt."""
+        ``admit`` only; it bounds that one attempt. A bound no shorter than the attempt
+        timeout counted from the admission's start (a probe whose own timeout the guard bounds
+        it by) is said to be that timeout."""
         self._gate_until = until
 
     @property
@@ -589,13 +591,18 @@ class _Call(_WheelTimer):
                     refused = await gate.admit(self, attempt)
                     if refused is not None:
                         raise self._refused(refused, attempt)
-                    started = clock.now()
                     until = self._gate_until
-                    if until is not None:
+                    if until is None:
+                        started = clock.now()
+                    else:
                         self._gate_until = None
+                        # Said to be the gate's only if shorter than the attempt's own timeout
+                        # counted from before the admission (``started`` still), as the gate
+                        # counts: else it is that timeout, shortened by the admission's time.
+                        by_gate = limit is None or until - started < limit
+                        started = clock.now()
                         if limit is None or until - started < limit:
                             limit = max(0.0, until - started)
-                            by_gate = True
                 by_deadline = False
                 if deadline is not None:
                     remaining = deadline - (started - call_started)
