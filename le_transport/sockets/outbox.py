@@ -148,9 +148,10 @@ class Outbox:
                 return True
         return False
 
-    def texts(self) -> list[str]:
-        """The wire texts left in the queue, in order."""
-        return [i.text for i in self._items or ()]
+    def texts(self, *, requests: bool = True) -> list[str]:
+        """The wire texts left in the queue, in order; without the requests' when
+        ``requests`` is False (their callers hear of them by their own errors)."""
+        return [i.text for i in self._items or () if requests or i.request_id is None]
 
     def clear(self) -> list[Outgoing]:
         """Empty the queue; the messages it held."""

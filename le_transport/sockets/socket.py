@@ -658,9 +658,13 @@ class ResilientSocket:
     async def close(self) -> list[str]:
         """Close for good: no reconnect. Idempotent.
 
-        Requests still waiting fail with :class:`SocketClosed`. Returns the messages that were
-        still queued (never sent), so that nothing goes silently; how many is logged (WARNING),
-        never their text, which may carry a credential.
+        Requests still waiting fail with :class:`SocketClosed`. Returns the messages sent with
+        :meth:`send` that were still queued (never sent), in order, so that nothing goes
+        silently; how many is logged (WARNING), never their text, which may carry a
+        credential. A queued :meth:`request` is not among them: its caller is told by its
+        ``SocketClosed`` (never sent, so safe to send again), and a frame both returned and
+        failed would be sent twice by an application that re-sends the one and retries the
+        other.
         Called from an ``on_frame`` handler (which the socket's own task runs) or an
         ``on_connect`` callback, it returns at once with the queue as it stands, and the socket
         closes when the handler returns (a callback is cancelled at its next await). A
@@ -685,7 +689,7 @@ class ResilientSocket:
                 # callback, which the owner cancels as it closes: neither can wait for the
                 # owner. The socket closes as soon as the handler returns (the callback is
                 # cancelled at its next await).
-                return self._outbox.texts()
+                return self._outbox.texts(requests=False)
         elif not owner.done():
             # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
             owner.cancel()
@@ -2230,14 +2234,18 @@ class ResilientSocket:
 
         self._pending.fail_all(closed)
         self._unpause()
+        # The queued requests' callers were just told (SocketClosed): only the messages sent
+        # with send(), which nobody else reports, are returned. Returned as well, a request
+        # was sent twice by an application that re-sends what close() returned and retries
+        # its failed requests.
         unsent = self._outbox.clear()
-        self._unsent = tuple(item.text for item in unsent)
-        if unsent:
+        self._unsent = tuple(item.text for item in unsent if item.request_id is None)
+        if self._unsent:
             _log.warning(
                 "%s: closed with %d queued messages never sent (returned by close())",
                 self._name,
-                len(unsent),
-                extra={"socket": self._name, "unsent": len(unsent)},
+                len(self._unsent),
+                extra={"socket": self._name, "unsent": len(self._unsent)},
             )
         self._life.to(SocketState.CLOSED)
         self._closing = True
