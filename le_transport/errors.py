@@ -689,7 +689,17 @@ class SocketQueueFull(SocketError):
 
 
 class SocketRequestTimeout(SocketError):
-    """No ``resp`` frame matched the request id within the timeout."""
+    """No ``resp`` frame matched the request id within the timeout, and the connection the
+    request went out on was not lost by then (a lost one fails it with :class:`SocketClosed`).
+
+    - ``sent``: False when the request was still queued, never written (the socket was not
+      open the whole time): it was withdrawn, and sending it again cannot do it twice. True
+      when it went out: it may or may not have been processed.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class SocketDeadlock(SocketError):

@@ -4,12 +4,14 @@ whose connection was lost as its time ran out says."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
 
-from le_transport import SocketClosed
+from le_transport import SocketClosed, SocketRequestTimeout
 from le_transport.sockets import ResilientSocket, SocketOptions
+from le_transport.sockets.dial import Connection
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
 from tests.test_socket_support import (
@@ -89,3 +91,99 @@ async def test_close_from_on_connect_returns_queued_messages_but_not_queued_requ
         assert await ws.close() == returned[0]
     assert len(returned[0]) == 1
     assert '"plain"' in returned[0][0]
+
+
+# -- a request whose connection was lost as its time ran out ----------------------------------
+
+
+async def test_a_request_failed_with_its_connection_in_the_turn_its_time_ran_out_says_closed(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # The owner fails the requests of a lost connection (SocketClosed: "may or may not have
+    # been processed") in the turn the request's timeout fires. The loss is what happened:
+    # a timeout would say the request went out and was not answered in time.
+    sim.sockets.on(".Never", _never_answered)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, NO_KEEPALIVE)
+        await ws.wait_open()
+        epoch = ws.epoch
+
+        async def at_the_deadline() -> None:
+            # Queued for the same instant before the request's timeout: woken first, it fails
+            # the connection's requests as the owner does when the connection is lost.
+            await clock.sleep(5)
+            failed = ws._pending.fail_epoch(
+                epoch, functools.partial(SocketClosed, "the connection was lost")
+            )
+            assert failed == 1
+
+        failing = asyncio.create_task(at_the_deadline())
+        try:
+            with pytest.raises(SocketClosed, match="the connection was lost"):
+                await ws.request(".Never", timeout=5)
+        finally:
+            await failing
+            await ws.close()
+
+
+async def test_a_request_whose_connection_was_lost_before_its_time_ran_out_says_closed(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection drops at 1 s; its requests fail only once the owner has closed it, which
+    # here takes until the request's timeout (5 s). The request was lost with its connection,
+    # and no answer could come after: SocketClosed, not a timeout.
+    sim.sockets.on(".Never", _never_answered)
+    release = asyncio.Event()
+    real_close = Connection.close
+
+    async def slow_close(conn: Connection, *args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await real_close(conn, *args, **kwargs)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, NO_KEEPALIVE)
+        await ws.wait_open()
+        monkeypatch.setattr(Connection, "close", slow_close)
+
+        async def drop() -> None:
+            await clock.sleep(1)
+            sim.sockets.open[0].drop()
+
+        dropping = asyncio.create_task(drop())
+        try:
+            with pytest.raises(SocketClosed, match="lost with the request in flight"):
+                await ws.request(".Never", timeout=5)
+            assert clock.now() == pytest.approx(5)
+        finally:
+            release.set()
+            await dropping
+            await ws.close()
+
+
+async def test_a_queued_request_that_times_out_says_it_was_never_sent(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # Queued while the socket is down and never written: the timeout says so, and that it may
+    # be sent again without being done twice.
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, NO_KEEPALIVE)
+        await ws.wait_open()
+        await down_with_sim(ws, sim)
+        with pytest.raises(SocketRequestTimeout, match="never sent") as info:
+            await ws.request(".Anything", timeout=2)
+        assert info.value.sent is False
+        await ws.close()
+
+
+async def test_a_sent_request_that_times_out_says_it_was_sent(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    sim.sockets.on(".Never", _never_answered)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, NO_KEEPALIVE)
+        await ws.wait_open()
+        with pytest.raises(SocketRequestTimeout) as info:
+            await ws.request(".Never", timeout=2)
+        assert info.value.sent is True
+        assert "never sent" not in str(info.value)
+        await ws.close()

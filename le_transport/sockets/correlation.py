@@ -61,6 +61,12 @@ class PendingRequests:
         if entry is not None and self._pending is not None:
             self._pending[request_id] = (entry[0], epoch)
 
+    def sent_on(self, request_id: str) -> int | None:
+        """The connection epoch ``request_id`` went out on; None while it is only queued (or
+        no longer waits)."""
+        entry = None if self._pending is None else self._pending.get(request_id)
+        return None if entry is None else entry[1]
+
     def awaits_answer_on(self, epoch: int) -> bool:
         """Whether a request sent on connection ``epoch`` still waits for its answer (one
         only queued, or sent on another connection, does not count)."""

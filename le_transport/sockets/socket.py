@@ -75,6 +75,7 @@ from ..errors import (
     SocketAuthFailed,
     SocketClosed,
     SocketDeadlock,
+    SocketError,
     SocketRejected,
     SocketRequestError,
     SocketRequestTimeout,
@@ -783,9 +784,12 @@ class ResilientSocket:
         Raises :class:`SocketRequestTimeout` when no answer came within ``timeout`` seconds
         (default: the options' ``request_timeout``; the time spent queued counts; an answer
         read by then is returned, even one read in the turn the time ran out, or while the
-        request's own write still waited for the peer to take the buffer),
-        :class:`SocketClosed` when the connection it went out on was lost (it may or may not
-        have been processed: retry if that is safe) or the socket closed, and
+        request's own write still waited for the peer to take the buffer; its ``sent`` is
+        False when the request was still queued, never written, and was withdrawn: safe to
+        send again), :class:`SocketClosed` when the connection it went out on was lost (it may
+        or may not have been processed: retry if that is safe) or the socket closed, also when
+        that happened by the time the timeout fired, though the request's failure had not
+        reached it yet (the loss, not a timeout, is what happened), and
         :class:`SocketRequestError` when the answer's ``code`` is a number of 400 or more, an
         int or a float such as ``500.0`` (a 429 asks for at least a second's pause before
         retrying); a ``code`` that is no number (a str, a bool, NaN, an infinity) or is
@@ -838,10 +842,16 @@ class ResilientSocket:
                 answer = await fut
             answered = True
         except TimeoutError:
-            if not (fut.done() and not fut.cancelled() and fut.exception() is None):
-                raise SocketRequestTimeout(
-                    f"no answer to {type!r} (id {request_id}) within {limit:g} s"
-                ) from None
+            if not fut.done() or fut.cancelled():
+                raise self._timed_out(type, request_id, limit) from None
+            failed = fut.exception()
+            if failed is not None:
+                # Failed with its connection (or the socket's close) in the turn the time ran
+                # out: the loss is what happened, as it would have been a turn earlier. A
+                # timeout would say the request went out to a live connection and stayed
+                # unanswered.
+                # Its cause kept (the socket's final error, for a close), the timeout hidden.
+                raise failed from failed.__cause__
             # Answered in the turn the time ran out (read before the timeout fired, its
             # caller not yet woken): the answer came in time and was taken off the pending
             # requests, so it is this caller's. Lost here, the caller of a request that was
@@ -865,6 +875,36 @@ class ResilientSocket:
                 body=answer.get("body"),
             )
         return answer
+
+    def _timed_out(self, type: str, request_id: str, limit: float) -> SocketError:
+        """What a request that got no answer within ``limit`` seconds raises (its future not
+        done): :class:`SocketClosed` when the connection it went out on was lost by then (its
+        requests not yet failed: the owner fails them once that connection is closed, a few
+        turns or a close's grace later) or the socket is closing, as a turn later; else
+        :class:`SocketRequestTimeout`, saying whether it was ever written (``sent``)."""
+        sent_on = self._pending.sent_on(request_id)
+        if self._closing:
+            return SocketClosed(
+                f"the socket {self._name} was closed before {type!r} (id {request_id}) was "
+                + ("answered" if sent_on is not None else "sent")
+            )
+        if sent_on is not None and (not self._life.is_current(sent_on) or self._ended is not None):
+            return SocketClosed(self._lost_in_flight())
+        if sent_on is None:
+            return SocketRequestTimeout(
+                f"no answer to {type!r} (id {request_id}) within {limit:g} s: it was never "
+                "sent (queued while the socket was not open) and was withdrawn, so it may be "
+                "sent again",
+                sent=False,
+            )
+        return SocketRequestTimeout(f"no answer to {type!r} (id {request_id}) within {limit:g} s")
+
+    def _lost_in_flight(self) -> str:
+        """What a request lost with its connection is told."""
+        return (
+            f"the connection of {self._name} was lost with the request in flight; it may or "
+            "may not have been processed: retry if that is safe"
+        )
 
     async def _send_text(self, text: str, request_id: str | None, order: int = 0) -> bool:
         """Write ``text`` now or queue it (see :meth:`send`); ``order``, when the message was
@@ -1598,11 +1638,9 @@ class ResilientSocket:
                 # stale task meets a connection that is no longer current and acts on none.
                 await wait_tidy_up(helpers, self._clock, owner=self._name)
             self._probe = self._setup = self._probes_ending = None
-            lost = (
-                f"the connection of {self._name} was lost with the request in flight; it may or "
-                "may not have been processed: retry if that is safe"
+            failed = self._pending.fail_epoch(
+                epoch, functools.partial(SocketClosed, self._lost_in_flight())
             )
-            failed = self._pending.fail_epoch(epoch, functools.partial(SocketClosed, lost))
             if failed:
                 _log.info(
                     "%s: %d requests in flight failed with the connection",
