@@ -132,16 +132,21 @@ class PendingRequests:
                 fut.set_exception(error())
         return len(failed)
 
-    def fail_all(self, error: Callable[[], BaseException]) -> int:
+    def fail_all(
+        self,
+        error: Callable[[], BaseException],
+        unsent: Callable[[], BaseException] | None = None,
+    ) -> int:
         """Fail every request, sent or queued, each with a fresh exception ``error`` makes (see
-        :meth:`fail_epoch`); how many were failed."""
+        :meth:`fail_epoch`), or ``unsent`` makes for one only queued, never sent (when given);
+        how many were failed."""
         pending = self._pending
         if not pending:
             return 0
         count = len(pending)
-        for fut, _ in pending.values():
+        for fut, epoch in pending.values():
             if not fut.done():
-                fut.set_exception(error())
+                fut.set_exception(error() if epoch is not None or unsent is None else unsent())
         pending.clear()
         return count
 

@@ -663,9 +663,9 @@ class ResilientSocket:
         :meth:`send` that were still queued (never sent), in order, so that nothing goes
         silently; how many is logged (WARNING), never their text, which may carry a
         credential. A queued :meth:`request` is not among them: its caller is told by its
-        ``SocketClosed`` (never sent, so safe to send again), and a frame both returned and
-        failed would be sent twice by an application that re-sends the one and retries the
-        other.
+        ``SocketClosed``, which says it was never sent (so safe to send again), and a frame
+        both returned and failed would be sent twice by an application that re-sends the one
+        and retries the other.
         Called from an ``on_frame`` handler (which the socket's own task runs) or an
         ``on_connect`` callback, it returns at once with the queue as it stands, and the socket
         closes when the handler returns (a callback is cancelled at its next await). A
@@ -2263,14 +2263,18 @@ class ResilientSocket:
             else f"the socket {self._name} was closed"
         )
 
-        def closed() -> SocketClosed:
-            # One for each request (PendingRequests.fail_all): each caller raises its own.
-            failed = SocketClosed(reason)
+        def closed(never_sent: bool = False) -> SocketClosed:
+            # One for each request (PendingRequests.fail_all): each caller raises its own. A
+            # request still queued is told it was never sent: close() does not return it, so
+            # its caller alone decides whether to send it again, and may, safely.
+            failed = SocketClosed(
+                f"{reason}; the request was still queued, never sent" if never_sent else reason
+            )
             if error is not None:
                 failed.__cause__ = error
             return failed
 
-        self._pending.fail_all(closed)
+        self._pending.fail_all(closed, functools.partial(closed, True))
         self._unpause()
         # The queued requests' callers were just told (SocketClosed): only the messages sent
         # with send(), which nobody else reports, are returned. Returned as well, a request
