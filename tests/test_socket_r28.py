@@ -127,37 +127,45 @@ async def test_a_request_failed_with_its_connection_in_the_turn_its_time_ran_out
             await ws.close()
 
 
-async def test_a_request_whose_connection_was_lost_before_its_time_ran_out_says_closed(
+async def test_a_request_whose_connection_was_given_up_before_its_time_ran_out_says_closed(
     sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The connection drops at 1 s; its requests fail only once the owner has closed it, which
-    # here takes until the request's timeout (5 s). The request was lost with its connection,
-    # and no answer could come after: SocketClosed, not a timeout.
+    # A write fails with the connection at 1 s: the socket gives the connection up and closes
+    # it, which ends the read, and then the requests on it fail. Here the close takes until
+    # the request's timeout (5 s). The request was lost with its connection, and no answer
+    # could come after: SocketClosed, not a timeout.
     sim.sockets.on(".Never", _never_answered)
     release = asyncio.Event()
     real_close = Connection.close
+    real_send = Connection.send_text
 
     async def slow_close(conn: Connection, *args: Any, **kwargs: Any) -> None:
         await release.wait()
         await real_close(conn, *args, **kwargs)
 
+    async def send_text(conn: Connection, text: str) -> None:
+        if '"breaks"' in text:
+            raise ConnectionResetError("Connection lost")
+        await real_send(conn, text)
+
     async with agent_engine(sim, clock, states) as engine:
         ws = await brand_socket(engine, sim, NO_KEEPALIVE)
         await ws.wait_open()
         monkeypatch.setattr(Connection, "close", slow_close)
+        monkeypatch.setattr(Connection, "send_text", send_text)
 
-        async def drop() -> None:
+        async def breaks() -> None:
             await clock.sleep(1)
-            sim.sockets.open[0].drop()
+            await ws.send({"kind": "msg", "n": "breaks"})
 
-        dropping = asyncio.create_task(drop())
+        breaking = asyncio.create_task(breaks())
         try:
             with pytest.raises(SocketClosed, match="lost with the request in flight"):
                 await ws.request(".Never", timeout=5)
             assert clock.now() == pytest.approx(5)
         finally:
             release.set()
-            await dropping
+            await breaking
             await ws.close()
 
 
@@ -188,3 +196,38 @@ async def test_a_sent_request_that_times_out_says_it_was_sent(
         assert info.value.sent is True
         assert "never sent" not in str(info.value)
         await ws.close()
+
+
+async def test_a_request_fails_as_soon_as_its_connection_is_lost_not_after_the_close(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once the read has ended, no answer can come: the requests of that connection fail at
+    # once, not after the owner has closed the connection and waited for its helper tasks
+    # (a close handshake's grace, an on_connect callback that swallows its cancellation:
+    # up to TIDY_UP_GRACE), their callers meanwhile left waiting for nothing.
+    sim.sockets.on(".Never", _never_answered)
+    release = asyncio.Event()
+    real_close = Connection.close
+
+    async def slow_close(conn: Connection, *args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await real_close(conn, *args, **kwargs)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, NO_KEEPALIVE)
+        await ws.wait_open()
+        monkeypatch.setattr(Connection, "close", slow_close)
+
+        async def drop() -> None:
+            await clock.sleep(1)
+            sim.sockets.open[0].drop()
+
+        dropping = asyncio.create_task(drop())
+        try:
+            with pytest.raises(SocketClosed, match="lost with the request in flight"):
+                await ws.request(".Never", timeout=60)
+            assert clock.now() == pytest.approx(1)
+        finally:
+            release.set()
+            await dropping
+            await ws.close()

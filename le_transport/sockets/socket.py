@@ -1623,6 +1623,34 @@ class ResilientSocket:
                 helpers.extend(self._probes_ending)
             for task in helpers:
                 task.cancel()
+            lifetime = ended_at - opened_at
+            disconnect = attrs.evolve(self._ended, lifetime=lifetime)
+            if read_end is not None:
+                # The read ended (the owner was not cancelled): the connection is lost, said
+                # now, before its requests fail and before the waits below.
+                # A peer the keepalive found dead was alive only until the last frame it sent:
+                # counted to the end (interval + timeout, 40 s for messaging), a peer silent
+                # from the start passed for a healthy connection at every connect, the backoff
+                # never grew and the re-login (which re-resolves the host) never came.
+                dead = disconnect.kind is DisconnectKind.DEAD_PEER
+                self._alive_for = max(0.0, self._last_activity - opened_at) if dead else lifetime
+                if disconnect.kind is not DisconnectKind.BY_CALLER:
+                    self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
+            # Nothing is read from here on, so no answer can come: the requests in flight on
+            # the connection fail now, not once it is closed and its helpers have ended (a
+            # close handshake's grace, a callback that swallows its cancellation: up to
+            # TIDY_UP_GRACE), their callers waiting meanwhile for nothing (or, past their
+            # timeout, told that no answer came, where the connection was lost).
+            failed = self._pending.fail_epoch(
+                epoch, functools.partial(SocketClosed, self._lost_in_flight())
+            )
+            if failed:
+                _log.info(
+                    "%s: %d requests in flight failed with the connection",
+                    self._name,
+                    failed,
+                    extra={"socket": self._name, "failed": failed},
+                )
             closer = self._closer
             if closer is None:
                 await conn.close(self._clock, self._lost_peer_grace())
@@ -1638,28 +1666,7 @@ class ResilientSocket:
                 # stale task meets a connection that is no longer current and acts on none.
                 await wait_tidy_up(helpers, self._clock, owner=self._name)
             self._probe = self._setup = self._probes_ending = None
-            failed = self._pending.fail_epoch(
-                epoch, functools.partial(SocketClosed, self._lost_in_flight())
-            )
-            if failed:
-                _log.info(
-                    "%s: %d requests in flight failed with the connection",
-                    self._name,
-                    failed,
-                    extra={"socket": self._name, "failed": failed},
-                )
-            disconnect = self._ended
             self._conn = self._closer = self._ended = None
-        lifetime = ended_at - opened_at
-        disconnect = attrs.evolve(disconnect, lifetime=lifetime)
-        # A peer the keepalive found dead was alive only until the last frame it sent: counted
-        # to the end (interval + timeout, 40 s for messaging), a peer silent from the start
-        # passed for a healthy connection at every connect, the backoff never grew and the
-        # re-login (which re-resolves the host) never came.
-        dead = disconnect.kind is DisconnectKind.DEAD_PEER
-        self._alive_for = max(0.0, self._last_activity - opened_at) if dead else lifetime
-        if disconnect.kind is not DisconnectKind.BY_CALLER:
-            self._emit("lost", reason=disconnect.describe(), lifetime=round(lifetime, 3))
         return disconnect
 
     async def _open_up_in_time(self, conn: Connection, epoch: int) -> None:
