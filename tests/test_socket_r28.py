@@ -231,3 +231,35 @@ async def test_a_request_fails_as_soon_as_its_connection_is_lost_not_after_the_c
             release.set()
             await dropping
             await ws.close()
+
+
+async def test_a_request_whose_socket_is_closing_when_its_time_runs_out_says_closed(
+    sim: Simulator, clock: VirtualClock, states: StateLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() began at 1 s, and its close handshake is slow: the request's timeout (5 s) fires
+    # before the socket has failed its requests. The socket closing is what happened.
+    sim.sockets.on(".Never", _never_answered)
+    release = asyncio.Event()
+    real_close = Connection.close
+
+    async def slow_close(conn: Connection, *args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await real_close(conn, *args, **kwargs)
+
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, NO_KEEPALIVE)
+        await ws.wait_open()
+        monkeypatch.setattr(Connection, "close", slow_close)
+
+        async def close_later() -> list[str]:
+            await clock.sleep(1)
+            return await ws.close()
+
+        closing = asyncio.create_task(close_later())
+        try:
+            with pytest.raises(SocketClosed, match=r"was closed before '\.Never'"):
+                await ws.request(".Never", timeout=5)
+            assert clock.now() == pytest.approx(5)
+        finally:
+            release.set()
+            assert await closing == []

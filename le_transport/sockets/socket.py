@@ -878,15 +878,17 @@ class ResilientSocket:
 
     def _timed_out(self, type: str, request_id: str, limit: float) -> SocketError:
         """What a request that got no answer within ``limit`` seconds raises (its future not
-        done): :class:`SocketClosed` when the connection it went out on was lost by then (its
-        requests not yet failed: the owner fails them once that connection is closed, a few
-        turns or a close's grace later) or the socket is closing, as a turn later; else
-        :class:`SocketRequestTimeout`, saying whether it was ever written (``sent``)."""
+        done): :class:`SocketClosed` when the connection it went out on was given up by then
+        (its requests not yet failed: the owner fails them once the read ends, which a
+        connection ended from outside the read, a failed write or a dead peer, reaches only
+        when its close does, up to a close's grace later) or the socket is closing, as it
+        would a moment later; else :class:`SocketRequestTimeout`, saying whether it was ever
+        written (``sent``)."""
         sent_on = self._pending.sent_on(request_id)
         if self._closing:
             return SocketClosed(
                 f"the socket {self._name} was closed before {type!r} (id {request_id}) was "
-                + ("answered" if sent_on is not None else "sent")
+                + ("answered" if sent_on is not None else "sent: it was still queued, never sent")
             )
         if sent_on is not None and (not self._life.is_current(sent_on) or self._ended is not None):
             return SocketClosed(self._lost_in_flight())
