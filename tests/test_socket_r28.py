@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from le_transport import SocketClosed, SocketRequestTimeout
-from le_transport.sockets import ResilientSocket, SocketOptions
+from le_transport.sockets import EscalationRequest, ResilientSocket, SocketOptions
 from le_transport.sockets.dial import Connection
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
@@ -263,3 +263,43 @@ async def test_a_request_whose_socket_is_closing_when_its_time_runs_out_says_clo
         finally:
             release.set()
             assert await closing == []
+
+
+# -- close() called from the socket's own task between connections ---------------------------
+
+
+async def test_close_from_the_relogin_escalation_returns_the_queue_and_the_socket_closes(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # The escalation runs in the socket's own task, as an on_frame handler does: close()
+    # there cannot wait for that task to end. It returns at once with the queue as it stands,
+    # and the escalation is cancelled at its next await; before, close() itself raised
+    # CancelledError into the escalation and returned nothing.
+    returned: list[list[str]] = []
+    after: list[str] = []
+    holder: list[ResilientSocket] = []
+
+    async def escalate(request: EscalationRequest, connect: Any) -> None:
+        returned.append(await holder[0].close())
+        try:
+            await clock.sleep(60)
+        except asyncio.CancelledError:
+            after.append("cancelled")
+            raise
+
+    options = SocketOptions(keepalive=None, escalate_after=1)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options, escalate=escalate)
+        holder.append(ws)
+        await ws.wait_open()
+        await down_with_sim(ws, sim)
+        assert await ws.send({"kind": "msg", "n": "queued"}) is False
+        async for event in ws.states():
+            if event.name == "closed":
+                break
+        assert ws.closed
+        assert ws.error is None
+        assert await ws.close() == returned[0]
+    assert len(returned[0]) == 1
+    assert '"queued"' in returned[0][0]
+    assert after == ["cancelled"]

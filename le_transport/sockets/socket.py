@@ -666,9 +666,10 @@ class ResilientSocket:
         ``SocketClosed``, which says it was never sent (so safe to send again), and a frame
         both returned and failed would be sent twice by an application that re-sends the one
         and retries the other.
-        Called from an ``on_frame`` handler (which the socket's own task runs) or an
-        ``on_connect`` callback, it returns at once with the queue as it stands, and the socket
-        closes when the handler returns (a callback is cancelled at its next await). A
+        Called from an ``on_frame`` handler or the re-login escalation (which the socket's
+        own task runs) or an ``on_connect`` callback, it returns at once with the queue as it
+        stands, and the socket closes when the handler returns (a callback, or the
+        escalation, is cancelled at its next await). A
         handler still running ``close_timeout`` seconds after the connection was closed (one
         that hangs) is cancelled: a close never waits for it for ever; nor for an
         ``on_connect`` callback or a keepalive probe that outlives its cancellation (waited
@@ -694,6 +695,12 @@ class ResilientSocket:
         elif not owner.done():
             # Dialing or waiting out a pause: nothing to tidy up that the owner does not.
             owner.cancel()
+            if asyncio.current_task() is owner:
+                # Called by the re-login escalation, which the owner runs between connections:
+                # it cannot wait for its own task (its await raised the cancellation, and
+                # close() returned nothing). As from an on_frame handler: the queue as it
+                # stands, and the escalation is cancelled at its next await.
+                return self._outbox.texts(requests=False)
         while not owner.done():
             try:
                 # Bounded by the closer's own timeout, plus whatever an on_frame handler takes.
