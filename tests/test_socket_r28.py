@@ -303,3 +303,44 @@ async def test_close_from_the_relogin_escalation_returns_the_queue_and_the_socke
     assert len(returned[0]) == 1
     assert '"queued"' in returned[0][0]
     assert after == ["cancelled"]
+
+
+async def test_a_connection_the_escalation_returns_after_closing_the_socket_is_closed(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # The escalation connected, then closed the socket, and returns the connection: the
+    # socket, closing, serves it no more, and closes it rather than leaving it open.
+    returned: list[list[str]] = []
+    holder: list[ResilientSocket] = []
+
+    async def escalate(request: EscalationRequest, connect: Any) -> Connection:
+        while True:
+            try:
+                conn: Connection = await connect()
+                break
+            except Exception:
+                await clock.sleep(1)  # until the simulator is back
+        returned.append(await holder[0].close())
+        return conn
+
+    options = SocketOptions(keepalive=None, escalate_after=1)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options, escalate=escalate)
+        holder.append(ws)
+        await ws.wait_open()
+        events = ws.states()
+        sim.sockets.open[0].drop()
+        async for event in events:
+            if event.name == "lost":
+                break
+        await sim.stop()  # the socket's own reconnect fails: it escalates
+        async for event in events:
+            if event.name == "escalating":
+                break
+        await sim.start()
+        async for event in events:
+            if event.name == "closed":
+                break
+        assert ws.closed
+        assert returned == [[]]
+    # no_open_connections: the connection the escalation returned was closed, not left open.

@@ -1248,8 +1248,9 @@ class ResilientSocket:
         first_failure_at: float | None = None
         # How the owner's end is logged: an ERROR, but for a stop nothing is wrong with.
         stop_level = logging.ERROR
+        # A connection the re-login escalation made, for the next turn of the loop to serve.
+        handed: Connection | None = None
         try:
-            handed: Connection | None = None
             while not self._closing:
                 self._life.to(SocketState.CONNECTING)
                 self._emit("connecting", attempt=failures + 1)
@@ -1418,6 +1419,13 @@ class ResilientSocket:
                 extra={"socket": self._name, "error": type(exc).__name__},
             )
         finally:
+            if handed is not None:
+                # Made by the escalation, which then closed the socket (close() from inside
+                # it) and returned it: never served, and left open it was never closed.
+                # Its close meets the owner's cancellation (that close() asked for) and cuts
+                # the connection at once: the cancellation is the close's, so it ends here.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handed.close(self._clock, self._lost_peer_grace())
             await self._finish()
 
     def _provider_closed(self, failed: DialFailed) -> EngineClosed | None:
