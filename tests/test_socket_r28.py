@@ -344,3 +344,40 @@ async def test_a_connection_the_escalation_returns_after_closing_the_socket_is_c
         assert ws.closed
         assert returned == [[]]
     # no_open_connections: the connection the escalation returned was closed, not left open.
+
+
+async def test_the_escalations_connect_refuses_once_the_socket_is_closed(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # An escalation may hand its connect to a task of its own: called after the socket
+    # closed, it opened a connection nobody would ever serve or close.
+    outcome: list[str] = []
+    later: list[asyncio.Task[None]] = []
+
+    async def connect_later(connect: Any) -> None:
+        await clock.sleep(30)
+        try:
+            conn = await connect()
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+        else:
+            outcome.append("connected")
+            await conn.close(clock, 1.0)
+
+    async def escalate(request: EscalationRequest, connect: Any) -> None:
+        if not later:
+            later.append(asyncio.create_task(connect_later(connect)))
+
+    options = SocketOptions(keepalive=None, escalate_after=1)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options, escalate=escalate)
+        await ws.wait_open()
+        events = ws.states()
+        await sim.stop()
+        async for event in events:
+            if event.name == "escalating":
+                break
+        await ws.close()
+        await sim.start()
+        await later[0]
+    assert outcome == ["SocketClosed"]

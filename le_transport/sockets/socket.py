@@ -289,7 +289,8 @@ class ReloginEscalation(Protocol):
     :class:`~le_transport.sockets.pacing.ReconnectPacer` as every reconnect does: call it as
     often as the loop needs, and sockets released together connect at the pacer's rate.
     Return a connection made with ``connect`` (the socket
-    serves it at once), or None to go on with the socket's own schedule; raise to make the
+    serves it at once), or None to go on with the socket's own schedule (``connect`` raises
+    :class:`~le_transport.errors.SocketClosed` once the socket is closing); raise to make the
     socket stop: it closes with :class:`~le_transport.errors.SocketClosed` whose
     ``__cause__`` is what was raised. A :class:`~le_transport.sockets.DialFailed` from
     ``connect`` that the socket's close policy makes final (an upgrade refused with 403, a
@@ -1493,9 +1494,27 @@ class ResilientSocket:
     async def _paced_dial(self) -> Connection:
         """One connect attempt for the re-login loop: through the reconnect pacer, as every
         reconnect of the socket's own is, so that the sockets a shared re-login round releases
-        together connect at the pacer's rate, not all at once."""
+        together connect at the pacer's rate, not all at once.
+
+        Once the socket is closing it connects no more: :class:`SocketClosed` (an escalation
+        may call it from a task of its own, after the socket closed; the connection it made
+        was served and closed by nobody), and a connection made while the socket closed is
+        closed here, not handed over."""
+        self._refuse_connect()
         await self._pace()
-        return await self._dialer.dial()
+        self._refuse_connect()
+        conn = await self._dialer.dial()
+        if self._closing:
+            await conn.close(self._clock, self._lost_peer_grace())
+            self._refuse_connect()
+        return conn
+
+    def _refuse_connect(self) -> None:
+        """Refuse a connect for the re-login escalation once the socket is closing."""
+        if self._closing:
+            raise SocketClosed(
+                f"the socket {self._name} is closed: the re-login loop's connect is refused"
+            )
 
     def _cannot_connect(self, exc: TransportError) -> SocketClosed:
         """The final error of a socket whose connect met ``exc``, a mistake no reconnect can
