@@ -1,5 +1,7 @@
-"""The resilient socket's contracts at its edges: what close() hands back, and what a request
-whose connection was lost as its time ran out says."""
+"""The resilient socket's contracts at its edges: what close() hands back, what a request
+whose connection was lost as its time ran out says, how soon requests fail with their
+connection, and close() from the re-login escalation (its connects, the connection it
+returns)."""
 
 from __future__ import annotations
 
