@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from le_transport.sockets import EscalationRequest, ResilientSocket, SocketOptio
 from le_transport.sockets.dial import Connection
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import Simulator
+from tests.test_socket_lifecycle import RefusingDialer
 from tests.test_socket_support import (
     StateLog,
     agent_engine,
@@ -383,3 +385,34 @@ async def test_the_escalations_connect_refuses_once_the_socket_is_closed(
         await sim.start()
         await later[0]
     assert outcome == ["SocketClosed"]
+
+
+# -- the on_closed callback ---------------------------------------------------------------------
+
+
+def _raises_on_closed(ws: ResilientSocket) -> None:
+    raise RuntimeError("on_closed failed")
+
+
+async def test_an_on_closed_callback_that_raises_is_logged_and_the_close_returns(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Called last as the socket closes: raising there, it came out of close() (a socket
+    # never started) or ended the owner task with an error nobody retrieved.
+    never_started = ResilientSocket(RefusingDialer(), clock=clock, on_closed=_raises_on_closed)
+    assert await never_started.close() == []
+    ws = ResilientSocket(RefusingDialer(), clock=clock, on_closed=_raises_on_closed).start()
+    events = ws.states()
+    async for event in events:
+        if event.name == "reconnecting":
+            break
+    owner = ws._owner
+    assert await ws.close() == []
+    assert owner is not None
+    assert owner.done()
+    assert not owner.cancelled()
+    assert owner.exception() is None
+    assert ws.closed
+    failed = [r for r in caplog.records if "on_closed" in r.getMessage()]
+    assert len(failed) == 2
+    assert all(r.levelno == logging.ERROR for r in failed)

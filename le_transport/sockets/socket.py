@@ -397,7 +397,9 @@ class ResilientSocket:
     :attr:`keepalive`: the options' own, or by default the guide's ``GetClock`` when the
     dialer recognises a LiveEngage messaging path. A mistake no reconnect can fix (an unknown
     service, an account the Domain API refuses) stops it at once: :attr:`error` is a
-    :class:`~le_transport.errors.SocketClosed` caused by it.
+    :class:`~le_transport.errors.SocketClosed` caused by it. ``on_closed`` (the engine's own
+    bookkeeping) is called with the socket once it has closed, last; one that raises is
+    logged (ERROR) and the close goes on.
     """
 
     # A process holds thousands of these: no instance dict, and whatever only some sockets use
@@ -2349,7 +2351,19 @@ class ResilientSocket:
             self._subscribers.clear()
         if self._on_closed is not None:
             on_closed, self._on_closed = self._on_closed, None
-            on_closed(self)
+            try:
+                on_closed(self)
+            except Exception as exc:
+                # Called last, the socket closed already: raised on, it came out of close()
+                # (a socket never started) or ended the owner with an error nobody read.
+                _log.error(
+                    "%s: the on_closed callback raised %s: %s; ignored",
+                    self._name,
+                    type(exc).__name__,
+                    error_text(exc),
+                    exc_info=redacted_exc_info(exc),
+                    extra={"socket": self._name, "error": type(exc).__name__},
+                )
 
     def _emit(self, name: str, **details: Any) -> None:
         event = StateEvent(name, self._name, details)
