@@ -292,7 +292,9 @@ class ReloginEscalation(Protocol):
     serves it at once), or None to go on with the socket's own schedule (``connect`` raises
     :class:`~le_transport.errors.SocketClosed` once the socket is closing); raise to make the
     socket stop: it closes with :class:`~le_transport.errors.SocketClosed` whose
-    ``__cause__`` is what was raised. A :class:`~le_transport.sockets.DialFailed` from
+    ``__cause__`` is what was raised (unless the socket was closed meanwhile, from the
+    escalation itself or elsewhere: it then ends as closed by its caller, without an error,
+    whatever the escalation returned or raised). A :class:`~le_transport.sockets.DialFailed` from
     ``connect`` that the socket's close policy makes final (an upgrade refused with 403, a
     close code in ``fail_codes``), raised as is or as the ``__cause__`` of what was raised,
     stops it with :class:`~le_transport.errors.SocketRejected`, as when the socket met it
@@ -1396,6 +1398,11 @@ class ResilientSocket:
                     handed = await self._escalate_to_relogin(
                         failures, disconnect, paused=delay if gave_up is None else None
                     )
+                    if self._closing:
+                        # Closed from inside the escalation (close() there returns at once):
+                        # a stop asked for, not a reconnect that gave up; a connection the
+                        # escalation returned is closed on the way out.
+                        return
                     if handed is not None:
                         self.reconnects += 1
                         continue
@@ -1468,9 +1475,21 @@ class ResilientSocket:
             return None
         except asyncio.CancelledError:
             raise
-        except AuthenticationError as exc:
-            raise SocketAuthFailed(f"{self._name}: re-login failed: {exc}") from exc
         except Exception as exc:
+            if self._closing:
+                # The socket was closed while the escalation ran (by the escalation itself,
+                # whose connect then refuses with SocketClosed, or from elsewhere): the close
+                # is what happened, not a re-login that failed, and the socket ends as closed
+                # by its caller, without an error.
+                _log.debug(
+                    "%s: the re-login escalation raised %s after the socket was closed",
+                    self._name,
+                    type(exc).__name__,
+                    extra={"socket": self._name, "error": type(exc).__name__},
+                )
+                return None
+            if isinstance(exc, AuthenticationError):
+                raise SocketAuthFailed(f"{self._name}: re-login failed: {exc}") from exc
             final = self._final_refusal(exc)
             if final is not None:
                 # A refusal the close policy makes final (a 403 upgrade, a fail code) is as

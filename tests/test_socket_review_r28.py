@@ -1,0 +1,139 @@
+"""The resilient socket's close() from inside the re-login escalation: the socket ends closed
+by its caller (no error, its 'closed' event, its on_closed, its waiters released), whatever
+the escalation does after the close: returns, raises, calls its connect (which refuses)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from le_transport import SocketClosed
+from le_transport.policies.backoff import BackoffPolicy
+from le_transport.sockets import (
+    EngineDialer,
+    EscalationRequest,
+    ResilientSocket,
+    SocketOptions,
+    ums_brand_path,
+)
+from le_transport.sockets.dial import UMS_BRAND_SOCKET_QUERY
+from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
+from tests.test_socket_support import (
+    StateLog,
+    agent_engine,
+    brand_socket,
+    down_with_sim,
+    no_open_connections,
+    sim,
+    states,
+)
+
+__all__ = ["no_open_connections", "sim", "states"]
+
+pytestmark = pytest.mark.usefixtures("no_open_connections")
+
+
+async def _closed_by_the_escalation(
+    sim: Simulator, clock: VirtualClock, states: StateLog, then: str
+) -> tuple[ResilientSocket, list[str]]:
+    """A socket with its keepalive on whose escalation closes it and then, at once, does
+    ``then``: returns None, or raises."""
+    holder: list[ResilientSocket] = []
+
+    async def escalate(request: EscalationRequest, connect: Any) -> None:
+        await holder[0].close()
+        if then == "raises":
+            raise RuntimeError("the escalation failed after the close")
+        if then == "connects":
+            await connect()
+
+    seen: list[str] = []
+    options = SocketOptions(escalate_after=1)
+    if then == "gives_up":
+        # The backoff gave up: the escalation was the last thing left to try.
+        options = SocketOptions(escalate_after=1, backoff=BackoffPolicy.reconnect(deadline=0.5))
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, options, escalate=escalate)
+        holder.append(ws)
+        await ws.wait_open()
+        events = ws.states()
+        await down_with_sim(ws, sim)
+        async with asyncio.timeout(30):  # a hang is the failure; virtual time runs meanwhile
+            async for event in events:
+                seen.append(event.name)
+        owner = ws._owner
+        assert owner is not None
+        await asyncio.wait({owner})
+    return ws, seen
+
+
+@pytest.mark.parametrize("then", ["returns", "raises", "connects", "gives_up"])
+async def test_a_socket_closed_from_its_escalation_ends_without_an_error_whatever_it_does_next(
+    sim: Simulator, clock: VirtualClock, states: StateLog, then: str
+) -> None:
+    # close() from the escalation returns at once. An escalation that then raised (its
+    # connect, called after the close, refuses with SocketClosed) stopped the socket with
+    # "the re-login loop gave up" (an ERROR) as its error, and one that returned None when
+    # the backoff had given up with "gave up after N failed reconnects": the caller's close
+    # is what happened, as it is for a close from elsewhere, which cancels the escalation.
+    ws, seen = await _closed_by_the_escalation(sim, clock, states, then)
+    assert seen[-1] == "closed"
+    assert ws.closed
+    # The caller closed it: not a re-login that failed.
+    assert ws.error is None
+
+
+@pytest.mark.parametrize("then", ["returns", "raises", "connects"])
+async def test_close_from_the_escalation_of_a_socket_with_its_own_keepalive_finishes(
+    sim: Simulator, clock: VirtualClock, states: StateLog, then: str
+) -> None:
+    # A socket made without an engine (its keepalive scheduler its own, closed as it ends):
+    # the close runs to its end, its on_closed called, its waiters released, and no error.
+    holder: list[ResilientSocket] = []
+    closed_with: list[ResilientSocket] = []
+
+    async def escalate(request: EscalationRequest, connect: Any) -> None:
+        await holder[0].close()
+        if then == "raises":
+            raise RuntimeError("the escalation failed after the close")
+        if then == "connects":
+            await connect()
+
+    options = SocketOptions(escalate_after=1)
+    async with agent_engine(sim, clock, states) as engine:
+        dialer = EngineDialer(
+            engine,
+            "facadeMsg",
+            ums_brand_path(sim.account.id),
+            params=UMS_BRAND_SOCKET_QUERY,
+            auth=engine.auth,
+        )
+        ws = ResilientSocket(
+            dialer,
+            options=options,
+            clock=engine.clock,
+            escalate=escalate,
+            on_closed=closed_with.append,
+        ).start()
+        holder.append(ws)
+        await ws.wait_open()
+        assert ws.keepalive is not None
+        events = ws.states()
+        await down_with_sim(ws, sim)
+        seen: list[str] = []
+        waiting = asyncio.create_task(ws.wait_open())
+        async with asyncio.timeout(30):  # a hang is the failure; virtual time runs meanwhile
+            async for event in events:
+                seen.append(event.name)
+            with pytest.raises(SocketClosed):
+                await waiting
+        owner = ws._owner
+        assert owner is not None
+        await asyncio.wait({owner})
+        assert seen[-1] == "closed"
+        assert closed_with == [ws]
+        assert ws.error is None
+        assert await ws.close() == []
