@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from le_transport import SocketClosed
+from le_transport import SocketClosed, SocketRequestTimeout
 from le_transport.policies.backoff import BackoffPolicy
+from le_transport.policies.close_codes import Disconnect
 from le_transport.sockets import (
     EngineDialer,
     EscalationRequest,
@@ -137,3 +138,61 @@ async def test_close_from_the_escalation_of_a_socket_with_its_own_keepalive_fini
         assert closed_with == [ws]
         assert ws.error is None
         assert await ws.close() == []
+
+
+# -- a request whose time ran out in the turn its connection was lost, or its answer came ------
+
+
+async def _never_answered(sock: Any, frame: dict[str, Any]) -> None:
+    """A simulator handler that answers nothing."""
+    return None
+
+
+@pytest.mark.parametrize("then", ["lost", "answered", "closed"])
+async def test_a_sent_request_whose_time_ran_out_just_before_its_end_never_says_never_sent(
+    sim: Simulator, clock: VirtualClock, states: StateLog, then: str
+) -> None:
+    # The request's timeout fires first (its future cancelled with its task), and in the same
+    # turn, before the request's caller runs again, the owner ends the request: fails it with
+    # its lost connection, resolves it with an answer just read, or fails it as the socket
+    # stops. The request was written: it must never be reported as never sent, which tells
+    # the caller to send it again (done twice, when it was processed, or answered).
+    sim.sockets.on(".Never", _never_answered)
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        epoch = ws.epoch
+        requesting = asyncio.create_task(ws.request(".Never", timeout=5))
+        for _ in range(10):  # its write, and its timeout's watchdog armed
+            await asyncio.sleep(0)
+        pending = ws._pending._pending
+        assert pending is not None
+        (request_id,) = pending
+        assert ws._pending.sent_on(request_id) == epoch
+
+        async def right_after_the_deadline() -> None:
+            # Woken at the same instant as the timeout's watchdog, after it: the request's
+            # task is cancelled by then, not yet run again.
+            await clock.sleep(5)
+            if then == "lost":
+                # As the owner does as the read ends: the connection's end recorded, then
+                # its requests failed.
+                ws._end_connection(Disconnect.abnormal(), 1.0)
+                ws._pending.fail_epoch(epoch, lambda: SocketClosed("the connection was lost"))
+            elif then == "answered":
+                ws._pending.resolve({"kind": "resp", "reqId": request_id, "code": 200})
+            else:
+                ws._pending.fail_all(lambda: SocketClosed("the socket was closed"))
+
+        ending = asyncio.create_task(right_after_the_deadline())
+        with pytest.raises((SocketClosed, SocketRequestTimeout)) as info:
+            await requesting
+        await ending
+        assert "never sent" not in str(info.value)
+        if isinstance(info.value, SocketRequestTimeout):
+            assert info.value.sent is True
+        if then == "lost":
+            assert isinstance(info.value, SocketClosed)
+        assert ws._pending.sent_on(request_id) is None
+        assert not ws._pending.waiting(request_id)
+        await ws.close()

@@ -83,11 +83,18 @@ class PendingRequests:
         request_id = frame.get("reqId")
         if not isinstance(request_id, str):
             return False
-        entry = None if self._pending is None else self._pending.pop(request_id, None)
-        if entry is None:
+        pending = self._pending
+        entry = None if pending is None else pending.get(request_id)
+        if pending is None or entry is None:
             return False
-        if not entry[0].done():
-            entry[0].set_result(frame)
+        if entry[0].done():
+            # Its caller's time ran out in this very turn (its future cancelled with its
+            # task), and it has not run since: the answer is dropped, as a late one is, and
+            # the entry left for the caller, which forgets it as it ends, to tell that the
+            # request went out (taken away, it read as one never sent).
+            return True
+        del pending[request_id]
+        entry[0].set_result(frame)
         return True
 
     def abandoned(self, frame: dict[str, Any]) -> bool:
@@ -121,15 +128,18 @@ class PendingRequests:
         Fresh, not one for all: each caller raises its own, and raising sets an exception's
         ``__context__`` and ``__traceback__``. One shared, every caller's would show what the
         first to raise it was handling (another caller's error, its data with it), and the
-        traceback would grow with each caller."""
+        traceback would grow with each caller.
+
+        A request whose future is done already (its caller's time ran out in this turn, its
+        future cancelled with its task) is left for its caller, which forgets it as it ends:
+        its entry still tells that it went out, and on which connection."""
         pending = self._pending
         if not pending:
             return 0
-        failed = [rid for rid, (_, e) in pending.items() if e == epoch]
+        failed = [rid for rid, (fut, e) in pending.items() if e == epoch and not fut.done()]
         for rid in failed:
             fut, _ = pending.pop(rid)
-            if not fut.done():
-                fut.set_exception(error())
+            fut.set_exception(error())
         return len(failed)
 
     def fail_all(
@@ -139,16 +149,16 @@ class PendingRequests:
     ) -> int:
         """Fail every request, sent or queued, each with a fresh exception ``error`` makes (see
         :meth:`fail_epoch`), or ``unsent`` makes for one only queued, never sent (when given);
-        how many were failed."""
+        how many were failed. One whose future is done already is left for its caller, as
+        :meth:`fail_epoch` leaves it."""
         pending = self._pending
         if not pending:
             return 0
-        count = len(pending)
-        for fut, epoch in pending.values():
-            if not fut.done():
-                fut.set_exception(error() if epoch is not None or unsent is None else unsent())
-        pending.clear()
-        return count
+        failed = [rid for rid, (fut, _) in pending.items() if not fut.done()]
+        for rid in failed:
+            fut, epoch = pending.pop(rid)
+            fut.set_exception(error() if epoch is not None or unsent is None else unsent())
+        return len(failed)
 
 
 def failure_code(code: object) -> int | None:
