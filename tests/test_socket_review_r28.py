@@ -196,3 +196,36 @@ async def test_a_sent_request_whose_time_ran_out_just_before_its_end_never_says_
         assert ws._pending.sent_on(request_id) is None
         assert not ws._pending.waiting(request_id)
         await ws.close()
+
+
+async def test_a_queued_request_whose_time_ran_out_as_its_socket_stopped_says_why_it_stopped(
+    sim: Simulator, clock: VirtualClock, states: StateLog
+) -> None:
+    # The socket stops on its own (its final error recorded, its requests failed with it as
+    # their cause) in the turn the request's timeout fired, the request's caller not yet run
+    # again: it is told the socket stopped, and why, as the others are, not that it was
+    # closed (by its caller, it reads) without a cause.
+    async with agent_engine(sim, clock, states) as engine:
+        ws = await brand_socket(engine, sim, SocketOptions(keepalive=None))
+        await ws.wait_open()
+        await down_with_sim(ws, sim)
+        requesting = asyncio.create_task(ws.request(".Anything", timeout=5))
+        for _ in range(10):  # queued, and its timeout's watchdog armed
+            await asyncio.sleep(0)
+        stopped = SocketClosed("the socket stopped on something final")
+
+        async def right_after_the_deadline() -> None:
+            await clock.sleep(5)
+            # What the owner's last step does as it stops on ``stopped``.
+            ws._error = stopped
+            ws._pending.fail_all(lambda: SocketClosed("stopped"))
+            ws._closing = True
+
+        ending = asyncio.create_task(right_after_the_deadline())
+        with pytest.raises(SocketClosed) as info:
+            await requesting
+        await ending
+        assert "stopped" in str(info.value)
+        assert "never sent" in str(info.value)
+        assert info.value.__cause__ is stopped
+        await ws.close()

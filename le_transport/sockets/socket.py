@@ -855,7 +855,9 @@ class ResilientSocket:
             answered = True
         except TimeoutError:
             if not fut.done() or fut.cancelled():
-                raise self._timed_out(type, request_id, limit) from None
+                timed_out = self._timed_out(type, request_id, limit)
+                # The timeout hidden; the cause of a stopped socket's error kept.
+                raise timed_out from timed_out.__cause__
             failed = fut.exception()
             if failed is not None:
                 # Failed with its connection (or the socket's close) in the turn the time ran
@@ -898,10 +900,20 @@ class ResilientSocket:
         written (``sent``)."""
         sent_on = self._pending.sent_on(request_id)
         if self._closing:
-            return SocketClosed(
-                f"the socket {self._name} was closed before {type!r} (id {request_id}) was "
+            # A socket that stopped on its own says why, as its other requests are told (the
+            # final error their cause); one closed by its caller, that it was closed.
+            error = self._error
+            closed = SocketClosed(
+                (
+                    f"the socket {self._name} stopped ({error}) before"
+                    if error is not None
+                    else f"the socket {self._name} was closed before"
+                )
+                + f" {type!r} (id {request_id}) was "
                 + ("answered" if sent_on is not None else "sent: it was still queued, never sent")
             )
+            closed.__cause__ = error
+            return closed
         if sent_on is not None and (not self._life.is_current(sent_on) or self._ended is not None):
             return SocketClosed(self._lost_in_flight())
         if sent_on is None:
