@@ -3824,7 +3824,11 @@ class Engine:
         WARNING), as the provider's own keepalive logs it. Its request too has
         ``policy.timeout`` as its deadline (the provider's retry policy's if shorter): the
         refresh gives up within the run with the Login Service's own answer (a 503 after the
-        attempts at 0, 5 and 15 s), never cut in a pause as a bare ``TimeoutError``. That
+        attempts at 0, 5 and 15 s), never cut in a pause as a bare ``TimeoutError``. The login
+        a refused (or redirected) refresh falls back to is waited for within that deadline
+        too (a :class:`~le_transport.errors.DeadlineExceeded` then): it is shared with every
+        caller waiting for credentials, so it goes on on the provider's own schedule, and its
+        give-up is a WARNING the keepalive handles, not an ERROR. That
         interval is the policy's,
         whatever TTL the session's login answered: for a session that lives less than twice the
         interval, keep the provider's own keepalive, or pass a policy scaled down

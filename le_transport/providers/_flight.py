@@ -48,14 +48,23 @@ class SingleFlight(Generic[T]):
         """Whether a run is in progress."""
         return self._task is not None and not self._task.done()
 
-    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """The result of the run in progress, or of a new run of ``fn`` if there is none."""
+    def start(self, fn: Callable[[], Awaitable[T]]) -> None:
+        """Start a run of ``fn`` if none is in progress, without waiting for it: a caller
+        that may not wait (its deadline passed) still gets the run going for the others."""
+        self._started(fn)
+
+    def _started(self, fn: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         task = self._task
         if task is None or task.done():
             task = asyncio.ensure_future(fn())
             task.set_name(self._name)
             task.add_done_callback(_consume)
             self._task = task
+        return task
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """The result of the run in progress, or of a new run of ``fn`` if there is none."""
+        task = self._started(fn)
         # asyncio.wait, not a shield: it raises only if this caller is cancelled (the run goes
         # on for the others), and the run's own end is read below. A shield re-raised the
         # run's cancellation (on close) here as a CancelledError, which had to be told from the

@@ -54,8 +54,13 @@ session expire (a whole interval after a refresh that gave up half-way through t
 it). Nor sooner than the Login Service asked (a 429's or 503's ``Retry-After``, up to the retry
 policy's ``retry_after_ceiling``), but never past the session's expiry. Its request says it
 handles an outage itself (``ProviderHttp.request(fallback=...)``): the
-retry middleware logs its giving up as a WARNING, not an ERROR. Logins and refreshes are single
-flight: a hundred concurrent callers without a token cause one login.
+retry middleware logs its giving up as a WARNING, not an ERROR; so does the login a refresh the
+keepalive sent falls back to (after a refused refresh: "the refused session is dropped and the
+next call logs in"). That login is shared with every caller waiting for credentials: a refresh
+bounded by a deadline (the engine's keepalive run's) waits for it no longer than that
+deadline (a :class:`~le_transport.errors.DeadlineExceeded`), and the login goes on on its own
+policy's schedule, its failure dropping (or marking) the session all the same. Logins and
+refreshes are single flight: a hundred concurrent callers without a token cause one login.
 
 **A login answered with neither a refusal nor a login** (a 3xx, or a 200 that is not the
 login's JSON: a proxy's HTML maintenance page) raises
@@ -95,7 +100,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 from yarl import URL
@@ -155,6 +161,8 @@ __all__ = [
 
 _log = logging.getLogger("le_transport.auth")
 
+_T = TypeVar("_T")
+
 #: The Domain API service that hosts the Login Service (and the Chat Agent API).
 AGENT_VEP = "agentVep"
 #: The Login Service API version in LivePerson's docs.
@@ -174,6 +182,10 @@ CLIENT_CREDENTIALS_DUMMY = "dummy"
 #: What the keepalive does when its refresh meets an outage, in the retry middleware's give-up
 #: line (a WARNING, not an ERROR: nothing failed for a caller): true whatever happens next.
 _KEEPALIVE_FALLBACK = "the session is kept and the keepalive tries the refresh again"
+#: What the keepalive's fallback login after a refresh the Login Service refused (a 4xx) comes
+#: to when it meets an outage, in the retry middleware's give-up line: that session is dropped
+#: (the Login Service refused it), and whoever calls next logs in.
+_REFUSED_FALLBACK = "the refused session is dropped and the next call logs in"
 #: What becomes of a login refused after a redirected refresh, in its WARNING and in the
 #: refusal a later refresh raises again: what lifts it is named (``Engine.login()`` does not:
 #: it returns the current session).
@@ -347,6 +359,13 @@ class LoginServiceAuth:
         self._refresh_flight: SingleFlight[bool] = SingleFlight(
             f"le_transport.refresh[{self._account}]", f"{self.subject}: the session refresh"
         )
+        # The login a refresh the Login Service did not accept falls back to, with what its
+        # failure does to that session (dropped, or marked): one shared run, which goes on
+        # when the refresh that started it gives up at its deadline (see _fall_back).
+        self._fallback_flight: SingleFlight[None] = SingleFlight(
+            f"le_transport.fallback_login[{self._account}]",
+            f"{self.subject}: the login after a refresh it did not accept",
+        )
         self._keepalive: asyncio.Task[None] | None = None
         # Set by every login (and adopted session): wakes the keepalive, to time its next
         # refresh from the new session (see _keepalive_loop).
@@ -512,6 +531,7 @@ class LoginServiceAuth:
             if task is not None and not task.done():
                 await stop_task(task)
             await self._refresh_flight.cancel()
+            await self._fallback_flight.cancel()
             await self._flight.cancel()
             session = self._session
             if session is not None and self._logout_on_close and self._http is not None:
@@ -606,25 +626,70 @@ class LoginServiceAuth:
         within which the refresh's request gives up (the engine's keepalive run's timeout):
         its schedule then ends with the Login Service's own answer (a 503, and the
         ``Retry-After`` it asked for) rather than being cut in a pause as a bare
-        ``TimeoutError``; never longer than the policy's own deadline. A refresh already in
-        flight (another caller's) is joined as it is."""
+        ``TimeoutError``; never longer than the policy's own deadline. The login a refresh
+        the Login Service did not accept falls back to is waited for within it too: that
+        login is shared (a caller needing credentials joins it), so the deadline passing
+        ends only this wait, a :class:`~le_transport.errors.DeadlineExceeded`; the login goes
+        on on its own policy's schedule and deadline, and its failure still drops the refused
+        session (or marks one a 3xx kept: see :meth:`refresh`). With ``fallback``, that login
+        says it is handled too (its give-up a WARNING: after a refused refresh, "the refused
+        session is dropped and the next call logs in"). A refresh already in flight (another
+        caller's) is joined as it is."""
         http = require_attached(self._http, self)
         # Closed is final: a refresh asked for while the close logs out (or after) would send
         # a refresh beside the logout, or say False as if there were merely no session.
         self._check_open()
         if self._session is None:
             return False
-        until = None if deadline is None else http.clock.now() + deadline
-        return await self._refresh_flight.run(lambda: self._refresh_once(fallback, until))
+        now = http.clock.now()
+        until = None if deadline is None else now + deadline
+        return await self._refresh_flight.run(lambda: self._refresh_once(fallback, until, now))
 
-    async def _refresh_once(self, fallback: str | None = None, until: float | None = None) -> bool:
+    async def _wait_within(
+        self,
+        http: ProviderHttp,
+        flight: SingleFlight[_T],
+        fn: Callable[[], Awaitable[_T]],
+        started: float,
+        until: float | None,
+        doing: str,
+    ) -> _T:
+        """The outcome of ``flight``'s run (of ``fn`` if none is out), waited for until the
+        clock time ``until`` at most (None: no bound): then, or at once if it has passed, a
+        :class:`~le_transport.errors.DeadlineExceeded` (``elapsed`` counted from
+        ``started``). The run is shared: only this caller stops waiting, it goes on (started
+        all the same) for the others, bounded by its own limits."""
+        if until is None:
+            return await flight.run(fn)
+        left = until - http.clock.now()
+        if left > 0:
+            timeout = timeout_after(http.clock, left)
+            try:
+                async with timeout:
+                    return await flight.run(fn)
+            except TimeoutError:
+                if not timeout.expired:
+                    raise
+        else:
+            flight.start(fn)
+        raise DeadlineExceeded(
+            f"{self.subject}: the refresh's deadline passed while waiting for {doing} (it "
+            "goes on on its own)",
+            elapsed=http.clock.now() - started,
+            service=self._service,
+            method="POST",
+        )
+
+    async def _refresh_once(
+        self, fallback: str | None = None, until: float | None = None, started: float = 0.0
+    ) -> bool:
         http = require_attached(self._http, self)
         session = self._session
         if session is None:
             return False
         if self._shared is not None and self._shared_token is not None:
             return await self._shared_refresh(
-                http, session, self._shared_token, fallback, until=until
+                http, session, self._shared_token, fallback, until=until, started=started
             )
         try:
             await self._post_session(
@@ -649,21 +714,15 @@ class LoginServiceAuth:
                     raise self._refusal_again(exc.status) from exc
                 # No socket or request is torn down, the session replaced not logged out (see
                 # the module): the new bearer is simply what the next request or connect gets.
-                try:
-                    await self.login()
-                except Exception as login_exc:
-                    # A refused session is dropped all the same: were the login refused (a
-                    # changed password, a blacklisted account), the dead session must not be
-                    # refreshed, and the login tried again, at every tick. One a 3xx left
-                    # alone is kept: it still serves calls while the Login Service is down
-                    # or redirects to a maintenance page, and is still refreshed; but a
-                    # refused login is not sent again for it (_mark_login_refused). After an
-                    # outage the next refresh tries the login again.
-                    if refused:
-                        self._drop(session)
-                    else:
-                        self._mark_login_refused(session, login_exc)
-                    raise
+                self._check_open()
+                handled = self._handled_login(fallback, refused)
+
+                def login() -> Awaitable[LoginSession]:
+                    if self._shared is not None:
+                        return self._flight.run(lambda: self._shared_login(handled=handled))
+                    return self._flight.run(lambda: self._login(handled))
+
+                await self._fall_back(http, session, refused, login, started, until)
             return False
         self.refreshes += 1
         emit_state(
@@ -693,6 +752,55 @@ class LoginServiceAuth:
             details["generation"] = session.generation
         emit_state(
             http.hooks, _log, logging.WARNING, StateEvent("refresh_failed", self.subject, details)
+        )
+
+    @staticmethod
+    def _handled_login(fallback: str | None, refused: bool) -> str | None:
+        """What a refresh's fallback login says it comes to when it meets an outage, for the
+        retry middleware's give-up line: None for a refresh a caller waits for
+        (:meth:`refresh`: its failure is the caller's); for a keepalive's, the refused session
+        dropped, or (after a 3xx) kept and refreshed again."""
+        if fallback is None:
+            return None
+        return _REFUSED_FALLBACK if refused else _KEEPALIVE_FALLBACK
+
+    async def _fall_back(
+        self,
+        http: ProviderHttp,
+        session: LoginSession,
+        refused: bool,
+        login: Callable[[], Awaitable[object]],
+        started: float,
+        until: float | None,
+    ) -> None:
+        """Log in after a refresh of ``session`` that was not accepted (``refused``: a 4xx;
+        else a 3xx): ``login()`` joins or starts the login flight. If it fails, a refused
+        session is dropped all the same: were the login refused (a changed password, a
+        blacklisted account), the dead session must not be refreshed, and the login tried
+        again, at every tick. One a 3xx left alone is kept: it still serves calls while the
+        Login Service is down or redirects to a maintenance page, and is still refreshed; but
+        a refused login is not sent again for it (:meth:`_mark_login_refused`). After an
+        outage the next refresh tries the login again.
+
+        The login and that outcome are one shared run (``_fallback_flight``), waited for no
+        longer than ``until`` (the refresh's deadline): the login is shared by every caller
+        waiting for credentials, so a refresh that gives up at its deadline only stops
+        waiting (a :class:`~le_transport.errors.DeadlineExceeded`); the login goes on on its
+        own schedule (its policy's pauses and deadline), and its outcome still drops or marks
+        the session."""
+
+        async def run() -> None:
+            try:
+                await login()
+            except Exception as login_exc:
+                if refused:
+                    self._drop(session)
+                else:
+                    self._mark_login_refused(session, login_exc)
+                raise
+
+        await self._wait_within(
+            http, self._fallback_flight, run, started, until, "the login it falls back to"
         )
 
     def _login_refused_for(self, session: LoginSession) -> bool:
@@ -756,7 +864,11 @@ class LoginServiceAuth:
     # -- a session shared by a fleet (state.SharedSession) ----------------------------------
 
     async def _shared_login(
-        self, stale: str | None = None, fallback_of: str | None = None
+        self,
+        stale: str | None = None,
+        fallback_of: str | None = None,
+        *,
+        handled: str | None = None,
     ) -> LoginSession:
         """The fleet's session, logging in for the fleet if there is none but ``stale``
         (default: the login of the session this process holds, refreshes of it included: see
@@ -768,7 +880,8 @@ class LoginServiceAuth:
         process): then none is sent, and the refusal is raised again; refused here, it is
         recorded there before the lock is let go (:meth:`SharedSession.mark_refused
         <le_transport.state.SharedSession.mark_refused>`). A store that fails answers no
-        mark (each process goes on on its own, as without a fleet)."""
+        mark (each process goes on on its own, as without a fleet). ``handled``: see
+        :meth:`_login`."""
         shared = self._shared
         assert shared is not None
         own: list[LoginSession] = []
@@ -784,7 +897,7 @@ class LoginServiceAuth:
                         status,
                     )
             try:
-                session = await self._login()
+                session = await self._login(handled)
             except (LoginRejected, BlockedError) as exc:
                 if fallback_of is not None:
                     # Before the lock is let go: the next process to take it reads it.
@@ -854,6 +967,7 @@ class LoginServiceAuth:
         fallback: str | None = None,
         *,
         until: float | None = None,
+        started: float = 0.0,
     ) -> bool:
         assert self._shared is not None
         done: list[bool] = []
@@ -891,10 +1005,14 @@ class LoginServiceAuth:
                 # As alone: kept, in the store too (not forgotten), tried again later.
                 raise
             await self._shared_refresh_failed(
+                http,
                 session,
                 posted[0][0] if posted else held,
                 exc,
                 posted[0][1] if posted else session,
+                fallback=fallback,
+                started=started,
+                until=until,
             )
             return False
         if token.version != held.version and not done:
@@ -924,10 +1042,15 @@ class LoginServiceAuth:
 
     async def _shared_refresh_failed(
         self,
+        http: ProviderHttp,
         session: LoginSession,
         token: SharedToken,
         exc: ClientStatusError | _NotAccepted,
         posted: LoginSession,
+        *,
+        fallback: str | None = None,
+        started: float = 0.0,
+        until: float | None = None,
     ) -> None:
         """The fleet's session ``token`` (``posted``) was not refreshed (a 4xx or a 3xx):
         log in anew, for the fleet, unless another process already did. Refused (a 4xx), that
@@ -935,7 +1058,8 @@ class LoginServiceAuth:
         refresh of its login, the same bearer), and the session held dropped if the login
         fails; after a 3xx, it is kept until a login replaces it (as without a shared session:
         see the module), and a refresh of it another process stored since is taken (a 3xx
-        says nothing of the session)."""
+        says nothing of the session). Its login is waited for within ``until``, as without a
+        fleet (see :meth:`_fall_back`)."""
         assert self._shared is not None
         refused = isinstance(exc, ClientStatusError)
         version = token.login if refused else token.version
@@ -958,17 +1082,15 @@ class LoginServiceAuth:
         # refused login for the fleet, not one a process, nor one more for every process that
         # adopts the session later). A 4xx took it out of the store: its processes drop it.
         fallback_of = None if refused else token.login
-        try:
-            self._check_open()
-            await self._flight.run(
-                lambda: self._shared_login(stale=version, fallback_of=fallback_of)
+        handled = self._handled_login(fallback, refused)
+        self._check_open()
+
+        def login() -> Awaitable[LoginSession]:
+            return self._flight.run(
+                lambda: self._shared_login(stale=version, fallback_of=fallback_of, handled=handled)
             )
-        except Exception as login_exc:
-            if refused:
-                self._drop(session)
-            else:
-                self._mark_login_refused(session, login_exc)
-            raise
+
+        await self._fall_back(http, session, refused, login, started, until)
 
     def _policy(self, http: ProviderHttp) -> RetryPolicy:
         return login_policy(self._retry or http.policy)
@@ -978,7 +1100,10 @@ class LoginServiceAuth:
             http.scheme, host, f"/api/account/{self._account}/{action}", {"v": self._version}
         )
 
-    async def _login(self) -> LoginSession:
+    async def _login(self, handled: str | None = None) -> LoginSession:
+        """Send a login and install its session. ``handled``: what the caller does when it
+        meets an outage (a keepalive's fallback login after a refresh), for the retry
+        middleware's give-up line: a WARNING ending with those words, not an ERROR."""
         http = require_attached(self._http, self)
         host = await self._domains.resolve(self._service)
         self.login_attempts += 1
@@ -1002,6 +1127,7 @@ class LoginServiceAuth:
                 retry=self._policy(http),
                 # Logging in twice is harmless: a 5xx is retried on the schedule like a GET.
                 idempotent=True,
+                fallback=handled,
             )
         if resp.status != 200:
             # Neither a refusal (a 4xx is LoginRejected above) nor a login: a redirect to a

@@ -1,0 +1,206 @@
+"""The Login Service session's refresh, its fallback login, and the deadlines that bound them.
+
+Against the simulator on loopback, on the virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from le_transport import Engine, StaticDomains, UserLogin
+from le_transport.chaos import FaultRule, Match, Status
+from le_transport.policies import CHAT_AGENT_API_REFRESH
+from le_transport.state import MemoryStore, SharedSession
+from le_transport.testing import VirtualClock
+from tests.known_secrets import PASSWORD
+from tests.test_providers import ACCOUNT, USER, csds_for, make_sim
+
+REFRESH = Match(method="POST", path="*/refresh")
+LOGIN = Match(method="POST", path="*/login")
+INTERVAL = CHAT_AGENT_API_REFRESH.interval
+TIMEOUT = CHAT_AGENT_API_REFRESH.timeout
+
+
+# -- the fallback login after a refused refresh ---------------------------------------------------
+
+
+async def test_the_fallback_login_of_a_refused_refresh_is_waited_for_within_the_runs_deadline(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refresh at 300 s is answered 401; its fallback login 503 with ``Retry-After: 20``
+    (attempts at 300, 320, 340, 360 s). The keepalive's run waits for it no longer than its
+    own 30 s deadline: it fails at 330 s with a typed :class:`DeadlineExceeded`, not cut by
+    the run's backstop as a bare ``TimeoutError``. The login goes on on its own schedule (it
+    is shared: a caller may be waiting for it), gives up as an outage the keepalive handles (a
+    WARNING, no ERROR), and the session the Login Service refused is dropped then."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            session = auth.session
+            assert session is not None
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            await clock.sleep(INTERVAL + TIMEOUT - 0.5)  # 329.5 s
+            assert task.failures == 0
+            await clock.sleep(1)  # 330.5 s: the run's deadline passed, its backstop not yet
+            assert task.failures == 1
+            assert sim.count("POST", "*/login") == 3  # and 300, 320 s: the login goes on
+            assert auth.session is session  # kept while its login is out
+            await clock.sleep(40)  # 370.5 s
+            assert sim.count("POST", "*/login") == 5
+            assert auth.session is None  # refused, and its login failed: dropped
+            assert task.running
+            await task.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR], messages
+    run = [m for m in messages if "keepalive" in m and "refresh" in m and "failed" in m]
+    assert any("DeadlineExceeded" in m for m in run), messages
+    assert not [m for m in messages if "TimeoutError" in m], messages
+    gave_up = [
+        r for r in caplog.records if "POST" in r.getMessage() and "failed after" in r.getMessage()
+    ]
+    assert gave_up, messages
+    for text in messages:
+        assert PASSWORD not in text
+        assert session.bearer.reveal() not in text
+
+
+async def test_a_caller_waiting_for_the_fallback_login_gets_it_after_the_run_gave_up(
+    clock: VirtualClock,
+) -> None:
+    """The login the keepalive's refresh falls back to is shared: a caller's login meanwhile
+    joins it, and the keepalive's run giving up at its deadline (330 s) does not stop it.
+    Answered at 340 s, it is the caller's, and the session the next refresh keeps alive."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            session = auth.session
+            assert session is not None
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            busy = Status(503, retry_after=20)
+            sim.faults.add(FaultRule("busy", sequence=(busy, busy), match=LOGIN))
+            await clock.sleep(INTERVAL + 10)  # 310 s
+            call = asyncio.ensure_future(auth.login())  # joins the login out
+            await clock.sleep(TIMEOUT - 9.5)  # 330.5 s
+            assert task.failures == 1
+            assert not call.done()
+            await clock.sleep(10)  # 340.5 s
+            assert call.done()
+            new = call.result()
+            assert new is auth.session
+            assert new is not session
+            assert sim.count("POST", "*/login") == 4  # 0, 300, 320, 340 s
+            sim.faults.clear()
+            await clock.sleep(INTERVAL)
+            assert task.failures == 1
+            assert auth.session is new
+            await task.close()
+
+
+async def test_a_fallback_login_refused_after_the_run_gave_up_still_marks_the_session(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refresh at 300 s is answered with a redirect; its fallback login 503 with
+    ``Retry-After: 40``, then refused (401) at 340 s, after the run gave up (330 s). The
+    session is kept and marked all the same: the next run's refresh, redirected again, sends
+    no login (the refusal is raised again)."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            session = auth.session
+            assert session is not None
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("moved", Status(302), match=REFRESH))
+            sim.faults.add(
+                FaultRule(
+                    "busy, then refused",
+                    sequence=(Status(503, retry_after=40), Status(401)),
+                    match=LOGIN,
+                )
+            )
+            await clock.sleep(INTERVAL + TIMEOUT + 0.5)  # 330.5 s
+            assert task.failures == 1
+            await clock.sleep(10)  # 340.5 s
+            assert sim.count("POST", "*/login") == 3
+            assert auth.session is session  # a redirect says nothing of it: kept
+            await clock.sleep(INTERVAL)  # 640.5 s: the next run
+            assert sim.count("POST", "*/refresh") == 2
+            assert sim.count("POST", "*/login") == 3  # withheld
+            assert task.failures == 2
+            assert auth.session is session
+            assert task.running
+            await task.close()
+    withheld = [r for r in caplog.records if "sends that login no more" in r.getMessage()]
+    assert len(withheld) >= 1
+
+
+async def test_a_fleets_fallback_login_is_waited_for_within_the_runs_deadline(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As alone, with a session shared by a fleet: the fleet's login after the refused
+    refresh is waited for until the run's deadline (330 s), then goes on; its give-up is
+    handled (no ERROR), and the refused session is dropped."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = csds_for(sim)
+        auth = UserLogin(
+            ACCOUNT,
+            USER,
+            PASSWORD,
+            domains=domains,
+            keepalive=False,
+            shared=SharedSession(MemoryStore(clock), account=ACCOUNT, user=USER, clock=clock),
+        )
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            await clock.sleep(INTERVAL + TIMEOUT + 0.5)  # 330.5 s
+            assert task.failures == 1
+            assert auth.session is not None
+            await clock.sleep(40)  # 370.5 s
+            assert sim.count("POST", "*/login") == 5
+            assert auth.session is None
+            await task.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR], messages
+    assert not [m for m in messages if "TimeoutError" in m], messages
+
+
+async def test_closing_stops_a_fallback_login_nobody_waits_for_any_more(
+    clock: VirtualClock,
+) -> None:
+    """The run gave up at 330 s; its fallback login is still out (503, ``Retry-After: 20``).
+    Closing the engine stops it and the shared run around it: no task is left behind."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            await clock.sleep(INTERVAL + TIMEOUT + 1.5)
+            names = {t.get_name() for t in asyncio.all_tasks()}
+            assert f"le_transport.fallback_login[{ACCOUNT}]" in names
+        left = [
+            t.get_name()
+            for t in asyncio.all_tasks()
+            if t.get_name().startswith("le_transport.") and not t.done()
+        ]
+        assert left == []
+        assert sim.count("POST", "*/login") == 3
