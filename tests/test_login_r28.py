@@ -11,7 +11,8 @@ import logging
 import pytest
 
 from le_transport import Engine, StaticDomains, UserLogin
-from le_transport.chaos import FaultRule, Match, Status
+from le_transport.chaos import FaultRule, Hang, Match, Status
+from le_transport.errors import DeadlineExceeded
 from le_transport.policies import CHAT_AGENT_API_REFRESH
 from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
@@ -204,3 +205,115 @@ async def test_closing_stops_a_fallback_login_nobody_waits_for_any_more(
         ]
         assert left == []
         assert sim.count("POST", "*/login") == 3
+
+
+# -- a refresh joined under a deadline -------------------------------------------------------------
+
+
+async def test_a_refresh_joined_within_its_deadline_gets_the_refresh_it_joined(
+    clock: VirtualClock,
+) -> None:
+    """A caller's refresh is out (503 with ``Retry-After: 8``, then refreshed at 8 s); one
+    joined at 1 s with a 10 s deadline gets its outcome, True, at 8 s."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            sim.faults.add(FaultRule("busy", sequence=(Status(503, retry_after=8),), match=REFRESH))
+            first = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(1)
+            joined = asyncio.ensure_future(auth._refresh(deadline=10.0))
+            await clock.sleep(7.5)
+            assert first.done()
+            assert joined.done()
+            assert joined.result() is True
+            assert first.result() is True
+            assert sim.count("POST", "*/refresh") == 2
+
+
+async def test_a_refresh_joined_waits_no_longer_than_its_own_deadline(
+    clock: VirtualClock,
+) -> None:
+    """The refresh it joins takes until 8 s: one joined at 1 s with a 5 s deadline gets a
+    :class:`DeadlineExceeded` at 6 s (it waited to 8 s, past its deadline), and the refresh
+    goes on for the caller that started it."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            session = auth.session
+            assert session is not None
+            sim.faults.add(FaultRule("busy", sequence=(Status(503, retry_after=8),), match=REFRESH))
+            first = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(1)
+            joined = asyncio.ensure_future(auth._refresh(deadline=5.0))
+            await clock.sleep(4.5)  # 5.5 s
+            assert not joined.done()
+            await clock.sleep(1)  # 6.5 s
+            assert joined.done()
+            error = joined.exception()
+            assert isinstance(error, DeadlineExceeded)
+            assert error.elapsed == pytest.approx(5.0)
+            text = str(error)
+            assert "deadline passed" in text
+            for secret in (PASSWORD, session.bearer.reveal()):
+                assert secret not in text
+            assert not first.done()
+            await clock.sleep(2)  # 8.5 s
+            assert first.result() is True
+            assert auth.refreshes == 1
+
+
+async def test_a_refresh_joined_with_its_deadline_passed_fails_at_once(
+    clock: VirtualClock,
+) -> None:
+    """A deadline that has passed already (0 s) does not wait for the refresh it joins, which
+    goes on."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            sim.faults.add(FaultRule("silent", Hang(), match=REFRESH))
+            first = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(1)
+            joined = asyncio.ensure_future(auth._refresh(deadline=0.0))
+            await asyncio.sleep(0)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert joined.done()
+            assert isinstance(joined.exception(), DeadlineExceeded)
+            assert clock.now() == pytest.approx(1.0)
+            assert not first.done()
+            first.cancel()
+
+
+async def test_the_engines_refresh_run_joining_a_callers_refresh_ends_at_its_deadline(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller's ``refresh()`` is out at 299 s against a Login Service that does not answer
+    (its schedule runs minutes). The keepalive's run at 300 s joins it: it fails at its own
+    30 s deadline with a typed :class:`DeadlineExceeded`, not cut by the run's backstop a
+    second later as a bare ``TimeoutError``."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("silent", Hang(), match=REFRESH))
+            await clock.sleep(INTERVAL - 1)
+            caller = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(1 + TIMEOUT + 0.5)  # 330.5 s
+            assert task.failures == 1
+            assert not caller.done()
+            caller.cancel()
+            await task.close()
+    messages = [r.getMessage() for r in caplog.records]
+    run = [m for m in messages if "keepalive refresh failed" in m]
+    assert run, messages
+    assert "DeadlineExceeded" in run[0], messages
+    assert not [m for m in run if "TimeoutError" in m], messages

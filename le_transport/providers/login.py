@@ -616,6 +616,9 @@ class LoginServiceAuth:
         while ``Engine.keepalive(CHAT_AGENT_API_REFRESH, ...)`` runs its refresh ends with
         that run's, whose request has the run's timeout as its deadline (a 503 is tried at 0,
         5 and 15 s, not also at 30 s), rather than sending a schedule of its own beside it.
+        The other way round, that run joining a refresh a caller started waits for it no
+        longer than its own timeout (a :class:`~le_transport.errors.DeadlineExceeded`), and
+        the caller's refresh goes on.
         """
         return await self._refresh()
 
@@ -634,7 +637,9 @@ class LoginServiceAuth:
         session (or marks one a 3xx kept: see :meth:`refresh`). With ``fallback``, that login
         says it is handled too (its give-up a WARNING: after a refused refresh, "the refused
         session is dropped and the next call logs in"). A refresh already in flight (another
-        caller's) is joined as it is."""
+        caller's) is joined as it is, its schedule and outcome, but waited for no longer than
+        ``deadline`` either: then (at once, for a deadline already passed) a
+        :class:`~le_transport.errors.DeadlineExceeded`, the refresh going on for its caller."""
         http = require_attached(self._http, self)
         # Closed is final: a refresh asked for while the close logs out (or after) would send
         # a refresh beside the logout, or say False as if there were merely no session.
@@ -643,7 +648,20 @@ class LoginServiceAuth:
             return False
         now = http.clock.now()
         until = None if deadline is None else now + deadline
-        return await self._refresh_flight.run(lambda: self._refresh_once(fallback, until, now))
+        flight = self._refresh_flight
+        if until is not None and flight.running:
+            # Another caller's refresh is out, on its own schedule and deadline (none, for a
+            # caller's refresh()): joined, but waited for no longer than this deadline, at
+            # once if it has passed; it goes on for the others.
+            return await self._wait_within(
+                http,
+                flight,
+                lambda: self._refresh_once(fallback, until, now),
+                now,
+                until,
+                "the refresh in progress it joined",
+            )
+        return await flight.run(lambda: self._refresh_once(fallback, until, now))
 
     async def _wait_within(
         self,
