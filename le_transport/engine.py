@@ -3786,7 +3786,8 @@ class Engine:
         if that is shorter): the engine's retry schedule gives up within it with the service's
         own answer (its give-up a WARNING, handled by the keepalive, not an ERROR), and a run
         whose answers asked for rest (``Retry-After``,
-        up to the engine's ``retry_after_ceiling``) is followed by none sooner.
+        up to the engine's ``retry_after_ceiling``; the Login Service refresh's: its
+        provider's, below) is followed by none sooner.
         Failures that look final (an unknown service or refused host from a domain provider
         that fetches, a 4xx but 401, 407, 408, 425 and 429: a chat that ended, a blacklisted
         account; credentials refused; a setup mistake) stop it only once every run has failed
@@ -3820,7 +3821,9 @@ class Engine:
         them is answered 401, which would cost a login at every run. It runs the engine's
         :class:`~le_transport.providers.LoginServiceAuth` ``refresh()`` every
         ``policy.interval`` instead (no session yet: nothing to refresh, no login), on the
-        provider's own host; a refresh that gives up on an outage is logged as handled (a
+        provider's own host, its rest after a ``Retry-After`` cut to the provider's policy's
+        ``retry_after_ceiling`` (its ``retry=``, else the engine's), as the provider's own
+        keepalive cuts it; a refresh that gives up on an outage is logged as handled (a
         WARNING), as the provider's own keepalive logs it. Its request too has
         ``policy.timeout`` as its deadline (the provider's retry policy's if shorter): the
         refresh gives up within the run with the Login Service's own answer (a 503 after the
@@ -3946,6 +3949,10 @@ class Engine:
             # A refused fallback login marks the session (no login sent again for it) or drops
             # it: later runs refresh what is there, and keep a caller's next login alive.
             not_final: tuple[type[Exception], ...] = (LoginRejected, BlockedError)
+            # The rest its answers asked for is cut as the provider's policy cuts it, as its
+            # own keepalive does: the provider owns its session's schedule (its retry= policy,
+            # else the engine's), whose pauses honoured that Retry-After up to its ceiling.
+            ceiling = (provider._retry or self._retry).retry_after_ceiling
         else:
             method = policy.method
             if headers is not None:
@@ -4006,6 +4013,7 @@ class Engine:
             what = "its engine's auth or domain provider (or the aiohttp session it was given)"
             # Each run would ask again what was refused (a login at every run): it stops.
             not_final = ()
+            ceiling = self._retry.retry_after_ceiling
 
         task = _EngineKeepalive(
             policy,
@@ -4017,7 +4025,7 @@ class Engine:
             name=f"{service} {policy.action}",
             on_close=self._keepalives.discard,
             not_final=not_final,
-            retry_after_ceiling=self._retry.retry_after_ceiling,
+            retry_after_ceiling=ceiling,
         )
         task.start()
         if task.running:

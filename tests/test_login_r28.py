@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from le_transport import Engine, StaticDomains, UserLogin
+from le_transport import Engine, RetryPolicy, StaticDomains, UserLogin
 from le_transport.chaos import FaultRule, Hang, Match, Status
 from le_transport.errors import DeadlineExceeded
 from le_transport.policies import CHAT_AGENT_API_REFRESH
@@ -317,3 +317,76 @@ async def test_the_engines_refresh_run_joining_a_callers_refresh_ends_at_its_dea
     assert run, messages
     assert "DeadlineExceeded" in run[0], messages
     assert not [m for m in run if "TimeoutError" in m], messages
+
+
+# -- the rest a refresh's answers asked for, cut by the provider's own ceiling --------------------
+
+
+async def test_the_engines_refresh_keepalive_rests_as_long_as_the_providers_policy_allows(
+    clock: VirtualClock,
+) -> None:
+    """The provider's policy honours a ``Retry-After`` up to 500 s, the engine's up to 60 s.
+    The refresh at 300 s is answered 503 with ``Retry-After: 400``: the next run comes no
+    sooner than 700 s, as the provider's own keepalive would wait, not at the next interval
+    (600 s) under the engine's ceiling. The provider owns its session's schedule."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(
+            ACCOUNT,
+            USER,
+            PASSWORD,
+            domains=domains,
+            keepalive=False,
+            retry=RetryPolicy(retry_after_ceiling=500.0),
+        )
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(
+                FaultRule("busy", sequence=(Status(503, retry_after=400),), match=REFRESH)
+            )
+            await clock.sleep(INTERVAL + 1)
+            assert sim.count("POST", "*/refresh") == 1
+            assert task.failures == 1
+            await clock.sleep(INTERVAL + 50)  # 651 s
+            assert sim.count("POST", "*/refresh") == 1
+            await clock.sleep(50)  # 701 s
+            assert sim.count("POST", "*/refresh") == 2
+            assert auth.refreshes == 1
+            await task.close()
+
+
+async def test_the_engines_refresh_keepalive_rests_no_longer_than_the_providers_policy_allows(
+    clock: VirtualClock,
+) -> None:
+    """The other way round: the provider's policy honours a ``Retry-After`` up to 30 s, the
+    engine's up to 600 s. ``Retry-After: 400`` at 300 s: the next run is the next interval's,
+    600 s (the provider's own keepalive would not wait 400 s either)."""
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(
+            ACCOUNT,
+            USER,
+            PASSWORD,
+            domains=domains,
+            keepalive=False,
+            retry=RetryPolicy(retry_after_ceiling=30.0),
+        )
+        engine = Engine(
+            domains,
+            scheme="http",
+            clock=clock,
+            auth=auth,
+            retry=RetryPolicy(retry_after_ceiling=600.0),
+        )
+        async with engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(
+                FaultRule("busy", sequence=(Status(503, retry_after=400),), match=REFRESH)
+            )
+            await clock.sleep(2 * INTERVAL + 31)  # 631 s
+            assert task.failures == 1
+            assert sim.count("POST", "*/refresh") >= 2
+            assert auth.refreshes == 1
+            await task.close()
