@@ -6,18 +6,24 @@ Against the simulator on loopback, on the virtual clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import Callable
 
 import pytest
+from aiohttp import web
+from yarl import URL
 
-from le_transport import Engine, RetryPolicy, StaticDomains, UserLogin
+from le_transport import Engine, RetryPolicy, SentinelClientCredentials, StaticDomains, UserLogin
 from le_transport.chaos import FaultRule, Hang, Match, Status
 from le_transport.errors import DeadlineExceeded
 from le_transport.policies import CHAT_AGENT_API_REFRESH
+from le_transport.providers._token import MIN_TOKEN_REFRESH
 from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
-from tests.known_secrets import PASSWORD
-from tests.test_providers import ACCOUNT, USER, csds_for, make_sim
+from tests.conftest import ServerFactory
+from tests.known_secrets import CLIENT_SECRET, PASSWORD
+from tests.test_providers import ACCOUNT, CLIENT_ID, USER, csds_for, jwt_with, make_sim
 
 REFRESH = Match(method="POST", path="*/refresh")
 LOGIN = Match(method="POST", path="*/login")
@@ -390,3 +396,79 @@ async def test_the_engines_refresh_keepalive_rests_no_longer_than_the_providers_
             assert sim.count("POST", "*/refresh") >= 2
             assert auth.refreshes == 1
             await task.close()
+
+
+# -- a token read on a wall clock ahead of its issuer's, with nothing to tell it -------------------
+
+#: The issuer's epoch at engine time 0.
+_EPOCH = 1_750_000_000.0
+
+
+async def _token_service(
+    serve: ServerFactory, clock: VirtualClock, answer: Callable[[float], dict[str, object]]
+) -> tuple[str, list[float]]:
+    """A loopback Sentinel token endpoint answering ``answer(issuer's epoch now)``; returns
+    its host and the engine times of the requests it got."""
+    got: list[float] = []
+
+    async def token(request: web.Request) -> web.Response:
+        got.append(clock.now())
+        return web.json_response(answer(_EPOCH + clock.now()))
+
+    app = web.Application()
+    app.router.add_post(f"/sentinel/api/account/{ACCOUNT}/app/token", token)
+    return await serve(app), got
+
+
+@pytest.mark.parametrize("expires_in", [None, 3600], ids=["exp-only", "with-expires_in"])
+async def test_a_wall_clock_ahead_with_no_iat_does_not_fetch_a_token_every_second(
+    serve: ServerFactory, clock: VirtualClock, expires_in: int | None
+) -> None:
+    """Our wall clock is 3598.5 s ahead of the issuer's, whose hour-long JWTs carry no
+    ``iat``: each reads as living 1.5 s. Believed, each was fetched anew after 0.75 s, a
+    token request for every other call, for ever (``expires_in: 3600`` beside it changed
+    nothing). Nothing but our wall clock says they are that short: like a token not
+    believed, each is used for ``MIN_TOKEN_REFRESH`` (5 s) at least; a 401 would say sooner
+    if one were really dead."""
+
+    def answer(now: float) -> dict[str, object]:
+        body: dict[str, object] = {"access_token": jwt_with({"exp": int(now) + 3600})}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return body
+
+    host, got = await _token_service(serve, clock, answer)
+    domains = StaticDomains({"sentinel": host})
+    auth = SentinelClientCredentials(
+        ACCOUNT,
+        CLIENT_ID,
+        CLIENT_SECRET,
+        domains=domains,
+        wall_clock=lambda: _EPOCH + clock.now() + 3598.5,
+    )
+    async with Engine(domains, scheme="http", clock=clock, auth=auth):
+        for _ in range(120):  # a call every 0.5 s for a minute
+            await auth.credentials("GET", URL("http://svc/x"))
+            await clock.sleep(0.5)
+    assert len(got) <= 60 / MIN_TOKEN_REFRESH + 1, got
+    gaps = [b - a for a, b in itertools.pairwise(got)]
+    assert min(gaps) >= MIN_TOKEN_REFRESH, gaps
+
+
+async def test_a_jwt_that_reads_short_by_a_clock_in_step_with_its_issuer_still_has_its_iat(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """A JWT issued for 4 s (its ``iat`` says so) is still fetched anew before it expires,
+    half-way through: the floor is for a life nothing but our wall clock tells."""
+    host, _ = await _token_service(
+        serve, clock, lambda now: {"access_token": jwt_with({"iat": int(now), "exp": int(now) + 4})}
+    )
+    domains = StaticDomains({"sentinel": host})
+    auth = SentinelClientCredentials(
+        ACCOUNT, CLIENT_ID, CLIENT_SECRET, domains=domains, wall_clock=lambda: _EPOCH + clock.now()
+    )
+    async with Engine(domains, scheme="http", clock=clock, auth=auth):
+        await auth.credentials("GET", URL("http://svc/x"))
+        token = auth.token
+        assert token is not None
+        assert token.refresh_at == pytest.approx(clock.now() + 2)

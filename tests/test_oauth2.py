@@ -29,7 +29,13 @@ from le_transport.providers import (
     StaticDomains,
     jwt_expiry,
 )
-from le_transport.providers._token import _EARLY_FALLBACK, MIN_TOKEN_LIFE, Token, TokenProvider
+from le_transport.providers._token import (
+    _EARLY_FALLBACK,
+    MIN_TOKEN_LIFE,
+    MIN_TOKEN_REFRESH,
+    Token,
+    TokenProvider,
+)
 from le_transport.providers.jwt import jwt_times
 from le_transport.testing import VirtualClock
 from le_transport.testing.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Simulator
@@ -807,7 +813,10 @@ async def test_a_token_living_four_seconds_is_never_sent_expired_by_a_skewed_clo
 async def test_a_jwt_without_iat_is_read_against_our_wall_clock(
     sim: Simulator, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Nothing tells the issuer's clock: an exp 2 s away by our clock is believed, as before."""
+    """Nothing tells the issuer's clock: an exp 2 s away by our clock is read so (it expires
+    then), but nothing else says the token is that short (no iat, no expires_in): it is used for
+    the floor, as a token not believed is, rather than fetched anew after 1 s (a clock ahead
+    by nearly a token's life so made a token request every second)."""
     caplog.set_level(logging.DEBUG, logger="le_transport")
     now = sim.tokens.epoch_now()
     sim.faults.script(
@@ -821,7 +830,7 @@ async def test_a_jwt_without_iat_is_read_against_our_wall_clock(
         token = auth.token
         assert token is not None
         assert token.expires_at == pytest.approx(clock.now() + 2)
-        assert token.refresh_at == pytest.approx(clock.now() + 1)
+        assert token.refresh_at == pytest.approx(clock.now() + MIN_TOKEN_REFRESH)
     assert _skew_reports([], caplog) == ([], [])
 
 

@@ -19,7 +19,12 @@ gives it under :data:`MIN_TOKEN_LIFE` (a JWT already past its ``exp`` by our wal
 absurd ``expires_in``, 0 or less included) is not believed: it is used for
 :data:`MIN_TOKEN_REFRESH` seconds (or half the life the JWT was issued with, ``exp - iat``, if
 that is shorter) before it is fetched anew, and the server's 401 says sooner if it is really
-dead.
+dead. Nor is one that only a JWT's ``exp``, read on our wall clock with no believable ``iat``
+(nor ``expires_in``) to say it was issued that short, gives under ``2 * MIN_TOKEN_REFRESH``: our
+clock ahead of the issuer's by nearly a token's life reads every token so, and each was fetched
+anew after a second or less; beside an ``expires_in`` that says longer, such an ``exp`` cuts the
+life no lower than ``2 * MIN_TOKEN_REFRESH``. A token really issued that short says so with
+its ``iat``, or its ``expires_in`` alone.
 
 A wall clock skewed from the issuer's would misread every JWT's ``exp``: ahead by most of a
 token's life, each token seems to live seconds and is fetched anew every second or so; behind,
@@ -573,21 +578,20 @@ class TokenProvider:
         self._check_open()
         value, expires_in = self._parse(resp, field)
         now = http.clock.now()
-        lifetime, floor = self._lifetime(http, value, expires_in, now - sent_at)
+        lifetime, floor, believed = self._lifetime(http, value, expires_in, now - sent_at)
         refresh_at = expires_at = None
         if lifetime is not None:
             expires_at = now + lifetime
-            if lifetime >= MIN_TOKEN_LIFE:
-                # The margin before its expiry, or half its life if that is shorter: never
-                # later than the expiry, so a short-lived token is never sent expired (a 401
-                # and a replay for every token, a streamed body or a socket refused outright).
-                refresh_in = lifetime - min(self._margin, lifetime / 2.0)
-            else:
-                # A JWT already past its exp by our wall clock (a skewed clock, a server's bad
-                # answer), or an expiry closer than a request takes, would otherwise be
-                # fetched anew for every call: one token request per API call. It is used
-                # until the floor; a 401 says sooner if it is really dead.
-                refresh_in = floor
+            # Believed: the margin before its expiry, or half its life if that is shorter:
+            # never later than the expiry, so a short-lived token is never sent expired (a
+            # 401 and a replay for every token, a streamed body or a socket refused outright).
+            # Not believed: a JWT already past its exp by our wall clock (a skewed clock, a
+            # server's bad answer), or an expiry closer than a request takes, would otherwise
+            # be fetched anew for every call: one token request per API call. It is used
+            # until the floor; a 401 says sooner if it is really dead. So is one whose exp
+            # alone, read on our wall clock, says it lives less than twice the floor (see
+            # _lifetime).
+            refresh_in = lifetime - min(self._margin, lifetime / 2.0) if believed else floor
             refresh_at = now + refresh_in
         self._generation += 1
         token = Token(Secret(value), refresh_at, self._generation, expires_at)
@@ -611,16 +615,24 @@ class TokenProvider:
 
     def _lifetime(
         self, http: ProviderHttp, value: str, expires_in: float | None, took: float
-    ) -> tuple[float | None, float]:
-        """How long a token that just arrived lives (None: unknown), and how long it is used if
-        that is under :data:`MIN_TOKEN_LIFE` (not believed). ``took``: engine-clock seconds
-        from sending its request to now, the longest its answer can have been on the way."""
+    ) -> tuple[float | None, float, bool]:
+        """How long a token that just arrived lives (None: unknown), how long it is used if
+        that is not believed, and whether it is. Not believed: under :data:`MIN_TOKEN_LIFE`,
+        or under twice that floor by nothing but a JWT's ``exp`` read on our wall clock (no
+        believable ``iat``, no ``expires_in``): a clock ahead of the issuer's by nearly a
+        token's life reads each token so, and fetched it anew every second or less, with
+        nothing to tell that it is the clock. ``took``: engine-clock seconds from sending its
+        request to now, the longest its answer can have been on the way."""
         exp, iat = jwt_times(value)
         if exp is not None and exp >= MAX_JWT_EXP:
             self._ignore_exp(exp)
             exp = None
         if exp is None:
-            return expires_in, MIN_TOKEN_REFRESH
+            return (
+                expires_in,
+                MIN_TOKEN_REFRESH,
+                expires_in is None or expires_in >= MIN_TOKEN_LIFE,
+            )
         wall = (http.wall_clock if self._wall_clock is None else self._wall_clock)()
         if not finite_number(wall):
             # A wall clock that gives no Unix seconds (a datetime, NaN): said as such, not as
@@ -659,23 +671,34 @@ class TokenProvider:
             self._older = None
             self._set_skew(http, 0.0, "skew dropped: a token dead by it lives by our wall clock")
             lifetime = ours
-        if expires_in is not None and expires_in >= MIN_TOKEN_LIFE:
-            # The answer's own word, read on no wall clock: a life read from exp never outlasts
-            # it (our clock behind, no iat to tell: each token was sent past its expiry, a 401
-            # for every one), and it stands for an exp that reads as dead (our clock ahead by
-            # more than a token's life, no iat: a fetch every 5 s, each call past it waiting).
-            # One under MIN_TOKEN_LIFE (0, absurd) is not believed, and the exp stands. Standing
-            # alone it is still no longer than the JWT was issued for (exp - iat): an answer of
-            # an hour for a token issued for 10 minutes had it sent expired for 50. Beside an
-            # exp that reads longer, it cuts the life no lower than twice the floor (a token not
-            # believed is used that long): an expires_in of 1 s (a broken answer's unit) beside
-            # an hour's exp made a token request every half second, where 0 was not believed.
-            lifetime = (
-                min(expires_in, issued)
-                if lifetime < MIN_TOKEN_LIFE
-                else min(lifetime, max(expires_in, 2.0 * floor))
-            )
-        return lifetime, floor
+        # Whether nothing but our wall clock reads the exp: no believable iat on this token.
+        alone = issued == math.inf
+        if expires_in is None or expires_in < MIN_TOKEN_LIFE:
+            # The exp stands alone (an expires_in under MIN_TOKEN_LIFE, 0 or absurd, is not
+            # believed). Read under twice the floor on our wall clock alone, it is not believed
+            # either (see the docstring): used for the floor, as one under MIN_TOKEN_LIFE is.
+            return lifetime, floor, lifetime >= (2.0 * floor if alone else MIN_TOKEN_LIFE)
+        # The answer's own word, read on no wall clock: a life read from exp never outlasts
+        # it (our clock behind, no iat to tell: each token was sent past its expiry, a 401
+        # for every one), and it stands for an exp that reads as dead (our clock ahead by
+        # more than a token's life, no iat: a fetch every 5 s, each call past it waiting).
+        # One under MIN_TOKEN_LIFE (0, absurd) is not believed, and the exp stands. Standing
+        # alone it is still no longer than the JWT was issued for (exp - iat): an answer of
+        # an hour for a token issued for 10 minutes had it sent expired for 50. Beside an
+        # exp that reads longer, it cuts the life no lower than twice the floor (a token not
+        # believed is used that long): an expires_in of 1 s (a broken answer's unit) beside
+        # an hour's exp made a token request every half second, where 0 was not believed.
+        # The other way round, an exp read shorter than twice the floor on our wall clock
+        # alone cuts the life no lower than that either: our clock ahead by nearly a
+        # token's life, each read as living a second or two, made a token request every
+        # second beside an expires_in of an hour.
+        if lifetime < MIN_TOKEN_LIFE:
+            lifetime = min(expires_in, issued)
+        elif alone and lifetime < 2.0 * floor:
+            lifetime = max(lifetime, min(expires_in, 2.0 * floor))
+        else:
+            lifetime = min(lifetime, max(expires_in, 2.0 * floor))
+        return lifetime, floor, True
 
     def _ignore_exp(self, exp: float) -> None:
         """Say, once, that a JWT's ``exp`` is beyond :data:`MAX_JWT_EXP` and ignored (its
