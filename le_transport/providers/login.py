@@ -366,6 +366,10 @@ class LoginServiceAuth:
             f"le_transport.fallback_login[{self._account}]",
             f"{self.subject}: the login after a refresh it did not accept",
         )
+        # The session a refresh the Login Service refused (a 4xx) while that login was out
+        # belongs to: the run drops it if the login fails, though a redirected refresh (which
+        # keeps its session) started it (see _fall_back).
+        self._refused_session: LoginSession | None = None
         self._keepalive: asyncio.Task[None] | None = None
         # Set by every login (and adopted session): wakes the keepalive, to time its next
         # refresh from the new session (see _keepalive_loop).
@@ -805,17 +809,24 @@ class LoginServiceAuth:
         waiting for credentials, so a refresh that gives up at its deadline only stops
         waiting (a :class:`~le_transport.errors.DeadlineExceeded`); the login goes on on its
         own schedule (its policy's pauses and deadline), and its outcome still drops or marks
-        the session."""
+        the session. A refused refresh that joins the run a redirected one started (its
+        deadline passed, a second refresh went out) has the session dropped if the login
+        fails, as a refused refresh that started it would: the Login Service said it ended."""
+        if refused:
+            self._refused_session = session
 
         async def run() -> None:
             try:
                 await login()
             except Exception as login_exc:
-                if refused:
+                if refused or self._refused_session is session:
                     self._drop(session)
                 else:
                     self._mark_login_refused(session, login_exc)
                 raise
+            finally:
+                if self._refused_session is session:
+                    self._refused_session = None
 
         await self._wait_within(
             http, self._fallback_flight, run, started, until, "the login it falls back to"
