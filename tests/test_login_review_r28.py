@@ -7,17 +7,73 @@ Against the simulator (or a loopback service) on the virtual clock.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 
-from le_transport import Engine, StaticDomains, UserLogin
+import pytest
+from aiohttp import web
+
+from le_transport import Engine, SentinelClientCredentials, StaticDomains, UserLogin
 from le_transport.chaos import FaultRule, Match, Status
 from le_transport.errors import DeadlineExceeded
+from le_transport.providers._token import MIN_TOKEN_REFRESH
 from le_transport.providers.login import _KEEPALIVE_FALLBACK
 from le_transport.testing import VirtualClock
-from tests.known_secrets import PASSWORD
-from tests.test_providers import ACCOUNT, USER, make_sim
+from tests.conftest import ServerFactory
+from tests.known_secrets import CLIENT_SECRET, PASSWORD
+from tests.test_providers import ACCOUNT, CLIENT_ID, USER, jwt_with, make_sim
 
 REFRESH = Match(method="POST", path="*/refresh")
 LOGIN = Match(method="POST", path="*/login")
+
+#: The issuer's epoch at engine time 0 (our wall clock in step with it).
+_EPOCH = 1_750_000_000.0
+
+
+async def test_a_token_really_issued_for_2_s_with_only_its_exp_is_replaced_on_its_401(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    """The token service's JWTs really live 2 s, and only their ``exp`` says so (no ``iat``,
+    no ``expires_in``): each is used for ``MIN_TOKEN_REFRESH``, so sent past its expiry. The
+    service's 401 then drops it, a new one is fetched at once and the call sent again: every
+    call succeeds, and the token service gets one request per token's life, not one a call."""
+    fetched: list[float] = []
+    refused: list[float] = []
+
+    async def token(request: web.Request) -> web.Response:
+        fetched.append(clock.now())
+        return web.json_response(
+            {"access_token": jwt_with({"exp": _EPOCH + clock.now() + 2.0, "n": len(fetched)})}
+        )
+
+    issued: dict[str, float] = {}
+
+    async def api(request: web.Request) -> web.Response:
+        value = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        born = issued.setdefault(value, clock.now())
+        if clock.now() >= born + 2.0:
+            refused.append(clock.now())
+            return web.Response(status=401)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post(f"/sentinel/api/account/{ACCOUNT}/app/token", token)
+    app.router.add_get("/api/x", api)
+    host = await serve(app)
+    domains = StaticDomains({"sentinel": host, "svc": host})
+    auth = SentinelClientCredentials(
+        ACCOUNT, CLIENT_ID, CLIENT_SECRET, domains=domains, wall_clock=lambda: _EPOCH + clock.now()
+    )
+    async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+        for _ in range(120):  # a call every 0.5 s for a minute
+            resp = await engine.request("GET", "svc", "/api/x")
+            assert resp.status == 200
+            await clock.sleep(0.5)
+    assert refused  # sent expired, as not believed
+    # One token a life of 2 s (and the 0.5 s before the next call notices), no more.
+    assert len(fetched) <= 60 / 2.0 + 2, fetched
+    assert len(fetched) >= 60 / MIN_TOKEN_REFRESH, fetched
+
 
 # -- the fallback login shared by refreshes that were not all answered alike ----------------------
 
@@ -52,3 +108,37 @@ async def test_a_refused_refresh_joining_a_redirected_ones_fallback_login_drops_
             assert caller.exception() is not None
             assert sim.count("POST", "*/refresh") == 2
             assert auth.session is None  # refused by the Login Service, and no login since
+
+
+async def test_a_caller_cancelled_while_its_fallback_login_is_out_leaves_no_lost_error(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller's refresh is refused (401) and its fallback login meets a 503 (``Retry-After:
+    20``); the caller is cancelled at 5 s. The login goes on, gives up at 60 s, and the refused
+    session is dropped then; nobody waits for it, yet its failure is taken (no "exception was
+    never retrieved" from asyncio) and no secret is logged."""
+    caplog.set_level(logging.DEBUG)
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            session = auth.session
+            assert session is not None
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            caller = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(5)
+            caller.cancel()
+            await asyncio.gather(caller, return_exceptions=True)
+            assert auth.session is session
+            await clock.sleep(120)
+            assert sim.count("POST", "*/login") == 1 + 4
+            assert auth.session is None
+        del caller
+        gc.collect()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "never retrieved" in m], messages
+    for text in messages:
+        assert PASSWORD not in text
+        assert session.bearer.reveal() not in text
