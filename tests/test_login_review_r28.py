@@ -14,10 +14,12 @@ import pytest
 from aiohttp import web
 
 from le_transport import Engine, SentinelClientCredentials, StaticDomains, UserLogin
-from le_transport.chaos import FaultRule, Match, Status
+from le_transport.chaos import FaultRule, Hang, Match, Status
 from le_transport.errors import DeadlineExceeded
+from le_transport.policies import CHAT_AGENT_API_REFRESH
 from le_transport.providers._token import MIN_TOKEN_REFRESH
 from le_transport.providers.login import _KEEPALIVE_FALLBACK
+from le_transport.state import MemoryStore, SharedSession
 from le_transport.testing import VirtualClock
 from tests.conftest import ServerFactory
 from tests.known_secrets import CLIENT_SECRET, PASSWORD
@@ -25,6 +27,8 @@ from tests.test_providers import ACCOUNT, CLIENT_ID, USER, jwt_with, make_sim
 
 REFRESH = Match(method="POST", path="*/refresh")
 LOGIN = Match(method="POST", path="*/login")
+INTERVAL = CHAT_AGENT_API_REFRESH.interval
+TIMEOUT = CHAT_AGENT_API_REFRESH.timeout
 
 #: The issuer's epoch at engine time 0 (our wall clock in step with it).
 _EPOCH = 1_750_000_000.0
@@ -142,3 +146,66 @@ async def test_a_caller_cancelled_while_its_fallback_login_is_out_leaves_no_lost
     for text in messages:
         assert PASSWORD not in text
         assert session.bearer.reveal() not in text
+
+
+# -- the fleet's lock, held by another process, waited for within the run's deadline --------------
+
+
+async def test_the_engines_refresh_run_waits_for_the_fleets_lock_no_longer_than_its_deadline(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process of the fleet holds the shared session's lock (a login of its own on a
+    slow Login Service) when the keepalive's run refreshes at 300 s: the run waits for it no
+    longer than its own 30 s deadline, then fails with a typed :class:`DeadlineExceeded`, not
+    cut by its backstop a second later as a bare ``TimeoutError``. Once the lock is free, the
+    next run refreshes."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        store = MemoryStore(clock)
+        shared = SharedSession(store, account=ACCOUNT, user=USER, clock=clock)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False, shared=shared)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            await clock.sleep(INTERVAL - 1)
+            assert await store.add(shared._lock, "another process", ttl=60.0)
+            await clock.sleep(1 + TIMEOUT + 0.5)  # 330.5 s
+            assert task.failures == 1
+            assert sim.count("POST", "*/refresh") == 0
+            await clock.sleep(INTERVAL)  # the lock expired at 359 s: refreshed at 600 s
+            assert sim.count("POST", "*/refresh") == 1
+            assert auth.refreshes == 1
+            await task.close()
+    messages = [r.getMessage() for r in caplog.records]
+    run = [m for m in messages if "keepalive refresh failed" in m]
+    assert run, messages
+    assert "DeadlineExceeded" in run[0], messages
+    assert not [m for m in messages if "TimeoutError" in m], messages
+
+
+async def test_a_fleets_refresh_that_hangs_gives_up_with_its_own_request_at_the_deadline(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fleet's lock is this process's: its own refresh request is out and the Login Service
+    does not answer. The wait for the fleet does not cut it: the request gives up at the run's
+    deadline with its own account (the refresh's URL, its attempt cancelled in flight), not as
+    a wait for another process's lock."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        shared = SharedSession(MemoryStore(clock), account=ACCOUNT, user=USER, clock=clock)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False, shared=shared)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("silent", Hang(), match=REFRESH))
+            await clock.sleep(INTERVAL + TIMEOUT + 0.5)
+            assert task.failures == 1
+            await task.close()
+    messages = [r.getMessage() for r in caplog.records]
+    run = [m for m in messages if "keepalive refresh failed" in m]
+    assert run, messages
+    assert "DeadlineExceeded" in run[0], messages
+    assert "/refresh" in run[0], messages
+    assert "lock" not in run[0], messages

@@ -100,6 +100,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -108,7 +109,7 @@ from yarl import URL
 
 from .._redact import Secret
 from .._tasks import stop_task
-from ..clock import timeout_after
+from ..clock import stall_timeout, timeout_after
 from ..errors import (
     AuthenticationError,
     BlockedError,
@@ -238,6 +239,10 @@ def _ttl_seconds(value: object) -> float | None:
     """
     ms = answer_number(value)
     return None if ms is None else ms / 1000.0
+
+
+class _PastDeadline(Exception):
+    """A refresh's wait cut at its deadline (said as a DeadlineExceeded by its caller)."""
 
 
 class _NotAccepted(UnexpectedAnswer):
@@ -643,7 +648,10 @@ class LoginServiceAuth:
         session is dropped and the next call logs in"). A refresh already in flight (another
         caller's) is joined as it is, its schedule and outcome, but waited for no longer than
         ``deadline`` either: then (at once, for a deadline already passed) a
-        :class:`~le_transport.errors.DeadlineExceeded`, the refresh going on for its caller."""
+        :class:`~le_transport.errors.DeadlineExceeded`, the refresh going on for its caller.
+        With a ``shared`` session, the fleet's lock another process holds (its login or
+        refresh) is waited for no longer than ``deadline`` either (a
+        :class:`~le_transport.errors.DeadlineExceeded`; the next refresh tries again)."""
         http = require_attached(self._http, self)
         # Closed is final: a refresh asked for while the close logs out (or after) would send
         # a refresh beside the logout, or say False as if there were merely no session.
@@ -683,20 +691,49 @@ class LoginServiceAuth:
         all the same) for the others, bounded by its own limits."""
         if until is None:
             return await flight.run(fn)
+        if until - http.clock.now() > 0:
+            try:
+                return await self._within(http, lambda: flight.run(fn), until)
+            except _PastDeadline:
+                pass
+        else:
+            flight.start(fn)
+        raise self._deadline_passed(http, started, f"{doing} (it goes on on its own)")
+
+    @staticmethod
+    async def _within(
+        http: ProviderHttp,
+        fn: Callable[[], Awaitable[_T]],
+        until: float | None,
+        progress: Callable[[], float] | None = None,
+    ) -> _T:
+        """``fn()``, cut at the clock time ``until`` (None: not cut): then
+        :class:`_PastDeadline` (at once if it has passed). With ``progress`` (the clock time
+        of its last progress, see :func:`~le_transport.clock.stall_timeout`), not while it
+        answers the present: a part of ``fn`` bounded by ``until`` on its own (a request, whose
+        give-up says the service's own answer) is not cut here."""
+        if until is None:
+            return await fn()
         left = until - http.clock.now()
         if left > 0:
-            timeout = timeout_after(http.clock, left)
+            timeout = (
+                timeout_after(http.clock, left)
+                if progress is None
+                else stall_timeout(http.clock, left, progress)
+            )
             try:
                 async with timeout:
-                    return await flight.run(fn)
+                    return await fn()
             except TimeoutError:
                 if not timeout.expired:
                     raise
-        else:
-            flight.start(fn)
-        raise DeadlineExceeded(
-            f"{self.subject}: the refresh's deadline passed while waiting for {doing} (it "
-            "goes on on its own)",
+        raise _PastDeadline
+
+    def _deadline_passed(self, http: ProviderHttp, started: float, doing: str) -> DeadlineExceeded:
+        """The :class:`~le_transport.errors.DeadlineExceeded` of a refresh (begun at the clock
+        time ``started``) whose deadline passed while it was ``doing`` something."""
+        return DeadlineExceeded(
+            f"{self.subject}: the refresh's deadline passed while waiting for {doing}",
             elapsed=http.clock.now() - started,
             service=self._service,
             method="POST",
@@ -1022,11 +1059,30 @@ class LoginServiceAuth:
             # session (its login is not the one refreshed).
             return _dump_session(base), base.ttl, token
 
+        shared = self._shared
+
+        def progress() -> float:
+            # Our own refresh is out: its request gives up within the deadline on its own,
+            # with the Login Service's answer; only the wait before it is cut here.
+            return http.clock.now() if posted else -math.inf
+
         try:
             # Refreshed by any process within most of an interval: take that, do not repeat it.
-            token = await self._shared.refresh(
-                fleet_refresh, held, min_interval=0.9 * self.refresh_interval_for(session)
+            # Within the deadline: another process may hold the fleet's lock (its login or
+            # refresh, on its own schedule) for up to the lock's TTL; a run waiting for it was
+            # cut by the engine's backstop as a bare TimeoutError.
+            token = await self._within(
+                http,
+                lambda: shared.refresh(
+                    fleet_refresh, held, min_interval=0.9 * self.refresh_interval_for(session)
+                ),
+                until,
+                progress,
             )
+        except _PastDeadline:
+            raise self._deadline_passed(
+                http, started, "the fleet's session (another process holding its lock)"
+            ) from None
         except (ClientStatusError, _NotAccepted) as exc:
             transient = _try_again(exc)
             self._refresh_failed(http, session, exc, transient, generation=False)
