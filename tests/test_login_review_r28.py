@@ -15,7 +15,7 @@ from aiohttp import web
 
 from le_transport import Engine, SentinelClientCredentials, StaticDomains, UserLogin
 from le_transport.chaos import FaultRule, Hang, Match, Status
-from le_transport.errors import DeadlineExceeded
+from le_transport.errors import DeadlineExceeded, RetriesExhausted
 from le_transport.policies import CHAT_AGENT_API_REFRESH
 from le_transport.providers._token import MIN_TOKEN_REFRESH
 from le_transport.providers.login import _KEEPALIVE_FALLBACK
@@ -209,3 +209,70 @@ async def test_a_fleets_refresh_that_hangs_gives_up_with_its_own_request_at_the_
     assert "DeadlineExceeded" in run[0], messages
     assert "/refresh" in run[0], messages
     assert "lock" not in run[0], messages
+
+
+# -- the fallback login's give-up: handled only while no caller waits for it ----------------------
+
+
+async def test_a_fallback_login_a_caller_waits_for_gives_up_as_the_callers_failure(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keepalive run's refresh at 300 s is refused; its fallback login meets 503s. A
+    caller whose session was dropped meanwhile (a 401 on its call) needs credentials at 301 s
+    and joins that login. When it gives up at 360 s the caller fails with it: its give-up is
+    an ERROR, as any login a caller waits for, not a WARNING saying the keepalive handles it."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            session = auth.session
+            assert session is not None
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            await clock.sleep(INTERVAL + 1)
+            await auth.invalidate(auth._credentials(session))
+            call = asyncio.ensure_future(auth.credentials())
+            await clock.sleep(100)
+            assert isinstance(call.exception(), RetriesExhausted)
+            assert sim.count("POST", "*/login") == 1 + 4
+            await task.close()
+    gave_up = [
+        r for r in caplog.records if "/login" in r.getMessage() and "failed after" in r.getMessage()
+    ]
+    assert [r.levelno for r in gave_up] == [logging.ERROR], [r.getMessage() for r in gave_up]
+    assert "handled" not in gave_up[0].getMessage()
+
+
+async def test_a_fallback_login_nobody_waits_for_any_more_gives_up_as_handled(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, but the caller stopped waiting (cancelled) before the login gave up: nothing
+    failed for anyone then, and the give-up is the keepalive's handled WARNING."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            session = auth.session
+            assert session is not None
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            await clock.sleep(INTERVAL + 1)
+            await auth.invalidate(auth._credentials(session))
+            call = asyncio.ensure_future(auth.credentials())
+            await clock.sleep(10)
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            await clock.sleep(90)
+            assert sim.count("POST", "*/login") == 1 + 4
+            await task.close()
+    gave_up = [
+        r for r in caplog.records if "/login" in r.getMessage() and "failed after" in r.getMessage()
+    ]
+    assert [r.levelno for r in gave_up] == [logging.WARNING], [r.getMessage() for r in gave_up]
+    assert "handled: the refused session is dropped" in gave_up[0].getMessage()

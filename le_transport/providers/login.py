@@ -56,11 +56,13 @@ policy's ``retry_after_ceiling``), but never past the session's expiry. Its requ
 handles an outage itself (``ProviderHttp.request(fallback=...)``): the
 retry middleware logs its giving up as a WARNING, not an ERROR; so does the login a refresh the
 keepalive sent falls back to (after a refused refresh: "the refused session is dropped and the
-next call logs in"). That login is shared with every caller waiting for credentials: a refresh
-bounded by a deadline (the engine's keepalive run's) waits for it no longer than that
-deadline (a :class:`~le_transport.errors.DeadlineExceeded`), and the login goes on on its own
-policy's schedule, its failure dropping (or marking) the session all the same. Logins and
-refreshes are single flight: a hundred concurrent callers without a token cause one login.
+next call logs in"), unless a caller needing credentials waits for it as it gives up (that
+caller fails with it: an ERROR). That login is shared with every caller waiting for
+credentials: a refresh bounded by a deadline (the engine's keepalive run's) waits for it no
+longer than that deadline (a :class:`~le_transport.errors.DeadlineExceeded`), and the login
+goes on on its own policy's schedule, its failure dropping (or marking) the session all the
+same. Logins and refreshes are single flight: a hundred concurrent callers without a token
+cause one login.
 
 **A login answered with neither a refusal nor a login** (a 3xx, or a 200 that is not the
 login's JSON: a proxy's HTML maintenance page) raises
@@ -367,6 +369,8 @@ class LoginServiceAuth:
         # The login a refresh the Login Service did not accept falls back to, with what its
         # failure does to that session (dropped, or marked): one shared run, which goes on
         # when the refresh that started it gives up at its deadline (see _fall_back).
+        # Callers of login() waiting for it (see _handled_login).
+        self._login_callers = 0
         self._fallback_flight: SingleFlight[None] = SingleFlight(
             f"le_transport.fallback_login[{self._account}]",
             f"{self.subject}: the login after a refresh it did not accept",
@@ -560,9 +564,14 @@ class LoginServiceAuth:
         lifts a refused login withheld after a redirected refresh (see :meth:`refresh`).
         :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         self._check_open()
-        if self._shared is not None:
-            return await self._flight.run(self._shared_login)
-        return await self._flight.run(self._login)
+        # Counted while it waits: a keepalive's fallback login it joins is no longer handled.
+        self._login_callers += 1
+        try:
+            if self._shared is not None:
+                return await self._flight.run(self._shared_login)
+            return await self._flight.run(self._login)
+        finally:
+            self._login_callers -= 1
 
     def _check_open(self) -> None:
         """:class:`~le_transport.errors.EngineClosed` once the provider is closed."""
@@ -813,15 +822,20 @@ class LoginServiceAuth:
             http.hooks, _log, logging.WARNING, StateEvent("refresh_failed", self.subject, details)
         )
 
-    @staticmethod
-    def _handled_login(fallback: str | None, refused: bool) -> str | None:
+    def _handled_login(
+        self, fallback: str | None, refused: bool
+    ) -> Callable[[], str | None] | None:
         """What a refresh's fallback login says it comes to when it meets an outage, for the
         retry middleware's give-up line: None for a refresh a caller waits for
         (:meth:`refresh`: its failure is the caller's); for a keepalive's, the refused session
-        dropped, or (after a 3xx) kept and refreshed again."""
+        dropped, or (after a 3xx) kept and refreshed again. Asked as the login gives up: None
+        then too if a caller needing credentials (:meth:`login`, :meth:`credentials`,
+        :meth:`relogin`) waits for it, since it fails with it (an ERROR, as any login a caller
+        waits for)."""
         if fallback is None:
             return None
-        return _REFUSED_FALLBACK if refused else _KEEPALIVE_FALLBACK
+        text = _REFUSED_FALLBACK if refused else _KEEPALIVE_FALLBACK
+        return lambda: None if self._login_callers else text
 
     async def _fall_back(
         self,
@@ -934,7 +948,7 @@ class LoginServiceAuth:
         stale: str | None = None,
         fallback_of: str | None = None,
         *,
-        handled: str | None = None,
+        handled: Callable[[], str | None] | None = None,
     ) -> LoginSession:
         """The fleet's session, logging in for the fleet if there is none but ``stale``
         (default: the login of the session this process holds, refreshes of it included: see
@@ -1185,10 +1199,11 @@ class LoginServiceAuth:
             http.scheme, host, f"/api/account/{self._account}/{action}", {"v": self._version}
         )
 
-    async def _login(self, handled: str | None = None) -> LoginSession:
-        """Send a login and install its session. ``handled``: what the caller does when it
-        meets an outage (a keepalive's fallback login after a refresh), for the retry
-        middleware's give-up line: a WARNING ending with those words, not an ERROR."""
+    async def _login(self, handled: Callable[[], str | None] | None = None) -> LoginSession:
+        """Send a login and install its session. ``handled``: asked as it gives up on an
+        outage, what the caller does then (a keepalive's fallback login after a refresh), for
+        the retry middleware's give-up line: a WARNING ending with those words, not an ERROR;
+        None: not handled (see :meth:`_handled_login`)."""
         http = require_attached(self._http, self)
         host = await self._domains.resolve(self._service)
         self.login_attempts += 1
