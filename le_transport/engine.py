@@ -3066,11 +3066,17 @@ class Engine:
             policy = _per_call_policy(policy, deadline, attempt_timeout, service, method)
         if type(accept) is tuple and not accept:  # the default: nothing accepted
             handled = _HANDLED_BY.get()
-            ctx = (
-                CallContext(service, idempotent, policy)
-                if handled is None or handled[1] is not asyncio.current_task()
-                else HandledCallContext(service, idempotent, policy, fallback=handled[0])
-            )
+            if handled is None or handled[1] is not asyncio.current_task():
+                # CallContext(service, idempotent, policy), its __init__ inline: a class call
+                # with a Python __init__ costs more than the stores (benchmarks/README.md).
+                ctx = _new_object(CallContext)
+                ctx.service = service
+                ctx.idempotent = idempotent
+                ctx.retry = policy
+                ctx.attempts = []
+                ctx.started_at = ctx.active = ctx.resign = ctx.first_url = None
+            else:
+                ctx = HandledCallContext(service, idempotent, policy, fallback=handled[0])
         else:
             # Checked whatever it is: a falsy non-collection (0, False) is refused too.
             accepted = _accepted(accept, service, method)

@@ -362,8 +362,16 @@ class RetryMiddleware:
                 # A redirect hop: no secret header goes to another origin, the caller's own
                 # included.
                 drop_secret_headers(ctx, request)
-        # The loop notes when the call started (``ctx.started_at``) as it begins.
-        return _Call(self, ctx, ctx.retry or self.policy, request, handler).run()
+        # The loop notes when the call started (``ctx.started_at``) as it begins. _Call's
+        # __init__, inline: a class call with a Python __init__ costs more than the stores.
+        call: _Call = _new_call(_Call)
+        call.mw = self
+        call.ctx = ctx
+        call.policy = ctx.retry or self.policy
+        call.request = request
+        call.handler = handler
+        call.last_status = call._service = call._idempotent = call._url = None
+        return call.run()
 
 
 async def _recorded(ledger: CallLedger, ctx: CallContext, call: _Call) -> ClientResponse:
@@ -430,6 +438,15 @@ AUTH_REPLAY: contextvars.ContextVar[AuthReplay | None] = contextvars.ContextVar(
 #: once per status: a successful call allocates none. A final 1xx is not here: it is the
 #: server's protocol error, retried as a 5xx is, and its Retry-After is read as a 5xx's is.
 _ANSWERS: dict[int, Outcome] = {status: Outcome.response(status) for status in range(200, 400)}
+
+#: ``tuple.__new__``, with which a successful attempt's :class:`AttemptRecord` is made as
+#: ``_new_record(AttemptRecord, (attempt, outcome, None, started))``: the same value its
+#: constructor makes (a named tuple's ``__new__`` is a Python function that calls it), without
+#: that function's frame on every call (benchmarks/README.md).
+_new_record = tuple.__new__
+#: ``object.__new__``: the middleware makes each :class:`_Call` with it and sets its slots in
+#: place, as ``_Call.__init__`` does (``tests/test_hotpath_r28.py`` holds the two together).
+_new_call = object.__new__
 
 
 class _Call(_WheelTimer):
@@ -735,7 +752,9 @@ class _Call(_WheelTimer):
                     else fast and classifier.classify(outcome) is Verdict.SUCCESS
                 ):
                     # What decide() answers first for a success, without its Decision value.
-                    ctx.attempts.append(AttemptRecord(attempt, outcome, None, started))
+                    ctx.attempts.append(
+                        _new_record(AttemptRecord, (attempt, outcome, None, started))
+                    )
                     return resp
                 if resp is not None and status in ctx.accept:
                     # An answer the caller expects (a 404 for "no such user"): returned as a
