@@ -96,6 +96,8 @@ class _StubResponse:
     reason = "OK"
     headers = _STUB_HEADERS
     content_length = len(_STUB_BODY)
+    #: aiohttp's request writer, gone once the request was sent whole (as on a read answer).
+    _writer = None
 
     def __init__(self, url: URL) -> None:
         # The request's own URL object, as aiohttp's response has it when no redirect happened.

@@ -3206,7 +3206,12 @@ class Engine:
                     )
                 finally:
                     resp.release()
-                    await resp.wait_for_close()
+                    if resp._writer is not None:
+                        # Its request still being written (a body the server answered before
+                        # it was sent whole): waited for. Without a writer (the body's read
+                        # waited for it), wait_for_close() would only release again, through a
+                        # coroutine and four calls (benchmarks/README.md).
+                        await resp.wait_for_close()
             except TransportError as exc:
                 # A provider that failed (ProviderError) because the engine is used from another
                 # loop: said as such. Only on the error path, where the check costs nothing.

@@ -128,3 +128,29 @@ async def test_the_in_place_call_sets_every_slot_its_init_sets(
 
 
 _UNSET = object()
+
+
+async def test_a_read_answer_goes_back_to_the_pool_without_a_wait_for_a_writer_it_no_longer_has(
+    serve: ServerFactory,
+) -> None:
+    peers: list[object] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    host = await serve(app)
+    async with Engine({"svc": host}, scheme="http") as engine:
+        await engine.request("GET", "svc", "/ok")
+        with python_calls() as seen:
+            resp = await engine.request("GET", "svc", "/ok")
+        assert resp.status == 200
+        assert resp.body == b'{"ok": true}'
+        await engine.request("GET", "svc", "/ok")
+    # Released all the same: every call went out on the one pooled connection.
+    assert len(peers) == 3
+    assert len(set(peers)) == 1
+    assert ClientResponse.wait_for_close.__code__ not in seen
