@@ -371,6 +371,7 @@ class RetryMiddleware:
         call.request = request
         call.handler = handler
         call.last_status = call._service = call._idempotent = call._url = None
+        call._gate_until = None
         return call.run()
 
 
