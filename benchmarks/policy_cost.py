@@ -124,6 +124,9 @@ class _StubRequest:
 
     def __init__(self, url: URL) -> None:
         self.url = url
+        #: aiohttp's: the URL the request was made for (the retry middleware notes it as the
+        #: call's first request's, beside ``url``, for its redirect hops).
+        self.original_url = url
         self.headers: CIMultiDict[str] = CIMultiDict()
 
 
