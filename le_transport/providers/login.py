@@ -783,7 +783,7 @@ class LoginServiceAuth:
                 # No socket or request is torn down, the session replaced not logged out (see
                 # the module): the new bearer is simply what the next request or connect gets.
                 self._check_open()
-                handled = self._handled_login(fallback, refused)
+                handled = self._handled_login(fallback, session, refused)
 
                 def login() -> Awaitable[LoginSession]:
                     if self._shared is not None:
@@ -823,7 +823,7 @@ class LoginServiceAuth:
         )
 
     def _handled_login(
-        self, fallback: str | None, refused: bool
+        self, fallback: str | None, session: LoginSession, refused: bool
     ) -> Callable[[], str | None] | None:
         """What a refresh's fallback login says it comes to when it meets an outage, for the
         retry middleware's give-up line: None for a refresh a caller waits for
@@ -831,11 +831,19 @@ class LoginServiceAuth:
         dropped, or (after a 3xx) kept and refreshed again. Asked as the login gives up: None
         then too if a caller needing credentials (:meth:`login`, :meth:`credentials`,
         :meth:`relogin`) waits for it, since it fails with it (an ERROR, as any login a caller
-        waits for)."""
+        waits for); and ``session`` dropped, not kept, if a refused refresh of it joined the
+        login a redirected one started (see :meth:`_fall_back`)."""
         if fallback is None:
             return None
-        text = _REFUSED_FALLBACK if refused else _KEEPALIVE_FALLBACK
-        return lambda: None if self._login_callers else text
+
+        def handled() -> str | None:
+            if self._login_callers:
+                return None
+            if refused or self._refused_session is session:
+                return _REFUSED_FALLBACK
+            return _KEEPALIVE_FALLBACK
+
+        return handled
 
     async def _fall_back(
         self,
@@ -1181,7 +1189,7 @@ class LoginServiceAuth:
         # refused login for the fleet, not one a process, nor one more for every process that
         # adopts the session later). A 4xx took it out of the store: its processes drop it.
         fallback_of = None if refused else token.login
-        handled = self._handled_login(fallback, refused)
+        handled = self._handled_login(fallback, session, refused)
         self._check_open()
 
         def login() -> Awaitable[LoginSession]:

@@ -1,0 +1,61 @@
+"""The Login Service session's fallback login after a refresh it did not accept: what its
+give-up says, whom it fails, and the deadline of the refresh that falls back to it.
+
+Against the simulator on the virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from le_transport import Engine, StaticDomains, UserLogin
+from le_transport.chaos import FaultRule, Match, Status
+from le_transport.errors import DeadlineExceeded
+from le_transport.providers.login import _KEEPALIVE_FALLBACK
+from le_transport.testing import VirtualClock
+from tests.known_secrets import PASSWORD
+from tests.test_providers import ACCOUNT, USER, make_sim
+
+REFRESH = Match(method="POST", path="*/refresh")
+LOGIN = Match(method="POST", path="*/login")
+
+
+def _login_give_ups(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if "/login" in r.getMessage() and "failed after" in r.getMessage()
+    ]
+
+
+async def test_a_redirected_refreshs_fallback_login_says_the_session_is_dropped_once_refused(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keepalive's refresh at 0 s is redirected (302): its fallback login meets 503s and
+    the refresh gives up at its 5 s deadline, the login going on. The keepalive's next refresh,
+    at 6 s, is refused (401) and joins that login. When the login gives up, the refused
+    session is dropped: its give-up line says so, not that the session is kept and refreshed
+    again (the words of the redirected refresh that started it)."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            sim.faults.add(
+                FaultRule("moved, then refused", sequence=(Status(302), Status(401)), match=REFRESH)
+            )
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            first = asyncio.ensure_future(auth._refresh(_KEEPALIVE_FALLBACK, deadline=5.0))
+            await clock.sleep(6)
+            assert isinstance(first.exception(), DeadlineExceeded)
+            second = asyncio.ensure_future(auth._refresh(_KEEPALIVE_FALLBACK, deadline=5.0))
+            await clock.sleep(120)
+            assert isinstance(second.exception(), DeadlineExceeded)
+            assert sim.count("POST", "*/refresh") == 2
+            assert auth.session is None
+    gave_up = _login_give_ups(caplog)
+    assert [r.levelno for r in gave_up] == [logging.WARNING], [r.getMessage() for r in gave_up]
+    assert "handled: the refused session is dropped" in gave_up[0].getMessage()
+    assert "the session is kept" not in gave_up[0].getMessage()
