@@ -13,7 +13,7 @@ import pytest
 
 from le_transport import Engine, StaticDomains, UserLogin
 from le_transport.chaos import FaultRule, Match, Status
-from le_transport.errors import DeadlineExceeded
+from le_transport.errors import DeadlineExceeded, RetriesExhausted
 from le_transport.providers.login import _KEEPALIVE_FALLBACK
 from le_transport.testing import VirtualClock
 from tests.known_secrets import PASSWORD
@@ -59,3 +59,63 @@ async def test_a_redirected_refreshs_fallback_login_says_the_session_is_dropped_
     assert [r.levelno for r in gave_up] == [logging.WARNING], [r.getMessage() for r in gave_up]
     assert "handled: the refused session is dropped" in gave_up[0].getMessage()
     assert "the session is kept" not in gave_up[0].getMessage()
+
+
+async def test_a_keepalives_fallback_login_a_callers_refresh_joined_gives_up_as_its_failure(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keepalive's refresh at 0 s is refused (401): its fallback login meets 503s and the
+    refresh gives up at its 5 s deadline, the login going on. A caller's ``refresh()`` at 6 s
+    is refused too and joins that login; when it gives up, the caller's refresh fails with
+    it: the give-up is an ERROR, once, as for any refresh a caller waits for, not the
+    keepalive's handled WARNING."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            sim.faults.add(FaultRule("refused", Status(401), match=REFRESH))
+            sim.faults.add(FaultRule("down", Status(503, retry_after=20), match=LOGIN))
+            run = asyncio.ensure_future(auth._refresh(_KEEPALIVE_FALLBACK, deadline=5.0))
+            await clock.sleep(6)
+            assert isinstance(run.exception(), DeadlineExceeded)
+            caller = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(120)
+            assert isinstance(caller.exception(), RetriesExhausted)
+            assert sim.count("POST", "*/login") == 1 + 4
+            assert auth.session is None
+    gave_up = _login_give_ups(caplog)
+    assert [r.levelno for r in gave_up] == [logging.ERROR], [r.getMessage() for r in gave_up]
+    assert "handled" not in gave_up[0].getMessage()
+
+
+async def test_a_keepalives_refresh_a_callers_refresh_joined_gives_up_as_its_failure(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keepalive's refresh at 0 s meets 503s; a caller's ``refresh()`` at 1 s joins it
+    (one schedule) and fails with it when it gives up: an ERROR, once, as for the caller's own
+    refresh, not the keepalive's handled WARNING. The session is kept."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = StaticDomains(sim.domains)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth):
+            await auth.login()
+            session = auth.session
+            sim.faults.add(FaultRule("down", Status(503), match=REFRESH))
+            run = asyncio.ensure_future(auth._refresh(_KEEPALIVE_FALLBACK))
+            await clock.sleep(1)
+            caller = asyncio.ensure_future(auth.refresh())
+            await clock.sleep(120)
+            assert isinstance(run.exception(), RetriesExhausted)
+            assert isinstance(caller.exception(), RetriesExhausted)
+            assert sim.count("POST", "*/refresh") == 4
+            assert auth.session is session
+    gave_up = [
+        r
+        for r in caplog.records
+        if "/refresh" in r.getMessage() and "failed after" in r.getMessage()
+    ]
+    assert [r.levelno for r in gave_up] == [logging.ERROR], [r.getMessage() for r in gave_up]
+    assert "handled" not in gave_up[0].getMessage()

@@ -56,13 +56,14 @@ policy's ``retry_after_ceiling``), but never past the session's expiry. Its requ
 handles an outage itself (``ProviderHttp.request(fallback=...)``): the
 retry middleware logs its giving up as a WARNING, not an ERROR; so does the login a refresh the
 keepalive sent falls back to (after a refused refresh: "the refused session is dropped and the
-next call logs in"), unless a caller needing credentials waits for it as it gives up (that
-caller fails with it: an ERROR). That login is shared with every caller waiting for
-credentials: a refresh bounded by a deadline (the engine's keepalive run's) waits for it no
-longer than that deadline (a :class:`~le_transport.errors.DeadlineExceeded`), and the login
-goes on on its own policy's schedule, its failure dropping (or marking) the session all the
-same. Logins and refreshes are single flight: a hundred concurrent callers without a token
-cause one login.
+next call logs in"), unless a caller needing credentials (or a caller's
+:meth:`~LoginServiceAuth.refresh` that joined the keepalive's) waits for it as it gives up (that
+caller fails with it: an ERROR, as for the keepalive's refresh request a caller's refresh
+joined). That login is shared with every caller waiting for credentials: a refresh bounded
+by a deadline (the engine's keepalive run's) waits for it no longer than that deadline (a
+:class:`~le_transport.errors.DeadlineExceeded`), and the login goes on on its own policy's
+schedule, its failure dropping (or marking) the session all the same. Logins and refreshes
+are single flight: a hundred concurrent callers without a token cause one login.
 
 **A login answered with neither a refusal nor a login** (a 3xx, or a 200 that is not the
 login's JSON: a proxy's HTML maintenance page) raises
@@ -369,8 +370,8 @@ class LoginServiceAuth:
         # The login a refresh the Login Service did not accept falls back to, with what its
         # failure does to that session (dropped, or marked): one shared run, which goes on
         # when the refresh that started it gives up at its deadline (see _fall_back).
-        # Callers of login() waiting for it (see _handled_login).
-        self._login_callers = 0
+        # Callers of login() and refresh() waiting (see _handled_login, _handled_refresh).
+        self._callers = 0
         self._fallback_flight: SingleFlight[None] = SingleFlight(
             f"le_transport.fallback_login[{self._account}]",
             f"{self.subject}: the login after a refresh it did not accept",
@@ -565,13 +566,13 @@ class LoginServiceAuth:
         :class:`~le_transport.errors.EngineClosed` once the provider is closed."""
         self._check_open()
         # Counted while it waits: a keepalive's fallback login it joins is no longer handled.
-        self._login_callers += 1
+        self._callers += 1
         try:
             if self._shared is not None:
                 return await self._flight.run(self._shared_login)
             return await self._flight.run(self._login)
         finally:
-            self._login_callers -= 1
+            self._callers -= 1
 
     def _check_open(self) -> None:
         """:class:`~le_transport.errors.EngineClosed` once the provider is closed."""
@@ -636,9 +637,17 @@ class LoginServiceAuth:
         5 and 15 s, not also at 30 s), rather than sending a schedule of its own beside it.
         The other way round, that run joining a refresh a caller started waits for it no
         longer than its own timeout (a :class:`~le_transport.errors.DeadlineExceeded`), and
-        the caller's refresh goes on.
+        the caller's refresh goes on. A keepalive's refresh (or its fallback login) that gives
+        up on an outage while a caller's refresh waits for it fails that caller: its give-up
+        is then an ERROR, as for the caller's own, not the keepalive's handled WARNING.
         """
-        return await self._refresh()
+        # Counted while it waits: a keepalive's refresh, or fallback login, it joins is no
+        # longer handled (see _handled_refresh, _handled_login).
+        self._callers += 1
+        try:
+            return await self._refresh()
+        finally:
+            self._callers -= 1
 
     async def _refresh(self, fallback: str | None = None, *, deadline: float | None = None) -> bool:
         """:meth:`refresh`; ``fallback``: what the caller does when the refresh meets an
@@ -761,7 +770,12 @@ class LoginServiceAuth:
             )
         try:
             await self._post_session(
-                http, session, "refresh", self._policy(http), fallback=fallback, until=until
+                http,
+                session,
+                "refresh",
+                self._policy(http),
+                fallback=self._handled_refresh(fallback),
+                until=until,
             )
         except (ClientStatusError, _NotAccepted) as exc:
             transient = _try_again(exc)
@@ -822,6 +836,15 @@ class LoginServiceAuth:
             http.hooks, _log, logging.WARNING, StateEvent("refresh_failed", self.subject, details)
         )
 
+    def _handled_refresh(self, fallback: str | None) -> Callable[[], str | None] | None:
+        """What a refresh's request says it comes to when it meets an outage, for the retry
+        middleware's give-up line: None for a refresh a caller waits for; for a keepalive's,
+        ``fallback`` (see :meth:`_refresh`), unless a caller's :meth:`refresh` joined it and
+        waits for it as it gives up: that caller fails with it (an ERROR, as its own)."""
+        if fallback is None:
+            return None
+        return lambda: None if self._callers else fallback
+
     def _handled_login(
         self, fallback: str | None, session: LoginSession, refused: bool
     ) -> Callable[[], str | None] | None:
@@ -829,15 +852,15 @@ class LoginServiceAuth:
         retry middleware's give-up line: None for a refresh a caller waits for
         (:meth:`refresh`: its failure is the caller's); for a keepalive's, the refused session
         dropped, or (after a 3xx) kept and refreshed again. Asked as the login gives up: None
-        then too if a caller needing credentials (:meth:`login`, :meth:`credentials`,
-        :meth:`relogin`) waits for it, since it fails with it (an ERROR, as any login a caller
-        waits for); and ``session`` dropped, not kept, if a refused refresh of it joined the
-        login a redirected one started (see :meth:`_fall_back`)."""
+        then too if a caller (:meth:`login`, :meth:`credentials`, :meth:`relogin`, or a
+        :meth:`refresh` that joined it) waits for it, since it fails with it (an ERROR, as any
+        login a caller waits for); and ``session`` dropped, not kept, if a refused refresh of
+        it joined the login a redirected one started (see :meth:`_fall_back`)."""
         if fallback is None:
             return None
 
         def handled() -> str | None:
-            if self._login_callers:
+            if self._callers:
                 return None
             if refused or self._refused_session is session:
                 return _REFUSED_FALLBACK
@@ -1074,7 +1097,12 @@ class LoginServiceAuth:
                 token = newest
             posted.append((token, base))
             await self._post_session(
-                http, base, "refresh", self._policy(http), fallback=fallback, until=until
+                http,
+                base,
+                "refresh",
+                self._policy(http),
+                fallback=self._handled_refresh(fallback),
+                until=until,
             )
             done.append(True)
             # The token refreshed: ``held`` when the newest entry could not be read as a
@@ -1328,7 +1356,7 @@ class LoginServiceAuth:
         action: str,
         policy: RetryPolicy,
         *,
-        fallback: str | None = None,
+        fallback: str | Callable[[], str | None] | None = None,
         until: float | None = None,
     ) -> None:
         """POST ``action`` (refresh, logout) with the session's cookie and csrf; an answer
