@@ -14,6 +14,7 @@ import pytest
 from le_transport import Engine, StaticDomains, UserLogin
 from le_transport.chaos import FaultRule, Match, Status
 from le_transport.errors import DeadlineExceeded, RetriesExhausted
+from le_transport.policies import CHAT_AGENT_API_REFRESH
 from le_transport.providers.login import _KEEPALIVE_FALLBACK
 from le_transport.testing import VirtualClock
 from tests.known_secrets import PASSWORD
@@ -119,3 +120,50 @@ async def test_a_keepalives_refresh_a_callers_refresh_joined_gives_up_as_its_fai
     ]
     assert [r.levelno for r in gave_up] == [logging.ERROR], [r.getMessage() for r in gave_up]
     assert "handled" not in gave_up[0].getMessage()
+
+
+class _SlowDomains(StaticDomains):
+    """Static hosts whose answers take ``delay`` seconds of the clock once ``slow`` is set (a
+    Domain API refetch on its retry schedule, the map having been invalidated)."""
+
+    def __init__(self, hosts: dict[str, str], clock: VirtualClock) -> None:
+        super().__init__(hosts)
+        self.clock = clock
+        self.delay = 0.0
+
+    async def resolve(self, service: str) -> str:
+        if self.delay:
+            await self.clock.sleep(self.delay)
+        return await super().resolve(service)
+
+
+async def test_the_engines_refresh_run_resolving_a_slow_host_ends_at_its_deadline(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine's keepalive refreshes at 300 s, and the Login Service's host takes 100 s to
+    resolve (the Domain API refetched on its schedule): the run fails at its 30 s deadline
+    with a typed :class:`DeadlineExceeded`, not cut by its backstop a second later as a bare
+    ``TimeoutError``; nothing is sent, and the next run refreshes."""
+    caplog.set_level(logging.WARNING, logger="le_transport")
+    async with make_sim(clock) as sim:
+        domains = _SlowDomains(sim.domains, clock)
+        auth = UserLogin(ACCOUNT, USER, PASSWORD, domains=domains, keepalive=False)
+        async with Engine(domains, scheme="http", clock=clock, auth=auth) as engine:
+            await engine.login()
+            task = engine.keepalive(CHAT_AGENT_API_REFRESH, "agentVep")
+            domains.delay = 100.0
+            await clock.sleep(
+                CHAT_AGENT_API_REFRESH.interval + CHAT_AGENT_API_REFRESH.timeout + 1.5
+            )
+            assert task.failures == 1
+            assert sim.count("POST", "*/refresh") == 0
+            domains.delay = 0.0
+            await clock.sleep(CHAT_AGENT_API_REFRESH.interval)
+            assert sim.count("POST", "*/refresh") == 1
+            assert auth.refreshes == 1
+            await task.close()
+    messages = [r.getMessage() for r in caplog.records]
+    run = [m for m in messages if "keepalive refresh failed" in m]
+    assert run, messages
+    assert "DeadlineExceeded" in run[0], messages
+    assert not [m for m in messages if "TimeoutError" in m], messages

@@ -1365,8 +1365,20 @@ class LoginServiceAuth:
         :class:`UnexpectedAnswer` (an outage). ``fallback``: see :meth:`ProviderHttp.request`.
         ``until``: the clock time by which the request gives up (what is left of it once the
         host is resolved is the request's deadline, never longer than ``policy``'s own); past
-        it already, a :class:`~le_transport.errors.DeadlineExceeded` and nothing sent."""
-        host = await self._domains.resolve(self._service)
+        it already, a :class:`~le_transport.errors.DeadlineExceeded` and nothing sent; so too
+        when it passes while the host is resolved (a Domain API refetched on its schedule):
+        the engine's keepalive run was cut there by its backstop as a bare ``TimeoutError``."""
+        begun = http.clock.now()
+        try:
+            host = await self._within(http, lambda: self._domains.resolve(self._service), until)
+        except _PastDeadline:
+            raise DeadlineExceeded(
+                f"{self.subject}: the {action}'s deadline passed before it was sent (while "
+                f"resolving the host of {self._service!r})",
+                elapsed=http.clock.now() - begun,
+                service=self._service,
+                method="POST",
+            ) from None
         if until is not None:
             left = until - http.clock.now()
             if left <= 0:
