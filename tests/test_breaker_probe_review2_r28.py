@@ -1,0 +1,112 @@
+"""A fleet's half-open probe bounded by its lock: a verdict published after the lock's lease
+ended, and the property test's power to find a probe that outlives its lock.
+
+Guards stand for processes sharing a store, on virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from le_transport.middleware.overload import OverloadGuard
+from le_transport.policies import (
+    BackoffPolicy,
+    BreakerState,
+    CircuitBreaker,
+    Outcome,
+    OutcomeKind,
+)
+from le_transport.state import FallbackStore, MemoryStore, state_key
+from le_transport.state.store import Entry
+from le_transport.testing import VirtualClock
+from tests.test_guard_hot_path import _Call
+
+#: Four failures in five open it for 5 s, then 10 s; the default 30 s probe lease.
+BREAKER = CircuitBreaker(
+    failure_ratio=0.5,
+    minimum_throughput=4,
+    sampling_window=300.0,
+    breaks=BackoffPolicy(first=5.0, cap=120.0, jitter=0.0, floor=0.0),
+)
+LEASE = BREAKER.probe_lease
+MARGIN = 3.0
+HOST = "127.0.0.1:8080"
+DOWN = Outcome.response(503)
+OK = Outcome.response(200)
+#: What the retry loop's cut of a probe at its gate's bound (limit_attempt) ends with.
+CUT = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
+TRIP = state_key("1", "breaker", "svc", HOST)
+
+
+async def _settle_loop() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+class HeldReads(MemoryStore):
+    """A shared store whose next read of the trip can be held (a slow store) until let go."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.hold_next = False
+        self.holding = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def get(self, key: str) -> Entry | None:
+        if self.hold_next and key == TRIP:
+            self.hold_next = False
+            self.holding.set()
+            await self.go.wait()
+        return await super().get(key)
+
+
+async def test_a_probes_late_failure_verdict_does_not_overwrite_a_newer_probes_close() -> None:
+    # A's probe is cut (a timeout) a margin before its lock's lease ends; its verdict is due
+    # then, but the store answers its publish slowly, past the lease. Meanwhile B, half-open,
+    # takes the freed lock, probes, and its success publishes the fleet's closed mark. A's late
+    # failure, older than B's success, must not write its break over that close: it did (the
+    # "still the fleet's probe?" check runs only when the settle starts past the lease), and
+    # the whole fleet was refused for a break over a service B had just found well.
+    clock = VirtualClock(start=100.0, autojump=False)
+    inner = HeldReads(clock)
+    store = FallbackStore(inner, clock=clock, op_timeout=1000.0)
+    a, b = (
+        OverloadGuard(
+            budget=None, breaker=BREAKER, store=store, account="1", clock=clock, sync_interval=0.0
+        )
+        for _ in range(2)
+    )
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    assert await b.admit(_Call("svc", HOST), 1) is not None, "B adopts A's break"
+    clock.advance(6.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    assert probe.until is not None
+    assert await b.admit(_Call("svc", HOST), 1) is not None, "A's probe holds the lock"
+    clock.advance(probe.until - clock.now())
+    inner.hold_next = True
+    verdict = asyncio.ensure_future(a.settle(probe, 1, CUT))
+    await inner.holding.wait()
+    clock.advance(MARGIN + 1.0)  # the lock's lease is over; A's publish still out
+    other = _Call("svc", HOST)
+    assert await b.admit(other, 1) is None, "B probes once A's lock is gone"
+    await b.settle(other, 1, OK)
+    assert b.breaker_state("svc", HOST) is BreakerState.CLOSED
+    closed = inner._values.get(TRIP)
+    assert closed is not None
+    assert "closed" in json.loads(closed[0])
+    inner.go.set()
+    await verdict
+    await _settle_loop()
+    held = inner._values.get(TRIP)
+    assert held is not None
+    assert "closed" in json.loads(held[0]), "B's newer close stands, not A's older break"
+    # A learns the fleet's verdict rather than refusing every call for its own break.
+    assert a.breaker_state("svc", HOST) is not BreakerState.OPEN
+    await a.drain()
+    await b.drain()
