@@ -1376,7 +1376,9 @@ async def _attempt(guard: OverloadGuard, clock: VirtualClock, lasts: float, ok: 
 
 class _Plan:
     """When each process acts, drawn: A's first attempts, how many of its probes fail before
-    the last (each re-opening it for a longer break) and how long each lasts, how long B's
+    the last (each re-opening it for a longer break) and how long each lasts (some longer than
+    the probe lease: cut before its lock's lease ends, or a second probe goes while it is
+    out), how long B's
     attempts last (admitted at once: before A's trip is published, if B goes first), when C
     calls, how often D's pairs of attempts go and how long they last, and whether the service
     is back for the last probes."""
@@ -1384,13 +1386,13 @@ class _Plan:
     def __init__(self, data: st.DataObject) -> None:
         self.a_fails_after = data.draw(st.sampled_from([0.0, 1.0]))
         self.a_reopens = data.draw(st.integers(0, 2))
-        self.a_probe_lasts = data.draw(st.sampled_from([0.0, 1.0, 4.0, 8.0]))
+        self.a_probe_lasts = data.draw(st.sampled_from([0.0, 1.0, 4.0, 8.0, 12.0, 20.0]))
         self.b_fails_after = data.draw(
             st.sampled_from([0.0, 1.0, 5.0, 6.0, 7.0, 8.0, 10.0, 16.0, 20.0, 30.0])
         )
         self.c_calls_every = data.draw(st.sampled_from([1.0, 3.0, 6.0]))
         self.d_every = data.draw(st.sampled_from([0.0, 2.0, 5.0, 11.0]))
-        self.d_fails_after = data.draw(st.sampled_from([0.0, 1.0, 4.0]))
+        self.d_fails_after = data.draw(st.sampled_from([0.0, 1.0, 4.0, 12.0]))
         self.back = data.draw(st.booleans())
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
@@ -20,6 +22,7 @@ from le_transport.policies import (
 from le_transport.state import FallbackStore, MemoryStore, state_key
 from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
+from tests.test_breaker_fleet import _Plan, run_interleaved
 from tests.test_guard_hot_path import _Call
 
 #: Four failures in five open it for 5 s, then 10 s; the default 30 s probe lease.
@@ -110,3 +113,34 @@ async def test_a_probes_late_failure_verdict_does_not_overwrite_a_newer_probes_c
     assert a.breaker_state("svc", HOST) is not BreakerState.OPEN
     await a.drain()
     await b.drain()
+
+
+def _plan(**drawn: object) -> _Plan:
+    """The property test's plan of the four processes, given rather than drawn."""
+    plan = object.__new__(_Plan)
+    plan.__dict__.update(
+        {
+            "a_fails_after": 0.0,
+            "a_reopens": 0,
+            "a_probe_lasts": 20.0,
+            "b_fails_after": 0.0,
+            "c_calls_every": 1.0,
+            "d_every": 11.0,
+            "d_fails_after": 0.0,
+            "back": True,
+        }
+        | drawn
+    )
+    return plan
+
+
+def test_the_fleet_property_test_can_find_a_probe_that_outlives_its_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The property test of the fleet's store operations checks that no two probes are out at
+    # once; its probes all ended within the lease, so it passed with the probe never cut
+    # (limit_attempt ignored): it could not find what it checks. A plan it draws (A's probe
+    # lasting 20 s, C calling every second) finds two probes out when the probe is not cut.
+    assert run_interleaved(_plan(), []) == [], "cut before its lock's lease ends"
+    monkeypatch.setattr(_Call, "limit_attempt", lambda self, until: None)
+    assert run_interleaved(_plan(), []) != [], "never cut: a second probe goes while it is out"
