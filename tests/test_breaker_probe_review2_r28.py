@@ -11,6 +11,8 @@ import json
 
 import pytest
 
+from le_transport import Engine, RetryPolicy
+from le_transport.errors import RetriesExhausted
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import (
     BackoffPolicy,
@@ -22,6 +24,8 @@ from le_transport.policies import (
 from le_transport.state import FallbackStore, MemoryStore, state_key
 from le_transport.state.store import Entry
 from le_transport.testing import VirtualClock
+from tests.backends import Backend
+from tests.conftest import ServerFactory
 from tests.test_breaker_fleet import _Plan, run_interleaved
 from tests.test_guard_hot_path import _Call
 
@@ -40,6 +44,8 @@ OK = Outcome.response(200)
 #: What the retry loop's cut of a probe at its gate's bound (limit_attempt) ends with.
 CUT = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
 TRIP = state_key("1", "breaker", "svc", HOST)
+ONCE = RetryPolicy(pauses=(), attempt_timeout=None)
+BOUNDED = RetryPolicy(pauses=(), attempt_timeout=60.0)
 
 
 async def _settle_loop() -> None:
@@ -144,3 +150,48 @@ def test_the_fleet_property_test_can_find_a_probe_that_outlives_its_lock(
     assert run_interleaved(_plan(), []) == [], "cut before its lock's lease ends"
     monkeypatch.setattr(_Call, "limit_attempt", lambda self, until: None)
     assert run_interleaved(_plan(), []) != [], "never cut: a second probe goes while it is out"
+
+
+async def test_closing_with_a_bounded_fleet_probe_out_leaves_no_task_behind(
+    serve: ServerFactory, clock: VirtualClock
+) -> None:
+    # A probe with a 60 s attempt timeout holds its lock 63 s; the engine closes while it is
+    # out, and the store's delete of its lock hangs. The release is given the lock's life (more
+    # than the lease), but the close waits no longer than its grace: no task of the guard is
+    # left running, and the lock is left to its lease.
+    backend = Backend(503)
+
+    class HangingDelete(MemoryStore):
+        hang = False
+
+        async def delete(self, key: str, *, only_if: str | None = None) -> bool:
+            if self.hang:
+                await asyncio.Event().wait()
+            return await super().delete(key, only_if=only_if)
+
+    inner = HangingDelete(clock)
+    store = FallbackStore(inner, clock=clock, op_timeout=1000.0)
+    guard = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    host = await serve(backend.app())
+    lock_key = state_key("1", "breaker-probe", "svc", HOST.replace("8080", host.split(":")[1]))
+    engine = Engine({"svc": host}, scheme="http", clock=clock, overload=guard)
+    async with engine:
+        for _ in range(BREAKER.minimum_throughput):
+            with pytest.raises(RetriesExhausted):
+                await engine.request("GET", "svc", "/x", retry=ONCE)
+        await clock.sleep(6.0)
+        backend.gate = asyncio.Event()
+        backend.arrived.clear()
+        probe = asyncio.ensure_future(engine.request("GET", "svc", "/x", retry=BOUNDED))
+        await backend.arrived.wait()
+        held = inner._values.get(lock_key)
+        assert held is not None
+        assert held[1] == pytest.approx(clock.now() + 60.0 + MARGIN, abs=0.5)
+        inner.hang = True
+    began = clock.now()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the engine's close cut it
+        await probe
+    backend.gate.set()
+    assert clock.now() - began <= 5.0, "the close waited its grace, not the lock's life"
+    assert not guard._releases, "no release task left"
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("le_transport")]
