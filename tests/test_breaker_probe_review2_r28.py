@@ -195,3 +195,28 @@ async def test_closing_with_a_bounded_fleet_probe_out_leaves_no_task_behind(
     assert clock.now() - began <= 5.0, "the close waited its grace, not the lock's life"
     assert not guard._releases, "no release task left"
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("le_transport")]
+
+
+async def test_a_probes_failure_verdict_writes_over_an_older_close() -> None:
+    # A close that landed as this probe was admitted (a stale probe of another process, its
+    # lock's check made before this one took the lock) is older than this probe's 503, which
+    # comes later: the break is published over it, not lost to it.
+    clock = VirtualClock(start=100.0, autojump=False)
+    inner = MemoryStore(clock)
+    store = FallbackStore(inner, clock=clock, op_timeout=1000.0)
+    a = OverloadGuard(budget=None, breaker=BREAKER, store=store, account="1", clock=clock)
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    clock.advance(6.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    await inner.set(TRIP, json.dumps({"closed": LEASE, "id": "stale"}), ttl=LEASE)
+    clock.advance(2.0)
+    await a.settle(probe, 1, DOWN)
+    held = inner._values.get(TRIP)
+    assert held is not None
+    assert "opens" in json.loads(held[0]), "the probe's newer 503 is the fleet's break"
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    await a.drain()

@@ -1017,7 +1017,9 @@ class OverloadGuard:
         new_state = self._breaker.state_at(after, now)
         try:
             if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
-                await self._opened(call, key, after, outcome, probe_seen=(lock, seen))
+                await self._opened(
+                    call, key, after, outcome, probe=None if lock is None else (seen, now)
+                )
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
                 await self._closed(call, key, seen)
             if lock is not None:
@@ -1880,19 +1882,18 @@ class OverloadGuard:
         status: BreakerStatus,
         outcome: Outcome,
         *,
-        probe_seen: tuple[str | None, str | None] = (None, None),
+        probe: tuple[str | None, float] | None = None,
     ) -> None:
         """The breaker at ``key`` opened (``status``): in a fleet, publish the break, or take
         the fleet's own instead (:meth:`_publish`); log it and emit ``circuit_open`` with the
-        break this process then keeps. ``probe_seen``: the fleet probe's lock and the trip
-        entry it was admitted on, if the opening is a fleet probe's failure verdict (else
-        None). If the fleet's close was taken instead (a newer probe's, :meth:`_publish`), it
-        is reported as adopted."""
+        break this process then keeps. ``probe``: if the opening is a fleet probe's failure
+        verdict, the trip entry the probe was admitted on and when its verdict was recorded
+        (:meth:`_publish`). If the fleet's close was taken instead (a newer probe's), it is
+        reported as adopted."""
         taken, adopted = status, False
         try:
             if self._shared and status.open_until > self._clock.now():
-                lock, seen = probe_seen
-                taken, adopted = await self._publish(key, status, probe=lock is not None, seen=seen)
+                taken, adopted = await self._publish(key, status, probe=probe)
         finally:
             # Logged even if publishing was cancelled: the breaker opened all the same.
             if taken.state is _CLOSED:
@@ -1941,8 +1942,7 @@ class OverloadGuard:
         key: tuple[str, str],
         status: BreakerStatus,
         *,
-        probe: bool = False,
-        seen: str | None = None,
+        probe: tuple[str | None, float] | None = None,
     ) -> tuple[BreakerStatus, bool]:
         """Publish the break this process just opened at ``key`` (``status``) to the fleet,
         without ever shortening or de-escalating the one the fleet's trip entry holds. Returns
@@ -1972,13 +1972,15 @@ class OverloadGuard:
         during it, or started after it) still finds the trip once it has ended, and goes
         half-open (one probe for the fleet) instead of closed (every call).
 
-        ``probe``: the break is a fleet probe's failure verdict, the probe admitted on the trip
-        entry ``seen``. The fleet's closed mark found in its place (another) was written since
-        that admission: another process's probe, which took the lock once this probe's lease
-        ended while its verdict was still on its way to the store (a store slower than the
-        margin the probe is cut by), succeeded. That verdict is newer than this one: it stays,
-        and this process takes the fleet's close (the closed status returned, adopted). Written
-        over, the fleet's breaker re-opened, for a break, on a service just found well.
+        ``probe``: the break is a fleet probe's failure verdict, recorded at ``probe[1]``, the
+        probe admitted on the trip entry ``probe[0]``. The fleet's closed mark found in its
+        place (another), written at or after that verdict, is another process's probe's
+        success, a probe that took the lock once this one's lease ended while this verdict was
+        still on its way to the store (a store slower than the margin the probe is cut by).
+        That verdict is newer than this one: it stays, and this process takes the fleet's close
+        (the closed status returned, adopted). Written over, the fleet's breaker re-opened, for
+        a break, on a service just found well. (A close written before this verdict, a stale
+        probe's that landed as this one was admitted, is older: written over, as always.)
         """
         assert self._breaker is not None
         lease = self._breaker.probe_lease
@@ -1987,9 +1989,9 @@ class OverloadGuard:
             entry = await self._store.get(trip_key)
             now = self._clock.now()
             found = None if entry is None else self._trip(key, entry, now)
-            if probe and isinstance(found, _FleetClosed):
+            if probe is not None and isinstance(found, _FleetClosed):
                 assert entry is not None
-                if entry.value != seen:
+                if entry.value != probe[0] and found.at >= probe[1]:
                     return self._keep(key, status, self._breaker.closed()), True
             opens = status.opens
             # (The fleet's closed mark, or a damaged entry, holds no break: written over.)
