@@ -1132,6 +1132,10 @@ async def test_a_probe_fails_into_the_fleets_next_break_when_its_count_was_behin
     assert json.loads(entry.value)["opens"] == 4
 
 
+#: What an attempt the retry loop cut at its gate's bound (limit_attempt) ends with.
+_CUT = Outcome.failure(OutcomeKind.TIMEOUT, "AttemptTimeout")
+
+
 class FleetBreakerMachine(RuleBasedStateMachine):
     """Three processes share one store; calls start, end and are cancelled in any order, on any
     clock. Whatever the interleaving: no probe goes out while a break the fleet published is on
@@ -1186,8 +1190,20 @@ class FleetBreakerMachine(RuleBasedStateMachine):
     def time_passes(self, dt: float) -> None:
         self.clock.advance(dt)
 
+    def _cut_due(self) -> None:
+        """End the attempts the guard bounded (a fleet probe, limit_attempt) whose bound has
+        come, as the retry loop cuts them: a timeout."""
+        now = self.clock.now()
+        for entry in list(self.in_flight):
+            process, call, _, _ = entry
+            if call.until is not None and call.until <= now:
+                self.in_flight.remove(entry)
+                _done(self.guards[process].settle(call, 1, _CUT))
+                self._after(process)
+
     @rule(process=st.integers(0, 2))
     def a_call_starts(self, process: int) -> None:
+        self._cut_due()
         guard = self.guards[process]
         synced = guard._synced_at.get(("svc", HOST))
         call = _Call("svc", HOST)
@@ -1204,8 +1220,8 @@ class FleetBreakerMachine(RuleBasedStateMachine):
         if probe:
             if trip is not None:
                 assert now >= trip[1], "a probe went out during the fleet's break"
-            lease = self.breaker.probe_lease
-            others = [p for _, _, p, at in self.in_flight if p and now < at + lease]
+            # Every probe is cut before its lock's lease ends (_cut_due): none other is out.
+            others = [p for _, _, p, _ in self.in_flight if p]
             assert not others, "two probes out at once"
         elif trip is not None and now < trip[2]:
             assert self.synced_at[process] < trip[0], (
@@ -1215,6 +1231,7 @@ class FleetBreakerMachine(RuleBasedStateMachine):
 
     @rule(pick=st.integers(0, 20), outcome=st.sampled_from([OK, DOWN]))
     def an_attempt_ends(self, pick: int, outcome: Outcome) -> None:
+        self._cut_due()
         if not self.in_flight:
             return
         process, call, probe, _ = self.in_flight.pop(pick % len(self.in_flight))
@@ -1231,6 +1248,7 @@ class FleetBreakerMachine(RuleBasedStateMachine):
 
     @rule(pick=st.integers(0, 20))
     def an_attempt_is_cancelled(self, pick: int) -> None:
+        self._cut_due()
         if not self.in_flight:
             return
         process, call, _, _ = self.in_flight.pop(pick % len(self.in_flight))
