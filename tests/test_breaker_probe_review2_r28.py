@@ -220,3 +220,46 @@ async def test_a_probes_failure_verdict_writes_over_an_older_close() -> None:
     assert "opens" in json.loads(held[0]), "the probe's newer 503 is the fleet's break"
     assert a.breaker_state("svc", HOST) is BreakerState.OPEN
     await a.drain()
+
+
+async def test_a_probes_late_failure_verdict_is_not_published_while_a_newer_probe_is_out() -> None:
+    # As above, but A's late failure reaches the store while B's probe, which took the lock
+    # once A's lease ended, is still out: published, A's older break stood against B's success
+    # (B's close, a compare-and-set of the entry B was admitted on, found A's break and was
+    # dropped), and the fleet waited out a break over a service B had found well. Past its
+    # lease, A's verdict reads the lock first, as a late answer's does: another probe holds it,
+    # and its verdict decides.
+    clock = VirtualClock(start=100.0, autojump=False)
+    inner = HeldReads(clock)
+    store = FallbackStore(inner, clock=clock, op_timeout=1000.0)
+    a, b = (
+        OverloadGuard(
+            budget=None, breaker=BREAKER, store=store, account="1", clock=clock, sync_interval=0.0
+        )
+        for _ in range(2)
+    )
+    for _ in range(BREAKER.minimum_throughput):
+        call = _Call("svc", HOST)
+        assert await a.admit(call, 1) is None
+        await a.settle(call, 1, DOWN)
+    assert await b.admit(_Call("svc", HOST), 1) is not None, "B adopts A's break"
+    clock.advance(6.0)
+    probe = _Call("svc", HOST)
+    assert await a.admit(probe, 1) is None
+    assert probe.until is not None
+    clock.advance(probe.until - clock.now())
+    inner.hold_next = True
+    verdict = asyncio.ensure_future(a.settle(probe, 1, CUT))
+    await inner.holding.wait()
+    clock.advance(MARGIN + 1.0)  # the lock's lease is over; A's publish still out
+    other = _Call("svc", HOST)
+    assert await b.admit(other, 1) is None, "B probes once A's lock is gone"
+    inner.go.set()
+    await verdict  # A's late verdict lands while B's probe is out
+    await _settle_loop()
+    await b.settle(other, 1, OK)
+    held = inner._values.get(TRIP)
+    assert held is not None
+    assert "closed" in json.loads(held[0]), "B's newer close is the fleet's"
+    await a.drain()
+    await b.drain()

@@ -195,6 +195,20 @@ class _FleetClosed:
         self.at = at
 
 
+class _ProbeVerdict:
+    """A fleet probe's failure verdict, as its break is published (:meth:`OverloadGuard._publish`):
+    the trip entry the probe was admitted on (``seen``), when the verdict was recorded (``at``),
+    the probe's lock (``lock``) and the end of its slot's lease (``until``)."""
+
+    __slots__ = ("at", "lock", "seen", "until")
+
+    def __init__(self, seen: str | None, at: float, lock: str, until: float | None) -> None:
+        self.seen = seen
+        self.at = at
+        self.lock = lock
+        self.until = until
+
+
 class _Damaged(ValueError):
     """A trip entry that is not one, with the reason a warning may show (never the entry)."""
 
@@ -1017,9 +1031,8 @@ class OverloadGuard:
         new_state = self._breaker.state_at(after, now)
         try:
             if new_state is BreakerState.OPEN and old_state is not BreakerState.OPEN:
-                await self._opened(
-                    call, key, after, outcome, probe=None if lock is None else (seen, now)
-                )
+                probe = None if lock is None else _ProbeVerdict(seen, now, lock, probe_until)
+                await self._opened(call, key, after, outcome, probe=probe)
             elif new_state is BreakerState.CLOSED and old_state is BreakerState.HALF_OPEN:
                 await self._closed(call, key, seen)
             if lock is not None:
@@ -1882,14 +1895,13 @@ class OverloadGuard:
         status: BreakerStatus,
         outcome: Outcome,
         *,
-        probe: tuple[str | None, float] | None = None,
+        probe: _ProbeVerdict | None = None,
     ) -> None:
         """The breaker at ``key`` opened (``status``): in a fleet, publish the break, or take
         the fleet's own instead (:meth:`_publish`); log it and emit ``circuit_open`` with the
         break this process then keeps. ``probe``: if the opening is a fleet probe's failure
-        verdict, the trip entry the probe was admitted on and when its verdict was recorded
-        (:meth:`_publish`). If the fleet's close was taken instead (a newer probe's), it is
-        reported as adopted."""
+        verdict, what :meth:`_publish` must know of it. If the fleet's close was taken
+        instead (a newer probe's), it is reported as adopted."""
         taken, adopted = status, False
         try:
             if self._shared and status.open_until > self._clock.now():
@@ -1942,7 +1954,7 @@ class OverloadGuard:
         key: tuple[str, str],
         status: BreakerStatus,
         *,
-        probe: tuple[str | None, float] | None = None,
+        probe: _ProbeVerdict | None = None,
     ) -> tuple[BreakerStatus, bool]:
         """Publish the break this process just opened at ``key`` (``status``) to the fleet,
         without ever shortening or de-escalating the one the fleet's trip entry holds. Returns
@@ -1972,15 +1984,20 @@ class OverloadGuard:
         during it, or started after it) still finds the trip once it has ended, and goes
         half-open (one probe for the fleet) instead of closed (every call).
 
-        ``probe``: the break is a fleet probe's failure verdict, recorded at ``probe[1]``, the
-        probe admitted on the trip entry ``probe[0]``. The fleet's closed mark found in its
+        ``probe``: the break is a fleet probe's failure verdict, recorded at ``probe.at``, the
+        probe admitted on the trip entry ``probe.seen``. The fleet's closed mark found in its
         place (another), written at or after that verdict, is another process's probe's
         success, a probe that took the lock once this one's lease ended while this verdict was
         still on its way to the store (a store slower than the margin the probe is cut by).
         That verdict is newer than this one: it stays, and this process takes the fleet's close
         (the closed status returned, adopted). Written over, the fleet's breaker re-opened, for
         a break, on a service just found well. (A close written before this verdict, a stale
-        probe's that landed as this one was admitted, is older: written over, as always.)
+        probe's that landed as this one was admitted, is older: written over, as always.) And
+        if the verdict is about to be written once the probe's lease has ended (the lock freed
+        by its TTL), the lock is read first, as a late answer's is (:meth:`_record`): another
+        probe's value there is a newer probe out, whose verdict decides; this one is not
+        published (this process keeps its break). Published, it stood against that probe's
+        success, whose compare-and-set found it and was dropped.
         """
         assert self._breaker is not None
         lease = self._breaker.probe_lease
@@ -1991,7 +2008,7 @@ class OverloadGuard:
             found = None if entry is None else self._trip(key, entry, now)
             if probe is not None and isinstance(found, _FleetClosed):
                 assert entry is not None
-                if entry.value != probe[0] and found.at >= probe[1]:
+                if entry.value != probe.seen and found.at >= probe.at:
                     return self._keep(key, status, self._breaker.closed()), True
             opens = status.opens
             # (The fleet's closed mark, or a damaged entry, holds no break: written over.)
@@ -2009,6 +2026,10 @@ class OverloadGuard:
             brk = status.open_until - now
             if brk <= 0:
                 return status, False  # over while the store answered: nothing to publish
+            if probe is not None and probe.until is not None and now >= probe.until:
+                held = await self._store.get(self._probe_key(key))
+                if held is not None and held.value != probe.lock:
+                    return status, False  # another probe holds the fleet's lock: it decides
             value = self._trip_value(opens, lease, last)
             if entry is None:
                 stored = await self._store.add(trip_key, value, ttl=brk + lease)
