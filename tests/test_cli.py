@@ -634,7 +634,12 @@ def test_an_output_that_cannot_be_written_ends_either_command_in_one_line(comman
 def _hear_ctrl_c() -> None:
     # A suite started in the background by a shell without job control (``cmd &`` in a
     # script) inherits SIGINT ignored, and Python keeps it so: the demo ran to its end.
+    # One started under nohup inherits SIGHUP ignored, which the demo and the simulator
+    # rightly leave so (test_simulate_started_under_nohup_outlives_a_hangup): the tests of
+    # their hangup ran them to their end, or to the test's timeout.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def test_demo_interrupted_with_ctrl_c_cleans_up_and_exits_130_quietly() -> None:
@@ -674,6 +679,7 @@ def test_demo_stopped_by_sigterm_or_a_hangup_cleans_up_and_exits_quietly(name: s
         text=True,
         cwd=ROOT,
         env=_no_le_variables(),
+        preexec_fn=_hear_ctrl_c,  # a hangup heard, however the suite started
     )
     try:
         assert proc.stdout is not None
@@ -704,6 +710,7 @@ def test_simulate_tls_stopped_by_a_hangup_removes_its_key_and_certificate(tmp_pa
         text=True,
         env=env,
         cwd=ROOT,
+        preexec_fn=_hear_ctrl_c,  # a hangup heard, however the suite started
     )
     try:
         assert proc.stdout is not None
