@@ -254,6 +254,17 @@ _ESCAPED_IN_QUOTES = (
     r"|(?:\\[rn])++(?![A-Za-z0-9_-]++:))"
 )
 _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_ESCAPED})++")
+#: The words after an unquoted secret value's first, the blanks between them (a passphrase:
+#: ``password: correct horse battery``, ``password=my secret phrase``): taken up to the end of
+#: the value's line, a quote or a brace closing the text around it, a form's "&" or a
+#: separator, or a word that starts another field (``user=bob``, ``status: 401``: the
+#: text's, shown). In a header-like line (``name: value``), words after a comma or a semicolon
+#: too (``password: a, b``; not a field's after it: ``Token x, status=401``). One pass: each
+#: word is read at most twice (once to see it starts no field).
+_NEXT_FIELD = r"(?![A-Za-z0-9_.\[\]-]++[ \t]*+[:=])"
+_VALUE_WORD = rf"(?:[^\"'&,;\s}}\\<]|{_ESCAPED})++"
+_VALUE_WORDS = re.compile(rf"(?:[ \t]++{_NEXT_FIELD}{_VALUE_WORD})*+")
+_LINE_VALUE_WORDS = re.compile(rf"(?:[ \t]*+[,;]?+[ \t]*+{_NEXT_FIELD}{_VALUE_WORD})*+")
 #: An authorization's value (RFC 9110 credentials): a scheme, then after blanks a credential:
 #: either auth-params after commas (``username="bob", realm="r", response="..."``: Digest,
 #: OAuth, MAC, AWS; a quoted value taken whole, spaces and commas and all), or one run (a
@@ -867,6 +878,16 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             value = _FIELD_VALUE.match(text, match.end())
         if value is not None:
             end = value.end()
+            if (
+                kind != "cookie"
+                and not text.startswith("[", match.end())
+                and (text[match.start() - 1 : match.start()] not in ("?", "&"))
+            ):
+                # A passphrase's words after its first; not a query's ("?password=x took
+                # 3 ms": a URL's value has no blank).
+                words = _LINE_VALUE_WORDS if ":" in punctuation else _VALUE_WORDS
+                if (more := words.match(text, end)) is not None:
+                    end = more.end()
         elif opener not in "\"'":
             continue
         if match.start() < done:
@@ -1279,7 +1300,9 @@ def redact_text(text: str) -> str:
     XML element's text
     (``<Authorization>...</Authorization>``, with attributes, or a CDATA section; a
     ``<value>`` element after a ``<key>`` or ``<name>`` one naming it, a dictionary's entry).
-    A value ends where its line does, written ``\\r\\n`` in a JSON string as well."""
+    A value ends where its line does, written ``\\r\\n`` in a JSON string as well; an unquoted
+    one runs past its blanks (a passphrase: ``password: my secret phrase``) up to a separator
+    or a word that starts another field (``user=bob``, shown), a query's ends at its blank."""
     cut = isinstance(text, _CutText)  # (redact_cut's: see _hide_secret_fields)
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)

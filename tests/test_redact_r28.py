@@ -1,0 +1,80 @@
+"""Redaction: an unquoted secret value with blanks in it (a passphrase), an authorization's
+first word that is no known scheme, a form's quoted bracket keys, double-encoded brackets,
+and dotted form names.
+
+The credentials are those of ``tests/known_secrets.py``, or passphrases of plain words.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from le_transport._redact import REDACTED, redact_cut, redact_text
+from tests.bounded_work import assert_bounded_work
+from tests.known_secrets import PASSWORD
+
+# -- an unquoted value with blanks in it ------------------------------------------------------
+
+PHRASE = "correcthorse batterystaple tromboneglue"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (f"password: {PHRASE}", "password: "),
+        (f"password={PHRASE}", "password="),
+        (f"login failed: password={PHRASE}", "login failed: password="),
+        (f"config\npassphrase: {PHRASE}\nuser: bob", "user: bob"),
+        (f"password: {PHRASE}, code=401", ", code=401"),
+        (f"password={PHRASE} user=bob", " user=bob"),
+        (f"password: {PHRASE}\tstatus: 401", "status: 401"),
+        (f"api_key: {PHRASE}; retry=2", "retry=2"),
+        (f"X-Api-Key: {PHRASE}\r\nHost: h", "\r\nHost: h"),
+        (f"Authorization: Bearer {PHRASE}\r\nHost: h", "Authorization: Bearer "),
+    ],
+)
+def test_an_unquoted_secret_value_runs_past_its_blanks(text: str, kept: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        for word in PHRASE.split():
+            assert word not in shown, shown
+        assert kept in shown, shown
+        assert REDACTED in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A query's value ends at its blank: what follows is the log line's.
+        (
+            f"GET https://h/x?page=2&password={PASSWORD} returned 401",
+            f"GET https://h/x?page=2&password={REDACTED} returned 401",
+        ),
+        (f"/x?password={PASSWORD} took 3 ms", f"/x?password={REDACTED} took 3 ms"),
+        ("password=x&user=bob", f"password={REDACTED}&user=bob"),
+        ("Authorization: Token abc123, status=401", f"Authorization: Token {REDACTED}, status=401"),
+        ("password: abc user: bob", f"password: {REDACTED} user: bob"),
+    ],
+)
+def test_a_value_s_blanks_end_it_where_the_text_says_so(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_a_long_run_of_blank_separated_words_is_read_once() -> None:
+    text = "password: " + "ab " * 40_000
+    assert_bounded_work(lambda: redact_text(text))
+    assert redact_text(text) == f"password: {REDACTED} "
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password=a " * 10_000,
+        "password: a b: " * 7_000,
+        "password=a " + "b\t" * 30_000 + "c=",
+        "Authorization: Opensesame " + "x " * 40_000,
+        "password: a" + " " * 100_000 + "b",
+        "pw=a, " * 15_000,
+    ],
+)
+def test_hostile_blank_separated_values_are_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
