@@ -270,8 +270,8 @@ _LINE_VALUE_WORDS = re.compile(rf"(?:[ \t]*+[,;]?+[ \t]*+{_NEXT_FIELD}{_VALUE_WO
 #: OAuth, MAC, AWS; a quoted value taken whole, spaces and commas and all), or one run (a
 #: token68, or any run a server's echo may hold; a quoted string in it taken whole where a
 #: value starts: first, or after "="), never both: what follows a token68 after a comma is
-#: the text around it ("Token x, status=401"). The scheme stays readable when it looks like
-#: one (:func:`_is_scheme`); the credential is hidden to its end.
+#: the text around it ("Token x, status=401"). The scheme stays readable when it is a known
+#: one (:data:`_SHOWN_SCHEMES`); the credential is hidden to its end.
 _QUOTED_STRING = r'"(?:[^"\\\r\n]|\\.)*+"?'
 #: A quoted string whose quotes are escaped (``response=\"...\"`` in a JSON string, more
 #: backslashes in a JSON string held in another): up to the next escaped quote or line break.
@@ -292,18 +292,21 @@ _AUTH_VALUE = re.compile(
     rf"(?P<credential>{_AUTH_PARAM}(?:[ \t]*+,[ \t]*+{_AUTH_PARAM})*+(?:{_AUTH_RUN})?"
     rf"|{_AUTH_RUN}))?"
 )
-#: A scheme's name shown as it is: a known one, or letters and hyphens ("LivePerson",
-#: "Bearer-Token"); a run with digits may be a credential given without a scheme.
+#: A first word that reads as a scheme's name: a known one, or letters and hyphens
+#: ("Bearer-Token"); a run with digits may be a credential given without a scheme. Only a
+#: known one is shown (:data:`_SHOWN_SCHEMES`).
 _SCHEME_WORD = re.compile(r"[A-Za-z][A-Za-z-]{0,23}")
 _KNOWN_SCHEMES = frozenset({"aws4-hmac-sha256", "scram-sha-1", "scram-sha-256"})
-#: The schemes shown before a credential in a secret header that is no authorization's
-#: (``X-Auth-Token: Token ***``): there, the value's first word may be the credential itself.
+#: The schemes shown before a credential (``Authorization: Digest ***``, ``X-Auth-Token: Token
+#: ***``): the value's first word may be the credential itself (``Authorization: Opensesame
+#: status=401``), and any other is hidden with it.
 _SHOWN_SCHEMES = frozenset(
     {
         *_KNOWN_SCHEMES,
-        *("basic", "bearer", "bearer-token", "concealed", "digest", "dpop", "gnap", "hawk"),
-        *("hoba", "jwt", "key", "liveperson", "mac", "mutual", "negotiate", "ntlm", "oauth"),
-        *("privatetoken", "token", "vapid"),
+        *("apikey", "aws", "basic", "bearer", "bearer-token", "concealed", "digest", "dpop"),
+        *("gnap", "hawk", "hmac", "hoba", "jwt", "kerberos", "key", "liveperson", "mac"),
+        *("mutual", "negotiate", "ntlm", "oauth", "privatetoken", "sharedkey", "ssws", "token"),
+        *("vapid",),
     }
 )
 #: A cookie header's value ("Cookie: ...", "Set-Cookie: ..."): the rest of its line, up to
@@ -391,7 +394,8 @@ _UNREAD_NAME = "x-api-key"
 
 
 def _is_scheme(word: str) -> bool:
-    """Whether ``word``, first in an authorization's value, reads as an auth scheme's name."""
+    """Whether ``word``, first in a credential header's value, reads as an auth scheme's name
+    (shown only when it is a known one)."""
     return _SCHEME_WORD.fullmatch(word) is not None or word.lower() in _KNOWN_SCHEMES
 
 
@@ -849,9 +853,15 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
         elif kind == "authorization":
             # "Authorization: <scheme> <credential>", whatever the scheme ("Token", "Digest
             # username=..., response=..."): the credential hidden to its end, the scheme shown
-            # when it reads as one; a lone value (no scheme) hidden whole.
+            # when it is a known one (:data:`_SHOWN_SCHEMES`); a lone value (no scheme), or one
+            # whose first word is no known scheme's ("Opensesame status=401": a password of
+            # letters, or a vendor's scheme) hidden whole.
             value = _AUTH_VALUE.match(text, match.end())
-            if value is not None and value.group("credential") and _is_scheme(value["scheme"]):
+            if (
+                value is not None
+                and value.group("credential")
+                and value["scheme"].lower() in _SHOWN_SCHEMES
+            ):
                 shown = value.end("blank")
         elif kind == "cookie":
             # A header ("Cookie: ...", or a header object's value: "name=Cookie value=...")

@@ -11,7 +11,7 @@ import pytest
 
 from le_transport._redact import REDACTED, redact_cut, redact_text
 from tests.bounded_work import assert_bounded_work
-from tests.known_secrets import PASSWORD
+from tests.known_secrets import BEARER, PASSWORD
 
 # -- an unquoted value with blanks in it ------------------------------------------------------
 
@@ -78,3 +78,40 @@ def test_a_long_run_of_blank_separated_words_is_read_once() -> None:
 )
 def test_hostile_blank_separated_values_are_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- an authorization's first word -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Opensesame status=401",
+        "Authorization: Opensesame x",
+        "Authorization: correcthorse batterystaple\r\nHost: h",
+        "authorization=Opensesame status=401",
+        "Proxy-Authorization: Opensesame realm=x",
+        '{"name": "Authorization", "value": Opensesame status=401}',
+    ],
+)
+def test_an_unknown_first_word_of_an_authorization_is_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        for word in ("Opensesame", "correcthorse", "batterystaple"):
+            assert word not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"Authorization: Bearer {BEARER}", f"Authorization: Bearer {REDACTED}"),
+        ('Authorization: Digest username="bob", response="x"', f"Authorization: Digest {REDACTED}"),
+        ("Authorization: LivePerson appKey=x", f"Authorization: LivePerson {REDACTED}"),
+        (
+            "Authorization: AWS4-HMAC-SHA256 Credential=x",
+            f"Authorization: AWS4-HMAC-SHA256 {REDACTED}",
+        ),
+        ("Authorization: OAuth oauth_token=x", f"Authorization: OAuth {REDACTED}"),
+    ],
+)
+def test_a_known_scheme_is_still_shown(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
