@@ -217,7 +217,8 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # the name is a whole run (no backtracking into it: a long run costs one pass) and its
 # secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
 # name. A form's name may be bracketed (PHP's, Rails', qs': ``auth[password]=x``,
-# ``headers[Authorization]=Bearer%20x``, percent-encoded ``headers%5BAuthorization%5D=``): the
+# ``headers[Authorization]=Bearer%20x``, percent-encoded ``headers%5BAuthorization%5D=``, in
+# quotes as code writes it: ``headers["Authorization"]=``, ``headers['X-Api-Key']:``): the
 # last name in its brackets is the field's (:func:`_bracketed_name`). The quotes around the
 # name and the value may be escaped (``{\"password\": \"x\"}``:
 # JSON held in a JSON string, as a truncated body shows it), and so may blanks around the
@@ -228,7 +229,8 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # grammar (_AUTH_VALUE, _COOKIE_LINE, _COOKIE_VALUE): hidden whole, whatever its scheme or
 # its cookies' names.
 _FIELD = re.compile(
-    r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++(?:(?:\[|%5b)[a-z0-9_.-]*+(?:\]|%5d))*+)"
+    r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++"
+    r"(?:(?:\[|%5b)(?:\\*+[\"'])?+[a-z0-9_.-]*+(?:\\*+[\"'])?+(?:\]|%5d))*+)"
     r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+"
     r"(?:(?:\s|\\++[rnt])*+(?:\\*+[\"']|(?=\[)))?"
     r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
@@ -713,12 +715,12 @@ _BRACKET = re.compile(r"\[|\]|%5b|%5d")
 
 def _bracketed_name(name: str) -> str:
     """The name a form's bracketed field gives its value (``name`` lower-cased): the last in
-    its brackets (``options[headers][x-api-key]``: "x-api-key", as PHP and qs read it), or
+    its brackets (``options[headers][x-api-key]``: "x-api-key", as PHP and qs read it; its
+    quotes taken off, ``headers["authorization"]``: "authorization"), or
     the name before them when they are empty or an index (``password[]``,
     ``password[0]``, ``user[password][1]``: a list of values, each the name's)."""
-    return next(
-        (part for part in reversed(_BRACKET.split(name)) if part and not part.isdigit()), name
-    )
+    parts = (part.strip("\\\"'") for part in reversed(_BRACKET.split(name)))
+    return next((part for part in parts if part and not part.isdigit()), name)
 
 
 def _hide_secret_fields(text: str, cut: bool = False) -> str:

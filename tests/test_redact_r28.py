@@ -115,3 +115,36 @@ def test_an_unknown_first_word_of_an_authorization_is_hidden(text: str) -> None:
 )
 def test_a_known_scheme_is_still_shown(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+# -- a bracketed name in quotes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'headers["Authorization"]=Bearer {BEARER}',
+        f'headers["Authorization"] = "Token {BEARER}"',
+        f"headers['X-Api-Key']: {PASSWORD}",
+        f"request.headers['Authorization'] = 'Token {BEARER}'",
+        f'opts[\\"headers\\"][\\"X-Api-Key\\"]={PASSWORD}',
+        f"os.environ['API_KEY']={PASSWORD}",
+        f"config['password']: {PASSWORD}",
+    ],
+)
+def test_a_bracketed_name_in_quotes_has_its_value_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert BEARER not in shown, shown
+        assert PASSWORD not in shown, shown
+
+
+def test_a_plain_bracketed_name_in_quotes_keeps_its_value() -> None:
+    text = "headers['Accept']=application/json page['size']: 20"
+    assert redact_text(text) == text
+
+
+def test_a_long_run_of_quoted_brackets_is_read_once() -> None:
+    text = "a" + "['x']" * 20_000 + "=b"
+    assert_bounded_work(lambda: redact_text(text))
+    text = "password" + "[\"'" * 30_000
+    assert_bounded_work(lambda: redact_text(text))
