@@ -218,7 +218,8 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # secrecy is decided in Python (_hide_secret_fields); the value is taken only for a secret's
 # name. A form's name may be bracketed (PHP's, Rails', qs': ``auth[password]=x``,
 # ``headers[Authorization]=Bearer%20x``, percent-encoded ``headers%5BAuthorization%5D=``, in
-# quotes as code writes it: ``headers["Authorization"]=``, ``headers['X-Api-Key']:``): the
+# quotes as code writes it: ``headers["Authorization"]=``, ``headers['X-Api-Key']:``; encoded
+# twice, ``headers%255BAuthorization%255D=``): the
 # last name in its brackets is the field's (:func:`_bracketed_name`). The quotes around the
 # name and the value may be escaped (``{\"password\": \"x\"}``:
 # JSON held in a JSON string, as a truncated body shows it), and so may blanks around the
@@ -230,7 +231,7 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # its cookies' names.
 _FIELD = re.compile(
     r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++"
-    r"(?:(?:\[|%5b)(?:\\*+[\"'])?+[a-z0-9_.-]*+(?:\\*+[\"'])?+(?:\]|%5d))*+)"
+    r"(?:(?:\[|%5b|%255b)(?:\\*+[\"'])?+[a-z0-9_.-]*+(?:\\*+[\"'])?+(?:\]|%5d|%255d))*+)"
     r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+"
     r"(?:(?:\s|\\++[rnt])*+(?:\\*+[\"']|(?=\[)))?"
     r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
@@ -352,8 +353,8 @@ _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 #: An unquoted name: up to a form's "&" too (``h[0][key]=Cookie&h[0][value]=...``).
 _BARE_NAME = r"[^\"'\\\s,;:=(){}\[\]<>&]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt])|(?<=%5b))(?:name|key|header|field|param(?:eter)?)"
-    r"(?:\\*+[\"']|\]|%5d)?\s*+[:=]"
+    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt])|(?<=%5b)|(?<=%255b))"
+    r"(?:name|key|header|field|param(?:eter)?)(?:\\*+[\"']|\]|%5d|%255d)?\s*+[:=]"
     r"(?:\s|\\++[rnt])*+"
     rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE_NAME}{{1,64}}+)(?!{_BARE_NAME}))"
 )
@@ -365,18 +366,21 @@ _NAME_FIELD = re.compile(
 #: (:func:`_string_bound`). Read backwards in a reversed window, so that one pass finds the
 #: nearest before a field.
 _OBJECT_BOUND_AFTER = re.compile(
-    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=%5b))"
-    r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"']|\]|%5d)?)\s*+[:=]"
+    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=%5b)|(?<=%255b))"
+    r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"']|\]|%5d|%255d)?)\s*+[:=]"
 )
 _OBJECT_BOUND_BEFORE = re.compile(
-    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+eulav|(?:\]|d5%)?eulav(?![\"']))"
-    r"(?:(?![a-z0-9_.-])|(?=[rnt]\\)|(?=b5%))"
+    r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+eulav|(?:\]|d5%|d552%)?eulav(?![\"']))"
+    r"(?:(?![a-z0-9_.-])|(?=[rnt]\\)|(?=b5%)|(?=b552%))"
 )
 #: How many of those are read around a field: past them (a window crowded with braces, a
 #: hostile run's), the whole window is read as the object's (more names, never fewer).
 _BOUNDS_READ = 8
 #: An unquoted value's run, to look for its name after it (``value=x name=X-Api-Key``).
 _BARE_VALUE = re.compile(rf"{_BARE}++")
+#: The same, up to a form's "&" too, where a header object's value ends to look for its name
+#: after it (``h%5B0%5D%5Bvalue%5D=x&h%5B0%5D%5Bname%5D=X-Api-Key``: no bracket ends it).
+_BARE_FORM_VALUE = re.compile(rf"{_BARE_NAME}++")
 #: A name given under a quoted key (``"name": "Authorization"``), for :func:`_braced_names`.
 _QUOTED_NAME_FIELD = re.compile(
     r"(?i)\\*+[\"'](?:name|key|header|field|param(?:eter)?)\\*+[\"']\s*+:"
@@ -648,7 +652,7 @@ def _value_end(text: str, start: int, punctuation: str) -> int | None:
             if found is not None and found.group().endswith("]"):
                 return found.end()
         return None
-    bare = _BARE_VALUE.match(text, start)
+    bare = _BARE_FORM_VALUE.match(text, start)
     return None if bare is None else bare.end()
 
 
@@ -710,7 +714,7 @@ def _list_item(group: int) -> str:
 _AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_list_item(1)}{_list_item(3)})*+{_list_item(5)}")
 
 
-_BRACKET = re.compile(r"\[|\]|%5b|%5d")
+_BRACKET = re.compile(r"\[|\]|%5b|%5d|%255b|%255d")
 
 
 def _bracketed_name(name: str) -> str:
@@ -766,7 +770,7 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
     for match in fields():
         name = match.group(1).lower()
         punctuation = match.group(2)
-        bracketed = name.endswith(("]", "%5d"))
+        bracketed = name.endswith(("]", "%5d", "%255d"))
         if bracketed:
             name = _bracketed_name(name)
         if (
@@ -1113,6 +1117,7 @@ def redact_url(url: URL | str) -> str:
         + (
             REDACTED
             if is_secret_name(k)
+            or (prefix and is_secret_name(_bracketed_name(last.lower())))
             or (last.lower() == "value" and (prefix in named or prefix in unnamed))
             else _printable(_query_value(v))
         )
@@ -1162,7 +1167,11 @@ def _may_hide(text: str) -> bool:
 def _form_field(key: str) -> tuple[str, str]:
     """A form's bracketed key as its object's prefix and its last name (``h[0][value]``:
     ``("h[0]", "value")``, ``h[0][value][]`` and ``h[0][value][1]`` alike: a list of
-    values, each the name's); ``("", key)`` for a key with no brackets."""
+    values, each the name's; its brackets percent-encoded too, as a query encoded twice
+    shows them once decoded: ``h%5B0%5D%5Bvalue%5D``); ``("", key)`` for a key with no
+    brackets."""
+    if "%" in key:
+        key = _ENCODED_BRACKET.sub(lambda found: "[" if found.group() in "%5b%5B" else "]", key)
     end = len(key)
     while key.endswith("]", 0, end):
         # (Read from the end, once: a key of many indexes costs one pass.)
@@ -1177,6 +1186,9 @@ def _form_field(key: str) -> tuple[str, str]:
         if bracket and "]" not in last:
             return prefix, last
     return "", key
+
+
+_ENCODED_BRACKET = re.compile(r"%5[bBdD]")
 
 
 def _printable(text: str) -> str:

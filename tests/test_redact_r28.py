@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from le_transport._redact import REDACTED, redact_cut, redact_text
+from le_transport._redact import REDACTED, redact_cut, redact_text, redact_url
 from tests.bounded_work import assert_bounded_work
 from tests.known_secrets import BEARER, PASSWORD
 
@@ -148,3 +148,49 @@ def test_a_long_run_of_quoted_brackets_is_read_once() -> None:
     assert_bounded_work(lambda: redact_text(text))
     text = "password" + "[\"'" * 30_000
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- brackets percent-encoded twice -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"headers%255BAuthorization%255D=Bearer%2520{BEARER}&page=2",
+        f"headers%255bX-Api-Key%255d={PASSWORD}&page=2",
+        f"user%255Bpw%255D={PASSWORD}&page=2",
+        f"h%255B0%255D%255Bname%255D=Authorization&h%255B0%255D%255Bvalue%255D=Token%2520{BEARER}",
+        f"h%255B0%255D%255Bvalue%255D={PASSWORD}&h%255B0%255D%255Bname%255D=X-Api-Key",
+    ],
+)
+def test_brackets_encoded_twice_are_read_as_brackets(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000), redact_url(f"https://h/p?{text}")):
+        assert BEARER not in shown, shown
+        assert PASSWORD not in shown, shown
+
+
+def test_a_plain_header_object_encoded_twice_keeps_its_value() -> None:
+    text = "h%255B0%255D%255Bname%255D=Accept&h%255B0%255D%255Bvalue%255D=json&page=2"
+    assert redact_text(text) == text
+    assert "value%5D=json" in redact_url(f"https://h/p?{text}")
+
+
+def test_a_long_run_of_brackets_encoded_twice_is_read_once() -> None:
+    text = "a" + "%255Bx%255D" * 10_000 + "=b"
+    assert_bounded_work(lambda: redact_text(text))
+    text = "%255Bname%255D=Authorization&" * 4_000 + "%255Bvalue%255D=x&" * 4_000
+    assert_bounded_work(lambda: redact_text(text))
+    assert_bounded_work(lambda: redact_url(f"https://h/p?{text}"))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"user[pw]={PASSWORD}&page=2",
+        f"user%5Bpw%5D={PASSWORD}&page=2",
+        f"h%5B0%5D%5Bvalue%5D={PASSWORD}&h%5B0%5D%5Bname%5D=X-Api-Key",
+    ],
+)
+def test_a_bracketed_short_name_or_an_object_after_its_value_is_hidden(query: str) -> None:
+    for shown in (redact_text(query), redact_url(f"https://h/p?{query}")):
+        assert PASSWORD not in shown, shown
