@@ -353,7 +353,7 @@ _BARE = r"[^\"'\\\s,;:=(){}\[\]<>]"
 #: An unquoted name: up to a form's "&" too (``h[0][key]=Cookie&h[0][value]=...``).
 _BARE_NAME = r"[^\"'\\\s,;:=(){}\[\]<>&]"
 _NAME_FIELD = re.compile(
-    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt])|(?<=%5b)|(?<=%255b))"
+    r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=\\[rnt])|(?<=%5b)|(?<=%255b)|(?<=\.))"
     r"(?:name|key|header|field|param(?:eter)?)(?:\\*+[\"']|\]|%5d|%255d)?\s*+[:=]"
     r"(?:\s|\\++[rnt])*+"
     rf"(?:\\*+[\"']([^\"'\\\s]{{1,64}}+)\\*+[\"']|({_BARE_NAME}{{1,64}}+)(?!{_BARE_NAME}))"
@@ -366,12 +366,12 @@ _NAME_FIELD = re.compile(
 #: (:func:`_string_bound`). Read backwards in a reversed window, so that one pass finds the
 #: nearest before a field.
 _OBJECT_BOUND_AFTER = re.compile(
-    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=%5b)|(?<=%255b))"
+    r"(?i)[{}]|(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=%5b)|(?<=%255b)|(?<=\.))"
     r"(?:(?<=[\"'])value\\*+[\"']|(?<![\"'])value(?:\\*+[\"']|\]|%5d|%255d)?)\s*+[:=]"
 )
 _OBJECT_BOUND_BEFORE = re.compile(
     r"(?i)[{}]|[:=]\s*+(?:[\"']\\*+eulav|(?:\]|d5%|d552%)?eulav(?![\"']))"
-    r"(?:(?![a-z0-9_.-])|(?=[rnt]\\)|(?=b5%)|(?=b552%))"
+    r"(?:(?![a-z0-9_.-])|(?=[rnt]\\)|(?=b5%)|(?=b552%)|(?=\.))"
 )
 #: How many of those are read around a field: past them (a window crowded with braces, a
 #: hostile run's), the whole window is read as the object's (more names, never fewer).
@@ -714,6 +714,10 @@ def _list_item(group: int) -> str:
 _AT_ODD_PLACE = re.compile(rf"\[{_LIST_BLANKS}(?:{_list_item(1)}{_list_item(3)})*+{_list_item(5)}")
 
 
+#: The last parts of a dotted name read as the field's name (others are read whole, as
+#: ``headers.authorization`` is): a header object's value, a short name that says secret.
+_DOTTED_LAST = frozenset({"value", *_SECRET_NAMES})
+
 _BRACKET = re.compile(r"\[|\]|%5b|%5d|%255b|%255d")
 
 
@@ -773,6 +777,10 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
         bracketed = name.endswith(("]", "%5d", "%255d"))
         if bracketed:
             name = _bracketed_name(name)
+        elif "." in name and (last := name.rpartition(".")[2]) in _DOTTED_LAST:
+            # A form's dotted name (``h.0.value=...``, ``user.pw=...``): read by its last part,
+            # as a bracketed one is.
+            name, bracketed = last, True
         if (
             name[1:] == "value"
             and name[0] in "rnt"
@@ -1168,8 +1176,8 @@ def _form_field(key: str) -> tuple[str, str]:
     """A form's bracketed key as its object's prefix and its last name (``h[0][value]``:
     ``("h[0]", "value")``, ``h[0][value][]`` and ``h[0][value][1]`` alike: a list of
     values, each the name's; its brackets percent-encoded too, as a query encoded twice
-    shows them once decoded: ``h%5B0%5D%5Bvalue%5D``); ``("", key)`` for a key with no
-    brackets."""
+    shows them once decoded: ``h%5B0%5D%5Bvalue%5D``); a dotted key's alike (``h.0.value``:
+    ``("h.0", "value")``); ``("", key)`` for a key with neither."""
     if "%" in key:
         key = _ENCODED_BRACKET.sub(lambda found: "[" if found.group() in "%5b%5B" else "]", key)
     end = len(key)
@@ -1184,6 +1192,11 @@ def _form_field(key: str) -> tuple[str, str]:
     if key.endswith("]"):
         prefix, bracket, last = key[:-1].rpartition("[")
         if bracket and "]" not in last:
+            return prefix, last
+    if "." in key:
+        # A dotted name (``h.0.value``: ``("h.0", "value")``).
+        prefix, _, last = key.rpartition(".")
+        if prefix and last:
             return prefix, last
     return "", key
 

@@ -194,3 +194,41 @@ def test_a_long_run_of_brackets_encoded_twice_is_read_once() -> None:
 def test_a_bracketed_short_name_or_an_object_after_its_value_is_hidden(query: str) -> None:
     for shown in (redact_text(query), redact_url(f"https://h/p?{query}")):
         assert PASSWORD not in shown, shown
+
+
+# -- dotted form names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"h.0.name=Authorization&h.0.value=Token%20{BEARER}&page=2",
+        f"h.0.value={PASSWORD}&h.0.name=X-Api-Key&page=2",
+        f"headers.0.key=Cookie&headers.0.value=sess%3D{PASSWORD}",
+        f"h.0.name=Accept&h.0.value=json&h.1.name=X-Api-Key&h.1.value={PASSWORD}",
+        f"headers.Authorization=Token%20{BEARER}&page=2",
+        f"headers.X-Api-Key={PASSWORD}",
+        f"user.pw={PASSWORD}&page=2",
+    ],
+)
+def test_a_dotted_form_name_is_read_as_a_bracketed_one(query: str) -> None:
+    for shown in (redact_text(query), redact_cut(query, 1000), redact_url(f"https://h/p?{query}")):
+        assert BEARER not in shown, shown
+        assert PASSWORD not in shown, shown
+
+
+def test_a_plain_dotted_header_object_keeps_its_value() -> None:
+    # (In text, a neighbour's value may be hidden too, as a bracketed form's is: no brace
+    # bounds the objects. The URL's items are read by their prefixes.)
+    query = "h.0.name=Accept&h.0.value=json&h.1.name=X-Api-Key&h.1.value=x&user.name=bob"
+    assert "h.0.value=json" in redact_text("h.0.name=Accept&h.0.value=json&page=2")
+    assert "h.0.value=json" in redact_url(f"https://h/p?{query}")
+    assert "user.name=bob" in redact_url(f"https://h/p?{query}")
+
+
+def test_a_long_run_of_dotted_value_names_is_read_once() -> None:
+    text = "h.0.name=Authorization&" + "a.value=x&" * 10_000 + "b.name=Cookie&" * 5_000
+    assert_bounded_work(lambda: redact_text(text))
+    assert_bounded_work(lambda: redact_url(f"https://h/p?{text}"))
+    text = "a." * 50_000 + "value=x"
+    assert_bounded_work(lambda: redact_text(text))
