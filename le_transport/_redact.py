@@ -1120,12 +1120,13 @@ def redact_url(url: URL | str) -> str:
             elif last.lower() in _NAME_KEYS:
                 unpaired[prefix] = unpaired.get(prefix, 0) - 1
         unnamed = {prefix for prefix, count in unpaired.items() if count > 0}
+    # A form's last name reads as a header's too ("headers[Cookie]=...", "headers.Cookie=...").
     query = "&".join(
         f"{_printable(k)}="
         + (
             REDACTED
             if is_secret_name(k)
-            or (prefix and is_secret_name(_bracketed_name(last.lower())))
+            or (prefix and is_secret_header(_bracketed_name(last.lower())))
             or (last.lower() == "value" and (prefix in named or prefix in unnamed))
             else _printable(_query_value(v))
         )

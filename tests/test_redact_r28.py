@@ -232,3 +232,21 @@ def test_a_long_run_of_dotted_value_names_is_read_once() -> None:
     assert_bounded_work(lambda: redact_url(f"https://h/p?{text}"))
     text = "a." * 50_000 + "value=x"
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a credential header's name as a form's last name, in a URL -------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"headers[Cookie]=sess%3D{PASSWORD}&page=2",
+        f"headers.Cookie=sess%3D{PASSWORD}&page=2",
+        f"headers%255BSet-Cookie%255D=sess%253D{PASSWORD}&page=2",
+        f"h.0.Cookie=sess%3D{PASSWORD}",
+    ],
+)
+def test_a_cookie_header_as_a_form_s_last_name_is_hidden_in_a_url(query: str) -> None:
+    shown = redact_url(f"https://h/p?{query}")
+    assert PASSWORD not in shown, shown
+    assert "page=2" in shown or "page" not in query
