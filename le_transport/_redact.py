@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -903,12 +903,14 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
         if value is not None:
             end = value.end()
             if (
-                kind != "cookie"
+                (kind != "cookie" or not (":" in punctuation or named))
                 and not text.startswith("[", match.end())
                 and (text[match.start() - 1 : match.start()] not in ("?", "&"))
             ):
-                # A passphrase's words after its first; not a query's ("?password=x took
-                # 3 ms": a URL's value has no blank).
+                # A passphrase's words after its first (a cookie's, given as a name's
+                # value, after its cookies: "cookie=sess abc def"; a cookie line is read to
+                # its end); not a query's ("?password=x took 3 ms": a URL's value has no
+                # blank).
                 words = _LINE_VALUE_WORDS if ":" in punctuation else _VALUE_WORDS
                 if (more := words.match(text, end)) is not None:
                     end = more.end()
@@ -1008,19 +1010,31 @@ _TEXT_BEFORE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\1=\2{REDACTED}\2",
     ),
 )
-_TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = (
+
+
+def _hide_short_value(match: re.Match[str]) -> str:
+    """A short name's value hidden, the words after its first too (a passphrase's), but for a
+    query's (after "?" or "&": a URL's value has no blank, what follows is the text's)."""
+    before = match.string[max(0, match.start(1) - 6) : match.start(1)]
+    query = before.endswith(("?", "&", "\\u0026"))
+    return f"{match[1]}{match[2]}{REDACTED}{match[4] if query else ''}"
+
+
+_TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # The whole-name ones, only as name=value (a query string, a form): in "name: value" they
     # are as often a field's label in a message. A name may follow an escaped line break or
     # tab ("\\r\\npw=x": a form or a header block in a JSON string), or an escaped "&" as
     # Go's encoding/json writes it ("user=bob\\u0026pw=x", an Azure SAS URL's "\\u0026sig=").
+    # The value's words after its first are a passphrase's (:data:`_VALUE_WORDS`).
     (
         re.compile(
             r"(?i)(?:(?<![a-z0-9_.-])|(?<=\\[rnt])|(?<=\\u0026)|(?<=\\[ux]00[01][0-9a-f])"
             r"|(?<=\\x[01][0-9a-f]))("
             + "|".join(sorted(_SECRET_NAMES))
             + rf")(\s*=\s*(?:\\*+[\"'])?)((?:[^\"'&,\s}}\\]|{_ESCAPED})++)"
+            + rf"((?:[ \t]++{_NEXT_FIELD}{_VALUE_WORD})*+)"
         ),
-        rf"\1\2{REDACTED}",
+        _hide_short_value,
     ),
     (re.compile(r"(/brand/)[^/?#\s\"']+"), rf"\1{REDACTED}"),
     # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL.
@@ -1347,8 +1361,8 @@ def redact_text(text: str) -> str:
     if "<" in text:
         text = _ELEMENT.sub(lambda match: _hide_element(match, text), text)
     text = _hide_secret_fields(text, cut)
-    for pattern, replacement in _TEXT_AFTER_FIELDS:
-        text = pattern.sub(replacement, text)
+    for pattern, hide in _TEXT_AFTER_FIELDS:
+        text = pattern.sub(hide, text)
     # Three base64url segments, the first starting like a JSON header.
     return _hide_jwts(text)
 

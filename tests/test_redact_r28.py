@@ -250,3 +250,49 @@ def test_a_cookie_header_as_a_form_s_last_name_is_hidden_in_a_url(query: str) ->
     shown = redact_url(f"https://h/p?{query}")
     assert PASSWORD not in shown, shown
     assert "page=2" in shown or "page" not in query
+
+
+# -- a short name's or a cookie's value with blanks in it -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (f"pw={PHRASE}", "pw="),
+        (f"login failed: sig={PHRASE} retry=2", " retry=2"),
+        (f'pw="{PHRASE}" user=bob', " user=bob"),
+        (f"pin={PHRASE}, code=401", ", code=401"),
+        (f'headers["Cookie"]=LivePerson {PHRASE}', 'headers["Cookie"]='),
+        (f"cookie=sess {PHRASE} theme=dark", " theme=dark"),
+    ],
+)
+def test_a_short_name_s_or_a_cookie_s_value_runs_past_its_blanks(text: str, kept: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        for word in PHRASE.split():
+            assert word not in shown, shown
+        assert kept in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET /x?page=2&sig=abc took 3 ms", f"GET /x?page=2&sig={REDACTED} took 3 ms"),
+        ("/x?pw=abc returned 401", f"/x?pw={REDACTED} returned 401"),
+        ("pw=abc&user=bob", f"pw={REDACTED}&user=bob"),
+    ],
+)
+def test_a_short_name_s_query_value_ends_at_its_blank(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pw=a " * 20_000,
+        "sig=a " + "b " * 40_000,
+        "cookie=a " + "b=c " * 20_000,
+        "?pw=a b " * 10_000,
+    ],
+)
+def test_hostile_short_name_values_are_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
