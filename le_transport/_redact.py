@@ -844,8 +844,21 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             # '[("X-Api-Key", "x")]', a form's '[("password", "x")]').
             if not is_secret_header(name) or not _opens_pair(text, match.start(1)):
                 continue
-        elif kind is None and not (
-            is_secret_name(name) if bracketed else any(part in name for part in _SECRET_NAME_PARTS)
+        elif (
+            kind is None
+            and not (
+                is_secret_name(name)
+                if bracketed
+                else any(part in name for part in _SECRET_NAME_PARTS)
+            )
+            and not (
+                # A short name as a quoted key with a quoted value ('{"pw": "x"}', as parsed
+                # JSON's is hidden): a key, no label in a message.
+                name in _SECRET_NAMES
+                and punctuation[0] in "\"'\\"
+                and punctuation[-1] in "\"'"
+                and text[match.start(1) - 1 : match.start(1)] in ('"', "'")
+            )
         ):
             continue
         opener = punctuation[-1]

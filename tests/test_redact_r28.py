@@ -296,3 +296,35 @@ def test_a_short_name_s_query_value_ends_at_its_blank(text: str, expected: str) 
 )
 def test_hostile_short_name_values_are_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a short name as a quoted key ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"pw": "{PASSWORD}", "user": "bob"}}',
+        f'{{\\"sig\\": \\"{PASSWORD}\\", \\"user\\": \\"bob\\"}}',
+        f"{{'pin': '{PASSWORD}', 'user': 'bob'}}",
+        f'{{"otp":"{PASSWORD}","user":"bob"}}',
+        f'{{"user": "bob", "sid": "{PASSWORD}"',
+    ],
+)
+def test_a_short_name_as_a_quoted_key_has_its_quoted_value_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert PASSWORD not in shown, shown
+        assert "bob" in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"pass": true, "code": 200}', "pw: see the vault", '{"pin": 3}', '"pw" is a label'],
+)
+def test_a_short_name_s_bare_value_or_label_is_shown(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_many_quoted_short_keys_are_read_once() -> None:
+    text = '"pw": "' * 30_000
+    assert_bounded_work(lambda: redact_text(text))
