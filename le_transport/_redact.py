@@ -219,7 +219,9 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # name. A form's name may be bracketed (PHP's, Rails', qs': ``auth[password]=x``,
 # ``headers[Authorization]=Bearer%20x``, percent-encoded ``headers%5BAuthorization%5D=``, in
 # quotes as code writes it: ``headers["Authorization"]=``, ``headers['X-Api-Key']:``; encoded
-# twice, ``headers%255BAuthorization%255D=``): the
+# twice, ``headers%255BAuthorization%255D=``; no name starts at an encoded bracket's
+# close, "5D" after its "%", where another bracket follows: read from each, a long run of
+# them, "%5Bx%5D%5Bx%5D...", was read again to its end): the
 # last name in its brackets is the field's (:func:`_bracketed_name`). The quotes around the
 # name and the value may be escaped (``{\"password\": \"x\"}``:
 # JSON held in a JSON string, as a truncated body shows it), and so may blanks around the
@@ -230,7 +232,7 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # grammar (_AUTH_VALUE, _COOKIE_LINE, _COOKIE_VALUE): hidden whole, whatever its scheme or
 # its cookies' names.
 _FIELD = re.compile(
-    r"(?i)(?<![a-z0-9_.-])([a-z0-9_.-]++"
+    r"(?i)(?<![a-z0-9_.-])(?!(?<=%)(?:25)?5d(?:\[|%5b|%255b))([a-z0-9_.-]++"
     r"(?:(?:\[|%5b|%255b)(?:\\*+[\"'])?+[a-z0-9_.-]*+(?:\\*+[\"'])?+(?:\]|%5d|%255d))*+)"
     r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+"
     r"(?:(?:\s|\\++[rnt])*+(?:\\*+[\"']|(?=\[)))?"

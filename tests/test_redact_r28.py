@@ -328,3 +328,26 @@ def test_a_short_name_s_bare_value_or_label_is_shown(text: str) -> None:
 def test_many_quoted_short_keys_are_read_once() -> None:
     text = '"pw": "' * 30_000
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a long run of encoded brackets with no field after it ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" + "%5Bx%5D" * 15_000,
+        "a" + "%255Bx%255D" * 10_000,
+        "a" + "%5B'x'%5D" * 10_000,
+        "a" + "%5Dx[x]" * 15_000,
+        "a" + "%255D%5Bx" * 10_000,
+    ],
+)
+def test_a_long_run_of_encoded_brackets_is_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
+    assert_bounded_work(lambda: redact_cut(text, 300))
+
+
+def test_a_name_after_an_encoded_bracket_s_close_is_still_read() -> None:
+    text = f"x%5Dpassword={PASSWORD}&h%5B0%5D%5Bpassword%5D={PASSWORD}"
+    assert PASSWORD not in redact_text(text)
