@@ -221,7 +221,9 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # quotes as code writes it: ``headers["Authorization"]=``, ``headers['X-Api-Key']:``; encoded
 # twice, ``headers%255BAuthorization%255D=``; no name starts at an encoded bracket's
 # close, "5D" after its "%", where another bracket follows: read from each, a long run of
-# them, "%5Bx%5D%5Bx%5D...", was read again to its end): the
+# them, "%5Bx%5D%5Bx%5D...", was read again to its end; an encoded bracket starts one, with no
+# name before it, ``%5B0%5D%5Bpassword%5D=``, unless it follows a close: a run's brackets
+# after its first are never read from): the
 # last name in its brackets is the field's (:func:`_bracketed_name`). The quotes around the
 # name and the value may be escaped (``{\"password\": \"x\"}``:
 # JSON held in a JSON string, as a truncated body shows it), and so may blanks around the
@@ -231,9 +233,10 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # scheme readable. An authorization's or a cookie's unquoted value is read by its header's
 # grammar (_AUTH_VALUE, _COOKIE_LINE, _COOKIE_VALUE): hidden whole, whatever its scheme or
 # its cookies' names.
+_FIELD_BRACKET = r"(?:(?:\[|%5b|%255b)(?:\\*+[\"'])?+[a-z0-9_.-]*+(?:\\*+[\"'])?+(?:\]|%5d|%255d))"
 _FIELD = re.compile(
-    r"(?i)(?<![a-z0-9_.-])(?!(?<=%)(?:25)?5d(?:\[|%5b|%255b))([a-z0-9_.-]++"
-    r"(?:(?:\[|%5b|%255b)(?:\\*+[\"'])?+[a-z0-9_.-]*+(?:\\*+[\"'])?+(?:\]|%5d|%255d))*+)"
+    r"(?i)(?<![a-z0-9_.-])(?!(?<=%)(?:25)?5d(?:\[|%5b|%255b))("
+    rf"[a-z0-9_.-]++{_FIELD_BRACKET}*+|(?<!\])(?=%5b|%255b){_FIELD_BRACKET}++)"
     r"((?:\\*+[\"'])?\s*+(?:\\++[rnt]\s*+){0,2}+[:=]\s*+"
     r"(?:(?:\s|\\++[rnt])*+(?:\\*+[\"']|(?=\[)))?"
     r"|\\*+[\"'](?:\s|\\++[rnt])*+,(?:\s|\\++[rnt])*+b?\\*+[\"'])"
