@@ -736,6 +736,10 @@ def _bracketed_name(name: str) -> str:
     return next((part for part in parts if part and not part.isdigit()), name)
 
 
+#: A JSON literal that holds no secret, after a short name's quoted key (``"pass": true``).
+_JSON_FLAG = re.compile(r"(?:true|false|null)(?![A-Za-z0-9_])")
+
+
 def _hide_secret_fields(text: str, cut: bool = False) -> str:
     """``text`` with the value of each field whose name says secret hidden; one pass. When
     ``text`` is ``cut`` short of the text it is shown of (:func:`redact_cut`), a header
@@ -857,11 +861,16 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
                 else any(part in name for part in _SECRET_NAME_PARTS)
             )
             and not (
-                # A short name as a quoted key with a quoted value ('{"pw": "x"}', as parsed
-                # JSON's is hidden): a key, no label in a message.
+                # A short name as a quoted key with a quoted value ('{"pw": "x"}'), or a
+                # number or a list after its colon ('{"pin": 1234', '{"otp": ["x"]': a body
+                # cut before its end, hidden as parsed JSON's is; not a flag, '{"pass":
+                # true', which holds no secret): a key, no label in a message.
                 name in _SECRET_NAMES
                 and punctuation[0] in "\"'\\"
-                and punctuation[-1] in "\"'"
+                and (
+                    punctuation[-1] in "\"'"
+                    or (":" in punctuation and _JSON_FLAG.match(text, match.end()) is None)
+                )
                 and text[match.start(1) - 1 : match.start(1)] in ('"', "'")
             )
         ):

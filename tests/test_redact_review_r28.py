@@ -53,3 +53,43 @@ def test_an_encoded_bracketed_plain_name_keeps_its_value() -> None:
 def test_a_long_run_of_encoded_brackets_with_nothing_before_it_is_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
     assert_bounded_work(lambda: redact_cut(text, 300))
+
+
+# -- a short name as a quoted key, whatever its value -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ('{"pin": 482913, "user": "bob", "note": "a body cut before its end', '"user": "bob"'),
+        ('{"otp": 482913}', "}"),
+        ("{'sig': 482913, 'page': 2", "'page': 2"),
+        ('{\\"pin\\": 482913, \\"page\\": 2', '\\"page\\": 2'),
+        ('{"otp": ["482913"], "page": 2', '"page": 2'),
+    ],
+)
+def test_a_short_name_as_a_quoted_key_has_any_value_hidden(text: str, kept: str) -> None:
+    # As parsed JSON's is (a body cut before its end is read as text): a PIN or a one-time
+    # password is as often a number.
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert "482913" not in shown, shown
+        assert kept in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["pin: 482913", "pw: 482913 ms", "sig:482913", "step pin: 482913", "{pin: 482913}"],
+)
+def test_a_short_name_unquoted_before_its_colon_is_still_a_label(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize("text", ['{"pass": true, "code": 200}', '{"pin": null}', "{'sig': false}"])
+def test_a_short_name_s_flag_is_shown(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_many_quoted_short_keys_with_bare_values_are_read_once() -> None:
+    text = '{"pin": 1, ' * 12_000
+    assert_bounded_work(lambda: redact_text(text))
+    assert "1" not in redact_text(text)
