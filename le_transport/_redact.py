@@ -269,10 +269,15 @@ _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_E
 #: text's, shown). In a header-like line (``name: value``), words after a comma or a semicolon
 #: too (``password: a, b``; not a field's after it: ``Token x, status=401``). One pass: each
 #: word is read at most twice (once to see it starts no field).
-_NEXT_FIELD = r"(?![A-Za-z0-9_.\[\]-]++[ \t]*+[:=])"
+#: A blank between a value's words: a space, a tab, or any other that breaks no line (a
+#: no-break space, U+00A0 as a web page or a keyboard's Option-Space gives it, a thin one).
+_WORD_BLANK = r"[^\S\n\r\x0b\x0c\x1c-\x1f\x85\u2028\u2029]"
+_NEXT_FIELD = rf"(?![A-Za-z0-9_.\[\]-]++{_WORD_BLANK}*+[:=])"
 _VALUE_WORD = rf"(?:[^\"'&,;\s}}\\<]|{_ESCAPED})++"
-_VALUE_WORDS = re.compile(rf"(?:[ \t]++{_NEXT_FIELD}{_VALUE_WORD})*+")
-_LINE_VALUE_WORDS = re.compile(rf"(?:[ \t]*+[,;]?+[ \t]*+{_NEXT_FIELD}{_VALUE_WORD})*+")
+_VALUE_WORDS = re.compile(rf"(?:{_WORD_BLANK}++{_NEXT_FIELD}{_VALUE_WORD})*+")
+_LINE_VALUE_WORDS = re.compile(
+    rf"(?:{_WORD_BLANK}*+[,;]?+{_WORD_BLANK}*+{_NEXT_FIELD}{_VALUE_WORD})*+"
+)
 #: An authorization's value (RFC 9110 credentials): a scheme, then after blanks a credential:
 #: either auth-params after commas (``username="bob", realm="r", response="..."``: Digest,
 #: OAuth, MAC, AWS; a quoted value taken whole, spaces and commas and all), or one run (a
@@ -1059,7 +1064,7 @@ _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]],
             r"|(?<=\\x[01][0-9a-f]))("
             + "|".join(sorted(_SECRET_NAMES))
             + rf")(\s*=\s*(?:\\*+[\"'])?)((?:[^\"'&,\s}}\\]|{_ESCAPED})++)"
-            + rf"((?:[ \t]++{_NEXT_FIELD}{_VALUE_WORD})*+)"
+            + rf"((?:{_WORD_BLANK}++{_NEXT_FIELD}{_VALUE_WORD})*+)"
         ),
         _hide_short_value,
     ),

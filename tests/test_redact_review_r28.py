@@ -93,3 +93,47 @@ def test_many_quoted_short_keys_with_bare_values_are_read_once() -> None:
     text = '{"pin": 1, ' * 12_000
     assert_bounded_work(lambda: redact_text(text))
     assert "1" not in redact_text(text)
+
+
+# -- a passphrase's words joined by a blank other than a space or a tab ------------------------
+
+WORDS = ("correcthorse", "batterystaple", "tromboneglue")
+
+
+@pytest.mark.parametrize("blank", ["\u00a0", "\u202f", "\u3000", "\u2009", " \u00a0"])
+@pytest.mark.parametrize(
+    ("template", "kept"),
+    [
+        ("password: {phrase}", "password: "),
+        ("password={phrase} user=bob", " user=bob"),
+        ("pw={phrase}\r\nHost: h", "\r\nHost: h"),
+        ("X-Api-Key: {phrase}, status=401", ", status=401"),
+    ],
+)
+def test_a_passphrase_s_words_joined_by_any_blank_are_hidden(
+    blank: str, template: str, kept: str
+) -> None:
+    text = template.format(phrase=blank.join(WORDS))
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        for word in WORDS:
+            assert word not in shown, shown
+        assert kept in shown, shown
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\n"])
+def test_a_passphrase_ends_at_any_line_break(brk: str) -> None:
+    text = f"password: correcthorse{brk}next line"
+    assert redact_text(text) == f"password: {REDACTED}{brk}next line"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password: a" + "\u00a0" * 100_000 + "b",
+        "password=a" + "\u00a0b" * 50_000,
+        "pw=a" + "\u3000b:" * 30_000,
+        "password: a" + "\u00a0b\u00a0c=" * 20_000,
+    ],
+)
+def test_hostile_runs_of_unicode_blanks_are_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
