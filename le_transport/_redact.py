@@ -262,6 +262,13 @@ _ESCAPED_IN_QUOTES = (
     r"|(?:\\[rn])++(?![A-Za-z0-9_-]++:))"
 )
 _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_ESCAPED})++")
+#: A blank between a value's words: a space, a tab, or any other that breaks no line (a
+#: no-break space, U+00A0 as a web page or a keyboard's Option-Space gives it, a thin one).
+_WORD_BLANK = r"[^\S\n\r\x0b\x0c\x1c-\x1f\x85\u2028\u2029]"
+#: A word that starts another field: a name, then a colon, or an "=" with a value after it
+#: or a blank before it (``user=bob``, ``user = bob``, ``status: 401``); not a run that
+#: ends in "=" (``ZGVm==``, ``ZGVmZ2g= ``, ``ZGVmZ2g=,``: a base64 word's padding, the value's).
+_NEXT_FIELD = rf"(?![A-Za-z0-9_.\[\]-]++(?:{_WORD_BLANK}*+:|{_WORD_BLANK}++=|=(?![=\s,;&]|\Z)))"
 #: The words after an unquoted secret value's first, the blanks between them (a passphrase:
 #: ``password: correct horse battery``, ``password=my secret phrase``): taken up to the end of
 #: the value's line, a quote or a brace closing the text around it, a form's "&" or a
@@ -269,10 +276,6 @@ _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_E
 #: text's, shown). In a header-like line (``name: value``), words after a comma or a semicolon
 #: too (``password: a, b``; not a field's after it: ``Token x, status=401``). One pass: each
 #: word is read at most twice (once to see it starts no field).
-#: A blank between a value's words: a space, a tab, or any other that breaks no line (a
-#: no-break space, U+00A0 as a web page or a keyboard's Option-Space gives it, a thin one).
-_WORD_BLANK = r"[^\S\n\r\x0b\x0c\x1c-\x1f\x85\u2028\u2029]"
-_NEXT_FIELD = rf"(?![A-Za-z0-9_.\[\]-]++{_WORD_BLANK}*+[:=])"
 _VALUE_WORD = rf"(?:[^\"'&,;\s}}\\<]|{_ESCAPED})++"
 _VALUE_WORDS = re.compile(rf"(?:{_WORD_BLANK}++{_NEXT_FIELD}{_VALUE_WORD})*+")
 _LINE_VALUE_WORDS = re.compile(

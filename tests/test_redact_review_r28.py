@@ -137,3 +137,45 @@ def test_a_passphrase_ends_at_any_line_break(brk: str) -> None:
 )
 def test_hostile_runs_of_unicode_blanks_are_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a passphrase's word padded as base64 is no field's name -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("password: abc123 ZGVmZ2hp==", "password: "),
+        ("token=abc123 ZGVmZ2g= user=bob", " user=bob"),
+        ("pw=abc123 ZGVmZ2g=", "pw="),
+        ("api_key: k1 ZGVmZ2g== status: 401", " status: 401"),
+        ("password: abc123 ZGVmZ2g=, retry=2", ", retry=2"),
+    ],
+)
+def test_a_passphrase_s_padded_word_is_hidden(text: str, kept: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert "ZGVmZ2" not in shown, shown
+        assert "abc123" not in shown, shown
+        assert kept in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("password=abc user=bob", f"password={REDACTED} user=bob"),
+        ("password=abc user = bob", f"password={REDACTED} user = bob"),
+        ("password=abc user =bob", f"password={REDACTED} user =bob"),
+        ("password: abc user: bob", f"password: {REDACTED} user: bob"),
+        ("password: abc status:401", f"password: {REDACTED} status:401"),
+    ],
+)
+def test_a_field_after_a_passphrase_is_still_shown(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["password: a" + " b=" * 40_000, "password: a" + " b==" * 30_000 + "c", "pw=a b= " * 15_000],
+)
+def test_hostile_padded_words_are_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
