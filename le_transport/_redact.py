@@ -1072,10 +1072,12 @@ _TEXT_AFTER_FIELDS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]],
         _hide_short_value,
     ),
     (re.compile(r"(/brand/)[^/?#\s\"']+"), rf"\1{REDACTED}"),
-    # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL.
-    # (The scheme is a whole run, never a part of one: a long run costs one pass.)
+    # A URL's userinfo ("https://user:password@host"), which redact_url drops from a URL, up
+    # to its last "@" ("https://bob:p@ss@host": a URL's parser reads the host after it, the
+    # password "p@ss"). (The scheme is a whole run, never a part of one: a long run costs one
+    # pass.)
     (
-        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]++://)[^/?#\s@\"']*+@"),
+        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]++://)(?:[^/?#\s@\"']*+@)++"),
         rf"\1{REDACTED}@",
     ),
 )

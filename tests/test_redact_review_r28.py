@@ -179,3 +179,29 @@ def test_a_field_after_a_passphrase_is_still_shown(text: str, expected: str) -> 
 )
 def test_hostile_padded_words_are_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a URL's userinfo with an "@" of its own ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("InvalidURL: https://bob:hunt@er2@h/x", f"InvalidURL: https://{REDACTED}@h/x"),
+        (
+            "url=URL('https://bob:p@ss@w@rd@h:8443/x?a=b@c')",
+            f"url=URL('https://{REDACTED}@h:8443/x?a=b@c')",
+        ),
+        ("redis://:pa@ss@cache:6379/0 refused", f"redis://{REDACTED}@cache:6379/0 refused"),
+        ("https://h/x?email=a@b.example", "https://h/x?email=a@b.example"),
+    ],
+)
+def test_a_userinfo_is_hidden_up_to_its_last_at_sign(text: str, expected: str) -> None:
+    # (A URL's parser reads its host after the last "@": yarl reads "https://bob:hunt@er2@h"
+    # as the password "hunt@er2".)
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize("text", ["https://" + "a@" * 50_000, ("x://" + "@" * 20) * 5_000])
+def test_a_long_run_of_at_signs_is_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
