@@ -744,8 +744,9 @@ def _bracketed_name(name: str) -> str:
     return next((part for part in parts if part and not part.isdigit()), name)
 
 
-#: A JSON literal that holds no secret, after a short name's quoted key (``"pass": true``).
-_JSON_FLAG = re.compile(r"(?:true|false|null)(?![A-Za-z0-9_])")
+#: A literal that holds no secret, after a short name's quoted key: JSON's (``"pass": true``)
+#: or a Python repr's (``'pass': True``, ``'otp': None``).
+_JSON_FLAG = re.compile(r"(?:true|false|null|True|False|None)(?![A-Za-z0-9_])")
 
 
 def _hide_secret_fields(text: str, cut: bool = False) -> str:

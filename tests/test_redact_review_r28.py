@@ -84,7 +84,16 @@ def test_a_short_name_unquoted_before_its_colon_is_still_a_label(text: str) -> N
     assert redact_text(text) == text
 
 
-@pytest.mark.parametrize("text", ['{"pass": true, "code": 200}', '{"pin": null}', "{'sig': false}"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"pass": true, "code": 200}',
+        '{"pin": null}',
+        "{'sig': false}",
+        "{'pass': True, 'code': 200}",
+        "{'otp': None}",
+    ],
+)
 def test_a_short_name_s_flag_is_shown(text: str) -> None:
     assert redact_text(text) == text
 
