@@ -844,6 +844,17 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
                     + _braced_names(text, match.start(1), close, window)
                 )
             secrets = [n.lower() for n in names if is_secret_header(n)]
+            if not names and bracketed:
+                # A form's header objects written field by field, their names grouped apart
+                # from their values ('h[0][name]=Accept&h[1][name]=X-Api-Key&h[0][value]=...
+                # &h[1][value]=...'): no brace bounds a form's objects, and another's "value"
+                # ends the windows above before any name. The names all around it read it (a
+                # neighbour's value is hidden too; redact_url reads each by its prefix).
+                after = match.end() if close is None else close
+                around = _object_names(
+                    text, max(0, match.start(1) - window), min(len(text), after + window)
+                )
+                secrets = [n.lower() for n in around if is_secret_header(n)]
             if not secrets:
                 if not (cut and close is not None and close + _NAMED_WINDOW > len(text)):
                     continue

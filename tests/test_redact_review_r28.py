@@ -214,3 +214,41 @@ def test_a_userinfo_is_hidden_up_to_its_last_at_sign(text: str, expected: str) -
 @pytest.mark.parametrize("text", ["https://" + "a@" * 50_000, ("x://" + "@" * 20) * 5_000])
 def test_a_long_run_of_at_signs_is_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a form's header objects with their names and values grouped apart ----------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"h[0][name]=Accept&h[1][name]=X-Api-Key&h[0][value]=json&h[1][value]={PASSWORD}",
+        f"h[0][value]={PASSWORD}&h[1][value]=json&h[0][name]=X-Api-Key&h[1][name]=Accept",
+        f"h.0.value={PASSWORD}&h.1.value=json&h.0.name=Authorization&h.1.name=Accept",
+        f"h%5B0%5D%5Bvalue%5D={PASSWORD}&h%5B1%5D%5Bvalue%5D=json&h%5B0%5D%5Bkey%5D=Cookie",
+    ],
+)
+def test_a_form_s_header_objects_grouped_by_field_have_their_credential_hidden(text: str) -> None:
+    # (In text no brace bounds a form's objects: a neighbour's value is hidden too. redact_url
+    # reads each by its object's prefix.)
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert PASSWORD not in shown, shown
+
+
+def test_a_form_s_plain_header_objects_grouped_by_field_keep_their_values() -> None:
+    text = "h[0][name]=Accept&h[1][name]=Host&h[0][value]=json&h[1][value]=example.com&page=2"
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "h[0][name]=Accept&" + "h[0][value]=x&" * 9_000,
+        "h.0.value=x&" * 9_000 + "h.0.name=Accept",
+        "a%5Bvalue%5D=x&" * 7_000,
+        "h[0][name]=X-Api-Key&" + "h[0][value]=x&" * 9_000,
+    ],
+)
+def test_a_long_run_of_form_values_is_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
+    assert_bounded_work(lambda: redact_cut(text, 300))
