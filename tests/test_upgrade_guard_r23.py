@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from le_transport import ConnectionFailed
+from le_transport._redact import redact_text
 from le_transport.chaos import FaultInjector, FaultRule, Status
 from le_transport.chaos.plan import Match, Schedule
 from le_transport.errors import Repeat
@@ -75,6 +76,9 @@ def _credentials_refusal(cause: BaseException | None) -> ConnectionFailed:
     assert cause.repeat is Repeat.FINAL
     text = str(cause)
     assert "user name or password" in text, text
+    # Readable through redaction (a log line's): "password: not followed (...)" read as a
+    # credential, and everything after it was hidden.
+    assert redact_text(text) == text
     for secret in ("u:p", _BASIC_UP, "/moved", "SECRETKEY", "tok123"):
         assert secret not in text, text
     assert cause.__cause__ is None

@@ -140,19 +140,19 @@ _METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 def _check_signable(method: object, url: object) -> None:
     _require(
         isinstance(method, str) and bool(method) and utf8_encodable(method),
-        "header",
+        "header()",
         "the method",
         method,
     )
     if _METHOD_TOKEN.fullmatch(cast(str, method)) is None:
         raise ConfigurationError(
-            "OAuth1Signer.header: the method must be an HTTP method token (ASCII letters, "
+            "OAuth1Signer.header(): the method must be an HTTP method token (ASCII letters, "
             "digits and !#$%&'*+.^_`|~-, as 'GET'); the value is not shown"
         )
     # A relative URL is allowed: Engine.login() asks for credentials for URL("/").
     if not isinstance(url, URL):
         raise ConfigurationError(
-            f"OAuth1Signer.header: the url must be a yarl.URL, got {type(url).__name__}"
+            f"OAuth1Signer.header(): the url must be a yarl.URL, got {type(url).__name__}"
         )
 
 
@@ -161,7 +161,7 @@ def _pairs(params: object) -> list[tuple[str, str]]:
     # UnicodeEncodeError whose arguments hold the whole value.
     if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
         raise ConfigurationError(
-            f"OAuth1Signer.header: body_params must be (name, value) pairs, got "
+            f"OAuth1Signer.header(): body_params must be (name, value) pairs, got "
             f"{type(params).__name__}"
         )
     pairs = list(params)
@@ -173,12 +173,12 @@ def _pairs(params: object) -> list[tuple[str, str]]:
             and isinstance(pair[1], str)
         ):
             raise ConfigurationError(
-                "OAuth1Signer.header: body_params must be pairs of two str, got "
+                "OAuth1Signer.header(): body_params must be pairs of two str, got "
                 f"{type(pair).__name__}"
             )
         if not (utf8_encodable(pair[0]) and utf8_encodable(pair[1])):
             raise ConfigurationError(
-                "OAuth1Signer.header: body_params hold a str UTF-8 cannot encode (a lone "
+                "OAuth1Signer.header(): body_params hold a str UTF-8 cannot encode (a lone "
                 "surrogate); the value is not shown"
             )
     return pairs
@@ -243,7 +243,7 @@ class OAuth1Signer:
 
         Arguments it cannot sign raise :class:`ConfigurationError` naming their type, as
         :meth:`header`'s do (never a ``UnicodeEncodeError`` quoting the value)."""
-        return self._signed("signature", method, url, nonce, timestamp, body_params)
+        return self._signed("signature()", method, url, nonce, timestamp, body_params)
 
     def _signed(
         self,
@@ -297,7 +297,7 @@ class OAuth1Signer:
                     "3.3); give the signer a wall clock (time.time)"
                 )
             timestamp = str(int(now))
-        signature = self._signed("header", method, url, nonce, timestamp, body_params)
+        signature = self._signed("header()", method, url, nonce, timestamp, body_params)
         params = [
             *self.protocol_params(nonce=nonce, timestamp=timestamp),
             ("oauth_signature", signature),

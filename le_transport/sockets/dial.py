@@ -974,8 +974,8 @@ class EngineDialer:
         every reconnect. Neither they nor the ``Location`` are shown."""
         return self._final_failure(
             f"upgrade of {shown} was redirected to a Location carrying a user name or "
-            "password: not followed (a socket sends only its own credentials, to its "
-            "service's host)"
+            "password, which is not followed: a socket sends only its own credentials, to its "
+            "service's host"
         )
 
     def _combined(self, shown: str, session: aiohttp.ClientSession) -> ConnectionFailed:
