@@ -1994,10 +1994,11 @@ class OverloadGuard:
         a break, on a service just found well. (A close written before this verdict, a stale
         probe's that landed as this one was admitted, is older: written over, as always.) And
         if the verdict is about to be written once the probe's lease has ended (the lock freed
-        by its TTL), the lock is read first, as a late answer's is (:meth:`_record`): another
+        by its TTL), the probe takes the lock again first (:meth:`_retake_lock`): another
         probe's value there is a newer probe out, whose verdict decides; this one is not
         published (this process keeps its break). Published, it stood against that probe's
-        success, whose compare-and-set found it and was dropped.
+        success, whose compare-and-set found it and was dropped; and taken again, no probe is
+        admitted between the lock's check and the write.
         """
         assert self._breaker is not None
         lease = self._breaker.probe_lease
@@ -2026,10 +2027,13 @@ class OverloadGuard:
             brk = status.open_until - now
             if brk <= 0:
                 return status, False  # over while the store answered: nothing to publish
-            if probe is not None and probe.until is not None and now >= probe.until:
-                held = await self._store.get(self._probe_key(key))
-                if held is not None and held.value != probe.lock:
-                    return status, False  # another probe holds the fleet's lock: it decides
+            if (
+                probe is not None
+                and probe.until is not None
+                and now >= probe.until
+                and not await self._retake_lock(key, probe.lock)
+            ):
+                return status, False  # another probe holds the fleet's lock: it decides
             value = self._trip_value(opens, lease, last)
             if entry is None:
                 stored = await self._store.add(trip_key, value, ttl=brk + lease)
@@ -2052,6 +2056,21 @@ class OverloadGuard:
             extra={"service": key[0], "host": key[1]},
         )
         return status, False
+
+    async def _retake_lock(self, key: tuple[str, str], lock: str) -> bool:
+        """Take the fleet's probe lock at ``key`` again with a probe's own value ``lock``, its
+        lease over, for as long as its verdict's publish may take (:func:`_fleet_probe_margin`;
+        freed with the lock's compare-and-delete once it is published): whether it is this
+        probe's. Set-if-absent, as a probe takes it (:meth:`_admit`): read and then written, a
+        probe admitted in between (its lock taken, the entry it would close read) had its
+        success's close find this older break, and dropped. Held with another value, another
+        probe is out, whose verdict decides."""
+        assert self._breaker is not None
+        probe_key = self._probe_key(key)
+        if await self._store.add(probe_key, lock, ttl=_fleet_probe_margin(self._breaker)):
+            return True
+        held = await self._store.get(probe_key)
+        return held is None or held.value == lock
 
     def _keep(
         self, key: tuple[str, str], status: BreakerStatus, kept: BreakerStatus
