@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from le_transport.errors import StateStoreError
 from le_transport.middleware.overload import OverloadGuard
 from le_transport.policies import BreakerState
 from le_transport.state import FallbackStore, MemoryStore, state_key
@@ -127,5 +128,93 @@ async def test_a_late_failure_written_as_a_newer_probe_is_admitted_yields_to_its
         assert LOCK not in inner._values, "the lock A took again to publish is freed after it"
         assert await b.admit(_Call("svc", HOST), 1) is not None, "B takes A's break"
         assert b.breaker_state("svc", HOST) is BreakerState.OPEN
+    await a.drain()
+    await b.drain()
+
+
+async def _late_verdict(
+    clock: VirtualClock, inner: Held, a: OverloadGuard, probe: _Call
+) -> asyncio.Future[None]:
+    """A's probe cut, its verdict's read of the trip held until past its lock's lease."""
+    assert probe.until is not None
+    clock.advance(probe.until - clock.now())
+    inner.hold_read = True
+    verdict = asyncio.ensure_future(a.settle(probe, 1, CUT))
+    await inner.reading.wait()
+    clock.advance(MARGIN + 1.0)
+    return verdict
+
+
+async def test_a_late_failure_with_no_newer_probe_is_the_fleets_break() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    inner = Held(clock)
+    a, b = _fleet(clock, inner)
+    probe = await _open_and_probe(clock, a, b)
+    verdict = await _late_verdict(clock, inner, a, probe)
+    inner.read_go.set()
+    await verdict
+    await _settle_loop()
+    assert _trip(inner)["opens"] == 2, "A's failure, the newest verdict, is published"
+    assert LOCK not in inner._values, "the lock taken again to publish it is freed"
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    assert await b.admit(_Call("svc", HOST), 1) is not None, "B takes the fleet's break"
+    assert b.breaker_state("svc", HOST) is BreakerState.OPEN
+    await a.drain()
+    await b.drain()
+
+
+async def test_a_late_failure_while_a_newer_probe_is_out_leaves_that_probes_failure() -> None:
+    clock = VirtualClock(start=100.0, autojump=False)
+    inner = Held(clock)
+    a, b = _fleet(clock, inner)
+    probe = await _open_and_probe(clock, a, b)
+    verdict = await _late_verdict(clock, inner, a, probe)
+    other = _Call("svc", HOST)
+    assert await b.admit(other, 1) is None, "B probes once A's lock is gone"
+    inner.read_go.set()
+    await verdict
+    await _settle_loop()
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN, "A keeps its own break"
+    await b.settle(other, 1, DOWN)
+    assert b.breaker_state("svc", HOST) is BreakerState.OPEN
+    assert "opens" in _trip(inner), "B's failure, the newest verdict, is the fleet's break"
+    assert LOCK not in inner._values
+    # A's own break over, it goes half-open again and probes (nothing left refusing it).
+    clock.advance(200.0)
+    again = _Call("svc", HOST)
+    assert await a.admit(again, 1) is None
+    await a.settle(again, 1, OK)
+    assert a.breaker_state("svc", HOST) is BreakerState.CLOSED
+    assert "closed" in _trip(inner)
+    await a.drain()
+    await b.drain()
+
+
+class LockAddFails(Held):
+    """The primary fails (an outage) on the next set-if-absent of the fleet's probe lock."""
+
+    fail_lock = False
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        if self.fail_lock and key == LOCK:
+            self.fail_lock = False
+            raise StateStoreError("down")
+        return await super().add(key, value, ttl=ttl)
+
+
+async def test_a_store_outage_as_a_late_failure_takes_the_lock_again_is_no_callers_error() -> None:
+    # The lock's set-if-absent fails (the primary is out): the store answers locally, the
+    # settle does not raise, and the break is not written into the fleet's store blindly.
+    clock = VirtualClock(start=100.0, autojump=False)
+    inner = LockAddFails(clock)
+    a, b = _fleet(clock, inner)
+    probe = await _open_and_probe(clock, a, b)
+    verdict = await _late_verdict(clock, inner, a, probe)
+    inner.fail_lock = True
+    inner.read_go.set()
+    await verdict  # no error reaches the caller
+    await _settle_loop()
+    assert a.breaker_state("svc", HOST) is BreakerState.OPEN
+    assert TRIP not in inner._values, "nothing written to the fleet's store meanwhile"
     await a.drain()
     await b.drain()
