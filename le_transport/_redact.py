@@ -855,6 +855,18 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
                     text, max(0, match.start(1) - window), min(len(text), after + window)
                 )
                 secrets = [n.lower() for n in around if is_secret_header(n)]
+            elif not secrets and bracketed:
+                # The plain name beside it may be another object's, the form's fields in any
+                # order ('h[0][name]=X-Api-Key&h[1][value]=json&h[1][name]=Accept&h[0][value]
+                # =...'): its own object's name around it, by their prefix (as redact_url
+                # reads it), reads it too.
+                after = match.end() if close is None else close
+                secrets = _form_object_names(
+                    text,
+                    match.group(1),
+                    max(0, match.start(1) - window),
+                    min(len(text), after + window),
+                )
             if not secrets:
                 if not (cut and close is not None and close + _NAMED_WINDOW > len(text)):
                     continue
@@ -1266,6 +1278,38 @@ def _form_field(key: str) -> tuple[str, str]:
 
 
 _ENCODED_BRACKET = re.compile(r"%5[bBdD]")
+#: A form's field in text, for :func:`_form_object_names`: a key (bracketed, dotted,
+#: percent-encoded) and a short value, a header's name.
+_FORM_PAIR = re.compile(
+    r"(?<![A-Za-z0-9_.%\[\]-])([A-Za-z0-9_.%\[\]-]++)=([^&\s\"'<>=]{1,64}+)(?![^&\s\"'<>=])"
+)
+
+
+def _form_object_names(text: str, key: str, start: int, end: int) -> list[str]:
+    """The secret headers' names (lower-cased) that the form's fields in ``text[start:end]``
+    give the object whose value's key is ``key`` (``h[0][value]``: those of ``h[0][name]=``,
+    ``h[0][key]=``..., as :func:`redact_url` pairs them by their prefix)."""
+    prefix = _form_field(_unquote_brackets(key))[0].lower()
+    if not prefix:
+        return []
+    names = []
+    for found in _FORM_PAIR.finditer(text, start, end):
+        other, last = _form_field(_unquote_brackets(found.group(1)))
+        value = unquote(found.group(2))
+        if other.lower() == prefix and last.lower() in _NAME_KEYS and is_secret_header(value):
+            names.append(value.lower())
+    return names
+
+
+def _unquote_brackets(key: str) -> str:
+    """``key`` with its brackets percent-encoded twice read as encoded once (``%255B``:
+    ``%5B``), as :func:`_form_field` reads them."""
+    return (
+        key.replace("%255B", "%5B")
+        .replace("%255b", "%5b")
+        .replace("%255D", "%5D")
+        .replace("%255d", "%5d")
+    )
 
 
 def _printable(text: str) -> str:

@@ -1,0 +1,52 @@
+"""Redaction: a form's header objects written field by field in any order, in text.
+
+The credentials are those of ``tests/known_secrets.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from le_transport._redact import redact_cut, redact_text
+from tests.bounded_work import assert_bounded_work
+from tests.known_secrets import PASSWORD
+
+# -- a form's header object whose own name is not the one beside its value ------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"h[0][name]=X-Api-Key&h[1][value]=json&h[1][name]=Accept&h[0][value]={PASSWORD}",
+        f"h[0][value]={PASSWORD}&h[1][name]=Accept&h[1][value]=json&h[0][name]=X-Api-Key",
+        f"h.0.name=Authorization&h.1.value=json&h.1.name=Accept&h.0.value={PASSWORD}",
+        f"h%5B0%5D%5Bkey%5D=Cookie&h%5B1%5D%5Bvalue%5D=json&h%5B1%5D%5Bkey%5D=Accept"
+        f"&h%5B0%5D%5Bvalue%5D={PASSWORD}",
+        f"h%255B0%255D%255Bname%255D=Authorization&h%255B1%255D%255Bvalue%255D=json"
+        f"&h%255B1%255D%255Bname%255D=Accept&h%255B0%255D%255Bvalue%255D={PASSWORD}",
+    ],
+)
+def test_a_form_s_credential_beside_another_object_s_name_is_hidden(text: str) -> None:
+    # (No brace bounds a form's objects in text: the plain name beside the value may be
+    # another object's; a secret one around it reads it too.)
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert PASSWORD not in shown, shown
+
+
+def test_a_form_s_plain_header_objects_in_any_order_keep_their_values() -> None:
+    text = "h[0][name]=Accept&h[1][value]=example.com&h[1][name]=Host&h[0][value]=json&page=2"
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "h[0][name]=X-Api-Key&" + "h[1][name]=Accept&h[0][value]=x&" * 3_000,
+        "h[0][name]=Accept&h[1][value]=x&" * 3_000 + "h[1][name]=Authorization",
+        "h[0][name]=Accept&" * 3_000 + "h[0][value]=x&h[1][name]=Accept&" * 2_000,
+        "h[1][name]=Accept&h[0][value]=x&" * 3_000,
+    ],
+)
+def test_a_long_run_of_form_values_beside_plain_names_is_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
+    assert_bounded_work(lambda: redact_cut(text, 300))
