@@ -265,10 +265,15 @@ _FIELD_VALUE = re.compile(rf"(?i)(?!(?:bearer|jwt|basic)\s)(?:[^\"'&,\s}}\\]|{_E
 #: A blank between a value's words: a space, a tab, or any other that breaks no line (a
 #: no-break space, U+00A0 as a web page or a keyboard's Option-Space gives it, a thin one).
 _WORD_BLANK = r"[^\S\n\r\x0b\x0c\x1c-\x1f\x85\u2028\u2029]"
+#: What may follow a base64 word's padding: a blank, a separator, another "=", a mark that
+#: closes the text around it (``(... ZGVm=)``, ``... ZGVm=.``), a quote that closes its string
+#: (``"password: abc ZGVm="``, escaped in a JSON string), or the text's end.
+_PADDING_END = r"[=\s,;&)\]}>]|\.(?![A-Za-z0-9_])|\\*+[\"'](?:[\s,;:)\]}>]|\\|\Z)|\Z"
 #: A word that starts another field: a name, then a colon, or an "=" with a value after it
-#: or a blank before it (``user=bob``, ``user = bob``, ``status: 401``); not a run that
-#: ends in "=" (``ZGVm==``, ``ZGVmZ2g= ``, ``ZGVmZ2g=,``: a base64 word's padding, the value's).
-_NEXT_FIELD = rf"(?![A-Za-z0-9_.\[\]-]++(?:{_WORD_BLANK}*+:|{_WORD_BLANK}++=|=(?![=\s,;&]|\Z)))"
+#: or a blank before it (``user=bob``, ``user = bob``, ``user="bob"``, ``status: 401``); not
+#: a run that ends in "=" (``ZGVm==``, ``ZGVmZ2g= ``, ``ZGVmZ2g=,``, ``ZGVmZ2g=)``,
+#: ``ZGVmZ2g="``: a base64 word's padding, the value's).
+_NEXT_FIELD = rf"(?![A-Za-z0-9_.\[\]-]++(?:{_WORD_BLANK}*+:|{_WORD_BLANK}++=|=(?!{_PADDING_END})))"
 #: The words after an unquoted secret value's first, the blanks between them (a passphrase:
 #: ``password: correct horse battery``, ``password=my secret phrase``): taken up to the end of
 #: the value's line, a quote or a brace closing the text around it, a form's "&" or a

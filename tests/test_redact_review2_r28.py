@@ -50,3 +50,54 @@ def test_a_form_s_plain_header_objects_in_any_order_keep_their_values() -> None:
 def test_a_long_run_of_form_values_beside_plain_names_is_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
     assert_bounded_work(lambda: redact_cut(text, 300))
+
+
+# -- a passphrase's base64 word before the text's closing punctuation --------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"(password: {PASSWORD} ZGVmZ2g=)",
+        f"{{password: {PASSWORD} ZGVmZ2g=}}",
+        f"[token={PASSWORD} ZGVmZ2g=]",
+        f"<password: {PASSWORD} ZGVmZ2g=>",
+        f"password: {PASSWORD} ZGVmZ2g=. Retrying",
+        f'{{"error": "password: {PASSWORD} ZGVmZ2g="}}',
+        f'{{"error": "password: {PASSWORD} ZGVmZ2g=", "status": 401}}',
+        f'{{\\"error\\": \\"password: {PASSWORD} ZGVmZ2g=\\"}}',
+        f"error='pw={PASSWORD} ZGVmZ2g='",
+    ],
+)
+def test_a_passphrase_s_padded_word_before_a_closing_mark_is_hidden(text: str) -> None:
+    for shown in (redact_text(text), redact_cut(text, 1000)):
+        assert PASSWORD not in shown, shown
+        assert "ZGVmZ2g" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (f'password: {PASSWORD} user="bob"', 'user="bob"'),
+        (f"password={PASSWORD} user='bob' status=401", "user='bob' status=401"),
+        (f"password: {PASSWORD} ratio=.5", "ratio=.5"),
+        (f"(password: {PASSWORD} user=bob)", "user=bob)"),
+    ],
+)
+def test_a_field_after_a_passphrase_is_still_shown(text: str, kept: str) -> None:
+    shown = redact_text(text)
+    assert PASSWORD not in shown, shown
+    assert shown.endswith(kept), shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password: a" + " b=)" * 25_000,
+        "password: a" + ' b="' * 25_000,
+        "password: a b=" + "\\" * 100_000,
+        "pw=a" + " b=\\'x" * 16_000,
+    ],
+)
+def test_a_long_run_of_padded_words_is_read_once(text: str) -> None:
+    assert_bounded_work(lambda: redact_text(text))
