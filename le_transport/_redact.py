@@ -750,8 +750,10 @@ def _bracketed_name(name: str) -> str:
 
 
 #: A literal that holds no secret, after a short name's quoted key: JSON's (``"pass": true``)
-#: or a Python repr's (``'pass': True``, ``'otp': None``).
-_JSON_FLAG = re.compile(r"(?:true|false|null|True|False|None)(?![A-Za-z0-9_])")
+#: or a Python repr's (``'pass': True``, ``'otp': None``), the value whole: up to the end of
+#: its object, list or text, a comma, or an escaped line break (not ``"pass": true-horse``,
+#: a value that only starts like one).
+_JSON_FLAG = re.compile(r"(?:true|false|null|True|False|None)(?=\s*+(?:[,}\])]|\\|\Z))")
 
 
 def _hide_secret_fields(text: str, cut: bool = False) -> str:

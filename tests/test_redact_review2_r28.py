@@ -101,3 +101,43 @@ def test_a_field_after_a_passphrase_is_still_shown(text: str, kept: str) -> None
 )
 def test_a_long_run_of_padded_words_is_read_once(text: str) -> None:
     assert_bounded_work(lambda: redact_text(text))
+
+
+# -- a short name's flag is only a whole value -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"pass": true-horse-battery}',
+        "{'pass': True horse battery}",
+        '{"otp": null.horse',
+        '{"pin": false:horse}',
+    ],
+)
+def test_a_short_name_s_value_that_only_starts_like_a_flag_is_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert "horse" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"pass": true}',
+        '{"pass": true, "otp": null, "pin": false}',
+        "{'pass': True, 'otp': None}",
+        '{"pass": false\n}',
+        '{"pin": true',
+        '{\\"pass\\": true}',
+        '{\\"pass\\": true,\\n\\"a\\": 1}',
+        "H('pass': True)",
+        '["pin", {"otp": null}]',
+    ],
+)
+def test_a_short_name_s_flag_stays_shown(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_a_long_run_of_flags_and_blanks_is_read_once() -> None:
+    text = '"pin": true' + " " * 50_000 + '"pin": true ' * 4_000
+    assert_bounded_work(lambda: redact_text(text))
