@@ -268,8 +268,8 @@ def require_attached(http: ProviderHttp | None, owner: object) -> ProviderHttp:
     """``http``, or a :class:`ConfigurationError` saying the provider is not attached."""
     if http is None:
         raise ConfigurationError(
-            f"{type(owner).__name__} is not attached to an engine: pass it to "
-            "Engine(..., auth=...) / Engine(domains=...) and start the engine, or call "
+            f"{type(owner).__name__} is not attached to an engine: pass it to the Engine "
+            "(its auth or domains argument) and start the engine, or call "
             "attach(ProviderHttp(...)) yourself (inside a provider of your own that wraps it, "
             "the wrapper must forward attach(): the engine attaches only the provider it is "
             "given)"

@@ -57,7 +57,10 @@ def _frozen_headers(value: object) -> Mapping[str, str]:
     for name, text in headers.items():
         fault = _credential_header_fault(name, text)
         if fault is not None:
-            raise InvalidCredentials(f"Credentials.headers: {fault}; the value is not shown")
+            raise InvalidCredentials(
+                f"Credentials.headers has a header that cannot be sent: {fault}; "
+                "the value is not shown"
+            )
     return types.MappingProxyType(headers)
 
 

@@ -552,7 +552,7 @@ class EngineDialer:
         if placement is not AuthPlacement.NONE and auth is None:
             raise ConfigurationError(
                 f"a socket with credentials in its {placement.value} needs an auth provider: "
-                "pass auth= to engine.websocket() or to the Engine"
+                "give engine.websocket() or the Engine one (their auth argument)"
             )
         if placement is AuthPlacement.PATH and BEARER_FIELD not in path:
             raise ConfigurationError(
@@ -985,8 +985,8 @@ class EngineDialer:
         ``.netrc`` entry for the host."""
         if session.auth is not None:
             why = (
-                "the session's own auth= cannot be sent beside the socket's Authorization "
-                "header; dial the socket on a session without auth="
+                "the session's own auth argument cannot be sent beside the socket's "
+                "Authorization header; dial the socket on a session without one"
             )
         else:
             why = "a redirect whose Location carries a user name or password is not followed"

@@ -551,8 +551,8 @@ class SimRoute:
         require_kind(value, bool, owner="SimRoute", field="auth", optional=False)
         if value and "{account}" not in self.path:
             raise ConfigurationError(
-                f"SimRoute {self.method} {self.path}: auth=True checks credentials for the "
-                "account in the path, and the path has no '{account}' part"
+                f"SimRoute {self.method} {self.path}: a route with auth set checks "
+                "credentials for the account in the path, and the path has no '{account}' part"
             )
 
 
