@@ -504,7 +504,7 @@ def _check_headers(
                         f"headers[{name!r}] would be replaced by the credentials of the "
                         f"socket's auth provider ({type(auth).__name__}), which go in the "
                         "upgrade's headers: leave it out, or place the credentials elsewhere "
-                        "(auth_placement: PATH, FIRST_FRAME, or NONE to send this one instead)"
+                        "(an auth_placement of PATH, FIRST_FRAME, or NONE to send this one instead)"
                     )
                     if socket
                     else (
@@ -2354,7 +2354,9 @@ class Engine:
         self._check_usable("login")
         auth = self._auth
         if auth is None:
-            raise ConfigurationError("Engine.login: the engine has no auth provider (auth=...)")
+            raise ConfigurationError(
+                "Engine.login: the engine has no auth provider (its auth argument)"
+            )
         try:
             # Checked as a request's are: headers that cannot be sent, or an answer that is no
             # Credentials, are the provider's bug, typed here rather than at the first call.
@@ -3912,7 +3914,7 @@ class Engine:
                 raise ConfigurationError(
                     f"{where} refreshes a Login Service session: it needs the session's "
                     "Session_id cookie and csrf, which only the engine's Login Service provider "
-                    "holds (auth=UserLogin, AppLogin or ClientCredentialsLogin), and a POST "
+                    "holds (UserLogin, AppLogin or ClientCredentialsLogin as its auth), and a POST "
                     f"without them is answered 401; this engine's auth is {type(auth).__name__}"
                 )
             owner = type(auth).__name__
@@ -3987,7 +3989,7 @@ class Engine:
                 # again: a login every 30 s, each leaving a session behind.
                 raise ConfigurationError(
                     f"Engine.keepalive({policy.product} {policy.action!r}) wants "
-                    "Authorization: LivePerson appKey=<key>, which this engine's "
+                    "the Authorization header's LivePerson appKey scheme, which this engine's "
                     f"{type(self._auth).__name__} does not send (its bearer is refused with "
                     "401, and each 401 costs a login): run it on an engine whose auth is "
                     "AppKeyAuth"

@@ -456,7 +456,7 @@ class AuthMiddleware:
             # The provider names no host of ours for the service now (a redirect hop may meet
             # a map that changed): whatever the URL names is not one.
             _log.warning(
-                "%s: not sending credentials: the domain provider has no host for service %r "
+                "%s: not sending credentials, as the domain provider has no host for service %r "
                 "that may have them (%s)",
                 redact_url(url),
                 ctx.service,

@@ -812,7 +812,7 @@ class TokenProvider:
         if resp.status not in (200, 201):
             raise UnexpectedAnswer(
                 f"{self.subject}: answered {resp.status} instead of 200 (neither a refusal "
-                "nor a token: a redirect or a maintenance page?)",
+                "nor a token, but a redirect or a maintenance page?)",
                 status=resp.status,
                 service=service,
             )

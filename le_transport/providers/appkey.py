@@ -40,16 +40,16 @@ def _app_key(value: object) -> Secret:
         if text.lower().startswith(("liveperson ", "appkey=")):
             # Sent as is, the header would read "LivePerson appKey=appKey=...": refused.
             problem = (
-                "it starts with the header's own words: pass the key alone (AppKeyAuth "
-                "writes 'Authorization: LivePerson appKey=<key>' itself)"
+                "it starts with the header's own words: pass the key alone; AppKeyAuth "
+                "writes the Authorization header itself, as LivePerson appKey=<key>"
             )
         elif text[:7].lower() == "bearer ":
             # Told as StaticBearer's mistake, it named the wrong class: an app key is no
             # bearer, and the header AppKeyAuth writes is its own.
             problem = (
-                "it starts with 'Bearer ': an app key is sent as 'Authorization: LivePerson "
-                "appKey=<key>', not as a bearer; pass the key alone (a bearer token goes to "
-                "StaticBearer)"
+                "it starts with 'Bearer ': an app key is no bearer (StaticBearer takes a "
+                "bearer); pass the key alone, which AppKeyAuth sends in its "
+                "Authorization header as LivePerson appKey=<key>"
             )
         elif header_safe(text):
             return value

@@ -243,8 +243,8 @@ def _unsendable(text: str) -> str:
         return "it is empty"
     if text[:7].lower() == "bearer ":
         return (
-            "it starts with 'Bearer ': pass the token alone (StaticBearer writes "
-            "'Authorization: Bearer <token>' itself)"
+            "it starts with 'Bearer ': pass the token alone (StaticBearer writes the "
+            "'Bearer' scheme of the Authorization header itself)"
         )
     index, char = next((i, c) for i, c in enumerate(text) if not "\x21" <= c <= "\x7e")
     if char in "\r\n":

@@ -999,8 +999,9 @@ def _client_shown(client: Any) -> str:
 
 #: What a Redis URL looks like, for a refusal.
 _URL_FORMS = (
-    "redis://[[username]:password@]host[:port][/db], rediss://... for TLS, or "
-    "unix://[[username]:password@]/path[?db=n] (unix:/path), with a password percent-encoded"
+    "redis://host[:port][/db], rediss://... for TLS, or unix:///path[?db=n] (unix:/path); "
+    "a user name and password go before the host or the path as [username]:password "
+    "followed by an '@', with a password percent-encoded"
 )
 #: The schemes redis-py reads.
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -1161,9 +1162,9 @@ def _check_url(url: str, misread: bool) -> None:
         raise ConfigurationError(
             "RedisStore.url has an '@' that a URL parser may read after its host: a password "
             "holding '/', '?', '#' or '@' must be percent-encoded in a URL (%2F, %3F, %23, "
-            "%40), or given as password=; an '@' in a redis:// path, a fragment or a query "
-            "value (but those of password=, username=, client_name= and redis-py's other text "
-            f"parameters), or a second '@/' in a unix:// URL, written %40 ({_URL_FORMS}). The "
+            "%40), or given as the password argument; an '@' in a redis:// path, a fragment or a "
+            "query value (but those of password=, username=, client_name= and redis-py's other "
+            f"text parameters), or a second '@/' in a unix:// URL, written %40 ({_URL_FORMS}). The "
             "URL is not shown: it may hold a password"
         )
 
