@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from le_transport import Engine
 from le_transport._redact import redact_text
@@ -20,7 +21,7 @@ from le_transport.errors import (
     UnexpectedAnswer,
     UnknownServiceError,
 )
-from le_transport.providers import AppKeyAuth, StaticBearer, UserLogin
+from le_transport.providers import AppKeyAuth, OAuth1Signer, StaticBearer, UserLogin
 from le_transport.providers._http import ProviderResponse
 from le_transport.providers.domains import StaticDomains
 from le_transport.providers.oauth2 import SentinelClientCredentials
@@ -177,3 +178,31 @@ async def test_the_warning_of_credentials_not_sent_reads_whole(
     for line in lines:
         assert "no host for service" in line
         _reads_whole(line)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"nonce": lambda: 7}, "OAuth1Signer.nonce(): what it returned must be a non-empty str"),
+        ({"nonce": lambda: ""}, "OAuth1Signer.nonce(): what it returned must be a non-empty str"),
+        (
+            {"wall_clock": lambda: "now"},
+            "OAuth1Signer.wall_clock(): what it returned must be a finite number, got str",
+        ),
+        (
+            {"wall_clock": lambda: float("nan")},
+            "OAuth1Signer.wall_clock(): what it returned must be a finite number, got float",
+        ),
+    ],
+)
+def test_a_signers_callable_that_returns_nonsense_is_refused_in_words_that_read_whole(
+    kwargs: dict[str, Any], words: str
+) -> None:
+    """They read "OAuth1Signer.nonce: ***" and "OAuth1Signer.wall_clock: ***" (and the wall
+    clock's asked for "a non-empty str or a finite number", where only a number is taken)."""
+    signer = OAuth1Signer("app-key", "app-secret", "token", "token-secret", **kwargs)
+    with pytest.raises(ConfigurationError) as info:
+        signer.header("GET", URL("https://h/x"))
+    text = str(info.value)
+    assert words in text, text
+    _reads_whole(text)

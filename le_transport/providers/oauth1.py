@@ -125,11 +125,8 @@ def _require(ok: bool, field: str, what: str, value: object) -> None:
             if isinstance(value, str) and not utf8_encodable(value)
             else type(value).__name__
         )
-        raise ConfigurationError(
-            f"OAuth1Signer.{field}: {what} must be a non-empty str"
-            + (" or a finite number" if field == "wall_clock" else "")
-            + f", got {got}"
-        )
+        kind = "a finite number" if field == "wall_clock()" else "a non-empty str"
+        raise ConfigurationError(f"OAuth1Signer.{field}: {what} must be {kind}, got {got}")
 
 
 #: RFC 9110 5.6.2's token: what an HTTP method may be (ASCII only, so upper-casing it is
@@ -284,10 +281,10 @@ class OAuth1Signer:
         _check_signable(method, url)  # before a nonce is made for it
         if nonce is None:
             nonce = self._nonce()
-            _require(isinstance(nonce, str) and bool(nonce), "nonce", "returned", nonce)
+            _require(isinstance(nonce, str) and bool(nonce), "nonce()", "what it returned", nonce)
         if timestamp is None:
             now = self._wall_clock()
-            _require(finite_number(now), "wall_clock", "returned", now)
+            _require(finite_number(now), "wall_clock()", "what it returned", now)
             if int(now) < 1:
                 # RFC 5849 3.3: a positive integer of seconds since 1970. Signed as it was, the
                 # server refused it (a 401, then an AuthenticationError blaming credentials).
