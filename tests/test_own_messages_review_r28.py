@@ -15,6 +15,7 @@ from yarl import URL
 
 from le_transport import Engine
 from le_transport._redact import redact_text
+from le_transport.chaos import Status
 from le_transport.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -25,10 +26,15 @@ from le_transport.providers import AppKeyAuth, OAuth1Signer, StaticBearer, UserL
 from le_transport.providers._http import ProviderResponse
 from le_transport.providers.domains import StaticDomains
 from le_transport.providers.oauth2 import SentinelClientCredentials
-from le_transport.sockets import EngineDialer
+from le_transport.sockets import AuthPlacement, EngineDialer, init_connection_frame
 from le_transport.state.redis_store import RedisStore
 from le_transport.testing import VirtualClock
+from le_transport.testing.simulator import Simulator
 from tests.conftest import ServerFactory
+from tests.test_login import LOGIN, user_login
+from tests.test_providers import sim, sim_engine
+
+__all__ = ["sim"]  # the simulator fixture
 
 
 def _reads_whole(text: str) -> None:
@@ -205,4 +211,51 @@ def test_a_signers_callable_that_returns_nonsense_is_refused_in_words_that_read_
         signer.header("GET", URL("https://h/x"))
     text = str(info.value)
     assert words in text, text
+    _reads_whole(text)
+
+
+# -- a word read as a bearer's or a JWT's value: "bearer token", "jwt must", "bearer goes" ------
+
+
+def test_a_first_frames_plain_jwt_is_refused_in_words_that_read_whole() -> None:
+    """It read "init_connection_frame.jwt *** be a Secret"."""
+    with pytest.raises(ConfigurationError) as info:
+        init_connection_frame("eyJ.plain.jwt")  # type: ignore[arg-type]
+    text = str(info.value)
+    assert "must be a Secret" in text
+    _reads_whole(text)
+
+
+async def test_a_path_placement_without_its_field_is_refused_in_words_that_read_whole(
+    clock: VirtualClock,
+) -> None:
+    """It read "..., where the bearer ***"."""
+    async with Engine({"svc": "127.0.0.1:9"}, scheme="http", clock=clock) as engine:
+        with pytest.raises(ConfigurationError) as info:
+            EngineDialer(engine, "svc", "/ws", auth=StaticBearer("t"), placement=AuthPlacement.PATH)
+    text = str(info.value)
+    assert "AuthPlacement.PATH needs '{bearer}' in the path" in text
+    _reads_whole(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ('{"csrf": "c"}', "without a bearer"),
+        ('{"bearer": "two words", "csrf": "c"}', "header cannot carry"),
+    ],
+)
+async def test_a_login_answer_with_no_usable_bearer_is_refused_in_words_that_read_whole(
+    sim: Simulator, clock: VirtualClock, body: str, words: str
+) -> None:
+    """They read "... answered 200 without a bearer *** (not the login answer..." and
+    "... answered a bearer *** with characters ..."."""
+    sim.faults.script("POST", LOGIN, [Status(200, body=body)])
+    auth = user_login(sim, keepalive=False)
+    async with sim_engine(sim, clock, domains=auth._domains, auth=auth) as engine:
+        with pytest.raises(UnexpectedAnswer) as info:
+            await engine.login()
+    text = str(info.value)
+    assert words in text
+    assert "two words" not in text
     _reads_whole(text)

@@ -1306,8 +1306,8 @@ class LoginServiceAuth:
         if not isinstance(bearer, str) or not bearer:
             # Not the login answer (a proxy's HTML maintenance page, say): no refusal either.
             err = UnexpectedAnswer(
-                f"{self.subject}: the Login Service answered 200 without a bearer token (not "
-                "the login answer: a maintenance page?)",
+                f"{self.subject}: the Login Service answered 200 without a bearer (not the "
+                "login answer: a maintenance page?)",
                 status=200,
                 service=self._service,
             )
@@ -1315,7 +1315,7 @@ class LoginServiceAuth:
             raise err
         if not header_safe(bearer):
             err = UnexpectedAnswer(
-                f"{self.subject}: the Login Service answered a bearer token with characters a "
+                f"{self.subject}: the bearer the Login Service answered has characters a "
                 "header cannot carry (whitespace or control characters); refused",
                 status=200,
                 service=self._service,

@@ -165,7 +165,7 @@ def init_connection_frame(
     naming its type: wrap a token in ``Secret(...)``)."""
     if not isinstance(jwt, Secret):
         raise ConfigurationError(
-            f"init_connection_frame.jwt must be a Secret (Secret(token)), got {type(jwt).__name__}"
+            f"init_connection_frame(jwt) must be a Secret (Secret(token)), got {type(jwt).__name__}"
         )
     return {
         "kind": "req",
@@ -556,7 +556,7 @@ class EngineDialer:
             )
         if placement is AuthPlacement.PATH and BEARER_FIELD not in path:
             raise ConfigurationError(
-                f"AuthPlacement.PATH needs '{BEARER_FIELD}' in the path, where the bearer goes"
+                f"AuthPlacement.PATH needs '{BEARER_FIELD}' in the path, where the bearer is put"
             )
         # Engine.websocket's own checks, one function each for both (imported here: the engine
         # imports this module): at construction, so that what the upgrade cannot carry fails
