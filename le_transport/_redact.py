@@ -756,6 +756,50 @@ def _bracketed_name(name: str) -> str:
 _JSON_FLAG = re.compile(r"(?:true|false|null|True|False|None)(?=\s*+(?:[,}\])]|\\|\Z))")
 
 
+#: The library's own providers' subjects whose kind holds a secret name's word in a longer
+#: name (:attr:`TokenProvider.subject`'s ``<kind>[<account>]``: "client_credentials_login",
+#: "consumer_jwt"): before ": " a message's label (``consumer_jwt[123]: the token request
+#: failed``), no field; the message after it is shown. Not "token" alone, a field's name.
+_OWN_SUBJECTS = frozenset({"client_credentials_login", "consumer_jwt"})
+_OWN_SUBJECT = re.compile(r"([a-z_]++)\[[a-z0-9_.-]++\]")
+#: A URL up to its path's last "/", the whole run before a name (``POST https://h/x/token:
+#: attempt 1 got 503``: the path's last segment, before ": " a message's label, no field). No
+#: query, fragment, userinfo, quote or escape in it. Read from a blank's end only: one pass.
+_URL_PATH_HEAD = re.compile(r"(?<!\S)[A-Za-z][A-Za-z0-9+.-]*+://(?:[^\s?#=&@\"'\\<>\[\]/]*+/)++\Z")
+#: A password's name's parts: a URL path's last segment with one is read as a field's name.
+_PASSWORD_PARTS = ("pass", "pwd", "credential")
+#: How far back a name's URL is looked for (a URL longer than this is read as text is).
+_URL_PATH_WINDOW = 2048
+
+
+def _is_label(text: str, match: re.Match[str]) -> bool:
+    """Whether a field's name ``match`` (of :data:`_FIELD`) is a message's label before ": ",
+    no field: a provider's own subject (:data:`_OWN_SUBJECTS`) or a URL path's last segment."""
+    punctuation = match.group(2)
+    if not (punctuation.startswith(":") and punctuation[1:2] in (" ", "\t")):
+        return False
+    name = match.group(1)
+    if punctuation[-1] in "\"'" or text.startswith(('"', "'", "[", "\\"), match.end()):
+        return False  # (a quoted value or a list: read as a field's)
+    if name.endswith("]"):
+        subject = _OWN_SUBJECT.fullmatch(name.lower())
+        return subject is not None and subject.group(1) in _OWN_SUBJECTS
+    start = match.start(1)
+    if (
+        text[start - 1 : start] != "/"
+        or name.lower() in _DOTTED_LAST
+        or _header_kind(name.lower()) is not None
+        or name.lower() in SECRET_HEADERS
+        or ("-" in name and is_secret_header(name))
+        or any(part in name.lower() for part in _PASSWORD_PARTS)
+    ):
+        # (A header object's "value", a short secret name, a credential header's name, one
+        # with a hyphen, "X-Auth-Token", or a password's: read as a field's, "PUT
+        # https://h/users/1/password: <new password>".)
+        return False
+    return _URL_PATH_HEAD.search(text, max(0, start - _URL_PATH_WINDOW), start) is not None
+
+
 def _hide_secret_fields(text: str, cut: bool = False) -> str:
     """``text`` with the value of each field whose name says secret hidden; one pass. When
     ``text`` is ``cut`` short of the text it is shown of (:func:`redact_cut`), a header
@@ -797,6 +841,8 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             yield inside
 
     for match in fields():
+        if _is_label(text, match):
+            continue
         name = match.group(1).lower()
         punctuation = match.group(2)
         bracketed = name.endswith(("]", "%5d", "%255d"))
@@ -1454,7 +1500,10 @@ def redact_text(text: str) -> str:
     ``<value>`` element after a ``<key>`` or ``<name>`` one naming it, a dictionary's entry).
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well; an unquoted
     one runs past its blanks (a passphrase: ``password: my secret phrase``) up to a separator
-    or a word that starts another field (``user=bob``, shown), a query's ends at its blank."""
+    or a word that starts another field (``user=bob``, shown), a query's ends at its blank.
+    The library's own labels before ": " name no field: a provider's subject
+    (``consumer_jwt[123]: ...``) and a request's URL (``POST https://h/x/authenticate: ...``)
+    keep their message readable."""
     cut = isinstance(text, _CutText)  # (redact_cut's: see _hide_secret_fields)
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)
