@@ -759,9 +759,10 @@ _JSON_FLAG = re.compile(r"(?:true|false|null|True|False|None)(?=\s*+(?:[,}\])]|\
 #: The library's own providers' subjects whose kind holds a secret name's word in a longer
 #: name (:attr:`TokenProvider.subject`'s ``<kind>[<account>]``: "client_credentials_login",
 #: "consumer_jwt"): before ": " a message's label (``consumer_jwt[123]: the token request
-#: failed``), no field; the message after it is shown. Not "token" alone, a field's name.
+#: failed``), no field; the message after it is shown. Not "token" alone, a field's name, nor
+#: a secret's name in the brackets (``consumer_jwt[password]: ...``, a form's field).
 _OWN_SUBJECTS = frozenset({"client_credentials_login", "consumer_jwt"})
-_OWN_SUBJECT = re.compile(r"([a-z_]++)\[[a-z0-9_.-]++\]")
+_OWN_SUBJECT = re.compile(r"([a-z_]++)\[([a-z0-9_.-]++)\]")
 #: A URL up to its path's last "/", the whole run before a name (``POST https://h/x/token:
 #: attempt 1 got 503``: the path's last segment, before ": " a message's label, no field). No
 #: query, fragment, userinfo, quote or escape in it. Read from a blank's end only: one pass.
@@ -782,8 +783,15 @@ def _is_label(text: str, match: re.Match[str]) -> bool:
     if punctuation[-1] in "\"'" or text.startswith(('"', "'", "[", "\\"), match.end()):
         return False  # (a quoted value or a list: read as a field's)
     if name.endswith("]"):
+        # (Its account in the brackets; a secret's name there is a form's field,
+        # "consumer_jwt[password]: ...".)
         subject = _OWN_SUBJECT.fullmatch(name.lower())
-        return subject is not None and subject.group(1) in _OWN_SUBJECTS
+        return (
+            subject is not None
+            and subject.group(1) in _OWN_SUBJECTS
+            and not is_secret_name(subject.group(2))
+            and not is_secret_header(subject.group(2))
+        )
     start = match.start(1)
     if (
         text[start - 1 : start] != "/"
