@@ -764,7 +764,8 @@ _JSON_FLAG = re.compile(r"(?:true|false|null|True|False|None)(?=\s*+(?:[,}\])]|\
 _OWN_SUBJECTS = frozenset({"client_credentials_login", "consumer_jwt"})
 _OWN_SUBJECT = re.compile(r"([a-z_]++)\[([a-z0-9_.-]++)\]")
 #: A URL up to its path's last "/", the whole run before a name (``POST https://h/x/token:
-#: attempt 1 got 503``: the path's last segment, before ": " a message's label, no field). No
+#: attempt 1 got 503``: the path's last segment, before ": " a message's label or a field's
+#: name, its first word after it hidden only, "attempt", the rest shown). No
 #: query, fragment, userinfo, quote or escape in it. Read from a blank's end only: one pass.
 _URL_PATH_HEAD = re.compile(r"(?<!\S)[A-Za-z][A-Za-z0-9+.-]*+://(?:[^\s?#=&@\"'\\<>\[\]/]*+/)++\Z")
 #: A password's name's parts: a URL path's last segment with one is read as a field's name.
@@ -773,25 +774,28 @@ _PASSWORD_PARTS = ("pass", "pwd", "credential")
 _URL_PATH_WINDOW = 2048
 
 
-def _is_label(text: str, match: re.Match[str]) -> bool:
-    """Whether a field's name ``match`` (of :data:`_FIELD`) is a message's label before ": ",
-    no field: a provider's own subject (:data:`_OWN_SUBJECTS`) or a URL path's last segment."""
+def _label(text: str, match: re.Match[str]) -> str | None:
+    """What a field's name ``match`` (of :data:`_FIELD`) before ": " is when it may be a
+    message's label: "subject", a provider's own (:data:`_OWN_SUBJECTS`), no field; "url", a
+    URL path's last segment, whose value's first word only is hidden (it may be a message's
+    first word or a credential: nothing tells them apart); else None, a field's name."""
     punctuation = match.group(2)
     if not (punctuation.startswith(":") and punctuation[1:2] in (" ", "\t")):
-        return False
+        return None
     name = match.group(1)
     if punctuation[-1] in "\"'" or text.startswith(('"', "'", "[", "\\"), match.end()):
-        return False  # (a quoted value or a list: read as a field's)
+        return None  # (a quoted value or a list: read as a field's)
     if name.endswith("]"):
         # (Its account in the brackets; a secret's name there is a form's field,
         # "consumer_jwt[password]: ...".)
         subject = _OWN_SUBJECT.fullmatch(name.lower())
-        return (
+        own = (
             subject is not None
             and subject.group(1) in _OWN_SUBJECTS
             and not is_secret_name(subject.group(2))
             and not is_secret_header(subject.group(2))
         )
+        return "subject" if own else None
     start = match.start(1)
     if (
         text[start - 1 : start] != "/"
@@ -804,8 +808,9 @@ def _is_label(text: str, match: re.Match[str]) -> bool:
         # (A header object's "value", a short secret name, a credential header's name, one
         # with a hyphen, "X-Auth-Token", or a password's: read as a field's, "PUT
         # https://h/users/1/password: <new password>".)
-        return False
-    return _URL_PATH_HEAD.search(text, max(0, start - _URL_PATH_WINDOW), start) is not None
+        return None
+    found = _URL_PATH_HEAD.search(text, max(0, start - _URL_PATH_WINDOW), start)
+    return None if found is None else "url"
 
 
 def _hide_secret_fields(text: str, cut: bool = False) -> str:
@@ -849,7 +854,8 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
             yield inside
 
     for match in fields():
-        if _is_label(text, match):
+        label = _label(text, match)
+        if label == "subject":
             continue
         name = match.group(1).lower()
         punctuation = match.group(2)
@@ -1026,11 +1032,13 @@ def _hide_secret_fields(text: str, cut: bool = False) -> str:
                 (kind != "cookie" or not (":" in punctuation or named))
                 and not text.startswith("[", match.end())
                 and (text[match.start() - 1 : match.start()] not in ("?", "&"))
+                and label is None
             ):
                 # A passphrase's words after its first (a cookie's, given as a name's
                 # value, after its cookies: "cookie=sess abc def"; a cookie line is read to
                 # its end); not a query's ("?password=x took 3 ms": a URL's value has no
-                # blank).
+                # blank), nor a URL's label's ("POST https://h/x/token: attempt 1 got 503":
+                # its first word only, the rest a message's).
                 words = _LINE_VALUE_WORDS if ":" in punctuation else _VALUE_WORDS
                 if (more := words.match(text, end)) is not None:
                     end = more.end()
@@ -1509,9 +1517,10 @@ def redact_text(text: str) -> str:
     A value ends where its line does, written ``\\r\\n`` in a JSON string as well; an unquoted
     one runs past its blanks (a passphrase: ``password: my secret phrase``) up to a separator
     or a word that starts another field (``user=bob``, shown), a query's ends at its blank.
-    The library's own labels before ": " name no field: a provider's subject
-    (``consumer_jwt[123]: ...``) and a request's URL (``POST https://h/x/authenticate: ...``)
-    keep their message readable."""
+    A provider's own subject before ": " names no field (``consumer_jwt[123]: ...``): its
+    message is shown whole. A URL path's last segment before ": " may label a message or name
+    a field (``POST https://h/x/authenticate: attempt 1 got 503``): the first word after it
+    is hidden, the rest shown."""
     cut = isinstance(text, _CutText)  # (redact_cut's: see _hide_secret_fields)
     for pattern, replacement in _TEXT_BEFORE_FIELDS:
         text = pattern.sub(replacement, text)

@@ -1,6 +1,7 @@
-"""Redaction of the library's own messages: a provider's subject (``consumer_jwt[123]:``) and
-a request's URL (``POST https://h/x/authenticate:``) before a colon label the message, they
-name no field; the message after them reads whole. Real credential fields stay hidden.
+"""Redaction of the library's own messages: a provider's subject (``consumer_jwt[123]:``)
+before a colon labels the message, it names no field; the message after it reads whole. A
+request's URL (``POST https://h/x/authenticate:``) has its message's first word hidden only
+(a credential may stand there), the rest reads. Real credential fields stay hidden.
 
 The credentials are those of ``tests/known_secrets.py``, or passphrases of plain words.
 """
@@ -22,6 +23,9 @@ MESSAGES = [
     "client_credentials_login[123]: the token endpoint answered 503; retrying in 5 s",
     "consumer_jwt[123]: the token request failed; retrying in 10 s",
     "consumer_jwt[le12345]: the token request failed",
+]
+
+URL_MESSAGES = [
     "POST https://h.example/api/account/123/authenticate: attempt 1 got 503; pausing 5 s",
     "POST https://h.example/sentinel/api/account/123/token: attempt 2 got 502; pausing 10 s",
     "GET https://h.example/api/account/123/secret: attempt 1 got 503; pausing 5 s",
@@ -36,6 +40,13 @@ def test_own_message_reads_whole(text: str) -> None:
     assert redact_cut(text, 500) == text
 
 
+@pytest.mark.parametrize("text", URL_MESSAGES)
+def test_url_message_hides_its_first_word_only(text: str) -> None:
+    shown = text.replace(": attempt ", f": {REDACTED} ")
+    assert redact_text(text) == shown
+    assert redact_cut(text, 500) == shown
+
+
 @pytest.mark.parametrize("kind", [ClientCredentialsLogin, ConsumerJwt, UserLogin, AppLogin])
 def test_every_provider_subject_labels_its_message(kind: type[AuthProvider]) -> None:
     text = f"{kind._kind}[123]: the token request failed; retrying in 5 s"  # type: ignore[attr-defined]
@@ -47,7 +58,7 @@ def test_every_provider_subject_labels_its_message(kind: type[AuthProvider]) -> 
     [
         # A field after the label is read as any field is.
         (f"consumer_jwt[123]: password={PASSWORD}", "consumer_jwt[123]: password="),
-        (f"POST https://h/x/token: password: {PHRASE}", "POST https://h/x/token: password: "),
+        (f"POST https://h/x/token: password: {PHRASE}", "POST https://h/x/token: "),
         (f"client_credentials_login[1]: Authorization: Bearer {BEARER}", "Bearer "),
         # Real fields: indexes, brackets, names alone.
         (f"auth[0]={PASSWORD}", "auth[0]="),
