@@ -137,6 +137,30 @@ def _file_write(
     return None
 
 
+_Write = Callable[[bytes | bytearray | memoryview], Awaitable[None]]
+
+
+def _write_to_shape(
+    response: web.StreamResponse, file_through_write: bool
+) -> tuple[_Write, bool] | None:
+    """The write a shaper wraps for ``response``, and whether it is a prepared file's (its
+    payload writer's, :func:`_file_write`; put back by :func:`_install_write`). None: a file
+    this aiohttp sends past any write (logged), to be left unshaped."""
+    if isinstance(response, web.FileResponse) and not file_through_write:
+        file_write = _file_write(response)
+        return None if file_write is None else (file_write, True)
+    return response.write, False
+
+
+def _install_write(response: web.StreamResponse, shaped: _Write, is_file: bool) -> None:
+    """Send what ``response`` writes through ``shaped``: its ``write``, or for a prepared
+    file (``is_file``) its file and the handler's own writes alike (:func:`_route_file`)."""
+    if is_file:
+        _route_file(response, shaped)  # its file, sent past response.write
+    else:
+        response.write = shaped  # type: ignore[method-assign, assignment]
+
+
 def _route_file(
     response: web.StreamResponse,
     shaped: Callable[[bytes | bytearray | memoryview], Awaitable[None]],
@@ -217,12 +241,10 @@ class BodyCut:
                 )
             response.headers[hdrs.CONTENT_LENGTH] = str(self._keep + 1)
         # Else chunked: the last chunk is never sent, which the client sees as the cut.
-        file_write = None
-        if isinstance(response, web.FileResponse) and not self.file_through_write:
-            file_write = _file_write(response)
-            if file_write is None:
-                return  # its file goes past any write (logged): sent as aiohttp sends it
-        write = response.write if file_write is None else file_write
+        picked = _write_to_shape(response, self.file_through_write)
+        if picked is None:
+            return  # its file goes past any write (logged): sent as aiohttp sends it
+        write, is_file = picked
 
         async def cut_write(data: bytes | bytearray | memoryview) -> None:
             if self._closed:
@@ -251,10 +273,7 @@ class BodyCut:
                 await _flush_compressed(response, write)  # what the compressor holds of it
             self._close()
 
-        if file_write is None:
-            response.write = cut_write  # type: ignore[method-assign]
-        else:
-            _route_file(response, cut_write)  # its file, sent past response.write
+        _install_write(response, cut_write, is_file)
         response.write_eof = cut_write_eof  # type: ignore[method-assign]
 
     def _close(self) -> None:
@@ -353,13 +372,11 @@ class BodyPace:
         """Pace ``response``'s body, being prepared."""
         self.armed = False
         self.attached = True
-        file_write = None
-        if isinstance(response, web.FileResponse) and not self.file_through_write:
-            file_write = _file_write(response)
-            if file_write is None:
-                return  # its file goes past any write (logged): sent as aiohttp sends it
-        write = response.write if file_write is None else file_write
-        if file_write is not None:
+        picked = _write_to_shape(response, self.file_through_write)
+        if picked is None:
+            return  # its file goes past any write (logged): sent as aiohttp sends it
+        write, is_file = picked
+        if is_file:
             self.whole_pieces = True  # a file: paced by its bytes, as a returned one's
         write_eof = response.write_eof
 
@@ -407,10 +424,7 @@ class BodyPace:
             else:
                 await write_eof()
 
-        if file_write is None:
-            response.write = paced_write  # type: ignore[method-assign]
-        else:
-            _route_file(response, paced_write)  # its file, sent past response.write
+        _install_write(response, paced_write, is_file)
         response.write_eof = paced_write_eof  # type: ignore[method-assign]
 
     def _stop(self) -> None:
